@@ -1,0 +1,69 @@
+"""Value types shared by every event: object references and SKU metadata."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+SKU_ID_MAX_LEN = 64
+# Letters, digits and a few separators that are safe in object keys, file names and Kafka keys.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_safe_id(value: str) -> str:
+    """Refuse ids that could escape a path or an object-store prefix.
+
+    Ids become path segments (``images/<sku_id>/...``), so path separators, ``..``,
+    control characters and over-long ids are refused with a reason, never repaired.
+    """
+    if not value:
+        raise ValueError("id is empty")
+    if len(value) > SKU_ID_MAX_LEN:
+        raise ValueError(f"id is {len(value)} characters long; at most {SKU_ID_MAX_LEN} are allowed")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("id contains control characters")
+    if "/" in value or "\\" in value:
+        raise ValueError("id contains a path separator")
+    if ".." in value:
+        raise ValueError("id contains '..'")
+    if not _SAFE_ID.match(value):
+        raise ValueError("id may contain only letters, digits, '.', '_' and '-', and must start with a letter or digit")
+    return value
+
+
+SafeId = Annotated[str, AfterValidator(check_safe_id)]
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Contract(BaseModel):
+    """Base of every contract model: unknown fields are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ObjectRef(Contract):
+    """A claim check: where an object lives and how to verify it when read."""
+
+    uri: str = Field(description="file:// or s3:// URI of the object")
+    sha256: Sha256Hex = Field(description="hex sha256 of the stored bytes, checked on read")
+    bytes: int = Field(ge=0, description="size of the stored object in bytes")
+
+
+class ImageRef(ObjectRef):
+    """An image in the object store, with its pixel dimensions."""
+
+    width: int = Field(gt=0, description="width in pixels")
+    height: int = Field(gt=0, description="height in pixels")
+    media_type: str = Field(default="image/png", description="MIME type of the stored bytes")
+
+
+class SkuMetadata(Contract):
+    """What the retailer tells us about a product."""
+
+    sku_id: SafeId
+    name: str = Field(min_length=1, max_length=200)
+    category: str = Field(min_length=1, max_length=100, description="class noun source, e.g. 'soda can'")
+    brand: str = Field(default="", max_length=100)
+    series: str = Field(default="", max_length=100, description="product series; picks the Specialized LoRA")

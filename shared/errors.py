@@ -1,0 +1,40 @@
+"""The two kinds of failure a stage can meet, and how the runtime treats them.
+
+``BadInput`` is the input's fault: retrying cannot help, so the message goes to the
+dead-letter topic with the reason and the stream goes on. ``TransientError`` is the
+world's fault (broker, object store, model server): the runtime backs off and retries,
+pausing the partition, and commits nothing for that message meanwhile.
+"""
+
+from __future__ import annotations
+
+
+class BadInput(Exception):
+    """The input can never be processed; ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class ObjectMissing(BadInput):
+    """An object the event points at does not exist."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__("object_missing", f"no object at {uri}")
+
+
+class ChecksumMismatch(BadInput):
+    """The stored bytes do not match the sha256 the event carries."""
+
+    def __init__(self, uri: str, expected: str, actual: str) -> None:
+        super().__init__("checksum_mismatch", f"{uri}: expected sha256 {expected}, found {actual}")
+
+
+class ImageRejected(BadInput):
+    """The bytes are not an image we accept (corrupt, too large, wrong format...)."""
+
+
+class TransientError(Exception):
+    """A fault outside the input that may clear by itself; the runtime retries with back-off."""
