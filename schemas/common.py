@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 SKU_ID_MAX_LEN = 64
 # Letters, digits and a few separators that are safe in object keys, file names and Kafka keys.
@@ -33,7 +33,18 @@ def check_safe_id(value: str) -> str:
     return value
 
 
-SafeId = Annotated[str, AfterValidator(check_safe_id)]
+SafeId = Annotated[
+    str,
+    AfterValidator(check_safe_id),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": SKU_ID_MAX_LEN,
+            "pattern": _SAFE_ID.pattern,
+            "description": "safe id: letters, digits, '.', '_', '-'; no '..'",
+        }
+    ),
+]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 

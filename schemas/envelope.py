@@ -1,0 +1,62 @@
+"""The envelope every Kafka message is wrapped in, and the dead-letter record."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, Field
+
+from schemas.common import Contract, SafeId
+
+P = TypeVar("P", bound=BaseModel)
+
+
+def derive_id(*parts: str) -> str:
+    """A deterministic 32-hex id from its parts: the same input always yields the same id.
+
+    Output ids are derived from the input event id and the output's position, so a
+    redelivered message overwrites its earlier outputs instead of duplicating them.
+    """
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
+    return digest[:32]
+
+
+def utc_now() -> datetime:
+    """Timezone-aware current time; envelopes never carry naive datetimes."""
+    return datetime.now(UTC)
+
+
+class Envelope(Contract, Generic[P]):
+    """Common wrapper of every event; ``payload`` is the topic's model."""
+
+    event_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="deterministic id, see derive_id")
+    schema_name: str = Field(description="payload schema name, e.g. 'sku.ingested'")
+    schema_version: int = Field(ge=1)
+    sku_id: SafeId = Field(description="also the Kafka key, so one SKU's events stay ordered")
+    trace_id: str = Field(min_length=1, max_length=64, description="follows the SKU end to end")
+    produced_at: datetime
+    producer: str = Field(min_length=1, description="stage that produced the event")
+    payload: P
+
+
+class DeadLetter(Contract):
+    """What a stage could not process, with why; written to ``<topic>.dlq``.
+
+    Not enveloped: the original may not even be JSON, so its bytes travel base64-encoded.
+    """
+
+    reason: str = Field(description="short machine-readable code, e.g. schema_invalid, object_missing")
+    detail: str = Field(default="", description="human-readable explanation")
+    error_class: str
+    stage: str
+    original_topic: str
+    original_partition: int
+    original_offset: int
+    original_key_b64: str | None = None
+    original_value_b64: str
+    event_id: str | None = Field(default=None, description="the original's event_id, when it could be read")
+    sku_id: SafeId | None = None
+    trace_id: str | None = None
+    failed_at: datetime

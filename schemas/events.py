@@ -1,0 +1,133 @@
+"""Payloads of every topic in the flow (see ../shared/DESIGN.md, "Flow").
+
+Downstream payloads embed the upstream payload they were made from, so every event carries
+its whole lineage (reference photo → generated image → masks → decision) and no stage has
+to look anything up to explain itself.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field, JsonValue
+
+from schemas.common import Contract, ImageRef, SafeId, SkuMetadata
+
+Shape = Literal["can", "bottle", "box", "pouch", "jar", "other"]
+Backend = Literal["composite", "diffusion"]
+
+
+class ReferencePhoto(Contract):
+    """One real photo of the product as ingested."""
+
+    photo_id: SafeId
+    image: ImageRef
+    original_filename: str = Field(max_length=255)
+
+
+class SkuIngested(Contract):
+    """A new product arrived with its real photos (topic ``sku.ingested``)."""
+
+    sku: SkuMetadata
+    photos: list[ReferencePhoto] = Field(min_length=1)
+
+
+class CaptionedPhoto(Contract):
+    """A reference photo with its product mask and caption; unusable photos say why."""
+
+    photo_id: SafeId
+    image: ImageRef
+    mask: ImageRef | None = Field(default=None, description="product mask (U2-Net); None if unusable")
+    usable: bool
+    unusable_reason: str | None = None
+    caption: str = ""
+    tags: list[str] = Field(default_factory=list)
+    colours: list[str] = Field(default_factory=list, description="dominant colour names, most dominant first")
+    shape: Shape = "other"
+    view: str = ""
+
+
+class SkuCaptioned(Contract):
+    """Captions and prompts for one SKU (topic ``sku.captioned``)."""
+
+    sku: SkuMetadata
+    photos: list[CaptionedPhoto] = Field(min_length=1)
+    instance_token: str = Field(min_length=1, description="rare token unique to this SKU, stable across runs")
+    class_noun: str = Field(min_length=1)
+    instance_prompt: str = Field(min_length=1, description="e.g. 'a photo of <token> <class>'")
+    class_prompt: str = Field(min_length=1, description="regularisation prompt, e.g. 'a photo of a <class>'")
+    negative_prompt: str = ""
+    captioner: str = Field(description="backend and model id that wrote the captions")
+
+
+class ImageGenerated(Contract):
+    """One generated training image with the mask of where the product is (topic ``image.generated``)."""
+
+    item_id: SafeId = Field(description="deterministic id of this generated item")
+    sku: SkuMetadata
+    reference_photo_id: SafeId
+    reference_image: ImageRef
+    reference_mask: ImageRef
+    image: ImageRef
+    expected_mask: ImageRef = Field(description="where the product's own pixels are in the output")
+    backend: Backend
+    model_id: str
+    adapter_id: str | None = Field(default=None, description="LoRA adapter used, None for the base model")
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int
+    variant_index: int = Field(ge=0)
+    parameters: dict[str, JsonValue] = Field(default_factory=dict, description="variant parameters used")
+
+
+class ImageMatted(Contract):
+    """The matting model's mask and cut-out of a generated image (topic ``image.matted``)."""
+
+    generated: ImageGenerated
+    predicted_mask: ImageRef
+    cutout: ImageRef = Field(description="RGBA PNG: the image with the predicted mask as alpha")
+    foreground_fraction: float = Field(ge=0.0, le=1.0)
+    mean_confidence: float = Field(ge=0.0, le=1.0)
+    matting_model_id: str
+
+
+class GateCheck(Contract):
+    """One measured check of the gate, with its figure and the threshold it was held to."""
+
+    code: str = Field(description="e.g. iou_below_threshold, mask_empty, mask_full_frame, product_drift")
+    passed: bool
+    value: float
+    threshold: float
+    message: str = ""
+
+
+class GateAccepted(Contract):
+    """An item good enough to train on (topic ``gate.accepted``)."""
+
+    matted: ImageMatted
+    iou: float = Field(ge=0.0, le=1.0)
+    checks: list[GateCheck]
+
+
+class CorrectionPending(Contract):
+    """An item a person must review (topic ``correction.pending``)."""
+
+    matted: ImageMatted
+    iou: float = Field(ge=0.0, le=1.0)
+    checks: list[GateCheck]
+    reasons: list[str] = Field(min_length=1, description="codes of the failed checks")
+
+
+Decision = Literal["approve_predicted", "approve_expected", "approve_edited", "reject"]
+
+
+class CorrectionResolved(Contract):
+    """A person's decision on a flagged item (topic ``correction.resolved``)."""
+
+    pending: CorrectionPending
+    decision: Decision
+    final_mask: ImageRef | None = Field(default=None, description="the mask to train with; None if rejected")
+    reject_reason: str | None = None
+    reviewer: str = Field(min_length=1)
+    decided_at: datetime

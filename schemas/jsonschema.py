@@ -1,0 +1,48 @@
+"""Generate the committed JSON Schemas (``schemas/json/``) from the pydantic models.
+
+Run ``python -m schemas.jsonschema`` after changing a model; a test fails while the
+committed files and the models disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from schemas.envelope import DeadLetter, Envelope
+from schemas.topics import ALL_TOPICS
+
+JSON_DIR = Path(__file__).parent / "json"
+
+
+def render_schemas() -> dict[str, str]:
+    """File name → JSON text of every schema: one enveloped schema per topic, plus the DLQ record."""
+    rendered: dict[str, Any] = {}
+    for topic in ALL_TOPICS:
+        schema = Envelope[topic.payload].model_json_schema()  # type: ignore[name-defined]
+        schema["title"] = f"{topic.schema_name} v{topic.version}"
+        schema["x-topic"] = topic.name
+        rendered[f"{topic.name}.json"] = schema
+    dead_letter = DeadLetter.model_json_schema()
+    dead_letter["x-topic"] = "<topic>.dlq"
+    rendered["dlq.v1.json"] = dead_letter
+    return {name: json.dumps(schema, indent=2, sort_keys=True) + "\n" for name, schema in rendered.items()}
+
+
+def main() -> int:
+    """Write every schema file and remove stale ones."""
+    JSON_DIR.mkdir(exist_ok=True)
+    rendered = render_schemas()
+    for stale in JSON_DIR.glob("*.json"):
+        if stale.name not in rendered:
+            stale.unlink()
+    for name, text in rendered.items():
+        (JSON_DIR / name).write_text(text)
+    print(f"wrote {len(rendered)} schemas to {JSON_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The ``skuforge`` command: one entry point, a subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable
+
+from shared.config import ConfigError, load_settings, settings_table_markdown
+
+# Stage name → module with ``main() -> int``. Each stage's folder says what it consumes and produces.
+STAGES: dict[str, str] = {
+    "passthrough": "services.passthrough.stage",
+}
+
+
+def _cmd_ingest(rest: list[str]) -> int:
+    from services.ingest.ingest import main
+
+    return main(rest)
+
+
+def _cmd_synth(rest: list[str]) -> int:
+    from shared.synth import synth_main
+
+    return synth_main(rest)
+
+
+def _cmd_kafka(rest: list[str]) -> int:
+    from shared.broker import main
+
+    return main(rest)
+
+
+def _cmd_topics(rest: list[str]) -> int:
+    from shared.bus import ensure_topics
+
+    parser = argparse.ArgumentParser(prog="skuforge topics", description="Manage skuforge's Kafka topics.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    create = sub.add_parser("create", help="create every topic of the flow and its .dlq (idempotent)")
+    create.add_argument("--partitions", type=int, default=None, help="partitions (default SKUFORGE_TOPIC_PARTITIONS)")
+    sub.add_parser("list", help="print the topic names of this environment")
+    args = parser.parse_args(rest)
+    settings = load_settings()
+    if args.action == "create":
+        if args.partitions is not None and args.partitions < 1:
+            parser.error("--partitions must be at least 1")
+        created = ensure_topics(settings, partitions=args.partitions)
+        print(json.dumps({"created": created}))
+        return 0
+    from schemas.topics import ALL_TOPICS
+
+    for topic in ALL_TOPICS:
+        print(f"{settings.topic_name(topic)}\t{topic.payload.__name__}\t{settings.dlq_name(topic)}")
+    return 0
+
+
+def _cmd_config(rest: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="skuforge config", description="Validate the configuration and print it, or print the README table."
+    )
+    parser.add_argument("--markdown", action="store_true", help="print the documented settings table")
+    args = parser.parse_args(rest)
+    if args.markdown:
+        print(settings_table_markdown())
+        return 0
+    print(load_settings().model_dump_json(indent=2))
+    return 0
+
+
+def _cmd_run(rest: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="skuforge run", description="Run one stage until SIGTERM.")
+    parser.add_argument("stage", choices=sorted(STAGES), help="the stage to run")
+    args = parser.parse_args(rest)
+    module = importlib.import_module(STAGES[args.stage])
+    return int(module.main())
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "ingest": (_cmd_ingest, "upload SKU folders (photos + metadata.json) and publish sku.ingested"),
+    "synth": (_cmd_synth, "render synthetic SKU folders with exact masks (test and demo data)"),
+    "run": (_cmd_run, "run one stage: " + ", ".join(sorted(STAGES))),
+    "topics": (_cmd_topics, "create or list the Kafka topics"),
+    "kafka": (_cmd_kafka, "start, stop or check the local single-node Kafka broker"),
+    "config": (_cmd_config, "validate and print the configuration (SKUFORGE_* variables)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``skuforge <command> ...``; each command has its own --help."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="skuforge",
+        description="Turn a new product's few photos into a large, clean, labelled training set.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items())
+        + "\n\nRun 'skuforge COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    if not argv:
+        parser.print_help()
+        return 2
+    args = parser.parse_args(argv[:1])
+    handler = COMMANDS[args.command][0]
+    try:
+        return handler(argv[1:])
+    except ConfigError as exc:
+        print(f"skuforge {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""Ingest: a folder per SKU (photos + metadata.json) → object store → ``sku.ingested``.
+
+Consumes: a directory on disk (``skuforge ingest DIR``).
+Produces: one ``sku.ingested`` event per SKU, after its photos are stored.
+Bad input: every SKU folder is checked first (metadata, safe sku_id, photo count, each photo
+decodes within the limits); if any is bad, the command names every problem and publishes
+nothing, so a batch is never half-published.
+
+Layout read (what ``skuforge synth`` writes)::
+
+    DIR/<any folder name>/metadata.json   {"sku_id", "name", "category", "brand", "series"}
+    DIR/<any folder name>/*.png|jpg|...   1..SKUFORGE_MAX_PHOTOS_PER_SKU photos
+
+``DIR`` may also be a single SKU folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from schemas.common import ImageRef, SkuMetadata
+from schemas.envelope import derive_id
+from schemas.events import ReferencePhoto, SkuIngested
+from schemas.topics import SKU_INGESTED
+from shared.bus import Publisher
+from shared.config import ConfigError, Settings, load_settings
+from shared.errors import ImageRejected, TransientError
+from shared.images import decode_image, encode_png
+from shared.store import ObjectStore, open_store, sha256_hex
+
+PHOTO_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+PRODUCER = "ingest"
+
+
+class IngestError(Exception):
+    """One or more SKU folders cannot be ingested; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class PreparedPhoto:
+    """A photo that decoded within the limits, re-encoded as PNG, ready to upload."""
+
+    photo_id: str
+    original_filename: str
+    png: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class PreparedSku:
+    """A SKU folder that passed every check."""
+
+    folder: Path
+    metadata: SkuMetadata
+    photos: list[PreparedPhoto]
+
+    @property
+    def event_id(self) -> str:
+        """Same folder content → same event id, so re-ingesting is idempotent downstream."""
+        return derive_id(PRODUCER, self.metadata.model_dump_json(), *(photo.photo_id for photo in self.photos))
+
+
+def find_sku_folders(path: Path) -> list[Path]:
+    """The SKU folders under ``path`` (or ``path`` itself when it holds a metadata.json)."""
+    if not path.is_dir():
+        raise IngestError(f"{path}: not a directory")
+    if (path / "metadata.json").is_file():
+        return [path]
+    folders = sorted(child for child in path.iterdir() if child.is_dir() and not child.name.startswith("."))
+    if not folders:
+        raise IngestError(f"{path}: no SKU folders (a folder with metadata.json and photos) found")
+    return folders
+
+
+def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, list[str]]:
+    """Check one SKU folder; returns the prepared SKU or the list of problems."""
+    problems: list[str] = []
+    metadata: SkuMetadata | None = None
+    metadata_path = folder / "metadata.json"
+    try:
+        metadata = SkuMetadata.model_validate_json(metadata_path.read_bytes())
+    except FileNotFoundError:
+        problems.append(f"{metadata_path}: missing (needs sku_id, name, category, brand, series)")
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "(file)"
+            problems.append(f"{metadata_path}: {field}: {error['msg']}")
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+    if not files:
+        problems.append(f"{folder}: no photos ({', '.join(sorted(PHOTO_SUFFIXES))})")
+    elif len(files) > settings.max_photos_per_sku:
+        problems.append(
+            f"{folder}: {len(files)} photos; at most {settings.max_photos_per_sku} "
+            "(SKUFORGE_MAX_PHOTOS_PER_SKU) are accepted"
+        )
+    photos: list[PreparedPhoto] = []
+    seen: set[str] = set()
+    for file in files[: settings.max_photos_per_sku]:
+        try:
+            image = decode_image(
+                file.read_bytes(), max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
+            )
+        except ImageRejected as exc:
+            problems.append(f"{file}: refused ({exc})")
+            continue
+        png = encode_png(image)
+        photo_id = sha256_hex(png)[:16]
+        if photo_id in seen:
+            continue  # the same picture twice adds nothing
+        seen.add(photo_id)
+        photos.append(
+            PreparedPhoto(photo_id, file.name[:255], png, width=image.width, height=image.height)
+        )
+    if problems or metadata is None:
+        return None, problems
+    return PreparedSku(folder=folder, metadata=metadata, photos=photos), []
+
+
+def prepare_all(path: Path, settings: Settings) -> list[PreparedSku]:
+    """Check every SKU folder under ``path``; raise IngestError naming all problems if any."""
+    prepared: list[PreparedSku] = []
+    problems: list[str] = []
+    owners: dict[str, Path] = {}
+    for folder in find_sku_folders(path):
+        sku, sku_problems = prepare_sku(folder, settings)
+        problems.extend(sku_problems)
+        if sku is None:
+            continue
+        if sku.metadata.sku_id in owners:
+            problems.append(f"{folder}: sku_id {sku.metadata.sku_id!r} is also used by {owners[sku.metadata.sku_id]}")
+            continue
+        owners[sku.metadata.sku_id] = folder
+        prepared.append(sku)
+    if problems:
+        raise IngestError("nothing was ingested; fix these and run again:\n  " + "\n  ".join(problems))
+    return prepared
+
+
+def upload_sku(sku: PreparedSku, store: ObjectStore) -> SkuIngested:
+    """Store the photos (keys derived from content, so re-uploads overwrite) and build the event."""
+    photos = []
+    for photo in sku.photos:
+        key = f"incoming/{sku.metadata.sku_id}/{photo.photo_id}.png"
+        stored = store.put_bytes(key, photo.png, "image/png")
+        image = ImageRef(**stored.model_dump(), width=photo.width, height=photo.height)
+        photos.append(ReferencePhoto(photo_id=photo.photo_id, image=image, original_filename=photo.original_filename))
+    return SkuIngested(sku=sku.metadata, photos=photos)
+
+
+def ingest_path(path: Path, settings: Settings, *, store: ObjectStore | None = None) -> list[str]:
+    """Ingest every SKU under ``path``; returns the event ids published (one per SKU)."""
+    prepared = prepare_all(path, settings)
+    store = store or open_store(settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url,
+                                s3_region=settings.s3_region)
+    publisher = Publisher(settings, PRODUCER)
+    try:
+        event_ids = []
+        for sku in prepared:
+            payload = upload_sku(sku, store)
+            # Photos are durable before the event exists, so no consumer ever sees a dangling reference.
+            envelope = publisher.publish(SKU_INGESTED, payload, sku_id=sku.metadata.sku_id, event_id=sku.event_id)
+            event_ids.append(envelope.event_id)
+        return event_ids
+    finally:
+        publisher.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``skuforge ingest DIR``."""
+    parser = argparse.ArgumentParser(
+        prog="skuforge ingest",
+        description="Upload each SKU folder's photos to the object store and publish sku.ingested.",
+    )
+    parser.add_argument("path", type=Path, help="a SKU folder (photos + metadata.json) or a folder of them")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        event_ids = ingest_path(args.path, settings)
+    except (IngestError, ConfigError) as exc:
+        print(f"skuforge ingest: {exc}", file=sys.stderr)
+        return 2
+    except TransientError as exc:
+        print(f"skuforge ingest: {exc} (is Kafka at SKUFORGE_KAFKA_BOOTSTRAP running?)", file=sys.stderr)
+        return 1
+    print(json.dumps({"ingested_skus": len(event_ids), "event_ids": event_ids}))
+    return 0

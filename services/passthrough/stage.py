@@ -1,0 +1,49 @@
+"""Pass-through: the runtime's reference stage, and a smoke test for a deployment.
+
+Consumes: ``sku.ingested``.
+Produces: the same payload on ``passthrough.sku.ingested.v1``, after writing one marker object
+``passthrough/<sku_id>/<output event id>.json`` to the object store.
+Bad input: whatever the runtime refuses (not JSON, wrong schema) goes to the DLQ; an event
+whose first photo is missing or corrupt in the store goes to the DLQ (``object_missing``,
+``checksum_mismatch``), because the stage reads it back with its checksum.
+
+It does no model work, so the bus benchmark uses it to measure the runtime's own overhead, and
+the delivery tests use it to prove at-least-once and redelivery without duplicates.
+"""
+
+from __future__ import annotations
+
+from schemas.envelope import Envelope, derive_id
+from schemas.events import SkuIngested
+from schemas.topics import SKU_INGESTED, Topic
+from shared.runtime import Context, Emit, Stage, run_stage
+
+PASSTHROUGH_OUT = Topic("passthrough.sku.ingested", 1, SkuIngested)
+DEFAULT_METRICS_PORT = 9190
+
+
+def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+    """Verify the first photo, record a marker object, forward the payload."""
+    ctx.store.read_verified(event.payload.photos[0].image)
+    marker_id = derive_id(event.event_id, ctx.stage, "out")
+    ctx.store.put_json(
+        f"passthrough/{event.sku_id}/{marker_id}.json",
+        {"input_event_id": event.event_id, "output_event_id": marker_id},
+    )
+    return [Emit(PASSTHROUGH_OUT, event.payload, key="out")]
+
+
+def build_stage(**kwargs: object) -> Stage:
+    """The stage, ready to run (kwargs go to Stage: settings, store...)."""
+    stage = Stage("passthrough", default_metrics_port=DEFAULT_METRICS_PORT, **kwargs)  # type: ignore[arg-type]
+    stage.handler(SKU_INGESTED)(handle)
+    return stage
+
+
+def main() -> int:
+    """Run the pass-through stage until SIGTERM."""
+    return run_stage(build_stage())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""Kafka plumbing used by the runtime and by producers outside it (ingest, console).
+
+Producers are idempotent with ``acks=all``; envelopes are built in one place so every event
+carries the same metadata; topics are created deliberately (auto-creation is off on our broker).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from pydantic import BaseModel
+
+from schemas.envelope import Envelope, derive_id, utc_now
+from schemas.topics import ALL_TOPICS, DLQ_SUFFIX, Topic
+from shared.config import Settings
+from shared.errors import TransientError
+
+log = logging.getLogger(__name__)
+
+
+def make_producer(settings: Settings, client_id: str) -> KafkaProducer:
+    """An idempotent producer that waits for every in-sync replica (acks=all)."""
+    return KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        max_in_flight_requests_per_connection=5,
+        linger_ms=5,
+        retries=2**31 - 1,
+        request_timeout_ms=30_000,
+        delivery_timeout_ms=120_000,
+    )
+
+
+def make_consumer(settings: Settings, group_id: str, client_id: str) -> KafkaConsumer:
+    """A consumer for a stage: manual commits, small polls, a poll interval fit for slow models."""
+    return KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=settings.max_poll_records,
+        max_poll_interval_ms=settings.max_poll_interval_ms,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=max(1_000, settings.session_timeout_ms // 10),
+        allow_auto_create_topics=False,
+    )
+
+
+def make_envelope(
+    topic: Topic[Any],
+    payload: BaseModel,
+    *,
+    event_id: str,
+    sku_id: str,
+    trace_id: str,
+    producer: str,
+) -> Envelope[Any]:
+    """Wrap a payload in the common envelope, checking it is the topic's model."""
+    if not isinstance(payload, topic.payload):
+        raise TypeError(f"{topic.name} carries {topic.payload.__name__}, not {type(payload).__name__}")
+    return Envelope[topic.payload](  # type: ignore[name-defined]
+        event_id=event_id,
+        schema_name=topic.schema_name,
+        schema_version=topic.version,
+        sku_id=sku_id,
+        trace_id=trace_id,
+        produced_at=utc_now(),
+        producer=producer,
+        payload=payload,
+    )
+
+
+def envelope_model(topic: Topic[Any]) -> type[Envelope[Any]]:
+    """The parametrised envelope class that validates messages of ``topic``."""
+    return Envelope[topic.payload]  # type: ignore[name-defined,no-any-return]
+
+
+class Publisher:
+    """Publishes events from outside a stage (ingest, console): send, then flush before returning."""
+
+    def __init__(self, settings: Settings, producer_name: str) -> None:
+        self.producer_name = producer_name
+        self._settings = settings
+        self._producer = make_producer(settings, client_id=f"skuforge-{producer_name}")
+
+    def publish(self, topic: Topic[Any], payload: BaseModel, *, sku_id: str, event_id: str | None = None,
+                trace_id: str | None = None) -> Envelope[Any]:
+        """Send one event and wait until the broker has it (acks=all); raises TransientError otherwise."""
+        event_id = event_id or derive_id(self.producer_name, topic.name, payload.model_dump_json())
+        envelope = make_envelope(
+            topic, payload, event_id=event_id, sku_id=sku_id, trace_id=trace_id or event_id,
+            producer=self.producer_name,
+        )
+        topic_name = self._settings.topic_name(topic)
+        future = self._producer.send(topic_name, key=sku_id.encode(), value=envelope.model_dump_json().encode())
+        try:
+            future.get(timeout=self._settings.flush_timeout_s)
+        except KafkaError as exc:
+            raise TransientError(f"could not publish to {topic_name}: {exc}") from exc
+        return envelope
+
+    def close(self) -> None:
+        """Flush and close the producer."""
+        self._producer.close(timeout=self._settings.flush_timeout_s)
+
+
+def ensure_topics(
+    settings: Settings,
+    topics: Iterable[Topic[Any]] = ALL_TOPICS,
+    *,
+    partitions: int | None = None,
+    with_dlq: bool = True,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create the topics (and their DLQs) that do not exist yet; returns the names created."""
+    partitions = partitions or settings.topic_partitions
+    names: list[str] = []
+    for topic in topics:
+        names.append(settings.topic_name(topic))
+        if with_dlq:
+            names.append(settings.dlq_name(topic))
+    return create_topic_names(settings, names, partitions=partitions, timeout_s=timeout_s)
+
+
+def create_topic_names(settings: Settings, names: Iterable[str], *, partitions: int, timeout_s: float = 30.0
+                       ) -> list[str]:
+    """Create plain topic names (DLQs get one partition: they are low-volume and read by people)."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="skuforge-admin")
+    try:
+        existing = set(admin.list_topics())
+        wanted = [name for name in dict.fromkeys(names) if name not in existing]
+        new = [
+            NewTopic(name, 1 if name.endswith(DLQ_SUFFIX) else partitions, settings.topic_replication)
+            for name in wanted
+        ]
+        created: list[str] = []
+        for new_topic in new:
+            try:
+                admin.create_topics([new_topic], timeout_ms=int(timeout_s * 1000))
+                created.append(new_topic.name)
+            except TopicAlreadyExistsError:
+                pass
+        _wait_for_metadata(admin, wanted, timeout_s)
+        return created
+    finally:
+        admin.close()
+
+
+def _wait_for_metadata(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while names:
+        missing = set(names) - set(admin.list_topics())
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise TransientError(f"topics not visible after {timeout_s}s: {sorted(missing)}")
+        time.sleep(0.1)

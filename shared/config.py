@@ -1,0 +1,120 @@
+"""All configuration, in one place: environment variables with the ``SKUFORGE_`` prefix.
+
+Every setting has a documented default; ``skuforge config`` prints the table that README.md
+carries. An invalid value stops the service at start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.topics import DLQ_SUFFIX, Topic
+
+ENV_PREFIX = "SKUFORGE_"
+
+
+class ConfigError(Exception):
+    """Configuration is invalid; the message names each offending environment variable."""
+
+
+class Settings(BaseSettings):
+    """Settings shared by every skuforge service."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # Bus
+    kafka_bootstrap: str = Field(
+        default="127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers, comma-separated"
+    )
+    consumer_group_prefix: str = Field(
+        default="skuforge", min_length=1, description="consumer group of a stage is '<prefix>.<stage>'"
+    )
+    topic_namespace: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="prefix of every topic name, to share one cluster between environments (e.g. 'staging.')",
+    )
+    topic_partitions: int = Field(default=6, ge=1, description="partitions of topics created by skuforge")
+    topic_replication: int = Field(default=1, ge=1, description="replication factor of created topics")
+    max_poll_records: int = Field(
+        default=16, ge=1, description="records per poll; small, so slow model steps never exceed the poll interval"
+    )
+    max_poll_interval_ms: int = Field(
+        default=600_000, ge=10_000, description="time a poll batch may take before the group rebalances"
+    )
+    session_timeout_ms: int = Field(default=30_000, ge=6_000, description="consumer group session timeout")
+    flush_timeout_s: float = Field(default=60.0, gt=0, description="time to wait for outputs to be acknowledged")
+    # Retries
+    retry_backoff_initial_s: float = Field(default=0.5, gt=0, description="first back-off after a transient fault")
+    retry_backoff_max_s: float = Field(default=30.0, gt=0, description="longest back-off between retries")
+    handler_max_attempts: int = Field(
+        default=5, ge=1, description="attempts on an unexpected handler error before the message goes to the DLQ"
+    )
+    # Object store
+    store_uri: str = Field(
+        default="file://./var/store", description="object store root: file://DIR or s3://BUCKET/PREFIX"
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="endpoint of an S3-compatible store (MinIO, moto...); unset for AWS"
+    )
+    s3_region: str = Field(default="us-east-1", description="S3 region")
+    # Input limits
+    max_image_pixels: int = Field(default=40_000_000, ge=1, description="images with more pixels are refused")
+    max_image_bytes: int = Field(default=50 * 2**20, ge=1, description="images larger than this are refused")
+    max_photos_per_sku: int = Field(default=10, ge=1, description="reference photos accepted per SKU")
+    # Observability
+    metrics_host: str = Field(default="127.0.0.1", description="address the /metrics, /healthz, /readyz server binds")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="port of that server; unset = the stage's own default port"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="log level")
+    log_format: Literal["json", "text"] = Field(default="json", description="json lines, or text for humans")
+
+    def topic_name(self, topic: Topic[Any]) -> str:
+        """The Kafka name of ``topic`` in this environment (namespace + versioned name)."""
+        return self.topic_namespace + topic.name
+
+    def dlq_name(self, topic: Topic[Any]) -> str:
+        """The Kafka name of ``topic``'s dead-letter topic in this environment."""
+        return self.topic_name(topic) + DLQ_SUFFIX
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> Settings:
+        if self.retry_backoff_max_s < self.retry_backoff_initial_s:
+            raise ValueError("retry_backoff_max_s must be at least retry_backoff_initial_s")
+        return self
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment (and overrides), turning errors into a ConfigError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, naming the environment variable and what is wrong."""
+    lines = ["invalid configuration:"]
+    for error in exc.errors():
+        location = [str(part) for part in error["loc"]]
+        variable = ENV_PREFIX + location[0].upper() if location else "(settings)"
+        given = error.get("input")
+        shown = f" (got {given!r})" if location and not isinstance(given, dict) else ""
+        lines.append(f"  {variable}: {error['msg']}{shown}")
+    return "\n".join(lines)
+
+
+@lru_cache(maxsize=1)
+def settings_table_markdown() -> str:
+    """The configuration table for README.md, generated from the model so it cannot go stale."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "(unset)" if default is None else f"`{default}`"
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description or ''} |")
+    return "\n".join(rows)

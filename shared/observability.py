@@ -1,0 +1,210 @@
+"""Metrics, health endpoints and JSON logs shared by every service.
+
+Each service serves ``/metrics`` (Prometheus text format), ``/healthz`` (the process is alive
+and its loop is turning) and ``/readyz`` (it can do its job: connected, model loaded) on its
+own port. Names follow Prometheus conventions: base units, ``_total`` for counters.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Seconds-long model steps (diffusion, U2-Net on CPU) need buckets well past the defaults' 10 s.
+HANDLER_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class StageMetrics:
+    """The runtime's standard metrics, in a registry of the service's own."""
+
+    def __init__(self, stage: str, registry: CollectorRegistry | None = None) -> None:
+        self.stage = stage
+        self.registry = registry or CollectorRegistry()
+        self.messages = Counter(
+            "skuforge_messages_total",
+            "Input messages by outcome (ok, dlq, retry).",
+            ["stage", "topic", "outcome"],
+            registry=self.registry,
+        )
+        self.handler_seconds = Histogram(
+            "skuforge_handler_seconds",
+            "Seconds the stage's handler spent per input message (per batch for batch handlers).",
+            ["stage"],
+            buckets=HANDLER_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.dlq = Counter(
+            "skuforge_dlq_total",
+            "Messages sent to a dead-letter topic, by reason.",
+            ["stage", "topic", "reason"],
+            registry=self.registry,
+        )
+        self.produced = Counter(
+            "skuforge_produced_total",
+            "Output events produced, by topic.",
+            ["stage", "topic"],
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "skuforge_retries_total",
+            "Retries after a transient fault, by error class.",
+            ["stage", "error"],
+            registry=self.registry,
+        )
+        self.consumer_lag = Gauge(
+            "skuforge_consumer_lag_messages",
+            "Messages behind the end of each assigned partition.",
+            ["stage", "topic", "partition"],
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "skuforge_batch_seconds",
+            "Seconds from poll to commit of one batch (handle, write, produce, flush, commit).",
+            ["stage"],
+            buckets=HANDLER_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.paused_partitions = Gauge(
+            "skuforge_paused_partitions",
+            "Partitions paused while backing off after a transient fault.",
+            ["stage"],
+            registry=self.registry,
+        )
+
+
+class HealthServer:
+    """Serves /metrics, /healthz and /readyz from a background thread.
+
+    ``ready`` is a callable so each service decides what ready means; ``alive`` is bumped by
+    the service's loop so a stuck loop turns /healthz red after ``stale_after_s``.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ready: Callable[[], bool] = lambda: True,
+        stale_after_s: float = 900.0,
+    ) -> None:
+        self.registry = registry
+        self.ready = ready
+        self.stale_after_s = stale_after_s
+        self._last_beat = time.monotonic()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._reply(200, generate_latest(server.registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    healthy = time.monotonic() - server._last_beat < server.stale_after_s
+                    self._reply(200 if healthy else 503, b"ok\n" if healthy else b"loop stalled\n")
+                elif path == "/readyz":
+                    try:
+                        ready = bool(server.ready())
+                    except Exception:  # a readiness probe must answer, whatever the check raised
+                        ready = False
+                    self._reply(200 if ready else 503, b"ready\n" if ready else b"not ready\n")
+                else:
+                    self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+            def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # scrapes are not news
+                return
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="health-server", daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when constructed with port 0)."""
+        return int(self._httpd.server_address[1])
+
+    def beat(self) -> None:
+        """Record that the service's loop is alive."""
+        self._last_beat = time.monotonic()
+
+    def start(self) -> HealthServer:
+        """Start serving in the background."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+# Log context: set once per message by the runtime, read by every log line made meanwhile.
+trace_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id", default=None)
+sku_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("sku_id", default=None)
+
+
+@contextmanager
+def log_context(trace_id: str | None, sku_id: str | None) -> Iterator[None]:
+    """Attach trace_id and sku_id to every log line within the block."""
+    trace_token = trace_id_var.set(trace_id)
+    sku_token = sku_id_var.set(sku_id)
+    try:
+        yield
+    finally:
+        trace_id_var.reset(trace_token)
+        sku_id_var.reset(sku_token)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, trace_id, sku_id, extras."""
+
+    _standard = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        trace_id, sku_id = trace_id_var.get(), sku_id_var.get()
+        if trace_id:
+            entry["trace_id"] = trace_id
+        if sku_id:
+            entry["sku_id"] = sku_id
+        for key, value in record.__dict__.items():
+            if key not in self._standard and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    """Send logs to stderr as JSON lines (or text), replacing earlier handlers."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # kafka-python is chatty at INFO about every connection.
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))

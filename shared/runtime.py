@@ -1,0 +1,591 @@
+"""The stage runtime: the one place that does poll → decode → validate → handle → produce → flush → commit.
+
+A stage is a typed function from one input event to its output events::
+
+    stage = Stage("gate")
+
+    @stage.handler(IMAGE_MATTED)
+    def handle(event: Envelope[ImageMatted], ctx: Context) -> list[Emit]:
+        ...  # read inputs with ctx.store, write outputs to ctx.store
+        return [Emit(GATE_ACCEPTED, accepted, key="decision")]
+
+    stage.run()
+
+Delivery (../shared/DESIGN.md, "Delivery and failure"):
+
+* **At least once, effectively once in the store.** The handler writes its objects under
+  deterministic ids before returning; the runtime then produces every output (idempotent
+  producer, acks=all), flushes, checks each send, and only then commits the input offsets.
+  A crash anywhere before the commit redelivers the input; the handler overwrites the same
+  objects and the runtime re-produces outputs with the same ``event_id`` (derived from the
+  input's event_id and the output's ``key``). Consumers de-duplicate by ``event_id``; the
+  runtime itself skips inputs it has already completed in this process.
+* **Bad input** (not JSON, wrong schema, ``BadInput`` raised by the handler) goes to
+  ``<topic>.dlq`` with the reason and the original bytes; the stream goes on.
+* **Transient faults** (``TransientError``, Kafka errors) pause the partition and seek back to
+  the failed record; it is retried after an exponential back-off. Nothing after it in that
+  partition is processed or committed meanwhile, so per-SKU order holds. Other partitions go on.
+* **Unexpected handler errors** are retried like transient ones, up to ``handler_max_attempts``,
+  then dead-lettered with reason ``handler_error``, so one poison message cannot stall a partition.
+* **SIGTERM/SIGINT** finish the batch in hand, commit and return 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.producer.future import FutureRecordMetadata
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from pydantic import BaseModel, ValidationError
+
+from schemas.envelope import DeadLetter, Envelope, derive_id, utc_now
+from schemas.topics import DLQ_SUFFIX, Topic
+from shared.bus import envelope_model, make_consumer, make_envelope, make_producer
+from shared.config import Settings, load_settings
+from shared.errors import BadInput, TransientError
+from shared.observability import HealthServer, StageMetrics, configure_logging, log_context
+from shared.store import ObjectStore, open_store
+
+P = TypeVar("P", bound=BaseModel)
+log = logging.getLogger("skuforge.runtime")
+
+
+@dataclass(frozen=True)
+class Emit:
+    """One output event of a handler.
+
+    ``key`` names the output among the outputs of the same input ("variant-3", "decision");
+    with the input's event_id it makes the output's deterministic event_id.
+    """
+
+    topic: Topic[Any]
+    payload: BaseModel
+    key: str
+    sku_id: str | None = None  # defaults to the input's sku_id
+
+
+@dataclass
+class Context:
+    """What a handler may use besides its event: the store, settings, metrics, a logger."""
+
+    stage: str
+    store: ObjectStore
+    settings: Settings
+    metrics: StageMetrics
+    log: logging.Logger
+
+
+Handler = Callable[[Envelope[Any], Context], Sequence[Emit]]
+# A batch handler returns, per input and in order, its outputs or the BadInput that refuses it.
+BatchHandler = Callable[[Sequence[Envelope[Any]], Context], Sequence[Sequence[Emit] | BadInput]]
+
+
+@dataclass
+class _Route(Generic[P]):
+    topic: Topic[P]
+    envelope: type[Envelope[Any]]
+    handle: Handler | None = None
+    handle_batch: BatchHandler | None = None
+
+
+@dataclass
+class _Retry:
+    """A record that must be tried again after a back-off."""
+
+    error: BaseException
+
+
+@dataclass
+class _Outcome:
+    """The result of one input record: outputs to produce, or a dead letter, or nothing (duplicate)."""
+
+    outputs: list[tuple[str, bytes, bytes]] = field(default_factory=list)  # topic, key, value
+    event_id: str | None = None
+    dead_reason: str | None = None
+
+
+class Stage:
+    """A Kafka stage: consumes its input topics, calls the handler, produces outputs.
+
+    ``default_metrics_port`` is used unless ``SKUFORGE_METRICS_PORT`` is set (0 = any free port).
+    ``ready`` adds the stage's own readiness (model loaded...) to the runtime's.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        settings: Settings | None = None,
+        store: ObjectStore | None = None,
+        default_metrics_port: int = 0,
+        ready: Callable[[], bool] = lambda: True,
+        dedupe_window: int = 10_000,
+    ) -> None:
+        self.name = name
+        self.settings = settings or load_settings()
+        self.store = store or open_store(
+            self.settings.store_uri,
+            s3_endpoint_url=self.settings.s3_endpoint_url,
+            s3_region=self.settings.s3_region,
+        )
+        self.metrics = StageMetrics(name)
+        self._routes: dict[str, _Route[Any]] = {}
+        self._stage_ready = ready
+        self._metrics_port = self.settings.metrics_port if self.settings.metrics_port is not None else (
+            default_metrics_port
+        )
+        self._stop = threading.Event()
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self.health: HealthServer | None = None
+        # Per-partition back-off state and per-record attempt counts.
+        self._resume_at: dict[TopicPartition, float] = {}
+        self._failures: dict[TopicPartition, int] = {}
+        self._attempts: dict[tuple[TopicPartition, int], int] = {}
+        # Inputs completed (outputs durable, offset committed) by this process, newest last.
+        self._completed: OrderedDict[str, None] = OrderedDict()
+        self._dedupe_window = dedupe_window
+        self._last_lag_update = 0.0
+        self.context = Context(
+            stage=name,
+            store=self.store,
+            settings=self.settings,
+            metrics=self.metrics,
+            log=logging.getLogger(f"skuforge.{name}"),
+        )
+
+    # -- wiring -------------------------------------------------------------------------------
+
+    def handler(self, topic: Topic[P]) -> Callable[[Handler], Handler]:
+        """Register ``fn(event, ctx) -> [Emit, ...]`` for the events of ``topic``."""
+
+        def register(fn: Handler) -> Handler:
+            self._add_route(_Route(topic, envelope_model(topic), handle=fn))
+            return fn
+
+        return register
+
+    def batch_handler(self, topic: Topic[P]) -> Callable[[BatchHandler], BatchHandler]:
+        """Register ``fn(events, ctx) -> [[Emit, ...] | BadInput, ...]`` for micro-batched inference."""
+
+        def register(fn: BatchHandler) -> BatchHandler:
+            self._add_route(_Route(topic, envelope_model(topic), handle_batch=fn))
+            return fn
+
+        return register
+
+    def _add_route(self, route: _Route[Any]) -> None:
+        topic_name = self.settings.topic_name(route.topic)
+        if topic_name in self._routes:
+            raise ValueError(f"stage {self.name} already handles {topic_name}")
+        self._routes[topic_name] = route
+
+    @property
+    def topics(self) -> list[str]:
+        """Names of the topics this stage consumes."""
+        return list(self._routes)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand, commit and return."""
+        self._stop.set()
+
+    def ready(self) -> bool:
+        """Connected to the broker and the stage's own readiness check passes."""
+        consumer = self._consumer
+        return consumer is not None and consumer.bootstrap_connected() and self._stage_ready()
+
+    def run(self, *, install_signal_handlers: bool | None = None, serve_health: bool = True) -> int:
+        """Consume until stopped (SIGTERM, SIGINT or ``stop()``); returns the exit code (0)."""
+        if not self._routes:
+            raise RuntimeError(f"stage {self.name} has no handler: register one with @stage.handler(topic)")
+        if install_signal_handlers is None:
+            install_signal_handlers = threading.current_thread() is threading.main_thread()
+        if install_signal_handlers:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: self.stop())
+        if serve_health:
+            self.health = HealthServer(
+                self.metrics.registry, host=self.settings.metrics_host, port=self._metrics_port, ready=self.ready
+            ).start()
+        self._consumer = make_consumer(
+            self.settings, group_id=f"{self.settings.consumer_group_prefix}.{self.name}", client_id=self.name
+        )
+        self._producer = make_producer(self.settings, client_id=self.name)
+        self._consumer.subscribe(self.topics, listener=_RebalanceListener(self))
+        log.info("stage started", extra={"stage": self.name, "topics": self.topics})
+        try:
+            while not self._stop.is_set():
+                self._resume_due_partitions()
+                batch = self._consumer.poll(timeout_ms=200)
+                if self.health:
+                    self.health.beat()
+                if batch:
+                    self._process_batch(batch)
+                self._update_lag()
+        finally:
+            log.info("stage stopping", extra={"stage": self.name})
+            self._consumer.close(autocommit=False)
+            self._producer.close(timeout=self.settings.flush_timeout_s)
+            if self.health:
+                self.health.stop()
+        return 0
+
+    # -- the batch ----------------------------------------------------------------------------
+
+    def _process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        started = time.monotonic()
+        outcomes: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]] = {}
+        for tp, records in batch.items():
+            route = self._routes[tp.topic]
+            if route.handle_batch is not None:
+                continue
+            done: list[tuple[ConsumerRecord, _Outcome]] = []
+            for record in records:
+                result = self._process_one(route, tp, record)
+                if isinstance(result, _Retry):
+                    self._back_off(tp, record.offset, result.error)
+                    break
+                done.append((record, result))
+            outcomes[tp] = done
+        for route in self._routes.values():
+            if route.handle_batch is not None:
+                topic_name = self.settings.topic_name(route.topic)
+                parts = {tp: recs for tp, recs in batch.items() if tp.topic == topic_name}
+                if parts:
+                    outcomes.update(self._process_micro_batch(route, parts))
+
+        if not self._produce_and_flush(outcomes, batch):
+            return
+        self._commit(outcomes)
+        self.metrics.batch_seconds.labels(self.name).observe(time.monotonic() - started)
+
+    def _process_one(self, route: _Route[Any], tp: TopicPartition, record: ConsumerRecord) -> _Outcome | _Retry:
+        decoded = self._decode(route, record)
+        if isinstance(decoded, _Outcome):
+            return decoded
+        if decoded.event_id in self._completed:
+            self.metrics.messages.labels(self.name, tp.topic, "duplicate").inc()
+            return _Outcome(event_id=decoded.event_id)
+        assert route.handle is not None
+        with log_context(decoded.trace_id, decoded.sku_id):
+            started = time.monotonic()
+            try:
+                emits = route.handle(decoded, self.context)
+                return self._encode_outputs(decoded, emits, tp)
+            except BadInput as exc:
+                return self._dead_letter(record, exc.reason, str(exc), exc, decoded)
+            except (TransientError, KafkaError) as exc:
+                return _Retry(exc)
+            except Exception as exc:
+                return self._unexpected(tp, record, exc, decoded)
+            finally:
+                self.metrics.handler_seconds.labels(self.name).observe(time.monotonic() - started)
+
+    def _process_micro_batch(
+        self, route: _Route[Any], parts: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]]:
+        """Decode every record, call the batch handler once on the valid ones, map results back."""
+        assert route.handle_batch is not None
+        slots: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome | Envelope[Any]]]] = {}
+        events: list[Envelope[Any]] = []
+        for tp, records in parts.items():
+            slots[tp] = []
+            for record in records:
+                decoded = self._decode(route, record)
+                if isinstance(decoded, Envelope) and decoded.event_id in self._completed:
+                    self.metrics.messages.labels(self.name, tp.topic, "duplicate").inc()
+                    decoded = _Outcome(event_id=decoded.event_id)
+                if isinstance(decoded, Envelope):
+                    events.append(decoded)
+                slots[tp].append((record, decoded))
+
+        results: Sequence[Sequence[Emit] | BadInput | BaseException] = []
+        if events:
+            started = time.monotonic()
+            try:
+                results = list(route.handle_batch(events, self.context))
+                if len(results) != len(events):
+                    raise RuntimeError(f"batch handler returned {len(results)} results for {len(events)} events")
+            except (TransientError, KafkaError) as exc:
+                results = [exc] * len(events)
+            except Exception:
+                # Isolate the poison: run each event alone so one bad event cannot fail the rest.
+                results = [self._single(route, event) for event in events]
+            finally:
+                self.metrics.handler_seconds.labels(self.name).observe(time.monotonic() - started)
+
+        by_event = {id(event): result for event, result in zip(events, results, strict=True)}
+        out: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]] = {}
+        for tp, entries in slots.items():
+            done: list[tuple[ConsumerRecord, _Outcome]] = []
+            for record, decoded in entries:
+                if isinstance(decoded, _Outcome):
+                    done.append((record, decoded))
+                    continue
+                result = by_event[id(decoded)]
+                with log_context(decoded.trace_id, decoded.sku_id):
+                    if isinstance(result, BadInput):
+                        outcome: _Outcome | _Retry = self._dead_letter(record, result.reason, str(result), result, decoded)
+                    elif isinstance(result, (TransientError, KafkaError)):
+                        outcome = _Retry(result)
+                    elif isinstance(result, BaseException):
+                        outcome = self._unexpected(tp, record, result, decoded)
+                    else:
+                        try:
+                            outcome = self._encode_outputs(decoded, result, tp)
+                        except Exception as exc:
+                            outcome = self._unexpected(tp, record, exc, decoded)
+                if isinstance(outcome, _Retry):
+                    self._back_off(tp, record.offset, outcome.error)
+                    break
+                done.append((record, outcome))
+            out[tp] = done
+        return out
+
+    def _single(self, route: _Route[Any], event: Envelope[Any]) -> Sequence[Emit] | BadInput | BaseException:
+        assert route.handle_batch is not None
+        try:
+            return route.handle_batch([event], self.context)[0]
+        except BaseException as exc:
+            return exc
+
+    # -- decoding, encoding, dead letters -----------------------------------------------------
+
+    def _decode(self, route: _Route[Any], record: ConsumerRecord) -> Envelope[Any] | _Outcome:
+        if record.value is None:
+            return self._dead_letter(record, "empty_message", "the message has no value (tombstone?)", None, None)
+        try:
+            event = route.envelope.model_validate_json(record.value)
+        except ValidationError as exc:
+            if any(error["type"] == "json_invalid" for error in exc.errors()):
+                return self._dead_letter(record, "not_json", _first_error(exc), exc, None)
+            return self._dead_letter(record, "schema_invalid", _summarise(exc), exc, None)
+        if (event.schema_name, event.schema_version) != (route.topic.schema_name, route.topic.version):
+            detail = (
+                f"topic {record.topic} carries {route.topic.schema_name} v{route.topic.version}, "
+                f"got {event.schema_name} v{event.schema_version}"
+            )
+            return self._dead_letter(record, "schema_mismatch", detail, None, event)
+        return event
+
+    def _encode_outputs(self, event: Envelope[Any], emits: Sequence[Emit], tp: TopicPartition) -> _Outcome:
+        keys = [emit.key for emit in emits]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"handler of {self.name} returned duplicate output keys: {keys}")
+        outputs = []
+        for emit in emits:
+            sku_id = emit.sku_id or event.sku_id
+            envelope = make_envelope(
+                emit.topic,
+                emit.payload,
+                event_id=derive_id(event.event_id, self.name, emit.key),
+                sku_id=sku_id,
+                trace_id=event.trace_id,
+                producer=self.name,
+            )
+            outputs.append((self.settings.topic_name(emit.topic), sku_id.encode(), envelope.model_dump_json().encode()))
+        self.metrics.messages.labels(self.name, tp.topic, "ok").inc()
+        return _Outcome(outputs=outputs, event_id=event.event_id)
+
+    def _dead_letter(
+        self,
+        record: ConsumerRecord,
+        reason: str,
+        detail: str,
+        error: BaseException | None,
+        event: Envelope[Any] | None,
+    ) -> _Outcome:
+        letter = DeadLetter(
+            reason=reason,
+            detail=detail[:2000],
+            error_class=type(error).__name__ if error else "",
+            stage=self.name,
+            original_topic=record.topic,
+            original_partition=record.partition,
+            original_offset=record.offset,
+            original_key_b64=base64.b64encode(record.key).decode() if record.key is not None else None,
+            original_value_b64=base64.b64encode(record.value or b"").decode(),
+            event_id=event.event_id if event else None,
+            sku_id=event.sku_id if event else None,
+            trace_id=event.trace_id if event else None,
+            failed_at=utc_now(),
+        )
+        self.metrics.messages.labels(self.name, record.topic, "dlq").inc()
+        self.metrics.dlq.labels(self.name, record.topic, reason).inc()
+        log.warning(
+            "dead-lettered",
+            extra={"stage": self.name, "reason": reason, "detail": detail[:500], "offset": record.offset,
+                   "topic": record.topic, "partition": record.partition},
+        )
+        value = letter.model_dump_json().encode()
+        return _Outcome(outputs=[(record.topic + DLQ_SUFFIX, record.key or b"", value)], dead_reason=reason)
+
+    def _unexpected(
+        self, tp: TopicPartition, record: ConsumerRecord, exc: BaseException, event: Envelope[Any]
+    ) -> _Outcome | _Retry:
+        attempt_key = (tp, record.offset)
+        attempts = self._attempts.get(attempt_key, 0) + 1
+        self._attempts[attempt_key] = attempts
+        log.error(
+            "handler failed",
+            exc_info=exc,
+            extra={"stage": self.name, "attempt": attempts, "max_attempts": self.settings.handler_max_attempts},
+        )
+        if attempts < self.settings.handler_max_attempts:
+            return _Retry(exc)
+        detail = f"{type(exc).__name__}: {exc} (after {attempts} attempts)"
+        return self._dead_letter(record, "handler_error", detail, exc, event)
+
+    # -- produce, flush, commit ---------------------------------------------------------------
+
+    def _produce_and_flush(
+        self,
+        outcomes: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]],
+        batch: dict[TopicPartition, list[ConsumerRecord]],
+    ) -> bool:
+        """Send every output and wait for acks=all; on any failure, rewind the whole batch."""
+        assert self._producer is not None
+        futures: list[tuple[str, FutureRecordMetadata]] = []
+        try:
+            for done in outcomes.values():
+                for _, outcome in done:
+                    for topic_name, key, value in outcome.outputs:
+                        futures.append((topic_name, self._producer.send(topic_name, key=key, value=value)))
+            self._producer.flush(timeout=self.settings.flush_timeout_s)
+            for _, future in futures:
+                future.get(timeout=0)
+        except KafkaError as exc:
+            for tp, records in batch.items():
+                if tp not in self._resume_at:
+                    self._back_off(tp, records[0].offset, exc)
+            return False
+        for topic_name, _ in futures:
+            self.metrics.produced.labels(self.name, topic_name).inc()
+        return True
+
+    def _commit(self, outcomes: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]]) -> None:
+        assert self._consumer is not None
+        offsets = {
+            tp: OffsetAndMetadata(done[-1][0].offset + 1, "", -1) for tp, done in outcomes.items() if done
+        }
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # The group rebalanced under us: another member will redeliver; outputs are idempotent.
+            log.warning("commit failed; records will be redelivered", extra={"stage": self.name, "error": str(exc)})
+            return
+        for tp, done in outcomes.items():
+            if done:
+                self._failures.pop(tp, None)
+            for record, outcome in done:
+                self._attempts.pop((tp, record.offset), None)
+                if outcome.event_id:
+                    self._completed[outcome.event_id] = None
+        while len(self._completed) > self._dedupe_window:
+            self._completed.popitem(last=False)
+
+    # -- back-off -----------------------------------------------------------------------------
+
+    def _back_off(self, tp: TopicPartition, offset: int, error: BaseException) -> None:
+        """Rewind ``tp`` to ``offset`` and pause it for an exponential, jittered back-off."""
+        assert self._consumer is not None
+        failures = self._failures.get(tp, 0) + 1
+        self._failures[tp] = failures
+        delay = min(self.settings.retry_backoff_max_s, self.settings.retry_backoff_initial_s * 2 ** (failures - 1))
+        delay *= random.uniform(0.8, 1.2)
+        self._consumer.seek(tp, offset)
+        self._consumer.pause(tp)
+        self._resume_at[tp] = time.monotonic() + delay
+        self.metrics.retries.labels(self.name, type(error).__name__).inc()
+        self.metrics.messages.labels(self.name, tp.topic, "retry").inc()
+        self.metrics.paused_partitions.labels(self.name).set(len(self._resume_at))
+        log.warning(
+            "transient fault; partition paused",
+            extra={"stage": self.name, "topic": tp.topic, "partition": tp.partition, "offset": offset,
+                   "retry_in_s": round(delay, 2), "error": f"{type(error).__name__}: {error}"},
+        )
+
+    def _resume_due_partitions(self) -> None:
+        if not self._resume_at:
+            return
+        assert self._consumer is not None
+        now = time.monotonic()
+        due = [tp for tp, at in self._resume_at.items() if at <= now]
+        for tp in due:
+            del self._resume_at[tp]
+            if tp in self._consumer.assignment():
+                self._consumer.resume(tp)
+        self.metrics.paused_partitions.labels(self.name).set(len(self._resume_at))
+
+    def _forget_partitions(self, partitions: Sequence[TopicPartition]) -> None:
+        for tp in partitions:
+            self._resume_at.pop(tp, None)
+            self._failures.pop(tp, None)
+        self.metrics.paused_partitions.labels(self.name).set(len(self._resume_at))
+
+    def _update_lag(self) -> None:
+        now = time.monotonic()
+        if self._consumer is None or now - self._last_lag_update < 2.0:
+            return
+        self._last_lag_update = now
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:
+                position = self._consumer.position(tp, timeout_ms=0)
+            except KafkaError:
+                continue
+            if position is not None:
+                self.metrics.consumer_lag.labels(self.name, tp.topic, str(tp.partition)).set(
+                    max(0, highwater - position)
+                )
+
+
+class _RebalanceListener:
+    """Drops back-off state of revoked partitions; offsets are committed after every batch already."""
+
+    def __init__(self, stage: Stage) -> None:
+        self._stage = stage
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        self._stage._forget_partitions(revoked)
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        log.info("partitions assigned", extra={"stage": self._stage.name, "partitions": [str(tp) for tp in assigned]})
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    return f"not valid JSON: {error['msg']}"
+
+
+def _summarise(exc: ValidationError, limit: int = 5) -> str:
+    parts = []
+    for error in exc.errors()[:limit]:
+        location = ".".join(str(part) for part in error["loc"]) or "(root)"
+        parts.append(f"{location}: {error['msg']}")
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def run_stage(stage: Stage) -> int:
+    """Entry point used by each service's ``main()``: logging from settings, then run."""
+    configure_logging(stage.settings.log_level, stage.settings.log_format)
+    return stage.run()
