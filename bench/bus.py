@@ -1,0 +1,168 @@
+"""Bus benchmark: the runtime's throughput against raw kafka-python on the same broker.
+
+Both sides do the same job on the same input partitions — poll, produce each record to an output
+topic, flush (acks=all), commit — so the ratio is the runtime's own overhead (decode, validate,
+envelope, metrics). Runs alternate (raw, runtime, raw, runtime, ...) and the medians are compared.
+Also measures the broker's cold start (fresh KRaft data dir to ready). Writes bench/results/bus.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import OffsetAndMetadata
+
+from schemas.envelope import Envelope
+from schemas.events import SkuIngested
+from schemas.topics import SKU_INGESTED, Topic
+from shared.broker import LocalKafka, free_port
+from shared.bus import ensure_topics
+from shared.config import Settings, load_settings
+from shared.runtime import Context, Emit, Stage
+from tests.support.bus import produce, sku_ingested_payloads
+
+RESULTS = Path(__file__).parent / "results"
+BENCH_OUT = Topic("bench.out", 1, SkuIngested)
+
+
+def _settings(bootstrap: str, store_uri: str, batch: int) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    return load_settings(
+        kafka_bootstrap=bootstrap, topic_namespace=f"b{tag}.", consumer_group_prefix=f"bench{tag}",
+        store_uri=store_uri, metrics_port=0, max_poll_records=batch, log_level="WARNING",
+    )
+
+
+def _count(bootstrap: str, topic: str) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    try:
+        partitions = [p for p in consumer.partitions_for_topic(topic) or ()]
+        from kafka.structs import TopicPartition
+
+        tps = [TopicPartition(topic, p) for p in partitions]
+        return sum(consumer.end_offsets(tps).values())
+    finally:
+        consumer.close()
+
+
+def run_raw(settings: Settings, events: int) -> float:
+    """Plain kafka-python: poll, produce, flush, commit; returns events/s."""
+    source, sink = settings.topic_name(SKU_INGESTED), settings.topic_name(BENCH_OUT)
+    consumer = KafkaConsumer(
+        source, bootstrap_servers=settings.kafka_bootstrap, group_id=settings.consumer_group_prefix + ".raw",
+        enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=settings.max_poll_records,
+    )
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+                             linger_ms=5)
+    done, started = 0, None
+    while done < events:
+        batch = consumer.poll(timeout_ms=200)
+        if not batch:
+            continue
+        started = started or time.perf_counter()
+        offsets = {}
+        for tp, records in batch.items():
+            for record in records:
+                producer.send(sink, key=record.key, value=record.value)
+            offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+            done += len(records)
+        producer.flush()
+        consumer.commit(offsets)
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    producer.close()
+    return events / elapsed
+
+
+def run_runtime(settings: Settings, events: int) -> float:
+    """The skuforge runtime with a forwarding handler; returns events/s."""
+    stage = Stage("bench", settings=settings)
+    first_seen: list[float] = []
+
+    @stage.handler(SKU_INGESTED)
+    def forward(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        if not first_seen:
+            first_seen.append(time.perf_counter())
+        return [Emit(BENCH_OUT, event.payload, key="out")]
+
+    thread = threading.Thread(target=stage.run, kwargs={"install_signal_handlers": False, "serve_health": False})
+    thread.start()
+    sink = settings.topic_name(BENCH_OUT)
+    while _count(settings.kafka_bootstrap, sink) < events:
+        time.sleep(0.05)
+    finished = time.perf_counter()
+    stage.stop()
+    thread.join()
+    return events / (finished - first_seen[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write bench/results/bus.json."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=500)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = LocalKafka(Path(tmp) / "kafka", port=free_port(), controller_port=free_port())
+        broker.start()
+        try:
+            cold_start_s = broker.cold_start_s
+            raw, runtime = [], []
+            for _ in range(args.rounds):
+                for kind in ("raw", "runtime"):
+                    settings = _settings(broker.bootstrap, f"file://{tmp}/store", args.batch)
+                    ensure_topics(settings, [SKU_INGESTED, BENCH_OUT], partitions=args.partitions)
+                    from shared.store import open_store
+
+                    payloads: list[Any] = sku_ingested_payloads(open_store(settings.store_uri), args.events)
+                    produce(settings, SKU_INGESTED, payloads)
+                    if kind == "raw":
+                        raw.append(run_raw(settings, args.events))
+                    else:
+                        runtime.append(run_runtime(settings, args.events))
+                    print(f"{kind}: {(raw if kind == 'raw' else runtime)[-1]:.0f} events/s", flush=True)
+        finally:
+            broker.stop()
+
+    raw_median, runtime_median = statistics.median(raw), statistics.median(runtime)
+    result = {
+        "runtime_events_per_s": round(runtime_median, 1),
+        "raw_events_per_s": round(raw_median, 1),
+        "ratio_vs_raw": round(runtime_median / raw_median, 3),
+        "broker_cold_start_s": round(cold_start_s, 2),
+        "target_ratio_vs_raw": 0.7,
+        "runs": {"raw_events_per_s": [round(x, 1) for x in raw],
+                 "runtime_events_per_s": [round(x, 1) for x in runtime]},
+        "setup": {"events_per_run": args.events, "rounds": args.rounds, "partitions": args.partitions,
+                  "max_poll_records": args.batch, "work": "poll, produce each record, flush (acks=all), commit"},
+        "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, "
+                   f"{_cpu_count()} cores, Python {platform.python_version()}, single-node Kafka on loopback",
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bus.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,296 @@
+"""Hardened image decoding and deterministic PNG encoding, used by every stage that touches pixels.
+
+Every image arrives from outside (retailer photos, generated images, human-made masks), so
+decoding refuses with a machine-readable ``ImageRejected`` reason instead of crashing or
+silently repairing:
+
+``empty``               zero bytes
+``too_large_bytes``     more bytes than ``max_bytes``
+``not_an_image``        Pillow cannot identify the bytes as any image format
+``format_not_allowed``  an image, but not one of ``allowed_formats``
+``zero_size``           the header declares a zero width or height
+``too_many_pixels``     the header declares more than ``max_pixels`` (checked before decoding;
+                        Pillow's own decompression-bomb limit counts as well)
+``truncated``           the pixel data ends early
+``corrupt``             the pixel data is damaged (bad checksum, broken stream...)
+``unsupported_mode``    a pixel layout that cannot be turned into RGB / a mask
+
+Odd but valid images are converted, never refused: 16-bit and 32-bit grayscale are
+rescaled (not clipped) to 8 bits, CMYK / palette / grayscale / bilevel become RGB, images
+with alpha are composited over white (product photos are shot and sold on white), EXIF
+orientation is applied and animated images yield their first frame.
+``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left off: a half image is not a photo.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from shared.errors import ImageRejected
+
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_BYTES = 50 * 2**20
+DEFAULT_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
+# Pillow names multi-picture JPEGs (what many phones write) "MPO"; they are JPEGs to us.
+_FORMAT_ALIASES = {"MPO": "JPEG"}
+# Compression level is fixed so equal pixels always give equal bytes (and equal sha256).
+PNG_COMPRESS_LEVEL = 6
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "P", "RGB", "RGBA"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+
+UInt8Array = npt.NDArray[np.uint8]
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    allowed_formats: Sequence[str] = DEFAULT_FORMATS,
+) -> Image.Image:
+    """Decode untrusted bytes into a fully loaded 8-bit ``RGB`` image.
+
+    EXIF orientation is applied, alpha is composited over white and high-bit-depth
+    grayscale is rescaled to 8 bits. Raises ``ImageRejected`` with one of the reason codes
+    listed in this module's docstring.
+    """
+    image = _open_and_load(data, max_pixels=max_pixels, max_bytes=max_bytes, allowed_formats=allowed_formats)
+    return _to_rgb(image)
+
+
+def decode_mask(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    allowed_formats: Sequence[str] = ("PNG", "BMP", "TIFF", "WEBP"),
+) -> UInt8Array:
+    """Decode an untrusted mask image into a ``uint8`` HxW array of 0 (background) and 255 (object).
+
+    The image is reduced to luminance (16-bit masks rescaled, not clipped) and thresholded
+    at 128. Transparent pixels count as background: alpha is composited over black.
+    EXIF orientation is applied, as ``decode_image`` does, so a mask stays aligned with its
+    photo. Refusals are the same ``ImageRejected`` reasons as ``decode_image``.
+    """
+    image = _open_and_load(data, max_pixels=max_pixels, max_bytes=max_bytes, allowed_formats=allowed_formats)
+    gray = _to_gray8(image)
+    return np.where(gray >= 128, np.uint8(255), np.uint8(0)).astype(np.uint8)
+
+
+def encode_png(image: Image.Image | npt.NDArray[Any]) -> bytes:
+    """Encode pixels as PNG bytes that depend only on the pixels.
+
+    No metadata (EXIF, ICC, text, time, dpi) is written and the compression level is fixed,
+    so the same pixels always give the same bytes. Arrays must be ``uint8`` (or ``bool``,
+    stored as 0/255) shaped HxW, HxWx3 or HxWx4. Raises ``ValueError`` for anything PNG
+    cannot hold.
+    """
+    clean = _array_to_image(image) if isinstance(image, np.ndarray) else _strip_metadata(image)
+    buffer = io.BytesIO()
+    clean.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    return buffer.getvalue()
+
+
+def _open_and_load(
+    data: bytes, *, max_pixels: int, max_bytes: int, allowed_formats: Sequence[str]
+) -> Image.Image:
+    """Run every refusal in order (cheap header checks before any pixel is decoded) and load frame 0."""
+    if not data:
+        raise ImageRejected("empty", "zero bytes")
+    if len(data) > max_bytes:
+        raise ImageRejected("too_large_bytes", f"{len(data)} bytes; at most {max_bytes} are allowed")
+    try:
+        # Image.open reads only the header; pixels are decoded by load() below.
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected("too_many_pixels", str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        if _png_declares_zero_size(data):
+            raise ImageRejected("zero_size", "PNG header declares a zero width or height") from exc
+        raise ImageRejected("not_an_image", "bytes are not in any known image format") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        raise ImageRejected("corrupt", f"unreadable image header: {exc}") from exc
+
+    image_format = _FORMAT_ALIASES.get(image.format or "", image.format or "")
+    allowed = {name.upper() for name in allowed_formats}
+    if image_format not in allowed:
+        raise ImageRejected(
+            "format_not_allowed", f"format {image.format or 'unknown'} is not one of {sorted(allowed)}"
+        )
+
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageRejected("zero_size", f"image is {width}x{height}")
+    limit = _pixel_limit(max_pixels)
+    if width * height > limit:
+        raise ImageRejected("too_many_pixels", f"{width}x{height} = {width * height} pixels; limit {limit}")
+
+    try:
+        image.load()
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected("too_many_pixels", str(exc)) from exc
+    except EOFError as exc:
+        raise ImageRejected("truncated", f"pixel data ends early: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
+        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        raise ImageRejected(reason, f"{image_format} pixel data: {exc}") from exc
+
+    return _apply_exif_orientation(image)
+
+
+def _pixel_limit(max_pixels: int) -> int:
+    """Our limit, tightened to Pillow's bomb-warning threshold so that warning is always a refusal.
+
+    Reading the threshold instead of turning the warning into an error with
+    ``warnings.catch_warnings`` keeps this safe in threaded services (that context manager
+    mutates process-wide state).
+    """
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    return max_pixels if pillow_limit is None else min(max_pixels, int(pillow_limit))
+
+
+def _png_declares_zero_size(data: bytes) -> bool:
+    """Pillow refuses zero-sized PNGs as unidentifiable; read IHDR ourselves to give the real reason."""
+    if not data.startswith(_PNG_SIGNATURE) or len(data) < 24 or data[12:16] != b"IHDR":
+        return False
+    width, height = struct.unpack(">II", data[16:24])
+    return width == 0 or height == 0
+
+
+def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+    """Rotate/flip as the EXIF orientation says.
+
+    Malformed EXIF only loses the orientation hint: the pixels themselves decoded fine, and
+    refusing a good photo over a broken metadata block would lose more than it protects.
+    """
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        if orientation == 1:
+            # exif_transpose would copy the whole image even when there is nothing to do.
+            return image
+        transposed = ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error):
+        return image
+    return image if transposed is None else transposed
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any decoded mode to 8-bit RGB; alpha is composited over white."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        return Image.fromarray(_scale_to_uint8(image)).convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+        mode = image.mode
+        if mode == "RGB":
+            return image
+    if mode in _ALPHA_MODES:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
+        return Image.fromarray(_composite(rgba[..., :3], rgba[..., 3:4], background=255))
+    try:
+        # "1", "L", "CMYK", "YCbCr", "LAB", "HSV" and friends: Pillow's own conversions.
+        return image.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageRejected("unsupported_mode", f"cannot convert mode {mode} to RGB") from exc
+
+
+def _to_gray8(image: Image.Image) -> UInt8Array:
+    """Convert any decoded mode to an 8-bit HxW luminance array; alpha is composited over black."""
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        return _scale_to_uint8(image)
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = image.mode
+    if mode in _ALPHA_MODES:
+        la = np.asarray(image.convert("LA"), dtype=np.uint16)
+        return _composite(la[..., 0], la[..., 1], background=0)
+    try:
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    except (ValueError, OSError) as exc:
+        raise ImageRejected("unsupported_mode", f"cannot convert mode {mode} to a mask") from exc
+
+
+def _composite(
+    color: npt.NDArray[np.uint16], alpha: npt.NDArray[np.uint16], *, background: int
+) -> UInt8Array:
+    """Blend 8-bit colour over a flat background by 8-bit alpha, rounding to nearest."""
+    blended = (color * alpha + background * (255 - alpha) + 127) // 255
+    return blended.astype(np.uint8)
+
+
+def _scale_to_uint8(image: Image.Image) -> UInt8Array:
+    """Rescale high-bit-depth grayscale to 8 bits over its nominal range instead of clipping.
+
+    16-bit modes map 0..65535 onto 0..255. Mode "I" (32-bit int) is treated as 16-bit when
+    its values fit in 0..65535 (that is what Pillow and most TIFF/PNG writers put there) and
+    is stretched over its actual range otherwise. Mode "F" (float) maps 0..1 onto 0..255,
+    keeps values already in 0..255 and stretches anything else; NaN becomes 0.
+    """
+    values = np.asarray(image)
+    if image.mode in _SIXTEEN_BIT_MODES:
+        # Integer rounding keeps a 40-megapixel image at 4 bytes a pixel instead of float64's 8.
+        return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if image.mode == "F":
+        floats = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = (float(floats.min()), float(floats.max())) if floats.size else (0.0, 1.0)
+        if low >= 0.0 and high <= 1.0:
+            return _scale_range(floats, 0.0, 1.0)
+        if low >= 0.0 and high <= 255.0:
+            return _scale_range(floats, 0.0, 255.0)
+        return _scale_range(floats, low, high)
+    ints = values.astype(np.float64)
+    low, high = (float(ints.min()), float(ints.max())) if ints.size else (0.0, 0.0)
+    if low >= 0.0 and high <= 65535.0:
+        return _scale_range(ints, 0.0, 65535.0)
+    return _scale_range(ints, low, high)
+
+
+def _scale_range(values: npt.NDArray[np.float64], low: float, high: float) -> UInt8Array:
+    """Map ``low..high`` linearly onto 0..255 with rounding; a flat range maps to 0."""
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = np.rint((values - low) * (255.0 / (high - low)))
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def _array_to_image(array: npt.NDArray[Any]) -> Image.Image:
+    """Wrap an HxW / HxWx3 / HxWx4 uint8 (or bool) array as an L / RGB / RGBA image."""
+    if array.dtype == np.bool_:
+        array = np.where(array, np.uint8(255), np.uint8(0)).astype(np.uint8)
+    if array.dtype != np.uint8:
+        raise ValueError(f"cannot encode a {array.dtype} array as PNG; convert it to uint8 first")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise ValueError(
+            f"cannot encode an array of shape {array.shape} as PNG; expected HxW, HxWx3 or HxWx4"
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"cannot encode an empty image of shape {array.shape}")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _strip_metadata(image: Image.Image) -> Image.Image:
+    """Copy the pixels without the metadata Pillow would otherwise carry into the PNG."""
+    if image.mode not in _PNG_MODES:
+        raise ValueError(f"PNG cannot store mode {image.mode}; convert it (e.g. to RGB) first")
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"cannot encode an empty image of size {image.size}")
+    clean = image.copy()
+    # Transparency is pixel data for P/L/RGB images, not metadata; everything else goes.
+    transparency = image.info.get("transparency")
+    clean.info = {} if transparency is None else {"transparency": transparency}
+    return clean

@@ -1,0 +1,460 @@
+"""The object store behind every event: images travel as URIs with sha256, size and dimensions.
+
+One interface, two backends: ``FileStore`` (``file:///abs/dir``) for a shared volume or a
+laptop, and ``S3Store`` (``s3://bucket/prefix``) for AWS S3 or any S3-compatible server.
+Errors follow ``shared.errors``: an object that is not there is ``ObjectMissing`` and bytes
+that do not match their reference are ``ChecksumMismatch`` (both the input's fault), while
+an unreachable, slow, throttling or full store is ``TransientError`` (retry later).
+
+Keys are '/'-separated relative paths. They are checked on every call, even though the
+store builds them itself, because keys also come back from events as URIs: empty keys,
+absolute keys, empty / ``.`` / ``..`` segments, backslashes and control characters are
+refused. URIs are the store's base URI, a '/', and the key, with no percent-encoding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import numpy as np
+import numpy.typing as npt
+from botocore.config import Config
+from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from PIL import Image
+from pydantic import BaseModel
+
+from schemas.common import ImageRef, ObjectRef
+from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, TransientError
+from shared.images import encode_png
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = [
+    "FileStore",
+    "ObjectStore",
+    "S3Store",
+    "check_key",
+    "open_store",
+    "sha256_hex",
+]
+
+MAX_KEY_BYTES = 1024  # S3's limit, applied to both backends so keys stay portable.
+# Temporary files of in-flight FileStore writes; hidden from listings and refused as keys.
+_TMP_PREFIX = ".skuforge-tmp-"
+_BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,254}$")
+_S3_MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+_S3_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequests",
+        "RequestLimitExceeded",
+        "RequestTimeout",
+        "InternalError",
+        "ServiceUnavailable",
+    }
+)
+_S3_TRANSIENT_STATUS = frozenset({408, 429})
+# These errno values mean the key layout clashes with what is on disk (a file where a
+# directory is needed or the reverse): retrying cannot fix it.
+_KEY_CONFLICT_ERRNOS = frozenset({errno.EISDIR, errno.ENOTDIR, errno.EEXIST})
+
+
+def sha256_hex(data: bytes) -> str:
+    """Return the lowercase hex sha256 of ``data``, as carried in ``ObjectRef.sha256``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative object key, else raise ``ValueError`` with the reason."""
+    _check_path_chars(key, what="key")
+    if not key:
+        raise ValueError("key is empty")
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise ValueError(f"key is longer than {MAX_KEY_BYTES} bytes")
+    segments = key.split("/")
+    if any(segment == "" for segment in segments):
+        raise ValueError(f"key {key!r} has an empty segment (leading, trailing or doubled '/')")
+    if any(segment in (".", "..") for segment in segments):
+        raise ValueError(f"key {key!r} has a '.' or '..' segment")
+    if segments[-1].startswith(_TMP_PREFIX):
+        raise ValueError(f"key {key!r} uses the reserved prefix {_TMP_PREFIX!r}")
+    return key
+
+
+def _check_prefix(prefix: str) -> str:
+    """Listing prefixes are partial keys: empty or ending in '/' is fine, escaping is not."""
+    _check_path_chars(prefix, what="prefix")
+    *complete, partial = prefix.split("/")
+    if "." in complete or ".." in complete or partial == "..":
+        raise ValueError(f"prefix {prefix!r} has a '.' or '..' segment")
+    if "" in complete:
+        raise ValueError(f"prefix {prefix!r} has an empty segment")
+    return prefix
+
+
+def _check_path_chars(value: str, *, what: str) -> None:
+    if value.startswith("/"):
+        raise ValueError(f"{what} {value!r} is absolute")
+    if "\\" in value:
+        raise ValueError(f"{what} {value!r} contains a backslash")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError(f"{what} {value!r} contains control characters")
+
+
+class ObjectStore(ABC):
+    """Put and get objects by key; hand out and accept back ``ObjectRef`` claim checks."""
+
+    #: URI of the store's root, without a trailing '/': ``file:///abs/dir`` or ``s3://bucket/prefix``.
+    base_uri: str
+
+    # Backend hooks; ``key`` is always already checked.
+    @abstractmethod
+    def _write(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    @abstractmethod
+    def _read(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def _exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def _list(self, prefix: str) -> Iterator[str]: ...
+
+    @abstractmethod
+    def _delete(self, key: str) -> None: ...
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectRef:
+        """Store ``data`` under ``key`` (replacing any previous object) and return its reference."""
+        check_key(key)
+        self._write(key, data, content_type)
+        return ObjectRef(uri=self.uri_for(key), sha256=sha256_hex(data), bytes=len(data))
+
+    def put_image(self, key: str, image: Image.Image | npt.NDArray[Any]) -> ImageRef:
+        """Encode ``image`` as deterministic PNG, store it under ``key`` and return its ``ImageRef``."""
+        data = encode_png(image)
+        if isinstance(image, np.ndarray):
+            height, width = int(image.shape[0]), int(image.shape[1])
+        else:
+            width, height = image.size
+        ref = self.put_bytes(key, data, "image/png")
+        return ImageRef(
+            uri=ref.uri,
+            sha256=ref.sha256,
+            bytes=ref.bytes,
+            width=width,
+            height=height,
+            media_type="image/png",
+        )
+
+    def put_json(self, key: str, obj: Any) -> ObjectRef:
+        """Store ``obj`` (JSON-able data or a pydantic model) as canonical UTF-8 JSON under ``key``.
+
+        Keys are sorted and separators compact so the same value always gives the same sha256.
+        """
+        if isinstance(obj, BaseModel):
+            obj = obj.model_dump(mode="json")
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return self.put_bytes(key, text.encode("utf-8"), "application/json")
+
+    def get_bytes(self, uri_or_key: str) -> bytes:
+        """Return the bytes stored at a URI of this store or at a key (no verification)."""
+        return self._read(self._to_key(uri_or_key))
+
+    def read_verified(self, ref: ObjectRef) -> bytes:
+        """Fetch the object ``ref`` points at and check its size and sha256.
+
+        Raises ``BadInput('foreign_uri')`` for a URI outside this store, ``ObjectMissing``
+        when nothing is there and ``ChecksumMismatch`` when the bytes differ from the reference.
+        """
+        data = self._read(self.key_for(ref.uri))
+        actual = sha256_hex(data)
+        if actual != ref.sha256 or len(data) != ref.bytes:
+            raise ChecksumMismatch(
+                ref.uri, f"{ref.sha256} ({ref.bytes} bytes)", f"{actual} ({len(data)} bytes)"
+            )
+        return data
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+        return self._exists(check_key(key))
+
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        """Yield, in lexicographic order, every key that starts with ``prefix`` (a plain string prefix)."""
+        return self._list(_check_prefix(prefix))
+
+    def delete(self, key: str) -> None:
+        """Remove the object under ``key``; deleting a missing object is not an error."""
+        self._delete(check_key(key))
+
+    def uri_for(self, key: str) -> str:
+        """The URI events carry for ``key``."""
+        return f"{self.base_uri}/{check_key(key)}"
+
+    def key_for(self, uri: str) -> str:
+        """The key behind a URI of this store.
+
+        URIs arrive in events, so problems are the input's fault: ``BadInput('foreign_uri')``
+        for a URI outside this store, ``BadInput('unsafe_key')`` for one that tries to escape.
+        """
+        root = self.base_uri + "/"
+        if not uri.startswith(root):
+            raise BadInput("foreign_uri", f"{uri!r} is not inside this store ({root})")
+        try:
+            return check_key(uri[len(root) :])
+        except ValueError as exc:
+            raise BadInput("unsafe_key", str(exc)) from exc
+
+    def _to_key(self, uri_or_key: str) -> str:
+        # A checked key never contains "://" (that would be an empty segment), so this is unambiguous.
+        return self.key_for(uri_or_key) if "://" in uri_or_key else check_key(uri_or_key)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_uri!r})"
+
+
+class FileStore(ObjectStore):
+    """Objects as files under ``root``; URIs are ``file://`` + the absolute root path + '/' + key.
+
+    Writes go to a temporary file in the target directory, are fsynced and then renamed over
+    the target, so readers and crashes only ever see a whole old or a whole new object.
+    A missing file is ``ObjectMissing``; any other OS failure (full disk, I/O error,
+    permissions, a vanished mount) is ``TransientError``: it is the machine's fault, never
+    the input's, and an operator can fix it while the runtime retries. The exception is a
+    key that clashes with the layout on disk (a file where a directory is needed or the
+    reverse): ``BadInput('key_conflict')``, since no retry can fix it.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        # abspath, not resolve: URIs must keep the configured path even when it is a symlink,
+        # or services that mount the same volume elsewhere would see each other's URIs as foreign.
+        self.root = Path(os.path.abspath(root))
+        self._real_root = os.path.realpath(self.root)
+        self.base_uri = "file://" + self.root.as_posix().rstrip("/")
+
+    def _path(self, key: str) -> Path:
+        path = self.root.joinpath(*key.split("/"))
+        # Key checks stop '..'; this stops a symlink inside the store pointing outside it.
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, self._real_root]) != self._real_root:
+            raise BadInput("unsafe_key", f"{key!r} resolves outside the store root")
+        return path
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        uri = self.uri_for(key)
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                # mkstemp makes 0600 files; other services (other users) read these objects.
+                os.chmod(tmp_name, 0o644)
+                os.replace(tmp_name, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_name)
+                raise
+            self._fsync_dir(path.parent)
+        except OSError as exc:
+            if exc.errno in _KEY_CONFLICT_ERRNOS:
+                raise BadInput("key_conflict", f"cannot write {uri}: {exc}") from exc
+            raise TransientError(f"cannot write {uri}: {exc}") from exc
+
+    @staticmethod
+    def _fsync_dir(directory: Path) -> None:
+        """Make the rename itself durable; not every platform/filesystem can fsync a directory."""
+        try:
+            dir_fd = os.open(directory, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            with contextlib.suppress(OSError):
+                os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _read(self, key: str) -> bytes:
+        uri = self.uri_for(key)
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise ObjectMissing(uri) from exc
+        except OSError as exc:
+            raise TransientError(f"cannot read {uri}: {exc}") from exc
+
+    def _exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def _list(self, prefix: str) -> Iterator[str]:
+        directory, _, _ = prefix.rpartition("/")
+        start = self.root.joinpath(*directory.split("/")) if directory else self.root
+
+        def on_error(exc: OSError) -> None:
+            if not isinstance(exc, FileNotFoundError | NotADirectoryError):
+                raise TransientError(f"cannot list {self.base_uri}/{prefix}: {exc}") from exc
+
+        keys: list[str] = []
+        for dirpath, _dirnames, filenames in os.walk(start, onerror=on_error):
+            relative = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                if name.startswith(_TMP_PREFIX):
+                    continue
+                key = name if relative == "." else f"{relative}/{name}"
+                if key.startswith(prefix):
+                    keys.append(key)
+        # Sorted like S3 lists (by code point), not in directory-walk order.
+        yield from sorted(keys)
+
+    def _delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except (IsADirectoryError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise TransientError(f"cannot delete {self.uri_for(key)}: {exc}") from exc
+
+
+class S3Store(ObjectStore):
+    """Objects in an S3 bucket under an optional prefix; works with any S3-compatible endpoint.
+
+    Error mapping: a missing key is ``ObjectMissing``; connection failures, timeouts,
+    throttling and 5xx answers are ``TransientError`` (after botocore's own standard-mode
+    retries). Anything else (access denied, missing bucket, bad credentials) is a
+    deployment mistake and propagates unchanged, so the service fails loudly instead of
+    dead-lettering good input or retrying forever.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        client: S3Client | None = None,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        max_attempts: int = 5,
+    ) -> None:
+        if not _BUCKET_NAME.match(bucket):
+            raise ValueError(f"invalid S3 bucket name {bucket!r}")
+        prefix = prefix.strip("/")
+        if prefix:
+            check_key(prefix)
+        self.bucket = bucket
+        self.prefix = prefix
+        self._key_prefix = f"{prefix}/" if prefix else ""
+        self.base_uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        if client is None:
+            config = Config(
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                retries={"max_attempts": max_attempts, "mode": "standard"},
+                # Custom endpoints (MinIO, Ceph, moto, IP addresses) rarely do virtual-host buckets.
+                s3={"addressing_style": "path" if endpoint_url else "auto"},
+                # Only send/check the newer CRC checksums when S3 requires them: many
+                # S3-compatible servers reject them, and read_verified checks sha256 anyway.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            )
+            client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        self.client: S3Client = client
+
+    @contextlib.contextmanager
+    def _mapped_errors(self, uri: str) -> Iterator[None]:
+        try:
+            yield
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if code in _S3_MISSING_CODES or (status == 404 and code != "NoSuchBucket"):
+                raise ObjectMissing(uri) from exc
+            if status >= 500 or status in _S3_TRANSIENT_STATUS or code in _S3_TRANSIENT_CODES:
+                raise TransientError(f"S3 answered {code or status} for {uri}") from exc
+            raise
+        except (BotoConnectionError, HTTPClientError, IncompleteReadError) as exc:
+            raise TransientError(f"S3 unreachable for {uri}: {exc}") from exc
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        with self._mapped_errors(self.uri_for(key)):
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key_prefix + key, Body=data, ContentType=content_type
+            )
+
+    def _read(self, key: str) -> bytes:
+        with self._mapped_errors(self.uri_for(key)):
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key_prefix + key)["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
+
+    def _exists(self, key: str) -> bool:
+        try:
+            with self._mapped_errors(self.uri_for(key)):
+                self.client.head_object(Bucket=self.bucket, Key=self._key_prefix + key)
+        except ObjectMissing:
+            return False
+        return True
+
+    def _list(self, prefix: str) -> Iterator[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        with self._mapped_errors(f"{self.base_uri}/{prefix}"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key_prefix + prefix):
+                for item in page.get("Contents", []):
+                    key = item.get("Key", "")[len(self._key_prefix) :]
+                    # "dir/" placeholder objects made by consoles are not objects to us.
+                    if key and not key.endswith("/"):
+                        yield key
+
+    def _delete(self, key: str) -> None:
+        with self._mapped_errors(self.uri_for(key)):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key_prefix + key)
+
+
+def open_store(uri: str, *, s3_endpoint_url: str | None = None, s3_region: str = "us-east-1") -> ObjectStore:
+    """Open the store a URI names.
+
+    ``file:///abs/dir``, ``file://./rel/dir`` or ``file://rel/dir`` (relative to the current
+    directory) and plain paths give a ``FileStore``; ``s3://bucket`` or ``s3://bucket/prefix``
+    gives an ``S3Store`` at ``s3_endpoint_url`` (``None``: AWS). Other schemes raise ``ValueError``.
+    """
+    if not uri:
+        raise ValueError("object-store URI is empty")
+    if "://" not in uri:
+        return FileStore(Path(uri))
+    scheme, _, rest = uri.partition("://")
+    scheme = scheme.lower()
+    if scheme == "file":
+        if rest.startswith("localhost/"):
+            rest = rest[len("localhost") :]
+        if not rest:
+            raise ValueError(f"file URI {uri!r} names no directory")
+        return FileStore(Path(rest))
+    if scheme == "s3":
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise ValueError(f"s3 URI {uri!r} names no bucket")
+        return S3Store(bucket, prefix, endpoint_url=s3_endpoint_url, region=s3_region)
+    raise ValueError(
+        f"unsupported object-store scheme {scheme!r} in {uri!r}; accepted: file://, s3:// or a plain path"
+    )

@@ -1,0 +1,140 @@
+"""Helpers for tests on the real broker: settings per test, producing events, reading topics, running stages."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
+from pydantic import BaseModel
+
+from schemas.envelope import derive_id
+from schemas.events import ReferencePhoto, SkuIngested
+from schemas.topics import Topic
+from shared.bus import ensure_topics, make_envelope
+from shared.config import Settings, load_settings
+from shared.runtime import Stage
+from shared.store import ObjectStore
+
+
+def isolated_settings(bootstrap: str, store_uri: str, **overrides: Any) -> Settings:
+    """Settings whose topics and consumer groups no other test shares."""
+    tag = uuid.uuid4().hex[:8]
+    values: dict[str, Any] = {
+        "kafka_bootstrap": bootstrap,
+        "topic_namespace": f"t{tag}.",
+        "consumer_group_prefix": f"g{tag}",
+        "store_uri": store_uri,
+        "metrics_port": 0,
+        "retry_backoff_initial_s": 0.2,
+        "retry_backoff_max_s": 2.0,
+        "log_format": "text",
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+def create_topics(settings: Settings, *topics: Topic[Any], partitions: int = 3) -> None:
+    """Create the topics (and DLQs) in the test's namespace."""
+    ensure_topics(settings, topics, partitions=partitions)
+
+
+def sku_ingested_payloads(store: ObjectStore, count: int, prefix: str = "SKU") -> list[SkuIngested]:
+    """``count`` sku.ingested payloads sharing one small stored photo."""
+    import numpy as np
+
+    from schemas.common import SkuMetadata
+
+    pixels = np.zeros((8, 8, 3), dtype=np.uint8)
+    pixels[2:6, 2:6] = (200, 30, 30)
+    image = store.put_image("fixtures/photo.png", pixels)
+    return [
+        SkuIngested(
+            sku=SkuMetadata(sku_id=f"{prefix}-{index:05d}", name=f"Product {index}", category="soda can"),
+            photos=[ReferencePhoto(photo_id="p1", image=image, original_filename="photo.png")],
+        )
+        for index in range(count)
+    ]
+
+
+def produce(settings: Settings, topic: Topic[Any], payloads: list[BaseModel], *, raw: list[bytes] | None = None
+            ) -> list[str]:
+    """Produce enveloped payloads (and optional raw byte messages); returns the event ids in order."""
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+    name = settings.topic_name(topic)
+    event_ids = []
+    for payload in payloads:
+        sku_id = payload.sku.sku_id  # type: ignore[attr-defined]
+        event_id = derive_id("test", name, sku_id, payload.model_dump_json())
+        envelope = make_envelope(topic, payload, event_id=event_id, sku_id=sku_id, trace_id=event_id, producer="test")
+        producer.send(name, key=sku_id.encode(), value=envelope.model_dump_json().encode())
+        event_ids.append(event_id)
+    for value in raw or []:
+        producer.send(name, key=b"raw", value=value)
+    producer.flush()
+    producer.close()
+    return event_ids
+
+
+def read_topic(bootstrap: str, topic_name: str, *, expect: int, timeout_s: float = 60.0) -> list[Any]:
+    """Read a topic from the beginning until ``expect`` records arrived (or time out), then a short grace read."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        deadline = time.monotonic() + timeout_s
+        partitions: set[int] | None = None
+        while partitions is None and time.monotonic() < deadline:
+            partitions = consumer.partitions_for_topic(topic_name)
+            if partitions is None:
+                time.sleep(0.1)
+        if partitions is None:
+            raise AssertionError(f"topic {topic_name} does not exist")
+        consumer.assign([TopicPartition(topic_name, p) for p in partitions])
+        consumer.seek_to_beginning()
+        records: list[Any] = []
+        grace_until: float | None = None
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+            if len(records) >= expect:
+                # Keep reading briefly so duplicates beyond the expected count are seen too.
+                grace_until = grace_until or time.monotonic() + 1.0
+                if time.monotonic() > grace_until:
+                    break
+        return records
+    finally:
+        consumer.close()
+
+
+@contextmanager
+def running(stage: Stage) -> Iterator[Stage]:
+    """Run a stage in a background thread for the duration of the block, then stop it cleanly."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            stage.run(install_signal_handlers=False)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name=f"stage-{stage.name}", daemon=True)
+    thread.start()
+    try:
+        yield stage
+    finally:
+        stage.stop()
+        thread.join(timeout=60)
+        if thread.is_alive():
+            raise AssertionError(f"stage {stage.name} did not stop within 60 s")
+        if errors:
+            raise errors[0]
+
+
+def file_store_uri(path: Path) -> str:
+    """A file:// URI for a temp directory."""
+    return f"file://{path}"

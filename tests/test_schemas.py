@@ -1,0 +1,92 @@
+"""Contracts: committed JSON Schemas match the models; ids are safe; envelopes round-trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from schemas.common import ImageRef, SkuMetadata, check_safe_id
+from schemas.envelope import Envelope, derive_id
+from schemas.events import SkuIngested
+from schemas.jsonschema import JSON_DIR, render_schemas
+from schemas.topics import ALL_TOPICS, SKU_INGESTED, topic_by_name
+from shared.bus import make_envelope
+
+
+def test_committed_json_schemas_match_the_models() -> None:
+    rendered = render_schemas()
+    committed = {path.name: path.read_text() for path in JSON_DIR.glob("*.json")}
+    stale = sorted(set(committed) ^ set(rendered))
+    assert not stale, f"schemas/json out of date ({stale}): run `make schemas`"
+    for name, text in rendered.items():
+        assert committed[name] == text, f"schemas/json/{name} drifted from the model: run `make schemas`"
+
+
+def test_every_topic_of_the_flow_is_versioned_and_has_a_schema() -> None:
+    names = {topic.schema_name for topic in ALL_TOPICS}
+    assert names == {"sku.ingested", "sku.captioned", "image.generated", "image.matted", "gate.accepted",
+                     "correction.pending", "correction.resolved"}
+    for topic in ALL_TOPICS:
+        assert topic.name.endswith(f".v{topic.version}")
+        assert (JSON_DIR / f"{topic.name}.json").is_file()
+        assert topic_by_name(topic.name) is topic
+    with pytest.raises(KeyError, match="known topics"):
+        topic_by_name("nope.v1")
+
+
+@pytest.mark.parametrize(
+    ("sku_id", "why"),
+    [
+        ("a/b", "path separator"),
+        ("a\\b", "path separator"),
+        ("..", "'..'"),
+        ("a..b", "'..'"),
+        ("x" * 65, "at most 64"),
+        ("bad\nid", "control characters"),
+        ("", "empty"),
+        ("-leading", "must start with"),
+        ("sp ace", "only letters"),
+    ],
+)
+def test_unsafe_ids_are_refused_with_a_reason(sku_id: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        check_safe_id(sku_id)
+    with pytest.raises(ValidationError):
+        SkuMetadata(sku_id=sku_id, name="n", category="c")
+
+
+def test_safe_ids_pass() -> None:
+    for sku_id in ["SKU-0001", "a", "x" * 64, "brand.line_v2"]:
+        assert check_safe_id(sku_id) == sku_id
+
+
+def test_envelope_round_trip_and_validation() -> None:
+    image = ImageRef(uri="file:///s/a.png", sha256="0" * 64, bytes=10, width=4, height=3)
+    payload = SkuIngested(
+        sku=SkuMetadata(sku_id="SKU-1", name="Cola", category="soda can"),
+        photos=[{"photo_id": "p1", "image": image, "original_filename": "a.png"}],  # type: ignore[list-item]
+    )
+    envelope = make_envelope(SKU_INGESTED, payload, event_id=derive_id("x"), sku_id="SKU-1", trace_id="t1",
+                             producer="test")
+    text = envelope.model_dump_json()
+    again = Envelope[SkuIngested].model_validate_json(text)
+    assert again == envelope
+    assert json.loads(text)["schema_name"] == "sku.ingested"
+    broken = json.loads(text)
+    broken["payload"]["photos"] = []
+    with pytest.raises(ValidationError, match="photos"):
+        Envelope[SkuIngested].model_validate(broken)
+    broken = json.loads(text)
+    broken["surprise"] = 1
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        Envelope[SkuIngested].model_validate(broken)
+    with pytest.raises(TypeError, match="carries SkuIngested"):
+        make_envelope(SKU_INGESTED, image, event_id=derive_id("x"), sku_id="S", trace_id="t", producer="p")
+
+
+def test_derive_id_is_deterministic_and_separates_parts() -> None:
+    assert derive_id("a", "b") == derive_id("a", "b")
+    assert derive_id("a", "b") != derive_id("ab")
+    assert len(derive_id("a")) == 32

@@ -1,0 +1,309 @@
+"""Behaviour of the object store, run identically against FileStore and S3Store (real moto server)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+from PIL import Image
+
+from schemas.common import ObjectRef
+from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, TransientError
+from shared.images import decode_image
+from shared.store import FileStore, ObjectStore, S3Store, open_store, sha256_hex
+from tests.support.s3 import free_port
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    if request.param == "file":
+        return FileStore(tmp_path / "store")
+    s3_store: ObjectStore = request.getfixturevalue("s3_store")
+    return s3_store
+
+
+def test_put_get_round_trip(store: ObjectStore) -> None:
+    data = b"\x00\x01hello\xff" * 100
+    ref = store.put_bytes("a/b/c.bin", data)
+    assert ref.uri == store.uri_for("a/b/c.bin")
+    assert ref.uri.startswith(("file:///", "s3://"))
+    assert ref.sha256 == sha256_hex(data)
+    assert ref.bytes == len(data)
+    assert store.get_bytes(ref.uri) == data
+    assert store.get_bytes("a/b/c.bin") == data
+    assert store.read_verified(ref) == data
+    assert store.key_for(ref.uri) == "a/b/c.bin"
+    assert store.exists("a/b/c.bin")
+    assert not store.exists("a/b/nope.bin")
+
+
+def test_empty_object(store: ObjectStore) -> None:
+    ref = store.put_bytes("empty", b"")
+    assert ref.bytes == 0
+    assert store.read_verified(ref) == b""
+
+
+def test_read_verified_detects_tampering(store: ObjectStore) -> None:
+    ref = store.put_bytes("obj.bin", b"original bytes")
+    store.put_bytes("obj.bin", b"tampered bytes")  # same size, other content
+    with pytest.raises(ChecksumMismatch) as info:
+        store.read_verified(ref)
+    assert info.value.reason == "checksum_mismatch"
+
+    store.put_bytes("obj.bin", b"original bytes, and more")
+    with pytest.raises(ChecksumMismatch):
+        store.read_verified(ref)
+
+
+def test_read_verified_missing_object(store: ObjectStore) -> None:
+    ref = store.put_bytes("gone.bin", b"soon gone")
+    store.delete("gone.bin")
+    store.delete("gone.bin")  # deleting twice is fine
+    assert not store.exists("gone.bin")
+    with pytest.raises(ObjectMissing) as info:
+        store.read_verified(ref)
+    assert info.value.reason == "object_missing"
+    with pytest.raises(ObjectMissing):
+        store.get_bytes("never/was.bin")
+
+
+def test_overwrite_is_idempotent(store: ObjectStore) -> None:
+    first = store.put_bytes("same/key.json", b'{"a":1}', "application/json")
+    second = store.put_bytes("same/key.json", b'{"a":1}', "application/json")
+    assert first == second
+    assert store.read_verified(second) == b'{"a":1}'
+    assert list(store.list_keys("same/")) == ["same/key.json"]
+
+
+def test_list_keys_by_prefix(store: ObjectStore) -> None:
+    keys = ["images/sku-1/a.png", "images/sku-1/b.png", "images/sku-10/a.png", "masks/sku-1/a.png", "top"]
+    for key in reversed(keys):
+        store.put_bytes(key, key.encode())
+    assert list(store.list_keys()) == sorted(keys)
+    assert list(store.list_keys("images/")) == keys[:3]
+    assert list(store.list_keys("images/sku-1/")) == keys[:2]
+    assert list(store.list_keys("images/sku-1")) == keys[:3]
+    assert list(store.list_keys("nothing/")) == []
+    with pytest.raises(ValueError):
+        list(store.list_keys("../"))
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "/abs", "a/../b", "..", "a/..", "a\\b", "a//b", "a/", "./a", "a\x00b", "a\nb", "x" * 1025],
+)
+def test_unsafe_keys_refused(store: ObjectStore, key: str) -> None:
+    with pytest.raises(ValueError):
+        store.put_bytes(key, b"x")
+    with pytest.raises(ValueError):
+        store.get_bytes(key)
+    with pytest.raises(ValueError):
+        store.exists(key)
+    with pytest.raises(ValueError):
+        store.delete(key)
+
+
+def test_unsafe_key_inside_uri_is_bad_input(store: ObjectStore) -> None:
+    with pytest.raises(BadInput) as info:
+        store.get_bytes(store.base_uri + "/a/../../etc/passwd")
+    assert info.value.reason == "unsafe_key"
+
+
+def test_put_image_dims_and_sha256(store: ObjectStore) -> None:
+    pixels = np.zeros((30, 50, 3), dtype=np.uint8)
+    pixels[..., 0] = np.arange(50, dtype=np.uint8)
+    ref = store.put_image("img/a.png", pixels)
+    assert (ref.width, ref.height, ref.media_type) == (50, 30, "image/png")
+    data = store.read_verified(ref)
+    assert ref.sha256 == sha256_hex(data)
+    assert ref.bytes == len(data)
+    decoded = decode_image(data)
+    assert decoded.size == (50, 30)
+    assert np.array_equal(np.asarray(decoded), pixels)
+
+    from_pil = store.put_image("img/b.png", Image.fromarray(pixels))
+    assert (from_pil.width, from_pil.height, from_pil.sha256) == (50, 30, ref.sha256)
+
+
+def test_put_json_is_canonical(store: ObjectStore) -> None:
+    first = store.put_json("meta/a.json", {"b": 1, "a": [1, 2], "name": "café"})
+    second = store.put_json("meta/b.json", {"name": "café", "a": [1, 2], "b": 1})
+    assert first.sha256 == second.sha256
+    assert store.get_bytes(first.uri) == '{"a":[1,2],"b":1,"name":"café"}'.encode()
+    model = ObjectRef(uri="file:///x", sha256="0" * 64, bytes=1)
+    ref = store.put_json("meta/model.json", model)
+    assert ObjectRef.model_validate_json(store.get_bytes(ref.uri)) == model
+
+
+def test_foreign_uri_refused(store: ObjectStore, tmp_path: Path) -> None:
+    foreign = [
+        "s3://some-other-bucket/pfx/a.bin",
+        f"file://{tmp_path}/elsewhere/a.bin",
+        "http://example.com/a.bin",
+        store.base_uri + "-sibling/a.bin",
+    ]
+    for uri in foreign:
+        with pytest.raises(BadInput) as info:
+            store.get_bytes(uri)
+        assert info.value.reason == "foreign_uri"
+    with pytest.raises(BadInput) as ref_info:
+        store.read_verified(ObjectRef(uri=foreign[0], sha256="0" * 64, bytes=0))
+    assert ref_info.value.reason == "foreign_uri"
+
+
+# --- open_store ---------------------------------------------------------------------------
+
+
+def test_open_store_file_uris(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    absolute = open_store(f"file://{tmp_path}/abs")
+    assert isinstance(absolute, FileStore)
+    assert absolute.base_uri == f"file://{tmp_path}/abs"
+
+    relative = open_store("file://./var/store")
+    assert isinstance(relative, FileStore)
+    assert relative.root == tmp_path / "var" / "store"
+    ref = relative.put_bytes("k", b"v")
+    assert ref.uri == f"file://{tmp_path}/var/store/k"
+    assert (tmp_path / "var" / "store" / "k").read_bytes() == b"v"
+
+    plain = open_store(str(tmp_path / "plain"))
+    assert isinstance(plain, FileStore)
+    assert plain.base_uri == f"file://{tmp_path}/plain"
+    assert open_store("var/store").base_uri == relative.base_uri
+
+
+def test_open_store_s3_uris() -> None:
+    store = open_store("s3://my-bucket/some/prefix/", s3_endpoint_url="http://127.0.0.1:1")
+    assert isinstance(store, S3Store)
+    assert (store.bucket, store.prefix, store.base_uri) == (
+        "my-bucket",
+        "some/prefix",
+        "s3://my-bucket/some/prefix",
+    )
+    assert store.uri_for("a/b.png") == "s3://my-bucket/some/prefix/a/b.png"
+    bare = open_store("s3://my-bucket")
+    assert isinstance(bare, S3Store)
+    assert bare.uri_for("k") == "s3://my-bucket/k"
+    with pytest.raises(ValueError, match="bucket"):
+        open_store("s3:///prefix")
+
+
+@pytest.mark.parametrize("uri", ["http://host/x", "gs://bucket/x", "ftp://h/x"])
+def test_open_store_unknown_scheme(uri: str) -> None:
+    scheme = uri.split("://")[0]
+    with pytest.raises(ValueError, match=rf"unsupported object-store scheme '{scheme}'.*file://.*s3://"):
+        open_store(uri)
+
+
+# --- failure mapping ----------------------------------------------------------------------
+
+
+def test_s3_unreachable_endpoint_is_transient() -> None:
+    store = S3Store(
+        "any-bucket",
+        "pfx",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        connect_timeout=0.5,
+        read_timeout=0.5,
+        max_attempts=1,
+    )
+    started = time.monotonic()
+    with pytest.raises(TransientError):
+        store.get_bytes("a.bin")
+    with pytest.raises(TransientError):
+        store.put_bytes("a.bin", b"x")
+    with pytest.raises(TransientError):
+        list(store.list_keys())
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [
+        ("SlowDown", 503, TransientError),
+        ("InternalError", 500, TransientError),
+        ("RequestTimeout", 400, TransientError),
+        ("NoSuchKey", 404, ObjectMissing),
+    ],
+)
+def test_s3_error_mapping(code: str, status: int, expected: type[Exception]) -> None:
+    store = S3Store("any-bucket", "pfx", endpoint_url="http://127.0.0.1:1")
+    with Stubber(store.client) as stub:
+        stub.add_client_error("get_object", service_error_code=code, http_status_code=status)
+        with pytest.raises(expected):
+            store.get_bytes("a.bin")
+
+
+def test_s3_access_denied_propagates() -> None:
+
+    store = S3Store("any-bucket", endpoint_url="http://127.0.0.1:1")
+    with Stubber(store.client) as stub:
+        stub.add_client_error("get_object", service_error_code="AccessDenied", http_status_code=403)
+        with pytest.raises(ClientError):
+            store.get_bytes("a.bin")
+
+
+def test_file_store_full_disk_is_transient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FileStore(tmp_path)
+    ref = store.put_bytes("k/obj", b"old")
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(TransientError):
+        store.put_bytes("k/obj", b"new and longer")
+    monkeypatch.undo()
+    assert store.read_verified(ref) == b"old"
+    assert sorted(p.name for p in (tmp_path / "k").iterdir()) == ["obj"]
+
+
+def test_file_store_crash_keeps_old_object(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FileStore(tmp_path)
+    ref = store.put_bytes("obj", b"old")
+
+    def crash(src: str, dst: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.put_bytes("obj", b"new")
+    monkeypatch.undo()
+    assert store.read_verified(ref) == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["obj"]
+    assert list(store.list_keys()) == ["obj"]
+
+
+def test_file_store_symlink_escape_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"secret")
+    store = FileStore(tmp_path / "store")
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "link").symlink_to(outside)
+    with pytest.raises(BadInput) as info:
+        store.get_bytes("link/secret")
+    assert info.value.reason == "unsafe_key"
+
+
+def test_file_store_files_readable_by_others(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    store.put_bytes("obj", b"x")
+    assert (tmp_path / "obj").stat().st_mode & 0o777 == 0o644
+
+
+def test_file_store_key_conflict_is_bad_input(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    store.put_bytes("a/b", b"x")
+    for key in ("a", "a/b/c"):
+        with pytest.raises(BadInput) as info:
+            store.put_bytes(key, b"y")
+        assert info.value.reason == "key_conflict"
+    assert list(store.list_keys()) == ["a/b"]
