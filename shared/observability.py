@@ -74,6 +74,12 @@ class StageMetrics:
             buckets=HANDLER_SECONDS_BUCKETS,
             registry=self.registry,
         )
+        self.rebalances = Counter(
+            "skuforge_rebalances_total",
+            "Times the group took partitions away from this consumer while it ran (0 in steady state).",
+            ["stage"],
+            registry=self.registry,
+        )
         self.paused_partitions = Gauge(
             "skuforge_paused_partitions",
             "Partitions paused while backing off after a transient fault.",

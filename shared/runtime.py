@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.producer.future import FutureRecordMetadata
@@ -158,6 +158,7 @@ class Stage:
         self._completed: OrderedDict[str, None] = OrderedDict()
         self._dedupe_window = dedupe_window
         self._last_lag_update = 0.0
+        self._joined = False  # set once the group gave us a first assignment (possibly empty)
         self.context = Context(
             stage=name,
             store=self.store,
@@ -204,9 +205,8 @@ class Stage:
         self._stop.set()
 
     def ready(self) -> bool:
-        """Connected to the broker and the stage's own readiness check passes."""
-        consumer = self._consumer
-        return consumer is not None and consumer.bootstrap_connected() and self._stage_ready()
+        """Has joined its consumer group, is not stopping, and the stage's own check passes."""
+        return self._joined and not self._stop.is_set() and self._stage_ready()
 
     def run(self, *, install_signal_handlers: bool | None = None, serve_health: bool = True) -> int:
         """Consume until stopped (SIGTERM, SIGINT or ``stop()``); returns the exit code (0)."""
@@ -531,6 +531,7 @@ class Stage:
             del self._resume_at[tp]
             if tp in self._consumer.assignment():
                 self._consumer.resume(tp)
+                _drop_parked_records(self._consumer, tp)
         self.metrics.paused_partitions.labels(self.name).set(len(self._resume_at))
 
     def _forget_partitions(self, partitions: Sequence[TopicPartition]) -> None:
@@ -558,17 +559,41 @@ class Stage:
                 )
 
 
-class _RebalanceListener:
-    """Drops back-off state of revoked partitions; offsets are committed after every batch already."""
+class _RebalanceListener(ConsumerRebalanceListener):
+    """Counts rebalances and drops back-off state of revoked partitions.
+
+    Nothing needs committing here: offsets are committed at the end of every batch, and the
+    listener runs inside poll(), never in the middle of one.
+    """
 
     def __init__(self, stage: Stage) -> None:
         self._stage = stage
 
     def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        # The first join revokes nothing and a clean stop revokes everything; neither is a rebalance.
+        if revoked and not self._stage._stop.is_set():
+            self._stage.metrics.rebalances.labels(self._stage.name).inc()
         self._stage._forget_partitions(revoked)
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self._stage._joined = True
         log.info("partitions assigned", extra={"stage": self._stage.name, "partitions": [str(tp) for tp in assigned]})
+
+
+def _drop_parked_records(consumer: KafkaConsumer, tp: TopicPartition) -> None:
+    """Work around a kafka-python 3.0 fetcher bug that would stall ``tp`` forever after a pause.
+
+    Records buffered for a paused partition are parked, and restored on resume only while no other
+    partition's (even fully drained) records are next in line; until they are restored the fetcher
+    never fetches that partition again. We seeked ``tp`` back before pausing, so whatever was parked
+    is stale anyway: dropping it lets the fetcher fetch from the seek position.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    parked = getattr(fetcher, "_paused_partition_records", None)
+    if isinstance(parked, dict):
+        stale = parked.pop(tp, None)
+        if stale is not None and hasattr(stale, "drain"):
+            stale.drain()
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -82,6 +82,10 @@ def produce(settings: Settings, topic: Topic[Any], payloads: list[BaseModel], *,
     return event_ids
 
 
+# Errors of stages running in background threads; read_topic fails fast on them instead of timing out.
+_stage_errors: list[BaseException] = []
+
+
 def read_topic(bootstrap: str, topic_name: str, *, expect: int, timeout_s: float = 60.0) -> list[Any]:
     """Read a topic from the beginning until ``expect`` records arrived (or time out), then a short grace read."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
@@ -99,6 +103,8 @@ def read_topic(bootstrap: str, topic_name: str, *, expect: int, timeout_s: float
         records: list[Any] = []
         grace_until: float | None = None
         while time.monotonic() < deadline:
+            if _stage_errors:
+                raise AssertionError("a stage running in the background failed") from _stage_errors[0]
             for batch in consumer.poll(timeout_ms=200).values():
                 records.extend(batch)
             if len(records) >= expect:
@@ -121,6 +127,7 @@ def running(stage: Stage) -> Iterator[Stage]:
             stage.run(install_signal_handlers=False)
         except BaseException as exc:
             errors.append(exc)
+            _stage_errors.append(exc)
 
     thread = threading.Thread(target=target, name=f"stage-{stage.name}", daemon=True)
     thread.start()
@@ -132,6 +139,7 @@ def running(stage: Stage) -> Iterator[Stage]:
         if thread.is_alive():
             raise AssertionError(f"stage {stage.name} did not stop within 60 s")
         if errors:
+            _stage_errors.clear()
             raise errors[0]
 
 

@@ -1,0 +1,103 @@
+"""The real single-node Kafka broker: round trips through it, and its data survives a restart."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+from shared.broker import LocalKafka, free_port
+
+pytestmark = pytest.mark.kafka
+
+
+def _produce(bootstrap: str, topic: str, messages: dict[bytes, bytes]) -> set[int]:
+    """Send ``key -> value`` with acks=all; return the partitions the broker acknowledged."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    try:
+        futures = [producer.send(topic, key=key, value=value) for key, value in messages.items()]
+        producer.flush(timeout=30)
+        return {future.get(timeout=30).partition for future in futures}
+    finally:
+        producer.close(timeout=10)
+
+
+def _consume(bootstrap: str, topic: str, expect: int, timeout_s: float = 60) -> dict[bytes, bytes]:
+    """Read ``expect`` records from the start of ``topic`` with a fresh consumer group."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"{topic}-reader",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=1000,
+    )
+    received: dict[bytes, bytes] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(received) < expect and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                for record in batch:
+                    received[record.key] = record.value
+        consumer.commit()
+    finally:
+        consumer.close()
+    return received
+
+
+def test_produce_and_consume_on_three_partitions(kafka_bootstrap: str, new_topic: Callable[..., str]) -> None:
+    topic = new_topic("broker", partitions=3)
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        described = {t["name"]: t for t in admin.describe_topics([topic, f"{topic}.dlq"])}
+    finally:
+        admin.close()
+    assert len(described[topic]["partitions"]) == 3
+    assert len(described[f"{topic}.dlq"]["partitions"]) == 1
+
+    messages = {f"key-{i}".encode(): f"value-{i}".encode() for i in range(60)}
+    partitions = _produce(kafka_bootstrap, topic, messages)
+    assert len(partitions) > 1, "60 distinct keys should spread over the 3 partitions"
+
+    assert _consume(kafka_bootstrap, topic, expect=len(messages)) == messages
+
+
+@pytest.mark.slow
+def test_restart_on_same_data_dir_keeps_messages(tmp_path: Path) -> None:
+    port, controller_port = free_port(), free_port()
+    while controller_port == port:
+        controller_port = free_port()
+    broker = LocalKafka(tmp_path / "kafka", port=port, controller_port=controller_port, heap_mb=384)
+    topic = "restart-keeps-messages"
+    messages = {f"k{i}".encode(): f"v{i}".encode() for i in range(25)}
+    try:
+        broker.start()
+        assert broker.formatted
+        assert broker.is_running()
+        assert broker.pid_path.read_text().strip() == str(broker.pid)
+        fresh_start_s = broker.cold_start_s
+
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        try:
+            admin.create_topics(
+                {topic: {"num_partitions": 2, "replication_factor": 1}}, wait_for_metadata=True
+            )
+        finally:
+            admin.close()
+        _produce(broker.bootstrap, topic, messages)
+
+        broker.stop()
+        assert not broker.is_running()
+        assert not broker.pid_path.exists()
+
+        broker.start()
+        assert not broker.formatted, "a formatted data dir must not be formatted again"
+        assert _consume(broker.bootstrap, topic, expect=len(messages)) == messages
+        print(f"cold start: fresh data dir {fresh_start_s:.1f}s, reused {broker.cold_start_s:.1f}s")
+    finally:
+        broker.stop()
+    assert not broker.is_running()
