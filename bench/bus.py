@@ -38,8 +38,13 @@ BENCH_OUT = Topic("bench.out", 1, SkuIngested)
 def _settings(bootstrap: str, store_uri: str, batch: int) -> Settings:
     tag = uuid.uuid4().hex[:8]
     return load_settings(
-        kafka_bootstrap=bootstrap, topic_namespace=f"b{tag}.", consumer_group_prefix=f"bench{tag}",
-        store_uri=store_uri, metrics_port=0, max_poll_records=batch, log_level="WARNING",
+        kafka_bootstrap=bootstrap,
+        topic_namespace=f"b{tag}.",
+        consumer_group_prefix=f"bench{tag}",
+        store_uri=store_uri,
+        metrics_port=0,
+        max_poll_records=batch,
+        log_level="WARNING",
     )
 
 
@@ -59,11 +64,16 @@ def run_raw(settings: Settings, events: int) -> float:
     """Plain kafka-python: poll, produce, flush, commit; returns events/s."""
     source, sink = settings.topic_name(SKU_INGESTED), settings.topic_name(BENCH_OUT)
     consumer = KafkaConsumer(
-        source, bootstrap_servers=settings.kafka_bootstrap, group_id=settings.consumer_group_prefix + ".raw",
-        enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=settings.max_poll_records,
+        source,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.consumer_group_prefix + ".raw",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=settings.max_poll_records,
     )
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
-                             linger_ms=5)
+    producer = KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
     done, started = 0, None
     while done < events:
         batch = consumer.poll(timeout_ms=200)
@@ -95,7 +105,9 @@ def run_runtime(settings: Settings, events: int) -> float:
             first_seen.append(time.perf_counter())
         return [Emit(BENCH_OUT, event.payload, key="out")]
 
-    thread = threading.Thread(target=stage.run, kwargs={"install_signal_handlers": False, "serve_health": False})
+    thread = threading.Thread(
+        target=stage.run, kwargs={"install_signal_handlers": False, "serve_health": False}
+    )
     thread.start()
     sink = settings.topic_name(BENCH_OUT)
     while _count(settings.kafka_bootstrap, sink) < events:
@@ -144,12 +156,19 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_vs_raw": round(runtime_median / raw_median, 3),
         "broker_cold_start_s": round(cold_start_s, 2),
         "target_ratio_vs_raw": 0.7,
-        "runs": {"raw_events_per_s": [round(x, 1) for x in raw],
-                 "runtime_events_per_s": [round(x, 1) for x in runtime]},
-        "setup": {"events_per_run": args.events, "rounds": args.rounds, "partitions": args.partitions,
-                  "max_poll_records": args.batch, "work": "poll, produce each record, flush (acks=all), commit"},
+        "runs": {
+            "raw_events_per_s": [round(x, 1) for x in raw],
+            "runtime_events_per_s": [round(x, 1) for x in runtime],
+        },
+        "setup": {
+            "events_per_run": args.events,
+            "rounds": args.rounds,
+            "partitions": args.partitions,
+            "max_poll_records": args.batch,
+            "work": "poll, produce each record, flush (acks=all), commit",
+        },
         "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, "
-                   f"{_cpu_count()} cores, Python {platform.python_version()}, single-node Kafka on loopback",
+        f"{_cpu_count()} cores, Python {platform.python_version()}, single-node Kafka on loopback",
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,9 @@ def check_safe_id(value: str) -> str:
     if ".." in value:
         raise ValueError("id contains '..'")
     if not _SAFE_ID.match(value):
-        raise ValueError("id may contain only letters, digits, '.', '_' and '-', and must start with a letter or digit")
+        raise ValueError(
+            "id may contain only letters, digits, '.', '_' and '-', and must start with a letter or digit"
+        )
     return value
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -44,7 +44,7 @@ GATE_ACCEPTED = Topic("gate.accepted", 1, GateAccepted)
 CORRECTION_PENDING = Topic("correction.pending", 1, CorrectionPending)
 CORRECTION_RESOLVED = Topic("correction.resolved", 1, CorrectionResolved)
 
-ALL_TOPICS: tuple[Topic[BaseModel], ...] = (
+ALL_TOPICS: tuple[Topic[Any], ...] = (
     SKU_INGESTED,
     SKU_CAPTIONED,
     IMAGE_GENERATED,
@@ -55,7 +55,7 @@ ALL_TOPICS: tuple[Topic[BaseModel], ...] = (
 )
 
 
-def topic_by_name(name: str) -> Topic[BaseModel]:
+def topic_by_name(name: str) -> Topic[Any]:
     """Look a topic up by its Kafka name; a clear error lists the known ones."""
     for topic in ALL_TOPICS:
         if topic.name == name:

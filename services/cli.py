@@ -40,7 +40,9 @@ def _cmd_topics(rest: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="skuforge topics", description="Manage skuforge's Kafka topics.")
     sub = parser.add_subparsers(dest="action", required=True)
     create = sub.add_parser("create", help="create every topic of the flow and its .dlq (idempotent)")
-    create.add_argument("--partitions", type=int, default=None, help="partitions (default SKUFORGE_TOPIC_PARTITIONS)")
+    create.add_argument(
+        "--partitions", type=int, default=None, help="partitions (default SKUFORGE_TOPIC_PARTITIONS)"
+    )
     sub.add_parser("list", help="print the topic names of this environment")
     args = parser.parse_args(rest)
     settings = load_settings()
@@ -59,7 +61,8 @@ def _cmd_topics(rest: list[str]) -> int:
 
 def _cmd_config(rest: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="skuforge config", description="Validate the configuration and print it, or print the README table."
+        prog="skuforge config",
+        description="Validate the configuration and print it, or print the README table.",
     )
     parser.add_argument("--markdown", action="store_true", help="print the documented settings table")
     args = parser.parse_args(rest)
@@ -95,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="skuforge",
         description="Turn a new product's few photos into a large, clean, labelled training set.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items())
+        epilog="commands:\n"
+        + "\n".join(f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items())
         + "\n\nRun 'skuforge COMMAND --help' for a command's options.",
     )
     parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND")

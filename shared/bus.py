@@ -81,7 +81,7 @@ def make_envelope(
 
 def envelope_model(topic: Topic[Any]) -> type[Envelope[Any]]:
     """The parametrised envelope class that validates messages of ``topic``."""
-    return Envelope[topic.payload]  # type: ignore[name-defined,no-any-return]
+    return Envelope[topic.payload]  # type: ignore[name-defined]
 
 
 class Publisher:
@@ -92,16 +92,29 @@ class Publisher:
         self._settings = settings
         self._producer = make_producer(settings, client_id=f"skuforge-{producer_name}")
 
-    def publish(self, topic: Topic[Any], payload: BaseModel, *, sku_id: str, event_id: str | None = None,
-                trace_id: str | None = None) -> Envelope[Any]:
+    def publish(
+        self,
+        topic: Topic[Any],
+        payload: BaseModel,
+        *,
+        sku_id: str,
+        event_id: str | None = None,
+        trace_id: str | None = None,
+    ) -> Envelope[Any]:
         """Send one event and wait until the broker has it (acks=all); raises TransientError otherwise."""
         event_id = event_id or derive_id(self.producer_name, topic.name, payload.model_dump_json())
         envelope = make_envelope(
-            topic, payload, event_id=event_id, sku_id=sku_id, trace_id=trace_id or event_id,
+            topic,
+            payload,
+            event_id=event_id,
+            sku_id=sku_id,
+            trace_id=trace_id or event_id,
             producer=self.producer_name,
         )
         topic_name = self._settings.topic_name(topic)
-        future = self._producer.send(topic_name, key=sku_id.encode(), value=envelope.model_dump_json().encode())
+        future = self._producer.send(
+            topic_name, key=sku_id.encode(), value=envelope.model_dump_json().encode()
+        )
         try:
             future.get(timeout=self._settings.flush_timeout_s)
         except KafkaError as exc:
@@ -131,10 +144,13 @@ def ensure_topics(
     return create_topic_names(settings, names, partitions=partitions, timeout_s=timeout_s)
 
 
-def create_topic_names(settings: Settings, names: Iterable[str], *, partitions: int, timeout_s: float = 30.0
-                       ) -> list[str]:
+def create_topic_names(
+    settings: Settings, names: Iterable[str], *, partitions: int, timeout_s: float = 30.0
+) -> list[str]:
     """Create plain topic names (DLQs get one partition: they are low-volume and read by people)."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="skuforge-admin")
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="skuforge-admin"
+    )
     try:
         existing = set(admin.list_topics())
         wanted = [name for name in dict.fromkeys(names) if name not in existing]

@@ -41,18 +41,26 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=6, ge=1, description="partitions of topics created by skuforge")
     topic_replication: int = Field(default=1, ge=1, description="replication factor of created topics")
     max_poll_records: int = Field(
-        default=16, ge=1, description="records per poll; small, so slow model steps never exceed the poll interval"
+        default=16,
+        ge=1,
+        description="records per poll; small, so slow model steps never exceed the poll interval",
     )
     max_poll_interval_ms: int = Field(
         default=600_000, ge=10_000, description="time a poll batch may take before the group rebalances"
     )
     session_timeout_ms: int = Field(default=30_000, ge=6_000, description="consumer group session timeout")
-    flush_timeout_s: float = Field(default=60.0, gt=0, description="time to wait for outputs to be acknowledged")
+    flush_timeout_s: float = Field(
+        default=60.0, gt=0, description="time to wait for outputs to be acknowledged"
+    )
     # Retries
-    retry_backoff_initial_s: float = Field(default=0.5, gt=0, description="first back-off after a transient fault")
+    retry_backoff_initial_s: float = Field(
+        default=0.5, gt=0, description="first back-off after a transient fault"
+    )
     retry_backoff_max_s: float = Field(default=30.0, gt=0, description="longest back-off between retries")
     handler_max_attempts: int = Field(
-        default=5, ge=1, description="attempts on an unexpected handler error before the message goes to the DLQ"
+        default=5,
+        ge=1,
+        description="attempts on an unexpected handler error before the message goes to the DLQ",
     )
     # Object store
     store_uri: str = Field(
@@ -67,7 +75,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=50 * 2**20, ge=1, description="images larger than this are refused")
     max_photos_per_sku: int = Field(default=10, ge=1, description="reference photos accepted per SKU")
     # Observability
-    metrics_host: str = Field(default="127.0.0.1", description="address the /metrics, /healthz, /readyz server binds")
+    metrics_host: str = Field(
+        default="127.0.0.1", description="address the /metrics, /healthz, /readyz server binds"
+    )
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="port of that server; unset = the stage's own default port"
     )

@@ -143,8 +143,8 @@ class Stage:
         self.metrics = StageMetrics(name)
         self._routes: dict[str, _Route[Any]] = {}
         self._stage_ready = ready
-        self._metrics_port = self.settings.metrics_port if self.settings.metrics_port is not None else (
-            default_metrics_port
+        self._metrics_port = (
+            self.settings.metrics_port if self.settings.metrics_port is not None else (default_metrics_port)
         )
         self._stop = threading.Event()
         self._consumer: KafkaConsumer | None = None
@@ -219,7 +219,10 @@ class Stage:
                 signal.signal(signum, lambda *_: self.stop())
         if serve_health:
             self.health = HealthServer(
-                self.metrics.registry, host=self.settings.metrics_host, port=self._metrics_port, ready=self.ready
+                self.metrics.registry,
+                host=self.settings.metrics_host,
+                port=self._metrics_port,
+                ready=self.ready,
             ).start()
         self._consumer = make_consumer(
             self.settings, group_id=f"{self.settings.consumer_group_prefix}.{self.name}", client_id=self.name
@@ -273,7 +276,9 @@ class Stage:
         self._commit(outcomes)
         self.metrics.batch_seconds.labels(self.name).observe(time.monotonic() - started)
 
-    def _process_one(self, route: _Route[Any], tp: TopicPartition, record: ConsumerRecord) -> _Outcome | _Retry:
+    def _process_one(
+        self, route: _Route[Any], tp: TopicPartition, record: ConsumerRecord
+    ) -> _Outcome | _Retry:
         decoded = self._decode(route, record)
         if isinstance(decoded, _Outcome):
             return decoded
@@ -319,7 +324,9 @@ class Stage:
             try:
                 results = list(route.handle_batch(events, self.context))
                 if len(results) != len(events):
-                    raise RuntimeError(f"batch handler returned {len(results)} results for {len(events)} events")
+                    raise RuntimeError(
+                        f"batch handler returned {len(results)} results for {len(events)} events"
+                    )
             except (TransientError, KafkaError) as exc:
                 results = [exc] * len(events)
             except Exception:
@@ -339,7 +346,9 @@ class Stage:
                 result = by_event[id(decoded)]
                 with log_context(decoded.trace_id, decoded.sku_id):
                     if isinstance(result, BadInput):
-                        outcome: _Outcome | _Retry = self._dead_letter(record, result.reason, str(result), result, decoded)
+                        outcome: _Outcome | _Retry = self._dead_letter(
+                            record, result.reason, str(result), result, decoded
+                        )
                     elif isinstance(result, (TransientError, KafkaError)):
                         outcome = _Retry(result)
                     elif isinstance(result, BaseException):
@@ -367,7 +376,9 @@ class Stage:
 
     def _decode(self, route: _Route[Any], record: ConsumerRecord) -> Envelope[Any] | _Outcome:
         if record.value is None:
-            return self._dead_letter(record, "empty_message", "the message has no value (tombstone?)", None, None)
+            return self._dead_letter(
+                record, "empty_message", "the message has no value (tombstone?)", None, None
+            )
         try:
             event = route.envelope.model_validate_json(record.value)
         except ValidationError as exc:
@@ -397,7 +408,9 @@ class Stage:
                 trace_id=event.trace_id,
                 producer=self.name,
             )
-            outputs.append((self.settings.topic_name(emit.topic), sku_id.encode(), envelope.model_dump_json().encode()))
+            outputs.append(
+                (self.settings.topic_name(emit.topic), sku_id.encode(), envelope.model_dump_json().encode())
+            )
         self.metrics.messages.labels(self.name, tp.topic, "ok").inc()
         return _Outcome(outputs=outputs, event_id=event.event_id)
 
@@ -428,8 +441,14 @@ class Stage:
         self.metrics.dlq.labels(self.name, record.topic, reason).inc()
         log.warning(
             "dead-lettered",
-            extra={"stage": self.name, "reason": reason, "detail": detail[:500], "offset": record.offset,
-                   "topic": record.topic, "partition": record.partition},
+            extra={
+                "stage": self.name,
+                "reason": reason,
+                "detail": detail[:500],
+                "offset": record.offset,
+                "topic": record.topic,
+                "partition": record.partition,
+            },
         )
         value = letter.model_dump_json().encode()
         return _Outcome(outputs=[(record.topic + DLQ_SUFFIX, record.key or b"", value)], dead_reason=reason)
@@ -443,7 +462,11 @@ class Stage:
         log.error(
             "handler failed",
             exc_info=exc,
-            extra={"stage": self.name, "attempt": attempts, "max_attempts": self.settings.handler_max_attempts},
+            extra={
+                "stage": self.name,
+                "attempt": attempts,
+                "max_attempts": self.settings.handler_max_attempts,
+            },
         )
         if attempts < self.settings.handler_max_attempts:
             return _Retry(exc)
@@ -488,7 +511,9 @@ class Stage:
             self._consumer.commit(offsets)
         except CommitFailedError as exc:
             # The group rebalanced under us: another member will redeliver; outputs are idempotent.
-            log.warning("commit failed; records will be redelivered", extra={"stage": self.name, "error": str(exc)})
+            log.warning(
+                "commit failed; records will be redelivered", extra={"stage": self.name, "error": str(exc)}
+            )
             return
         for tp, done in outcomes.items():
             if done:
@@ -507,7 +532,9 @@ class Stage:
         assert self._consumer is not None
         failures = self._failures.get(tp, 0) + 1
         self._failures[tp] = failures
-        delay = min(self.settings.retry_backoff_max_s, self.settings.retry_backoff_initial_s * 2 ** (failures - 1))
+        delay = min(
+            self.settings.retry_backoff_max_s, self.settings.retry_backoff_initial_s * 2 ** (failures - 1)
+        )
         delay *= random.uniform(0.8, 1.2)
         self._consumer.seek(tp, offset)
         self._consumer.pause(tp)
@@ -517,8 +544,14 @@ class Stage:
         self.metrics.paused_partitions.labels(self.name).set(len(self._resume_at))
         log.warning(
             "transient fault; partition paused",
-            extra={"stage": self.name, "topic": tp.topic, "partition": tp.partition, "offset": offset,
-                   "retry_in_s": round(delay, 2), "error": f"{type(error).__name__}: {error}"},
+            extra={
+                "stage": self.name,
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "offset": offset,
+                "retry_in_s": round(delay, 2),
+                "error": f"{type(error).__name__}: {error}",
+            },
         )
 
     def _resume_due_partitions(self) -> None:
@@ -577,7 +610,10 @@ class _RebalanceListener(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self._stage._joined = True
-        log.info("partitions assigned", extra={"stage": self._stage.name, "partitions": [str(tp) for tp in assigned]})
+        log.info(
+            "partitions assigned",
+            extra={"stage": self._stage.name, "partitions": [str(tp) for tp in assigned]},
+        )
 
 
 def _drop_parked_records(consumer: KafkaConsumer, tp: TopicPartition) -> None:

@@ -56,7 +56,9 @@ def test_passthrough_1000_events_each_output_exactly_once(kafka_bootstrap: str, 
     input_ids = produce(settings, SKU_INGESTED, list(sku_ingested_payloads(stage.store, 1000)))
 
     with running(stage):
-        outputs = read_topic(kafka_bootstrap, settings.topic_name(PASSTHROUGH_OUT), expect=1000, timeout_s=120)
+        outputs = read_topic(
+            kafka_bootstrap, settings.topic_name(PASSTHROUGH_OUT), expect=1000, timeout_s=120
+        )
 
     output_ids = _event_ids(outputs)
     assert len(output_ids) == 1000, "each input must give exactly one output event"
@@ -79,7 +81,9 @@ def test_bad_input_goes_to_dlq_with_reason_and_stream_goes_on(kafka_bootstrap: s
     good = sku_ingested_payloads(stage.store, 4, prefix="GOOD")
     # An event whose photo is gone from the store.
     missing = sku_ingested_payloads(stage.store, 1, prefix="MISSING")[0]
-    ref = missing.photos[0].image.model_copy(update={"uri": missing.photos[0].image.uri.replace("photo.png", "gone.png")})
+    ref = missing.photos[0].image.model_copy(
+        update={"uri": missing.photos[0].image.uri.replace("photo.png", "gone.png")}
+    )
     missing = missing.model_copy(update={"photos": [missing.photos[0].model_copy(update={"image": ref})]})
     schema_invalid = json.dumps({"event_id": "0" * 32, "schema_name": "sku.ingested", "payload": {}}).encode()
     unsafe_sku = make_envelope(
@@ -96,8 +100,12 @@ def test_bad_input_goes_to_dlq_with_reason_and_stream_goes_on(kafka_bootstrap: s
         outputs = read_topic(kafka_bootstrap, settings.topic_name(PASSTHROUGH_OUT), expect=4, timeout_s=60)
         letters = read_topic(kafka_bootstrap, settings.dlq_name(SKU_INGESTED), expect=4, timeout_s=60)
 
-    assert sorted(json.loads(r.value)["sku_id"] for r in outputs) == ["GOOD-00000", "GOOD-00001", "GOOD-00002",
-                                                                        "GOOD-00003"]
+    assert sorted(json.loads(r.value)["sku_id"] for r in outputs) == [
+        "GOOD-00000",
+        "GOOD-00001",
+        "GOOD-00002",
+        "GOOD-00003",
+    ]
     dead = [DeadLetter.model_validate_json(r.value) for r in letters]
     reasons = sorted(letter.reason for letter in dead)
     assert reasons == ["not_json", "object_missing", "schema_invalid", "schema_invalid"]
@@ -106,7 +114,7 @@ def test_bad_input_goes_to_dlq_with_reason_and_stream_goes_on(kafka_bootstrap: s
     assert by_reason["object_missing"].sku_id == "MISSING-00000"
     assert "gone.png" in by_reason["object_missing"].detail
     assert all(letter.original_topic == settings.topic_name(SKU_INGESTED) for letter in dead)
-    unsafe = [d for d in dead if b"etc" in base64.b64decode(d.original_value_b64)][0]
+    unsafe = next(d for d in dead if b"etc" in base64.b64decode(d.original_value_b64))
     assert "sku_id" in unsafe.detail
 
 
@@ -131,7 +139,9 @@ def test_transient_store_outage_pauses_and_retries_without_loss(
             time.sleep(3.0)  # the stage meets the outage and backs off
             retries_during_outage = _metric(stage, "skuforge_retries_total")
             restart_s3_server()
-            outputs = read_topic(kafka_bootstrap, settings.topic_name(PASSTHROUGH_OUT), expect=60, timeout_s=90)
+            outputs = read_topic(
+                kafka_bootstrap, settings.topic_name(PASSTHROUGH_OUT), expect=60, timeout_s=90
+            )
     finally:
         restart_s3_server()
 
@@ -152,8 +162,13 @@ def _metric(stage: Stage, name: str) -> float:
 
 
 def test_unexpected_handler_error_is_retried_then_dead_lettered(kafka_bootstrap: str, tmp_path: Path) -> None:
-    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path), handler_max_attempts=3,
-                                 retry_backoff_initial_s=0.05, retry_backoff_max_s=0.1)
+    settings = isolated_settings(
+        kafka_bootstrap,
+        file_store_uri(tmp_path),
+        handler_max_attempts=3,
+        retry_backoff_initial_s=0.05,
+        retry_backoff_max_s=0.1,
+    )
     create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT, partitions=1)
     stage = Stage("flaky", settings=settings)
     calls: dict[str, int] = {}
@@ -182,8 +197,9 @@ def test_unexpected_handler_error_is_retried_then_dead_lettered(kafka_bootstrap:
 @pytest.mark.slow
 def test_slow_handler_does_not_trigger_rebalances(kafka_bootstrap: str, tmp_path: Path) -> None:
     """Each message takes longer than the session timeout: heartbeats go on, the group never rebalances."""
-    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path), max_poll_records=1,
-                                 session_timeout_ms=6_000)
+    settings = isolated_settings(
+        kafka_bootstrap, file_store_uri(tmp_path), max_poll_records=1, session_timeout_ms=6_000
+    )
     create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT, partitions=1)
     stage = Stage("slow", settings=settings)
 
@@ -223,11 +239,16 @@ def test_health_endpoints_and_metrics(kafka_bootstrap: str, tmp_path: Path) -> N
 
 
 def _start_subprocess_stage(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **{f"SKUFORGE_{k.upper()}": str(v) for k, v in settings.model_dump().items()
-                            if v is not None}}
+    env = {
+        **os.environ,
+        **{f"SKUFORGE_{k.upper()}": str(v) for k, v in settings.model_dump().items() if v is not None},
+    }
     return subprocess.Popen(
         [sys.executable, "-m", "services.passthrough.stage"],
-        cwd=REPO, env=env, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=env,
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -239,7 +260,9 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_stores_nothing_twice(
     settings = isolated_settings(kafka_bootstrap, file_store_uri(store_root), max_poll_records=50)
     create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT)
     count = 3000
-    input_ids = produce(settings, SKU_INGESTED, list(sku_ingested_payloads(open_store(settings.store_uri), count)))
+    input_ids = produce(
+        settings, SKU_INGESTED, list(sku_ingested_payloads(open_store(settings.store_uri), count))
+    )
     output_topic = settings.topic_name(PASSTHROUGH_OUT)
 
     first = _start_subprocess_stage(settings, tmp_path / "stage.log")
@@ -273,7 +296,9 @@ def test_sigterm_finishes_commits_and_exits_zero(kafka_bootstrap: str, tmp_path:
     store_root = tmp_path / "store"
     settings = isolated_settings(kafka_bootstrap, file_store_uri(store_root))
     create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT, partitions=1)
-    input_ids = produce(settings, SKU_INGESTED, list(sku_ingested_payloads(open_store(settings.store_uri), 50)))
+    input_ids = produce(
+        settings, SKU_INGESTED, list(sku_ingested_payloads(open_store(settings.store_uri), 50))
+    )
     output_topic = settings.topic_name(PASSTHROUGH_OUT)
 
     stage = _start_subprocess_stage(settings, tmp_path / "stage.log")

@@ -26,8 +26,15 @@ def test_committed_json_schemas_match_the_models() -> None:
 
 def test_every_topic_of_the_flow_is_versioned_and_has_a_schema() -> None:
     names = {topic.schema_name for topic in ALL_TOPICS}
-    assert names == {"sku.ingested", "sku.captioned", "image.generated", "image.matted", "gate.accepted",
-                     "correction.pending", "correction.resolved"}
+    assert names == {
+        "sku.ingested",
+        "sku.captioned",
+        "image.generated",
+        "image.matted",
+        "gate.accepted",
+        "correction.pending",
+        "correction.resolved",
+    }
     for topic in ALL_TOPICS:
         assert topic.name.endswith(f".v{topic.version}")
         assert (JSON_DIR / f"{topic.name}.json").is_file()
@@ -68,8 +75,9 @@ def test_envelope_round_trip_and_validation() -> None:
         sku=SkuMetadata(sku_id="SKU-1", name="Cola", category="soda can"),
         photos=[{"photo_id": "p1", "image": image, "original_filename": "a.png"}],  # type: ignore[list-item]
     )
-    envelope = make_envelope(SKU_INGESTED, payload, event_id=derive_id("x"), sku_id="SKU-1", trace_id="t1",
-                             producer="test")
+    envelope = make_envelope(
+        SKU_INGESTED, payload, event_id=derive_id("x"), sku_id="SKU-1", trace_id="t1", producer="test"
+    )
     text = envelope.model_dump_json()
     again = Envelope[SkuIngested].model_validate_json(text)
     assert again == envelope

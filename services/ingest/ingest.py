@@ -64,7 +64,9 @@ class PreparedSku:
     @property
     def event_id(self) -> str:
         """Same folder content → same event id, so re-ingesting is idempotent downstream."""
-        return derive_id(PRODUCER, self.metadata.model_dump_json(), *(photo.photo_id for photo in self.photos))
+        return derive_id(
+            PRODUCER, self.metadata.model_dump_json(), *(photo.photo_id for photo in self.photos)
+        )
 
 
 def find_sku_folders(path: Path) -> list[Path]:
@@ -116,9 +118,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         if photo_id in seen:
             continue  # the same picture twice adds nothing
         seen.add(photo_id)
-        photos.append(
-            PreparedPhoto(photo_id, file.name[:255], png, width=image.width, height=image.height)
-        )
+        photos.append(PreparedPhoto(photo_id, file.name[:255], png, width=image.width, height=image.height))
     if problems or metadata is None:
         return None, problems
     return PreparedSku(folder=folder, metadata=metadata, photos=photos), []
@@ -135,7 +135,9 @@ def prepare_all(path: Path, settings: Settings) -> list[PreparedSku]:
         if sku is None:
             continue
         if sku.metadata.sku_id in owners:
-            problems.append(f"{folder}: sku_id {sku.metadata.sku_id!r} is also used by {owners[sku.metadata.sku_id]}")
+            problems.append(
+                f"{folder}: sku_id {sku.metadata.sku_id!r} is also used by {owners[sku.metadata.sku_id]}"
+            )
             continue
         owners[sku.metadata.sku_id] = folder
         prepared.append(sku)
@@ -151,22 +153,27 @@ def upload_sku(sku: PreparedSku, store: ObjectStore) -> SkuIngested:
         key = f"incoming/{sku.metadata.sku_id}/{photo.photo_id}.png"
         stored = store.put_bytes(key, photo.png, "image/png")
         image = ImageRef(**stored.model_dump(), width=photo.width, height=photo.height)
-        photos.append(ReferencePhoto(photo_id=photo.photo_id, image=image, original_filename=photo.original_filename))
+        photos.append(
+            ReferencePhoto(photo_id=photo.photo_id, image=image, original_filename=photo.original_filename)
+        )
     return SkuIngested(sku=sku.metadata, photos=photos)
 
 
 def ingest_path(path: Path, settings: Settings, *, store: ObjectStore | None = None) -> list[str]:
     """Ingest every SKU under ``path``; returns the event ids published (one per SKU)."""
     prepared = prepare_all(path, settings)
-    store = store or open_store(settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url,
-                                s3_region=settings.s3_region)
+    store = store or open_store(
+        settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+    )
     publisher = Publisher(settings, PRODUCER)
     try:
         event_ids = []
         for sku in prepared:
             payload = upload_sku(sku, store)
             # Photos are durable before the event exists, so no consumer ever sees a dangling reference.
-            envelope = publisher.publish(SKU_INGESTED, payload, sku_id=sku.metadata.sku_id, event_id=sku.event_id)
+            envelope = publisher.publish(
+                SKU_INGESTED, payload, sku_id=sku.metadata.sku_id, event_id=sku.event_id
+            )
             event_ids.append(envelope.event_id)
         return event_ids
     finally:

@@ -1,4 +1,4 @@
-"""Helpers for tests on the real broker: settings per test, producing events, reading topics, running stages."""
+"""Helpers for tests on the real broker: isolated settings, producing, reading topics, running stages."""
 
 from __future__ import annotations
 
@@ -63,8 +63,9 @@ def sku_ingested_payloads(store: ObjectStore, count: int, prefix: str = "SKU") -
     ]
 
 
-def produce(settings: Settings, topic: Topic[Any], payloads: list[BaseModel], *, raw: list[bytes] | None = None
-            ) -> list[str]:
+def produce(
+    settings: Settings, topic: Topic[Any], payloads: list[BaseModel], *, raw: list[bytes] | None = None
+) -> list[str]:
     """Produce enveloped payloads (and optional raw byte messages); returns the event ids in order."""
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
     name = settings.topic_name(topic)
@@ -72,7 +73,9 @@ def produce(settings: Settings, topic: Topic[Any], payloads: list[BaseModel], *,
     for payload in payloads:
         sku_id = payload.sku.sku_id  # type: ignore[attr-defined]
         event_id = derive_id("test", name, sku_id, payload.model_dump_json())
-        envelope = make_envelope(topic, payload, event_id=event_id, sku_id=sku_id, trace_id=event_id, producer="test")
+        envelope = make_envelope(
+            topic, payload, event_id=event_id, sku_id=sku_id, trace_id=event_id, producer="test"
+        )
         producer.send(name, key=sku_id.encode(), value=envelope.model_dump_json().encode())
         event_ids.append(event_id)
     for value in raw or []:
@@ -87,7 +90,7 @@ _stage_errors: list[BaseException] = []
 
 
 def read_topic(bootstrap: str, topic_name: str, *, expect: int, timeout_s: float = 60.0) -> list[Any]:
-    """Read a topic from the beginning until ``expect`` records arrived (or time out), then a short grace read."""
+    """Read a topic from the start until ``expect`` records arrived (or time out), plus a short grace read."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     try:
         deadline = time.monotonic() + timeout_s

@@ -1,0 +1,126 @@
+"""Ingest: SKU folders → store → sku.ingested; bad folders refused whole with clear reasons."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from schemas.envelope import Envelope
+from schemas.events import SkuIngested
+from schemas.topics import ALL_TOPICS, SKU_INGESTED
+from services.cli import main as cli_main
+from services.ingest.ingest import IngestError, ingest_path, prepare_all
+from shared.config import load_settings
+from shared.store import open_store
+from shared.synth import write_sku_folders
+from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
+
+
+@pytest.fixture(scope="module")
+def synth_skus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    write_sku_folders(out, skus=3, photos_per_sku=2, seed=7, size_px=128)
+    return out / "skus"
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_valid_folders_are_prepared(synth_skus: Path) -> None:
+    prepared = prepare_all(synth_skus, load_settings())
+    assert [sku.metadata.sku_id for sku in prepared] == ["SYN-7-0001", "SYN-7-0002", "SYN-7-0003"]
+    assert all(len(sku.photos) == 2 for sku in prepared)
+    # The same content always gives the same event id (re-ingesting is idempotent downstream).
+    assert prepare_all(synth_skus, load_settings())[0].event_id == prepared[0].event_id
+
+
+@pytest.mark.parametrize(
+    ("sku_id", "message"),
+    [
+        ("../escape", "path separator"),
+        ("a/b", "path separator"),
+        ("x" * 65, "at most 64"),
+        ("bad\u0007id", "control"),
+    ],
+)
+def test_unsafe_sku_id_refuses_the_whole_batch(
+    synth_skus: Path, tmp_path: Path, sku_id: str, message: str
+) -> None:
+    root = _copy(synth_skus, tmp_path / "skus")
+    metadata_path = root / "SYN-7-0002" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["sku_id"] = sku_id
+    metadata_path.write_text(json.dumps(metadata))
+    with pytest.raises(IngestError, match=message) as info:
+        prepare_all(root, load_settings())
+    assert "nothing was ingested" in str(info.value)
+
+
+def test_unreadable_and_missing_parts_are_all_named(synth_skus: Path, tmp_path: Path) -> None:
+    root = _copy(synth_skus, tmp_path / "skus")
+    (root / "SYN-7-0001" / "photo_01.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (root / "SYN-7-0002" / "metadata.json").unlink()
+    for photo in (root / "SYN-7-0003").glob("*.png"):
+        photo.unlink()
+    with pytest.raises(IngestError) as info:
+        prepare_all(root, load_settings())
+    text = str(info.value)
+    assert "photo_01.png: refused" in text
+    assert "metadata.json: missing" in text
+    assert "SYN-7-0003: no photos" in text
+
+
+def test_too_many_photos_and_duplicate_ids_are_refused(synth_skus: Path, tmp_path: Path) -> None:
+    root = _copy(synth_skus, tmp_path / "skus")
+    with pytest.raises(IngestError, match="at most 1"):
+        prepare_all(root, load_settings(max_photos_per_sku=1))
+    shutil.copytree(root / "SYN-7-0001", root / "copy-of-1")
+    with pytest.raises(IngestError, match="also used by"):
+        prepare_all(root, load_settings())
+
+
+def test_cli_refusal_is_a_clear_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    assert cli_main(["ingest", str(tmp_path / "does-not-exist")]) == 2
+    err = capsys.readouterr().err
+    assert "not a directory" in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists(), "nothing may be uploaded when the input is refused"
+
+
+@pytest.mark.kafka
+def test_ingest_publishes_one_event_per_sku_after_storing_photos(
+    kafka_bootstrap: str, synth_skus: Path, tmp_path: Path
+) -> None:
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
+    create_topics(settings, SKU_INGESTED)
+    event_ids = ingest_path(synth_skus, settings)
+    records = read_topic(kafka_bootstrap, settings.topic_name(SKU_INGESTED), expect=3, timeout_s=30)
+    assert len(records) == 3
+    store = open_store(settings.store_uri)
+    for record in records:
+        event = Envelope[SkuIngested].model_validate_json(record.value)
+        assert record.key.decode() == event.sku_id
+        assert event.event_id in event_ids
+        for photo in event.payload.photos:
+            store.read_verified(photo.image)  # stored, and the checksum holds
+            assert (photo.image.width, photo.image.height) == (128, 128)
+
+
+@pytest.mark.kafka
+def test_topics_create_makes_every_topic_and_dlq(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", kafka_bootstrap)
+    monkeypatch.setenv("SKUFORGE_TOPIC_NAMESPACE", "clitest.")
+    assert cli_main(["topics", "create", "--partitions", "2"]) == 0
+    created = json.loads(capsys.readouterr().out)["created"]
+    assert len(created) == 2 * len(ALL_TOPICS)
+    assert cli_main(["topics", "create"]) == 0  # idempotent
+    assert json.loads(capsys.readouterr().out)["created"] == []
