@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= cpu,dev
+# The test suite trains and exports small models, so the dev set-up includes the diffusion extra.
+EXTRAS ?= cpu,dev,diffusion
 KAFKA_DIR := deploy/kafka
 KAFKA_DATA ?= var/kafka
 KAFKA_PORT ?= 9092
