@@ -8,11 +8,18 @@ import json
 import sys
 from collections.abc import Callable
 
-from shared.config import ConfigError, load_settings, settings_table_markdown
+from pydantic_settings import BaseSettings
+
+from services.matting.config import MattingSettings
+from shared.config import ConfigError, Settings, load_settings, settings_table_markdown
+
+# Every settings model, shared first; `skuforge config --markdown` prints them as README's table.
+SETTINGS_MODELS: tuple[type[BaseSettings], ...] = (Settings, MattingSettings)
 
 # Stage name → module with ``main() -> int``. Each stage's folder says what it consumes and produces.
 STAGES: dict[str, str] = {
     "passthrough": "services.passthrough.stage",
+    "matting": "services.matting.stage",
 }
 
 
@@ -26,6 +33,12 @@ def _cmd_synth(rest: list[str]) -> int:
     from shared.synth import synth_main
 
     return synth_main(rest)
+
+
+def _cmd_matting(rest: list[str]) -> int:
+    from services.matting.cli import main
+
+    return main(rest)
 
 
 def _cmd_kafka(rest: list[str]) -> int:
@@ -67,7 +80,7 @@ def _cmd_config(rest: list[str]) -> int:
     parser.add_argument("--markdown", action="store_true", help="print the documented settings table")
     args = parser.parse_args(rest)
     if args.markdown:
-        print(settings_table_markdown())
+        print(settings_table_markdown(SETTINGS_MODELS))
         return 0
     print(load_settings().model_dump_json(indent=2))
     return 0
@@ -84,6 +97,7 @@ def _cmd_run(rest: list[str]) -> int:
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "ingest": (_cmd_ingest, "upload SKU folders (photos + metadata.json) and publish sku.ingested"),
     "synth": (_cmd_synth, "render synthetic SKU folders with exact masks (test and demo data)"),
+    "matting": (_cmd_matting, "train, evaluate or quantise the U2-Net matting model"),
     "run": (_cmd_run, "run one stage: " + ", ".join(sorted(STAGES))),
     "topics": (_cmd_topics, "create or list the Kafka topics"),
     "kafka": (_cmd_kafka, "start, stop or check the local single-node Kafka broker"),

@@ -6,7 +6,7 @@ carries. An invalid value stops the service at start-up with a message naming th
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
@@ -119,11 +119,11 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-@lru_cache(maxsize=1)
-def settings_table_markdown() -> str:
-    """The configuration table for README.md, generated from the model so it cannot go stale."""
+def settings_table_markdown(models: Sequence[type[BaseSettings]] = (Settings,)) -> str:
+    """The configuration table for README.md, generated from the models so it cannot go stale."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    for name, field in Settings.model_fields.items():
+    fields = [item for model in models for item in model.model_fields.items()]
+    for name, field in fields:
         default = field.default
         shown = "(unset)" if default is None else f"`{default}`"
         rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description or ''} |")

@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: the real Kafka broker and a moto S3 server on loopback."""
+"""Fixtures shared by the whole suite: the real Kafka broker, a moto S3 server on loopback, a U2-NetP ONNX."""
 
 from tests.support.kafka import kafka_bootstrap, new_topic  # noqa: F401
+from tests.support.matting import random_u2netp_onnx  # noqa: F401
 from tests.support.s3 import s3_endpoint, s3_store  # noqa: F401

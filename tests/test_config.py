@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from services.cli import SETTINGS_MODELS
 from services.cli import main as cli_main
 from shared.config import ConfigError, load_settings, settings_table_markdown
 
@@ -43,6 +44,6 @@ def test_topic_namespace_prefixes_every_topic() -> None:
 
 
 def test_readme_carries_the_current_settings_table() -> None:
-    assert settings_table_markdown() in README.read_text(), (
+    assert settings_table_markdown(SETTINGS_MODELS) in README.read_text(), (
         "README's configuration table is stale: paste `skuforge config --markdown` into it"
     )

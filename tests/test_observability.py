@@ -13,8 +13,15 @@ from shared.observability import HealthServer, JsonFormatter, StageMetrics, log_
 
 
 def test_json_log_lines_carry_trace_and_sku() -> None:
-    record = logging.makeLogRecord({"name": "skuforge.test", "levelname": "WARNING", "msg": "dead-lettered %s",
-                                    "args": ("x",), "reason": "not_json"})
+    record = logging.makeLogRecord(
+        {
+            "name": "skuforge.test",
+            "levelname": "WARNING",
+            "msg": "dead-lettered %s",
+            "args": ("x",),
+            "reason": "not_json",
+        }
+    )
     with log_context("trace-1", "SKU-1"):
         line = JsonFormatter().format(record)
     entry = json.loads(line)
@@ -30,9 +37,10 @@ def test_health_server_paths() -> None:
     server = HealthServer(metrics.registry, port=0, ready=lambda: ready["value"]).start()
     base = f"http://127.0.0.1:{server.port}"
     try:
-        assert b'skuforge_messages_total{outcome="ok",stage="unit",topic="t"} 1.0' in urllib.request.urlopen(
-            base + "/metrics"
-        ).read()
+        assert (
+            b'skuforge_messages_total{outcome="ok",stage="unit",topic="t"} 1.0'
+            in urllib.request.urlopen(base + "/metrics").read()
+        )
         assert urllib.request.urlopen(base + "/healthz").status == 200
         with pytest.raises(urllib.error.HTTPError, match="503"):
             urllib.request.urlopen(base + "/readyz")

@@ -1,0 +1,199 @@
+"""Matting benchmark: our ONNX Runtime session vs PyTorch eager vs rembg, same weights, same images.
+
+Each measurement runs in a fresh subprocess (so peak RSS is that configuration's own), and the
+configurations are interleaved round by round so a busy neighbour slows them all alike; medians
+are reported. Every configuration turns the same 512x512 renderer photos into masks at the
+original size, including its own pre- and post-processing:
+
+- ``ort_fp32`` / ``ort_int8``: ``shared.matting.session`` at batch 1 and 8 (one ORT call per batch);
+- ``torch``: the same weights (``.pth``) in PyTorch eager, with the same pre/post-processing;
+- ``rembg``: rembg's ``u2net_custom`` session on the same ONNX file (one image per call: rembg has
+  no batch API). rembg is installed into the venv only for this benchmark.
+
+Also recomputes the held-out IoU/MAE of both committed models. Writes bench/results/matting.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+MODELS = Path(__file__).resolve().parents[1] / "shared" / "matting" / "models"
+FP32 = MODELS / "u2netp-skuforge.onnx"
+INT8 = MODELS / "u2netp-skuforge-int8.onnx"
+WEIGHTS = MODELS / "u2netp-skuforge.pth"
+
+
+def _images(n: int) -> list:  # type: ignore[type-arg]
+    from shared.synth import render_dataset
+
+    return [photo.image for photo in render_dataset(n, seed=777, size_px=512)]
+
+
+def worker(kind: str, batch: int, n_images: int, threads: int) -> dict[str, float]:
+    """Time one configuration in this process; returns images/s and peak RSS."""
+    images = _images(n_images)
+    if kind in ("ort_fp32", "ort_int8"):
+        from shared.matting.session import U2NetPSession
+
+        session = U2NetPSession(
+            FP32 if kind == "ort_fp32" else INT8, threads=threads, use_gpu=False, max_batch=batch
+        )
+
+        def run(chunk: list) -> None:  # type: ignore[type-arg]
+            session.predict(chunk)
+    elif kind == "torch":
+        import torch
+
+        from shared.matting.session import U2NetPSession, u2net_preprocess
+        from shared.matting.u2net import build_model
+
+        torch.set_num_threads(threads)
+        model = build_model("u2netp")
+        model.load_state_dict(torch.load(WEIGHTS, map_location="cpu", weights_only=True))
+        model.eval()
+        post = U2NetPSession.postprocess
+
+        def run(chunk: list) -> None:  # type: ignore[type-arg]
+            with torch.inference_mode():
+                d0 = model(torch.from_numpy(u2net_preprocess(chunk)))[0].numpy()
+            post(session_like, d0, [image.size for image in chunk])
+
+        session_like = _PostOnly()
+    elif kind == "rembg":
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        from rembg import new_session  # type: ignore[import-not-found]
+
+        rembg_session = new_session("u2net_custom", model_path=str(FP32))
+        # rembg builds its own SessionOptions; give it the same thread count as ours.
+        rembg_session.inner_session.set_providers(["CPUExecutionProvider"])
+
+        def run(chunk: list) -> None:  # type: ignore[type-arg]
+            for image in chunk:
+                rembg_session.predict(image)
+    else:
+        raise ValueError(kind)
+
+    run(images[:batch])  # warm-up: graph optimisation, allocations
+    started = time.perf_counter()
+    for start in range(0, len(images), batch):
+        run(images[start : start + batch])
+    elapsed = time.perf_counter() - started
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"images_per_s": len(images) / elapsed, "peak_rss_mb": peak_rss_mb}
+
+
+class _PostOnly:
+    """Lets the PyTorch path reuse the session's post-processing without an ONNX session."""
+
+    def __init__(self) -> None:
+        from shared.matting.session import MaskOptions
+
+        self.mask_options = MaskOptions()
+
+
+def _run_worker(kind: str, batch: int, n_images: int, threads: int) -> dict[str, float]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.matting",
+            "--worker",
+            kind,
+            "--batch",
+            str(batch),
+            "--images",
+            str(n_images),
+            "--threads",
+            str(threads),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or one worker) and write bench/results/matting.json."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--worker", default=None)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--heldout", type=int, default=200)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.batch, args.images, args.threads)))
+        return 0
+
+    kinds = ["ort_fp32", "ort_int8", "torch", "rembg"]
+    runs: dict[str, list[dict[str, float]]] = {f"{k}_b{b}": [] for k in kinds for b in (1, 8)}
+    for round_index in range(args.rounds):
+        for kind in kinds:
+            for batch in (1, 8):
+                result = _run_worker(kind, batch, args.images, args.threads)
+                runs[f"{kind}_b{batch}"].append(result)
+                print(
+                    f"round {round_index + 1} {kind} b{batch}: {result['images_per_s']:.2f} img/s, "
+                    f"{result['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
+
+    def ips(name: str) -> float:
+        return statistics.median(r["images_per_s"] for r in runs[name])
+
+    from shared.matting.train import evaluate
+
+    fp32_eval = evaluate(FP32, args.heldout, 9001)
+    int8_eval = evaluate(INT8, args.heldout, 9001)
+    result = {
+        "heldout_iou": fp32_eval.mean_iou,
+        "heldout_iou_int8": int8_eval.mean_iou,
+        "heldout_mae": fp32_eval.mae,
+        "heldout_mae_int8": int8_eval.mae,
+        "heldout_images": fp32_eval.n_images,
+        "speedup_vs_torch_b8": round(ips("ort_fp32_b8") / ips("torch_b8"), 3),
+        "speedup_vs_rembg_b8": round(ips("ort_fp32_b8") / ips("rembg_b8"), 3),
+        "speedup_int8_vs_rembg_b8": round(ips("ort_int8_b8") / ips("rembg_b8"), 3),
+        "speedup_int8_vs_fp32_b8": round(ips("ort_int8_b8") / ips("ort_fp32_b8"), 3),
+        "peak_rss_mb": round(
+            max(r["peak_rss_mb"] for name in runs if name.startswith("ort") for r in runs[name]), 1
+        ),
+        "images_per_s": {name: round(ips(name), 3) for name in runs},
+        "peak_rss_mb_by_config": {
+            name: round(max(r["peak_rss_mb"] for r in rs), 1) for name, rs in runs.items()
+        },
+        "setup": {
+            "images": args.images,
+            "size_px": 512,
+            "rounds": args.rounds,
+            "threads": args.threads,
+            "note": "rembg has no batch API: its b8 figure is 8 single-image calls",
+        },
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+        f"Python {platform.python_version()}, "
+        "CPU execution provider",
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "matting.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

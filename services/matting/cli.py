@@ -1,0 +1,147 @@
+"""``skuforge matting train | eval | quantize``: make, measure and shrink the matting model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from shared.observability import configure_logging
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "shared" / "matting" / "models"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch the matting subcommands."""
+    parser = argparse.ArgumentParser(prog="skuforge matting", description=__doc__)
+    sub = parser.add_subparsers(dest="action", required=True)
+
+    train = sub.add_parser(
+        "train", help="train U2-NetP/U2-Net on synthetic photos, export ONNX, write a model card"
+    )
+    train.add_argument("--model", choices=["u2netp", "u2net"], default="u2netp")
+    train.add_argument("--steps", type=int, default=2000)
+    train.add_argument("--batch", type=int, default=8)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument(
+        "--train-images", type=int, default=2000, help="synthetic photos rendered for training"
+    )
+    train.add_argument(
+        "--heldout", type=int, default=200, help="held-out photos (other products) for IoU/MAE"
+    )
+    train.add_argument("--low-res-px", type=int, default=192, help="resolution of the first, cheaper steps")
+    train.add_argument("--low-res-fraction", type=float, default=0.6, help="share of steps at --low-res-px")
+    train.add_argument(
+        "--extra",
+        type=Path,
+        action="append",
+        default=[],
+        help="folder with images/ and masks/ pairs to add (e.g. human-corrected masks)",
+    )
+    train.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from these weights (a .pth in the reference key layout) instead of scratch",
+    )
+    train.add_argument("--seed", type=int, default=1)
+    train.add_argument("--threads", type=int, default=2)
+    train.add_argument("--out", type=Path, default=MODELS_DIR / "u2netp-skuforge.onnx")
+    train.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=Path("var/matting/checkpoint.pt"),
+        help="saved every 250 steps; a rerun with the same file resumes",
+    )
+
+    evaluate = sub.add_parser("eval", help="held-out mean IoU and MAE of an ONNX model")
+    evaluate.add_argument("model_path", type=Path)
+    evaluate.add_argument("--model", choices=["u2netp", "u2net"], default="u2netp")
+    evaluate.add_argument("--n", type=int, default=200)
+    evaluate.add_argument("--seed", type=int, default=9001)
+
+    quantize = sub.add_parser("quantize", help="static int8 QDQ quantisation calibrated on renderer photos")
+    quantize.add_argument("model_path", type=Path)
+    quantize.add_argument("--out", type=Path, default=MODELS_DIR / "u2netp-skuforge-int8.onnx")
+    quantize.add_argument("--calibration", type=int, default=64, help="calibration photos")
+    quantize.add_argument("--heldout", type=int, default=200)
+    args = parser.parse_args(argv)
+    configure_logging("INFO", "text")
+
+    try:
+        from shared.matting.train import (
+            TrainConfig,
+            write_model_card,
+        )
+        from shared.matting.train import (
+            evaluate as run_eval,
+        )
+        from shared.matting.train import (
+            train as run_train,
+        )
+    except ImportError as exc:
+        print(
+            f"skuforge matting: needs the diffusion extra (torch): pip install 'skuforge[diffusion]' ({exc})",
+            file=sys.stderr,
+        )
+        return 2
+
+    if args.action == "train":
+        for folder in args.extra:
+            if not (folder / "images").is_dir() or not (folder / "masks").is_dir():
+                parser.error(f"--extra {folder}: expected {folder}/images and {folder}/masks")
+        if args.steps < 1 or args.batch < 1 or args.train_images < args.batch:
+            parser.error("--steps and --batch must be positive and --train-images at least --batch")
+        config = TrainConfig(
+            model=args.model,
+            steps=args.steps,
+            batch=args.batch,
+            learning_rate=args.lr,
+            train_images=args.train_images,
+            heldout_images=args.heldout,
+            low_res_px=args.low_res_px,
+            low_res_fraction=args.low_res_fraction,
+            seed=args.seed,
+            extra_pairs=args.extra,
+            threads=args.threads,
+            init_weights=args.init,
+        )
+        _, timings = run_train(config, args.out, checkpoint=args.checkpoint)
+        result = run_eval(args.out, args.heldout, config.heldout_seed, model=args.model, threads=args.threads)
+        write_model_card(args.out.with_suffix(".json"), config, timings, result, args.out)
+        print(json.dumps({"onnx": str(args.out), **result.__dict__, **timings}))
+        return 0
+    if args.action == "eval":
+        if not args.model_path.is_file():
+            parser.error(f"{args.model_path}: no such file")
+        print(json.dumps(run_eval(args.model_path, args.n, args.seed, model=args.model).__dict__))
+        return 0
+
+    from shared.matting.quantize import quantize_u2net
+
+    if not args.model_path.is_file():
+        parser.error(f"{args.model_path}: no such file")
+    quantize_u2net(args.model_path, args.out, calibration_images=args.calibration)
+    fp32 = run_eval(args.model_path, args.heldout, 9001)
+    int8 = run_eval(args.out, args.heldout, 9001)
+    accepted = int8.mean_iou >= fp32.mean_iou - 0.005
+    logging.getLogger("skuforge.matting").info(
+        "quantised", extra={"fp32": fp32.__dict__, "int8": int8.__dict__}
+    )
+    print(
+        json.dumps(
+            {
+                "int8": str(args.out),
+                "heldout_iou_fp32": fp32.mean_iou,
+                "heldout_iou_int8": int8.mean_iou,
+                "accepted": accepted,
+            }
+        )
+    )
+    if not accepted:
+        args.out.unlink()
+        print("skuforge matting: int8 model lost more than 0.5 IoU points; not kept", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,80 @@
+"""Settings of the matting stage: environment variables ``SKUFORGE_MATTING_*``.
+
+They sit beside the shared ``Settings`` (``shared/config.py``), not inside them, because only this
+stage reads them. Field names carry the ``matting_`` prefix under the shared ``SKUFORGE_`` prefix,
+so the variables are ``SKUFORGE_MATTING_<NAME>`` and ``shared.config.describe_validation_error``,
+which names variables as ``SKUFORGE_`` + field name, reports them correctly.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.config import ENV_PREFIX, ConfigError, describe_validation_error
+
+# A fixed cut-off strictly between 0 and 1, or "otsu" for a per-image threshold.
+Threshold = Annotated[float, Field(gt=0.0, lt=1.0)] | Literal["otsu"]
+_THRESHOLD_HELP = "expected 'otsu' or a number strictly between 0 and 1"
+
+
+class MattingSettings(BaseSettings):
+    """What the matting stage runs and how it turns confidences into masks."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    matting_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "ONNX model: a local path, an s3:// or file:// URI, or a registered name "
+            "(u2netp, u2netp-int8); unset = the committed U2-NetP, shared/matting/models/u2netp-skuforge.onnx"
+        ),
+    )
+    matting_threads: int = Field(
+        default=2, ge=1, le=256, description="ONNX Runtime intra-op threads (CPU execution provider)"
+    )
+    matting_use_gpu: bool = Field(
+        default=True, description="use ONNX Runtime's CUDA execution provider when it is available"
+    )
+    matting_max_batch: int = Field(
+        default=8, ge=1, le=256, description="images per ONNX Runtime call (one call per chunk)"
+    )
+    matting_threshold: Threshold = Field(
+        default=0.5, description="mask threshold on the confidence: a number in (0, 1), or 'otsu' per image"
+    )
+    matting_cleanup: bool = Field(
+        default=True, description="drop small blobs (always keeping the largest) and fill holes in the mask"
+    )
+    matting_min_blob_fraction: float = Field(
+        default=0.002,
+        ge=0.0,
+        lt=1.0,
+        description="with clean-up: blobs smaller than this fraction of the image are dropped",
+    )
+
+    @field_validator("matting_threshold", mode="before")
+    @classmethod
+    def _one_threshold_error(cls, value: object) -> object:
+        """Parse here so a bad value gives one message instead of one per member of the union."""
+        if isinstance(value, str) and value.strip().lower() == "otsu":
+            return "otsu"
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError(_THRESHOLD_HELP)
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(_THRESHOLD_HELP) from None
+        if not 0.0 < number < 1.0:
+            raise ValueError(_THRESHOLD_HELP)
+        return number
+
+
+def load_matting_settings(**overrides: object) -> MattingSettings:
+    """Read the matting settings from the environment (and overrides); errors name the variable."""
+    try:
+        return MattingSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None

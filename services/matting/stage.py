@@ -1,0 +1,152 @@
+"""Matting: U2-Net in ONNX Runtime predicts where the product is in every generated image.
+
+Consumes: ``image.generated``.
+Produces: ``image.matted``, after writing two PNGs per image to the object store, under keys
+derived from the item (a redelivered event overwrites them):
+
+* ``masks/predicted/<sku_id>/<item_id>.png``  the predicted mask (0 background, 255 product)
+* ``cutouts/<sku_id>/<item_id>.png``          RGBA: the image with that mask as alpha
+
+with the foreground fraction, the mean confidence over the mask, and the model id (file name
+and sha256) for lineage. The gate compares that mask with the event's expected mask.
+
+Bad input goes to the DLQ with its reason, and the stream goes on: an image missing from the
+store (``object_missing``), bytes that do not match the event's sha256 (``checksum_mismatch``),
+or bytes that are not an acceptable image (``empty``, ``not_an_image``, ``corrupt``,
+``truncated``, ``too_many_pixels``, ``too_large_bytes``... see ``shared/images.py``). Odd but
+valid images (16-bit, CMYK, palette, grayscale) are converted and matted.
+
+The model: ``SKUFORGE_MATTING_MODEL`` (a path, an s3:// or file:// URI, or a registered name;
+unset = the project's U2-NetP, ``shared/matting/models/u2netp-skuforge.onnx``), run on CUDA when
+available and ``SKUFORGE_MATTING_USE_GPU`` allows it. Threshold, clean-up and batch size are the
+other ``SKUFORGE_MATTING_*`` settings (``services/matting/config.py``); the sessions themselves
+live in ``shared/matting/session.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+
+from schemas.envelope import Envelope
+from schemas.events import ImageGenerated, ImageMatted
+from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
+from services.matting.config import MattingSettings, load_matting_settings
+from shared.config import ConfigError, Settings, load_settings
+from shared.errors import BadInput
+from shared.images import decode_image
+from shared.matting.session import MaskOptions, MattingModelError, MattingSession, open_session
+from shared.runtime import Context, Emit, Stage, run_stage
+from shared.store import ObjectStore
+
+DEFAULT_METRICS_PORT = 9103
+
+
+def open_matting_session(
+    matting: MattingSettings, settings: Settings, store: ObjectStore | None = None
+) -> MattingSession:
+    """Open and warm up the configured model; a missing or unusable model is a ConfigError."""
+    try:
+        session = open_session(
+            matting.matting_model,
+            threads=matting.matting_threads,
+            use_gpu=matting.matting_use_gpu,
+            store=store,
+            max_batch=matting.matting_max_batch,
+            mask=MaskOptions(
+                threshold=matting.matting_threshold,
+                cleanup=matting.matting_cleanup,
+                min_blob_fraction=matting.matting_min_blob_fraction,
+            ),
+            s3_endpoint_url=settings.s3_endpoint_url,
+            s3_region=settings.s3_region,
+        )
+        session.warm_up()
+    except MattingModelError as exc:
+        raise ConfigError(str(exc)) from exc
+    return session
+
+
+def handle_batch(
+    events: Sequence[Envelope[ImageGenerated]], ctx: Context, *, session: MattingSession
+) -> list[list[Emit] | BadInput]:
+    """Mat each event's image; an image that cannot be read or decoded refuses only its own event.
+
+    Events are taken ``session.max_batch`` at a time, so one ORT call serves a chunk and only
+    one chunk of decoded images is held in memory.
+    """
+    results: list[list[Emit] | BadInput] = []
+    for first in range(0, len(events), session.max_batch):
+        chunk = events[first : first + session.max_batch]
+        images = [_read_image(event, ctx) for event in chunk]
+        decoded = [image for image in images if isinstance(image, Image.Image)]
+        predictions = iter(session.predict(decoded))
+        for event, image in zip(chunk, images, strict=True):
+            if isinstance(image, BadInput):
+                results.append(image)
+                continue
+            prediction = next(predictions)
+            generated = event.payload
+            file_key = f"{event.sku_id}/{generated.item_id}.png"
+            matted = ImageMatted(
+                generated=generated,
+                predicted_mask=ctx.store.put_image(f"masks/predicted/{file_key}", prediction.mask),
+                cutout=ctx.store.put_image(f"cutouts/{file_key}", prediction.cutout(image)),
+                foreground_fraction=prediction.foreground_fraction,
+                mean_confidence=prediction.mean_confidence,
+                matting_model_id=session.model_id,
+            )
+            results.append([Emit(IMAGE_MATTED, matted, key="matted")])
+    return results
+
+
+def _read_image(event: Envelope[ImageGenerated], ctx: Context) -> Image.Image | BadInput:
+    """The event's image, checked against its sha256 and dimensions, decoded within the limits."""
+    ref = event.payload.image
+    try:
+        image = decode_image(
+            ctx.store.read_verified(ref),
+            max_pixels=ctx.settings.max_image_pixels,
+            max_bytes=ctx.settings.max_image_bytes,
+        )
+    except BadInput as refusal:
+        return refusal
+    if image.size != (ref.width, ref.height):
+        return BadInput(
+            "dimension_mismatch",
+            f"{ref.uri} is {image.width}x{image.height}, the event says {ref.width}x{ref.height}",
+        )
+    return image
+
+
+def build_stage(
+    *, matting: MattingSettings | None = None, session: MattingSession | None = None, **kwargs: Any
+) -> Stage:
+    """The stage, ready to run; the model is opened (or ``session`` used) before it joins the group.
+
+    kwargs go to Stage (settings, store...).
+    """
+    matting = matting or load_matting_settings()
+    settings: Settings = kwargs.pop("settings", None) or load_settings()
+    model = session or open_matting_session(matting, settings, kwargs.get("store"))
+    stage = Stage(
+        "matting",
+        settings=settings,
+        default_metrics_port=DEFAULT_METRICS_PORT,
+        ready=lambda: model.ready,
+        **kwargs,
+    )
+    stage.batch_handler(IMAGE_GENERATED)(functools.partial(handle_batch, session=model))
+    return stage
+
+
+def main() -> int:
+    """Run the matting stage until SIGTERM."""
+    return run_stage(build_stage())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

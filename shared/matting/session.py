@@ -1,0 +1,568 @@
+"""Matting sessions: an ONNX model file plus its pre/post-processing, behind one batched ``predict``.
+
+The idea is rembg's ``sessions/``: a matting model is a file and the arithmetic around it, chosen
+by name. Unlike rembg, ``predict`` takes a batch and makes one ONNX Runtime call per chunk of
+``max_batch`` images, and the arithmetic is vectorised numpy in float32::
+
+    session = open_session(None, threads=2, use_gpu=True, store=None)   # the committed U2-NetP
+    for result in session.predict(images):
+        result.mask            # uint8 HxW, 0 background / 255 product, at the image's own size
+        result.cutout(image)   # RGBA: the image with that mask as alpha
+
+Names (``REGISTRY``): ``u2netp`` (the default, ``models/u2netp-skuforge.onnx``, trained by the
+project on its synthetic data), ``u2netp-int8`` (its quantised copy) and ``u2net-custom`` (any
+U2-Net-compatible ONNX file, given as a path or URI). A model is compatible when its input takes
+Nx3xSxS float32 (S = 320 unless the file says otherwise) and its output ``d0`` (or, failing that,
+its first output) is the fused Nx1xSxS saliency map.
+
+Pre- and post-processing are plain functions (``u2net_preprocess``, ``normalise_min_max``,
+``otsu_thresholds``, ``clean_mask``) so they are tested, and reused by training, without a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from PIL import Image
+
+from shared.errors import ObjectMissing
+from shared.store import ObjectStore, open_store
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MODELS_DIR",
+    "REGISTRY",
+    "MaskOptions",
+    "MattingModelError",
+    "MattingModelMissing",
+    "MattingResult",
+    "MattingSession",
+    "RegisteredModel",
+    "U2NetPSession",
+    "U2NetSession",
+    "choose_providers",
+    "clean_mask",
+    "connected_components",
+    "normalise_min_max",
+    "open_session",
+    "otsu_thresholds",
+    "u2net_preprocess",
+]
+
+F32Array = npt.NDArray[np.float32]
+UInt8Array = npt.NDArray[np.uint8]
+BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.intp]
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_MODEL = "u2netp"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+# The ImageNet statistics the U2-Net reference normalises with (its ToTensorLab).
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+OTSU_BINS = 256
+
+
+class MattingModelError(Exception):
+    """The matting model cannot be opened or does not behave like the session expects."""
+
+
+class MattingModelMissing(MattingModelError, FileNotFoundError):
+    """The model file the configuration names does not exist."""
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class MattingResult:
+    """The model's answer for one image, at the image's own size.
+
+    ``mean_confidence`` is the mean confidence over the pixels of the final mask (after clean-up):
+    how sure the model is about what it calls product. It is 0.0 when the mask is empty.
+    """
+
+    confidence: F32Array  # HxW in [0, 1], min-max normalised as the U2-Net reference does
+    mask: UInt8Array  # HxW, 0 background / 255 product
+    foreground_fraction: float
+    mean_confidence: float
+
+    @classmethod
+    def from_maps(cls, confidence: F32Array, mask: UInt8Array) -> MattingResult:
+        """Wrap a confidence map and its mask, computing the two summary figures."""
+        foreground = mask > 0
+        pixels = int(np.count_nonzero(foreground))
+        mean_confidence = float(confidence[foreground].mean()) if pixels else 0.0
+        return cls(
+            confidence=confidence,
+            mask=mask,
+            foreground_fraction=pixels / mask.size,
+            mean_confidence=min(1.0, max(0.0, mean_confidence)),
+        )
+
+    def cutout(self, image: Image.Image) -> Image.Image:
+        """``image`` as RGBA with this mask as alpha; the image must be the one that was predicted."""
+        height, width = self.mask.shape
+        if image.size != (width, height):
+            raise ValueError(f"image is {image.size[0]}x{image.size[1]}, the mask is {width}x{height}")
+        rgba = image.convert("RGB")
+        rgba.putalpha(Image.fromarray(self.mask))
+        return rgba
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    """How a confidence map becomes a mask: threshold, then optional clean-up."""
+
+    threshold: float | Literal["otsu"] = 0.5
+    cleanup: bool = True
+    min_blob_fraction: float = 0.002
+
+    def __post_init__(self) -> None:
+        if self.threshold != "otsu" and not 0.0 < float(self.threshold) < 1.0:
+            raise ValueError(f"threshold must be 'otsu' or in (0, 1), got {self.threshold!r}")
+        if not 0.0 <= self.min_blob_fraction < 1.0:
+            raise ValueError(f"min_blob_fraction must be in [0, 1), got {self.min_blob_fraction!r}")
+
+
+# --- pre-processing --------------------------------------------------------------------------
+
+
+def u2net_preprocess(images: Sequence[Image.Image], size_px: int = 320) -> F32Array:
+    """The U2-Net reference input for a batch: Nx3xsizexsize float32.
+
+    Per image: RGB, resized to sizexsize, divided by its own brightest value, then normalised
+    with the ImageNet mean and std. Bilinear resizing, because the reference resizes with
+    skimage (order 1, anti-aliased on downscaling), which Pillow's BILINEAR matches.
+    """
+    pixels = np.stack(
+        [
+            np.asarray(image.convert("RGB").resize((size_px, size_px), Image.Resampling.BILINEAR))
+            for image in images
+        ]
+    )
+    # A black image has max 0; dividing by 1 keeps it black where the reference would give NaN.
+    brightest = np.maximum(pixels.max(axis=(1, 2, 3)), 1).astype(np.float32)
+    batch = pixels.astype(np.float32)
+    batch /= brightest[:, None, None, None]
+    batch -= IMAGENET_MEAN
+    batch /= IMAGENET_STD
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+# --- post-processing -------------------------------------------------------------------------
+
+
+def normalise_min_max(predictions: F32Array) -> F32Array:
+    """Stretch each NxHxW map to [0, 1] as the U2-Net reference does (its ``normPRED``).
+
+    A flat map has nothing to stretch; it is kept as it is (clipped to [0, 1]) instead of
+    becoming NaN.
+    """
+    maps = predictions.astype(np.float32, copy=False)
+    low = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - low
+    flat = span <= 0.0
+    stretched = (maps - low) / np.where(flat, np.float32(1.0), span)
+    return np.where(flat, np.clip(maps, 0.0, 1.0), stretched).astype(np.float32, copy=False)
+
+
+def otsu_thresholds(maps: F32Array, bins: int = OTSU_BINS) -> npt.NDArray[np.float64]:
+    """Otsu's threshold of each NxHxW confidence map in [0, 1] (one histogram pass for the batch).
+
+    Returns, per map, the lower edge of the first foreground bin: pixels ``>= threshold`` are
+    foreground. A map with one value only has no split; it gets 0.5.
+    """
+    count = maps.shape[0]
+    bin_of = np.clip((maps.reshape(count, -1) * bins).astype(np.intp), 0, bins - 1)
+    bin_of += (np.arange(count) * bins)[:, None]
+    histogram = np.bincount(bin_of.ravel(), minlength=count * bins).reshape(count, bins).astype(np.float64)
+    probability = histogram / histogram.sum(axis=1, keepdims=True)
+    weight_below = np.cumsum(probability, axis=1)
+    mean_below = np.cumsum(probability * np.arange(bins), axis=1)
+    mean_total = mean_below[:, -1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mean_total * weight_below - mean_below) ** 2 / (weight_below * (1.0 - weight_below))
+    between = np.nan_to_num(between, nan=0.0, posinf=0.0)
+    best = between.argmax(axis=1)
+    return np.where(between.max(axis=1) > 0.0, (best + 1) / bins, 0.5)
+
+
+def resize_confidence(confidence: F32Array, size: tuple[int, int]) -> F32Array:
+    """Bilinear resize of an HxW float32 map to ``size`` = (width, height), kept in [0, 1]."""
+    if (confidence.shape[1], confidence.shape[0]) == size:
+        return confidence.copy()
+    resized = np.asarray(
+        Image.fromarray(confidence).resize(size, Image.Resampling.BILINEAR), dtype=np.float32
+    )
+    return np.clip(resized, 0.0, 1.0)
+
+
+def connected_components(mask: BoolArray, *, diagonal: bool) -> tuple[IntArray, IntArray, IntArray, IntArray]:
+    """Label the connected components of a boolean HxW mask, run by run.
+
+    Returns ``(rows, starts, ends, labels)``: one entry per horizontal run of True pixels
+    (columns ``starts[i]`` to ``ends[i] - 1`` of row ``rows[i]``), and the component (0..k-1) it
+    belongs to. ``diagonal`` selects 8-connectivity, else 4. Runs, not pixels, are the unit, so
+    a 512x512 product mask is a few thousand nodes; their union is found with vectorised
+    hooking and pointer jumping instead of a per-pixel Python flood fill.
+    """
+    height, width = mask.shape
+    padded = np.zeros((height, width + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    steps = np.diff(padded, axis=1)
+    # np.nonzero walks row-major, so the k-th start and the k-th end belong to the same run.
+    rows, starts = np.nonzero(steps == 1)
+    _, ends = np.nonzero(steps == -1)
+    count = rows.size
+    if count == 0:
+        empty = np.zeros(0, dtype=np.intp)
+        return empty, empty, empty, empty
+
+    # Runs touching run a in the next row form one contiguous range of the (row, column)-sorted
+    # runs: those starting before a's end (+1 if diagonal) and ending after a's start (-1).
+    reach = 1 if diagonal else 0
+    stride = width + 2  # > any column, so row * stride + column orders runs row-major
+    start_key = rows * stride + starts
+    end_key = rows * stride + ends
+    first = np.searchsorted(end_key, (rows + 1) * stride + starts - reach, side="right")
+    stop = np.searchsorted(start_key, (rows + 1) * stride + ends + reach, side="left")
+    degree = np.maximum(stop - first, 0)
+    upper = np.repeat(np.arange(count), degree)
+    lower = np.arange(upper.size) - np.repeat(np.cumsum(degree) - degree, degree) + np.repeat(first, degree)
+
+    parent = np.arange(count)
+    while True:
+        root_a, root_b = parent[upper], parent[lower]
+        differ = root_a != root_b
+        if not differ.any():
+            break
+        # Hook the larger root under the smaller one: parent[i] <= i always, so no cycles.
+        np.minimum.at(
+            parent, np.maximum(root_a[differ], root_b[differ]), np.minimum(root_a[differ], root_b[differ])
+        )
+        while True:
+            grandparent = parent[parent]
+            if np.array_equal(grandparent, parent):
+                break
+            parent = grandparent
+    _, labels = np.unique(parent, return_inverse=True)
+    return rows, starts, ends, labels.astype(np.intp)
+
+
+def _paint_runs(shape: tuple[int, int], rows: IntArray, starts: IntArray, ends: IntArray) -> BoolArray:
+    """A boolean mask with the given runs set; runs never overlap or touch, so no index repeats."""
+    height, width = shape
+    edges = np.zeros((height, width + 1), dtype=np.int16)
+    edges[rows, starts] += 1
+    edges[rows, ends] -= 1
+    return np.cumsum(edges, axis=1, dtype=np.int16)[:, :width] > 0
+
+
+def clean_mask(mask: BoolArray, min_blob_fraction: float) -> BoolArray:
+    """Drop product blobs under ``min_blob_fraction`` of the image and fill holes in what is left.
+
+    The largest blob is always kept, so a small product is never erased. Blobs are
+    8-connected; holes are background regions (4-connected, the complement's topology) that
+    do not touch the image border.
+    """
+    height, width = mask.shape
+    rows, starts, ends, labels = connected_components(mask, diagonal=True)
+    if rows.size == 0:
+        return np.zeros_like(mask, dtype=bool)
+    areas = np.bincount(labels, weights=ends - starts)
+    keep = areas >= min_blob_fraction * mask.size
+    keep[areas.argmax()] = True
+    kept = keep[labels]
+    cleaned = _paint_runs(mask.shape, rows[kept], starts[kept], ends[kept])
+
+    rows, starts, ends, labels = connected_components(~cleaned, diagonal=False)
+    if rows.size:
+        on_border = (rows == 0) | (rows == height - 1) | (starts == 0) | (ends == width)
+        open_to_border = np.bincount(labels, weights=on_border) > 0
+        hole = ~open_to_border[labels]
+        cleaned |= _paint_runs(mask.shape, rows[hole], starts[hole], ends[hole])
+    return cleaned
+
+
+def threshold_mask(confidence: F32Array, threshold: float, options: MaskOptions) -> UInt8Array:
+    """The 0/255 mask of one confidence map: ``confidence >= threshold``, cleaned if asked."""
+    foreground = confidence >= threshold
+    if options.cleanup:
+        foreground = clean_mask(foreground, options.min_blob_fraction)
+    return np.where(foreground, np.uint8(255), np.uint8(0))
+
+
+# --- sessions --------------------------------------------------------------------------------
+
+
+def choose_providers(use_gpu: bool, available: Sequence[str] | None = None) -> list[str]:
+    """ONNX Runtime providers, best first: CUDA when allowed and installed, then always the CPU."""
+    available = ort.get_available_providers() if available is None else available
+    if use_gpu and CUDA_PROVIDER in available:
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    return [CPU_PROVIDER]
+
+
+class MattingSession(ABC):
+    """One matting model in ONNX Runtime; ``predict`` runs a batch, one ORT call per chunk.
+
+    ``model`` is an ONNX file path or the file's bytes; ``model_name`` names it in ``model_id``
+    (default: the file name). ``model_id`` = name + short sha256 of the bytes, for lineage.
+    """
+
+    #: The registry name of this kind of model.
+    name: ClassVar[str]
+    #: Input size used when the file does not fix its spatial size.
+    default_size_px: ClassVar[int] = 320
+
+    def __init__(
+        self,
+        model: Path | str | bytes,
+        *,
+        threads: int = 2,
+        use_gpu: bool = True,
+        max_batch: int = 8,
+        mask: MaskOptions | None = None,
+        model_name: str | None = None,
+    ) -> None:
+        if threads < 1 or max_batch < 1:
+            raise ValueError(f"threads and max_batch must be at least 1, got {threads} and {max_batch}")
+        if isinstance(model, bytes):
+            digest = hashlib.sha256(model).hexdigest()
+            source: str | bytes = model
+            model_name = model_name or "in-memory.onnx"
+        else:
+            path = Path(model)
+            with path.open("rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            source = str(path)
+            model_name = model_name or path.name
+        self.sha256 = digest
+        self.model_id = f"{model_name}@sha256:{digest[:12]}"
+        self.mask_options = mask or MaskOptions()
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(source, options, providers=choose_providers(use_gpu))
+        except Exception as exc:  # ORT raises its own exception types for unreadable models
+            raise MattingModelError(f"ONNX Runtime cannot load {self.model_id}: {exc}") from exc
+        # What ORT actually enabled: a CUDA provider that failed to initialise is dropped here.
+        self.providers: list[str] = list(self._session.get_providers())
+
+        model_input = self._session.get_inputs()[0]
+        outputs = [output.name for output in self._session.get_outputs()]
+        self.input_name: str = model_input.name
+        self.output_name: str = "d0" if "d0" in outputs else outputs[0]
+        batch_dim, *_, size_dim = model_input.shape
+        self.size_px = size_dim if isinstance(size_dim, int) else self.default_size_px
+        # A file exported with a fixed batch size cannot take more in one call.
+        self.max_batch = min(max_batch, batch_dim) if isinstance(batch_dim, int) else max_batch
+        self._ready = False
+
+    @property
+    def ready(self) -> bool:
+        """A run has succeeded and the latest run did not fail (for the stage's /readyz)."""
+        return self._ready
+
+    def predict(self, images: Sequence[Image.Image]) -> list[MattingResult]:
+        """Masks of ``images`` (any sizes, any modes), in order; one ORT call per ``max_batch`` images."""
+        results: list[MattingResult] = []
+        for first in range(0, len(images), self.max_batch):
+            chunk = images[first : first + self.max_batch]
+            predictions = self._run(self.preprocess(chunk))
+            results.extend(self.postprocess(predictions, [image.size for image in chunk]))
+        return results
+
+    def warm_up(self) -> None:
+        """Run one blank image, so a model with the wrong inputs or outputs fails now, clearly."""
+        try:
+            self.predict([Image.new("RGB", (self.size_px, self.size_px))])
+        except Exception as exc:
+            raise MattingModelError(
+                f"{self.model_id} does not run as a {self.name} model "
+                f"(input {self.input_name!r}, output {self.output_name!r}): {exc}"
+            ) from exc
+
+    def _run(self, batch: F32Array) -> F32Array:
+        try:
+            (predictions,) = self._session.run([self.output_name], {self.input_name: batch})
+        except Exception:
+            self._ready = False
+            raise
+        self._ready = True
+        return np.asarray(predictions, dtype=np.float32)
+
+    @abstractmethod
+    def preprocess(self, images: Sequence[Image.Image]) -> F32Array:
+        """The model input for a chunk of images."""
+
+    @abstractmethod
+    def postprocess(self, predictions: F32Array, sizes: Sequence[tuple[int, int]]) -> list[MattingResult]:
+        """Results from the model output for a chunk; ``sizes`` are the images' (width, height)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model_id!r}, providers={self.providers})"
+
+
+class U2NetSession(MattingSession):
+    """Any U2-Net-compatible ONNX file: reference pre-processing, fused output d0, then a mask."""
+
+    name = "u2net-custom"
+
+    def preprocess(self, images: Sequence[Image.Image]) -> F32Array:
+        """Resize, divide by the brightest value, ImageNet-normalise: Nx3xSxS float32."""
+        return u2net_preprocess(images, self.size_px)
+
+    def postprocess(self, predictions: F32Array, sizes: Sequence[tuple[int, int]]) -> list[MattingResult]:
+        """Min-max normalise d0, resize to each image's size, threshold and clean up."""
+        maps = normalise_min_max(predictions[:, 0] if predictions.ndim == 4 else predictions)
+        options = self.mask_options
+        if options.threshold == "otsu":
+            # On the model-size maps: one vectorised histogram pass for the whole chunk.
+            thresholds = [float(t) for t in otsu_thresholds(maps)]
+        else:
+            thresholds = [float(options.threshold)] * len(sizes)
+        results = []
+        for confidence_map, size, threshold in zip(maps, sizes, thresholds, strict=True):
+            confidence = resize_confidence(confidence_map, size)
+            results.append(
+                MattingResult.from_maps(confidence, threshold_mask(confidence, threshold, options))
+            )
+        return results
+
+
+class U2NetPSession(U2NetSession):
+    """U2-NetP (the 4.7 MB U2-Net): same pre/post-processing, the project's default model."""
+
+    name = "u2netp"
+
+
+# --- opening by name, path or URI ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A model known by name: its session class and its file in ``MODELS_DIR`` (None: a path is needed)."""
+
+    session_class: type[MattingSession]
+    file_name: str | None
+    how_to_make: str = ""
+
+
+REGISTRY: dict[str, RegisteredModel] = {
+    "u2netp": RegisteredModel(
+        U2NetPSession, "u2netp-skuforge.onnx", how_to_make="train it with `skuforge matting train`"
+    ),
+    "u2netp-int8": RegisteredModel(
+        U2NetPSession,
+        "u2netp-skuforge-int8.onnx",
+        how_to_make=(
+            "quantise the trained U2-NetP with "
+            "`skuforge matting quantize shared/matting/models/u2netp-skuforge.onnx` "
+            "(after `skuforge matting train`)"
+        ),
+    ),
+    "u2net-custom": RegisteredModel(U2NetSession, None),
+}
+_MODEL_HELP = (
+    "SKUFORGE_MATTING_MODEL takes a registered name ({names}), a local .onnx path, "
+    "or an s3:// or file:// URI of a U2-Net-compatible ONNX file"
+)
+
+
+def open_session(
+    model: str | None,
+    *,
+    threads: int,
+    use_gpu: bool,
+    store: ObjectStore | None,
+    max_batch: int = 8,
+    mask: MaskOptions | None = None,
+    s3_endpoint_url: str | None = None,
+    s3_region: str = "us-east-1",
+) -> MattingSession:
+    """Open the matting model ``model`` names; None means the committed U2-NetP.
+
+    ``model`` is a registered name (``REGISTRY``), a local path, or an ``s3://`` / ``file://`` URI.
+    URIs inside ``store`` are read through it, others through ``open_store`` (with the S3
+    endpoint given); the bytes are cached in a local file named by their sha256.
+    Raises ``MattingModelMissing`` when the file is not there, saying how to make or name one.
+    """
+    name = DEFAULT_MODEL if model is None else model
+    help_text = _MODEL_HELP.format(names=", ".join(REGISTRY))
+
+    def session(cls: type[MattingSession], path: Path, model_name: str | None = None) -> MattingSession:
+        return cls(
+            path, threads=threads, use_gpu=use_gpu, max_batch=max_batch, mask=mask, model_name=model_name
+        )
+
+    if name in REGISTRY:
+        entry = REGISTRY[name]
+        if entry.file_name is None:
+            raise MattingModelError(f"model {name!r} needs its file: {help_text}")
+        path = MODELS_DIR / entry.file_name
+        if not path.is_file():
+            raise MattingModelMissing(
+                f"the matting model {name!r} is missing: {path} does not exist. "
+                f"It is the project's own model, trained on its synthetic data and committed there; "
+                f"{entry.how_to_make}. Or point elsewhere: {help_text}"
+            )
+        return session(entry.session_class, path)
+    if "://" in name:
+        path, file_name = _fetch_model(name, store, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
+        return session(U2NetSession, path, file_name)
+    path = Path(name)
+    if not path.is_file():
+        raise MattingModelMissing(f"no matting model file at {path}: {help_text}")
+    return session(U2NetSession, path)
+
+
+def _fetch_model(
+    uri: str, store: ObjectStore | None, *, s3_endpoint_url: str | None, s3_region: str
+) -> tuple[Path, str]:
+    """Download a model URI into the local cache; returns the cached path and the file's name."""
+    parent, _, file_name = uri.rpartition("/")
+    if not file_name or "://" not in parent:
+        raise MattingModelError(
+            f"{uri!r} names no model file; expected s3://bucket/dir/model.onnx or file:///dir/model.onnx"
+        )
+    try:
+        if store is not None and uri.startswith(store.base_uri + "/"):
+            data = store.get_bytes(uri)
+        else:
+            data = open_store(parent, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region).get_bytes(
+                file_name
+            )
+    except ObjectMissing as exc:
+        raise MattingModelMissing(f"no matting model at {uri}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    cache_dir = Path(tempfile.gettempdir()) / "skuforge-models"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cached = cache_dir / f"{digest[:16]}-{file_name}"
+    if not (cached.is_file() and cached.stat().st_size == len(data)):
+        # Write then rename, so a concurrent reader never loads half a model.
+        fd, partial = tempfile.mkstemp(dir=cache_dir, prefix=".partial-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(partial, cached)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
+    return cached, file_name

@@ -1,0 +1,264 @@
+"""Train U2-NetP (or U2-Net) on the renderer's synthetic products, evaluate it, export ONNX.
+
+Data: photos from ``shared.synth`` with exact masks (nothing is downloaded), plus, when given,
+any folder of image/mask pairs — that is how human-corrected masks flow back into training.
+Loss: the paper's deep supervision (BCE on the fused output and all six side outputs).
+Evaluation: held-out photos from a different seed, through the real inference path (the ONNX
+session: resize to 320, predict, resize back, threshold), so the reported IoU is what the
+gate will see. Requires the ``diffusion`` extra (torch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image
+
+from shared.matting.session import MaskOptions, U2NetPSession, U2NetSession, u2net_preprocess
+from shared.matting.u2net import (
+    ModelName,
+    build_model,
+    deep_supervision_loss,
+    export_onnx,
+    load_reference_state_dict,
+)
+from shared.synth import render_dataset
+
+log = logging.getLogger("skuforge.matting.train")
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; written into the model card."""
+
+    model: ModelName = "u2netp"
+    steps: int = 2000
+    batch: int = 8
+    learning_rate: float = 1e-3
+    size_px: int = 320
+    # Most steps run at a lower resolution (the net is fully convolutional): ~3x cheaper on CPU.
+    low_res_px: int = 192
+    low_res_fraction: float = 0.6
+    train_images: int = 2000
+    heldout_images: int = 200
+    seed: int = 1
+    heldout_seed: int = 9001
+    extra_pairs: list[Path] = field(default_factory=list)
+    init_weights: Path | None = None  # start from a state dict (e.g. the committed .pth) instead of scratch
+    threads: int = 2
+    log_every: int = 50
+    checkpoint_every: int = 250
+
+
+@dataclass
+class Evaluation:
+    """Held-out quality of a model, through the inference path."""
+
+    mean_iou: float
+    median_iou: float
+    mae: float
+    n_images: int
+
+
+def render_training_set(n: int, seed: int, size_px: int) -> tuple[list[Image.Image], npt.NDArray[np.uint8]]:
+    """``n`` synthetic photos of ``n`` different products with their exact masks."""
+    images, masks = [], []
+    for photo in render_dataset(n, seed, size_px=size_px):
+        images.append(photo.image)
+        masks.append(photo.mask)
+    return images, np.stack(masks)
+
+
+def load_pairs(folder: Path, size_px: int) -> tuple[list[Image.Image], npt.NDArray[np.uint8]]:
+    """Image/mask pairs from ``folder/images/NAME.*`` and ``folder/masks/NAME.png``, resized to size_px."""
+    images, masks = [], []
+    mask_dir = folder / "masks"
+    for image_path in sorted((folder / "images").iterdir()):
+        if image_path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        mask_path = mask_dir / f"{image_path.stem}.png"
+        if not mask_path.is_file():
+            raise FileNotFoundError(f"{image_path}: no mask at {mask_path}")
+        size = (size_px, size_px)
+        images.append(Image.open(image_path).convert("RGB").resize(size, Image.Resampling.BILINEAR))
+        mask = Image.open(mask_path).convert("L").resize(size, Image.Resampling.BILINEAR)
+        masks.append((np.asarray(mask) >= 128).astype(np.uint8) * 255)
+    if not images:
+        raise FileNotFoundError(f"{folder}: no image/mask pairs (expected images/ and masks/ folders)")
+    return images, np.stack(masks)
+
+
+def _batches(
+    images: list[Image.Image], masks: npt.NDArray[np.uint8], config: TrainConfig, rng: np.random.Generator
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    for step in range(config.steps):
+        size = config.low_res_px if step < config.low_res_fraction * config.steps else config.size_px
+        picks = rng.choice(len(images), size=config.batch, replace=False)
+        batch_images, batch_masks = [], []
+        for index in picks:
+            image, mask = images[index], Image.fromarray(masks[index])
+            if rng.random() < 0.5:  # products and scenes are left-right symmetric enough
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            batch_images.append(image)
+            batch_masks.append(np.asarray(mask.resize((size, size), Image.Resampling.BILINEAR)))
+        inputs = torch.from_numpy(u2net_preprocess(batch_images, size_px=size))
+        # Brightness jitter after normalisation would break the reference's divide-by-max; jitter
+        # contrast instead, which the divide-by-max does not undo.
+        contrast = torch.from_numpy(rng.uniform(0.8, 1.2, size=(config.batch, 1, 1, 1)).astype(np.float32))
+        inputs = inputs * contrast
+        targets = torch.from_numpy(np.stack(batch_masks).astype(np.float32) / 255.0)[:, None]
+        yield step, inputs, targets
+
+
+def train(
+    config: TrainConfig, out_onnx: Path, *, checkpoint: Path | None = None
+) -> tuple[torch.nn.Module, dict[str, float | None]]:
+    """Train, checkpointing as it goes (a rerun with the same checkpoint resumes), then export ONNX."""
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    started = time.monotonic()
+    images, masks = render_training_set(config.train_images, config.seed, config.size_px)
+    for folder in config.extra_pairs:
+        extra_images, extra_masks = load_pairs(folder, config.size_px)
+        images += extra_images
+        masks = np.concatenate([masks, extra_masks])
+    render_s = time.monotonic() - started
+    log.info("training data ready", extra={"images": len(images), "seconds": round(render_s, 1)})
+
+    model = build_model(config.model)
+    if config.init_weights is not None:
+        load_reference_state_dict(model, config.init_weights)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    first_step = 0
+    if checkpoint is not None and checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        first_step = int(saved["step"]) + 1
+        log.info("resumed", extra={"step": first_step})
+
+    model.train()
+    train_started = time.monotonic()
+    window: list[float] = []
+    last_loss: float | None = None
+    for step, inputs, targets in _batches(images, masks, config, rng):
+        if step < first_step:
+            continue  # keep the data stream identical to an uninterrupted run
+        outputs = model(inputs)
+        fused_loss, total_loss = deep_supervision_loss(outputs, targets)
+        optimiser.zero_grad()
+        total_loss.backward()
+        optimiser.step()
+        window.append(float(fused_loss.detach()))
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            last_loss = sum(window) / len(window)
+            elapsed = time.monotonic() - train_started
+            log.info(
+                "training",
+                extra={
+                    "step": step + 1,
+                    "fused_bce": round(last_loss, 4),
+                    "elapsed_s": round(elapsed, 1),
+                    "size_px": inputs.shape[-1],
+                },
+            )
+            window.clear()
+        if checkpoint is not None and (step + 1) % config.checkpoint_every == 0:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(
+                {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step}, checkpoint
+            )
+    train_s = time.monotonic() - train_started
+
+    model.eval()
+    out_onnx.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(model, out_onnx, size_px=config.size_px)
+    # The state dict too (reference key layout): for fine-tuning and for PyTorch-side comparisons.
+    torch.save(model.state_dict(), out_onnx.with_suffix(".pth"))
+    final = round(last_loss, 4) if last_loss is not None else None
+    return model, {"render_s": round(render_s, 1), "train_s": round(train_s, 1), "final_fused_bce": final}
+
+
+def iou(predicted: npt.NDArray[np.uint8], truth: npt.NDArray[np.uint8]) -> float:
+    """Intersection over union of two 0/255 masks; two empty masks agree perfectly."""
+    predicted_on, truth_on = predicted >= 128, truth >= 128
+    union = np.logical_or(predicted_on, truth_on).sum()
+    if union == 0:
+        return 1.0
+    return float(np.logical_and(predicted_on, truth_on).sum() / union)
+
+
+def evaluate(
+    onnx_path: Path,
+    n: int,
+    seed: int,
+    *,
+    model: ModelName = "u2netp",
+    size_px: int = 512,
+    threads: int = 2,
+    batch: int = 8,
+) -> Evaluation:
+    """Mean IoU and MAE of ``onnx_path`` on ``n`` held-out renderer photos (different products)."""
+    session_class = U2NetPSession if model == "u2netp" else U2NetSession
+    session = session_class(onnx_path, threads=threads, use_gpu=False, max_batch=batch, mask=MaskOptions())
+    ious: list[float] = []
+    errors: list[float] = []
+    photos = list(render_dataset(n, seed, size_px=size_px))
+    for start in range(0, len(photos), batch):
+        chunk = photos[start : start + batch]
+        for photo, result in zip(chunk, session.predict([p.image for p in chunk]), strict=True):
+            ious.append(iou(result.mask, photo.mask))
+            errors.append(float(np.abs(result.confidence - photo.mask.astype(np.float32) / 255.0).mean()))
+    return Evaluation(
+        mean_iou=round(float(np.mean(ious)), 4),
+        median_iou=round(float(np.median(ious)), 4),
+        mae=round(float(np.mean(errors)), 4),
+        n_images=len(ious),
+    )
+
+
+def write_model_card(
+    path: Path,
+    config: TrainConfig,
+    timings: dict[str, float | None],
+    evaluation: Evaluation,
+    onnx_path: Path,
+    extra: dict[str, object] | None = None,
+) -> None:
+    """A short model card beside the ONNX file: data, steps, time, held-out IoU/MAE."""
+    card = {
+        "model": config.model,
+        "onnx": onnx_path.name,
+        "onnx_bytes": onnx_path.stat().st_size,
+        "data": f"{config.train_images} renderer photos (shared/synth, seed {config.seed}) at "
+        f"{config.size_px}px"
+        + (f" + pairs from {[str(p) for p in config.extra_pairs]}" if config.extra_pairs else ""),
+        "heldout": f"{evaluation.n_images} renderer photos of other products "
+        f"(seed {config.heldout_seed}) at 512px, through the ONNX session "
+        "(resize to 320, predict, resize back, threshold 0.5)",
+        "heldout_images": evaluation.n_images,
+        "heldout_mean_iou": evaluation.mean_iou,
+        "heldout_median_iou": evaluation.median_iou,
+        "heldout_mae": evaluation.mae,
+        "config": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "extra_pairs"
+        },
+        "timings_s": timings,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}",
+        **(extra or {}),
+    }
+    path.write_text(json.dumps(card, indent=2) + "\n")

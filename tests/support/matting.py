@@ -1,0 +1,72 @@
+"""An ONNX matting model for tests: a random-weight U2-NetP export, or a tiny stand-in graph.
+
+The real export (``shared.matting.u2net``, needs torch) is preferred, so tests run the same
+architecture and ONNX I/O the stage serves. Without torch a one-layer graph with the same names
+(input ``input``, outputs ``d0``..``d6``, dynamic batch) keeps the wiring tests running.
+Masks of a random model mean nothing: tests built on it check shapes and wiring, not content.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SIZE_PX = 320
+
+
+@functools.cache
+def random_u2netp_onnx_bytes() -> bytes:
+    """The ONNX bytes of a U2-NetP with seeded random weights (the stand-in graph without torch)."""
+    try:
+        import torch
+
+        from shared.matting.u2net import U2NETP, export_onnx
+    except ImportError:
+        return _stand_in_onnx_bytes()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as directory, warnings.catch_warnings():
+        # The exporter's own deprecation notices are not this suite's concern.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        path = export_onnx(U2NETP(), Path(directory) / "u2netp-random.onnx", size_px=SIZE_PX)
+        return path.read_bytes()
+
+
+def _stand_in_onnx_bytes() -> bytes:
+    """A 1x1 convolution and a sigmoid: N x 3 x H x W in, seven N x 1 x H x W maps out."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.array([0.8, -0.5, 0.3], np.float32).reshape(1, 3, 1, 1), "w")
+    shape: list[str | int | None] = ["batch", 3, SIZE_PX, SIZE_PX]
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["d0"]),
+        *(helper.make_node("Identity", ["d0"], [f"d{i}"]) for i in range(1, 7)),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "stand_in_u2netp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [
+            helper.make_tensor_value_info(f"d{i}", TensorProto.FLOAT, ["batch", 1, SIZE_PX, SIZE_PX])
+            for i in range(7)
+        ],
+        initializer=[weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by every onnxruntime the project supports
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@pytest.fixture(scope="session")
+def random_u2netp_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a random-weight U2-NetP ONNX file (exported once per test session)."""
+    path = tmp_path_factory.mktemp("matting") / "u2netp-random.onnx"
+    path.write_bytes(random_u2netp_onnx_bytes())
+    return path

@@ -1,0 +1,98 @@
+"""The matting model: training plumbing, int8 quantisation, and the committed models' held-out quality."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.matting.cli import MODELS_DIR
+from services.matting.cli import main as matting_cli
+from shared.matting.session import U2NetPSession
+from shared.matting.train import evaluate, iou
+
+FP32 = MODELS_DIR / "u2netp-skuforge.onnx"
+INT8 = MODELS_DIR / "u2netp-skuforge-int8.onnx"
+
+
+def test_iou_on_hand_made_masks() -> None:
+    a = np.zeros((4, 4), np.uint8)
+    b = np.zeros((4, 4), np.uint8)
+    assert iou(a, b) == 1.0  # both empty: nothing to disagree about
+    a[:2] = 255
+    assert iou(a, b) == 0.0
+    b[1:3] = 255
+    assert iou(a, b) == pytest.approx(4 / 12)
+
+
+@pytest.mark.slow
+def test_train_cli_writes_onnx_weights_and_card(tmp_path: Path) -> None:
+    out = tmp_path / "tiny.onnx"
+    code = matting_cli(
+        [
+            "train",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--train-images",
+            "4",
+            "--heldout",
+            "2",
+            "--low-res-px",
+            "64",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(tmp_path / "ck.pt"),
+        ]
+    )
+    assert code == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert {"heldout_mean_iou", "heldout_mae", "timings_s", "data", "config"} <= set(card)
+    assert card["config"]["steps"] == 2 and card["heldout_images"] == 2
+    assert out.with_suffix(".pth").is_file()
+    session = U2NetPSession(out, threads=1, use_gpu=False)
+    assert session.input_name == "input"
+
+
+def test_train_cli_refuses_bad_extra_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        matting_cli(["train", "--extra", str(tmp_path)])
+    assert "expected" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quantised_model_is_qdq_and_keeps_the_io(random_u2netp_onnx: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from shared.matting.quantize import quantize_u2net
+
+    int8 = quantize_u2net(random_u2netp_onnx, tmp_path / "int8.onnx", calibration_images=2)
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    session = U2NetPSession(int8, threads=1, use_gpu=False, max_batch=2)
+    from PIL import Image
+
+    results = session.predict([Image.new("RGB", (100, 80), "white"), Image.new("RGB", (64, 64), "red")])
+    assert [r.mask.shape for r in results] == [(80, 100), (64, 64)]
+
+
+@pytest.mark.slow
+def test_committed_u2netp_reaches_the_heldout_iou() -> None:
+    """The committed model on held-out renderer photos (other products than training), seeded subset."""
+    evaluation = evaluate(FP32, n=60, seed=9001)
+    assert evaluation.mean_iou >= 0.93, evaluation
+
+
+@pytest.mark.slow
+def test_committed_int8_model_keeps_the_iou_of_fp32() -> None:
+    fp32 = evaluate(FP32, n=40, seed=9002)
+    int8 = evaluate(INT8, n=40, seed=9002)
+    assert int8.mean_iou >= fp32.mean_iou - 0.01, (fp32, int8)
+    card = json.loads(FP32.with_suffix(".json").read_text())
+    assert card["heldout_mean_iou"] >= 0.95 and card["heldout_images"] >= 200

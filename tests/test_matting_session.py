@@ -1,0 +1,293 @@
+"""Matting sessions without Kafka: reference pre-processing, batching, thresholds, clean-up, opening."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.matting import session as matting
+from shared.matting.session import (
+    MaskOptions,
+    MattingModelError,
+    MattingModelMissing,
+    MattingResult,
+    U2NetPSession,
+    U2NetSession,
+    choose_providers,
+    clean_mask,
+    connected_components,
+    normalise_min_max,
+    open_session,
+    otsu_thresholds,
+    u2net_preprocess,
+)
+from shared.store import FileStore
+from shared.synth import make_product, render_photo
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def photos(count: int, size_px: int = 256) -> list[Image.Image]:
+    return [
+        render_photo(make_product(index, seed=7), 0, seed=7, size_px=size_px).image for index in range(count)
+    ]
+
+
+def reference_preprocess(image: Image.Image, size_px: int = 320) -> np.ndarray:
+    """The U2-Net reference (ToTensorLab, flag 0), written the slow way: float64, one channel at a time."""
+    resized = np.array(image.convert("RGB").resize((size_px, size_px), Image.Resampling.BILINEAR))
+    scaled = resized / np.max(resized)
+    normalised = np.zeros((size_px, size_px, 3))
+    for channel in range(3):
+        normalised[:, :, channel] = (scaled[:, :, channel] - MEAN[channel]) / STD[channel]
+    return normalised.transpose((2, 0, 1))
+
+
+# --- pre-processing --------------------------------------------------------------------------
+
+
+def test_preprocess_equals_the_reference_implementation() -> None:
+    images = [*photos(2, 300), Image.new("RGB", (90, 40), (10, 120, 60)), photos(1, 500)[0].convert("L")]
+    batch = u2net_preprocess(images)
+    assert batch.dtype == np.float32
+    assert batch.shape == (4, 3, 320, 320)
+    expected = np.stack([reference_preprocess(image) for image in images])
+    assert np.abs(batch - expected).max() <= 1e-5
+
+
+def test_preprocess_of_a_black_image_is_finite() -> None:
+    batch = u2net_preprocess([Image.new("RGB", (64, 64))])
+    assert np.isfinite(batch).all()
+
+
+# --- thresholds and clean-up -----------------------------------------------------------------
+
+
+def bimodal_map(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Background around 0.05, product around 0.35: a fixed 0.5 finds nothing, Otsu finds the product."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((120, 160), dtype=bool)
+    truth[30:90, 50:120] = True
+    confidence = np.where(truth, rng.normal(0.35, 0.03, truth.shape), rng.normal(0.05, 0.03, truth.shape))
+    return np.clip(confidence, 0.0, 1.0).astype(np.float32), truth
+
+
+def test_otsu_threshold_splits_a_bimodal_map() -> None:
+    confidence, truth = bimodal_map()
+    (threshold,) = otsu_thresholds(confidence[None])
+    assert 0.12 < threshold < 0.28
+    assert np.array_equal(confidence >= threshold, truth)
+    assert not (confidence >= 0.5).any()
+
+
+def test_otsu_thresholds_each_map_of_a_batch_on_its_own() -> None:
+    low, _ = bimodal_map(1)
+    high = np.clip(low + 0.5, 0.0, 1.0)
+    thresholds = otsu_thresholds(np.stack([low, high, np.full_like(low, 0.7)]))
+    assert thresholds[1] == pytest.approx(thresholds[0] + 0.5, abs=2 / 256)
+    assert thresholds[2] == 0.5  # a flat map has no split
+
+
+def test_min_max_normalisation_per_map() -> None:
+    maps = np.stack(
+        [np.linspace(0.2, 0.4, 100, dtype=np.float32).reshape(10, 10), np.full((10, 10), 0.3, np.float32)]
+    )
+    normalised = normalise_min_max(maps)
+    assert normalised[0].min() == 0.0 and normalised[0].max() == pytest.approx(1.0)
+    assert np.allclose(normalised[1], 0.3)  # flat: kept, not NaN
+
+
+def test_cleanup_removes_a_small_blob_and_fills_a_hole() -> None:
+    mask = np.zeros((200, 200), dtype=bool)
+    mask[40:160, 40:160] = True
+    mask[90:110, 90:110] = False  # a hole inside the product
+    mask[5:9, 180:184] = True  # 16 pixels: under 0.2% of 40,000
+    mask[100:200, 0:10] = True  # a big blob touching the border stays
+    mask[190:200, 60:80] = True
+    mask[195:200, 65:75] = False  # a notch open to the border is not a hole
+    cleaned = clean_mask(mask, min_blob_fraction=0.002)
+    assert cleaned[90:110, 90:110].all()
+    assert not cleaned[5:9, 180:184].any()
+    assert cleaned[100:200, 0:10].all()
+    assert not cleaned[195:200, 65:75].any()
+    assert cleaned.sum() == 120 * 120 + 100 * 10 + 10 * 20 - 5 * 10
+
+
+def test_cleanup_keeps_the_largest_blob_even_when_small() -> None:
+    mask = np.zeros((100, 100), dtype=bool)
+    mask[10:13, 10:13] = True
+    mask[50:52, 50:52] = True
+    cleaned = clean_mask(mask, min_blob_fraction=0.5)
+    assert cleaned[10:13, 10:13].all() and not cleaned[50:52, 50:52].any()
+    assert not clean_mask(np.zeros((8, 8), dtype=bool), 0.5).any()
+
+
+def flood_fill_labels(mask: np.ndarray, diagonal: bool) -> np.ndarray:
+    """A plain breadth-first flood fill, the obviously-correct reference for the run labelling."""
+    labels = np.full(mask.shape, -1)
+    steps = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+    if diagonal:
+        steps += [(-1, -1), (-1, 1), (1, -1), (1, 1)]
+    count = 0
+    for start in zip(*np.nonzero(mask), strict=True):
+        if labels[start] >= 0:
+            continue
+        labels[start] = count
+        queue = deque([start])
+        while queue:
+            row, col = queue.popleft()
+            for d_row, d_col in steps:
+                r, c = row + d_row, col + d_col
+                if 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1] and mask[r, c] and labels[r, c] < 0:
+                    labels[r, c] = count
+                    queue.append((r, c))
+        count += 1
+    return labels
+
+
+@pytest.mark.parametrize("diagonal", [True, False])
+def test_connected_components_match_a_flood_fill(diagonal: bool) -> None:
+    for seed in range(5):
+        mask = np.random.default_rng(seed).random((37, 53)) < 0.45
+        rows, starts, ends, labels = connected_components(mask, diagonal=diagonal)
+        pixel_labels = np.full(mask.shape, -1)
+        for row, start, end, label in zip(rows, starts, ends, labels, strict=True):
+            pixel_labels[row, start:end] = label
+        expected = flood_fill_labels(mask, diagonal)
+        assert np.array_equal(pixel_labels >= 0, mask)
+        # Same partition: the pairs (ours, reference) are one-to-one.
+        pairs = set(zip(pixel_labels[mask], expected[mask], strict=True))
+        assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+def test_result_figures_and_cutout() -> None:
+    confidence = np.zeros((4, 5), dtype=np.float32)
+    confidence[1:3, 1:4] = 0.8
+    mask = np.where(confidence > 0.5, np.uint8(255), np.uint8(0))
+    result = MattingResult.from_maps(confidence, mask)
+    assert result.foreground_fraction == pytest.approx(6 / 20)
+    assert result.mean_confidence == pytest.approx(0.8)
+    cutout = result.cutout(Image.new("RGB", (5, 4), (200, 10, 10)))
+    assert cutout.mode == "RGBA" and cutout.size == (5, 4)
+    assert np.array_equal(np.asarray(cutout)[..., 3], mask)
+    with pytest.raises(ValueError, match="5x4"):
+        result.cutout(Image.new("RGB", (4, 5)))
+    assert MattingResult.from_maps(confidence, np.zeros_like(mask)).mean_confidence == 0.0
+
+
+# --- sessions on a real ONNX model -----------------------------------------------------------
+
+
+def test_batched_predict_equals_one_by_one(random_u2netp_onnx: Path) -> None:
+    images = photos(5)
+    batched = U2NetPSession(random_u2netp_onnx, threads=2, max_batch=4).predict(images)
+    single = U2NetPSession(random_u2netp_onnx, threads=2, max_batch=1)
+    for image, result in zip(images, batched, strict=True):
+        (alone,) = single.predict([image])
+        assert np.allclose(result.confidence, alone.confidence, atol=1e-4)
+        # The random model's map is nearly flat, so min-max stretches float noise: allow a few pixels.
+        assert np.mean(result.mask != alone.mask) < 1e-3
+
+
+def test_outputs_have_each_images_own_size(random_u2netp_onnx: Path) -> None:
+    images = [
+        Image.new("RGB", (300, 200), (250, 250, 250)),
+        photos(1, 333)[0],
+        Image.new("L", (64, 480), 90),
+        Image.new("RGB", (320, 320), (0, 0, 255)),
+    ]
+    session = U2NetPSession(random_u2netp_onnx, max_batch=8, mask=MaskOptions(threshold="otsu"))
+    results = session.predict(images)
+    assert len(results) == len(images)
+    for image, result in zip(images, results, strict=True):
+        width, height = image.size
+        assert result.confidence.shape == result.mask.shape == (height, width)
+        assert result.confidence.dtype == np.float32 and result.mask.dtype == np.uint8
+        assert result.confidence.min() >= 0.0 and result.confidence.max() <= 1.0
+        assert set(np.unique(result.mask)) <= {0, 255}
+        assert 0.0 <= result.foreground_fraction <= 1.0 and 0.0 <= result.mean_confidence <= 1.0
+        assert result.cutout(image).size == image.size
+    assert session.predict([]) == []
+
+
+def test_session_reads_the_model_and_names_it(random_u2netp_onnx: Path) -> None:
+    session = U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=True)
+    assert session.providers == ["CPUExecutionProvider"]  # no CUDA on this machine
+    assert (session.input_name, session.output_name, session.size_px) == ("input", "d0", 320)
+    assert session.model_id.startswith("u2netp-random.onnx@sha256:")
+    assert (
+        session.model_id
+        == U2NetPSession(random_u2netp_onnx.read_bytes(), model_name="u2netp-random.onnx").model_id
+    )
+    assert not session.ready
+    session.warm_up()
+    assert session.ready
+
+
+def test_cuda_is_chosen_only_when_available_and_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(True, cuda) == cuda
+    assert choose_providers(False, cuda) == ["CPUExecutionProvider"]
+    assert choose_providers(True, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    monkeypatch.setattr(
+        matting.ort, "get_available_providers", lambda: ["AzureExecutionProvider", "CPUExecutionProvider"]
+    )
+    assert choose_providers(True) == ["CPUExecutionProvider"]
+
+
+# --- opening models --------------------------------------------------------------------------
+
+
+def test_missing_committed_model_says_how_to_make_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(matting, "MODELS_DIR", tmp_path / "models")
+    with pytest.raises(MattingModelMissing) as info:
+        open_session(None, threads=1, use_gpu=False, store=None)
+    message = str(info.value)
+    assert "u2netp-skuforge.onnx" in message
+    assert "skuforge matting train" in message
+    assert "SKUFORGE_MATTING_MODEL" in message
+
+
+def test_open_by_name_path_and_uri(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, random_u2netp_onnx: Path
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "u2netp-skuforge.onnx").write_bytes(random_u2netp_onnx.read_bytes())
+    monkeypatch.setattr(matting, "MODELS_DIR", models)
+    by_default = open_session(None, threads=1, use_gpu=False, store=None)
+    assert isinstance(by_default, U2NetPSession)
+    assert by_default.model_id.startswith("u2netp-skuforge.onnx@")
+
+    by_path = open_session(str(random_u2netp_onnx), threads=1, use_gpu=False, store=None, max_batch=3)
+    assert type(by_path) is U2NetSession and by_path.max_batch == 3
+
+    store = FileStore(tmp_path / "store")
+    ref = store.put_bytes("models/u2netp-v7.onnx", random_u2netp_onnx.read_bytes())
+    by_uri = open_session(ref.uri, threads=1, use_gpu=False, store=store)
+    assert by_uri.model_id == f"u2netp-v7.onnx@sha256:{ref.sha256[:12]}"
+    outside_the_store = open_session(ref.uri, threads=1, use_gpu=False, store=None)
+    assert outside_the_store.model_id == by_uri.model_id
+
+
+def test_open_refusals_are_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(matting, "MODELS_DIR", tmp_path)
+    with pytest.raises(MattingModelMissing, match=r"u2netp-skuforge-int8\.onnx"):
+        open_session("u2netp-int8", threads=1, use_gpu=False, store=None)
+    with pytest.raises(MattingModelError, match="needs its file"):
+        open_session("u2net-custom", threads=1, use_gpu=False, store=None)
+    with pytest.raises(MattingModelMissing, match="registered name"):
+        open_session(str(tmp_path / "nope.onnx"), threads=1, use_gpu=False, store=None)
+    with pytest.raises(MattingModelMissing, match="no matting model at"):
+        open_session(f"file://{tmp_path}/gone.onnx", threads=1, use_gpu=False, store=None)
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(MattingModelError, match="cannot load"):
+        open_session(str(tmp_path / "junk.onnx"), threads=1, use_gpu=False, store=None)
