@@ -37,8 +37,10 @@ lint: setup  ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: setup  ## benchmarks; results go to bench/results/*.json
+bench: setup  ## benchmarks; results go to bench/results/*.json (installs rembg, for comparison only)
+	$(BIN)/python -m pip install -q rembg
 	$(BIN)/python -m bench.bus
+	$(BIN)/python -m bench.matting
 
 schemas: setup  ## regenerate schemas/json/ from the pydantic models
 	$(BIN)/python -m schemas.jsonschema

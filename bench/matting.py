@@ -39,14 +39,17 @@ def _images(n: int) -> list:  # type: ignore[type-arg]
     return [photo.image for photo in render_dataset(n, seed=777, size_px=512)]
 
 
-def worker(kind: str, batch: int, n_images: int, threads: int) -> dict[str, float]:
+def worker(kind: str, batch: int, n_images: int, threads: int, models: dict[str, Path]) -> dict[str, float]:
     """Time one configuration in this process; returns images/s and peak RSS."""
     images = _images(n_images)
     if kind in ("ort_fp32", "ort_int8"):
         from shared.matting.session import U2NetPSession
 
         session = U2NetPSession(
-            FP32 if kind == "ort_fp32" else INT8, threads=threads, use_gpu=False, max_batch=batch
+            models["fp32"] if kind == "ort_fp32" else models["int8"],
+            threads=threads,
+            use_gpu=False,
+            max_batch=batch,
         )
 
         def run(chunk: list) -> None:  # type: ignore[type-arg]
@@ -59,21 +62,24 @@ def worker(kind: str, batch: int, n_images: int, threads: int) -> dict[str, floa
 
         torch.set_num_threads(threads)
         model = build_model("u2netp")
-        model.load_state_dict(torch.load(WEIGHTS, map_location="cpu", weights_only=True))
+        model.load_state_dict(torch.load(models["weights"], map_location="cpu", weights_only=True))
         model.eval()
-        post = U2NetPSession.postprocess
+        # Post-processing is the session's (resize back, threshold, clean-up), so only the network
+        # differs; the ONNX session object it borrows adds a few MB to this worker's peak RSS.
+        post = U2NetPSession(models["fp32"], threads=1, use_gpu=False)
 
         def run(chunk: list) -> None:  # type: ignore[type-arg]
             with torch.inference_mode():
                 d0 = model(torch.from_numpy(u2net_preprocess(chunk)))[0].numpy()
-            post(session_like, d0, [image.size for image in chunk])
+            post.postprocess(d0, [image.size for image in chunk])
 
-        session_like = _PostOnly()
     elif kind == "rembg":
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        # rembg only opens custom models from inside its model home.
+        os.environ["U2NET_HOME"] = str(Path(models["fp32"]).resolve().parent)
         from rembg import new_session  # type: ignore[import-not-found]
 
-        rembg_session = new_session("u2net_custom", model_path=str(FP32))
+        rembg_session = new_session("u2net_custom", model_path=str(models["fp32"]))
         # rembg builds its own SessionOptions; give it the same thread count as ours.
         rembg_session.inner_session.set_providers(["CPUExecutionProvider"])
 
@@ -90,15 +96,6 @@ def worker(kind: str, batch: int, n_images: int, threads: int) -> dict[str, floa
     elapsed = time.perf_counter() - started
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"images_per_s": len(images) / elapsed, "peak_rss_mb": peak_rss_mb}
-
-
-class _PostOnly:
-    """Lets the PyTorch path reuse the session's post-processing without an ONNX session."""
-
-    def __init__(self) -> None:
-        from shared.matting.session import MaskOptions
-
-        self.mask_options = MaskOptions()
 
 
 def _run_worker(kind: str, batch: int, n_images: int, threads: int) -> dict[str, float]:
@@ -135,9 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--heldout", type=int, default=200)
+    parser.add_argument("--fp32", type=Path, default=FP32)
+    parser.add_argument("--int8", type=Path, default=INT8)
+    parser.add_argument("--weights", type=Path, default=WEIGHTS)
+    parser.add_argument("--out", type=Path, default=RESULTS / "matting.json")
     args = parser.parse_args(argv)
+    models = {"fp32": args.fp32, "int8": args.int8, "weights": args.weights}
     if args.worker:
-        print(json.dumps(worker(args.worker, args.batch, args.images, args.threads)))
+        print(json.dumps(worker(args.worker, args.batch, args.images, args.threads, models)))
         return 0
 
     kinds = ["ort_fp32", "ort_int8", "torch", "rembg"]
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     for round_index in range(args.rounds):
         for kind in kinds:
             for batch in (1, 8):
-                result = _run_worker(kind, batch, args.images, args.threads)
+                result = _run_worker(kind, batch, args.images, args.threads, models)
                 runs[f"{kind}_b{batch}"].append(result)
                 print(
                     f"round {round_index + 1} {kind} b{batch}: {result['images_per_s']:.2f} img/s, "
@@ -158,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from shared.matting.train import evaluate
 
-    fp32_eval = evaluate(FP32, args.heldout, 9001)
-    int8_eval = evaluate(INT8, args.heldout, 9001)
+    fp32_eval = evaluate(args.fp32, args.heldout, 9001)
+    int8_eval = evaluate(args.int8, args.heldout, 9001)
     result = {
         "heldout_iou": fp32_eval.mean_iou,
         "heldout_iou_int8": int8_eval.mean_iou,
@@ -189,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         "CPU execution provider",
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "matting.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 

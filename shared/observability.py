@@ -227,13 +227,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """Human-readable lines that still show the structured fields (``key=value``) and the trace."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {
+            key: value
+            for key, value in record.__dict__.items()
+            if key not in JsonFormatter._standard and not key.startswith("_")
+        }
+        for name, var in (("trace_id", trace_id_var), ("sku_id", sku_id_var)):
+            if var.get():
+                fields[name] = var.get()
+        line = super().format(record)
+        return line + "".join(f" {key}={value}" for key, value in fields.items())
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Send logs to stderr as JSON lines (or text), replacing earlier handlers."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -96,3 +96,19 @@ def test_committed_int8_model_keeps_the_iou_of_fp32() -> None:
     assert int8.mean_iou >= fp32.mean_iou - 0.01, (fp32, int8)
     card = json.loads(FP32.with_suffix(".json").read_text())
     assert card["heldout_mean_iou"] >= 0.95 and card["heldout_images"] >= 200
+
+
+def test_export_cli_turns_reference_weights_into_a_servable_onnx(tmp_path: Path) -> None:
+    import torch
+
+    from shared.matting.u2net import U2NETP
+
+    weights = tmp_path / "u2netp.pth"
+    # As the official checkpoints may be saved: from a DataParallel wrapper, keys prefixed "module.".
+    torch.save({f"module.{k}": v for k, v in U2NETP().state_dict().items()}, weights)
+    out = tmp_path / "u2netp.onnx"
+    assert matting_cli(["export", str(weights), "--model", "u2netp", "--out", str(out)]) == 0
+    from PIL import Image
+
+    result = U2NetPSession(out, threads=1, use_gpu=False).predict([Image.new("RGB", (50, 40), "blue")])[0]
+    assert result.mask.shape == (40, 50)

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from shared.observability import HealthServer, JsonFormatter, StageMetrics, log_context
+from shared.observability import HealthServer, JsonFormatter, StageMetrics, TextFormatter, log_context
 
 
 def test_json_log_lines_carry_trace_and_sku() -> None:
@@ -28,6 +28,13 @@ def test_json_log_lines_carry_trace_and_sku() -> None:
     assert entry["message"] == "dead-lettered x"
     assert (entry["trace_id"], entry["sku_id"], entry["reason"]) == ("trace-1", "SKU-1", "not_json")
     assert "trace_id" not in json.loads(JsonFormatter().format(record))  # context does not leak
+
+
+def test_text_log_lines_keep_the_fields() -> None:
+    record = logging.makeLogRecord({"name": "t", "levelname": "INFO", "msg": "training", "step": 50})
+    with log_context("trace-9", None):
+        line = TextFormatter().format(record)
+    assert line.endswith("training step=50 trace_id=trace-9")
 
 
 def test_health_server_paths() -> None:

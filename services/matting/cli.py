@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--n", type=int, default=200)
     evaluate.add_argument("--seed", type=int, default=9001)
 
+    export = sub.add_parser("export", help="turn a .pth (e.g. the official u2net.pth / u2netp.pth) into ONNX")
+    export.add_argument("weights", type=Path, help="state dict in the reference key layout")
+    export.add_argument("--model", choices=["u2netp", "u2net"], default="u2netp")
+    export.add_argument("--out", type=Path, required=True)
+
     quantize = sub.add_parser("quantize", help="static int8 QDQ quantisation calibrated on renderer photos")
     quantize.add_argument("model_path", type=Path)
     quantize.add_argument("--out", type=Path, default=MODELS_DIR / "u2netp-skuforge-int8.onnx")
@@ -117,6 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.model_path.is_file():
             parser.error(f"{args.model_path}: no such file")
         print(json.dumps(run_eval(args.model_path, args.n, args.seed, model=args.model).__dict__))
+        return 0
+
+    if args.action == "export":
+        if not args.weights.is_file():
+            parser.error(f"{args.weights}: no such file")
+        from shared.matting.u2net import build_model, export_onnx, load_reference_state_dict
+
+        model = load_reference_state_dict(build_model(args.model), args.weights)
+        print(json.dumps({"onnx": str(export_onnx(model, args.out))}))
         return 0
 
     from shared.matting.quantize import quantize_u2net

@@ -358,6 +358,9 @@ class MattingSession(ABC):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # The memory-pattern planner pre-allocates every activation of a batch at once: U2-NetP at
+        # batch 8 peaked at 2.8 GB RSS with it and 1.46 GB without, at the same speed on CPU.
+        options.enable_mem_pattern = False
         try:
             self._session = ort.InferenceSession(source, options, providers=choose_providers(use_gpu))
         except Exception as exc:  # ORT raises its own exception types for unreadable models
