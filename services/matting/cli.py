@@ -46,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="start from these weights (a .pth in the reference key layout) instead of scratch",
     )
+    train.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="training time budget; when spent, stop, export and evaluate what there is",
+    )
+    train.add_argument("--checkpoint-every", type=int, default=250)
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--threads", type=int, default=2)
     train.add_argument("--out", type=Path, default=MODELS_DIR / "u2netp-skuforge.onnx")
@@ -112,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             extra_pairs=args.extra,
             threads=args.threads,
             init_weights=args.init,
+            max_minutes=args.max_minutes,
+            checkpoint_every=args.checkpoint_every,
         )
         _, timings = run_train(config, args.out, checkpoint=args.checkpoint)
         result = run_eval(args.out, args.heldout, config.heldout_seed, model=args.model, threads=args.threads)

@@ -57,6 +57,7 @@ class TrainConfig:
     extra_pairs: list[Path] = field(default_factory=list)
     init_weights: Path | None = None  # start from a state dict (e.g. the committed .pth) instead of scratch
     threads: int = 2
+    max_minutes: float | None = None  # stop early (then export) when the training time budget is spent
     log_every: int = 50
     checkpoint_every: int = 250
 
@@ -154,6 +155,7 @@ def train(
     train_started = time.monotonic()
     window: list[float] = []
     last_loss: float | None = None
+    steps_done = first_step
     for step, inputs, targets in _batches(images, masks, config, rng):
         if step < first_step:
             continue  # keep the data stream identical to an uninterrupted run
@@ -163,7 +165,11 @@ def train(
         total_loss.backward()
         optimiser.step()
         window.append(float(fused_loss.detach()))
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+        if (
+            (step + 1) % config.log_every == 0
+            or step + 1 == config.steps
+            or (config.max_minutes is not None and time.monotonic() - train_started > config.max_minutes * 60)
+        ):
             last_loss = sum(window) / len(window)
             elapsed = time.monotonic() - train_started
             log.info(
@@ -176,7 +182,11 @@ def train(
                 },
             )
             window.clear()
-        if checkpoint is not None and (step + 1) % config.checkpoint_every == 0:
+        steps_done = step + 1
+        out_of_time = (
+            config.max_minutes is not None and time.monotonic() - train_started > config.max_minutes * 60
+        )
+        if checkpoint is not None and ((step + 1) % config.checkpoint_every == 0 or out_of_time):
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             torch.save(
                 {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step}, checkpoint
@@ -189,7 +199,13 @@ def train(
     # The state dict too (reference key layout): for fine-tuning and for PyTorch-side comparisons.
     torch.save(model.state_dict(), out_onnx.with_suffix(".pth"))
     final = round(last_loss, 4) if last_loss is not None else None
-    return model, {"render_s": round(render_s, 1), "train_s": round(train_s, 1), "final_fused_bce": final}
+    timings = {
+        "render_s": round(render_s, 1),
+        "train_s": round(train_s, 1),
+        "final_fused_bce": final,
+        "steps_done": steps_done,
+    }
+    return model, timings
 
 
 def iou(predicted: npt.NDArray[np.uint8], truth: npt.NDArray[np.uint8]) -> float:
