@@ -285,14 +285,14 @@ def clean_mask(mask: BoolArray, min_blob_fraction: float) -> BoolArray:
     keep = areas >= min_blob_fraction * mask.size
     keep[areas.argmax()] = True
     kept = keep[labels]
-    cleaned = _paint_runs(mask.shape, rows[kept], starts[kept], ends[kept])
+    cleaned = _paint_runs((height, width), rows[kept], starts[kept], ends[kept])
 
     rows, starts, ends, labels = connected_components(~cleaned, diagonal=False)
     if rows.size:
         on_border = (rows == 0) | (rows == height - 1) | (starts == 0) | (ends == width)
         open_to_border = np.bincount(labels, weights=on_border) > 0
         hole = ~open_to_border[labels]
-        cleaned |= _paint_runs(mask.shape, rows[hole], starts[hole], ends[hole])
+        cleaned |= _paint_runs((height, width), rows[hole], starts[hole], ends[hole])
     return cleaned
 
 

@@ -1,0 +1,1 @@
+"""Captioner stage: reference-photo masks, measured captions and prompts (``stage.py``)."""

@@ -1,0 +1,104 @@
+"""Settings of the captioner stage: environment variables ``SKUFORGE_CAPTIONER_*``.
+
+Like the matting stage's, they sit beside the shared ``Settings``: field names carry the
+``captioner_`` prefix under ``SKUFORGE_``, so ``shared.config.describe_validation_error`` names the
+variables correctly. The captioner opens its own matting session (reference photos are few and
+deserve the full model even where the matting stage runs a quantised one), hence its own
+``captioner_matting_*`` fields.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.config import ENV_PREFIX, ConfigError, describe_validation_error
+
+
+class CaptionerSettings(BaseSettings):
+    """Which captioner backend runs, its model, and the rules that make a photo unusable."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    captioner_backend: Literal["attributes", "vlm"] = Field(
+        default="attributes",
+        description="'attributes' (measured colours, shape and view; no weights) or 'vlm' (adds BLIP)",
+    )
+    captioner_vlm_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="BLIP model directory (save_pretrained layout): a local path, or an s3:// or file:// URI",
+    )
+    captioner_vlm_cache_dir: str | None = Field(
+        default=None, description="where a BLIP directory given as a URI is downloaded; unset = system temp"
+    )
+    captioner_vlm_prompt: str = Field(
+        default="a photo of", description="text the BLIP sentence starts from ('' = unconditional)"
+    )
+    captioner_vlm_max_new_tokens: int = Field(
+        default=30, ge=1, le=200, description="longest BLIP sentence, in tokens (greedy decoding)"
+    )
+    captioner_matting_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "matting ONNX model of the reference masks (what SKUFORGE_MATTING_MODEL takes); "
+            "unset = the committed U2-NetP"
+        ),
+    )
+    captioner_matting_threads: int = Field(
+        default=2, ge=1, le=256, description="threads of ONNX Runtime (matting) and of torch (BLIP)"
+    )
+    captioner_use_gpu: bool = Field(default=True, description="use CUDA for matting and BLIP when available")
+    captioner_matting_max_batch: int = Field(
+        default=10, ge=1, le=256, description="photos per matting call; 10 = a whole SKU in one call"
+    )
+    captioner_mask_threshold: float = Field(
+        default=0.5, gt=0.0, lt=1.0, description="matting confidence at or above which a pixel is product"
+    )
+    captioner_min_mask_fraction: float = Field(
+        default=0.005,
+        ge=0.0,
+        lt=1.0,
+        description="a mask covering less of the photo than this: no product found (photo unusable)",
+    )
+    captioner_max_mask_fraction: float = Field(
+        default=0.95,
+        gt=0.0,
+        le=1.0,
+        description="a mask covering more of the photo than this: full frame, no product found (unusable)",
+    )
+    captioner_blank_spread: float = Field(
+        default=3.0,
+        ge=0.0,
+        description="photos whose colours vary less than this (CIE Lab, 1st-99th percentile) are blank",
+    )
+    captioner_colours: int = Field(default=5, ge=2, le=12, description="k of the k-means colour clustering")
+    captioner_max_colour_names: int = Field(
+        default=3, ge=1, le=8, description="colour names a caption mentions, most dominant first"
+    )
+    captioner_min_colour_share: float = Field(
+        default=0.04, ge=0.0, lt=1.0, description="colours covering less of the product are not named"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CaptionerSettings:
+        if self.captioner_backend == "vlm" and self.captioner_vlm_model is None:
+            raise ValueError(
+                "SKUFORGE_CAPTIONER_BACKEND=vlm needs SKUFORGE_CAPTIONER_VLM_MODEL (a BLIP directory or URI)"
+            )
+        if self.captioner_min_mask_fraction >= self.captioner_max_mask_fraction:
+            raise ValueError(
+                "SKUFORGE_CAPTIONER_MIN_MASK_FRACTION must be below SKUFORGE_CAPTIONER_MAX_MASK_FRACTION"
+            )
+        return self
+
+
+def load_captioner_settings(**overrides: object) -> CaptionerSettings:
+    """Read the captioner settings from the environment (and overrides); errors name the variable."""
+    try:
+        return CaptionerSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None

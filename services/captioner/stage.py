@@ -1,0 +1,323 @@
+"""Captioner: masks, measured attributes, captions and prompts for every new SKU.
+
+Consumes: ``sku.ingested``.
+Produces: one ``sku.captioned`` per SKU, after writing one mask per usable reference photo to
+the object store, under a key derived from the photo (a redelivered event overwrites it):
+
+* ``masks/reference/<sku_id>/<photo_id>.png``  the product mask (0 background, 255 product)
+
+Per photo the event carries the mask, the dominant colour names, the packaging shape, the view,
+a detailed caption and auto-tagger style tags; per SKU the instance token, the class noun, the
+instance / class / negative prompts (``shared/captioning/prompts.py`` documents those choices)
+and which backend and models wrote them. The same SKU always gets the same captions.
+
+Bad input: a photo that cannot be used is kept in the event with ``usable=False`` and its reason,
+and the SKU goes on with the others: missing from the store (``object_missing``), bytes that do
+not match its sha256 (``checksum_mismatch``), not an acceptable image (``corrupt``, ``truncated``,
+``too_many_pixels``... see ``shared/images.py``), dimensions other than the event says
+(``dimension_mismatch``), a uniform picture (``blank_photo``), or a mask that finds no product
+(``no_product_found``: almost empty; ``mask_full_frame``: almost everything). A SKU with no usable
+photo at all goes to the DLQ as ``no_usable_photo``, with each photo's reason in the detail.
+
+The models: the matting session (``SKUFORGE_CAPTIONER_MATTING_MODEL``, unset = the committed
+U2-NetP) makes the masks; all photos of a SKU go through it in one call. The attribute backend
+(default) measures colours, shape and view on the masks (``shared/captioning/attributes.py``);
+``SKUFORGE_CAPTIONER_BACKEND=vlm`` adds a BLIP sentence per photo from
+``SKUFORGE_CAPTIONER_VLM_MODEL`` (``shared/captioning/vlm.py``), merged into the caption without
+overruling the measured colours and shape. Other knobs: ``services/captioner/config.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from schemas.common import SkuMetadata
+from schemas.envelope import Envelope
+from schemas.events import CaptionedPhoto, ReferencePhoto, Shape, SkuCaptioned, SkuIngested
+from schemas.topics import SKU_CAPTIONED, SKU_INGESTED
+from services.captioner.config import CaptionerSettings, load_captioner_settings
+from shared.captioning.attributes import (
+    SHAPE_NAMES,
+    ProductAttributes,
+    colour_spread,
+    describe_product,
+    mask_problem,
+    shape_tree_id,
+)
+from shared.captioning.prompts import compose_caption, compose_tags, merge_sentence, sku_prompts
+from shared.captioning.vlm import VlmCaptioner, VlmModelError, open_vlm
+from shared.config import ConfigError, Settings, load_settings
+from shared.errors import BadInput
+from shared.images import decode_image
+from shared.matting.session import MaskOptions, MattingModelError, MattingSession, open_session
+from shared.runtime import Context, Emit, Stage, run_stage
+from shared.store import ObjectStore
+
+DEFAULT_METRICS_PORT = 9102
+ATTRIBUTES_BACKEND = "attributes/1"
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptionerModels:
+    """What the handler runs: the matting session, the optional BLIP model, and the settings."""
+
+    session: MattingSession
+    vlm: VlmCaptioner | None
+    options: CaptionerSettings
+
+    @property
+    def captioner_id(self) -> str:
+        """Backend and model ids, for the event's ``captioner`` field (lineage)."""
+        attributes = f"{ATTRIBUTES_BACKEND} shape-tree@{shape_tree_id()} matting:{self.session.model_id}"
+        return f"vlm:{self.vlm.model_id} + {attributes}" if self.vlm else attributes
+
+
+def open_models(
+    options: CaptionerSettings, settings: Settings, store: ObjectStore | None = None
+) -> CaptionerModels:
+    """Open and warm up the matting session, and BLIP when configured; problems are ConfigErrors."""
+    try:
+        session = open_session(
+            options.captioner_matting_model,
+            threads=options.captioner_matting_threads,
+            use_gpu=options.captioner_use_gpu,
+            store=store,
+            max_batch=options.captioner_matting_max_batch,
+            mask=MaskOptions(threshold=options.captioner_mask_threshold),
+            s3_endpoint_url=settings.s3_endpoint_url,
+            s3_region=settings.s3_region,
+        )
+        session.warm_up()
+    except MattingModelError as exc:
+        raise ConfigError(str(exc)) from exc
+    vlm = None
+    if options.captioner_backend == "vlm":
+        assert options.captioner_vlm_model is not None  # the settings validator guarantees it
+        try:
+            vlm = open_vlm(
+                options.captioner_vlm_model,
+                cache_dir=options.captioner_vlm_cache_dir,
+                threads=options.captioner_matting_threads,
+                use_gpu=options.captioner_use_gpu,
+                prompt=options.captioner_vlm_prompt,
+                max_new_tokens=options.captioner_vlm_max_new_tokens,
+                store=store,
+                s3_endpoint_url=settings.s3_endpoint_url,
+                s3_region=settings.s3_region,
+            )
+        except VlmModelError as exc:
+            raise ConfigError(str(exc)) from exc
+    return CaptionerModels(session=session, vlm=vlm, options=options)
+
+
+# --- the handler -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Unusable:
+    """A photo that cannot be captioned, and why."""
+
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A photo with a product in it: the photo, its mask and what was measured on them."""
+
+    image: Image.Image
+    mask: npt.NDArray[np.uint8]
+    attributes: ProductAttributes
+
+
+def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModels) -> list[Emit]:
+    """Mask, measure and caption every photo of the SKU; emit one ``sku.captioned``."""
+    sku = event.payload.sku
+    photos = event.payload.photos
+    found = _find_products([_read_photo(photo, ctx, models.options) for photo in photos], models)
+    for photo, outcome in zip(photos, found, strict=True):
+        if isinstance(outcome, _Unusable):
+            ctx.log.warning(
+                "photo unusable",
+                extra={"photo_id": photo.photo_id, "reason": outcome.reason, "detail": outcome.detail[:300]},
+            )
+    if not any(isinstance(outcome, _Found) for outcome in found):
+        reasons = "; ".join(
+            f"{photo.photo_id}: {outcome.reason}" + (f" ({outcome.detail})" if outcome.detail else "")
+            for photo, outcome in zip(photos, found, strict=True)
+            if isinstance(outcome, _Unusable)
+        )
+        raise BadInput("no_usable_photo", f"no photo of {sku.sku_id} shows a usable product ({reasons})")
+
+    shape = _consensus_shape([outcome.attributes for outcome in found if isinstance(outcome, _Found)])
+    sentences = _sentences(found, models.vlm)
+    captioned = [
+        _caption_photo(photo, outcome, sentence, shape, sku, ctx, models.options)
+        for photo, outcome, sentence in zip(photos, found, sentences, strict=True)
+    ]
+    prompts = sku_prompts(sku)
+    payload = SkuCaptioned(
+        sku=sku,
+        photos=captioned,
+        instance_token=prompts.instance_token,
+        class_noun=prompts.class_noun,
+        instance_prompt=prompts.instance_prompt,
+        class_prompt=prompts.class_prompt,
+        negative_prompt=prompts.negative_prompt,
+        captioner=models.captioner_id,
+    )
+    return [Emit(SKU_CAPTIONED, payload, key="captioned")]
+
+
+def _read_photo(photo: ReferencePhoto, ctx: Context, options: CaptionerSettings) -> Image.Image | _Unusable:
+    """The photo, checked against its sha256 and dimensions, decoded within the limits, not blank.
+
+    Store outages (``TransientError``) propagate: the runtime retries the whole SKU later.
+    """
+    ref = photo.image
+    try:
+        image = decode_image(
+            ctx.store.read_verified(ref),
+            max_pixels=ctx.settings.max_image_pixels,
+            max_bytes=ctx.settings.max_image_bytes,
+        )
+    except BadInput as refusal:
+        return _Unusable(refusal.reason, refusal.detail)
+    if image.size != (ref.width, ref.height):
+        return _Unusable(
+            "dimension_mismatch", f"{image.width}x{image.height}, the event says {ref.width}x{ref.height}"
+        )
+    if colour_spread(image) < options.captioner_blank_spread:
+        return _Unusable("blank_photo", "the photo is one flat colour")
+    return image
+
+
+def _find_products(
+    images: Sequence[Image.Image | _Unusable], models: CaptionerModels
+) -> list[_Found | _Unusable]:
+    """Mask every readable photo in one matting call, refuse masks that find no product, measure the rest."""
+    options = models.options
+    readable = [image for image in images if isinstance(image, Image.Image)]
+    predictions = iter(models.session.predict(readable))
+    found: list[_Found | _Unusable] = []
+    for image in images:
+        if isinstance(image, _Unusable):
+            found.append(image)
+            continue
+        mask = next(predictions).mask
+        problem = mask_problem(
+            mask,
+            min_fraction=options.captioner_min_mask_fraction,
+            max_fraction=options.captioner_max_mask_fraction,
+        )
+        if problem:
+            found.append(
+                _Unusable(problem, f"the mask covers {np.count_nonzero(mask) / mask.size:.1%} of the photo")
+            )
+            continue
+        attributes = describe_product(
+            image, mask, k=options.captioner_colours, min_colour_share=options.captioner_min_colour_share
+        )
+        found.append(_Found(image, mask, attributes))
+    return found
+
+
+def _sentences(found: Sequence[_Found | _Unusable], vlm: VlmCaptioner | None) -> list[str | None]:
+    """The BLIP sentence of each usable photo (one batched call), None elsewhere or without BLIP."""
+    usable = [outcome.image for outcome in found if isinstance(outcome, _Found)]
+    described = iter(vlm.describe(usable) if vlm is not None else [None] * len(usable))
+    return [next(described) if isinstance(outcome, _Found) else None for outcome in found]
+
+
+def _caption_photo(
+    photo: ReferencePhoto,
+    outcome: _Found | _Unusable,
+    sentence: str | None,
+    shape: Shape,
+    sku: SkuMetadata,
+    ctx: Context,
+    options: CaptionerSettings,
+) -> CaptionedPhoto:
+    """The event's entry for one photo; a usable one's mask is stored first."""
+    if isinstance(outcome, _Unusable):
+        return CaptionedPhoto(
+            photo_id=photo.photo_id, image=photo.image, usable=False, unusable_reason=outcome.reason
+        )
+    view = outcome.attributes.view
+    colours = outcome.attributes.colour_names[: options.captioner_max_colour_names]
+    caption = compose_caption(sku, colours, shape, view)
+    if sentence is not None:
+        caption = merge_sentence(caption, sentence, colours, shape)
+    return CaptionedPhoto(
+        photo_id=photo.photo_id,
+        image=photo.image,
+        mask=ctx.store.put_image(f"masks/reference/{sku.sku_id}/{photo.photo_id}.png", outcome.mask),
+        usable=True,
+        caption=caption,
+        tags=compose_tags(sku, colours, shape, view),
+        colours=colours,
+        shape=shape,
+        view=view,
+    )
+
+
+def _consensus_shape(measured: Sequence[ProductAttributes]) -> Shape:
+    """One packaging shape per SKU: the largest summed tree-leaf share over its usable photos.
+
+    A product has one packaging; summing the photos' leaf shares lets the clearer views outvote an
+    odd one, and every caption of the SKU then names the same shape.
+    """
+    totals = dict.fromkeys(SHAPE_NAMES, 0.0)
+    for attributes in measured:
+        result = attributes.shape
+        if result.shape == "other":
+            totals["other"] += 1.0
+        else:
+            for name in SHAPE_NAMES:
+                totals[name] += result.probabilities.get(name, 0.0)
+    best: Shape = max(SHAPE_NAMES, key=lambda name: (totals[name], -SHAPE_NAMES.index(name)))
+    return best
+
+
+# --- wiring ------------------------------------------------------------------------------------
+
+
+def build_stage(
+    *, captioner: CaptionerSettings | None = None, models: CaptionerModels | None = None, **kwargs: Any
+) -> Stage:
+    """The stage, ready to run; its models are opened (or ``models`` used) before it joins the group.
+
+    kwargs go to Stage (settings, store...).
+    """
+    settings: Settings = kwargs.pop("settings", None) or load_settings()
+    if models is None:
+        models = open_models(captioner or load_captioner_settings(), settings, kwargs.get("store"))
+    session = models.session
+    stage = Stage(
+        "captioner",
+        settings=settings,
+        default_metrics_port=DEFAULT_METRICS_PORT,
+        ready=lambda: session.ready,
+        **kwargs,
+    )
+    stage.handler(SKU_INGESTED)(functools.partial(handle, models=models))
+    return stage
+
+
+def main() -> int:
+    """Run the captioner stage until SIGTERM."""
+    return run_stage(build_stage())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Captioning: measured attributes (``attributes``), prompts and captions (``prompts``), BLIP (``vlm``)."""

@@ -1,0 +1,290 @@
+"""Fit the packaging-shape decision tree on renderer photos and write ``shape_model.py``.
+
+    python -m shared.captioning.fit_shape                       # truth masks, the committed settings
+    python -m shared.captioning.fit_shape --mask-source session # masks from the committed U2-NetP
+
+Products come from the synthetic catalogue ``--seed`` (``shared/synth``), photo index and size vary
+by product so the tree sees several poses and resolutions. Masks are the renderer's exact masks
+(``truth``, each one also roughened by a random blur-and-threshold so the tree does not lean on
+pixel-perfect edges) or the matting session's (``session``). The tree is CART with Gini impurity,
+written here in numpy so it is reproducible without scikit-learn. ``--eval-seed`` scores it on a
+different catalogue, so the printed accuracy is on products it never saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageFilter
+
+from shared.captioning.attributes import (
+    SHAPE_FEATURES,
+    SHAPE_NAMES,
+    classify_shape,
+    shape_features,
+    shape_tree_id,
+)
+from shared.matting.session import MattingSession, open_session
+
+OUTPUT = Path(__file__).with_name("shape_model.py")
+FIT_SEED = 4242
+EVAL_SEED = 2025
+SIZES_PX = (192, 256, 384, 512)
+CLASSES: tuple[str, ...] = tuple(name for name in SHAPE_NAMES if name != "other")
+
+F64Array = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def _roughen(mask: npt.NDArray[np.uint8], rng: np.random.Generator) -> npt.NDArray[np.uint8]:
+    """A matting-like mask: soft edges thresholded a little in or out of the true outline."""
+    radius = float(rng.uniform(0.6, 2.0))
+    blurred = np.asarray(Image.fromarray(mask).filter(ImageFilter.GaussianBlur(radius)))
+    threshold = int(rng.integers(90, 170))
+    return np.where(blurred >= threshold, np.uint8(255), np.uint8(0))
+
+
+def renderer_masks(
+    n_products: int,
+    seed: int,
+    mask_source: str,
+    *,
+    roughen: bool,
+    session: MattingSession | None = None,
+) -> Iterator[tuple[str, npt.NDArray[np.uint8]]]:
+    """(true shape, mask) for ``n_products`` products of catalogue ``seed``, one photo each.
+
+    ``mask_source`` "truth" yields the renderer's masks (roughened if asked), "session" the matting
+    session's, "both" one of each per photo.
+    """
+    from shared.synth import make_product, render_photo
+
+    rng = np.random.default_rng([seed, 5])
+    for index in range(n_products):
+        spec = make_product(index, seed)
+        photo = render_photo(spec, index % 3, seed, SIZES_PX[index % len(SIZES_PX)])
+        if mask_source in ("truth", "both"):
+            yield spec.shape, _roughen(photo.mask, rng) if roughen else photo.mask
+        if mask_source in ("session", "both"):
+            assert session is not None, "session masks need a matting session"
+            yield spec.shape, session.predict([photo.image])[0].mask
+
+
+def feature_table(
+    samples: Iterator[tuple[str, npt.NDArray[np.uint8]]],
+) -> tuple[F64Array, IntArray]:
+    """Feature rows (``SHAPE_FEATURES`` order) and class indices (``CLASSES`` order)."""
+    rows: list[list[float]] = []
+    labels: list[int] = []
+    for shape, mask in samples:
+        if not mask.any():
+            continue
+        features = shape_features(mask)
+        rows.append([features[name] for name in SHAPE_FEATURES])
+        labels.append(CLASSES.index(shape))
+    return np.asarray(rows, dtype=np.float64), np.asarray(labels, dtype=np.intp)
+
+
+# --- CART --------------------------------------------------------------------------------------
+
+
+def _gini(counts: F64Array) -> F64Array:
+    """Gini impurity of each row of class counts, times the row's sample count."""
+    totals = counts.sum(axis=-1)
+    safe = np.maximum(totals, 1.0)
+    impurity: F64Array = totals * (1.0 - np.sum((counts / safe[..., None]) ** 2, axis=-1))
+    return impurity
+
+
+def best_split(
+    features: F64Array, labels: IntArray, n_classes: int, min_leaf: int
+) -> tuple[int, float, float]:
+    """(feature index, threshold, weighted impurity) of the best split; feature -1 when none helps.
+
+    For each feature, every boundary between distinct sorted values is scored at once from the
+    cumulative class counts.
+    """
+    n = labels.size
+    one_hot = np.eye(n_classes)[labels]
+    best = (-1, 0.0, float(_gini(one_hot.sum(axis=0))))
+    for column in range(features.shape[1]):
+        order = np.argsort(features[:, column], kind="stable")
+        values = features[order, column]
+        left = np.cumsum(one_hot[order], axis=0)[:-1]
+        right = one_hot.sum(axis=0) - left
+        impurity = _gini(left) + _gini(right)
+        position = np.arange(1, n)
+        allowed = (values[1:] > values[:-1]) & (position >= min_leaf) & (n - position >= min_leaf)
+        if not allowed.any():
+            continue
+        impurity = np.where(allowed, impurity, np.inf)
+        at = int(np.argmin(impurity))
+        if impurity[at] < best[2] - 1e-9:
+            best = (column, float((values[at] + values[at + 1]) / 2.0), float(impurity[at]))
+    return best
+
+
+def fit_tree(
+    features: F64Array, labels: IntArray, *, max_depth: int, min_leaf: int, n_classes: int
+) -> list[dict[str, Any]]:
+    """A CART tree as a flat node list (root first), in the format ``classify_shape`` reads."""
+    nodes: list[dict[str, Any]] = []
+
+    def grow(index: IntArray, depth: int) -> int:
+        node_id = len(nodes)
+        counts = np.bincount(labels[index], minlength=n_classes)
+        nodes.append({"counts": counts.tolist()})
+        if depth >= max_depth or np.count_nonzero(counts) <= 1 or index.size < 2 * min_leaf:
+            return node_id
+        column, threshold, _ = best_split(features[index], labels[index], n_classes, min_leaf)
+        if column < 0:
+            return node_id
+        goes_left = features[index, column] <= threshold
+        nodes[node_id] = {"feature": SHAPE_FEATURES[column], "threshold": round(threshold, 6)}
+        nodes[node_id]["left"] = grow(index[goes_left], depth + 1)
+        nodes[node_id]["right"] = grow(index[~goes_left], depth + 1)
+        return node_id
+
+    grow(np.arange(labels.size), 0)
+    return nodes
+
+
+def evaluate(tree: dict[str, Any], features: F64Array, labels: IntArray) -> tuple[float, list[list[int]]]:
+    """Accuracy and confusion matrix (rows: truth in ``CLASSES`` order; columns: that plus "other")."""
+    columns = [*CLASSES, "other"]
+    confusion = np.zeros((len(CLASSES), len(columns)), dtype=int)
+    for row, label in zip(features, labels, strict=True):
+        result = classify_shape(dict(zip(SHAPE_FEATURES, row.tolist(), strict=True)), tree)
+        confusion[label, columns.index(result.shape)] += 1
+    accuracy = float(np.trace(confusion[:, : len(CLASSES)])) / max(int(confusion.sum()), 1)
+    return accuracy, confusion.tolist()
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def render_module(tree: dict[str, Any], provenance: dict[str, Any]) -> str:
+    """The source of ``shape_model.py``: the tree as a constant, with how it was made."""
+    lines = [
+        '"""The committed packaging-shape decision tree (generated by ``shared/captioning/fit_shape.py``).',
+        "",
+        "Do not edit by hand: re-run the command below; the same command gives the same tree.",
+        "",
+        *(
+            textwrap.fill(f"{key}: {value}", width=100, subsequent_indent="    ", break_on_hyphens=False)
+            for key, value in provenance.items()
+        ),
+        '"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "from typing import Any, Final",
+        "",
+        "SHAPE_TREE: Final[dict[str, Any]] = {",
+        f'    "classes": {json.dumps(tree["classes"])},',
+        f'    "min_confidence": {tree["min_confidence"]},',
+        '    "nodes": [',
+        *(f"        {json.dumps(node)}," for node in tree["nodes"]),
+        "    ],",
+        "}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Fit, score on the evaluation seed, write the module."""
+    parser = argparse.ArgumentParser(prog="python -m shared.captioning.fit_shape", description=__doc__)
+    parser.add_argument("--seed", type=int, default=FIT_SEED, help="catalogue seed of the fitting products")
+    parser.add_argument("--products", type=int, default=900, help="fitting products (one photo each)")
+    parser.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="catalogue seed for scoring")
+    parser.add_argument("--eval-products", type=int, default=300, help="products to score on (0: skip)")
+    parser.add_argument(
+        "--mask-source",
+        choices=("truth", "session", "both"),
+        default="both",
+        help="fit on the renderer's masks (roughened), the matting session's, or one of each per photo",
+    )
+    parser.add_argument(
+        "--matting-model",
+        default=None,
+        help="matting model of the session masks (default: committed U2-NetP)",
+    )
+    parser.add_argument("--max-depth", type=int, default=6)
+    parser.add_argument("--min-leaf", type=int, default=6)
+    parser.add_argument("--min-confidence", type=float, default=0.5, help="leaf share below which: 'other'")
+    parser.add_argument("--out", type=Path, default=OUTPUT)
+    args = parser.parse_args(argv)
+    if args.eval_seed == args.seed:
+        parser.error("--eval-seed must differ from --seed: scoring on fitted products proves nothing")
+
+    started = time.monotonic()
+    session = None
+    if args.mask_source != "truth":
+        session = open_session(args.matting_model, threads=2, use_gpu=False, store=None)
+    features, labels = feature_table(
+        renderer_masks(args.products, args.seed, args.mask_source, roughen=True, session=session)
+    )
+    nodes = fit_tree(
+        features, labels, max_depth=args.max_depth, min_leaf=args.min_leaf, n_classes=len(CLASSES)
+    )
+    tree: dict[str, Any] = {"classes": list(CLASSES), "min_confidence": args.min_confidence, "nodes": nodes}
+    fit_accuracy, _ = evaluate(tree, features, labels)
+    report: dict[str, Any] = {"fit_accuracy": round(fit_accuracy, 4), "nodes": len(nodes)}
+    if args.eval_products:
+        # Scored on the masks the captioner will see: the session's when there is one.
+        eval_source = "truth" if session is None else "session"
+        eval_features, eval_labels = feature_table(
+            renderer_masks(args.eval_products, args.eval_seed, eval_source, roughen=False, session=session)
+        )
+        accuracy, confusion = evaluate(tree, eval_features, eval_labels)
+        report.update(eval_accuracy=round(accuracy, 4), confusion=confusion)
+    digest = shape_tree_id(tree)
+    command = (
+        f"python -m shared.captioning.fit_shape --seed {args.seed} --products {args.products} "
+        f"--mask-source {args.mask_source} --max-depth {args.max_depth} --min-leaf {args.min_leaf} "
+        f"--min-confidence {args.min_confidence}"
+        + (f" --matting-model {args.matting_model}" if args.matting_model else "")
+    )
+    masks = {
+        "truth": "the renderer's masks roughened by blur-and-threshold",
+        "session": "masks from the matting session",
+        "both": "per photo, the renderer's mask roughened by blur-and-threshold and the matting session's",
+    }[args.mask_source]
+    provenance = {
+        "Command": command,
+        "Data": (
+            f"{args.products} renderer products of catalogue seed {args.seed}, one photo each "
+            f"(photo index i % 3, sizes {'/'.join(map(str, SIZES_PX))} px); {masks}"
+        ),
+        "Matting model": session.model_id if session is not None else "none (truth masks only)",
+        "Fit accuracy": report["fit_accuracy"],
+        "Held-out accuracy": (
+            f"{report.get('eval_accuracy')} on {args.eval_products} products of seed {args.eval_seed} "
+            f"({'matting session' if session is not None else 'exact'} masks)"
+            if args.eval_products
+            else "not measured"
+        ),
+        "Tree sha256": digest,
+    }
+    args.out.write_text(render_module(tree, provenance), encoding="utf-8")
+    report["seconds"] = round(time.monotonic() - started, 1)
+    report["written"] = str(args.out)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Words for generation and LoRA training: instance token, class noun, prompts, captions and tags.
+
+Decisions (see also ``services/captioner/stage.py``):
+
+* **Instance token**: 14 lowercase letters spelling, in base 26, the first 72 bits of
+  ``sha256("skuforge-instance-token" + sku_id)`` reduced mod 26^14 (65.8 bits). Letters only,
+  because CLIP-style BPE gives digits and punctuation meanings of their own, and a random
+  14-letter string is no word, so the tokenizer splits it into rare sub-word pieces with no
+  prior, which is what an instance token needs. 65.8 bits make a collision among a million
+  SKUs a ~1e-8 event. It depends only on the sku_id: stable across restarts and machines.
+* **Class noun**: the SKU's category as a noun phrase ("soda can", "energy drink can"), not
+  reduced to the packaging word ("can"): class-prior images of "a photo of a soda can" are what
+  the LoRA must stay close to, and they differ from "a can" (paint, tin). Lowercased, leading
+  article dropped, only letters, digits, spaces, '-' and '&' kept.
+* **Captions** say only what was measured (colours, packaging shape, view) plus the retailer's
+  metadata; the instance token stays in the prompts, so a caption reads as plain English.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from schemas.common import SkuMetadata
+
+__all__ = [
+    "NEGATIVE_PROMPT",
+    "SHAPE_PHRASES",
+    "SkuPrompts",
+    "article",
+    "class_noun",
+    "compose_caption",
+    "compose_tags",
+    "instance_token",
+    "merge_sentence",
+    "sku_prompts",
+]
+
+TOKEN_LETTERS: Final = 14
+_TOKEN_SALT: Final = b"skuforge-instance-token\x1f"
+_ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz"
+
+NEGATIVE_PROMPT: Final = (
+    "blurry, low quality, deformed packaging, warped label, distorted text, misspelled brand, "
+    "wrong colours, extra products, duplicate product, cropped product, watermark, cartoon, illustration"
+)
+# How a caption spells each measured packaging shape; "other" claims nothing.
+SHAPE_PHRASES: Final[dict[str, str]] = {
+    "can": "cylindrical can",
+    "bottle": "bottle with a narrow neck",
+    "box": "rectangular box",
+    "pouch": "flexible stand-up pouch",
+    "jar": "wide jar with a lid",
+    "other": "",
+}
+# Words that name a colour or a packaging shape: a VLM's sentence may not contradict the measurements.
+_COLOUR_WORDS: Final = frozenset(
+    {
+        *("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white"),
+        *("grey", "gray", "beige", "gold", "golden", "silver", "violet", "magenta", "cyan", "teal"),
+        *("navy", "maroon", "tan", "cream"),
+    }
+)
+_SHAPE_WORDS: Final[dict[str, str]] = {
+    "can": "can",
+    "cans": "can",
+    "tin": "can",
+    "bottle": "bottle",
+    "bottles": "bottle",
+    "box": "box",
+    "boxes": "box",
+    "carton": "box",
+    "pouch": "pouch",
+    "bag": "pouch",
+    "packet": "pouch",
+    "jar": "jar",
+    "jars": "jar",
+}
+
+
+def instance_token(sku_id: str) -> str:
+    """The SKU's rare instance token: 14 lowercase letters derived from the sha256 of its id."""
+    digest = hashlib.sha256(_TOKEN_SALT + sku_id.encode("utf-8")).digest()
+    number = int.from_bytes(digest[:9], "big") % (len(_ALPHABET) ** TOKEN_LETTERS)
+    letters = []
+    for _ in range(TOKEN_LETTERS):
+        number, digit = divmod(number, len(_ALPHABET))
+        letters.append(_ALPHABET[digit])
+    return "".join(reversed(letters))
+
+
+def class_noun(category: str, *, fallback: str = "product") -> str:
+    """The class noun phrase of a category: lowercased, leading article dropped, plain characters only."""
+    words = re.sub(r"[^a-z0-9&\- ]+", " ", category.lower()).split()
+    if words and words[0] in ("a", "an", "the"):
+        words = words[1:]
+    return " ".join(words) or fallback
+
+
+def article(phrase: str) -> str:
+    """'a' or 'an' for ``phrase`` (by its first letter; good enough for nouns and colour words)."""
+    return "an" if phrase[:1].lower() in "aeiou" else "a"
+
+
+@dataclass(frozen=True)
+class SkuPrompts:
+    """The SKU-level words the generator and the LoRA trainer use."""
+
+    instance_token: str
+    class_noun: str
+    instance_prompt: str
+    class_prompt: str
+    negative_prompt: str
+
+
+def sku_prompts(sku: SkuMetadata) -> SkuPrompts:
+    """Instance token, class noun and the three prompts of a SKU."""
+    token = instance_token(sku.sku_id)
+    noun = class_noun(sku.category)
+    return SkuPrompts(
+        instance_token=token,
+        class_noun=noun,
+        instance_prompt=f"a photo of {token} {noun}",
+        class_prompt=f"a photo of {article(noun)} {noun}",
+        negative_prompt=NEGATIVE_PROMPT,
+    )
+
+
+def _colour_phrase(colours: Sequence[str]) -> str:
+    if not colours:
+        return ""
+    if len(colours) == 1:
+        return colours[0]
+    return ", ".join(colours[:-1]) + " and " + colours[-1]
+
+
+def compose_caption(sku: SkuMetadata, colours: Sequence[str], shape: str, view: str) -> str:
+    """A detailed caption of one photo from its measurements and the SKU's metadata.
+
+    e.g. "a photo of a red and white soda can by Fizzo, Fizzo Zero Cherry, Fizzo Zero series,
+    cylindrical can, front view".
+    """
+    noun = class_noun(sku.category)
+    described = " ".join(part for part in (_colour_phrase(colours), noun) if part)
+    parts = [f"a photo of {article(described)} {described}" + (f" by {sku.brand}" if sku.brand else "")]
+    if sku.name and sku.name.lower() not in (noun, sku.brand.lower()):
+        parts.append(sku.name)
+    if sku.series:
+        parts.append(f"{sku.series} series")
+    if SHAPE_PHRASES.get(shape):
+        parts.append(SHAPE_PHRASES[shape])
+    if view:
+        parts.append(view)
+    return ", ".join(parts)
+
+
+def _tag(text: str) -> str:
+    """One auto-tagger style tag: lowercase words, no commas."""
+    return " ".join(re.sub(r"[,\n\r\t]+", " ", text.lower()).split())
+
+
+def compose_tags(sku: SkuMetadata, colours: Sequence[str], shape: str, view: str) -> list[str]:
+    """Comma-separable lowercase tags: colours, shape, class noun, brand, series, name, view."""
+    candidates = [
+        *colours,
+        *(f"{colour} {shape}" for colour in colours[:1] if shape != "other"),
+        shape if shape != "other" else "",
+        class_noun(sku.category),
+        sku.brand,
+        sku.series,
+        sku.name,
+        view,
+        "product photo",
+    ]
+    tags: list[str] = []
+    for candidate in candidates:
+        tag = _tag(candidate)
+        if tag and tag not in tags:
+            tags.append(tag)
+    return tags
+
+
+def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: str) -> str:
+    """Append a vision-language model's sentence to a caption, minus any claim the measurements refute.
+
+    Colour words not among the measured colours are dropped, and a packaging word naming another
+    shape becomes the measured one ("product" when the shape is unknown): the attribute captioner is
+    authoritative for both. What is left (scene, objects, text the model read) is appended after a
+    comma. An empty sentence, or one left with only glue words, adds nothing.
+    """
+    measured = {colour.lower() for colour in colours}
+    kept: list[str] = []
+    for word in re.findall(r"[A-Za-z0-9'&-]+", sentence):
+        lower = word.lower()
+        if lower in _COLOUR_WORDS and lower not in measured and not (lower == "gray" and "grey" in measured):
+            continue
+        if lower in _SHAPE_WORDS and _SHAPE_WORDS[lower] != shape:
+            lower = shape if shape != "other" else "product"
+        kept.append(lower)
+    # Dropping a word can leave "an can": articles follow the word after them.
+    for index, word in enumerate(kept[:-1]):
+        if word in ("a", "an"):
+            kept[index] = article(kept[index + 1])
+    if not set(kept) - {"a", "an", "the", "of", "with", "and", "on", "in", "photo", "picture"}:
+        return caption
+    return f"{caption}, {' '.join(kept)}"

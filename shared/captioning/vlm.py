@@ -1,0 +1,190 @@
+"""The optional vision-language backend: BLIP (transformers) writes one sentence per photo.
+
+Weights are never fetched from a hub: the model is a directory in ``save_pretrained`` layout
+(``config.json``, weights, processor and tokenizer files), given as a local path or as an
+``s3://`` / ``file://`` URI whose objects are downloaded through the object store into a local
+cache first. Loading uses ``local_files_only=True``. Decoding is greedy (no sampling, one beam),
+so the same photos give the same sentences::
+
+    captioner = open_vlm("s3://models/blip-base", cache_dir=None, threads=2, use_gpu=False)
+    captioner.describe([image, ...])     # ["a red can on a shelf", ...], one per image, in order
+
+The sentence only adds to the attribute caption (``prompts.merge_sentence``): colours and shape
+stay those measured on the mask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from shared.errors import BadInput
+from shared.store import ObjectStore, open_store
+
+__all__ = ["VlmCaptioner", "VlmModelError", "fetch_model_dir", "open_vlm"]
+
+_COMPLETE_MARKER = ".skuforge-complete.json"
+
+
+class VlmModelError(Exception):
+    """The configured BLIP directory is missing, incomplete or not loadable."""
+
+
+def fetch_model_dir(
+    uri: str,
+    cache_dir: Path | str | None = None,
+    *,
+    store: ObjectStore | None = None,
+    s3_endpoint_url: str | None = None,
+    s3_region: str = "us-east-1",
+) -> Path:
+    """Download every object under the directory ``uri`` into a local cache; returns the local directory.
+
+    The cache entry is named by the URI's sha256 and reused while it holds exactly the keys the
+    store lists (model directories are treated as immutable: publish a new one under a new URI).
+    A download goes to a temporary directory renamed into place, so no reader sees half a model.
+    """
+    root = uri.rstrip("/")
+    try:
+        if store is not None and root.startswith(store.base_uri + "/"):
+            # Inside the stage's own store: reuse its client and credentials.
+            source, prefix = store, store.key_for(root) + "/"
+        else:
+            source, prefix = open_store(root, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region), ""
+        keys = sorted(
+            key[len(prefix) :] for key in source.list_keys(prefix) if not key.endswith(_COMPLETE_MARKER)
+        )
+    except (ValueError, BadInput) as exc:
+        raise VlmModelError(f"cannot open the BLIP model directory {uri!r}: {exc}") from exc
+    if "config.json" not in keys:
+        raise VlmModelError(
+            f"{uri} holds no config.json: not a save_pretrained BLIP directory (keys: {keys[:10]})"
+        )
+
+    base = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "skuforge-models"
+    target = base / f"blip-{hashlib.sha256(root.encode()).hexdigest()[:16]}"
+    marker = target / _COMPLETE_MARKER
+    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("keys") == keys:
+        return target
+    base.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=base, prefix=".partial-"))
+    try:
+        for key in keys:
+            path = partial.joinpath(*key.split("/"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(source.get_bytes(prefix + key))
+        (partial / _COMPLETE_MARKER).write_text(json.dumps({"uri": root, "keys": keys}), encoding="utf-8")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(partial, target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return target
+
+
+def _directory_digest(directory: Path) -> str:
+    """sha256 over the directory's file names and bytes, for the captioner id (lineage)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != _COMPLETE_MARKER):
+        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class VlmCaptioner:
+    """A BLIP captioning model loaded from a local directory; ``describe`` runs one batch, greedily."""
+
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        prompt: str = "a photo of",
+        max_new_tokens: int = 30,
+        threads: int = 2,
+        use_gpu: bool = False,
+        name: str | None = None,
+    ) -> None:
+        import torch
+        from transformers import BlipForConditionalGeneration, BlipProcessor
+        from transformers.utils import logging as hf_logging
+
+        path = Path(directory)
+        if not (path / "config.json").is_file():
+            raise VlmModelError(
+                f"no BLIP model at {path}: expected a save_pretrained directory with config.json "
+                "(SKUFORGE_CAPTIONER_VLM_MODEL takes a local directory or an s3:// or file:// URI)"
+            )
+        hf_logging.disable_progress_bar()
+        torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        try:
+            self.processor: Any = BlipProcessor.from_pretrained(path, local_files_only=True)
+            model: Any = BlipForConditionalGeneration.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise VlmModelError(f"transformers cannot load BLIP from {path}: {exc}") from exc
+        self.model = model.to(self.device).eval()
+        self.prompt = prompt.strip()
+        self.max_new_tokens = max_new_tokens
+        self.model_id = f"blip:{name or path.name}@sha256:{_directory_digest(path)[:12]}"
+
+    def describe(self, images: Sequence[Image.Image]) -> list[str]:
+        """One sentence per image, in order; one batched greedy ``generate`` call."""
+        import torch
+
+        if not images:
+            return []
+        rgb = [image.convert("RGB") for image in images]
+        if self.prompt:
+            inputs = self.processor(images=rgb, text=[self.prompt] * len(rgb), return_tensors="pt")
+        else:
+            inputs = self.processor(images=rgb, return_tensors="pt")
+        inputs = {key: value.to(self.device) for key, value in inputs.items()}
+        with torch.inference_mode():
+            ids = self.model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False
+            )
+        sentences = self.processor.batch_decode(ids, skip_special_tokens=True)
+        return [_without_prompt(" ".join(str(s).split()), self.prompt) for s in sentences]
+
+
+def _without_prompt(sentence: str, prompt: str) -> str:
+    """BLIP echoes a conditional prompt; the caption already says 'a photo of', so drop it."""
+    if prompt and sentence.lower().startswith(prompt.lower()):
+        return sentence[len(prompt) :].strip()
+    return sentence
+
+
+def open_vlm(
+    model: str,
+    *,
+    cache_dir: Path | str | None,
+    threads: int,
+    use_gpu: bool,
+    prompt: str = "a photo of",
+    max_new_tokens: int = 30,
+    store: ObjectStore | None = None,
+    s3_endpoint_url: str | None = None,
+    s3_region: str = "us-east-1",
+) -> VlmCaptioner:
+    """Open the BLIP model ``model`` names: a local directory, or an s3:// or file:// URI (downloaded)."""
+    name = model.rstrip("/").rpartition("/")[2] or None
+    if "://" in model:
+        directory = fetch_model_dir(
+            model, cache_dir, store=store, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region
+        )
+    else:
+        directory = Path(model)
+    return VlmCaptioner(
+        directory, prompt=prompt, max_new_tokens=max_new_tokens, threads=threads, use_gpu=use_gpu, name=name
+    )

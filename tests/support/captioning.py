@@ -1,0 +1,140 @@
+"""Helpers for the captioner tests: the committed matting model, synthetic SKU events, a tiny BLIP.
+
+The captioner's tests that look at masks use the committed U2-NetP: a random-weight model's masks
+decide nothing (on a flat photo it lights up almost the whole frame, or a quarter of it, by chance),
+so tests of usable / unusable photos would be testing noise. When the file is missing they fail,
+saying so, instead of skipping: a skipped accuracy test reads like a passing one.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from schemas.common import SkuMetadata
+from schemas.events import ReferencePhoto, SkuIngested
+from shared.config import Settings
+from shared.matting.session import MODELS_DIR, REGISTRY, MattingSession, open_session
+from shared.observability import StageMetrics
+from shared.runtime import Context
+from shared.store import ObjectStore
+from shared.synth import blank_photo, make_product, render_photo
+
+COMMITTED_MODEL = MODELS_DIR / str(REGISTRY["u2netp"].file_name)
+
+
+def committed_matting_model() -> Path:
+    """The committed U2-NetP file; fails the test (not skips) when it is not there."""
+    if not COMMITTED_MODEL.is_file():
+        pytest.fail(
+            f"committed model missing: {COMMITTED_MODEL} does not exist; train it with "
+            "`skuforge matting train` (the captioner's mask and accuracy tests need the real model)",
+            pytrace=False,
+        )
+    return COMMITTED_MODEL
+
+
+def committed_session(max_batch: int = 10) -> MattingSession:
+    """An ONNX Runtime session on the committed U2-NetP (CPU, two threads)."""
+    return open_session(
+        str(committed_matting_model()), threads=2, use_gpu=False, store=None, max_batch=max_batch
+    )
+
+
+def context(store: ObjectStore, settings: Settings) -> Context:
+    """A handler context without Kafka, for calling a stage's ``handle`` directly."""
+    return Context(
+        stage="captioner",
+        store=store,
+        settings=settings,
+        metrics=StageMetrics("captioner-test"),
+        log=logging.getLogger("skuforge.captioner.test"),
+    )
+
+
+def synthetic_sku(
+    store: ObjectStore, sku_index: int, seed: int, *, photos: int = 2, size_px: int = 192
+) -> SkuIngested:
+    """An ``sku.ingested`` payload for renderer product ``sku_index`` of catalogue ``seed``, photos stored."""
+    spec = make_product(sku_index, seed)
+    references = []
+    for photo_index in range(photos):
+        image = render_photo(spec, photo_index, seed, size_px).image
+        photo_id = f"photo-{photo_index + 1}"
+        ref = store.put_image(f"incoming/{spec.sku_id}/{photo_id}.png", image)
+        references.append(ReferencePhoto(photo_id=photo_id, image=ref, original_filename=f"{photo_id}.png"))
+    return SkuIngested(sku=SkuMetadata(**spec.metadata()), photos=references)
+
+
+def blank_sku(store: ObjectStore, sku_id: str, colours: tuple[str, ...] = ("white", "grey")) -> SkuIngested:
+    """An ``sku.ingested`` payload whose photos are flat colours: nothing to caption."""
+    references = []
+    for index, colour in enumerate(colours):
+        ref = store.put_image(f"incoming/{sku_id}/blank-{index}.png", blank_photo(160, colour))
+        references.append(
+            ReferencePhoto(photo_id=f"blank-{index}", image=ref, original_filename=f"{colour}.png")
+        )
+    return SkuIngested(
+        sku=SkuMetadata(sku_id=sku_id, name="Nothing", category="soda can", brand="Nobody"), photos=references
+    )
+
+
+# A word-level vocabulary is enough for a tokenizer that round-trips the tiny model's output.
+_VOCAB = (
+    *("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "an", "the", "of", "photo", "picture", "on"),
+    *("with", "and", "in", "red", "white", "blue", "green", "black", "can", "bottle", "box", "jar"),
+    *("pouch", "shelf", "table", "product", "label"),
+)
+
+
+def tiny_blip_dir(directory: Path) -> Path:
+    """Save a randomly initialised BLIP captioner (hidden size 32, one layer, 32 px images) with its
+    processor and a word-level BertTokenizer into ``directory``; nothing is downloaded."""
+    import torch
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = directory / "vocab-source.txt"
+    vocab.write_text("\n".join(_VOCAB) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(str(vocab), do_lower_case=True)
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer
+    )
+    config = BlipConfig(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        text_config={
+            "vocab_size": len(_VOCAB),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 64,
+            "encoder_hidden_size": 32,
+            "pad_token_id": 0,
+            "bos_token_id": 2,
+            "eos_token_id": 3,
+            "sep_token_id": 3,
+        },
+        projection_dim=32,
+    )
+    torch.manual_seed(0)
+    model = BlipForConditionalGeneration(config).eval()
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    vocab.unlink()
+    return directory

@@ -1,0 +1,405 @@
+"""Attribute captioner arithmetic, without Kafka: colour names, k-means, mask geometry, tokens, prompts."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from PIL import Image, ImageDraw
+
+from schemas.common import SkuMetadata
+from shared.captioning.attributes import (
+    SHAPE_FEATURES,
+    classify_shape,
+    colour_name,
+    colour_spread,
+    convex_hull,
+    describe_product,
+    dominant_colours,
+    kmeans,
+    largest_component,
+    mask_hull_area,
+    mask_problem,
+    polygon_area,
+    shape_features,
+    srgb_to_lab,
+    tilt_degrees,
+    view_of,
+)
+from shared.captioning.fit_shape import CLASSES, evaluate, fit_tree
+from shared.captioning.prompts import (
+    class_noun,
+    compose_caption,
+    compose_tags,
+    instance_token,
+    merge_sentence,
+    sku_prompts,
+)
+from shared.captioning.shape_model import SHAPE_TREE
+from shared.synth import blank_photo, make_product, render_photo
+
+U8 = npt.NDArray[np.uint8]
+
+
+# --- colours -----------------------------------------------------------------------------------
+
+
+def shaded_patch(rgb: tuple[int, int, int], height: int = 96, width: int = 64, *, darkest: float = 0.5) -> U8:
+    """A cylinder-like patch: shading from ``darkest`` to 1.02 across, a specular streak, grain."""
+    x = np.linspace(0.0, 1.0, width, dtype=np.float32)
+    shade = darkest + (1.02 - darkest) * np.clip(np.sin(np.pi * (0.15 + 0.8 * x)), 0.0, 1.0) ** 0.8
+    lit = np.asarray(rgb, dtype=np.float32)[None, None, :] / 255.0 * shade[None, :, None]
+    streak = 0.45 * np.exp(-(((x - 0.3) / 0.04) ** 2))[None, :, None]
+    lit = lit + streak * (1.0 - lit)  # screen blend: highlights whiten without clipping
+    grain = np.random.default_rng(0).uniform(-0.01, 0.01, (height, width, 1)).astype(np.float32)
+    pixels = np.clip(np.broadcast_to(lit, (height, width, 3)) + grain, 0.0, 1.0)
+    return np.round(pixels * 255.0).astype(np.uint8)
+
+
+def full_mask(image: U8) -> U8:
+    return np.full(image.shape[:2], 255, dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("expected", "rgb"),
+    [
+        ("red", (190, 25, 30)),
+        ("orange", (235, 125, 25)),
+        ("yellow", (240, 200, 40)),
+        ("green", (35, 140, 60)),
+        ("blue", (30, 70, 180)),
+        ("purple", (115, 45, 150)),
+        ("pink", (235, 115, 165)),
+        ("brown", (110, 65, 35)),
+        ("white", (238, 238, 234)),
+        ("grey", (128, 128, 130)),
+        ("black", (28, 28, 30)),
+    ],
+)
+def test_a_shaded_surface_is_named_by_its_ink(expected: str, rgb: tuple[int, int, int]) -> None:
+    patch = shaded_patch(rgb)
+    colours = dominant_colours(patch, full_mask(patch))
+    assert colours[0].name == expected, [(c.name, c.share) for c in colours]
+    assert colours[0].share >= 0.75
+
+
+def test_shaded_red_stays_red_not_brown_or_black() -> None:
+    # The dark side of a red can is (95, 12, 15): on its own that pixel looks maroon or black.
+    patch = shaded_patch((190, 25, 30), darkest=0.35)
+    names = [c.name for c in dominant_colours(patch, full_mask(patch))]
+    assert names[0] == "red"
+    assert "brown" not in names and "black" not in names
+
+
+@pytest.mark.parametrize(
+    ("rgb", "expected"),
+    [
+        ((250, 250, 248), "white"),
+        ((200, 200, 200), "white"),
+        ((150, 150, 152), "grey"),
+        ((90, 90, 90), "grey"),
+        ((40, 40, 42), "black"),
+        ((10, 10, 10), "black"),
+    ],
+)
+def test_white_grey_black_are_decided_by_lightness_when_chroma_is_low(
+    rgb: tuple[int, int, int], expected: str
+) -> None:
+    assert colour_name(rgb) == expected
+
+
+def test_shaded_white_stays_white_and_lit_grey_stays_grey() -> None:
+    white = shaded_patch((240, 240, 236), darkest=0.55)
+    grey = shaded_patch((132, 132, 135), darkest=0.55)
+    assert dominant_colours(white, full_mask(white))[0].name == "white"
+    assert dominant_colours(grey, full_mask(grey))[0].name == "grey"
+
+
+def test_colours_are_ordered_by_share_and_only_the_masked_pixels_count() -> None:
+    red = shaded_patch((190, 25, 30), height=70)
+    white = shaded_patch((238, 238, 234), height=30)
+    product = np.concatenate([red, white])  # 70 % red, 30 % white
+    frame = np.zeros((140, 104, 3), dtype=np.uint8)
+    frame[:] = (30, 70, 180)  # a blue backdrop the mask leaves out
+    frame[20:120, 20:84] = product
+    mask = np.zeros(frame.shape[:2], dtype=np.uint8)
+    mask[20:120, 20:84] = 255
+    colours = dominant_colours(frame, mask)
+    assert [c.name for c in colours] == ["red", "white"]
+    assert colours[0].share == pytest.approx(0.7, abs=0.08)
+    assert dominant_colours(frame, np.zeros_like(mask)) == []
+
+
+def test_renderer_photo_main_colour_comes_first_with_its_true_mask() -> None:
+    # The main label colour of a few rendered products, through the exact mask (the session-mask
+    # figures over 50+ products are in test_captioner_accuracy.py).
+    hits = 0
+    for index in range(15):
+        spec = make_product(index, seed=2026)
+        photo = render_photo(spec, 0, seed=2026, size_px=160)
+        hits += dominant_colours(photo.image, photo.mask)[0].name == spec.main_colour
+    assert hits >= 14
+
+
+def test_srgb_to_lab_uint8_fast_path_matches_the_formula_and_known_values() -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, (500, 3), dtype=np.uint8)
+    assert np.allclose(srgb_to_lab(pixels), srgb_to_lab(pixels.astype(np.float32)), atol=1e-3)
+    white, black = srgb_to_lab(np.array([[255, 255, 255], [0, 0, 0]], dtype=np.uint8))
+    assert white == pytest.approx([100.0, 0.0, 0.0], abs=0.05)
+    assert black == pytest.approx([0.0, 0.0, 0.0], abs=0.05)
+
+
+# --- k-means -----------------------------------------------------------------------------------
+
+
+def test_kmeans_is_deterministic_and_finds_separated_clusters() -> None:
+    rng = np.random.default_rng(7)
+    truth = np.array([[20.0, 0.0, 0.0], [60.0, 40.0, -30.0], [90.0, -20.0, 50.0]])
+    points = np.concatenate([centre + rng.normal(0.0, 2.0, (300, 3)) for centre in truth])
+    centres_a, labels_a = kmeans(points, 3)
+    centres_b, labels_b = kmeans(points.copy(), 3)
+    assert np.array_equal(centres_a, centres_b) and np.array_equal(labels_a, labels_b)
+    found = centres_a[np.argsort(centres_a[:, 0])]
+    assert np.allclose(found, truth, atol=1.0)
+    assert len(set(labels_a[:300])) == 1 and len(set(labels_a[300:600])) == 1
+
+
+def test_kmeans_with_fewer_distinct_points_than_k_returns_fewer_centres() -> None:
+    points = np.array([[1.0, 2.0], [1.0, 2.0], [5.0, 5.0]] * 10)
+    centres, labels = kmeans(points, 5)
+    assert centres.shape == (2, 2)
+    assert set(labels.tolist()) == {0, 1}
+    with pytest.raises(ValueError):
+        kmeans(np.zeros((0, 3)), 3)
+
+
+# --- geometry ----------------------------------------------------------------------------------
+
+
+def drawn_mask(polygon: list[tuple[float, float]], size: tuple[int, int] = (200, 200)) -> U8:
+    image = Image.new("L", size, 0)
+    ImageDraw.Draw(image).polygon(polygon, fill=255)
+    return np.asarray(image)
+
+
+def test_rectangle_features() -> None:
+    mask = np.zeros((160, 120), dtype=np.uint8)
+    mask[30:130, 35:85] = 255  # 100 tall, 50 wide
+    features = shape_features(mask)
+    assert set(features) == set(SHAPE_FEATURES)
+    assert features["aspect"] == pytest.approx(0.5)
+    assert features["extent"] == pytest.approx(1.0)
+    assert features["solidity"] == pytest.approx(1.0)
+    assert features["mirror_iou"] == pytest.approx(1.0)
+    assert features["neck"] == pytest.approx(1.0)
+    assert features["top_flatness"] == 1.0 and features["bottom_flatness"] == 1.0
+    assert features["width_trend"] == pytest.approx(0.0)
+
+
+def test_bottle_silhouette_has_a_neck_and_lower_solidity() -> None:
+    mask = np.zeros((160, 120), dtype=np.uint8)
+    mask[20:45, 52:68] = 255  # neck: 16 wide, the top quarter
+    mask[45:120, 40:80] = 255  # body: 40 wide
+    features = shape_features(mask)
+    assert features["neck"] == pytest.approx(16 / 40, abs=0.02)
+    assert features["width_08"] == pytest.approx(16 / 40, abs=0.02)
+    # Hull: the 40x75 body plus a trapezoid from the 16-wide neck top down to the body, 25 tall.
+    hull_area = 40 * 75 + (16 + 40) / 2 * 25
+    assert features["solidity"] == pytest.approx((16 * 25 + 40 * 75) / hull_area, abs=1e-4)
+    assert features["mirror_iou"] > 0.97
+
+
+def test_l_shape_solidity_against_the_monotone_chain_hull() -> None:
+    mask = np.zeros((60, 60), dtype=np.uint8)
+    mask[10:50, 10:30] = 255
+    mask[30:50, 30:50] = 255  # a 40x40 square missing its top-right quarter
+    upright = mask > 0
+    assert mask_hull_area(upright) == pytest.approx(1400.0)  # 1600 minus a 20x20 half-triangle
+    assert shape_features(mask)["solidity"] == pytest.approx(1200 / 1400, abs=1e-6)
+
+
+def test_convex_hull_and_polygon_area() -> None:
+    inside = [(1.0, 1.0), (2.0, 3.0), (3.0, 2.0)]
+    corners = [(0.0, 0.0), (4.0, 0.0), (4.0, 4.0), (0.0, 4.0)]
+    hull = convex_hull(inside + corners + [(2.0, 0.0)])  # a collinear point on an edge is dropped
+    assert sorted(map(tuple, hull.tolist())) == sorted(corners)
+    assert polygon_area(hull) == pytest.approx(16.0)
+    assert polygon_area([(0, 0), (1, 0)]) == 0.0
+
+
+def test_box_in_perspective_is_lopsided_and_called_an_angled_view() -> None:
+    # Front face (30..115), the side face receding up to the right, the top face above both: the
+    # silhouette is a hexagon that is point-symmetric but not mirror-symmetric.
+    box = drawn_mask([(30, 70), (80, 45), (165, 45), (165, 160), (115, 185), (30, 185)])
+    features = shape_features(box)
+    assert features["mirror_iou"] < 0.93
+    assert view_of(0.0, features["mirror_iou"]) == "angled view"
+    front = drawn_mask([(50, 30), (150, 30), (150, 170), (50, 170)])
+    assert view_of(0.0, shape_features(front)["mirror_iou"]) == "front view"
+
+
+def test_tilt_is_measured_and_undone_before_the_features() -> None:
+    image = Image.new("L", (240, 240), 0)
+    ImageDraw.Draw(image).rectangle((95, 60, 145, 180), fill=255)  # 50 wide, 120 tall
+    tilted = np.asarray(image.rotate(-20, resample=Image.Resampling.BILINEAR)) >= 128
+    assert tilt_degrees(tilted) == pytest.approx(20.0, abs=1.5)
+    features = shape_features(tilted)
+    assert features["aspect"] == pytest.approx(50 / 120, abs=0.04)
+    assert features["extent"] > 0.95
+    assert view_of(tilt_degrees(tilted), features["mirror_iou"]) == "tilted front view"
+
+
+def test_largest_component_keeps_the_biggest_blob_only() -> None:
+    mask = np.zeros((50, 50), dtype=np.uint8)
+    mask[5:10, 5:10] = 255
+    mask[20:45, 20:40] = 255
+    blob = largest_component(mask)
+    assert blob.sum() == 25 * 20 and not blob[5:10, 5:10].any()
+    with pytest.raises(ValueError, match="empty"):
+        shape_features(np.zeros((10, 10), dtype=np.uint8))
+
+
+def test_classify_shape_walks_the_tree_and_answers_other_when_unsure() -> None:
+    tree = {
+        "classes": ["can", "bottle"],
+        "min_confidence": 0.7,
+        "nodes": [
+            {"feature": "neck", "threshold": 0.6, "left": 1, "right": 2},
+            {"counts": [1, 9]},
+            {"counts": [6, 4]},
+        ],
+    }
+    assert classify_shape({"neck": 0.3}, tree).shape == "bottle"
+    unsure = classify_shape({"neck": 0.9}, tree)
+    assert unsure.shape == "other" and unsure.confidence == pytest.approx(0.6)
+    assert unsure.probabilities == {"can": 0.6, "bottle": 0.4}
+
+
+def test_committed_tree_reads_only_known_features() -> None:
+    assert SHAPE_TREE["classes"] == list(CLASSES)
+    used = {node["feature"] for node in SHAPE_TREE["nodes"] if "feature" in node}
+    assert used and used <= set(SHAPE_FEATURES)
+
+
+def test_cart_fit_separates_a_toy_problem() -> None:
+    rng = np.random.default_rng(3)
+    features = rng.uniform(0.0, 1.0, (200, len(SHAPE_FEATURES)))
+    labels = (features[:, SHAPE_FEATURES.index("neck")] > 0.5).astype(np.intp)  # class 0 "can", 1 "bottle"
+    nodes = fit_tree(features, labels, max_depth=3, min_leaf=2, n_classes=len(CLASSES))
+    assert nodes[0]["feature"] == "neck" and nodes[0]["threshold"] == pytest.approx(0.5, abs=0.02)
+    tree = {"classes": list(CLASSES), "min_confidence": 0.5, "nodes": nodes}
+    accuracy, confusion = evaluate(tree, features, labels)
+    assert accuracy == 1.0 and sum(map(sum, confusion)) == 200
+
+
+def test_describe_product_on_a_rendered_photo() -> None:
+    spec = make_product(0, seed=2026)
+    photo = render_photo(spec, 0, seed=2026, size_px=192)
+    first = describe_product(photo.image, photo.mask)
+    again = describe_product(photo.image, photo.mask)
+    assert first == again  # deterministic
+    assert first.colour_names[0] == spec.main_colour
+    assert first.shape.shape == spec.shape
+    assert first.mask_fraction == pytest.approx(photo.mask.mean() / 255, abs=1e-4)
+
+
+def test_a_large_photo_is_measured_like_its_smaller_copy() -> None:
+    spec = make_product(3, seed=2026)
+    photo = render_photo(spec, 0, seed=2026, size_px=256)
+    big_image = photo.image.resize((1280, 1280), Image.Resampling.NEAREST)
+    big_mask = np.asarray(Image.fromarray(photo.mask).resize((1280, 1280), Image.Resampling.NEAREST))
+    small, big = describe_product(photo.image, photo.mask), describe_product(big_image, big_mask)
+    assert big.colour_names[0] == small.colour_names[0] == spec.main_colour
+    assert big.shape.shape == small.shape.shape == spec.shape
+    assert big.mask_fraction == pytest.approx(small.mask_fraction, abs=1e-3)
+    with pytest.raises(ValueError, match="mask is"):
+        describe_product(photo.image, big_mask)
+
+
+# --- photos with no product --------------------------------------------------------------------
+
+
+def test_blank_photos_have_no_colour_spread_and_rendered_ones_do() -> None:
+    assert colour_spread(blank_photo(256, "white")) < 1.0
+    assert colour_spread(blank_photo(64, (200, 30, 30))) < 1.0
+    assert colour_spread(render_photo(make_product(1, seed=2026), 0, seed=2026, size_px=128).image) > 10.0
+
+
+def test_mask_problem_thresholds() -> None:
+    mask = np.zeros((100, 100), dtype=np.uint8)
+    assert mask_problem(mask, min_fraction=0.01, max_fraction=0.95) == "no_product_found"
+    mask[:50] = 255
+    assert mask_problem(mask, min_fraction=0.01, max_fraction=0.95) is None
+    mask[:] = 255
+    assert mask_problem(mask, min_fraction=0.01, max_fraction=0.95) == "mask_full_frame"
+
+
+# --- tokens and prompts ------------------------------------------------------------------------
+
+
+def test_instance_token_is_stable_rare_looking_and_unique_over_10000_ids() -> None:
+    assert instance_token("SYN-7-0001") == "umisgzbljmorny"  # fixed forever: LoRA adapters depend on it
+    assert instance_token("SKU-00042") == "gkqirpajykylmi"
+    ids = [f"SKU-{index:05d}" for index in range(5000)] + [
+        f"SYN-{index % 7}-{index:04d}" for index in range(5000)
+    ]
+    tokens = [instance_token(sku_id) for sku_id in ids]
+    assert len(set(ids)) == 10_000
+    assert len(set(tokens)) == 10_000
+    assert all(re.fullmatch(r"[a-z]{14}", token) for token in tokens)
+
+
+def test_sku_prompts() -> None:
+    sku = SkuMetadata(sku_id="SYN-7-0001", name="Fizzo Zero Cherry", category="Soda Can", brand="Fizzo")
+    prompts = sku_prompts(sku)
+    assert prompts.instance_token == "umisgzbljmorny"
+    assert prompts.class_noun == "soda can"
+    assert prompts.instance_prompt == "a photo of umisgzbljmorny soda can"
+    assert prompts.class_prompt == "a photo of a soda can"
+    assert "blurry" in prompts.negative_prompt
+    energy = sku_prompts(sku.model_copy(update={"category": "energy drink can"}))
+    assert energy.class_prompt == "a photo of an energy drink can"
+
+
+@pytest.mark.parametrize(
+    ("category", "noun"),
+    [
+        ("soda can", "soda can"),
+        ("  The Jam-Jar! ", "jam-jar"),
+        ("A Cereal   Box", "cereal box"),
+        ("!!", "product"),
+    ],
+)
+def test_class_noun_keeps_the_category_noun_phrase(category: str, noun: str) -> None:
+    assert class_noun(category) == noun
+
+
+def test_caption_and_tags_say_what_was_measured() -> None:
+    sku = SkuMetadata(
+        sku_id="SYN-7-0001", name="Fizzo Zero Cherry", category="soda can", brand="Fizzo", series="Fizzo Zero"
+    )
+    caption = compose_caption(sku, ["red", "white"], "can", "front view")
+    assert caption == (
+        "a photo of a red and white soda can by Fizzo, Fizzo Zero Cherry, Fizzo Zero series, "
+        "cylindrical can, front view"
+    )
+    assert compose_caption(sku, [], "other", "").startswith("a photo of a soda can by Fizzo")
+    tags = compose_tags(sku, ["red", "white"], "can", "front view")
+    assert tags[:4] == ["red", "white", "red can", "can"]
+    assert {"soda can", "fizzo", "fizzo zero", "front view"} <= set(tags)
+    assert all(tag == tag.lower() and "," not in tag for tag in tags)
+    assert len(tags) == len(set(tags))
+
+
+def test_a_vlm_sentence_cannot_overrule_measured_colours_or_shape() -> None:
+    caption = "a photo of a red soda can by Fizzo"
+    merged = merge_sentence(caption, "a blue bottle on a wooden shelf", ["red"], "can")
+    assert merged == "a photo of a red soda can by Fizzo, a can on a wooden shelf"
+    assert merge_sentence(caption, "an orange box", ["red"], "can").endswith(", a can")
+    assert merge_sentence(caption, "a jar", ["red"], "other").endswith(", a product")
+    assert merge_sentence(caption, "a red can next to a glass", ["red"], "can").endswith(
+        ", a red can next to a glass"
+    )
+    assert merge_sentence(caption, "a photo of a blue", ["red"], "can") == caption

@@ -1,0 +1,109 @@
+"""The BLIP backend end to end with a tiny randomly initialised model: S3 download, load, caption a SKU.
+
+The model is built from a config in the test (hidden size 32, one layer), so its sentences mean
+nothing and are not asserted; what is checked is that the weights come from the configured
+directory or URI only, that every usable photo's caption carries the measured attributes plus the
+model's sentence, and that the same SKU gives the same event twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas.envelope import derive_id
+from schemas.events import SkuCaptioned
+from schemas.topics import SKU_CAPTIONED, SKU_INGESTED
+from services.captioner.config import load_captioner_settings
+from services.captioner.stage import handle, open_models
+from shared.bus import make_envelope
+from shared.captioning.prompts import compose_caption
+from shared.captioning.vlm import VlmModelError, fetch_model_dir, open_vlm
+from shared.config import ConfigError, load_settings
+from shared.store import FileStore, ObjectStore
+from shared.synth import make_product, render_photo
+from tests.support.captioning import committed_matting_model, context, synthetic_sku, tiny_blip_dir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def blip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_blip_dir(tmp_path_factory.mktemp("blip") / "blip-tiny")
+
+
+def upload_dir(store: ObjectStore, directory: Path, prefix: str) -> str:
+    """Copy a local directory into the store under ``prefix``; returns the directory's URI."""
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        store.put_bytes(f"{prefix}/{path.relative_to(directory).as_posix()}", path.read_bytes())
+    return store.uri_for(prefix)
+
+
+def test_vlm_backend_captions_a_sku_from_a_model_on_s3(
+    blip_dir: Path, s3_store: ObjectStore, s3_endpoint: str, tmp_path: Path
+) -> None:
+    model_uri = upload_dir(s3_store, blip_dir, "models/blip-tiny")
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri, s3_endpoint_url=s3_endpoint)
+    options = load_captioner_settings(
+        captioner_backend="vlm",
+        captioner_vlm_model=model_uri,
+        captioner_vlm_cache_dir=str(tmp_path / "cache"),
+        captioner_vlm_max_new_tokens=6,
+        captioner_matting_model=str(committed_matting_model()),
+        captioner_use_gpu=False,
+    )
+    models = open_models(options, settings, store)
+    assert models.vlm is not None
+    assert models.captioner_id.startswith("vlm:blip:blip-tiny@sha256:")
+
+    payload = synthetic_sku(store, 4, seed=2026, photos=2)
+    event = make_envelope(
+        SKU_INGESTED,
+        payload,
+        event_id=derive_id("test", payload.sku.sku_id),
+        sku_id=payload.sku.sku_id,
+        trace_id="trace",
+        producer="test",
+    )
+    ctx = context(store, settings)
+    (emit,) = handle(event, ctx, models=models)
+    assert emit.topic == SKU_CAPTIONED
+    captioned = emit.payload
+    assert isinstance(captioned, SkuCaptioned)
+    usable = [photo for photo in captioned.photos if photo.usable]
+    assert usable, [photo.unusable_reason for photo in captioned.photos]
+    for photo in usable:
+        measured = compose_caption(captioned.sku, photo.colours, photo.shape, photo.view)
+        assert photo.caption.startswith(measured)
+        assert photo.mask is not None and store.read_verified(photo.mask)
+    # Greedy decoding and deterministic measurements: the same SKU, the same event.
+    (again,) = handle(event, ctx, models=models)
+    assert again.payload == captioned
+
+
+def test_model_directory_is_fetched_once_and_reused(blip_dir: Path, tmp_path: Path) -> None:
+    source = FileStore(tmp_path / "models")
+    uri = upload_dir(source, blip_dir, "blip-tiny")
+    first = fetch_model_dir(uri, tmp_path / "cache")
+    assert sorted(p.name for p in first.iterdir() if not p.name.startswith(".")) == sorted(
+        p.name for p in blip_dir.iterdir()
+    )
+    marker_time = (first / ".skuforge-complete.json").stat().st_mtime_ns
+    assert fetch_model_dir(uri, tmp_path / "cache") == first
+    assert (first / ".skuforge-complete.json").stat().st_mtime_ns == marker_time
+    captioner = open_vlm(str(first), cache_dir=None, threads=1, use_gpu=False, max_new_tokens=4)
+    photo = render_photo(make_product(0, seed=2026), 0, seed=2026, size_px=96).image
+    sentences = captioner.describe([photo, photo.rotate(90)])
+    assert len(sentences) == 2 and all(isinstance(s, str) for s in sentences)
+    assert captioner.describe([photo, photo.rotate(90)]) == sentences
+
+
+def test_nothing_is_downloaded_for_a_hub_name_or_an_empty_uri(tmp_path: Path) -> None:
+    with pytest.raises(VlmModelError, match="no BLIP model at"):
+        open_vlm("Salesforce/blip-image-captioning-base", cache_dir=tmp_path, threads=1, use_gpu=False)
+    with pytest.raises(VlmModelError, match=r"no config\.json"):
+        fetch_model_dir((tmp_path / "nothing-here").as_uri(), tmp_path / "cache")
+    with pytest.raises(ConfigError, match="SKUFORGE_CAPTIONER_VLM_MODEL"):
+        load_captioner_settings(captioner_backend="vlm")
