@@ -1,0 +1,84 @@
+"""``skuforge console ...``: the Label Studio hand-off, beside the web console.
+
+* ``export-labelstudio --out tasks.json``  pending items as Label Studio tasks (predicted mask as an
+  RLE brush pre-annotation); ``--config-out`` writes a matching labeling config.
+* ``import-labelstudio export.json``       Label Studio's JSON export back as decisions, published
+  to ``correction.resolved`` (``--no-publish`` leaves them in the outbox for the console's relay).
+
+Both use the console's task table (``SKUFORGE_CONSOLE_DB_PATH``) and the object store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from services.console.config import load_console_settings
+from services.console.labelstudio import LABEL_CONFIG, export_tasks, import_annotations, read_export
+from services.console.relay import DecisionRelay
+from services.console.tasks import TaskFilter, TaskStore
+from shared.config import load_settings
+from shared.errors import TransientError
+from shared.store import open_store
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``skuforge console <action>``."""
+    parser = argparse.ArgumentParser(prog="skuforge console", description="Label Studio hand-off.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    export = sub.add_parser("export-labelstudio", help="write pending items as Label Studio tasks")
+    export.add_argument("--out", type=Path, required=True, help="tasks JSON file to write")
+    export.add_argument("--config-out", type=Path, help="also write a matching labeling config (XML)")
+    export.add_argument(
+        "--image-url",
+        default="{uri}",
+        help="URL template of the image Label Studio loads: {uri}, {key}, {sku_id}, {item_id} "
+        "(default: the object-store URI)",
+    )
+    export.add_argument("--sku", help="only this SKU")
+    export.add_argument("--reason", help="only items flagged with this reason")
+    imp = sub.add_parser("import-labelstudio", help="turn a Label Studio JSON export into decisions")
+    imp.add_argument("export", type=Path, help="Label Studio's JSON export (a list of tasks)")
+    imp.add_argument(
+        "--no-publish", action="store_true", help="record only; the console's relay publishes them later"
+    )
+    args = parser.parse_args(argv)
+
+    settings = load_settings()
+    console = load_console_settings()
+    tasks = TaskStore(console.console_db_path)
+    store = open_store(
+        settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+    )
+
+    if args.action == "export-labelstudio":
+        exported = export_tasks(
+            tasks, store, filters=TaskFilter(sku_id=args.sku, reason=args.reason), image_url=args.image_url
+        )
+        args.out.write_text(json.dumps(exported))
+        if args.config_out:
+            args.config_out.write_text(LABEL_CONFIG)
+        print(json.dumps({"exported": len(exported), "out": str(args.out)}))
+        return 0
+
+    try:
+        export_data = read_export(args.export.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"skuforge console import-labelstudio: cannot read {args.export}: {exc}", file=sys.stderr)
+        return 2
+    outcomes = import_annotations(tasks, store, export_data, lease_s=console.console_lease_s)
+    published = 0
+    if not args.no_publish:
+        relay = DecisionRelay(tasks, settings)
+        try:
+            published = relay.publish_pending()
+        except TransientError as exc:
+            print(f"recorded, not yet published ({exc}); the console's relay will", file=sys.stderr)
+        finally:
+            relay.close()
+    for outcome in outcomes:
+        print(json.dumps(outcome.__dict__))
+    print(json.dumps({"decided": sum(o.outcome != "skipped" for o in outcomes), "published": published}))
+    return 0

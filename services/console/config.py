@@ -1,0 +1,96 @@
+"""Settings of the correction console: environment variables ``SKUFORGE_CONSOLE_*``.
+
+Like the matting stage's, they sit beside the shared ``Settings`` (Kafka, object store, limits),
+with a ``console_`` prefix under ``SKUFORGE_`` so ``describe_validation_error`` names the variables.
+Secrets are ``SecretStr``: ``skuforge config`` never prints them.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.config import ENV_PREFIX, ConfigError, describe_validation_error
+
+_REVIEWER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_USERS_HELP = "expected 'name:password[,name:password...]' (names: letters, digits, '.', '_', '@', '-')"
+
+
+def parse_users(text: str) -> dict[str, str]:
+    """``"alice:s3cret,bob:other"`` → ``{"alice": "s3cret", "bob": "other"}``; ValueError says why not."""
+    users: dict[str, str] = {}
+    for entry in text.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, sep, password = entry.partition(":")
+        if not sep or not _REVIEWER.match(name) or not password:
+            raise ValueError(_USERS_HELP)
+        if name in users:
+            raise ValueError(f"reviewer {name!r} is listed twice")
+        users[name] = password
+    return users
+
+
+class ConsoleSettings(BaseSettings):
+    """Where the console keeps its tasks, who may log in, and how long a claim lasts."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    console_db_path: str = Field(
+        default="./var/console/tasks.sqlite3",
+        min_length=1,
+        description="SQLite task table (WAL mode); a restart loses nothing that was consumed",
+    )
+    console_host: str = Field(default="127.0.0.1", description="address the console's web server binds")
+    console_port: int = Field(default=8087, ge=0, le=65535, description="port of the console's web pages")
+    console_users: SecretStr | None = Field(
+        default=None,
+        description="reviewers and passwords, 'name:password,name2:password2'; required to serve",
+    )
+    console_session_secret: SecretStr | None = Field(
+        default=None,
+        description="key that signs login cookies; unset = random per process (restart logs everyone out)",
+    )
+    console_session_ttl_s: int = Field(
+        default=12 * 3600, ge=60, description="a login lasts this long, then the reviewer logs in again"
+    )
+    console_cookie_secure: bool = Field(
+        default=False, description="mark cookies Secure (set it when the console is served over HTTPS)"
+    )
+    console_lease_s: float = Field(
+        default=300.0,
+        ge=5.0,
+        description="a claim lasts this long unless the item page renews it; then the item returns",
+    )
+    console_intake: bool = Field(
+        default=True,
+        description="consume correction.pending into the task table inside `serve console` (a thread)",
+    )
+    console_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="port of /metrics, /healthz, /readyz; unset = SKUFORGE_METRICS_PORT or 9107",
+    )
+
+    @field_validator("console_users")
+    @classmethod
+    def _users_parse(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_users(value.get_secret_value())
+        return value
+
+    def users(self) -> dict[str, str]:
+        """Reviewer name → password; empty when none is configured."""
+        return parse_users(self.console_users.get_secret_value()) if self.console_users else {}
+
+
+def load_console_settings(**overrides: object) -> ConsoleSettings:
+    """Read the console settings from the environment (and overrides); errors name the variable."""
+    try:
+        return ConsoleSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None

@@ -1,0 +1,121 @@
+"""Turning a reviewer's action into a ``correction.resolved`` payload.
+
+The final mask of each decision:
+
+* ``approve_predicted`` the matting model's mask (``pending.matted.predicted_mask``)
+* ``approve_expected``  the generator's mask (``pending.matted.generated.expected_mask``)
+* ``approve_edited``    the reviewer's mask, checked (a PNG/BMP/TIFF/WebP at the generated image's
+                        size), thresholded to 0/255 and stored as
+                        ``masks/corrected/<sku_id>/<item_id>.png`` (a re-decision overwrites it)
+* ``reject``            no mask; a reason is required
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import numpy as np
+import numpy.typing as npt
+
+from schemas.common import ImageRef
+from schemas.events import CorrectionResolved, Decision
+from services.console.tasks import Task
+from shared.errors import ImageRejected
+from shared.images import decode_mask
+from shared.store import ObjectStore
+
+DECISIONS: tuple[Decision, ...] = ("approve_predicted", "approve_expected", "approve_edited", "reject")
+# Offered on the item page; any other short printable reason is accepted too.
+REJECT_REASONS: tuple[str, ...] = (
+    "wrong_product",
+    "generation_artefacts",
+    "product_cut_off",
+    "unusable_image",
+    "other",
+)
+MAX_REASON_CHARS = 200
+_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]+$")
+
+
+class DecisionInvalid(ValueError):
+    """The request does not describe a valid decision; the message says what to change."""
+
+
+def corrected_mask_key(task: Task) -> str:
+    """Object key of a reviewer's mask for ``task``."""
+    return f"masks/corrected/{task.sku_id}/{task.item_id}.png"
+
+
+def check_reject_reason(reason: str | None) -> str:
+    """A non-empty, single-line reason of at most MAX_REASON_CHARS characters."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise DecisionInvalid("a rejection needs a reason")
+    if len(reason) > MAX_REASON_CHARS:
+        raise DecisionInvalid(f"the reason is {len(reason)} characters; at most {MAX_REASON_CHARS}")
+    if not _PRINTABLE.match(reason):
+        raise DecisionInvalid("the reason contains control characters")
+    return reason
+
+
+def read_edited_mask(data: bytes, task: Task, *, max_pixels: int, max_bytes: int) -> npt.NDArray[np.uint8]:
+    """Decode an uploaded mask and check it has the generated image's size."""
+    try:
+        mask = decode_mask(data, max_pixels=max_pixels, max_bytes=max_bytes)
+    except ImageRejected as exc:
+        raise DecisionInvalid(f"the mask is not acceptable ({exc.reason}): {exc}") from exc
+    image = task.pending.matted.generated.image
+    height, width = mask.shape
+    if (width, height) != (image.width, image.height):
+        raise DecisionInvalid(
+            f"the mask is {width}x{height}; the generated image is {image.width}x{image.height}"
+        )
+    return mask
+
+
+def store_edited_mask(store: ObjectStore, task: Task, mask: npt.NDArray[np.uint8]) -> ImageRef:
+    """Write the reviewer's mask to the object store; returns its reference for the decision."""
+    return store.put_image(corrected_mask_key(task), mask)
+
+
+def resolve(
+    task: Task,
+    *,
+    decision: Decision,
+    reviewer: str,
+    decided_at: float,
+    edited_mask: ImageRef | None = None,
+    reject_reason: str | None = None,
+) -> CorrectionResolved:
+    """The ``correction.resolved`` payload of a decision (validated: mask and reason as required)."""
+    matted = task.pending.matted
+    final_mask: ImageRef | None
+    if decision == "approve_predicted":
+        final_mask = matted.predicted_mask
+    elif decision == "approve_expected":
+        final_mask = matted.generated.expected_mask
+    elif decision == "approve_edited":
+        if edited_mask is None:
+            raise DecisionInvalid("approve_edited needs the edited mask")
+        final_mask = edited_mask
+    elif decision == "reject":
+        final_mask = None
+        reject_reason = check_reject_reason(reject_reason)
+    else:  # pragma: no cover - Decision is a Literal, the web layer validates it
+        raise DecisionInvalid(f"unknown decision {decision!r}; expected one of {', '.join(DECISIONS)}")
+    if decision != "reject" and reject_reason:
+        raise DecisionInvalid("only a rejection takes a reason")
+    return CorrectionResolved(
+        pending=task.pending,
+        decision=decision,
+        final_mask=final_mask,
+        reject_reason=reject_reason if decision == "reject" else None,
+        reviewer=reviewer,
+        decided_at=datetime.fromtimestamp(decided_at, UTC),
+    )
+
+
+def mask_from_ref(store: ObjectStore, ref: ImageRef) -> npt.NDArray[np.uint8]:
+    """A stored mask as 0/255 uint8, read with its checksum verified (BadInput if it cannot be)."""
+    return decode_mask(store.read_verified(ref))

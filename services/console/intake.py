@@ -1,0 +1,55 @@
+"""Intake: ``correction.pending`` → the console's task table.
+
+A stage on the shared runtime (``shared/runtime.py``) whose handler inserts the event into
+SQLite and emits nothing; the runtime commits the offset only after the insert returned, so a
+crash redelivers and the insert (keyed by the event id) ignores the copy. It runs as a thread
+inside ``skuforge serve console`` (``SKUFORGE_CONSOLE_INTAKE=true``, the default), or alone
+with ``skuforge run console-intake`` beside a console started with the intake turned off: both
+share the SQLite file.
+
+Bad input: what the runtime refuses (not JSON, wrong schema) goes to ``correction.pending.v1.dlq``.
+A locked or unwritable table is a ``TransientError``: the partition pauses and retries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.envelope import Envelope
+from schemas.events import CorrectionPending
+from schemas.topics import CORRECTION_PENDING
+from services.console.config import ConsoleSettings, load_console_settings
+from services.console.tasks import TaskStore
+from shared.runtime import Context, Emit, Stage, run_stage
+
+STAGE_NAME = "console-intake"
+DEFAULT_METRICS_PORT = 9107
+
+
+def handle(event: Envelope[CorrectionPending], ctx: Context, *, tasks: TaskStore) -> list[Emit]:
+    """Queue the flagged item for review (a redelivered event is already queued and is ignored)."""
+    added = tasks.add_pending(event)
+    ctx.log.info("task queued" if added else "task already queued", extra={"task_id": event.event_id})
+    return []
+
+
+def build_intake_stage(tasks: TaskStore, **kwargs: Any) -> Stage:
+    """The intake stage writing into ``tasks`` (kwargs go to Stage: settings, store...)."""
+    kwargs.setdefault("default_metrics_port", DEFAULT_METRICS_PORT)
+    stage = Stage(STAGE_NAME, **kwargs)
+
+    @stage.handler(CORRECTION_PENDING)
+    def _handle(event: Envelope[Any], ctx: Context) -> list[Emit]:
+        return handle(event, ctx, tasks=tasks)
+
+    return stage
+
+
+def main(console: ConsoleSettings | None = None) -> int:
+    """``skuforge run console-intake``: consume into the table at SKUFORGE_CONSOLE_DB_PATH until SIGTERM."""
+    console = console or load_console_settings()
+    return run_stage(build_intake_stage(TaskStore(console.console_db_path)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

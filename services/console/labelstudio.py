@@ -1,0 +1,316 @@
+"""Label Studio hand-off: pending items out as tasks with a brush pre-annotation, annotations back in.
+
+``export_tasks`` writes one Label Studio task per pending item: the generated image's URL, the
+console's ids in ``data``, and the predicted mask as a ``brushlabels`` prediction in Label Studio's
+``rle`` format. ``import_annotations`` reads Label Studio's JSON export: an annotation whose
+``decision`` choice is ``reject`` rejects the item (reason from the ``reason`` text area), one with
+brush results approves the union of its strokes as an edited mask. Both go through the same task
+table, audit and outbox as the web page's decisions, under the reviewer ``labelstudio:<annotator>``.
+
+The RLE is Label Studio's brush format (label-studio-converter ``brush.py``, itself thi.ng's
+rle-pack): the mask is flattened as RGBA (each pixel's value repeated in 4 channels), then a bit
+stream of a 32-bit value count, a 5-bit word size minus one (8 bits → 7), four 4-bit run-length
+field sizes minus one (3, 4, 8, 16), and per run either ``0`` + size index + (count-1) + that many
+words, or ``1`` + size index + (count-1) + one repeated word; padded to whole bytes, as a list of ints.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from schemas.common import ImageRef
+from services.console.decisions import (
+    DecisionInvalid,
+    check_reject_reason,
+    mask_from_ref,
+    resolve,
+    store_edited_mask,
+)
+from services.console.tasks import PENDING, Task, TaskConflict, TaskFilter, TaskNotFound, TaskStore
+from shared.store import ObjectStore
+
+WORD_SIZE = 8
+RLE_SIZES = (3, 4, 8, 16)
+FROM_NAME = "mask"
+TO_NAME = "image"
+LABEL = "product"
+# A labeling config matching the exported tasks (``--config-out`` writes it).
+LABEL_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="mask" toName="image">
+    <Label value="product" background="#3b82f6"/>
+  </BrushLabels>
+  <Choices name="decision" toName="image" choice="single" showInline="true">
+    <Choice value="approve"/>
+    <Choice value="reject"/>
+  </Choices>
+  <TextArea name="reason" toName="image" placeholder="why rejected" maxSubmissions="1"/>
+</View>
+"""
+
+
+# -- Label Studio's brush RLE ---------------------------------------------------------------
+
+
+def encode_rle(values: npt.NDArray[np.uint8]) -> list[int]:
+    """Encode a flat uint8 array in Label Studio's ``rle`` format (byte-compatible with its converter)."""
+    flat = np.asarray(values, dtype=np.uint8).ravel()
+    bits: list[str] = [f"{flat.size:032b}", f"{WORD_SIZE - 1:05b}", *(f"{s - 1:04b}" for s in RLE_SIZES)]
+    if flat.size:
+        change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        starts = np.concatenate(([0], change))
+        lengths = np.diff(np.concatenate((starts, [flat.size])))
+        for start, length in zip(starts.tolist(), lengths.tolist(), strict=True):
+            word = f"{int(flat[start]):08b}"
+            if length == 1:
+                bits.append("0" + "00" + "000" + word)
+                continue
+            if length > 2**8:
+                # Long runs: 16-bit counts only, the remainder too (as the converter does).
+                while length > 2**16:
+                    bits.append("1" + "11" + f"{2**16 - 1:016b}" + word)
+                    length -= 2**16
+                bits.append("1" + "11" + f"{length - 1:016b}" + word)
+                continue
+            for index, size in enumerate(RLE_SIZES[:3]):
+                if length <= 2**size:
+                    bits.append("1" + f"{index:02b}" + f"{length - 1:0{size}b}" + word)
+                    break
+    stream = "".join(bits)
+    # The converter always pads with 8 - len % 8 zero bits (a whole zero byte when already aligned).
+    stream += "0" * (8 - len(stream) % 8)
+    return [int(stream[i : i + 8], 2) for i in range(0, len(stream), 8)]
+
+
+class _BitReader:
+    def __init__(self, data: bytes) -> None:
+        self._bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+        self._pos = 0
+
+    def read(self, count: int) -> int:
+        end = self._pos + count
+        if end > self._bits.size:
+            raise ValueError("RLE data ends early")
+        value = 0
+        for bit in self._bits[self._pos : end].tolist():
+            value = (value << 1) | bit
+        self._pos = end
+        return value
+
+
+def decode_rle(rle: Iterable[int], *, max_values: int = 4 * 40_000_000) -> npt.NDArray[np.uint8]:
+    """Decode Label Studio's ``rle`` into the flat uint8 array it encodes; ValueError if malformed."""
+    data = bytes(rle)
+    reader = _BitReader(data)
+    count = reader.read(32)
+    if count > max_values:
+        raise ValueError(f"RLE declares {count} values; at most {max_values} are allowed")
+    word_size = reader.read(5) + 1
+    sizes = [reader.read(4) + 1 for _ in range(4)]
+    out = np.zeros(count, dtype=np.uint8)
+    i = 0
+    while i < count:
+        repeated = reader.read(1)
+        end = i + 1 + reader.read(sizes[reader.read(2)])
+        if end > count:
+            raise ValueError("RLE run goes past the declared length")
+        if repeated:
+            out[i:end] = reader.read(word_size)
+            i = end
+        else:
+            while i < end:
+                out[i] = reader.read(word_size)
+                i += 1
+    return out
+
+
+def mask_to_rle(mask: npt.NDArray[np.uint8]) -> list[int]:
+    """A HxW 0/255 mask as Label Studio brush RLE (RGBA: the value in every channel)."""
+    if mask.ndim != 2:
+        raise ValueError("mask must be a HxW array")
+    return encode_rle(np.repeat(mask.astype(np.uint8).ravel(), 4))
+
+
+def rle_to_mask(rle: Iterable[int], width: int, height: int) -> npt.NDArray[np.uint8]:
+    """Label Studio brush RLE → HxW 0/255 mask (alpha channel, thresholded at 128)."""
+    flat = decode_rle(rle, max_values=4 * width * height)
+    if flat.size != 4 * width * height:
+        raise ValueError(f"RLE holds {flat.size // 4} pixels; the image has {width}x{height}")
+    alpha = flat.reshape(height, width, 4)[:, :, 3]
+    return np.where(alpha >= 128, np.uint8(255), np.uint8(0)).astype(np.uint8)
+
+
+# -- export / import -------------------------------------------------------------------------
+
+
+def _image_url(template: str, ref: ImageRef, store: ObjectStore, sku_id: str, item_id: str) -> str:
+    key = store.key_for(ref.uri)
+    return template.format(uri=ref.uri, key=key, sku_id=sku_id, item_id=item_id)
+
+
+def export_tasks(
+    tasks: TaskStore,
+    store: ObjectStore,
+    *,
+    filters: TaskFilter = PENDING,
+    image_url: str = "{uri}",
+    limit: int = 10_000,
+) -> list[dict[str, Any]]:
+    """Label Studio tasks for the queue's items (pending by default), predicted mask pre-annotated.
+
+    ``image_url`` is a template for the image Label Studio loads: ``{uri}``, ``{key}`` (object key),
+    ``{sku_id}``, ``{item_id}``; e.g. ``https://images.example/{key}``.
+    """
+    exported = []
+    for task in tasks.query(filters, limit=limit):
+        matted = task.pending.matted
+        image = matted.generated.image
+        predicted = mask_from_ref(store, matted.predicted_mask)
+        exported.append(
+            {
+                "data": {
+                    TO_NAME: _image_url(image_url, image, store, task.sku_id, task.item_id),
+                    "skuforge_task_id": task.task_id,
+                    "sku_id": task.sku_id,
+                    "item_id": task.item_id,
+                    "iou": task.iou,
+                    "reasons": ", ".join(task.reasons),
+                },
+                "predictions": [
+                    {
+                        "model_version": matted.matting_model_id,
+                        "score": task.iou,
+                        "result": [
+                            {
+                                "id": f"predicted-{task.item_id}"[:64],
+                                "from_name": FROM_NAME,
+                                "to_name": TO_NAME,
+                                "type": "brushlabels",
+                                "original_width": image.width,
+                                "original_height": image.height,
+                                "image_rotation": 0,
+                                "value": {
+                                    "format": "rle",
+                                    "rle": mask_to_rle(predicted),
+                                    "brushlabels": [LABEL],
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    return exported
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    """What happened to one Label Studio task on import."""
+
+    task_id: str
+    outcome: str  # approve_edited, reject, skipped
+    detail: str = ""
+
+
+def _annotator(annotation: dict[str, Any]) -> str:
+    who = annotation.get("completed_by")
+    if isinstance(who, dict):
+        who = who.get("email") or who.get("id")
+    text = str(who) if who not in (None, "") else "unknown"
+    return "labelstudio:" + "".join(ch for ch in text if ch.isprintable())[:64]
+
+
+def _decision_of(annotation: dict[str, Any], width: int, height: int) -> tuple[str, Any]:
+    """('reject', reason) or ('approve_edited', mask) or ('skipped', why) for one annotation."""
+    results = annotation.get("result") or []
+    choices = [
+        choice
+        for item in results
+        if item.get("type") == "choices" and item.get("from_name") == "decision"
+        for choice in item.get("value", {}).get("choices", [])
+    ]
+    if "reject" in choices:
+        texts = [
+            text
+            for item in results
+            if item.get("type") == "textarea"
+            for text in item.get("value", {}).get("text", [])
+        ]
+        return "reject", " ".join(texts).strip() or "rejected in Label Studio"
+    brushes = [
+        item
+        for item in results
+        if item.get("type") == "brushlabels" and item.get("value", {}).get("format") == "rle"
+    ]
+    if not brushes:
+        return "skipped", "no brush mask and no reject choice"
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for item in brushes:
+        mask |= rle_to_mask(item["value"]["rle"], width, height)
+    return "approve_edited", mask
+
+
+def import_annotations(
+    tasks: TaskStore, store: ObjectStore, export: list[dict[str, Any]], *, lease_s: float = 300.0
+) -> list[ImportOutcome]:
+    """Record Label Studio's annotations as decisions (table, audit, outbox); publish them afterwards."""
+    outcomes: list[ImportOutcome] = []
+    for entry in export:
+        data = entry.get("data") or {}
+        task_id = str(data.get("skuforge_task_id", ""))
+        annotations = [a for a in entry.get("annotations") or [] if not a.get("was_cancelled")]
+        if not annotations:
+            outcomes.append(ImportOutcome(task_id, "skipped", "no annotation"))
+            continue
+        annotation = max(annotations, key=lambda a: str(a.get("updated_at") or a.get("created_at") or ""))
+        try:
+            outcomes.append(_import_one(tasks, store, tasks.get(task_id), annotation, lease_s))
+        except (TaskNotFound, TaskConflict, DecisionInvalid, ValueError) as exc:
+            outcomes.append(ImportOutcome(task_id, "skipped", f"{type(exc).__name__}: {exc}"))
+    return outcomes
+
+
+def _import_one(
+    tasks: TaskStore, store: ObjectStore, task: Task, annotation: dict[str, Any], lease_s: float
+) -> ImportOutcome:
+    reviewer = _annotator(annotation)
+    image = task.pending.matted.generated.image
+    decision, value = _decision_of(annotation, image.width, image.height)
+    if decision == "skipped":
+        return ImportOutcome(task.task_id, "skipped", str(value))
+    tasks.claim(task.task_id, reviewer, lease_s)
+    if decision == "reject":
+        reason = check_reject_reason(str(value)[:200])
+        tasks.decide(
+            task.task_id,
+            reviewer,
+            "reject",
+            lambda held, at: resolve(
+                held, decision="reject", reviewer=reviewer, decided_at=at, reject_reason=reason
+            ),
+        )
+        return ImportOutcome(task.task_id, "reject", reason)
+    edited = store_edited_mask(store, task, value)
+    tasks.decide(
+        task.task_id,
+        reviewer,
+        "approve_edited",
+        lambda held, at: resolve(
+            held, decision="approve_edited", reviewer=reviewer, decided_at=at, edited_mask=edited
+        ),
+    )
+    return ImportOutcome(task.task_id, "approve_edited", edited.uri)
+
+
+def read_export(text: str) -> list[dict[str, Any]]:
+    """Parse Label Studio's JSON export (a list of tasks); ValueError with the reason otherwise."""
+    data = json.loads(text)
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise ValueError("expected Label Studio's JSON export: a list of task objects")
+    return data

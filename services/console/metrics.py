@@ -1,0 +1,68 @@
+"""The console's Prometheus metrics: queue depth, decisions by action, time to decision."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from services.console.tasks import TaskStore
+
+# A review takes seconds to minutes; an item may wait in the queue for days.
+DECISION_SECONDS_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+_H = 3600.0
+TASK_AGE_SECONDS_BUCKETS = (60.0, 300.0, 900.0, _H, 4 * _H, 12 * _H, 24 * _H, 72 * _H, 168 * _H)
+
+
+class _QueueCollector(Collector):
+    """Reads the task table at scrape time, so the gauges are never stale."""
+
+    def __init__(self, tasks: TaskStore) -> None:
+        self._tasks = tasks
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "skuforge_console_tasks", "Tasks in the console's table, by state.", labels=["state"]
+        )
+        for state, count in self._tasks.counts().items():
+            depth.add_metric([state], count)
+        yield depth
+        outbox = GaugeMetricFamily(
+            "skuforge_console_unpublished_decisions",
+            "Decisions recorded but not yet acknowledged by the broker.",
+        )
+        outbox.add_metric([], len(self._tasks.unpublished(limit=10_000)))
+        yield outbox
+
+
+class ConsoleMetrics:
+    """Registered into ``registry`` (the intake stage's, so one /metrics serves both)."""
+
+    def __init__(self, tasks: TaskStore, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.registry.register(_QueueCollector(tasks))
+        self.decisions = Counter(
+            "skuforge_console_decisions_total",
+            "Decisions by action (approve_predicted, approve_expected, approve_edited, reject).",
+            ["action"],
+            registry=self.registry,
+        )
+        self.decision_seconds = Histogram(
+            "skuforge_console_decision_seconds",
+            "Seconds from a reviewer's claim to their decision (time to decision).",
+            buckets=DECISION_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.task_age_seconds = Histogram(
+            "skuforge_console_task_age_seconds",
+            "Seconds from an item's arrival in the queue to its decision.",
+            buckets=TASK_AGE_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.published = Counter(
+            "skuforge_console_published_total",
+            "correction.resolved events acknowledged by the broker.",
+            registry=self.registry,
+        )

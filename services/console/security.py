@@ -1,0 +1,109 @@
+"""Login sessions and cross-site request protection for the console.
+
+* **Login**: reviewer name and password, checked against ``SKUFORGE_CONSOLE_USERS`` in constant
+  time. The session is an HMAC-signed cookie (HttpOnly, SameSite=Strict, Secure when configured)
+  carrying the reviewer, an expiry and the session's CSRF token; nothing is served without it.
+* **CSRF**: every state-changing request must carry the session's token, in the ``X-CSRF-Token``
+  header (JavaScript) or a ``csrf_token`` form field (forms), and, when the browser sends an
+  ``Origin``, come from the console's own origin. The login form, which has no session yet, uses
+  a double-submit nonce instead (cookie + form field).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+SESSION_COOKIE = "skuforge_console"
+LOGIN_COOKIE = "skuforge_console_login"
+CSRF_HEADER = "x-csrf-token"
+CSRF_FIELD = "csrf_token"
+_SAFE_NEXT = re.compile(r"^/(?!/)[A-Za-z0-9/_.?=&%-]*$")
+
+
+@dataclass(frozen=True)
+class Session:
+    """A logged-in reviewer."""
+
+    reviewer: str
+    csrf_token: str
+    expires_at: float
+
+
+class SessionSigner:
+    """Makes and checks session cookies signed with ``secret``."""
+
+    def __init__(self, secret: bytes, ttl_s: int) -> None:
+        if len(secret) < 16:
+            raise ValueError("the session secret must be at least 16 bytes")
+        self._secret = secret
+        self.ttl_s = ttl_s
+
+    def _mac(self, body: bytes) -> str:
+        return hmac.new(self._secret, body, hashlib.sha256).hexdigest()
+
+    def issue(self, reviewer: str, now: float | None = None) -> tuple[str, Session]:
+        """A new cookie value and the session it carries (with a fresh CSRF token)."""
+        session = Session(
+            reviewer=reviewer,
+            csrf_token=secrets.token_urlsafe(32),
+            expires_at=(now if now is not None else time.time()) + self.ttl_s,
+        )
+        body = base64.urlsafe_b64encode(
+            json.dumps({"r": session.reviewer, "c": session.csrf_token, "e": session.expires_at}).encode()
+        )
+        return f"{body.decode()}.{self._mac(body)}", session
+
+    def verify(self, cookie: str | None, now: float | None = None) -> Session | None:
+        """The session of a cookie, or None when it is missing, forged, malformed or expired."""
+        if not cookie or "." not in cookie:
+            return None
+        body_text, _, mac = cookie.rpartition(".")
+        body = body_text.encode()
+        if not hmac.compare_digest(mac, self._mac(body)):
+            return None
+        try:
+            data = json.loads(base64.urlsafe_b64decode(body))
+            session = Session(reviewer=str(data["r"]), csrf_token=str(data["c"]), expires_at=float(data["e"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+        if session.expires_at <= (now if now is not None else time.time()):
+            return None
+        return session
+
+
+def check_password(users: dict[str, str], reviewer: str, password: str) -> bool:
+    """Whether ``password`` is ``reviewer``'s; compares in constant time, also for unknown names."""
+    expected = users.get(reviewer)
+    candidate = password.encode()
+    if expected is None:
+        hmac.compare_digest(candidate, candidate)
+        return False
+    return hmac.compare_digest(candidate, expected.encode())
+
+
+def tokens_match(expected: str | None, given: str | None) -> bool:
+    """Constant-time comparison of two tokens; missing is never a match."""
+    if not expected or not given:
+        return False
+    return hmac.compare_digest(expected.encode(), given.encode())
+
+
+def same_origin(origin: str | None, scheme: str, host: str | None) -> bool:
+    """Whether a request's ``Origin`` header (if any) is the console's own origin."""
+    if origin is None:
+        return True  # same-origin GET-less forms in some browsers; the token is still required
+    return origin == f"{scheme}://{host}"
+
+
+def safe_next(target: str | None) -> str:
+    """A local path to go to after login; anything else (other sites, odd characters) goes to '/'."""
+    if target and _SAFE_NEXT.match(target):
+        return target
+    return "/"

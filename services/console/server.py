@@ -1,0 +1,162 @@
+"""``skuforge serve console``: the web application, the intake thread and the decision relay.
+
+One process, three threads besides the web server's:
+
+* **intake** (``intake.py``, unless ``SKUFORGE_CONSOLE_INTAKE=false``): the shared stage runtime
+  consuming ``correction.pending`` into the SQLite task table; restarted with back-off if it fails
+  (for example when the broker is unreachable at start), while the pages keep working.
+* **relay** (``relay.py``): publishes recorded decisions to ``correction.resolved``.
+* **health**: ``/metrics`` (the intake's runtime metrics and the console's), ``/healthz``,
+  ``/readyz`` (the intake joined its group) on ``SKUFORGE_CONSOLE_METRICS_PORT`` (default 9107).
+* **web** (uvicorn): the pages and API of ``app.py``, on ``SKUFORGE_CONSOLE_HOST:PORT``.
+
+SIGTERM stops uvicorn (it finishes open requests), then the intake commits and stops and the
+relay publishes what is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+
+import uvicorn
+from fastapi import FastAPI
+
+from services.console.app import Console, create_app, make_signer
+from services.console.config import ConsoleSettings, load_console_settings
+from services.console.intake import DEFAULT_METRICS_PORT, build_intake_stage
+from services.console.metrics import ConsoleMetrics
+from services.console.relay import DecisionRelay
+from services.console.tasks import TaskStore
+from shared.config import ConfigError, Settings, load_settings
+from shared.observability import HealthServer, configure_logging
+from shared.runtime import Stage
+from shared.store import ObjectStore, open_store
+
+log = logging.getLogger("skuforge.console")
+
+
+class ConsoleService:
+    """The console's parts, started and stopped together (``serve console`` and the browser tests)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        console: ConsoleSettings,
+        *,
+        store: ObjectStore | None = None,
+        tasks: TaskStore | None = None,
+    ) -> None:
+        if not console.users():
+            raise ConfigError(
+                "SKUFORGE_CONSOLE_USERS is unset: set it to 'name:password[,name:password...]' "
+                "so reviewers can log in"
+            )
+        self.settings = settings
+        self.console_settings = console
+        self.store = store or open_store(
+            settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+        )
+        self.tasks = tasks or TaskStore(console.console_db_path)
+        metrics_port = console.console_metrics_port
+        if metrics_port is None:
+            metrics_port = DEFAULT_METRICS_PORT if settings.metrics_port is None else settings.metrics_port
+        self.intake: Stage | None = None
+        if console.console_intake:
+            self.intake = build_intake_stage(self.tasks, settings=settings, store=self.store)
+            # One /metrics for both: the intake's runtime metrics and the console's.
+            self.metrics = ConsoleMetrics(self.tasks, self.intake.metrics.registry)
+        else:
+            self.metrics = ConsoleMetrics(self.tasks)
+        self.health = HealthServer(
+            self.metrics.registry, host=settings.metrics_host, port=metrics_port, ready=self._ready
+        )
+        self.relay = DecisionRelay(self.tasks, settings, self.metrics, heartbeat=self.health.beat)
+        self.console = Console(
+            tasks=self.tasks,
+            store=self.store,
+            settings=settings,
+            console=console,
+            metrics=self.metrics,
+            signer=make_signer(console),
+            relay=self.relay,
+        )
+        self.app: FastAPI = create_app(self.console)
+        self._intake_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def _ready(self) -> bool:
+        return self.intake is None or self.intake.ready()
+
+    def _run_intake(self, stage: Stage) -> None:
+        """Run the intake; if it fails (broker unreachable at start...), log and start it again."""
+        backoff_s = self.settings.retry_backoff_initial_s
+        while not self._stopping.is_set():
+            try:
+                stage.run(install_signal_handlers=False, serve_health=False)
+                return
+            except Exception:
+                log.exception("console intake failed; restarting", extra={"retry_in_s": backoff_s})
+            self._stopping.wait(backoff_s)
+            backoff_s = min(self.settings.retry_backoff_max_s, backoff_s * 2)
+
+    def start_background(self) -> None:
+        """Start the metrics server, the intake (if enabled) and the relay."""
+        self.health.start()
+        if self.intake is not None:
+            stage = self.intake
+            self._intake_thread = threading.Thread(
+                target=self._run_intake, args=(stage,), name="console-intake", daemon=True
+            )
+            self._intake_thread.start()
+        self.relay.start()
+
+    def stop_background(self) -> None:
+        """Stop the intake (it commits what it consumed), then the relay (it publishes what is left)."""
+        self._stopping.set()
+        if self.intake is not None:
+            self.intake.stop()
+        if self._intake_thread is not None:
+            self._intake_thread.join(timeout=60)
+        self.relay.stop()
+        self.health.stop()
+
+    def uvicorn_server(self, host: str | None = None, port: int | None = None) -> uvicorn.Server:
+        """A uvicorn server for the app (``run()`` blocks; signals are handled in the main thread)."""
+        config = uvicorn.Config(
+            self.app,
+            host=host or self.console_settings.console_host,
+            port=self.console_settings.console_port if port is None else port,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,
+        )
+        return uvicorn.Server(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the console until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(
+        prog="skuforge serve console",
+        description="Serve the correction console (pages, API) with its intake of correction.pending "
+        "and its publisher of correction.resolved. Settings: SKUFORGE_CONSOLE_*.",
+    )
+    parser.add_argument("--host", default=None, help="bind address (default SKUFORGE_CONSOLE_HOST)")
+    parser.add_argument("--port", type=int, default=None, help="port (default SKUFORGE_CONSOLE_PORT)")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    console = load_console_settings()
+    service = ConsoleService(settings, console)
+    configure_logging(settings.log_level, settings.log_format)
+    server = service.uvicorn_server(args.host, args.port)
+    service.start_background()
+    log.info(
+        "console serving",
+        extra={"host": server.config.host, "port": server.config.port, "db": console.console_db_path},
+    )
+    try:
+        server.run()
+    finally:
+        service.stop_background()
+    return 0

@@ -1,0 +1,354 @@
+// Item page: overlays, mask editing at the image's resolution, decisions, keyboard shortcuts.
+// Masks live in Uint8Arrays of width*height (0 or 255); the overlay canvas has the image's own
+// size and is only scaled by CSS, so one mask pixel is one image pixel.
+"use strict";
+
+(() => {
+  const page = JSON.parse(document.getElementById("task-data").textContent);
+  const W = page.width;
+  const H = page.height;
+  const $ = (id) => document.getElementById(id);
+  const overlay = $("overlay");
+  const ctx = overlay.getContext("2d");
+  const status = $("status");
+
+  const masks = { predicted: null, expected: null, edited: null };
+  const colours = { predicted: [239, 68, 68], expected: [34, 197, 94], edited: [59, 130, 246] };
+  const undoStack = [];
+  const redoStack = [];
+  const MAX_UNDO = 50;
+  let edited = false; // has the reviewer painted (or loaded another start mask)?
+  let busy = false;
+
+  function say(text, isError) {
+    status.textContent = text;
+    status.classList.toggle("error", Boolean(isError));
+  }
+
+  function loadMask(url) {
+    return new Promise((resolve, reject) => {
+      const img = new Image();
+      img.onload = () => {
+        const canvas = document.createElement("canvas");
+        canvas.width = W;
+        canvas.height = H;
+        const c = canvas.getContext("2d");
+        c.drawImage(img, 0, 0);
+        const data = c.getImageData(0, 0, W, H).data;
+        const mask = new Uint8Array(W * H);
+        for (let i = 0; i < mask.length; i++) mask[i] = data[i * 4] >= 128 ? 255 : 0;
+        resolve(mask);
+      };
+      img.onerror = () => reject(new Error("could not load " + url));
+      img.src = url;
+    });
+  }
+
+  // -- drawing the overlays ---------------------------------------------------------------
+  const frame = ctx.createImageData(W, H);
+  let drawQueued = false;
+
+  function visible(name) {
+    return $("show-" + name).checked && masks[name] !== null;
+  }
+
+  function draw() {
+    drawQueued = false;
+    const alpha = Math.round(parseFloat($("opacity").value) * 255);
+    const layers = ["predicted", "expected", "edited"].filter(visible);
+    const out = frame.data;
+    for (let i = 0, p = 0; i < W * H; i++, p += 4) {
+      let r = 0, g = 0, b = 0, n = 0;
+      for (const name of layers) {
+        if (masks[name][i]) {
+          const c = colours[name];
+          r += c[0]; g += c[1]; b += c[2]; n++;
+        }
+      }
+      if (n) {
+        out[p] = r / n; out[p + 1] = g / n; out[p + 2] = b / n; out[p + 3] = alpha;
+      } else {
+        out[p + 3] = 0;
+      }
+    }
+    ctx.putImageData(frame, 0, 0);
+  }
+
+  function redraw() {
+    if (!drawQueued) {
+      drawQueued = true;
+      requestAnimationFrame(draw);
+    }
+  }
+
+  // -- editing ----------------------------------------------------------------------------
+  function showEdited() {
+    if (!$("show-edited").checked) {
+      $("show-edited").checked = true;
+      $("show-predicted").checked = false;
+    }
+  }
+
+  function snapshot() {
+    undoStack.push(masks.edited.slice());
+    if (undoStack.length > MAX_UNDO) undoStack.shift();
+    redoStack.length = 0;
+  }
+
+  function paintDisc(cx, cy, radius, value) {
+    const r2 = radius * radius;
+    const x0 = Math.max(0, Math.floor(cx - radius)), x1 = Math.min(W - 1, Math.ceil(cx + radius));
+    const y0 = Math.max(0, Math.floor(cy - radius)), y1 = Math.min(H - 1, Math.ceil(cy + radius));
+    for (let y = y0; y <= y1; y++) {
+      for (let x = x0; x <= x1; x++) {
+        const dx = x + 0.5 - cx, dy = y + 0.5 - cy;
+        if (dx * dx + dy * dy <= r2) masks.edited[y * W + x] = value;
+      }
+    }
+  }
+
+  function paintLine(a, b) {
+    const radius = parseInt($("brush-size").value, 10) / 2;
+    const value = $("tool-eraser").checked ? 0 : 255;
+    const dist = Math.hypot(b.x - a.x, b.y - a.y);
+    const steps = Math.max(1, Math.ceil(dist / Math.max(0.5, radius / 2)));
+    for (let s = 0; s <= steps; s++) {
+      const t = s / steps;
+      paintDisc(a.x + (b.x - a.x) * t, a.y + (b.y - a.y) * t, Math.max(0.5, radius), value);
+    }
+  }
+
+  function imagePoint(event) {
+    const rect = overlay.getBoundingClientRect();
+    return { x: ((event.clientX - rect.left) * W) / rect.width, y: ((event.clientY - rect.top) * H) / rect.height };
+  }
+
+  let last = null;
+  overlay.addEventListener("pointerdown", (event) => {
+    if (!page.held || masks.edited === null || event.button !== 0) return;
+    event.preventDefault();
+    overlay.setPointerCapture(event.pointerId);
+    snapshot();
+    edited = true;
+    showEdited();
+    last = imagePoint(event);
+    paintLine(last, last);
+    redraw();
+  });
+  overlay.addEventListener("pointermove", (event) => {
+    if (last === null) return;
+    const point = imagePoint(event);
+    paintLine(last, point);
+    last = point;
+    redraw();
+  });
+  const endStroke = () => { last = null; };
+  overlay.addEventListener("pointerup", endStroke);
+  overlay.addEventListener("pointercancel", endStroke);
+
+  function undo() {
+    if (!undoStack.length) return say("nothing to undo");
+    redoStack.push(masks.edited);
+    masks.edited = undoStack.pop();
+    redraw();
+  }
+
+  function redo() {
+    if (!redoStack.length) return say("nothing to redo");
+    undoStack.push(masks.edited);
+    masks.edited = redoStack.pop();
+    redraw();
+  }
+
+  function editFromExpected() {
+    snapshot();
+    masks.edited = masks.expected.slice();
+    edited = true;
+    showEdited();
+    redraw();
+    say("editing a copy of the expected mask");
+  }
+
+  function maskBlob() {
+    const canvas = document.createElement("canvas");
+    canvas.width = W;
+    canvas.height = H;
+    const c = canvas.getContext("2d");
+    const data = c.createImageData(W, H);
+    for (let i = 0, p = 0; i < W * H; i++, p += 4) {
+      const v = masks.edited[i];
+      data.data[p] = v; data.data[p + 1] = v; data.data[p + 2] = v; data.data[p + 3] = 255;
+    }
+    c.putImageData(data, 0, 0);
+    return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  }
+
+  // -- talking to the server --------------------------------------------------------------
+  async function post(url, body) {
+    const response = await fetch(url, {
+      method: "POST",
+      headers: { "X-CSRF-Token": page.csrfToken },
+      body: body || null,
+      credentials: "same-origin",
+    });
+    let payload = {};
+    try { payload = await response.json(); } catch (_) { /* not JSON */ }
+    if (!response.ok) throw new Error(payload.detail ? String(JSON.stringify(payload.detail)) : response.statusText);
+    return payload;
+  }
+
+  async function next() {
+    try {
+      const result = await post("/api/claim-next");
+      window.location.assign(result.task ? "/tasks/" + result.task.task_id : "/?empty=1");
+    } catch (error) {
+      say("could not claim the next item: " + error.message, true);
+    }
+  }
+
+  async function decide(decision, rejectReason) {
+    if (!page.held) return say("claim the item first (c)", true);
+    if (busy) return;
+    busy = true;
+    const form = new FormData();
+    form.append("decision", decision);
+    if (decision === "reject") form.append("reject_reason", rejectReason);
+    if (decision === "approve_edited") {
+      if (!edited) {
+        busy = false;
+        return say("paint on the mask first (or approve the predicted mask with p)", true);
+      }
+      form.append("mask", await maskBlob(), "mask.png");
+    }
+    say("saving " + decision + "…");
+    try {
+      const result = await post("/api/tasks/" + page.taskId + "/decision", form);
+      page.held = false;
+      $("state").textContent = result.state;
+      say(result.state + " (" + decision + "); event " + result.event_id);
+      document.body.dataset.decided = decision;
+      setTimeout(next, 400);
+    } catch (error) {
+      say("not saved: " + error.message, true);
+    } finally {
+      busy = false;
+    }
+  }
+
+  async function release() {
+    if (!page.held) return;
+    try {
+      await post("/api/tasks/" + page.taskId + "/release");
+      window.location.assign("/");
+    } catch (error) {
+      say("could not release: " + error.message, true);
+    }
+  }
+
+  async function claim() {
+    try {
+      await post("/api/tasks/" + page.taskId + "/claim");
+      window.location.reload();
+    } catch (error) {
+      say("could not claim: " + error.message, true);
+    }
+  }
+
+  if (page.held) {
+    // Renew the lease while the page is open; a lost lease says so instead of failing later.
+    setInterval(async () => {
+      try {
+        await post("/api/tasks/" + page.taskId + "/renew");
+      } catch (error) {
+        page.held = false;
+        say("lease lost: " + error.message + " — reload to claim again", true);
+      }
+    }, Math.max(2000, (page.leaseS * 1000) / 3));
+  }
+
+  // -- the reject dialog ------------------------------------------------------------------
+  const dialog = $("reject-dialog");
+  function openReject() {
+    if (!page.held) return say("claim the item first (c)", true);
+    dialog.showModal();
+    $("reject-note").focus();
+  }
+  $("reject-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const note = $("reject-note").value.trim();
+    const reason = $("reject-reason").value + (note ? ": " + note : "");
+    dialog.close();
+    decide("reject", reason);
+  });
+  $("reject-cancel").addEventListener("click", () => dialog.close());
+  dialog.addEventListener("keydown", (event) => {
+    if (event.target.id !== "reject-note" && /^[1-9]$/.test(event.key)) {
+      const option = $("reject-reason").options[parseInt(event.key, 10) - 1];
+      if (option) $("reject-reason").value = option.value;
+    }
+  });
+
+  // -- buttons and keys -------------------------------------------------------------------
+  const click = (id, handler) => { const el = $(id); if (el) el.addEventListener("click", handler); };
+  click("approve-predicted", () => decide("approve_predicted"));
+  click("approve-expected", () => decide("approve_expected"));
+  click("approve-edited", () => decide("approve_edited"));
+  click("reject", openReject);
+  click("release", release);
+  click("next", next);
+  click("claim", claim);
+  click("undo", undo);
+  click("redo", redo);
+  click("from-expected", editFromExpected);
+  for (const id of ["show-predicted", "show-expected", "show-edited", "opacity"]) $(id).addEventListener("input", redraw);
+  $("brush-size").addEventListener("input", () => { $("brush-size-value").textContent = $("brush-size").value; });
+
+  function toggle(id) { $(id).checked = !$(id).checked; redraw(); }
+  function nudge(id, delta) {
+    const el = $(id);
+    el.value = String(Math.min(parseFloat(el.max), Math.max(parseFloat(el.min), parseFloat(el.value) + delta)));
+    el.dispatchEvent(new Event("input"));
+  }
+
+  document.addEventListener("keydown", (event) => {
+    if (dialog.open) return; // the dialog handles its own keys (Enter confirms, Esc cancels)
+    const tag = (event.target.tagName || "").toLowerCase();
+    if (tag === "input" && event.target.type !== "checkbox" && event.target.type !== "radio" && event.target.type !== "range") return;
+    if (tag === "select" || tag === "textarea") return;
+    const key = event.key;
+    const mod = event.ctrlKey || event.metaKey;
+    let handled = true;
+    if (mod && (key === "z" || key === "Z")) { event.shiftKey ? redo() : undo(); }
+    else if (mod && (key === "y" || key === "Y")) redo();
+    else if (mod || event.altKey) handled = false;
+    else if (key === "p") decide("approve_predicted");
+    else if (key === "e") decide("approve_expected");
+    else if (key === "E") editFromExpected();
+    else if (key === "a") decide("approve_edited");
+    else if (key === "r") openReject();
+    else if (key === "n") next();
+    else if (key === "c") claim();
+    else if (key === "Escape") release();
+    else if (key === "b") $("tool-brush").checked = true;
+    else if (key === "x") $("tool-eraser").checked = true;
+    else if (key === "[") nudge("brush-size", -2);
+    else if (key === "]") nudge("brush-size", 2);
+    else if (key === ",") nudge("opacity", -0.1);
+    else if (key === ".") nudge("opacity", 0.1);
+    else if (key === "1") toggle("show-predicted");
+    else if (key === "2") toggle("show-expected");
+    else if (key === "3") toggle("show-edited");
+    else handled = false;
+    if (handled) event.preventDefault();
+  });
+
+  Promise.all([loadMask(page.images.predicted), loadMask(page.images.expected)])
+    .then(([predicted, expected]) => {
+      masks.predicted = predicted;
+      masks.expected = expected;
+      masks.edited = predicted.slice();
+      document.body.dataset.ready = "1";
+      redraw();
+    })
+    .catch((error) => say(error.message, true));
+})();

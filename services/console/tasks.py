@@ -1,0 +1,498 @@
+"""The console's durable task table: SQLite in WAL mode, one row per flagged item.
+
+Tables:
+
+* ``tasks``   one row per ``correction.pending`` event, keyed by that event's id, so a redelivered
+              event is ignored (``INSERT OR IGNORE``) instead of becoming a second task.
+              States: ``pending`` → ``claimed`` (a reviewer holds a lease) → ``approved`` | ``rejected``.
+              An expired lease sends the task back to ``pending``.
+* ``audit``   every state change: task, reviewer, time, action, previous and new state, detail.
+* ``outbox``  the ``correction.resolved`` event of each decision, written in the same transaction
+              as the decision and published afterwards by ``services.console.relay`` (at least
+              once, with a deterministic event id), so a decision is never lost between SQLite
+              and Kafka.
+
+Every method opens its own short connection, so the web server's threads, the intake thread
+and the relay thread never share one. Time comes from ``clock`` (epoch seconds) so tests can
+move it forward to expire leases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from schemas.envelope import Envelope, derive_id
+from schemas.events import CorrectionPending, CorrectionResolved, Decision
+from shared.errors import TransientError
+
+TaskState = Literal["pending", "claimed", "approved", "rejected"]
+STATES: tuple[TaskState, ...] = ("pending", "claimed", "approved", "rejected")
+PRODUCER = "console"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id          TEXT PRIMARY KEY,
+    sku_id           TEXT NOT NULL,
+    item_id          TEXT NOT NULL,
+    trace_id         TEXT NOT NULL,
+    iou              REAL NOT NULL,
+    reasons          TEXT NOT NULL,
+    pending_json     TEXT NOT NULL,
+    state            TEXT NOT NULL CHECK (state IN ('pending', 'claimed', 'approved', 'rejected')),
+    received_at      REAL NOT NULL,
+    claimed_by       TEXT,
+    claimed_at       REAL,
+    lease_expires_at REAL,
+    decision         TEXT,
+    decided_by       TEXT,
+    decided_at       REAL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, received_at);
+CREATE INDEX IF NOT EXISTS tasks_by_item ON tasks (sku_id, item_id);
+CREATE TABLE IF NOT EXISTS audit (
+    audit_id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id        TEXT NOT NULL,
+    reviewer       TEXT,
+    action         TEXT NOT NULL,
+    previous_state TEXT,
+    new_state      TEXT NOT NULL,
+    at             REAL NOT NULL,
+    detail         TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS audit_by_task ON audit (task_id, audit_id);
+CREATE TABLE IF NOT EXISTS outbox (
+    event_id     TEXT PRIMARY KEY,
+    task_id      TEXT NOT NULL UNIQUE,
+    sku_id       TEXT NOT NULL,
+    trace_id     TEXT NOT NULL,
+    payload_json TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    published_at REAL
+);
+"""
+
+
+class TaskConflict(Exception):
+    """The task is not in a state that allows the action (someone else holds it, it is decided...)."""
+
+
+class TaskNotFound(Exception):
+    """No task has that id."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One row of the task table, with its pending event parsed."""
+
+    task_id: str
+    sku_id: str
+    item_id: str
+    trace_id: str
+    iou: float
+    reasons: list[str]
+    pending: CorrectionPending
+    state: TaskState
+    received_at: float
+    claimed_by: str | None
+    claimed_at: float | None
+    lease_expires_at: float | None
+    decision: str | None
+    decided_by: str | None
+    decided_at: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Task:
+        parsed = ("reasons", "pending")  # stored as JSON
+        columns = {f.name: row[f.name] for f in dataclasses.fields(cls) if f.name not in parsed}
+        return cls(
+            **columns,
+            reasons=json.loads(row["reasons"]),
+            pending=CorrectionPending.model_validate_json(row["pending_json"]),
+        )
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """Queue filters; None means no filter."""
+
+    sku_id: str | None = None
+    reason: str | None = None
+    iou_min: float | None = None
+    iou_max: float | None = None
+    state: TaskState | None = "pending"
+
+
+PENDING = TaskFilter()
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One recorded state change."""
+
+    task_id: str
+    reviewer: str | None
+    action: str
+    previous_state: str | None
+    new_state: str
+    at: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """A decision's ``correction.resolved`` event waiting to be (or already) published."""
+
+    event_id: str
+    task_id: str
+    sku_id: str
+    trace_id: str
+    payload: CorrectionResolved
+    created_at: float
+    published_at: float | None
+
+
+def decision_event_id(task_id: str) -> str:
+    """The ``correction.resolved`` event id of a task: one decision per task, so one id."""
+    return derive_id(task_id, PRODUCER, "decision")
+
+
+class TaskStore:
+    """The task table at ``path`` (created with its parent directory on first use)."""
+
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        try:
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise TransientError(f"cannot open the task table {self.path}: {exc}") from exc
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            yield db
+        except sqlite3.OperationalError as exc:
+            # Locked, full or vanished disk: the machine's fault, worth retrying.
+            raise TransientError(f"task table {self.path}: {exc}") from exc
+        finally:
+            db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the lock up front, so check-then-update is atomic."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    @staticmethod
+    def _audit(
+        db: sqlite3.Connection,
+        task_id: str,
+        reviewer: str | None,
+        action: str,
+        previous: str | None,
+        new: str,
+        at: float,
+        detail: str = "",
+    ) -> None:
+        db.execute(
+            "INSERT INTO audit (task_id, reviewer, action, previous_state, new_state, at, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (task_id, reviewer, action, previous, new, at, detail),
+        )
+
+    # -- intake -------------------------------------------------------------------------------
+
+    def add_pending(self, event: Envelope[CorrectionPending]) -> bool:
+        """Queue the event's item; returns False when this event is already queued (redelivery)."""
+        pending = event.payload
+        now = self.clock()
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO tasks (task_id, sku_id, item_id, trace_id, iou, reasons,"
+                " pending_json, state, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+                (
+                    event.event_id,
+                    event.sku_id,
+                    pending.matted.generated.item_id,
+                    event.trace_id,
+                    pending.iou,
+                    json.dumps(pending.reasons),
+                    pending.model_dump_json(),
+                    now,
+                ),
+            )
+            if cursor.rowcount == 0:
+                return False
+            self._audit(db, event.event_id, None, "intake", None, "pending", now, ",".join(pending.reasons))
+            return True
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> Task:
+        """The task, after returning expired leases; TaskNotFound if there is none."""
+        self.expire_leases()
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise TaskNotFound(task_id)
+        return Task.from_row(row)
+
+    def query(self, filters: TaskFilter = PENDING, *, limit: int = 200) -> list[Task]:
+        """Tasks matching ``filters``, oldest first."""
+        self.expire_leases()
+        where, params = _where(filters)
+        with self._connect() as db:
+            rows = db.execute(
+                f"SELECT * FROM tasks {where} ORDER BY received_at, task_id LIMIT ?", (*params, limit)
+            ).fetchall()
+        return [Task.from_row(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Number of tasks in each state (every state present, zero included)."""
+        self.expire_leases()
+        with self._connect() as db:
+            rows = db.execute("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state").fetchall()
+        counts: dict[str, int] = dict.fromkeys(STATES, 0)
+        counts.update({row["state"]: row["n"] for row in rows})
+        return counts
+
+    def reasons(self) -> list[str]:
+        """Every reason code seen so far, for the queue's filter."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT DISTINCT value FROM tasks, json_each(tasks.reasons) ORDER BY value"
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def audit(self, task_id: str | None = None) -> list[AuditEntry]:
+        """The audit trail, oldest first (of one task, or of all)."""
+        query = "SELECT * FROM audit"
+        params: tuple[Any, ...] = ()
+        if task_id is not None:
+            query += " WHERE task_id = ?"
+            params = (task_id,)
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY audit_id", params).fetchall()
+        names = [field.name for field in dataclasses.fields(AuditEntry)]
+        return [AuditEntry(**{name: row[name] for name in names}) for row in rows]
+
+    # -- leases -------------------------------------------------------------------------------
+
+    def expire_leases(self) -> int:
+        """Return every task whose lease ran out to the queue; returns how many."""
+        now = self.clock()
+        with self._connect() as db:
+            expired = db.execute(
+                "SELECT 1 FROM tasks WHERE state = 'claimed' AND lease_expires_at <= ? LIMIT 1", (now,)
+            ).fetchone()
+        if expired is None:
+            return 0
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT task_id, claimed_by FROM tasks WHERE state = 'claimed' AND lease_expires_at <= ?",
+                (now,),
+            ).fetchall()
+            for row in rows:
+                db.execute(
+                    "UPDATE tasks SET state = 'pending', claimed_by = NULL, claimed_at = NULL,"
+                    " lease_expires_at = NULL WHERE task_id = ?",
+                    (row["task_id"],),
+                )
+                self._audit(db, row["task_id"], row["claimed_by"], "lease_expired", "claimed", "pending", now)
+            return len(rows)
+
+    def claim(self, task_id: str, reviewer: str, lease_s: float) -> Task:
+        """Give ``reviewer`` the task for ``lease_s`` seconds; claiming one's own claim renews it.
+
+        TaskConflict when another reviewer holds it or it is decided.
+        """
+        self.expire_leases()
+        now = self.clock()
+        with self._write() as db:
+            row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+            if row is None:
+                raise TaskNotFound(task_id)
+            if row["state"] == "claimed" and row["claimed_by"] != reviewer:
+                raise TaskConflict(f"task {task_id} is claimed by {row['claimed_by']}")
+            if row["state"] in ("approved", "rejected"):
+                raise TaskConflict(f"task {task_id} is already {row['state']}")
+            db.execute(
+                "UPDATE tasks SET state = 'claimed', claimed_by = ?, claimed_at = COALESCE(?, ?),"
+                " lease_expires_at = ? WHERE task_id = ?",
+                (
+                    reviewer,
+                    row["claimed_at"] if row["state"] == "claimed" else None,
+                    now,
+                    now + lease_s,
+                    task_id,
+                ),
+            )
+            if row["state"] == "pending":
+                self._audit(db, task_id, reviewer, "claim", "pending", "claimed", now)
+        return self.get(task_id)
+
+    def claim_next(self, reviewer: str, lease_s: float, filters: TaskFilter = PENDING) -> Task | None:
+        """Claim the oldest pending task matching ``filters`` (the reviewer's own claim first)."""
+        self.expire_leases()
+        with self._connect() as db:
+            own = db.execute(
+                "SELECT task_id FROM tasks WHERE state = 'claimed' AND claimed_by = ?"
+                " ORDER BY received_at LIMIT 1",
+                (reviewer,),
+            ).fetchone()
+        if own is not None:
+            return self.get(own["task_id"])
+        for task in self.query(dataclasses.replace(filters, state="pending"), limit=20):
+            try:
+                return self.claim(task.task_id, reviewer, lease_s)
+            except TaskConflict:
+                continue  # someone was faster; try the next one
+        return None
+
+    def release(self, task_id: str, reviewer: str) -> Task:
+        """Give a claimed task back to the queue; only its holder may."""
+        now = self.clock()
+        with self._write() as db:
+            row = self._held(db, task_id, reviewer, now)
+            db.execute(
+                "UPDATE tasks SET state = 'pending', claimed_by = NULL, claimed_at = NULL,"
+                " lease_expires_at = NULL WHERE task_id = ?",
+                (task_id,),
+            )
+            self._audit(db, task_id, reviewer, "release", row["state"], "pending", now)
+        return self.get(task_id)
+
+    def _held(self, db: sqlite3.Connection, task_id: str, reviewer: str, now: float) -> sqlite3.Row:
+        row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise TaskNotFound(task_id)
+        if row["state"] in ("approved", "rejected"):
+            raise TaskConflict(f"task {task_id} is already {row['state']}")
+        if row["state"] != "claimed" or row["claimed_by"] != reviewer:
+            raise TaskConflict(f"task {task_id} is not claimed by {reviewer}: claim it first")
+        if row["lease_expires_at"] <= now:
+            raise TaskConflict(f"the lease on task {task_id} expired: claim it again")
+        return row
+
+    def check_held(self, task_id: str, reviewer: str) -> Task:
+        """The task if ``reviewer`` holds an unexpired lease on it, else TaskConflict."""
+        with self._connect() as db:
+            return Task.from_row(self._held(db, task_id, reviewer, self.clock()))
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def decide(
+        self,
+        task_id: str,
+        reviewer: str,
+        decision: Decision,
+        resolved: Callable[[Task, float], CorrectionResolved],
+    ) -> OutboxEvent:
+        """Record ``reviewer``'s decision, its audit entry and its outbox event in one transaction.
+
+        ``resolved(task, decided_at)`` builds the event payload. TaskConflict unless the reviewer
+        holds an unexpired lease on the task.
+        """
+        now = self.clock()
+        with self._write() as db:
+            row = self._held(db, task_id, reviewer, now)
+            task = Task.from_row(row)
+            payload = resolved(task, now)
+            new_state: TaskState = "rejected" if decision == "reject" else "approved"
+            db.execute(
+                "UPDATE tasks SET state = ?, decision = ?, decided_by = ?, decided_at = ?,"
+                " lease_expires_at = NULL WHERE task_id = ?",
+                (new_state, decision, reviewer, now, task_id),
+            )
+            detail = payload.reject_reason or (payload.final_mask.uri if payload.final_mask else "")
+            self._audit(db, task_id, reviewer, decision, "claimed", new_state, now, detail)
+            event = OutboxEvent(
+                event_id=decision_event_id(task_id),
+                task_id=task_id,
+                sku_id=task.sku_id,
+                trace_id=task.trace_id,
+                payload=payload,
+                created_at=now,
+                published_at=None,
+            )
+            db.execute(
+                "INSERT INTO outbox (event_id, task_id, sku_id, trace_id, payload_json, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (event.event_id, task_id, task.sku_id, task.trace_id, payload.model_dump_json(), now),
+            )
+        return event
+
+    def unpublished(self, limit: int = 100) -> list[OutboxEvent]:
+        """Decisions whose event is not yet acknowledged by the broker, oldest first."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM outbox WHERE published_at IS NULL ORDER BY created_at LIMIT ?", (limit,)
+            ).fetchall()
+        return [_outbox(row) for row in rows]
+
+    def outbox(self, task_id: str) -> OutboxEvent | None:
+        """The decision event of a task, if it was decided."""
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM outbox WHERE task_id = ?", (task_id,)).fetchone()
+        return _outbox(row) if row is not None else None
+
+    def mark_published(self, event_id: str) -> None:
+        """The broker acknowledged the event (acks=all)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE outbox SET published_at = ? WHERE event_id = ? AND published_at IS NULL",
+                (self.clock(), event_id),
+            )
+
+
+def _outbox(row: sqlite3.Row) -> OutboxEvent:
+    return OutboxEvent(
+        event_id=row["event_id"],
+        task_id=row["task_id"],
+        sku_id=row["sku_id"],
+        trace_id=row["trace_id"],
+        payload=CorrectionResolved.model_validate_json(row["payload_json"]),
+        created_at=row["created_at"],
+        published_at=row["published_at"],
+    )
+
+
+def _where(filters: TaskFilter) -> tuple[str, tuple[Any, ...]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if filters.state is not None:
+        clauses.append("state = ?")
+        params.append(filters.state)
+    if filters.sku_id:
+        clauses.append("sku_id = ?")
+        params.append(filters.sku_id)
+    if filters.reason:
+        clauses.append("EXISTS (SELECT 1 FROM json_each(tasks.reasons) WHERE value = ?)")
+        params.append(filters.reason)
+    if filters.iou_min is not None:
+        clauses.append("iou >= ?")
+        params.append(filters.iou_min)
+    if filters.iou_max is not None:
+        clauses.append("iou <= ?")
+        params.append(filters.iou_max)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", tuple(params)

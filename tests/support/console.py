@@ -1,0 +1,171 @@
+"""Helpers for the console's tests: flagged items with real stored images, a logged-in client."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from schemas.common import SkuMetadata
+from schemas.envelope import Envelope, derive_id
+from schemas.events import CorrectionPending, GateCheck, ImageGenerated, ImageMatted
+from schemas.topics import CORRECTION_PENDING
+from services.console.app import Console, create_app, make_signer
+from services.console.config import ConsoleSettings
+from services.console.metrics import ConsoleMetrics
+from services.console.tasks import TaskStore
+from shared.bus import make_envelope
+from shared.config import Settings, load_settings
+from shared.store import FileStore, ObjectStore
+from shared.synth import make_product, render_photo
+
+USERS = "alice:alice-password,bob:bob-password"
+SIZE_PX = 128
+
+
+class Clock:
+    """A clock the test moves forward (leases expire without sleeping)."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = start if start is not None else time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def iou(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
+    """IoU of two 0/255 masks."""
+    union = np.logical_or(a > 0, b > 0).sum()
+    return float(np.logical_and(a > 0, b > 0).sum() / union) if union else 1.0
+
+
+def flagged_item(
+    store: ObjectStore, index: int, *, sku_id: str = "SKU-00001", seed: int = 11, size_px: int = SIZE_PX
+) -> CorrectionPending:
+    """A correction.pending payload whose images are rendered by shared.synth and stored in ``store``.
+
+    The predicted mask misses the product's right half, so it differs from the expected mask.
+    """
+    spec = make_product(index % 15, seed)
+    reference = render_photo(spec, 0, seed, size_px=size_px)
+    generated = render_photo(spec, 1 + index, seed, size_px=size_px)
+    expected = generated.mask
+    predicted = expected.copy()
+    columns = np.flatnonzero(expected.any(axis=0))
+    predicted[:, (columns[0] + columns[-1]) // 2 :] = 0
+    item_id = f"item-{index:04d}"
+    key = f"{sku_id}/{item_id}.png"
+    generated_ref = store.put_image(f"images/generated/{key}", generated.image)
+    matted = ImageMatted(
+        generated=ImageGenerated(
+            item_id=item_id,
+            sku=SkuMetadata(sku_id=sku_id, name=f"Product {index}", category="soda can"),
+            reference_photo_id="p1",
+            reference_image=store.put_image(f"photos/{sku_id}/{item_id}/p1.png", reference.image),
+            reference_mask=store.put_image(f"masks/reference/{sku_id}/{item_id}/p1.png", reference.mask),
+            image=generated_ref,
+            expected_mask=store.put_image(f"masks/expected/{key}", expected),
+            backend="composite",
+            model_id="composite-v1",
+            seed=seed,
+            variant_index=index,
+        ),
+        predicted_mask=store.put_image(f"masks/predicted/{key}", predicted),
+        cutout=store.put_image(f"cutouts/{key}", np.dstack([np.asarray(generated.image), predicted])),
+        foreground_fraction=float((predicted > 0).mean()),
+        mean_confidence=0.8,
+        matting_model_id="u2netp-test",
+    )
+    value = iou(predicted, expected)
+    return CorrectionPending(
+        matted=matted,
+        iou=value,
+        checks=[GateCheck(code="iou_below_threshold", passed=False, value=value, threshold=0.9)],
+        reasons=["iou_below_threshold"] + (["product_drift"] if index % 2 else []),
+    )
+
+
+def pending_envelope(pending: CorrectionPending) -> Envelope[Any]:
+    """The envelope the gate would publish (deterministic event id)."""
+    item_id = pending.matted.generated.item_id
+    event_id = derive_id("test-gate", item_id)
+    return make_envelope(
+        CORRECTION_PENDING,
+        pending,
+        event_id=event_id,
+        sku_id=pending.matted.generated.sku.sku_id,
+        trace_id=event_id,
+        producer="gate",
+    )
+
+
+@dataclass
+class ConsoleParts:
+    """A console without Kafka (decisions stay in the outbox), over a real FileStore and SQLite file."""
+
+    console: Console
+    tasks: TaskStore
+    store: FileStore
+    clock: Clock
+
+
+def build_console(tmp_path: Path, *, lease_s: float = 60.0, settings: Settings | None = None) -> ConsoleParts:
+    """Task table, store and app parts in ``tmp_path``."""
+    clock = Clock()
+    store = FileStore(tmp_path / "store")
+    tasks = TaskStore(tmp_path / "console" / "tasks.sqlite3", clock=clock)
+    console_settings = ConsoleSettings(
+        console_users=USERS,
+        console_lease_s=lease_s,
+        console_db_path=str(tmp_path / "console" / "tasks.sqlite3"),
+    )
+    console = Console(
+        tasks=tasks,
+        store=store,
+        settings=settings or load_settings(store_uri=f"file://{tmp_path / 'store'}"),
+        console=console_settings,
+        metrics=ConsoleMetrics(tasks),
+        signer=make_signer(console_settings),
+    )
+    return ConsoleParts(console=console, tasks=tasks, store=store, clock=clock)
+
+
+def login(client: Any, reviewer: str = "alice", password: str | None = None) -> str:
+    """Log ``client`` (a starlette TestClient) in through the form; returns the session's CSRF token."""
+    page = client.get("/login")
+    nonce = re.search(r'name="login_nonce" value="([^"]+)"', page.text)
+    assert nonce, page.text
+    response = client.post(
+        "/login",
+        data={
+            "reviewer": reviewer,
+            "password": password or f"{reviewer}-password",
+            "login_nonce": nonce.group(1),
+            "next": "/",
+        },
+        follow_redirects=False,
+    )
+    assert response.status_code == 303 and response.headers["location"] == "/", response.text
+    queue = client.get("/")
+    token = re.search(r'name="csrf-token" content="([^"]+)"', queue.text)
+    assert token, queue.text
+    return token.group(1)
+
+
+def app_for(parts: ConsoleParts) -> Any:
+    """The FastAPI app of ``parts``."""
+    return create_app(parts.console)
+
+
+def decided_at(payload: dict[str, Any]) -> datetime:
+    """The decision time of a resolved payload as an aware datetime."""
+    return datetime.fromisoformat(payload["decided_at"]).astimezone(UTC)

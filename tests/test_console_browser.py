@@ -1,0 +1,213 @@
+"""The console in a real browser (Debian's headless chromium, driven by Playwright) on the real broker.
+
+A reviewer logs in, opens a flagged item, paints on the mask and approves it: the
+``correction.resolved`` event on the broker must reference a stored mask that differs from the
+predicted one exactly where the stroke went. A second reviewer rejects an item with the keyboard.
+
+``SKUFORGE_UPDATE_SCREENSHOTS=1`` also writes the item page's screenshot to docs/console-item.png.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from kafka import KafkaProducer
+
+from schemas.envelope import Envelope
+from schemas.events import CorrectionResolved
+from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED
+from services.console.config import ConsoleSettings
+from services.console.decisions import mask_from_ref
+from services.console.server import ConsoleService
+from shared.broker import free_port
+from shared.images import decode_mask
+from shared.store import FileStore
+from tests.support.bus import create_topics, isolated_settings, read_topic
+from tests.support.console import USERS, flagged_item, pending_envelope
+
+pytestmark = [pytest.mark.slow, pytest.mark.kafka]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SIZE_PX = 256
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "console-item.png"
+
+
+@dataclass
+class Running:
+    service: ConsoleService
+    base_url: str
+    bootstrap: str
+    envelopes: list[Envelope[Any]]
+
+
+@pytest.fixture
+def console(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Running]:
+    """The whole console (intake, relay, web server) on a free port, fed two flagged items via Kafka."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver (see .ci/run)")
+    settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path / 'store'}")
+    create_topics(settings, CORRECTION_PENDING, CORRECTION_RESOLVED)
+    store = FileStore(tmp_path / "store")
+    service = ConsoleService(
+        settings,
+        ConsoleSettings(
+            console_users=USERS,
+            console_db_path=str(tmp_path / "console.sqlite3"),
+            console_metrics_port=0,
+        ),
+        store=store,
+    )
+    envelopes = [pending_envelope(flagged_item(store, index, size_px=SIZE_PX)) for index in range(2)]
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    for envelope in envelopes:
+        producer.send(
+            settings.topic_name(CORRECTION_PENDING),
+            key=envelope.sku_id.encode(),
+            value=envelope.model_dump_json().encode(),
+        )
+    producer.flush()
+    producer.close()
+
+    port = free_port()
+    server = service.uvicorn_server("127.0.0.1", port)
+    thread = threading.Thread(target=server.run, name="console-web", daemon=True)
+    service.start_background()
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (server.started and service.tasks.counts()["pending"] == len(envelopes)):
+            assert time.monotonic() < deadline, "console did not start or did not consume the items"
+            time.sleep(0.2)
+        yield Running(service, f"http://127.0.0.1:{port}", kafka_bootstrap, envelopes)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        service.stop_background()
+
+
+@pytest.fixture
+def page(console: Running) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 950})
+            tab = context.new_page()
+            tab.set_default_timeout(30_000)
+            yield tab
+        finally:
+            browser.close()
+
+
+def log_in(page: Any, console: Running, reviewer: str) -> None:
+    page.goto(console.base_url + "/")
+    assert "/login" in page.url  # nothing is shown before logging in
+    page.fill("#reviewer", reviewer)
+    page.fill("#password", f"{reviewer}-password")
+    page.click("#login")
+    page.wait_for_url(console.base_url + "/")
+    assert page.inner_text('[data-state="pending"]') == "2"
+
+
+def resolved_events(console: Running, expect: int) -> list[Envelope[CorrectionResolved]]:
+    settings = console.service.settings
+    records = read_topic(console.bootstrap, settings.topic_name(CORRECTION_RESOLVED), expect=expect)
+    return [Envelope[CorrectionResolved].model_validate_json(record.value) for record in records]
+
+
+def test_paint_on_the_mask_and_approve(console: Running, page: Any, tmp_path: Path) -> None:
+    log_in(page, console, "alice")
+    first = console.envelopes[0]
+    page.click(f'tr[data-task-id="{first.event_id}"] button.claim')
+    page.wait_for_url(f"{console.base_url}/tasks/{first.event_id}")
+    page.wait_for_selector("body[data-ready='1']")
+
+    predicted = mask_from_ref(console.service.store, first.payload.matted.predicted_mask)
+    # A stroke across the top-left background, where the predicted mask is empty.
+    row = 24
+    start_x, end_x = 20, 80
+    assert not predicted[row - 8 : row + 8, start_x - 8 : end_x + 8].any()
+    box = page.locator("#overlay").bounding_box()
+    scale = box["width"] / SIZE_PX
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return box["x"] + (x + 0.5) * scale, box["y"] + (y + 0.5) * scale
+
+    page.mouse.move(*at(start_x, row))
+    page.mouse.down()
+    for x in range(start_x, end_x + 1, 5):
+        page.mouse.move(*at(x, row))
+    page.mouse.up()
+    # The eraser and undo/redo at work too: erase a dot, undo it, redo it, undo it again.
+    page.keyboard.press("x")
+    page.mouse.click(*at(50, row))
+    page.keyboard.press("Control+z")
+    page.keyboard.press("Control+y")
+    page.keyboard.press("Control+z")
+    page.keyboard.press("b")
+
+    shot = tmp_path / "console-item.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 20_000
+    if os.environ.get("SKUFORGE_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(shot, DOCS_SCREENSHOT)
+
+    page.click("#approve-edited")
+    page.wait_for_selector("body[data-decided='approve_edited']")
+
+    [event] = resolved_events(console, expect=1)
+    assert event.payload.decision == "approve_edited" and event.payload.reviewer == "alice"
+    assert event.payload.pending.matted.generated.item_id == first.payload.matted.generated.item_id
+    final = event.payload.final_mask
+    assert final is not None and "/masks/corrected/" in final.uri
+    stored = decode_mask(console.service.store.read_verified(final))
+    assert stored.shape == predicted.shape
+    changed = np.argwhere(stored != predicted)
+    assert len(changed) > 100  # a stroke 60 px long and 8 px wide
+    # ...and only where the stroke went (brush radius 4 around the line), all painted, none erased.
+    assert changed[:, 0].min() >= row - 5 and changed[:, 0].max() <= row + 5
+    assert changed[:, 1].min() >= start_x - 5 and changed[:, 1].max() <= end_x + 5
+    assert (stored[changed[:, 0], changed[:, 1]] == 255).all()
+    assert stored[row, start_x:end_x].all()  # the undone eraser dot stays painted
+    assert console.service.tasks.get(first.event_id).state == "approved"
+
+
+def test_reject_with_the_keyboard(console: Running, page: Any) -> None:
+    log_in(page, console, "bob")
+    page.keyboard.press("n")  # claim the next (oldest) item
+    oldest = console.envelopes[0]
+    page.wait_for_url(f"{console.base_url}/tasks/{oldest.event_id}")
+    page.wait_for_selector("body[data-ready='1']")
+    page.keyboard.press("r")
+    page.wait_for_selector("#reject-dialog[open]")
+    page.keyboard.type("label cut off")  # the note has the focus; the first reason is preselected
+    page.keyboard.press("Enter")
+    page.wait_for_selector("body[data-decided='reject']")
+
+    [event] = resolved_events(console, expect=1)
+    assert event.payload.decision == "reject" and event.payload.final_mask is None
+    assert event.payload.reject_reason == "wrong_product: label cut off"
+    assert event.payload.reviewer == "bob"
+    assert console.service.tasks.get(oldest.event_id).state == "rejected"
+    # After a decision the page moves on to the next item by itself.
+    page.wait_for_url(f"{console.base_url}/tasks/{console.envelopes[1].event_id}")

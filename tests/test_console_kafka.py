@@ -1,0 +1,115 @@
+"""The console on the real broker: intake de-duplicates redeliveries, decisions reach correction.resolved."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from schemas.envelope import Envelope
+from schemas.events import CorrectionPending, CorrectionResolved
+from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED
+from services.console.config import ConsoleSettings
+from services.console.server import ConsoleService
+from services.console.tasks import decision_event_id
+from shared.config import Settings
+from shared.store import FileStore
+from tests.support.bus import create_topics, isolated_settings, read_topic
+from tests.support.console import USERS, flagged_item, login, pending_envelope
+
+pytestmark = pytest.mark.kafka
+
+
+def send(settings: Settings, values: list[bytes], key: bytes) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    for value in values:
+        producer.send(settings.topic_name(CORRECTION_PENDING), key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+def wait_for(condition: object, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def service(kafka_bootstrap: str, tmp_path: Path) -> Iterator[ConsoleService]:
+    settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path / 'store'}")
+    create_topics(settings, CORRECTION_PENDING, CORRECTION_RESOLVED)
+    console = ConsoleSettings(
+        console_users=USERS,
+        console_db_path=str(tmp_path / "console.sqlite3"),
+        console_metrics_port=0,
+    )
+    service = ConsoleService(settings, console, store=FileStore(tmp_path / "store"))
+    service.start_background()
+    try:
+        yield service
+    finally:
+        service.stop_background()
+
+
+def test_redelivered_pending_event_makes_one_task_and_the_decision_is_published(
+    service: ConsoleService, kafka_bootstrap: str
+) -> None:
+    settings = service.settings
+    envelope = pending_envelope(flagged_item(service.store, 0))
+    value = envelope.model_dump_json().encode()
+    # The gate's event twice (a redelivery), and one message that is not an event at all.
+    send(settings, [value, value, b"{not json"], key=envelope.sku_id.encode())
+    dlq = read_topic(kafka_bootstrap, settings.dlq_name(CORRECTION_PENDING), expect=1)
+    assert len(dlq) == 1 and json.loads(dlq[0].value)["reason"] == "not_json"
+    wait_for(lambda: service.tasks.counts()["pending"] == 1)
+    time.sleep(1.0)  # the copy was consumed too (it follows the first in the partition); still one task
+    assert [t.task_id for t in service.tasks.query()] == [envelope.event_id]
+    assert [e.action for e in service.tasks.audit()] == ["intake"]
+
+    client = TestClient(service.app, base_url="http://console.test")
+    token = login(client)
+    assert (
+        client.post(f"/api/tasks/{envelope.event_id}/claim", headers={"X-CSRF-Token": token}).status_code
+        == 200
+    )
+    decided = client.post(
+        f"/api/tasks/{envelope.event_id}/decision",
+        data={"decision": "approve_expected"},
+        headers={"X-CSRF-Token": token},
+    )
+    assert decided.status_code == 200, decided.text
+
+    records = read_topic(kafka_bootstrap, settings.topic_name(CORRECTION_RESOLVED), expect=1)
+    assert len(records) == 1 and records[0].key == envelope.sku_id.encode()
+    event = Envelope[CorrectionResolved].model_validate_json(records[0].value)
+    assert event.event_id == decision_event_id(envelope.event_id)
+    assert event.trace_id == envelope.trace_id and event.producer == "console"
+    assert event.payload.decision == "approve_expected" and event.payload.reviewer == "alice"
+    assert event.payload.final_mask == envelope.payload.matted.generated.expected_mask
+    assert isinstance(event.payload.pending, CorrectionPending)
+    wait_for(lambda: service.tasks.outbox(envelope.event_id).published_at is not None)  # type: ignore[union-attr]
+
+    # One /metrics serves the intake's runtime metrics and the console's own.
+    with urllib.request.urlopen(f"http://127.0.0.1:{service.health.port}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    intake = {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "skuforge_messages_total" and sample.labels["stage"] == "console-intake"
+    }
+    # Both copies were consumed ("duplicate" when the runtime saw the first one committed) and one DLQ'd.
+    assert intake.get("ok", 0) + intake.get("duplicate", 0) == 2 and intake["dlq"] == 1
+    assert 'skuforge_console_decisions_total{action="approve_expected"} 1.0' in metrics
+    assert 'skuforge_console_tasks{state="approved"} 1.0' in metrics
+    assert "skuforge_console_published_total 1.0" in metrics

@@ -1,0 +1,165 @@
+"""Label Studio hand-off: brush RLE in Label Studio's format, export and import round-trip masks exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.console.decisions import mask_from_ref
+from services.console.labelstudio import (
+    decode_rle,
+    encode_rle,
+    export_tasks,
+    import_annotations,
+    mask_to_rle,
+    read_export,
+    rle_to_mask,
+)
+from shared.images import decode_mask
+from tests.support.console import build_console, flagged_item, pending_envelope
+
+
+def test_rle_matches_label_studios_bit_layout() -> None:
+    # Worked by hand from label-studio-converter's brush.encode_rle: a 1x2 mask [0, 255] is RGBA
+    # [0,0,0,0,255,255,255,255]: 32-bit count 8, word size 8-1 in 5 bits, run sizes 3,4,8,16 (minus
+    # one, 4 bits each), then two runs "1 00 011 <byte>", padded with zero bits to whole bytes.
+    bits = (
+        f"{8:032b}"
+        + "00111"
+        + "0010" + "0011" + "0111" + "1111"
+        + "1" + "00" + "011" + "00000000"
+        + "1" + "00" + "011" + "11111111"
+    )  # fmt: skip
+    bits += "0" * (8 - len(bits) % 8)
+    expected = [int(bits[i : i + 8], 2) for i in range(0, len(bits), 8)]
+    assert mask_to_rle(np.array([[0, 255]], dtype=np.uint8)) == expected
+    assert decode_rle(expected).tolist() == [0, 0, 0, 0, 255, 255, 255, 255]
+
+
+@pytest.mark.parametrize("run", [1, 2, 8, 9, 16, 17, 256, 257, 65536, 65537, 200_000])
+def test_rle_round_trips_every_run_length_class(run: int) -> None:
+    values = np.concatenate(
+        [
+            np.full(run, 255, dtype=np.uint8),
+            np.array([3, 4, 4], dtype=np.uint8),
+            np.zeros(run, dtype=np.uint8),
+        ]
+    )
+    assert np.array_equal(decode_rle(encode_rle(values)), values)
+
+
+def test_rle_round_trips_a_noisy_mask() -> None:
+    rng = np.random.default_rng(5)
+    mask = np.where(rng.random((97, 131)) > 0.5, 255, 0).astype(np.uint8)
+    mask[10:60, 20:120] = 255
+    assert np.array_equal(rle_to_mask(mask_to_rle(mask), 131, 97), mask)
+
+
+def test_malformed_rle_is_refused() -> None:
+    rle = mask_to_rle(np.full((4, 4), 255, dtype=np.uint8))
+    with pytest.raises(ValueError, match="ends early"):
+        decode_rle(rle[:5])
+    with pytest.raises(ValueError, match="image has 5x5"):
+        rle_to_mask(rle, 5, 5)
+
+
+def test_export_then_import_round_trips_the_mask_exactly(tmp_path: Path) -> None:
+    parts = build_console(tmp_path)
+    for index in range(2):
+        parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index)))
+    exported = export_tasks(parts.tasks, parts.store, image_url="https://images.example/{key}")
+    assert len(exported) == 2
+    first = exported[0]
+    task = parts.tasks.get(first["data"]["skuforge_task_id"])
+    assert first["data"]["image"] == "https://images.example/" + parts.store.key_for(
+        task.pending.matted.generated.image.uri
+    )
+    prediction = first["predictions"][0]["result"][0]
+    assert prediction["type"] == "brushlabels" and prediction["value"]["format"] == "rle"
+    predicted = mask_from_ref(parts.store, task.pending.matted.predicted_mask)
+    assert np.array_equal(
+        rle_to_mask(prediction["value"]["rle"], prediction["original_width"], prediction["original_height"]),
+        predicted,
+    )
+
+    # In Label Studio an annotator starts from the prediction and paints a stroke; the export holds
+    # the strokes as brush results (RLE). The second item is rejected with the decision choice.
+    edited = predicted.copy()
+    edited[20:50, 70:110] = 255
+    stroke = dict(prediction, id="stroke-1", value={**prediction["value"], "rle": mask_to_rle(edited)})
+    first["annotations"] = [
+        {
+            "id": 1,
+            "completed_by": {"id": 7, "email": "ann@example.com"},
+            "result": [stroke],
+            "was_cancelled": False,
+        }
+    ]
+    exported[1]["annotations"] = [
+        {
+            "id": 2,
+            "completed_by": 7,
+            "result": [
+                {
+                    "type": "choices",
+                    "from_name": "decision",
+                    "to_name": "image",
+                    "value": {"choices": ["reject"]},
+                },
+                {
+                    "type": "textarea",
+                    "from_name": "reason",
+                    "to_name": "image",
+                    "value": {"text": ["blurry"]},
+                },
+            ],
+        }
+    ]
+    outcomes = import_annotations(parts.tasks, parts.store, read_export(json.dumps(exported)))
+    assert [o.outcome for o in outcomes] == ["approve_edited", "reject"]
+
+    resolved = parts.tasks.outbox(task.task_id)
+    assert resolved is not None and resolved.payload.decision == "approve_edited"
+    assert resolved.payload.reviewer == "labelstudio:ann@example.com"
+    final = resolved.payload.final_mask
+    assert final is not None
+    assert np.array_equal(decode_mask(parts.store.read_verified(final)), edited)  # exactly, pixel for pixel
+    rejected = parts.tasks.outbox(exported[1]["data"]["skuforge_task_id"])
+    assert rejected is not None and rejected.payload.reject_reason == "blurry"
+    assert rejected.payload.reviewer == "labelstudio:7"
+
+    # Importing the same export again decides nothing twice.
+    again = import_annotations(parts.tasks, parts.store, exported)
+    assert [o.outcome for o in again] == ["skipped", "skipped"]
+    assert parts.tasks.counts() == {"pending": 0, "claimed": 0, "approved": 1, "rejected": 1}
+
+
+def test_import_skips_tasks_it_cannot_use(tmp_path: Path) -> None:
+    parts = build_console(tmp_path)
+    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0)))
+    [task] = export_tasks(parts.tasks, parts.store)
+    unknown = {"data": {"skuforge_task_id": "f" * 32}, "annotations": [{"result": []}]}
+    cancelled = dict(task, annotations=[{"result": [], "was_cancelled": True}])
+    wrong_size = dict(
+        task,
+        annotations=[
+            {
+                "result": [
+                    {
+                        "type": "brushlabels",
+                        "value": {"format": "rle", "rle": mask_to_rle(np.zeros((3, 3), np.uint8))},
+                    }
+                ]
+            }
+        ],
+    )
+    outcomes = import_annotations(parts.tasks, parts.store, [unknown, cancelled, wrong_size])
+    assert [o.outcome for o in outcomes] == ["skipped"] * 3
+    assert "TaskNotFound" in outcomes[0].detail and "no annotation" in outcomes[1].detail
+    assert "image has 128x128" in outcomes[2].detail
+    assert parts.tasks.counts()["pending"] + parts.tasks.counts()["claimed"] == 1
+    with pytest.raises(ValueError, match="list of task objects"):
+        read_export('{"not": "a list"}')
