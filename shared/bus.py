@@ -52,6 +52,9 @@ def make_consumer(settings: Settings, group_id: str, client_id: str) -> KafkaCon
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=max(1_000, settings.session_timeout_ms // 10),
         allow_auto_create_topics=False,
+        # A group member that joins before a new topic's metadata has spread gets no partitions
+        # until the next refresh; kafka-python's default (5 minutes) left stages idle that long.
+        metadata_max_age_ms=30_000,
     )
 
 

@@ -1,0 +1,208 @@
+"""Generation throughput through the real Triton server, and LoRA switching cost.
+
+Starts ``skuforge serve generator`` (PyTriton, CPU here) with the ``composite`` backend and, when
+torch and diffusers are installed, the ``diffusion`` backend on the tiny config-built inpainting
+pipeline of ``tests/support/diffusion.py`` (no downloads). Each backend is called through
+tritonclient (gRPC), one request per image, at concurrency 1 and 8; Triton's dynamic batcher
+merges concurrent requests, and its statistics give the largest batch it executed.
+
+``lora_switch_s``: with N adapters registered and loaded (LRU large enough to keep them), the
+median seconds of a request that switches to another adapter and of one that keeps the same
+adapter (tiny model, CPU), by N: switching cost should stay flat as adapters accumulate.
+
+Writes ``bench/results/generation.json``.
+
+    python -m bench.generation [--size 512] [--images 40] [--diffusion-size 64] [--no-diffusion]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.generator.client import TritonGenerator
+from services.generator.protocol import VariantRequest, VariantResult
+from services.generator.stage import crop_to_product
+from shared.synth import make_product, render_photo
+from tests.support.triton import TritonServerProcess, max_batch_executed
+
+RESULTS = Path(__file__).resolve().parent / "results" / "generation.json"
+CONCURRENCIES = (1, 8)
+
+
+def _variants(count: int, size_px: int, reference_px: int) -> list[VariantRequest]:
+    photo = render_photo(make_product(1, seed=2026), 0, seed=2026, size_px=reference_px)
+    reference, mask = crop_to_product(np.asarray(photo.image), photo.mask)  # as the stage sends it
+    return [
+        VariantRequest(
+            reference=reference,
+            mask=mask,
+            prompt="a photo of sks can",
+            negative_prompt="",
+            seed=seed,
+            parameters_json="{}",
+            adapter_id=None,
+            series=None,
+            size=size_px,
+        )
+        for seed in range(count)
+    ]
+
+
+def images_per_s(
+    server: TritonServerProcess, backend: str, variants: list[VariantRequest], concurrency: int
+) -> float:
+    """Images per second for ``variants`` sent with ``concurrency`` requests in flight (after a warm-up)."""
+    client = TritonGenerator(server.grpc_url, concurrency=concurrency, timeout_s=600)
+    try:
+        client.generate(backend, variants[: max(2, concurrency)])  # warm-up: connections, first calls
+        started = time.perf_counter()
+        results = client.generate(backend, variants)
+        elapsed = time.perf_counter() - started
+    finally:
+        client.close()
+    if not all(isinstance(result, VariantResult) for result in results):
+        raise RuntimeError(f"{backend}: some variants were refused: {results}")
+    return len(variants) / elapsed
+
+
+def bench_backend(
+    work: Path, backend: str, size_px: int, images: int, reference_px: int, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    saved = {key: os.environ.get(key) for key in env or {}}
+    os.environ.update(env or {})
+    server = TritonServerProcess(work, backends=(backend,), max_batch_size=8, batch_delay_us=5_000)
+    try:
+        server.start()
+        variants = _variants(images, size_px, reference_px)
+        rates = {c: images_per_s(server, backend, variants, c) for c in CONCURRENCIES}
+        batch = max_batch_executed(server.statistics(backend))
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    result: dict[str, Any] = {f"{backend}_images_per_s_c{c}": round(rate, 2) for c, rate in rates.items()}
+    result[f"{backend}_size_px"] = size_px
+    result[f"{backend}_max_batch_seen"] = batch
+    return result
+
+
+def lora_switch_seconds(
+    model_dir: Path, work: Path, counts: tuple[int, ...] = (1, 2, 4, 8)
+) -> dict[str, dict[str, float]]:
+    """Seconds of a request that switches adapter vs one that keeps it, by adapters loaded (in-process)."""
+    from shared.generation.adapters import AdapterRegistry
+    from shared.generation.backend import GenerationRequest
+    from shared.generation.diffusion import DiffusionBackend
+    from shared.store import FileStore
+    from tests.support.diffusion import TINY_BASE_MODEL, make_tiny_lora, product_photo
+
+    store_root = work / "lora-store"
+    registry = AdapterRegistry(FileStore(store_root / "adapters"))
+    most = max(counts)
+    for index in range(most + 1):
+        weights = make_tiny_lora(model_dir, work / f"lora{index}", seed=index + 1)
+        registry.register(
+            f"lora-{index}", weights, kind="specialized", series=f"s{index}", base_model=TINY_BASE_MODEL
+        )
+    os.environ.update(
+        {
+            "SKUFORGE_DIFFUSION_LORA_CACHE_SIZE": str(most + 1),
+            "SKUFORGE_DIFFUSION_ADAPTER_REFRESH_S": "3600",
+            "SKUFORGE_STORE_URI": f"file://{store_root}",
+        }
+    )
+    backend = DiffusionBackend.from_settings()
+    reference, mask = product_photo(96, seed=3)
+
+    def timed(series: str) -> float:
+        request = GenerationRequest(
+            reference=np.asarray(reference),
+            mask=np.asarray(mask),
+            prompt="a photo of sks can",
+            negative_prompt="",
+            seed=1,
+            n=1,
+            parameters={},
+            series=series,
+            size=64,
+        )
+        started = time.perf_counter()
+        backend.generate(request)
+        return time.perf_counter() - started
+
+    out: dict[str, dict[str, float]] = {}
+    loaded = 0
+    for count in counts:
+        while loaded < count:  # load adapters 0..count-1 (first use loads them)
+            timed(f"s{loaded}")
+            loaded += 1
+        same = statistics.median(timed(f"s{count - 1}") for _ in range(3))
+        switch = statistics.median(timed(f"s{index % count}") for index in range(3))
+        out[str(count)] = {"switch_request_s": round(switch, 4), "same_adapter_request_s": round(same, 4)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512, help="composite output side (px)")
+    parser.add_argument("--images", type=int, default=40, help="images per measurement")
+    parser.add_argument(
+        "--diffusion-size", type=int, default=64, help="diffusion output side (tiny model: 64)"
+    )
+    parser.add_argument("--diffusion-images", type=int, default=16)
+    parser.add_argument("--no-diffusion", action="store_true", help="composite only")
+    args = parser.parse_args(argv)
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}",
+        "device": "cpu",
+        # The machine is shared: its load at the start says how far the figures are from an idle machine.
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
+        "concurrencies": list(CONCURRENCIES),
+        "triton": "PyTriton-bundled Triton, 1 model instance, max_batch_size 8, batch delay 5 ms, gRPC",
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
+        work = Path(tmp)
+        results.update(bench_backend(work, "composite", args.size, args.images, reference_px=512))
+        print(json.dumps(results), flush=True)
+        if not args.no_diffusion:
+            from tests.support.diffusion import build_tiny_inpaint_pipeline
+
+            model_dir = build_tiny_inpaint_pipeline(work / "tiny-sd-inpaint")
+            env = {
+                "SKUFORGE_DIFFUSION_MODEL": str(model_dir),
+                "SKUFORGE_DIFFUSION_DEVICE": "cpu",
+                "SKUFORGE_DIFFUSION_THREADS": "1",
+                "SKUFORGE_DIFFUSION_STEPS": "2",
+                "SKUFORGE_DIFFUSION_CACHE_DIR": str(work / "cache"),
+                "SKUFORGE_STORE_URI": f"file://{work / 'store'}",
+            }
+            results.update(
+                bench_backend(work, "diffusion", args.diffusion_size, args.diffusion_images, 96, env=env)
+            )
+            results["diffusion_model"] = (
+                "tiny config-built SD inpainting pipeline, 2 steps (tests/support/diffusion.py)"
+            )
+            os.environ.update(env)
+            results["lora_switch_s"] = lora_switch_seconds(model_dir, work)
+    results["max_batch_seen"] = max(v for k, v in results.items() if k.endswith("_max_batch_seen"))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The generator: Triton-served generation model and the stage that asks it for variants."""

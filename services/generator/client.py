@@ -1,0 +1,140 @@
+"""The stage's side of the Triton contract: one request per variant, sent concurrently.
+
+Triton down, a model not loaded yet, a full queue (overload) or a timeout raise
+``GeneratorUnavailable``, a ``TransientError``: the runtime pauses the partition, backs off and
+retries, and commits nothing meanwhile. A variant the model refuses (its ``error`` output) comes
+back as a ``BadInput`` for its SKU. A malformed request (our bug) raises ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from services.generator.protocol import INPUTS, VariantRequest, VariantResult, model_name
+from shared.errors import BadInput, TransientError
+
+_TRITON_DTYPES = {np.uint8: "UINT8", np.int64: "INT64", np.int32: "INT32", bytes: "BYTES"}
+# gRPC status codes of a request Triton could not serve but may serve later.
+_CLIENT_ERRORS = ("StatusCode.INVALID_ARGUMENT", "400")
+
+
+class GeneratorUnavailable(TransientError):
+    """Triton could not take the request now (down, loading, overloaded, slow); retry later."""
+
+
+class TritonGenerator:
+    """A tritonclient (gRPC or HTTP) for the generation models, one connection per worker thread."""
+
+    def __init__(
+        self, url: str, *, protocol: str = "grpc", timeout_s: float = 300.0, concurrency: int = 8
+    ) -> None:
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+        self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="triton")
+        self.last_call_ok = True  # readiness: the last call reached the model
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        self._pool.shutdown(wait=True)
+
+    def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
+        """All ``variants`` from ``backend``'s model, in order; GeneratorUnavailable if any was not served."""
+        futures = [self._pool.submit(self._infer_one, backend, variant) for variant in variants]
+        results: list[VariantResult | BadInput] = []
+        unavailable: GeneratorUnavailable | None = None
+        for future in futures:
+            try:
+                results.append(future.result())
+            except GeneratorUnavailable as exc:
+                unavailable = unavailable or exc
+        self.last_call_ok = unavailable is None
+        if unavailable is not None:
+            raise unavailable
+        return results
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            if self.protocol == "grpc":
+                import tritonclient.grpc as module
+            else:
+                import tritonclient.http as module
+            kwargs: dict[str, Any] = {}
+            if self.protocol == "http":
+                kwargs = {"connection_timeout": self.timeout_s, "network_timeout": self.timeout_s}
+            client = module.InferenceServerClient(self.url, **kwargs)
+            self._local.client, self._local.module = client, module
+        return client
+
+    def _infer_one(self, backend: str, variant: VariantRequest) -> VariantResult | BadInput:
+        from tritonclient.utils import InferenceServerException
+
+        client = self._client()
+        module = self._local.module
+        values = {
+            "reference": variant.reference[None],
+            "mask": variant.mask[None],
+            "prompt": _bytes_cell(variant.prompt),
+            "negative_prompt": _bytes_cell(variant.negative_prompt),
+            "seed": np.array([[variant.seed]], dtype=np.int64),
+            "parameters": _bytes_cell(variant.parameters_json),
+            "adapter_id": _bytes_cell(variant.adapter_id or ""),
+            "series": _bytes_cell(variant.series or ""),
+            "size": np.array([[variant.size]], dtype=np.int32),
+        }
+        inputs = []
+        for name, dtype, _ in INPUTS:
+            tensor = module.InferInput(name, list(values[name].shape), _TRITON_DTYPES[dtype])
+            tensor.set_data_from_numpy(values[name])
+            inputs.append(tensor)
+        timeout: dict[str, Any] = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        try:
+            response = client.infer(model_name(backend), inputs, **timeout)
+        except InferenceServerException as exc:
+            status, message = str(exc.status()), exc.message() or str(exc)
+            if status in _CLIENT_ERRORS and "queue" not in message.lower():
+                raise RuntimeError(f"Triton refused the request as malformed ({status}): {message}") from exc
+            raise GeneratorUnavailable(_explain(status, message, self.url, backend)) from exc
+        except (OSError, TimeoutError) as exc:
+            raise GeneratorUnavailable(
+                f"Triton at {self.url} unreachable: {type(exc).__name__}: {exc}"
+            ) from exc
+        error = _text(response.as_numpy("error"))
+        if error:
+            return BadInput(
+                "generation_refused", f"{model_name(backend)} refused variant seed {variant.seed}: {error}"
+            )
+        return VariantResult(
+            image=response.as_numpy("image")[0],
+            expected_mask=response.as_numpy("expected_mask")[0],
+            parameters_json=_text(response.as_numpy("parameters_used")) or "{}",
+            adapter_id=_text(response.as_numpy("adapter_used")) or None,
+            model_id=_text(response.as_numpy("model_id")),
+        )
+
+
+def _explain(status: str, message: str, url: str, backend: str) -> str:
+    lowered = message.lower()
+    if "queue" in lowered:
+        return f"Triton at {url} is overloaded ({model_name(backend)} queue full): {message}"
+    if "deadline" in lowered or "timeout" in lowered or "DEADLINE" in status:
+        return f"Triton at {url} timed out on {model_name(backend)}: {message}"
+    return f"Triton at {url} unavailable for {model_name(backend)} ({status}): {message}"
+
+
+def _bytes_cell(text: str) -> np.ndarray:
+    return np.array([[text.encode("utf-8")]], dtype=object)
+
+
+def _text(column: np.ndarray | None) -> str:
+    if column is None:
+        return ""
+    value = column.reshape(-1)[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

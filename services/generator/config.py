@@ -1,0 +1,123 @@
+"""Settings of generation: environment variables ``SKUFORGE_GENERATION_*``.
+
+Two processes read them: the Triton server (``skuforge serve generator``: which backend it runs,
+its ports, dynamic batching and queue limits) and the generator stage (``skuforge run generator``:
+where Triton is, how many variants per SKU, which backend serves what share of them). Like the
+other stages' settings they sit beside the shared ``Settings``, field names prefixed
+``generation_`` so ``describe_validation_error`` names the variables correctly. Settings of the
+diffusion backend itself (weights, adapters) belong to that backend.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, JsonValue, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.config import ENV_PREFIX, ConfigError, describe_validation_error
+from shared.generation.backend import BACKEND_NAMES
+
+BackendName = Literal["composite", "diffusion"]
+
+
+class GenerationSettings(BaseSettings):
+    """What the generation model serves and how the stage asks it for variants."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    generation_backend: BackendName = Field(
+        default="composite",
+        description="backend of 'skuforge serve generator' and of every variant unless a mix is set: "
+        "'composite' (CPU, no weights) or 'diffusion' (inpainting + LoRA)",
+    )
+    generation_backend_mix: dict[BackendName, float] = Field(
+        default={},
+        description='JSON share of variants per backend, e.g. {"composite": 3, "diffusion": 1}; '
+        "empty = all from SKUFORGE_GENERATION_BACKEND (each backend needs its Triton model served)",
+    )
+    generation_variants_per_sku: int = Field(
+        default=8, ge=1, le=10_000, description="images generated per SKU, spread over its usable photos"
+    )
+    generation_size_px: int = Field(default=512, ge=64, le=2048, description="side of each generated image")
+    generation_seed: int = Field(
+        default=0, ge=0, description="mixed into every variant's seed; change it to get a different set"
+    )
+    generation_parameters: dict[str, JsonValue] = Field(
+        default={},
+        description='JSON parameters sent with every variant (backend knobs, e.g. {"occluders": 0})',
+    )
+    generation_adapter_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="LoRA adapter for every diffusion variant; unset = the model picks by the SKU's series",
+    )
+    generation_max_reference_px: int = Field(
+        default=1024,
+        ge=64,
+        le=8192,
+        description="reference photos are shrunk to this longer side before sending",
+    )
+    # The stage as a Triton client
+    generation_triton_url: str = Field(
+        default="127.0.0.1:8001", min_length=1, description="Triton address the stage calls (host:port)"
+    )
+    generation_triton_protocol: Literal["grpc", "http"] = Field(
+        default="grpc", description="protocol of SKUFORGE_GENERATION_TRITON_URL"
+    )
+    generation_triton_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="per-request timeout; a timeout is transient (retried, not committed)",
+    )
+    generation_triton_concurrency: int = Field(
+        default=8, ge=1, le=256, description="requests the stage keeps in flight (one request per variant)"
+    )
+    # The Triton server
+    generation_server_address: str = Field(
+        default="127.0.0.1", min_length=1, description="address Triton's HTTP, gRPC and metrics ports bind"
+    )
+    generation_server_http_port: int = Field(default=8000, ge=1, le=65535, description="Triton HTTP port")
+    generation_server_grpc_port: int = Field(default=8001, ge=1, le=65535, description="Triton gRPC port")
+    generation_server_metrics_port: int = Field(
+        default=8002, ge=1, le=65535, description="Triton Prometheus metrics port"
+    )
+    generation_max_batch_size: int = Field(
+        default=8, ge=1, le=256, description="largest batch Triton's dynamic batcher hands the model"
+    )
+    generation_batch_delay_us: int = Field(
+        default=5_000,
+        ge=0,
+        description="how long Triton holds a request to form a bigger batch (microseconds)",
+    )
+    generation_max_queue_size: int = Field(
+        default=64, ge=1, description="requests queued per model; beyond it Triton refuses (overload error)"
+    )
+    generation_instances: int = Field(
+        default=1, ge=1, le=64, description="model instances Triton runs in parallel (CPU: ~1 per 2 cores)"
+    )
+
+    @field_validator("generation_backend_mix")
+    @classmethod
+    def _mix_is_a_share(cls, mix: dict[str, float]) -> dict[str, float]:
+        if any(share < 0 for share in mix.values()):
+            raise ValueError("shares must be >= 0")
+        if mix and sum(mix.values()) <= 0:
+            raise ValueError(f"at least one share must be > 0 (backends: {', '.join(BACKEND_NAMES)})")
+        return mix
+
+    def shares(self) -> dict[str, float]:
+        """Backend → share of variants (sums to 1)."""
+        mix = {name: share for name, share in self.generation_backend_mix.items() if share > 0}
+        if not mix:
+            return {self.generation_backend: 1.0}
+        total = sum(mix.values())
+        return {name: share / total for name, share in mix.items()}
+
+
+def load_generation_settings(**overrides: object) -> GenerationSettings:
+    """Read the generation settings from the environment (and overrides); errors name the variable."""
+    try:
+        return GenerationSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None

@@ -1,0 +1,68 @@
+"""The generation model's Triton contract: model names and tensors, shared by server and client.
+
+One row of a batch is one variant: a reference photo, its product mask, the prompts, the variant's
+seed, JSON parameters and an optional adapter id go in; one image, its expected mask, the JSON
+parameters actually used, the adapter actually used and an error message (empty when the row
+succeeded) come out. Rows fail alone: a row the backend refuses gets its message in ``error`` and
+zero images, and the other rows of the batch are unaffected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MODEL_PREFIX = "skuforge_generator_"
+
+# name, dtype, shape without the batch dimension (-1 = any)
+INPUTS: tuple[tuple[str, type, tuple[int, ...]], ...] = (
+    ("reference", np.uint8, (-1, -1, 3)),
+    ("mask", np.uint8, (-1, -1)),
+    ("prompt", bytes, (1,)),
+    ("negative_prompt", bytes, (1,)),
+    ("seed", np.int64, (1,)),
+    ("parameters", bytes, (1,)),  # JSON object
+    ("adapter_id", bytes, (1,)),  # "" = choose by series
+    ("series", bytes, (1,)),
+    ("size", np.int32, (1,)),
+)
+OUTPUTS: tuple[tuple[str, type, tuple[int, ...]], ...] = (
+    ("image", np.uint8, (-1, -1, 3)),
+    ("expected_mask", np.uint8, (-1, -1)),
+    ("parameters_used", bytes, (1,)),  # JSON object
+    ("adapter_used", bytes, (1,)),  # "" = none
+    ("model_id", bytes, (1,)),  # the backend's model id, for lineage
+    ("error", bytes, (1,)),  # "" = ok
+)
+
+
+def model_name(backend: str) -> str:
+    """The Triton model that serves ``backend`` (e.g. ``skuforge_generator_composite``)."""
+    return MODEL_PREFIX + backend
+
+
+@dataclass(frozen=True)
+class VariantRequest:
+    """What the stage asks for one variant (one Triton request of batch size 1)."""
+
+    reference: np.ndarray  # H x W x 3 uint8
+    mask: np.ndarray  # H x W uint8
+    prompt: str
+    negative_prompt: str
+    seed: int
+    parameters_json: str
+    adapter_id: str | None
+    series: str | None
+    size: int
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    """What the model answered for one variant."""
+
+    image: np.ndarray  # size x size x 3 uint8
+    expected_mask: np.ndarray  # size x size uint8, 0/255
+    parameters_json: str
+    adapter_id: str | None
+    model_id: str

@@ -1,0 +1,232 @@
+"""The generation model on NVIDIA Triton, served with PyTriton: ``skuforge serve generator``.
+
+Each configured backend (``SKUFORGE_GENERATION_BACKEND``, or ``--backend`` given several times)
+becomes one Triton model, ``skuforge_generator_<backend>``, with the tensors of
+``services/generator/protocol.py``. Triton's dynamic batcher merges concurrent requests into
+batches of up to ``SKUFORGE_GENERATION_MAX_BATCH_SIZE`` rows, waiting at most
+``SKUFORGE_GENERATION_BATCH_DELAY_US`` for a batch to fill, and its queue policy refuses requests
+beyond ``SKUFORGE_GENERATION_MAX_QUEUE_SIZE`` at once, so overload is an immediate, clear error
+to the caller (the stage backs off) rather than an ever-growing queue.
+
+The same ``GenerationModel`` callable is what a production Triton on GPU serves; see
+``deploy/triton/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import sysconfig
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+import numpy as np
+import numpy.typing as npt
+
+from services.generator.config import GenerationSettings, load_generation_settings
+from services.generator.protocol import INPUTS, OUTPUTS, model_name
+from shared.config import load_settings
+from shared.errors import BadInput
+from shared.generation.backend import GeneratedSample, GenerationBackend, GenerationRequest, open_backend
+from shared.observability import configure_logging
+
+log = logging.getLogger("skuforge.generator.server")
+
+
+class GenerationModel:
+    """The Triton callable: a list of requests (each a batch of variant rows) → one output dict each.
+
+    A row the backend refuses (bad mask, unknown parameter...) gets its message in ``error`` and
+    zero images; the rest of the batch is served. Anything else wrong is raised, and Triton
+    reports it to every request of the batch.
+    """
+
+    def __init__(self, backend: GenerationBackend) -> None:
+        self.backend = backend
+
+    def __call__(
+        self, requests: Sequence[Mapping[str, npt.NDArray[Any]]]
+    ) -> list[dict[str, npt.NDArray[Any]]]:
+        """Serve one batch Triton formed (several requests, rows stacked per request)."""
+        return [self._serve_request(request) for request in requests]
+
+    def _serve_request(self, request: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        rows = int(request["reference"].shape[0])
+        sizes = {int(s) for s in np.asarray(request["size"]).reshape(-1)}
+        if len(sizes) != 1:
+            raise ValueError(f"every row of one request must ask for the same size, got {sorted(sizes)}")
+        size = sizes.pop()
+        images = np.zeros((rows, size, size, 3), dtype=np.uint8)
+        masks = np.zeros((rows, size, size), dtype=np.uint8)
+        used, adapters, errors = [b"{}"] * rows, [b""] * rows, [b""] * rows
+        model_ids = [self.backend.model_id.encode()] * rows
+        for row in range(rows):
+            try:
+                sample = self._generate_row(request, row, size)
+            except (ValueError, BadInput) as exc:  # the backend refused this row: report it, serve the others
+                errors[row] = f"{type(exc).__name__}: {exc}".encode()
+                continue
+            if sample.image.shape != (size, size, 3) or sample.expected_mask.shape != (size, size):
+                raise RuntimeError(
+                    f"backend {self.backend.name} returned {sample.image.shape}/{sample.expected_mask.shape} "
+                    f"for size {size}"
+                )
+            images[row], masks[row] = sample.image, sample.expected_mask
+            used[row] = json.dumps(sample.parameters, sort_keys=True).encode()
+            adapters[row] = (sample.adapter_id or "").encode()
+        return {
+            "image": images,
+            "expected_mask": masks,
+            "parameters_used": _bytes_column(used),
+            "adapter_used": _bytes_column(adapters),
+            "model_id": _bytes_column(model_ids),
+            "error": _bytes_column(errors),
+        }
+
+    def _generate_row(self, request: Mapping[str, npt.NDArray[Any]], row: int, size: int) -> GeneratedSample:
+        try:
+            parameters = json.loads(_text(request["parameters"][row]) or "{}")
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"parameters are not JSON: {exc}") from None
+        if not isinstance(parameters, dict):
+            raise ValueError("parameters must be a JSON object")
+        generation_request = GenerationRequest(
+            reference=np.ascontiguousarray(request["reference"][row]),
+            mask=np.ascontiguousarray(request["mask"][row]),
+            prompt=_text(request["prompt"][row]),
+            negative_prompt=_text(request["negative_prompt"][row]),
+            seed=int(np.asarray(request["seed"][row]).reshape(-1)[0]),
+            n=1,
+            parameters=parameters,
+            adapter_id=_text(request["adapter_id"][row]) or None,
+            series=_text(request["series"][row]) or None,
+            size=size,
+        )
+        samples = self.backend.generate(generation_request)
+        if len(samples) != 1:
+            raise RuntimeError(f"backend {self.backend.name} returned {len(samples)} samples for n=1")
+        return samples[0]
+
+
+def _text(cell: npt.NDArray[Any]) -> str:
+    value = np.asarray(cell).reshape(-1)[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _bytes_column(values: list[bytes]) -> npt.NDArray[Any]:
+    return np.array(values, dtype=object).reshape(-1, 1)
+
+
+def put_libpython_first() -> None:
+    """Triton's Python backend stub links libpython3.11.so: it must find this interpreter's first.
+
+    The server inherits this process's environment when PyTriton starts it, so this must run
+    before the ``Triton`` object starts.
+    """
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if not libdir:
+        return
+    current = [part for part in os.environ.get("LD_LIBRARY_PATH", "").split(":") if part and part != libdir]
+    os.environ["LD_LIBRARY_PATH"] = ":".join([libdir, *current])
+
+
+def build_triton(
+    generation: GenerationSettings, backends: Sequence[str], *, workspace: str | None = None
+) -> Any:
+    """A PyTriton ``Triton`` with one model per backend bound (not started: call ``run()``/``serve()``)."""
+    from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor
+    from pytriton.model_config.common import TimeoutAction
+    from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+
+    put_libpython_first()
+    config = TritonConfig(
+        http_address=generation.generation_server_address,
+        http_port=generation.generation_server_http_port,
+        grpc_address=generation.generation_server_address,
+        grpc_port=generation.generation_server_grpc_port,
+        metrics_address=generation.generation_server_address,
+        metrics_port=generation.generation_server_metrics_port,
+        exit_on_error=True,
+    )
+    # Statistics stay readable (batch sizes executed: how dynamic batching is verified);
+    # repository, shared memory, trace and logging controls keep PyTriton's token.
+    security = TritonSecurityConfig(
+        restricted_endpoints=["shared-memory", "model-repository", "trace", "logging"]
+    )
+    triton = Triton(config=config, security_config=security, workspace=workspace)
+    model_config = ModelConfig(
+        max_batch_size=generation.generation_max_batch_size,
+        batcher=DynamicBatcher(
+            max_queue_delay_microseconds=generation.generation_batch_delay_us,
+            default_queue_policy=QueuePolicy(
+                max_queue_size=generation.generation_max_queue_size,
+                timeout_action=TimeoutAction.REJECT,
+            ),
+        ),
+    )
+    for name in dict.fromkeys(backends):
+        backend_settings = generation.model_copy(update={"generation_backend": name})
+        instances = [
+            GenerationModel(open_backend(backend_settings)) for _ in range(generation.generation_instances)
+        ]
+        triton.bind(
+            model_name=model_name(name),
+            infer_func=instances,
+            inputs=[Tensor(name=n, dtype=dtype, shape=shape) for n, dtype, shape in INPUTS],
+            outputs=[Tensor(name=n, dtype=dtype, shape=shape) for n, dtype, shape in OUTPUTS],
+            config=model_config,
+            strict=True,
+        )
+        log.info(
+            "model bound",
+            extra={
+                "model": model_name(name),
+                "model_id": instances[0].backend.model_id,
+                "instances": len(instances),
+            },
+        )
+    return triton
+
+
+def _interrupt(*_: object) -> NoReturn:
+    # PyTriton's serve() loop stops Triton cleanly on KeyboardInterrupt.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``skuforge serve generator``: run Triton with the generation model(s) until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(
+        prog="skuforge serve generator",
+        description="Serve the generation model on Triton (PyTriton). Settings: SKUFORGE_GENERATION_*.",
+    )
+    parser.add_argument(
+        "--backend",
+        action="append",
+        choices=("composite", "diffusion"),
+        help="backend to serve (repeat for several); default SKUFORGE_GENERATION_BACKEND",
+    )
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    generation = load_generation_settings()
+    backends = args.backend or [generation.generation_backend]
+    triton = build_triton(generation, backends)
+    signal.signal(signal.SIGTERM, _interrupt)
+    log.info(
+        "serving",
+        extra={
+            "models": [model_name(b) for b in backends],
+            "grpc": f"{generation.generation_server_address}:{generation.generation_server_grpc_port}",
+            "http": f"{generation.generation_server_address}:{generation.generation_server_http_port}",
+        },
+    )
+    triton.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

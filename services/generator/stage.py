@@ -1,0 +1,290 @@
+"""Generator: N new training images per captioned SKU, from the generation model on Triton.
+
+Consumes: ``sku.captioned``.
+Produces: one ``image.generated`` per variant (``SKUFORGE_GENERATION_VARIANTS_PER_SKU`` per SKU,
+spread round-robin over its usable photos), after writing two PNGs per variant to the object
+store under keys derived from the input event and the variant index (a redelivered event
+overwrites them, and its events get the same ids):
+
+* ``generated/<sku_id>/<item_id>.png``        the generated image
+* ``masks/expected/<sku_id>/<item_id>.png``   where the product's own pixels are (0/255)
+
+Each event carries the backend, model id, adapter, prompt, seed, variant index and the
+parameters the model actually used, and embeds the reference photo and mask it came from.
+
+Which backend makes which variant: ``SKUFORGE_GENERATION_BACKEND_MIX`` (shares per backend, by
+largest remainder, in a fixed order), else all ``SKUFORGE_GENERATION_BACKEND``. Each variant's
+seed is derived from (sku_id, photo_id, variant index, ``SKUFORGE_GENERATION_SEED``), so the same
+SKU always gets the same images.
+
+Bad input goes to the DLQ with its reason: no usable photo (``no_usable_photo``), a photo or mask
+missing or altered in the store (``object_missing``, ``checksum_mismatch``), not a readable image
+(``corrupt``...), or a variant the model refuses (``generation_refused``). Triton down, loading,
+overloaded or slow is transient: the partition is paused and retried, nothing is committed.
+
+The model: served by ``skuforge serve generator`` (``services/generator/server.py``); this
+stage only calls it (``services/generator/client.py``). Knobs: ``services/generator/config.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from schemas.envelope import Envelope, derive_id
+from schemas.events import CaptionedPhoto, ImageGenerated, SkuCaptioned
+from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
+from services.generator.client import TritonGenerator
+from services.generator.config import GenerationSettings, load_generation_settings
+from services.generator.protocol import VariantRequest, VariantResult
+from shared.config import Settings, load_settings
+from shared.errors import BadInput
+from shared.images import decode_image, decode_mask
+from shared.runtime import Context, Emit, Stage, run_stage
+
+DEFAULT_METRICS_PORT = 9104
+STAGE_NAME = "generator"
+
+
+@dataclass(frozen=True)
+class PlannedVariant:
+    """One image to generate: from which photo, with which backend and seed."""
+
+    variant_index: int
+    photo: CaptionedPhoto
+    backend: str
+    seed: int
+
+
+def backend_counts(shares: dict[str, float], total: int) -> dict[str, int]:
+    """Split ``total`` variants by ``shares`` (largest remainder; ties go to the earlier backend)."""
+    exact = {name: share * total for name, share in shares.items()}
+    counts = {name: int(value) for name, value in exact.items()}
+    by_remainder = sorted(exact, key=lambda name: (-(exact[name] - counts[name]), list(exact).index(name)))
+    for name in by_remainder[: total - sum(counts.values())]:
+        counts[name] += 1
+    return counts
+
+
+def variant_seed(sku_id: str, photo_id: str, variant_index: int, base_seed: int) -> int:
+    """A 31-bit seed that depends only on the SKU, the photo, the variant and the configured seed."""
+    return int(derive_id("seed", sku_id, photo_id, str(variant_index), str(base_seed))[:8], 16) & 0x7FFFFFFF
+
+
+def plan_variants(captioned: SkuCaptioned, generation: GenerationSettings) -> list[PlannedVariant]:
+    """The SKU's variants: photos round-robin, backends by share; refuses a SKU with no usable photo."""
+    usable = [photo for photo in captioned.photos if photo.usable and photo.mask is not None]
+    if not usable:
+        reasons = "; ".join(f"{p.photo_id}: {p.unusable_reason or 'no mask'}" for p in captioned.photos)
+        raise BadInput("no_usable_photo", f"no photo of {captioned.sku.sku_id} can be used ({reasons})")
+    total = generation.generation_variants_per_sku
+    backends = [
+        name for name, count in backend_counts(generation.shares(), total).items() for _ in range(count)
+    ]
+    return [
+        PlannedVariant(
+            variant_index=index,
+            photo=usable[index % len(usable)],
+            backend=backends[index],
+            seed=variant_seed(
+                captioned.sku.sku_id, usable[index % len(usable)].photo_id, index, generation.generation_seed
+            ),
+        )
+        for index in range(total)
+    ]
+
+
+def prompt_for(captioned: SkuCaptioned, photo: CaptionedPhoto) -> str:
+    """The instance prompt, then the photo's detailed caption: detailed captions keep diffusion faithful."""
+    return f"{captioned.instance_prompt}, {photo.caption}" if photo.caption else captioned.instance_prompt
+
+
+def _read_reference(photo: CaptionedPhoto, ctx: Context, max_side_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """The photo (RGB) and its mask (0/255), verified against their sha256, shrunk to ``max_side_px``
+    and cropped around the product."""
+    assert photo.mask is not None
+    max_pixels, max_bytes = ctx.settings.max_image_pixels, ctx.settings.max_image_bytes
+    image = decode_image(ctx.store.read_verified(photo.image), max_pixels=max_pixels, max_bytes=max_bytes)
+    mask = decode_mask(ctx.store.read_verified(photo.mask), max_pixels=max_pixels, max_bytes=max_bytes)
+    if mask.shape != (image.height, image.width):
+        raise BadInput(
+            "dimension_mismatch",
+            f"mask of {photo.photo_id} is {mask.shape[1]}x{mask.shape[0]}, "
+            f"the photo {image.width}x{image.height}",
+        )
+    scale = max_side_px / max(image.size)
+    if scale < 1.0:
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+        mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
+    return crop_to_product(np.asarray(image, dtype=np.uint8), np.where(mask >= 128, 255, 0).astype(np.uint8))
+
+
+def crop_to_product(
+    reference: np.ndarray, mask: np.ndarray, margin_fraction: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
+    """Photo and mask cropped to the product's bounding box plus a margin: backends use only the
+    product's pixels, and a smaller request travels faster. An empty mask is left for the model
+    to refuse with its own reason."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return reference, mask
+    margin = round(margin_fraction * max(mask.shape))
+    y0, y1 = max(0, int(rows[0]) - margin), min(mask.shape[0], int(rows[-1]) + 1 + margin)
+    x0, x1 = max(0, int(cols[0]) - margin), min(mask.shape[1], int(cols[-1]) + 1 + margin)
+    return np.ascontiguousarray(reference[y0:y1, x0:x1]), np.ascontiguousarray(mask[y0:y1, x0:x1])
+
+
+def handle_batch(
+    events: Sequence[Envelope[SkuCaptioned]],
+    ctx: Context,
+    *,
+    generator: TritonGenerator,
+    generation: GenerationSettings,
+) -> list[list[Emit] | BadInput]:
+    """Generate every variant of every event; a SKU that cannot be served refuses only itself.
+
+    All variants of the batch go to Triton together (grouped per backend), so its dynamic batcher
+    sees them concurrently. A transient Triton fault raises, and the runtime retries the batch.
+    """
+    plans: dict[int, list[PlannedVariant]] = {}
+    refused: dict[int, BadInput] = {}
+    requests: list[tuple[int, PlannedVariant, VariantRequest]] = []
+    for position, event in enumerate(events):
+        captioned = event.payload
+        try:
+            plans[position] = plan_variants(captioned, generation)
+            references = {
+                photo.photo_id: _read_reference(photo, ctx, generation.generation_max_reference_px)
+                for photo in {planned.photo.photo_id: planned.photo for planned in plans[position]}.values()
+            }
+        except BadInput as refusal:
+            refused[position] = refusal
+            continue
+        for planned in plans[position]:
+            reference, mask = references[planned.photo.photo_id]
+            requests.append(
+                (
+                    position,
+                    planned,
+                    VariantRequest(
+                        reference=reference,
+                        mask=mask,
+                        prompt=prompt_for(captioned, planned.photo),
+                        negative_prompt=captioned.negative_prompt,
+                        seed=planned.seed,
+                        parameters_json=json.dumps(generation.generation_parameters, sort_keys=True),
+                        adapter_id=generation.generation_adapter_id,
+                        series=captioned.sku.series or None,
+                        size=generation.generation_size_px,
+                    ),
+                )
+            )
+
+    answers: dict[tuple[int, int], VariantResult | BadInput] = {}
+    for backend in dict.fromkeys(planned.backend for _, planned, _ in requests):
+        mine = [
+            (position, planned, request)
+            for position, planned, request in requests
+            if planned.backend == backend
+        ]
+        results = generator.generate(backend, [request for _, _, request in mine])
+        for (position, planned, _), result in zip(mine, results, strict=True):
+            answers[(position, planned.variant_index)] = result
+
+    outputs: list[list[Emit] | BadInput] = []
+    for position, event in enumerate(events):
+        if position in refused:
+            outputs.append(refused[position])
+            continue
+        results = [answers[(position, planned.variant_index)] for planned in plans[position]]
+        refused_variant = next((result for result in results if isinstance(result, BadInput)), None)
+        if refused_variant is not None:
+            outputs.append(refused_variant)
+            continue
+        outputs.append(
+            [
+                _store_variant(event, planned, result, ctx)
+                for planned, result in zip(plans[position], results, strict=True)
+                if isinstance(result, VariantResult)
+            ]
+        )
+    return outputs
+
+
+def _store_variant(
+    event: Envelope[SkuCaptioned],
+    planned: PlannedVariant,
+    result: VariantResult,
+    ctx: Context,
+) -> Emit:
+    """Write the image and its expected mask under deterministic keys; the event that announces them."""
+    captioned = event.payload
+    sku_id = captioned.sku.sku_id
+    item_id = derive_id(event.event_id, STAGE_NAME, str(planned.variant_index))
+    assert planned.photo.mask is not None
+    parameters: dict[str, Any] = json.loads(result.parameters_json)
+    generated = ImageGenerated(
+        item_id=item_id,
+        sku=captioned.sku,
+        reference_photo_id=planned.photo.photo_id,
+        reference_image=planned.photo.image,
+        reference_mask=planned.photo.mask,
+        image=ctx.store.put_image(f"generated/{sku_id}/{item_id}.png", result.image),
+        expected_mask=ctx.store.put_image(f"masks/expected/{sku_id}/{item_id}.png", result.expected_mask),
+        backend=planned.backend,
+        model_id=result.model_id,
+        adapter_id=result.adapter_id,
+        prompt=prompt_for(captioned, planned.photo),
+        negative_prompt=captioned.negative_prompt,
+        seed=planned.seed,
+        variant_index=planned.variant_index,
+        parameters=parameters,
+    )
+    return Emit(IMAGE_GENERATED, generated, key=f"variant-{planned.variant_index}")
+
+
+def build_stage(
+    *,
+    generation: GenerationSettings | None = None,
+    generator: TritonGenerator | None = None,
+    **kwargs: Any,
+) -> Stage:
+    """The stage, ready to run. kwargs go to Stage (settings, store...).
+
+    Triton need not be up yet: until it is, every batch backs off and retries.
+    """
+    generation = generation or load_generation_settings()
+    settings: Settings = kwargs.pop("settings", None) or load_settings()
+    client = generator or TritonGenerator(
+        generation.generation_triton_url,
+        protocol=generation.generation_triton_protocol,
+        timeout_s=generation.generation_triton_timeout_s,
+        concurrency=generation.generation_triton_concurrency,
+    )
+    stage = Stage(
+        STAGE_NAME,
+        settings=settings,
+        default_metrics_port=DEFAULT_METRICS_PORT,
+        ready=lambda: client.last_call_ok,
+        **kwargs,
+    )
+    stage.batch_handler(SKU_CAPTIONED)(
+        functools.partial(handle_batch, generator=client, generation=generation)
+    )
+    return stage
+
+
+def main() -> int:
+    """Run the generator stage until SIGTERM."""
+    return run_stage(build_stage())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Generation backends: the interface (backend.py), compositing, and diffusion inpainting."""

@@ -1,0 +1,329 @@
+"""The LoRA adapter registry: trained adapters in the object store, chosen per request by series.
+
+Layout, under the registry's root (by default ``<SKUFORGE_STORE_URI>/adapters``)::
+
+    <adapter_id>/pytorch_lora_weights.safetensors   diffusers LoRA weights (save_lora_weights layout)
+    <adapter_id>/metadata.json                      AdapterMetadata: base model, kind, series, rank...
+
+``metadata.json`` is written last, so an adapter whose upload broke half-way is never listed.
+Two kinds exist, as in the field report (DESIGN.md): a ``general`` adapter trained on
+all shelf images, and ``specialized`` adapters trained on one product series. For a request the
+choice is: the newest specialised adapter of the SKU's series, else the newest general one, else
+none (``resolve_adapter``)::
+
+    registry = AdapterRegistry(open_store("s3://models/adapters"))
+    registry.register("shelf-general", Path("lora.safetensors"), kind="general", base_model="sd15-inpaint")
+    registry.resolve(series="cola-330ml")      # AdapterMetadata, or None when none fits
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import struct
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shared.errors import BadInput, ChecksumMismatch
+from shared.store import ObjectStore, sha256_hex
+
+__all__ = [
+    "ADAPTER_ID_PATTERN",
+    "METADATA_FILE",
+    "NO_ADAPTER",
+    "WEIGHTS_FILE",
+    "AdapterChoice",
+    "AdapterKind",
+    "AdapterMetadata",
+    "AdapterRegistry",
+    "adapters_main",
+    "lora_rank",
+    "resolve_adapter",
+]
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save_lora_weights writes
+METADATA_FILE = "metadata.json"
+# An explicit request for the base model, with no adapter (an adapter_id of None means "choose").
+NO_ADAPTER = "none"
+# Adapter ids double as peft adapter names, which are torch ModuleDict keys: no '.', no '/'.
+ADAPTER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_ADAPTER_ID = re.compile(ADAPTER_ID_PATTERN)
+# The down-projection ("A") tensors in the diffusers, peft and kohya namings.
+_LORA_DOWN = re.compile(r"lora[._](?:A|down)\b")
+
+AdapterKind = Literal["general", "specialized"]
+
+
+class AdapterMetadata(BaseModel):
+    """What ``metadata.json`` says about one adapter."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    adapter_id: str = Field(pattern=ADAPTER_ID_PATTERN)
+    kind: AdapterKind
+    series: str | None = Field(default=None, description="the product series a specialised adapter is for")
+    base_model: str = Field(min_length=1, description="name of the model the adapter was trained on")
+    rank: int = Field(ge=1, description="LoRA rank")
+    training_prompts: list[str] = Field(default_factory=list)
+    weight_name: str = WEIGHTS_FILE
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    weights_bytes: int = Field(ge=1)
+    created_at: datetime
+
+    @field_validator("adapter_id")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.lower() == NO_ADAPTER:
+            raise ValueError(f"{NO_ADAPTER!r} is reserved: it asks for the base model without an adapter")
+        return value
+
+    @model_validator(mode="after")
+    def _series_matches_kind(self) -> AdapterMetadata:
+        if self.kind == "specialized" and not (self.series and self.series.strip()):
+            raise ValueError("a specialized adapter needs the series it was trained on")
+        if self.kind == "general" and self.series is not None:
+            raise ValueError("a general adapter has no series (use kind='specialized')")
+        return self
+
+
+@dataclass(frozen=True)
+class AdapterChoice:
+    """The adapter a request gets, and why: recorded with every generated image."""
+
+    adapter: AdapterMetadata | None
+    reason: Literal["explicit", "series", "general", "none"]
+
+    @property
+    def adapter_id(self) -> str | None:
+        return self.adapter.adapter_id if self.adapter else None
+
+
+def _same_series(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and a.strip().casefold() == b.strip().casefold()
+
+
+def resolve_adapter(
+    adapters: Sequence[AdapterMetadata],
+    *,
+    series: str | None,
+    adapter_id: str | None = None,
+    base_model: str | None = None,
+) -> AdapterChoice:
+    """Pick the adapter for one request (a pure function of the registry's listing).
+
+    ``adapter_id`` set: that adapter (``NO_ADAPTER`` = none), else ``BadInput('unknown_adapter')``.
+    Otherwise the newest specialised adapter of ``series`` (compared case-insensitively), else the
+    newest general adapter, else none. With ``base_model`` set, adapters trained on another base
+    model are never chosen automatically, and asking for one explicitly is ``BadInput``.
+    """
+    if adapter_id is not None:
+        if adapter_id.strip().lower() == NO_ADAPTER:
+            return AdapterChoice(None, "explicit")
+        found = next((a for a in adapters if a.adapter_id == adapter_id), None)
+        if found is None:
+            raise BadInput(
+                "unknown_adapter",
+                f"no adapter {adapter_id!r} in the registry (registered: "
+                f"{', '.join(sorted(a.adapter_id for a in adapters)) or 'none'})",
+            )
+        if base_model is not None and found.base_model != base_model:
+            raise BadInput(
+                "adapter_base_mismatch",
+                f"adapter {adapter_id!r} was trained on {found.base_model!r}, this model is {base_model!r}",
+            )
+        return AdapterChoice(found, "explicit")
+    usable = [a for a in adapters if base_model is None or a.base_model == base_model]
+    newest_first = sorted(usable, key=lambda a: (a.created_at, a.adapter_id), reverse=True)
+    for adapter in newest_first:
+        if adapter.kind == "specialized" and _same_series(adapter.series, series):
+            return AdapterChoice(adapter, "series")
+    for adapter in newest_first:
+        if adapter.kind == "general":
+            return AdapterChoice(adapter, "general")
+    return AdapterChoice(None, "none")
+
+
+def lora_rank(weights: bytes) -> int:
+    """The LoRA rank of a safetensors file: the smallest dimension of its down-projection tensors.
+
+    Reads only the safetensors header (8-byte length, then JSON), so no torch is needed.
+    """
+    if len(weights) < 8:
+        raise ValueError("not a safetensors file: shorter than its header length")
+    (header_len,) = struct.unpack("<Q", weights[:8])
+    try:
+        header = json.loads(weights[8 : 8 + header_len])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a safetensors file: {exc}") from None
+    ranks = {
+        min(info["shape"])
+        for name, info in header.items()
+        if name != "__metadata__" and _LORA_DOWN.search(name) and info.get("shape")
+    }
+    if not ranks:
+        raise ValueError("no lora_A / lora.down tensors in the file: not LoRA weights")
+    return max(ranks)
+
+
+class AdapterRegistry:
+    """Adapters stored under one object-store root: list, register, get, fetch weights."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def list(self) -> list[AdapterMetadata]:
+        """Every registered adapter, sorted by id; unreadable metadata is logged and skipped.
+
+        One broken ``metadata.json`` must not stop generation for every SKU.
+        """
+        adapters: list[AdapterMetadata] = []
+        for key in self.store.list_keys():
+            parts = key.split("/")
+            if len(parts) != 2 or parts[1] != METADATA_FILE:
+                continue
+            try:
+                metadata = AdapterMetadata.model_validate_json(self.store.get_bytes(key))
+            except ValidationError as exc:
+                logger.warning("skipping adapter %s: invalid %s: %s", parts[0], METADATA_FILE, exc)
+                continue
+            if metadata.adapter_id != parts[0]:
+                logger.warning("skipping adapter %s: its metadata names %s", parts[0], metadata.adapter_id)
+                continue
+            adapters.append(metadata)
+        return sorted(adapters, key=lambda a: a.adapter_id)
+
+    def get(self, adapter_id: str) -> AdapterMetadata:
+        """The metadata of one adapter; ``ObjectMissing`` if it is not registered."""
+        self._check_id(adapter_id)
+        return AdapterMetadata.model_validate_json(self.store.get_bytes(f"{adapter_id}/{METADATA_FILE}"))
+
+    def register(
+        self,
+        adapter_id: str,
+        weights: bytes | Path,
+        *,
+        kind: AdapterKind,
+        base_model: str,
+        series: str | None = None,
+        rank: int | None = None,
+        training_prompts: Sequence[str] = (),
+    ) -> AdapterMetadata:
+        """Upload LoRA weights and their metadata (metadata last); replaces an adapter of the same id.
+
+        ``rank`` defaults to the one read from the weights. Invalid metadata raises ``ValueError``
+        before anything is written.
+        """
+        self._check_id(adapter_id)
+        data = weights.read_bytes() if isinstance(weights, Path) else weights
+        try:
+            metadata = AdapterMetadata(
+                adapter_id=adapter_id,
+                kind=kind,
+                series=series,
+                base_model=base_model,
+                rank=rank if rank is not None else lora_rank(data),
+                training_prompts=list(training_prompts),
+                weights_sha256=sha256_hex(data),
+                weights_bytes=len(data),
+                created_at=datetime.now(UTC),
+            )
+        except ValidationError as exc:
+            raise ValueError(f"cannot register adapter {adapter_id!r}: {exc}") from None
+        self.store.put_bytes(f"{adapter_id}/{metadata.weight_name}", data)
+        self.store.put_json(f"{adapter_id}/{METADATA_FILE}", metadata.model_dump(mode="json"))
+        return metadata
+
+    def fetch_weights(self, metadata: AdapterMetadata, cache_dir: Path) -> Path:
+        """A local directory holding the adapter's weights file, checked against its sha256.
+
+        Cached by sha256, so a re-registered adapter (new weights, same id) is fetched again.
+        """
+        target = cache_dir / f"lora-{metadata.weights_sha256[:16]}"
+        path = target / metadata.weight_name
+        if path.is_file() and path.stat().st_size == metadata.weights_bytes:
+            return target
+        key = f"{metadata.adapter_id}/{metadata.weight_name}"
+        data = self.store.get_bytes(key)
+        actual = sha256_hex(data)
+        if actual != metadata.weights_sha256:
+            raise ChecksumMismatch(self.store.uri_for(key), metadata.weights_sha256, actual)
+        target.mkdir(parents=True, exist_ok=True)
+        # A private temporary name, renamed into place: concurrent fetchers never see half a file.
+        fd, partial = tempfile.mkstemp(dir=target, prefix=".partial-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(partial, path)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
+        return target
+
+    @staticmethod
+    def _check_id(adapter_id: str) -> None:
+        if not _ADAPTER_ID.match(adapter_id):
+            raise BadInput(
+                "invalid_adapter_id",
+                f"{adapter_id!r} is not an adapter id (letters, digits, '_' and '-', at most 64)",
+            )
+
+
+def adapters_main(argv: list[str]) -> int:
+    """``skuforge adapters list|register``: the registry at SKUFORGE_DIFFUSION_ADAPTERS_URI."""
+    import argparse
+
+    from shared.config import load_settings
+    from shared.generation.diffusion import load_diffusion_settings
+    from shared.store import open_store
+
+    parser = argparse.ArgumentParser(prog="skuforge adapters", description="List or register LoRA adapters.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="print every registered adapter as one JSON line")
+    register = sub.add_parser("register", help="upload a diffusers LoRA .safetensors file and its metadata")
+    register.add_argument("adapter_id", help="letters, digits, '_' and '-' (at most 64)")
+    register.add_argument("weights", type=Path, help="the .safetensors file (diffusers save_lora_weights)")
+    register.add_argument("--kind", choices=["general", "specialized"], required=True)
+    register.add_argument("--series", default=None, help="the product series (specialized adapters)")
+    register.add_argument("--base-model", required=True, help="name of the model the adapter was trained on")
+    register.add_argument("--rank", type=int, default=None, help="LoRA rank (default: read from the weights)")
+    register.add_argument(
+        "--prompt", action="append", default=[], help="a training prompt (repeat for several)"
+    )
+    args = parser.parse_args(argv)
+    shared = load_settings()
+    uri = load_diffusion_settings().diffusion_adapters_uri or f"{shared.store_uri.rstrip('/')}/adapters"
+    registry = AdapterRegistry(
+        open_store(uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region)
+    )
+    if args.action == "list":
+        for adapter in registry.list():
+            print(adapter.model_dump_json())
+        return 0
+    if not args.weights.is_file():
+        parser.error(f"{args.weights} is not a file")
+    try:
+        metadata = registry.register(
+            args.adapter_id,
+            args.weights,
+            kind=args.kind,
+            base_model=args.base_model,
+            series=args.series,
+            rank=args.rank,
+            training_prompts=args.prompt,
+        )
+    except (ValueError, BadInput) as exc:
+        print(f"skuforge adapters register: {exc}", file=sys.stderr)
+        return 2
+    print(metadata.model_dump_json())
+    return 0

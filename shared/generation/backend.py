@@ -1,0 +1,86 @@
+"""The interface every generation backend implements, and the one place that picks a backend.
+
+A backend turns one reference photo plus its product mask into ``n`` new images. It keeps the
+product's own pixels, so each sample carries an ``expected_mask``: where those pixels ended up.
+The gate later compares that mask with the matting model's prediction (IoU).
+
+Two backends exist: ``composite`` (``shared/generation/composite.py``: the cut-out pasted onto
+procedural scenes; CPU-fast, no weights) and ``diffusion`` (``shared/generation/diffusion.py``:
+diffusers inpainting around the placed product, with LoRA adapters). The Triton model
+(``services/generator/server.py``) serves whichever ``open_backend`` returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+BACKEND_NAMES = ("composite", "diffusion")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One reference photo to turn into ``n`` variants."""
+
+    reference: npt.NDArray[np.uint8]  # H x W x 3 RGB reference photo
+    mask: npt.NDArray[np.uint8]  # H x W, 0 background / 255 product
+    prompt: str
+    negative_prompt: str
+    seed: int
+    n: int  # number of variants
+    parameters: dict[str, Any]  # variant parameters (JSON); backend-specific knobs
+    adapter_id: str | None = None  # explicit LoRA adapter, or None = choose by series
+    series: str | None = None  # SKU series, for the adapter choice
+    size: int = 512  # output canvas side in px
+
+
+@dataclass(frozen=True)
+class GeneratedSample:
+    """One generated image and where the product's own pixels are in it."""
+
+    image: npt.NDArray[np.uint8]  # size x size x 3
+    expected_mask: npt.NDArray[np.uint8]  # size x size, 0/255: where the product's own pixels are
+    parameters: dict[str, Any]  # the parameters actually used (JSON-able)
+    adapter_id: str | None = None
+
+
+class GenerationBackend(Protocol):
+    """What the Triton model calls; one instance per server process."""
+
+    name: str  # "composite" | "diffusion"
+    model_id: str
+
+    def generate(self, request: GenerationRequest) -> list[GeneratedSample]:
+        """Return exactly ``request.n`` samples, reproducible for the same request and seed."""
+        ...
+
+
+class BackendSettings(Protocol):
+    """The part of the settings ``open_backend`` reads (``services/generator/config.py``)."""
+
+    @property
+    def generation_backend(self) -> str: ...
+
+
+def open_backend(settings: BackendSettings) -> GenerationBackend:
+    """The backend named by ``SKUFORGE_GENERATION_BACKEND`` (``composite`` by default).
+
+    ``diffusion`` is imported lazily: torch and diffusers load only where that backend runs.
+    """
+    name = settings.generation_backend
+    if name == "composite":
+        from shared.generation.composite import CompositeBackend
+
+        return CompositeBackend.from_settings(settings)
+    if name == "diffusion":
+        from shared.generation.diffusion import DiffusionBackend
+
+        backend: GenerationBackend = DiffusionBackend.from_settings(settings)
+        return backend
+    raise ValueError(
+        f"unknown generation backend {name!r}: "
+        f"set SKUFORGE_GENERATION_BACKEND to one of {', '.join(BACKEND_NAMES)}"
+    )

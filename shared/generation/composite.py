@@ -1,0 +1,469 @@
+"""The ``composite`` backend: the product's own pixels placed on new, procedurally generated scenes.
+
+No weights, CPU-fast, and a real augmentation: the reference cut-out (reference photo x product
+mask) is warped (scale, position, rotation, perspective) onto a scene from ``shared.synth``'s
+backdrops (studio sweep, wooden table, store shelf with other products, clutter, gradients,
+textures), gets a shadow, may be partly hidden by other products standing in front of it, and
+the whole frame then gets a light gradient, a colour temperature, blur and sensor noise.
+
+The expected mask is where the product's own pixels dominate the output: the warped product
+coverage times what the occluders leave visible, at or above one half. Shadows, light and noise
+change pixel values, never that mask.
+
+Every knob is drawn up front from ``SeedSequence([seed, variant])`` in a fixed order, then any
+key given in ``request.parameters`` replaces the drawn value, so overriding one knob never moves
+the others; the backdrop, the other products and the noise come from the plan's ``scene_seed``.
+The values used are returned as the sample's ``parameters``: sent back as parameters, they
+reproduce the image byte for byte.
+
+Other products (on shelves, on the table, in front of the product) come from a fixed pool of
+rendered sprites, scaled to size, because rendering a product is most of a composite's cost.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageFilter
+
+from shared.generation.backend import GeneratedSample, GenerationRequest
+from shared.synth.backgrounds import BACKGROUNDS, BUILDERS, GROUNDED, Placement, Stand, to_image
+
+# The synth renderer's own layer blend and half-size upscale, so both renderers draw products alike.
+from shared.synth.photo import _composite as composite_layer
+from shared.synth.photo import _upscale2 as upscale_layer
+from shared.synth.products import make_product
+from shared.synth.shapes import Layer, View, build_shape, render_layer
+
+F32 = np.float32
+MODEL_ID = "composite-v1"
+MIN_SIZE_PX = 64
+# Scene kinds and how often each is drawn: shelves and tables are the deployment domain.
+SCENES: tuple[str, ...] = BACKGROUNDS
+_SCENE_WEIGHTS = np.array([0.2, 0.2, 0.25, 0.1, 0.1, 0.15])
+# Distractor/occluder products are drawn from this catalogue, far from any real sku_index.
+_OTHER_PRODUCTS_SEED = 7
+SHADOWS = ("none", "drop", "cast")
+
+
+class CompositeError(ValueError):
+    """A request the composite backend cannot serve; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Every knob of one variant (what ``parameters`` reports)."""
+
+    scene: str
+    height_fraction: float  # product height / canvas side, before rotation
+    rotation_deg: float
+    perspective_x: float  # keystone: right edge taller (+) or shorter (-) than the left
+    perspective_y: float  # bottom edge wider (+) or narrower (-) than the top
+    pos_x: float  # 0..1 across the free horizontal range
+    pos_y: float  # 0..1 across the free vertical range
+    shadow: str
+    shadow_strength: float
+    light_gain: float
+    light_angle_deg: float
+    light_gradient: float  # brightness change across the frame along light_angle_deg
+    colour_temperature: float  # -1 cool (blue) .. +1 warm (red)
+    blur_px: float
+    noise_sigma: float
+    occluders: int
+    scene_seed: int  # backdrop, other products and noise are drawn from it
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> _Plan:
+        scene = SCENES[int(rng.choice(len(SCENES), p=_SCENE_WEIGHTS / _SCENE_WEIGHTS.sum()))]
+        grounded = scene in GROUNDED
+        shadow_roll = float(rng.random())
+        return cls(
+            scene=scene,
+            height_fraction=float(rng.uniform(0.35, 0.7)),
+            rotation_deg=float(np.clip(rng.normal(0.0, 4.0), -12.0, 12.0)),
+            perspective_x=float(rng.uniform(-0.12, 0.12)),
+            perspective_y=float(rng.uniform(-0.08, 0.08)),
+            pos_x=float(rng.beta(2.0, 2.0)),
+            pos_y=float(rng.beta(2.0, 2.0)),
+            shadow=("cast" if grounded else "drop") if shadow_roll < 0.75 else "none",
+            shadow_strength=float(rng.uniform(0.25, 0.55)),
+            light_gain=float(rng.uniform(0.8, 1.15)),
+            light_angle_deg=float(rng.uniform(0.0, 360.0)),
+            light_gradient=float(rng.uniform(0.0, 0.3)),
+            colour_temperature=float(rng.uniform(-1.0, 1.0)),
+            blur_px=0.0 if rng.random() < 0.6 else float(rng.uniform(0.4, 1.4)),
+            noise_sigma=float(rng.uniform(0.002, 0.02)),
+            occluders=int(rng.choice(3, p=[0.6, 0.3, 0.1])),
+            scene_seed=int(rng.integers(2**31)),
+        )
+
+    def override(self, parameters: dict[str, Any]) -> _Plan:
+        """This plan with the keys of ``parameters`` replaced; unknown keys and bad values are errors."""
+        known = self.__dataclass_fields__
+        unknown = sorted(set(parameters) - set(known))
+        if unknown:
+            raise CompositeError(
+                f"unknown composite parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        values = {**self.__dict__}
+        for key, value in parameters.items():
+            current = values[key]
+            try:
+                values[key] = type(current)(value) if not isinstance(value, bool) else value
+            except (TypeError, ValueError):
+                raise CompositeError(
+                    f"composite parameter {key}={value!r} is not a {type(current).__name__}"
+                ) from None
+        plan = _Plan(**values)
+        if plan.scene not in SCENES:
+            raise CompositeError(f"unknown scene {plan.scene!r}; known: {', '.join(SCENES)}")
+        if plan.shadow not in SHADOWS:
+            raise CompositeError(f"unknown shadow {plan.shadow!r}; known: {', '.join(SHADOWS)}")
+        if not 0.05 <= plan.height_fraction <= 0.95:
+            raise CompositeError("height_fraction must be between 0.05 and 0.95")
+        if not 0 <= plan.occluders <= 4:
+            raise CompositeError("occluders must be between 0 and 4")
+        if plan.blur_px < 0 or plan.noise_sigma < 0 or plan.light_gain <= 0:
+            raise CompositeError("blur_px and noise_sigma must be >= 0, light_gain > 0")
+        return plan
+
+    def as_json(self) -> dict[str, Any]:
+        """The plan as JSON-able parameters (full precision: sent back, they replay the image)."""
+        return dict(self.__dict__)
+
+
+class CompositeBackend:
+    """Places the reference cut-out on procedural scenes; see the module docstring."""
+
+    name = "composite"
+    model_id = MODEL_ID
+
+    @classmethod
+    def from_settings(cls, settings: object) -> CompositeBackend:
+        """The backend has no settings of its own; the signature matches the diffusion backend's."""
+        return cls()
+
+    def generate(self, request: GenerationRequest) -> list[GeneratedSample]:
+        """``request.n`` variants; variant ``i`` depends only on (seed, i, parameters, inputs)."""
+        cutout = _Cutout.from_request(request)
+        samples = []
+        for variant in range(request.n):
+            plan_rng = np.random.default_rng(np.random.SeedSequence([request.seed, variant]))
+            plan = _Plan.draw(plan_rng).override(request.parameters)
+            # The scene's own randomness comes from the plan, so the reported parameters replay it.
+            scene_rng, extra_rng, noise_rng = (
+                np.random.default_rng(s) for s in np.random.SeedSequence(plan.scene_seed).spawn(3)
+            )
+            image, expected_mask = render_variant(
+                cutout, plan, request.size, scene_rng=scene_rng, extra_rng=extra_rng, noise_rng=noise_rng
+            )
+            samples.append(
+                GeneratedSample(
+                    image=image, expected_mask=expected_mask, parameters=plan.as_json(), adapter_id=None
+                )
+            )
+        return samples
+
+
+@dataclass(frozen=True)
+class _Cutout:
+    """The product's pixels: the reference cropped to the mask's bounding box, as premultiplied RGBa."""
+
+    rgba: Image.Image  # mode "RGBa": colour already multiplied by the mask
+
+    @classmethod
+    def from_request(cls, request: GenerationRequest) -> _Cutout:
+        reference, mask = request.reference, request.mask
+        if reference.ndim != 3 or reference.shape[2] != 3 or reference.dtype != np.uint8:
+            raise CompositeError(
+                f"reference must be H x W x 3 uint8, got {reference.shape} {reference.dtype}"
+            )
+        if mask.shape != reference.shape[:2]:
+            raise CompositeError(
+                f"mask is {mask.shape}, the reference is {reference.shape[:2]}: they must match"
+            )
+        if request.size < MIN_SIZE_PX:
+            raise CompositeError(f"size must be at least {MIN_SIZE_PX} px, got {request.size}")
+        if request.n < 1:
+            raise CompositeError(f"n must be at least 1, got {request.n}")
+        binary = mask >= 128
+        rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
+        if rows.size == 0:
+            raise CompositeError("the product mask is empty: nothing to place")
+        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        alpha = np.where(binary[y0:y1, x0:x1], 255, 0).astype(np.uint8)
+        rgba = np.dstack([reference[y0:y1, x0:x1], alpha])
+        return cls(Image.fromarray(rgba, mode="RGBA").convert("RGBa"))
+
+
+def render_variant(
+    cutout: _Cutout,
+    plan: _Plan,
+    size: int,
+    *,
+    scene_rng: np.random.Generator,
+    extra_rng: np.random.Generator,
+    noise_rng: np.random.Generator,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """One image (size x size x 3) and its expected mask (size x size, 0/255) for ``plan``."""
+    product, corners = _place_product(cutout, plan, size)
+    placement = Placement(
+        size=size,
+        base_y=float(corners[:, 1].max()),
+        top_y=float(corners[:, 1].min()),
+        left=float(corners[:, 0].min()),
+        right=float(corners[:, 0].max()),
+    )
+    backdrop = BUILDERS[plan.scene](scene_rng, placement)
+    img = backdrop.image
+    _others_behind(img, backdrop.stands, extra_rng, size)
+    if backdrop.overlay is not None:
+        premul, alpha = backdrop.overlay
+        img *= 1.0 - alpha
+        img += premul
+    if plan.shadow != "none":
+        _shadow(img, product, plan, placement)
+    composite_layer(img, product)
+
+    # How much of each pixel is the product's own colour: its coverage, minus what occluders hide.
+    visible = np.zeros((size, size), dtype=F32)
+    h, w = product.alpha.shape
+    visible[product.y0 : product.y0 + h, product.x0 : product.x0 + w] = product.alpha
+    for layer in _occluders(plan.occluders, extra_rng, product, size):
+        composite_layer(img, layer)
+        h, w = layer.alpha.shape
+        visible[layer.y0 : layer.y0 + h, layer.x0 : layer.x0 + w] *= 1.0 - layer.alpha
+    expected_mask = np.where(visible >= 0.5, 255, 0).astype(np.uint8)
+
+    _light(img, plan, size)
+    if plan.blur_px > 0:
+        # Defocus at half size (a quarter of the work): the 2x box reduce and bilinear upscale are
+        # themselves a blur of about 0.7 px, the Gaussian adds the rest.
+        small = to_image(img).reduce(2)
+        extra_px = plan.blur_px / 2 - 0.35
+        if extra_px > 0.05:
+            small = small.filter(ImageFilter.GaussianBlur(extra_px))
+        blurred = small.resize((size, size), Image.Resampling.BILINEAR)
+        out = np.asarray(blurred, dtype=F32) * (1.0 / 255.0)
+    else:
+        out = np.moveaxis(img, 0, -1)
+    if plan.noise_sigma > 0:
+        # Uniform noise with the drawn standard deviation: cheaper than normal draws, same look.
+        grain = noise_rng.random((size, size, 1), dtype=F32) - 0.5
+        out = out + grain * F32(plan.noise_sigma * math.sqrt(12.0))
+    image = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(image), expected_mask
+
+
+def _place_product(cutout: _Cutout, plan: _Plan, size: int) -> tuple[Layer, npt.NDArray[np.float64]]:
+    """Warp the cut-out onto a size x size canvas; returns the layer and its four corners."""
+    w, h = cutout.rgba.size
+    k = plan.height_fraction * size / h
+    k = min(k, 0.9 * size / (w * (1 + abs(plan.perspective_y))))  # wide products still fit
+    source = cutout.rgba
+    if k < 0.75:
+        # Pre-shrink with a filter: the perspective warp samples bilinearly and would alias.
+        source = source.resize(
+            (max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.BILINEAR, reducing_gap=2.0
+        )
+    sw, sh = source.size
+    hw, hh = w * k / 2, h * k / 2
+    px, py = plan.perspective_x, plan.perspective_y
+    # Corners (top-left, top-right, bottom-right, bottom-left) centred on the origin, with keystone.
+    quad = np.array(
+        [
+            [-hw * (1 - py), -hh * (1 - px)],
+            [hw * (1 - py), -hh * (1 + px)],
+            [hw * (1 + py), hh * (1 + px)],
+            [-hw * (1 + py), hh * (1 - px)],
+        ]
+    )
+    angle = math.radians(plan.rotation_deg)
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    quad = quad @ rot.T
+    margin = 0.02 * size
+    lo, hi = margin - quad.min(axis=0), size - margin - quad.max(axis=0)
+    if np.any(lo > hi):  # only with extreme overrides: shrink about the centre until it fits
+        scale = float(np.min((size - 2 * margin) / (quad.max(axis=0) - quad.min(axis=0))))
+        quad *= scale
+        lo, hi = margin - quad.min(axis=0), size - margin - quad.max(axis=0)
+    centre = lo + (hi - lo) * np.array([plan.pos_x, plan.pos_y])
+    quad = quad + centre
+    source_corners = np.array([[0, 0], [sw, 0], [sw, sh], [0, sh]], dtype=np.float64)
+    # Warp only the quad's bounding box (a fifth of the canvas, typically), not the whole canvas.
+    bx0, by0 = (max(0, math.floor(v) - 1) for v in quad.min(axis=0))
+    bx1, by1 = (min(size, math.ceil(v) + 1) for v in quad.max(axis=0))
+    coefficients = _perspective_coefficients(quad - (bx0, by0), source_corners)
+    warped = source.transform(
+        (bx1 - bx0, by1 - by0), Image.Transform.PERSPECTIVE, coefficients, Image.Resampling.BILINEAR
+    )
+    box = warped.getbbox()
+    if box is None:
+        raise CompositeError("the product vanished when placed: height_fraction is too small")
+    x0, y0 = box[:2]
+    rgba = np.asarray(warped.crop(box), dtype=F32) * F32(1.0 / 255.0)
+    premul = np.ascontiguousarray(np.moveaxis(rgba[..., :3], -1, 0))
+    return Layer(bx0 + x0, by0 + y0, premul, np.ascontiguousarray(rgba[..., 3])), quad
+
+
+def _perspective_coefficients(
+    dst: npt.NDArray[np.float64], src: npt.NDArray[np.float64]
+) -> tuple[float, ...]:
+    """PIL's PERSPECTIVE data: the 8 coefficients mapping output points ``dst`` to input points ``src``."""
+    rows = []
+    for (x, y), (u, v) in zip(dst, src, strict=True):
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+    solution = np.linalg.solve(np.array(rows, dtype=np.float64), src.reshape(8))
+    return tuple(float(c) for c in solution)
+
+
+def _other_product(
+    rng: np.random.Generator, height_px: float, base: tuple[float, float], frame: int
+) -> Layer | None:
+    """Another synthetic product standing at ``base`` (bottom centre), ``height_px`` tall, in ``frame``.
+
+    Drawn from a fixed pool of rendered sprites, scaled to size: rendering a product is most of a
+    composite's cost, and a pool of a few hundred views is variety enough for background products.
+    """
+    sprite = _sprite(int(rng.integers(_POOL_PRODUCTS)), int(rng.integers(_POOL_VIEWS)))
+    scale = height_px / sprite.alpha.shape[0]
+    h, w = max(1, round(sprite.alpha.shape[0] * scale)), max(1, round(sprite.alpha.shape[1] * scale))
+    x0, y0 = round(base[0] - w / 2), round(base[1] - h)
+    cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(frame, x0 + w), min(frame, y0 + h)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return None
+
+    def scaled(plane: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        big = Image.fromarray(plane, mode="F").resize((w, h), Image.Resampling.BILINEAR)
+        return np.asarray(big, dtype=F32)[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+
+    premul, alpha = np.stack([scaled(c) for c in sprite.premul]), scaled(sprite.alpha)
+    # Shrinking widens the anti-aliased edge into a faint halo that would tint whatever lies near
+    # it; steepen the edge back to about one pixel (colour = premul / alpha is kept).
+    colour = premul / np.maximum(alpha, F32(1e-6))
+    alpha = np.clip(alpha * F32(2.0) - F32(0.5), F32(0.0), F32(1.0))
+    return Layer(cx0, cy0, colour * alpha, alpha)
+
+
+_POOL_PRODUCTS, _POOL_VIEWS, _SPRITE_HEIGHT_PX = 48, 3, 128
+
+
+@functools.lru_cache(maxsize=_POOL_PRODUCTS * _POOL_VIEWS)
+def _sprite(product: int, view: int) -> Layer:
+    """Product ``product`` of the pool seen from view ``view``, cropped to its silhouette (pure: cached)."""
+    spec = make_product(1_000_000 + product, _OTHER_PRODUCTS_SEED)
+    rng = np.random.default_rng([product, view])
+    seen = View(
+        height=_SPRITE_HEIGHT_PX,
+        yaw=float(rng.uniform(-0.6, 0.6)),
+        elevation=float(rng.uniform(0.05, 0.25)),
+        light_az=float(rng.uniform(-0.75, 0.75)),
+        wrinkle_seed=int(rng.integers(2**31)),
+    )
+    shape = build_shape(spec, seen)
+    xmin, xmax, ymin, ymax = shape.extent
+    w, h = math.ceil(xmax - xmin) + 4, math.ceil(ymax - ymin) + 4
+    layer = render_layer(shape, (w / 2, h - 2.0), 0.0, 1.0, (w, h), ss=2)
+    if layer is None:  # cannot happen: the frame is the shape's own extent
+        raise AssertionError("sprite fell outside its frame")
+    rows, cols = np.flatnonzero(layer.alpha.any(axis=1)), np.flatnonzero(layer.alpha.any(axis=0))
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return Layer(
+        0,
+        0,
+        np.ascontiguousarray(layer.premul[:, r0:r1, c0:c1]),
+        np.ascontiguousarray(layer.alpha[r0:r1, c0:c1]),
+    )
+
+
+def _others_behind(
+    img: npt.NDArray[np.float32], stands: list[Stand], rng: np.random.Generator, size: int
+) -> None:
+    """Other products on the scene's stands (shelf planks, table), behind the product, dimmed."""
+    half = (size + 1) // 2
+    for stand in stands:
+        items = []
+        for _ in range(int(rng.integers(stand.count[0], stand.count[1] + 1))):
+            base_y = stand.base_y - float(rng.uniform(0.0, stand.spread_y))
+            items.append(
+                (
+                    base_y,
+                    float(rng.uniform(-0.05, 1.05)) * size,
+                    stand.height * float(rng.uniform(0.7, 1.1)),
+                    float(rng.uniform(0.7, 0.95)),
+                    int(rng.integers(2**31)),
+                )
+            )
+        # Farther first; drawn at half size and scaled up, which also softens them like depth of field.
+        for base_y, x, height, dim, item_seed in sorted(items):
+            small = _other_product(np.random.default_rng(item_seed), height / 2, (x / 2, base_y / 2), half)
+            if small is not None:
+                composite_layer(img, upscale_layer(small, size), dim)
+
+
+def _occluders(count: int, rng: np.random.Generator, product: Layer, size: int) -> list[Layer]:
+    """Products standing in front of the product, each hiding a band along one of its sides."""
+    half = (size + 1) // 2
+    rows, cols = np.nonzero(product.alpha >= 0.5)
+    left, right = product.x0 + float(cols.min()), product.x0 + float(cols.max()) + 1
+    top, bottom = product.y0 + float(rows.min()), product.y0 + float(rows.max()) + 1
+    height, width = bottom - top, right - left
+    first_side = int(rng.integers(2))
+    layers = []
+    for index in range(count):
+        occluder_h = height * float(rng.uniform(0.35, 0.7))
+        # Alternate sides; the occluder's axis stands just inside the product's edge, so it hides
+        # a band of that side, lower than the product, and leaves the rest (and the top) visible.
+        side = 1 if (index + first_side) % 2 else -1
+        edge = right if side > 0 else left
+        x = edge - side * float(rng.uniform(0.02, 0.15)) * width
+        base_y = min(size - 1.0, bottom + float(rng.uniform(0.0, 0.05)) * size)
+        item_rng = np.random.default_rng(int(rng.integers(2**31)))
+        small = _other_product(item_rng, occluder_h / 2, (x / 2, base_y / 2), half)
+        if small is not None:
+            layers.append(upscale_layer(small, size))
+    return layers
+
+
+def _shadow(img: npt.NDArray[np.float32], product: Layer, plan: _Plan, placement: Placement) -> None:
+    """Darken the scene where the product's shadow falls (soft, so built at half size)."""
+    size = placement.size
+    half = (size + 1) // 2
+    full = np.zeros((half * 2, half * 2), dtype=np.uint8)
+    h, w = product.alpha.shape
+    full[product.y0 : product.y0 + h, product.x0 : product.x0 + w] = np.round(product.alpha * 255)
+    silhouette = Image.fromarray(full, mode="L").reduce(2)
+    light = math.radians(plan.light_angle_deg)
+    if plan.shadow == "cast":
+        # Ground shadow: flattened towards the base line and sheared away from the light.
+        squash, shear, base = 0.3, -math.cos(light) * 0.8, placement.base_y / 2
+        data = (1.0, shear / squash, -shear * base / squash, 0.0, 1.0 / squash, base * (1.0 - 1.0 / squash))
+    else:
+        offset = 0.03 * half
+        data = (1.0, 0.0, math.cos(light) * offset, 0.0, 1.0, -abs(math.sin(light)) * offset - offset)
+    moved = silhouette.transform((half, half), Image.Transform.AFFINE, data, Image.Resampling.BILINEAR)
+    blurred = moved.filter(ImageFilter.GaussianBlur(1.0 + 0.015 * (placement.base_y - placement.top_y)))
+    shade = blurred.resize((half * 2, half * 2), Image.Resampling.BILINEAR).crop((0, 0, size, size))
+    box = shade.getbbox()
+    if box is None:
+        return
+    x0, y0, x1, y1 = box
+    img[:, y0:y1, x0:x1] *= 1.0 - np.asarray(shade.crop(box), dtype=F32) * F32(plan.shadow_strength / 255.0)
+
+
+def _light(img: npt.NDArray[np.float32], plan: _Plan, size: int) -> None:
+    """Scene light: overall gain, a brightness gradient along the light direction, colour temperature."""
+    coords = (np.arange(size, dtype=F32) + 0.5) / size - 0.5
+    light = math.radians(plan.light_angle_deg)
+    ramp_x = coords * F32(math.cos(light) * plan.light_gradient)
+    ramp_y = coords * F32(math.sin(light) * plan.light_gradient)
+    field = (ramp_y[:, None] + ramp_x[None, :]) + F32(plan.light_gain)
+    warm = plan.colour_temperature * 0.07
+    for channel, tint in enumerate((1.0 + warm, 1.0, 1.0 - warm)):
+        img[channel] *= field * F32(tint)

@@ -1,0 +1,722 @@
+"""Backend ``diffusion``: diffusers inpainting around the product, which keeps its own pixels.
+
+Per variant, three steps (all deterministic for a request's seed and the variant index):
+
+1. **Place** (``place_product``): the reference photo is scaled, slightly rotated and moved onto a
+   new square canvas so the product lands at a drawn scale and position. The transformed product
+   mask is the variant's ``expected_mask``: exact by construction.
+2. **Paint**: a Stable Diffusion (or SDXL) inpainting pipeline repaints everything outside the
+   slightly dilated product mask; then the placed product pixels are pasted back, so inside the
+   expected mask the output *is* the placed product, bit for bit.
+3. **Harmonise** (optional, ``SKUFORGE_DIFFUSION_HARMONIZE_STRENGTH`` > 0): a low-strength pass over
+   the whole image that blends light and edges; it changes the product's pixels too, so it is
+   recorded in the parameters and the gate measures what it did (IoU) rather than trusting it.
+
+LoRA adapters come from the registry (``shared/generation/adapters.py``): the series' specialised
+adapter, else the general one, else none. ``LoraSlots`` keeps a small LRU of adapters in the
+pipeline and deletes evicted ones, because peft/diffusers slow down with every adapter ever loaded
+(huggingface/diffusers#11816, huggingface/peft#981).
+
+Weights are a ``save_pretrained`` pipeline folder: a local path, or an ``s3://`` / ``file://`` URI
+copied into a local cache first. Loading never touches the internet (``local_files_only``)::
+
+    backend = DiffusionBackend.from_settings()          # SKUFORGE_DIFFUSION_* variables
+    samples = backend.generate(request)                 # request.n GeneratedSample
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import tempfile
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageFilter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.config import ENV_PREFIX, ConfigError, Settings, describe_validation_error, load_settings
+from shared.errors import BadInput
+from shared.generation.adapters import AdapterChoice, AdapterMetadata, AdapterRegistry, resolve_adapter
+from shared.generation.backend import GeneratedSample, GenerationRequest
+from shared.store import download_directory, open_store
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "DiffusionBackend",
+    "DiffusionModelError",
+    "DiffusionParameters",
+    "DiffusionSettings",
+    "LoraSlots",
+    "Placement",
+    "load_diffusion_settings",
+    "paint_mask",
+    "place_product",
+    "variant_seeds",
+]
+
+UInt8Array = npt.NDArray[np.uint8]
+
+CANVAS_FILL = 127  # grey behind the placed photo; the painter never sees it (it is masked)
+MAX_VARIANTS = 64  # per request; the stage asks for a few at a time
+
+
+class DiffusionSettings(BaseSettings):
+    """Which diffusion model runs, where, and how variants are drawn: ``SKUFORGE_DIFFUSION_*``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    diffusion_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "inpainting pipeline folder (save_pretrained layout): a local path, or an s3:// or file:// URI "
+            "copied to the cache; needed when SKUFORGE_GENERATION_BACKEND=diffusion"
+        ),
+    )
+    diffusion_architecture: Literal["auto", "sd", "sdxl"] = Field(
+        default="auto",
+        description="'sd' (StableDiffusionInpaintPipeline), 'sdxl', or 'auto' = from model_index.json",
+    )
+    diffusion_cache_dir: str | None = Field(
+        default=None,
+        description="where models and adapters from URIs are copied; unset = <system temp>/skuforge-models",
+    )
+    diffusion_device: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto", description="'auto' = CUDA when available, else CPU"
+    )
+    diffusion_dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        default="auto", description="'auto' = float16 on CUDA, float32 on CPU"
+    )
+    diffusion_threads: int = Field(default=2, ge=1, le=256, description="torch CPU threads")
+    diffusion_steps: int = Field(default=30, ge=1, le=500, description="denoising steps of the painting pass")
+    diffusion_guidance: float = Field(
+        default=7.5, ge=0.0, le=50.0, description="classifier-free guidance scale (<= 1: no guidance)"
+    )
+    diffusion_mask_dilation_px: int = Field(
+        default=8, ge=0, le=64, description="the painter keeps this many px around the product untouched"
+    )
+    diffusion_harmonize_strength: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=0.6,
+        description="strength of the whole-image harmonisation pass (changes product pixels); 0 = off",
+    )
+    diffusion_scale_min: float = Field(
+        default=0.35, gt=0.0, le=1.0, description="smallest product size: its longer side / canvas side"
+    )
+    diffusion_scale_max: float = Field(
+        default=0.7, gt=0.0, le=1.0, description="largest product size: its longer side / canvas side"
+    )
+    diffusion_max_rotation_deg: float = Field(
+        default=8.0, ge=0.0, le=45.0, description="product rotation is drawn from +- this many degrees"
+    )
+    diffusion_max_batch: int = Field(
+        default=4, ge=1, le=64, description="variants per pipeline call (bounds GPU memory)"
+    )
+    diffusion_adapters_uri: str | None = Field(
+        default=None, description="LoRA adapter registry root; unset = <SKUFORGE_STORE_URI>/adapters"
+    )
+    diffusion_base_model: str | None = Field(
+        default=None,
+        description="base-model name adapters must declare to be used; unset = adapters are not filtered",
+    )
+    diffusion_lora_cache_size: int = Field(
+        default=4, ge=1, le=64, description="LoRA adapters kept loaded (LRU); evicted ones are deleted"
+    )
+    diffusion_lora_scale: float = Field(default=1.0, ge=0.0, le=4.0, description="weight of the active LoRA")
+    diffusion_adapter_refresh_s: float = Field(
+        default=30.0, ge=0.0, description="how long the registry listing is reused; 0 = list every request"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DiffusionSettings:
+        if self.diffusion_scale_min > self.diffusion_scale_max:
+            raise ValueError("SKUFORGE_DIFFUSION_SCALE_MIN must not exceed SKUFORGE_DIFFUSION_SCALE_MAX")
+        return self
+
+
+def load_diffusion_settings(**overrides: object) -> DiffusionSettings:
+    """Read the diffusion settings from the environment (and overrides); errors name the variable."""
+    try:
+        return DiffusionSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+class DiffusionModelError(Exception):
+    """The configured pipeline folder is missing, incomplete or not loadable."""
+
+
+class DiffusionParameters(BaseModel):
+    """Per-request knobs in ``GenerationRequest.parameters``; unset ones are drawn or come from settings.
+
+    Keys this backend does not know (the composite backend's, the stage's) are left alone.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    scale: float | None = Field(default=None, gt=0.0, le=1.0)
+    rotation_deg: float | None = Field(default=None, ge=-45.0, le=45.0)
+    position_x: float | None = Field(default=None, ge=0.0, le=1.0)
+    position_y: float | None = Field(default=None, ge=0.0, le=1.0)
+    steps: int | None = Field(default=None, ge=1, le=500)
+    guidance: float | None = Field(default=None, ge=0.0, le=50.0)
+    harmonize_strength: float | None = Field(default=None, ge=0.0, le=0.6)
+
+
+# --- placement: pure functions on arrays -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The reference photo moved onto a new canvas, and where its product pixels are."""
+
+    canvas: UInt8Array  # size x size x 3
+    expected_mask: UInt8Array  # size x size, 0/255
+    scale: float  # product's longer side / canvas side
+    rotation_deg: float
+    position_x: float  # 0..1: left .. right of the positions that keep the product inside
+    position_y: float
+
+
+def place_product(
+    reference: UInt8Array,
+    mask: UInt8Array,
+    size: int,
+    *,
+    scale: float,
+    rotation_deg: float,
+    position_x: float,
+    position_y: float,
+) -> Placement:
+    """Scale, rotate and move the reference photo so its product lands as asked on a ``size`` canvas.
+
+    The whole photo moves (not only the cut-out), so the band the painter keeps around the product
+    shows the photo's own surroundings. Image and mask get the same affine map; the mask is
+    thresholded at half, so ``expected_mask`` is exactly where the canvas holds product pixels.
+    """
+    ys, xs = np.nonzero(mask >= 128)
+    if xs.size == 0:
+        raise BadInput("empty_mask", "the product mask has no product pixels (no value >= 128)")
+    photo = Image.fromarray(np.ascontiguousarray(reference), "RGB")
+    matte = Image.fromarray(np.ascontiguousarray(mask), "L")
+    x0, x1, y0, y1 = float(xs.min()), float(xs.max() + 1), float(ys.min()), float(ys.max() + 1)
+    zoom = scale * size / max(x1 - x0, y1 - y0)
+    # Shrinking a big photo by a large factor aliases under bicubic sampling: box-reduce it first.
+    factor = int(1.0 / zoom)
+    if factor >= 2:
+        photo, matte = photo.reduce(factor), matte.reduce(factor)
+        x0, x1, y0, y1 = x0 / factor, x1 / factor, y0 / factor, y1 / factor
+        zoom *= factor
+    width, height = x1 - x0, y1 - y0
+    theta = math.radians(rotation_deg)
+    cos, sin = math.cos(theta), math.sin(theta)
+    # The rotated product's bounding box on the canvas, and the centres that keep it inside.
+    span_x = zoom * (width * abs(cos) + height * abs(sin))
+    span_y = zoom * (width * abs(sin) + height * abs(cos))
+    centre_x = span_x / 2 + position_x * (size - span_x) if span_x < size else size / 2
+    centre_y = span_y / 2 + position_y * (size - span_y) if span_y < size else size / 2
+    # PIL wants the inverse map (canvas -> photo): rotate back, unscale, move to the product's centre.
+    a, b, d, e = cos / zoom, sin / zoom, -sin / zoom, cos / zoom
+    src_x, src_y = (x0 + x1) / 2, (y0 + y1) / 2
+    affine = (a, b, src_x - a * centre_x - b * centre_y, d, e, src_y - d * centre_x - e * centre_y)
+    canvas = photo.transform(
+        (size, size), Image.Transform.AFFINE, affine, Image.Resampling.BICUBIC, fillcolor=(CANVAS_FILL,) * 3
+    )
+    moved = matte.transform(
+        (size, size), Image.Transform.AFFINE, affine, Image.Resampling.BILINEAR, fillcolor=0
+    )
+    expected = np.where(np.asarray(moved) >= 128, 255, 0).astype(np.uint8)
+    if not expected.any():
+        raise BadInput("product_too_small", f"the product vanishes at scale {scale} on a {size}px canvas")
+    return Placement(
+        canvas=np.asarray(canvas, dtype=np.uint8),
+        expected_mask=expected,
+        scale=scale,
+        rotation_deg=rotation_deg,
+        position_x=position_x,
+        position_y=position_y,
+    )
+
+
+def paint_mask(expected_mask: UInt8Array, dilation_px: int) -> UInt8Array:
+    """What the painter repaints (255): everything outside the product mask grown by ``dilation_px``."""
+    kept = Image.fromarray(expected_mask, "L")
+    if dilation_px > 0:
+        kept = kept.filter(ImageFilter.MaxFilter(2 * dilation_px + 1))
+    return np.where(np.asarray(kept) >= 128, 0, 255).astype(np.uint8)
+
+
+def variant_seeds(seed: int, index: int) -> tuple[int, int, int]:
+    """Three independent seeds of one variant: placement, painting, harmonisation.
+
+    Derived from (seed, index) by numpy's SeedSequence, so variant 1 of seed 5 shares nothing
+    with variant 0 of seed 6.
+    """
+    states = np.random.SeedSequence([seed % 2**64, index]).generate_state(3, dtype=np.uint64)
+    # torch.Generator.manual_seed takes up to 2**64 - 1, numpy's Generator anything: halve to be safe.
+    placement, painting, harmonising = (int(state) >> 1 for state in states)
+    return placement, painting, harmonising
+
+
+# --- LoRA adapters in the pipeline ----------------------------------------------------------------
+
+
+class LoraSlots:
+    """The adapters loaded into a pipeline: an LRU of at most ``capacity``.
+
+    An evicted adapter is deleted from the pipeline (``delete_adapters``), not only deactivated:
+    every adapter a peft model holds slows ``set_adapters`` and each forward pass a little, so
+    keeping them all would make switching cost grow with the registry.
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        capacity: int,
+        fetch: Callable[[AdapterMetadata], Path],
+        *,
+        scale: float = 1.0,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("the LoRA cache must hold at least one adapter")
+        self.pipe = pipe
+        self.capacity = capacity
+        self.fetch = fetch
+        self.scale = scale
+        self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter_id -> weights sha256, oldest first
+        self.active: str | None = None
+        self.evicted: list[str] = []  # ids deleted so far, oldest first (for metrics and tests)
+
+    @property
+    def loaded(self) -> list[str]:
+        """Adapter ids in the pipeline, least recently used first."""
+        return list(self._loaded)
+
+    def activate(self, adapter: AdapterMetadata | None) -> None:
+        """Make ``adapter`` the only active one (``None``: the base model), loading it if needed."""
+        if adapter is None:
+            if self._loaded:
+                self.pipe.disable_lora()
+            self.active = None
+            return
+        adapter_id = adapter.adapter_id
+        if self._loaded.get(adapter_id) not in (None, adapter.weights_sha256):
+            self._delete(adapter_id)  # re-registered with new weights: load those instead
+        if adapter_id in self._loaded:
+            self._loaded.move_to_end(adapter_id)
+        else:
+            while len(self._loaded) >= self.capacity:
+                self._delete(next(iter(self._loaded)))
+            directory = self.fetch(adapter)
+            try:
+                with warnings.catch_warnings():
+                    # peft warns whenever a second adapter joins a model: here that is the design.
+                    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+                    # ...and when it removes a half-loaded adapter after a failure (handled below).
+                    warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
+                    self.pipe.load_lora_weights(
+                        str(directory),
+                        weight_name=adapter.weight_name,
+                        adapter_name=adapter_id,
+                        local_files_only=True,
+                    )
+            except (ValueError, RuntimeError, KeyError, OSError) as exc:
+                # Half-injected layers would stay in the UNet: remove whatever did get in.
+                with contextlib.suppress(Exception), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self.pipe.delete_adapters([adapter_id])
+                raise BadInput(
+                    "adapter_unloadable",
+                    f"adapter {adapter_id!r} does not fit this model (base {adapter.base_model!r}): {exc}",
+                ) from exc
+            self._loaded[adapter_id] = adapter.weights_sha256
+        self.pipe.enable_lora()
+        self.pipe.set_adapters([adapter_id], adapter_weights=[self.scale])
+        self.active = adapter_id
+
+    def _delete(self, adapter_id: str) -> None:
+        self.pipe.delete_adapters([adapter_id])
+        del self._loaded[adapter_id]
+        self.evicted.append(adapter_id)
+        if self.active == adapter_id:
+            self.active = None
+
+
+# --- the backend --------------------------------------------------------------------------------
+
+
+def _torch_setup(settings: DiffusionSettings) -> tuple[torch.device, torch.dtype]:
+    import torch
+
+    if settings.diffusion_device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("SKUFORGE_DIFFUSION_DEVICE=cuda but torch sees no CUDA device")
+    use_cuda = settings.diffusion_device == "cuda" or (
+        settings.diffusion_device == "auto" and torch.cuda.is_available()
+    )
+    device = torch.device("cuda" if use_cuda else "cpu")
+    if settings.diffusion_dtype == "auto":
+        dtype = torch.float16 if use_cuda else torch.float32
+    else:
+        dtype = getattr(torch, settings.diffusion_dtype)
+        if dtype == torch.float16 and not use_cuda:
+            raise ConfigError("SKUFORGE_DIFFUSION_DTYPE=float16 needs CUDA; on CPU use float32 or bfloat16")
+    if not use_cuda:
+        torch.set_num_threads(settings.diffusion_threads)
+    return device, dtype
+
+
+def _model_digest(directory: Path) -> str:
+    """A cheap fingerprint for lineage: every file's path and size, and the bytes of the small ones.
+
+    Hashing gigabytes of weights at every start would cost tens of seconds; configs and sizes
+    already tell two published models apart.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(directory).as_posix()}\0{size}\0".encode())
+        if size <= 1 << 20:
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _pipeline_index(directory: Path) -> dict[str, Any]:
+    """The folder's ``model_index.json``, or a ``DiffusionModelError`` that says what was expected."""
+    index_path = directory / "model_index.json"
+    if not index_path.is_file():
+        raise DiffusionModelError(
+            f"no diffusers pipeline at {directory}: expected a save_pretrained folder with model_index.json "
+            "(SKUFORGE_DIFFUSION_MODEL takes a local folder or an s3:// or file:// URI)"
+        )
+    index: dict[str, Any] = json.loads(index_path.read_text(encoding="utf-8"))
+    return index
+
+
+def load_inpaint_pipeline(
+    directory: Path, *, architecture: str, device: torch.device, dtype: torch.dtype
+) -> Any:
+    """Load a ``save_pretrained`` inpainting pipeline from a local folder, offline."""
+    index = _pipeline_index(directory)
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    if architecture == "auto":
+        architecture = "sdxl" if "XL" in str(index.get("_class_name", "")) else "sd"
+    diffusers_logging.disable_progress_bar()
+    pipeline_class: Any
+    extra: dict[str, Any] = {}
+    if architecture == "sdxl":
+        pipeline_class = StableDiffusionXLInpaintPipeline
+    else:
+        pipeline_class = StableDiffusionInpaintPipeline
+        # Outputs go to the gate and to people reviewing them, not to the public.
+        extra = {"safety_checker": None, "requires_safety_checker": False}
+    try:
+        pipe = pipeline_class.from_pretrained(directory, local_files_only=True, dtype=dtype, **extra)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DiffusionModelError(
+            f"diffusers cannot load an inpainting pipeline from {directory}: {exc}"
+        ) from exc
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class DiffusionBackend:
+    """Product-preserving inpainting with per-request LoRA adapters; one instance per process.
+
+    ``generate`` is serialised by a lock: the pipeline and its active adapter are shared state.
+    """
+
+    name = "diffusion"
+
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        model_id: str,
+        registry: AdapterRegistry | None,
+        settings: DiffusionSettings,
+        cache_dir: Path,
+        device: torch.device,
+    ) -> None:
+        self.pipe = pipe
+        self.model_id = model_id
+        self.registry = registry
+        self.settings = settings
+        self.cache_dir = cache_dir
+        self.device = device
+        self.lora = LoraSlots(
+            pipe, settings.diffusion_lora_cache_size, self._fetch_adapter, scale=settings.diffusion_lora_scale
+        )
+        self._lock = threading.Lock()
+        self._listing: list[AdapterMetadata] = []
+        self._listed_at = -math.inf
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: object | None = None,
+        *,
+        diffusion: DiffusionSettings | None = None,
+        shared: Settings | None = None,
+    ) -> DiffusionBackend:
+        """Build the backend from ``SKUFORGE_DIFFUSION_*`` (and the shared store settings).
+
+        ``settings`` may be a ``DiffusionSettings`` or the shared ``Settings``; any other object
+        (the generator's own settings) is ignored and the environment is read instead.
+        """
+        if diffusion is None:
+            diffusion = settings if isinstance(settings, DiffusionSettings) else load_diffusion_settings()
+        if shared is None:
+            shared = settings if isinstance(settings, Settings) else load_settings()
+        if diffusion.diffusion_model is None:
+            raise ConfigError(
+                "SKUFORGE_GENERATION_BACKEND=diffusion needs SKUFORGE_DIFFUSION_MODEL: a save_pretrained "
+                "inpainting pipeline folder, or an s3:// or file:// URI of one"
+            )
+        cache_dir = (
+            Path(diffusion.diffusion_cache_dir)
+            if diffusion.diffusion_cache_dir
+            else Path(tempfile.gettempdir()) / "skuforge-models"
+        )
+        model = diffusion.diffusion_model
+        if "://" in model:
+            try:
+                directory = download_directory(
+                    model, cache_dir, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region
+                )
+            except (ValueError, BadInput) as exc:
+                raise DiffusionModelError(f"cannot fetch the diffusion model {model!r}: {exc}") from exc
+        else:
+            directory = Path(model)
+        _pipeline_index(directory)  # before torch loads: a wrong path fails in milliseconds
+        device, dtype = _torch_setup(diffusion)
+        pipe = load_inpaint_pipeline(
+            directory, architecture=diffusion.diffusion_architecture, device=device, dtype=dtype
+        )
+        registry_uri = diffusion.diffusion_adapters_uri or f"{shared.store_uri.rstrip('/')}/adapters"
+        registry = AdapterRegistry(
+            open_store(registry_uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region)
+        )
+        name = model.rstrip("/").rpartition("/")[2] or "model"
+        return cls(
+            pipe,
+            model_id=f"diffusion:{name}@sha256:{_model_digest(directory)[:12]}",
+            registry=registry,
+            settings=diffusion,
+            cache_dir=cache_dir,
+            device=device,
+        )
+
+    # -- adapters --
+
+    def _fetch_adapter(self, adapter: AdapterMetadata) -> Path:
+        if self.registry is None:
+            raise BadInput("no_adapter_registry", "this backend has no adapter registry")
+        return self.registry.fetch_weights(adapter, self.cache_dir)
+
+    def adapters(self, *, refresh: bool = False) -> list[AdapterMetadata]:
+        """The registry's listing, reused for ``SKUFORGE_DIFFUSION_ADAPTER_REFRESH_S``."""
+        if self.registry is None:
+            return []
+        now = time.monotonic()
+        if refresh or now - self._listed_at >= self.settings.diffusion_adapter_refresh_s:
+            self._listing = self.registry.list()
+            self._listed_at = now
+        return self._listing
+
+    def choose_adapter(self, request: GenerationRequest) -> AdapterChoice:
+        """The adapter ``request`` gets (explicit id, else series, else general, else none)."""
+        base_model = self.settings.diffusion_base_model
+        try:
+            return resolve_adapter(
+                self.adapters(), series=request.series, adapter_id=request.adapter_id, base_model=base_model
+            )
+        except BadInput as exc:
+            if exc.reason != "unknown_adapter":
+                raise
+            # Maybe registered since the listing was cached: look once more before refusing.
+            return resolve_adapter(
+                self.adapters(refresh=True),
+                series=request.series,
+                adapter_id=request.adapter_id,
+                base_model=base_model,
+            )
+
+    # -- generation --
+
+    def generate(self, request: GenerationRequest) -> list[GeneratedSample]:
+        """``request.n`` samples; the same request (seed included) gives the same pixels."""
+        _check_request(request)
+        try:
+            knobs = DiffusionParameters.model_validate(request.parameters)
+        except ValidationError as exc:
+            raise BadInput("invalid_parameters", describe_validation_error(exc)) from None
+        settings = self.settings
+        steps = knobs.steps or settings.diffusion_steps
+        guidance = knobs.guidance if knobs.guidance is not None else settings.diffusion_guidance
+        harmonize = (
+            knobs.harmonize_strength
+            if knobs.harmonize_strength is not None
+            else settings.diffusion_harmonize_strength
+        )
+        placements: list[Placement] = []
+        seeds: list[tuple[int, int, int]] = []
+        for index in range(request.n):
+            seeds.append(variant_seeds(request.seed, index))
+            rng = np.random.default_rng(seeds[-1][0])
+            draw = (
+                rng.uniform(settings.diffusion_scale_min, settings.diffusion_scale_max),
+                rng.uniform(-settings.diffusion_max_rotation_deg, settings.diffusion_max_rotation_deg),
+                rng.uniform(0.0, 1.0),
+                rng.uniform(0.0, 1.0),
+            )
+            placements.append(
+                place_product(
+                    request.reference,
+                    request.mask,
+                    request.size,
+                    scale=knobs.scale if knobs.scale is not None else draw[0],
+                    rotation_deg=knobs.rotation_deg if knobs.rotation_deg is not None else draw[1],
+                    position_x=knobs.position_x if knobs.position_x is not None else draw[2],
+                    position_y=knobs.position_y if knobs.position_y is not None else draw[3],
+                )
+            )
+        with self._lock:
+            choice = self.choose_adapter(request)
+            self.lora.activate(choice.adapter)
+            images: list[UInt8Array] = []
+            for start in range(0, request.n, settings.diffusion_max_batch):
+                chunk = slice(start, start + settings.diffusion_max_batch)
+                images.extend(
+                    self._paint(request, placements[chunk], seeds[chunk], steps, guidance, harmonize)
+                )
+        samples = []
+        # Placement values are recorded unrounded: place_product(**them) reproduces the canvas exactly.
+        for index, (placement, image) in enumerate(zip(placements, images, strict=True)):
+            parameters = {
+                **request.parameters,
+                "backend": self.name,
+                "model_id": self.model_id,
+                "variant_index": index,
+                "seed": request.seed,
+                "scale": placement.scale,
+                "rotation_deg": placement.rotation_deg,
+                "position_x": placement.position_x,
+                "position_y": placement.position_y,
+                "steps": steps,
+                "guidance": guidance,
+                "mask_dilation_px": settings.diffusion_mask_dilation_px,
+                "harmonize_strength": harmonize,
+                # Without harmonisation the product's pixels are pasted back: exact by construction.
+                "product_pixels_exact": harmonize == 0.0,
+                "adapter_id": choice.adapter_id,
+                "adapter_kind": choice.adapter.kind if choice.adapter else None,
+                "adapter_choice": choice.reason,
+                "adapter_scale": settings.diffusion_lora_scale if choice.adapter else 0.0,
+                "size": request.size,
+            }
+            samples.append(
+                GeneratedSample(
+                    image=image,
+                    expected_mask=placement.expected_mask,
+                    parameters=parameters,
+                    adapter_id=choice.adapter_id,
+                )
+            )
+        return samples
+
+    def _paint(
+        self,
+        request: GenerationRequest,
+        placements: list[Placement],
+        seeds: list[tuple[int, int, int]],
+        steps: int,
+        guidance: float,
+        harmonize: float,
+    ) -> list[UInt8Array]:
+        """One pipeline call for a chunk of variants (and one more for harmonisation)."""
+        import torch
+
+        count = len(placements)
+        common: dict[str, Any] = {
+            "prompt": [request.prompt] * count,
+            "negative_prompt": [request.negative_prompt] * count,
+            "height": request.size,
+            "width": request.size,
+            "guidance_scale": guidance,
+            "output_type": "np",
+        }
+        masks = [paint_mask(p.expected_mask, self.settings.diffusion_mask_dilation_px) for p in placements]
+        # One generator per variant: a variant's pixels do not depend on its neighbours in the batch.
+        generators = [torch.Generator(device=self.device).manual_seed(s[1]) for s in seeds]
+        with torch.inference_mode():
+            painted = self.pipe(
+                image=[Image.fromarray(p.canvas) for p in placements],
+                mask_image=[Image.fromarray(m, "L") for m in masks],
+                num_inference_steps=steps,
+                strength=1.0,
+                generator=generators,
+                **common,
+            ).images
+        outputs = []
+        for placement, image in zip(placements, painted, strict=True):
+            pixels = _to_uint8(image)
+            inside = placement.expected_mask == 255
+            pixels[inside] = placement.canvas[inside]
+            outputs.append(pixels)
+        if harmonize <= 0.0:
+            return outputs
+        generators = [torch.Generator(device=self.device).manual_seed(s[2]) for s in seeds]
+        everything = Image.new("L", (request.size, request.size), 255)
+        with torch.inference_mode():
+            harmonised = self.pipe(
+                image=[Image.fromarray(pixels) for pixels in outputs],
+                mask_image=[everything] * count,
+                # diffusers runs int(steps * strength) steps: keep at least one.
+                num_inference_steps=max(steps, math.ceil(1.0 / harmonize)),
+                strength=harmonize,
+                generator=generators,
+                **common,
+            ).images
+        return [_to_uint8(image) for image in harmonised]
+
+
+def _to_uint8(image: npt.NDArray[Any]) -> UInt8Array:
+    return np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _check_request(request: GenerationRequest) -> None:
+    """Refuse malformed requests with a reason the dead-letter topic can carry."""
+    reference, mask = request.reference, request.mask
+    if reference.dtype != np.uint8 or reference.ndim != 3 or reference.shape[2] != 3:
+        raise BadInput(
+            "invalid_reference",
+            f"expected an H x W x 3 uint8 RGB image, got {reference.shape} {reference.dtype}",
+        )
+    if mask.dtype != np.uint8 or mask.shape != reference.shape[:2]:
+        raise BadInput(
+            "invalid_mask",
+            f"expected an H x W uint8 mask the size of the reference {reference.shape[:2]}, "
+            f"got {mask.shape} {mask.dtype}",
+        )
+    if not 1 <= request.n <= MAX_VARIANTS:
+        raise BadInput("invalid_n", f"n={request.n}: ask for 1 to {MAX_VARIANTS} variants per request")
+    if request.size < 64 or request.size % 8:
+        raise BadInput("invalid_size", f"size={request.size}: use a multiple of 8, at least 64 px")

@@ -1,0 +1,160 @@
+"""The composite backend: reproducible, varied, and its expected mask is where the product's pixels are."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from services.generator.config import load_generation_settings
+from shared.generation.backend import GenerationRequest, open_backend
+from shared.generation.composite import CompositeBackend, CompositeError
+from shared.synth import make_product, render_photo
+
+# A product colour no scene, shadow or distractor produces exactly: with the photometric knobs
+# neutral, "pixels of this colour" is an independent measurement of where the product is.
+PRODUCT_RGB = np.array([255, 0, 255], dtype=np.int16)
+NEUTRAL_LIGHT = {
+    "light_gain": 1.0,
+    "light_gradient": 0.0,
+    "colour_temperature": 0.0,
+    "blur_px": 0.0,
+    "noise_sigma": 0.0,
+}
+
+
+def marker_reference(height: int = 300, width: int = 220) -> tuple[np.ndarray, np.ndarray]:
+    """A grey photo with a magenta bottle-like product (ellipse on a rectangle) and its mask."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    body = (xx > 50) & (xx < 170) & (yy > 90) & (yy < 280)
+    shoulder = ((xx - 110) / 60.0) ** 2 + ((yy - 90) / 50.0) ** 2 <= 1.0
+    mask = np.where(body | shoulder, 255, 0).astype(np.uint8)
+    image = np.full((height, width, 3), 128, dtype=np.uint8)
+    image[mask > 0] = PRODUCT_RGB.astype(np.uint8)
+    return image, mask
+
+
+def request(
+    reference: np.ndarray,
+    mask: np.ndarray,
+    *,
+    seed: int = 1,
+    n: int = 1,
+    size: int = 256,
+    **parameters: object,
+) -> GenerationRequest:
+    return GenerationRequest(
+        reference=reference,
+        mask=mask,
+        prompt="a photo of sks bottle",
+        negative_prompt="",
+        seed=seed,
+        n=n,
+        parameters=dict(parameters),
+        size=size,
+    )
+
+
+def marker_pixels(image: np.ndarray, tolerance: int = 2) -> np.ndarray:
+    return np.all(np.abs(image.astype(np.int16) - PRODUCT_RGB) <= tolerance, axis=-1)
+
+
+def test_same_seed_same_bytes_and_variants_independent_of_n() -> None:
+    photo = render_photo(make_product(2, seed=5), 0, seed=5, size_px=256)
+    reference, mask = np.asarray(photo.image), photo.mask
+    backend = CompositeBackend()
+    first = backend.generate(request(reference, mask, seed=42, n=3))
+    again = backend.generate(request(reference, mask, seed=42, n=3))
+    alone = backend.generate(request(reference, mask, seed=42, n=1))
+    other = backend.generate(request(reference, mask, seed=43, n=1))
+    for a, b in zip(first, again, strict=True):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.expected_mask, b.expected_mask)
+        assert a.parameters == b.parameters
+    assert np.array_equal(first[0].image, alone[0].image)
+    assert not np.array_equal(first[0].image, other[0].image)
+    assert not np.array_equal(first[0].image, first[1].image)
+    # The reported parameters reproduce the image when sent back.
+    replay = backend.generate(request(reference, mask, seed=42, n=1, **first[0].parameters))
+    assert np.array_equal(replay[0].image, first[0].image)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_expected_mask_is_where_the_product_pixels_are(seed: int) -> None:
+    reference, mask = marker_reference()
+    sample = CompositeBackend().generate(request(reference, mask, seed=seed, **NEUTRAL_LIGHT))[0]
+    expected = sample.expected_mask > 0
+    assert sample.image.shape == (256, 256, 3) and sample.expected_mask.shape == (256, 256)
+    assert set(np.unique(sample.expected_mask)) <= {0, 255}
+    # Inside the mask, away from the anti-aliased outline, every pixel is exactly the product's own
+    # colour; outside it no pixel is even close; the two masks agree almost everywhere.
+    assert marker_pixels(sample.image)[ndimage.binary_erosion(expected, iterations=3)].all()
+    close = marker_pixels(sample.image, tolerance=40)
+    assert not close[~ndimage.binary_dilation(expected, iterations=1)].any()
+    iou = (close & expected).sum() / (close | expected).sum()
+    assert iou > 0.93, (iou, sample.parameters)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_occlusion_removes_hidden_pixels_from_the_expected_mask(seed: int) -> None:
+    reference, mask = marker_reference()
+    backend = CompositeBackend()
+    clear = backend.generate(request(reference, mask, seed=seed, occluders=0, **NEUTRAL_LIGHT))[0]
+    hidden = backend.generate(request(reference, mask, seed=seed, occluders=2, **NEUTRAL_LIGHT))[0]
+    clear_mask, hidden_mask = clear.expected_mask > 0, hidden.expected_mask > 0
+    assert hidden.parameters["occluders"] == 2 and clear.parameters["occluders"] == 0
+    assert not (hidden_mask & ~clear_mask).any()  # occluders never add product pixels
+    assert hidden_mask.sum() < 0.97 * clear_mask.sum()
+    assert hidden_mask.sum() > 0.3 * clear_mask.sum()  # partial, not total, occlusion
+    # Where the mask lost pixels, the image shows something else than the product.
+    lost = ndimage.binary_erosion(clear_mask & ~hidden_mask, iterations=1)
+    assert lost.any() and not marker_pixels(hidden.image)[lost].any()
+    assert marker_pixels(hidden.image)[ndimage.binary_erosion(hidden_mask, iterations=3)].all()
+
+
+def test_variants_differ_in_scene_placement_and_light() -> None:
+    photo = render_photo(make_product(4, seed=5), 1, seed=5, size_px=256)
+    samples = CompositeBackend().generate(request(np.asarray(photo.image), photo.mask, seed=9, n=24))
+    params = [s.parameters for s in samples]
+    assert len({p["scene"] for p in params}) >= 4
+    assert len({p["shadow"] for p in params}) >= 2
+    assert any(p["occluders"] > 0 for p in params)
+    fractions = [float((s.expected_mask > 0).mean()) for s in samples]
+    assert max(fractions) > 1.5 * min(fractions) > 0
+    centres = [np.argwhere(s.expected_mask > 0).mean(axis=0) for s in samples]
+    assert np.ptp(np.array(centres), axis=0).min() > 20  # the product moves, in both axes
+
+
+def test_a_512px_image_takes_well_under_a_second() -> None:
+    photo = render_photo(make_product(6, seed=5), 0, seed=5, size_px=512)
+    backend = CompositeBackend()
+    backend.generate(request(np.asarray(photo.image), photo.mask, size=512))
+    started = time.perf_counter()
+    backend.generate(request(np.asarray(photo.image), photo.mask, size=512, n=6))
+    per_image_s = (time.perf_counter() - started) / 6
+    assert per_image_s < 0.3, f"{per_image_s:.3f} s per 512 px image"
+
+
+def test_refusals_say_what_is_wrong() -> None:
+    reference, mask = marker_reference()
+    backend = CompositeBackend()
+    with pytest.raises(CompositeError, match="mask is empty"):
+        backend.generate(request(reference, np.zeros_like(mask)))
+    with pytest.raises(CompositeError, match=r"unknown composite parameter\(s\) sparkle; known: .*scene"):
+        backend.generate(request(reference, mask, sparkle=1))
+    with pytest.raises(CompositeError, match="unknown scene 'beach'"):
+        backend.generate(request(reference, mask, scene="beach"))
+    with pytest.raises(CompositeError, match="must match"):
+        backend.generate(request(reference, mask[:10]))
+
+
+def test_open_backend_picks_composite_by_default_and_refuses_unknown_names() -> None:
+    backend = open_backend(load_generation_settings())
+    assert backend.name == "composite" and backend.model_id
+
+    class Unknown:
+        generation_backend = "dreams"
+
+    with pytest.raises(ValueError, match="SKUFORGE_GENERATION_BACKEND"):
+        open_backend(Unknown())

@@ -1,0 +1,464 @@
+"""Backend ``diffusion`` and the LoRA registry, on a tiny inpainting pipeline built from config.
+
+What a user would notice: the product's own pixels survive generation exactly where the expected
+mask says; a seed reproduces an image; the SKU's series picks its adapter (else the general one,
+else none) and the adapter changes the image; loading many adapters never keeps more than the LRU
+size in the pipeline; a model published to S3 generates the same images as the local folder.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from shared.config import ConfigError
+from shared.errors import BadInput
+from shared.generation.adapters import (
+    NO_ADAPTER,
+    AdapterKind,
+    AdapterMetadata,
+    AdapterRegistry,
+    resolve_adapter,
+)
+from shared.generation.backend import GeneratedSample, GenerationRequest
+from shared.generation.diffusion import (
+    DiffusionBackend,
+    DiffusionModelError,
+    load_diffusion_settings,
+    paint_mask,
+    place_product,
+    variant_seeds,
+)
+from shared.store import FileStore, ObjectStore, open_store
+from tests.support.diffusion import (
+    TINY_BASE_MODEL,
+    build_tiny_inpaint_pipeline,
+    build_tiny_sdxl_inpaint_pipeline,
+    make_tiny_lora,
+    model_files,
+    product_photo,
+)
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_inpaint_pipeline(tmp_path_factory.mktemp("diffusion") / "tiny-sd-inpaint")
+
+
+@pytest.fixture(scope="module")
+def lora_files(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Four different tiny adapters (seeds 1..4)."""
+    base = tmp_path_factory.mktemp("lora")
+    return [make_tiny_lora(tiny_model, base / f"lora{seed}", seed=seed) for seed in range(1, 5)]
+
+
+@pytest.fixture
+def diffusion_env(monkeypatch: pytest.MonkeyPatch, tiny_model: Path, tmp_path: Path) -> Path:
+    """Environment of a CPU backend on the tiny model; returns the store root (registry under adapters/)."""
+    store_root = tmp_path / "store"
+    for name, value in {
+        "SKUFORGE_DIFFUSION_MODEL": str(tiny_model),
+        "SKUFORGE_DIFFUSION_DEVICE": "cpu",
+        # One thread: on the shared 2-core machine two torch threads spin against the neighbours.
+        "SKUFORGE_DIFFUSION_THREADS": "1",
+        "SKUFORGE_DIFFUSION_STEPS": "2",
+        "SKUFORGE_DIFFUSION_ADAPTER_REFRESH_S": "0",
+        "SKUFORGE_DIFFUSION_CACHE_DIR": str(tmp_path / "cache"),
+        "SKUFORGE_STORE_URI": f"file://{store_root}",
+    }.items():
+        monkeypatch.setenv(name, value)
+    return store_root
+
+
+def _request(seed: int = 7, n: int = 2, **overrides: object) -> GenerationRequest:
+    photo, mask = product_photo()
+    fields: dict[str, object] = {
+        "reference": photo,
+        "mask": mask,
+        "prompt": "a red can on a shelf",
+        "negative_prompt": "blurry",
+        "seed": seed,
+        "n": n,
+        "parameters": {},
+        "size": SIZE,
+    }
+    fields.update(overrides)
+    return GenerationRequest(**fields)  # type: ignore[arg-type]
+
+
+def _images(samples: list[GeneratedSample]) -> npt.NDArray[np.uint8]:
+    return np.stack([sample.image for sample in samples])
+
+
+# --- placement (pure, fast) -------------------------------------------------------------------
+
+
+def test_placement_puts_the_product_where_the_mask_says() -> None:
+    photo, mask = product_photo(seed=3)
+    placed = place_product(photo, mask, 128, scale=0.5, rotation_deg=0.0, position_x=0.0, position_y=1.0)
+    assert placed.canvas.shape == (128, 128, 3) and placed.expected_mask.shape == (128, 128)
+    assert set(np.unique(placed.expected_mask)) == {0, 255}
+    ys, xs = np.nonzero(placed.expected_mask)
+    # The disc's diameter is 0.6 of the 96 px photo; at scale 0.5 it spans half the 128 px canvas.
+    assert abs((xs.max() - xs.min() + 1) - 64) <= 2 and abs((ys.max() - ys.min() + 1) - 64) <= 2
+    assert xs.min() <= 1 and ys.max() >= 126  # position (0, 1): bottom-left corner
+    # Inside the mask the canvas carries the product's texture, not the photo's flat background.
+    inside = placed.canvas[placed.expected_mask == 255]
+    assert inside.std() > 40
+
+
+def test_rotated_placement_stays_inside_the_canvas() -> None:
+    photo, mask = product_photo(seed=4)
+    placed = place_product(photo, mask, 64, scale=0.9, rotation_deg=30.0, position_x=1.0, position_y=1.0)
+    assert placed.expected_mask.any()
+    ys, xs = np.nonzero(placed.expected_mask)
+    assert xs.max() <= 63 and ys.max() <= 63 and xs.min() >= 0
+
+
+def test_paint_mask_spares_a_band_around_the_product() -> None:
+    expected = np.zeros((32, 32), np.uint8)
+    expected[10:20, 10:20] = 255
+    painted = paint_mask(expected, dilation_px=3)
+    assert (painted[expected == 255] == 0).all()
+    assert painted[7, 15] == 0 and painted[6, 15] == 255  # 3 px kept above the product, not 4
+    assert (paint_mask(expected, 0) == 255 - expected).all()
+
+
+def test_empty_mask_is_refused_with_a_reason() -> None:
+    photo, _ = product_photo()
+    with pytest.raises(BadInput) as caught:
+        place_product(
+            photo,
+            np.zeros(photo.shape[:2], np.uint8),
+            64,
+            scale=0.5,
+            rotation_deg=0,
+            position_x=0.5,
+            position_y=0.5,
+        )
+    assert caught.value.reason == "empty_mask"
+
+
+def test_variant_seeds_differ_across_variants_and_requests() -> None:
+    assert variant_seeds(5, 1) == variant_seeds(5, 1)
+    assert len({variant_seeds(5, 1), variant_seeds(6, 0), variant_seeds(5, 0)}) == 3
+
+
+# --- adapter registry (no torch) --------------------------------------------------------------
+
+
+def _meta(
+    adapter_id: str, kind: AdapterKind, series: str | None = None, *, age_s: int = 0, base: str = "sd"
+) -> AdapterMetadata:
+    return AdapterMetadata(
+        adapter_id=adapter_id,
+        kind=kind,
+        series=series,
+        base_model=base,
+        rank=4,
+        weights_sha256="0" * 64,
+        weights_bytes=1,
+        created_at=datetime(2026, 1, 1, tzinfo=UTC) - timedelta(seconds=age_s),
+    )
+
+
+def test_resolve_prefers_series_then_general_then_none() -> None:
+    adapters = [
+        _meta("general-old", "general", age_s=100),
+        _meta("general-new", "general"),
+        _meta("cola-v1", "specialized", "Cola 330ml", age_s=50),
+        _meta("cola-v2", "specialized", "cola 330ML"),
+        _meta("chips-xl", "specialized", "chips", base="sdxl"),
+    ]
+    assert resolve_adapter(adapters, series="COLA 330ml").adapter_id == "cola-v2"
+    assert resolve_adapter(adapters, series="COLA 330ml").reason == "series"
+    assert resolve_adapter(adapters, series="water").adapter_id == "general-new"
+    # An adapter for another base model is never chosen automatically.
+    choice = resolve_adapter(adapters, series="chips", base_model="sd")
+    assert (choice.adapter_id, choice.reason) == ("general-new", "general")
+    assert resolve_adapter(adapters[2:4], series="water").reason == "none"
+    assert (
+        resolve_adapter(adapters, series="cola 330ml", adapter_id="general-old").adapter_id == "general-old"
+    )
+    assert resolve_adapter(adapters, series="cola 330ml", adapter_id=NO_ADAPTER).adapter is None
+    with pytest.raises(BadInput, match="unknown_adapter"):
+        resolve_adapter(adapters, series=None, adapter_id="nope")
+    with pytest.raises(BadInput, match="adapter_base_mismatch"):
+        resolve_adapter(adapters, series=None, adapter_id="chips-xl", base_model="sd")
+
+
+def test_registry_refuses_inconsistent_metadata_and_skips_broken_entries(tmp_path: Path) -> None:
+    registry = AdapterRegistry(FileStore(tmp_path))
+    with pytest.raises(ValueError, match="needs the series"):
+        registry.register("cola", b"x" * 16, kind="specialized", base_model="sd", rank=4)
+    with pytest.raises(BadInput, match="invalid_adapter_id"):
+        registry.register("bad.id", b"x" * 16, kind="general", base_model="sd", rank=4)
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        registry.register("general", b"x" * 16, kind="general", base_model="sd")
+    assert registry.list() == []  # nothing half-written is listed
+    registry.register("general", b"x" * 16, kind="general", base_model="sd", rank=4)
+    registry.store.put_bytes("broken/metadata.json", b"{not json")
+    assert [a.adapter_id for a in registry.list()] == ["general"]
+
+
+# --- the backend on the tiny pipeline ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_generation_keeps_the_product_pixels_and_is_reproducible(diffusion_env: Path) -> None:
+    backend = DiffusionBackend.from_settings()
+    samples = backend.generate(_request(seed=7, n=3))
+    assert len(samples) == 3
+    photo, mask = product_photo()
+    for sample in samples:
+        assert sample.image.shape == (SIZE, SIZE, 3) and sample.image.dtype == np.uint8
+        assert sample.expected_mask.shape == (SIZE, SIZE)
+        p = sample.parameters
+        placed = place_product(
+            photo, mask, SIZE, scale=p["scale"], rotation_deg=p["rotation_deg"],
+            position_x=p["position_x"], position_y=p["position_y"],
+        )  # fmt: skip
+        assert np.array_equal(sample.expected_mask, placed.expected_mask)
+        inside = placed.expected_mask == 255
+        assert inside.sum() > 100
+        assert np.array_equal(sample.image[inside], placed.canvas[inside])
+        # Outside the product the painter drew something new, not the grey canvas fill.
+        assert not np.array_equal(sample.image[~inside], placed.canvas[~inside])
+        assert p["adapter_choice"] == "none" and sample.adapter_id is None and p["product_pixels_exact"]
+    # Variants differ from each other; the same seed gives the same pixels, another seed others.
+    assert not np.array_equal(samples[0].image, samples[1].image)
+    again = backend.generate(_request(seed=7, n=3))
+    assert np.array_equal(_images(samples), _images(again))
+    other = backend.generate(_request(seed=8, n=3))
+    assert not np.array_equal(_images(samples), _images(other))
+    # Batching does not change a variant: the first of three equals a request for one.
+    single = backend.generate(_request(seed=7, n=1))
+    assert np.allclose(single[0].image.astype(int), samples[0].image.astype(int), atol=2)
+
+
+@pytest.mark.slow
+def test_harmonisation_is_recorded_and_changes_the_product(diffusion_env: Path) -> None:
+    backend = DiffusionBackend.from_settings()
+    plain = backend.generate(_request(seed=3, n=1))[0]
+    blended = backend.generate(_request(seed=3, n=1, parameters={"harmonize_strength": 0.3}))[0]
+    assert blended.parameters["harmonize_strength"] == 0.3
+    assert blended.parameters["product_pixels_exact"] is False
+    assert np.array_equal(blended.expected_mask, plain.expected_mask)
+    inside = plain.expected_mask == 255
+    assert not np.array_equal(blended.image[inside], plain.image[inside])
+    with pytest.raises(BadInput, match="invalid_parameters"):
+        backend.generate(_request(parameters={"scale": 3}))
+
+
+@pytest.mark.slow
+def test_series_picks_the_adapter_and_the_adapter_changes_the_image(
+    diffusion_env: Path, lora_files: list[Path]
+) -> None:
+    backend = DiffusionBackend.from_settings()
+    base = backend.generate(_request(seed=11, series="cola"))
+    assert base[0].adapter_id is None and base[0].parameters["adapter_choice"] == "none"
+
+    registry = AdapterRegistry(FileStore(diffusion_env / "adapters"))
+    general = registry.register(
+        "shelf-general",
+        lora_files[0],
+        kind="general",
+        base_model=TINY_BASE_MODEL,
+        training_prompts=["a shelf"],
+    )
+    assert general.rank == 4  # read from the weights
+    registry.register(
+        "cola-lora", lora_files[1], kind="specialized", series="Cola", base_model=TINY_BASE_MODEL
+    )
+
+    cola = backend.generate(_request(seed=11, series="cola"))
+    assert [s.adapter_id for s in cola] == ["cola-lora", "cola-lora"]
+    assert cola[0].parameters["adapter_choice"] == "series"
+    assert cola[0].parameters["adapter_kind"] == "specialized"
+    assert not np.array_equal(_images(cola), _images(base))
+    # The adapter repaints the background only: the product is still exact.
+    inside = base[0].expected_mask == 255
+    assert np.array_equal(cola[0].image[inside], base[0].image[inside])
+
+    chips = backend.generate(_request(seed=11, series="chips"))
+    assert chips[0].adapter_id == "shelf-general" and chips[0].parameters["adapter_choice"] == "general"
+    assert not np.array_equal(_images(chips), _images(cola))
+
+    # Asking for no adapter restores the base model's output exactly.
+    plain = backend.generate(_request(seed=11, series="cola", adapter_id=NO_ADAPTER))
+    assert plain[0].adapter_id is None
+    assert np.array_equal(_images(plain), _images(base))
+    explicit = backend.generate(_request(seed=11, series="chips", adapter_id="cola-lora"))
+    assert np.array_equal(_images(explicit), _images(cola))
+    with pytest.raises(BadInput, match="unknown_adapter"):
+        backend.generate(_request(adapter_id="missing"))
+
+    # An adapter that does not fit the model is refused with a reason and leaves nothing behind.
+    from safetensors.numpy import save
+
+    layer = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
+    misfit = save(
+        {
+            f"{layer}.lora.down.weight": np.ones((4, 999), np.float32),
+            f"{layer}.lora.up.weight": np.ones((64, 4), np.float32),
+        }
+    )
+    registry.register("misfit", misfit, kind="specialized", series="misfit", base_model=TINY_BASE_MODEL)
+    with pytest.raises(BadInput, match="adapter_unloadable"):
+        backend.generate(_request(seed=11, series="misfit"))
+    assert "misfit" not in backend.pipe.get_list_adapters().get("unet", [])
+    assert np.array_equal(_images(backend.generate(_request(seed=11, series="cola"))), _images(cola))
+
+
+@pytest.mark.slow
+def test_lru_keeps_at_most_k_adapters_and_deletes_the_evicted(
+    diffusion_env: Path, lora_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_LORA_CACHE_SIZE", "2")
+    backend = DiffusionBackend.from_settings()
+    registry = AdapterRegistry(FileStore(diffusion_env / "adapters"))
+    series = [f"s{i}" for i in range(len(lora_files))]
+    for name, weights in zip(series, lora_files, strict=True):
+        registry.register(
+            f"lora-{name}", weights, kind="specialized", series=name, base_model=TINY_BASE_MODEL
+        )
+
+    first = {}
+    for name in series:  # K + 2 = 4 adapters through a cache of 2
+        first[name] = backend.generate(_request(seed=5, n=1, series=name))[0]
+        assert first[name].adapter_id == f"lora-{name}"
+        in_pipe = backend.pipe.get_list_adapters()
+        assert len(in_pipe.get("unet", [])) <= 2
+    assert backend.pipe.get_list_adapters()["unet"] == ["lora-s2", "lora-s3"]
+    assert backend.lora.evicted == ["lora-s0", "lora-s1"]
+    # No LoRA layer of an evicted adapter is left behind in the UNet.
+    layer_names = {name for name, _ in backend.pipe.unet.named_parameters()}
+    assert not any("lora-s0" in name or "lora-s1" in name for name in layer_names)
+    assert any("lora-s3" in name for name in layer_names)
+    # An evicted adapter comes back on demand and paints what it painted before.
+    again = backend.generate(_request(seed=5, n=1, series="s0"))[0]
+    assert np.array_equal(again.image, first["s0"].image)
+    assert backend.pipe.get_list_adapters()["unet"] == ["lora-s3", "lora-s0"]
+
+
+@pytest.mark.slow
+def test_an_sdxl_folder_runs_the_sdxl_pipeline_with_its_adapter(
+    diffusion_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = build_tiny_sdxl_inpaint_pipeline(tmp_path / "tiny-sdxl-inpaint")
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_MODEL", str(model))  # architecture 'auto': from model_index.json
+    backend = DiffusionBackend.from_settings()
+    assert type(backend.pipe).__name__ == "StableDiffusionXLInpaintPipeline"
+    base = backend.generate(_request(seed=4, series="cola"))
+    placed = base[0].expected_mask == 255
+    assert np.array_equal(backend.generate(_request(seed=4, series="cola"))[0].image, base[0].image)
+
+    weights = make_tiny_lora(model, tmp_path / "xl-lora", seed=9)
+    AdapterRegistry(FileStore(diffusion_env / "adapters")).register(
+        "xl-cola", weights, kind="specialized", series="cola", base_model="tiny-sdxl"
+    )
+    adapted = backend.generate(_request(seed=4, series="cola"))
+    assert adapted[0].adapter_id == "xl-cola"
+    assert not np.array_equal(adapted[0].image, base[0].image)
+    assert np.array_equal(adapted[0].image[placed], base[0].image[placed])
+
+
+def _upload(store: ObjectStore, prefix: str, directory: Path) -> None:
+    for key, data in model_files(directory).items():
+        store.put_bytes(f"{prefix}/{key}", data)
+
+
+@pytest.mark.slow
+def test_model_and_adapters_from_s3_generate_like_the_local_folder(
+    diffusion_env: Path,
+    tiny_model: Path,
+    lora_files: list[Path],
+    s3_store: ObjectStore,
+    s3_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    local_registry = AdapterRegistry(FileStore(diffusion_env / "adapters"))
+    local_registry.register("general", lora_files[2], kind="general", base_model=TINY_BASE_MODEL)
+    local = DiffusionBackend.from_settings().generate(_request(seed=21))
+
+    _upload(s3_store, "models/tiny-sd-inpaint", tiny_model)
+    # The registry's default root: <SKUFORGE_STORE_URI>/adapters.
+    AdapterRegistry(open_store(f"{s3_store.base_uri}/adapters", s3_endpoint_url=s3_endpoint)).register(
+        "general", lora_files[2], kind="general", base_model=TINY_BASE_MODEL
+    )
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_MODEL", f"{s3_store.base_uri}/models/tiny-sd-inpaint")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", s3_store.base_uri)
+    monkeypatch.setenv("SKUFORGE_S3_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_CACHE_DIR", str(tmp_path / "s3-cache"))
+    backend = DiffusionBackend.from_settings()
+    remote = backend.generate(_request(seed=21))
+    assert [s.adapter_id for s in remote] == ["general", "general"]
+    assert np.array_equal(_images(remote), _images(local))
+    assert backend.model_id.startswith("diffusion:tiny-sd-inpaint@sha256:")
+    # The copy is reused: a second backend downloads nothing new.
+    cached = sorted(p.name for p in (tmp_path / "s3-cache").iterdir())
+    DiffusionBackend.from_settings()
+    assert sorted(p.name for p in (tmp_path / "s3-cache").iterdir()) == cached
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+def test_missing_model_and_bad_values_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SKUFORGE_DIFFUSION_MODEL", raising=False)
+    with pytest.raises(ConfigError, match="SKUFORGE_DIFFUSION_MODEL"):
+        DiffusionBackend.from_settings()
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_STEPS", "0")
+    with pytest.raises(ConfigError, match="SKUFORGE_DIFFUSION_STEPS"):
+        load_diffusion_settings()
+    with pytest.raises(ConfigError, match="SKUFORGE_DIFFUSION_SCALE_MIN"):
+        load_diffusion_settings(diffusion_steps=2, diffusion_scale_min=0.9, diffusion_scale_max=0.5)
+
+
+def test_adapters_cli_registers_and_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.numpy import save
+
+    from services.cli import main as cli_main
+
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    monkeypatch.delenv("SKUFORGE_DIFFUSION_ADAPTERS_URI", raising=False)
+    weights = tmp_path / "lora.safetensors"
+    weights.write_bytes(save({"unet.attn.to_q.lora.down.weight": np.zeros((8, 32), np.float32)}))
+    argv = ["adapters", "register", "cola-v1", str(weights), "--kind", "specialized", "--series", "cola"]
+    assert cli_main([*argv, "--base-model", "sd15-inpaint", "--prompt", "a shs can"]) == 0
+    capsys.readouterr()
+    assert cli_main(["adapters", "list"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    listed = AdapterMetadata.model_validate_json(line)
+    assert (listed.adapter_id, listed.series, listed.rank) == ("cola-v1", "cola", 8)
+    assert listed.training_prompts == ["a shs can"]
+    assert (tmp_path / "store" / "adapters" / "cola-v1" / "pytorch_lora_weights.safetensors").is_file()
+    # A specialised adapter without its series is refused, with the reason, and nothing is written.
+    assert (
+        cli_main(["adapters", "register", "x", str(weights), "--kind", "specialized", "--base-model", "m"])
+        == 2
+    )
+    assert "needs the series" in capsys.readouterr().err
+    assert not (tmp_path / "store" / "adapters" / "x").exists()
+
+
+def test_a_model_that_is_not_there_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_store: ObjectStore, s3_endpoint: str
+) -> None:
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_MODEL", str(tmp_path / "no-model"))
+    with pytest.raises(DiffusionModelError, match=r"no diffusers pipeline at .*model_index\.json"):
+        DiffusionBackend.from_settings()
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_MODEL", f"{s3_store.base_uri}/models/missing")
+    monkeypatch.setenv("SKUFORGE_S3_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(DiffusionModelError, match="nothing is stored under"):
+        DiffusionBackend.from_settings()

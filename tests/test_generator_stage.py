@@ -1,0 +1,256 @@
+"""The generator stage on the real broker, calling the real Triton server (PyTriton, CPU).
+
+Captioned SKUs go in; N ``image.generated`` per SKU come out, every image and expected mask is in
+the store; with Triton taken down mid-run and brought back, nothing is lost and nothing doubled.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from schemas.common import SkuMetadata
+from schemas.envelope import DeadLetter, Envelope
+from schemas.events import CaptionedPhoto, ImageGenerated, SkuCaptioned
+from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
+from services.generator.config import GenerationSettings, load_generation_settings
+from services.generator.stage import backend_counts, build_stage, plan_variants
+from shared.images import decode_image, decode_mask
+from shared.store import ObjectStore
+from shared.synth import make_product, render_photo
+from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, read_topic, running
+from tests.support.triton import TritonServerProcess, tiny_diffusion_env
+
+VARIANTS = 3
+SIZE_PX = 128
+
+
+def captioned_sku(
+    store: ObjectStore,
+    index: int,
+    *,
+    usable_photos: int = 2,
+    unusable_photos: int = 0,
+    series: str | None = None,
+) -> SkuCaptioned:
+    """A captioned SKU whose photos and masks are rendered products stored in ``store``."""
+    spec = make_product(index, seed=21)
+    photos = []
+    for photo_index in range(usable_photos + unusable_photos):
+        photo = render_photo(spec, photo_index, seed=21, size_px=192)
+        image = store.put_image(f"images/{spec.sku_id}/real/p{photo_index}.png", photo.image)
+        usable = photo_index < usable_photos
+        mask = (
+            store.put_image(f"masks/reference/{spec.sku_id}/p{photo_index}.png", photo.mask)
+            if usable
+            else None
+        )
+        photos.append(
+            CaptionedPhoto(
+                photo_id=f"p{photo_index}",
+                image=image,
+                mask=mask,
+                usable=usable,
+                unusable_reason=None if usable else "blank_photo",
+                caption=f"a {spec.main_colour} {spec.shape}" if usable else "",
+            )
+        )
+    return SkuCaptioned(
+        sku=SkuMetadata(
+            sku_id=spec.sku_id,
+            name=spec.name,
+            category=spec.category,
+            series=spec.series if series is None else series,
+        ),
+        photos=photos,
+        instance_token="sks",
+        class_noun=spec.shape,
+        instance_prompt=f"a photo of sks {spec.shape}",
+        class_prompt=f"a photo of a {spec.shape}",
+        negative_prompt="blurry",
+        captioner="test",
+    )
+
+
+def generation_settings(triton: TritonServerProcess) -> GenerationSettings:
+    return load_generation_settings(
+        generation_triton_url=triton.grpc_url,
+        generation_variants_per_sku=VARIANTS,
+        generation_size_px=SIZE_PX,
+        generation_triton_timeout_s=30.0,
+    )
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServerProcess]:
+    server = TritonServerProcess(tmp_path_factory.mktemp("triton"), max_batch_size=8, batch_delay_us=10_000)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def check_generated(store: ObjectStore, events: list[ImageGenerated], captioned: list[SkuCaptioned]) -> None:
+    """Exactly VARIANTS events per SKU, every image and expected mask stored and matching its event."""
+    assert Counter(e.sku.sku_id for e in events) == {c.sku.sku_id: VARIANTS for c in captioned}
+    assert len({e.item_id for e in events}) == len(events)
+    by_sku = {c.sku.sku_id: c for c in captioned}
+    for event in events:
+        source = by_sku[event.sku.sku_id]
+        usable = [p.photo_id for p in source.photos if p.usable]
+        assert event.reference_photo_id == usable[event.variant_index % len(usable)]
+        image = decode_image(store.read_verified(event.image))
+        mask = decode_mask(store.read_verified(event.expected_mask))
+        assert image.size == (SIZE_PX, SIZE_PX) and mask.shape == (SIZE_PX, SIZE_PX)
+        assert 0.01 < (mask > 0).mean() < 0.9
+        assert event.image.uri.endswith(f"generated/{event.sku.sku_id}/{event.item_id}.png")
+        assert event.expected_mask.uri.endswith(f"masks/expected/{event.sku.sku_id}/{event.item_id}.png")
+        assert event.backend == "composite" and event.model_id == "composite-v1" and event.adapter_id is None
+        assert event.prompt.startswith(source.instance_prompt) and event.negative_prompt == "blurry"
+        assert {"scene", "rotation_deg", "occluders"} <= set(event.parameters)
+    assert sorted(e.variant_index for e in events) == sorted(list(range(VARIANTS)) * len(captioned))
+
+
+def test_plan_spreads_variants_over_photos_and_backends() -> None:
+    assert backend_counts({"composite": 0.75, "diffusion": 0.25}, 10) == {"composite": 8, "diffusion": 2}
+    assert backend_counts({"composite": 0.5, "diffusion": 0.5}, 3) == {"composite": 2, "diffusion": 1}
+    store_free = SkuCaptioned.model_validate(
+        {
+            "sku": {"sku_id": "SKU-1", "name": "n", "category": "can"},
+            "photos": [
+                {"photo_id": f"p{i}", "image": _ref(), "mask": _ref(), "usable": i != 1} for i in range(3)
+            ],
+            "instance_token": "sks",
+            "class_noun": "can",
+            "instance_prompt": "a photo of sks can",
+            "class_prompt": "a photo of a can",
+            "captioner": "test",
+        }
+    )
+    mix = load_generation_settings(
+        generation_variants_per_sku=4, generation_backend_mix={"composite": 1, "diffusion": 1}
+    )
+    plan = plan_variants(store_free, mix)
+    assert [p.photo.photo_id for p in plan] == ["p0", "p2", "p0", "p2"]
+    assert [p.backend for p in plan] == ["composite", "composite", "diffusion", "diffusion"]
+    assert plan == plan_variants(store_free, mix)  # same SKU, same seeds
+    assert len({p.seed for p in plan}) == 4
+    other = plan_variants(store_free, mix.model_copy(update={"generation_seed": 1}))
+    assert [p.seed for p in other] != [p.seed for p in plan]
+
+
+def _ref() -> dict[str, object]:
+    return {"uri": "file:///x.png", "sha256": "0" * 64, "bytes": 1, "width": 1, "height": 1}
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_captioned_skus_become_generated_images(
+    kafka_bootstrap: str, tmp_path: Path, triton: TritonServerProcess
+) -> None:
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
+    create_topics(settings, SKU_CAPTIONED, IMAGE_GENERATED)
+    stage = build_stage(settings=settings, generation=generation_settings(triton))
+    store = stage.store
+    good = [
+        captioned_sku(store, 1, usable_photos=2),
+        captioned_sku(store, 2, usable_photos=1, unusable_photos=1),
+    ]
+    hopeless = captioned_sku(store, 3, usable_photos=0, unusable_photos=2)
+    produce(settings, SKU_CAPTIONED, [good[0], hopeless, good[1]])
+
+    with running(stage):
+        records = read_topic(
+            kafka_bootstrap, settings.topic_name(IMAGE_GENERATED), expect=2 * VARIANTS, timeout_s=120
+        )
+        letters = read_topic(kafka_bootstrap, settings.dlq_name(SKU_CAPTIONED), expect=1, timeout_s=30)
+        assert stage.ready()
+
+    envelopes = [Envelope[ImageGenerated].model_validate_json(r.value) for r in records]
+    assert len(envelopes) == 2 * VARIANTS
+    assert all(e.producer == "generator" for e in envelopes)
+    check_generated(store, [e.payload for e in envelopes], good)
+    assert [DeadLetter.model_validate_json(r.value).reason for r in letters] == ["no_usable_photo"]
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_triton_down_mid_run_loses_and_duplicates_nothing(
+    kafka_bootstrap: str, tmp_path: Path, s3_store: ObjectStore, triton: TritonServerProcess
+) -> None:
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "unused"))
+    create_topics(settings, SKU_CAPTIONED, IMAGE_GENERATED)
+    stage = build_stage(settings=settings, generation=generation_settings(triton), store=s3_store)
+    before = [captioned_sku(s3_store, 10 + i) for i in range(2)]
+    after = [captioned_sku(s3_store, 20 + i) for i in range(2)]
+    topic = settings.topic_name(IMAGE_GENERATED)
+
+    with running(stage):
+        produce(settings, SKU_CAPTIONED, before)
+        assert len(read_topic(kafka_bootstrap, topic, expect=2 * VARIANTS, timeout_s=120)) == 2 * VARIANTS
+        triton.stop()
+        try:
+            produce(settings, SKU_CAPTIONED, after)
+            # Triton is down: the stage backs off and retries; nothing new is produced or committed.
+            records = read_topic(kafka_bootstrap, topic, expect=4 * VARIANTS, timeout_s=8)
+            assert len(records) == 2 * VARIANTS
+            retries = stage.metrics.retries.labels("generator", "GeneratorUnavailable")._value.get()
+            assert retries >= 1
+            assert not stage.ready()
+        finally:
+            triton.start()
+        records = read_topic(kafka_bootstrap, topic, expect=4 * VARIANTS, timeout_s=120)
+        assert stage.ready()
+
+    envelopes = [Envelope[ImageGenerated].model_validate_json(r.value) for r in records]
+    assert len(envelopes) == 4 * VARIANTS  # none lost, none doubled (read_topic keeps reading past)
+    assert len({e.event_id for e in envelopes}) == 4 * VARIANTS
+    check_generated(s3_store, [e.payload for e in envelopes], before + after)
+    letters = read_topic(kafka_bootstrap, settings.dlq_name(SKU_CAPTIONED), expect=0, timeout_s=3)
+    assert letters == []
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_backend_mix_and_the_chosen_adapter_reach_the_events(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Half the variants from the tiny diffusion model: the SKU of series 's1' gets adapter 'lora-s1'."""
+    server = TritonServerProcess(
+        tmp_path,
+        backends=("composite", "diffusion"),
+        extra_env=tiny_diffusion_env(tmp_path, adapters={"s1": 1}),
+    )
+    server.start()
+    try:
+        settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "stage-store"))
+        create_topics(settings, SKU_CAPTIONED, IMAGE_GENERATED)
+        generation = load_generation_settings(
+            generation_triton_url=server.grpc_url,
+            generation_variants_per_sku=4,
+            generation_size_px=64,
+            generation_backend_mix={"composite": 1, "diffusion": 1},
+        )
+        stage = build_stage(settings=settings, generation=generation)
+        skus = [captioned_sku(stage.store, 31, series="s1"), captioned_sku(stage.store, 32, series="")]
+        produce(settings, SKU_CAPTIONED, skus)
+        with running(stage):
+            records = read_topic(
+                kafka_bootstrap, settings.topic_name(IMAGE_GENERATED), expect=8, timeout_s=180
+            )
+    finally:
+        server.stop()
+    events = [Envelope[ImageGenerated].model_validate_json(r.value).payload for r in records]
+    assert len(events) == 8
+    seen = {(e.sku.sku_id, e.variant_index): (e.backend, e.adapter_id, e.model_id) for e in events}
+    for sku, adapter in ((skus[0], "lora-s1"), (skus[1], None)):
+        for index in range(4):
+            backend, adapter_id, model_id = seen[(sku.sku.sku_id, index)]
+            assert backend == ("composite" if index < 2 else "diffusion")
+            assert adapter_id == (adapter if backend == "diffusion" else None)
+            assert model_id.startswith("diffusion:") if backend == "diffusion" else model_id == "composite-v1"
+    for event in events:
+        mask = decode_mask(stage.store.read_verified(event.expected_mask))
+        assert mask.shape == (64, 64) and (mask > 0).any()

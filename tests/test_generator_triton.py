@@ -1,0 +1,235 @@
+"""The generation model on a real Triton server (PyTriton, CPU), called through tritonclient.
+
+No mocks: ``skuforge serve generator`` runs in its own process, as in production.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.generator.client import GeneratorUnavailable, TritonGenerator
+from services.generator.protocol import VariantRequest, VariantResult
+from shared.errors import BadInput
+from shared.generation.backend import GenerationRequest
+from shared.generation.composite import CompositeBackend
+from shared.synth import make_product, render_photo
+from tests.support.diffusion import product_photo
+from tests.support.triton import TritonServerProcess, free_port, max_batch_executed, tiny_diffusion_env
+
+pytestmark = pytest.mark.slow
+
+SIZE_PX = 256
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServerProcess]:
+    server = TritonServerProcess(
+        tmp_path_factory.mktemp("triton"), max_batch_size=8, batch_delay_us=50_000, max_queue_size=64
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def variant(
+    seed: int, *, mask: np.ndarray | None = None, parameters: dict[str, object] | None = None
+) -> VariantRequest:
+    photo = render_photo(make_product(3, seed=2), 0, seed=2, size_px=SIZE_PX)
+    return VariantRequest(
+        reference=np.asarray(photo.image),
+        mask=photo.mask if mask is None else mask,
+        prompt="a photo of sks can",
+        negative_prompt="blurry",
+        seed=seed,
+        parameters_json=json.dumps(parameters or {}),
+        adapter_id=None,
+        series=None,
+        size=SIZE_PX,
+    )
+
+
+def test_serves_the_same_pixels_as_the_backend_itself(triton: TritonServerProcess) -> None:
+    client = TritonGenerator(triton.grpc_url, concurrency=2)
+    try:
+        first, again = client.generate("composite", [variant(11), variant(11)])
+    finally:
+        client.close()
+    assert isinstance(first, VariantResult) and isinstance(again, VariantResult)
+    assert first.image.shape == (SIZE_PX, SIZE_PX, 3) and first.image.dtype == np.uint8
+    assert first.expected_mask.shape == (SIZE_PX, SIZE_PX) and set(np.unique(first.expected_mask)) == {0, 255}
+    assert np.array_equal(first.image, again.image)
+    assert first.model_id == "composite-v1" and first.adapter_id is None
+    request = variant(11)
+    local = CompositeBackend().generate(
+        GenerationRequest(
+            reference=request.reference,
+            mask=request.mask,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            seed=11,
+            n=1,
+            parameters={},
+            size=SIZE_PX,
+        )
+    )[0]
+    assert np.array_equal(first.image, local.image)
+    assert np.array_equal(first.expected_mask, local.expected_mask)
+    assert json.loads(first.parameters_json) == local.parameters
+
+
+def test_http_protocol_answers_too(triton: TritonServerProcess) -> None:
+    client = TritonGenerator(triton.http_url, protocol="http", concurrency=1)
+    try:
+        (result,) = client.generate("composite", [variant(5, parameters={"scene": "shelf", "occluders": 1})])
+    finally:
+        client.close()
+    assert isinstance(result, VariantResult)
+    used = json.loads(result.parameters_json)
+    assert used["scene"] == "shelf" and used["occluders"] == 1
+
+
+def test_a_refused_variant_fails_alone(triton: TritonServerProcess) -> None:
+    empty = np.zeros((SIZE_PX, SIZE_PX), dtype=np.uint8)
+    client = TritonGenerator(triton.grpc_url, concurrency=4)
+    try:
+        results = client.generate(
+            "composite",
+            [variant(1), variant(2, mask=empty), variant(3, parameters={"sparkle": 1}), variant(4)],
+        )
+    finally:
+        client.close()
+    assert isinstance(results[0], VariantResult) and isinstance(results[3], VariantResult)
+    assert isinstance(results[1], BadInput) and results[1].reason == "generation_refused"
+    assert "mask is empty" in str(results[1])
+    assert isinstance(results[2], BadInput) and "unknown composite parameter(s) sparkle" in str(results[2])
+
+
+def test_concurrent_requests_are_batched(triton: TritonServerProcess) -> None:
+    before = max_batch_executed(triton.statistics())
+    client = TritonGenerator(triton.grpc_url, concurrency=8)
+    try:
+        results = client.generate("composite", [variant(100 + i) for i in range(16)])
+    finally:
+        client.close()
+    assert all(isinstance(result, VariantResult) for result in results)
+    assert len({result.image.tobytes() for result in results if isinstance(result, VariantResult)}) == 16
+    stats = triton.statistics()
+    assert max_batch_executed(stats) > 1, stats
+    assert max(before, max_batch_executed(stats)) <= 8  # never above the configured max batch size
+
+
+def test_overload_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    # One row per batch, one waiting request at most: a burst of slow 512 px requests must overflow.
+    server = TritonServerProcess(tmp_path, max_batch_size=1, batch_delay_us=0, max_queue_size=1).start()
+    refusals: list[GeneratorUnavailable] = []
+    served: list[VariantResult | BadInput] = []
+    lock = threading.Lock()
+
+    def call(seed: int) -> None:
+        client = TritonGenerator(server.grpc_url, concurrency=1)
+        request = variant(seed)
+        big = VariantRequest(**{**request.__dict__, "size": 512})
+        try:
+            result = client.generate("composite", [big])
+            with lock:
+                served.extend(result)
+        except GeneratorUnavailable as exc:
+            with lock:
+                refusals.append(exc)
+        finally:
+            client.close()
+
+    try:
+        threads = [threading.Thread(target=call, args=(seed,)) for seed in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        server.stop()
+    assert served, "nothing was served"
+    assert refusals, "a burst of 16 requests against a queue of 1 was never refused"
+    message = str(refusals[0])
+    assert "overloaded" in message and "Exceeds maximum queue size" in message, message
+
+
+def test_triton_down_is_a_transient_error() -> None:
+    client = TritonGenerator(f"127.0.0.1:{free_port()}", timeout_s=5.0, concurrency=1)
+    try:
+        with pytest.raises(GeneratorUnavailable, match="unavailable"):
+            client.generate("composite", [variant(1)])
+    finally:
+        client.close()
+    assert client.last_call_ok is False
+
+
+@pytest.fixture(scope="module")
+def diffusion_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServerProcess]:
+    """Triton serving both backends, diffusion on the tiny pipeline with one adapter for series 's1'."""
+    work = tmp_path_factory.mktemp("diffusion-triton")
+    server = TritonServerProcess(
+        work,
+        backends=("composite", "diffusion"),
+        extra_env=tiny_diffusion_env(work, adapters={"s1": 1}),
+        max_batch_size=4,
+        batch_delay_us=50_000,
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def small_variant(seed: int, series: str | None) -> VariantRequest:
+    reference, mask = product_photo(96, seed=3)
+    return VariantRequest(
+        reference=np.asarray(reference),
+        mask=np.asarray(mask),
+        prompt="a photo of sks can",
+        negative_prompt="",
+        seed=seed,
+        parameters_json="{}",
+        adapter_id=None,
+        series=series,
+        size=64,
+    )
+
+
+def test_diffusion_backend_on_triton_keeps_the_product_and_picks_the_adapter(
+    diffusion_triton: TritonServerProcess,
+) -> None:
+    client = TritonGenerator(diffusion_triton.grpc_url, concurrency=4)
+    try:
+        base, base_again, adapted, other = client.generate(
+            "diffusion",
+            [small_variant(3, None), small_variant(3, None), small_variant(3, "s1"), small_variant(4, None)],
+        )
+        (composite,) = client.generate("composite", [small_variant(3, "s1")])
+    finally:
+        client.close()
+    for result in (base, base_again, adapted, other, composite):
+        assert isinstance(result, VariantResult), result
+    assert isinstance(base, VariantResult) and isinstance(base_again, VariantResult)
+    assert isinstance(adapted, VariantResult) and isinstance(other, VariantResult)
+    assert isinstance(composite, VariantResult)
+    assert base.image.shape == (64, 64, 3) and set(np.unique(base.expected_mask)) == {0, 255}
+    assert base.model_id.startswith("diffusion:") and composite.model_id == "composite-v1"
+    assert np.array_equal(base.image, base_again.image)  # a seed reproduces its image
+    assert not np.array_equal(base.image, other.image)
+    assert base.adapter_id is None and adapted.adapter_id == "lora-s1"
+    assert composite.adapter_id is None  # compositing has no adapters, whatever the series
+    # Outside the product the adapter changes the painting; inside, the product's pixels are kept.
+    inside = base.expected_mask > 0
+    assert not np.array_equal(base.image[~inside], adapted.image[~inside])
+    assert np.abs(base.image[inside].astype(int) - adapted.image[inside].astype(int)).max() <= 8
+    stats = diffusion_triton.statistics("diffusion")
+    assert max_batch_executed(stats) >= 1
