@@ -1,0 +1,140 @@
+"""Gate: decides whether a matted image is good enough to train on, or needs a person.
+
+Consumes: ``image.matted``.
+Produces: ``gate.accepted`` when every check passes, else ``correction.pending`` carrying the
+codes of the failed checks (``reasons``) and every check's figure and threshold (``checks``).
+Writes nothing to the object store.
+
+The checks (``shared/gate/checks.py``): IoU of the predicted mask against the generator's expected
+mask (default at least 0.90), an empty or near-empty mask, a mask covering most of the frame, a
+mask running along all four borders, and product drift (Lab colour statistics of the product
+region against the reference photo's product region). Thresholds are ``SKUFORGE_GATE_*``
+(``services/gate/config.py``), globally and per SKU category.
+
+Bad input goes to the DLQ with its reason: a mask or image missing from the store
+(``object_missing``), bytes that do not match the event's sha256 (``checksum_mismatch``), bytes
+that are not an image (``not_an_image``, ``corrupt``...), or masks and images whose sizes disagree
+(``dimension_mismatch``).
+
+Metrics beside the runtime's: ``skuforge_gate_iou`` (histogram of IoU), ``skuforge_gate_decisions_total``
+(by decision) and ``skuforge_gate_flags_total`` (failed checks, by reason).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from schemas.common import ImageRef
+from schemas.envelope import Envelope
+from schemas.events import CorrectionPending, GateAccepted, ImageMatted
+from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED, IMAGE_MATTED
+from services.gate.config import GateSettings, load_gate_settings
+from shared.errors import BadInput
+from shared.gate import evaluate, failed_reasons
+from shared.images import UInt8Array, decode_image, decode_mask
+from shared.runtime import Context, Emit, Stage, run_stage
+
+DEFAULT_METRICS_PORT = 9105
+IOU_BUCKETS = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
+
+
+class GateMetrics:
+    """The gate's own metrics, in the stage's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.iou = Histogram(
+            "skuforge_gate_iou",
+            "IoU of predicted and expected mask per item.",
+            buckets=IOU_BUCKETS,
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "skuforge_gate_decisions_total",
+            "Items by decision (accepted, pending).",
+            ["decision"],
+            registry=registry,
+        )
+        self.flags = Counter(
+            "skuforge_gate_flags_total",
+            "Failed checks by reason; a pending item counts once per failed check.",
+            ["reason"],
+            registry=registry,
+        )
+
+
+def handle(
+    event: Envelope[ImageMatted], ctx: Context, *, gate: GateSettings, metrics: GateMetrics
+) -> list[Emit]:
+    """Measure one matted item and route it to ``gate.accepted`` or ``correction.pending``."""
+    matted = event.payload
+    generated = matted.generated
+    predicted_mask = _read_mask(ctx, matted.predicted_mask)
+    expected_mask = _read_mask(ctx, generated.expected_mask)
+    image = _read_image(ctx, generated.image)
+    reference_image = _read_image(ctx, generated.reference_image)
+    reference_mask = _read_mask(ctx, generated.reference_mask)
+    _same_size(("image", image), ("predicted mask", predicted_mask), ("expected mask", expected_mask))
+    _same_size(("reference image", reference_image), ("reference mask", reference_mask))
+
+    iou, checks = evaluate(
+        predicted_mask=predicted_mask,
+        expected_mask=expected_mask,
+        image=image,
+        reference_image=reference_image,
+        reference_mask=reference_mask,
+        thresholds=gate.thresholds_for(generated.sku.category),
+    )
+    reasons = failed_reasons(checks)
+    metrics.iou.observe(iou)
+    for reason in reasons:
+        metrics.flags.labels(reason).inc()
+    if not reasons:
+        metrics.decisions.labels("accepted").inc()
+        return [Emit(GATE_ACCEPTED, GateAccepted(matted=matted, iou=iou, checks=checks), key="decision")]
+    metrics.decisions.labels("pending").inc()
+    ctx.log.info("flagged for correction", extra={"item_id": generated.item_id, "reasons": reasons})
+    pending = CorrectionPending(matted=matted, iou=iou, checks=checks, reasons=reasons)
+    return [Emit(CORRECTION_PENDING, pending, key="decision")]
+
+
+def _read_mask(ctx: Context, ref: ImageRef) -> UInt8Array:
+    data = ctx.store.read_verified(ref)
+    return decode_mask(data, max_pixels=ctx.settings.max_image_pixels, max_bytes=ctx.settings.max_image_bytes)
+
+
+def _read_image(ctx: Context, ref: ImageRef) -> UInt8Array:
+    data = ctx.store.read_verified(ref)
+    image = decode_image(
+        data, max_pixels=ctx.settings.max_image_pixels, max_bytes=ctx.settings.max_image_bytes
+    )
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _same_size(*named: tuple[str, UInt8Array]) -> None:
+    """Masks are compared pixel by pixel, so they must be the size of their image."""
+    sizes = {name: pixels.shape[:2] for name, pixels in named}
+    if len(set(sizes.values())) > 1:
+        shown = ", ".join(f"{name} {height}x{width} (HxW)" for name, (height, width) in sizes.items())
+        raise BadInput("dimension_mismatch", f"sizes differ: {shown}")
+
+
+def build_stage(*, gate: GateSettings | None = None, **kwargs: Any) -> Stage:
+    """The stage, ready to run; kwargs go to Stage (settings, store...)."""
+    gate = gate or load_gate_settings()
+    stage = Stage("gate", default_metrics_port=DEFAULT_METRICS_PORT, **kwargs)
+    metrics = GateMetrics(stage.metrics.registry)
+    stage.handler(IMAGE_MATTED)(functools.partial(handle, gate=gate, metrics=metrics))
+    return stage
+
+
+def main() -> int:
+    """Run the gate stage until SIGTERM."""
+    return run_stage(build_stage())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""Settings of the trainstore stage and the dataset tools: environment variables ``SKUFORGE_TRAINSTORE_*``.
+
+Like the other stages' settings they sit beside the shared ``Settings``, with field names carrying
+the ``trainstore_`` prefix under ``SKUFORGE_`` so configuration errors name the right variable.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.config import ENV_PREFIX, ConfigError, describe_validation_error
+
+
+class TrainstoreSettings(BaseSettings):
+    """Where the retraining store lives inside the object store, and when manifests are compacted."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    trainstore_prefix: str = Field(
+        default="trainstore",
+        pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+        description="root of the retraining store inside SKUFORGE_STORE_URI (images/, masks/, manifests/)",
+    )
+    trainstore_compact_after_parts: int = Field(
+        default=16,
+        ge=1,
+        le=10_000,
+        description="a SKU's manifest deltas are merged into one compacted part once there are this many",
+    )
+
+
+def load_trainstore_settings(**overrides: object) -> TrainstoreSettings:
+    """Read the trainstore settings from the environment (and overrides); errors name the variable."""
+    try:
+        return TrainstoreSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None

@@ -1,0 +1,240 @@
+"""Trainstore: the only writer of the retraining store the product classifier is trained from.
+
+Consumes:
+
+* ``gate.accepted``        a synthetic item that passed the gate: image and predicted mask stored (row
+                           ``accepted``);
+* ``correction.resolved``  a person's decision: approved items stored with the human's final mask (row
+                           ``approved``); rejected items are recorded (row ``rejected``), never stored as
+                           training data, and any earlier objects of the item are removed;
+* ``correction.pending``   recorded (row ``pending``, no objects) so ``skuforge dataset stats`` can count
+                           what waits for review; a pending row never replaces a decision;
+* ``sku.captioned``        the real reference photos with their masks (rows ``reference``, source ``real``;
+                           photos the captioner found unusable are recorded as ``unusable``).
+
+Produces no events. Writes, under ``SKUFORGE_TRAINSTORE_PREFIX`` (layout in ../shared/DESIGN.md and
+``shared/trainstore/manifest.py``): ``images/<sku_id>/<real|synthetic>/<item_id>.png``,
+``masks/<sku_id>/<item_id>.png`` and the SKU's manifest parts, compacted every
+``SKUFORGE_TRAINSTORE_COMPACT_AFTER_PARTS`` deltas.
+
+Idempotent by item id: object keys come from the item id, and a row equal to the one the manifest
+already has is not written again, so a redelivered event writes nothing at all.
+
+Bad input goes to the DLQ and nothing of the event is written: every object the event points at
+is read, checked against its sha256 and decoded *before* the first write. Reasons:
+``object_missing``, ``checksum_mismatch``, ``foreign_uri``, the image refusals of
+``shared/images.py`` (``corrupt``, ``not_an_image``...), ``dimension_mismatch`` (mask and image
+sizes differ) and ``final_mask_missing`` (an approval without a mask).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.common import ImageRef
+from schemas.envelope import Envelope
+from schemas.events import CorrectionPending, CorrectionResolved, GateAccepted, ImageGenerated, SkuCaptioned
+from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED
+from services.trainstore.config import TrainstoreSettings, load_trainstore_settings
+from shared.errors import BadInput
+from shared.images import decode_image, decode_mask, encode_png
+from shared.runtime import Context, Emit, Stage, run_stage
+from shared.store import sha256_hex
+from shared.trainstore.manifest import ManifestRow, ManifestStore, Status
+
+DEFAULT_METRICS_PORT = 9106
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class StagedItem:
+    """A row and the verified bytes its objects will hold (None for rows without objects)."""
+
+    row: ManifestRow
+    image_png: bytes | None = None
+    mask_png: bytes | None = None
+
+
+class Trainstore:
+    """Turns events into staged items, then writes objects and manifest rows, in that order."""
+
+    def __init__(self, manifests: ManifestStore, compact_after_parts: int) -> None:
+        self.manifests = manifests
+        self.compact_after_parts = compact_after_parts
+
+    # -- one method per input topic -------------------------------------------------------------
+
+    def accepted(self, event: Envelope[GateAccepted], ctx: Context) -> list[Emit]:
+        """A gate-accepted synthetic item: store the image and the predicted mask."""
+        accepted = event.payload
+        generated = accepted.matted.generated
+        item = self._stage_pair(ctx, generated.image, accepted.matted.predicted_mask)
+        row = _synthetic_row(generated, event, status="accepted", iou=accepted.iou, item=item)
+        self._write(ctx, generated.sku.sku_id, [StagedItem(row, *item)])
+        return []
+
+    def resolved(self, event: Envelope[CorrectionResolved], ctx: Context) -> list[Emit]:
+        """A person's decision: an approval is stored with its final mask, a rejection only recorded."""
+        resolved = event.payload
+        pending = resolved.pending
+        generated = pending.matted.generated
+        common: dict[str, Any] = {
+            "iou": pending.iou,
+            "reasons": pending.reasons,
+            "reviewed_by": resolved.reviewer,
+            "decision": resolved.decision,
+        }
+        if resolved.decision == "reject":
+            row = _synthetic_row(generated, event, status="rejected", item=None, **common)
+            self._write(ctx, generated.sku.sku_id, [StagedItem(row)])
+            self._remove_objects(generated.sku.sku_id, generated.item_id)
+            return []
+        if resolved.final_mask is None:
+            raise BadInput("final_mask_missing", f"decision {resolved.decision} carries no final_mask")
+        item = self._stage_pair(ctx, generated.image, resolved.final_mask)
+        row = _synthetic_row(generated, event, status="approved", item=item, **common)
+        self._write(ctx, generated.sku.sku_id, [StagedItem(row, *item)])
+        return []
+
+    def pending(self, event: Envelope[CorrectionPending], ctx: Context) -> list[Emit]:
+        """An item waiting for review: a row without objects, for the stats."""
+        pending = event.payload
+        generated = pending.matted.generated
+        row = _synthetic_row(
+            generated, event, status="pending", iou=pending.iou, reasons=pending.reasons, item=None
+        )
+        self._write(ctx, generated.sku.sku_id, [StagedItem(row)])
+        return []
+
+    def captioned(self, event: Envelope[SkuCaptioned], ctx: Context) -> list[Emit]:
+        """The SKU's real photos: every usable one with its mask; all verified before any is written."""
+        captioned = event.payload
+        sku = captioned.sku
+        staged: list[StagedItem] = []
+        for photo in captioned.photos:
+            base: dict[str, Any] = {
+                "item_id": photo.photo_id,
+                "sku_id": sku.sku_id,
+                "category": sku.category,
+                "source": "real",
+                "caption": photo.caption,
+                "trace_id": event.trace_id,
+            }
+            if not photo.usable or photo.mask is None:
+                reason = photo.unusable_reason or "no mask"
+                staged.append(StagedItem(ManifestRow(status="unusable", reasons=[reason], **base)))
+                continue
+            image_png, mask_png = self._stage_pair(ctx, photo.image, photo.mask)
+            objects = _object_fields(sku.sku_id, "real", photo.photo_id, photo.image, image_png, mask_png)
+            staged.append(StagedItem(ManifestRow(status="reference", **base, **objects), image_png, mask_png))
+        self._write(ctx, sku.sku_id, staged)
+        return []
+
+    # -- reading and verifying ------------------------------------------------------------------
+
+    def _stage_pair(self, ctx: Context, image_ref: ImageRef, mask_ref: ImageRef) -> tuple[bytes, bytes]:
+        """Read, verify and decode an image and its mask; returns the PNG bytes to store."""
+        max_pixels, max_bytes = ctx.settings.max_image_pixels, ctx.settings.max_image_bytes
+        image_bytes = ctx.store.read_verified(image_ref)
+        mask_bytes = ctx.store.read_verified(mask_ref)
+        image = decode_image(image_bytes, max_pixels=max_pixels, max_bytes=max_bytes)
+        mask = decode_mask(mask_bytes, max_pixels=max_pixels, max_bytes=max_bytes)
+        if mask.shape != (image.height, image.width):
+            raise BadInput(
+                "dimension_mismatch",
+                f"mask {mask_ref.uri} is {mask.shape[1]}x{mask.shape[0]}, "
+                f"image {image_ref.uri} is {image.width}x{image.height}",
+            )
+        # A PNG is kept byte for byte (same sha256 as upstream); other formats are re-encoded as PNG.
+        image_png = image_bytes if image_bytes.startswith(_PNG_SIGNATURE) else encode_png(image)
+        return image_png, encode_png(mask)
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def _write(self, ctx: Context, sku_id: str, staged: list[StagedItem]) -> None:
+        """Objects first, then the manifest delta; nothing at all when every row is already there."""
+        current = self.manifests.read_sku(sku_id)
+        changed = [item for item in staged if current.get(item.row.item_id) != item.row]
+        for item in changed:
+            row = item.row
+            if row.image and item.image_png is not None:
+                self.manifests.store.put_bytes(self.manifests.key(row.image), item.image_png, "image/png")
+            if row.mask and item.mask_png is not None:
+                self.manifests.store.put_bytes(self.manifests.key(row.mask), item.mask_png, "image/png")
+        written = self.manifests.append(sku_id, [item.row for item in changed], current=current)
+        if written:
+            ctx.log.info(
+                "manifest rows written", extra={"sku_id": sku_id, "rows": len(changed), "part": written}
+            )
+            self.manifests.compact(sku_id, min_deltas=self.compact_after_parts)
+
+    def _remove_objects(self, sku_id: str, item_id: str) -> None:
+        for relative in (f"images/{sku_id}/synthetic/{item_id}.png", f"masks/{sku_id}/{item_id}.png"):
+            self.manifests.store.delete(self.manifests.key(relative))
+
+
+def _object_fields(
+    sku_id: str, source: str, item_id: str, image_ref: ImageRef, image_png: bytes, mask_png: bytes
+) -> dict[str, Any]:
+    """Where an item's objects go (keys from the item id, so redelivery overwrites) and their sha256."""
+    return {
+        "image": f"images/{sku_id}/{source}/{item_id}.png",
+        "image_sha256": sha256_hex(image_png),
+        "mask": f"masks/{sku_id}/{item_id}.png",
+        "mask_sha256": sha256_hex(mask_png),
+        "width": image_ref.width,
+        "height": image_ref.height,
+    }
+
+
+def _synthetic_row(
+    generated: ImageGenerated,
+    event: Envelope[Any],
+    *,
+    status: Status,
+    item: tuple[bytes, bytes] | None,
+    **fields: Any,
+) -> ManifestRow:
+    sku_id = generated.sku.sku_id
+    objects: dict[str, Any] = {}
+    if item is not None:
+        objects = _object_fields(sku_id, "synthetic", generated.item_id, generated.image, *item)
+    return ManifestRow(
+        item_id=generated.item_id,
+        sku_id=sku_id,
+        category=generated.sku.category,
+        source="synthetic",
+        status=status,
+        caption=generated.prompt,
+        adapter_id=generated.adapter_id,
+        seed=generated.seed,
+        backend=generated.backend,
+        reference_photo_id=generated.reference_photo_id,
+        trace_id=event.trace_id,
+        **objects,
+        **fields,
+    )
+
+
+def build_stage(*, trainstore: TrainstoreSettings | None = None, **kwargs: Any) -> Stage:
+    """The stage, ready to run; kwargs go to Stage (settings, store...)."""
+    trainstore = trainstore or load_trainstore_settings()
+    stage = Stage("trainstore", default_metrics_port=DEFAULT_METRICS_PORT, **kwargs)
+    writer = Trainstore(
+        ManifestStore(stage.store, trainstore.trainstore_prefix), trainstore.trainstore_compact_after_parts
+    )
+    stage.handler(GATE_ACCEPTED)(writer.accepted)
+    stage.handler(CORRECTION_RESOLVED)(writer.resolved)
+    stage.handler(CORRECTION_PENDING)(writer.pending)
+    stage.handler(SKU_CAPTIONED)(writer.captioned)
+    return stage
+
+
+def main() -> int:
+    """Run the trainstore stage until SIGTERM."""
+    return run_stage(build_stage())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

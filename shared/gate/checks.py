@@ -1,0 +1,247 @@
+"""The gate's arithmetic: IoU of two masks and the cheap checks that catch what IoU alone misses.
+
+Pure functions on numpy arrays, no I/O, so each is unit-tested on hand-made masks. Masks are
+``uint8`` HxW arrays with 0 for background and 255 for product (what ``shared.images.decode_mask``
+returns); anything at or above 128 counts as product. Images are ``uint8`` HxWx3 RGB.
+
+The checks, each reported as a ``GateCheck`` (code, passed, value, threshold, message):
+
+``iou_below_threshold``      IoU(predicted, expected) < ``iou_min``
+``mask_empty``               predicted foreground fraction < ``min_foreground_fraction`` (empty or near-empty)
+``mask_full_frame``          predicted foreground fraction > ``max_foreground_fraction`` (most of the frame)
+``mask_touches_all_borders`` the predicted mask runs along all four borders (background taken as product)
+``product_drift``            colour statistics of the product region differ from the reference photo's
+                             product region by more than ``drift_tolerance`` (Lab units, see ``colour_drift``)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from schemas.events import GateCheck
+from shared.captioning.attributes import srgb_to_lab
+
+__all__ = [
+    "BORDER_TOUCH_FRACTION",
+    "MIN_REGION_PIXELS",
+    "ColourStats",
+    "GateThresholds",
+    "borders_touched",
+    "colour_drift",
+    "colour_stats",
+    "evaluate",
+    "failed_reasons",
+    "foreground_fraction",
+    "mask_iou",
+]
+
+UInt8Array = npt.NDArray[np.uint8]
+BoolArray = npt.NDArray[np.bool_]
+
+# A border counts as touched when at least this fraction of its pixels is product: a product that
+# merely grazes an edge is normal, a mask that runs along an edge is the background.
+BORDER_TOUCH_FRACTION = 0.25
+# Fewer product pixels than this and colour statistics mean nothing; the drift check is skipped.
+MIN_REGION_PIXELS = 64
+# Lighting changes (what the generator is allowed to do) move L* most, so ΔL* counts half.
+LIGHTNESS_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """The limits the checks are held to; ``services/gate/config.py`` sets them globally and per category."""
+
+    iou_min: float = 0.90
+    min_foreground_fraction: float = 0.005
+    max_foreground_fraction: float = 0.90
+    drift_tolerance: float = 20.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.iou_min <= 1.0:
+            raise ValueError(f"iou_min must be in [0, 1], got {self.iou_min}")
+        if not 0.0 <= self.min_foreground_fraction < self.max_foreground_fraction <= 1.0:
+            raise ValueError(
+                "need 0 <= min_foreground_fraction < max_foreground_fraction <= 1, got "
+                f"{self.min_foreground_fraction} and {self.max_foreground_fraction}"
+            )
+        if self.drift_tolerance <= 0.0:
+            raise ValueError(f"drift_tolerance must be positive, got {self.drift_tolerance}")
+
+    def with_overrides(self, overrides: Mapping[str, float]) -> GateThresholds:
+        """A copy with some limits replaced; unknown names are an error that lists the known ones."""
+        known = {item.name for item in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown gate threshold(s) {unknown}; known: {sorted(known)}")
+        return replace(self, **dict(overrides))
+
+
+def _on(mask: UInt8Array | BoolArray) -> BoolArray:
+    array: npt.NDArray[np.generic] = np.asarray(mask)
+    if array.ndim != 2:
+        raise ValueError(f"a mask is HxW, got shape {array.shape}")
+    if array.dtype == np.bool_:
+        return array.astype(np.bool_, copy=False)
+    return np.asarray(array.astype(np.uint8, copy=False) >= 128, dtype=np.bool_)
+
+
+def mask_iou(predicted: UInt8Array | BoolArray, expected: UInt8Array | BoolArray) -> float:
+    """Intersection over union of two masks of the same size.
+
+    Two empty masks agree perfectly (1.0); one empty and one not share nothing (0.0).
+    """
+    predicted_on, expected_on = _on(predicted), _on(expected)
+    if predicted_on.shape != expected_on.shape:
+        raise ValueError(f"masks differ in size: {predicted_on.shape} vs {expected_on.shape}")
+    union = int(np.count_nonzero(predicted_on | expected_on))
+    if union == 0:
+        return 1.0
+    return int(np.count_nonzero(predicted_on & expected_on)) / union
+
+
+def foreground_fraction(mask: UInt8Array | BoolArray) -> float:
+    """Share of the frame the mask covers, 0..1."""
+    on = _on(mask)
+    return int(np.count_nonzero(on)) / on.size if on.size else 0.0
+
+
+def borders_touched(mask: UInt8Array | BoolArray, min_fraction: float = BORDER_TOUCH_FRACTION) -> int:
+    """How many of the four borders (0..4) have at least ``min_fraction`` of their pixels on."""
+    on = _on(mask)
+    if on.size == 0:
+        return 0
+    edges = (on[0, :], on[-1, :], on[:, 0], on[:, -1])
+    return sum(1 for edge in edges if edge.mean() >= min_fraction and edge.any())
+
+
+@dataclass(frozen=True)
+class ColourStats:
+    """Mean and standard deviation of L*, a*, b* over a region, and its size in pixels."""
+
+    mean_lab: tuple[float, float, float]
+    std_lab: tuple[float, float, float]
+    pixels: int
+
+
+def colour_stats(image: UInt8Array, mask: UInt8Array | BoolArray) -> ColourStats | None:
+    """Lab statistics of ``image`` under ``mask``; None when the region is too small to mean anything."""
+    pixels = np.asarray(image)
+    on = _on(mask)
+    if pixels.shape[:2] != on.shape or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"image {pixels.shape} and mask {on.shape} do not match (need HxWx3 and HxW)")
+    count = int(np.count_nonzero(on))
+    if count < MIN_REGION_PIXELS:
+        return None
+    lab = srgb_to_lab(pixels[on].astype(np.uint8)).astype(np.float64)
+    mean, std = lab.mean(axis=0), lab.std(axis=0)
+    return ColourStats(
+        mean_lab=(float(mean[0]), float(mean[1]), float(mean[2])),
+        std_lab=(float(std[0]), float(std[1]), float(std[2])),
+        pixels=count,
+    )
+
+
+def colour_drift(product: ColourStats, reference: ColourStats) -> float:
+    """How far the product's colours moved from the reference photo's, in Lab units.
+
+    The distance between the mean colours (ΔL* weighted by ``LIGHTNESS_WEIGHT``, since relighting is
+    allowed) plus the distance between the spreads: painting a product over with one flat colour
+    collapses the spread even where the mean happens to stay close.
+    """
+    weights = np.array([LIGHTNESS_WEIGHT, 1.0, 1.0])
+    mean_gap = (np.array(product.mean_lab) - np.array(reference.mean_lab)) * weights
+    spread_gap = (np.array(product.std_lab) - np.array(reference.std_lab)) * weights
+    return float(np.linalg.norm(mean_gap) + np.linalg.norm(spread_gap))
+
+
+def evaluate(
+    *,
+    predicted_mask: UInt8Array,
+    expected_mask: UInt8Array,
+    image: UInt8Array,
+    reference_image: UInt8Array,
+    reference_mask: UInt8Array,
+    thresholds: GateThresholds,
+) -> tuple[float, list[GateCheck]]:
+    """Run every check on one item; returns the IoU and the checks in a fixed order.
+
+    The product region of the generated image is where the expected mask says the product's own
+    pixels are; a shifted expected mask therefore also shows up as drift.
+    """
+    iou = mask_iou(predicted_mask, expected_mask)
+    fraction = foreground_fraction(predicted_mask)
+    touched = borders_touched(predicted_mask)
+    checks = [
+        GateCheck(
+            code="iou_below_threshold",
+            passed=iou >= thresholds.iou_min,
+            value=iou,
+            threshold=thresholds.iou_min,
+            message=f"IoU of predicted and expected mask {iou:.3f} (need >= {thresholds.iou_min:.3f})",
+        ),
+        GateCheck(
+            code="mask_empty",
+            passed=fraction >= thresholds.min_foreground_fraction,
+            value=fraction,
+            threshold=thresholds.min_foreground_fraction,
+            message=f"predicted mask covers {fraction:.2%} of the frame "
+            f"(need >= {thresholds.min_foreground_fraction:.2%})",
+        ),
+        GateCheck(
+            code="mask_full_frame",
+            passed=fraction <= thresholds.max_foreground_fraction,
+            value=fraction,
+            threshold=thresholds.max_foreground_fraction,
+            message=f"predicted mask covers {fraction:.2%} of the frame "
+            f"(need <= {thresholds.max_foreground_fraction:.2%})",
+        ),
+        GateCheck(
+            code="mask_touches_all_borders",
+            passed=touched < 4,
+            value=float(touched),
+            threshold=4.0,
+            message=f"predicted mask runs along {touched} of 4 borders",
+        ),
+        _drift_check(image, expected_mask, predicted_mask, reference_image, reference_mask, thresholds),
+    ]
+    return iou, checks
+
+
+def _drift_check(
+    image: UInt8Array,
+    expected_mask: UInt8Array,
+    predicted_mask: UInt8Array,
+    reference_image: UInt8Array,
+    reference_mask: UInt8Array,
+    thresholds: GateThresholds,
+) -> GateCheck:
+    tolerance = thresholds.drift_tolerance
+    reference = colour_stats(reference_image, reference_mask)
+    # An empty expected mask is already an IoU failure; fall back to the predicted region.
+    product = colour_stats(image, expected_mask) or colour_stats(image, predicted_mask)
+    if reference is None or product is None:
+        where = "reference photo" if reference is None else "generated image"
+        return GateCheck(
+            code="product_drift",
+            passed=True,
+            value=0.0,
+            threshold=tolerance,
+            message=f"skipped: the {where} has fewer than {MIN_REGION_PIXELS} product pixels",
+        )
+    drift = colour_drift(product, reference)
+    return GateCheck(
+        code="product_drift",
+        passed=drift <= tolerance,
+        value=drift,
+        threshold=tolerance,
+        message=f"product colours moved {drift:.1f} Lab units from the reference (tolerance {tolerance:.1f})",
+    )
+
+
+def failed_reasons(checks: list[GateCheck]) -> list[str]:
+    """Codes of the failed checks, in check order: the reasons a pending item carries."""
+    return [check.code for check in checks if not check.passed]

@@ -1,0 +1,1 @@
+"""The retraining store: manifests (``manifest``), loading for training (``loader``), export (``dataset``)."""

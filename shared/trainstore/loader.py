@@ -1,0 +1,98 @@
+"""Loading the retraining store for training code: manifests only, never a listing of images.
+
+    from shared.trainstore.loader import load_manifest
+
+    manifest = load_manifest("s3://bucket/prefix", prefix="trainstore")   # or an ObjectStore
+    labels = manifest.column("sku_id")            # one list per ManifestRow field
+    images = manifest.uris("image")               # full URIs of the images
+    for row in manifest:                          # or row by row, as dicts (with image_uri, mask_uri)
+        row["sku_id"], row["source"], row["image_uri"], row["caption"]
+
+Columns, not a dict per row: two million items load in seconds and hold far less memory. Each
+SKU costs one read, its compacted manifest's columnar copy; a SKU with deltas not compacted yet is
+merged row by row through ``ManifestStore`` (slower, same values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.errors import ObjectMissing
+from shared.store import ObjectStore, open_store
+from shared.trainstore.manifest import TRAINABLE, ManifestRow, ManifestStore, decode_columns, rows_to_columns
+
+__all__ = ["FIELDS", "Manifest", "load_manifest"]
+
+FIELDS: tuple[str, ...] = tuple(ManifestRow.model_fields)
+
+
+@dataclass
+class Manifest:
+    """Rows of the retraining store, column by column; ``image``/``mask`` are keys under ``root_uri``."""
+
+    root_uri: str
+    columns: dict[str, list[Any]] = field(default_factory=lambda: {name: [] for name in FIELDS})
+
+    def __len__(self) -> int:
+        return len(self.columns["item_id"])
+
+    def column(self, name: str) -> list[Any]:
+        """The values of one ManifestRow field, in row order."""
+        return self.columns[name]
+
+    def uris(self, name: str = "image") -> list[str | None]:
+        """Full URIs of the ``image`` or ``mask`` column (None where nothing is stored)."""
+        return [self.root_uri + key if key else None for key in self.columns[name]]
+
+    def row(self, index: int) -> dict[str, Any]:
+        """One row as a dict: every field, plus ``image_uri`` and ``mask_uri``."""
+        row = {name: values[index] for name, values in self.columns.items()}
+        row["image_uri"] = self.root_uri + row["image"] if row["image"] else None
+        row["mask_uri"] = self.root_uri + row["mask"] if row["mask"] else None
+        return row
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.row(index)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self.row(index) for index in range(len(self)))
+
+
+def load_manifest(
+    store: ObjectStore | str,
+    *,
+    prefix: str = "trainstore",
+    sku_ids: Iterable[str] | None = None,
+    trainable_only: bool = True,
+    s3_endpoint_url: str | None = None,
+) -> Manifest:
+    """Every current row of the given SKUs (all by default), sorted by SKU then item id.
+
+    Only trainable rows (real reference photos, gate-accepted and human-approved items) unless
+    ``trainable_only`` is False. ``store`` is an ``ObjectStore`` or its URI (``file://``, ``s3://``;
+    ``s3_endpoint_url`` for a non-AWS server).
+    """
+    objects = open_store(store, s3_endpoint_url=s3_endpoint_url) if isinstance(store, str) else store
+    manifests = ManifestStore(objects, prefix)
+    manifest = Manifest(root_uri=objects.uri_for(manifests.key("x"))[: -len("x")])
+    for sku_id in manifests.sku_ids() if sku_ids is None else sorted(sku_ids):
+        sku_columns = _sku_columns(manifests, sku_id)
+        status = sku_columns["status"]
+        if trainable_only and not set(status) <= TRAINABLE:
+            keep = [index for index, value in enumerate(status) if value in TRAINABLE]
+            sku_columns = {name: [values[index] for index in keep] for name, values in sku_columns.items()}
+        for name in FIELDS:
+            manifest.columns[name].extend(sku_columns[name])
+    return manifest
+
+
+def _sku_columns(manifests: ManifestStore, sku_id: str) -> dict[str, list[Any]]:
+    compacted, deltas = manifests.parts(sku_id)
+    if compacted is not None and not deltas:
+        try:
+            return decode_columns(manifests.store.get_bytes(manifests.columns_key(sku_id, compacted[0])))
+        except ObjectMissing:
+            pass  # compacted by an older version, or the copy was lost: the JSONL part is the truth
+    return rows_to_columns(manifests.read_sku(sku_id).values())

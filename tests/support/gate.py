@@ -1,0 +1,176 @@
+"""Events for gate and trainstore tests: matted items built from renderer photos with exact masks.
+
+The "generated" image is the rendered photo itself (its pixels are the reference's, as the
+composite backend keeps them), the expected and reference masks are the renderer's exact mask,
+and the predicted mask is whatever the test asks for: exact (a good item), shifted, or empty.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from kafka import KafkaProducer
+from pydantic import BaseModel
+
+from schemas.common import ImageRef, SkuMetadata
+from schemas.envelope import derive_id
+from schemas.events import (
+    CaptionedPhoto,
+    CorrectionPending,
+    CorrectionResolved,
+    Decision,
+    GateAccepted,
+    GateCheck,
+    ImageGenerated,
+    ImageMatted,
+    SkuCaptioned,
+)
+from schemas.topics import Topic
+from shared.bus import make_envelope
+from shared.config import Settings
+from shared.store import ObjectStore
+from shared.synth import make_product, render_photo
+
+SIZE_PX = 96
+SEED = 5
+
+
+def sku(sku_index: int) -> SkuMetadata:
+    return SkuMetadata(sku_id=f"SKU-{sku_index:03d}", name=f"Product {sku_index}", category="soda can")
+
+
+def shifted(mask: np.ndarray, dx: int) -> np.ndarray:
+    """The mask moved ``dx`` pixels right (what falls off the edge is lost)."""
+    out = np.zeros_like(mask)
+    out[:, dx:] = mask[:, : mask.shape[1] - dx]
+    return out
+
+
+def matted_item(
+    store: ObjectStore,
+    sku_index: int,
+    variant: int,
+    *,
+    predicted: str = "exact",
+) -> ImageMatted:
+    """A matted item of SKU ``sku_index``; ``predicted`` is 'exact', 'shifted' or 'empty'."""
+    photo = render_photo(make_product(sku_index, SEED), variant, SEED, size_px=SIZE_PX)
+    item_id = f"gen-{sku_index:03d}-{variant:02d}"
+    base = f"fixtures/{item_id}"
+    image = store.put_image(f"{base}/image.png", photo.image)
+    mask = store.put_image(f"{base}/mask.png", photo.mask)
+    predicted_pixels = {
+        "exact": photo.mask,
+        "shifted": shifted(photo.mask, SIZE_PX // 4),
+        "empty": np.zeros_like(photo.mask),
+    }[predicted]
+    generated = ImageGenerated(
+        item_id=item_id,
+        sku=sku(sku_index),
+        reference_photo_id="p0",
+        reference_image=image,
+        reference_mask=mask,
+        image=image,
+        expected_mask=mask,
+        backend="composite",
+        model_id="renderer",
+        adapter_id=None,
+        prompt=f"a photo of sku{sku_index} soda can",
+        seed=variant,
+        variant_index=variant,
+    )
+    return ImageMatted(
+        generated=generated,
+        predicted_mask=store.put_image(f"{base}/predicted.png", predicted_pixels),
+        cutout=image,
+        foreground_fraction=float(np.count_nonzero(predicted_pixels) / predicted_pixels.size),
+        mean_confidence=0.9,
+        matting_model_id="test",
+    )
+
+
+def captioned(store: ObjectStore, sku_index: int, photos: int = 2) -> SkuCaptioned:
+    """The captioner's event for SKU ``sku_index``: ``photos`` usable real photos and one unusable."""
+    spec = make_product(sku_index, SEED)
+    entries = []
+    for index in range(photos):
+        photo = render_photo(spec, 100 + index, SEED, size_px=SIZE_PX)
+        base = f"fixtures/real-{sku_index:03d}-{index}"
+        entries.append(
+            CaptionedPhoto(
+                photo_id=f"p{index}",
+                image=store.put_image(f"{base}/image.png", photo.image),
+                mask=store.put_image(f"{base}/mask.png", photo.mask),
+                usable=True,
+                caption=f"a red can, photo {index}",
+            )
+        )
+    blurry = store.put_image(
+        f"fixtures/real-{sku_index:03d}-blurry.png", np.zeros((SIZE_PX, SIZE_PX, 3), np.uint8)
+    )
+    entries.append(
+        CaptionedPhoto(photo_id="p-blurry", image=blurry, usable=False, unusable_reason="no product found")
+    )
+    return SkuCaptioned(
+        sku=sku(sku_index),
+        photos=entries,
+        instance_token="sks",
+        class_noun="can",
+        instance_prompt="a photo of sks can",
+        class_prompt="a photo of a can",
+        captioner="test",
+    )
+
+
+def pending_of(matted: ImageMatted) -> CorrectionPending:
+    check = GateCheck(code="iou_below_threshold", passed=False, value=0.4, threshold=0.9)
+    return CorrectionPending(matted=matted, iou=0.4, checks=[check], reasons=["iou_below_threshold"])
+
+
+def resolved(
+    store: ObjectStore, matted: ImageMatted, decision: Decision, *, final_mask: ImageRef | None = None
+) -> CorrectionResolved:
+    """A reviewer's decision; an approval uses the expected mask as the human's mask unless given one."""
+    if decision != "reject" and final_mask is None:
+        final_mask = matted.generated.expected_mask
+    return CorrectionResolved(
+        pending=pending_of(matted),
+        decision=decision,
+        final_mask=final_mask if decision != "reject" else None,
+        reject_reason="not the product" if decision == "reject" else None,
+        reviewer="alice",
+        decided_at=datetime(2026, 11, 22, 8, 0, tzinfo=UTC),
+    )
+
+
+def sku_id_of(payload: BaseModel) -> str:
+    """The SKU an event of any topic of the flow is about (the Kafka key)."""
+    if isinstance(payload, SkuCaptioned):
+        return payload.sku.sku_id
+    if isinstance(payload, ImageMatted):
+        return payload.generated.sku.sku_id
+    if isinstance(payload, GateAccepted | CorrectionPending):
+        return payload.matted.generated.sku.sku_id
+    if isinstance(payload, CorrectionResolved):
+        return payload.pending.matted.generated.sku.sku_id
+    raise TypeError(f"no SKU known for {type(payload).__name__}")
+
+
+def produce_events(settings: Settings, topic: Topic[Any], payloads: list[BaseModel]) -> list[str]:
+    """Produce enveloped payloads keyed by their SKU; the same payload always gets the same event id."""
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+    name = settings.topic_name(topic)
+    event_ids = []
+    for payload in payloads:
+        sku_id = sku_id_of(payload)
+        event_id = derive_id("test", name, payload.model_dump_json())
+        envelope = make_envelope(
+            topic, payload, event_id=event_id, sku_id=sku_id, trace_id=event_id, producer="test"
+        )
+        producer.send(name, key=sku_id.encode(), value=envelope.model_dump_json().encode())
+        event_ids.append(event_id)
+    producer.flush()
+    producer.close()
+    return event_ids

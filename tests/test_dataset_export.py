@@ -1,0 +1,184 @@
+"""Dataset tools: stats, and export under the real:synthetic policy (every class real, synthetic capped)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.cli import main as cli_main
+from shared.errors import ChecksumMismatch
+from shared.store import FileStore, sha256_hex
+from shared.trainstore.dataset import export_dataset, plan_export, sku_stats
+from shared.trainstore.manifest import ManifestRow, ManifestStore
+
+PREFIX = "trainstore"
+
+
+def add_item(
+    manifests: ManifestStore, sku_id: str, item_id: str, source: str, status: str, *, size_px: int = 80
+) -> ManifestRow:
+    """Store an image and mask the way the trainstore does, and append the item's row."""
+    rng = np.random.default_rng(int(sha256_hex(f"{sku_id}/{item_id}".encode())[:8], 16))
+    stored = status in ("reference", "accepted", "approved")
+    objects = {}
+    if stored:
+        image = rng.integers(0, 256, (size_px, size_px + 20, 3), dtype=np.uint8)
+        mask = np.zeros((size_px, size_px + 20), dtype=np.uint8)
+        mask[20:60, 20:60] = 255
+        image_key, mask_key = f"images/{sku_id}/{source}/{item_id}.png", f"masks/{sku_id}/{item_id}.png"
+        image_ref = manifests.store.put_image(manifests.key(image_key), image)
+        mask_ref = manifests.store.put_image(manifests.key(mask_key), mask)
+        objects = {
+            "image": image_key,
+            "image_sha256": image_ref.sha256,
+            "mask": mask_key,
+            "mask_sha256": mask_ref.sha256,
+            "width": size_px + 20,
+            "height": size_px,
+        }
+    row = ManifestRow(
+        item_id=item_id,
+        sku_id=sku_id,
+        category="soda can",
+        source=source,  # type: ignore[arg-type]
+        status=status,  # type: ignore[arg-type]
+        iou=None if source == "real" else 0.95,
+        caption=f"{sku_id} {item_id}",
+        **objects,
+    )
+    manifests.append(sku_id, [row])
+    return row
+
+
+@pytest.fixture
+def small_store(tmp_path: Path) -> ManifestStore:
+    """A: 2 real, 7 synthetic (+1 pending, +1 rejected); B: 1 real, 1 synthetic; C: synthetic only."""
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    for index in range(2):
+        add_item(manifests, "SKU-A", f"real-{index}", "real", "reference")
+    for index in range(6):
+        add_item(manifests, "SKU-A", f"gen-{index}", "synthetic", "accepted")
+    add_item(manifests, "SKU-A", "gen-approved", "synthetic", "approved")
+    add_item(manifests, "SKU-A", "gen-pending", "synthetic", "pending")
+    add_item(manifests, "SKU-A", "gen-rejected", "synthetic", "rejected")
+    add_item(manifests, "SKU-B", "real-0", "real", "reference")
+    add_item(manifests, "SKU-B", "gen-0", "synthetic", "accepted")
+    for index in range(3):
+        add_item(manifests, "SKU-C", f"gen-{index}", "synthetic", "accepted")
+    return manifests
+
+
+def test_plan_keeps_only_classes_with_real_images_and_caps_synthetic(small_store: ManifestStore) -> None:
+    plan = plan_export(small_store.iter_rows(), max_synthetic_per_real=3)
+    by_class = {c.sku_id: c for c in plan.classes}
+    assert sorted(by_class) == ["SKU-A", "SKU-B"]
+    assert plan.skipped == {"SKU-C": "0 real image(s), need at least 1"}
+    assert len(by_class["SKU-A"].real) == 2
+    assert len(by_class["SKU-A"].synthetic) == 6 and by_class["SKU-A"].synthetic_dropped == 1  # 7 trainable
+    assert len(by_class["SKU-B"].synthetic) == 1
+    # Pending and rejected items are never exported.
+    exported = {row.item_id for c in plan.classes for row in c.synthetic}
+    assert not exported & {"gen-pending", "gen-rejected"}
+    # Same store, same selection.
+    again = plan_export(small_store.iter_rows(), max_synthetic_per_real=3)
+    assert [r.item_id for r in again.classes[0].synthetic] == [r.item_id for r in plan.classes[0].synthetic]
+
+
+def test_plan_min_real_and_zero_synthetic(small_store: ManifestStore) -> None:
+    plan = plan_export(small_store.iter_rows(), max_synthetic_per_real=0, min_real=2)
+    assert [c.sku_id for c in plan.classes] == ["SKU-A"]
+    assert plan.classes[0].synthetic == []
+    assert set(plan.skipped) == {"SKU-B", "SKU-C"}
+    with pytest.raises(ValueError, match="every exported class needs real images"):
+        plan_export([], max_synthetic_per_real=1, min_real=0)
+
+
+def count_tree(out: Path) -> dict[str, dict[str, int]]:
+    tree: dict[str, dict[str, int]] = {}
+    for path in sorted(out.glob("*/*.png")):
+        counts = tree.setdefault(path.parent.name, {"real": 0, "synthetic": 0})
+        counts[path.name.split("-", 1)[0]] += 1
+    return tree
+
+
+def test_imagefolder_export_honours_the_policy(
+    small_store: ManifestStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    out = tmp_path / "export"
+    code = cli_main(
+        [
+            "dataset",
+            "export",
+            str(out),
+            "--format",
+            "imagefolder",
+            "--size",
+            "64",
+            "--max-synthetic-per-real",
+            "2",
+        ]
+    )
+    assert code == 0
+    tree = count_tree(out)
+    assert tree == {"SKU-A": {"real": 2, "synthetic": 4}, "SKU-B": {"real": 1, "synthetic": 1}}
+    for counts in tree.values():
+        assert counts["real"] >= 1 and counts["synthetic"] <= 2 * counts["real"]
+    sizes = {Image.open(path).size for path in out.glob("*/*.png")}
+    assert sizes == {(64, 64)}
+    printed = capsys.readouterr().out
+    assert "exported 2 classes, 3 real + 5 synthetic images" in printed
+    assert "SKU-C" in printed and "skipped" in printed
+    summary = json.loads((out / "export.json").read_text())
+    assert summary["classes"]["SKU-A"] == {"real": 2, "synthetic": 4, "dropped": 3}
+
+
+def test_jsonl_export_writes_rows_images_and_masks(small_store: ManifestStore, tmp_path: Path) -> None:
+    out = tmp_path / "jsonl"
+    summary = export_dataset(small_store, out, fmt="jsonl", size_px=32, max_synthetic_per_real=1)
+    rows = [json.loads(line) for line in (out / "dataset.jsonl").read_text().splitlines()]
+    assert len(rows) == summary.real + summary.synthetic == 3 + 3
+    assert {row["label"] for row in rows} == {"SKU-A", "SKU-B"}
+    for row in rows:
+        assert Image.open(out / row["image"]).size == (32, 32)
+        mask = np.asarray(Image.open(out / row["mask"]))
+        assert set(np.unique(mask)) <= {0, 255}
+
+
+def test_export_refuses_a_non_empty_directory_and_a_tampered_object(
+    small_store: ManifestStore, tmp_path: Path
+) -> None:
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x").write_text("x")
+    with pytest.raises(FileExistsError):
+        export_dataset(small_store, busy, fmt="imagefolder", max_synthetic_per_real=1)
+    key = small_store.key("images/SKU-B/real/real-0.png")
+    small_store.store.put_bytes(key, small_store.store.get_bytes(key) + b"x")
+    with pytest.raises(ChecksumMismatch):
+        export_dataset(small_store, tmp_path / "out", fmt="imagefolder", max_synthetic_per_real=1)
+
+
+def test_stats_per_sku(
+    small_store: ManifestStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stats = {s.sku_id: s for s in sku_stats(small_store.iter_rows())}
+    a = stats["SKU-A"]
+    assert (a.real, a.synthetic_accepted, a.synthetic_approved, a.pending, a.rejected) == (2, 6, 1, 1, 1)
+    assert a.mean_iou == pytest.approx(0.95)
+    assert (stats["SKU-C"].real, stats["SKU-C"].synthetic_accepted) == (0, 3)
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    assert cli_main(["dataset", "stats", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["sku_id"] for line in lines] == ["SKU-A", "SKU-B", "SKU-C"]
+    assert lines[0]["pending"] == 1

@@ -1,0 +1,136 @@
+"""Manifests: rows merge by item id, compaction leaves one file per SKU and survives a crash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.store import FileStore
+from shared.trainstore.loader import load_manifest
+from shared.trainstore.manifest import (
+    ManifestRow,
+    ManifestStore,
+    decode_columns,
+    decode_rows,
+    encode_columns,
+    encode_rows,
+    merge_rows,
+    rows_to_columns,
+)
+
+
+def row(item_id: str, status: str = "accepted", sku_id: str = "SKU-1", **fields: object) -> ManifestRow:
+    values: dict[str, object] = {
+        "item_id": item_id,
+        "sku_id": sku_id,
+        "category": "can",
+        "source": "synthetic",
+    }
+    values.update(fields)
+    return ManifestRow(status=status, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def manifests(tmp_path: Path) -> ManifestStore:
+    return ManifestStore(FileStore(tmp_path), "ts")
+
+
+def test_rows_round_trip_through_jsonl() -> None:
+    rows = [row("b", iou=0.93, reasons=["x"]), row("a", caption="a can")]
+    data = encode_rows(rows)
+    assert data.count(b"\n") == 2
+    assert decode_rows(data) == sorted(rows, key=lambda r: r.item_id)
+
+
+def test_later_rows_win_but_pending_never_replaces_a_decision() -> None:
+    merged = merge_rows([row("a", "pending"), row("a", "approved"), row("a", "pending"), row("b", "pending")])
+    assert {k: v.status for k, v in merged.items()} == {"a": "approved", "b": "pending"}
+    assert merge_rows([row("a", "approved"), row("a", "rejected")])["a"].status == "rejected"
+
+
+def test_append_writes_only_what_is_new(manifests: ManifestStore) -> None:
+    assert manifests.append("SKU-1", [row("a"), row("b")]) is not None
+    assert manifests.append("SKU-1", [row("a"), row("b")]) is None  # redelivery: nothing written
+    assert manifests.append("SKU-1", [row("a", "pending")]) is None  # would be ignored anyway
+    assert manifests.append("SKU-1", [row("a"), row("c")]) is not None
+    parts = list(manifests.store.list_keys("ts/manifests/SKU-1/"))
+    assert len(parts) == 2
+    assert sorted(manifests.read_sku("SKU-1")) == ["a", "b", "c"]
+
+
+def test_compaction_leaves_one_file_with_every_row(manifests: ManifestStore) -> None:
+    for index in range(5):
+        manifests.append("SKU-1", [row(f"i{index}")])
+    manifests.append("SKU-1", [row("i0", "rejected")])
+    before = manifests.read_sku("SKU-1")
+    assert not manifests.compact("SKU-1", min_deltas=7)  # not enough deltas yet
+    assert manifests.compact("SKU-1", min_deltas=6)
+    assert [k.rsplit("/", 1)[1] for k in manifests.store.list_keys("ts/manifests/SKU-1/")] == [
+        "columns-c-0000000006.json",
+        "part-c-0000000006.jsonl",
+    ]
+    assert manifests.read_sku("SKU-1") == before
+    assert before["i0"].status == "rejected"
+    # Appending after compaction continues the sequence.
+    manifests.append("SKU-1", [row("i9")])
+    assert len(manifests.read_sku("SKU-1")) == 6
+
+
+def test_a_crash_during_compaction_loses_and_doubles_nothing(manifests: ManifestStore) -> None:
+    for index in range(3):
+        manifests.append("SKU-1", [row(f"i{index}")])
+    store = manifests.store
+    old_parts = {key: store.get_bytes(key) for key in store.list_keys("ts/manifests/SKU-1/")}
+    manifests.compact("SKU-1")
+    # Put the merged deltas back, as if the process died before deleting them.
+    for key, data in old_parts.items():
+        store.put_bytes(key, data)
+    rows = manifests.read_sku("SKU-1")
+    assert sorted(rows) == ["i0", "i1", "i2"]
+    assert len(load_manifest(store, prefix="ts")) == 3
+    manifests.append("SKU-1", [row("i3")])
+    assert sorted(manifests.read_sku("SKU-1")) == ["i0", "i1", "i2", "i3"]
+
+
+def test_load_manifest_is_the_same_compacted_or_not(manifests: ManifestStore) -> None:
+    for sku in ("SKU-1", "SKU-2"):
+        manifests.append(
+            sku, [row("r", sku_id=sku, source="real", status="reference", image=f"images/{sku}/real/r.png")]
+        )
+        manifests.append(sku, [row("g", sku_id=sku, iou=0.97, image=f"images/{sku}/synthetic/g.png")])
+        manifests.append(sku, [row("p", "pending", sku_id=sku)])
+    uncompacted = load_manifest(manifests.store, prefix="ts", trainable_only=False)
+    for sku in ("SKU-1", "SKU-2"):
+        manifests.compact(sku)
+    compacted = load_manifest(manifests.store, prefix="ts", trainable_only=False)
+    key = lambda r: (r["sku_id"], r["item_id"])  # noqa: E731
+    assert sorted(uncompacted, key=key) == sorted(compacted, key=key)
+    assert compacted == uncompacted  # same order too: by SKU, then item id
+    # Without its columnar copy a compacted SKU is read from the JSONL part: same rows.
+    for key_name in list(manifests.store.list_keys("ts/manifests/SKU-1/columns-")):
+        manifests.store.delete(key_name)
+    assert load_manifest(manifests.store, prefix="ts", trainable_only=False) == compacted
+    trainable = load_manifest(manifests.store, prefix="ts")
+    assert sorted(key(r) for r in trainable) == [
+        ("SKU-1", "g"),
+        ("SKU-1", "r"),
+        ("SKU-2", "g"),
+        ("SKU-2", "r"),
+    ]
+    first = next(r for r in trainable if key(r) == ("SKU-1", "r"))
+    assert first["image_uri"] == manifests.store.uri_for("ts/images/SKU-1/real/r.png")
+    assert first["mask_uri"] is None and first["caption"] == "" and first["iou"] is None
+    assert (
+        load_manifest(manifests.store, prefix="ts", sku_ids=["SKU-2"], trainable_only=False)[0]["sku_id"]
+        == "SKU-2"
+    )
+
+
+def test_columnar_copy_round_trips_common_values_and_their_exceptions() -> None:
+    rows = [row(f"g{index:02d}", iou=0.9 + index / 100, adapter_id="general") for index in range(19)]
+    rows.append(row("p0", "reference", source="real", caption="the real photo"))
+    decoded = decode_columns(encode_columns(rows))
+    assert decoded == rows_to_columns(rows)
+    assert decoded["status"].count("reference") == 1 and decoded["adapter_id"][-1] is None
+    assert list(decoded) == list(ManifestRow.model_fields)
