@@ -273,9 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the second run on renderer photos (the matting model's own domain) kept under 'renderer'",
     )
+    parser.add_argument("--model", default=None, help="matting ONNX model; default: the committed U2-NetP")
     parser.add_argument("--out", type=Path, default=RESULTS / "gate.json")
     args = parser.parse_args(argv)
-    session = open_session(None, threads=2, use_gpu=False, store=None, max_batch=8)
+    session = open_session(args.model, threads=2, use_gpu=False, store=None, max_batch=8)
     figures = run_bench(args.n, args.seed, size_px=args.size, source=args.source, session=session)
     if args.source == "composite" and not args.no_renderer_comparison:
         figures["renderer"] = run_bench(
