@@ -4,13 +4,13 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # The test suite trains and exports small models, so the dev set-up includes the diffusion extra.
-EXTRAS ?= cpu,dev,diffusion
+EXTRAS ?= cpu,dev,diffusion,console,serve
 KAFKA_DIR := deploy/kafka
 KAFKA_DATA ?= var/kafka
 KAFKA_PORT ?= 9092
 KAFKA_CONTROLLER_PORT ?= 9093
 
-.PHONY: help setup test test-fast lint bench kafka-up kafka-down schemas clean
+.PHONY: help setup test test-fast lint bench kafka-up kafka-down schemas clean demo up
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -33,14 +33,26 @@ test: setup  ## the full suite (what CI runs): starts its own Kafka, moto S3 and
 test-fast: setup  ## the suite without tests marked slow
 	$(BIN)/python -m pytest -m "not slow"
 
-lint: setup  ## ruff and mypy
+lint: setup  ## ruff (lint and format check) and mypy
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: setup  ## benchmarks; results go to bench/results/*.json (installs rembg, for comparison only)
-	$(BIN)/python -m pip install -q rembg
+REMBG_VENV := var/bench-rembg
+
+$(REMBG_VENV)/.done:
+	$(PYTHON) -m venv $(REMBG_VENV)
+	$(REMBG_VENV)/bin/python -m pip install -q rembg onnxruntime pillow numpy pydantic
+	touch $@
+
+bench: setup $(REMBG_VENV)/.done  ## benchmarks; results go to bench/results/*.json (rembg, for comparison only, gets a venv of its own)
 	$(BIN)/python -m bench.bus
-	$(BIN)/python -m bench.matting
+	REMBG_PYTHON=$(REMBG_VENV)/bin/python $(BIN)/python -m bench.matting
+	$(BIN)/python -m bench.gate
+	$(BIN)/python -m bench.store
+	$(BIN)/python -m bench.captioner
+	$(BIN)/python -m bench.generation
+	$(BIN)/python -m bench.adapters
 
 schemas: setup  ## regenerate schemas/json/ from the pydantic models
 	$(BIN)/python -m schemas.jsonschema
@@ -50,6 +62,12 @@ kafka-up: setup  ## start a local single-node Kafka (KRaft) in the background
 
 kafka-down:  ## stop the local Kafka started by kafka-up
 	$(BIN)/python -m shared.broker stop --data-dir $(KAFKA_DATA)
+
+demo: setup  ## synthetic SKUs through the whole stack (starts it unless `make up` runs); writes demo-out/report.html
+	$(BIN)/python -m services.cli demo
+
+up: setup  ## the whole local stack in the foreground (Kafka, Triton, stages, console); Ctrl-C stops it
+	$(BIN)/python -m services.cli up
 
 clean:  ## remove local state (var/), keep the venv and jars
 	rm -rf var demo-out

@@ -10,16 +10,42 @@ from collections.abc import Callable
 
 from pydantic_settings import BaseSettings
 
+from services.captioner.config import CaptionerSettings
+from services.console.config import ConsoleSettings
+from services.gate.config import GateSettings
+from services.generator.config import GenerationSettings
 from services.matting.config import MattingSettings
+from services.trainstore.config import TrainstoreSettings
 from shared.config import ConfigError, Settings, load_settings, settings_table_markdown
+from shared.generation.diffusion import DiffusionSettings
 
 # Every settings model, shared first; `skuforge config --markdown` prints them as README's table.
-SETTINGS_MODELS: tuple[type[BaseSettings], ...] = (Settings, MattingSettings)
+SETTINGS_MODELS: tuple[type[BaseSettings], ...] = (
+    Settings,
+    MattingSettings,
+    CaptionerSettings,
+    GenerationSettings,
+    DiffusionSettings,
+    GateSettings,
+    TrainstoreSettings,
+    ConsoleSettings,
+)
 
 # Stage name → module with ``main() -> int``. Each stage's folder says what it consumes and produces.
 STAGES: dict[str, str] = {
     "passthrough": "services.passthrough.stage",
     "matting": "services.matting.stage",
+    "captioner": "services.captioner.stage",
+    "generator": "services.generator.stage",
+    "gate": "services.gate.stage",
+    "trainstore": "services.trainstore.stage",
+    "console-intake": "services.console.intake",
+}
+
+# Server name → module with ``main(argv) -> int``: long-running HTTP services (`skuforge serve NAME`).
+SERVERS: dict[str, str] = {
+    "console": "services.console.server",
+    "generator": "services.generator.server",
 }
 
 
@@ -39,6 +65,18 @@ def _cmd_matting(rest: list[str]) -> int:
     from services.matting.cli import main
 
     return main(rest)
+
+
+def _cmd_dataset(rest: list[str]) -> int:
+    from services.trainstore.cli import main
+
+    return main(rest)
+
+
+def _cmd_adapters(rest: list[str]) -> int:
+    from shared.generation.adapters import adapters_main
+
+    return adapters_main(rest)
 
 
 def _cmd_kafka(rest: list[str]) -> int:
@@ -94,14 +132,47 @@ def _cmd_run(rest: list[str]) -> int:
     return int(module.main())
 
 
+def _cmd_serve(rest: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="skuforge serve", description="Run one HTTP service until SIGTERM.")
+    parser.add_argument("server", choices=sorted(SERVERS), help="the service to serve")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    args = parser.parse_args(rest)
+    module = importlib.import_module(SERVERS[args.server])
+    return int(module.main(args.args))
+
+
+def _cmd_console(rest: list[str]) -> int:
+    from services.console.cli import main
+
+    return main(rest)
+
+
+def _cmd_up(rest: list[str]) -> int:
+    from services.up import main
+
+    return main(rest)
+
+
+def _cmd_demo(rest: list[str]) -> int:
+    from services.demo.demo import main
+
+    return main(rest)
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "up": (_cmd_up, "start the whole local stack (Kafka, Triton, every stage, console); Ctrl-C stops it"),
+    "demo": (_cmd_demo, "synthetic SKUs through the whole stack, then a summary and demo-out/report.html"),
     "ingest": (_cmd_ingest, "upload SKU folders (photos + metadata.json) and publish sku.ingested"),
     "synth": (_cmd_synth, "render synthetic SKU folders with exact masks (test and demo data)"),
     "matting": (_cmd_matting, "train, evaluate or quantise the U2-Net matting model"),
+    "dataset": (_cmd_dataset, "retraining store: per-SKU stats, export a training set, compact manifests"),
     "run": (_cmd_run, "run one stage: " + ", ".join(sorted(STAGES))),
     "topics": (_cmd_topics, "create or list the Kafka topics"),
     "kafka": (_cmd_kafka, "start, stop or check the local single-node Kafka broker"),
+    "adapters": (_cmd_adapters, "list or register LoRA adapters (diffusion backend)"),
     "config": (_cmd_config, "validate and print the configuration (SKUFORGE_* variables)"),
+    "serve": (_cmd_serve, "serve an HTTP service: " + ", ".join(sorted(SERVERS))),
+    "console": (_cmd_console, "correction console hand-off: export-labelstudio, import-labelstudio"),
 }
 
 

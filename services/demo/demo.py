@@ -1,0 +1,399 @@
+"""``skuforge demo`` (what ``make demo`` runs): a few synthetic SKUs through the whole running system.
+
+1. renders ``--skus`` synthetic products, ``--photos-per-sku`` photos each (``skuforge synth``);
+2. uses the stack of ``--workdir`` if ``skuforge up`` runs there, else starts one (and stops it at the
+   end, unless ``--keep-running``);
+3. ingests the SKUs, then shows per stage how far they got, until every generated image is decided:
+   accepted into the retraining store or queued in the correction console (or dead-lettered);
+4. prints a summary (per SKU: real photos, generated, accepted, flagged, mean IoU; per stage:
+   throughput) and writes ``<out>/report.html`` with the pictures.
+
+CPU defaults: the composite generation backend and the committed U2-NetP. With
+``SKUFORGE_GENERATION_BACKEND=diffusion`` (and ``SKUFORGE_DIFFUSION_MODEL``) the stack it starts
+serves diffusion + LoRA instead, same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from schemas.events import CorrectionPending, GateAccepted, ImageGenerated, SkuCaptioned, SkuIngested
+from schemas.topics import (
+    CORRECTION_PENDING,
+    GATE_ACCEPTED,
+    IMAGE_GENERATED,
+    IMAGE_MATTED,
+    SKU_CAPTIONED,
+    SKU_INGESTED,
+)
+from services.demo.flow import STAGE_TOPICS, FlowState, FlowTracker
+from services.demo.report import ItemView, SkuView, StageView, write_report
+from services.up import DEFAULT_WORKDIR, read_state
+from shared.config import load_settings
+from shared.store import ObjectStore, open_store
+
+STACK_START_TIMEOUT_S = 600.0
+
+
+def _say(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} demo  {line}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# the stack
+# --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stack(workdir: Path, *, variants: int, keep_running: bool) -> Iterator[dict[str, Any]]:
+    """The running stack of ``workdir``, or one started here for the duration of the block."""
+    state = read_state(workdir)
+    if state is not None and state.get("state") == "ready":
+        _say(f"using the stack already running from {workdir} (pid {state['supervisor_pid']})")
+        yield state
+        return
+    env = {
+        **os.environ,
+        "SKUFORGE_GENERATION_VARIANTS_PER_SKU": os.environ.get("SKUFORGE_GENERATION_VARIANTS_PER_SKU")
+        or str(variants),
+    }
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "up.out"
+    shown = len(log_path.read_text(errors="replace").splitlines()) if log_path.exists() else 0
+    _say(f"starting the stack: skuforge up --workdir {workdir}   (its output: {log_path})")
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "up", "--workdir", str(workdir)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # our Ctrl-C is forwarded below, once, in order
+        )
+    try:
+        deadline = time.monotonic() + STACK_START_TIMEOUT_S
+        while True:
+            lines = log_path.read_text(errors="replace").splitlines()
+            for line in lines[shown:]:
+                if ": ready" in line or "failed" in line or "login" in line:
+                    print("   " + line, flush=True)
+            shown = len(lines)
+            state = read_state(workdir)
+            if state is not None and state.get("state") == "ready" and state["supervisor_pid"] == process.pid:
+                break
+            if process.poll() is not None:
+                raise SystemExit(f"skuforge up exited with {process.returncode}; see {log_path}")
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"the stack was not ready within {STACK_START_TIMEOUT_S:.0f}s; see {log_path}"
+                )
+            time.sleep(1)
+        yield state
+        if keep_running:
+            _say("the stack keeps running (--keep-running): Ctrl-C stops it")
+            with contextlib.suppress(KeyboardInterrupt):
+                process.wait()
+    finally:
+        if process.poll() is None:
+            _say("stopping the stack")
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+# --------------------------------------------------------------------------------------------------
+# progress
+# --------------------------------------------------------------------------------------------------
+
+
+def decided_items(
+    state: FlowState, store: ObjectStore, console_db: str, sku_ids: list[str]
+) -> tuple[set[str], set[str]]:
+    """Generated items (of this run) in the retraining store, and those in the console's queue."""
+    from services.console.tasks import TaskFilter, TaskStore
+    from services.trainstore.config import load_trainstore_settings
+    from shared.trainstore.manifest import ManifestStore
+
+    generated = set(state.records[IMAGE_GENERATED.name])
+    manifests = ManifestStore(store, load_trainstore_settings().trainstore_prefix)
+    stored = {
+        row.item_id
+        for row in manifests.iter_rows(sku_ids)
+        if row.source == "synthetic" and row.status in ("accepted", "approved", "rejected")
+    }
+    queued: set[str] = set()
+    if Path(console_db).exists():
+        queued = {task.item_id for task in TaskStore(console_db).query(TaskFilter(state=None), limit=100_000)}
+    return stored & generated, queued & generated
+
+
+def expected_generated(state: FlowState, variants: int) -> int:
+    """Images the generator should make: ``variants`` per captioned SKU that has a usable photo."""
+    captioned: list[SkuCaptioned] = state.payloads(SKU_CAPTIONED)
+    return variants * sum(1 for sku in captioned if any(photo.usable for photo in sku.photos))
+
+
+def progress_line(state: FlowState, stored: set[str], queued: set[str], skus: int, expected: int) -> str:
+    """One line: how far each stage got."""
+    accepted, flagged = state.count(GATE_ACCEPTED), state.count(CORRECTION_PENDING)
+    dead = f" · dead-lettered {len(state.dead)}" if state.dead else ""
+    return (
+        f"captioned {state.count(SKU_CAPTIONED)}/{skus} SKUs · "
+        f"generated {state.count(IMAGE_GENERATED)}/{expected} · matted {state.count(IMAGE_MATTED)} · "
+        f"gated {accepted + flagged} ({accepted} accepted, {flagged} flagged) · "
+        f"in store {len(stored)} · in console {len(queued)}{dead}"
+    )
+
+
+def handler_ms(metrics_url: str | None, stage: str) -> float | None:
+    """Mean handler time of the stage since its process started, from its /metrics."""
+    if not metrics_url:
+        return None
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    total = count = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name == "skuforge_handler_seconds":
+            for sample in family.samples:
+                if sample.labels.get("stage") == stage and sample.name.endswith("_sum"):
+                    total += sample.value
+                elif sample.labels.get("stage") == stage and sample.name.endswith("_count"):
+                    count += sample.value
+    return total / count * 1000 if count else None
+
+
+# --------------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``skuforge demo``; 0 when every generated image was decided, 1 on time-out."""
+    parser = argparse.ArgumentParser(
+        prog="skuforge demo",
+        description="Synthetic SKUs through the whole stack; prints a summary and writes OUT/report.html.",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("demo-out"), help="report folder (default %(default)s)"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=DEFAULT_WORKDIR, help="the stack's workdir (default %(default)s)"
+    )
+    parser.add_argument("--skus", type=int, default=3, help="synthetic SKUs (default %(default)s)")
+    parser.add_argument(
+        "--photos-per-sku", type=int, default=3, help="real photos per SKU (default %(default)s)"
+    )
+    parser.add_argument(
+        "--variants", type=int, default=6, help="generated images per SKU (default %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=7, help="catalogue seed (default %(default)s)")
+    parser.add_argument(
+        "--size", type=int, default=384, help="side of the rendered photos, px (default %(default)s)"
+    )
+    parser.add_argument("--timeout-s", type=float, default=600, help="give up waiting after this long")
+    parser.add_argument("--keep-running", action="store_true", help="leave a stack started here running")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+
+    from shared.synth import write_sku_folders
+
+    catalogue = args.out / "catalogue"
+    folders = write_sku_folders(catalogue, args.skus, args.photos_per_sku, args.seed, args.size)
+    sku_ids = [folder.name for folder in folders]
+    _say(f"rendered {len(folders)} SKUs x {args.photos_per_sku} photos into {catalogue / 'skus'}")
+
+    workdir = args.workdir.resolve()
+    with stack(workdir, variants=args.variants, keep_running=args.keep_running) as running:
+        os.environ.update(running["env"])  # the stack's Kafka, store, topics, console database
+        code = run_flow(args, running, catalogue / "skus", sku_ids, started)
+    return code
+
+
+def run_flow(
+    args: argparse.Namespace, running: dict[str, Any], skus_dir: Path, sku_ids: list[str], started: float
+) -> int:
+    """Ingest, follow until decided, summarise, write the report; returns the exit code."""
+    from services.gate.config import load_gate_settings
+    from services.generator.config import load_generation_settings
+    from services.ingest.ingest import ingest_path
+
+    settings = load_settings()
+    store = open_store(
+        settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+    )
+    variants = load_generation_settings().generation_variants_per_sku
+    since_ms = int(time.time() * 1000) - 2_000
+    ingest_path(skus_dir, settings, store=store)
+    _say(f"ingested {len(sku_ids)} SKUs; waiting until all {variants} images per SKU are decided")
+
+    tracker = FlowTracker(settings, sku_ids, since_ms)
+    deadline = time.monotonic() + args.timeout_s
+    last_line, last_shown = "", 0.0
+    complete = False
+    try:
+        while True:
+            state = tracker.poll()
+            stored, queued = decided_items(state, store, running["console_db"], sku_ids)
+            expected = expected_generated(state, variants)
+            line = progress_line(state, stored, queued, len(sku_ids), expected)
+            if line != last_line or time.monotonic() - last_shown > 15:
+                _say(line)
+                last_line, last_shown = line, time.monotonic()
+            ingest_done = state.count(SKU_CAPTIONED) + len(
+                {d.sku_id for d in state.dead if d.original_topic.endswith(SKU_INGESTED.name)}
+            ) >= len(sku_ids)
+            generated = state.count(IMAGE_GENERATED)
+            item_letters = sum(
+                1
+                for d in state.dead
+                if not d.original_topic.endswith(("sku.ingested.v1", "sku.captioned.v1"))
+            )
+            gated = state.count(GATE_ACCEPTED) + state.count(CORRECTION_PENDING)
+            # Both: this run's gate decided every image (the report shows them), and each decision is
+            # in the store or the console (a second run of the same SKUs finds the first run's there).
+            settled = min(gated, len(stored | queued)) + item_letters >= generated
+            if ingest_done and generated >= expected and settled:
+                complete = True
+                break
+            if time.monotonic() > deadline:
+                _say(f"timed out after {args.timeout_s:.0f}s; the report shows what was decided so far")
+                break
+            time.sleep(1)
+    finally:
+        tracker.close()
+
+    views = sku_views(state, store, sku_ids)
+    stages = [
+        StageView(
+            stage,
+            state.outputs(stage),
+            state.span_s(stage),
+            handler_ms(running["services"][stage].get("metrics"), stage),
+        )
+        for stage in STAGE_TOPICS
+    ]
+    stages.append(
+        StageView(
+            "trainstore",
+            len(stored) + len(queued),
+            None,
+            handler_ms(running["services"]["trainstore"].get("metrics"), "trainstore"),
+        )
+    )
+    elapsed = time.monotonic() - started
+    console_lines = console_help(running)
+    print_summary(views, stages, console_lines, elapsed)
+    report = write_report(
+        args.out,
+        store,
+        views,
+        stages,
+        iou_threshold=load_gate_settings().gate_iou_min,
+        console_lines=console_lines,
+        elapsed_s=elapsed,
+        complete=complete,
+    )
+    _say(f"report: {report.resolve()}")
+    for letter in state.dead:
+        _say(f"dead letter from {letter.stage}: {letter.reason}: {letter.detail}")
+    return 0 if complete else 1
+
+
+def sku_views(state: FlowState, store: ObjectStore, sku_ids: list[str]) -> list[SkuView]:
+    """What the report shows per SKU, from the events of this run and the retraining store."""
+    from services.trainstore.config import load_trainstore_settings
+    from shared.trainstore.manifest import ManifestStore
+
+    manifests = ManifestStore(store, load_trainstore_settings().trainstore_prefix)
+    ingested: dict[str, SkuIngested] = {p.sku.sku_id: p for p in state.payloads(SKU_INGESTED)}
+    generated: list[ImageGenerated] = state.payloads(IMAGE_GENERATED)
+    accepted: list[GateAccepted] = state.payloads(GATE_ACCEPTED)
+    flagged: list[CorrectionPending] = state.payloads(CORRECTION_PENDING)
+
+    def view(event: GateAccepted | CorrectionPending) -> ItemView:
+        matted = event.matted
+        reasons = event.reasons if isinstance(event, CorrectionPending) else []
+        return ItemView(
+            matted.generated.item_id,
+            matted.generated.image,
+            matted.predicted_mask,
+            matted.generated.expected_mask,
+            event.iou,
+            reasons,
+        )
+
+    views = []
+    for sku_id in sku_ids:
+        sku = ingested.get(sku_id)
+        real = sum(
+            1 for row in manifests.iter_rows([sku_id]) if row.source == "real" and row.status == "reference"
+        )
+        views.append(
+            SkuView(
+                sku_id=sku_id,
+                name=sku.sku.name if sku else sku_id,
+                category=sku.sku.category if sku else "",
+                photos=[photo.image for photo in sku.photos] if sku else [],
+                generated=sum(1 for g in generated if g.sku.sku_id == sku_id),
+                accepted=[view(a) for a in accepted if a.matted.generated.sku.sku_id == sku_id],
+                flagged=[view(f) for f in flagged if f.matted.generated.sku.sku_id == sku_id],
+                stored_real=real,
+            )
+        )
+    return views
+
+
+def console_help(running: dict[str, Any]) -> list[str]:
+    """How to open the console on the flagged images."""
+    workdir = running["workdir"]
+    return [
+        f"1. keep (or start again) the stack:  skuforge up --workdir {workdir}",
+        f"2. open {running['console_url']} and log in as '{running['console_user']}'",
+        f"   (password: after the ':' in {running['console_login_file']}; or your SKUFORGE_CONSOLE_USERS)",
+        "3. take the next flagged item, fix or approve its mask, or reject it; the decision goes to",
+        "   correction.resolved and the trainstore stores approved items beside the accepted ones.",
+    ]
+
+
+def print_summary(
+    views: list[SkuView], stages: list[StageView], console_lines: list[str], elapsed_s: float
+) -> None:
+    """The summary on the terminal."""
+    print(flush=True)
+    columns = ("real", "stored real", "generated", "accepted", "flagged", "mean IoU")
+    print(f"{'SKU':<14} " + " ".join(f"{name:>{max(5, len(name))}}" for name in columns))
+    for sku in views:
+        mean = f"{sku.mean_iou:.3f}" if sku.mean_iou is not None else "-"
+        print(
+            f"{sku.sku_id:<14} {len(sku.photos):>5} {sku.stored_real:>11} {sku.generated:>9} "
+            f"{len(sku.accepted):>8} {len(sku.flagged):>7} {mean:>8}"
+        )
+    print()
+    print(f"{'stage':<12} {'items out':>9} {'span s':>8} {'items/min':>10} {'handler ms':>11}")
+    for stage in stages:
+        span = f"{stage.span_s:.1f}" if stage.span_s else "-"
+        rate = f"{stage.per_minute:.1f}" if stage.per_minute else "-"
+        handler = f"{stage.handler_ms:.0f}" if stage.handler_ms is not None else "-"
+        print(f"{stage.stage:<12} {stage.items:>9} {span:>8} {rate:>10} {handler:>11}")
+    print()
+    print("review the flagged images in the console:")
+    for line in console_lines:
+        print("  " + line)
+    print(f"\ndemo took {elapsed_s:.0f}s", flush=True)

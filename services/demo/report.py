@@ -1,0 +1,278 @@
+"""``demo-out/report.html``: per SKU the reference photos, the accepted images with their mask outlines,
+the flagged ones with IoU and reasons; an IoU histogram; how to review the flagged ones in the console.
+
+Pictures are written beside the page (``demo-out/images/``) so the report opens from disk, offline.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from schemas.common import ImageRef
+from shared.store import ObjectStore
+
+THUMB_PX = 160
+SHEET_COLUMNS = 6
+PREDICTED_RGB = (40, 220, 90)  # the matting model's mask
+EXPECTED_RGB = (40, 160, 255)  # where the generator put the product's pixels
+FLAGGED_RGB = (240, 60, 60)
+
+
+@dataclass
+class ItemView:
+    """One generated item as the report shows it."""
+
+    item_id: str
+    image: ImageRef
+    predicted_mask: ImageRef
+    expected_mask: ImageRef
+    iou: float
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SkuView:
+    """One SKU's section of the report."""
+
+    sku_id: str
+    name: str
+    category: str
+    photos: list[ImageRef]
+    generated: int
+    accepted: list[ItemView]
+    flagged: list[ItemView]
+    stored_real: int
+
+    @property
+    def mean_iou(self) -> float | None:
+        """Mean IoU over every gated item of the SKU."""
+        ious = [item.iou for item in [*self.accepted, *self.flagged]]
+        return sum(ious) / len(ious) if ious else None
+
+
+@dataclass
+class StageView:
+    """One stage's line of the throughput table."""
+
+    stage: str
+    items: int
+    span_s: float | None
+    handler_ms: float | None
+
+    @property
+    def per_minute(self) -> float | None:
+        """Items per minute over the stage's span."""
+        return self.items / self.span_s * 60 if self.span_s else None
+
+
+def outline(mask: np.ndarray, width_px: int = 3) -> np.ndarray:
+    """A boolean image of the mask's border, ``width_px`` wide (pure function: tested without a store)."""
+    binary = Image.fromarray(((mask > 127) * 255).astype(np.uint8))
+    edges = binary.filter(ImageFilter.FIND_EDGES)
+    if width_px > 1:
+        edges = edges.filter(ImageFilter.MaxFilter(width_px if width_px % 2 else width_px + 1))
+    return np.asarray(edges) > 0
+
+
+def with_outlines(
+    image: Image.Image, masks: Sequence[tuple[np.ndarray, tuple[int, int, int]]]
+) -> Image.Image:
+    """The image with each mask's outline drawn in its colour."""
+    pixels = np.array(image.convert("RGB"))
+    for mask, colour in masks:
+        if mask.shape != pixels.shape[:2]:
+            mask = np.asarray(Image.fromarray(mask).resize((pixels.shape[1], pixels.shape[0]), Image.NEAREST))
+        pixels[outline(mask, width_px=max(3, pixels.shape[0] // 100))] = colour
+    return Image.fromarray(pixels)
+
+
+def _load(store: ObjectStore, ref: ImageRef) -> Image.Image:
+    return Image.open(io.BytesIO(store.read_verified(ref)))
+
+
+def _mask(store: ObjectStore, ref: ImageRef) -> np.ndarray:
+    return np.asarray(_load(store, ref).convert("L"))
+
+
+def _thumb(image: Image.Image, size_px: int = THUMB_PX) -> Image.Image:
+    copy = image.convert("RGB")
+    copy.thumbnail((size_px, size_px))
+    return copy
+
+
+def contact_sheet(images: Sequence[Image.Image], columns: int = SHEET_COLUMNS) -> Image.Image:
+    """Thumbnails on a grid, left to right, top to bottom."""
+    rows = max(1, -(-len(images) // columns))
+    sheet = Image.new("RGB", (columns * (THUMB_PX + 4), rows * (THUMB_PX + 4)), (255, 255, 255))
+    for index, image in enumerate(images):
+        thumb = _thumb(image)
+        sheet.paste(thumb, ((index % columns) * (THUMB_PX + 4) + 2, (index // columns) * (THUMB_PX + 4) + 2))
+    return sheet
+
+
+def iou_histogram_svg(ious: Sequence[float], threshold: float, bins: int = 20) -> str:
+    """An SVG bar chart of IoU over [0.5, 1] (lower values in the first bar), with the gate's threshold."""
+    width, height, pad = 520, 180, 28
+    low = 0.5
+    counts = [0] * bins
+    for value in ious:
+        index = int((max(value, low) - low) / (1 - low) * bins)
+        counts[min(bins - 1, index)] += 1
+    top = max(counts) or 1
+    bar_w = (width - 2 * pad) / bins
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="hist">']
+    for index, count in enumerate(counts):
+        bar_h = (height - 2 * pad) * count / top
+        x = pad + index * bar_w
+        left = low + index * (1 - low) / bins
+        colour = "#2a9d4b" if left >= threshold else "#d9534f"
+        parts.append(
+            f'<rect x="{x:.1f}" y="{height - pad - bar_h:.1f}" width="{bar_w - 2:.1f}" height="{bar_h:.1f}" '
+            f'fill="{colour}"><title>{left:.3f}-{left + (1 - low) / bins:.3f}: {count}</title></rect>'
+        )
+        if count:
+            parts.append(
+                f'<text x="{x + bar_w / 2:.1f}" y="{height - pad - bar_h - 3:.1f}" font-size="10" '
+                f'text-anchor="middle">{count}</text>'
+            )
+    tx = pad + (threshold - low) / (1 - low) * (width - 2 * pad)
+    parts.append(
+        f'<line x1="{tx:.1f}" y1="{pad / 2}" x2="{tx:.1f}" y2="{height - pad}" '
+        'stroke="#333" stroke-dasharray="4 3"/>'
+    )
+    parts.append(f'<text x="{tx + 4:.1f}" y="{pad / 2 + 10}" font-size="11">gate {threshold:.2f}</text>')
+    for tick in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
+        x = pad + (tick - low) / (1 - low) * (width - 2 * pad)
+        label = "≤0.5" if tick == 0.5 else f"{tick:.1f}"
+        parts.append(f'<text x="{x:.1f}" y="{height - 8}" font-size="11" text-anchor="middle">{label}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th:first-child,td:first-child{text-align:left}img{border:1px solid #ddd;margin:2px}
+.flagged{display:inline-block;width:170px;vertical-align:top;font-size:12px;margin:4px}
+.key span{display:inline-block;width:1em;height:1em;vertical-align:middle;margin:0 .3em}
+code,pre{background:#f4f4f4;padding:.1em .3em}section{border-top:2px solid #eee;margin-top:1.5em}
+"""
+
+
+def write_report(
+    out: Path,
+    store: ObjectStore,
+    skus: Sequence[SkuView],
+    stages: Sequence[StageView],
+    *,
+    iou_threshold: float,
+    console_lines: Sequence[str],
+    elapsed_s: float,
+    complete: bool,
+) -> Path:
+    """Write ``out/report.html`` and its pictures under ``out/images``; returns the page's path."""
+    images_dir = out / "images"
+    shutil.rmtree(images_dir, ignore_errors=True)
+    images_dir.mkdir(parents=True)
+
+    def save(image: Image.Image, name: str) -> str:
+        image.save(images_dir / name, quality=85)
+        return f"images/{name}"
+
+    body: list[str] = []
+    esc = html.escape
+    total_generated = sum(sku.generated for sku in skus)
+    total_accepted = sum(len(sku.accepted) for sku in skus)
+    total_flagged = sum(len(sku.flagged) for sku in skus)
+    status = "complete" if complete else "INCOMPLETE (timed out; see the stage logs)"
+    body.append(
+        f"<h1>skuforge demo</h1><p>{len(skus)} SKUs, {total_generated} generated images: "
+        f"{total_accepted} accepted into the retraining store, {total_flagged} flagged for review. "
+        f"Run {status} in {elapsed_s:.0f}s.</p>"
+    )
+    body.append(
+        "<table><tr><th>SKU</th><th>real photos</th><th>real stored</th><th>generated</th>"
+        "<th>accepted</th><th>flagged</th><th>mean IoU</th></tr>"
+    )
+    for sku in skus:
+        mean = f"{sku.mean_iou:.3f}" if sku.mean_iou is not None else "-"
+        body.append(
+            f'<tr><td><a href="#{esc(sku.sku_id)}">{esc(sku.sku_id)}</a></td><td>{len(sku.photos)}</td>'
+            f"<td>{sku.stored_real}</td><td>{sku.generated}</td><td>{len(sku.accepted)}</td>"
+            f"<td>{len(sku.flagged)}</td><td>{mean}</td></tr>"
+        )
+    body.append("</table>")
+    body.append(
+        "<h2>Stages</h2><table><tr><th>stage</th><th>items out</th><th>span (s)</th>"
+        "<th>items/min</th><th>mean handler time (ms)</th></tr>"
+    )
+    for stage in stages:
+        span = f"{stage.span_s:.1f}" if stage.span_s else "-"
+        rate = f"{stage.per_minute:.1f}" if stage.per_minute else "-"
+        handler = f"{stage.handler_ms:.0f}" if stage.handler_ms is not None else "-"
+        body.append(
+            f"<tr><td>{stage.stage}</td><td>{stage.items}</td><td>{span}</td><td>{rate}</td><td>{handler}</td></tr>"
+        )
+    body.append("</table>")
+    ious = [item.iou for sku in skus for item in [*sku.accepted, *sku.flagged]]
+    body.append("<h2>IoU of predicted vs expected mask</h2>")
+    body.append(iou_histogram_svg(ious, iou_threshold))
+    body.append("<h2>Review the flagged images</h2><pre>" + esc("\n".join(console_lines)) + "</pre>")
+    body.append(
+        f'<p class="key">Outlines: <span style="background:rgb{PREDICTED_RGB}"></span>predicted mask '
+        f'(U2-NetP) <span style="background:rgb{EXPECTED_RGB}"></span>expected mask (where the '
+        "generator kept the product)</p>"
+    )
+    for sku in skus:
+        slug = sku.sku_id
+        body.append(
+            f'<section id="{esc(slug)}"><h2>{esc(slug)}: {esc(sku.name)} '
+            f"<small>({esc(sku.category)})</small></h2>"
+        )
+        body.append(f"<h3>Reference photos ({len(sku.photos)})</h3><p>")
+        for index, ref in enumerate(sku.photos):
+            src = save(_thumb(_load(store, ref), 200), f"{slug}-ref-{index}.jpg")
+            body.append(f'<img src="{src}" alt="reference photo {index + 1}">')
+        body.append("</p>")
+        body.append(f"<h3>Accepted ({len(sku.accepted)})</h3>")
+        if sku.accepted:
+            pictures = [
+                with_outlines(_load(store, item.image), [(_mask(store, item.predicted_mask), PREDICTED_RGB)])
+                for item in sorted(sku.accepted, key=lambda item: item.item_id)
+            ]
+            src = save(contact_sheet(pictures), f"{slug}-accepted.jpg")
+            body.append(f'<p><img src="{src}" alt="accepted images with mask outlines"></p>')
+        else:
+            body.append("<p>none</p>")
+        body.append(f"<h3>Flagged for review ({len(sku.flagged)})</h3><div>")
+        for item in sorted(sku.flagged, key=lambda item: item.iou):
+            picture = with_outlines(
+                _load(store, item.image),
+                [
+                    (_mask(store, item.expected_mask), EXPECTED_RGB),
+                    (_mask(store, item.predicted_mask), PREDICTED_RGB),
+                ],
+            )
+            src = save(_thumb(picture), f"{slug}-flagged-{item.item_id}.jpg")
+            body.append(
+                f'<div class="flagged"><img src="{src}" alt="flagged item"><br>IoU {item.iou:.3f}<br>'
+                f"{esc(', '.join(item.reasons))}<br><code>{esc(item.item_id[:12])}</code></div>"
+            )
+        body.append("</div>" if sku.flagged else "none</div>")
+        body.append("</section>")
+    page = (
+        '<!doctype html><html><head><meta charset="utf-8"><title>skuforge demo</title>'
+        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
+    )
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,547 @@
+"""``skuforge up``: the whole local stack in the foreground, one command, one Ctrl-C to stop it.
+
+What it starts, in this order, each as a child process of :class:`shared.supervisor.Supervisor` with
+its log in ``<workdir>/logs/<name>.log``; each must be ready before the next starts:
+
+====================  =====================================  ========================================
+service               command                                ready when
+====================  =====================================  ========================================
+kafka                 ``python -m shared.broker start``      an admin client lists the topics
+                      ``--foreground`` (data in
+                      ``<workdir>/kafka``; skipped with
+                      ``--kafka-bootstrap``)
+topics                ``skuforge topics create``             it exited 0 (a set-up step)
+triton                ``skuforge serve generator``           ``/v2/models/<model>/ready`` answers 200
+captioner, generator, ``skuforge run <stage>``               its ``/readyz`` answers 200
+matting, gate,        (``SKUFORGE_METRICS_PORT`` = its own
+trainstore            port)
+console               ``skuforge serve console``             ``/readyz`` (intake joined) and the
+                                                             login page answer 200
+====================  =====================================  ========================================
+
+A stage that dies is reported and restarted with back-off; Ctrl-C or SIGTERM stops everything,
+console first, Kafka last. ``<workdir>/stack.json`` describes the running stack (ports, pids,
+console address) for ``skuforge demo`` and for people; the object store defaults to
+``<workdir>/store`` and the console's task table to ``<workdir>/console``, unless
+``SKUFORGE_STORE_URI`` / ``SKUFORGE_CONSOLE_DB_PATH`` say otherwise. Without
+``SKUFORGE_CONSOLE_USERS`` a login ``demo:<random>`` is made once, kept in
+``<workdir>/console-login`` (mode 600) and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from schemas.topics import (
+    CORRECTION_PENDING,
+    CORRECTION_RESOLVED,
+    GATE_ACCEPTED,
+    IMAGE_GENERATED,
+    IMAGE_MATTED,
+    SKU_CAPTIONED,
+    SKU_INGESTED,
+    Topic,
+)
+from services.generator.protocol import model_name
+from shared.broker import LocalKafka, _port_in_use, free_port
+from shared.config import ConfigError, load_settings
+from shared.supervisor import ServiceSpec, Supervisor, SupervisorError, http_ok
+
+DEFAULT_WORKDIR = Path("var/up")
+STATE_FILE = "stack.json"
+PORTS_FILE = "ports.json"
+LOGIN_FILE = "console-login"
+CONSOLE_USER = "demo"
+
+# The stages in flow order; each serves /metrics on its own port. The numbers are each stage
+# module's DEFAULT_METRICS_PORT (tests/test_up.py checks they agree) so a Prometheus config written
+# for `skuforge run` works for `skuforge up` too.
+STAGES: tuple[str, ...] = ("captioner", "generator", "matting", "gate", "trainstore")
+# What each stage consumes (the console's intake: correction.pending).
+STAGE_INPUTS: dict[str, tuple[Topic[Any], ...]] = {
+    "captioner": (SKU_INGESTED,),
+    "generator": (SKU_CAPTIONED,),
+    "matting": (IMAGE_GENERATED,),
+    "gate": (IMAGE_MATTED,),
+    "trainstore": (GATE_ACCEPTED, CORRECTION_RESOLVED, CORRECTION_PENDING, SKU_CAPTIONED),
+}
+DEFAULT_PORTS: dict[str, int] = {
+    "kafka": 9092,
+    "kafka_controller": 9093,
+    "triton_http": 8000,
+    "triton_grpc": 8001,
+    "triton_metrics": 8002,
+    "captioner": 9102,
+    "matting": 9103,
+    "generator": 9104,
+    "gate": 9105,
+    "trainstore": 9106,
+    "console_metrics": 9107,
+    "console": 8087,
+}
+
+
+@dataclass
+class StackConfig:
+    """Everything that differs between two stacks on one machine."""
+
+    workdir: Path
+    ports: dict[str, int]
+    store_uri: str
+    console_db: str
+    console_users: str
+    kafka_bootstrap: str
+    start_kafka: bool = True
+    backends: list[str] = field(default_factory=lambda: ["composite"])
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def logs(self) -> Path:
+        """Where every service's log goes."""
+        return self.workdir / "logs"
+
+    @property
+    def console_url(self) -> str:
+        """The console's address in a browser."""
+        return f"http://127.0.0.1:{self.ports['console']}/"
+
+    def env(self) -> dict[str, str]:
+        """Environment every service gets (on top of the caller's)."""
+        ports = self.ports
+        return {
+            "SKUFORGE_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "SKUFORGE_STORE_URI": self.store_uri,
+            "SKUFORGE_GENERATION_TRITON_URL": f"127.0.0.1:{ports['triton_grpc']}",
+            "SKUFORGE_GENERATION_TRITON_PROTOCOL": "grpc",
+            "SKUFORGE_GENERATION_SERVER_HTTP_PORT": str(ports["triton_http"]),
+            "SKUFORGE_GENERATION_SERVER_GRPC_PORT": str(ports["triton_grpc"]),
+            "SKUFORGE_GENERATION_SERVER_METRICS_PORT": str(ports["triton_metrics"]),
+            "SKUFORGE_CONSOLE_DB_PATH": self.console_db,
+            "SKUFORGE_CONSOLE_PORT": str(ports["console"]),
+            "SKUFORGE_CONSOLE_METRICS_PORT": str(ports["console_metrics"]),
+            "SKUFORGE_CONSOLE_USERS": self.console_users,
+            **self.extra_env,
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration: ports, store, login
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_ports(workdir: Path, mode: str, *, with_kafka: bool = True) -> dict[str, int]:
+    """The stack's ports: ``default`` (the documented ones), ``free`` (any free ones) or ``auto``.
+
+    ``auto`` reuses the ports of the last run from this workdir, else the defaults, and falls back to
+    free ports when one of those is taken (another stack, another user's broker...).
+    """
+    names = [name for name in DEFAULT_PORTS if with_kafka or not name.startswith("kafka")]
+
+    def all_free(ports: Mapping[str, int]) -> bool:
+        return all(not _port_in_use(ports[name]) for name in names)
+
+    if mode == "default":
+        return {name: DEFAULT_PORTS[name] for name in names}
+    if mode == "auto":
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            saved = json.loads((workdir / PORTS_FILE).read_text())
+            saved_ports = {name: int(saved[name]) for name in names}
+            if all_free(saved_ports):
+                return saved_ports
+        if all_free(DEFAULT_PORTS):
+            return {name: DEFAULT_PORTS[name] for name in names}
+    chosen: dict[str, int] = {}
+    while len(chosen) < len(names):
+        port = free_port()
+        if port not in chosen.values():
+            chosen[names[len(chosen)]] = port
+    return chosen
+
+
+def console_login(workdir: Path) -> tuple[str, bool]:
+    """``name:password`` for the console: SKUFORGE_CONSOLE_USERS, else the one made for this workdir.
+
+    Returns the users string and whether it was generated here (and so should be printed).
+    """
+    configured = os.environ.get("SKUFORGE_CONSOLE_USERS", "").strip()
+    if configured:
+        return configured, False
+    path = workdir / LOGIN_FILE
+    with contextlib.suppress(OSError):
+        saved = path.read_text().strip()
+        if saved:
+            return saved, True
+    users = f"{CONSOLE_USER}:{secrets.token_urlsafe(12)}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(users + "\n")
+    return users, True
+
+
+def build_config(
+    workdir: Path,
+    *,
+    ports_mode: str = "auto",
+    kafka_bootstrap: str | None = None,
+    backends: list[str] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+) -> StackConfig:
+    """The stack for ``workdir``: ports, store, console database and login decided once, here."""
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    ports = resolve_ports(workdir, ports_mode, with_kafka=kafka_bootstrap is None)
+    (workdir / PORTS_FILE).write_text(json.dumps(ports, indent=2) + "\n")
+    users, _ = console_login(workdir)
+    return StackConfig(
+        workdir=workdir,
+        ports=ports,
+        store_uri=os.environ.get("SKUFORGE_STORE_URI") or f"file://{workdir / 'store'}",
+        console_db=os.environ.get("SKUFORGE_CONSOLE_DB_PATH") or str(workdir / "console" / "tasks.sqlite3"),
+        console_users=users,
+        kafka_bootstrap=kafka_bootstrap or f"127.0.0.1:{ports['kafka']}",
+        start_kafka=kafka_bootstrap is None,
+        backends=list(backends or [os.environ.get("SKUFORGE_GENERATION_BACKEND") or "composite"]),
+        extra_env=dict(extra_env or {}),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# the services
+# --------------------------------------------------------------------------------------------------
+
+
+def kafka_ready(bootstrap: str) -> bool:
+    """The broker answers an admin client (it lists topics)."""
+    from kafka import KafkaAdminClient
+
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap.split(","),
+            client_id="skuforge-up-probe",
+            request_timeout_ms=3_000,
+            bootstrap_timeout_ms=3_000,
+        )
+    except Exception:  # kafka-python raises many kinds while a broker boots
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except Exception:
+        return False
+    finally:
+        admin.close()
+
+
+def holds_partitions(metrics_url: str, topics: list[str]) -> Callable[[], bool]:
+    """A ready check: the service's consumer holds partitions of every one of ``topics``.
+
+    ``/readyz`` turns green once the group is joined, even with nothing assigned; and kafka-python
+    3.0 sometimes joins a group before it has the topic's metadata and stays with no partitions
+    until its metadata next refreshes (minutes). The runtime's lag gauge names every partition it
+    holds, so this check sees that; the supervisor restarts a service that never gets there.
+    """
+
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(metrics_url, timeout=2) as response:
+                text = response.read().decode()
+        except (OSError, ValueError):
+            return False
+        held = {
+            sample.labels.get("topic")
+            for family in text_string_to_metric_families(text)
+            if family.name == "skuforge_consumer_lag_messages"
+            for sample in family.samples
+        }
+        return set(topics) <= held
+
+    return check
+
+
+def _skuforge(*args: str) -> list[str]:
+    return [sys.executable, "-m", "services.cli", *args]
+
+
+def build_specs(config: StackConfig) -> list[ServiceSpec]:
+    """The services of the stack, in start order."""
+    env = config.env()
+    ports = config.ports
+    specs: list[ServiceSpec] = []
+
+    def log(name: str) -> Path:
+        return config.logs / f"{name}.log"
+
+    if config.start_kafka:
+        specs.append(
+            ServiceSpec(
+                name="kafka",
+                argv=[
+                    sys.executable,
+                    "-m",
+                    "shared.broker",
+                    "start",
+                    "--foreground",
+                    "--data-dir",
+                    str(config.workdir / "kafka"),
+                    "--port",
+                    str(ports["kafka"]),
+                    "--controller-port",
+                    str(ports["kafka_controller"]),
+                    "--timeout",
+                    "170",
+                ],
+                log_path=log("kafka"),
+                env=env,
+                ready=lambda: kafka_ready(config.kafka_bootstrap),
+                ready_timeout_s=180,
+            )
+        )
+    specs.append(
+        ServiceSpec(
+            name="topics",
+            argv=_skuforge("topics", "create"),
+            log_path=log("topics"),
+            env=env,
+            oneshot=True,
+            ready_timeout_s=60,
+        )
+    )
+    model_ready = [
+        http_ok(f"http://127.0.0.1:{ports['triton_http']}/v2/models/{model_name(backend)}/ready")
+        for backend in config.backends
+    ]
+    specs.append(
+        ServiceSpec(
+            name="triton",
+            argv=_skuforge("serve", "generator", *(arg for b in config.backends for arg in ("--backend", b))),
+            log_path=log("triton"),
+            env=env,
+            ready=lambda: all(check() for check in model_ready),
+            ready_timeout_s=300,
+        )
+    )
+    settings = load_settings()
+    for stage in STAGES:
+        readyz = http_ok(f"http://127.0.0.1:{ports[stage]}/readyz")
+        inputs = [settings.topic_name(topic) for topic in STAGE_INPUTS[stage]]
+        holding = holds_partitions(f"http://127.0.0.1:{ports[stage]}/metrics", inputs)
+        specs.append(
+            ServiceSpec(
+                name=stage,
+                argv=_skuforge("run", stage),
+                log_path=log(stage),
+                env={**env, "SKUFORGE_METRICS_PORT": str(ports[stage])},
+                ready=lambda readyz=readyz, holding=holding: readyz() and holding(),  # type: ignore[misc]
+                ready_timeout_s=60,
+                start_attempts=3,
+            )
+        )
+    intake_ready = http_ok(f"http://127.0.0.1:{ports['console_metrics']}/readyz")
+    intake_holding = holds_partitions(
+        f"http://127.0.0.1:{ports['console_metrics']}/metrics", [settings.topic_name(CORRECTION_PENDING)]
+    )
+    login_page = http_ok(f"http://127.0.0.1:{ports['console']}/login")
+    specs.append(
+        ServiceSpec(
+            name="console",
+            argv=_skuforge("serve", "console"),
+            log_path=log("console"),
+            env=env,
+            ready=lambda: intake_ready() and intake_holding() and login_page(),
+            ready_timeout_s=60,
+            start_attempts=3,
+        )
+    )
+    return specs
+
+
+# --------------------------------------------------------------------------------------------------
+# the state file
+# --------------------------------------------------------------------------------------------------
+
+
+def metrics_urls(config: StackConfig) -> dict[str, str]:
+    """Service → its Prometheus endpoint."""
+    urls = {stage: f"http://127.0.0.1:{config.ports[stage]}/metrics" for stage in STAGES}
+    urls["console"] = f"http://127.0.0.1:{config.ports['console_metrics']}/metrics"
+    urls["triton"] = f"http://127.0.0.1:{config.ports['triton_metrics']}/metrics"
+    return urls
+
+
+def _inherited_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("SKUFORGE_")}
+
+
+def write_state(config: StackConfig, supervisor: Supervisor, state: str) -> None:
+    """Rewrite ``<workdir>/stack.json`` (atomically) with the stack's addresses and each service's pid."""
+    metrics = metrics_urls(config)
+    document: dict[str, Any] = {
+        "state": state,
+        "supervisor_pid": os.getpid(),
+        "supervisor_id": supervisor.supervisor_id,
+        "workdir": str(config.workdir),
+        "kafka_bootstrap": config.kafka_bootstrap,
+        "store_uri": config.store_uri,
+        "console_url": config.console_url,
+        "console_db": config.console_db,
+        "console_user": config.console_users.split(":", 1)[0],
+        "console_login_file": str(config.workdir / LOGIN_FILE),
+        "ports": config.ports,
+        # What a client of this stack needs: the caller's SKUFORGE_* (variants, namespace...) and ours.
+        "env": {
+            k: v
+            for k, v in {**_inherited_env(), **config.env()}.items()
+            if k not in ("SKUFORGE_CONSOLE_USERS", "SKUFORGE_CONSOLE_SESSION_SECRET")
+        },
+        "services": {
+            s.spec.name: {
+                "status": s.status,
+                "pid": s.pid,
+                "restarts": s.restarts,
+                "last_exit_code": s.last_exit_code,
+                "log": str(s.spec.log_path),
+                "metrics": metrics.get(s.spec.name),
+            }
+            for s in supervisor.services
+        },
+        "updated_at": time.time(),
+    }
+    path = config.workdir / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_state(workdir: Path) -> dict[str, Any] | None:
+    """The state of the stack of ``workdir`` if its supervisor still runs, else None."""
+    try:
+        state: dict[str, Any] = json.loads((workdir / STATE_FILE).read_text())
+        pid = int(state["supervisor_pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state
+
+
+def _stop_stale_broker(config: StackConfig, say: Any) -> None:
+    """A broker left running from this workdir by a killed ``skuforge up`` would block the start."""
+    broker = LocalKafka.from_data_dir(config.workdir / "kafka")
+    if config.start_kafka and broker.is_running():
+        say(f"kafka: stopping a broker left running from {broker.data_dir} (pid {broker.pid})")
+        broker.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------------
+
+
+def _say(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} up  {line}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``skuforge up``: run the stack until Ctrl-C / SIGTERM; 0 after a clean stop, 1 if start-up failed."""
+    parser = argparse.ArgumentParser(
+        prog="skuforge up",
+        description="Start Kafka, the topics, Triton, every stage and the console in the foreground; "
+        "Ctrl-C stops them all.",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=DEFAULT_WORKDIR,
+        help="logs, Kafka data, store, console tasks and stack.json (default %(default)s)",
+    )
+    parser.add_argument(
+        "--ports",
+        choices=("auto", "default", "free"),
+        default="auto",
+        help="auto: last run's or the documented ports, free ones if taken (default); "
+        "default: the documented ports or fail; free: any free ports",
+    )
+    parser.add_argument(
+        "--kafka-bootstrap", default=None, help="use this running Kafka instead of starting one"
+    )
+    parser.add_argument(
+        "--backend",
+        action="append",
+        choices=("composite", "diffusion"),
+        help="generation backend(s) Triton serves (default SKUFORGE_GENERATION_BACKEND or composite)",
+    )
+    parser.add_argument(
+        "--grace-s", type=float, default=20.0, help="seconds a service has to stop before SIGKILL"
+    )
+    args = parser.parse_args(argv)
+    try:
+        load_settings()  # a bad SKUFORGE_* variable stops us here, not in seven log files
+    except ConfigError as exc:
+        print(f"skuforge up: {exc}", file=sys.stderr)
+        return 2
+
+    workdir = args.workdir.resolve()
+    running = read_state(workdir)
+    if running is not None and running.get("state") in ("starting", "ready"):
+        print(
+            f"skuforge up: a stack already runs from {workdir} (pid {running['supervisor_pid']}); "
+            f"stop it with Ctrl-C in its terminal or 'kill {running['supervisor_pid']}'",
+            file=sys.stderr,
+        )
+        return 1
+    config = build_config(
+        workdir, ports_mode=args.ports, kafka_bootstrap=args.kafka_bootstrap, backends=args.backend
+    )
+    _, generated_login = console_login(workdir)
+    _stop_stale_broker(config, _say)
+
+    state = {"now": "starting"}
+
+    def on_change(supervisor: Supervisor) -> None:
+        write_state(config, supervisor, "stopping" if supervisor.stopping.is_set() else state["now"])
+
+    supervisor = Supervisor(build_specs(config), grace_s=args.grace_s, report=_say, on_change=on_change)
+
+    def on_ready() -> None:
+        state["now"] = "ready"
+        write_state(config, supervisor, "ready")
+        name, password = config.console_users.split(",")[0].split(":", 1)
+        login = f"login {name} / {password}" if generated_login else "login: SKUFORGE_CONSOLE_USERS"
+        lines = [
+            "the stack is ready:",
+            f"  kafka      {config.kafka_bootstrap}",
+            f"  store      {config.store_uri}",
+            f"  triton     grpc 127.0.0.1:{config.ports['triton_grpc']}, "
+            f"http 127.0.0.1:{config.ports['triton_http']}",
+            f"  console    {config.console_url}  ({login})",
+            "  metrics    "
+            + ", ".join(f"{n} :{u.rsplit(':', 1)[1]}" for n, u in metrics_urls(config).items()),
+            f"  logs       {config.logs}/",
+            "  feed it    skuforge ingest DIR   (with SKUFORGE_KAFKA_BOOTSTRAP and SKUFORGE_STORE_URI above)",
+            "Ctrl-C stops everything.",
+        ]
+        for line in lines:
+            _say(line)
+
+    write_state(config, supervisor, "starting")
+    try:
+        code = supervisor.run(on_ready=on_ready)
+    except SupervisorError as exc:  # pragma: no cover - run() reports start-up errors itself
+        _say(str(exc))
+        code = 1
+    write_state(config, supervisor, "stopped")
+    _say("stopped" if code == 0 else "start-up failed; everything started was stopped")
+    return code

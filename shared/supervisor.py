@@ -1,0 +1,456 @@
+"""A small process supervisor: start services in order, watch them, restart the dead, stop them all.
+
+``skuforge up`` (``services/up.py``) is one list of :class:`ServiceSpec`; this module knows nothing of
+Kafka or Triton. Each service runs as a child process
+
+* in its own process group (``start_new_session``), so Ctrl-C in the terminal reaches the supervisor
+  only and the supervisor decides the order things stop in;
+* with its stdout and stderr appended to its own log file;
+* with ``SKUFORGE_SUPERVISOR_ID`` in its environment, which every process it starts inherits, so the
+  final sweep finds grandchildren that left the process group (a JVM or a server started in a new
+  session) by reading ``/proc/<pid>/environ``.
+
+Start: services start one after the other; each must pass its ready check (or, for a ``oneshot``,
+exit 0) before the next starts. Watch: a service that exits is reported and started again after an
+exponential back-off (reset once it has stayed up for ``stable_after_s``). Stop: in reverse order,
+SIGTERM to the process group, SIGKILL after ``grace_s``; then every process still carrying the
+supervisor's id gets the same treatment. On Linux the supervisor is a child subreaper, so orphaned
+grandchildren are re-parented to it (and reaped by it) rather than to init.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+SUPERVISOR_ID_ENV = "SKUFORGE_SUPERVISOR_ID"
+
+ServiceStatus = Literal["waiting", "starting", "ready", "exited", "backing-off", "stopped", "done"]
+
+
+class SupervisorError(RuntimeError):
+    """A service could not be started (it exited early or was not ready in time)."""
+
+
+class _NotReadyInTime(SupervisorError):
+    """One start attempt of a service timed out waiting for readiness."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How to run one service.
+
+    ``ready`` is polled until it returns True (None: ready as soon as it runs). A service not ready
+    within ``ready_timeout_s`` is killed and started again, ``start_attempts`` times in all during
+    start-up (and without limit, with back-off, once the stack runs). A ``oneshot`` is a set-up step
+    that must exit 0 before the next service starts, and is never restarted.
+    """
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    ready: Callable[[], bool] | None = None
+    ready_timeout_s: float = 180.0
+    start_attempts: int = 1
+    oneshot: bool = False
+    restart: bool = True
+    cwd: Path | None = None
+
+
+@dataclass
+class ServiceState:
+    """What the supervisor knows of one service right now."""
+
+    spec: ServiceSpec
+    process: subprocess.Popen[bytes] | None = None
+    status: ServiceStatus = "waiting"
+    restarts: int = 0
+    started_at: float = 0.0
+    next_start_at: float = 0.0
+    backoff_s: float = 0.0
+    last_exit_code: int | None = None
+    log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the running process, None when none runs."""
+        return self.process.pid if self.process is not None and self.process.poll() is None else None
+
+
+# --------------------------------------------------------------------------------------------------
+# ready checks
+# --------------------------------------------------------------------------------------------------
+
+
+def http_ok(url: str, timeout_s: float = 2.0) -> Callable[[], bool]:
+    """A ready check: GET ``url`` answers 2xx."""
+
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                return 200 <= int(response.status) < 300
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    return check
+
+
+# --------------------------------------------------------------------------------------------------
+# /proc helpers (Linux; elsewhere they find nothing and the process groups do the work)
+# --------------------------------------------------------------------------------------------------
+
+
+def _become_subreaper() -> None:
+    """Orphaned descendants are re-parented to us, not to init (Linux PR_SET_CHILD_SUBREAPER)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _proc_pids() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) S ppid ...": comm may hold spaces and parentheses, so split after the last ')'.
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Live processes (not zombies) whose environment holds ``name=value``."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for pid in _proc_pids():
+        if pid == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and not _is_zombie(pid):
+            found.append(pid)
+    return found
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+
+
+def _signal_all(pids: Iterable[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+# --------------------------------------------------------------------------------------------------
+# the supervisor
+# --------------------------------------------------------------------------------------------------
+
+
+class Supervisor:
+    """Starts ``specs`` in order, restarts those that die, stops all of them (and theirs) on request.
+
+    ``report`` receives one human-readable line per event (started, ready, exited, restarting...);
+    ``on_change`` is called after every status change (``skuforge up`` rewrites its state file).
+    """
+
+    def __init__(
+        self,
+        specs: Iterable[ServiceSpec],
+        *,
+        grace_s: float = 20.0,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+        stable_after_s: float = 60.0,
+        report: Callable[[str], None] = print,
+        on_change: Callable[[Supervisor], None] | None = None,
+    ) -> None:
+        self.services = [ServiceState(spec) for spec in specs]
+        names = [state.spec.name for state in self.services]
+        if len(set(names)) != len(names):
+            raise ValueError(f"service names must be unique, got {names}")
+        self.grace_s = grace_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.stable_after_s = stable_after_s
+        self.report = report
+        self.on_change = on_change
+        self.supervisor_id = uuid.uuid4().hex
+        self.stopping = threading.Event()
+        self._stopped = False
+
+    def __getitem__(self, name: str) -> ServiceState:
+        for state in self.services:
+            if state.spec.name == name:
+                return state
+        raise KeyError(name)
+
+    # -- start --------------------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Start every service in order, each ready before the next; False if stopping cut it short.
+
+        Raises:
+            SupervisorError: a service exited during start-up or was not ready in time (the log
+                tail is in the message). Services already started keep running: call ``stop()``.
+        """
+        _become_subreaper()
+        for state in self.services:
+            for attempt in range(1, state.spec.start_attempts + 1):
+                if self.stopping.is_set():
+                    return False
+                self._spawn(state)
+                try:
+                    if not self._await_ready(state):
+                        return False
+                    break
+                except _NotReadyInTime:
+                    if attempt == state.spec.start_attempts:
+                        raise
+                    spec = state.spec
+                    self.report(
+                        f"{spec.name}: not ready within {spec.ready_timeout_s:.0f}s; killing it and starting "
+                        f"it again (attempt {attempt + 1} of {spec.start_attempts}); see {spec.log_path}"
+                    )
+                    self._kill(state)
+                    state.restarts += 1
+        return True
+
+    def _spawn(self, state: ServiceState) -> None:
+        spec = state.spec
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if state.log is None:
+            state.log = spec.log_path.open("ab")
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        state.log.write(f"--- {stamp} skuforge up: starting {' '.join(spec.argv)}\n".encode())
+        state.log.flush()
+        env = {**os.environ, **spec.env, SUPERVISOR_ID_ENV: self.supervisor_id}
+        state.process = subprocess.Popen(
+            spec.argv,
+            env=env,
+            cwd=spec.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=state.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        state.started_at = time.monotonic()
+        self._set(state, "starting")
+        self.report(f"{spec.name}: started (pid {state.process.pid}), log {spec.log_path}")
+
+    def _await_ready(self, state: ServiceState) -> bool:
+        spec = state.spec
+        assert state.process is not None
+        deadline = time.monotonic() + spec.ready_timeout_s
+        while not self.stopping.is_set():
+            code = state.process.poll()
+            if spec.oneshot and code == 0:
+                self._set(state, "done")
+                self.report(f"{spec.name}: done")
+                return True
+            if code is not None:
+                state.last_exit_code = code
+                self._set(state, "exited")
+                raise SupervisorError(
+                    f"{spec.name} exited with code {code} while starting; "
+                    f"last lines of {spec.log_path}:\n{log_tail(spec.log_path)}"
+                )
+            if not spec.oneshot and (spec.ready is None or spec.ready()):
+                self._set(state, "ready")
+                self.report(f"{spec.name}: ready ({time.monotonic() - state.started_at:.1f}s)")
+                return True
+            if time.monotonic() > deadline:
+                raise _NotReadyInTime(
+                    f"{spec.name} was not ready within {spec.ready_timeout_s:.0f}s; "
+                    f"last lines of {spec.log_path}:\n{log_tail(spec.log_path)}"
+                )
+            self.stopping.wait(0.25)
+        return False
+
+    # -- watch --------------------------------------------------------------------------------
+
+    def watch(self, poll_s: float = 0.5) -> None:
+        """Until ``stopping`` is set: restart services that exited (with back-off), report readiness."""
+        while not self.stopping.wait(poll_s):
+            self.check_once()
+
+    def check_once(self) -> None:
+        """One turn of the watch loop (public so tests can drive it)."""
+        now = time.monotonic()
+        for state in self.services:
+            spec = state.spec
+            if spec.oneshot or state.process is None:
+                continue
+            if state.status == "backing-off":
+                if now >= state.next_start_at:
+                    state.restarts += 1
+                    self._spawn(state)
+                continue
+            code = state.process.poll()
+            if code is not None:
+                state.last_exit_code = code
+                up_s = now - state.started_at
+                if up_s >= self.stable_after_s or state.backoff_s == 0:
+                    state.backoff_s = self.backoff_initial_s
+                else:
+                    state.backoff_s = min(self.backoff_max_s, state.backoff_s * 2)
+                if not spec.restart:
+                    self._set(state, "exited")
+                    self.report(f"{spec.name}: exited with code {code} after {up_s:.0f}s (not restarted)")
+                    continue
+                state.next_start_at = now + state.backoff_s
+                self._set(state, "backing-off")
+                self.report(
+                    f"{spec.name}: exited with code {code} after {up_s:.0f}s; restarting in "
+                    f"{state.backoff_s:.1f}s (restart {state.restarts + 1}); see {spec.log_path}"
+                )
+            elif state.status == "starting" and (spec.ready is None or spec.ready()):
+                self._set(state, "ready")
+                self.report(f"{spec.name}: ready again (restart {state.restarts})")
+            elif state.status == "starting" and now - state.started_at > spec.ready_timeout_s:
+                # Alive but never ready (stuck without partitions, say): treat it as dead.
+                self.report(f"{spec.name}: not ready within {spec.ready_timeout_s:.0f}s; killing it")
+                self._kill(state)
+        self._reap_orphans()
+
+    def _kill(self, state: ServiceState) -> None:
+        """SIGKILL the service's process group and wait for it (the watch loop then restarts it)."""
+        if state.process is not None:
+            _signal_group(state.process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                state.process.wait(timeout=10)
+
+    # -- stop ---------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop everything, last started first: SIGTERM the group, SIGKILL after ``grace_s``; then sweep."""
+        self.stopping.set()
+        if self._stopped:
+            return
+        self._stopped = True
+        for state in reversed(self.services):
+            process = state.process
+            if process is None or process.poll() is not None:
+                if state.status not in ("done", "waiting"):
+                    self._set(state, "stopped")
+                continue
+            self.report(f"{state.spec.name}: stopping (pid {process.pid})")
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=self.grace_s)
+            except subprocess.TimeoutExpired:
+                self.report(f"{state.spec.name}: still running after {self.grace_s:.0f}s; killing it")
+                _signal_group(process.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=10)
+            # Whatever else is left in its group (a worker that ignored SIGTERM) goes too.
+            _signal_group(process.pid, signal.SIGKILL)
+            self._set(state, "stopped")
+        self._sweep()
+        for state in self.services:
+            if state.log is not None:
+                state.log.close()
+                state.log = None
+
+    def _sweep(self) -> None:
+        """Terminate every process still carrying our id (grandchildren in sessions of their own)."""
+        leftovers = processes_with_env(SUPERVISOR_ID_ENV, self.supervisor_id)
+        if leftovers:
+            self.report(f"stopping {len(leftovers)} leftover process(es): {leftovers}")
+            _signal_all(leftovers, signal.SIGTERM)
+            deadline = time.monotonic() + self.grace_s
+            while time.monotonic() < deadline and leftovers:
+                time.sleep(0.2)
+                self._reap_orphans()
+                leftovers = processes_with_env(SUPERVISOR_ID_ENV, self.supervisor_id)
+            _signal_all(leftovers, signal.SIGKILL)
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            self._reap_orphans()
+            if not processes_with_env(SUPERVISOR_ID_ENV, self.supervisor_id):
+                break
+            time.sleep(0.1)
+
+    def _reap_orphans(self) -> None:
+        """Collect the exit status of adopted orphans (never of our own services: Popen does that)."""
+        ours = {state.process.pid for state in self.services if state.process is not None}
+        me = os.getpid()
+        for pid in _proc_pids():
+            if pid not in ours and _parent_of(pid) == me:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)
+
+    # -- run ----------------------------------------------------------------------------------
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> int:
+        """Start, watch until SIGINT/SIGTERM, stop; returns 0, or 1 if start-up failed.
+
+        Must be called from the main thread (it installs the signal handlers).
+        """
+
+        def request_stop(signum: int, _frame: object) -> None:
+            if not self.stopping.is_set():
+                self.report(f"received {signal.Signals(signum).name}; stopping everything")
+            self.stopping.set()
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            try:
+                started = self.start()
+            except SupervisorError as exc:
+                self.report(f"start-up failed: {exc}")
+                return 1
+            if started and on_ready is not None:
+                on_ready()
+            self.watch()
+            return 0
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _set(self, state: ServiceState, status: ServiceStatus) -> None:
+        state.status = status
+        if self.on_change is not None:
+            self.on_change(self)
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a log file (or a note that there is none)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(no {path})"
+    return "\n".join(text.splitlines()[-lines:]) or f"({path.name} is empty)"

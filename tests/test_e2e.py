@@ -1,0 +1,177 @@
+"""End to end: synthetic SKUs in, every generated image decided exactly once, real photos stored beside them.
+
+The real broker, the real Triton server (``skuforge serve generator``, composite backend, CPU), a
+moto S3 server as the object store, the committed U2-NetP; every stage of the flow (captioner,
+generator, matting, gate, trainstore, the console's intake) runs with its production wiring, each
+in a thread of this process. One SKU's category is held to an IoU no image reaches, so both
+outcomes (accepted into the retraining store, queued in the console) are exercised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from schemas.envelope import Envelope
+from schemas.events import ImageGenerated
+from schemas.topics import ALL_TOPICS, IMAGE_GENERATED
+from services.captioner.stage import build_stage as build_captioner
+from services.console.intake import build_intake_stage
+from services.console.tasks import TaskFilter, TaskStore
+from services.gate.config import load_gate_settings
+from services.gate.stage import build_stage as build_gate
+from services.generator.config import load_generation_settings
+from services.generator.stage import build_stage as build_generator
+from services.ingest.ingest import ingest_path
+from services.matting.stage import build_stage as build_matting
+from services.trainstore.config import load_trainstore_settings
+from services.trainstore.stage import build_stage as build_trainstore
+from shared.runtime import Stage
+from shared.store import ObjectStore
+from shared.synth import write_sku_folders
+from shared.trainstore.manifest import ManifestRow, ManifestStore
+from tests.support.bus import create_topics, isolated_settings, read_topic, running
+from tests.support.triton import TritonServerProcess
+
+SKUS = 3
+PHOTOS_PER_SKU = 2
+VARIANTS = 3
+REVIEW_CATEGORY = "e2e needs review"
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServerProcess]:
+    server = TritonServerProcess(
+        tmp_path_factory.mktemp("triton-e2e"), max_batch_size=8, batch_delay_us=10_000
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def holds_partitions(stage: Stage) -> bool:
+    """The stage's consumer holds partitions of every topic it consumes (its lag gauge names them)."""
+    held = {
+        sample.labels["topic"]
+        for family in stage.metrics.registry.collect()
+        if family.name == "skuforge_consumer_lag_messages"
+        for sample in family.samples
+    }
+    return set(stage.topics) <= held
+
+
+def synthetic_catalogue(out: Path) -> list[str]:
+    """SKU folders as ``skuforge synth`` writes them; the first SKU gets the review-only category."""
+    folders = write_sku_folders(out, SKUS, PHOTOS_PER_SKU, seed=31, size_px=256)
+    metadata_path = folders[0] / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["category"] = REVIEW_CATEGORY
+    metadata_path.write_text(json.dumps(metadata))
+    return [folder.name for folder in folders]
+
+
+def rows_of(manifests: ManifestStore, sku_ids: list[str]) -> list[ManifestRow]:
+    return list(manifests.iter_rows(sku_ids))
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_every_generated_image_lands_once_in_the_store_or_the_console_queue(
+    kafka_bootstrap: str, s3_store: ObjectStore, s3_endpoint: str, tmp_path: Path, triton: TritonServerProcess
+) -> None:
+    settings = isolated_settings(kafka_bootstrap, s3_store.uri_for("root"), s3_endpoint_url=s3_endpoint)
+    create_topics(settings, *ALL_TOPICS)
+    generation = load_generation_settings(
+        generation_triton_url=triton.grpc_url,
+        generation_variants_per_sku=VARIANTS,
+        generation_size_px=256,
+        generation_triton_timeout_s=60.0,
+    )
+    gate = load_gate_settings(gate_category_overrides={REVIEW_CATEGORY: {"iou_min": 0.9999}})
+    trainstore = load_trainstore_settings()
+    tasks = TaskStore(tmp_path / "console" / "tasks.sqlite3")
+    common = {"settings": settings, "store": s3_store}
+    stages = [
+        build_captioner(**common),
+        build_generator(generation=generation, **common),
+        build_matting(**common),
+        build_gate(gate=gate, **common),
+        build_trainstore(trainstore=trainstore, **common),
+        build_intake_stage(tasks, **common),
+    ]
+    sku_ids = synthetic_catalogue(tmp_path / "catalogue")
+    manifests = ManifestStore(s3_store, trainstore.trainstore_prefix)
+    expected_images = SKUS * VARIANTS
+
+    with contextlib.ExitStack() as stack:
+        for stage in stages:
+            stack.enter_context(running(stage))
+        deadline = time.monotonic() + 120
+        while not all(holds_partitions(stage) for stage in stages):
+            assert time.monotonic() < deadline, [s.name for s in stages if not holds_partitions(s)]
+            time.sleep(0.5)
+
+        ingest_path(tmp_path / "catalogue" / "skus", settings, store=s3_store)
+
+        def decided() -> int:
+            synthetic = [r for r in rows_of(manifests, sku_ids) if r.source == "synthetic"]
+            queued = tasks.query(TaskFilter(state=None), limit=1000)
+            return sum(1 for r in synthetic if r.status == "accepted") + len(queued)
+
+        deadline = time.monotonic() + 420
+        while decided() < expected_images:
+            assert time.monotonic() < deadline, f"only {decided()} of {expected_images} images decided"
+            time.sleep(1)
+        generated_records = read_topic(
+            kafka_bootstrap, settings.topic_name(IMAGE_GENERATED), expect=expected_images, timeout_s=30
+        )
+        time.sleep(3)  # a duplicate, if any were coming, would arrive now
+
+    generated = [Envelope[ImageGenerated].model_validate_json(r.value).payload for r in generated_records]
+    generated_ids = [g.item_id for g in generated]
+    assert len(generated_ids) == expected_images == len(set(generated_ids))
+    assert Counter(g.sku.sku_id for g in generated) == dict.fromkeys(sku_ids, VARIANTS)
+
+    rows = rows_of(manifests, sku_ids)
+    accepted = {r.item_id for r in rows if r.source == "synthetic" and r.status == "accepted"}
+    queued_tasks = tasks.query(TaskFilter(state=None), limit=1000)
+    queued = [task.item_id for task in queued_tasks]
+    # Each generated image is decided exactly once: in the store or in the queue, never both, never twice.
+    assert len(queued) == len(set(queued))
+    assert accepted.isdisjoint(queued)
+    assert accepted | set(queued) == set(generated_ids)
+    assert accepted and queued
+    # The review-only SKU went entirely to the console, with its reason.
+    review_sku = sku_ids[0]
+    assert {t.item_id for t in queued_tasks if t.sku_id == review_sku} == {
+        g.item_id for g in generated if g.sku.sku_id == review_sku
+    }
+    assert all("iou_below_threshold" in t.reasons for t in queued_tasks if t.sku_id == review_sku)
+    # The trainstore knows what waits for review, but stores no object for it.
+    assert {r.item_id for r in rows if r.status == "pending"} == set(queued)
+
+    prefix = trainstore.trainstore_prefix
+    for sku_id in sku_ids:
+        real = [r for r in rows if r.sku_id == sku_id and r.source == "real"]
+        assert len(real) == PHOTOS_PER_SKU and all(r.status == "reference" for r in real)
+        real_keys = set(s3_store.list_keys(f"{prefix}/images/{sku_id}/real/"))
+        assert real_keys == {manifests.key(r.image) for r in real if r.image}
+        synthetic_keys = set(s3_store.list_keys(f"{prefix}/images/{sku_id}/synthetic/"))
+        sku_accepted = {r.item_id for r in rows if r.sku_id == sku_id and r.item_id in accepted}
+        assert synthetic_keys == {f"{prefix}/images/{sku_id}/synthetic/{item}.png" for item in sku_accepted}
+        for row in rows:
+            if row.sku_id == sku_id and row.item_id in accepted:
+                assert row.mask and s3_store.exists(manifests.key(row.mask))
+                assert row.iou is not None and row.iou >= load_gate_settings().gate_iou_min
+
+    for topic in ALL_TOPICS:
+        letters = read_topic(kafka_bootstrap, settings.dlq_name(topic), expect=0, timeout_s=5)
+        assert letters == [], (topic.name, [r.value[:300] for r in letters])

@@ -1,0 +1,287 @@
+"""``skuforge up`` and its supervisor: all starts in order, a dead stage comes back, Ctrl-C leaves nothing.
+
+The supervisor tests use small Python children (one of which hides a grandchild in a session of its
+own that ignores SIGTERM); the slow test runs the real stack (Kafka, Triton, every stage, console)
+as a user would, on free ports, in a temporary workdir.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.up import DEFAULT_PORTS, STAGES
+from shared.supervisor import SUPERVISOR_ID_ENV, ServiceSpec, Supervisor, SupervisorError, processes_with_env
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def alive(pid: int) -> bool:
+    """The pid runs and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that contain ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and alive(int(entry.name)):
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def python_child(tmp_path: Path, name: str, code: str, **kwargs: Any) -> ServiceSpec:
+    script = tmp_path / f"{name}.py"
+    script.write_text(textwrap.dedent(code))
+    return ServiceSpec(
+        name=name, argv=[sys.executable, str(script)], log_path=tmp_path / f"{name}.log", **kwargs
+    )
+
+
+def test_stack_ports_are_the_stages_own_defaults() -> None:
+    for stage in STAGES:
+        module = importlib.import_module(f"services.{stage}.stage")
+        assert DEFAULT_PORTS[stage] == module.DEFAULT_METRICS_PORT, stage
+    assert len(set(DEFAULT_PORTS.values())) == len(DEFAULT_PORTS)
+
+
+def test_stop_kills_grandchildren_that_left_the_group_and_ignore_sigterm(tmp_path: Path) -> None:
+    # The child starts a grandchild in a new session (as PyTriton and the broker launcher do) that
+    # ignores SIGTERM, writes its pid, then waits to be told to stop.
+    grandchild = tmp_path / "grandchild.pid"
+    spec = python_child(
+        tmp_path,
+        "parent",
+        f"""
+        import subprocess, sys, time
+        code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+        child = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+        open({str(grandchild)!r}, "w").write(str(child.pid))
+        print("ready", flush=True)
+        time.sleep(600)
+        """,
+        ready=lambda: grandchild.exists() and grandchild.read_text() != "",
+        ready_timeout_s=30,
+    )
+    lines: list[str] = []
+    supervisor = Supervisor([spec], grace_s=2, report=lines.append)
+    try:
+        assert supervisor.start()
+        parent_pid = supervisor["parent"].pid
+        grandchild_pid = int(grandchild.read_text())
+        assert parent_pid and alive(parent_pid) and alive(grandchild_pid)
+        assert os.getpgid(grandchild_pid) != os.getpgid(parent_pid)  # out of reach of killpg
+    finally:
+        supervisor.stop()
+    assert not alive(parent_pid)
+    assert not alive(grandchild_pid)
+    assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
+    assert "ready" in (tmp_path / "parent.log").read_text()
+    assert any("leftover" in line for line in lines)
+
+
+def test_a_dead_service_is_reported_and_restarted_with_growing_back_off(tmp_path: Path) -> None:
+    counter = tmp_path / "starts"
+    spec = python_child(
+        tmp_path,
+        "flaky",
+        f"""
+        import time
+        path = {str(counter)!r}
+        try:
+            n = int(open(path).read())
+        except FileNotFoundError:
+            n = 0
+        open(path, "w").write(str(n + 1))
+        if n in (1, 2):
+            raise SystemExit(3)  # the 2nd and 3rd runs die at once
+        time.sleep(600)
+        """,
+        ready=counter.exists,
+    )
+    lines: list[str] = []
+    supervisor = Supervisor(
+        [spec], grace_s=2, backoff_initial_s=0.2, backoff_max_s=5, stable_after_s=60, report=lines.append
+    )
+    try:
+        assert supervisor.start()
+        state = supervisor["flaky"]
+        first_pid = state.pid
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)
+
+        def settled() -> bool:
+            supervisor.check_once()
+            return state.restarts == 3 and state.pid is not None and state.status == "ready"
+
+        wait_for(settled, 30, "three restarts")
+        assert counter.read_text() == "4"
+        assert state.pid != first_pid
+        backoffs = [line for line in lines if "restarting in" in line]
+        assert len(backoffs) == 3
+        assert "exited with code -9" in backoffs[0] and "exited with code 3" in backoffs[1]
+        assert state.backoff_s == pytest.approx(0.8)  # 0.2, 0.4, 0.8: doubled while it kept dying
+    finally:
+        supervisor.stop()
+    assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
+
+
+def test_a_service_stuck_unready_at_start_is_killed_and_started_again(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    spec = python_child(
+        tmp_path,
+        "stuck",
+        f"""
+        import time
+        path = {str(runs)!r}
+        try:
+            n = int(open(path).read())
+        except FileNotFoundError:
+            n = 0
+        open(path, "w").write(str(n + 1))
+        time.sleep(600)  # alive either way; only the second run counts as ready
+        """,
+        ready=lambda: runs.exists() and runs.read_text() == "2",
+        ready_timeout_s=3,
+        start_attempts=2,
+    )
+    lines: list[str] = []
+    supervisor = Supervisor([spec], grace_s=2, report=lines.append)
+    try:
+        assert supervisor.start()
+        assert supervisor["stuck"].restarts == 1 and supervisor["stuck"].status == "ready"
+        assert any("not ready within 3s; killing it and starting it again" in line for line in lines)
+    finally:
+        supervisor.stop()
+    assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
+
+
+def test_a_service_that_dies_while_starting_fails_start_up_with_its_log(tmp_path: Path) -> None:
+    first = python_child(tmp_path, "first", "import time; time.sleep(600)")
+    broken = python_child(
+        tmp_path, "broken", "print('no config here'); raise SystemExit(2)", ready=lambda: False
+    )
+    never = python_child(tmp_path, "never", "import time; time.sleep(600)")
+    supervisor = Supervisor([first, broken, never], grace_s=2, report=lambda _: None)
+    try:
+        with pytest.raises(SupervisorError, match=r"broken exited with code 2[\s\S]*no config here"):
+            supervisor.start()
+        assert supervisor["never"].process is None  # nothing after the failure was started
+    finally:
+        supervisor.stop()
+    assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# the real stack
+# --------------------------------------------------------------------------------------------------
+
+
+def read_stack(workdir: Path) -> dict[str, Any]:
+    try:
+        state: dict[str, Any] = json.loads((workdir / "stack.json").read_text())
+        return state
+    except (OSError, ValueError):
+        return {}
+
+
+@pytest.mark.slow
+@pytest.mark.kafka
+def test_up_starts_everything_restarts_a_killed_stage_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+    workdir = tmp_path / "stack"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKUFORGE_")}
+    env["SKUFORGE_LOG_FORMAT"] = "text"
+    out_path = tmp_path / "up.out"
+    with out_path.open("wb") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "up", "--workdir", str(workdir), "--ports", "free"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    pids: set[int] = set()
+    try:
+
+        def ready() -> bool:
+            if up.poll() is not None:
+                raise AssertionError(f"skuforge up exited with {up.returncode}:\n{out_path.read_text()}")
+            return read_stack(workdir).get("state") == "ready"
+
+        wait_for(ready, 420, "the stack to be ready")
+        stack = read_stack(workdir)
+        services = stack["services"]
+        assert set(services) == {"kafka", "topics", "triton", *STAGES, "console"}
+        assert services["topics"]["status"] == "done"
+        for name, service in services.items():
+            if name != "topics":
+                assert service["status"] == "ready" and alive(service["pid"]), name
+                pids.add(service["pid"])
+            assert Path(service["log"]).is_file(), name
+        output = out_path.read_text()
+        order = [output.index(f"{name}: ready") for name in ("kafka", "triton", *STAGES, "console")]
+        assert order == sorted(order)  # readiness in order: broker, Triton, stages, console
+        assert "login demo / " in output
+        for stage in STAGES:
+            with urllib.request.urlopen(services[stage]["metrics"], timeout=10) as response:
+                metrics = response.read().decode()
+            assert "skuforge_messages_total" in metrics or "skuforge_handler_seconds" in metrics
+
+        # A stage that dies is reported and comes back.
+        gate_pid = services["gate"]["pid"]
+        os.kill(gate_pid, signal.SIGKILL)
+
+        def gate_back() -> bool:
+            gate = read_stack(workdir)["services"]["gate"]
+            return gate["restarts"] == 1 and gate["status"] == "ready" and gate["pid"] not in (None, gate_pid)
+
+        wait_for(gate_back, 180, "the gate to be restarted and ready")
+        pids.add(read_stack(workdir)["services"]["gate"]["pid"])
+        assert "gate: exited with code -9" in out_path.read_text()
+        supervisor_id = read_stack(workdir)["supervisor_id"]
+        family = processes_with_env(SUPERVISOR_ID_ENV, supervisor_id)
+        assert len(family) > len(pids)  # Triton's server and stubs, the JVM... are in the family too
+
+        # Ctrl-C: everything stops, nothing is left.
+        os.kill(up.pid, signal.SIGINT)
+        assert up.wait(timeout=240) == 0, out_path.read_text()
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+    assert [pid for pid in pids | set(family) if alive(pid)] == []
+    assert processes_with_env(SUPERVISOR_ID_ENV, supervisor_id) == []
+    assert processes_mentioning(str(workdir)) == []
+    assert read_stack(workdir)["state"] == "stopped"
+    assert "stopped" in out_path.read_text().splitlines()[-1]
