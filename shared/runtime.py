@@ -59,6 +59,10 @@ from shared.observability import HealthServer, StageMetrics, configure_logging, 
 from shared.store import ObjectStore, open_store
 
 P = TypeVar("P", bound=BaseModel)
+
+# A stage holding no partition of a topic that has some rejoins after this long, then doubling.
+REJOIN_FIRST_S = 20.0
+REJOIN_MAX_S = 600.0
 log = logging.getLogger("skuforge.runtime")
 
 
@@ -159,6 +163,10 @@ class Stage:
         self._dedupe_window = dedupe_window
         self._last_lag_update = 0.0
         self._joined = False  # set once the group gave us a first assignment (possibly empty)
+        # Watchdog for a join that handed out no partitions of a topic (see _check_assignment).
+        self._missing_since: float | None = None
+        self._rejoin_after_s = REJOIN_FIRST_S
+        self._last_assignment_check = 0.0
         self.context = Context(
             stage=name,
             store=self.store,
@@ -239,6 +247,7 @@ class Stage:
                 if batch:
                     self._process_batch(batch)
                 self._update_lag()
+                self._check_assignment()
         finally:
             log.info("stage stopping", extra={"stage": self.name})
             self._consumer.close(autocommit=False)
@@ -246,6 +255,47 @@ class Stage:
             if self.health:
                 self.health.stop()
         return 0
+
+    def _check_assignment(self) -> None:
+        """Rejoin the group when it handed this member no partition of a topic that has some.
+
+        kafka-python 3.0 can complete a join before it has a new topic's metadata ("No partition
+        metadata for topic"); the group then holds none of that topic's partitions, and sometimes
+        never rebalances when the metadata arrives (dpkp/kafka-python#2377). After
+        ``_rejoin_after_s`` without any partition of a topic whose partitions the cluster lists,
+        the stage subscribes again, which makes a fresh join. The wait doubles each time (up to
+        ``REJOIN_MAX_S``), so a member that is idle on purpose (more members than partitions)
+        only causes an occasional rebalance.
+        """
+        now = time.monotonic()
+        if not self._joined or now - self._last_assignment_check < 1.0:
+            return
+        self._last_assignment_check = now
+        assert self._consumer is not None
+        held = {tp.topic for tp in self._consumer.assignment()}
+        # The consumer's metadata cache (refreshed every metadata_max_age_ms), never a blocking fetch:
+        # KafkaConsumer.partitions_for_topic waits without a timeout when the broker is away.
+        cluster = self._consumer._cluster
+        missing = [t for t in self.topics if t not in held and cluster.partitions_for_topic(t)]
+        if not missing:
+            self._missing_since = None
+            self._rejoin_after_s = REJOIN_FIRST_S
+            return
+        if self._missing_since is None:
+            self._missing_since = now
+            return
+        if now - self._missing_since < self._rejoin_after_s:
+            return
+        log.warning(
+            "holding no partition of a topic that has some; subscribing again to rejoin the group",
+            extra={"stage": self.name, "topics": missing, "waited_s": round(now - self._missing_since, 1)},
+        )
+        self._forget_partitions(list(self._consumer.assignment()))
+        self._consumer.unsubscribe()  # leaves the group; offsets are committed after every batch
+        self._joined = False
+        self._consumer.subscribe(self.topics, listener=_RebalanceListener(self))
+        self._missing_since = None
+        self._rejoin_after_s = min(self._rejoin_after_s * 2, REJOIN_MAX_S)
 
     # -- the batch ----------------------------------------------------------------------------
 

@@ -1,0 +1,114 @@
+"""A stage that joined its group without partitions of a topic rejoins instead of idling forever.
+
+kafka-python 3.0 can complete a join before it has a topic's metadata and then, at times, never
+rebalances when the metadata arrives (dpkp/kafka-python#2377); the end-to-end test once waited
+two minutes on a captioner holding nothing. The runtime's watchdog subscribes again.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka.structs import TopicPartition
+
+import shared.runtime
+from schemas.topics import SKU_INGESTED
+from services.passthrough.stage import PASSTHROUGH_OUT, build_stage
+from shared.config import load_settings
+from tests.support.bus import (
+    create_topics,
+    file_store_uri,
+    isolated_settings,
+    produce,
+    read_topic,
+    running,
+    sku_ingested_payloads,
+)
+
+
+class _Cluster:
+    def __init__(self) -> None:
+        self.partitions: dict[str, set[int]] = {}
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return self.partitions.get(topic)
+
+
+class _Consumer:
+    """What ``_check_assignment`` touches of a KafkaConsumer: assignment, metadata cache, (un)subscribe."""
+
+    def __init__(self) -> None:
+        self._cluster = _Cluster()
+        self.held: set[TopicPartition] = set()
+        self.calls: list[str] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.held)
+
+    def unsubscribe(self) -> None:
+        self.calls.append("unsubscribe")
+        self.held = set()
+
+    def subscribe(self, topics: list[str], listener: Any = None) -> None:
+        self.calls.append("subscribe " + ",".join(topics))
+
+
+def _check(stage: Any) -> None:
+    stage._last_assignment_check = 0.0  # the check runs at most once a second; tests call it directly
+    stage._check_assignment()
+
+
+def test_the_watchdog_rejoins_only_when_a_topic_with_partitions_is_not_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared.runtime, "REJOIN_FIRST_S", 0.0)
+    stage = build_stage(settings=load_settings(store_uri=file_store_uri(tmp_path)))
+    (topic,) = stage.topics
+    consumer = _Consumer()
+    stage._consumer = consumer  # type: ignore[assignment]
+    stage._joined = True
+
+    # The topic is unknown to the metadata cache: nothing to rejoin for (yet).
+    _check(stage)
+    _check(stage)
+    assert consumer.calls == []
+
+    # Held: nothing to do.
+    consumer._cluster.partitions[topic] = {0, 1, 2}
+    consumer.held = {TopicPartition(topic, 0)}
+    _check(stage)
+    _check(stage)
+    assert consumer.calls == []
+
+    # The topic has partitions and this member holds none: first seen, then rejoin.
+    consumer.held = set()
+    _check(stage)
+    assert consumer.calls == []
+    _check(stage)
+    assert consumer.calls == ["unsubscribe", f"subscribe {topic}"]
+    assert not stage._joined  # ready again only once the new join completes
+    # The next wait is longer, so an idle-on-purpose member (more members than partitions) rarely rejoins.
+    assert stage._rejoin_after_s == min(shared.runtime.REJOIN_FIRST_S * 2, shared.runtime.REJOIN_MAX_S)
+
+
+@pytest.mark.kafka
+def test_a_stage_started_before_its_topic_existed_ends_up_holding_it(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared.runtime, "REJOIN_FIRST_S", 2.0)
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, PASSTHROUGH_OUT)
+    stage = build_stage(settings=settings)
+    with running(stage):
+        deadline = time.monotonic() + 60
+        while not stage.ready():  # joined, holding nothing: the input topic does not exist yet
+            assert time.monotonic() < deadline, "the stage never joined its group"
+            time.sleep(0.2)
+        assert stage._consumer is not None and stage._consumer.assignment() == set()
+        create_topics(settings, SKU_INGESTED)
+        input_ids = produce(settings, SKU_INGESTED, list(sku_ingested_payloads(stage.store, 5)))
+        outputs = read_topic(kafka_bootstrap, settings.topic_name(PASSTHROUGH_OUT), expect=5, timeout_s=90)
+    assert len(outputs) == len(input_ids) == 5
