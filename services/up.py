@@ -133,6 +133,8 @@ class StackConfig:
             "SKUFORGE_CONSOLE_PORT": str(ports["console"]),
             "SKUFORGE_CONSOLE_METRICS_PORT": str(ports["console_metrics"]),
             "SKUFORGE_CONSOLE_USERS": self.console_users,
+            # The generator stage asks Triton for the backend the server was started with.
+            **({"SKUFORGE_GENERATION_BACKEND": self.backends[0]} if len(self.backends) == 1 else {}),
             **self.extra_env,
         }
 
@@ -192,6 +194,27 @@ def console_login(workdir: Path) -> tuple[str, bool]:
     return users, True
 
 
+def _cuda_available() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def default_backends() -> list[str]:
+    """SKUFORGE_GENERATION_BACKEND if set; else diffusion + LoRA when a model is configured and a GPU is
+    present (diffusion on a CPU takes minutes per image); else the composite backend."""
+    configured = os.environ.get("SKUFORGE_GENERATION_BACKEND")
+    if configured:
+        return [configured]
+    if os.environ.get("SKUFORGE_DIFFUSION_MODEL") and _cuda_available():
+        return ["diffusion"]
+    return ["composite"]
+
+
 def build_config(
     workdir: Path,
     *,
@@ -214,7 +237,7 @@ def build_config(
         console_users=users,
         kafka_bootstrap=kafka_bootstrap or f"127.0.0.1:{ports['kafka']}",
         start_kafka=kafka_bootstrap is None,
-        backends=list(backends or [os.environ.get("SKUFORGE_GENERATION_BACKEND") or "composite"]),
+        backends=list(backends or default_backends()),
         extra_env=dict(extra_env or {}),
     )
 
@@ -481,7 +504,10 @@ def main(argv: list[str] | None = None) -> int:
         "--backend",
         action="append",
         choices=("composite", "diffusion"),
-        help="generation backend(s) Triton serves (default SKUFORGE_GENERATION_BACKEND or composite)",
+        help=(
+            "generation backend(s) Triton serves (default: SKUFORGE_GENERATION_BACKEND; else diffusion when "
+            "SKUFORGE_DIFFUSION_MODEL is set and a GPU is present; else composite)"
+        ),
     )
     parser.add_argument(
         "--grace-s", type=float, default=20.0, help="seconds a service has to stop before SIGKILL"

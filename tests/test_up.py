@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from services.up import DEFAULT_PORTS, STAGES
+import services.up
+from services.up import DEFAULT_PORTS, STAGES, build_config
 from shared.supervisor import SUPERVISOR_ID_ENV, ServiceSpec, Supervisor, SupervisorError, processes_with_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +74,39 @@ def test_stack_ports_are_the_stages_own_defaults() -> None:
         module = importlib.import_module(f"services.{stage}.stage")
         assert DEFAULT_PORTS[stage] == module.DEFAULT_METRICS_PORT, stage
     assert len(set(DEFAULT_PORTS.values())) == len(DEFAULT_PORTS)
+
+
+@pytest.mark.parametrize(
+    ("backend_env", "model_env", "gpu", "expected"),
+    [
+        (None, None, False, "composite"),
+        (None, "/models/sd15-inpaint", False, "composite"),  # diffusion on a CPU: minutes per image
+        (None, "/models/sd15-inpaint", True, "diffusion"),
+        ("composite", "/models/sd15-inpaint", True, "composite"),
+        ("diffusion", None, False, "diffusion"),
+    ],
+)
+def test_the_backend_is_diffusion_only_with_a_model_and_a_gpu_unless_forced(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    backend_env: str | None,
+    model_env: str | None,
+    gpu: bool,
+    expected: str,
+) -> None:
+    for name, value in (
+        ("SKUFORGE_GENERATION_BACKEND", backend_env),
+        ("SKUFORGE_DIFFUSION_MODEL", model_env),
+    ):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(services.up, "_cuda_available", lambda: gpu)
+    config = build_config(tmp_path, ports_mode="free")
+    assert config.backends == [expected]
+    # The generator stage asks Triton for the model the server was started with.
+    assert config.env()["SKUFORGE_GENERATION_BACKEND"] == expected
 
 
 def test_stop_kills_grandchildren_that_left_the_group_and_ignore_sigterm(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@
    throughput) and writes ``<out>/report.html`` with the pictures.
 
 CPU defaults: the composite generation backend and the committed U2-NetP. With
-``SKUFORGE_GENERATION_BACKEND=diffusion`` (and ``SKUFORGE_DIFFUSION_MODEL``) the stack it starts
-serves diffusion + LoRA instead, same command.
+``SKUFORGE_DIFFUSION_MODEL`` set and a GPU present, the stack it starts serves diffusion + LoRA
+instead, same command (``SKUFORGE_GENERATION_BACKEND`` forces either).
 """
 
 from __future__ import annotations
