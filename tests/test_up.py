@@ -144,19 +144,26 @@ def test_stop_kills_grandchildren_that_left_the_group_and_ignore_sigterm(tmp_pat
     assert any("leftover" in line for line in lines)
 
 
-def test_a_dead_service_is_reported_and_restarted_with_growing_back_off(tmp_path: Path) -> None:
-    counter = tmp_path / "starts"
-    spec = python_child(
-        tmp_path,
-        "flaky",
-        f"""
+def counting_runs(path: Path) -> str:
+    """Child code that counts its runs in ``path``; ``n`` is the number of runs before this one."""
+    return f"""
         import time
-        path = {str(counter)!r}
+        path = {str(path)!r}
         try:
             n = int(open(path).read())
         except FileNotFoundError:
             n = 0
         open(path, "w").write(str(n + 1))
+        """
+
+
+def test_a_dead_service_is_reported_and_restarted_with_growing_back_off(tmp_path: Path) -> None:
+    counter = tmp_path / "starts"
+    spec = python_child(
+        tmp_path,
+        "flaky",
+        counting_runs(counter)
+        + """
         if n in (1, 2):
             raise SystemExit(3)  # the 2nd and 3rd runs die at once
         time.sleep(600)
@@ -195,14 +202,8 @@ def test_a_service_stuck_unready_at_start_is_killed_and_started_again(tmp_path: 
     spec = python_child(
         tmp_path,
         "stuck",
-        f"""
-        import time
-        path = {str(runs)!r}
-        try:
-            n = int(open(path).read())
-        except FileNotFoundError:
-            n = 0
-        open(path, "w").write(str(n + 1))
+        counting_runs(runs)
+        + """
         time.sleep(600)  # alive either way; only the second run counts as ready
         """,
         ready=lambda: runs.exists() and runs.read_text() == "2",
