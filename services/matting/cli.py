@@ -1,4 +1,4 @@
-"""``skuforge matting train | eval | quantize``: make, measure and shrink the matting model."""
+"""``skuforge matting train | eval | pairs | export | quantize``: make, measure and shrink the matting model."""
 
 from __future__ import annotations
 
@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         help="saved every 250 steps; a rerun with the same file resumes",
     )
 
+    pairs = sub.add_parser("pairs", help="composite scenes with their expected masks, for 'train --extra'")
+    pairs.add_argument("--n", type=int, default=900)
+    pairs.add_argument("--out", type=Path, default=Path("var/matting/composite-pairs"))
+    pairs.add_argument("--catalogue-seed", type=int, default=57)
+
     evaluate = sub.add_parser("eval", help="held-out mean IoU and MAE of an ONNX model")
     evaluate.add_argument("model_path", type=Path)
     evaluate.add_argument("--model", choices=["u2netp", "u2net"], default="u2netp")
@@ -81,6 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     quantize.add_argument("--heldout", type=int, default=200)
     args = parser.parse_args(argv)
     configure_logging("INFO", "text")
+
+    if args.action == "pairs":  # compositing needs no torch
+        from collections import Counter
+
+        from shared.matting.pairs import composite_pairs
+
+        if args.n < 1:
+            parser.error("--n must be at least 1")
+        written = list(composite_pairs(args.out, args.n, catalogue_seed=args.catalogue_seed))
+        scenes = Counter(info.scene for info in written)
+        print(json.dumps({"out": str(args.out), "written": len(written), "scenes": dict(scenes)}))
+        return 0
 
     try:
         from shared.matting.train import (
