@@ -3,11 +3,11 @@
 Targets (issue 6): good images pass the default gate at >= 90%; the same images with the expected
 mask shifted or the product painted over are flagged at >= 95%.
 
-Measured (bench/results/gate.json): broken images are flagged every time, and renderer photos (the
-domain the committed U2-NetP was trained on) pass. Composite images do not reach 90%: the committed
-model often finds no product, or other products too, on composite scenes, and the gate rightly
-flags those masks. That test is a strict xfail: it turns red, asking for the marker to go, once
-the matting model is retrained on composite scenes.
+Measured (bench/results/gate.json): broken images are flagged every time, and renderer photos pass.
+Composite images pass at 0.81, not 0.90, even after fine-tuning U2-NetP on 900 composite scenes
+(0.56 before): on shelves and in clutter it still cuts out neighbours that touch or stand in front
+of the product, and the gate rightly flags those masks. That test is a strict xfail: it turns red,
+asking for the marker to go, once a matting model reaches the target.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def test_good_renderer_photos_pass_and_broken_ones_are_flagged() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the committed U2-NetP misses the product on many composite scenes (bench/results/gate.json); "
-    "retrain the matting model on composites",
+    reason="the committed U2-NetP passes 0.81 of composite images (bench/results/gate.json), target 0.90: "
+    "it still cuts out neighbouring products on shelves and in clutter",
 )
 def test_good_composites_pass_the_default_gate() -> None:
     assert figures("composite")["pass_rate_good"] >= 0.90
