@@ -1,4 +1,4 @@
-"""``skuforge matting train | eval | pairs | export | quantize``: make, measure and shrink the matting model."""
+"""``skuforge matting train | eval | pairs | export | quantize``: make, measure, shrink the model."""
 
 from __future__ import annotations
 
