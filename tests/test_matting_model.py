@@ -60,6 +60,29 @@ def test_train_cli_writes_onnx_weights_and_card(tmp_path: Path) -> None:
     assert session.input_name == "input"
 
 
+def test_train_stops_when_the_time_budget_is_spent(tmp_path: Path) -> None:
+    out = tmp_path / "budget.onnx"
+    common = ["--batch", "2", "--train-images", "4", "--heldout", "2", "--low-res-px", "64", "--threads", "1"]
+    code = matting_cli(
+        [
+            "train",
+            "--steps",
+            "50",
+            "--max-minutes",
+            "0",
+            *common,
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(tmp_path / "ck"),
+        ]
+    )
+    assert code == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["timings_s"]["steps_done"] == 1  # the budget (0 minutes) is spent after the first step
+    assert out.is_file() and out.with_suffix(".pth").is_file()
+
+
 def test_train_cli_refuses_bad_extra_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         matting_cli(["train", "--extra", str(tmp_path)])

@@ -191,6 +191,9 @@ def train(
             torch.save(
                 {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step}, checkpoint
             )
+        if out_of_time:
+            log.info("training time budget spent; stopping", extra={"step": step + 1})
+            break
     train_s = time.monotonic() - train_started
 
     model.eval()
