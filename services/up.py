@@ -58,6 +58,7 @@ from schemas.topics import (
 from services.generator.protocol import model_name
 from shared.broker import LocalKafka, _port_in_use, free_port
 from shared.config import ConfigError, load_settings
+from shared.observability import topics_held
 from shared.supervisor import ServiceSpec, Supervisor, SupervisorError, http_ok
 
 DEFAULT_WORKDIR = Path("var/up")
@@ -284,13 +285,7 @@ def holds_partitions(metrics_url: str, topics: list[str]) -> Callable[[], bool]:
                 text = response.read().decode()
         except (OSError, ValueError):
             return False
-        held = {
-            sample.labels.get("topic")
-            for family in text_string_to_metric_families(text)
-            if family.name == "skuforge_consumer_lag_messages"
-            for sample in family.samples
-        }
-        return set(topics) <= held
+        return set(topics) <= topics_held(text_string_to_metric_families(text))
 
     return check
 

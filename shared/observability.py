@@ -13,7 +13,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +26,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 
 # Seconds-long model steps (diffusion, U2-Net on CPU) need buckets well past the defaults' 10 s.
 HANDLER_SECONDS_BUCKETS = (
@@ -109,6 +110,21 @@ class StageMetrics:
             ["stage"],
             registry=self.registry,
         )
+
+
+def topics_held(families: Iterable[Metric]) -> set[str]:
+    """Topics of which a stage's consumer holds partitions, from its metric families.
+
+    The runtime's lag gauge has one sample per partition the consumer holds. Works on a registry's
+    ``collect()`` and on ``/metrics`` text parsed with ``text_string_to_metric_families``.
+    """
+    return {
+        sample.labels["topic"]
+        for family in families
+        if family.name == "skuforge_consumer_lag_messages"
+        for sample in family.samples
+        if "topic" in sample.labels
+    }
 
 
 class HealthServer:

@@ -32,6 +32,7 @@ from services.ingest.ingest import ingest_path
 from services.matting.stage import build_stage as build_matting
 from services.trainstore.config import load_trainstore_settings
 from services.trainstore.stage import build_stage as build_trainstore
+from shared.observability import topics_held
 from shared.runtime import Stage
 from shared.store import ObjectStore
 from shared.synth import write_sku_folders
@@ -59,13 +60,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServerPro
 
 def holds_partitions(stage: Stage) -> bool:
     """The stage's consumer holds partitions of every topic it consumes (its lag gauge names them)."""
-    held = {
-        sample.labels["topic"]
-        for family in stage.metrics.registry.collect()
-        if family.name == "skuforge_consumer_lag_messages"
-        for sample in family.samples
-    }
-    return set(stage.topics) <= held
+    return set(stage.topics) <= topics_held(stage.metrics.registry.collect())
 
 
 def synthetic_catalogue(out: Path) -> list[str]:
