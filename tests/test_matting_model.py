@@ -27,29 +27,26 @@ def test_iou_on_hand_made_masks() -> None:
     assert iou(a, b) == pytest.approx(4 / 12)
 
 
+# A training run small enough for a test: 2-image batches of 64 px photos, 2 held-out photos.
+TINY_TRAINING = [
+    "--batch",
+    "2",
+    "--train-images",
+    "4",
+    "--heldout",
+    "2",
+    "--low-res-px",
+    "64",
+    "--threads",
+    "1",
+]
+
+
 @pytest.mark.slow
 def test_train_cli_writes_onnx_weights_and_card(tmp_path: Path) -> None:
     out = tmp_path / "tiny.onnx"
     code = matting_cli(
-        [
-            "train",
-            "--steps",
-            "2",
-            "--batch",
-            "2",
-            "--train-images",
-            "4",
-            "--heldout",
-            "2",
-            "--low-res-px",
-            "64",
-            "--threads",
-            "1",
-            "--out",
-            str(out),
-            "--checkpoint",
-            str(tmp_path / "ck.pt"),
-        ]
+        ["train", "--steps", "2", *TINY_TRAINING, "--out", str(out), "--checkpoint", str(tmp_path / "ck.pt")]
     )
     assert code == 0
     card = json.loads(out.with_suffix(".json").read_text())
@@ -60,9 +57,9 @@ def test_train_cli_writes_onnx_weights_and_card(tmp_path: Path) -> None:
     assert session.input_name == "input"
 
 
+@pytest.mark.slow
 def test_train_stops_when_the_time_budget_is_spent(tmp_path: Path) -> None:
     out = tmp_path / "budget.onnx"
-    common = ["--batch", "2", "--train-images", "4", "--heldout", "2", "--low-res-px", "64", "--threads", "1"]
     code = matting_cli(
         [
             "train",
@@ -70,7 +67,7 @@ def test_train_stops_when_the_time_budget_is_spent(tmp_path: Path) -> None:
             "50",
             "--max-minutes",
             "0",
-            *common,
+            *TINY_TRAINING,
             "--out",
             str(out),
             "--checkpoint",
