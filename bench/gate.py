@@ -3,13 +3,16 @@
 Good images: the ``composite`` backend (``shared/generation/composite.py``) places a renderer
 product's own pixels (reference photo x exact mask, ``shared.synth``) on a new scene; its
 ``expected_mask`` is exact. The committed U2-NetP (``shared/matting/models/u2netp-skuforge.onnx``,
-ONNX Runtime on CPU) predicts the mask, and the default gate (``GateThresholds()``: IoU >= 0.90,
-mask checks, product drift against the reference photo) decides.
+ONNX Runtime on CPU) predicts the mask as the matting stage does, in the box around the expected
+mask (``shared.matting.roi``, margin 0.25; ``--roi-margin off`` mats whole images), and the
+default gate (``GateThresholds()``: IoU >= 0.90, mask checks, product drift against the reference
+photo) decides.
 
 Bad images, two per good one:
 
-* ``shifted``: the same image and prediction, but the expected mask moved by a third of the
-  product's size in a random direction (a generator that lies about where the product is);
+* ``shifted``: the same image, but the expected mask moved by a third of the product's size in
+  a random direction (a generator that lies about where the product is), matted again in the
+  box of that shifted mask, as the stage would;
 * ``painted``: the product's pixels painted over with one random colour, then matted again
   (a generator that lost the product).
 
@@ -20,7 +23,8 @@ second photo of the same product the reference), the fallback when the composite
 by default a composite run is followed by a renderer run, kept under ``renderer`` for comparison
 (the committed U2-NetP was trained on renderer photos).
 
-    python -m bench.gate [--n 100] [--seed 2026] [--size 256] [--source composite|renderer]
+    python -m bench.gate [--n 100] [--seed 2026] [--size 512] [--source composite|renderer]
+                         [--roi-margin 0.25|off]
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from shared.gate import GateThresholds, evaluate, failed_reasons
+from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
 from shared.matting.session import MattingSession, open_session
 from shared.synth import make_product, render_photo
 
@@ -115,8 +120,12 @@ def shift_mask(mask: UInt8Array, rng: np.random.Generator, fraction: float = 1 /
     return out
 
 
-def bad_cases(good: Sequence[Case], seed: int) -> list[Case]:
-    """Per good case: the expected mask shifted, and the product painted over with one colour."""
+def bad_cases(good: Sequence[Case], seed: int, *, reuse_predictions: bool) -> list[Case]:
+    """Per good case: the expected mask shifted, and the product painted over with one colour.
+
+    ``reuse_predictions``: a shifted case keeps its good case's prediction (same pixels); only
+    right when the prediction does not depend on the expected mask, i.e. without ROI.
+    """
     rng = np.random.default_rng(seed)
     cases = []
     for index, case in enumerate(good):
@@ -129,7 +138,8 @@ def bad_cases(good: Sequence[Case], seed: int) -> list[Case]:
             case.reference_mask,
             origin=index,
         )
-        shifted.predicted_mask = case.predicted_mask  # same pixels, same prediction
+        if reuse_predictions:
+            shifted.predicted_mask = case.predicted_mask
         cases.append(shifted)
         painted_image = case.image.copy()
         painted_image[case.expected_mask >= 128] = rng.integers(0, 256, size=3, dtype=np.uint8)
@@ -147,10 +157,11 @@ def bad_cases(good: Sequence[Case], seed: int) -> list[Case]:
     return cases
 
 
-def predict(session: MattingSession, cases: Sequence[Case]) -> None:
-    """Fill in the predicted mask of every case that has none."""
+def predict(session: MattingSession, cases: Sequence[Case], roi_margin: float | None) -> None:
+    """Fill in the predicted mask of every case that has none (in its expected mask's box with ROI)."""
     todo = [case for case in cases if case.predicted_mask is None]
-    results = session.predict([Image.fromarray(case.image) for case in todo])
+    boxes = None if roi_margin is None else [product_box(case.expected_mask, roi_margin) for case in todo]
+    results = session.predict([Image.fromarray(case.image) for case in todo], boxes=boxes)
     for case, result in zip(todo, results, strict=True):
         case.predicted_mask = result.mask
 
@@ -178,15 +189,16 @@ def run_bench(
     source: str = "composite",
     session: MattingSession | None = None,
     thresholds: GateThresholds | None = None,
+    roi_margin: float | None = DEFAULT_ROI_MARGIN,
 ) -> dict[str, Any]:
     """Generate, mat and judge; returns the figures gate.json carries."""
     thresholds = thresholds or GateThresholds()
     session = session or open_session(None, threads=2, use_gpu=False, store=None, max_batch=8)
     started = time.monotonic()
     good = good_cases(n, seed, size_px, source)
-    predict(session, good)
-    bad = bad_cases(good, seed)
-    predict(session, bad)
+    predict(session, good, roi_margin)
+    bad = bad_cases(good, seed, reuse_predictions=roi_margin is None)
+    predict(session, bad, roi_margin)
     judge([*good, *bad], thresholds)
     return summarise(
         good,
@@ -197,6 +209,7 @@ def run_bench(
         size_px=size_px,
         seconds=time.monotonic() - started,
         model_id=session.model_id,
+        roi_margin=roi_margin,
     )
 
 
@@ -259,6 +272,15 @@ def summarise(
     }
 
 
+def _roi_margin(value: str) -> float | None:
+    if value.strip().lower() == "off":
+        return None
+    margin = float(value)
+    if margin < 0:
+        raise argparse.ArgumentTypeError("the ROI margin is 'off' or a number >= 0")
+    return margin
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the bench and write bench/results/gate.json."""
     parser = argparse.ArgumentParser(
@@ -274,13 +296,27 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the second run on renderer photos (the matting model's own domain) kept under 'renderer'",
     )
     parser.add_argument("--model", default=None, help="matting ONNX model; default: the committed U2-NetP")
+    parser.add_argument(
+        "--roi-margin",
+        type=_roi_margin,
+        default=DEFAULT_ROI_MARGIN,
+        help="mat the box around the expected mask, this much wider per side (the stage's default); "
+        "'off': whole images",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "gate.json")
     args = parser.parse_args(argv)
     session = open_session(args.model, threads=2, use_gpu=False, store=None, max_batch=8)
-    figures = run_bench(args.n, args.seed, size_px=args.size, source=args.source, session=session)
+    figures = run_bench(
+        args.n, args.seed, size_px=args.size, source=args.source, session=session, roi_margin=args.roi_margin
+    )
     if args.source == "composite" and not args.no_renderer_comparison:
         figures["renderer"] = run_bench(
-            args.n, args.seed, size_px=args.size, source="renderer", session=session
+            args.n,
+            args.seed,
+            size_px=args.size,
+            source="renderer",
+            session=session,
+            roi_margin=args.roi_margin,
         )
     figures["machine"] = (
         f"vm: {platform.machine()}, "

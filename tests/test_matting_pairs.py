@@ -29,3 +29,28 @@ def test_pairs_are_deterministic_binary_and_resumable(tmp_path: Path, capsys: ob
     # A second run over the same folder writes nothing new.
     assert main(["pairs", "--n", "3", "--out", str(first)]) == 0
     assert len((first / "index.jsonl").read_text().splitlines()) == 3
+
+
+def test_roi_pairs_are_the_scene_cropped_around_the_product(tmp_path: Path) -> None:
+    whole, roi = tmp_path / "whole", tmp_path / "roi"
+    assert main(["pairs", "--n", "3", "--out", str(whole)]) == 0
+    assert main(["pairs", "--n", "3", "--roi", "--out", str(roi)]) == 0
+    cropped = 0
+    for index in range(3):
+        scene = np.asarray(Image.open(whole / "images" / f"c57_{index:04d}.png"))
+        scene_mask = np.asarray(Image.open(whole / "masks" / f"c57_{index:04d}.png"))
+        crop = np.asarray(Image.open(roi / "images" / f"r57_{index:04d}.png"))
+        crop_mask = np.asarray(Image.open(roi / "masks" / f"r57_{index:04d}.png"))
+        assert crop.shape[:2] == crop_mask.shape and crop.shape[0] <= scene.shape[0]
+        cropped += crop.shape[0] < scene.shape[0]
+        # The crop is a window of the same scene, holding all of the product.
+        hits = [
+            (top, left)
+            for top in range(scene.shape[0] - crop.shape[0] + 1)
+            for left in range(scene.shape[1] - crop.shape[1] + 1)
+            if np.array_equal(scene[top, left : left + crop.shape[1]], crop[0])
+            and np.array_equal(scene[top : top + crop.shape[0], left : left + crop.shape[1]], crop)
+        ]
+        assert hits
+        assert np.count_nonzero(crop_mask) == np.count_nonzero(scene_mask)
+    assert cropped  # (a box as large as the scene is the scene)

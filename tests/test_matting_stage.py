@@ -1,7 +1,8 @@
 """The matting stage on the real broker: every image is matted or dead-lettered with its reason.
 
 The model is a random-weight U2-NetP, so what the masks say is not checked here, only that
-masks and cut-outs of the right size land in the store and the events carry them.
+masks and cut-outs of the right size land in the store, that nothing outside the box around
+the expected mask (ROI, on by default) is called product, and that the events carry them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
 from services.matting.config import load_matting_settings
 from services.matting.stage import build_stage
 from shared.images import decode_mask
+from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
 from shared.store import ObjectStore
 from shared.synth import make_product, render_photo
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, read_topic, running
@@ -44,8 +46,13 @@ def stored_image(store: ObjectStore, key: str, data: bytes, width: int, height: 
     return ImageRef(uri=ref.uri, sha256=ref.sha256, bytes=ref.bytes, width=width, height=height)
 
 
-def generated_event(store: ObjectStore, name: str, image: ImageRef, index: int) -> ImageGenerated:
-    """An image.generated payload for ``image``; the reference photo and masks are a rendered product."""
+def generated_event(
+    store: ObjectStore, name: str, image: ImageRef, index: int, expected: ImageRef | None = None
+) -> ImageGenerated:
+    """An image.generated payload for ``image``; the reference photo and masks are a rendered product.
+
+    The expected mask is the rendered product's (SIZE_PX square) unless ``expected`` is given.
+    """
     photo = render_photo(make_product(index, seed=3), 0, seed=3, size_px=SIZE_PX)
     reference = store.put_image(f"fixtures/{name}/reference.png", photo.image)
     mask = store.put_image(f"fixtures/{name}/mask.png", photo.mask)
@@ -56,7 +63,7 @@ def generated_event(store: ObjectStore, name: str, image: ImageRef, index: int) 
         reference_image=reference,
         reference_mask=mask,
         image=image,
-        expected_mask=mask,
+        expected_mask=expected or mask,
         backend="composite",
         model_id="synth",
         seed=index,
@@ -104,6 +111,21 @@ def bad_inputs(store: ObjectStore) -> dict[str, tuple[ImageGenerated, str]]:
     for index, (name, (data, reason, claimed_px)) in enumerate(cases.items()):
         ref = stored_image(store, f"generated/bad-{name}", data, claimed_px, claimed_px)
         events[name] = (generated_event(store, name, ref, 20 + index), reason)
+    # A good image whose expected mask (which gives the ROI) is missing, or of another size.
+    image = store.put_image(
+        "generated/good-for-bad-masks.png", Image.fromarray(np.full((SIZE_PX, SIZE_PX, 3), 90, np.uint8))
+    )
+    missing = store.put_image("fixtures/missing-mask.png", np.zeros((SIZE_PX, SIZE_PX), np.uint8))
+    store.delete(store.key_for(missing.uri))
+    small = store.put_image("fixtures/small-mask.png", np.zeros((SIZE_PX // 2, SIZE_PX // 2), np.uint8))
+    events["mask-missing"] = (
+        generated_event(store, "mask-missing", image, 30, expected=missing),
+        "object_missing",
+    )
+    events["mask-size"] = (
+        generated_event(store, "mask-size", image, 31, expected=small),
+        "dimension_mismatch",
+    )
     return events
 
 
@@ -131,8 +153,13 @@ def test_every_image_is_matted_or_dead_lettered(
             kafka_bootstrap, settings.dlq_name(IMAGE_GENERATED), expect=len(bad), timeout_s=60
         )
         # Still running after all that: one more image goes through.
+        # Its expected mask is empty: no region, so the whole image is matted.
         last = generated_event(
-            store, "after", store.put_image("generated/after.png", Image.new("RGB", (99, 77))), 99
+            store,
+            "after",
+            store.put_image("generated/after.png", Image.new("RGB", (99, 77))),
+            99,
+            expected=store.put_image("fixtures/after-mask.png", np.zeros((77, 99), np.uint8)),
         )
         produce(settings, IMAGE_GENERATED, [last])
         outputs = read_topic(
@@ -169,5 +196,11 @@ def check_matted(store: ObjectStore, matted: ImageMatted) -> None:
     assert cutout.mode == "RGBA" and cutout.size == (width, height)
     alpha = np.asarray(cutout)[..., 3]
     assert np.array_equal(alpha, mask)
+    box = product_box(decode_mask(store.read_verified(generated.expected_mask)), DEFAULT_ROI_MARGIN)
+    if box is not None:
+        left, top, right, bottom = box
+        outside = np.ones_like(mask, dtype=bool)
+        outside[top:bottom, left:right] = False
+        assert not mask[outside].any(), "product found outside the ROI"
     assert matted.foreground_fraction == pytest.approx(np.count_nonzero(mask) / mask.size)
     assert matted.matting_model_id.startswith("u2netp-random.onnx@sha256:")

@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     pairs.add_argument("--n", type=int, default=900)
     pairs.add_argument("--out", type=Path, default=Path("var/matting/composite-pairs"))
     pairs.add_argument("--catalogue-seed", type=int, default=57)
+    pairs.add_argument(
+        "--roi", action="store_true", help="crop each pair to a jittered product box, as the stage mats it"
+    )
 
     evaluate = sub.add_parser("eval", help="held-out mean IoU and MAE of an ONNX model")
     evaluate.add_argument("model_path", type=Path)
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.n < 1:
             parser.error("--n must be at least 1")
-        written = list(composite_pairs(args.out, args.n, catalogue_seed=args.catalogue_seed))
+        written = list(composite_pairs(args.out, args.n, catalogue_seed=args.catalogue_seed, roi=args.roi))
         scenes = Counter(info.scene for info in written)
         print(json.dumps({"out": str(args.out), "written": len(written), "scenes": dict(scenes)}))
         return 0

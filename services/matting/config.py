@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import ENV_PREFIX, ConfigError, describe_validation_error
+from shared.matting.roi import DEFAULT_ROI_MARGIN
 
 # A fixed cut-off strictly between 0 and 1, or "otsu" for a per-image threshold.
 Threshold = Annotated[float, Field(gt=0.0, lt=1.0)] | Literal["otsu"]
@@ -53,6 +54,23 @@ class MattingSettings(BaseSettings):
         ge=0.0,
         lt=1.0,
         description="with clean-up: blobs smaller than this fraction of the image are dropped",
+    )
+
+    matting_roi: bool = Field(
+        default=True,
+        description=(
+            "mat the box around the event's expected mask (widened by the ROI margin) instead of the "
+            "whole image, so neighbouring products are not cut out with the product"
+        ),
+    )
+    matting_roi_margin: float = Field(
+        default=DEFAULT_ROI_MARGIN,
+        ge=0.0,
+        le=4.0,
+        description=(
+            "with ROI: how much wider than the product's bounding box the box is on each side, "
+            "in product sizes"
+        ),
     )
 
     @field_validator("matting_threshold", mode="before")

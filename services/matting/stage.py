@@ -10,6 +10,14 @@ derived from the item (a redelivered event overwrites them):
 with the foreground fraction, the mean confidence over the mask, and the model id (file name
 and sha256) for lineage. The gate compares that mask with the event's expected mask.
 
+Region of interest (``SKUFORGE_MATTING_ROI``, on by default): the model mats the square box
+around the expected mask's bounding box, ``SKUFORGE_MATTING_ROI_MARGIN`` product sizes wider on
+each side (0.25), not the whole image; the mask is zero outside it. A salient-object model given
+a whole shelf cuts out the neighbours with the product; in the box, the product is what fills
+it. The box says where to look, not what shape to find (``shared/matting/roi.py``). An event
+whose expected mask is empty is matted whole; one whose expected mask cannot be read is refused
+like an unreadable image (the gate could not judge it either).
+
 Bad input goes to the DLQ with its reason, and the stream goes on: an image missing from the
 store (``object_missing``), bytes that do not match the event's sha256 (``checksum_mismatch``),
 or bytes that are not an acceptable image (``empty``, ``not_an_image``, ``corrupt``,
@@ -37,7 +45,8 @@ from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
 from services.matting.config import MattingSettings, load_matting_settings
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput
-from shared.images import decode_image
+from shared.images import decode_image, decode_mask
+from shared.matting.roi import Box, product_box
 from shared.matting.session import MaskOptions, MattingModelError, MattingSession, open_session
 from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import ObjectStore
@@ -71,23 +80,31 @@ def open_matting_session(
 
 
 def handle_batch(
-    events: Sequence[Envelope[ImageGenerated]], ctx: Context, *, session: MattingSession
+    events: Sequence[Envelope[ImageGenerated]],
+    ctx: Context,
+    *,
+    session: MattingSession,
+    roi_margin: float | None = None,
 ) -> list[list[Emit] | BadInput]:
     """Mat each event's image; an image that cannot be read or decoded refuses only its own event.
 
     Events are taken ``session.max_batch`` at a time, so one ORT call serves a chunk and only
-    one chunk of decoded images is held in memory.
+    one chunk of decoded images is held in memory. ``roi_margin``: mat the box around each
+    event's expected mask (None: the whole image).
     """
     results: list[list[Emit] | BadInput] = []
     for first in range(0, len(events), session.max_batch):
         chunk = events[first : first + session.max_batch]
-        images = [_read_image(event, ctx) for event in chunk]
-        decoded = [image for image in images if isinstance(image, Image.Image)]
-        predictions = iter(session.predict(decoded))
-        for event, image in zip(chunk, images, strict=True):
-            if isinstance(image, BadInput):
-                results.append(image)
+        inputs = [_read_input(event, ctx, roi_margin) for event in chunk]
+        accepted = [read for read in inputs if not isinstance(read, BadInput)]
+        predictions = iter(
+            session.predict([image for image, _ in accepted], boxes=[box for _, box in accepted])
+        )
+        for event, read in zip(chunk, inputs, strict=True):
+            if isinstance(read, BadInput):
+                results.append(read)
                 continue
+            image = read[0]
             prediction = next(predictions)
             generated = event.payload
             file_key = f"{event.sku_id}/{generated.item_id}.png"
@@ -101,6 +118,33 @@ def handle_batch(
             )
             results.append([Emit(IMAGE_MATTED, matted, key="matted")])
     return results
+
+
+def _read_input(
+    event: Envelope[ImageGenerated], ctx: Context, roi_margin: float | None
+) -> tuple[Image.Image, Box | None] | BadInput:
+    """The event's image, and the box to mat (None: all of it)."""
+    image = _read_image(event, ctx)
+    if isinstance(image, BadInput):
+        return image
+    if roi_margin is None:
+        return image, None
+    ref = event.payload.expected_mask
+    try:
+        expected = decode_mask(
+            ctx.store.read_verified(ref),
+            max_pixels=ctx.settings.max_image_pixels,
+            max_bytes=ctx.settings.max_image_bytes,
+        )
+    except BadInput as refusal:
+        return BadInput(refusal.reason, f"expected mask: {refusal.detail or refusal.reason}")
+    if expected.shape != (image.height, image.width):
+        return BadInput(
+            "dimension_mismatch",
+            f"expected mask {ref.uri} is {expected.shape[1]}x{expected.shape[0]}, "
+            f"the image {image.width}x{image.height}",
+        )
+    return image, product_box(expected, roi_margin)
 
 
 def _read_image(event: Envelope[ImageGenerated], ctx: Context) -> Image.Image | BadInput:
@@ -139,7 +183,10 @@ def build_stage(
         ready=lambda: model.ready,
         **kwargs,
     )
-    stage.batch_handler(IMAGE_GENERATED)(functools.partial(handle_batch, session=model))
+    roi_margin = matting.matting_roi_margin if matting.matting_roi else None
+    stage.batch_handler(IMAGE_GENERATED)(
+        functools.partial(handle_batch, session=model, roi_margin=roi_margin)
+    )
     return stage
 
 

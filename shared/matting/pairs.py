@@ -12,6 +12,13 @@ Pair ``i``: product ``i`` of the synthetic catalogue ``--catalogue-seed`` (57 by
 gate benchmark's 31, not the renderer training seeds 1-3, not the held-out 9001 and 424242), its
 reference photo ``i % 4`` rendered with the exact mask, one composite variant with generator seed
 ``seed_base + i``, 512 px (384 px for every third pair).
+
+With ``--roi`` each pair is cropped to the box the matting stage mats (``shared.matting.roi``):
+the product's square box, widened by a margin drawn per pair from 0.1-0.6 and its centre moved by
+up to 8% of the side, so the model learns to keep the product that fills the box and to leave
+the neighbours cut by its edges::
+
+    skuforge matting pairs --roi --n 900 --out var/matting/roi-pairs
 """
 
 from __future__ import annotations
@@ -26,10 +33,13 @@ from PIL import Image
 
 from shared.generation.backend import GenerationRequest
 from shared.generation.composite import CompositeBackend
+from shared.matting.roi import product_box
 from shared.synth import make_product, render_photo
 
 CATALOGUE_SEED = 57
 SEED_BASE = 5_000_000_000
+ROI_MARGINS = (0.1, 0.6)
+ROI_CENTRE_SHIFT = 0.08
 
 
 @dataclass(frozen=True)
@@ -49,18 +59,19 @@ def composite_pairs(
     *,
     catalogue_seed: int = CATALOGUE_SEED,
     seed_base: int = SEED_BASE,
+    roi: bool = False,
 ) -> Iterator[PairInfo]:
     """Write ``out/images/NAME.png`` and ``out/masks/NAME.png`` (0/255) for pairs 0..n-1.
 
     Pairs already on disk are skipped, so an interrupted run continues; ``out/index.jsonl``
-    lists every pair with its scene.
+    lists every pair with its scene. ``roi``: crop each pair to a jittered product box.
     """
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     backend = CompositeBackend()
     with (out / "index.jsonl").open("a") as index:
         for i in range(n):
-            name = f"c{catalogue_seed}_{i:04d}"
+            name = f"{'r' if roi else 'c'}{catalogue_seed}_{i:04d}"
             if (out / "masks" / f"{name}.png").is_file():
                 continue
             size = 384 if i % 3 == 2 else 512
@@ -76,14 +87,28 @@ def composite_pairs(
                 size=size,
             )
             sample = backend.generate(request)[0]
-            Image.fromarray(sample.image).save(out / "images" / f"{name}.png")
-            Image.fromarray(sample.expected_mask).save(out / "masks" / f"{name}.png")
+            image, mask = sample.image, sample.expected_mask
+            if roi:
+                rng = np.random.default_rng([seed_base, i])
+                box = product_box(
+                    mask,
+                    float(rng.uniform(*ROI_MARGINS)),
+                    centre_shift=(
+                        float(rng.uniform(-ROI_CENTRE_SHIFT, ROI_CENTRE_SHIFT)),
+                        float(rng.uniform(-ROI_CENTRE_SHIFT, ROI_CENTRE_SHIFT)),
+                    ),
+                )
+                if box is not None:
+                    left, top, right, bottom = box
+                    image, mask = image[top:bottom, left:right], mask[top:bottom, left:right]
+            Image.fromarray(image).save(out / "images" / f"{name}.png")
+            Image.fromarray(mask).save(out / "masks" / f"{name}.png")
             info = PairInfo(
                 name=name,
-                size_px=size,
+                size_px=max(mask.shape),
                 scene=str(sample.parameters["scene"]),
                 occluders=int(sample.parameters["occluders"]),
-                mask_fraction=round(float((sample.expected_mask >= 128).mean()), 4),
+                mask_fraction=round(float((mask >= 128).mean()), 4),
             )
             index.write(json.dumps(info.__dict__) + "\n")
             yield info

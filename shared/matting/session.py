@@ -36,6 +36,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from shared.errors import ObjectMissing
+from shared.matting.roi import Box, paste
 from shared.store import ObjectStore, open_store
 
 __all__ = [
@@ -119,6 +120,13 @@ class MattingResult:
         rgba = image.convert("RGB")
         rgba.putalpha(Image.fromarray(self.mask))
         return rgba
+
+    def placed(self, box: Box, size: tuple[int, int]) -> MattingResult:
+        """This result, for the crop ``box`` of an image of ``size`` (w, h), at the full size.
+
+        Outside the box the confidence and the mask are 0: that region was not looked at.
+        """
+        return MattingResult.from_maps(paste(self.confidence, box, size), paste(self.mask, box, size))
 
 
 @dataclass(frozen=True)
@@ -383,8 +391,25 @@ class MattingSession(ABC):
         """A run has succeeded and the latest run did not fail (for the stage's /readyz)."""
         return self._ready
 
-    def predict(self, images: Sequence[Image.Image]) -> list[MattingResult]:
-        """Masks of ``images`` (any sizes, any modes), in order; one ORT call per ``max_batch`` images."""
+    def predict(
+        self, images: Sequence[Image.Image], boxes: Sequence[Box | None] | None = None
+    ) -> list[MattingResult]:
+        """Masks of ``images`` (any sizes, any modes), in order; one ORT call per ``max_batch`` images.
+
+        ``boxes``: per image, a region to mat (``shared.matting.roi.product_box``) or None for the
+        whole image. A boxed image is matted as its crop; its result is at the image's full size,
+        zero outside the box.
+        """
+        if boxes is not None:
+            if len(boxes) != len(images):
+                raise ValueError(f"{len(images)} images but {len(boxes)} boxes")
+            crops = [
+                image if box is None else image.crop(box) for image, box in zip(images, boxes, strict=True)
+            ]
+            return [
+                result if box is None else result.placed(box, image.size)
+                for image, box, result in zip(images, boxes, self.predict(crops), strict=True)
+            ]
         results: list[MattingResult] = []
         for first in range(0, len(images), self.max_batch):
             chunk = images[first : first + self.max_batch]

@@ -1,0 +1,108 @@
+"""Region-of-interest matting: the box around the expected mask, and predicting in it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.matting.roi import paste, product_box
+from shared.matting.session import U2NetPSession
+from shared.synth import make_product, render_photo
+
+
+def mask_with(height: int, width: int, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+    mask = np.zeros((height, width), np.uint8)
+    mask[top:bottom, left:right] = 255
+    return mask
+
+
+def test_box_is_square_centred_and_wider_by_the_margin() -> None:
+    # A 40 (w) x 20 (h) product centred at (100, 80): side 40 * 1.5 = 60.
+    box = product_box(mask_with(200, 200, 70, 80, 90, 120), 0.25)
+    assert box == (70, 50, 130, 110)
+
+
+def test_margin_zero_is_the_bounding_box_side() -> None:
+    assert product_box(mask_with(100, 100, 10, 10, 30, 30), 0.0) == (10, 10, 30, 30)
+
+
+def test_box_moves_to_stay_inside_the_image() -> None:
+    # Product in the top-left corner: the 60 px box starts at the image's edge, not before it.
+    assert product_box(mask_with(200, 300, 0, 0, 40, 40), 0.25) == (0, 0, 60, 60)
+    # And the bottom-right corner.
+    assert product_box(mask_with(200, 300, 160, 260, 200, 300), 0.25) == (240, 140, 300, 200)
+
+
+def test_box_is_cut_only_where_the_image_is_smaller() -> None:
+    # A product as tall as the image: the box is the image's height and wider only sideways.
+    assert product_box(mask_with(100, 300, 0, 140, 100, 160), 0.25) == (75, 0, 225, 100)
+    assert product_box(mask_with(100, 100, 0, 0, 100, 100), 1.0) == (0, 0, 100, 100)
+
+
+def test_no_product_no_box() -> None:
+    assert product_box(np.zeros((50, 60), np.uint8)) is None
+    # Below the mask threshold (128) is background.
+    assert product_box(np.full((50, 60), 127, np.uint8)) is None
+
+
+def test_centre_shift_moves_the_box() -> None:
+    mask = mask_with(400, 400, 180, 180, 220, 220)
+    assert product_box(mask, 0.5, centre_shift=(0.1, -0.1)) == (168, 152, 248, 232)
+
+
+def test_negative_margin_is_refused() -> None:
+    with pytest.raises(ValueError, match="margin"):
+        product_box(mask_with(10, 10, 2, 2, 5, 5), -0.1)
+
+
+def test_paste_puts_the_region_in_place_and_zeros_elsewhere() -> None:
+    region = np.arange(6, dtype=np.uint8).reshape(2, 3) + 1
+    out = paste(region, (4, 1, 7, 3), (10, 5))
+    assert out.shape == (5, 10)
+    assert np.array_equal(out[1:3, 4:7], region)
+    assert out.sum() == region.sum()
+    with pytest.raises(ValueError, match="box"):
+        paste(region, (0, 0, 2, 2), (10, 5))
+
+
+def test_predict_in_boxes(random_u2netp_onnx: Path) -> None:
+    session = U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=False, max_batch=4)
+    photos = [render_photo(make_product(index, seed=5), 0, seed=5, size_px=160) for index in range(3)]
+    images = [photo.image for photo in photos]
+    boxes = [product_box(photos[0].mask), None, product_box(photos[2].mask)]
+    assert boxes[0] is not None and boxes[2] is not None
+
+    boxed = session.predict(images, boxes=boxes)
+    whole = session.predict(images)
+    crops = session.predict([images[0].crop(boxes[0]), images[2].crop(boxes[2])])
+
+    for result in boxed:
+        assert result.mask.shape == (160, 160) and result.confidence.shape == (160, 160)
+    # No box: the same as predicting the whole image.
+    assert np.array_equal(boxed[1].mask, whole[1].mask)
+    # A box: the crop's answer in place, nothing outside it.
+    for result, box, crop in ((boxed[0], boxes[0], crops[0]), (boxed[2], boxes[2], crops[1])):
+        left, top, right, bottom = box
+        assert np.array_equal(result.mask[top:bottom, left:right], crop.mask)
+        assert np.count_nonzero(result.mask) == np.count_nonzero(crop.mask)
+        assert result.foreground_fraction == pytest.approx(np.count_nonzero(crop.mask) / (160 * 160))
+        assert result.mean_confidence == pytest.approx(crop.mean_confidence, abs=1e-6)
+    with pytest.raises(ValueError, match="boxes"):
+        session.predict(images, boxes=boxes[:2])
+
+
+def test_predict_in_a_box_ignores_what_lies_outside(random_u2netp_onnx: Path) -> None:
+    session = U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=False)
+    photo = render_photo(make_product(1, seed=5), 0, seed=5, size_px=160)
+    box = product_box(photo.mask)
+    assert box is not None
+    noisy = np.asarray(photo.image).copy()
+    left, top, right, bottom = box
+    outside = np.ones(noisy.shape[:2], bool)
+    outside[top:bottom, left:right] = False
+    noisy[outside] = np.random.default_rng(0).integers(0, 256, size=(int(outside.sum()), 3), dtype=np.uint8)
+    clean_result, noisy_result = session.predict([photo.image, Image.fromarray(noisy)], boxes=[box, box])
+    assert np.array_equal(clean_result.mask, noisy_result.mask)
