@@ -132,3 +132,34 @@ def test_export_cli_turns_reference_weights_into_a_servable_onnx(tmp_path: Path)
 
     result = U2NetPSession(out, threads=1, use_gpu=False).predict([Image.new("RGB", (50, 40), "blue")])[0]
     assert result.mask.shape == (40, 50)
+
+
+def test_export_cli_averages_checkpoints(tmp_path: Path) -> None:
+    import torch
+
+    from shared.matting.u2net import U2NETP, average_weights, read_weights
+
+    torch.manual_seed(0)
+    first, second = U2NETP().state_dict(), U2NETP().state_dict()
+    # One as a plain state dict, one as a 'matting train' checkpoint.
+    torch.save(first, tmp_path / "a.pth")
+    torch.save({"model": second, "optimiser": {}, "step": 9}, tmp_path / "b.pt")
+    mean = average_weights([tmp_path / "a.pth", tmp_path / "b.pt"])
+    key = "stage1.rebnconvin.conv_s1.weight"
+    assert torch.allclose(mean[key], (first[key] + second[key]) / 2)
+    assert not torch.equal(first[key], second[key])
+    assert torch.equal(
+        mean["stage1.rebnconvin.bn_s1.num_batches_tracked"],
+        second["stage1.rebnconvin.bn_s1.num_batches_tracked"],
+    )
+
+    out, pth = tmp_path / "mean.onnx", tmp_path / "mean.pth"
+    code = matting_cli(
+        ["export", str(tmp_path / "a.pth"), str(tmp_path / "b.pt"), "--out", str(out), "--pth", str(pth)]
+    )
+    assert code == 0 and out.is_file()
+    assert torch.equal(read_weights(pth)[key], mean[key])
+
+    torch.save({"other": torch.zeros(1)}, tmp_path / "c.pth")
+    with pytest.raises(SystemExit):
+        matting_cli(["export", str(tmp_path / "a.pth"), str(tmp_path / "c.pth"), "--out", str(out)])

@@ -77,8 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--n", type=int, default=200)
     evaluate.add_argument("--seed", type=int, default=9001)
 
-    export = sub.add_parser("export", help="turn a .pth (e.g. the official u2net.pth / u2netp.pth) into ONNX")
-    export.add_argument("weights", type=Path, help="state dict in the reference key layout")
+    export = sub.add_parser(
+        "export", help="turn a .pth (e.g. the official u2net.pth / u2netp.pth) or checkpoints into ONNX"
+    )
+    export.add_argument(
+        "weights",
+        type=Path,
+        nargs="+",
+        help="state dict in the reference key layout, or a 'train' checkpoint; several are averaged",
+    )
+    export.add_argument("--pth", type=Path, default=None, help="also save the (averaged) weights here")
     export.add_argument("--model", choices=["u2netp", "u2net"], default="u2netp")
     export.add_argument("--out", type=Path, required=True)
 
@@ -154,12 +162,29 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.action == "export":
-        if not args.weights.is_file():
-            parser.error(f"{args.weights}: no such file")
-        from shared.matting.u2net import build_model, export_onnx, load_reference_state_dict
+        for weights in args.weights:
+            if not weights.is_file():
+                parser.error(f"{weights}: no such file")
+        import torch
 
-        model = load_reference_state_dict(build_model(args.model), args.weights)
-        print(json.dumps({"onnx": str(export_onnx(model, args.out))}))
+        from shared.matting.u2net import average_weights, build_model, export_onnx, load_reference_state_dict
+
+        try:
+            model = load_reference_state_dict(build_model(args.model), average_weights(args.weights))
+        except ValueError as exc:
+            parser.error(str(exc))
+        if args.pth is not None:
+            args.pth.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), args.pth)
+        print(
+            json.dumps(
+                {
+                    "onnx": str(export_onnx(model, args.out)),
+                    "pth": None if args.pth is None else str(args.pth),
+                    "averaged": len(args.weights),
+                }
+            )
+        )
         return 0
 
     from shared.matting.quantize import quantize_u2net

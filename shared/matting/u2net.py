@@ -285,6 +285,39 @@ def _format_keys(keys: Sequence[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def read_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """A state dict from a ``.pth`` (reference layout) or a ``skuforge matting train`` checkpoint."""
+    loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping) and "optimiser" in loaded:
+        loaded = loaded["model"]
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{path}: expected a state dict, got {type(loaded).__name__}")
+    return dict(loaded)
+
+
+def average_weights(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Tensor]:
+    """The element-wise mean of several state dicts of one architecture (checkpoint averaging).
+
+    Floating-point tensors (weights, BatchNorm statistics) are averaged in float64; integer ones
+    (``num_batches_tracked``) are taken from the last file. Keys and shapes must agree.
+    """
+    if not paths:
+        raise ValueError("no weights to average")
+    states = [read_weights(path) for path in paths]
+    first = states[0]
+    for path, state in zip(paths[1:], states[1:], strict=True):
+        if state.keys() != first.keys() or any(state[k].shape != first[k].shape for k in first):
+            raise ValueError(f"{path}: keys or shapes differ from {paths[0]}")
+    return {
+        key: (
+            (torch.stack([state[key].double() for state in states]).mean(dim=0)).to(value.dtype)
+            if value.is_floating_point()
+            else states[-1][key].clone()
+        )
+        for key, value in first.items()
+    }
+
+
 def load_reference_state_dict(
     model: nn.Module, path_or_state_dict: str | os.PathLike[str] | Mapping[str, Tensor]
 ) -> nn.Module:
