@@ -56,7 +56,7 @@ from schemas.topics import (
     Topic,
 )
 from services.generator.protocol import model_name
-from shared.broker import LocalKafka, _port_in_use, free_port
+from shared.broker import LocalKafka, free_port, port_in_use
 from shared.config import ConfigError, load_settings
 from shared.observability import topics_held
 from shared.supervisor import ServiceSpec, Supervisor, SupervisorError, http_ok
@@ -154,7 +154,7 @@ def resolve_ports(workdir: Path, mode: str, *, with_kafka: bool = True) -> dict[
     names = [name for name in DEFAULT_PORTS if with_kafka or not name.startswith("kafka")]
 
     def all_free(ports: Mapping[str, int]) -> bool:
-        return all(not _port_in_use(ports[name]) for name in names)
+        return all(not port_in_use(ports[name]) for name in names)
 
     if mode == "default":
         return {name: DEFAULT_PORTS[name] for name in names}

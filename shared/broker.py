@@ -204,7 +204,7 @@ def free_port() -> int:
         return port
 
 
-def _port_in_use(port: int) -> bool:
+def port_in_use(port: int) -> bool:
     """True if something listens on ``127.0.0.1:port``; leftover TIME_WAIT connections don't count."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the JVM's server sockets do
@@ -404,7 +404,7 @@ class LocalKafka:
         lib = self.lib_dir or resolve_jars(self.kafka_dir)
         check_java(self.java)
         for port in (self.port, self.controller_port):
-            if _port_in_use(port):
+            if port_in_use(port):
                 raise BrokerError(f"port {port} on 127.0.0.1 is already in use; choose another")
 
         t0 = time.monotonic()
