@@ -48,13 +48,16 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata, TopicPartition
+from PIL import Image
 from pydantic import BaseModel, ValidationError
 
+from schemas.common import ObjectRef
 from schemas.envelope import DeadLetter, Envelope, derive_id, utc_now
 from schemas.topics import DLQ_SUFFIX, Topic
 from shared.bus import envelope_model, make_consumer, make_envelope, make_producer
 from shared.config import Settings, load_settings
 from shared.errors import BadInput, TransientError
+from shared.images import UInt8Array, decode_image, decode_mask
 from shared.observability import HealthServer, StageMetrics, configure_logging, log_context
 from shared.store import ObjectStore, open_store
 
@@ -89,6 +92,25 @@ class Context:
     settings: Settings
     metrics: StageMetrics
     log: logging.Logger
+
+    def read_image(self, ref: ObjectRef) -> Image.Image:
+        """The stored image ``ref`` points at, checked against its sha256, decoded within the limits.
+
+        Raises ``BadInput`` (object_missing, checksum_mismatch, or an image refusal) for the DLQ.
+        """
+        return decode_image(
+            self.store.read_verified(ref),
+            max_pixels=self.settings.max_image_pixels,
+            max_bytes=self.settings.max_image_bytes,
+        )
+
+    def read_mask(self, ref: ObjectRef) -> UInt8Array:
+        """The stored mask ``ref`` points at as 0/255 uint8 HxW; checked and refused as ``read_image``."""
+        return decode_mask(
+            self.store.read_verified(ref),
+            max_pixels=self.settings.max_image_pixels,
+            max_bytes=self.settings.max_image_bytes,
+        )
 
 
 Handler = Callable[[Envelope[Any], Context], Sequence[Emit]]

@@ -55,7 +55,6 @@ from shared.captioning.prompts import compose_caption, compose_tags, merge_sente
 from shared.captioning.vlm import VlmCaptioner, VlmModelError, open_vlm
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput
-from shared.images import decode_image
 from shared.matting.session import MaskOptions, MattingModelError, MattingSession, open_session
 from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import ObjectStore
@@ -186,11 +185,7 @@ def _read_photo(photo: ReferencePhoto, ctx: Context, options: CaptionerSettings)
     """
     ref = photo.image
     try:
-        image = decode_image(
-            ctx.store.read_verified(ref),
-            max_pixels=ctx.settings.max_image_pixels,
-            max_bytes=ctx.settings.max_image_bytes,
-        )
+        image = ctx.read_image(ref)
     except BadInput as refusal:
         return _Unusable(refusal.reason, refusal.detail)
     if image.size != (ref.width, ref.height):

@@ -28,14 +28,13 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from schemas.common import ImageRef
 from schemas.envelope import Envelope
 from schemas.events import CorrectionPending, GateAccepted, ImageMatted
 from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED, IMAGE_MATTED
 from services.gate.config import GateSettings, load_gate_settings
 from shared.errors import BadInput
 from shared.gate import evaluate, failed_reasons
-from shared.images import UInt8Array, decode_image, decode_mask
+from shared.images import UInt8Array
 from shared.runtime import Context, Emit, Stage, run_stage
 
 DEFAULT_METRICS_PORT = 9105
@@ -72,11 +71,11 @@ def handle(
     """Measure one matted item and route it to ``gate.accepted`` or ``correction.pending``."""
     matted = event.payload
     generated = matted.generated
-    predicted_mask = _read_mask(ctx, matted.predicted_mask)
-    expected_mask = _read_mask(ctx, generated.expected_mask)
-    image = _read_image(ctx, generated.image)
-    reference_image = _read_image(ctx, generated.reference_image)
-    reference_mask = _read_mask(ctx, generated.reference_mask)
+    predicted_mask = ctx.read_mask(matted.predicted_mask)
+    expected_mask = ctx.read_mask(generated.expected_mask)
+    image = np.asarray(ctx.read_image(generated.image), dtype=np.uint8)
+    reference_image = np.asarray(ctx.read_image(generated.reference_image), dtype=np.uint8)
+    reference_mask = ctx.read_mask(generated.reference_mask)
     _same_size(("image", image), ("predicted mask", predicted_mask), ("expected mask", expected_mask))
     _same_size(("reference image", reference_image), ("reference mask", reference_mask))
 
@@ -99,19 +98,6 @@ def handle(
     ctx.log.info("flagged for correction", extra={"item_id": generated.item_id, "reasons": reasons})
     pending = CorrectionPending(matted=matted, iou=iou, checks=checks, reasons=reasons)
     return [Emit(CORRECTION_PENDING, pending, key="decision")]
-
-
-def _read_mask(ctx: Context, ref: ImageRef) -> UInt8Array:
-    data = ctx.store.read_verified(ref)
-    return decode_mask(data, max_pixels=ctx.settings.max_image_pixels, max_bytes=ctx.settings.max_image_bytes)
-
-
-def _read_image(ctx: Context, ref: ImageRef) -> UInt8Array:
-    data = ctx.store.read_verified(ref)
-    image = decode_image(
-        data, max_pixels=ctx.settings.max_image_pixels, max_bytes=ctx.settings.max_image_bytes
-    )
-    return np.asarray(image, dtype=np.uint8)
 
 
 def _same_size(*named: tuple[str, UInt8Array]) -> None:

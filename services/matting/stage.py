@@ -45,7 +45,6 @@ from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
 from services.matting.config import MattingSettings, load_matting_settings
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput
-from shared.images import decode_image, decode_mask
 from shared.matting.roi import Box, product_box
 from shared.matting.session import MaskOptions, MattingModelError, MattingSession, open_session
 from shared.runtime import Context, Emit, Stage, run_stage
@@ -131,11 +130,7 @@ def _read_input(
         return image, None
     ref = event.payload.expected_mask
     try:
-        expected = decode_mask(
-            ctx.store.read_verified(ref),
-            max_pixels=ctx.settings.max_image_pixels,
-            max_bytes=ctx.settings.max_image_bytes,
-        )
+        expected = ctx.read_mask(ref)
     except BadInput as refusal:
         return BadInput(refusal.reason, f"expected mask: {refusal.detail or refusal.reason}")
     if expected.shape != (image.height, image.width):
@@ -151,11 +146,7 @@ def _read_image(event: Envelope[ImageGenerated], ctx: Context) -> Image.Image | 
     """The event's image, checked against its sha256 and dimensions, decoded within the limits."""
     ref = event.payload.image
     try:
-        image = decode_image(
-            ctx.store.read_verified(ref),
-            max_pixels=ctx.settings.max_image_pixels,
-            max_bytes=ctx.settings.max_image_bytes,
-        )
+        image = ctx.read_image(ref)
     except BadInput as refusal:
         return refusal
     if image.size != (ref.width, ref.height):
