@@ -31,6 +31,7 @@ run, kept under ``renderer`` for comparison (the committed U2-NetP was trained o
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -314,31 +315,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "gate.json")
     args = parser.parse_args(argv)
     session = open_session(args.model, threads=2, use_gpu=False, store=None, max_batch=8)
-    figures = run_bench(
-        args.n, args.seed, size_px=args.size, source=args.source, session=session, roi_margin=args.roi_margin
+    bench = functools.partial(
+        run_bench, args.n, size_px=args.size, session=session, roi_margin=args.roi_margin
     )
+    figures = bench(args.seed, source=args.source)
     if args.source == "composite" and args.other_seed >= 0:
-        other = run_bench(
-            args.n,
-            args.other_seed,
-            size_px=args.size,
-            source="composite",
-            session=session,
-            roi_margin=args.roi_margin,
-        )
+        other = bench(args.other_seed, source="composite")
         figures["other_seed"] = {
             key: other[key]
             for key in ("seed", "pass_rate_good", "flag_rate_bad", "n_images", "pass_rate_good_by_scene")
         }
     if args.source == "composite" and not args.no_renderer_comparison:
-        figures["renderer"] = run_bench(
-            args.n,
-            args.seed,
-            size_px=args.size,
-            source="renderer",
-            session=session,
-            roi_margin=args.roi_margin,
-        )
+        figures["renderer"] = bench(args.seed, source="renderer")
     figures["machine"] = (
         f"vm: {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, ONNX Runtime CPU"

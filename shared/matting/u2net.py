@@ -16,7 +16,7 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -285,14 +285,21 @@ def _format_keys(keys: Sequence[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def read_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """A state dict from a ``.pth`` (reference layout) or a ``skuforge matting train`` checkpoint."""
+def _load_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What ``torch.save`` wrote at ``path``, which must be a mapping (a state dict or a checkpoint)."""
+    # weights_only: a .pth from the internet must not be able to run code when unpickled.
     loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping) and "optimiser" in loaded:
-        loaded = loaded["model"]
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{path}: expected a state dict, got {type(loaded).__name__}")
     return dict(loaded)
+
+
+def read_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """A state dict from a ``.pth`` (reference layout) or a ``skuforge matting train`` checkpoint."""
+    loaded = _load_mapping(path)
+    if isinstance(loaded.get("model"), Mapping) and "optimiser" in loaded:
+        return dict(loaded["model"])
+    return loaded
 
 
 def average_weights(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Tensor]:
@@ -332,11 +339,7 @@ def load_reference_state_dict(
     if isinstance(path_or_state_dict, Mapping):
         state = dict(path_or_state_dict)
     else:
-        # weights_only: a .pth from the internet must not be able to run code when unpickled.
-        loaded = torch.load(Path(path_or_state_dict), map_location="cpu", weights_only=True)
-        if not isinstance(loaded, Mapping):
-            raise ValueError(f"{path_or_state_dict}: expected a state dict, got {type(loaded).__name__}")
-        state = dict(loaded)
+        state = _load_mapping(path_or_state_dict)
 
     if state and all(k.startswith(_DDP_PREFIX) for k in state):
         state = {k[len(_DDP_PREFIX) :]: v for k, v in state.items()}
