@@ -161,7 +161,7 @@ def _cmd_demo(rest: list[str]) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "up": (_cmd_up, "start the whole local stack (Kafka, Triton, every stage, console); Ctrl-C stops it"),
-    "demo": (_cmd_demo, "synthetic SKUs through the whole stack, then a summary and demo-out/report.html"),
+    "demo": (_cmd_demo, "real sample SKUs (or --skus DIR, --synthetic) through the stack, then a report"),
     "ingest": (_cmd_ingest, "upload SKU folders (photos + metadata.json) and publish sku.ingested"),
     "synth": (_cmd_synth, "render synthetic SKU folders with exact masks (test and demo data)"),
     "matting": (_cmd_matting, "train, evaluate or quantise the U2-Net matting model"),

@@ -1,13 +1,28 @@
-"""The demo report's pictures and the demo's bookkeeping, without Kafka: outlines, histogram, item keys."""
+"""The demo report's pictures, the demo's bookkeeping and command line, without Kafka: outlines, histogram."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from schemas.topics import SKU_INGESTED
+from services.demo.demo import main as demo_main
 from services.demo.flow import FlowState, Seen, item_key
-from services.demo.report import StageView, contact_sheet, iou_histogram_svg, outline, with_outlines
+from services.demo.report import (
+    CUTOUT_BACKGROUND_RGB,
+    ReferenceView,
+    SkuView,
+    StageView,
+    contact_sheet,
+    iou_histogram_svg,
+    outline,
+    with_outlines,
+    write_report,
+)
+from shared.store import FileStore
 
 
 def square_mask(size: int = 40, lo: int = 10, hi: int = 30) -> np.ndarray:
@@ -64,3 +79,56 @@ def test_stage_throughput_and_item_keys() -> None:
     state.records["gate.accepted.v1"]["a"] = Seen(None, 3_500)
     assert state.span_s("gate") == pytest.approx(2.5)
     assert state.outputs("gate") == 1
+
+
+def test_report_shows_each_real_photo_at_its_aspect_with_its_mask_or_why_not(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    # A landscape phone photo: a dark product on a light background, and the captioner's mask of it.
+    pixels = np.full((240, 348, 3), 230, dtype=np.uint8)
+    pixels[60:180, 100:250] = (40, 20, 60)
+    mask = np.zeros((240, 348), dtype=np.uint8)
+    mask[60:180, 100:250] = 255
+    photo = store.put_image("incoming/p.png", pixels)
+    sku = SkuView(
+        sku_id="GROCERY-TEST-001",
+        name="Aubergine",
+        category="aubergine",
+        photos=[
+            ReferenceView(
+                "IMG_1.jpg", photo, store.put_image("masks/p.png", mask), None, "a photo of an aubergine"
+            ),
+            ReferenceView("IMG_2.jpg", photo, None, "no_product_found"),
+        ],
+        generated=0,
+        accepted=[],
+        flagged=[],
+        stored_real=1,
+    )
+    page = write_report(
+        tmp_path / "out", store, [sku], [], iou_threshold=0.9, console_lines=[], elapsed_s=1, complete=True
+    ).read_text()
+
+    assert "IMG_1.jpg (348x240), mask 22% of the photo" in page and "a photo of an aubergine" in page
+    assert "IMG_2.jpg (348x240)" in page and "not used</b>: no_product_found" in page
+    outlined = Image.open(tmp_path / "out" / "images" / "GROCERY-TEST-001-ref-0.jpg")
+    cutout = np.asarray(Image.open(tmp_path / "out" / "images" / "GROCERY-TEST-001-ref-0-cutout.jpg"))
+    assert outlined.size == (200, 138)  # shrunk, not squeezed into a square
+    assert cutout.shape[:2] == (138, 200)
+    assert np.abs(cutout[5, 5].astype(int) - CUTOUT_BACKGROUND_RGB).max() < 12  # background replaced
+    assert np.abs(cutout[69, 100].astype(int) - (40, 20, 60)).max() < 24  # the product kept
+    assert (tmp_path / "out" / "images" / "GROCERY-TEST-001-ref-1.jpg").is_file()
+
+
+def test_demo_refuses_a_wrong_sku_source_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        demo_main(["--skus", "3"])  # what --skus meant before it took a folder
+    assert exited.value.code == 2
+    assert "--synthetic --synthetic-skus 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        demo_main(["--seed", "3"])
+    assert "--seed: only with --synthetic" in capsys.readouterr().err
+    assert demo_main(["--skus", str(tmp_path), "--workdir", str(tmp_path / "up")]) == 2
+    assert "no SKU folders" in capsys.readouterr().err
+    assert not (tmp_path / "up").exists(), "no stack may start for SKUs that cannot be ingested"

@@ -1,12 +1,17 @@
-"""``skuforge demo`` (what ``make demo`` runs): a few synthetic SKUs through the whole running system.
+"""``skuforge demo`` (what ``make demo`` runs): a few SKUs through the whole running system.
 
-1. renders ``--skus`` synthetic products, ``--photos-per-sku`` photos each (``skuforge synth``);
+1. takes its SKUs from one of three places: the committed sample of real photos
+   (``samples/grocerystore/``, three GroceryStoreDataset products, the default), your own SKU folders
+   (``--skus DIR``, the layout ``skuforge ingest`` reads), or ``--synthetic`` products from the
+   renderer (``--synthetic-skus``, ``--photos-per-sku``, ``--seed``, ``--size``); every folder is
+   checked before anything starts;
 2. uses the stack of ``--workdir`` if ``skuforge up`` runs there, else starts one (and stops it at the
    end, unless ``--keep-running``);
 3. ingests the SKUs, then shows per stage how far they got, until every generated image is decided:
    accepted into the retraining store or queued in the correction console (or dead-lettered);
 4. prints a summary (per SKU: real photos, generated, accepted, flagged, mean IoU; per stage:
-   throughput) and writes ``<out>/report.html`` with the pictures.
+   throughput) and writes ``<out>/report.html`` with the pictures: the real photos with the masks
+   the captioner cut, and the generated images with theirs.
 
 CPU defaults: the composite generation backend and the committed U2-NetP. With
 ``SKUFORGE_DIFFUSION_MODEL`` set and a GPU present, the stack it starts serves diffusion + LoRA
@@ -39,12 +44,22 @@ from schemas.topics import (
     SKU_INGESTED,
 )
 from services.demo.flow import STAGE_TOPICS, FlowState, FlowTracker
-from services.demo.report import ItemView, SkuView, StageView, write_report
+from services.demo.report import ItemView, ReferenceView, SkuView, StageView, write_report
+from services.ingest.ingest import IngestError, prepare_all
 from services.up import DEFAULT_WORKDIR, read_state
 from shared.config import load_settings
 from shared.store import ObjectStore, open_store
 
 STACK_START_TIMEOUT_S = 600.0
+# The real photos the demo runs on by default; where each comes from: samples/grocerystore/README.md.
+SAMPLE_SKUS = Path(__file__).resolve().parents[2] / "samples" / "grocerystore"
+# --synthetic's options: flag, default, help.
+SYNTHETIC_OPTIONS: tuple[tuple[str, int, str], ...] = (
+    ("--synthetic-skus", 3, "synthetic SKUs"),
+    ("--photos-per-sku", 3, "photos per synthetic SKU"),
+    ("--seed", 7, "catalogue seed"),
+    ("--size", 384, "side of the rendered photos, px"),
+)
 
 
 def _say(line: str) -> None:
@@ -185,10 +200,13 @@ def handler_ms(metrics_url: str | None, stage: str) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``skuforge demo``; 0 when every generated image was decided, 1 on time-out."""
+    """``skuforge demo``; 0 when every generated image was decided, 1 on time-out, 2 on bad input."""
     parser = argparse.ArgumentParser(
         prog="skuforge demo",
-        description="Synthetic SKUs through the whole stack; prints a summary and writes OUT/report.html.",
+        description=(
+            "SKUs through the whole stack; prints a summary and writes OUT/report.html. By default the "
+            "SKUs are the real photos committed in samples/grocerystore (GroceryStoreDataset, MIT)."
+        ),
     )
     parser.add_argument(
         "--out", type=Path, default=Path("demo-out"), help="report folder (default %(default)s)"
@@ -196,34 +214,86 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, default=DEFAULT_WORKDIR, help="the stack's workdir (default %(default)s)"
     )
-    parser.add_argument("--skus", type=int, default=3, help="synthetic SKUs (default %(default)s)")
-    parser.add_argument(
-        "--photos-per-sku", type=int, default=3, help="real photos per SKU (default %(default)s)"
-    )
     parser.add_argument(
         "--variants", type=int, default=6, help="generated images per SKU (default %(default)s)"
     )
-    parser.add_argument("--seed", type=int, default=7, help="catalogue seed (default %(default)s)")
-    parser.add_argument(
-        "--size", type=int, default=384, help="side of the rendered photos, px (default %(default)s)"
-    )
     parser.add_argument("--timeout-s", type=float, default=600, help="give up waiting after this long")
     parser.add_argument("--keep-running", action="store_true", help="leave a stack started here running")
+    source = parser.add_argument_group(
+        "which SKUs", "default: the real sample photos in samples/grocerystore (3 SKUs x 3 photos)"
+    ).add_mutually_exclusive_group()
+    source.add_argument(
+        "--skus",
+        type=Path,
+        metavar="DIR",
+        help="your own SKUs: a SKU folder (photos + metadata.json) or a folder of them, "
+        "as 'skuforge ingest' reads",
+    )
+    source.add_argument(
+        "--synthetic", action="store_true", help="render synthetic SKUs instead (options below)"
+    )
+    synthetic = parser.add_argument_group("synthetic SKUs (only with --synthetic)")
+    for flag, default, text in SYNTHETIC_OPTIONS:
+        synthetic.add_argument(flag, type=int, metavar="N", help=f"{text} (default {default})")
     args = parser.parse_args(argv)
     started = time.monotonic()
 
-    from shared.synth import write_sku_folders
+    given = [flag for flag, _, _ in SYNTHETIC_OPTIONS if getattr(args, _dest(flag)) is not None]
+    if given and not args.synthetic:
+        parser.error(f"{', '.join(given)}: only with --synthetic")
+    for flag, default, _ in SYNTHETIC_OPTIONS:
+        if getattr(args, _dest(flag)) is None:
+            setattr(args, _dest(flag), default)
+    if args.skus is not None and not args.skus.is_dir():
+        hint = (
+            f"; for {args.skus} synthetic SKUs: --synthetic --synthetic-skus {args.skus}"
+            if str(args.skus).isdigit()
+            else ""
+        )
+        parser.error(f"--skus {args.skus}: not a directory of SKU folders{hint}")
 
-    catalogue = args.out / "catalogue"
-    folders = write_sku_folders(catalogue, args.skus, args.photos_per_sku, args.seed, args.size)
-    sku_ids = [folder.name for folder in folders]
-    _say(f"rendered {len(folders)} SKUs x {args.photos_per_sku} photos into {catalogue / 'skus'}")
+    if args.synthetic:
+        skus_dir = render_synthetic(args.out / "catalogue", args)
+    else:
+        skus_dir = args.skus if args.skus is not None else SAMPLE_SKUS
+    try:
+        prepared = prepare_all(skus_dir, load_settings())
+    except IngestError as exc:
+        missing_samples = args.skus is None and not args.synthetic and not SAMPLE_SKUS.is_dir()
+        hint = " (the sample photos ship with the repository; use --skus DIR or --synthetic)"
+        print(f"skuforge demo: {exc}{hint if missing_samples else ''}", file=sys.stderr)
+        return 2
+    sku_ids = [sku.metadata.sku_id for sku in prepared]
+    photos = sum(len(sku.photos) for sku in prepared)
+    _say(f"{len(sku_ids)} SKUs, {photos} photos, from {_shown(skus_dir)}")
 
     workdir = args.workdir.resolve()
     with stack(workdir, variants=args.variants, keep_running=args.keep_running) as running:
         os.environ.update(running["env"])  # the stack's Kafka, store, topics, console database
-        code = run_flow(args, running, catalogue / "skus", sku_ids, started)
+        code = run_flow(args, running, skus_dir, sku_ids, started)
     return code
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it is under it (shorter lines)."""
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def render_synthetic(catalogue: Path, args: argparse.Namespace) -> Path:
+    """Render ``--synthetic-skus`` renderer SKUs under ``catalogue``; returns their ``skus`` folder."""
+    from shared.synth import write_sku_folders
+
+    write_sku_folders(catalogue, args.synthetic_skus, args.photos_per_sku, args.seed, args.size)
+    skus_dir = catalogue / "skus"
+    _say(f"rendered {args.synthetic_skus} synthetic SKUs x {args.photos_per_sku} photos into {skus_dir}")
+    return skus_dir
 
 
 def run_flow(
@@ -309,6 +379,7 @@ def run_flow(
         console_lines=console_lines,
         elapsed_s=elapsed,
         complete=complete,
+        source=str(_shown(skus_dir)),
     )
     _say(f"report: {report.resolve()}")
     for letter in state.dead:
@@ -323,6 +394,8 @@ def sku_views(state: FlowState, store: ObjectStore, sku_ids: list[str]) -> list[
 
     manifests = ManifestStore(store, load_trainstore_settings().trainstore_prefix)
     ingested: dict[str, SkuIngested] = {p.sku.sku_id: p for p in state.payloads(SKU_INGESTED)}
+    captioned: dict[str, SkuCaptioned] = {p.sku.sku_id: p for p in state.payloads(SKU_CAPTIONED)}
+    refused = {d.sku_id: d.reason for d in state.dead if d.original_topic.endswith(SKU_INGESTED.name)}
     generated: list[ImageGenerated] = state.payloads(IMAGE_GENERATED)
     accepted: list[GateAccepted] = state.payloads(GATE_ACCEPTED)
     flagged: list[CorrectionPending] = state.payloads(CORRECTION_PENDING)
@@ -339,6 +412,29 @@ def sku_views(state: FlowState, store: ObjectStore, sku_ids: list[str]) -> list[
             reasons,
         )
 
+    def references(sku_id: str) -> list[ReferenceView]:
+        sku = ingested.get(sku_id)
+        if sku is None:
+            return []
+        found = {photo.photo_id: photo for photo in captioned[sku_id].photos} if sku_id in captioned else {}
+        views = []
+        for photo in sku.photos:
+            masked = found.get(photo.photo_id)
+            if masked is not None:
+                reason = masked.unusable_reason if not masked.usable else None
+            else:
+                reason = refused.get(sku_id, "not captioned")
+            views.append(
+                ReferenceView(
+                    photo.original_filename,
+                    photo.image,
+                    masked.mask if masked is not None else None,
+                    reason,
+                    masked.caption if masked is not None else "",
+                )
+            )
+        return views
+
     views = []
     for sku_id in sku_ids:
         sku = ingested.get(sku_id)
@@ -350,7 +446,7 @@ def sku_views(state: FlowState, store: ObjectStore, sku_ids: list[str]) -> list[
                 sku_id=sku_id,
                 name=sku.sku.name if sku else sku_id,
                 category=sku.sku.category if sku else "",
-                photos=[photo.image for photo in sku.photos] if sku else [],
+                photos=references(sku_id),
                 generated=sum(1 for g in generated if g.sku.sku_id == sku_id),
                 accepted=[view(a) for a in accepted if a.matted.generated.sku.sku_id == sku_id],
                 flagged=[view(f) for f in flagged if f.matted.generated.sku.sku_id == sku_id],
@@ -378,11 +474,12 @@ def print_summary(
     """The summary on the terminal."""
     print(flush=True)
     columns = ("real", "stored real", "generated", "accepted", "flagged", "mean IoU")
-    print(f"{'SKU':<14} " + " ".join(f"{name:>{max(5, len(name))}}" for name in columns))
+    width = max([14, *(len(sku.sku_id) for sku in views)])
+    print(f"{'SKU':<{width}} " + " ".join(f"{name:>{max(5, len(name))}}" for name in columns))
     for sku in views:
         mean = f"{sku.mean_iou:.3f}" if sku.mean_iou is not None else "-"
         print(
-            f"{sku.sku_id:<14} {len(sku.photos):>5} {sku.stored_real:>11} {sku.generated:>9} "
+            f"{sku.sku_id:<{width}} {len(sku.photos):>5} {sku.stored_real:>11} {sku.generated:>9} "
             f"{len(sku.accepted):>8} {len(sku.flagged):>7} {mean:>8}"
         )
     print()

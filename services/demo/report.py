@@ -1,5 +1,6 @@
-"""``demo-out/report.html``: per SKU the reference photos, the accepted images with their mask outlines,
-the flagged ones with IoU and reasons; an IoU histogram; how to review the flagged ones in the console.
+"""``demo-out/report.html``: per SKU the reference photos with the captioner's mask (outlined, and the
+product cut out by it), the accepted images with their mask outlines, the flagged ones with IoU and
+reasons; an IoU histogram; how to review the flagged ones in the console.
 
 Pictures are written beside the page (``demo-out/images/``) so the report opens from disk, offline.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 import html
 import io
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,19 @@ SHEET_COLUMNS = 6
 PREDICTED_RGB = (40, 220, 90)  # the matting model's mask
 EXPECTED_RGB = (40, 160, 255)  # where the generator put the product's pixels
 FLAGGED_RGB = (240, 60, 60)
+REFERENCE_PX = 200
+CUTOUT_BACKGROUND_RGB = (205, 205, 205)  # neutral grey: neither white nor dark products vanish on it
+
+
+@dataclass
+class ReferenceView:
+    """One real photo as the report shows it: the mask the captioner cut, or why there is none."""
+
+    filename: str
+    image: ImageRef
+    mask: ImageRef | None
+    unusable_reason: str | None = None
+    caption: str = ""
 
 
 @dataclass
@@ -45,7 +59,7 @@ class SkuView:
     sku_id: str
     name: str
     category: str
-    photos: list[ImageRef]
+    photos: list[ReferenceView]
     generated: int
     accepted: list[ItemView]
     flagged: list[ItemView]
@@ -91,6 +105,15 @@ def with_outlines(
         if mask.shape != pixels.shape[:2]:
             mask = np.asarray(Image.fromarray(mask).resize((pixels.shape[1], pixels.shape[0]), Image.NEAREST))
         pixels[outline(mask, width_px=max(3, pixels.shape[0] // 100))] = colour
+    return Image.fromarray(pixels)
+
+
+def cutout_on(image: Image.Image, mask: np.ndarray, background: tuple[int, int, int]) -> Image.Image:
+    """The image's pixels where the mask is set, ``background`` elsewhere (the mask at any size)."""
+    pixels = np.array(image.convert("RGB"))
+    if mask.shape != pixels.shape[:2]:
+        mask = np.asarray(Image.fromarray(mask).resize((pixels.shape[1], pixels.shape[0]), Image.NEAREST))
+    pixels[mask <= 127] = background
     return Image.fromarray(pixels)
 
 
@@ -164,8 +187,34 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th:first-child,td:first-child{text-align:left}img{border:1px solid #ddd;margin:2px}
 .flagged{display:inline-block;width:170px;vertical-align:top;font-size:12px;margin:4px}
 .key span{display:inline-block;width:1em;height:1em;vertical-align:middle;margin:0 .3em}
+.reference{display:inline-block;vertical-align:top;font-size:12px;margin:4px;max-width:410px}
 code,pre{background:#f4f4f4;padding:.1em .3em}section{border-top:2px solid #eee;margin-top:1.5em}
 """
+
+
+def _reference_figure(
+    store: ObjectStore, photo: ReferenceView, save: Callable[[Image.Image, str], str], name: str
+) -> str:
+    """One reference photo: outlined with its mask, beside the product cut out by it; or why not."""
+    esc = html.escape
+    image = _load(store, photo.image)
+    label = f"{esc(photo.filename)} ({image.width}x{image.height})"
+    if photo.mask is None:
+        src = save(_thumb(image, REFERENCE_PX), f"{name}.jpg")
+        reason = esc(photo.unusable_reason or "no mask")
+        return (
+            f'<div class="reference"><img src="{src}" alt="reference photo"><br>{label}<br>'
+            f"<b>not used</b>: {reason}</div>"
+        )
+    mask = _mask(store, photo.mask)
+    outlined = save(_thumb(with_outlines(image, [(mask, PREDICTED_RGB)]), REFERENCE_PX), f"{name}.jpg")
+    cutout = save(_thumb(cutout_on(image, mask, CUTOUT_BACKGROUND_RGB), REFERENCE_PX), f"{name}-cutout.jpg")
+    share = float((mask > 127).mean())
+    return (
+        f'<div class="reference"><img src="{outlined}" alt="reference photo with its mask outlined">'
+        f'<img src="{cutout}" alt="the product cut out by its mask"><br>{label}, mask {share:.0%} of the '
+        f"photo<br><i>{esc(photo.caption)}</i></div>"
+    )
 
 
 def write_report(
@@ -178,6 +227,7 @@ def write_report(
     console_lines: Sequence[str],
     elapsed_s: float,
     complete: bool,
+    source: str = "",
 ) -> Path:
     """Write ``out/report.html`` and its pictures under ``out/images``; returns the page's path."""
     images_dir = out / "images"
@@ -195,7 +245,9 @@ def write_report(
     total_flagged = sum(len(sku.flagged) for sku in skus)
     status = "complete" if complete else "INCOMPLETE (timed out; see the stage logs)"
     body.append(
-        f"<h1>skuforge demo</h1><p>{len(skus)} SKUs, {total_generated} generated images: "
+        f"<h1>skuforge demo</h1><p>{len(skus)} SKUs"
+        + (f" from <code>{esc(source)}</code>" if source else "")
+        + f", {total_generated} generated images: "
         f"{total_accepted} accepted into the retraining store, {total_flagged} flagged for review. "
         f"Run {status} in {elapsed_s:.0f}s.</p>"
     )
@@ -229,7 +281,8 @@ def write_report(
     body.append("<h2>Review the flagged images</h2><pre>" + esc("\n".join(console_lines)) + "</pre>")
     body.append(
         f'<p class="key">Outlines: <span style="background:rgb{PREDICTED_RGB}"></span>predicted mask '
-        f'(U2-NetP) <span style="background:rgb{EXPECTED_RGB}"></span>expected mask (where the '
+        f"(U2-NetP; on a reference photo, the captioner's mask, whose pixels generation keeps) "
+        f'<span style="background:rgb{EXPECTED_RGB}"></span>expected mask (where the '
         "generator kept the product)</p>"
     )
     for sku in skus:
@@ -238,11 +291,10 @@ def write_report(
             f'<section id="{esc(slug)}"><h2>{esc(slug)}: {esc(sku.name)} '
             f"<small>({esc(sku.category)})</small></h2>"
         )
-        body.append(f"<h3>Reference photos ({len(sku.photos)})</h3><p>")
-        for index, ref in enumerate(sku.photos):
-            src = save(_thumb(_load(store, ref), 200), f"{slug}-ref-{index}.jpg")
-            body.append(f'<img src="{src}" alt="reference photo {index + 1}">')
-        body.append("</p>")
+        body.append(f"<h3>Reference photos ({len(sku.photos)})</h3><div>")
+        for index, photo in enumerate(sku.photos):
+            body.append(_reference_figure(store, photo, save, f"{slug}-ref-{index}"))
+        body.append("</div>")
         body.append(f"<h3>Accepted ({len(sku.accepted)})</h3>")
         if sku.accepted:
             pictures = [
