@@ -1,6 +1,6 @@
 """Retraining store bench: load the manifests of 2,000,000 items over 1,000 SKUs, as a trainer would.
 
-The lesson this guards (../shared/DESIGN.md): a LoRA tool that read ~2M images and captions at
+The lesson this guards (docs/architecture.md): a LoRA tool that read ~2M images and captions at
 start-up spent 20+ hours; one index per class cut it to minutes. Here a training job calls
 ``shared.trainstore.loader.load_manifest`` and reads one compacted JSONL part per SKU, never an image.
 

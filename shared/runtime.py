@@ -11,7 +11,7 @@ A stage is a typed function from one input event to its output events::
 
     stage.run()
 
-Delivery (../shared/DESIGN.md, "Delivery and failure"):
+Delivery (docs/architecture.md, "Delivery"):
 
 * **At least once, effectively once in the store.** The handler writes its objects under
   deterministic ids before returning; the runtime then produces every output (idempotent

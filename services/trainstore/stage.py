@@ -12,7 +12,7 @@ Consumes:
 * ``sku.captioned``        the real reference photos with their masks (rows ``reference``, source ``real``;
                            photos the captioner found unusable are recorded as ``unusable``).
 
-Produces no events. Writes, under ``SKUFORGE_TRAINSTORE_PREFIX`` (layout in ../shared/DESIGN.md and
+Produces no events. Writes, under ``SKUFORGE_TRAINSTORE_PREFIX`` (layout in docs/architecture.md and
 ``shared/trainstore/manifest.py``): ``images/<sku_id>/<real|synthetic>/<item_id>.png``,
 ``masks/<sku_id>/<item_id>.png`` and the SKU's manifest parts, compacted every
 ``SKUFORGE_TRAINSTORE_COMPACT_AFTER_PARTS`` deltas.

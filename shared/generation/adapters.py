@@ -6,7 +6,7 @@ Layout, under the registry's root (by default ``<SKUFORGE_STORE_URI>/adapters``)
     <adapter_id>/metadata.json                      AdapterMetadata: base model, kind, series, rank...
 
 ``metadata.json`` is written last, so an adapter whose upload broke half-way is never listed.
-Two kinds exist, as in the field report (DESIGN.md): a ``general`` adapter trained on
+Two kinds exist, as in the field report (docs/architecture.md): a ``general`` adapter trained on
 all shelf images, and ``specialized`` adapters trained on one product series. For a request the
 choice is: the newest specialised adapter of the SKU's series, else the newest general one, else
 none (``resolve_adapter``)::

@@ -1,6 +1,6 @@
 """Dataset tools on the retraining store: per-SKU stats and export under the real:synthetic policy.
 
-The policy (../shared/DESIGN.md, "Why it exists"): generated-only classes do not work and too many
+The policy (docs/architecture.md, "What the field taught"): generated-only classes do not work and too many
 generated images teach the generator's artefacts, so an exported class
 
 * has at least ``min_real`` real images (classes with fewer are left out, and the summary says so);

@@ -1,6 +1,6 @@
 """The retraining store's manifests: one row per item, JSONL parts per SKU, compacted into one file.
 
-Layout under the store's root (``SKUFORGE_TRAINSTORE_PREFIX``, see ../shared/DESIGN.md)::
+Layout under the store's root (``SKUFORGE_TRAINSTORE_PREFIX``, see docs/architecture.md)::
 
     images/<sku_id>/<source: real|synthetic>/<item_id>.png
     masks/<sku_id>/<item_id>.png
