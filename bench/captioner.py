@@ -1,12 +1,23 @@
 """Captioner accuracy benchmark: how often the caption's first colour and the shape are right.
 
     python -m bench.captioner                      # 200 products, committed U2-NetP masks, 512 px
+    python -m bench.captioner --grocery-dataset /data/GroceryStoreDataset/dataset   # plus real photos
+    python -m bench.captioner --real-only --matting-model var/models/u2netp-official.onnx
 
-Products of a held-out synthetic catalogue (seed 31337: not the shape tree's fitting seed 4242,
-not the matting model's training seeds) go through the captioner's real path, renderer photo →
-U2-NetP mask → attributes → caption (``shared/captioning/evaluate.py``). The same products with
-the renderer's exact masks are scored too, so matting errors and attribute errors can be told
-apart. Writes bench/results/captioner.json.
+Renderer part: products of a held-out synthetic catalogue (seed 31337: not the shape tree's fitting
+seed 4242, not the matting model's training seeds) go through the captioner's real path, renderer
+photo → matting mask → attributes → caption (``shared/captioning/evaluate.py``). The same products
+with the renderer's exact masks are scored too, so matting errors and attribute errors can be told
+apart.
+
+Real part (``"real"``): the 81 catalogue photos of GroceryStoreDataset (Klasson et al., MIT; see
+bench/data/captioner_real/README.md), labelled by hand in bench/data/captioner_real/truth.csv with
+their colour and packaging, go through the same path. The dataset comes from ``--grocery-dataset``
+or ``SKUFORGE_GROCERY_DATASET`` (the folder holding ``iconic-images-and-descriptions/``); without
+either the real part is skipped, saying so, and the previous "real" figures are kept.
+
+Both parts use the default matting session unless ``--matting-model`` names another model.
+Writes bench/results/captioner.json.
 """
 
 from __future__ import annotations
@@ -21,27 +32,20 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
+REAL_TRUTH = Path(__file__).parent / "data" / "captioner_real" / "truth.csv"
 SEED = 31337
+RENDERER_TARGETS = {"colour_accuracy": 0.9, "shape_accuracy": 0.85}
+REAL_TARGETS = {"colour_accuracy": 0.85, "packaging_accuracy": 0.8}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Score the captions, print and write the figures."""
-    parser = argparse.ArgumentParser(prog="python -m bench.captioner", description=__doc__)
-    parser.add_argument("--products", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--size-px", type=int, default=512)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-
+def renderer_figures(session: Any, products: int, seed: int, size_px: int) -> dict[str, Any]:
+    """The renderer part: predicted and exact masks on ``products`` products of catalogue ``seed``."""
     from shared.captioning.attributes import shape_tree_id
     from shared.captioning.evaluate import renderer_accuracy
-    from shared.matting.session import open_session
 
-    session = open_session(None, threads=args.threads, use_gpu=False, store=None)
-    started = time.monotonic()
-    predicted = renderer_accuracy(args.products, args.seed, session=session, size_px=args.size_px)
-    exact = renderer_accuracy(args.products, args.seed, session=None, size_px=args.size_px)
-    result: dict[str, Any] = {
+    predicted = renderer_accuracy(products, seed, session=session, size_px=size_px)
+    exact = renderer_accuracy(products, seed, session=None, size_px=size_px)
+    return {
         "colour_accuracy": predicted.colour_accuracy,
         "shape_accuracy": predicted.shape_accuracy,
         "n_products": predicted.n_products,
@@ -55,22 +59,104 @@ def main(argv: list[str] | None = None) -> int:
         "colour_misses": predicted.colour_misses,
         "shape_misses": predicted.shape_misses,
         "setup": {
-            "seed": args.seed,
-            "size_px": args.size_px,
+            "seed": seed,
+            "size_px": size_px,
             "photos_per_product": 1,
             "matting_model": session.model_id,
             "shape_tree": shape_tree_id(),
-            "targets": {"colour_accuracy": 0.9, "shape_accuracy": 0.85},
+            "targets": RENDERER_TARGETS,
         },
-        "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"ONNX Runtime CPU ({args.threads} threads)",
-        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def real_figures(session: Any, dataset_dir: Path, truth: Path) -> dict[str, Any]:
+    """The real part: every row of the truth table through the real path."""
+    from shared.captioning.evaluate import read_truth_table, real_accuracy
+
+    report = real_accuracy(read_truth_table(truth), dataset_dir, session=session)
+    return {
+        "n_real_products": report.n_real_products,
+        "colour_accuracy": report.colour_accuracy,
+        "packaging_accuracy": report.packaging_accuracy,
+        "seconds_per_photo": report.seconds_per_photo,
+        "matting_model": session.model_id,
+        "truth_table": str(truth.relative_to(Path(__file__).parent.parent)),
+        "targets": REAL_TARGETS,
+        "colour_misses": report.colour_misses,
+        "packaging_misses": report.packaging_misses,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Score the captions, print and write the figures."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.captioner",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--products", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--size-px", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--matting-model", default=None, help="matting model for both parts (default: the default session's)"
+    )
+    parser.add_argument(
+        "--grocery-dataset",
+        type=Path,
+        default=os.environ.get("SKUFORGE_GROCERY_DATASET") or None,
+        help="GroceryStoreDataset's dataset/ folder (default: $SKUFORGE_GROCERY_DATASET)",
+    )
+    parser.add_argument("--real-only", action="store_true", help="skip the renderer part, keep its figures")
+    args = parser.parse_args(argv)
+    if args.real_only and args.grocery_dataset is None:
+        parser.error("--real-only needs --grocery-dataset or SKUFORGE_GROCERY_DATASET")
+    if (
+        args.grocery_dataset is not None
+        and not (args.grocery_dataset / "iconic-images-and-descriptions").is_dir()
+    ):
+        parser.error(
+            f"{args.grocery_dataset} has no iconic-images-and-descriptions/: "
+            "pass GroceryStoreDataset's dataset/ folder"
+        )
+
+    from shared.matting.session import open_session
+
+    session = open_session(args.matting_model, threads=args.threads, use_gpu=False, store=None)
+    results_file = RESULTS / "captioner.json"
+    previous: dict[str, Any] = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    started = time.monotonic()
+    if args.real_only:
+        result = {key: value for key, value in previous.items() if key != "real"}
+    else:
+        result = renderer_figures(session, args.products, args.seed, args.size_px)
+    if args.grocery_dataset is not None:
+        result["real"] = real_figures(session, args.grocery_dataset, REAL_TRUTH)
+    else:
+        print(
+            "no GroceryStoreDataset (--grocery-dataset or SKUFORGE_GROCERY_DATASET): real part skipped, "
+            "previous real figures kept",
+            file=sys.stderr,
+        )
+        if "real" in previous:
+            result["real"] = previous["real"]
+    if not args.real_only:
+        result["machine"] = (
+            f"{platform.node()}: {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"ONNX Runtime CPU ({args.threads} threads)"
+        )
+        result["seconds"] = round(time.monotonic() - started, 1)
+        result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "captioner.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({key: result[key] for key in ("colour_accuracy", "shape_accuracy", "n_products")}))
+    results_file.write_text(json.dumps(result, indent=2) + "\n")
+    summary = {key: result.get(key) for key in ("colour_accuracy", "shape_accuracy", "n_products")}
+    if "real" in result:
+        summary["real"] = {
+            key: result["real"][key] for key in ("colour_accuracy", "packaging_accuracy", "n_real_products")
+        }
+    print(json.dumps(summary))
     return 0
 
 

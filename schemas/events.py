@@ -1,4 +1,4 @@
-"""Payloads of every topic in the flow (see ../shared/DESIGN.md, "Flow").
+"""Payloads of every topic in the flow (see docs/architecture.md, "Flow").
 
 Downstream payloads embed the upstream payload they were made from, so every event carries
 its whole lineage (reference photo → generated image → masks → decision) and no stage has
@@ -14,7 +14,7 @@ from pydantic import Field, JsonValue
 
 from schemas.common import Contract, ImageRef, SafeId, SkuMetadata
 
-Shape = Literal["can", "bottle", "box", "pouch", "jar", "other"]
+Shape = Literal["can", "bottle", "box", "pouch", "jar", "produce", "other"]
 Backend = Literal["composite", "diffusion"]
 
 

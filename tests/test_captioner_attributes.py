@@ -271,8 +271,9 @@ def test_classify_shape_walks_the_tree_and_answers_other_when_unsure() -> None:
             {"counts": [6, 4]},
         ],
     }
-    assert classify_shape({"neck": 0.3}, tree).shape == "bottle"
-    unsure = classify_shape({"neck": 0.9}, tree)
+    package = {"extent": 0.95, "bottom_flatness": 1.0, "aspect": 0.5}  # the produce rule reads these first
+    assert classify_shape({**package, "neck": 0.3}, tree).shape == "bottle"
+    unsure = classify_shape({**package, "neck": 0.9}, tree)
     assert unsure.shape == "other" and unsure.confidence == pytest.approx(0.6)
     assert unsure.probabilities == {"can": 0.6, "bottle": 0.4}
 
@@ -286,6 +287,7 @@ def test_committed_tree_reads_only_known_features() -> None:
 def test_cart_fit_separates_a_toy_problem() -> None:
     rng = np.random.default_rng(3)
     features = rng.uniform(0.0, 1.0, (200, len(SHAPE_FEATURES)))
+    features[:, SHAPE_FEATURES.index("extent")] = 0.95  # packages all: the produce rule stays out of it
     labels = (features[:, SHAPE_FEATURES.index("neck")] > 0.5).astype(np.intp)  # class 0 "can", 1 "bottle"
     nodes = fit_tree(features, labels, max_depth=3, min_leaf=2, n_classes=len(CLASSES))
     assert nodes[0]["feature"] == "neck" and nodes[0]["threshold"] == pytest.approx(0.5, abs=0.02)

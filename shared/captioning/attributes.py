@@ -4,7 +4,7 @@ Pure numpy, no model weights, so every function is unit-tested without Kafka::
 
     attributes = describe_product(image, mask)      # RGB photo + 0/255 product mask, same size
     attributes.colour_names     # ["red", "white"]: most dominant first
-    attributes.shape            # "can" | "bottle" | "box" | "pouch" | "jar" | "other"
+    attributes.shape            # "can" | "bottle" | "box" | "pouch" | "jar" | "produce" | "other"
     attributes.view             # "front view" | "angled view" | "tilted front view" | ...
 
 Colours: the product's pixels (the mask, eroded so edge pixels mixed with the backdrop stay out)
@@ -16,8 +16,10 @@ or black), and lets black, grey and white be decided by lightness and chroma of 
 
 Shape: geometric features of the largest mask component, after undoing a small in-plane tilt
 (aspect ratio, extent, solidity against a monotone-chain convex hull, the width profile from top
-to bottom, left/right symmetry, flatness of the top and bottom edges) go through a small
-decision tree (``shape_model.SHAPE_TREE``, fitted by ``python -m shared.captioning.fit_shape``).
+to bottom, left/right symmetry, flatness of the top and bottom edges). Loose fruit and vegetables
+("produce") are told from packages by a few of them (``looks_like_produce``: no flat base, less of
+the bounding box filled than a package fills, no bottle's neck); packages go through a small decision tree
+(``shape_model.SHAPE_TREE``, fitted on renderer photos by ``python -m shared.captioning.fit_shape``).
 """
 
 from __future__ import annotations
@@ -37,8 +39,15 @@ from shared.matting.session import connected_components
 
 __all__ = [
     "ACHROMATIC_CHROMA",
+    "BOTTLE_BELOW_ASPECT",
+    "BOTTLE_BELOW_NECK",
+    "COLOUR_SHADES",
     "COLOUR_TABLE",
+    "PACKAGE_SHAPES",
+    "PRODUCE_BELOW_BOTTOM_FLATNESS",
+    "PRODUCE_BELOW_EXTENT",
     "SHAPE_FEATURES",
+    "SHAPE_NAMES",
     "ColourShare",
     "ProductAttributes",
     "ShapeResult",
@@ -50,6 +59,7 @@ __all__ = [
     "dominant_colours",
     "kmeans",
     "largest_component",
+    "looks_like_produce",
     "mask_problem",
     "polygon_area",
     "shape_features",
@@ -62,7 +72,7 @@ F32Array = npt.NDArray[np.float32]
 F64Array = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.intp]
-ShapeName = Literal["can", "bottle", "box", "pouch", "jar", "other"]
+ShapeName = Literal["can", "bottle", "box", "pouch", "jar", "produce", "other"]
 
 # --- colour names ------------------------------------------------------------------------------
 
@@ -77,6 +87,20 @@ COLOUR_TABLE: Final[Mapping[str, tuple[int, int, int]]] = {
     "purple": (125, 55, 160),
     "pink": (240, 125, 175),
     "brown": (120, 75, 40),
+}
+# More shades each chromatic name covers, besides its typical value: CSS Color 4 named colours that a
+# shopper still calls by the basic name. Without them the table's only muted entry, brown, takes
+# every muted or dark colour: a grey-blue carton, a dark green cucumber, a brick-red peach.
+COLOUR_SHADES: Final[Mapping[str, tuple[tuple[int, int, int], ...]]] = {
+    "red": ((178, 34, 34), (205, 92, 92), (128, 0, 0)),  # firebrick, indian red, maroon
+    "orange": ((255, 140, 0),),  # dark orange
+    "yellow": ((240, 230, 140), (238, 232, 170)),  # khaki, pale goldenrod
+    # olive, olive drab, dark olive green, dark sea green, light green
+    "green": ((128, 128, 0), (107, 142, 35), (85, 107, 47), (143, 188, 143), (144, 238, 144)),
+    # medium blue, navy, steel blue, light steel blue, cornflower blue
+    "blue": ((0, 0, 205), (0, 0, 128), (70, 130, 180), (176, 196, 222), (100, 149, 237)),
+    "purple": ((75, 0, 130), (128, 0, 128)),  # indigo, purple
+    "pink": ((255, 182, 193),),  # pink
 }
 ACHROMATIC_NAMES: Final = ("black", "grey", "white")
 # Lab chroma below which a (well-lit) colour has no hue worth naming.
@@ -120,15 +144,20 @@ def srgb_to_lab(rgb: npt.ArrayLike) -> F32Array:
     return lab.astype(np.float32)
 
 
-_CHROMATIC_NAMES: Final = tuple(COLOUR_TABLE)
-_CHROMATIC_LAB: Final[F32Array] = srgb_to_lab(np.array([COLOUR_TABLE[n] for n in _CHROMATIC_NAMES]))
+# One row per prototype: each name's typical value, then its shades.
+_PROTOTYPES: Final = [
+    (name, rgb) for name in COLOUR_TABLE for rgb in (COLOUR_TABLE[name], *COLOUR_SHADES.get(name, ()))
+]
+_CHROMATIC_NAMES: Final = tuple(name for name, _ in _PROTOTYPES)
+_CHROMATIC_LAB: Final[F32Array] = srgb_to_lab(np.array([rgb for _, rgb in _PROTOTYPES], dtype=np.float32))
 
 
 def colour_name(rgb: npt.ArrayLike) -> str:
     """The plain name of one well-lit sRGB colour (0-255).
 
     Chroma below ``ACHROMATIC_CHROMA`` makes it black, grey or white by lightness; otherwise it is
-    the nearest chromatic entry of ``COLOUR_TABLE`` in Lab, lightness weighted by half.
+    the name of the nearest chromatic prototype in Lab (a ``COLOUR_TABLE`` value or one of its
+    ``COLOUR_SHADES``), lightness weighted by half.
     """
     lab = srgb_to_lab(np.asarray(rgb, dtype=np.float32).reshape(3))
     lightness, chroma = float(lab[0]), float(np.hypot(lab[1], lab[2]))
@@ -591,17 +620,47 @@ class ShapeResult:
     probabilities: dict[str, float] = field(default_factory=dict)
 
 
-SHAPE_NAMES: Final[tuple[ShapeName, ...]] = ("can", "bottle", "box", "pouch", "jar", "other")
+# The packaging shapes the decision tree knows (the renderer's); "produce" comes from a rule before it.
+PACKAGE_SHAPES: Final[tuple[ShapeName, ...]] = ("can", "bottle", "box", "pouch", "jar")
+SHAPE_NAMES: Final[tuple[ShapeName, ...]] = (*PACKAGE_SHAPES, "produce", "other")
+
+# Loose produce: a round or irregular thing fills about pi/4 (0.785) of its bounding box and has no
+# flat base. Packages fill at least 0.87 of theirs, except bottles (~0.8: the neck leaves the top
+# corners empty), and those stand on a flat base (bottom flatness >= 0.95 on renderer masks, where
+# boxes seen corner-on dip to 0.35 but fill >= 0.88). The cut-offs were set looking at renderer
+# masks of the tree's fitting catalogue (none of 240 exact masks below both; 3 of 240 U2-NetP masks,
+# each a broken one) and at the 81 GroceryStoreDataset catalogue photos (48 of 50 fruit and
+# vegetables below both; one carton, whose mask lost half of it): that real figure is not held out.
+PRODUCE_BELOW_EXTENT: Final = 0.85
+PRODUCE_BELOW_BOTTOM_FLATNESS: Final = 0.8
+# A tall silhouette with a narrow neck is a bottle whatever its base: a bottle in front of another
+# product can lose its flat base in the mask. Renderer bottles: aspect <= 0.36, neck 0.2-0.35; tall
+# produce (cucumber, leek, asparagus) has no such neck (>= 0.6).
+BOTTLE_BELOW_ASPECT: Final = 0.4
+BOTTLE_BELOW_NECK: Final = 0.45
+
+
+def looks_like_produce(features: Mapping[str, float]) -> bool:
+    """Whether ``shape_features`` describe a loose fruit or vegetable rather than a package."""
+    bottle_like = features["aspect"] < BOTTLE_BELOW_ASPECT and features["neck"] < BOTTLE_BELOW_NECK
+    return (
+        features["extent"] < PRODUCE_BELOW_EXTENT
+        and features["bottom_flatness"] < PRODUCE_BELOW_BOTTOM_FLATNESS
+        and not bottle_like
+    )
 
 
 def classify_shape(features: Mapping[str, float], tree: Mapping[str, Any] | None = None) -> ShapeResult:
-    """Run the committed decision tree (or ``tree``) on ``shape_features`` output.
+    """The shape ``shape_features`` output describes: "produce" when ``looks_like_produce``, else
+    the committed decision tree's (or ``tree``'s) packaging shape.
 
     A tree is ``{"classes": [...], "nodes": [...]}``; an inner node is
     ``{"feature", "threshold", "left", "right"}`` (left when ``value <= threshold``), a leaf is
     ``{"counts": [...]}`` with the training samples of each class that reached it. A leaf whose
     majority share is below the tree's ``min_confidence`` answers "other".
     """
+    if looks_like_produce(features):
+        return ShapeResult(shape="produce", confidence=1.0, probabilities={"produce": 1.0})
     if tree is None:
         from shared.captioning.shape_model import SHAPE_TREE
 

@@ -1,35 +1,74 @@
-"""How faithful the attribute captions are, measured on renderer products with known truth.
+"""How faithful the attribute captions are, on renderer products and on real product photos.
 
-Each product of a synthetic catalogue (``shared/synth``) goes through the captioner's real path:
-the rendered photo, a mask (from a matting session, or the renderer's exact mask to separate
-matting errors from attribute errors), ``describe_product``, then ``compose_caption``. The first
-colour word of the caption is compared with the product's main label colour and the measured
-shape with its packaging shape. Used by ``tests/test_captioner_accuracy.py`` and
-``bench/captioner.py``.
+Renderer (``renderer_accuracy``): each product of a synthetic catalogue (``shared/synth``) goes
+through the captioner's real path: the rendered photo, a mask (from a matting session, or the
+renderer's exact mask to separate matting errors from attribute errors), ``describe_product``, then
+``compose_caption``. The first colour word of the caption is compared with the product's main label
+colour and the measured shape with its packaging shape.
+
+Real photos (``real_accuracy``): rows of a hand-labelled truth table (``read_truth_table``, e.g.
+``bench/data/captioner_real/truth.csv`` over GroceryStoreDataset's catalogue photos) go through the
+same path with the matting session's masks. A row's colour is right when the caption's first colour
+is one of its acceptable colours, its packaging when the measured shape expresses the labelled
+packaging (``PACKAGING_SHAPES``).
+
+Used by ``tests/test_captioner_accuracy.py`` and ``bench/captioner.py``.
 """
 
 from __future__ import annotations
 
+import csv
 import itertools
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 
 from schemas.common import SkuMetadata
-from shared.captioning.attributes import ACHROMATIC_NAMES, COLOUR_TABLE, SHAPE_NAMES, describe_product
+from shared.captioning.attributes import (
+    ACHROMATIC_NAMES,
+    COLOUR_TABLE,
+    PACKAGE_SHAPES,
+    SHAPE_NAMES,
+    describe_product,
+)
 from shared.captioning.prompts import compose_caption
 from shared.matting.session import MattingSession
 from shared.synth import make_product, render_photo
 from shared.synth.products import ProductSpec
 
-__all__ = ["AccuracyReport", "first_colour_in", "renderer_accuracy"]
+__all__ = [
+    "PACKAGING_SHAPES",
+    "AccuracyReport",
+    "RealProduct",
+    "RealReport",
+    "first_colour_in",
+    "read_truth_table",
+    "real_accuracy",
+    "renderer_accuracy",
+]
 
 COLOUR_NAMES = frozenset((*COLOUR_TABLE, *ACHROMATIC_NAMES))
+# Which measured shapes express each packaging word of a truth table. A silhouette cannot tell a
+# paperboard carton from a cardboard box (``prompts._SHAPE_WORDS`` reads "carton" as box too), a
+# tub from a jar, or a bag from a pouch; the class noun ("milk carton") names the material.
+PACKAGING_SHAPES: Final[Mapping[str, frozenset[str]]] = {
+    "carton": frozenset({"box"}),
+    "box": frozenset({"box"}),
+    "bottle": frozenset({"bottle"}),
+    "jar": frozenset({"jar"}),
+    "tub": frozenset({"jar"}),
+    "can": frozenset({"can"}),
+    "bag": frozenset({"pouch"}),
+    "pouch": frozenset({"pouch"}),
+    "loose produce": frozenset({"produce"}),
+}
 
 
 def first_colour_in(caption: str) -> str | None:
@@ -74,7 +113,7 @@ def renderer_accuracy(
 
     ``session`` None uses the renderer's exact masks instead of predicted ones.
     """
-    truths: list[str] = [name for name in SHAPE_NAMES if name != "other"]
+    truths: list[str] = list(PACKAGE_SHAPES)
     confusion: dict[str, dict[str, int]] = {truth: dict.fromkeys(SHAPE_NAMES, 0) for truth in truths}
     colour_hits = shape_hits = 0
     report = AccuracyReport(n_products, 0.0, 0.0, confusion, 0.0)
@@ -112,4 +151,100 @@ def renderer_accuracy(
     report.colour_accuracy = round(colour_hits / max(n_products, 1), 4)
     report.shape_accuracy = round(shape_hits / max(n_products, 1), 4)
     report.seconds_per_photo = round(spent / max(n_products, 1), 4)
+    return report
+
+
+# --- real photos -------------------------------------------------------------------------------
+
+TRUTH_COLUMNS: Final = ("class_name", "path", "colour", "alt_colour", "packaging")
+# The category every real row is captioned with: neutral, so no colour word ("red grapefruit")
+# can leak from the class name into the caption's first colour.
+REAL_CATEGORY: Final = "grocery product"
+
+
+@dataclass(frozen=True)
+class RealProduct:
+    """One hand-labelled real photo: where it is, its acceptable colours and its packaging."""
+
+    class_name: str
+    path: str
+    colours: tuple[str, ...]
+    packaging: str
+
+
+def read_truth_table(path: Path) -> list[RealProduct]:
+    """Rows of a truth CSV (``TRUTH_COLUMNS``); ``ValueError`` names the row of any unknown word."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = set(TRUTH_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(
+                f"{path}: missing columns {sorted(missing)}; expected {', '.join(TRUTH_COLUMNS)}"
+            )
+        products = []
+        for line, row in enumerate(reader, start=2):
+            colours = tuple(c for c in (row["colour"].strip(), row["alt_colour"].strip()) if c)
+            unknown = [c for c in colours if c not in COLOUR_NAMES]
+            if not colours or unknown:
+                raise ValueError(
+                    f"{path}:{line}: colour {unknown or '(none)'} is not one of {sorted(COLOUR_NAMES)}"
+                )
+            if row["packaging"] not in PACKAGING_SHAPES:
+                raise ValueError(
+                    f"{path}:{line}: packaging {row['packaging']!r} is not one of {sorted(PACKAGING_SHAPES)}"
+                )
+            products.append(RealProduct(row["class_name"], row["path"], colours, row["packaging"]))
+    return products
+
+
+@dataclass
+class RealReport:
+    """Caption accuracy over ``n_real_products`` real photos, with every miss."""
+
+    n_real_products: int
+    colour_accuracy: float
+    packaging_accuracy: float
+    seconds_per_photo: float
+    colour_misses: list[dict[str, Any]] = field(default_factory=list)
+    packaging_misses: list[dict[str, Any]] = field(default_factory=list)
+
+
+def real_accuracy(
+    products: Sequence[RealProduct], dataset_dir: Path, *, session: MattingSession
+) -> RealReport:
+    """Score the captions of real photos (``RealProduct.path`` is relative to ``dataset_dir``)."""
+    report = RealReport(len(products), 0.0, 0.0, 0.0)
+    colour_hits = packaging_hits = 0
+    spent = 0.0
+    for start in range(0, len(products), 8):
+        batch = products[start : start + 8]
+        images = [Image.open(dataset_dir / product.path).convert("RGB") for product in batch]
+        started = time.perf_counter()
+        masks = [result.mask for result in session.predict(images)]
+        for product, image, mask in zip(batch, images, masks, strict=True):
+            colour: str | None = None
+            shape = "other"
+            if mask.any():
+                attributes = describe_product(image, mask)
+                shape = attributes.shape.shape
+                sku = SkuMetadata(sku_id="real", name=product.class_name, category=REAL_CATEGORY)
+                colour = first_colour_in(
+                    compose_caption(sku, attributes.colour_names[:3], shape, attributes.view)
+                )
+            if colour in product.colours:
+                colour_hits += 1
+            else:
+                report.colour_misses.append(
+                    {"path": product.path, "truth": list(product.colours), "got": colour}
+                )
+            if shape in PACKAGING_SHAPES[product.packaging]:
+                packaging_hits += 1
+            else:
+                report.packaging_misses.append(
+                    {"path": product.path, "truth": product.packaging, "got": shape}
+                )
+        spent += time.perf_counter() - started
+    report.colour_accuracy = round(colour_hits / max(len(products), 1), 4)
+    report.packaging_accuracy = round(packaging_hits / max(len(products), 1), 4)
+    report.seconds_per_photo = round(spent / max(len(products), 1), 4)
     return report

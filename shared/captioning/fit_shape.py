@@ -27,8 +27,8 @@ import numpy.typing as npt
 from PIL import Image, ImageFilter
 
 from shared.captioning.attributes import (
+    PACKAGE_SHAPES,
     SHAPE_FEATURES,
-    SHAPE_NAMES,
     classify_shape,
     shape_features,
     shape_tree_id,
@@ -39,7 +39,8 @@ OUTPUT = Path(__file__).with_name("shape_model.py")
 FIT_SEED = 4242
 EVAL_SEED = 2025
 SIZES_PX = (192, 256, 384, 512)
-CLASSES: tuple[str, ...] = tuple(name for name in SHAPE_NAMES if name != "other")
+# The renderer makes packages only; "produce" is a rule ahead of the tree (``looks_like_produce``).
+CLASSES: tuple[str, ...] = PACKAGE_SHAPES
 
 F64Array = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -162,8 +163,8 @@ def fit_tree(
 
 
 def evaluate(tree: dict[str, Any], features: F64Array, labels: IntArray) -> tuple[float, list[list[int]]]:
-    """Accuracy and confusion matrix (rows: truth in ``CLASSES`` order; columns: that plus "other")."""
-    columns = [*CLASSES, "other"]
+    """Accuracy and confusion matrix (rows: truth in ``CLASSES`` order; columns: those, produce, other)."""
+    columns = [*CLASSES, "produce", "other"]
     confusion = np.zeros((len(CLASSES), len(columns)), dtype=int)
     for row, label in zip(features, labels, strict=True):
         result = classify_shape(dict(zip(SHAPE_FEATURES, row.tolist(), strict=True)), tree)

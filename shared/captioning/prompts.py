@@ -54,6 +54,7 @@ SHAPE_PHRASES: Final[dict[str, str]] = {
     "box": "rectangular box",
     "pouch": "flexible stand-up pouch",
     "jar": "wide jar with a lid",
+    "produce": "loose fresh produce, no packaging",
     "other": "",
 }
 # Words that name a colour or a packaging shape: a VLM's sentence may not contradict the measurements.
