@@ -51,7 +51,12 @@ Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class Contract(BaseModel):
-    """Base of every contract model: unknown fields are errors, instances are immutable."""
+    """Base of every contract model: instances are immutable; building one with an unknown field is an error.
+
+    Producers are strict: what they build is what ``schemas/json/`` describes. Readers are tolerant:
+    events from Kafka are validated by ``shared.bus.read_envelope``, which ignores fields a newer
+    producer added (docs/delivery.md, "Versioning").
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -28,8 +28,12 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class Envelope(Contract, Generic[P]):
-    """Common wrapper of every event; ``payload`` is the topic's model."""
+class EnvelopeHeader(Contract):
+    """The envelope without its payload: enough to tell which schema and version an event claims.
+
+    A reader that cannot validate an event's payload still reads its header, so a newer
+    ``schema_version`` is refused as such (``schema_version_unsupported``), not as a broken event.
+    """
 
     event_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="deterministic id, see derive_id")
     schema_name: str = Field(description="payload schema name, e.g. 'sku.ingested'")
@@ -38,6 +42,11 @@ class Envelope(Contract, Generic[P]):
     trace_id: str = Field(min_length=1, max_length=64, description="follows the SKU end to end")
     produced_at: datetime
     producer: str = Field(min_length=1, description="stage that produced the event")
+
+
+class Envelope(EnvelopeHeader, Generic[P]):
+    """Common wrapper of every event; ``payload`` is the topic's model."""
+
     payload: P
 
 

@@ -110,6 +110,12 @@ def _cmd_topics(rest: list[str]) -> int:
     return 0
 
 
+def _cmd_dlq(rest: list[str]) -> int:
+    from shared.dlq import dlq_main
+
+    return dlq_main(rest)
+
+
 def _cmd_config(rest: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="skuforge config",
@@ -168,6 +174,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "dataset": (_cmd_dataset, "retraining store: per-SKU stats, export a training set, compact manifests"),
     "run": (_cmd_run, "run one stage: " + ", ".join(sorted(STAGES))),
     "topics": (_cmd_topics, "create or list the Kafka topics"),
+    "dlq": (_cmd_dlq, "dead letters of a topic: list them by reason, replay them once each"),
     "kafka": (_cmd_kafka, "start, stop or check the local single-node Kafka broker"),
     "adapters": (_cmd_adapters, "list or register LoRA adapters (diffusion backend)"),
     "config": (_cmd_config, "validate and print the configuration (SKUFORGE_* variables)"),

@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from pydantic import BaseModel
 
-from schemas.envelope import Envelope, derive_id, utc_now
+from schemas.envelope import Envelope, EnvelopeHeader, derive_id, utc_now
 from schemas.topics import ALL_TOPICS, DLQ_SUFFIX, Topic
 from shared.config import Settings
 from shared.errors import TransientError
@@ -85,6 +85,25 @@ def make_envelope(
 def envelope_model(topic: Topic[Any]) -> type[Envelope[Any]]:
     """The parametrised envelope class that validates messages of ``topic``."""
     return Envelope[topic.payload]  # type: ignore[name-defined]
+
+
+# Tolerant reader, strict producer: a consumer ignores fields it does not know, anywhere in the
+# envelope or payload, so a producer may add an optional field before every consumer is upgraded.
+# Models still forbid unknown fields when built, so producers cannot write them by mistake.
+READ_EXTRA: Literal["ignore"] = "ignore"
+
+
+def read_envelope(topic: Topic[Any], value: bytes | str) -> Envelope[Any]:
+    """Validate an incoming message of ``topic``; unknown fields are dropped, not refused.
+
+    Raises ``ValidationError`` for anything else: not JSON, a missing or mistyped field, an unsafe id.
+    """
+    return envelope_model(topic).model_validate_json(value, extra=READ_EXTRA)
+
+
+def read_header(value: bytes | str) -> EnvelopeHeader:
+    """The envelope's fields without the payload (which schema and version it claims, its ids)."""
+    return EnvelopeHeader.model_validate_json(value, extra=READ_EXTRA)
 
 
 class Publisher:

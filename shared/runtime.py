@@ -20,8 +20,9 @@ Delivery (docs/architecture.md, "Delivery"):
   objects and the runtime re-produces outputs with the same ``event_id`` (derived from the
   input's event_id and the output's ``key``). Consumers de-duplicate by ``event_id``; the
   runtime itself skips inputs it has already completed in this process.
-* **Bad input** (not JSON, wrong schema, ``BadInput`` raised by the handler) goes to
-  ``<topic>.dlq`` with the reason and the original bytes; the stream goes on.
+* **Bad input** (not JSON, wrong schema, a ``schema_version`` newer than the topic's, ``BadInput``
+  raised by the handler) goes to ``<topic>.dlq`` with the reason and the original bytes; the stream
+  goes on. Fields the stage does not know are not bad input: they are ignored (tolerant reader).
 * **Transient faults** (``TransientError``, Kafka errors) pause the partition and seek back to
   the failed record; it is retried after an exponential back-off. Nothing after it in that
   partition is processed or committed meanwhile, so per-SKU order holds. Other partitions go on.
@@ -52,9 +53,9 @@ from PIL import Image
 from pydantic import BaseModel, ValidationError
 
 from schemas.common import ObjectRef
-from schemas.envelope import DeadLetter, Envelope, derive_id, utc_now
+from schemas.envelope import DeadLetter, Envelope, EnvelopeHeader, derive_id, utc_now
 from schemas.topics import DLQ_SUFFIX, Topic
-from shared.bus import envelope_model, make_consumer, make_envelope, make_producer
+from shared.bus import make_consumer, make_envelope, make_producer, read_envelope, read_header
 from shared.config import Settings, load_settings
 from shared.errors import BadInput, TransientError
 from shared.images import UInt8Array, decode_image, decode_mask
@@ -121,7 +122,6 @@ BatchHandler = Callable[[Sequence[Envelope[Any]], Context], Sequence[Sequence[Em
 @dataclass
 class _Route(Generic[P]):
     topic: Topic[P]
-    envelope: type[Envelope[Any]]
     handle: Handler | None = None
     handle_batch: BatchHandler | None = None
 
@@ -203,7 +203,7 @@ class Stage:
         """Register ``fn(event, ctx) -> [Emit, ...]`` for the events of ``topic``."""
 
         def register(fn: Handler) -> Handler:
-            self._add_route(_Route(topic, envelope_model(topic), handle=fn))
+            self._add_route(_Route(topic, handle=fn))
             return fn
 
         return register
@@ -212,7 +212,7 @@ class Stage:
         """Register ``fn(events, ctx) -> [[Emit, ...] | BadInput, ...]`` for micro-batched inference."""
 
         def register(fn: BatchHandler) -> BatchHandler:
-            self._add_route(_Route(topic, envelope_model(topic), handle_batch=fn))
+            self._add_route(_Route(topic, handle_batch=fn))
             return fn
 
         return register
@@ -452,18 +452,39 @@ class Stage:
                 record, "empty_message", "the message has no value (tombstone?)", None, None
             )
         try:
-            event = route.envelope.model_validate_json(record.value)
+            event = read_envelope(route.topic, record.value)
         except ValidationError as exc:
             if any(error["type"] == "json_invalid" for error in exc.errors()):
                 return self._dead_letter(record, "not_json", _first_error(exc), exc, None)
-            return self._dead_letter(record, "schema_invalid", _summarise(exc), exc, None)
-        if (event.schema_name, event.schema_version) != (route.topic.schema_name, route.topic.version):
+            # A newer version's payload may not validate here; say so rather than "schema_invalid".
+            try:
+                refused = self._refuse_schema(route, record, read_header(record.value))
+            except ValidationError:
+                refused = None
+            return refused or self._dead_letter(record, "schema_invalid", _summarise(exc), exc, None)
+        return self._refuse_schema(route, record, event) or event
+
+    def _refuse_schema(
+        self, route: _Route[Any], record: ConsumerRecord, header: EnvelopeHeader
+    ) -> _Outcome | None:
+        """A dead letter for an event of another schema, or of a version this topic does not carry."""
+        name, version = route.topic.schema_name, route.topic.version
+        if (header.schema_name, header.schema_version) == (name, version):
+            return None
+        if header.schema_name == name and header.schema_version > version:
+            # A higher version is a breaking change (docs/delivery.md, "Versioning"): this consumer
+            # cannot know what changed, so it refuses the event instead of misreading it.
             detail = (
-                f"topic {record.topic} carries {route.topic.schema_name} v{route.topic.version}, "
-                f"got {event.schema_name} v{event.schema_version}"
+                f"topic {record.topic} carries {name} v{version}; this event is "
+                f"v{header.schema_version}, which this consumer does not know (a breaking change "
+                f"gets its own topic, {name}.v{header.schema_version})"
             )
-            return self._dead_letter(record, "schema_mismatch", detail, None, event)
-        return event
+            return self._dead_letter(record, "schema_version_unsupported", detail, None, header)
+        detail = (
+            f"topic {record.topic} carries {name} v{version}, "
+            f"got {header.schema_name} v{header.schema_version}"
+        )
+        return self._dead_letter(record, "schema_mismatch", detail, None, header)
 
     def _encode_outputs(self, event: Envelope[Any], emits: Sequence[Emit], tp: TopicPartition) -> _Outcome:
         keys = [emit.key for emit in emits]
@@ -492,7 +513,7 @@ class Stage:
         reason: str,
         detail: str,
         error: BaseException | None,
-        event: Envelope[Any] | None,
+        event: EnvelopeHeader | None,
     ) -> _Outcome:
         letter = DeadLetter(
             reason=reason,

@@ -313,3 +313,59 @@ def test_sigterm_finishes_commits_and_exits_zero(kafka_bootstrap: str, tmp_path:
     assert again.wait(timeout=60) == 0
     outputs = read_topic(kafka_bootstrap, output_topic, expect=50, timeout_s=30)
     assert sorted(_event_ids(outputs)) == sorted(_expected_outputs(settings, input_ids))
+
+
+def _raw_event(settings: Settings, prefix: str, event_id: str) -> dict[str, Any]:
+    """A valid sku.ingested envelope as JSON data, to be changed the way another producer would."""
+    payload = sku_ingested_payloads(open_store(settings.store_uri), 1, prefix=prefix)[0]
+    sku_id = payload.sku.sku_id
+    envelope = make_envelope(
+        SKU_INGESTED, payload, event_id=event_id, sku_id=sku_id, trace_id="t", producer="test"
+    )
+    return envelope.model_dump(mode="json")
+
+
+def test_consumer_handles_an_event_with_fields_it_does_not_know(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A producer one compatible change ahead adds fields; a stage not yet upgraded handles the event."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT, partitions=1)
+    newer = _raw_event(settings, "NEWER", "2" * 32)
+    newer["priority"] = "high"  # in the envelope
+    newer["payload"]["lighting"] = "studio"  # in the payload
+    newer["payload"]["photos"][0]["image"]["exif"] = {"iso": 100}  # deep inside it
+    produce(settings, SKU_INGESTED, [], raw=[json.dumps(newer).encode()])
+
+    with running(build_stage(settings=settings)):
+        outputs = read_topic(kafka_bootstrap, settings.topic_name(PASSTHROUGH_OUT), expect=1, timeout_s=60)
+
+    assert [json.loads(r.value)["sku_id"] for r in outputs] == ["NEWER-00000"]
+    assert read_topic(kafka_bootstrap, settings.dlq_name(SKU_INGESTED), expect=0, timeout_s=2) == []
+    # The stage writes what its own contract says: the strict model (as producers use it) accepts the output.
+    Envelope[SkuIngested].model_validate_json(outputs[0].value)
+    assert b"lighting" not in outputs[0].value and b"priority" not in outputs[0].value
+
+
+def test_newer_schema_version_on_a_v1_topic_is_dead_lettered_as_unsupported(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A v2 event on a v1 topic is refused with a reason that says so, whether or not its payload parses."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT, partitions=1)
+    same_shape = _raw_event(settings, "V2SAME", "3" * 32)
+    same_shape["schema_version"] = 2
+    retyped = _raw_event(settings, "V2RETYPED", "4" * 32)
+    retyped["schema_version"] = 2
+    retyped["payload"]["photos"] = {"front": retyped["payload"]["photos"][0]}  # a breaking change
+    current = _raw_event(settings, "V1", "5" * 32)
+    produce(settings, SKU_INGESTED, [], raw=[json.dumps(e).encode() for e in (same_shape, retyped, current)])
+
+    with running(build_stage(settings=settings)):
+        outputs = read_topic(kafka_bootstrap, settings.topic_name(PASSTHROUGH_OUT), expect=1, timeout_s=60)
+        letters = read_topic(kafka_bootstrap, settings.dlq_name(SKU_INGESTED), expect=2, timeout_s=30)
+
+    assert [json.loads(r.value)["sku_id"] for r in outputs] == ["V1-00000"]
+    dead = sorted((DeadLetter.model_validate_json(r.value) for r in letters), key=lambda d: d.sku_id or "")
+    assert [d.reason for d in dead] == ["schema_version_unsupported"] * 2
+    assert [d.sku_id for d in dead] == ["V2RETYPED-00000", "V2SAME-00000"]
+    assert [d.event_id for d in dead] == ["4" * 32, "3" * 32]
+    assert all("v2" in d.detail and "sku.ingested.v2" in d.detail for d in dead)

@@ -12,7 +12,7 @@ from schemas.envelope import Envelope, derive_id
 from schemas.events import SkuIngested
 from schemas.jsonschema import JSON_DIR, render_schemas
 from schemas.topics import ALL_TOPICS, SKU_INGESTED, topic_by_name
-from shared.bus import make_envelope
+from shared.bus import make_envelope, read_envelope, read_header
 
 
 def test_committed_json_schemas_match_the_models() -> None:
@@ -98,3 +98,34 @@ def test_derive_id_is_deterministic_and_separates_parts() -> None:
     assert derive_id("a", "b") == derive_id("a", "b")
     assert derive_id("a", "b") != derive_id("ab")
     assert len(derive_id("a")) == 32
+
+
+def test_readers_ignore_unknown_fields_producers_refuse_them() -> None:
+    """Tolerant reader, strict producer: an unknown field is dropped on read, refused on build."""
+    image = ImageRef(uri="file:///s/a.png", sha256="0" * 64, bytes=10, width=4, height=3)
+    payload = SkuIngested(
+        sku=SkuMetadata(sku_id="SKU-1", name="Cola", category="soda can"),
+        photos=[{"photo_id": "p1", "image": image, "original_filename": "a.png"}],
+    )
+    envelope = make_envelope(
+        SKU_INGESTED, payload, event_id=derive_id("x"), sku_id="SKU-1", trace_id="t1", producer="test"
+    )
+    newer = envelope.model_dump(mode="json")
+    newer["priority"] = "high"
+    newer["payload"]["lighting"] = "studio"
+    newer["payload"]["sku"]["gtin"] = "0123"
+    again = read_envelope(SKU_INGESTED, json.dumps(newer))
+    assert again == envelope  # the unknown fields are gone; the rest is intact and still frozen
+    with pytest.raises(ValidationError, match="frozen"):
+        again.sku_id = "SKU-2"  # type: ignore[misc]
+    header = read_header(json.dumps(newer | {"schema_version": 2, "payload": "anything"}))
+    assert (header.schema_name, header.schema_version) == ("sku.ingested", 2)
+    # Everything else is still checked on read: a wrong type is not "unknown".
+    newer["payload"]["photos"] = "front.png"
+    with pytest.raises(ValidationError, match="photos"):
+        read_envelope(SKU_INGESTED, json.dumps(newer))
+    # Producers stay strict, and the committed schemas say so.
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        SkuMetadata(sku_id="SKU-1", name="Cola", category="soda can", gtin="0123")  # type: ignore[call-arg]
+    schema = json.loads((JSON_DIR / f"{SKU_INGESTED.name}.json").read_text())
+    assert schema["additionalProperties"] is False

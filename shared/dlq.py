@@ -1,0 +1,420 @@
+"""Dead letters: list them by reason, and replay them to their original topic once each.
+
+``skuforge dlq list TOPIC`` reads ``<TOPIC>.dlq`` from the start and prints, per reason, how many
+dead letters there are, how many were replayed, and a few samples (event_id, sku_id, detail).
+
+``skuforge dlq replay TOPIC [--reason R] [--since T]`` republishes the selected dead letters'
+original bytes and key to their original topic, after the cause was fixed (the object is back, the
+consumer was upgraded). Each dead letter is replayed once: after the republished records are
+acknowledged (idempotent producer, acks=all, flushed), a replay marker per dead letter is written to
+the object store (``dlq-replays/<dlq topic>/<partition>-<offset>-<sha>.json``), and a later replay
+skips every dead letter that has a marker. Markers, not consumer-group offsets, because ``--reason``
+and ``--since`` select letters out of order: an offset would also pass over the letters left behind.
+A letter that fails again after its replay is a new dead letter, and can be replayed in turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.errors import KafkaError
+from kafka.structs import TopicPartition
+from pydantic import ValidationError
+
+from schemas.envelope import DeadLetter, utc_now
+from schemas.topics import DLQ_SUFFIX
+from shared.bus import READ_EXTRA, make_producer
+from shared.config import Settings, load_settings
+from shared.store import ObjectStore, open_store
+
+REPLAY_PREFIX = "dlq-replays"
+SAMPLES_PER_REASON = 3
+READ_TIMEOUT_S = 30.0
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+class DlqError(Exception):
+    """A dead-letter command cannot go on: no such topic, broker unreachable, a send failed."""
+
+
+@dataclass(frozen=True)
+class StoredLetter:
+    """One dead letter as it lies in its ``.dlq`` topic."""
+
+    dlq_topic: str
+    partition: int
+    offset: int
+    letter: DeadLetter
+    letter_sha256: str  # of the dead-letter record's bytes, so a recreated topic's offset 0 is not "replayed"
+
+    @property
+    def marker_key(self) -> str:
+        """Object-store key of this letter's replay marker."""
+        return (
+            f"{REPLAY_PREFIX}/{self.dlq_topic}/{self.partition}-{self.offset}-{self.letter_sha256[:16]}.json"
+        )
+
+
+@dataclass(frozen=True)
+class DeadLetterTopic:
+    """A ``.dlq`` topic's readable letters, plus the count of records that were not dead letters."""
+
+    original_topic: str
+    dlq_topic: str
+    letters: list[StoredLetter]
+    unreadable: int
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    """What one replay run did."""
+
+    republished: list[StoredLetter]
+    already_replayed: int
+    not_selected: int
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def resolve_topics(settings: Settings, topic: str) -> tuple[str, str]:
+    """``(original topic, dlq topic)`` for ``topic`` given either way; ``DlqError`` when there is no DLQ.
+
+    The name is the Kafka name (``skuforge topics list``); without the environment's namespace it is
+    tried with it too.
+    """
+    base = topic.removesuffix(DLQ_SUFFIX)
+    existing = _list_topics(settings)
+    candidates = [base]
+    if settings.topic_namespace and not base.startswith(settings.topic_namespace):
+        candidates.append(settings.topic_namespace + base)
+    for name in candidates:
+        if name + DLQ_SUFFIX in existing:
+            return name, name + DLQ_SUFFIX
+    known = sorted(name for name in existing if name.endswith(DLQ_SUFFIX))
+    raise DlqError(
+        f"topic {base + DLQ_SUFFIX!r} does not exist on {settings.kafka_bootstrap}; "
+        f"dead-letter topics there: {', '.join(known) or '(none)'} "
+        "(give the topic as `skuforge topics list` prints it, with or without .dlq)"
+    )
+
+
+def read_dead_letters(
+    settings: Settings, topic: str, *, timeout_s: float = READ_TIMEOUT_S
+) -> DeadLetterTopic:
+    """Every record of ``topic``'s DLQ from its start to its end when called, read without a group."""
+    original, dlq = resolve_topics(settings, topic)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        client_id="skuforge-dlq",
+        group_id=None,
+        enable_auto_commit=False,
+    )
+    letters: list[StoredLetter] = []
+    unreadable = 0
+    try:
+        partitions = [TopicPartition(dlq, p) for p in sorted(consumer.partitions_for_topic(dlq) or ())]
+        consumer.assign(partitions)
+        end = consumer.end_offsets(partitions)
+        consumer.seek_to_beginning(*partitions)
+        remaining = {tp for tp in partitions if consumer.position(tp) < end[tp]}
+        deadline = time.monotonic() + timeout_s
+        while remaining:
+            if time.monotonic() > deadline:
+                raise DlqError(f"could not read {dlq} to its end within {timeout_s:.0f}s")
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                for record in records:
+                    if record.offset >= end[tp]:
+                        continue
+                    try:
+                        letter = DeadLetter.model_validate_json(record.value or b"", extra=READ_EXTRA)
+                    except ValidationError:
+                        unreadable += 1
+                        continue
+                    sha = hashlib.sha256(record.value or b"").hexdigest()
+                    letters.append(StoredLetter(dlq, record.partition, record.offset, letter, sha))
+            remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
+    except KafkaError as exc:
+        raise DlqError(f"could not read {dlq}: {exc}") from exc
+    finally:
+        consumer.close()
+    return DeadLetterTopic(original, dlq, letters, unreadable)
+
+
+def parse_since(text: str, *, now: datetime | None = None) -> datetime:
+    """An ISO time (naive = UTC) or a duration back from now: ``90s``, ``30m``, ``2h``, ``7d``."""
+    match = _DURATION.match(text.strip())
+    if match:
+        amount, unit = float(match.group(1)), match.group(2)
+        return (now or utc_now()) - timedelta(**{_DURATION_UNITS[unit]: amount})
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither an ISO time (2026-12-01T14:00:00Z) nor a duration (90s, 30m, 2h, 7d)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def select(
+    letters: Sequence[StoredLetter], *, reason: str | None, since: datetime | None
+) -> list[StoredLetter]:
+    """The letters of ``reason`` (all when None) that failed at or after ``since`` (all when None)."""
+    return [
+        stored
+        for stored in letters
+        if (reason is None or stored.letter.reason == reason)
+        and (since is None or stored.letter.failed_at >= since)
+    ]
+
+
+def replayed_markers(store: ObjectStore, dlq_topic: str) -> set[str]:
+    """Keys of the replay markers written for ``dlq_topic``."""
+    return set(store.list_keys(f"{REPLAY_PREFIX}/{dlq_topic}/"))
+
+
+# -- list -------------------------------------------------------------------------------------
+
+
+def summarise(
+    dead: DeadLetterTopic,
+    letters: Sequence[StoredLetter],
+    replayed: set[str],
+    samples: int = SAMPLES_PER_REASON,
+) -> dict[str, Any]:
+    """Per reason: count, how many were replayed, and the first ``samples`` letters."""
+    reasons: dict[str, dict[str, Any]] = {}
+    for stored in letters:
+        entry = reasons.setdefault(stored.letter.reason, {"count": 0, "replayed": 0, "samples": []})
+        entry["count"] += 1
+        entry["replayed"] += stored.marker_key in replayed
+        if len(entry["samples"]) < samples:
+            entry["samples"].append(_sample(stored))
+    return {
+        "topic": dead.original_topic,
+        "dlq_topic": dead.dlq_topic,
+        "dead_letters": len(letters),
+        "replayed": sum(entry["replayed"] for entry in reasons.values()),
+        "unreadable_records": dead.unreadable,
+        "reasons": dict(sorted(reasons.items(), key=lambda item: (-item[1]["count"], item[0]))),
+    }
+
+
+def _sample(stored: StoredLetter) -> dict[str, Any]:
+    letter = stored.letter
+    return {
+        "at": f"{stored.partition}@{stored.offset}",
+        "event_id": letter.event_id,
+        "sku_id": letter.sku_id,
+        "stage": letter.stage,
+        "failed_at": letter.failed_at.isoformat(),
+        "detail": letter.detail[:300],
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary for a terminal."""
+    lines = [
+        f"{summary['dlq_topic']}: {summary['dead_letters']} dead letters of {summary['topic']} "
+        f"({summary['replayed']} replayed)"
+    ]
+    if summary["unreadable_records"]:
+        lines.append(f"  and {summary['unreadable_records']} records that are not dead letters (skipped)")
+    for reason, entry in summary["reasons"].items():
+        lines.append(f"  {reason}: {entry['count']} ({entry['replayed']} replayed)")
+        for sample in entry["samples"]:
+            lines.append(
+                f"    {sample['at']}  sku {sample['sku_id'] or '-'}  event {sample['event_id'] or '-'}  "
+                f"{sample['failed_at']}  {sample['stage']}: {sample['detail']}"
+            )
+    return "\n".join(lines)
+
+
+# -- replay -----------------------------------------------------------------------------------
+
+
+def replay(
+    settings: Settings,
+    store: ObjectStore,
+    dead: DeadLetterTopic,
+    *,
+    reason: str | None = None,
+    since: datetime | None = None,
+    dry_run: bool = False,
+) -> ReplayReport:
+    """Republish the selected letters not yet replayed, then write their markers.
+
+    The markers are written only once every republished record is acknowledged, so a failed send
+    leaves nothing marked and the next run tries again. The one window left is a crash between the
+    acknowledgement and the markers: the next run republishes those letters once more, with the same
+    event_ids, which stages handle idempotently (docs/delivery.md).
+    """
+    chosen = select(dead.letters, reason=reason, since=since)
+    done = replayed_markers(store, dead.dlq_topic)
+    pending = [stored for stored in chosen if stored.marker_key not in done]
+    report = ReplayReport(pending, len(chosen) - len(pending), len(dead.letters) - len(chosen))
+    if dry_run or not pending:
+        return report
+    existing = _list_topics(settings)
+    missing = sorted({s.letter.original_topic for s in pending} - existing)
+    if missing:
+        raise DlqError(f"cannot replay: original topic {', '.join(missing)} does not exist; create it first")
+    producer = make_producer(settings, client_id="skuforge-dlq-replay")
+    try:
+        sends = [
+            (
+                stored,
+                producer.send(
+                    stored.letter.original_topic,
+                    key=_b64(stored.letter.original_key_b64),
+                    value=_b64(stored.letter.original_value_b64),
+                ),
+            )
+            for stored in pending
+        ]
+        producer.flush(timeout=settings.flush_timeout_s)
+        acknowledged = [(stored, future.get(timeout=0)) for stored, future in sends]
+    except KafkaError as exc:
+        raise DlqError(f"replay failed before every record was acknowledged (nothing marked): {exc}") from exc
+    finally:
+        producer.close(timeout=settings.flush_timeout_s)
+    replayed_at = utc_now().isoformat()
+    for stored, metadata in acknowledged:
+        store.put_json(
+            stored.marker_key,
+            {
+                "dead_letter": {
+                    "topic": stored.dlq_topic,
+                    "partition": stored.partition,
+                    "offset": stored.offset,
+                },
+                "reason": stored.letter.reason,
+                "event_id": stored.letter.event_id,
+                "sku_id": stored.letter.sku_id,
+                "republished": {
+                    "topic": metadata.topic,
+                    "partition": metadata.partition,
+                    "offset": metadata.offset,
+                },
+                "replayed_at": replayed_at,
+            },
+        )
+    return report
+
+
+def format_replay(dead: DeadLetterTopic, report: ReplayReport, *, dry_run: bool) -> str:
+    """The replay run for a terminal."""
+    by_reason = Counter(stored.letter.reason for stored in report.republished)
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(by_reason.items()))
+    verb = "would replay" if dry_run else "replayed"
+    head = f"{verb} {len(report.republished)} dead letters from {dead.dlq_topic} to {dead.original_topic}"
+    return (
+        head
+        + (f" ({reasons})" if reasons else "")
+        + f"; skipped {report.already_replayed} already replayed, {report.not_selected} not selected"
+    )
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def _since_arg(text: str) -> datetime:
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``skuforge dlq`` and its two actions."""
+    parser = argparse.ArgumentParser(
+        prog="skuforge dlq",
+        description="Inspect dead letters (<topic>.dlq); replay them to their topic once the cause is fixed.",
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    listing = sub.add_parser(
+        "list",
+        help="dead letters by reason, with counts and samples",
+        description="Read TOPIC's .dlq from the start and print, per reason, how many dead letters it holds, "
+        "how many were replayed, and a few samples (event_id, sku_id, detail).",
+    )
+    again = sub.add_parser(
+        "replay",
+        help="republish dead letters' original bytes to their topic, each once",
+        description="Republish the selected dead letters' original bytes and key to their original topic. "
+        "Each dead letter is replayed once: a marker per replayed letter (in the object store, "
+        f"{REPLAY_PREFIX}/) makes a second run skip it. Fix the cause first (restore the object, "
+        "upgrade the consumer), or the letters are dead-lettered again.",
+    )
+    for action in (listing, again):
+        action.add_argument(
+            "topic", metavar="TOPIC", help="the topic, or its .dlq (as `skuforge topics list` prints)"
+        )
+        action.add_argument("--reason", help="only dead letters of this reason (e.g. object_missing)")
+        action.add_argument(
+            "--since",
+            type=_since_arg,
+            help="only dead letters that failed at or after this: an ISO time (naive = UTC) or a duration "
+            "back from now (90s, 30m, 2h, 7d)",
+        )
+    listing.add_argument("--samples", type=int, default=SAMPLES_PER_REASON, help="samples per reason")
+    listing.add_argument("--json", action="store_true", help="print the summary as JSON")
+    again.add_argument("--dry-run", action="store_true", help="say what would be replayed; republish nothing")
+    return parser
+
+
+def dlq_main(
+    argv: list[str] | None = None, *, settings: Settings | None = None, store: ObjectStore | None = None
+) -> int:
+    """``skuforge dlq list|replay TOPIC ...``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    settings = settings or load_settings()
+    store = store or open_store(
+        settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+    )
+    try:
+        dead = read_dead_letters(settings, args.topic)
+        if args.action == "list":
+            letters = select(dead.letters, reason=args.reason, since=args.since)
+            summary = summarise(dead, letters, replayed_markers(store, dead.dlq_topic), max(0, args.samples))
+            print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+            return 0
+        report = replay(settings, store, dead, reason=args.reason, since=args.since, dry_run=args.dry_run)
+        print(format_replay(dead, report, dry_run=args.dry_run))
+        return 0
+    except DlqError as exc:
+        print(f"skuforge dlq {args.action}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _list_topics(settings: Settings) -> set[str]:
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="skuforge-dlq"
+        )
+    except KafkaError as exc:
+        raise DlqError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); is it running? "
+            "(`make kafka-up`, or set SKUFORGE_KAFKA_BOOTSTRAP)"
+        ) from exc
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
+
+
+def _b64(text: str | None) -> bytes | None:
+    return base64.b64decode(text) if text is not None else None
