@@ -17,7 +17,7 @@ from typing import Any
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
-from schemas.envelope import DeadLetter, Envelope
+from schemas.envelope import DeadLetter
 from schemas.events import (
     CorrectionPending,
     GateAccepted,
@@ -35,6 +35,7 @@ from schemas.topics import (
     SKU_INGESTED,
     Topic,
 )
+from shared.bus import READ_EXTRA, read_envelope
 from shared.config import Settings
 
 WATCHED: tuple[Topic[Any], ...] = (
@@ -148,12 +149,12 @@ class FlowTracker:
         if record.timestamp < self.since_ms:
             return
         if topic_name in self._dlqs:
-            letter = DeadLetter.model_validate_json(record.value)
+            letter = DeadLetter.model_validate_json(record.value, extra=READ_EXTRA)
             if letter.sku_id is not None and letter.sku_id.encode() in self.sku_ids:
                 self.state.dead.append(letter)
             return
         if record.key not in self.sku_ids:
             return
         topic = self._topics[topic_name]
-        payload = Envelope[topic.payload].model_validate_json(record.value).payload  # type: ignore[name-defined]
+        payload = read_envelope(topic, record.value).payload
         self.state.records[topic.name].setdefault(item_key(topic, payload), Seen(payload, record.timestamp))
