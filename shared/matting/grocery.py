@@ -16,8 +16,8 @@ Photos the real-photo benchmark keeps (``bench/data/matting_real/split.json``) a
   fine-tune close to the official model, but on handheld photos they include the hand, so the
   committed model was trained without them;
 - ``composite``: a product cut-out (catalogue, or a confident in-store one) pasted, often tilted,
-  onto a train-split in-store photo (many are handheld shots: their hands and shelves are background
-  here), a little defocused, with the product's brightness and white balance pulled
+  near the centre of a defocused train-split in-store photo (many are handheld shots: their hands
+  and shelves are background here), with the product's brightness and white balance pulled
   towards the scene's and sensor noise added; the mask is exact. These teach the one product in
   front of real shelves, which is what the matting stage sees in a product box.
 
@@ -168,8 +168,10 @@ def _square_on(
             )
         new_size = crop.size
     alpha = alpha.point(lambda v: 255 if v >= 128 else 0)
-    left = int(rng.integers(0, max(1, side - new_size[0] + 1)))
-    top = int(rng.integers(0, max(1, side - new_size[1] + 1)))
+    # Near the centre, where a photographer puts the subject (and where the scene's own subject
+    # is, so it ends up covered rather than taught as background).
+    left = int(np.clip((side - new_size[0]) / 2 + rng.normal(0.0, 0.12) * side, 0, side - new_size[0]))
+    top = int(np.clip((side - new_size[1]) / 2 + rng.normal(0.0, 0.12) * side, 0, side - new_size[1]))
     scene = background.copy()
     scene.paste(crop, (left, top), alpha)
     scene_mask = np.zeros((side, side), dtype=bool)
@@ -255,9 +257,10 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
         background = Image.open(config.dataset / background_path).convert("RGB")
         side = min(background.size)
         background = background.crop((0, 0, side, side)).resize((size, size), Image.Resampling.BILINEAR)
-        # Often handheld photos themselves: their hands and shelves are background here, as they
-        # must be in a product mask. Some defocus: real product photos are shot close.
-        background = background.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 4.0)))
+        # Defocused: real product photos are shot close with the shelf behind out of focus, and a
+        # sharp product in the scene, labelled background here, would teach the model to drop the
+        # products it must keep (measured: holes in cartons). Hands stay, as background.
+        background = background.filter(ImageFilter.GaussianBlur(rng.uniform(2.0, 6.0)))
         product = _match_to_scene(product, mask, background, rng)
         angle = float(rng.uniform(-35.0, 35.0)) if rng.random() < 0.7 else 0.0
         scene, scene_mask = _square_on(

@@ -152,6 +152,8 @@ def train(
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
+        for group in optimiser.param_groups:  # the configured rate, not the saved one: a resume may lower it
+            group["lr"] = config.learning_rate
         first_step = int(saved["step"]) + 1
         log.info("resumed", extra={"step": first_step})
 
