@@ -76,16 +76,16 @@ schemas: setup  ## regenerate schemas/json/ from the pydantic models
 	$(BIN)/python -m schemas.jsonschema
 
 kafka-up: setup  ## start a local single-node Kafka (KRaft) in the background
-	$(BIN)/python -m shared.broker start --data-dir $(KAFKA_DATA) --port $(KAFKA_PORT) --controller-port $(KAFKA_CONTROLLER_PORT)
+	$(BIN)/python -m devstack.broker start --data-dir $(KAFKA_DATA) --port $(KAFKA_PORT) --controller-port $(KAFKA_CONTROLLER_PORT)
 
 kafka-down:  ## stop the local Kafka started by kafka-up
-	$(BIN)/python -m shared.broker stop --data-dir $(KAFKA_DATA)
+	$(BIN)/python -m devstack.broker stop --data-dir $(KAFKA_DATA)
 
 demo: setup  ## the sample real SKUs (samples/grocerystore) through the whole stack (starts it unless `make up` runs); writes demo-out/report.html
-	$(BIN)/python -m services.cli demo
+	$(BIN)/python -m skuforge_cli demo
 
 up: setup  ## the whole local stack in the foreground (Kafka, Triton, stages, console); Ctrl-C stops it
-	$(BIN)/python -m services.cli up
+	$(BIN)/python -m skuforge_cli up
 
 clean:  ## remove local state (var/), keep the venv and jars
 	rm -rf var demo-out

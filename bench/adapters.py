@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared.config import load_settings
+
 RESULTS = Path(__file__).resolve().parent / "results" / "adapters.json"
 REGISTERED = (2, 20)
 
@@ -40,7 +42,7 @@ def measure(work: Path, registered: int, capacity: int, repeats: int) -> dict[st
     """Time switches on a fresh backend whose registry holds ``registered`` adapters."""
     from shared.generation.adapters import AdapterRegistry
     from shared.generation.backend import GenerationRequest
-    from shared.generation.diffusion import DiffusionBackend, load_diffusion_settings
+    from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
     from shared.store import FileStore
     from tests.support.diffusion import product_photo
 
@@ -57,7 +59,7 @@ def measure(work: Path, registered: int, capacity: int, repeats: int) -> dict[st
             )
     os.environ["SKUFORGE_STORE_URI"] = f"file://{store_root}"
     backend = DiffusionBackend.from_settings(
-        diffusion=load_diffusion_settings(diffusion_lora_cache_size=capacity)
+        load_settings(DiffusionSettings, diffusion_lora_cache_size=capacity), load_settings()
     )
     adapters = backend.adapters()
     slots = backend.lora

@@ -22,10 +22,10 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import OffsetAndMetadata
 
+from devstack.broker import LocalKafka, free_port
 from schemas.envelope import Envelope
 from schemas.events import SkuIngested
 from schemas.topics import SKU_INGESTED, Topic
-from shared.broker import LocalKafka, free_port
 from shared.bus import ensure_topics
 from shared.config import Settings, load_settings
 from shared.runtime import Context, Emit, Stage

@@ -46,7 +46,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from shared.gate import GateThresholds, evaluate, failed_reasons
+from shared.gate.checks import GateThresholds, evaluate, failed_reasons
 from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
 from shared.matting.session import MattingSession, open_session
 from shared.synth import make_product, render_photo

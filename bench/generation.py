@@ -103,9 +103,10 @@ def lora_switch_seconds(
     model_dir: Path, work: Path, counts: tuple[int, ...] = (1, 2, 4, 8)
 ) -> dict[str, dict[str, float]]:
     """Seconds of a request that switches adapter vs one that keeps it, by adapters loaded (in-process)."""
+    from shared.config import load_settings
     from shared.generation.adapters import AdapterRegistry
     from shared.generation.backend import GenerationRequest
-    from shared.generation.diffusion import DiffusionBackend
+    from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
     from shared.store import FileStore
     from tests.support.diffusion import TINY_BASE_MODEL, make_tiny_lora, product_photo
 
@@ -124,7 +125,7 @@ def lora_switch_seconds(
             "SKUFORGE_STORE_URI": f"file://{store_root}",
         }
     )
-    backend = DiffusionBackend.from_settings()
+    backend = DiffusionBackend.from_settings(load_settings(DiffusionSettings), load_settings())
     reference, mask = product_photo(96, seed=3)
 
     def timed(series: str) -> float:

@@ -44,6 +44,9 @@ GATE_ACCEPTED = Topic("gate.accepted", 1, GateAccepted)
 CORRECTION_PENDING = Topic("correction.pending", 1, CorrectionPending)
 CORRECTION_RESOLVED = Topic("correction.resolved", 1, CorrectionResolved)
 
+# The output of the pass-through reference stage (``services/passthrough``); not in ALL_TOPICS.
+PASSTHROUGH_OUT = Topic("passthrough.sku.ingested", 1, SkuIngested)
+
 ALL_TOPICS: tuple[Topic[Any], ...] = (
     SKU_INGESTED,
     SKU_CAPTIONED,

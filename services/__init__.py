@@ -1,0 +1,1 @@
+"""One folder per service and nothing else; ``schemas/flow.py`` says what each consumes and produces."""

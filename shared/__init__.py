@@ -1,0 +1,3 @@
+"""The platform every service stands on (runtime, bus, store, model cache, config, errors, images,
+observability, dead letters), the shared arithmetic (``arith/``), the renderer (``synth/``) and the
+model libraries (``matting/``, ``captioning/``, ``generation/``, ``gate/``, ``trainstore/``)."""

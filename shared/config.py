@@ -7,7 +7,7 @@ carries. An invalid value stops the service at start-up with a message naming th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -99,10 +99,21 @@ class Settings(BaseSettings):
         return self
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment (and overrides), turning errors into a ConfigError."""
+SettingsModel = TypeVar("SettingsModel", bound=BaseSettings)
+
+
+@overload
+def load_settings(**overrides: object) -> Settings: ...
+@overload
+def load_settings(model: type[SettingsModel], /, **overrides: object) -> SettingsModel: ...
+def load_settings(model: type[BaseSettings] = Settings, /, **overrides: Any) -> BaseSettings:
+    """Read one settings model (default: the shared ``Settings``) from the environment and ``overrides``.
+
+    The one loader of every ``SKUFORGE_*`` model (``load_settings(GateSettings, gate_iou_min=0.8)``);
+    an invalid value is a ``ConfigError`` naming the variable.
+    """
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return model(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
 

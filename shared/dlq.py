@@ -1,7 +1,8 @@
 """Dead letters: list them by reason, and replay them to their original topic once each.
 
 ``skuforge dlq list TOPIC`` reads ``<TOPIC>.dlq`` from the start and prints, per reason, how many
-dead letters there are, how many were replayed, and a few samples (event_id, sku_id, detail).
+dead letters there are, how many were replayed, and a few samples (event_id, sku_id, detail). (The
+command line itself is ``skuforge_cli/dlq.py``.)
 
 ``skuforge dlq replay TOPIC [--reason R] [--since T]`` republishes the selected dead letters'
 original bytes and key to their original topic, after the cause was fixed (the object is back, the
@@ -15,12 +16,9 @@ A letter that fails again after its replay is a new dead letter, and can be repl
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
-import json
 import re
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -36,8 +34,8 @@ from pydantic import ValidationError
 from schemas.envelope import DeadLetter, utc_now
 from schemas.topics import DLQ_SUFFIX
 from shared.bus import READ_EXTRA, make_producer
-from shared.config import Settings, load_settings
-from shared.store import ObjectStore, open_store
+from shared.config import Settings
+from shared.store import ObjectStore
 
 REPLAY_PREFIX = "dlq-replays"
 SAMPLES_PER_REASON = 3
@@ -326,78 +324,6 @@ def format_replay(dead: DeadLetterTopic, report: ReplayReport, *, dry_run: bool)
         + (f" ({reasons})" if reasons else "")
         + f"; skipped {report.already_replayed} already replayed, {report.not_selected} not selected"
     )
-
-
-# -- command line -----------------------------------------------------------------------------
-
-
-def _since_arg(text: str) -> datetime:
-    try:
-        return parse_since(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """``skuforge dlq`` and its two actions."""
-    parser = argparse.ArgumentParser(
-        prog="skuforge dlq",
-        description="Inspect dead letters (<topic>.dlq); replay them to their topic once the cause is fixed.",
-    )
-    sub = parser.add_subparsers(dest="action", required=True)
-    listing = sub.add_parser(
-        "list",
-        help="dead letters by reason, with counts and samples",
-        description="Read TOPIC's .dlq from the start and print, per reason, how many dead letters it holds, "
-        "how many were replayed, and a few samples (event_id, sku_id, detail).",
-    )
-    again = sub.add_parser(
-        "replay",
-        help="republish dead letters' original bytes to their topic, each once",
-        description="Republish the selected dead letters' original bytes and key to their original topic. "
-        "Each dead letter is replayed once: a marker per replayed letter (in the object store, "
-        f"{REPLAY_PREFIX}/) makes a second run skip it. Fix the cause first (restore the object, "
-        "upgrade the consumer), or the letters are dead-lettered again.",
-    )
-    for action in (listing, again):
-        action.add_argument(
-            "topic", metavar="TOPIC", help="the topic, or its .dlq (as `skuforge topics list` prints)"
-        )
-        action.add_argument("--reason", help="only dead letters of this reason (e.g. object_missing)")
-        action.add_argument(
-            "--since",
-            type=_since_arg,
-            help="only dead letters that failed at or after this: an ISO time (naive = UTC) or a duration "
-            "back from now (90s, 30m, 2h, 7d)",
-        )
-    listing.add_argument("--samples", type=int, default=SAMPLES_PER_REASON, help="samples per reason")
-    listing.add_argument("--json", action="store_true", help="print the summary as JSON")
-    again.add_argument("--dry-run", action="store_true", help="say what would be replayed; republish nothing")
-    return parser
-
-
-def dlq_main(
-    argv: list[str] | None = None, *, settings: Settings | None = None, store: ObjectStore | None = None
-) -> int:
-    """``skuforge dlq list|replay TOPIC ...``; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    settings = settings or load_settings()
-    store = store or open_store(
-        settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
-    )
-    try:
-        dead = read_dead_letters(settings, args.topic)
-        if args.action == "list":
-            letters = select(dead.letters, reason=args.reason, since=args.since)
-            summary = summarise(dead, letters, replayed_markers(store, dead.dlq_topic), max(0, args.samples))
-            print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
-            return 0
-        report = replay(settings, store, dead, reason=args.reason, since=args.since, dry_run=args.dry_run)
-        print(format_replay(dead, report, dry_run=args.dry_run))
-        return 0
-    except DlqError as exc:
-        print(f"skuforge dlq {args.action}: {exc}", file=sys.stderr)
-        return 1
 
 
 def _list_topics(settings: Settings) -> set[str]:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -48,7 +47,6 @@ __all__ = [
     "ObjectStore",
     "S3Store",
     "check_key",
-    "download_directory",
     "open_store",
     "sha256_hex",
 ]
@@ -460,46 +458,3 @@ def open_store(uri: str, *, s3_endpoint_url: str | None = None, s3_region: str =
     raise ValueError(
         f"unsupported object-store scheme {scheme!r} in {uri!r}; accepted: file://, s3:// or a plain path"
     )
-
-
-_DOWNLOAD_MARKER = ".skuforge-complete.json"
-
-
-def download_directory(
-    uri: str,
-    cache_dir: Path,
-    *,
-    s3_endpoint_url: str | None = None,
-    s3_region: str = "us-east-1",
-) -> Path:
-    """Copy every object under the directory ``uri`` (``s3://``, ``file://``) into ``cache_dir``.
-
-    For model folders (``save_pretrained`` layouts). The copy is named by the URI's sha256 and
-    reused while it holds exactly the keys the store lists: publish a changed model under a new
-    URI. Objects land in a temporary directory renamed into place, so no reader sees half a model.
-    Raises ``ValueError`` for a URI that names nothing.
-    """
-    root = uri.rstrip("/")
-    source = open_store(root, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
-    keys = sorted(key for key in source.list_keys() if key != _DOWNLOAD_MARKER)
-    if not keys:
-        raise ValueError(f"nothing is stored under {root}/")
-    target = cache_dir / f"{root.rpartition('/')[2] or 'root'}-{sha256_hex(root.encode())[:16]}"
-    marker = target / _DOWNLOAD_MARKER
-    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("keys") == keys:
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".partial-"))
-    try:
-        for key in keys:
-            path = partial.joinpath(*key.split("/"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(source.get_bytes(key))
-        (partial / _DOWNLOAD_MARKER).write_text(json.dumps({"uri": root, "keys": keys}), encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(partial, target)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return target

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from shared.broker import LocalKafka, free_port
+from devstack.broker import LocalKafka, free_port
 
 pytestmark = pytest.mark.kafka
 

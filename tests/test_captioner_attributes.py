@@ -10,6 +10,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from schemas.common import SkuMetadata
+from shared.arith.colour import srgb_to_lab
+from shared.arith.masks import largest_component
 from shared.captioning.attributes import (
     SHAPE_FEATURES,
     classify_shape,
@@ -19,12 +21,10 @@ from shared.captioning.attributes import (
     describe_product,
     dominant_colours,
     kmeans,
-    largest_component,
     mask_hull_area,
     mask_problem,
     polygon_area,
     shape_features,
-    srgb_to_lab,
     tilt_degrees,
     view_of,
 )

@@ -13,10 +13,11 @@ import pytest
 from schemas.envelope import DeadLetter, Envelope
 from schemas.events import SkuCaptioned
 from schemas.topics import SKU_CAPTIONED, SKU_INGESTED
-from services.captioner.config import load_captioner_settings
+from services.captioner.config import CaptionerSettings
 from services.captioner.stage import build_stage
 from services.ingest.ingest import ingest_path
 from shared.captioning.prompts import instance_token
+from shared.config import load_settings
 from shared.images import decode_mask
 from shared.store import ObjectStore
 from shared.synth import write_sku_folders
@@ -37,7 +38,9 @@ def test_skus_are_captioned_and_a_sku_without_a_product_is_dead_lettered(
     create_topics(settings, SKU_INGESTED, SKU_CAPTIONED)
     stage = build_stage(
         settings=settings,
-        captioner=load_captioner_settings(captioner_matting_model=str(model), captioner_use_gpu=False),
+        captioner=load_settings(
+            CaptionerSettings, captioner_matting_model=str(model), captioner_use_gpu=False
+        ),
     )
     store = stage.store
 

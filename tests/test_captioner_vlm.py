@@ -15,7 +15,7 @@ import pytest
 from schemas.envelope import derive_id
 from schemas.events import SkuCaptioned
 from schemas.topics import SKU_CAPTIONED, SKU_INGESTED
-from services.captioner.config import load_captioner_settings
+from services.captioner.config import CaptionerSettings
 from services.captioner.stage import handle, open_models
 from shared.bus import make_envelope
 from shared.captioning.prompts import compose_caption
@@ -46,7 +46,8 @@ def test_vlm_backend_captions_a_sku_from_a_model_on_s3(
     model_uri = upload_dir(s3_store, blip_dir, "models/blip-tiny")
     store = FileStore(tmp_path / "store")
     settings = load_settings(store_uri=store.base_uri, s3_endpoint_url=s3_endpoint)
-    options = load_captioner_settings(
+    options = load_settings(
+        CaptionerSettings,
         captioner_backend="vlm",
         captioner_vlm_model=model_uri,
         captioner_vlm_cache_dir=str(tmp_path / "cache"),
@@ -106,4 +107,4 @@ def test_nothing_is_downloaded_for_a_hub_name_or_an_empty_uri(tmp_path: Path) ->
     with pytest.raises(VlmModelError, match=r"no config\.json"):
         fetch_model_dir((tmp_path / "nothing-here").as_uri(), tmp_path / "cache")
     with pytest.raises(ConfigError, match="SKUFORGE_CAPTIONER_VLM_MODEL"):
-        load_captioner_settings(captioner_backend="vlm")
+        load_settings(CaptionerSettings, captioner_backend="vlm")

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import SETTINGS_MODELS
-from services.cli import main as cli_main
+from schemas.flow import flow_table_markdown
 from shared.config import ConfigError, load_settings, settings_table_markdown
+from skuforge_cli.main import SETTINGS_MODELS
+from skuforge_cli.main import main as cli_main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
 
 def test_invalid_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,3 +49,14 @@ def test_readme_carries_the_current_settings_table() -> None:
     assert settings_table_markdown(SETTINGS_MODELS) in README.read_text(), (
         "README's configuration table is stale: paste `skuforge config --markdown` into it"
     )
+
+
+def test_architecture_carries_the_current_flow_table() -> None:
+    assert flow_table_markdown() in ARCHITECTURE.read_text(), (
+        "docs/architecture.md's flow table is stale: paste `skuforge flow --markdown` into it"
+    )
+
+
+def test_flow_command_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["flow", "--markdown"]) == 0
+    assert capsys.readouterr().out.strip() == flow_table_markdown()

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fastapi.routing import iter_route_contexts
 from PIL import Image
 from prometheus_client import generate_latest
-from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from services.console.decisions import corrected_mask_key, mask_from_ref
@@ -59,7 +59,8 @@ def mask_png(mask: np.ndarray) -> bytes:
 
 def test_every_route_but_the_login_form_needs_a_session(parts: ConsoleParts, client: TestClient) -> None:
     task_id = first_task_id(parts)
-    routes = [route for route in client.app.routes if isinstance(route, Route)]  # type: ignore[attr-defined]
+    # The routes of every router the app includes (auth, pages, API), with their full paths.
+    routes = list(iter_route_contexts(client.app.routes))  # type: ignore[attr-defined]
     checked = 0
     for route in routes:
         for method in sorted(route.methods or ()):
@@ -114,8 +115,8 @@ def test_every_state_changing_request_needs_the_csrf_token(parts: ConsoleParts, 
     task_id = first_task_id(parts)
     posts = [
         route.path
-        for route in client.app.routes  # type: ignore[attr-defined]
-        if isinstance(route, Route) and "POST" in (route.methods or ()) and route.path != "/login"
+        for route in iter_route_contexts(client.app.routes)  # type: ignore[attr-defined]
+        if "POST" in (route.methods or ()) and route.path != "/login"
     ]
     assert len(posts) >= 9
     for path in posts:

@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
+from devstack.broker import free_port
 from schemas.envelope import Envelope
 from schemas.events import CorrectionResolved
 from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED
 from services.console.config import ConsoleSettings
 from services.console.decisions import mask_from_ref
 from services.console.server import ConsoleService
-from shared.broker import free_port
 from shared.images import decode_mask
 from shared.store import FileStore
 from tests.support.bus import create_topics, isolated_settings, read_topic

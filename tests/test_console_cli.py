@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.cli import main as cli_main
 from services.console.decisions import mask_from_ref
 from services.console.labelstudio import rle_to_mask
 from services.console.tasks import TaskStore
 from shared.store import FileStore
+from skuforge_cli.main import main as cli_main
 from tests.support.console import flagged_item, pending_envelope
 
 

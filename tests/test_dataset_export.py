@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.cli import main as cli_main
 from shared.errors import ChecksumMismatch
 from shared.store import FileStore, sha256_hex
 from shared.trainstore.dataset import export_dataset, plan_export, sku_stats
 from shared.trainstore.manifest import ManifestRow, ManifestStore
+from skuforge_cli.main import main as cli_main
 
 PREFIX = "trainstore"
 

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schemas.topics import SKU_INGESTED
-from services.demo.demo import main as demo_main
-from services.demo.flow import FlowState, Seen, item_key
-from services.demo.report import (
+from devstack.demo.demo import main as demo_main
+from devstack.demo.report import (
     CUTOUT_BACKGROUND_RGB,
     ReferenceView,
     SkuView,
@@ -22,6 +20,8 @@ from services.demo.report import (
     with_outlines,
     write_report,
 )
+from devstack.demo.tracker import FlowState, Seen, item_key
+from schemas.topics import SKU_INGESTED
 from shared.store import FileStore
 
 

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from schemas.topics import SKU_INGESTED
-from services.cli import main as skuforge
-from services.passthrough.stage import PASSTHROUGH_OUT, build_stage
+from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
+from services.passthrough.stage import build_stage
 from shared.config import Settings
-from shared.dlq import dlq_main, parse_since
+from shared.dlq import parse_since
+from skuforge_cli.dlq import main as dlq_main
+from skuforge_cli.main import main as skuforge
 from tests.support.bus import (
     create_topics,
     file_store_uri,

@@ -18,26 +18,26 @@ import json
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from devstack.demo.demo import SAMPLE_SKUS
 from schemas.envelope import Envelope
 from schemas.events import ImageGenerated
 from schemas.topics import ALL_TOPICS, IMAGE_GENERATED
 from services.captioner.stage import build_stage as build_captioner
 from services.console.intake import build_intake_stage
 from services.console.tasks import TaskFilter, TaskStore
-from services.demo.demo import SAMPLE_SKUS
-from services.gate.config import load_gate_settings
+from services.gate.config import GateSettings
 from services.gate.stage import build_stage as build_gate
-from services.generator.config import load_generation_settings
+from services.generator.config import GenerationSettings
 from services.generator.stage import build_stage as build_generator
 from services.ingest.ingest import ingest_path
 from services.matting.stage import build_stage as build_matting
-from services.trainstore.config import load_trainstore_settings
+from services.trainstore.config import TrainstoreSettings
 from services.trainstore.stage import build_stage as build_trainstore
+from shared.config import load_settings
 from shared.observability import topics_held
 from shared.runtime import Stage
 from shared.store import ObjectStore
@@ -57,18 +57,6 @@ PASS_ALL = {
     "drift_tolerance": 1e9,
 }
 REVIEW_SKU = "GROCERY-OATLY-001"
-
-
-@pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServerProcess]:
-    server = TritonServerProcess(
-        tmp_path_factory.mktemp("triton-e2e"), max_batch_size=8, batch_delay_us=10_000
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def holds_partitions(stage: Stage) -> bool:
@@ -102,7 +90,8 @@ def test_every_generated_image_lands_once_in_the_store_or_the_console_queue(
 ) -> None:
     settings = isolated_settings(kafka_bootstrap, s3_store.uri_for("root"), s3_endpoint_url=s3_endpoint)
     create_topics(settings, *ALL_TOPICS)
-    generation = load_generation_settings(
+    generation = load_settings(
+        GenerationSettings,
         generation_triton_url=triton.grpc_url,
         generation_variants_per_sku=VARIANTS,
         generation_size_px=256,
@@ -110,13 +99,14 @@ def test_every_generated_image_lands_once_in_the_store_or_the_console_queue(
     )
     categories = sample_catalogue(tmp_path / "skus")
     sku_ids = sorted(categories)
-    gate = load_gate_settings(
+    gate = load_settings(
+        GateSettings,
         gate_category_overrides={
             **{category: PASS_ALL for category in categories.values()},
             REVIEW_CATEGORY: {"iou_min": 0.9999},
-        }
+        },
     )
-    trainstore = load_trainstore_settings()
+    trainstore = load_settings(TrainstoreSettings)
     tasks = TaskStore(tmp_path / "console" / "tasks.sqlite3")
     common = {"settings": settings, "store": s3_store}
     stages = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.gate.config import GateSettings, load_gate_settings
-from shared.config import ConfigError
-from shared.gate import (
+from services.gate.config import GateSettings
+from shared.config import ConfigError, load_settings
+from shared.gate.checks import (
     GateThresholds,
     borders_touched,
     colour_drift,
@@ -226,7 +226,7 @@ def test_settings_apply_category_overrides(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv(
         "SKUFORGE_GATE_CATEGORY_OVERRIDES", '{"pouch": {"iou_min": 0.8, "drift_tolerance": 30}}'
     )
-    gate = load_gate_settings()
+    gate = load_settings(GateSettings)
     assert gate.thresholds_for("soda can") == GateThresholds(iou_min=0.92)
     assert gate.thresholds_for("pouch") == GateThresholds(iou_min=0.8, drift_tolerance=30.0)
 
@@ -239,4 +239,4 @@ def test_default_iou_threshold_is_090() -> None:
 def test_bad_overrides_are_named_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SKUFORGE_GATE_CATEGORY_OVERRIDES", '{"pouch": {"iou": 0.8}}')
     with pytest.raises(ConfigError, match=r"SKUFORGE_GATE_CATEGORY_OVERRIDES.*unknown gate threshold"):
-        load_gate_settings()
+        load_settings(GateSettings)

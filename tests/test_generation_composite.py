@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from services.generator.config import load_generation_settings
+from services.generator.config import GenerationSettings
+from shared.config import load_settings
 from shared.generation.backend import GenerationRequest, open_backend
 from shared.generation.composite import CompositeBackend, CompositeError
 from shared.synth import make_product, render_photo
@@ -150,11 +151,7 @@ def test_refusals_say_what_is_wrong() -> None:
 
 
 def test_open_backend_picks_composite_by_default_and_refuses_unknown_names() -> None:
-    backend = open_backend(load_generation_settings())
+    backend = open_backend(load_settings(GenerationSettings).generation_backend)
     assert backend.name == "composite" and backend.model_id
-
-    class Unknown:
-        generation_backend = "dreams"
-
     with pytest.raises(ValueError, match="SKUFORGE_GENERATION_BACKEND"):
-        open_backend(Unknown())
+        open_backend("dreams")

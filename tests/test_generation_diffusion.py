@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from shared.config import ConfigError
+from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
 from shared.generation.adapters import (
     NO_ADAPTER,
@@ -28,7 +28,7 @@ from shared.generation.backend import GeneratedSample, GenerationRequest
 from shared.generation.diffusion import (
     DiffusionBackend,
     DiffusionModelError,
-    load_diffusion_settings,
+    DiffusionSettings,
     paint_mask,
     place_product,
     variant_seeds,
@@ -210,9 +210,14 @@ def test_registry_refuses_inconsistent_metadata_and_skips_broken_entries(tmp_pat
 # --- the backend on the tiny pipeline ---------------------------------------------------------
 
 
+def backend_from_env() -> DiffusionBackend:
+    """The backend of the SKUFORGE_* variables the test set, as ``skuforge serve generator`` builds it."""
+    return DiffusionBackend.from_settings(load_settings(DiffusionSettings), load_settings())
+
+
 @pytest.mark.slow
 def test_generation_keeps_the_product_pixels_and_is_reproducible(diffusion_env: Path) -> None:
-    backend = DiffusionBackend.from_settings()
+    backend = backend_from_env()
     samples = backend.generate(_request(seed=7, n=3))
     assert len(samples) == 3
     photo, mask = product_photo()
@@ -244,7 +249,7 @@ def test_generation_keeps_the_product_pixels_and_is_reproducible(diffusion_env: 
 
 @pytest.mark.slow
 def test_harmonisation_is_recorded_and_changes_the_product(diffusion_env: Path) -> None:
-    backend = DiffusionBackend.from_settings()
+    backend = backend_from_env()
     plain = backend.generate(_request(seed=3, n=1))[0]
     blended = backend.generate(_request(seed=3, n=1, parameters={"harmonize_strength": 0.3}))[0]
     assert blended.parameters["harmonize_strength"] == 0.3
@@ -260,7 +265,7 @@ def test_harmonisation_is_recorded_and_changes_the_product(diffusion_env: Path) 
 def test_series_picks_the_adapter_and_the_adapter_changes_the_image(
     diffusion_env: Path, lora_files: list[Path]
 ) -> None:
-    backend = DiffusionBackend.from_settings()
+    backend = backend_from_env()
     base = backend.generate(_request(seed=11, series="cola"))
     assert base[0].adapter_id is None and base[0].parameters["adapter_choice"] == "none"
 
@@ -321,7 +326,7 @@ def test_lru_keeps_at_most_k_adapters_and_deletes_the_evicted(
     diffusion_env: Path, lora_files: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SKUFORGE_DIFFUSION_LORA_CACHE_SIZE", "2")
-    backend = DiffusionBackend.from_settings()
+    backend = backend_from_env()
     registry = AdapterRegistry(FileStore(diffusion_env / "adapters"))
     series = [f"s{i}" for i in range(len(lora_files))]
     for name, weights in zip(series, lora_files, strict=True):
@@ -353,7 +358,7 @@ def test_an_sdxl_folder_runs_the_sdxl_pipeline_with_its_adapter(
 ) -> None:
     model = build_tiny_sdxl_inpaint_pipeline(tmp_path / "tiny-sdxl-inpaint")
     monkeypatch.setenv("SKUFORGE_DIFFUSION_MODEL", str(model))  # architecture 'auto': from model_index.json
-    backend = DiffusionBackend.from_settings()
+    backend = backend_from_env()
     assert type(backend.pipe).__name__ == "StableDiffusionXLInpaintPipeline"
     base = backend.generate(_request(seed=4, series="cola"))
     placed = base[0].expected_mask == 255
@@ -386,7 +391,7 @@ def test_model_and_adapters_from_s3_generate_like_the_local_folder(
 ) -> None:
     local_registry = AdapterRegistry(FileStore(diffusion_env / "adapters"))
     local_registry.register("general", lora_files[2], kind="general", base_model=TINY_BASE_MODEL)
-    local = DiffusionBackend.from_settings().generate(_request(seed=21))
+    local = backend_from_env().generate(_request(seed=21))
 
     _upload(s3_store, "models/tiny-sd-inpaint", tiny_model)
     # The registry's default root: <SKUFORGE_STORE_URI>/adapters.
@@ -397,14 +402,14 @@ def test_model_and_adapters_from_s3_generate_like_the_local_folder(
     monkeypatch.setenv("SKUFORGE_STORE_URI", s3_store.base_uri)
     monkeypatch.setenv("SKUFORGE_S3_ENDPOINT_URL", s3_endpoint)
     monkeypatch.setenv("SKUFORGE_DIFFUSION_CACHE_DIR", str(tmp_path / "s3-cache"))
-    backend = DiffusionBackend.from_settings()
+    backend = backend_from_env()
     remote = backend.generate(_request(seed=21))
     assert [s.adapter_id for s in remote] == ["general", "general"]
     assert np.array_equal(_images(remote), _images(local))
     assert backend.model_id.startswith("diffusion:tiny-sd-inpaint@sha256:")
     # The copy is reused: a second backend downloads nothing new.
     cached = sorted(p.name for p in (tmp_path / "s3-cache").iterdir())
-    DiffusionBackend.from_settings()
+    backend_from_env()
     assert sorted(p.name for p in (tmp_path / "s3-cache").iterdir()) == cached
 
 
@@ -414,12 +419,16 @@ def test_model_and_adapters_from_s3_generate_like_the_local_folder(
 def test_missing_model_and_bad_values_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SKUFORGE_DIFFUSION_MODEL", raising=False)
     with pytest.raises(ConfigError, match="SKUFORGE_DIFFUSION_MODEL"):
-        DiffusionBackend.from_settings()
+        backend_from_env()
+    # The backend is built from the settings it is given, whatever the environment says.
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_MODEL", "/models/from-the-environment")
+    with pytest.raises(ConfigError, match="SKUFORGE_DIFFUSION_MODEL"):
+        DiffusionBackend.from_settings(DiffusionSettings(diffusion_model=None), load_settings())
     monkeypatch.setenv("SKUFORGE_DIFFUSION_STEPS", "0")
     with pytest.raises(ConfigError, match="SKUFORGE_DIFFUSION_STEPS"):
-        load_diffusion_settings()
+        load_settings(DiffusionSettings)
     with pytest.raises(ConfigError, match="SKUFORGE_DIFFUSION_SCALE_MIN"):
-        load_diffusion_settings(diffusion_steps=2, diffusion_scale_min=0.9, diffusion_scale_max=0.5)
+        load_settings(DiffusionSettings, diffusion_steps=2, diffusion_scale_min=0.9, diffusion_scale_max=0.5)
 
 
 def test_adapters_cli_registers_and_lists(
@@ -427,7 +436,7 @@ def test_adapters_cli_registers_and_lists(
 ) -> None:
     from safetensors.numpy import save
 
-    from services.cli import main as cli_main
+    from skuforge_cli.main import main as cli_main
 
     monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
     monkeypatch.delenv("SKUFORGE_DIFFUSION_ADAPTERS_URI", raising=False)
@@ -456,9 +465,9 @@ def test_a_model_that_is_not_there_is_named(
 ) -> None:
     monkeypatch.setenv("SKUFORGE_DIFFUSION_MODEL", str(tmp_path / "no-model"))
     with pytest.raises(DiffusionModelError, match=r"no diffusers pipeline at .*model_index\.json"):
-        DiffusionBackend.from_settings()
+        backend_from_env()
     monkeypatch.setenv("SKUFORGE_DIFFUSION_MODEL", f"{s3_store.base_uri}/models/missing")
     monkeypatch.setenv("SKUFORGE_S3_ENDPOINT_URL", s3_endpoint)
     monkeypatch.setenv("SKUFORGE_DIFFUSION_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(DiffusionModelError, match="nothing is stored under"):
-        DiffusionBackend.from_settings()
+        backend_from_env()

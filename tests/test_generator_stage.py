@@ -7,7 +7,6 @@ the store; with Triton taken down mid-run and brought back, nothing is lost and 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,9 @@ from schemas.common import SkuMetadata
 from schemas.envelope import DeadLetter, Envelope
 from schemas.events import CaptionedPhoto, ImageGenerated, SkuCaptioned
 from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
-from services.generator.config import GenerationSettings, load_generation_settings
+from services.generator.config import GenerationSettings
 from services.generator.stage import backend_counts, build_stage, plan_variants
+from shared.config import load_settings
 from shared.images import decode_image, decode_mask
 from shared.store import ObjectStore
 from shared.synth import make_product, render_photo
@@ -76,22 +76,13 @@ def captioned_sku(
 
 
 def generation_settings(triton: TritonServerProcess) -> GenerationSettings:
-    return load_generation_settings(
+    return load_settings(
+        GenerationSettings,
         generation_triton_url=triton.grpc_url,
         generation_variants_per_sku=VARIANTS,
         generation_size_px=SIZE_PX,
         generation_triton_timeout_s=30.0,
     )
-
-
-@pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServerProcess]:
-    server = TritonServerProcess(tmp_path_factory.mktemp("triton"), max_batch_size=8, batch_delay_us=10_000)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def check_generated(store: ObjectStore, events: list[ImageGenerated], captioned: list[SkuCaptioned]) -> None:
@@ -131,8 +122,10 @@ def test_plan_spreads_variants_over_photos_and_backends() -> None:
             "captioner": "test",
         }
     )
-    mix = load_generation_settings(
-        generation_variants_per_sku=4, generation_backend_mix={"composite": 1, "diffusion": 1}
+    mix = load_settings(
+        GenerationSettings,
+        generation_variants_per_sku=4,
+        generation_backend_mix={"composite": 1, "diffusion": 1},
     )
     plan = plan_variants(store_free, mix)
     assert [p.photo.photo_id for p in plan] == ["p0", "p2", "p0", "p2"]
@@ -227,7 +220,8 @@ def test_backend_mix_and_the_chosen_adapter_reach_the_events(kafka_bootstrap: st
     try:
         settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "stage-store"))
         create_topics(settings, SKU_CAPTIONED, IMAGE_GENERATED)
-        generation = load_generation_settings(
+        generation = load_settings(
+            GenerationSettings,
             generation_triton_url=server.grpc_url,
             generation_variants_per_sku=4,
             generation_size_px=64,

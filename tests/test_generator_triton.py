@@ -27,18 +27,6 @@ pytestmark = pytest.mark.slow
 SIZE_PX = 256
 
 
-@pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServerProcess]:
-    server = TritonServerProcess(
-        tmp_path_factory.mktemp("triton"), max_batch_size=8, batch_delay_us=50_000, max_queue_size=64
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def variant(
     seed: int, *, mask: np.ndarray | None = None, parameters: dict[str, object] | None = None
 ) -> VariantRequest:

@@ -11,11 +11,11 @@ import pytest
 from schemas.envelope import Envelope
 from schemas.events import SkuIngested
 from schemas.topics import ALL_TOPICS, SKU_INGESTED
-from services.cli import main as cli_main
 from services.ingest.ingest import IngestError, ingest_path, prepare_all
 from shared.config import load_settings
 from shared.store import open_store
 from shared.synth import write_sku_folders
+from skuforge_cli.main import main as cli_main
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
 
 

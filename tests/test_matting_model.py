@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.matting.cli import MODELS_DIR
 from services.matting.cli import main as matting_cli
+from shared.matting import MODELS_DIR
 from shared.matting.session import U2NetPSession
 from shared.matting.train import evaluate, iou
 

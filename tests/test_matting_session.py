@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shared.arith.masks import clean_mask, connected_components
 from shared.matting import session as matting
 from shared.matting.session import (
     MaskOptions,
@@ -18,8 +19,6 @@ from shared.matting.session import (
     U2NetPSession,
     U2NetSession,
     choose_providers,
-    clean_mask,
-    connected_components,
     normalise_min_max,
     open_session,
     otsu_thresholds,

@@ -20,8 +20,9 @@ from schemas.common import ImageRef, SkuMetadata
 from schemas.envelope import DeadLetter, Envelope
 from schemas.events import ImageGenerated, ImageMatted
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
-from services.matting.config import load_matting_settings
+from services.matting.config import MattingSettings
 from services.matting.stage import build_stage
+from shared.config import load_settings
 from shared.images import decode_mask
 from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
 from shared.store import ObjectStore
@@ -133,8 +134,8 @@ def test_every_image_is_matted_or_dead_lettered(
     kafka_bootstrap: str, tmp_path: Path, random_u2netp_onnx: Path
 ) -> None:
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path), max_image_pixels=MAX_IMAGE_PIXELS)
-    matting = load_matting_settings(
-        matting_model=str(random_u2netp_onnx), matting_use_gpu=False, matting_max_batch=3
+    matting = load_settings(
+        MattingSettings, matting_model=str(random_u2netp_onnx), matting_use_gpu=False, matting_max_batch=3
     )
     create_topics(settings, IMAGE_GENERATED, IMAGE_MATTED)
     stage = build_stage(settings=settings, matting=matting)

@@ -17,14 +17,14 @@ import numpy.typing as npt
 import pytest
 from PIL import ExifTags, Image
 
+from devstack.demo.demo import SAMPLE_SKUS
 from schemas.envelope import Envelope, derive_id
 from schemas.events import SkuCaptioned
 from schemas.topics import SKU_CAPTIONED, SKU_INGESTED
-from services.captioner.config import load_captioner_settings
+from services.captioner.config import CaptionerSettings
 from services.captioner.stage import handle, open_models
-from services.demo.demo import SAMPLE_SKUS
 from services.ingest.ingest import prepare_all, upload_sku
-from services.trainstore.config import load_trainstore_settings
+from services.trainstore.config import TrainstoreSettings
 from services.trainstore.stage import Trainstore
 from shared.bus import make_envelope
 from shared.config import load_settings
@@ -111,7 +111,7 @@ def test_a_rotated_phone_photo_of_a_plain_product_reaches_the_retraining_store(t
     assert (photo.image.width, photo.image.height) == PHONE_SIZE_PX  # stored upright
 
     # The default matting model, as `skuforge run captioner` opens it.
-    models = open_models(load_captioner_settings(captioner_use_gpu=False), settings, store)
+    models = open_models(load_settings(CaptionerSettings, captioner_use_gpu=False), settings, store)
     ctx = context(store, settings)
     try:
         (emit,) = handle(ingested, ctx, models=models)
@@ -127,7 +127,7 @@ def test_a_rotated_phone_photo_of_a_plain_product_reaches_the_retraining_store(t
         producer="captioner",
     )
 
-    trainstore = load_trainstore_settings()
+    trainstore = load_settings(TrainstoreSettings)
     manifests = ManifestStore(store, trainstore.trainstore_prefix)
     Trainstore(manifests, trainstore.trainstore_compact_after_parts).captioned(captioned, ctx)
 

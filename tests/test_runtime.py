@@ -17,8 +17,8 @@ import pytest
 
 from schemas.envelope import DeadLetter, Envelope, derive_id
 from schemas.events import SkuIngested
-from schemas.topics import SKU_INGESTED
-from services.passthrough.stage import PASSTHROUGH_OUT, build_stage
+from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
+from services.passthrough.stage import build_stage
 from shared.bus import make_envelope
 from shared.config import Settings
 from shared.runtime import Context, Emit, Stage

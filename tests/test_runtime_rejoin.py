@@ -15,8 +15,8 @@ import pytest
 from kafka.structs import TopicPartition
 
 import shared.runtime
-from schemas.topics import SKU_INGESTED
-from services.passthrough.stage import PASSTHROUGH_OUT, build_stage
+from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
+from services.passthrough.stage import build_stage
 from shared.config import load_settings
 from tests.support.bus import (
     create_topics,

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from schemas.common import SkuMetadata, check_safe_id
+from shared.arith.colour import srgb_to_lab
 from shared.synth import (
     BACKGROUNDS,
     COLOUR_NAMES,
@@ -22,11 +23,10 @@ from shared.synth import (
     make_product,
     render_dataset,
     render_photo,
-    rgb_to_lab,
-    synth_main,
     write_sku_folders,
 )
 from shared.synth.backgrounds import GROUNDED
+from skuforge_cli.synth import main as synth_main
 
 SIZE = 160  # small photos keep the suite fast; geometry does not depend on size
 
@@ -118,13 +118,13 @@ def test_shadow_darkens_the_backdrop_but_is_not_in_the_mask() -> None:
 
 
 def test_main_colour_dominates_the_product_pixels() -> None:
-    centres = rgb_to_lab(np.array([PALETTE[n][0] for n in COLOUR_NAMES]))
+    centres = srgb_to_lab(np.array([PALETTE[n][0] for n in COLOUR_NAMES]))
     for i in range(20):
         spec = make_product(i, 17)
         photo = render_photo(spec, i % 4, seed=17, size_px=SIZE)
-        lab = rgb_to_lab(np.asarray(photo.image)[photo.mask > 0])
+        lab = srgb_to_lab(np.asarray(photo.image)[photo.mask > 0])
         # Lightness counts half (CMC 2:1): shading changes lightness, not the colour's name.
-        near = lab_distance(lab, rgb_to_lab(np.array(spec.main_rgb))[None, :], lightness_weight=2.0) < 25.0
+        near = lab_distance(lab, srgb_to_lab(np.array(spec.main_rgb))[None, :], lightness_weight=2.0) < 25.0
         assert near.mean() >= 0.4, (spec.sku_id, spec.shape, spec.main_colour, float(near.mean()))
         votes = np.argmin(lab_distance(lab[:, None, :], centres[None, :, :], 2.0), axis=1)
         plurality = COLOUR_NAMES[int(np.bincount(votes, minlength=len(COLOUR_NAMES)).argmax())]

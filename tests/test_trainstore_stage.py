@@ -28,11 +28,11 @@ from schemas.topics import (
     SKU_CAPTIONED,
     Topic,
 )
-from services.gate.config import load_gate_settings
+from services.gate.config import GateSettings
 from services.gate.stage import build_stage as build_gate
-from services.trainstore.config import load_trainstore_settings
+from services.trainstore.config import TrainstoreSettings
 from services.trainstore.stage import build_stage as build_trainstore
-from shared.config import Settings
+from shared.config import Settings, load_settings
 from shared.runtime import Stage
 from shared.store import ObjectStore, sha256_hex
 from shared.trainstore.loader import load_manifest
@@ -89,11 +89,13 @@ def snapshot(store: ObjectStore, prefix: str = PREFIX) -> dict[str, str]:
 
 def run_flow(settings: Settings, store: ObjectStore) -> Stage:
     """Gate and trainstore, until every input and every gate output is consumed; returns the gate."""
-    gate = build_gate(settings=settings, store=store, gate=load_gate_settings())
+    gate = build_gate(settings=settings, store=store, gate=load_settings(GateSettings))
     trainstore = build_trainstore(
         settings=settings,
         store=store,
-        trainstore=load_trainstore_settings(trainstore_prefix=PREFIX, trainstore_compact_after_parts=3),
+        trainstore=load_settings(
+            TrainstoreSettings, trainstore_prefix=PREFIX, trainstore_compact_after_parts=3
+        ),
     )
     with running(gate), running(trainstore):
         wait_consumed(settings, "gate", (IMAGE_MATTED,))
@@ -232,7 +234,9 @@ def test_missing_or_corrupt_objects_go_to_the_dlq_and_nothing_partial_is_written
     produce_events(settings, SKU_CAPTIONED, [real])
 
     stage = build_trainstore(
-        settings=settings, store=s3_store, trainstore=load_trainstore_settings(trainstore_prefix=PREFIX)
+        settings=settings,
+        store=s3_store,
+        trainstore=load_settings(TrainstoreSettings, trainstore_prefix=PREFIX),
     )
     with running(stage):
         letters = read_topic(kafka_bootstrap, settings.dlq_name(GATE_ACCEPTED), expect=2)
@@ -259,7 +263,9 @@ def test_a_pending_row_never_replaces_a_decision(kafka_bootstrap: str, tmp_path:
     """correction.resolved may be consumed before correction.pending: the decision stays."""
     settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path}")
     create_topics(settings, GATE_ACCEPTED, CORRECTION_PENDING, CORRECTION_RESOLVED, SKU_CAPTIONED)
-    stage = build_trainstore(settings=settings, trainstore=load_trainstore_settings(trainstore_prefix=PREFIX))
+    stage = build_trainstore(
+        settings=settings, trainstore=load_settings(TrainstoreSettings, trainstore_prefix=PREFIX)
+    )
     matted = matted_item(stage.store, 7, 0, predicted="shifted")
     produce_events(settings, CORRECTION_RESOLVED, [resolved(stage.store, matted, "approve_expected")])
     with running(stage):
@@ -274,7 +280,7 @@ def test_a_pending_row_never_replaces_a_decision(kafka_bootstrap: str, tmp_path:
 def test_gate_dead_letters_items_it_cannot_read_or_compare(kafka_bootstrap: str, tmp_path: Path) -> None:
     settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path}")
     create_topics(settings, IMAGE_MATTED, GATE_ACCEPTED, CORRECTION_PENDING)
-    gate = build_gate(settings=settings, gate=load_gate_settings())
+    gate = build_gate(settings=settings, gate=load_settings(GateSettings))
     store = gate.store
     missing = matted_item(store, 8, 0)
     store.delete(store.key_for(missing.predicted_mask.uri))

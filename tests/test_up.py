@@ -7,7 +7,6 @@ as a user would, on free ports, in a temporary workdir.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -21,11 +20,19 @@ from typing import Any
 
 import pytest
 
-import services.up
-from services.up import DEFAULT_PORTS, STAGES, build_config
-from shared.supervisor import SUPERVISOR_ID_ENV, ServiceSpec, Supervisor, SupervisorError, processes_with_env
+import devstack.up
+from devstack.supervisor import (
+    SUPERVISOR_ID_ENV,
+    ServiceSpec,
+    Supervisor,
+    SupervisorError,
+    processes_with_env,
+)
+from devstack.up import DEFAULT_PORTS, build_config
+from schemas.flow import PIPELINE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+STAGES = [stage.name for stage in PIPELINE]
 
 
 def alive(pid: int) -> bool:
@@ -69,10 +76,7 @@ def python_child(tmp_path: Path, name: str, code: str, **kwargs: Any) -> Service
     )
 
 
-def test_stack_ports_are_the_stages_own_defaults() -> None:
-    for stage in STAGES:
-        module = importlib.import_module(f"services.{stage}.stage")
-        assert DEFAULT_PORTS[stage] == module.DEFAULT_METRICS_PORT, stage
+def test_the_documented_ports_do_not_clash() -> None:
     assert len(set(DEFAULT_PORTS.values())) == len(DEFAULT_PORTS)
 
 
@@ -102,7 +106,7 @@ def test_the_backend_is_diffusion_only_with_a_model_and_a_gpu_unless_forced(
             monkeypatch.delenv(name, raising=False)
         else:
             monkeypatch.setenv(name, value)
-    monkeypatch.setattr(services.up, "_cuda_available", lambda: gpu)
+    monkeypatch.setattr(devstack.up, "_cuda_available", lambda: gpu)
     config = build_config(tmp_path, ports_mode="free")
     assert config.backends == [expected]
     # The generator stage asks Triton for the model the server was started with.
@@ -259,7 +263,7 @@ def test_up_starts_everything_restarts_a_killed_stage_and_ctrl_c_leaves_nothing(
     out_path = tmp_path / "up.out"
     with out_path.open("wb") as out:
         up = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up", "--workdir", str(workdir), "--ports", "free"],
+            [sys.executable, "-m", "skuforge_cli", "up", "--workdir", str(workdir), "--ports", "free"],
             cwd=REPO_ROOT,
             env=env,
             stdout=out,

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.config import ENV_PREFIX, ConfigError, describe_validation_error
+from shared.config import ENV_PREFIX
 
 
 class CaptionerSettings(BaseSettings):
@@ -94,11 +94,3 @@ class CaptionerSettings(BaseSettings):
                 "SKUFORGE_CAPTIONER_MIN_MASK_FRACTION must be below SKUFORGE_CAPTIONER_MAX_MASK_FRACTION"
             )
         return self
-
-
-def load_captioner_settings(**overrides: object) -> CaptionerSettings:
-    """Read the captioner settings from the environment (and overrides); errors name the variable."""
-    try:
-        return CaptionerSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None

@@ -41,8 +41,9 @@ from PIL import Image
 from schemas.common import SkuMetadata
 from schemas.envelope import Envelope
 from schemas.events import CaptionedPhoto, ReferencePhoto, Shape, SkuCaptioned, SkuIngested
+from schemas.flow import CAPTIONER
 from schemas.topics import SKU_CAPTIONED, SKU_INGESTED
-from services.captioner.config import CaptionerSettings, load_captioner_settings
+from services.captioner.config import CaptionerSettings
 from shared.captioning.attributes import (
     SHAPE_NAMES,
     ProductAttributes,
@@ -59,7 +60,6 @@ from shared.matting.session import MaskOptions, MattingModelError, MattingSessio
 from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import ObjectStore
 
-DEFAULT_METRICS_PORT = 9102
 ATTRIBUTES_BACKEND = "attributes/1"
 
 
@@ -296,12 +296,12 @@ def build_stage(
     """
     settings: Settings = kwargs.pop("settings", None) or load_settings()
     if models is None:
-        models = open_models(captioner or load_captioner_settings(), settings, kwargs.get("store"))
+        models = open_models(captioner or load_settings(CaptionerSettings), settings, kwargs.get("store"))
     session = models.session
     stage = Stage(
-        "captioner",
+        CAPTIONER.name,
         settings=settings,
-        default_metrics_port=DEFAULT_METRICS_PORT,
+        default_metrics_port=CAPTIONER.default_metrics_port,
         ready=lambda: session.ready,
         **kwargs,
     )

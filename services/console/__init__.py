@@ -5,8 +5,10 @@ table (``tasks.py``, WAL mode; a redelivered event is ignored by its event id).
 Produces: ``correction.resolved`` (``relay.py``), one per decision, published from the table's
 outbox with a deterministic event id; an edited mask is stored first as
 ``masks/corrected/<sku_id>/<item_id>.png`` and referenced by the event.
-Serves: ``app.py`` (FastAPI): the queue, the item page (overlays, brush/eraser editing, keyboard
-shortcuts), a JSON API; login, CSRF tokens and an audit trail (``security.py``, ``tasks.py``).
+Serves: ``app.py`` (FastAPI) with three routers: ``pages.py`` (the queue, the item page: overlays,
+brush/eraser editing, keyboard shortcuts), ``api.py`` (JSON) and ``auth.py`` (login, CSRF tokens;
+primitives in ``security.py``); the decision rules are in ``decisions.py``, the audit trail in
+``tasks.py``.
 Bad input: intake's undecodable events go to the DLQ (runtime); bad requests get a 4xx with the reason.
 Run: ``skuforge serve console`` (``server.py``); Label Studio hand-off: ``skuforge console ...``
 (``labelstudio.py``). Settings: ``SKUFORGE_CONSOLE_*`` (``config.py``). See docs/console.md.

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from services.console.config import load_console_settings
+from services.console.config import ConsoleSettings
 from services.console.labelstudio import LABEL_CONFIG, export_tasks, import_annotations, read_export
 from services.console.relay import DecisionRelay
 from services.console.tasks import TaskFilter, TaskStore
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = load_settings()
-    console = load_console_settings()
+    console = load_settings(ConsoleSettings)
     tasks = TaskStore(console.console_db_path)
     store = open_store(
         settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region

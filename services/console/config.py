@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.config import ENV_PREFIX, ConfigError, describe_validation_error
+from schemas.flow import CONSOLE
+from shared.config import ENV_PREFIX
 
 _REVIEWER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _USERS_HELP = "expected 'name:password[,name:password...]' (names: letters, digits, '.', '_', '@', '-')"
@@ -73,7 +74,9 @@ class ConsoleSettings(BaseSettings):
         default=None,
         ge=0,
         le=65535,
-        description="port of /metrics, /healthz, /readyz; unset = SKUFORGE_METRICS_PORT or 9107",
+        description=(
+            f"port of /metrics, /healthz, /readyz; unset = SKUFORGE_METRICS_PORT or {CONSOLE.metrics_port}"
+        ),
     )
 
     @field_validator("console_users")
@@ -86,11 +89,3 @@ class ConsoleSettings(BaseSettings):
     def users(self) -> dict[str, str]:
         """Reviewer name → password; empty when none is configured."""
         return parse_users(self.console_users.get_secret_value()) if self.console_users else {}
-
-
-def load_console_settings(**overrides: object) -> ConsoleSettings:
-    """Read the console settings from the environment (and overrides); errors name the variable."""
-    try:
-        return ConsoleSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None

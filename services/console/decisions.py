@@ -8,6 +8,10 @@ The final mask of each decision:
                         size), thresholded to 0/255 and stored as
                         ``masks/corrected/<sku_id>/<item_id>.png`` (a re-decision overwrites it)
 * ``reject``            no mask; a reason is required
+
+``record_decision`` is the whole rule for one request: the reviewer must hold the task's claim, only
+a rejection takes a reason, only ``approve_edited`` takes a mask (and needs one); the decision and
+its ``correction.resolved`` event are then committed together (``TaskStore.decide``, an outbox).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy.typing as npt
 
 from schemas.common import ImageRef
 from schemas.events import CorrectionResolved, Decision
-from services.console.tasks import Task
+from services.console.tasks import OutboxEvent, Task, TaskStore
 from shared.errors import ImageRejected
 from shared.images import decode_mask
 from shared.store import ObjectStore
@@ -114,6 +118,52 @@ def resolve(
         reviewer=reviewer,
         decided_at=datetime.fromtimestamp(decided_at, UTC),
     )
+
+
+def record_decision(
+    tasks: TaskStore,
+    store: ObjectStore,
+    *,
+    task_id: str,
+    reviewer: str,
+    decision: Decision,
+    reject_reason: str | None,
+    mask_bytes: bytes | None,
+    max_pixels: int,
+    max_bytes: int,
+) -> tuple[Task, OutboxEvent]:
+    """Check and record ``reviewer``'s ``decision`` on a task they hold; returns the task as it was
+    held and the recorded event.
+
+    ``mask_bytes`` is the uploaded mask file (``approve_edited`` only), stored before the decision
+    commits. Raises ``TaskConflict`` when the reviewer does not hold the task, ``DecisionInvalid``
+    when the request breaks a rule (the message says which).
+    """
+    task = tasks.check_held(task_id, reviewer)
+    if decision != "reject" and reject_reason:
+        raise DecisionInvalid("only a rejection takes a reason")
+    edited: ImageRef | None = None
+    if decision == "approve_edited":
+        if mask_bytes is None:
+            raise DecisionInvalid("approve_edited needs the edited mask as the 'mask' file")
+        pixels = read_edited_mask(mask_bytes, task, max_pixels=max_pixels, max_bytes=max_bytes)
+        edited = store_edited_mask(store, task, pixels)
+    elif mask_bytes is not None:
+        raise DecisionInvalid(f"{decision} takes no mask; use approve_edited to send one")
+    event = tasks.decide(
+        task_id,
+        reviewer,
+        decision,
+        lambda held, at: resolve(
+            held,
+            decision=decision,
+            reviewer=reviewer,
+            decided_at=at,
+            edited_mask=edited,
+            reject_reason=reject_reason,
+        ),
+    )
+    return task, event
 
 
 def mask_from_ref(store: ObjectStore, ref: ImageRef) -> npt.NDArray[np.uint8]:

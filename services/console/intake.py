@@ -17,13 +17,12 @@ from typing import Any
 
 from schemas.envelope import Envelope
 from schemas.events import CorrectionPending
+from schemas.flow import CONSOLE_INTAKE
 from schemas.topics import CORRECTION_PENDING
-from services.console.config import ConsoleSettings, load_console_settings
+from services.console.config import ConsoleSettings
 from services.console.tasks import TaskStore
+from shared.config import load_settings
 from shared.runtime import Context, Emit, Stage, run_stage
-
-STAGE_NAME = "console-intake"
-DEFAULT_METRICS_PORT = 9107
 
 
 def handle(event: Envelope[CorrectionPending], ctx: Context, *, tasks: TaskStore) -> list[Emit]:
@@ -35,8 +34,8 @@ def handle(event: Envelope[CorrectionPending], ctx: Context, *, tasks: TaskStore
 
 def build_intake_stage(tasks: TaskStore, **kwargs: Any) -> Stage:
     """The intake stage writing into ``tasks`` (kwargs go to Stage: settings, store...)."""
-    kwargs.setdefault("default_metrics_port", DEFAULT_METRICS_PORT)
-    stage = Stage(STAGE_NAME, **kwargs)
+    kwargs.setdefault("default_metrics_port", CONSOLE_INTAKE.default_metrics_port)
+    stage = Stage(CONSOLE_INTAKE.name, **kwargs)
 
     @stage.handler(CORRECTION_PENDING)
     def _handle(event: Envelope[Any], ctx: Context) -> list[Emit]:
@@ -47,7 +46,7 @@ def build_intake_stage(tasks: TaskStore, **kwargs: Any) -> Stage:
 
 def main(console: ConsoleSettings | None = None) -> int:
     """``skuforge run console-intake``: consume into the table at SKUFORGE_CONSOLE_DB_PATH until SIGTERM."""
-    console = console or load_console_settings()
+    console = console or load_settings(ConsoleSettings)
     return run_stage(build_intake_stage(TaskStore(console.console_db_path)))
 
 

@@ -23,9 +23,11 @@ import threading
 import uvicorn
 from fastapi import FastAPI
 
-from services.console.app import Console, create_app, make_signer
-from services.console.config import ConsoleSettings, load_console_settings
-from services.console.intake import DEFAULT_METRICS_PORT, build_intake_stage
+from schemas.flow import CONSOLE
+from services.console.app import create_app
+from services.console.config import ConsoleSettings
+from services.console.context import Console, make_signer
+from services.console.intake import build_intake_stage
 from services.console.metrics import ConsoleMetrics
 from services.console.relay import DecisionRelay
 from services.console.tasks import TaskStore
@@ -61,7 +63,9 @@ class ConsoleService:
         self.tasks = tasks or TaskStore(console.console_db_path)
         metrics_port = console.console_metrics_port
         if metrics_port is None:
-            metrics_port = DEFAULT_METRICS_PORT if settings.metrics_port is None else settings.metrics_port
+            metrics_port = (
+                CONSOLE.default_metrics_port if settings.metrics_port is None else settings.metrics_port
+            )
         self.intake: Stage | None = None
         if console.console_intake:
             self.intake = build_intake_stage(self.tasks, settings=settings, store=self.store)
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None, help="port (default SKUFORGE_CONSOLE_PORT)")
     args = parser.parse_args(argv)
     settings = load_settings()
-    console = load_console_settings()
+    console = load_settings(ConsoleSettings)
     service = ConsoleService(settings, console)
     configure_logging(settings.log_level, settings.log_format)
     server = service.uvicorn_server(args.host, args.port)

@@ -6,16 +6,19 @@ Per-category overrides are JSON, e.g.::
 
     SKUFORGE_GATE_CATEGORY_OVERRIDES='{"pouch": {"iou_min": 0.85}, "bottle": {"drift_tolerance": 25}}'
 
-The keys inside a category are the fields of ``shared.gate.GateThresholds``.
+The keys inside a category are the fields of ``shared.gate.checks.GateThresholds``.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.config import ENV_PREFIX, ConfigError, describe_validation_error
-from shared.gate import GateThresholds
+from shared.config import ENV_PREFIX
+from shared.gate.checks import GateThresholds
+
+# The defaults are the thresholds' own (shared/gate/checks.py), written there once.
+_DEFAULTS = GateThresholds()
 
 
 class GateSettings(BaseSettings):
@@ -24,19 +27,25 @@ class GateSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     gate_iou_min: float = Field(
-        default=0.90,
+        default=_DEFAULTS.iou_min,
         ge=0.0,
         le=1.0,
         description="IoU(predicted, expected mask) at or above which an item passes",
     )
     gate_min_foreground_fraction: float = Field(
-        default=0.005, ge=0.0, lt=1.0, description="a predicted mask covering less of the frame is near-empty"
+        default=_DEFAULTS.min_foreground_fraction,
+        ge=0.0,
+        lt=1.0,
+        description="a predicted mask covering less of the frame is near-empty",
     )
     gate_max_foreground_fraction: float = Field(
-        default=0.90, gt=0.0, le=1.0, description="a predicted mask covering more of the frame is flagged"
+        default=_DEFAULTS.max_foreground_fraction,
+        gt=0.0,
+        le=1.0,
+        description="a predicted mask covering more of the frame is flagged",
     )
     gate_drift_tolerance: float = Field(
-        default=20.0,
+        default=_DEFAULTS.drift_tolerance,
         gt=0.0,
         description="largest colour drift (Lab units) of the product region from the reference photo's",
     )
@@ -68,11 +77,3 @@ class GateSettings(BaseSettings):
             drift_tolerance=self.gate_drift_tolerance,
         )
         return base.with_overrides(self.gate_category_overrides.get(category, {}))
-
-
-def load_gate_settings(**overrides: object) -> GateSettings:
-    """Read the gate settings from the environment (and overrides); errors name the variable."""
-    try:
-        return GateSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None

@@ -30,14 +30,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from schemas.envelope import Envelope
 from schemas.events import CorrectionPending, GateAccepted, ImageMatted
+from schemas.flow import GATE
 from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED, IMAGE_MATTED
-from services.gate.config import GateSettings, load_gate_settings
+from services.gate.config import GateSettings
+from shared.config import load_settings
 from shared.errors import BadInput
-from shared.gate import evaluate, failed_reasons
+from shared.gate.checks import evaluate, failed_reasons
 from shared.images import UInt8Array
 from shared.runtime import Context, Emit, Stage, run_stage
 
-DEFAULT_METRICS_PORT = 9105
 IOU_BUCKETS = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
 
 
@@ -110,8 +111,8 @@ def _same_size(*named: tuple[str, UInt8Array]) -> None:
 
 def build_stage(*, gate: GateSettings | None = None, **kwargs: Any) -> Stage:
     """The stage, ready to run; kwargs go to Stage (settings, store...)."""
-    gate = gate or load_gate_settings()
-    stage = Stage("gate", default_metrics_port=DEFAULT_METRICS_PORT, **kwargs)
+    gate = gate or load_settings(GateSettings)
+    stage = Stage(GATE.name, default_metrics_port=GATE.default_metrics_port, **kwargs)
     metrics = GateMetrics(stage.metrics.registry)
     stage.handler(IMAGE_MATTED)(functools.partial(handle, gate=gate, metrics=metrics))
     return stage

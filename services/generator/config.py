@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, JsonValue, ValidationError, field_validator
+from pydantic import Field, JsonValue, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.config import ENV_PREFIX, ConfigError, describe_validation_error
+from shared.config import ENV_PREFIX
 from shared.generation.backend import BACKEND_NAMES
 
 BackendName = Literal["composite", "diffusion"]
@@ -113,11 +113,3 @@ class GenerationSettings(BaseSettings):
             return {self.generation_backend: 1.0}
         total = sum(mix.values())
         return {name: share / total for name, share in mix.items()}
-
-
-def load_generation_settings(**overrides: object) -> GenerationSettings:
-    """Read the generation settings from the environment (and overrides); errors name the variable."""
-    try:
-        return GenerationSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None

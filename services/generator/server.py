@@ -27,11 +27,12 @@ from typing import Any, NoReturn
 import numpy as np
 import numpy.typing as npt
 
-from services.generator.config import GenerationSettings, load_generation_settings
+from services.generator.config import GenerationSettings
 from services.generator.protocol import INPUTS, OUTPUTS, model_name
-from shared.config import load_settings
+from shared.config import Settings, load_settings
 from shared.errors import BadInput
 from shared.generation.backend import GeneratedSample, GenerationBackend, GenerationRequest, open_backend
+from shared.generation.diffusion import DiffusionSettings
 from shared.observability import configure_logging
 
 log = logging.getLogger("skuforge.generator.server")
@@ -135,9 +136,17 @@ def put_libpython_first() -> None:
 
 
 def build_triton(
-    generation: GenerationSettings, backends: Sequence[str], *, workspace: str | None = None
+    generation: GenerationSettings,
+    backends: Sequence[str],
+    *,
+    shared: Settings,
+    diffusion: DiffusionSettings | None = None,
+    workspace: str | None = None,
 ) -> Any:
-    """A PyTriton ``Triton`` with one model per backend bound (not started: call ``run()``/``serve()``)."""
+    """A PyTriton ``Triton`` with one model per backend bound (not started: call ``run()``/``serve()``).
+
+    ``diffusion`` is needed when ``backends`` has ``diffusion``.
+    """
     from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor
     from pytriton.model_config.common import TimeoutAction
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
@@ -169,9 +178,9 @@ def build_triton(
         ),
     )
     for name in dict.fromkeys(backends):
-        backend_settings = generation.model_copy(update={"generation_backend": name})
         instances = [
-            GenerationModel(open_backend(backend_settings)) for _ in range(generation.generation_instances)
+            GenerationModel(open_backend(name, diffusion=diffusion, shared=shared))
+            for _ in range(generation.generation_instances)
         ]
         triton.bind(
             model_name=model_name(name),
@@ -212,9 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    generation = load_generation_settings()
+    generation = load_settings(GenerationSettings)
     backends = args.backend or [generation.generation_backend]
-    triton = build_triton(generation, backends)
+    diffusion = load_settings(DiffusionSettings) if "diffusion" in backends else None
+    triton = build_triton(generation, backends, shared=settings, diffusion=diffusion)
     signal.signal(signal.SIGTERM, _interrupt)
     log.info(
         "serving",

@@ -39,17 +39,17 @@ from PIL import Image
 
 from schemas.envelope import Envelope, derive_id
 from schemas.events import CaptionedPhoto, ImageGenerated, SkuCaptioned
+from schemas.flow import GENERATOR
 from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
 from services.generator.client import TritonGenerator
-from services.generator.config import GenerationSettings, load_generation_settings
+from services.generator.config import GenerationSettings
 from services.generator.protocol import VariantRequest, VariantResult
 from shared.config import Settings, load_settings
 from shared.errors import BadInput
 from shared.images import decode_image, decode_mask
 from shared.runtime import Context, Emit, Stage, run_stage
 
-DEFAULT_METRICS_PORT = 9104
-STAGE_NAME = "generator"
+STAGE_NAME = GENERATOR.name
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,7 @@ def build_stage(
 
     Triton need not be up yet: until it is, every batch backs off and retries.
     """
-    generation = generation or load_generation_settings()
+    generation = generation or load_settings(GenerationSettings)
     settings: Settings = kwargs.pop("settings", None) or load_settings()
     client = generator or TritonGenerator(
         generation.generation_triton_url,
@@ -271,7 +271,7 @@ def build_stage(
     stage = Stage(
         STAGE_NAME,
         settings=settings,
-        default_metrics_port=DEFAULT_METRICS_PORT,
+        default_metrics_port=GENERATOR.default_metrics_port,
         ready=lambda: client.last_call_ok,
         **kwargs,
     )

@@ -9,9 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
+from shared.matting import MODELS_DIR
 from shared.observability import configure_logging
-
-MODELS_DIR = Path(__file__).resolve().parents[2] / "shared" / "matting" / "models"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.config import ENV_PREFIX, ConfigError, describe_validation_error
+from shared.config import ENV_PREFIX
 from shared.matting.roi import DEFAULT_ROI_MARGIN
 
 # A fixed cut-off strictly between 0 and 1, or "otsu" for a per-image threshold.
@@ -31,7 +31,8 @@ class MattingSettings(BaseSettings):
         min_length=1,
         description=(
             "ONNX model: a local path, an s3:// or file:// URI, or a registered name "
-            "(u2netp, u2netp-int8); unset = the committed U2-NetP, shared/matting/models/u2netp-skuforge.onnx"
+            "(u2netp, u2netp-int8, u2netp-official); unset = the committed U2-NetP fine-tuned on real "
+            "product photos, shared/matting/models/u2netp-skuforge.onnx"
         ),
     )
     matting_threads: int = Field(
@@ -88,11 +89,3 @@ class MattingSettings(BaseSettings):
         if not 0.0 < number < 1.0:
             raise ValueError(_THRESHOLD_HELP)
         return number
-
-
-def load_matting_settings(**overrides: object) -> MattingSettings:
-    """Read the matting settings from the environment (and overrides); errors name the variable."""
-    try:
-        return MattingSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None

@@ -41,16 +41,15 @@ from PIL import Image
 
 from schemas.envelope import Envelope
 from schemas.events import ImageGenerated, ImageMatted
+from schemas.flow import MATTING
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
-from services.matting.config import MattingSettings, load_matting_settings
+from services.matting.config import MattingSettings
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput
 from shared.matting.roi import Box, product_box
 from shared.matting.session import MaskOptions, MattingModelError, MattingSession, open_session
 from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import ObjectStore
-
-DEFAULT_METRICS_PORT = 9103
 
 
 def open_matting_session(
@@ -164,13 +163,13 @@ def build_stage(
 
     kwargs go to Stage (settings, store...).
     """
-    matting = matting or load_matting_settings()
+    matting = matting or load_settings(MattingSettings)
     settings: Settings = kwargs.pop("settings", None) or load_settings()
     model = session or open_matting_session(matting, settings, kwargs.get("store"))
     stage = Stage(
-        "matting",
+        MATTING.name,
         settings=settings,
-        default_metrics_port=DEFAULT_METRICS_PORT,
+        default_metrics_port=MATTING.default_metrics_port,
         ready=lambda: model.ready,
         **kwargs,
     )

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 from schemas.envelope import Envelope, derive_id
 from schemas.events import SkuIngested
-from schemas.topics import SKU_INGESTED, Topic
+from schemas.flow import PASSTHROUGH
+from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
 from shared.runtime import Context, Emit, Stage, run_stage
-
-PASSTHROUGH_OUT = Topic("passthrough.sku.ingested", 1, SkuIngested)
-DEFAULT_METRICS_PORT = 9190
 
 
 def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
@@ -35,7 +33,7 @@ def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
 
 def build_stage(**kwargs: object) -> Stage:
     """The stage, ready to run (kwargs go to Stage: settings, store...)."""
-    stage = Stage("passthrough", default_metrics_port=DEFAULT_METRICS_PORT, **kwargs)  # type: ignore[arg-type]
+    stage = Stage(PASSTHROUGH.name, default_metrics_port=PASSTHROUGH.default_metrics_port, **kwargs)  # type: ignore[arg-type]
     stage.handler(SKU_INGESTED)(handle)
     return stage
 

@@ -17,7 +17,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from services.trainstore.config import load_trainstore_settings
+from services.trainstore.config import TrainstoreSettings
 from shared.config import load_settings
 from shared.store import open_store
 from shared.trainstore.dataset import EXPORT_FORMATS, export_dataset, sku_stats
@@ -40,7 +40,7 @@ def _non_negative(text: str) -> int:
 
 def _open_manifests() -> ManifestStore:
     settings = load_settings()
-    trainstore = load_trainstore_settings()
+    trainstore = load_settings(TrainstoreSettings)
     store = open_store(
         settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
     )

@@ -6,10 +6,10 @@ the ``trainstore_`` prefix under ``SKUFORGE_`` so configuration errors name the 
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.config import ENV_PREFIX, ConfigError, describe_validation_error
+from shared.config import ENV_PREFIX
 
 
 class TrainstoreSettings(BaseSettings):
@@ -28,11 +28,3 @@ class TrainstoreSettings(BaseSettings):
         le=10_000,
         description="a SKU's manifest deltas are merged into one compacted part once there are this many",
     )
-
-
-def load_trainstore_settings(**overrides: object) -> TrainstoreSettings:
-    """Read the trainstore settings from the environment (and overrides); errors name the variable."""
-    try:
-        return TrainstoreSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None

@@ -35,15 +35,16 @@ from typing import Any
 from schemas.common import ImageRef
 from schemas.envelope import Envelope
 from schemas.events import CorrectionPending, CorrectionResolved, GateAccepted, ImageGenerated, SkuCaptioned
+from schemas.flow import TRAINSTORE
 from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED
-from services.trainstore.config import TrainstoreSettings, load_trainstore_settings
+from services.trainstore.config import TrainstoreSettings
+from shared.config import load_settings
 from shared.errors import BadInput
 from shared.images import decode_image, decode_mask, encode_png
 from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore, Status
 
-DEFAULT_METRICS_PORT = 9106
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -219,8 +220,8 @@ def _synthetic_row(
 
 def build_stage(*, trainstore: TrainstoreSettings | None = None, **kwargs: Any) -> Stage:
     """The stage, ready to run; kwargs go to Stage (settings, store...)."""
-    trainstore = trainstore or load_trainstore_settings()
-    stage = Stage("trainstore", default_metrics_port=DEFAULT_METRICS_PORT, **kwargs)
+    trainstore = trainstore or load_settings(TrainstoreSettings)
+    stage = Stage(TRAINSTORE.name, default_metrics_port=TRAINSTORE.default_metrics_port, **kwargs)
     writer = Trainstore(
         ManifestStore(stage.store, trainstore.trainstore_prefix), trainstore.trainstore_compact_after_parts
     )

@@ -35,7 +35,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from shared.matting.session import connected_components
+from shared.arith.colour import srgb_to_lab
+from shared.arith.masks import erode, largest_component
 
 __all__ = [
     "ACHROMATIC_CHROMA",
@@ -58,13 +59,11 @@ __all__ = [
     "describe_product",
     "dominant_colours",
     "kmeans",
-    "largest_component",
     "looks_like_produce",
     "mask_problem",
     "polygon_area",
     "shape_features",
     "shape_tree_id",
-    "srgb_to_lab",
     "view_of",
 ]
 
@@ -110,39 +109,6 @@ BLACK_BELOW_L: Final = 30.0
 WHITE_FROM_L: Final = 70.0
 # Lightness counts half as much as hue when naming: lit and shaded prints of one ink must match.
 NAMING_LIGHTNESS_WEIGHT: Final = 0.5
-
-_D65 = np.array([0.95047, 1.0, 1.08883], dtype=np.float32)
-_RGB_TO_XYZ = np.array(
-    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]],
-    dtype=np.float32,
-)
-
-
-def _linearise(srgb01: F32Array) -> F32Array:
-    out: F32Array = np.where(srgb01 <= 0.04045, srgb01 / 12.92, ((srgb01 + 0.055) / 1.055) ** 2.4).astype(
-        np.float32
-    )
-    return out
-
-
-# uint8 pixels are linearised by table lookup: one gather instead of a power per channel.
-_LINEAR_LUT: Final[F32Array] = _linearise(np.arange(256, dtype=np.float32) / 255.0)
-
-
-def srgb_to_lab(rgb: npt.ArrayLike) -> F32Array:
-    """sRGB (0-255, last axis 3, any leading shape; uint8 takes a fast path) to CIE Lab (D65), float32."""
-    values = np.asarray(rgb)
-    if values.dtype == np.uint8:
-        linear = _LINEAR_LUT[values]
-    else:
-        linear = _linearise(np.clip(values.astype(np.float32) / 255.0, 0.0, 1.0))
-    xyz = (linear @ _RGB_TO_XYZ.T) / _D65
-    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
-    lab = np.stack(
-        [116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]), 200.0 * (f[..., 1] - f[..., 2])], axis=-1
-    )
-    return lab.astype(np.float32)
-
 
 # One row per prototype: each name's typical value, then its shades.
 _PROTOTYPES: Final = [
@@ -249,23 +215,6 @@ def _hsv(rgb01: F32Array) -> tuple[F32Array, F32Array, F32Array]:
     )
     hue = np.where(spread > 0, (hue / 6.0) % 1.0, 0.0).astype(np.float32)
     return hue, saturation, value.astype(np.float32)
-
-
-def erode(mask: BoolArray, radius_px: int) -> BoolArray:
-    """Binary erosion by a (2r+1)-square: a pixel stays when its whole neighbourhood is set."""
-    if radius_px <= 0:
-        return mask.copy()
-    out = mask.copy()
-    # A square is separable: erode rows, then columns, each by running minimum over shifts.
-    for axis in (0, 1):
-        padded = np.pad(out, [(radius_px, radius_px) if a == axis else (0, 0) for a in (0, 1)])
-        length = out.shape[axis]
-        result = np.ones_like(out)
-        for offset in range(2 * radius_px + 1):
-            window = padded[offset : offset + length] if axis == 0 else padded[:, offset : offset + length]
-            result &= window
-        out = result
-    return out
 
 
 def _product_pixels(image: npt.NDArray[np.uint8], mask: BoolArray, max_pixels: int) -> npt.NDArray[np.uint8]:
@@ -397,22 +346,6 @@ def dominant_colours(
 
 
 # --- mask geometry -----------------------------------------------------------------------------
-
-
-def largest_component(mask: npt.ArrayLike) -> BoolArray:
-    """The largest 8-connected blob of a mask (empty stays empty)."""
-    product = np.asarray(mask) > 0
-    rows, starts, ends, labels = connected_components(product, diagonal=True)
-    out = np.zeros_like(product)
-    if rows.size == 0:
-        return out
-    areas = np.bincount(labels, weights=ends - starts)
-    keep = labels == int(np.argmax(areas))
-    edges = np.zeros((product.shape[0], product.shape[1] + 1), dtype=np.int32)
-    np.add.at(edges, (rows[keep], starts[keep]), 1)
-    np.add.at(edges, (rows[keep], ends[keep]), -1)
-    out = np.cumsum(edges, axis=1)[:, :-1] > 0
-    return out
 
 
 def polygon_area(points: npt.ArrayLike) -> float:

@@ -16,10 +16,6 @@ stay those measured on the mask.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,11 +23,10 @@ from typing import Any
 from PIL import Image
 
 from shared.errors import BadInput
-from shared.store import ObjectStore, open_store
+from shared.model_cache import COMPLETE_MARKER, fetch_directory
+from shared.store import ObjectStore
 
 __all__ = ["VlmCaptioner", "VlmModelError", "fetch_model_dir", "open_vlm"]
-
-_COMPLETE_MARKER = ".skuforge-complete.json"
 
 
 class VlmModelError(Exception):
@@ -46,55 +41,28 @@ def fetch_model_dir(
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
 ) -> Path:
-    """Download every object under the directory ``uri`` into a local cache; returns the local directory.
+    """Copy the BLIP directory ``uri`` into the local model cache once (``shared/model_cache.py``).
 
-    The cache entry is named by the URI's sha256 and reused while it holds exactly the keys the
-    store lists (model directories are treated as immutable: publish a new one under a new URI).
-    A download goes to a temporary directory renamed into place, so no reader sees half a model.
+    Returns the local directory; a URI without a ``config.json`` is not a save_pretrained BLIP
+    directory and raises ``VlmModelError``.
     """
-    root = uri.rstrip("/")
     try:
-        if store is not None and root.startswith(store.base_uri + "/"):
-            # Inside the stage's own store: reuse its client and credentials.
-            source, prefix = store, store.key_for(root) + "/"
-        else:
-            source, prefix = open_store(root, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region), ""
-        keys = sorted(
-            key[len(prefix) :] for key in source.list_keys(prefix) if not key.endswith(_COMPLETE_MARKER)
+        return fetch_directory(
+            uri,
+            cache_dir,
+            store=store,
+            s3_endpoint_url=s3_endpoint_url,
+            s3_region=s3_region,
+            required_file="config.json",
         )
     except (ValueError, BadInput) as exc:
         raise VlmModelError(f"cannot open the BLIP model directory {uri!r}: {exc}") from exc
-    if "config.json" not in keys:
-        raise VlmModelError(
-            f"{uri} holds no config.json: not a save_pretrained BLIP directory (keys: {keys[:10]})"
-        )
-
-    base = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "skuforge-models"
-    target = base / f"blip-{hashlib.sha256(root.encode()).hexdigest()[:16]}"
-    marker = target / _COMPLETE_MARKER
-    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("keys") == keys:
-        return target
-    base.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(dir=base, prefix=".partial-"))
-    try:
-        for key in keys:
-            path = partial.joinpath(*key.split("/"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(source.get_bytes(prefix + key))
-        (partial / _COMPLETE_MARKER).write_text(json.dumps({"uri": root, "keys": keys}), encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(partial, target)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return target
 
 
 def _directory_digest(directory: Path) -> str:
     """sha256 over the directory's file names and bytes, for the captioner id (lineage)."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != _COMPLETE_MARKER):
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER):
         digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):

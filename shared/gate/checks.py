@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from schemas.events import GateCheck
-from shared.captioning.attributes import srgb_to_lab
+from shared.arith.colour import srgb_to_lab
 
 __all__ = [
     "BORDER_TOUCH_FRACTION",

@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import struct
-import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +31,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import BadInput, ChecksumMismatch
+from shared.model_cache import write_atomically
 from shared.store import ObjectStore, sha256_hex
 
 __all__ = [
@@ -45,7 +43,6 @@ __all__ = [
     "AdapterKind",
     "AdapterMetadata",
     "AdapterRegistry",
-    "adapters_main",
     "lora_rank",
     "resolve_adapter",
 ]
@@ -258,16 +255,8 @@ class AdapterRegistry:
         actual = sha256_hex(data)
         if actual != metadata.weights_sha256:
             raise ChecksumMismatch(self.store.uri_for(key), metadata.weights_sha256, actual)
-        target.mkdir(parents=True, exist_ok=True)
-        # A private temporary name, renamed into place: concurrent fetchers never see half a file.
-        fd, partial = tempfile.mkstemp(dir=target, prefix=".partial-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(partial, path)
-        except BaseException:
-            Path(partial).unlink(missing_ok=True)
-            raise
+        # Renamed into place: concurrent fetchers never see half a file.
+        write_atomically(path, data)
         return target
 
     @staticmethod
@@ -277,53 +266,3 @@ class AdapterRegistry:
                 "invalid_adapter_id",
                 f"{adapter_id!r} is not an adapter id (letters, digits, '_' and '-', at most 64)",
             )
-
-
-def adapters_main(argv: list[str]) -> int:
-    """``skuforge adapters list|register``: the registry at SKUFORGE_DIFFUSION_ADAPTERS_URI."""
-    import argparse
-
-    from shared.config import load_settings
-    from shared.generation.diffusion import load_diffusion_settings
-    from shared.store import open_store
-
-    parser = argparse.ArgumentParser(prog="skuforge adapters", description="List or register LoRA adapters.")
-    sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("list", help="print every registered adapter as one JSON line")
-    register = sub.add_parser("register", help="upload a diffusers LoRA .safetensors file and its metadata")
-    register.add_argument("adapter_id", help="letters, digits, '_' and '-' (at most 64)")
-    register.add_argument("weights", type=Path, help="the .safetensors file (diffusers save_lora_weights)")
-    register.add_argument("--kind", choices=["general", "specialized"], required=True)
-    register.add_argument("--series", default=None, help="the product series (specialized adapters)")
-    register.add_argument("--base-model", required=True, help="name of the model the adapter was trained on")
-    register.add_argument("--rank", type=int, default=None, help="LoRA rank (default: read from the weights)")
-    register.add_argument(
-        "--prompt", action="append", default=[], help="a training prompt (repeat for several)"
-    )
-    args = parser.parse_args(argv)
-    shared = load_settings()
-    uri = load_diffusion_settings().diffusion_adapters_uri or f"{shared.store_uri.rstrip('/')}/adapters"
-    registry = AdapterRegistry(
-        open_store(uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region)
-    )
-    if args.action == "list":
-        for adapter in registry.list():
-            print(adapter.model_dump_json())
-        return 0
-    if not args.weights.is_file():
-        parser.error(f"{args.weights} is not a file")
-    try:
-        metadata = registry.register(
-            args.adapter_id,
-            args.weights,
-            kind=args.kind,
-            base_model=args.base_model,
-            series=args.series,
-            rank=args.rank,
-            training_prompts=args.prompt,
-        )
-    except (ValueError, BadInput) as exc:
-        print(f"skuforge adapters register: {exc}", file=sys.stderr)
-        return 2
-    print(metadata.model_dump_json())
-    return 0

@@ -13,10 +13,14 @@ diffusers inpainting around the placed product, with LoRA adapters). The Triton 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from shared.config import Settings
+    from shared.generation.diffusion import DiffusionSettings
 
 BACKEND_NAMES = ("composite", "diffusion")
 
@@ -58,27 +62,24 @@ class GenerationBackend(Protocol):
         ...
 
 
-class BackendSettings(Protocol):
-    """The part of the settings ``open_backend`` reads (``services/generator/config.py``)."""
+def open_backend(
+    name: str, *, diffusion: DiffusionSettings | None = None, shared: Settings | None = None
+) -> GenerationBackend:
+    """The backend ``name`` (``SKUFORGE_GENERATION_BACKEND``), built from the settings given.
 
-    @property
-    def generation_backend(self) -> str: ...
-
-
-def open_backend(settings: BackendSettings) -> GenerationBackend:
-    """The backend named by ``SKUFORGE_GENERATION_BACKEND`` (``composite`` by default).
-
-    ``diffusion`` is imported lazily: torch and diffusers load only where that backend runs.
+    ``composite`` has no settings; ``diffusion`` needs its own (``DiffusionSettings``) and the shared
+    ones (the object store). It is imported lazily: torch and diffusers load only where it runs.
     """
-    name = settings.generation_backend
     if name == "composite":
         from shared.generation.composite import CompositeBackend
 
-        return CompositeBackend.from_settings(settings)
+        return CompositeBackend()
     if name == "diffusion":
         from shared.generation.diffusion import DiffusionBackend
 
-        backend: GenerationBackend = DiffusionBackend.from_settings(settings)
+        if diffusion is None or shared is None:
+            raise ValueError("the diffusion backend is built from DiffusionSettings and the shared Settings")
+        backend: GenerationBackend = DiffusionBackend.from_settings(diffusion, shared)
         return backend
     raise ValueError(
         f"unknown generation backend {name!r}: "

@@ -17,7 +17,9 @@ The values used are returned as the sample's ``parameters``: sent back as parame
 reproduce the image byte for byte.
 
 Other products (on shelves, on the table, in front of the product) come from a fixed pool of
-rendered sprites, scaled to size, because rendering a product is most of a composite's cost.
+rendered sprites, scaled to size, because rendering a product is most of a composite's cost. Layers
+are blended and upscaled with the renderer's own ``composite_layer`` / ``upscale_layer``, so both
+draw products alike.
 """
 
 from __future__ import annotations
@@ -33,12 +35,8 @@ from PIL import Image, ImageFilter
 
 from shared.generation.backend import GeneratedSample, GenerationRequest
 from shared.synth.backgrounds import BACKGROUNDS, BUILDERS, GROUNDED, Placement, Stand, to_image
-
-# The synth renderer's own layer blend and half-size upscale, so both renderers draw products alike.
-from shared.synth.photo import _composite as composite_layer
-from shared.synth.photo import _upscale2 as upscale_layer
 from shared.synth.products import make_product
-from shared.synth.shapes import Layer, View, build_shape, render_layer
+from shared.synth.shapes import Layer, View, build_shape, composite_layer, render_layer, upscale_layer
 
 F32 = np.float32
 MODEL_ID = "composite-v1"
@@ -143,11 +141,6 @@ class CompositeBackend:
     name = "composite"
     model_id = MODEL_ID
 
-    @classmethod
-    def from_settings(cls, settings: object) -> CompositeBackend:
-        """The backend has no settings of its own; the signature matches the diffusion backend's."""
-        return cls()
-
     def generate(self, request: GenerationRequest) -> list[GeneratedSample]:
         """``request.n`` variants; variant ``i`` depends only on (seed, i, parameters, inputs)."""
         cutout = _Cutout.from_request(request)
@@ -212,13 +205,7 @@ def render_variant(
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
     """One image (size x size x 3) and its expected mask (size x size, 0/255) for ``plan``."""
     product, corners = _place_product(cutout, plan, size)
-    placement = Placement(
-        size=size,
-        base_y=float(corners[:, 1].max()),
-        top_y=float(corners[:, 1].min()),
-        left=float(corners[:, 0].min()),
-        right=float(corners[:, 0].max()),
-    )
+    placement = Placement.around(corners, size)
     backdrop = BUILDERS[plan.scene](scene_rng, placement)
     img = backdrop.image
     _others_behind(img, backdrop.stands, extra_rng, size)

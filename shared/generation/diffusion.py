@@ -20,7 +20,7 @@ pipeline and deletes evicted ones, because peft/diffusers slow down with every a
 Weights are a ``save_pretrained`` pipeline folder: a local path, or an ``s3://`` / ``file://`` URI
 copied into a local cache first. Loading never touches the internet (``local_files_only``)::
 
-    backend = DiffusionBackend.from_settings()          # SKUFORGE_DIFFUSION_* variables
+    backend = DiffusionBackend.from_settings(load_settings(DiffusionSettings), load_settings())
     samples = backend.generate(request)                 # request.n GeneratedSample
 """
 
@@ -30,7 +30,6 @@ import contextlib
 import hashlib
 import json
 import math
-import tempfile
 import threading
 import time
 import warnings
@@ -46,11 +45,13 @@ from PIL import Image, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.config import ENV_PREFIX, ConfigError, Settings, describe_validation_error, load_settings
+from shared.config import ENV_PREFIX, ConfigError, Settings, describe_validation_error
 from shared.errors import BadInput
 from shared.generation.adapters import AdapterChoice, AdapterMetadata, AdapterRegistry, resolve_adapter
 from shared.generation.backend import GeneratedSample, GenerationRequest
-from shared.store import download_directory, open_store
+from shared.model_cache import cache_dir as model_cache_dir
+from shared.model_cache import fetch_directory
+from shared.store import open_store
 
 if TYPE_CHECKING:
     import torch
@@ -62,7 +63,6 @@ __all__ = [
     "DiffusionSettings",
     "LoraSlots",
     "Placement",
-    "load_diffusion_settings",
     "paint_mask",
     "place_product",
     "variant_seeds",
@@ -148,13 +148,9 @@ class DiffusionSettings(BaseSettings):
             raise ValueError("SKUFORGE_DIFFUSION_SCALE_MIN must not exceed SKUFORGE_DIFFUSION_SCALE_MAX")
         return self
 
-
-def load_diffusion_settings(**overrides: object) -> DiffusionSettings:
-    """Read the diffusion settings from the environment (and overrides); errors name the variable."""
-    try:
-        return DiffusionSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None
+    def adapters_uri(self, shared: Settings) -> str:
+        """Root of the LoRA adapter registry: SKUFORGE_DIFFUSION_ADAPTERS_URI, else <store>/adapters."""
+        return self.diffusion_adapters_uri or f"{shared.store_uri.rstrip('/')}/adapters"
 
 
 class DiffusionModelError(Exception):
@@ -469,36 +465,19 @@ class DiffusionBackend:
         self._listed_at = -math.inf
 
     @classmethod
-    def from_settings(
-        cls,
-        settings: object | None = None,
-        *,
-        diffusion: DiffusionSettings | None = None,
-        shared: Settings | None = None,
-    ) -> DiffusionBackend:
-        """Build the backend from ``SKUFORGE_DIFFUSION_*`` (and the shared store settings).
-
-        ``settings`` may be a ``DiffusionSettings`` or the shared ``Settings``; any other object
-        (the generator's own settings) is ignored and the environment is read instead.
-        """
-        if diffusion is None:
-            diffusion = settings if isinstance(settings, DiffusionSettings) else load_diffusion_settings()
-        if shared is None:
-            shared = settings if isinstance(settings, Settings) else load_settings()
+    def from_settings(cls, diffusion: DiffusionSettings, shared: Settings) -> DiffusionBackend:
+        """Build the backend from ``diffusion`` (``SKUFORGE_DIFFUSION_*``) and ``shared`` (the object
+        store the model URI and the adapter registry are read with); reads no environment itself."""
         if diffusion.diffusion_model is None:
             raise ConfigError(
                 "SKUFORGE_GENERATION_BACKEND=diffusion needs SKUFORGE_DIFFUSION_MODEL: a save_pretrained "
                 "inpainting pipeline folder, or an s3:// or file:// URI of one"
             )
-        cache_dir = (
-            Path(diffusion.diffusion_cache_dir)
-            if diffusion.diffusion_cache_dir
-            else Path(tempfile.gettempdir()) / "skuforge-models"
-        )
+        cache_dir = model_cache_dir(diffusion.diffusion_cache_dir)
         model = diffusion.diffusion_model
         if "://" in model:
             try:
-                directory = download_directory(
+                directory = fetch_directory(
                     model, cache_dir, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region
                 )
             except (ValueError, BadInput) as exc:
@@ -510,9 +489,12 @@ class DiffusionBackend:
         pipe = load_inpaint_pipeline(
             directory, architecture=diffusion.diffusion_architecture, device=device, dtype=dtype
         )
-        registry_uri = diffusion.diffusion_adapters_uri or f"{shared.store_uri.rstrip('/')}/adapters"
         registry = AdapterRegistry(
-            open_store(registry_uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region)
+            open_store(
+                diffusion.adapters_uri(shared),
+                s3_endpoint_url=shared.s3_endpoint_url,
+                s3_region=shared.s3_region,
+            )
         )
         name = model.rstrip("/").rpartition("/")[2] or "model"
         return cls(

@@ -11,10 +11,10 @@ Photos the real-photo benchmark keeps (``bench/data/matting_real/split.json``) a
 - ``catalogue``: the iconic photos not held out for the benchmark, with the mask of everything not
   connected to the border through background-coloured pixels (``catalogue_mask``), each on its
   own white plus re-scaled and shifted copies;
-- ``instore`` (off unless asked for): train-split photos with the official U2-NetP's mask where
-  that model is confident (few undecided pixels, one product-sized region). Pseudo-labels keep a
-  fine-tune close to the official model, but on handheld photos they include the hand, so the
-  committed model was trained without them;
+- ``instore``: train-split photos of fruit and vegetables with the official U2-NetP's mask where
+  that model is confident (few undecided pixels, one product-sized region). These pseudo-labels
+  keep the fine-tune close to the official model where it is right. Not on packages: held
+  cartons are where its confident masks include the hand;
 - ``composite``: a product cut-out (catalogue, or a confident in-store one) pasted, often tilted,
   near the centre of a defocused train-split in-store photo (many are handheld shots: their hands
   and shelves are background here), with the product's brightness and white balance pulled
@@ -37,7 +37,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFilter
 
-from shared.matting.session import MaskOptions, U2NetPSession, clean_mask, connected_components
+from shared.arith.masks import clean_mask, connected_components
+from shared.matting.session import MaskOptions, U2NetPSession
 
 __all__ = [
     "RealPairsConfig",
@@ -62,9 +63,10 @@ class RealPairsConfig:
     held_out: frozenset[str]  # dataset-relative paths of photos kept for the benchmark (never read)
     size_px: int = 320
     catalogue_copies: int = 6
-    # Off by default: on handheld photos the official model's confident masks include the hand,
-    # exactly what the product mask must leave out (measured: see docs/matting.md).
     instore: int = 0
+    # Pseudo-labels only where the official model is right: on held fruit and vegetables it
+    # leaves the hand out; on held packages its confident masks include the hand.
+    instore_prefixes: tuple[str, ...] = ("train/Fruit/", "train/Vegetables/")
     composites: int = 1100
     seed: int = 12
     threads: int = 2
@@ -109,13 +111,16 @@ def catalogue_mask(image: Image.Image, tolerance: float = 18.0) -> BoolArray:
 def confident_mask(confidence: npt.NDArray[np.float32]) -> BoolArray | None:
     """The official model's mask when it is sure of it, else None.
 
-    Sure = under 5% of the pixels undecided (confidence 0.15-0.85) and a product-sized result
-    (6-75% of the photo) whose largest blob holds at least 85% of it.
+    Sure = under 5% of the pixels undecided (confidence 0.15-0.85), a product-sized result (6-75%
+    of the photo) whose largest blob holds at least 85% of it, and on under 3% of the photo's
+    border: one held item, not a pile running out of the frame (what is "the product" in a pile
+    is anyone's guess).
     """
     undecided = float(((confidence > 0.15) & (confidence < 0.85)).mean())
     mask = confidence >= 0.5
     area = float(mask.mean())
-    if undecided > 0.05 or not 0.06 <= area <= 0.75:
+    border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]]).mean()
+    if undecided > 0.05 or not 0.06 <= area <= 0.75 or border >= 0.03:
         return None
     _rows, starts, ends, labels = connected_components(mask, diagonal=True)
     areas = np.bincount(labels, weights=ends - starts)
@@ -236,8 +241,10 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
 
     train = [path for path in dataset_split(config.dataset, "train") if path not in config.held_out]
     order = rng.permutation(len(train))
-    candidates = [train[i] for i in order[: min(len(train), config.instore * 4)]]
-    backgrounds = [train[i] for i in order[min(len(train), config.instore * 4) :]]
+    labelled = [train[i] for i in order if train[i].startswith(config.instore_prefixes)]
+    candidates = labelled[: config.instore * 4]
+    tried = set(candidates)
+    backgrounds = [train[i] for i in order if train[i] not in tried]
     instore_written = 0
     for _path, image, confident in _official_masks(
         config.dataset, candidates, config.official_onnx, config.threads
@@ -260,8 +267,10 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
         # Defocused: real product photos are shot close with the shelf behind out of focus, and a
         # sharp product in the scene, labelled background here, would teach the model to drop the
         # products it must keep (measured: holes in cartons). Hands stay, as background.
-        background = background.filter(ImageFilter.GaussianBlur(rng.uniform(2.0, 6.0)))
+        background = background.filter(ImageFilter.GaussianBlur(rng.uniform(1.0, 5.0)))
         product = _match_to_scene(product, mask, background, rng)
+        if rng.random() < 0.5:  # a held product is not always sharp either; sharpness is no cue
+            product = product.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
         angle = float(rng.uniform(-35.0, 35.0)) if rng.random() < 0.7 else 0.0
         scene, scene_mask = _square_on(
             background, product, mask, float(rng.uniform(0.45, 0.95)), rng, angle_deg=angle

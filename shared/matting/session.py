@@ -16,14 +16,14 @@ Nx3xSxS float32 (S = 320 unless the file says otherwise) and its output ``d0`` (
 its first output) is the fused Nx1xSxS saliency map.
 
 Pre- and post-processing are plain functions (``u2net_preprocess``, ``normalise_min_max``,
-``otsu_thresholds``, ``clean_mask``) so they are tested, and reused by training, without a model.
+``otsu_thresholds``, and ``shared.arith.masks.clean_mask``) so they are tested, and reused by
+training, without a model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,9 +35,12 @@ import numpy.typing as npt
 import onnxruntime as ort
 from PIL import Image
 
+from shared.arith.masks import clean_mask
 from shared.errors import ObjectMissing
+from shared.matting import MODELS_DIR
 from shared.matting.roi import Box, paste
-from shared.store import ObjectStore, open_store
+from shared.model_cache import fetch_file
+from shared.store import ObjectStore
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -52,8 +55,6 @@ __all__ = [
     "U2NetPSession",
     "U2NetSession",
     "choose_providers",
-    "clean_mask",
-    "connected_components",
     "normalise_min_max",
     "official_onnx_path",
     "open_session",
@@ -63,10 +64,7 @@ __all__ = [
 
 F32Array = npt.NDArray[np.float32]
 UInt8Array = npt.NDArray[np.uint8]
-BoolArray = npt.NDArray[np.bool_]
-IntArray = npt.NDArray[np.intp]
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = "u2netp"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -216,93 +214,6 @@ def resize_confidence(confidence: F32Array, size: tuple[int, int]) -> F32Array:
         Image.fromarray(confidence).resize(size, Image.Resampling.BILINEAR), dtype=np.float32
     )
     return np.clip(resized, 0.0, 1.0)
-
-
-def connected_components(mask: BoolArray, *, diagonal: bool) -> tuple[IntArray, IntArray, IntArray, IntArray]:
-    """Label the connected components of a boolean HxW mask, run by run.
-
-    Returns ``(rows, starts, ends, labels)``: one entry per horizontal run of True pixels
-    (columns ``starts[i]`` to ``ends[i] - 1`` of row ``rows[i]``), and the component (0..k-1) it
-    belongs to. ``diagonal`` selects 8-connectivity, else 4. Runs, not pixels, are the unit, so
-    a 512x512 product mask is a few thousand nodes; their union is found with vectorised
-    hooking and pointer jumping instead of a per-pixel Python flood fill.
-    """
-    height, width = mask.shape
-    padded = np.zeros((height, width + 2), dtype=np.int8)
-    padded[:, 1:-1] = mask
-    steps = np.diff(padded, axis=1)
-    # np.nonzero walks row-major, so the k-th start and the k-th end belong to the same run.
-    rows, starts = np.nonzero(steps == 1)
-    _, ends = np.nonzero(steps == -1)
-    count = rows.size
-    if count == 0:
-        empty = np.zeros(0, dtype=np.intp)
-        return empty, empty, empty, empty
-
-    # Runs touching run a in the next row form one contiguous range of the (row, column)-sorted
-    # runs: those starting before a's end (+1 if diagonal) and ending after a's start (-1).
-    reach = 1 if diagonal else 0
-    stride = width + 2  # > any column, so row * stride + column orders runs row-major
-    start_key = rows * stride + starts
-    end_key = rows * stride + ends
-    first = np.searchsorted(end_key, (rows + 1) * stride + starts - reach, side="right")
-    stop = np.searchsorted(start_key, (rows + 1) * stride + ends + reach, side="left")
-    degree = np.maximum(stop - first, 0)
-    upper = np.repeat(np.arange(count), degree)
-    lower = np.arange(upper.size) - np.repeat(np.cumsum(degree) - degree, degree) + np.repeat(first, degree)
-
-    parent = np.arange(count)
-    while True:
-        root_a, root_b = parent[upper], parent[lower]
-        differ = root_a != root_b
-        if not differ.any():
-            break
-        # Hook the larger root under the smaller one: parent[i] <= i always, so no cycles.
-        np.minimum.at(
-            parent, np.maximum(root_a[differ], root_b[differ]), np.minimum(root_a[differ], root_b[differ])
-        )
-        while True:
-            grandparent = parent[parent]
-            if np.array_equal(grandparent, parent):
-                break
-            parent = grandparent
-    _, labels = np.unique(parent, return_inverse=True)
-    return rows, starts, ends, labels.astype(np.intp)
-
-
-def _paint_runs(shape: tuple[int, int], rows: IntArray, starts: IntArray, ends: IntArray) -> BoolArray:
-    """A boolean mask with the given runs set; runs never overlap or touch, so no index repeats."""
-    height, width = shape
-    edges = np.zeros((height, width + 1), dtype=np.int16)
-    edges[rows, starts] += 1
-    edges[rows, ends] -= 1
-    return np.cumsum(edges, axis=1, dtype=np.int16)[:, :width] > 0
-
-
-def clean_mask(mask: BoolArray, min_blob_fraction: float) -> BoolArray:
-    """Drop product blobs under ``min_blob_fraction`` of the image and fill holes in what is left.
-
-    The largest blob is always kept, so a small product is never erased. Blobs are
-    8-connected; holes are background regions (4-connected, the complement's topology) that
-    do not touch the image border.
-    """
-    height, width = mask.shape
-    rows, starts, ends, labels = connected_components(mask, diagonal=True)
-    if rows.size == 0:
-        return np.zeros_like(mask, dtype=bool)
-    areas = np.bincount(labels, weights=ends - starts)
-    keep = areas >= min_blob_fraction * mask.size
-    keep[areas.argmax()] = True
-    kept = keep[labels]
-    cleaned = _paint_runs((height, width), rows[kept], starts[kept], ends[kept])
-
-    rows, starts, ends, labels = connected_components(~cleaned, diagonal=False)
-    if rows.size:
-        on_border = (rows == 0) | (rows == height - 1) | (starts == 0) | (ends == width)
-        open_to_border = np.bincount(labels, weights=on_border) > 0
-        hole = ~open_to_border[labels]
-        cleaned |= _paint_runs((height, width), rows[hole], starts[hole], ends[hole])
-    return cleaned
 
 
 def threshold_mask(confidence: F32Array, threshold: float, options: MaskOptions) -> UInt8Array:
@@ -548,7 +459,8 @@ def open_session(
 
     ``model`` is a registered name (``REGISTRY``), a local path, or an ``s3://`` / ``file://`` URI.
     URIs inside ``store`` are read through it, others through ``open_store`` (with the S3
-    endpoint given); the bytes are cached in a local file named by their sha256.
+    endpoint given); the bytes are cached in a local file named by their sha256
+    (``shared/model_cache.py``).
     Raises ``MattingModelMissing`` when the file is not there, saying how to make or name one.
     """
     name = DEFAULT_MODEL if model is None else model
@@ -571,44 +483,17 @@ def open_session(
             )
         return session(entry.session_class, path)
     if "://" in name:
-        path, file_name = _fetch_model(name, store, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
+        parent, _, file_name = name.rpartition("/")
+        if not file_name or "://" not in parent:
+            raise MattingModelError(
+                f"{name!r} names no model file; expected s3://bucket/dir/model.onnx or file:///dir/model.onnx"
+            )
+        try:
+            path = fetch_file(name, store=store, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
+        except ObjectMissing as exc:
+            raise MattingModelMissing(f"no matting model at {name}") from exc
         return session(U2NetSession, path, file_name)
     path = Path(name)
     if not path.is_file():
         raise MattingModelMissing(f"no matting model file at {path}: {help_text}")
     return session(U2NetSession, path)
-
-
-def _fetch_model(
-    uri: str, store: ObjectStore | None, *, s3_endpoint_url: str | None, s3_region: str
-) -> tuple[Path, str]:
-    """Download a model URI into the local cache; returns the cached path and the file's name."""
-    parent, _, file_name = uri.rpartition("/")
-    if not file_name or "://" not in parent:
-        raise MattingModelError(
-            f"{uri!r} names no model file; expected s3://bucket/dir/model.onnx or file:///dir/model.onnx"
-        )
-    try:
-        if store is not None and uri.startswith(store.base_uri + "/"):
-            data = store.get_bytes(uri)
-        else:
-            data = open_store(parent, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region).get_bytes(
-                file_name
-            )
-    except ObjectMissing as exc:
-        raise MattingModelMissing(f"no matting model at {uri}") from exc
-    digest = hashlib.sha256(data).hexdigest()
-    cache_dir = Path(tempfile.gettempdir()) / "skuforge-models"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    cached = cache_dir / f"{digest[:16]}-{file_name}"
-    if not (cached.is_file() and cached.stat().st_size == len(data)):
-        # Write then rename, so a concurrent reader never loads half a model.
-        fd, partial = tempfile.mkstemp(dir=cache_dir, prefix=".partial-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(partial, cached)
-        except BaseException:
-            Path(partial).unlink(missing_ok=True)
-            raise
-    return cached, file_name

@@ -11,8 +11,7 @@ Same arguments, same bytes: all randomness comes from ``numpy.random.default_rng
 """
 
 from .backgrounds import BACKGROUNDS
-from .cli import synth_main
-from .palette import COLOUR_NAMES, PALETTE, canonical_rgb, lab_distance, nearest_colour_name, rgb_to_lab
+from .palette import COLOUR_NAMES, PALETTE, canonical_rgb, lab_distance, nearest_colour_name
 from .photo import (
     RenderedPhoto,
     blank_photo,
@@ -41,8 +40,6 @@ __all__ = [
     "photo_filename",
     "render_dataset",
     "render_photo",
-    "rgb_to_lab",
     "sku_id_for",
-    "synth_main",
     "write_sku_folders",
 ]

@@ -31,6 +31,17 @@ class Placement:
     left: float
     right: float
 
+    @classmethod
+    def around(cls, corners: np.ndarray, size: int) -> Placement:
+        """The placement of a product whose frame has these (N, 2) x, y ``corners``."""
+        return cls(
+            size=size,
+            base_y=float(corners[:, 1].max()),
+            top_y=float(corners[:, 1].min()),
+            left=float(corners[:, 0].min()),
+            right=float(corners[:, 0].max()),
+        )
+
 
 @dataclass(frozen=True)
 class Stand:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from shared.arith.colour import srgb_to_lab
+
 RGB = tuple[int, int, int]
 
 # The first variant is the canonical value; the others keep "red" from being one exact RGB.
@@ -35,21 +37,6 @@ def canonical_rgb(name: str) -> RGB:
         raise KeyError(f"unknown colour {name!r}; known: {', '.join(COLOUR_NAMES)}") from None
 
 
-def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """sRGB (0-255, any leading shape, last axis 3) to CIE Lab (D65), as float32."""
-    c = np.asarray(rgb, dtype=np.float32) / 255.0
-    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    m = np.array(
-        [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]], dtype=np.float32
-    )
-    xyz = lin @ m.T / np.array([0.95047, 1.0, 1.08883], dtype=np.float32)
-    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
-    lab = np.stack(
-        [116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]), 200.0 * (f[..., 1] - f[..., 2])], axis=-1
-    )
-    return lab.astype(np.float32)
-
-
 def lab_distance(a: np.ndarray, b: np.ndarray, lightness_weight: float = 1.0) -> np.ndarray:
     """Euclidean Lab distance with ΔL divided by ``lightness_weight`` (2.0 ≈ CMC 2:1 acceptability)."""
     d = np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)
@@ -59,6 +46,6 @@ def lab_distance(a: np.ndarray, b: np.ndarray, lightness_weight: float = 1.0) ->
 def nearest_colour_name(rgb: tuple[int, int, int] | np.ndarray) -> str:
     """The palette name whose canonical value is closest in Lab to ``rgb``."""
     names = list(PALETTE)
-    centres = rgb_to_lab(np.array([PALETTE[n][0] for n in names]))
-    d = lab_distance(centres, rgb_to_lab(np.asarray(rgb))[None, :])
+    centres = srgb_to_lab(np.array([PALETTE[n][0] for n in names]))
+    d = lab_distance(centres, srgb_to_lab(np.asarray(rgb))[None, :])
     return names[int(np.argmin(d))]

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from .backgrounds import BACKGROUNDS, BUILDERS, GROUNDED, Placement, Stand, planar, to_image
 from .palette import PALETTE
 from .products import ProductSpec, make_product
-from .shapes import Layer, View, build_shape, frame_corners, render_layer
+from .shapes import Layer, View, build_shape, composite_layer, frame_corners, render_layer, upscale_layer
 
 F32 = np.float32
 # Share of the silhouette's bounding box the product fills; turns a target area into a height.
@@ -53,13 +53,6 @@ def blank_photo(size_px: int = 512, colour: str | tuple[int, int, int] = "white"
     """A uniform RGB image with no product in it: a palette name or an RGB triple."""
     rgb = PALETTE[colour][0] if isinstance(colour, str) else (int(colour[0]), int(colour[1]), int(colour[2]))
     return Image.new("RGB", (size_px, size_px), rgb)
-
-
-def _composite(img: np.ndarray, layer: Layer, dim: float = 1.0) -> None:
-    h, w = layer.alpha.shape
-    region = img[:, layer.y0 : layer.y0 + h, layer.x0 : layer.x0 + w]
-    region *= 1.0 - layer.alpha
-    region += layer.premul * dim
 
 
 @dataclass(frozen=True)
@@ -198,22 +191,9 @@ def _distractors(
             view = _view(other, local_pose, height / 2, wrinkle_seed=wseed)
             small = render_layer(build_shape(other, view), (x / 2, base / 2), 0.0, 1.0, (half, half), ss=1)
             if small is not None:
-                _composite(img, _upscale2(small, size), dim)
+                composite_layer(img, upscale_layer(small, size), dim)
                 drawn += 1
     return drawn
-
-
-def _upscale2(layer: Layer, size: int) -> Layer:
-    """A layer rendered at half size, scaled to full size (bilinear) and clipped to the frame."""
-    h, w = layer.alpha.shape
-    x0, y0 = layer.x0 * 2, layer.y0 * 2
-    w2, h2 = min(2 * w, size - x0), min(2 * h, size - y0)
-
-    def up(plane: np.ndarray) -> np.ndarray:
-        big = Image.fromarray(plane, mode="F").resize((2 * w, 2 * h), Image.Resampling.BILINEAR)
-        return np.asarray(big, dtype=F32)[:h2, :w2]
-
-    return Layer(x0, y0, np.stack([up(c) for c in layer.premul]), up(layer.alpha))
 
 
 def _shadow(
@@ -302,13 +282,7 @@ def render_photo(
     if layer is None:  # cannot happen: _place keeps the extent inside the frame
         raise AssertionError("product fell outside the frame")
 
-    placement = Placement(
-        size=size,
-        base_y=float(corners[:, 1].max()),
-        top_y=float(corners[:, 1].min()),
-        left=float(corners[:, 0].min()),
-        right=float(corners[:, 0].max()),
-    )
+    placement = Placement.around(corners, size)
     backdrop = BUILDERS[kind](bg_rng, placement)
     img = backdrop.image
     n_distractors = _distractors(img, backdrop.stands, extra_rng, pose, seed, size)
@@ -328,7 +302,7 @@ def render_photo(
     shadow_kind = ("cast" if grounded else "drop") if wants_shadow else "none"
     if shadow_kind != "none":
         _shadow(img, layer, shadow_kind, pose, anchor, shape.base_half_width, size)
-    _composite(img, layer)
+    composite_layer(img, layer)
 
     # Sensor grain: uniform noise with the drawn standard deviation (cheaper than normal draws).
     grain = (grain_rng.random((size, size), dtype=F32) - 0.5) * (pose.grain * math.sqrt(12.0))

@@ -8,8 +8,9 @@ from functools import cache
 import numpy as np
 
 from schemas.common import check_safe_id
+from shared.arith.colour import srgb_to_lab
 
-from .palette import COLOUR_NAMES, GOLD, PALETTE, RGB, SILVER, lab_distance, rgb_to_lab
+from .palette import COLOUR_NAMES, GOLD, PALETTE, RGB, SILVER, lab_distance
 
 SHAPES: tuple[str, ...] = ("can", "bottle", "box", "pouch", "jar")
 PATTERNS: tuple[str, ...] = ("solid", "stripes", "dots", "band", "gradient")
@@ -107,7 +108,7 @@ def _contrast_text(rgb: RGB) -> RGB:
 @cache
 def _secondary_choices(main: str) -> tuple[str, ...]:
     """Colours far enough from ``main`` that stripes and bands read as a second colour."""
-    labs = {n: rgb_to_lab(np.array(PALETTE[n][0])) for n in COLOUR_NAMES}
+    labs = {n: srgb_to_lab(np.array(PALETTE[n][0])) for n in COLOUR_NAMES}
     return tuple(n for n in COLOUR_NAMES if n != main and float(lab_distance(labs[n], labs[main])) > 45.0)
 
 

@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import NamedTuple, Protocol
 
 import numpy as np
+from PIL import Image
 
 from .label import FRONT, SIDE, WRAP, label_texture
 from .palette import RGB
@@ -621,3 +622,24 @@ def render_layer(
         lx, ly = local(x0 + cols.astype(F32) + 0.5, y0 + rows.astype(F32) + 0.5)
         premul[:, rows, cols] = shape.colour(lx, ly) * alpha[rows, cols]
     return Layer(x0, y0, premul, alpha)
+
+
+def composite_layer(img: np.ndarray, layer: Layer, dim: float = 1.0) -> None:
+    """Blend ``layer`` over the CxHxW float image ``img`` in place (premultiplied), dimmed by ``dim``."""
+    h, w = layer.alpha.shape
+    region = img[:, layer.y0 : layer.y0 + h, layer.x0 : layer.x0 + w]
+    region *= 1.0 - layer.alpha
+    region += layer.premul * dim
+
+
+def upscale_layer(layer: Layer, size: int) -> Layer:
+    """A layer rendered at half size, scaled to full size (bilinear) and clipped to the frame."""
+    h, w = layer.alpha.shape
+    x0, y0 = layer.x0 * 2, layer.y0 * 2
+    w2, h2 = min(2 * w, size - x0), min(2 * h, size - y0)
+
+    def up(plane: np.ndarray) -> np.ndarray:
+        big = Image.fromarray(plane, mode="F").resize((2 * w, 2 * h), Image.Resampling.BILINEAR)
+        return np.asarray(big, dtype=F32)[:h2, :w2]
+
+    return Layer(x0, y0, np.stack([up(c) for c in layer.premul]), up(layer.alpha))

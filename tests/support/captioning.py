@@ -16,7 +16,8 @@ import pytest
 from schemas.common import SkuMetadata
 from schemas.events import ReferencePhoto, SkuIngested
 from shared.config import Settings
-from shared.matting.session import MODELS_DIR, REGISTRY, MattingSession, open_session
+from shared.matting import MODELS_DIR
+from shared.matting.session import REGISTRY, MattingSession, open_session
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import ObjectStore

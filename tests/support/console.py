@@ -16,8 +16,9 @@ from schemas.common import SkuMetadata
 from schemas.envelope import Envelope, derive_id
 from schemas.events import CorrectionPending, GateCheck, ImageGenerated, ImageMatted
 from schemas.topics import CORRECTION_PENDING
-from services.console.app import Console, create_app, make_signer
+from services.console.app import create_app
 from services.console.config import ConsoleSettings
+from services.console.context import Console, make_signer
 from services.console.metrics import ConsoleMetrics
 from services.console.tasks import TaskStore
 from shared.bus import make_envelope

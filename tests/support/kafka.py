@@ -1,7 +1,7 @@
 """Pytest fixtures for the real Kafka broker: one per test session, and fresh topics per test.
 
 ``kafka_bootstrap`` uses the broker named by ``SKUFORGE_KAFKA_BOOTSTRAP`` when that is set (for example
-one started with ``make kafka-up``); otherwise it starts one :class:`shared.broker.LocalKafka` in a
+one started with ``make kafka-up``); otherwise it starts one :class:`devstack.broker.LocalKafka` in a
 temporary directory on free ports and stops it when the session ends. ``new_topic`` creates uniquely
 named topics (plus their ``.dlq``) so that tests never share data.
 """
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from kafka import KafkaAdminClient
 
-from shared.broker import LocalKafka, free_port
+from devstack.broker import LocalKafka, free_port
 
 BOOTSTRAP_ENV = "SKUFORGE_KAFKA_BOOTSTRAP"
 TOPIC_TIMEOUT_MS = 30_000

@@ -1,7 +1,9 @@
 """A real Triton server (PyTriton) with the generation model, in its own process, for tests.
 
 ``skuforge serve generator`` runs exactly as in production, on free loopback ports; ``stop()`` and
-``start()`` let a test take it down and bring it back mid-run.
+``start()`` let a test take it down and bring it back mid-run. The ``triton`` fixture is one server
+(composite backend) for the whole test session, started by the first test that asks for it; tests
+that need another configuration (diffusion, a tiny queue) start their own ``TritonServerProcess``.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from devstack.broker import free_port
 from services.generator.protocol import model_name
-from shared.broker import free_port
 
 START_TIMEOUT_S = 180.0
 
@@ -57,7 +62,7 @@ class TritonServerProcess:
         """Start the server and wait until every model is ready."""
         import tritonclient.grpc as grpcclient
 
-        command = [sys.executable, "-m", "services.cli", "serve", "generator"]
+        command = [sys.executable, "-m", "skuforge_cli", "serve", "generator"]
         for backend in self.backends:
             command += ["--backend", backend]
         with self.log_path.open("ab") as log:
@@ -100,6 +105,19 @@ class TritonServerProcess:
             model_name(backend), as_json=True
         )
         return stats
+
+
+@pytest.fixture(scope="session")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServerProcess]:
+    """One Triton with the composite backend for the session; batches of up to 8, held 50 ms to fill."""
+    server = TritonServerProcess(
+        tmp_path_factory.mktemp("triton"), max_batch_size=8, batch_delay_us=50_000, max_queue_size=64
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def max_batch_executed(stats: dict[str, Any]) -> int:

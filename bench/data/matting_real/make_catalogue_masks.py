@@ -46,10 +46,12 @@ Outputs
 
 Run:  python make_catalogue_masks.py [--data /work/data/dataset]
 """
+
 import argparse
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -59,23 +61,24 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOL = 12.0
 MIN_BLOB = 30
 TOL_OVERRIDES = {  # id -> tolerance; light products need a tighter tolerance
-    "iconic-images-and-descriptions__Packages__Yoghurt__Yoggi-Strawberry-Yoghurt__Yoggi-Strawberry-Yoghurt_Iconic": 6,
-    "iconic-images-and-descriptions__Packages__Yoghurt__Yoggi-Vanilla-Yoghurt__Yoggi-Vanilla-Yoghurt_Iconic": 6,
+    "iconic-images-and-descriptions__Packages__Yoghurt__Yoggi-Strawberry-Yoghurt__Yoggi-Strawberry-Yoghurt_Iconic": 6,  # noqa: E501
+    "iconic-images-and-descriptions__Packages__Yoghurt__Yoggi-Vanilla-Yoghurt__Yoggi-Vanilla-Yoghurt_Iconic": 6,  # noqa: E501
     "iconic-images-and-descriptions__Vegetables__Garlic__Garlic_Iconic": 6,
     "iconic-images-and-descriptions__Vegetables__Leek__Leek_Iconic": 6,
 }
 # free-text notes for catalogue.json, keyed by the last path component
 NOTES = {
-    "Bravo-Apple-Juice_Iconic": "white carton top; mirror reflection of the carton on the floor excluded (background)",
-    "Bravo-Orange-Juice_Iconic": "white carton top; mirror reflection of the carton on the floor excluded (background)",
+    "Bravo-Apple-Juice_Iconic": "white carton top; mirror reflection of the carton on the floor excluded (background)",  # noqa: E501
+    "Bravo-Orange-Juice_Iconic": "white carton top; mirror reflection of the carton on the floor excluded (background)",  # noqa: E501
     "Oatly-Oat-Milk_Iconic": "white cap/top; soft drop shadow to the right excluded (background)",
-    "Yoggi-Strawberry-Yoghurt_Iconic": "light bottle: tighter tolerance; white shoulder right of the cap added by polygon",
+    "Yoggi-Strawberry-Yoghurt_Iconic": "light bottle: tighter tolerance; white shoulder right of the cap added by polygon",  # noqa: E501
     "Yoggi-Vanilla-Yoghurt_Iconic": "light bottle: tighter tolerance",
     "Garlic_Iconic": "white product on white: tighter tolerance (tol 12 leaked into the bulb)",
     "Leek_Iconic": "white leek shaft: tighter tolerance (tol 12 leaked); root tuft included",
 }
-CARTON_NOTE = ("white/light carton parts (cap, top fin, white faces) made the flood fill leak; "
-               "straight-edged polygon")
+CARTON_NOTE = (
+    "white/light carton parts (cap, top fin, white faces) made the flood fill leak; straight-edged polygon"
+)
 
 
 def path_to_id(p):
@@ -89,7 +92,7 @@ def flood_mask(bgr, tol):
     border = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
     bg = np.median(border, axis=0)
     near = np.linalg.norm(lab - bg, axis=2) <= tol
-    lbl, n = ndimage.label(near)  # 4-connectivity
+    lbl, _count = ndimage.label(near)  # 4-connectivity
     edge_labels = np.unique(np.concatenate([lbl[0], lbl[-1], lbl[:, 0], lbl[:, -1]]))
     edge_labels = edge_labels[edge_labels > 0]
     background = np.isin(lbl, edge_labels)
@@ -148,19 +151,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/work/data/dataset")
     args = ap.parse_args()
-    split = json.load(open(os.path.join(HERE, "split.json")))
+    split = json.loads(Path(os.path.join(HERE, "split.json")).read_text())
     os.makedirs(os.path.join(HERE, "masks"), exist_ok=True)
     out = []
     for rel in split["bench_catalogue"]:
         mid = path_to_id(rel)
-        raw = open(os.path.join(args.data, rel), "rb").read()
+        raw = Path(args.data, rel).read_bytes()
         bgr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
         tol = TOL_OVERRIDES.get(mid, TOL)
         mask = flood_mask(bgr, tol)
         method = f"border flood fill (Lab tol {tol:g}) + hole fill"
         pfile = os.path.join(HERE, "polygons", mid + ".json")
         if os.path.exists(pfile):
-            spec = json.load(open(pfile))
+            spec = json.loads(Path(pfile).read_text())
             mask = apply_polygons(bgr, mask, spec)
             modes = sorted({op.get("mode", "union") for op in (spec.get("ops") or [spec])})
             if modes == ["replace"]:
@@ -170,15 +173,18 @@ def main():
             if spec.get("grabcut"):
                 method += f" + grabcut ({spec['grabcut']} it, 3 px band)"
         cv2.imwrite(os.path.join(HERE, "masks", mid + ".png"), mask.astype(np.uint8) * 255)
-        out.append({
-            "path": rel,
-            "id": mid,
-            "kind": "catalogue",
-            "sha256": hashlib.sha256(raw).hexdigest(),
-            "method": method,
-            "note": NOTES.get(rel.split("/")[-1][:-4],
-                              CARTON_NOTE if method.startswith("polygon") else ""),
-        })
+        out.append(
+            {
+                "path": rel,
+                "id": mid,
+                "kind": "catalogue",
+                "sha256": hashlib.sha256(raw).hexdigest(),
+                "method": method,
+                "note": NOTES.get(
+                    rel.split("/")[-1][:-4], CARTON_NOTE if method.startswith("polygon") else ""
+                ),
+            }
+        )
     with open(os.path.join(HERE, "catalogue.json"), "w") as f:
         json.dump(out, f, indent=1)
         f.write("\n")

@@ -33,9 +33,11 @@ Outputs
 Run:  python make_instore_masks.py [--data /work/data/dataset] [--check]
       --check compares with the existing masks/<id>.png instead of writing.
 """
+
 import argparse
 import json
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -97,12 +99,12 @@ def main():
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--only", nargs="*", help="ids to process (default: all in instore_reserved.json)")
     a = ap.parse_args()
-    entries = json.load(open(os.path.join(HERE, "instore_reserved.json")))
+    entries = json.loads(Path(os.path.join(HERE, "instore_reserved.json")).read_text())
     bad = 0
     for e in entries:
         if a.only and e["id"] not in a.only:
             continue
-        spec = json.load(open(os.path.join(HERE, "polygons", e["id"] + ".json")))
+        spec = json.loads(Path(os.path.join(HERE, "polygons", e["id"] + ".json")).read_text())
         bgr = cv2.imread(os.path.join(a.data, e["path"]), cv2.IMREAD_COLOR)
         mask = derive(bgr, spec)
         out = os.path.join(HERE, "masks", e["id"] + ".png")

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .photo import MIN_SIZE, write_sku_folders
+from shared.synth.photo import MIN_SIZE, write_sku_folders
 
 
 def _positive(text: str) -> int:
@@ -30,7 +30,7 @@ def _size(text: str) -> int:
     return value
 
 
-def synth_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run ``skuforge synth --out DIR --skus N --photos-per-sku K --seed S [--size 512]``."""
     parser = argparse.ArgumentParser(
         prog="skuforge synth",

@@ -19,9 +19,10 @@ Layout of a data directory::
 
 Command line::
 
-    python -m shared.broker start [--data-dir var/kafka] [--port 9092] [--controller-port 9093] [--foreground]
-    python -m shared.broker stop [--data-dir var/kafka]
-    python -m shared.broker status [--data-dir var/kafka]
+    python -m devstack.broker start [--data-dir var/kafka] [--port 9092] [--controller-port 9093]
+                                    [--foreground]
+    python -m devstack.broker stop [--data-dir var/kafka]
+    python -m devstack.broker status [--data-dir var/kafka]
 
 The environment variables ``SKUFORGE_KAFKA_DATA_DIR``, ``SKUFORGE_KAFKA_PORT``,
 ``SKUFORGE_KAFKA_CONTROLLER_PORT`` and ``SKUFORGE_KAFKA_HEAP_MB`` give the defaults (flags win);
@@ -53,6 +54,8 @@ from typing import IO, Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_DIR = REPO_ROOT / "deploy" / "kafka"
 DEFAULT_DATA_DIR = REPO_ROOT / "var" / "kafka"
+DEFAULT_PORT = 9092
+DEFAULT_CONTROLLER_PORT = 9093
 MIN_JAVA_MAJOR = 17
 
 CONFIG_FILE = "server.properties"
@@ -307,8 +310,8 @@ class LocalKafka:
     def __init__(
         self,
         data_dir: Path | str,
-        port: int = 9092,
-        controller_port: int = 9093,
+        port: int = DEFAULT_PORT,
+        controller_port: int = DEFAULT_CONTROLLER_PORT,
         lib_dir: Path | None = None,
         java: str | None = None,
         heap_mb: int = 512,
@@ -635,7 +638,7 @@ def _env_int(name: str, default: int) -> int:
 def _parser() -> argparse.ArgumentParser:
     data_dir = Path(os.environ.get("SKUFORGE_KAFKA_DATA_DIR") or DEFAULT_DATA_DIR)
     parser = argparse.ArgumentParser(
-        prog="python -m shared.broker",
+        prog="python -m devstack.broker",
         description="Run the real single-node Kafka broker (KRaft) used by skuforge tests and local runs.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -655,13 +658,13 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--port",
         type=int,
-        default=_env_int("SKUFORGE_KAFKA_PORT", 9092),
+        default=_env_int("SKUFORGE_KAFKA_PORT", DEFAULT_PORT),
         help="client port (env SKUFORGE_KAFKA_PORT; default %(default)s)",
     )
     start.add_argument(
         "--controller-port",
         type=int,
-        default=_env_int("SKUFORGE_KAFKA_CONTROLLER_PORT", 9093),
+        default=_env_int("SKUFORGE_KAFKA_CONTROLLER_PORT", DEFAULT_CONTROLLER_PORT),
         help="KRaft controller port (env SKUFORGE_KAFKA_CONTROLLER_PORT; default %(default)s)",
     )
     start.add_argument(
@@ -689,7 +692,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m shared.broker``; returns the exit status."""
+    """Entry point of ``python -m devstack.broker``; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "start":

@@ -1,4 +1,10 @@
-"""The ``skuforge`` command: one entry point, a subcommand per job."""
+"""The ``skuforge`` command: one entry point, a subcommand per job.
+
+Each command's code lives with what it serves: a service's operator commands in its
+``services/<name>/cli.py``, the local stack's in ``devstack/``, and the two that belong to no one
+service here (``synth.py``, ``dlq.py``); this module only dispatches. ``skuforge run`` and
+``skuforge serve`` find their module in the flow (``schemas/flow.py``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from collections.abc import Callable
 
 from pydantic_settings import BaseSettings
 
+from schemas.flow import SERVERS, STAGES, flow_table_markdown
 from services.captioner.config import CaptionerSettings
 from services.console.config import ConsoleSettings
 from services.gate.config import GateSettings
@@ -31,23 +38,6 @@ SETTINGS_MODELS: tuple[type[BaseSettings], ...] = (
     ConsoleSettings,
 )
 
-# Stage name → module with ``main() -> int``. Each stage's folder says what it consumes and produces.
-STAGES: dict[str, str] = {
-    "passthrough": "services.passthrough.stage",
-    "matting": "services.matting.stage",
-    "captioner": "services.captioner.stage",
-    "generator": "services.generator.stage",
-    "gate": "services.gate.stage",
-    "trainstore": "services.trainstore.stage",
-    "console-intake": "services.console.intake",
-}
-
-# Server name → module with ``main(argv) -> int``: long-running HTTP services (`skuforge serve NAME`).
-SERVERS: dict[str, str] = {
-    "console": "services.console.server",
-    "generator": "services.generator.server",
-}
-
 
 def _cmd_ingest(rest: list[str]) -> int:
     from services.ingest.ingest import main
@@ -56,9 +46,9 @@ def _cmd_ingest(rest: list[str]) -> int:
 
 
 def _cmd_synth(rest: list[str]) -> int:
-    from shared.synth import synth_main
+    from skuforge_cli.synth import main
 
-    return synth_main(rest)
+    return main(rest)
 
 
 def _cmd_matting(rest: list[str]) -> int:
@@ -74,13 +64,13 @@ def _cmd_dataset(rest: list[str]) -> int:
 
 
 def _cmd_adapters(rest: list[str]) -> int:
-    from shared.generation.adapters import adapters_main
+    from services.generator.cli import main
 
-    return adapters_main(rest)
+    return main(rest)
 
 
 def _cmd_kafka(rest: list[str]) -> int:
-    from shared.broker import main
+    from devstack.broker import main
 
     return main(rest)
 
@@ -111,9 +101,9 @@ def _cmd_topics(rest: list[str]) -> int:
 
 
 def _cmd_dlq(rest: list[str]) -> int:
-    from shared.dlq import dlq_main
+    from skuforge_cli.dlq import main
 
-    return dlq_main(rest)
+    return main(rest)
 
 
 def _cmd_config(rest: list[str]) -> int:
@@ -134,7 +124,7 @@ def _cmd_run(rest: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="skuforge run", description="Run one stage until SIGTERM.")
     parser.add_argument("stage", choices=sorted(STAGES), help="the stage to run")
     args = parser.parse_args(rest)
-    module = importlib.import_module(STAGES[args.stage])
+    module = importlib.import_module(STAGES[args.stage].module)
     return int(module.main())
 
 
@@ -143,8 +133,29 @@ def _cmd_serve(rest: list[str]) -> int:
     parser.add_argument("server", choices=sorted(SERVERS), help="the service to serve")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args(rest)
-    module = importlib.import_module(SERVERS[args.server])
+    module = importlib.import_module(SERVERS[args.server].module)
     return int(module.main(args.args))
+
+
+def _cmd_flow(rest: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="skuforge flow",
+        description="Print the flow: each service, the topics it consumes and produces, its metrics port.",
+    )
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the table docs/architecture.md carries"
+    )
+    args = parser.parse_args(rest)
+    if args.markdown:
+        print(flow_table_markdown())
+        return 0
+    settings = load_settings()
+    for service in (*STAGES.values(), *SERVERS.values()):
+        consumes = ",".join(settings.topic_name(topic) for topic in service.consumes) or "-"
+        produces = ",".join(settings.topic_name(topic) for topic in service.produces) or "-"
+        port = "-" if service.metrics_port is None else str(service.metrics_port)
+        print(f"{service.command} {service.name}\t{consumes}\t{produces}\t{port}\t{service.module}")
+    return 0
 
 
 def _cmd_console(rest: list[str]) -> int:
@@ -154,13 +165,13 @@ def _cmd_console(rest: list[str]) -> int:
 
 
 def _cmd_up(rest: list[str]) -> int:
-    from services.up import main
+    from devstack.up import main
 
     return main(rest)
 
 
 def _cmd_demo(rest: list[str]) -> int:
-    from services.demo.demo import main
+    from devstack.demo.demo import main
 
     return main(rest)
 
@@ -174,6 +185,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "dataset": (_cmd_dataset, "retraining store: per-SKU stats, export a training set, compact manifests"),
     "run": (_cmd_run, "run one stage: " + ", ".join(sorted(STAGES))),
     "topics": (_cmd_topics, "create or list the Kafka topics"),
+    "flow": (_cmd_flow, "the flow: what each service consumes and produces, its metrics port"),
     "dlq": (_cmd_dlq, "dead letters of a topic: list them by reason, replay them once each"),
     "kafka": (_cmd_kafka, "start, stop or check the local single-node Kafka broker"),
     "adapters": (_cmd_adapters, "list or register LoRA adapters (diffusion backend)"),

@@ -26,34 +26,17 @@ from schemas.events import (
     SkuCaptioned,
     SkuIngested,
 )
-from schemas.topics import (
-    CORRECTION_PENDING,
-    GATE_ACCEPTED,
-    IMAGE_GENERATED,
-    IMAGE_MATTED,
-    SKU_CAPTIONED,
-    SKU_INGESTED,
-    Topic,
-)
+from schemas.flow import PIPELINE, Service
+from schemas.topics import Topic
 from shared.bus import READ_EXTRA, read_envelope
 from shared.config import Settings
 
-WATCHED: tuple[Topic[Any], ...] = (
-    SKU_INGESTED,
-    SKU_CAPTIONED,
-    IMAGE_GENERATED,
-    IMAGE_MATTED,
-    GATE_ACCEPTED,
-    CORRECTION_PENDING,
+# The stages the demo follows: those that produce (the trainstore writes the store, counted there).
+FOLLOWED: dict[str, Service] = {stage.name: stage for stage in PIPELINE if stage.produces}
+# Every topic they read or write, in flow order.
+WATCHED: tuple[Topic[Any], ...] = tuple(
+    dict.fromkeys(topic for stage in FOLLOWED.values() for topic in (*stage.consumes, *stage.produces))
 )
-
-# stage → (topic it consumes, topics it produces), for progress and throughput.
-STAGE_TOPICS: dict[str, tuple[Topic[Any], tuple[Topic[Any], ...]]] = {
-    "captioner": (SKU_INGESTED, (SKU_CAPTIONED,)),
-    "generator": (SKU_CAPTIONED, (IMAGE_GENERATED,)),
-    "matting": (IMAGE_GENERATED, (IMAGE_MATTED,)),
-    "gate": (IMAGE_MATTED, (GATE_ACCEPTED, CORRECTION_PENDING)),
-}
 
 
 @dataclass
@@ -81,8 +64,8 @@ class FlowState:
 
     def span_s(self, stage: str) -> float | None:
         """Seconds from the first input the stage could read to its last output, None if no output yet."""
-        source, outputs = STAGE_TOPICS[stage]
-        firsts = [seen.timestamp_ms for seen in self.records[source.name].values()]
+        sources, outputs = FOLLOWED[stage].consumes, FOLLOWED[stage].produces
+        firsts = [seen.timestamp_ms for topic in sources for seen in self.records[topic.name].values()]
         lasts = [seen.timestamp_ms for topic in outputs for seen in self.records[topic.name].values()]
         if not firsts or not lasts:
             return None
@@ -90,7 +73,7 @@ class FlowState:
 
     def outputs(self, stage: str) -> int:
         """Items the stage produced."""
-        return sum(self.count(topic) for topic in STAGE_TOPICS[stage][1])
+        return sum(self.count(topic) for topic in FOLLOWED[stage].produces)
 
 
 def item_key(topic: Topic[Any], payload: Any) -> str:

@@ -1,6 +1,6 @@
 """A small process supervisor: start services in order, watch them, restart the dead, stop them all.
 
-``skuforge up`` (``services/up.py``) is one list of :class:`ServiceSpec`; this module knows nothing of
+``skuforge up`` (``devstack/up.py``) is one list of :class:`ServiceSpec`; this module knows nothing of
 Kafka or Triton. Each service runs as a child process
 
 * in its own process group (``start_new_session``), so Ctrl-C in the terminal reaches the supervisor

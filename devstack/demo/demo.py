@@ -34,6 +34,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.demo.report import ItemView, ReferenceView, SkuView, StageView, write_report
+from devstack.demo.tracker import FOLLOWED, FlowState, FlowTracker
+from devstack.up import DEFAULT_WORKDIR, read_state
 from schemas.events import CorrectionPending, GateAccepted, ImageGenerated, SkuCaptioned, SkuIngested
 from schemas.topics import (
     CORRECTION_PENDING,
@@ -43,10 +46,7 @@ from schemas.topics import (
     SKU_CAPTIONED,
     SKU_INGESTED,
 )
-from services.demo.flow import STAGE_TOPICS, FlowState, FlowTracker
-from services.demo.report import ItemView, ReferenceView, SkuView, StageView, write_report
 from services.ingest.ingest import IngestError, prepare_all
-from services.up import DEFAULT_WORKDIR, read_state
 from shared.config import load_settings
 from shared.store import ObjectStore, open_store
 
@@ -90,7 +90,7 @@ def stack(workdir: Path, *, variants: int, keep_running: bool) -> Iterator[dict[
     _say(f"starting the stack: skuforge up --workdir {workdir}   (its output: {log_path})")
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up", "--workdir", str(workdir)],
+            [sys.executable, "-m", "skuforge_cli", "up", "--workdir", str(workdir)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -140,11 +140,11 @@ def decided_items(
 ) -> tuple[set[str], set[str]]:
     """Generated items (of this run) in the retraining store, and those in the console's queue."""
     from services.console.tasks import TaskFilter, TaskStore
-    from services.trainstore.config import load_trainstore_settings
+    from services.trainstore.config import TrainstoreSettings
     from shared.trainstore.manifest import ManifestStore
 
     generated = set(state.records[IMAGE_GENERATED.name])
-    manifests = ManifestStore(store, load_trainstore_settings().trainstore_prefix)
+    manifests = ManifestStore(store, load_settings(TrainstoreSettings).trainstore_prefix)
     stored = {
         row.item_id
         for row in manifests.iter_rows(sku_ids)
@@ -300,15 +300,15 @@ def run_flow(
     args: argparse.Namespace, running: dict[str, Any], skus_dir: Path, sku_ids: list[str], started: float
 ) -> int:
     """Ingest, follow until decided, summarise, write the report; returns the exit code."""
-    from services.gate.config import load_gate_settings
-    from services.generator.config import load_generation_settings
+    from services.gate.config import GateSettings
+    from services.generator.config import GenerationSettings
     from services.ingest.ingest import ingest_path
 
     settings = load_settings()
     store = open_store(
         settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
     )
-    variants = load_generation_settings().generation_variants_per_sku
+    variants = load_settings(GenerationSettings).generation_variants_per_sku
     since_ms = int(time.time() * 1000) - 2_000
     ingest_path(skus_dir, settings, store=store)
     _say(f"ingested {len(sku_ids)} SKUs; waiting until all {variants} images per SKU are decided")
@@ -357,7 +357,7 @@ def run_flow(
             state.span_s(stage),
             handler_ms(running["services"][stage].get("metrics"), stage),
         )
-        for stage in STAGE_TOPICS
+        for stage in FOLLOWED
     ]
     stages.append(
         StageView(
@@ -375,7 +375,7 @@ def run_flow(
         store,
         views,
         stages,
-        iou_threshold=load_gate_settings().gate_iou_min,
+        iou_threshold=load_settings(GateSettings).gate_iou_min,
         console_lines=console_lines,
         elapsed_s=elapsed,
         complete=complete,
@@ -389,10 +389,10 @@ def run_flow(
 
 def sku_views(state: FlowState, store: ObjectStore, sku_ids: list[str]) -> list[SkuView]:
     """What the report shows per SKU, from the events of this run and the retraining store."""
-    from services.trainstore.config import load_trainstore_settings
+    from services.trainstore.config import TrainstoreSettings
     from shared.trainstore.manifest import ManifestStore
 
-    manifests = ManifestStore(store, load_trainstore_settings().trainstore_prefix)
+    manifests = ManifestStore(store, load_settings(TrainstoreSettings).trainstore_prefix)
     ingested: dict[str, SkuIngested] = {p.sku.sku_id: p for p in state.payloads(SKU_INGESTED)}
     captioned: dict[str, SkuCaptioned] = {p.sku.sku_id: p for p in state.payloads(SKU_CAPTIONED)}
     refused = {d.sku_id: d.reason for d in state.dead if d.original_topic.endswith(SKU_INGESTED.name)}

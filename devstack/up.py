@@ -1,22 +1,24 @@
 """``skuforge up``: the whole local stack in the foreground, one command, one Ctrl-C to stop it.
 
-What it starts, in this order, each as a child process of :class:`shared.supervisor.Supervisor` with
+What it starts, in this order, each as a child process of :class:`devstack.supervisor.Supervisor` with
 its log in ``<workdir>/logs/<name>.log``; each must be ready before the next starts:
 
 ====================  =====================================  ========================================
 service               command                                ready when
 ====================  =====================================  ========================================
-kafka                 ``python -m shared.broker start``      an admin client lists the topics
+kafka                 ``python -m devstack.broker start``    an admin client lists the topics
                       ``--foreground`` (data in
                       ``<workdir>/kafka``; skipped with
                       ``--kafka-bootstrap``)
 topics                ``skuforge topics create``             it exited 0 (a set-up step)
 triton                ``skuforge serve generator``           ``/v2/models/<model>/ready`` answers 200
-captioner, generator, ``skuforge run <stage>``               its ``/readyz`` answers 200
-matting, gate,        (``SKUFORGE_METRICS_PORT`` = its own
-trainstore            port)
-console               ``skuforge serve console``             ``/readyz`` (intake joined) and the
-                                                             login page answer 200
+each stage of the     ``skuforge run <stage>``               its ``/readyz`` answers 200 and it
+pipeline, in flow     (``SKUFORGE_METRICS_PORT`` = its own   holds partitions of every topic it
+order (``PIPELINE``   port in the flow)                      consumes
+in schemas/flow.py)
+console               ``skuforge serve console``             ``/readyz`` (intake joined, holding
+                                                             its partitions) and the login page
+                                                             answer 200
 ====================  =====================================  ========================================
 
 A stage that dies is reported and restarted with back-off; Ctrl-C or SIGTERM stops everything,
@@ -44,22 +46,16 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic_settings import BaseSettings
 
-from schemas.topics import (
-    CORRECTION_PENDING,
-    CORRECTION_RESOLVED,
-    GATE_ACCEPTED,
-    IMAGE_GENERATED,
-    IMAGE_MATTED,
-    SKU_CAPTIONED,
-    SKU_INGESTED,
-    Topic,
-)
+from devstack.broker import DEFAULT_CONTROLLER_PORT, DEFAULT_PORT, LocalKafka, free_port, port_in_use
+from devstack.supervisor import ServiceSpec, Supervisor, SupervisorError, http_ok
+from schemas.flow import CONSOLE, PIPELINE
+from services.console.config import ConsoleSettings
+from services.generator.config import GenerationSettings
 from services.generator.protocol import model_name
-from shared.broker import LocalKafka, free_port, port_in_use
 from shared.config import ConfigError, load_settings
 from shared.observability import topics_held
-from shared.supervisor import ServiceSpec, Supervisor, SupervisorError, http_ok
 
 DEFAULT_WORKDIR = Path("var/up")
 STATE_FILE = "stack.json"
@@ -67,31 +63,24 @@ PORTS_FILE = "ports.json"
 LOGIN_FILE = "console-login"
 CONSOLE_USER = "demo"
 
-# The stages in flow order; each serves /metrics on its own port. The numbers are each stage
-# module's DEFAULT_METRICS_PORT (tests/test_up.py checks they agree) so a Prometheus config written
-# for `skuforge run` works for `skuforge up` too.
-STAGES: tuple[str, ...] = ("captioner", "generator", "matting", "gate", "trainstore")
-# What each stage consumes (the console's intake: correction.pending).
-STAGE_INPUTS: dict[str, tuple[Topic[Any], ...]] = {
-    "captioner": (SKU_INGESTED,),
-    "generator": (SKU_CAPTIONED,),
-    "matting": (IMAGE_GENERATED,),
-    "gate": (IMAGE_MATTED,),
-    "trainstore": (GATE_ACCEPTED, CORRECTION_RESOLVED, CORRECTION_PENDING, SKU_CAPTIONED),
-}
+
+def _default(model: type[BaseSettings], field: str) -> int:
+    """A port's documented default, read from the settings model that owns it."""
+    return int(model.model_fields[field].default)
+
+
+# Every port of the stack, each read from where it is declared: the broker launcher, the generation
+# and console settings, and the flow (each stage serves /metrics on its own port, so a Prometheus
+# config written for `skuforge run` works for `skuforge up` too).
 DEFAULT_PORTS: dict[str, int] = {
-    "kafka": 9092,
-    "kafka_controller": 9093,
-    "triton_http": 8000,
-    "triton_grpc": 8001,
-    "triton_metrics": 8002,
-    "captioner": 9102,
-    "matting": 9103,
-    "generator": 9104,
-    "gate": 9105,
-    "trainstore": 9106,
-    "console_metrics": 9107,
-    "console": 8087,
+    "kafka": DEFAULT_PORT,
+    "kafka_controller": DEFAULT_CONTROLLER_PORT,
+    "triton_http": _default(GenerationSettings, "generation_server_http_port"),
+    "triton_grpc": _default(GenerationSettings, "generation_server_grpc_port"),
+    "triton_metrics": _default(GenerationSettings, "generation_server_metrics_port"),
+    **{stage.name: stage.default_metrics_port for stage in PIPELINE},
+    "console_metrics": CONSOLE.default_metrics_port,
+    "console": _default(ConsoleSettings, "console_port"),
 }
 
 
@@ -291,7 +280,7 @@ def holds_partitions(metrics_url: str, topics: list[str]) -> Callable[[], bool]:
 
 
 def _skuforge(*args: str) -> list[str]:
-    return [sys.executable, "-m", "services.cli", *args]
+    return [sys.executable, "-m", "skuforge_cli", *args]
 
 
 def build_specs(config: StackConfig) -> list[ServiceSpec]:
@@ -310,7 +299,7 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
                 argv=[
                     sys.executable,
                     "-m",
-                    "shared.broker",
+                    "devstack.broker",
                     "start",
                     "--foreground",
                     "--data-dir",
@@ -353,16 +342,17 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
         )
     )
     settings = load_settings()
-    for stage in STAGES:
-        readyz = http_ok(f"http://127.0.0.1:{ports[stage]}/readyz")
-        inputs = [settings.topic_name(topic) for topic in STAGE_INPUTS[stage]]
-        holding = holds_partitions(f"http://127.0.0.1:{ports[stage]}/metrics", inputs)
+    for stage in PIPELINE:
+        port = ports[stage.name]
+        readyz = http_ok(f"http://127.0.0.1:{port}/readyz")
+        inputs = [settings.topic_name(topic) for topic in stage.consumes]
+        holding = holds_partitions(f"http://127.0.0.1:{port}/metrics", inputs)
         specs.append(
             ServiceSpec(
-                name=stage,
-                argv=_skuforge("run", stage),
-                log_path=log(stage),
-                env={**env, "SKUFORGE_METRICS_PORT": str(ports[stage])},
+                name=stage.name,
+                argv=_skuforge("run", stage.name),
+                log_path=log(stage.name),
+                env={**env, "SKUFORGE_METRICS_PORT": str(port)},
                 ready=lambda readyz=readyz, holding=holding: readyz() and holding(),  # type: ignore[misc]
                 ready_timeout_s=60,
                 start_attempts=3,
@@ -370,13 +360,14 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
         )
     intake_ready = http_ok(f"http://127.0.0.1:{ports['console_metrics']}/readyz")
     intake_holding = holds_partitions(
-        f"http://127.0.0.1:{ports['console_metrics']}/metrics", [settings.topic_name(CORRECTION_PENDING)]
+        f"http://127.0.0.1:{ports['console_metrics']}/metrics",
+        [settings.topic_name(topic) for topic in CONSOLE.consumes],
     )
     login_page = http_ok(f"http://127.0.0.1:{ports['console']}/login")
     specs.append(
         ServiceSpec(
-            name="console",
-            argv=_skuforge("serve", "console"),
+            name=CONSOLE.name,
+            argv=_skuforge(CONSOLE.command, CONSOLE.name),
             log_path=log("console"),
             env=env,
             ready=lambda: intake_ready() and intake_holding() and login_page(),
@@ -394,7 +385,7 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
 
 def metrics_urls(config: StackConfig) -> dict[str, str]:
     """Service → its Prometheus endpoint."""
-    urls = {stage: f"http://127.0.0.1:{config.ports[stage]}/metrics" for stage in STAGES}
+    urls = {stage.name: f"http://127.0.0.1:{config.ports[stage.name]}/metrics" for stage in PIPELINE}
     urls["console"] = f"http://127.0.0.1:{config.ports['console_metrics']}/metrics"
     urls["triton"] = f"http://127.0.0.1:{config.ports['triton_metrics']}/metrics"
     return urls

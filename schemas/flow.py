@@ -1,0 +1,103 @@
+"""The flow, written once: every service, the topics it consumes and produces, and its metrics port.
+
+``skuforge run NAME`` and ``skuforge serve NAME`` find a service's module here; ``skuforge up`` starts
+``PIPELINE`` in this order and waits until each holds partitions of what it consumes; ``skuforge demo``
+follows the topics of the stages that produce; each stage module takes its name and default metrics
+port from its entry; docs/architecture.md carries ``flow_table_markdown()`` (``skuforge flow
+--markdown``), and a test keeps it current. Module paths are strings, so reading the flow imports no
+service (and no model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from schemas.topics import (
+    CORRECTION_PENDING,
+    CORRECTION_RESOLVED,
+    GATE_ACCEPTED,
+    IMAGE_GENERATED,
+    IMAGE_MATTED,
+    PASSTHROUGH_OUT,
+    SKU_CAPTIONED,
+    SKU_INGESTED,
+    Topic,
+)
+
+
+@dataclass(frozen=True)
+class Service:
+    """One box of the flow.
+
+    ``command`` says how it starts: ``run`` (``skuforge run NAME``: the module's ``main() -> int``, a
+    stage on the shared runtime whose consumer group is ``<prefix>.<name>``) or ``serve``
+    (``skuforge serve NAME``: the module's ``main(argv) -> int``, an HTTP server). ``metrics_port`` is
+    the default port of its ``/metrics``, ``/healthz`` and ``/readyz`` (``SKUFORGE_METRICS_PORT``
+    overrides it); None for a server that brings its own (Triton).
+    """
+
+    name: str
+    module: str
+    consumes: tuple[Topic[Any], ...] = ()
+    produces: tuple[Topic[Any], ...] = ()
+    metrics_port: int | None = None
+    command: Literal["run", "serve"] = "run"
+
+    @property
+    def default_metrics_port(self) -> int:
+        """``metrics_port`` of a service that has one (every stage does)."""
+        if self.metrics_port is None:
+            raise ValueError(f"{self.name} serves no /metrics of its own")
+        return self.metrics_port
+
+
+CAPTIONER = Service("captioner", "services.captioner.stage", (SKU_INGESTED,), (SKU_CAPTIONED,), 9102)
+GENERATOR = Service("generator", "services.generator.stage", (SKU_CAPTIONED,), (IMAGE_GENERATED,), 9104)
+MATTING = Service("matting", "services.matting.stage", (IMAGE_GENERATED,), (IMAGE_MATTED,), 9103)
+GATE = Service("gate", "services.gate.stage", (IMAGE_MATTED,), (GATE_ACCEPTED, CORRECTION_PENDING), 9105)
+TRAINSTORE = Service(
+    "trainstore",
+    "services.trainstore.stage",
+    (GATE_ACCEPTED, CORRECTION_RESOLVED, CORRECTION_PENDING, SKU_CAPTIONED),
+    (),
+    9106,
+)
+# The console's intake alone (``skuforge run console-intake``), beside a console serving with
+# SKUFORGE_CONSOLE_INTAKE=false; inside ``serve console`` the same stage runs as a thread.
+CONSOLE_INTAKE = Service("console-intake", "services.console.intake", (CORRECTION_PENDING,), (), 9107)
+# The runtime's reference stage: a deployment smoke test and the bus benchmark; not in the pipeline.
+PASSTHROUGH = Service("passthrough", "services.passthrough.stage", (SKU_INGESTED,), (PASSTHROUGH_OUT,), 9190)
+
+# HTTP servers. The console's /metrics are its intake's; it publishes decisions from its outbox.
+CONSOLE = Service(
+    "console",
+    "services.console.server",
+    (CORRECTION_PENDING,),
+    (CORRECTION_RESOLVED,),
+    CONSOLE_INTAKE.metrics_port,
+    command="serve",
+)
+# Triton with the generation model; its ports are SKUFORGE_GENERATION_SERVER_*.
+TRITON = Service("generator", "services.generator.server", command="serve")
+
+# The stages of the pipeline in flow order: what `skuforge up` starts (after Kafka and Triton, before
+# the console).
+PIPELINE: tuple[Service, ...] = (CAPTIONER, GENERATOR, MATTING, GATE, TRAINSTORE)
+# `skuforge run NAME` and `skuforge serve NAME`.
+STAGES: dict[str, Service] = {service.name: service for service in (*PIPELINE, CONSOLE_INTAKE, PASSTHROUGH)}
+SERVERS: dict[str, Service] = {service.name: service for service in (CONSOLE, TRITON)}
+
+
+def flow_table_markdown() -> str:
+    """The flow as a markdown table (docs/architecture.md carries it; ``skuforge flow --markdown``)."""
+    rows = ["| service | consumes | produces | metrics port |", "| --- | --- | --- | --- |"]
+
+    def names(topics: tuple[Topic[Any], ...]) -> str:
+        return ", ".join(f"`{topic.name}`" for topic in topics) or "—"
+
+    for service in (*PIPELINE, CONSOLE, CONSOLE_INTAKE, TRITON, PASSTHROUGH):
+        command = f"`skuforge {service.command} {service.name}`"
+        port = "Triton's own" if service.metrics_port is None else str(service.metrics_port)
+        rows.append(f"| {command} | {names(service.consumes)} | {names(service.produces)} | {port} |")
+    return "\n".join(rows)

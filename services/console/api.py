@@ -1,0 +1,117 @@
+"""The console's JSON API, for the item page's JavaScript and for scripts.
+
+``GET /api/tasks`` (queue and counts), ``GET /api/tasks/{id}`` (task and audit trail), ``POST
+/api/tasks/{id}/claim|renew|release``, ``POST /api/claim-next``, and ``POST /api/tasks/{id}/decision``
+(approve / edit / reject: the rules are in ``decisions.py``). Every POST needs the CSRF token.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the routes' annotations at runtime.
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+
+from schemas.events import Decision
+from services.console.auth import Reviewer
+from services.console.context import ConsoleDep, Filters, TaskId
+from services.console.decisions import record_decision
+from services.console.tasks import Task
+
+router = APIRouter(prefix="/api")
+
+
+@router.get("/tasks")
+def api_tasks(
+    console: ConsoleDep, filters: Filters, limit: Annotated[int, Query(ge=1, le=1000)] = 200
+) -> dict[str, Any]:
+    return {
+        "counts": console.tasks.counts(),
+        "tasks": [task_json(task) for task in console.tasks.query(filters, limit=limit)],
+    }
+
+
+@router.get("/tasks/{task_id}")
+def api_task(task_id: TaskId, console: ConsoleDep) -> dict[str, Any]:
+    task = console.tasks.get(task_id)
+    outbox = console.tasks.outbox(task_id)
+    return {
+        **task_json(task),
+        "audit": [entry.__dict__ for entry in console.tasks.audit(task_id)],
+        "resolved": outbox.payload.model_dump(mode="json") if outbox else None,
+        "published": bool(outbox and outbox.published_at),
+    }
+
+
+@router.post("/tasks/{task_id}/claim")
+def api_claim(task_id: TaskId, console: ConsoleDep, session: Reviewer) -> dict[str, Any]:
+    return task_json(console.tasks.claim(task_id, session.reviewer, console.console.console_lease_s))
+
+
+@router.post("/tasks/{task_id}/renew")
+def api_renew(task_id: TaskId, console: ConsoleDep, session: Reviewer) -> dict[str, Any]:
+    console.tasks.check_held(task_id, session.reviewer)
+    return task_json(console.tasks.claim(task_id, session.reviewer, console.console.console_lease_s))
+
+
+@router.post("/tasks/{task_id}/release")
+def api_release(task_id: TaskId, console: ConsoleDep, session: Reviewer) -> dict[str, Any]:
+    return task_json(console.tasks.release(task_id, session.reviewer))
+
+
+@router.post("/claim-next")
+def api_claim_next(console: ConsoleDep, session: Reviewer, filters: Filters) -> dict[str, Any]:
+    task = console.tasks.claim_next(session.reviewer, console.console.console_lease_s, filters)
+    return {"task": task_json(task) if task else None}
+
+
+@router.post("/tasks/{task_id}/decision")
+def api_decision(
+    task_id: TaskId,
+    console: ConsoleDep,
+    session: Reviewer,
+    decision: Annotated[Decision, Form()],
+    reject_reason: Annotated[str | None, Form(max_length=1000)] = None,
+    mask: Annotated[UploadFile | None, File()] = None,
+) -> dict[str, Any]:
+    # Read one byte past the limit, so an oversized upload is refused without reading all of it.
+    mask_bytes = None if mask is None else mask.file.read(console.settings.max_image_bytes + 1)
+    task, event = record_decision(
+        console.tasks,
+        console.store,
+        task_id=task_id,
+        reviewer=session.reviewer,
+        decision=decision,
+        reject_reason=reject_reason,
+        mask_bytes=mask_bytes,
+        max_pixels=console.settings.max_image_pixels,
+        max_bytes=console.settings.max_image_bytes,
+    )
+    console.metrics.decisions.labels(decision).inc()
+    if task.claimed_at is not None:
+        console.metrics.decision_seconds.observe(max(0.0, event.created_at - task.claimed_at))
+    console.metrics.task_age_seconds.observe(max(0.0, event.created_at - task.received_at))
+    if console.relay is not None:
+        console.relay.notify()
+    return {
+        "task_id": task_id,
+        "state": "rejected" if decision == "reject" else "approved",
+        "event_id": event.event_id,
+        "resolved": event.payload.model_dump(mode="json"),
+    }
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    """A task as the API shows it."""
+    return {
+        "task_id": task.task_id,
+        "sku_id": task.sku_id,
+        "item_id": task.item_id,
+        "iou": task.iou,
+        "reasons": task.reasons,
+        "state": task.state,
+        "received_at": task.received_at,
+        "claimed_by": task.claimed_by,
+        "lease_expires_at": task.lease_expires_at,
+        "decision": task.decision,
+        "decided_by": task.decided_by,
+        "decided_at": task.decided_at,
+    }

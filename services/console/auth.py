@@ -1,0 +1,144 @@
+"""The console's login, as HTTP: one gate in front of every route, the CSRF check, the login form.
+
+The primitives (signed sessions, constant-time comparisons, safe redirects) are in ``security.py``.
+Every route but the login form needs a session: pages redirect to ``/login``, everything else
+answers 401. Every POST needs the session's CSRF token (``Reviewer``).
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the routes' annotations at runtime.
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import Response as StarletteResponse
+
+from services.console.context import Console, ConsoleDep, templates
+from services.console.security import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    Session,
+    check_password,
+    safe_next,
+    same_origin,
+    tokens_match,
+)
+
+PUBLIC_PATHS = frozenset({"/login"})
+CallNext = Callable[[Request], Awaitable[StarletteResponse]]
+
+router = APIRouter()
+
+
+def cookie_flags(console: Console) -> dict[str, Any]:
+    """How the console's cookies are set: HttpOnly, SameSite=Strict, Secure when configured."""
+    return {"httponly": True, "samesite": "strict", "secure": console.console.console_cookie_secure}
+
+
+async def require_login(request: Request, call_next: CallNext) -> StarletteResponse:
+    """Middleware: the request's session, or a redirect to the login form (pages) or a 401."""
+    if request.url.path in PUBLIC_PATHS:
+        return await call_next(request)
+    console: Console = request.app.state.console
+    session = console.signer.verify(request.cookies.get(SESSION_COOKIE))
+    if session is None:
+        # Pages send people to the login form; images, scripts, favicons and the API get a 401.
+        if (
+            request.method == "GET"
+            and "text/html" in request.headers.get("accept", "")
+            and not request.url.path.startswith(("/api/", "/static/"))
+            and ("/images/" not in request.url.path)
+        ):
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?next={safe_next(target)}", status_code=303)
+        return JSONResponse({"detail": "login required"}, status_code=401)
+    request.state.session = session
+    response = await call_next(request)
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+async def security_headers(request: Request, call_next: CallNext) -> StarletteResponse:
+    """Middleware: no framing, no sniffing, same-origin referrers, a strict content policy."""
+    response = await call_next(request)
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self'; frame-ancestors 'none'; form-action 'self'"
+    )
+    return response
+
+
+def current_session(request: Request) -> Session:
+    """The logged-in reviewer of a request that passed ``require_login``."""
+    session: Session = request.state.session
+    return session
+
+
+async def require_csrf(request: Request) -> Session:
+    """The session, if the request carries its CSRF token and comes from our origin."""
+    session = current_session(request)
+    if not same_origin(request.headers.get("origin"), request.url.scheme, request.headers.get("host")):
+        raise HTTPException(403, "cross-origin request refused")
+    token = request.headers.get(CSRF_HEADER)
+    if token is None and request.headers.get("content-type", "").startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        value = (await request.form()).get(CSRF_FIELD)
+        token = value if isinstance(value, str) else None
+    if not tokens_match(session.csrf_token, token):
+        raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
+    return session
+
+
+# A state-changing request's reviewer: logged in, with the session's CSRF token.
+Reviewer = Annotated[Session, Depends(require_csrf)]
+
+
+@router.get("/login")
+def login_page(request: Request, console: ConsoleDep, next: str = "/", error: str = "") -> Response:
+    # Reuse the nonce of an open login form (another tab) so that tab's form stays valid.
+    nonce = request.cookies.get(LOGIN_COOKIE) or ""
+    if not 20 <= len(nonce) <= 64:
+        nonce = secrets.token_urlsafe(24)
+    response = templates.TemplateResponse(
+        request,
+        "login.html",
+        {"nonce": nonce, "next": safe_next(next), "error": error[:100]},
+    )
+    response.set_cookie(LOGIN_COOKIE, nonce, max_age=3600, **cookie_flags(console))
+    return response
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    console: ConsoleDep,
+    reviewer: Annotated[str, Form(min_length=1, max_length=64)],
+    password: Annotated[str, Form(min_length=1, max_length=256)],
+    login_nonce: Annotated[str, Form(max_length=64)] = "",
+    next: Annotated[str, Form(max_length=500)] = "/",
+) -> Response:
+    if not same_origin(request.headers.get("origin"), request.url.scheme, request.headers.get("host")):
+        raise HTTPException(403, "cross-origin request refused")
+    if not tokens_match(request.cookies.get(LOGIN_COOKIE), login_nonce):
+        raise HTTPException(403, "missing or wrong login form token: reload the login page")
+    if not check_password(console.console.users(), reviewer, password):
+        return RedirectResponse(f"/login?error=wrong+name+or+password&next={safe_next(next)}", 303)
+    cookie, _ = console.signer.issue(reviewer)
+    response = RedirectResponse(safe_next(next), status_code=303)
+    response.set_cookie(SESSION_COOKIE, cookie, max_age=console.signer.ttl_s, **cookie_flags(console))
+    response.delete_cookie(LOGIN_COOKIE)
+    return response
+
+
+@router.post("/logout")
+def logout(session: Reviewer) -> Response:
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response

@@ -1,0 +1,85 @@
+"""What every route of the console works with: the ``Console`` (task table, store, settings, metrics,
+session signer, relay) and the request parameters pages and API share (task id, queue filters)."""
+
+# No ``from __future__ import annotations``: FastAPI reads the dependencies' annotations at runtime.
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.templating import Jinja2Templates
+
+from schemas.common import check_safe_id
+from services.console.config import ConsoleSettings
+from services.console.metrics import ConsoleMetrics
+from services.console.relay import DecisionRelay
+from services.console.security import SessionSigner
+from services.console.tasks import TaskFilter, TaskStore
+from shared.config import Settings
+from shared.store import ObjectStore
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+TaskId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="task id (32 hex)")]
+
+
+@dataclass
+class Console:
+    """Everything the web application uses; built by ``server.py`` or by tests."""
+
+    tasks: TaskStore
+    store: ObjectStore
+    settings: Settings
+    console: ConsoleSettings
+    metrics: ConsoleMetrics
+    signer: SessionSigner
+    relay: DecisionRelay | None = None
+
+
+def make_signer(console: ConsoleSettings) -> SessionSigner:
+    """The session signer: the configured secret, or a random one for this process."""
+    secret = (
+        console.console_session_secret.get_secret_value().encode()
+        if console.console_session_secret
+        else secrets.token_bytes(32)
+    )
+    return SessionSigner(secret, console.console_session_ttl_s)
+
+
+def console_of(request: Request) -> Console:
+    """The ``Console`` the application was created with (``create_app`` keeps it in ``app.state``)."""
+    console: Console = request.app.state.console
+    return console
+
+
+ConsoleDep = Annotated[Console, Depends(console_of)]
+
+
+def queue_filter(
+    sku: Annotated[str | None, Query(max_length=64)] = None,
+    reason: Annotated[str | None, Query(pattern=r"^[a-z0-9_]{1,64}$")] = None,
+    iou_min: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+    iou_max: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+    state: Annotated[Literal["pending", "claimed", "approved", "rejected", "all"], Query()] = "pending",
+) -> TaskFilter:
+    """The queue's filters from the query string; a malformed SKU or an empty IoU range is a 422."""
+    sku = sku.strip() if sku else None
+    if sku:
+        try:
+            check_safe_id(sku)
+        except ValueError as exc:
+            raise HTTPException(422, f"sku: {exc}") from exc
+    if iou_min is not None and iou_max is not None and iou_min > iou_max:
+        raise HTTPException(422, "iou_min is larger than iou_max")
+    return TaskFilter(
+        sku_id=sku or None,
+        reason=reason,
+        iou_min=iou_min,
+        iou_max=iou_max,
+        state=None if state == "all" else state,
+    )
+
+
+Filters = Annotated[TaskFilter, Depends(queue_filter)]

@@ -1,0 +1,133 @@
+"""The console's pages (server-rendered HTML): the queue, the item page, its images, static files.
+
+Form posts (claim, claim the next, release) redirect back to a page; decisions are sent by the item
+page's JavaScript to the API (``api.py``).
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the routes' annotations at runtime.
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
+
+from schemas.common import ImageRef
+from services.console.auth import Reviewer, current_session
+from services.console.context import HERE, Console, ConsoleDep, Filters, TaskId, templates
+from services.console.decisions import REJECT_REASONS
+from services.console.tasks import STATES, Task
+
+STATIC_FILES = {"console.css": "text/css", "item.js": "text/javascript", "queue.js": "text/javascript"}
+ImageKind = Literal["generated", "predicted", "expected", "reference", "corrected"]
+
+router = APIRouter()
+
+
+@router.get("/")
+def queue_page(request: Request, console: ConsoleDep, filters: Filters) -> Response:
+    session = current_session(request)
+    return templates.TemplateResponse(
+        request,
+        "queue.html",
+        {
+            "session": session,
+            "counts": console.tasks.counts(),
+            "states": STATES,
+            "tasks": console.tasks.query(filters),
+            "filters": filters,
+            "reasons": console.tasks.reasons(),
+            "now": console.tasks.clock(),
+            "query": request.url.query,
+        },
+    )
+
+
+@router.post("/claim-next")
+def claim_next_form(console: ConsoleDep, session: Reviewer, filters: Filters) -> Response:
+    task = console.tasks.claim_next(session.reviewer, console.console.console_lease_s, filters)
+    if task is None:
+        return RedirectResponse("/?empty=1", status_code=303)
+    return RedirectResponse(f"/tasks/{task.task_id}", status_code=303)
+
+
+@router.post("/tasks/{task_id}/claim")
+def claim_form(task_id: TaskId, console: ConsoleDep, session: Reviewer) -> Response:
+    console.tasks.claim(task_id, session.reviewer, console.console.console_lease_s)
+    return RedirectResponse(f"/tasks/{task_id}", status_code=303)
+
+
+@router.post("/tasks/{task_id}/release")
+def release_form(task_id: TaskId, console: ConsoleDep, session: Reviewer) -> Response:
+    console.tasks.release(task_id, session.reviewer)
+    return RedirectResponse("/", status_code=303)
+
+
+@router.get("/tasks/{task_id}")
+def item_page(request: Request, task_id: TaskId, console: ConsoleDep) -> Response:
+    session = current_session(request)
+    task = console.tasks.get(task_id)
+    outbox = console.tasks.outbox(task_id)
+    image = task.pending.matted.generated.image
+    held = task.state == "claimed" and task.claimed_by == session.reviewer
+    page = {
+        "taskId": task.task_id,
+        "width": image.width,
+        "height": image.height,
+        "held": held,
+        "state": task.state,
+        "leaseS": console.console.console_lease_s,
+        "csrfToken": session.csrf_token,
+        "images": {
+            kind: f"/tasks/{task.task_id}/images/{kind}"
+            for kind in ("generated", "predicted", "expected", "reference")
+        },
+    }
+    return templates.TemplateResponse(
+        request,
+        "item.html",
+        {
+            "session": session,
+            "task": task,
+            "held": held,
+            "page": page,
+            "checks": task.pending.checks,
+            "reject_reasons": REJECT_REASONS,
+            "final": outbox.payload if outbox else None,
+            "audit": console.tasks.audit(task_id),
+            "now": console.tasks.clock(),
+        },
+    )
+
+
+@router.get("/tasks/{task_id}/images/{kind}")
+def task_image(task_id: TaskId, kind: ImageKind, console: ConsoleDep) -> Response:
+    task = console.tasks.get(task_id)
+    ref = _image_ref(console, task, kind)
+    if ref is None:
+        raise HTTPException(404, f"task {task_id} has no {kind} image")
+    data = console.store.read_verified(ref)
+    return Response(
+        data, media_type=ref.media_type, headers={"Cache-Control": "private, max-age=3600, immutable"}
+    )
+
+
+@router.get("/static/{name}")
+def static_file(name: str) -> Response:
+    if name not in STATIC_FILES:
+        raise HTTPException(404, f"no static file {name!r}")
+    return FileResponse(HERE / "static" / name, media_type=STATIC_FILES[name])
+
+
+def _image_ref(console: Console, task: Task, kind: str) -> ImageRef | None:
+    matted = task.pending.matted
+    if kind == "generated":
+        return matted.generated.image
+    if kind == "predicted":
+        return matted.predicted_mask
+    if kind == "expected":
+        return matted.generated.expected_mask
+    if kind == "reference":
+        return matted.generated.reference_image
+    outbox = console.tasks.outbox(task.task_id)
+    if outbox is not None and outbox.payload.decision == "approve_edited":
+        return outbox.payload.final_mask
+    return None

@@ -1,0 +1,61 @@
+"""``skuforge adapters list|register``: the LoRA adapter registry the diffusion backend reads.
+
+The registry (``shared/generation/adapters.py``) is at ``SKUFORGE_DIFFUSION_ADAPTERS_URI``, by default
+``<SKUFORGE_STORE_URI>/adapters``; the generation server picks adapters from it per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from shared.config import load_settings
+from shared.errors import BadInput
+from shared.generation.adapters import AdapterRegistry
+from shared.generation.diffusion import DiffusionSettings
+from shared.store import open_store
+
+
+def main(argv: list[str]) -> int:
+    """``skuforge adapters list|register``: the registry at SKUFORGE_DIFFUSION_ADAPTERS_URI."""
+    parser = argparse.ArgumentParser(prog="skuforge adapters", description="List or register LoRA adapters.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="print every registered adapter as one JSON line")
+    register = sub.add_parser("register", help="upload a diffusers LoRA .safetensors file and its metadata")
+    register.add_argument("adapter_id", help="letters, digits, '_' and '-' (at most 64)")
+    register.add_argument("weights", type=Path, help="the .safetensors file (diffusers save_lora_weights)")
+    register.add_argument("--kind", choices=["general", "specialized"], required=True)
+    register.add_argument("--series", default=None, help="the product series (specialized adapters)")
+    register.add_argument("--base-model", required=True, help="name of the model the adapter was trained on")
+    register.add_argument("--rank", type=int, default=None, help="LoRA rank (default: read from the weights)")
+    register.add_argument(
+        "--prompt", action="append", default=[], help="a training prompt (repeat for several)"
+    )
+    args = parser.parse_args(argv)
+    shared = load_settings()
+    uri = load_settings(DiffusionSettings).adapters_uri(shared)
+    registry = AdapterRegistry(
+        open_store(uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region)
+    )
+    if args.action == "list":
+        for adapter in registry.list():
+            print(adapter.model_dump_json())
+        return 0
+    if not args.weights.is_file():
+        parser.error(f"{args.weights} is not a file")
+    try:
+        metadata = registry.register(
+            args.adapter_id,
+            args.weights,
+            kind=args.kind,
+            base_model=args.base_model,
+            series=args.series,
+            rank=args.rank,
+            training_prompts=args.prompt,
+        )
+    except (ValueError, BadInput) as exc:
+        print(f"skuforge adapters register: {exc}", file=sys.stderr)
+        return 2
+    print(metadata.model_dump_json())
+    return 0

@@ -1,0 +1,93 @@
+"""``skuforge dlq list|replay TOPIC``: the command line of the dead-letter tools in ``shared/dlq.py``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+
+from shared.config import Settings, load_settings
+from shared.dlq import (
+    REPLAY_PREFIX,
+    SAMPLES_PER_REASON,
+    DlqError,
+    format_replay,
+    format_summary,
+    parse_since,
+    read_dead_letters,
+    replay,
+    replayed_markers,
+    select,
+    summarise,
+)
+from shared.store import ObjectStore, open_store
+
+
+def _since_arg(text: str) -> datetime:
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``skuforge dlq`` and its two actions."""
+    parser = argparse.ArgumentParser(
+        prog="skuforge dlq",
+        description="Inspect dead letters (<topic>.dlq); replay them to their topic once the cause is fixed.",
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    listing = sub.add_parser(
+        "list",
+        help="dead letters by reason, with counts and samples",
+        description="Read TOPIC's .dlq from the start and print, per reason, how many dead letters it holds, "
+        "how many were replayed, and a few samples (event_id, sku_id, detail).",
+    )
+    again = sub.add_parser(
+        "replay",
+        help="republish dead letters' original bytes to their topic, each once",
+        description="Republish the selected dead letters' original bytes and key to their original topic. "
+        "Each dead letter is replayed once: a marker per replayed letter (in the object store, "
+        f"{REPLAY_PREFIX}/) makes a second run skip it. Fix the cause first (restore the object, "
+        "upgrade the consumer), or the letters are dead-lettered again.",
+    )
+    for action in (listing, again):
+        action.add_argument(
+            "topic", metavar="TOPIC", help="the topic, or its .dlq (as `skuforge topics list` prints)"
+        )
+        action.add_argument("--reason", help="only dead letters of this reason (e.g. object_missing)")
+        action.add_argument(
+            "--since",
+            type=_since_arg,
+            help="only dead letters that failed at or after this: an ISO time (naive = UTC) or a duration "
+            "back from now (90s, 30m, 2h, 7d)",
+        )
+    listing.add_argument("--samples", type=int, default=SAMPLES_PER_REASON, help="samples per reason")
+    listing.add_argument("--json", action="store_true", help="print the summary as JSON")
+    again.add_argument("--dry-run", action="store_true", help="say what would be replayed; republish nothing")
+    return parser
+
+
+def main(
+    argv: list[str] | None = None, *, settings: Settings | None = None, store: ObjectStore | None = None
+) -> int:
+    """``skuforge dlq list|replay TOPIC ...``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    settings = settings or load_settings()
+    store = store or open_store(
+        settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+    )
+    try:
+        dead = read_dead_letters(settings, args.topic)
+        if args.action == "list":
+            letters = select(dead.letters, reason=args.reason, since=args.since)
+            summary = summarise(dead, letters, replayed_markers(store, dead.dlq_topic), max(0, args.samples))
+            print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+            return 0
+        report = replay(settings, store, dead, reason=args.reason, since=args.since, dry_run=args.dry_run)
+        print(format_replay(dead, report, dry_run=args.dry_run))
+        return 0
+    except DlqError as exc:
+        print(f"skuforge dlq {args.action}: {exc}", file=sys.stderr)
+        return 1
