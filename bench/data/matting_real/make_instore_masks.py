@@ -30,8 +30,11 @@ Method (per photo)
 Outputs
   masks/<id>.png   mode "L", values 0 / 255, same size as the photo.
 
-Run:  python make_instore_masks.py [--data /work/data/dataset] [--check]
+Run:  python make_instore_masks.py [--data /work/data/dataset] [--check] [--manifest NAME]
       --check compares with the existing masks/<id>.png instead of writing.
+      --manifest names the manifest next to this script (default
+      instore_reserved.json; instore_pristine.json holds further reserved photos
+      made the same way).
 """
 
 import argparse
@@ -97,9 +100,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/work/data/dataset")
     ap.add_argument("--check", action="store_true")
-    ap.add_argument("--only", nargs="*", help="ids to process (default: all in instore_reserved.json)")
+    ap.add_argument("--manifest", default="instore_reserved.json",
+                    help="manifest file name next to this script (default instore_reserved.json)")
+    ap.add_argument("--only", nargs="*", help="ids to process (default: all in the manifest)")
     a = ap.parse_args()
-    entries = json.loads(Path(os.path.join(HERE, "instore_reserved.json")).read_text())
+    entries = json.loads(Path(os.path.join(HERE, a.manifest)).read_text())
     bad = 0
     for e in entries:
         if a.only and e["id"] not in a.only:
