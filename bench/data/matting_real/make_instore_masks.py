@@ -100,8 +100,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/work/data/dataset")
     ap.add_argument("--check", action="store_true")
-    ap.add_argument("--manifest", default="instore_reserved.json",
-                    help="manifest file name next to this script (default instore_reserved.json)")
+    ap.add_argument(
+        "--manifest",
+        default="instore_reserved.json",
+        help="manifest file name next to this script (default instore_reserved.json)",
+    )
     ap.add_argument("--only", nargs="*", help="ids to process (default: all in the manifest)")
     a = ap.parse_args()
     entries = json.loads(Path(os.path.join(HERE, a.manifest)).read_text())
