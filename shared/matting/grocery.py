@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFilter
 
-from shared.arith.masks import clean_mask, connected_components
+from shared.arith.masks import clean_mask, connected_components, paint_runs
 from shared.matting.session import MaskOptions, U2NetPSession
 
 __all__ = [
@@ -103,8 +103,7 @@ def catalogue_mask(image: Image.Image, tolerance: float = 18.0) -> BoolArray:
     if rows.size:
         on_border = (rows == 0) | (rows == height - 1) | (starts == 0) | (ends == width)
         outside = (np.bincount(labels, weights=on_border) > 0)[labels]
-        for row, start, end in zip(rows[outside], starts[outside], ends[outside], strict=True):
-            product[row, start:end] = False
+        product = ~paint_runs((height, width), rows[outside], starts[outside], ends[outside])
     return clean_mask(product, min_blob_fraction=0.002)
 
 

