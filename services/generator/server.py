@@ -33,7 +33,9 @@ from shared.config import Settings, load_settings
 from shared.errors import BadInput
 from shared.generation.backend import GeneratedSample, GenerationBackend, GenerationRequest, open_backend
 from shared.generation.diffusion import DiffusionSettings
+from shared.generation.scenes import SceneLibrary
 from shared.observability import configure_logging
+from shared.store import open_store
 
 log = logging.getLogger("skuforge.generator.server")
 
@@ -135,6 +137,16 @@ def put_libpython_first() -> None:
     os.environ["LD_LIBRARY_PATH"] = ":".join([libdir, *current])
 
 
+def load_scenes(generation: GenerationSettings, shared: Settings) -> SceneLibrary | None:
+    """The scene library of ``SKUFORGE_SCENES_URI``, loaded once per server; None when unset."""
+    if generation.scenes_uri is None:
+        return None
+    store = open_store(
+        generation.scenes_uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region
+    )
+    return SceneLibrary.load(store, max_side_px=generation.scenes_max_side_px)
+
+
 def build_triton(
     generation: GenerationSettings,
     backends: Sequence[str],
@@ -177,9 +189,18 @@ def build_triton(
             ),
         ),
     )
+    scenes = load_scenes(generation, shared) if "composite" in backends else None
     for name in dict.fromkeys(backends):
         instances = [
-            GenerationModel(open_backend(name, diffusion=diffusion, shared=shared))
+            GenerationModel(
+                open_backend(
+                    name,
+                    diffusion=diffusion,
+                    shared=shared,
+                    scenes=scenes,
+                    photo_share=generation.scenes_photo_share,
+                )
+            )
             for _ in range(generation.generation_instances)
         ]
         triton.bind(

@@ -21,6 +21,7 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     from shared.config import Settings
     from shared.generation.diffusion import DiffusionSettings
+    from shared.generation.scenes import SceneLibrary
 
 BACKEND_NAMES = ("composite", "diffusion")
 
@@ -63,17 +64,23 @@ class GenerationBackend(Protocol):
 
 
 def open_backend(
-    name: str, *, diffusion: DiffusionSettings | None = None, shared: Settings | None = None
+    name: str,
+    *,
+    diffusion: DiffusionSettings | None = None,
+    shared: Settings | None = None,
+    scenes: SceneLibrary | None = None,
+    photo_share: float = 0.0,
 ) -> GenerationBackend:
     """The backend ``name`` (``SKUFORGE_GENERATION_BACKEND``), built from the settings given.
 
-    ``composite`` has no settings; ``diffusion`` needs its own (``DiffusionSettings``) and the shared
-    ones (the object store). It is imported lazily: torch and diffusers load only where it runs.
+    ``composite`` takes an optional scene library and the share of variants placed on its photos;
+    ``diffusion`` needs its own settings (``DiffusionSettings``) and the shared ones (the object
+    store). It is imported lazily: torch and diffusers load only where it runs.
     """
     if name == "composite":
         from shared.generation.composite import CompositeBackend
 
-        return CompositeBackend()
+        return CompositeBackend(scenes, photo_share)
     if name == "diffusion":
         from shared.generation.diffusion import DiffusionBackend
 

@@ -16,6 +16,14 @@ the others; the backdrop, the other products and the noise come from the plan's 
 The values used are returned as the sample's ``parameters``: sent back as parameters, they
 reproduce the image byte for byte.
 
+With a scene library (``SKUFORGE_SCENES_URI``, ``shared/generation/scenes.py``), a share of the
+variants (``SKUFORGE_SCENES_PHOTO_SHARE``) go on real photos instead (``scene="photo"``): a crop of
+a background photo, defocused so that the products in it are not recognisable, the product framed
+as in its own reference photo (it fills about as much of the frame), its white balance and
+brightness pulled towards the scene's, a contact shadow, and sometimes a piece of the scene in front
+of it (the expected mask leaves the hidden part out). ``docs/evaluation.md`` says which of these
+choices were measured to help a classifier, and by how much.
+
 Other products (on shelves, on the table, in front of the product) come from a fixed pool of
 rendered sprites, scaled to size, because rendering a product is most of a composite's cost. Layers
 are blended and upscaled with the renderer's own ``composite_layer`` / ``upscale_layer``, so both
@@ -34,6 +42,7 @@ import numpy.typing as npt
 from PIL import Image, ImageFilter
 
 from shared.generation.backend import GeneratedSample, GenerationRequest
+from shared.generation.scenes import SceneLibrary
 from shared.synth.backgrounds import BACKGROUNDS, BUILDERS, GROUNDED, Placement, Stand, to_image
 from shared.synth.products import make_product
 from shared.synth.shapes import Layer, View, build_shape, composite_layer, render_layer, upscale_layer
@@ -43,6 +52,7 @@ MODEL_ID = "composite-v1"
 MIN_SIZE_PX = 64
 # Scene kinds and how often each is drawn: shelves and tables are the deployment domain.
 SCENES: tuple[str, ...] = BACKGROUNDS
+PHOTO_SCENE = "photo"  # a photo from the scene library
 _SCENE_WEIGHTS = np.array([0.2, 0.2, 0.25, 0.1, 0.1, 0.15])
 # Distractor/occluder products are drawn from this catalogue, far from any real sku_index.
 _OTHER_PRODUCTS_SEED = 7
@@ -74,9 +84,20 @@ class _Plan:
     noise_sigma: float
     occluders: int
     scene_seed: int  # backdrop, other products and noise are drawn from it
+    # Photo scenes only (scene == "photo"); drawn for every variant so that the draw order is fixed.
+    scene_key: str  # key of the photo in the scene library; "" for procedural scenes
+    scene_blur: float  # background defocus, Gaussian sigma as a fraction of the canvas side
+    scene_match: float  # 0..1: how far the product's white balance and brightness move to the scene's
+    framing: float  # product's longer side / canvas side, relative to the reference photo's framing
 
     @classmethod
-    def draw(cls, rng: np.random.Generator) -> _Plan:
+    def draw(
+        cls,
+        rng: np.random.Generator,
+        scenes: SceneLibrary | None = None,
+        photo_share: float = 0.0,
+        series: str | None = None,
+    ) -> _Plan:
         scene = SCENES[int(rng.choice(len(SCENES), p=_SCENE_WEIGHTS / _SCENE_WEIGHTS.sum()))]
         grounded = scene in GROUNDED
         shadow_roll = float(rng.random())
@@ -98,9 +119,22 @@ class _Plan:
             noise_sigma=float(rng.uniform(0.002, 0.02)),
             occluders=int(rng.choice(3, p=[0.6, 0.3, 0.1])),
             scene_seed=int(rng.integers(2**31)),
-        )
+            scene_key=_draw_photo(rng, scenes, photo_share, series),
+            scene_blur=float(rng.uniform(0.006, 0.02)),
+            scene_match=float(rng.uniform(0.2, 0.6)),
+            framing=float(rng.uniform(0.8, 1.1)),
+        )._photo_if_drawn()
 
-    def override(self, parameters: dict[str, Any]) -> _Plan:
+    def _photo_if_drawn(self) -> _Plan:
+        """A plan whose scene_key was drawn becomes a photo plan: few occluders, its own blur."""
+        if not self.scene_key:
+            return self
+        values = {**self.__dict__, "scene": PHOTO_SCENE, "occluders": min(self.occluders, 1)}
+        values["blur_px"] = 0.0 if self.blur_px == 0.0 else min(self.blur_px, 0.8)
+        values["shadow"] = "drop" if self.shadow != "none" else "none"
+        return _Plan(**values)
+
+    def override(self, parameters: dict[str, Any], scenes: SceneLibrary | None = None) -> _Plan:
         """This plan with the keys of ``parameters`` replaced; unknown keys and bad values are errors."""
         known = self.__dataclass_fields__
         unknown = sorted(set(parameters) - set(known))
@@ -118,8 +152,14 @@ class _Plan:
                     f"composite parameter {key}={value!r} is not a {type(current).__name__}"
                 ) from None
         plan = _Plan(**values)
-        if plan.scene not in SCENES:
-            raise CompositeError(f"unknown scene {plan.scene!r}; known: {', '.join(SCENES)}")
+        if plan.scene == PHOTO_SCENE:
+            if scenes is None:
+                raise CompositeError("scene 'photo' needs a scene library: set SKUFORGE_SCENES_URI")
+            if plan.scene_key not in scenes:
+                raise CompositeError(f"scene_key {plan.scene_key!r} is not in the scene library")
+        elif plan.scene not in SCENES:
+            scene_names = ", ".join((*SCENES, PHOTO_SCENE))
+            raise CompositeError(f"unknown scene {plan.scene!r}; known: {scene_names}")
         if plan.shadow not in SHADOWS:
             raise CompositeError(f"unknown shadow {plan.shadow!r}; known: {', '.join(SHADOWS)}")
         if not 0.05 <= plan.height_fraction <= 0.95:
@@ -128,6 +168,8 @@ class _Plan:
             raise CompositeError("occluders must be between 0 and 4")
         if plan.blur_px < 0 or plan.noise_sigma < 0 or plan.light_gain <= 0:
             raise CompositeError("blur_px and noise_sigma must be >= 0, light_gain > 0")
+        if plan.scene_blur < 0 or not 0 <= plan.scene_match <= 1 or not 0.2 <= plan.framing <= 2:
+            raise CompositeError("scene_blur must be >= 0, scene_match in 0..1, framing in 0.2..2")
         return plan
 
     def as_json(self) -> dict[str, Any]:
@@ -136,25 +178,43 @@ class _Plan:
 
 
 class CompositeBackend:
-    """Places the reference cut-out on procedural scenes; see the module docstring."""
+    """Places the reference cut-out on procedural scenes, or on real photos; see the module docstring."""
 
     name = "composite"
     model_id = MODEL_ID
 
+    def __init__(self, scenes: SceneLibrary | None = None, photo_share: float = 0.0) -> None:
+        if not 0.0 <= photo_share <= 1.0:
+            raise ValueError(f"photo_share must be in 0..1, got {photo_share}")
+        self.scenes = scenes
+        self.photo_share = photo_share if scenes is not None else 0.0
+
     def generate(self, request: GenerationRequest) -> list[GeneratedSample]:
-        """``request.n`` variants; variant ``i`` depends only on (seed, i, parameters, inputs)."""
+        """``request.n`` variants; variant ``i`` depends only on (seed, i, parameters, inputs, scenes)."""
         cutout = _Cutout.from_request(request)
         samples = []
         for variant in range(request.n):
             plan_rng = np.random.default_rng(np.random.SeedSequence([request.seed, variant]))
-            plan = _Plan.draw(plan_rng).override(request.parameters)
+            drawn = _Plan.draw(plan_rng, self.scenes, self.photo_share, request.series)
+            plan = drawn.override(request.parameters, self.scenes)
             # The scene's own randomness comes from the plan, so the reported parameters replay it.
             scene_rng, extra_rng, noise_rng = (
                 np.random.default_rng(s) for s in np.random.SeedSequence(plan.scene_seed).spawn(3)
             )
-            image, expected_mask = render_variant(
-                cutout, plan, request.size, scene_rng=scene_rng, extra_rng=extra_rng, noise_rng=noise_rng
-            )
+            if plan.scene == PHOTO_SCENE:
+                assert self.scenes is not None  # override() checked it
+                image, expected_mask = render_photo_variant(
+                    cutout,
+                    plan,
+                    request.size,
+                    self.scenes.get(plan.scene_key).pixels,
+                    scene_rng=scene_rng,
+                    noise_rng=noise_rng,
+                )
+            else:
+                image, expected_mask = render_variant(
+                    cutout, plan, request.size, scene_rng=scene_rng, extra_rng=extra_rng, noise_rng=noise_rng
+                )
             samples.append(
                 GeneratedSample(
                     image=image, expected_mask=expected_mask, parameters=plan.as_json(), adapter_id=None
@@ -168,6 +228,7 @@ class _Cutout:
     """The product's pixels: the reference cropped to the mask's bounding box, as premultiplied RGBa."""
 
     rgba: Image.Image  # mode "RGBa": colour already multiplied by the mask
+    framing: float = 0.8  # product's longer side / the reference photo's side along it
 
     @classmethod
     def from_request(cls, request: GenerationRequest) -> _Cutout:
@@ -191,7 +252,9 @@ class _Cutout:
         y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
         alpha = np.where(binary[y0:y1, x0:x1], 255, 0).astype(np.uint8)
         rgba = np.dstack([reference[y0:y1, x0:x1], alpha])
-        return cls(Image.fromarray(rgba, mode="RGBA").convert("RGBa"))
+        height, width = binary.shape
+        framing = max((y1 - y0) / height, (x1 - x0) / width)
+        return cls(Image.fromarray(rgba, mode="RGBA").convert("RGBa"), framing)
 
 
 def render_variant(
@@ -228,6 +291,13 @@ def render_variant(
     expected_mask = np.where(visible >= 0.5, 255, 0).astype(np.uint8)
 
     _light(img, plan, size)
+    return _finish(img, plan, size, noise_rng), expected_mask
+
+
+def _finish(
+    img: npt.NDArray[np.float32], plan: _Plan, size: int, noise_rng: np.random.Generator
+) -> npt.NDArray[np.uint8]:
+    """Lens and sensor: the plan's blur and noise, then 8-bit H x W x 3."""
     if plan.blur_px > 0:
         # Defocus at half size (a quarter of the work): the 2x box reduce and bilinear upscale are
         # themselves a blur of about 0.7 px, the Gaussian adds the rest.
@@ -244,7 +314,110 @@ def render_variant(
         grain = noise_rng.random((size, size, 1), dtype=F32) - 0.5
         out = out + grain * F32(plan.noise_sigma * math.sqrt(12.0))
     image = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(image), expected_mask
+    return np.ascontiguousarray(image)
+
+
+def _draw_photo(
+    rng: np.random.Generator, scenes: SceneLibrary | None, photo_share: float, series: str | None
+) -> str:
+    """The scene-library key of a photo scene, or "" for a procedural one (always two draws)."""
+    roll, pick = float(rng.random()), float(rng.random())
+    if scenes is None or roll >= photo_share:
+        return ""
+    keys = scenes.keys_for(series)
+    return keys[min(int(pick * len(keys)), len(keys) - 1)] if keys else ""
+
+
+def render_photo_variant(
+    cutout: _Cutout,
+    plan: _Plan,
+    size: int,
+    scene: npt.NDArray[np.uint8],
+    *,
+    scene_rng: np.random.Generator,
+    noise_rng: np.random.Generator,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """One image and its expected mask on a real photo ``scene`` (H x W x 3 uint8, any size)."""
+    img = _photo_backdrop(scene, size, plan.scene_blur * size, scene_rng)
+    # Frame the product as its reference photo does: the same share of the frame, give or take.
+    w, h = cutout.rgba.size
+    fill = float(np.clip(cutout.framing * plan.framing, 0.3, 0.95))
+    height_fraction = float(np.clip(fill * min(1.0, h / w), 0.05, 0.95))
+    placed = _Plan(**{**plan.__dict__, "height_fraction": height_fraction})
+    product, corners = _place_product(cutout, placed, size)
+    _match_to_scene(product, img, plan.scene_match)
+    if plan.shadow != "none":
+        _shadow(img, product, plan, Placement.around(corners, size))
+    composite_layer(img, product)
+
+    visible = np.zeros((size, size), dtype=F32)
+    ph, pw = product.alpha.shape
+    visible[product.y0 : product.y0 + ph, product.x0 : product.x0 + pw] = product.alpha
+    if plan.occluders > 0:
+        occluder = _scene_occluder(scene, product, size, scene_rng)
+        composite_layer(img, occluder)
+        oh, ow = occluder.alpha.shape
+        visible[occluder.y0 : occluder.y0 + oh, occluder.x0 : occluder.x0 + ow] *= 1.0 - occluder.alpha
+    expected_mask = np.where(visible >= 0.5, 255, 0).astype(np.uint8)
+    _light(img, plan, size)
+    return _finish(img, plan, size, noise_rng), expected_mask
+
+
+def _photo_backdrop(
+    scene: npt.NDArray[np.uint8], size: int, blur_px: float, rng: np.random.Generator
+) -> npt.NDArray[np.float32]:
+    """A square crop of ``scene``, size x size (upscaled if the photo is smaller), defocused: 3 x S x S."""
+    height, width = scene.shape[:2]
+    side = max(1, round(min(height, width) * float(rng.uniform(0.55, 1.0))))
+    y0, x0 = int(rng.integers(height - side + 1)), int(rng.integers(width - side + 1))
+    crop = Image.fromarray(scene[y0 : y0 + side, x0 : x0 + side])
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    # Defocus at half size, as a lens would: the products in the scene stop being recognisable.
+    half = (size + 1) // 2
+    small = crop.resize((half, half), Image.Resampling.BILINEAR)
+    if blur_px / 2 > 0.05:
+        small = small.filter(ImageFilter.GaussianBlur(blur_px / 2))
+    full = small.resize((size, size), Image.Resampling.BILINEAR)
+    return np.ascontiguousarray(np.moveaxis(np.asarray(full, dtype=F32) * F32(1.0 / 255.0), -1, 0))
+
+
+def _match_to_scene(product: Layer, img: npt.NDArray[np.float32], strength: float) -> None:
+    """Move the product's white balance and brightness part of the way to the scene's (in place)."""
+    coverage = float(product.alpha.sum())
+    if coverage < 1.0 or strength <= 0:
+        return
+    product_rgb = product.premul.reshape(3, -1).sum(axis=1) / coverage
+    scene_rgb = img.reshape(3, -1).mean(axis=1)
+    product_grey, scene_grey = float(product_rgb.mean()), float(scene_rgb.mean())
+    if product_grey < 1e-3 or scene_grey < 1e-3:
+        return
+    # A saturated product (a channel near 0) still gets matched; the floor only keeps the ratio finite.
+    balance = (scene_rgb / scene_grey) / (np.maximum(product_rgb, 0.02) / product_grey)
+    gain = np.clip(balance, 0.75, 1.33) ** strength
+    gain *= float(np.clip(scene_grey / product_grey, 0.7, 1.4)) ** (strength * 0.5)
+    product.premul[...] = np.minimum(product.premul * gain.astype(F32)[:, None, None], product.alpha)
+
+
+def _scene_occluder(
+    scene: npt.NDArray[np.uint8], product: Layer, size: int, rng: np.random.Generator
+) -> Layer:
+    """A rounded piece of the scene in front of the product, hiding part of one lower corner."""
+    rows, cols = np.nonzero(product.alpha >= 0.5)
+    top, bottom = product.y0 + int(rows.min()), product.y0 + int(rows.max()) + 1
+    left, right = product.x0 + int(cols.min()), product.x0 + int(cols.max()) + 1
+    radius_y = (bottom - top) * float(rng.uniform(0.2, 0.35))
+    radius_x = (right - left) * float(rng.uniform(0.25, 0.45))
+    centre_x = right if rng.random() < 0.5 else left
+    centre_y = bottom - (bottom - top) * float(rng.uniform(0.0, 0.15))
+    x0, x1 = max(0, int(centre_x - radius_x)), min(size, int(centre_x + radius_x) + 1)
+    y0, y1 = max(0, int(centre_y - radius_y)), min(size, int(centre_y + radius_y) + 1)
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(F32) + F32(0.5)
+    distance = np.sqrt(((xx - centre_x) / radius_x) ** 2 + ((yy - centre_y) / radius_y) ** 2)
+    # One pixel of anti-aliased edge: the expected mask threshold (0.5) falls on the true outline.
+    alpha = np.clip((1.0 - distance) * F32(min(radius_x, radius_y)) + F32(0.5), 0.0, 1.0).astype(F32)
+    texture = _photo_backdrop(scene, size, 0.002 * size, rng)[:, y0:y1, x0:x1] * F32(0.85)
+    return Layer(x0, y0, np.ascontiguousarray(texture * alpha), np.ascontiguousarray(alpha))
 
 
 def _place_product(cutout: _Cutout, plan: _Plan, size: int) -> tuple[Layer, npt.NDArray[np.float64]]:

@@ -1,0 +1,197 @@
+"""The composite backend on real scene photos: exact expected mask under occlusion, scenes of any size,
+corrupt library files skipped (logged, counted), a SKU never on its own series' photos, replay."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from services.generator.config import GenerationSettings
+from services.generator.server import load_scenes
+from shared.config import load_settings
+from shared.generation.backend import GenerationRequest
+from shared.generation.composite import PHOTO_SCENE, CompositeBackend
+from shared.generation.scenes import SCENES_SKIPPED, Scene, SceneLibrary
+from shared.images import encode_png
+from shared.store import FileStore
+from tests.test_generation_composite import NEUTRAL_LIGHT, marker_pixels, marker_reference, request
+
+# Only what the product itself shows: no shadow, no scene matching, neutral light (see NEUTRAL_LIGHT).
+PLAIN = {**NEUTRAL_LIGHT, "shadow": "none", "scene_match": 0.0}
+
+
+def textured_scene(height: int, width: int, rgb: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """A photo-like backdrop of one hue (stripes and noise), far from the magenta product."""
+    rng = np.random.default_rng(seed)
+    stripes = 20 * np.sin(np.arange(width) / 5.0)[None, :, None]
+    pixels = np.array(rgb, dtype=np.float32) + stripes + rng.normal(0, 8, (height, width, 3))
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def library(*scenes: tuple[str, np.ndarray]) -> SceneLibrary:
+    return SceneLibrary(
+        [Scene(key, key.split("/", 1)[0] if "/" in key else "", pixels) for key, pixels in scenes]
+    )
+
+
+def photo_request(seed: int, **parameters: object) -> GenerationRequest:
+    reference, mask = marker_reference()
+    return request(reference, mask, seed=seed, scene=PHOTO_SCENE, **parameters)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_photo_scene_expected_mask_is_exact_under_occlusion(seed: int) -> None:
+    backend = CompositeBackend(library(("shelves/green.png", textured_scene(240, 320, (40, 150, 60)))), 1.0)
+    key = {"scene_key": "shelves/green.png"}
+    clear = backend.generate(photo_request(seed, occluders=0, **key, **PLAIN))[0]
+    hidden = backend.generate(photo_request(seed, occluders=1, **key, **PLAIN))[0]
+    assert hidden.parameters["scene"] == PHOTO_SCENE and hidden.parameters["occluders"] == 1
+    clear_mask, hidden_mask = clear.expected_mask > 0, hidden.expected_mask > 0
+    # Inside the mask, away from the anti-aliased outline, every pixel is the product's own colour;
+    # outside it none is even close; the product's own pixels and the mask agree almost everywhere.
+    for sample, mask in ((clear, clear_mask), (hidden, hidden_mask)):
+        assert marker_pixels(sample.image)[ndimage.binary_erosion(mask, iterations=3)].all()
+        close = marker_pixels(sample.image, tolerance=40)
+        assert not close[~ndimage.binary_dilation(mask, iterations=1)].any()
+        assert (close & mask).sum() / (close | mask).sum() > 0.93
+    # The piece of scene in front hides part of the product: the mask loses exactly those pixels.
+    assert not (hidden_mask & ~clear_mask).any()
+    lost = clear_mask & ~hidden_mask
+    assert 0.01 * clear_mask.sum() < lost.sum() < 0.5 * clear_mask.sum()
+    inner_lost = ndimage.binary_erosion(lost, iterations=1)
+    assert inner_lost.any() and not marker_pixels(hidden.image, tolerance=40)[inner_lost].any()
+
+
+def test_colour_matched_product_is_one_colour_inside_its_mask() -> None:
+    # With scene matching the product's colour moves towards the scene's (here: greener), but
+    # uniformly: inside the mask every pixel has one and the same matched colour. (Magenta has a zero
+    # channel, which matching leaves alone, so this product is a mauve.)
+    mauve = np.array([200, 70, 160], dtype=np.uint8)
+    reference, mask = marker_reference()
+    reference[mask > 0] = mauve
+    backend = CompositeBackend(library(("shelves/green.png", textured_scene(240, 320, (40, 150, 60)))), 1.0)
+    parameters = {**PLAIN, "scene_match": 0.6, "occluders": 1, "scene_key": "shelves/green.png"}
+    sample = backend.generate(request(reference, mask, seed=2, scene=PHOTO_SCENE, **parameters))[0]
+    inside = sample.image[ndimage.binary_erosion(sample.expected_mask > 0, iterations=3)].astype(np.int16)
+    assert len(inside) > 500
+    assert np.ptp(inside, axis=0).max() <= 1
+    matched = inside.mean(axis=0)
+    assert matched[1] / matched[0] > 1.1 * mauve[1] / mauve[0]  # greener than the reference product
+
+
+def test_a_scene_smaller_than_the_canvas_is_scaled_up() -> None:
+    backend = CompositeBackend(library(("tiny.png", textured_scene(15, 20, (60, 60, 170)))), 1.0)
+    samples = backend.generate(photo_request(3, n=4, size=128, **PLAIN))
+    assert {s.parameters["scene_key"] for s in samples} == {"tiny.png"}
+    for sample in samples:
+        assert sample.image.shape == (128, 128, 3) and sample.expected_mask.shape == (128, 128)
+        mask = sample.expected_mask > 0
+        assert 0.05 < mask.mean() < 0.95
+        assert marker_pixels(sample.image)[ndimage.binary_erosion(mask, iterations=3)].all()
+        assert not marker_pixels(sample.image, tolerance=40)[~ndimage.binary_dilation(mask)].any()
+
+
+def skipped_total() -> float:
+    return sum(
+        sample.value
+        for metric in SCENES_SKIPPED.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
+
+
+def test_corrupt_scene_files_are_skipped_with_a_logged_reason_and_a_metric(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = encode_png(textured_scene(60, 80, (40, 150, 60)))
+    (tmp_path / "shelves").mkdir()
+    (tmp_path / "shelves" / "good.png").write_bytes(good)
+    (tmp_path / "shelves" / "garbage.jpg").write_bytes(b"this is not a photo at all")
+    (tmp_path / "truncated.png").write_bytes(good[: len(good) // 3])
+    (tmp_path / "empty.webp").write_bytes(b"")
+    (tmp_path / "README.txt").write_text("not a scene: ignored, not skipped")
+    before = skipped_total()
+    with caplog.at_level(logging.WARNING, logger="shared.generation.scenes"):
+        scenes = SceneLibrary.load(FileStore(tmp_path))
+    assert len(scenes) == 1 and "shelves/good.png" in scenes
+    assert set(scenes.skipped) == {"shelves/garbage.jpg", "truncated.png", "empty.webp"}
+    assert skipped_total() - before == 3
+    logged = [record.getMessage() for record in caplog.records if "skipped" in record.getMessage()]
+    assert len(logged) == 3
+    for key, reason in scenes.skipped.items():
+        assert reason and any(key in line and reason in line for line in logged), (key, reason, logged)
+    # The backend works on what is left.
+    sample = CompositeBackend(scenes, 1.0).generate(photo_request(1, size=96))[0]
+    assert sample.parameters["scene_key"] == "shelves/good.png"
+
+
+def test_a_library_with_no_usable_photo_says_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not really")
+    with pytest.raises(ValueError, match=r"no usable scene photo under file://.* \(1 skipped\).*SCENES_URI"):
+        SceneLibrary.load(FileStore(tmp_path))
+
+
+def test_a_sku_never_gets_a_scene_tagged_like_its_series() -> None:
+    scenes = library(
+        ("cola/a.png", textured_scene(40, 40, (150, 40, 40), 1)),
+        ("cola/b.png", textured_scene(40, 40, (150, 40, 40), 2)),
+        ("water/c.png", textured_scene(40, 40, (40, 40, 150), 3)),
+        ("d.png", textured_scene(40, 40, (40, 150, 40), 4)),
+    )
+    reference, mask = marker_reference()
+    backend = CompositeBackend(scenes, 1.0)
+    cola = dataclasses.replace(request(reference, mask, seed=4, n=24, size=64), series="cola")
+    used = {s.parameters["scene_key"] for s in backend.generate(cola)}
+    assert used == {"water/c.png", "d.png"}
+    anyone = dataclasses.replace(cola, series=None)
+    assert {s.parameters["scene_key"] for s in backend.generate(anyone)} >= {"cola/a.png", "cola/b.png"}
+    # When every scene is the SKU's own, its variants go on procedural scenes instead.
+    only_cola = CompositeBackend(library(("cola/a.png", textured_scene(40, 40, (150, 40, 40)))), 1.0)
+    assert {s.parameters["scene"] for s in only_cola.generate(cola)} & {PHOTO_SCENE} == set()
+
+
+def test_photo_variant_parameters_replay_the_image_byte_for_byte() -> None:
+    scenes = library(
+        ("shelves/a.png", textured_scene(120, 200, (90, 120, 60), 1)),
+        ("baskets/b.png", textured_scene(200, 120, (160, 120, 60), 2)),
+    )
+    backend = CompositeBackend(scenes, 1.0)
+    reference, mask = marker_reference()
+    samples = backend.generate(request(reference, mask, seed=21, n=6, size=128))
+    assert {s.parameters["scene"] for s in samples} == {PHOTO_SCENE}
+    assert len({s.parameters["scene_key"] for s in samples}) == 2
+    for sample in samples:
+        # Parameters travel as JSON (the Triton model's output), then come back as a request.
+        parameters = json.loads(json.dumps(sample.parameters))
+        replay = backend.generate(request(reference, mask, seed=999, n=1, size=128, **parameters))[0]
+        assert encode_png(replay.image) == encode_png(sample.image)
+        assert np.array_equal(replay.expected_mask, sample.expected_mask)
+
+
+def test_scenes_uri_in_the_generator_settings_builds_the_library(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("shelves/one.jpg", "hands/two.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        buffer = io.BytesIO()
+        Image.fromarray(textured_scene(700, 900, (120, 100, 80))).save(
+            buffer, format="PNG" if name.endswith("png") else "JPEG"
+        )
+        (tmp_path / name).write_bytes(buffer.getvalue())
+    monkeypatch.setenv("SKUFORGE_SCENES_URI", f"file://{tmp_path}")
+    monkeypatch.setenv("SKUFORGE_SCENES_MAX_SIDE_PX", "256")
+    generation = load_settings(GenerationSettings)
+    scenes = load_scenes(generation, load_settings())
+    assert scenes is not None and len(scenes) == 2
+    assert scenes.get("shelves/one.jpg").tag == "shelves"
+    assert max(scenes.get("hands/two.png").pixels.shape[:2]) == 256
+    monkeypatch.delenv("SKUFORGE_SCENES_URI")
+    assert load_scenes(load_settings(GenerationSettings), load_settings()) is None
