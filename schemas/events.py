@@ -46,6 +46,13 @@ class CaptionedPhoto(Contract):
     colours: list[str] = Field(default_factory=list, description="dominant colour names, most dominant first")
     shape: Shape = "other"
     view: str = ""
+    plain_background: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="share of the background near the border's colour (~1 catalogue photo, <0.6 in-store); "
+        "the generator composites from plain-background photos first; None = not measured",
+    )
 
 
 class SkuCaptioned(Contract):

@@ -23,6 +23,7 @@ from shared.captioning.attributes import (
     kmeans,
     mask_hull_area,
     mask_problem,
+    plain_background_share,
     polygon_area,
     shape_features,
     tilt_degrees,
@@ -405,3 +406,18 @@ def test_a_vlm_sentence_cannot_overrule_measured_colours_or_shape() -> None:
         ", a red can next to a glass"
     )
     assert merge_sentence(caption, "a photo of a blue", ["red"], "can") == caption
+
+
+def test_plain_background_share_tells_a_catalogue_photo_from_a_cluttered_one() -> None:
+    rng = np.random.default_rng(3)
+    mask = np.zeros((200, 160), dtype=np.uint8)
+    mask[40:160, 50:110] = 255
+    product = np.zeros((200, 160, 3), dtype=np.uint8)
+    product[40:160, 50:110] = (200, 30, 30)
+    catalogue = np.where(mask[..., None] > 0, product, np.uint8(245))
+    clutter = rng.integers(0, 256, (200, 160, 3), dtype=np.uint8)
+    in_store = np.where(mask[..., None] > 0, product, clutter)
+    assert plain_background_share(Image.fromarray(catalogue), mask) > 0.95
+    assert plain_background_share(Image.fromarray(in_store), mask) < 0.2
+    # A product filling the frame leaves no background to judge: not plain.
+    assert plain_background_share(Image.fromarray(catalogue), np.full((200, 160), 255, np.uint8)) == 0.0

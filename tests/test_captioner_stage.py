@@ -107,3 +107,4 @@ def check_captioned(store: ObjectStore, payload: SkuCaptioned) -> None:
         assert photo.colours[0] in photo.caption.split(",")[0]
         assert sku.brand in photo.caption and photo.view in photo.caption
         assert photo.colours[0] in photo.tags and sku.brand.lower() in photo.tags
+        assert photo.plain_background is not None and 0.0 <= photo.plain_background <= 1.0

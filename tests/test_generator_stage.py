@@ -136,6 +136,37 @@ def test_plan_spreads_variants_over_photos_and_backends() -> None:
     assert [p.seed for p in other] != [p.seed for p in plan]
 
 
+def test_cut_outs_come_from_plain_background_photos_when_a_sku_has_one() -> None:
+    def sku(plain: list[float | None]) -> SkuCaptioned:
+        photos = [
+            {"photo_id": f"p{i}", "image": _ref(), "mask": _ref(), "usable": True, "plain_background": share}
+            for i, share in enumerate(plain)
+        ]
+        return SkuCaptioned.model_validate(
+            {
+                "sku": {"sku_id": "SKU-1", "name": "n", "category": "carton"},
+                "photos": photos,
+                "instance_token": "sks",
+                "class_noun": "carton",
+                "instance_prompt": "a photo of sks carton",
+                "class_prompt": "a photo of a carton",
+                "captioner": "test",
+            }
+        )
+
+    settings = load_settings(GenerationSettings, generation_variants_per_sku=4)
+    # A catalogue photo (0.98) and two in-store ones: every variant is cut from the catalogue photo.
+    plan = plan_variants(sku([0.4, 0.98, 0.3]), settings)
+    assert [p.photo.photo_id for p in plan] == ["p1"] * 4
+    # Only in-store photos: all of them are used rather than none.
+    assert [p.photo.photo_id for p in plan_variants(sku([0.4, 0.3]), settings)] == ["p0", "p1", "p0", "p1"]
+    # Events of an older captioner carry no measure: those photos count as plain.
+    assert [p.photo.photo_id for p in plan_variants(sku([None, 0.2]), settings)] == ["p0"] * 4
+    # The threshold is a setting: at 0 every usable photo is a source.
+    anywhere = settings.model_copy(update={"generation_min_plain_background": 0.0})
+    assert [p.photo.photo_id for p in plan_variants(sku([0.4, 0.98]), anywhere)] == ["p0", "p1", "p0", "p1"]
+
+
 def _ref() -> dict[str, object]:
     return {"uri": "file:///x.png", "sha256": "0" * 64, "bytes": 1, "width": 1, "height": 1}
 

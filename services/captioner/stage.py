@@ -50,6 +50,7 @@ from shared.captioning.attributes import (
     colour_spread,
     describe_product,
     mask_problem,
+    plain_background_share,
     shape_tree_id,
 )
 from shared.captioning.prompts import compose_caption, compose_tags, merge_sentence, sku_prompts
@@ -263,6 +264,7 @@ def _caption_photo(
         colours=colours,
         shape=shape,
         view=view,
+        plain_background=round(plain_background_share(outcome.image, outcome.mask), 4),
     )
 
 

@@ -39,6 +39,13 @@ class GenerationSettings(BaseSettings):
     generation_variants_per_sku: int = Field(
         default=8, ge=1, le=10_000, description="images generated per SKU, spread over its usable photos"
     )
+    generation_min_plain_background: float = Field(
+        default=0.7,
+        ge=0.0,
+        le=1.0,
+        description="photos whose background is at least this plain (the captioner's plain_background) "
+        "are the cut-out sources; a SKU with none uses all its usable photos",
+    )
     generation_size_px: int = Field(default=512, ge=64, le=2048, description="side of each generated image")
     generation_seed: int = Field(
         default=0, ge=0, description="mixed into every variant's seed; change it to get a different set"
@@ -92,6 +99,22 @@ class GenerationSettings(BaseSettings):
     )
     generation_max_queue_size: int = Field(
         default=64, ge=1, description="requests queued per model; beyond it Triton refuses (overload error)"
+    )
+    # Real scenes for the composite backend (docs/evaluation.md: what they were measured to do)
+    scenes_uri: str | None = Field(
+        default=None,
+        min_length=1,
+        description="folder or s3:// prefix of background photos for the composite backend; "
+        "a photo's first folder is its tag, never used for a SKU of that series; unset = procedural only",
+    )
+    scenes_photo_share: float = Field(
+        default=0.8,
+        ge=0.0,
+        le=1.0,
+        description="share of composite variants placed on scene photos when SKUFORGE_SCENES_URI is set",
+    )
+    scenes_max_side_px: int = Field(
+        default=512, ge=64, le=4096, description="scene photos are shrunk to this longer side at load"
     )
     generation_instances: int = Field(
         default=1, ge=1, le=64, description="model instances Triton runs in parallel (CPU: ~1 per 2 cores)"

@@ -2,7 +2,8 @@
 
 Consumes: ``sku.captioned``.
 Produces: one ``image.generated`` per variant (``SKUFORGE_GENERATION_VARIANTS_PER_SKU`` per SKU,
-spread round-robin over its usable photos), after writing two PNGs per variant to the object
+spread round-robin over its usable photos on a plain background, or over all usable ones when none
+is: ``cutout_sources``), after writing two PNGs per variant to the object
 store under keys derived from the input event and the variant index (a redelivered event
 overwrites them, and its events get the same ids):
 
@@ -83,6 +84,7 @@ def plan_variants(captioned: SkuCaptioned, generation: GenerationSettings) -> li
     if not usable:
         reasons = "; ".join(f"{p.photo_id}: {p.unusable_reason or 'no mask'}" for p in captioned.photos)
         raise BadInput("no_usable_photo", f"no photo of {captioned.sku.sku_id} can be used ({reasons})")
+    usable = cutout_sources(usable, generation.generation_min_plain_background)
     total = generation.generation_variants_per_sku
     backends = [
         name for name, count in backend_counts(generation.shares(), total).items() for _ in range(count)
@@ -98,6 +100,21 @@ def plan_variants(captioned: SkuCaptioned, generation: GenerationSettings) -> li
         )
         for index in range(total)
     ]
+
+
+def cutout_sources(usable: list[CaptionedPhoto], min_plain_background: float) -> list[CaptionedPhoto]:
+    """The photos to cut the product from: those on a plain background, else all usable ones.
+
+    On a cluttered in-store photo the matting model is often wrong about what the product is (a
+    hand, the next item on the shelf); pasted onto new scenes, such a cut-out is a wrong label. The
+    photo still reaches the retraining store as a real image.
+    """
+    plain = [
+        photo
+        for photo in usable
+        if photo.plain_background is None or photo.plain_background >= min_plain_background
+    ]
+    return plain or usable
 
 
 def prompt_for(captioned: SkuCaptioned, photo: CaptionedPhoto) -> str:

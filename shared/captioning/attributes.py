@@ -653,6 +653,24 @@ def colour_spread(image: Image.Image, *, thumbnail_px: int = 64) -> float:
     return float(np.max(high - low))
 
 
+def plain_background_share(image: Image.Image, mask: npt.ArrayLike, *, thumbnail_px: int = 128) -> float:
+    """Share of the background (outside the product, 3 px clear of it) within RGB distance 40 of the
+    median colour of the photo's border: ~1 on a catalogue photo, below 0.6 on an in-store one.
+
+    Where the background is cluttered, a saliency matting model is often wrong about what the product
+    is (a hand, the next item); the generator composites from plain-background photos first.
+    """
+    size = (thumbnail_px, thumbnail_px)
+    pixels = np.asarray(image.convert("RGB").resize(size, Image.Resampling.BOX), dtype=np.float32)
+    product = np.asarray(Image.fromarray(np.asarray(mask, dtype=np.uint8)).resize(size)) > 0
+    background = erode(~product, 3)  # clear of the product by 3 px (and of the frame's edge)
+    if not background.any():
+        return 0.0
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    distance = np.linalg.norm(pixels - np.median(border, axis=0), axis=2)
+    return float(np.count_nonzero(distance[background] < 40.0)) / float(np.count_nonzero(background))
+
+
 def mask_problem(mask: npt.ArrayLike, *, min_fraction: float, max_fraction: float) -> str | None:
     """Why a predicted mask shows no product, or None when it may: too little, or the whole frame.
 
