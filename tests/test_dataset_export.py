@@ -11,7 +11,12 @@ from PIL import Image
 
 from shared.errors import ChecksumMismatch
 from shared.store import FileStore, sha256_hex
-from shared.trainstore.dataset import export_dataset, plan_export, sku_stats
+from shared.trainstore.dataset import (
+    export_dataset,
+    plan_export,
+    sku_stats,
+    synthetic_left_out_by_evaluation,
+)
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from skuforge_cli.main import main as cli_main
 
@@ -95,6 +100,40 @@ def test_plan_min_real_and_zero_synthetic(small_store: ManifestStore) -> None:
     assert set(plan.skipped) == {"SKU-B", "SKU-C"}
     with pytest.raises(ValueError, match="every exported class needs real images"):
         plan_export([], max_synthetic_per_real=1, min_real=0)
+
+
+def test_an_evaluation_leaves_out_synthetic_images_where_they_hurt(small_store: ManifestStore) -> None:
+    evaluation = {"gain": {"SKU-A": -0.12, "SKU-B": 0.05, "SKU-GONE": -0.5}}
+    left_out = synthetic_left_out_by_evaluation(evaluation, min_gain=0.0, source="run1/evaluation.json")
+    # SKU-GONE is not in the store: harmless. The minus is a true minus sign, as the summary prints it.
+    assert left_out == {
+        "SKU-A": "B\u2212A \u22120.12 < 0.00 in run1/evaluation.json",
+        "SKU-GONE": "B\u2212A \u22120.50 < 0.00 in run1/evaluation.json",
+    }
+    plan = plan_export(small_store.iter_rows(), max_synthetic_per_real=3, no_synthetic=left_out)
+    by_class = {c.sku_id: c for c in plan.classes}
+    assert by_class["SKU-A"].synthetic == [] and len(by_class["SKU-A"].real) == 2
+    assert (
+        by_class["SKU-A"].synthetic_dropped == 7 and by_class["SKU-A"].synthetic_left_out == left_out["SKU-A"]
+    )
+    assert len(by_class["SKU-B"].synthetic) == 1 and by_class["SKU-B"].synthetic_left_out == ""
+    # A stricter threshold takes SKU-B's too; SKUs the evaluation did not measure keep theirs.
+    assert set(synthetic_left_out_by_evaluation(evaluation, min_gain=0.1)) == {"SKU-A", "SKU-B", "SKU-GONE"}
+    assert synthetic_left_out_by_evaluation({"gain": {}}, min_gain=0.0) == {}
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"top1": {"A": 0.5}}, "has no per-SKU 'gain' object"),
+        ([1, 2], "has no per-SKU 'gain' object"),
+        ({"gain": {"SKU-A": "bad"}}, "gain of 'SKU-A' is 'bad', not a number"),
+        ({"gain": {"SKU-A": True}}, "not a number"),
+    ],
+)
+def test_an_unusable_evaluation_is_a_clear_error(document: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        synthetic_left_out_by_evaluation(document, min_gain=0.0)  # type: ignore[arg-type]
 
 
 def count_tree(out: Path) -> dict[str, dict[str, int]]:

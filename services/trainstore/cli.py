@@ -2,12 +2,13 @@
 
     skuforge dataset stats [--json]
     skuforge dataset export OUT --format imagefolder|jsonl --size 256 --max-synthetic-per-real K \
-        [--min-real 1]
+        [--min-real 1] [--evaluation evaluation.json [--min-gain 0.0]]
     skuforge dataset compact
 
 The store is ``SKUFORGE_STORE_URI`` (and ``SKUFORGE_S3_ENDPOINT_URL``), the retraining store's root
 inside it ``SKUFORGE_TRAINSTORE_PREFIX``. Only manifests are read, except by ``export``, which reads
-(and checks) the images it writes out.
+(and checks) the images it writes out. ``--evaluation`` takes what ``skuforge evaluate`` wrote and
+leaves out the synthetic images of SKUs where they were measured to hurt (B - A below ``--min-gain``).
 """
 
 from __future__ import annotations
@@ -16,29 +17,53 @@ import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from services.trainstore.config import TrainstoreSettings
 from shared.config import load_settings
 from shared.store import open_store
-from shared.trainstore.dataset import EXPORT_FORMATS, export_dataset, sku_stats
+from shared.trainstore.dataset import (
+    EXPORT_FORMATS,
+    export_dataset,
+    sku_stats,
+    synthetic_left_out_by_evaluation,
+)
 from shared.trainstore.manifest import ManifestStore
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
-def _non_negative(text: str) -> int:
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 
-def _open_manifests() -> ManifestStore:
+def _read_evaluation(path: Path) -> dict[str, Any]:
+    """The JSON document ``skuforge evaluate`` wrote; ``ValueError`` says why it cannot be used."""
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(
+            f"--evaluation {path}: no such file (run skuforge evaluate --out DIR first)"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--evaluation {path}: not a readable JSON file ({exc})") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"--evaluation {path}: expected a JSON object, got {type(document).__name__}")
+    return document
+
+
+def open_manifests() -> ManifestStore:
+    """The retraining store of the environment (SKUFORGE_STORE_URI, SKUFORGE_TRAINSTORE_PREFIX)."""
     settings = load_settings()
     trainstore = load_settings(TrainstoreSettings)
     store = open_store(
@@ -60,20 +85,37 @@ def main(argv: list[str] | None = None) -> int:
     export = sub.add_parser("export", help="write a training set honouring the real:synthetic policy")
     export.add_argument("out", type=Path, help="output directory (new or empty)")
     export.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="imagefolder or jsonl")
-    export.add_argument("--size", type=_positive, default=256, help="output side in px (default 256)")
+    export.add_argument("--size", type=positive_int, default=256, help="output side in px (default 256)")
     export.add_argument(
         "--max-synthetic-per-real",
-        type=_non_negative,
+        type=non_negative_int,
         required=True,
         help="synthetic images per real one, at most",
     )
     export.add_argument(
-        "--min-real", type=_positive, default=1, help="classes with fewer real images are left out"
+        "--min-real", type=positive_int, default=1, help="classes with fewer real images are left out"
     )
     export.add_argument("--sku", action="append", default=None, help="export only this SKU (repeatable)")
+    export.add_argument(
+        "--evaluation",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="evaluation.json written by 'skuforge evaluate': SKUs whose synthetic images lowered "
+        "held-out top-1 (per-SKU B-A below --min-gain) are exported with their real images only; "
+        "SKUs it did not evaluate are exported as usual",
+    )
+    export.add_argument(
+        "--min-gain",
+        type=float,
+        default=None,
+        metavar="X",
+        help="with --evaluation: least per-SKU B-A (top-1, 0..1) that keeps a SKU's synthetic images "
+        "(default 0.0: leave them out where they hurt)",
+    )
     sub.add_parser("compact", help="merge every SKU's manifest deltas into one file now")
     args = parser.parse_args(argv)
-    manifests = _open_manifests()
+    manifests = open_manifests()
 
     if args.action == "stats":
         rows = sku_stats(manifests.iter_rows())
@@ -94,7 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(rows)} SKUs")
         return 0
     if args.action == "export":
+        if args.min_gain is not None and args.evaluation is None:
+            parser.error("--min-gain needs --evaluation PATH (the evaluation.json of skuforge evaluate)")
         try:
+            no_synthetic = None
+            if args.evaluation is not None:
+                no_synthetic = synthetic_left_out_by_evaluation(
+                    _read_evaluation(args.evaluation),
+                    min_gain=0.0 if args.min_gain is None else args.min_gain,
+                    source=str(args.evaluation),
+                )
             summary = export_dataset(
                 manifests,
                 args.out,
@@ -103,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_synthetic_per_real=args.max_synthetic_per_real,
                 min_real=args.min_real,
                 sku_ids=args.sku,
+                no_synthetic=no_synthetic,
             )
         except (FileExistsError, ValueError) as exc:
             parser.error(str(exc))

@@ -6,7 +6,10 @@ generated images teach the generator's artefacts, so an exported class
 * has at least ``min_real`` real images (classes with fewer are left out, and the summary says so);
 * has at most ``max_synthetic_per_real`` synthetic images per real one (the rest are left out,
   chosen by a stable hash of the item id so the same store always exports the same set);
-* is resized to ``size_px`` x ``size_px`` (aspect kept, padded with white).
+* is resized to ``size_px`` x ``size_px`` (aspect kept, padded with white);
+* gets no synthetic image at all when an evaluation (``skuforge evaluate``) measured that its
+  synthetic images hurt a classifier of it: per-SKU B - A below ``min_gain``
+  (``synthetic_left_out_by_evaluation``); the summary says so, per class.
 
 Formats: ``imagefolder`` (``<out>/<sku_id>/<real|synthetic>-<item_id>.png``, what
 ``torchvision.datasets.ImageFolder`` reads) and ``jsonl`` (``<out>/images/...``, ``<out>/masks/...``
@@ -19,10 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from PIL import Image, ImageOps
 
@@ -38,11 +41,14 @@ __all__ = [
     "SkuStats",
     "export_dataset",
     "plan_export",
+    "read_checked",
     "sku_stats",
+    "synthetic_left_out_by_evaluation",
 ]
 
 ExportFormat = Literal["imagefolder", "jsonl"]
 EXPORT_FORMATS: tuple[str, ...] = ("imagefolder", "jsonl")
+MINUS = "\u2212"  # how a negative B - A prints in the summary
 
 
 @dataclass(frozen=True)
@@ -93,7 +99,8 @@ class ClassPlan:
     sku_id: str
     real: list[ManifestRow]
     synthetic: list[ManifestRow]
-    synthetic_dropped: int
+    synthetic_dropped: int  # left out by the cap, or all of them when synthetic_left_out is set
+    synthetic_left_out: str = ""  # why every synthetic image of the class is left out; "" = none is
 
 
 @dataclass(frozen=True)
@@ -104,8 +111,19 @@ class ExportPlan:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def plan_export(rows: Iterable[ManifestRow], *, max_synthetic_per_real: int, min_real: int = 1) -> ExportPlan:
-    """Apply the real:synthetic policy to trainable rows (pure: no I/O)."""
+def plan_export(
+    rows: Iterable[ManifestRow],
+    *,
+    max_synthetic_per_real: int,
+    min_real: int = 1,
+    no_synthetic: Mapping[str, str] | None = None,
+) -> ExportPlan:
+    """Apply the real:synthetic policy to trainable rows (pure: no I/O).
+
+    ``no_synthetic`` maps a SKU to the reason its synthetic images are all left out (see
+    ``synthetic_left_out_by_evaluation``); its real images are exported as usual.
+    """
+    no_synthetic = no_synthetic or {}
     if max_synthetic_per_real < 0:
         raise ValueError("max_synthetic_per_real must be >= 0")
     if min_real < 1:
@@ -121,9 +139,41 @@ def plan_export(rows: Iterable[ManifestRow], *, max_synthetic_per_real: int, min
             skipped[sku_id] = f"{len(real)} real image(s), need at least {min_real}"
             continue
         synthetic = sorted((row for row in sku_rows if row.source == "synthetic"), key=_stable_order)
+        if sku_id in no_synthetic:
+            classes.append(ClassPlan(sku_id, real, [], len(synthetic), no_synthetic[sku_id]))
+            continue
         cap = max_synthetic_per_real * len(real)
         classes.append(ClassPlan(sku_id, real, synthetic[:cap], max(0, len(synthetic) - cap)))
     return ExportPlan(classes, skipped)
+
+
+def synthetic_left_out_by_evaluation(
+    evaluation: Mapping[str, Any], *, min_gain: float, source: str = "evaluation.json"
+) -> dict[str, str]:
+    """SKUs whose synthetic images an evaluation says to leave out, with the reason (pure).
+
+    ``evaluation`` is what ``skuforge evaluate`` writes; its ``gain`` maps each evaluated SKU to
+    B - A (top-1 with its synthetic images minus without). A SKU below ``min_gain`` is left out;
+    SKUs the evaluation did not measure keep their synthetic images. A document without a usable
+    ``gain`` is a ``ValueError`` saying what is wrong.
+    """
+    gain = evaluation.get("gain") if isinstance(evaluation, Mapping) else None
+    if not isinstance(gain, Mapping):
+        raise ValueError(
+            f"{source} has no per-SKU 'gain' object: is it the evaluation.json of skuforge evaluate?"
+        )
+    left_out = {}
+    for sku_id, value in sorted(gain.items()):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{source}: gain of {sku_id!r} is {value!r}, not a number")
+        if value < min_gain:
+            left_out[str(sku_id)] = f"B{MINUS}A {_signed(value)} < {_signed(min_gain)} in {source}"
+    return left_out
+
+
+def _signed(value: float) -> str:
+    """0.12 or -0.12, the minus a true minus sign (U+2212), as the summary prints it."""
+    return f"{value:.2f}".replace("-", MINUS)
 
 
 def _stable_order(row: ManifestRow) -> str:
@@ -141,12 +191,16 @@ class ExportSummary:
     skipped: dict[str, str]
     real: int
     synthetic: int
+    synthetic_left_out: dict[str, str] = field(default_factory=dict)  # class -> why it has none
 
     def lines(self) -> list[str]:
         """The printed summary: one line per class, then the totals."""
         out = [f"{'class':<24} {'real':>6} {'synthetic':>10} {'capped':>7}"]
         for sku_id, counts in self.classes.items():
-            out.append(f"{sku_id:<24} {counts['real']:>6} {counts['synthetic']:>10} {counts['dropped']:>7}")
+            line = f"{sku_id:<24} {counts['real']:>6} {counts['synthetic']:>10} {counts['dropped']:>7}"
+            if sku_id in self.synthetic_left_out:
+                line += f"  synthetic left out: {self.synthetic_left_out[sku_id]}"
+            out.append(line)
         for sku_id, reason in self.skipped.items():
             out.append(f"{sku_id:<24} skipped: {reason}")
         ratio = f"{self.synthetic / self.real:.2f}" if self.real else "n/a"
@@ -171,8 +225,12 @@ def export_dataset(
     max_synthetic_per_real: int,
     min_real: int = 1,
     sku_ids: Iterable[str] | None = None,
+    no_synthetic: Mapping[str, str] | None = None,
 ) -> ExportSummary:
-    """Write a training set to ``out_dir`` (which must not exist or be empty) and return its summary."""
+    """Write a training set to ``out_dir`` (which must not exist or be empty) and return its summary.
+
+    ``no_synthetic``: SKUs exported without synthetic images, with the reason (``plan_export``).
+    """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
     if size_px < 16:
@@ -180,14 +238,17 @@ def export_dataset(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; export into a new directory")
     plan = plan_export(
-        manifests.iter_rows(sku_ids), max_synthetic_per_real=max_synthetic_per_real, min_real=min_real
+        manifests.iter_rows(sku_ids),
+        max_synthetic_per_real=max_synthetic_per_real,
+        min_real=min_real,
+        no_synthetic=no_synthetic,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
     classes: dict[str, dict[str, int]] = {}
     for plan_class in plan.classes:
         for row in [*plan_class.real, *plan_class.synthetic]:
-            image = _resized(decode_image(_read_checked(manifests, row.image, row.image_sha256)), size_px)
+            image = _resized(decode_image(read_checked(manifests, row.image, row.image_sha256)), size_px)
             name = f"{row.source}-{row.item_id}.png"
             if fmt == "imagefolder":
                 _write(out_dir / row.sku_id / name, encode_png(image))
@@ -196,7 +257,7 @@ def export_dataset(
             _write(out_dir / image_path, encode_png(image))
             mask_path = None
             if row.mask:
-                mask = decode_mask(_read_checked(manifests, row.mask, row.mask_sha256))
+                mask = decode_mask(read_checked(manifests, row.mask, row.mask_sha256))
                 mask_path = Path("masks") / row.sku_id / name
                 _write(out_dir / mask_path, encode_png(_resized(Image.fromarray(mask), size_px, fill=0)))
             lines.append(
@@ -228,12 +289,14 @@ def export_dataset(
         skipped=plan.skipped,
         real=sum(counts["real"] for counts in classes.values()),
         synthetic=sum(counts["synthetic"] for counts in classes.values()),
+        synthetic_left_out={c.sku_id: c.synthetic_left_out for c in plan.classes if c.synthetic_left_out},
     )
     (out_dir / "export.json").write_text(summary.to_json() + "\n")
     return summary
 
 
-def _read_checked(manifests: ManifestStore, key: str | None, sha256: str | None) -> bytes:
+def read_checked(manifests: ManifestStore, key: str | None, sha256: str | None) -> bytes:
+    """The object under ``key`` (relative to the store's root); ``ChecksumMismatch`` if not ``sha256``."""
     assert key is not None
     data = manifests.store.get_bytes(manifests.key(key))
     actual = sha256_hex(data)

@@ -1,0 +1,274 @@
+"""The experiment of the write-ups, as code: does a SKU's synthetic data help a classifier of it?
+
+Given each SKU's training images (its real photos and the synthetic images the retraining store
+exports for it) and held-out real photos of the same SKUs, five classifiers are trained on frozen
+backbone features (``linear.fit_predict``) and scored on the held-out photos, top-1:
+
+* **A**  real photos only;
+* **A'** real + classic augmentation of them (``classic.py``), as many augmented images per SKU as
+  that SKU has synthetic ones: the same number of extra images, the baseline skuforge must beat;
+* **B**  real + synthetic (the export under the real:synthetic policy);
+* **B'** B + the same classic augmentation as A';
+* **C**  synthetic only (SKUs with no synthetic image are unknown to C, so all wrong).
+
+Per SKU: top-1 under each, and the differences B - A and B' - A'. ``curve`` gives A, B and C
+against the number of real photos per SKU (the first j of each SKU's real photos, synthetic fixed).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from shared.evaluation.backbone import Backbone, FeatureCache
+from shared.evaluation.classic import classic_augment
+from shared.evaluation.linear import fit_predict
+from shared.images import decode_image
+
+Source = Literal["real", "synthetic"]
+CONDITIONS = ("A", "A'", "B", "B'", "C")
+CONDITION_NAMES = {
+    "A": "real only",
+    "A'": "real + classic augmentation",
+    "B": "real + synthetic",
+    "B'": "real + classic + synthetic",
+    "C": "synthetic only",
+}
+WORSE_BY = 0.10  # a SKU counts as hurt when B' is this much below A'
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One image: its SKU, where it came from, and how to read its bytes."""
+
+    sku_id: str
+    source: Source
+    name: str  # path or URI: for reports and leakage checks
+    sha256: str  # of the encoded bytes
+    read: Callable[[], bytes] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    seed: int = 0
+    l2: float = 1e-3
+    real_weight: float = 1.0  # loss weight of a real photo relative to a synthetic or augmented one
+    classic_px: int = 256
+    curve: bool = True
+    misclassified_shown: int = 8
+
+
+@dataclass
+class EvaluationResult:
+    """Top-1 per condition, overall and per SKU, and what the report plots."""
+
+    n_heldout: int
+    n_skus: int
+    backbone: str
+    top1: dict[str, float]
+    per_sku: dict[str, dict[str, float]]  # sku -> condition -> top-1
+    gain: dict[str, float]  # sku -> B - A
+    gain_over_classic: dict[str, float]  # sku -> B' - A'
+    frac_skus_worse_by_10pt: float
+    train_counts: dict[str, dict[str, int]]  # sku -> real / synthetic / classic
+    curve: dict[str, list[float]]  # "real_per_sku", "A", "B", "C"
+    misclassified: list[dict[str, str]]  # under B': name, true, predicted
+    config: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        """The headline figures (what ``bench/augment.py`` records per k)."""
+        return {
+            "real_only_top1": self.top1["A"],
+            "real_plus_classic_top1": self.top1["A'"],
+            "real_plus_synthetic_top1": self.top1["B"],
+            "real_plus_classic_plus_synthetic_top1": self.top1["B'"],
+            "synthetic_only_top1": self.top1["C"],
+            "gain_top1": round(self.top1["B"] - self.top1["A"], 4),
+            "gain_over_classic_top1": round(self.top1["B'"] - self.top1["A'"], 4),
+            "frac_skus_worse_by_10pt": self.frac_skus_worse_by_10pt,
+        }
+
+
+class Featurizer:
+    """Features of photos and of classic augmentations of them, through the on-disk cache."""
+
+    def __init__(self, backbone: Backbone, cache: FeatureCache) -> None:
+        self.backbone, self.cache = backbone, cache
+
+    def of(self, photos: Sequence[Photo]) -> npt.NDArray[np.float32]:
+        return self._features([(photo.sha256, functools.partial(_decoded, photo)) for photo in photos])
+
+    def of_classic(self, photos: Sequence[Photo], seed: int, size_px: int) -> npt.NDArray[np.float32]:
+        """Features of classic augmentations: the i-th entry augments photos[i] with its own draw."""
+        jobs = []
+        for index, photo in enumerate(photos):
+            key = hashlib.sha256(f"{photo.sha256}|classic|{seed}|{index}|{size_px}".encode()).hexdigest()
+
+            def make(p: Photo = photo, k: str = key) -> Image.Image:
+                rng = np.random.default_rng(int(k[:15], 16))
+                return classic_augment(_decoded(p), rng, size_px)
+
+            jobs.append((key, make))
+        return self._features(jobs)
+
+    def _features(self, jobs: Sequence[tuple[str, Callable[[], Image.Image]]]) -> npt.NDArray[np.float32]:
+        out = np.zeros((len(jobs), self.backbone.dim), dtype=np.float32)
+        missing = []
+        for index, (key, _) in enumerate(jobs):
+            cached = self.cache.get(self.backbone, key)
+            if cached is None:
+                missing.append(index)
+            else:
+                out[index] = cached
+        for first in range(0, len(missing), 64):
+            chunk = missing[first : first + 64]
+            vectors = self.backbone.features([jobs[index][1]() for index in chunk])
+            for index, vector in zip(chunk, vectors, strict=True):
+                out[index] = vector
+                self.cache.put(self.backbone, jobs[index][0], vector)
+        return out
+
+
+def _decoded(photo: Photo) -> Image.Image:
+    image = decode_image(photo.read())
+    # Features are taken at 224 px: shrinking large photos first keeps the decode cheap to hold.
+    image.thumbnail((512, 512), Image.Resampling.BILINEAR)
+    return image
+
+
+def run_evaluation(
+    training: Sequence[Photo],
+    heldout: Sequence[Photo],
+    featurizer: Featurizer,
+    config: EvaluationConfig | None = None,
+) -> EvaluationResult:
+    """Train A, A', B, B', C on ``training`` and score them on ``heldout`` (see the module docstring)."""
+    config = config or EvaluationConfig()
+    skus = sorted({photo.sku_id for photo in heldout})
+    if not skus:
+        raise ValueError("no held-out photos")
+    real: dict[str, list[Photo]] = defaultdict(list)
+    synthetic: dict[str, list[Photo]] = defaultdict(list)
+    for photo in training:
+        (real if photo.source == "real" else synthetic)[photo.sku_id].append(photo)
+    without_real = [sku for sku in skus if not real[sku]]
+    if without_real:
+        raise ValueError(f"held-out SKUs with no real training photo: {', '.join(without_real[:5])}")
+    index = {sku: i for i, sku in enumerate(skus)}
+
+    # Classic augmentation: per SKU as many images as it has synthetic ones, from its real photos in turn.
+    classic_sources = {
+        sku: [real[sku][i % len(real[sku])] for i in range(len(synthetic[sku]))] for sku in skus
+    }
+    feats_real = {sku: featurizer.of(real[sku]) for sku in skus}
+    feats_syn = {sku: featurizer.of(synthetic[sku]) for sku in skus}
+    feats_classic = {
+        sku: featurizer.of_classic(classic_sources[sku], config.seed, config.classic_px) for sku in skus
+    }
+    test_x = featurizer.of(heldout)
+    test_y = np.array([index[photo.sku_id] for photo in heldout], dtype=np.int64)
+
+    def predict(parts: dict[str, list[tuple[npt.NDArray[np.float32], float]]]) -> npt.NDArray[np.int64]:
+        xs, ys, ws = [], [], []
+        for sku, blocks in parts.items():
+            for features, weight in blocks:
+                xs.append(features)
+                ys.append(np.full(len(features), index[sku], dtype=np.int64))
+                ws.append(np.full(len(features), weight, dtype=np.float32))
+        x = np.concatenate(xs)
+        if len(x) == 0:
+            return np.full(len(test_y), -1, dtype=np.int64)
+        return fit_predict(
+            x,
+            np.concatenate(ys),
+            test_x,
+            len(skus),
+            weights=np.concatenate(ws),
+            l2=config.l2,
+            seed=config.seed,
+        )
+
+    rw = config.real_weight
+    sets = {
+        "A": {sku: [(feats_real[sku], rw)] for sku in skus},
+        "A'": {sku: [(feats_real[sku], rw), (feats_classic[sku], 1.0)] for sku in skus},
+        "B": {sku: [(feats_real[sku], rw), (feats_syn[sku], 1.0)] for sku in skus},
+        "B'": {
+            sku: [(feats_real[sku], rw), (feats_syn[sku], 1.0), (feats_classic[sku], 1.0)] for sku in skus
+        },
+        "C": {sku: [(feats_syn[sku], 1.0)] for sku in skus},
+    }
+    predictions = {condition: predict(parts) for condition, parts in sets.items()}
+    top1 = {c: round(float((p == test_y).mean()), 4) for c, p in predictions.items()}
+    per_sku: dict[str, dict[str, float]] = {}
+    for sku in skus:
+        rows = test_y == index[sku]
+        per_sku[sku] = {c: round(float((p[rows] == test_y[rows]).mean()), 4) for c, p in predictions.items()}
+    gain = {sku: round(v["B"] - v["A"], 4) for sku, v in per_sku.items()}
+    gain_over_classic = {sku: round(v["B'"] - v["A'"], 4) for sku, v in per_sku.items()}
+    worse = sum(1 for value in gain_over_classic.values() if value <= -WORSE_BY + 1e-9)
+
+    curve: dict[str, list[float]] = {"real_per_sku": [], "A": [], "B": [], "C": []}
+    most = max(len(real[sku]) for sku in skus)
+    if config.curve and most > 1:
+        for j in range(1, most + 1):
+            first_j = {sku: [(feats_real[sku][:j], rw)] for sku in skus}
+            with_syn = {sku: [*first_j[sku], (feats_syn[sku], 1.0)] for sku in skus}
+            curve["real_per_sku"].append(float(j))
+            curve["A"].append(round(float((predict(first_j) == test_y).mean()), 4))
+            curve["B"].append(round(float((predict(with_syn) == test_y).mean()), 4))
+            curve["C"].append(top1["C"])
+
+    wrong = np.flatnonzero(predictions["B'"] != test_y)
+    rng = np.random.default_rng(config.seed)
+    shown = rng.permutation(wrong)[: config.misclassified_shown]
+    misclassified = [
+        {
+            "name": heldout[i].name,
+            "sha256": heldout[i].sha256,
+            "true": heldout[i].sku_id,
+            "predicted": skus[int(predictions["B'"][i])] if predictions["B'"][i] >= 0 else "",
+        }
+        for i in sorted(shown)
+    ]
+    return EvaluationResult(
+        n_heldout=len(heldout),
+        n_skus=len(skus),
+        backbone=featurizer.backbone.backbone_id,
+        top1=top1,
+        per_sku=per_sku,
+        gain=gain,
+        gain_over_classic=gain_over_classic,
+        frac_skus_worse_by_10pt=round(worse / len(skus), 4),
+        train_counts={
+            sku: {
+                "real": len(real[sku]),
+                "synthetic": len(synthetic[sku]),
+                "classic": len(classic_sources[sku]),
+            }
+            for sku in skus
+        },
+        curve=curve,
+        misclassified=misclassified,
+        config={**config.__dict__},
+    )
+
+
+def photo_from_bytes(sku_id: str, source: Source, name: str, data: bytes) -> Photo:
+    """A Photo whose bytes are already in memory (tests, small sets)."""
+    return Photo(sku_id, source, name, hashlib.sha256(data).hexdigest(), lambda: data)
+
+
+def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

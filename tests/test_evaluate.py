@@ -1,0 +1,363 @@
+"""``skuforge evaluate``: the five-condition experiment end to end on a small store, the leakage
+refusals, and the experiment's arithmetic on classes whose look is known (solid colours)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from services.trainstore.evaluate import summary_lines
+from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
+from shared.evaluation.experiment import (
+    CONDITIONS,
+    EvaluationConfig,
+    Featurizer,
+    Photo,
+    encode_jpeg,
+    photo_from_bytes,
+    run_evaluation,
+)
+from shared.evaluation.report import histogram, render_report
+from shared.images import encode_png
+from shared.store import FileStore, ObjectStore
+from shared.trainstore.manifest import ManifestRow, ManifestStore, Source
+from skuforge_cli.main import main as cli_main
+
+PREFIX = "trainstore"  # TrainstoreSettings' default
+COLOURS = {"SKU-RED": (200, 30, 30), "SKU-GREEN": (30, 170, 40), "SKU-BLUE": (30, 40, 200)}
+TINY = ["--backbone", "tiny", "--image-px", "48"]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The linear heads here are tiny: on a shared 2-core machine, threads only wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def colour_photo(rgb: tuple[int, int, int], seed: int, size_px: int = 48) -> Image.Image:
+    """A photo of one colour with a little noise and a brightness shift, so no two are equal."""
+    rng = np.random.default_rng(seed)
+    pixels = np.array(rgb, dtype=np.float32) * rng.uniform(0.85, 1.15) + rng.normal(
+        0, 6, (size_px, size_px, 3)
+    )
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def store_photo(
+    manifests: ManifestStore, sku_id: str, item_id: str, source: Source, image: Image.Image
+) -> None:
+    """Store an image the way the trainstore does and append its manifest row."""
+    key = f"images/{sku_id}/{source}/{item_id}.png"
+    ref = manifests.store.put_image(manifests.key(key), image)
+    row = ManifestRow(
+        item_id=item_id,
+        sku_id=sku_id,
+        category="soda can",
+        source=source,
+        status="reference" if source == "real" else "accepted",
+        image=key,
+        image_sha256=ref.sha256,
+        width=image.width,
+        height=image.height,
+    )
+    manifests.append(sku_id, [row])
+
+
+def fill_colour_store(manifests: ManifestStore) -> ManifestStore:
+    """Three colour SKUs (2 real, 4 synthetic each) and one SKU without held-out photos."""
+    for index, (sku_id, rgb) in enumerate(COLOURS.items()):
+        for n in range(2):
+            store_photo(manifests, sku_id, f"real-{n}", "real", colour_photo(rgb, 100 * index + n))
+        for n in range(4):
+            store_photo(manifests, sku_id, f"gen-{n}", "synthetic", colour_photo(rgb, 100 * index + 10 + n))
+    store_photo(manifests, "SKU-EXTRA", "real-0", "real", colour_photo((120, 120, 120), 999))
+    return manifests
+
+
+@pytest.fixture
+def colour_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ManifestStore:
+    """``fill_colour_store`` in a file store, which SKUFORGE_STORE_URI points at."""
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    return fill_colour_store(ManifestStore(FileStore(tmp_path / "store"), PREFIX))
+
+
+@pytest.fixture
+def heldout(tmp_path: Path) -> Path:
+    """3 JPEGs per colour SKU; one red one is green, so B' gets at least one wrong."""
+    root = tmp_path / "heldout"
+    for index, (sku_id, rgb) in enumerate(COLOURS.items()):
+        (root / sku_id).mkdir(parents=True)
+        for n in range(3):
+            look = COLOURS["SKU-GREEN"] if (sku_id, n) == ("SKU-RED", 2) else rgb
+            (root / sku_id / f"test-{n}.jpg").write_bytes(
+                encode_jpeg(colour_photo(look, 500 + 10 * index + n))
+            )
+    (root / "SKU-RED" / "notes.txt").write_text("not a photo")
+    return root
+
+
+def evaluate_args(heldout: Path, out: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "evaluate",
+        "--heldout",
+        str(heldout),
+        "--out",
+        str(out),
+        "--max-synthetic-per-real",
+        "2",
+        "--cache-dir",
+        str(tmp_path / "features"),
+        *TINY,
+        *extra,
+    ]
+
+
+def test_evaluate_writes_all_five_conditions_a_report_and_feeds_the_export_policy(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval"
+    assert cli_main(evaluate_args(heldout, out, tmp_path)) == 0
+    printed = capsys.readouterr().out
+    document = json.loads((out / "evaluation.json").read_text())
+    assert set(document["top1"]) == set(CONDITIONS)
+    assert set(document["per_sku"]) == set(COLOURS)  # SKU-EXTRA has no held-out photo: not evaluated
+    assert document["n_heldout"] == 9 and document["n_skus"] == 3
+    assert document["train_counts"]["SKU-RED"] == {"real": 2, "synthetic": 4, "classic": 4}
+    assert set(document["summary"]) >= {"gain_top1", "gain_over_classic_top1", "frac_skus_worse_by_10pt"}
+    assert document["inputs"]["max_synthetic_per_real"] == 2
+    # The green-looking red photo is the one B' gets wrong, and it is shown with its labels.
+    assert [m["true"] for m in document["misclassified"]] == ["SKU-RED"]
+    assert document["misclassified"][0]["name"].endswith("test-2.jpg")
+    report = (out / "report.html").read_text()
+    assert report.count("<svg") >= 3
+    assert "data:image/jpeg;base64," in report and "SKU-GREEN" in report
+    assert "note: 1 SKU(s) of the store have no held-out photos, not evaluated: SKU-EXTRA" in printed
+    assert "notes.txt is not a photo" in printed
+    for condition in CONDITIONS:
+        assert f"\n{condition:<10} " in "\n" + printed
+    assert "B-A " in printed and "B'-A' " in printed
+
+    # The export reads the per-SKU gain: SKUs below --min-gain are exported without synthetic images.
+    gains = document["gain"]
+    threshold = max(gains.values()) + 0.01  # every evaluated SKU is below it
+    code = cli_main(
+        [
+            "dataset",
+            "export",
+            str(tmp_path / "export"),
+            "--format",
+            "imagefolder",
+            "--max-synthetic-per-real",
+            "2",
+            "--evaluation",
+            str(out / "evaluation.json"),
+            "--min-gain",
+            str(threshold),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    for sku_id in COLOURS:
+        assert not list((tmp_path / "export" / sku_id).glob("synthetic-*"))
+        assert len(list((tmp_path / "export" / sku_id).glob("real-*"))) == 2
+        line = next(line for line in printed.splitlines() if line.startswith(sku_id))
+        assert "synthetic left out: B\u2212A" in line and "evaluation.json" in line
+    # A SKU the evaluation did not measure is exported as usual.
+    assert (tmp_path / "export" / "SKU-EXTRA" / "real-real-0.png").exists()
+    assert "left out" not in next(line for line in printed.splitlines() if line.startswith("SKU-EXTRA"))
+
+
+def test_export_refuses_a_missing_or_foreign_evaluation_file(
+    colour_store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["dataset", "export", str(tmp_path / "x"), "--format", "jsonl", "--max-synthetic-per-real", "1"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*base, "--evaluation", str(tmp_path / "nope.json")])
+    assert exit_info.value.code == 2
+    assert "nope.json: no such file" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text(json.dumps({"top1": {}}))
+    with pytest.raises(SystemExit):
+        cli_main([*base, "--evaluation", str(tmp_path / "other.json")])
+    assert "has no per-SKU 'gain' object" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main([*base, "--min-gain", "0.1"])
+    assert "--min-gain needs --evaluation" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_sku_folders_are_named(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (heldout / "SKU-NOPE").mkdir()
+    (heldout / "SKU-NOPE" / "a.jpg").write_bytes(encode_jpeg(colour_photo((1, 2, 3), 1)))
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 2
+    assert "SKUs the store does not have: SKU-NOPE" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_heldout_skus_the_policy_leaves_out_and_a_missing_folder_are_refused(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path, "--min-real", "3")) == 2
+    err = capsys.readouterr().err
+    assert "the export policy leaves out held-out SKU(s)" in err
+    assert "SKU-RED: 2 real image(s), need at least 3" in err and "lower --min-real" in err
+    assert cli_main(evaluate_args(tmp_path / "nowhere", tmp_path / "eval", tmp_path)) == 2
+    assert "nowhere: not a directory" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_a_heldout_photo_copied_into_the_scene_library_is_refused(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenes = tmp_path / "scenes"
+    (scenes / "shelves").mkdir(parents=True)
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(scenes / "shelves" / "aisle.jpg")
+    args = evaluate_args(heldout, tmp_path / "eval", tmp_path, "--scenes", f"file://{scenes}")
+    shutil.copy(heldout / "SKU-BLUE" / "test-1.jpg", scenes / "shelves" / "renamed.png")
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "held-out photos must not be used for training or scenes" in err
+    assert "renamed.png has the same content as held-out" in err and "test-1.jpg" in err
+    assert not (tmp_path / "eval").exists()
+    # Without the copy the same command runs.
+    (scenes / "shelves" / "renamed.png").unlink()
+    assert cli_main(args) == 0
+
+
+def test_a_heldout_photo_that_is_a_store_reference_is_refused(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The same bytes stored as a real photo of a SKU that is not even evaluated: still a leak.
+    photo = Image.open(heldout / "SKU-GREEN" / "test-0.jpg")
+    photo.load()
+    encoded = encode_png(photo)
+    (heldout / "SKU-GREEN" / "test-0.png").write_bytes(encoded)
+    (heldout / "SKU-GREEN" / "test-0.jpg").unlink()
+    store_photo(colour_store, "SKU-EXTRA", "real-leak", "real", photo)
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "training " in err and "real-leak.png has the same content as held-out" in err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_a_heldout_folder_that_is_the_store_itself_is_refused(
+    colour_store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Pointing --heldout at the store's own images: every photo is a training image, by path and content.
+    images = tmp_path / "store" / PREFIX / "images"
+    assert cli_main(evaluate_args(images, tmp_path / "eval", tmp_path)) == 2
+    assert "has the same content as held-out" in capsys.readouterr().err
+
+
+def test_evaluate_on_an_s3_store_refuses_a_heldout_photo_in_an_s3_scene_library(
+    s3_store: ObjectStore,
+    s3_endpoint: str,
+    heldout: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fill_colour_store(ManifestStore(s3_store, PREFIX))
+    monkeypatch.setenv("SKUFORGE_STORE_URI", s3_store.base_uri)
+    monkeypatch.setenv("SKUFORGE_S3_ENDPOINT_URL", s3_endpoint)
+    s3_store.put_bytes("scenes/shelves/aisle.png", encode_png(Image.new("RGB", (40, 30), (90, 90, 90))))
+    s3_store.put_bytes("scenes/copy.jpg", (heldout / "SKU-RED" / "test-0.jpg").read_bytes())
+    args = evaluate_args(heldout, tmp_path / "eval", tmp_path, "--scenes", f"{s3_store.base_uri}/scenes")
+    assert cli_main(args) == 2
+    assert f"scenes {s3_store.base_uri}/scenes/copy.jpg has the same content" in capsys.readouterr().err
+    s3_store.delete("scenes/copy.jpg")
+    assert cli_main(args) == 0
+    document = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert set(document["top1"]) == set(CONDITIONS) and document["inputs"]["scenes"].startswith("s3://")
+
+
+# --- the experiment on classes whose look is known ------------------------------------------------
+
+
+def colour_photos(
+    sku_id: str, source: Source, rgb: tuple[int, int, int], count: int, seed: int
+) -> list[Photo]:
+    return [
+        photo_from_bytes(
+            sku_id, source, f"{sku_id}/{source}-{seed}-{n}.png", encode_png(colour_photo(rgb, seed + n))
+        )
+        for n in range(count)
+    ]
+
+
+def shifted(skus: list[str], index: int, by: int) -> tuple[int, int, int]:
+    return COLOURS[skus[(index + by) % len(skus)]]
+
+
+@pytest.fixture(scope="module")
+def featurizer() -> Featurizer:
+    return Featurizer(open_backbone(BackboneSpec(name="tiny", image_px=32)), FeatureCache(None))
+
+
+def test_synthetic_images_that_look_like_the_test_photos_beat_misleading_real_ones(
+    featurizer: Featurizer,
+) -> None:
+    # Each SKU's one real photo looks like the next SKU; its synthetic images look like itself, as
+    # its held-out photos do. Real only (A, A') must then be wrong, and real + synthetic right.
+    skus = list(COLOURS)
+    training, heldout = [], []
+    for index, sku in enumerate(skus):
+        training += colour_photos(sku, "real", shifted(skus, index, 1), 1, 10 * index)
+        training += colour_photos(sku, "synthetic", COLOURS[sku], 6, 100 + 10 * index)
+        heldout += colour_photos(sku, "real", COLOURS[sku], 4, 200 + 10 * index)
+    result = run_evaluation(training, heldout, featurizer, EvaluationConfig(seed=3, classic_px=32))
+    assert result.top1["A"] <= 0.25 and result.top1["A'"] <= 0.25
+    assert result.top1["B"] >= 0.9 and result.top1["C"] >= 0.9
+    # B' also has classic augmentations of the misleading photos, as many as synthetic ones.
+    assert result.top1["B'"] >= result.top1["A'"] + 0.4
+    assert all(gain >= 0.5 for gain in result.gain.values()), result.gain
+    assert result.frac_skus_worse_by_10pt == 0.0
+    assert result.summary()["gain_over_classic_top1"] >= 0.5
+    assert result.train_counts[skus[0]] == {"real": 1, "synthetic": 6, "classic": 6}
+    # One real photo per SKU: no curve to draw, and the report says so instead of plotting.
+    assert result.curve["real_per_sku"] == []
+    assert "No curve" in render_report(result, lambda name: None)
+
+
+def test_synthetic_images_of_the_wrong_look_hurt_and_are_counted(featurizer: Featurizer) -> None:
+    # The mirror case: real photos are right, synthetic ones look like the next SKU and outnumber
+    # them. B must fall below A, every SKU counts as hurt, C is wrong, and the curve is drawn.
+    skus = list(COLOURS)
+    training, heldout = [], []
+    for index, sku in enumerate(skus):
+        training += colour_photos(sku, "real", COLOURS[sku], 2, 10 * index)
+        training += colour_photos(sku, "synthetic", shifted(skus, index, 1), 8, 100 + 10 * index)
+        heldout += colour_photos(sku, "real", COLOURS[sku], 4, 200 + 10 * index)
+    result = run_evaluation(training, heldout, featurizer, EvaluationConfig(seed=3, classic_px=32))
+    assert result.top1["A"] >= 0.9
+    assert result.top1["B"] <= 0.5 and result.top1["C"] <= 0.1
+    assert all(gain <= -0.5 for gain in result.gain.values()), result.gain
+    assert result.frac_skus_worse_by_10pt == 1.0
+    assert result.curve["real_per_sku"] == [1.0, 2.0]
+    assert summary_lines(result)[-1].startswith("hurt most (B'-A'): SKU-")
+    assert len(result.misclassified) == min(8, round((1 - result.top1["B'"]) * 12))
+    page = render_report(result, lambda name: None, by_k=[("k1", result.summary()), ("k3", result.summary())])
+    assert page.count("<svg") == 4 and "photo not readable" in page and ">k3<" in page
+
+
+def test_histogram_bins_edges_and_range() -> None:
+    assert histogram([-1.0, -0.05, 0.0, 0.1, 0.99, 1.0, 2.0], -1.0, 1.0, 20) == [
+        1,
+        *[0] * 8,
+        1,
+        1,
+        1,
+        *[0] * 7,
+        2,
+    ]
