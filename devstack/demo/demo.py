@@ -47,7 +47,7 @@ from schemas.topics import (
     SKU_INGESTED,
 )
 from services.ingest.ingest import IngestError, prepare_all
-from shared.config import load_settings
+from shared.config import Settings, load_settings
 from shared.store import ObjectStore, open_store
 
 STACK_START_TIMEOUT_S = 600.0
@@ -301,54 +301,17 @@ def run_flow(
 ) -> int:
     """Ingest, follow until decided, summarise, write the report; returns the exit code."""
     from services.gate.config import GateSettings
-    from services.generator.config import GenerationSettings
     from services.ingest.ingest import ingest_path
 
     settings = load_settings()
     store = open_store(
         settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
     )
-    variants = load_settings(GenerationSettings).generation_variants_per_sku
     since_ms = int(time.time() * 1000) - 2_000
     ingest_path(skus_dir, settings, store=store)
-    _say(f"ingested {len(sku_ids)} SKUs; waiting until all {variants} images per SKU are decided")
-
-    tracker = FlowTracker(settings, sku_ids, since_ms)
-    deadline = time.monotonic() + args.timeout_s
-    last_line, last_shown = "", 0.0
-    complete = False
-    try:
-        while True:
-            state = tracker.poll()
-            stored, queued = decided_items(state, store, running["console_db"], sku_ids)
-            expected = expected_generated(state, variants)
-            line = progress_line(state, stored, queued, len(sku_ids), expected)
-            if line != last_line or time.monotonic() - last_shown > 15:
-                _say(line)
-                last_line, last_shown = line, time.monotonic()
-            ingest_done = state.count(SKU_CAPTIONED) + len(
-                {d.sku_id for d in state.dead if d.original_topic.endswith(SKU_INGESTED.name)}
-            ) >= len(sku_ids)
-            generated = state.count(IMAGE_GENERATED)
-            item_letters = sum(
-                1
-                for d in state.dead
-                if not d.original_topic.endswith(("sku.ingested.v1", "sku.captioned.v1"))
-            )
-            gated = state.count(GATE_ACCEPTED) + state.count(CORRECTION_PENDING)
-            # Both: this run's gate decided every image (the report shows them), and each decision is
-            # in the store or the console (a second run of the same SKUs finds the first run's there).
-            settled = min(gated, len(stored | queued)) + item_letters >= generated
-            if ingest_done and generated >= expected and settled:
-                complete = True
-                break
-            if time.monotonic() > deadline:
-                _say(f"timed out after {args.timeout_s:.0f}s; the report shows what was decided so far")
-                break
-            time.sleep(1)
-    finally:
-        tracker.close()
-
+    state, stored, queued, complete = wait_until_decided(
+        settings, store, running, sku_ids, since_ms, args.timeout_s
+    )
     views = sku_views(state, store, sku_ids)
     stages = [
         StageView(
@@ -385,6 +348,62 @@ def run_flow(
     for letter in state.dead:
         _say(f"dead letter from {letter.stage}: {letter.reason}: {letter.detail}")
     return 0 if complete else 1
+
+
+def wait_until_decided(
+    settings: Settings,
+    store: ObjectStore,
+    running: dict[str, Any],
+    sku_ids: list[str],
+    since_ms: int,
+    timeout_s: float,
+) -> tuple[FlowState, set[str], set[str], bool]:
+    """Follow the flow of ``sku_ids`` (ingested after ``since_ms``) until every image is decided.
+
+    Returns the flow state, the generated items in the store and in the console, and whether it
+    completed (False: ``timeout_s`` passed first).
+    """
+    from services.generator.config import GenerationSettings
+
+    variants = load_settings(GenerationSettings).generation_variants_per_sku
+    _say(f"ingested {len(sku_ids)} SKUs; waiting until all {variants} images per SKU are decided")
+    tracker = FlowTracker(settings, sku_ids, since_ms)
+    deadline = time.monotonic() + timeout_s
+    last_line, last_shown = "", 0.0
+    complete = False
+    try:
+        while True:
+            state = tracker.poll()
+            stored, queued = decided_items(state, store, running["console_db"], sku_ids)
+            expected = expected_generated(state, variants)
+            line = progress_line(state, stored, queued, len(sku_ids), expected)
+            if line != last_line or time.monotonic() - last_shown > 15:
+                _say(line)
+                last_line, last_shown = line, time.monotonic()
+            ingest_done = state.count(SKU_CAPTIONED) + len(
+                {d.sku_id for d in state.dead if d.original_topic.endswith(SKU_INGESTED.name)}
+            ) >= len(sku_ids)
+            generated = state.count(IMAGE_GENERATED)
+            item_letters = sum(
+                1
+                for d in state.dead
+                if not d.original_topic.endswith(("sku.ingested.v1", "sku.captioned.v1"))
+            )
+            gated = state.count(GATE_ACCEPTED) + state.count(CORRECTION_PENDING)
+            # Both: this run's gate decided every image (the report shows them), and each decision is
+            # in the store or the console (a second run of the same SKUs finds the first run's there).
+            settled = min(gated, len(stored | queued)) + item_letters >= generated
+            if ingest_done and generated >= expected and settled:
+                complete = True
+                break
+            if time.monotonic() > deadline:
+                _say(f"timed out after {timeout_s:.0f}s; the report shows what was decided so far")
+                break
+            time.sleep(1)
+    finally:
+        tracker.close()
+
+    return state, stored, queued, complete
 
 
 def sku_views(state: FlowState, store: ObjectStore, sku_ids: list[str]) -> list[SkuView]:

@@ -1,0 +1,408 @@
+"""Does skuforge's data help a classifier of new products? The few-shot benchmark (``make evaluate``).
+
+GroceryStoreDataset (github.com/marcusklasson/GroceryStoreDataset, MIT), every one of its 81
+classes a new SKU. A SKU's photos are its iconic catalogue photo plus k in-store photos from the
+**train** split (k = 0, 1, 3; the same seeded order for every k, so k=3 includes k=1's photo).
+skuforge makes ``--variants-per-sku`` images per SKU, and ``shared.evaluation`` trains the five
+classifiers (A, A', B, B', C) on frozen EfficientNet-Lite0 features and scores them on the held-out
+split: ``--split test`` (the final figures, the default) or ``--split val`` (every choice made while
+building the scene path was measured there, never on test).
+
+``--mode stack`` (the default, what the committed figures come from) runs the real thing: ``skuforge
+up`` with the scene library, ``skuforge ingest`` of all SKU folders, and the retraining store's export
+under the real:synthetic policy, i.e. ingest -> captioner -> generator -> matting -> gate ->
+trainstore. ``--mode in-process`` calls the composite backend directly on masks of the committed
+matting model, with no gate: minutes instead of an hour, for trying choices on val.
+
+Leakage rules, checked before anything runs (``shared.evaluation.leakage``): no held-out photo is a
+reference or a scene, by path or by content. Scenes are train-split photos, each in a folder named
+after its class, and the composite backend never gives a SKU a scene of its own series (its class).
+
+Writes ``bench/results/augment.json`` (``--split test``) or ``bench/results/augment-val.json``, and an
+HTML report beside the evaluation outputs under ``--workdir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
+from shared.evaluation.experiment import EvaluationConfig, Featurizer, Photo, run_evaluation
+from shared.evaluation.leakage import check_disjoint
+
+RESULTS = Path(__file__).resolve().parent / "results"
+KS = (0, 1, 3)
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class GroceryClass:
+    name: str  # fine class name, e.g. "Granny-Smith": the SKU's series, and its scenes' tag
+    class_id: int
+    coarse: str
+    iconic: Path
+
+
+@dataclass(frozen=True)
+class Grocery:
+    root: Path
+    classes: list[GroceryClass]
+    splits: dict[str, dict[str, list[Path]]]  # split -> class name -> photos, in the split file's order
+
+
+def read_grocery(root: Path) -> Grocery:
+    """The dataset's classes and split files; a clear error when ``root`` is not its dataset/ folder."""
+    if not (root / "classes.csv").is_file():
+        raise SystemExit(f"{root} is not GroceryStoreDataset's dataset/ folder (no classes.csv)")
+    classes = []
+    with (root / "classes.csv").open() as handle:
+        for row in csv.reader(handle):
+            if row[0].startswith("Class Name"):
+                continue
+            classes.append(GroceryClass(row[0], int(row[1]), row[2], root / row[4].lstrip("/")))
+    by_id = {item.class_id: item.name for item in classes}
+    splits: dict[str, dict[str, list[Path]]] = {}
+    for split in SPLITS:
+        per_class: dict[str, list[Path]] = {item.name: [] for item in classes}
+        for line in (root / f"{split}.txt").read_text().splitlines():
+            if line.strip():
+                path, class_id, _ = (part.strip() for part in line.split(","))
+                per_class[by_id[int(class_id)]].append(root / path)
+        splits[split] = per_class
+    return Grocery(root, classes, splits)
+
+
+def references(data: Grocery, k: int, seed: int) -> dict[str, list[Path]]:
+    """Per class: the iconic photo + the first k of its train photos in a seeded order (nested in k)."""
+    out = {}
+    for item in data.classes:
+        train = data.splits["train"][item.name]
+        order = np.random.default_rng([seed, item.class_id]).permutation(len(train))
+        out[item.name] = [item.iconic, *(train[i] for i in order[:k])]
+    return out
+
+
+def scene_photos(data: Grocery, per_class: int, seed: int, used: set[Path]) -> dict[str, list[Path]]:
+    """Per class: ``per_class`` train photos (not SKU references) to serve as scenes for other classes."""
+    out = {}
+    for item in data.classes:
+        train = [path for path in data.splits["train"][item.name] if path not in used]
+        order = np.random.default_rng([seed, 1_000 + item.class_id]).permutation(len(train))
+        out[item.name] = [train[i] for i in order[:per_class]]
+    return out
+
+
+def write_scene_library(scenes: dict[str, list[Path]], folder: Path) -> Path:
+    """Copy the scenes to ``folder/<class>/<file>`` (the tag the composite backend excludes per series)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    for name, paths in scenes.items():
+        (folder / name).mkdir(parents=True)
+        for path in paths:
+            shutil.copyfile(path, folder / name / path.name)
+    return folder
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def file_photo(sku_id: str, source: str, path: Path) -> Photo:
+    return Photo(
+        sku_id, "real" if source == "real" else "synthetic", str(path), sha256_file(path), path.read_bytes
+    )
+
+
+def sku_id(k: int, name: str) -> str:
+    return f"gs-k{k}-{name.lower()}"
+
+
+# --------------------------------------------------------------------------------------------------
+# in-process generation (for choices on val)
+# --------------------------------------------------------------------------------------------------
+
+
+def generate_in_process(
+    refs: dict[str, list[Path]], scenes_dir: Path, args: argparse.Namespace, out_dir: Path
+) -> dict[str, list[Path]]:
+    """Per class: ``variants`` composites written as PNG, from masks of the committed matting model."""
+    from shared.captioning.attributes import plain_background_share
+    from shared.generation.backend import GenerationRequest
+    from shared.generation.composite import CompositeBackend
+    from shared.generation.scenes import SceneLibrary
+    from shared.images import decode_image
+    from shared.matting.session import open_session
+    from shared.store import open_store
+
+    session = open_session(args.matting_model, threads=2, use_gpu=False, store=None)
+    library = SceneLibrary.load(open_store(str(scenes_dir))) if args.photo_share > 0 else None
+    backend = CompositeBackend(library, args.photo_share)
+    parameters = json.loads(args.parameters)
+    made: dict[str, list[Path]] = {}
+    for name, photos in refs.items():
+        folder = out_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        images = [decode_image(path.read_bytes()) for path in photos]
+        for image in images:
+            image.thumbnail((args.max_reference_px, args.max_reference_px), Image.Resampling.LANCZOS)
+        masks = _cached_masks(session, images, photos, out_dir.parent / "masks")
+        # The generator's rule (services/generator/stage.py: cutout_sources): plain backgrounds first.
+        plain = [plain_background_share(image, mask) for image, mask in zip(images, masks, strict=True)]
+        sources = [i for i, share in enumerate(plain) if share >= args.min_plain_background] or list(
+            range(len(images))
+        )
+        made[name] = []
+        for variant in range(args.variants_per_sku):
+            which = sources[variant % len(sources)]
+            path = folder / f"{variant:03d}.png"
+            if not path.exists():
+                seed = int(
+                    hashlib.sha256(f"{name}|{which}|{variant}|{args.seed}".encode()).hexdigest()[:8], 16
+                )
+                request = GenerationRequest(
+                    reference=np.asarray(images[which], dtype=np.uint8),
+                    mask=masks[which],
+                    prompt="",
+                    negative_prompt="",
+                    seed=seed,
+                    n=1,
+                    parameters=parameters,
+                    series=name,
+                    size=args.size,
+                )
+                sample = backend.generate(request)[0]
+                Image.fromarray(sample.image).save(path, compress_level=1)
+            made[name].append(path)
+    return made
+
+
+def _cached_masks(session: Any, images: list[Image.Image], photos: list[Path], folder: Path) -> list[Any]:
+    """The matting model's masks of the reference photos, kept on disk across tries."""
+    paths = [folder / f"{hashlib.sha256(str(p).encode()).hexdigest()[:16]}.png" for p in photos]
+    if all(path.exists() for path in paths):
+        return [np.asarray(Image.open(path)) for path in paths]
+    masks = [result.mask for result in session.predict(images)]
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, mask in zip(paths, masks, strict=True):
+        Image.fromarray(mask).save(path)
+    return masks
+
+
+# --------------------------------------------------------------------------------------------------
+# through the running stack
+# --------------------------------------------------------------------------------------------------
+
+
+def write_sku_folders(all_refs: dict[int, dict[str, list[Path]]], folder: Path) -> list[str]:
+    """The layout ``skuforge ingest`` reads: one folder per (k, class) with metadata.json and its photos."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    ids = []
+    for k, refs in all_refs.items():
+        for name, photos in refs.items():
+            sku = sku_id(k, name)
+            sku_dir = folder / sku
+            sku_dir.mkdir(parents=True)
+            for index, path in enumerate(photos):
+                shutil.copyfile(path, sku_dir / f"{index:02d}-{path.name}")
+            metadata = {"sku_id": sku, "name": name.replace("-", " "), "category": "grocery"}
+            metadata |= {"brand": "GroceryStoreDataset", "series": name}
+            (sku_dir / "metadata.json").write_text(json.dumps(metadata))
+            ids.append(sku)
+    return ids
+
+
+def run_stack(skus_dir: Path, sku_ids: list[str], scenes_dir: Path, args: argparse.Namespace) -> float:
+    """Ingest every SKU into a stack started with the scene library; returns images/min through it."""
+    import os
+
+    # The stack's store, which this process reads back for the export.
+    os.environ["SKUFORGE_STORE_URI"] = f"file://{(args.workdir / 'stack' / 'store').resolve()}"
+    os.environ["SKUFORGE_SCENES_URI"] = str(scenes_dir.resolve())
+    os.environ["SKUFORGE_SCENES_PHOTO_SHARE"] = str(args.photo_share)
+    os.environ["SKUFORGE_GENERATION_SIZE_PX"] = str(args.size)
+    os.environ["SKUFORGE_GENERATION_VARIANTS_PER_SKU"] = str(args.variants_per_sku)
+    if args.parameters != "{}":
+        os.environ["SKUFORGE_GENERATION_PARAMETERS"] = args.parameters
+    from devstack.demo.demo import stack, wait_until_decided
+    from schemas.topics import IMAGE_GENERATED
+    from services.ingest.ingest import ingest_path
+    from shared.config import load_settings
+    from shared.store import open_store
+
+    with stack(args.workdir / "stack", variants=args.variants_per_sku, keep_running=False) as running:
+        settings = load_settings()
+        store = open_store(
+            settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+        )
+        started = time.monotonic()
+        since_ms = int(time.time() * 1000) - 2_000
+        ingest_path(skus_dir, settings, store=store)
+        state, _, _, complete = wait_until_decided(
+            settings, store, running, sku_ids, since_ms, args.timeout_s
+        )
+        if not complete:
+            raise SystemExit(f"the stack did not decide every image within {args.timeout_s:.0f}s")
+        generated = state.count(IMAGE_GENERATED)
+        elapsed_min = (time.monotonic() - started) / 60
+    return round(generated / elapsed_min, 1)
+
+
+def stack_training(k: int, classes: list[str], args: argparse.Namespace, export_dir: Path) -> list[Photo]:
+    """The retraining store's export for the k SKUs (the policy's real:synthetic cap), as Photos."""
+    from services.trainstore.config import TrainstoreSettings
+    from shared.config import load_settings
+    from shared.store import open_store
+    from shared.trainstore.dataset import export_dataset
+    from shared.trainstore.manifest import ManifestStore
+
+    settings = load_settings()
+    store = open_store(
+        settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+    )
+    manifests = ManifestStore(store, load_settings(TrainstoreSettings).trainstore_prefix)
+    out = export_dir / f"k{k}"
+    if out.exists():
+        shutil.rmtree(out)
+    export_dataset(
+        manifests,
+        out,
+        fmt="imagefolder",
+        size_px=args.export_px,
+        max_synthetic_per_real=args.max_synthetic_per_real,
+        sku_ids=[sku_id(k, name) for name in classes],
+    )
+    photos = []
+    for name in classes:
+        for path in sorted((out / sku_id(k, name)).glob("*.png")):
+            photos.append(file_photo(name, "real" if path.name.startswith("real-") else "synthetic", path))
+    return photos
+
+
+# --------------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.augment", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", type=Path, required=True, help="GroceryStoreDataset's dataset/ folder")
+    parser.add_argument(
+        "--split", choices=("val", "test"), default="test", help="held-out photos (default test)"
+    )
+    parser.add_argument("--mode", choices=("stack", "in-process"), default="stack")
+    parser.add_argument("--k", default="0,1,3", help="real in-store photos per SKU, comma-separated")
+    parser.add_argument("--variants-per-sku", type=int, default=12)
+    parser.add_argument("--scenes-per-class", type=int, default=4, help="train photos per class as scenes")
+    parser.add_argument("--photo-share", type=float, default=1.0, help="share of variants on scene photos")
+    parser.add_argument("--parameters", default="{}", help="JSON composite parameters for every variant")
+    parser.add_argument("--size", type=int, default=384, help="generated image side (px)")
+    parser.add_argument("--export-px", type=int, default=256, help="export side (px)")
+    parser.add_argument("--max-synthetic-per-real", type=int, default=12)
+    parser.add_argument("--max-reference-px", type=int, default=1024)
+    parser.add_argument(
+        "--min-plain-background", type=float, default=0.7, help="in-process: cut-out sources (0: every photo)"
+    )
+    parser.add_argument(
+        "--matting-model", default=None, help="in-process masks (default: the committed model)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--l2", type=float, default=1e-3)
+    parser.add_argument("--real-weight", type=float, default=1.0)
+    parser.add_argument("--timeout-s", type=float, default=7200.0)
+    parser.add_argument("--workdir", type=Path, default=Path("var/augment"))
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results JSON (default bench/results/augment*.json)"
+    )
+    parser.add_argument("--tag", default="", help="name of this try (in-process runs on val)")
+    args = parser.parse_args(argv)
+    ks = [int(k) for k in args.k.split(",")]
+    started = time.time()
+    data = read_grocery(args.dataset)
+    classes = [item.name for item in data.classes]
+    all_refs = {k: references(data, k, args.seed) for k in ks}
+    used = {path for refs in all_refs.values() for paths in refs.values() for path in paths}
+    scenes = scene_photos(data, args.scenes_per_class, args.seed, used)
+    heldout = [file_photo(name, "real", path) for name in classes for path in data.splits[args.split][name]]
+    check_disjoint(
+        [(photo.name, photo.sha256) for photo in heldout],
+        reference=[(str(path), sha256_file(path)) for path in used],
+        scene=[(str(path), sha256_file(path)) for paths in scenes.values() for path in paths],
+    )
+    scenes_dir = write_scene_library(scenes, args.workdir / "scenes")
+    backbone = open_backbone(BackboneSpec())
+    featurizer = Featurizer(backbone, FeatureCache(args.workdir / "features"))
+    config = EvaluationConfig(seed=args.seed, l2=args.l2, real_weight=args.real_weight)
+
+    throughput = None
+    if args.mode == "stack":
+        sku_ids = write_sku_folders(all_refs, args.workdir / "skus")
+        throughput = run_stack(args.workdir / "skus", sku_ids, scenes_dir, args)
+    results: dict[str, Any] = {}
+    evaluations = {}
+    for k in ks:
+        if args.mode == "stack":
+            training = stack_training(k, classes, args, args.workdir / "export")
+        else:
+            made = generate_in_process(
+                all_refs[k], scenes_dir, args, args.workdir / f"generated-{args.tag}-k{k}"
+            )
+            training = [
+                file_photo(name, "real", path) for name, paths in all_refs[k].items() for path in paths
+            ]
+            training += [
+                file_photo(name, "synthetic", path) for name, paths in made.items() for path in paths
+            ]
+        evaluation = run_evaluation(training, heldout, featurizer, config)
+        evaluations[k] = evaluation
+        results[f"k{k}"] = evaluation.summary()
+        print(f"k={k}: " + json.dumps(results[f"k{k}"]), flush=True)
+        (args.workdir / f"evaluation-{args.split}-{args.mode}-{args.tag}-k{k}.json").write_text(
+            json.dumps(asdict(evaluation), indent=1)
+        )
+    report: dict[str, Any] = {
+        **results,
+        "split": args.split,
+        "mode": args.mode,
+        "n_test": len(heldout),
+        "n_classes": len(classes),
+        "variants_per_sku": args.variants_per_sku,
+        "backbone": backbone.backbone_id,
+        "images_per_min_through_stack": throughput,
+        "photo_share": args.photo_share,
+        "scenes": sum(len(paths) for paths in scenes.values()),
+        "parameters": json.loads(args.parameters),
+        "max_synthetic_per_real": args.max_synthetic_per_real,
+        "seed": args.seed,
+        "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": _cpus()},
+        "wall_s": round(time.time() - started, 1),
+    }
+    out = args.out or RESULTS / (
+        "augment.json" if args.split == "test" else f"augment-val{'-' + args.tag if args.tag else ''}.json"
+    )
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
