@@ -170,6 +170,18 @@ def _cmd_up(rest: list[str]) -> int:
     return main(rest)
 
 
+def _cmd_prometheus(rest: list[str]) -> int:
+    from devstack.prometheus import main
+
+    return main(rest)
+
+
+def _cmd_dashboard(rest: list[str]) -> int:
+    from devstack.dashboard import main
+
+    return main(rest)
+
+
 def _cmd_demo(rest: list[str]) -> int:
     from devstack.demo.demo import main
 
@@ -192,6 +204,8 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "config": (_cmd_config, "validate and print the configuration (SKUFORGE_* variables)"),
     "serve": (_cmd_serve, "serve an HTTP service: " + ", ".join(sorted(SERVERS))),
     "console": (_cmd_console, "correction console hand-off: export-labelstudio, import-labelstudio"),
+    "prometheus": (_cmd_prometheus, "print the Prometheus scrape config for the documented ports"),
+    "dashboard": (_cmd_dashboard, "write the Grafana dashboard (deploy/grafana/) from its Python definition"),
 }
 
 

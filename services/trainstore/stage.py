@@ -59,6 +59,20 @@ class StagedItem:
     mask_png: bytes | None = None
 
 
+class TrainstoreMetrics:
+    """What reached the retraining store, in the stage's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.images_stored = Counter(
+            "skuforge_trainstore_images_stored_total",
+            "Training images written to the retraining store, by source (real, synthetic).",
+            ["source"],
+            registry=registry,
+        )
+        for source in ("real", "synthetic"):
+            self.images_stored.labels(source)
+
+
 class Trainstore:
     """Turns events into staged items, then writes objects and manifest rows, in that order."""
 
@@ -67,14 +81,7 @@ class Trainstore:
     ) -> None:
         self.manifests = manifests
         self.compact_after_parts = compact_after_parts
-        self.images_stored = Counter(
-            "skuforge_trainstore_images_stored_total",
-            "Training images written to the retraining store, by source (real, synthetic).",
-            ["source"],
-            registry=registry or CollectorRegistry(),
-        )
-        for source in ("real", "synthetic"):
-            self.images_stored.labels(source)
+        self.metrics = TrainstoreMetrics(registry or CollectorRegistry())
 
     # -- one method per input topic -------------------------------------------------------------
 
@@ -173,7 +180,7 @@ class Trainstore:
             row = item.row
             if row.image and item.image_png is not None:
                 self.manifests.store.put_bytes(self.manifests.key(row.image), item.image_png, "image/png")
-                self.images_stored.labels(row.source).inc()
+                self.metrics.images_stored.labels(row.source).inc()
             if row.mask and item.mask_png is not None:
                 self.manifests.store.put_bytes(self.manifests.key(row.mask), item.mask_png, "image/png")
         written = self.manifests.append(sku_id, [item.row for item in changed], current=current)
