@@ -232,11 +232,15 @@ class HealthServer:
             def _reply(
                 self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
             ) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The scraper gave up waiting (its timeout is below a busy machine's answer time).
+                    return
 
             def log_message(self, format: str, *args: object) -> None:  # scrapes are not news
                 return
