@@ -254,3 +254,27 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(text, end="")
     return 0
+
+
+def stack_prometheus(
+    workdir: Path,
+    ports: Mapping[str, int],
+    *,
+    port: int | None = None,
+    rules_file: Path = ALERTS_FILE,
+    scrape_interval_s: float = 5.0,
+) -> PrometheusServer:
+    """The Prometheus of a ``skuforge up`` stack: every stage, the console and Triton on ``ports`` (the
+    stack's port names, as in ``devstack.up.DEFAULT_PORTS``), ``rules_file`` as its rules, data in
+    ``workdir``. ``port`` None: 9090 when free, else any free port."""
+    from devstack.broker import port_in_use
+
+    if port is None:
+        port = DEFAULT_PROMETHEUS_PORT if not port_in_use(DEFAULT_PROMETHEUS_PORT) else free_port()
+    jobs = {
+        **{stage.name: ports[stage.name] for stage in PIPELINE},
+        CONSOLE.name: ports["console_metrics"],
+        TRITON_JOB: ports["triton_metrics"],
+    }
+    config = scrape_config(jobs, scrape_interval_s=scrape_interval_s, rule_files=[ALERTS_FILE.name])
+    return PrometheusServer(workdir, config, rules={ALERTS_FILE.name: rules_file.read_text()}, port=port)
