@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +54,13 @@ def _families(registry: CollectorRegistry) -> Iterator[tuple[str, str, tuple[str
                 yield family.name, family.type, labels, family.documentation
 
 
-def catalogue() -> list[MetricDoc]:
-    """Every metric of every service, in the order a reader meets them: the runtime's, then per service."""
+@contextmanager
+def service_registries() -> Iterator[dict[str, CollectorRegistry]]:
+    """Who serves what → a registry holding those metrics, built from the classes that define them.
+
+    The console's collector reads a task table, so it gets an empty one in a temporary directory for
+    the duration of the block.
+    """
     from services.console.metrics import ConsoleMetrics
     from services.console.tasks import TaskStore
     from services.gate.stage import GateMetrics
@@ -63,13 +69,7 @@ def catalogue() -> list[MetricDoc]:
     from services.trainstore.stage import TrainstoreMetrics
     from shared.observability import StageMetrics
 
-    docs: list[MetricDoc] = []
-
-    def add(registry: CollectorRegistry, services: str) -> None:
-        for name, kind, labels, text in _families(registry):
-            docs.append(MetricDoc(name, kind, labels, text, services))
-
-    add(StageMetrics("any").registry, "every stage and the console")
+    registries = {"every stage and the console": StageMetrics("any").registry}
     for services, metrics_class in (
         ("generator", GeneratorMetrics),
         ("matting", MattingMetrics),
@@ -78,9 +78,19 @@ def catalogue() -> list[MetricDoc]:
     ):
         registry = CollectorRegistry()
         metrics_class(registry)
-        add(registry, services)
+        registries[services] = registry
     with tempfile.TemporaryDirectory() as workdir:
-        add(ConsoleMetrics(TaskStore(Path(workdir) / "tasks.sqlite3")).registry, "console")
+        registries["console"] = ConsoleMetrics(TaskStore(Path(workdir) / "tasks.sqlite3")).registry
+        yield registries
+
+
+def catalogue() -> list[MetricDoc]:
+    """Every metric of every service, in the order a reader meets them: the runtime's, then per service."""
+    docs: list[MetricDoc] = []
+    with service_registries() as registries:
+        for services, registry in registries.items():
+            for name, kind, labels, text in _families(registry):
+                docs.append(MetricDoc(name, kind, labels, text, services))
     for name, (kind, text) in TRITON_METRICS.items():
         docs.append(MetricDoc(name, kind, ("model", "version"), text, "triton"))
     return docs

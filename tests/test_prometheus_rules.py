@@ -10,7 +10,9 @@ import re
 from pathlib import Path
 
 import yaml
+from prometheus_client import generate_latest
 
+from devstack.metrics_doc import service_registries
 from devstack.prometheus import (
     ALERTS_FILE,
     ALERTS_TEST_FILE,
@@ -88,3 +90,18 @@ def test_the_stage_down_alert_names_every_scrape_job() -> None:
     )
     jobs = set(re.search(r'job=~"([^"]+)"', expr).group(1).split("|"))  # type: ignore[union-attr]
     assert jobs == set(default_targets())
+
+
+def test_every_services_metrics_pass_promtool_check_metrics(promtool_bin: str) -> None:
+    # The exposition text of each service's metric classes; the integration test checks the live
+    # /metrics of a running stack the same way.
+    with service_registries() as registries:
+        for services, registry in registries.items():
+            checked = promtool("check", "metrics", input_text=generate_latest(registry).decode())
+            assert checked.returncode == 0, f"{services}: {checked.stdout}{checked.stderr}"
+
+
+def test_promtool_check_metrics_refuses_a_badly_named_counter(promtool_bin: str) -> None:
+    # The check above can fail: a counter without _total is refused.
+    text = "# HELP jobs Jobs done.\n# TYPE jobs counter\njobs 3\n"
+    assert promtool("check", "metrics", input_text=text).returncode != 0
