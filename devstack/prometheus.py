@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         help="config: the scrape config; metrics: the markdown table of every metric (docs/ops.md)",
     )
     parser.add_argument(
-        "--write", action="store_true", help=f"write it to {CONFIG_FILE.relative_to(REPO_ROOT)}"
+        "--write", action="store_true", help=f"config: write it to {CONFIG_FILE.relative_to(REPO_ROOT)}"
     )
     args = parser.parse_args(argv)
     if args.action == "metrics":
