@@ -135,8 +135,11 @@ PANELS: tuple[Panel, ...] = (
         unit="s",
     ),
     Panel(
-        "Triton errors and refusals (stage side)",
-        (Query(_rate("skuforge_triton_errors_total", "model, kind"), "{{model}} {{kind}}"),),
+        "Triton errors and refusals",
+        (
+            Query(_rate("skuforge_triton_errors_total", "model, kind"), "generator saw {{kind}} {{model}}"),
+            Query(_rate("nv_inference_request_failure", "model"), "triton failed {{model}}"),
+        ),
         unit="ops",
     ),
     Panel(
