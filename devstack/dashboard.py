@@ -280,7 +280,7 @@ def render(prometheus_url: str, out: Path, start: float, end: float, window: str
                 times = [float(t) - start for t, _ in series["values"]]
                 values = [float(v) for _, v in series["values"]]
                 label = _legend(query.legend, series["metric"])
-                axis.plot(times, values, label=label[:40])
+                axis.plot(times, values, label=label[:60])
         axis.set_title(panel.title, fontsize=9)
         axis.tick_params(labelsize=7)
         if axis.lines:

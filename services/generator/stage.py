@@ -57,14 +57,12 @@ class GeneratorMetrics:
     """Triton's answers as the stage sees them, in the stage's registry (Triton's own queue and batch
     figures are on Triton's /metrics)."""
 
-    KINDS = ("overloaded", "timeout", "unavailable", "malformed", "refused")
-
     def __init__(self, registry: CollectorRegistry) -> None:
         self.triton_errors = Counter(
             "skuforge_triton_errors_total",
-            "Triton calls that did not bring an image, by model and kind: overloaded (queue full, "
-            "refused), timeout, unavailable, malformed (our request), refused (the model refused "
-            "the variant).",
+            "Triton calls that did not bring an image, by model and kind: overloaded (Triton's queue was "
+            "full and turned the request away), timeout, unavailable, malformed (our request), refused "
+            "(the model refused the variant).",
             ["model", "kind"],
             registry=registry,
         )
