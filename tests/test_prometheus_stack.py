@@ -193,6 +193,10 @@ def test_prometheus_sees_the_flow_and_the_lag_alert_fires_when_a_stage_stops(
         # Model calls were timed and sized: every image went through one matting call.
         assert prom.value('sum(skuforge_model_batch_size_sum{stage="matting"})') >= images  # type: ignore[operator]
         assert prom.value('sum(skuforge_model_seconds_count{stage="generator"})') >= 1  # type: ignore[operator]
+        assert prom.value('sum(skuforge_model_batch_size_sum{stage="captioner", model="matting"})') >= skus  # type: ignore[operator]
+        # Mask statistics: one observation per matted image, every fraction within (0, 1).
+        assert prom.value("sum(skuforge_matting_foreground_fraction_count)") >= images  # type: ignore[operator]
+        assert prom.value('sum(skuforge_matting_foreground_fraction_bucket{le="0.0"})') == 0
         # Triton's own metrics agree that it served the variants.
         assert prom.value('sum(nv_inference_request_success{model="skuforge_generator_composite"})') >= images  # type: ignore[operator]
         # What the gate accepted reached the store as synthetic images (each item once).
