@@ -99,6 +99,7 @@ def read_stack(workdir: Path) -> dict[str, Any]:
 
 @pytest.mark.slow
 @pytest.mark.kafka
+@pytest.mark.timeout(900)  # the waits below add up past the suite's 600 s on a loaded machine
 def test_prometheus_sees_the_flow_and_the_lag_alert_fires_when_a_stage_stops(
     tmp_path: Path, kafka_bootstrap: str, prometheus_bin: str, promtool_bin: str
 ) -> None:
