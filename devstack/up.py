@@ -22,9 +22,11 @@ console               ``skuforge serve console``             ``/readyz`` (intake
 ====================  =====================================  ========================================
 
 A stage that dies is reported and restarted with back-off; Ctrl-C or SIGTERM stops everything,
-console first, Kafka last. ``<workdir>/stack.json`` describes the running stack (ports, pids,
-console address) for ``skuforge demo`` and for people; the object store defaults to
-``<workdir>/store`` and the console's task table to ``<workdir>/console``, unless
+console first, Kafka last. ``--with-prometheus`` starts a real Prometheus last (``devstack/prometheus.py``,
+the Debian package's binary) scraping every stage, the console and Triton, with
+``deploy/prometheus/alerts.yml``, and prints its address. ``<workdir>/stack.json`` describes the
+running stack (ports, pids, console and Prometheus addresses) for ``skuforge demo`` and for people; the
+object store defaults to ``<workdir>/store`` and the console's task table to ``<workdir>/console``, unless
 ``SKUFORGE_STORE_URI`` / ``SKUFORGE_CONSOLE_DB_PATH`` say otherwise. Without
 ``SKUFORGE_CONSOLE_USERS`` a login ``demo:<random>`` is made once, kept in
 ``<workdir>/console-login`` (mode 600) and printed.
@@ -49,6 +51,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic_settings import BaseSettings
 
 from devstack.broker import DEFAULT_CONTROLLER_PORT, DEFAULT_PORT, LocalKafka, free_port, port_in_use
+from devstack.prometheus import ALERTS_FILE, PrometheusMissing, stack_prometheus
 from devstack.supervisor import ServiceSpec, Supervisor, SupervisorError, http_ok
 from schemas.flow import CONSOLE, PIPELINE
 from services.console.config import ConsoleSettings
@@ -97,6 +100,7 @@ class StackConfig:
     start_kafka: bool = True
     backends: list[str] = field(default_factory=lambda: ["composite"])
     extra_env: dict[str, str] = field(default_factory=dict)
+    prometheus_url: str | None = None  # set by --with-prometheus
 
     @property
     def logs(self) -> Path:
@@ -410,6 +414,7 @@ def write_state(config: StackConfig, supervisor: Supervisor, state: str) -> None
         "console_user": config.console_users.split(":", 1)[0],
         "console_login_file": str(config.workdir / LOGIN_FILE),
         "ports": config.ports,
+        "prometheus_url": config.prometheus_url,
         # What a client of this stack needs: the caller's SKUFORGE_* (variants, namespace...) and ours.
         "env": {
             k: v
@@ -498,6 +503,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--grace-s", type=float, default=20.0, help="seconds a service has to stop before SIGKILL"
     )
+    parser.add_argument(
+        "--with-prometheus",
+        action="store_true",
+        help="also run Prometheus (Debian package 'prometheus') scraping the stack, with the alert rules",
+    )
+    parser.add_argument(
+        "--prometheus-rules",
+        type=Path,
+        default=ALERTS_FILE,
+        help="rules file for that Prometheus (default deploy/prometheus/alerts.yml)",
+    )
+    parser.add_argument(
+        "--scrape-interval-s", type=float, default=5.0, help="that Prometheus's scrape interval (default 5)"
+    )
     args = parser.parse_args(argv)
     try:
         load_settings()  # a bad SKUFORGE_* variable stops us here, not in seven log files
@@ -519,13 +538,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     _, generated_login = console_login(workdir)
     _stop_stale_broker(config, _say)
+    specs = build_specs(config)
+    if args.with_prometheus:
+        try:
+            prometheus = stack_prometheus(
+                config.workdir / "prometheus",
+                config.ports,
+                port=free_port() if args.ports == "free" else None,
+                rules_file=args.prometheus_rules,
+                scrape_interval_s=args.scrape_interval_s,
+            )
+            argv_prometheus = prometheus.argv()
+        except (PrometheusMissing, OSError) as exc:
+            print(f"skuforge up: --with-prometheus: {exc}", file=sys.stderr)
+            return 2
+        config.prometheus_url = prometheus.url
+        specs.append(
+            ServiceSpec(
+                name="prometheus",
+                argv=argv_prometheus,
+                log_path=config.logs / "prometheus.log",
+                ready=http_ok(f"{prometheus.url}/-/ready"),
+                ready_timeout_s=60,
+            )
+        )
 
     state = {"now": "starting"}
 
     def on_change(supervisor: Supervisor) -> None:
         write_state(config, supervisor, "stopping" if supervisor.stopping.is_set() else state["now"])
 
-    supervisor = Supervisor(build_specs(config), grace_s=args.grace_s, report=_say, on_change=on_change)
+    supervisor = Supervisor(specs, grace_s=args.grace_s, report=_say, on_change=on_change)
 
     def on_ready() -> None:
         state["now"] = "ready"
@@ -541,6 +584,11 @@ def main(argv: list[str] | None = None) -> int:
             f"  console    {config.console_url}  ({login})",
             "  metrics    "
             + ", ".join(f"{n} :{u.rsplit(':', 1)[1]}" for n, u in metrics_urls(config).items()),
+            *(
+                [f"  prometheus {config.prometheus_url}  (alerts: {config.prometheus_url}/alerts)"]
+                if config.prometheus_url
+                else []
+            ),
             f"  logs       {config.logs}/",
             "  feed it    skuforge ingest DIR   (with SKUFORGE_KAFKA_BOOTSTRAP and SKUFORGE_STORE_URI above)",
             "Ctrl-C stops everything.",

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="port of that server; unset = the stage's own default port"
     )
+    group_lag_interval_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="seconds between reads of consumer-group lag from the broker (0 = off); docs/ops.md",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="log level")
     log_format: Literal["json", "text"] = Field(default="json", description="json lines, or text for humans")
 

@@ -46,6 +46,10 @@ HANDLER_SECONDS_BUCKETS = (
     120.0,
     300.0,
 )
+# Inputs per model call: a stage's micro-batch, Triton's dynamic batch.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# An object write is milliseconds on a local disk and up to seconds on S3 under load.
+STORE_WRITE_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class StageMetrics:
@@ -110,6 +114,66 @@ class StageMetrics:
             ["stage"],
             registry=self.registry,
         )
+        self.group_lag = Gauge(
+            "skuforge_consumer_group_lag_messages",
+            "Messages a consumer group has not committed yet, summed over every partition of the topic "
+            "(from the group's committed offsets, so it is reported while the group's members are down; "
+            "several stages report a group, take max by (group, topic)).",
+            ["group", "topic"],
+            registry=self.registry,
+        )
+        self.model_seconds = Histogram(
+            "skuforge_model_seconds",
+            "Seconds per model call (one batch of inputs), by model.",
+            ["stage", "model"],
+            buckets=HANDLER_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_batch_size = Histogram(
+            "skuforge_model_batch_size",
+            "Inputs per model call, by model.",
+            ["stage", "model"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.store_write_seconds = Histogram(
+            "skuforge_store_write_seconds",
+            "Seconds per object written to the store (successful writes).",
+            ["stage"],
+            buckets=STORE_WRITE_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.store_write_failures = Counter(
+            "skuforge_store_write_failures_total",
+            "Object writes to the store that raised.",
+            ["stage"],
+            registry=self.registry,
+        )
+        self.images = Counter(
+            "skuforge_images_total",
+            "Images the stage finished (generated, matted or gated), by generation backend.",
+            ["stage", "backend"],
+            registry=self.registry,
+        )
+        # Counters and histograms with known labels start at zero, so rate() and absent() see them.
+        self.store_write_failures.labels(stage)
+
+    @contextmanager
+    def model_call(self, model: str, batch_size: int) -> Iterator[None]:
+        """Time one model call of ``batch_size`` inputs (``model`` is a short, bounded name)."""
+        self.model_batch_size.labels(self.stage, model).observe(batch_size)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.model_seconds.labels(self.stage, model).observe(time.perf_counter() - started)
+
+    def observe_store_write(self, seconds: float, ok: bool) -> None:
+        """An object store write finished (the store's ``on_write`` hook)."""
+        if ok:
+            self.store_write_seconds.labels(self.stage).observe(seconds)
+        else:
+            self.store_write_failures.labels(self.stage).inc()
 
 
 def topics_held(families: Iterable[Metric]) -> set[str]:
@@ -168,11 +232,15 @@ class HealthServer:
             def _reply(
                 self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
             ) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The scraper gave up waiting (its timeout is below a busy machine's answer time).
+                    return
 
             def log_message(self, format: str, *args: object) -> None:  # scrapes are not news
                 return

@@ -58,6 +58,7 @@ from schemas.topics import DLQ_SUFFIX, Topic
 from shared.bus import make_consumer, make_envelope, make_producer, read_envelope, read_header
 from shared.config import Settings, load_settings
 from shared.errors import BadInput, TransientError
+from shared.group_lag import GroupLagWatcher, watched_groups
 from shared.images import UInt8Array, decode_image, decode_mask
 from shared.observability import HealthServer, StageMetrics, configure_logging, log_context
 from shared.store import ObjectStore, open_store
@@ -167,6 +168,7 @@ class Stage:
             s3_region=self.settings.s3_region,
         )
         self.metrics = StageMetrics(name)
+        self.store.on_write = self.metrics.observe_store_write
         self._routes: dict[str, _Route[Any]] = {}
         self._stage_ready = ready
         self._metrics_port = (
@@ -259,6 +261,20 @@ class Stage:
         )
         self._producer = make_producer(self.settings, client_id=self.name)
         self._consumer.subscribe(self.topics, listener=_RebalanceListener(self))
+        lag_watcher = None
+        if self.settings.group_lag_interval_s > 0:
+            groups = watched_groups(
+                self.name,
+                self.topics,
+                lambda stage: f"{self.settings.consumer_group_prefix}.{stage}",
+                self.settings.topic_name,
+            )
+            lag_watcher = GroupLagWatcher(
+                self.settings.kafka_bootstrap,
+                groups,
+                self.metrics.group_lag,
+                self.settings.group_lag_interval_s,
+            ).start()
         log.info("stage started", extra={"stage": self.name, "topics": self.topics})
         try:
             while not self._stop.is_set():
@@ -272,6 +288,8 @@ class Stage:
                 self._check_assignment()
         finally:
             log.info("stage stopping", extra={"stage": self.name})
+            if lag_watcher is not None:
+                lag_watcher.stop()
             self._consumer.close(autocommit=False)
             self._producer.close(timeout=self.settings.flush_timeout_s)
             if self.health:

@@ -21,8 +21,9 @@ import json
 import os
 import re
 import tempfile
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,6 +122,8 @@ class ObjectStore(ABC):
 
     #: URI of the store's root, without a trailing '/': ``file:///abs/dir`` or ``s3://bucket/prefix``.
     base_uri: str
+    #: Called after every write with its seconds and whether it succeeded (the runtime's metrics).
+    on_write: Callable[[float, bool], None] | None = None
 
     # Backend hooks; ``key`` is always already checked.
     @abstractmethod
@@ -141,7 +144,15 @@ class ObjectStore(ABC):
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectRef:
         """Store ``data`` under ``key`` (replacing any previous object) and return its reference."""
         check_key(key)
-        self._write(key, data, content_type)
+        started = time.perf_counter()
+        try:
+            self._write(key, data, content_type)
+        except BaseException:
+            if self.on_write is not None:
+                self.on_write(time.perf_counter() - started, False)
+            raise
+        if self.on_write is not None:
+            self.on_write(time.perf_counter() - started, True)
         return ObjectRef(uri=self.uri_for(key), sha256=sha256_hex(data), bytes=len(data))
 
     def put_image(self, key: str, image: Image.Image | npt.NDArray[Any]) -> ImageRef:

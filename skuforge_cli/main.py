@@ -176,6 +176,18 @@ def _cmd_up(rest: list[str]) -> int:
     return main(rest)
 
 
+def _cmd_prometheus(rest: list[str]) -> int:
+    from devstack.prometheus import main
+
+    return main(rest)
+
+
+def _cmd_dashboard(rest: list[str]) -> int:
+    from devstack.dashboard import main
+
+    return main(rest)
+
+
 def _cmd_demo(rest: list[str]) -> int:
     from devstack.demo.demo import main
 
@@ -202,6 +214,11 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "config": (_cmd_config, "validate and print the configuration (SKUFORGE_* variables)"),
     "serve": (_cmd_serve, "serve an HTTP service: " + ", ".join(sorted(SERVERS))),
     "console": (_cmd_console, "correction console hand-off: export-labelstudio, import-labelstudio"),
+    "prometheus": (
+        _cmd_prometheus,
+        "the Prometheus scrape config for the documented ports; the metrics table",
+    ),
+    "dashboard": (_cmd_dashboard, "print or write the Grafana dashboard (deploy/grafana/); plot its panels"),
 }
 
 
@@ -213,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Turn a new product's few photos into a large, clean, labelled training set.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n"
-        + "\n".join(f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items())
+        + "\n".join(f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items())
         + "\n\nRun 'skuforge COMMAND --help' for a command's options.",
     )
     parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND")

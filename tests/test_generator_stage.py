@@ -224,6 +224,12 @@ def test_triton_down_mid_run_loses_and_duplicates_nothing(
             assert len(records) == 2 * VARIANTS
             retries = stage.metrics.retries.labels("generator", "GeneratorUnavailable")._value.get()
             assert retries >= 1
+            # Ops see it as Triton being unavailable for the composite model.
+            errors = stage.metrics.registry.get_sample_value(
+                "skuforge_triton_errors_total",
+                {"model": "skuforge_generator_composite", "kind": "unavailable"},
+            )
+            assert errors is not None and errors >= 1
             assert not stage.ready()
         finally:
             triton.start()

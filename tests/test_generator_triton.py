@@ -147,13 +147,15 @@ def test_overload_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     assert refusals, "a burst of 16 requests against a queue of 1 was never refused"
     message = str(refusals[0])
     assert "overloaded" in message and "Exceeds maximum queue size" in message, message
+    assert {refusal.kind for refusal in refusals} == {"overloaded"}  # what the metrics count it as
 
 
 def test_triton_down_is_a_transient_error() -> None:
     client = TritonGenerator(f"127.0.0.1:{free_port()}", timeout_s=5.0, concurrency=1)
     try:
-        with pytest.raises(GeneratorUnavailable, match="unavailable"):
+        with pytest.raises(GeneratorUnavailable, match="unavailable") as raised:
             client.generate("composite", [variant(1)])
+        assert raised.value.kind == "unavailable"
     finally:
         client.close()
     assert client.last_call_ok is False

@@ -144,7 +144,7 @@ def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModel
     """Mask, measure and caption every photo of the SKU; emit one ``sku.captioned``."""
     sku = event.payload.sku
     photos = event.payload.photos
-    found = _find_products([_read_photo(photo, ctx, models.options) for photo in photos], models)
+    found = _find_products([_read_photo(photo, ctx, models.options) for photo in photos], models, ctx)
     for photo, outcome in zip(photos, found, strict=True):
         if isinstance(outcome, _Unusable):
             ctx.log.warning(
@@ -160,7 +160,7 @@ def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModel
         raise BadInput("no_usable_photo", f"no photo of {sku.sku_id} shows a usable product ({reasons})")
 
     shape = _consensus_shape([outcome.attributes for outcome in found if isinstance(outcome, _Found)])
-    sentences = _sentences(found, models.vlm)
+    sentences = _sentences(found, models.vlm, ctx)
     captioned = [
         _caption_photo(photo, outcome, sentence, shape, sku, ctx, models.options)
         for photo, outcome, sentence in zip(photos, found, sentences, strict=True)
@@ -199,12 +199,13 @@ def _read_photo(photo: ReferencePhoto, ctx: Context, options: CaptionerSettings)
 
 
 def _find_products(
-    images: Sequence[Image.Image | _Unusable], models: CaptionerModels
+    images: Sequence[Image.Image | _Unusable], models: CaptionerModels, ctx: Context
 ) -> list[_Found | _Unusable]:
     """Mask every readable photo in one matting call, refuse masks that find no product, measure the rest."""
     options = models.options
     readable = [image for image in images if isinstance(image, Image.Image)]
-    predictions = iter(models.session.predict(readable))
+    with ctx.metrics.model_call("matting", len(readable)):
+        predictions = iter(models.session.predict(readable))
     found: list[_Found | _Unusable] = []
     for image in images:
         if isinstance(image, _Unusable):
@@ -228,10 +229,15 @@ def _find_products(
     return found
 
 
-def _sentences(found: Sequence[_Found | _Unusable], vlm: VlmCaptioner | None) -> list[str | None]:
+def _sentences(
+    found: Sequence[_Found | _Unusable], vlm: VlmCaptioner | None, ctx: Context
+) -> list[str | None]:
     """The BLIP sentence of each usable photo (one batched call), None elsewhere or without BLIP."""
     usable = [outcome.image for outcome in found if isinstance(outcome, _Found)]
-    described = iter(vlm.describe(usable) if vlm is not None else [None] * len(usable))
+    if vlm is None:
+        return [None] * len(found)
+    with ctx.metrics.model_call("vlm", len(usable)):
+        described = iter(vlm.describe(usable))
     return [next(described) if isinstance(outcome, _Found) else None for outcome in found]
 
 

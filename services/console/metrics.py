@@ -29,6 +29,13 @@ class _QueueCollector(Collector):
         for state, count in self._tasks.counts().items():
             depth.add_metric([state], count)
         yield depth
+        oldest = GaugeMetricFamily(
+            "skuforge_console_oldest_task_age_seconds",
+            "Seconds the oldest task waiting for a decision (pending or claimed) has waited; 0 when none.",
+        )
+        waiting_since = self._tasks.oldest_waiting_at()
+        oldest.add_metric([], 0.0 if waiting_since is None else max(0.0, self._tasks.clock() - waiting_since))
+        yield oldest
         outbox = GaugeMetricFamily(
             "skuforge_console_unpublished_decisions",
             "Decisions recorded but not yet acknowledged by the broker.",

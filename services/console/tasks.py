@@ -276,6 +276,14 @@ class TaskStore:
         counts.update({row["state"]: row["n"] for row in rows})
         return counts
 
+    def oldest_waiting_at(self) -> float | None:
+        """When the oldest task still waiting for a decision (pending or claimed) arrived; None if none."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT MIN(received_at) AS at FROM tasks WHERE state IN ('pending', 'claimed')"
+            ).fetchone()
+        return None if row is None or row["at"] is None else float(row["at"])
+
     def reasons(self) -> list[str]:
         """Every reason code seen so far, for the queue's filter."""
         with self._connect() as db:

@@ -90,6 +90,7 @@ def handle(
     )
     reasons = failed_reasons(checks)
     metrics.iou.observe(iou)
+    ctx.metrics.images.labels(ctx.stage, generated.backend).inc()
     for reason in reasons:
         metrics.flags.labels(reason).inc()
     if not reasons:

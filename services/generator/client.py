@@ -24,7 +24,14 @@ _CLIENT_ERRORS = ("StatusCode.INVALID_ARGUMENT", "400")
 
 
 class GeneratorUnavailable(TransientError):
-    """Triton could not take the request now (down, loading, overloaded, slow); retry later."""
+    """Triton could not take the request now (down, loading, overloaded, slow); retry later.
+
+    ``kind`` says which, for the metrics: ``overloaded`` (queue full), ``timeout`` or ``unavailable``.
+    """
+
+    def __init__(self, message: str, kind: str = "unavailable") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class TritonGenerator:
@@ -101,7 +108,7 @@ class TritonGenerator:
             status, message = str(exc.status()), exc.message() or str(exc)
             if status in _CLIENT_ERRORS and "queue" not in message.lower():
                 raise RuntimeError(f"Triton refused the request as malformed ({status}): {message}") from exc
-            raise GeneratorUnavailable(_explain(status, message, self.url, backend)) from exc
+            raise GeneratorUnavailable(*_explain(status, message, self.url, backend)) from exc
         except (OSError, TimeoutError) as exc:
             raise GeneratorUnavailable(
                 f"Triton at {self.url} unreachable: {type(exc).__name__}: {exc}"
@@ -120,13 +127,14 @@ class TritonGenerator:
         )
 
 
-def _explain(status: str, message: str, url: str, backend: str) -> str:
+def _explain(status: str, message: str, url: str, backend: str) -> tuple[str, str]:
+    """What went wrong, in a sentence, and its kind for the metrics."""
     lowered = message.lower()
     if "queue" in lowered:
-        return f"Triton at {url} is overloaded ({model_name(backend)} queue full): {message}"
+        return f"Triton at {url} is overloaded ({model_name(backend)} queue full): {message}", "overloaded"
     if "deadline" in lowered or "timeout" in lowered or "DEADLINE" in status:
-        return f"Triton at {url} timed out on {model_name(backend)}: {message}"
-    return f"Triton at {url} unavailable for {model_name(backend)} ({status}): {message}"
+        return f"Triton at {url} timed out on {model_name(backend)}: {message}", "timeout"
+    return f"Triton at {url} unavailable for {model_name(backend)} ({status}): {message}", "unavailable"
 
 
 def _bytes_cell(text: str) -> np.ndarray:

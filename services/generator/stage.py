@@ -37,20 +37,36 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from prometheus_client import CollectorRegistry, Counter
 
 from schemas.envelope import Envelope, derive_id
 from schemas.events import CaptionedPhoto, ImageGenerated, SkuCaptioned
 from schemas.flow import GENERATOR
 from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
-from services.generator.client import TritonGenerator
+from services.generator.client import GeneratorUnavailable, TritonGenerator
 from services.generator.config import GenerationSettings
-from services.generator.protocol import VariantRequest, VariantResult
+from services.generator.protocol import VariantRequest, VariantResult, model_name
 from shared.config import Settings, load_settings
 from shared.errors import BadInput
 from shared.images import decode_image, decode_mask
 from shared.runtime import Context, Emit, Stage, run_stage
 
 STAGE_NAME = GENERATOR.name
+
+
+class GeneratorMetrics:
+    """Triton's answers as the stage sees them, in the stage's registry (Triton's own queue and batch
+    figures are on Triton's /metrics)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.triton_errors = Counter(
+            "skuforge_triton_errors_total",
+            "Triton calls that did not bring an image, by model and kind: overloaded (Triton's queue was "
+            "full and turned the request away), timeout, unavailable, malformed (our request), refused "
+            "(the model refused the variant).",
+            ["model", "kind"],
+            registry=registry,
+        )
 
 
 @dataclass(frozen=True)
@@ -164,6 +180,7 @@ def handle_batch(
     *,
     generator: TritonGenerator,
     generation: GenerationSettings,
+    metrics: GeneratorMetrics | None = None,
 ) -> list[list[Emit] | BadInput]:
     """Generate every variant of every event; a SKU that cannot be served refuses only itself.
 
@@ -211,9 +228,22 @@ def handle_batch(
             for position, planned, request in requests
             if planned.backend == backend
         ]
-        results = generator.generate(backend, [request for _, _, request in mine])
+        model = model_name(backend)
+        try:
+            with ctx.metrics.model_call(model, len(mine)):
+                results = generator.generate(backend, [request for _, _, request in mine])
+        except GeneratorUnavailable as exc:
+            if metrics is not None:
+                metrics.triton_errors.labels(model, exc.kind).inc()
+            raise
+        except RuntimeError:
+            if metrics is not None:
+                metrics.triton_errors.labels(model, "malformed").inc()
+            raise
         for (position, planned, _), result in zip(mine, results, strict=True):
             answers[(position, planned.variant_index)] = result
+            if isinstance(result, BadInput) and metrics is not None:
+                metrics.triton_errors.labels(model, "refused").inc()
 
     outputs: list[list[Emit] | BadInput] = []
     for position, event in enumerate(events):
@@ -264,6 +294,7 @@ def _store_variant(
         variant_index=planned.variant_index,
         parameters=parameters,
     )
+    ctx.metrics.images.labels(ctx.stage, planned.backend).inc()
     return Emit(IMAGE_GENERATED, generated, key=f"variant-{planned.variant_index}")
 
 
@@ -293,7 +324,12 @@ def build_stage(
         **kwargs,
     )
     stage.batch_handler(SKU_CAPTIONED)(
-        functools.partial(handle_batch, generator=client, generation=generation)
+        functools.partial(
+            handle_batch,
+            generator=client,
+            generation=generation,
+            metrics=GeneratorMetrics(stage.metrics.registry),
+        )
     )
     return stage
 

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from PIL import Image
+from prometheus_client import CollectorRegistry, Histogram
 
 from schemas.envelope import Envelope
 from schemas.events import ImageGenerated, ImageMatted
@@ -50,6 +51,26 @@ from shared.matting.roi import Box, product_box
 from shared.matting.session import MaskOptions, MattingModelError, MattingSession, open_session
 from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import ObjectStore
+
+FRACTION_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0)
+
+
+class MattingMetrics:
+    """Mask statistics, in the stage's registry: a drifting model shows here before the gate flags it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.foreground_fraction = Histogram(
+            "skuforge_matting_foreground_fraction",
+            "Share of the image's pixels the predicted mask calls product.",
+            buckets=FRACTION_BUCKETS,
+            registry=registry,
+        )
+        self.mean_confidence = Histogram(
+            "skuforge_matting_mean_confidence",
+            "Mean model confidence over the predicted mask's pixels.",
+            buckets=FRACTION_BUCKETS,
+            registry=registry,
+        )
 
 
 def open_matting_session(
@@ -83,6 +104,7 @@ def handle_batch(
     *,
     session: MattingSession,
     roi_margin: float | None = None,
+    metrics: MattingMetrics | None = None,
 ) -> list[list[Emit] | BadInput]:
     """Mat each event's image; an image that cannot be read or decoded refuses only its own event.
 
@@ -95,9 +117,10 @@ def handle_batch(
         chunk = events[first : first + session.max_batch]
         inputs = [_read_input(event, ctx, roi_margin) for event in chunk]
         accepted = [read for read in inputs if not isinstance(read, BadInput)]
-        predictions = iter(
-            session.predict([image for image, _ in accepted], boxes=[box for _, box in accepted])
-        )
+        with ctx.metrics.model_call("matting", len(accepted)):
+            predictions = iter(
+                session.predict([image for image, _ in accepted], boxes=[box for _, box in accepted])
+            )
         for event, read in zip(chunk, inputs, strict=True):
             if isinstance(read, BadInput):
                 results.append(read)
@@ -114,6 +137,10 @@ def handle_batch(
                 mean_confidence=prediction.mean_confidence,
                 matting_model_id=session.model_id,
             )
+            ctx.metrics.images.labels(ctx.stage, generated.backend).inc()
+            if metrics is not None:
+                metrics.foreground_fraction.observe(prediction.foreground_fraction)
+                metrics.mean_confidence.observe(prediction.mean_confidence)
             results.append([Emit(IMAGE_MATTED, matted, key="matted")])
     return results
 
@@ -175,7 +202,9 @@ def build_stage(
     )
     roi_margin = matting.matting_roi_margin if matting.matting_roi else None
     stage.batch_handler(IMAGE_GENERATED)(
-        functools.partial(handle_batch, session=model, roi_margin=roi_margin)
+        functools.partial(
+            handle_batch, session=model, roi_margin=roi_margin, metrics=MattingMetrics(stage.metrics.registry)
+        )
     )
     return stage
 

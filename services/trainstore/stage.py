@@ -32,6 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter
+
 from schemas.common import ImageRef
 from schemas.envelope import Envelope
 from schemas.events import CorrectionPending, CorrectionResolved, GateAccepted, ImageGenerated, SkuCaptioned
@@ -57,12 +59,29 @@ class StagedItem:
     mask_png: bytes | None = None
 
 
+class TrainstoreMetrics:
+    """What reached the retraining store, in the stage's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.images_stored = Counter(
+            "skuforge_trainstore_images_stored_total",
+            "Training images written to the retraining store, by source (real, synthetic).",
+            ["source"],
+            registry=registry,
+        )
+        for source in ("real", "synthetic"):
+            self.images_stored.labels(source)
+
+
 class Trainstore:
     """Turns events into staged items, then writes objects and manifest rows, in that order."""
 
-    def __init__(self, manifests: ManifestStore, compact_after_parts: int) -> None:
+    def __init__(
+        self, manifests: ManifestStore, compact_after_parts: int, registry: CollectorRegistry | None = None
+    ) -> None:
         self.manifests = manifests
         self.compact_after_parts = compact_after_parts
+        self.metrics = TrainstoreMetrics(registry or CollectorRegistry())
 
     # -- one method per input topic -------------------------------------------------------------
 
@@ -161,6 +180,7 @@ class Trainstore:
             row = item.row
             if row.image and item.image_png is not None:
                 self.manifests.store.put_bytes(self.manifests.key(row.image), item.image_png, "image/png")
+                self.metrics.images_stored.labels(row.source).inc()
             if row.mask and item.mask_png is not None:
                 self.manifests.store.put_bytes(self.manifests.key(row.mask), item.mask_png, "image/png")
         written = self.manifests.append(sku_id, [item.row for item in changed], current=current)
@@ -223,7 +243,9 @@ def build_stage(*, trainstore: TrainstoreSettings | None = None, **kwargs: Any) 
     trainstore = trainstore or load_settings(TrainstoreSettings)
     stage = Stage(TRAINSTORE.name, default_metrics_port=TRAINSTORE.default_metrics_port, **kwargs)
     writer = Trainstore(
-        ManifestStore(stage.store, trainstore.trainstore_prefix), trainstore.trainstore_compact_after_parts
+        ManifestStore(stage.store, trainstore.trainstore_prefix),
+        trainstore.trainstore_compact_after_parts,
+        stage.metrics.registry,
     )
     stage.handler(GATE_ACCEPTED)(writer.accepted)
     stage.handler(CORRECTION_RESOLVED)(writer.resolved)

@@ -1,0 +1,330 @@
+"""The Grafana dashboard, as code: ``skuforge dashboard --write`` writes ``deploy/grafana/skuforge.json``.
+
+Panels are written here once, with the metric names of the code (``devstack/metrics_doc.py``); a test
+checks the committed JSON is this module's output, that every query parses (promtool) and that every
+metric a query names exists. ``skuforge dashboard render`` plots the panels' queries from a running
+Prometheus into a PNG (docs/ops.md shows one from the integration run), so the queries are seen to
+return data, not only to parse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devstack.prometheus import REPO_ROOT, api_get
+
+DASHBOARD_FILE = REPO_ROOT / "deploy" / "grafana" / "skuforge.json"
+# Grafana's own window for rate(); the checks and the plot put a concrete window in its place.
+RATE_WINDOW = "$__rate_interval"
+
+
+@dataclass(frozen=True)
+class Query:
+    """One PromQL query of a panel and its legend."""
+
+    expr: str
+    legend: str
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One time-series panel."""
+
+    title: str
+    queries: tuple[Query, ...]
+    unit: str = "short"
+    description: str = ""
+    kind: str = "timeseries"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _rate(metric: str, by: str, selector: str = "") -> str:
+    return f"sum by ({by}) (rate({metric}{selector}[{RATE_WINDOW}]))"
+
+
+PANELS: tuple[Panel, ...] = (
+    Panel(
+        "Flow: input messages handled per stage",
+        (Query(_rate("skuforge_messages_total", "stage", '{outcome="ok"}'), "{{stage}}"),),
+        unit="ops",
+        description="Events each stage handled successfully, per second.",
+    ),
+    Panel(
+        "Flow: images per stage and backend",
+        (Query(_rate("skuforge_images_total", "stage, backend"), "{{stage}} {{backend}}"),),
+        unit="ops",
+        description="Images generated, matted and gated per second, by generation backend.",
+    ),
+    Panel(
+        "Images reaching the retraining store",
+        (Query(_rate("skuforge_trainstore_images_stored_total", "source"), "{{source}}"),),
+        unit="ops",
+    ),
+    Panel(
+        "Consumer group lag",
+        (Query("max by (group, topic) (skuforge_consumer_group_lag_messages)", "{{group}} on {{topic}}"),),
+        description="Messages each group has not committed yet (read from the broker, so a stopped "
+        "stage's lag still shows).",
+    ),
+    Panel(
+        "Gate decisions",
+        (Query(_rate("skuforge_gate_decisions_total", "decision"), "{{decision}}"),),
+        unit="ops",
+    ),
+    Panel(
+        "Gate IoU distribution",
+        (
+            Query(
+                f"histogram_quantile(0.1, sum by (le) (rate(skuforge_gate_iou_bucket[{RATE_WINDOW}])))", "p10"
+            ),
+            Query(
+                f"histogram_quantile(0.5, sum by (le) (rate(skuforge_gate_iou_bucket[{RATE_WINDOW}])))", "p50"
+            ),
+            Query(
+                f"histogram_quantile(0.9, sum by (le) (rate(skuforge_gate_iou_bucket[{RATE_WINDOW}])))", "p90"
+            ),
+        ),
+        unit="percentunit",
+        description="IoU of predicted and expected mask; items below the threshold go to the console.",
+    ),
+    Panel(
+        "Gate flags by reason",
+        (Query(_rate("skuforge_gate_flags_total", "reason"), "{{reason}}"),),
+        unit="ops",
+    ),
+    Panel(
+        "Model latency (p95 per call)",
+        (
+            Query(
+                "histogram_quantile(0.95, sum by (stage, model, le) "
+                f"(rate(skuforge_model_seconds_bucket[{RATE_WINDOW}])))",
+                "{{stage}} {{model}}",
+            ),
+        ),
+        unit="s",
+    ),
+    Panel(
+        "Batch sizes: stage micro-batches and Triton's dynamic batches",
+        (
+            Query(
+                f"{_rate('skuforge_model_batch_size_sum', 'stage, model')} "
+                f"/ {_rate('skuforge_model_batch_size_count', 'stage, model')}",
+                "{{stage}} {{model}}",
+            ),
+            Query(
+                f"{_rate('nv_inference_count', 'model')} / {_rate('nv_inference_exec_count', 'model')}",
+                "triton {{model}}",
+            ),
+        ),
+    ),
+    Panel(
+        "Triton queue time per request",
+        (
+            Query(
+                f"{_rate('nv_inference_queue_duration_us', 'model')} / 1e6 "
+                f"/ {_rate('nv_inference_request_success', 'model')}",
+                "{{model}}",
+            ),
+        ),
+        unit="s",
+    ),
+    Panel(
+        "Triton errors and refusals",
+        (
+            Query(_rate("skuforge_triton_errors_total", "model, kind"), "generator saw {{kind}} {{model}}"),
+            Query(_rate("nv_inference_request_failure", "model"), "triton failed {{model}}"),
+        ),
+        unit="ops",
+    ),
+    Panel(
+        "Dead letters",
+        (Query(_rate("skuforge_dlq_total", "stage, topic, reason"), "{{stage}} {{topic}} {{reason}}"),),
+        unit="ops",
+    ),
+    Panel(
+        "Store writes: p95 latency and failures",
+        (
+            Query(
+                "histogram_quantile(0.95, sum by (stage, le) "
+                f"(rate(skuforge_store_write_seconds_bucket[{RATE_WINDOW}])))",
+                "p95 {{stage}}",
+            ),
+            Query(_rate("skuforge_store_write_failures_total", "stage"), "failures/s {{stage}}"),
+        ),
+        unit="s",
+    ),
+    Panel(
+        "Console backlog",
+        (
+            Query('sum by (state) (skuforge_console_tasks{state=~"pending|claimed"})', "{{state}}"),
+            Query("max(skuforge_console_oldest_task_age_seconds)", "oldest waiting (s)"),
+        ),
+    ),
+    Panel(
+        "Matting: mask foreground fraction (median)",
+        (
+            Query(
+                "histogram_quantile(0.5, sum by (le) "
+                f"(rate(skuforge_matting_foreground_fraction_bucket[{RATE_WINDOW}])))",
+                "median foreground fraction",
+            ),
+        ),
+        unit="percentunit",
+    ),
+    Panel(
+        "Services up",
+        (Query("up", "{{job}}"),),
+        description="1 when Prometheus scraped the service's /metrics.",
+    ),
+)
+
+
+def dashboard() -> dict[str, Any]:
+    """The Grafana dashboard model (schema version 39), two panels a row."""
+    datasource = {"type": "prometheus", "uid": "${datasource}"}
+    panels = []
+    for index, panel in enumerate(PANELS):
+        panels.append(
+            {
+                "id": index + 1,
+                "type": panel.kind,
+                "title": panel.title,
+                "description": panel.description,
+                "datasource": datasource,
+                "gridPos": {"h": 8, "w": 12, "x": 12 * (index % 2), "y": 8 * (index // 2)},
+                "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
+                "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
+                "targets": [
+                    {
+                        "refId": chr(ord("A") + n),
+                        "datasource": datasource,
+                        "expr": q.expr,
+                        "legendFormat": q.legend,
+                    }
+                    for n, q in enumerate(panel.queries)
+                ],
+            }
+        )
+    return {
+        "uid": "skuforge-flow",
+        "title": "skuforge: flow, lag, gate, Triton, DLQ, console",
+        "tags": ["skuforge"],
+        "timezone": "utc",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"},
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "label": "Prometheus",
+                }
+            ]
+        },
+        "panels": panels,
+    }
+
+
+def dashboard_json() -> str:
+    """The dashboard as the committed file holds it."""
+    return json.dumps(dashboard(), indent=2) + "\n"
+
+
+def concrete(expr: str, window: str = "5m") -> str:
+    """``expr`` with Grafana's rate window replaced by ``window`` (plain PromQL)."""
+    return expr.replace(RATE_WINDOW, window)
+
+
+def metric_names(expr: str) -> set[str]:
+    """The skuforge_ and nv_ series names ``expr`` reads (as written: ``_bucket``, ``_sum``... kept)."""
+    return set(re.findall(r"\b(?:skuforge|nv)_[a-z_]+\b", expr))
+
+
+def _legend(template: str, labels: dict[str, str]) -> str:
+    """Grafana's ``{{label}}`` legend filled from a series' labels."""
+    return re.sub(r"\{\{(\w+)\}\}", lambda match: labels.get(match.group(1), ""), template)
+
+
+def render(prometheus_url: str, out: Path, start: float, end: float, window: str = "30s") -> None:
+    """Plot every panel's queries over [start, end] from ``prometheus_url`` into ``out`` (a PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = 2
+    rows = (len(PANELS) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(14, 2.6 * rows), squeeze=False)
+    step = max(1.0, (end - start) / 200)
+    for index, panel in enumerate(PANELS):
+        axis = axes[index // columns][index % columns]
+        for query in panel.queries:
+            data = api_get(
+                prometheus_url,
+                "query_range",
+                query=concrete(query.expr, window),
+                start=str(start),
+                end=str(end),
+                step=str(step),
+            )
+            for series in data["result"][:8]:
+                times = [float(t) - start for t, _ in series["values"]]
+                values = [float(v) for _, v in series["values"]]
+                label = _legend(query.legend, series["metric"])
+                axis.plot(times, values, label=label[:60])
+        axis.set_title(panel.title, fontsize=9)
+        axis.tick_params(labelsize=7)
+        if axis.lines:
+            axis.legend(fontsize=6, loc="upper left")
+        else:
+            axis.text(0.5, 0.5, "no data in this run", ha="center", va="center", transform=axis.transAxes)
+    for index in range(len(PANELS), rows * columns):
+        axes[index // columns][index % columns].axis("off")
+    figure.supxlabel("seconds since the run started", fontsize=8)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=80)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``skuforge dashboard``: print or write the dashboard JSON, or render its panels from a Prometheus."""
+    parser = argparse.ArgumentParser(
+        prog="skuforge dashboard",
+        description="The Grafana dashboard (deploy/grafana/skuforge.json) from its Python definition.",
+    )
+    sub = parser.add_subparsers(dest="action")
+    show = sub.add_parser("json", help="print the dashboard JSON (default)")
+    show.add_argument(
+        "--write", action="store_true", help=f"write it to {DASHBOARD_FILE.relative_to(REPO_ROOT)}"
+    )
+    plot = sub.add_parser("render", help="plot every panel's queries from a running Prometheus into a PNG")
+    plot.add_argument(
+        "--prometheus", required=True, help="the Prometheus address, e.g. http://127.0.0.1:9090"
+    )
+    plot.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    plot.add_argument(
+        "--minutes", type=float, default=15.0, help="how far back to plot (default %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    if args.action == "render":
+        end = time.time()
+        render(args.prometheus, args.out, end - 60 * args.minutes, end)
+        print(f"wrote {args.out}")
+        return 0
+    if getattr(args, "write", False):
+        DASHBOARD_FILE.parent.mkdir(parents=True, exist_ok=True)
+        DASHBOARD_FILE.write_text(dashboard_json())
+        print(f"wrote {DASHBOARD_FILE}")
+        return 0
+    print(dashboard_json(), end="")
+    return 0

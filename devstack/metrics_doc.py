@@ -1,0 +1,105 @@
+"""Every skuforge metric, read from the classes that define them, for docs/ops.md and the dashboard check.
+
+The table in docs/ops.md is :func:`metrics_table_markdown` (``skuforge prometheus metrics``), and a
+test keeps it current, so it cannot drift from the code; the dashboard test checks that every metric
+a panel queries is in :func:`catalogue` (or is one of Triton's own, :data:`TRITON_METRICS`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
+
+# Triton's own /metrics (Triton Inference Server docs, "Metrics") that the rules and dashboard use.
+TRITON_METRICS: dict[str, tuple[str, str]] = {
+    "nv_inference_request_success": ("counter", "successful inference requests, by model and version"),
+    "nv_inference_request_failure": ("counter", "failed inference requests, by model and version"),
+    "nv_inference_count": ("counter", "inferences performed (a batch of 4 counts 4)"),
+    "nv_inference_exec_count": (
+        "counter",
+        "model executions (a batch counts 1): count / exec_count = batch size",
+    ),
+    "nv_inference_queue_duration_us": ("counter", "cumulative microseconds requests waited in the queue"),
+    "nv_inference_pending_request_count": ("gauge", "requests waiting in the queue now"),
+}
+
+
+@dataclass(frozen=True)
+class MetricDoc:
+    """One metric family as /metrics exposes it."""
+
+    name: str
+    type: str
+    labels: tuple[str, ...]
+    help: str
+    services: str
+
+
+def _families(registry: CollectorRegistry) -> Iterator[tuple[str, str, tuple[str, ...], str]]:
+    collectors = list(dict.fromkeys(registry._collector_to_names))  # no public listing of collectors
+    for collector in collectors:
+        if isinstance(collector, MetricWrapperBase):
+            kind = str(collector._type)
+            name = collector._name + ("_total" if kind == "counter" else "")
+            yield name, kind, tuple(collector._labelnames), collector._documentation
+        else:
+            for family in collector.collect():
+                labels = tuple(dict.fromkeys(key for sample in family.samples for key in sample.labels))
+                yield family.name, family.type, labels, family.documentation
+
+
+@contextmanager
+def service_registries() -> Iterator[dict[str, CollectorRegistry]]:
+    """Who serves what → a registry holding those metrics, built from the classes that define them.
+
+    The console's collector reads a task table, so it gets an empty one in a temporary directory for
+    the duration of the block.
+    """
+    from services.console.metrics import ConsoleMetrics
+    from services.console.tasks import TaskStore
+    from services.gate.stage import GateMetrics
+    from services.generator.stage import GeneratorMetrics
+    from services.matting.stage import MattingMetrics
+    from services.trainstore.stage import TrainstoreMetrics
+    from shared.observability import StageMetrics
+
+    registries = {"every stage and the console": StageMetrics("any").registry}
+    for services, metrics_class in (
+        ("generator", GeneratorMetrics),
+        ("matting", MattingMetrics),
+        ("gate", GateMetrics),
+        ("trainstore", TrainstoreMetrics),
+    ):
+        registry = CollectorRegistry()
+        metrics_class(registry)
+        registries[services] = registry
+    with tempfile.TemporaryDirectory() as workdir:
+        registries["console"] = ConsoleMetrics(TaskStore(Path(workdir) / "tasks.sqlite3")).registry
+        yield registries
+
+
+def catalogue() -> list[MetricDoc]:
+    """Every metric of every service, in the order a reader meets them: the runtime's, then per service."""
+    docs: list[MetricDoc] = []
+    with service_registries() as registries:
+        for services, registry in registries.items():
+            for name, kind, labels, text in _families(registry):
+                docs.append(MetricDoc(name, kind, labels, text, services))
+    for name, (kind, text) in TRITON_METRICS.items():
+        docs.append(MetricDoc(name, kind, ("model", "version"), text, "triton"))
+    return docs
+
+
+def metrics_table_markdown() -> str:
+    """The metrics as a markdown table (docs/ops.md carries it)."""
+    rows = ["| metric | type | labels | served by | meaning |", "| --- | --- | --- | --- | --- |"]
+    for doc in catalogue():
+        labels = ", ".join(f"`{label}`" for label in doc.labels) or "—"
+        rows.append(f"| `{doc.name}` | {doc.type} | {labels} | {doc.services} | {doc.help} |")
+    return "\n".join(rows)

@@ -1,0 +1,131 @@
+"""Group-level consumer lag: what a consumer group has not committed yet, per topic, read from the broker.
+
+The runtime's ``skuforge_consumer_lag_messages`` is per member and per partition it holds, and it
+vanishes when the member stops: exactly when lag matters. This module reads the committed offsets
+of whole groups with the admin API, so a stage reports the lag of its own group *and* of the groups
+that consume what it produces (from ``schemas/flow.py``): when a stage is down, its upstream still
+reports how far behind its group falls, and the lag alert can fire. Several stages may report the
+same group; they read the same offsets, so dashboards and alerts take ``max by (group, topic)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+
+from kafka import KafkaAdminClient
+from kafka.admin import OffsetSpec
+from kafka.structs import TopicPartition
+from prometheus_client import Gauge
+
+from schemas.flow import CONSOLE_INTAKE, PIPELINE, STAGES
+
+log = logging.getLogger("skuforge.group_lag")
+
+# The stages whose groups are watched: every consumer of the flow that runs on the runtime.
+_CONSUMERS = (*PIPELINE, CONSOLE_INTAKE)
+
+
+def watched_groups(
+    stage: str, own_topics: list[str], group_of: Callable[[str], str], topic_name: Callable[..., str]
+) -> dict[str, set[str]]:
+    """Group → topics whose lag ``stage`` reports: its own group on what it consumes, and each flow
+    consumer's group on the topics ``stage`` produces."""
+    watched: dict[str, set[str]] = {group_of(stage): set(own_topics)}
+    service = STAGES.get(stage)
+    if service is None:
+        return watched
+    produced = {topic_name(topic) for topic in service.produces}
+    for consumer in _CONSUMERS:
+        topics = {topic_name(topic) for topic in consumer.consumes} & produced
+        if topics:
+            watched.setdefault(group_of(consumer.name), set()).update(topics)
+    return watched
+
+
+def lag_by_topic(
+    committed: Mapping[TopicPartition, int | None], ends: Mapping[TopicPartition, int]
+) -> dict[str, int]:
+    """Sum over each topic's partitions of end offset minus committed offset.
+
+    A partition the group never committed counts from offset 0 (stages start at the earliest offset).
+    """
+    lag: dict[str, int] = {}
+    for tp, end in ends.items():
+        done = committed.get(tp) or 0
+        lag[tp.topic] = lag.get(tp.topic, 0) + max(0, end - done)
+    return lag
+
+
+class GroupLagWatcher:
+    """Reads the groups' lag every ``interval_s`` in a thread of its own and sets ``gauge``."""
+
+    def __init__(
+        self, bootstrap: str, groups: Mapping[str, set[str]], gauge: Gauge, interval_s: float
+    ) -> None:
+        self.bootstrap, self.groups, self.gauge, self.interval_s = bootstrap, groups, gauge, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="group-lag", daemon=True)
+        self._admin: KafkaAdminClient | None = None
+
+    def start(self) -> GroupLagWatcher:
+        """Start reading in the background."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop reading and close the admin client."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._close_admin()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.read_once()
+            except Exception as exc:  # the broker may be away; lag is best effort, the stage goes on
+                log.debug("group lag not read", extra={"error": f"{type(exc).__name__}: {exc}"})
+                self._close_admin()
+        self._close_admin()
+
+    def _close_admin(self) -> None:
+        if self._admin is not None:
+            with contextlib.suppress(Exception):
+                self._admin.close()
+            self._admin = None
+
+    def read_once(self) -> dict[str, dict[str, int]]:
+        """Read every watched group's lag now, set the gauge, return group → topic → lag."""
+        if self._admin is None:
+            self._admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap.split(","),
+                client_id="skuforge-group-lag",
+                request_timeout_ms=10_000,
+            )
+        admin = self._admin
+        topics = sorted({topic for wanted in self.groups.values() for topic in wanted})
+        described = admin.describe_topics(topics)
+        partitions = [
+            TopicPartition(entry["name"], part["partition_index"])
+            for entry in described
+            if not entry.get("error_code")
+            for part in entry["partitions"]
+        ]
+        ends = {
+            tp: int(found.offset)
+            for tp, found in admin.list_partition_offsets(
+                dict.fromkeys(partitions, OffsetSpec.LATEST)
+            ).items()
+        }
+        committed = admin.list_group_offsets({group: None for group in self.groups})
+        result: dict[str, dict[str, int]] = {}
+        for group, wanted in self.groups.items():
+            offsets = {tp: meta.offset for tp, meta in committed.get(group, {}).items() if meta.offset >= 0}
+            lag = lag_by_topic(offsets, {tp: end for tp, end in ends.items() if tp.topic in wanted})
+            result[group] = lag
+            for topic, messages in lag.items():
+                self.gauge.labels(group, topic).set(messages)
+        return result

@@ -1,0 +1,89 @@
+"""The Grafana dashboard is its generator's output, every query parses (promtool), every metric exists."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from devstack.dashboard import DASHBOARD_FILE, PANELS, concrete, dashboard_json, metric_names
+from devstack.metrics_doc import catalogue, metrics_table_markdown
+from devstack.prometheus import promtool
+
+OPS_DOC = Path(__file__).resolve().parent.parent / "docs" / "ops.md"
+HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
+
+
+def all_exprs() -> list[str]:
+    return [
+        target["expr"]
+        for panel in json.loads(DASHBOARD_FILE.read_text())["panels"]
+        for target in panel["targets"]
+    ]
+
+
+def test_the_committed_dashboard_is_the_generators_output() -> None:
+    assert DASHBOARD_FILE.read_text() == dashboard_json(), (
+        "deploy/grafana/skuforge.json is stale: run `skuforge dashboard json --write`"
+    )
+
+
+def test_the_dashboard_has_the_panels_ops_asked_for() -> None:
+    titles = " | ".join(panel.title.lower() for panel in PANELS)
+    for wanted in (
+        "per stage",
+        "lag",
+        "gate decisions",
+        "iou",
+        "batch",
+        "queue time",
+        "dead letters",
+        "backlog",
+    ):
+        assert wanted in titles, wanted
+
+
+def test_every_panel_query_parses(promtool_bin: str, tmp_path: Path) -> None:
+    # promtool parses PromQL when it checks rules: each query becomes a recording rule.
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{n}", "expr": concrete(expr)}
+                    for n, expr in enumerate(all_exprs())
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(json.dumps(rules))  # JSON is YAML
+    result = promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(all_exprs())} rules found" in result.stdout
+
+
+def test_promtool_refuses_a_broken_query(promtool_bin: str, tmp_path: Path) -> None:
+    # The check above can fail: the same route rejects a query with a typo.
+    path = tmp_path / "broken.yml"
+    path.write_text(
+        json.dumps({"groups": [{"name": "d", "rules": [{"record": "d:q", "expr": "sum by (stage (up)"}]}]})
+    )
+    assert promtool("check", "rules", str(path)).returncode != 0
+
+
+def test_every_metric_a_panel_reads_exists() -> None:
+    known = {doc.name: doc.type for doc in catalogue()}
+    for expr in all_exprs():
+        for name in metric_names(expr):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            ok = name in known or (
+                base in known and known[base] == "histogram" and name.endswith(HISTOGRAM_SERIES)
+            )
+            assert ok, f"{name} in {expr!r} is not a metric any service serves"
+
+
+def test_docs_carry_the_current_metrics_table() -> None:
+    assert metrics_table_markdown() in OPS_DOC.read_text(), (
+        "docs/ops.md's metrics table is stale: paste `skuforge prometheus metrics`"
+    )

@@ -1,0 +1,111 @@
+"""The metrics ops read: group lag from the broker, store writes, the console's oldest task, model calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from prometheus_client import CollectorRegistry, generate_latest
+
+from schemas.flow import GATE, MATTING
+from services.console.metrics import ConsoleMetrics
+from services.console.tasks import TaskStore
+from shared.config import Settings
+from shared.errors import BadInput
+from shared.group_lag import GroupLagWatcher, lag_by_topic, watched_groups
+from shared.observability import StageMetrics
+from shared.store import FileStore
+from tests.support.console import flagged_item, pending_envelope
+from tests.support.kafka import NewTopic
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    value = registry.get_sample_value(name, labels)
+    return None if value is None else float(value)
+
+
+def test_group_lag_sums_uncommitted_messages_over_every_partition() -> None:
+    ends = {TopicPartition("a", 0): 10, TopicPartition("a", 1): 5, TopicPartition("b", 0): 7}
+    committed: dict[TopicPartition, int | None] = {TopicPartition("a", 0): 4, TopicPartition("b", 0): 7}
+    # a/1 was never committed: all 5 of its messages are behind.
+    assert lag_by_topic(committed, ends) == {"a": 6 + 5, "b": 0}
+
+
+def test_a_stage_watches_its_own_group_and_the_groups_that_consume_what_it_produces() -> None:
+    settings = Settings()
+    watched = watched_groups(
+        MATTING.name,
+        [settings.topic_name(topic) for topic in MATTING.consumes],
+        lambda stage: f"skuforge.{stage}",
+        settings.topic_name,
+    )
+    # Matting reports the gate's lag on image.matted, so a stopped gate's lag is still reported.
+    assert watched == {"skuforge.matting": {"image.generated.v1"}, "skuforge.gate": {"image.matted.v1"}}
+    gate = watched_groups(GATE.name, ["image.matted.v1"], lambda stage: f"p.{stage}", settings.topic_name)
+    assert gate["p.trainstore"] == {"gate.accepted.v1", "correction.pending.v1"}
+    assert gate["p.console-intake"] == {"correction.pending.v1"}
+    # A stage that is not in the flow watches only its own group.
+    assert watched_groups("adhoc", ["t"], lambda stage: stage, settings.topic_name) == {"adhoc": {"t"}}
+
+
+@pytest.mark.kafka
+def test_group_lag_is_read_from_the_broker_for_a_group_with_no_running_member(
+    kafka_bootstrap: str, new_topic: NewTopic
+) -> None:
+    topic = new_topic("lag", partitions=2)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for index in range(9):
+        producer.send(topic, value=b"x", partition=index % 2)
+    producer.flush()
+    producer.close()
+    group = f"lag-group-{topic}"
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(3, "", -1)})  # 5 on p0, 4 on p1
+    consumer.close()  # the group has no member now, as when its stage is stopped
+
+    metrics = StageMetrics("someone-upstream")
+    watcher = GroupLagWatcher(kafka_bootstrap, {group: {topic}}, metrics.group_lag, interval_s=60)
+    try:
+        assert watcher.read_once() == {group: {topic: (5 - 3) + 4}}
+    finally:
+        watcher.stop()
+    assert sample(metrics.registry, "skuforge_consumer_group_lag_messages", group=group, topic=topic) == 6
+
+
+def test_store_writes_are_timed_and_failures_counted(tmp_path: Path) -> None:
+    metrics = StageMetrics("trainstore")
+    store = FileStore(tmp_path / "store")
+    store.on_write = metrics.observe_store_write
+    store.put_bytes("a/b.bin", b"12345")
+    assert sample(metrics.registry, "skuforge_store_write_seconds_count", stage="trainstore") == 1
+    assert sample(metrics.registry, "skuforge_store_write_failures_total", stage="trainstore") == 0
+    (tmp_path / "store" / "a" / "b.bin").unlink()
+    (tmp_path / "store" / "a" / "b.bin").mkdir()  # a directory where the object must go
+    with pytest.raises(BadInput, match="key_conflict"):
+        store.put_bytes("a/b.bin", b"again")
+    assert sample(metrics.registry, "skuforge_store_write_failures_total", stage="trainstore") == 1
+    assert sample(metrics.registry, "skuforge_store_write_seconds_count", stage="trainstore") == 1
+
+
+def test_model_calls_record_latency_and_batch_size() -> None:
+    metrics = StageMetrics("matting")
+    with metrics.model_call("matting", 6):
+        pass
+    assert sample(metrics.registry, "skuforge_model_batch_size_sum", stage="matting", model="matting") == 6
+    assert sample(metrics.registry, "skuforge_model_seconds_count", stage="matting", model="matting") == 1
+
+
+def test_console_reports_the_age_of_its_oldest_waiting_task(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    now = [1_000.0]
+    tasks = TaskStore(tmp_path / "tasks.sqlite3", clock=lambda: now[0])
+    metrics = ConsoleMetrics(tasks)
+    assert sample(metrics.registry, "skuforge_console_oldest_task_age_seconds") == 0
+    tasks.add_pending(pending_envelope(flagged_item(store, 0)))
+    now[0] += 50
+    tasks.add_pending(pending_envelope(flagged_item(store, 1)))
+    now[0] += 70
+    assert sample(metrics.registry, "skuforge_console_oldest_task_age_seconds") == 120
+    assert b"skuforge_console_tasks" in generate_latest(metrics.registry)

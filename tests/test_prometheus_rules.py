@@ -1,0 +1,107 @@
+"""deploy/prometheus: the scrape config matches the ports in the code, and every alert rule is unit-tested.
+
+``promtool test rules`` runs alerts_test.yml; these tests also make sure every alert *has* a test in
+which it fires, a runbook line in docs/ops.md, and that the scrape jobs are the ones the rules name.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from prometheus_client import generate_latest
+
+from devstack.metrics_doc import service_registries
+from devstack.prometheus import (
+    ALERTS_FILE,
+    ALERTS_TEST_FILE,
+    CONFIG_FILE,
+    PROMETHEUS_DIR,
+    config_yaml,
+    default_targets,
+    promtool,
+    scrape_config,
+)
+from devstack.up import DEFAULT_PORTS
+from schemas.flow import PIPELINE
+
+OPS_DOC = Path(__file__).resolve().parent.parent / "docs" / "ops.md"
+
+
+def alert_names() -> list[str]:
+    groups = yaml.safe_load(ALERTS_FILE.read_text())["groups"]
+    return [rule["alert"] for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def test_the_committed_scrape_config_is_generated_from_the_ports_in_the_code() -> None:
+    assert CONFIG_FILE.read_text() == config_yaml(scrape_config(default_targets())), (
+        "deploy/prometheus/prometheus.yml is stale: run `skuforge prometheus config --write`"
+    )
+    # The same ports `skuforge up` uses by default, so the file works against a default stack.
+    targets = default_targets()
+    assert {stage.name: targets[stage.name] for stage in PIPELINE} == {
+        stage.name: DEFAULT_PORTS[stage.name] for stage in PIPELINE
+    }
+    assert targets["console"] == DEFAULT_PORTS["console_metrics"]
+    assert targets["triton"] == DEFAULT_PORTS["triton_metrics"]
+
+
+def test_promtool_accepts_the_config_and_the_rules(promtool_bin: str) -> None:
+    checked = promtool("check", "config", str(CONFIG_FILE))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout
+
+
+def test_every_alert_rule_passes_its_promtool_unit_tests(promtool_bin: str) -> None:
+    result = promtool("test", "rules", ALERTS_TEST_FILE.name, cwd=PROMETHEUS_DIR)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_shown_firing_in_a_unit_test_and_has_a_runbook_line() -> None:
+    tests = yaml.safe_load(ALERTS_TEST_FILE.read_text())["tests"]
+    fired = {
+        case["alertname"] for test in tests for case in test.get("alert_rule_test", []) if case["exp_alerts"]
+    }
+    silent = {
+        case["alertname"]
+        for test in tests
+        for case in test.get("alert_rule_test", [])
+        if not case["exp_alerts"]
+    }
+    names = alert_names()
+    assert len(names) >= 8
+    assert set(names) <= fired, f"alerts never shown firing: {sorted(set(names) - fired)}"
+    assert set(names) <= silent, f"alerts never shown silent: {sorted(set(names) - silent)}"
+    ops = OPS_DOC.read_text()
+    for name in names:
+        assert re.search(rf"^### {name}$", ops, re.MULTILINE), (
+            f"docs/ops.md has no runbook section for {name}"
+        )
+
+
+def test_the_stage_down_alert_names_every_scrape_job() -> None:
+    groups = yaml.safe_load(ALERTS_FILE.read_text())["groups"]
+    expr = next(
+        rule["expr"]
+        for group in groups
+        for rule in group["rules"]
+        if rule.get("alert") == "SkuforgeStageDown"
+    )
+    jobs = set(re.search(r'job=~"([^"]+)"', expr).group(1).split("|"))  # type: ignore[union-attr]
+    assert jobs == set(default_targets())
+
+
+def test_every_services_metrics_pass_promtool_check_metrics(promtool_bin: str) -> None:
+    # The exposition text of each service's metric classes; the integration test checks the live
+    # /metrics of a running stack the same way.
+    with service_registries() as registries:
+        for services, registry in registries.items():
+            checked = promtool("check", "metrics", input_text=generate_latest(registry).decode())
+            assert checked.returncode == 0, f"{services}: {checked.stdout}{checked.stderr}"
+
+
+def test_promtool_check_metrics_refuses_a_badly_named_counter(promtool_bin: str) -> None:
+    # The check above can fail: a counter without _total is refused.
+    text = "# HELP jobs Jobs done.\n# TYPE jobs counter\njobs 3\n"
+    assert promtool("check", "metrics", input_text=text).returncode != 0

@@ -1,0 +1,40 @@
+"""`skuforge up --with-prometheus`: the Prometheus it runs scrapes the stack's actual ports, and a missing
+binary stops it at once with what to install."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devstack.prometheus import ALERTS_FILE, stack_prometheus
+from devstack.up import build_config, main
+
+
+def test_the_stack_prometheus_scrapes_every_service_on_the_stacks_own_ports(tmp_path: Path) -> None:
+    config = build_config(tmp_path / "stack", ports_mode="free")
+    prometheus = stack_prometheus(tmp_path / "prometheus", config.ports, port=19090, scrape_interval_s=1)
+    written = yaml.safe_load(prometheus.config_path.read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in written["scrape_configs"]}
+    ports = config.ports
+    assert targets == {
+        **{
+            name: [f"127.0.0.1:{ports[name]}"]
+            for name in ("captioner", "generator", "matting", "gate", "trainstore")
+        },
+        "console": [f"127.0.0.1:{ports['console_metrics']}"],
+        "triton": [f"127.0.0.1:{ports['triton_metrics']}"],
+    }
+    assert written["global"]["scrape_interval"] == "1s"
+    assert (tmp_path / "prometheus" / "alerts.yml").read_text() == ALERTS_FILE.read_text()
+    assert prometheus.url == "http://127.0.0.1:19090"
+
+
+def test_up_with_prometheus_but_no_binary_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SKUFORGE_PROMETHEUS_BIN", str(tmp_path / "no-such-prometheus"))
+    code = main(["--workdir", str(tmp_path / "stack"), "--ports", "free", "--with-prometheus"])
+    assert code == 2
+    assert "apt-get install prometheus" in capsys.readouterr().err
