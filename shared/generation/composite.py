@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFilter
 
-from shared.generation.backend import GeneratedSample, GenerationRequest
+from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome, generate_one_by_one
 from shared.synth.backgrounds import BACKGROUNDS, BUILDERS, GROUNDED, Placement, Stand, to_image
 from shared.synth.products import make_product
 from shared.synth.shapes import Layer, View, build_shape, composite_layer, render_layer, upscale_layer
@@ -140,6 +140,10 @@ class CompositeBackend:
 
     name = "composite"
     model_id = MODEL_ID
+
+    def generate_many(self, requests: list[GenerationRequest]) -> list[RowOutcome]:
+        """Each request on its own: compositing is numpy on one image, batching gains nothing."""
+        return generate_one_by_one(self, requests)
 
     def generate(self, request: GenerationRequest) -> list[GeneratedSample]:
         """``request.n`` variants; variant ``i`` depends only on (seed, i, parameters, inputs)."""
