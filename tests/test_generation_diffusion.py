@@ -514,3 +514,53 @@ def test_batched_rows_paint_what_single_rows_paint_and_adapters_split_calls(
     # Different seeds in one call still give different images (each row has its own generator).
     images = [s[0].image.tobytes() for s in served]  # type: ignore[index]
     assert len(set(images)) == 6
+
+
+# --- GPU-path settings, checked on CPU ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_pipeline_loads_in_the_dtype_asked_for(
+    diffusion_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dtype keyword diffusers does not know is ignored with a warning and leaves float32 weights."""
+    import torch
+
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_DTYPE", "bfloat16")  # float16 needs CUDA; bfloat16 runs on CPU
+    half = backend_from_env()
+    assert half.pipe.unet.dtype == torch.bfloat16
+    assert half.pipe.vae.dtype == torch.bfloat16 and half.pipe.text_encoder.dtype == torch.bfloat16
+    sample = half.generate(_request(seed=7, n=1))[0]
+    assert sample.image.shape == (SIZE, SIZE, 3)
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_DTYPE", "auto")  # CPU: float32
+    assert backend_from_env().pipe.unet.dtype == torch.float32
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_DTYPE", "float16")
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        backend_from_env()
+
+
+@pytest.mark.slow
+def test_attention_slicing_is_a_setting_and_keeps_the_image(
+    diffusion_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from diffusers.models.attention_processor import SlicedAttnProcessor
+
+    plain = backend_from_env()
+    assert not any(isinstance(p, SlicedAttnProcessor) for p in plain.pipe.unet.attn_processors.values())
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_ATTENTION_SLICING", "max")
+    sliced = backend_from_env()
+    assert all(isinstance(p, SlicedAttnProcessor) for p in sliced.pipe.unet.attn_processors.values())
+    expected = plain.generate(_request(seed=9, n=1))[0].image.astype(int)
+    difference = np.abs(sliced.generate(_request(seed=9, n=1))[0].image.astype(int) - expected).max()
+    assert difference <= BATCH_TOLERANCE_LEVELS, difference
+
+
+def test_offload_without_cuda_is_refused_at_start_up(
+    diffusion_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_OFFLOAD", "model")
+    with pytest.raises(ConfigError, match="SKUFORGE_DIFFUSION_OFFLOAD=model"):
+        backend_from_env()
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_OFFLOAD", "everything")
+    with pytest.raises(ConfigError, match="SKUFORGE_DIFFUSION_OFFLOAD"):
+        load_settings(DiffusionSettings)

@@ -101,6 +101,16 @@ class DiffusionSettings(BaseSettings):
     diffusion_dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
         default="auto", description="'auto' = float16 on CUDA, float32 on CPU"
     )
+    diffusion_offload: Literal["off", "model", "sequential"] = Field(
+        default="off",
+        description=(
+            "CUDA memory saving: 'model' = enable_model_cpu_offload (whole models move to the GPU in turn), "
+            "'sequential' = enable_sequential_cpu_offload (least memory, slowest); needs CUDA"
+        ),
+    )
+    diffusion_attention_slicing: Literal["off", "auto", "max"] = Field(
+        default="off", description="enable_attention_slicing: less memory per call, a little slower"
+    )
     diffusion_threads: int = Field(default=2, ge=1, le=256, description="torch CPU threads")
     diffusion_steps: int = Field(default=30, ge=1, le=500, description="denoising steps of the painting pass")
     diffusion_guidance: float = Field(
@@ -371,6 +381,11 @@ def _torch_setup(settings: DiffusionSettings) -> tuple[torch.device, torch.dtype
         dtype = getattr(torch, settings.diffusion_dtype)
         if dtype == torch.float16 and not use_cuda:
             raise ConfigError("SKUFORGE_DIFFUSION_DTYPE=float16 needs CUDA; on CPU use float32 or bfloat16")
+    if settings.diffusion_offload != "off" and not use_cuda:
+        raise ConfigError(
+            f"SKUFORGE_DIFFUSION_OFFLOAD={settings.diffusion_offload} moves models between CPU and a CUDA "
+            "device; on CPU leave it 'off'"
+        )
     if not use_cuda:
         torch.set_num_threads(settings.diffusion_threads)
     return device, dtype
@@ -404,9 +419,20 @@ def _pipeline_index(directory: Path) -> dict[str, Any]:
 
 
 def load_inpaint_pipeline(
-    directory: Path, *, architecture: str, device: torch.device, dtype: torch.dtype
+    directory: Path,
+    *,
+    architecture: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    offload: str = "off",
+    attention_slicing: str = "off",
 ) -> Any:
-    """Load a ``save_pretrained`` inpainting pipeline from a local folder, offline."""
+    """Load a ``save_pretrained`` inpainting pipeline from a local folder, offline, in ``dtype``.
+
+    ``offload`` ('off', 'model', 'sequential') and ``attention_slicing`` ('off', 'auto', 'max') are
+    diffusers' memory savers. The weights' dtype is checked after loading: a keyword diffusers does
+    not know is ignored with a mere warning, and the pipeline would silently run in float32.
+    """
     index = _pipeline_index(directory)
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -423,14 +449,36 @@ def load_inpaint_pipeline(
         # Outputs go to the gate and to people reviewing them, not to the public.
         extra = {"safety_checker": None, "requires_safety_checker": False}
     try:
+        # diffusers >= 0.42 takes `dtype` (`torch_dtype` is deprecated there, and older releases know
+        # only `torch_dtype`): pyproject pins diffusers>=0.42, and the check below catches a mismatch.
         pipe = pipeline_class.from_pretrained(directory, local_files_only=True, dtype=dtype, **extra)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DiffusionModelError(
             f"diffusers cannot load an inpainting pipeline from {directory}: {exc}"
         ) from exc
-    pipe = pipe.to(device)
+    wrong = {name: str(part.dtype) for name, part in _weighted_parts(pipe).items() if part.dtype != dtype}
+    if wrong:
+        raise DiffusionModelError(
+            f"asked diffusers for {dtype} weights but got {wrong}: this diffusers release ignores the "
+            "`dtype` keyword (install diffusers>=0.42)"
+        )
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe = pipe.to(device)
+    if attention_slicing != "off":
+        pipe.enable_attention_slicing(attention_slicing)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _weighted_parts(pipe: Any) -> dict[str, Any]:
+    """The pipeline's torch modules (UNet, VAE, text encoders) by component name."""
+    import torch
+
+    return {name: part for name, part in pipe.components.items() if isinstance(part, torch.nn.Module)}
 
 
 class DiffusionBackend:
@@ -488,7 +536,12 @@ class DiffusionBackend:
         _pipeline_index(directory)  # before torch loads: a wrong path fails in milliseconds
         device, dtype = _torch_setup(diffusion)
         pipe = load_inpaint_pipeline(
-            directory, architecture=diffusion.diffusion_architecture, device=device, dtype=dtype
+            directory,
+            architecture=diffusion.diffusion_architecture,
+            device=device,
+            dtype=dtype,
+            offload=diffusion.diffusion_offload,
+            attention_slicing=diffusion.diffusion_attention_slicing,
         )
         registry = AdapterRegistry(
             open_store(
