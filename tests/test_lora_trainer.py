@@ -313,7 +313,7 @@ def test_sigkill_mid_training_resumes_from_the_checkpoint(
         publish=lambda e: None,
         **long_job,
     )
-    record(other, sku)
+    record(other, captioned_sku(other.store, 81, series="cola"))  # the same photos, in the other store
     (uninterrupted,) = other.run_pending()
     assert uninterrupted.training_set_sha256 == event.training_set_sha256
     resumed_weights = load(

@@ -113,11 +113,18 @@ def train_lora(
     for module in modules:
         module.requires_grad_(False)
         module.to(torch_device)
-    unet.add_adapter(
-        LoraConfig(
-            r=recipe.rank, lora_alpha=recipe.alpha, init_lora_weights="gaussian", target_modules=LORA_TARGETS
+    # The adapter's initial A matrices come from torch's global generator: seed it, so a job is a
+    # function of its recipe (an uninterrupted run and a resumed one end with the same weights).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        unet.add_adapter(
+            LoraConfig(
+                r=recipe.rank,
+                lora_alpha=recipe.alpha,
+                init_lora_weights="gaussian",
+                target_modules=LORA_TARGETS,
+            )
         )
-    )
     trainable = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=recipe.learning_rate)
 
