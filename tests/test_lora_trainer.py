@@ -393,3 +393,88 @@ def test_captioned_skus_become_an_adapter_that_later_generations_name(
     assert len(later_events) == 2
     newest = max(published, key=lambda e: len(e.sku_ids))
     assert {e.adapter_id for e in later_events} == {newest.adapter_id}
+
+
+def test_early_stop_and_a_stop_request_end_the_loop_with_a_checkpoint(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from shared.lora_training.train import TrainingInterrupted, checkpoint_key, train_lora
+
+    shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))
+    trainer = trainer_for(shared, tiny_model, tmp_path, publish=lambda event: None, lora_class_images=0)
+    record(trainer, captioned_sku(trainer.store, 101, series="cola"))
+    (job,) = trainer.plan()
+    training_set = build_training_set(trainer.store, "set", job.sha256, job.sources, trainer.recipe)
+    # An improvement of 10 is never reached: with patience 2 the loop ends at step 3 of 50.
+    impatient = trainer.recipe.model_copy(
+        update={
+            "max_steps": 50,
+            "early_stop_patience": 2,
+            "early_stop_min_delta": 10.0,
+            "checkpoint_every": 100,
+        }
+    )
+    result = train_lora(tiny_model, training_set, impatient, trainer.store, "early")
+    assert result.stopped_early and result.steps == 3
+    assert (
+        torch.load(io.BytesIO(trainer.store.get_bytes(checkpoint_key("early"))), weights_only=False)[
+            "progress"
+        ]["step"]
+        == 3
+    )
+    # SIGTERM: the worker asks the loop to stop; it checkpoints the step it reached, then raises.
+    patient = impatient.model_copy(update={"early_stop_patience": 0})
+    with pytest.raises(TrainingInterrupted, match="step 1"):
+        train_lora(tiny_model, training_set, patient, trainer.store, "stopped", should_stop=lambda: True)
+    state = torch.load(io.BytesIO(trainer.store.get_bytes(checkpoint_key("stopped"))), weights_only=False)
+    assert state["progress"]["step"] == 1
+
+
+@pytest.mark.kafka
+def test_the_general_adapter_trains_after_m_accepted_images(
+    kafka_bootstrap: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    from schemas.events import GateAccepted, GateCheck
+    from tests.support.gate import matted_item, produce_events
+
+    shared = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
+    create_topics(shared, SKU_CAPTIONED, GATE_ACCEPTED, ADAPTER_PUBLISHED)
+    stage, worker = build_stage(
+        settings=shared,
+        trainer=load_settings(
+            LoraTrainerSettings, **TINY_TRAINING, lora_general_after_accepted=3, lora_poll_s=0.5
+        ),
+        diffusion=diffusion_settings(tiny_model, tmp_path),
+    )
+    check = GateCheck(code="iou_below_threshold", passed=True, value=1.0, threshold=0.9)
+    accepted = [
+        GateAccepted(matted=matted_item(stage.store, 1, v), iou=1.0, checks=[check]) for v in range(2)
+    ]
+    produce_events(shared, GATE_ACCEPTED, accepted)
+    worker.start()
+    try:
+        with running(stage):
+            # Two accepted images: below M = 3, nothing trains.
+            assert (
+                read_topic(kafka_bootstrap, shared.topic_name(ADAPTER_PUBLISHED), expect=1, timeout_s=8) == []
+            )
+            more = GateAccepted(matted=matted_item(stage.store, 2, 0), iou=1.0, checks=[check])
+            produce_events(shared, GATE_ACCEPTED, [more])
+            records = read_topic(
+                kafka_bootstrap, shared.topic_name(ADAPTER_PUBLISHED), expect=1, timeout_s=120
+            )
+    finally:
+        worker.stop()
+    (event,) = [Envelope[AdapterPublished].model_validate_json(r.value).payload for r in records]
+    assert event.kind == "general" and event.series is None and event.adapter_id.startswith("general-")
+    assert event.sku_ids == ["SKU-001", "SKU-002"] and event.instance_images == 3
+    # The accepted images' own prompts, and the class prompt of the class images painted beside them.
+    assert set(event.training_prompts) == {
+        "a photo of sku1 soda can",
+        "a photo of sku2 soda can",
+        "a photo of a soda can",
+    }
+    assert event.class_images == 2
+    assert worker.registry.get(event.adapter_id).kind == "general"
