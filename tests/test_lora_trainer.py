@@ -341,38 +341,43 @@ def test_captioned_skus_become_an_adapter_that_later_generations_name(
     triton_env = tiny_diffusion_env(tmp_path)  # its store (and adapter registry) is tmp_path/store
     shared = isolated_settings(kafka_bootstrap, triton_env["SKUFORGE_STORE_URI"])
     create_topics(shared, SKU_CAPTIONED, GATE_ACCEPTED, ADAPTER_PUBLISHED, IMAGE_GENERATED)
-    stage, worker = build_stage(
-        settings=shared,
-        trainer=load_settings(LoraTrainerSettings, **TINY_TRAINING, lora_poll_s=0.5),
-        diffusion=diffusion_settings(Path(triton_env["SKUFORGE_DIFFUSION_MODEL"]), tmp_path),
-    )
-    store = open_store(shared.store_uri)
-    skus = [captioned_sku(store, i, series="Cola 330ml") for i in (91, 92)]
-    bad = captioned_sku(store, 93, usable_photos=0, unusable_photos=1, series="Cola 330ml")
-    produce(shared, SKU_CAPTIONED, [*skus, bad])
-    worker.start()
-    try:
-        with running(stage):
-            deadline = time.monotonic() + 240
-            published: list[AdapterPublished] = []
-            while time.monotonic() < deadline and not any(len(e.sku_ids) == 2 for e in published):
-                records = read_topic(
-                    kafka_bootstrap,
-                    shared.topic_name(ADAPTER_PUBLISHED),
-                    expect=len(published) + 1,
-                    timeout_s=10,
-                )
-                published = [Envelope[AdapterPublished].model_validate_json(r.value).payload for r in records]
-            letters = read_topic(kafka_bootstrap, shared.dlq_name(SKU_CAPTIONED), expect=1, timeout_s=20)
-    finally:
-        worker.stop()
-    (adapter,) = [e for e in published if len(e.sku_ids) == 2]
-    assert adapter.sku_ids == sorted(s.sku.sku_id for s in skus) and adapter.series == "Cola 330ml"
-    assert json.loads(letters[0].value)["reason"] == "no_usable_photos"
-
+    # Triton runs from before the adapter exists to after: it must pick the adapter up without a restart.
     server = TritonServerProcess(tmp_path, backends=("diffusion",), extra_env=triton_env)
     server.start()
     try:
+        before = triton_variant(server, series="Cola 330ml")
+        assert before.adapter_id is None
+        stage, worker = build_stage(
+            settings=shared,
+            trainer=load_settings(LoraTrainerSettings, **TINY_TRAINING, lora_poll_s=0.5),
+            diffusion=diffusion_settings(Path(triton_env["SKUFORGE_DIFFUSION_MODEL"]), tmp_path),
+        )
+        store = open_store(shared.store_uri)
+        skus = [captioned_sku(store, i, series="Cola 330ml") for i in (91, 92)]
+        bad = captioned_sku(store, 93, usable_photos=0, unusable_photos=1, series="Cola 330ml")
+        produce(shared, SKU_CAPTIONED, [*skus, bad])
+        worker.start()
+        try:
+            with running(stage):
+                deadline = time.monotonic() + 240
+                published: list[AdapterPublished] = []
+                while time.monotonic() < deadline and not any(len(e.sku_ids) == 2 for e in published):
+                    records = read_topic(
+                        kafka_bootstrap,
+                        shared.topic_name(ADAPTER_PUBLISHED),
+                        expect=len(published) + 1,
+                        timeout_s=10,
+                    )
+                    published = [
+                        Envelope[AdapterPublished].model_validate_json(r.value).payload for r in records
+                    ]
+                letters = read_topic(kafka_bootstrap, shared.dlq_name(SKU_CAPTIONED), expect=1, timeout_s=20)
+        finally:
+            worker.stop()
+        (adapter,) = [e for e in published if len(e.sku_ids) == 2]
+        assert adapter.sku_ids == sorted(s.sku.sku_id for s in skus) and adapter.series == "Cola 330ml"
+        assert json.loads(letters[0].value)["reason"] == "no_usable_photos"
+
         generation = load_settings(
             GenerationSettings,
             generation_triton_url=server.grpc_url,
@@ -386,6 +391,7 @@ def test_captioned_skus_become_an_adapter_that_later_generations_name(
         with running(generator):
             # The generator reads the topic from the start: 2 variants for each of 91, 92 and 94.
             records = read_topic(kafka_bootstrap, shared.topic_name(IMAGE_GENERATED), expect=6, timeout_s=240)
+        after = triton_variant(server, series="Cola 330ml")
     finally:
         server.stop()
     events = [Envelope[ImageGenerated].model_validate_json(r.value).payload for r in records]
@@ -393,6 +399,37 @@ def test_captioned_skus_become_an_adapter_that_later_generations_name(
     assert len(later_events) == 2
     newest = max(published, key=lambda e: len(e.sku_ids))
     assert {e.adapter_id for e in later_events} == {newest.adapter_id}
+    assert after.adapter_id == newest.adapter_id and not np.array_equal(after.image, before.image)
+
+
+def triton_variant(server: Any, *, series: str) -> Any:
+    """One diffusion variant of a fixed photo and seed, straight from Triton."""
+    from services.generator.client import TritonGenerator
+    from services.generator.protocol import VariantRequest, VariantResult
+
+    reference, mask = product_photo(96, seed=3)
+    client = TritonGenerator(server.grpc_url, concurrency=1)
+    try:
+        (result,) = client.generate(
+            "diffusion",
+            [
+                VariantRequest(
+                    reference=np.asarray(reference),
+                    mask=np.asarray(mask),
+                    prompt="a photo of sks can",
+                    negative_prompt="",
+                    seed=3,
+                    parameters_json="{}",
+                    adapter_id=None,
+                    series=series,
+                    size=64,
+                )
+            ],
+        )
+    finally:
+        client.close()
+    assert isinstance(result, VariantResult), result
+    return result
 
 
 def test_early_stop_and_a_stop_request_end_the_loop_with_a_checkpoint(
