@@ -515,3 +515,25 @@ def test_the_general_adapter_trains_after_m_accepted_images(
     }
     assert event.class_images == 2
     assert worker.registry.get(event.adapter_id).kind == "general"
+
+
+def test_an_untrainable_model_is_refused_at_start_up_and_a_job_that_fails_is_not_retried(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from shared.config import ConfigError
+    from tests.support.diffusion import build_tiny_sdxl_inpaint_pipeline
+
+    sdxl = build_tiny_sdxl_inpaint_pipeline(tmp_path / "tiny-sdxl-inpaint")
+    shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))
+    with pytest.raises(ConfigError, match="SDXL pipeline"):
+        trainer_for(shared, tiny_model, tmp_path, publish=lambda event: None, lora_model=str(sdxl))
+    # Should the model change under a running trainer, its jobs fail once, with the reason, and stay failed.
+    trainer = trainer_for(shared, tiny_model, tmp_path, publish=lambda event: None, lora_class_images=0)
+    trainer.model_dir = sdxl
+    record(trainer, captioned_sku(trainer.store, 111, series="cola"))
+    assert trainer.run_pending() == []
+    (job,) = trainer.plan()
+    failed = json.loads(trainer.store.get_bytes(f"{PREFIX}/jobs/{job.sha256}/failed.json"))
+    assert "SDXL" in failed["reason"] and failed["adapter_id"] == job.adapter_id
+    assert trainer.run_pending() == [] and steps_run(trainer) == 0
+    assert trainer.registry.list() == []

@@ -18,7 +18,9 @@ lost on a crash because the request is durable before its offset is committed.
 Training checkpoints to ``lora-trainer/jobs/<hash>/checkpoint.pt`` every
 ``SKUFORGE_LORA_CHECKPOINT_EVERY`` steps and on SIGTERM; after SIGKILL the next start resumes from
 it. A job whose adapter is published (``lora-trainer/published/<adapter_id>.json``) is never trained
-again: a redelivered ``sku.captioned`` finds the same hash and does nothing. One trainer per GPU.
+again: a redelivered ``sku.captioned`` finds the same hash and does nothing. A job that cannot train
+as configured (an SDXL base model, an empty set) is marked failed with its reason
+(``lora-trainer/jobs/<hash>/failed.json``) and not retried until its inputs change. One trainer per GPU.
 
 Bad input goes to the DLQ with its reason: a captioned SKU with no usable photo and mask
 (``no_usable_photos``), a photo or mask missing from the store or not matching its sha256
@@ -62,7 +64,7 @@ from shared.lora_training.dataset import (
     slug,
     training_set_sha256,
 )
-from shared.lora_training.train import TrainingInterrupted, train_lora
+from shared.lora_training.train import TrainingError, TrainingInterrupted, check_trainable, train_lora
 from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import ObjectStore, open_store, sha256_hex
 
@@ -281,9 +283,19 @@ class LoraTrainer:
         if self.store.exists(marker):
             return None  # redelivery, restart, or nothing new in the series: no retraining
         job_prefix = f"{PREFIX}/jobs/{job.sha256}"
+        failed_key = f"{job_prefix}/failed.json"
+        if self.store.exists(failed_key):
+            return None  # cannot train as configured; new inputs (a new hash) or a new recipe retry
         result_key = f"{job_prefix}/result.json"
         if not self.store.exists(result_key):
-            self._train(job, job_prefix, result_key)
+            try:
+                self._train(job, job_prefix, result_key)
+            except TrainingError as exc:
+                # Not transient: retrying the same inputs would fail the same way at every poll.
+                self.store.put_json(failed_key, {"adapter_id": job.adapter_id, "reason": str(exc)})
+                self.metrics.jobs.labels("failed").inc()
+                log.error("training job cannot run", extra={"adapter_id": job.adapter_id, "reason": str(exc)})
+                return None
         result = json.loads(self.store.get_bytes(result_key))
         weights = self.store.get_bytes(f"{job_prefix}/weights.safetensors")
         try:
@@ -470,6 +482,10 @@ def open_trainer(
             "the LoRA trainer needs a local save_pretrained inpainting folder (model_index.json): set "
             f"SKUFORGE_LORA_MODEL or SKUFORGE_DIFFUSION_MODEL (got {model!r})"
         )
+    try:
+        check_trainable(Path(model))
+    except TrainingError as exc:
+        raise ConfigError(f"SKUFORGE_LORA_MODEL / SKUFORGE_DIFFUSION_MODEL: {exc}") from None
     torch.set_num_threads(trainer.lora_threads)
     store = open_store(shared.store_uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region)
     registry = AdapterRegistry(

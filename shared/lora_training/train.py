@@ -70,6 +70,15 @@ class _Progress:
     since_best: int = 0
 
 
+def check_trainable(model_dir: Path) -> None:
+    """Refuse a base model this loop cannot train (SDXL: two text encoders, text-time conditioning)."""
+    index = (model_dir / "model_index.json").read_text()
+    if "XL" in index:
+        raise TrainingError(
+            f"{model_dir} is an SDXL pipeline: the trainer trains SD 1.x-style inpainting only"
+        )
+
+
 def checkpoint_key(prefix: str) -> str:
     """Where a job's newest checkpoint lives (one object, replaced in place)."""
     return f"{prefix}/checkpoint.pt"
