@@ -3,8 +3,10 @@
 Starts ``skuforge serve generator`` (PyTriton, CPU here) with the ``composite`` backend and, when
 torch and diffusers are installed, the ``diffusion`` backend on the tiny config-built inpainting
 pipeline of ``tests/support/diffusion.py`` (no downloads). Each backend is called through
-tritonclient (gRPC), one request per image, at concurrency 1 and 8; Triton's dynamic batcher
-merges concurrent requests, and its statistics give the largest batch it executed.
+tritonclient (gRPC), one request per image, at concurrency 1 and 8, in interleaved rounds (median
+reported, each round's figure kept); Triton's dynamic batcher merges concurrent requests, and its
+statistics give the largest batch it executed. ``diffusion_rows_per_call_max``: the most rows one
+diffusion pipeline call painted (each image's ``pipeline_batch_rows``).
 
 ``lora_switch_s``: with N adapters registered and loaded (LRU large enough to keep them), the
 median seconds of a request that switches to another adapter and of one that keeps the same
@@ -60,8 +62,9 @@ def _variants(count: int, size_px: int, reference_px: int) -> list[VariantReques
 
 def images_per_s(
     server: TritonServerProcess, backend: str, variants: list[VariantRequest], concurrency: int
-) -> float:
-    """Images per second for ``variants`` sent with ``concurrency`` requests in flight (after a warm-up)."""
+) -> tuple[float, int]:
+    """Images per second for ``variants`` sent with ``concurrency`` requests in flight (after a warm-up),
+    and the most rows one pipeline call painted (``pipeline_batch_rows``; 0 if the backend has none)."""
     client = TritonGenerator(server.grpc_url, concurrency=concurrency, timeout_s=600)
     try:
         client.generate(backend, variants[: max(2, concurrency)])  # warm-up: connections, first calls
@@ -70,21 +73,38 @@ def images_per_s(
         elapsed = time.perf_counter() - started
     finally:
         client.close()
-    if not all(isinstance(result, VariantResult) for result in results):
-        raise RuntimeError(f"{backend}: some variants were refused: {results}")
-    return len(variants) / elapsed
+    rows = 0
+    for result in results:
+        if not isinstance(result, VariantResult):
+            raise RuntimeError(f"{backend}: some variants were refused: {results}")
+        rows = max(rows, int(json.loads(result.parameters_json).get("pipeline_batch_rows", 0)))
+    return len(variants) / elapsed, rows
 
 
 def bench_backend(
-    work: Path, backend: str, size_px: int, images: int, reference_px: int, env: dict[str, str] | None = None
+    work: Path,
+    backend: str,
+    size_px: int,
+    images: int,
+    reference_px: int,
+    rounds: int,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """Images/s at each concurrency: the median of ``rounds`` rounds, concurrencies interleaved in each
+    round, so a neighbour's load on the shared machine hits both alike."""
     saved = {key: os.environ.get(key) for key in env or {}}
     os.environ.update(env or {})
     server = TritonServerProcess(work, backends=(backend,), max_batch_size=8, batch_delay_us=5_000)
+    per_round: dict[int, list[float]] = {c: [] for c in CONCURRENCIES}
+    rows: dict[int, int] = dict.fromkeys(CONCURRENCIES, 0)
     try:
         server.start()
         variants = _variants(images, size_px, reference_px)
-        rates = {c: images_per_s(server, backend, variants, c) for c in CONCURRENCIES}
+        for _ in range(rounds):
+            for concurrency in CONCURRENCIES:
+                rate, most = images_per_s(server, backend, variants, concurrency)
+                per_round[concurrency].append(round(rate, 2))
+                rows[concurrency] = max(rows[concurrency], most)
         batch = max_batch_executed(server.statistics(backend))
     finally:
         server.stop()
@@ -93,9 +113,15 @@ def bench_backend(
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    result: dict[str, Any] = {f"{backend}_images_per_s_c{c}": round(rate, 2) for c, rate in rates.items()}
+    result: dict[str, Any] = {
+        f"{backend}_images_per_s_c{c}": round(statistics.median(rates), 2) for c, rates in per_round.items()
+    }
+    result[f"{backend}_images_per_s_rounds"] = {f"c{c}": rates for c, rates in per_round.items()}
     result[f"{backend}_size_px"] = size_px
     result[f"{backend}_max_batch_seen"] = batch
+    if backend == "diffusion":
+        result["diffusion_rows_per_call_max"] = max(rows.values())
+        result["diffusion_rows_per_call_max_by_concurrency"] = {f"c{c}": n for c, n in rows.items()}
     return result
 
 
@@ -156,6 +182,16 @@ def lora_switch_seconds(
     return out
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="composite output side (px)")
@@ -165,18 +201,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--diffusion-images", type=int, default=16)
     parser.add_argument("--no-diffusion", action="store_true", help="composite only")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per backend (median)")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}",
+        "cpu_model": _cpu_model(),
         "device": "cpu",
         # The machine is shared: its load at the start says how far the figures are from an idle machine.
         "load_average_1m_at_start": round(os.getloadavg()[0], 2),
         "concurrencies": list(CONCURRENCIES),
         "triton": "PyTriton-bundled Triton, 1 model instance, max_batch_size 8, batch delay 5 ms, gRPC",
+        "rounds": args.rounds,
+        "method": "per backend: rounds x (c1 then c8) on one server, median per concurrency",
     }
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
         work = Path(tmp)
-        results.update(bench_backend(work, "composite", args.size, args.images, reference_px=512))
+        results.update(
+            bench_backend(work, "composite", args.size, args.images, reference_px=512, rounds=args.rounds)
+        )
         print(json.dumps(results), flush=True)
         if not args.no_diffusion:
             from tests.support.diffusion import build_tiny_inpaint_pipeline
@@ -187,17 +229,26 @@ def main(argv: list[str] | None = None) -> int:
                 "SKUFORGE_DIFFUSION_DEVICE": "cpu",
                 "SKUFORGE_DIFFUSION_THREADS": "1",
                 "SKUFORGE_DIFFUSION_STEPS": "2",
+                # As many rows per pipeline call as Triton's max batch, so a full batch is one call.
+                "SKUFORGE_DIFFUSION_MAX_BATCH": "8",
                 "SKUFORGE_DIFFUSION_CACHE_DIR": str(work / "cache"),
                 "SKUFORGE_STORE_URI": f"file://{work / 'store'}",
             }
             results.update(
-                bench_backend(work, "diffusion", args.diffusion_size, args.diffusion_images, 96, env=env)
+                bench_backend(
+                    work, "diffusion", args.diffusion_size, args.diffusion_images, 96, args.rounds, env=env
+                )
             )
             results["diffusion_model"] = (
-                "tiny config-built SD inpainting pipeline, 2 steps (tests/support/diffusion.py)"
+                "tiny config-built SD inpainting pipeline, 2 steps, up to 8 rows per pipeline call "
+                "(tests/support/diffusion.py)"
+            )
+            results["diffusion_speedup_c8_over_c1"] = round(
+                results["diffusion_images_per_s_c8"] / results["diffusion_images_per_s_c1"], 2
             )
             os.environ.update(env)
             results["lora_switch_s"] = lora_switch_seconds(model_dir, work)
+    results["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     results["max_batch_seen"] = max(v for k, v in results.items() if k.endswith("_max_batch_seen"))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

@@ -15,7 +15,10 @@ triton                ``skuforge serve generator``           ``/v2/models/<model
 each stage of the     ``skuforge run <stage>``               its ``/readyz`` answers 200 and it
 pipeline, in flow     (``SKUFORGE_METRICS_PORT`` = its own   holds partitions of every topic it
 order (``PIPELINE``   port in the flow)                      consumes
-in schemas/flow.py)
+in schemas/flow.py),
+then lora-trainer
+(GPU + model, or
+``--with-trainer``)
 console               ``skuforge serve console``             ``/readyz`` (intake joined, holding
                                                              its partitions) and the login page
                                                              answer 200
@@ -53,7 +56,7 @@ from pydantic_settings import BaseSettings
 from devstack.broker import DEFAULT_CONTROLLER_PORT, DEFAULT_PORT, LocalKafka, free_port, port_in_use
 from devstack.prometheus import ALERTS_FILE, PrometheusMissing, stack_prometheus
 from devstack.supervisor import ServiceSpec, Supervisor, SupervisorError, http_ok
-from schemas.flow import CONSOLE, PIPELINE
+from schemas.flow import CONSOLE, LORA_TRAINER, PIPELINE, Service
 from services.console.config import ConsoleSettings
 from services.generator.config import GenerationSettings
 from services.generator.protocol import model_name
@@ -82,6 +85,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "triton_grpc": _default(GenerationSettings, "generation_server_grpc_port"),
     "triton_metrics": _default(GenerationSettings, "generation_server_metrics_port"),
     **{stage.name: stage.default_metrics_port for stage in PIPELINE},
+    LORA_TRAINER.name: LORA_TRAINER.default_metrics_port,
     "console_metrics": CONSOLE.default_metrics_port,
     "console": _default(ConsoleSettings, "console_port"),
 }
@@ -101,6 +105,12 @@ class StackConfig:
     backends: list[str] = field(default_factory=lambda: ["composite"])
     extra_env: dict[str, str] = field(default_factory=dict)
     prometheus_url: str | None = None  # set by --with-prometheus
+    with_trainer: bool = False  # the lora-trainer stage, after the pipeline's stages
+
+    @property
+    def stages(self) -> list[Service]:
+        """The stages this stack runs, in start order."""
+        return [*PIPELINE, *([LORA_TRAINER] if self.with_trainer else [])]
 
     @property
     def logs(self) -> Path:
@@ -209,6 +219,13 @@ def default_backends() -> list[str]:
     return ["composite"]
 
 
+def default_with_trainer() -> bool:
+    """The LoRA trainer runs when a GPU is present and a base model is configured; on a CPU a real
+    training job takes days, so it is off unless ``--with-trainer`` asks for it."""
+    model = os.environ.get("SKUFORGE_LORA_MODEL") or os.environ.get("SKUFORGE_DIFFUSION_MODEL")
+    return bool(model) and _cuda_available()
+
+
 def build_config(
     workdir: Path,
     *,
@@ -216,6 +233,7 @@ def build_config(
     kafka_bootstrap: str | None = None,
     backends: list[str] | None = None,
     extra_env: Mapping[str, str] | None = None,
+    with_trainer: bool | None = None,
 ) -> StackConfig:
     """The stack for ``workdir``: ports, store, console database and login decided once, here."""
     workdir = workdir.resolve()
@@ -233,6 +251,7 @@ def build_config(
         start_kafka=kafka_bootstrap is None,
         backends=list(backends or default_backends()),
         extra_env=dict(extra_env or {}),
+        with_trainer=default_with_trainer() if with_trainer is None else with_trainer,
     )
 
 
@@ -346,7 +365,7 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
         )
     )
     settings = load_settings()
-    for stage in PIPELINE:
+    for stage in config.stages:
         port = ports[stage.name]
         readyz = http_ok(f"http://127.0.0.1:{port}/readyz")
         inputs = [settings.topic_name(topic) for topic in stage.consumes]
@@ -389,7 +408,7 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
 
 def metrics_urls(config: StackConfig) -> dict[str, str]:
     """Service → its Prometheus endpoint."""
-    urls = {stage.name: f"http://127.0.0.1:{config.ports[stage.name]}/metrics" for stage in PIPELINE}
+    urls = {stage.name: f"http://127.0.0.1:{config.ports[stage.name]}/metrics" for stage in config.stages}
     urls["console"] = f"http://127.0.0.1:{config.ports['console_metrics']}/metrics"
     urls["triton"] = f"http://127.0.0.1:{config.ports['triton_metrics']}/metrics"
     return urls
@@ -501,6 +520,13 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     parser.add_argument(
+        "--with-trainer",
+        action="store_true",
+        default=None,
+        help="also run the lora-trainer stage (default: only when a GPU and SKUFORGE_DIFFUSION_MODEL "
+        "or SKUFORGE_LORA_MODEL are present)",
+    )
+    parser.add_argument(
         "--grace-s", type=float, default=20.0, help="seconds a service has to stop before SIGKILL"
     )
     parser.add_argument(
@@ -534,7 +560,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     config = build_config(
-        workdir, ports_mode=args.ports, kafka_bootstrap=args.kafka_bootstrap, backends=args.backend
+        workdir,
+        ports_mode=args.ports,
+        kafka_bootstrap=args.kafka_bootstrap,
+        backends=args.backend,
+        with_trainer=args.with_trainer,
     )
     _, generated_login = console_login(workdir)
     _stop_stale_broker(config, _say)

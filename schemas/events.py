@@ -138,3 +138,30 @@ class CorrectionResolved(Contract):
     reject_reason: str | None = None
     reviewer: str = Field(min_length=1)
     decided_at: datetime
+
+
+class AdapterPublished(Contract):
+    """A LoRA adapter the trainer wrote to the adapter registry; the generator may now choose it.
+
+    The envelope's ``sku_id`` (and Kafka key) is the adapter id, so one adapter's events stay ordered.
+    """
+
+    adapter_id: SafeId = Field(description="registry id: '<series or general>-<training set sha256[:12]>'")
+    kind: Literal["general", "specialized"]
+    series: str | None = Field(default=None, description="the series a specialised adapter is for")
+    base_model: str = Field(min_length=1)
+    registry_uri: str = Field(min_length=1, description="the adapter's folder in the registry")
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    training_set_sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="content hash of the training set and recipe: the job's identity",
+    )
+    sku_ids: list[SafeId] = Field(default_factory=list, description="SKUs whose photos it was trained on")
+    instance_images: int = Field(ge=0)
+    class_images: int = Field(ge=0)
+    steps: int = Field(ge=0, description="optimiser steps run (early stop may end before the cap)")
+    final_loss: float | None = None
+    resumed_from_step: int = Field(
+        default=0, ge=0, description="the checkpoint step a restarted job began at"
+    )
+    training_prompts: list[str] = Field(default_factory=list)

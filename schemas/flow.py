@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from schemas.topics import (
+    ADAPTER_PUBLISHED,
     CORRECTION_PENDING,
     CORRECTION_RESOLVED,
     GATE_ACCEPTED,
@@ -63,6 +64,14 @@ TRAINSTORE = Service(
     (),
     9106,
 )
+# Trains LoRA adapters for the diffusion backend; off in `skuforge up` on CPU unless --with-trainer.
+LORA_TRAINER = Service(
+    "lora-trainer",
+    "services.lora_trainer.stage",
+    (SKU_CAPTIONED, GATE_ACCEPTED),
+    (ADAPTER_PUBLISHED,),
+    9108,
+)
 # The console's intake alone (``skuforge run console-intake``), beside a console serving with
 # SKUFORGE_CONSOLE_INTAKE=false; inside ``serve console`` the same stage runs as a thread.
 CONSOLE_INTAKE = Service("console-intake", "services.console.intake", (CORRECTION_PENDING,), (), 9107)
@@ -85,7 +94,9 @@ TRITON = Service("generator", "services.generator.server", command="serve")
 # the console).
 PIPELINE: tuple[Service, ...] = (CAPTIONER, GENERATOR, MATTING, GATE, TRAINSTORE)
 # `skuforge run NAME` and `skuforge serve NAME`.
-STAGES: dict[str, Service] = {service.name: service for service in (*PIPELINE, CONSOLE_INTAKE, PASSTHROUGH)}
+STAGES: dict[str, Service] = {
+    service.name: service for service in (*PIPELINE, LORA_TRAINER, CONSOLE_INTAKE, PASSTHROUGH)
+}
 SERVERS: dict[str, Service] = {service.name: service for service in (CONSOLE, TRITON)}
 
 
@@ -96,7 +107,7 @@ def flow_table_markdown() -> str:
     def names(topics: tuple[Topic[Any], ...]) -> str:
         return ", ".join(f"`{topic.name}`" for topic in topics) or "—"
 
-    for service in (*PIPELINE, CONSOLE, CONSOLE_INTAKE, TRITON, PASSTHROUGH):
+    for service in (*PIPELINE, LORA_TRAINER, CONSOLE, CONSOLE_INTAKE, TRITON, PASSTHROUGH):
         command = f"`skuforge {service.command} {service.name}`"
         port = "Triton's own" if service.metrics_port is None else str(service.metrics_port)
         rows.append(f"| {command} | {names(service.consumes)} | {names(service.produces)} | {port} |")

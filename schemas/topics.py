@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 
 from schemas.events import (
+    AdapterPublished,
     CorrectionPending,
     CorrectionResolved,
     GateAccepted,
@@ -43,6 +44,7 @@ IMAGE_MATTED = Topic("image.matted", 1, ImageMatted)
 GATE_ACCEPTED = Topic("gate.accepted", 1, GateAccepted)
 CORRECTION_PENDING = Topic("correction.pending", 1, CorrectionPending)
 CORRECTION_RESOLVED = Topic("correction.resolved", 1, CorrectionResolved)
+ADAPTER_PUBLISHED = Topic("adapter.published", 1, AdapterPublished)
 
 # The output of the pass-through reference stage (``services/passthrough``); not in ALL_TOPICS.
 PASSTHROUGH_OUT = Topic("passthrough.sku.ingested", 1, SkuIngested)
@@ -55,6 +57,7 @@ ALL_TOPICS: tuple[Topic[Any], ...] = (
     GATE_ACCEPTED,
     CORRECTION_PENDING,
     CORRECTION_RESOLVED,
+    ADAPTER_PUBLISHED,
 )
 
 

@@ -21,6 +21,7 @@ from services.captioner.config import CaptionerSettings
 from services.console.config import ConsoleSettings
 from services.gate.config import GateSettings
 from services.generator.config import GenerationSettings
+from services.lora_trainer.config import LoraTrainerSettings
 from services.matting.config import MattingSettings
 from services.trainstore.config import TrainstoreSettings
 from shared.config import ConfigError, Settings, load_settings, settings_table_markdown
@@ -33,6 +34,7 @@ SETTINGS_MODELS: tuple[type[BaseSettings], ...] = (
     CaptionerSettings,
     GenerationSettings,
     DiffusionSettings,
+    LoraTrainerSettings,
     GateSettings,
     TrainstoreSettings,
     ConsoleSettings,

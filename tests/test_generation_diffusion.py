@@ -471,3 +471,96 @@ def test_a_model_that_is_not_there_is_named(
     monkeypatch.setenv("SKUFORGE_DIFFUSION_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(DiffusionModelError, match="nothing is stored under"):
         backend_from_env()
+
+
+# Batched rows may differ from single rows by float rounding in batched kernels (BLAS blocking);
+# on the tiny pipeline, CPU, float32 the largest difference seen was 1 level (8 rows, seeds 30..37).
+BATCH_TOLERANCE_LEVELS = 2  # uint8 levels, per pixel and channel
+
+
+@pytest.mark.slow
+def test_batched_rows_paint_what_single_rows_paint_and_adapters_split_calls(
+    diffusion_env: Path, lora_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_MAX_BATCH", "8")
+    backend = backend_from_env()
+    registry = AdapterRegistry(FileStore(diffusion_env / "adapters"))
+    registry.register(
+        "lora-cola", lora_files[0], kind="specialized", series="cola", base_model=TINY_BASE_MODEL
+    )
+    _, mask = product_photo()
+    requests = [
+        _request(seed=20 + i, n=1, prompt=f"a can number {i}", series="cola" if i in (2, 5) else None)
+        for i in range(6)
+    ]
+    requests.insert(3, _request(seed=1, n=1, mask=np.zeros_like(mask)))  # refused: empty mask
+    batched = backend.generate_many(requests)
+    assert isinstance(batched[3], BadInput) and batched[3].reason == "empty_mask"
+    served = [outcome for outcome in batched if not isinstance(outcome, Exception)]
+    assert len(served) == 6
+    # Four base-model rows in one call, the two adapter rows in another.
+    assert backend.rows_per_call_max == 4
+    rows = {s[0].parameters["pipeline_batch_rows"] for s in served}  # type: ignore[index]
+    assert rows == {4, 2}
+    single = [backend.generate(r) if k != 3 else None for k, r in enumerate(requests)]
+    for outcome, alone in zip(batched, single, strict=True):
+        if alone is None:
+            continue
+        assert isinstance(outcome, list)
+        assert outcome[0].adapter_id == alone[0].adapter_id
+        assert alone[0].parameters["pipeline_batch_rows"] == 1
+        difference = np.abs(outcome[0].image.astype(int) - alone[0].image.astype(int)).max()
+        assert difference <= BATCH_TOLERANCE_LEVELS, difference
+    # Different seeds in one call still give different images (each row has its own generator).
+    images = [s[0].image.tobytes() for s in served]  # type: ignore[index]
+    assert len(set(images)) == 6
+
+
+# --- GPU-path settings, checked on CPU ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_pipeline_loads_in_the_dtype_asked_for(
+    diffusion_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dtype keyword diffusers does not know is ignored with a warning and leaves float32 weights."""
+    import torch
+
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_DTYPE", "bfloat16")  # float16 needs CUDA; bfloat16 runs on CPU
+    half = backend_from_env()
+    assert half.pipe.unet.dtype == torch.bfloat16
+    assert half.pipe.vae.dtype == torch.bfloat16 and half.pipe.text_encoder.dtype == torch.bfloat16
+    sample = half.generate(_request(seed=7, n=1))[0]
+    assert sample.image.shape == (SIZE, SIZE, 3)
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_DTYPE", "auto")  # CPU: float32
+    assert backend_from_env().pipe.unet.dtype == torch.float32
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_DTYPE", "float16")
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        backend_from_env()
+
+
+@pytest.mark.slow
+def test_attention_slicing_is_a_setting_and_keeps_the_image(
+    diffusion_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from diffusers.models.attention_processor import SlicedAttnProcessor
+
+    plain = backend_from_env()
+    assert not any(isinstance(p, SlicedAttnProcessor) for p in plain.pipe.unet.attn_processors.values())
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_ATTENTION_SLICING", "max")
+    sliced = backend_from_env()
+    assert all(isinstance(p, SlicedAttnProcessor) for p in sliced.pipe.unet.attn_processors.values())
+    expected = plain.generate(_request(seed=9, n=1))[0].image.astype(int)
+    difference = np.abs(sliced.generate(_request(seed=9, n=1))[0].image.astype(int) - expected).max()
+    assert difference <= BATCH_TOLERANCE_LEVELS, difference
+
+
+def test_offload_without_cuda_is_refused_at_start_up(
+    diffusion_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_OFFLOAD", "model")
+    with pytest.raises(ConfigError, match="SKUFORGE_DIFFUSION_OFFLOAD=model"):
+        backend_from_env()
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_OFFLOAD", "everything")
+    with pytest.raises(ConfigError, match="SKUFORGE_DIFFUSION_OFFLOAD"):
+        load_settings(DiffusionSettings)

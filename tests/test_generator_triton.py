@@ -223,3 +223,27 @@ def test_diffusion_backend_on_triton_keeps_the_product_and_picks_the_adapter(
     assert np.abs(base.image[inside].astype(int) - adapted.image[inside].astype(int)).max() <= 8
     stats = diffusion_triton.statistics("diffusion")
     assert max_batch_executed(stats) >= 1
+
+
+def test_concurrent_diffusion_rows_are_painted_in_one_pipeline_call(
+    diffusion_triton: TritonServerProcess,
+) -> None:
+    """Triton merges concurrent requests; the model paints their rows together, as one by one would."""
+    variants = [small_variant(40 + i, "s1" if i % 4 == 3 else None) for i in range(8)]
+    together = TritonGenerator(diffusion_triton.grpc_url, concurrency=8)
+    alone = TritonGenerator(diffusion_triton.grpc_url, concurrency=1)
+    try:
+        batched = together.generate("diffusion", variants)
+        single = alone.generate("diffusion", variants)
+    finally:
+        together.close()
+        alone.close()
+    rows = []
+    for variant_request, many, one in zip(variants, batched, single, strict=True):
+        assert isinstance(many, VariantResult) and isinstance(one, VariantResult)
+        assert many.adapter_id == ("lora-s1" if variant_request.series else None)
+        assert np.abs(many.image.astype(int) - one.image.astype(int)).max() <= 2  # float rounding only
+        assert json.loads(one.parameters_json)["pipeline_batch_rows"] == 1
+        rows.append(json.loads(many.parameters_json)["pipeline_batch_rows"])
+    assert max(rows) >= 2, rows  # several rows per pipeline call
+    assert max(rows) <= 4  # SKUFORGE_DIFFUSION_MAX_BATCH (default 4) bounds a call

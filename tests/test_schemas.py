@@ -34,6 +34,7 @@ def test_every_topic_of_the_flow_is_versioned_and_has_a_schema() -> None:
         "gate.accepted",
         "correction.pending",
         "correction.resolved",
+        "adapter.published",
     }
     for topic in ALL_TOPICS:
         assert topic.name.endswith(f".v{topic.version}")

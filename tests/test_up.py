@@ -324,3 +324,35 @@ def test_up_starts_everything_restarts_a_killed_stage_and_ctrl_c_leaves_nothing(
     assert processes_mentioning(str(workdir)) == []
     assert read_stack(workdir)["state"] == "stopped"
     assert "stopped" in out_path.read_text().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("flag", "model_env", "gpu", "expected"),
+    [
+        (None, None, False, False),
+        (None, "/models/sd15-inpaint", False, False),  # training on a CPU: days per adapter
+        (None, "/models/sd15-inpaint", True, True),
+        (None, None, True, False),  # nothing to train on
+        (True, None, False, True),  # --with-trainer
+    ],
+)
+def test_the_trainer_runs_with_a_gpu_and_a_model_or_when_asked(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flag: bool | None,
+    model_env: str | None,
+    gpu: bool,
+    expected: bool,
+) -> None:
+    monkeypatch.delenv("SKUFORGE_LORA_MODEL", raising=False)
+    if model_env is None:
+        monkeypatch.delenv("SKUFORGE_DIFFUSION_MODEL", raising=False)
+    else:
+        monkeypatch.setenv("SKUFORGE_DIFFUSION_MODEL", model_env)
+    monkeypatch.setattr(devstack.up, "_cuda_available", lambda: gpu)
+    config = build_config(tmp_path, ports_mode="free", with_trainer=flag)
+    names = [spec.name for spec in devstack.up.build_specs(config)]
+    assert ("lora-trainer" in names) is expected
+    if expected:  # after every stage of the pipeline, before the console
+        assert names.index("lora-trainer") == names.index("trainstore") + 1
+        assert "lora-trainer" in devstack.up.metrics_urls(config)

@@ -31,7 +31,7 @@ from services.generator.config import GenerationSettings
 from services.generator.protocol import INPUTS, OUTPUTS, model_name
 from shared.config import Settings, load_settings
 from shared.errors import BadInput
-from shared.generation.backend import GeneratedSample, GenerationBackend, GenerationRequest, open_backend
+from shared.generation.backend import GenerationBackend, GenerationRequest, RowOutcome, open_backend
 from shared.generation.diffusion import DiffusionSettings
 from shared.generation.scenes import SceneLibrary
 from shared.observability import configure_logging
@@ -44,8 +44,9 @@ class GenerationModel:
     """The Triton callable: a list of requests (each a batch of variant rows) → one output dict each.
 
     A row the backend refuses (bad mask, unknown parameter...) gets its message in ``error`` and
-    zero images; the rest of the batch is served. Anything else wrong is raised, and Triton
-    reports it to every request of the batch.
+    zero images; the rest of the batch is served. All rows of all requests in a batch reach the
+    backend together (``generate_many``), so the diffusion backend can paint them in one call.
+    Anything else wrong is raised, and Triton reports it to every request of the batch.
     """
 
     def __init__(self, backend: GenerationBackend) -> None:
@@ -54,25 +55,54 @@ class GenerationModel:
     def __call__(
         self, requests: Sequence[Mapping[str, npt.NDArray[Any]]]
     ) -> list[dict[str, npt.NDArray[Any]]]:
-        """Serve one batch Triton formed (several requests, rows stacked per request)."""
-        return [self._serve_request(request) for request in requests]
+        """Serve one batch Triton formed (several requests, rows stacked per request).
 
-    def _serve_request(self, request: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        Every row of every request goes to the backend in one ``generate_many`` call, so a backend
+        that batches (diffusion) paints rows sharing an adapter and a size in one pipeline call.
+        """
+        parsed = [self._parse_request(request) for request in requests]
+        valid = [row for _, rows in parsed for row in rows if isinstance(row, GenerationRequest)]
+        outcomes = iter(self.backend.generate_many(valid))
+        answers = []
+        for size, rows in parsed:
+            answers.append(
+                self._answer(
+                    size, [next(outcomes) if isinstance(row, GenerationRequest) else row for row in rows]
+                )
+            )
+        return answers
+
+    def _parse_request(
+        self, request: Mapping[str, npt.NDArray[Any]]
+    ) -> tuple[int, list[GenerationRequest | ValueError]]:
+        """The request's size and its rows as backend requests (or why a row cannot be one)."""
         rows = int(request["reference"].shape[0])
         sizes = {int(s) for s in np.asarray(request["size"]).reshape(-1)}
         if len(sizes) != 1:
             raise ValueError(f"every row of one request must ask for the same size, got {sorted(sizes)}")
         size = sizes.pop()
+        parsed: list[GenerationRequest | ValueError] = []
+        for row in range(rows):
+            try:
+                parsed.append(_row_request(request, row, size))
+            except ValueError as exc:
+                parsed.append(exc)
+        return size, parsed
+
+    def _answer(self, size: int, outcomes: list[RowOutcome]) -> dict[str, npt.NDArray[Any]]:
+        """The output tensors of one request; a refused row gets its message and zero images."""
+        rows = len(outcomes)
         images = np.zeros((rows, size, size, 3), dtype=np.uint8)
         masks = np.zeros((rows, size, size), dtype=np.uint8)
         used, adapters, errors = [b"{}"] * rows, [b""] * rows, [b""] * rows
         model_ids = [self.backend.model_id.encode()] * rows
-        for row in range(rows):
-            try:
-                sample = self._generate_row(request, row, size)
-            except (ValueError, BadInput) as exc:  # the backend refused this row: report it, serve the others
-                errors[row] = f"{type(exc).__name__}: {exc}".encode()
+        for row, outcome in enumerate(outcomes):
+            if isinstance(outcome, (ValueError, BadInput)):  # refused: report it, serve the others
+                errors[row] = f"{type(outcome).__name__}: {outcome}".encode()
                 continue
+            if len(outcome) != 1:
+                raise RuntimeError(f"backend {self.backend.name} returned {len(outcome)} samples for n=1")
+            sample = outcome[0]
             if sample.image.shape != (size, size, 3) or sample.expected_mask.shape != (size, size):
                 raise RuntimeError(
                     f"backend {self.backend.name} returned {sample.image.shape}/{sample.expected_mask.shape} "
@@ -90,29 +120,27 @@ class GenerationModel:
             "error": _bytes_column(errors),
         }
 
-    def _generate_row(self, request: Mapping[str, npt.NDArray[Any]], row: int, size: int) -> GeneratedSample:
-        try:
-            parameters = json.loads(_text(request["parameters"][row]) or "{}")
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"parameters are not JSON: {exc}") from None
-        if not isinstance(parameters, dict):
-            raise ValueError("parameters must be a JSON object")
-        generation_request = GenerationRequest(
-            reference=np.ascontiguousarray(request["reference"][row]),
-            mask=np.ascontiguousarray(request["mask"][row]),
-            prompt=_text(request["prompt"][row]),
-            negative_prompt=_text(request["negative_prompt"][row]),
-            seed=int(np.asarray(request["seed"][row]).reshape(-1)[0]),
-            n=1,
-            parameters=parameters,
-            adapter_id=_text(request["adapter_id"][row]) or None,
-            series=_text(request["series"][row]) or None,
-            size=size,
-        )
-        samples = self.backend.generate(generation_request)
-        if len(samples) != 1:
-            raise RuntimeError(f"backend {self.backend.name} returned {len(samples)} samples for n=1")
-        return samples[0]
+
+def _row_request(request: Mapping[str, npt.NDArray[Any]], row: int, size: int) -> GenerationRequest:
+    """Row ``row`` of a Triton request as one variant (n=1) for the backend."""
+    try:
+        parameters = json.loads(_text(request["parameters"][row]) or "{}")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"parameters are not JSON: {exc}") from None
+    if not isinstance(parameters, dict):
+        raise ValueError("parameters must be a JSON object")
+    return GenerationRequest(
+        reference=np.ascontiguousarray(request["reference"][row]),
+        mask=np.ascontiguousarray(request["mask"][row]),
+        prompt=_text(request["prompt"][row]),
+        negative_prompt=_text(request["negative_prompt"][row]),
+        seed=int(np.asarray(request["seed"][row]).reshape(-1)[0]),
+        n=1,
+        parameters=parameters,
+        adapter_id=_text(request["adapter_id"][row]) or None,
+        series=_text(request["series"][row]) or None,
+        size=size,
+    )
 
 
 def _text(cell: npt.NDArray[Any]) -> str:

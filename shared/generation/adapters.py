@@ -77,6 +77,11 @@ class AdapterMetadata(BaseModel):
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     weights_bytes: int = Field(ge=1)
     created_at: datetime
+    training_set_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="content hash of the training set, when skuforge's trainer made it (lora-trainer)",
+    )
 
     @field_validator("adapter_id")
     @classmethod
@@ -215,6 +220,7 @@ class AdapterRegistry:
         series: str | None = None,
         rank: int | None = None,
         training_prompts: Sequence[str] = (),
+        training_set_sha256: str | None = None,
     ) -> AdapterMetadata:
         """Upload LoRA weights and their metadata (metadata last); replaces an adapter of the same id.
 
@@ -234,6 +240,7 @@ class AdapterRegistry:
                 weights_sha256=sha256_hex(data),
                 weights_bytes=len(data),
                 created_at=datetime.now(UTC),
+                training_set_sha256=training_set_sha256,
             )
         except ValidationError as exc:
             raise ValueError(f"cannot register adapter {adapter_id!r}: {exc}") from None

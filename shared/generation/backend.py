@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from shared.errors import BadInput
+
 if TYPE_CHECKING:
     from shared.config import Settings
     from shared.generation.diffusion import DiffusionSettings
@@ -52,6 +54,10 @@ class GeneratedSample:
     adapter_id: str | None = None
 
 
+# What one request of a batch came to: its samples, or why the backend refused it.
+RowOutcome = list[GeneratedSample] | ValueError | BadInput
+
+
 class GenerationBackend(Protocol):
     """What the Triton model calls; one instance per server process."""
 
@@ -61,6 +67,25 @@ class GenerationBackend(Protocol):
     def generate(self, request: GenerationRequest) -> list[GeneratedSample]:
         """Return exactly ``request.n`` samples, reproducible for the same request and seed."""
         ...
+
+    def generate_many(self, requests: list[GenerationRequest]) -> list[RowOutcome]:
+        """Serve several requests at once, one outcome each, in order; a refused request fails alone.
+
+        A backend that can batch (diffusion: one pipeline call for many rows) does it here; the
+        images are those ``generate`` gives for each request alone (up to float rounding).
+        """
+        ...
+
+
+def generate_one_by_one(backend: GenerationBackend, requests: list[GenerationRequest]) -> list[RowOutcome]:
+    """``generate_many`` for a backend with nothing to gain from batching: ``generate`` per request."""
+    outcomes: list[RowOutcome] = []
+    for request in requests:
+        try:
+            outcomes.append(backend.generate(request))
+        except (ValueError, BadInput) as exc:
+            outcomes.append(exc)
+    return outcomes
 
 
 def open_backend(

@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFilter
 
-from shared.generation.backend import GeneratedSample, GenerationRequest
+from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome, generate_one_by_one
 from shared.generation.scenes import SceneLibrary
 from shared.synth.backgrounds import BACKGROUNDS, BUILDERS, GROUNDED, Placement, Stand, to_image
 from shared.synth.products import make_product
@@ -188,6 +188,10 @@ class CompositeBackend:
             raise ValueError(f"photo_share must be in 0..1, got {photo_share}")
         self.scenes = scenes
         self.photo_share = photo_share if scenes is not None else 0.0
+
+    def generate_many(self, requests: list[GenerationRequest]) -> list[RowOutcome]:
+        """Each request on its own: compositing is numpy on one image, batching gains nothing."""
+        return generate_one_by_one(self, requests)
 
     def generate(self, request: GenerationRequest) -> list[GeneratedSample]:
         """``request.n`` variants; variant ``i`` depends only on (seed, i, parameters, inputs, scenes)."""

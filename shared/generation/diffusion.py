@@ -48,7 +48,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.config import ENV_PREFIX, ConfigError, Settings, describe_validation_error
 from shared.errors import BadInput
 from shared.generation.adapters import AdapterChoice, AdapterMetadata, AdapterRegistry, resolve_adapter
-from shared.generation.backend import GeneratedSample, GenerationRequest
+from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome
 from shared.model_cache import cache_dir as model_cache_dir
 from shared.model_cache import fetch_directory
 from shared.store import open_store
@@ -100,6 +100,16 @@ class DiffusionSettings(BaseSettings):
     )
     diffusion_dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
         default="auto", description="'auto' = float16 on CUDA, float32 on CPU"
+    )
+    diffusion_offload: Literal["off", "model", "sequential"] = Field(
+        default="off",
+        description=(
+            "CUDA memory saving: 'model' = enable_model_cpu_offload (whole models move to the GPU in turn), "
+            "'sequential' = enable_sequential_cpu_offload (least memory, slowest); needs CUDA"
+        ),
+    )
+    diffusion_attention_slicing: Literal["off", "auto", "max"] = Field(
+        default="off", description="enable_attention_slicing: less memory per call, a little slower"
     )
     diffusion_threads: int = Field(default=2, ge=1, le=256, description="torch CPU threads")
     diffusion_steps: int = Field(default=30, ge=1, le=500, description="denoising steps of the painting pass")
@@ -371,6 +381,11 @@ def _torch_setup(settings: DiffusionSettings) -> tuple[torch.device, torch.dtype
         dtype = getattr(torch, settings.diffusion_dtype)
         if dtype == torch.float16 and not use_cuda:
             raise ConfigError("SKUFORGE_DIFFUSION_DTYPE=float16 needs CUDA; on CPU use float32 or bfloat16")
+    if settings.diffusion_offload != "off" and not use_cuda:
+        raise ConfigError(
+            f"SKUFORGE_DIFFUSION_OFFLOAD={settings.diffusion_offload} moves models between CPU and a CUDA "
+            "device; on CPU leave it 'off'"
+        )
     if not use_cuda:
         torch.set_num_threads(settings.diffusion_threads)
     return device, dtype
@@ -404,9 +419,20 @@ def _pipeline_index(directory: Path) -> dict[str, Any]:
 
 
 def load_inpaint_pipeline(
-    directory: Path, *, architecture: str, device: torch.device, dtype: torch.dtype
+    directory: Path,
+    *,
+    architecture: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    offload: str = "off",
+    attention_slicing: str = "off",
 ) -> Any:
-    """Load a ``save_pretrained`` inpainting pipeline from a local folder, offline."""
+    """Load a ``save_pretrained`` inpainting pipeline from a local folder, offline, in ``dtype``.
+
+    ``offload`` ('off', 'model', 'sequential') and ``attention_slicing`` ('off', 'auto', 'max') are
+    diffusers' memory savers. The weights' dtype is checked after loading: a keyword diffusers does
+    not know is ignored with a mere warning, and the pipeline would silently run in float32.
+    """
     index = _pipeline_index(directory)
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -423,14 +449,36 @@ def load_inpaint_pipeline(
         # Outputs go to the gate and to people reviewing them, not to the public.
         extra = {"safety_checker": None, "requires_safety_checker": False}
     try:
+        # diffusers >= 0.42 takes `dtype` (`torch_dtype` is deprecated there, and older releases know
+        # only `torch_dtype`): pyproject pins diffusers>=0.42, and the check below catches a mismatch.
         pipe = pipeline_class.from_pretrained(directory, local_files_only=True, dtype=dtype, **extra)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DiffusionModelError(
             f"diffusers cannot load an inpainting pipeline from {directory}: {exc}"
         ) from exc
-    pipe = pipe.to(device)
+    wrong = {name: str(part.dtype) for name, part in _weighted_parts(pipe).items() if part.dtype != dtype}
+    if wrong:
+        raise DiffusionModelError(
+            f"asked diffusers for {dtype} weights but got {wrong}: this diffusers release ignores the "
+            "`dtype` keyword (install diffusers>=0.42)"
+        )
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe = pipe.to(device)
+    if attention_slicing != "off":
+        pipe.enable_attention_slicing(attention_slicing)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _weighted_parts(pipe: Any) -> dict[str, Any]:
+    """The pipeline's torch modules (UNet, VAE, text encoders) by component name."""
+    import torch
+
+    return {name: part for name, part in pipe.components.items() if isinstance(part, torch.nn.Module)}
 
 
 class DiffusionBackend:
@@ -461,6 +509,7 @@ class DiffusionBackend:
             pipe, settings.diffusion_lora_cache_size, self._fetch_adapter, scale=settings.diffusion_lora_scale
         )
         self._lock = threading.Lock()
+        self.rows_per_call_max = 0  # the most variants one pipeline call painted (batching at work)
         self._listing: list[AdapterMetadata] = []
         self._listed_at = -math.inf
 
@@ -487,7 +536,12 @@ class DiffusionBackend:
         _pipeline_index(directory)  # before torch loads: a wrong path fails in milliseconds
         device, dtype = _torch_setup(diffusion)
         pipe = load_inpaint_pipeline(
-            directory, architecture=diffusion.diffusion_architecture, device=device, dtype=dtype
+            directory,
+            architecture=diffusion.diffusion_architecture,
+            device=device,
+            dtype=dtype,
+            offload=diffusion.diffusion_offload,
+            attention_slicing=diffusion.diffusion_attention_slicing,
         )
         registry = AdapterRegistry(
             open_store(
@@ -545,19 +599,71 @@ class DiffusionBackend:
 
     def generate(self, request: GenerationRequest) -> list[GeneratedSample]:
         """``request.n`` samples; the same request (seed included) gives the same pixels."""
+        (outcome,) = self.generate_many([request])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def generate_many(self, requests: list[GenerationRequest]) -> list[RowOutcome]:
+        """Serve several requests with as few pipeline calls as possible; one outcome per request.
+
+        Variants that share an adapter, a size, steps, guidance and harmonisation strength are
+        painted in one pipeline call (up to ``SKUFORGE_DIFFUSION_MAX_BATCH`` rows), each with its
+        own ``torch.Generator``, so a variant's pixels do not depend on its neighbours (up to float
+        rounding in batched kernels). A request refused for its input or its adapter fails alone.
+        """
+        outcomes: list[RowOutcome | None] = [None] * len(requests)
+        plans: dict[int, _Plan] = {}
+        for position, request in enumerate(requests):
+            try:
+                plans[position] = self._plan(request)
+            except (ValueError, BadInput) as exc:
+                outcomes[position] = exc
+        with self._lock:
+            choices: dict[int, AdapterChoice] = {}
+            for position in list(plans):
+                try:
+                    choices[position] = self.choose_adapter(requests[position])
+                except BadInput as exc:
+                    outcomes[position] = exc
+                    del plans[position]
+            # Group every variant by what one pipeline call must share.
+            groups: dict[tuple[str | None, int, int, float, float], list[tuple[int, int]]] = {}
+            for position, plan in plans.items():
+                key = (choices[position].adapter_id, requests[position].size, *plan.shared_call)
+                groups.setdefault(key, []).extend((position, index) for index in range(requests[position].n))
+            painted: dict[tuple[int, int], tuple[UInt8Array, int]] = {}
+            for key, variants in groups.items():
+                try:
+                    self.lora.activate(choices[variants[0][0]].adapter)
+                except BadInput as exc:
+                    for position, _ in variants:
+                        outcomes[position] = exc
+                        plans.pop(position, None)
+                    continue
+                step = self.settings.diffusion_max_batch
+                for start in range(0, len(variants), step):
+                    chunk = variants[start : start + step]
+                    rows = [(requests[p], plans[p], i) for p, i in chunk]
+                    images = self._paint(rows, key[1], *plans[chunk[0][0]].shared_call)
+                    self.rows_per_call_max = max(self.rows_per_call_max, len(chunk))
+                    for variant, image in zip(chunk, images, strict=True):
+                        painted[variant] = (image, len(chunk))
+        for position, plan in plans.items():
+            outcomes[position] = self._samples(requests[position], plan, choices[position], painted, position)
+        done = [outcome for outcome in outcomes if outcome is not None]
+        if len(done) != len(requests):
+            raise RuntimeError("a request was neither served nor refused")  # a bug here, not bad input
+        return done
+
+    def _plan(self, request: GenerationRequest) -> _Plan:
+        """Validate ``request`` and draw its variants' placements and seeds (no model involved)."""
         _check_request(request)
         try:
             knobs = DiffusionParameters.model_validate(request.parameters)
         except ValidationError as exc:
             raise BadInput("invalid_parameters", describe_validation_error(exc)) from None
         settings = self.settings
-        steps = knobs.steps or settings.diffusion_steps
-        guidance = knobs.guidance if knobs.guidance is not None else settings.diffusion_guidance
-        harmonize = (
-            knobs.harmonize_strength
-            if knobs.harmonize_strength is not None
-            else settings.diffusion_harmonize_strength
-        )
         placements: list[Placement] = []
         seeds: list[tuple[int, int, int]] = []
         for index in range(request.n):
@@ -580,18 +686,31 @@ class DiffusionBackend:
                     position_y=knobs.position_y if knobs.position_y is not None else draw[3],
                 )
             )
-        with self._lock:
-            choice = self.choose_adapter(request)
-            self.lora.activate(choice.adapter)
-            images: list[UInt8Array] = []
-            for start in range(0, request.n, settings.diffusion_max_batch):
-                chunk = slice(start, start + settings.diffusion_max_batch)
-                images.extend(
-                    self._paint(request, placements[chunk], seeds[chunk], steps, guidance, harmonize)
-                )
+        return _Plan(
+            placements=placements,
+            seeds=seeds,
+            steps=knobs.steps or settings.diffusion_steps,
+            guidance=knobs.guidance if knobs.guidance is not None else settings.diffusion_guidance,
+            harmonize=(
+                knobs.harmonize_strength
+                if knobs.harmonize_strength is not None
+                else settings.diffusion_harmonize_strength
+            ),
+        )
+
+    def _samples(
+        self,
+        request: GenerationRequest,
+        plan: _Plan,
+        choice: AdapterChoice,
+        painted: dict[tuple[int, int], tuple[UInt8Array, int]],
+        position: int,
+    ) -> list[GeneratedSample]:
+        settings = self.settings
         samples = []
         # Placement values are recorded unrounded: place_product(**them) reproduces the canvas exactly.
-        for index, (placement, image) in enumerate(zip(placements, images, strict=True)):
+        for index, placement in enumerate(plan.placements):
+            image, rows_in_call = painted[(position, index)]
             parameters = {
                 **request.parameters,
                 "backend": self.name,
@@ -602,17 +721,19 @@ class DiffusionBackend:
                 "rotation_deg": placement.rotation_deg,
                 "position_x": placement.position_x,
                 "position_y": placement.position_y,
-                "steps": steps,
-                "guidance": guidance,
+                "steps": plan.steps,
+                "guidance": plan.guidance,
                 "mask_dilation_px": settings.diffusion_mask_dilation_px,
-                "harmonize_strength": harmonize,
+                "harmonize_strength": plan.harmonize,
                 # Without harmonisation the product's pixels are pasted back: exact by construction.
-                "product_pixels_exact": harmonize == 0.0,
+                "product_pixels_exact": plan.harmonize == 0.0,
                 "adapter_id": choice.adapter_id,
                 "adapter_kind": choice.adapter.kind if choice.adapter else None,
                 "adapter_choice": choice.reason,
                 "adapter_scale": settings.diffusion_lora_scale if choice.adapter else 0.0,
                 "size": request.size,
+                # Lineage only: batched kernels may round differently from a single row.
+                "pipeline_batch_rows": rows_in_call,
             }
             samples.append(
                 GeneratedSample(
@@ -626,22 +747,23 @@ class DiffusionBackend:
 
     def _paint(
         self,
-        request: GenerationRequest,
-        placements: list[Placement],
-        seeds: list[tuple[int, int, int]],
+        variants: list[tuple[GenerationRequest, _Plan, int]],
+        size: int,
         steps: int,
         guidance: float,
         harmonize: float,
     ) -> list[UInt8Array]:
-        """One pipeline call for a chunk of variants (and one more for harmonisation)."""
+        """One pipeline call for ``variants`` (request, plan, variant index), and one more to harmonise."""
         import torch
 
-        count = len(placements)
+        count = len(variants)
+        placements = [plan.placements[index] for _, plan, index in variants]
+        seeds = [plan.seeds[index] for _, plan, index in variants]
         common: dict[str, Any] = {
-            "prompt": [request.prompt] * count,
-            "negative_prompt": [request.negative_prompt] * count,
-            "height": request.size,
-            "width": request.size,
+            "prompt": [request.prompt for request, _, _ in variants],
+            "negative_prompt": [request.negative_prompt for request, _, _ in variants],
+            "height": size,
+            "width": size,
             "guidance_scale": guidance,
             "output_type": "np",
         }
@@ -666,7 +788,7 @@ class DiffusionBackend:
         if harmonize <= 0.0:
             return outputs
         generators = [torch.Generator(device=self.device).manual_seed(s[2]) for s in seeds]
-        everything = Image.new("L", (request.size, request.size), 255)
+        everything = Image.new("L", (size, size), 255)
         with torch.inference_mode():
             harmonised = self.pipe(
                 image=[Image.fromarray(pixels) for pixels in outputs],
@@ -678,6 +800,22 @@ class DiffusionBackend:
                 **common,
             ).images
         return [_to_uint8(image) for image in harmonised]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One request's variants before painting: placements, seeds and the knobs of its pipeline call."""
+
+    placements: list[Placement]
+    seeds: list[tuple[int, int, int]]
+    steps: int
+    guidance: float
+    harmonize: float
+
+    @property
+    def shared_call(self) -> tuple[int, float, float]:
+        """What every row of one pipeline call must share (besides adapter and size)."""
+        return (self.steps, self.guidance, self.harmonize)
 
 
 def _to_uint8(image: npt.NDArray[Any]) -> UInt8Array:

@@ -1,0 +1,1 @@
+"""LoRA trainer stage (skuforge run lora-trainer)."""

@@ -1,0 +1,93 @@
+"""Settings of the LoRA trainer stage: environment variables ``SKUFORGE_LORA_*``.
+
+The base model is the generator's (``SKUFORGE_DIFFUSION_MODEL``, ``SKUFORGE_DIFFUSION_BASE_MODEL``)
+unless ``SKUFORGE_LORA_MODEL`` names another folder; adapters go to the generator's registry
+(``SKUFORGE_DIFFUSION_ADAPTERS_URI``, else ``<SKUFORGE_STORE_URI>/adapters``), so what the trainer
+publishes is what the generator lists.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.config import ENV_PREFIX
+from shared.lora_training.dataset import TrainingRecipe
+
+_RECIPE = TrainingRecipe()
+
+
+class LoraTrainerSettings(BaseSettings):
+    """What the trainer trains, when, and how."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    lora_model: str | None = Field(
+        default=None,
+        description="base inpainting pipeline folder to train on; unset = SKUFORGE_DIFFUSION_MODEL",
+    )
+    lora_device: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto", description="'auto' = CUDA if available"
+    )
+    lora_threads: int = Field(default=1, ge=1, le=256, description="torch CPU threads (CPU training only)")
+    lora_rank: int = Field(default=_RECIPE.rank, ge=1, le=256, description="LoRA rank")
+    lora_alpha: int = Field(default=_RECIPE.alpha, ge=1, description="LoRA alpha (scale = alpha / rank)")
+    lora_learning_rate: float = Field(default=_RECIPE.learning_rate, gt=0.0, le=1.0, description="AdamW rate")
+    lora_max_steps: int = Field(
+        default=_RECIPE.max_steps, ge=1, description="step cap (too many steps copy the training images)"
+    )
+    lora_early_stop_patience: int = Field(
+        default=_RECIPE.early_stop_patience,
+        ge=0,
+        description="stop when the loss average has not improved for this many steps; 0 = never",
+    )
+    lora_early_stop_min_delta: float = Field(
+        default=_RECIPE.early_stop_min_delta, ge=0.0, description="smallest improvement that counts"
+    )
+    lora_resolution: int = Field(default=_RECIPE.resolution, ge=64, description="training image side (px)")
+    lora_scenes_per_photo: int = Field(
+        default=_RECIPE.scenes_per_photo, ge=1, le=200, description="composites per reference photo"
+    )
+    lora_class_images: int = Field(
+        default=_RECIPE.class_images,
+        ge=0,
+        le=2000,
+        description="prior-preservation images per class; 0 = none",
+    )
+    lora_class_images_dir: str | None = Field(
+        default=None,
+        description="real class images, <dir>/<class slug>/*.png|jpg; unset = painted by the base model",
+    )
+    lora_prior_loss_weight: float = Field(
+        default=_RECIPE.prior_loss_weight, ge=0.0, description="weight of the class-image loss"
+    )
+    lora_checkpoint_every: int = Field(
+        default=_RECIPE.checkpoint_every, ge=1, description="steps between checkpoints to the store"
+    )
+    lora_seed: int = Field(default=_RECIPE.seed, description="seed of the data order and noise")
+    lora_general_after_accepted: int = Field(
+        default=500, ge=1, description="train the general adapter after this many new accepted images"
+    )
+    lora_general_every_s: float = Field(
+        default=0.0, ge=0.0, description="also train it on this schedule when new images came; 0 = off"
+    )
+    lora_poll_s: float = Field(default=5.0, gt=0.0, description="how often the worker looks for work")
+
+    def recipe(self) -> TrainingRecipe:
+        """The training recipe these settings describe (part of every job's content hash)."""
+        return TrainingRecipe(
+            rank=self.lora_rank,
+            alpha=self.lora_alpha,
+            learning_rate=self.lora_learning_rate,
+            max_steps=self.lora_max_steps,
+            early_stop_patience=self.lora_early_stop_patience,
+            early_stop_min_delta=self.lora_early_stop_min_delta,
+            resolution=self.lora_resolution,
+            scenes_per_photo=self.lora_scenes_per_photo,
+            class_images=self.lora_class_images,
+            prior_loss_weight=self.lora_prior_loss_weight,
+            checkpoint_every=self.lora_checkpoint_every,
+            seed=self.lora_seed,
+        )

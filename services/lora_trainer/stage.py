@@ -1,0 +1,559 @@
+"""LoRA trainer: trains the diffusion backend's adapters from captioned SKUs and accepted images.
+
+Consumes: ``sku.captioned`` (a specialised adapter per product series) and ``gate.accepted`` (the
+general adapter, after ``SKUFORGE_LORA_GENERAL_AFTER_ACCEPTED`` new accepted images, or on the
+``SKUFORGE_LORA_GENERAL_EVERY_S`` schedule).
+Produces: ``adapter.published`` once an adapter's weights and metadata are in the registry the
+generator reads; the generator lists the registry every ``SKUFORGE_DIFFUSION_ADAPTER_REFRESH_S`` and
+uses the new adapter without a restart.
+
+**Long jobs on a bus.** Training takes minutes to hours, far beyond a consumer's poll interval, so
+the handlers do not train: they write the request to the store (``lora-trainer/series/<series>/
+<sku_id>.json``, ``lora-trainer/accepted/<item_id>.json``) and return, and the runtime commits.
+The store is the job queue: a worker thread (``LoraTrainer``) plans jobs from it, trains, registers
+the adapter and publishes. The consumer keeps polling, so it never loses its partitions; nothing is
+lost on a crash because the request is durable before its offset is committed.
+
+**Restarts.** A job's id is its training set's content hash (``shared/lora_training/dataset.py``).
+Training checkpoints to ``lora-trainer/jobs/<hash>/checkpoint.pt`` every
+``SKUFORGE_LORA_CHECKPOINT_EVERY`` steps and on SIGTERM; after SIGKILL the next start resumes from
+it. A job whose adapter is published (``lora-trainer/published/<adapter_id>.json``) is never trained
+again: a redelivered ``sku.captioned`` finds the same hash and does nothing. A job that cannot train
+as configured (an SDXL base model, an empty set) is marked failed with its reason
+(``lora-trainer/jobs/<hash>/failed.json``) and not retried until its inputs change. One trainer per GPU.
+
+Bad input goes to the DLQ with its reason: a captioned SKU with no usable photo and mask
+(``no_usable_photos``), a photo or mask missing from the store or not matching its sha256
+(``object_missing``, ``checksum_mismatch``), bytes that are not an image.
+
+Metrics beside the runtime's: ``skuforge_lora_jobs_total`` (by outcome: published, skipped,
+interrupted, failed), ``skuforge_lora_steps_total`` and ``skuforge_lora_requests_total`` (by kind).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter
+
+from schemas.envelope import Envelope, derive_id
+from schemas.events import AdapterPublished, GateAccepted, SkuCaptioned
+from schemas.flow import LORA_TRAINER
+from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, SKU_CAPTIONED
+from services.lora_trainer.config import LoraTrainerSettings
+from shared.bus import Publisher
+from shared.config import ConfigError, Settings, load_settings
+from shared.errors import BadInput, ObjectMissing
+from shared.generation.adapters import AdapterKind, AdapterRegistry
+from shared.generation.diffusion import DiffusionSettings
+from shared.images import UInt8Array, decode_image
+from shared.lora_training.dataset import (
+    InstanceSource,
+    TrainingRecipe,
+    build_training_set,
+    load_training_set,
+    slug,
+    training_set_sha256,
+)
+from shared.lora_training.train import TrainingError, TrainingInterrupted, check_trainable, train_lora
+from shared.runtime import Context, Emit, Stage, run_stage
+from shared.store import ObjectStore, open_store, sha256_hex
+
+PREFIX = "lora-trainer"
+log = logging.getLogger("skuforge.lora-trainer")
+
+
+class LoraTrainerMetrics:
+    """The trainer's own metrics, in the stage's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.jobs = Counter(
+            "skuforge_lora_jobs_total", "Training jobs by outcome.", ["outcome"], registry=registry
+        )
+        self.steps = Counter("skuforge_lora_steps_total", "Optimiser steps run.", registry=registry)
+        self.requests = Counter(
+            "skuforge_lora_requests_total", "Requests recorded, by kind.", ["kind"], registry=registry
+        )
+
+
+# --- the handlers: record the request durably, return -------------------------------------------
+
+
+def record_captioned(
+    event: Envelope[SkuCaptioned], ctx: Context, *, metrics: LoraTrainerMetrics
+) -> list[Emit]:
+    """Record a captioned SKU for its series' specialised adapter (checked: photos and masks readable)."""
+    captioned = event.payload
+    usable = [p for p in captioned.photos if p.usable and p.mask is not None]
+    if not usable:
+        raise BadInput("no_usable_photos", f"{captioned.sku.sku_id}: no photo is usable with a product mask")
+    for photo in usable:
+        ctx.read_image(photo.image)
+        assert photo.mask is not None
+        ctx.read_mask(photo.mask)
+    if not captioned.sku.series.strip():
+        ctx.log.info("no series: nothing to specialise", extra={"sku_id": captioned.sku.sku_id})
+        return []
+    key = f"{PREFIX}/series/{slug(captioned.sku.series)}/{captioned.sku.sku_id}.json"
+    ctx.store.put_json(key, captioned)
+    metrics.requests.labels("captioned").inc()
+    return []
+
+
+def record_accepted(
+    event: Envelope[GateAccepted], ctx: Context, *, metrics: LoraTrainerMetrics
+) -> list[Emit]:
+    """Record an accepted generated image for the general adapter."""
+    generated = event.payload.matted.generated
+    record = {
+        "sku_id": generated.sku.sku_id,
+        "item_id": generated.item_id,
+        "image": generated.image.model_dump(mode="json"),
+        "mask": generated.expected_mask.model_dump(mode="json"),
+        "prompt": generated.prompt,
+        "class_noun": generated.sku.category,
+    }
+    ctx.store.put_json(f"{PREFIX}/accepted/{generated.item_id}.json", record)
+    metrics.requests.labels("accepted").inc()
+    return []
+
+
+# --- the worker: plan, train, register, publish ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """One adapter to train: its kind, series, inputs and identity."""
+
+    kind: AdapterKind
+    series: str | None
+    sources: list[InstanceSource]
+    sha256: str
+    accepted_count: int = 0  # general jobs: how many accepted images it covers
+
+    @property
+    def adapter_id(self) -> str:
+        return f"{slug(self.series) if self.series else 'general'}-{self.sha256[:12]}"
+
+
+class LoraTrainer:
+    """Trains what the store's requests call for; ``run_pending`` once, or ``start`` a thread."""
+
+    def __init__(
+        self,
+        *,
+        store: ObjectStore,
+        registry: AdapterRegistry,
+        settings: LoraTrainerSettings,
+        model_dir: Path,
+        base_model: str,
+        publish: Callable[[AdapterPublished], None],
+        metrics: LoraTrainerMetrics,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.recipe: TrainingRecipe = settings.recipe()
+        self.model_dir = model_dir
+        self.base_model = base_model
+        self.publish = publish
+        self.metrics = metrics
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: BaseException | None = None
+        self._class_folder = _read_class_folder(settings.lora_class_images_dir)
+        self._painter: Any = None
+
+    # -- thread --
+
+    def start(self) -> LoraTrainer:
+        self._thread = threading.Thread(target=self._loop, name="lora-trainer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 120.0) -> None:
+        """Ask the worker to stop (a running job checkpoints at its next step) and wait for it."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_pending()
+                self.last_error = None
+            except TrainingInterrupted:
+                return
+            except Exception as exc:  # a store or broker fault: log, wait, try again (the job resumes)
+                self.last_error = exc
+                self.metrics.jobs.labels("failed").inc()
+                log.exception("training job failed; retrying after the poll interval")
+            self._wake.wait(self.settings.lora_poll_s)
+            self._wake.clear()
+
+    # -- planning --
+
+    def plan(self) -> list[Job]:
+        """The jobs the store's requests call for: one per series, and the general one when due."""
+        jobs = []
+        series_keys: dict[str, list[str]] = {}
+        for key in self.store.list_keys(f"{PREFIX}/series/"):
+            series_keys.setdefault(key.split("/")[2], []).append(key)
+        for keys in series_keys.values():
+            captioned = [SkuCaptioned.model_validate_json(self.store.get_bytes(k)) for k in sorted(keys)]
+            sources = [source for c in captioned for source in _instance_sources(c)]
+            series = captioned[0].sku.series
+            jobs.append(Job("specialized", series, sources, self._hash("specialized", series, sources)))
+        general = self._general_job()
+        if general is not None:
+            jobs.append(general)
+        return jobs
+
+    def _general_job(self) -> Job | None:
+        keys = sorted(self.store.list_keys(f"{PREFIX}/accepted/"))
+        state_key = f"{PREFIX}/general.json"
+        state = json.loads(self.store.get_bytes(state_key)) if self.store.exists(state_key) else {}
+        new = len(keys) - int(state.get("accepted_count", 0))
+        every = self.settings.lora_general_every_s
+        scheduled = every > 0 and new > 0 and time.time() - float(state.get("trained_at", 0.0)) >= every
+        if new < self.settings.lora_general_after_accepted and not scheduled:
+            return None
+        sources = []
+        for key in keys:
+            record = json.loads(self.store.get_bytes(key))
+            sources.append(
+                InstanceSource(
+                    sku_id=record["sku_id"],
+                    photo_id=record["item_id"],
+                    image_uri=record["image"]["uri"],
+                    image_sha256=record["image"]["sha256"],
+                    mask_uri=record["mask"]["uri"],
+                    mask_sha256=record["mask"]["sha256"],
+                    instance_prompt=record["prompt"] or f"a photo of a {record['class_noun']}",
+                    class_noun=record["class_noun"],
+                    class_prompt=f"a photo of a {record['class_noun']}",
+                    composite=False,
+                )
+            )
+        return Job("general", None, sources, self._hash("general", None, sources), accepted_count=len(keys))
+
+    def _hash(self, kind: str, series: str | None, sources: list[InstanceSource]) -> str:
+        folder = [
+            (name, sha256_hex(image.tobytes()))
+            for name, images in self._class_folder.items()
+            for image in images
+        ]
+        return training_set_sha256(
+            kind=kind,
+            series=series,
+            base_model=self.base_model,
+            sources=sources,
+            recipe=self.recipe,
+            class_folder=folder,
+        )
+
+    # -- running --
+
+    def run_pending(self) -> list[AdapterPublished]:
+        """Run every job that is due and not yet published; returns what was published."""
+        published = []
+        for job in self.plan():
+            event = self.run_job(job)
+            if event is not None:
+                published.append(event)
+        return published
+
+    def run_job(self, job: Job) -> AdapterPublished | None:
+        """Train (or resume), register and publish one job; None if it was already published."""
+        marker = f"{PREFIX}/published/{job.adapter_id}.json"
+        if self.store.exists(marker):
+            return None  # redelivery, restart, or nothing new in the series: no retraining
+        job_prefix = f"{PREFIX}/jobs/{job.sha256}"
+        failed_key = f"{job_prefix}/failed.json"
+        if self.store.exists(failed_key):
+            return None  # cannot train as configured; new inputs (a new hash) or a new recipe retry
+        result_key = f"{job_prefix}/result.json"
+        if not self.store.exists(result_key):
+            try:
+                self._train(job, job_prefix, result_key)
+            except TrainingError as exc:
+                # Not transient: retrying the same inputs would fail the same way at every poll.
+                self.store.put_json(failed_key, {"adapter_id": job.adapter_id, "reason": str(exc)})
+                self.metrics.jobs.labels("failed").inc()
+                log.error("training job cannot run", extra={"adapter_id": job.adapter_id, "reason": str(exc)})
+                return None
+        result = json.loads(self.store.get_bytes(result_key))
+        weights = self.store.get_bytes(f"{job_prefix}/weights.safetensors")
+        try:
+            metadata = self.registry.get(job.adapter_id)
+            registered = metadata.training_set_sha256 == job.sha256
+        except ObjectMissing:
+            registered = False
+        if not registered:
+            metadata = self.registry.register(
+                job.adapter_id,
+                weights,
+                kind=job.kind,
+                base_model=self.base_model,
+                series=job.series,
+                training_prompts=result["training_prompts"],
+                training_set_sha256=job.sha256,
+            )
+        event = AdapterPublished(
+            adapter_id=job.adapter_id,
+            kind=job.kind,
+            series=job.series,
+            base_model=self.base_model,
+            registry_uri=self.registry.store.uri_for(job.adapter_id),
+            weights_sha256=metadata.weights_sha256,
+            training_set_sha256=job.sha256,
+            sku_ids=sorted({s.sku_id for s in job.sources}),
+            instance_images=result["instance_images"],
+            class_images=result["class_images"],
+            steps=result["steps"],
+            final_loss=result["final_loss"],
+            resumed_from_step=result["resumed_from_step"],
+            training_prompts=result["training_prompts"],
+        )
+        self.publish(event)
+        self.store.put_json(marker, event)  # only after the broker has the event
+        if job.kind == "general":
+            self.store.put_json(
+                f"{PREFIX}/general.json", {"accepted_count": job.accepted_count, "trained_at": time.time()}
+            )
+        self.metrics.jobs.labels("published").inc()
+        log.info("adapter published", extra={"adapter_id": job.adapter_id, "steps": result["steps"]})
+        return event
+
+    def _train(self, job: Job, job_prefix: str, result_key: str) -> None:
+        set_prefix = f"{PREFIX}/sets/{job.sha256}"
+        training_set = load_training_set(self.store, set_prefix, job.sha256)
+        if training_set is None:  # built once; a resumed job reads its index, not the images
+            training_set = build_training_set(
+                self.store,
+                set_prefix,
+                job.sha256,
+                job.sources,
+                self.recipe,
+                class_folder=self._class_folder,
+                paint_class_images=self._paint_class_images,
+            )
+        log.info(
+            "training",
+            extra={
+                "adapter_id": job.adapter_id,
+                "instance_images": len(training_set.instance_items),
+                "class_images": len(training_set.class_items),
+            },
+        )
+        try:
+            result = train_lora(
+                self.model_dir,
+                training_set,
+                self.recipe,
+                self.store,
+                job_prefix,
+                device=_device(self.settings),
+                on_step=lambda step, loss: self.metrics.steps.inc(),
+                should_stop=self._stop.is_set,
+            )
+        except TrainingInterrupted:
+            self.metrics.jobs.labels("interrupted").inc()
+            raise
+        self.store.put_bytes(f"{job_prefix}/weights.safetensors", result.weights)
+        prompts = sorted({item.prompt for item in training_set.items})
+        self.store.put_json(
+            result_key,
+            {
+                "steps": result.steps,
+                "final_loss": result.final_loss,
+                "resumed_from_step": result.resumed_from_step,
+                "stopped_early": result.stopped_early,
+                "instance_images": len(training_set.instance_items),
+                "class_images": len(training_set.class_items),
+                "training_prompts": prompts[:50],
+            },
+        )
+
+    def _paint_class_images(self, prompt: str, count: int, seed: int, size: int) -> list[UInt8Array]:
+        """Class images from the base model: its inpainting pipeline with the whole canvas masked."""
+        import torch
+        from PIL import Image
+
+        from shared.generation.diffusion import load_inpaint_pipeline
+
+        if self._painter is None:
+            device = torch.device(_device(self.settings))
+            dtype = torch.float16 if device.type == "cuda" else torch.float32
+            self._painter = load_inpaint_pipeline(
+                self.model_dir, architecture="sd", device=device, dtype=dtype
+            )
+        canvas = Image.new("RGB", (size, size), (127, 127, 127))
+        everything = Image.new("L", (size, size), 255)
+        images = []
+        for index in range(count):
+            generator = torch.Generator(device=self._painter.device).manual_seed(seed * 7919 + index)
+            with torch.inference_mode():
+                output = self._painter(
+                    prompt=prompt, image=canvas, mask_image=everything, height=size, width=size,
+                    strength=1.0, num_inference_steps=25, generator=generator, output_type="np",
+                ).images[0]  # fmt: skip
+            images.append(np.clip(np.rint(output * 255.0), 0, 255).astype(np.uint8))
+        return images
+
+
+def _instance_sources(captioned: SkuCaptioned) -> list[InstanceSource]:
+    sources = []
+    for photo in captioned.photos:
+        if not photo.usable or photo.mask is None:
+            continue
+        tags = [*photo.colours[:2], photo.shape if photo.shape != "other" else "", photo.view, *photo.tags]
+        sources.append(
+            InstanceSource(
+                sku_id=captioned.sku.sku_id,
+                photo_id=photo.photo_id,
+                image_uri=photo.image.uri,
+                image_sha256=photo.image.sha256,
+                mask_uri=photo.mask.uri,
+                mask_sha256=photo.mask.sha256,
+                instance_prompt=captioned.instance_prompt,
+                class_noun=captioned.class_noun,
+                class_prompt=captioned.class_prompt,
+                tags=tuple(t for t in tags if t),
+            )
+        )
+    return sources
+
+
+def _read_class_folder(directory: str | None) -> dict[str, list[UInt8Array]]:
+    """Real class images by class slug: ``<dir>/<class slug>/*.png|jpg``."""
+    if directory is None:
+        return {}
+    root = Path(directory)
+    if not root.is_dir():
+        raise ConfigError(f"SKUFORGE_LORA_CLASS_IMAGES_DIR={directory} is not a folder")
+    folder: dict[str, list[UInt8Array]] = {}
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+        folder[class_dir.name] = [np.asarray(decode_image(p.read_bytes()), dtype=np.uint8) for p in files]
+    return folder
+
+
+def _device(settings: LoraTrainerSettings) -> str:
+    import torch
+
+    if settings.lora_device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("SKUFORGE_LORA_DEVICE=cuda but torch sees no CUDA device")
+    if settings.lora_device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return settings.lora_device
+
+
+def open_trainer(
+    shared: Settings,
+    *,
+    metrics: LoraTrainerMetrics,
+    publish: Callable[[AdapterPublished], None],
+    trainer: LoraTrainerSettings | None = None,
+    diffusion: DiffusionSettings | None = None,
+) -> LoraTrainer:
+    """The worker for these settings: base model folder, adapter registry, recipe."""
+    import torch
+
+    trainer = trainer or load_settings(LoraTrainerSettings)
+    diffusion = diffusion or load_settings(DiffusionSettings)
+    model = trainer.lora_model or diffusion.diffusion_model
+    if model is None or "://" in model or not (Path(model) / "model_index.json").is_file():
+        raise ConfigError(
+            "the LoRA trainer needs a local save_pretrained inpainting folder (model_index.json): set "
+            f"SKUFORGE_LORA_MODEL or SKUFORGE_DIFFUSION_MODEL (got {model!r})"
+        )
+    try:
+        check_trainable(Path(model))
+    except TrainingError as exc:
+        raise ConfigError(f"SKUFORGE_LORA_MODEL / SKUFORGE_DIFFUSION_MODEL: {exc}") from None
+    torch.set_num_threads(trainer.lora_threads)
+    store = open_store(shared.store_uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region)
+    registry = AdapterRegistry(
+        open_store(
+            diffusion.adapters_uri(shared), s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region
+        )
+    )
+    return LoraTrainer(
+        store=store,
+        registry=registry,
+        settings=trainer,
+        model_dir=Path(model),
+        base_model=diffusion.diffusion_base_model or Path(model).name,
+        publish=publish,
+        metrics=metrics,
+    )
+
+
+def kafka_publisher(shared: Settings) -> Callable[[AdapterPublished], None]:
+    """Publish ``adapter.published`` (acks=all, waited for); the event id is the adapter's, so a
+    re-publication after a crash is a duplicate consumers drop."""
+    publisher = Publisher(shared, LORA_TRAINER.name)
+
+    def publish(event: AdapterPublished) -> None:
+        publisher.publish(
+            ADAPTER_PUBLISHED,
+            event,
+            sku_id=event.adapter_id,
+            event_id=derive_id(LORA_TRAINER.name, event.adapter_id),
+        )
+
+    return publish
+
+
+def build_stage(
+    *, trainer: LoraTrainerSettings | None = None, diffusion: DiffusionSettings | None = None, **kwargs: Any
+) -> tuple[Stage, LoraTrainer]:
+    """The stage (handlers record requests) and its worker (not started); kwargs go to Stage."""
+    workers: list[LoraTrainer] = []
+    stage = Stage(
+        LORA_TRAINER.name,
+        default_metrics_port=LORA_TRAINER.default_metrics_port,
+        ready=lambda: bool(workers) and workers[0].alive(),  # ready while the worker runs
+        **kwargs,
+    )
+    metrics = LoraTrainerMetrics(stage.metrics.registry)
+    worker = open_trainer(
+        stage.settings,
+        metrics=metrics,
+        publish=kafka_publisher(stage.settings),
+        trainer=trainer,
+        diffusion=diffusion,
+    )
+    workers.append(worker)
+    stage.handler(SKU_CAPTIONED)(functools.partial(record_captioned, metrics=metrics))
+    stage.handler(GATE_ACCEPTED)(functools.partial(record_accepted, metrics=metrics))
+    return stage, worker
+
+
+def main() -> int:
+    """Run the trainer until SIGTERM: the consumer in the main thread, training in a worker thread."""
+    stage, worker = build_stage()
+    worker.start()
+    try:
+        return run_stage(stage)
+    finally:
+        worker.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

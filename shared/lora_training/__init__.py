@@ -1,0 +1,1 @@
+"""LoRA training for the diffusion backend: the training-set recipe and the training loop."""

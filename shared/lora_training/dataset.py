@@ -1,0 +1,290 @@
+"""The training set of one LoRA job: what goes in, its content hash, and how it lands in the store.
+
+The recipe is what the field reports learned (docs/architecture.md, "Why it exists"):
+
+- **instance images**: each usable reference photo's product, composited onto varied scenes by the
+  ``composite`` generation backend (so the adapter does not learn the studio background), with the
+  prompt ``"<instance prompt>, <tags>"``: the captioner's rare token + class noun, then tags from the
+  caption (colours, shape, view) and the scene's name;
+- **class images** (prior preservation): ``"<class prompt>"`` images from a configured folder of real
+  class photos, or painted by the base model itself, so the class concept survives the training;
+- **one JSON index per class** (``index/<class>.json``): every image, mask, prompt and kind, so the
+  trainer never lists the store at start-up.
+
+A job's identity is ``training_set_sha256``: a hash of its inputs (photo and mask sha256, prompts,
+tags) and of the recipe. A redelivered request, or a restart, finds the same hash and does not train
+again; a new SKU in a series changes it and trains a new adapter.
+
+Layout under the set's prefix::
+
+    index/<class slug>.json           {"class_noun", "class_prompt", "items": [...]}
+    images/<kind>/<item_id>.png       the training images (RGB, resolution x resolution)
+    masks/<item_id>.png               where the product is (instance items only)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.generation.backend import GenerationRequest
+from shared.generation.composite import CompositeBackend
+from shared.images import UInt8Array, decode_image, decode_mask
+from shared.store import ObjectStore
+
+ItemKind = Literal["instance", "class"]
+
+
+class TrainingRecipe(BaseModel):
+    """The knobs of a LoRA job (``SKUFORGE_LORA_*`` in ``services/lora_trainer/config.py``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rank: int = Field(default=8, ge=1, le=256)
+    alpha: int = Field(default=8, ge=1, description="LoRA scale = alpha / rank")
+    learning_rate: float = Field(default=1e-4, gt=0.0, le=1.0)
+    max_steps: int = Field(default=800, ge=1, description="step cap: too many steps copy the training images")
+    early_stop_patience: int = Field(default=100, ge=0, description="0 = never stop early")
+    early_stop_min_delta: float = Field(default=1e-4, ge=0.0)
+    resolution: int = Field(default=512, ge=64)
+    scenes_per_photo: int = Field(default=10, ge=1, le=200)
+    class_images: int = Field(default=20, ge=0, le=2000)
+    prior_loss_weight: float = Field(default=1.0, ge=0.0)
+    checkpoint_every: int = Field(default=50, ge=1)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InstanceSource:
+    """One reference photo of one SKU, with what the captioner said about it."""
+
+    sku_id: str
+    photo_id: str
+    image_uri: str
+    image_sha256: str
+    mask_uri: str
+    mask_sha256: str
+    instance_prompt: str
+    class_noun: str
+    class_prompt: str
+    tags: tuple[str, ...] = ()
+    composite: bool = True  # False: the image is already a scene (an accepted generated image)
+
+
+@dataclass
+class TrainingItem:
+    """One image of the set, as the per-class index lists it."""
+
+    item_id: str
+    kind: ItemKind
+    image: str  # key in the store
+    prompt: str
+    class_noun: str
+    sku_id: str | None = None
+    mask: str | None = None
+    sha256: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class TrainingSet:
+    """The set as written: its prefix, hash and items (instance and class)."""
+
+    prefix: str
+    sha256: str
+    items: list[TrainingItem] = field(default_factory=list)
+
+    @property
+    def instance_items(self) -> list[TrainingItem]:
+        return [item for item in self.items if item.kind == "instance"]
+
+    @property
+    def class_items(self) -> list[TrainingItem]:
+        return [item for item in self.items if item.kind == "class"]
+
+
+def slug(text: str) -> str:
+    """Lowercase letters, digits and '-' only: safe in object keys and adapter ids."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "x"
+
+
+def instance_prompt_with_tags(instance_prompt: str, tags: Sequence[str]) -> str:
+    """``"a photo of shs can, red, cylinder, on a shelf"``: the rare token first, then the tags."""
+    unique = [tag for tag in dict.fromkeys(t.strip() for t in tags) if tag]
+    return ", ".join([instance_prompt, *unique])
+
+
+def training_set_sha256(
+    *,
+    kind: str,
+    series: str | None,
+    base_model: str,
+    sources: Sequence[InstanceSource],
+    recipe: TrainingRecipe,
+    class_folder: Sequence[tuple[str, str]] = (),
+) -> str:
+    """The job's identity: the inputs' content (not their URIs' order) and the recipe.
+
+    ``class_folder`` is (class slug, sha256) of each configured real class image.
+    """
+    canonical = {
+        "kind": kind,
+        "series": series,
+        "base_model": base_model,
+        "recipe": recipe.model_dump(mode="json"),
+        "sources": sorted(
+            [
+                s.sku_id,
+                s.photo_id,
+                s.image_sha256,
+                s.mask_sha256,
+                s.instance_prompt,
+                s.class_prompt,
+                sorted(s.tags),
+                s.composite,
+            ]
+            for s in sources
+        ),
+        "class_folder": sorted(class_folder),
+    }
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+# Paints ``count`` class images for ``class_prompt`` (the base model): (prompt, count, seed, size) -> images.
+ClassPainter = Callable[[str, int, int, int], list[UInt8Array]]
+
+
+def build_training_set(
+    store: ObjectStore,
+    prefix: str,
+    sha256: str,
+    sources: Sequence[InstanceSource],
+    recipe: TrainingRecipe,
+    *,
+    class_folder: dict[str, list[UInt8Array]] | None = None,
+    paint_class_images: ClassPainter | None = None,
+) -> TrainingSet:
+    """Write the set under ``prefix`` (images, masks, one index per class) and return it.
+
+    Class images come from ``class_folder`` (class slug -> real images) when it has the class,
+    else from ``paint_class_images``; with neither, or ``recipe.class_images == 0``, there are none.
+    """
+    size = recipe.resolution
+    compositor = CompositeBackend()
+    training_set = TrainingSet(prefix=prefix, sha256=sha256)
+    classes: dict[str, str] = {}  # class noun -> class prompt
+    for source in sources:
+        classes.setdefault(source.class_noun, source.class_prompt)
+        photo = np.asarray(decode_image(store.get_bytes(source.image_uri)), dtype=np.uint8)
+        mask = decode_mask(store.get_bytes(source.mask_uri))
+        base_id = f"{source.sku_id}-{source.photo_id}"
+        if source.composite:
+            request = GenerationRequest(
+                reference=photo,
+                mask=mask,
+                prompt=source.instance_prompt,
+                negative_prompt="",
+                seed=int(hashlib.sha256(base_id.encode()).hexdigest()[:8], 16) ^ recipe.seed,
+                n=recipe.scenes_per_photo,
+                parameters={},
+                size=size,
+            )
+            scenes = [
+                (s.image, s.expected_mask, [*source.tags, f"{s.parameters.get('scene', 'scene')} background"])
+                for s in compositor.generate(request)
+            ]
+        else:
+            scenes = [(_square(photo, size), _square(mask, size), list(source.tags))]
+        for index, (image, item_mask, tags) in enumerate(scenes):
+            item_id = f"{base_id}-{index:03d}"
+            image_ref = store.put_image(f"{prefix}/images/instance/{item_id}.png", image)
+            mask_key = f"{prefix}/masks/{item_id}.png"
+            store.put_image(mask_key, item_mask)
+            training_set.items.append(
+                TrainingItem(
+                    item_id=item_id,
+                    kind="instance",
+                    image=store.key_for(image_ref.uri),
+                    mask=mask_key,
+                    prompt=instance_prompt_with_tags(source.instance_prompt, tags),
+                    class_noun=source.class_noun,
+                    sku_id=source.sku_id,
+                    sha256=image_ref.sha256,
+                )
+            )
+    for class_noun, class_prompt in classes.items():
+        images = _class_images(class_noun, class_prompt, recipe, class_folder, paint_class_images)
+        for index, image in enumerate(images):
+            item_id = f"class-{slug(class_noun)}-{index:04d}"
+            ref = store.put_image(f"{prefix}/images/class/{item_id}.png", _square(image, size))
+            training_set.items.append(
+                TrainingItem(
+                    item_id=item_id,
+                    kind="class",
+                    image=store.key_for(ref.uri),
+                    prompt=class_prompt,
+                    class_noun=class_noun,
+                    sha256=ref.sha256,
+                )
+            )
+        store.put_json(
+            f"{prefix}/index/{slug(class_noun)}.json",
+            {
+                "class_noun": class_noun,
+                "class_prompt": class_prompt,
+                "training_set_sha256": sha256,
+                "items": [item.to_json() for item in training_set.items if item.class_noun == class_noun],
+            },
+        )
+    return training_set
+
+
+def load_training_set(store: ObjectStore, prefix: str, sha256: str) -> TrainingSet | None:
+    """The set from its per-class indexes (no image is opened), or None if none was written."""
+    items: list[TrainingItem] = []
+    for key in sorted(store.list_keys(f"{prefix}/index/")):
+        index = json.loads(store.get_bytes(key))
+        if index.get("training_set_sha256") != sha256:
+            return None
+        items.extend(TrainingItem(**item) for item in index["items"])
+    if not items:
+        return None
+    return TrainingSet(prefix=prefix, sha256=sha256, items=items)
+
+
+def _class_images(
+    class_noun: str,
+    class_prompt: str,
+    recipe: TrainingRecipe,
+    class_folder: dict[str, list[UInt8Array]] | None,
+    paint: ClassPainter | None,
+) -> list[UInt8Array]:
+    if recipe.class_images == 0:
+        return []
+    real = (class_folder or {}).get(slug(class_noun))
+    if real:
+        return real[: recipe.class_images]
+    if paint is None:
+        return []
+    return paint(class_prompt, recipe.class_images, recipe.seed, recipe.resolution)
+
+
+def _square(pixels: UInt8Array, size: int) -> UInt8Array:
+    """Centre-crop to a square and resize to ``size`` (masks stay 0/255)."""
+    from PIL import Image
+
+    height, width = pixels.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    crop = Image.fromarray(np.ascontiguousarray(pixels[top : top + side, left : left + side]))
+    resample = Image.Resampling.NEAREST if pixels.ndim == 2 else Image.Resampling.BICUBIC
+    return np.asarray(crop.resize((size, size), resample), dtype=np.uint8)

@@ -1,0 +1,268 @@
+"""The LoRA training loop: diffusers' inpainting UNet with a peft adapter, prior-preservation loss.
+
+What ``train_dreambooth_lora`` (diffusers' example) does, cut to what skuforge needs and made
+restartable:
+
+- the UNet gets a peft ``LoraConfig`` (rank, alpha) on its attention projections; everything else is
+  frozen. The UNet is the inpainting one (latents + mask + masked-image latents in), trained with the
+  product's background as the mask, which is what the generator repaints;
+- each step draws one instance item and (with class items) one class item from a generator seeded by
+  ``(recipe.seed, step)``: a resumed job sees the same batches and noise as an uninterrupted one;
+- loss = MSE(noise) on the instance item + ``prior_loss_weight`` x MSE(noise) on the class item;
+- early stop: when an exponential moving average of the loss has not improved by ``min_delta`` for
+  ``patience`` steps; ``max_steps`` caps it anyway (too many steps copy the training images);
+- a checkpoint (LoRA weights, optimiser state, step, early-stop state) goes to the object store every
+  ``checkpoint_every`` steps; a job started again resumes from the newest one.
+
+Only SD 1.x-style inpainting folders are trained here (one text encoder); SDXL is refused by name.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shared.images import decode_image, decode_mask
+from shared.lora_training.dataset import TrainingItem, TrainingRecipe, TrainingSet
+from shared.store import ObjectStore
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("skuforge.lora_training")
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+EMA_DECAY = 0.9
+
+
+class TrainingError(Exception):
+    """The job cannot train (an SDXL folder, an empty set): the message says what to change."""
+
+
+class TrainingInterrupted(Exception):
+    """``should_stop`` asked the loop to end (SIGTERM): the checkpoint is written, the job resumes later."""
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What a finished job produced."""
+
+    weights: bytes  # diffusers LoRA safetensors (save_lora_weights layout)
+    steps: int
+    final_loss: float | None
+    resumed_from_step: int
+    stopped_early: bool
+
+
+@dataclass
+class _Progress:
+    step: int = 0
+    ema_loss: float | None = None
+    best_loss: float = math.inf
+    since_best: int = 0
+
+
+def check_trainable(model_dir: Path) -> None:
+    """Refuse a base model this loop cannot train (SDXL: two text encoders, text-time conditioning)."""
+    index = (model_dir / "model_index.json").read_text()
+    if "XL" in index:
+        raise TrainingError(
+            f"{model_dir} is an SDXL pipeline: the trainer trains SD 1.x-style inpainting only"
+        )
+
+
+def checkpoint_key(prefix: str) -> str:
+    """Where a job's newest checkpoint lives (one object, replaced in place)."""
+    return f"{prefix}/checkpoint.pt"
+
+
+def train_lora(
+    model_dir: Path,
+    training_set: TrainingSet,
+    recipe: TrainingRecipe,
+    store: ObjectStore,
+    checkpoint_prefix: str,
+    *,
+    device: str = "cpu",
+    on_step: Callable[[int, float], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> TrainingResult:
+    """Train a LoRA on ``training_set`` (resuming from ``checkpoint_prefix`` if a checkpoint is there)."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    index = (model_dir / "model_index.json").read_text()
+    if "XL" in index:
+        raise TrainingError(
+            f"{model_dir} is an SDXL pipeline: the trainer trains SD 1.x-style inpainting only"
+        )
+    instances, classes = training_set.instance_items, training_set.class_items
+    if not instances:
+        raise TrainingError(f"training set {training_set.sha256[:12]} has no instance images")
+    torch_device = torch.device(device)
+    tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer", local_files_only=True)
+    text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", local_files_only=True)
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", local_files_only=True)
+    scheduler = DDPMScheduler.from_pretrained(model_dir, subfolder="scheduler", local_files_only=True)
+    modules: list[Any] = [text_encoder, vae, unet]
+    for module in modules:
+        module.requires_grad_(False)
+        module.to(torch_device)
+    # The adapter's initial A matrices come from torch's global generator: seed it, so a job is a
+    # function of its recipe (an uninterrupted run and a resumed one end with the same weights).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        unet.add_adapter(
+            LoraConfig(
+                r=recipe.rank,
+                lora_alpha=recipe.alpha,
+                init_lora_weights="gaussian",
+                target_modules=LORA_TARGETS,
+            )
+        )
+    trainable = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=recipe.learning_rate)
+
+    # Everything but the UNet is frozen: encode every item once.
+    with torch.no_grad():
+        encoded_instances = [
+            _encode(item, store, tokenizer, text_encoder, vae, torch_device) for item in instances
+        ]
+        encoded_classes = [
+            _encode(item, store, tokenizer, text_encoder, vae, torch_device) for item in classes
+        ]
+
+    progress = _Progress()
+    key = checkpoint_key(checkpoint_prefix)
+    if store.exists(key):
+        state = torch.load(io.BytesIO(store.get_bytes(key)), map_location=torch_device, weights_only=False)
+        set_peft_model_state_dict(unet, state["lora"])
+        optimizer.load_state_dict(state["optimizer"])
+        progress = _Progress(**state["progress"])
+        log.info("resuming from checkpoint", extra={"step": progress.step, "checkpoint": key})
+    resumed_from = progress.step
+    stopped_early = False
+    unet.train()
+    while progress.step < recipe.max_steps:
+        draw = torch.Generator().manual_seed(recipe.seed * 1_000_003 + progress.step)
+        batch = [encoded_instances[int(torch.randint(len(encoded_instances), (1,), generator=draw))]]
+        if encoded_classes and recipe.prior_loss_weight > 0:
+            batch.append(encoded_classes[int(torch.randint(len(encoded_classes), (1,), generator=draw))])
+        latents = torch.cat([b.latents for b in batch])
+        noise = torch.randn(latents.shape, generator=draw).to(torch_device)
+        steps_t = torch.randint(scheduler.config.num_train_timesteps, (len(batch),), generator=draw).to(
+            torch_device
+        )
+        noisy = scheduler.add_noise(latents, noise, steps_t)
+        model_input = torch.cat(
+            [noisy, torch.cat([b.mask for b in batch]), torch.cat([b.masked_latents for b in batch])], dim=1
+        )
+        hidden = torch.cat([b.text for b in batch])
+        prediction = unet(model_input, steps_t, encoder_hidden_states=hidden).sample
+        losses = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+        loss = losses[0] + (recipe.prior_loss_weight * losses[1] if len(batch) > 1 else 0.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        progress.step += 1
+        value = float(loss.detach())
+        progress.ema_loss = (
+            value if progress.ema_loss is None else EMA_DECAY * progress.ema_loss + (1 - EMA_DECAY) * value
+        )
+        if progress.ema_loss < progress.best_loss - recipe.early_stop_min_delta:
+            progress.best_loss, progress.since_best = progress.ema_loss, 0
+        else:
+            progress.since_best += 1
+        if on_step is not None:
+            on_step(progress.step, value)
+        done = progress.step >= recipe.max_steps
+        if recipe.early_stop_patience and progress.since_best >= recipe.early_stop_patience:
+            stopped_early = done = True
+        stopping = not done and should_stop()
+        if done or stopping or progress.step % recipe.checkpoint_every == 0:
+            _checkpoint(store, key, unet, optimizer, progress, get_peft_model_state_dict)
+        if stopping:
+            raise TrainingInterrupted(f"stopped at step {progress.step}; the checkpoint holds it")
+        if done:
+            break
+    state_dict = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    with tempfile.TemporaryDirectory(prefix="lora-") as tmp:
+        StableDiffusionInpaintPipeline.save_lora_weights(tmp, unet_lora_layers=state_dict)
+        weights = (Path(tmp) / "pytorch_lora_weights.safetensors").read_bytes()
+    return TrainingResult(
+        weights=weights,
+        steps=progress.step,
+        final_loss=progress.ema_loss,
+        resumed_from_step=resumed_from,
+        stopped_early=stopped_early,
+    )
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    latents: torch.Tensor
+    mask: torch.Tensor
+    masked_latents: torch.Tensor
+    text: torch.Tensor
+
+
+def _encode(
+    item: TrainingItem, store: ObjectStore, tokenizer: Any, text_encoder: Any, vae: Any, device: Any
+) -> _Encoded:
+    """Latents, latent-size paint mask, masked-image latents and text states of one item."""
+    import torch
+    import torch.nn.functional as F
+
+    image = np.asarray(decode_image(store.get_bytes(item.image)), dtype=np.float32) / 127.5 - 1.0
+    pixels = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).to(device)
+    if item.mask is not None:
+        # Paint the background (what the generator repaints); keep the product.
+        product = decode_mask(store.get_bytes(item.mask)).astype(np.float32) / 255.0
+        paint = torch.from_numpy(1.0 - product)[None, None].to(device)
+    else:
+        paint = torch.ones((1, 1, *pixels.shape[2:]), device=device)
+    scaling = vae.config.scaling_factor
+    latents = vae.encode(pixels).latent_dist.mean * scaling
+    masked_latents = vae.encode(pixels * (paint < 0.5)).latent_dist.mean * scaling
+    mask = F.interpolate(paint, size=latents.shape[-2:])
+    ids = tokenizer(
+        item.prompt,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
+    text = text_encoder(ids)[0]
+    return _Encoded(latents=latents, mask=mask, masked_latents=masked_latents, text=text)
+
+
+def _checkpoint(
+    store: ObjectStore,
+    key: str,
+    unet: Any,
+    optimizer: Any,
+    progress: _Progress,
+    lora_state: Callable[[Any], Any],
+) -> None:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(
+        {"lora": lora_state(unet), "optimizer": optimizer.state_dict(), "progress": progress.__dict__}, buffer
+    )
+    store.put_bytes(key, buffer.getvalue())  # replaced whole: a reader sees the old or the new one
+    log.info("checkpoint", extra={"step": progress.step, "ema_loss": progress.ema_loss})

@@ -1,0 +1,539 @@
+"""The LoRA trainer on the tiny config-built inpainting pipeline (CPU), the real broker and Triton.
+
+What a user would notice: the training set holds the product composited on varied scenes with the
+instance prompt and caption tags, class images with the class prompt, and one index per class; a few
+steps change what the generator paints for a fixed seed, and the running generator picks the new
+adapter for that series without a restart; a trainer killed mid-job resumes from its checkpoint and
+ends where an uninterrupted one ends; a redelivered request trains nothing; end to end, captioned
+SKUs become an ``adapter.published`` and later generations of that series name the adapter.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from schemas.envelope import Envelope
+from schemas.events import AdapterPublished, ImageGenerated, SkuCaptioned
+from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, IMAGE_GENERATED, SKU_CAPTIONED
+from services.lora_trainer.config import LoraTrainerSettings
+from services.lora_trainer.stage import (
+    PREFIX,
+    LoraTrainer,
+    LoraTrainerMetrics,
+    build_stage,
+    kafka_publisher,
+    open_trainer,
+)
+from shared.config import Settings, load_settings
+from shared.generation.backend import GenerationRequest
+from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
+from shared.images import decode_image, decode_mask, encode_png
+from shared.lora_training.dataset import build_training_set, slug, training_set_sha256
+from shared.store import open_store
+from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, read_topic, running
+from tests.support.diffusion import build_tiny_inpaint_pipeline, product_photo
+from tests.test_generator_stage import captioned_sku
+
+pytestmark = pytest.mark.slow
+
+TINY_TRAINING = {
+    "lora_resolution": 64,
+    "lora_scenes_per_photo": 2,
+    "lora_class_images": 2,
+    "lora_max_steps": 4,
+    "lora_checkpoint_every": 2,
+    "lora_learning_rate": 5e-3,
+    "lora_early_stop_patience": 0,
+    "lora_threads": 1,
+    "lora_rank": 4,
+    "lora_alpha": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_inpaint_pipeline(tmp_path_factory.mktemp("lora-trainer") / "tiny-sd-inpaint")
+
+
+def diffusion_settings(tiny_model: Path, tmp_path: Path) -> DiffusionSettings:
+    return load_settings(
+        DiffusionSettings,
+        diffusion_model=str(tiny_model),
+        diffusion_device="cpu",
+        diffusion_threads=1,
+        diffusion_steps=2,
+        diffusion_adapter_refresh_s=0,
+        diffusion_cache_dir=str(tmp_path / "cache"),
+    )
+
+
+def trainer_for(
+    shared: Settings, tiny_model: Path, tmp_path: Path, publish: Any = None, **overrides: Any
+) -> LoraTrainer:
+    settings = load_settings(LoraTrainerSettings, **{**TINY_TRAINING, **overrides})
+    return open_trainer(
+        shared,
+        metrics=LoraTrainerMetrics(CollectorRegistry()),
+        publish=publish or kafka_publisher(shared),
+        trainer=settings,
+        diffusion=diffusion_settings(tiny_model, tmp_path),
+    )
+
+
+def record(trainer: LoraTrainer, captioned: SkuCaptioned) -> None:
+    """What the stage's handler writes for a captioned SKU (the handler itself runs in the e2e test)."""
+    trainer.store.put_json(
+        f"{PREFIX}/series/{slug(captioned.sku.series)}/{captioned.sku.sku_id}.json", captioned
+    )
+
+
+def steps_run(trainer: LoraTrainer) -> float:
+    """skuforge_lora_steps_total of this trainer, as /metrics shows it."""
+    (family,) = trainer.metrics.steps.collect()
+    return sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
+
+
+# --- the training set -----------------------------------------------------------------------------
+
+
+def test_training_set_has_instance_and_class_images_with_their_prompts_and_a_class_index(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))
+    trainer = trainer_for(shared, tiny_model, tmp_path, publish=lambda event: None)
+    sku = captioned_sku(trainer.store, 41, usable_photos=2, unusable_photos=1, series="cola")
+    record(trainer, sku)
+    (job,) = trainer.plan()
+    assert (
+        job.kind == "specialized" and job.series == "cola" and len(job.sources) == 2
+    )  # unusable photo left out
+    built = build_training_set(
+        trainer.store,
+        "set",
+        job.sha256,
+        job.sources,
+        trainer.recipe,
+        paint_class_images=trainer._paint_class_images,
+    )
+    instances, classes = built.instance_items, built.class_items
+    assert len(instances) == 2 * 2 and len(classes) == 2  # photos x scenes; class images per class
+    for item in instances:
+        assert item.prompt.startswith(f"{sku.instance_prompt}, ") and item.prompt.endswith("background")
+        assert item.sku_id == sku.sku.sku_id and item.mask is not None
+        image = decode_image(trainer.store.get_bytes(item.image))
+        mask = decode_mask(trainer.store.get_bytes(item.mask))
+        assert image.size == (64, 64) and 0.02 < (mask > 0).mean() < 0.95
+    assert len({trainer.store.get_bytes(item.image) for item in instances}) == 4  # varied scenes
+    assert {item.prompt for item in classes} == {sku.class_prompt}
+    assert all(item.mask is None for item in classes)
+    index = json.loads(trainer.store.get_bytes(f"set/index/{slug(sku.class_noun)}.json"))
+    assert index["class_noun"] == sku.class_noun and index["class_prompt"] == sku.class_prompt
+    assert index["training_set_sha256"] == job.sha256
+    assert sorted(i["item_id"] for i in index["items"]) == sorted(i.item_id for i in built.items)
+    assert list(trainer.store.list_keys("set/index/")) == [f"set/index/{slug(sku.class_noun)}.json"]
+
+    # Real class images from a configured folder replace painted ones, and change the job's identity.
+    folder = tmp_path / "class-images" / slug(sku.class_noun)
+    folder.mkdir(parents=True)
+    for index_ in range(3):
+        (folder / f"{index_}.png").write_bytes(encode_png(np.full((80, 100, 3), 40 * index_, np.uint8)))
+    with_folder = trainer_for(
+        shared,
+        tiny_model,
+        tmp_path,
+        publish=lambda event: None,
+        lora_class_images_dir=str(tmp_path / "class-images"),
+    )
+    (job_with_folder,) = with_folder.plan()
+    assert job_with_folder.sha256 != job.sha256
+    real = build_training_set(
+        trainer.store,
+        "set2",
+        job_with_folder.sha256,
+        job.sources,
+        trainer.recipe,
+        class_folder=with_folder._class_folder,
+    )
+    assert [np.asarray(decode_image(trainer.store.get_bytes(i.image))).mean() for i in real.class_items] == [
+        0.0,
+        40.0,
+    ]
+
+
+def test_the_content_hash_changes_with_a_new_sku_and_not_with_order(tiny_model: Path, tmp_path: Path) -> None:
+    shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))
+    trainer = trainer_for(shared, tiny_model, tmp_path, publish=lambda event: None)
+    first, second = (captioned_sku(trainer.store, i, series="cola") for i in (51, 52))
+    record(trainer, first)
+    (one,) = trainer.plan()
+    record(trainer, second)
+    (two,) = trainer.plan()
+    assert one.sha256 != two.sha256 and one.adapter_id != two.adapter_id
+    kwargs = {
+        "kind": "specialized",
+        "series": "cola",
+        "base_model": trainer.base_model,
+        "recipe": trainer.recipe,
+    }
+    assert training_set_sha256(sources=two.sources[::-1], **kwargs) == two.sha256
+
+
+# --- training, publishing, the generator ----------------------------------------------------------
+
+
+@pytest.mark.kafka
+def test_a_few_steps_change_the_output_and_the_running_generator_picks_the_adapter(
+    kafka_bootstrap: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    shared = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
+    create_topics(shared, ADAPTER_PUBLISHED)
+    trainer = trainer_for(shared, tiny_model, tmp_path)
+    generator = DiffusionBackend.from_settings(diffusion_settings(tiny_model, tmp_path), shared)
+    photo, mask = product_photo()
+
+    def generate(series: str) -> Any:
+        request = GenerationRequest(
+            reference=photo, mask=mask, prompt="a photo of sks can", negative_prompt="", seed=5, n=1,
+            parameters={}, series=series, size=64,
+        )  # fmt: skip
+        return generator.generate(request)[0]
+
+    before = generate("cola")
+    assert before.adapter_id is None
+    sku = captioned_sku(trainer.store, 61, series="cola")
+    record(trainer, sku)
+    (event,) = trainer.run_pending()
+    assert event.steps == 4 and event.kind == "specialized" and event.series == "cola"
+    assert event.sku_ids == [sku.sku.sku_id] and event.instance_images == 4 and event.class_images == 2
+    after = generate("cola")  # same backend object: no restart
+    assert after.adapter_id == event.adapter_id and after.parameters["adapter_choice"] == "series"
+    assert not np.array_equal(after.image, before.image)
+    inside = before.expected_mask == 255  # the product's own pixels are kept, as ever
+    assert np.array_equal(after.image[inside], before.image[inside])
+    assert generate("chips").adapter_id is None  # another series does not get it
+    records = read_topic(kafka_bootstrap, shared.topic_name(ADAPTER_PUBLISHED), expect=1, timeout_s=20)
+    assert [Envelope[AdapterPublished].model_validate_json(r.value).payload for r in records] == [event]
+    assert records[0].key == event.adapter_id.encode()
+
+
+@pytest.mark.kafka
+def test_a_redelivered_request_does_not_train_again(
+    kafka_bootstrap: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    shared = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
+    create_topics(shared, ADAPTER_PUBLISHED)
+    trainer = trainer_for(shared, tiny_model, tmp_path)
+    sku = captioned_sku(trainer.store, 71, series="cola")
+    record(trainer, sku)
+    (event,) = trainer.run_pending()
+    steps = steps_run(trainer)
+    assert steps == 4
+    record(trainer, sku)  # the same sku.captioned delivered again
+    assert trainer.run_pending() == []
+    restarted = trainer_for(shared, tiny_model, tmp_path)  # a new process: state is in the store only
+    assert restarted.run_pending() == []
+    assert steps_run(trainer) == steps and steps_run(restarted) == 0
+    assert [a.adapter_id for a in trainer.registry.list()] == [event.adapter_id]
+    records = read_topic(kafka_bootstrap, shared.topic_name(ADAPTER_PUBLISHED), expect=1, timeout_s=10)
+    assert len(records) == 1
+
+
+_KILLED_TRAINER = """
+from prometheus_client import CollectorRegistry
+from services.lora_trainer.stage import LoraTrainerMetrics, kafka_publisher, open_trainer
+from shared.config import load_settings
+shared = load_settings()
+metrics = LoraTrainerMetrics(CollectorRegistry())
+open_trainer(shared, metrics=metrics, publish=kafka_publisher(shared)).run_pending()
+"""
+
+
+@pytest.mark.kafka
+def test_sigkill_mid_training_resumes_from_the_checkpoint(
+    kafka_bootstrap: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    import torch
+    from safetensors.torch import load
+
+    long_job = {"lora_max_steps": 40, "lora_checkpoint_every": 5}
+    shared = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
+    create_topics(shared, ADAPTER_PUBLISHED)
+    trainer = trainer_for(shared, tiny_model, tmp_path, **long_job)
+    sku = captioned_sku(trainer.store, 81, series="cola")
+    record(trainer, sku)
+    (job,) = trainer.plan()
+    checkpoint = f"{PREFIX}/jobs/{job.sha256}/checkpoint.pt"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "SKUFORGE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "SKUFORGE_TOPIC_NAMESPACE": shared.topic_namespace,
+        "SKUFORGE_STORE_URI": shared.store_uri,
+        "SKUFORGE_DIFFUSION_MODEL": str(tiny_model),
+        **{f"SKUFORGE_{k.upper()}": str(v) for k, v in {**TINY_TRAINING, **long_job}.items()},
+    }
+    process = subprocess.Popen([sys.executable, "-c", _KILLED_TRAINER], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    killed_after = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        if trainer.store.exists(checkpoint):
+            state = torch.load(io.BytesIO(trainer.store.get_bytes(checkpoint)), weights_only=False)
+            killed_after = state["progress"]["step"]
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, (
+        process.stderr.read().decode()[-2000:] if process.stderr else ""
+    )
+    assert 5 <= killed_after < 40
+    assert not trainer.store.exists(f"{PREFIX}/published/{job.adapter_id}.json")
+
+    (event,) = trainer.run_pending()
+    assert event.resumed_from_step >= killed_after and event.steps == 40
+    assert steps_run(trainer) == 40 - event.resumed_from_step  # only the missing steps ran
+
+    # The resumed adapter is the one an uninterrupted job trains (same batches, noise, optimiser state).
+    other = trainer_for(
+        shared.model_copy(update={"store_uri": file_store_uri(tmp_path / "other")}),
+        tiny_model,
+        tmp_path,
+        publish=lambda e: None,
+        **long_job,
+    )
+    record(other, captioned_sku(other.store, 81, series="cola"))  # the same photos, in the other store
+    (uninterrupted,) = other.run_pending()
+    assert uninterrupted.training_set_sha256 == event.training_set_sha256
+    resumed_weights = load(
+        trainer.registry.store.get_bytes(f"{event.adapter_id}/pytorch_lora_weights.safetensors")
+    )
+    clean_weights = load(
+        other.registry.store.get_bytes(f"{event.adapter_id}/pytorch_lora_weights.safetensors")
+    )
+    assert resumed_weights.keys() == clean_weights.keys()
+    for name, tensor in resumed_weights.items():
+        torch.testing.assert_close(tensor, clean_weights[name], atol=1e-5, rtol=1e-4)
+
+
+# --- end to end -----------------------------------------------------------------------------------
+
+
+@pytest.mark.kafka
+def test_captioned_skus_become_an_adapter_that_later_generations_name(
+    kafka_bootstrap: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    from services.generator.config import GenerationSettings
+    from services.generator.stage import build_stage as build_generator
+    from tests.support.triton import TritonServerProcess, tiny_diffusion_env
+
+    triton_env = tiny_diffusion_env(tmp_path)  # its store (and adapter registry) is tmp_path/store
+    shared = isolated_settings(kafka_bootstrap, triton_env["SKUFORGE_STORE_URI"])
+    create_topics(shared, SKU_CAPTIONED, GATE_ACCEPTED, ADAPTER_PUBLISHED, IMAGE_GENERATED)
+    # Triton runs from before the adapter exists to after: it must pick the adapter up without a restart.
+    server = TritonServerProcess(tmp_path, backends=("diffusion",), extra_env=triton_env)
+    server.start()
+    try:
+        before = triton_variant(server, series="Cola 330ml")
+        assert before.adapter_id is None
+        stage, worker = build_stage(
+            settings=shared,
+            trainer=load_settings(LoraTrainerSettings, **TINY_TRAINING, lora_poll_s=0.5),
+            diffusion=diffusion_settings(Path(triton_env["SKUFORGE_DIFFUSION_MODEL"]), tmp_path),
+        )
+        store = open_store(shared.store_uri)
+        skus = [captioned_sku(store, i, series="Cola 330ml") for i in (91, 92)]
+        bad = captioned_sku(store, 93, usable_photos=0, unusable_photos=1, series="Cola 330ml")
+        produce(shared, SKU_CAPTIONED, [*skus, bad])
+        worker.start()
+        try:
+            with running(stage):
+                deadline = time.monotonic() + 240
+                published: list[AdapterPublished] = []
+                while time.monotonic() < deadline and not any(len(e.sku_ids) == 2 for e in published):
+                    records = read_topic(
+                        kafka_bootstrap,
+                        shared.topic_name(ADAPTER_PUBLISHED),
+                        expect=len(published) + 1,
+                        timeout_s=10,
+                    )
+                    published = [
+                        Envelope[AdapterPublished].model_validate_json(r.value).payload for r in records
+                    ]
+                letters = read_topic(kafka_bootstrap, shared.dlq_name(SKU_CAPTIONED), expect=1, timeout_s=20)
+        finally:
+            worker.stop()
+        (adapter,) = [e for e in published if len(e.sku_ids) == 2]
+        assert adapter.sku_ids == sorted(s.sku.sku_id for s in skus) and adapter.series == "Cola 330ml"
+        assert json.loads(letters[0].value)["reason"] == "no_usable_photos"
+
+        generation = load_settings(
+            GenerationSettings,
+            generation_triton_url=server.grpc_url,
+            generation_variants_per_sku=2,
+            generation_size_px=64,
+            generation_backend_mix={"diffusion": 1},
+        )
+        generator = build_generator(settings=shared, generation=generation)
+        later = captioned_sku(store, 94, series="cola 330ml")  # the series, matched case-insensitively
+        produce(shared, SKU_CAPTIONED, [later])
+        with running(generator):
+            # The generator reads the topic from the start: 2 variants for each of 91, 92 and 94.
+            records = read_topic(kafka_bootstrap, shared.topic_name(IMAGE_GENERATED), expect=6, timeout_s=240)
+        after = triton_variant(server, series="Cola 330ml")
+    finally:
+        server.stop()
+    events = [Envelope[ImageGenerated].model_validate_json(r.value).payload for r in records]
+    later_events = [e for e in events if e.sku.sku_id == later.sku.sku_id]
+    assert len(later_events) == 2
+    newest = max(published, key=lambda e: len(e.sku_ids))
+    assert {e.adapter_id for e in later_events} == {newest.adapter_id}
+    assert after.adapter_id == newest.adapter_id and not np.array_equal(after.image, before.image)
+
+
+def triton_variant(server: Any, *, series: str) -> Any:
+    """One diffusion variant of a fixed photo and seed, straight from Triton."""
+    from services.generator.client import TritonGenerator
+    from services.generator.protocol import VariantRequest, VariantResult
+
+    reference, mask = product_photo(96, seed=3)
+    client = TritonGenerator(server.grpc_url, concurrency=1)
+    try:
+        (result,) = client.generate(
+            "diffusion",
+            [
+                VariantRequest(
+                    reference=np.asarray(reference),
+                    mask=np.asarray(mask),
+                    prompt="a photo of sks can",
+                    negative_prompt="",
+                    seed=3,
+                    parameters_json="{}",
+                    adapter_id=None,
+                    series=series,
+                    size=64,
+                )
+            ],
+        )
+    finally:
+        client.close()
+    assert isinstance(result, VariantResult), result
+    return result
+
+
+def test_early_stop_and_a_stop_request_end_the_loop_with_a_checkpoint(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from shared.lora_training.train import TrainingInterrupted, checkpoint_key, train_lora
+
+    shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))
+    trainer = trainer_for(shared, tiny_model, tmp_path, publish=lambda event: None, lora_class_images=0)
+    record(trainer, captioned_sku(trainer.store, 101, series="cola"))
+    (job,) = trainer.plan()
+    training_set = build_training_set(trainer.store, "set", job.sha256, job.sources, trainer.recipe)
+    # An improvement of 10 is never reached: with patience 2 the loop ends at step 3 of 50.
+    impatient = trainer.recipe.model_copy(
+        update={
+            "max_steps": 50,
+            "early_stop_patience": 2,
+            "early_stop_min_delta": 10.0,
+            "checkpoint_every": 100,
+        }
+    )
+    result = train_lora(tiny_model, training_set, impatient, trainer.store, "early")
+    assert result.stopped_early and result.steps == 3
+    assert (
+        torch.load(io.BytesIO(trainer.store.get_bytes(checkpoint_key("early"))), weights_only=False)[
+            "progress"
+        ]["step"]
+        == 3
+    )
+    # SIGTERM: the worker asks the loop to stop; it checkpoints the step it reached, then raises.
+    patient = impatient.model_copy(update={"early_stop_patience": 0})
+    with pytest.raises(TrainingInterrupted, match="step 1"):
+        train_lora(tiny_model, training_set, patient, trainer.store, "stopped", should_stop=lambda: True)
+    state = torch.load(io.BytesIO(trainer.store.get_bytes(checkpoint_key("stopped"))), weights_only=False)
+    assert state["progress"]["step"] == 1
+
+
+@pytest.mark.kafka
+def test_the_general_adapter_trains_after_m_accepted_images(
+    kafka_bootstrap: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    from schemas.events import GateAccepted, GateCheck
+    from tests.support.gate import matted_item, produce_events
+
+    shared = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
+    create_topics(shared, SKU_CAPTIONED, GATE_ACCEPTED, ADAPTER_PUBLISHED)
+    stage, worker = build_stage(
+        settings=shared,
+        trainer=load_settings(
+            LoraTrainerSettings, **TINY_TRAINING, lora_general_after_accepted=3, lora_poll_s=0.5
+        ),
+        diffusion=diffusion_settings(tiny_model, tmp_path),
+    )
+    check = GateCheck(code="iou_below_threshold", passed=True, value=1.0, threshold=0.9)
+    accepted = [
+        GateAccepted(matted=matted_item(stage.store, 1, v), iou=1.0, checks=[check]) for v in range(2)
+    ]
+    produce_events(shared, GATE_ACCEPTED, accepted)
+    worker.start()
+    try:
+        with running(stage):
+            # Two accepted images: below M = 3, nothing trains.
+            assert (
+                read_topic(kafka_bootstrap, shared.topic_name(ADAPTER_PUBLISHED), expect=1, timeout_s=8) == []
+            )
+            more = GateAccepted(matted=matted_item(stage.store, 2, 0), iou=1.0, checks=[check])
+            produce_events(shared, GATE_ACCEPTED, [more])
+            records = read_topic(
+                kafka_bootstrap, shared.topic_name(ADAPTER_PUBLISHED), expect=1, timeout_s=120
+            )
+    finally:
+        worker.stop()
+    (event,) = [Envelope[AdapterPublished].model_validate_json(r.value).payload for r in records]
+    assert event.kind == "general" and event.series is None and event.adapter_id.startswith("general-")
+    assert event.sku_ids == ["SKU-001", "SKU-002"] and event.instance_images == 3
+    # The accepted images' own prompts, and the class prompt of the class images painted beside them.
+    assert set(event.training_prompts) == {
+        "a photo of sku1 soda can",
+        "a photo of sku2 soda can",
+        "a photo of a soda can",
+    }
+    assert event.class_images == 2
+    assert worker.registry.get(event.adapter_id).kind == "general"
+
+
+def test_an_untrainable_model_is_refused_at_start_up_and_a_job_that_fails_is_not_retried(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from shared.config import ConfigError
+    from tests.support.diffusion import build_tiny_sdxl_inpaint_pipeline
+
+    sdxl = build_tiny_sdxl_inpaint_pipeline(tmp_path / "tiny-sdxl-inpaint")
+    shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))
+    with pytest.raises(ConfigError, match="SDXL pipeline"):
+        trainer_for(shared, tiny_model, tmp_path, publish=lambda event: None, lora_model=str(sdxl))
+    # Should the model change under a running trainer, its jobs fail once, with the reason, and stay failed.
+    trainer = trainer_for(shared, tiny_model, tmp_path, publish=lambda event: None, lora_class_images=0)
+    trainer.model_dir = sdxl
+    record(trainer, captioned_sku(trainer.store, 111, series="cola"))
+    assert trainer.run_pending() == []
+    (job,) = trainer.plan()
+    failed = json.loads(trainer.store.get_bytes(f"{PREFIX}/jobs/{job.sha256}/failed.json"))
+    assert "SDXL" in failed["reason"] and failed["adapter_id"] == job.adapter_id
+    assert trainer.run_pending() == [] and steps_run(trainer) == 0
+    assert trainer.registry.list() == []
