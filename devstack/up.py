@@ -21,6 +21,11 @@ console               ``skuforge serve console``             ``/readyz`` (intake
                                                              answer 200
 ====================  =====================================  ========================================
 
+``--replicas matting=2,generator=2`` runs several members of a stage's consumer group: ``matting``
+(the documented port) and ``matting-2`` (a free port, log ``matting-2.log``), each a static member
+(``SKUFORGE_GROUP_INSTANCE_ID=matting-1``, ``matting-2``), so they share the partitions and a restarted
+one takes its own back without a rebalance (docs/deploy.md, "Scaling").
+
 A stage that dies is reported and restarted with back-off; Ctrl-C or SIGTERM stops everything,
 console first, Kafka last. ``<workdir>/stack.json`` describes the running stack (ports, pids,
 console address) for ``skuforge demo`` and for people; the object store defaults to
@@ -97,6 +102,13 @@ class StackConfig:
     start_kafka: bool = True
     backends: list[str] = field(default_factory=lambda: ["composite"])
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Stage -> how many members of its consumer group to run (1 when absent).
+    replicas: dict[str, int] = field(default_factory=dict)
+
+    def replica_names(self, stage: str) -> list[str]:
+        """Service names of ``stage``'s replicas: the stage's own name, then ``<stage>-2``, ``-3``..."""
+        count = self.replicas.get(stage, 1)
+        return [stage] + [f"{stage}-{index}" for index in range(2, count + 1)]
 
     @property
     def logs(self) -> Path:
@@ -205,6 +217,20 @@ def default_backends() -> list[str]:
     return ["composite"]
 
 
+def parse_replicas(text: str) -> dict[str, int]:
+    """``"matting=2,generator=2"`` -> ``{"matting": 2, "generator": 2}``; names must be pipeline stages."""
+    known = [stage.name for stage in PIPELINE]
+    replicas: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, count = item.partition("=")
+        if not sep or name not in known or not count.isdigit() or int(count) < 1:
+            raise ValueError(
+                f"--replicas: {item!r} is not STAGE=COUNT with STAGE one of {', '.join(known)} and COUNT >= 1"
+            )
+        replicas[name] = int(count)
+    return replicas
+
+
 def build_config(
     workdir: Path,
     *,
@@ -212,12 +238,22 @@ def build_config(
     kafka_bootstrap: str | None = None,
     backends: list[str] | None = None,
     extra_env: Mapping[str, str] | None = None,
+    replicas: Mapping[str, int] | None = None,
 ) -> StackConfig:
-    """The stack for ``workdir``: ports, store, console database and login decided once, here."""
+    """The stack for ``workdir``: ports, store, console database and login decided once, here.
+
+    Replicas after a stage's first serve their /metrics on free ports, chosen here.
+    """
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     ports = resolve_ports(workdir, ports_mode, with_kafka=kafka_bootstrap is None)
     (workdir / PORTS_FILE).write_text(json.dumps(ports, indent=2) + "\n")
+    for stage, count in (replicas or {}).items():
+        for index in range(2, count + 1):
+            port = free_port()
+            while port in ports.values():
+                port = free_port()
+            ports[f"{stage}-{index}"] = port
     users, _ = console_login(workdir)
     return StackConfig(
         workdir=workdir,
@@ -229,6 +265,7 @@ def build_config(
         start_kafka=kafka_bootstrap is None,
         backends=list(backends or default_backends()),
         extra_env=dict(extra_env or {}),
+        replicas=dict(replicas or {}),
     )
 
 
@@ -343,21 +380,31 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
     )
     settings = load_settings()
     for stage in PIPELINE:
-        port = ports[stage.name]
-        readyz = http_ok(f"http://127.0.0.1:{port}/readyz")
-        inputs = [settings.topic_name(topic) for topic in stage.consumes]
-        holding = holds_partitions(f"http://127.0.0.1:{port}/metrics", inputs)
-        specs.append(
-            ServiceSpec(
-                name=stage.name,
-                argv=_skuforge("run", stage.name),
-                log_path=log(stage.name),
-                env={**env, "SKUFORGE_METRICS_PORT": str(port)},
-                ready=lambda readyz=readyz, holding=holding: readyz() and holding(),  # type: ignore[misc]
-                ready_timeout_s=60,
-                start_attempts=3,
+        names = config.replica_names(stage.name)
+        for index, name in enumerate(names, start=1):
+            port = ports[name]
+            readyz = http_ok(f"http://127.0.0.1:{port}/readyz")
+            inputs = [settings.topic_name(topic) for topic in stage.consumes]
+            # A lone member holds every partition; one of several may rightly hold none of a topic.
+            holding = (
+                holds_partitions(f"http://127.0.0.1:{port}/metrics", inputs) if len(names) == 1 else None
             )
-        )
+            specs.append(
+                ServiceSpec(
+                    name=name,
+                    argv=_skuforge("run", stage.name),
+                    log_path=log(name),
+                    env={
+                        **env,
+                        "SKUFORGE_METRICS_PORT": str(port),
+                        # Static membership: a restarted replica takes its partitions back, no rebalance.
+                        "SKUFORGE_GROUP_INSTANCE_ID": f"{stage.name}-{index}",
+                    },
+                    ready=lambda readyz=readyz, holding=holding: readyz() and (holding is None or holding()),  # type: ignore[misc]
+                    ready_timeout_s=60,
+                    start_attempts=3,
+                )
+            )
     intake_ready = http_ok(f"http://127.0.0.1:{ports['console_metrics']}/readyz")
     intake_holding = holds_partitions(
         f"http://127.0.0.1:{ports['console_metrics']}/metrics",
@@ -385,7 +432,11 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
 
 def metrics_urls(config: StackConfig) -> dict[str, str]:
     """Service → its Prometheus endpoint."""
-    urls = {stage.name: f"http://127.0.0.1:{config.ports[stage.name]}/metrics" for stage in PIPELINE}
+    urls = {
+        name: f"http://127.0.0.1:{config.ports[name]}/metrics"
+        for stage in PIPELINE
+        for name in config.replica_names(stage.name)
+    }
     urls["console"] = f"http://127.0.0.1:{config.ports['console_metrics']}/metrics"
     urls["triton"] = f"http://127.0.0.1:{config.ports['triton_metrics']}/metrics"
     return urls
@@ -498,7 +549,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--grace-s", type=float, default=20.0, help="seconds a service has to stop before SIGKILL"
     )
+    parser.add_argument(
+        "--replicas",
+        default="",
+        metavar="STAGE=N,...",
+        help="run N members of a stage's consumer group, e.g. matting=2,generator=2 (default: one each); "
+        "they share its partitions",
+    )
     args = parser.parse_args(argv)
+    try:
+        replicas = parse_replicas(args.replicas)
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         load_settings()  # a bad SKUFORGE_* variable stops us here, not in seven log files
     except ConfigError as exc:
@@ -515,7 +577,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     config = build_config(
-        workdir, ports_mode=args.ports, kafka_bootstrap=args.kafka_bootstrap, backends=args.backend
+        workdir,
+        ports_mode=args.ports,
+        kafka_bootstrap=args.kafka_bootstrap,
+        backends=args.backend,
+        replicas=replicas,
     )
     _, generated_login = console_login(workdir)
     _stop_stale_broker(config, _say)

@@ -48,7 +48,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.producer.future import FutureRecordMetadata
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
@@ -268,6 +268,7 @@ class Stage:
                     self.health.beat()
                 if batch:
                     self._process_batch(batch)
+                self._note_join()
                 self._update_lag()
                 self._check_assignment()
         finally:
@@ -277,6 +278,19 @@ class Stage:
             if self.health:
                 self.health.stop()
         return 0
+
+    def _note_join(self) -> None:
+        """Mark the stage joined once its group is stable, even with nothing assigned.
+
+        Under cooperative rebalancing kafka-python calls ``on_partitions_assigned`` only for
+        partitions a member gains, so a member that joins with none (more members than partitions,
+        or the first round of a cooperative move) is never told; the group state says it.
+        """
+        if self._joined:
+            return
+        assert self._consumer is not None
+        if self._consumer.group_metadata().state is MemberState.STABLE:
+            self._joined = True
 
     def _check_assignment(self) -> None:
         """Rejoin the group when it handed this member no partition of a topic that has some.

@@ -28,7 +28,7 @@ from devstack.supervisor import (
     SupervisorError,
     processes_with_env,
 )
-from devstack.up import DEFAULT_PORTS, build_config
+from devstack.up import DEFAULT_PORTS, build_config, build_specs, main, parse_replicas
 from schemas.flow import PIPELINE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +78,39 @@ def python_child(tmp_path: Path, name: str, code: str, **kwargs: Any) -> Service
 
 def test_the_documented_ports_do_not_clash() -> None:
     assert len(set(DEFAULT_PORTS.values())) == len(DEFAULT_PORTS)
+
+
+def test_replicas_are_distinct_static_members_of_one_group_each_with_its_own_port(tmp_path: Path) -> None:
+    replicas = parse_replicas("matting=2, generator=3")
+    assert replicas == {"matting": 2, "generator": 3}
+    config = build_config(tmp_path, ports_mode="free", replicas=replicas)
+    specs = {spec.name: spec for spec in build_specs(config)}
+    for stage, count in (("matting", 2), ("generator", 3), ("gate", 1)):
+        names = [stage] + [f"{stage}-{index}" for index in range(2, count + 1)]
+        members = [specs[name] for name in names]
+        assert not any(name in specs for name in (f"{stage}-{count + 1}",))
+        # Every replica runs the same stage (one consumer group) as a distinct static member.
+        assert all(member.argv[-2:] == ["run", stage] for member in members)
+        assert [member.env["SKUFORGE_GROUP_INSTANCE_ID"] for member in members] == [
+            f"{stage}-{index}" for index in range(1, count + 1)
+        ]
+    ports = [
+        spec.env["SKUFORGE_METRICS_PORT"] for spec in specs.values() if "SKUFORGE_METRICS_PORT" in spec.env
+    ]
+    assert len(ports) == len(set(ports)) == len(STAGES) + 1 + 2
+    assert specs["matting-2"].log_path.name == "matting-2.log"
+
+
+@pytest.mark.parametrize("text", ["matting", "matting=0", "nosuch=2", "matting=two", "console=2"])
+def test_a_bad_replicas_option_is_refused_naming_the_stages(
+    text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ValueError, match="STAGE=COUNT with STAGE one of captioner"):
+        parse_replicas(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--replicas", text])
+    assert exit_info.value.code == 2
+    assert "--replicas" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
