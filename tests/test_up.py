@@ -30,6 +30,7 @@ from devstack.supervisor import (
 )
 from devstack.up import DEFAULT_PORTS, build_config, build_specs, main, parse_replicas
 from schemas.flow import PIPELINE
+from tests.support.replicas import group_assignment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAGES = [stage.name for stage in PIPELINE]
@@ -289,14 +290,19 @@ def read_stack(workdir: Path) -> dict[str, Any]:
 
 @pytest.mark.slow
 @pytest.mark.kafka
-def test_up_starts_everything_restarts_a_killed_stage_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+def test_up_starts_everything_with_replicas_restarts_a_killed_stage_and_ctrl_c_leaves_nothing(
+    tmp_path: Path,
+) -> None:
     workdir = tmp_path / "stack"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKUFORGE_")}
     env["SKUFORGE_LOG_FORMAT"] = "text"
     out_path = tmp_path / "up.out"
     with out_path.open("wb") as out:
         up = subprocess.Popen(
-            [sys.executable, "-m", "skuforge_cli", "up", "--workdir", str(workdir), "--ports", "free"],
+            [
+                *(sys.executable, "-m", "skuforge_cli", "up", "--workdir", str(workdir), "--ports", "free"),
+                *("--replicas", "matting=2"),
+            ],
             cwd=REPO_ROOT,
             env=env,
             stdout=out,
@@ -314,7 +320,7 @@ def test_up_starts_everything_restarts_a_killed_stage_and_ctrl_c_leaves_nothing(
         wait_for(ready, 420, "the stack to be ready")
         stack = read_stack(workdir)
         services = stack["services"]
-        assert set(services) == {"kafka", "topics", "triton", *STAGES, "console"}
+        assert set(services) == {"kafka", "topics", "triton", *STAGES, "matting-2", "console"}
         assert services["topics"]["status"] == "done"
         for name, service in services.items():
             if name != "topics":
@@ -325,10 +331,17 @@ def test_up_starts_everything_restarts_a_killed_stage_and_ctrl_c_leaves_nothing(
         order = [output.index(f"{name}: ready") for name in ("kafka", "triton", *STAGES, "console")]
         assert order == sorted(order)  # readiness in order: broker, Triton, stages, console
         assert "login demo / " in output
-        for stage in STAGES:
+        for stage in [*STAGES, "matting-2"]:
             with urllib.request.urlopen(services[stage]["metrics"], timeout=10) as response:
                 metrics = response.read().decode()
             assert "skuforge_messages_total" in metrics or "skuforge_handler_seconds" in metrics
+
+        # The two matting replicas are two static members of one group, sharing its partitions.
+        def replicas_share_matting() -> bool:
+            held = group_assignment(stack["kafka_bootstrap"], "skuforge.matting")
+            return sorted(held) == ["matting-1", "matting-2"] and all(held.values())
+
+        wait_for(replicas_share_matting, 60, "matting-1 and matting-2 to share the matting partitions")
 
         # A stage that dies is reported and comes back.
         gate_pid = services["gate"]["pid"]
