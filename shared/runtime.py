@@ -67,6 +67,8 @@ P = TypeVar("P", bound=BaseModel)
 # A stage holding no partition of a topic that has some rejoins after this long, then doubling.
 REJOIN_FIRST_S = 20.0
 REJOIN_MAX_S = 600.0
+# How long a starting stage waits for its input topics' metadata before joining its group anyway.
+METADATA_WAIT_S = 10.0
 log = logging.getLogger("skuforge.runtime")
 
 
@@ -259,6 +261,7 @@ class Stage:
         )
         self._producer = make_producer(self.settings, client_id=self.name)
         self._consumer.subscribe(self.topics, listener=_RebalanceListener(self))
+        self._await_topic_metadata()
         log.info("stage started", extra={"stage": self.name, "topics": self.topics})
         try:
             while not self._stop.is_set():
@@ -278,6 +281,28 @@ class Stage:
             if self.health:
                 self.health.stop()
         return 0
+
+    def _await_topic_metadata(self, timeout_s: float = METADATA_WAIT_S) -> None:
+        """Join the group only once the consumer's metadata lists the input topics' partitions.
+
+        A member whose first join ran before it had the topics' metadata was, now and then, left
+        out of its group for good by kafka-python 3.0.12: it re-joined when the metadata came, took
+        part in no later rebalance, and was dropped at the session timeout (seen twice in
+        bench/scale.py's start-ups, each time on the member that had joined first). ``subscribe``
+        has asked for the metadata; kafka-python's I/O thread fetches it, so this only waits for the
+        cache. A topic that does not exist yet is left to ``_check_assignment``.
+        """
+        assert self._consumer is not None
+        cluster = self._consumer._cluster
+        deadline = time.monotonic() + timeout_s
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if all(cluster.partitions_for_topic(topic) for topic in self.topics):
+                return
+            time.sleep(0.05)
+        log.warning(
+            "joining the group without partition metadata for every topic",
+            extra={"stage": self.name, "topics": self.topics, "waited_s": timeout_s},
+        )
 
     def _note_join(self) -> None:
         """Mark the stage joined once its group is stable, even with nothing assigned.

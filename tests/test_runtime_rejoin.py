@@ -112,3 +112,31 @@ def test_a_stage_started_before_its_topic_existed_ends_up_holding_it(
         input_ids = produce(settings, SKU_INGESTED, list(sku_ingested_payloads(stage.store, 5)))
         outputs = read_topic(kafka_bootstrap, settings.topic_name(PASSTHROUGH_OUT), expect=5, timeout_s=90)
     assert len(outputs) == len(input_ids) == 5
+
+
+def test_a_stage_waits_for_its_topics_metadata_before_joining_but_not_forever(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Joining before the metadata is what left a member out of its group (shared/runtime.py)."""
+    import threading
+
+    stage = build_stage(settings=load_settings(store_uri=file_store_uri(tmp_path)))
+    (topic,) = stage.topics
+    consumer = _Consumer()
+    stage._consumer = consumer  # type: ignore[assignment]
+
+    # The metadata arrives after 0.3 s: the stage waits for it, and no longer.
+    arrives = threading.Timer(0.3, lambda: consumer._cluster.partitions.__setitem__(topic, {0, 1}))
+    arrives.start()
+    started = time.monotonic()
+    stage._await_topic_metadata(timeout_s=10.0)
+    waited = time.monotonic() - started
+    assert 0.25 <= waited < 5.0
+    assert "without partition metadata" not in caplog.text
+
+    # A topic that does not exist: the stage joins anyway after the timeout, and says so.
+    consumer._cluster.partitions.clear()
+    started = time.monotonic()
+    stage._await_topic_metadata(timeout_s=0.3)
+    assert time.monotonic() - started >= 0.3
+    assert "joining the group without partition metadata" in caplog.text
