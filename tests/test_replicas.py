@@ -121,7 +121,7 @@ def test_killing_one_of_two_matting_replicas_mid_stream_decides_every_image_exac
             print(f"--- {member.instance_id} ---\n{member.log_tail()}")
         raise
     finally:
-        for member in (survivor, gate):
+        for member in members:
             member.stop()
 
     per_item = Counter(item for item, _ in seen)

@@ -104,6 +104,7 @@ class Member:
         self.metrics_port = free_port()
         self.log_path = log_dir / f"{instance_id}.log"
         self._log = self.log_path.open("ab")
+        self.started_at = time.time()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "skuforge_cli", "run", stage],
             cwd=REPO_ROOT,
