@@ -34,6 +34,7 @@ Delivery (docs/architecture.md, "Delivery"):
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import random
 import signal
@@ -703,6 +704,10 @@ class Stage:
         for tp in partitions:
             self._resume_at.pop(tp, None)
             self._failures.pop(tp, None)
+            # A partition that moved to another member is its lag now: a stale sample here would count
+            # it twice, and make this member look as if it still held it (skuforge up's ready check).
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(self.name, tp.topic, str(tp.partition))
         self.metrics.paused_partitions.labels(self.name).set(len(self._resume_at))
 
     def _update_lag(self) -> None:

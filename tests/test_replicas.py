@@ -6,18 +6,21 @@ One matting member is killed with SIGKILL while images are still flowing: it com
 does not leave the group, so its partitions wait for the session timeout, then go to the survivor,
 which redoes whatever the dead member had not committed. Every image must then be decided by the
 gate exactly once: a redone image is re-produced with the same event_id, and the gate skips it.
+On the way, each replica's lag gauge must name only the partitions it holds.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED, IMAGE_GENERATED, IMAGE_MATTED
 from shared.store import open_store
@@ -56,6 +59,21 @@ def decisions(
         consumer.close()
 
 
+def lagged_partitions(member: Member) -> set[TopicPartition]:
+    """Partitions the member's skuforge_consumer_lag_messages gauge has a sample for."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{member.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return set()
+    return {
+        TopicPartition(sample.labels["topic"], int(sample.labels["partition"]))
+        for family in text_string_to_metric_families(text)
+        if family.name == "skuforge_consumer_lag_messages"
+        for sample in family.samples
+    }
+
+
 def test_killing_one_of_two_matting_replicas_mid_stream_decides_every_image_exactly_once(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -77,10 +95,17 @@ def test_killing_one_of_two_matting_replicas_mid_stream_decides_every_image_exac
     matting_env = {"SKUFORGE_MATTING_THREADS": "1", "SKUFORGE_MATTING_MAX_BATCH": "2"}
 
     survivor = Member("matting", settings, logs, instance_id="matting-1", extra_env=matting_env)
-    victim = Member("matting", settings, logs, instance_id="matting-2", extra_env=matting_env)
     gate = Member("gate", settings, logs, instance_id="gate-1")
-    members = [survivor, victim, gate]
+    members = [survivor, gate]
     try:
+        # The first replica holds everything; the second one's join moves half of it (cooperative).
+        wait_until(
+            lambda: len(group_assignment(kafka_bootstrap, matting_group).get("matting-1", ())) == PARTITIONS,
+            120,
+            "the first matting replica to hold every partition",
+        )
+        victim = Member("matting", settings, logs, instance_id="matting-2", extra_env=matting_env)
+        members.append(victim)
 
         def both_replicas_hold_partitions() -> bool:
             held = group_assignment(kafka_bootstrap, matting_group)
@@ -94,7 +119,16 @@ def test_killing_one_of_two_matting_replicas_mid_stream_decides_every_image_exac
             120,
             "the gate to hold its partitions",
         )
-        victim_partitions = group_assignment(kafka_bootstrap, matting_group)["matting-2"]
+        shares = group_assignment(kafka_bootstrap, matting_group)
+        victim_partitions = shares["matting-2"]
+        # Each replica's lag gauge names exactly the partitions it holds now: the first one dropped
+        # those it gave away (a stale sample would count their lag twice).
+        for member in (survivor, victim):
+            wait_until(
+                lambda member=member: lagged_partitions(member) == shares[member.instance_id],
+                30,
+                f"{member.instance_id}'s lag gauge to name its own partitions",
+            )
 
         produce(settings, IMAGE_GENERATED, list(payloads))
         matted_topic = settings.topic_name(IMAGE_MATTED)
