@@ -265,6 +265,17 @@ def test_every_skuforge_variable_the_chart_sets_is_a_setting_skuforge_reads(helm
     assert not unknown, f"the chart sets variables no settings model reads: {sorted(unknown)}"
 
 
+def test_a_stage_can_run_on_a_gpu_with_the_cuda_image(helm: str) -> None:
+    docs = render(
+        helm, "stages.matting.image.tag=0.1.0-cuda", "stages.matting.resources.limits.nvidia\\.com/gpu=1"
+    )
+    deployments = of_kind(docs, "Deployment")
+    matting = container(deployments["rel-skuforge-matting"])
+    assert matting["image"] == "skuforge:0.1.0-cuda"
+    assert matting["resources"]["limits"] == {"memory": "3Gi", "nvidia.com/gpu": 1}
+    assert container(deployments["rel-skuforge-gate"])["image"] == "skuforge:0.1.0"
+
+
 def test_without_autoscaling_the_values_set_the_replicas(helm: str) -> None:
     docs = render(helm, "stageDefaults.autoscaling.enabled=false", "stages.matting.replicas=3")
     assert not of_kind(docs, "ScaledObject")
