@@ -404,6 +404,8 @@ def test_compose_runs_every_stage_of_the_flow_the_console_and_triton() -> None:
     assert commands["console"] == ["serve", "console"]
     assert commands["triton"] == ["serve", "generator"]
     assert commands["topics"] == ["topics", "create"]
+    for name, service in services.items():
+        assert set(service.get("depends_on", {})) <= set(services), f"{name} depends on a missing service"
     stage_env = services["matting"]["environment"]
     assert stage_env["SKUFORGE_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
