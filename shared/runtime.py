@@ -283,7 +283,7 @@ class Stage:
                 self.health.stop()
         return 0
 
-    def _await_topic_metadata(self, timeout_s: float = METADATA_WAIT_S) -> None:
+    def _await_topic_metadata(self, timeout_s: float | None = None) -> None:
         """Join the group only once the consumer's metadata lists the input topics' partitions.
 
         A member whose first join ran before it had the topics' metadata was, now and then, left
@@ -294,6 +294,7 @@ class Stage:
         cache. A topic that does not exist yet is left to ``_check_assignment``.
         """
         assert self._consumer is not None
+        timeout_s = METADATA_WAIT_S if timeout_s is None else timeout_s
         cluster = self._consumer._cluster
         deadline = time.monotonic() + timeout_s
         while not self._stop.is_set() and time.monotonic() < deadline:

@@ -95,11 +95,16 @@ def test_the_watchdog_rejoins_only_when_a_topic_with_partitions_is_not_held(
 
 
 @pytest.mark.kafka
+# A static member leaves no group when it unsubscribes: its fresh join must still get the partitions.
+@pytest.mark.parametrize("group_instance_id", [None, "passthrough-1"], ids=["dynamic", "static"])
 def test_a_stage_started_before_its_topic_existed_ends_up_holding_it(
-    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group_instance_id: str | None
 ) -> None:
     monkeypatch.setattr(shared.runtime, "REJOIN_FIRST_S", 2.0)
-    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    monkeypatch.setattr(shared.runtime, "METADATA_WAIT_S", 1.0)
+    settings = isolated_settings(
+        kafka_bootstrap, file_store_uri(tmp_path), group_instance_id=group_instance_id
+    )
     create_topics(settings, PASSTHROUGH_OUT)
     stage = build_stage(settings=settings)
     with running(stage):
