@@ -11,7 +11,7 @@ KAFKA_DATA ?= var/kafka
 KAFKA_PORT ?= 9092
 KAFKA_CONTROLLER_PORT ?= 9093
 
-.PHONY: help setup test test-fast lint bench bench-real evaluate kafka-up kafka-down schemas clean demo up
+.PHONY: help setup test test-fast lint bench bench-real evaluate kafka-up kafka-down schemas clean demo up helm
 
 # GroceryStoreDataset's dataset/ folder (github.com/marcusklasson/GroceryStoreDataset, MIT): the real photos
 # the real-photo benchmarks read. Nothing downloads it; clone it and point GROCERY at it.
@@ -41,6 +41,16 @@ $(KAFKA_DIR)/lib/.resolved: $(KAFKA_DIR)/pom.xml
 	cd $(KAFKA_DIR) && mvn -q -B dependency:copy-dependencies -DoutputDirectory=lib -DincludeScope=runtime
 	@touch $@
 
+# helm for the chart tests (tests/test_deploy.py), built from its Go module: no download of a binary.
+HELM_VERSION := v3.22.0
+HELM := var/tools/helm
+GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
+
+helm: $(HELM)  ## build helm from Go modules into var/tools/ (the chart tests use it; minutes on 2 cores)
+
+$(HELM):
+	GOBIN=$(abspath var/tools) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
 test: setup  ## the full suite (what CI runs): starts its own Kafka, moto S3 and servers
 	$(BIN)/python -m pytest
 
@@ -67,6 +77,7 @@ bench: setup $(REMBG_VENV)/.done  ## benchmarks; results go to bench/results/*.j
 	$(BIN)/python -m bench.captioner
 	$(BIN)/python -m bench.generation
 	$(BIN)/python -m bench.adapters
+	$(BIN)/python -m bench.scale
 
 bench-real: setup  ## real-photo benchmarks (GROCERY=path/to/GroceryStoreDataset/dataset): matting, captioner
 	@test -n "$(GROCERY)" || { echo "set GROCERY=path/to/GroceryStoreDataset/dataset"; exit 2; }

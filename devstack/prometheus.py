@@ -20,7 +20,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +67,15 @@ def default_targets() -> dict[str, int]:
 
 
 def scrape_config(
-    ports: Mapping[str, int],
+    ports: Mapping[str, int | Sequence[int]],
     *,
     host: str = "127.0.0.1",
     scrape_interval_s: float = 15.0,
     evaluation_interval_s: float | None = None,
     rule_files: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A Prometheus configuration scraping job ``name`` at ``host:port`` for every entry of ``ports``."""
+    """A Prometheus configuration scraping job ``name`` at ``host:port`` for every entry of ``ports``
+    (a list of ports: one target each, e.g. a stage's replicas)."""
     interval = _duration(scrape_interval_s)
     return {
         "global": {
@@ -83,10 +84,14 @@ def scrape_config(
         },
         "rule_files": list(rule_files if rule_files is not None else ["alerts.yml"]),
         "scrape_configs": [
-            {"job_name": job, "static_configs": [{"targets": [f"{host}:{port}"]}]}
+            {"job_name": job, "static_configs": [{"targets": [f"{host}:{p}" for p in _as_list(port)]}]}
             for job, port in ports.items()
         ],
     }
+
+
+def _as_list(port: int | Sequence[int]) -> list[int]:
+    return [port] if isinstance(port, int) else list(port)
 
 
 def config_yaml(config: Mapping[str, Any]) -> str:
@@ -263,16 +268,20 @@ def stack_prometheus(
     port: int | None = None,
     rules_file: Path = ALERTS_FILE,
     scrape_interval_s: float = 5.0,
+    stage_members: Mapping[str, Sequence[str]] | None = None,
 ) -> PrometheusServer:
     """The Prometheus of a ``skuforge up`` stack: every stage, the console and Triton on ``ports`` (the
     stack's port names, as in ``devstack.up.DEFAULT_PORTS``), ``rules_file`` as its rules, data in
-    ``workdir``. ``port`` None: 9090 when free, else any free port."""
+    ``workdir``. ``port`` None: 9090 when free, else any free port. ``stage_members``: the stages the
+    stack runs and their members' port names (replicas are targets of their stage's job); default
+    one member per pipeline stage."""
     from devstack.broker import port_in_use
 
     if port is None:
         port = DEFAULT_PROMETHEUS_PORT if not port_in_use(DEFAULT_PROMETHEUS_PORT) else free_port()
-    jobs = {
-        **{stage.name: ports[stage.name] for stage in PIPELINE},
+    members = stage_members or {stage.name: [stage.name] for stage in PIPELINE}
+    jobs: dict[str, int | list[int]] = {
+        **{stage: [ports[name] for name in names] for stage, names in members.items()},
         CONSOLE.name: ports["console_metrics"],
         TRITON_JOB: ports["triton_metrics"],
     }

@@ -24,6 +24,11 @@ console               ``skuforge serve console``             ``/readyz`` (intake
                                                              answer 200
 ====================  =====================================  ========================================
 
+``--replicas matting=2,generator=2`` runs several members of a stage's consumer group: ``matting``
+(the documented port) and ``matting-2`` (a free port, log ``matting-2.log``), each a static member
+(``SKUFORGE_GROUP_INSTANCE_ID=matting-1``, ``matting-2``), so they share the partitions and a restarted
+one takes its own back without a rebalance (docs/deploy.md, "Scaling").
+
 A stage that dies is reported and restarted with back-off; Ctrl-C or SIGTERM stops everything,
 console first, Kafka last. ``--with-prometheus`` starts a real Prometheus last (``devstack/prometheus.py``,
 the Debian package's binary) scraping every stage, the console and Triton, with
@@ -111,6 +116,14 @@ class StackConfig:
     def stages(self) -> list[Service]:
         """The stages this stack runs, in start order."""
         return [*PIPELINE, *([LORA_TRAINER] if self.with_trainer else [])]
+
+    # Stage -> how many members of its consumer group to run (1 when absent).
+    replicas: dict[str, int] = field(default_factory=dict)
+
+    def replica_names(self, stage: str) -> list[str]:
+        """Service names of ``stage``'s replicas: the stage's own name, then ``<stage>-2``, ``-3``..."""
+        count = self.replicas.get(stage, 1)
+        return [stage] + [f"{stage}-{index}" for index in range(2, count + 1)]
 
     @property
     def logs(self) -> Path:
@@ -226,6 +239,20 @@ def default_with_trainer() -> bool:
     return bool(model) and _cuda_available()
 
 
+def parse_replicas(text: str) -> dict[str, int]:
+    """``"matting=2,generator=2"`` -> ``{"matting": 2, "generator": 2}``; names must be pipeline stages."""
+    known = [stage.name for stage in PIPELINE]
+    replicas: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, count = item.partition("=")
+        if not sep or name not in known or not count.isdigit() or int(count) < 1:
+            raise ValueError(
+                f"--replicas: {item!r} is not STAGE=COUNT with STAGE one of {', '.join(known)} and COUNT >= 1"
+            )
+        replicas[name] = int(count)
+    return replicas
+
+
 def build_config(
     workdir: Path,
     *,
@@ -234,12 +261,22 @@ def build_config(
     backends: list[str] | None = None,
     extra_env: Mapping[str, str] | None = None,
     with_trainer: bool | None = None,
+    replicas: Mapping[str, int] | None = None,
 ) -> StackConfig:
-    """The stack for ``workdir``: ports, store, console database and login decided once, here."""
+    """The stack for ``workdir``: ports, store, console database and login decided once, here.
+
+    Replicas after a stage's first serve their /metrics on free ports, chosen here.
+    """
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     ports = resolve_ports(workdir, ports_mode, with_kafka=kafka_bootstrap is None)
     (workdir / PORTS_FILE).write_text(json.dumps(ports, indent=2) + "\n")
+    for stage, count in (replicas or {}).items():
+        for index in range(2, count + 1):
+            port = free_port()
+            while port in ports.values():
+                port = free_port()
+            ports[f"{stage}-{index}"] = port
     users, _ = console_login(workdir)
     return StackConfig(
         workdir=workdir,
@@ -252,6 +289,7 @@ def build_config(
         backends=list(backends or default_backends()),
         extra_env=dict(extra_env or {}),
         with_trainer=default_with_trainer() if with_trainer is None else with_trainer,
+        replicas=dict(replicas or {}),
     )
 
 
@@ -366,21 +404,31 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
     )
     settings = load_settings()
     for stage in config.stages:
-        port = ports[stage.name]
-        readyz = http_ok(f"http://127.0.0.1:{port}/readyz")
-        inputs = [settings.topic_name(topic) for topic in stage.consumes]
-        holding = holds_partitions(f"http://127.0.0.1:{port}/metrics", inputs)
-        specs.append(
-            ServiceSpec(
-                name=stage.name,
-                argv=_skuforge("run", stage.name),
-                log_path=log(stage.name),
-                env={**env, "SKUFORGE_METRICS_PORT": str(port)},
-                ready=lambda readyz=readyz, holding=holding: readyz() and holding(),  # type: ignore[misc]
-                ready_timeout_s=60,
-                start_attempts=3,
+        names = config.replica_names(stage.name)
+        for index, name in enumerate(names, start=1):
+            port = ports[name]
+            readyz = http_ok(f"http://127.0.0.1:{port}/readyz")
+            inputs = [settings.topic_name(topic) for topic in stage.consumes]
+            # A lone member holds every partition; one of several may rightly hold none of a topic.
+            holding = (
+                holds_partitions(f"http://127.0.0.1:{port}/metrics", inputs) if len(names) == 1 else None
             )
-        )
+            specs.append(
+                ServiceSpec(
+                    name=name,
+                    argv=_skuforge("run", stage.name),
+                    log_path=log(name),
+                    env={
+                        **env,
+                        "SKUFORGE_METRICS_PORT": str(port),
+                        # Static membership: a restarted replica takes its partitions back, no rebalance.
+                        "SKUFORGE_GROUP_INSTANCE_ID": f"{stage.name}-{index}",
+                    },
+                    ready=lambda readyz=readyz, holding=holding: readyz() and (holding is None or holding()),  # type: ignore[misc]
+                    ready_timeout_s=60,
+                    start_attempts=3,
+                )
+            )
     intake_ready = http_ok(f"http://127.0.0.1:{ports['console_metrics']}/readyz")
     intake_holding = holds_partitions(
         f"http://127.0.0.1:{ports['console_metrics']}/metrics",
@@ -408,7 +456,11 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
 
 def metrics_urls(config: StackConfig) -> dict[str, str]:
     """Service → its Prometheus endpoint."""
-    urls = {stage.name: f"http://127.0.0.1:{config.ports[stage.name]}/metrics" for stage in config.stages}
+    urls = {
+        name: f"http://127.0.0.1:{config.ports[name]}/metrics"
+        for stage in config.stages
+        for name in config.replica_names(stage.name)
+    }
     urls["console"] = f"http://127.0.0.1:{config.ports['console_metrics']}/metrics"
     urls["triton"] = f"http://127.0.0.1:{config.ports['triton_metrics']}/metrics"
     return urls
@@ -541,9 +593,23 @@ def main(argv: list[str] | None = None) -> int:
         help="rules file for that Prometheus (default deploy/prometheus/alerts.yml)",
     )
     parser.add_argument(
-        "--scrape-interval-s", type=float, default=5.0, help="that Prometheus's scrape interval (default 5)"
+        "--scrape-interval-s",
+        type=float,
+        default=5.0,
+        help="that Prometheus's scrape interval (default 5)",
+    )
+    parser.add_argument(
+        "--replicas",
+        default="",
+        metavar="STAGE=N,...",
+        help="run N members of a stage's consumer group, e.g. matting=2,generator=2 (default: one each); "
+        "they share its partitions",
     )
     args = parser.parse_args(argv)
+    try:
+        replicas = parse_replicas(args.replicas)
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         load_settings()  # a bad SKUFORGE_* variable stops us here, not in seven log files
     except ConfigError as exc:
@@ -565,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         kafka_bootstrap=args.kafka_bootstrap,
         backends=args.backend,
         with_trainer=args.with_trainer,
+        replicas=replicas,
     )
     _, generated_login = console_login(workdir)
     _stop_stale_broker(config, _say)
@@ -577,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
                 port=free_port() if args.ports == "free" else None,
                 rules_file=args.prometheus_rules,
                 scrape_interval_s=args.scrape_interval_s,
+                stage_members={stage.name: config.replica_names(stage.name) for stage in config.stages},
             )
             argv_prometheus = prometheus.argv()
         except (PrometheusMissing, OSError) as exc:

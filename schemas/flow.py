@@ -112,3 +112,26 @@ def flow_table_markdown() -> str:
         port = "Triton's own" if service.metrics_port is None else str(service.metrics_port)
         rows.append(f"| {command} | {names(service.consumes)} | {names(service.produces)} | {port} |")
     return "\n".join(rows)
+
+
+def flow_document() -> dict[str, Any]:
+    """The flow as data for deployment tools: the Helm chart reads it (``skuforge flow --json``).
+
+    ``stages`` are the pipeline's stages in flow order, each a consumer group ``<prefix>.<name>``;
+    topic names are bare (the chart adds its topic namespace).
+    """
+
+    def entry(service: Service) -> dict[str, Any]:
+        return {
+            "name": service.name,
+            "command": service.command,
+            "consumes": [topic.name for topic in service.consumes],
+            "produces": [topic.name for topic in service.produces],
+            "metricsPort": service.metrics_port,
+        }
+
+    return {
+        "stages": [entry(stage) for stage in PIPELINE],
+        "console": entry(CONSOLE),
+        "triton": entry(TRITON),
+    }

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from pydantic import BaseModel
 
@@ -51,6 +52,12 @@ def make_consumer(settings: Settings, group_id: str, client_id: str) -> KafkaCon
         max_poll_interval_ms=settings.max_poll_interval_ms,
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=max(1_000, settings.session_timeout_ms // 10),
+        # Incremental (KIP-429) rebalances: a member that joins or leaves moves only the partitions
+        # that change owner; every other member keeps consuming instead of revoking everything.
+        partition_assignment_strategy=[CooperativeStickyAssignor],
+        # Static membership (KIP-345): a member that restarts with the same id within the session
+        # timeout gets its partitions back with no rebalance at all.
+        group_instance_id=settings.group_instance_id,
         allow_auto_create_topics=False,
         # A group member that joins before a new topic's metadata has spread gets no partitions
         # until the next refresh; kafka-python's default (5 minutes) left stages idle that long.

@@ -48,7 +48,25 @@ class Settings(BaseSettings):
     max_poll_interval_ms: int = Field(
         default=600_000, ge=10_000, description="time a poll batch may take before the group rebalances"
     )
-    session_timeout_ms: int = Field(default=30_000, ge=6_000, description="consumer group session timeout")
+    session_timeout_ms: int = Field(
+        default=10_000,
+        ge=6_000,
+        description=(
+            "consumer group session timeout: how long the partitions of a member that died (or of a static "
+            "member that stopped) wait before the group hands them to the others"
+        ),
+    )
+    group_instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=249,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description=(
+            "static group membership: this member's stable id within its stage's group (the replica "
+            "index, the pod name); a restart within the session timeout gets its partitions back "
+            "without a rebalance; unset = a dynamic member"
+        ),
+    )
     flush_timeout_s: float = Field(
         default=60.0, gt=0, description="time to wait for outputs to be acknowledged"
     )

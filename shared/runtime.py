@@ -34,6 +34,7 @@ Delivery (docs/architecture.md, "Delivery"):
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import random
 import signal
@@ -48,7 +49,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.producer.future import FutureRecordMetadata
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
@@ -68,6 +69,8 @@ P = TypeVar("P", bound=BaseModel)
 # A stage holding no partition of a topic that has some rejoins after this long, then doubling.
 REJOIN_FIRST_S = 20.0
 REJOIN_MAX_S = 600.0
+# How long a starting stage waits for its input topics' metadata before joining its group anyway.
+METADATA_WAIT_S = 10.0
 log = logging.getLogger("skuforge.runtime")
 
 
@@ -261,6 +264,7 @@ class Stage:
         )
         self._producer = make_producer(self.settings, client_id=self.name)
         self._consumer.subscribe(self.topics, listener=_RebalanceListener(self))
+        self._await_topic_metadata()
         lag_watcher = None
         if self.settings.group_lag_interval_s > 0:
             groups = watched_groups(
@@ -284,6 +288,7 @@ class Stage:
                     self.health.beat()
                 if batch:
                     self._process_batch(batch)
+                self._note_join()
                 self._update_lag()
                 self._check_assignment()
         finally:
@@ -295,6 +300,42 @@ class Stage:
             if self.health:
                 self.health.stop()
         return 0
+
+    def _await_topic_metadata(self, timeout_s: float | None = None) -> None:
+        """Join the group only once the consumer's metadata lists the input topics' partitions.
+
+        A member whose first join ran before it had the topics' metadata was, now and then, left
+        out of its group for good by kafka-python 3.0.12: it re-joined when the metadata came, took
+        part in no later rebalance, and was dropped at the session timeout (seen twice in
+        bench/scale.py's start-ups, each time on the member that had joined first). ``subscribe``
+        has asked for the metadata; kafka-python's I/O thread fetches it, so this only waits for the
+        cache. A topic that does not exist yet is left to ``_check_assignment``.
+        """
+        assert self._consumer is not None
+        timeout_s = METADATA_WAIT_S if timeout_s is None else timeout_s
+        cluster = self._consumer._cluster
+        deadline = time.monotonic() + timeout_s
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if all(cluster.partitions_for_topic(topic) for topic in self.topics):
+                return
+            time.sleep(0.05)
+        log.warning(
+            "joining the group without partition metadata for every topic",
+            extra={"stage": self.name, "topics": self.topics, "waited_s": timeout_s},
+        )
+
+    def _note_join(self) -> None:
+        """Mark the stage joined once its group is stable, even with nothing assigned.
+
+        Under cooperative rebalancing kafka-python calls ``on_partitions_assigned`` only for
+        partitions a member gains, so a member that joins with none (more members than partitions,
+        or the first round of a cooperative move) is never told; the group state says it.
+        """
+        if self._joined:
+            return
+        assert self._consumer is not None
+        if self._consumer.group_metadata().state is MemberState.STABLE:
+            self._joined = True
 
     def _check_assignment(self) -> None:
         """Rejoin the group when it handed this member no partition of a topic that has some.
@@ -682,6 +723,10 @@ class Stage:
         for tp in partitions:
             self._resume_at.pop(tp, None)
             self._failures.pop(tp, None)
+            # A partition that moved to another member is its lag now: a stale sample here would count
+            # it twice, and make this member look as if it still held it (skuforge up's ready check).
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(self.name, tp.topic, str(tp.partition))
         self.metrics.paused_partitions.labels(self.name).set(len(self._resume_at))
 
     def _update_lag(self) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from pydantic_settings import BaseSettings
 
-from schemas.flow import SERVERS, STAGES, flow_table_markdown
+from schemas.flow import SERVERS, STAGES, flow_document, flow_table_markdown
 from services.captioner.config import CaptionerSettings
 from services.console.config import ConsoleSettings
 from services.gate.config import GateSettings
@@ -153,9 +153,17 @@ def _cmd_flow(rest: list[str]) -> int:
     parser.add_argument(
         "--markdown", action="store_true", help="print the table docs/architecture.md carries"
     )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the flow as JSON, as the Helm chart carries it (deploy/helm/skuforge/files/flow.json)",
+    )
     args = parser.parse_args(rest)
     if args.markdown:
         print(flow_table_markdown())
+        return 0
+    if args.json:
+        print(json.dumps(flow_document(), indent=2))
         return 0
     settings = load_settings()
     for service in (*STAGES.values(), *SERVERS.values()):

@@ -95,11 +95,16 @@ def test_the_watchdog_rejoins_only_when_a_topic_with_partitions_is_not_held(
 
 
 @pytest.mark.kafka
+# A static member leaves no group when it unsubscribes: its fresh join must still get the partitions.
+@pytest.mark.parametrize("group_instance_id", [None, "passthrough-1"], ids=["dynamic", "static"])
 def test_a_stage_started_before_its_topic_existed_ends_up_holding_it(
-    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group_instance_id: str | None
 ) -> None:
     monkeypatch.setattr(shared.runtime, "REJOIN_FIRST_S", 2.0)
-    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    monkeypatch.setattr(shared.runtime, "METADATA_WAIT_S", 1.0)
+    settings = isolated_settings(
+        kafka_bootstrap, file_store_uri(tmp_path), group_instance_id=group_instance_id
+    )
     create_topics(settings, PASSTHROUGH_OUT)
     stage = build_stage(settings=settings)
     with running(stage):
@@ -112,3 +117,31 @@ def test_a_stage_started_before_its_topic_existed_ends_up_holding_it(
         input_ids = produce(settings, SKU_INGESTED, list(sku_ingested_payloads(stage.store, 5)))
         outputs = read_topic(kafka_bootstrap, settings.topic_name(PASSTHROUGH_OUT), expect=5, timeout_s=90)
     assert len(outputs) == len(input_ids) == 5
+
+
+def test_a_stage_waits_for_its_topics_metadata_before_joining_but_not_forever(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Joining before the metadata is what left a member out of its group (shared/runtime.py)."""
+    import threading
+
+    stage = build_stage(settings=load_settings(store_uri=file_store_uri(tmp_path)))
+    (topic,) = stage.topics
+    consumer = _Consumer()
+    stage._consumer = consumer  # type: ignore[assignment]
+
+    # The metadata arrives after 0.3 s: the stage waits for it, and no longer.
+    arrives = threading.Timer(0.3, lambda: consumer._cluster.partitions.__setitem__(topic, {0, 1}))
+    arrives.start()
+    started = time.monotonic()
+    stage._await_topic_metadata(timeout_s=10.0)
+    waited = time.monotonic() - started
+    assert 0.25 <= waited < 5.0
+    assert "without partition metadata" not in caplog.text
+
+    # A topic that does not exist: the stage joins anyway after the timeout, and says so.
+    consumer._cluster.partitions.clear()
+    started = time.monotonic()
+    stage._await_topic_metadata(timeout_s=0.3)
+    assert time.monotonic() - started >= 0.3
+    assert "joining the group without partition metadata" in caplog.text

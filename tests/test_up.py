@@ -28,8 +28,9 @@ from devstack.supervisor import (
     SupervisorError,
     processes_with_env,
 )
-from devstack.up import DEFAULT_PORTS, build_config
+from devstack.up import DEFAULT_PORTS, build_config, build_specs, main, parse_replicas
 from schemas.flow import PIPELINE
+from tests.support.replicas import group_assignment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAGES = [stage.name for stage in PIPELINE]
@@ -78,6 +79,39 @@ def python_child(tmp_path: Path, name: str, code: str, **kwargs: Any) -> Service
 
 def test_the_documented_ports_do_not_clash() -> None:
     assert len(set(DEFAULT_PORTS.values())) == len(DEFAULT_PORTS)
+
+
+def test_replicas_are_distinct_static_members_of_one_group_each_with_its_own_port(tmp_path: Path) -> None:
+    replicas = parse_replicas("matting=2, generator=3")
+    assert replicas == {"matting": 2, "generator": 3}
+    config = build_config(tmp_path, ports_mode="free", replicas=replicas)
+    specs = {spec.name: spec for spec in build_specs(config)}
+    for stage, count in (("matting", 2), ("generator", 3), ("gate", 1)):
+        names = [stage] + [f"{stage}-{index}" for index in range(2, count + 1)]
+        members = [specs[name] for name in names]
+        assert not any(name in specs for name in (f"{stage}-{count + 1}",))
+        # Every replica runs the same stage (one consumer group) as a distinct static member.
+        assert all(member.argv[-2:] == ["run", stage] for member in members)
+        assert [member.env["SKUFORGE_GROUP_INSTANCE_ID"] for member in members] == [
+            f"{stage}-{index}" for index in range(1, count + 1)
+        ]
+    ports = [
+        spec.env["SKUFORGE_METRICS_PORT"] for spec in specs.values() if "SKUFORGE_METRICS_PORT" in spec.env
+    ]
+    assert len(ports) == len(set(ports)) == len(STAGES) + 1 + 2
+    assert specs["matting-2"].log_path.name == "matting-2.log"
+
+
+@pytest.mark.parametrize("text", ["matting", "matting=0", "nosuch=2", "matting=two", "console=2"])
+def test_a_bad_replicas_option_is_refused_naming_the_stages(
+    text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ValueError, match="STAGE=COUNT with STAGE one of captioner"):
+        parse_replicas(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--replicas", text])
+    assert exit_info.value.code == 2
+    assert "--replicas" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -256,14 +290,19 @@ def read_stack(workdir: Path) -> dict[str, Any]:
 
 @pytest.mark.slow
 @pytest.mark.kafka
-def test_up_starts_everything_restarts_a_killed_stage_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+def test_up_starts_everything_with_replicas_restarts_a_killed_stage_and_ctrl_c_leaves_nothing(
+    tmp_path: Path,
+) -> None:
     workdir = tmp_path / "stack"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKUFORGE_")}
     env["SKUFORGE_LOG_FORMAT"] = "text"
     out_path = tmp_path / "up.out"
     with out_path.open("wb") as out:
         up = subprocess.Popen(
-            [sys.executable, "-m", "skuforge_cli", "up", "--workdir", str(workdir), "--ports", "free"],
+            [
+                *(sys.executable, "-m", "skuforge_cli", "up", "--workdir", str(workdir), "--ports", "free"),
+                *("--replicas", "matting=2"),
+            ],
             cwd=REPO_ROOT,
             env=env,
             stdout=out,
@@ -281,7 +320,7 @@ def test_up_starts_everything_restarts_a_killed_stage_and_ctrl_c_leaves_nothing(
         wait_for(ready, 420, "the stack to be ready")
         stack = read_stack(workdir)
         services = stack["services"]
-        assert set(services) == {"kafka", "topics", "triton", *STAGES, "console"}
+        assert set(services) == {"kafka", "topics", "triton", *STAGES, "matting-2", "console"}
         assert services["topics"]["status"] == "done"
         for name, service in services.items():
             if name != "topics":
@@ -292,10 +331,17 @@ def test_up_starts_everything_restarts_a_killed_stage_and_ctrl_c_leaves_nothing(
         order = [output.index(f"{name}: ready") for name in ("kafka", "triton", *STAGES, "console")]
         assert order == sorted(order)  # readiness in order: broker, Triton, stages, console
         assert "login demo / " in output
-        for stage in STAGES:
+        for stage in [*STAGES, "matting-2"]:
             with urllib.request.urlopen(services[stage]["metrics"], timeout=10) as response:
                 metrics = response.read().decode()
             assert "skuforge_messages_total" in metrics or "skuforge_handler_seconds" in metrics
+
+        # The two matting replicas are two static members of one group, sharing its partitions.
+        def replicas_share_matting() -> bool:
+            held = group_assignment(stack["kafka_bootstrap"], "skuforge.matting")
+            return sorted(held) == ["matting-1", "matting-2"] and all(held.values())
+
+        wait_for(replicas_share_matting, 60, "matting-1 and matting-2 to share the matting partitions")
 
         # A stage that dies is reported and comes back.
         gate_pid = services["gate"]["pid"]

@@ -1,0 +1,420 @@
+"""The deployment files, validated offline: the Helm chart, the compose files and the Dockerfile.
+
+The chart is linted and rendered by a real ``helm`` (``make helm`` builds it from Go modules; these
+tests skip without it, and fail without it when ``SKUFORGE_REQUIRE_HELM`` is set, as in CI). What it
+renders is validated by ``kubernetes-validate --strict`` (Kubernetes' own kinds) and against the
+committed CRD schemas of KEDA and prometheus-operator (``deploy/schemas/``), closed to unknown
+fields. The stages come from ``schemas/flow.py`` through ``files/flow.json``, so the chart, compose
+and the flow cannot drift apart without a test failing here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from schemas.flow import CONSOLE, PIPELINE, flow_document
+from shared.config import ENV_PREFIX
+from skuforge_cli.main import SETTINGS_MODELS
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "deploy" / "helm" / "skuforge"
+SCHEMAS = REPO / "deploy" / "schemas"
+PIPELINE_RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and a recent one.
+KUBE_VERSIONS = ("1.27.0", "1.33.0")
+CRD_SCHEMAS = {
+    ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_v1alpha1_scaledobject.json",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_v1_podmonitor.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_v1_prometheusrule.json",
+}
+STAGES = [stage.name for stage in PIPELINE]
+
+
+def helm_binary() -> str | None:
+    """``SKUFORGE_HELM``, else ``helm`` on PATH, else the one ``make helm`` builds, else Go's bin."""
+    candidates = [
+        os.environ.get("SKUFORGE_HELM"),
+        shutil.which("helm"),
+        str(REPO / "var" / "tools" / "helm"),
+        str(Path.home() / "go" / "bin" / "helm"),
+    ]
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    path = helm_binary()
+    if path is None:
+        message = (
+            "helm not found: `make helm` builds it (go install helm.sh/helm/v3/cmd/helm) into var/tools/"
+        )
+        if os.environ.get("SKUFORGE_REQUIRE_HELM"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def render(helm: str, *values: str, kube_version: str = KUBE_VERSIONS[-1]) -> list[dict[str, Any]]:
+    """``helm template`` with ``--set`` values; the manifests as dicts (fails with helm's message)."""
+    command = [helm, "template", "rel", str(CHART), "--kube-version", kube_version]
+    for value in values:
+        command += ["--set", value]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def render_error(helm: str, *values: str) -> str:
+    command = [helm, "template", "rel", str(CHART), "--kube-version", KUBE_VERSIONS[-1]]
+    for value in values:
+        command += ["--set", value]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0, "the render should have failed"
+    return result.stderr
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    return {
+        item["name"]: item.get("value", item.get("valueFrom"))
+        for item in container(deployment).get("env", [])
+    }
+
+
+@cache
+def closed_schema(file_name: str) -> dict[str, Any]:
+    """A CRD schema in which every object listing ``properties`` refuses other fields."""
+
+    def close(node: Any) -> Any:
+        if isinstance(node, dict):
+            node = {key: close(value) for key, value in node.items()}
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
+                node["additionalProperties"] = False
+            return node
+        if isinstance(node, list):
+            return [close(item) for item in node]
+        return node
+
+    schema: dict[str, Any] = close(json.loads((SCHEMAS / file_name).read_text()))
+    # apiVersion, kind and metadata are checked by the API server itself, not by the CRD schema.
+    schema.setdefault("properties", {})["metadata"] = {"type": "object"}
+    return schema
+
+
+def crd_validator(file_name: str) -> jsonschema.Draft7Validator:
+    """A validator for a CRD's OpenAPI v3 schema (draft 7 is the closest JSON Schema dialect).
+
+    The schema itself is not checked against the metaschema: CRDs carry Go regular expressions
+    (``^(?i)...``) that Python's ``re`` refuses, and they only matter for fields the chart never sets.
+    """
+    return jsonschema.Draft7Validator(closed_schema(file_name))
+
+
+# --------------------------------------------------------------------------------------------------
+# the flow is written once
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_chart_carries_the_current_flow() -> None:
+    carried = json.loads((CHART / "files" / "flow.json").read_text())
+    assert carried == flow_document(), (
+        "deploy/helm/skuforge/files/flow.json is stale: "
+        "skuforge flow --json > deploy/helm/skuforge/files/flow.json"
+    )
+
+
+def test_the_values_configure_exactly_the_stages_of_the_flow() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert sorted(values["stages"]) == sorted(STAGES)
+    # More members than partitions would hold nothing.
+    for name in STAGES:
+        stage = copy.deepcopy(values["stageDefaults"]["autoscaling"])
+        stage.update((values["stages"][name] or {}).get("autoscaling", {}))
+        assert stage["maxReplicas"] <= values["topicPartitions"]
+
+
+# --------------------------------------------------------------------------------------------------
+# helm lint, helm template, and what it renders
+# --------------------------------------------------------------------------------------------------
+
+
+def test_helm_lint_is_clean(helm: str) -> None:
+    result = subprocess.run(
+        [helm, "lint", "--strict", str(CHART), "--kube-version", KUBE_VERSIONS[-1]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_stage_is_a_deployment_of_its_own_scaled_by_keda_on_its_consumer_groups_lag(helm: str) -> None:
+    docs = render(helm)
+    deployments = of_kind(docs, "Deployment")
+    scaled = of_kind(docs, "ScaledObject")
+    for stage in PIPELINE:
+        deployment = deployments[f"rel-skuforge-{stage.name}"]
+        main = container(deployment)
+        assert main["args"] == ["run", stage.name]
+        assert main["ports"] == [{"name": "metrics", "containerPort": stage.metrics_port}]
+        assert "replicas" not in deployment["spec"], "with KEDA on, the ScaledObject owns the replica count"
+        env = env_of(deployment)
+        assert env["SKUFORGE_METRICS_PORT"] == str(stage.metrics_port)
+        # Static membership, stable for the pod's life.
+        assert env["SKUFORGE_GROUP_INSTANCE_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        assert main["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+        scaler = scaled[f"rel-skuforge-{stage.name}"]["spec"]
+        assert scaler["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+        triggers = scaler["triggers"]
+        assert {t["type"] for t in triggers} == {"kafka"}
+        assert [t["metadata"]["topic"] for t in triggers] == [topic.name for topic in stage.consumes]
+        assert {t["metadata"]["consumerGroup"] for t in triggers} == {f"skuforge.{stage.name}"}
+        assert {t["metadata"]["bootstrapServers"] for t in triggers} == {"kafka:9092"}
+    assert len(scaled) == len(PIPELINE)
+
+
+def test_names_follow_the_topic_namespace_and_group_prefix(helm: str) -> None:
+    docs = render(helm, "topicNamespace=staging.", "consumerGroupPrefix=sf-staging")
+    config = of_kind(docs, "ConfigMap")["rel-skuforge-settings"]["data"]
+    assert config["SKUFORGE_TOPIC_NAMESPACE"] == "staging."
+    assert config["SKUFORGE_CONSUMER_GROUP_PREFIX"] == "sf-staging"
+    trigger = of_kind(docs, "ScaledObject")["rel-skuforge-matting"]["spec"]["triggers"][0]["metadata"]
+    assert trigger["topic"] == "staging.image.generated.v1"
+    assert trigger["consumerGroup"] == "sf-staging.matting"
+
+
+def test_triton_gets_a_gpu_its_health_probes_and_shared_memory(helm: str) -> None:
+    docs = render(helm)
+    triton = of_kind(docs, "Deployment")["rel-skuforge-triton"]
+    main = container(triton)
+    assert main["image"] == "skuforge:0.1.0-cuda"
+    assert main["args"][:2] == ["serve", "generator"]
+    assert main["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert main["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert main["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert main["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
+    volumes = {v["name"]: v for v in triton["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in main["volumeMounts"]
+    # The generator stage calls it through its Service.
+    config = of_kind(docs, "ConfigMap")["rel-skuforge-settings"]["data"]
+    assert config["SKUFORGE_GENERATION_TRITON_URL"] == "rel-skuforge-triton:8001"
+    assert {
+        p["name"]: p["port"] for p in of_kind(docs, "Service")["rel-skuforge-triton"]["spec"]["ports"]
+    } == {
+        "http": 8000,
+        "grpc": 8001,
+        "metrics": 8002,
+    }
+
+
+def test_the_console_keeps_its_task_table_on_a_volume_and_runs_alone(helm: str) -> None:
+    docs = render(helm)
+    console = of_kind(docs, "Deployment")["rel-skuforge-console"]
+    assert console["spec"]["replicas"] == 1 and console["spec"]["strategy"] == {"type": "Recreate"}
+    main = container(console)
+    assert main["args"] == ["serve", "console"]
+    env = env_of(console)
+    assert env["SKUFORGE_CONSOLE_DB_PATH"].startswith("/data/")
+    assert env["SKUFORGE_CONSOLE_METRICS_PORT"] == str(CONSOLE.metrics_port)
+    assert {"name": "tasks", "mountPath": "/data"} in main["volumeMounts"]
+    (volume,) = console["spec"]["template"]["spec"]["volumes"]
+    claim = of_kind(docs, "PersistentVolumeClaim")[volume["persistentVolumeClaim"]["claimName"]]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # An existing claim replaces the chart's own.
+    docs = render(helm, "console.persistence.existingClaim=reviews")
+    assert not of_kind(docs, "PersistentVolumeClaim")
+    (volume,) = of_kind(docs, "Deployment")["rel-skuforge-console"]["spec"]["template"]["spec"]["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == "reviews"
+
+
+def test_every_skuforge_variable_the_chart_sets_is_a_setting_skuforge_reads(helm: str) -> None:
+    known = {ENV_PREFIX + name.upper() for model in SETTINGS_MODELS for name in model.model_fields}
+    docs = render(helm, "secret.values.SKUFORGE_CONSOLE_USERS=alice:pw")
+    names = set(of_kind(docs, "ConfigMap")["rel-skuforge-settings"]["data"])
+    names |= set(of_kind(docs, "Secret")["rel-skuforge-settings"]["stringData"])
+    for deployment in of_kind(docs, "Deployment").values():
+        names |= set(env_of(deployment))
+    unknown = {name for name in names if name.startswith(ENV_PREFIX)} - known
+    assert not unknown, f"the chart sets variables no settings model reads: {sorted(unknown)}"
+
+
+def test_a_stage_can_run_on_a_gpu_with_the_cuda_image(helm: str) -> None:
+    docs = render(
+        helm, "stages.matting.image.tag=0.1.0-cuda", "stages.matting.resources.limits.nvidia\\.com/gpu=1"
+    )
+    deployments = of_kind(docs, "Deployment")
+    matting = container(deployments["rel-skuforge-matting"])
+    assert matting["image"] == "skuforge:0.1.0-cuda"
+    assert matting["resources"]["limits"] == {"memory": "3Gi", "nvidia.com/gpu": 1}
+    assert container(deployments["rel-skuforge-gate"])["image"] == "skuforge:0.1.0"
+
+
+def test_without_autoscaling_the_values_set_the_replicas(helm: str) -> None:
+    docs = render(helm, "stageDefaults.autoscaling.enabled=false", "stages.matting.replicas=3")
+    assert not of_kind(docs, "ScaledObject")
+    deployments = of_kind(docs, "Deployment")
+    assert deployments["rel-skuforge-matting"]["spec"]["replicas"] == 3
+    assert deployments["rel-skuforge-gate"]["spec"]["replicas"] == 1
+
+
+def test_optional_parts_can_be_left_out(helm: str) -> None:
+    docs = render(
+        helm,
+        "triton.enabled=false",
+        "console.enabled=false",
+        "monitoring.podMonitors=false",
+        "monitoring.prometheusRule=false",
+        "topicsJob.enabled=false",
+        "staticMembership=false",
+    )
+    kinds = {doc["kind"] for doc in docs}
+    assert kinds == {"ConfigMap", "Secret", "Deployment", "ScaledObject"}
+    assert sorted(of_kind(docs, "Deployment")) == sorted(f"rel-skuforge-{name}" for name in STAGES)
+    assert "SKUFORGE_GENERATION_TRITON_URL" not in of_kind(docs, "ConfigMap")["rel-skuforge-settings"]["data"]
+    assert all("SKUFORGE_GROUP_INSTANCE_ID" not in env_of(d) for d in of_kind(docs, "Deployment").values())
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("stages.nosuch.replicas=2", "stages.nosuch: no such stage; the stages are captioner, generator"),
+        ("stages.matting.autoscaling.maxReplicas=7", "is more than topicPartitions (6)"),
+        ("settings.LOG_LEVEL=DEBUG", "settings.LOG_LEVEL: only SKUFORGE_* settings belong here"),
+    ],
+)
+def test_values_that_cannot_work_fail_the_render_saying_what_to_fix(
+    helm: str, value: str, message: str
+) -> None:
+    assert message in render_error(helm, value)
+
+
+# --------------------------------------------------------------------------------------------------
+# schema validation: Kubernetes kinds, and the CRDs
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_kubernetes_kinds_pass_kubernetes_validate_strict(
+    helm: str, tmp_path: Path, kube_version: str
+) -> None:
+    docs = render(helm, "secret.values.SKUFORGE_CONSOLE_USERS=alice:pw", kube_version=kube_version)
+    builtin = [doc for doc in docs if (doc["apiVersion"], doc["kind"]) not in CRD_SCHEMAS]
+    assert {doc["kind"] for doc in builtin} >= {"Deployment", "Service", "ConfigMap", "Secret", "Job"}
+    manifest = tmp_path / "builtin.yaml"
+    manifest.write_text(yaml.safe_dump_all(builtin))
+    result = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", kube_version, str(manifest)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert output.count("passed for resource") == len(builtin), output
+
+
+def test_keda_and_prometheus_operator_objects_match_their_crd_schemas(helm: str) -> None:
+    docs = render(helm)
+    custom = [doc for doc in docs if (doc["apiVersion"], doc["kind"]) in CRD_SCHEMAS]
+    assert {doc["kind"] for doc in custom} == {"ScaledObject", "PodMonitor", "PrometheusRule"}
+    for doc in custom:
+        crd_validator(CRD_SCHEMAS[doc["apiVersion"], doc["kind"]]).validate(doc)
+
+
+def test_the_crd_validation_refuses_a_misspelt_field(helm: str) -> None:
+    """The closed schema is not vacuous: a field KEDA does not know is refused."""
+    scaled = next(doc for doc in render(helm) if doc["kind"] == "ScaledObject")
+    misspelt = copy.deepcopy(scaled)
+    misspelt["spec"]["maxReplicas"] = misspelt["spec"].pop("maxReplicaCount")
+    with pytest.raises(jsonschema.ValidationError, match="maxReplicas"):
+        crd_validator(CRD_SCHEMAS["keda.sh/v1alpha1", "ScaledObject"]).validate(misspelt)
+    untyped = copy.deepcopy(scaled)
+    untyped["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 50  # KEDA wants strings there
+    with pytest.raises(jsonschema.ValidationError):
+        crd_validator(CRD_SCHEMAS["keda.sh/v1alpha1", "ScaledObject"]).validate(untyped)
+
+
+def test_the_prometheus_rule_holds_the_groups_of_every_rules_file(helm: str) -> None:
+    expected = [
+        group
+        for path in sorted((CHART / "rules").glob("*.yml"))
+        for group in (yaml.safe_load(path.read_text()) or {}).get("groups", [])
+    ]
+    assert expected, "deploy/helm/skuforge/rules/ holds no rule group"
+    (rule,) = of_kind(render(helm), "PrometheusRule").values()
+    assert rule["spec"]["groups"] == expected
+
+
+def test_the_chart_carries_the_pipeline_alert_rules() -> None:
+    """deploy/prometheus/alerts.yml (the pipeline's alerts) must reach the chart as rules/skuforge.yml."""
+    carried = CHART / "rules" / "skuforge.yml"
+    assert carried.exists() and carried.read_text() == PIPELINE_RULES.read_text(), (
+        "link the pipeline's rules into the chart: "
+        "ln -sf ../../../prometheus/alerts.yml deploy/helm/skuforge/rules/skuforge.yml"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# compose and the Dockerfile
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["compose.yaml", "compose.gpu.yaml"])
+def test_compose_files_follow_the_compose_specification(name: str) -> None:
+    schema = json.loads((SCHEMAS / "compose-spec.json").read_text())
+    document = yaml.safe_load((REPO / "deploy" / name).read_text())
+    # The file names draft 7 without the trailing "#", which jsonschema does not recognise.
+    jsonschema.Draft7Validator(schema).validate(document)
+
+
+def test_compose_runs_every_stage_of_the_flow_the_console_and_triton() -> None:
+    services = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())["services"]
+    commands = {name: service.get("command") for name, service in services.items()}
+    for stage in STAGES:
+        assert commands[stage] == ["run", stage]
+    assert commands["console"] == ["serve", "console"]
+    assert commands["triton"] == ["serve", "generator"]
+    assert commands["topics"] == ["topics", "create"]
+    for name, service in services.items():
+        assert set(service.get("depends_on", {})) <= set(services), f"{name} depends on a missing service"
+    stage_env = services["matting"]["environment"]
+    assert stage_env["SKUFORGE_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+
+
+def test_the_image_holds_every_package_and_runs_skuforge() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    packages = re.search(r"include = \[(.*?)\]", pyproject)
+    assert packages is not None
+    for pattern in re.findall(r'"(\w+)\*"', packages.group(1)):
+        assert f"COPY {pattern} {pattern}" in dockerfile, f"the Dockerfile does not copy {pattern}/"
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "skuforge"]' in dockerfile
+    assert "ARG VARIANT=cpu" in dockerfile and "VARIANT=cuda" in dockerfile
