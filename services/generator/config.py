@@ -108,7 +108,7 @@ class GenerationSettings(BaseSettings):
         "a photo's first folder is its tag, never used for a SKU of that series; unset = procedural only",
     )
     scenes_photo_share: float = Field(
-        default=0.8,
+        default=1.0,
         ge=0.0,
         le=1.0,
         description="share of composite variants placed on scene photos when SKUFORGE_SCENES_URI is set",
