@@ -48,6 +48,7 @@ class BackboneSpec:
     weights: Path | None = None
     tiny_width: int = 16  # tiny only: channels of the first layer
     seed: int = 0  # tiny only: its random weights
+    device: str = "auto"  # "auto": the GPU when torch sees one, else the CPU
 
 
 class Backbone:
@@ -55,7 +56,10 @@ class Backbone:
 
     def __init__(self, spec: BackboneSpec, net: nn.Module, backbone_id: str, dim: int) -> None:
         self.spec = spec
-        self.net = net.eval()
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
+        )
+        self.net = net.eval().to(self.device)
         self.backbone_id = backbone_id  # names the weights: part of every cache key
         self.dim = dim
 
@@ -71,7 +75,7 @@ class Backbone:
         out = [np.zeros((0, self.dim), dtype=np.float32)]
         for first in range(0, len(images), batch):
             x = torch.stack([self.preprocess(image) for image in images[first : first + batch]])
-            out.append(self.net(x).numpy().astype(np.float32))
+            out.append(self.net(x.to(self.device)).cpu().numpy().astype(np.float32))
         return np.concatenate(out)
 
 

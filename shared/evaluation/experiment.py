@@ -60,8 +60,8 @@ class Photo:
 @dataclass(frozen=True)
 class EvaluationConfig:
     seed: int = 0
-    l2: float = 1e-3
-    real_weight: float = 1.0  # loss weight of a real photo relative to a synthetic or augmented one
+    l2: float = 1e-2
+    real_weight: float = 4.0  # loss weight of a real photo relative to a synthetic or augmented one
     classic_px: int = 256
     curve: bool = True
     misclassified_shown: int = 8

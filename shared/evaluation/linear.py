@@ -15,20 +15,25 @@ def fit_predict(
     n_classes: int,
     *,
     weights: npt.NDArray[np.float32] | None = None,
-    l2: float = 1e-3,
+    l2: float = 1e-2,
     max_iter: int = 200,
     seed: int = 0,
 ) -> npt.NDArray[np.int64]:
     """Fit on (train_x, train_y) and return the predicted class of every row of test_x.
 
-    Features are standardised with the training set's mean and spread. L-BFGS on the whole set is
-    deterministic for a fixed seed, and a few hundred to a few thousand rows take seconds.
+    Every feature vector is scaled to unit length, then centred on the training mean and divided by
+    one global spread. Not per-feature standardisation: with one catalogue photo per class, features
+    that happen not to vary across the training photos (the white studio background) would be blown
+    up by their tiny spread and decide every in-store test photo (val, iconic only: 9% top-1 with
+    per-feature scaling, 36% with this). L-BFGS on the whole set is deterministic for a fixed seed.
     """
     if len(train_x) == 0:
         raise ValueError("no training images")
     torch.manual_seed(seed)
-    mean, spread = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
-    x = torch.from_numpy((train_x - mean) / spread)
+    train_unit, test_unit = _unit(train_x), _unit(test_x)
+    mean = train_unit.mean(axis=0)
+    spread = float(train_unit.std()) + 1e-6
+    x = torch.from_numpy((train_unit - mean) / spread)
     y = torch.from_numpy(train_y)
     w = torch.ones(len(train_y)) if weights is None else torch.from_numpy(weights.astype(np.float32))
     head = nn.Linear(x.shape[1], n_classes)
@@ -45,5 +50,10 @@ def fit_predict(
 
     optimiser.step(closure)
     with torch.no_grad():
-        scores = head(torch.from_numpy((test_x - mean) / spread))
+        scores = head(torch.from_numpy((test_unit - mean) / spread))
     return scores.argmax(dim=1).numpy().astype(np.int64)
+
+
+def _unit(features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return (features / np.maximum(norms, 1e-12)).astype(np.float32)
