@@ -28,6 +28,7 @@ import argparse
 import csv
 import hashlib
 import json
+import os
 import platform
 import shutil
 import sys
@@ -45,6 +46,7 @@ from shared.evaluation.leakage import check_disjoint
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KS = (0, 1, 3)
+STACK_RUN = "stack-run.json"  # under --workdir: what the last stack run generated, and how fast
 SPLITS = ("train", "val", "test")
 
 
@@ -229,8 +231,6 @@ def run_stack(skus_dir: Path, sku_ids: list[str], scenes_dir: Path, args: argpar
     """Ingest every SKU into a stack started with the scene library; returns images/min through it."""
     import os
 
-    # The stack's store, which this process reads back for the export.
-    os.environ["SKUFORGE_STORE_URI"] = f"file://{(args.workdir / 'stack' / 'store').resolve()}"
     os.environ["SKUFORGE_SCENES_URI"] = str(scenes_dir.resolve())
     os.environ["SKUFORGE_SCENES_PHOTO_SHARE"] = str(args.photo_share)
     os.environ["SKUFORGE_GENERATION_SIZE_PX"] = str(args.size)
@@ -258,7 +258,10 @@ def run_stack(skus_dir: Path, sku_ids: list[str], scenes_dir: Path, args: argpar
             raise SystemExit(f"the stack did not decide every image within {args.timeout_s:.0f}s")
         generated = state.count(IMAGE_GENERATED)
         elapsed_min = (time.monotonic() - started) / 60
-    return round(generated / elapsed_min, 1)
+    throughput = round(generated / elapsed_min, 1)
+    run = {"images": generated, "minutes": round(elapsed_min, 2), "images_per_min": throughput}
+    (args.workdir / STACK_RUN).write_text(json.dumps(run) + "\n")
+    return throughput
 
 
 def stack_training(k: int, classes: list[str], args: argparse.Namespace, export_dir: Path) -> list[Photo]:
@@ -310,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         help="with --split val: also score on the train photos no SKU and no scene uses (less noise)",
     )
     parser.add_argument("--k", default="0,1,3", help="real in-store photos per SKU, comma-separated")
+    parser.add_argument(
+        "--reuse-stack",
+        action="store_true",
+        help="stack mode: score what the last stack run of --workdir stored instead of running it again",
+    )
     parser.add_argument("--classes", type=int, default=None, help="only the first N classes (a smoke run)")
     parser.add_argument("--variants-per-sku", type=int, default=12)
     parser.add_argument("--scenes-per-class", type=int, default=4, help="train photos per class as scenes")
@@ -326,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         "--matting-model", default=None, help="in-process masks (default: the committed model)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--l2", type=float, default=1e-3)
-    parser.add_argument("--real-weight", type=float, default=1.0)
+    parser.add_argument("--l2", type=float, default=1e-2)
+    parser.add_argument("--real-weight", type=float, default=4.0)
     parser.add_argument("--timeout-s", type=float, default=7200.0)
     parser.add_argument("--workdir", type=Path, default=Path("var/augment"))
     parser.add_argument(
@@ -360,13 +368,21 @@ def main(argv: list[str] | None = None) -> int:
         reference=[(str(path), sha256_file(path)) for path in used],
         scene=[(str(path), sha256_file(path)) for paths in scenes.values() for path in paths],
     )
-    scenes_dir = write_scene_library(scenes, args.workdir / "scenes")
+    scenes_dir = args.workdir / "scenes"
+    if not args.reuse_stack:
+        write_scene_library(scenes, scenes_dir)
     backbone = open_backbone(BackboneSpec())
     featurizer = Featurizer(backbone, FeatureCache(args.workdir / "features"))
     config = EvaluationConfig(seed=args.seed, l2=args.l2, real_weight=args.real_weight)
 
     throughput = None
     if args.mode == "stack":
+        # The stack's store, which the stack writes and this process reads back for the export.
+        os.environ["SKUFORGE_STORE_URI"] = f"file://{(args.workdir / 'stack' / 'store').resolve()}"
+    if args.mode == "stack" and args.reuse_stack:
+        # Score again what the last stack run of this workdir stored (e.g. after a classifier change).
+        throughput = json.loads((args.workdir / STACK_RUN).read_text())["images_per_min"]
+    elif args.mode == "stack":
         sku_ids = write_sku_folders(all_refs, args.workdir / "skus")
         throughput = run_stack(args.workdir / "skus", sku_ids, scenes_dir, args)
     results: dict[str, Any] = {}
