@@ -13,7 +13,8 @@
    throughput) and writes ``<out>/report.html`` with the pictures: the real photos with the masks
    the captioner cut, and the generated images with theirs.
 
-CPU defaults: the composite generation backend and the committed U2-NetP. With
+CPU defaults: the composite generation backend and the committed U2-NetP; real SKUs are composited
+onto the sample store photos of ``samples/grocerystore-scenes/`` unless ``SKUFORGE_SCENES_URI`` is set. With
 ``SKUFORGE_DIFFUSION_MODEL`` set and a GPU present, the stack it starts serves diffusion + LoRA
 instead, same command (``SKUFORGE_GENERATION_BACKEND`` forces either).
 """
@@ -53,6 +54,8 @@ from shared.store import ObjectStore, open_store
 STACK_START_TIMEOUT_S = 600.0
 # The real photos the demo runs on by default; where each comes from: samples/grocerystore/README.md.
 SAMPLE_SKUS = Path(__file__).resolve().parents[2] / "samples" / "grocerystore"
+# The scenes real SKUs are composited onto unless SKUFORGE_SCENES_URI names others (not --synthetic).
+SAMPLE_SCENES = Path(__file__).resolve().parents[2] / "samples" / "grocerystore-scenes"
 # --synthetic's options: flag, default, help.
 SYNTHETIC_OPTIONS: tuple[tuple[str, int, str], ...] = (
     ("--synthetic-skus", 3, "synthetic SKUs"),
@@ -267,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     photos = sum(len(sku.photos) for sku in prepared)
     _say(f"{len(sku_ids)} SKUs, {photos} photos, from {_shown(skus_dir)}")
 
+    if not args.synthetic and not os.environ.get("SKUFORGE_SCENES_URI") and SAMPLE_SCENES.is_dir():
+        # Real photos go on real scenes (docs/evaluation.md: what that does for a classifier).
+        os.environ["SKUFORGE_SCENES_URI"] = str(SAMPLE_SCENES)
+        _say(f"scenes: the sample store photos in {_shown(SAMPLE_SCENES)} (SKUFORGE_SCENES_URI sets yours)")
     workdir = args.workdir.resolve()
     with stack(workdir, variants=args.variants, keep_running=args.keep_running) as running:
         os.environ.update(running["env"])  # the stack's Kafka, store, topics, console database
