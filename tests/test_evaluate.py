@@ -316,7 +316,9 @@ def test_synthetic_images_that_look_like_the_test_photos_beat_misleading_real_on
         training += colour_photos(sku, "real", shifted(skus, index, 1), 1, 10 * index)
         training += colour_photos(sku, "synthetic", COLOURS[sku], 6, 100 + 10 * index)
         heldout += colour_photos(sku, "real", COLOURS[sku], 4, 200 + 10 * index)
-    result = run_evaluation(training, heldout, featurizer, EvaluationConfig(seed=3, classic_px=32, real_weight=1.0))
+    result = run_evaluation(
+        training, heldout, featurizer, EvaluationConfig(seed=3, classic_px=32, real_weight=1.0)
+    )
     assert result.top1["A"] <= 0.25 and result.top1["A'"] <= 0.25
     assert result.top1["B"] >= 0.9 and result.top1["C"] >= 0.9
     # B' also has classic augmentations of the misleading photos, as many as synthetic ones.
@@ -339,7 +341,9 @@ def test_synthetic_images_of_the_wrong_look_hurt_and_are_counted(featurizer: Fea
         training += colour_photos(sku, "real", COLOURS[sku], 2, 10 * index)
         training += colour_photos(sku, "synthetic", shifted(skus, index, 1), 8, 100 + 10 * index)
         heldout += colour_photos(sku, "real", COLOURS[sku], 4, 200 + 10 * index)
-    result = run_evaluation(training, heldout, featurizer, EvaluationConfig(seed=3, classic_px=32, real_weight=1.0))
+    result = run_evaluation(
+        training, heldout, featurizer, EvaluationConfig(seed=3, classic_px=32, real_weight=1.0)
+    )
     assert result.top1["A"] >= 0.9
     assert result.top1["B"] <= 0.5 and result.top1["C"] <= 0.1
     assert all(gain <= -0.5 for gain in result.gain.values()), result.gain
