@@ -270,11 +270,19 @@ def main(argv: list[str] | None = None) -> int:
     photos = sum(len(sku.photos) for sku in prepared)
     _say(f"{len(sku_ids)} SKUs, {photos} photos, from {_shown(skus_dir)}")
 
-    if not args.synthetic and not os.environ.get("SKUFORGE_SCENES_URI") and SAMPLE_SCENES.is_dir():
+    workdir = args.workdir.resolve()
+    running_state = read_state(workdir)
+    starts_stack = running_state is None or running_state.get("state") != "ready"
+    # Scenes are the generator's start-up setting: a stack that already runs keeps its own.
+    if (
+        starts_stack
+        and not args.synthetic
+        and not os.environ.get("SKUFORGE_SCENES_URI")
+        and SAMPLE_SCENES.is_dir()
+    ):
         # Real photos go on real scenes (docs/evaluation.md: what that does for a classifier).
         os.environ["SKUFORGE_SCENES_URI"] = str(SAMPLE_SCENES)
         _say(f"scenes: the sample store photos in {_shown(SAMPLE_SCENES)} (SKUFORGE_SCENES_URI sets yours)")
-    workdir = args.workdir.resolve()
     with stack(workdir, variants=args.variants, keep_running=args.keep_running) as running:
         os.environ.update(running["env"])  # the stack's Kafka, store, topics, console database
         code = run_flow(args, running, skus_dir, sku_ids, started)
