@@ -43,6 +43,7 @@ from PIL import Image
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import EvaluationConfig, Featurizer, Photo, run_evaluation
 from shared.evaluation.leakage import check_disjoint
+from shared.store import sha256_hex
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KS = (0, 1, 3)
@@ -119,7 +120,7 @@ def write_scene_library(scenes: dict[str, list[Path]], folder: Path) -> Path:
 
 
 def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_hex(path.read_bytes())
 
 
 def file_photo(sku_id: str, source: str, path: Path) -> Photo:

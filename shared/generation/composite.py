@@ -284,20 +284,28 @@ def render_variant(
         img += premul
     if plan.shadow != "none":
         _shadow(img, product, plan, placement)
-    composite_layer(img, product)
+    expected_mask = _composite_product(img, product, _occluders(plan.occluders, extra_rng, product, size))
+    _light(img, plan, size)
+    return _finish(img, plan, size, noise_rng), expected_mask
 
-    # How much of each pixel is the product's own colour: its coverage, minus what occluders hide.
-    visible = np.zeros((size, size), dtype=F32)
+
+def _composite_product(
+    img: npt.NDArray[np.float32], product: Layer, occluders: list[Layer]
+) -> npt.NDArray[np.uint8]:
+    """Blend the product, then the occluders in front of it, into ``img``; returns the expected mask.
+
+    The mask is how much of each pixel is the product's own colour (its coverage, minus what the
+    occluders hide), at or above one half.
+    """
+    composite_layer(img, product)
+    visible = np.zeros(img.shape[1:], dtype=F32)
     h, w = product.alpha.shape
     visible[product.y0 : product.y0 + h, product.x0 : product.x0 + w] = product.alpha
-    for layer in _occluders(plan.occluders, extra_rng, product, size):
+    for layer in occluders:
         composite_layer(img, layer)
         h, w = layer.alpha.shape
         visible[layer.y0 : layer.y0 + h, layer.x0 : layer.x0 + w] *= 1.0 - layer.alpha
-    expected_mask = np.where(visible >= 0.5, 255, 0).astype(np.uint8)
-
-    _light(img, plan, size)
-    return _finish(img, plan, size, noise_rng), expected_mask
+    return np.where(visible >= 0.5, 255, 0).astype(np.uint8)
 
 
 def _finish(
@@ -354,17 +362,8 @@ def render_photo_variant(
     _match_to_scene(product, img, plan.scene_match)
     if plan.shadow != "none":
         _shadow(img, product, plan, Placement.around(corners, size))
-    composite_layer(img, product)
-
-    visible = np.zeros((size, size), dtype=F32)
-    ph, pw = product.alpha.shape
-    visible[product.y0 : product.y0 + ph, product.x0 : product.x0 + pw] = product.alpha
-    if plan.occluders > 0:
-        occluder = _scene_occluder(scene, product, size, scene_rng)
-        composite_layer(img, occluder)
-        oh, ow = occluder.alpha.shape
-        visible[occluder.y0 : occluder.y0 + oh, occluder.x0 : occluder.x0 + ow] *= 1.0 - occluder.alpha
-    expected_mask = np.where(visible >= 0.5, 255, 0).astype(np.uint8)
+    occluders = [_scene_occluder(scene, product, size, scene_rng)] if plan.occluders > 0 else []
+    expected_mask = _composite_product(img, product, occluders)
     _light(img, plan, size)
     return _finish(img, plan, size, noise_rng), expected_mask
 
