@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field, JsonValue
+from pydantic import Field, JsonValue, field_validator
 
 from schemas.common import Contract, ImageRef, SafeId, SkuMetadata
 
@@ -86,6 +86,19 @@ class ImageGenerated(Contract):
     seed: int
     variant_index: int = Field(ge=0)
     parameters: dict[str, JsonValue] = Field(default_factory=dict, description="variant parameters used")
+    colour_gain: tuple[float, float, float] | None = Field(
+        default=None,
+        description="per-channel (R, G, B) gain the generator applied to the product's colours on purpose "
+        "(matching a photo scene's white balance); the gate applies it to the reference photo before it "
+        "measures colour drift. None: no deliberate change",
+    )
+
+    @field_validator("colour_gain")
+    @classmethod
+    def _positive_gain(cls, gain: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if gain is not None and not all(0.0 < value < 16.0 for value in gain):
+            raise ValueError(f"colour_gain values must be in (0, 16), got {gain}")
+        return gain
 
 
 class ImageMatted(Contract):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from schemas.events import GateCheck
 from services.gate.config import GateSettings
 from shared.config import ConfigError, load_settings
 from shared.gate.checks import (
+    MAX_DECLARED_GAIN,
     GateThresholds,
     borders_touched,
     colour_drift,
@@ -184,6 +186,43 @@ def test_painted_over_product_is_flagged_as_drift() -> None:
     mask = box(16, 16, 48, 48)
     _, passed = run_checks(mask, mask, image=solid((30, 30, 200)))
     assert not passed["product_drift"] and passed["iou_below_threshold"]
+
+
+def drift_check(image: np.ndarray, colour_gain: tuple[float, float, float] | None) -> GateCheck:
+    mask = box(16, 16, 48, 48)
+    _, checks = evaluate(
+        predicted_mask=mask,
+        expected_mask=mask,
+        image=image,
+        reference_image=solid((200, 120, 60)),
+        reference_mask=mask,
+        thresholds=GateThresholds(),
+        colour_gain=colour_gain,
+    )
+    return checks[-1]
+
+
+def test_a_declared_scene_match_is_not_drift_but_the_same_change_undeclared_is() -> None:
+    # The product's white balance pulled towards a bluish scene, as the composite backend does it.
+    gain = (0.8, 1.0, 1.6)
+    matched = solid((160, 120, 96))  # (200, 120, 60) x gain
+    undeclared = drift_check(matched, None)
+    assert not undeclared.passed and undeclared.value > 20
+    declared = drift_check(matched, gain)
+    assert declared.passed and declared.value < 1 and "declared colour gain" in declared.message
+    # Declaring a gain does not excuse a different change on top of it.
+    assert not drift_check(solid((60, 160, 96)), gain).passed
+
+
+def test_a_declared_gain_is_clipped_like_the_generator_clips() -> None:
+    # A bright channel saturates in the generated image; the reference is clipped alike.
+    assert drift_check(solid((255, 144, 72)), (1.5, 1.2, 1.2)).passed
+
+
+def test_a_declared_gain_beyond_the_limit_fails_by_itself() -> None:
+    check = drift_check(solid((200, 120, 60)), (1.0, 1.0, MAX_DECLARED_GAIN * 1.1))
+    assert not check.passed and check.code == "product_drift"
+    assert "beyond" in check.message and check.threshold == MAX_DECLARED_GAIN
 
 
 def test_drift_is_skipped_without_a_reference_region() -> None:

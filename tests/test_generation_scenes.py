@@ -14,10 +14,12 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from schemas.events import GateCheck
 from services.generator.config import GenerationSettings
 from services.generator.server import load_scenes
 from shared.config import load_settings
-from shared.generation.backend import GenerationRequest
+from shared.gate.checks import GateThresholds, evaluate
+from shared.generation.backend import COLOUR_GAIN_KEY, GenerationRequest
 from shared.generation.composite import PHOTO_SCENE, CompositeBackend
 from shared.generation.scenes import SCENES_SKIPPED, Scene, SceneLibrary
 from shared.images import encode_png
@@ -85,6 +87,42 @@ def test_colour_matched_product_is_one_colour_inside_its_mask() -> None:
     assert np.ptp(inside, axis=0).max() <= 1
     matched = inside.mean(axis=0)
     assert matched[1] / matched[0] > 1.1 * mauve[1] / mauve[0]  # greener than the reference product
+
+
+def test_the_reported_colour_gain_is_what_the_scene_match_applied_and_the_gate_accepts_it() -> None:
+    # The same colour-matched mauve product: the gain the backend reports is the change inside the
+    # mask, and the gate's drift check, given it, sees the match as no drift at all.
+    mauve = np.array([200, 70, 160], dtype=np.uint8)
+    reference, mask = marker_reference()
+    reference[mask > 0] = mauve
+    backend = CompositeBackend(library(("shelves/green.png", textured_scene(240, 320, (40, 150, 60)))), 1.0)
+    parameters = {**PLAIN, "scene_match": 0.6, "scene_key": "shelves/green.png"}
+    sample = backend.generate(request(reference, mask, seed=2, scene=PHOTO_SCENE, **parameters))[0]
+    gain = tuple(sample.parameters[COLOUR_GAIN_KEY])
+    assert len(gain) == 3 and gain[1] > 1.05 > 0.97 > gain[0]
+    inside = sample.image[ndimage.binary_erosion(sample.expected_mask > 0, iterations=3)].mean(axis=0)
+    assert np.allclose(inside, mauve * np.array(gain), atol=2.0)
+
+    def drift(colour_gain: tuple[float, ...] | None) -> GateCheck:
+        _, checks = evaluate(
+            predicted_mask=sample.expected_mask,
+            expected_mask=sample.expected_mask,
+            image=sample.image,
+            reference_image=reference,
+            reference_mask=mask,
+            thresholds=GateThresholds(drift_tolerance=5.0),
+            colour_gain=colour_gain,  # type: ignore[arg-type]
+        )
+        return checks[-1]
+
+    # (What is left is the anti-aliased outline, where the scene shows through.)
+    assert not drift(None).passed
+    assert drift(gain).passed and drift(gain).value < drift(None).value / 3
+    # Without scene matching there is nothing to declare.
+    plain = backend.generate(
+        request(reference, mask, seed=2, scene=PHOTO_SCENE, **{**parameters, "scene_match": 0.0})
+    )[0]
+    assert plain.parameters[COLOUR_GAIN_KEY] == [1.0, 1.0, 1.0]
 
 
 def test_a_scene_smaller_than_the_canvas_is_scaled_up() -> None:
@@ -174,6 +212,7 @@ def test_photo_variant_parameters_replay_the_image_byte_for_byte() -> None:
         replay = backend.generate(request(reference, mask, seed=999, n=1, size=128, **parameters))[0]
         assert encode_png(replay.image) == encode_png(sample.image)
         assert np.array_equal(replay.expected_mask, sample.expected_mask)
+        assert replay.parameters == sample.parameters  # the measured colour gain included
 
 
 def test_scenes_uri_in_the_generator_settings_builds_the_library(

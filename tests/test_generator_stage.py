@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.demo.demo import SAMPLE_SCENES
 from schemas.common import SkuMetadata
 from schemas.envelope import DeadLetter, Envelope
 from schemas.events import CaptionedPhoto, ImageGenerated, SkuCaptioned
@@ -18,6 +19,7 @@ from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
 from services.generator.config import GenerationSettings
 from services.generator.stage import backend_counts, build_stage, plan_variants
 from shared.config import load_settings
+from shared.generation.backend import COLOUR_GAIN_KEY
 from shared.images import decode_image, decode_mask
 from shared.store import ObjectStore
 from shared.synth import make_product, render_photo
@@ -285,3 +287,32 @@ def test_backend_mix_and_the_chosen_adapter_reach_the_events(kafka_bootstrap: st
     for event in events:
         mask = decode_mask(stage.store.read_verified(event.expected_mask))
         assert mask.shape == (64, 64) and (mask > 0).any()
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_photo_scene_variants_declare_the_colour_gain_of_their_scene_match(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """On the sample store photos, each event says what the scene match did to the product's colours
+    (for the gate's drift check), and its parameters stay a replayable recipe without it."""
+    server = TritonServerProcess(tmp_path, extra_env={"SKUFORGE_SCENES_URI": str(SAMPLE_SCENES)})
+    server.start()
+    try:
+        settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "stage-store"))
+        create_topics(settings, SKU_CAPTIONED, IMAGE_GENERATED)
+        stage = build_stage(settings=settings, generation=generation_settings(server))
+        produce(settings, SKU_CAPTIONED, [captioned_sku(stage.store, 41)])
+        with running(stage):
+            records = read_topic(
+                kafka_bootstrap, settings.topic_name(IMAGE_GENERATED), expect=VARIANTS, timeout_s=120
+            )
+    finally:
+        server.stop()
+    events = [Envelope[ImageGenerated].model_validate_json(r.value).payload for r in records]
+    assert len(events) == VARIANTS
+    for event in events:
+        assert event.parameters["scene"] == "photo" and COLOUR_GAIN_KEY not in event.parameters
+        assert event.colour_gain is not None and all(0.5 < g < 2.0 for g in event.colour_gain)
+    # The match moves colours (scene_match is drawn from 0.2..0.6): not every gain is exactly one.
+    assert any(g != 1.0 for event in events for g in event.colour_gain or ())

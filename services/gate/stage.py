@@ -87,6 +87,7 @@ def handle(
         reference_image=reference_image,
         reference_mask=reference_mask,
         thresholds=gate.thresholds_for(generated.sku.category),
+        colour_gain=generated.colour_gain,
     )
     reasons = failed_reasons(checks)
     metrics.iou.observe(iou)

@@ -48,6 +48,7 @@ from services.generator.config import GenerationSettings
 from services.generator.protocol import VariantRequest, VariantResult, model_name
 from shared.config import Settings, load_settings
 from shared.errors import BadInput
+from shared.generation.backend import COLOUR_GAIN_KEY
 from shared.images import decode_image, decode_mask
 from shared.runtime import Context, Emit, Stage, run_stage
 
@@ -277,6 +278,8 @@ def _store_variant(
     item_id = derive_id(event.event_id, STAGE_NAME, str(planned.variant_index))
     assert planned.photo.mask is not None
     parameters: dict[str, Any] = json.loads(result.parameters_json)
+    # Measured by the backend, not a knob: typed on the event, so the parameters stay a replay recipe.
+    colour_gain = parameters.pop(COLOUR_GAIN_KEY, None)
     generated = ImageGenerated(
         item_id=item_id,
         sku=captioned.sku,
@@ -293,6 +296,7 @@ def _store_variant(
         seed=planned.seed,
         variant_index=planned.variant_index,
         parameters=parameters,
+        colour_gain=tuple(colour_gain) if colour_gain is not None else None,
     )
     ctx.metrics.images.labels(ctx.stage, planned.backend).inc()
     return Emit(IMAGE_GENERATED, generated, key=f"variant-{planned.variant_index}")

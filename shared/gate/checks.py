@@ -11,7 +11,10 @@ The checks, each reported as a ``GateCheck`` (code, passed, value, threshold, me
 ``mask_full_frame``          predicted foreground fraction > ``max_foreground_fraction`` (most of the frame)
 ``mask_touches_all_borders`` the predicted mask runs along all four borders (background taken as product)
 ``product_drift``            colour statistics of the product region differ from the reference photo's
-                             product region by more than ``drift_tolerance`` (Lab units, see ``colour_drift``)
+                             product region by more than ``drift_tolerance`` (Lab units, see
+                             ``colour_drift``), once the colour gain the generator declares it applied on
+                             purpose (matching a photo scene's white balance) is applied to the reference
+                             too; a declared gain beyond ``MAX_DECLARED_GAIN`` in any channel fails by itself
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from shared.arith.colour import srgb_to_lab
 
 __all__ = [
     "BORDER_TOUCH_FRACTION",
+    "MAX_DECLARED_GAIN",
     "MIN_REGION_PIXELS",
     "ColourStats",
     "GateThresholds",
@@ -49,6 +53,9 @@ BORDER_TOUCH_FRACTION = 0.25
 MIN_REGION_PIXELS = 64
 # Lighting changes (what the generator is allowed to do) move L* most, so ΔL* counts half.
 LIGHTNESS_WEIGHT = 0.5
+# The most a generator may declare it changed a channel of the product on purpose (either way): the
+# composite backend's scene match stays within about 1.6; more would be repainting, not matching.
+MAX_DECLARED_GAIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -127,8 +134,14 @@ class ColourStats:
     pixels: int
 
 
-def colour_stats(image: UInt8Array, mask: UInt8Array | BoolArray) -> ColourStats | None:
-    """Lab statistics of ``image`` under ``mask``; None when the region is too small to mean anything."""
+def colour_stats(
+    image: UInt8Array, mask: UInt8Array | BoolArray, gain: tuple[float, float, float] | None = None
+) -> ColourStats | None:
+    """Lab statistics of ``image`` under ``mask``; None when the region is too small to mean anything.
+
+    ``gain`` (per channel, R, G, B) is applied to the pixels first, clipped at 255 as a generator
+    clips: the statistics of the region as it looks after a known, deliberate colour change.
+    """
     pixels = np.asarray(image)
     on = _on(mask)
     if pixels.shape[:2] != on.shape or pixels.ndim != 3 or pixels.shape[2] != 3:
@@ -136,7 +149,10 @@ def colour_stats(image: UInt8Array, mask: UInt8Array | BoolArray) -> ColourStats
     count = int(np.count_nonzero(on))
     if count < MIN_REGION_PIXELS:
         return None
-    lab = srgb_to_lab(pixels[on].astype(np.uint8)).astype(np.float64)
+    region = pixels[on].astype(np.uint8)
+    if gain is not None:
+        region = np.clip(region * np.asarray(gain, dtype=np.float64) + 0.5, 0, 255).astype(np.uint8)
+    lab = srgb_to_lab(region).astype(np.float64)
     mean, std = lab.mean(axis=0), lab.std(axis=0)
     return ColourStats(
         mean_lab=(float(mean[0]), float(mean[1]), float(mean[2])),
@@ -166,11 +182,13 @@ def evaluate(
     reference_image: UInt8Array,
     reference_mask: UInt8Array,
     thresholds: GateThresholds,
+    colour_gain: tuple[float, float, float] | None = None,
 ) -> tuple[float, list[GateCheck]]:
     """Run every check on one item; returns the IoU and the checks in a fixed order.
 
     The product region of the generated image is where the expected mask says the product's own
-    pixels are; a shifted expected mask therefore also shows up as drift.
+    pixels are; a shifted expected mask therefore also shows up as drift. ``colour_gain`` is what the
+    generator declares it applied to the product's colours on purpose (``ImageGenerated.colour_gain``).
     """
     iou = mask_iou(predicted_mask, expected_mask)
     fraction = foreground_fraction(predicted_mask)
@@ -206,7 +224,9 @@ def evaluate(
             threshold=4.0,
             message=f"predicted mask runs along {touched} of 4 borders",
         ),
-        _drift_check(image, expected_mask, predicted_mask, reference_image, reference_mask, thresholds),
+        _drift_check(
+            image, expected_mask, predicted_mask, reference_image, reference_mask, thresholds, colour_gain
+        ),
     ]
     return iou, checks
 
@@ -218,9 +238,23 @@ def _drift_check(
     reference_image: UInt8Array,
     reference_mask: UInt8Array,
     thresholds: GateThresholds,
+    colour_gain: tuple[float, float, float] | None,
 ) -> GateCheck:
     tolerance = thresholds.drift_tolerance
-    reference = colour_stats(reference_image, reference_mask)
+    if colour_gain is not None and not all(
+        1 / MAX_DECLARED_GAIN <= g <= MAX_DECLARED_GAIN for g in colour_gain
+    ):
+        shown = ", ".join(f"{g:.2f}" for g in colour_gain)
+        return GateCheck(
+            code="product_drift",
+            passed=False,
+            value=float(max(max(colour_gain), 1 / min(colour_gain))),
+            threshold=MAX_DECLARED_GAIN,
+            message=f"the generator declares a colour gain of ({shown}) on the product, "
+            f"beyond x{MAX_DECLARED_GAIN:g} either way",
+        )
+    # Like with like: the reference as the declared, deliberate change leaves it.
+    reference = colour_stats(reference_image, reference_mask, colour_gain)
     # An empty expected mask is already an IoU failure; fall back to the predicted region.
     product = colour_stats(image, expected_mask) or colour_stats(image, predicted_mask)
     if reference is None or product is None:
@@ -238,7 +272,8 @@ def _drift_check(
         passed=drift <= tolerance,
         value=drift,
         threshold=tolerance,
-        message=f"product colours moved {drift:.1f} Lab units from the reference (tolerance {tolerance:.1f})",
+        message=f"product colours moved {drift:.1f} Lab units from the reference (tolerance {tolerance:.1f})"
+        + (" with the declared colour gain applied to the reference" if colour_gain is not None else ""),
     )
 
 

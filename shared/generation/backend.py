@@ -26,6 +26,12 @@ if TYPE_CHECKING:
     from shared.generation.scenes import SceneLibrary
 
 BACKEND_NAMES = ("composite", "diffusion")
+# A sample's parameters may report, under this key, the per-channel (R, G, B) gain a backend applied
+# to the product's own colours on purpose (the composite backend's match to a photo scene). It is
+# measured, not a knob: the generator stage moves it to ``ImageGenerated.colour_gain``, and the gate
+# applies it to the reference photo before it measures colour drift, so a deliberate match is not
+# flagged as drift.
+COLOUR_GAIN_KEY = "applied_colour_gain"
 
 
 @dataclass(frozen=True)

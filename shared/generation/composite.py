@@ -14,7 +14,9 @@ Every knob is drawn up front from ``SeedSequence([seed, variant])`` in a fixed o
 key given in ``request.parameters`` replaces the drawn value, so overriding one knob never moves
 the others; the backdrop, the other products and the noise come from the plan's ``scene_seed``.
 The values used are returned as the sample's ``parameters``: sent back as parameters, they
-reproduce the image byte for byte.
+reproduce the image byte for byte. A photo variant also reports the colour gain its scene match
+applied (``applied_colour_gain``, measured, ignored when sent back), so that the gate can tell a
+deliberate match from colour drift.
 
 With a scene library (``SKUFORGE_SCENES_URI``, ``shared/generation/scenes.py``), a share of the
 variants (``SKUFORGE_SCENES_PHOTO_SHARE``) go on real photos instead (``scene="photo"``): a crop of
@@ -41,7 +43,13 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFilter
 
-from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome, generate_one_by_one
+from shared.generation.backend import (
+    COLOUR_GAIN_KEY,
+    GeneratedSample,
+    GenerationRequest,
+    RowOutcome,
+    generate_one_by_one,
+)
 from shared.generation.scenes import SceneLibrary
 from shared.synth.backgrounds import BACKGROUNDS, BUILDERS, GROUNDED, Placement, Stand, to_image
 from shared.synth.products import make_product
@@ -137,7 +145,12 @@ class _Plan:
         return _Plan(**values)
 
     def override(self, parameters: dict[str, Any], scenes: SceneLibrary | None = None) -> _Plan:
-        """This plan with the keys of ``parameters`` replaced; unknown keys and bad values are errors."""
+        """This plan with the keys of ``parameters`` replaced; unknown keys and bad values are errors.
+
+        ``applied_colour_gain`` is reported, not drawn (it is measured from the scene), so a replayed
+        parameter set may carry it: it is ignored.
+        """
+        parameters = {key: value for key, value in parameters.items() if key != COLOUR_GAIN_KEY}
         known = self.__dataclass_fields__
         unknown = sorted(set(parameters) - set(known))
         if unknown:
@@ -207,9 +220,10 @@ class CompositeBackend:
             scene_rng, extra_rng, noise_rng = (
                 np.random.default_rng(s) for s in np.random.SeedSequence(plan.scene_seed).spawn(3)
             )
+            parameters = plan.as_json()
             if plan.scene == PHOTO_SCENE:
                 assert self.scenes is not None  # override() checked it
-                image, expected_mask = render_photo_variant(
+                image, expected_mask, gain = render_photo_variant(
                     cutout,
                     plan,
                     request.size,
@@ -217,13 +231,15 @@ class CompositeBackend:
                     scene_rng=scene_rng,
                     noise_rng=noise_rng,
                 )
+                # Measured, not a knob: the gate applies it to the reference before it measures drift.
+                parameters[COLOUR_GAIN_KEY] = [round(float(g), 6) for g in gain]
             else:
                 image, expected_mask = render_variant(
                     cutout, plan, request.size, scene_rng=scene_rng, extra_rng=extra_rng, noise_rng=noise_rng
                 )
             samples.append(
                 GeneratedSample(
-                    image=image, expected_mask=expected_mask, parameters=plan.as_json(), adapter_id=None
+                    image=image, expected_mask=expected_mask, parameters=parameters, adapter_id=None
                 )
             )
         return samples
@@ -350,8 +366,12 @@ def render_photo_variant(
     *,
     scene_rng: np.random.Generator,
     noise_rng: np.random.Generator,
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
-    """One image and its expected mask on a real photo ``scene`` (H x W x 3 uint8, any size)."""
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+    """One image, its expected mask and the colour gain matched to the scene, on a real photo ``scene``.
+
+    ``scene`` is H x W x 3 uint8, any size; the gain is per channel (R, G, B), applied to the product's
+    pixels only, and 1.0 where nothing was matched.
+    """
     img = _photo_backdrop(scene, size, plan.scene_blur * size, scene_rng)
     # Frame the product as its reference photo does: the same share of the frame, give or take.
     w, h = cutout.rgba.size
@@ -359,13 +379,13 @@ def render_photo_variant(
     height_fraction = float(np.clip(fill * min(1.0, h / w), 0.05, 0.95))
     placed = _Plan(**{**plan.__dict__, "height_fraction": height_fraction})
     product, corners = _place_product(cutout, placed, size)
-    _match_to_scene(product, img, plan.scene_match)
+    gain = _match_to_scene(product, img, plan.scene_match)
     if plan.shadow != "none":
         _shadow(img, product, plan, Placement.around(corners, size))
     occluders = [_scene_occluder(scene, product, size, scene_rng)] if plan.occluders > 0 else []
     expected_mask = _composite_product(img, product, occluders)
     _light(img, plan, size)
-    return _finish(img, plan, size, noise_rng), expected_mask
+    return _finish(img, plan, size, noise_rng), expected_mask, gain
 
 
 def _photo_backdrop(
@@ -387,21 +407,26 @@ def _photo_backdrop(
     return np.ascontiguousarray(np.moveaxis(np.asarray(full, dtype=F32) * F32(1.0 / 255.0), -1, 0))
 
 
-def _match_to_scene(product: Layer, img: npt.NDArray[np.float32], strength: float) -> None:
-    """Move the product's white balance and brightness part of the way to the scene's (in place)."""
+def _match_to_scene(product: Layer, img: npt.NDArray[np.float32], strength: float) -> npt.NDArray[np.float32]:
+    """Move the product's white balance and brightness part of the way to the scene's (in place).
+
+    Returns the per-channel gain applied (ones when nothing was matched).
+    """
+    unchanged = np.ones(3, dtype=F32)
     coverage = float(product.alpha.sum())
     if coverage < 1.0 or strength <= 0:
-        return
+        return unchanged
     product_rgb = product.premul.reshape(3, -1).sum(axis=1) / coverage
     scene_rgb = img.reshape(3, -1).mean(axis=1)
     product_grey, scene_grey = float(product_rgb.mean()), float(scene_rgb.mean())
     if product_grey < 1e-3 or scene_grey < 1e-3:
-        return
+        return unchanged
     # A saturated product (a channel near 0) still gets matched; the floor only keeps the ratio finite.
     balance = (scene_rgb / scene_grey) / (np.maximum(product_rgb, 0.02) / product_grey)
     gain = np.clip(balance, 0.75, 1.33) ** strength
     gain *= float(np.clip(scene_grey / product_grey, 0.7, 1.4)) ** (strength * 0.5)
     product.premul[...] = np.minimum(product.premul * gain.astype(F32)[:, None, None], product.alpha)
+    return gain.astype(F32)
 
 
 def _scene_occluder(
