@@ -286,6 +286,7 @@ def stack_training(k: int, classes: list[str], args: argparse.Namespace, export_
         out,
         fmt="imagefolder",
         size_px=args.export_px,
+        fit=args.export_fit,
         max_synthetic_per_real=args.max_synthetic_per_real,
         sku_ids=[sku_id(k, name) for name in classes],
     )
@@ -325,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photo-share", type=float, default=1.0, help="share of variants on scene photos")
     parser.add_argument("--parameters", default="{}", help="JSON composite parameters for every variant")
     parser.add_argument("--size", type=int, default=384, help="generated image side (px)")
-    parser.add_argument("--export-px", type=int, default=256, help="export side (px)")
+    parser.add_argument("--export-px", type=int, default=256, help="export's shorter side (px)")
+    parser.add_argument(
+        "--export-fit", choices=("keep", "pad"), default="keep", help="export: aspect kept, or padded square"
+    )
     parser.add_argument("--max-synthetic-per-real", type=int, default=12)
     parser.add_argument("--max-reference-px", type=int, default=1024)
     parser.add_argument(
@@ -421,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenes": sum(len(paths) for paths in scenes.values()),
         "parameters": json.loads(args.parameters),
         "max_synthetic_per_real": args.max_synthetic_per_real,
+        "export_fit": args.export_fit,
         "seed": args.seed,
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": _cpus()},
         "wall_s": round(time.time() - started, 1),

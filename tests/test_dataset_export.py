@@ -12,6 +12,7 @@ from PIL import Image
 from shared.errors import ChecksumMismatch
 from shared.store import FileStore, sha256_hex
 from shared.trainstore.dataset import (
+    ExportFit,
     export_dataset,
     plan_export,
     sku_stats,
@@ -170,25 +171,44 @@ def test_imagefolder_export_honours_the_policy(
     assert tree == {"SKU-A": {"real": 2, "synthetic": 4}, "SKU-B": {"real": 1, "synthetic": 1}}
     for counts in tree.values():
         assert counts["real"] >= 1 and counts["synthetic"] <= 2 * counts["real"]
+    # The stored images are 100 x 80: the shorter side goes to --size, nothing is padded.
     sizes = {Image.open(path).size for path in out.glob("*/*.png")}
-    assert sizes == {(64, 64)}
+    assert sizes == {(80, 64)}
     printed = capsys.readouterr().out
     assert "exported 2 classes, 3 real + 5 synthetic images" in printed
+    assert "with the shorter side at 64 px" in printed
     assert "SKU-C" in printed and "skipped" in printed
     summary = json.loads((out / "export.json").read_text())
     assert summary["classes"]["SKU-A"] == {"real": 2, "synthetic": 4, "dropped": 3}
 
 
-def test_jsonl_export_writes_rows_images_and_masks(small_store: ManifestStore, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("fit", "size"), [("keep", (40, 32)), ("pad", (32, 32))])
+def test_jsonl_export_writes_rows_images_and_masks(
+    small_store: ManifestStore, tmp_path: Path, fit: ExportFit, size: tuple[int, int]
+) -> None:
     out = tmp_path / "jsonl"
-    summary = export_dataset(small_store, out, fmt="jsonl", size_px=32, max_synthetic_per_real=1)
+    summary = export_dataset(small_store, out, fmt="jsonl", size_px=32, fit=fit, max_synthetic_per_real=1)
     rows = [json.loads(line) for line in (out / "dataset.jsonl").read_text().splitlines()]
     assert len(rows) == summary.real + summary.synthetic == 3 + 3
     assert {row["label"] for row in rows} == {"SKU-A", "SKU-B"}
     for row in rows:
-        assert Image.open(out / row["image"]).size == (32, 32)
+        image = np.asarray(Image.open(out / row["image"]))
+        assert image.shape[1::-1] == size
+        # Padding (100 x 80 into a square) adds white rows above and below; keeping adds none.
+        assert (image[0] == 255).all() == (fit == "pad")
         mask = np.asarray(Image.open(out / row["mask"]))
-        assert set(np.unique(mask)) <= {0, 255}
+        assert mask.shape == image.shape[:2] and set(np.unique(mask)) <= {0, 255}
+
+
+def test_an_unknown_fit_is_refused(small_store: ManifestStore, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown fit 'stretch'; expected one of keep, pad"):
+        export_dataset(
+            small_store,
+            tmp_path / "x",
+            fmt="jsonl",
+            fit="stretch",  # type: ignore[arg-type]
+            max_synthetic_per_real=1,
+        )
 
 
 def test_export_refuses_a_non_empty_directory_and_a_tampered_object(

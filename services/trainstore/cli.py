@@ -23,6 +23,7 @@ from services.trainstore.config import TrainstoreSettings
 from shared.config import load_settings
 from shared.store import open_store
 from shared.trainstore.dataset import (
+    EXPORT_FITS,
     EXPORT_FORMATS,
     export_dataset,
     sku_stats,
@@ -85,7 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     export = sub.add_parser("export", help="write a training set honouring the real:synthetic policy")
     export.add_argument("out", type=Path, help="output directory (new or empty)")
     export.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="imagefolder or jsonl")
-    export.add_argument("--size", type=positive_int, default=256, help="output side in px (default 256)")
+    export.add_argument(
+        "--size",
+        type=positive_int,
+        default=256,
+        help="shorter side in px, or the square's side with --fit pad (default 256)",
+    )
+    export.add_argument(
+        "--fit",
+        choices=EXPORT_FITS,
+        default="keep",
+        help="keep: aspect ratio kept, nothing added (default); pad: a --size square, padded with white",
+    )
     export.add_argument(
         "--max-synthetic-per-real",
         type=non_negative_int,
@@ -151,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.out,
                 fmt=args.format,
                 size_px=args.size,
+                fit=args.fit,
                 max_synthetic_per_real=args.max_synthetic_per_real,
                 min_real=args.min_real,
                 sku_ids=args.sku,

@@ -6,7 +6,10 @@ generated images teach the generator's artefacts, so an exported class
 * has at least ``min_real`` real images (classes with fewer are left out, and the summary says so);
 * has at most ``max_synthetic_per_real`` synthetic images per real one (the rest are left out,
   chosen by a stable hash of the item id so the same store always exports the same set);
-* is resized to ``size_px`` x ``size_px`` (aspect kept, padded with white);
+* is resized with its aspect kept: by default (``fit="keep"``) the shorter side becomes ``size_px``
+  and nothing is added; ``fit="pad"`` makes it ``size_px`` x ``size_px``, padded with white. Padding
+  is not the default because a classifier learns the white bars: real photos of the deployment
+  domain have none (docs/evaluation.md measured it);
 * gets no synthetic image at all when an evaluation (``skuforge evaluate``) measured that its
   synthetic images hurt a classifier of it: per-SKU B - A below ``min_gain``
   (``synthetic_left_out_by_evaluation``); the summary says so, per class.
@@ -35,7 +38,9 @@ from shared.store import sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 
 __all__ = [
+    "EXPORT_FITS",
     "ClassPlan",
+    "ExportFit",
     "ExportFormat",
     "ExportPlan",
     "SkuStats",
@@ -48,6 +53,8 @@ __all__ = [
 
 ExportFormat = Literal["imagefolder", "jsonl"]
 EXPORT_FORMATS: tuple[str, ...] = ("imagefolder", "jsonl")
+ExportFit = Literal["keep", "pad"]
+EXPORT_FITS: tuple[str, ...] = ("keep", "pad")
 MINUS = "\u2212"  # how a negative B - A prints in the summary
 
 
@@ -192,6 +199,7 @@ class ExportSummary:
     real: int
     synthetic: int
     synthetic_left_out: dict[str, str] = field(default_factory=dict)  # class -> why it has none
+    fit: str = "keep"
 
     def lines(self) -> list[str]:
         """The printed summary: one line per class, then the totals."""
@@ -206,10 +214,15 @@ class ExportSummary:
         ratio = f"{self.synthetic / self.real:.2f}" if self.real else "n/a"
         out.append(
             f"exported {len(self.classes)} classes, {self.real} real + {self.synthetic} synthetic images "
-            f"(synthetic per real {ratio}) at {self.size_px}x{self.size_px} px as {self.format} "
+            f"(synthetic per real {ratio}) {self._size()} as {self.format} "
             f"to {self.out_dir}"
         )
         return out
+
+    def _size(self) -> str:
+        if self.fit == "pad":
+            return f"at {self.size_px}x{self.size_px} px (padded)"
+        return f"with the shorter side at {self.size_px} px"
 
     def to_json(self) -> str:
         """The summary as JSON (written beside the export as export.json)."""
@@ -222,6 +235,7 @@ def export_dataset(
     *,
     fmt: ExportFormat,
     size_px: int = 256,
+    fit: ExportFit = "keep",
     max_synthetic_per_real: int,
     min_real: int = 1,
     sku_ids: Iterable[str] | None = None,
@@ -235,6 +249,8 @@ def export_dataset(
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
     if size_px < 16:
         raise ValueError("size_px must be at least 16")
+    if fit not in EXPORT_FITS:
+        raise ValueError(f"unknown fit {fit!r}; expected one of {', '.join(EXPORT_FITS)}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; export into a new directory")
     plan = plan_export(
@@ -248,7 +264,7 @@ def export_dataset(
     classes: dict[str, dict[str, int]] = {}
     for plan_class in plan.classes:
         for row in [*plan_class.real, *plan_class.synthetic]:
-            image = _resized(decode_image(read_checked(manifests, row.image, row.image_sha256)), size_px)
+            image = _resized(decode_image(read_checked(manifests, row.image, row.image_sha256)), size_px, fit)
             name = f"{row.source}-{row.item_id}.png"
             if fmt == "imagefolder":
                 _write(out_dir / row.sku_id / name, encode_png(image))
@@ -259,7 +275,7 @@ def export_dataset(
             if row.mask:
                 mask = decode_mask(read_checked(manifests, row.mask, row.mask_sha256))
                 mask_path = Path("masks") / row.sku_id / name
-                _write(out_dir / mask_path, encode_png(_resized(Image.fromarray(mask), size_px, fill=0)))
+                _write(out_dir / mask_path, encode_png(_resized(Image.fromarray(mask), size_px, fit, fill=0)))
             lines.append(
                 json.dumps(
                     {
@@ -285,6 +301,7 @@ def export_dataset(
         out_dir=str(out_dir),
         format=fmt,
         size_px=size_px,
+        fit=fit,
         classes=classes,
         skipped=plan.skipped,
         real=sum(counts["real"] for counts in classes.values()),
@@ -306,13 +323,19 @@ def read_checked(manifests: ManifestStore, key: str | None, sha256: str | None) 
 
 
 def _resized(
-    image: Image.Image, size_px: int, fill: int | tuple[int, int, int] = (255, 255, 255)
+    image: Image.Image, size_px: int, fit: ExportFit, fill: int | tuple[int, int, int] = (255, 255, 255)
 ) -> Image.Image:
-    """Fit into size_px x size_px keeping the aspect ratio; pad white (photos) or 0 (masks)."""
-    if image.size == (size_px, size_px):
-        return image
+    """Resize keeping the aspect ratio: the shorter side to size_px ("keep"), or into a size_px square
+    padded white (photos) or 0 (masks) ("pad")."""
     resample = Image.Resampling.NEAREST if image.mode == "L" else Image.Resampling.LANCZOS
-    return ImageOps.pad(image, (size_px, size_px), method=resample, color=fill)
+    if fit == "pad":
+        if image.size == (size_px, size_px):
+            return image
+        return ImageOps.pad(image, (size_px, size_px), method=resample, color=fill)
+    width, height = image.size
+    scale = size_px / min(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image if size == image.size else image.resize(size, resample)
 
 
 def _write(path: Path, data: bytes) -> None:
