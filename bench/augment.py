@@ -142,8 +142,8 @@ def generate_in_process(
     refs: dict[str, list[Path]], scenes_dir: Path, args: argparse.Namespace, out_dir: Path
 ) -> dict[str, list[Path]]:
     """Per class: ``variants`` composites written as PNG, from masks of the committed matting model."""
-    from shared.captioning.attributes import plain_background_share
-    from shared.generation.backend import GenerationRequest
+    from shared.captioning.attributes import describe_product, plain_background_share
+    from shared.generation.backend import GenerationRequest, is_pile
     from shared.generation.composite import CompositeBackend
     from shared.generation.scenes import SceneLibrary
     from shared.images import decode_image
@@ -167,10 +167,16 @@ def generate_in_process(
         sources = [i for i, share in enumerate(plain) if share >= args.min_plain_background] or list(
             range(len(images))
         )
+        # The generator stage's rule: loose produce (the captioner's shape) is sometimes heaped.
+        produce = [
+            (mask >= 128).any() and describe_product(image, mask >= 128).shape.shape == "produce"
+            for image, mask in zip(images, masks, strict=True)
+        ]
         made[name] = []
         for variant in range(args.variants_per_sku):
             which = sources[variant % len(sources)]
             path = folder / f"{variant:03d}.png"
+            pile = produce[which] and is_pile(variant, args.pile_share)
             if not path.exists():
                 seed = int(
                     hashlib.sha256(f"{name}|{which}|{variant}|{args.seed}".encode()).hexdigest()[:8], 16
@@ -182,7 +188,7 @@ def generate_in_process(
                     negative_prompt="",
                     seed=seed,
                     n=1,
-                    parameters=parameters,
+                    parameters={**parameters, "arrangement": "pile"} if pile else parameters,
                     series=name,
                     size=args.size,
                 )
@@ -325,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes-per-class", type=int, default=4, help="train photos per class as scenes")
     parser.add_argument("--photo-share", type=float, default=1.0, help="share of variants on scene photos")
     parser.add_argument("--parameters", default="{}", help="JSON composite parameters for every variant")
+    parser.add_argument(
+        "--pile-share", type=float, default=0.0, help="in-process: share of loose-produce variants heaped"
+    )
     parser.add_argument("--size", type=int, default=384, help="generated image side (px)")
     parser.add_argument("--export-px", type=int, default=256, help="export's shorter side (px)")
     parser.add_argument(

@@ -17,7 +17,13 @@ from schemas.envelope import DeadLetter, Envelope
 from schemas.events import CaptionedPhoto, ImageGenerated, SkuCaptioned
 from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
 from services.generator.config import GenerationSettings
-from services.generator.stage import backend_counts, build_stage, plan_variants
+from services.generator.stage import (
+    PlannedVariant,
+    backend_counts,
+    build_stage,
+    plan_variants,
+    variant_parameters,
+)
 from shared.config import load_settings
 from shared.generation.backend import COLOUR_GAIN_KEY
 from shared.images import decode_image, decode_mask
@@ -136,6 +142,31 @@ def test_plan_spreads_variants_over_photos_and_backends() -> None:
     assert len({p.seed for p in plan}) == 4
     other = plan_variants(store_free, mix.model_copy(update={"generation_seed": 1}))
     assert [p.seed for p in other] != [p.seed for p in plan]
+
+
+def test_loose_produce_is_heaped_in_the_configured_share_of_its_composites() -> None:
+    def photo(shape: str) -> CaptionedPhoto:
+        return CaptionedPhoto.model_validate(
+            {"photo_id": "p0", "image": _ref(), "mask": _ref(), "usable": True, "shape": shape}
+        )
+
+    def arrangements(shape: str, backend: str = "composite", **settings: object) -> list[object]:
+        generation = load_settings(GenerationSettings, **settings)
+        return [
+            variant_parameters(PlannedVariant(i, photo(shape), backend, seed=i), generation).get(
+                "arrangement"
+            )
+            for i in range(4)
+        ]
+
+    assert arrangements("produce") == [None] * 4  # off by default (it added nothing on val)
+    assert arrangements("produce", generation_pile_share=0.5) == [None, "pile", None, "pile"]
+    assert arrangements("produce", generation_pile_share=1.0) == ["pile"] * 4
+    assert arrangements("box", generation_pile_share=1.0) == [None] * 4
+    assert arrangements("produce", backend="diffusion", generation_pile_share=1.0) == [None] * 4
+    # A knob set for every variant wins.
+    single = {"arrangement": "single"}
+    assert arrangements("produce", generation_pile_share=1.0, generation_parameters=single) == ["single"] * 4
 
 
 def test_cut_outs_come_from_plain_background_photos_when_a_sku_has_one() -> None:

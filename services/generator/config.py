@@ -46,6 +46,14 @@ class GenerationSettings(BaseSettings):
         description="photos whose background is at least this plain (the captioner's plain_background) "
         "are the cut-out sources; a SKU with none uses all its usable photos",
     )
+    generation_pile_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of the photo-scene composites of loose produce (the captioner's shape 'produce') "
+        "that heap copies of the product over the frame, as produce is seen in a store (0: measured to "
+        "add nothing on val, docs/evaluation.md)",
+    )
     generation_size_px: int = Field(default=512, ge=64, le=2048, description="side of each generated image")
     generation_seed: int = Field(
         default=0, ge=0, description="mixed into every variant's seed; change it to get a different set"

@@ -48,7 +48,7 @@ from services.generator.config import GenerationSettings
 from services.generator.protocol import VariantRequest, VariantResult, model_name
 from shared.config import Settings, load_settings
 from shared.errors import BadInput
-from shared.generation.backend import COLOUR_GAIN_KEY
+from shared.generation.backend import COLOUR_GAIN_KEY, is_pile
 from shared.images import decode_image, decode_mask
 from shared.runtime import Context, Emit, Stage, run_stage
 
@@ -134,6 +134,20 @@ def cutout_sources(usable: list[CaptionedPhoto], min_plain_background: float) ->
     return plain or usable
 
 
+def variant_parameters(planned: PlannedVariant, generation: GenerationSettings) -> dict[str, Any]:
+    """The backend knobs of one variant: the configured ones, and for composites of loose produce a
+    pile in ``generation_pile_share`` of the variants (where a scene photo is drawn; one product on
+    procedural scenes). A knob set in ``generation_parameters`` wins."""
+    parameters = dict(generation.generation_parameters)
+    if (
+        planned.backend == "composite"
+        and planned.photo.shape == "produce"
+        and is_pile(planned.variant_index, generation.generation_pile_share)
+    ):
+        parameters.setdefault("arrangement", "pile")
+    return parameters
+
+
 def prompt_for(captioned: SkuCaptioned, photo: CaptionedPhoto) -> str:
     """The instance prompt, then the photo's detailed caption: detailed captions keep diffusion faithful."""
     return f"{captioned.instance_prompt}, {photo.caption}" if photo.caption else captioned.instance_prompt
@@ -214,7 +228,7 @@ def handle_batch(
                         prompt=prompt_for(captioned, planned.photo),
                         negative_prompt=captioned.negative_prompt,
                         seed=planned.seed,
-                        parameters_json=json.dumps(generation.generation_parameters, sort_keys=True),
+                        parameters_json=json.dumps(variant_parameters(planned, generation), sort_keys=True),
                         adapter_id=generation.generation_adapter_id,
                         series=captioned.sku.series or None,
                         size=generation.generation_size_px,

@@ -12,6 +12,7 @@ diffusers inpainting around the placed product, with LoRA adapters). The Triton 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,6 +33,12 @@ BACKEND_NAMES = ("composite", "diffusion")
 # applies it to the reference photo before it measures colour drift, so a deliberate match is not
 # flagged as drift.
 COLOUR_GAIN_KEY = "applied_colour_gain"
+
+
+def is_pile(variant_index: int, share: float) -> bool:
+    """Whether variant ``variant_index`` of a loose-produce SKU is asked for as a pile (the composite
+    backend's ``arrangement``): ``share`` of the variants, spread evenly (0.5: every second one)."""
+    return math.floor((variant_index + 1) * share) > math.floor(variant_index * share)
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,9 @@ _SCENE_WEIGHTS = np.array([0.2, 0.2, 0.25, 0.1, 0.1, 0.15])
 # Distractor/occluder products are drawn from this catalogue, far from any real sku_index.
 _OTHER_PRODUCTS_SEED = 7
 SHADOWS = ("none", "drop", "cast")
+# How the product is placed on a photo scene: one item, framed like its reference photo, or a pile of
+# copies filling most of the frame, the way loose produce is photographed in a store.
+ARRANGEMENTS = ("single", "pile")
 
 
 class CompositeError(ValueError):
@@ -97,6 +100,9 @@ class _Plan:
     scene_blur: float  # background defocus, Gaussian sigma as a fraction of the canvas side
     scene_match: float  # 0..1: how far the product's white balance and brightness move to the scene's
     framing: float  # product's longer side / canvas side, relative to the reference photo's framing
+    # Not drawn (a request chooses it; the generator stage asks for piles of loose produce); last, so
+    # that adding it moved no drawn value. Procedural scenes always place one product.
+    arrangement: str = "single"
 
     @classmethod
     def draw(
@@ -175,6 +181,12 @@ class _Plan:
         elif plan.scene not in SCENES:
             scene_names = ", ".join((*SCENES, PHOTO_SCENE))
             raise CompositeError(f"unknown scene {plan.scene!r}; known: {scene_names}")
+        if plan.arrangement not in ARRANGEMENTS:
+            raise CompositeError(
+                f"unknown arrangement {plan.arrangement!r}; known: {', '.join(ARRANGEMENTS)}"
+            )
+        if plan.scene != PHOTO_SCENE and plan.arrangement != "single":
+            plan = _Plan(**{**plan.__dict__, "arrangement": "single"})
         if plan.shadow not in SHADOWS:
             raise CompositeError(f"unknown shadow {plan.shadow!r}; known: {', '.join(SHADOWS)}")
         if not 0.05 <= plan.height_fraction <= 0.95:
@@ -373,6 +385,10 @@ def render_photo_variant(
     pixels only, and 1.0 where nothing was matched.
     """
     img = _photo_backdrop(scene, size, plan.scene_blur * size, scene_rng)
+    if plan.arrangement == "pile":
+        expected_mask, gain = _pile(img, cutout, plan, size, scene_rng)
+        _light(img, plan, size)
+        return _finish(img, plan, size, noise_rng), expected_mask, gain
     # Frame the product as its reference photo does: the same share of the frame, give or take.
     w, h = cutout.rgba.size
     fill = float(np.clip(cutout.framing * plan.framing, 0.3, 0.95))
@@ -407,6 +423,62 @@ def _photo_backdrop(
     return np.ascontiguousarray(np.moveaxis(np.asarray(full, dtype=F32) * F32(1.0 / 255.0), -1, 0))
 
 
+def _pile(
+    img: npt.NDArray[np.float32], cutout: _Cutout, plan: _Plan, size: int, rng: np.random.Generator
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+    """Copies of the product heaped over the lower part of ``img`` (in place), back rows first.
+
+    Each copy has its own size (+-15%), turn and flip; together they cover the frame from a drawn top
+    edge down, and the scene shows above and in the gaps. Returns the expected mask (every copy's
+    visible pixels) and the colour gain matched to the scene (the same for every copy).
+    """
+    item = float(np.clip(0.26 * plan.framing, 0.18, 0.34))  # a copy's longer side / canvas side
+    top = float(rng.uniform(0.15, 0.4))
+    w, h = cutout.rgba.size
+    longer = max(w, h)
+    item_w, item_h = item * w / longer, item * h / longer
+    # Rows and columns overlap a little: a heap, not a grid of separate items.
+    rows = max(2, math.ceil((1.0 - top) / (0.62 * max(item_h, 0.5 * item))))
+    cols = max(2, math.ceil(1.0 / (0.72 * max(item_w, 0.5 * item))))
+    spots = [
+        (
+            (c + 0.5 + (0.5 if r % 2 else 0.0) + float(rng.uniform(-0.2, 0.2))) / cols,
+            top + (r + 0.5 + float(rng.uniform(-0.15, 0.15))) * (1.0 - top) / rows,
+        )
+        for r in range(rows)
+        for c in range(cols + (r % 2 == 0))
+    ]
+    visible = np.zeros(img.shape[1:], dtype=F32)
+    gain: npt.NDArray[np.float32] | None = None
+    for cx, cy in spots:
+        copy = _Plan(
+            **{
+                **plan.__dict__,
+                "height_fraction": float(item_h * rng.uniform(0.85, 1.15)),
+                "rotation_deg": float(rng.uniform(-180.0, 180.0)),
+                "perspective_x": 0.0,
+                "perspective_y": 0.0,
+            }
+        )
+        flipped = cutout.rgba.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else None
+        source = _Cutout(flipped, cutout.framing) if flipped is not None else cutout
+        layer, _ = _place_product(source, copy, size, centre=(cx * size, cy * size))
+        if gain is None:
+            gain = _match_to_scene(layer, img, plan.scene_match)
+        else:
+            _apply_gain(layer, gain)
+        composite_layer(img, layer)
+        lh, lw = layer.alpha.shape
+        region = visible[layer.y0 : layer.y0 + lh, layer.x0 : layer.x0 + lw]
+        region += (1.0 - region) * layer.alpha
+    assert gain is not None
+    return np.where(visible >= 0.5, 255, 0).astype(np.uint8), gain
+
+
+def _apply_gain(product: Layer, gain: npt.NDArray[np.float32]) -> None:
+    product.premul[...] = np.minimum(product.premul * gain.astype(F32)[:, None, None], product.alpha)
+
+
 def _match_to_scene(product: Layer, img: npt.NDArray[np.float32], strength: float) -> npt.NDArray[np.float32]:
     """Move the product's white balance and brightness part of the way to the scene's (in place).
 
@@ -425,7 +497,7 @@ def _match_to_scene(product: Layer, img: npt.NDArray[np.float32], strength: floa
     balance = (scene_rgb / scene_grey) / (np.maximum(product_rgb, 0.02) / product_grey)
     gain = np.clip(balance, 0.75, 1.33) ** strength
     gain *= float(np.clip(scene_grey / product_grey, 0.7, 1.4)) ** (strength * 0.5)
-    product.premul[...] = np.minimum(product.premul * gain.astype(F32)[:, None, None], product.alpha)
+    _apply_gain(product, gain.astype(F32))
     return gain.astype(F32)
 
 
@@ -450,8 +522,14 @@ def _scene_occluder(
     return Layer(x0, y0, np.ascontiguousarray(texture * alpha), np.ascontiguousarray(alpha))
 
 
-def _place_product(cutout: _Cutout, plan: _Plan, size: int) -> tuple[Layer, npt.NDArray[np.float64]]:
-    """Warp the cut-out onto a size x size canvas; returns the layer and its four corners."""
+def _place_product(
+    cutout: _Cutout, plan: _Plan, size: int, centre: tuple[float, float] | None = None
+) -> tuple[Layer, npt.NDArray[np.float64]]:
+    """Warp the cut-out onto a size x size canvas; returns the layer and its four corners.
+
+    The product goes where ``plan.pos_x`` / ``pos_y`` say in the range that keeps it inside the frame,
+    or as near ``centre`` (x, y in px) as that range allows.
+    """
     w, h = cutout.rgba.size
     k = plan.height_fraction * size / h
     k = min(k, 0.9 * size / (w * (1 + abs(plan.perspective_y))))  # wide products still fit
@@ -482,8 +560,11 @@ def _place_product(cutout: _Cutout, plan: _Plan, size: int) -> tuple[Layer, npt.
         scale = float(np.min((size - 2 * margin) / (quad.max(axis=0) - quad.min(axis=0))))
         quad *= scale
         lo, hi = margin - quad.min(axis=0), size - margin - quad.max(axis=0)
-    centre = lo + (hi - lo) * np.array([plan.pos_x, plan.pos_y])
-    quad = quad + centre
+    if centre is None:
+        where = lo + (hi - lo) * np.array([plan.pos_x, plan.pos_y])
+    else:
+        where = np.clip(np.array(centre, dtype=np.float64), lo, hi)
+    quad = quad + where
     source_corners = np.array([[0, 0], [sw, 0], [sw, sh], [0, sh]], dtype=np.float64)
     # Warp only the quad's bounding box (a fifth of the canvas, typically), not the whole canvas.
     bx0, by0 = (max(0, math.floor(v) - 1) for v in quad.min(axis=0))
