@@ -16,6 +16,11 @@ their colour and packaging, go through the same path. The dataset comes from ``-
 or ``SKUFORGE_GROCERY_DATASET`` (the folder holding ``iconic-images-and-descriptions/``); without
 either the real part is skipped, saying so, and the previous "real" figures are kept.
 
+Development table (``"real"["dev"]``): bench/data/captioner_real/dev.csv labels 76 in-store photos
+of the dataset's train split the same way. Captioner rules are chosen on it, so the 81-photo table
+stays an evaluation: ``--dev-only`` scores the development table alone (nothing else is run or
+changed) and appends the figure, with ``--note`` saying what was tried, to ``"dev"["tries"]``.
+
 Both parts use the default matting session unless ``--matting-model`` names another model.
 Writes bench/results/captioner.json.
 """
@@ -33,6 +38,7 @@ from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
 REAL_TRUTH = Path(__file__).parent / "data" / "captioner_real" / "truth.csv"
+REAL_DEV = Path(__file__).parent / "data" / "captioner_real" / "dev.csv"
 SEED = 31337
 RENDERER_TARGETS = {"colour_accuracy": 0.9, "shape_accuracy": 0.85}
 REAL_TARGETS = {"colour_accuracy": 0.85, "packaging_accuracy": 0.8}
@@ -88,6 +94,28 @@ def real_figures(session: Any, dataset_dir: Path, truth: Path) -> dict[str, Any]
     }
 
 
+def dev_figures(
+    session: Any, dataset_dir: Path, previous_dev: dict[str, Any], note: str | None
+) -> dict[str, Any]:
+    """The development table's figures, with the earlier tries; ``note`` adds this run as a try."""
+    from shared.captioning.attributes import shape_tree_id
+
+    figures = real_figures(session, dataset_dir, REAL_DEV)
+    del figures["targets"]
+    tries = list(previous_dev.get("tries", []))
+    if note:
+        tries.append(
+            {
+                "note": note,
+                "packaging_accuracy": figures["packaging_accuracy"],
+                "colour_accuracy": figures["colour_accuracy"],
+                "shape_tree": shape_tree_id(),
+                "measured_at": figures["measured_at"],
+            }
+        )
+    return {**figures, "tries": tries}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Score the captions, print and write the figures."""
     parser = argparse.ArgumentParser(
@@ -109,9 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         help="GroceryStoreDataset's dataset/ folder (default: $SKUFORGE_GROCERY_DATASET)",
     )
     parser.add_argument("--real-only", action="store_true", help="skip the renderer part, keep its figures")
+    parser.add_argument(
+        "--dev-only",
+        action="store_true",
+        help="score only the development table (dev.csv), keep every other figure",
+    )
+    parser.add_argument("--note", default=None, help="with --dev-only: what this try is, kept in dev.tries")
     args = parser.parse_args(argv)
-    if args.real_only and args.grocery_dataset is None:
-        parser.error("--real-only needs --grocery-dataset or SKUFORGE_GROCERY_DATASET")
+    if (args.real_only or args.dev_only) and args.grocery_dataset is None:
+        parser.error("--real-only and --dev-only need --grocery-dataset or SKUFORGE_GROCERY_DATASET")
     if (
         args.grocery_dataset is not None
         and not (args.grocery_dataset / "iconic-images-and-descriptions").is_dir()
@@ -127,12 +161,26 @@ def main(argv: list[str] | None = None) -> int:
     results_file = RESULTS / "captioner.json"
     previous: dict[str, Any] = json.loads(results_file.read_text()) if results_file.is_file() else {}
     started = time.monotonic()
+    previous_dev: dict[str, Any] = previous.get("real", {}).get("dev", {})
+    if args.dev_only:
+        result = dict(previous)
+        dev = dev_figures(session, args.grocery_dataset, previous_dev, args.note)
+        result["real"] = {**previous.get("real", {}), "dev": dev}
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        results_file.write_text(json.dumps(result, indent=2) + "\n")
+        print(
+            json.dumps(
+                {key: dev[key] for key in ("colour_accuracy", "packaging_accuracy", "n_real_products")}
+            )
+        )
+        return 0
     if args.real_only:
         result = {key: value for key, value in previous.items() if key != "real"}
     else:
         result = renderer_figures(session, args.products, args.seed, args.size_px)
     if args.grocery_dataset is not None:
         result["real"] = real_figures(session, args.grocery_dataset, REAL_TRUTH)
+        result["real"]["dev"] = dev_figures(session, args.grocery_dataset, previous_dev, None)
     else:
         print(
             "no GroceryStoreDataset (--grocery-dataset or SKUFORGE_GROCERY_DATASET): real part skipped, "

@@ -1,4 +1,5 @@
-"""The captioner's words for real products: muted colours, loose produce, the real-photo truth table.
+"""The captioner's words for real products: muted colours, loose produce, drink cartons, the real-photo
+truth tables.
 
 Small images drawn here; no dataset, no model, no network.
 """
@@ -31,11 +32,14 @@ from shared.captioning.evaluate import (
     read_truth_table,
     real_accuracy,
 )
+from shared.captioning.fit_shape import Carton, carton_mask, carton_masks
 from shared.captioning.prompts import compose_caption, compose_tags
 from shared.matting.session import MattingResult, MattingSession
+from shared.synth import make_product, render_photo
 
 U8 = npt.NDArray[np.uint8]
 TRUTH_TABLE = Path(__file__).resolve().parent.parent / "bench" / "data" / "captioner_real" / "truth.csv"
+DEV_TABLE = TRUTH_TABLE.with_name("dev.csv")
 
 
 # --- colours -----------------------------------------------------------------------------------
@@ -138,7 +142,48 @@ def test_the_event_contract_carries_every_shape_the_captioner_can_measure() -> N
     assert get_args(Shape) == SHAPE_NAMES
 
 
-# --- the real-photo truth table ----------------------------------------------------------------
+# --- drink cartons -----------------------------------------------------------------------------
+
+# Tall, often face-on, gable-topped: the cartons of a dairy or juice shelf, which the renderer's squat,
+# corner-on boxes never showed the shape tree (it called the face-on ones cans).
+CARTONS: dict[str, Carton] = {
+    "1 l milk carton, face-on, gable and cap": Carton(0.36, 0.36, 0.14, 0.08, 0.0, 0.0, 0.05, 0.0),
+    "1 l juice carton, three-quarter view": Carton(0.36, 0.36, 0.14, 0.08, 0.2, 0.5, 0.1, 0.0),
+    "juice brick, face-on": Carton(0.4, 0.25, 0.0, 0.0, 0.0, 0.0, 0.05, 0.0),
+    "yoghurt carton, level camera": Carton(0.6, 0.4, 0.16, 0.1, 0.0, 0.05, 0.0, 0.0),
+    "milk carton without a cap": Carton(0.36, 0.36, 0.14, 0.0, 0.0, 0.2, 0.02, 0.0),
+}
+
+
+@pytest.mark.parametrize("size_px", [256, 512])
+@pytest.mark.parametrize("name", sorted(CARTONS))
+def test_drink_cartons_are_boxes_not_cans(name: str, size_px: int) -> None:
+    assert classify_shape(shape_features(carton_mask(CARTONS[name], size_px))).shape == "box"
+
+
+def test_renderer_cans_stay_cans_beside_the_cartons() -> None:
+    cans = [spec for spec in (make_product(index, seed=2026) for index in range(30)) if spec.shape == "can"]
+    assert cans
+    for spec in cans:
+        photo = render_photo(spec, 0, seed=2026, size_px=256)
+        assert classify_shape(shape_features(photo.mask)).shape == "can", spec.sku_id
+
+
+def test_carton_silhouettes_are_drawn_to_measure() -> None:
+    brick = carton_mask(Carton(0.4, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0), 200) > 0
+    rows, columns = np.flatnonzero(brick.any(axis=1)), np.flatnonzero(brick.any(axis=0))
+    assert rows.size == 160 or rows.size == 161  # 80 % of the frame
+    assert columns.size / rows.size == pytest.approx(0.4, abs=0.02)  # face-on, level: just the front
+    assert brick[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1].mean() > 0.97
+    gable = shape_features(carton_mask(CARTONS["1 l juice carton, three-quarter view"], 256))
+    assert gable["width_03"] < 0.8 < gable["width_50"]  # the gable and cap narrow the top
+    first = [mask for _, mask in carton_masks(4, seed=1, roughen=True)]
+    again = [mask for _, mask in carton_masks(4, seed=1, roughen=True)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert {shape for shape, _ in carton_masks(4, seed=1, roughen=False)} == {"box"}
+
+
+# --- the real-photo truth tables ---------------------------------------------------------------
 
 
 def test_committed_truth_table_labels_every_catalogue_photo_with_known_words() -> None:
@@ -148,6 +193,15 @@ def test_committed_truth_table_labels_every_catalogue_photo_with_known_words() -
     assert all(product.path.endswith("_Iconic.jpg") for product in products)
     assert {product.packaging for product in products} <= set(PACKAGING_SHAPES)
     assert {"loose produce", "carton"} <= {product.packaging for product in products}
+
+
+def test_development_table_holds_train_split_photos_only() -> None:
+    products = read_truth_table(DEV_TABLE)
+    assert len(products) >= 40
+    assert len({product.path for product in products}) == len(products)
+    # Rules are chosen on it, so it must share no photo with the evaluation table, val or test.
+    assert all(product.path.startswith("train/") for product in products)
+    assert {"loose produce", "carton", "bottle"} <= {product.packaging for product in products}
 
 
 def test_truth_table_rejects_words_the_captioner_cannot_say(tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ Shape: geometric features of the largest mask component, after undoing a small i
 to bottom, left/right symmetry, flatness of the top and bottom edges). Loose fruit and vegetables
 ("produce") are told from packages by a few of them (``looks_like_produce``: no flat base, less of
 the bounding box filled than a package fills, no bottle's neck); packages go through a small decision tree
-(``shape_model.SHAPE_TREE``, fitted on renderer photos by ``python -m shared.captioning.fit_shape``).
+(``shape_model.SHAPE_TREE``, fitted by ``python -m shared.captioning.fit_shape`` on renderer photos and
+on drink-carton silhouettes, which the renderer does not make).
 """
 
 from __future__ import annotations

@@ -9,27 +9,36 @@ by product so the tree sees several poses and resolutions. Masks are the rendere
 pixel-perfect edges) or the matting session's (``session``). The tree is CART with Gini impurity,
 written here in numpy so it is reproducible without scikit-learn. ``--eval-seed`` scores it on a
 different catalogue, so the printed accuracy is on products it never saw.
+
+``--cartons N`` adds N drink-carton silhouettes as "box" (``carton_mask``): the renderer's boxes are
+squat cereal boxes seen corner-on, while the cartons of a dairy or juice shelf are tall, often seen
+face-on, with a gable top and a cap. Without them a face-on carton reaches a part of the tree that
+only renderer cans ever reached, and is called a can.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import sys
 import textwrap
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 from shared.captioning.attributes import (
     PACKAGE_SHAPES,
     SHAPE_FEATURES,
     classify_shape,
+    convex_hull,
     shape_features,
     shape_tree_id,
 )
@@ -81,6 +90,125 @@ def renderer_masks(
         if mask_source in ("session", "both"):
             assert session is not None, "session masks need a matting session"
             yield spec.shape, session.predict([photo.image])[0].mask
+
+
+# Drink cartons, in units of the body's height: width 0.3-0.7 (a 1 l milk or juice carton is ~0.35,
+# a 500 g yoghurt carton ~0.6), depth 0.6-1 of the width; 70 % gable-topped (ridge 0.25-0.55 of
+# the depth above the body, a thin fin on it), the rest flat-topped bricks; 70 % with a screw cap of
+# radius 0.15-0.28 of the width. Seen from yaw -0.8..0.8 rad (face-on to corner-on) and elevation
+# 0-0.25 rad (shelf photos are taken level or from a little above), tilted in-plane like a photo.
+CARTON_WIDTH = (0.3, 0.7)
+CARTON_DEPTH = (0.6, 1.0)
+CARTON_GABLE_SHARE = 0.7
+CARTON_GABLE = (0.25, 0.55)
+CARTON_CAP_SHARE = 0.7
+CARTON_CAP_RADIUS = (0.15, 0.28)
+CARTON_YAW = 0.8
+CARTON_ELEVATION = (0.0, 0.25)
+_FIN_HEIGHT = 0.03
+
+
+@dataclass(frozen=True)
+class Carton:
+    """A drink carton's geometry and how the camera sees it (lengths in body heights, angles in radians)."""
+
+    width: float
+    depth: float
+    gable: float  # ridge height above the body; 0 for a flat-topped brick
+    cap_radius: float  # 0 for no cap
+    cap_offset: float  # the cap's centre left (-1) to right (+1) of the front's middle, in half widths
+    yaw: float
+    elevation: float
+    angle: float  # in-plane tilt of the photo
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> Carton:
+        """One carton from the ranges above."""
+        width = float(rng.uniform(*CARTON_WIDTH))
+        depth = width * float(rng.uniform(*CARTON_DEPTH))
+        gable = depth * float(rng.uniform(*CARTON_GABLE)) if rng.random() < CARTON_GABLE_SHARE else 0.0
+        cap = width * float(rng.uniform(*CARTON_CAP_RADIUS)) if rng.random() < CARTON_CAP_SHARE else 0.0
+        return cls(
+            width=width,
+            depth=depth,
+            gable=gable,
+            cap_radius=cap,
+            cap_offset=float(rng.uniform(-0.3, 0.3)),
+            yaw=float(rng.uniform(-CARTON_YAW, CARTON_YAW)),
+            elevation=float(rng.uniform(*CARTON_ELEVATION)),
+            angle=float(np.clip(rng.normal(0.0, 0.045), -0.1, 0.1)),
+        )
+
+    def parts(self) -> list[F64Array]:
+        """The carton's convex parts as 3-D points (x right, y up, z to the camera; the front face
+        at z = depth / 2): body with its gable, the fin on the ridge, the cap."""
+        half_w, half_d = self.width / 2, self.depth / 2
+        body = [(sx * half_w, y, sz * half_d) for sx in (-1, 1) for y in (0.0, 1.0) for sz in (-1, 1)]
+        parts: list[F64Array] = []
+        if self.gable > 0:
+            ridge = 1.0 + self.gable
+            body += [(sx * half_w, ridge, 0.0) for sx in (-1, 1)]
+            fin = [
+                (sx * half_w, ridge + dy, dz)
+                for sx in (-1, 1)
+                for dy in (0.0, _FIN_HEIGHT)
+                for dz in (-0.01, 0.01)
+            ]
+            parts.append(np.asarray(fin, dtype=np.float64))
+            # The cap stands on the front slope, square to it.
+            centre = np.array([self.cap_offset * half_w, 1.0 + self.gable / 2, half_d / 2])
+            normal = np.array([0.0, half_d, self.gable])
+        else:
+            centre = np.array([self.cap_offset * half_w, 1.0, half_d / 2])
+            normal = np.array([0.0, 1.0, 0.0])
+        parts.append(np.asarray(body, dtype=np.float64))
+        if self.cap_radius > 0:
+            normal /= np.linalg.norm(normal)
+            across = np.array([1.0, 0.0, 0.0])
+            along = np.cross(normal, across)
+            theta = np.linspace(0.0, 2.0 * math.pi, 24, endpoint=False)
+            ring = centre + self.cap_radius * (
+                np.cos(theta)[:, None] * across + np.sin(theta)[:, None] * along
+            )
+            parts.append(np.concatenate([ring, ring + 0.6 * self.cap_radius * normal]))
+        return parts
+
+
+def carton_mask(carton: Carton, size_px: int) -> npt.NDArray[np.uint8]:
+    """The 0/255 silhouette of ``carton`` in a square photo of ``size_px``, 80 % of it tall or wide.
+
+    Orthographic, as ``shared/synth`` draws its boxes: turn by the yaw, tilt by the elevation,
+    then the in-plane angle; each convex part is filled as the hull of its projected points.
+    """
+    cos_yaw, sin_yaw = math.cos(carton.yaw), math.sin(carton.yaw)
+    cos_el, sin_el = math.cos(carton.elevation), math.sin(carton.elevation)
+    cos_in, sin_in = math.cos(carton.angle), math.sin(carton.angle)
+    projected = []
+    for points in carton.parts():
+        x, y, z = points[:, 0], points[:, 1], points[:, 2]
+        turned_x, turned_z = x * cos_yaw + z * sin_yaw, -x * sin_yaw + z * cos_yaw
+        screen_y = -(y * cos_el - turned_z * sin_el)
+        projected.append(
+            np.stack([turned_x * cos_in - screen_y * sin_in, turned_x * sin_in + screen_y * cos_in], axis=1)
+        )
+    every = np.concatenate(projected)
+    low, high = every.min(axis=0), every.max(axis=0)
+    scale = 0.8 * size_px / float(np.max(high - low))
+    offset = size_px / 2 - scale * (low + high) / 2
+    image = Image.new("L", (size_px, size_px), 0)
+    draw = ImageDraw.Draw(image)
+    for points in projected:
+        hull = convex_hull(points * scale + offset)
+        draw.polygon([(float(px), float(py)) for px, py in hull], fill=255)
+    return np.asarray(image)
+
+
+def carton_masks(n_cartons: int, seed: int, *, roughen: bool) -> Iterator[tuple[str, npt.NDArray[np.uint8]]]:
+    """("box", mask) for ``n_cartons`` cartons drawn from ``seed``, sizes as the renderer photos'."""
+    rng = np.random.default_rng([seed, 7])
+    for index in range(n_cartons):
+        mask = carton_mask(Carton.draw(rng), SIZES_PX[index % len(SIZES_PX)])
+        yield "box", _roughen(mask, rng) if roughen else mask
 
 
 def feature_table(
@@ -223,6 +351,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="matting model of the session masks (default: committed U2-NetP)",
     )
+    parser.add_argument(
+        "--cartons",
+        type=int,
+        default=0,
+        help="drink-carton silhouettes added as box (``carton_mask``); also scored, as many, on --eval-seed",
+    )
     parser.add_argument("--max-depth", type=int, default=6)
     parser.add_argument("--min-leaf", type=int, default=6)
     parser.add_argument("--min-confidence", type=float, default=0.5, help="leaf share below which: 'other'")
@@ -236,7 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mask_source != "truth":
         session = open_session(args.matting_model, threads=2, use_gpu=False, store=None)
     features, labels = feature_table(
-        renderer_masks(args.products, args.seed, args.mask_source, roughen=True, session=session)
+        itertools.chain(
+            renderer_masks(args.products, args.seed, args.mask_source, roughen=True, session=session),
+            carton_masks(args.cartons, args.seed, roughen=True),
+        )
     )
     nodes = fit_tree(
         features, labels, max_depth=args.max_depth, min_leaf=args.min_leaf, n_classes=len(CLASSES)
@@ -248,14 +385,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Scored on the masks the captioner will see: the session's when there is one.
         eval_source = "truth" if session is None else "session"
         eval_features, eval_labels = feature_table(
-            renderer_masks(args.eval_products, args.eval_seed, eval_source, roughen=False, session=session)
+            itertools.chain(
+                renderer_masks(
+                    args.eval_products, args.eval_seed, eval_source, roughen=False, session=session
+                ),
+                carton_masks(args.cartons, args.eval_seed, roughen=False),
+            )
         )
         accuracy, confusion = evaluate(tree, eval_features, eval_labels)
         report.update(eval_accuracy=round(accuracy, 4), confusion=confusion)
     digest = shape_tree_id(tree)
     command = (
         f"python -m shared.captioning.fit_shape --seed {args.seed} --products {args.products} "
-        f"--mask-source {args.mask_source} --max-depth {args.max_depth} --min-leaf {args.min_leaf} "
+        f"--mask-source {args.mask_source} --cartons {args.cartons} "
+        f"--max-depth {args.max_depth} --min-leaf {args.min_leaf} "
         f"--min-confidence {args.min_confidence}"
         + (f" --matting-model {args.matting_model}" if args.matting_model else "")
     )
@@ -269,12 +412,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Data": (
             f"{args.products} renderer products of catalogue seed {args.seed}, one photo each "
             f"(photo index i % 3, sizes {'/'.join(map(str, SIZES_PX))} px); {masks}"
+            + (
+                f"; {args.cartons} drink-carton silhouettes as box (carton_mask), roughened"
+                if args.cartons
+                else ""
+            )
         ),
         "Matting model": session.model_id if session is not None else "none (truth masks only)",
         "Fit accuracy": report["fit_accuracy"],
         "Held-out accuracy": (
             f"{report.get('eval_accuracy')} on {args.eval_products} products of seed {args.eval_seed} "
             f"({'matting session' if session is not None else 'exact'} masks)"
+            + (f" and {args.cartons} cartons of that seed" if args.cartons else "")
             if args.eval_products
             else "not measured"
         ),
