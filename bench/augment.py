@@ -167,9 +167,12 @@ def generate_in_process(
         sources = [i for i, share in enumerate(plain) if share >= args.min_plain_background] or list(
             range(len(images))
         )
-        # The generator stage's rule: loose produce (the captioner's shape) is sometimes heaped.
+        # The generator stage's rule: loose produce (the captioner's shape) is sometimes heaped. The
+        # shape costs a caption per photo, so it is only measured when piles are asked for.
         produce = [
-            (mask >= 128).any() and describe_product(image, mask >= 128).shape.shape == "produce"
+            args.pile_share > 0
+            and bool((mask >= 128).any())
+            and describe_product(image, mask >= 128).shape.shape == "produce"
             for image, mask in zip(images, masks, strict=True)
         ]
         made[name] = []
