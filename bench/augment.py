@@ -41,7 +41,13 @@ import numpy as np
 from PIL import Image
 
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
-from shared.evaluation.experiment import EvaluationConfig, Featurizer, Photo, run_evaluation
+from shared.evaluation.experiment import (
+    EvaluationConfig,
+    Featurizer,
+    Photo,
+    describe_classifier,
+    run_evaluation,
+)
 from shared.evaluation.leakage import check_disjoint
 from shared.store import sha256_hex
 
@@ -353,6 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--l2", type=float, default=1e-2)
     parser.add_argument("--real-weight", type=float, default=4.0)
+    parser.add_argument(
+        "--tune-stages",
+        type=int,
+        default=0,
+        help="0: frozen features + linear head (default); n: also fine-tune the backbone's last n stages",
+    )
+    parser.add_argument("--tune-epochs", type=int, default=8)
+    parser.add_argument("--tune-lr", type=float, default=1e-4)
     parser.add_argument("--timeout-s", type=float, default=7200.0)
     parser.add_argument("--workdir", type=Path, default=Path("var/augment"))
     parser.add_argument(
@@ -390,7 +404,14 @@ def main(argv: list[str] | None = None) -> int:
         write_scene_library(scenes, scenes_dir)
     backbone = open_backbone(BackboneSpec())
     featurizer = Featurizer(backbone, FeatureCache(args.workdir / "features"))
-    config = EvaluationConfig(seed=args.seed, l2=args.l2, real_weight=args.real_weight)
+    config = EvaluationConfig(
+        seed=args.seed,
+        l2=args.l2,
+        real_weight=args.real_weight,
+        tune_stages=args.tune_stages,
+        tune_epochs=args.tune_epochs,
+        tune_lr=args.tune_lr,
+    )
 
     throughput = None
     if args.mode == "stack":
@@ -432,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_classes": len(classes),
         "variants_per_sku": args.variants_per_sku,
         "backbone": backbone.backbone_id,
+        "classifier": describe_classifier(config.__dict__),
         "images_per_min_through_stack": throughput,
         "photo_share": args.photo_share,
         "scenes": sum(len(paths) for paths in scenes.values()),

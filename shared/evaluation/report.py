@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from shared.errors import BadInput
-from shared.evaluation.experiment import CONDITION_NAMES, CONDITIONS, EvaluationResult
+from shared.evaluation.experiment import CONDITION_NAMES, CONDITIONS, EvaluationResult, describe_classifier
 from shared.images import decode_image
 
 REPORT_FILE = "report.html"
@@ -74,7 +74,7 @@ def render_report(
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
         f"<p>{result.n_heldout} held-out photos of {result.n_skus} SKUs; backbone {_e(result.backbone)}; "
-        f"frozen features + a linear head. Headline: B{MINUS}A {_signed(summary['gain_top1'])}, "
+        f"{_e(describe_classifier(result.config))}. Headline: B{MINUS}A {_signed(summary['gain_top1'])}, "
         f"B\u2032{MINUS}A\u2032 {_signed(summary['gain_over_classic_top1'])}; "
         f"{_pct(result.frac_skus_worse_by_10pt)} of SKUs lose 10 points or more under B\u2032 "
         "against A\u2032.</p>",
