@@ -323,6 +323,17 @@ def shifted(skus: list[str], index: int, by: int) -> tuple[int, int, int]:
     return COLOURS[skus[(index + by) % len(skus)]]
 
 
+def misleading_real_photos() -> tuple[list[Photo], list[Photo]]:
+    """Training and held-out photos where each SKU's one real photo has the next SKU's colour."""
+    skus = list(COLOURS)
+    training, heldout = [], []
+    for index, sku in enumerate(skus):
+        training += colour_photos(sku, "real", shifted(skus, index, 1), 1, 10 * index)
+        training += colour_photos(sku, "synthetic", COLOURS[sku], 6, 100 + 10 * index)
+        heldout += colour_photos(sku, "real", COLOURS[sku], 4, 200 + 10 * index)
+    return training, heldout
+
+
 @pytest.fixture(scope="module")
 def featurizer() -> Featurizer:
     return Featurizer(open_backbone(BackboneSpec(name="tiny", image_px=32)), FeatureCache(None))
@@ -334,11 +345,7 @@ def test_synthetic_images_that_look_like_the_test_photos_beat_misleading_real_on
     # Each SKU's one real photo looks like the next SKU; its synthetic images look like itself, as
     # its held-out photos do. Real only (A, A') must then be wrong, and real + synthetic right.
     skus = list(COLOURS)
-    training, heldout = [], []
-    for index, sku in enumerate(skus):
-        training += colour_photos(sku, "real", shifted(skus, index, 1), 1, 10 * index)
-        training += colour_photos(sku, "synthetic", COLOURS[sku], 6, 100 + 10 * index)
-        heldout += colour_photos(sku, "real", COLOURS[sku], 4, 200 + 10 * index)
+    training, heldout = misleading_real_photos()
     result = run_evaluation(
         training, heldout, featurizer, EvaluationConfig(seed=3, classic_px=32, real_weight=1.0)
     )
@@ -406,12 +413,7 @@ def test_fine_tuned_classifiers_learn_from_synthetic_images_as_the_linear_ones_d
     featurizer: Featurizer,
 ) -> None:
     # The misleading-real-photos case again, with the last stage fine-tuned: same verdicts.
-    skus = list(COLOURS)
-    training, heldout = [], []
-    for index, sku in enumerate(skus):
-        training += colour_photos(sku, "real", shifted(skus, index, 1), 1, 10 * index)
-        training += colour_photos(sku, "synthetic", COLOURS[sku], 6, 100 + 10 * index)
-        heldout += colour_photos(sku, "real", COLOURS[sku], 4, 200 + 10 * index)
+    training, heldout = misleading_real_photos()
     config = EvaluationConfig(seed=3, classic_px=32, real_weight=1.0, tune_stages=1, tune_epochs=4)
     result = run_evaluation(training, heldout, featurizer, config)
     assert result.top1["A"] <= 0.25 and result.top1["A'"] <= 0.25
