@@ -404,14 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         write_scene_library(scenes, scenes_dir)
     backbone = open_backbone(BackboneSpec())
     featurizer = Featurizer(backbone, FeatureCache(args.workdir / "features"))
-    config = EvaluationConfig(
-        seed=args.seed,
-        l2=args.l2,
-        real_weight=args.real_weight,
-        tune_stages=args.tune_stages,
-        tune_epochs=args.tune_epochs,
-        tune_lr=args.tune_lr,
-    )
+    config = EvaluationConfig.from_options(args)
 
     throughput = None
     if args.mode == "stack":

@@ -367,14 +367,7 @@ def _evaluate(args: argparse.Namespace) -> EvaluationResult:
             f"--tune-stages {args.tune_stages}: {args.backbone} has {backbone.n_stages} stages; "
             f"fine-tune 1 to {backbone.n_stages - 1} of them, or 0 for a frozen backbone"
         )
-    config = EvaluationConfig(
-        seed=args.seed,
-        l2=args.l2,
-        real_weight=args.real_weight,
-        tune_stages=args.tune_stages,
-        tune_epochs=args.tune_epochs,
-        tune_lr=args.tune_lr,
-    )
+    config = EvaluationConfig.from_options(args)
     try:
         result = run_evaluation(training, heldout, featurizer, config)
     except ChecksumMismatch as exc:

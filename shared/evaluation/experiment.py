@@ -23,7 +23,7 @@ import io
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -71,6 +71,21 @@ class EvaluationConfig:
     tune_stages: int = 0
     tune_epochs: int = 8
     tune_lr: float = 1e-4
+
+    # What a command line sets (skuforge evaluate, bench/augment.py: options of the same names).
+    CLI_FIELDS: ClassVar[tuple[str, ...]] = (
+        "seed",
+        "l2",
+        "real_weight",
+        "tune_stages",
+        "tune_epochs",
+        "tune_lr",
+    )
+
+    @classmethod
+    def from_options(cls, options: Any) -> EvaluationConfig:
+        """The config an argparse namespace with the ``CLI_FIELDS`` options asks for."""
+        return cls(**{name: getattr(options, name) for name in cls.CLI_FIELDS})
 
 
 def describe_classifier(config: dict[str, Any]) -> str:
