@@ -185,12 +185,23 @@ def test_prometheus_sees_the_flow_and_the_lag_alert_fires_when_a_stage_stops(
             "every generated image to be gated and every reference photo stored",
         )
         assert (prom.value('sum(skuforge_messages_total{stage="captioner", outcome="ok"})') or 0) >= skus
-        by_stage = {
-            s["metric"]["stage"]: float(s["value"][1])
-            for s in prom.vector('sum by (stage) (skuforge_images_total{backend="composite"})')
-        }
-        assert set(by_stage) == {"generator", "matting", "gate"}
-        assert all(count >= images for count in by_stage.values()), by_stage
+
+        def images_by_stage() -> dict[str, float]:
+            return {
+                s["metric"]["stage"]: float(s["value"][1])
+                for s in prom.vector('sum by (stage) (skuforge_images_total{backend="composite"})')
+            }
+
+        # Each target is scraped on its own clock: the gate's counter may have been scraped after the
+        # matting stage's last scrape (seen: gate 6, matting 4), so wait for every stage's count.
+        wait_for(
+            lambda: (
+                set(images_by_stage()) == {"generator", "matting", "gate"}
+                and all(count >= images for count in images_by_stage().values())
+            ),
+            30,
+            "every stage's image count to be scraped",
+        )
         # Model calls were timed and sized: every image went through one matting call.
         assert prom.value('sum(skuforge_model_batch_size_sum{stage="matting"})') >= images  # type: ignore[operator]
         assert prom.value('sum(skuforge_model_seconds_count{stage="generator"})') >= 1  # type: ignore[operator]
