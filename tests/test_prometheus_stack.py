@@ -196,8 +196,8 @@ def test_prometheus_sees_the_flow_and_the_lag_alert_fires_when_a_stage_stops(
         # matting stage's last scrape (seen: gate 6, matting 4), so wait for every stage's count.
         wait_for(
             lambda: (
-                set(images_by_stage()) == {"generator", "matting", "gate"}
-                and all(count >= images for count in images_by_stage().values())
+                set(counts := images_by_stage()) == {"generator", "matting", "gate"}
+                and all(count >= images for count in counts.values())
             ),
             30,
             "every stage's image count to be scraped",

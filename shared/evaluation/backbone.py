@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -99,14 +99,8 @@ class Backbone:
         """N x C x H x W feature maps of ``images`` after all but the last ``tune_stages`` stages."""
         self._check_tune_stages(tune_stages)
         trunk = self.stages[: self.n_stages - tune_stages]
-        out = []
-        for first in range(0, len(images), batch):
-            x = torch.stack([self.preprocess(image) for image in images[first : first + batch]])
-            x = x.to(self.device)
-            for stage in trunk:
-                x = stage(x)
-            out.append(x.cpu().numpy().astype(np.float32))
-        return np.concatenate(out) if out else np.zeros((0,), dtype=np.float32)
+        maps = [x.cpu().numpy().astype(np.float32) for x in self._run(images, trunk, batch)]
+        return np.concatenate(maps) if maps else np.zeros((0,), dtype=np.float32)
 
     def output_shape(self, tune_stages: int = 0) -> tuple[int, ...]:
         """The shape of one image's answer: (dim,) for features, (C, H, W) for trunk maps."""
@@ -132,13 +126,19 @@ class Backbone:
     def features(self, images: Sequence[Image.Image], batch: int = 32) -> F32Array:
         """N x dim features of ``images``, in order."""
         out = [np.zeros((0, self.dim), dtype=np.float32)]
+        out += [_pool(x).cpu().numpy().astype(np.float32) for x in self._run(images, self.stages, batch)]
+        return np.concatenate(out)
+
+    def _run(
+        self, images: Sequence[Image.Image], stages: Iterable[nn.Module], batch: int
+    ) -> Iterator[torch.Tensor]:
+        """``stages`` applied to ``images``, one batch of outputs at a time (callers hold no_grad)."""
         for first in range(0, len(images), batch):
             x = torch.stack([self.preprocess(image) for image in images[first : first + batch]])
             x = x.to(self.device)
-            for stage in self.stages:
+            for stage in stages:
                 x = stage(x)
-            out.append(_pool(x).cpu().numpy().astype(np.float32))
-        return np.concatenate(out)
+            yield x
 
 
 def open_backbone(spec: BackboneSpec) -> Backbone:
@@ -227,7 +227,8 @@ class FeatureCache:
     """Features (or trunk maps) on disk by (representation id, sha256 of the image's bytes).
 
     ``<dir>/<id>/<sha>.npy``; the id is the backbone's (``backbone_id``) or its trunk's (``trunk_id``).
-    Trunk maps are stored as float16: they are many times larger than a feature vector.
+    An array is stored in the dtype it comes in (trunk maps as float16: they are many times larger
+    than a feature vector) and read back as float32.
     """
 
     def __init__(self, root: Path | None) -> None:
@@ -239,11 +240,11 @@ class FeatureCache:
         path = self.root / representation / f"{sha256}.npy"
         return np.load(path).astype(np.float32) if path.exists() else None
 
-    def put(self, representation: str, sha256: str, vector: F32Array, *, half: bool = False) -> None:
+    def put(self, representation: str, sha256: str, vector: npt.NDArray[np.floating[Any]]) -> None:
         if self.root is None:
             return
         path = self.root / representation / f"{sha256}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, vector.astype(np.float16) if half else vector)
+        np.save(tmp, vector)
         tmp.replace(path)

@@ -183,9 +183,10 @@ class Featurizer:
             chunk = missing[first : first + 64]
             vectors = compute([jobs[index][1]() for index in chunk])
             for index, vector in zip(chunk, vectors, strict=True):
-                # Maps are cached as float16: round them now too, so a cold and a warm run agree.
-                found[index] = vector.astype(np.float16).astype(np.float32) if tune_stages else vector
-                self.cache.put(representation, jobs[index][0], vector, half=bool(tune_stages))
+                # Maps are cached as float16, and used as such now too, so a cold and a warm run agree.
+                stored = vector.astype(np.float16) if tune_stages else vector
+                self.cache.put(representation, jobs[index][0], stored)
+                found[index] = stored.astype(np.float32)
         if not jobs:
             return np.zeros((0, *self.backbone.output_shape(tune_stages)), dtype=np.float32)
         return np.stack([found[index] for index in range(len(jobs))]).astype(np.float32)
