@@ -196,6 +196,25 @@ def test_batched_predict_equals_one_by_one(random_u2netp_onnx: Path) -> None:
         assert np.mean(result.mask != alone.mask) < 1e-3
 
 
+def test_shape_specialised_sessions_give_the_free_graphs_answer(random_u2netp_onnx: Path) -> None:
+    images = photos(7)
+    session = U2NetPSession(random_u2netp_onnx, threads=2, max_batch=6)
+    batch = session.preprocess(images)
+    (free,) = session._session.run([session.output_name], {session.input_name: batch})
+    results = session.predict(images)  # chunks of 6 and 1; the 6 run as calls of 4 and 2
+    assert matting.CPU_CALL_IMAGES == 4 and sorted(session._by_batch) == [1, 2, 4]
+    for size, fixed in session._by_batch.items():
+        free_dims = [dim for dim in fixed.get_inputs()[0].shape if not isinstance(dim, int)]
+        assert not free_dims, f"the batch-{size} session still has free dimensions {free_dims}"
+    specialised = session._run(batch)  # all 7 at once: calls of 4 and 3
+    assert specialised.shape == free.shape
+    assert np.abs(specialised - free).max() <= 1e-4
+    assert sorted(session._by_batch) == [1, 2, 3, 4]
+    session.predict(images[:1])
+    assert sorted(session._by_batch) == [1, 2, 3, 4]  # reused, not made again
+    assert len(results) == 7
+
+
 def test_outputs_have_each_images_own_size(random_u2netp_onnx: Path) -> None:
     images = [
         Image.new("RGB", (300, 200), (250, 250, 250)),
