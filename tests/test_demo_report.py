@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from devstack.demo.demo import main as demo_main
+from devstack.demo.demo import this_runs_decisions
 from devstack.demo.report import (
     CUTOUT_BACKGROUND_RGB,
     ReferenceView,
@@ -21,7 +22,7 @@ from devstack.demo.report import (
     write_report,
 )
 from devstack.demo.tracker import FlowState, Seen, item_key
-from schemas.topics import SKU_INGESTED
+from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED, IMAGE_GENERATED, SKU_INGESTED
 from shared.store import FileStore
 
 
@@ -79,6 +80,19 @@ def test_stage_throughput_and_item_keys() -> None:
     state.records["gate.accepted.v1"]["a"] = Seen(None, 3_500)
     assert state.span_s("gate") == pytest.approx(2.5)
     assert state.outputs("gate") == 1
+
+
+def test_only_this_runs_decisions_count_in_the_store_and_the_console() -> None:
+    # Item ids repeat across runs of the same SKUs: the store and the console still hold an
+    # earlier run's a..d. This run generated a..d, accepted a, flagged c; b and d are undecided.
+    state = FlowState()
+    for item in "abcd":
+        state.records[IMAGE_GENERATED.name][item] = Seen(None, 1)
+    state.records[GATE_ACCEPTED.name]["a"] = Seen(None, 2)
+    state.records[CORRECTION_PENDING.name]["c"] = Seen(None, 2)
+    state.records[GATE_ACCEPTED.name]["z"] = Seen(None, 2)  # another run's item on the topic
+    stored, queued = this_runs_decisions(state, stored={"a", "b", "z"}, queued={"b", "c", "d"})
+    assert (stored, queued) == ({"a"}, {"c"})
 
 
 def test_report_shows_each_real_photo_at_its_aspect_with_its_mask_or_why_not(tmp_path: Path) -> None:

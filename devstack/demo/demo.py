@@ -141,12 +141,16 @@ def stack(workdir: Path, *, variants: int, keep_running: bool) -> Iterator[dict[
 def decided_items(
     state: FlowState, store: ObjectStore, console_db: str, sku_ids: list[str]
 ) -> tuple[set[str], set[str]]:
-    """Generated items (of this run) in the retraining store, and those in the console's queue."""
+    """This run's decisions where they land: items its gate accepted that are in the retraining
+    store, and items its gate flagged that are in the console's queue.
+
+    Item ids are stable across runs of the same SKUs, so the store and the console can already
+    hold the same ids from an earlier run; only this run's decisions count.
+    """
     from services.console.tasks import TaskFilter, TaskStore
     from services.trainstore.config import TrainstoreSettings
     from shared.trainstore.manifest import ManifestStore
 
-    generated = set(state.records[IMAGE_GENERATED.name])
     manifests = ManifestStore(store, load_settings(TrainstoreSettings).trainstore_prefix)
     stored = {
         row.item_id
@@ -156,7 +160,15 @@ def decided_items(
     queued: set[str] = set()
     if Path(console_db).exists():
         queued = {task.item_id for task in TaskStore(console_db).query(TaskFilter(state=None), limit=100_000)}
-    return stored & generated, queued & generated
+    return this_runs_decisions(state, stored, queued)
+
+
+def this_runs_decisions(state: FlowState, stored: set[str], queued: set[str]) -> tuple[set[str], set[str]]:
+    """Of the item ids in the store and in the console, those this run's gate accepted / flagged."""
+    generated = set(state.records[IMAGE_GENERATED.name])
+    accepted = set(state.records[GATE_ACCEPTED.name]) & generated
+    flagged = set(state.records[CORRECTION_PENDING.name]) & generated
+    return stored & accepted, queued & flagged
 
 
 def expected_generated(state: FlowState, variants: int) -> int:
