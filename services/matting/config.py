@@ -42,7 +42,10 @@ class MattingSettings(BaseSettings):
         default=True, description="use ONNX Runtime's CUDA execution provider when it is available"
     )
     matting_max_batch: int = Field(
-        default=8, ge=1, le=256, description="images per ONNX Runtime call (one call per chunk)"
+        default=8,
+        ge=1,
+        le=256,
+        description="images per matting chunk (one ONNX Runtime call on GPU; on CPU, calls of at most 4)",
     )
     matting_threshold: Threshold = Field(
         default=0.5, description="mask threshold on the confidence: a number in (0, 1), or 'otsu' per image"
