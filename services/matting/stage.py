@@ -108,8 +108,9 @@ def handle_batch(
 ) -> list[list[Emit] | BadInput]:
     """Mat each event's image; an image that cannot be read or decoded refuses only its own event.
 
-    Events are taken ``session.max_batch`` at a time, so one ORT call serves a chunk and only
-    one chunk of decoded images is held in memory. ``roi_margin``: mat the box around each
+    Events are taken ``session.max_batch`` at a time, so one ``predict`` serves a chunk (one ORT
+    call, or on CPU calls of at most ``CPU_CALL_IMAGES``) and only one chunk of decoded images is
+    held in memory. ``roi_margin``: mat the box around each
     event's expected mask (None: the whole image).
     """
     results: list[list[Emit] | BadInput] = []

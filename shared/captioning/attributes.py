@@ -61,6 +61,7 @@ __all__ = [
     "dominant_colours",
     "kmeans",
     "looks_like_produce",
+    "mask_hull",
     "mask_problem",
     "polygon_area",
     "shape_features",
@@ -406,11 +407,16 @@ def _hull_corners(mask: BoolArray) -> F64Array:
     ).astype(np.float64)
 
 
+def mask_hull(mask: BoolArray) -> F64Array:
+    """The convex hull of a non-empty mask's pixels, as squares: (x, y) pixel-corner vertices."""
+    return convex_hull(_hull_corners(mask))
+
+
 def mask_hull_area(mask: BoolArray) -> float:
     """Area of the convex hull of a mask's pixels, as squares (so a full rectangle gives w*h)."""
     if not mask.any():
         return 0.0
-    return polygon_area(convex_hull(_hull_corners(mask)))
+    return polygon_area(mask_hull(mask))
 
 
 def tilt_degrees(mask: BoolArray) -> float:
@@ -422,7 +428,7 @@ def tilt_degrees(mask: BoolArray) -> float:
     """
     if not mask.any():
         return 0.0
-    hull = convex_hull(_hull_corners(mask))
+    hull = mask_hull(mask)
     if hull.shape[0] < 3:
         return 0.0
     edges = np.roll(hull, -1, axis=0) - hull

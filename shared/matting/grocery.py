@@ -38,7 +38,7 @@ import numpy.typing as npt
 from PIL import Image, ImageFilter
 
 from shared.arith.masks import clean_mask, connected_components, paint_runs
-from shared.captioning.attributes import convex_hull
+from shared.captioning.attributes import mask_hull
 from shared.matting.session import MaskOptions, U2NetPSession
 
 __all__ = [
@@ -112,18 +112,11 @@ CONVEX_CATALOGUE = frozenset(
 
 
 def hull_mask(mask: BoolArray) -> BoolArray:
-    """The convex hull of a mask's pixels, filled (the pixel squares' corners are the hull's points)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+    """The convex hull of a mask's pixels, filled."""
+    if not mask.any():
         return mask.copy()
-    first = np.argmax(mask[rows], axis=1)
-    last = mask.shape[1] - np.argmax(mask[rows, ::-1], axis=1)
-    corners = np.concatenate(
-        [np.stack([ends, rows + dy], axis=1) for ends in (first, last) for dy in (0, 1)]
-    ).astype(np.float64)
-    vertices = convex_hull(corners)  # counter-clockwise in (x, y) with y down
-    top, bottom = int(rows[0]), int(rows[-1]) + 1
-    left, right = int(first.min()), int(last.max())
+    vertices = mask_hull(mask)  # pixel-corner points, counter-clockwise in (x, y) with y down
+    (left, top), (right, bottom) = vertices.min(axis=0).astype(int), vertices.max(axis=0).astype(int)
     # Pixel (x, y) is the square [x, x+1) x [y, y+1): in the hull when its centre is on the inner
     # side of every edge (or on it).
     ys, xs = np.mgrid[top:bottom, left:right].astype(np.float64) + 0.5
