@@ -16,7 +16,8 @@ matting model, with no gate: minutes instead of an hour, for trying choices on v
 
 Leakage rules, checked before anything runs (``shared.evaluation.leakage``): no held-out photo is a
 reference or a scene, by path or by content. Scenes are train-split photos, each in a folder named
-after its class, and the composite backend never gives a SKU a scene of its own series (its class).
+after its class, and the composite backend never gives a SKU a scene of its own series (its class;
+with ``--series coarse``, its coarse class: no apple on a photo of any apple).
 
 Writes ``bench/results/augment.json`` (``--split test``) or ``bench/results/augment-val.json``, and an
 HTML report beside the evaluation outputs under ``--workdir``.
@@ -115,7 +116,7 @@ def scene_photos(data: Grocery, per_class: int, seed: int, used: set[Path]) -> d
 
 
 def write_scene_library(scenes: dict[str, list[Path]], folder: Path) -> Path:
-    """Copy the scenes to ``folder/<class>/<file>`` (the tag the composite backend excludes per series)."""
+    """Copy the scenes to ``folder/<tag>/<file>`` (the tag the composite backend excludes per series)."""
     if folder.exists():
         shutil.rmtree(folder)
     for name, paths in scenes.items():
@@ -160,6 +161,7 @@ def generate_in_process(
     library = SceneLibrary.load(open_store(str(scenes_dir))) if args.photo_share > 0 else None
     backend = CompositeBackend(library, args.photo_share)
     parameters = json.loads(args.parameters)
+    series_of: dict[str, str] = args.series_of
     made: dict[str, list[Path]] = {}
     for name, photos in refs.items():
         folder = out_dir / name
@@ -201,7 +203,7 @@ def generate_in_process(
                     seed=seed,
                     n=1,
                     parameters={**parameters, "arrangement": "pile"} if pile else parameters,
-                    series=name,
+                    series=series_of[name],
                     size=args.size,
                 )
                 sample = backend.generate(request)[0]
@@ -246,7 +248,9 @@ def _cached_masks(session: Any, images: list[Image.Image], photos: list[Path], f
 # --------------------------------------------------------------------------------------------------
 
 
-def write_sku_folders(all_refs: dict[int, dict[str, list[Path]]], folder: Path) -> list[str]:
+def write_sku_folders(
+    all_refs: dict[int, dict[str, list[Path]]], folder: Path, series_of: dict[str, str]
+) -> list[str]:
     """The layout ``skuforge ingest`` reads: one folder per (k, class) with metadata.json and its photos."""
     if folder.exists():
         shutil.rmtree(folder)
@@ -259,7 +263,7 @@ def write_sku_folders(all_refs: dict[int, dict[str, list[Path]]], folder: Path) 
             for index, path in enumerate(photos):
                 shutil.copyfile(path, sku_dir / f"{index:02d}-{path.name}")
             metadata = {"sku_id": sku, "name": name.replace("-", " "), "category": "grocery"}
-            metadata |= {"brand": "GroceryStoreDataset", "series": name}
+            metadata |= {"brand": "GroceryStoreDataset", "series": series_of[name]}
             (sku_dir / "metadata.json").write_text(json.dumps(metadata))
             ids.append(sku)
     return ids
@@ -384,6 +388,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--matting-model", default=None, help="in-process masks (default: the committed model)"
     )
+    parser.add_argument(
+        "--series",
+        choices=("class", "coarse"),
+        default="class",
+        help="a SKU's series, never its scenes' tag: its class, or its coarse class (no apple on apples)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--l2", type=float, default=1e-2)
     parser.add_argument("--real-weight", type=float, default=4.0)
@@ -427,9 +437,17 @@ def main(argv: list[str] | None = None) -> int:
         reference=[(str(path), sha256_file(path)) for path in used],
         scene=[(str(path), sha256_file(path)) for paths in scenes.values() for path in paths],
     )
-    scenes_dir = args.workdir / "scenes"
+    # A SKU's series is its class (or coarse class); a scene's folder is its tag, and the composite
+    # backend never gives a SKU a scene tagged like its series.
+    args.series_of = {
+        item.name: item.name if args.series == "class" else item.coarse for item in data.classes
+    }
+    scenes_dir = args.workdir / ("scenes" if args.series == "class" else f"scenes-{args.series}")
     if not args.reuse_stack:
-        write_scene_library(scenes, scenes_dir)
+        by_tag: dict[str, list[Path]] = {}
+        for name, paths in scenes.items():
+            by_tag.setdefault(args.series_of[name], []).extend(paths)
+        write_scene_library(by_tag, scenes_dir)
     backbone = open_backbone(BackboneSpec())
     featurizer = Featurizer(backbone, FeatureCache(args.workdir / "features"))
     config = EvaluationConfig.from_options(args)
@@ -442,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         # Score again what the last stack run of this workdir stored (e.g. after a classifier change).
         throughput = json.loads((args.workdir / STACK_RUN).read_text())["images_per_min"]
     elif args.mode == "stack":
-        sku_ids = write_sku_folders(all_refs, args.workdir / "skus")
+        sku_ids = write_sku_folders(all_refs, args.workdir / "skus", args.series_of)
         throughput = run_stack(args.workdir / "skus", sku_ids, scenes_dir, args)
     results: dict[str, Any] = {}
     evaluations = {}
