@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from services.trainstore.evaluate import summary_lines
+from services.trainstore.evaluation import summary_lines
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     CONDITIONS,
@@ -226,6 +228,22 @@ def test_unknown_sku_folders_are_named(
     assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 2
     assert "SKUs the store does not have: SKU-NOPE" in capsys.readouterr().err
     assert not (tmp_path / "eval").exists()
+
+
+def test_help_and_usage_errors_answer_without_loading_torch_or_the_store() -> None:
+    # The backbone needs torch (3 s to import here); a user asking for --help should not wait for it.
+    code = (
+        "import sys\n"
+        "from skuforge_cli.main import main\n"
+        "try:\n"
+        "    main(['evaluate', '--help'])\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "assert 'torch' not in sys.modules and 'services.trainstore.evaluation' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--heldout DIR" in result.stdout
 
 
 def test_heldout_skus_the_policy_leaves_out_and_a_missing_folder_are_refused(

