@@ -1,5 +1,6 @@
 """The composite backend on real scene photos: exact expected mask under occlusion, scenes of any size,
-corrupt library files skipped (logged, counted), a SKU never on its own series' photos, replay."""
+corrupt, unreadable or badly named library files skipped (logged, counted), a SKU never on its own
+series' photos (whatever the spelling or script), replay."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import dataclasses
 import io
 import json
 import logging
+import os
+import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +22,13 @@ from schemas.events import GateCheck
 from services.generator.config import GenerationSettings
 from services.generator.server import load_scenes
 from shared.config import load_settings
+from shared.errors import ObjectMissing, TransientError
 from shared.gate.checks import GateThresholds, evaluate
 from shared.generation.backend import COLOUR_GAIN_KEY, GenerationRequest
 from shared.generation.composite import PHOTO_SCENE, CompositeBackend
 from shared.generation.scenes import SCENES_SKIPPED, Scene, SceneLibrary
 from shared.images import encode_png
-from shared.store import FileStore
+from shared.store import FileStore, ObjectStore, S3Store
 from tests.test_generation_composite import NEUTRAL_LIGHT, marker_pixels, marker_reference, request
 
 # Only what the product itself shows: no shadow, no scene matching, neutral light (see NEUTRAL_LIGHT).
@@ -176,13 +181,22 @@ def test_a_scene_smaller_than_the_canvas_is_scaled_up() -> None:
         assert not marker_pixels(sample.image, tolerance=40)[~ndimage.binary_dilation(mask)].any()
 
 
-def skipped_total() -> float:
+def skipped_total(reason: str | None = None) -> float:
+    """Scenes skipped so far (this process), all or those of one ``reason`` label."""
     return sum(
         sample.value
         for metric in SCENES_SKIPPED.collect()
         for sample in metric.samples
-        if sample.name.endswith("_total")
+        if sample.name.endswith("_total") and reason in (None, sample.labels["reason"])
     )
+
+
+def write_scenes(folder: Path, *keys: str) -> None:
+    """A small decodable photo under each key (folders made as needed)."""
+    for number, key in enumerate(keys):
+        path = folder.joinpath(*key.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_png(textured_scene(30, 40, (40, 150, 60), number)))
 
 
 def test_corrupt_scene_files_are_skipped_with_a_logged_reason_and_a_metric(
@@ -216,6 +230,81 @@ def test_a_library_with_no_usable_photo_says_what_to_do(tmp_path: Path) -> None:
         SceneLibrary.load(FileStore(tmp_path))
 
 
+def test_unreadable_and_badly_named_scene_files_are_skipped_and_the_rest_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_scenes(tmp_path, "shelves/good.png", "top.png")
+    os.symlink(tmp_path / "shelves" / "loop.jpg", tmp_path / "shelves" / "loop.jpg")  # ELOOP on read
+    (tmp_path / "back\\slash.jpg").write_bytes((tmp_path / "top.png").read_bytes())  # no valid key
+    (tmp_path / "new\nline.png").write_bytes((tmp_path / "top.png").read_bytes())
+    before = {reason: skipped_total(reason) for reason in ("bad_key", "unreadable")}
+    with caplog.at_level(logging.WARNING, logger="shared.generation.scenes"):
+        scenes = SceneLibrary.load(FileStore(tmp_path))
+    assert sorted(scenes.keys_for(None)) == ["shelves/good.png", "top.png"]
+    assert scenes.skipped == {
+        "shelves/loop.jpg": "unreadable: Too many levels of symbolic links",
+        "back\\slash.jpg": "bad_key: key 'back\\\\slash.jpg' contains a backslash",
+        "new\nline.png": "bad_key: key 'new\\nline.png' contains control characters",
+    }
+    assert skipped_total("bad_key") - before["bad_key"] == 2
+    assert skipped_total("unreadable") - before["unreadable"] == 1
+    logged = [record.getMessage() for record in caplog.records if "skipped" in record.getMessage()]
+    for key, reason in scenes.skipped.items():
+        # A refused key is logged as its repr (what makes it odd shows), the others as their URI.
+        shown = repr(key) if reason.startswith("bad_key") else f"{tmp_path}/{key}"
+        assert any(shown in line and reason in line for line in logged), (key, logged)
+
+
+def test_an_s3_key_the_store_refuses_is_skipped(s3_store: ObjectStore) -> None:
+    assert isinstance(s3_store, S3Store)
+    photo = encode_png(textured_scene(30, 40, (40, 150, 60)))
+    s3_store.put_bytes("shelves/good.png", photo, "image/png")
+    # S3 takes a doubled '/' (a careless upload script); the store refuses such a key.
+    s3_store.client.put_object(Bucket=s3_store.bucket, Key="pfx/shelves//a.png", Body=photo)
+    before = skipped_total("bad_key")
+    scenes = SceneLibrary.load(s3_store)
+    assert len(scenes) == 1 and "shelves/good.png" in scenes
+    assert list(scenes.skipped) == ["shelves//a.png"]
+    assert scenes.skipped["shelves//a.png"].startswith("bad_key: key 'shelves//a.png' has an empty segment")
+    assert skipped_total("bad_key") - before == 1
+
+
+class RemoteStoreGoingDown(ObjectStore):
+    """A remote store that lists its photos, then stops answering at ``down_at``."""
+
+    base_uri = "s3://scenes/library"
+
+    def __init__(self, photos: dict[str, bytes], down_at: str) -> None:
+        self.photos, self.down_at = photos, down_at
+
+    def _read(self, key: str) -> bytes:
+        if key == self.down_at:
+            raise TransientError(f"S3 unreachable for {self.uri_for(key)}: connection refused")
+        if key not in self.photos:
+            raise ObjectMissing(self.uri_for(key))
+        return self.photos[key]
+
+    def _list(self, prefix: str) -> Iterator[str]:
+        return iter(sorted(key for key in self.photos if key.startswith(prefix)))
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        raise NotImplementedError
+
+    def _exists(self, key: str) -> bool:
+        return key in self.photos
+
+    def _delete(self, key: str) -> None:
+        raise NotImplementedError
+
+
+def test_a_remote_store_that_goes_down_mid_load_fails_start_up() -> None:
+    photo = encode_png(textured_scene(30, 40, (40, 150, 60)))
+    store = RemoteStoreGoingDown({"shelves/a.png": photo, "shelves/b.png": photo}, down_at="shelves/b.png")
+    with pytest.raises(TransientError) as failed:
+        SceneLibrary.load(store)
+    assert str(failed.value).startswith("scene library s3://scenes/library unreadable at shelves/b.png")
+
+
 def test_a_sku_never_gets_a_scene_tagged_like_its_series() -> None:
     scenes = library(
         ("cola/a.png", textured_scene(40, 40, (150, 40, 40), 1)),
@@ -233,6 +322,49 @@ def test_a_sku_never_gets_a_scene_tagged_like_its_series() -> None:
     # When every scene is the SKU's own, its variants go on procedural scenes instead.
     only_cola = CompositeBackend(library(("cola/a.png", textured_scene(40, 40, (150, 40, 40)))), 1.0)
     assert {s.parameters["scene"] for s in only_cola.generate(cola)} & {PHOTO_SCENE} == set()
+
+
+@pytest.mark.parametrize(
+    ("series", "folder"),
+    [
+        ("Fizzo Zero", "fizzo-zero"),
+        ("Café Crème", "cafe-creme"),
+        ("Café Crème", "CAFE_CREME"),
+        ("Café Crème", unicodedata.normalize("NFD", "Café Crème")),  # as macOS writes the name
+        ("Dr Pepper's", "Dr Peppers"),
+        ("可口可乐", "可口可乐"),
+        ("Кока-Кола", "кока кола"),
+        ("★★", "★★"),  # no letter or digit at all: still its own folder
+    ],
+)
+def test_a_series_matches_its_folder_whatever_the_case_accents_punctuation_or_script(
+    tmp_path: Path, series: str, folder: str
+) -> None:
+    write_scenes(tmp_path, f"{folder}/own.png", "other/a.png", "top.png")
+    scenes = SceneLibrary.load(FileStore(tmp_path))
+    assert scenes.keys_for(series) == ["other/a.png", "top.png"]
+    assert len(scenes.keys_for(None)) == 3
+
+
+def test_similar_but_different_series_still_share_scenes(tmp_path: Path) -> None:
+    write_scenes(tmp_path, "Cola/a.png", "Cola Zero/b.png", "可口可乐/c.png", "Кока-Кола/d.png")
+    scenes = SceneLibrary.load(FileStore(tmp_path))
+    assert scenes.keys_for("cola") == ["Cola Zero/b.png", "Кока-Кола/d.png", "可口可乐/c.png"]
+    assert scenes.keys_for("可口") == scenes.keys_for(None)
+
+
+def test_a_sku_of_a_non_latin_series_never_gets_its_own_folders_scenes(tmp_path: Path) -> None:
+    write_scenes(tmp_path, "可口可乐/a.png", "可口可乐/b.png", "Кока-Кола/c.png", "d.png")
+    backend = CompositeBackend(SceneLibrary.load(FileStore(tmp_path)), 1.0)
+    reference, mask = marker_reference()
+    sku = dataclasses.replace(request(reference, mask, seed=4, n=24, size=64), series="可口可乐")
+    assert {s.parameters["scene_key"] for s in backend.generate(sku)} == {"Кока-Кола/c.png", "d.png"}
+    cyrillic = dataclasses.replace(sku, series="Кока-Кола".upper())
+    assert {s.parameters["scene_key"] for s in backend.generate(cyrillic)} == {
+        "可口可乐/a.png",
+        "可口可乐/b.png",
+        "d.png",
+    }
 
 
 def test_photo_variant_parameters_replay_the_image_byte_for_byte() -> None:

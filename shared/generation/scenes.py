@@ -4,18 +4,23 @@ A folder or object-store prefix of photos (shelves, counters, baskets, hands). E
 once at start-up, shrunk to ``max_side_px`` and kept in memory as uint8. A file that does not decode
 (corrupt, truncated, not an image, too large) is skipped: the reason is logged and counted in
 ``skuforge_generator_scenes_skipped_total{reason}``; the library never fails because of one file.
+So is a key the store refuses (``shelves//a.jpg`` in S3, a file name with a backslash or a newline)
+and, in a local folder, a file the OS will not read (permission denied, a symlink loop). Only a
+remote store that fails mid-load fails start-up: then the store is down, not one file.
 
 A scene's *tag* is the first folder of its key (``shelves/a.jpg`` → ``shelves``; top level → no tag).
-A SKU never gets a scene tagged like its series (compared case- and punctuation-blind, so series
-"Fizzo Zero" matches folder ``fizzo-zero``): a library built from photos of a catalogue's other
-products puts each product's own photos in a folder named like its series, so a product is never
-composited onto photos of itself (which would hand the classifier extra real views of it).
+A SKU never gets a scene tagged like its series, compared on the letters and digits of any script
+only (case, accents, spaces and punctuation ignored; see ``series_tag``): series "Fizzo Zero" matches
+folder ``fizzo-zero``, "Café Crème" matches ``CAFE_CREME``, "可口可乐" matches ``可口可乐``. A library
+built from photos of a catalogue's other products puts each product's own photos in a folder named
+like its series, so a product is never composited onto photos of itself (which would hand the
+classifier extra real views of it).
 """
 
 from __future__ import annotations
 
 import logging
-import re
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,14 +30,14 @@ from prometheus_client import Counter
 
 from shared.errors import BadInput, ImageRejected, TransientError
 from shared.images import decode_image
-from shared.store import ObjectStore
+from shared.store import FileStore, ObjectStore, check_key
 
 log = logging.getLogger(__name__)
 
 SCENE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SCENES_SKIPPED = Counter(
     "skuforge_generator_scenes_skipped_total",
-    "Scene-library files skipped at load (not decodable or unreadable), by reason",
+    "Scene-library files skipped at load (bad key, not decodable or unreadable), by reason",
     ["reason"],
 )
 
@@ -42,7 +47,7 @@ class Scene:
     """One background photo."""
 
     key: str  # its key under the library's prefix
-    tag: str  # first folder of the key; "" at top level
+    tag: str  # series_tag of the key's first folder; "" at top level
     pixels: npt.NDArray[np.uint8]  # H x W x 3 RGB, longer side <= the library's max_side_px
 
 
@@ -57,29 +62,26 @@ class SceneLibrary:
 
     @classmethod
     def load(cls, store: ObjectStore, *, max_side_px: int = 512) -> SceneLibrary:
-        """Every photo under ``store`` (by suffix); undecodable files are skipped with a logged reason."""
+        """Every photo under ``store`` (by suffix); bad keys and unusable files are skipped, reason logged.
+
+        Raises ``TransientError`` when a remote store fails mid-load, ``ValueError`` when no photo is usable.
+        """
         scenes: list[Scene] = []
         skipped: dict[str, str] = {}
         for key in sorted(store.list_keys()):
             if not key.lower().endswith(SCENE_SUFFIXES):
                 continue
-            try:
-                image = decode_image(store.get_bytes(key))
-            except ImageRejected as exc:
-                skipped[key] = exc.reason
-            except TransientError as exc:
-                # The store is down, not the file: fail start-up rather than silently lose scenes.
-                raise TransientError(f"scene library {store.base_uri} unreadable at {key}: {exc}") from exc
-            except (BadInput, OSError) as exc:
-                skipped[key] = f"unreadable: {type(exc).__name__}"
-            else:
-                image.thumbnail((max_side_px, max_side_px), Image.Resampling.LANCZOS)
-                tag = series_tag(key.split("/", 1)[0]) if "/" in key else ""
-                scenes.append(Scene(key, tag, np.asarray(image, dtype=np.uint8)))
+            image = _read_scene(store, key)
+            if isinstance(image, str):
+                skipped[key] = reason = image
+                SCENES_SKIPPED.labels(reason=reason.split(":", 1)[0]).inc()
+                # uri_for would refuse a bad key again; its repr shows what is odd in it (a '\', a newline).
+                location = f"{store.base_uri}/{key!r}" if reason.startswith("bad_key") else store.uri_for(key)
+                log.warning("scene %s skipped: %s", location, reason)
                 continue
-            reason = skipped[key]
-            SCENES_SKIPPED.labels(reason=reason.split(":", 1)[0]).inc()
-            log.warning("scene %s skipped: %s", store.uri_for(key), reason)
+            image.thumbnail((max_side_px, max_side_px), Image.Resampling.LANCZOS)
+            tag = series_tag(key.split("/", 1)[0]) if "/" in key else ""
+            scenes.append(Scene(key, tag, np.asarray(image, dtype=np.uint8)))
         if not scenes:
             raise ValueError(
                 f"no usable scene photo under {store.base_uri} ({len(skipped)} skipped); "
@@ -109,5 +111,44 @@ class SceneLibrary:
 
 
 def series_tag(name: str) -> str:
-    """``name`` lower-cased with runs of anything but letters and digits as one '-'."""
-    return re.sub(r"[^0-9a-z]+", "-", name.lower()).strip("-")
+    """The letters and digits of ``name``, of any script, case-folded; accents and all else dropped.
+
+    "Café Crème", "cafe-creme" and "CAFE_CREME" all give ``cafecreme``; "Dr Pepper's" and "Dr Peppers"
+    give ``drpeppers``; "Кока-Кола" gives ``кокакола``. A name with no letter or digit at all (``★★``)
+    is kept whole, case-folded, so that even such a series never gets its own folder's scenes.
+    """
+    # NFKD splits accents off their letters, so composed and decomposed names (macOS writes the
+    # latter) compare equal; accents, like spaces and punctuation, are not alphanumeric and go.
+    decomposed = unicodedata.normalize("NFKD", name.casefold())
+    tag = "".join(char for char in decomposed if char.isalnum())
+    return tag or unicodedata.normalize("NFKC", name.casefold()).strip()
+
+
+def _read_scene(store: ObjectStore, key: str) -> Image.Image | str:
+    """The decoded photo under ``key``, or why it is skipped (``reason`` or ``reason: detail``)."""
+    try:
+        check_key(key)
+    except ValueError as exc:
+        # S3 lists keys this store will not read (``a//b.jpg``), and a folder may hold such file names.
+        return f"bad_key: {exc}"
+    try:
+        return decode_image(store.get_bytes(key))
+    except ImageRejected as exc:
+        return exc.reason
+    except TransientError as exc:
+        if not isinstance(store, FileStore):
+            # The store is down, not the file: fail start-up rather than silently lose scenes.
+            raise TransientError(f"scene library {store.base_uri} unreadable at {key}: {exc}") from exc
+        # A folder whose listing just worked is not down: this one file is unreadable (permission
+        # denied, a symlink loop), which FileStore reports, like any OSError but "not found", as transient.
+        return f"unreadable: {_os_error_detail(exc)}"
+    except (BadInput, OSError) as exc:
+        return f"unreadable: {type(exc).__name__}"
+
+
+def _os_error_detail(exc: TransientError) -> str:
+    """What the OS said about the file (``Permission denied``), from the ``OSError`` behind ``exc``."""
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return type(cause or exc).__name__
