@@ -11,7 +11,8 @@ from scipy import ndimage
 from services.generator.config import GenerationSettings
 from shared.config import load_settings
 from shared.generation.backend import GenerationRequest, open_backend
-from shared.generation.composite import CompositeBackend, CompositeError
+from shared.generation.composite import PHOTO_SCENE, CompositeBackend, CompositeError, product_framing
+from shared.generation.scenes import Scene, SceneLibrary
 from shared.synth import make_product, render_photo
 
 # A product colour no scene, shadow or distractor produces exactly: with the photometric knobs
@@ -155,3 +156,26 @@ def test_open_backend_picks_composite_by_default_and_refuses_unknown_names() -> 
     assert backend.name == "composite" and backend.model_id
     with pytest.raises(ValueError, match="SKUFORGE_GENERATION_BACKEND"):
         open_backend("dreams")
+
+
+def test_a_photo_composite_frames_the_product_as_its_whole_reference_photo_does() -> None:
+    # The generator stage sends the reference cropped to the product (where it fills ~90%) and the
+    # framing of the whole photo beside it; the product must fill what it filled there, not the crop.
+    reference, mask = marker_reference()
+    assert product_framing(mask) == pytest.approx(0.8)  # the bottle is 240 of the photo's 300 px tall
+    scene = np.full((256, 256, 3), (40, 150, 60), dtype=np.uint8)
+    backend = CompositeBackend(SceneLibrary([Scene("shelves/a.png", "shelves", scene)]), 1.0)
+    fixed = {**NEUTRAL_LIGHT, "scene": PHOTO_SCENE, "scene_key": "shelves/a.png", "shadow": "none"}
+    fixed |= {"occluders": 0, "scene_match": 0.0, "framing": 1.0, "rotation_deg": 0.0}
+    fixed |= {"perspective_x": 0.0, "perspective_y": 0.0}
+
+    def height_share(**parameters: object) -> float:
+        sample = backend.generate(request(reference, mask, seed=4, **fixed, **parameters))[0]
+        rows = np.flatnonzero((sample.expected_mask > 0).any(axis=1))
+        return (rows[-1] + 1 - rows[0]) / sample.expected_mask.shape[0]
+
+    assert height_share() == pytest.approx(0.8, abs=0.03)  # measured on the reference given
+    assert height_share(reference_framing=0.4) == pytest.approx(0.4, abs=0.03)
+    assert height_share(reference_framing=0.1) == pytest.approx(0.3, abs=0.03)  # never below 0.3
+    with pytest.raises(CompositeError, match=r"reference_framing must be in 0\.\.1"):
+        backend.generate(request(reference, mask, seed=4, **fixed, reference_framing=1.5))

@@ -26,6 +26,7 @@ from services.generator.stage import (
 )
 from shared.config import load_settings
 from shared.generation.backend import COLOUR_GAIN_KEY
+from shared.generation.composite import product_framing
 from shared.images import decode_image, decode_mask
 from shared.store import ObjectStore
 from shared.synth import make_product, render_photo
@@ -111,6 +112,11 @@ def check_generated(store: ObjectStore, events: list[ImageGenerated], captioned:
         assert event.backend == "composite" and event.model_id == "composite-v1" and event.adapter_id is None
         assert event.prompt.startswith(source.instance_prompt) and event.negative_prompt == "blurry"
         assert {"scene", "rotation_deg", "occluders"} <= set(event.parameters)
+        # The backend got the reference cropped to the product, and the whole photo's framing beside it.
+        (photo,) = [p for p in source.photos if p.photo_id == event.reference_photo_id]
+        assert photo.mask is not None
+        framing = product_framing(decode_mask(store.read_verified(photo.mask)))
+        assert event.parameters["reference_framing"] == pytest.approx(framing, abs=1e-6)
     assert sorted(e.variant_index for e in events) == sorted(list(range(VARIANTS)) * len(captioned))
 
 

@@ -49,6 +49,7 @@ from services.generator.protocol import VariantRequest, VariantResult, model_nam
 from shared.config import Settings, load_settings
 from shared.errors import BadInput
 from shared.generation.backend import COLOUR_GAIN_KEY, is_pile
+from shared.generation.composite import product_framing
 from shared.images import decode_image, decode_mask
 from shared.runtime import Context, Emit, Stage, run_stage
 
@@ -153,9 +154,12 @@ def prompt_for(captioned: SkuCaptioned, photo: CaptionedPhoto) -> str:
     return f"{captioned.instance_prompt}, {photo.caption}" if photo.caption else captioned.instance_prompt
 
 
-def _read_reference(photo: CaptionedPhoto, ctx: Context, max_side_px: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_reference(
+    photo: CaptionedPhoto, ctx: Context, max_side_px: int
+) -> tuple[np.ndarray, np.ndarray, float]:
     """The photo (RGB) and its mask (0/255), verified against their sha256, shrunk to ``max_side_px``
-    and cropped around the product."""
+    and cropped around the product, with the share of the whole photo the product fills (its framing,
+    which the crop would otherwise lose)."""
     assert photo.mask is not None
     max_pixels, max_bytes = ctx.settings.max_image_pixels, ctx.settings.max_image_bytes
     image = decode_image(ctx.store.read_verified(photo.image), max_pixels=max_pixels, max_bytes=max_bytes)
@@ -171,7 +175,8 @@ def _read_reference(photo: CaptionedPhoto, ctx: Context, max_side_px: int) -> tu
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.LANCZOS)
         mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
-    return crop_to_product(np.asarray(image, dtype=np.uint8), np.where(mask >= 128, 255, 0).astype(np.uint8))
+    binary = np.where(mask >= 128, 255, 0).astype(np.uint8)
+    return (*crop_to_product(np.asarray(image, dtype=np.uint8), binary), product_framing(binary))
 
 
 def crop_to_product(
@@ -217,7 +222,11 @@ def handle_batch(
             refused[position] = refusal
             continue
         for planned in plans[position]:
-            reference, mask = references[planned.photo.photo_id]
+            reference, mask, framing = references[planned.photo.photo_id]
+            parameters = variant_parameters(planned, generation)
+            if planned.backend == "composite":
+                # Framed as in the whole photo, not as in the crop sent (where the product fills ~90%).
+                parameters.setdefault("reference_framing", round(framing, 6))
             requests.append(
                 (
                     position,
@@ -228,7 +237,7 @@ def handle_batch(
                         prompt=prompt_for(captioned, planned.photo),
                         negative_prompt=captioned.negative_prompt,
                         seed=planned.seed,
-                        parameters_json=json.dumps(variant_parameters(planned, generation), sort_keys=True),
+                        parameters_json=json.dumps(parameters, sort_keys=True),
                         adapter_id=generation.generation_adapter_id,
                         series=captioned.sku.series or None,
                         size=generation.generation_size_px,

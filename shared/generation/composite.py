@@ -103,6 +103,9 @@ class _Plan:
     # Not drawn (a request chooses it; the generator stage asks for piles of loose produce); last, so
     # that adding it moved no drawn value. Procedural scenes always place one product.
     arrangement: str = "single"
+    # Not drawn: the reference photo's framing (``product_framing``) measured before the caller
+    # cropped the reference to the product; 0 measures it on the reference as given.
+    reference_framing: float = 0.0
 
     @classmethod
     def draw(
@@ -197,6 +200,8 @@ class _Plan:
             raise CompositeError("blur_px and noise_sigma must be >= 0, light_gain > 0")
         if plan.scene_blur < 0 or not 0 <= plan.scene_match <= 1 or not 0.2 <= plan.framing <= 2:
             raise CompositeError("scene_blur must be >= 0, scene_match in 0..1, framing in 0.2..2")
+        if not 0 <= plan.reference_framing <= 1:
+            raise CompositeError("reference_framing must be in 0..1 (0: measure it on the reference)")
         return plan
 
     def as_json(self) -> dict[str, Any]:
@@ -286,9 +291,18 @@ class _Cutout:
         y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
         alpha = np.where(binary[y0:y1, x0:x1], 255, 0).astype(np.uint8)
         rgba = np.dstack([reference[y0:y1, x0:x1], alpha])
-        height, width = binary.shape
-        framing = max((y1 - y0) / height, (x1 - x0) / width)
-        return cls(Image.fromarray(rgba, mode="RGBA").convert("RGBa"), framing)
+        return cls(Image.fromarray(rgba, mode="RGBA").convert("RGBa"), product_framing(binary))
+
+
+def product_framing(mask: npt.NDArray[Any]) -> float:
+    """How much of the photo the product fills: its bounding box's longer side over the photo's side
+    along it (0..1; 0 for an empty mask). A composite frames the product the same way."""
+    binary = np.asarray(mask) >= 128 if np.asarray(mask).dtype != np.bool_ else np.asarray(mask)
+    rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
+    if rows.size == 0:
+        return 0.0
+    height, width = binary.shape
+    return max((int(rows[-1]) + 1 - int(rows[0])) / height, (int(cols[-1]) + 1 - int(cols[0])) / width)
 
 
 def render_variant(
@@ -391,7 +405,8 @@ def render_photo_variant(
         return _finish(img, plan, size, noise_rng), expected_mask, gain
     # Frame the product as its reference photo does: the same share of the frame, give or take.
     w, h = cutout.rgba.size
-    fill = float(np.clip(cutout.framing * plan.framing, 0.3, 0.95))
+    framing = plan.reference_framing or cutout.framing
+    fill = float(np.clip(framing * plan.framing, 0.3, 0.95))
     height_fraction = float(np.clip(fill * min(1.0, h / w), 0.05, 0.95))
     placed = _Plan(**{**plan.__dict__, "height_fraction": height_fraction})
     product, corners = _place_product(cutout, placed, size)
