@@ -87,6 +87,17 @@ def decode_mask(
     return np.where(gray >= 128, np.uint8(255), np.uint8(0)).astype(np.uint8)
 
 
+def photo_as_stored(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[Image.Image, bytes]:
+    """A photo file as skuforge stores it: decoded (``decode_image``: EXIF orientation applied, 8-bit
+    RGB) and re-encoded as PNG (``encode_png``). ``skuforge ingest`` stores these bytes, so a JPEG
+    never matches its stored copy byte for byte; ``skuforge evaluate`` compares held-out photos with
+    the store through this. Raises ``ImageRejected``."""
+    image = decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
+    return image, encode_png(image)
+
+
 def encode_png(image: Image.Image | npt.NDArray[Any]) -> bytes:
     """Encode pixels as PNG bytes that depend only on the pixels.
 

@@ -3,6 +3,7 @@ refusals, and the experiment's arithmetic on classes whose look is known (solid 
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -15,7 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
+from services.ingest.ingest import prepare_sku
 from services.trainstore.evaluation import summary_lines
+from shared.config import load_settings
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     CONDITIONS,
@@ -30,7 +33,7 @@ from shared.evaluation.report import histogram, render_report
 from shared.evaluation.tune import fit_predict_tuned, tail_features
 from shared.images import encode_png
 from shared.store import FileStore, ObjectStore
-from shared.trainstore.manifest import ManifestRow, ManifestStore, Source
+from shared.trainstore.manifest import ManifestRow, ManifestStore, Source, Status
 from skuforge_cli.main import main as cli_main
 
 PREFIX = "trainstore"  # TrainstoreSettings' default
@@ -57,21 +60,29 @@ def colour_photo(rgb: tuple[int, int, int], seed: int, size_px: int = 48) -> Ima
 
 
 def store_photo(
-    manifests: ManifestStore, sku_id: str, item_id: str, source: Source, image: Image.Image
+    manifests: ManifestStore,
+    sku_id: str,
+    item_id: str,
+    source: Source,
+    image: Image.Image | bytes,
+    status: Status | None = None,
 ) -> None:
-    """Store an image the way the trainstore does and append its manifest row."""
+    """Store an image the way the trainstore does (pixels as PNG, or these exact bytes) and append
+    its manifest row."""
     key = f"images/{sku_id}/{source}/{item_id}.png"
-    ref = manifests.store.put_image(manifests.key(key), image)
+    data = image if isinstance(image, bytes) else encode_png(image)
+    ref = manifests.store.put_bytes(manifests.key(key), data, "image/png")
+    width, height = Image.open(io.BytesIO(data)).size
     row = ManifestRow(
         item_id=item_id,
         sku_id=sku_id,
         category="soda can",
         source=source,
-        status="reference" if source == "real" else "accepted",
+        status=status or ("reference" if source == "real" else "accepted"),
         image=key,
         image_sha256=ref.sha256,
-        width=image.width,
-        height=image.height,
+        width=width,
+        height=height,
     )
     manifests.append(sku_id, [row])
 
@@ -290,6 +301,122 @@ def test_a_heldout_photo_that_is_a_store_reference_is_refused(
     err = capsys.readouterr().err
     assert "training " in err and "real-leak.png has the same content as held-out" in err
     assert not (tmp_path / "eval").exists()
+
+
+def test_a_heldout_jpeg_that_was_ingested_is_refused(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The common leak: a JPEG given to `skuforge ingest` and also kept as held-out. Ingest stores it
+    # decoded and re-encoded as PNG (the trainstore keeps that PNG), so its bytes never match the JPEG's.
+    shoot = tmp_path / "shoot"
+    shoot.mkdir()
+    metadata = {"sku_id": "SKU-RED", "name": "red", "category": "soda can", "brand": "b", "series": "s"}
+    (shoot / "metadata.json").write_text(json.dumps(metadata))
+    shutil.copy(heldout / "SKU-RED" / "test-0.jpg", shoot / "IMG_0001.jpg")
+    prepared, problems = prepare_sku(shoot, load_settings())
+    assert prepared is not None, problems
+    (ingested,) = prepared.photos
+    store_photo(colour_store, "SKU-RED", ingested.photo_id, "real", ingested.png)
+    args = evaluate_args(heldout, tmp_path / "eval", tmp_path)
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert f"training {tmp_path}/store/{PREFIX}/images/SKU-RED/real/{ingested.photo_id}.png" in err
+    assert "has the same content as held-out" in err and "SKU-RED/test-0.jpg (as ingest stores it)" in err
+    assert not (tmp_path / "eval").exists()
+    # A second run answers from the cache of what ingest would store, and refuses just the same.
+    assert cli_main(args) == 2
+    assert "SKU-RED/test-0.jpg (as ingest stores it)" in capsys.readouterr().err
+
+
+def test_a_photo_that_does_not_decode_is_refused_by_name(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A held-out JPEG cut short (an interrupted copy): its header reads, its pixels do not.
+    whole = (heldout / "SKU-BLUE" / "test-0.jpg").read_bytes()
+    (heldout / "SKU-BLUE" / "cut.jpg").write_bytes(whole[: len(whole) * 8 // 10])
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "held-out " in err and "SKU-BLUE/cut.jpg cannot be used (truncated" in err
+    (heldout / "SKU-BLUE" / "cut.jpg").unlink()
+    # A store image cut short, with a manifest sha256 that matches it: named too.
+    png = encode_png(colour_photo(COLOURS["SKU-BLUE"], 77))
+    store_photo(colour_store, "SKU-BLUE", "real-cut", "real", png[: len(png) * 8 // 10])
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "could not be used" in err and "SKU-BLUE/real/real-cut.png" in err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_a_heldout_sku_without_a_usable_real_image_is_refused(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The captioner found the SKU's only photo unusable (no image kept); its synthetic image is pending.
+    unusable = ManifestRow(
+        item_id="p1", sku_id="SKU-GREY", category="soda can", source="real", status="unusable"
+    )
+    colour_store.append("SKU-GREY", [unusable])
+    store_photo(colour_store, "SKU-GREY", "gen-0", "synthetic", colour_photo((120, 120, 120), 5), "pending")
+    (heldout / "SKU-GREY").mkdir()
+    (heldout / "SKU-GREY" / "a.jpg").write_bytes(encode_jpeg(colour_photo((120, 120, 120), 7)))
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "held-out SKU(s) with no usable real image in the store: SKU-GREY" in err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_a_single_heldout_sku_is_refused(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # With one SKU the classifiers have one answer to give, so every condition would score 100%.
+    shutil.rmtree(heldout / "SKU-GREEN")
+    shutil.rmtree(heldout / "SKU-BLUE")
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "only SKU-RED has held-out photos; at least 2 SKUs with held-out photos are needed" in err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_an_empty_malformed_or_fileless_scene_library_is_refused(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "$SKUFORGE_SCENES_URI" unset, a scheme no store reads, a mistyped folder: none may pass the check.
+    out = tmp_path / "eval"
+    assert cli_main(evaluate_args(heldout, out, tmp_path, "--scenes", "")) == 2
+    assert "--scenes is empty (is SKUFORGE_SCENES_URI set?)" in capsys.readouterr().err
+    assert cli_main(evaluate_args(heldout, out, tmp_path, "--scenes", "ftp://host/scenes")) == 2
+    assert "--scenes ftp://host/scenes: unsupported object-store scheme 'ftp'" in capsys.readouterr().err
+    missing = tmp_path / "no-such-scenes"
+    assert cli_main(evaluate_args(heldout, out, tmp_path, "--scenes", f"file://{missing}")) == 2
+    assert f"no files under {missing}; is it the scene library" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_weights_files_that_do_not_load_are_refused_by_name(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("efficientnet_lite_pytorch")
+    empty = tmp_path / "interrupted.pth"
+    empty.write_bytes(b"")
+    tensor = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), tensor)
+    for weights in (empty, tensor):
+        lite0 = ["--backbone", "efficientnet-lite0", "--backbone-weights", str(weights)]
+        assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path, *lite0)) == 2
+        assert f"cannot load efficientnet-lite0 weights {weights} (" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_an_out_that_is_a_file_is_refused_before_the_run(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval"
+    out.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(evaluate_args(heldout, out, tmp_path))
+    assert exit_info.value.code == 2
+    assert f"--out {out} is a file; name a folder" in capsys.readouterr().err
+    assert not (tmp_path / "features").exists()  # refused before any photo was read
+    assert out.read_text() == "not a folder"
 
 
 def test_a_heldout_folder_that_is_the_store_itself_is_refused(

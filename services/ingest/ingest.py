@@ -31,7 +31,7 @@ from schemas.topics import SKU_INGESTED
 from shared.bus import Publisher
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import ImageRejected, TransientError
-from shared.images import decode_image, encode_png
+from shared.images import photo_as_stored
 from shared.store import ObjectStore, open_store, sha256_hex
 
 PHOTO_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -107,13 +107,12 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     seen: set[str] = set()
     for file in files[: settings.max_photos_per_sku]:
         try:
-            image = decode_image(
+            image, png = photo_as_stored(
                 file.read_bytes(), max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
             )
         except ImageRejected as exc:
             problems.append(f"{file}: refused ({exc})")
             continue
-        png = encode_png(image)
         photo_id = sha256_hex(png)[:16]
         if photo_id in seen:
             continue  # the same picture twice adds nothing

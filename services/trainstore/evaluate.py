@@ -10,9 +10,13 @@ and ``--min-real`` (objects checked against their manifest sha256), and ``--held
 per SKU id with real photos that were never given to skuforge.
 
 Refuses (exit 2, nothing written) when a held-out photo is also an image of the store or a file of
-the scene library (``--scenes``), by path or by content: a test photo that was trained on, or
-composited into a training image, makes every figure meaningless. Also refused: held-out folders
-naming SKUs the store does not have, and held-out SKUs the export policy leaves out.
+the scene library (``--scenes``), by path or by content (its own bytes, or the PNG ``skuforge
+ingest`` would store for it): a test photo that was trained on, or composited into a training
+image, makes every figure meaningless. Also refused: held-out folders naming SKUs the store does
+not have, fewer than 2 SKUs with held-out photos, held-out SKUs without a usable real image in the
+store or left out by the export policy, a held-out photo that does not decode, an unusable
+``--scenes`` (malformed, or no files), a weights file that does not load, and an ``--out`` that is
+a file.
 
 Writes ``--out DIR/evaluation.json`` (the ``EvaluationResult`` and its headline ``summary``; what
 ``skuforge dataset export --evaluation`` reads) and ``report.html`` (``shared/evaluation/report.py``),
@@ -24,6 +28,7 @@ photos, the export, the leakage check, the written results) in ``services/trains
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +53,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def out_dir_problem(out: Path) -> str | None:
+    """Why results could not be written to ``out`` (None: they can); checked before the run, which
+    can take long, rather than after it."""
+    existing = next((path for path in (out, *out.parents) if path.exists()), None)
+    if existing is None:
+        return None
+    if not existing.is_dir():
+        what = "is a file" if existing == out else f"is inside {existing}, which is a file"
+        return f"{what}; name a folder (it is created if missing)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write in {existing}"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skuforge evaluate",
@@ -55,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         "frozen-backbone + linear classifiers (or, with --tune-stages, classifiers whose last backbone "
         "stages are fine-tuned too) on (A) the SKUs' real photos, (A') real + classic "
         "augmentation, (B) the export under the real:synthetic policy, (B') B + classic augmentation, "
-        "(C) synthetic only, and score them top-1 on held-out real photos. Refuses (exit 2) when a "
-        "held-out photo is also in the store or the scene library. Store: SKUFORGE_STORE_URI, "
+        "(C) synthetic only, and score them top-1 on held-out real photos (at least 2 SKUs). Refuses "
+        "(exit 2) when a held-out photo is also in the store (as is, or as ingest would store it) or "
+        "the scene library. Store: SKUFORGE_STORE_URI, "
         "SKUFORGE_TRAINSTORE_PREFIX.",
         epilog="Writes OUT/evaluation.json (per-SKU 'gain' = B-A, which 'skuforge dataset export "
         "--evaluation' reads) and OUT/report.html (plots, per-SKU table, misclassified photos).",
@@ -87,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenes",
         metavar="URI",
         default=None,
-        help="the generator's scene library (SKUFORGE_SCENES_URI): refuse if a held-out photo is in it",
+        help="the generator's scene library (SKUFORGE_SCENES_URI): refuse if a held-out photo is in it "
+        "(without --scenes, scenes are not checked)",
     )
     parser.add_argument(
         "--backbone",
@@ -154,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--backbone-weights is for --backbone efficientnet-lite0")
     if args.backbone_weights is not None and not args.backbone_weights.is_file():
         parser.error(f"--backbone-weights {args.backbone_weights}: no such file")
+    problem = out_dir_problem(args.out)
+    if problem:
+        parser.error(f"--out {args.out} {problem}")
     # torch and the store come in only now, so that --help and usage errors answer at once.
     from services.trainstore.evaluation import EVALUATION_FILE, REFUSALS, evaluate, summary_lines
 

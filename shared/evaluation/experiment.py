@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from shared.errors import ImageRejected
 from shared.evaluation.backbone import Backbone, FeatureCache
 from shared.evaluation.classic import classic_augment
 from shared.evaluation.linear import fit_predict
@@ -193,7 +194,10 @@ class Featurizer:
 
 
 def _decoded(photo: Photo) -> Image.Image:
-    image = decode_image(photo.read())
+    try:
+        image = decode_image(photo.read())
+    except ImageRejected as exc:  # among hundreds of photos, the reason alone does not say which
+        raise ImageRejected(exc.reason, f"{photo.name}: {exc.detail}") from exc
     # Features are taken at 224 px: shrinking large photos first keeps the decode cheap to hold.
     image.thumbnail((512, 512), Image.Resampling.BILINEAR)
     return image
