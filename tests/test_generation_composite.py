@@ -149,6 +149,13 @@ def test_refusals_say_what_is_wrong() -> None:
         backend.generate(request(reference, mask, scene="beach"))
     with pytest.raises(CompositeError, match="must match"):
         backend.generate(request(reference, mask[:10]))
+    # Specks over a large photo: shrunk to the canvas, no pixel is half product. Refused as such,
+    # not with a numpy error on the procedural path, nor as an image whose expected mask is empty.
+    specks = np.where(np.random.default_rng(0).random((600, 800)) < 0.05, 255, 0).astype(np.uint8)
+    grey = np.full((600, 800, 3), 120, dtype=np.uint8)
+    for scene in ("studio", "shelf"):
+        with pytest.raises(CompositeError, match="too thin or scattered to place"):
+            backend.generate(request(grey, specks, scene=scene, occluders=0))
 
 
 def test_open_backend_picks_composite_by_default_and_refuses_unknown_names() -> None:

@@ -593,6 +593,12 @@ def _place_product(
         raise CompositeError("the product vanished when placed: height_fraction is too small")
     x0, y0 = box[:2]
     rgba = np.asarray(warped.crop(box), dtype=F32) * F32(1.0 / 255.0)
+    if not (rgba[..., 3] >= 0.5).any():
+        # Nothing would reach the expected mask (which is coverage >= 1/2): a mask of specks or hairs.
+        raise CompositeError(
+            f"the product covers no pixel by half or more at {size} px: its mask is too thin or "
+            "scattered to place (check the reference mask)"
+        )
     premul = np.ascontiguousarray(np.moveaxis(rgba[..., :3], -1, 0))
     return Layer(bx0 + x0, by0 + y0, premul, np.ascontiguousarray(rgba[..., 3])), quad
 
