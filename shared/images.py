@@ -39,6 +39,8 @@ from shared.errors import ImageRejected
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 50 * 2**20
 DEFAULT_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
+# The file names of those formats: what ``skuforge ingest`` and ``skuforge evaluate`` take as photos.
+PHOTO_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 # Pillow names multi-picture JPEGs (what many phones write) "MPO"; they are JPEGs to us.
 _FORMAT_ALIASES = {"MPO": "JPEG"}
 # Compression level is fixed so equal pixels always give equal bytes (and equal sha256).

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from services.ingest.ingest import prepare_sku
-from services.trainstore.evaluation import summary_lines
+from services.trainstore.evaluation import heldout_photos, summary_lines
 from shared.config import load_settings
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
@@ -255,6 +255,18 @@ def test_help_and_usage_errors_answer_without_loading_torch_or_the_store() -> No
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "--heldout DIR" in result.stdout
+
+
+def test_heldout_photos_are_the_formats_ingest_takes_and_other_files_are_noted(tmp_path: Path) -> None:
+    sku = tmp_path / "SKU-RED"
+    sku.mkdir()
+    for name, fmt in (("a.jpg", "JPEG"), ("b.tif", "TIFF"), ("c.webp", "WEBP")):
+        Image.new("RGB", (8, 8), COLOURS["SKU-RED"]).save(sku / name, format=fmt)
+    (sku / "notes.txt").write_text("not a photo")
+    photos, notes = heldout_photos(tmp_path)
+    assert sorted(Path(photo.name).name for photo in photos) == ["a.jpg", "b.tif", "c.webp"]
+    assert {photo.sku_id for photo in photos} == {"SKU-RED"}
+    assert len(notes) == 1 and "notes.txt is not a photo" in notes[0]
 
 
 def test_heldout_skus_the_policy_leaves_out_and_a_missing_folder_are_refused(

@@ -31,10 +31,9 @@ from schemas.topics import SKU_INGESTED
 from shared.bus import Publisher
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import ImageRejected, TransientError
-from shared.images import photo_as_stored
+from shared.images import PHOTO_SUFFIXES, photo_as_stored
 from shared.store import ObjectStore, open_store, sha256_hex
 
-PHOTO_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 PRODUCER = "ingest"
 
 

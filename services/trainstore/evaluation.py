@@ -37,12 +37,11 @@ from shared.evaluation.experiment import (
 )
 from shared.evaluation.leakage import LeakageError, check_disjoint
 from shared.evaluation.report import write_report
-from shared.images import photo_as_stored
+from shared.images import PHOTO_SUFFIXES, photo_as_stored
 from shared.store import FileStore, ObjectStore, open_store, sha256_hex
 from shared.trainstore.dataset import ExportPlan, plan_export, read_checked
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 EVALUATION_FILE = "evaluation.json"
 
 
@@ -75,7 +74,7 @@ def heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
             if not path.is_file() or path.name.startswith("."):
                 continue
             if path.suffix.lower() not in PHOTO_SUFFIXES:
-                notes.append(f"{path} is not a photo ({', '.join(PHOTO_SUFFIXES)}): not used")
+                notes.append(f"{path} is not a photo ({', '.join(sorted(PHOTO_SUFFIXES))}): not used")
                 continue
             data = path.read_bytes()
             _check_is_image(path, data)
