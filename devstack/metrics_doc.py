@@ -61,12 +61,14 @@ def service_registries() -> Iterator[dict[str, CollectorRegistry]]:
     The console's collector reads a task table, so it gets an empty one in a temporary directory for
     the duration of the block.
     """
+    from devstack.prometheus import GENERATOR_SERVER_JOB
     from services.console.metrics import ConsoleMetrics
     from services.console.tasks import TaskStore
     from services.gate.stage import GateMetrics
     from services.generator.stage import GeneratorMetrics
     from services.matting.stage import MattingMetrics
     from services.trainstore.stage import TrainstoreMetrics
+    from shared.generation.scenes import SCENES_SKIPPED
     from shared.observability import StageMetrics
 
     registries = {"every stage and the console": StageMetrics("any").registry}
@@ -79,6 +81,11 @@ def service_registries() -> Iterator[dict[str, CollectorRegistry]]:
         registry = CollectorRegistry()
         metrics_class(registry)
         registries[services] = registry
+    # `skuforge serve generator`'s own /metrics: prometheus_client's default registry, where the scene
+    # library (loaded in that process) counts the files it skips.
+    server = CollectorRegistry()
+    server.register(SCENES_SKIPPED)
+    registries[GENERATOR_SERVER_JOB] = server
     with tempfile.TemporaryDirectory() as workdir:
         registries["console"] = ConsoleMetrics(TaskStore(Path(workdir) / "tasks.sqlite3")).registry
         yield registries

@@ -1,10 +1,10 @@
 """A real Prometheus for the local stack and the tests: its scrape config, the binaries, the server.
 
 ``deploy/prometheus/prometheus.yml`` is :func:`scrape_config` of the documented ports (every stage's
-metrics port from ``schemas/flow.py``, the console's, Triton's metrics port from the generation
-settings), so it cannot drift from the code: ``skuforge prometheus config`` prints it and a test
-compares the committed copy. ``skuforge up --with-prometheus`` and the integration test run
-:class:`PrometheusServer` with the same function on the stack's actual ports.
+metrics port from ``schemas/flow.py``, the console's, the generator server's own, Triton's metrics port
+from the generation settings), so it cannot drift from the code: ``skuforge prometheus config`` prints
+it and a test compares the committed copy. ``skuforge up --with-prometheus`` and the integration test
+run :class:`PrometheusServer` with the same function on the stack's actual ports.
 
 The binaries come from the Debian packages ``prometheus`` (``prometheus``, ``promtool``) and
 ``prometheus-alertmanager``; ``SKUFORGE_PROMETHEUS_BIN`` / ``SKUFORGE_PROMTOOL_BIN`` name others.
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack.broker import free_port
-from schemas.flow import CONSOLE, PIPELINE
+from schemas.flow import CONSOLE, PIPELINE, TRITON
 from services.generator.config import GenerationSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +35,9 @@ ALERTS_FILE = PROMETHEUS_DIR / "alerts.yml"
 ALERTS_TEST_FILE = PROMETHEUS_DIR / "alerts_test.yml"
 DEFAULT_PROMETHEUS_PORT = 9090
 
-# Scrape jobs: one per service (the console's /metrics are its intake stage's), and Triton's own.
+# Scrape jobs: one per service (the console's /metrics are its intake stage's), and two for the
+# `skuforge serve generator` process: its own Python /metrics (the scene library's counters) and Triton's.
+GENERATOR_SERVER_JOB = "generator-server"
 TRITON_JOB = "triton"
 
 
@@ -62,6 +64,7 @@ def default_targets() -> dict[str, int]:
     return {
         **{stage.name: stage.default_metrics_port for stage in PIPELINE},
         CONSOLE.name: CONSOLE.default_metrics_port,
+        GENERATOR_SERVER_JOB: TRITON.default_metrics_port,
         TRITON_JOB: triton_port,
     }
 
@@ -270,11 +273,11 @@ def stack_prometheus(
     scrape_interval_s: float = 5.0,
     stage_members: Mapping[str, Sequence[str]] | None = None,
 ) -> PrometheusServer:
-    """The Prometheus of a ``skuforge up`` stack: every stage, the console and Triton on ``ports`` (the
-    stack's port names, as in ``devstack.up.DEFAULT_PORTS``), ``rules_file`` as its rules, data in
-    ``workdir``. ``port`` None: 9090 when free, else any free port. ``stage_members``: the stages the
-    stack runs and their members' port names (replicas are targets of their stage's job); default
-    one member per pipeline stage."""
+    """The Prometheus of a ``skuforge up`` stack: every stage, the console, the generator server and
+    Triton on ``ports`` (the stack's port names, as in ``devstack.up.DEFAULT_PORTS``), ``rules_file`` as
+    its rules, data in ``workdir``. ``port`` None: 9090 when free, else any free port.
+    ``stage_members``: the stages the stack runs and their members' port names (replicas are targets of
+    their stage's job); default one member per pipeline stage."""
     from devstack.broker import port_in_use
 
     if port is None:
@@ -283,6 +286,7 @@ def stack_prometheus(
     jobs: dict[str, int | list[int]] = {
         **{stage: [ports[name] for name in names] for stage, names in members.items()},
         CONSOLE.name: ports["console_metrics"],
+        GENERATOR_SERVER_JOB: ports["generator_server_metrics"],
         TRITON_JOB: ports["triton_metrics"],
     }
     config = scrape_config(jobs, scrape_interval_s=scrape_interval_s, rule_files=[ALERTS_FILE.name])

@@ -12,6 +12,8 @@ kafka                 ``python -m devstack.broker start``    an admin client lis
                       ``--kafka-bootstrap``)
 topics                ``skuforge topics create``             it exited 0 (a set-up step)
 triton                ``skuforge serve generator``           ``/v2/models/<model>/ready`` answers 200
+                      (``SKUFORGE_METRICS_PORT`` = its own
+                      Python /metrics, beside Triton's)
 each stage of the     ``skuforge run <stage>``               its ``/readyz`` answers 200 and it
 pipeline, in flow     (``SKUFORGE_METRICS_PORT`` = its own   holds partitions of every topic it
 order (``PIPELINE``   port in the flow)                      consumes
@@ -59,9 +61,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic_settings import BaseSettings
 
 from devstack.broker import DEFAULT_CONTROLLER_PORT, DEFAULT_PORT, LocalKafka, free_port, port_in_use
-from devstack.prometheus import ALERTS_FILE, PrometheusMissing, stack_prometheus
+from devstack.prometheus import ALERTS_FILE, GENERATOR_SERVER_JOB, PrometheusMissing, stack_prometheus
 from devstack.supervisor import ServiceSpec, Supervisor, SupervisorError, http_ok
-from schemas.flow import CONSOLE, LORA_TRAINER, PIPELINE, Service
+from schemas.flow import CONSOLE, LORA_TRAINER, PIPELINE, TRITON, Service
 from services.console.config import ConsoleSettings
 from services.generator.config import GenerationSettings
 from services.generator.protocol import model_name
@@ -81,14 +83,15 @@ def _default(model: type[BaseSettings], field: str) -> int:
 
 
 # Every port of the stack, each read from where it is declared: the broker launcher, the generation
-# and console settings, and the flow (each stage serves /metrics on its own port, so a Prometheus
-# config written for `skuforge run` works for `skuforge up` too).
+# and console settings, and the flow (each stage, and the generator server, serves /metrics on its own
+# port, so a Prometheus config written for `skuforge run` works for `skuforge up` too).
 DEFAULT_PORTS: dict[str, int] = {
     "kafka": DEFAULT_PORT,
     "kafka_controller": DEFAULT_CONTROLLER_PORT,
     "triton_http": _default(GenerationSettings, "generation_server_http_port"),
     "triton_grpc": _default(GenerationSettings, "generation_server_grpc_port"),
     "triton_metrics": _default(GenerationSettings, "generation_server_metrics_port"),
+    "generator_server_metrics": TRITON.default_metrics_port,
     **{stage.name: stage.default_metrics_port for stage in PIPELINE},
     LORA_TRAINER.name: LORA_TRAINER.default_metrics_port,
     "console_metrics": CONSOLE.default_metrics_port,
@@ -397,7 +400,7 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
             name="triton",
             argv=_skuforge("serve", "generator", *(arg for b in config.backends for arg in ("--backend", b))),
             log_path=log("triton"),
-            env=env,
+            env={**env, "SKUFORGE_METRICS_PORT": str(ports["generator_server_metrics"])},
             ready=lambda: all(check() for check in model_ready),
             ready_timeout_s=300,
         )
@@ -455,13 +458,15 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
 
 
 def metrics_urls(config: StackConfig) -> dict[str, str]:
-    """Service → its Prometheus endpoint."""
+    """Service → its Prometheus endpoint; the triton service has two: its own (``generator-server``) and
+    Triton's (``triton``)."""
     urls = {
         name: f"http://127.0.0.1:{config.ports[name]}/metrics"
         for stage in config.stages
         for name in config.replica_names(stage.name)
     }
     urls["console"] = f"http://127.0.0.1:{config.ports['console_metrics']}/metrics"
+    urls[GENERATOR_SERVER_JOB] = f"http://127.0.0.1:{config.ports['generator_server_metrics']}/metrics"
     urls["triton"] = f"http://127.0.0.1:{config.ports['triton_metrics']}/metrics"
     return urls
 

@@ -34,8 +34,10 @@ class Service:
     ``command`` says how it starts: ``run`` (``skuforge run NAME``: the module's ``main() -> int``, a
     stage on the shared runtime whose consumer group is ``<prefix>.<name>``) or ``serve``
     (``skuforge serve NAME``: the module's ``main(argv) -> int``, an HTTP server). ``metrics_port`` is
-    the default port of its ``/metrics``, ``/healthz`` and ``/readyz`` (``SKUFORGE_METRICS_PORT``
-    overrides it); None for a server that brings its own (Triton).
+    the default port of its own ``/metrics``, ``/healthz`` and ``/readyz``, serving its
+    prometheus_client metrics (``SKUFORGE_METRICS_PORT`` overrides it); every service has one. The
+    generator server serves Triton's own ``nv_*`` metrics besides, on a port of Triton's
+    (``SKUFORGE_GENERATION_SERVER_METRICS_PORT``).
     """
 
     name: str
@@ -47,9 +49,9 @@ class Service:
 
     @property
     def default_metrics_port(self) -> int:
-        """``metrics_port`` of a service that has one (every stage does)."""
+        """``metrics_port``; a ValueError for a service declared without one."""
         if self.metrics_port is None:
-            raise ValueError(f"{self.name} serves no /metrics of its own")
+            raise ValueError(f"{self.name} declares no metrics port: give its Service one in schemas/flow.py")
         return self.metrics_port
 
 
@@ -87,8 +89,10 @@ CONSOLE = Service(
     CONSOLE_INTAKE.metrics_port,
     command="serve",
 )
-# Triton with the generation model; its ports are SKUFORGE_GENERATION_SERVER_*.
-TRITON = Service("generator", "services.generator.server", command="serve")
+# Triton with the generation model; Triton's own ports (HTTP, gRPC, nv_* metrics) are
+# SKUFORGE_GENERATION_SERVER_*. Its metrics port here is the process's own /metrics (what the server
+# counts in Python, such as scene-library files skipped at load).
+TRITON = Service("generator", "services.generator.server", metrics_port=9109, command="serve")
 
 # The stages of the pipeline in flow order: what `skuforge up` starts (after Kafka and Triton, before
 # the console).
@@ -109,7 +113,9 @@ def flow_table_markdown() -> str:
 
     for service in (*PIPELINE, LORA_TRAINER, CONSOLE, CONSOLE_INTAKE, TRITON, PASSTHROUGH):
         command = f"`skuforge {service.command} {service.name}`"
-        port = "Triton's own" if service.metrics_port is None else str(service.metrics_port)
+        port = "—" if service.metrics_port is None else str(service.metrics_port)
+        if service is TRITON:
+            port += ", and Triton's own"
         rows.append(f"| {command} | {names(service.consumes)} | {names(service.produces)} | {port} |")
     return "\n".join(rows)
 

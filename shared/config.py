@@ -94,10 +94,15 @@ class Settings(BaseSettings):
     max_photos_per_sku: int = Field(default=10, ge=1, description="reference photos accepted per SKU")
     # Observability
     metrics_host: str = Field(
-        default="127.0.0.1", description="address the /metrics, /healthz, /readyz server binds"
+        default="127.0.0.1",
+        description="address the /metrics, /healthz, /readyz server binds "
+        "(the generator server's: SKUFORGE_GENERATION_SERVER_ADDRESS)",
     )
     metrics_port: int | None = Field(
-        default=None, ge=0, le=65535, description="port of that server; unset = the stage's own default port"
+        default=None,
+        ge=0,
+        le=65535,
+        description="port of that server; unset = the service's own default port (skuforge flow)",
     )
     group_lag_interval_s: float = Field(
         default=10.0,

@@ -25,7 +25,7 @@ import jsonschema
 import pytest
 import yaml
 
-from schemas.flow import CONSOLE, PIPELINE, flow_document
+from schemas.flow import CONSOLE, PIPELINE, TRITON, flow_document
 from shared.config import ENV_PREFIX
 from skuforge_cli.main import SETTINGS_MODELS
 
@@ -232,6 +232,12 @@ def test_triton_gets_a_gpu_its_health_probes_and_shared_memory(helm: str) -> Non
         "grpc": 8001,
         "metrics": 8002,
     }
+    # The process's own /metrics (the scene library's counters) on its port in the flow, scraped
+    # beside Triton's.
+    assert {"name": "server-metrics", "containerPort": TRITON.metrics_port} in main["ports"]
+    assert env_of(triton)["SKUFORGE_METRICS_PORT"] == str(TRITON.metrics_port)
+    monitor = of_kind(docs, "PodMonitor")["rel-skuforge-triton"]["spec"]
+    assert [endpoint["port"] for endpoint in monitor["podMetricsEndpoints"]] == ["metrics", "server-metrics"]
 
 
 def test_the_console_keeps_its_task_table_on_a_volume_and_runs_alone(helm: str) -> None:

@@ -1,6 +1,7 @@
 """The composite backend on real scene photos: exact expected mask under occlusion, scenes of any size,
-corrupt, unreadable or badly named library files skipped (logged, counted), a SKU never on its own
-series' photos (whatever the spelling or script), replay."""
+corrupt, unreadable or badly named library files skipped (logged, counted, and the count scraped from
+the running generator server's /metrics), a SKU never on its own series' photos (whatever the spelling
+or script), replay."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from shared.generation.composite import PHOTO_SCENE, CompositeBackend
 from shared.generation.scenes import SCENES_SKIPPED, Scene, SceneLibrary
 from shared.images import encode_png
 from shared.store import FileStore, ObjectStore, S3Store
+from tests.support.triton import TritonServerProcess
 from tests.test_generation_composite import NEUTRAL_LIGHT, marker_pixels, marker_reference, request
 
 # Only what the product itself shows: no shadow, no scene matching, neutral light (see NEUTRAL_LIGHT).
@@ -228,6 +230,25 @@ def test_a_library_with_no_usable_photo_says_what_to_do(tmp_path: Path) -> None:
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not really")
     with pytest.raises(ValueError, match=r"no usable scene photo under file://.* \(1 skipped\).*SCENES_URI"):
         SceneLibrary.load(FileStore(tmp_path))
+
+
+@pytest.mark.slow
+def test_the_generator_server_serves_the_skipped_scene_count_on_its_own_metrics(tmp_path: Path) -> None:
+    # `skuforge serve generator` loads the scenes: what it skipped must be scrapeable from that
+    # process (its own /metrics, not Triton's), with the reason in its log.
+    library = tmp_path / "scenes"
+    (library / "shelves").mkdir(parents=True)
+    (library / "shelves" / "good.png").write_bytes(encode_png(textured_scene(60, 80, (40, 150, 60))))
+    # A JPEG's signature, then garbage where its header and pixels should be.
+    (library / "shelves" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 garbled where the pixels should be")
+    server = TritonServerProcess(tmp_path, extra_env={"SKUFORGE_SCENES_URI": f"file://{library}"})
+    server.start()
+    try:
+        metrics = server.server_metrics()
+    finally:
+        server.stop()
+    assert 'skuforge_generator_scenes_skipped_total{reason="corrupt"} 1.0' in metrics.splitlines()
+    assert f"scene file://{library}/shelves/corrupt.jpg skipped: corrupt" in server.log_path.read_text()
 
 
 def test_unreadable_and_badly_named_scene_files_are_skipped_and_the_rest_load(

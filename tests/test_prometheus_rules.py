@@ -24,7 +24,7 @@ from devstack.prometheus import (
     scrape_config,
 )
 from devstack.up import DEFAULT_PORTS
-from schemas.flow import PIPELINE
+from schemas.flow import PIPELINE, TRITON
 
 OPS_DOC = Path(__file__).resolve().parent.parent / "docs" / "ops.md"
 
@@ -44,6 +44,7 @@ def test_the_committed_scrape_config_is_generated_from_the_ports_in_the_code() -
         stage.name: DEFAULT_PORTS[stage.name] for stage in PIPELINE
     }
     assert targets["console"] == DEFAULT_PORTS["console_metrics"]
+    assert targets["generator-server"] == DEFAULT_PORTS["generator_server_metrics"] == TRITON.metrics_port
     assert targets["triton"] == DEFAULT_PORTS["triton_metrics"]
 
 

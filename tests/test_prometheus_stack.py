@@ -143,8 +143,8 @@ def test_prometheus_sees_the_flow_and_the_lag_alert_fires_when_a_stage_stops(
         prom = Prom(url)
         client_env = {**env, **stack["env"]}
 
-        # Every service and Triton are scraped.
-        jobs = {*SERVICES, "triton"}
+        # Every service, the generator server's own /metrics and Triton's are scraped.
+        jobs = {*SERVICES, "generator-server", "triton"}
         wait_for(
             lambda: {s["metric"]["job"] for s in prom.vector("up == 1")} == jobs, 60, "every target to be up"
         )

@@ -24,6 +24,7 @@ def test_the_stack_prometheus_scrapes_every_service_on_the_stacks_own_ports(tmp_
             for name in ("captioner", "generator", "matting", "gate", "trainstore")
         },
         "console": [f"127.0.0.1:{ports['console_metrics']}"],
+        "generator-server": [f"127.0.0.1:{ports['generator_server_metrics']}"],
         "triton": [f"127.0.0.1:{ports['triton_metrics']}"],
     }
     assert written["global"]["scrape_interval"] == "1s"

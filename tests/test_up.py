@@ -98,7 +98,9 @@ def test_replicas_are_distinct_static_members_of_one_group_each_with_its_own_por
     ports = [
         spec.env["SKUFORGE_METRICS_PORT"] for spec in specs.values() if "SKUFORGE_METRICS_PORT" in spec.env
     ]
-    assert len(ports) == len(set(ports)) == len(STAGES) + 1 + 2
+    # Every stage member's, and the generator server's own /metrics beside Triton's.
+    assert len(ports) == len(set(ports)) == len(STAGES) + 1 + 2 + 1
+    assert specs["triton"].env["SKUFORGE_METRICS_PORT"] == str(config.ports["generator_server_metrics"])
     assert specs["matting-2"].log_path.name == "matting-2.log"
 
 
@@ -335,6 +337,10 @@ def test_up_starts_everything_with_replicas_restarts_a_killed_stage_and_ctrl_c_l
             with urllib.request.urlopen(services[stage]["metrics"], timeout=10) as response:
                 metrics = response.read().decode()
             assert "skuforge_messages_total" in metrics or "skuforge_handler_seconds" in metrics
+        # The generator server's own /metrics (the scene library's counters), beside Triton's.
+        server_metrics = f"http://127.0.0.1:{stack['ports']['generator_server_metrics']}/metrics"
+        with urllib.request.urlopen(server_metrics, timeout=10) as response:
+            assert "# TYPE skuforge_generator_scenes_skipped_total counter" in response.read().decode()
 
         # The two matting replicas are two static members of one group, sharing its partitions.
         def replicas_share_matting() -> bool:

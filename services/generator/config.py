@@ -90,12 +90,17 @@ class GenerationSettings(BaseSettings):
     )
     # The Triton server
     generation_server_address: str = Field(
-        default="127.0.0.1", min_length=1, description="address Triton's HTTP, gRPC and metrics ports bind"
+        default="127.0.0.1",
+        min_length=1,
+        description="address Triton's HTTP, gRPC and metrics ports and the server's own /metrics bind",
     )
     generation_server_http_port: int = Field(default=8000, ge=1, le=65535, description="Triton HTTP port")
     generation_server_grpc_port: int = Field(default=8001, ge=1, le=65535, description="Triton gRPC port")
     generation_server_metrics_port: int = Field(
-        default=8002, ge=1, le=65535, description="Triton Prometheus metrics port"
+        default=8002,
+        ge=1,
+        le=65535,
+        description="Triton's own Prometheus metrics port (nv_*); the server's own: SKUFORGE_METRICS_PORT",
     )
     generation_max_batch_size: int = Field(
         default=8, ge=1, le=256, description="largest batch Triton's dynamic batcher hands the model"

@@ -8,6 +8,12 @@ batches of up to ``SKUFORGE_GENERATION_MAX_BATCH_SIZE`` rows, waiting at most
 beyond ``SKUFORGE_GENERATION_MAX_QUEUE_SIZE`` at once, so overload is an immediate, clear error
 to the caller (the stage backs off) rather than an ever-growing queue.
 
+The process serves two sets of metrics: Triton's own (``nv_*``: queue time, batch sizes) on
+``SKUFORGE_GENERATION_SERVER_METRICS_PORT``, and its own Python ones (prometheus_client's default
+registry: scene-library files skipped at load...) with ``/healthz`` and ``/readyz`` on
+``SKUFORGE_METRICS_PORT`` (default: its port in ``schemas/flow.py``), both on
+``SKUFORGE_GENERATION_SERVER_ADDRESS``.
+
 The same ``GenerationModel`` callable is what a production Triton on GPU serves; see
 ``deploy/triton/README.md``.
 """
@@ -17,16 +23,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import sysconfig
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import numpy as np
 import numpy.typing as npt
+from prometheus_client import REGISTRY
 
+from schemas.flow import TRITON
 from services.generator.config import GenerationSettings
 from services.generator.protocol import INPUTS, OUTPUTS, model_name
 from shared.config import Settings, load_settings
@@ -34,7 +43,7 @@ from shared.errors import BadInput
 from shared.generation.backend import GenerationBackend, GenerationRequest, RowOutcome, open_backend
 from shared.generation.diffusion import DiffusionSettings
 from shared.generation.scenes import SceneLibrary
-from shared.observability import configure_logging
+from shared.observability import HealthServer, configure_logging
 from shared.store import open_store
 
 log = logging.getLogger("skuforge.generator.server")
@@ -175,6 +184,20 @@ def load_scenes(generation: GenerationSettings, shared: Settings) -> SceneLibrar
     return SceneLibrary.load(store, max_side_px=generation.scenes_max_side_px)
 
 
+def metrics_server(
+    generation: GenerationSettings, shared: Settings, *, ready: Callable[[], bool]
+) -> HealthServer:
+    """The process's own ``/metrics`` (prometheus_client's default registry, where the scene library
+    counts skipped files), ``/healthz`` and ``/readyz``: on ``SKUFORGE_METRICS_PORT`` (default: the
+    server's port in ``schemas/flow.py``), bound where Triton's ports are. Not started.
+    """
+    port = TRITON.default_metrics_port if shared.metrics_port is None else shared.metrics_port
+    # No loop beats here: /healthz answers while the process does; Triton's own health is on its HTTP port.
+    return HealthServer(
+        REGISTRY, host=generation.generation_server_address, port=port, ready=ready, stale_after_s=math.inf
+    )
+
+
 def build_triton(
     generation: GenerationSettings,
     backends: Sequence[str],
@@ -273,17 +296,28 @@ def main(argv: list[str] | None = None) -> int:
     generation = load_settings(GenerationSettings)
     backends = args.backend or [generation.generation_backend]
     diffusion = load_settings(DiffusionSettings) if "diffusion" in backends else None
-    triton = build_triton(generation, backends, shared=settings, diffusion=diffusion)
-    signal.signal(signal.SIGTERM, _interrupt)
-    log.info(
-        "serving",
-        extra={
-            "models": [model_name(b) for b in backends],
-            "grpc": f"{generation.generation_server_address}:{generation.generation_server_grpc_port}",
-            "http": f"{generation.generation_server_address}:{generation.generation_server_http_port}",
-        },
-    )
-    triton.serve()
+    triton: Any = None
+    # Bound before the models load, so a taken port fails at once; ready once Triton serves the models.
+    health = metrics_server(
+        generation, settings, ready=lambda: triton is not None and bool(triton.is_connected())
+    ).start()
+    try:
+        triton = build_triton(generation, backends, shared=settings, diffusion=diffusion)
+        signal.signal(signal.SIGTERM, _interrupt)
+        address = generation.generation_server_address
+        log.info(
+            "serving",
+            extra={
+                "models": [model_name(b) for b in backends],
+                "grpc": f"{address}:{generation.generation_server_grpc_port}",
+                "http": f"{address}:{generation.generation_server_http_port}",
+                "triton_metrics": f"{address}:{generation.generation_server_metrics_port}",
+                "metrics": f"{address}:{health.port}",
+            },
+        )
+        triton.serve()
+    finally:
+        health.stop()
     return 0
 
 

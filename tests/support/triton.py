@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,15 @@ class TritonServerProcess:
     ) -> None:
         self.backends = backends
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
+        # The process's own /metrics, beside Triton's (metrics_port): its own free port too, since
+        # tests run servers side by side.
+        self.server_metrics_port = free_port()
         self.env = {
             **os.environ,
             "SKUFORGE_GENERATION_SERVER_GRPC_PORT": str(self.grpc_port),
             "SKUFORGE_GENERATION_SERVER_HTTP_PORT": str(self.http_port),
             "SKUFORGE_GENERATION_SERVER_METRICS_PORT": str(self.metrics_port),
+            "SKUFORGE_METRICS_PORT": str(self.server_metrics_port),
             "SKUFORGE_LOG_FORMAT": "text",
         }
         self.env.update({f"SKUFORGE_GENERATION_{key.upper()}": str(value) for key, value in settings.items()})
@@ -57,6 +62,13 @@ class TritonServerProcess:
     @property
     def http_url(self) -> str:
         return f"127.0.0.1:{self.http_port}"
+
+    def server_metrics(self) -> str:
+        """The exposition text of the process's own /metrics (not Triton's)."""
+        url = f"http://127.0.0.1:{self.server_metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text: str = response.read().decode()
+        return text
 
     def start(self) -> TritonServerProcess:
         """Start the server and wait until every model is ready."""
