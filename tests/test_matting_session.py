@@ -250,6 +250,36 @@ def test_session_reads_the_model_and_names_it(random_u2netp_onnx: Path) -> None:
     assert session.ready
 
 
+def test_a_model_file_replaced_after_opening_serves_every_batch_size_from_the_first(
+    random_u2netp_onnx: Path, tmp_path: Path
+) -> None:
+    # On CPU a session per batch size opens on first use; a training run or a redeploy may have
+    # replaced the file by then. Every size must still run the model the session was opened on.
+    path = tmp_path / "model.onnx"
+    path.write_bytes(random_u2netp_onnx.read_bytes())
+    session = U2NetPSession(path, threads=1, max_batch=4)
+    images = photos(2)
+    alone = [session.predict([image])[0] for image in images]
+    path.write_bytes(b"a half-written model")
+    together = session.predict(images)  # the batch-2 session opens now
+    for one, other in zip(alone, together, strict=True):
+        assert np.allclose(one.confidence, other.confidence, atol=1e-4)
+
+
+def test_a_model_that_is_not_image_to_mask_is_refused_by_its_input(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    vector_in = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3])
+    vector_out = helper.make_tensor_value_info("d0", TensorProto.FLOAT, ["N", 3])
+    relu = helper.make_node("Relu", ["input"], ["d0"])
+    graph = helper.make_graph([relu], "flat", [vector_in], [vector_out])
+    path = tmp_path / "flat.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(MattingModelError, match=r"takes a 2-D input 'input'.*N x 3 x H x W"):
+        open_session(str(path), threads=1, use_gpu=False, store=None)
+
+
 def test_cuda_is_chosen_only_when_available_and_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers(True, cuda) == cuda
@@ -306,6 +336,8 @@ def test_open_refusals_are_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         open_session(str(tmp_path / "nope.onnx"), threads=1, use_gpu=False, store=None)
     with pytest.raises(MattingModelMissing, match="no matting model at"):
         open_session(f"file://{tmp_path}/gone.onnx", threads=1, use_gpu=False, store=None)
+    with pytest.raises(MattingModelError, match="cannot fetch the matting model https://"):
+        open_session("https://models.example/u2netp.onnx", threads=1, use_gpu=False, store=None)
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(MattingModelError, match="cannot load"):
         open_session(str(tmp_path / "junk.onnx"), threads=1, use_gpu=False, store=None)

@@ -279,15 +279,14 @@ class MattingSession(ABC):
         if threads < 1 or max_batch < 1:
             raise ValueError(f"threads and max_batch must be at least 1, got {threads} and {max_batch}")
         if isinstance(model, bytes):
-            digest = hashlib.sha256(model).hexdigest()
-            source: str | bytes = model
+            source = model
             model_name = model_name or "in-memory.onnx"
         else:
-            path = Path(model)
-            with path.open("rb") as handle:
-                digest = hashlib.file_digest(handle, "sha256").hexdigest()
-            source = str(path)
-            model_name = model_name or path.name
+            # Read once: the sessions of other batch sizes open later, and must open this model even
+            # if the file is replaced meanwhile (a training run writing its output, a redeploy).
+            source = Path(model).read_bytes()
+            model_name = model_name or Path(model).name
+        digest = hashlib.sha256(source).hexdigest()
         self.sha256 = digest
         self.model_id = f"{model_name}@sha256:{digest[:12]}"
         self.mask_options = mask or MaskOptions()
@@ -302,6 +301,11 @@ class MattingSession(ABC):
         outputs = [output.name for output in self._session.get_outputs()]
         self.input_name: str = model_input.name
         self.output_name: str = "d0" if "d0" in outputs else outputs[0]
+        if len(model_input.shape) != 4:
+            raise MattingModelError(
+                f"{self.model_id} takes a {len(model_input.shape)}-D input {model_input.name!r} "
+                f"{model_input.shape}; a U2-Net model takes N x 3 x H x W"
+            )
         batch_dim, _, height_dim, size_dim = model_input.shape
         self.size_px = size_dim if isinstance(size_dim, int) else self.default_size_px
         # A file exported with a fixed batch size cannot take more in one call.
@@ -551,6 +555,8 @@ def open_session(
             path = fetch_file(name, store=store, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
         except ObjectMissing as exc:
             raise MattingModelMissing(f"no matting model at {name}") from exc
+        except ValueError as exc:  # a scheme no store serves (https://...), a malformed URI
+            raise MattingModelError(f"cannot fetch the matting model {name}: {exc}; {help_text}") from exc
         return session(U2NetSession, path, file_name)
     path = Path(name)
     if not path.is_file():
