@@ -421,3 +421,14 @@ def test_plain_background_share_tells_a_catalogue_photo_from_a_cluttered_one() -
     assert plain_background_share(Image.fromarray(in_store), mask) < 0.2
     # A product filling the frame leaves no background to judge: not plain.
     assert plain_background_share(Image.fromarray(catalogue), np.full((200, 160), 255, np.uint8)) == 0.0
+
+
+def test_a_product_thinner_than_the_reduction_step_of_a_large_photo_is_still_measured() -> None:
+    # A 2000 x 2 photo is measured at 1024 px: nearest-neighbour sampling of its mask misses a
+    # one-pixel strip, which left nothing to measure and failed the whole SKU in the captioner.
+    image = Image.new("RGB", (2000, 2), (200, 30, 30))
+    mask = np.zeros((2, 2000), dtype=np.uint8)
+    mask[1, 100:1900] = 255
+    attributes = describe_product(image, mask)
+    assert attributes.colour_names[0] == "red"
+    assert attributes.mask_fraction == pytest.approx(0.45)

@@ -222,9 +222,13 @@ def _find_products(
                 _Unusable(problem, f"the mask covers {np.count_nonzero(mask) / mask.size:.1%} of the photo")
             )
             continue
-        attributes = describe_product(
-            image, mask, k=options.captioner_colours, min_colour_share=options.captioner_min_colour_share
-        )
+        try:
+            attributes = describe_product(
+                image, mask, k=options.captioner_colours, min_colour_share=options.captioner_min_colour_share
+            )
+        except ValueError as exc:  # no shape to measure: this photo is unusable, not the whole SKU
+            found.append(_Unusable("no_product_found", str(exc)))
+            continue
         found.append(_Found(image, mask, attributes))
     return found
 

@@ -737,7 +737,12 @@ def describe_product(
         scale = max_side_px / max(pixels.size)
         size = (max(1, round(pixels.width * scale)), max(1, round(pixels.height * scale)))
         pixels = pixels.convert("RGB").resize(size, Image.Resampling.BILINEAR)
-        product = np.asarray(Image.fromarray(product).resize(size, Image.Resampling.NEAREST))
+        reduced = np.asarray(Image.fromarray(product).resize(size, Image.Resampling.NEAREST))
+        if not reduced.any():
+            # A product a few pixels thin can fall between the samples: keep every pixel it touches.
+            touched = Image.fromarray(product.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX)
+            reduced = np.asarray(touched) > 0
+        product = reduced
     blob = largest_component(product)
     features = shape_features(blob)
     tilt = tilt_degrees(blob)
