@@ -124,3 +124,21 @@ def test_topics_create_makes_every_topic_and_dlq(
     assert len(created) == 2 * len(ALL_TOPICS)
     assert cli_main(["topics", "create"]) == 0  # idempotent
     assert json.loads(capsys.readouterr().out)["created"] == []
+
+
+def test_an_oversized_photo_is_refused_by_its_size_without_reading_it(
+    synth_skus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _copy(synth_skus, tmp_path / "skus")
+    huge = root / "SYN-7-0001" / "photo_01.png"
+    with huge.open("r+b") as handle:
+        handle.truncate(3 * 2**30)  # 3 GiB, sparse: nothing is written to disk
+    read_bytes = Path.read_bytes
+
+    def guarded(path: Path) -> bytes:
+        assert path != huge, "the oversized file was read into memory"
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", guarded)
+    with pytest.raises(IngestError, match=r"photo_01\.png: refused \(.*3221225472 bytes; at most"):
+        prepare_all(root, load_settings())

@@ -106,6 +106,12 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     seen: set[str] = set()
     for file in files[: settings.max_photos_per_sku]:
         try:
+            # Refuse an oversized file by its size, before reading gigabytes into memory.
+            size_bytes = file.stat().st_size
+            if size_bytes > settings.max_image_bytes:
+                raise ImageRejected(
+                    "too_large_bytes", f"{size_bytes} bytes; at most {settings.max_image_bytes} are allowed"
+                )
             image, png = photo_as_stored(
                 file.read_bytes(), max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
             )
