@@ -84,6 +84,10 @@ def test_train_cli_refuses_bad_extra_folder(tmp_path: Path, capsys: pytest.Captu
     with pytest.raises(SystemExit):
         matting_cli(["train", "--extra", str(tmp_path)])
     assert "expected" in capsys.readouterr().err
+    # A missing --init is named before the training set is rendered (minutes), not after.
+    with pytest.raises(SystemExit):
+        matting_cli(["train", "--init", str(tmp_path / "gone.pth")])
+    assert "--init" in (err := capsys.readouterr().err) and "gone.pth: no such file" in err
 
 
 @pytest.mark.slow

