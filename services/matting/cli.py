@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint",
         type=Path,
         default=Path("var/matting/checkpoint.pt"),
-        help="saved every 250 steps; a rerun with the same file resumes",
+        help="saved every --checkpoint-every steps; a rerun with the same file resumes",
     )
 
     pairs = sub.add_parser("pairs", help="composite scenes with their expected masks, for 'train --extra'")

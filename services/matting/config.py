@@ -57,7 +57,8 @@ class MattingSettings(BaseSettings):
         default=0.002,
         ge=0.0,
         lt=1.0,
-        description="with clean-up: blobs smaller than this fraction of the image are dropped",
+        description="with clean-up: blobs smaller than this fraction of the matted area (the image, or "
+        "its region of interest) are dropped",
     )
 
     matting_roi: bool = Field(
