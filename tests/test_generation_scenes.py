@@ -424,5 +424,12 @@ def test_scenes_uri_in_the_generator_settings_builds_the_library(
     assert scenes is not None and len(scenes) == 2
     assert scenes.get("shelves/one.jpg").tag == "shelves"
     assert max(scenes.get("hands/two.png").pixels.shape[:2]) == 256
+    # The operator's image limits hold for scenes too: here 700 x 900 is over the pixel limit.
+    before = skipped_total("too_many_pixels")
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / "three.png").write_bytes(encode_png(textured_scene(20, 20, (40, 150, 60))))
+    limited = load_scenes(generation, load_settings(max_image_pixels=100_000))
+    assert limited is not None and list(limited.keys_for(None)) == ["small/three.png"]
+    assert skipped_total("too_many_pixels") == before + 2
     monkeypatch.delenv("SKUFORGE_SCENES_URI")
     assert load_scenes(load_settings(GenerationSettings), load_settings()) is None

@@ -181,7 +181,12 @@ def load_scenes(generation: GenerationSettings, shared: Settings) -> SceneLibrar
     store = open_store(
         generation.scenes_uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region
     )
-    return SceneLibrary.load(store, max_side_px=generation.scenes_max_side_px)
+    return SceneLibrary.load(
+        store,
+        max_side_px=generation.scenes_max_side_px,
+        max_pixels=shared.max_image_pixels,
+        max_bytes=shared.max_image_bytes,
+    )
 
 
 def metrics_server(

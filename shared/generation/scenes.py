@@ -29,7 +29,7 @@ from PIL import Image
 from prometheus_client import Counter
 
 from shared.errors import BadInput, ImageRejected, TransientError
-from shared.images import decode_image
+from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
 from shared.store import FileStore, ObjectStore, check_key
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,14 @@ class SceneLibrary:
         self.skipped = dict(skipped or {})
 
     @classmethod
-    def load(cls, store: ObjectStore, *, max_side_px: int = 512) -> SceneLibrary:
+    def load(
+        cls,
+        store: ObjectStore,
+        *,
+        max_side_px: int = 512,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> SceneLibrary:
         """Every photo under ``store`` (by suffix); bad keys and unusable files are skipped, reason logged.
 
         Raises ``TransientError`` when a remote store fails mid-load, ``ValueError`` when no photo is usable.
@@ -71,7 +78,7 @@ class SceneLibrary:
         for key in sorted(store.list_keys()):
             if not key.lower().endswith(SCENE_SUFFIXES):
                 continue
-            image = _read_scene(store, key)
+            image = _read_scene(store, key, max_pixels=max_pixels, max_bytes=max_bytes)
             if isinstance(image, str):
                 skipped[key] = reason = image
                 SCENES_SKIPPED.labels(reason=reason.split(":", 1)[0]).inc()
@@ -124,7 +131,7 @@ def series_tag(name: str) -> str:
     return tag or unicodedata.normalize("NFKC", name.casefold()).strip()
 
 
-def _read_scene(store: ObjectStore, key: str) -> Image.Image | str:
+def _read_scene(store: ObjectStore, key: str, *, max_pixels: int, max_bytes: int) -> Image.Image | str:
     """The decoded photo under ``key``, or why it is skipped (``reason`` or ``reason: detail``)."""
     try:
         check_key(key)
@@ -132,7 +139,7 @@ def _read_scene(store: ObjectStore, key: str) -> Image.Image | str:
         # S3 lists keys this store will not read (``a//b.jpg``), and a folder may hold such file names.
         return f"bad_key: {exc}"
     try:
-        return decode_image(store.get_bytes(key))
+        return decode_image(store.get_bytes(key), max_pixels=max_pixels, max_bytes=max_bytes)
     except ImageRejected as exc:
         return exc.reason
     except TransientError as exc:
