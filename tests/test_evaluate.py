@@ -180,7 +180,9 @@ def test_evaluate_writes_all_five_conditions_a_report_and_feeds_the_export_polic
         ]
     )
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "note:" not in captured.err  # the same store and policy as the evaluation measured
     for sku_id in COLOURS:
         assert not list((tmp_path / "export" / sku_id).glob("synthetic-*"))
         assert len(list((tmp_path / "export" / sku_id).glob("real-*"))) == 2
@@ -189,6 +191,10 @@ def test_evaluate_writes_all_five_conditions_a_report_and_feeds_the_export_polic
     # A SKU the evaluation did not measure is exported as usual.
     assert (tmp_path / "export" / "SKU-EXTRA" / "real-real-0.png").exists()
     assert "left out" not in next(line for line in printed.splitlines() if line.startswith("SKU-EXTRA"))
+    # An export under another policy than the one measured is told so (its gains are of other sets).
+    other = ["dataset", "export", str(tmp_path / "other"), "--format", "jsonl", "--max-synthetic-per-real"]
+    assert cli_main([*other, "1", "--evaluation", str(out / "evaluation.json")]) == 0
+    assert "it measured max_synthetic_per_real 2, this export uses 1" in capsys.readouterr().err
 
 
 def test_evaluate_can_fine_tune_the_last_backbone_stages_and_refuses_too_many(
@@ -228,6 +234,9 @@ def test_export_refuses_a_missing_or_foreign_evaluation_file(
     with pytest.raises(SystemExit):
         cli_main([*base, "--min-gain", "0.1"])
     assert "--min-gain needs --evaluation" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main([*base, "--evaluation", str(tmp_path / "other.json"), "--min-gain", "nan"])
+    assert "must be a finite number, got nan" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,34 @@ def _read_evaluation(path: Path) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ValueError(f"--evaluation {path}: expected a JSON object, got {type(document).__name__}")
     return document
+
+
+def store_root(manifests: ManifestStore) -> str:
+    """The retraining store's root URI (store + prefix), as ``skuforge evaluate`` records it."""
+    return f"{manifests.store.base_uri}/{manifests.prefix}".rstrip("/")
+
+
+def evaluation_mismatches(
+    evaluation: dict[str, Any], *, store: str, max_synthetic_per_real: int, min_real: int
+) -> list[str]:
+    """Where an evaluation.json measured another store or export policy than this export's (pure):
+    its per-SKU gains then describe other training sets. Notes, not errors: it may be meant."""
+    inputs = evaluation.get("inputs")
+    if not isinstance(inputs, dict):
+        return ["it does not say what it measured (no 'inputs'): its gains may be of another store or policy"]
+    wanted = {"store": store, "max_synthetic_per_real": max_synthetic_per_real, "min_real": min_real}
+    return [
+        f"it measured {key} {inputs[key]!r}, this export uses {value!r}"
+        for key, value in wanted.items()
+        if key in inputs and inputs[key] != value
+    ]
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
 
 
 def open_manifests() -> ManifestStore:
@@ -119,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument(
         "--min-gain",
-        type=float,
+        type=_finite_float,
         default=None,
         metavar="X",
         help="with --evaluation: least per-SKU B-A (top-1, 0..1) that keeps a SKU's synthetic images "
@@ -153,11 +183,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             no_synthetic = None
             if args.evaluation is not None:
+                evaluation = _read_evaluation(args.evaluation)
                 no_synthetic = synthetic_left_out_by_evaluation(
-                    _read_evaluation(args.evaluation),
+                    evaluation,
                     min_gain=0.0 if args.min_gain is None else args.min_gain,
                     source=str(args.evaluation),
                 )
+                mismatches = evaluation_mismatches(
+                    evaluation,
+                    store=store_root(manifests),
+                    max_synthetic_per_real=args.max_synthetic_per_real,
+                    min_real=args.min_real,
+                )
+                for mismatch in mismatches:
+                    print(f"note: --evaluation {args.evaluation}: {mismatch}", file=sys.stderr)
             summary = export_dataset(
                 manifests,
                 args.out,

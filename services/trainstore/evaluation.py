@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from services.trainstore.cli import open_manifests
+from services.trainstore.cli import open_manifests, store_root
 from shared.config import load_settings
 from shared.errors import BadInput, ChecksumMismatch, ImageRejected
 from shared.evaluation.backbone import BackboneMissing, BackboneSpec, FeatureCache, open_backbone
@@ -220,7 +220,7 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     if unknown:
         raise EvaluateRefused(
             f"held-out folder(s) name SKUs the store does not have: {', '.join(unknown)} "
-            f"(store {_store_root(manifests)}); rename or remove them"
+            f"(store {store_root(manifests)}); rename or remove them"
         )
     if not heldout:
         raise EvaluateRefused(f"--heldout {args.heldout}: no photos in SKU folders")
@@ -287,7 +287,7 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     args.out.mkdir(parents=True, exist_ok=True)
     inputs = {
         "heldout": str(args.heldout.absolute()),
-        "store": _store_root(manifests),
+        "store": store_root(manifests),
         "scenes": args.scenes,
         "max_synthetic_per_real": args.max_synthetic_per_real,
         "min_real": args.min_real,
@@ -301,7 +301,3 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     by_name = {photo.name: photo for photo in heldout}
     write_report(result, args.out, lambda name: by_name[name].read() if name in by_name else None)
     return result
-
-
-def _store_root(manifests: ManifestStore) -> str:
-    return f"{manifests.store.base_uri}/{manifests.prefix}".rstrip("/")
