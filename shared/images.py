@@ -89,6 +89,13 @@ def decode_mask(
     return np.where(gray >= 128, np.uint8(255), np.uint8(0)).astype(np.uint8)
 
 
+def refuse_oversized(size_bytes: int, max_bytes: int) -> None:
+    """``ImageRejected('too_large_bytes')`` for more than ``max_bytes``; a caller holding a file can
+    ask with its size before reading it."""
+    if size_bytes > max_bytes:
+        raise ImageRejected("too_large_bytes", f"{size_bytes} bytes; at most {max_bytes} are allowed")
+
+
 def photo_as_stored(
     data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> tuple[Image.Image, bytes]:
@@ -120,8 +127,7 @@ def _open_and_load(
     """Run every refusal in order (cheap header checks before any pixel is decoded) and load frame 0."""
     if not data:
         raise ImageRejected("empty", "zero bytes")
-    if len(data) > max_bytes:
-        raise ImageRejected("too_large_bytes", f"{len(data)} bytes; at most {max_bytes} are allowed")
+    refuse_oversized(len(data), max_bytes)
     try:
         # Image.open reads only the header; pixels are decoded by load() below.
         image = Image.open(io.BytesIO(data))

@@ -31,7 +31,7 @@ from schemas.topics import SKU_INGESTED
 from shared.bus import Publisher
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import ImageRejected, TransientError
-from shared.images import PHOTO_SUFFIXES, photo_as_stored
+from shared.images import PHOTO_SUFFIXES, photo_as_stored, refuse_oversized
 from shared.store import ObjectStore, open_store, sha256_hex
 
 PRODUCER = "ingest"
@@ -107,11 +107,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     for file in files[: settings.max_photos_per_sku]:
         try:
             # Refuse an oversized file by its size, before reading gigabytes into memory.
-            size_bytes = file.stat().st_size
-            if size_bytes > settings.max_image_bytes:
-                raise ImageRejected(
-                    "too_large_bytes", f"{size_bytes} bytes; at most {settings.max_image_bytes} are allowed"
-                )
+            refuse_oversized(file.stat().st_size, settings.max_image_bytes)
             image, png = photo_as_stored(
                 file.read_bytes(), max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
             )
