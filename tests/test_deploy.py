@@ -378,6 +378,54 @@ def test_the_prometheus_rule_holds_the_groups_of_every_rules_file(helm: str) -> 
     assert rule["spec"]["groups"] == expected
 
 
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels, and In/NotIn expressions) against pod labels."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        value, values = labels.get(expression["key"]), expression.get("values", [])
+        assert expression["operator"] in ("In", "NotIn"), expression
+        if (value in values) != (expression["operator"] == "In"):
+            return False
+    return True
+
+
+def _operator_job(monitor: dict[str, Any], endpoint: dict[str, Any], pod_labels: dict[str, str]) -> str:
+    """The ``job`` label prometheus-operator gives a PodMonitor target: the pod label named by
+    ``jobLabel``, else "<namespace>/<PodMonitor name>"; then the endpoint's own relabelings."""
+    spec = monitor["spec"]
+    job = pod_labels[spec["jobLabel"]] if "jobLabel" in spec else f"ns/{monitor['metadata']['name']}"
+    meta = {"__meta_kubernetes_pod_label_" + re.sub(r"\W", "_", k): v for k, v in pod_labels.items()}
+    for rule in endpoint.get("relabelings", []):
+        assert rule.get("action", "replace") == "replace", rule
+        source = ";".join(meta.get(name, "") for name in rule.get("sourceLabels", []))
+        match = re.fullmatch(rule.get("regex", "(.*)"), source)
+        if match and rule.get("targetLabel") == "job":
+            job = match.expand(rule.get("replacement", "$1").replace("$", "\\"))
+    return job
+
+
+def test_under_prometheus_operator_the_targets_carry_the_job_names_the_alerts_use(helm: str) -> None:
+    """``SkuforgeTargetDown`` matches ``up{job=~"captioner|...|triton"}``; under the operator a
+    target's job would be "<namespace>/<PodMonitor>" and the alert could never fire."""
+    docs = render(helm)
+    monitors = of_kind(docs, "PodMonitor").values()
+    jobs = set()
+    for workload in of_kind(docs, "Deployment").values():
+        template = workload["spec"]["template"]
+        ports = {port["name"] for port in container(workload).get("ports", [])}
+        for monitor in monitors:
+            if _selects(monitor["spec"]["selector"], template["metadata"]["labels"]):
+                for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+                    if endpoint["port"] in ports:
+                        jobs.add(_operator_job(monitor, endpoint, template["metadata"]["labels"]))
+    rules = yaml.safe_load(PIPELINE_RULES.read_text())
+    (up_expr,) = [r["expr"] for g in rules["groups"] for r in g["rules"] if r["expr"].startswith("up{")]
+    alerted = set(re.search(r'job=~"([^"]+)"', up_expr).group(1).split("|"))  # type: ignore[union-attr]
+    scrape = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    assert jobs == alerted == {job["job_name"] for job in scrape["scrape_configs"]}
+
+
 def test_the_chart_carries_the_pipeline_alert_rules() -> None:
     """deploy/prometheus/alerts.yml (the pipeline's alerts) must reach the chart as rules/skuforge.yml."""
     carried = CHART / "rules" / "skuforge.yml"
