@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+import shared.matting.session as session_module
 from services.matting.cli import main as matting_cli
 from shared.matting.official import (
     OFFICIAL_MEMBER,
@@ -25,7 +26,7 @@ from shared.matting.official import (
     extract_official_onnx,
     onnx_to_state_dict,
 )
-from shared.matting.session import u2net_preprocess
+from shared.matting.session import MattingModelMissing, open_session, u2net_preprocess
 from shared.matting.u2net import build_model, load_reference_state_dict
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "grocerystore"
@@ -107,3 +108,28 @@ def test_checking_the_official_file_needs_no_torch() -> None:
     code = "import sys, shared.matting.official; assert 'torch' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_registered_official_model_follows_the_setting_made_after_import(
+    tmp_path: Path, official_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The registry used to resolve the path at import: a later SKUFORGE_OFFICIAL_U2NETP was ignored.
+    moved = tmp_path / "elsewhere.onnx"
+    moved.write_bytes(official_onnx.read_bytes())
+    monkeypatch.setenv("SKUFORGE_OFFICIAL_U2NETP", str(moved))
+    session = open_session("u2netp-official", threads=1, use_gpu=False, store=None)
+    assert session.model_id.startswith("elsewhere.onnx@sha256:")
+    monkeypatch.setenv("SKUFORGE_OFFICIAL_U2NETP", str(tmp_path / "gone.onnx"))
+    with pytest.raises(MattingModelMissing, match=r"gone\.onnx does not exist"):
+        open_session("u2netp-official", threads=1, use_gpu=False, store=None)
+
+
+def test_installed_as_a_package_the_official_model_is_looked_for_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Outside a checkout, MODELS_DIR.parents[2] is lib/python3.11: no place for var/models.
+    monkeypatch.delenv("SKUFORGE_OFFICIAL_U2NETP", raising=False)
+    installed = tmp_path / "lib" / "python3.11" / "site-packages" / "shared" / "matting" / "models"
+    monkeypatch.setattr(session_module, "MODELS_DIR", installed)
+    monkeypatch.chdir(tmp_path)
+    assert session_module.official_onnx_path() == tmp_path / "var" / "models" / "u2netp-official.onnx"

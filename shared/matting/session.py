@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -465,16 +465,27 @@ class RegisteredModel:
     path (None: a path is needed)."""
 
     session_class: type[MattingSession]
-    file_name: str | Path | None
+    file_name: str | Path | Callable[[], Path] | None
     how_to_make: str = ""
+
+    def path(self) -> Path | None:
+        """The model file (a callable ``file_name`` is resolved now, not at import)."""
+        if self.file_name is None:
+            return None
+        return MODELS_DIR / (self.file_name() if callable(self.file_name) else self.file_name)
 
 
 def official_onnx_path() -> Path:
-    """Where set-up puts the checked official U2-NetP (``SKUFORGE_OFFICIAL_U2NETP`` overrides it)."""
+    """Where set-up puts the checked official U2-NetP: ``SKUFORGE_OFFICIAL_U2NETP`` if set, else
+    ``var/models/u2netp-official.onnx`` in the checkout, or in the working directory when skuforge is
+    installed as a package (there is no checkout above site-packages). Read at each call, so a
+    setting made after import counts."""
     configured = os.environ.get("SKUFORGE_OFFICIAL_U2NETP")
-    return (
-        Path(configured) if configured else MODELS_DIR.parents[2] / "var" / "models" / "u2netp-official.onnx"
-    )
+    if configured:
+        return Path(configured)
+    checkout = MODELS_DIR.parents[2]
+    root = checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
+    return root / "var" / "models" / "u2netp-official.onnx"
 
 
 REGISTRY: dict[str, RegisteredModel] = {
@@ -496,7 +507,7 @@ REGISTRY: dict[str, RegisteredModel] = {
     # The official weights, as set-up fetched and checked them (shared.matting.official): the baseline.
     "u2netp-official": RegisteredModel(
         U2NetPSession,
-        official_onnx_path(),
+        official_onnx_path,
         how_to_make="`make setup` fetches and checks it (skuforge matting official)",
     ),
     "u2net-custom": RegisteredModel(U2NetSession, None),
@@ -536,9 +547,9 @@ def open_session(
 
     if name in REGISTRY:
         entry = REGISTRY[name]
-        if entry.file_name is None:
+        path = entry.path()
+        if path is None:
             raise MattingModelError(f"model {name!r} needs its file: {help_text}")
-        path = MODELS_DIR / entry.file_name
         if not path.is_file():
             raise MattingModelMissing(
                 f"the matting model {name!r} is missing: {path} does not exist. "
