@@ -272,6 +272,9 @@ def test_heldout_photos_are_the_formats_ingest_takes_and_other_files_are_noted(t
     for name, fmt in (("a.jpg", "JPEG"), ("b.tif", "TIFF"), ("c.webp", "WEBP")):
         Image.new("RGB", (8, 8), COLOURS["SKU-RED"]).save(sku / name, format=fmt)
     (sku / "notes.txt").write_text("not a photo")
+    # A hidden folder (a viewer's thumbnails, a notebook's checkpoints) is not the user's photos.
+    (sku / ".thumbnails").mkdir()
+    Image.new("RGB", (8, 8), COLOURS["SKU-RED"]).save(sku / ".thumbnails" / "a.jpg", format="JPEG")
     photos, notes = heldout_photos(tmp_path)
     assert sorted(Path(photo.name).name for photo in photos) == ["a.jpg", "b.tif", "c.webp"]
     assert {photo.sku_id for photo in photos} == {"SKU-RED"}

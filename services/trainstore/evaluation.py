@@ -56,9 +56,9 @@ REFUSALS: tuple[type[Exception], ...] = (EvaluateRefused, LeakageError, Backbone
 def heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
     """The photos of ``root/<sku_id>/*``, and notes on what was not used.
 
-    Files that are not photos by suffix, hidden files and files directly under ``root`` are noted
-    and left out; a file with a photo suffix that is not an image is refused (it would fail later,
-    less clearly).
+    Files that are not photos by suffix and files directly under ``root`` are noted and left out,
+    hidden files and folders are left out; a file with a photo suffix that is not an image is
+    refused (it would fail later, less clearly).
     """
     if not root.is_dir():
         raise EvaluateRefused(f"--heldout {root}: not a directory (one folder per SKU id, photos inside)")
@@ -71,8 +71,8 @@ def heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
             notes.append(f"{entry} is not in a SKU folder: not used")
             continue
         for path in sorted(entry.rglob("*")):
-            if not path.is_file() or path.name.startswith("."):
-                continue
+            if not path.is_file() or any(part.startswith(".") for part in path.relative_to(entry).parts):
+                continue  # hidden files and everything in hidden folders (thumbnails, checkpoints)
             if path.suffix.lower() not in PHOTO_SUFFIXES:
                 notes.append(f"{path} is not a photo ({', '.join(sorted(PHOTO_SUFFIXES))}): not used")
                 continue
