@@ -11,7 +11,10 @@ The keys inside a category are the fields of ``shared.gate.checks.GateThresholds
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from dataclasses import fields
+from typing import Any
+
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import ENV_PREFIX
@@ -19,6 +22,7 @@ from shared.gate.checks import GateThresholds
 
 # The defaults are the thresholds' own (shared/gate/checks.py), written there once.
 _DEFAULTS = GateThresholds()
+_THRESHOLD_NAMES = tuple(item.name for item in fields(GateThresholds))
 
 
 class GateSettings(BaseSettings):
@@ -57,13 +61,28 @@ class GateSettings(BaseSettings):
         ),
     )
 
+    @field_validator("gate_max_foreground_fraction")
+    @classmethod
+    def _fractions_are_ordered(cls, value: float, info: ValidationInfo) -> float:
+        # Each fraction is valid alone; the pair is checked here so it fails at start-up, not per item.
+        low = info.data.get("gate_min_foreground_fraction")
+        if low is not None and not low < value:
+            raise ValueError(f"must be above SKUFORGE_GATE_MIN_FOREGROUND_FRACTION ({low})")
+        return value
+
     @field_validator("gate_category_overrides")
     @classmethod
-    def _overrides_are_valid(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        # Apply every category's overrides once so a typo fails at start-up, not on the first item.
+    def _overrides_are_valid(
+        cls, value: dict[str, dict[str, float]], info: ValidationInfo
+    ) -> dict[str, dict[str, float]]:
+        # Apply every category's overrides to the global thresholds (as thresholds_for will), so a
+        # typo or a pair made invalid by the globals fails at start-up, not on the first item.
+        base = _global_thresholds(info.data)
+        if base is None:
+            return value  # a global threshold is invalid, and already reported under its own name
         for category, overrides in value.items():
             try:
-                GateThresholds().with_overrides(overrides)
+                base.with_overrides(overrides)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"category {category!r}: {exc}") from None
         return value
@@ -77,3 +96,11 @@ class GateSettings(BaseSettings):
             drift_tolerance=self.gate_drift_tolerance,
         )
         return base.with_overrides(self.gate_category_overrides.get(category, {}))
+
+
+def _global_thresholds(values: dict[str, Any]) -> GateThresholds | None:
+    """The global thresholds from validated settings values; None if one is missing or invalid."""
+    try:
+        return GateThresholds(**{name: values[f"gate_{name}"] for name in _THRESHOLD_NAMES})
+    except (KeyError, ValueError):
+        return None

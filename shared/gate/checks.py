@@ -75,7 +75,8 @@ class GateThresholds:
                 "need 0 <= min_foreground_fraction < max_foreground_fraction <= 1, got "
                 f"{self.min_foreground_fraction} and {self.max_foreground_fraction}"
             )
-        if self.drift_tolerance <= 0.0:
+        # Written as "not > 0" so NaN (JSON overrides accept it) is refused: it would flag every item.
+        if not self.drift_tolerance > 0.0:
             raise ValueError(f"drift_tolerance must be positive, got {self.drift_tolerance}")
 
     def with_overrides(self, overrides: Mapping[str, float]) -> GateThresholds:
