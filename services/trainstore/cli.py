@@ -23,6 +23,7 @@ from typing import Any
 
 from services.trainstore.config import TrainstoreSettings
 from shared.config import load_settings
+from shared.errors import BadInput, TransientError
 from shared.store import open_store
 from shared.trainstore.dataset import (
     EXPORT_FITS,
@@ -210,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         except (FileExistsError, ValueError) as exc:
             parser.error(str(exc))
+        except (BadInput, TransientError) as exc:
+            # The store's fault (a tampered or missing object, S3 away), not the command line's.
+            print(f"skuforge dataset export: {exc}; nothing was written to {args.out}", file=sys.stderr)
+            return 1
         print("\n".join(summary.lines()))
         return 0
     compacted = [sku_id for sku_id in manifests.sku_ids() if manifests.compact(sku_id)]

@@ -6,7 +6,7 @@ the ``trainstore_`` prefix under ``SKUFORGE_`` so configuration errors name the 
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import ENV_PREFIX
@@ -28,3 +28,12 @@ class TrainstoreSettings(BaseSettings):
         le=10_000,
         description="a SKU's manifest deltas are merged into one compacted part once there are this many",
     )
+
+    @field_validator("trainstore_prefix")
+    @classmethod
+    def _prefix_has_no_dot_segments(cls, value: str) -> str:
+        # The pattern lets "." and ".." through; the object store refuses them in every key, so the
+        # stage would fail (and dead-letter) every event instead of refusing to start.
+        if any(segment in (".", "..") for segment in value.split("/")):
+            raise ValueError("must not have a '.' or '..' segment (the default is 'trainstore')")
+        return value

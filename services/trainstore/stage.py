@@ -180,11 +180,15 @@ class Trainstore:
             row = item.row
             if row.image and item.image_png is not None:
                 self.manifests.store.put_bytes(self.manifests.key(row.image), item.image_png, "image/png")
-                self.metrics.images_stored.labels(row.source).inc()
             if row.mask and item.mask_png is not None:
                 self.manifests.store.put_bytes(self.manifests.key(row.mask), item.mask_png, "image/png")
         written = self.manifests.append(sku_id, [item.row for item in changed], current=current)
         if written:
+            # Counted once the rows are durable: a retried event (the manifest write failed) puts
+            # its images again, and would otherwise count them again.
+            for item in changed:
+                if item.row.image and item.image_png is not None:
+                    self.metrics.images_stored.labels(item.row.source).inc()
             ctx.log.info(
                 "manifest rows written", extra={"sku_id": sku_id, "rows": len(changed), "part": written}
             )

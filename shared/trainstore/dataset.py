@@ -17,13 +17,16 @@ generated images teach the generator's artefacts, so an exported class
 Formats: ``imagefolder`` (``<out>/<sku_id>/<real|synthetic>-<item_id>.png``, what
 ``torchvision.datasets.ImageFolder`` reads) and ``jsonl`` (``<out>/images/...``, ``<out>/masks/...``
 and ``<out>/dataset.jsonl`` with one line per image). Objects are checked against the sha256 in
-their manifest row while exporting; a mismatch stops the export with ``ChecksumMismatch``.
+their manifest row while exporting; a mismatch stops the export with ``ChecksumMismatch`` and
+leaves nothing in the output directory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -251,15 +254,53 @@ def export_dataset(
         raise ValueError("size_px must be at least 16")
     if fit not in EXPORT_FITS:
         raise ValueError(f"unknown fit {fit!r}; expected one of {', '.join(EXPORT_FITS)}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file; export into a new directory")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; export into a new directory")
+    if sku_ids is not None:
+        sku_ids = list(dict.fromkeys(sku_ids))
+        unknown = sorted(set(sku_ids) - set(manifests.sku_ids()))
+        if unknown:
+            # A typo would otherwise export an empty training set and report success.
+            raise ValueError(f"no SKU {', '.join(unknown)} in the store (skuforge dataset stats lists them)")
     plan = plan_export(
         manifests.iter_rows(sku_ids),
         max_synthetic_per_real=max_synthetic_per_real,
         min_real=min_real,
         no_synthetic=no_synthetic,
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Written beside out_dir and renamed into place at the end: an export that fails half-way (a
+    # tampered or missing object) leaves neither a partial training set nor a directory to clean up.
+    target = out_dir.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        summary = _write_export(manifests, plan, staging, out_dir, fmt=fmt, size_px=size_px, fit=fit)
+        if target.exists():  # empty, checked above (and possibly the working directory): fill it
+            for entry in sorted(staging.iterdir()):
+                entry.rename(target / entry.name)
+            staging.rmdir()
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return summary
+
+
+def _write_export(
+    manifests: ManifestStore,
+    plan: ExportPlan,
+    staging: Path,
+    out_dir: Path,
+    *,
+    fmt: ExportFormat,
+    size_px: int,
+    fit: ExportFit,
+) -> ExportSummary:
+    """Write the images, dataset.jsonl and export.json into ``staging``; the summary names ``out_dir``."""
     lines: list[str] = []
     classes: dict[str, dict[str, int]] = {}
     for plan_class in plan.classes:
@@ -267,15 +308,15 @@ def export_dataset(
             image = _resized(decode_image(read_checked(manifests, row.image, row.image_sha256)), size_px, fit)
             name = f"{row.source}-{row.item_id}.png"
             if fmt == "imagefolder":
-                _write(out_dir / row.sku_id / name, encode_png(image))
+                _write(staging / row.sku_id / name, encode_png(image))
                 continue
             image_path = Path("images") / row.sku_id / name
-            _write(out_dir / image_path, encode_png(image))
+            _write(staging / image_path, encode_png(image))
             mask_path = None
             if row.mask:
                 mask = decode_mask(read_checked(manifests, row.mask, row.mask_sha256))
                 mask_path = Path("masks") / row.sku_id / name
-                _write(out_dir / mask_path, encode_png(_resized(Image.fromarray(mask), size_px, fit, fill=0)))
+                _write(staging / mask_path, encode_png(_resized(Image.fromarray(mask), size_px, fit, fill=0)))
             lines.append(
                 json.dumps(
                     {
@@ -296,7 +337,7 @@ def export_dataset(
             "dropped": plan_class.synthetic_dropped,
         }
     if fmt == "jsonl":
-        (out_dir / "dataset.jsonl").write_text("".join(line + "\n" for line in lines))
+        (staging / "dataset.jsonl").write_text("".join(line + "\n" for line in lines))
     summary = ExportSummary(
         out_dir=str(out_dir),
         format=fmt,
@@ -308,7 +349,7 @@ def export_dataset(
         synthetic=sum(counts["synthetic"] for counts in classes.values()),
         synthetic_left_out={c.sku_id: c.synthetic_left_out for c in plan.classes if c.synthetic_left_out},
     )
-    (out_dir / "export.json").write_text(summary.to_json() + "\n")
+    (staging / "export.json").write_text(summary.to_json() + "\n")
     return summary
 
 

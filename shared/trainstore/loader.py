@@ -77,7 +77,7 @@ def load_manifest(
     objects = open_store(store, s3_endpoint_url=s3_endpoint_url) if isinstance(store, str) else store
     manifests = ManifestStore(objects, prefix)
     manifest = Manifest(root_uri=objects.uri_for(manifests.key("x"))[: -len("x")])
-    for sku_id in manifests.sku_ids() if sku_ids is None else sorted(sku_ids):
+    for sku_id in manifests.sku_ids() if sku_ids is None else sorted(set(sku_ids)):
         sku_columns = _sku_columns(manifests, sku_id)
         status = sku_columns["status"]
         if trainable_only and not set(status) <= TRAINABLE:

@@ -34,6 +34,7 @@ from pydantic import Field
 
 from schemas.common import Contract, SafeId, Sha256Hex
 from schemas.envelope import derive_id
+from shared.errors import ObjectMissing, TransientError
 from shared.store import ObjectStore
 
 __all__ = [
@@ -61,6 +62,8 @@ _COMPACTED = re.compile(r"^part-c-(\d{10})\.jsonl$")
 _DELTA = re.compile(r"^part-d-(\d{10})-([0-9a-f]{32})\.jsonl$")
 _COLUMNS = re.compile(r"^columns-c-(\d{10})\.json$")
 COLUMNS_VERSION = 1
+# Listings a read of one SKU's manifest tries while concurrent compactions delete parts under it.
+READ_ATTEMPTS = 5
 
 
 class ManifestRow(Contract):
@@ -203,12 +206,23 @@ class ManifestStore:
         return self.key(f"manifests/{sku_id}/columns-c-{seq:010d}.json")
 
     def read_sku(self, sku_id: str) -> dict[str, ManifestRow]:
-        """Every item of one SKU, item_id -> its current row."""
-        compacted, deltas = self.parts(sku_id)
-        merged: dict[str, ManifestRow] = {}
-        for _, key in ([compacted] if compacted else []) + deltas:
-            merge_rows(decode_rows(self.store.get_bytes(key)), merged)
-        return merged
+        """Every item of one SKU, item_id -> its current row.
+
+        A compaction running meanwhile (the stage's own, or ``skuforge dataset compact``) may delete
+        a part between the listing and its read; it wrote the merged part first, so a fresh listing
+        has every row. A part that keeps vanishing is a ``TransientError`` (retried), never
+        ``ObjectMissing``, which the stage would dead-letter as the event's fault.
+        """
+        for _attempt in range(READ_ATTEMPTS):
+            compacted, deltas = self.parts(sku_id)
+            merged: dict[str, ManifestRow] = {}
+            try:
+                for _, key in ([compacted] if compacted else []) + deltas:
+                    merge_rows(decode_rows(self.store.get_bytes(key)), merged)
+            except ObjectMissing:
+                continue
+            return merged
+        raise TransientError(f"the manifest parts of {sku_id} kept changing while being read")
 
     def sku_ids(self) -> list[str]:
         """SKUs that have a manifest, sorted."""
@@ -264,6 +278,7 @@ class ManifestStore:
         return True
 
     def iter_rows(self, sku_ids: Iterable[str] | None = None) -> Iterator[ManifestRow]:
-        """Every current row of the given SKUs (all by default), SKU by SKU."""
-        for sku_id in self.sku_ids() if sku_ids is None else sku_ids:
+        """Every current row of the given SKUs (all by default), SKU by SKU, each SKU once."""
+        # A SKU named twice (``--sku A --sku A``) would yield its rows twice: doubled export lines.
+        for sku_id in self.sku_ids() if sku_ids is None else dict.fromkeys(sku_ids):
             yield from self.read_sku(sku_id).values()

@@ -1,0 +1,238 @@
+"""Gate settings, retraining store and dataset export: what an operator hits at the edges.
+
+Unit level, no broker: bad gate settings fail at start-up, a concurrent ``skuforge dataset compact``
+cannot make the stage lose an event, a transient manifest failure does not double-count stored
+images, and an export is exact (each SKU once), names unknown SKUs, and writes all or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from schemas.events import GateAccepted
+from schemas.topics import GATE_ACCEPTED
+from services.gate.config import GateSettings
+from services.trainstore.config import TrainstoreSettings
+from services.trainstore.stage import Trainstore
+from shared.bus import make_envelope
+from shared.config import ConfigError, Settings, load_settings
+from shared.errors import TransientError
+from shared.gate.checks import GateThresholds
+from shared.observability import StageMetrics
+from shared.runtime import Context
+from shared.store import FileStore
+from shared.trainstore.manifest import ManifestRow, ManifestStore
+from skuforge_cli.main import main as cli_main
+from tests.support.gate import matted_item
+from tests.test_dataset_export import PREFIX, add_item
+
+# -- gate settings ------------------------------------------------------------------------------
+
+
+def test_gate_thresholds_that_only_clash_together_fail_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Valid one by one, invalid together: before, the gate started and failed every item instead.
+    monkeypatch.setenv("SKUFORGE_GATE_MIN_FOREGROUND_FRACTION", "0.95")
+    with pytest.raises(ConfigError, match=r"SKUFORGE_GATE_MAX_FOREGROUND_FRACTION: .*above"):
+        load_settings(GateSettings)
+
+    # A category override is checked against the global thresholds it will be applied to...
+    monkeypatch.setenv("SKUFORGE_GATE_MIN_FOREGROUND_FRACTION", "0.005")
+    monkeypatch.setenv("SKUFORGE_GATE_MAX_FOREGROUND_FRACTION", "0.5")
+    monkeypatch.setenv("SKUFORGE_GATE_CATEGORY_OVERRIDES", '{"pouch": {"min_foreground_fraction": 0.6}}')
+    with pytest.raises(ConfigError, match=r"SKUFORGE_GATE_CATEGORY_OVERRIDES.*'pouch'"):
+        load_settings(GateSettings)
+
+    # ...so one that is valid with them is not refused for clashing with the built-in defaults.
+    monkeypatch.setenv("SKUFORGE_GATE_MAX_FOREGROUND_FRACTION", "0.98")
+    monkeypatch.setenv("SKUFORGE_GATE_CATEGORY_OVERRIDES", '{"pouch": {"min_foreground_fraction": 0.92}}')
+    gate = load_settings(GateSettings)
+    assert gate.thresholds_for("pouch").min_foreground_fraction == 0.92
+
+
+def test_a_nan_drift_tolerance_override_fails_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    # NaN would make "drift <= tolerance" false for every item: everything flagged for correction.
+    monkeypatch.setenv("SKUFORGE_GATE_CATEGORY_OVERRIDES", '{"pouch": {"drift_tolerance": NaN}}')
+    with pytest.raises(ConfigError, match="drift_tolerance must be positive"):
+        load_settings(GateSettings)
+    with pytest.raises(ValueError, match="drift_tolerance"):
+        GateThresholds(drift_tolerance=float("nan"))
+
+
+# -- trainstore settings and stage --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", [".", "./trainstore", "a/../b"])
+def test_a_trainstore_prefix_with_dot_segments_fails_at_start_up(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store refuses such keys, so the stage would dead-letter every event as handler_error.
+    monkeypatch.setenv("SKUFORGE_TRAINSTORE_PREFIX", prefix)
+    with pytest.raises(ConfigError, match=r"SKUFORGE_TRAINSTORE_PREFIX: .*'\.' or '\.\.' segment"):
+        load_settings(TrainstoreSettings)
+
+
+def _context(store: FileStore) -> Context:
+    return Context("trainstore", store, Settings(), StageMetrics("trainstore"), logging.getLogger("test"))
+
+
+def _accepted_event(store: FileStore) -> tuple[str, object]:
+    matted = matted_item(store, 1, 0)
+    event = make_envelope(
+        GATE_ACCEPTED,
+        GateAccepted(matted=matted, iou=0.97, checks=[]),
+        event_id="e" * 32,
+        sku_id=matted.generated.sku.sku_id,
+        trace_id="t" * 32,
+        producer="test",
+    )
+    return matted.generated.item_id, event
+
+
+class CompactsWhileListed(FileStore):
+    """A store where ``skuforge dataset compact`` runs right after the stage lists a SKU's parts."""
+
+    compactor: ManifestStore | None = None
+
+    def _list(self, prefix: str) -> Iterator[str]:
+        keys = list(super()._list(prefix))
+        if self.compactor is not None and "/manifests/SKU-001/" in prefix:
+            compactor, self.compactor = self.compactor, None
+            compactor.compact("SKU-001")
+        yield from keys
+
+
+def test_a_concurrent_compaction_does_not_dead_letter_the_stages_event(tmp_path: Path) -> None:
+    store = CompactsWhileListed(tmp_path / "store")
+    writer = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16)
+    for index in range(3):
+        writer.manifests.append(
+            "SKU-001",
+            [
+                ManifestRow(
+                    item_id=f"old-{index}", sku_id="SKU-001", category="c", source="real", status="unusable"
+                )
+            ],
+        )
+    item_id, event = _accepted_event(store)
+    store.compactor = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+
+    # Before: the deltas listed were deleted under the read, ObjectMissing, the event dead-lettered.
+    writer.accepted(event, _context(store))  # type: ignore[arg-type]
+
+    rows = writer.manifests.read_sku("SKU-001")
+    assert rows[item_id].status == "accepted"
+    assert sorted(rows) == sorted([item_id, "old-0", "old-1", "old-2"])
+
+
+class FailsFirstManifestWrite(FileStore):
+    """S3 answers 503 once, to the first manifest write."""
+
+    failed = False
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        if "/manifests/" in key and not self.failed:
+            self.failed = True
+            raise TransientError("S3 answered 503")
+        super()._write(key, data, content_type)
+
+
+def test_an_image_is_counted_once_when_its_manifest_write_is_retried(tmp_path: Path) -> None:
+    store = FailsFirstManifestWrite(tmp_path / "store")
+    registry = CollectorRegistry()
+    writer = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16, registry=registry)
+    _, event = _accepted_event(store)
+    with pytest.raises(TransientError):
+        writer.accepted(event, _context(store))  # type: ignore[arg-type]
+    writer.accepted(event, _context(store))  # type: ignore[arg-type]  # the runtime's retry
+    writer.accepted(event, _context(store))  # type: ignore[arg-type]  # a redelivery
+    stored = registry.get_sample_value("skuforge_trainstore_images_stored_total", {"source": "synthetic"})
+    assert stored == 1.0
+
+
+# -- dataset export -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """SKU-A: 1 real, 2 synthetic; SKU-B: 1 real. The CLI's store is this one."""
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    add_item(manifests, "SKU-A", "real-0", "real", "reference")
+    add_item(manifests, "SKU-A", "gen-0", "synthetic", "accepted")
+    add_item(manifests, "SKU-A", "gen-1", "synthetic", "accepted")
+    add_item(manifests, "SKU-B", "real-0", "real", "reference")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    return tmp_path / "store"
+
+
+def test_a_sku_named_twice_is_exported_once(store_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["dataset", "export", str(out), "--format", "jsonl", "--max-synthetic-per-real", "1"]
+    assert cli_main([*args, "--sku", "SKU-A", "--sku", "SKU-A"]) == 0
+    lines = [json.loads(line) for line in (out / "dataset.jsonl").read_text().splitlines()]
+    # Before: every line twice, and the cap (1 synthetic per real) let 2 synthetic images through.
+    assert [(line["source"], line["item_id"]) for line in lines] == [
+        ("real", "real-0"),
+        ("synthetic", "gen-0"),
+    ]
+    summary = json.loads((out / "export.json").read_text())
+    assert summary["classes"] == {"SKU-A": {"real": 1, "synthetic": 1, "dropped": 1}}
+    manifests = ManifestStore(FileStore(store_dir), PREFIX)
+    assert len(list(manifests.iter_rows(["SKU-B", "SKU-B"]))) == 1
+
+
+def test_an_unknown_sku_is_a_clear_error_not_an_empty_export(
+    store_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exited:
+        cli_main(
+            [
+                "dataset",
+                "export",
+                str(out),
+                "--format",
+                "jsonl",
+                "--max-synthetic-per-real",
+                "1",
+                "--sku",
+                "SKU-Z",
+            ]
+        )
+    assert exited.value.code == 2
+    assert "no SKU SKU-Z in the store" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_failed_export_writes_nothing_and_says_why(
+    store_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = FileStore(store_dir)
+    key = f"{PREFIX}/images/SKU-B/real/real-0.png"
+    good = store.get_bytes(key)
+    store.put_bytes(key, good + b"x")
+    out = tmp_path / "out"
+    args = ["dataset", "export", str(out), "--format", "imagefolder", "--max-synthetic-per-real", "1"]
+
+    # Before: a traceback, and SKU-A's images left in out/, so the rerun was refused as "not empty".
+    assert cli_main(args) == 1
+    err = capsys.readouterr().err
+    assert "checksum_mismatch" in err and "nothing was written" in err
+    assert not out.exists() and list(tmp_path.iterdir()) == [store_dir]
+
+    store.put_bytes(key, good)
+    out.mkdir()  # an existing empty directory is fine
+    assert cli_main(args) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["SKU-A", "SKU-B", "export.json"]
+
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("x")
+    with pytest.raises(SystemExit) as exited:
+        cli_main([*args[:2], str(not_a_directory), *args[3:]])
+    assert exited.value.code == 2
+    assert "is a file" in capsys.readouterr().err
