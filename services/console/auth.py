@@ -9,6 +9,7 @@ answers 401. Every POST needs the session's CSRF token (``Reviewer``).
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -53,7 +54,8 @@ async def require_login(request: Request, call_next: CallNext) -> StarletteRespo
             and ("/images/" not in request.url.path)
         ):
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            return RedirectResponse(f"/login?next={safe_next(target)}", status_code=303)
+            # Encoded, so the page's own query ("?sku=A&state=all") survives as one parameter.
+            return RedirectResponse("/login?" + urlencode({"next": safe_next(target)}), status_code=303)
         return JSONResponse({"detail": "login required"}, status_code=401)
     request.state.session = session
     response = await call_next(request)
@@ -80,10 +82,23 @@ def current_session(request: Request) -> Session:
     return session
 
 
+def from_console_origin(request: Request, console: Console) -> bool:
+    """Whether the request's ``Origin`` (if sent) is the console's own origin.
+
+    Behind a TLS-terminating proxy the browser's origin is ``https://`` while the request reaches
+    uvicorn as plain HTTP; ``SKUFORGE_CONSOLE_COOKIE_SECURE`` says the console is served over HTTPS.
+    """
+    origin = request.headers.get("origin")
+    host = request.headers.get("host")
+    if same_origin(origin, request.url.scheme, host):
+        return True
+    return console.console.console_cookie_secure and same_origin(origin, "https", host)
+
+
 async def require_csrf(request: Request) -> Session:
     """The session, if the request carries its CSRF token and comes from our origin."""
     session = current_session(request)
-    if not same_origin(request.headers.get("origin"), request.url.scheme, request.headers.get("host")):
+    if not from_console_origin(request, request.app.state.console):
         raise HTTPException(403, "cross-origin request refused")
     token = request.headers.get(CSRF_HEADER)
     if token is None and request.headers.get("content-type", "").startswith(
@@ -124,12 +139,13 @@ def login(
     login_nonce: Annotated[str, Form(max_length=64)] = "",
     next: Annotated[str, Form(max_length=500)] = "/",
 ) -> Response:
-    if not same_origin(request.headers.get("origin"), request.url.scheme, request.headers.get("host")):
+    if not from_console_origin(request, console):
         raise HTTPException(403, "cross-origin request refused")
     if not tokens_match(request.cookies.get(LOGIN_COOKIE), login_nonce):
         raise HTTPException(403, "missing or wrong login form token: reload the login page")
     if not check_password(console.console.users(), reviewer, password):
-        return RedirectResponse(f"/login?error=wrong+name+or+password&next={safe_next(next)}", 303)
+        query = urlencode({"error": "wrong name or password", "next": safe_next(next)})
+        return RedirectResponse(f"/login?{query}", 303)
     cookie, _ = console.signer.issue(reviewer)
     response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(SESSION_COOKIE, cookie, max_age=console.signer.ttl_s, **cookie_flags(console))

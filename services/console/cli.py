@@ -16,7 +16,13 @@ import sys
 from pathlib import Path
 
 from services.console.config import ConsoleSettings
-from services.console.labelstudio import LABEL_CONFIG, export_tasks, import_annotations, read_export
+from services.console.labelstudio import (
+    LABEL_CONFIG,
+    check_image_url,
+    export_tasks,
+    import_annotations,
+    read_export,
+)
 from services.console.relay import DecisionRelay
 from services.console.tasks import TaskFilter, TaskStore
 from shared.config import load_settings
@@ -45,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-publish", action="store_true", help="record only; the console's relay publishes them later"
     )
     args = parser.parse_args(argv)
+    if args.action == "export-labelstudio":
+        try:
+            check_image_url(args.image_url)
+        except ValueError as exc:
+            parser.error(f"--image-url: {exc}")  # exits with status 2, before anything is opened
 
     settings = load_settings()
     console = load_settings(ConsoleSettings)
@@ -57,9 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         exported = export_tasks(
             tasks, store, filters=TaskFilter(sku_id=args.sku, reason=args.reason), image_url=args.image_url
         )
-        args.out.write_text(json.dumps(exported))
-        if args.config_out:
-            args.config_out.write_text(LABEL_CONFIG)
+        try:
+            args.out.write_text(json.dumps(exported))
+            if args.config_out:
+                args.config_out.write_text(LABEL_CONFIG)
+        except OSError as exc:
+            print(f"skuforge console export-labelstudio: cannot write: {exc}", file=sys.stderr)
+            return 2
         print(json.dumps({"exported": len(exported), "out": str(args.out)}))
         return 0
 

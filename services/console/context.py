@@ -2,6 +2,7 @@
 session signer, relay) and the request parameters pages and API share (task id, queue filters)."""
 
 # No ``from __future__ import annotations``: FastAPI reads the dependencies' annotations at runtime.
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,29 +58,55 @@ def console_of(request: Request) -> Console:
 ConsoleDep = Annotated[Console, Depends(console_of)]
 
 
+_REASON = re.compile(r"^[a-z0-9_]{1,64}$")
+
+
 def queue_filter(
     sku: Annotated[str | None, Query(max_length=64)] = None,
-    reason: Annotated[str | None, Query(pattern=r"^[a-z0-9_]{1,64}$")] = None,
-    iou_min: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
-    iou_max: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+    reason: Annotated[str | None, Query(max_length=64)] = None,
+    iou_min: Annotated[str | None, Query(max_length=32)] = None,
+    iou_max: Annotated[str | None, Query(max_length=32)] = None,
     state: Annotated[Literal["pending", "claimed", "approved", "rejected", "all"], Query()] = "pending",
 ) -> TaskFilter:
-    """The queue's filters from the query string; a malformed SKU or an empty IoU range is a 422."""
+    """The queue's filters from the query string; a malformed SKU or an empty IoU range is a 422.
+
+    An empty field means "no filter": the queue's filter form submits every field, blank or not.
+    """
     sku = sku.strip() if sku else None
     if sku:
         try:
             check_safe_id(sku)
         except ValueError as exc:
             raise HTTPException(422, f"sku: {exc}") from exc
-    if iou_min is not None and iou_max is not None and iou_min > iou_max:
+    reason = reason.strip() if reason else None
+    if reason and not _REASON.match(reason):
+        raise HTTPException(422, f"reason should match the pattern {_REASON.pattern}; got {reason!r}")
+    low = _iou_bound("iou_min", iou_min)
+    high = _iou_bound("iou_max", iou_max)
+    if low is not None and high is not None and low > high:
         raise HTTPException(422, "iou_min is larger than iou_max")
     return TaskFilter(
         sku_id=sku or None,
-        reason=reason,
-        iou_min=iou_min,
-        iou_max=iou_max,
+        reason=reason or None,
+        iou_min=low,
+        iou_max=high,
         state=None if state == "all" else state,
     )
+
+
+def _iou_bound(name: str, text: str | None) -> float | None:
+    """An IoU filter bound in [0, 1]; blank means none."""
+    if text is None or not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise HTTPException(422, f"{name} should be a number from 0 to 1; got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise HTTPException(
+            422, f"{name} should be greater than or equal to 0 and less than or equal to 1; got {text!r}"
+        )
+    return value
 
 
 Filters = Annotated[TaskFilter, Depends(queue_filter)]

@@ -6,7 +6,8 @@ The final mask of each decision:
 * ``approve_expected``  the generator's mask (``pending.matted.generated.expected_mask``)
 * ``approve_edited``    the reviewer's mask, checked (a PNG/BMP/TIFF/WebP at the generated image's
                         size), thresholded to 0/255 and stored as
-                        ``masks/corrected/<sku_id>/<item_id>.png`` (a re-decision overwrites it)
+                        ``masks/corrected/<sku_id>/<item_id>.png`` (written inside the decision's
+                        transaction, so only the decision that is recorded writes it)
 * ``reject``            no mask; a reason is required
 
 ``record_decision`` is the whole rule for one request: the reviewer must hold the task's claim, only
@@ -135,34 +136,36 @@ def record_decision(
     """Check and record ``reviewer``'s ``decision`` on a task they hold; returns the task as it was
     held and the recorded event.
 
-    ``mask_bytes`` is the uploaded mask file (``approve_edited`` only), stored before the decision
-    commits. Raises ``TaskConflict`` when the reviewer does not hold the task, ``DecisionInvalid``
-    when the request breaks a rule (the message says which).
+    ``mask_bytes`` is the uploaded mask file (``approve_edited`` only), checked first and stored
+    inside the decision's transaction. Raises ``TaskConflict`` when the reviewer does not hold the
+    task, ``DecisionInvalid`` when the request breaks a rule (the message says which).
     """
     task = tasks.check_held(task_id, reviewer)
     if decision != "reject" and reject_reason:
         raise DecisionInvalid("only a rejection takes a reason")
-    edited: ImageRef | None = None
+    pixels: npt.NDArray[np.uint8] | None = None
     if decision == "approve_edited":
         if mask_bytes is None:
             raise DecisionInvalid("approve_edited needs the edited mask as the 'mask' file")
         pixels = read_edited_mask(mask_bytes, task, max_pixels=max_pixels, max_bytes=max_bytes)
-        edited = store_edited_mask(store, task, pixels)
     elif mask_bytes is not None:
         raise DecisionInvalid(f"{decision} takes no mask; use approve_edited to send one")
-    event = tasks.decide(
-        task_id,
-        reviewer,
-        decision,
-        lambda held, at: resolve(
+
+    def payload(held: Task, at: float) -> CorrectionResolved:
+        # The mask is written here, inside the decision's transaction after the hold was checked
+        # again: a losing request (double submit, lease lost meanwhile) never overwrites the mask
+        # that the winning, recorded decision points at.
+        edited = None if pixels is None else store_edited_mask(store, held, pixels)
+        return resolve(
             held,
             decision=decision,
             reviewer=reviewer,
             decided_at=at,
             edited_mask=edited,
             reject_reason=reject_reason,
-        ),
-    )
+        )
+
+    event = tasks.decide(task_id, reviewer, decision, payload)
     return task, event
 
 

@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from schemas.common import ImageRef
 from services.console.decisions import (
+    MAX_REASON_CHARS,
     DecisionInvalid,
     check_reject_reason,
     mask_from_ref,
@@ -106,7 +107,10 @@ class _BitReader:
 
 def decode_rle(rle: Iterable[int], *, max_values: int = 4 * 40_000_000) -> npt.NDArray[np.uint8]:
     """Decode Label Studio's ``rle`` into the flat uint8 array it encodes; ValueError if malformed."""
-    data = bytes(rle)
+    try:
+        data = bytes(rle)
+    except TypeError as exc:  # bytes() says ValueError for out-of-range ints, TypeError for non-ints
+        raise ValueError(f"RLE must be a list of integers 0-255: {exc}") from exc
     reader = _BitReader(data)
     count = reader.read(32)
     if count > max_values:
@@ -149,6 +153,19 @@ def rle_to_mask(rle: Iterable[int], width: int, height: int) -> npt.NDArray[np.u
 # -- export / import -------------------------------------------------------------------------
 
 
+IMAGE_URL_FIELDS = ("uri", "key", "sku_id", "item_id")
+
+
+def check_image_url(template: str) -> str:
+    """The ``image_url`` template if it uses only the known fields; ValueError naming them otherwise."""
+    try:
+        template.format(**dict.fromkeys(IMAGE_URL_FIELDS, ""))
+    except (KeyError, IndexError, ValueError) as exc:
+        known = ", ".join("{" + name + "}" for name in IMAGE_URL_FIELDS)
+        raise ValueError(f"bad image URL template {template!r} ({exc!r}); it may use {known}") from None
+    return template
+
+
 def _image_url(template: str, ref: ImageRef, store: ObjectStore, sku_id: str, item_id: str) -> str:
     key = store.key_for(ref.uri)
     return template.format(uri=ref.uri, key=key, sku_id=sku_id, item_id=item_id)
@@ -167,6 +184,7 @@ def export_tasks(
     ``image_url`` is a template for the image Label Studio loads: ``{uri}``, ``{key}`` (object key),
     ``{sku_id}``, ``{item_id}``; e.g. ``https://images.example/{key}``.
     """
+    check_image_url(image_url)
     exported = []
     for task in tasks.query(filters, limit=limit):
         matted = task.pending.matted
@@ -227,44 +245,65 @@ def _annotator(annotation: dict[str, Any]) -> str:
 
 
 def _decision_of(annotation: dict[str, Any], width: int, height: int) -> tuple[str, Any]:
-    """('reject', reason) or ('approve_edited', mask) or ('skipped', why) for one annotation."""
+    """('reject', reason) or ('approve_edited', mask) or ('skipped', why) for one annotation.
+
+    ValueError when the annotation is not shaped like Label Studio's (the import skips it).
+    """
     results = annotation.get("result") or []
+    if not isinstance(results, list) or not all(isinstance(item, dict) for item in results):
+        raise ValueError("the annotation's 'result' is not a list of objects")
     choices = [
         choice
         for item in results
         if item.get("type") == "choices" and item.get("from_name") == "decision"
-        for choice in item.get("value", {}).get("choices", [])
+        for choice in _value(item).get("choices") or []
     ]
     if "reject" in choices:
         texts = [
-            text
+            str(text)
             for item in results
             if item.get("type") == "textarea"
-            for text in item.get("value", {}).get("text", [])
+            for text in _value(item).get("text") or []
         ]
-        return "reject", " ".join(texts).strip() or "rejected in Label Studio"
+        # A text area may hold several lines; a reason is one line, so whitespace runs become a space.
+        reason = " ".join(" ".join(texts).split())[:MAX_REASON_CHARS]
+        return "reject", check_reject_reason(reason or "rejected in Label Studio")
     brushes = [
-        item
-        for item in results
-        if item.get("type") == "brushlabels" and item.get("value", {}).get("format") == "rle"
+        item for item in results if item.get("type") == "brushlabels" and _value(item).get("format") == "rle"
     ]
     if not brushes:
         return "skipped", "no brush mask and no reject choice"
     mask = np.zeros((height, width), dtype=np.uint8)
     for item in brushes:
-        mask |= rle_to_mask(item["value"]["rle"], width, height)
+        rle = _value(item).get("rle")
+        if not isinstance(rle, list):
+            raise ValueError("a brush result has no 'rle' list")
+        mask |= rle_to_mask(rle, width, height)
     return "approve_edited", mask
+
+
+def _value(item: dict[str, Any]) -> dict[str, Any]:
+    """A result's ``value`` object (empty when it is missing or not an object)."""
+    value = item.get("value")
+    return value if isinstance(value, dict) else {}
 
 
 def import_annotations(
     tasks: TaskStore, store: ObjectStore, export: list[dict[str, Any]], *, lease_s: float = 300.0
 ) -> list[ImportOutcome]:
-    """Record Label Studio's annotations as decisions (table, audit, outbox); publish them afterwards."""
+    """Record Label Studio's annotations as decisions (table, audit, outbox); publish them afterwards.
+
+    A task that cannot be used (unknown, decided, held by a reviewer, malformed) is skipped with the
+    reason, and is left as it was.
+    """
     outcomes: list[ImportOutcome] = []
     for entry in export:
-        data = entry.get("data") or {}
-        task_id = str(data.get("skuforge_task_id", ""))
-        annotations = [a for a in entry.get("annotations") or [] if not a.get("was_cancelled")]
+        data = entry.get("data")
+        task_id = str(data.get("skuforge_task_id", "")) if isinstance(data, dict) else ""
+        annotations = entry.get("annotations") or []
+        if not isinstance(annotations, list):
+            annotations = []
+        annotations = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled")]
         if not annotations:
             outcomes.append(ImportOutcome(task_id, "skipped", "no annotation"))
             continue
@@ -281,12 +320,13 @@ def _import_one(
 ) -> ImportOutcome:
     reviewer = _annotator(annotation)
     image = task.pending.matted.generated.image
+    # Everything is checked before the claim, so a refused annotation leaves no stray claim behind.
     decision, value = _decision_of(annotation, image.width, image.height)
     if decision == "skipped":
         return ImportOutcome(task.task_id, "skipped", str(value))
     tasks.claim(task.task_id, reviewer, lease_s)
     if decision == "reject":
-        reason = check_reject_reason(str(value)[:200])
+        reason = str(value)
         tasks.decide(
             task.task_id,
             reviewer,
@@ -296,16 +336,22 @@ def _import_one(
             ),
         )
         return ImportOutcome(task.task_id, "reject", reason)
-    edited = store_edited_mask(store, task, value)
-    tasks.decide(
+    # Stored inside the decision's transaction (as the web page's decisions are): only a recorded
+    # decision writes the corrected mask.
+    event = tasks.decide(
         task.task_id,
         reviewer,
         "approve_edited",
         lambda held, at: resolve(
-            held, decision="approve_edited", reviewer=reviewer, decided_at=at, edited_mask=edited
+            held,
+            decision="approve_edited",
+            reviewer=reviewer,
+            decided_at=at,
+            edited_mask=store_edited_mask(store, held, value),
         ),
     )
-    return ImportOutcome(task.task_id, "approve_edited", edited.uri)
+    final_mask = event.payload.final_mask
+    return ImportOutcome(task.task_id, "approve_edited", final_mask.uri if final_mask else "")
 
 
 def read_export(text: str) -> list[dict[str, Any]]:

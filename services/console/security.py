@@ -66,7 +66,8 @@ class SessionSigner:
             return None
         body_text, _, mac = cookie.rpartition(".")
         body = body_text.encode()
-        if not hmac.compare_digest(mac, self._mac(body)):
+        # Bytes, not str: compare_digest raises TypeError on a non-ASCII str (a garbage cookie).
+        if not hmac.compare_digest(mac.encode(), self._mac(body).encode()):
             return None
         try:
             data = json.loads(base64.urlsafe_b64decode(body))

@@ -418,8 +418,9 @@ class TaskStore:
     ) -> OutboxEvent:
         """Record ``reviewer``'s decision, its audit entry and its outbox event in one transaction.
 
-        ``resolved(task, decided_at)`` builds the event payload. TaskConflict unless the reviewer
-        holds an unexpired lease on the task.
+        ``resolved(task, decided_at)`` builds the event payload; it runs under the table's write lock
+        after the hold is checked, so what it writes (an edited mask) is written only by the decision
+        that is recorded. TaskConflict unless the reviewer holds an unexpired lease on the task.
         """
         now = self.clock()
         with self._write() as db:

@@ -1,0 +1,238 @@
+"""Console defects a reviewer or operator would hit: the queue's filter form, the login redirect, garbage
+cookies, an HTTPS proxy, a losing decision overwriting the winner's mask, Label Studio's multi-line
+reasons and malformed exports."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from services.console.config import ConsoleSettings
+from services.console.decisions import mask_from_ref, record_decision
+from services.console.labelstudio import export_tasks, import_annotations, mask_to_rle
+from services.console.tasks import Task, TaskConflict
+from shared.images import decode_mask, encode_png
+from tests.support.console import ConsoleParts, app_for, build_console, flagged_item, login, pending_envelope
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> ConsoleParts:
+    parts = build_console(tmp_path, lease_s=60.0)
+    for index in range(3):
+        parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index, sku_id=f"SKU-{index % 2}")))
+        parts.clock.advance(1.0)
+    return parts
+
+
+@pytest.fixture
+def client(parts: ConsoleParts) -> TestClient:
+    return TestClient(app_for(parts), base_url="http://console.test")
+
+
+def test_the_queue_filter_form_with_blank_fields_filters_nothing_out(
+    parts: ConsoleParts, client: TestClient
+) -> None:
+    token = login(client)
+    # What the queue page's filter form submits when only the reason is chosen: every field, blank or not.
+    blank = "sku=&reason=&iou_min=&iou_max=&state=pending"
+    page = client.get(f"/?{blank}")
+    assert page.status_code == 200, page.text
+    assert page.text.count("data-task-id=") == 3
+    drift = client.get("/?sku=&reason=product_drift&iou_min=&iou_max=&state=pending")
+    assert drift.status_code == 200 and drift.text.count("data-task-id=") == 1
+    assert len(client.get(f"/api/tasks?{blank}").json()["tasks"]) == 3
+    # "claim next" posts to the queue's own query string.
+    claimed = client.post(f"/claim-next?{blank}", data={"csrf_token": token}, follow_redirects=False)
+    assert claimed.status_code == 303 and claimed.headers["location"].startswith("/tasks/")
+    # Filled-in fields are still checked, with the reason.
+    for query, fragment in [("iou_min=x", "iou_min"), ("iou_max=nan", "iou_max"), ("reason=A", "pattern")]:
+        refused = client.get(f"/api/tasks?{query}")
+        assert refused.status_code == 422 and fragment in refused.text, query
+
+
+def test_login_returns_to_the_page_with_its_whole_query(client: TestClient) -> None:
+    wanted = "/?sku=SKU-1&state=all"
+    redirect = client.get(wanted, headers={"accept": "text/html"}, follow_redirects=False)
+    assert redirect.status_code == 303
+    assert parse_qs(urlsplit(redirect.headers["location"]).query)["next"] == [wanted]
+    form = client.get(redirect.headers["location"])
+    nonce = re.search(r'name="login_nonce" value="([^"]+)"', form.text)
+    assert nonce and 'name="next" value="/?sku=SKU-1&amp;state=all"' in form.text
+    fields = {"reviewer": "alice", "login_nonce": nonce.group(1), "next": wanted}
+    wrong = client.post("/login", data={**fields, "password": "guess"}, follow_redirects=False)
+    assert parse_qs(urlsplit(wrong.headers["location"]).query)["next"] == [wanted]
+    ok = client.post("/login", data={**fields, "password": "alice-password"}, follow_redirects=False)
+    assert ok.status_code == 303 and ok.headers["location"] == wanted
+
+
+def test_a_non_ascii_session_cookie_is_no_login_not_a_server_error(parts: ConsoleParts) -> None:
+    client = TestClient(app_for(parts), base_url="http://console.test", raise_server_exceptions=False)
+    cookie = "skuforge_console=e30=.\u00e9\u00e9".encode()
+    api = client.get("/api/tasks", headers={"cookie": cookie})
+    assert api.status_code == 401
+    page = client.get("/", headers={"cookie": cookie, "accept": "text/html"}, follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"].startswith("/login")
+
+
+def test_login_and_decisions_work_behind_an_https_proxy(tmp_path: Path) -> None:
+    parts = build_console(tmp_path)
+    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0)))
+    parts.console.console = ConsoleSettings(
+        console_users="alice:alice-password", console_cookie_secure=True, console_db_path="unused"
+    )
+    # The proxy ends TLS and forwards plain HTTP with the browser's Host; the browser's Origin is https.
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    https = {"Origin": "https://console.test"}
+    nonce = re.search(r'name="login_nonce" value="([^"]+)"', client.get("/login").text)
+    assert nonce
+    # The cookies are Secure: the browser (over HTTPS) sends them back; TestClient talks http.
+    client.cookies.set("skuforge_console_login", nonce.group(1))
+    fields = {"reviewer": "alice", "password": "alice-password", "login_nonce": nonce.group(1)}
+    response = client.post("/login", data=fields, headers=https, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/", response.text
+    session = response.cookies["skuforge_console"]
+    client.cookies.set("skuforge_console", session)
+    token = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").text)
+    assert token
+    claimed = client.post("/api/claim-next", headers={**https, "X-CSRF-Token": token.group(1)})
+    assert claimed.status_code == 200 and claimed.json()["task"]["claimed_by"] == "alice"
+    # Other sites are still refused.
+    evil = {"Origin": "https://evil.example", "X-CSRF-Token": token.group(1)}
+    assert client.post("/api/claim-next", headers=evil).status_code == 403
+
+
+def test_a_losing_decision_does_not_overwrite_the_recorded_mask(
+    parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = parts.tasks.query()[0]
+    predicted = mask_from_ref(parts.store, task.pending.matted.predicted_mask)
+    alice_mask = predicted.copy()
+    alice_mask[0:40, 0:40] = 255
+    bob_mask = predicted.copy()
+    bob_mask[80:120, 80:120] = 255
+    limits = {"reject_reason": None, "max_pixels": 10_000_000, "max_bytes": 10_000_000}
+
+    def decide_edited(reviewer: str, mask: np.ndarray) -> Any:
+        return record_decision(
+            parts.tasks,
+            parts.store,
+            task_id=task.task_id,
+            reviewer=reviewer,
+            decision="approve_edited",
+            mask_bytes=encode_png(mask),
+            **limits,
+        )
+
+    # Alice's request passes its hold check; while it uploads, her lease runs out and Bob claims the
+    # item and approves his own edit. Then Alice's request carries on.
+    parts.tasks.claim(task.task_id, "alice", 60.0)
+    check_held = parts.tasks.check_held
+
+    def slow_check(task_id: str, reviewer: str) -> Task:
+        held = check_held(task_id, reviewer)
+        if reviewer == "alice":
+            parts.clock.advance(61.0)
+            parts.tasks.claim(task.task_id, "bob", 60.0)
+            decide_edited("bob", bob_mask)
+        return held
+
+    monkeypatch.setattr(parts.tasks, "check_held", slow_check)
+    with pytest.raises(TaskConflict):
+        decide_edited("alice", alice_mask)
+
+    recorded = parts.tasks.outbox(task.task_id)
+    assert recorded is not None and recorded.payload.reviewer == "bob"
+    final = recorded.payload.final_mask
+    assert final is not None
+    # Bob's recorded decision still points at Bob's mask, intact (trainstore reads it verified).
+    assert np.array_equal(decode_mask(parts.store.read_verified(final)), bob_mask)
+
+
+def test_label_studio_multi_line_reject_reason_is_imported(parts: ConsoleParts) -> None:
+    [first, second, *_] = export_tasks(parts.tasks, parts.store)
+    first["annotations"] = [
+        {
+            "completed_by": 7,
+            "result": [
+                {"type": "choices", "from_name": "decision", "value": {"choices": ["reject"]}},
+                {"type": "textarea", "from_name": "reason", "value": {"text": ["blurry\nand cut off"]}},
+            ],
+        }
+    ]
+    second["annotations"] = [
+        {
+            "completed_by": 7,
+            "result": [
+                {"type": "choices", "from_name": "decision", "value": {"choices": ["reject"]}},
+                {"type": "textarea", "from_name": "reason", "value": {"text": ["bell\x07"]}},
+            ],
+        }
+    ]
+    outcomes = import_annotations(parts.tasks, parts.store, [first, second])
+    assert (outcomes[0].outcome, outcomes[0].detail) == ("reject", "blurry and cut off")
+    assert outcomes[1].outcome == "skipped" and "control characters" in outcomes[1].detail
+    # A refused annotation leaves the item to the web reviewers: no stray Label Studio claim.
+    refused = parts.tasks.get(second["data"]["skuforge_task_id"])
+    assert refused.state == "pending" and refused.claimed_by is None
+
+
+@pytest.mark.parametrize(
+    "annotation",
+    [
+        {"result": [{"type": "brushlabels", "value": {"format": "rle"}}]},  # no rle
+        {"result": [{"type": "brushlabels", "value": {"format": "rle", "rle": ["a"]}}]},
+        {"result": ["not an object"]},
+        {"result": {"not": "a list"}},
+    ],
+)
+def test_a_malformed_label_studio_annotation_is_skipped_not_a_crash(
+    parts: ConsoleParts, annotation: dict[str, Any]
+) -> None:
+    [task, *_] = export_tasks(parts.tasks, parts.store)
+    good = dict(
+        export_tasks(parts.tasks, parts.store)[1],
+        annotations=[
+            {
+                "result": [
+                    {
+                        "type": "brushlabels",
+                        "value": {"format": "rle", "rle": mask_to_rle(np.zeros((128, 128), np.uint8))},
+                    }
+                ]
+            }
+        ],
+    )
+    odd_entries = [{"data": ["not", "an", "object"]}, dict(task, annotations=["not an object"])]
+    outcomes = import_annotations(
+        parts.tasks, parts.store, [dict(task, annotations=[annotation]), *odd_entries, good]
+    )
+    assert [o.outcome for o in outcomes] == ["skipped", "skipped", "skipped", "approve_edited"]
+    assert parts.tasks.get(task["data"]["skuforge_task_id"]).state == "pending"
+
+
+def test_export_labelstudio_refuses_a_bad_image_url_or_out_path_with_a_reason(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from skuforge_cli.main import main as cli_main
+
+    parts = build_console(tmp_path)
+    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0)))
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    monkeypatch.setenv("SKUFORGE_CONSOLE_DB_PATH", str(parts.tasks.path))
+    out = tmp_path / "tasks.json"
+    typo = ["console", "export-labelstudio", "--out", str(out), "--image-url", "https://img/{path}"]
+    with pytest.raises(SystemExit) as exited:
+        cli_main(typo)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--image-url" in err and "'path'" in err and "{key}" in err
+    assert not out.exists()
+    missing_dir = ["console", "export-labelstudio", "--out", str(tmp_path / "no" / "such" / "tasks.json")]
+    assert cli_main(missing_dir) == 2
+    assert "cannot write" in capsys.readouterr().err
