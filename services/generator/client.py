@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPException
 from typing import Any
 
 import numpy as np
@@ -109,7 +110,12 @@ class TritonGenerator:
             if status in _CLIENT_ERRORS and "queue" not in message.lower():
                 raise RuntimeError(f"Triton refused the request as malformed ({status}): {message}") from exc
             raise GeneratorUnavailable(*_explain(status, message, self.url, backend)) from exc
-        except (OSError, TimeoutError) as exc:
+        except TimeoutError as exc:  # the HTTP client's network timeout (gRPC's is DEADLINE_EXCEEDED above)
+            raise GeneratorUnavailable(
+                f"Triton at {self.url} timed out on {model_name(backend)}: {exc}", "timeout"
+            ) from exc
+        except (OSError, HTTPException) as exc:
+            # HTTPException: the HTTP client's "connection closed" when Triton dies or restarts mid-request.
             raise GeneratorUnavailable(
                 f"Triton at {self.url} unreachable: {type(exc).__name__}: {exc}"
             ) from exc

@@ -10,12 +10,14 @@ diffusion backend itself (weights, adapters) belong to that backend.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, JsonValue, field_validator
+from pydantic import Field, JsonValue, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import ENV_PREFIX
+from shared.generation.adapters import ADAPTER_ID_PATTERN, NO_ADAPTER
 from shared.generation.backend import BACKEND_NAMES
 
 BackendName = Literal["composite", "diffusion"]
@@ -141,6 +143,32 @@ class GenerationSettings(BaseSettings):
         if mix and sum(mix.values()) <= 0:
             raise ValueError(f"at least one share must be > 0 (backends: {', '.join(BACKEND_NAMES)})")
         return mix
+
+    @field_validator("generation_size_px")
+    @classmethod
+    def _size_fits_the_backends(cls, size: int, info: ValidationInfo) -> int:
+        # The diffusion backend refuses any other size per variant: every SKU would go to the DLQ.
+        mix: dict[str, float] = info.data.get("generation_backend_mix") or {}
+        if any(share > 0 for share in mix.values()):
+            uses_diffusion = mix.get("diffusion", 0) > 0
+        else:
+            uses_diffusion = info.data.get("generation_backend") == "diffusion"
+        if uses_diffusion and size % 8:
+            below, above = size - size % 8, size + 8 - size % 8
+            raise ValueError(f"the diffusion backend paints multiples of 8 px: use {below} or {above}")
+        return size
+
+    @field_validator("generation_adapter_id")
+    @classmethod
+    def _adapter_id_is_an_id(cls, adapter_id: str | None) -> str | None:
+        # An id the registry cannot hold would refuse every diffusion variant, one SKU at a time.
+        is_base_model = adapter_id is not None and adapter_id.strip().lower() == NO_ADAPTER
+        if adapter_id is not None and not is_base_model and not re.match(ADAPTER_ID_PATTERN, adapter_id):
+            raise ValueError(
+                f"not an adapter id: letters, digits, '_' and '-', at most 64 (or {NO_ADAPTER!r} "
+                "for the base model)"
+            )
+        return adapter_id
 
     def shares(self) -> dict[str, float]:
         """Backend → share of variants (sums to 1)."""

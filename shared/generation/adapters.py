@@ -73,7 +73,8 @@ class AdapterMetadata(BaseModel):
     base_model: str = Field(min_length=1, description="name of the model the adapter was trained on")
     rank: int = Field(ge=1, description="LoRA rank")
     training_prompts: list[str] = Field(default_factory=list)
-    weight_name: str = WEIGHTS_FILE
+    # A file name inside the adapter's folder, never a path: it names the object fetched and cached.
+    weight_name: str = Field(default=WEIGHTS_FILE, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     weights_bytes: int = Field(ge=1)
     created_at: datetime
@@ -89,6 +90,12 @@ class AdapterMetadata(BaseModel):
         if value.lower() == NO_ADAPTER:
             raise ValueError(f"{NO_ADAPTER!r} is reserved: it asks for the base model without an adapter")
         return value
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        # Newest-first sorting compares these; one naive time among aware ones would raise there.
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
     @model_validator(mode="after")
     def _series_matches_kind(self) -> AdapterMetadata:
