@@ -19,8 +19,9 @@ Training checkpoints to ``lora-trainer/jobs/<hash>/checkpoint.pt`` every
 ``SKUFORGE_LORA_CHECKPOINT_EVERY`` steps and on SIGTERM; after SIGKILL the next start resumes from
 it. A job whose adapter is published (``lora-trainer/published/<adapter_id>.json``) is never trained
 again: a redelivered ``sku.captioned`` finds the same hash and does nothing. A job that cannot train
-as configured (an SDXL base model, an empty set) is marked failed with its reason
-(``lora-trainer/jobs/<hash>/failed.json``) and not retried until its inputs change. One trainer per GPU.
+as configured (an SDXL base model, an empty set, a recorded photo since deleted or altered) is marked
+failed with its reason (``lora-trainer/jobs/<hash>/failed.json``) and not retried until its inputs
+change; the other jobs go on. One trainer per GPU.
 
 Bad input goes to the DLQ with its reason: a captioned SKU with no usable photo and mask
 (``no_usable_photos``), a photo or mask missing from the store or not matching its sha256
@@ -210,13 +211,15 @@ class LoraTrainer:
     def plan(self) -> list[Job]:
         """The jobs the store's requests call for: one per series, and the general one when due."""
         jobs = []
-        series_keys: dict[str, list[str]] = {}
-        for key in self.store.list_keys(f"{PREFIX}/series/"):
-            series_keys.setdefault(key.split("/")[2], []).append(key)
-        for keys in series_keys.values():
-            captioned = [SkuCaptioned.model_validate_json(self.store.get_bytes(k)) for k in sorted(keys)]
-            sources = [source for c in captioned for source in _instance_sources(c)]
-            series = captioned[0].sku.series
+        # Grouped by the series as the generator's resolve_adapter compares it, not by folder: the
+        # folder is a slug that distinct series share ("Cola 330ml"/"cola-330ml", non-Latin names).
+        by_series: dict[str, list[SkuCaptioned]] = {}
+        for key in sorted(self.store.list_keys(f"{PREFIX}/series/")):
+            captioned = SkuCaptioned.model_validate_json(self.store.get_bytes(key))
+            by_series.setdefault(captioned.sku.series.strip().casefold(), []).append(captioned)
+        for members in by_series.values():
+            sources = [source for c in members for source in _instance_sources(c)]
+            series = members[0].sku.series
             jobs.append(Job("specialized", series, sources, self._hash("specialized", series, sources)))
         general = self._general_job()
         if general is not None:
@@ -290,8 +293,9 @@ class LoraTrainer:
         if not self.store.exists(result_key):
             try:
                 self._train(job, job_prefix, result_key)
-            except TrainingError as exc:
-                # Not transient: retrying the same inputs would fail the same way at every poll.
+            except (TrainingError, BadInput) as exc:
+                # Not transient (a photo deleted or altered since it was recorded counts too): retrying
+                # the same inputs would fail the same way at every poll, ahead of every other job.
                 self.store.put_json(failed_key, {"adapter_id": job.adapter_id, "reason": str(exc)})
                 self.metrics.jobs.labels("failed").inc()
                 log.error("training job cannot run", extra={"adapter_id": job.adapter_id, "reason": str(exc)})
