@@ -37,6 +37,7 @@ from services.lora_trainer.stage import (
     open_trainer,
 )
 from shared.config import Settings, load_settings
+from shared.errors import ChecksumMismatch
 from shared.generation.backend import GenerationRequest
 from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
 from shared.images import decode_image, decode_mask, encode_png
@@ -106,6 +107,22 @@ def steps_run(trainer: LoraTrainer) -> float:
 
 
 # --- the training set -----------------------------------------------------------------------------
+
+
+def test_a_photo_altered_since_it_was_recorded_is_refused_not_trained_on(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # The job's identity is the recorded sha256: other bytes under it would be trained on silently.
+    shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))
+    trainer = trainer_for(shared, tiny_model, tmp_path, publish=lambda event: None)
+    record(trainer, captioned_sku(trainer.store, 43, usable_photos=1, series="cola"))
+    (job,) = trainer.plan()
+    (source,) = job.sources
+    trainer.store.put_bytes(
+        trainer.store.key_for(source.image_uri), encode_png(product_photo(seed=7)[0]), "image/png"
+    )
+    with pytest.raises(ChecksumMismatch, match=source.image_sha256):
+        build_training_set(trainer.store, "set", job.sha256, job.sources, trainer.recipe)
 
 
 def test_training_set_has_instance_and_class_images_with_their_prompts_and_a_class_index(
