@@ -47,7 +47,7 @@ from typing import Any, Generic, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 from PIL import Image
@@ -97,6 +97,26 @@ class Context:
     settings: Settings
     metrics: StageMetrics
     log: logging.Logger
+    # The event a per-event handler is handling, and the actions registered per event (by id()).
+    _handling: Envelope[Any] | None = field(default=None, repr=False)
+    _actions: dict[int, list[Callable[[], None]]] = field(default_factory=dict, repr=False)
+
+    def after_commit(self, action: Callable[[], None], event: Envelope[Any] | None = None) -> None:
+        """Run ``action`` once this input's outcome is committed; drop it if the input is tried again.
+
+        For a stage's own counters: the runtime may run a handler more than once for one input (a
+        failed produce, flush or retry rewinds the batch; a failing batch is retried event by event),
+        so ``metrics.decisions.labels("accepted").inc()`` in the handler counts every attempt, while
+        ``ctx.after_commit(metrics.decisions.labels("accepted").inc)`` counts the input once. A batch
+        handler names the ``event`` the action belongs to.
+        """
+        event = event if event is not None else self._handling
+        if event is None:
+            raise ValueError("a batch handler must name the event: ctx.after_commit(action, event)")
+        self._actions.setdefault(id(event), []).append(action)
+
+    def _take_actions(self, event: Envelope[Any]) -> list[Callable[[], None]]:
+        return self._actions.pop(id(event), [])
 
     def read_image(self, ref: ObjectRef) -> Image.Image:
         """The stored image ``ref`` points at, checked against its sha256, decoded within the limits.
@@ -139,11 +159,17 @@ class _Retry:
 
 @dataclass
 class _Outcome:
-    """The result of one input record: outputs to produce, or a dead letter, or nothing (duplicate)."""
+    """The result of one input record: outputs to produce, or a dead letter, or nothing (duplicate).
+
+    ``counted`` (the ``skuforge_messages_total`` outcome) and ``after_commit`` take effect only once
+    the record's offset is committed, so an input that is rewound and handled again counts once.
+    """
 
     outputs: list[tuple[str, bytes, bytes]] = field(default_factory=list)  # topic, key, value
     event_id: str | None = None
     dead_reason: str | None = None
+    counted: str = "ok"
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
 
 
 class Stage:
@@ -381,6 +407,12 @@ class Stage:
     # -- the batch ----------------------------------------------------------------------------
 
     def _process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        try:
+            self._handle_batch(batch)
+        finally:
+            self.context._actions.clear()  # those of inputs that will be tried again
+
+    def _handle_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         started = time.monotonic()
         outcomes: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]] = {}
         for tp, records in batch.items():
@@ -414,22 +446,28 @@ class Stage:
         if isinstance(decoded, _Outcome):
             return decoded
         if decoded.event_id in self._completed:
-            self.metrics.messages.labels(self.name, tp.topic, "duplicate").inc()
-            return _Outcome(event_id=decoded.event_id)
+            return _Outcome(event_id=decoded.event_id, counted="duplicate")
         assert route.handle is not None
         with log_context(decoded.trace_id, decoded.sku_id):
             started = time.monotonic()
+            self.context._handling = decoded
+            outcome: _Outcome | _Retry
             try:
                 emits = route.handle(decoded, self.context)
-                return self._encode_outputs(decoded, emits, tp)
+                outcome = self._encode_outputs(decoded, emits, tp)
             except BadInput as exc:
-                return self._dead_letter(record, exc.reason, str(exc), exc, decoded)
+                outcome = self._dead_letter(record, exc.reason, str(exc), exc, decoded)
             except (TransientError, KafkaError) as exc:
-                return _Retry(exc)
+                outcome = _Retry(exc)
             except Exception as exc:
-                return self._unexpected(tp, record, exc, decoded)
+                outcome = self._unexpected(tp, record, exc, decoded)
             finally:
+                self.context._handling = None
                 self.metrics.handler_seconds.labels(self.name).observe(time.monotonic() - started)
+        actions = self.context._take_actions(decoded)
+        if isinstance(outcome, _Outcome):
+            outcome.after_commit = actions
+        return outcome
 
     def _process_micro_batch(
         self, route: _Route[Any], parts: dict[TopicPartition, list[ConsumerRecord]]
@@ -443,8 +481,7 @@ class Stage:
             for record in records:
                 decoded = self._decode(route, record)
                 if isinstance(decoded, Envelope) and decoded.event_id in self._completed:
-                    self.metrics.messages.labels(self.name, tp.topic, "duplicate").inc()
-                    decoded = _Outcome(event_id=decoded.event_id)
+                    decoded = _Outcome(event_id=decoded.event_id, counted="duplicate")
                 if isinstance(decoded, Envelope):
                     events.append(decoded)
                 slots[tp].append((record, decoded))
@@ -462,6 +499,8 @@ class Stage:
                 results = [exc] * len(events)
             except Exception:
                 # Isolate the poison: run each event alone so one bad event cannot fail the rest.
+                for event in events:
+                    self.context._take_actions(event)  # the failed call's
                 results = [self._single(route, event) for event in events]
             finally:
                 self.metrics.handler_seconds.labels(self.name).observe(time.monotonic() - started)
@@ -489,6 +528,9 @@ class Stage:
                             outcome = self._encode_outputs(decoded, result, tp)
                         except Exception as exc:
                             outcome = self._unexpected(tp, record, exc, decoded)
+                actions = self.context._take_actions(decoded)
+                if isinstance(outcome, _Outcome):
+                    outcome.after_commit = actions
                 if isinstance(outcome, _Retry):
                     self._back_off(tp, record.offset, outcome.error)
                     break
@@ -563,7 +605,6 @@ class Stage:
             outputs.append(
                 (self.settings.topic_name(emit.topic), sku_id.encode(), envelope.model_dump_json().encode())
             )
-        self.metrics.messages.labels(self.name, tp.topic, "ok").inc()
         return _Outcome(outputs=outputs, event_id=event.event_id)
 
     def _dead_letter(
@@ -589,8 +630,6 @@ class Stage:
             trace_id=event.trace_id if event else None,
             failed_at=utc_now(),
         )
-        self.metrics.messages.labels(self.name, record.topic, "dlq").inc()
-        self.metrics.dlq.labels(self.name, record.topic, reason).inc()
         log.warning(
             "dead-lettered",
             extra={
@@ -603,7 +642,9 @@ class Stage:
             },
         )
         value = letter.model_dump_json().encode()
-        return _Outcome(outputs=[(record.topic + DLQ_SUFFIX, record.key or b"", value)], dead_reason=reason)
+        return _Outcome(
+            outputs=[(record.topic + DLQ_SUFFIX, record.key or b"", value)], dead_reason=reason, counted="dlq"
+        )
 
     def _unexpected(
         self, tp: TopicPartition, record: ConsumerRecord, exc: BaseException, event: Envelope[Any]
@@ -633,7 +674,7 @@ class Stage:
         batch: dict[TopicPartition, list[ConsumerRecord]],
     ) -> bool:
         """Send every output and wait for acks=all; on any failure, rewind the whole batch."""
-        assert self._producer is not None
+        assert self._producer is not None and self._consumer is not None
         futures: list[tuple[str, FutureRecordMetadata]] = []
         try:
             for done in outcomes.values():
@@ -645,7 +686,11 @@ class Stage:
                 future.get(timeout=0)
         except KafkaError as exc:
             for tp, records in batch.items():
-                if tp not in self._resume_at:
+                if tp in self._resume_at:
+                    # Backed off mid-batch at a later record: the outputs of the records before it
+                    # went with this failed send, so it must restart from its first record too.
+                    self._consumer.seek(tp, records[0].offset)
+                else:
                     self._back_off(tp, records[0].offset, exc)
             return False
         for topic_name, _ in futures:
@@ -661,10 +706,14 @@ class Stage:
             return
         try:
             self._consumer.commit(offsets)
-        except CommitFailedError as exc:
-            # The group rebalanced under us: another member will redeliver; outputs are idempotent.
+        except KafkaError as exc:
+            # CommitFailedError: the group rebalanced under us, another member will redeliver.
+            # KafkaTimeoutError: the coordinator did not answer within request_timeout_ms (the
+            # broker is away); the outputs are durable, so the loop goes on and a later commit of
+            # these partitions covers these offsets (or a restart redelivers them).
             log.warning(
-                "commit failed; records will be redelivered", extra={"stage": self.name, "error": str(exc)}
+                "commit failed; records will be redelivered unless a later commit covers them",
+                extra={"stage": self.name, "error": f"{type(exc).__name__}: {exc}"},
             )
             return
         for tp, done in outcomes.items():
@@ -674,8 +723,19 @@ class Stage:
                 self._attempts.pop((tp, record.offset), None)
                 if outcome.event_id:
                     self._completed[outcome.event_id] = None
+                self.metrics.messages.labels(self.name, tp.topic, outcome.counted).inc()
+                if outcome.dead_reason is not None:
+                    self.metrics.dlq.labels(self.name, tp.topic, outcome.dead_reason).inc()
+                for action in outcome.after_commit:
+                    self._run_after_commit(action)
         while len(self._completed) > self._dedupe_window:
             self._completed.popitem(last=False)
+
+    def _run_after_commit(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except Exception:  # the input is committed; a failing counter must not stop the stage
+            log.exception("an after_commit action failed", extra={"stage": self.name})
 
     # -- back-off -----------------------------------------------------------------------------
 

@@ -1,0 +1,234 @@
+"""The runtime's batch bookkeeping after a failed flush or commit, driven through its consumer/producer seams.
+
+No broker: a fake consumer records seeks, pauses and commits, and a fake producer acknowledges sends
+on flush unless told to fail, so each test sets up exactly the failure it is about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from prometheus_client import Counter
+
+from schemas.envelope import Envelope
+from schemas.events import SkuIngested
+from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
+from shared.bus import make_envelope
+from shared.config import load_settings
+from shared.errors import BadInput, TransientError
+from shared.runtime import Context, Emit, Stage
+from tests.support.bus import file_store_uri, sku_ingested_payloads
+
+
+class _Consumer:
+    """What ``_process_batch`` touches of a KafkaConsumer: seek, pause, commit."""
+
+    def __init__(self, commit_error: KafkaError | None = None) -> None:
+        self.positions: dict[TopicPartition, int] = {}
+        self.paused: set[TopicPartition] = set()
+        self.committed: dict[TopicPartition, int] = {}
+        self.commit_error = commit_error
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.positions[tp] = offset
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.paused.update(partitions)
+
+    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        if self.commit_error is not None:
+            raise self.commit_error
+        self.committed.update({tp: meta.offset for tp, meta in offsets.items()})
+
+
+class _Acked:
+    def get(self, timeout: float | None = None) -> None:
+        return None
+
+
+class _Producer:
+    """Acknowledges everything sent on flush, or loses it all with a timeout when ``fail_flush``."""
+
+    def __init__(self) -> None:
+        self.fail_flush = False
+        self.acked: list[tuple[str, bytes]] = []
+        self._pending: list[tuple[str, bytes]] = []
+
+    def send(self, topic: str, key: bytes, value: bytes) -> _Acked:
+        self._pending.append((topic, value))
+        return _Acked()
+
+    def flush(self, timeout: float | None = None) -> None:
+        pending, self._pending = self._pending, []
+        if self.fail_flush:
+            raise KafkaTimeoutError("the broker did not acknowledge in time")
+        self.acked.extend(pending)
+
+
+def _wired(stage: Stage, consumer: _Consumer | None = None) -> tuple[_Consumer, _Producer]:
+    consumer = consumer or _Consumer()
+    producer = _Producer()
+    stage._consumer = consumer  # type: ignore[assignment]
+    stage._producer = producer  # type: ignore[assignment]
+    return consumer, producer
+
+
+def _stage(tmp_path: Path, **settings: Any) -> Stage:
+    return Stage("review", settings=load_settings(store_uri=file_store_uri(tmp_path), **settings))
+
+
+def _records(stage: Stage, count: int, first_offset: int = 0) -> tuple[TopicPartition, list[ConsumerRecord]]:
+    """``count`` valid sku.ingested records (SKU-00000...) on partition 0, then nothing else."""
+    topic = stage.settings.topic_name(SKU_INGESTED)
+    records = []
+    for index, payload in enumerate(sku_ingested_payloads(stage.store, count)):
+        envelope = make_envelope(
+            SKU_INGESTED,
+            payload,
+            event_id=f"{index + 1:032x}",
+            sku_id=payload.sku.sku_id,
+            trace_id="trace",
+            producer="test",
+        )
+        records.append(_record(topic, first_offset + index, envelope.model_dump_json().encode()))
+    return TopicPartition(topic, 0), records
+
+
+def _record(topic: str, offset: int, value: bytes) -> ConsumerRecord:
+    return ConsumerRecord(topic, 0, -1, offset, 0, 0, b"key", value, [], None, 3, len(value), -1)
+
+
+def _forward(event: Envelope[SkuIngested]) -> list[Emit]:
+    return [Emit(PASSTHROUGH_OUT, event.payload, key="out")]
+
+
+def _sample(stage: Stage, name: str, **labels: str) -> float:
+    value = stage.metrics.registry.get_sample_value(name, {"stage": stage.name, **labels})
+    return value or 0.0
+
+
+def test_a_failed_flush_rewinds_a_partition_that_backed_off_mid_batch_to_its_first_record(
+    tmp_path: Path,
+) -> None:
+    """Records before a transient fault lost their outputs with the flush: they must be handled again."""
+    stage = _stage(tmp_path)
+    s3_down = {"SKU-00002"}
+    handled: list[str] = []
+
+    @stage.handler(SKU_INGESTED)
+    def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        if event.sku_id in s3_down:
+            raise TransientError("the object store is down")
+        handled.append(event.sku_id)
+        return _forward(event)
+
+    tp, records = _records(stage, 4, first_offset=10)
+    consumer, producer = _wired(stage)
+    producer.fail_flush = True
+    stage._process_batch({tp: records})
+    assert consumer.positions[tp] == 10, "the partition must restart where the batch started"
+    assert consumer.committed == {}
+
+    # Broker and store are back; the partition resumes from where it was rewound.
+    producer.fail_flush = False
+    s3_down.clear()
+    handled.clear()
+    stage._process_batch({tp: [r for r in records if r.offset >= consumer.positions[tp]]})
+    assert handled == ["SKU-00000", "SKU-00001", "SKU-00002", "SKU-00003"]
+    assert len(producer.acked) == 4 and consumer.committed == {tp: 14}
+
+
+def test_the_runtime_counts_each_input_once_when_a_failed_flush_rewinds_the_batch(tmp_path: Path) -> None:
+    stage = _stage(tmp_path)
+
+    @stage.handler(SKU_INGESTED)
+    def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        return _forward(event)
+
+    tp, records = _records(stage, 1)
+    records.append(_record(tp.topic, 1, b"not json"))
+    consumer, producer = _wired(stage)
+    producer.fail_flush = True
+    stage._process_batch({tp: records})
+    producer.fail_flush = False
+    stage._process_batch({tp: records})
+    assert consumer.committed == {tp: 2}
+    stage._process_batch({tp: records[:1]})  # redelivered after the commit: a duplicate
+
+    messages = "skuforge_messages_total"
+    assert _sample(stage, messages, topic=tp.topic, outcome="ok") == 1
+    assert _sample(stage, messages, topic=tp.topic, outcome="dlq") == 1
+    assert _sample(stage, messages, topic=tp.topic, outcome="duplicate") == 1
+    assert _sample(stage, "skuforge_dlq_total", topic=tp.topic, reason="not_json") == 1
+
+
+def test_after_commit_counts_a_handler_run_twice_by_a_rewind_once(tmp_path: Path) -> None:
+    stage = _stage(tmp_path)
+    attempts = Counter("review_attempts_total", "handler runs", registry=stage.metrics.registry)
+    accepted = Counter("review_accepted_total", "inputs accepted", registry=stage.metrics.registry)
+
+    @stage.handler(SKU_INGESTED)
+    def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        attempts.inc()
+        ctx.after_commit(accepted.inc)
+        if event.sku_id == "SKU-00001":
+            raise BadInput("refused", "counted too: its dead letter is committed")
+        return _forward(event)
+
+    tp, records = _records(stage, 2)
+    consumer, producer = _wired(stage)
+    producer.fail_flush = True
+    stage._process_batch({tp: records})
+    assert accepted._value.get() == 0, "nothing is committed yet"
+    producer.fail_flush = False
+    stage._process_batch({tp: records})
+
+    assert consumer.committed == {tp: 2}
+    assert attempts._value.get() == 4  # what counting inside the handler reports
+    assert accepted._value.get() == 2
+
+
+def test_a_batch_handler_names_the_event_of_an_after_commit_action(tmp_path: Path) -> None:
+    """A batch that fails as a whole is retried event by event: the failed call's actions are dropped."""
+    stage = _stage(tmp_path)
+    images: list[str] = []
+
+    @stage.batch_handler(SKU_INGESTED)
+    def handle_batch(events: Sequence[Envelope[SkuIngested]], ctx: Context) -> list[list[Emit]]:
+        for event in events:
+            ctx.after_commit(lambda sku_id=event.sku_id: images.append(sku_id), event)
+        if len(events) > 1:
+            raise RuntimeError("a bug that only a batch meets")
+        return [_forward(event) for event in events]
+
+    tp, records = _records(stage, 3)
+    consumer, _ = _wired(stage)
+    stage._process_batch({tp: records})
+
+    assert consumer.committed == {tp: 3}
+    assert sorted(images) == ["SKU-00000", "SKU-00001", "SKU-00002"]
+    with pytest.raises(ValueError, match="must name the event"):
+        stage.context.after_commit(lambda: None)
+
+
+def test_a_commit_the_broker_never_answers_does_not_end_the_stage(tmp_path: Path) -> None:
+    """kafka-python raises KafkaTimeoutError from commit() when the coordinator is away that long."""
+    stage = _stage(tmp_path)
+    stage.handler(SKU_INGESTED)(lambda event, ctx: _forward(event))
+    tp, records = _records(stage, 3)
+    consumer, producer = _wired(stage, _Consumer(commit_error=KafkaTimeoutError("commit timed out")))
+
+    stage._process_batch({tp: records[:2]})
+    assert len(producer.acked) == 2 and consumer.committed == {}
+    assert _sample(stage, "skuforge_messages_total", topic=tp.topic, outcome="ok") == 0
+
+    # The broker is back: the next batch's commit covers the offsets of the one before it.
+    consumer.commit_error = None
+    stage._process_batch({tp: records[2:]})
+    assert consumer.committed == {tp: 3}
