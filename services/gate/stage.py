@@ -90,14 +90,18 @@ def handle(
         colour_gain=generated.colour_gain,
     )
     reasons = failed_reasons(checks)
-    metrics.iou.observe(iou)
-    ctx.metrics.images.labels(ctx.stage, generated.backend).inc()
-    for reason in reasons:
-        metrics.flags.labels(reason).inc()
+
+    def count() -> None:
+        metrics.iou.observe(iou)
+        ctx.metrics.images.labels(ctx.stage, generated.backend).inc()
+        for reason in reasons:
+            metrics.flags.labels(reason).inc()
+        metrics.decisions.labels("pending" if reasons else "accepted").inc()
+
+    # Once the decision is committed: a batch rewound after a failed send runs this handler again.
+    ctx.after_commit(count)
     if not reasons:
-        metrics.decisions.labels("accepted").inc()
         return [Emit(GATE_ACCEPTED, GateAccepted(matted=matted, iou=iou, checks=checks), key="decision")]
-    metrics.decisions.labels("pending").inc()
     ctx.log.info("flagged for correction", extra={"item_id": generated.item_id, "reasons": reasons})
     pending = CorrectionPending(matted=matted, iou=iou, checks=checks, reasons=reasons)
     return [Emit(CORRECTION_PENDING, pending, key="decision")]

@@ -321,7 +321,8 @@ def _store_variant(
         parameters=parameters,
         colour_gain=tuple(colour_gain) if colour_gain is not None else None,
     )
-    ctx.metrics.images.labels(ctx.stage, planned.backend).inc()
+    # Counted once the input is committed, not at each attempt (a rewound batch runs again).
+    ctx.after_commit(ctx.metrics.images.labels(ctx.stage, planned.backend).inc, event)
     return Emit(IMAGE_GENERATED, generated, key=f"variant-{planned.variant_index}")
 
 

@@ -106,7 +106,7 @@ def record_captioned(
         return []
     key = f"{PREFIX}/series/{slug(captioned.sku.series)}/{captioned.sku.sku_id}.json"
     ctx.store.put_json(key, captioned)
-    metrics.requests.labels("captioned").inc()
+    ctx.after_commit(metrics.requests.labels("captioned").inc)  # once, not per attempt
     return []
 
 
@@ -124,7 +124,7 @@ def record_accepted(
         "class_noun": generated.sku.category,
     }
     ctx.store.put_json(f"{PREFIX}/accepted/{generated.item_id}.json", record)
-    metrics.requests.labels("accepted").inc()
+    ctx.after_commit(metrics.requests.labels("accepted").inc)  # once, not per attempt
     return []
 
 

@@ -138,10 +138,16 @@ def handle_batch(
                 mean_confidence=prediction.mean_confidence,
                 matting_model_id=session.model_id,
             )
-            ctx.metrics.images.labels(ctx.stage, generated.backend).inc()
+            # Counted once the input is committed, not at each attempt (a rewound batch runs again).
+            ctx.after_commit(ctx.metrics.images.labels(ctx.stage, generated.backend).inc, event)
             if metrics is not None:
-                metrics.foreground_fraction.observe(prediction.foreground_fraction)
-                metrics.mean_confidence.observe(prediction.mean_confidence)
+                ctx.after_commit(
+                    functools.partial(metrics.foreground_fraction.observe, prediction.foreground_fraction),
+                    event,
+                )
+                ctx.after_commit(
+                    functools.partial(metrics.mean_confidence.observe, prediction.mean_confidence), event
+                )
             results.append([Emit(IMAGE_MATTED, matted, key="matted")])
     return results
 
