@@ -122,6 +122,8 @@ class StackConfig:
 
     # Stage -> how many members of its consumer group to run (1 when absent).
     replicas: dict[str, int] = field(default_factory=dict)
+    # When this stack started (epoch seconds): `skuforge demo` follows only what this stack did.
+    started_at: float = field(default_factory=time.time)
 
     def replica_names(self, stage: str) -> list[str]:
         """Service names of ``stage``'s replicas: the stage's own name, then ``<stage>-2``, ``-3``..."""
@@ -482,6 +484,7 @@ def write_state(config: StackConfig, supervisor: Supervisor, state: str) -> None
         "state": state,
         "supervisor_pid": os.getpid(),
         "supervisor_id": supervisor.supervisor_id,
+        "started_at": config.started_at,
         "workdir": str(config.workdir),
         "kafka_bootstrap": config.kafka_bootstrap,
         "store_uri": config.store_uri,
@@ -615,8 +618,10 @@ def main(argv: list[str] | None = None) -> int:
         replicas = parse_replicas(args.replicas)
     except ValueError as exc:
         parser.error(str(exc))
+    from skuforge_cli.main import load_all_settings
+
     try:
-        load_settings()  # a bad SKUFORGE_* variable stops us here, not in seven log files
+        load_all_settings()  # a bad SKUFORGE_* variable of any service stops us here, not in its log file
     except ConfigError as exc:
         print(f"skuforge up: {exc}", file=sys.stderr)
         return 2

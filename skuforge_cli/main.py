@@ -41,6 +41,21 @@ SETTINGS_MODELS: tuple[type[BaseSettings], ...] = (
 )
 
 
+def load_all_settings() -> list[BaseSettings]:
+    """Every settings model read from the environment, so one bad ``SKUFORGE_*`` variable of any
+    service is found before anything starts; raises ConfigError naming every bad variable."""
+    loaded: list[BaseSettings] = []
+    problems: list[str] = []
+    for model in SETTINGS_MODELS:
+        try:
+            loaded.append(load_settings(model))
+        except ConfigError as exc:
+            problems.extend(line for line in str(exc).splitlines()[1:] if line not in problems)
+    if problems:
+        raise ConfigError("\n".join(["invalid configuration:", *problems]))
+    return loaded
+
+
 def _cmd_ingest(rest: list[str]) -> int:
     from services.ingest.ingest import main
 
@@ -84,6 +99,8 @@ def _cmd_kafka(rest: list[str]) -> int:
 
 
 def _cmd_topics(rest: list[str]) -> int:
+    from kafka.errors import KafkaError
+
     from shared.bus import ensure_topics
 
     parser = argparse.ArgumentParser(prog="skuforge topics", description="Manage skuforge's Kafka topics.")
@@ -98,7 +115,15 @@ def _cmd_topics(rest: list[str]) -> int:
     if args.action == "create":
         if args.partitions is not None and args.partitions < 1:
             parser.error("--partitions must be at least 1")
-        created = ensure_topics(settings, partitions=args.partitions)
+        try:
+            created = ensure_topics(settings, partitions=args.partitions)
+        except KafkaError as exc:
+            print(
+                f"skuforge topics create: cannot create the topics on Kafka at {settings.kafka_bootstrap} "
+                f"({exc}); is it running? (`make kafka-up`, or set SKUFORGE_KAFKA_BOOTSTRAP)",
+                file=sys.stderr,
+            )
+            return 1
         print(json.dumps({"created": created}))
         return 0
     from schemas.topics import ALL_TOPICS
@@ -117,14 +142,17 @@ def _cmd_dlq(rest: list[str]) -> int:
 def _cmd_config(rest: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="skuforge config",
-        description="Validate the configuration and print it, or print the README table.",
+        description="Validate the configuration of every service and print it, or print the README table.",
     )
     parser.add_argument("--markdown", action="store_true", help="print the documented settings table")
     args = parser.parse_args(rest)
     if args.markdown:
         print(settings_table_markdown(SETTINGS_MODELS))
         return 0
-    print(load_settings().model_dump_json(indent=2))
+    effective: dict[str, object] = {}
+    for settings in load_all_settings():
+        effective.update(settings.model_dump(mode="json"))
+    print(json.dumps(effective, indent=2))
     return 0
 
 

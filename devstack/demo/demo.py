@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,9 +172,13 @@ def this_runs_decisions(state: FlowState, stored: set[str], queued: set[str]) ->
 
 
 def expected_generated(state: FlowState, variants: int) -> int:
-    """Images the generator should make: ``variants`` per captioned SKU that has a usable photo."""
+    """Images the generator should make: ``variants`` per captioned SKU that has a usable photo, except
+    SKUs whose ``sku.captioned`` it dead-lettered (it makes none of their images then)."""
     captioned: list[SkuCaptioned] = state.payloads(SKU_CAPTIONED)
-    return variants * sum(1 for sku in captioned if any(photo.usable for photo in sku.photos))
+    refused = {d.sku_id for d in state.dead if d.original_topic.endswith(SKU_CAPTIONED.name)}
+    return variants * sum(
+        1 for sku in captioned if sku.sku.sku_id not in refused and any(photo.usable for photo in sku.photos)
+    )
 
 
 def progress_line(state: FlowState, stored: set[str], queued: set[str], skus: int, expected: int) -> str:
@@ -297,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"scenes: the sample store photos in {_shown(SAMPLE_SCENES)} (SKUFORGE_SCENES_URI sets yours)")
     with stack(workdir, variants=args.variants, keep_running=args.keep_running) as running:
         os.environ.update(running["env"])  # the stack's Kafka, store, topics, console database
-        code = run_flow(args, running, skus_dir, sku_ids, started)
+        code = run_flow(args, running, skus_dir, sku_ids, started, stack_was_running=not starts_stack)
     return code
 
 
@@ -324,7 +328,13 @@ def render_synthetic(catalogue: Path, args: argparse.Namespace) -> Path:
 
 
 def run_flow(
-    args: argparse.Namespace, running: dict[str, Any], skus_dir: Path, sku_ids: list[str], started: float
+    args: argparse.Namespace,
+    running: dict[str, Any],
+    skus_dir: Path,
+    sku_ids: list[str],
+    started: float,
+    *,
+    stack_was_running: bool = False,
 ) -> int:
     """Ingest, follow until decided, summarise, write the report; returns the exit code."""
     from services.gate.config import GateSettings
@@ -335,9 +345,19 @@ def run_flow(
         settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
     )
     since_ms = int(time.time() * 1000) - 2_000
-    ingest_path(skus_dir, settings, store=store)
+    event_ids = ingest_path(skus_dir, settings, store=store)
+    # A stack that already ran these very SKUs (same photos, same metadata: the same ingest event) skips
+    # them this time; what its stages made of that event then is this run's result.
+    stack_started_ms = int(float(running.get("started_at") or 0) * 1000) if stack_was_running else None
     state, stored, queued, complete = wait_until_decided(
-        settings, store, running, sku_ids, since_ms, args.timeout_s
+        settings,
+        store,
+        running,
+        sku_ids,
+        since_ms,
+        args.timeout_s,
+        trace_ids=event_ids if stack_started_ms else (),
+        trace_since_ms=stack_started_ms or None,
     )
     views = sku_views(state, store, sku_ids)
     stages = [
@@ -384,23 +404,35 @@ def wait_until_decided(
     sku_ids: list[str],
     since_ms: int,
     timeout_s: float,
+    *,
+    trace_ids: Iterable[str] = (),
+    trace_since_ms: int | None = None,
 ) -> tuple[FlowState, set[str], set[str], bool]:
     """Follow the flow of ``sku_ids`` (ingested after ``since_ms``) until every image is decided.
 
-    Returns the flow state, the generated items in the store and in the console, and whether it
-    completed (False: ``timeout_s`` passed first).
+    ``trace_ids`` (this run's ingest event ids) also follows what the stack did with those very
+    events from ``trace_since_ms`` on (``FlowTracker``). Returns the flow state, the generated items in
+    the store and in the console, and whether it completed (False: ``timeout_s`` passed first).
     """
     from services.generator.config import GenerationSettings
 
     variants = load_settings(GenerationSettings).generation_variants_per_sku
     _say(f"ingested {len(sku_ids)} SKUs; waiting until all {variants} images per SKU are decided")
-    tracker = FlowTracker(settings, sku_ids, since_ms)
+    tracker = FlowTracker(settings, sku_ids, since_ms, trace_ids=trace_ids, trace_since_ms=trace_since_ms)
     deadline = time.monotonic() + timeout_s
     last_line, last_shown = "", 0.0
     complete = False
+    told_earlier = False
     try:
         while True:
             state = tracker.poll()
+            if tracker.earlier_run_ms is not None and not told_earlier:
+                told_earlier = True
+                when = time.strftime("%H:%M:%S", time.localtime(tracker.earlier_run_ms / 1000))
+                _say(
+                    f"this stack already ran these SKUs, same photos and metadata, at {when}; a stage does "
+                    "not handle the same ingest twice, so this shows that run (restart the stack to redo it)"
+                )
             stored, queued = decided_items(state, store, running["console_db"], sku_ids)
             expected = expected_generated(state, variants)
             line = progress_line(state, stored, queued, len(sku_ids), expected)

@@ -1,9 +1,10 @@
 """What happened to a set of SKUs, read back from the topics: who made what, when, and what is decided.
 
 :class:`FlowTracker` reads every topic of the flow (and the DLQs) from the beginning, keeps the records
-of the SKUs it follows that were produced since ``since_ms``, and de-duplicates them by item, so a
-redelivered event or an earlier run of the same SKUs never counts twice. It never commits offsets or
-joins a group: watching does not disturb the stages.
+of the SKUs it follows that were produced since ``since_ms`` (and, given ``trace_ids``, those of these
+traces produced since ``trace_since_ms``), and de-duplicates them by item, so a redelivered event or an
+earlier run of the same SKUs never counts twice. It never commits offsets or joins a group: watching
+does not disturb the stages.
 """
 
 from __future__ import annotations
@@ -90,12 +91,30 @@ def item_key(topic: Topic[Any], payload: Any) -> str:
 
 
 class FlowTracker:
-    """Follows ``sku_ids`` through the topics of ``settings``' environment, from ``since_ms`` on."""
+    """Follows ``sku_ids`` through the topics of ``settings``' environment, from ``since_ms`` on.
 
-    def __init__(self, settings: Settings, sku_ids: Iterable[str], since_ms: int) -> None:
+    ``trace_ids`` (the ingest events' ids, which every event downstream carries as its ``trace_id``)
+    also takes the records of those traces from ``trace_since_ms`` on: ingesting the same folder again
+    publishes the same event, which a stage process that already handled it skips (shared/runtime.py),
+    so its outputs are the ones that process produced the first time.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        sku_ids: Iterable[str],
+        since_ms: int,
+        *,
+        trace_ids: Iterable[str] = (),
+        trace_since_ms: int | None = None,
+    ) -> None:
         self.settings = settings
         self.sku_ids = {sku_id.encode() for sku_id in sku_ids}
         self.since_ms = since_ms
+        self.trace_ids = set(trace_ids)
+        self.trace_since_ms = since_ms if trace_since_ms is None else min(trace_since_ms, since_ms)
+        # The first record of a followed trace produced before since_ms: when an earlier run of it began.
+        self.earlier_run_ms: int | None = None
         self.state = FlowState()
         self._topics = {settings.topic_name(topic): topic for topic in WATCHED}
         self._dlqs = {settings.dlq_name(topic) for topic in WATCHED}
@@ -128,16 +147,32 @@ class FlowTracker:
                     self._take(tp.topic, record)
         return self.state
 
+    def _follows(self, timestamp_ms: int, trace_id: str | None) -> bool:
+        """Whether a record of a followed SKU belongs to the run followed."""
+        if timestamp_ms >= self.since_ms:
+            return True
+        if trace_id in self.trace_ids and timestamp_ms >= self.trace_since_ms:
+            self.earlier_run_ms = min(timestamp_ms, self.earlier_run_ms or timestamp_ms)
+            return True
+        return False
+
     def _take(self, topic_name: str, record: Any) -> None:
-        if record.timestamp < self.since_ms:
+        if record.timestamp < self.trace_since_ms:
             return
         if topic_name in self._dlqs:
             letter = DeadLetter.model_validate_json(record.value, extra=READ_EXTRA)
-            if letter.sku_id is not None and letter.sku_id.encode() in self.sku_ids:
+            if (
+                letter.sku_id is not None
+                and letter.sku_id.encode() in self.sku_ids
+                and self._follows(record.timestamp, letter.trace_id)
+            ):
                 self.state.dead.append(letter)
             return
         if record.key not in self.sku_ids:
             return
         topic = self._topics[topic_name]
-        payload = read_envelope(topic, record.value).payload
+        envelope = read_envelope(topic, record.value)
+        if not self._follows(record.timestamp, envelope.trace_id):
+            return
+        payload = envelope.payload
         self.state.records[topic.name].setdefault(item_key(topic, payload), Seen(payload, record.timestamp))

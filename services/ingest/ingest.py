@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.common import ImageRef, SkuMetadata
@@ -89,6 +90,8 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         metadata = SkuMetadata.model_validate_json(metadata_path.read_bytes())
     except FileNotFoundError:
         problems.append(f"{metadata_path}: missing (needs sku_id, name, category, brand, series)")
+    except OSError as exc:  # a folder named metadata.json, no permission...
+        problems.append(f"{metadata_path}: cannot be read ({exc.strerror or exc})")
     except ValidationError as exc:
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"]) or "(file)"
@@ -113,6 +116,9 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
             )
         except ImageRejected as exc:
             problems.append(f"{file}: refused ({exc})")
+            continue
+        except OSError as exc:
+            problems.append(f"{file}: cannot be read ({exc.strerror or exc})")
             continue
         photo_id = sha256_hex(png)[:16]
         if photo_id in seen:
@@ -165,14 +171,22 @@ def ingest_path(path: Path, settings: Settings, *, store: ObjectStore | None = N
     store = store or open_store(
         settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
     )
-    publisher = Publisher(settings, PRODUCER)
+    try:
+        publisher = Publisher(settings, PRODUCER)
+    except KafkaError as exc:  # the producer bootstraps in its constructor; nothing is uploaded yet
+        raise TransientError(f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc})") from exc
     try:
         event_ids = []
         for sku in prepared:
             payload = upload_sku(sku, store)
             # Photos are durable before the event exists, so no consumer ever sees a dangling reference.
+            # The event id is the trace id too: every event downstream carries it (skuforge demo follows it).
             envelope = publisher.publish(
-                SKU_INGESTED, payload, sku_id=sku.metadata.sku_id, event_id=sku.event_id
+                SKU_INGESTED,
+                payload,
+                sku_id=sku.metadata.sku_id,
+                event_id=sku.event_id,
+                trace_id=sku.event_id,
             )
             event_ids.append(envelope.event_id)
         return event_ids
