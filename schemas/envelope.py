@@ -8,7 +8,7 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
-from schemas.common import Contract, SafeId
+from schemas.common import Contract, ObjectRef, SafeId
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -65,6 +65,14 @@ class DeadLetter(Contract):
     original_offset: int
     original_key_b64: str | None = None
     original_value_b64: str
+    original_key_ref: ObjectRef | None = Field(
+        default=None,
+        description="the original key in the object store, when too large to carry here (then no key_b64)",
+    )
+    original_value_ref: ObjectRef | None = Field(
+        default=None,
+        description="the original value in the object store, when too large to carry here (value_b64 empty)",
+    )
     event_id: str | None = Field(default=None, description="the original's event_id, when it could be read")
     sku_id: SafeId | None = None
     trace_id: str | None = None

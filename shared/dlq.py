@@ -35,6 +35,7 @@ from schemas.envelope import DeadLetter, utc_now
 from schemas.topics import DLQ_SUFFIX
 from shared.bus import READ_EXTRA, make_producer
 from shared.config import Settings
+from shared.errors import BadInput
 from shared.store import ObjectStore
 
 REPLAY_PREFIX = "dlq-replays"
@@ -270,18 +271,15 @@ def replay(
     missing = sorted({s.letter.original_topic for s in pending} - existing)
     if missing:
         raise DlqError(f"cannot replay: original topic {', '.join(missing)} does not exist; create it first")
+    originals = [original_record(stored.letter, store) for stored in pending]
     producer = make_producer(settings, client_id="skuforge-dlq-replay")
     try:
         sends = [
             (
                 stored,
-                producer.send(
-                    stored.letter.original_topic,
-                    key=_b64(stored.letter.original_key_b64),
-                    value=_b64(stored.letter.original_value_b64),
-                ),
+                producer.send(stored.letter.original_topic, key=key, value=value),
             )
-            for stored in pending
+            for stored, (key, value) in zip(pending, originals, strict=True)
         ]
         producer.flush(timeout=settings.flush_timeout_s)
         acknowledged = [(stored, future.get(timeout=0)) for stored, future in sends]
@@ -340,6 +338,20 @@ def _list_topics(settings: Settings) -> set[str]:
         return set(admin.list_topics())
     finally:
         admin.close()
+
+
+def original_record(letter: DeadLetter, store: ObjectStore) -> tuple[bytes | None, bytes]:
+    """The original record's key and value: carried in the letter, or kept in the object store when
+    they were too large for it (checked against their sha256; ``DlqError`` if gone or changed)."""
+    try:
+        key = store.read_verified(letter.original_key_ref) if letter.original_key_ref else None
+        value = store.read_verified(letter.original_value_ref) if letter.original_value_ref else None
+    except BadInput as exc:
+        raise DlqError(f"cannot replay {letter.original_topic}@{letter.original_offset}: {exc}") from exc
+    return (
+        key if key is not None else _b64(letter.original_key_b64),
+        value if value is not None else (_b64(letter.original_value_b64) or b""),
+    )
 
 
 def _b64(text: str | None) -> bytes | None:

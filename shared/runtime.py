@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import logging
 import random
 import signal
@@ -170,6 +171,12 @@ class _Outcome:
     dead_reason: str | None = None
     counted: str = "ok"
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+
+# A dead letter must fit in one Kafka record (the producer's max_request_size, 1 MiB by default) after
+# base64 (x4/3): a larger original key or value is kept in the object store and the letter points at it.
+DLQ_INLINE_MAX_BYTES = 256 * 1024
+DLQ_ORIGINALS_PREFIX = "dlq-originals"
 
 
 class Stage:
@@ -443,7 +450,7 @@ class Stage:
         self, route: _Route[Any], tp: TopicPartition, record: ConsumerRecord
     ) -> _Outcome | _Retry:
         decoded = self._decode(route, record)
-        if isinstance(decoded, _Outcome):
+        if isinstance(decoded, (_Outcome, _Retry)):
             return decoded
         if decoded.event_id in self._completed:
             return _Outcome(event_id=decoded.event_id, counted="duplicate")
@@ -474,7 +481,7 @@ class Stage:
     ) -> dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]]:
         """Decode every record, call the batch handler once on the valid ones, map results back."""
         assert route.handle_batch is not None
-        slots: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome | Envelope[Any]]]] = {}
+        slots: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome | _Retry | Envelope[Any]]]] = {}
         events: list[Envelope[Any]] = []
         for tp, records in parts.items():
             slots[tp] = []
@@ -510,6 +517,9 @@ class Stage:
         for tp, entries in slots.items():
             done: list[tuple[ConsumerRecord, _Outcome]] = []
             for record, decoded in entries:
+                if isinstance(decoded, _Retry):  # its dead letter could not be written yet
+                    self._back_off(tp, record.offset, decoded.error)
+                    break
                 if isinstance(decoded, _Outcome):
                     done.append((record, decoded))
                     continue
@@ -547,7 +557,7 @@ class Stage:
 
     # -- decoding, encoding, dead letters -----------------------------------------------------
 
-    def _decode(self, route: _Route[Any], record: ConsumerRecord) -> Envelope[Any] | _Outcome:
+    def _decode(self, route: _Route[Any], record: ConsumerRecord) -> Envelope[Any] | _Outcome | _Retry:
         if record.value is None:
             return self._dead_letter(
                 record, "empty_message", "the message has no value (tombstone?)", None, None
@@ -567,7 +577,7 @@ class Stage:
 
     def _refuse_schema(
         self, route: _Route[Any], record: ConsumerRecord, header: EnvelopeHeader
-    ) -> _Outcome | None:
+    ) -> _Outcome | _Retry | None:
         """A dead letter for an event of another schema, or of a version this topic does not carry."""
         name, version = route.topic.schema_name, route.topic.version
         if (header.schema_name, header.schema_version) == (name, version):
@@ -614,7 +624,12 @@ class Stage:
         detail: str,
         error: BaseException | None,
         event: EnvelopeHeader | None,
-    ) -> _Outcome:
+    ) -> _Outcome | _Retry:
+        try:
+            key_b64, key_ref = self._keep_original(record, "key", record.key)
+            value_b64, value_ref = self._keep_original(record, "value", record.value or b"")
+        except TransientError as exc:  # the store is away: the letter cannot be whole yet
+            return _Retry(exc)
         letter = DeadLetter(
             reason=reason,
             detail=detail[:2000],
@@ -623,8 +638,10 @@ class Stage:
             original_topic=record.topic,
             original_partition=record.partition,
             original_offset=record.offset,
-            original_key_b64=base64.b64encode(record.key).decode() if record.key is not None else None,
-            original_value_b64=base64.b64encode(record.value or b"").decode(),
+            original_key_b64=key_b64,
+            original_value_b64=value_b64 or "",
+            original_key_ref=key_ref,
+            original_value_ref=value_ref,
             event_id=event.event_id if event else None,
             sku_id=event.sku_id if event else None,
             trace_id=event.trace_id if event else None,
@@ -642,9 +659,25 @@ class Stage:
             },
         )
         value = letter.model_dump_json().encode()
+        # The letter's own key stays the original's (one SKU's letters in order), unless that is too large.
+        dlq_key = record.key or b""
+        if len(dlq_key) > DLQ_INLINE_MAX_BYTES:
+            dlq_key = hashlib.sha256(dlq_key).hexdigest().encode()
         return _Outcome(
-            outputs=[(record.topic + DLQ_SUFFIX, record.key or b"", value)], dead_reason=reason, counted="dlq"
+            outputs=[(record.topic + DLQ_SUFFIX, dlq_key, value)], dead_reason=reason, counted="dlq"
         )
+
+    def _keep_original(
+        self, record: ConsumerRecord, part: str, data: bytes | None
+    ) -> tuple[str | None, ObjectRef | None]:
+        """``data`` base64-encoded for the letter, or, when too large for a Kafka record, stored under
+        ``dlq-originals/<topic>/<partition>-<offset>.<part>`` (same key on a rewind) and referenced."""
+        if data is None:
+            return None, None
+        if len(data) <= DLQ_INLINE_MAX_BYTES:
+            return base64.b64encode(data).decode(), None
+        key = f"{DLQ_ORIGINALS_PREFIX}/{record.topic}/{record.partition}-{record.offset}.{part}"
+        return None, self.store.put_bytes(key, data)
 
     def _unexpected(
         self, tp: TopicPartition, record: ConsumerRecord, exc: BaseException, event: Envelope[Any]

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from schemas.envelope import DeadLetter
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
 from services.passthrough.stage import build_stage
 from shared.config import Settings
@@ -97,6 +98,35 @@ def test_fix_the_cause_then_replay_once(
     assert code == 0 and "would replay 0 dead letters" in out and "2 not selected" in out
     code, out, _ = _dlq(capsys, settings, "replay", topic, "--dry-run")
     assert code == 0 and "would replay 1 dead letters" in out and "not_json: 1" in out
+
+
+@pytest.mark.kafka
+def test_an_input_too_large_for_a_dead_letter_is_kept_in_the_store_and_replays_whole(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """800 kB of garbage is a valid Kafka record but, base64-encoded in a letter, over the producer's
+    1 MiB: the send failed at every retry and the partition stalled behind it."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT, partitions=1)
+    topic = settings.topic_name(SKU_INGESTED)
+    stage = build_stage(settings=settings)
+    garbage = bytes(range(256)) * (800 * 1024 // 256)
+    produce(settings, SKU_INGESTED, [], raw=[garbage])
+    produce(settings, SKU_INGESTED, list(sku_ingested_payloads(stage.store, 1, prefix="AFTER")))
+
+    with running(stage):
+        after = read_topic(kafka_bootstrap, settings.topic_name(PASSTHROUGH_OUT), expect=1, timeout_s=60)
+        assert _sku_ids(after) == ["AFTER-00000"]  # the stream went on past it
+        (record,) = read_topic(kafka_bootstrap, settings.dlq_name(SKU_INGESTED), expect=1, timeout_s=30)
+        letter = DeadLetter.model_validate_json(record.value)
+        assert letter.reason == "not_json" and letter.original_value_b64 == ""
+        assert letter.original_value_ref is not None
+        assert stage.store.read_verified(letter.original_value_ref) == garbage
+
+        code, out, _ = _dlq(capsys, settings, "replay", topic)
+        assert code == 0 and "replayed 1 dead letters" in out
+        inputs = read_topic(kafka_bootstrap, topic, expect=3, timeout_s=30)
+        assert [r.value for r in inputs].count(garbage) == 2  # the original and its whole replay
 
 
 @pytest.mark.kafka
