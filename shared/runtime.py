@@ -179,6 +179,13 @@ DLQ_INLINE_MAX_BYTES = 256 * 1024
 DLQ_ORIGINALS_PREFIX = "dlq-originals"
 
 
+def stale_after_s(settings: Settings) -> float:
+    """How long the loop may go without a beat before /healthz says it is stuck: one batch may take
+    up to ``max_poll_interval_ms`` (then the group drops the member), plus a minute for the poll after.
+    A fixed 15 minutes would kill a stage configured for longer batches in the middle of one."""
+    return settings.max_poll_interval_ms / 1000 + 60.0
+
+
 class Stage:
     """A Kafka stage: consumes its input topics, calls the handler, produces outputs.
 
@@ -291,6 +298,7 @@ class Stage:
                 host=self.settings.metrics_host,
                 port=self._metrics_port,
                 ready=self.ready,
+                stale_after_s=stale_after_s(self.settings),
             ).start()
         self._consumer = make_consumer(
             self.settings, group_id=f"{self.settings.consumer_group_prefix}.{self.name}", client_id=self.name

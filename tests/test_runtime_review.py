@@ -20,9 +20,9 @@ from schemas.envelope import Envelope
 from schemas.events import SkuIngested
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
 from shared.bus import make_envelope
-from shared.config import load_settings
+from shared.config import Settings, load_settings
 from shared.errors import BadInput, TransientError
-from shared.runtime import Context, Emit, Stage
+from shared.runtime import Context, Emit, Stage, stale_after_s
 from tests.support.bus import file_store_uri, sku_ingested_payloads
 
 
@@ -232,3 +232,11 @@ def test_a_commit_the_broker_never_answers_does_not_end_the_stage(tmp_path: Path
     consumer.commit_error = None
     stage._process_batch({tp: records[2:]})
     assert consumer.committed == {tp: 3}
+
+
+def test_healthz_waits_for_as_long_as_the_configured_batch_may_take() -> None:
+    # A fixed 15 minutes killed (liveness) a stage configured for 30-minute batches mid-batch, and
+    # left one stuck for 10-15 minutes, already dropped from its group, reporting healthy.
+    long_batches = Settings(max_poll_interval_ms=1_800_000)
+    assert 1_800 < stale_after_s(long_batches) <= 1_900
+    assert Settings().max_poll_interval_ms / 1000 < stale_after_s(Settings()) < 900
