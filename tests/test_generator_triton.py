@@ -6,8 +6,9 @@ No mocks: ``skuforge serve generator`` runs in its own process, as in production
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 from services.generator.client import GeneratorUnavailable, TritonGenerator
 from services.generator.protocol import VariantRequest, VariantResult
 from shared.errors import BadInput
-from shared.generation.backend import GenerationRequest
+from shared.generation.backend import GenerationRequest, RowOutcome
 from shared.generation.composite import CompositeBackend
 from shared.synth import make_product, render_photo
 from tests.support.diffusion import product_photo
@@ -247,3 +248,62 @@ def test_concurrent_diffusion_rows_are_painted_in_one_pipeline_call(
         rows.append(json.loads(many.parameters_json)["pipeline_batch_rows"])
     assert max(rows) >= 2, rows  # several rows per pipeline call
     assert max(rows) <= 4  # SKUFORGE_DIFFUSION_MAX_BATCH (default 4) bounds a call
+
+
+class _PoisonedComposite(CompositeBackend):
+    """The real composite backend, with a bug on one input: any batch holding seed 13 raises."""
+
+    def generate_many(self, requests: list[GenerationRequest]) -> list[RowOutcome]:
+        if any(request.seed == 13 for request in requests):
+            raise ZeroDivisionError("a bug on this input")
+        return super().generate_many(requests)
+
+
+def test_a_row_the_backend_fails_on_fails_alone_and_is_not_called_transient(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the exception failed the whole Triton batch, the client called it "unavailable" and the
+    # stage retried it forever, stalling the partition (and failing the rows batched with it).
+    from services.generator import server as server_module
+    from services.generator.client import GeneratorFailed
+    from services.generator.config import GenerationSettings
+    from shared.config import Settings
+
+    monkeypatch.setattr(server_module, "open_backend", lambda name, **_: _PoisonedComposite())
+    generation = GenerationSettings(
+        generation_server_address="127.0.0.1",
+        generation_server_http_port=free_port(),
+        generation_server_grpc_port=free_port(),
+        generation_server_metrics_port=free_port(),
+        generation_batch_delay_us=200_000,  # so the poisoned row and the good ones share a batch
+    )
+    # A short workspace: PyTriton's sockets live under it, and AF_UNIX paths are limited to 108 bytes.
+    workspace = str(Path(tempfile.mkdtemp(prefix="tw", dir="/tmp")) / "w")
+    triton = server_module.build_triton(generation, ["composite"], shared=Settings(), workspace=workspace)
+    triton.run()
+    client = TritonGenerator(f"127.0.0.1:{generation.generation_server_grpc_port}", concurrency=3)
+    good = TritonGenerator(f"127.0.0.1:{generation.generation_server_grpc_port}", concurrency=2)
+    try:
+        poisoned: list[BaseException] = []
+        thread = threading.Thread(
+            target=lambda: poisoned.extend(_raised(lambda: client.generate("composite", [variant(13)])))
+        )
+        thread.start()
+        served = good.generate("composite", [variant(11), variant(12)])
+        thread.join(timeout=120)
+    finally:
+        client.close()
+        good.close()
+        triton.stop()
+    assert all(isinstance(result, VariantResult) for result in served)
+    (error,) = poisoned
+    assert isinstance(error, GeneratorFailed) and not isinstance(error, GeneratorUnavailable)
+    assert "seed 13" in str(error) and "ZeroDivisionError: a bug on this input" in str(error)
+
+
+def _raised(call: Callable[[], object]) -> list[BaseException]:
+    try:
+        call()
+    except Exception as exc:
+        return [exc]
+    return []

@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from services.generator.protocol import INPUTS, VariantRequest, VariantResult, model_name
+from services.generator.protocol import (
+    BACKEND_ERROR_PREFIX,
+    INPUTS,
+    VariantRequest,
+    VariantResult,
+    model_name,
+)
 from shared.errors import BadInput, TransientError
 
 _TRITON_DTYPES = {np.uint8: "UINT8", np.int64: "INT64", np.int32: "INT32", bytes: "BYTES"}
@@ -33,6 +39,11 @@ class GeneratorUnavailable(TransientError):
     def __init__(self, message: str, kind: str = "unavailable") -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class GeneratorFailed(RuntimeError):
+    """The model raised on a variant even when served alone (a backend bug or fault, not a refusal):
+    not transient, so the stage retries it as a handler error and then dead-letters it."""
 
 
 class TritonGenerator:
@@ -120,6 +131,10 @@ class TritonGenerator:
                 f"Triton at {self.url} unreachable: {type(exc).__name__}: {exc}"
             ) from exc
         error = _text(response.as_numpy("error"))
+        if error.startswith(BACKEND_ERROR_PREFIX):
+            # Not a refusal of the input and not Triton being away: the stage retries it as a handler
+            # error a few times (SKUFORGE_HANDLER_MAX_ATTEMPTS), then dead-letters it (replayable).
+            raise GeneratorFailed(f"{model_name(backend)} failed on variant seed {variant.seed}: {error}")
         if error:
             return BadInput(
                 "generation_refused", f"{model_name(backend)} refused variant seed {variant.seed}: {error}"

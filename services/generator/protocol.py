@@ -4,7 +4,8 @@ One row of a batch is one variant: a reference photo, its product mask, the prom
 seed, JSON parameters and an optional adapter id go in; one image, its expected mask, the JSON
 parameters actually used, the adapter actually used and an error message (empty when the row
 succeeded) come out. Rows fail alone: a row the backend refuses gets its message in ``error`` and
-zero images, and the other rows of the batch are unaffected.
+zero images, and the other rows of the batch are unaffected. A row the backend fails on (raises)
+is served again alone; if it fails alone too, ``error`` says so after ``BACKEND_ERROR_PREFIX``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ OUTPUTS: tuple[tuple[str, type, tuple[int, ...]], ...] = (
     ("model_id", bytes, (1,)),  # the backend's model id, for lineage
     ("error", bytes, (1,)),  # "" = ok
 )
+
+
+# ``error`` of a row the backend failed on (an exception, not a refusal), even when served alone: the
+# client raises it as a handler error, which the stage retries a few times and then dead-letters.
+BACKEND_ERROR_PREFIX = "backend_error: "
 
 
 def model_name(backend: str) -> str:

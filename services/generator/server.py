@@ -37,7 +37,7 @@ from prometheus_client import REGISTRY
 
 from schemas.flow import TRITON
 from services.generator.config import GenerationSettings
-from services.generator.protocol import INPUTS, OUTPUTS, model_name
+from services.generator.protocol import BACKEND_ERROR_PREFIX, INPUTS, OUTPUTS, model_name
 from shared.config import Settings, load_settings
 from shared.errors import BadInput
 from shared.generation.backend import GenerationBackend, GenerationRequest, RowOutcome, open_backend
@@ -49,13 +49,19 @@ from shared.store import open_store
 log = logging.getLogger("skuforge.generator.server")
 
 
+class BackendFailed(Exception):
+    """What the backend raised on one row served alone (not a refusal): reported in its ``error``."""
+
+
 class GenerationModel:
     """The Triton callable: a list of requests (each a batch of variant rows) → one output dict each.
 
     A row the backend refuses (bad mask, unknown parameter...) gets its message in ``error`` and
     zero images; the rest of the batch is served. All rows of all requests in a batch reach the
     backend together (``generate_many``), so the diffusion backend can paint them in one call.
-    Anything else wrong is raised, and Triton reports it to every request of the batch.
+    A backend that raises on the batch gets its rows again one at a time, so a row it cannot serve
+    (a bug on that input) fails alone, its ``error`` prefixed ``backend_error:``; only a fault of
+    this code (an answer of the wrong shape) is raised, and Triton reports it to the whole batch.
     """
 
     def __init__(self, backend: GenerationBackend) -> None:
@@ -71,7 +77,18 @@ class GenerationModel:
         """
         parsed = [self._parse_request(request) for request in requests]
         valid = [row for _, rows in parsed for row in rows if isinstance(row, GenerationRequest)]
-        outcomes = iter(self.backend.generate_many(valid))
+        try:
+            served: list[RowOutcome | BackendFailed] = list(self.backend.generate_many(valid))
+        except Exception:
+            # One row the backend cannot serve (a bug on some input) would fail every request of
+            # every batch it lands in, and the stage would retry it forever: serve the rows alone.
+            log.exception(
+                "the %s backend failed on a batch of %d rows; serving them one by one",
+                self.backend.name,
+                len(valid),
+            )
+            served = [self._serve_alone(row) for row in valid]
+        outcomes = iter(served)
         answers = []
         for size, rows in parsed:
             answers.append(
@@ -80,6 +97,17 @@ class GenerationModel:
                 )
             )
         return answers
+
+    def _serve_alone(self, row: GenerationRequest) -> RowOutcome | BackendFailed:
+        """One row on its own: its outcome, or what the backend raised on it."""
+        try:
+            (outcome,) = self.backend.generate_many([row])
+        except (ValueError, BadInput) as exc:
+            return exc
+        except Exception as exc:
+            log.exception("the %s backend failed on variant seed %d", self.backend.name, row.seed)
+            return BackendFailed(f"{type(exc).__name__}: {exc}")
+        return outcome
 
     def _parse_request(
         self, request: Mapping[str, npt.NDArray[Any]]
@@ -98,7 +126,7 @@ class GenerationModel:
                 parsed.append(exc)
         return size, parsed
 
-    def _answer(self, size: int, outcomes: list[RowOutcome]) -> dict[str, npt.NDArray[Any]]:
+    def _answer(self, size: int, outcomes: list[RowOutcome | BackendFailed]) -> dict[str, npt.NDArray[Any]]:
         """The output tensors of one request; a refused row gets its message and zero images."""
         rows = len(outcomes)
         images = np.zeros((rows, size, size, 3), dtype=np.uint8)
@@ -106,6 +134,9 @@ class GenerationModel:
         used, adapters, errors = [b"{}"] * rows, [b""] * rows, [b""] * rows
         model_ids = [self.backend.model_id.encode()] * rows
         for row, outcome in enumerate(outcomes):
+            if isinstance(outcome, BackendFailed):
+                errors[row] = f"{BACKEND_ERROR_PREFIX}{outcome}".encode()
+                continue
             if isinstance(outcome, (ValueError, BadInput)):  # refused: report it, serve the others
                 errors[row] = f"{type(outcome).__name__}: {outcome}".encode()
                 continue

@@ -43,7 +43,7 @@ from schemas.envelope import Envelope, derive_id
 from schemas.events import CaptionedPhoto, ImageGenerated, SkuCaptioned
 from schemas.flow import GENERATOR
 from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
-from services.generator.client import GeneratorUnavailable, TritonGenerator
+from services.generator.client import GeneratorFailed, GeneratorUnavailable, TritonGenerator
 from services.generator.config import GenerationSettings
 from services.generator.protocol import VariantRequest, VariantResult, model_name
 from shared.config import Settings, load_settings
@@ -260,9 +260,10 @@ def handle_batch(
             if metrics is not None:
                 metrics.triton_errors.labels(model, exc.kind).inc()
             raise
-        except RuntimeError:
+        except RuntimeError as exc:
             if metrics is not None:
-                metrics.triton_errors.labels(model, "malformed").inc()
+                kind = "backend_error" if isinstance(exc, GeneratorFailed) else "malformed"
+                metrics.triton_errors.labels(model, kind).inc()
             raise
         for (position, planned, _), result in zip(mine, results, strict=True):
             answers[(position, planned.variant_index)] = result
