@@ -17,8 +17,9 @@ silently repairing:
 
 Odd but valid images are converted, never refused: 16-bit and 32-bit grayscale are
 rescaled (not clipped) to 8 bits, CMYK / palette / grayscale / bilevel become RGB, images
-with alpha are composited over white (product photos are shot and sold on white), EXIF
-orientation is applied and animated images yield their first frame.
+with alpha (an alpha channel, or a transparent colour key: PNG tRNS) are composited over
+white (product photos are shot and sold on white), EXIF orientation is applied and animated
+images yield their first frame.
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left off: a half image is not a photo.
 """
 
@@ -205,6 +206,10 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any decoded mode to 8-bit RGB; alpha is composited over white."""
+    keyed = _colour_key_alpha(image)
+    if keyed is not None:
+        rgb = np.asarray(_to_rgb(_without_colour_key(image)), dtype=np.uint16)
+        return Image.fromarray(_composite(rgb, keyed[..., None], background=255))
     mode = image.mode
     if mode == "RGB":
         return image
@@ -227,6 +232,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def _to_gray8(image: Image.Image) -> UInt8Array:
     """Convert any decoded mode to an 8-bit HxW luminance array; alpha is composited over black."""
+    keyed = _colour_key_alpha(image)
+    if keyed is not None:
+        gray = _to_gray8(_without_colour_key(image)).astype(np.uint16)
+        return _composite(gray, keyed, background=0)
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
         return _scale_to_uint8(image)
@@ -240,6 +249,37 @@ def _to_gray8(image: Image.Image) -> UInt8Array:
         return np.asarray(image.convert("L"), dtype=np.uint8)
     except (ValueError, OSError) as exc:
         raise ImageRejected("unsupported_mode", f"cannot convert mode {mode} to a mask") from exc
+
+
+def _colour_key_alpha(image: Image.Image) -> npt.NDArray[np.uint16] | None:
+    """The alpha (0 or 255, HxW) of an image made transparent by a colour key, else None.
+
+    A grayscale or RGB PNG may mark one colour transparent (tRNS) instead of carrying an alpha
+    channel; optimisers write cut-outs that way. Pillow keeps the key in ``info``, not in the
+    pixels, so without this those pixels would show their hidden colour (often black).
+    Palette images are left to Pillow's own conversion, which already applies their key.
+    """
+    key = image.info.get("transparency")
+    if key is None or image.mode not in ("1", "L", "RGB", "I", *_SIXTEEN_BIT_MODES):
+        return None
+    values = np.asarray(image)
+    if image.mode == "RGB":
+        if not (isinstance(key, tuple) and len(key) == 3):
+            return None
+        transparent = np.all(values == np.asarray(key, dtype=values.dtype), axis=-1)
+    else:
+        if not isinstance(key, int):
+            return None
+        # Mode "1" arrays are bool: the key 0/1 (or 0/255) compares as black/white.
+        transparent = values == (bool(key) if values.dtype == np.bool_ else key)
+    return np.where(transparent, np.uint16(0), np.uint16(255)).astype(np.uint16)
+
+
+def _without_colour_key(image: Image.Image) -> Image.Image:
+    """The same pixels with the colour key dropped, so the usual conversions see opaque pixels."""
+    opaque = image.copy()
+    opaque.info.pop("transparency", None)
+    return opaque
 
 
 def _composite(

@@ -10,6 +10,7 @@ through that store (its client and credentials); any other through ``open_store`
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -37,6 +38,10 @@ def write_atomically(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            # Durable before it is renamed into place: after a power cut the name must not point at
+            # a file of the right size whose bytes never reached the disk (zeros on XFS).
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(partial, path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
@@ -72,10 +77,21 @@ def fetch_file(
         data = store.get_bytes(uri)
     else:
         data = open_store(parent, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region).get_bytes(file_name)
-    target = cache_dir(cache) / f"{hashlib.sha256(data).hexdigest()[:16]}-{file_name}"
-    if not (target.is_file() and target.stat().st_size == len(data)):
+    digest = hashlib.sha256(data).hexdigest()
+    target = cache_dir(cache) / f"{digest[:16]}-{file_name}"
+    # Compare contents, not sizes: a cached copy damaged in place keeps its size and would
+    # otherwise be loaded (and fail) at every start until someone empties the cache by hand.
+    if not (target.is_file() and target.stat().st_size == len(data) and _file_sha256(target) == digest):
         write_atomically(target, data)
     return target
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fetch_directory(
@@ -89,10 +105,13 @@ def fetch_directory(
 ) -> Path:
     """Copy every object under the folder ``uri`` into the cache; returns the local folder.
 
-    The copy is named by the URI (``<last part>-<sha256 of the URI, 16 hex>``) and reused while it holds
-    exactly the keys the store lists: model folders are treated as immutable, so publish a changed
-    model under a new URI. Raises ``ValueError`` when nothing is stored under ``uri``, or when
-    ``required_file`` (e.g. ``config.json``) is not among what is.
+    The copy is named by where the folder is (``<last part>-<sha256 of its absolute URI, 16 hex>``:
+    a relative ``file://`` URI is resolved first) and reused while it holds exactly the keys the
+    store lists, each file at the size it was copied with: model folders are treated as immutable,
+    so publish a changed model under a new URI. Processes sharing the cache may fetch at once: a
+    copy another one completed meanwhile is used as it is, never deleted under its readers.
+    Raises ``ValueError`` when nothing is stored under ``uri``, or when ``required_file``
+    (e.g. ``config.json``) is not among what is.
     """
     root = uri.rstrip("/")
     source, prefix = _source(root, store, s3_endpoint_url, s3_region)
@@ -103,23 +122,83 @@ def fetch_directory(
         )
     if not keys:
         raise ValueError(f"nothing is stored under {root}/")
+    location = f"{source.base_uri}/{prefix}".rstrip("/")
     base = cache_dir(cache)
-    target = base / f"{root.rpartition('/')[2] or 'root'}-{hashlib.sha256(root.encode()).hexdigest()[:16]}"
-    marker = target / COMPLETE_MARKER
-    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("keys") == keys:
+    target = (
+        base / f"{root.rpartition('/')[2] or 'root'}-{hashlib.sha256(location.encode()).hexdigest()[:16]}"
+    )
+    if _is_complete(target, keys):
         return target
     base.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(dir=base, prefix=".partial-"))
     try:
+        sizes: dict[str, int] = {}
         for key in keys:
             path = partial.joinpath(*key.split("/"))
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(source.get_bytes(prefix + key))
-        (partial / COMPLETE_MARKER).write_text(json.dumps({"uri": root, "keys": keys}), encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(partial, target)
-    except BaseException:
+            data = source.get_bytes(prefix + key)
+            _write_durably(path, data)
+            sizes[key] = len(data)
+        marker = {"uri": root, "location": location, "keys": keys, "sizes": sizes}
+        _write_durably(partial / COMPLETE_MARKER, json.dumps(marker).encode("utf-8"))
+        _install(partial, target, keys)
+    finally:
         shutil.rmtree(partial, ignore_errors=True)
-        raise
     return target
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _is_complete(target: Path, keys: list[str]) -> bool:
+    """Whether ``target`` is a finished copy of exactly ``keys``, every file still whole."""
+    try:
+        marker = json.loads((target / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(marker, dict) or marker.get("keys") != keys:
+        return False
+    # Copies made before sizes were recorded are checked for presence only.
+    sizes = marker.get("sizes") or {}
+    for key in keys:
+        try:
+            size = target.joinpath(*key.split("/")).stat().st_size
+        except OSError:
+            return False
+        if key in sizes and size != sizes[key]:
+            return False
+    return True
+
+
+def _install(partial: Path, target: Path, keys: list[str]) -> None:
+    """Rename the finished copy ``partial`` into place unless another process finished one first.
+
+    A rename cannot replace a non-empty folder, and deleting ``target`` first would pull files from
+    under a process loading them; so a complete copy is kept, and an outdated or broken one is
+    renamed aside (its open files stay readable) before ours takes its name.
+    """
+    for _attempt in range(5):
+        if _is_complete(target, keys):
+            return
+        if target.exists():
+            stale = Path(tempfile.mkdtemp(dir=target.parent, prefix=".stale-"))
+            try:
+                os.replace(target, stale)
+            except FileNotFoundError:
+                pass  # another process moved it first
+            finally:
+                shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(partial, target)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            # Another process installed its copy between our check and our rename: look again.
+    raise OSError(
+        errno.EBUSY, f"could not install the model copy at {target}: other processes keep replacing it"
+    )

@@ -9,7 +9,8 @@ an unreachable, slow, throttling or full store is ``TransientError`` (retry late
 Keys are '/'-separated relative paths. They are checked on every call, even though the
 store builds them itself, because keys also come back from events as URIs: empty keys,
 absolute keys, empty / ``.`` / ``..`` segments, backslashes and control characters are
-refused. URIs are the store's base URI, a '/', and the key, with no percent-encoding.
+refused, and so is a segment longer than 255 bytes (no common filesystem can name it). URIs
+are the store's base URI, a '/', and the key, with no percent-encoding.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ __all__ = [
 ]
 
 MAX_KEY_BYTES = 1024  # S3's limit, applied to both backends so keys stay portable.
+# NAME_MAX of ext4, XFS, btrfs and APFS. A longer segment cannot exist in a FileStore: the OS answers
+# ENAMETOOLONG, which looks like a machine fault (TransientError) and would be retried forever.
+MAX_SEGMENT_BYTES = 255
 # Temporary files of in-flight FileStore writes; hidden from listings and refused as keys.
 _TMP_PREFIX = ".skuforge-tmp-"
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,254}$")
@@ -92,6 +96,7 @@ def check_key(key: str) -> str:
         raise ValueError(f"key {key!r} has an empty segment (leading, trailing or doubled '/')")
     if any(segment in (".", "..") for segment in segments):
         raise ValueError(f"key {key!r} has a '.' or '..' segment")
+    _check_segment_lengths(segments, what="key")
     if segments[-1].startswith(_TMP_PREFIX):
         raise ValueError(f"key {key!r} uses the reserved prefix {_TMP_PREFIX!r}")
     return key
@@ -105,7 +110,16 @@ def _check_prefix(prefix: str) -> str:
         raise ValueError(f"prefix {prefix!r} has a '.' or '..' segment")
     if "" in complete:
         raise ValueError(f"prefix {prefix!r} has an empty segment")
+    _check_segment_lengths(complete, what="prefix")
     return prefix
+
+
+def _check_segment_lengths(segments: list[str], *, what: str) -> None:
+    for segment in segments:
+        if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+            raise ValueError(
+                f"{what} has a segment longer than {MAX_SEGMENT_BYTES} bytes: {segment[:40]!r}..."
+            )
 
 
 def _check_path_chars(value: str, *, what: str) -> None:

@@ -1,0 +1,181 @@
+"""Storage and input-validation review: each test reproduces a defect a user or operator would see."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import shared.model_cache as model_cache
+from schemas.common import ObjectRef
+from shared.errors import BadInput
+from shared.images import decode_image, decode_mask
+from shared.model_cache import fetch_directory, fetch_file
+from shared.store import FileStore, ObjectStore
+
+# --- store: a key segment no filesystem can name -------------------------------------------
+
+
+def test_overlong_key_segment_in_an_event_is_bad_input_not_a_retry(tmp_path: Path) -> None:
+    # ENAMETOOLONG used to surface as TransientError: the runtime paused the partition and
+    # retried the event forever instead of dead-lettering it.
+    store = FileStore(tmp_path)
+    store.put_bytes("incoming/sku-1/photo.png", b"png")
+    uri = f"{store.base_uri}/incoming/sku-1/{'x' * 256}.png"
+    with pytest.raises(BadInput) as info:
+        store.read_verified(ObjectRef(uri=uri, sha256="0" * 64, bytes=1))
+    assert info.value.reason == "unsafe_key"
+    for key in (f"a/{'x' * 256}", f"a/{'é' * 128}"):  # the limit is in bytes, as the OS counts
+        with pytest.raises(ValueError, match="255 bytes"):
+            store.put_bytes(key, b"x")
+        with pytest.raises(ValueError, match="255 bytes"):
+            store.exists(key)
+    longest = f"a/{'x' * 255}"
+    assert store.read_verified(store.put_bytes(longest, b"x")) == b"x"
+
+
+# --- images: transparency given by a colour key (PNG tRNS) ---------------------------------
+
+
+def _png(width: int, height: int, bit_depth: int, colour_type: int, rows: bytes, trns: bytes) -> bytes:
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"tRNS", trns)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_colour_keyed_transparency_is_composited_like_alpha() -> None:
+    # A cut-out whose transparent background is stored as "black is transparent" (what PNG
+    # optimisers write instead of RGBA) decoded with a black background, not white.
+    red, black = b"\xff\x00\x00", b"\x00\x00\x00"
+    rgb = _png(2, 1, 8, 2, b"\x00" + red + black, trns=b"\x00\x00\x00\x00\x00\x00")
+    assert np.asarray(decode_image(rgb)).tolist() == [[[255, 0, 0], [255, 255, 255]]]
+
+    gray = _png(2, 1, 8, 0, b"\x00\xc8\x00", trns=b"\x00\x00")
+    assert np.asarray(decode_image(gray)).tolist() == [[[200, 200, 200], [255, 255, 255]]]
+
+    gray16 = _png(2, 1, 16, 0, b"\x00" + struct.pack(">HH", 65535, 0), trns=b"\x00\x00")
+    assert np.asarray(decode_image(gray16)).tolist() == [[[255, 255, 255], [255, 255, 255]]]
+
+    # Masks: a transparent pixel is background even when its hidden colour is white.
+    white = b"\xff\xff\xff"
+    mask = _png(2, 1, 8, 2, b"\x00" + white + white, trns=b"\x00\xff\x00\xff\x00\xff")
+    assert decode_mask(mask).tolist() == [[0, 0]]
+    opaque = Image.new("RGB", (2, 1), (255, 255, 255))
+    buffer = io.BytesIO()
+    opaque.save(buffer, "PNG", transparency=(0, 0, 0))
+    assert decode_mask(buffer.getvalue()).tolist() == [[255, 255]]
+
+
+# --- model cache ---------------------------------------------------------------------------
+
+
+def _model_folder(store: ObjectStore, name: str, config: bytes = b'{"model": 1}') -> str:
+    store.put_bytes(f"{name}/config.json", config)
+    store.put_bytes(f"{name}/weights.bin", b"w" * 1000)
+    return f"{store.base_uri}/{name}"
+
+
+def test_fetch_file_replaces_a_damaged_cached_copy(tmp_path: Path) -> None:
+    source = FileStore(tmp_path / "models")
+    model = bytes(range(256)) * 40
+    uri = source.put_bytes("matting/model.onnx", model).uri
+    cached = fetch_file(uri, tmp_path / "cache")
+    damaged = bytearray(cached.read_bytes())
+    damaged[100] ^= 0xFF  # same size, other bytes (a power cut, a bad disk)
+    cached.write_bytes(bytes(damaged))
+    again = fetch_file(uri, tmp_path / "cache")
+    assert again.read_bytes() == model
+
+
+def test_fetch_directory_replaces_a_truncated_cached_copy(tmp_path: Path) -> None:
+    source = FileStore(tmp_path / "models")
+    uri = _model_folder(source, "blip")
+    first = fetch_directory(uri, tmp_path / "cache")
+    (first / "weights.bin").write_bytes(b"w" * 10)
+    again = fetch_directory(uri, tmp_path / "cache")
+    assert (again / "weights.bin").read_bytes() == b"w" * 1000
+    (again / "weights.bin").unlink()
+    assert (fetch_directory(uri, tmp_path / "cache") / "weights.bin").read_bytes() == b"w" * 1000
+
+
+class _OtherProcessFinishesFirst(FileStore):
+    """A source store on which another process completes the same fetch during our download."""
+
+    def __init__(self, root: Path, uri: str, cache: Path) -> None:
+        super().__init__(root)
+        self.uri, self.cache = uri, cache
+        self.other: Path | None = None
+
+    def get_bytes(self, uri_or_key: str) -> bytes:
+        if self.other is None:
+            self.other = fetch_directory(self.uri, self.cache)
+            # Stands for the other process's state in its copy (a model it is loading from it).
+            (self.other / "in-use").write_bytes(b"")
+        return super().get_bytes(uri_or_key)
+
+
+def test_fetch_directory_keeps_a_copy_another_process_finished(tmp_path: Path) -> None:
+    # The slower process used to delete the finished copy and rename its own over it, pulling
+    # files from under the faster process while it loaded them.
+    uri = _model_folder(FileStore(tmp_path / "models"), "blip")
+    slow = _OtherProcessFinishesFirst(tmp_path / "models", uri, tmp_path / "cache")
+    ours = fetch_directory(uri, tmp_path / "cache", store=slow)
+    assert ours == slow.other
+    assert (ours / "in-use").exists(), "the other process's copy was deleted and replaced"
+    assert (ours / "config.json").read_bytes() == b'{"model": 1}'
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [ours.name]
+
+
+def test_fetch_directory_two_processes_renaming_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The other process renames its copy into place just before ours: the rename of a folder
+    # onto a non-empty one failed with "Directory not empty" and the service did not start.
+    uri = _model_folder(FileStore(tmp_path / "models"), "blip")
+    cache = tmp_path / "cache"
+    real_replace = os.replace
+    other: list[Path] = []
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if not other and Path(src).name.startswith(".partial-") and Path(src).is_dir():
+            monkeypatch.setattr(model_cache.os, "replace", real_replace)
+            other.append(fetch_directory(uri, cache))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(model_cache.os, "replace", replace)
+    ours = fetch_directory(uri, cache)
+    assert other == [ours]
+    assert (ours / "weights.bin").read_bytes() == b"w" * 1000
+    assert sorted(p.name for p in cache.iterdir()) == [ours.name]
+
+
+def test_fetch_directory_same_relative_uri_in_two_places(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "file://./models/blip" names a different folder from each working directory; both were
+    # cached under one name, so the second service silently loaded the first one's model.
+    cache = tmp_path / "cache"
+    for service, config in (("a", b'{"model": "a"}'), ("b", b'{"model": "b"}')):
+        _model_folder(FileStore(tmp_path / service / "models"), "blip", config)
+    monkeypatch.chdir(tmp_path / "a")
+    first = fetch_directory("file://./models/blip", cache)
+    monkeypatch.chdir(tmp_path / "b")
+    second = fetch_directory("file://./models/blip", cache)
+    assert (first / "config.json").read_bytes() == b'{"model": "a"}'
+    assert (second / "config.json").read_bytes() == b'{"model": "b"}'
