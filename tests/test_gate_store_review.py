@@ -64,6 +64,18 @@ def test_a_nan_drift_tolerance_override_fails_at_start_up(monkeypatch: pytest.Mo
         GateThresholds(drift_tolerance=float("nan"))
 
 
+@pytest.mark.parametrize("where", ["global", "override"])
+def test_an_infinite_drift_tolerance_fails_at_start_up(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # inf passed start-up; every check's threshold then went out as JSON null, which GateCheck
+    # refuses: every gate.accepted and correction.pending event dead-lettered downstream.
+    if where == "global":
+        monkeypatch.setenv("SKUFORGE_GATE_DRIFT_TOLERANCE", "inf")
+    else:
+        monkeypatch.setenv("SKUFORGE_GATE_CATEGORY_OVERRIDES", '{"pouch": {"drift_tolerance": Infinity}}')
+    with pytest.raises(ConfigError, match=r"DRIFT_TOLERANCE|drift_tolerance"):
+        load_settings(GateSettings)
+
+
 # -- trainstore settings and stage --------------------------------------------------------------
 
 

@@ -51,6 +51,7 @@ class GateSettings(BaseSettings):
     gate_drift_tolerance: float = Field(
         default=_DEFAULTS.drift_tolerance,
         gt=0.0,
+        allow_inf_nan=False,  # inf would reach every event's check as JSON null, which consumers refuse
         description="largest colour drift (Lab units) of the product region from the reference photo's",
     )
     gate_category_overrides: dict[str, dict[str, float]] = Field(

@@ -19,6 +19,7 @@ The checks, each reported as a ``GateCheck`` (code, passed, value, threshold, me
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
@@ -75,9 +76,10 @@ class GateThresholds:
                 "need 0 <= min_foreground_fraction < max_foreground_fraction <= 1, got "
                 f"{self.min_foreground_fraction} and {self.max_foreground_fraction}"
             )
-        # Written as "not > 0" so NaN (JSON overrides accept it) is refused: it would flag every item.
-        if not self.drift_tolerance > 0.0:
-            raise ValueError(f"drift_tolerance must be positive, got {self.drift_tolerance}")
+        # NaN (JSON overrides accept it) would flag every item; inf passes every item, and its
+        # threshold would reach the event as JSON null, which every consumer refuses.
+        if not 0.0 < self.drift_tolerance < math.inf:
+            raise ValueError(f"drift_tolerance must be positive and finite, got {self.drift_tolerance}")
 
     def with_overrides(self, overrides: Mapping[str, float]) -> GateThresholds:
         """A copy with some limits replaced; unknown names are an error that lists the known ones."""
