@@ -40,7 +40,7 @@ class _QueueCollector(Collector):
             "skuforge_console_unpublished_decisions",
             "Decisions recorded but not yet acknowledged by the broker.",
         )
-        outbox.add_metric([], len(self._tasks.unpublished(limit=10_000)))
+        outbox.add_metric([], self._tasks.unpublished_count())
         yield outbox
 
 

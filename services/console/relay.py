@@ -96,6 +96,7 @@ class DecisionRelay:
                 backoff_s = min(self._settings.retry_backoff_max_s, backoff_s * 2)
             self._wake.wait(wait_s)
             self._wake.clear()
+        self._drain_and_close()
 
     def start(self) -> DecisionRelay:
         """Start the background thread."""
@@ -104,11 +105,22 @@ class DecisionRelay:
         return self
 
     def stop(self) -> None:
-        """Publish what can be published, then stop."""
+        """Publish what can be published, then stop.
+
+        The relay thread does the last round and closes the producer itself: it is the producer's
+        only user, so a thread still waiting for the broker here is never joined by a second sender
+        or left holding a closed producer.
+        """
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self._settings.flush_timeout_s + 5)
+        if self._thread is None:
+            self._drain_and_close()
+            return
+        self._thread.join(timeout=self._settings.flush_timeout_s + 5)
+        if self._thread.is_alive():
+            log.warning("decision relay still sending at shutdown; what it has not sent stays in the outbox")
+
+    def _drain_and_close(self) -> None:
         try:
             self.publish_pending()
         except Exception as exc:  # what is left stays in the outbox for the next start

@@ -268,12 +268,19 @@ class TaskStore:
         return [Task.from_row(row) for row in rows]
 
     def counts(self) -> dict[str, int]:
-        """Number of tasks in each state (every state present, zero included)."""
-        self.expire_leases()
+        """Number of tasks in each state (every state present, zero included).
+
+        Read-only, so a /metrics scrape never waits for the write lock (WAL readers do not): a
+        claim whose lease ran out counts as pending, as it will be once ``expire_leases`` runs.
+        """
         with self._connect() as db:
-            rows = db.execute("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state").fetchall()
+            rows = db.execute(
+                "SELECT CASE WHEN state = 'claimed' AND lease_expires_at <= ? THEN 'pending' ELSE state END"
+                " AS shown, COUNT(*) AS n FROM tasks GROUP BY shown",
+                (self.clock(),),
+            ).fetchall()
         counts: dict[str, int] = dict.fromkeys(STATES, 0)
-        counts.update({row["state"]: row["n"] for row in rows})
+        counts.update({row["shown"]: row["n"] for row in rows})
         return counts
 
     def oldest_waiting_at(self) -> float | None:
@@ -458,6 +465,12 @@ class TaskStore:
                 "SELECT * FROM outbox WHERE published_at IS NULL ORDER BY created_at LIMIT ?", (limit,)
             ).fetchall()
         return [_outbox(row) for row in rows]
+
+    def unpublished_count(self) -> int:
+        """How many decisions wait for the broker's acknowledgement (the outbox backlog)."""
+        with self._connect() as db:
+            row = db.execute("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL").fetchone()
+        return int(row[0])
 
     def outbox(self, task_id: str) -> OutboxEvent | None:
         """The decision event of a task, if it was decided."""
