@@ -169,7 +169,9 @@ def generate_in_process(
         images = [decode_image(path.read_bytes()) for path in photos]
         for image in images:
             image.thumbnail((args.max_reference_px, args.max_reference_px), Image.Resampling.LANCZOS)
-        masks = _cached_masks(session, images, photos, out_dir.parent / "masks")
+        masks = _cached_masks(
+            session, images, photos, out_dir.parent / "masks", f"{session.model_id}|{args.max_reference_px}"
+        )
         # The generator's rule (services/generator/stage.py: cutout_sources): plain backgrounds first.
         plain = [plain_background_share(image, mask) for image, mask in zip(images, masks, strict=True)]
         sources = [
@@ -231,9 +233,15 @@ def cutout_solidity(mask: Any, *, thumbnail_px: int = 256) -> float:
     return (blob_area / area) * blob_area / max(mask_hull_area(blob), 1.0)
 
 
-def _cached_masks(session: Any, images: list[Image.Image], photos: list[Path], folder: Path) -> list[Any]:
-    """The matting model's masks of the reference photos, kept on disk across tries."""
-    paths = [folder / f"{hashlib.sha256(str(p).encode()).hexdigest()[:16]}.png" for p in photos]
+def _cached_masks(
+    session: Any, images: list[Image.Image], photos: list[Path], folder: Path, model_key: str
+) -> list[Any]:
+    """The matting model's masks of the reference photos, kept on disk across tries.
+
+    Keyed by the photo and by ``model_key`` (the model's id and the reference size): a try with
+    another ``--matting-model`` or ``--max-reference-px`` must not be given another model's masks.
+    """
+    paths = [folder / f"{hashlib.sha256(f'{model_key}|{p}'.encode()).hexdigest()[:16]}.png" for p in photos]
     if all(path.exists() for path in paths):
         return [np.asarray(Image.open(path)) for path in paths]
     masks = [result.mask for result in session.predict(images)]
@@ -267,6 +275,18 @@ def write_sku_folders(
             (sku_dir / "metadata.json").write_text(json.dumps(metadata))
             ids.append(sku)
     return ids
+
+
+def refuse_a_used_stack(stack_dir: Path) -> None:
+    """A fresh stack run needs a fresh stack: an earlier run's store keeps its decisions under the same
+    item ids (an image accepted then stays exported even if this run's gate flags it), and a stack
+    still running keeps the scenes and settings it was started with."""
+    store = stack_dir / "store"
+    if (stack_dir / "stack.json").exists() or (store.is_dir() and any(store.iterdir())):
+        raise SystemExit(
+            f"{stack_dir} holds an earlier stack run: give a new --workdir, or remove {stack_dir} "
+            "(--reuse-stack scores what it stored instead)"
+        )
 
 
 def run_stack(skus_dir: Path, sku_ids: list[str], scenes_dir: Path, args: argparse.Namespace) -> float:
@@ -412,6 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tag", default="", help="name of this try (in-process runs on val)")
     args = parser.parse_args(argv)
+    if args.with_spare_train and args.split != "val":
+        parser.error("--with-spare-train adds train photos to the held-out set: only with --split val")
+    if args.classes is not None and args.out is None:
+        parser.error("--classes is a smoke run: give --out, so that it does not replace bench/results/")
     ks = [int(k) for k in args.k.split(",")]
     started = time.time()
     data = read_grocery(args.dataset)
@@ -460,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         # Score again what the last stack run of this workdir stored (e.g. after a classifier change).
         throughput = json.loads((args.workdir / STACK_RUN).read_text())["images_per_min"]
     elif args.mode == "stack":
+        refuse_a_used_stack(args.workdir / "stack")
         sku_ids = write_sku_folders(all_refs, args.workdir / "skus", args.series_of)
         throughput = run_stack(args.workdir / "skus", sku_ids, scenes_dir, args)
     results: dict[str, Any] = {}
@@ -481,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluations[k] = evaluation
         results[f"k{k}"] = evaluation.summary()
         print(f"k={k}: " + json.dumps(results[f"k{k}"]), flush=True)
-        (args.workdir / f"evaluation-{args.split}-{args.mode}-{args.tag}-k{k}.json").write_text(
+        (args.workdir / f"{evaluation_name(args)}-k{k}.json").write_text(
             json.dumps(asdict(evaluation), indent=1)
         )
     report: dict[str, Any] = {
@@ -508,6 +533,14 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+def evaluation_name(args: argparse.Namespace) -> str:
+    """Stem of the per-k evaluation files under --workdir: runs on another held-out set or with another
+    classifier (val alone or val + spare train; a fine-tuned tail) must not overwrite each other's."""
+    spare = "-spare" if args.with_spare_train else ""
+    tune = f"-tune{args.tune_stages}" if args.tune_stages else ""
+    return f"evaluation-{args.split}{spare}-{args.mode}-{args.tag}{tune}"
 
 
 def _cpus() -> int:
