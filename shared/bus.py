@@ -37,6 +37,9 @@ def make_producer(settings: Settings, client_id: str) -> KafkaProducer:
         retries=2**31 - 1,
         request_timeout_ms=30_000,
         delivery_timeout_ms=120_000,
+        # send() blocks while it fetches a topic's metadata (a topic not created yet, a broker away);
+        # bound that by the same budget as the acknowledgement instead of kafka-python's 60 s.
+        max_block_ms=int(settings.flush_timeout_s * 1000),
     )
 
 
@@ -141,10 +144,12 @@ class Publisher:
             producer=self.producer_name,
         )
         topic_name = self._settings.topic_name(topic)
-        future = self._producer.send(
-            topic_name, key=sku_id.encode(), value=envelope.model_dump_json().encode()
-        )
         try:
+            # send() itself raises KafkaTimeoutError when the topic's metadata never comes (no such
+            # topic, broker away); that is as transient as a send the broker did not acknowledge.
+            future = self._producer.send(
+                topic_name, key=sku_id.encode(), value=envelope.model_dump_json().encode()
+            )
             future.get(timeout=self._settings.flush_timeout_s)
         except KafkaError as exc:
             raise TransientError(f"could not publish to {topic_name}: {exc}") from exc

@@ -68,7 +68,9 @@ class Settings(BaseSettings):
         ),
     )
     flush_timeout_s: float = Field(
-        default=60.0, gt=0, description="time to wait for outputs to be acknowledged"
+        default=60.0,
+        gt=0,
+        description="time to wait for outputs to be acknowledged (and for a topic's metadata on send)",
     )
     # Retries
     retry_backoff_initial_s: float = Field(

@@ -1,0 +1,33 @@
+"""Publisher on the real broker: every failure to publish is a TransientError, within flush_timeout_s."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from schemas.topics import SKU_INGESTED
+from shared.bus import Publisher
+from shared.errors import TransientError
+from shared.store import open_store
+from tests.support.bus import file_store_uri, isolated_settings, sku_ingested_payloads
+
+
+@pytest.mark.kafka
+def test_publishing_to_a_topic_that_was_never_created_is_transient_and_bounded(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """send() waits for the topic's metadata and raised a plain KafkaTimeoutError after kafka-python's
+    60 s: `skuforge ingest` before `skuforge topics create` died with a traceback, and the console's
+    relay logged it as an unexpected failure."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path), flush_timeout_s=2.0)
+    payload = sku_ingested_payloads(open_store(settings.store_uri), 1)[0]
+    publisher = Publisher(settings, "review")
+    try:
+        started = time.monotonic()
+        with pytest.raises(TransientError, match=f"could not publish to {settings.topic_name(SKU_INGESTED)}"):
+            publisher.publish(SKU_INGESTED, payload, sku_id=payload.sku.sku_id)
+        assert time.monotonic() - started < 15
+    finally:
+        publisher.close()
