@@ -46,15 +46,20 @@ def watched_groups(
 
 
 def lag_by_topic(
-    committed: Mapping[TopicPartition, int | None], ends: Mapping[TopicPartition, int]
+    committed: Mapping[TopicPartition, int | None],
+    ends: Mapping[TopicPartition, int],
+    starts: Mapping[TopicPartition, int] | None = None,
 ) -> dict[str, int]:
     """Sum over each topic's partitions of end offset minus committed offset.
 
-    A partition the group never committed counts from offset 0 (stages start at the earliest offset).
+    A partition the group never committed counts from its earliest offset (stages start there), and
+    so does one whose committed offset retention has since deleted: the group resumes at the earliest
+    record still kept, so deleted records are not lag. ``starts`` missing a partition means offset 0.
     """
+    starts = starts or {}
     lag: dict[str, int] = {}
     for tp, end in ends.items():
-        done = committed.get(tp) or 0
+        done = max(committed.get(tp) or 0, starts.get(tp, 0))
         lag[tp.topic] = lag.get(tp.topic, 0) + max(0, end - done)
     return lag
 
@@ -69,6 +74,7 @@ class GroupLagWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="group-lag", daemon=True)
         self._admin: KafkaAdminClient | None = None
+        self._reported: set[tuple[str, str]] = set()  # (group, topic) samples set by the last read
 
     def start(self) -> GroupLagWatcher:
         """Start reading in the background."""
@@ -120,12 +126,26 @@ class GroupLagWatcher:
                 dict.fromkeys(partitions, OffsetSpec.LATEST)
             ).items()
         }
+        starts = {
+            tp: int(found.offset)
+            for tp, found in admin.list_partition_offsets(
+                dict.fromkeys(partitions, OffsetSpec.EARLIEST)
+            ).items()
+        }
         committed = admin.list_group_offsets({group: None for group in self.groups})
         result: dict[str, dict[str, int]] = {}
+        reported: set[tuple[str, str]] = set()
         for group, wanted in self.groups.items():
             offsets = {tp: meta.offset for tp, meta in committed.get(group, {}).items() if meta.offset >= 0}
-            lag = lag_by_topic(offsets, {tp: end for tp, end in ends.items() if tp.topic in wanted})
+            lag = lag_by_topic(offsets, {tp: end for tp, end in ends.items() if tp.topic in wanted}, starts)
             result[group] = lag
             for topic, messages in lag.items():
                 self.gauge.labels(group, topic).set(messages)
+                reported.add((group, topic))
+        # A topic that is gone (deleted, not yet recreated) has no lag to report: drop its sample rather
+        # than leave the last value standing, which the lag alert would read as a group stuck behind.
+        for group, topic in self._reported - reported:
+            with contextlib.suppress(KeyError):
+                self.gauge.remove(group, topic)
+        self._reported = reported
         return result
