@@ -17,6 +17,7 @@ A letter that fails again after its replay is a new dead letter, and can be repl
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import re
 import time
@@ -35,7 +36,7 @@ from schemas.envelope import DeadLetter, utc_now
 from schemas.topics import DLQ_SUFFIX
 from shared.bus import READ_EXTRA, make_producer
 from shared.config import Settings
-from shared.errors import BadInput
+from shared.errors import BadInput, TransientError
 from shared.store import ObjectStore
 
 REPLAY_PREFIX = "dlq-replays"
@@ -143,6 +144,10 @@ def read_dead_letters(
                     except ValidationError:
                         unreadable += 1
                         continue
+                    if letter.failed_at.tzinfo is None:
+                        # The contract does not insist on an offset; a naive time is UTC, as for --since,
+                        # and comparing it with --since's aware time would raise.
+                        letter = letter.model_copy(update={"failed_at": letter.failed_at.replace(tzinfo=UTC)})
                     sha = hashlib.sha256(record.value or b"").hexdigest()
                     letters.append(StoredLetter(dlq, record.partition, record.offset, letter, sha))
             remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
@@ -288,6 +293,20 @@ def replay(
     finally:
         producer.close(timeout=settings.flush_timeout_s)
     replayed_at = utc_now().isoformat()
+    try:
+        _write_markers(store, acknowledged, replayed_at)
+    except (TransientError, BadInput) as exc:
+        raise DlqError(
+            f"republished {len(acknowledged)} dead letters to {dead.original_topic}, but could not write "
+            f"their replay markers ({exc}); a later replay would republish those without a marker again"
+        ) from exc
+    return report
+
+
+def _write_markers(
+    store: ObjectStore, acknowledged: list[tuple[StoredLetter, Any]], replayed_at: str
+) -> None:
+    """One replay marker per republished letter, saying where its copy went."""
     for stored, metadata in acknowledged:
         store.put_json(
             stored.marker_key,
@@ -308,7 +327,6 @@ def replay(
                 "replayed_at": replayed_at,
             },
         )
-    return report
 
 
 def format_replay(dead: DeadLetterTopic, report: ReplayReport, *, dry_run: bool) -> str:
@@ -346,12 +364,17 @@ def original_record(letter: DeadLetter, store: ObjectStore) -> tuple[bytes | Non
     try:
         key = store.read_verified(letter.original_key_ref) if letter.original_key_ref else None
         value = store.read_verified(letter.original_value_ref) if letter.original_value_ref else None
-    except BadInput as exc:
+        return (
+            key if key is not None else _b64(letter.original_key_b64),
+            value if value is not None else (_b64(letter.original_value_b64) or b""),
+        )
+    except (BadInput, TransientError) as exc:
         raise DlqError(f"cannot replay {letter.original_topic}@{letter.original_offset}: {exc}") from exc
-    return (
-        key if key is not None else _b64(letter.original_key_b64),
-        value if value is not None else (_b64(letter.original_value_b64) or b""),
-    )
+    except binascii.Error as exc:
+        raise DlqError(
+            f"cannot replay {letter.original_topic}@{letter.original_offset}: its original bytes are not "
+            f"valid base64 ({exc}); leave it out with --reason or --since"
+        ) from exc
 
 
 def _b64(text: str | None) -> bytes | None:

@@ -21,6 +21,7 @@ from shared.dlq import (
     select,
     summarise,
 )
+from shared.errors import TransientError
 from shared.store import ObjectStore, open_store
 
 
@@ -90,4 +91,8 @@ def main(
         return 0
     except DlqError as exc:
         print(f"skuforge dlq {args.action}: {exc}", file=sys.stderr)
+        return 1
+    except TransientError as exc:  # the object store (replay markers) is away
+        hint = "is the store at SKUFORGE_STORE_URI reachable?"
+        print(f"skuforge dlq {args.action}: {exc} ({hint})", file=sys.stderr)
         return 1
