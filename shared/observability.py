@@ -28,6 +28,8 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 
+log = logging.getLogger("skuforge.observability")
+
 # Seconds-long model steps (diffusion, U2-Net on CPU) need buckets well past the defaults' 10 s.
 HANDLER_SECONDS_BUCKETS = (
     0.005,
@@ -214,7 +216,15 @@ class HealthServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
+                try:
+                    self._answer(self.path.split("?", 1)[0])
+                except Exception as exc:
+                    # A collector that raises (the console's reads its database) must still get the
+                    # scraper an answer, and the traceback a JSON log line, not raw lines on stderr.
+                    log.exception("health server could not answer", extra={"path": self.path})
+                    self._reply(500, f"{type(exc).__name__}: {exc}\n".encode())
+
+            def _answer(self, path: str) -> None:
                 if path == "/metrics":
                     self._reply(200, generate_latest(server.registry), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
