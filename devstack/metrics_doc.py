@@ -19,7 +19,10 @@ from prometheus_client.metrics import MetricWrapperBase
 # Triton's own /metrics (Triton Inference Server docs, "Metrics") that the rules and dashboard use.
 TRITON_METRICS: dict[str, tuple[str, str]] = {
     "nv_inference_request_success": ("counter", "successful inference requests, by model and version"),
-    "nv_inference_request_failure": ("counter", "failed inference requests, by model and version"),
+    "nv_inference_request_failure": (
+        "counter",
+        "failed inference requests, by model, version and reason (REJECTED, BACKEND, CANCELED, OTHER)",
+    ),
     "nv_inference_count": ("counter", "inferences performed (a batch of 4 counts 4)"),
     "nv_inference_exec_count": (
         "counter",
@@ -28,6 +31,10 @@ TRITON_METRICS: dict[str, tuple[str, str]] = {
     "nv_inference_queue_duration_us": ("counter", "cumulative microseconds requests waited in the queue"),
     "nv_inference_pending_request_count": ("gauge", "requests waiting in the queue now"),
 }
+
+# Labels beyond model and version, as Triton 2.51 (nvidia-pytriton 0.7) exports them: a rule that adds
+# the failure counter to the success counter without `sum by (model)` first matches no series.
+TRITON_EXTRA_LABELS: dict[str, tuple[str, ...]] = {"nv_inference_request_failure": ("reason",)}
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,8 @@ def catalogue() -> list[MetricDoc]:
             for name, kind, labels, text in _families(registry):
                 docs.append(MetricDoc(name, kind, labels, text, services))
     for name, (kind, text) in TRITON_METRICS.items():
-        docs.append(MetricDoc(name, kind, ("model", "version"), text, "triton"))
+        labels = ("model", "version", *TRITON_EXTRA_LABELS.get(name, ()))
+        docs.append(MetricDoc(name, kind, labels, text, "triton"))
     return docs
 
 

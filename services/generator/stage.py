@@ -65,7 +65,8 @@ class GeneratorMetrics:
             "skuforge_triton_errors_total",
             "Triton calls that did not bring an image, by model and kind: overloaded (Triton's queue was "
             "full and turned the request away), timeout, unavailable, malformed (our request), refused "
-            "(the model refused the variant).",
+            "(the model refused the variant), backend_error (the model raised on the variant even when "
+            "served alone: retried as a handler error, then dead-lettered).",
             ["model", "kind"],
             registry=registry,
         )
