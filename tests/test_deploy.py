@@ -472,3 +472,12 @@ def test_the_image_holds_every_package_and_runs_skuforge() -> None:
         assert f"COPY {pattern} {pattern}" in dockerfile, f"the Dockerfile does not copy {pattern}/"
     assert 'ENTRYPOINT ["/usr/bin/tini", "--", "skuforge"]' in dockerfile
     assert "ARG VARIANT=cpu" in dockerfile and "VARIANT=cuda" in dockerfile
+
+
+def test_every_chart_alert_has_a_severity_ops_routes() -> None:
+    """docs/ops.md routes `page` and `ticket`; an alert labelled otherwise (`warning`) reached nobody."""
+    for path in sorted((CHART / "rules").glob("*.yml")):
+        for group in (yaml.safe_load(path.read_text()) or {}).get("groups", []):
+            for rule in group["rules"]:
+                if "alert" in rule:
+                    assert rule["labels"]["severity"] in ("page", "ticket"), (path.name, rule["alert"])
