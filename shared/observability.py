@@ -62,7 +62,7 @@ class StageMetrics:
         self.registry = registry or CollectorRegistry()
         self.messages = Counter(
             "skuforge_messages_total",
-            "Input messages by outcome (ok, dlq, retry).",
+            "Input messages by outcome: ok, dlq, duplicate (when committed); retry (at each back-off).",
             ["stage", "topic", "outcome"],
             registry=self.registry,
         )
