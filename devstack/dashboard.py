@@ -30,6 +30,7 @@ class Query:
 
     expr: str
     legend: str
+    unit: str = ""  # its own unit, on a right-hand axis, when it differs from the panel's
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ PANELS: tuple[Panel, ...] = (
                 f"(rate(skuforge_store_write_seconds_bucket[{RATE_WINDOW}])))",
                 "p95 {{stage}}",
             ),
-            Query(_rate("skuforge_store_write_failures_total", "stage"), "failures/s {{stage}}"),
+            Query(_rate("skuforge_store_write_failures_total", "stage"), "failures/s {{stage}}", unit="ops"),
         ),
         unit="s",
     ),
@@ -185,6 +186,21 @@ PANELS: tuple[Panel, ...] = (
 )
 
 
+def _unit_overrides(panel: Panel) -> list[dict[str, Any]]:
+    """A query with a unit of its own (failures/s beside a latency) gets it, on the right-hand axis."""
+    return [
+        {
+            "matcher": {"id": "byFrameRefID", "options": chr(ord("A") + n)},
+            "properties": [
+                {"id": "unit", "value": q.unit},
+                {"id": "custom.axisPlacement", "value": "right"},
+            ],
+        }
+        for n, q in enumerate(panel.queries)
+        if q.unit and q.unit != panel.unit
+    ]
+
+
 def dashboard() -> dict[str, Any]:
     """The Grafana dashboard model (schema version 39), two panels a row."""
     datasource = {"type": "prometheus", "uid": "${datasource}"}
@@ -198,7 +214,7 @@ def dashboard() -> dict[str, Any]:
                 "description": panel.description,
                 "datasource": datasource,
                 "gridPos": {"h": 8, "w": 12, "x": 12 * (index % 2), "y": 8 * (index // 2)},
-                "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
+                "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": _unit_overrides(panel)},
                 "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
                 "targets": [
                     {

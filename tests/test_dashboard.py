@@ -87,3 +87,13 @@ def test_docs_carry_the_current_metrics_table() -> None:
     assert metrics_table_markdown() in OPS_DOC.read_text(), (
         "docs/ops.md's metrics table is stale: paste `skuforge prometheus metrics`"
     )
+
+
+def test_a_rate_beside_a_latency_is_not_drawn_in_seconds() -> None:
+    # The store-writes panel drew failures per second on its seconds axis.
+    panels = {panel["title"]: panel for panel in json.loads(dashboard_json())["panels"]}
+    store = panels["Store writes: p95 latency and failures"]
+    failures = next(t["refId"] for t in store["targets"] if "failures" in t["expr"])
+    (override,) = store["fieldConfig"]["overrides"]
+    assert override["matcher"]["options"] == failures
+    assert {"id": "unit", "value": "ops"} in override["properties"]
