@@ -122,7 +122,10 @@ class Publisher:
     def __init__(self, settings: Settings, producer_name: str) -> None:
         self.producer_name = producer_name
         self._settings = settings
-        self._producer = make_producer(settings, client_id=f"skuforge-{producer_name}")
+        try:
+            self._producer = make_producer(settings, client_id=f"skuforge-{producer_name}")
+        except KafkaError as exc:  # the producer bootstraps here: no broker answered
+            raise TransientError(f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc})") from exc
 
     def publish(
         self,

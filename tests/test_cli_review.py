@@ -46,7 +46,7 @@ def test_ingest_with_kafka_unreachable_says_so_and_uploads_nothing(
 ) -> None:
     monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", "127.0.0.1:1")
     monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
-    monkeypatch.setattr("services.ingest.ingest.Publisher", _kafka_unreachable)
+    monkeypatch.setattr("shared.bus.make_producer", _kafka_unreachable)  # as Publisher bootstraps
     assert cli_main(["ingest", str(sku_folders)]) == 1
     err = capsys.readouterr().err
     assert "cannot reach Kafka at 127.0.0.1:1" in err and "SKUFORGE_KAFKA_BOOTSTRAP" in err

@@ -13,8 +13,6 @@ import logging
 import threading
 from collections.abc import Callable
 
-from kafka.errors import KafkaError
-
 from schemas.topics import CORRECTION_RESOLVED
 from services.console.metrics import ConsoleMetrics
 from services.console.tasks import PRODUCER, TaskStore
@@ -57,10 +55,7 @@ class DecisionRelay:
         if not events:
             return 0
         if self._publisher is None:
-            try:
-                self._publisher = Publisher(self._settings, PRODUCER)
-            except KafkaError as exc:
-                raise TransientError(f"cannot connect to Kafka: {exc}") from exc
+            self._publisher = Publisher(self._settings, PRODUCER)  # TransientError if Kafka is away
         sent = 0
         for event in events:
             self._publisher.publish(

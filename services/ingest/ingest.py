@@ -22,7 +22,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.common import ImageRef, SkuMetadata
@@ -171,10 +170,7 @@ def ingest_path(path: Path, settings: Settings, *, store: ObjectStore | None = N
     store = store or open_store(
         settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
     )
-    try:
-        publisher = Publisher(settings, PRODUCER)
-    except KafkaError as exc:  # the producer bootstraps in its constructor; nothing is uploaded yet
-        raise TransientError(f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc})") from exc
+    publisher = Publisher(settings, PRODUCER)  # TransientError if Kafka is away: nothing uploaded yet
     try:
         event_ids = []
         for sku in prepared:
