@@ -214,6 +214,15 @@ class ObjectStore(ABC):
             )
         return data
 
+    def read_checked(self, uri_or_key: str, sha256: str) -> bytes:
+        """The object at a URI of this store or at a key, ``ChecksumMismatch`` unless its sha256 is
+        ``sha256`` (for references that record a hash but not a size; else ``read_verified``)."""
+        data = self.get_bytes(uri_or_key)
+        actual = sha256_hex(data)
+        if actual != sha256:
+            raise ChecksumMismatch(self.uri_for(self._to_key(uri_or_key)), sha256, actual)
+        return data
+
     def exists(self, key: str) -> bool:
         """Whether an object is stored under ``key``."""
         return self._exists(check_key(key))

@@ -34,11 +34,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.errors import ChecksumMismatch
 from shared.generation.backend import GenerationRequest
 from shared.generation.composite import CompositeBackend
 from shared.images import UInt8Array, decode_image, decode_mask
-from shared.store import ObjectStore, sha256_hex
+from shared.store import ObjectStore
 
 ItemKind = Literal["instance", "class"]
 
@@ -164,16 +163,6 @@ def training_set_sha256(
 ClassPainter = Callable[[str, int, int, int], list[UInt8Array]]
 
 
-def _read_checked(store: ObjectStore, uri: str, sha256: str) -> bytes:
-    """The object at ``uri``; ``ChecksumMismatch`` when it is not the one the captioner recorded
-    (the job's identity is that sha256: an altered photo must not be trained on under it)."""
-    data = store.get_bytes(uri)
-    actual = sha256_hex(data)
-    if actual != sha256:
-        raise ChecksumMismatch(uri, sha256, actual)
-    return data
-
-
 def build_training_set(
     store: ObjectStore,
     prefix: str,
@@ -195,10 +184,10 @@ def build_training_set(
     classes: dict[str, str] = {}  # class noun -> class prompt
     for source in sources:
         classes.setdefault(source.class_noun, source.class_prompt)
-        photo = np.asarray(
-            decode_image(_read_checked(store, source.image_uri, source.image_sha256)), np.uint8
-        )
-        mask = decode_mask(_read_checked(store, source.mask_uri, source.mask_sha256))
+        # Checked against the sha256 the captioner recorded (the job's identity): an altered photo
+        # must not be trained on under it.
+        photo = np.asarray(decode_image(store.read_checked(source.image_uri, source.image_sha256)), np.uint8)
+        mask = decode_mask(store.read_checked(source.mask_uri, source.mask_sha256))
         base_id = f"{source.sku_id}-{source.photo_id}"
         if source.composite:
             request = GenerationRequest(

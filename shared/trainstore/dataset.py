@@ -35,9 +35,7 @@ from typing import Any, Literal
 
 from PIL import Image, ImageOps
 
-from shared.errors import ChecksumMismatch
 from shared.images import decode_image, decode_mask, encode_png
-from shared.store import sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 
 __all__ = [
@@ -356,11 +354,9 @@ def _write_export(
 def read_checked(manifests: ManifestStore, key: str | None, sha256: str | None) -> bytes:
     """The object under ``key`` (relative to the store's root); ``ChecksumMismatch`` if not ``sha256``."""
     assert key is not None
-    data = manifests.store.get_bytes(manifests.key(key))
-    actual = sha256_hex(data)
-    if sha256 is not None and actual != sha256:
-        raise ChecksumMismatch(manifests.store.uri_for(manifests.key(key)), sha256, actual)
-    return data
+    if sha256 is None:
+        return manifests.store.get_bytes(manifests.key(key))
+    return manifests.store.read_checked(manifests.key(key), sha256)
 
 
 def _resized(
