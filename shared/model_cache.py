@@ -35,13 +35,9 @@ def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            # Durable before it is renamed into place: after a power cut the name must not point at
-            # a file of the right size whose bytes never reached the disk (zeros on XFS).
-            handle.flush()
-            os.fsync(handle.fileno())
+        _write_durably(Path(partial), data)
         os.replace(partial, path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
@@ -148,6 +144,8 @@ def fetch_directory(
 
 
 def _write_durably(path: Path, data: bytes) -> None:
+    """Write and fsync: renamed into place later, the name must not point at a file of the right
+    size whose bytes never reached the disk (zeros on XFS after a power cut)."""
     with path.open("wb") as handle:
         handle.write(data)
         handle.flush()
