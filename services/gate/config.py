@@ -78,8 +78,9 @@ class GateSettings(BaseSettings):
     ) -> dict[str, dict[str, float]]:
         # Apply every category's overrides to the global thresholds (as thresholds_for will), so a
         # typo or a pair made invalid by the globals fails at start-up, not on the first item.
-        base = _global_thresholds(info.data)
-        if base is None:
+        try:
+            base = _global_thresholds(info.data)
+        except (KeyError, ValueError):
             return value  # a global threshold is invalid, and already reported under its own name
         for category, overrides in value.items():
             try:
@@ -90,18 +91,10 @@ class GateSettings(BaseSettings):
 
     def thresholds_for(self, category: str) -> GateThresholds:
         """The thresholds an item of ``category`` is held to: the global ones, then its overrides."""
-        base = GateThresholds(
-            iou_min=self.gate_iou_min,
-            min_foreground_fraction=self.gate_min_foreground_fraction,
-            max_foreground_fraction=self.gate_max_foreground_fraction,
-            drift_tolerance=self.gate_drift_tolerance,
-        )
-        return base.with_overrides(self.gate_category_overrides.get(category, {}))
+        return _global_thresholds(vars(self)).with_overrides(self.gate_category_overrides.get(category, {}))
 
 
-def _global_thresholds(values: dict[str, Any]) -> GateThresholds | None:
-    """The global thresholds from validated settings values; None if one is missing or invalid."""
-    try:
-        return GateThresholds(**{name: values[f"gate_{name}"] for name in _THRESHOLD_NAMES})
-    except (KeyError, ValueError):
-        return None
+def _global_thresholds(values: dict[str, Any]) -> GateThresholds:
+    """The global thresholds from the settings' ``gate_*`` values (``KeyError`` if one is missing,
+    ``ValueError`` if they are invalid together)."""
+    return GateThresholds(**{name: values[f"gate_{name}"] for name in _THRESHOLD_NAMES})
