@@ -52,6 +52,8 @@ HANDLER_SECONDS_BUCKETS = (
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 # An object write is milliseconds on a local disk and up to seconds on S3 under load.
 STORE_WRITE_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The outcomes of skuforge_messages_total, each created at 0 for every input topic (declare_input_topic).
+MESSAGE_OUTCOMES = ("ok", "dlq", "duplicate", "retry")
 
 
 class StageMetrics:
@@ -126,7 +128,7 @@ class StageMetrics:
         )
         self.model_seconds = Histogram(
             "skuforge_model_seconds",
-            "Seconds per model call (one batch of inputs), by model.",
+            "Seconds per model call (one batch of inputs), by model; a call that raised counts too.",
             ["stage", "model"],
             buckets=HANDLER_SECONDS_BUCKETS,
             registry=self.registry,
@@ -159,6 +161,20 @@ class StageMetrics:
         )
         # Counters and histograms with known labels start at zero, so rate() and absent() see them.
         self.store_write_failures.labels(stage)
+
+    def declare_input_topic(self, topic: str) -> None:
+        """Create ``topic``'s message counts at 0, one per outcome, before its first message.
+
+        increase() and rate() take a series' first sample as its start: a count born at 1 on the first
+        message after a restart hides that message (SkuforgeNoImagesStored paged one SKU late).
+        """
+        for outcome in MESSAGE_OUTCOMES:
+            self.messages.labels(self.stage, topic, outcome)
+
+    def declare_model(self, model: str) -> None:
+        """Create ``model``'s call latency and batch size at 0, before its first call (see above)."""
+        self.model_seconds.labels(self.stage, model)
+        self.model_batch_size.labels(self.stage, model)
 
     @contextmanager
     def model_call(self, model: str, batch_size: int) -> Iterator[None]:

@@ -267,6 +267,7 @@ class Stage:
         if topic_name in self._routes:
             raise ValueError(f"stage {self.name} already handles {topic_name}")
         self._routes[topic_name] = route
+        self.metrics.declare_input_topic(topic_name)
 
     @property
     def topics(self) -> list[str]:

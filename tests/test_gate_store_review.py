@@ -18,8 +18,10 @@ from prometheus_client import CollectorRegistry
 from schemas.events import GateAccepted
 from schemas.topics import GATE_ACCEPTED
 from services.gate.config import GateSettings
+from services.gate.stage import build_stage as build_gate
 from services.trainstore.config import TrainstoreSettings
 from services.trainstore.stage import Trainstore
+from services.trainstore.stage import build_stage as build_trainstore
 from shared.bus import make_envelope
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import TransientError
@@ -165,6 +167,26 @@ def test_an_image_is_counted_once_when_its_manifest_write_is_retried(tmp_path: P
     writer.accepted(event, _context(store))  # type: ignore[arg-type]  # a redelivery
     stored = registry.get_sample_value("skuforge_trainstore_images_stored_total", {"source": "synthetic"})
     assert stored == 1.0
+
+
+def test_the_counters_the_alerts_read_start_at_zero_in_the_gate_and_the_trainstore(tmp_path: Path) -> None:
+    """A count born at 1 is invisible to increase(): after a restart, SkuforgeNoImagesStored saw neither
+    the first SKU nor the first stored image, and the gate's flag share missed the first pending item."""
+    settings = load_settings(store_uri=f"file://{tmp_path / 'store'}")
+    gate = build_gate(settings=settings).metrics.registry
+    trainstore = build_trainstore(settings=settings)
+    stored = trainstore.metrics.registry
+
+    assert {
+        decision: gate.get_sample_value("skuforge_gate_decisions_total", {"decision": decision})
+        for decision in ("accepted", "pending")
+    } == {"accepted": 0.0, "pending": 0.0}
+    assert {
+        source: stored.get_sample_value("skuforge_trainstore_images_stored_total", {"source": source})
+        for source in ("real", "synthetic")
+    } == {"real": 0.0, "synthetic": 0.0}
+    labels = {"stage": trainstore.name, "topic": settings.topic_name(GATE_ACCEPTED), "outcome": "ok"}
+    assert stored.get_sample_value("skuforge_messages_total", labels) == 0.0
 
 
 # -- dataset export -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from services.generator.client import GeneratorUnavailable, TritonGenerator
 from services.generator.config import GenerationSettings
 from services.generator.protocol import VariantRequest
+from services.generator.stage import build_stage as build_generator
 from services.lora_trainer import stage as lora_stage
 from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import PREFIX, LoraTrainer, LoraTrainerMetrics
@@ -229,3 +230,30 @@ def test_an_http_timeout_is_counted_as_a_timeout() -> None:
     finally:
         client.close()
     assert raised.value.kind == "timeout"
+
+
+# --- the generator's metrics ----------------------------------------------------------------------
+
+
+def test_the_generator_reports_every_configured_model_at_zero_before_its_first_call(tmp_path: Path) -> None:
+    """SkuforgeTritonRefusing divides refusals by calls: both must count from the first one after a
+    restart, which a series born at 1 does not (rate() ignores its first sample)."""
+    generation = load_settings(GenerationSettings, generation_backend_mix={"composite": 3, "diffusion": 1})
+    client = TritonGenerator("127.0.0.1:1", concurrency=1)
+    try:
+        stage = build_generator(
+            generation=generation,
+            generator=client,
+            settings=load_settings(store_uri=f"file://{tmp_path / 'store'}"),
+        )
+    finally:
+        client.close()
+    registry = stage.metrics.registry
+    for model in ("skuforge_generator_composite", "skuforge_generator_diffusion"):
+        calls = {"stage": "generator", "model": model}
+        assert registry.get_sample_value("skuforge_model_seconds_count", calls) == 0.0, model
+        refusals = {
+            kind: registry.get_sample_value("skuforge_triton_errors_total", {"model": model, "kind": kind})
+            for kind in ("overloaded", "timeout", "unavailable")
+        }
+        assert refusals == {"overloaded": 0.0, "timeout": 0.0, "unavailable": 0.0}, model

@@ -97,6 +97,15 @@ def test_model_calls_record_latency_and_batch_size() -> None:
     assert sample(metrics.registry, "skuforge_model_seconds_count", stage="matting", model="matting") == 1
 
 
+def test_a_model_call_that_raised_is_counted_as_a_call() -> None:
+    # SkuforgeTritonRefusing divides the generator's refusals by its calls: a refused call must be one.
+    metrics = StageMetrics("generator")
+    model = "skuforge_generator_composite"
+    with pytest.raises(TimeoutError), metrics.model_call(model, 1):
+        raise TimeoutError("Triton did not answer")
+    assert sample(metrics.registry, "skuforge_model_seconds_count", stage="generator", model=model) == 1
+
+
 def test_console_reports_the_age_of_its_oldest_waiting_task(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "store")
     now = [1_000.0]

@@ -240,3 +240,27 @@ def test_healthz_waits_for_as_long_as_the_configured_batch_may_take() -> None:
     long_batches = Settings(max_poll_interval_ms=1_800_000)
     assert 1_800 < stale_after_s(long_batches) <= 1_900
     assert Settings().max_poll_interval_ms / 1000 < stale_after_s(Settings()) < 900
+
+
+def test_a_stage_reports_its_input_topics_at_zero_before_the_first_message(tmp_path: Path) -> None:
+    """increase() and rate() ignore a series' first sample: a count born at 1 hides the first input after
+    every restart (SkuforgeNoImagesStored paged one SKU late), so each outcome starts at 0."""
+    stage = _stage(tmp_path)
+    stage.handler(SKU_INGESTED)(lambda event, ctx: _forward(event))
+    topic = stage.settings.topic_name(SKU_INGESTED)
+    registry = stage.metrics.registry
+
+    def messages(outcome: str) -> float | None:
+        labels = {"stage": stage.name, "topic": topic, "outcome": outcome}
+        return registry.get_sample_value("skuforge_messages_total", labels)
+
+    assert {outcome: messages(outcome) for outcome in ("ok", "dlq", "duplicate", "retry")} == {
+        "ok": 0.0,
+        "dlq": 0.0,
+        "duplicate": 0.0,
+        "retry": 0.0,
+    }
+    tp, records = _records(stage, 1)
+    _wired(stage)
+    stage._process_batch({tp: records})
+    assert messages("ok") == 1.0 and messages("dlq") == 0.0

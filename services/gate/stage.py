@@ -40,6 +40,7 @@ from shared.images import UInt8Array
 from shared.runtime import Context, Emit, Stage, run_stage
 
 IOU_BUCKETS = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
+GATE_DECISIONS = ("accepted", "pending")
 
 
 class GateMetrics:
@@ -64,6 +65,9 @@ class GateMetrics:
             ["reason"],
             registry=registry,
         )
+        # Both decisions from 0, so the flag-share alert counts the first of each after a restart.
+        for decision in GATE_DECISIONS:
+            self.decisions.labels(decision)
 
 
 def handle(

@@ -54,13 +54,16 @@ from shared.images import decode_image, decode_mask
 from shared.runtime import Context, Emit, Stage, run_stage
 
 STAGE_NAME = GENERATOR.name
+# The kinds of skuforge_triton_errors_total (its help text says what each means).
+TRITON_ERROR_KINDS = ("overloaded", "timeout", "unavailable", "malformed", "refused", "backend_error")
 
 
 class GeneratorMetrics:
     """Triton's answers as the stage sees them, in the stage's registry (Triton's own queue and batch
-    figures are on Triton's /metrics)."""
+    figures are on Triton's /metrics). Each of ``models`` starts at 0 for every kind, so rate() counts
+    its first error after a restart."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, models: Sequence[str] = ()) -> None:
         self.triton_errors = Counter(
             "skuforge_triton_errors_total",
             "Triton calls that did not bring an image, by model and kind: overloaded (Triton's queue was "
@@ -70,6 +73,9 @@ class GeneratorMetrics:
             ["model", "kind"],
             registry=registry,
         )
+        for model in models:
+            for kind in TRITON_ERROR_KINDS:
+                self.triton_errors.labels(model, kind)
 
 
 @dataclass(frozen=True)
@@ -353,12 +359,16 @@ def build_stage(
         ready=lambda: client.last_call_ok,
         **kwargs,
     )
+    # SkuforgeTritonRefusing divides refusals by calls: both start at 0 for every model the mix uses.
+    models = [model_name(backend) for backend in generation.shares()]
+    for model in models:
+        stage.metrics.declare_model(model)
     stage.batch_handler(SKU_CAPTIONED)(
         functools.partial(
             handle_batch,
             generator=client,
             generation=generation,
-            metrics=GeneratorMetrics(stage.metrics.registry),
+            metrics=GeneratorMetrics(stage.metrics.registry, models),
         )
     )
     return stage
