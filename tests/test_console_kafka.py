@@ -17,12 +17,13 @@ from schemas.envelope import Envelope
 from schemas.events import CorrectionPending, CorrectionResolved
 from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED
 from services.console.config import ConsoleSettings
+from services.console.relay import DecisionRelay
 from services.console.server import ConsoleService
 from services.console.tasks import decision_event_id
 from shared.config import Settings
 from shared.store import FileStore
 from tests.support.bus import create_topics, isolated_settings, read_topic
-from tests.support.console import USERS, flagged_item, login, pending_envelope
+from tests.support.console import USERS, build_console, decided, flagged_item, login, pending_envelope
 
 pytestmark = pytest.mark.kafka
 
@@ -113,3 +114,30 @@ def test_redelivered_pending_event_makes_one_task_and_the_decision_is_published(
     assert 'skuforge_console_decisions_total{action="approve_expected"} 1.0' in metrics
     assert 'skuforge_console_tasks{state="approved"} 1.0' in metrics
     assert "skuforge_console_published_total 1.0" in metrics
+
+
+def test_a_backlog_of_several_pages_is_published_in_one_round_and_by_stop(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path / 'store'}")
+    create_topics(settings, CORRECTION_RESOLVED)
+    parts = build_console(tmp_path, settings=settings)
+    # Seven decisions waited out a broker outage; the relay reads the outbox three at a time.
+    backlog = decided(parts, 7)
+    relay = DecisionRelay(parts.tasks, settings, page_size=3)
+    try:
+        assert relay.publish_pending() == 7  # one round, not one page per idle poll
+    finally:
+        relay.close()
+    assert parts.tasks.unpublished_count() == 0
+
+    # Seven more wait when the console shuts down: stop() sends them all before it returns.
+    at_shutdown = decided(parts, 7, first=7)
+    DecisionRelay(parts.tasks, settings, page_size=3).stop()
+    assert parts.tasks.unpublished_count() == 0
+
+    records = read_topic(kafka_bootstrap, settings.topic_name(CORRECTION_RESOLVED), expect=14)
+    published = [
+        Envelope[CorrectionResolved].model_validate_json(record.value).event_id for record in records
+    ]
+    assert sorted(published) == sorted(decision_event_id(task_id) for task_id in backlog + at_shutdown)

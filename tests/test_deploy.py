@@ -26,7 +26,8 @@ import pytest
 import yaml
 
 from schemas.flow import CONSOLE, PIPELINE, TRITON, flow_document
-from shared.config import ENV_PREFIX
+from services.console.relay import stop_timeout_s as relay_stop_timeout_s
+from shared.config import ENV_PREFIX, Settings
 from skuforge_cli.main import SETTINGS_MODELS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,6 +42,25 @@ CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_v1_prometheusrule.json",
 }
 STAGES = [stage.name for stage in PIPELINE]
+# ConsoleService.stop_background (services/console/server.py) waits this long for the intake thread.
+CONSOLE_INTAKE_JOIN_S = 60.0
+KUBERNETES_DEFAULT_GRACE_S = 30  # a pod spec without terminationGracePeriodSeconds gets this
+COMPOSE_DEFAULT_GRACE = "10s"  # a service without stop_grace_period gets this
+
+
+def console_stop_s() -> float:
+    """How long ``serve console`` may take to stop after SIGTERM with the default settings: after
+    uvicorn has finished the open requests, the intake's join, then the relay's shutdown drain."""
+    defaults = Settings.model_construct()  # the documented defaults, whatever this shell's SKUFORGE_*
+    return CONSOLE_INTAKE_JOIN_S + relay_stop_timeout_s(defaults)
+
+
+def compose_duration_s(text: str) -> float:
+    """A compose duration (``"150s"``, ``"2m30s"``) in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", text)
+    assert parts and "".join(amount + unit for amount, unit in parts) == text, f"not a duration: {text!r}"
+    return sum(float(amount) * units[unit] for amount, unit in parts)
 
 
 def helm_binary() -> str | None:
@@ -260,6 +280,14 @@ def test_the_console_keeps_its_task_table_on_a_volume_and_runs_alone(helm: str) 
     assert volume["persistentVolumeClaim"]["claimName"] == "reviews"
 
 
+def test_the_console_pod_has_the_time_the_console_takes_to_stop(helm: str) -> None:
+    pod = of_kind(render(helm), "Deployment")["rel-skuforge-console"]["spec"]["template"]["spec"]
+    grace_s = pod.get("terminationGracePeriodSeconds", KUBERNETES_DEFAULT_GRACE_S)
+    assert grace_s >= console_stop_s(), f"the console may take {console_stop_s()} s to stop, gets {grace_s} s"
+    pod = of_kind(render(helm, "console.terminationGracePeriodSeconds=600"), "Deployment")
+    assert pod["rel-skuforge-console"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 600
+
+
 def test_every_skuforge_variable_the_chart_sets_is_a_setting_skuforge_reads(helm: str) -> None:
     known = {ENV_PREFIX + name.upper() for model in SETTINGS_MODELS for name in model.model_fields}
     docs = render(helm, "secret.values.SKUFORGE_CONSOLE_USERS=alice:pw")
@@ -461,6 +489,12 @@ def test_compose_runs_every_stage_of_the_flow_the_console_and_triton() -> None:
     stage_env = services["matting"]["environment"]
     assert stage_env["SKUFORGE_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+
+
+def test_compose_gives_the_console_the_time_it_takes_to_stop() -> None:
+    console = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())["services"]["console"]
+    grace_s = compose_duration_s(console.get("stop_grace_period", COMPOSE_DEFAULT_GRACE))
+    assert grace_s >= console_stop_s(), f"the console may take {console_stop_s()} s to stop, gets {grace_s} s"
 
 
 def test_the_image_holds_every_package_and_runs_skuforge() -> None:

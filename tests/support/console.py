@@ -19,6 +19,7 @@ from schemas.topics import CORRECTION_PENDING
 from services.console.app import create_app
 from services.console.config import ConsoleSettings
 from services.console.context import Console, make_signer
+from services.console.decisions import record_decision
 from services.console.metrics import ConsoleMetrics
 from services.console.tasks import TaskStore
 from shared.bus import make_envelope
@@ -138,6 +139,29 @@ def build_console(tmp_path: Path, *, lease_s: float = 60.0, settings: Settings |
         signer=make_signer(console_settings),
     )
     return ConsoleParts(console=console, tasks=tasks, store=store, clock=clock)
+
+
+def decided(parts: ConsoleParts, count: int, *, first: int = 0) -> list[str]:
+    """``count`` items (indexes from ``first``) approved by alice: their decisions wait in the outbox;
+    returns the task ids."""
+    task_ids = []
+    for index in range(first, first + count):
+        envelope = pending_envelope(flagged_item(parts.store, index))
+        parts.tasks.add_pending(envelope)
+        parts.tasks.claim(envelope.event_id, "alice", 60.0)
+        record_decision(
+            parts.tasks,
+            parts.store,
+            task_id=envelope.event_id,
+            reviewer="alice",
+            decision="approve_expected",
+            reject_reason=None,
+            mask_bytes=None,
+            max_pixels=10_000_000,
+            max_bytes=10_000_000,
+        )
+        task_ids.append(envelope.event_id)
+    return task_ids
 
 
 def login(client: Any, reviewer: str = "alice", password: str | None = None) -> str:
