@@ -17,8 +17,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from shared.store import ObjectStore, open_store
+from shared.store import ObjectStore, S3Store, open_store
 
 __all__ = ["COMPLETE_MARKER", "cache_dir", "fetch_directory", "fetch_file", "write_atomically"]
 
@@ -101,8 +102,9 @@ def fetch_directory(
 ) -> Path:
     """Copy every object under the folder ``uri`` into the cache; returns the local folder.
 
-    The copy is named by where the folder is (``<last part>-<sha256 of its absolute URI, 16 hex>``:
-    a relative ``file://`` URI is resolved first) and reused while it holds exactly the keys the
+    The copy is named by where the folder is (``<last part>-<sha256 of its location, 16 hex>``: its
+    absolute URI, a relative ``file://`` URI resolved first, and for ``s3://`` the server unless it is
+    AWS, since MinIO and AWS may both have the bucket) and reused while it holds exactly the keys the
     store lists, each file at the size it was copied with: model folders are treated as immutable,
     so publish a changed model under a new URI. Processes sharing the cache may fetch at once: a
     copy another one completed meanwhile is used as it is, never deleted under its readers.
@@ -118,7 +120,7 @@ def fetch_directory(
         )
     if not keys:
         raise ValueError(f"nothing is stored under {root}/")
-    location = f"{source.base_uri}/{prefix}".rstrip("/")
+    location = _location(source, prefix)
     base = cache_dir(cache)
     target = (
         base / f"{root.rpartition('/')[2] or 'root'}-{hashlib.sha256(location.encode()).hexdigest()[:16]}"
@@ -141,6 +143,30 @@ def fetch_directory(
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+def _location(source: ObjectStore, prefix: str) -> str:
+    """Where the folder ``prefix`` of ``source`` is: its URI, after the S3 server's URL on its own line
+    unless that is AWS (so copies made from AWS keep the names they were made under)."""
+    uri = f"{source.base_uri}/{prefix}".rstrip("/")
+    server = _s3_server(source.client.meta.endpoint_url) if isinstance(source, S3Store) else None
+    return f"{server}\n{uri}" if server else uri
+
+
+def _s3_server(endpoint_url: str | None) -> str | None:
+    """The S3 endpoint written one way (lower-case scheme and host, no default port, no trailing '/');
+    ``None`` for AWS, where a bucket name is the same bucket whatever regional endpoint reaches it."""
+    if not endpoint_url:
+        return None
+    parts = urlsplit(endpoint_url.strip())
+    host = (parts.hostname or "").lower()
+    if host == "amazonaws.com" or host.endswith(".amazonaws.com"):
+        return None
+    scheme = parts.scheme.lower()
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(scheme):
+        netloc += f":{parts.port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 def _write_durably(path: Path, data: bytes) -> None:

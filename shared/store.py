@@ -26,7 +26,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import boto3
 import numpy as np
@@ -77,6 +77,40 @@ _S3_TRANSIENT_STATUS = frozenset({408, 429})
 # These errno values mean the key layout clashes with what is on disk (a file where a
 # directory is needed or the reverse): retrying cannot fix it.
 _KEY_CONFLICT_ERRNOS = frozenset({errno.EISDIR, errno.ENOTDIR, errno.EEXIST})
+# Reads past an object's stated size go on in chunks of this size, never in one allocation of a size
+# an event chose.
+_READ_CHUNK_BYTES = 1 << 20
+
+
+class _ObjectTooLarge(Exception):
+    """An object holds more bytes than its reader takes; ``found`` says how many, as far as known."""
+
+    def __init__(self, found: str) -> None:
+        super().__init__(found)
+        self.found = found
+
+
+class _Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+def _read_within(stream: _Readable, size: int, max_bytes: int) -> bytes:
+    """The rest of ``stream``, which the store says holds ``size`` bytes (already ``<= max_bytes``).
+
+    Asks for one byte more than ``size``, so an object that grew since its size was taken is seen; then
+    reads on, at most ``max_bytes + 1`` bytes in all, and raises ``_ObjectTooLarge`` past ``max_bytes``.
+    """
+    data = stream.read(size + 1)
+    if len(data) <= size:
+        return data
+    parts, total = [data], len(data)
+    while total <= max_bytes:
+        chunk = stream.read(min(_READ_CHUNK_BYTES, max_bytes + 1 - total))
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        total += len(chunk)
+    raise _ObjectTooLarge(f"more than {max_bytes} bytes")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -146,6 +180,17 @@ class ObjectStore(ABC):
     @abstractmethod
     def _read(self, key: str) -> bytes: ...
 
+    def _read_at_most(self, key: str, max_bytes: int) -> bytes:
+        """The object's bytes, or ``_ObjectTooLarge`` when it holds more than ``max_bytes``.
+
+        Backends override this to refuse by the stored size before reading any of the body; this
+        fallback (for stores that only implement ``_read``) reads it whole first.
+        """
+        data = self._read(key)
+        if len(data) > max_bytes:
+            raise _ObjectTooLarge(f"{len(data)} bytes")
+        return data
+
     @abstractmethod
     def _exists(self, key: str) -> bool: ...
 
@@ -205,8 +250,12 @@ class ObjectStore(ABC):
 
         Raises ``BadInput('foreign_uri')`` for a URI outside this store, ``ObjectMissing``
         when nothing is there and ``ChecksumMismatch`` when the bytes differ from the reference.
+        An object larger than ``ref.bytes`` is refused by its size, before its bytes are read.
         """
-        data = self._read(self.key_for(ref.uri))
+        try:
+            data = self._read_at_most(self.key_for(ref.uri), ref.bytes)
+        except _ObjectTooLarge as exc:
+            raise ChecksumMismatch(ref.uri, f"{ref.sha256} ({ref.bytes} bytes)", exc.found) from None
         actual = sha256_hex(data)
         if actual != ref.sha256 or len(data) != ref.bytes:
             raise ChecksumMismatch(
@@ -283,8 +332,7 @@ class FileStore(ObjectStore):
     def _path(self, key: str) -> Path:
         path = self.root.joinpath(*key.split("/"))
         # Key checks stop '..'; this stops a symlink inside the store pointing outside it.
-        real = os.path.realpath(path)
-        if os.path.commonpath([real, self._real_root]) != self._real_root:
+        if not self._inside(str(path)):
             raise BadInput("unsafe_key", f"{key!r} resolves outside the store root")
         return path
 
@@ -326,9 +374,22 @@ class FileStore(ObjectStore):
             os.close(dir_fd)
 
     def _read(self, key: str) -> bytes:
+        with self._mapped_read_errors(key):
+            return self._path(key).read_bytes()
+
+    def _read_at_most(self, key: str, max_bytes: int) -> bytes:
+        with self._mapped_read_errors(key), self._path(key).open("rb") as handle:
+            # The size of the file opened, not of whatever the name points at a moment later.
+            size = os.fstat(handle.fileno()).st_size
+            if size > max_bytes:
+                raise _ObjectTooLarge(f"{size} bytes")
+            return _read_within(handle, size, max_bytes)
+
+    @contextlib.contextmanager
+    def _mapped_read_errors(self, key: str) -> Iterator[None]:
         uri = self.uri_for(key)
         try:
-            return self._path(key).read_bytes()
+            yield
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise ObjectMissing(uri) from exc
         except OSError as exc:
@@ -338,24 +399,46 @@ class FileStore(ObjectStore):
         return self._path(key).is_file()
 
     def _list(self, prefix: str) -> Iterator[str]:
+        """Every key under the root, except below a symlinked folder.
+
+        A symlinked folder below the root is neither listed nor walked (the root itself is listed as
+        configured, symlink or not): reads refuse what such a link leads to outside the store, and
+        one leading inside names objects already listed, or loops. A listing with a prefix is the
+        whole listing cut to that prefix, as on S3. Any other name is listed, symlinks to files
+        included, and reading it decides (a link out of the store is refused there as unsafe_key).
+        """
         directory, _, _ = prefix.rpartition("/")
-        start = self.root.joinpath(*directory.split("/")) if directory else self.root
-
-        def on_error(exc: OSError) -> None:
-            if not isinstance(exc, FileNotFoundError | NotADirectoryError):
-                raise TransientError(f"cannot list {self.base_uri}/{prefix}: {exc}") from exc
-
+        parts = directory.split("/") if directory else []
+        start = self.root.joinpath(*parts)
+        if os.path.realpath(start) != os.path.join(self._real_root, *parts):
+            return  # the prefix's folder is reached through a symlink
         keys: list[str] = []
-        for dirpath, _dirnames, filenames in os.walk(start, onerror=on_error):
-            relative = Path(dirpath).relative_to(self.root).as_posix()
-            for name in filenames:
-                if name.startswith(_TMP_PREFIX):
+        folders = [(start, directory)]
+        while folders:
+            folder, relative = folders.pop()
+            try:
+                with os.scandir(folder) as scan:
+                    entries = list(scan)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # no such prefix, or removed while listed
+            except OSError as exc:
+                raise TransientError(f"cannot list {self.base_uri}/{prefix}: {exc}") from exc
+            for entry in entries:
+                key = f"{relative}/{entry.name}" if relative else entry.name
+                # A folder whose key does not start with the prefix holds no key that does.
+                if not key.startswith(prefix) or entry.name.startswith(_TMP_PREFIX):
                     continue
-                key = name if relative == "." else f"{relative}/{name}"
-                if key.startswith(prefix):
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append((Path(entry.path), key))
+                elif not (entry.is_symlink() and os.path.isdir(entry.path)):
                     keys.append(key)
         # Sorted like S3 lists (by code point), not in directory-walk order.
         yield from sorted(keys)
+
+    def _inside(self, path: str) -> bool:
+        """Whether ``path``, symlinks resolved, is under the store's root."""
+        real = os.path.realpath(path)
+        return os.path.commonpath([real, self._real_root]) == self._real_root
 
     def _delete(self, key: str) -> None:
         try:
@@ -439,6 +522,19 @@ class S3Store(ObjectStore):
             body = self.client.get_object(Bucket=self.bucket, Key=self._key_prefix + key)["Body"]
             try:
                 return body.read()
+            finally:
+                body.close()
+
+    def _read_at_most(self, key: str, max_bytes: int) -> bytes:
+        with self._mapped_errors(self.uri_for(key)):
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key_prefix + key)
+            body = response["Body"]
+            try:
+                size = response.get("ContentLength", 0)  # absent: unknown, read up to max_bytes + 1
+                if size > max_bytes:
+                    # Refused unread: closing the body drops its connection instead of downloading it.
+                    raise _ObjectTooLarge(f"{size} bytes")
+                return _read_within(body, size, max_bytes)
             finally:
                 body.close()
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import struct
+import uuid
 import zlib
 from pathlib import Path
 
+import boto3
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,7 +20,7 @@ from schemas.common import ObjectRef
 from shared.errors import BadInput
 from shared.images import decode_image, decode_mask
 from shared.model_cache import fetch_directory, fetch_file
-from shared.store import FileStore, ObjectStore
+from shared.store import FileStore, ObjectStore, open_store
 
 # --- store: a key segment no filesystem can name -------------------------------------------
 
@@ -179,3 +182,33 @@ def test_fetch_directory_same_relative_uri_in_two_places(
     second = fetch_directory("file://./models/blip", cache)
     assert (first / "config.json").read_bytes() == b'{"model": "a"}'
     assert (second / "config.json").read_bytes() == b'{"model": "b"}'
+
+
+def test_fetch_directory_same_bucket_on_two_s3_servers(
+    tmp_path: Path, s3_endpoint: str, other_s3_endpoint: str
+) -> None:
+    # A MinIO and a moto (or AWS) both holding s3://models/blip: both were cached under one name, so
+    # the service pointed at the second server loaded the first server's model.
+    cache = tmp_path / "cache"
+    bucket = f"models-{uuid.uuid4().hex[:12]}"
+    for endpoint, config in ((s3_endpoint, b'{"model": "a"}'), (other_s3_endpoint, b'{"model": "b"}')):
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+        _model_folder(open_store(f"s3://{bucket}", s3_endpoint_url=endpoint), "blip", config)
+    uri = f"s3://{bucket}/blip"
+
+    first = fetch_directory(uri, cache, s3_endpoint_url=s3_endpoint)
+    second = fetch_directory(uri, cache, s3_endpoint_url=other_s3_endpoint)
+    assert (first / "config.json").read_bytes() == b'{"model": "a"}'
+    assert (second / "config.json").read_bytes() == b'{"model": "b"}'
+    # The server is named one way however it is spelled, and through the caller's own store too.
+    assert fetch_directory(uri, cache, s3_endpoint_url=f"HTTP://{other_s3_endpoint[7:]}/") == second
+    own_store = open_store(f"s3://{bucket}", s3_endpoint_url=s3_endpoint)
+    assert fetch_directory(uri, cache, store=own_store) == first
+    assert sorted(p.name for p in cache.iterdir()) == sorted([first.name, second.name])
+
+
+def test_fetch_directory_file_source_keeps_its_cache_name(tmp_path: Path) -> None:
+    # Copies already in caches stay valid: a file:// folder is named by its absolute URI alone.
+    uri = _model_folder(FileStore(tmp_path / "models"), "blip")
+    digest = hashlib.sha256(f"file://{tmp_path}/models/blip".encode()).hexdigest()[:16]
+    assert fetch_directory(uri, tmp_path / "cache") == tmp_path / "cache" / f"blip-{digest}"

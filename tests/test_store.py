@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
+import boto3
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
@@ -307,3 +311,95 @@ def test_file_store_key_conflict_is_bad_input(tmp_path: Path) -> None:
             store.put_bytes(key, b"y")
         assert info.value.reason == "key_conflict"
     assert list(store.list_keys()) == ["a/b"]
+
+
+# --- reading within the size the reference gives ------------------------------------------
+
+
+def _peak_bytes_while(action: Callable[[], object]) -> int:
+    """The most memory Python held at once, above what it held before, while ``action`` ran."""
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(ChecksumMismatch):
+            action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_read_verified_refuses_an_oversized_object_unread(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # A reference of a few bytes to an object of 32 MiB (a wrong URI, a replaced object) was
+    # refused only after all of it had been read into memory.
+    if backend == "file":
+        store: ObjectStore = FileStore(tmp_path / "store")
+    else:
+        # A server in another process, so only the store's own reading is measured here.
+        endpoint: str = request.getfixturevalue("other_s3_endpoint")
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="big")
+        store = open_store("s3://big/pfx", s3_endpoint_url=endpoint)
+    small = store.put_bytes("small.bin", b"expected")
+    big_bytes = 32 << 20
+    store.put_bytes("big.bin", b"\x00" * big_bytes)
+    assert store.read_verified(small) == b"expected"  # the client is set up before measuring
+    wrong = ObjectRef(uri=store.uri_for("big.bin"), sha256=small.sha256, bytes=small.bytes)
+
+    assert _peak_bytes_while(lambda: store.read_verified(wrong)) < big_bytes // 8
+    with pytest.raises(ChecksumMismatch, match=f"{small.bytes} bytes.*found {big_bytes} bytes"):
+        store.read_verified(wrong)
+
+
+def test_file_store_object_grown_after_its_size_was_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The size is taken before reading; an object that grows in between is read no further than
+    # the reference's size allows, and refused.
+    store = FileStore(tmp_path)
+    small = store.put_bytes("obj", b"expected")
+    big_bytes = 32 << 20
+    (tmp_path / "obj").write_bytes(b"\x00" * big_bytes)
+    real_fstat = os.fstat
+
+    def size_before_growing(fd: int) -> os.stat_result:
+        fields = list(real_fstat(fd))
+        fields[6] = small.bytes  # st_size
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(os, "fstat", size_before_growing)
+    assert _peak_bytes_while(lambda: store.read_verified(small)) < big_bytes // 8
+    with pytest.raises(ChecksumMismatch, match=f"found more than {small.bytes} bytes"):
+        store.read_verified(small)
+
+
+# --- listing and symlinks -----------------------------------------------------------------
+
+
+def test_file_store_listing_follows_no_symlinked_folder(tmp_path: Path) -> None:
+    # Reads refuse a symlink that leads out of the store, but a listing whose prefix named a symlinked
+    # folder walked through it: objects outside the store, or (a link to a parent) the same ones again.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"secret")
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (tmp_path / "store").symlink_to(volume, target_is_directory=True)  # the configured root is a link
+    store = FileStore(tmp_path / "store")
+    store.put_bytes("images/a.png", b"a")
+    (volume / "escape").symlink_to(outside, target_is_directory=True)
+    (volume / "images" / "loop").symlink_to(volume, target_is_directory=True)
+    (volume / "latest.png").symlink_to(volume / "images" / "a.png")
+    (volume / "stolen.png").symlink_to(outside / "secret")
+
+    # Symlinked folders are neither listed nor walked; links to files are listed, and reads judge them.
+    assert list(store.list_keys()) == ["images/a.png", "latest.png", "stolen.png"]
+    assert store.get_bytes("latest.png") == b"a"
+    with pytest.raises(BadInput, match="outside the store root"):
+        store.get_bytes("stolen.png")
+    assert store.base_uri == f"file://{tmp_path}/store"
+    # A prefix lists what the whole listing has under it, and nothing through a link.
+    assert list(store.list_keys("images/")) == ["images/a.png"]
+    assert list(store.list_keys("escape/")) == []
+    assert list(store.list_keys("images/loop/")) == []
+    assert list(store.list_keys("images/loop/images/")) == []
