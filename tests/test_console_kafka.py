@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -13,6 +17,7 @@ from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from devstack.broker import free_port
 from schemas.envelope import Envelope
 from schemas.events import CorrectionPending, CorrectionResolved
 from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED
@@ -141,3 +146,55 @@ def test_a_backlog_of_several_pages_is_published_in_one_round_and_by_stop(
         Envelope[CorrectionResolved].model_validate_json(record.value).event_id for record in records
     ]
     assert sorted(published) == sorted(decision_event_id(task_id) for task_id in backlog + at_shutdown)
+
+
+def test_serve_console_stops_its_intake_and_relay_on_sigterm(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """SIGTERM: uvicorn stops, then the intake and the relay do, and the process exits 0.
+
+    uvicorn re-raises the SIGTERM it caught once it has shut down; with Python's default handler
+    back in place that killed the process (exit -15) before the intake committed or the relay sent
+    what waited in the outbox."""
+    settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path / 'store'}")
+    create_topics(settings, CORRECTION_PENDING, CORRECTION_RESOLVED)
+    web_port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "SKUFORGE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "SKUFORGE_TOPIC_NAMESPACE": settings.topic_namespace,
+        "SKUFORGE_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
+        "SKUFORGE_STORE_URI": settings.store_uri,
+        "SKUFORGE_CONSOLE_DB_PATH": str(tmp_path / "tasks.sqlite3"),
+        "SKUFORGE_CONSOLE_USERS": "alice:change-me",
+        "SKUFORGE_CONSOLE_SESSION_SECRET": "a-test-secret-of-some-length",
+        "SKUFORGE_CONSOLE_HOST": "127.0.0.1",
+        "SKUFORGE_CONSOLE_PORT": str(web_port),
+        "SKUFORGE_CONSOLE_METRICS_PORT": str(metrics_port),
+    }
+    skuforge = Path(sys.executable).with_name("skuforge")
+    process = subprocess.Popen(
+        [str(skuforge), "serve", "console"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.communicate()[0]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the console's intake never joined its group"
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, output
+    assert "console stopped" in output

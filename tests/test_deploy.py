@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from schemas.flow import CONSOLE, PIPELINE, TRITON, flow_document
-from services.console.relay import stop_timeout_s as relay_stop_timeout_s
+from services.console.server import stop_timeout_s as console_stop_timeout_s
 from shared.config import ENV_PREFIX, Settings
 from skuforge_cli.main import SETTINGS_MODELS
 
@@ -42,17 +42,15 @@ CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_v1_prometheusrule.json",
 }
 STAGES = [stage.name for stage in PIPELINE]
-# ConsoleService.stop_background (services/console/server.py) waits this long for the intake thread.
-CONSOLE_INTAKE_JOIN_S = 60.0
 KUBERNETES_DEFAULT_GRACE_S = 30  # a pod spec without terminationGracePeriodSeconds gets this
 COMPOSE_DEFAULT_GRACE = "10s"  # a service without stop_grace_period gets this
 
 
 def console_stop_s() -> float:
-    """How long ``serve console`` may take to stop after SIGTERM with the default settings: after
-    uvicorn has finished the open requests, the intake's join, then the relay's shutdown drain."""
+    """How long ``serve console`` may take to stop after SIGTERM with the default settings: open
+    requests, the intake's join, then the relay's shutdown drain."""
     defaults = Settings.model_construct()  # the documented defaults, whatever this shell's SKUFORGE_*
-    return CONSOLE_INTAKE_JOIN_S + relay_stop_timeout_s(defaults)
+    return console_stop_timeout_s(defaults)
 
 
 def compose_duration_s(text: str) -> float:

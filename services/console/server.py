@@ -10,14 +10,16 @@ One process, three threads besides the web server's:
   ``/readyz`` (the intake joined its group) on ``SKUFORGE_CONSOLE_METRICS_PORT`` (default 9107).
 * **web** (uvicorn): the pages and API of ``app.py``, on ``SKUFORGE_CONSOLE_HOST:PORT``.
 
-SIGTERM stops uvicorn (it finishes open requests), then the intake commits and stops and the
-relay publishes what is left.
+SIGTERM stops uvicorn (it finishes open requests, for up to ``HTTP_DRAIN_S``), then the intake
+commits and stops (``INTAKE_STOP_S``) and the relay publishes what is left: ``stop_timeout_s`` in
+all, which the deployments' grace periods cover.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import threading
 
 import uvicorn
@@ -30,6 +32,7 @@ from services.console.context import Console, make_signer
 from services.console.intake import build_intake_stage
 from services.console.metrics import ConsoleMetrics
 from services.console.relay import DecisionRelay
+from services.console.relay import stop_timeout_s as relay_stop_timeout_s
 from services.console.tasks import TaskStore
 from shared.config import ConfigError, Settings, load_settings
 from shared.observability import HealthServer, configure_logging
@@ -37,6 +40,16 @@ from shared.runtime import Stage
 from shared.store import ObjectStore, open_store
 
 log = logging.getLogger("skuforge.console")
+
+# At SIGTERM, open requests get this long to finish before uvicorn closes their connections.
+HTTP_DRAIN_S = 15.0
+# Then the intake gets this long to commit what it consumed and leave its group.
+INTAKE_STOP_S = 60.0
+
+
+def stop_timeout_s(settings: Settings) -> float:
+    """The longest ``serve console`` takes to stop after SIGTERM: web, intake, then relay."""
+    return HTTP_DRAIN_S + INTAKE_STOP_S + relay_stop_timeout_s(settings)
 
 
 class ConsoleService:
@@ -122,7 +135,7 @@ class ConsoleService:
         if self.intake is not None:
             self.intake.stop()
         if self._intake_thread is not None:
-            self._intake_thread.join(timeout=60)
+            self._intake_thread.join(timeout=INTAKE_STOP_S)
         self.relay.stop()
         self.health.stop()
 
@@ -135,6 +148,7 @@ class ConsoleService:
             log_level="warning",
             access_log=False,
             proxy_headers=False,
+            timeout_graceful_shutdown=int(HTTP_DRAIN_S),
         )
         return uvicorn.Server(config)
 
@@ -159,8 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         "console serving",
         extra={"host": server.config.host, "port": server.config.port, "db": console.console_db_path},
     )
+    # uvicorn handles SIGTERM while it runs, then puts back the handler it found and raises the
+    # signal again: with Python's default handler that killed the process before the intake and the
+    # relay stopped. This one lets the stop below run; the deployment's grace period bounds it.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
     try:
         server.run()
     finally:
         service.stop_background()
+    log.info("console stopped")
     return 0
