@@ -61,7 +61,7 @@ from shared.bus import make_consumer, make_envelope, make_producer, read_envelop
 from shared.config import Settings, load_settings
 from shared.errors import BadInput, TransientError
 from shared.group_lag import GroupLagWatcher, watched_groups
-from shared.images import UInt8Array, decode_image, decode_mask
+from shared.images import UInt8Array, decode_image, decode_mask, refuse_oversized
 from shared.observability import HealthServer, StageMetrics, configure_logging, log_context
 from shared.store import ObjectStore, open_store
 
@@ -122,8 +122,10 @@ class Context:
     def read_image(self, ref: ObjectRef) -> Image.Image:
         """The stored image ``ref`` points at, checked against its sha256, decoded within the limits.
 
-        Raises ``BadInput`` (object_missing, checksum_mismatch, or an image refusal) for the DLQ.
+        Raises ``BadInput`` (object_missing, checksum_mismatch, or an image refusal) for the DLQ. A
+        reference larger than ``max_image_bytes`` is refused before anything is read.
         """
+        refuse_oversized(ref.bytes, self.settings.max_image_bytes)
         return decode_image(
             self.store.read_verified(ref),
             max_pixels=self.settings.max_image_pixels,
@@ -132,6 +134,7 @@ class Context:
 
     def read_mask(self, ref: ObjectRef) -> UInt8Array:
         """The stored mask ``ref`` points at as 0/255 uint8 HxW; checked and refused as ``read_image``."""
+        refuse_oversized(ref.bytes, self.settings.max_image_bytes)
         return decode_mask(
             self.store.read_verified(ref),
             max_pixels=self.settings.max_image_pixels,

@@ -6,6 +6,7 @@ on flush unless told to fail, so each test sets up exactly the failure it is abo
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,10 @@ from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
 from shared.bus import make_envelope
 from shared.config import Settings, load_settings
 from shared.errors import BadInput, TransientError
+from shared.images import ImageRejected
+from shared.observability import StageMetrics
 from shared.runtime import Context, Emit, Stage, stale_after_s
+from shared.store import FileStore
 from tests.support.bus import file_store_uri, sku_ingested_payloads
 
 
@@ -264,3 +268,30 @@ def test_a_stage_reports_its_input_topics_at_zero_before_the_first_message(tmp_p
     _wired(stage)
     stage._process_batch({tp: records})
     assert messages("ok") == 1.0 and messages("dlq") == 0.0
+
+
+class _ReadCountingStore(FileStore):
+    """A FileStore that counts the bytes it reads."""
+
+    bytes_read = 0
+
+    def _read_at_most(self, key: str, max_bytes: int) -> bytes:
+        data = super()._read_at_most(key, max_bytes)
+        self.bytes_read += len(data)
+        return data
+
+
+def test_an_image_reference_over_the_byte_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """An event may point at an object as large as it says; over max_image_bytes it is refused by the
+    reference's size, without reading the object (before, it was read whole and then refused)."""
+    store = _ReadCountingStore(tmp_path / "store")
+    ref = store.put_bytes("images/huge.png", b"\0" * 4096, content_type="image/png")
+    context = Context(
+        "matting", store, Settings(max_image_bytes=1024), StageMetrics("matting"), logging.getLogger("test")
+    )
+    with pytest.raises(ImageRejected) as refused:
+        context.read_image(ref)
+    assert refused.value.reason == "too_large_bytes"
+    with pytest.raises(ImageRejected):
+        context.read_mask(ref)
+    assert store.bytes_read == 0
