@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from shared.matting.grocery import catalogue_mask, hull_mask
+from shared.matting.grocery import catalogue_mask, hull_mask, with_reflection
 
 
 def carton_on_white() -> tuple[Image.Image, np.ndarray]:
@@ -36,3 +36,21 @@ def test_hull_of_a_rectangle_is_itself_and_a_notch_is_filled() -> None:
     notched[10:25, 20:40] = False  # a notch from the top edge, between two shoulders
     assert np.array_equal(hull_mask(notched), rectangle)
     assert not hull_mask(np.zeros((5, 5), dtype=bool)).any()
+
+
+def test_a_floor_reflection_is_drawn_under_the_product_and_left_out_of_its_mask() -> None:
+    """The reflection mirrors each column about that column's lowest product pixel, fades out, never
+    covers the product, and is background in the training mask."""
+    image = Image.new("RGB", (120, 120), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    draw.polygon([(30, 20), (80, 20), (80, 70), (30, 80)], fill=(20, 140, 40))  # slanted bottom edge
+    mask = np.asarray(image.convert("L")) < 200
+    before = np.asarray(image).copy()
+    after = np.asarray(with_reflection(image, mask, np.random.default_rng(1)))
+    changed = np.abs(after.astype(int) - before.astype(int)).sum(axis=2) > 3
+    assert not changed[mask].any(), "the product itself is untouched"
+    assert changed[81:84, 32:40].any() and changed[71:74, 70:78].any(), "under each column's own bottom"
+    assert not changed[:20].any() and not changed[:, :25].any() and not changed[:, 86:].any()
+    # Green, fading: darker than the floor just under the product, the floor again further down.
+    assert after[82, 35, 1] > after[82, 35, 0] and after[82, 35].sum() < 3 * 255
+    assert np.array_equal(after[118], before[118])

@@ -102,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     real.add_argument("--instore", type=int, default=0)
     real.add_argument("--composites", type=int, default=1100)
     real.add_argument("--seed", type=int, default=12)
+    real.add_argument(
+        "--reflection-share",
+        type=float,
+        default=0.0,
+        help="share of the catalogue copies given a glossy-floor reflection, labelled background",
+    )
     real.add_argument("--out", type=Path, default=Path("var/matting/real-pairs"))
 
     evaluate = sub.add_parser("eval", help="held-out mean IoU and MAE of an ONNX model")
@@ -289,6 +295,8 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
         official_onnx = args.official or default_official_onnx()
         if not official_onnx.is_file():
             parser.error(f"no official U2-NetP at {official_onnx}: run `make setup` or give --official")
+        if not 0.0 <= args.reflection_share <= 1.0:
+            parser.error(f"--reflection-share {args.reflection_share}: give a share from 0 to 1")
         split = json.loads(args.held_out.read_text())
         held_out = frozenset(split["bench_catalogue"]) | frozenset(split["reserved_train"])
         config = RealPairsConfig(
@@ -298,6 +306,7 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
             instore=args.instore,
             composites=args.composites,
             seed=args.seed,
+            reflection_share=args.reflection_share,
         )
         print(json.dumps(write_real_pairs(config, args.out)))
         return 0

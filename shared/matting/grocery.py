@@ -10,7 +10,8 @@ Photos the real-photo benchmark keeps (``bench/data/matting_real/split.json``) a
 
 - ``catalogue``: the iconic photos not held out for the benchmark, with the mask of everything not
   connected to the border through background-coloured pixels (``catalogue_mask``; for the cartons
-  in ``CONVEX_CATALOGUE``, its convex hull), each on its own white plus re-scaled and shifted copies;
+  in ``CONVEX_CATALOGUE``, its convex hull), each on its own white plus re-scaled and shifted copies,
+  a share of them (``reflection_share``) standing on a glossy floor whose reflection is background;
 - ``instore``: train-split photos of fruit and vegetables with the official U2-NetP's mask where
   that model is confident (few undecided pixels, one product-sized region). These pseudo-labels
   keep the fine-tune close to the official model where it is right. Not on packages: held
@@ -48,6 +49,7 @@ __all__ = [
     "confident_mask",
     "dataset_split",
     "hull_mask",
+    "with_reflection",
     "write_real_pairs",
 ]
 
@@ -73,6 +75,10 @@ class RealPairsConfig:
     composites: int = 1100
     seed: int = 12
     threads: int = 2
+    # Share of the re-scaled catalogue copies that stand on a glossy floor: a faded mirror image
+    # under the product, labelled background. No training catalogue photo has one, and the
+    # benchmark's Bravo cartons (held out) do: every model took their reflection as product.
+    reflection_share: float = 0.0
 
 
 def dataset_split(dataset: Path, split: str) -> list[str]:
@@ -229,6 +235,41 @@ def _square_on(
     return scene, scene_mask
 
 
+def with_reflection(scene: Image.Image, mask: BoolArray, rng: np.random.Generator) -> Image.Image:
+    """``scene`` with the product mirrored under its own bottom edge, fading out, as on a glossy floor.
+
+    Column by column, about that column's lowest product pixel, so a carton seen from a corner gets
+    the slanted reflection real catalogue photos show. The mask is unchanged: a reflection is
+    background.
+    """
+    height, width = mask.shape
+    columns = np.nonzero(mask.any(axis=0))[0]
+    if columns.size == 0:
+        return scene
+    rows = np.arange(height)[:, None]
+    bottom = np.where(mask, rows, -1).max(axis=0)  # lowest product row per column (-1: none)
+    product_height = int(np.nonzero(mask.any(axis=1))[0].ptp()) + 1
+    length = max(2, int(product_height * rng.uniform(0.08, 0.3)))
+    strength = rng.uniform(0.25, 0.6)
+    pixels = np.asarray(scene.convert("RGB"), dtype=np.float32)
+    layer = np.zeros_like(pixels)
+    alpha = np.zeros((height, width), dtype=np.float32)
+    for depth in range(length):
+        source = bottom[columns] - depth
+        target = bottom[columns] + 1 + depth
+        keep = (source >= 0) & (target < height)
+        keep[keep] &= mask[source[keep], columns[keep]]
+        layer[target[keep], columns[keep]] = pixels[source[keep], columns[keep]]
+        alpha[target[keep], columns[keep]] = strength * (1.0 - depth / length) ** 1.5
+    blur = ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2))
+    layer_image = Image.fromarray(layer.astype(np.uint8)).filter(blur)
+    alpha_image = Image.fromarray((alpha * 255).astype(np.uint8)).filter(blur)
+    weight = np.asarray(alpha_image, dtype=np.float32)[..., None] / 255.0
+    weight[mask] = 0.0  # never over the product itself
+    blended = pixels * (1.0 - weight) + np.asarray(layer_image, dtype=np.float32) * weight
+    return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
+
+
 def _match_to_scene(
     product: Image.Image, mask: BoolArray, scene: Image.Image, rng: np.random.Generator
 ) -> Image.Image:
@@ -280,6 +321,8 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
         white = Image.new("RGB", (size, size), (255, 255, 255))
         for copy in range(1, config.catalogue_copies):
             scene, scene_mask = _square_on(white, image, mask, float(rng.uniform(0.35, 0.95)), rng)
+            if config.reflection_share > 0 and rng.random() < config.reflection_share:
+                scene = with_reflection(scene, scene_mask, rng)
             _save_pair(out, f"catalogue-{index:03d}-{copy}", scene, scene_mask, size)
 
     train = [path for path in dataset_split(config.dataset, "train") if path not in config.held_out]
@@ -330,6 +373,7 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
         "held_out_photos": len(config.held_out),
         "size_px": size,
         "seed": config.seed,
+        "reflection_share": config.reflection_share,
     }
     (out / "pairs.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
