@@ -31,6 +31,7 @@ from shared.captioning.attributes import (
 )
 from shared.captioning.fit_shape import CLASSES, evaluate, fit_tree
 from shared.captioning.prompts import (
+    article,
     class_noun,
     compose_caption,
     compose_tags,
@@ -377,6 +378,24 @@ def test_sku_prompts() -> None:
 )
 def test_class_noun_keeps_the_category_noun_phrase(category: str, noun: str) -> None:
     assert class_noun(category) == noun
+
+
+@pytest.mark.parametrize(
+    ("category", "noun"),
+    [
+        ("Crème fraîche", "creme fraiche"),
+        ("jalapeño peppers", "jalapeno peppers"),
+        ("Açaí bowl", "acai bowl"),  # not "a bowl": a letter is not an article
+        ("Weißbier", "weissbier"),
+        ("日本茶", "product"),  # nothing spelled in plain letters: the fallback
+    ],
+)
+def test_class_noun_spells_accented_letters_plainly_instead_of_cutting_words(
+    category: str, noun: str
+) -> None:
+    assert class_noun(category) == noun
+    prompts = sku_prompts(SkuMetadata(sku_id="SKU-1", name="x", category=category))
+    assert prompts.class_prompt == f"a photo of {article(noun)} {noun}"
 
 
 def test_caption_and_tags_say_what_was_measured() -> None:

@@ -75,6 +75,18 @@ def test_unreadable_and_missing_parts_are_all_named(synth_skus: Path, tmp_path: 
     assert "SYN-7-0003: no photos" in text
 
 
+def test_hidden_files_are_not_photos(synth_skus: Path, tmp_path: Path) -> None:
+    """macOS writes an invisible AppleDouble file ``._NAME`` beside each photo on a USB stick or a
+    network share; like hidden folders, hidden files are not part of a SKU and must not refuse it."""
+    root = _copy(synth_skus, tmp_path / "skus")
+    folder = root / "SYN-7-0001"
+    for photo in sorted(folder.glob("*.png")):
+        (folder / f"._{photo.name}").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    prepared = prepare_all(root, load_settings(max_photos_per_sku=2))
+    assert [len(sku.photos) for sku in prepared] == [2, 2, 2]
+    assert all(not photo.original_filename.startswith(".") for sku in prepared for photo in sku.photos)
+
+
 def test_too_many_photos_and_duplicate_ids_are_refused(synth_skus: Path, tmp_path: Path) -> None:
     root = _copy(synth_skus, tmp_path / "skus")
     with pytest.raises(IngestError, match="at most 1"):

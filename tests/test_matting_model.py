@@ -106,6 +106,39 @@ def test_quantised_model_is_qdq_and_keeps_the_io(random_u2netp_onnx: Path, tmp_p
     assert [r.mask.shape for r in results] == [(80, 100), (64, 64)]
 
 
+@pytest.mark.parametrize(("int8_iou", "code", "kept"), [(0.5, 1, b"int8 in service"), (0.9, 0, b"new int8")])
+def test_quantize_replaces_the_model_at_out_only_when_the_new_one_is_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, int8_iou: float, code: int, kept: bytes
+) -> None:
+    """--out defaults to the committed int8 model: a rejected run must leave that model in place.
+
+    Quantisation and the held-out evaluation take minutes (their own tests are above), so here they
+    are stand-ins: the new model's bytes, and an IoU per file.
+    """
+    import shared.matting.quantize
+    import shared.matting.train
+    from shared.matting.train import Evaluation
+
+    fp32, out = tmp_path / "fp32.onnx", tmp_path / "models" / "int8.onnx"
+    fp32.write_bytes(b"fp32")
+    out.parent.mkdir()
+    out.write_bytes(b"int8 in service")
+
+    def quantize(fp32_path: Path, int8_path: Path, **_: object) -> Path:
+        int8_path.write_bytes(b"new int8")
+        return int8_path
+
+    def evaluate(onnx_path: Path, n: int, seed: int, **_: object) -> Evaluation:
+        iou = 0.9 if onnx_path == fp32 else int8_iou
+        return Evaluation(mean_iou=iou, median_iou=iou, mae=0.1, n_images=n)
+
+    monkeypatch.setattr(shared.matting.quantize, "quantize_u2net", quantize)
+    monkeypatch.setattr(shared.matting.train, "evaluate", evaluate)
+    assert matting_cli(["quantize", str(fp32), "--out", str(out), "--heldout", "2"]) == code
+    assert out.read_bytes() == kept
+    assert list(out.parent.iterdir()) == [out]  # no candidate file left beside it
+
+
 @pytest.mark.slow
 def test_committed_u2netp_reaches_the_heldout_iou() -> None:
     """The committed model on held-out renderer photos (other products than training), seeded subset."""

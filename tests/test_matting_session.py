@@ -280,6 +280,35 @@ def test_a_model_that_is_not_image_to_mask_is_refused_by_its_input(tmp_path: Pat
         open_session(str(path), threads=1, use_gpu=False, store=None)
 
 
+def test_a_model_that_outputs_nan_is_an_error_not_an_empty_mask(tmp_path: Path) -> None:
+    """A NaN anywhere in a map used to make the whole map NaN and the mask silently empty (the gate
+    then flagged every image for a person to review); a model that outputs NaN is broken, and says so."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    # sqrt of the normalised red channel: finite where the photo is bright, NaN where it is dark.
+    red = numpy_helper.from_array(np.array([1.0, 0.0, 0.0], np.float32).reshape(1, 3, 1, 1), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["red"]), helper.make_node("Sqrt", ["red"], ["d0"])],
+        "sqrt-red",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 320, 320])],
+        [helper.make_tensor_value_info("d0", TensorProto.FLOAT, ["batch", 1, 320, 320])],
+        initializer=[red],
+    )
+    path = tmp_path / "sqrt-red.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    session = U2NetSession(path, threads=1, use_gpu=False)
+    bright = Image.new("RGB", (64, 64), "white")
+    assert session.predict([bright])[0].mask.all() and session.ready
+    half_dark = bright.copy()
+    half_dark.paste((0, 0, 0), (0, 0, 32, 64))
+    with pytest.raises(MattingModelError, match=r"sqrt-red.onnx.*NaN.*1 of 2 images"):
+        session.predict([bright, half_dark])
+    assert not session.ready
+    with pytest.raises(MattingModelError, match="NaN"):  # the warm-up's blank image: refused at start-up
+        session.warm_up()
+
+
 def test_cuda_is_chosen_only_when_available_and_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers(True, cuda) == cuda

@@ -30,7 +30,7 @@ overruling the measured colours and shape. Other knobs: ``services/captioner/con
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,13 @@ from shared.captioning.prompts import compose_caption, compose_tags, merge_sente
 from shared.captioning.vlm import VlmCaptioner, VlmModelError, open_vlm
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput
-from shared.matting.session import MaskOptions, MattingModelError, MattingSession, open_session
+from shared.matting.session import (
+    MaskOptions,
+    MattingModelError,
+    MattingResult,
+    MattingSession,
+    open_session,
+)
 from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import ObjectStore
 
@@ -204,8 +210,10 @@ def _find_products(
     """Mask every readable photo in one matting call, refuse masks that find no product, measure the rest."""
     options = models.options
     readable = [image for image in images if isinstance(image, Image.Image)]
-    with ctx.metrics.model_call("matting", len(readable)):
-        predictions = iter(models.session.predict(readable))
+    predictions: Iterator[MattingResult] = iter([])
+    if readable:  # no photo to mask makes no model call, so none is counted
+        with ctx.metrics.model_call("matting", len(readable)):
+            predictions = iter(models.session.predict(readable))
     found: list[_Found | _Unusable] = []
     for image in images:
         if isinstance(image, _Unusable):

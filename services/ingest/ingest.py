@@ -11,7 +11,7 @@ Layout read (what ``skuforge synth`` writes)::
     DIR/<any folder name>/metadata.json   {"sku_id", "name", "category", "brand", "series"}
     DIR/<any folder name>/*.png|jpg|...   1..SKUFORGE_MAX_PHOTOS_PER_SKU photos
 
-``DIR`` may also be a single SKU folder.
+``DIR`` may also be a single SKU folder. Hidden folders and files (names starting with ".") are skipped.
 """
 
 from __future__ import annotations
@@ -96,7 +96,13 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
             field = ".".join(str(part) for part in error["loc"]) or "(file)"
             problems.append(f"{metadata_path}: {field}: {error['msg']}")
 
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+    # Hidden files are skipped as hidden folders are: macOS writes an invisible "._NAME" beside each
+    # photo on non-Apple volumes, and refusing the SKU over a file its owner cannot see helps no one.
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in PHOTO_SUFFIXES
+    )
     if not files:
         problems.append(f"{folder}: no photos ({', '.join(sorted(PHOTO_SUFFIXES))})")
     elif len(files) > settings.max_photos_per_sku:

@@ -249,16 +249,24 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.calibration_photos:
         if not folder.is_dir():
             parser.error(f"--calibration-photos {folder}: not a folder")
-    quantize_u2net(
-        args.model_path,
-        args.out,
-        calibration_images=args.calibration,
-        photo_folders=args.calibration_photos,
-        real_images=args.real,
-    )
-    fp32 = run_eval(args.model_path, args.heldout, 9001)
-    int8 = run_eval(args.out, args.heldout, 9001)
-    accepted = int8.mean_iou >= fp32.mean_iou - 0.005
+    # Quantise beside --out and replace it only once accepted: --out defaults to the committed int8
+    # model, which a rejected run must leave in service, not delete.
+    candidate = args.out.with_name(f"{args.out.stem}.candidate{args.out.suffix}")
+    try:
+        quantize_u2net(
+            args.model_path,
+            candidate,
+            calibration_images=args.calibration,
+            photo_folders=args.calibration_photos,
+            real_images=args.real,
+        )
+        fp32 = run_eval(args.model_path, args.heldout, 9001)
+        int8 = run_eval(candidate, args.heldout, 9001)
+        accepted = int8.mean_iou >= fp32.mean_iou - 0.005
+        if accepted:
+            candidate.replace(args.out)
+    finally:
+        candidate.unlink(missing_ok=True)
     logging.getLogger("skuforge.matting").info(
         "quantised", extra={"fp32": fp32.__dict__, "int8": int8.__dict__}
     )
@@ -273,8 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     if not accepted:
-        args.out.unlink()
-        print("skuforge matting: int8 model lost more than 0.5 IoU points; not kept", file=sys.stderr)
+        print(
+            f"skuforge matting: int8 model lost more than 0.5 IoU points; not kept ({args.out} unchanged)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

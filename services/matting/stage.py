@@ -34,7 +34,7 @@ live in ``shared/matting/session.py``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from PIL import Image
@@ -48,7 +48,13 @@ from services.matting.config import MattingSettings
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput
 from shared.matting.roi import Box, product_box
-from shared.matting.session import MaskOptions, MattingModelError, MattingSession, open_session
+from shared.matting.session import (
+    MaskOptions,
+    MattingModelError,
+    MattingResult,
+    MattingSession,
+    open_session,
+)
 from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import ObjectStore
 
@@ -118,10 +124,12 @@ def handle_batch(
         chunk = events[first : first + session.max_batch]
         inputs = [_read_input(event, ctx, roi_margin) for event in chunk]
         accepted = [read for read in inputs if not isinstance(read, BadInput)]
-        with ctx.metrics.model_call("matting", len(accepted)):
-            predictions = iter(
-                session.predict([image for image, _ in accepted], boxes=[box for _, box in accepted])
-            )
+        predictions: Iterator[MattingResult] = iter([])
+        if accepted:  # a chunk refused whole makes no model call, so none is counted
+            with ctx.metrics.model_call("matting", len(accepted)):
+                predictions = iter(
+                    session.predict([image for image, _ in accepted], boxes=[box for _, box in accepted])
+                )
         for event, read in zip(chunk, inputs, strict=True):
             if isinstance(read, BadInput):
                 results.append(read)

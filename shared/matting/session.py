@@ -405,11 +405,21 @@ class MattingSession(ABC):
                 part = batch[first : first + step]
                 (predictions,) = self._session_for(len(part)).run([self.output_name], {self.input_name: part})
                 outputs.append(np.asarray(predictions, dtype=np.float32))
+            maps = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+            # One NaN makes a whole min-max normalised map NaN, and NaN is never >= the threshold: the
+            # mask would be silently empty. A model that outputs NaN or inf is broken (an fp16 overflow,
+            # a bad export); say so instead of passing empty masks on to the gate.
+            broken = ~np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
+            if broken.any():
+                raise MattingModelError(
+                    f"{self.model_id} returned NaN or infinite values for {int(broken.sum())} of "
+                    f"{len(maps)} images"
+                )
         except Exception:
             self._ready = False
             raise
         self._ready = True
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+        return maps
 
     @abstractmethod
     def preprocess(self, images: Sequence[Image.Image]) -> F32Array:

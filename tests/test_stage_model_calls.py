@@ -1,0 +1,106 @@
+"""The captioner's and the matting stage's handlers, called without Kafka: what they count as model calls.
+
+``skuforge_model_batch_size`` and ``skuforge_model_seconds`` count model calls; the dashboard's mean
+batch size is their sum over their count. An input whose every image is refused before the model
+must not add a call of zero images.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from schemas.common import SkuMetadata
+from schemas.envelope import Envelope, derive_id
+from schemas.events import ImageGenerated
+from schemas.topics import IMAGE_GENERATED, SKU_INGESTED
+from services.captioner.config import CaptionerSettings
+from services.captioner.stage import CaptionerModels, handle
+from services.matting.stage import handle_batch
+from shared.bus import make_envelope
+from shared.config import load_settings
+from shared.errors import BadInput
+from shared.matting.session import U2NetPSession
+from shared.observability import StageMetrics
+from shared.runtime import Context
+from shared.store import FileStore
+from tests.support.captioning import blank_sku, context
+
+
+def matting_calls(metrics: StageMetrics) -> float:
+    """How many matting model calls the stage's metrics recorded."""
+    return sum(
+        sample.value
+        for family in metrics.registry.collect()
+        if family.name == "skuforge_model_batch_size"
+        for sample in family.samples
+        if sample.name.endswith("_count") and sample.labels.get("model") == "matting"
+    )
+
+
+def test_a_sku_with_only_blank_photos_is_refused_without_a_matting_call(
+    random_u2netp_onnx: Path, tmp_path: Path
+) -> None:
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    session = U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=False)
+    models = CaptionerModels(session=session, vlm=None, options=load_settings(CaptionerSettings))
+    payload = blank_sku(store, "SKU-BLANK")
+    event = make_envelope(
+        SKU_INGESTED,
+        payload,
+        event_id=derive_id("test", "blank"),
+        sku_id="SKU-BLANK",
+        trace_id="t",
+        producer="test",
+    )
+    ctx = context(store, settings)
+    with pytest.raises(BadInput, match="blank_photo"):
+        handle(event, ctx, models=models)
+    assert matting_calls(ctx.metrics) == 0
+
+
+def test_a_batch_of_refused_images_adds_no_matting_call(random_u2netp_onnx: Path, tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    ctx = Context("matting", store, settings, StageMetrics("matting"), logging.getLogger("test"))
+    session = U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=False, max_batch=4)
+    photo = store.put_image("generated/a.png", Image.new("RGB", (64, 64), "white"))
+    mask = store.put_image("generated/a-mask.png", np.full((64, 64), 255, np.uint8))
+
+    def event(index: int, *, missing: bool) -> Envelope[ImageGenerated]:
+        image = photo
+        if missing:
+            image = store.put_image(f"generated/gone-{index}.png", Image.new("RGB", (64, 64), "red"))
+            store.delete(store.key_for(image.uri))
+        payload = ImageGenerated(
+            item_id=f"item-{index}",
+            sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
+            reference_photo_id="p1",
+            reference_image=photo,
+            reference_mask=mask,
+            image=image,
+            expected_mask=mask,
+            backend="composite",
+            model_id="synth",
+            seed=index,
+            variant_index=index,
+        )
+        return make_envelope(
+            IMAGE_GENERATED,
+            payload,
+            event_id=derive_id("t", str(index)),
+            sku_id="SKU-1",
+            trace_id="t",
+            producer="t",
+        )
+
+    # Two chunks of max_batch 4: the first has one readable image, the second none.
+    events = [event(index, missing=index != 0) for index in range(8)]
+    results = handle_batch(events, ctx, session=session, roi_margin=0.25)
+    assert [isinstance(result, BadInput) for result in results] == [False] + [True] * 7
+    assert matting_calls(ctx.metrics) == 1
