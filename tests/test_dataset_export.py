@@ -123,6 +123,20 @@ def test_an_evaluation_leaves_out_synthetic_images_where_they_hurt(small_store: 
     assert synthetic_left_out_by_evaluation({"gain": {}}, min_gain=0.0) == {}
 
 
+def test_an_evaluation_that_saw_none_of_a_skus_synthetic_images_does_not_leave_them_out() -> None:
+    # SKU-B's synthetic images were all pending when it was evaluated: its B - A (-0.67) is other
+    # SKUs' synthetic images taking its held-out photos, which says nothing about its own (approved
+    # since); leaving them out would punish SKU-B for SKU-A's images.
+    evaluation = {
+        "gain": {"SKU-A": -0.12, "SKU-B": -0.67},
+        "train_counts": {
+            "SKU-A": {"real": 2, "synthetic": 4, "classic": 4},
+            "SKU-B": {"real": 2, "synthetic": 0, "classic": 0},
+        },
+    }
+    assert set(synthetic_left_out_by_evaluation(evaluation, min_gain=0.0)) == {"SKU-A"}
+
+
 @pytest.mark.parametrize(
     ("document", "message"),
     [
@@ -130,6 +144,9 @@ def test_an_evaluation_leaves_out_synthetic_images_where_they_hurt(small_store: 
         ([1, 2], "has no per-SKU 'gain' object"),
         ({"gain": {"SKU-A": "bad"}}, "gain of 'SKU-A' is 'bad', not a number"),
         ({"gain": {"SKU-A": True}}, "not a number"),
+        # json.loads reads NaN and Infinity: NaN would keep every synthetic image, -Infinity drop them.
+        ({"gain": {"SKU-A": float("nan")}}, "gain of 'SKU-A' is nan, not a number"),
+        ({"gain": {"SKU-A": float("-inf")}}, "gain of 'SKU-A' is -inf, not a number"),
     ],
 )
 def test_an_unusable_evaluation_is_a_clear_error(document: object, message: str) -> None:
@@ -209,6 +226,22 @@ def test_an_unknown_fit_is_refused(small_store: ManifestStore, tmp_path: Path) -
             fit="stretch",  # type: ignore[arg-type]
             max_synthetic_per_real=1,
         )
+
+
+def test_an_export_from_a_store_without_skus_is_refused_not_an_empty_training_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A mistyped SKUFORGE_STORE_URI reads as an empty store; before, this wrote a training set of no
+    # class and exited 0.
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'no-such-store'}")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["dataset", "export", str(out), "--format", "imagefolder", "--max-synthetic-per-real", "2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"the retraining store file://{tmp_path}/no-such-store/{PREFIX} has no SKUs" in err
+    assert "SKUFORGE_STORE_URI" in err
+    assert not out.exists()
 
 
 def test_export_refuses_a_non_empty_directory_and_a_tampered_object(

@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -362,6 +364,18 @@ def test_a_photo_that_does_not_decode_is_refused_by_name(
     err = capsys.readouterr().err
     assert "held-out " in err and "SKU-BLUE/cut.jpg cannot be used (truncated" in err
     (heldout / "SKU-BLUE" / "cut.jpg").unlink()
+    # A PNG whose header declares 20000 x 20000 pixels: before, a DecompressionBombError traceback.
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    chunks = [(b"IHDR", header), (b"IDAT", zlib.compress(b"")), (b"IEND", b"")]
+    huge = b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        for kind, data in chunks
+    )
+    (heldout / "SKU-BLUE" / "panorama.png").write_bytes(huge)
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "held-out " in err and "SKU-BLUE/panorama.png cannot be used (" in err and "400000000" in err
+    (heldout / "SKU-BLUE" / "panorama.png").unlink()
     # A store image cut short, with a manifest sha256 that matches it: named too.
     png = encode_png(colour_photo(COLOURS["SKU-BLUE"], 77))
     store_photo(colour_store, "SKU-BLUE", "real-cut", "real", png[: len(png) * 8 // 10])
@@ -441,6 +455,35 @@ def test_an_out_that_is_a_file_is_refused_before_the_run(
     assert f"--out {out} is a file; name a folder" in capsys.readouterr().err
     assert not (tmp_path / "features").exists()  # refused before any photo was read
     assert out.read_text() == "not a folder"
+
+
+def test_a_cache_dir_that_is_a_file_is_refused_before_the_run(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: a NotADirectoryError traceback once every held-out photo had been read.
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    args = evaluate_args(heldout, tmp_path / "eval", tmp_path)
+    args[args.index("--cache-dir") + 1] = str(cache)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(args)
+    assert exit_info.value.code == 2
+    assert f"--cache-dir {cache} is a file; name a folder" in capsys.readouterr().err
+    # --no-cache reads and writes no cache: the same file is no obstacle then.
+    assert cli_main([*args, "--no-cache"]) == 0
+    assert cache.read_text() == "not a folder"
+
+
+def test_a_store_without_skus_is_named_as_such(
+    heldout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A mistyped SKUFORGE_STORE_URI: before, the user was told to rename their held-out folders.
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'no-such-store'}")
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert f"the retraining store file://{tmp_path}/no-such-store/{PREFIX} has no SKUs" in err
+    assert "SKUFORGE_STORE_URI" in err and "rename" not in err
+    assert not (tmp_path / "eval").exists()
 
 
 def test_a_heldout_folder_that_is_the_store_itself_is_refused(

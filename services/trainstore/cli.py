@@ -71,6 +71,14 @@ def store_root(manifests: ManifestStore) -> str:
     return f"{manifests.store.base_uri}/{manifests.prefix}".rstrip("/")
 
 
+def no_skus_problem(manifests: ManifestStore) -> str:
+    """What to say when the retraining store has no SKU at all: most often a mistyped store URI."""
+    return (
+        f"the retraining store {store_root(manifests)} has no SKUs; is SKUFORGE_STORE_URI (and "
+        "SKUFORGE_TRAINSTORE_PREFIX) the store the trainstore service writes?"
+    )
+
+
 def evaluation_mismatches(
     evaluation: dict[str, Any], *, store: str, max_synthetic_per_real: int, min_real: int
 ) -> list[str]:
@@ -146,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PATH",
         help="evaluation.json written by 'skuforge evaluate': SKUs whose synthetic images lowered "
         "held-out top-1 (per-SKU B-A below --min-gain) are exported with their real images only; "
-        "SKUs it did not evaluate are exported as usual",
+        "SKUs it did not evaluate, or evaluated with none of their synthetic images, are exported as usual",
     )
     export.add_argument(
         "--min-gain",
@@ -182,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.min_gain is not None and args.evaluation is None:
             parser.error("--min-gain needs --evaluation PATH (the evaluation.json of skuforge evaluate)")
         try:
+            if not manifests.sku_ids():
+                raise ValueError(no_skus_problem(manifests))  # not an empty training set and exit 0
             no_synthetic = None
             if args.evaluation is not None:
                 evaluation = _read_evaluation(args.evaluation)

@@ -15,8 +15,8 @@ ingest`` would store for it): a test photo that was trained on, or composited in
 image, makes every figure meaningless. Also refused: held-out folders naming SKUs the store does
 not have, fewer than 2 SKUs with held-out photos, held-out SKUs without a usable real image in the
 store or left out by the export policy, a held-out photo that does not decode, an unusable
-``--scenes`` (malformed, or no files), a weights file that does not load, and an ``--out`` that is
-a file.
+``--scenes`` (malformed, or no files), a weights file that does not load, an ``--out`` or
+``--cache-dir`` that is a file, and a store with no SKUs.
 
 Writes ``--out DIR/evaluation.json`` (the ``EvaluationResult`` and its headline ``summary``; what
 ``skuforge dataset export --evaluation`` reads) and ``report.html`` (``shared/evaluation/report.py``),
@@ -54,8 +54,8 @@ def _positive_float(text: str) -> float:
 
 
 def out_dir_problem(out: Path) -> str | None:
-    """Why results could not be written to ``out`` (None: they can); checked before the run, which
-    can take long, rather than after it."""
+    """Why results (or the cache) could not be written to ``out`` (None: they can); checked before
+    the run, which can take long, rather than after it."""
     existing = next((path for path in (out, *out.parents) if path.exists()), None)
     if existing is None:
         return None
@@ -178,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = out_dir_problem(args.out)
     if problem:
         parser.error(f"--out {args.out} {problem}")
+    problem = None if args.no_cache else out_dir_problem(args.cache_dir)
+    if problem:
+        parser.error(f"--cache-dir {args.cache_dir} {problem}")
     # torch and the store come in only now, so that --help and usage errors answer at once.
     from services.trainstore.evaluation import EVALUATION_FILE, REFUSALS, evaluate, summary_lines
 

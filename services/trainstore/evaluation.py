@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from services.trainstore.cli import open_manifests, store_root
+from services.trainstore.cli import no_skus_problem, open_manifests, store_root
 from shared.config import load_settings
 from shared.errors import BadInput, ChecksumMismatch, ImageRejected
 from shared.evaluation.backbone import BackboneMissing, BackboneSpec, FeatureCache, open_backbone
@@ -87,6 +87,8 @@ def _check_is_image(path: Path, data: bytes) -> None:
         Image.open(io.BytesIO(data))  # the header only: cheap, and enough to catch a stray file
     except (UnidentifiedImageError, OSError):
         raise EvaluateRefused(f"held-out {path} is not an image; remove it or replace it") from None
+    except Image.DecompressionBombError as exc:  # not an OSError: a header declaring far too many pixels
+        raise EvaluateRefused(f"held-out {path} cannot be used ({exc}); remove it or replace it") from None
 
 
 def as_ingested(photos: Sequence[Photo], cache_dir: Path | None) -> list[tuple[str, str]]:
@@ -215,6 +217,8 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     heldout, notes = heldout_photos(args.heldout)
     manifests = open_manifests()
     in_store = set(manifests.sku_ids())
+    if not in_store:
+        raise EvaluateRefused(no_skus_problem(manifests))
     heldout_skus = sorted({photo.sku_id for photo in heldout})
     unknown = [sku for sku in heldout_skus if sku not in in_store]
     if unknown:

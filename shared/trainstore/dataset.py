@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import uuid
 from collections import defaultdict
@@ -162,18 +163,26 @@ def synthetic_left_out_by_evaluation(
 
     ``evaluation`` is what ``skuforge evaluate`` writes; its ``gain`` maps each evaluated SKU to
     B - A (top-1 with its synthetic images minus without). A SKU below ``min_gain`` is left out;
-    SKUs the evaluation did not measure keep their synthetic images. A document without a usable
-    ``gain`` is a ``ValueError`` saying what is wrong.
+    SKUs the evaluation did not measure keep their synthetic images, and so do SKUs it measured
+    with none of their own (``train_counts``: 0 synthetic): their B - A is what other SKUs'
+    synthetic images did to them. A document without a usable ``gain`` is a ``ValueError`` saying
+    what is wrong.
     """
     gain = evaluation.get("gain") if isinstance(evaluation, Mapping) else None
     if not isinstance(gain, Mapping):
         raise ValueError(
             f"{source} has no per-SKU 'gain' object: is it the evaluation.json of skuforge evaluate?"
         )
+    counts = evaluation.get("train_counts")
+    counts = counts if isinstance(counts, Mapping) else {}
     left_out = {}
     for sku_id, value in sorted(gain.items()):
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        # json.loads reads NaN and Infinity: NaN would keep every synthetic image, -Infinity drop them.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ValueError(f"{source}: gain of {sku_id!r} is {value!r}, not a number")
+        sku_counts = counts.get(sku_id)
+        if isinstance(sku_counts, Mapping) and sku_counts.get("synthetic") == 0:
+            continue  # none of its synthetic images was measured
         if value < min_gain:
             left_out[str(sku_id)] = f"B{MINUS}A {_signed(value)} < {_signed(min_gain)} in {source}"
     return left_out
