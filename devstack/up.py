@@ -74,6 +74,9 @@ DEFAULT_WORKDIR = Path("var/up")
 STATE_FILE = "stack.json"
 PORTS_FILE = "ports.json"
 LOGIN_FILE = "console-login"
+# How much later than a stack's started_at its supervisor's pid may have started and still be it
+# (process start times are read to the second; wall clocks get nudged).
+STALE_PID_SLACK_S = 60.0
 CONSOLE_USER = "demo"
 
 
@@ -519,13 +522,42 @@ def write_state(config: StackConfig, supervisor: Supervisor, state: str) -> None
     tmp.replace(path)
 
 
+def folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be (or become) a folder: a file in its place or above it; None if it can."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else f"{candidate} is a file, not a folder"
+    return None
+
+
+def process_started_at(pid: int) -> float | None:
+    """When process ``pid`` started, epoch seconds (to about a second), from /proc; None if unknown."""
+    try:
+        boot_s = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        # "pid (comm) S ppid ...": comm may hold spaces, so count after the last ")"; starttime is the 22nd.
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+    return boot_s + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def read_state(workdir: Path) -> dict[str, Any] | None:
     """The state of the stack of ``workdir`` if its supervisor still runs, else None."""
     try:
         state: dict[str, Any] = json.loads((workdir / STATE_FILE).read_text())
         pid = int(state["supervisor_pid"])
         os.kill(pid, 0)
+        stack_started_at = float(state.get("started_at") or "inf")
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+    # A stack killed with SIGKILL, or by a reboot, leaves its state behind; its pid may since name a
+    # process started after the stack was (the supervisor starts a moment before it writes started_at).
+    started_at = process_started_at(pid)
+    if started_at is not None and started_at > stack_started_at + STALE_PID_SLACK_S:
         return None
     return state
 
@@ -618,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
         replicas = parse_replicas(args.replicas)
     except ValueError as exc:
         parser.error(str(exc))
+    if problem := folder_problem(args.workdir):
+        parser.error(f"--workdir {args.workdir}: {problem}")
     from skuforge_cli.main import load_all_settings
 
     try:

@@ -3,27 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 from shared.synth.photo import MIN_SIZE, write_sku_folders
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
 
 
-def _non_negative(text: str) -> int:
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of 0 or more."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
     return value
 
 
-def _size(text: str) -> int:
+def photo_size_px(text: str) -> int:
+    """An argparse type: a photo side the renderer draws (at least ``MIN_SIZE`` px)."""
     value = int(text)
     if value < MIN_SIZE:
         raise argparse.ArgumentTypeError(f"must be at least {MIN_SIZE}")
@@ -38,17 +42,25 @@ def main(argv: list[str] | None = None) -> int:
         "Same arguments, same bytes.",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder (skus/, masks/, truth.jsonl)")
-    parser.add_argument("--skus", type=_positive, required=True, help="number of SKUs")
-    parser.add_argument("--photos-per-sku", type=_positive, required=True, help="photos per SKU")
+    parser.add_argument("--skus", type=positive_int, required=True, help="number of SKUs")
+    parser.add_argument("--photos-per-sku", type=positive_int, required=True, help="photos per SKU")
     parser.add_argument(
-        "--seed", type=_non_negative, required=True, help="catalogue seed (ids are SYN-<seed>-NNNN)"
+        "--seed", type=non_negative_int, required=True, help="catalogue seed (ids are SYN-<seed>-NNNN)"
     )
     parser.add_argument(
-        "--size", type=_size, default=512, help="photo width and height in pixels (default 512)"
+        "--size", type=photo_size_px, default=512, help="photo width and height in pixels (default 512)"
     )
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    folders = write_sku_folders(args.out, args.skus, args.photos_per_sku, args.seed, args.size)
+    try:
+        folders = write_sku_folders(args.out, args.skus, args.photos_per_sku, args.seed, args.size)
+    except OSError as exc:  # a file where a folder goes, no permission, a full disk
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(
+            f"skuforge synth: cannot write under --out {args.out}: {exc.strerror or exc}{where}",
+            file=sys.stderr,
+        )
+        return 2
     elapsed = time.perf_counter() - start
     photos = len(folders) * args.photos_per_sku
     print(

@@ -101,6 +101,19 @@ def test_up_refuses_a_bad_service_setting_before_starting_anything(
     assert not (tmp_path / "up").exists()
 
 
+def test_up_refuses_a_file_as_its_workdir_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_the_way = tmp_path / "stack"
+    in_the_way.write_text("not a folder\n")
+    for workdir in (in_the_way, in_the_way / "up"):
+        with pytest.raises(SystemExit) as exited:
+            cli_main(["up", "--workdir", str(workdir)])
+        assert exited.value.code == 2
+        assert f"--workdir {workdir}: {in_the_way} is a file, not a folder" in capsys.readouterr().err
+    assert in_the_way.read_text() == "not a folder\n"
+
+
 # --------------------------------------------------------------------------------------------------
 # skuforge demo, again, on a stack that already ran the same SKUs
 # --------------------------------------------------------------------------------------------------

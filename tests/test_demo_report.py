@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from devstack.demo import demo as demo_module
 from devstack.demo.demo import main as demo_main
-from devstack.demo.demo import this_runs_decisions
+from devstack.demo.demo import sku_views, this_runs_decisions
 from devstack.demo.report import (
     CUTOUT_BACKGROUND_RGB,
     ReferenceView,
@@ -22,8 +23,13 @@ from devstack.demo.report import (
     write_report,
 )
 from devstack.demo.tracker import FlowState, Seen, item_key
+from schemas.common import ImageRef, SkuMetadata
+from schemas.events import ReferencePhoto, SkuIngested
 from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED, IMAGE_GENERATED, SKU_INGESTED
+from services.trainstore.config import TrainstoreSettings
+from shared.config import load_settings
 from shared.store import FileStore
+from shared.trainstore.manifest import ManifestRow, ManifestStore
 
 
 def square_mask(size: int = 40, lo: int = 10, hi: int = 30) -> np.ndarray:
@@ -146,3 +152,82 @@ def test_demo_refuses_a_wrong_sku_source_before_starting_anything(
     assert demo_main(["--skus", str(tmp_path), "--workdir", str(tmp_path / "up")]) == 2
     assert "no SKU folders" in capsys.readouterr().err
     assert not (tmp_path / "up").exists(), "no stack may start for SKUs that cannot be ingested"
+
+
+@pytest.fixture
+def no_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the demo gets as far as starting (or using) a stack."""
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the demo went on to the stack with arguments it should have refused")
+
+    monkeypatch.setattr(demo_module, "stack", refuse)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--synthetic", "--synthetic-skus", "0"], "--synthetic-skus: must be at least 1"),
+        (["--synthetic", "--photos-per-sku", "0"], "--photos-per-sku: must be at least 1"),
+        (["--synthetic", "--seed", "-1"], "--seed: must be 0 or more"),
+        (["--synthetic", "--size", "10"], "--size: must be at least 64"),
+        (["--variants", "0"], "--variants: must be at least 1"),
+    ],
+)
+def test_demo_refuses_a_bad_number_before_rendering_or_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_stack: None, argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        demo_main([*argv, "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "up")])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists(), "nothing may be rendered for arguments that are refused"
+
+
+@pytest.mark.parametrize("option", ["--out", "--workdir"])
+def test_demo_refuses_a_file_where_its_folders_go_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_stack: None, option: str
+) -> None:
+    """Else --out fails only when the report is written, after the whole run; --workdir in a traceback."""
+    in_the_way = tmp_path / "notes.txt"
+    in_the_way.write_text("mine\n")
+    for path in (in_the_way, in_the_way / "sub"):
+        with pytest.raises(SystemExit) as exited:
+            demo_main([option, str(path)])
+        assert exited.value.code == 2
+        assert f"{option} {path}: {in_the_way} is a file, not a folder" in capsys.readouterr().err
+    assert in_the_way.read_text() == "mine\n"
+
+
+def test_a_synthetic_demo_runs_only_the_skus_it_just_rendered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_stack: None
+) -> None:
+    """A second --synthetic run into the same --out must not ingest the first run's SKUs too."""
+    out = tmp_path / "out"
+    common = ["--synthetic", "--photos-per-sku", "1", "--size", "64", "--out", str(out)]
+    for argv in (["--synthetic-skus", "3", "--seed", "7"], ["--synthetic-skus", "2", "--seed", "8"]):
+        with pytest.raises(AssertionError, match="went on to the stack"):
+            demo_main([*common, *argv, "--workdir", str(tmp_path / "up")])
+    assert "2 SKUs, 2 photos" in capsys.readouterr().out
+    rendered = sorted(path.name for path in (out / "catalogue" / "skus").iterdir())
+    assert rendered == ["SYN-8-0001", "SYN-8-0002"]
+
+
+def test_the_report_counts_only_this_runs_real_photos_in_the_store(tmp_path: Path) -> None:
+    """The same SKU run before with other photos: the store keeps those, but they are not this run's."""
+    store = FileStore(tmp_path / "store")
+    image = ImageRef(uri="file:///x/p.png", sha256="0" * 64, bytes=1, width=8, height=8)
+    sku = SkuMetadata(sku_id="SKU-1", name="Product", category="soda can")
+    manifests = ManifestStore(store, load_settings(TrainstoreSettings).trainstore_prefix)
+    manifests.append(
+        "SKU-1",
+        [
+            ManifestRow(item_id=item_id, sku_id="SKU-1", category="can", source="real", status="reference")
+            for item_id in ("earlier-1", "earlier-2", "now-1")
+        ],
+    )
+    state = FlowState()
+    photo = ReferencePhoto(photo_id="now-1", image=image, original_filename="a.png")
+    state.records[SKU_INGESTED.name]["SKU-1"] = Seen(SkuIngested(sku=sku, photos=[photo]), 1_000)
+    [view] = sku_views(state, store, ["SKU-1"])
+    assert (len(view.photos), view.stored_real) == (1, 1)

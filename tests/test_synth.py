@@ -202,3 +202,16 @@ def test_bad_arguments_are_refused() -> None:
         render_photo(make_product(0, 0), 0, 0, size_px=16)
     with pytest.raises(ValueError):
         render_photo(make_product(0, 0), 0, 0, size_px=SIZE, background="moon")
+
+
+def test_cli_names_a_file_in_the_way_of_out_instead_of_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    in_the_way = tmp_path / "catalogue"
+    in_the_way.write_text("mine\n")
+    for out in (in_the_way, in_the_way / "sub"):
+        argv = ["--out", str(out), "--skus", "1", "--photos-per-sku", "1", "--seed", "2", "--size", "64"]
+        assert synth_main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"skuforge synth: cannot write under --out {out}" in err and "Not a directory" in err
+    assert in_the_way.read_text() == "mine\n"

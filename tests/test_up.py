@@ -28,7 +28,7 @@ from devstack.supervisor import (
     SupervisorError,
     processes_with_env,
 )
-from devstack.up import DEFAULT_PORTS, build_config, build_specs, main, parse_replicas
+from devstack.up import DEFAULT_PORTS, build_config, build_specs, main, parse_replicas, read_state
 from schemas.flow import PIPELINE
 from tests.support.replicas import group_assignment
 
@@ -75,6 +75,22 @@ def python_child(tmp_path: Path, name: str, code: str, **kwargs: Any) -> Service
     return ServiceSpec(
         name=name, argv=[sys.executable, str(script)], log_path=tmp_path / f"{name}.log", **kwargs
     )
+
+
+def test_a_stack_json_whose_pid_now_names_another_process_is_stale(tmp_path: Path) -> None:
+    """A stack killed with SIGKILL (or a reboot) leaves stack.json saying "ready"; its pid may since
+    name another process, which `up` must not call a running stack (nor tell the user to kill)."""
+    newcomer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        state = {"state": "ready", "supervisor_pid": newcomer.pid, "started_at": time.time() - 3600}
+        (tmp_path / "stack.json").write_text(json.dumps(state))
+        assert read_state(tmp_path) is None
+        state["started_at"] = time.time()  # written by that very process, just after it started
+        (tmp_path / "stack.json").write_text(json.dumps(state))
+        assert read_state(tmp_path) == state
+    finally:
+        newcomer.kill()
+        newcomer.wait()
 
 
 def test_the_documented_ports_do_not_clash() -> None:

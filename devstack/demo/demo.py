@@ -24,12 +24,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.demo.report import ItemView, ReferenceView, SkuView, StageView, write_report
 from devstack.demo.tracker import FOLLOWED, FlowState, FlowTracker
-from devstack.up import DEFAULT_WORKDIR, read_state
+from devstack.up import DEFAULT_WORKDIR, folder_problem, read_state
 from schemas.events import CorrectionPending, GateAccepted, ImageGenerated, SkuCaptioned, SkuIngested
 from schemas.topics import (
     CORRECTION_PENDING,
@@ -50,18 +51,19 @@ from schemas.topics import (
 from services.ingest.ingest import IngestError, prepare_all
 from shared.config import Settings, load_settings
 from shared.store import ObjectStore, open_store
+from skuforge_cli.synth import non_negative_int, photo_size_px, positive_int
 
 STACK_START_TIMEOUT_S = 600.0
 # The real photos the demo runs on by default; where each comes from: samples/grocerystore/README.md.
 SAMPLE_SKUS = Path(__file__).resolve().parents[2] / "samples" / "grocerystore"
 # The scenes real SKUs are composited onto unless SKUFORGE_SCENES_URI names others (not --synthetic).
 SAMPLE_SCENES = Path(__file__).resolve().parents[2] / "samples" / "grocerystore-scenes"
-# --synthetic's options: flag, default, help.
-SYNTHETIC_OPTIONS: tuple[tuple[str, int, str], ...] = (
-    ("--synthetic-skus", 3, "synthetic SKUs"),
-    ("--photos-per-sku", 3, "photos per synthetic SKU"),
-    ("--seed", 7, "catalogue seed"),
-    ("--size", 384, "side of the rendered photos, px"),
+# --synthetic's options: flag, default, type (the checks `skuforge synth` makes), help.
+SYNTHETIC_OPTIONS: tuple[tuple[str, int, Callable[[str], int], str], ...] = (
+    ("--synthetic-skus", 3, positive_int, "synthetic SKUs"),
+    ("--photos-per-sku", 3, positive_int, "photos per synthetic SKU"),
+    ("--seed", 7, non_negative_int, "catalogue seed"),
+    ("--size", 384, photo_size_px, "side of the rendered photos, px"),
 )
 
 
@@ -228,13 +230,16 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("demo-out"), help="report folder (default %(default)s)"
+        "--out",
+        type=Path,
+        default=Path("demo-out"),
+        help="report folder (default %(default)s); --synthetic renders into OUT/catalogue, replacing it",
     )
     parser.add_argument(
         "--workdir", type=Path, default=DEFAULT_WORKDIR, help="the stack's workdir (default %(default)s)"
     )
     parser.add_argument(
-        "--variants", type=int, default=6, help="generated images per SKU (default %(default)s)"
+        "--variants", type=positive_int, default=6, help="generated images per SKU (default %(default)s)"
     )
     parser.add_argument("--timeout-s", type=float, default=600, help="give up waiting after this long")
     parser.add_argument("--keep-running", action="store_true", help="leave a stack started here running")
@@ -252,15 +257,15 @@ def main(argv: list[str] | None = None) -> int:
         "--synthetic", action="store_true", help="render synthetic SKUs instead (options below)"
     )
     synthetic = parser.add_argument_group("synthetic SKUs (only with --synthetic)")
-    for flag, default, text in SYNTHETIC_OPTIONS:
-        synthetic.add_argument(flag, type=int, metavar="N", help=f"{text} (default {default})")
+    for flag, default, number, text in SYNTHETIC_OPTIONS:
+        synthetic.add_argument(flag, type=number, metavar="N", help=f"{text} (default {default})")
     args = parser.parse_args(argv)
     started = time.monotonic()
 
-    given = [flag for flag, _, _ in SYNTHETIC_OPTIONS if getattr(args, _dest(flag)) is not None]
+    given = [flag for flag, *_ in SYNTHETIC_OPTIONS if getattr(args, _dest(flag)) is not None]
     if given and not args.synthetic:
         parser.error(f"{', '.join(given)}: only with --synthetic")
-    for flag, default, _ in SYNTHETIC_OPTIONS:
+    for flag, default, *_ in SYNTHETIC_OPTIONS:
         if getattr(args, _dest(flag)) is None:
             setattr(args, _dest(flag), default)
     if args.skus is not None and not args.skus.is_dir():
@@ -270,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )
         parser.error(f"--skus {args.skus}: not a directory of SKU folders{hint}")
+    # Found now, not in a traceback when the report is written at the end of the run.
+    for option, folder in (("--out", args.out), ("--workdir", args.workdir)):
+        if problem := folder_problem(folder):
+            parser.error(f"{option} {folder}: {problem}")
 
     if args.synthetic:
         skus_dir = render_synthetic(args.out / "catalogue", args)
@@ -318,9 +327,14 @@ def _dest(flag: str) -> str:
 
 
 def render_synthetic(catalogue: Path, args: argparse.Namespace) -> Path:
-    """Render ``--synthetic-skus`` renderer SKUs under ``catalogue``; returns their ``skus`` folder."""
+    """Render ``--synthetic-skus`` renderer SKUs under ``catalogue``; returns their ``skus`` folder.
+
+    The catalogue of an earlier run into the same ``--out`` goes first: its SKU folders (another
+    seed, more SKUs) would be ingested beside this run's.
+    """
     from shared.synth import write_sku_folders
 
+    shutil.rmtree(catalogue, ignore_errors=True)
     write_sku_folders(catalogue, args.synthetic_skus, args.photos_per_sku, args.seed, args.size)
     skus_dir = catalogue / "skus"
     _say(f"rendered {args.synthetic_skus} synthetic SKUs x {args.photos_per_sku} photos into {skus_dir}")
@@ -516,8 +530,12 @@ def sku_views(state: FlowState, store: ObjectStore, sku_ids: list[str]) -> list[
     views = []
     for sku_id in sku_ids:
         sku = ingested.get(sku_id)
+        # The store keeps the photos of every earlier run of the SKU; only this run's are its result.
+        photo_ids = {photo.photo_id for photo in sku.photos} if sku else set()
         real = sum(
-            1 for row in manifests.iter_rows([sku_id]) if row.source == "real" and row.status == "reference"
+            1
+            for row in manifests.iter_rows([sku_id])
+            if row.source == "real" and row.status == "reference" and row.item_id in photo_ids
         )
         views.append(
             SkuView(
