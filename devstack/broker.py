@@ -635,10 +635,10 @@ def _env_int(name: str, default: int) -> int:
         raise SystemExit(f"{name}={value!r} is not an integer") from exc
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     data_dir = Path(os.environ.get("SKUFORGE_KAFKA_DATA_DIR") or DEFAULT_DATA_DIR)
     parser = argparse.ArgumentParser(
-        prog="python -m devstack.broker",
+        prog=prog,
         description="Run the real single-node Kafka broker (KRaft) used by skuforge tests and local runs.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -691,9 +691,10 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m devstack.broker``; returns the exit status."""
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "python -m devstack.broker") -> int:
+    """Entry point of ``python -m devstack.broker`` and ``skuforge kafka`` (``prog``, as its usage
+    names it); returns the exit status."""
+    args = _parser(prog).parse_args(argv)
     try:
         if args.command == "start":
             broker = LocalKafka(

@@ -95,7 +95,7 @@ def _cmd_adapters(rest: list[str]) -> int:
 def _cmd_kafka(rest: list[str]) -> int:
     from devstack.broker import main
 
-    return main(rest)
+    return main(rest, prog="skuforge kafka")
 
 
 def _cmd_topics(rest: list[str]) -> int:
@@ -237,7 +237,10 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "demo": (_cmd_demo, "real sample SKUs (or --skus DIR, --synthetic) through the stack, then a report"),
     "ingest": (_cmd_ingest, "upload SKU folders (photos + metadata.json) and publish sku.ingested"),
     "synth": (_cmd_synth, "render synthetic SKU folders with exact masks (test and demo data)"),
-    "matting": (_cmd_matting, "train, evaluate or quantise the U2-Net matting model"),
+    "matting": (
+        _cmd_matting,
+        "make (official, real-pairs, pairs, train, export), evaluate or quantise the U2-Net matting model",
+    ),
     "dataset": (_cmd_dataset, "retraining store: per-SKU stats, export a training set, compact manifests"),
     "evaluate": (
         _cmd_evaluate,
