@@ -451,3 +451,19 @@ def test_a_product_thinner_than_the_reduction_step_of_a_large_photo_is_still_mea
     attributes = describe_product(image, mask)
     assert attributes.colour_names[0] == "red"
     assert attributes.mask_fraction == pytest.approx(0.45)
+
+
+@pytest.mark.parametrize("length_px", [3, 40])
+def test_a_slanted_line_of_a_mask_is_too_thin_to_measure_said_plainly(length_px: int) -> None:
+    """The captioner files this as the photo's no_product_found detail; it read 'cannot convert
+    float NaN to integer'."""
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    for step in range(length_px):
+        mask[10 + step, 10 + step] = 255
+    with pytest.raises(ValueError) as refused:
+        describe_product(image, mask)
+    assert str(refused.value) == f"the mask is too thin to measure ({length_px} pixels)"
+    # Two pixels wide at the same slant is a shape again.
+    mask[11 : 10 + length_px, 10 : 9 + length_px] |= np.eye(length_px - 1, dtype=np.uint8) * 255
+    assert describe_product(image, mask).mask_fraction == pytest.approx((2 * length_px - 1) / 64**2, abs=1e-6)

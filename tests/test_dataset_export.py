@@ -199,6 +199,31 @@ def test_imagefolder_export_honours_the_policy(
     assert summary["classes"]["SKU-A"] == {"real": 2, "synthetic": 4, "dropped": 3}
 
 
+@pytest.mark.parametrize("points", ["-5", "5", "-1.5"])
+def test_a_min_gain_in_points_is_refused_as_not_a_fraction(
+    small_store: ManifestStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    points: str,
+) -> None:
+    """The docs quote gains in points; the gain is a fraction. ``--min-gain -5`` read as -500 points
+    left nothing out, silently; -0.15 (-15 points) is what keeps SKU-A's B-A of -0.12."""
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_text(json.dumps({"gain": {"SKU-A": -0.12, "SKU-B": 0.05}}))
+    base = ["dataset", "export", "--format", "imagefolder", "--size", "64", "--max-synthetic-per-real", "2"]
+    base += ["--evaluation", str(evaluation)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*base, str(tmp_path / "refused"), "--min-gain", points])
+    assert exit_info.value.code == 2
+    fraction = "a fraction of top-1 between -1 and 1 (-0.05 for -5 points)"
+    assert f"--min-gain: must be {fraction}, got {points}" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    assert cli_main([*base, str(tmp_path / "export"), "--min-gain", "-0.15"]) == 0
+    assert count_tree(tmp_path / "export")["SKU-A"] == {"real": 2, "synthetic": 4}
+
+
 @pytest.mark.parametrize(("fit", "size"), [("keep", (40, 32)), ("pad", (32, 32))])
 def test_jsonl_export_writes_rows_images_and_masks(
     small_store: ManifestStore, tmp_path: Path, fit: ExportFit, size: tuple[int, int]

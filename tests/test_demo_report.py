@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -172,6 +180,9 @@ def no_stack(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--synthetic", "--seed", "-1"], "--seed: must be 0 or more"),
         (["--synthetic", "--size", "10"], "--size: must be at least 64"),
         (["--variants", "0"], "--variants: must be at least 1"),
+        (["--timeout-s", "0"], "--timeout-s: must be a number of seconds above 0, got 0"),
+        (["--timeout-s", "-5"], "--timeout-s: must be a number of seconds above 0, got -5"),
+        (["--timeout-s", "nan"], "--timeout-s: must be a number of seconds above 0, got nan"),
     ],
 )
 def test_demo_refuses_a_bad_number_before_rendering_or_starting_anything(
@@ -231,3 +242,185 @@ def test_the_report_counts_only_this_runs_real_photos_in_the_store(tmp_path: Pat
     state.records[SKU_INGESTED.name]["SKU-1"] = Seen(SkuIngested(sku=sku, photos=[photo]), 1_000)
     [view] = sku_views(state, store, ["SKU-1"])
     assert (len(view.photos), view.stored_real) == (1, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Ctrl-C, and a stack that is already running; no real stack: `skuforge up` is a stand-in process
+# --------------------------------------------------------------------------------------------------
+
+SMALL_SYNTHETIC = ["--synthetic", "--synthetic-skus", "1", "--photos-per-sku", "1", "--size", "64"]
+
+
+def write_running_stack(workdir: Path, env: dict[str, str] | None = None) -> int:
+    """A stack.json that read_state takes for a live stack (its supervisor: this test process)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = {"state": "ready", "supervisor_pid": os.getpid(), "started_at": time.time(), "env": env or {}}
+    (workdir / "stack.json").write_text(json.dumps(state))
+    return os.getpid()
+
+
+class StandInUp:
+    """What ``stack()`` starts as ``skuforge up``: ready at once; on SIGINT it stops (its stack.json
+    goes), unless ``second_ctrl_c``, where the user's second Ctrl-C cuts the wait for it short."""
+
+    second_ctrl_c = False
+
+    def __init__(self, argv: list[str], **_kwargs: object) -> None:
+        self.workdir = Path(argv[argv.index("--workdir") + 1])
+        self.pid = write_running_stack(self.workdir)
+        self.returncode: int | None = None
+        self.signals: list[int] = []
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append(sig)
+        if not self.second_ctrl_c:
+            (self.workdir / "stack.json").unlink()
+            self.returncode = -sig
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        # Never a TimeoutExpired: stack() would SIGKILL the process group of this pid, this test's.
+        if self.second_ctrl_c:
+            raise KeyboardInterrupt
+        return self.returncode
+
+
+@pytest.fixture
+def stand_in_up(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[StandInUp]]:
+    """``stack()`` starts a StandInUp instead of ``skuforge up``; the list holds the ones started.
+
+    The demo copies the stack's environment into its own (``os.environ``): put back after the test.
+    """
+    environ = dict(os.environ)
+    started: list[StandInUp] = []
+
+    def popen(argv: list[str], **kwargs: object) -> StandInUp:
+        started.append(StandInUp(argv, **kwargs))
+        return started[-1]
+
+    fake = SimpleNamespace(Popen=popen, STDOUT=subprocess.STDOUT, TimeoutExpired=subprocess.TimeoutExpired)
+    monkeypatch.setattr(demo_module, "subprocess", fake)
+    yield started
+    os.environ.clear()
+    os.environ.update(environ)
+
+
+def ctrl_c(*_args: object, **_kwargs: object) -> Any:
+    raise KeyboardInterrupt
+
+
+def demo_after_ctrl_c(argv: list[str]) -> int:
+    """``skuforge demo`` that gets a Ctrl-C; its exit code, or a failure when it ends in a traceback."""
+    try:
+        return demo_main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C ended skuforge demo in a KeyboardInterrupt traceback")
+
+
+def test_ctrl_c_during_the_run_stops_the_stack_it_started_and_says_so_in_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    stand_in_up: list[StandInUp],
+) -> None:
+    monkeypatch.setattr(demo_module, "run_flow", ctrl_c)
+    workdir = tmp_path / "up"
+    code = demo_after_ctrl_c([*SMALL_SYNTHETIC, "--out", str(tmp_path / "out"), "--workdir", str(workdir)])
+    assert code == 130
+    [up] = stand_in_up
+    assert up.signals == [signal.SIGINT] and up.returncode is not None  # stopped, not left behind
+    assert capsys.readouterr().err == (
+        f"skuforge demo: interrupted; the stack the demo started from {workdir} was stopped\n"
+    )
+
+
+def test_ctrl_c_twice_says_the_stack_it_started_was_left_running_and_how_to_stop_it(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    stand_in_up: list[StandInUp],
+) -> None:
+    monkeypatch.setattr(demo_module, "run_flow", ctrl_c)
+    monkeypatch.setattr(StandInUp, "second_ctrl_c", True)
+    workdir = tmp_path / "up"
+    assert (
+        demo_after_ctrl_c([*SMALL_SYNTHETIC, "--out", str(tmp_path / "out"), "--workdir", str(workdir)])
+        == 130
+    )
+    assert capsys.readouterr().err == (
+        f"skuforge demo: interrupted; the stack of {workdir} was left running; stop it with "
+        f"Ctrl-C where skuforge up runs, or kill -INT {os.getpid()}\n"
+    )
+
+
+def test_ctrl_c_before_any_stack_says_none_was_started(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, no_stack: None
+) -> None:
+    monkeypatch.setattr(demo_module, "prepare_all", ctrl_c)
+    assert (
+        demo_after_ctrl_c(
+            [*SMALL_SYNTHETIC, "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "up")]
+        )
+        == 130
+    )
+    assert capsys.readouterr().err == "skuforge demo: interrupted; no stack was started\n"
+
+
+@pytest.mark.parametrize(
+    ("stack_env", "argv", "note"),
+    [
+        ({"SKUFORGE_GENERATION_VARIANTS_PER_SKU": "8"}, ["--variants", "3"], "makes 8 images per SKU"),
+        ({}, ["--variants", "3"], "makes 8 images per SKU"),  # the generator's default
+        ({"SKUFORGE_GENERATION_VARIANTS_PER_SKU": "3"}, ["--variants", "3"], None),
+        ({"SKUFORGE_GENERATION_VARIANTS_PER_SKU": "8"}, [], None),  # --variants not given: nothing ignored
+    ],
+)
+def test_a_running_stack_keeps_its_variants_and_a_different_variants_option_is_said_to_be_ignored(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    stand_in_up: list[StandInUp],
+    stack_env: dict[str, str],
+    argv: list[str],
+    note: str | None,
+) -> None:
+    """The generator's variants are a start-up setting: the demo cannot change a running stack's."""
+    workdir = tmp_path / "up"
+    pid = write_running_stack(workdir, stack_env)
+    monkeypatch.setattr(demo_module, "run_flow", lambda *_args, **_kwargs: 0)
+    assert (
+        demo_main([*SMALL_SYNTHETIC, *argv, "--out", str(tmp_path / "out"), "--workdir", str(workdir)]) == 0
+    )
+    assert stand_in_up == [], "the running stack is used, none started"
+    expected = (
+        [
+            f"skuforge demo: note: the running stack of {workdir} {note}; --variants 3 is ignored; to "
+            f"change it, stop that stack (Ctrl-C where skuforge up runs, or kill -INT {pid}) and run the "
+            "demo again"
+        ]
+        if note
+        else []
+    )
+    assert capsys.readouterr().err.splitlines() == expected
+
+
+def test_ctrl_c_leaves_a_stack_that_was_running_before_the_demo_running(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    stand_in_up: list[StandInUp],
+) -> None:
+    workdir = tmp_path / "up"
+    pid = write_running_stack(workdir)
+    monkeypatch.setattr(demo_module, "run_flow", ctrl_c)
+    assert (
+        demo_after_ctrl_c([*SMALL_SYNTHETIC, "--out", str(tmp_path / "out"), "--workdir", str(workdir)])
+        == 130
+    )
+    assert stand_in_up == [] and (workdir / "stack.json").is_file()
+    assert capsys.readouterr().err == (
+        f"skuforge demo: interrupted; the stack of {workdir} keeps running, as before the demo "
+        f"(Ctrl-C where skuforge up runs, or kill -INT {pid})\n"
+    )

@@ -87,6 +87,18 @@ def test_hidden_files_are_not_photos(synth_skus: Path, tmp_path: Path) -> None:
     assert all(not photo.original_filename.startswith(".") for sku in prepared for photo in sku.photos)
 
 
+def test_a_macos_zip_resource_fork_folder_is_not_a_sku(synth_skus: Path, tmp_path: Path) -> None:
+    """A zip made on a Mac unpacks with ``__MACOSX/`` beside the SKU folders (``._NAME`` per file);
+    it is no SKU, and must not refuse the batch for want of a metadata.json."""
+    root = _copy(synth_skus, tmp_path / "skus")
+    forks = root / "__MACOSX" / "SYN-7-0001"
+    forks.mkdir(parents=True)
+    for photo in sorted((root / "SYN-7-0001").glob("*.png")):
+        (forks / f"._{photo.name}").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    prepared = prepare_all(root, load_settings())
+    assert [sku.metadata.sku_id for sku in prepared] == ["SYN-7-0001", "SYN-7-0002", "SYN-7-0003"]
+
+
 def test_too_many_photos_and_duplicate_ids_are_refused(synth_skus: Path, tmp_path: Path) -> None:
     root = _copy(synth_skus, tmp_path / "skus")
     with pytest.raises(IngestError, match="at most 1"):

@@ -106,3 +106,25 @@ def test_predict_in_a_box_ignores_what_lies_outside(random_u2netp_onnx: Path) ->
     noisy[outside] = np.random.default_rng(0).integers(0, 256, size=(int(outside.sum()), 3), dtype=np.uint8)
     clean_result, noisy_result = session.predict([photo.image, Image.fromarray(noisy)], boxes=[box, box])
     assert np.array_equal(clean_result.mask, noisy_result.mask)
+
+
+@pytest.mark.parametrize(
+    ("box", "problem"),
+    [
+        ((100, 100, 200, 200), "not inside the 160x160 image"),  # partly outside
+        ((-10, 0, 50, 50), "not inside the 160x160 image"),
+        ((170, 170, 230, 230), "not inside the 160x160 image"),  # wholly outside
+        ((50, 50, 50, 80), "empty (0x30)"),
+        ((60, 80, 40, 100), "empty (-20x20)"),
+    ],
+)
+def test_a_box_that_is_no_region_of_its_image_is_named(
+    random_u2netp_onnx: Path, box: tuple[int, int, int, int], problem: str
+) -> None:
+    """Before, a box past the edge failed after the model ran, in a numpy broadcast error."""
+    session = U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=False)
+    image = render_photo(make_product(1, seed=5), 0, seed=5, size_px=160).image
+    with pytest.raises(ValueError) as refused:
+        session.predict([image, image], boxes=[(0, 0, 160, 160), box])
+    assert str(refused.value).startswith(f"boxes[1] {box}: {problem}")
+    assert not session.ready, "no image may be matted before every box is checked"

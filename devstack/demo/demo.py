@@ -5,8 +5,9 @@
    (``--skus DIR``, the layout ``skuforge ingest`` reads), or ``--synthetic`` products from the
    renderer (``--synthetic-skus``, ``--photos-per-sku``, ``--seed``, ``--size``); every folder is
    checked before anything starts;
-2. uses the stack of ``--workdir`` if ``skuforge up`` runs there, else starts one (and stops it at the
-   end, unless ``--keep-running``);
+2. uses the stack of ``--workdir`` if ``skuforge up`` runs there (it keeps its own scenes and images per
+   SKU; a ``--variants`` that differs is noted on stderr), else starts one (and stops it at the end,
+   unless ``--keep-running``; on Ctrl-C too, then says so in one line and exits 130);
 3. ingests the SKUs, then shows per stage how far they got, until every generated image is decided:
    accepted into the retraining store or queued in the correction console (or dead-lettered);
 4. prints a summary (per SKU: real photos, generated, accepted, flagged, mean IoU; per stage:
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shutil
 import signal
@@ -30,7 +32,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,9 @@ from shared.store import ObjectStore, open_store
 from skuforge_cli.synth import non_negative_int, photo_size_px, positive_int
 
 STACK_START_TIMEOUT_S = 600.0
+DEFAULT_VARIANTS = 6  # generated images per SKU of a stack the demo starts
+# The exit status of a command ended by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
 # The real photos the demo runs on by default; where each comes from: samples/grocerystore/README.md.
 SAMPLE_SKUS = Path(__file__).resolve().parents[2] / "samples" / "grocerystore"
 # The scenes real SKUs are composited onto unless SKUFORGE_SCENES_URI names others (not --synthetic).
@@ -69,6 +74,14 @@ SYNTHETIC_OPTIONS: tuple[tuple[str, int, Callable[[str], int], str], ...] = (
 
 def _say(line: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} demo  {line}", flush=True)
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type of ``--timeout-s``: a finite number of seconds above 0."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,6 +146,43 @@ def stack(workdir: Path, *, variants: int, keep_running: bool) -> Iterator[dict[
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def stack_variants(state: Mapping[str, Any]) -> int | None:
+    """Images per SKU the generator of a running stack makes: the setting in its environment, else the
+    default; None when its state says something that is not a number."""
+    from services.generator.config import GenerationSettings
+
+    configured = (state.get("env") or {}).get("SKUFORGE_GENERATION_VARIANTS_PER_SKU")
+    if not configured:
+        return int(GenerationSettings.model_fields["generation_variants_per_sku"].default)
+    try:
+        return int(configured)
+    except ValueError:
+        return None
+
+
+def how_to_stop(state: Mapping[str, Any]) -> str:
+    """How a person stops the running stack of ``state``."""
+    pid = state["supervisor_pid"]
+    return f"Ctrl-C where skuforge up runs, or kill -INT {pid}"
+
+
+def interrupted_line(workdir: Path, *, stack_entered: bool, stack_was_running: bool) -> str:
+    """What a Ctrl-C of the demo left behind, in one line: the stack stopped, still running, or none.
+
+    Asked of the workdir, not assumed: a second Ctrl-C while the stack stops can leave it running.
+    """
+    state = read_state(workdir)
+    if state is not None and stack_was_running:
+        return f"interrupted; the stack of {workdir} keeps running, as before the demo ({how_to_stop(state)})"
+    if state is not None:
+        return f"interrupted; the stack of {workdir} was left running; stop it with {how_to_stop(state)}"
+    if stack_was_running:
+        return f"interrupted; the stack of {workdir} the demo used is no longer running"
+    if stack_entered:
+        return f"interrupted; the stack the demo started from {workdir} was stopped"
+    return "interrupted; no stack was started"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,7 +271,8 @@ def handler_ms(metrics_url: str | None, stage: str) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``skuforge demo``; 0 when every generated image was decided, 1 on time-out, 2 on bad input."""
+    """``skuforge demo``; 0 when every generated image was decided, 1 on time-out, 2 on bad input,
+    130 on Ctrl-C (the stack it started is stopped first)."""
     parser = argparse.ArgumentParser(
         prog="skuforge demo",
         description=(
@@ -239,9 +290,18 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", type=Path, default=DEFAULT_WORKDIR, help="the stack's workdir (default %(default)s)"
     )
     parser.add_argument(
-        "--variants", type=positive_int, default=6, help="generated images per SKU (default %(default)s)"
+        "--variants",
+        type=positive_int,
+        default=None,
+        help=f"generated images per SKU of a stack the demo starts (default {DEFAULT_VARIANTS}); "
+        "a stack already running keeps its own",
     )
-    parser.add_argument("--timeout-s", type=float, default=600, help="give up waiting after this long")
+    parser.add_argument(
+        "--timeout-s",
+        type=positive_seconds,
+        default=600,
+        help="give up waiting after this many seconds (default %(default)s)",
+    )
     parser.add_argument("--keep-running", action="store_true", help="leave a stack started here running")
     source = parser.add_argument_group(
         "which SKUs", "default: the real sample photos in samples/grocerystore (3 SKUs x 3 photos)"
@@ -280,38 +340,52 @@ def main(argv: list[str] | None = None) -> int:
         if problem := folder_problem(folder):
             parser.error(f"{option} {folder}: {problem}")
 
-    if args.synthetic:
-        skus_dir = render_synthetic(args.out / "catalogue", args)
-    else:
-        skus_dir = args.skus if args.skus is not None else SAMPLE_SKUS
-    try:
-        prepared = prepare_all(skus_dir, load_settings())
-    except IngestError as exc:
-        missing_samples = args.skus is None and not args.synthetic and not SAMPLE_SKUS.is_dir()
-        hint = " (the sample photos ship with the repository; use --skus DIR or --synthetic)"
-        print(f"skuforge demo: {exc}{hint if missing_samples else ''}", file=sys.stderr)
-        return 2
-    sku_ids = [sku.metadata.sku_id for sku in prepared]
-    photos = sum(len(sku.photos) for sku in prepared)
-    _say(f"{len(sku_ids)} SKUs, {photos} photos, from {_shown(skus_dir)}")
-
     workdir = args.workdir.resolve()
-    running_state = read_state(workdir)
-    starts_stack = running_state is None or running_state.get("state") != "ready"
-    # Scenes are the generator's start-up setting: a stack that already runs keeps its own.
-    if (
-        starts_stack
-        and not args.synthetic
-        and not os.environ.get("SKUFORGE_SCENES_URI")
-        and SAMPLE_SCENES.is_dir()
-    ):
-        # Real photos go on real scenes (docs/evaluation.md: what that does for a classifier).
-        os.environ["SKUFORGE_SCENES_URI"] = str(SAMPLE_SCENES)
-        _say(f"scenes: the sample store photos in {_shown(SAMPLE_SCENES)} (SKUFORGE_SCENES_URI sets yours)")
-    with stack(workdir, variants=args.variants, keep_running=args.keep_running) as running:
-        os.environ.update(running["env"])  # the stack's Kafka, store, topics, console database
-        code = run_flow(args, running, skus_dir, sku_ids, started, stack_was_running=not starts_stack)
-    return code
+    stack_entered = stack_was_running = False
+    try:
+        if args.synthetic:
+            skus_dir = render_synthetic(args.out / "catalogue", args)
+        else:
+            skus_dir = args.skus if args.skus is not None else SAMPLE_SKUS
+        try:
+            prepared = prepare_all(skus_dir, load_settings())
+        except IngestError as exc:
+            missing_samples = args.skus is None and not args.synthetic and not SAMPLE_SKUS.is_dir()
+            hint = " (the sample photos ship with the repository; use --skus DIR or --synthetic)"
+            print(f"skuforge demo: {exc}{hint if missing_samples else ''}", file=sys.stderr)
+            return 2
+        sku_ids = [sku.metadata.sku_id for sku in prepared]
+        photos = sum(len(sku.photos) for sku in prepared)
+        _say(f"{len(sku_ids)} SKUs, {photos} photos, from {_shown(skus_dir)}")
+
+        running_state = read_state(workdir)
+        if running_state is not None and running_state.get("state") == "ready":
+            stack_was_running = True
+            # Variants and scenes are the generator's start-up settings: a running stack keeps its own.
+            made = stack_variants(running_state)
+            if args.variants is not None and made is not None and made != args.variants:
+                print(
+                    f"skuforge demo: note: the running stack of {workdir} makes {made} images per SKU; "
+                    f"--variants {args.variants} is ignored; to change it, stop that stack "
+                    f"({how_to_stop(running_state)}) and run the demo again",
+                    file=sys.stderr,
+                )
+        elif not args.synthetic and not os.environ.get("SKUFORGE_SCENES_URI") and SAMPLE_SCENES.is_dir():
+            # Real photos go on real scenes (docs/evaluation.md: what that does for a classifier).
+            os.environ["SKUFORGE_SCENES_URI"] = str(SAMPLE_SCENES)
+            _say(
+                f"scenes: the sample store photos in {_shown(SAMPLE_SCENES)} (SKUFORGE_SCENES_URI sets yours)"
+            )
+        stack_entered = True
+        variants = DEFAULT_VARIANTS if args.variants is None else args.variants
+        with stack(workdir, variants=variants, keep_running=args.keep_running) as running:
+            os.environ.update(running["env"])  # the stack's Kafka, store, topics, console database
+            return run_flow(args, running, skus_dir, sku_ids, started, stack_was_running=stack_was_running)
+    except KeyboardInterrupt:
+        # The stack this demo started is stopped by then (stack()'s finally); say so, not a traceback.
+        line = interrupted_line(workdir, stack_entered=stack_entered, stack_was_running=stack_was_running)
+        print(f"skuforge demo: {line}", file=sys.stderr, flush=True)
+        return INTERRUPTED_EXIT_CODE
 
 
 def _shown(path: Path) -> Path:

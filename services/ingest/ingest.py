@@ -11,7 +11,8 @@ Layout read (what ``skuforge synth`` writes)::
     DIR/<any folder name>/metadata.json   {"sku_id", "name", "category", "brand", "series"}
     DIR/<any folder name>/*.png|jpg|...   1..SKUFORGE_MAX_PHOTOS_PER_SKU photos
 
-``DIR`` may also be a single SKU folder. Hidden folders and files (names starting with ".") are skipped.
+``DIR`` may also be a single SKU folder. Hidden folders and files (names starting with ".") are skipped,
+and so is a ``__MACOSX`` folder (the resource forks macOS puts in a zip it makes).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from shared.images import PHOTO_SUFFIXES, photo_as_stored, refuse_oversized
 from shared.store import ObjectStore, open_store, sha256_hex
 
 PRODUCER = "ingest"
+# Not SKU folders, though folders: a zip made on a Mac unpacks with one beside the SKUs, full of "._NAME".
+NOT_SKU_FOLDERS = frozenset({"__MACOSX"})
 
 
 class IngestError(Exception):
@@ -74,7 +77,11 @@ def find_sku_folders(path: Path) -> list[Path]:
         raise IngestError(f"{path}: not a directory")
     if (path / "metadata.json").is_file():
         return [path]
-    folders = sorted(child for child in path.iterdir() if child.is_dir() and not child.name.startswith("."))
+    folders = sorted(
+        child
+        for child in path.iterdir()
+        if child.is_dir() and not child.name.startswith(".") and child.name not in NOT_SKU_FOLDERS
+    )
     if not folders:
         raise IngestError(f"{path}: no SKU folders (a folder with metadata.json and photos) found")
     return folders

@@ -102,6 +102,19 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def gain_fraction(text: str) -> float:
+    """argparse type of ``--min-gain``: a B-A in top-1 as a fraction, -1..1.
+
+    The docs quote gains in points; ``--min-gain -5`` meant as -5 points would leave nothing out, silently.
+    """
+    value = _finite_float(text)
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be a fraction of top-1 between -1 and 1 (-0.05 for -5 points), got {text}"
+        )
+    return value
+
+
 def open_manifests() -> ManifestStore:
     """The retraining store of the environment (SKUFORGE_STORE_URI, SKUFORGE_TRAINSTORE_PREFIX)."""
     settings = load_settings()
@@ -158,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument(
         "--min-gain",
-        type=_finite_float,
+        type=gain_fraction,
         default=None,
         metavar="X",
-        help="with --evaluation: least per-SKU B-A (top-1, 0..1) that keeps a SKU's synthetic images "
-        "(default 0.0: leave them out where they hurt)",
+        help="with --evaluation: least per-SKU B-A that keeps a SKU's synthetic images, a fraction of "
+        "top-1 from -1 to 1 (-0.05 for -5 points; default 0.0: leave them out where they hurt)",
     )
     sub.add_parser("compact", help="merge every SKU's manifest deltas into one file now")
     args = parser.parse_args(argv)

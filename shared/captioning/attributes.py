@@ -480,12 +480,16 @@ def shape_features(mask: npt.ArrayLike) -> dict[str, float]:
     """Scale-free geometry of the largest blob of ``mask``, after undoing a small in-plane tilt.
 
     Widths are spans of the blob's rows divided by its widest (95th-percentile) row. Raises
-    ``ValueError`` for an empty mask.
+    ``ValueError`` for an empty mask, and for one too thin to survive being straightened.
     """
     blob = largest_component(mask)
     if not blob.any():
         raise ValueError("the mask is empty: no shape to describe")
     upright = _deskew(blob, tilt_degrees(blob))
+    if not upright.any():
+        # Straightening resamples the mask: a slanted line about a pixel wide falls below half
+        # everywhere, which left nothing to measure (and a NaN in a traceback further down).
+        raise ValueError(f"the mask is too thin to measure ({np.count_nonzero(blob)} pixels)")
     height, width = upright.shape
     area = float(np.count_nonzero(upright))
     rows, first, last = _row_spans(upright)

@@ -133,6 +133,20 @@ class MattingResult:
         return MattingResult.from_maps(paste(self.confidence, box, size), paste(self.mask, box, size))
 
 
+def box_problem(box: Box, size: tuple[int, int]) -> str | None:
+    """Why ``box`` (left, top, right, bottom) is no region of an image of ``size`` (w, h); None if it is."""
+    left, top, right, bottom = box
+    width, height = size
+    if right <= left or bottom <= top:
+        return f"empty ({right - left}x{bottom - top}); a box is (left, top, right, bottom)"
+    if left < 0 or top < 0 or right > width or bottom > height:
+        return (
+            f"not inside the {width}x{height} image (needs 0 <= left < right <= {width}, "
+            f"0 <= top < bottom <= {height})"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class MaskOptions:
     """How a confidence map becomes a mask: threshold, then optional clean-up."""
@@ -373,6 +387,11 @@ class MattingSession(ABC):
         if boxes is not None:
             if len(boxes) != len(images):
                 raise ValueError(f"{len(images)} images but {len(boxes)} boxes")
+            # Checked before any image is matted: a box past the edge crops to a padded image whose
+            # result then fails to paste back, in a numpy broadcast error naming neither.
+            for index, (image, box) in enumerate(zip(images, boxes, strict=True)):
+                if box is not None and (problem := box_problem(box, image.size)):
+                    raise ValueError(f"boxes[{index}] {tuple(box)}: {problem}")
             crops = [
                 image if box is None else image.crop(box) for image, box in zip(images, boxes, strict=True)
             ]
