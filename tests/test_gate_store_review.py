@@ -144,6 +144,32 @@ def test_a_concurrent_compaction_does_not_dead_letter_the_stages_event(tmp_path:
     assert sorted(rows) == sorted([item_id, "old-0", "old-1", "old-2"])
 
 
+def test_a_re_rendered_item_keeps_its_row_and_its_stored_bytes_in_step(tmp_path: Path) -> None:
+    # The generator rendered a variant again (its input replayed after the scene library changed):
+    # the same item id, other bytes, and both accepted. The trainstore stores a verified copy under
+    # its own key and the row names that copy's sha256, so whichever render came last, the row and
+    # the bytes beside it agree, and the dataset tools that check them find nothing tampered.
+    store = FileStore(tmp_path / "store")
+    writer = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16)
+    matted = matted_item(store, 1, 0)
+    re_rendered = matted.model_copy(
+        update={"generated": matted.generated.model_copy(update={"image": matted_item(store, 1, 1).cutout})}
+    )
+    for index, item in enumerate((matted, re_rendered, matted)):  # the first render's event again, late
+        event = make_envelope(
+            GATE_ACCEPTED,
+            GateAccepted(matted=item, iou=0.97, checks=[]),
+            event_id=f"{index}" * 32,
+            sku_id=item.generated.sku.sku_id,
+            trace_id="t" * 32,
+            producer="test",
+        )
+        writer.accepted(event, _context(store))
+        row = writer.manifests.read_sku(item.generated.sku.sku_id)[item.generated.item_id]
+        assert row.image is not None and row.image_sha256 == item.generated.image.sha256
+        store.read_checked(writer.manifests.key(row.image), row.image_sha256)
+
+
 class FailsFirstManifestWrite(FileStore):
     """S3 answers 503 once, to the first manifest write."""
 

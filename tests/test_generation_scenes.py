@@ -132,6 +132,46 @@ def test_the_reported_colour_gain_is_what_the_scene_match_applied_and_the_gate_a
     assert plain.parameters[COLOUR_GAIN_KEY] == [1.0, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("scene", ["studio", "shelf", PHOTO_SCENE])
+@pytest.mark.parametrize("light_gain, colour_temperature", [(0.8, 1.0), (1.15, -1.0)])
+def test_the_declared_colour_gain_includes_the_light_that_falls_on_the_product(
+    scene: str, light_gain: float, colour_temperature: float
+) -> None:
+    # The frame's light (overall gain, gradient, colour temperature) dims and tints the product as
+    # well as the scene, on purpose: the gain the backend declares must say so, on procedural scenes
+    # too, or the gate measures the product against a reference it was never meant to match.
+    mauve = np.array([200, 70, 160], dtype=np.uint8)
+    reference, mask = marker_reference()
+    reference[mask > 0] = mauve
+    light = {
+        "light_gain": light_gain,
+        "light_gradient": 0.3,
+        "light_angle_deg": 30.0,
+        "colour_temperature": colour_temperature,
+    }
+    if scene == PHOTO_SCENE:
+        scenes = library(("shelves/green.png", textured_scene(240, 320, (40, 150, 60))))
+        backend = CompositeBackend(scenes, 1.0)
+        parameters = {**PLAIN, **light, "scene_match": 0.6, "scene_key": "shelves/green.png"}
+    else:
+        backend, parameters = CompositeBackend(), {**PLAIN, **light, "scene_key": ""}
+    sample = backend.generate(request(reference, mask, seed=2, scene=scene, occluders=0, **parameters))[0]
+    gain = np.array(sample.parameters[COLOUR_GAIN_KEY])
+    inside = sample.image[ndimage.binary_erosion(sample.expected_mask > 0, iterations=3)].mean(axis=0)
+    # What the light did is in the declaration, well beyond the rounding that stays.
+    assert np.abs(mauve * gain - inside).max() <= 3.0 < np.abs(mauve.astype(float) - inside).max() / 3
+    _, checks = evaluate(
+        predicted_mask=sample.expected_mask,
+        expected_mask=sample.expected_mask,
+        image=sample.image,
+        reference_image=reference,
+        reference_mask=mask,
+        thresholds=GateThresholds(drift_tolerance=5.0),
+        colour_gain=tuple(gain),  # type: ignore[arg-type]
+    )
+    assert checks[-1].passed, checks[-1].message
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_a_pile_is_many_copies_and_its_expected_mask_is_every_visible_copy(seed: int) -> None:
     backend = CompositeBackend(library(("shelves/green.png", textured_scene(240, 320, (40, 150, 60)))), 1.0)

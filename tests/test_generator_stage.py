@@ -6,29 +6,40 @@ the store; with Triton taken down mid-run and brought back, nothing is lost and 
 
 from __future__ import annotations
 
+import json
+import logging
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from devstack.demo.demo import SAMPLE_SCENES
 from schemas.common import SkuMetadata
-from schemas.envelope import DeadLetter, Envelope
+from schemas.envelope import DeadLetter, Envelope, derive_id
 from schemas.events import CaptionedPhoto, ImageGenerated, SkuCaptioned
 from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
 from services.generator.config import GenerationSettings
+from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import (
     PlannedVariant,
     backend_counts,
     build_stage,
+    handle_batch,
     plan_variants,
     variant_parameters,
 )
+from shared.bus import make_envelope
 from shared.config import load_settings
-from shared.generation.backend import COLOUR_GAIN_KEY
-from shared.generation.composite import product_framing
+from shared.errors import BadInput
+from shared.generation.backend import COLOUR_GAIN_KEY, GenerationRequest
+from shared.generation.composite import MODEL_ID, CompositeBackend, product_framing
+from shared.generation.scenes import Scene, SceneLibrary
 from shared.images import decode_image, decode_mask
-from shared.store import ObjectStore
+from shared.observability import StageMetrics
+from shared.runtime import Context
+from shared.store import FileStore, ObjectStore
 from shared.synth import make_product, render_photo
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, read_topic, running
 from tests.support.triton import TritonServerProcess, tiny_diffusion_env
@@ -107,8 +118,12 @@ def check_generated(store: ObjectStore, events: list[ImageGenerated], captioned:
         mask = decode_mask(store.read_verified(event.expected_mask))
         assert image.size == (SIZE_PX, SIZE_PX) and mask.shape == (SIZE_PX, SIZE_PX)
         assert 0.01 < (mask > 0).mean() < 0.9
-        assert event.image.uri.endswith(f"generated/{event.sku.sku_id}/{event.item_id}.png")
-        assert event.expected_mask.uri.endswith(f"masks/expected/{event.sku.sku_id}/{event.item_id}.png")
+        assert event.image.uri.endswith(
+            f"generated/{event.sku.sku_id}/{event.item_id}-{event.image.sha256[:16]}.png"
+        )
+        assert event.expected_mask.uri.endswith(
+            f"masks/expected/{event.sku.sku_id}/{event.item_id}-{event.expected_mask.sha256[:16]}.png"
+        )
         assert event.backend == "composite" and event.model_id == "composite-v1" and event.adapter_id is None
         assert event.prompt.startswith(source.instance_prompt) and event.negative_prompt == "blurry"
         assert {"scene", "rotation_deg", "occluders"} <= set(event.parameters)
@@ -208,6 +223,72 @@ def test_cut_outs_come_from_plain_background_photos_when_a_sku_has_one() -> None
 
 def _ref() -> dict[str, object]:
     return {"uri": "file:///x.png", "sha256": "0" * 64, "bytes": 1, "width": 1, "height": 1}
+
+
+class InProcessGenerator:
+    """The composite backend called in this process, as the Triton client would call the server."""
+
+    def __init__(self, backend: CompositeBackend) -> None:
+        self.backend = backend
+
+    def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
+        assert backend == "composite"
+        results: list[VariantResult | BadInput] = []
+        for variant in variants:
+            request = GenerationRequest(
+                reference=variant.reference,
+                mask=variant.mask,
+                prompt=variant.prompt,
+                negative_prompt=variant.negative_prompt,
+                seed=variant.seed,
+                n=1,
+                parameters=json.loads(variant.parameters_json),
+                series=variant.series,
+                size=variant.size,
+            )
+            sample = self.backend.generate(request)[0]
+            parameters = json.dumps(sample.parameters)
+            results.append(VariantResult(sample.image, sample.expected_mask, parameters, None, MODEL_ID))
+        return results
+
+
+def test_a_re_render_from_a_changed_scene_library_leaves_what_earlier_events_point_at(tmp_path: Path) -> None:
+    # A captioned SKU is generated, then its event comes again (redelivered, replayed, a rerun) after
+    # the scene library changed: the same variants now sit on other pixels. The events sent the first
+    # time may still be on their way (matting, the gate, a task waiting for a person in the console,
+    # whose task id is the same for both renders): the bytes they name must still be in the store.
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
+    generation = load_settings(
+        GenerationSettings, generation_variants_per_sku=VARIANTS, generation_size_px=SIZE_PX
+    )
+    captioned = captioned_sku(store, 7)
+    event = make_envelope(
+        SKU_CAPTIONED,
+        captioned,
+        event_id=derive_id("test", "rerender"),
+        sku_id=captioned.sku.sku_id,
+        trace_id="t",
+        producer="test",
+    )
+
+    def render(scene_rgb: tuple[int, int, int]) -> list[ImageGenerated]:
+        scenes = SceneLibrary([Scene("shelves/a.png", "shelves", np.full((96, 128, 3), scene_rgb, np.uint8))])
+        generator = InProcessGenerator(CompositeBackend(scenes, 1.0))
+        [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+        assert isinstance(outputs, list)
+        return [emit.payload for emit in outputs if isinstance(emit.payload, ImageGenerated)]
+
+    first = render((200, 60, 40))
+    again = render((200, 60, 40))
+    assert [(e.image, e.expected_mask) for e in again] == [(e.image, e.expected_mask) for e in first]
+    changed = render((40, 60, 200))
+    assert [e.item_id for e in changed] == [e.item_id for e in first]  # the same variants
+    assert all(c.image.sha256 != f.image.sha256 for c, f in zip(changed, first, strict=True))
+    for generated in (*first, *changed):
+        assert ctx.read_image(generated.image).size == (SIZE_PX, SIZE_PX)
+        assert ctx.read_mask(generated.expected_mask).shape == (SIZE_PX, SIZE_PX)
 
 
 @pytest.mark.kafka

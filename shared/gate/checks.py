@@ -13,7 +13,7 @@ The checks, each reported as a ``GateCheck`` (code, passed, value, threshold, me
 ``product_drift``            colour statistics of the product region differ from the reference photo's
                              product region by more than ``drift_tolerance`` (Lab units, see
                              ``colour_drift``), once the colour gain the generator declares it applied on
-                             purpose (matching a photo scene's white balance) is applied to the reference
+                             purpose (a scene match, the scene's light) is applied to the reference
                              too; a declared gain beyond ``MAX_DECLARED_GAIN`` in any channel fails by itself
 """
 
@@ -55,7 +55,8 @@ MIN_REGION_PIXELS = 64
 # Lighting changes (what the generator is allowed to do) move L* most, so ΔL* counts half.
 LIGHTNESS_WEIGHT = 0.5
 # The most a generator may declare it changed a channel of the product on purpose (either way): the
-# composite backend's scene match stays within about 1.6; more would be repainting, not matching.
+# composite backend's scene match times its light stays within about 0.55-1.7; more would be
+# repainting, not matching.
 MAX_DECLARED_GAIN = 2.0
 
 

@@ -28,10 +28,11 @@ if TYPE_CHECKING:
 
 BACKEND_NAMES = ("composite", "diffusion")
 # A sample's parameters may report, under this key, the per-channel (R, G, B) gain a backend applied
-# to the product's own colours on purpose (the composite backend's match to a photo scene). It is
-# measured, not a knob: the generator stage moves it to ``ImageGenerated.colour_gain``, and the gate
-# applies it to the reference photo before it measures colour drift, so a deliberate match is not
-# flagged as drift.
+# to the product's own colours on purpose (the composite backend: its match to a photo scene times the
+# scene light that falls on the product). It is measured, not a knob: the generator stage moves it to
+# ``ImageGenerated.colour_gain``, and the gate applies it to the reference photo before it measures
+# colour drift, so a deliberate change is not flagged as drift. Whatever changes the product's mean
+# colour on purpose belongs in it: an undeclared change is measured as drift.
 COLOUR_GAIN_KEY = "applied_colour_gain"
 
 

@@ -14,9 +14,10 @@ Every knob is drawn up front from ``SeedSequence([seed, variant])`` in a fixed o
 key given in ``request.parameters`` replaces the drawn value, so overriding one knob never moves
 the others; the backdrop, the other products and the noise come from the plan's ``scene_seed``.
 The values used are returned as the sample's ``parameters``: sent back as parameters, they
-reproduce the image byte for byte. A photo variant also reports the colour gain its scene match
-applied (``applied_colour_gain``, measured, ignored when sent back), so that the gate can tell a
-deliberate match from colour drift.
+reproduce the image byte for byte. Every variant also reports the colour gain the product was given on
+purpose (``applied_colour_gain``, measured, ignored when sent back): a photo scene's match times the
+frame's light (gain, gradient and colour temperature, averaged over the product's visible pixels), so
+that the gate can tell a deliberate change from colour drift.
 
 With a scene library (``SKUFORGE_SCENES_URI``, ``shared/generation/scenes.py``), a share of the
 variants (``SKUFORGE_SCENES_PHOTO_SHARE``) go on real photos instead (``scene="photo"``): a crop of
@@ -248,12 +249,12 @@ class CompositeBackend:
                     scene_rng=scene_rng,
                     noise_rng=noise_rng,
                 )
-                # Measured, not a knob: the gate applies it to the reference before it measures drift.
-                parameters[COLOUR_GAIN_KEY] = [round(float(g), 6) for g in gain]
             else:
-                image, expected_mask = render_variant(
+                image, expected_mask, gain = render_variant(
                     cutout, plan, request.size, scene_rng=scene_rng, extra_rng=extra_rng, noise_rng=noise_rng
                 )
+            # Measured, not a knob: the gate applies it to the reference before it measures drift.
+            parameters[COLOUR_GAIN_KEY] = [round(float(g), 6) for g in gain]
             samples.append(
                 GeneratedSample(
                     image=image, expected_mask=expected_mask, parameters=parameters, adapter_id=None
@@ -313,8 +314,9 @@ def render_variant(
     scene_rng: np.random.Generator,
     extra_rng: np.random.Generator,
     noise_rng: np.random.Generator,
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
-    """One image (size x size x 3) and its expected mask (size x size, 0/255) for ``plan``."""
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+    """One image (size x size x 3), its expected mask (size x size, 0/255) and the colour gain the
+    scene's light gave the product (per channel, R, G, B; see ``_light``) for ``plan``."""
     product, corners = _place_product(cutout, plan, size)
     placement = Placement.around(corners, size)
     backdrop = BUILDERS[plan.scene](scene_rng, placement)
@@ -327,8 +329,8 @@ def render_variant(
     if plan.shadow != "none":
         _shadow(img, product, plan, placement)
     expected_mask = _composite_product(img, product, _occluders(plan.occluders, extra_rng, product, size))
-    _light(img, plan, size)
-    return _finish(img, plan, size, noise_rng), expected_mask
+    light = _light(img, plan, size, expected_mask)
+    return _finish(img, plan, size, noise_rng), expected_mask, light
 
 
 def _composite_product(
@@ -393,16 +395,16 @@ def render_photo_variant(
     scene_rng: np.random.Generator,
     noise_rng: np.random.Generator,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
-    """One image, its expected mask and the colour gain matched to the scene, on a real photo ``scene``.
+    """One image, its expected mask and the colour gain the product was given, on a real photo ``scene``.
 
-    ``scene`` is H x W x 3 uint8, any size; the gain is per channel (R, G, B), applied to the product's
-    pixels only, and 1.0 where nothing was matched.
+    ``scene`` is H x W x 3 uint8, any size; the gain is per channel (R, G, B): the match to the scene
+    (the product's pixels only) times the light over the whole frame, as it falls on the product.
     """
     img = _photo_backdrop(scene, size, plan.scene_blur * size, scene_rng)
     if plan.arrangement == "pile":
         expected_mask, gain = _pile(img, cutout, plan, size, scene_rng)
-        _light(img, plan, size)
-        return _finish(img, plan, size, noise_rng), expected_mask, gain
+        light = _light(img, plan, size, expected_mask)
+        return _finish(img, plan, size, noise_rng), expected_mask, gain * light
     # Frame the product as its reference photo does: the same share of the frame, give or take.
     w, h = cutout.rgba.size
     framing = plan.reference_framing or cutout.framing
@@ -415,8 +417,8 @@ def render_photo_variant(
         _shadow(img, product, plan, Placement.around(corners, size))
     occluders = [_scene_occluder(scene, product, size, scene_rng)] if plan.occluders > 0 else []
     expected_mask = _composite_product(img, product, occluders)
-    _light(img, plan, size)
-    return _finish(img, plan, size, noise_rng), expected_mask, gain
+    light = _light(img, plan, size, expected_mask)
+    return _finish(img, plan, size, noise_rng), expected_mask, gain * light
 
 
 def _photo_backdrop(
@@ -749,13 +751,23 @@ def _shadow(img: npt.NDArray[np.float32], product: Layer, plan: _Plan, placement
     img[:, y0:y1, x0:x1] *= 1.0 - np.asarray(shade.crop(box), dtype=F32) * F32(plan.shadow_strength / 255.0)
 
 
-def _light(img: npt.NDArray[np.float32], plan: _Plan, size: int) -> None:
-    """Scene light: overall gain, a brightness gradient along the light direction, colour temperature."""
+def _light(
+    img: npt.NDArray[np.float32], plan: _Plan, size: int, product_mask: npt.NDArray[np.uint8]
+) -> npt.NDArray[np.float32]:
+    """Scene light: overall gain, a brightness gradient along the light direction, colour temperature.
+
+    It falls on the product too, so it returns the per-channel gain it gave the product's pixels
+    (``product_mask``, 0/255) on average: part of the colour change the backend declares.
+    """
     coords = (np.arange(size, dtype=F32) + 0.5) / size - 0.5
     light = math.radians(plan.light_angle_deg)
     ramp_x = coords * F32(math.cos(light) * plan.light_gradient)
     ramp_y = coords * F32(math.sin(light) * plan.light_gradient)
     field = (ramp_y[:, None] + ramp_x[None, :]) + F32(plan.light_gain)
     warm = plan.colour_temperature * 0.07
-    for channel, tint in enumerate((1.0 + warm, 1.0, 1.0 - warm)):
+    tints = (1.0 + warm, 1.0, 1.0 - warm)
+    for channel, tint in enumerate(tints):
         img[channel] *= field * F32(tint)
+    on = product_mask >= 128
+    brightness = float(field[on].mean(dtype=np.float64)) if on.any() else plan.light_gain
+    return (np.array(tints, dtype=np.float64) * brightness).astype(F32)
