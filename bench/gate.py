@@ -6,7 +6,8 @@ product's own pixels (reference photo x exact mask, ``shared.synth``) on a new s
 ONNX Runtime on CPU) predicts the mask as the matting stage does, in the box around the expected
 mask (``shared.matting.roi``, margin 0.25; ``--roi-margin off`` mats whole images), and the
 default gate (``GateThresholds()``: IoU >= 0.90, mask checks, product drift against the reference
-photo) decides.
+photo, after the colour gain the backend declares, as the gate stage applies ``ImageGenerated.colour_gain``)
+decides.
 
 Bad images, two per good one:
 
@@ -47,6 +48,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from shared.gate.checks import GateThresholds, evaluate, failed_reasons
+from shared.generation.backend import COLOUR_GAIN_KEY
 from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
 from shared.matting.session import MattingSession, open_session
 from shared.synth import make_product, render_photo
@@ -72,6 +74,9 @@ class Case:
     reasons: list[str] = field(default_factory=list)
     drift: float = 0.0
     origin: int = -1  # for a bad case: the index of the good case it was made from
+    # What the generator declares it changed in the product's colours on purpose (ImageGenerated.colour_gain),
+    # so the drift check judges as the gate stage does.
+    colour_gain: tuple[float, float, float] | None = None
 
 
 def good_cases(n: int, seed: int, size_px: int, source: str) -> list[Case]:
@@ -99,11 +104,14 @@ def good_cases(n: int, seed: int, size_px: int, source: str) -> list[Case]:
             )
             sample = backend.generate(request)[0]
             image, expected, scene = sample.image, sample.expected_mask, str(sample.parameters["scene"])
+            declared = sample.parameters.get(COLOUR_GAIN_KEY)
+            gain = (float(declared[0]), float(declared[1]), float(declared[2])) if declared else None
         else:
             photo = render_photo(spec, 1 + seed % 7, CATALOGUE_SEED, size_px=size_px)
             image, expected = np.asarray(photo.image, dtype=np.uint8), photo.mask
             scene = str(photo.metadata.get("background", "renderer"))
-        cases.append(Case("good", scene, image, expected, reference_image, reference.mask))
+            gain = None
+        cases.append(Case("good", scene, image, expected, reference_image, reference.mask, colour_gain=gain))
     return cases
 
 
@@ -139,6 +147,7 @@ def bad_cases(good: Sequence[Case], seed: int, *, reuse_predictions: bool) -> li
             case.reference_image,
             case.reference_mask,
             origin=index,
+            colour_gain=case.colour_gain,
         )
         if reuse_predictions:
             shifted.predicted_mask = case.predicted_mask
@@ -154,6 +163,7 @@ def bad_cases(good: Sequence[Case], seed: int, *, reuse_predictions: bool) -> li
                 case.reference_image,
                 case.reference_mask,
                 origin=index,
+                colour_gain=case.colour_gain,  # the generator would declare the same; the paint is not in it
             )
         )
     return cases
@@ -179,6 +189,7 @@ def judge(cases: Sequence[Case], thresholds: GateThresholds) -> None:
             reference_image=case.reference_image,
             reference_mask=case.reference_mask,
             thresholds=thresholds,
+            colour_gain=case.colour_gain,
         )
         case.iou, case.reasons, case.drift = iou, failed_reasons(checks), checks[-1].value
 
