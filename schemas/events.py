@@ -89,8 +89,8 @@ class ImageGenerated(Contract):
     colour_gain: tuple[float, float, float] | None = Field(
         default=None,
         description="per-channel (R, G, B) gain the generator applied to the product's colours on purpose "
-        "(matching a photo scene's white balance); the gate applies it to the reference photo before it "
-        "measures colour drift. None: no deliberate change",
+        "(the composite backend: its match to a photo scene times the scene light on the product); the gate "
+        "applies it to the reference photo before it measures colour drift. None: no deliberate change",
     )
 
     @field_validator("colour_gain")
