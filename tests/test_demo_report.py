@@ -265,7 +265,8 @@ class StandInUp:
 
     second_ctrl_c = False
 
-    def __init__(self, argv: list[str], **_kwargs: object) -> None:
+    def __init__(self, argv: list[str], **kwargs: object) -> None:
+        self.env = kwargs.get("env")
         self.workdir = Path(argv[argv.index("--workdir") + 1])
         self.pid = write_running_stack(self.workdir)
         self.returncode: int | None = None
@@ -424,3 +425,34 @@ def test_ctrl_c_leaves_a_stack_that_was_running_before_the_demo_running(
         f"skuforge demo: interrupted; the stack of {workdir} keeps running, as before the demo "
         f"(Ctrl-C where skuforge up runs, or kill -INT {pid})\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("option", "in_shell", "made"), [(["--variants", "3"], "9", "3"), ([], "9", "9"), ([], None, "6")]
+)
+def test_a_stack_the_demo_starts_makes_the_variants_asked_for_before_the_shells_setting(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stand_in_up: list[StandInUp],
+    option: list[str],
+    in_shell: str | None,
+    made: str,
+) -> None:
+    """--variants beats SKUFORGE_GENERATION_VARIANTS_PER_SKU in the shell, which beats the demo's 6."""
+    if in_shell is None:
+        monkeypatch.delenv("SKUFORGE_GENERATION_VARIANTS_PER_SKU", raising=False)
+    else:
+        monkeypatch.setenv("SKUFORGE_GENERATION_VARIANTS_PER_SKU", in_shell)
+    monkeypatch.setattr(demo_module, "run_flow", lambda *_args, **_kwargs: 0)
+    argv = [*SMALL_SYNTHETIC, *option, "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "up")]
+    assert demo_main(argv) == 0
+    [up] = stand_in_up
+    assert isinstance(up.env, dict) and up.env["SKUFORGE_GENERATION_VARIANTS_PER_SKU"] == made
+
+
+def test_the_demo_waits_for_what_the_running_stacks_generator_makes_not_the_shells_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SKUFORGE_GENERATION_VARIANTS_PER_SKU", "9")
+    assert demo_module.images_per_sku({"env": {}}) == 8  # the generator's default: the stack had no setting
+    assert demo_module.images_per_sku({"env": {"SKUFORGE_GENERATION_VARIANTS_PER_SKU": "4"}}) == 4

@@ -90,8 +90,12 @@ def positive_seconds(text: str) -> float:
 
 
 @contextlib.contextmanager
-def stack(workdir: Path, *, variants: int, keep_running: bool) -> Iterator[dict[str, Any]]:
-    """The running stack of ``workdir``, or one started here for the duration of the block."""
+def stack(workdir: Path, *, variants: int | None, keep_running: bool) -> Iterator[dict[str, Any]]:
+    """The running stack of ``workdir``, or one started here for the duration of the block.
+
+    A stack started here makes ``variants`` images per SKU when given (``--variants``), else what
+    ``SKUFORGE_GENERATION_VARIANTS_PER_SKU`` says, else ``DEFAULT_VARIANTS``.
+    """
     state = read_state(workdir)
     if state is not None and state.get("state") == "ready":
         _say(f"using the stack already running from {workdir} (pid {state['supervisor_pid']})")
@@ -99,8 +103,9 @@ def stack(workdir: Path, *, variants: int, keep_running: bool) -> Iterator[dict[
         return
     env = {
         **os.environ,
-        "SKUFORGE_GENERATION_VARIANTS_PER_SKU": os.environ.get("SKUFORGE_GENERATION_VARIANTS_PER_SKU")
-        or str(variants),
+        "SKUFORGE_GENERATION_VARIANTS_PER_SKU": str(variants)
+        if variants is not None
+        else os.environ.get("SKUFORGE_GENERATION_VARIANTS_PER_SKU") or str(DEFAULT_VARIANTS),
     }
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "up.out"
@@ -146,6 +151,14 @@ def stack(workdir: Path, *, variants: int, keep_running: bool) -> Iterator[dict[
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def images_per_sku(running: Mapping[str, Any]) -> int:
+    """What the running stack's generator makes per SKU (the demo waits for that many), not what this
+    shell's SKUFORGE_GENERATION_VARIANTS_PER_SKU would say: the stack may have been started without it."""
+    from services.generator.config import GenerationSettings
+
+    return stack_variants(running) or load_settings(GenerationSettings).generation_variants_per_sku
 
 
 def stack_variants(state: Mapping[str, Any]) -> int | None:
@@ -377,8 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"scenes: the sample store photos in {_shown(SAMPLE_SCENES)} (SKUFORGE_SCENES_URI sets yours)"
             )
         stack_entered = True
-        variants = DEFAULT_VARIANTS if args.variants is None else args.variants
-        with stack(workdir, variants=variants, keep_running=args.keep_running) as running:
+        with stack(workdir, variants=args.variants, keep_running=args.keep_running) as running:
             os.environ.update(running["env"])  # the stack's Kafka, store, topics, console database
             return run_flow(args, running, skus_dir, sku_ids, started, stack_was_running=stack_was_running)
     except KeyboardInterrupt:
@@ -502,9 +514,8 @@ def wait_until_decided(
     events from ``trace_since_ms`` on (``FlowTracker``). Returns the flow state, the generated items in
     the store and in the console, and whether it completed (False: ``timeout_s`` passed first).
     """
-    from services.generator.config import GenerationSettings
 
-    variants = load_settings(GenerationSettings).generation_variants_per_sku
+    variants = images_per_sku(running)
     _say(f"ingested {len(sku_ids)} SKUs; waiting until all {variants} images per SKU are decided")
     tracker = FlowTracker(settings, sku_ids, since_ms, trace_ids=trace_ids, trace_since_ms=trace_since_ms)
     deadline = time.monotonic() + timeout_s
