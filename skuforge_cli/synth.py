@@ -41,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         description="Render synthetic SKU folders (photos + metadata.json), exact masks and truth.jsonl. "
         "Same arguments, same bytes.",
     )
-    parser.add_argument("--out", type=Path, required=True, help="output folder (skus/, masks/, truth.jsonl)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder (skus/, masks/, truth.jsonl); SKU folders of an earlier, bigger run or another "
+        "seed stay there and `skuforge ingest OUT/skus` would read them too: use a fresh folder",
+    )
     parser.add_argument("--skus", type=positive_int, required=True, help="number of SKUs")
     parser.add_argument("--photos-per-sku", type=positive_int, required=True, help="photos per SKU")
     parser.add_argument(
