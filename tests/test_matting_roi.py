@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from shared.matting.roi import paste, product_box
-from shared.matting.session import U2NetPSession
+from shared.matting.roi import Box, paste, product_box
+from shared.matting.session import (
+    MaskOptions,
+    U2NetPSession,
+    normalise_min_max,
+    open_session,
+    otsu_thresholds,
+    resize_confidence,
+    threshold_mask,
+)
 from shared.synth import make_product, render_photo
 
 
@@ -128,3 +137,61 @@ def test_a_box_that_is_no_region_of_its_image_is_named(
         session.predict([image, image], boxes=[(0, 0, 160, 160), box])
     assert str(refused.value).startswith(f"boxes[1] {box}: {problem}")
     assert not session.ready, "no image may be matted before every box is checked"
+
+
+def matted_the_old_way(
+    session: U2NetPSession, images: list[Image.Image], boxes: list[Box | None]
+) -> list[tuple[np.ndarray, np.ndarray, float, float]]:
+    """(mask, confidence, fraction, mean confidence) per image, as ``predict`` made them before it
+    post-processed one image at a time: every crop of a chunk held, full-size float32 confidence
+    maps for the whole chunk, then pasted into full-size arrays."""
+    crops = [image if box is None else image.crop(box) for image, box in zip(images, boxes, strict=True)]
+    answers = []
+    for first in range(0, len(crops), session.max_batch):
+        chunk = crops[first : first + session.max_batch]
+        maps = normalise_min_max(session._run(session.preprocess(chunk))[:, 0])
+        if session.mask_options.threshold == "otsu":
+            thresholds = [float(t) for t in otsu_thresholds(maps)]
+        else:
+            thresholds = [float(session.mask_options.threshold)] * len(chunk)
+        for index, (model_map, crop, threshold) in enumerate(zip(maps, chunk, thresholds, strict=True)):
+            confidence = resize_confidence(model_map, crop.size)
+            mask = threshold_mask(confidence, threshold, session.mask_options)
+            box, size = boxes[first + index], images[first + index].size
+            if box is not None:
+                confidence, mask = paste(confidence, box, size), paste(mask, box, size)
+            foreground = mask > 0
+            pixels = int(np.count_nonzero(foreground))
+            mean = float(confidence[foreground].mean()) if pixels else 0.0
+            answers.append((mask, confidence, pixels / mask.size, min(1.0, max(0.0, mean))))
+    return answers
+
+
+@pytest.mark.parametrize(("threshold", "max_batch"), [(0.5, 8), ("otsu", 3)])
+def test_predict_gives_the_masks_it_gave_when_it_held_the_whole_chunk_at_full_size(
+    threshold: float | Literal["otsu"], max_batch: int
+) -> None:
+    """The committed model on photos of several sizes, boxed, whole, and boxed to the whole image:
+    the same masks, bit for bit, as the pre-change path (guards equality, not memory)."""
+    session = open_session(
+        None, threads=1, use_gpu=False, store=None, max_batch=max_batch, mask=MaskOptions(threshold=threshold)
+    )
+    shapes = [(256, 256), (300, 200), (200, 340), (410, 290), (256, 256), (333, 333)]
+    images, boxes = [], []
+    for index, (width, height) in enumerate(shapes):
+        photo = render_photo(make_product(index, seed=9), index, seed=9, size_px=max(width, height))
+        images.append(photo.image.crop((0, 0, width, height)))
+        boxes.append(product_box(np.asarray(photo.mask)[:height, :width]))
+    boxes[1] = None  # matted whole
+    boxes[4] = (0, 0, 256, 256)  # a box that is the whole image
+    boxes[5] = (333 - 120, 333 - 90, 333, 333)  # a box in the corner, not square
+    assert all(box is not None for index, box in enumerate(boxes) if index != 1)
+
+    results = session.predict(images, boxes=boxes)
+    for result, (mask, confidence, fraction, mean) in zip(
+        results, matted_the_old_way(session, images, boxes), strict=True
+    ):
+        assert result.mask.dtype == np.uint8 and np.array_equal(result.mask, mask)
+        assert np.array_equal(result.confidence, confidence)
+        assert result.foreground_fraction == fraction and result.mean_confidence == mean
+    assert any(0.0 < result.foreground_fraction < 1.0 for result in results), "the masks say something"

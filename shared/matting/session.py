@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "MODELS_DIR",
     "REGISTRY",
+    "DeferredConfidence",
     "MaskOptions",
     "MattingModelError",
     "MattingModelMissing",
@@ -90,31 +91,51 @@ class MattingModelMissing(MattingModelError, FileNotFoundError):
 # --- results ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DeferredConfidence:
+    """A confidence map kept at the model's size, and where it belongs: in ``box`` (None: the whole
+    image) of an image of ``size`` (width, height)."""
+
+    model_map: F32Array  # SxS in [0, 1], min-max normalised
+    size: tuple[int, int]
+    box: Box | None = None
+
+    def at_image_size(self) -> F32Array:
+        """The map resized to the box (or image) and placed in the image, zero outside the box."""
+        if self.box is None:
+            return resize_confidence(self.model_map, self.size)
+        left, top, right, bottom = self.box
+        return paste(resize_confidence(self.model_map, (right - left, bottom - top)), self.box, self.size)
+
+
 @dataclass(frozen=True, eq=False)
 class MattingResult:
     """The model's answer for one image, at the image's own size.
 
     ``mean_confidence`` is the mean confidence over the pixels of the final mask (after clean-up):
     how sure the model is about what it calls product. It is 0.0 when the mask is empty.
+
+    A session's results keep the confidence at the model's size (``DeferredConfidence``) and bring it
+    to the image's size on each read of ``confidence``: at 40 MP a full-size float32 map is 160 MB
+    per image, and the stage reads only the mask and the two figures.
     """
 
-    confidence: F32Array  # HxW in [0, 1], min-max normalised as the U2-Net reference does
+    confidence_map: F32Array | DeferredConfidence  # HxW, or the model-size map it is computed from
     mask: UInt8Array  # HxW, 0 background / 255 product
     foreground_fraction: float
     mean_confidence: float
 
+    @property
+    def confidence(self) -> F32Array:
+        """HxW in [0, 1], min-max normalised as the U2-Net reference does; 0 outside a box."""
+        if isinstance(self.confidence_map, DeferredConfidence):
+            return self.confidence_map.at_image_size()
+        return self.confidence_map
+
     @classmethod
     def from_maps(cls, confidence: F32Array, mask: UInt8Array) -> MattingResult:
         """Wrap a confidence map and its mask, computing the two summary figures."""
-        foreground = mask > 0
-        pixels = int(np.count_nonzero(foreground))
-        mean_confidence = float(confidence[foreground].mean()) if pixels else 0.0
-        return cls(
-            confidence=confidence,
-            mask=mask,
-            foreground_fraction=pixels / mask.size,
-            mean_confidence=min(1.0, max(0.0, mean_confidence)),
-        )
+        return cls(confidence, mask, *mask_figures(confidence, mask, mask.size))
 
     def cutout(self, image: Image.Image) -> Image.Image:
         """``image`` as RGBA with this mask as alpha; the image must be the one that was predicted."""
@@ -125,12 +146,14 @@ class MattingResult:
         rgba.putalpha(Image.fromarray(self.mask))
         return rgba
 
-    def placed(self, box: Box, size: tuple[int, int]) -> MattingResult:
-        """This result, for the crop ``box`` of an image of ``size`` (w, h), at the full size.
 
-        Outside the box the confidence and the mask are 0: that region was not looked at.
-        """
-        return MattingResult.from_maps(paste(self.confidence, box, size), paste(self.mask, box, size))
+def mask_figures(confidence: F32Array, mask: UInt8Array, image_pixels: int) -> tuple[float, float]:
+    """(foreground fraction of ``image_pixels``, mean confidence over the mask) of a map and its mask,
+    which may be a region of an image that is zero outside it."""
+    foreground = mask > 0
+    pixels = int(np.count_nonzero(foreground))
+    mean_confidence = float(confidence[foreground].mean()) if pixels else 0.0
+    return pixels / image_pixels, min(1.0, max(0.0, mean_confidence))
 
 
 def box_problem(box: Box, size: tuple[int, int]) -> str | None:
@@ -174,7 +197,11 @@ def u2net_preprocess(images: Sequence[Image.Image], size_px: int = 320) -> F32Ar
     """
     pixels = np.stack(
         [
-            np.asarray(image.convert("RGB").resize((size_px, size_px), Image.Resampling.BILINEAR))
+            np.asarray(
+                (image if image.mode == "RGB" else image.convert("RGB")).resize(
+                    (size_px, size_px), Image.Resampling.BILINEAR
+                )
+            )
             for image in images
         ]
     )
@@ -241,6 +268,25 @@ def threshold_mask(confidence: F32Array, threshold: float, options: MaskOptions)
     if options.cleanup:
         foreground = clean_mask(foreground, options.min_blob_fraction)
     return np.where(foreground, np.uint8(255), np.uint8(0))
+
+
+def mask_in_box(
+    model_map: F32Array, size: tuple[int, int], box: Box | None, threshold: float, options: MaskOptions
+) -> MattingResult:
+    """The result for one model-size map of the ``box`` (None: all) of an image of ``size`` (w, h).
+
+    The full-size float32 confidence lives only inside this call, at the box's size, and the mask is
+    thresholded there and pasted into the image: post-processing a chunk of 40 MP images holds one
+    such map at a time, not one per image (``bench/matting_memory.py``).
+    """
+    region_size = size if box is None else (box[2] - box[0], box[3] - box[1])
+    confidence = resize_confidence(model_map, region_size)
+    mask = threshold_mask(confidence, threshold, options)
+    fraction, mean_confidence = mask_figures(confidence, mask, size[0] * size[1])
+    del confidence
+    if box is not None:
+        mask = paste(mask, box, size)
+    return MattingResult(DeferredConfidence(model_map, size, box), mask, fraction, mean_confidence)
 
 
 # --- sessions --------------------------------------------------------------------------------
@@ -384,26 +430,29 @@ class MattingSession(ABC):
         whole image. A boxed image is matted as its crop; its result is at the image's full size,
         zero outside the box.
         """
-        if boxes is not None:
-            if len(boxes) != len(images):
-                raise ValueError(f"{len(images)} images but {len(boxes)} boxes")
-            # Checked before any image is matted: a box past the edge crops to a padded image whose
-            # result then fails to paste back, in a numpy broadcast error naming neither.
-            for index, (image, box) in enumerate(zip(images, boxes, strict=True)):
-                if box is not None and (problem := box_problem(box, image.size)):
-                    raise ValueError(f"boxes[{index}] {tuple(box)}: {problem}")
-            crops = [
-                image if box is None else image.crop(box) for image, box in zip(images, boxes, strict=True)
-            ]
-            return [
-                result if box is None else result.placed(box, image.size)
-                for image, box, result in zip(images, boxes, self.predict(crops), strict=True)
-            ]
+        if boxes is None:
+            boxes = [None] * len(images)
+        elif len(boxes) != len(images):
+            raise ValueError(f"{len(images)} images but {len(boxes)} boxes")
+        # Checked before any image is matted: a box past the edge crops to a padded image whose
+        # result then fails to paste back, in a numpy broadcast error naming neither.
+        for index, (image, box) in enumerate(zip(images, boxes, strict=True)):
+            if box is not None and (problem := box_problem(box, image.size)):
+                raise ValueError(f"boxes[{index}] {tuple(box)}: {problem}")
         results: list[MattingResult] = []
         for first in range(0, len(images), self.max_batch):
             chunk = images[first : first + self.max_batch]
-            predictions = self._run(self.preprocess(chunk))
-            results.extend(self.postprocess(predictions, [image.size for image in chunk]))
+            chunk_boxes = boxes[first : first + self.max_batch]
+            # One crop at a time: the crops of a chunk of 40 MP images, held together, were as
+            # large again as the images. The pre-processing is per image, so the input is the same.
+            batch = np.concatenate(
+                [
+                    self.preprocess([image if box is None else image.crop(box)])
+                    for image, box in zip(chunk, chunk_boxes, strict=True)
+                ]
+            )
+            predictions = self._run(batch)
+            results.extend(self.postprocess(predictions, [image.size for image in chunk], chunk_boxes))
         return results
 
     def warm_up(self) -> None:
@@ -445,8 +494,14 @@ class MattingSession(ABC):
         """The model input for a chunk of images."""
 
     @abstractmethod
-    def postprocess(self, predictions: F32Array, sizes: Sequence[tuple[int, int]]) -> list[MattingResult]:
-        """Results from the model output for a chunk; ``sizes`` are the images' (width, height)."""
+    def postprocess(
+        self,
+        predictions: F32Array,
+        sizes: Sequence[tuple[int, int]],
+        boxes: Sequence[Box | None] | None = None,
+    ) -> list[MattingResult]:
+        """Results from the model output for a chunk; ``sizes`` are the images' (width, height), and
+        ``boxes`` the regions the model saw (None: whole images)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model_id!r}, providers={self.providers})"
@@ -461,8 +516,13 @@ class U2NetSession(MattingSession):
         """Resize, divide by the brightest value, ImageNet-normalise: Nx3xSxS float32."""
         return u2net_preprocess(images, self.size_px)
 
-    def postprocess(self, predictions: F32Array, sizes: Sequence[tuple[int, int]]) -> list[MattingResult]:
-        """Min-max normalise d0, resize to each image's size, threshold and clean up."""
+    def postprocess(
+        self,
+        predictions: F32Array,
+        sizes: Sequence[tuple[int, int]],
+        boxes: Sequence[Box | None] | None = None,
+    ) -> list[MattingResult]:
+        """Min-max normalise d0, resize to each image's size (or box), threshold and clean up."""
         maps = normalise_min_max(predictions[:, 0] if predictions.ndim == 4 else predictions)
         options = self.mask_options
         if options.threshold == "otsu":
@@ -470,13 +530,11 @@ class U2NetSession(MattingSession):
             thresholds = [float(t) for t in otsu_thresholds(maps)]
         else:
             thresholds = [float(options.threshold)] * len(sizes)
-        results = []
-        for confidence_map, size, threshold in zip(maps, sizes, thresholds, strict=True):
-            confidence = resize_confidence(confidence_map, size)
-            results.append(
-                MattingResult.from_maps(confidence, threshold_mask(confidence, threshold, options))
-            )
-        return results
+        boxes = [None] * len(sizes) if boxes is None else boxes
+        return [
+            mask_in_box(confidence_map.copy(), size, box, threshold, options)
+            for confidence_map, size, box, threshold in zip(maps, sizes, boxes, thresholds, strict=True)
+        ]
 
 
 class U2NetPSession(U2NetSession):

@@ -1,0 +1,275 @@
+"""Matting stage memory: peak RSS of one micro-batch, up to max_batch images at the pixel limit.
+
+Each configuration runs in a fresh child process: the stage's own ``handle_batch`` on events whose
+images (synthetic: a product on a gradient, its expected mask the product's shape) sit in a
+``FileStore`` in a temporary folder, with the committed U2-NetP on the CPU provider and the
+stage's defaults (``max_batch``, ROI margin, threshold, clean-up). So the figure includes what the
+stage holds for a batch: the decoded images, the model input and activations, the
+post-processing, the masks, and the PNG encoding of masks and cut-outs.
+
+The peak is the process's VmHWM over ``handle_batch`` alone: it is reset (``/proc/self/clear_refs``)
+after the session is opened and has run a full batch of small images, and the inputs are
+written, so the figure is what one
+batch adds on a warm stage, not the set-up. ``baseline_rss_mb`` is the RSS at that reset.
+
+``--before DIR``: a checkout of the code before a change; each configuration then also runs
+against it (PYTHONPATH), rounds interleaved, and the masks' sha256s of the two are compared.
+``--speed-rounds N``: also time ``session.predict`` as ``bench/matting.py`` does (32 renderer photos
+of 512 px, batch 8), N interleaved rounds per code tree. Writes bench/results/matting_memory.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+MB = 2**20
+# (name, images, width, height): the limit is SKUFORGE_MAX_IMAGE_PIXELS (40 MP = 8000x5000 by default).
+CONFIGS = {
+    "1mp_x1": (1, 1250, 800),
+    "1mp_xbatch": (None, 1250, 800),
+    "limit_x1": (1, None, None),
+    "limit_xbatch": (None, None, None),
+}
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _synthetic(width: int, height: int) -> tuple[Any, Any]:
+    """A product (an ellipse 60% of the image's width and height, with stripes) on a gradient, and
+    its mask. Smooth on purpose: a 40 MP photo of noise would be refused as too many bytes."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    ramp_x = np.linspace(60, 200, width, dtype=np.float32)[None, :]
+    ramp_y = np.linspace(40, 120, height, dtype=np.float32)[:, None]
+    image = Image.fromarray(
+        np.stack([ramp_x + 0 * ramp_y, ramp_y + 0 * ramp_x, (ramp_x + ramp_y) / 2], axis=2).astype(np.uint8)
+    )
+    mask = Image.new("L", (width, height), 0)
+    box = (int(width * 0.2), int(height * 0.2), int(width * 0.8), int(height * 0.8))
+    ImageDraw.Draw(mask).ellipse(box, fill=255)
+    stripes = Image.new("RGB", (width, height), (200, 30, 40))
+    ImageDraw.Draw(stripes).rectangle(
+        (0, height // 2 - height // 20, width, height // 2 + height // 20), (240, 240, 230)
+    )
+    image.paste(stripes, (0, 0), mask)
+    return image, np.asarray(mask)
+
+
+def memory_worker(images: int | None, width: int | None, height: int | None, threads: int) -> dict[str, Any]:
+    """One ``handle_batch`` of the stage in this process; returns peak RSS, time and mask digests."""
+    import logging
+
+    from PIL import Image
+
+    import shared
+    from schemas.common import SkuMetadata
+    from schemas.envelope import derive_id
+    from schemas.events import ImageGenerated
+    from schemas.topics import IMAGE_GENERATED
+    from services.matting.config import MattingSettings
+    from services.matting.stage import handle_batch, open_matting_session
+    from shared.bus import make_envelope
+    from shared.config import load_settings
+    from shared.errors import BadInput
+    from shared.images import decode_mask
+    from shared.observability import StageMetrics
+    from shared.runtime import Context
+    from shared.store import FileStore
+
+    matting = load_settings(MattingSettings, matting_threads=threads, matting_use_gpu=False)
+    with tempfile.TemporaryDirectory(prefix="matting-memory-") as folder:
+        store = FileStore(Path(folder) / "store")
+        settings = load_settings(store_uri=store.base_uri)
+        if width is None or height is None:
+            width, height = 8000, settings.max_image_pixels // 8000
+        count = matting.matting_max_batch if images is None else images
+        session = open_matting_session(matting, settings, store)
+        image, mask = _synthetic(width, height)
+        image_ref = store.put_image("generated/image.png", image)
+        mask_ref = store.put_image("generated/mask.png", mask)
+        del image, mask
+        events = [
+            make_envelope(
+                IMAGE_GENERATED,
+                ImageGenerated(
+                    item_id=f"item-{index}",
+                    sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
+                    reference_photo_id="p1",
+                    reference_image=image_ref,
+                    reference_mask=mask_ref,
+                    image=image_ref,
+                    expected_mask=mask_ref,
+                    backend="composite",
+                    model_id="synth",
+                    seed=index,
+                    variant_index=index,
+                ),
+                event_id=derive_id("bench", str(index)),
+                sku_id="SKU-1",
+                trace_id="bench",
+                producer="bench",
+            )
+            for index in range(count)
+        ]
+        ctx = Context("matting", store, settings, StageMetrics("matting"), logging.getLogger("bench"))
+        roi_margin = matting.matting_roi_margin if matting.matting_roi else None
+        # A warm stage has already run full batches: grow ONNX Runtime's arena to them first, so the
+        # figure below is what images of this size add.
+        session.predict([Image.new("RGB", (session.size_px, session.size_px))] * count)
+        baseline_kb = _status_kb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        started = time.perf_counter()
+        results = handle_batch(events, ctx, session=session, roi_margin=roi_margin)
+        elapsed = time.perf_counter() - started
+        peak_kb = _status_kb("VmHWM")
+        refused = [result for result in results if isinstance(result, BadInput)]
+        if refused:
+            raise RuntimeError(f"refused: {refused}")
+        digests = sorted(
+            {
+                hashlib.sha256(
+                    decode_mask(store.get_bytes(f"masks/predicted/SKU-1/item-{index}.png"))
+                ).hexdigest()
+                for index in range(count)
+            }
+        )
+    return {
+        "images": count,
+        "width": width,
+        "height": height,
+        "image_mb": round(width * height * 3 / MB, 1),
+        "baseline_rss_mb": round(baseline_kb / 1024, 1),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "batch_adds_mb": round((peak_kb - baseline_kb) / 1024, 1),
+        "seconds": round(elapsed, 2),
+        "mask_sha256": digests,
+        "code": str(Path(shared.__file__).resolve().parents[1]),
+    }
+
+
+def speed_worker(threads: int) -> dict[str, Any]:
+    """``bench/matting.py``'s ort_fp32 batch-8 timing: 32 renderer photos of 512 px, masks at full size."""
+    from shared.matting.session import U2NetPSession
+    from shared.synth import render_dataset
+
+    images = [photo.image for photo in render_dataset(32, seed=777, size_px=512)]
+    session = U2NetPSession(
+        ROOT / "shared/matting/models/u2netp-skuforge.onnx", threads=threads, use_gpu=False
+    )
+    session.predict(images[:8])
+    started = time.perf_counter()
+    session.predict(images)
+    return {"images_per_s": round(len(images) / (time.perf_counter() - started), 3)}
+
+
+def _child(code: Path, args: list[str]) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), *args],
+        env=env,
+        cwd=code,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"worker {args} in {code} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the configurations (and the speed check), each in a child process; write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--worker", choices=["memory", "speed"], default=None)
+    parser.add_argument("--config", choices=list(CONFIGS), action="append")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--before", type=Path, default=None, help="a checkout of the code before a change")
+    parser.add_argument("--speed-rounds", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "matting_memory.json")
+    args = parser.parse_args(argv)
+    if args.worker == "memory":
+        images, width, height = CONFIGS[args.config[0]]
+        print(json.dumps(memory_worker(images, width, height, args.threads)))
+        return 0
+    if args.worker == "speed":
+        print(json.dumps(speed_worker(args.threads)))
+        return 0
+
+    trees = {"after": ROOT} if args.before is None else {"before": args.before.resolve(), "after": ROOT}
+    memory: dict[str, dict[str, Any]] = {name: {} for name in trees}
+    for config in args.config or list(CONFIGS):
+        for name, code in trees.items():
+            result = _child(code, ["--worker", "memory", "--config", config, "--threads", str(args.threads)])
+            memory[name][config] = result
+            print(
+                f"{name:6s} {config:12s} {result['images']} x {result['width']}x{result['height']}: "
+                f"peak {result['peak_rss_mb']:.0f} MB (batch adds {result['batch_adds_mb']:.0f} MB), "
+                f"{result['seconds']:.1f} s",
+                flush=True,
+            )
+    speed: dict[str, list[float]] = {name: [] for name in trees}
+    for _ in range(args.speed_rounds):
+        for name, code in trees.items():
+            speed[name].append(
+                _child(code, ["--worker", "speed", "--threads", str(args.threads)])["images_per_s"]
+            )
+        print("speed", {name: values[-1] for name, values in speed.items()}, flush=True)
+
+    report: dict[str, Any] = {
+        "setup": {
+            "stage": "services.matting.stage.handle_batch, FileStore in a temp folder, stage defaults "
+            "(ROI on), committed U2-NetP fp32 on the CPU provider",
+            "images": "synthetic: a striped ellipse 60% of the image on a gradient; its ROI box is "
+            "90% of a 40 MP image",
+            "peak": "VmHWM over handle_batch alone (reset after set-up); batch_adds = peak - RSS at reset",
+            "configs": {
+                name: {"images": i or "max_batch", "size": f"{w}x{h}" if w else "pixel limit"}
+                for name, (i, w, h) in CONFIGS.items()
+            },
+            "threads": args.threads,
+        },
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB",
+        "measured_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    for name in trees:
+        for result in memory[name].values():
+            result.pop("code", None)
+        report[name] = memory[name]
+    if "before" in trees:
+        report["masks_identical"] = all(
+            memory["before"][config]["mask_sha256"] == memory["after"][config]["mask_sha256"]
+            for config in memory["after"]
+        )
+    if args.speed_rounds:
+        report["speed_b8_images_per_s"] = {
+            name: {"rounds": values, "median": statistics.median(values)} for name, values in speed.items()
+        }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
