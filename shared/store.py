@@ -214,9 +214,17 @@ class ObjectStore(ABC):
             self.on_write(time.perf_counter() - started, True)
         return ObjectRef(uri=self.uri_for(key), sha256=sha256_hex(data), bytes=len(data))
 
-    def put_image(self, key: str, image: Image.Image | npt.NDArray[Any]) -> ImageRef:
-        """Encode ``image`` as deterministic PNG, store it under ``key`` and return its ``ImageRef``."""
+    def put_image(
+        self, key: str, image: Image.Image | npt.NDArray[Any], *, digest_in_key: bool = False
+    ) -> ImageRef:
+        """Encode ``image`` as deterministic PNG, store it under ``key`` and return its ``ImageRef``.
+
+        ``digest_in_key``: store it under ``<key without .png>-<sha256[:16]>.png`` instead, so the
+        same pixels get the same key and other pixels never replace bytes an event already names.
+        """
         data = encode_png(image)
+        if digest_in_key:
+            key = f"{key.removesuffix('.png')}-{sha256_hex(data)[:16]}.png"
         if isinstance(image, np.ndarray):
             height, width = int(image.shape[0]), int(image.shape[1])
         else:

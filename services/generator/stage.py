@@ -40,7 +40,6 @@ import numpy as np
 from PIL import Image
 from prometheus_client import CollectorRegistry, Counter
 
-from schemas.common import ImageRef
 from schemas.envelope import Envelope, derive_id
 from schemas.events import CaptionedPhoto, ImageGenerated, SkuCaptioned
 from schemas.flow import GENERATOR
@@ -52,9 +51,8 @@ from shared.config import Settings, load_settings
 from shared.errors import BadInput
 from shared.generation.backend import COLOUR_GAIN_KEY, is_pile
 from shared.generation.composite import product_framing
-from shared.images import decode_image, decode_mask, encode_png
+from shared.images import decode_image, decode_mask
 from shared.runtime import Context, Emit, Stage, run_stage
-from shared.store import sha256_hex
 
 STAGE_NAME = GENERATOR.name
 # The kinds of skuforge_triton_errors_total (its help text says what each means).
@@ -320,8 +318,13 @@ def _store_variant(
         reference_photo_id=planned.photo.photo_id,
         reference_image=planned.photo.image,
         reference_mask=planned.photo.mask,
-        image=_put_png(ctx, f"generated/{sku_id}/{item_id}", result.image),
-        expected_mask=_put_png(ctx, f"masks/expected/{sku_id}/{item_id}", result.expected_mask),
+        # The keys carry the PNG's sha256: a replay that renders other pixels (the scene library
+        # changed) keeps the item id, and the events of the earlier render (in the matting and gate
+        # queues, a task waiting for a person) must still find the bytes their sha256 names.
+        image=ctx.store.put_image(f"generated/{sku_id}/{item_id}.png", result.image, digest_in_key=True),
+        expected_mask=ctx.store.put_image(
+            f"masks/expected/{sku_id}/{item_id}.png", result.expected_mask, digest_in_key=True
+        ),
         backend=planned.backend,
         model_id=result.model_id,
         adapter_id=result.adapter_id,
@@ -335,18 +338,6 @@ def _store_variant(
     # Counted once the input is committed, not at each attempt (a rewound batch runs again).
     ctx.after_commit(ctx.metrics.images.labels(ctx.stage, planned.backend).inc, event)
     return Emit(IMAGE_GENERATED, generated, key=f"variant-{planned.variant_index}")
-
-
-def _put_png(ctx: Context, stem: str, pixels: np.ndarray) -> ImageRef:
-    """Store ``pixels`` as PNG under ``<stem>-<sha256[:16]>.png``: the same pixels, the same key.
-
-    Never over other bytes: the item id stays the same when a replay renders a variant again, and
-    the events of the earlier render (in the matting and gate queues, a task waiting for a person)
-    must still find the bytes their sha256 names, or they die as ``checksum_mismatch``.
-    """
-    png = encode_png(pixels)
-    stored = ctx.store.put_bytes(f"{stem}-{sha256_hex(png)[:16]}.png", png, "image/png")
-    return ImageRef(**stored.model_dump(), width=int(pixels.shape[1]), height=int(pixels.shape[0]))
 
 
 def build_stage(
