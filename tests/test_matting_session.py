@@ -19,6 +19,7 @@ from shared.matting.session import (
     U2NetPSession,
     U2NetSession,
     choose_providers,
+    mask_figures,
     normalise_min_max,
     open_session,
     otsu_thresholds,
@@ -171,7 +172,7 @@ def test_result_figures_and_cutout() -> None:
     confidence = np.zeros((4, 5), dtype=np.float32)
     confidence[1:3, 1:4] = 0.8
     mask = np.where(confidence > 0.5, np.uint8(255), np.uint8(0))
-    result = MattingResult.from_maps(confidence, mask)
+    result = MattingResult(confidence, mask, *mask_figures(confidence, mask, mask.size))
     assert result.foreground_fraction == pytest.approx(6 / 20)
     assert result.mean_confidence == pytest.approx(0.8)
     cutout = result.cutout(Image.new("RGB", (5, 4), (200, 10, 10)))
@@ -179,7 +180,7 @@ def test_result_figures_and_cutout() -> None:
     assert np.array_equal(np.asarray(cutout)[..., 3], mask)
     with pytest.raises(ValueError, match="5x4"):
         result.cutout(Image.new("RGB", (4, 5)))
-    assert MattingResult.from_maps(confidence, np.zeros_like(mask)).mean_confidence == 0.0
+    assert mask_figures(confidence, np.zeros_like(mask), mask.size) == (0.0, 0.0)
 
 
 # --- sessions on a real ONNX model -----------------------------------------------------------

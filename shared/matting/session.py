@@ -57,6 +57,7 @@ __all__ = [
     "U2NetPSession",
     "U2NetSession",
     "choose_providers",
+    "mask_figures",
     "normalise_min_max",
     "official_onnx_path",
     "open_session",
@@ -131,11 +132,6 @@ class MattingResult:
         if isinstance(self.confidence_map, DeferredConfidence):
             return self.confidence_map.at_image_size()
         return self.confidence_map
-
-    @classmethod
-    def from_maps(cls, confidence: F32Array, mask: UInt8Array) -> MattingResult:
-        """Wrap a confidence map and its mask, computing the two summary figures."""
-        return cls(confidence, mask, *mask_figures(confidence, mask, mask.size))
 
     def cutout(self, image: Image.Image) -> Image.Image:
         """``image`` as RGBA with this mask as alpha; the image must be the one that was predicted."""
