@@ -168,18 +168,10 @@ def memory_worker(images: int | None, width: int | None, height: int | None, thr
 
 
 def speed_worker(threads: int) -> dict[str, Any]:
-    """``bench/matting.py``'s ort_fp32 batch-8 timing: 32 renderer photos of 512 px, masks at full size."""
-    from shared.matting.session import U2NetPSession
-    from shared.synth import render_dataset
+    """``bench/matting.py``'s ort_fp32 batch-8 timing (32 renderer photos of 512 px), in this code tree."""
+    from bench.matting import FP32, worker
 
-    images = [photo.image for photo in render_dataset(32, seed=777, size_px=512)]
-    session = U2NetPSession(
-        ROOT / "shared/matting/models/u2netp-skuforge.onnx", threads=threads, use_gpu=False
-    )
-    session.predict(images[:8])
-    started = time.perf_counter()
-    session.predict(images)
-    return {"images_per_s": round(len(images) / (time.perf_counter() - started), 3)}
+    return {"images_per_s": round(worker("ort_fp32", 8, 32, threads, {"fp32": FP32})["images_per_s"], 3)}
 
 
 def _child(code: Path, args: list[str]) -> dict[str, Any]:
