@@ -25,7 +25,7 @@ from services.generator.server import load_scenes
 from shared.config import load_settings
 from shared.errors import ObjectMissing, TransientError
 from shared.gate.checks import GateThresholds, evaluate
-from shared.generation.backend import COLOUR_GAIN_KEY, GenerationRequest
+from shared.generation.backend import COLOUR_GAIN_KEY, GeneratedSample, GenerationRequest
 from shared.generation.composite import PHOTO_SCENE, CompositeBackend
 from shared.generation.scenes import SCENES_SKIPPED, Scene, SceneLibrary
 from shared.images import encode_png
@@ -49,6 +49,22 @@ def library(*scenes: tuple[str, np.ndarray]) -> SceneLibrary:
     return SceneLibrary(
         [Scene(key, key.split("/", 1)[0] if "/" in key else "", pixels) for key, pixels in scenes]
     )
+
+
+def drift(
+    sample: GeneratedSample, reference: np.ndarray, mask: np.ndarray, colour_gain: tuple[float, ...] | None
+) -> GateCheck:
+    """The gate's product_drift check of a composite whose matting is perfect (tolerance 5)."""
+    _, checks = evaluate(
+        predicted_mask=sample.expected_mask,
+        expected_mask=sample.expected_mask,
+        image=sample.image,
+        reference_image=reference,
+        reference_mask=mask,
+        thresholds=GateThresholds(drift_tolerance=5.0),
+        colour_gain=colour_gain,  # type: ignore[arg-type]
+    )
+    return checks[-1]
 
 
 def photo_request(seed: int, **parameters: object) -> GenerationRequest:
@@ -110,21 +126,10 @@ def test_the_reported_colour_gain_is_what_the_scene_match_applied_and_the_gate_a
     inside = sample.image[ndimage.binary_erosion(sample.expected_mask > 0, iterations=3)].mean(axis=0)
     assert np.allclose(inside, mauve * np.array(gain), atol=2.0)
 
-    def drift(colour_gain: tuple[float, ...] | None) -> GateCheck:
-        _, checks = evaluate(
-            predicted_mask=sample.expected_mask,
-            expected_mask=sample.expected_mask,
-            image=sample.image,
-            reference_image=reference,
-            reference_mask=mask,
-            thresholds=GateThresholds(drift_tolerance=5.0),
-            colour_gain=colour_gain,  # type: ignore[arg-type]
-        )
-        return checks[-1]
-
     # (What is left is the anti-aliased outline, where the scene shows through.)
-    assert not drift(None).passed
-    assert drift(gain).passed and drift(gain).value < drift(None).value / 3
+    undeclared, declared = drift(sample, reference, mask, None), drift(sample, reference, mask, gain)
+    assert not undeclared.passed
+    assert declared.passed and declared.value < undeclared.value / 3
     # Without scene matching there is nothing to declare.
     plain = backend.generate(
         request(reference, mask, seed=2, scene=PHOTO_SCENE, **{**parameters, "scene_match": 0.0})
@@ -160,16 +165,8 @@ def test_the_declared_colour_gain_includes_the_light_that_falls_on_the_product(
     inside = sample.image[ndimage.binary_erosion(sample.expected_mask > 0, iterations=3)].mean(axis=0)
     # What the light did is in the declaration, well beyond the rounding that stays.
     assert np.abs(mauve * gain - inside).max() <= 3.0 < np.abs(mauve.astype(float) - inside).max() / 3
-    _, checks = evaluate(
-        predicted_mask=sample.expected_mask,
-        expected_mask=sample.expected_mask,
-        image=sample.image,
-        reference_image=reference,
-        reference_mask=mask,
-        thresholds=GateThresholds(drift_tolerance=5.0),
-        colour_gain=tuple(gain),  # type: ignore[arg-type]
-    )
-    assert checks[-1].passed, checks[-1].message
+    check = drift(sample, reference, mask, tuple(gain))
+    assert check.passed, check.message
 
 
 @pytest.mark.parametrize("seed", range(3))
