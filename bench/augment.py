@@ -34,7 +34,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +152,7 @@ def generate_in_process(
     from shared.captioning.attributes import describe_product, plain_background_share
     from shared.generation.backend import GenerationRequest, is_pile
     from shared.generation.composite import CompositeBackend
-    from shared.generation.scenes import SceneLibrary
+    from shared.generation.scenes import Scene, SceneLibrary
     from shared.images import decode_image
     from shared.matting.session import open_session
     from shared.store import open_store
@@ -188,11 +188,23 @@ def generate_in_process(
             and describe_product(image, mask >= 128).shape.shape == "produce"
             for image, mask in zip(images, masks, strict=True)
         ]
+        # Try (--own-scene-share): the SKU's own photos that are not cut-out sources (its in-store
+        # photos) as scenes for its own cut-out: a scene that shows the same product teaches no wrong class.
+        own_backend = None
+        own_keys = [f"own/{i}" for i in range(len(images)) if i not in sources]
+        if args.own_scene_share > 0 and own_keys:
+            own_scenes = []
+            for key in own_keys:
+                scene = images[int(key.split("/")[1])].copy()
+                scene.thumbnail((512, 512), Image.Resampling.LANCZOS)
+                own_scenes.append(Scene(key, "", np.asarray(scene, dtype=np.uint8)))
+            own_backend = CompositeBackend(SceneLibrary(own_scenes), 1.0)
         made[name] = []
         for variant in range(args.variants_per_sku):
             which = sources[variant % len(sources)]
             path = folder / f"{variant:03d}.png"
             pile = produce[which] and is_pile(variant, args.pile_share)
+            own = own_backend is not None and is_pile(variant, args.own_scene_share)
             if not path.exists():
                 seed = int(
                     hashlib.sha256(f"{name}|{which}|{variant}|{args.seed}".encode()).hexdigest()[:8], 16
@@ -208,7 +220,16 @@ def generate_in_process(
                     series=series_of[name],
                     size=args.size,
                 )
-                sample = backend.generate(request)[0]
+                if own:
+                    assert own_backend is not None
+                    key = own_keys[variant % len(own_keys)]
+                    extra: dict[str, Any] = {"scene": "photo", "scene_key": key, "occluders": 0}
+                    if args.own_scene_blur is not None:
+                        extra["scene_blur"] = args.own_scene_blur
+                    request = replace(request, parameters={**request.parameters, **extra})
+                    sample = own_backend.generate(request)[0]
+                else:
+                    sample = backend.generate(request)[0]
                 Image.fromarray(sample.image).save(path, compress_level=1)
             made[name].append(path)
     return made
@@ -398,6 +419,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-reference-px", type=int, default=1024)
     parser.add_argument(
         "--min-plain-background", type=float, default=0.7, help="in-process: cut-out sources (0: every photo)"
+    )
+    parser.add_argument(
+        "--own-scene-share",
+        type=float,
+        default=0.0,
+        help="in-process: share of variants on the SKU's own in-store photos as scenes (0: off)",
+    )
+    parser.add_argument(
+        "--own-scene-blur",
+        type=float,
+        default=None,
+        help="in-process: those scenes' defocus, a fraction of the canvas (default: drawn)",
     )
     parser.add_argument(
         "--min-cutout-solidity",
