@@ -299,3 +299,28 @@ def test_stats_per_sku(
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["sku_id"] for line in lines] == ["SKU-A", "SKU-B", "SKU-C"]
     assert lines[0]["pending"] == 1
+
+
+def test_sku_ids_that_differ_only_in_case_are_refused_as_imagefolder_classes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As class folders "Milk" and "milk" merge into one class on macOS or Windows, where an export is
+    # often copied to train: one SKU's images would silently carry the other's label.
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    for sku_id in ("Milk", "milk", "Oats"):
+        add_item(manifests, sku_id, "real-0", "real", "reference")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["dataset", "export", str(out), "--format", "imagefolder", "--max-synthetic-per-real", "2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "SKU ids that differ only in case: Milk and milk" in err and "--format jsonl" in err
+    assert not out.exists()
+    # One of them on its own, or jsonl (labels are strings there), is fine.
+    export_dataset(
+        manifests, tmp_path / "one", fmt="imagefolder", max_synthetic_per_real=2, sku_ids=["milk", "Oats"]
+    )
+    assert sorted(p.name for p in (tmp_path / "one").iterdir() if p.is_dir()) == ["Oats", "milk"]
+    summary = export_dataset(manifests, tmp_path / "jsonl", fmt="jsonl", max_synthetic_per_real=2)
+    assert sorted(summary.classes) == ["Milk", "Oats", "milk"]

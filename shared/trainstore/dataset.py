@@ -29,7 +29,7 @@ import math
 import shutil
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -277,6 +277,8 @@ def export_dataset(
         min_real=min_real,
         no_synthetic=no_synthetic,
     )
+    if fmt == "imagefolder":
+        _refuse_case_only_twins([plan_class.sku_id for plan_class in plan.classes])
     # Written beside out_dir and renamed into place at the end: an export that fails half-way (a
     # tampered or missing object) leaves neither a partial training set nor a directory to clean up.
     target = out_dir.resolve()
@@ -295,6 +297,23 @@ def export_dataset(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return summary
+
+
+def _refuse_case_only_twins(sku_ids: Sequence[str]) -> None:
+    """Refuse SKU ids that differ only in case: as imagefolder class folders they would merge into one
+    class on a case-insensitive file system (macOS, Windows), where exports are often copied to train,
+    and one SKU's images would silently carry the other's label."""
+    by_folded: dict[str, list[str]] = defaultdict(list)
+    for sku_id in sku_ids:
+        by_folded[sku_id.casefold()].append(sku_id)
+    twins = [sorted(ids) for ids in by_folded.values() if len(ids) > 1]
+    if twins:
+        named = "; ".join(" and ".join(ids) for ids in sorted(twins))
+        raise ValueError(
+            f"SKU ids that differ only in case: {named}. As imagefolder class folders they merge into one "
+            "class on a case-insensitive file system (macOS, Windows); export with --format jsonl (labels "
+            "are strings there), or export one of them on its own with --sku"
+        )
 
 
 def _write_export(
