@@ -15,9 +15,10 @@ trainstore. ``--mode in-process`` calls the composite backend directly on masks 
 matting model, with no gate: minutes instead of an hour, for trying choices on val.
 
 Leakage rules, checked before anything runs (``shared.evaluation.leakage``): no held-out photo is a
-reference or a scene, by path or by content. Scenes are train-split photos, each in a folder named
-after its class, and the composite backend never gives a SKU a scene of its own series (its class;
-with ``--series coarse``, its coarse class: no apple on a photo of any apple).
+reference or a scene, by path, by content or as a resized copy (perceptual hash). Scenes are
+train-split photos, each in a folder named after its class, and the composite backend never gives a
+SKU a scene of its own series (its class; with ``--series coarse``, its coarse class: no apple on a
+photo of any apple).
 
 Writes ``bench/results/augment.json`` (``--split test``) or ``bench/results/augment-val.json``, and an
 HTML report beside the evaluation outputs under ``--workdir``.
@@ -34,6 +35,7 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ from shared.evaluation.experiment import (
     describe_classifier,
     run_evaluation,
 )
-from shared.evaluation.leakage import check_disjoint
+from shared.evaluation.leakage import check_disjoint, check_no_near_duplicates, perceptual_hash
 from shared.store import sha256_hex
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -124,6 +126,16 @@ def write_scene_library(scenes: dict[str, list[Path]], folder: Path) -> Path:
         for path in paths:
             shutil.copyfile(path, folder / name / path.name)
     return folder
+
+
+def _hashed(paths: Iterable[Path]) -> list[tuple[str, bytes]]:
+    """(path, perceptual hash) of each photo that has one (resized copies are compared by it)."""
+    items = []
+    for path in paths:
+        value = perceptual_hash(path.read_bytes())
+        if value is not None:
+            items.append((str(path), value))
+    return items
 
 
 def sha256_file(path: Path) -> str:
@@ -493,6 +505,11 @@ def main(argv: list[str] | None = None) -> int:
         [(photo.name, photo.sha256) for photo in heldout],
         reference=[(str(path), sha256_file(path)) for path in used],
         scene=[(str(path), sha256_file(path)) for paths in scenes.values() for path in paths],
+    )
+    check_no_near_duplicates(
+        _hashed(Path(photo.name) for photo in heldout),
+        reference=_hashed(used),
+        scene=_hashed(path for paths in scenes.values() for path in paths),
     )
     # A SKU's series is its class (or coarse class); a scene's folder is its tag, and the composite
     # backend never gives a SKU a scene tagged like its series.

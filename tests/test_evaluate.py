@@ -31,6 +31,7 @@ from shared.evaluation.experiment import (
     photo_from_bytes,
     run_evaluation,
 )
+from shared.evaluation.leakage import perceptual_hash
 from shared.evaluation.report import histogram, render_report
 from shared.evaluation.tune import fit_predict_tuned, tail_features
 from shared.images import encode_png
@@ -643,3 +644,73 @@ def test_histogram_bins_edges_and_range() -> None:
         *[0] * 7,
         2,
     ]
+
+
+def shelf_photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A photo with structure at every scale (waves of light, boxes), unlike the flat colour photos:
+    what a perceptual hash is made for."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    wx, wy, phase = rng.uniform(8, 30), rng.uniform(8, 30), rng.uniform(0, 6.3)
+    grey = 128 + 50 * np.sin(x / wx + phase) * np.cos(y / wy) + 30 * np.sin((x + y) / rng.uniform(15, 40))
+    pixels = np.repeat(grey[..., None], 3, axis=2)
+    for _ in range(4):
+        x0, y0 = int(rng.integers(0, width - 40)), int(rng.integers(0, height - 40))
+        pixels[y0 : y0 + int(rng.integers(20, 80)), x0 : x0 + int(rng.integers(20, 80))] *= rng.uniform(
+            0.5, 1.2, 3
+        )
+    pixels += rng.normal(0, 3, pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def test_perceptual_hash_sees_resized_copies_and_tells_photos_apart() -> None:
+    original = shelf_photo(1)
+    hash_of = {
+        name: perceptual_hash(encode_jpeg(image) if name != "png" else encode_png(image))
+        for name, image in {
+            "jpeg": original,
+            "png": original,
+            "small": original.resize((120, 90), Image.Resampling.LANCZOS),
+            "other": shelf_photo(2),
+        }.items()
+    }
+    assert all(value is not None for value in hash_of.values())
+    reference = np.frombuffer(hash_of["jpeg"] or b"", dtype=np.uint8)
+    bits = {
+        name: int(np.unpackbits(np.frombuffer(value or b"", dtype=np.uint8) ^ reference).sum())
+        for name, value in hash_of.items()
+    }
+    assert reference.size == 32  # 256 bits
+    assert bits["png"] <= 6 and bits["small"] <= 6 and bits["other"] > 40, bits
+    # A blank frame has nothing to compare by, and bytes that are no image have no hash.
+    assert perceptual_hash(encode_png(Image.new("RGB", (64, 64), (250, 250, 250)))) is None
+    assert perceptual_hash(b"not an image") is None
+
+
+@pytest.mark.parametrize("where", ["store", "scenes"])
+def test_a_resized_copy_of_a_heldout_photo_is_refused(
+    colour_store: ManifestStore,
+    heldout: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    where: str,
+) -> None:
+    # Before, only byte-identical copies (and ingest's own PNG of a photo) were caught: a held-out
+    # photo shrunk for upload and ingested, or copied into the scenes, passed and inflated every figure.
+    (heldout / "SKU-BLUE" / "shelf.jpg").write_bytes(encode_jpeg(shelf_photo(3)))
+    copy = shelf_photo(3).resize((160, 120), Image.Resampling.LANCZOS)
+    scenes = tmp_path / "scenes"
+    (scenes / "shelves").mkdir(parents=True)
+    shelf_photo(4).save(scenes / "shelves" / "aisle.jpg")  # another photo: no refusal for it
+    if where == "store":
+        store_photo(colour_store, "SKU-EXTRA", "real-small", "real", copy)
+    else:
+        copy.save(scenes / "shelves" / "small.jpg", quality=70)
+    args = evaluate_args(heldout, tmp_path / "eval", tmp_path, "--scenes", f"file://{scenes}")
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    named = "real-small.png" if where == "store" else "small.jpg"
+    assert f"{named} looks like a copy of held-out {heldout / 'SKU-BLUE' / 'shelf.jpg'}" in err, err
+    assert "aisle.jpg" not in err
+    assert not (tmp_path / "eval").exists()

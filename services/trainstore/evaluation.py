@@ -35,7 +35,7 @@ from shared.evaluation.experiment import (
     photo_from_bytes,
     run_evaluation,
 )
-from shared.evaluation.leakage import LeakageError, check_disjoint
+from shared.evaluation.leakage import LeakageError, check_disjoint, check_no_near_duplicates, perceptual_hash
 from shared.evaluation.report import write_report
 from shared.images import PHOTO_SUFFIXES, photo_as_stored
 from shared.store import FileStore, ObjectStore, open_store, sha256_hex
@@ -125,6 +125,49 @@ def as_ingested(photos: Sequence[Photo], cache_dir: Path | None) -> list[tuple[s
     return items
 
 
+def heldout_hashes(photos: Sequence[Photo], cache_dir: Path | None) -> list[tuple[str, bytes]]:
+    """(name, perceptual hash) of each held-out photo. Photos that do not decode were refused before
+    (``as_ingested``)."""
+    items = []
+    for photo in photos:
+        value = _cached_hash(cache_dir, photo.sha256, photo.read)
+        if value is not None:
+            items.append((photo.name, value))
+    return items
+
+
+def real_image_hashes(
+    manifests: ManifestStore, rows: Iterable[ManifestRow], cache_dir: Path | None
+) -> list[tuple[str, bytes]]:
+    """(name, perceptual hash) of every real image of the store: where a resized copy of a held-out
+    photo would be, had it been ingested as a reference photo."""
+    items = []
+    for row in rows:
+        if row.source != "real" or row.image is None:
+            continue
+        value = _cached_hash(
+            cache_dir if row.image_sha256 else None, row.image_sha256 or "", _checked_reader(manifests, row)
+        )
+        if value is not None:
+            items.append((object_name(manifests.store, manifests.key(row.image)), value))
+    return items
+
+
+def _cached_hash(cache_dir: Path | None, sha256: str, read: Callable[[], bytes]) -> bytes | None:
+    """``perceptual_hash`` of the bytes ``read`` gives, cached under ``cache_dir`` by their sha256 (a
+    PNG phone photo decodes in about a second)."""
+    cached = None if cache_dir is None else cache_dir / "dhash256" / sha256
+    if cached is not None and cached.is_file():
+        return bytes.fromhex(cached.read_text().strip())
+    value = perceptual_hash(read())
+    if value is not None and cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_text(value.hex() + "\n")
+        tmp.replace(cached)
+    return value
+
+
 def training_photos(manifests: ManifestStore, plan: ExportPlan) -> list[Photo]:
     """The images ``plan`` exports, as Photos whose bytes are checked against the manifest when read."""
     photos = []
@@ -157,9 +200,10 @@ def stored_images(manifests: ManifestStore, rows: Iterable[ManifestRow]) -> list
     return items
 
 
-def scene_files(uri: str) -> list[tuple[str, str]]:
-    """(name, sha256) of every file of the scene library at ``uri``, whatever its suffix (one download
-    each). A malformed URI or a library with no files is refused: the check would pass on nothing."""
+def scene_files(uri: str) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]]]:
+    """(name, sha256) of every file of the scene library at ``uri``, whatever its suffix, and (name,
+    perceptual hash) of those that open as images (one download each). A malformed URI or a library
+    with no files is refused: the check would pass on nothing."""
     if not uri.strip():
         raise EvaluateRefused(
             "--scenes is empty (is SKUFORGE_SCENES_URI set?): give the scene library's URI, or leave "
@@ -170,13 +214,19 @@ def scene_files(uri: str) -> list[tuple[str, str]]:
         store = open_store(uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region)
     except ValueError as exc:
         raise EvaluateRefused(f"--scenes {uri}: {exc}") from None
-    files = [(object_name(store, key), sha256_hex(store.get_bytes(key))) for key in store.list_keys()]
+    files, hashes = [], []
+    for key in store.list_keys():
+        data = store.get_bytes(key)
+        files.append((object_name(store, key), sha256_hex(data)))
+        value = perceptual_hash(data)
+        if value is not None:
+            hashes.append((object_name(store, key), value))
     if not files:
         where = store.root if isinstance(store, FileStore) else store.base_uri
         raise EvaluateRefused(
             f"--scenes {uri}: no files under {where}; is it the scene library (SKUFORGE_SCENES_URI)?"
         )
-    return files
+    return files, hashes
 
 
 def object_name(store: ObjectStore, key: str) -> str:
@@ -262,12 +312,18 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
         )
     training = training_photos(manifests, plan)
 
-    scenes = [] if args.scenes is None else scene_files(args.scenes)
+    scenes, scene_hashes = ([], []) if args.scenes is None else scene_files(args.scenes)
+    cache_dir = None if args.no_cache else args.cache_dir
     check_disjoint(
-        [(photo.name, photo.sha256) for photo in heldout]
-        + as_ingested(heldout, None if args.no_cache else args.cache_dir),
+        [(photo.name, photo.sha256) for photo in heldout] + as_ingested(heldout, cache_dir),
         training=stored_images(manifests, rows),
         scenes=scenes,
+    )
+    # A resized or re-encoded copy has other bytes: compared by perceptual hash.
+    check_no_near_duplicates(
+        heldout_hashes(heldout, cache_dir),
+        training=real_image_hashes(manifests, rows, cache_dir),
+        scenes=scene_hashes,
     )
 
     spec = BackboneSpec(
