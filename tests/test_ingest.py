@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
+import weakref
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,9 @@ import pytest
 from schemas.envelope import Envelope
 from schemas.events import SkuIngested
 from schemas.topics import ALL_TOPICS, SKU_INGESTED
+from services.ingest import ingest
 from services.ingest.ingest import IngestError, ingest_path, prepare_all
-from shared.config import load_settings
+from shared.config import Settings, load_settings
 from shared.store import open_store
 from shared.synth import write_sku_folders
 from skuforge_cli.main import main as cli_main
@@ -166,3 +169,34 @@ def test_an_oversized_photo_is_refused_by_its_size_without_reading_it(
     monkeypatch.setattr(Path, "read_bytes", guarded)
     with pytest.raises(IngestError, match=r"photo_01\.png: refused \(.*3221225472 bytes; at most"):
         prepare_all(root, load_settings())
+
+
+def test_ingest_holds_one_skus_photos_at_a_time_and_a_bad_folder_publishes_nothing(
+    synth_skus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, every SKU of the batch was decoded and kept as PNG in memory until all had passed: a
+    # thousand phone photos are tens of gigabytes. Now each SKU's photos are stored as soon as it
+    # passes and let go; a bad folder still means no event at all (this one fails before Kafka).
+    root = _copy(synth_skus, tmp_path / "skus")
+    (root / "zz-broken").mkdir()
+    (root / "zz-broken" / "metadata.json").write_text("{")
+    alive: list[weakref.ref[ingest.PreparedSku]] = []
+    most_alive = 0
+
+    def prepare_and_count(folder: Path, settings: Settings) -> tuple[ingest.PreparedSku | None, list[str]]:
+        nonlocal most_alive
+        gc.collect()
+        most_alive = max(most_alive, sum(ref() is not None for ref in alive))
+        sku, problems = real_prepare(folder, settings)
+        if sku is not None:
+            alive.append(weakref.ref(sku))
+        return sku, problems
+
+    real_prepare = ingest.prepare_sku
+    monkeypatch.setattr(ingest, "prepare_sku", prepare_and_count)
+    settings = isolated_settings("localhost:1", file_store_uri(tmp_path / "store"))
+    with pytest.raises(IngestError, match=r"(?s)nothing was ingested.*zz-broken"):
+        ingest_path(root, settings)
+    assert len(alive) == 3 and most_alive == 0, most_alive
+    # The good SKUs' photos were stored under their content keys; a run after the fix writes them again.
+    assert len(list((tmp_path / "store" / "incoming").rglob("*.png"))) == 6

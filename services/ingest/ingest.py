@@ -2,9 +2,10 @@
 
 Consumes: a directory on disk (``skuforge ingest DIR``).
 Produces: one ``sku.ingested`` event per SKU, after its photos are stored.
-Bad input: every SKU folder is checked first (metadata, safe sku_id, photo count, each photo
-decodes within the limits); if any is bad, the command names every problem and publishes
-nothing, so a batch is never half-published.
+Bad input: every SKU folder is checked (metadata, safe sku_id, photo count, each photo decodes
+within the limits) before any event is published; if any is bad, the command names every problem
+and publishes nothing, so a batch is never half-published. A SKU's photos are stored as soon as
+it passes, so memory holds one SKU's photos, not the batch's (``ingest_path``).
 
 Layout read (what ``skuforge synth`` writes)::
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,26 +144,40 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     return PreparedSku(folder=folder, metadata=metadata, photos=photos), []
 
 
-def prepare_all(path: Path, settings: Settings) -> list[PreparedSku]:
-    """Check every SKU folder under ``path``; raise IngestError naming all problems if any."""
-    prepared: list[PreparedSku] = []
-    problems: list[str] = []
+def check_folders(path: Path, settings: Settings) -> Iterator[tuple[PreparedSku | None, list[str]]]:
+    """Each SKU folder under ``path`` in turn: the prepared SKU, or None and its problems (an
+    ``sku_id`` that an earlier folder already uses is one). One SKU's photos at a time: a caller
+    that lets go of each SKU before asking for the next holds one SKU's photos, not the batch's."""
     owners: dict[str, Path] = {}
     for folder in find_sku_folders(path):
-        sku, sku_problems = prepare_sku(folder, settings)
-        problems.extend(sku_problems)
-        if sku is None:
-            continue
-        if sku.metadata.sku_id in owners:
-            problems.append(
+        sku, problems = prepare_sku(folder, settings)
+        if sku is not None and sku.metadata.sku_id in owners:
+            problems = [
                 f"{folder}: sku_id {sku.metadata.sku_id!r} is also used by {owners[sku.metadata.sku_id]}"
-            )
-            continue
-        owners[sku.metadata.sku_id] = folder
-        prepared.append(sku)
+            ]
+            sku = None
+        elif sku is not None:
+            owners[sku.metadata.sku_id] = folder
+        yield sku, problems
+        del sku  # not kept while the next folder is read
+
+
+def prepare_all(path: Path, settings: Settings) -> list[PreparedSku]:
+    """Check every SKU folder under ``path``; raise IngestError naming all problems if any. Holds every
+    photo of the batch as PNG: for a large batch, ``ingest_path`` stores them as it checks instead."""
+    prepared: list[PreparedSku] = []
+    problems: list[str] = []
+    for sku, sku_problems in check_folders(path, settings):
+        problems.extend(sku_problems)
+        if sku is not None:
+            prepared.append(sku)
     if problems:
-        raise IngestError("nothing was ingested; fix these and run again:\n  " + "\n  ".join(problems))
+        raise IngestError(_nothing_ingested(problems))
     return prepared
+
+
+def _nothing_ingested(problems: list[str]) -> str:
+    return "nothing was ingested; fix these and run again:\n  " + "\n  ".join(problems)
 
 
 def upload_sku(sku: PreparedSku, store: ObjectStore) -> SkuIngested:
@@ -178,24 +194,34 @@ def upload_sku(sku: PreparedSku, store: ObjectStore) -> SkuIngested:
 
 
 def ingest_path(path: Path, settings: Settings, *, store: ObjectStore | None = None) -> list[str]:
-    """Ingest every SKU under ``path``; returns the event ids published (one per SKU)."""
-    prepared = prepare_all(path, settings)
+    """Ingest every SKU under ``path``; returns the event ids published (one per SKU).
+
+    Each SKU's photos are stored as soon as it passes its checks, while the rest are checked, so
+    memory holds one SKU's photos rather than the batch's (a thousand phone photos as PNG are tens of
+    gigabytes). Events are published only when every SKU has passed: a bad folder anywhere means
+    nothing is published. The photos already stored stay under their content keys, which a run
+    after the fix writes again.
+    """
     store = store or open_store(
         settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
     )
-    publisher = Publisher(settings, PRODUCER)  # TransientError if Kafka is away: nothing uploaded yet
+    ready: list[tuple[str, str, SkuIngested]] = []  # (event id, sku_id, payload): no photo bytes
+    problems: list[str] = []
+    for sku, sku_problems in check_folders(path, settings):
+        problems.extend(sku_problems)
+        if sku is not None and not problems:  # once something is wrong, only the checks go on
+            ready.append((sku.event_id, sku.metadata.sku_id, upload_sku(sku, store)))
+        del sku  # its photos go before the next SKU's are read
+    if problems:
+        raise IngestError(_nothing_ingested(problems))
+    publisher = Publisher(settings, PRODUCER)  # TransientError if Kafka is away: nothing published
     try:
         event_ids = []
-        for sku in prepared:
-            payload = upload_sku(sku, store)
+        for event_id, sku_id, payload in ready:
             # Photos are durable before the event exists, so no consumer ever sees a dangling reference.
             # The event id is the trace id too: every event downstream carries it (skuforge demo follows it).
             envelope = publisher.publish(
-                SKU_INGESTED,
-                payload,
-                sku_id=sku.metadata.sku_id,
-                event_id=sku.event_id,
-                trace_id=sku.event_id,
+                SKU_INGESTED, payload, sku_id=sku_id, event_id=event_id, trace_id=event_id
             )
             event_ids.append(envelope.event_id)
         return event_ids
