@@ -704,7 +704,7 @@ def test_a_resized_copy_of_a_heldout_photo_is_refused(
     (scenes / "shelves").mkdir(parents=True)
     shelf_photo(4).save(scenes / "shelves" / "aisle.jpg")  # another photo: no refusal for it
     if where == "store":
-        store_photo(colour_store, "SKU-EXTRA", "real-small", "real", copy)
+        store_photo(colour_store, "SKU-BLUE", "real-small", "real", copy)
     else:
         copy.save(scenes / "shelves" / "small.jpg", quality=70)
     args = evaluate_args(heldout, tmp_path / "eval", tmp_path, "--scenes", f"file://{scenes}")

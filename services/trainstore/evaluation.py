@@ -139,7 +139,7 @@ def heldout_hashes(photos: Sequence[Photo], cache_dir: Path | None) -> list[tupl
 def real_image_hashes(
     manifests: ManifestStore, rows: Iterable[ManifestRow], cache_dir: Path | None
 ) -> list[tuple[str, bytes]]:
-    """(name, perceptual hash) of every real image of the store: where a resized copy of a held-out
+    """(name, perceptual hash) of every real image of ``rows``: where a resized copy of a held-out
     photo would be, had it been ingested as a reference photo."""
     items = []
     for row in rows:
@@ -319,10 +319,12 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
         training=stored_images(manifests, rows),
         scenes=scenes,
     )
-    # A resized or re-encoded copy has other bytes: compared by perceptual hash.
+    # A resized or re-encoded copy has other bytes: compared by perceptual hash, with the evaluated
+    # SKUs' real images (a copy filed under another SKU lowers that figure, it cannot inflate it, and
+    # hashing a large store's every photo would cost a decode each).
     check_no_near_duplicates(
         heldout_hashes(heldout, cache_dir),
-        training=real_image_hashes(manifests, rows, cache_dir),
+        training=real_image_hashes(manifests, evaluated, cache_dir),
         scenes=scene_hashes,
     )
 
