@@ -7,23 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from shared.argtypes import non_negative_int, positive_int
 from shared.synth.photo import MIN_SIZE, write_sku_folders
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """An argparse type: a whole number of 0 or more."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
 
 
 def photo_size_px(text: str) -> int:

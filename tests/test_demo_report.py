@@ -180,9 +180,9 @@ def no_stack(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--synthetic", "--seed", "-1"], "--seed: must be 0 or more"),
         (["--synthetic", "--size", "10"], "--size: must be at least 64"),
         (["--variants", "0"], "--variants: must be at least 1"),
-        (["--timeout-s", "0"], "--timeout-s: must be a number of seconds above 0, got 0"),
-        (["--timeout-s", "-5"], "--timeout-s: must be a number of seconds above 0, got -5"),
-        (["--timeout-s", "nan"], "--timeout-s: must be a number of seconds above 0, got nan"),
+        (["--timeout-s", "0"], "--timeout-s: must be a number above 0, got 0"),
+        (["--timeout-s", "-5"], "--timeout-s: must be a number above 0, got -5"),
+        (["--timeout-s", "nan"], "--timeout-s: must be a number above 0, got nan"),
     ],
 )
 def test_demo_refuses_a_bad_number_before_rendering_or_starting_anything(

@@ -714,3 +714,23 @@ def test_a_resized_copy_of_a_heldout_photo_is_refused(
     assert f"{named} looks like a copy of held-out {heldout / 'SKU-BLUE' / 'shelf.jpg'}" in err, err
     assert "aisle.jpg" not in err
     assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--l2", "inf", "--l2: must be a number of 0 or more, got inf"),
+        ("--l2", "-0.1", "--l2: must be a number of 0 or more, got -0.1"),
+        ("--real-weight", "nan", "--real-weight: must be a number above 0, got nan"),
+        ("--tune-lr", "inf", "--tune-lr: must be a number above 0, got inf"),
+        ("--seed", "-1", "--seed: must be 0 or more, got -1"),
+    ],
+)
+def test_a_number_out_of_bounds_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
+) -> None:
+    # Before, inf passed as an L2 weight or a learning rate: the run went on and meant nothing.
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(evaluate_args(tmp_path / "heldout", tmp_path / "eval", tmp_path, option, value))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

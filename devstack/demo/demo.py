@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import shutil
 import signal
@@ -51,9 +50,10 @@ from schemas.topics import (
     SKU_INGESTED,
 )
 from services.ingest.ingest import IngestError, prepare_all
+from shared.argtypes import non_negative_int, positive_float, positive_int
 from shared.config import Settings, load_settings
 from shared.store import ObjectStore, open_store
-from skuforge_cli.synth import non_negative_int, photo_size_px, positive_int
+from skuforge_cli.synth import photo_size_px
 
 STACK_START_TIMEOUT_S = 600.0
 DEFAULT_VARIANTS = 6  # generated images per SKU of a stack the demo starts
@@ -74,14 +74,6 @@ SYNTHETIC_OPTIONS: tuple[tuple[str, int, Callable[[str], int], str], ...] = (
 
 def _say(line: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} demo  {line}", flush=True)
-
-
-def positive_seconds(text: str) -> float:
-    """argparse type of ``--timeout-s``: a finite number of seconds above 0."""
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
-    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--timeout-s",
-        type=positive_seconds,
+        type=positive_float,
         default=600,
         help="give up waiting after this many seconds (default %(default)s)",
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from services.trainstore.config import TrainstoreSettings
+from shared.argtypes import non_negative_int, positive_int
 from shared.config import load_settings
 from shared.errors import BadInput, TransientError
 from shared.store import open_store
@@ -33,22 +34,6 @@ from shared.trainstore.dataset import (
     synthetic_left_out_by_evaluation,
 )
 from shared.trainstore.manifest import ManifestStore
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an int >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
 
 
 def _read_evaluation(path: Path) -> dict[str, Any]:

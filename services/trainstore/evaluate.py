@@ -35,24 +35,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.trainstore.cli import non_negative_int, positive_int
+from shared.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from shared.evaluation import BACKBONES
 
 DEFAULT_CACHE_DIR = Path("var/evaluate/features")
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
 
 
 def out_dir_problem(out: Path) -> str | None:
@@ -133,11 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=non_negative_int, default=0, help="seed of every random choice (default 0)"
     )
     parser.add_argument(
-        "--l2", type=_non_negative_float, default=1e-2, help="L2 weight of the linear head (default 0.01)"
+        "--l2", type=non_negative_float, default=1e-2, help="L2 weight of the linear head (default 0.01)"
     )
     parser.add_argument(
         "--real-weight",
-        type=_positive_float,
+        type=positive_float,
         default=4.0,
         help="loss weight of a real photo relative to a synthetic or augmented image (default 4: "
         "chosen on GroceryStoreDataset val, docs/evaluation.md)",
@@ -155,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tune-lr",
-        type=_positive_float,
+        type=positive_float,
         default=1e-4,
         help="with --tune-stages: AdamW learning rate of the tuned stages; the head's is 10x (default 1e-4)",
     )
