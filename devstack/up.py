@@ -67,6 +67,7 @@ from schemas.flow import CONSOLE, LORA_TRAINER, PIPELINE, TRITON, Service
 from services.console.config import ConsoleSettings
 from services.generator.config import GenerationSettings
 from services.generator.protocol import model_name
+from shared.argtypes import folder_problem
 from shared.config import ConfigError, load_settings
 from shared.observability import topics_held
 
@@ -520,14 +521,6 @@ def write_state(config: StackConfig, supervisor: Supervisor, state: str) -> None
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(document, indent=2) + "\n")
     tmp.replace(path)
-
-
-def folder_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be (or become) a folder: a file in its place or above it; None if it can."""
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            return None if candidate.is_dir() else f"{candidate} is a file, not a folder"
-    return None
 
 
 def process_started_at(pid: int) -> float | None:

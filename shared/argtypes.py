@@ -1,4 +1,5 @@
-"""argparse types the commands share: numbers within their bounds, refused naming the value given.
+"""argparse types the commands share (numbers within their bounds, refused naming the value given),
+and the check of a folder argument.
 
 A float must also be finite: ``inf`` and ``nan`` parse as floats, and an ``--l2 inf`` or a
 ``--timeout-s nan`` would otherwise run and mean nothing.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+from pathlib import Path
 
 
 def positive_int(text: str) -> int:
@@ -40,3 +43,17 @@ def non_negative_float(text: str) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text}")
     return value
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be (or become) a folder this process writes in: a file in its place or above
+    it, or no write permission in the nearest folder that exists; None if it can. Checked before a
+    command's long run, not found in a traceback after it."""
+    existing = next((candidate for candidate in (path, *path.parents) if candidate.exists()), None)
+    if existing is None:
+        return None
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write in {existing}"
+    return None

@@ -453,7 +453,7 @@ def test_an_out_that_is_a_file_is_refused_before_the_run(
     with pytest.raises(SystemExit) as exit_info:
         cli_main(evaluate_args(heldout, out, tmp_path))
     assert exit_info.value.code == 2
-    assert f"--out {out} is a file; name a folder" in capsys.readouterr().err
+    assert f"--out {out}: {out} is a file, not a folder" in capsys.readouterr().err
     assert not (tmp_path / "features").exists()  # refused before any photo was read
     assert out.read_text() == "not a folder"
 
@@ -469,7 +469,7 @@ def test_a_cache_dir_that_is_a_file_is_refused_before_the_run(
     with pytest.raises(SystemExit) as exit_info:
         cli_main(args)
     assert exit_info.value.code == 2
-    assert f"--cache-dir {cache} is a file; name a folder" in capsys.readouterr().err
+    assert f"--cache-dir {cache}: {cache} is a file, not a folder" in capsys.readouterr().err
     # --no-cache reads and writes no cache: the same file is no obstacle then.
     assert cli_main([*args, "--no-cache"]) == 0
     assert cache.read_text() == "not a folder"

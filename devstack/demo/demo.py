@@ -39,7 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.demo.report import ItemView, ReferenceView, SkuView, StageView, write_report
 from devstack.demo.tracker import FOLLOWED, FlowState, FlowTracker
-from devstack.up import DEFAULT_WORKDIR, folder_problem, read_state
+from devstack.up import DEFAULT_WORKDIR, read_state
 from schemas.events import CorrectionPending, GateAccepted, ImageGenerated, SkuCaptioned, SkuIngested
 from schemas.topics import (
     CORRECTION_PENDING,
@@ -50,7 +50,7 @@ from schemas.topics import (
     SKU_INGESTED,
 )
 from services.ingest.ingest import IngestError, prepare_all
-from shared.argtypes import non_negative_int, positive_float, positive_int
+from shared.argtypes import folder_problem, non_negative_int, positive_float, positive_int
 from shared.config import Settings, load_settings
 from shared.store import ObjectStore, open_store
 from skuforge_cli.synth import photo_size_px

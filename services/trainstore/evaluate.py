@@ -30,29 +30,20 @@ photos, the export, the leakage check, the written results) in ``services/trains
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from shared.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
+from shared.argtypes import (
+    folder_problem,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from shared.evaluation import BACKBONES
 
 DEFAULT_CACHE_DIR = Path("var/evaluate/features")
-
-
-def out_dir_problem(out: Path) -> str | None:
-    """Why results (or the cache) could not be written to ``out`` (None: they can); checked before
-    the run, which can take long, rather than after it."""
-    existing = next((path for path in (out, *out.parents) if path.exists()), None)
-    if existing is None:
-        return None
-    if not existing.is_dir():
-        what = "is a file" if existing == out else f"is inside {existing}, which is a file"
-        return f"{what}; name a folder (it is created if missing)"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"cannot write in {existing}"
-    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,12 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--backbone-weights is for --backbone efficientnet-lite0")
     if args.backbone_weights is not None and not args.backbone_weights.is_file():
         parser.error(f"--backbone-weights {args.backbone_weights}: no such file")
-    problem = out_dir_problem(args.out)
-    if problem:
-        parser.error(f"--out {args.out} {problem}")
-    problem = None if args.no_cache else out_dir_problem(args.cache_dir)
-    if problem:
-        parser.error(f"--cache-dir {args.cache_dir} {problem}")
+    if problem := folder_problem(args.out):
+        parser.error(f"--out {args.out}: {problem}")
+    if not args.no_cache and (problem := folder_problem(args.cache_dir)):
+        parser.error(f"--cache-dir {args.cache_dir}: {problem}")
     # torch and the store come in only now, so that --help and usage errors answer at once.
     from services.trainstore.evaluation import EVALUATION_FILE, REFUSALS, evaluate, summary_lines
 
