@@ -2,10 +2,10 @@
 
 Consumes: a directory on disk (``skuforge ingest DIR``).
 Produces: one ``sku.ingested`` event per SKU, after its photos are stored.
-Bad input: every SKU folder is checked (metadata, safe sku_id, photo count, each photo decodes
-within the limits) before any event is published; if any is bad, the command names every problem
-and publishes nothing, so a batch is never half-published. A SKU's photos are stored as soon as
-it passes, so memory holds one SKU's photos, not the batch's (``ingest_path``).
+Bad input: every SKU folder is checked first (metadata, safe sku_id, photo count, each photo
+decodes within the limits); if any is bad, the command names every problem and uploads and
+publishes nothing, so a batch is never half-published. Checked photos wait as PNG files in a
+temporary folder, not in memory (``ingest_path``).
 
 Layout read (what ``skuforge synth`` writes)::
 
@@ -19,8 +19,10 @@ and so is a ``__MACOSX`` folder (the resource forks macOS puts in a zip it makes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,37 +198,60 @@ def upload_sku(sku: PreparedSku, store: ObjectStore) -> SkuIngested:
 def ingest_path(path: Path, settings: Settings, *, store: ObjectStore | None = None) -> list[str]:
     """Ingest every SKU under ``path``; returns the event ids published (one per SKU).
 
-    Each SKU's photos are stored as soon as it passes its checks, while the rest are checked, so
-    memory holds one SKU's photos rather than the batch's (a thousand phone photos as PNG are tens of
-    gigabytes). Events are published only when every SKU has passed: a bad folder anywhere means
-    nothing is published. The photos already stored stay under their content keys, which a run
-    after the fix writes again.
+    Every folder is checked before anything is uploaded, and nothing is uploaded while Kafka cannot
+    be reached. A SKU's photos, once checked, wait as PNG files in a temporary folder on local disk
+    (``TMPDIR``), not in memory: a thousand phone photos as PNG are tens of gigabytes.
     """
-    store = store or open_store(
-        settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
-    )
-    ready: list[tuple[str, str, SkuIngested]] = []  # (event id, sku_id, payload): no photo bytes
-    problems: list[str] = []
-    for sku, sku_problems in check_folders(path, settings):
-        problems.extend(sku_problems)
-        if sku is not None and not problems:  # once something is wrong, only the checks go on
-            ready.append((sku.event_id, sku.metadata.sku_id, upload_sku(sku, store)))
-        del sku  # its photos go before the next SKU's are read
-    if problems:
-        raise IngestError(_nothing_ingested(problems))
-    publisher = Publisher(settings, PRODUCER)  # TransientError if Kafka is away: nothing published
-    try:
-        event_ids = []
-        for event_id, sku_id, payload in ready:
-            # Photos are durable before the event exists, so no consumer ever sees a dangling reference.
-            # The event id is the trace id too: every event downstream carries it (skuforge demo follows it).
-            envelope = publisher.publish(
-                SKU_INGESTED, payload, sku_id=sku_id, event_id=event_id, trace_id=event_id
-            )
-            event_ids.append(envelope.event_id)
-        return event_ids
-    finally:
-        publisher.close()
+    with tempfile.TemporaryDirectory(prefix="skuforge-ingest-") as spool_dir:
+        spooled: list[PreparedSku] = []  # their photos' bytes are on disk; png is empty here
+        problems: list[str] = []
+        for sku, sku_problems in check_folders(path, settings):
+            problems.extend(sku_problems)
+            if sku is not None and not problems:  # once something is wrong, only the checks go on
+                spooled.append(_spool(sku, Path(spool_dir)))
+            del sku  # its photos go before the next SKU's are read
+        if problems:
+            raise IngestError(_nothing_ingested(problems))
+        store = store or open_store(
+            settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+        )
+        publisher = Publisher(settings, PRODUCER)  # TransientError if Kafka is away: nothing uploaded yet
+        try:
+            event_ids = []
+            for sku in spooled:
+                payload = upload_sku(_unspool(sku, Path(spool_dir)), store)
+                # Photos are durable before the event exists, so no consumer ever sees a dangling
+                # reference. The event id is the trace id too: every event downstream carries it
+                # (skuforge demo follows it).
+                envelope = publisher.publish(
+                    SKU_INGESTED,
+                    payload,
+                    sku_id=sku.metadata.sku_id,
+                    event_id=sku.event_id,
+                    trace_id=sku.event_id,
+                )
+                event_ids.append(envelope.event_id)
+            return event_ids
+        finally:
+            publisher.close()
+
+
+def _spool(sku: PreparedSku, spool_dir: Path) -> PreparedSku:
+    """``sku`` with its photos' PNG bytes written under ``spool_dir`` and dropped from memory."""
+    photos = []
+    for photo in sku.photos:
+        (spool_dir / f"{sku.event_id}-{photo.photo_id}.png").write_bytes(photo.png)
+        photos.append(dataclasses.replace(photo, png=b""))
+    return dataclasses.replace(sku, photos=photos)
+
+
+def _unspool(sku: PreparedSku, spool_dir: Path) -> PreparedSku:
+    """A spooled SKU with its photos' bytes read back (one SKU's at a time)."""
+    photos = [
+        dataclasses.replace(photo, png=(spool_dir / f"{sku.event_id}-{photo.photo_id}.png").read_bytes())
+        for photo in sku.photos
+    ]
+    return dataclasses.replace(sku, photos=photos)
 
 
 def main(argv: list[str] | None = None) -> int:
