@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from services.ingest.ingest import prepare_sku
 from services.trainstore.evaluation import heldout_photos, summary_lines
@@ -683,8 +683,22 @@ def test_perceptual_hash_sees_resized_copies_and_tells_photos_apart() -> None:
     }
     assert reference.size == 32  # 256 bits
     assert bits["png"] <= 6 and bits["small"] <= 6 and bits["other"] > 40, bits
-    # A blank frame has nothing to compare by, and bytes that are no image have no hash.
+    # A 16-bit grey scan of the photo is the same photo (before, it was clipped to white: no hash).
+    grey16 = Image.fromarray(np.asarray(original.convert("L"), dtype=np.uint16) * 257)
+    assert grey16.mode.startswith("I;16")
+    bits16 = np.unpackbits(
+        np.frombuffer(perceptual_hash(encode_png(grey16)) or bytes(32), dtype=np.uint8) ^ reference
+    )
+    assert int(bits16.sum()) <= 12
+    # A blank frame, or one that is mostly blank, has nothing to compare by: before, a red box and a
+    # blue disc at the same place on white were 1 bit apart, a "copy". Bytes that are no image: no hash.
     assert perceptual_hash(encode_png(Image.new("RGB", (64, 64), (250, 250, 250)))) is None
+    for shape in ("rectangle", "ellipse"):
+        canvas = Image.new("RGB", (1000, 800), "white")
+        getattr(ImageDraw.Draw(canvas), shape)(
+            (400, 300, 600, 500), fill="red" if shape == "rectangle" else "blue"
+        )
+        assert perceptual_hash(encode_png(canvas)) is None, shape
     assert perceptual_hash(b"not an image") is None
 
 

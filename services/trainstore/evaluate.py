@@ -11,8 +11,8 @@ per SKU id with real photos that were never given to skuforge.
 
 Refuses (exit 2, nothing written) when a held-out photo is also an image of the store or a file of
 the scene library (``--scenes``), by path or by content (its own bytes, or the PNG ``skuforge
-ingest`` would store for it), or when a real image of the store or a scene file is a resized or
-re-encoded copy of one (perceptual hash, ``shared/evaluation/leakage.py``): a test photo that was
+ingest`` would store for it), or when a real image of an evaluated SKU or a scene file is a
+resized or re-encoded copy of one (perceptual hash, ``shared/evaluation/leakage.py``): a test photo that was
 trained on, or composited into a training image, makes every figure meaningless. Also refused:
 held-out folders naming SKUs the store does not have, fewer than 2 SKUs with held-out photos,
 held-out SKUs without a usable real image in the store or left out by the export policy, a held-out
@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         "stages are fine-tuned too) on (A) the SKUs' real photos, (A') real + classic "
         "augmentation, (B) the export under the real:synthetic policy, (B') B + classic augmentation, "
         "(C) synthetic only, and score them top-1 on held-out real photos (at least 2 SKUs). Refuses "
-        "(exit 2) when a held-out photo is also in the store (as is, as ingest would store it, or as "
-        "a resized copy) or the scene library. Store: SKUFORGE_STORE_URI, "
+        "(exit 2) when a held-out photo is also in the store (as is, or as ingest would store it) or "
+        "the scene library, or a resized copy of it is a real image of its SKU or a scene. Store: "
+        "SKUFORGE_STORE_URI, "
         "SKUFORGE_TRAINSTORE_PREFIX.",
         epilog="Writes OUT/evaluation.json (per-SKU 'gain' = B-A, which 'skuforge dataset export "
         "--evaluation' reads) and OUT/report.html (plots, per-SKU table, misclassified photos).",

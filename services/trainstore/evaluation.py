@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -117,7 +118,7 @@ def as_ingested(photos: Sequence[Photo], cache_dir: Path | None) -> list[tuple[s
                 ) from None
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(".tmp")
+                tmp = cached.with_name(f"{cached.name}.{uuid.uuid4().hex}.tmp")  # runs may share the cache
                 tmp.write_text(stored_sha256 + "\n")
                 tmp.replace(cached)
         if stored_sha256 != photo.sha256:
@@ -162,7 +163,7 @@ def _cached_hash(cache_dir: Path | None, sha256: str, read: Callable[[], bytes])
     value = perceptual_hash(read())
     if value is not None and cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
+        tmp = cached.with_name(f"{cached.name}.{uuid.uuid4().hex}.tmp")  # runs may share the cache
         tmp.write_text(value.hex() + "\n")
         tmp.replace(cached)
     return value

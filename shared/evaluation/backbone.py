@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,6 +261,6 @@ class FeatureCache:
             return
         path = self.root / representation / f"{sha256}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
+        tmp = path.with_name(f"{path.stem}.{uuid.uuid4().hex}.tmp.npy")  # runs may share the cache
         np.save(tmp, vector)
         tmp.replace(path)

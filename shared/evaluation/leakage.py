@@ -17,6 +17,8 @@ from PIL import Image, ImageOps
 # photo's nearest train photo 68 or more). A 64-bit hash put two burst shots 3 bits apart.
 NEAR_DUPLICATE_MAX_BITS = 12
 _HASH_SIDE = 16  # 16 x 16 neighbour comparisons: 256 bits
+# A hash with fewer neighbour steps of 2 grey levels or more than this says too little to compare.
+MIN_INFORMATIVE_STEPS = 96
 
 
 class LeakageError(ValueError):
@@ -44,19 +46,26 @@ def check_disjoint(heldout: Iterable[tuple[str, str]], **others: Iterable[tuple[
 def perceptual_hash(data: bytes) -> bytes | None:
     """The 256-bit difference hash of a photo as it is shown (EXIF orientation applied): which of each
     two neighbouring pixels of a 17 x 16 grey thumbnail is brighter. Resizing and re-encoding barely move
-    it. None when the bytes do not open as an image, or when the thumbnail is featureless (a blank
-    frame): every flat photo has the same hash, which says nothing about copies."""
+    it. None when the bytes do not open as an image, or when too few neighbours differ (a mostly blank
+    frame): flat photos all have about the same hash, which says nothing about copies."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.draft("L", (128, 128))  # a JPEG decodes at a fraction of its size: milliseconds
-            grey = ImageOps.exif_transpose(image).convert("L")
-            thumbnail = grey.resize((_HASH_SIDE + 1, _HASH_SIDE), Image.Resampling.BILINEAR)
+            shown = ImageOps.exif_transpose(image)
+            if shown.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float grey
+                values = np.asarray(shown, dtype=np.float32)
+                top = float(values.max()) or 1.0
+                shown = Image.fromarray((np.clip(values, 0, None) * (255.0 / top)).astype(np.uint8))
+            thumbnail = shown.convert("L").resize((_HASH_SIDE + 1, _HASH_SIDE), Image.Resampling.BILINEAR)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
     pixels = np.asarray(thumbnail, dtype=np.int16)
-    if pixels.std() < 1.0:
+    steps = pixels[:, 1:] - pixels[:, :-1]
+    # Neighbours of (nearly) equal grey carry no bit: a photo that is mostly blank background would
+    # match any other mostly blank one. Such a photo is left to the byte checks.
+    if np.count_nonzero(np.abs(steps) >= 2) < MIN_INFORMATIVE_STEPS:
         return None
-    return np.packbits(pixels[:, 1:] > pixels[:, :-1]).tobytes()
+    return np.packbits(steps > 0).tobytes()
 
 
 def check_no_near_duplicates(
