@@ -45,15 +45,18 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def folder_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be (or become) a folder this process writes in: a file in its place or above
-    it, or no write permission in the nearest folder that exists; None if it can. Checked before a
-    command's long run, not found in a traceback after it."""
-    existing = next((candidate for candidate in (path, *path.parents) if candidate.exists()), None)
+def folder_problem(path: Path, *, writable: bool = True) -> str | None:
+    """Why ``path`` cannot be (or become) a folder: a file in its place or above it, a folder above it
+    that cannot be searched, or (``writable``) no write permission in the nearest folder that exists;
+    None if it can. Checked before a command's long run, not found in a traceback after it."""
+    try:
+        existing = next((candidate for candidate in (path, *path.parents) if candidate.exists()), None)
+    except OSError as exc:  # a folder above it this user may not look into
+        return f"cannot reach it ({exc.strerror or exc})"
     if existing is None:
         return None
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if writable and not os.access(existing, os.W_OK | os.X_OK):
         return f"cannot write in {existing}"
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import shutil
@@ -198,4 +199,20 @@ def test_ingest_holds_one_skus_photos_at_a_time_and_a_bad_folder_publishes_nothi
     with pytest.raises(IngestError, match=r"(?s)nothing was ingested.*zz-broken"):
         ingest_path(root, settings)
     assert len(alive) == 3 and most_alive == 0, most_alive
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_full_temporary_folder_is_a_clear_error_and_nothing_is_uploaded(
+    synth_skus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The checked photos wait in TMPDIR; a full disk there was an OSError traceback.
+    def disk_full(sku: ingest.PreparedSku, spool_dir: Path) -> ingest.PreparedSku:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ingest, "_spool", disk_full)
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    assert cli_main(["ingest", str(synth_skus)]) == 2
+    err = capsys.readouterr().err
+    assert "the checked photos could not be kept in" in err and "No space left on device" in err
+    assert "TMPDIR" in err and "Traceback" not in err
     assert not (tmp_path / "store").exists()

@@ -341,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         parser.error(f"--skus {args.skus}: not a directory of SKU folders{hint}")
     # Found now, not in a traceback when the report is written at the end of the run.
-    for option, folder in (("--out", args.out), ("--workdir", args.workdir)):
-        if problem := folder_problem(folder):
+    # The workdir may be a stack another user started, whose state the demo only reads.
+    for option, folder, writable in (("--out", args.out, True), ("--workdir", args.workdir, False)):
+        if problem := folder_problem(folder, writable=writable):
             parser.error(f"{option} {folder}: {problem}")
 
     workdir = args.workdir.resolve()

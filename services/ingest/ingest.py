@@ -198,9 +198,11 @@ def upload_sku(sku: PreparedSku, store: ObjectStore) -> SkuIngested:
 def ingest_path(path: Path, settings: Settings, *, store: ObjectStore | None = None) -> list[str]:
     """Ingest every SKU under ``path``; returns the event ids published (one per SKU).
 
-    Every folder is checked before anything is uploaded, and nothing is uploaded while Kafka cannot
-    be reached. A SKU's photos, once checked, wait as PNG files in a temporary folder on local disk
-    (``TMPDIR``), not in memory: a thousand phone photos as PNG are tens of gigabytes.
+    Every folder is checked before anything is uploaded, and nothing is uploaded when Kafka cannot
+    be reached at the start. A SKU's photos, once checked, wait as PNG files in a temporary folder
+    (``TMPDIR``; on local disk unless that is a tmpfs), not in memory: a thousand phone photos as PNG
+    are tens of gigabytes. Should a publish fail later (a topic missing), the photos already stored
+    stay under their content keys and the next run writes the same keys.
     """
     with tempfile.TemporaryDirectory(prefix="skuforge-ingest-") as spool_dir:
         spooled: list[PreparedSku] = []  # their photos' bytes are on disk; png is empty here
@@ -208,7 +210,14 @@ def ingest_path(path: Path, settings: Settings, *, store: ObjectStore | None = N
         for sku, sku_problems in check_folders(path, settings):
             problems.extend(sku_problems)
             if sku is not None and not problems:  # once something is wrong, only the checks go on
-                spooled.append(_spool(sku, Path(spool_dir)))
+                try:
+                    spooled.append(_spool(sku, Path(spool_dir)))
+                except OSError as exc:  # the temporary folder is full, or gone
+                    raise IngestError(
+                        f"nothing was ingested: the checked photos could not be kept in {spool_dir} "
+                        f"({exc.strerror or exc}); point TMPDIR at a folder with room for the batch's "
+                        "photos as PNG"
+                    ) from None
             del sku  # its photos go before the next SKU's are read
         if problems:
             raise IngestError(_nothing_ingested(problems))
