@@ -359,7 +359,7 @@ def test_ctrl_c_twice_says_the_stack_it_started_was_left_running_and_how_to_stop
 def test_ctrl_c_before_any_stack_says_none_was_started(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, no_stack: None
 ) -> None:
-    monkeypatch.setattr(demo_module, "prepare_all", ctrl_c)
+    monkeypatch.setattr(demo_module, "survey_folders", ctrl_c)
     assert (
         demo_after_ctrl_c(
             [*SMALL_SYNTHETIC, "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "up")]

@@ -216,3 +216,14 @@ def test_a_full_temporary_folder_is_a_clear_error_and_nothing_is_uploaded(
     assert "the checked photos could not be kept in" in err and "No space left on device" in err
     assert "TMPDIR" in err and "Traceback" not in err
     assert not (tmp_path / "store").exists()
+
+
+def test_survey_names_the_skus_and_their_photos_or_every_problem(synth_skus: Path, tmp_path: Path) -> None:
+    # What skuforge demo shows before it starts, without holding the batch's photos.
+    assert ingest.survey_folders(synth_skus, load_settings()) == [
+        (sku.metadata.sku_id, len(sku.photos)) for sku in prepare_all(synth_skus, load_settings())
+    ]
+    root = _copy(synth_skus, tmp_path / "skus")
+    shutil.copytree(root / "SYN-7-0001", root / "copy-of-1")
+    with pytest.raises(IngestError, match="also used by"):
+        ingest.survey_folders(root, load_settings())

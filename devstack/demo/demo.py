@@ -49,7 +49,7 @@ from schemas.topics import (
     SKU_CAPTIONED,
     SKU_INGESTED,
 )
-from services.ingest.ingest import IngestError, prepare_all
+from services.ingest.ingest import IngestError, survey_folders
 from shared.argtypes import folder_problem, non_negative_int, positive_float, positive_int
 from shared.config import Settings, load_settings
 from shared.store import ObjectStore, open_store
@@ -354,14 +354,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             skus_dir = args.skus if args.skus is not None else SAMPLE_SKUS
         try:
-            prepared = prepare_all(skus_dir, load_settings())
+            surveyed = survey_folders(skus_dir, load_settings())
         except IngestError as exc:
             missing_samples = args.skus is None and not args.synthetic and not SAMPLE_SKUS.is_dir()
             hint = " (the sample photos ship with the repository; use --skus DIR or --synthetic)"
             print(f"skuforge demo: {exc}{hint if missing_samples else ''}", file=sys.stderr)
             return 2
-        sku_ids = [sku.metadata.sku_id for sku in prepared]
-        photos = sum(len(sku.photos) for sku in prepared)
+        sku_ids = [sku_id for sku_id, _ in surveyed]
+        photos = sum(count for _, count in surveyed)
         _say(f"{len(sku_ids)} SKUs, {photos} photos, from {_shown(skus_dir)}")
 
         running_state = read_state(workdir)

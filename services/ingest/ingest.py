@@ -178,6 +178,21 @@ def prepare_all(path: Path, settings: Settings) -> list[PreparedSku]:
     return prepared
 
 
+def survey_folders(path: Path, settings: Settings) -> list[tuple[str, int]]:
+    """(sku_id, photos) of every SKU folder under ``path``, checked as ``skuforge ingest`` checks them
+    (IngestError naming all problems if any), holding one SKU's photos at a time."""
+    found: list[tuple[str, int]] = []
+    problems: list[str] = []
+    for sku, sku_problems in check_folders(path, settings):
+        problems.extend(sku_problems)
+        if sku is not None:
+            found.append((sku.metadata.sku_id, len(sku.photos)))
+        del sku
+    if problems:
+        raise IngestError(_nothing_ingested(problems))
+    return found
+
+
 def _nothing_ingested(problems: list[str]) -> str:
     return "nothing was ingested; fix these and run again:\n  " + "\n  ".join(problems)
 
