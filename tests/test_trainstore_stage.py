@@ -277,6 +277,38 @@ def test_a_pending_row_never_replaces_a_decision(kafka_bootstrap: str, tmp_path:
     assert stage.store.exists(f"{PREFIX}/masks/SKU-007/gen-007-00.png")
 
 
+def test_rejecting_a_re_render_keeps_the_accepted_render_of_the_same_item(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A variant rendered again from a changed scene library keeps its item id. Before, a reviewer's
+    rejection of the second render removed the first, which the gate had accepted."""
+    settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path}")
+    create_topics(settings, GATE_ACCEPTED, CORRECTION_PENDING, CORRECTION_RESOLVED, SKU_CAPTIONED)
+    stage = build_trainstore(
+        settings=settings, trainstore=load_settings(TrainstoreSettings, trainstore_prefix=PREFIX)
+    )
+    first = accepted_event(stage.store, 9, 0)
+    other_look = matted_item(stage.store, 9, 1).generated.image
+    second = first.matted.model_copy(
+        update={"generated": first.matted.generated.model_copy(update={"image": other_look})}
+    )
+    image_key = f"{PREFIX}/images/SKU-009/synthetic/gen-009-00.png"
+    produce_events(settings, GATE_ACCEPTED, [first])
+    with running(stage):
+        wait_consumed(settings, "trainstore", (GATE_ACCEPTED,))
+        produce_events(settings, CORRECTION_RESOLVED, [resolved(stage.store, second, "reject")])
+        wait_consumed(settings, "trainstore", (CORRECTION_RESOLVED,))
+        rows = load_manifest(stage.store, prefix=PREFIX, trainable_only=False)
+        assert [(r["item_id"], r["status"]) for r in rows] == [("gen-009-00", "accepted")]
+        assert sha256_hex(stage.store.get_bytes(image_key)) == first.matted.generated.image.sha256
+        # A rejection of the render that is stored still removes it.
+        produce_events(settings, CORRECTION_RESOLVED, [resolved(stage.store, first.matted, "reject")])
+        wait_consumed(settings, "trainstore", (CORRECTION_RESOLVED,))
+    rows = load_manifest(stage.store, prefix=PREFIX, trainable_only=False)
+    assert [(r["item_id"], r["status"]) for r in rows] == [("gen-009-00", "rejected")]
+    assert not stage.store.exists(image_key)
+
+
 def test_gate_dead_letters_items_it_cannot_read_or_compare(kafka_bootstrap: str, tmp_path: Path) -> None:
     settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path}")
     create_topics(settings, IMAGE_MATTED, GATE_ACCEPTED, CORRECTION_PENDING)

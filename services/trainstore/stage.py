@@ -6,7 +6,9 @@ Consumes:
                            ``accepted``);
 * ``correction.resolved``  a person's decision: approved items stored with the human's final mask (row
                            ``approved``); rejected items are recorded (row ``rejected``), never stored as
-                           training data, and any earlier objects of the item are removed;
+                           training data, and any earlier objects of the item are removed, unless they
+                           are another render of it that was accepted or approved (a variant rendered
+                           again from a changed scene library keeps its item id): that one stays;
 * ``correction.pending``   recorded (row ``pending``, no objects) so ``skuforge dataset stats`` can count
                            what waits for review; a pending row never replaces a decision;
 * ``sku.captioned``        the real reference photos with their masks (rows ``reference``, source ``real``;
@@ -106,6 +108,13 @@ class Trainstore:
             "decision": resolved.decision,
         }
         if resolved.decision == "reject":
+            kept = self._kept_render(generated)
+            if kept is not None:
+                ctx.log.warning(
+                    "rejection of another render kept out of the store",
+                    extra={"sku_id": generated.sku.sku_id, "item_id": generated.item_id, "kept": kept},
+                )
+                return []
             row = _synthetic_row(generated, event, status="rejected", item=None, **common)
             self._write(ctx, generated.sku.sku_id, [StagedItem(row)])
             self._remove_objects(generated.sku.sku_id, generated.item_id)
@@ -116,6 +125,20 @@ class Trainstore:
         row = _synthetic_row(generated, event, status="approved", item=item, **common)
         self._write(ctx, generated.sku.sku_id, [StagedItem(row, *item)])
         return []
+
+    def _kept_render(self, generated: ImageGenerated) -> str | None:
+        """The status of a stored, trainable render of this item that is not the one ``generated``
+        names (its image's sha256 differs), or None.
+
+        A variant rendered again from a changed scene library keeps its item id: the gate may accept
+        the first render and flag the second. A reviewer's rejection of the second says nothing about
+        the first, which stays (nothing already accepted is lost). The generator writes PNGs, which
+        the store keeps byte for byte, so the same render has the same sha256 on both sides.
+        """
+        current = self.manifests.read_sku(generated.sku.sku_id).get(generated.item_id)
+        if current is None or current.status not in ("accepted", "approved") or current.image_sha256 is None:
+            return None
+        return current.status if current.image_sha256 != generated.image.sha256 else None
 
     def pending(self, event: Envelope[CorrectionPending], ctx: Context) -> list[Emit]:
         """An item waiting for review: a row without objects, for the stats."""
