@@ -206,10 +206,10 @@ def test_a_full_temporary_folder_is_a_clear_error_and_nothing_is_uploaded(
     synth_skus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The checked photos wait in TMPDIR; a full disk there was an OSError traceback.
-    def disk_full(sku: ingest.PreparedSku, spool_dir: Path) -> ingest.PreparedSku:
+    def disk_full(self: Path, data: bytes) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ingest, "_spool", disk_full)
+    monkeypatch.setattr(Path, "write_bytes", disk_full)  # where ingest writes only its spool
     monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
     assert cli_main(["ingest", str(synth_skus)]) == 2
     err = capsys.readouterr().err

@@ -23,9 +23,10 @@ import dataclasses
 import json
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import ValidationError
 
@@ -40,6 +41,7 @@ from shared.images import PHOTO_SUFFIXES, photo_as_stored, refuse_oversized
 from shared.store import ObjectStore, open_store, sha256_hex
 
 PRODUCER = "ingest"
+T = TypeVar("T")
 # Not SKU folders, though folders: a zip made on a Mac unpacks with one beside the SKUs, full of "._NAME".
 NOT_SKU_FOLDERS = frozenset({"__MACOSX"})
 
@@ -166,31 +168,30 @@ def check_folders(path: Path, settings: Settings) -> Iterator[tuple[PreparedSku 
 
 def prepare_all(path: Path, settings: Settings) -> list[PreparedSku]:
     """Check every SKU folder under ``path``; raise IngestError naming all problems if any. Holds every
-    photo of the batch as PNG: for a large batch, ``ingest_path`` stores them as it checks instead."""
-    prepared: list[PreparedSku] = []
-    problems: list[str] = []
-    for sku, sku_problems in check_folders(path, settings):
-        problems.extend(sku_problems)
-        if sku is not None:
-            prepared.append(sku)
-    if problems:
-        raise IngestError(_nothing_ingested(problems))
-    return prepared
+    photo of the batch as PNG: for a large batch, ``ingest_path`` spools them to disk instead."""
+    return _check_all(path, settings, lambda sku: sku)
 
 
 def survey_folders(path: Path, settings: Settings) -> list[tuple[str, int]]:
     """(sku_id, photos) of every SKU folder under ``path``, checked as ``skuforge ingest`` checks them
     (IngestError naming all problems if any), holding one SKU's photos at a time."""
-    found: list[tuple[str, int]] = []
+    return _check_all(path, settings, lambda sku: (sku.metadata.sku_id, len(sku.photos)))
+
+
+def _check_all(path: Path, settings: Settings, keep: Callable[[PreparedSku], T]) -> list[T]:
+    """``keep`` of every SKU folder under ``path`` that passes its checks, in order, or IngestError
+    naming every problem. Once a problem is found only the checks go on; each prepared SKU is let go
+    before the next folder is read, so what stays is what ``keep`` returns."""
+    kept: list[T] = []
     problems: list[str] = []
     for sku, sku_problems in check_folders(path, settings):
         problems.extend(sku_problems)
-        if sku is not None:
-            found.append((sku.metadata.sku_id, len(sku.photos)))
+        if sku is not None and not problems:
+            kept.append(keep(sku))
         del sku
     if problems:
         raise IngestError(_nothing_ingested(problems))
-    return found
+    return kept
 
 
 def _nothing_ingested(problems: list[str]) -> str:
@@ -220,22 +221,8 @@ def ingest_path(path: Path, settings: Settings, *, store: ObjectStore | None = N
     stay under their content keys and the next run writes the same keys.
     """
     with tempfile.TemporaryDirectory(prefix="skuforge-ingest-") as spool_dir:
-        spooled: list[PreparedSku] = []  # their photos' bytes are on disk; png is empty here
-        problems: list[str] = []
-        for sku, sku_problems in check_folders(path, settings):
-            problems.extend(sku_problems)
-            if sku is not None and not problems:  # once something is wrong, only the checks go on
-                try:
-                    spooled.append(_spool(sku, Path(spool_dir)))
-                except OSError as exc:  # the temporary folder is full, or gone
-                    raise IngestError(
-                        f"nothing was ingested: the checked photos could not be kept in {spool_dir} "
-                        f"({exc.strerror or exc}); point TMPDIR at a folder with room for the batch's "
-                        "photos as PNG"
-                    ) from None
-            del sku  # its photos go before the next SKU's are read
-        if problems:
-            raise IngestError(_nothing_ingested(problems))
+        # Their photos' bytes are on disk: png is empty in these.
+        spooled = _check_all(path, settings, lambda sku: _spool(sku, Path(spool_dir)))
         store = store or open_store(
             settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
         )
@@ -262,20 +249,28 @@ def ingest_path(path: Path, settings: Settings, *, store: ObjectStore | None = N
 
 def _spool(sku: PreparedSku, spool_dir: Path) -> PreparedSku:
     """``sku`` with its photos' PNG bytes written under ``spool_dir`` and dropped from memory."""
-    photos = []
-    for photo in sku.photos:
-        (spool_dir / f"{sku.event_id}-{photo.photo_id}.png").write_bytes(photo.png)
-        photos.append(dataclasses.replace(photo, png=b""))
-    return dataclasses.replace(sku, photos=photos)
+    try:
+        for photo in sku.photos:
+            _spooled_file(spool_dir, sku, photo).write_bytes(photo.png)
+    except OSError as exc:  # the temporary folder is full, or gone
+        raise IngestError(
+            f"nothing was ingested: the checked photos could not be kept in {spool_dir} "
+            f"({exc.strerror or exc}); point TMPDIR at a folder with room for the batch's photos as PNG"
+        ) from None
+    return dataclasses.replace(sku, photos=[dataclasses.replace(photo, png=b"") for photo in sku.photos])
 
 
 def _unspool(sku: PreparedSku, spool_dir: Path) -> PreparedSku:
     """A spooled SKU with its photos' bytes read back (one SKU's at a time)."""
     photos = [
-        dataclasses.replace(photo, png=(spool_dir / f"{sku.event_id}-{photo.photo_id}.png").read_bytes())
+        dataclasses.replace(photo, png=_spooled_file(spool_dir, sku, photo).read_bytes())
         for photo in sku.photos
     ]
     return dataclasses.replace(sku, photos=photos)
+
+
+def _spooled_file(spool_dir: Path, sku: PreparedSku, photo: PreparedPhoto) -> Path:
+    return spool_dir / f"{sku.event_id}-{photo.photo_id}.png"
 
 
 def main(argv: list[str] | None = None) -> int:
