@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -39,6 +38,7 @@ from shared.evaluation.experiment import (
 from shared.evaluation.leakage import LeakageError, check_disjoint, check_no_near_duplicates, perceptual_hash
 from shared.evaluation.report import write_report
 from shared.images import PHOTO_SUFFIXES, photo_as_stored
+from shared.model_cache import write_atomically
 from shared.store import FileStore, ObjectStore, open_store, sha256_hex
 from shared.trainstore.dataset import ExportPlan, plan_export, read_checked
 from shared.trainstore.manifest import ManifestRow, ManifestStore
@@ -117,10 +117,7 @@ def as_ingested(photos: Sequence[Photo], cache_dir: Path | None) -> list[tuple[s
                     f"held-out {photo.name} cannot be used ({exc}); remove it or replace it"
                 ) from None
             if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_name(f"{cached.name}.{uuid.uuid4().hex}.tmp")  # runs may share the cache
-                tmp.write_text(stored_sha256 + "\n")
-                tmp.replace(cached)
+                write_atomically(cached, f"{stored_sha256}\n".encode())  # runs may share the cache
         if stored_sha256 != photo.sha256:
             items.append((f"{photo.name} (as ingest stores it)", stored_sha256))
     return items
@@ -162,10 +159,7 @@ def _cached_hash(cache_dir: Path | None, sha256: str, read: Callable[[], bytes])
         return bytes.fromhex(cached.read_text().strip())
     value = perceptual_hash(read())
     if value is not None and cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f"{cached.name}.{uuid.uuid4().hex}.tmp")  # runs may share the cache
-        tmp.write_text(value.hex() + "\n")
-        tmp.replace(cached)
+        write_atomically(cached, f"{value.hex()}\n".encode())  # runs may share the cache
     return value
 
 
@@ -217,11 +211,11 @@ def scene_files(uri: str) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]
         raise EvaluateRefused(f"--scenes {uri}: {exc}") from None
     files, hashes = [], []
     for key in store.list_keys():
-        data = store.get_bytes(key)
-        files.append((object_name(store, key), sha256_hex(data)))
+        data, name = store.get_bytes(key), object_name(store, key)
+        files.append((name, sha256_hex(data)))
         value = perceptual_hash(data)
         if value is not None:
-            hashes.append((object_name(store, key), value))
+            hashes.append((name, value))
     if not files:
         where = store.root if isinstance(store, FileStore) else store.base_uri
         raise EvaluateRefused(
