@@ -108,7 +108,8 @@ class Trainstore:
             "decision": resolved.decision,
         }
         if resolved.decision == "reject":
-            kept = self._kept_render(generated)
+            current = self.manifests.read_sku(generated.sku.sku_id)
+            kept = _kept_render(current.get(generated.item_id), generated)
             if kept is not None:
                 ctx.log.warning(
                     "rejection of another render kept out of the store",
@@ -116,7 +117,7 @@ class Trainstore:
                 )
                 return []
             row = _synthetic_row(generated, event, status="rejected", item=None, **common)
-            self._write(ctx, generated.sku.sku_id, [StagedItem(row)])
+            self._write(ctx, generated.sku.sku_id, [StagedItem(row)], current=current)
             self._remove_objects(generated.sku.sku_id, generated.item_id)
             return []
         if resolved.final_mask is None:
@@ -125,20 +126,6 @@ class Trainstore:
         row = _synthetic_row(generated, event, status="approved", item=item, **common)
         self._write(ctx, generated.sku.sku_id, [StagedItem(row, *item)])
         return []
-
-    def _kept_render(self, generated: ImageGenerated) -> str | None:
-        """The status of a stored, trainable render of this item that is not the one ``generated``
-        names (its image's sha256 differs), or None.
-
-        A variant rendered again from a changed scene library keeps its item id: the gate may accept
-        the first render and flag the second. A reviewer's rejection of the second says nothing about
-        the first, which stays (nothing already accepted is lost). The generator writes PNGs, which
-        the store keeps byte for byte, so the same render has the same sha256 on both sides.
-        """
-        current = self.manifests.read_sku(generated.sku.sku_id).get(generated.item_id)
-        if current is None or current.status not in ("accepted", "approved") or current.image_sha256 is None:
-            return None
-        return current.status if current.image_sha256 != generated.image.sha256 else None
 
     def pending(self, event: Envelope[CorrectionPending], ctx: Context) -> list[Emit]:
         """An item waiting for review: a row without objects, for the stats."""
@@ -195,9 +182,17 @@ class Trainstore:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def _write(self, ctx: Context, sku_id: str, staged: list[StagedItem]) -> None:
-        """Objects first, then the manifest delta; nothing at all when every row is already there."""
-        current = self.manifests.read_sku(sku_id)
+    def _write(
+        self,
+        ctx: Context,
+        sku_id: str,
+        staged: list[StagedItem],
+        *,
+        current: dict[str, ManifestRow] | None = None,
+    ) -> None:
+        """Objects first, then the manifest delta; nothing at all when every row is already there.
+        ``current``: the SKU's rows, when the caller has just read them."""
+        current = self.manifests.read_sku(sku_id) if current is None else current
         changed = [item for item in staged if current.get(item.row.item_id) != item.row]
         for item in changed:
             row = item.row
@@ -220,6 +215,20 @@ class Trainstore:
     def _remove_objects(self, sku_id: str, item_id: str) -> None:
         for relative in (f"images/{sku_id}/synthetic/{item_id}.png", f"masks/{sku_id}/{item_id}.png"):
             self.manifests.store.delete(self.manifests.key(relative))
+
+
+def _kept_render(current: ManifestRow | None, generated: ImageGenerated) -> str | None:
+    """The status of ``current``, the item's stored row, when it is a trainable render other than the
+    one ``generated`` names (its image's sha256 differs); None otherwise.
+
+    A variant rendered again from a changed scene library keeps its item id: the gate may accept
+    the first render and flag the second. A reviewer's rejection of the second says nothing about
+    the first, which stays (nothing already accepted is lost). The generator writes PNGs, which
+    the store keeps byte for byte, so the same render has the same sha256 on both sides.
+    """
+    if current is None or current.status not in ("accepted", "approved") or current.image_sha256 is None:
+        return None
+    return current.status if current.image_sha256 != generated.image.sha256 else None
 
 
 def _object_fields(
