@@ -51,7 +51,7 @@ from shared.evaluation.experiment import (
     describe_classifier,
     run_evaluation,
 )
-from shared.evaluation.leakage import check_disjoint, check_no_near_duplicates, perceptual_hash
+from shared.evaluation.leakage import check_disjoint, check_no_near_duplicates, heldout_hash, perceptual_hash
 from shared.store import sha256_hex
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -128,11 +128,12 @@ def write_scene_library(scenes: dict[str, list[Path]], folder: Path) -> Path:
     return folder
 
 
-def _hashed(paths: Iterable[Path]) -> list[tuple[str, bytes]]:
-    """(path, perceptual hash) of each photo that has one (resized copies are compared by it)."""
+def _hashed(paths: Iterable[Path], *, heldout: bool = False) -> list[tuple[str, bytes]]:
+    """(path, perceptual hash) of each photo that has one (resized copies are compared by it); held-out
+    photos get ``heldout_hash``, which also sees a mirrored copy."""
     items = []
     for path in paths:
-        value = perceptual_hash(path.read_bytes())
+        value = (heldout_hash if heldout else perceptual_hash)(path.read_bytes())
         if value is not None:
             items.append((str(path), value))
     return items
@@ -507,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         scene=[(str(path), sha256_file(path)) for paths in scenes.values() for path in paths],
     )
     check_no_near_duplicates(
-        _hashed(Path(photo.name) for photo in heldout),
+        _hashed((Path(photo.name) for photo in heldout), heldout=True),
         reference=_hashed(used),
         scene=_hashed(path for paths in scenes.values() for path in paths),
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from services.ingest.ingest import prepare_sku
 from services.trainstore.evaluation import heldout_photos, summary_lines
@@ -31,7 +31,7 @@ from shared.evaluation.experiment import (
     photo_from_bytes,
     run_evaluation,
 )
-from shared.evaluation.leakage import perceptual_hash
+from shared.evaluation.leakage import LeakageError, check_no_near_duplicates, heldout_hash, perceptual_hash
 from shared.evaluation.report import histogram, render_report
 from shared.evaluation.tune import fit_predict_tuned, tail_features
 from shared.images import encode_png
@@ -702,18 +702,40 @@ def test_perceptual_hash_sees_resized_copies_and_tells_photos_apart() -> None:
     assert perceptual_hash(b"not an image") is None
 
 
-@pytest.mark.parametrize("where", ["store", "scenes"])
+def test_a_heldout_hash_also_sees_the_photo_mirrored() -> None:
+    original = shelf_photo(1)
+    held = heldout_hash(encode_jpeg(original))
+    assert held is not None and len(held) == 64 and held[:32] == perceptual_hash(encode_jpeg(original))
+    flipped = ImageOps.mirror(original).resize((160, 120), Image.Resampling.LANCZOS)
+    check_no_near_duplicates(
+        [("held.jpg", held)], scenes=[("other.jpg", perceptual_hash(encode_jpeg(shelf_photo(2))) or b"")]
+    )
+    with pytest.raises(LeakageError, match=r"flipped.jpg looks like a copy of held-out held.jpg .*mirrored"):
+        check_no_near_duplicates(
+            [("held.jpg", held)], scenes=[("flipped.jpg", perceptual_hash(encode_jpeg(flipped)) or b"")]
+        )
+    with pytest.raises(ValueError, match="heldout_hash"):
+        check_no_near_duplicates([("held.jpg", held[:32])], scenes=[])
+
+
+@pytest.mark.parametrize(
+    ("where", "flip"), [("store", False), ("scenes", False), ("store", True), ("scenes", True)]
+)
 def test_a_resized_copy_of_a_heldout_photo_is_refused(
     colour_store: ManifestStore,
     heldout: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     where: str,
+    flip: bool,
 ) -> None:
     # Before, only byte-identical copies (and ingest's own PNG of a photo) were caught: a held-out
     # photo shrunk for upload and ingested, or copied into the scenes, passed and inflated every figure.
+    # A mirrored copy (the commonest augmentation) passed until 2026-12-02.
     (heldout / "SKU-BLUE" / "shelf.jpg").write_bytes(encode_jpeg(shelf_photo(3)))
     copy = shelf_photo(3).resize((160, 120), Image.Resampling.LANCZOS)
+    if flip:
+        copy = ImageOps.mirror(copy)
     scenes = tmp_path / "scenes"
     (scenes / "shelves").mkdir(parents=True)
     shelf_photo(4).save(scenes / "shelves" / "aisle.jpg")  # another photo: no refusal for it

@@ -35,7 +35,13 @@ from shared.evaluation.experiment import (
     photo_from_bytes,
     run_evaluation,
 )
-from shared.evaluation.leakage import LeakageError, check_disjoint, check_no_near_duplicates, perceptual_hash
+from shared.evaluation.leakage import (
+    LeakageError,
+    check_disjoint,
+    check_no_near_duplicates,
+    heldout_hash,
+    perceptual_hash,
+)
 from shared.evaluation.report import write_report
 from shared.images import PHOTO_SUFFIXES, photo_as_stored
 from shared.model_cache import write_atomically
@@ -124,11 +130,11 @@ def as_ingested(photos: Sequence[Photo], cache_dir: Path | None) -> list[tuple[s
 
 
 def heldout_hashes(photos: Sequence[Photo], cache_dir: Path | None) -> list[tuple[str, bytes]]:
-    """(name, perceptual hash) of each held-out photo. Photos that do not decode were refused before
-    (``as_ingested``)."""
+    """(name, ``heldout_hash``) of each held-out photo: as shown and mirrored. Photos that do not decode
+    were refused before (``as_ingested``)."""
     items = []
     for photo in photos:
-        value = _cached_hash(cache_dir, photo.sha256, photo.read)
+        value = _cached_hash(cache_dir, photo.sha256, photo.read, heldout=True)
         if value is not None:
             items.append((photo.name, value))
     return items
@@ -151,13 +157,16 @@ def real_image_hashes(
     return items
 
 
-def _cached_hash(cache_dir: Path | None, sha256: str, read: Callable[[], bytes]) -> bytes | None:
-    """``perceptual_hash`` of the bytes ``read`` gives, cached under ``cache_dir`` by their sha256 (a
-    PNG phone photo decodes in about a second)."""
-    cached = None if cache_dir is None else cache_dir / "dhash256" / sha256
+def _cached_hash(
+    cache_dir: Path | None, sha256: str, read: Callable[[], bytes], *, heldout: bool = False
+) -> bytes | None:
+    """``perceptual_hash`` (or ``heldout_hash``) of the bytes ``read`` gives, cached under ``cache_dir``
+    by their sha256 (a PNG phone photo decodes in about a second)."""
+    kind = "dhash256-mirrored" if heldout else "dhash256"
+    cached = None if cache_dir is None else cache_dir / kind / sha256
     if cached is not None and cached.is_file():
         return bytes.fromhex(cached.read_text().strip())
-    value = perceptual_hash(read())
+    value = (heldout_hash if heldout else perceptual_hash)(read())
     if value is not None and cached is not None:
         write_atomically(cached, f"{value.hex()}\n".encode())  # runs may share the cache
     return value

@@ -1,5 +1,5 @@
 """The held-out photos must never reach training or the scene library: by path, by content, or as a
-resized or re-encoded copy (a near-duplicate by perceptual hash)."""
+resized, re-encoded or mirrored copy (a near-duplicate by perceptual hash)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from PIL import Image, ImageOps
 # its original by 0-6 bits; distinct photos by 20 or more (GroceryStoreDataset, 2026-12-02: 80 test
 # photos shrunk to 300 px and saved as JPEG quality 60 read 0-6; the nearest other photo of each of the
 # 2,640 train photos, burst shots of one shelf among them, is 20 or more bits away, and of each test
-# photo's nearest train photo 68 or more). A 64-bit hash put two burst shots 3 bits apart.
+# photo's nearest train photo 68 or more). A 64-bit hash put two burst shots 3 bits apart. Mirrored,
+# the nearest other train photo is 72 bits or more away, and a photo from its own mirror image 77.
 NEAR_DUPLICATE_MAX_BITS = 12
 _HASH_SIDE = 16  # 16 x 16 neighbour comparisons: 256 bits
+_HASH_BYTES = _HASH_SIDE * _HASH_SIDE // 8
 # A hash with fewer neighbour steps of 2 grey levels or more than this says too little to compare.
 MIN_INFORMATIVE_STEPS = 96
 
@@ -48,6 +50,25 @@ def perceptual_hash(data: bytes) -> bytes | None:
     two neighbouring pixels of a 17 x 16 grey thumbnail is brighter. Resizing and re-encoding barely move
     it. None when the bytes do not open as an image, or when too few neighbours differ (a mostly blank
     frame): flat photos all have about the same hash, which says nothing about copies."""
+    pixels = _thumbnail(data)
+    return None if pixels is None else _difference_hash(pixels)
+
+
+def heldout_hash(data: bytes) -> bytes | None:
+    """A held-out photo's hash: ``perceptual_hash`` of the photo, then of its mirror image (512 bits),
+    so that a flipped copy (the commonest augmentation) is caught as well as a resized one."""
+    pixels = _thumbnail(data)
+    if pixels is None:
+        return None
+    shown = _difference_hash(pixels)
+    if shown is None:
+        return None
+    mirrored = _difference_hash(pixels[:, ::-1])
+    assert mirrored is not None  # the same steps, in the other order
+    return shown + mirrored
+
+
+def _thumbnail(data: bytes) -> np.ndarray | None:
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.draft("L", (128, 128))  # a JPEG decodes at a fraction of its size: milliseconds
@@ -59,7 +80,10 @@ def perceptual_hash(data: bytes) -> bytes | None:
             thumbnail = shown.convert("L").resize((_HASH_SIDE + 1, _HASH_SIDE), Image.Resampling.BILINEAR)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
-    pixels = np.asarray(thumbnail, dtype=np.int16)
+    return np.asarray(thumbnail, dtype=np.int16)
+
+
+def _difference_hash(pixels: np.ndarray) -> bytes | None:
     steps = pixels[:, 1:] - pixels[:, :-1]
     # Neighbours of (nearly) equal grey carry no bit: a photo that is mostly blank background would
     # match any other mostly blank one. Such a photo is left to the byte checks.
@@ -74,12 +98,15 @@ def check_no_near_duplicates(
     max_bits: int = NEAR_DUPLICATE_MAX_BITS,
     **others: Iterable[tuple[str, bytes]],
 ) -> None:
-    """Raise ``LeakageError`` when a held-out (name, perceptual hash) is within ``max_bits`` of one of
-    another set: a resized or re-encoded copy of a held-out photo, which ``check_disjoint`` misses."""
+    """Raise ``LeakageError`` when another set's (name, ``perceptual_hash``) is within ``max_bits`` of a
+    held-out (name, ``heldout_hash``), as shown or mirrored: a resized, re-encoded or flipped copy of a
+    held-out photo, which ``check_disjoint`` misses."""
     held = list(heldout)
     if not held:
         return
-    held_hashes = np.frombuffer(b"".join(value for _, value in held), dtype=np.uint8).reshape(len(held), -1)
+    if any(len(value) != 2 * _HASH_BYTES for _, value in held):
+        raise ValueError("held-out hashes must come from heldout_hash (the photo and its mirror image)")
+    held_hashes = np.frombuffer(b"".join(value for _, value in held), dtype=np.uint8).reshape(-1, _HASH_BYTES)
     problems = []
     for what, items in others.items():
         for name, value in items:
@@ -87,9 +114,10 @@ def check_no_near_duplicates(
             distances = np.unpackbits(held_hashes ^ other, axis=1).sum(axis=1)
             nearest = int(np.argmin(distances))
             if distances[nearest] <= max_bits:
+                how = "mirrored, perhaps resized" if nearest % 2 else "resized or re-encoded"
                 problems.append(
-                    f"{what} {name} looks like a copy of held-out {held[nearest][0]} (perceptual hash "
-                    f"{int(distances[nearest])} of {other.size * 8} bits apart: resized or re-encoded)"
+                    f"{what} {name} looks like a copy of held-out {held[nearest // 2][0]} (perceptual "
+                    f"hash {int(distances[nearest])} of {other.size * 8} bits apart: {how})"
                 )
     _raise(problems)
 
