@@ -93,6 +93,60 @@ def test_a_crash_during_compaction_loses_and_doubles_nothing(manifests: Manifest
     assert sorted(manifests.read_sku("SKU-1")) == ["i0", "i1", "i2", "i3"]
 
 
+def test_a_second_writer_beside_a_compaction_loses_no_row(tmp_path: Path) -> None:
+    # Two trainstore members may write one SKU at once (the assignor may split one partition number's
+    # topics, a member past its poll interval still writes). Before, B numbered its delta 4 after
+    # listing, A wrote its own delta 4 and compacted into part-c-4 deleting every part up to 4, then
+    # B's delta 4 was skipped by readers and deleted by the next compaction: B's row lost for good,
+    # its event already committed.
+    a = ManifestStore(FileStore(tmp_path), "ts")
+    for index in range(3):
+        a.append("SKU-1", [row(f"i{index}")])
+
+    class Interleaved(FileStore):
+        fired = False
+
+        def _write(self, key: str, data: bytes, content_type: str) -> None:
+            if "part-d-" in key and not self.fired:  # B has listed and numbered its delta 4
+                self.fired = True
+                a.append("SKU-1", [row("from-a")])  # A's delta is number 4 too
+                assert a.compact("SKU-1")  # part-c-4
+            super()._write(key, data, content_type)
+
+    b = ManifestStore(Interleaved(tmp_path), "ts")
+    assert b.append("SKU-1", [row("from-b", "reference", source="real")]) is not None
+    everything = ["from-a", "from-b", "i0", "i1", "i2"]
+    assert sorted(a.read_sku("SKU-1")) == everything
+    assert (
+        sorted(r["item_id"] for r in load_manifest(a.store, prefix="ts", trainable_only=False)) == everything
+    )
+    assert a.compact("SKU-1")  # B's delta is merged now, and only then deleted
+    assert [k.rsplit("/", 1)[1] for k in a.store.list_keys("ts/manifests/SKU-1/")] == [
+        "columns-c-0000000004.json",
+        "part-c-0000000004.jsonl",
+    ]
+    assert sorted(a.read_sku("SKU-1")) == everything
+    a.append("SKU-1", [row("later")])
+    a.compact("SKU-1")
+    assert sorted(a.read_sku("SKU-1")) == sorted([*everything, "later"])
+
+
+def test_a_crash_after_compaction_keeps_the_latest_decision(manifests: ManifestStore) -> None:
+    # The merged deltas come back (a crash before their deletion) and are read again: before the
+    # compacted part, so an item rejected after it was accepted stays rejected.
+    manifests.append("SKU-1", [row("i0")])
+    manifests.append("SKU-1", [row("i0", "rejected")])
+    store = manifests.store
+    old_parts = {key: store.get_bytes(key) for key in store.list_keys("ts/manifests/SKU-1/")}
+    manifests.compact("SKU-1")
+    for key, data in old_parts.items():
+        store.put_bytes(key, data)
+    assert manifests.read_sku("SKU-1")["i0"].status == "rejected"
+    assert manifests.compact("SKU-1")
+    assert manifests.read_sku("SKU-1")["i0"].status == "rejected"
+    assert len(list(store.list_keys("ts/manifests/SKU-1/part-"))) == 1
+
+
 def test_load_manifest_is_the_same_compacted_or_not(manifests: ManifestStore) -> None:
     for sku in ("SKU-1", "SKU-2"):
         manifests.append(

@@ -8,18 +8,23 @@ Layout under the store's root (``SKUFORGE_TRAINSTORE_PREFIX``, see docs/architec
     manifests/<sku_id>/part-d-<seq>-<id>.jsonl a delta written since: the rows of one event
     manifests/<sku_id>/columns-c-<seq>.json   the compacted part again, column by column (for loading)
 
-A SKU's manifest is the newest compacted part, then the deltas with a higher sequence number, in
-order; a later row for an item replaces an earlier one, except that a ``pending`` row never replaces
-a decision (the gate's ``correction.pending`` and the console's ``correction.resolved`` are different
-topics, so they may arrive in either order). Compaction writes the merged rows as a new compacted
-part *before* deleting what it merged, so a crash in between leaves files the reader already
-ignores (older sequence numbers), never a lost or doubled row. Training code reads manifests only
+A SKU's manifest is every delta numbered at or below the newest compacted part, then that part, then
+the deltas with a higher sequence number, in order; a later row for an item replaces an earlier one,
+except that a ``pending`` row never replaces a decision (the gate's ``correction.pending`` and the
+console's ``correction.resolved`` are different topics, so they may arrive in either order).
+Compaction writes the merged rows as a new compacted part *before* deleting what it merged, and
+deletes exactly the deltas it read. A delta still there at or below the compacted part's number is
+one it merged and has not deleted yet (a crash in between: read again before the part, which then
+settles every row it had), or one a second writer numbered while the compaction ran, which it never
+saw: that one's rows are kept, never skipped. Training code reads manifests only
 (``load_manifest``), never lists or opens images: one small file per class after compaction, the
 columnar copy (one JSON object of per-field arrays: parsing it is several times cheaper than
 parsing one object per line, which is what lets two million items load in seconds).
 
-Only the trainstore stage writes here (one SKU is handled by one consumer: all its topics are keyed
-by ``sku_id`` and have the same partition count).
+Only the trainstore stage writes here, and ``skuforge dataset compact``. All the stage's topics are
+keyed by ``sku_id`` with one partition count, but the group's assignor may give one partition number of
+two topics to two members, and a member past its poll interval may still be writing: two writers of
+one SKU must not lose each other's rows, which is why compaction deletes only what it read.
 """
 
 from __future__ import annotations
@@ -186,20 +191,49 @@ class ManifestStore:
         return self.key(f"manifests/{sku_id}/")
 
     def parts(self, sku_id: str) -> tuple[tuple[int, str] | None, list[tuple[int, str]]]:
-        """The newest compacted part and the deltas after it, as (sequence, key), oldest first."""
+        """The newest compacted part and every delta part there, as (sequence, key), oldest first.
+
+        Deltas numbered at or below the compacted part come before it when read (``reading_order``).
+        """
+        compacted, deltas, _ = self._listing(sku_id)
+        return compacted, deltas
+
+    def _listing(
+        self, sku_id: str
+    ) -> tuple[tuple[int, str] | None, list[tuple[int, str]], list[tuple[int, str]]]:
+        """(newest compacted part, every delta, every other file with a sequence number)."""
         directory = self._manifest_dir(sku_id)
         compacted: tuple[int, str] | None = None
         deltas: list[tuple[int, str]] = []
+        others: list[tuple[int, str]] = []
         for key in self.store.list_keys(directory):
             name = key[len(directory) :]
             if match := _COMPACTED.match(name):
                 seq = int(match.group(1))
                 if compacted is None or seq > compacted[0]:
+                    if compacted is not None:
+                        others.append(compacted)
                     compacted = (seq, key)
+                else:
+                    others.append((seq, key))
             elif match := _DELTA.match(name):
                 deltas.append((int(match.group(1)), key))
-        floor = compacted[0] if compacted else -1
-        return compacted, sorted(delta for delta in deltas if delta[0] > floor)
+            elif match := _COLUMNS.match(name):
+                others.append((int(match.group(1)), key))
+        return compacted, sorted(deltas), others
+
+    @staticmethod
+    def reading_order(compacted: tuple[int, str] | None, deltas: list[tuple[int, str]]) -> list[str]:
+        """The keys of ``parts`` in the order their rows are folded: the deltas at or below the
+        compacted part's number (merged but not yet deleted, or written beside a compaction that never
+        saw them), the compacted part, then the newer deltas."""
+        if compacted is None:
+            return [key for _, key in deltas]
+        return (
+            [key for seq, key in deltas if seq <= compacted[0]]
+            + [compacted[1]]
+            + [key for seq, key in deltas if seq > compacted[0]]
+        )
 
     def columns_key(self, sku_id: str, seq: int) -> str:
         """Key of the columnar copy of the SKU's compacted part number ``seq``."""
@@ -213,15 +247,21 @@ class ManifestStore:
         has every row. A part that keeps vanishing is a ``TransientError`` (retried), never
         ``ObjectMissing``, which the stage would dead-letter as the event's fault.
         """
+        return self._read(sku_id)[0]
+
+    def _read(
+        self, sku_id: str
+    ) -> tuple[dict[str, ManifestRow], tuple[int, str] | None, list[tuple[int, str]], list[tuple[int, str]]]:
+        """``read_sku``'s rows, with the listing they were read from (``_listing``)."""
         for _attempt in range(READ_ATTEMPTS):
-            compacted, deltas = self.parts(sku_id)
+            compacted, deltas, others = self._listing(sku_id)
             merged: dict[str, ManifestRow] = {}
             try:
-                for _, key in ([compacted] if compacted else []) + deltas:
+                for key in self.reading_order(compacted, deltas):
                     merge_rows(decode_rows(self.store.get_bytes(key)), merged)
             except ObjectMissing:
                 continue
-            return merged
+            return merged, compacted, deltas, others
         raise TransientError(f"the manifest parts of {sku_id} kept changing while being read")
 
     def sku_ids(self) -> list[str]:
@@ -252,28 +292,26 @@ class ManifestStore:
     def compact(self, sku_id: str, *, min_deltas: int = 1) -> bool:
         """Merge the SKU's parts into one compacted part when there are at least ``min_deltas`` deltas.
 
-        The new part is written before anything is deleted; returns whether it compacted.
+        The new part is written before anything is deleted, and only what was read is deleted: a
+        delta another writer puts meanwhile, whatever its number, stays and is read (``reading_order``).
+        Returns whether it compacted.
         """
-        _, deltas = self.parts(sku_id)
+        merged, compacted, deltas, others = self._read(sku_id)
         if len(deltas) < max(1, min_deltas):
             return False
-        merged = self.read_sku(sku_id)
-        seq = deltas[-1][0]
+        seq = max([compacted[0] if compacted else 0, *(delta[0] for delta in deltas)])
         # The columnar copy first: a reader only uses it beside a compacted part of the same number.
         self.store.put_bytes(
             self.columns_key(sku_id, seq), encode_columns(merged.values()), "application/json"
         )
-        self.store.put_bytes(
-            self.key(f"manifests/{sku_id}/part-c-{seq:010d}.jsonl"),
-            encode_rows(merged.values()),
-            "application/x-ndjson",
-        )
-        directory = self._manifest_dir(sku_id)
-        keep = {f"part-c-{seq:010d}.jsonl", f"columns-c-{seq:010d}.json"}
-        for key in list(self.store.list_keys(directory)):
-            name = key[len(directory) :]
-            old = _COMPACTED.match(name) or _DELTA.match(name) or _COLUMNS.match(name)
-            if old and int(old.group(1)) <= seq and name not in keep:
+        new_part = self.key(f"manifests/{sku_id}/part-c-{seq:010d}.jsonl")
+        self.store.put_bytes(new_part, encode_rows(merged.values()), "application/x-ndjson")
+        for _, key in deltas:
+            self.store.delete(key)
+        # Older compacted parts (and their columnar copies) were read into this one.
+        superseded = [*others, *([compacted] if compacted else [])]
+        for number, key in superseded:
+            if number < seq and key != new_part:
                 self.store.delete(key)
         return True
 
