@@ -176,6 +176,11 @@ class _Outcome:
     after_commit: list[Callable[[], None]] = field(default_factory=list)
 
 
+# An output record larger than this cannot be produced (the producer's max_request_size and the
+# broker's message.max.bytes are both about 1 MiB by default, record overhead included): the input is
+# dead-lettered as ``output_too_large`` instead of being retried forever.
+MAX_OUTPUT_RECORD_BYTES = 1_000_000
+
 # A dead letter must fit in one Kafka record (the producer's max_request_size, 1 MiB by default) after
 # base64 (x4/3): a larger original key or value is kept in the object store and the letter points at it.
 DLQ_INLINE_MAX_BYTES = 256 * 1024
@@ -548,6 +553,8 @@ class Stage:
                     else:
                         try:
                             outcome = self._encode_outputs(decoded, result, tp)
+                        except BadInput as exc:
+                            outcome = self._dead_letter(record, exc.reason, str(exc), exc, decoded)
                         except Exception as exc:
                             outcome = self._unexpected(tp, record, exc, decoded)
                 actions = self.context._take_actions(decoded)
@@ -624,9 +631,14 @@ class Stage:
                 trace_id=event.trace_id,
                 producer=self.name,
             )
-            outputs.append(
-                (self.settings.topic_name(emit.topic), sku_id.encode(), envelope.model_dump_json().encode())
-            )
+            key, value = sku_id.encode(), envelope.model_dump_json().encode()
+            if len(key) + len(value) > MAX_OUTPUT_RECORD_BYTES:
+                raise BadInput(
+                    "output_too_large",
+                    f"its {emit.topic.name} event would be {len(key) + len(value)} bytes, over the "
+                    f"{MAX_OUTPUT_RECORD_BYTES} a Kafka record may carry",
+                )
+            outputs.append((self.settings.topic_name(emit.topic), key, value))
         return _Outcome(outputs=outputs, event_id=event.event_id)
 
     def _dead_letter(

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter
 
-from schemas.envelope import Envelope
+from schemas.envelope import DeadLetter, Envelope
 from schemas.events import SkuIngested
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
 from shared.bus import make_envelope
@@ -295,3 +295,59 @@ def test_an_image_reference_over_the_byte_limit_is_refused_before_it_is_read(tmp
     with pytest.raises(ImageRejected):
         context.read_mask(ref)
     assert store.bytes_read == 0
+
+
+class _SizeLimitedProducer(_Producer):
+    """Refuses a record over 1 MiB at send(), as kafka-python does (``max_request_size``)."""
+
+    def send(self, topic: str, key: bytes, value: bytes) -> _Acked:
+        if len(key) + len(value) > 1_048_576:
+            raise MessageSizeTooLargeError(f"the message is {len(key) + len(value)} bytes")
+        return super().send(topic, key, value)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_an_output_too_large_for_kafka_is_dead_lettered_not_retried_forever(
+    tmp_path: Path, batched: bool
+) -> None:
+    # Before, send() raised MessageSizeTooLargeError (a KafkaError): the partition was rewound and
+    # paused as if the broker were away, every time, and the input never reached the DLQ.
+    stage = _stage(tmp_path)
+    photo = sku_ingested_payloads(stage.store, 1)[0].photos[0]
+
+    def forward_large(event: Envelope[SkuIngested]) -> list[Emit]:
+        photos = [photo.model_copy(update={"photo_id": f"p{index}"}) for index in range(6_000)]
+        return [Emit(PASSTHROUGH_OUT, event.payload.model_copy(update={"photos": photos}), key="out")]
+
+    if batched:
+
+        @stage.batch_handler(SKU_INGESTED)
+        def handle_batch(events: Sequence[Envelope[SkuIngested]], ctx: Context) -> list[Any]:
+            return [
+                forward_large(event) if event.sku_id == "SKU-00001" else _forward(event) for event in events
+            ]
+
+    else:
+
+        @stage.handler(SKU_INGESTED)
+        def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+            return forward_large(event) if event.sku_id == "SKU-00001" else _forward(event)
+
+    tp, records = _records(stage, 3)
+    consumer = _Consumer()
+    stage._consumer = consumer  # type: ignore[assignment]
+    producer = _SizeLimitedProducer()
+    stage._producer = producer  # type: ignore[assignment]
+    stage._process_batch({tp: records})
+    assert consumer.committed == {tp: 3} and not consumer.paused
+    topics = [topic for topic, _ in producer.acked]
+    assert topics == [
+        stage.settings.topic_name(PASSTHROUGH_OUT),
+        tp.topic + ".dlq",
+        stage.settings.topic_name(PASSTHROUGH_OUT),
+    ]
+    letter = DeadLetter.model_validate_json(producer.acked[1][1])
+    assert (
+        letter.reason == "output_too_large" and "over the 1000000 a Kafka record may carry" in letter.detail
+    )
+    assert _sample(stage, "skuforge_dlq_total", topic=tp.topic, reason="output_too_large") == 1
