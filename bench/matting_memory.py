@@ -84,7 +84,7 @@ def memory_worker(images: int | None, width: int | None, height: int | None, thr
     import shared
     from schemas.common import SkuMetadata
     from schemas.envelope import derive_id
-    from schemas.events import ImageGenerated
+    from schemas.events import ImageGenerated, ImageMatted
     from schemas.topics import IMAGE_GENERATED
     from services.matting.config import MattingSettings
     from services.matting.stage import handle_batch, open_matting_session
@@ -145,13 +145,15 @@ def memory_worker(images: int | None, width: int | None, height: int | None, thr
         refused = [result for result in results if isinstance(result, BadInput)]
         if refused:
             raise RuntimeError(f"refused: {refused}")
+        masks = [
+            emit.payload.predicted_mask
+            for emits in results
+            if isinstance(emits, list)
+            for emit in emits
+            if isinstance(emit.payload, ImageMatted)
+        ]
         digests = sorted(
-            {
-                hashlib.sha256(
-                    decode_mask(store.get_bytes(f"masks/predicted/SKU-1/item-{index}.png"))
-                ).hexdigest()
-                for index in range(count)
-            }
+            {hashlib.sha256(decode_mask(store.read_verified(ref)).tobytes()).hexdigest() for ref in masks}
         )
     return {
         "images": count,

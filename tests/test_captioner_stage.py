@@ -99,7 +99,9 @@ def check_captioned(store: ObjectStore, payload: SkuCaptioned) -> None:
         if not photo.usable:
             continue
         assert photo.mask is not None
-        assert photo.mask.uri == store.uri_for(f"masks/reference/{sku.sku_id}/{photo.photo_id}.png")
+        assert photo.mask.uri == store.uri_for(
+            f"masks/reference/{sku.sku_id}/{photo.photo_id}-{photo.mask.sha256[:16]}.png"
+        )
         mask = decode_mask(store.read_verified(photo.mask))
         assert mask.shape == (photo.image.height, photo.image.width)
         assert 0.005 < (mask > 0).mean() < 0.95

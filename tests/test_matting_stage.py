@@ -189,8 +189,8 @@ def check_matted(store: ObjectStore, matted: ImageMatted) -> None:
     generated = matted.generated
     width, height = generated.image.width, generated.image.height
     sku_id = generated.sku.sku_id
-    assert matted.predicted_mask.uri == store.uri_for(f"masks/predicted/{sku_id}/{generated.item_id}.png")
-    assert matted.cutout.uri == store.uri_for(f"cutouts/{sku_id}/{generated.item_id}.png")
+    for ref, folder in ((matted.predicted_mask, "masks/predicted"), (matted.cutout, "cutouts")):
+        assert ref.uri == store.uri_for(f"{folder}/{sku_id}/{generated.item_id}-{ref.sha256[:16]}.png")
     mask = decode_mask(store.read_verified(matted.predicted_mask))
     assert mask.shape == (height, width)
     cutout = Image.open(io.BytesIO(store.read_verified(matted.cutout)))

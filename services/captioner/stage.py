@@ -2,9 +2,11 @@
 
 Consumes: ``sku.ingested``.
 Produces: one ``sku.captioned`` per SKU, after writing one mask per usable reference photo to
-the object store, under a key derived from the photo (a redelivered event overwrites it):
+the object store, under a key derived from the photo and the first 16 hex digits of the PNG's
+sha256 (a redelivered event with the same mask writes the same key; a mask made again with another
+model goes beside the first, which the ``sku.captioned`` already sent still names):
 
-* ``masks/reference/<sku_id>/<photo_id>.png``  the product mask (0 background, 255 product)
+* ``masks/reference/<sku_id>/<photo_id>-<sha16>.png``  the product mask (0 background, 255 product)
 
 Per photo the event carries the mask, the dominant colour names, the packaging shape, the view,
 a detailed caption and auto-tagger style tags; per SKU the instance token, the class noun, the
@@ -275,7 +277,9 @@ def _caption_photo(
     return CaptionedPhoto(
         photo_id=photo.photo_id,
         image=photo.image,
-        mask=ctx.store.put_image(f"masks/reference/{sku.sku_id}/{photo.photo_id}.png", outcome.mask),
+        mask=ctx.store.put_image(
+            f"masks/reference/{sku.sku_id}/{photo.photo_id}.png", outcome.mask, digest_in_key=True
+        ),
         usable=True,
         caption=caption,
         tags=compose_tags(sku, colours, shape, view),

@@ -2,10 +2,13 @@
 
 Consumes: ``image.generated``.
 Produces: ``image.matted``, after writing two PNGs per image to the object store, under keys
-derived from the item (a redelivered event overwrites them):
+derived from the item and the first 16 hex digits of the PNG's sha256: a redelivered event with the
+same result writes the same keys, and a second run with another result (a redeployed model or
+threshold, a replay, a re-render of the item) goes beside the first, which events already sent (to
+the gate, or waiting for a person) still name:
 
-* ``masks/predicted/<sku_id>/<item_id>.png``  the predicted mask (0 background, 255 product)
-* ``cutouts/<sku_id>/<item_id>.png``          RGBA: the image with that mask as alpha
+* ``masks/predicted/<sku_id>/<item_id>-<sha16>.png``  the predicted mask (0 background, 255 product)
+* ``cutouts/<sku_id>/<item_id>-<sha16>.png``          RGBA: the image with that mask as alpha
 
 with the foreground fraction, the mean confidence over the mask, and the model id (file name
 and sha256) for lineage. The gate compares that mask with the event's expected mask.
@@ -140,8 +143,12 @@ def handle_batch(
             file_key = f"{event.sku_id}/{generated.item_id}.png"
             matted = ImageMatted(
                 generated=generated,
-                predicted_mask=ctx.store.put_image(f"masks/predicted/{file_key}", prediction.mask),
-                cutout=ctx.store.put_image(f"cutouts/{file_key}", prediction.cutout(image)),
+                predicted_mask=ctx.store.put_image(
+                    f"masks/predicted/{file_key}", prediction.mask, digest_in_key=True
+                ),
+                cutout=ctx.store.put_image(
+                    f"cutouts/{file_key}", prediction.cutout(image), digest_in_key=True
+                ),
                 foreground_fraction=prediction.foreground_fraction,
                 mean_confidence=prediction.mean_confidence,
                 matting_model_id=session.model_id,
