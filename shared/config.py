@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, TypeVar, overload
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.topics import DLQ_SUFFIX, Topic
@@ -24,7 +24,7 @@ class ConfigError(Exception):
 class Settings(BaseSettings):
     """Settings shared by every skuforge service."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
 
     # Bus
     kafka_bootstrap: str = Field(
@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     # Observability
     metrics_host: str = Field(
         default="127.0.0.1",
+        min_length=1,  # empty would bind every interface; write 0.0.0.0 for that
         description="address the /metrics, /healthz, /readyz server binds "
         "(the generator server's: SKUFORGE_GENERATION_SERVER_ADDRESS)",
     )
@@ -122,6 +123,14 @@ class Settings(BaseSettings):
         """The Kafka name of ``topic``'s dead-letter topic in this environment."""
         return self.topic_name(topic) + DLQ_SUFFIX
 
+    @field_validator("store_uri")
+    @classmethod
+    def _store_uri_opens(cls, value: str) -> str:
+        from shared.store import check_store_uri  # shared.store imports this module's errors
+
+        check_store_uri(value)
+        return value
+
     @model_validator(mode="after")
     def _backoff_order(self) -> Settings:
         if self.retry_backoff_max_s < self.retry_backoff_initial_s:
@@ -130,6 +139,7 @@ class Settings(BaseSettings):
 
 
 SettingsModel = TypeVar("SettingsModel", bound=BaseSettings)
+_SECRET_WORDS = ("secret", "password", "users", "token")
 
 
 @overload
@@ -156,6 +166,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         variable = ENV_PREFIX + location[0].upper() if location else "(settings)"
         given = error.get("input")
         shown = f" (got {given!r})" if location and not isinstance(given, dict) else ""
+        if location and any(word in location[0] for word in _SECRET_WORDS):
+            shown = ""  # a password or a signing key is never echoed to a log or a terminal
         lines.append(f"  {variable}: {error['msg']}{shown}")
     return "\n".join(lines)
 

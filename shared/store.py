@@ -576,10 +576,24 @@ def open_store(uri: str, *, s3_endpoint_url: str | None = None, s3_region: str =
     directory) and plain paths give a ``FileStore``; ``s3://bucket`` or ``s3://bucket/prefix``
     gives an ``S3Store`` at ``s3_endpoint_url`` (``None``: AWS). Other schemes raise ``ValueError``.
     """
+    scheme, rest = check_store_uri(uri)
+    if scheme == "":
+        return FileStore(Path(uri))
+    if scheme == "file":
+        return FileStore(Path(rest))
+    bucket, _, prefix = rest.partition("/")
+    return S3Store(bucket, prefix, endpoint_url=s3_endpoint_url, region=s3_region)
+
+
+def check_store_uri(uri: str) -> tuple[str, str]:
+    """(scheme, the path or bucket/prefix) of an object-store URI (scheme "" for a plain path), or
+    ``ValueError`` saying
+    what is wrong with it: what ``open_store`` accepts, checked without opening anything (settings
+    check their URIs with it at start-up)."""
     if not uri:
         raise ValueError("object-store URI is empty")
     if "://" not in uri:
-        return FileStore(Path(uri))
+        return "", uri
     scheme, _, rest = uri.partition("://")
     scheme = scheme.lower()
     if scheme == "file":
@@ -587,12 +601,11 @@ def open_store(uri: str, *, s3_endpoint_url: str | None = None, s3_region: str =
             rest = rest[len("localhost") :]
         if not rest:
             raise ValueError(f"file URI {uri!r} names no directory")
-        return FileStore(Path(rest))
+        return scheme, rest
     if scheme == "s3":
-        bucket, _, prefix = rest.partition("/")
-        if not bucket:
+        if not rest.partition("/")[0]:
             raise ValueError(f"s3 URI {uri!r} names no bucket")
-        return S3Store(bucket, prefix, endpoint_url=s3_endpoint_url, region=s3_region)
+        return scheme, rest
     raise ValueError(
         f"unsupported object-store scheme {scheme!r} in {uri!r}; accepted: file://, s3:// or a plain path"
     )

@@ -35,6 +35,63 @@ def test_cli_reports_config_errors_without_a_traceback(
     assert "SKUFORGE_LOG_LEVEL" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        # Before, each of these passed `skuforge config` and failed later: inf crashed ingest
+        # (OverflowError) or killed the console's item page (JSON has no Infinity); a store URI of an
+        # unknown scheme was a traceback in every command; an empty host bound every interface; a
+        # short session secret was a traceback at `serve console`; a lease of 1e7 s overflowed the
+        # browser's renew timer, which then fired at once, again and again.
+        ("SKUFORGE_FLUSH_TIMEOUT_S", "inf", "Input should be a finite number"),
+        ("SKUFORGE_GATE_IOU_MIN", "nan", "Input should be a finite number"),
+        ("SKUFORGE_STORE_URI", "ftp://x", "unsupported object-store scheme 'ftp'"),
+        ("SKUFORGE_STORE_URI", "", "object-store URI is empty"),
+        ("SKUFORGE_STORE_URI", "file://", "names no directory"),
+        ("SKUFORGE_STORE_URI", "s3:///prefix", "names no bucket"),
+        ("SKUFORGE_METRICS_HOST", "", "at least 1 character"),
+        ("SKUFORGE_CONSOLE_HOST", "", "at least 1 character"),
+        ("SKUFORGE_CONSOLE_LEASE_S", "1e7", "less than or equal to 86400"),
+        ("SKUFORGE_CONSOLE_SESSION_TTL_S", "99999999999999", "less than or equal to 2592000"),
+        ("SKUFORGE_CONSOLE_SESSION_SECRET", "short-secret", "at least 16 bytes"),
+    ],
+)
+def test_a_setting_that_would_fail_later_is_refused_by_skuforge_config(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert cli_main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert variable in err and message in err and "Traceback" not in err, err
+    if "SECRET" in variable:
+        assert value not in err  # a secret is never echoed
+
+
+def test_a_bad_password_list_is_refused_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, the refusal printed the value it refused: every reviewer's password, in the log.
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "alice:hunter2-very-secret,bob")
+    assert cli_main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert "SKUFORGE_CONSOLE_USERS" in err and "hunter2" not in err, err
+
+
+def test_store_uris_that_open_still_pass() -> None:
+    for uri in (
+        "file://./var/store",
+        "file:///tmp/x",
+        "file://localhost/tmp/x",
+        "s3://bucket/prefix",
+        "var/x",
+    ):
+        assert load_settings(store_uri=uri).store_uri == uri
+
+
 def test_topic_namespace_prefixes_every_topic() -> None:
     from schemas.topics import GATE_ACCEPTED
 

@@ -20,7 +20,7 @@ from shared.config import ENV_PREFIX
 class CaptionerSettings(BaseSettings):
     """Which captioner backend runs, its model, and the rules that make a photo unusable."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
 
     captioner_backend: Literal["attributes", "vlm"] = Field(
         default="attributes",

@@ -38,14 +38,18 @@ def parse_users(text: str) -> dict[str, str]:
 class ConsoleSettings(BaseSettings):
     """Where the console keeps its tasks, who may log in, and how long a claim lasts."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
 
     console_db_path: str = Field(
         default="./var/console/tasks.sqlite3",
         min_length=1,
         description="SQLite task table (WAL mode); a restart loses nothing that was consumed",
     )
-    console_host: str = Field(default="127.0.0.1", description="address the console's web server binds")
+    console_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,  # empty would bind every interface; write 0.0.0.0 for that
+        description="address the console's web server binds",
+    )
     console_port: int = Field(default=8087, ge=0, le=65535, description="port of the console's web pages")
     console_users: SecretStr | None = Field(
         default=None,
@@ -56,7 +60,10 @@ class ConsoleSettings(BaseSettings):
         description="key that signs login cookies; unset = random per process (restart logs everyone out)",
     )
     console_session_ttl_s: int = Field(
-        default=12 * 3600, ge=60, description="a login lasts this long, then the reviewer logs in again"
+        default=12 * 3600,
+        ge=60,
+        le=30 * 86400,
+        description="a login lasts this long, then the reviewer logs in again",
     )
     console_cookie_secure: bool = Field(
         default=False, description="mark cookies Secure (set it when the console is served over HTTPS)"
@@ -64,6 +71,7 @@ class ConsoleSettings(BaseSettings):
     console_lease_s: float = Field(
         default=300.0,
         ge=5.0,
+        le=86400.0,  # the item page renews every lease/3: a browser timer overflows past about 74 days
         description="a claim lasts this long unless the item page renews it; then the item returns",
     )
     console_intake: bool = Field(
@@ -84,6 +92,13 @@ class ConsoleSettings(BaseSettings):
     def _users_parse(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             parse_users(value.get_secret_value())
+        return value
+
+    @field_validator("console_session_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 16:
+            raise ValueError("must be at least 16 bytes: it signs the login cookies")
         return value
 
     def users(self) -> dict[str, str]:

@@ -28,7 +28,7 @@ _THRESHOLD_NAMES = tuple(item.name for item in fields(GateThresholds))
 class GateSettings(BaseSettings):
     """The gate's thresholds: global defaults and per-category overrides."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
 
     gate_iou_min: float = Field(
         default=_DEFAULTS.iou_min,

@@ -26,7 +26,7 @@ BackendName = Literal["composite", "diffusion"]
 class GenerationSettings(BaseSettings):
     """What the generation model serves and how the stage asks it for variants."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
 
     generation_backend: BackendName = Field(
         default="composite",

@@ -22,7 +22,7 @@ _RECIPE = TrainingRecipe()
 class LoraTrainerSettings(BaseSettings):
     """What the trainer trains, when, and how."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
 
     lora_model: str | None = Field(
         default=None,

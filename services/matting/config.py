@@ -24,7 +24,7 @@ _THRESHOLD_HELP = "expected 'otsu' or a number strictly between 0 and 1"
 class MattingSettings(BaseSettings):
     """What the matting stage runs and how it turns confidences into masks."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
 
     matting_model: str | None = Field(
         default=None,

@@ -15,7 +15,7 @@ from shared.config import ENV_PREFIX
 class TrainstoreSettings(BaseSettings):
     """Where the retraining store lives inside the object store, and when manifests are compacted."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
 
     trainstore_prefix: str = Field(
         default="trainstore",

@@ -77,7 +77,7 @@ MAX_VARIANTS = 64  # per request; the stage asks for a few at a time
 class DiffusionSettings(BaseSettings):
     """Which diffusion model runs, where, and how variants are drawn: ``SKUFORGE_DIFFUSION_*``."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
 
     diffusion_model: str | None = Field(
         default=None,
