@@ -163,3 +163,36 @@ def test_import_skips_tasks_it_cannot_use(tmp_path: Path) -> None:
     assert parts.tasks.counts()["pending"] + parts.tasks.counts()["claimed"] == 1
     with pytest.raises(ValueError, match="list of task objects"):
         read_export('{"not": "a list"}')
+
+
+def test_a_reject_whose_text_or_choices_are_not_lists_of_strings_is_skipped(tmp_path: Path) -> None:
+    # Before, a bare string was read letter by letter (the reason "b l u r r y" was recorded and
+    # published) and a number raised TypeError: a traceback halfway through the file, the earlier
+    # annotations recorded and the later ones never looked at.
+    parts = build_console(tmp_path)
+    for index in range(4):
+        parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index)))
+    tasks = export_tasks(parts.tasks, parts.store)
+
+    def rejected(task: dict, text: object, choices: object = ("reject",)) -> dict:
+        choice = {"type": "choices", "from_name": "decision", "value": {"choices": choices}}
+        if isinstance(choices, tuple):
+            choice["value"] = {"choices": list(choices)}
+        return dict(task, annotations=[{"result": [choice, {"type": "textarea", "value": {"text": text}}]}])
+
+    export = [
+        rejected(tasks[0], "blurry photo"),
+        rejected(tasks[1], 7),
+        rejected(tasks[2], ["fine"], choices=5),
+        rejected(tasks[3], ["torn label", "and glare"]),
+    ]
+    outcomes = import_annotations(parts.tasks, parts.store, export)
+    assert [o.outcome for o in outcomes] == ["skipped", "skipped", "skipped", "reject"], outcomes
+    assert "'text' is not a list of strings" in outcomes[0].detail
+    assert "'text' is not a list of strings" in outcomes[1].detail
+    assert "'choices' is not a list of strings" in outcomes[2].detail
+    assert parts.tasks.counts()["pending"] == 3
+    decided = tasks[3]["data"]["skuforge_task_id"]
+    assert [entry.detail for entry in parts.tasks.audit(decided) if entry.action == "reject"] == [
+        "torn label and glare"
+    ]

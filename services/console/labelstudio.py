@@ -256,14 +256,11 @@ def _decision_of(annotation: dict[str, Any], width: int, height: int) -> tuple[s
         choice
         for item in results
         if item.get("type") == "choices" and item.get("from_name") == "decision"
-        for choice in _value(item).get("choices") or []
+        for choice in _strings(item, "choices")
     ]
     if "reject" in choices:
         texts = [
-            str(text)
-            for item in results
-            if item.get("type") == "textarea"
-            for text in _value(item).get("text") or []
+            text for item in results if item.get("type") == "textarea" for text in _strings(item, "text")
         ]
         # A text area may hold several lines; a reason is one line, so whitespace runs become a space.
         reason = " ".join(" ".join(texts).split())[:MAX_REASON_CHARS]
@@ -280,6 +277,17 @@ def _decision_of(annotation: dict[str, Any], width: int, height: int) -> tuple[s
             raise ValueError("a brush result has no 'rle' list")
         mask |= rle_to_mask(rle, width, height)
     return "approve_edited", mask
+
+
+def _strings(item: dict[str, Any], name: str) -> list[str]:
+    """A result value's list of strings (Label Studio's ``choices`` and ``text``); ValueError for any
+    other shape. A bare string would be read letter by letter, a number not at all."""
+    values = _value(item).get(name)
+    if values is None:
+        return []
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        raise ValueError(f"a {item.get('type')} result's {name!r} is not a list of strings: {values!r:.80}")
+    return values
 
 
 def _value(item: dict[str, Any]) -> dict[str, Any]:
