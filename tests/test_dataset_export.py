@@ -283,6 +283,48 @@ def test_export_refuses_a_non_empty_directory_and_a_tampered_object(
         export_dataset(small_store, tmp_path / "out", fmt="imagefolder", max_synthetic_per_real=1)
 
 
+def test_an_export_into_a_place_that_cannot_be_a_folder_is_a_clear_error(
+    small_store: ManifestStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before, OUT under a file was a NotADirectoryError traceback, and a place mkdir refuses (/proc)
+    # a FileNotFoundError traceback.
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(
+            [
+                "dataset",
+                "export",
+                str(tmp_path / "a-file" / "out"),
+                "--format",
+                "jsonl",
+                "--max-synthetic-per-real",
+                "1",
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert f"{tmp_path / 'a-file'} is a file, not a folder" in capsys.readouterr().err
+    assert (
+        cli_main(
+            [
+                "dataset",
+                "export",
+                "/proc/skuforge-export",
+                "--format",
+                "jsonl",
+                "--max-synthetic-per-real",
+                "1",
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("skuforge dataset export: /proc/skuforge-export: ") and "Traceback" not in err
+
+
 def test_stats_per_sku(
     small_store: ManifestStore,
     tmp_path: Path,

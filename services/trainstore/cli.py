@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from services.trainstore.config import TrainstoreSettings
-from shared.argtypes import non_negative_int, positive_int
+from shared.argtypes import folder_problem, non_negative_int, positive_int
 from shared.config import load_settings
 from shared.errors import BadInput, TransientError
 from shared.store import open_store
@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "export":
         if args.min_gain is not None and args.evaluation is None:
             parser.error("--min-gain needs --evaluation PATH (the evaluation.json of skuforge evaluate)")
+        if (problem := folder_problem(args.out.parent)) is not None:
+            parser.error(f"OUT {args.out}: {problem}")
         try:
             if not manifests.sku_ids():
                 raise ValueError(no_skus_problem(manifests))  # not an empty training set and exit 0
@@ -219,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         except (FileExistsError, ValueError) as exc:
             parser.error(str(exc))
+        except OSError as exc:  # the disk filled, or the folder went away meanwhile
+            print(f"skuforge dataset export: {args.out}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         except (BadInput, TransientError) as exc:
             # The store's fault (a tampered or missing object, S3 away), not the command line's.
             print(f"skuforge dataset export: {exc}; nothing was written to {args.out}", file=sys.stderr)
