@@ -96,8 +96,10 @@ class ImageGenerated(Contract):
     @field_validator("colour_gain")
     @classmethod
     def _positive_gain(cls, gain: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
-        if gain is not None and not all(0.0 < value < 16.0 for value in gain):
-            raise ValueError(f"colour_gain values must be in (0, 16), got {gain}")
+        # Bounded both ways: the gate divides by the smallest (a gain of 1e-300 made its check inf,
+        # written as JSON null, which every consumer of the gate's event then refused).
+        if gain is not None and not all(1 / 16 <= value <= 16.0 for value in gain):
+            raise ValueError(f"colour_gain values must be in [1/16, 16], got {gain}")
         return gain
 
 
@@ -117,8 +119,8 @@ class GateCheck(Contract):
 
     code: str = Field(description="e.g. iou_below_threshold, mask_empty, mask_full_frame, product_drift")
     passed: bool
-    value: float
-    threshold: float
+    value: float = Field(allow_inf_nan=False)
+    threshold: float = Field(allow_inf_nan=False)
     message: str = ""
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from schemas.events import GateCheck
+from schemas.events import GateCheck, ImageGenerated
 from services.gate.config import GateSettings
 from shared.config import ConfigError, load_settings
 from shared.gate.checks import (
@@ -223,6 +224,33 @@ def test_a_declared_gain_beyond_the_limit_fails_by_itself() -> None:
     check = drift_check(solid((200, 120, 60)), (1.0, 1.0, MAX_DECLARED_GAIN * 1.1))
     assert not check.passed and check.code == "product_drift"
     assert "beyond" in check.message and check.threshold == MAX_DECLARED_GAIN
+
+
+def test_a_vanishing_declared_gain_is_refused_by_the_schema_not_passed_on_as_infinity() -> None:
+    # Before, (1e-300, 1, 1) was a valid gain; the gate's check value became inf, written as JSON
+    # null, and the console and the trainstore refused the gate's event as schema_invalid.
+    with pytest.raises(ValidationError, match=r"colour_gain values must be in \[1/16, 16\]"):
+        ImageGenerated.model_validate({**_generated_fields(), "colour_gain": (1e-300, 1.0, 1.0)})
+    ImageGenerated.model_validate({**_generated_fields(), "colour_gain": (1 / 16, 1.0, 16.0)})
+    with pytest.raises(ValidationError, match="finite number"):
+        GateCheck(code="product_drift", passed=False, value=float("inf"), threshold=2.0)
+
+
+def _generated_fields() -> dict[str, object]:
+    image = {"uri": "file:///x.png", "sha256": "0" * 64, "bytes": 1, "width": 1, "height": 1}
+    return {
+        "item_id": "item-1",
+        "sku": {"sku_id": "SKU-1", "name": "One", "category": "soda can"},
+        "reference_photo_id": "p1",
+        "reference_image": image,
+        "reference_mask": image,
+        "image": image,
+        "expected_mask": image,
+        "backend": "composite",
+        "model_id": "synth",
+        "seed": 1,
+        "variant_index": 0,
+    }
 
 
 def test_drift_is_skipped_without_a_reference_region() -> None:
