@@ -163,7 +163,10 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
     match = _DURATION.match(text.strip())
     if match:
         amount, unit = float(match.group(1)), match.group(2)
-        return (now or utc_now()) - timedelta(**{_DURATION_UNITS[unit]: amount})
+        try:
+            return (now or utc_now()) - timedelta(**{_DURATION_UNITS[unit]: amount})
+        except OverflowError:  # 99999999d: before the year 1
+            raise ValueError(f"{text!r} reaches back before the year 1; give a shorter duration") from None
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -161,3 +161,6 @@ def test_since_takes_an_iso_time_or_a_duration() -> None:
     assert parse_since("2026-12-01T10:00:00") == datetime(2026, 12, 1, 10, 0, tzinfo=UTC)  # naive = UTC
     with pytest.raises(ValueError, match="neither an ISO time"):
         parse_since("yesterday")
+    # Before, OverflowError: a traceback from `skuforge dlq replay ... --since 99999999d`.
+    with pytest.raises(ValueError, match="before the year 1"):
+        parse_since("99999999d", now=now)
