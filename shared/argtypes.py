@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -27,6 +28,33 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    """A type for a whole number from ``low`` to ``high`` (a seed a generator can take, a port, an
+    image side a backbone can run at)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        return value
+
+    parse.__name__ = f"integer from {low} to {high}"  # argparse names the type in its errors
+    return parse
+
+
+def float_between(low: float, high: float) -> Callable[[str], float]:
+    """A type for a finite number from ``low`` to ``high``."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be a number from {low:g} to {high:g}, got {text}")
+        return value
+
+    parse.__name__ = f"number from {low:g} to {high:g}"
+    return parse
 
 
 def positive_float(text: str) -> float:

@@ -755,11 +755,18 @@ def test_a_resized_copy_of_a_heldout_photo_is_refused(
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--l2", "inf", "--l2: must be a number of 0 or more, got inf"),
-        ("--l2", "-0.1", "--l2: must be a number of 0 or more, got -0.1"),
-        ("--real-weight", "nan", "--real-weight: must be a number above 0, got nan"),
-        ("--tune-lr", "inf", "--tune-lr: must be a number above 0, got inf"),
-        ("--seed", "-1", "--seed: must be 0 or more, got -1"),
+        ("--l2", "inf", "--l2: must be a number from 0 to 1e+06, got inf"),
+        ("--l2", "-0.1", "--l2: must be a number from 0 to 1e+06, got -0.1"),
+        ("--real-weight", "nan", "--real-weight: must be a number from 1e-06 to 1e+06, got nan"),
+        ("--tune-lr", "inf", "--tune-lr: must be a number from 1e-09 to 1, got inf"),
+        ("--seed", "-1", "--seed: must be from 0 to 9223372036854775807, got -1"),
+        # Before, these ran the leakage checks and the feature extraction, then failed in a traceback
+        # (torch.manual_seed overflow; L-BFGS "cannot be converted to type float"), or ran out of
+        # memory (a 100000 px backbone input).
+        ("--seed", str(2**64), "--seed: must be from 0 to 9223372036854775807"),
+        ("--l2", "1e308", "--l2: must be a number from 0 to 1e+06, got 1e308"),
+        ("--real-weight", "1e-300", "--real-weight: must be a number from 1e-06 to 1e+06"),
+        ("--image-px", "100000", "--image-px: must be from 16 to 1024, got 100000"),
     ],
 )
 def test_a_number_out_of_bounds_is_a_usage_error(

