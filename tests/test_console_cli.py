@@ -49,3 +49,48 @@ def test_export_labelstudio_command(
     decoded = rle_to_mask(result["value"]["rle"], result["original_width"], result["original_height"])
     assert np.array_equal(decoded, predicted)
     assert '<BrushLabels name="mask" toName="image">' in config.read_text()
+
+
+def test_the_label_studio_commands_refuse_a_missing_table_and_an_unknown_sku(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Before, a mistyped SKUFORGE_CONSOLE_DB_PATH created a new, empty table and reported
+    # {"exported": 0} (or every annotation "TaskNotFound", {"decided": 0}), exit 0; so did a
+    # mistyped --sku.
+    store = FileStore(tmp_path / "store")
+    TaskStore(tmp_path / "tasks.sqlite3").add_pending(pending_envelope(flagged_item(store, 0)))
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    monkeypatch.setenv("SKUFORGE_CONSOLE_DB_PATH", str(tmp_path / "typo" / "tasks.sqlite3"))
+    out = tmp_path / "tasks.json"
+    assert cli_main(["console", "export-labelstudio", "--out", str(out)]) == 2
+    assert f"no task table at {tmp_path / 'typo' / 'tasks.sqlite3'}" in capsys.readouterr().err
+    (tmp_path / "export.json").write_text("[]")
+    assert cli_main(["console", "import-labelstudio", "--no-publish", str(tmp_path / "export.json")]) == 2
+    assert "no task table at" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists() and not out.exists()
+    monkeypatch.setenv("SKUFORGE_CONSOLE_DB_PATH", str(tmp_path / "tasks.sqlite3"))
+    assert cli_main(["console", "export-labelstudio", "--out", str(out), "--sku", "SKU-TYPO"]) == 2
+    assert "--sku SKU-TYPO: no task of that SKU" in capsys.readouterr().err
+    assert cli_main(["console", "export-labelstudio", "--out", str(out), "--sku", "SKU-00001"]) == 0
+
+
+def test_serve_console_refuses_a_port_out_of_range_and_a_table_path_that_is_a_folder(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Before: OverflowError from bind() for --port 99999, and a TransientError traceback (or
+    # FileExistsError) for a table path that is a folder or under a file.
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "alice:a-long-password")
+    monkeypatch.setenv("SKUFORGE_CONSOLE_DB_PATH", str(tmp_path / "tasks.sqlite3"))
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["serve", "console", "--port", "99999"])
+    assert exited.value.code == 2
+    assert "--port: must be from 0 to 65535, got 99999" in capsys.readouterr().err
+    for place, message in (
+        (tmp_path, "is a folder"),
+        (tmp_path / "tasks.sqlite3" / "x", "is a file, not a folder"),
+    ):
+        (tmp_path / "tasks.sqlite3").write_text("")
+        monkeypatch.setenv("SKUFORGE_CONSOLE_DB_PATH", str(place))
+        assert cli_main(["serve", "console"]) == 2
+        err = capsys.readouterr().err
+        assert "SKUFORGE_CONSOLE_DB_PATH" in err and message in err and "Traceback" not in err, err

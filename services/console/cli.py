@@ -59,12 +59,33 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings()
     console = load_settings(ConsoleSettings)
-    tasks = TaskStore(console.console_db_path)
+    where = Path(console.console_db_path)
+    if not where.is_file():
+        # A mistyped path would otherwise create a new, empty table: nothing exported, every
+        # annotation "not found", and exit 0.
+        print(
+            f"skuforge console {args.action}: no task table at {where}; set SKUFORGE_CONSOLE_DB_PATH "
+            "to the console's (skuforge serve console creates it)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        tasks = TaskStore(where)
+    except TransientError as exc:
+        print(f"skuforge console {args.action}: {exc}", file=sys.stderr)
+        return 2
     store = open_store(
         settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
     )
 
     if args.action == "export-labelstudio":
+        known = {task.sku_id for task in tasks.query(TaskFilter(state=None), limit=1_000_000)}
+        if args.sku is not None and args.sku not in known:
+            print(
+                f"skuforge console export-labelstudio: --sku {args.sku}: no task of that SKU in {where}",
+                file=sys.stderr,
+            )
+            return 2
         exported = export_tasks(
             tasks, store, filters=TaskFilter(sku_id=args.sku, reason=args.reason), image_url=args.image_url
         )

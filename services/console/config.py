@@ -8,11 +8,13 @@ Secrets are ``SecretStr``: ``skuforge config`` never prints them.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.flow import CONSOLE
+from shared.argtypes import folder_problem
 from shared.config import ENV_PREFIX
 
 _REVIEWER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -92,6 +94,18 @@ class ConsoleSettings(BaseSettings):
     def _users_parse(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             parse_users(value.get_secret_value())
+        return value
+
+    @field_validator("console_db_path")
+    @classmethod
+    def _db_path_can_be_a_file(cls, value: str) -> str:
+        path = Path(value)
+        if path.is_dir():
+            raise ValueError(
+                f"{value} is a folder; name the task table's file, e.g. {path / 'tasks.sqlite3'}"
+            )
+        if (problem := folder_problem(path.parent)) is not None:
+            raise ValueError(f"its folder cannot hold it: {problem}")
         return value
 
     @field_validator("console_session_secret")

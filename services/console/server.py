@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 
 import uvicorn
@@ -34,7 +35,9 @@ from services.console.metrics import ConsoleMetrics
 from services.console.relay import DecisionRelay
 from services.console.relay import stop_timeout_s as relay_stop_timeout_s
 from services.console.tasks import TaskStore
+from shared.argtypes import int_between
 from shared.config import ConfigError, Settings, load_settings
+from shared.errors import TransientError
 from shared.observability import HealthServer, configure_logging
 from shared.runtime import Stage
 from shared.store import ObjectStore, open_store
@@ -161,11 +164,19 @@ def main(argv: list[str] | None = None) -> int:
         "and its publisher of correction.resolved. Settings: SKUFORGE_CONSOLE_*.",
     )
     parser.add_argument("--host", default=None, help="bind address (default SKUFORGE_CONSOLE_HOST)")
-    parser.add_argument("--port", type=int, default=None, help="port (default SKUFORGE_CONSOLE_PORT)")
+    parser.add_argument(
+        "--port", type=int_between(0, 65535), default=None, help="port (default SKUFORGE_CONSOLE_PORT)"
+    )
     args = parser.parse_args(argv)
+    if args.host == "":
+        parser.error("--host is empty; write 0.0.0.0 to bind every interface")
     settings = load_settings()
     console = load_settings(ConsoleSettings)
-    service = ConsoleService(settings, console)
+    try:
+        service = ConsoleService(settings, console)
+    except TransientError as exc:  # the task table cannot be opened: a folder, no permission
+        print(f"skuforge serve console: {exc} (SKUFORGE_CONSOLE_DB_PATH)", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     server = service.uvicorn_server(args.host, args.port)
     service.start_background()
