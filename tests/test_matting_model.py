@@ -90,6 +90,36 @@ def test_train_cli_refuses_bad_extra_folder(tmp_path: Path, capsys: pytest.Captu
     assert "--init" in (err := capsys.readouterr().err) and "gone.pth: no such file" in err
 
 
+def test_the_matting_commands_refuse_bad_files_and_numbers_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: tracebacks for a file that is no model (MattingModelError, UnpicklingError with torch's
+    # advice to load it unsafely, InvalidProtobuf), for --out under a file, for a malformed --held-out,
+    # and `eval --n 0` printed a NaN mean IoU with exit 0.
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"garbage")
+    (tmp_path / "a-file").write_text("x")
+    cases = [
+        (["eval", str(junk), "--n", "2"], "ONNX Runtime cannot load junk.onnx"),
+        (["quantize", str(junk), "--out", str(tmp_path / "q.onnx")], "ONNX Runtime cannot load junk.onnx"),
+        (
+            ["export", str(junk), "--out", str(tmp_path / "e.onnx")],
+            "not a weights file torch can load safely",
+        ),
+        (["train", "--init", str(junk)], "not a weights file torch can load safely"),
+        (["pairs", "--n", "1", "--out", str(tmp_path / "a-file" / "x")], "is a file, not a folder"),
+        (["eval", str(junk), "--n", "0"], "--n: must be at least 1, got 0"),
+        (["train", "--lr", "inf"], "--lr: must be a number from 1e-09 to 1, got inf"),
+        (["train", "--low-res-fraction", "1.5"], "--low-res-fraction: must be a number from 0 to 1"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exited:
+            matting_cli(argv)
+        assert exited.value.code == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and "weights_only" not in err, (argv, err)
+
+
 @pytest.mark.slow
 def test_quantised_model_is_qdq_and_keeps_the_io(random_u2netp_onnx: Path, tmp_path: Path) -> None:
     import onnx
@@ -108,7 +138,12 @@ def test_quantised_model_is_qdq_and_keeps_the_io(random_u2netp_onnx: Path, tmp_p
 
 @pytest.mark.parametrize(("int8_iou", "code", "kept"), [(0.5, 1, b"int8 in service"), (0.9, 0, b"new int8")])
 def test_quantize_replaces_the_model_at_out_only_when_the_new_one_is_accepted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, int8_iou: float, code: int, kept: bytes
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    random_u2netp_onnx: Path,
+    int8_iou: float,
+    code: int,
+    kept: bytes,
 ) -> None:
     """--out defaults to the committed int8 model: a rejected run must leave that model in place.
 
@@ -120,7 +155,7 @@ def test_quantize_replaces_the_model_at_out_only_when_the_new_one_is_accepted(
     from shared.matting.train import Evaluation
 
     fp32, out = tmp_path / "fp32.onnx", tmp_path / "models" / "int8.onnx"
-    fp32.write_bytes(b"fp32")
+    fp32.write_bytes(random_u2netp_onnx.read_bytes())  # a model that opens: the command checks it first
     out.parent.mkdir()
     out.write_bytes(b"int8 in service")
 

@@ -9,6 +9,14 @@ import logging
 import sys
 from pathlib import Path
 
+from shared.argtypes import (
+    float_between,
+    folder_problem,
+    int_between,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
 from shared.matting import MODELS_DIR
 from shared.observability import configure_logging
 
@@ -22,17 +30,21 @@ def main(argv: list[str] | None = None) -> int:
         "train", help="train U2-NetP/U2-Net on synthetic photos, export ONNX, write a model card"
     )
     train.add_argument("--model", choices=["u2netp", "u2net"], default="u2netp")
-    train.add_argument("--steps", type=int, default=2000)
-    train.add_argument("--batch", type=int, default=8)
-    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--steps", type=positive_int, default=2000)
+    train.add_argument("--batch", type=positive_int, default=8)
+    train.add_argument("--lr", type=float_between(1e-9, 1.0), default=1e-3)
     train.add_argument(
-        "--train-images", type=int, default=2000, help="synthetic photos rendered for training"
+        "--train-images", type=positive_int, default=2000, help="synthetic photos rendered for training"
     )
     train.add_argument(
-        "--heldout", type=int, default=200, help="held-out photos (other products) for IoU/MAE"
+        "--heldout", type=positive_int, default=200, help="held-out photos (other products) for IoU/MAE"
     )
-    train.add_argument("--low-res-px", type=int, default=192, help="resolution of the first, cheaper steps")
-    train.add_argument("--low-res-fraction", type=float, default=0.6, help="share of steps at --low-res-px")
+    train.add_argument(
+        "--low-res-px", type=int_between(32, 1024), default=192, help="resolution of the first, cheaper steps"
+    )
+    train.add_argument(
+        "--low-res-fraction", type=float_between(0.0, 1.0), default=0.6, help="share of steps at --low-res-px"
+    )
     train.add_argument(
         "--extra",
         type=Path,
@@ -48,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.add_argument(
         "--max-minutes",
-        type=float,
+        type=non_negative_float,
         default=None,
         help="training time budget; when spent, stop, export and evaluate what there is",
     )
@@ -57,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep BatchNorm statistics fixed (needed with --init var/models/u2netp-official.pth)",
     )
-    train.add_argument("--checkpoint-every", type=int, default=250)
-    train.add_argument("--seed", type=int, default=1)
-    train.add_argument("--threads", type=int, default=2)
+    train.add_argument("--checkpoint-every", type=positive_int, default=250)
+    train.add_argument("--seed", type=non_negative_int, default=1)
+    train.add_argument("--threads", type=positive_int, default=2)
     train.add_argument("--out", type=Path, default=MODELS_DIR / "u2netp-skuforge.onnx")
     train.add_argument(
         "--checkpoint",
@@ -69,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     pairs = sub.add_parser("pairs", help="composite scenes with their expected masks, for 'train --extra'")
-    pairs.add_argument("--n", type=int, default=900)
+    pairs.add_argument("--n", type=positive_int, default=900)
     pairs.add_argument("--out", type=Path, default=Path("var/matting/composite-pairs"))
     pairs.add_argument("--catalogue-seed", type=int, default=57)
     pairs.add_argument(
@@ -99,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         help="JSON whose 'bench_catalogue' and 'reserved_train' list the photos kept out of training",
     )
     real.add_argument("--official", type=Path, default=None, help="official U2-NetP ONNX (pseudo-labels)")
-    real.add_argument("--instore", type=int, default=0)
-    real.add_argument("--composites", type=int, default=1100)
-    real.add_argument("--seed", type=int, default=12)
+    real.add_argument("--instore", type=non_negative_int, default=0)
+    real.add_argument("--composites", type=non_negative_int, default=1100)
+    real.add_argument("--seed", type=non_negative_int, default=12)
     real.add_argument(
         "--reflection-share",
         type=float,
@@ -113,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = sub.add_parser("eval", help="held-out mean IoU and MAE of an ONNX model")
     evaluate.add_argument("model_path", type=Path)
     evaluate.add_argument("--model", choices=["u2netp", "u2net"], default="u2netp")
-    evaluate.add_argument("--n", type=int, default=200)
-    evaluate.add_argument("--seed", type=int, default=9001)
+    evaluate.add_argument("--n", type=positive_int, default=200)
+    evaluate.add_argument("--seed", type=non_negative_int, default=9001)
 
     export = sub.add_parser(
         "export", help="turn a .pth (e.g. the official u2net.pth / u2netp.pth) or checkpoints into ONNX"
@@ -134,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     quantize.add_argument("model_path", type=Path)
     quantize.add_argument("--out", type=Path, default=MODELS_DIR / "u2netp-skuforge-int8.onnx")
-    quantize.add_argument("--calibration", type=int, default=64, help="renderer calibration photos")
+    quantize.add_argument("--calibration", type=positive_int, default=64, help="renderer calibration photos")
     quantize.add_argument(
         "--calibration-photos",
         type=Path,
@@ -142,10 +154,18 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="a folder of real photos to calibrate on too (e.g. var/matting/real-pairs/images)",
     )
-    quantize.add_argument("--real", type=int, default=64, help="photos taken from --calibration-photos")
-    quantize.add_argument("--heldout", type=int, default=200)
+    quantize.add_argument(
+        "--real", type=non_negative_int, default=64, help="photos taken from --calibration-photos"
+    )
+    quantize.add_argument("--heldout", type=positive_int, default=200)
     args = parser.parse_args(argv)
     configure_logging("INFO", "text")
+    # Where a command writes: checked now, not found in a traceback after rendering or training.
+    out = getattr(args, "out", None)
+    if out is not None:
+        where = out if args.action in {"pairs", "real-pairs"} else out.parent
+        if (problem := folder_problem(where)) is not None:
+            parser.error(f"--out {out}: {problem}")
 
     if args.action == "pairs":  # compositing needs no torch
         from collections import Counter
@@ -183,6 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "train":
         if args.init is not None and not args.init.is_file():
             parser.error(f"--init {args.init}: no such file")  # now, not after rendering the training set
+        if args.init is not None:
+            from shared.matting.u2net import read_weights
+
+            try:
+                read_weights(args.init)
+            except ValueError as exc:
+                parser.error(f"--init {exc}")
         for folder in args.extra:
             if not (folder / "images").is_dir() or not (folder / "masks").is_dir():
                 parser.error(f"--extra {folder}: expected {folder}/images and {folder}/masks")
@@ -211,8 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"onnx": str(args.out), **result.__dict__, **timings}))
         return 0
     if args.action == "eval":
-        if not args.model_path.is_file():
-            parser.error(f"{args.model_path}: no such file")
+        _check_onnx(parser, args.model_path)
         print(json.dumps(run_eval(args.model_path, args.n, args.seed, model=args.model).__dict__))
         return 0
 
@@ -244,8 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from shared.matting.quantize import quantize_u2net
 
-    if not args.model_path.is_file():
-        parser.error(f"{args.model_path}: no such file")
+    _check_onnx(parser, args.model_path)
     for folder in args.calibration_photos:
         if not folder.is_dir():
             parser.error(f"--calibration-photos {folder}: not a folder")
@@ -289,6 +314,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _check_onnx(parser: argparse.ArgumentParser, path: Path) -> None:
+    """Exit with a usage error unless ``path`` opens as a matting model."""
+    from shared.matting.session import MattingModelError, U2NetPSession
+
+    if not path.is_file():
+        parser.error(f"{path}: no such file")
+    try:
+        U2NetPSession(path, threads=1, use_gpu=False)
+    except MattingModelError as exc:
+        parser.error(str(exc))
+
+
 def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from shared.matting.official import (
         OfficialWeightsError,
@@ -307,8 +344,14 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
             parser.error(f"no official U2-NetP at {official_onnx}: run `make setup` or give --official")
         if not 0.0 <= args.reflection_share <= 1.0:
             parser.error(f"--reflection-share {args.reflection_share}: give a share from 0 to 1")
-        split = json.loads(args.held_out.read_text())
-        held_out = frozenset(split["bench_catalogue"]) | frozenset(split["reserved_train"])
+        try:
+            split = json.loads(args.held_out.read_text())
+            held_out = frozenset(split["bench_catalogue"]) | frozenset(split["reserved_train"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            parser.error(
+                f"--held-out {args.held_out}: cannot read its bench_catalogue and reserved_train lists "
+                f"({type(exc).__name__}: {exc})"
+            )
         config = RealPairsConfig(
             dataset=args.dataset,
             official_onnx=official_onnx,

@@ -13,7 +13,9 @@ mask used for inference, ``d1``..``d6`` are the side outputs used for deep super
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -288,7 +290,11 @@ def _format_keys(keys: Sequence[str], limit: int = 20) -> str:
 def _load_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What ``torch.save`` wrote at ``path``, which must be a mapping (a state dict or a checkpoint)."""
     # weights_only: a .pth from the internet must not be able to run code when unpickled.
-    loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
+    try:
+        loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+        # torch's own message advises weights_only=False: unsafe for a file from elsewhere.
+        raise ValueError(f"{path}: not a weights file torch can load safely ({type(exc).__name__})") from None
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{path}: expected a state dict, got {type(loaded).__name__}")
     return dict(loaded)
