@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from services.ingest.ingest import prepare_sku
+from services.trainstore.cli import evaluation_mismatches
 from services.trainstore.evaluation import heldout_photos, summary_lines
 from shared.config import load_settings
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
@@ -185,7 +186,12 @@ def test_evaluate_writes_all_five_conditions_a_report_and_feeds_the_export_polic
     assert code == 0
     captured = capsys.readouterr()
     printed = captured.out
-    assert "note:" not in captured.err  # the same store and policy as the evaluation measured
+    # The same store and policy as the evaluation measured: the one note is the test backbone's
+    # (before, an evaluation by random weights steered the export without a word).
+    assert [line for line in captured.err.splitlines() if line.startswith("note:")] == [
+        f"note: --evaluation {out / 'evaluation.json'}: it measured with --backbone tiny (random "
+        "weights, for tests): its gains are noise"
+    ]
     for sku_id in COLOURS:
         assert not list((tmp_path / "export" / sku_id).glob("synthetic-*"))
         assert len(list((tmp_path / "export" / sku_id).glob("real-*"))) == 2
@@ -198,6 +204,14 @@ def test_evaluate_writes_all_five_conditions_a_report_and_feeds_the_export_polic
     other = ["dataset", "export", str(tmp_path / "other"), "--format", "jsonl", "--max-synthetic-per-real"]
     assert cli_main([*other, "1", "--evaluation", str(out / "evaluation.json")]) == 0
     assert "it measured max_synthetic_per_real 2, this export uses 1" in capsys.readouterr().err
+
+
+def test_an_evaluation_of_skus_this_store_lacks_is_noted() -> None:
+    evaluation = {"gain": {"SKU-RED": -0.2, "sku-red": -0.5, "SKU-PURPLE": 0.1}, "inputs": {"store": "s"}}
+    notes = evaluation_mismatches(
+        evaluation, store="s", max_synthetic_per_real=2, min_real=1, sku_ids={"SKU-RED", "SKU-BLUE"}
+    )
+    assert notes == ["it has gains of SKUs this store does not have (SKU-PURPLE, sku-red); they are not used"]
 
 
 def test_evaluate_can_fine_tune_the_last_backbone_stages_and_refuses_too_many(

@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -65,19 +66,38 @@ def no_skus_problem(manifests: ManifestStore) -> str:
 
 
 def evaluation_mismatches(
-    evaluation: dict[str, Any], *, store: str, max_synthetic_per_real: int, min_real: int
+    evaluation: dict[str, Any],
+    *,
+    store: str,
+    max_synthetic_per_real: int,
+    min_real: int,
+    sku_ids: Collection[str] = (),
 ) -> list[str]:
-    """Where an evaluation.json measured another store or export policy than this export's (pure):
-    its per-SKU gains then describe other training sets. Notes, not errors: it may be meant."""
+    """Where an evaluation.json measured another store or export policy than this export's, with a
+    classifier of random weights, or SKUs this store does not have (pure): its per-SKU gains then
+    describe other training sets. Notes, not errors: it may be meant."""
+    notes = []
+    gain = evaluation.get("gain")
+    unknown = (
+        sorted(str(sku) for sku in gain if sku not in sku_ids) if isinstance(gain, dict) and sku_ids else []
+    )
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        notes.append(f"it has gains of SKUs this store does not have ({shown}); they are not used")
     inputs = evaluation.get("inputs")
     if not isinstance(inputs, dict):
-        return ["it does not say what it measured (no 'inputs'): its gains may be of another store or policy"]
+        return [
+            "it does not say what it measured (no 'inputs'): its gains may be of another store or policy",
+            *notes,
+        ]
+    if inputs.get("backbone") == "tiny":
+        notes.append("it measured with --backbone tiny (random weights, for tests): its gains are noise")
     wanted = {"store": store, "max_synthetic_per_real": max_synthetic_per_real, "min_real": min_real}
     return [
         f"it measured {key} {inputs[key]!r}, this export uses {value!r}"
         for key, value in wanted.items()
         if key in inputs and inputs[key] != value
-    ]
+    ] + notes
 
 
 def _finite_float(text: str) -> float:
@@ -205,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                     store=store_root(manifests),
                     max_synthetic_per_real=args.max_synthetic_per_real,
                     min_real=args.min_real,
+                    sku_ids=set(manifests.sku_ids()),
                 )
                 for mismatch in mismatches:
                     print(f"note: --evaluation {args.evaluation}: {mismatch}", file=sys.stderr)
