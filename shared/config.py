@@ -164,6 +164,8 @@ def describe_validation_error(exc: ValidationError) -> str:
     for error in exc.errors():
         location = [str(part) for part in error["loc"]]
         variable = ENV_PREFIX + location[0].upper() if location else "(settings)"
+        if len(location) > 1:  # inside a JSON setting: say where
+            variable += f" ({'.'.join(location[1:])})"
         given = error.get("input")
         shown = f" (got {given!r})" if location and not isinstance(given, dict) else ""
         if location and any(word in location[0] for word in _SECRET_WORDS):

@@ -24,7 +24,7 @@ from services.trainstore.stage import Trainstore
 from services.trainstore.stage import build_stage as build_trainstore
 from shared.bus import make_envelope
 from shared.config import ConfigError, Settings, load_settings
-from shared.errors import TransientError
+from shared.errors import BadInput, TransientError
 from shared.gate.checks import GateThresholds
 from shared.observability import StageMetrics
 from shared.runtime import Context
@@ -60,7 +60,10 @@ def test_gate_thresholds_that_only_clash_together_fail_at_start_up(monkeypatch: 
 def test_a_nan_drift_tolerance_override_fails_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
     # NaN would make "drift <= tolerance" false for every item: everything flagged for correction.
     monkeypatch.setenv("SKUFORGE_GATE_CATEGORY_OVERRIDES", '{"pouch": {"drift_tolerance": NaN}}')
-    with pytest.raises(ConfigError, match="drift_tolerance must be positive"):
+    with pytest.raises(
+        ConfigError,
+        match=r"SKUFORGE_GATE_CATEGORY_OVERRIDES \(pouch\.drift_tolerance\): Input should be a finite number",
+    ):
         load_settings(GateSettings)
     with pytest.raises(ValueError, match="drift_tolerance"):
         GateThresholds(drift_tolerance=float("nan"))
@@ -296,3 +299,25 @@ def test_a_failed_export_writes_nothing_and_says_why(
         cli_main([*args[:2], str(not_a_directory), *args[3:]])
     assert exited.value.code == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_an_event_that_misstates_its_image_size_is_refused_not_recorded(tmp_path: Path) -> None:
+    # Before, the manifest row took the event's width and height on trust: a 30x40 photo was
+    # recorded as 4000 x 1.
+    store = FileStore(tmp_path / "store")
+    writer = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16)
+    _, event = _accepted_event(store)
+    generated = event.payload.matted.generated  # type: ignore[attr-defined]
+    lying = generated.model_copy(
+        update={"image": generated.image.model_copy(update={"width": 4000, "height": 1})}
+    )
+    event = event.model_copy(  # type: ignore[attr-defined]
+        update={
+            "payload": event.payload.model_copy(
+                update={"matted": event.payload.matted.model_copy(update={"generated": lying})}
+            )
+        }  # type: ignore[attr-defined]
+    )
+    with pytest.raises(BadInput, match=r"dimension_mismatch: image .* the event says 4000x1"):
+        writer.accepted(event, _context(store))  # type: ignore[arg-type]
+    assert writer.manifests.read_sku(generated.sku.sku_id) == {}

@@ -176,6 +176,13 @@ class Trainstore:
                 f"mask {mask_ref.uri} is {mask.shape[1]}x{mask.shape[0]}, "
                 f"image {image_ref.uri} is {image.width}x{image.height}",
             )
+        # The manifest records the event's width and height: they must be the image's.
+        if (image_ref.width, image_ref.height) != (image.width, image.height):
+            raise BadInput(
+                "dimension_mismatch",
+                f"image {image_ref.uri} is {image.width}x{image.height}, "
+                f"the event says {image_ref.width}x{image_ref.height}",
+            )
         # A PNG is kept byte for byte (same sha256 as upstream); other formats are re-encoded as PNG.
         image_png = image_bytes if image_bytes.startswith(_PNG_SIGNATURE) else encode_png(image)
         return image_png, encode_png(mask)
