@@ -32,16 +32,23 @@ from services.lora_trainer.stage import (
     PREFIX,
     LoraTrainer,
     LoraTrainerMetrics,
+    _instance_sources,
     build_stage,
     kafka_publisher,
     open_trainer,
 )
-from shared.config import Settings, load_settings
-from shared.errors import ChecksumMismatch
+from shared.config import ConfigError, Settings, load_settings
+from shared.errors import ChecksumMismatch, TransientError
 from shared.generation.backend import GenerationRequest
 from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
 from shared.images import decode_image, decode_mask, encode_png
-from shared.lora_training.dataset import build_training_set, slug, training_set_sha256
+from shared.lora_training.dataset import (
+    TrainingRecipe,
+    build_training_set,
+    load_training_set,
+    slug,
+    training_set_sha256,
+)
 from shared.store import open_store
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, read_topic, running
 from tests.support.diffusion import build_tiny_inpaint_pipeline, product_photo
@@ -484,6 +491,11 @@ def test_early_stop_and_a_stop_request_end_the_loop_with_a_checkpoint(
         train_lora(tiny_model, training_set, patient, trainer.store, "stopped", should_stop=lambda: True)
     state = torch.load(io.BytesIO(trainer.store.get_bytes(checkpoint_key("stopped"))), weights_only=False)
     assert state["progress"]["step"] == 1
+    # A run that stopped early and died before its result was written resumes as stopped: before,
+    # it trained one more step, and its weights differed from the uninterrupted run's.
+    again = train_lora(tiny_model, training_set, impatient, trainer.store, "early")
+    assert again.stopped_early and again.steps == 3 and again.resumed_from_step == 3
+    assert again.weights == result.weights
 
 
 @pytest.mark.kafka
@@ -537,7 +549,6 @@ def test_the_general_adapter_trains_after_m_accepted_images(
 def test_an_untrainable_model_is_refused_at_start_up_and_a_job_that_fails_is_not_retried(
     tiny_model: Path, tmp_path: Path
 ) -> None:
-    from shared.config import ConfigError
     from tests.support.diffusion import build_tiny_sdxl_inpaint_pipeline
 
     sdxl = build_tiny_sdxl_inpaint_pipeline(tmp_path / "tiny-sdxl-inpaint")
@@ -554,3 +565,82 @@ def test_an_untrainable_model_is_refused_at_start_up_and_a_job_that_fails_is_not
     assert "SDXL" in failed["reason"] and failed["adapter_id"] == job.adapter_id
     assert trainer.run_pending() == [] and steps_run(trainer) == 0
     assert trainer.registry.list() == []
+
+
+# --- found in review (2026-12-02) ------------------------------------------------------------------
+
+
+def test_a_training_set_built_part_way_is_built_again_not_trained_on(tmp_path: Path) -> None:
+    # Before, the per-class indexes written before a fault were read back as the whole set: the
+    # adapter was trained without the other classes' SKUs and published under the full job's hash.
+    store = open_store(file_store_uri(tmp_path / "store"))
+    first = captioned_sku(store, 1, usable_photos=1, series="mix")
+    second = next(
+        other
+        for index in range(2, 40)
+        if (other := captioned_sku(store, index, usable_photos=1, series="mix")).class_noun
+        != first.class_noun
+    )
+    sources = _instance_sources(first) + _instance_sources(second)
+    recipe = TrainingRecipe(resolution=64, scenes_per_photo=2, class_images=2)
+    painted: list[str] = []
+
+    def painter(prompt: str, count: int, seed: int, size: int) -> list[np.ndarray]:
+        painted.append(prompt)
+        if len(painted) == 2:
+            raise TransientError("the store went away while the second class was painted")
+        return [np.full((size, size, 3), 100, np.uint8)] * count
+
+    with pytest.raises(TransientError):
+        build_training_set(store, "set", "h" * 64, sources, recipe, paint_class_images=painter)
+    assert len(list(store.list_keys("set/index/"))) == 1  # one class's index was written
+    assert load_training_set(store, "set", "h" * 64) is None
+    whole = build_training_set(store, "set", "h" * 64, sources, recipe, paint_class_images=painter)
+    loaded = load_training_set(store, "set", "h" * 64)
+    assert loaded is not None and sorted(i.item_id for i in loaded.items) == sorted(
+        i.item_id for i in whole.items
+    )
+    assert len(loaded.instance_items) == 4 and len(loaded.class_items) == 4
+
+
+def test_a_job_the_compositor_refuses_fails_once_and_the_other_jobs_still_train(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # Before, a mask the compositor refuses (a ValueError) was retried at every poll, and since the
+    # jobs ran in order, no later job (another series, the general adapter) ever ran.
+    shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))
+    published: list[AdapterPublished] = []
+    trainer = trainer_for(shared, tiny_model, tmp_path, publish=published.append, lora_class_images=0)
+    speckled = captioned_sku(trainer.store, 1, usable_photos=1, series="aaa")
+    photo = speckled.photos[0]
+    assert photo.mask is not None
+    dots = np.zeros((photo.image.height, photo.image.width), np.uint8)
+    dots[::8, ::8] = 255  # covers the photo's 1.6%, but no solid product for the compositor
+    mask = trainer.store.put_image("masks/reference/speckled.png", dots)
+    record(trainer, speckled.model_copy(update={"photos": [photo.model_copy(update={"mask": mask})]}))
+    record(trainer, captioned_sku(trainer.store, 2, usable_photos=1, series="bbb"))
+    assert [event.series for event in trainer.run_pending()] == ["bbb"]
+    failed = [key for key in trainer.store.list_keys(f"{PREFIX}/jobs/") if key.endswith("failed.json")]
+    assert len(failed) == 1
+    assert "aaa" in json.loads(trainer.store.get_bytes(failed[0]))["adapter_id"]
+    assert trainer.run_pending() == []  # neither is tried again
+
+
+def test_a_diverging_run_fails_instead_of_publishing_nan_weights(tiny_model: Path, tmp_path: Path) -> None:
+    # Before, a run whose loss went to NaN returned normally: its adapter, all NaN, painted every
+    # image of its series black. Settings now bound the rate and alpha; the loop also checks the loss.
+    from shared.lora_training.train import TrainingError, train_lora
+
+    shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))
+    trainer = trainer_for(shared, tiny_model, tmp_path, publish=lambda event: None, lora_class_images=0)
+    record(trainer, captioned_sku(trainer.store, 101, series="cola"))
+    (job,) = trainer.plan()
+    training_set = build_training_set(trainer.store, "set", job.sha256, job.sources, trainer.recipe)
+    wild = TrainingRecipe.model_construct(  # past the bounds, as settings from before them were
+        **{**trainer.recipe.model_dump(), "learning_rate": 1.0, "alpha": 100_000, "rank": 1, "max_steps": 12}
+    )
+    with pytest.raises(TrainingError, match="training diverged: the loss is nan"):
+        train_lora(tiny_model, training_set, wild, trainer.store, "wild")
+    for variable, value in (("lora_seed", -1), ("lora_seed", 2**32), ("lora_alpha", 100_000)):
+        with pytest.raises(ConfigError, match=f"SKUFORGE_{variable.upper()}"):
+            load_settings(LoraTrainerSettings, **{variable: value})

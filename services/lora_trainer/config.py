@@ -33,8 +33,10 @@ class LoraTrainerSettings(BaseSettings):
     )
     lora_threads: int = Field(default=1, ge=1, le=256, description="torch CPU threads (CPU training only)")
     lora_rank: int = Field(default=_RECIPE.rank, ge=1, le=256, description="LoRA rank")
-    lora_alpha: int = Field(default=_RECIPE.alpha, ge=1, description="LoRA alpha (scale = alpha / rank)")
-    lora_learning_rate: float = Field(default=_RECIPE.learning_rate, gt=0.0, le=1.0, description="AdamW rate")
+    lora_alpha: int = Field(
+        default=_RECIPE.alpha, ge=1, le=1024, description="LoRA alpha (scale = alpha / rank)"
+    )
+    lora_learning_rate: float = Field(default=_RECIPE.learning_rate, gt=0.0, le=0.1, description="AdamW rate")
     lora_max_steps: int = Field(
         default=_RECIPE.max_steps, ge=1, description="step cap (too many steps copy the training images)"
     )
@@ -66,7 +68,9 @@ class LoraTrainerSettings(BaseSettings):
     lora_checkpoint_every: int = Field(
         default=_RECIPE.checkpoint_every, ge=1, description="steps between checkpoints to the store"
     )
-    lora_seed: int = Field(default=_RECIPE.seed, description="seed of the data order and noise")
+    lora_seed: int = Field(
+        default=_RECIPE.seed, ge=0, lt=2**32, description="seed of the data order and noise"
+    )
     lora_general_after_accepted: int = Field(
         default=500, ge=1, description="train the general adapter after this many new accepted images"
     )

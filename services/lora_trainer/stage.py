@@ -274,10 +274,22 @@ class LoraTrainer:
     def run_pending(self) -> list[AdapterPublished]:
         """Run every job that is due and not yet published; returns what was published."""
         published = []
+        failure: Exception | None = None
         for job in self.plan():
-            event = self.run_job(job)
+            # One job's fault (a store hiccup while building its set) must not hold back the others:
+            # they run, and the first fault is raised at the end (logged, retried at the next poll).
+            try:
+                event = self.run_job(job)
+            except TrainingInterrupted:
+                raise
+            except Exception as exc:
+                log.warning("training job failed; the others go on", extra={"adapter_id": job.adapter_id})
+                failure = failure or exc
+                continue
             if event is not None:
                 published.append(event)
+        if failure is not None:
+            raise failure
         return published
 
     def run_job(self, job: Job) -> AdapterPublished | None:
@@ -293,9 +305,10 @@ class LoraTrainer:
         if not self.store.exists(result_key):
             try:
                 self._train(job, job_prefix, result_key)
-            except (TrainingError, BadInput) as exc:
-                # Not transient (a photo deleted or altered since it was recorded counts too): retrying
-                # the same inputs would fail the same way at every poll, ahead of every other job.
+            except (TrainingError, BadInput, ValueError) as exc:
+                # Not transient (a photo deleted or altered since it was recorded counts too, and a
+                # mask the compositor refuses, a ValueError): retrying the same inputs would fail the
+                # same way at every poll. A store or broker fault is a TransientError, retried.
                 self.store.put_json(failed_key, {"adapter_id": job.adapter_id, "reason": str(exc)})
                 self.metrics.jobs.labels("failed").inc()
                 log.error("training job cannot run", extra={"adapter_id": job.adapter_id, "reason": str(exc)})

@@ -48,8 +48,8 @@ class TrainingRecipe(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     rank: int = Field(default=8, ge=1, le=256)
-    alpha: int = Field(default=8, ge=1, description="LoRA scale = alpha / rank")
-    learning_rate: float = Field(default=1e-4, gt=0.0, le=1.0)
+    alpha: int = Field(default=8, ge=1, le=1024, description="LoRA scale = alpha / rank")
+    learning_rate: float = Field(default=1e-4, gt=0.0, le=0.1)
     max_steps: int = Field(default=800, ge=1, description="step cap: too many steps copy the training images")
     early_stop_patience: int = Field(default=100, ge=0, description="0 = never stop early")
     early_stop_min_delta: float = Field(default=1e-4, ge=0.0)
@@ -58,7 +58,7 @@ class TrainingRecipe(BaseModel):
     class_images: int = Field(default=20, ge=0, le=2000)
     prior_loss_weight: float = Field(default=1.0, ge=0.0)
     checkpoint_every: int = Field(default=50, ge=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32)  # SeedSequence takes no negative seed
 
 
 @dataclass(frozen=True)
@@ -247,13 +247,28 @@ def build_training_set(
                 "items": [item.to_json() for item in training_set.items if item.class_noun == class_noun],
             },
         )
+    # Last: a set whose building stopped part-way (a store fault, a refused mask) has no such record
+    # and is built again, never trained on as if it were whole.
+    store.put_json(
+        f"{prefix}/complete.json",
+        {"training_set_sha256": sha256, "classes": sorted(slug(noun) for noun in classes)},
+    )
     return training_set
 
 
 def load_training_set(store: ObjectStore, prefix: str, sha256: str) -> TrainingSet | None:
-    """The set from its per-class indexes (no image is opened), or None if none was written."""
+    """The set from its per-class indexes (no image is opened), or None unless it was written whole."""
+    complete_key = f"{prefix}/complete.json"
+    if not store.exists(complete_key):
+        return None
+    complete = json.loads(store.get_bytes(complete_key))
+    if complete.get("training_set_sha256") != sha256:
+        return None
+    wanted = {f"{prefix}/index/{name}.json" for name in complete.get("classes", [])}
+    if not wanted <= set(store.list_keys(f"{prefix}/index/")):
+        return None
     items: list[TrainingItem] = []
-    for key in sorted(store.list_keys(f"{prefix}/index/")):
+    for key in sorted(wanted):
         index = json.loads(store.get_bytes(key))
         if index.get("training_set_sha256") != sha256:
             return None

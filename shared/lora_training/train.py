@@ -155,9 +155,11 @@ def train_lora(
         progress = _Progress(**state["progress"])
         log.info("resuming from checkpoint", extra={"step": progress.step, "checkpoint": key})
     resumed_from = progress.step
-    stopped_early = False
+    # A run that stopped early and died before its result was written resumes stopped: another
+    # step would give other weights than the uninterrupted run's.
+    stopped_early = bool(recipe.early_stop_patience) and progress.since_best >= recipe.early_stop_patience
     unet.train()
-    while progress.step < recipe.max_steps:
+    while progress.step < recipe.max_steps and not stopped_early:
         draw = torch.Generator().manual_seed(recipe.seed * 1_000_003 + progress.step)
         batch = [encoded_instances[int(torch.randint(len(encoded_instances), (1,), generator=draw))]]
         if encoded_classes and recipe.prior_loss_weight > 0:
@@ -180,6 +182,12 @@ def train_lora(
         optimizer.step()
         progress.step += 1
         value = float(loss.detach())
+        if not math.isfinite(value):
+            # Diverged (a learning rate or alpha too high): its weights would paint black or noise.
+            raise TrainingError(
+                f"training diverged: the loss is {value} at step {progress.step}; lower "
+                "SKUFORGE_LORA_LEARNING_RATE or SKUFORGE_LORA_ALPHA"
+            )
         progress.ema_loss = (
             value if progress.ema_loss is None else EMA_DECAY * progress.ema_loss + (1 - EMA_DECAY) * value
         )
