@@ -16,7 +16,7 @@ import pytest
 
 from services.generator.client import GeneratorUnavailable, TritonGenerator
 from services.generator.protocol import VariantRequest, VariantResult
-from shared.errors import BadInput
+from shared.errors import BadInput, TransientError
 from shared.generation.backend import GenerationRequest, RowOutcome
 from shared.generation.composite import CompositeBackend
 from shared.synth import make_product, render_photo
@@ -256,6 +256,8 @@ class _PoisonedComposite(CompositeBackend):
     def generate_many(self, requests: list[GenerationRequest]) -> list[RowOutcome]:
         if any(request.seed == 13 for request in requests):
             raise ZeroDivisionError("a bug on this input")
+        if any(request.seed == 17 for request in requests):
+            raise TransientError("S3 unreachable: the adapter registry is away")
         return super().generate_many(requests)
 
 
@@ -291,6 +293,9 @@ def test_a_row_the_backend_fails_on_fails_alone_and_is_not_called_transient(
         thread.start()
         served = good.generate("composite", [variant(11), variant(12)])
         thread.join(timeout=120)
+        # A store the backend reads being away is transient: before, it came back as a backend
+        # error, and the stage dead-lettered a good SKU after a few quick attempts.
+        away = _raised(lambda: good.generate("composite", [variant(17)]))
     finally:
         client.close()
         good.close()
@@ -299,6 +304,8 @@ def test_a_row_the_backend_fails_on_fails_alone_and_is_not_called_transient(
     (error,) = poisoned
     assert isinstance(error, GeneratorFailed) and not isinstance(error, GeneratorUnavailable)
     assert "seed 13" in str(error) and "ZeroDivisionError: a bug on this input" in str(error)
+    (unavailable,) = away
+    assert isinstance(unavailable, GeneratorUnavailable) and "adapter registry is away" in str(unavailable)
 
 
 def _raised(call: Callable[[], object]) -> list[BaseException]:

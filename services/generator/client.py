@@ -18,6 +18,7 @@ import numpy as np
 
 from services.generator.protocol import (
     BACKEND_ERROR_PREFIX,
+    BACKEND_UNAVAILABLE_PREFIX,
     INPUTS,
     VariantRequest,
     VariantResult,
@@ -131,6 +132,11 @@ class TritonGenerator:
                 f"Triton at {self.url} unreachable: {type(exc).__name__}: {exc}"
             ) from exc
         error = _text(response.as_numpy("error"))
+        if error.startswith(BACKEND_UNAVAILABLE_PREFIX):
+            # Its registry or store was away: retried like Triton being away, never dead-lettered.
+            raise GeneratorUnavailable(
+                f"{model_name(backend)} cannot serve variant seed {variant.seed} now: {error}", "unavailable"
+            )
         if error.startswith(BACKEND_ERROR_PREFIX):
             # Not a refusal of the input and not Triton being away: the stage retries it as a handler
             # error a few times (SKUFORGE_HANDLER_MAX_ATTEMPTS), then dead-letters it (replayable).

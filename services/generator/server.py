@@ -37,9 +37,15 @@ from prometheus_client import REGISTRY
 
 from schemas.flow import TRITON
 from services.generator.config import GenerationSettings
-from services.generator.protocol import BACKEND_ERROR_PREFIX, INPUTS, OUTPUTS, model_name
+from services.generator.protocol import (
+    BACKEND_ERROR_PREFIX,
+    BACKEND_UNAVAILABLE_PREFIX,
+    INPUTS,
+    OUTPUTS,
+    model_name,
+)
 from shared.config import Settings, load_settings
-from shared.errors import BadInput
+from shared.errors import BadInput, TransientError
 from shared.generation.backend import GenerationBackend, GenerationRequest, RowOutcome, open_backend
 from shared.generation.diffusion import DiffusionSettings
 from shared.generation.scenes import SceneLibrary
@@ -51,6 +57,10 @@ log = logging.getLogger("skuforge.generator.server")
 
 class BackendFailed(Exception):
     """What the backend raised on one row served alone (not a refusal): reported in its ``error``."""
+
+
+class BackendUnavailable(BackendFailed):
+    """The backend could not serve the row now (a ``TransientError``: its registry or store away)."""
 
 
 class GenerationModel:
@@ -104,6 +114,11 @@ class GenerationModel:
             (outcome,) = self.backend.generate_many([row])
         except (ValueError, BadInput) as exc:
             return exc
+        except TransientError as exc:
+            log.warning(
+                "the %s backend cannot serve variant seed %d now: %s", self.backend.name, row.seed, exc
+            )
+            return BackendUnavailable(f"{type(exc).__name__}: {exc}")
         except Exception as exc:
             log.exception("the %s backend failed on variant seed %d", self.backend.name, row.seed)
             return BackendFailed(f"{type(exc).__name__}: {exc}")
@@ -135,7 +150,12 @@ class GenerationModel:
         model_ids = [self.backend.model_id.encode()] * rows
         for row, outcome in enumerate(outcomes):
             if isinstance(outcome, BackendFailed):
-                errors[row] = f"{BACKEND_ERROR_PREFIX}{outcome}".encode()
+                prefix = (
+                    BACKEND_UNAVAILABLE_PREFIX
+                    if isinstance(outcome, BackendUnavailable)
+                    else BACKEND_ERROR_PREFIX
+                )
+                errors[row] = f"{prefix}{outcome}".encode()
                 continue
             if isinstance(outcome, (ValueError, BadInput)):  # refused: report it, serve the others
                 errors[row] = f"{type(outcome).__name__}: {outcome}".encode()
