@@ -149,6 +149,13 @@ def test_refusals_say_what_is_wrong() -> None:
         backend.generate(request(reference, mask, scene="beach"))
     with pytest.raises(CompositeError, match="must match"):
         backend.generate(request(reference, mask[:10]))
+    # Before, light knobs out of range made the declared colour gain negative or infinite: the
+    # event failed validation after its PNGs were written, a handler error, not a refused variant.
+    for knob, value in (("colour_temperature", 100.0), ("light_gain", 1e308), ("light_gradient", 50.0)):
+        with pytest.raises(CompositeError, match=f"composite parameter {knob} must be from"):
+            backend.generate(request(reference, mask, **{knob: value}))
+    with pytest.raises(CompositeError, match="scene_seed must be from 0"):
+        backend.generate(request(reference, mask, scene_seed=-1))
     # Specks over a large photo: shrunk to the canvas, no pixel is half product. Refused as such,
     # not with a numpy error on the procedural path, nor as an image whose expected mask is empty.
     specks = np.where(np.random.default_rng(0).random((600, 800)) < 0.05, 255, 0).astype(np.uint8)

@@ -203,6 +203,34 @@ class _Plan:
             raise CompositeError("scene_blur must be >= 0, scene_match in 0..1, framing in 0.2..2")
         if not 0 <= plan.reference_framing <= 1:
             raise CompositeError("reference_framing must be in 0..1 (0: measure it on the reference)")
+        # Out of these ranges the light's colour gain went negative or infinite (colour_temperature
+        # 100, light_gain 1e308): the event could not be built after its PNGs were written, and the
+        # SKU was dead-lettered as a handler error instead of a refused variant.
+        bounds = {
+            "colour_temperature": (-1.0, 1.0),
+            "light_gain": (0.25, 4.0),
+            "light_gradient": (0.0, 1.0),
+            "light_angle_deg": (-360.0, 720.0),
+            "pos_x": (0.0, 1.0),
+            "pos_y": (0.0, 1.0),
+            "shadow_strength": (0.0, 1.0),
+            "rotation_deg": (-90.0, 90.0),
+            "perspective_x": (-0.5, 0.5),
+            "perspective_y": (-0.5, 0.5),
+            "blur_px": (0.0, 50.0),
+            "noise_sigma": (0.0, 0.5),
+            "scene_blur": (0.0, 0.5),
+        }
+        for key, (low, high) in bounds.items():
+            value = getattr(plan, key)
+            if not (math.isfinite(value) and low <= value <= high):
+                raise CompositeError(
+                    f"composite parameter {key} must be from {low:g} to {high:g}, got {value!r}"
+                )
+        if not 0 <= plan.scene_seed < 2**63:
+            raise CompositeError(
+                f"composite parameter scene_seed must be from 0 to 2^63-1, got {plan.scene_seed}"
+            )
         return plan
 
     def as_json(self) -> dict[str, Any]:
