@@ -73,6 +73,7 @@ def service_registries() -> Iterator[dict[str, CollectorRegistry]]:
     from services.console.tasks import TaskStore
     from services.gate.stage import GateMetrics
     from services.generator.stage import GeneratorMetrics
+    from services.lora_trainer.stage import LoraTrainerMetrics
     from services.matting.stage import MattingMetrics
     from services.trainstore.stage import TrainstoreMetrics
     from shared.generation.scenes import SCENES_SKIPPED
@@ -84,6 +85,7 @@ def service_registries() -> Iterator[dict[str, CollectorRegistry]]:
         ("matting", MattingMetrics),
         ("gate", GateMetrics),
         ("trainstore", TrainstoreMetrics),
+        ("lora-trainer", LoraTrainerMetrics),
     ):
         registry = CollectorRegistry()
         metrics_class(registry)
