@@ -85,19 +85,25 @@ def helm() -> str:
     return path
 
 
-def render(helm: str, *values: str, kube_version: str = KUBE_VERSIONS[-1]) -> list[dict[str, Any]]:
+# The console needs reviewers (the render refuses it without them); later --set values may override.
+REVIEWERS = "secret.values.SKUFORGE_CONSOLE_USERS=alice:pw"
+
+
+def render(
+    helm: str, *values: str, kube_version: str = KUBE_VERSIONS[-1], reviewers: bool = True
+) -> list[dict[str, Any]]:
     """``helm template`` with ``--set`` values; the manifests as dicts (fails with helm's message)."""
     command = [helm, "template", "rel", str(CHART), "--kube-version", kube_version]
-    for value in values:
+    for value in [REVIEWERS] * reviewers + list(values):
         command += ["--set", value]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def render_error(helm: str, *values: str) -> str:
+def render_error(helm: str, *values: str, reviewers: bool = True) -> str:
     command = [helm, "template", "rel", str(CHART), "--kube-version", KUBE_VERSIONS[-1]]
-    for value in values:
+    for value in [REVIEWERS] * reviewers + list(values):
         command += ["--set", value]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0, "the render should have failed"
@@ -183,7 +189,7 @@ def test_the_values_configure_exactly_the_stages_of_the_flow() -> None:
 
 def test_helm_lint_is_clean(helm: str) -> None:
     result = subprocess.run(
-        [helm, "lint", "--strict", str(CHART), "--kube-version", KUBE_VERSIONS[-1]],
+        [helm, "lint", "--strict", str(CHART), "--kube-version", KUBE_VERSIONS[-1], "--set", REVIEWERS],
         capture_output=True,
         text=True,
         timeout=120,
@@ -347,6 +353,50 @@ def test_values_that_cannot_work_fail_the_render_saying_what_to_fix(
     assert message in render_error(helm, value)
 
 
+def test_values_found_in_review_to_fail_only_once_deployed_fail_the_render(helm: str) -> None:
+    # Before, each rendered: a console pod that exits at start for want of reviewers (it crash-looped
+    # on the chart's defaults), a generator stage calling a backend Triton does not serve, and a
+    # reviewer password in the ConfigMap anyone who can read the namespace can read.
+    assert "console.enabled needs reviewers: set secret.values.SKUFORGE_CONSOLE_USERS" in render_error(
+        helm, reviewers=False
+    )
+    render(helm, "secret.existingSecret=mine", reviewers=False)  # the reviewers are in that Secret
+    render(helm, "console.enabled=false", reviewers=False)
+    assert "Triton serves only diffusion (triton.backends)" in render_error(
+        helm, "settings.SKUFORGE_GENERATION_BACKEND=composite"
+    )
+    assert "settings.SKUFORGE_CONSOLE_USERS is a secret" in render_error(
+        helm, "settings.SKUFORGE_CONSOLE_USERS=bob:pw"
+    )
+
+
+def test_the_generator_stage_asks_for_the_backend_triton_serves(helm: str) -> None:
+    # Before, Triton served diffusion (the default triton.backends) while the stage, told nothing,
+    # asked for the code default, composite: every SKU a model-not-found error.
+    settings = of_kind(render(helm), "ConfigMap")["rel-skuforge-settings"]["data"]
+    assert settings["SKUFORGE_GENERATION_BACKEND"] == "diffusion"
+    mixed = render(
+        helm,
+        "triton.backends={composite,diffusion}",
+        r'settings.SKUFORGE_GENERATION_BACKEND_MIX={"composite": 1\, "diffusion": 1}',
+    )
+    assert "SKUFORGE_GENERATION_BACKEND" not in of_kind(mixed, "ConfigMap")["rel-skuforge-settings"]["data"]
+
+
+def test_the_topics_job_reads_this_releases_settings_not_the_configmap(helm: str) -> None:
+    # A pre-upgrade hook runs before the ConfigMap is updated: reading it, the Job created topics on
+    # the previous kafka.bootstrap, or under the previous topicNamespace.
+    docs = render(helm, "kafka.bootstrap=new-kafka:9092", "topicNamespace=staging.")
+    (job,) = of_kind(docs, "Job").values()
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env == of_kind(docs, "ConfigMap")["rel-skuforge-settings"]["data"]
+    assert (
+        env["SKUFORGE_KAFKA_BOOTSTRAP"] == "new-kafka:9092" and env["SKUFORGE_TOPIC_NAMESPACE"] == "staging."
+    )
+    assert container["envFrom"] == [{"secretRef": {"name": "rel-skuforge-settings"}}]
+
+
 # --------------------------------------------------------------------------------------------------
 # schema validation: Kubernetes kinds, and the CRDs
 # --------------------------------------------------------------------------------------------------
@@ -356,7 +406,7 @@ def test_values_that_cannot_work_fail_the_render_saying_what_to_fix(
 def test_kubernetes_kinds_pass_kubernetes_validate_strict(
     helm: str, tmp_path: Path, kube_version: str
 ) -> None:
-    docs = render(helm, "secret.values.SKUFORGE_CONSOLE_USERS=alice:pw", kube_version=kube_version)
+    docs = render(helm, kube_version=kube_version)
     builtin = [doc for doc in docs if (doc["apiVersion"], doc["kind"]) not in CRD_SCHEMAS]
     assert {doc["kind"] for doc in builtin} >= {"Deployment", "Service", "ConfigMap", "Secret", "Job"}
     manifest = tmp_path / "builtin.yaml"

@@ -44,6 +44,31 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/* Environment every skuforge container gets: the ConfigMap, the Secret, its static member id. */}}
+{{- /* The SKUFORGE_* settings every pod reads: the ConfigMap's data, and the topics Job's env (a
+pre-upgrade hook runs before the ConfigMap is updated, so it must not read the old one). */ -}}
+{{- define "skuforge.settingsData" -}}
+{{- $fullname := include "skuforge.fullname" . -}}
+SKUFORGE_KAFKA_BOOTSTRAP: {{ .Values.kafka.bootstrap | quote }}
+SKUFORGE_TOPIC_NAMESPACE: {{ .Values.topicNamespace | quote }}
+SKUFORGE_CONSUMER_GROUP_PREFIX: {{ .Values.consumerGroupPrefix | quote }}
+SKUFORGE_TOPIC_PARTITIONS: {{ .Values.topicPartitions | quote }}
+SKUFORGE_STORE_URI: {{ .Values.storeUri | quote }}
+SKUFORGE_SESSION_TIMEOUT_MS: {{ .Values.sessionTimeoutMs | quote }}
+# Probes and Prometheus reach /metrics, /healthz and /readyz from outside the pod.
+SKUFORGE_METRICS_HOST: "0.0.0.0"
+{{- if .Values.triton.enabled }}
+SKUFORGE_GENERATION_TRITON_URL: {{ printf "%s-triton:%d" $fullname (int .Values.triton.ports.grpc) | quote }}
+SKUFORGE_GENERATION_TRITON_PROTOCOL: "grpc"
+{{- /* The stage asks for the backend Triton serves, unless the values choose (checked in validate). */}}
+{{- if and (eq (len .Values.triton.backends) 1) (not (hasKey .Values.settings "SKUFORGE_GENERATION_BACKEND")) (not (hasKey .Values.settings "SKUFORGE_GENERATION_BACKEND_MIX")) }}
+SKUFORGE_GENERATION_BACKEND: {{ first .Values.triton.backends | quote }}
+{{- end }}
+{{- end }}
+{{- range $key, $value := .Values.settings }}
+{{ $key }}: {{ $value | toString | quote }}
+{{- end }}
+{{- end -}}
+
 {{- define "skuforge.envFrom" -}}
 - configMapRef:
     name: {{ include "skuforge.fullname" . }}-settings
@@ -75,5 +100,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- if not (hasPrefix "SKUFORGE_" $key) -}}
 {{- fail (printf "settings.%s: only SKUFORGE_* settings belong here (secrets go in secret.values)" $key) -}}
 {{- end -}}
+{{- if has $key (list "SKUFORGE_CONSOLE_USERS" "SKUFORGE_CONSOLE_SESSION_SECRET") -}}
+{{- fail (printf "settings.%s is a secret: the ConfigMap is readable by anyone who can read the namespace; put it in secret.values or secret.existingSecret" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.triton.enabled -}}
+{{- $backend := index .Values.settings "SKUFORGE_GENERATION_BACKEND" | default "" -}}
+{{- if and $backend (not (has $backend .Values.triton.backends)) -}}
+{{- fail (printf "settings.SKUFORGE_GENERATION_BACKEND=%s, but Triton serves only %s (triton.backends): the generator stage would call a model nobody serves" $backend (join ", " .Values.triton.backends)) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.console.enabled (not .Values.secret.existingSecret) (not (hasKey .Values.secret.values "SKUFORGE_CONSOLE_USERS")) -}}
+{{- fail "console.enabled needs reviewers: set secret.values.SKUFORGE_CONSOLE_USERS ('name:password,...') or secret.existingSecret, or console.enabled=false (without them the console pod exits at start)" -}}
 {{- end -}}
 {{- end -}}
