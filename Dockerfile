@@ -36,7 +36,12 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends libgomp1 tini \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 10001 skuforge \
- && useradd --uid 10001 --gid 10001 --home-dir /home/skuforge --create-home skuforge
+ && useradd --uid 10001 --gid 10001 --home-dir /home/skuforge --create-home skuforge \
+ && mkdir -p /data/store /data/console \
+ && chown -R 10001:10001 /data
+# /data: compose mounts its named volumes there (the store, the console's task table). A new named
+# volume takes the ownership of the image's folder it is mounted on; without these folders it would be
+# root's, and the services, which run as 10001, could not write to it.
 COPY --from=build /opt/skuforge /opt/skuforge
 ENV PATH=/opt/skuforge/bin:$PATH \
     PYTHONUNBUFFERED=1 \

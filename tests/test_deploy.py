@@ -556,6 +556,30 @@ def test_the_image_holds_every_package_and_runs_skuforge() -> None:
     assert "ARG VARIANT=cpu" in dockerfile and "VARIANT=cuda" in dockerfile
 
 
+def test_the_image_owns_every_folder_compose_mounts_a_volume_on() -> None:
+    # A new named volume takes the ownership of the image's folder it is mounted on; the image had no
+    # /data, so compose's store and console volumes were root's and the services (uid 10001) could
+    # not write to them. (No Docker daemon here: this reads the two files.)
+    dockerfile = (REPO / "Dockerfile").read_text()
+    user = re.search(r"^USER (\d+):(\d+)$", dockerfile, re.MULTILINE)
+    assert user is not None
+    compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
+    named = set(compose.get("volumes") or {})
+    mounts = {
+        target
+        for service in compose["services"].values()
+        if "skuforge" in str(service.get("image", "")) or "build" in service or "<<" in service
+        for volume in service.get("volumes", [])
+        if isinstance(volume, str) and volume.split(":", 1)[0] in named
+        for target in [volume.split(":")[1]]
+        if not target.startswith("/var/lib/kafka")
+    }
+    assert mounts >= {"/data/store", "/data/console"}, mounts
+    made = re.search(r"mkdir -p ([^\\\n&]+)", dockerfile)
+    assert made is not None and set(made.group(1).split()) >= mounts, dockerfile
+    assert f"chown -R {user.group(1)}:{user.group(2)} /data" in dockerfile
+
+
 def test_every_chart_alert_has_a_severity_ops_routes() -> None:
     """docs/ops.md routes `page` and `ticket`; an alert labelled otherwise (`warning`) reached nobody."""
     for path in sorted((CHART / "rules").glob("*.yml")):
