@@ -68,10 +68,10 @@ class GeneratorMetrics:
         self.triton_errors = Counter(
             "skuforge_triton_errors_total",
             "Triton calls that did not bring an image, by model and kind: overloaded (Triton's queue was "
-            "full and turned the request away), timeout, unavailable (Triton away, or a store the model reads, "
-            "such as the adapter registry: retried, never dead-lettered), malformed (our request), refused "
-            "(the model refused the variant), backend_error (the model raised on the variant even when "
-            "served alone: retried as a handler error, then dead-lettered).",
+            "full and turned the request away), timeout, unavailable (Triton away, or a store the model "
+            "reads, such as the adapter registry: retried, never dead-lettered), malformed (our request), "
+            "refused (the model refused the variant), backend_error (the model raised on the variant even "
+            "when served alone: retried as a handler error, then dead-lettered).",
             ["model", "kind"],
             registry=registry,
         )
