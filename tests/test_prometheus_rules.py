@@ -85,13 +85,20 @@ def test_every_alert_is_shown_firing_in_a_unit_test_and_has_a_runbook_line() -> 
 
 def test_the_stage_down_alert_names_every_scrape_job(tmp_path: Path) -> None:
     groups = yaml.safe_load(ALERTS_FILE.read_text())["groups"]
-    expr = next(
+    # SkuforgeStageDown, and SkuforgeTritonDown for Triton (which loads its model for minutes first).
+    exprs = [
         rule["expr"]
         for group in groups
         for rule in group["rules"]
-        if rule.get("alert") == "SkuforgeStageDown"
-    )
-    jobs = {job for matcher in re.findall(r'job=~?"([^"]+)"', expr) for job in matcher.split("|")}
+        if rule.get("alert") in ("SkuforgeStageDown", "SkuforgeTritonDown")
+    ]
+    assert len(exprs) == 2
+    jobs = {
+        job
+        for expr in exprs
+        for matcher in re.findall(r'job=~?"([^"]+)"', expr)
+        for job in matcher.split("|")
+    }
     # The committed scrape config's jobs, and every job of the Prometheus that `skuforge up
     # --with-prometheus --with-trainer` runs (as up.py builds it): that one scrapes the lora-trainer too,
     # and a job the regex leaves out can stop answering without a page.
