@@ -128,3 +128,42 @@ def test_promtool_check_metrics_refuses_a_badly_named_counter(promtool_bin: str)
     # The check above can fail: a counter without _total is refused.
     text = "# HELP jobs Jobs done.\n# TYPE jobs counter\njobs 3\n"
     assert promtool("check", "metrics", input_text=text).returncode != 0
+
+
+ALERTMANAGER_CONFIG = PROMETHEUS_DIR.parent / "alertmanager" / "alertmanager.yml"
+CHART_RULES = PROMETHEUS_DIR.parent / "helm" / "skuforge" / "rules"
+
+
+def test_alertmanager_routes_every_severity_the_alerts_use_to_its_receiver(amtool_bin: str) -> None:
+    # Before, the rules' comments said docs/ops.md routes `page` and `ticket`, but no Alertmanager
+    # configuration existed: nothing routed either.
+    import subprocess
+
+    checked = subprocess.run(
+        [amtool_bin, "check-config", str(ALERTMANAGER_CONFIG)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0 and "SUCCESS" in checked.stdout, checked.stdout + checked.stderr
+    severities = {
+        rule["labels"]["severity"]
+        for path in (ALERTS_FILE, *sorted(CHART_RULES.glob("*.yml")))
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    assert severities == {"page", "ticket"}
+    for severity in severities:
+        routed = subprocess.run(
+            [
+                amtool_bin,
+                "config",
+                "routes",
+                "test",
+                f"--config.file={ALERTMANAGER_CONFIG}",
+                f"severity={severity}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert routed.returncode == 0, routed.stderr
+        assert routed.stdout.split() == [severity], routed.stdout

@@ -28,3 +28,9 @@ def promtool_bin() -> str:
 def prometheus_bin() -> str:
     """Path of the prometheus server (skips the test when it is not installed)."""
     return _binary_or_skip("prometheus")
+
+
+@pytest.fixture(scope="session")
+def amtool_bin() -> str:
+    """Path of amtool, from Debian's prometheus-alertmanager (skips the test when it is not installed)."""
+    return _binary_or_skip("amtool")
