@@ -96,10 +96,10 @@ class ImageGenerated(Contract):
     @field_validator("colour_gain")
     @classmethod
     def _positive_gain(cls, gain: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
-        # Bounded both ways: the gate divides by the smallest (a gain of 1e-300 made its check inf,
-        # written as JSON null, which every consumer of the gate's event then refused).
-        if gain is not None and not all(1 / 16 <= value <= 16.0 for value in gain):
-            raise ValueError(f"colour_gain values must be in [1/16, 16], got {gain}")
+        # Kept as it was first published: narrowing it would make events and console tasks stored
+        # under it unreadable. The gate bounds what it computes from a vanishing gain instead.
+        if gain is not None and not all(0.0 < value < 16.0 for value in gain):
+            raise ValueError(f"colour_gain values must be in (0, 16), got {gain}")
         return gain
 
 

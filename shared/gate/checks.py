@@ -58,6 +58,7 @@ LIGHTNESS_WEIGHT = 0.5
 # composite backend's scene match times its light stays within about 0.55-1.7; more would be
 # repainting, not matching.
 MAX_DECLARED_GAIN = 2.0
+MAX_REPORTED_GAIN = 1e6  # the largest declared gain a failed check reports
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,8 @@ def _drift_check(
         return GateCheck(
             code="product_drift",
             passed=False,
-            value=float(max(max(colour_gain), 1 / min(colour_gain))),
+            # 1 / a subnormal gain is inf, which JSON cannot carry: the figure is capped.
+            value=float(min(max(max(colour_gain), 1 / min(colour_gain)), MAX_REPORTED_GAIN)),
             threshold=MAX_DECLARED_GAIN,
             message=f"the generator declares a colour gain of ({shown}) on the product, "
             f"beyond x{MAX_DECLARED_GAIN:g} either way",
