@@ -236,3 +236,66 @@ def test_export_labelstudio_refuses_a_bad_image_url_or_out_path_with_a_reason(
     missing_dir = ["console", "export-labelstudio", "--out", str(tmp_path / "no" / "such" / "tasks.json")]
     assert cli_main(missing_dir) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+# -- found in review, 2026-12-02 ----------------------------------------------------------------
+
+
+def _spoil(parts: ConsoleParts, table: str, task_id: str) -> None:
+    """Make one stored row unreadable, as a row stored under a schema a later version refuses is."""
+    import json
+    import sqlite3
+
+    column = "pending_json" if table == "tasks" else "payload_json"
+    db = sqlite3.connect(parts.tasks.path)
+    stored = json.loads(
+        db.execute(f"SELECT {column} FROM {table} WHERE task_id = ?", (task_id,)).fetchone()[0]
+    )
+    stored["iou"] = "not a number"
+    db.execute(f"UPDATE {table} SET {column} = ? WHERE task_id = ?", (json.dumps(stored), task_id))
+    db.commit()
+    db.close()
+
+
+def test_one_unreadable_task_leaves_the_queue_and_the_relay_working(parts: ConsoleParts) -> None:
+    # Before, one row that no longer validated made the queue page, /api/tasks and claim-next 500 for
+    # every reviewer, and one such decision in the outbox stopped the relay publishing any other.
+    client = TestClient(app_for(parts), base_url="http://console.test", raise_server_exceptions=False)
+    token = login(client)
+    ids = [task.task_id for task in parts.tasks.query()]
+    _spoil(parts, "tasks", ids[0])
+    assert client.get("/").status_code == 200
+    listed = client.get("/api/tasks").json()["tasks"]
+    assert sorted(task["task_id"] for task in listed) == sorted(ids[1:])
+    claimed = client.post("/api/claim-next", headers={"X-CSRF-Token": token})
+    assert claimed.status_code == 200 and claimed.json()["task"]["task_id"] == ids[1]
+    page = client.get(f"/api/tasks/{ids[0]}")
+    assert page.status_code == 502 and "no longer reads" in page.text
+    assert parts.tasks.counts()["pending"] == 2  # still counted: the backlog alert sees it
+    for task_id in ids[1:]:
+        parts.tasks.claim(task_id, "alice", 60.0)
+        record_decision(
+            parts.tasks,
+            parts.store,
+            task_id=task_id,
+            reviewer="alice",
+            decision="reject",
+            reject_reason="blurry",
+            mask_bytes=None,
+            max_pixels=10**8,
+            max_bytes=10**8,
+        )
+    _spoil(parts, "outbox", ids[1])
+    assert [event.task_id for event in parts.tasks.unpublished()] == [ids[2]]
+    assert parts.tasks.unpublished_count() == 2
+
+
+def test_claim_next_on_ones_own_claim_renews_its_lease(parts: ConsoleParts) -> None:
+    # Before, "claim next" sent the reviewer back to a held task with what was left of its lease (2 s
+    # here); the page's first renewal came 20 s later, and the save found the lease expired.
+    held = parts.tasks.claim_next("alice", 60.0)
+    assert held is not None
+    parts.clock.advance(58.0)
+    again = parts.tasks.claim_next("alice", 60.0)
+    assert again is not None and again.task_id == held.task_id
+    assert again.lease_expires_at == pytest.approx(parts.clock() + 60.0, abs=0.01)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +32,9 @@ from typing import Any, Literal
 
 from schemas.envelope import Envelope, derive_id
 from schemas.events import CorrectionPending, CorrectionResolved, Decision
-from shared.errors import TransientError
+from shared.errors import BadInput, TransientError
+
+log = logging.getLogger("skuforge.console.tasks")
 
 TaskState = Literal["pending", "claimed", "approved", "rejected"]
 STATES: tuple[TaskState, ...] = ("pending", "claimed", "approved", "rejected")
@@ -255,17 +258,22 @@ class TaskStore:
             row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         if row is None:
             raise TaskNotFound(task_id)
-        return Task.from_row(row)
+        try:
+            return Task.from_row(row)
+        except ValueError as exc:  # stored under a schema this version refuses: 502 with the reason
+            raise BadInput("task_unreadable", f"task {task_id} no longer reads: {str(exc)[:300]}") from None
 
     def query(self, filters: TaskFilter = PENDING, *, limit: int = 200) -> list[Task]:
-        """Tasks matching ``filters``, oldest first."""
+        """Tasks matching ``filters``, oldest first. A row that no longer reads as a task (stored under
+        an older schema that a later one refuses) is left out and logged, not a failure of the whole
+        queue; it still counts in ``counts``, so the backlog alert sees it."""
         self.expire_leases()
         where, params = _where(filters)
         with self._connect() as db:
             rows = db.execute(
                 f"SELECT * FROM tasks {where} ORDER BY received_at, task_id LIMIT ?", (*params, limit)
             ).fetchall()
-        return [Task.from_row(row) for row in rows]
+        return _readable(rows, Task.from_row, "task")
 
     def counts(self) -> dict[str, int]:
         """Number of tasks in each state (every state present, zero included).
@@ -376,7 +384,12 @@ class TaskStore:
                 (reviewer,),
             ).fetchone()
         if own is not None:
-            return self.get(own["task_id"])
+            # Renewed: the reviewer is sent to its page, whose first renewal comes a third of a
+            # lease later; with what was left of the old lease, the save could find it expired.
+            try:
+                return self.claim(own["task_id"], reviewer, lease_s)
+            except TaskConflict:
+                pass  # it expired and someone else took it meanwhile: take the next one
         for task in self.query(dataclasses.replace(filters, state="pending"), limit=20):
             try:
                 return self.claim(task.task_id, reviewer, lease_s)
@@ -459,12 +472,14 @@ class TaskStore:
         return event
 
     def unpublished(self, limit: int = 100) -> list[OutboxEvent]:
-        """Decisions whose event is not yet acknowledged by the broker, oldest first."""
+        """Decisions whose event is not yet acknowledged by the broker, oldest first. One that no
+        longer reads (see ``query``) is left out and logged, so it cannot hold back the others; it
+        stays in the outbox, counted by ``unpublished_count``."""
         with self._connect() as db:
             rows = db.execute(
                 "SELECT * FROM outbox WHERE published_at IS NULL ORDER BY created_at LIMIT ?", (limit,)
             ).fetchall()
-        return [_outbox(row) for row in rows]
+        return _readable(rows, _outbox, "decision")
 
     def unpublished_count(self) -> int:
         """How many decisions wait for the broker's acknowledgement (the outbox backlog)."""
@@ -485,6 +500,19 @@ class TaskStore:
                 "UPDATE outbox SET published_at = ? WHERE event_id = ? AND published_at IS NULL",
                 (self.clock(), event_id),
             )
+
+
+def _readable(rows: list[sqlite3.Row], read: Callable[[sqlite3.Row], Any], what: str) -> list[Any]:
+    items = []
+    for row in rows:
+        try:
+            items.append(read(row))
+        except ValueError as exc:  # pydantic's ValidationError, or JSON that does not parse
+            log.error(
+                f"a stored {what} no longer reads; left out",
+                extra={"task_id": row["task_id"], "error": str(exc)[:500]},
+            )
+    return items
 
 
 def _outbox(row: sqlite3.Row) -> OutboxEvent:
