@@ -299,3 +299,57 @@ def test_claim_next_on_ones_own_claim_renews_its_lease(parts: ConsoleParts) -> N
     again = parts.tasks.claim_next("alice", 60.0)
     assert again is not None and again.task_id == held.task_id
     assert again.lease_expires_at == pytest.approx(parts.clock() + 60.0, abs=0.01)
+
+
+def test_an_approval_of_a_mask_missing_from_the_store_is_refused_not_recorded(parts: ConsoleParts) -> None:
+    # Before, approve_expected of a deleted mask was recorded and published (the trainstore then
+    # dead-lettered it) and the task, now approved, could not be reviewed again.
+    client = TestClient(app_for(parts), base_url="http://console.test", raise_server_exceptions=False)
+    token = login(client)
+    task = parts.tasks.query()[0]
+    parts.store.delete(parts.store.key_for(task.pending.matted.generated.expected_mask.uri))
+    headers = {"X-CSRF-Token": token}
+    assert client.post(f"/api/tasks/{task.task_id}/claim", headers=headers).status_code == 200
+    refused = client.post(
+        f"/api/tasks/{task.task_id}/decision", headers=headers, data={"decision": "approve_expected"}
+    )
+    assert refused.status_code == 502 and "object_missing" in refused.text, refused.text
+    assert parts.tasks.get(task.task_id).state == "claimed" and parts.tasks.outbox(task.task_id) is None
+    approved = client.post(
+        f"/api/tasks/{task.task_id}/decision", headers=headers, data={"decision": "approve_predicted"}
+    )
+    assert approved.status_code == 200, approved.text
+
+
+def test_two_edited_masks_of_one_item_do_not_share_a_key(parts: ConsoleParts) -> None:
+    # Before, the key had no content hash: the item flagged again under a new event and corrected
+    # again replaced the first decision's mask, already published (its checksum then failed).
+    first = parts.tasks.query()[0]
+    again = pending_envelope(flagged_item(parts.store, 0, sku_id="SKU-0")).model_copy(
+        update={"event_id": "e" * 32}
+    )
+    assert again.payload.matted.generated.item_id == first.item_id
+    parts.tasks.add_pending(again)
+    finals = []
+    for task_id, value in ((first.task_id, 255), ("e" * 32, 0)):
+        parts.tasks.claim(task_id, "alice", 60.0)
+        held = parts.tasks.get(task_id)
+        image = held.pending.matted.generated.image
+        mask = np.full((image.height, image.width), value, np.uint8)
+        mask[0, 0] = 255 - value
+        _, event = record_decision(
+            parts.tasks,
+            parts.store,
+            task_id=task_id,
+            reviewer="alice",
+            decision="approve_edited",
+            reject_reason=None,
+            mask_bytes=encode_png(mask),
+            max_pixels=10**8,
+            max_bytes=10**8,
+        )
+        assert event.payload.final_mask is not None
+        finals.append(event.payload.final_mask)
+    assert finals[0].uri != finals[1].uri
+    for final in finals:
+        parts.store.read_verified(final)

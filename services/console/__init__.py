@@ -4,7 +4,8 @@ Consumes: ``correction.pending`` (``intake.py``, a stage on the shared runtime) 
 table (``tasks.py``, WAL mode; a redelivered event is ignored by its event id).
 Produces: ``correction.resolved`` (``relay.py``), one per decision, published from the table's
 outbox with a deterministic event id; an edited mask is stored first as
-``masks/corrected/<sku_id>/<item_id>.png`` and referenced by the event.
+``masks/corrected/<sku_id>/<item_id>-<sha16>.png`` (the PNG's sha256 prefix) and referenced by
+the event.
 Serves: ``app.py`` (FastAPI) with three routers: ``pages.py`` (the queue, the item page: overlays,
 brush/eraser editing, keyboard shortcuts), ``api.py`` (JSON) and ``auth.py`` (login, CSRF tokens;
 primitives in ``security.py``); the decision rules are in ``decisions.py``, the audit trail in

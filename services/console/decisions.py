@@ -6,7 +6,7 @@ The final mask of each decision:
 * ``approve_expected``  the generator's mask (``pending.matted.generated.expected_mask``)
 * ``approve_edited``    the reviewer's mask, checked (a PNG/BMP/TIFF/WebP at the generated image's
                         size), thresholded to 0/255 and stored as
-                        ``masks/corrected/<sku_id>/<item_id>.png`` (written inside the decision's
+                        ``masks/corrected/<sku_id>/<item_id>-<sha16>.png`` (written inside the decision's
                         transaction, so only the decision that is recorded writes it)
 * ``reject``            no mask; a reason is required
 
@@ -48,7 +48,8 @@ class DecisionInvalid(ValueError):
 
 
 def corrected_mask_key(task: Task) -> str:
-    """Object key of a reviewer's mask for ``task``."""
+    """Object key of a reviewer's mask for ``task``, before the PNG's sha256 prefix is added to it
+    (``store_edited_mask``): two decisions on one item (re-flagged under a new event) never share it."""
     return f"masks/corrected/{task.sku_id}/{task.item_id}.png"
 
 
@@ -81,7 +82,7 @@ def read_edited_mask(data: bytes, task: Task, *, max_pixels: int, max_bytes: int
 
 def store_edited_mask(store: ObjectStore, task: Task, mask: npt.NDArray[np.uint8]) -> ImageRef:
     """Write the reviewer's mask to the object store; returns its reference for the decision."""
-    return store.put_image(corrected_mask_key(task), mask)
+    return store.put_image(corrected_mask_key(task), mask, digest_in_key=True)
 
 
 def resolve(
@@ -150,6 +151,15 @@ def record_decision(
         pixels = read_edited_mask(mask_bytes, task, max_pixels=max_pixels, max_bytes=max_bytes)
     elif mask_bytes is not None:
         raise DecisionInvalid(f"{decision} takes no mask; use approve_edited to send one")
+    if decision != "reject":
+        # What an approval sends the trainstore must be there as named: otherwise it would be
+        # recorded and published, dead-lettered downstream, and the decided task closed to review.
+        generated = task.pending.matted.generated
+        store.read_verified(generated.image)  # BadInput (502 with the reason) when missing or altered
+        if decision == "approve_predicted":
+            store.read_verified(task.pending.matted.predicted_mask)
+        elif decision == "approve_expected":
+            store.read_verified(generated.expected_mask)
 
     def payload(held: Task, at: float) -> CorrectionResolved:
         # The mask is written here, inside the decision's transaction after the hold was checked
