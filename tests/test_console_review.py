@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
+from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from services.console.config import ConsoleSettings
@@ -353,3 +354,62 @@ def test_two_edited_masks_of_one_item_do_not_share_a_key(parts: ConsoleParts) ->
     assert finals[0].uri != finals[1].uri
     for final in finals:
         parts.store.read_verified(final)
+
+
+def test_logout_ends_the_session_and_a_removed_or_changed_reviewer_is_logged_out(parts: ConsoleParts) -> None:
+    # Before, logout only deleted the browser's cookie (a copy worked for the rest of its 12 hours),
+    # and a reviewer removed from SKUFORGE_CONSOLE_USERS, or whose password changed, kept access.
+    import dataclasses
+
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+    cookie = client.cookies.get("skuforge_console")
+    assert cookie
+    copy = TestClient(app_for(parts), base_url="http://console.test", cookies={"skuforge_console": cookie})
+    assert copy.get("/api/tasks").status_code == 200
+    assert client.post("/logout", data={"csrf_token": token}, follow_redirects=False).status_code == 303
+    assert copy.get("/api/tasks").status_code == 401
+    restarted = dataclasses.replace(parts, console=dataclasses.replace(parts.console))
+    copy_after_restart = TestClient(
+        app_for(restarted), base_url="http://console.test", cookies={"skuforge_console": cookie}
+    )
+    assert copy_after_restart.get("/api/tasks").status_code == 401  # the table remembers it
+
+    bob = TestClient(app_for(parts), base_url="http://console.test")
+    login(bob, "bob")
+    assert bob.get("/api/tasks").status_code == 200
+    for users in ("alice:alice-password", "alice:alice-password,bob:a-new-password"):
+        settings = parts.console.console.model_copy(update={"console_users": SecretStr(users)})
+        changed = dataclasses.replace(parts.console, console=settings)
+        again = TestClient(
+            app_for(dataclasses.replace(parts, console=changed)), base_url="http://console.test"
+        )
+        again.cookies.set("skuforge_console", bob.cookies.get("skuforge_console") or "")
+        assert again.get("/api/tasks").status_code == 401, users
+
+
+def test_the_login_form_takes_only_a_small_url_encoded_body(client: TestClient) -> None:
+    # Before, /login (served without a session) took a multipart body with a file part of any size,
+    # written to disk whole before the fields were checked (200 MB: 422 after it was spooled).
+    multipart = client.post(
+        "/login",
+        content=b'--xx\r\nContent-Disposition: form-data; name="junk"; filename="j"\r\n\r\n'
+        + b"x" * 1000
+        + b"\r\n--xx--\r\n",
+        headers={"content-type": "multipart/form-data; boundary=xx"},
+    )
+    assert multipart.status_code == 415
+    large = client.post(
+        "/login",
+        content=b"reviewer=" + b"a" * 20_000,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert large.status_code == 413
+    assert login(client)  # the form itself still works
+
+
+def test_the_login_page_shows_only_its_own_error_messages(client: TestClient) -> None:
+    # Before, ?error= text from any link was shown in the console's alert box (phishing on our origin).
+    spoofed = client.get("/login?error=Password%20expired%3A%20call%20helpdesk-example.com")
+    assert spoofed.status_code == 200 and "helpdesk-example.com" not in spoofed.text
+    assert "wrong name or password" in client.get("/login?error=credentials").text

@@ -44,7 +44,7 @@ async def require_login(request: Request, call_next: CallNext) -> StarletteRespo
     if request.url.path in PUBLIC_PATHS:
         return await call_next(request)
     console: Console = request.app.state.console
-    session = console.signer.verify(request.cookies.get(SESSION_COOKIE))
+    session = live_session(console, request.cookies.get(SESSION_COOKIE))
     if session is None:
         # Pages send people to the login form; images, scripts, favicons and the API get a 401.
         if (
@@ -61,6 +61,41 @@ async def require_login(request: Request, call_next: CallNext) -> StarletteRespo
     response = await call_next(request)
     response.headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+def live_session(console: Console, cookie: str | None) -> Session | None:
+    """The cookie's session if it is signed, unexpired, not logged out, and its reviewer still has
+    the credential it was opened with (removed from SKUFORGE_CONSOLE_USERS or a changed password:
+    logged out)."""
+    session = console.signer.verify(cookie)
+    if session is None:
+        return None
+    password = console.console.users().get(session.reviewer)
+    if password is None or not tokens_match(
+        console.signer.credential_tag(session.reviewer, password), session.credential
+    ):
+        return None
+    if console.tasks.session_revoked(session.csrf_token):
+        return None
+    return session
+
+
+# The login form is the one route served without a session: its body is capped before it is read,
+# and only a plain form is taken (a multipart body would be spooled to disk whole first).
+LOGIN_MAX_BYTES = 16 * 1024
+
+
+async def limit_login_body(request: Request, call_next: CallNext) -> StarletteResponse:
+    """Middleware: POST /login takes a url-encoded form of at most LOGIN_MAX_BYTES, declared."""
+    if request.url.path == "/login" and request.method == "POST":
+        if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            return JSONResponse({"detail": "the login form is application/x-www-form-urlencoded"}, 415)
+        length = request.headers.get("content-length")
+        if length is None or not length.isdigit():
+            return JSONResponse({"detail": "the login form needs a Content-Length"}, 411)
+        if int(length) > LOGIN_MAX_BYTES:
+            return JSONResponse({"detail": f"the login form is at most {LOGIN_MAX_BYTES} bytes"}, 413)
+    return await call_next(request)
 
 
 async def security_headers(request: Request, call_next: CallNext) -> StarletteResponse:
@@ -115,6 +150,9 @@ async def require_csrf(request: Request) -> Session:
 Reviewer = Annotated[Session, Depends(require_csrf)]
 
 
+LOGIN_ERRORS = {"credentials": "wrong name or password"}
+
+
 @router.get("/login")
 def login_page(request: Request, console: ConsoleDep, next: str = "/", error: str = "") -> Response:
     # Reuse the nonce of an open login form (another tab) so that tab's form stays valid.
@@ -124,7 +162,8 @@ def login_page(request: Request, console: ConsoleDep, next: str = "/", error: st
     response = templates.TemplateResponse(
         request,
         "login.html",
-        {"nonce": nonce, "next": safe_next(next), "error": error[:100]},
+        # Only messages of our own: a link's ?error= text would be shown on the console's origin.
+        {"nonce": nonce, "next": safe_next(next), "error": LOGIN_ERRORS.get(error, "")},
     )
     response.set_cookie(LOGIN_COOKIE, nonce, max_age=3600, **cookie_flags(console))
     return response
@@ -143,10 +182,13 @@ def login(
         raise HTTPException(403, "cross-origin request refused")
     if not tokens_match(request.cookies.get(LOGIN_COOKIE), login_nonce):
         raise HTTPException(403, "missing or wrong login form token: reload the login page")
-    if not check_password(console.console.users(), reviewer, password):
-        query = urlencode({"error": "wrong name or password", "next": safe_next(next)})
+    users = console.console.users()
+    if not check_password(users, reviewer, password):
+        query = urlencode({"error": "credentials", "next": safe_next(next)})
         return RedirectResponse(f"/login?{query}", 303)
-    cookie, _ = console.signer.issue(reviewer)
+    cookie, _ = console.signer.issue(
+        reviewer, credential=console.signer.credential_tag(reviewer, users[reviewer])
+    )
     response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(SESSION_COOKIE, cookie, max_age=console.signer.ttl_s, **cookie_flags(console))
     response.delete_cookie(LOGIN_COOKIE)
@@ -154,7 +196,9 @@ def login(
 
 
 @router.post("/logout")
-def logout(session: Reviewer) -> Response:
+def logout(session: Reviewer, console: ConsoleDep) -> Response:
+    # Ended on the server too: a copy of the cookie is refused from now on, not until it expires.
+    console.tasks.revoke_session(session.csrf_token, session.expires_at)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response

@@ -34,6 +34,9 @@ class Session:
     reviewer: str
     csrf_token: str
     expires_at: float
+    # The credential the session was opened with (``SessionSigner.credential_tag``): a reviewer removed
+    # from SKUFORGE_CONSOLE_USERS, or whose password changed, is logged out by it.
+    credential: str = ""
 
 
 class SessionSigner:
@@ -48,16 +51,20 @@ class SessionSigner:
     def _mac(self, body: bytes) -> str:
         return hmac.new(self._secret, body, hashlib.sha256).hexdigest()
 
-    def issue(self, reviewer: str, now: float | None = None) -> tuple[str, Session]:
+    def credential_tag(self, reviewer: str, password: str) -> str:
+        """A short keyed digest of a reviewer's current credential (no use without the secret)."""
+        return self._mac(f"credential\0{reviewer}\0{password}".encode())[:32]
+
+    def issue(self, reviewer: str, now: float | None = None, *, credential: str = "") -> tuple[str, Session]:
         """A new cookie value and the session it carries (with a fresh CSRF token)."""
         session = Session(
             reviewer=reviewer,
             csrf_token=secrets.token_urlsafe(32),
             expires_at=(now if now is not None else time.time()) + self.ttl_s,
+            credential=credential,
         )
-        body = base64.urlsafe_b64encode(
-            json.dumps({"r": session.reviewer, "c": session.csrf_token, "e": session.expires_at}).encode()
-        )
+        fields = {"r": session.reviewer, "c": session.csrf_token, "e": session.expires_at, "g": credential}
+        body = base64.urlsafe_b64encode(json.dumps(fields).encode())
         return f"{body.decode()}.{self._mac(body)}", session
 
     def verify(self, cookie: str | None, now: float | None = None) -> Session | None:
@@ -71,7 +78,12 @@ class SessionSigner:
             return None
         try:
             data = json.loads(base64.urlsafe_b64decode(body))
-            session = Session(reviewer=str(data["r"]), csrf_token=str(data["c"]), expires_at=float(data["e"]))
+            session = Session(
+                reviewer=str(data["r"]),
+                csrf_token=str(data["c"]),
+                expires_at=float(data["e"]),
+                credential=str(data.get("g", "")),
+            )
         except (ValueError, KeyError, TypeError):
             return None
         if session.expires_at <= (now if now is not None else time.time()):

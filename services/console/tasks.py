@@ -80,6 +80,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at   REAL NOT NULL,
     published_at REAL
 );
+CREATE TABLE IF NOT EXISTS revoked_sessions (
+    csrf_token TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+);
 """
 
 
@@ -492,6 +496,22 @@ class TaskStore:
         with self._connect() as db:
             row = db.execute("SELECT * FROM outbox WHERE task_id = ?", (task_id,)).fetchone()
         return _outbox(row) if row is not None else None
+
+    def revoke_session(self, csrf_token: str, expires_at: float) -> None:
+        """A logged-out session (named by its CSRF token, unique per session): refused from now on,
+        also by a restarted console; forgotten once it would have expired anyway."""
+        with self._write() as db:
+            db.execute("DELETE FROM revoked_sessions WHERE expires_at <= ?", (self.clock(),))
+            db.execute(
+                "INSERT OR IGNORE INTO revoked_sessions (csrf_token, expires_at) VALUES (?, ?)",
+                (csrf_token, expires_at),
+            )
+
+    def session_revoked(self, csrf_token: str) -> bool:
+        """Whether that session was logged out."""
+        with self._connect() as db:
+            row = db.execute("SELECT 1 FROM revoked_sessions WHERE csrf_token = ?", (csrf_token,)).fetchone()
+        return row is not None
 
     def mark_published(self, event_id: str) -> None:
         """The broker acknowledged the event (acks=all)."""
