@@ -227,3 +227,55 @@ def test_survey_names_the_skus_and_their_photos_or_every_problem(synth_skus: Pat
     shutil.copytree(root / "SYN-7-0001", root / "copy-of-1")
     with pytest.raises(IngestError, match="also used by"):
         ingest.survey_folders(root, load_settings())
+
+
+def test_a_heic_photo_is_named_not_skipped(synth_skus: Path, tmp_path: Path) -> None:
+    # Before, IMG_0001.HEIC (an iPhone's default) was skipped as "not a photo": the SKU went out a
+    # photo short and nothing said so.
+    batch = _copy(synth_skus, tmp_path / "batch")
+    folder = sorted(p for p in batch.iterdir() if p.is_dir())[0]
+    (folder / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    with pytest.raises(
+        IngestError, match=r"IMG_0001.HEIC: HEIC/HEIF is not read here; export it as JPEG or PNG"
+    ):
+        prepare_all(batch, load_settings())
+
+
+@pytest.mark.kafka
+def test_a_file_name_that_is_not_utf8_is_kept_readable_and_a_failure_names_what_was_published(
+    kafka_bootstrap: str, synth_skus: Path, tmp_path: Path
+) -> None:
+    # Before, a Latin-1 file name passed every check and then failed the event's schema after the
+    # first SKU was published (a traceback); and a store or broker failure after the checks did not
+    # say which SKUs had gone out.
+    import os
+
+    from services.ingest.ingest import IngestIncomplete
+    from shared.store import FileStore
+
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
+    create_topics(settings, SKU_INGESTED)
+    batch = _copy(synth_skus, tmp_path / "batch")
+    folders = sorted(p for p in batch.iterdir() if p.is_dir())
+    photo = sorted(folders[1].glob("*.png"))[0]
+    os.rename(photo, os.path.join(os.fsencode(folders[1]), b"caf\xe9.png"))
+    ids = [json.loads((folder / "metadata.json").read_text())["sku_id"] for folder in folders]
+
+    class FailsOnTheThird(FileStore):
+        def _write(self, key: str, data: bytes, content_type: str) -> None:
+            if f"/{ids[2]}/" in key:
+                raise OSError(28, "No space left on device")
+            super()._write(key, data, content_type)
+
+    with pytest.raises(IngestIncomplete) as stopped:
+        ingest_path(batch, settings, store=FailsOnTheThird(tmp_path / "store"))
+    message = str(stopped.value)
+    assert "stopped after publishing 2 of 3 SKUs (OSError" in message
+    assert f"published: {ids[0]}, {ids[1]}; not published: {ids[2]}" in message
+    records = read_topic(kafka_bootstrap, settings.topic_name(SKU_INGESTED), expect=2, timeout_s=30)
+    names = {
+        photo.original_filename
+        for record in records
+        for photo in Envelope[SkuIngested].model_validate_json(record.value).payload.photos
+    }
+    assert "caf\ufffd.png" in names

@@ -4,8 +4,11 @@ Consumes: a directory on disk (``skuforge ingest DIR``).
 Produces: one ``sku.ingested`` event per SKU, after its photos are stored.
 Bad input: every SKU folder is checked first (metadata, safe sku_id, photo count, each photo
 decodes within the limits); if any is bad, the command names every problem and uploads and
-publishes nothing, so a batch is never half-published. Checked photos wait as PNG files in a
-temporary folder, not in memory (``ingest_path``).
+publishes nothing, so bad input never half-publishes a batch. Should the broker or the store fail
+after the checks, the command says which SKUs were published and which not (exit 1); running it
+again finishes the batch under the same keys and event ids. Checked photos wait as PNG files in a
+temporary folder, not in memory (``ingest_path``). HEIC/HEIF photos are named as a problem (not
+read here), not skipped.
 
 Layout read (what ``skuforge synth`` writes)::
 
@@ -48,6 +51,12 @@ NOT_SKU_FOLDERS = frozenset({"__MACOSX"})
 
 class IngestError(Exception):
     """One or more SKU folders cannot be ingested; the message lists every problem."""
+
+
+class IngestIncomplete(IngestError):
+    """Publishing stopped part-way (the broker or the store failed after the checks passed): the
+    message names the SKUs published and those not; running the command again finishes the batch
+    (the same keys and event ids)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,13 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         for p in folder.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in PHOTO_SUFFIXES
     )
+    # An iPhone's photos are HEIC by default: skipped as "not a photo", they left a SKU one photo short
+    # without a word.
+    problems.extend(
+        f"{p}: HEIC/HEIF is not read here; export it as JPEG or PNG"
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in (".heic", ".heif")
+    )
     if not files:
         problems.append(f"{folder}: no photos ({', '.join(sorted(PHOTO_SUFFIXES))})")
     elif len(files) > settings.max_photos_per_sku:
@@ -142,7 +158,10 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         if photo_id in seen:
             continue  # the same picture twice adds nothing
         seen.add(photo_id)
-        photos.append(PreparedPhoto(photo_id, file.name[:255], png, width=image.width, height=image.height))
+        # A name that is not UTF-8 on disk (Latin-1 from an old camera or zip) is kept readable: as
+        # it came, it failed the event's schema after earlier SKUs were already published.
+        name = file.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:255]
+        photos.append(PreparedPhoto(photo_id, name, png, width=image.width, height=image.height))
     if problems or metadata is None:
         return None, problems
     return PreparedSku(folder=folder, metadata=metadata, photos=photos), []
@@ -227,8 +246,8 @@ def ingest_path(path: Path, settings: Settings, *, store: ObjectStore | None = N
             settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
         )
         publisher = Publisher(settings, PRODUCER)  # TransientError if Kafka is away: nothing uploaded yet
+        event_ids: list[str] = []
         try:
-            event_ids = []
             for sku in spooled:
                 payload = upload_sku(_unspool(sku, Path(spool_dir)), store)
                 # Photos are durable before the event exists, so no consumer ever sees a dangling
@@ -243,6 +262,17 @@ def ingest_path(path: Path, settings: Settings, *, store: ObjectStore | None = N
                 )
                 event_ids.append(envelope.event_id)
             return event_ids
+        except Exception as exc:  # the broker or the store, after the checks: say what went out
+            if not event_ids and isinstance(exc, TransientError):
+                raise  # nothing published: "is Kafka running?" says it
+            done = [sku.metadata.sku_id for sku in spooled[: len(event_ids)]]
+            left = [sku.metadata.sku_id for sku in spooled[len(event_ids) :]]
+            raise IngestIncomplete(
+                f"stopped after publishing {len(done)} of {len(spooled)} SKUs "
+                f"({type(exc).__name__}: {str(exc)[:300]}); published: {', '.join(done) or 'none'}; "
+                f"not published: {', '.join(left)}. Run the same command again to finish: what is "
+                "already published is published again under the same event ids, which consumers skip"
+            ) from exc
         finally:
             publisher.close()
 
@@ -284,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         event_ids = ingest_path(args.path, settings)
+    except IngestIncomplete as exc:
+        print(f"skuforge ingest: {exc}", file=sys.stderr)
+        return 1
     except (IngestError, ConfigError) as exc:
         print(f"skuforge ingest: {exc}", file=sys.stderr)
         return 2
