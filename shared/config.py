@@ -123,6 +123,16 @@ class Settings(BaseSettings):
         """The Kafka name of ``topic``'s dead-letter topic in this environment."""
         return self.topic_name(topic) + DLQ_SUFFIX
 
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_is_host_ports(cls, value: str) -> str:
+        # kafka-python fails on a bad entry only when it connects, with a traceback from its own code.
+        for entry in value.split(","):
+            host, _, port = entry.strip().rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"{entry.strip()!r} is not host:port (a port from 1 to 65535)")
+        return value
+
     @field_validator("store_uri")
     @classmethod
     def _store_uri_opens(cls, value: str) -> str:

@@ -54,6 +54,10 @@ def test_cli_reports_config_errors_without_a_traceback(
         ("SKUFORGE_CONSOLE_LEASE_S", "1e7", "less than or equal to 86400"),
         ("SKUFORGE_CONSOLE_SESSION_TTL_S", "99999999999999", "less than or equal to 2592000"),
         ("SKUFORGE_CONSOLE_SESSION_SECRET", "short-secret", "at least 16 bytes"),
+        # A traceback from kafka-python's own code in ingest and topics create, found in review.
+        ("SKUFORGE_KAFKA_BOOTSTRAP", "localhost:abc", "'localhost:abc' is not host:port"),
+        ("SKUFORGE_KAFKA_BOOTSTRAP", "a:9092,b", "'b' is not host:port"),
+        ("SKUFORGE_KAFKA_BOOTSTRAP", "a:99999", "'a:99999' is not host:port"),
     ],
 )
 def test_a_setting_that_would_fail_later_is_refused_by_skuforge_config(
@@ -79,6 +83,11 @@ def test_a_bad_password_list_is_refused_without_echoing_it(
     assert cli_main(["config"]) == 2
     err = capsys.readouterr().err
     assert "SKUFORGE_CONSOLE_USERS" in err and "hunter2" not in err, err
+
+
+def test_bootstrap_lists_that_connect_still_pass() -> None:
+    for bootstrap in ("127.0.0.1:9092", "kafka-0.kafka:9092, kafka-1.kafka:9092", "[::1]:9092"):
+        assert load_settings(kafka_bootstrap=bootstrap).kafka_bootstrap == bootstrap
 
 
 def test_store_uris_that_open_still_pass() -> None:
