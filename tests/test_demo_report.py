@@ -456,3 +456,19 @@ def test_the_demo_waits_for_what_the_running_stacks_generator_makes_not_the_shel
     monkeypatch.setenv("SKUFORGE_GENERATION_VARIANTS_PER_SKU", "9")
     assert demo_module.images_per_sku({"env": {}}) == 8  # the generator's default: the stack had no setting
     assert demo_module.images_per_sku({"env": {"SKUFORGE_GENERATION_VARIANTS_PER_SKU": "4"}}) == 4
+
+
+def test_a_failure_after_the_checks_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_stack: None
+) -> None:
+    # Before, a file where --out's catalogue goes was a NotADirectoryError traceback (and so were
+    # the stack's own ingest limits, or its broker away, met at ingest).
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "catalogue").write_text("mine\n")
+    code = demo_main(
+        ["--synthetic", "--synthetic-skus", "1", "--photos-per-sku", "1", "--size", "64", "--out", str(out)]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("skuforge demo: NotADirectoryError:") and "Traceback" not in err

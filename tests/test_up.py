@@ -424,3 +424,16 @@ def test_the_trainer_runs_with_a_gpu_and_a_model_or_when_asked(
     if expected:  # after every stage of the pipeline, before the console
         assert names.index("lora-trainer") == names.index("trainstore") + 1
         assert "lora-trainer" in devstack.up.metrics_urls(config)
+
+
+def test_another_users_running_stack_is_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before, os.kill(pid, 0)'s PermissionError (the supervisor is another user's) read as "gone": a
+    # demo pointed at that stack tried to start its own in the same workdir.
+    state = {"state": "ready", "supervisor_pid": os.getpid(), "started_at": time.time()}
+    (tmp_path / "stack.json").write_text(json.dumps(state))
+
+    def not_yours(pid: int, sig: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(devstack.up.os, "kill", not_yours)
+    assert read_state(tmp_path) == state

@@ -52,6 +52,7 @@ from schemas.topics import (
 from services.ingest.ingest import IngestError, survey_folders
 from shared.argtypes import folder_problem, non_negative_int, positive_float, positive_int
 from shared.config import Settings, load_settings
+from shared.errors import TransientError
 from shared.store import ObjectStore, open_store
 from skuforge_cli.synth import photo_size_px
 
@@ -342,7 +343,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--skus {args.skus}: not a directory of SKU folders{hint}")
     # Found now, not in a traceback when the report is written at the end of the run.
     # The workdir may be a stack another user started, whose state the demo only reads.
-    for option, folder, writable in (("--out", args.out, True), ("--workdir", args.workdir, False)):
+    # The workdir may be a stack another user started, whose state the demo only reads; with no stack
+    # running there, the demo starts one in it, so it must be writable.
+    workdir_writable = read_state(args.workdir.resolve()) is None
+    for option, folder, writable in (
+        ("--out", args.out, True),
+        ("--workdir", args.workdir, workdir_writable),
+    ):
         if problem := folder_problem(folder, writable=writable):
             parser.error(f"{option} {folder}: {problem}")
 
@@ -386,6 +393,13 @@ def main(argv: list[str] | None = None) -> int:
         with stack(workdir, variants=args.variants, keep_running=args.keep_running) as running:
             os.environ.update(running["env"])  # the stack's Kafka, store, topics, console database
             return run_flow(args, running, skus_dir, sku_ids, started, stack_was_running=stack_was_running)
+    except (IngestError, TransientError) as exc:
+        # The stack's own limits or its broker, met at ingest (the stack is stopped by then).
+        print(f"skuforge demo: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:  # --out's catalogue, the workdir, the report: one line
+        print(f"skuforge demo: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         # The stack this demo started is stopped by then (stack()'s finally); say so, not a traceback.
         line = interrupted_line(workdir, stack_entered=stack_entered, stack_was_running=stack_was_running)
