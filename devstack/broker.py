@@ -51,6 +51,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from shared.argtypes import int_between, positive_float
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_DIR = REPO_ROOT / "deploy" / "kafka"
 DEFAULT_DATA_DIR = REPO_ROOT / "var" / "kafka"
@@ -657,30 +659,30 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     add_data_dir(start)
     start.add_argument(
         "--port",
-        type=int,
+        type=int_between(1, 65535),
         default=_env_int("SKUFORGE_KAFKA_PORT", DEFAULT_PORT),
         help="client port (env SKUFORGE_KAFKA_PORT; default %(default)s)",
     )
     start.add_argument(
         "--controller-port",
-        type=int,
+        type=int_between(1, 65535),
         default=_env_int("SKUFORGE_KAFKA_CONTROLLER_PORT", DEFAULT_CONTROLLER_PORT),
         help="KRaft controller port (env SKUFORGE_KAFKA_CONTROLLER_PORT; default %(default)s)",
     )
     start.add_argument(
         "--heap-mb",
-        type=int,
+        type=int_between(64, 1_048_576),
         default=_env_int("SKUFORGE_KAFKA_HEAP_MB", 512),
         help="JVM max heap in MiB (env SKUFORGE_KAFKA_HEAP_MB; default %(default)s)",
     )
-    start.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for readiness")
+    start.add_argument("--timeout", type=positive_float, default=90.0, help="seconds to wait for readiness")
     start.add_argument(
         "--foreground", action="store_true", help="stay attached; stop the broker on Ctrl-C / SIGTERM"
     )
 
     stop = sub.add_parser("stop", help="stop the broker whose pid file is in the data dir")
     add_data_dir(stop)
-    stop.add_argument("--timeout", type=float, default=30.0, help="seconds before SIGKILL")
+    stop.add_argument("--timeout", type=positive_float, default=30.0, help="seconds before SIGKILL")
 
     status = sub.add_parser("status", help="exit 0 and print the bootstrap address if the broker runs")
     add_data_dir(status)
@@ -737,7 +739,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m devstack.brok
             return 0
         print(f"not running (data dir {broker.data_dir})", file=sys.stderr)
         return 3
-    except BrokerError as exc:
+    except (BrokerError, ValueError, OSError) as exc:  # ports that clash, a data dir that is a file...
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

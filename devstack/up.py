@@ -67,7 +67,7 @@ from schemas.flow import CONSOLE, LORA_TRAINER, PIPELINE, TRITON, Service
 from services.console.config import ConsoleSettings
 from services.generator.config import GenerationSettings
 from services.generator.protocol import model_name
-from shared.argtypes import folder_problem
+from shared.argtypes import float_between, folder_problem, positive_float
 from shared.config import ConfigError, load_settings
 from shared.observability import topics_held
 
@@ -614,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         "or SKUFORGE_LORA_MODEL are present)",
     )
     parser.add_argument(
-        "--grace-s", type=float, default=20.0, help="seconds a service has to stop before SIGKILL"
+        "--grace-s", type=positive_float, default=20.0, help="seconds a service has to stop before SIGKILL"
     )
     parser.add_argument(
         "--with-prometheus",
@@ -629,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--scrape-interval-s",
-        type=float,
+        type=float_between(0.5, 3600.0),
         default=5.0,
         help="that Prometheus's scrape interval (default 5)",
     )

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.argtypes import non_negative_int, positive_int
+from shared.argtypes import int_between, positive_int
 from shared.synth.photo import MIN_SIZE, write_sku_folders
 
 
@@ -17,6 +17,10 @@ def photo_size_px(text: str) -> int:
     if value < MIN_SIZE:
         raise argparse.ArgumentTypeError(f"must be at least {MIN_SIZE}")
     return value
+
+
+# A larger seed made SKU ids longer than the 64 characters an id may have: a traceback after parsing.
+CATALOGUE_SEED = int_between(0, 2**63 - 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skus", type=positive_int, required=True, help="number of SKUs")
     parser.add_argument("--photos-per-sku", type=positive_int, required=True, help="photos per SKU")
     parser.add_argument(
-        "--seed", type=non_negative_int, required=True, help="catalogue seed (ids are SYN-<seed>-NNNN)"
+        "--seed",
+        type=CATALOGUE_SEED,
+        required=True,
+        help="catalogue seed, 0 to 2^63-1 (ids are SYN-<seed>-NNNN)",
     )
     parser.add_argument(
         "--size", type=photo_size_px, default=512, help="photo width and height in pixels (default 512)"

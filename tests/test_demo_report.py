@@ -177,7 +177,9 @@ def no_stack(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         (["--synthetic", "--synthetic-skus", "0"], "--synthetic-skus: must be at least 1"),
         (["--synthetic", "--photos-per-sku", "0"], "--photos-per-sku: must be at least 1"),
-        (["--synthetic", "--seed", "-1"], "--seed: must be 0 or more"),
+        (["--synthetic", "--seed", "-1"], "--seed: must be from 0 to 9223372036854775807"),
+        # Before: SKU ids over 64 characters, a traceback after parsing (found in review).
+        (["--synthetic", "--seed", "9" * 60], "--seed: must be from 0 to 9223372036854775807"),
         (["--synthetic", "--size", "10"], "--size: must be at least 64"),
         (["--variants", "0"], "--variants: must be at least 1"),
         (["--timeout-s", "0"], "--timeout-s: must be a number above 0, got 0"),

@@ -437,3 +437,33 @@ def test_another_users_running_stack_is_running(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(devstack.up.os, "kill", not_yours)
     assert read_state(tmp_path) == state
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # Before: nan or inf a ValueError/OverflowError traceback, once the whole stack was up.
+        (
+            ["--with-prometheus", "--scrape-interval-s", "nan"],
+            "--scrape-interval-s: must be a number from 0.5",
+        ),
+        # Before: -1 killed every service at once with SIGKILL; nan never fell back to it.
+        (["--grace-s", "-1"], "--grace-s: must be a number above 0"),
+    ],
+)
+def test_up_refuses_numbers_it_cannot_use(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_broker_command_refuses_a_port_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
+    from devstack.broker import main as broker_main
+
+    with pytest.raises(SystemExit) as exited:
+        broker_main(["start", "--port", "99999"])  # before: OverflowError from bind()
+    assert exited.value.code == 2
+    assert "--port: must be from 1 to 65535, got 99999" in capsys.readouterr().err

@@ -50,11 +50,11 @@ from schemas.topics import (
     SKU_INGESTED,
 )
 from services.ingest.ingest import IngestError, survey_folders
-from shared.argtypes import folder_problem, non_negative_int, positive_float, positive_int
+from shared.argtypes import folder_problem, positive_float, positive_int
 from shared.config import Settings, load_settings
 from shared.errors import TransientError
 from shared.store import ObjectStore, open_store
-from skuforge_cli.synth import photo_size_px
+from skuforge_cli.synth import CATALOGUE_SEED, photo_size_px
 
 STACK_START_TIMEOUT_S = 600.0
 DEFAULT_VARIANTS = 6  # generated images per SKU of a stack the demo starts
@@ -68,7 +68,7 @@ SAMPLE_SCENES = Path(__file__).resolve().parents[2] / "samples" / "grocerystore-
 SYNTHETIC_OPTIONS: tuple[tuple[str, int, Callable[[str], int], str], ...] = (
     ("--synthetic-skus", 3, positive_int, "synthetic SKUs"),
     ("--photos-per-sku", 3, positive_int, "photos per synthetic SKU"),
-    ("--seed", 7, non_negative_int, "catalogue seed"),
+    ("--seed", 7, CATALOGUE_SEED, "catalogue seed"),
     ("--size", 384, photo_size_px, "side of the rendered photos, px"),
 )
 
