@@ -101,11 +101,16 @@ def _cmd_kafka(rest: list[str]) -> int:
 def _cmd_topics(rest: list[str]) -> int:
     from kafka.errors import KafkaError
 
+    from schemas.topics import ALL_TOPICS, PASSTHROUGH_OUT
     from shared.bus import ensure_topics
 
     parser = argparse.ArgumentParser(prog="skuforge topics", description="Manage skuforge's Kafka topics.")
     sub = parser.add_subparsers(dest="action", required=True)
-    create = sub.add_parser("create", help="create every topic of the flow and its .dlq (idempotent)")
+    create = sub.add_parser(
+        "create",
+        help="create every topic of the flow, and the passthrough stage's (the deployment smoke test), "
+        "each with its .dlq (idempotent)",
+    )
     create.add_argument(
         "--partitions", type=int, default=None, help="partitions (default SKUFORGE_TOPIC_PARTITIONS)"
     )
@@ -116,7 +121,7 @@ def _cmd_topics(rest: list[str]) -> int:
         if args.partitions is not None and args.partitions < 1:
             parser.error("--partitions must be at least 1")
         try:
-            created = ensure_topics(settings, partitions=args.partitions)
+            created = ensure_topics(settings, (*ALL_TOPICS, PASSTHROUGH_OUT), partitions=args.partitions)
         except KafkaError as exc:
             print(
                 f"skuforge topics create: cannot create the topics on Kafka at {settings.kafka_bootstrap} "
@@ -126,9 +131,7 @@ def _cmd_topics(rest: list[str]) -> int:
             return 1
         print(json.dumps({"created": created}))
         return 0
-    from schemas.topics import ALL_TOPICS
-
-    for topic in ALL_TOPICS:
+    for topic in (*ALL_TOPICS, PASSTHROUGH_OUT):
         print(f"{settings.topic_name(topic)}\t{topic.payload.__name__}\t{settings.dlq_name(topic)}")
     return 0
 
