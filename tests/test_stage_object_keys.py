@@ -6,12 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from schemas.common import SkuMetadata
 from schemas.envelope import derive_id
-from schemas.events import ImageGenerated
 from schemas.topics import IMAGE_GENERATED, SKU_INGESTED
 from services.captioner.config import CaptionerSettings
 from services.captioner.stage import CaptionerModels, handle
@@ -23,13 +18,7 @@ from shared.observability import StageMetrics
 from shared.runtime import Context, Emit
 from shared.store import FileStore
 from tests.support.captioning import context, synthetic_sku
-
-
-def _shelf(seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    pixels = np.full((96, 96, 3), 200.0) + rng.normal(0, 20, (96, 96, 3))
-    pixels[24:72, 30:66] = (180, 40, 30)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+from tests.support.gate import matted_item
 
 
 def test_a_second_matting_of_an_item_leaves_the_first_events_objects(
@@ -46,25 +35,14 @@ def test_a_second_matting_of_an_item_leaves_the_first_events_objects(
         StageMetrics("matting"),
         logging.getLogger("t"),
     )
-    image = store.put_image("generated/SKU-1/item-1.png", _shelf(1))
-    expected = np.zeros((96, 96), np.uint8)
-    expected[24:72, 30:66] = 255
-    mask = store.put_image("masks/expected/SKU-1/item-1.png", expected)
-    payload = ImageGenerated(
-        item_id="item-1",
-        sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
-        reference_photo_id="p1",
-        reference_image=image,
-        reference_mask=mask,
-        image=image,
-        expected_mask=mask,
-        backend="composite",
-        model_id="synth",
-        seed=1,
-        variant_index=0,
-    )
+    payload = matted_item(store, 1, 0).generated  # a rendered product photo and its mask, stored
     event = make_envelope(
-        IMAGE_GENERATED, payload, event_id=derive_id("t", "1"), sku_id="SKU-1", trace_id="t", producer="t"
+        IMAGE_GENERATED,
+        payload,
+        event_id=derive_id("t", "1"),
+        sku_id=payload.sku.sku_id,
+        trace_id="t",
+        producer="t",
     )
     outputs = []
     for threshold in (0.3, 0.7):  # the same model redeployed with another threshold
