@@ -15,6 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.topics import DLQ_SUFFIX, Topic
 
 ENV_PREFIX = "SKUFORGE_"
+# Every settings model's: SKUFORGE_* variables, others ignored, read-only, and no inf or NaN (a number
+# that passes its bounds as inf crashes later, far from the variable that set it).
+SETTINGS_CONFIG = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 class ConfigError(Exception):
@@ -24,7 +27,7 @@ class ConfigError(Exception):
 class Settings(BaseSettings):
     """Settings shared by every skuforge service."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
+    model_config = SETTINGS_CONFIG
 
     # Bus
     kafka_bootstrap: str = Field(

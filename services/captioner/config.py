@@ -12,15 +12,15 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
 
-from shared.config import ENV_PREFIX
+from shared.config import SETTINGS_CONFIG
 
 
 class CaptionerSettings(BaseSettings):
     """Which captioner backend runs, its model, and the rules that make a photo unusable."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
+    model_config = SETTINGS_CONFIG
 
     captioner_backend: Literal["attributes", "vlm"] = Field(
         default="attributes",

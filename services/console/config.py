@@ -11,11 +11,11 @@ import re
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
 
 from schemas.flow import CONSOLE
 from shared.argtypes import folder_problem
-from shared.config import ENV_PREFIX
+from shared.config import SETTINGS_CONFIG
 
 _REVIEWER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _USERS_HELP = "expected 'name:password[,name:password...]' (names: letters, digits, '.', '_', '@', '-')"
@@ -40,7 +40,7 @@ def parse_users(text: str) -> dict[str, str]:
 class ConsoleSettings(BaseSettings):
     """Where the console keeps its tasks, who may log in, and how long a claim lasts."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
+    model_config = SETTINGS_CONFIG
 
     console_db_path: str = Field(
         default="./var/console/tasks.sqlite3",

@@ -15,9 +15,9 @@ from dataclasses import fields
 from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
 
-from shared.config import ENV_PREFIX
+from shared.config import SETTINGS_CONFIG
 from shared.gate.checks import GateThresholds
 
 # The defaults are the thresholds' own (shared/gate/checks.py), written there once.
@@ -28,7 +28,7 @@ _THRESHOLD_NAMES = tuple(item.name for item in fields(GateThresholds))
 class GateSettings(BaseSettings):
     """The gate's thresholds: global defaults and per-category overrides."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
+    model_config = SETTINGS_CONFIG
 
     gate_iou_min: float = Field(
         default=_DEFAULTS.iou_min,

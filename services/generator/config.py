@@ -14,9 +14,9 @@ import re
 from typing import Literal
 
 from pydantic import Field, JsonValue, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
 
-from shared.config import ENV_PREFIX
+from shared.config import SETTINGS_CONFIG
 from shared.generation.adapters import ADAPTER_ID_PATTERN, NO_ADAPTER
 from shared.generation.backend import BACKEND_NAMES
 
@@ -26,7 +26,7 @@ BackendName = Literal["composite", "diffusion"]
 class GenerationSettings(BaseSettings):
     """What the generation model serves and how the stage asks it for variants."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
+    model_config = SETTINGS_CONFIG
 
     generation_backend: BackendName = Field(
         default="composite",

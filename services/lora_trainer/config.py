@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
 
-from shared.config import ENV_PREFIX
+from shared.config import SETTINGS_CONFIG
 from shared.lora_training.dataset import TrainingRecipe
 
 _RECIPE = TrainingRecipe()
@@ -22,7 +22,7 @@ _RECIPE = TrainingRecipe()
 class LoraTrainerSettings(BaseSettings):
     """What the trainer trains, when, and how."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
+    model_config = SETTINGS_CONFIG
 
     lora_model: str | None = Field(
         default=None,

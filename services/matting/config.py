@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
 
-from shared.config import ENV_PREFIX
+from shared.config import SETTINGS_CONFIG
 from shared.matting.roi import DEFAULT_ROI_MARGIN
 
 # A fixed cut-off strictly between 0 and 1, or "otsu" for a per-image threshold.
@@ -24,7 +24,7 @@ _THRESHOLD_HELP = "expected 'otsu' or a number strictly between 0 and 1"
 class MattingSettings(BaseSettings):
     """What the matting stage runs and how it turns confidences into masks."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
+    model_config = SETTINGS_CONFIG
 
     matting_model: str | None = Field(
         default=None,

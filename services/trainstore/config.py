@@ -7,15 +7,15 @@ the ``trainstore_`` prefix under ``SKUFORGE_`` so configuration errors name the 
 from __future__ import annotations
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
 
-from shared.config import ENV_PREFIX
+from shared.config import SETTINGS_CONFIG
 
 
 class TrainstoreSettings(BaseSettings):
     """Where the retraining store lives inside the object store, and when manifests are compacted."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
+    model_config = SETTINGS_CONFIG
 
     trainstore_prefix: str = Field(
         default="trainstore",

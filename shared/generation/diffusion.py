@@ -43,9 +43,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings
 
-from shared.config import ENV_PREFIX, ConfigError, Settings, describe_validation_error
+from shared.config import SETTINGS_CONFIG, ConfigError, Settings, describe_validation_error
 from shared.errors import BadInput
 from shared.generation.adapters import AdapterChoice, AdapterMetadata, AdapterRegistry, resolve_adapter
 from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome
@@ -77,7 +77,7 @@ MAX_VARIANTS = 64  # per request; the stage asks for a few at a time
 class DiffusionSettings(BaseSettings):
     """Which diffusion model runs, where, and how variants are drawn: ``SKUFORGE_DIFFUSION_*``."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
+    model_config = SETTINGS_CONFIG
 
     diffusion_model: str | None = Field(
         default=None,
