@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     if args.action == "export-labelstudio":
-        known = {task.sku_id for task in tasks.query(TaskFilter(state=None), limit=1_000_000)}
-        if args.sku is not None and args.sku not in known:
+        if args.sku is not None and not tasks.has_sku(args.sku):
             print(
                 f"skuforge console export-labelstudio: --sku {args.sku}: no task of that SKU in {where}",
                 file=sys.stderr,

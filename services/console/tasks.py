@@ -497,6 +497,12 @@ class TaskStore:
             row = db.execute("SELECT * FROM outbox WHERE task_id = ?", (task_id,)).fetchone()
         return _outbox(row) if row is not None else None
 
+    def has_sku(self, sku_id: str) -> bool:
+        """Whether any task, in any state, is of ``sku_id``."""
+        with self._connect() as db:
+            row = db.execute("SELECT 1 FROM tasks WHERE sku_id = ? LIMIT 1", (sku_id,)).fetchone()
+        return row is not None
+
     def revoke_session(self, csrf_token: str, expires_at: float) -> None:
         """A logged-out session (named by its CSRF token, unique per session): refused from now on,
         also by a restarted console; forgotten once it would have expired anyway."""

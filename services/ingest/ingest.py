@@ -120,17 +120,14 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
 
     # Hidden files are skipped as hidden folders are: macOS writes an invisible "._NAME" beside each
     # photo on non-Apple volumes, and refusing the SKU over a file its owner cannot see helps no one.
-    files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in PHOTO_SUFFIXES
-    )
+    visible = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = [p for p in visible if p.suffix.lower() in PHOTO_SUFFIXES]
     # An iPhone's photos are HEIC by default: skipped as "not a photo", they left a SKU one photo short
     # without a word.
     problems.extend(
         f"{p}: HEIC/HEIF is not read here; export it as JPEG or PNG"
-        for p in sorted(folder.iterdir())
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in (".heic", ".heif")
+        for p in visible
+        if p.suffix.lower() in (".heic", ".heif")
     )
     if not files:
         problems.append(f"{folder}: no photos ({', '.join(sorted(PHOTO_SUFFIXES))})")

@@ -172,8 +172,6 @@ def main(argv: list[str] | None = None) -> int:
 
         from shared.matting.pairs import composite_pairs
 
-        if args.n < 1:
-            parser.error("--n must be at least 1")
         written = list(composite_pairs(args.out, args.n, catalogue_seed=args.catalogue_seed, roi=args.roi))
         scenes = Counter(info.scene for info in written)
         print(json.dumps({"out": str(args.out), "written": len(written), "scenes": dict(scenes)}))
@@ -201,11 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.action == "train":
-        if args.init is not None and not args.init.is_file():
-            parser.error(f"--init {args.init}: no such file")  # now, not after rendering the training set
-        if args.init is not None:
+        if args.init is not None:  # now, not after rendering the training set
             from shared.matting.u2net import read_weights
 
+            if not args.init.is_file():
+                parser.error(f"--init {args.init}: no such file")
             try:
                 read_weights(args.init)
             except ValueError as exc:
@@ -213,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         for folder in args.extra:
             if not (folder / "images").is_dir() or not (folder / "masks").is_dir():
                 parser.error(f"--extra {folder}: expected {folder}/images and {folder}/masks")
-        if args.steps < 1 or args.batch < 1 or args.train_images < args.batch:
-            parser.error("--steps and --batch must be positive and --train-images at least --batch")
+        if args.train_images < args.batch:  # --steps and --batch are positive by their types
+            parser.error("--train-images must be at least --batch")
         config = TrainConfig(
             model=args.model,
             steps=args.steps,

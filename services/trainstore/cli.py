@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         if (problem := folder_problem(args.out.parent)) is not None:
             parser.error(f"OUT {args.out}: {problem}")
         try:
-            if not manifests.sku_ids():
+            stored = manifests.sku_ids()
+            if not stored:
                 raise ValueError(no_skus_problem(manifests))  # not an empty training set and exit 0
             no_synthetic = None
             if args.evaluation is not None:
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                     store=store_root(manifests),
                     max_synthetic_per_real=args.max_synthetic_per_real,
                     min_real=args.min_real,
-                    sku_ids=set(manifests.sku_ids()),
+                    sku_ids=set(stored),
                 )
                 for mismatch in mismatches:
                     print(f"note: --evaluation {args.evaluation}: {mismatch}", file=sys.stderr)

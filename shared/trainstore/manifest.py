@@ -311,7 +311,7 @@ class ManifestStore:
         # Older compacted parts (and their columnar copies) were read into this one.
         superseded = [*others, *([compacted] if compacted else [])]
         for number, key in superseded:
-            if number < seq and key != new_part:
+            if number < seq:
                 self.store.delete(key)
         return True
 
