@@ -466,35 +466,45 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return True
 
 
-def _operator_job(monitor: dict[str, Any], endpoint: dict[str, Any], pod_labels: dict[str, str]) -> str:
-    """The ``job`` label prometheus-operator gives a PodMonitor target: the pod label named by
+def _operator_label(
+    monitor: dict[str, Any], endpoint: dict[str, Any], pod_labels: dict[str, str], label: str = "job"
+) -> str | None:
+    """A label prometheus-operator gives a PodMonitor target: for ``job`` the pod label named by
     ``jobLabel``, else "<namespace>/<PodMonitor name>"; then the endpoint's own relabelings."""
     spec = monitor["spec"]
-    job = pod_labels[spec["jobLabel"]] if "jobLabel" in spec else f"ns/{monitor['metadata']['name']}"
+    value: str | None = None
+    if label == "job":
+        value = pod_labels[spec["jobLabel"]] if "jobLabel" in spec else f"ns/{monitor['metadata']['name']}"
     meta = {"__meta_kubernetes_pod_label_" + re.sub(r"\W", "_", k): v for k, v in pod_labels.items()}
     for rule in endpoint.get("relabelings", []):
         assert rule.get("action", "replace") == "replace", rule
         source = ";".join(meta.get(name, "") for name in rule.get("sourceLabels", []))
         match = re.fullmatch(rule.get("regex", "(.*)"), source)
-        if match and rule.get("targetLabel") == "job":
-            job = match.expand(rule.get("replacement", "$1").replace("$", "\\"))
-    return job
+        if match and rule.get("targetLabel") == label:
+            value = match.expand(rule.get("replacement", "$1").replace("$", "\\"))
+    return value
+
+
+def _monitored_endpoints(
+    docs: list[dict[str, Any]],
+) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, str]]]:
+    """(PodMonitor, endpoint, pod labels) for every workload port a PodMonitor of the chart scrapes."""
+    found = []
+    for workload in of_kind(docs, "Deployment").values():
+        template = workload["spec"]["template"]
+        ports = {port["name"] for port in container(workload).get("ports", [])}
+        for monitor in of_kind(docs, "PodMonitor").values():
+            if _selects(monitor["spec"]["selector"], template["metadata"]["labels"]):
+                for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+                    if endpoint["port"] in ports:
+                        found.append((monitor, endpoint, template["metadata"]["labels"]))
+    return found
 
 
 def test_under_prometheus_operator_the_targets_carry_the_job_names_the_alerts_use(helm: str) -> None:
     """``SkuforgeTargetDown`` matches ``up{job=~"captioner|...|triton"}``; under the operator a
     target's job would be "<namespace>/<PodMonitor>" and the alert could never fire."""
-    docs = render(helm)
-    monitors = of_kind(docs, "PodMonitor").values()
-    jobs = set()
-    for workload in of_kind(docs, "Deployment").values():
-        template = workload["spec"]["template"]
-        ports = {port["name"] for port in container(workload).get("ports", [])}
-        for monitor in monitors:
-            if _selects(monitor["spec"]["selector"], template["metadata"]["labels"]):
-                for endpoint in monitor["spec"]["podMetricsEndpoints"]:
-                    if endpoint["port"] in ports:
-                        jobs.add(_operator_job(monitor, endpoint, template["metadata"]["labels"]))
+    jobs = {_operator_label(*scraped) for scraped in _monitored_endpoints(render(helm))}
     rules = yaml.safe_load(PIPELINE_RULES.read_text())
     up_exprs = [r["expr"] for g in rules["groups"] for r in g["rules"] if r["expr"].startswith("up{")]
     # The first matcher of each: SkuforgeStageDown's second one is the lora-trainer, which the chart
@@ -506,6 +516,21 @@ def test_under_prometheus_operator_the_targets_carry_the_job_names_the_alerts_us
     }
     scrape = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
     assert jobs == alerted == {job["job_name"] for job in scrape["scrape_configs"]}
+
+
+def test_under_prometheus_operator_every_target_carries_its_release(helm: str) -> None:
+    """The alert rules aggregate by (namespace, release), so two installs watched by one Prometheus do
+    not hide each other's failures; the operator gives ``namespace``, the chart must give ``release``."""
+    scraped = _monitored_endpoints(render(helm))
+    assert len(scraped) >= 7  # the six stages' and the console's /metrics, Triton's two
+    assert {_operator_label(*target, label="release") for target in scraped} == {"rel"}
+    rules = yaml.safe_load(PIPELINE_RULES.read_text())
+    for rule in (rule for group in rules["groups"] for rule in group["rules"]):
+        for grouping in re.findall(r"\b(?:by|on) \(([^)]*)\)", rule["expr"]):
+            assert {"namespace", "release"} <= {label.strip() for label in grouping.split(",")}, rule
+        assert not re.search(r"\b(sum|max|min|avg|count)\(", rule["expr"]), (
+            f"aggregates every install: {rule}"
+        )
 
 
 def test_the_chart_carries_the_pipeline_alert_rules() -> None:
