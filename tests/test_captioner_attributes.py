@@ -87,6 +87,27 @@ def test_a_shaded_surface_is_named_by_its_ink(expected: str, rgb: tuple[int, int
     assert colours[0].share >= 0.75
 
 
+@pytest.mark.parametrize(
+    ("name", "rgb", "expected"),
+    [
+        # CSS Color 4 names a shopper calls purple or pink; each was named "blue" when the purple
+        # prototypes were only indigo and purple and blue had five shades.
+        ("dark violet", (148, 0, 211), "purple"),
+        ("blue violet", (138, 43, 226), "purple"),
+        ("dark magenta", (139, 0, 139), "purple"),
+        ("thistle", (216, 191, 216), "purple"),
+        ("magenta", (255, 0, 255), "pink"),
+        ("deep pink", (255, 20, 147), "pink"),
+        # and the blues stay blue
+        ("royal blue", (65, 105, 225), "blue"),
+        ("slate blue", (106, 90, 205), "blue"),
+        ("navy", (0, 0, 128), "blue"),
+    ],
+)
+def test_purples_and_magentas_are_not_named_blue(name: str, rgb: tuple[int, int, int], expected: str) -> None:
+    assert colour_name(rgb) == expected, name
+
+
 def test_shaded_red_stays_red_not_brown_or_black() -> None:
     # The dark side of a red can is (95, 12, 15): on its own that pixel looks maroon or black.
     patch = shaded_patch((190, 25, 30), darkest=0.35)

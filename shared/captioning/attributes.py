@@ -100,8 +100,10 @@ COLOUR_SHADES: Final[Mapping[str, tuple[tuple[int, int, int], ...]]] = {
     "green": ((128, 128, 0), (107, 142, 35), (85, 107, 47), (143, 188, 143), (144, 238, 144)),
     # medium blue, navy, steel blue, light steel blue, cornflower blue
     "blue": ((0, 0, 205), (0, 0, 128), (70, 130, 180), (176, 196, 222), (100, 149, 237)),
-    "purple": ((75, 0, 130), (128, 0, 128)),  # indigo, purple
-    "pink": ((255, 182, 193),),  # pink
+    # indigo, purple, dark violet, blue violet, medium orchid, thistle (without the violets and the
+    # pale thistle, blue's many shades took them: a violet label was "blue")
+    "purple": ((75, 0, 130), (128, 0, 128), (148, 0, 211), (138, 43, 226), (186, 85, 211), (216, 191, 216)),
+    "pink": ((255, 182, 193), (255, 0, 255), (255, 20, 147)),  # pink, magenta (fuchsia), deep pink
 }
 ACHROMATIC_NAMES: Final = ("black", "grey", "white")
 # Lab chroma below which a (well-lit) colour has no hue worth naming.
