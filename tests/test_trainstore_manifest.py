@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,12 @@ def row(item_id: str, status: str = "accepted", sku_id: str = "SKU-1", **fields:
     }
     values.update(fields)
     return ManifestRow(status=status, **values)  # type: ignore[arg-type]
+
+
+def names(store: FileStore, sku_id: str) -> list[str]:
+    """The SKU's manifest files, each part's 32-hex id written as <id>."""
+    keys = store.list_keys(f"ts/manifests/{sku_id}/")
+    return [re.sub(r"-[0-9a-f]{32}\.", "-<id>.", key.rsplit("/", 1)[1]) for key in keys]
 
 
 @pytest.fixture
@@ -66,9 +74,9 @@ def test_compaction_leaves_one_file_with_every_row(manifests: ManifestStore) -> 
     before = manifests.read_sku("SKU-1")
     assert not manifests.compact("SKU-1", min_deltas=7)  # not enough deltas yet
     assert manifests.compact("SKU-1", min_deltas=6)
-    assert [k.rsplit("/", 1)[1] for k in manifests.store.list_keys("ts/manifests/SKU-1/")] == [
-        "columns-c-0000000006.json",
-        "part-c-0000000006.jsonl",
+    assert names(manifests.store, "SKU-1") == [
+        "columns-c-0000000006-<id>.json",
+        "part-c-0000000006-<id>.jsonl",
     ]
     assert manifests.read_sku("SKU-1") == before
     assert before["i0"].status == "rejected"
@@ -121,14 +129,96 @@ def test_a_second_writer_beside_a_compaction_loses_no_row(tmp_path: Path) -> Non
         sorted(r["item_id"] for r in load_manifest(a.store, prefix="ts", trainable_only=False)) == everything
     )
     assert a.compact("SKU-1")  # B's delta is merged now, and only then deleted
-    assert [k.rsplit("/", 1)[1] for k in a.store.list_keys("ts/manifests/SKU-1/")] == [
-        "columns-c-0000000004.json",
-        "part-c-0000000004.jsonl",
-    ]
+    assert names(a.store, "SKU-1") == ["columns-c-0000000004-<id>.json", "part-c-0000000004-<id>.jsonl"]
     assert sorted(a.read_sku("SKU-1")) == everything
     a.append("SKU-1", [row("later")])
     a.compact("SKU-1")
     assert sorted(a.read_sku("SKU-1")) == sorted([*everything, "later"])
+
+
+class StaleLister(FileStore):
+    """A second writer's view of the store: while ``hidden`` is set its listings lack those keys, as
+    if it had listed before they were written (its next sequence number is then one already used)."""
+
+    hidden: tuple[str, ...] = ()
+
+    def _list(self, prefix: str) -> Iterator[str]:
+        return (key for key in super()._list(prefix) if not any(part in key for part in self.hidden))
+
+
+class PausedBeforeWrite(FileStore):
+    """Runs ``meanwhile`` once, just before the first write of a key containing ``marker``: another
+    writer's steps between this writer's read of the parts and its write."""
+
+    def __init__(self, root: Path, marker: str, meanwhile: Callable[[], None]) -> None:
+        super().__init__(root)
+        self.marker, self.meanwhile, self.fired = marker, meanwhile, False
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        if self.marker in key and not self.fired:
+            self.fired = True
+            self.meanwhile()
+        super()._write(key, data, content_type)
+
+
+def test_two_compactions_of_one_number_keep_both_writers_rows(tmp_path: Path) -> None:
+    # A reads deltas 1-4 to compact; meanwhile B, which listed before A's delta 4, numbers its own delta
+    # 4, compacts everything into part 4 and deletes its delta. A then writes its part 4. When both parts
+    # had one name, A's replaced B's, and B's row was gone for good (its event already committed).
+    setup = ManifestStore(FileStore(tmp_path), "ts")
+    for index in range(3):
+        setup.append("SKU-1", [row(f"i{index}")])
+    setup.append("SKU-1", [row("from-a")])
+    b_store = StaleLister(tmp_path)
+    b = ManifestStore(b_store, "ts")
+
+    def b_writes_and_compacts() -> None:
+        b_store.hidden = ("part-d-0000000004",)
+        assert b.append("SKU-1", [row("from-b", "reference", source="real")]) is not None
+        b_store.hidden = ()
+        assert b.compact("SKU-1")
+
+    a = ManifestStore(PausedBeforeWrite(tmp_path, "columns-c-", b_writes_and_compacts), "ts")
+    assert a.compact("SKU-1")
+    everything = ["from-a", "from-b", "i0", "i1", "i2"]
+    assert sorted(a.read_sku("SKU-1")) == everything
+    assert (
+        sorted(r["item_id"] for r in load_manifest(a.store, prefix="ts", trainable_only=False)) == everything
+    )
+    assert a.compact("SKU-1")  # the two parts of number 4 become one
+    assert len(list(a.store.list_keys("ts/manifests/SKU-1/part-"))) == 1
+    assert sorted(a.read_sku("SKU-1")) == everything
+
+
+def test_a_decision_written_beside_a_compaction_is_not_undone_by_it(tmp_path: Path) -> None:
+    # X was accepted long ago (compacted part 1). A compacts parts 1-2; meanwhile B, which listed before
+    # A's delta 2, approves a new render of X as its own delta 2. The compacted part holds X's older
+    # row; it used to be read after B's delta 2 and replace it, and the next compaction made that final
+    # (the export then failed on the image's checksum, or trained on a rejected item).
+    setup = ManifestStore(FileStore(tmp_path), "ts")
+    setup.append("SKU-1", [row("x", image_sha256="1" * 64)])
+    assert setup.compact("SKU-1")
+    setup.append("SKU-1", [row("i1")])
+    b_store = StaleLister(tmp_path)
+    b = ManifestStore(b_store, "ts")
+
+    def b_approves_a_new_render() -> None:
+        b_store.hidden = ("part-d-0000000002",)
+        assert b.append("SKU-1", [row("x", "approved", image_sha256="2" * 64)]) is not None
+        b_store.hidden = ()
+
+    a = ManifestStore(PausedBeforeWrite(tmp_path, "columns-c-", b_approves_a_new_render), "ts")
+    assert a.compact("SKU-1")
+    assert a.read_sku("SKU-1")["x"].status == "approved"
+    assert a.compact("SKU-1")
+    current = a.read_sku("SKU-1")
+    assert (current["x"].status, current["x"].image_sha256, sorted(current)) == (
+        "approved",
+        "2" * 64,
+        ["i1", "x"],
+    )
+    (exported,) = (r for r in load_manifest(a.store, prefix="ts") if r["item_id"] == "x")
+    assert exported["image_sha256"] == "2" * 64
 
 
 def test_a_crash_after_compaction_keeps_the_latest_decision(manifests: ManifestStore) -> None:
@@ -188,3 +278,25 @@ def test_columnar_copy_round_trips_common_values_and_their_exceptions() -> None:
     assert decoded == rows_to_columns(rows)
     assert decoded["status"].count("reference") == 1 and decoded["adapter_id"][-1] is None
     assert list(decoded) == list(ManifestRow.model_fields)
+
+
+def test_a_compacted_part_of_the_older_layout_still_reads_and_compacts(manifests: ManifestStore) -> None:
+    # Stores compacted before content-named parts hold part-c-<seq>.jsonl without stamps: its rows
+    # count as written just before any delta of its number (as they were read before).
+    store = manifests.store
+    store.put_bytes(
+        "ts/manifests/SKU-1/part-c-0000000003.jsonl", encode_rows([row("x"), row("y", "pending")])
+    )
+    store.put_bytes(
+        "ts/manifests/SKU-1/columns-c-0000000003.json", encode_columns([row("x"), row("y", "pending")])
+    )
+    assert {k: v.status for k, v in manifests.read_sku("SKU-1").items()} == {"x": "accepted", "y": "pending"}
+    assert [r["item_id"] for r in load_manifest(store, prefix="ts")] == ["x"]  # from the columnar copy
+    manifests.append("SKU-1", [row("x", "rejected"), row("z")])  # number 4: newer than the old part
+    assert manifests.compact("SKU-1")
+    assert names(store, "SKU-1") == ["columns-c-0000000004-<id>.json", "part-c-0000000004-<id>.jsonl"]
+    assert {k: v.status for k, v in manifests.read_sku("SKU-1").items()} == {
+        "x": "rejected",
+        "y": "pending",
+        "z": "accepted",
+    }

@@ -90,9 +90,9 @@ def load_manifest(
 
 def _sku_columns(manifests: ManifestStore, sku_id: str) -> dict[str, list[Any]]:
     compacted, deltas = manifests.parts(sku_id)
-    if compacted is not None and not deltas:
+    if len(compacted) == 1 and not deltas:
         try:
-            return decode_columns(manifests.store.get_bytes(manifests.columns_key(sku_id, compacted[0])))
+            return decode_columns(manifests.store.get_bytes(manifests.columns_key(compacted[0][1])))
         except ObjectMissing:
             pass  # compacted by an older version, or the copy was lost: the JSONL part is the truth
     return rows_to_columns(manifests.read_sku(sku_id).values())

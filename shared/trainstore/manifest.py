@@ -4,27 +4,28 @@ Layout under the store's root (``SKUFORGE_TRAINSTORE_PREFIX``, see docs/architec
 
     images/<sku_id>/<source: real|synthetic>/<item_id>.png
     masks/<sku_id>/<item_id>.png
-    manifests/<sku_id>/part-c-<seq>.jsonl     the compacted manifest: every item of the SKU, once
-    manifests/<sku_id>/part-d-<seq>-<id>.jsonl a delta written since: the rows of one event
-    manifests/<sku_id>/columns-c-<seq>.json   the compacted part again, column by column (for loading)
+    manifests/<sku_id>/part-d-<seq>-<id>.jsonl     a delta: the rows of one event
+    manifests/<sku_id>/part-c-<seq>-<id>.jsonl     a compacted part: every item of the SKU, once
+    manifests/<sku_id>/columns-c-<seq>-<id>.json   that compacted part again, column by column
 
-A SKU's manifest is every delta numbered at or below the newest compacted part, then that part, then
-the deltas with a higher sequence number, in order; a later row for an item replaces an earlier one,
-except that a ``pending`` row never replaces a decision (the gate's ``correction.pending`` and the
-console's ``correction.resolved`` are different topics, so they may arrive in either order).
-Compaction writes the merged rows as a new compacted part *before* deleting what it merged, and
-deletes exactly the deltas it read. A delta still there at or below the compacted part's number is
-one it merged and has not deleted yet (a crash in between: read again before the part, which then
-settles every row it had), or one a second writer numbered while the compaction ran, which it never
-saw: that one's rows are kept, never skipped. Training code reads manifests only
-(``load_manifest``), never lists or opens images: one small file per class after compaction, the
-columnar copy (one JSON object of per-field arrays: parsing it is several times cheaper than
-parsing one object per line, which is what lets two million items load in seconds).
+Every row read has a stamp, the delta it was written in (``<seq>-<id>``; a compacted part keeps each
+row's stamp). A SKU's manifest is every part there, in any order: per item, a decision beats a
+``pending`` row (the gate's ``correction.pending`` and the console's ``correction.resolved`` are
+different topics, so they may arrive in either order), and otherwise the row with the later stamp
+wins. Because the result does not depend on the order parts are read in, two writers of one SKU
+cannot undo each other: all the stage's topics are keyed by ``sku_id`` with one partition count, but
+the group's assignor may give one partition number of two topics to two members, and a member past
+its poll interval may still be writing. Both may number a delta alike (each lists, then takes the
+next number); both may compact at once. So a compaction names its part by its content too (two
+compactions never replace each other's part), writes it before deleting anything, and deletes
+exactly the parts it read; a crash in between leaves parts that read again to the same rows.
 
-Only the trainstore stage writes here, and ``skuforge dataset compact``. All the stage's topics are
-keyed by ``sku_id`` with one partition count, but the group's assignor may give one partition number of
-two topics to two members, and a member past its poll interval may still be writing: two writers of
-one SKU must not lose each other's rows, which is why compaction deletes only what it read.
+Training code reads manifests only (``load_manifest``), never lists or opens images: one small file
+per class after compaction, the columnar copy (one JSON object of per-field arrays: parsing it is
+several times cheaper than parsing one object per line, which is what lets two million items load in
+seconds). Only the trainstore stage writes here, and ``skuforge dataset compact``. Parts written
+before the content-named layout (``part-c-<seq>.jsonl``, no stamps) still read: their rows are
+stamped as written just before any delta of their number.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
@@ -63,9 +65,14 @@ Status = Literal["reference", "accepted", "approved", "pending", "rejected", "un
 TRAINABLE: frozenset[str] = frozenset({"reference", "accepted", "approved"})
 _DECIDED: frozenset[str] = frozenset({"reference", "accepted", "approved", "rejected", "unusable"})
 
-_COMPACTED = re.compile(r"^part-c-(\d{10})\.jsonl$")
+# The id is optional in compacted parts and their columnar copies: parts of the older layout have none.
+_COMPACTED = re.compile(r"^part-c-(\d{10})(?:-([0-9a-f]{32}))?\.jsonl$")
 _DELTA = re.compile(r"^part-d-(\d{10})-([0-9a-f]{32})\.jsonl$")
-_COLUMNS = re.compile(r"^columns-c-(\d{10})\.json$")
+_COLUMNS = re.compile(r"^columns-c-(\d{10})(?:-([0-9a-f]{32}))?\.json$")
+# The field of a compacted part's line that holds the row's stamp (not a ManifestRow field).
+_STAMP_FIELD = "written"
+_STAMP = re.compile(r"\d{10}-(?:[0-9a-f]{32})?")
+_STAMPED_LINE = re.compile(rb'^\{"written":"(\d{10}-(?:[0-9a-f]{32})?)",')
 COLUMNS_VERSION = 1
 # Listings a read of one SKU's manifest tries while concurrent compactions delete parts under it.
 READ_ATTEMPTS = 5
@@ -190,54 +197,32 @@ class ManifestStore:
     def _manifest_dir(self, sku_id: str) -> str:
         return self.key(f"manifests/{sku_id}/")
 
-    def parts(self, sku_id: str) -> tuple[tuple[int, str] | None, list[tuple[int, str]]]:
-        """The newest compacted part and every delta part there, as (sequence, key), oldest first.
-
-        Deltas numbered at or below the compacted part come before it when read (``reading_order``).
-        """
+    def parts(self, sku_id: str) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+        """The SKU's compacted parts (one, or more while compactions overlap) and delta parts, as
+        (sequence, key), in sequence order. Their rows merge the same in any order (the module doc)."""
         compacted, deltas, _ = self._listing(sku_id)
-        return compacted, deltas
+        return [(part.seq, part.key) for part in compacted], [(part.seq, part.key) for part in deltas]
 
-    def _listing(
-        self, sku_id: str
-    ) -> tuple[tuple[int, str] | None, list[tuple[int, str]], list[tuple[int, str]]]:
-        """(newest compacted part, every delta, every other file with a sequence number)."""
+    def _listing(self, sku_id: str) -> tuple[list[_Part], list[_Part], list[_Part]]:
+        """(compacted parts, deltas, columnar copies) of the SKU, each sorted by stamp."""
         directory = self._manifest_dir(sku_id)
-        compacted: tuple[int, str] | None = None
-        deltas: list[tuple[int, str]] = []
-        others: list[tuple[int, str]] = []
+        found: dict[re.Pattern[str], list[_Part]] = {_COMPACTED: [], _DELTA: [], _COLUMNS: []}
         for key in self.store.list_keys(directory):
             name = key[len(directory) :]
-            if match := _COMPACTED.match(name):
-                seq = int(match.group(1))
-                if compacted is None or seq > compacted[0]:
-                    if compacted is not None:
-                        others.append(compacted)
-                    compacted = (seq, key)
-                else:
-                    others.append((seq, key))
-            elif match := _DELTA.match(name):
-                deltas.append((int(match.group(1)), key))
-            elif match := _COLUMNS.match(name):
-                others.append((int(match.group(1)), key))
-        return compacted, sorted(deltas), others
+            for pattern, parts in found.items():
+                if match := pattern.match(name):
+                    parts.append(_Part(int(match.group(1)), match.group(2) or "", key))
+        compacted, deltas, columns = (
+            sorted(found[pattern], key=lambda part: part.stamp) for pattern in found
+        )
+        return compacted, deltas, columns
 
     @staticmethod
-    def reading_order(compacted: tuple[int, str] | None, deltas: list[tuple[int, str]]) -> list[str]:
-        """The keys of ``parts`` in the order their rows are folded: the deltas at or below the
-        compacted part's number (merged but not yet deleted, or written beside a compaction that never
-        saw them), the compacted part, then the newer deltas."""
-        if compacted is None:
-            return [key for _, key in deltas]
-        return (
-            [key for seq, key in deltas if seq <= compacted[0]]
-            + [compacted[1]]
-            + [key for seq, key in deltas if seq > compacted[0]]
-        )
-
-    def columns_key(self, sku_id: str, seq: int) -> str:
-        """Key of the columnar copy of the SKU's compacted part number ``seq``."""
-        return self.key(f"manifests/{sku_id}/columns-c-{seq:010d}.json")
+    def columns_key(compacted_key: str) -> str:
+        """Key of the columnar copy of the compacted part at ``compacted_key``."""
+        directory, _, name = compacted_key.rpartition("/")
+        columns = "columns-c-" + name.removeprefix("part-c-").removesuffix(".jsonl") + ".json"
+        return f"{directory}/{columns}" if directory else columns
 
     def read_sku(self, sku_id: str) -> dict[str, ManifestRow]:
         """Every item of one SKU, item_id -> its current row.
@@ -247,21 +232,25 @@ class ManifestStore:
         has every row. A part that keeps vanishing is a ``TransientError`` (retried), never
         ``ObjectMissing``, which the stage would dead-letter as the event's fault.
         """
-        return self._read(sku_id)[0]
+        return {item_id: row for item_id, (_, row) in self._read(sku_id)[0].items()}
 
     def _read(
         self, sku_id: str
-    ) -> tuple[dict[str, ManifestRow], tuple[int, str] | None, list[tuple[int, str]], list[tuple[int, str]]]:
-        """``read_sku``'s rows, with the listing they were read from (``_listing``)."""
+    ) -> tuple[dict[str, tuple[str, ManifestRow]], list[_Part], list[_Part], list[_Part]]:
+        """item_id -> (stamp, current row), with the listing it was read from (``_listing``)."""
         for _attempt in range(READ_ATTEMPTS):
-            compacted, deltas, others = self._listing(sku_id)
-            merged: dict[str, ManifestRow] = {}
+            compacted, deltas, columns = self._listing(sku_id)
+            merged: dict[str, tuple[str, ManifestRow]] = {}
             try:
-                for key in self.reading_order(compacted, deltas):
-                    merge_rows(decode_rows(self.store.get_bytes(key)), merged)
+                for part in compacted:
+                    for stamp, row in _decode_stamped(self.store.get_bytes(part.key), part.stamp):
+                        _fold(merged, stamp, row)
+                for part in deltas:
+                    for row in decode_rows(self.store.get_bytes(part.key)):
+                        _fold(merged, part.stamp, row)
             except ObjectMissing:
                 continue
-            return merged, compacted, deltas, others
+            return merged, compacted, deltas, columns
         raise TransientError(f"the manifest parts of {sku_id} kept changing while being read")
 
     def sku_ids(self) -> list[str]:
@@ -282,37 +271,40 @@ class ManifestStore:
         fresh = [row for row in fresh if merge_rows([row], dict(current)).get(row.item_id) == row]
         if not fresh:
             return None
-        compacted, deltas = self.parts(sku_id)
-        seq = max([compacted[0] if compacted else 0, *(delta[0] for delta in deltas)]) + 1
+        compacted, deltas, _ = self._listing(sku_id)
+        seq = max([0, *(part.seq for part in (*compacted, *deltas))]) + 1
         body = encode_rows(fresh)
         key = self.key(f"manifests/{sku_id}/part-d-{seq:010d}-{derive_id(body.decode())}.jsonl")
         self.store.put_bytes(key, body, "application/x-ndjson")
         return key
 
     def compact(self, sku_id: str, *, min_deltas: int = 1) -> bool:
-        """Merge the SKU's parts into one compacted part when there are at least ``min_deltas`` deltas.
+        """Merge the SKU's parts into one compacted part when there are at least ``min_deltas`` deltas
+        (or more than one compacted part, left by compactions that overlapped).
 
-        The new part is written before anything is deleted, and only what was read is deleted: a
-        delta another writer puts meanwhile, whatever its number, stays and is read (``reading_order``).
-        Returns whether it compacted.
+        The new part is named by its content and written before anything is deleted, and only the
+        parts read are deleted: a part another writer puts meanwhile, delta or compacted, stays and
+        is read. Returns whether it compacted.
         """
-        merged, compacted, deltas, others = self._read(sku_id)
-        if len(deltas) < max(1, min_deltas):
+        merged, compacted, deltas, columns = self._read(sku_id)
+        if len(compacted) <= 1 and len(deltas) < max(1, min_deltas):
             return False
-        seq = max([compacted[0] if compacted else 0, *(delta[0] for delta in deltas)])
-        # The columnar copy first: a reader only uses it beside a compacted part of the same number.
-        self.store.put_bytes(
-            self.columns_key(sku_id, seq), encode_columns(merged.values()), "application/json"
-        )
-        new_part = self.key(f"manifests/{sku_id}/part-c-{seq:010d}.jsonl")
-        self.store.put_bytes(new_part, encode_rows(merged.values()), "application/x-ndjson")
-        for _, key in deltas:
+        seq = max(part.seq for part in (*compacted, *deltas))
+        body = _encode_stamped(merged.values())
+        new_part = self.key(f"manifests/{sku_id}/part-c-{seq:010d}-{derive_id(body.decode())}.jsonl")
+        rows = [row for _, row in merged.values()]
+        # The columnar copy first: a reader only uses it beside its compacted part.
+        self.store.put_bytes(self.columns_key(new_part), encode_columns(rows), "application/json")
+        self.store.put_bytes(new_part, body, "application/x-ndjson")
+        read = {part.key for part in (*compacted, *deltas)}
+        # Columnar copies of the parts read, and older copies whose part is gone (a crash between the
+        # two writes); a copy of this number without its part may be an overlapping compaction's.
+        parts_there = {self.columns_key(part.key) for part in compacted}
+        superseded = {self.columns_key(part.key) for part in compacted} | {
+            part.key for part in columns if part.key not in parts_there and part.seq < seq
+        }
+        for key in sorted((read | superseded) - {new_part, self.columns_key(new_part)}):
             self.store.delete(key)
-        # Older compacted parts (and their columnar copies) were read into this one.
-        superseded = [*others, *([compacted] if compacted else [])]
-        for number, key in superseded:
-            if number < seq:
-                self.store.delete(key)
         return True
 
     def iter_rows(self, sku_ids: Iterable[str] | None = None) -> Iterator[ManifestRow]:
@@ -320,3 +312,56 @@ class ManifestStore:
         # A SKU named twice (``--sku A --sku A``) would yield its rows twice: doubled export lines.
         for sku_id in self.sku_ids() if sku_ids is None else dict.fromkeys(sku_ids):
             yield from self.read_sku(sku_id).values()
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One manifest file of a SKU: its sequence number, its id ("" for the older compacted layout)."""
+
+    seq: int
+    part_id: str
+    key: str
+
+    @property
+    def stamp(self) -> str:
+        """The stamp of the rows written in this part (they sort in the order they were written)."""
+        return f"{self.seq:010d}-{self.part_id}"
+
+
+def _fold(merged: dict[str, tuple[str, ManifestRow]], stamp: str, row: ManifestRow) -> None:
+    """Merge one stamped row: a decision beats a pending row, else the later stamp wins (ties: the
+    row folded last; they are copies). The result does not depend on the order rows are folded in."""
+    current = merged.get(row.item_id)
+    if current is not None:
+        decided, current_decided = row.status in _DECIDED, current[1].status in _DECIDED
+        if decided != current_decided and not decided:
+            return
+        if decided == current_decided and stamp < current[0]:
+            return
+    merged[row.item_id] = (stamp, row)
+
+
+def _encode_stamped(rows: Iterable[tuple[str, ManifestRow]]) -> bytes:
+    """A compacted part: ``encode_rows``' lines, each with its row's stamp as the first field."""
+    lines = []
+    for stamp, row in sorted(rows, key=lambda stamped: stamped[1].item_id):
+        if not _STAMP.fullmatch(stamp):
+            raise ValueError(f"not a manifest stamp: {stamp!r}")
+        fields = row.model_dump_json(exclude_defaults=True).encode()
+        lines.append(b'{"%s":"%s",' % (_STAMP_FIELD.encode(), stamp.encode()) + fields[1:] + b"\n")
+    return b"".join(lines)
+
+
+def _decode_stamped(data: bytes, part_stamp: str) -> Iterator[tuple[str, ManifestRow]]:
+    """The stamped rows of a compacted part; rows of the older layout (no stamp) get ``part_stamp``.
+
+    The stamp is cut off the line's start and the rest parsed as a ManifestRow, by pydantic's JSON
+    parser: several times faster than a dict per line, and a compacted part is read on every event.
+    """
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        if match := _STAMPED_LINE.match(line):
+            yield match.group(1).decode(), ManifestRow.model_validate_json(b"{" + line[match.end() :])
+        else:
+            yield part_stamp, ManifestRow.model_validate_json(line)
