@@ -311,6 +311,62 @@ def write_sku_folders(
     return ids
 
 
+# The options that decide what the images are (generated in-process, or through a stack): a cache or a
+# stack made with others must not be scored as if made with these.
+GENERATION_OPTIONS = (
+    "seed",
+    "classes",
+    "variants_per_sku",
+    "scenes_per_class",
+    "photo_share",
+    "parameters",
+    "pile_share",
+    "size",
+    "series",
+    "max_reference_px",
+    "min_plain_background",
+    "own_scene_share",
+    "own_scene_blur",
+    "min_cutout_solidity",
+    "matting_model",
+)
+
+
+def generation_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of this run that decide the generated images (``parameters`` parsed, so key order
+    and spacing do not count), as JSON values."""
+    options = {name: getattr(args, name) for name in GENERATION_OPTIONS}
+    options["parameters"] = json.loads(args.parameters)
+    options["matting_model"] = None if args.matting_model is None else str(args.matting_model)
+    return options
+
+
+def generated_dir(args: argparse.Namespace, k: int) -> Path:
+    """Where an in-process run caches its images: named by the generation options too, so a try with
+    another seed, parameters or scenes never scores a previous try's images."""
+    digest = hashlib.sha256(json.dumps(generation_options(args), sort_keys=True).encode()).hexdigest()[:12]
+    return args.workdir / f"generated-{args.tag}-{digest}-k{k}"
+
+
+def refuse_another_stack_run(args: argparse.Namespace, ks: list[int]) -> None:
+    """``--reuse-stack`` scores what the last stack run stored: only with the options it ran with. With
+    another seed the held-out set (val + spare train) would hold that run's references and scenes."""
+    run = json.loads((args.workdir / STACK_RUN).read_text())
+    recorded = run.get("options")
+    if recorded is None:
+        raise SystemExit(
+            f"{args.workdir / STACK_RUN} does not record the options its stack ran with (an older run): "
+            "run the stack again in a new --workdir"
+        )
+    wanted = {**generation_options(args), "k": ks}
+    differ = sorted(name for name in wanted if recorded.get(name) != wanted[name])
+    if differ:
+        shown = ", ".join(
+            f"--{name.replace('_', '-')} {recorded.get(name)!r} (asked: {wanted[name]!r})" for name in differ
+        )
+        raise SystemExit(f"--reuse-stack: the stored stack ran with {shown}; give the same options")
+
+
 def refuse_a_used_stack(stack_dir: Path) -> None:
     """A fresh stack run needs a fresh stack: an earlier run's store keeps its decisions under the same
     item ids (an image accepted then stays exported even if this run's gate flags it), and a stack
@@ -355,7 +411,12 @@ def run_stack(skus_dir: Path, sku_ids: list[str], scenes_dir: Path, args: argpar
         generated = state.count(IMAGE_GENERATED)
         elapsed_min = (time.monotonic() - started) / 60
     throughput = round(generated / elapsed_min, 1)
-    run = {"images": generated, "minutes": round(elapsed_min, 2), "images_per_min": throughput}
+    run = {
+        "images": generated,
+        "minutes": round(elapsed_min, 2),
+        "images_per_min": throughput,
+        "options": {**generation_options(args), "k": [int(k) for k in args.k.split(",")]},
+    }
     (args.workdir / STACK_RUN).write_text(json.dumps(run) + "\n")
     return throughput
 
@@ -413,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reuse-stack",
         action="store_true",
-        help="stack mode: score what the last stack run of --workdir stored instead of running it again",
+        help="stack mode: score what the last stack run of --workdir stored instead of running it again "
+        "(refused unless its seed, k and generation options are these)",
     )
     parser.add_argument("--classes", type=int, default=None, help="only the first N classes (a smoke run)")
     parser.add_argument("--variants-per-sku", type=int, default=12)
@@ -507,8 +569,9 @@ def main(argv: list[str] | None = None) -> int:
         reference=[(str(path), sha256_file(path)) for path in used],
         scene=[(str(path), sha256_file(path)) for paths in scenes.values() for path in paths],
     )
+    heldout_hashes = _hashed((Path(photo.name) for photo in heldout), heldout=True)
     check_no_near_duplicates(
-        _hashed((Path(photo.name) for photo in heldout), heldout=True),
+        heldout_hashes,
         reference=_hashed(used),
         scene=_hashed(path for paths in scenes.values() for path in paths),
     )
@@ -533,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SKUFORGE_STORE_URI"] = f"file://{(args.workdir / 'stack' / 'store').resolve()}"
     if args.mode == "stack" and args.reuse_stack:
         # Score again what the last stack run of this workdir stored (e.g. after a classifier change).
+        refuse_another_stack_run(args, ks)
         throughput = json.loads((args.workdir / STACK_RUN).read_text())["images_per_min"]
     elif args.mode == "stack":
         refuse_a_used_stack(args.workdir / "stack")
@@ -543,10 +607,11 @@ def main(argv: list[str] | None = None) -> int:
     for k in ks:
         if args.mode == "stack":
             training = stack_training(k, classes, args, args.workdir / "export")
+            # The photos actually exported as real, not only the references this run meant to ingest.
+            exported = [Path(photo.name) for photo in training if photo.source == "real"]
+            check_no_near_duplicates(heldout_hashes, exported_real=_hashed(exported))
         else:
-            made = generate_in_process(
-                all_refs[k], scenes_dir, args, args.workdir / f"generated-{args.tag}-k{k}"
-            )
+            made = generate_in_process(all_refs[k], scenes_dir, args, generated_dir(args, k))
             training = [
                 file_photo(name, "real", path) for name, paths in all_refs[k].items() for path in paths
             ]

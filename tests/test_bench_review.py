@@ -4,6 +4,7 @@ would hand one try another try's data. Cheap: no dataset, no backbone, no stack.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,40 @@ def test_a_fresh_stack_run_refuses_a_stack_folder_an_earlier_run_used(tmp_path: 
     (stack_dir / "store" / "trainstore").mkdir()
     with pytest.raises(SystemExit, match="holds an earlier stack run"):
         augment.refuse_a_used_stack(stack_dir)
+
+
+def _options(workdir: Path, **overrides: Any) -> argparse.Namespace:
+    values: dict[str, Any] = {name: None for name in augment.GENERATION_OPTIONS}
+    values.update(seed=0, parameters="{}", photo_share=1.0, tag="", workdir=workdir, k="0,1,3")
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def test_in_process_images_of_other_generation_options_are_cached_apart(tmp_path: Path) -> None:
+    # The cache folder was generated-<tag>-k<k>: a try with another seed or other parameters was scored on
+    # the previous try's images, while its results file recorded the new options.
+    base = augment.generated_dir(_options(tmp_path), 1)
+    assert augment.generated_dir(_options(tmp_path, parameters="{ }"), 1) == base  # same parameters
+    others = [
+        _options(tmp_path, seed=1),
+        _options(tmp_path, parameters='{"blur_px": 1.2}'),
+        _options(tmp_path, own_scene_share=0.5),
+        _options(tmp_path, scenes_per_class=8),
+        _options(tmp_path, matting_model="var/models/other.onnx"),
+    ]
+    assert len({base, *(augment.generated_dir(args, 1) for args in others)}) == 1 + len(others)
+    assert augment.generated_dir(_options(tmp_path), 3) != base
+
+
+def test_reuse_stack_refuses_a_stack_run_with_other_options(tmp_path: Path) -> None:
+    # With another --seed, val + spare train would hold the stored run's references and scenes.
+    recorded = {**augment.generation_options(_options(tmp_path)), "k": [0, 1, 3]}
+    (tmp_path / augment.STACK_RUN).write_text(json.dumps({"images_per_min": 90.0, "options": recorded}))
+    augment.refuse_another_stack_run(_options(tmp_path), [0, 1, 3])  # the same: scored again
+    with pytest.raises(SystemExit, match=r"--seed 0 \(asked: 1\)"):
+        augment.refuse_another_stack_run(_options(tmp_path, seed=1), [0, 1, 3])
+    with pytest.raises(SystemExit, match="--k"):
+        augment.refuse_another_stack_run(_options(tmp_path), [1])
+    (tmp_path / augment.STACK_RUN).write_text(json.dumps({"images_per_min": 90.0}))  # an older run
+    with pytest.raises(SystemExit, match="does not record the options"):
+        augment.refuse_another_stack_run(_options(tmp_path), [0, 1, 3])
