@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.events import GateAccepted
-from schemas.topics import GATE_ACCEPTED
+from schemas.topics import CORRECTION_RESOLVED, GATE_ACCEPTED
 from services.gate.config import GateSettings
 from services.gate.stage import build_stage as build_gate
 from services.trainstore.config import TrainstoreSettings
@@ -31,7 +31,7 @@ from shared.runtime import Context
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from skuforge_cli.main import main as cli_main
-from tests.support.gate import matted_item
+from tests.support.gate import matted_item, resolved
 from tests.test_dataset_export import PREFIX, add_item
 
 # -- gate settings ------------------------------------------------------------------------------
@@ -335,3 +335,54 @@ def test_an_event_keyed_by_another_sku_is_refused_not_written(tmp_path: Path) ->
     assert writer.manifests.sku_ids() == []
     writer.accepted(event, _context(store))  # type: ignore[arg-type]
     assert len(writer.manifests.sku_ids()) == 1
+
+
+class AcceptsAfterTheRejection(FileStore):
+    """A store where another trainstore member stores an acceptance of the item right after this
+    member wrote its rejection row, before it deletes the item's objects (two members may hold one
+    partition number of gate.accepted and correction.resolved)."""
+
+    meanwhile: Callable[[], None] | None = None
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        super()._write(key, data, content_type)
+        if self.meanwhile is not None and "/part-d-" in key and b'"rejected"' in data:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+
+
+def test_a_rejection_does_not_delete_the_image_of_an_acceptance_stored_meanwhile(tmp_path: Path) -> None:
+    # Before: the rejecting member deleted images/<sku>/synthetic/<item>.png after the other member had
+    # stored it with a newer accepted row: a trainable row without its image, and every export of the
+    # store failed on it.
+    store = AcceptsAfterTheRejection(tmp_path / "store")
+    rejecting = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16)
+    accepting = Trainstore(ManifestStore(FileStore(tmp_path / "store"), PREFIX), compact_after_parts=16)
+    first = matted_item(store, 1, 0)
+    second = first.model_copy(
+        update={"generated": first.generated.model_copy(update={"image": matted_item(store, 1, 1).cutout})}
+    )
+    sku_id = first.generated.sku.sku_id
+    accept = make_envelope(
+        GATE_ACCEPTED,
+        GateAccepted(matted=first, iou=0.97, checks=[]),
+        event_id="a" * 32,
+        sku_id=sku_id,
+        trace_id="t" * 32,
+        producer="test",
+    )
+    reject = make_envelope(
+        CORRECTION_RESOLVED,
+        resolved(store, second, "reject"),
+        event_id="b" * 32,
+        sku_id=sku_id,
+        trace_id="t" * 32,
+        producer="test",
+    )
+    store.meanwhile = lambda: accepting.accepted(accept, _context(store))  # type: ignore[arg-type]
+    rejecting.resolved(reject, _context(store))  # type: ignore[arg-type]
+    assert store.meanwhile is None  # the acceptance did come in between
+
+    row = rejecting.manifests.read_sku(sku_id)[first.generated.item_id]
+    assert row.status == "accepted" and row.image is not None
+    store.read_checked(rejecting.manifests.key(row.image), row.image_sha256)

@@ -224,6 +224,13 @@ class Trainstore:
             self.manifests.compact(sku_id, min_deltas=self.compact_after_parts)
 
     def _remove_objects(self, sku_id: str, item_id: str) -> None:
+        """Delete a rejected item's image and mask, unless the item is trainable again by now: another
+        member may have stored an acceptance of it (a newer row) since the rejection row was written.
+        (This narrows that race to the moment between this read and the delete; closing it would need
+        a conditional delete, which not every object store offers.)"""
+        current = self.manifests.read_sku(sku_id).get(item_id)
+        if current is not None and current.trainable:
+            return
         for relative in (f"images/{sku_id}/synthetic/{item_id}.png", f"masks/{sku_id}/{item_id}.png"):
             self.manifests.store.delete(self.manifests.key(relative))
 
