@@ -32,6 +32,7 @@ from shared.arith.colour import srgb_to_lab
 __all__ = [
     "BORDER_TOUCH_FRACTION",
     "MAX_DECLARED_GAIN",
+    "MAX_STATS_PIXELS",
     "MIN_REGION_PIXELS",
     "ColourStats",
     "GateThresholds",
@@ -59,6 +60,10 @@ LIGHTNESS_WEIGHT = 0.5
 # repainting, not matching.
 MAX_DECLARED_GAIN = 2.0
 MAX_REPORTED_GAIN = 1e6  # the largest declared gain a failed check reports
+# Colour statistics read at most this many of a region's pixels, evenly spread over it: a mean and a
+# spread need far fewer than a 40-megapixel photo's product, whose float Lab copies once took
+# gigabytes. Below it every pixel is read.
+MAX_STATS_PIXELS = 200_000
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,8 @@ def borders_touched(mask: UInt8Array | BoolArray, min_fraction: float = BORDER_T
 
 @dataclass(frozen=True)
 class ColourStats:
-    """Mean and standard deviation of L*, a*, b* over a region, and its size in pixels."""
+    """Mean and standard deviation of L*, a*, b* over a region, and its size in pixels (all of them,
+    though the statistics read at most ``MAX_STATS_PIXELS``)."""
 
     mean_lab: tuple[float, float, float]
     std_lab: tuple[float, float, float]
@@ -146,6 +152,7 @@ def colour_stats(
 
     ``gain`` (per channel, R, G, B) is applied to the pixels first, clipped at 255 as a generator
     clips: the statistics of the region as it looks after a known, deliberate colour change.
+    A region of more than ``MAX_STATS_PIXELS`` is read at evenly spaced pixels, the same every time.
     """
     pixels = np.asarray(image)
     on = _on(mask)
@@ -154,7 +161,12 @@ def colour_stats(
     count = int(np.count_nonzero(on))
     if count < MIN_REGION_PIXELS:
         return None
-    region = pixels[on].astype(np.uint8)
+    # Every step-th row and column first (views: nothing copied), then every k-th pixel left, so
+    # the region copied is a few times the cap at most and what is converted is within it.
+    step = max(1, math.isqrt(count // MAX_STATS_PIXELS))
+    region = pixels[::step, ::step][on[::step, ::step]].astype(np.uint8, copy=False)
+    if len(region) > MAX_STATS_PIXELS:
+        region = region[:: -(-len(region) // MAX_STATS_PIXELS)]
     if gain is not None:
         region = np.clip(region * np.asarray(gain, dtype=np.float64) + 0.5, 0, 255).astype(np.uint8)
     lab = srgb_to_lab(region).astype(np.float64)
