@@ -66,6 +66,9 @@ _SCENE_WEIGHTS = np.array([0.2, 0.2, 0.25, 0.1, 0.1, 0.15])
 # Distractor/occluder products are drawn from this catalogue, far from any real sku_index.
 _OTHER_PRODUCTS_SEED = 7
 SHADOWS = ("none", "drop", "cast")
+# The dimmest the scene's light may fall anywhere in the frame (1 is the reference's own exposure):
+# below zero the product came out black and its declared colour gain negative.
+MIN_LIGHT_LEVEL = 0.05
 # How the product is placed on a photo scene: one item, framed like its reference photo, or a pile of
 # copies filling most of the frame, the way loose produce is photographed in a store.
 ARRANGEMENTS = ("single", "pile")
@@ -227,6 +230,15 @@ class _Plan:
                 raise CompositeError(
                     f"composite parameter {key} must be from {low:g} to {high:g}, got {value!r}"
                 )
+        # The gradient spans the frame: at a diagonal angle a corner gets up to sqrt(0.5) of it less
+        # light. Checked for every angle, so that a limit does not depend on light_angle_deg.
+        darkest = plan.light_gain - plan.light_gradient * math.sqrt(0.5)
+        if darkest < MIN_LIGHT_LEVEL:
+            raise CompositeError(
+                f"light_gain {plan.light_gain:g} with light_gradient {plan.light_gradient:g} leaves a "
+                f"corner of the frame at {darkest:.3f} of the light; light_gain - light_gradient * 0.707 "
+                f"must be at least {MIN_LIGHT_LEVEL:g}: raise light_gain or lower light_gradient"
+            )
         if not 0 <= plan.scene_seed < 2**63:
             raise CompositeError(
                 f"composite parameter scene_seed must be from 0 to 2^63-1, got {plan.scene_seed}"
