@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from shared.errors import ImageRejected
 
@@ -68,7 +68,7 @@ def decode_image(
     listed in this module's docstring.
     """
     image = _open_and_load(data, max_pixels=max_pixels, max_bytes=max_bytes, allowed_formats=allowed_formats)
-    return _to_rgb(image)
+    return _to_rgb(image, data)
 
 
 def decode_mask(
@@ -86,7 +86,7 @@ def decode_mask(
     photo. Refusals are the same ``ImageRejected`` reasons as ``decode_image``.
     """
     image = _open_and_load(data, max_pixels=max_pixels, max_bytes=max_bytes, allowed_formats=allowed_formats)
-    gray = _to_gray8(image)
+    gray = _to_gray8(image, data)
     return np.where(gray >= 128, np.uint8(255), np.uint8(0)).astype(np.uint8)
 
 
@@ -204,11 +204,11 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     return image if transposed is None else transposed
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any decoded mode to 8-bit RGB; alpha is composited over white."""
-    keyed = _colour_key_alpha(image)
+def _to_rgb(image: Image.Image, data: bytes) -> Image.Image:
+    """Convert any decoded mode to 8-bit RGB; alpha is composited over white. ``data`` is the file."""
+    keyed = _colour_key_alpha(image, data)
     if keyed is not None:
-        rgb = np.asarray(_to_rgb(_without_colour_key(image)), dtype=np.uint16)
+        rgb = np.asarray(_to_rgb(_without_colour_key(image), data), dtype=np.uint16)
         return Image.fromarray(_composite(rgb, keyed[..., None], background=255))
     mode = image.mode
     if mode == "RGB":
@@ -230,11 +230,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         raise ImageRejected("unsupported_mode", f"cannot convert mode {mode} to RGB") from exc
 
 
-def _to_gray8(image: Image.Image) -> UInt8Array:
-    """Convert any decoded mode to an 8-bit HxW luminance array; alpha is composited over black."""
-    keyed = _colour_key_alpha(image)
+def _to_gray8(image: Image.Image, data: bytes) -> UInt8Array:
+    """Convert any decoded mode to an 8-bit HxW luminance array; alpha is composited over black.
+    ``data`` is the file."""
+    keyed = _colour_key_alpha(image, data)
     if keyed is not None:
-        gray = _to_gray8(_without_colour_key(image)).astype(np.uint16)
+        gray = _to_gray8(_without_colour_key(image), data).astype(np.uint16)
         return _composite(gray, keyed, background=0)
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
@@ -251,28 +252,82 @@ def _to_gray8(image: Image.Image) -> UInt8Array:
         raise ImageRejected("unsupported_mode", f"cannot convert mode {mode} to a mask") from exc
 
 
-def _colour_key_alpha(image: Image.Image) -> npt.NDArray[np.uint16] | None:
+def _colour_key_alpha(image: Image.Image, data: bytes) -> npt.NDArray[np.uint16] | None:
     """The alpha (0 or 255, HxW) of an image made transparent by a colour key, else None.
 
     A grayscale or RGB PNG may mark one colour transparent (tRNS) instead of carrying an alpha
     channel; optimisers write cut-outs that way. Pillow keeps the key in ``info``, not in the
     pixels, so without this those pixels would show their hidden colour (often black).
     Palette images are left to Pillow's own conversion, which already applies their key.
+    The key is in the file's bit depth (``data``'s IHDR), which is not always the pixels' depth:
+    Pillow scales 2- and 4-bit grayscale up to 8 bits and keeps only the high byte of 16-bit RGB.
     """
     key = image.info.get("transparency")
     if key is None or image.mode not in ("1", "L", "RGB", "I", *_SIXTEEN_BIT_MODES):
         return None
+    bit_depth = _png_bit_depth(data)
     values = np.asarray(image)
     if image.mode == "RGB":
-        if not (isinstance(key, tuple) and len(key) == 3):
+        if not (isinstance(key, tuple) and len(key) == 3 and all(isinstance(k, int) for k in key)):
             return None
-        transparent = np.all(values == np.asarray(key, dtype=values.dtype), axis=-1)
+        depth = bit_depth if bit_depth == 16 else 8
+        if not all(0 <= k < 2**depth for k in key):
+            return None  # a key no pixel can have: nothing is transparent
+        if depth == 16:
+            # The pixels hold each sample's high byte; matching that alone would also hide every
+            # colour within 1/256 of the key, so the low bytes must match too.
+            low = _png_rgb16_low_bytes(data, values.shape)
+            transparent = np.ones(values.shape[:2], dtype=np.bool_)
+            for channel, sample in enumerate(key):
+                transparent &= values[..., channel] == sample >> 8
+                transparent &= low[..., channel] == sample & 0xFF
+        else:
+            transparent = (values[..., 0] == key[0]) & (values[..., 1] == key[1]) & (values[..., 2] == key[2])
     else:
         if not isinstance(key, int):
             return None
+        if image.mode == "L" and bit_depth in (2, 4):
+            if not 0 <= key < 2**bit_depth:
+                return None  # a key no pixel can have: nothing is transparent
+            # Pillow stretches 2- and 4-bit samples onto 0..255 by exact multiples (85, 17).
+            key = key * 255 // (2**bit_depth - 1)
         # Mode "1" arrays are bool: the key 0/1 (or 0/255) compares as black/white.
         transparent = values == (bool(key) if values.dtype == np.bool_ else key)
     return np.where(transparent, np.uint16(0), np.uint16(255)).astype(np.uint16)
+
+
+def _png_bit_depth(data: bytes) -> int | None:
+    """The bit depth a PNG's IHDR declares; None for anything else."""
+    if not data.startswith(_PNG_SIGNATURE) or len(data) < 25 or data[12:16] != b"IHDR":
+        return None
+    return data[24]
+
+
+def _png_rgb16_low_bytes(data: bytes, shape: tuple[int, ...]) -> UInt8Array:
+    """The low byte of every sample (HxWx3) of a 16-bit RGB PNG, whose high bytes Pillow decoded.
+
+    Decoding the file again with the little-endian unpacker of the same width unfilters the same
+    bytes but keeps the other byte of each sample. ``shape`` is the decoded (oriented) pixels'.
+    """
+    try:
+        again = Image.open(io.BytesIO(data))
+        tiles = list(getattr(again, "tile", None) or ())
+        # A tile is (codec, extents, offset, args): a named tuple since Pillow 11, a plain one before.
+        if not isinstance(again, ImageFile.ImageFile) or len(tiles) != 1 or tiles[0][3] != "RGB;16B":
+            # Refused rather than matched on the high byte alone, which would hide near-key colours.
+            raise ImageRejected(
+                "unsupported_mode", "a 16-bit RGB PNG with a colour key that cannot be read at full depth"
+            )
+        tile = tiles[0]
+        little_endian = (tile[0], tile[1], tile[2], "RGB;16L")
+        again.tile = [tile._make(little_endian) if hasattr(tile, "_make") else little_endian]
+        again.load()
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
+        raise ImageRejected("corrupt", f"PNG pixel data: {exc}") from exc
+    low = np.asarray(_apply_exif_orientation(again), dtype=np.uint8)
+    if low.shape != shape:
+        raise ImageRejected("corrupt", "PNG pixel data decodes to two different sizes")
+    return low
 
 
 def _without_colour_key(image: Image.Image) -> Image.Image:

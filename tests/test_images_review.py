@@ -1,0 +1,98 @@
+"""Image decoding review: a PNG colour key (tRNS) is in the file's bit depth, not the decoded pixels'."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from shared.images import decode_image, decode_mask
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _png(
+    width: int,
+    height: int,
+    bit_depth: int,
+    colour_type: int,
+    rows: bytes,
+    trns: bytes,
+    extra: bytes = b"",
+) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + extra
+        + _chunk(b"tRNS", trns)
+        + _chunk(b"IDAT", zlib.compress(rows))
+        + _chunk(b"IEND", b"")
+    )
+
+
+def _rgb16_rows(samples: npt.NDArray[np.uint16]) -> bytes:
+    """PNG scanlines for HxWx3 16-bit samples, each row Sub-filtered (so unfiltering matters)."""
+    rows = b""
+    for row in samples:
+        raw = np.frombuffer(row.astype(">u2").tobytes(), dtype=np.uint8).astype(np.int32)
+        left = np.concatenate([np.zeros(6, np.int32), raw[:-6]])  # 6 bytes a pixel
+        rows += b"\x01" + ((raw - left) % 256).astype(np.uint8).tobytes()
+    return rows
+
+
+def test_low_bit_depth_grayscale_key_is_scaled_like_the_pixels() -> None:
+    # 2-bit samples 3 (white, the key) and 1 (dark grey): Pillow shows them as 255 and 85, and the
+    # key 3 used to be compared with those 8-bit values, so the white background stayed product.
+    two_bit = _png(2, 1, 2, 0, b"\x00" + bytes([0b11_01_0000]), trns=struct.pack(">H", 3))
+    assert decode_mask(two_bit).tolist() == [[0, 0]]
+    assert np.asarray(decode_image(two_bit)).tolist() == [[[255, 255, 255], [85, 85, 85]]]
+
+    # 4-bit: sample 5 is the key, sample 15 (white) is product.
+    four_bit = _png(2, 1, 4, 0, b"\x00" + bytes([0x5F]), trns=struct.pack(">H", 5))
+    assert np.asarray(decode_image(four_bit)).tolist() == [[[255, 255, 255], [255, 255, 255]]]
+    assert decode_mask(four_bit).tolist() == [[0, 255]]
+    four_bit_dark = _png(2, 1, 4, 0, b"\x00" + bytes([0x52]), trns=struct.pack(">H", 5))
+    assert np.asarray(decode_image(four_bit_dark)).tolist() == [[[255, 255, 255], [34, 34, 34]]]
+
+    # A key outside the bit depth matches nothing.
+    out_of_range = _png(2, 1, 2, 0, b"\x00" + bytes([0b11_00_0000]), trns=struct.pack(">H", 7))
+    assert decode_mask(out_of_range).tolist() == [[255, 0]]
+
+
+def test_sixteen_bit_rgb_key_matches_the_full_sample_not_its_low_byte() -> None:
+    # Key grey 0xC800. A grey 0xC8FF differs from it (same high byte) and black 0x0000 is the key
+    # taken mod 256: the key used to wrap to black, hiding the black pixel and showing the key's.
+    samples = np.array([[[0xC800] * 3, [0xC8FF] * 3, [0, 0, 0]]], dtype=np.uint16)
+    data = _png(3, 1, 16, 2, _rgb16_rows(samples), trns=struct.pack(">HHH", 0xC800, 0xC800, 0xC800))
+    assert np.asarray(decode_image(data)).tolist() == [[[255, 255, 255], [200, 200, 200], [0, 0, 0]]]
+    assert decode_mask(data).tolist() == [[0, 255, 0]]
+
+    # A key above 255 in every channel (white) no longer overflows the 8-bit pixels' dtype.
+    white = np.array([[[65535] * 3, [65535, 0, 0]]], dtype=np.uint16)
+    keyed_white = _png(2, 1, 16, 2, _rgb16_rows(white), trns=struct.pack(">HHH", 65535, 65535, 65535))
+    assert np.asarray(decode_image(keyed_white)).tolist() == [[[255, 255, 255], [255, 0, 0]]]
+
+
+def test_sixteen_bit_rgb_key_on_a_rotated_photo_hides_exactly_the_key_pixels() -> None:
+    rng = np.random.default_rng(7)
+    samples = rng.integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    key = (int(samples[1, 2, 0]), int(samples[1, 2, 1]), int(samples[1, 2, 2]))
+    samples[3, 4] = key
+    # Same high bytes as the key, other low bytes: opaque.
+    samples[0, 0] = [(k & 0xFF00) | ((k + 1) & 0xFF) for k in key]
+    exif = Image.Exif()
+    exif[274] = 6  # rotate 90 degrees clockwise to view
+    exif_chunk = _chunk(b"eXIf", exif.tobytes()[len(b"Exif\x00\x00") :])
+    data = _png(7, 5, 16, 2, _rgb16_rows(samples), trns=struct.pack(">HHH", *key), extra=exif_chunk)
+
+    transparent = np.all(samples == np.array(key, dtype=np.uint16), axis=-1)
+    assert int(transparent.sum()) == 2
+    expected = np.where(transparent[..., None], 255, samples >> 8).astype(np.uint8)
+    expected = np.rot90(expected, k=-1)  # orientation 6
+    assert np.array_equal(np.asarray(decode_image(data)), expected)
