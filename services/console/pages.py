@@ -17,6 +17,11 @@ from services.console.decisions import REJECT_REASONS
 from services.console.tasks import STATES, Task
 
 STATIC_FILES = {"console.css": "text/css", "item.js": "text/javascript", "queue.js": "text/javascript"}
+# An image's media type comes from an event: anything else (text/html, image/svg+xml with its scripts)
+# would be rendered as a document of the console's origin, so it is served as opaque bytes.
+IMAGE_MEDIA_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff"})
+# Rows the queue page shows; it says "showing N of M" when more match.
+QUEUE_PAGE_LIMIT = 200
 ImageKind = Literal["generated", "predicted", "expected", "reference", "corrected"]
 
 router = APIRouter()
@@ -32,7 +37,8 @@ def queue_page(request: Request, console: ConsoleDep, filters: Filters) -> Respo
             "session": session,
             "counts": console.tasks.counts(),
             "states": STATES,
-            "tasks": console.tasks.query(filters),
+            "tasks": console.tasks.query(filters, limit=QUEUE_PAGE_LIMIT),
+            "matching": console.tasks.count(filters),
             "filters": filters,
             "reasons": console.tasks.reasons(),
             "now": console.tasks.clock(),
@@ -105,8 +111,9 @@ def task_image(task_id: TaskId, kind: ImageKind, console: ConsoleDep) -> Respons
     if ref is None:
         raise HTTPException(404, f"task {task_id} has no {kind} image")
     data = console.store.read_verified(ref)
+    media_type = ref.media_type if ref.media_type in IMAGE_MEDIA_TYPES else "application/octet-stream"
     return Response(
-        data, media_type=ref.media_type, headers={"Cache-Control": "private, max-age=3600, immutable"}
+        data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600, immutable"}
     )
 
 

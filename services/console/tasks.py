@@ -268,16 +268,36 @@ class TaskStore:
             raise BadInput("task_unreadable", f"task {task_id} no longer reads: {str(exc)[:300]}") from None
 
     def query(self, filters: TaskFilter = PENDING, *, limit: int = 200) -> list[Task]:
-        """Tasks matching ``filters``, oldest first. A row that no longer reads as a task (stored under
-        an older schema that a later one refuses) is left out and logged, not a failure of the whole
-        queue; it still counts in ``counts``, so the backlog alert sees it."""
+        """Up to ``limit`` tasks matching ``filters``: oldest first while they wait for a decision
+        (pending, claimed), newest first when decided ones are shown (approved, rejected, all).
+
+        A row that no longer reads as a task (stored under an older schema that a later one refuses)
+        is left out and logged, not a failure of the whole queue, and the next rows are read in its
+        place; it still counts in ``counts``, so the backlog alert sees it.
+        """
         self.expire_leases()
-        where, params = _where(filters)
+        clauses, params = _where(filters)
         with self._connect() as db:
-            rows = db.execute(
-                f"SELECT * FROM tasks {where} ORDER BY received_at, task_id LIMIT ?", (*params, limit)
-            ).fetchall()
-        return _readable(rows, Task.from_row, "task")
+            return _read_past_unreadable(
+                db,
+                "tasks",
+                clauses,
+                params,
+                keys=("received_at", "task_id"),
+                newest_first=filters.state not in ("pending", "claimed"),
+                limit=limit,
+                read=Task.from_row,
+                what="task",
+            )
+
+    def count(self, filters: TaskFilter = PENDING) -> int:
+        """How many tasks match ``filters`` (readable or not), so a page can say its list was cut."""
+        self.expire_leases()
+        clauses, params = _where(filters)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._connect() as db:
+            row = db.execute(f"SELECT COUNT(*) FROM tasks{where}", params).fetchone()
+        return int(row[0])
 
     def counts(self) -> dict[str, int]:
         """Number of tasks in each state (every state present, zero included).
@@ -476,14 +496,22 @@ class TaskStore:
         return event
 
     def unpublished(self, limit: int = 100) -> list[OutboxEvent]:
-        """Decisions whose event is not yet acknowledged by the broker, oldest first. One that no
-        longer reads (see ``query``) is left out and logged, so it cannot hold back the others; it
-        stays in the outbox, counted by ``unpublished_count``."""
+        """Up to ``limit`` decisions whose event is not yet acknowledged by the broker, oldest first.
+        One that no longer reads (see ``query``) is left out and logged, and the next ones are read in
+        its place, so it cannot hold back the others; it stays in the outbox, counted by
+        ``unpublished_count``."""
         with self._connect() as db:
-            rows = db.execute(
-                "SELECT * FROM outbox WHERE published_at IS NULL ORDER BY created_at LIMIT ?", (limit,)
-            ).fetchall()
-        return _readable(rows, _outbox, "decision")
+            return _read_past_unreadable(
+                db,
+                "outbox",
+                ["published_at IS NULL"],
+                (),
+                keys=("created_at", "event_id"),
+                newest_first=False,
+                limit=limit,
+                read=_outbox,
+                what="decision",
+            )
 
     def unpublished_count(self) -> int:
         """How many decisions wait for the broker's acknowledgement (the outbox backlog)."""
@@ -492,10 +520,17 @@ class TaskStore:
         return int(row[0])
 
     def outbox(self, task_id: str) -> OutboxEvent | None:
-        """The decision event of a task, if it was decided."""
+        """The decision event of a task, if it was decided; BadInput if it no longer reads (as ``get``)."""
         with self._connect() as db:
             row = db.execute("SELECT * FROM outbox WHERE task_id = ?", (task_id,)).fetchone()
-        return _outbox(row) if row is not None else None
+        if row is None:
+            return None
+        try:
+            return _outbox(row)
+        except ValueError as exc:  # stored under a schema this version refuses: 502 with the reason
+            raise BadInput(
+                "decision_unreadable", f"the decision of task {task_id} no longer reads: {str(exc)[:300]}"
+            ) from None
 
     def has_sku(self, sku_id: str) -> bool:
         """Whether any task, in any state, is of ``sku_id``."""
@@ -528,6 +563,45 @@ class TaskStore:
             )
 
 
+def _read_past_unreadable(
+    db: sqlite3.Connection,
+    table: str,
+    clauses: list[str],
+    params: tuple[Any, ...],
+    *,
+    keys: tuple[str, str],
+    newest_first: bool,
+    limit: int,
+    read: Callable[[sqlite3.Row], Any],
+    what: str,
+) -> list[Any]:
+    """Up to ``limit`` rows of ``table`` that read, in ``keys`` order (a unique pair).
+
+    Reads page after page past the rows that no longer read: with one ``LIMIT`` query, as many
+    unreadable rows as the limit at the head of the order hid every readable row behind them (the
+    relay then published nothing, ever).
+    """
+    direction, after = ("DESC", "<") if newest_first else ("ASC", ">")
+    order = f"{keys[0]} {direction}, {keys[1]} {direction}"
+    items: list[Any] = []
+    last: tuple[Any, Any] | None = None
+    while len(items) < limit:
+        page_clauses, page_params = list(clauses), list(params)
+        if last is not None:
+            page_clauses.append(f"({keys[0]}, {keys[1]}) {after} (?, ?)")
+            page_params.extend(last)
+        where = f" WHERE {' AND '.join(page_clauses)}" if page_clauses else ""
+        wanted = limit - len(items)
+        rows = db.execute(
+            f"SELECT * FROM {table}{where} ORDER BY {order} LIMIT ?", (*page_params, wanted)
+        ).fetchall()
+        items.extend(_readable(rows, read, what))
+        if len(rows) < wanted:
+            break  # the table is exhausted
+        last = (rows[-1][keys[0]], rows[-1][keys[1]])
+    return items
+
+
 def _readable(rows: list[sqlite3.Row], read: Callable[[sqlite3.Row], Any], what: str) -> list[Any]:
     items = []
     for row in rows:
@@ -553,7 +627,7 @@ def _outbox(row: sqlite3.Row) -> OutboxEvent:
     )
 
 
-def _where(filters: TaskFilter) -> tuple[str, tuple[Any, ...]]:
+def _where(filters: TaskFilter) -> tuple[list[str], tuple[Any, ...]]:
     clauses: list[str] = []
     params: list[Any] = []
     if filters.state is not None:
@@ -571,4 +645,4 @@ def _where(filters: TaskFilter) -> tuple[str, tuple[Any, ...]]:
     if filters.iou_max is not None:
         clauses.append("iou <= ?")
         params.append(filters.iou_max)
-    return ("WHERE " + " AND ".join(clauses)) if clauses else "", tuple(params)
+    return clauses, tuple(params)

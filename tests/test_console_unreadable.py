@@ -1,0 +1,131 @@
+"""Rows stored under a schema this version refuses: however many there are, they must not hide the
+readable tasks and decisions behind them, and reading one must answer with the reason, not a 500."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+import services.console.relay as relay_module
+from schemas.topics import Topic
+from services.console.relay import DecisionRelay
+from services.console.tasks import decision_event_id
+from shared.config import load_settings
+from tests.support.console import (
+    ConsoleParts,
+    app_for,
+    build_console,
+    decided,
+    flagged_item,
+    login,
+    pending_envelope,
+)
+
+PAGE_SIZE = 3
+
+
+def spoil(parts: ConsoleParts, table: str, task_id: str) -> None:
+    """Make one stored row unreadable, as a row stored under a schema a later version refuses is."""
+    column, path = ("pending_json", ()) if table == "tasks" else ("payload_json", ("pending",))
+    db = sqlite3.connect(parts.tasks.path)
+    stored = json.loads(
+        db.execute(f"SELECT {column} FROM {table} WHERE task_id = ?", (task_id,)).fetchone()[0]
+    )
+    target = stored
+    for key in path:
+        target = target[key]
+    target["iou"] = "not a number"
+    db.execute(f"UPDATE {table} SET {column} = ? WHERE task_id = ?", (json.dumps(stored), task_id))
+    db.commit()
+    db.close()
+
+
+class RecordingBroker:
+    """Stands in for the relay's Publisher: keeps the event ids it was sent, as the broker would."""
+
+    sent: list[str] = []
+
+    def __init__(self, settings: object, producer_name: str) -> None:
+        pass
+
+    def publish(
+        self, topic: Topic[Any], payload: object, *, sku_id: str, event_id: str, trace_id: str
+    ) -> None:
+        RecordingBroker.sent.append(event_id)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_page_of_unreadable_decisions_does_not_stop_the_relay_publishing_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the relay read one page (LIMIT first, then dropped what did not read): with a page of
+    # unreadable decisions at the head of the outbox it published nothing, round after round.
+    parts = build_console(tmp_path)
+    task_ids = decided(parts, PAGE_SIZE + 2)
+    for task_id in task_ids[: PAGE_SIZE + 1]:
+        spoil(parts, "outbox", task_id)
+    monkeypatch.setattr(relay_module, "Publisher", RecordingBroker)
+    monkeypatch.setattr(RecordingBroker, "sent", [])
+    relay = DecisionRelay(parts.tasks, load_settings(), page_size=PAGE_SIZE)
+    assert relay.publish_pending() == 1
+    assert RecordingBroker.sent == [decision_event_id(task_ids[-1])]
+    assert parts.tasks.unpublished_count() == PAGE_SIZE + 1  # the unreadable ones wait, counted
+
+
+@pytest.fixture
+def queue_behind_unreadable(tmp_path: Path) -> tuple[ConsoleParts, list[str]]:
+    """22 pending tasks, the 20 oldest unreadable (as many as claim-next reads at once)."""
+    parts = build_console(tmp_path)
+    for index in range(22):
+        parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index)))
+        parts.clock.advance(1.0)
+    task_ids = [task.task_id for task in parts.tasks.query()]
+    for task_id in task_ids[:20]:
+        spoil(parts, "tasks", task_id)
+    return parts, task_ids
+
+
+def test_a_page_of_unreadable_tasks_does_not_empty_the_queue(
+    queue_behind_unreadable: tuple[ConsoleParts, list[str]],
+) -> None:
+    # Before, the queue read one page and dropped what did not read: an empty list.
+    parts, task_ids = queue_behind_unreadable
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    login(client)
+    listed = client.get("/api/tasks?limit=2").json()["tasks"]
+    assert [task["task_id"] for task in listed] == task_ids[20:]
+    page = client.get("/")
+    assert page.status_code == 200 and page.text.count("data-task-id=") == 2
+
+
+def test_a_page_of_unreadable_tasks_does_not_stop_claim_next(
+    queue_behind_unreadable: tuple[ConsoleParts, list[str]],
+) -> None:
+    # Before, claim-next read 20 pending tasks: all unreadable, it answered "nothing to review".
+    parts, task_ids = queue_behind_unreadable
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+    claimed = client.post("/api/claim-next", headers={"X-CSRF-Token": token})
+    assert claimed.status_code == 200, claimed.text
+    assert claimed.json()["task"] is not None and claimed.json()["task"]["task_id"] == task_ids[20]
+
+
+@pytest.mark.parametrize("url", ["/api/tasks/{id}", "/tasks/{id}", "/tasks/{id}/images/corrected"])
+def test_a_task_whose_decision_no_longer_reads_answers_502_with_the_reason(tmp_path: Path, url: str) -> None:
+    # Before, the decision's ValidationError escaped: a bare 500 with no reason.
+    parts = build_console(tmp_path)
+    (task_id,) = decided(parts, 1)
+    spoil(parts, "outbox", task_id)
+    client = TestClient(app_for(parts), base_url="http://console.test", raise_server_exceptions=False)
+    login(client)
+    response = client.get(url.format(id=task_id))
+    assert response.status_code == 502, response.text
+    assert "decision_unreadable" in response.json()["detail"]
+    assert f"the decision of task {task_id} no longer reads" in response.json()["detail"]
