@@ -22,7 +22,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from services.console import api, auth, pages
+from services.console import api, auth, errors, pages
 from services.console.context import Console
 from services.console.decisions import DecisionInvalid
 from services.console.tasks import TaskConflict, TaskNotFound
@@ -55,10 +55,10 @@ def create_app(console: Console) -> FastAPI:
 
     @app.exception_handler(TransientError)
     async def _unavailable(request: Request, exc: TransientError) -> JSONResponse:
-        return JSONResponse({"detail": f"temporarily unavailable: {exc}"}, status_code=503)
+        return errors.unavailable(exc)
 
     @app.exception_handler(BadInput)
     async def _bad_object(request: Request, exc: BadInput) -> JSONResponse:
-        return JSONResponse({"detail": f"stored object unusable: {exc}"}, status_code=502)
+        return errors.unusable(exc)
 
     return app

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.responses import Response as StarletteResponse
 
+from services.console import errors
 from services.console.context import Console, ConsoleDep, templates
 from services.console.security import (
     CSRF_FIELD,
@@ -27,6 +28,7 @@ from services.console.security import (
     same_origin,
     tokens_match,
 )
+from shared.errors import BadInput, TransientError
 
 PUBLIC_PATHS = frozenset({"/login"})
 CallNext = Callable[[Request], Awaitable[StarletteResponse]]
@@ -44,7 +46,12 @@ async def require_login(request: Request, call_next: CallNext) -> StarletteRespo
     if request.url.path in PUBLIC_PATHS:
         return await call_next(request)
     console: Console = request.app.state.console
-    session = live_session(console, request.cookies.get(SESSION_COOKIE))
+    try:
+        session = live_session(console, request.cookies.get(SESSION_COOKIE))
+    except TransientError as exc:  # the revoked-sessions table is locked: retry, as from a route
+        return errors.unavailable(exc)
+    except BadInput as exc:
+        return errors.unusable(exc)
     if session is None:
         # Pages send people to the login form; images, scripts, favicons and the API get a 401.
         if (
