@@ -70,7 +70,7 @@ def test_export_then_import_round_trips_the_mask_exactly(tmp_path: Path) -> None
     parts = build_console(tmp_path)
     for index in range(2):
         parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index)))
-    exported = export_tasks(parts.tasks, parts.store, image_url="https://images.example/{key}")
+    exported = export_tasks(parts.tasks, parts.store, image_url="https://images.example/{key}").tasks
     assert len(exported) == 2
     first = exported[0]
     task = parts.tasks.get(first["data"]["skuforge_task_id"])
@@ -140,7 +140,7 @@ def test_export_then_import_round_trips_the_mask_exactly(tmp_path: Path) -> None
 def test_import_skips_tasks_it_cannot_use(tmp_path: Path) -> None:
     parts = build_console(tmp_path)
     parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0)))
-    [task] = export_tasks(parts.tasks, parts.store)
+    [task] = export_tasks(parts.tasks, parts.store).tasks
     unknown = {"data": {"skuforge_task_id": "f" * 32}, "annotations": [{"result": []}]}
     cancelled = dict(task, annotations=[{"result": [], "was_cancelled": True}])
     wrong_size = dict(
@@ -172,7 +172,7 @@ def test_a_reject_whose_text_or_choices_are_not_lists_of_strings_is_skipped(tmp_
     parts = build_console(tmp_path)
     for index in range(4):
         parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index)))
-    tasks = export_tasks(parts.tasks, parts.store)
+    tasks = export_tasks(parts.tasks, parts.store).tasks
 
     def rejected(task: dict, text: object, choices: object = ("reject",)) -> dict:
         choice = {"type": "choices", "from_name": "decision", "value": {"choices": choices}}

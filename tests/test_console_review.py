@@ -156,7 +156,7 @@ def test_a_losing_decision_does_not_overwrite_the_recorded_mask(
 
 
 def test_label_studio_multi_line_reject_reason_is_imported(parts: ConsoleParts) -> None:
-    [first, second, *_] = export_tasks(parts.tasks, parts.store)
+    [first, second, *_] = export_tasks(parts.tasks, parts.store).tasks
     first["annotations"] = [
         {
             "completed_by": 7,
@@ -195,9 +195,9 @@ def test_label_studio_multi_line_reject_reason_is_imported(parts: ConsoleParts) 
 def test_a_malformed_label_studio_annotation_is_skipped_not_a_crash(
     parts: ConsoleParts, annotation: dict[str, Any]
 ) -> None:
-    [task, *_] = export_tasks(parts.tasks, parts.store)
+    [task, *_] = export_tasks(parts.tasks, parts.store).tasks
     good = dict(
-        export_tasks(parts.tasks, parts.store)[1],
+        export_tasks(parts.tasks, parts.store).tasks[1],
         annotations=[
             {
                 "result": [

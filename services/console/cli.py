@@ -5,7 +5,10 @@
 * ``import-labelstudio export.json``       Label Studio's JSON export back as decisions, published
   to ``correction.resolved`` (``--no-publish`` leaves them in the outbox for the console's relay).
 
-Both use the console's task table (``SKUFORGE_CONSOLE_DB_PATH``) and the object store.
+Both use the console's task table (``SKUFORGE_CONSOLE_DB_PATH``) and the object store. An item
+that cannot be exported or imported is skipped with its reason and the rest go on; the exit status
+is 1 when anything was skipped that a user would miss (each command's ``--help`` says what counts),
+2 when nothing could be read or written.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from services.console.config import ConsoleSettings
 from services.console.labelstudio import (
     LABEL_CONFIG,
+    ImportOutcome,
     check_image_url,
     export_tasks,
     import_annotations,
@@ -29,12 +33,24 @@ from shared.config import load_settings
 from shared.errors import TransientError
 from shared.store import open_store
 
+EXPORT_EXIT_STATUS = (
+    "exit status: 0 every matching item exported; 1 some were skipped (each listed on stderr with "
+    "its reason; the file holds the others); 2 nothing written"
+)
+IMPORT_EXIT_STATUS = (
+    "exit status: 0 every annotation recorded (tasks nobody annotated are listed, not counted); 1 some "
+    "annotations were skipped (each listed with its reason; the others are recorded, and running the "
+    "same export again is safe: decided tasks are skipped); 2 the export or the table could not be read"
+)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``skuforge console <action>``."""
     parser = argparse.ArgumentParser(prog="skuforge console", description="Label Studio hand-off.")
     sub = parser.add_subparsers(dest="action", required=True)
-    export = sub.add_parser("export-labelstudio", help="write pending items as Label Studio tasks")
+    export = sub.add_parser(
+        "export-labelstudio", help="write pending items as Label Studio tasks", epilog=EXPORT_EXIT_STATUS
+    )
     export.add_argument("--out", type=Path, required=True, help="tasks JSON file to write")
     export.add_argument("--config-out", type=Path, help="also write a matching labeling config (XML)")
     export.add_argument(
@@ -45,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument("--sku", help="only this SKU")
     export.add_argument("--reason", help="only items flagged with this reason")
-    imp = sub.add_parser("import-labelstudio", help="turn a Label Studio JSON export into decisions")
+    imp = sub.add_parser(
+        "import-labelstudio", help="turn a Label Studio JSON export into decisions", epilog=IMPORT_EXIT_STATUS
+    )
     imp.add_argument("export", type=Path, help="Label Studio's JSON export (a list of tasks)")
     imp.add_argument(
         "--no-publish", action="store_true", help="record only; the console's relay publishes them later"
@@ -89,13 +107,23 @@ def main(argv: list[str] | None = None) -> int:
             tasks, store, filters=TaskFilter(sku_id=args.sku, reason=args.reason), image_url=args.image_url
         )
         try:
-            args.out.write_text(json.dumps(exported))
+            args.out.write_text(json.dumps(exported.tasks))
             if args.config_out:
                 args.config_out.write_text(LABEL_CONFIG)
         except OSError as exc:
             print(f"skuforge console export-labelstudio: cannot write: {exc}", file=sys.stderr)
             return 2
-        print(json.dumps({"exported": len(exported), "out": str(args.out)}))
+        for skip in exported.skipped:
+            print(f"skipped {skip.task_id}: {skip.detail}", file=sys.stderr)
+        summary = {"exported": len(exported.tasks), "skipped": len(exported.skipped), "out": str(args.out)}
+        print(json.dumps(summary))
+        if exported.skipped:
+            print(
+                f"skuforge console export-labelstudio: {len(exported.skipped)} item(s) skipped (reasons "
+                "above); fix them and export again, or review them in the web console",
+                file=sys.stderr,
+            )
+            return 1
         return 0
 
     try:
@@ -115,5 +143,24 @@ def main(argv: list[str] | None = None) -> int:
             relay.close()
     for outcome in outcomes:
         print(json.dumps(outcome.__dict__))
-    print(json.dumps({"decided": sum(o.outcome != "skipped" for o in outcomes), "published": published}))
+    lost = [outcome for outcome in outcomes if outcome.annotation_lost]
+    print(json.dumps(_import_summary(outcomes, lost, published)))
+    if lost:
+        print(
+            f"skuforge console import-labelstudio: {len(lost)} annotation(s) skipped, not recorded (reasons "
+            "above); fix what they name and import again (decided tasks are skipped)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _import_summary(
+    outcomes: list[ImportOutcome], lost: list[ImportOutcome], published: int
+) -> dict[str, int]:
+    return {
+        "decided": sum(o.outcome != "skipped" for o in outcomes),
+        "skipped": len(lost),
+        "not_annotated": sum(o.outcome == "skipped" for o in outcomes) - len(lost),
+        "published": published,
+    }

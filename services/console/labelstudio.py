@@ -17,6 +17,7 @@ words, or ``1`` + size index + (count-1) + one repeated word; padded to whole by
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,10 @@ from services.console.decisions import (
     store_edited_mask,
 )
 from services.console.tasks import PENDING, Task, TaskConflict, TaskFilter, TaskNotFound, TaskStore
+from shared.errors import BadInput, TransientError
 from shared.store import ObjectStore
+
+log = logging.getLogger("skuforge.console.labelstudio")
 
 WORD_SIZE = 8
 RLE_SIZES = (3, 4, 8, 16)
@@ -171,6 +175,14 @@ def _image_url(template: str, ref: ImageRef, store: ObjectStore, sku_id: str, it
     return template.format(uri=ref.uri, key=key, sku_id=sku_id, item_id=item_id)
 
 
+@dataclass(frozen=True)
+class LabelStudioExport:
+    """What ``export_tasks`` wrote: the Label Studio tasks, and the items left out, each with why."""
+
+    tasks: list[dict[str, Any]]
+    skipped: list[ImportOutcome]
+
+
 def export_tasks(
     tasks: TaskStore,
     store: ObjectStore,
@@ -178,18 +190,25 @@ def export_tasks(
     filters: TaskFilter = PENDING,
     image_url: str = "{uri}",
     limit: int = 10_000,
-) -> list[dict[str, Any]]:
+) -> LabelStudioExport:
     """Label Studio tasks for the queue's items (pending by default), predicted mask pre-annotated.
 
     ``image_url`` is a template for the image Label Studio loads: ``{uri}``, ``{key}`` (object key),
-    ``{sku_id}``, ``{item_id}``; e.g. ``https://images.example/{key}``.
+    ``{sku_id}``, ``{item_id}``; e.g. ``https://images.example/{key}``. An item whose predicted mask
+    cannot be read (missing, corrupt, store unavailable) is left out with the reason; the others are
+    exported.
     """
     check_image_url(image_url)
     exported = []
+    skipped = []
     for task in tasks.query(filters, limit=limit):
         matted = task.pending.matted
         image = matted.generated.image
-        predicted = mask_from_ref(store, matted.predicted_mask)
+        try:
+            predicted = mask_from_ref(store, matted.predicted_mask)
+        except (BadInput, TransientError) as exc:
+            skipped.append(ImportOutcome(task.task_id, "skipped", f"predicted mask unreadable: {exc}"))
+            continue
         exported.append(
             {
                 "data": {
@@ -224,7 +243,7 @@ def export_tasks(
                 ],
             }
         )
-    return exported
+    return LabelStudioExport(tasks=exported, skipped=skipped)
 
 
 @dataclass(frozen=True)
@@ -234,6 +253,15 @@ class ImportOutcome:
     task_id: str
     outcome: str  # approve_edited, reject, skipped
     detail: str = ""
+
+    @property
+    def annotation_lost(self) -> bool:
+        """Skipped although it held an annotation: what was done in Label Studio was not recorded."""
+        return self.outcome == "skipped" and self.detail != NO_ANNOTATION
+
+
+# The one skip that loses nothing: Label Studio exports tasks nobody annotated too.
+NO_ANNOTATION = "no annotation"
 
 
 def _annotator(annotation: dict[str, Any]) -> str:
@@ -301,8 +329,9 @@ def import_annotations(
 ) -> list[ImportOutcome]:
     """Record Label Studio's annotations as decisions (table, audit, outbox); publish them afterwards.
 
-    A task that cannot be used (unknown, decided, held by a reviewer, malformed) is skipped with the
-    reason, and is left as it was.
+    A task that cannot be used (unknown, decided, held by a reviewer, unreadable, malformed, its mask
+    not storable, the table or store unavailable) is skipped with the reason and left as it was, and
+    the import goes on with the next one.
     """
     outcomes: list[ImportOutcome] = []
     for entry in export:
@@ -313,14 +342,22 @@ def import_annotations(
             annotations = []
         annotations = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled")]
         if not annotations:
-            outcomes.append(ImportOutcome(task_id, "skipped", "no annotation"))
+            outcomes.append(ImportOutcome(task_id, "skipped", NO_ANNOTATION))
             continue
         annotation = max(annotations, key=lambda a: str(a.get("updated_at") or a.get("created_at") or ""))
         try:
             outcomes.append(_import_one(tasks, store, tasks.get(task_id), annotation, lease_s))
-        except (TaskNotFound, TaskConflict, DecisionInvalid, ValueError) as exc:
-            outcomes.append(ImportOutcome(task_id, "skipped", f"{type(exc).__name__}: {exc}"))
+        except _SKIPPABLE as exc:
+            outcomes.append(ImportOutcome(task_id, "skipped", _why(exc)))
     return outcomes
+
+
+# What makes one task unusable without saying anything about the next: the import goes on.
+_SKIPPABLE = (TaskNotFound, TaskConflict, DecisionInvalid, ValueError, BadInput, TransientError)
+
+
+def _why(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _import_one(
@@ -333,6 +370,18 @@ def _import_one(
     if decision == "skipped":
         return ImportOutcome(task.task_id, "skipped", str(value))
     tasks.claim(task.task_id, reviewer, lease_s)
+    try:
+        return _decide(tasks, store, task, reviewer, decision, value)
+    except _SKIPPABLE as exc:
+        return ImportOutcome(task.task_id, "skipped", _why(exc) + _release(tasks, task.task_id, reviewer))
+    except BaseException:
+        _release(tasks, task.task_id, reviewer)
+        raise
+
+
+def _decide(
+    tasks: TaskStore, store: ObjectStore, task: Task, reviewer: str, decision: str, value: Any
+) -> ImportOutcome:
     if decision == "reject":
         reason = str(value)
         tasks.decide(
@@ -360,6 +409,20 @@ def _import_one(
     )
     final_mask = event.payload.final_mask
     return ImportOutcome(task.task_id, "approve_edited", final_mask.uri if final_mask else "")
+
+
+def _release(tasks: TaskStore, task_id: str, reviewer: str) -> str:
+    """Give back the import's claim after a failed decision, so the web reviewers see the task at
+    once; returns what to add to the skip's reason when even that fails."""
+    try:
+        tasks.release(task_id, reviewer)
+    except (TaskNotFound, TaskConflict, BadInput, TransientError) as exc:
+        log.warning("could not release an imported claim", extra={"task_id": task_id, "error": str(exc)})
+        return (
+            f" (its claim by {reviewer} could not be released: {exc}; it returns to the queue when the"
+            " lease runs out)"
+        )
+    return ""
 
 
 def read_export(text: str) -> list[dict[str, Any]]:
