@@ -193,7 +193,11 @@
     });
     let payload = {};
     try { payload = await response.json(); } catch (_) { /* not JSON */ }
-    if (!response.ok) throw new Error(payload.detail ? String(JSON.stringify(payload.detail)) : response.statusText);
+    if (!response.ok) {
+      const error = new Error(payload.detail ? String(JSON.stringify(payload.detail)) : response.statusText);
+      error.status = response.status; // a network failure rejects in fetch() instead, without one
+      throw error;
+    }
     return payload;
   }
 
@@ -255,15 +259,34 @@
   }
 
   if (page.held) {
-    // Renew the lease while the page is open; a lost lease says so instead of failing later.
-    setInterval(async () => {
+    // Renew the lease while the page is open. A failed renewal claims again in place (a reload would
+    // lose the painted mask); only a 409 to that claim (someone else holds it, or it was decided)
+    // ends the hold. A network error or a 503 keeps it: the next tick tries again.
+    let renewal = null;
+    let troubled = false; // the last renewal failed: say so once it works again
+    const renew = async () => {
       try {
         await post("/api/tasks/" + page.taskId + "/renew");
+        if (troubled) say("lease renewed");
+        troubled = false;
+        return;
+      } catch (_) { /* claim again below */ }
+      try {
+        await post("/api/tasks/" + page.taskId + "/claim");
+        troubled = false;
+        say("lease renewed");
       } catch (error) {
-        page.held = false;
-        say("lease lost: " + error.message + " — reload to claim again", true);
+        if (error.status === 409) {
+          page.held = false;
+          clearInterval(renewal);
+          say("lease lost: " + error.message + " — this item can no longer be saved from this page", true);
+        } else {
+          troubled = true;
+          say("could not renew the lease (" + error.message + "); trying again", true);
+        }
       }
-    }, Math.max(2000, (page.leaseS * 1000) / 3));
+    };
+    renewal = setInterval(renew, Math.max(2000, (page.leaseS * 1000) / 3));
   }
 
   // -- the reject dialog ------------------------------------------------------------------

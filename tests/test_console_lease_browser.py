@@ -1,0 +1,167 @@
+"""The item page keeps its lease through a failed renewal, in a real browser (Debian's headless
+chromium, driven by Playwright), without Kafka: the web app alone, over a test clock that the test
+moves to expire the lease.
+
+Before, any failed renewal ended the hold for good: the painted mask could no longer be saved, and
+claiming again reloaded the page and lost it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import uvicorn
+
+from devstack.broker import free_port
+from services.console.decisions import mask_from_ref
+from shared.errors import TransientError
+from shared.images import decode_mask
+from tests.support.console import ConsoleParts, app_for, build_console, flagged_item, pending_envelope
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+]
+LEASE_S = 6.0  # the page renews every 2 s, so a test sees a renewal within seconds
+
+
+@dataclass
+class Served:
+    parts: ConsoleParts
+    base_url: str
+    task_id: str
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver (see .ci/run)")
+    parts = build_console(tmp_path, lease_s=LEASE_S)
+    envelope = pending_envelope(flagged_item(parts.store, 0))
+    parts.tasks.add_pending(envelope)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app_for(parts), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="console-web", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline, "the console did not start"
+            time.sleep(0.1)
+        yield Served(parts, f"http://127.0.0.1:{port}", envelope.event_id)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def page(served: Served) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            tab = browser.new_context(viewport={"width": 1400, "height": 950}).new_page()
+            tab.set_default_timeout(15_000)
+            yield tab
+        finally:
+            browser.close()
+
+
+def open_held_item(page: Any, served: Served) -> None:
+    """Log alice in, claim the item from the queue, and mark the page so a reload would show."""
+    page.goto(served.base_url + "/")
+    page.fill("#reviewer", "alice")
+    page.fill("#password", "alice-password")
+    page.click("#login")
+    page.wait_for_url(served.base_url + "/")
+    page.click(f'tr[data-task-id="{served.task_id}"] button.claim')
+    page.wait_for_url(f"{served.base_url}/tasks/{served.task_id}")
+    page.wait_for_selector("body[data-ready='1']")
+    page.evaluate("window.notReloaded = true")
+
+
+def wait_for(condition: Any, what: str, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_an_expired_lease_is_claimed_again_in_place_and_the_painted_mask_is_saved(
+    served: Served, page: Any
+) -> None:
+    tasks = served.parts.tasks
+    open_held_item(page, served)
+    box = page.locator("#overlay").bounding_box()
+    scale = box["width"] / served.parts.tasks.get(served.task_id).pending.matted.generated.image.width
+    row, start_x, end_x = 20, 10, 60
+    page.mouse.move(box["x"] + start_x * scale, box["y"] + row * scale)
+    page.mouse.down()
+    for x in range(start_x, end_x + 1, 5):
+        page.mouse.move(box["x"] + x * scale, box["y"] + row * scale)
+    page.mouse.up()
+
+    # The lease runs out (a laptop asleep, a stalled network): the next renewal is refused with a 409.
+    served.parts.clock.advance(LEASE_S + 10)
+    wait_for(
+        lambda: (
+            (task := tasks.get(served.task_id)).claimed_by == "alice"
+            and task.lease_expires_at is not None
+            and task.lease_expires_at > served.parts.clock()
+        ),
+        "the page did not claim the item again",
+    )
+    assert page.evaluate("window.notReloaded === true")
+    page.keyboard.press("a")
+    page.wait_for_selector("body[data-decided='approve_edited']")
+    outbox = tasks.outbox(served.task_id)
+    assert outbox is not None and outbox.payload.final_mask is not None
+    predicted = mask_from_ref(served.parts.store, tasks.get(served.task_id).pending.matted.predicted_mask)
+    stored = decode_mask(served.parts.store.read_verified(outbox.payload.final_mask))
+    assert np.count_nonzero(stored > predicted) > 100  # the stroke, 50 px long and 8 px wide
+
+
+def test_an_unavailable_table_keeps_the_hold_and_the_page_saves_once_it_is_back(
+    served: Served, page: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_held_item(page, served)
+    refused: list[str] = []
+
+    def locked(*args: object, **kwargs: object) -> Any:
+        refused.append("refused")
+        raise TransientError(f"task table {served.parts.tasks.path}: database is locked")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(served.parts.tasks, "check_held", locked)
+        patched.setattr(served.parts.tasks, "claim", locked)
+        wait_for(lambda: len(refused) >= 2, "the page did not try to renew its lease")
+        page.wait_for_selector("#status:has-text('could not renew the lease')")
+    page.keyboard.press("p")
+    page.wait_for_selector("body[data-decided='approve_predicted']")
+    assert served.parts.tasks.get(served.task_id).state == "approved"
+
+
+def test_someone_else_holding_the_item_ends_the_hold_and_says_so(served: Served, page: Any) -> None:
+    open_held_item(page, served)
+    served.parts.clock.advance(LEASE_S + 10)
+    served.parts.tasks.claim(served.task_id, "bob", 60.0)
+    page.wait_for_selector("#status:has-text('lease lost')")
+    assert "claimed by bob" in page.inner_text("#status")
+    page.keyboard.press("p")
+    assert "claim the item first" in page.inner_text("#status")
+    assert served.parts.tasks.get(served.task_id).claimed_by == "bob"
