@@ -94,3 +94,20 @@ def test_serve_console_refuses_a_port_out_of_range_and_a_table_path_that_is_a_fo
         assert cli_main(["serve", "console"]) == 2
         err = capsys.readouterr().err
         assert "SKUFORGE_CONSOLE_DB_PATH" in err and message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xd8\xff\xe0 a JPEG, not a task table" * 40])
+def test_the_label_studio_commands_refuse_a_file_that_is_not_a_task_table(
+    content: bytes, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Before: SKUFORGE_CONSOLE_DB_PATH naming a JPEG gave a sqlite3.DatabaseError traceback, and an empty
+    # file was silently turned into a new, empty task table ({"exported": 0}, exit 0).
+    not_a_table = tmp_path / "photo.jpg"
+    not_a_table.write_bytes(content)
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    monkeypatch.setenv("SKUFORGE_CONSOLE_DB_PATH", str(not_a_table))
+    out = tmp_path / "tasks.json"
+    assert cli_main(["console", "export-labelstudio", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{not_a_table}" in err and "not a task table" in err and "Traceback" not in err
+    assert not_a_table.read_bytes() == content and not out.exists()

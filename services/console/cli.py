@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if where.stat().st_size == 0:
+        # SQLite would quietly make an empty file into a new, empty table.
+        print(f"skuforge console {args.action}: {where} is empty, not a task table", file=sys.stderr)
+        return 2
     try:
         tasks = TaskStore(where)
     except TransientError as exc:

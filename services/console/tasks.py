@@ -195,6 +195,11 @@ class TaskStore:
         except sqlite3.OperationalError as exc:
             # Locked, full or vanished disk: the machine's fault, worth retrying.
             raise TransientError(f"task table {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            # "file is not a database": the path names some other file (or a damaged table).
+            raise TransientError(
+                f"{self.path} is not a task table ({exc}); check SKUFORGE_CONSOLE_DB_PATH"
+            ) from exc
         finally:
             db.close()
 
