@@ -38,3 +38,11 @@ class ImageRejected(BadInput):
 
 class TransientError(Exception):
     """A fault outside the input that may clear by itself; the runtime retries with back-off."""
+
+
+class StoreMisconfigured(TransientError):
+    """The object store refuses this service (credentials, permissions, bucket, endpoint).
+
+    The deployment's fault, never the input's: dead-lettering would lose good events, so the
+    runtime retries like any transient fault until a credential refresh or a fixed setting clears it.
+    """

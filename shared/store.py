@@ -32,13 +32,21 @@ import boto3
 import numpy as np
 import numpy.typing as npt
 from botocore.config import Config
-from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
+from botocore.exceptions import (
+    ClientError,
+    CredentialRetrievalError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    TokenRetrievalError,
+)
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from PIL import Image
 from pydantic import BaseModel
 
 from schemas.common import ImageRef, ObjectRef
-from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, TransientError
+from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, StoreMisconfigured, TransientError
 from shared.images import encode_png
 
 if TYPE_CHECKING:
@@ -74,6 +82,35 @@ _S3_TRANSIENT_CODES = frozenset(
     }
 )
 _S3_TRANSIENT_STATUS = frozenset({408, 429})
+# The bucket or the credentials, not the object: a deployment fault that a credential refresh or a
+# fixed setting clears, so retried; dead-lettering would lose good input across the pipeline.
+_S3_REFUSED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "RequestTimeTooSkewed",
+        "NoSuchBucket",
+        "PermanentRedirect",
+        "AuthorizationHeaderMalformed",
+    }
+)
+_S3_REFUSED_STATUS = frozenset({401, 403})
+# Raised by botocore before any request is sent: the credential chain found nothing usable.
+_CREDENTIAL_ERRORS = (
+    NoCredentialsError,
+    PartialCredentialsError,
+    CredentialRetrievalError,
+    TokenRetrievalError,
+)
+_CHECK_DEPLOYMENT = (
+    "check the credentials (the boto3 chain: AWS_* variables, profile or role), "
+    "the bucket name in SKUFORGE_STORE_URI and SKUFORGE_S3_ENDPOINT_URL"
+)
 # These errno values mean the key layout clashes with what is on disk (a file where a
 # directory is needed or the reverse): retrying cannot fix it.
 _KEY_CONFLICT_ERRNOS = frozenset({errno.EISDIR, errno.ENOTDIR, errno.EEXIST})
@@ -462,9 +499,9 @@ class S3Store(ObjectStore):
 
     Error mapping: a missing key is ``ObjectMissing``; connection failures, timeouts,
     throttling and 5xx answers are ``TransientError`` (after botocore's own standard-mode
-    retries). Anything else (access denied, missing bucket, bad credentials) is a
-    deployment mistake and propagates unchanged, so the service fails loudly instead of
-    dead-lettering good input or retrying forever.
+    retries). Access denied, a missing bucket, and missing, bad or expired credentials are
+    ``StoreMisconfigured`` (a ``TransientError`` whose message says what to check): the
+    deployment's fault, so the partition pauses and retries, and no good input is dead-lettered.
     """
 
     def __init__(
@@ -511,11 +548,19 @@ class S3Store(ObjectStore):
             error = exc.response.get("Error", {})
             code = str(error.get("Code", ""))
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            if code in _S3_MISSING_CODES or (status == 404 and code != "NoSuchBucket"):
+            if code in _S3_REFUSED_CODES or status in _S3_REFUSED_STATUS:
+                raise StoreMisconfigured(
+                    f"S3 refused {uri}: {code or status} (HTTP {status}); {_CHECK_DEPLOYMENT}"
+                ) from exc
+            if code in _S3_MISSING_CODES or status == 404:
                 raise ObjectMissing(uri) from exc
             if status >= 500 or status in _S3_TRANSIENT_STATUS or code in _S3_TRANSIENT_CODES:
                 raise TransientError(f"S3 answered {code or status} for {uri}") from exc
             raise
+        except _CREDENTIAL_ERRORS as exc:
+            raise StoreMisconfigured(
+                f"no usable S3 credentials for {uri}: {exc}; {_CHECK_DEPLOYMENT}"
+            ) from exc
         except (BotoConnectionError, HTTPClientError, IncompleteReadError) as exc:
             raise TransientError(f"S3 unreachable for {uri}: {exc}") from exc
 

@@ -13,12 +13,11 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from PIL import Image
 
 from schemas.common import ObjectRef
-from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, TransientError
+from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, StoreMisconfigured, TransientError
 from shared.images import decode_image
 from shared.store import FileStore, ObjectStore, S3Store, open_store, sha256_hex
 from tests.support.s3 import free_port
@@ -245,13 +244,19 @@ def test_s3_error_mapping(code: str, status: int, expected: type[Exception]) -> 
             store.get_bytes("a.bin")
 
 
-def test_s3_access_denied_propagates() -> None:
-
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [("AccessDenied", 403), ("InvalidAccessKeyId", 403), ("ExpiredToken", 400), ("NoSuchBucket", 404)],
+)
+def test_s3_refusing_the_deployment_is_transient_and_says_what_to_check(code: str, status: int) -> None:
+    """A refusal of our credentials or bucket is the deployment's fault: retried, never the input's DLQ."""
     store = S3Store("any-bucket", endpoint_url="http://127.0.0.1:1")
     with Stubber(store.client) as stub:
-        stub.add_client_error("get_object", service_error_code="AccessDenied", http_status_code=403)
-        with pytest.raises(ClientError):
+        stub.add_client_error("get_object", service_error_code=code, http_status_code=status)
+        with pytest.raises(StoreMisconfigured) as info:
             store.get_bytes("a.bin")
+    assert isinstance(info.value, TransientError) and not isinstance(info.value, BadInput)
+    assert code in str(info.value) and "credentials" in str(info.value) and "bucket" in str(info.value)
 
 
 def test_file_store_full_disk_is_transient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
