@@ -16,6 +16,19 @@ from schemas.common import Contract, ImageRef, SafeId, SkuMetadata
 
 Shape = Literal["can", "bottle", "box", "pouch", "jar", "produce", "other"]
 Backend = Literal["composite", "diffusion"]
+# A hard ceiling far above any real SKU (ingest takes SKUFORGE_MAX_PHOTOS_PER_SKU, 10 by default): the
+# captioner decodes every photo of an event at once, so an unbounded list is an unbounded allocation.
+MAX_PHOTOS_PER_EVENT = 64
+_PHOTOS_DESCRIPTION = f"at most {MAX_PHOTOS_PER_EVENT}; each photo_id at most once"
+
+
+def _unique_photo_ids(photo_ids: list[str]) -> None:
+    """Refuse a photo_id given twice: stages key objects and look photos up by it."""
+    seen: set[str] = set()
+    for photo_id in photo_ids:
+        if photo_id in seen:
+            raise ValueError(f"photo_id {photo_id!r} appears more than once; each photo needs its own id")
+        seen.add(photo_id)
 
 
 class ReferencePhoto(Contract):
@@ -30,7 +43,15 @@ class SkuIngested(Contract):
     """A new product arrived with its real photos (topic ``sku.ingested``)."""
 
     sku: SkuMetadata
-    photos: list[ReferencePhoto] = Field(min_length=1)
+    photos: list[ReferencePhoto] = Field(
+        min_length=1, max_length=MAX_PHOTOS_PER_EVENT, description=_PHOTOS_DESCRIPTION
+    )
+
+    @field_validator("photos")
+    @classmethod
+    def _photo_ids_unique(cls, photos: list[ReferencePhoto]) -> list[ReferencePhoto]:
+        _unique_photo_ids([photo.photo_id for photo in photos])
+        return photos
 
 
 class CaptionedPhoto(Contract):
@@ -59,13 +80,21 @@ class SkuCaptioned(Contract):
     """Captions and prompts for one SKU (topic ``sku.captioned``)."""
 
     sku: SkuMetadata
-    photos: list[CaptionedPhoto] = Field(min_length=1)
+    photos: list[CaptionedPhoto] = Field(
+        min_length=1, max_length=MAX_PHOTOS_PER_EVENT, description=_PHOTOS_DESCRIPTION
+    )
     instance_token: str = Field(min_length=1, description="rare token unique to this SKU, stable across runs")
     class_noun: str = Field(min_length=1)
     instance_prompt: str = Field(min_length=1, description="e.g. 'a photo of <token> <class>'")
     class_prompt: str = Field(min_length=1, description="regularisation prompt, e.g. 'a photo of a <class>'")
     negative_prompt: str = ""
     captioner: str = Field(description="backend and model id that wrote the captions")
+
+    @field_validator("photos")
+    @classmethod
+    def _photo_ids_unique(cls, photos: list[CaptionedPhoto]) -> list[CaptionedPhoto]:
+        _unique_photo_ids([photo.photo_id for photo in photos])
+        return photos
 
 
 class ImageGenerated(Contract):

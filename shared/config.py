@@ -12,6 +12,7 @@ from typing import Any, Literal, TypeVar, overload
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.events import MAX_PHOTOS_PER_EVENT
 from schemas.topics import DLQ_SUFFIX, Topic
 
 ENV_PREFIX = "SKUFORGE_"
@@ -96,7 +97,10 @@ class Settings(BaseSettings):
     # Input limits
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="images with more pixels are refused")
     max_image_bytes: int = Field(default=50 * 2**20, ge=1, description="images larger than this are refused")
-    max_photos_per_sku: int = Field(default=10, ge=1, description="reference photos accepted per SKU")
+    # At most what one sku.ingested event may carry: more would pass start-up and fail every ingest.
+    max_photos_per_sku: int = Field(
+        default=10, ge=1, le=MAX_PHOTOS_PER_EVENT, description="reference photos accepted per SKU"
+    )
     # Observability
     metrics_host: str = Field(
         default="127.0.0.1",

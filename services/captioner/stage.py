@@ -19,7 +19,9 @@ not match its sha256 (``checksum_mismatch``), not an acceptable image (``corrupt
 ``too_many_pixels``... see ``shared/images.py``), dimensions other than the event says
 (``dimension_mismatch``), a uniform picture (``blank_photo``), or a mask that finds no product
 (``no_product_found``: almost empty; ``mask_full_frame``: almost everything). A SKU with no usable
-photo at all goes to the DLQ as ``no_usable_photo``, with each photo's reason in the detail.
+photo at all goes to the DLQ as ``no_usable_photo``, with each photo's reason in the detail. A SKU with
+more photos than ``SKUFORGE_MAX_PHOTOS_PER_SKU`` (what ingest accepts) goes to the DLQ as
+``too_many_photos`` before any photo is read: all of a SKU's photos are decoded at once.
 
 The models: the matting session (``SKUFORGE_CAPTIONER_MATTING_MODEL``, unset = the committed
 U2-NetP) makes the masks; all photos of a SKU go through it in one call. The attribute backend
@@ -152,6 +154,14 @@ def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModel
     """Mask, measure and caption every photo of the SKU; emit one ``sku.captioned``."""
     sku = event.payload.sku
     photos = event.payload.photos
+    # Every photo is decoded before masking, so the count bounds the memory: refuse before reading any.
+    limit = ctx.settings.max_photos_per_sku
+    if len(photos) > limit:
+        raise BadInput(
+            "too_many_photos",
+            f"{sku.sku_id} has {len(photos)} photos; "
+            f"at most {limit} (SKUFORGE_MAX_PHOTOS_PER_SKU) are captioned",
+        )
     found = _find_products([_read_photo(photo, ctx, models.options) for photo in photos], models, ctx)
     for photo, outcome in zip(photos, found, strict=True):
         if isinstance(outcome, _Unusable):
