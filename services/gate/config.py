@@ -6,7 +6,9 @@ Per-category overrides are JSON, e.g.::
 
     SKUFORGE_GATE_CATEGORY_OVERRIDES='{"pouch": {"iou_min": 0.85}, "bottle": {"drift_tolerance": 25}}'
 
-The keys inside a category are the fields of ``shared.gate.checks.GateThresholds``.
+The keys inside a category are the fields of ``shared.gate.checks.GateThresholds``. Categories are
+free text typed by people, so they match ignoring case and spaces around and between words
+(``" Pouch"`` is ``"pouch"``); two keys that are one category that way are refused at start-up.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ class GateSettings(BaseSettings):
     gate_category_overrides: dict[str, dict[str, float]] = Field(
         default={},
         description=(
-            "JSON: category -> thresholds replaced for it (iou_min, min_foreground_fraction, "
-            "max_foreground_fraction, drift_tolerance)"
+            "JSON: category (any case and spacing) -> thresholds replaced for it (iou_min, "
+            "min_foreground_fraction, max_foreground_fraction, drift_tolerance)"
         ),
     )
 
@@ -76,22 +78,40 @@ class GateSettings(BaseSettings):
     def _overrides_are_valid(
         cls, value: dict[str, dict[str, float]], info: ValidationInfo
     ) -> dict[str, dict[str, float]]:
+        normalised: dict[str, dict[str, float]] = {}
+        spelled: dict[str, str] = {}
+        for category, overrides in value.items():
+            key = category_key(category)
+            if not key:
+                raise ValueError(f"category {category!r} is blank")
+            if key in normalised:
+                raise ValueError(
+                    f"categories {spelled[key]!r} and {category!r} are the same category "
+                    "(matched ignoring case and spaces); keep one"
+                )
+            normalised[key], spelled[key] = overrides, category
         # Apply every category's overrides to the global thresholds (as thresholds_for will), so a
         # typo or a pair made invalid by the globals fails at start-up, not on the first item.
         try:
             base = _global_thresholds(info.data)
         except (KeyError, ValueError):
-            return value  # a global threshold is invalid, and already reported under its own name
+            return normalised  # a global threshold is invalid, and already reported under its own name
         for category, overrides in value.items():
             try:
                 base.with_overrides(overrides)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"category {category!r}: {exc}") from None
-        return value
+        return normalised
 
     def thresholds_for(self, category: str) -> GateThresholds:
         """The thresholds an item of ``category`` is held to: the global ones, then its overrides."""
-        return _global_thresholds(vars(self)).with_overrides(self.gate_category_overrides.get(category, {}))
+        overrides = self.gate_category_overrides.get(category_key(category), {})
+        return _global_thresholds(vars(self)).with_overrides(overrides)
+
+
+def category_key(category: str) -> str:
+    """``category`` as overrides are looked up: case-folded, spaces trimmed and collapsed to one."""
+    return " ".join(category.casefold().split())
 
 
 def _global_thresholds(values: dict[str, Any]) -> GateThresholds:
