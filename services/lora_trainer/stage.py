@@ -27,8 +27,13 @@ Bad input goes to the DLQ with its reason: a captioned SKU with no usable photo 
 (``no_usable_photos``), a photo or mask missing from the store or not matching its sha256
 (``object_missing``, ``checksum_mismatch``), bytes that are not an image.
 
+A request file this version cannot read (not JSON, a field missing or mistyped) is logged and left
+out of planning, so it never holds back the other series; fields it does not know (a newer trainer
+wrote them) are ignored, as on the bus.
+
 Metrics beside the runtime's: ``skuforge_lora_jobs_total`` (by outcome: published, skipped,
-interrupted, failed), ``skuforge_lora_steps_total`` and ``skuforge_lora_requests_total`` (by kind).
+interrupted, failed), ``skuforge_lora_steps_total``, ``skuforge_lora_requests_total`` (by kind) and
+``skuforge_lora_requests_unreadable`` (by kind: request files the last plan left out).
 """
 
 from __future__ import annotations
@@ -44,14 +49,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import ValidationError
 
 from schemas.envelope import Envelope, derive_id
 from schemas.events import AdapterPublished, GateAccepted, SkuCaptioned
 from schemas.flow import LORA_TRAINER
 from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.lora_trainer.config import LoraTrainerSettings
-from shared.bus import Publisher
+from shared.bus import READ_EXTRA, Publisher
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ObjectMissing
 from shared.generation.adapters import AdapterKind, AdapterRegistry
@@ -84,6 +90,14 @@ class LoraTrainerMetrics:
         self.requests = Counter(
             "skuforge_lora_requests_total", "Requests recorded, by kind.", ["kind"], registry=registry
         )
+        self.unreadable = Gauge(
+            "skuforge_lora_requests_unreadable",
+            "Request files the last plan left out because this version cannot read them, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        for kind in ("captioned", "accepted"):
+            self.unreadable.labels(kind)
 
 
 # --- the handlers: record the request durably, return -------------------------------------------
@@ -144,6 +158,29 @@ class Job:
     @property
     def adapter_id(self) -> str:
         return f"{slug(self.series) if self.series else 'general'}-{self.sha256[:12]}"
+
+
+def _accepted_source(data: bytes) -> InstanceSource:
+    """The training source an ``accepted/`` request file records (``ValueError``, ``KeyError`` or
+    ``TypeError`` when this version cannot read it)."""
+    record = json.loads(data)
+    return InstanceSource(
+        sku_id=record["sku_id"],
+        photo_id=record["item_id"],
+        image_uri=record["image"]["uri"],
+        image_sha256=record["image"]["sha256"],
+        mask_uri=record["mask"]["uri"],
+        mask_sha256=record["mask"]["sha256"],
+        instance_prompt=record["prompt"] or f"a photo of a {record['class_noun']}",
+        class_noun=record["class_noun"],
+        class_prompt=f"a photo of a {record['class_noun']}",
+        composite=False,
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    """A one-line reason for a log line (a ValidationError's str runs over many lines)."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
 class LoraTrainer:
@@ -214,9 +251,18 @@ class LoraTrainer:
         # Grouped by the series as the generator's resolve_adapter compares it, not by folder: the
         # folder is a slug that distinct series share ("Cola 330ml"/"cola-330ml", non-Latin names).
         by_series: dict[str, list[SkuCaptioned]] = {}
+        unreadable = 0
         for key in sorted(self.store.list_keys(f"{PREFIX}/series/")):
-            captioned = SkuCaptioned.model_validate_json(self.store.get_bytes(key))
+            # Tolerant like the bus reader: a file a newer trainer wrote (then rolled back) still plans.
+            try:
+                captioned = SkuCaptioned.model_validate_json(self.store.get_bytes(key), extra=READ_EXTRA)
+            except (ValidationError, BadInput) as exc:
+                # One file must not stop training for every series; store outages still propagate.
+                unreadable += 1
+                log.warning("request file skipped", extra={"key": key, "reason": _one_line(exc)})
+                continue
             by_series.setdefault(captioned.sku.series.strip().casefold(), []).append(captioned)
+        self.metrics.unreadable.labels("captioned").set(unreadable)
         for members in by_series.values():
             sources = [source for c in members for source in _instance_sources(c)]
             series = members[0].sku.series
@@ -236,22 +282,14 @@ class LoraTrainer:
         if new < self.settings.lora_general_after_accepted and not scheduled:
             return None
         sources = []
+        unreadable = 0
         for key in keys:
-            record = json.loads(self.store.get_bytes(key))
-            sources.append(
-                InstanceSource(
-                    sku_id=record["sku_id"],
-                    photo_id=record["item_id"],
-                    image_uri=record["image"]["uri"],
-                    image_sha256=record["image"]["sha256"],
-                    mask_uri=record["mask"]["uri"],
-                    mask_sha256=record["mask"]["sha256"],
-                    instance_prompt=record["prompt"] or f"a photo of a {record['class_noun']}",
-                    class_noun=record["class_noun"],
-                    class_prompt=f"a photo of a {record['class_noun']}",
-                    composite=False,
-                )
-            )
+            try:
+                sources.append(_accepted_source(self.store.get_bytes(key)))
+            except (ValueError, KeyError, TypeError, BadInput) as exc:
+                unreadable += 1
+                log.warning("request file skipped", extra={"key": key, "reason": _one_line(exc)})
+        self.metrics.unreadable.labels("accepted").set(unreadable)
         return Job("general", None, sources, self._hash("general", None, sources), accepted_count=len(keys))
 
     def _hash(self, kind: str, series: str | None, sources: list[InstanceSource]) -> str:
