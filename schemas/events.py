@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field, JsonValue, field_validator
+from pydantic import BaseModel, Field, JsonValue, field_validator
 
 from schemas.common import Contract, ImageRef, SafeId, SkuMetadata
 
@@ -209,3 +209,17 @@ class AdapterPublished(Contract):
         default=0, ge=0, description="the checkpoint step a restarted job began at"
     )
     training_prompts: list[str] = Field(default_factory=list)
+
+
+def subject_sku_id(payload: BaseModel) -> str | None:
+    """The SKU an event of the flow is about, which its envelope's ``sku_id`` (its Kafka key) must be;
+    None for an event about no one SKU (``AdapterPublished`` is keyed by its adapter)."""
+    if isinstance(payload, SkuIngested | SkuCaptioned | ImageGenerated):
+        return payload.sku.sku_id
+    if isinstance(payload, ImageMatted):
+        return payload.generated.sku.sku_id
+    if isinstance(payload, GateAccepted | CorrectionPending):
+        return payload.matted.generated.sku.sku_id
+    if isinstance(payload, CorrectionResolved):
+        return payload.pending.matted.generated.sku.sku_id
+    return None

@@ -56,6 +56,7 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.common import ObjectRef
 from schemas.envelope import DeadLetter, Envelope, EnvelopeHeader, derive_id, utc_now
+from schemas.events import subject_sku_id
 from schemas.topics import DLQ_SUFFIX, Topic
 from shared.bus import make_consumer, make_envelope, make_producer, read_envelope, read_header
 from shared.config import Settings, load_settings
@@ -592,7 +593,16 @@ class Stage:
             except ValidationError:
                 refused = None
             return refused or self._dead_letter(record, "schema_invalid", _summarise(exc), exc, None)
-        return self._refuse_schema(route, record, event) or event
+        refused = self._refuse_schema(route, record, event)
+        if refused is not None:
+            return refused
+        # The key decides the partition, so the member, that handles a SKU: an event about another SKU
+        # than its key would be handled beside that SKU's own events, and stored under either id.
+        subject = subject_sku_id(event.payload)
+        if subject is not None and subject != event.sku_id:
+            detail = f"the event is keyed {event.sku_id!r} but carries SKU {subject!r}"
+            return self._dead_letter(record, "sku_mismatch", detail, None, event)
+        return event
 
     def _refuse_schema(
         self, route: _Route[Any], record: ConsumerRecord, header: EnvelopeHeader

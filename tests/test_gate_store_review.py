@@ -323,20 +323,6 @@ def test_an_event_that_misstates_its_image_size_is_refused_not_recorded(tmp_path
     assert writer.manifests.read_sku(generated.sku.sku_id) == {}
 
 
-def test_an_event_keyed_by_another_sku_is_refused_not_written(tmp_path: Path) -> None:
-    # Before, rows were written to the payload's SKU whatever the key: on another SKU's partition they
-    # are written by whichever member holds that one, beside this SKU's own writer.
-    store = FileStore(tmp_path / "store")
-    writer = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16)
-    _, event = _accepted_event(store)
-    misfiled = event.model_copy(update={"sku_id": "SKU-OTHER"})  # type: ignore[attr-defined]
-    with pytest.raises(BadInput, match="sku_mismatch: the event is keyed 'SKU-OTHER' but carries SKU"):
-        writer.accepted(misfiled, _context(store))
-    assert writer.manifests.sku_ids() == []
-    writer.accepted(event, _context(store))  # type: ignore[arg-type]
-    assert len(writer.manifests.sku_ids()) == 1
-
-
 class AcceptsAfterTheRejection(FileStore):
     """A store where another trainstore member stores an acceptance of the item right after this
     member wrote its rejection row, before it deletes the item's objects (two members may hold one

@@ -91,7 +91,6 @@ class Trainstore:
         """A gate-accepted synthetic item: store the image and the predicted mask."""
         accepted = event.payload
         generated = accepted.matted.generated
-        _check_key(event, generated.sku.sku_id)
         item = self._stage_pair(ctx, generated.image, accepted.matted.predicted_mask)
         row = _synthetic_row(generated, event, status="accepted", iou=accepted.iou, item=item)
         self._write(ctx, generated.sku.sku_id, [StagedItem(row, *item)])
@@ -102,7 +101,6 @@ class Trainstore:
         resolved = event.payload
         pending = resolved.pending
         generated = pending.matted.generated
-        _check_key(event, generated.sku.sku_id)
         common: dict[str, Any] = {
             "iou": pending.iou,
             "reasons": pending.reasons,
@@ -133,7 +131,6 @@ class Trainstore:
         """An item waiting for review: a row without objects, for the stats."""
         pending = event.payload
         generated = pending.matted.generated
-        _check_key(event, generated.sku.sku_id)
         row = _synthetic_row(
             generated, event, status="pending", iou=pending.iou, reasons=pending.reasons, item=None
         )
@@ -144,7 +141,6 @@ class Trainstore:
         """The SKU's real photos: every usable one with its mask; all verified before any is written."""
         captioned = event.payload
         sku = captioned.sku
-        _check_key(event, sku.sku_id)
         staged: list[StagedItem] = []
         for photo in captioned.photos:
             base: dict[str, Any] = {
@@ -233,13 +229,6 @@ class Trainstore:
             return
         for relative in (f"images/{sku_id}/synthetic/{item_id}.png", f"masks/{sku_id}/{item_id}.png"):
             self.manifests.store.delete(self.manifests.key(relative))
-
-
-def _check_key(event: Envelope[Any], sku_id: str) -> None:
-    """The event's key (its envelope's sku_id) must be the SKU it writes: one SKU's rows on another
-    SKU's partition would be written by whichever member holds that one, beside this SKU's own."""
-    if event.sku_id != sku_id:
-        raise BadInput("sku_mismatch", f"the event is keyed {event.sku_id!r} but carries SKU {sku_id!r}")
 
 
 def _kept_render(current: ManifestRow | None, generated: ImageGenerated) -> str | None:
