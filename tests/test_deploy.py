@@ -87,23 +87,24 @@ def helm() -> str:
 
 # The console needs reviewers (the render refuses it without them); later --set values may override.
 REVIEWERS = "secret.values.SKUFORGE_CONSOLE_USERS=alice:pw"
+MODEL = "triton.env.SKUFORGE_DIFFUSION_MODEL=s3://models/sd15-inpaint"
 
 
 def render(
-    helm: str, *values: str, kube_version: str = KUBE_VERSIONS[-1], reviewers: bool = True
+    helm: str, *values: str, kube_version: str = KUBE_VERSIONS[-1], reviewers: bool = True, model: bool = True
 ) -> list[dict[str, Any]]:
     """``helm template`` with ``--set`` values; the manifests as dicts (fails with helm's message)."""
     command = [helm, "template", "rel", str(CHART), "--kube-version", kube_version]
-    for value in [REVIEWERS] * reviewers + list(values):
+    for value in [REVIEWERS] * reviewers + [MODEL] * model + list(values):
         command += ["--set", value]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def render_error(helm: str, *values: str, reviewers: bool = True) -> str:
+def render_error(helm: str, *values: str, reviewers: bool = True, model: bool = True) -> str:
     command = [helm, "template", "rel", str(CHART), "--kube-version", KUBE_VERSIONS[-1]]
-    for value in [REVIEWERS] * reviewers + list(values):
+    for value in [REVIEWERS] * reviewers + [MODEL] * model + list(values):
         command += ["--set", value]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0, "the render should have failed"
@@ -368,6 +369,12 @@ def test_values_found_in_review_to_fail_only_once_deployed_fail_the_render(helm:
     assert "settings.SKUFORGE_CONSOLE_USERS is a secret" in render_error(
         helm, "settings.SKUFORGE_CONSOLE_USERS=bob:pw"
     )
+    # The defaults serve diffusion on Triton: without a model, `skuforge serve generator` exits at start.
+    assert "set triton.env.SKUFORGE_DIFFUSION_MODEL" in render_error(helm, model=False)
+    render(helm, "secret.values.SKUFORGE_DIFFUSION_MODEL=s3://m/sd", model=False)
+    render(helm, "secret.existingSecret=mine", model=False)  # it may be in that Secret
+    render(helm, "triton.backends={composite}", "settings.SKUFORGE_GENERATION_BACKEND=composite", model=False)
+    render(helm, "triton.enabled=false", model=False)
 
 
 def test_the_generator_stage_asks_for_the_backend_triton_serves(helm: str) -> None:
@@ -609,6 +616,15 @@ def test_the_image_owns_every_folder_compose_mounts_a_volume_on() -> None:
     made = re.search(r"mkdir -p ([^\\\n&]+)", dockerfile)
     assert made is not None and set(made.group(1).split()) >= mounts, dockerfile
     assert f"chown -R {user.group(1)}:{user.group(2)} /data" in dockerfile
+
+
+def test_the_kafka_volume_is_where_kafka_writes() -> None:
+    # apache/kafka writes under /tmp unless KAFKA_LOG_DIRS says otherwise: the named volume stayed empty,
+    # and a recreated container lost every topic, offset and waiting correction. (compose.gpu.yaml is an
+    # overlay of compose.yaml: its kafka is this one.)
+    kafka = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())["services"]["kafka"]
+    mounted = {volume.split(":")[1] for volume in kafka.get("volumes", []) if isinstance(volume, str)}
+    assert kafka["environment"].get("KAFKA_LOG_DIRS") in mounted, (kafka["environment"], mounted)
 
 
 def test_every_chart_alert_has_a_severity_ops_routes() -> None:

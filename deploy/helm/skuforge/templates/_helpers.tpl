@@ -109,6 +109,11 @@ SKUFORGE_GENERATION_BACKEND: {{ first .Values.triton.backends | quote }}
 {{- if and $backend (not (has $backend .Values.triton.backends)) -}}
 {{- fail (printf "settings.SKUFORGE_GENERATION_BACKEND=%s, but Triton serves only %s (triton.backends): the generator stage would call a model nobody serves" $backend (join ", " .Values.triton.backends)) -}}
 {{- end -}}
+{{- /* `skuforge serve generator --backend diffusion` exits at start without a model (CrashLoopBackOff). */ -}}
+{{- $model := or (hasKey .Values.triton.env "SKUFORGE_DIFFUSION_MODEL") (hasKey .Values.settings "SKUFORGE_DIFFUSION_MODEL") (hasKey .Values.secret.values "SKUFORGE_DIFFUSION_MODEL") .Values.secret.existingSecret -}}
+{{- if and (has "diffusion" .Values.triton.backends) (not $model) -}}
+{{- fail "triton serves the diffusion backend (triton.backends) but no model is named: set triton.env.SKUFORGE_DIFFUSION_MODEL (a path or s3:// URI of a diffusers inpainting model), or triton.backends={composite} (without one the Triton pod exits at start)" -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.console.enabled (not .Values.secret.existingSecret) (not (hasKey .Values.secret.values "SKUFORGE_CONSOLE_USERS")) -}}
 {{- fail "console.enabled needs reviewers: set secret.values.SKUFORGE_CONSOLE_USERS ('name:password,...') or secret.existingSecret, or console.enabled=false (without them the console pod exits at start)" -}}
