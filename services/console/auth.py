@@ -157,7 +157,10 @@ async def require_csrf(request: Request) -> Session:
 Reviewer = Annotated[Session, Depends(require_csrf)]
 
 
-LOGIN_ERRORS = {"credentials": "wrong name or password"}
+LOGIN_ERRORS = {
+    "credentials": "wrong name or password",
+    "throttled": "too many failed logins for this name: wait a minute, then try again",
+}
 
 
 @router.get("/login")
@@ -189,10 +192,16 @@ def login(
         raise HTTPException(403, "cross-origin request refused")
     if not tokens_match(request.cookies.get(LOGIN_COOKIE), login_nonce):
         raise HTTPException(403, "missing or wrong login form token: reload the login page")
+    throttle = console.login_throttle
+    if throttle.retry_after_s(reviewer) > 0:  # refused before the password is even looked at
+        query = urlencode({"error": "throttled", "next": safe_next(next)})
+        return RedirectResponse(f"/login?{query}", 303)
     users = console.console.users()
     if not check_password(users, reviewer, password):
+        throttle.failed(reviewer)
         query = urlencode({"error": "credentials", "next": safe_next(next)})
         return RedirectResponse(f"/login?{query}", 303)
+    throttle.succeeded(reviewer)
     cookie, _ = console.signer.issue(
         reviewer, credential=console.signer.credential_tag(reviewer, users[reviewer])
     )

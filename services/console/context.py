@@ -4,7 +4,7 @@ session signer, relay) and the request parameters pages and API share (task id, 
 # No ``from __future__ import annotations``: FastAPI reads the dependencies' annotations at runtime.
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,7 +16,7 @@ from schemas.common import check_safe_id
 from services.console.config import ConsoleSettings
 from services.console.metrics import ConsoleMetrics
 from services.console.relay import DecisionRelay
-from services.console.security import SessionSigner
+from services.console.security import LoginThrottle, SessionSigner
 from services.console.tasks import TaskFilter, TaskStore
 from shared.config import Settings
 from shared.store import ObjectStore
@@ -37,6 +37,7 @@ class Console:
     metrics: ConsoleMetrics
     signer: SessionSigner
     relay: DecisionRelay | None = None
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
 
 def make_signer(console: ConsoleSettings) -> SessionSigner:

@@ -1,8 +1,9 @@
 """Login sessions and cross-site request protection for the console.
 
 * **Login**: reviewer name and password, checked against ``SKUFORGE_CONSOLE_USERS`` in constant
-  time. The session is an HMAC-signed cookie (HttpOnly, SameSite=Strict, Secure when configured)
-  carrying the reviewer, an expiry and the session's CSRF token; nothing is served without it.
+  time; a name with a few failed logins in a minute is refused for the rest of it (``LoginThrottle``).
+  The session is an HMAC-signed cookie (HttpOnly, SameSite=Strict, Secure when configured) carrying
+  the reviewer, an expiry and the session's CSRF token; nothing is served without it.
 * **CSRF**: every state-changing request must carry the session's token, in the ``X-CSRF-Token``
   header (JavaScript) or a ``csrf_token`` form field (forms), and, when the browser sends an
   ``Origin``, come from the console's own origin. The login form, which has no session yet, uses
@@ -18,13 +19,68 @@ import json
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 SESSION_COOKIE = "skuforge_console"
 LOGIN_COOKIE = "skuforge_console_login"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 _SAFE_NEXT = re.compile(r"^/(?!/)[A-Za-z0-9/_.?=&%-]*$")
+
+
+@dataclass
+class LoginThrottle:
+    """Failed logins per reviewer name: after ``max_failures`` of them within ``window_s``, that name is
+    refused until the oldest leaves the window. Guessing slows to a few tries a minute per name, and a
+    reviewer who mistyped is not locked out for long (nor for long by someone trying their name).
+
+    In memory: the console is one process (the chart runs one pod). ``max_names`` bounds the table,
+    since names are whatever a client sends.
+    """
+
+    max_failures: int = 5
+    window_s: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    max_names: int = 10_000
+    _failures: dict[str, deque[float]] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def retry_after_s(self, reviewer: str) -> float:
+        """Seconds until ``reviewer`` may try again; 0 when a login may be tried now."""
+        failures = self._recent(reviewer)
+        if len(failures) < self.max_failures:
+            return 0.0
+        return max(0.0, failures[0] + self.window_s - self.clock())
+
+    def failed(self, reviewer: str) -> None:
+        """Count a failed login of ``reviewer``."""
+        self._forget_old()
+        failures = self._recent(reviewer)
+        failures.append(self.clock())
+        self._failures[reviewer] = failures
+        while len(self._failures) > self.max_names:
+            del self._failures[next(iter(self._failures))]  # the name that failed longest ago
+
+    def succeeded(self, reviewer: str) -> None:
+        """A successful login clears the name's failures."""
+        self._failures.pop(reviewer, None)
+
+    def _recent(self, reviewer: str) -> deque[float]:
+        failures = self._failures.pop(reviewer, deque())  # re-inserted by ``failed``: newest last
+        while failures and failures[0] <= self.clock() - self.window_s:
+            failures.popleft()
+        if failures:
+            self._failures[reviewer] = failures
+        return failures
+
+    def _forget_old(self) -> None:
+        cutoff = self.clock() - self.window_s
+        for name in [name for name, failures in self._failures.items() if failures[-1] <= cutoff]:
+            del self._failures[name]
 
 
 @dataclass(frozen=True)
