@@ -185,7 +185,7 @@ def generate_in_process(
         masks = _cached_masks(
             session, images, photos, out_dir.parent / "masks", f"{session.model_id}|{args.max_reference_px}"
         )
-        # The generator's rule (services/generator/stage.py: cutout_sources): plain backgrounds first.
+        # The generator's rule (shared/generation/backend.py: cutout_sources): plain backgrounds first.
         plain = [plain_background_share(image, mask) for image, mask in zip(images, masks, strict=True)]
         sources = [
             i

@@ -450,7 +450,7 @@ def test_adapters_cli_registers_and_lists(
     listed = AdapterMetadata.model_validate_json(line)
     assert (listed.adapter_id, listed.series, listed.rank) == ("cola-v1", "cola", 8)
     assert listed.training_prompts == ["a shs can"]
-    assert (tmp_path / "store" / "adapters" / "cola-v1" / "pytorch_lora_weights.safetensors").is_file()
+    assert (tmp_path / "store" / "adapters" / "cola-v1" / listed.weight_name).is_file()
     # A specialised adapter without its series is refused, with the reason, and nothing is written.
     assert (
         cli_main(["adapters", "register", "x", str(weights), "--kind", "specialized", "--base-model", "m"])

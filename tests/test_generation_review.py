@@ -106,8 +106,10 @@ def test_a_weight_name_that_is_a_path_is_not_listed(tmp_path: Path) -> None:
     listed = registry.list()
     assert [adapter.adapter_id for adapter in listed] == ["shelf-general"]
     # So every request gets an adapter whose weights can be fetched, none fails the whole batch.
-    directory = registry.fetch_weights(resolve_adapter(listed, series="cola").adapter, tmp_path / "cache")  # type: ignore[arg-type]
-    assert (directory / "pytorch_lora_weights.safetensors").is_file()
+    chosen = resolve_adapter(listed, series="cola").adapter
+    assert chosen is not None
+    directory = registry.fetch_weights(chosen, tmp_path / "cache")
+    assert (directory / chosen.weight_name).is_file()
 
 
 # --- LoRA trainer ---------------------------------------------------------------------------------
@@ -132,6 +134,7 @@ def trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LoraTra
         settings=settings,
         model_dir=tmp_path,
         base_model="tiny",
+        min_plain_background=0.7,
         publish=lambda event: None,
         metrics=LoraTrainerMetrics(CollectorRegistry()),
     )

@@ -29,6 +29,7 @@ def _trainer(store: FileStore, **overrides: object) -> LoraTrainer:
         settings=load_settings(LoraTrainerSettings, **overrides),
         model_dir=store.root,
         base_model="sd15-test",
+        min_plain_background=0.7,
         publish=lambda event: None,
         metrics=LoraTrainerMetrics(CollectorRegistry()),
     )

@@ -45,6 +45,7 @@ from shared.images import decode_image, decode_mask, encode_png
 from shared.lora_training.dataset import (
     TrainingRecipe,
     build_training_set,
+    class_key,
     load_training_set,
     slug,
     training_set_sha256,
@@ -107,6 +108,11 @@ def record(trainer: LoraTrainer, captioned: SkuCaptioned) -> None:
     )
 
 
+def weights_key(trainer: LoraTrainer, adapter_id: str) -> str:
+    """Where the registry keeps an adapter's weights (a file named by their sha256)."""
+    return f"{adapter_id}/{trainer.registry.get(adapter_id).weight_name}"
+
+
 def steps_run(trainer: LoraTrainer) -> float:
     """skuforge_lora_steps_total of this trainer, as /metrics shows it."""
     (family,) = trainer.metrics.steps.collect()
@@ -162,11 +168,11 @@ def test_training_set_has_instance_and_class_images_with_their_prompts_and_a_cla
     assert len({trainer.store.get_bytes(item.image) for item in instances}) == 4  # varied scenes
     assert {item.prompt for item in classes} == {sku.class_prompt}
     assert all(item.mask is None for item in classes)
-    index = json.loads(trainer.store.get_bytes(f"set/index/{slug(sku.class_noun)}.json"))
+    index = json.loads(trainer.store.get_bytes(f"set/index/{class_key(sku.class_noun)}.json"))
     assert index["class_noun"] == sku.class_noun and index["class_prompt"] == sku.class_prompt
     assert index["training_set_sha256"] == job.sha256
     assert sorted(i["item_id"] for i in index["items"]) == sorted(i.item_id for i in built.items)
-    assert list(trainer.store.list_keys("set/index/")) == [f"set/index/{slug(sku.class_noun)}.json"]
+    assert list(trainer.store.list_keys("set/index/")) == [f"set/index/{class_key(sku.class_noun)}.json"]
 
     # Real class images from a configured folder replace painted ones, and change the job's identity.
     folder = tmp_path / "class-images" / slug(sku.class_noun)
@@ -209,6 +215,7 @@ def test_the_content_hash_changes_with_a_new_sku_and_not_with_order(tiny_model: 
         "kind": "specialized",
         "series": "cola",
         "base_model": trainer.base_model,
+        "model_digest": trainer.model_digest,
         "recipe": trainer.recipe,
     }
     assert training_set_sha256(sources=two.sources[::-1], **kwargs) == two.sha256
@@ -340,12 +347,8 @@ def test_sigkill_mid_training_resumes_from_the_checkpoint(
     record(other, captioned_sku(other.store, 81, series="cola"))  # the same photos, in the other store
     (uninterrupted,) = other.run_pending()
     assert uninterrupted.training_set_sha256 == event.training_set_sha256
-    resumed_weights = load(
-        trainer.registry.store.get_bytes(f"{event.adapter_id}/pytorch_lora_weights.safetensors")
-    )
-    clean_weights = load(
-        other.registry.store.get_bytes(f"{event.adapter_id}/pytorch_lora_weights.safetensors")
-    )
+    resumed_weights = load(trainer.registry.store.get_bytes(weights_key(trainer, event.adapter_id)))
+    clean_weights = load(other.registry.store.get_bytes(weights_key(other, event.adapter_id)))
     assert resumed_weights.keys() == clean_weights.keys()
     for name, tensor in resumed_weights.items():
         torch.testing.assert_close(tensor, clean_weights[name], atol=1e-5, rtol=1e-4)
@@ -581,7 +584,7 @@ def test_a_training_set_built_part_way_is_built_again_not_trained_on(tmp_path: P
         if (other := captioned_sku(store, index, usable_photos=1, series="mix")).class_noun
         != first.class_noun
     )
-    sources = _instance_sources(first) + _instance_sources(second)
+    sources = _instance_sources(first, 0.7) + _instance_sources(second, 0.7)
     recipe = TrainingRecipe(resolution=64, scenes_per_photo=2, class_images=2)
     painted: list[str] = []
 

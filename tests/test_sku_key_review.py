@@ -16,9 +16,9 @@ from shared.bus import make_envelope
 from shared.config import load_settings
 from shared.runtime import Emit, Stage
 from shared.store import FileStore
+from tests.support.bus import sku_ingested_payloads
 from tests.support.gate import matted_item, resolved
 from tests.test_runtime_review import _record, _wired
-from tests.support.bus import sku_ingested_payloads
 
 
 def _payloads(store: FileStore) -> list[tuple[Topic[object], BaseModel]]:

@@ -163,7 +163,8 @@ class GenerationSettings(BaseSettings):
     def _adapter_id_is_an_id(cls, adapter_id: str | None) -> str | None:
         # An id the registry cannot hold would refuse every diffusion variant, one SKU at a time.
         is_base_model = adapter_id is not None and adapter_id.strip().lower() == NO_ADAPTER
-        if adapter_id is not None and not is_base_model and not re.match(ADAPTER_ID_PATTERN, adapter_id):
+        # fullmatch: with re.match, the pattern's '$' also matches before a trailing newline.
+        if adapter_id is not None and not is_base_model and not re.fullmatch(ADAPTER_ID_PATTERN, adapter_id):
             raise ValueError(
                 f"not an adapter id: letters, digits, '_' and '-', at most 64 (or {NO_ADAPTER!r} "
                 "for the base model)"

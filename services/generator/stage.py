@@ -49,7 +49,7 @@ from services.generator.config import GenerationSettings
 from services.generator.protocol import VariantRequest, VariantResult, model_name
 from shared.config import Settings, load_settings
 from shared.errors import BadInput
-from shared.generation.backend import COLOUR_GAIN_KEY, is_pile
+from shared.generation.backend import COLOUR_GAIN_KEY, cutout_sources, is_pile
 from shared.generation.composite import product_framing
 from shared.images import decode_image, decode_mask
 from shared.runtime import Context, Emit, Stage, run_stage
@@ -127,21 +127,6 @@ def plan_variants(captioned: SkuCaptioned, generation: GenerationSettings) -> li
         )
         for index in range(total)
     ]
-
-
-def cutout_sources(usable: list[CaptionedPhoto], min_plain_background: float) -> list[CaptionedPhoto]:
-    """The photos to cut the product from: those on a plain background, else all usable ones.
-
-    On a cluttered in-store photo the matting model is often wrong about what the product is (a
-    hand, the next item on the shelf); pasted onto new scenes, such a cut-out is a wrong label. The
-    photo still reaches the retraining store as a real image.
-    """
-    plain = [
-        photo
-        for photo in usable
-        if photo.plain_background is None or photo.plain_background >= min_plain_background
-    ]
-    return plain or usable
 
 
 def variant_parameters(planned: PlannedVariant, generation: GenerationSettings) -> dict[str, Any]:

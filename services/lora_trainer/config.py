@@ -3,7 +3,10 @@
 The base model is the generator's (``SKUFORGE_DIFFUSION_MODEL``, ``SKUFORGE_DIFFUSION_BASE_MODEL``)
 unless ``SKUFORGE_LORA_MODEL`` names another folder; adapters go to the generator's registry
 (``SKUFORGE_DIFFUSION_ADAPTERS_URI``, else ``<SKUFORGE_STORE_URI>/adapters``), so what the trainer
-publishes is what the generator lists.
+publishes is what the generator lists. Adapters are labelled with the model actually trained
+(``SKUFORGE_LORA_BASE_MODEL``; ``adapter_base_model`` in ``stage.py`` says how it defaults), and
+the trainer trains on the photos the generator cuts products from
+(``SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ class LoraTrainerSettings(BaseSettings):
     lora_model: str | None = Field(
         default=None,
         description="base inpainting pipeline folder to train on; unset = SKUFORGE_DIFFUSION_MODEL",
+    )
+    lora_base_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="base-model name adapters are registered under (the generator uses those matching its "
+        "SKUFORGE_DIFFUSION_BASE_MODEL); unset = the generator's when training its model, else the "
+        "SKUFORGE_LORA_MODEL folder's name (refused at start-up if SKUFORGE_DIFFUSION_BASE_MODEL is set)",
     )
     lora_device: Literal["auto", "cuda", "cpu"] = Field(
         default="auto", description="'auto' = CUDA if available"
@@ -66,7 +76,9 @@ class LoraTrainerSettings(BaseSettings):
         default=_RECIPE.prior_loss_weight, ge=0.0, description="weight of the class-image loss"
     )
     lora_checkpoint_every: int = Field(
-        default=_RECIPE.checkpoint_every, ge=1, description="steps between checkpoints to the store"
+        default=_RECIPE.checkpoint_every,
+        ge=1,
+        description="steps between checkpoints to the store (not part of a job's identity: no retraining)",
     )
     lora_seed: int = Field(
         default=_RECIPE.seed, ge=0, lt=2**32, description="seed of the data order and noise"
@@ -80,7 +92,8 @@ class LoraTrainerSettings(BaseSettings):
     lora_poll_s: float = Field(default=5.0, gt=0.0, description="how often the worker looks for work")
 
     def recipe(self) -> TrainingRecipe:
-        """The training recipe these settings describe (part of every job's content hash)."""
+        """The training recipe these settings describe (its weight-changing knobs are part of every
+        job's content hash, ``TrainingRecipe.identity``)."""
         return TrainingRecipe(
             rank=self.lora_rank,
             alpha=self.lora_alpha,

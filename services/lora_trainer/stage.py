@@ -12,7 +12,12 @@ the handlers do not train: they write the request to the store (``lora-trainer/s
 <sku_id>.json``, ``lora-trainer/accepted/<item_id>.json``) and return, and the runtime commits.
 The store is the job queue: a worker thread (``LoraTrainer``) plans jobs from it, trains, registers
 the adapter and publishes. The consumer keeps polling, so it never loses its partitions; nothing is
-lost on a crash because the request is durable before its offset is committed.
+lost on a crash because the request is durable before its offset is committed. A SKU has one
+request: re-captioned under another series (or none), its request leaves the old series' folder.
+
+**What it trains on.** The photos the generator cuts products from (``cutout_sources``, with the
+generator's ``SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND``), on the model the adapters are labelled
+with (``adapter_base_model``: a model other than the generator's needs ``SKUFORGE_LORA_BASE_MODEL``).
 
 **Restarts.** A job's id is its training set's content hash (``shared/lora_training/dataset.py``).
 Training checkpoints to ``lora-trainer/jobs/<hash>/checkpoint.pt`` every
@@ -56,12 +61,14 @@ from schemas.envelope import Envelope, derive_id
 from schemas.events import AdapterPublished, GateAccepted, SkuCaptioned
 from schemas.flow import LORA_TRAINER
 from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, SKU_CAPTIONED
+from services.generator.config import GenerationSettings
 from services.lora_trainer.config import LoraTrainerSettings
 from shared.bus import READ_EXTRA, Publisher
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ObjectMissing
 from shared.generation.adapters import AdapterKind, AdapterRegistry
-from shared.generation.diffusion import DiffusionSettings
+from shared.generation.backend import cutout_sources
+from shared.generation.diffusion import DiffusionSettings, model_digest
 from shared.images import UInt8Array, decode_image
 from shared.lora_training.dataset import (
     InstanceSource,
@@ -115,13 +122,35 @@ def record_captioned(
         ctx.read_image(photo.image)
         assert photo.mask is not None
         ctx.read_mask(photo.mask)
-    if not captioned.sku.series.strip():
-        ctx.log.info("no series: nothing to specialise", extra={"sku_id": captioned.sku.sku_id})
+    sku_id = captioned.sku.sku_id
+    key = None
+    if captioned.sku.series.strip():
+        key = f"{PREFIX}/series/{slug(captioned.sku.series)}/{sku_id}.json"
+        ctx.store.put_json(key, captioned)
+    # A SKU belongs to one series: a re-captioned SKU whose series changed (or was cleared) must leave
+    # the old series, or that series keeps training on it and its adapter is served for it. Written
+    # first, deleted second: a crash in between is redelivered (the offset is not committed yet).
+    for stale in _series_requests_of(ctx.store, sku_id):
+        if stale != key:
+            ctx.store.delete(stale)
+            ctx.log.info("SKU left its former series", extra={"sku_id": sku_id, "request": stale})
+    if key is None:
+        ctx.log.info("no series: nothing to specialise", extra={"sku_id": sku_id})
         return []
-    key = f"{PREFIX}/series/{slug(captioned.sku.series)}/{captioned.sku.sku_id}.json"
-    ctx.store.put_json(key, captioned)
     ctx.after_commit(metrics.requests.labels("captioned").inc)  # once, not per attempt
     return []
+
+
+def _series_requests_of(store: ObjectStore, sku_id: str) -> list[str]:
+    """The keys of every series request recorded for ``sku_id`` (``series/<folder>/<sku_id>.json``)."""
+    prefix = f"{PREFIX}/series/"
+    name = f"{sku_id}.json"
+    keys = []
+    for key in store.list_keys(prefix):
+        folder, _, rest = key[len(prefix) :].partition("/")
+        if folder and rest == name:
+            keys.append(key)
+    return keys
 
 
 def record_accepted(
@@ -194,15 +223,21 @@ class LoraTrainer:
         settings: LoraTrainerSettings,
         model_dir: Path,
         base_model: str,
+        min_plain_background: float,
         publish: Callable[[AdapterPublished], None],
         metrics: LoraTrainerMetrics,
     ) -> None:
+        """``base_model`` labels the adapters (what the generator's SKUFORGE_DIFFUSION_BASE_MODEL
+        matches); ``min_plain_background`` is the generator's SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND."""
         self.store = store
         self.registry = registry
         self.settings = settings
         self.recipe: TrainingRecipe = settings.recipe()
         self.model_dir = model_dir
         self.base_model = base_model
+        # Part of every job's hash: a checkpoint of one UNet is never resumed into another.
+        self.model_digest = model_digest(model_dir)
+        self.min_plain_background = min_plain_background
         self.publish = publish
         self.metrics = metrics
         self._stop = threading.Event()
@@ -264,7 +299,7 @@ class LoraTrainer:
             by_series.setdefault(captioned.sku.series.strip().casefold(), []).append(captioned)
         self.metrics.unreadable.labels("captioned").set(unreadable)
         for members in by_series.values():
-            sources = [source for c in members for source in _instance_sources(c)]
+            sources = [source for c in members for source in _instance_sources(c, self.min_plain_background)]
             series = members[0].sku.series
             jobs.append(Job("specialized", series, sources, self._hash("specialized", series, sources)))
         general = self._general_job()
@@ -302,6 +337,7 @@ class LoraTrainer:
             kind=kind,
             series=series,
             base_model=self.base_model,
+            model_digest=self.model_digest,
             sources=sources,
             recipe=self.recipe,
             class_folder=folder,
@@ -471,11 +507,16 @@ class LoraTrainer:
         return images
 
 
-def _instance_sources(captioned: SkuCaptioned) -> list[InstanceSource]:
+def _instance_sources(captioned: SkuCaptioned, min_plain_background: float) -> list[InstanceSource]:
+    """The SKU's training photos: the ones the generator cuts the product from (``cutout_sources``).
+
+    A cut-out from a cluttered in-store photo is often a hand or the neighbouring product; the
+    generator does not paste those, and an adapter trained on them would learn the wrong product.
+    """
+    usable = [photo for photo in captioned.photos if photo.usable and photo.mask is not None]
     sources = []
-    for photo in captioned.photos:
-        if not photo.usable or photo.mask is None:
-            continue
+    for photo in cutout_sources(usable, min_plain_background):
+        assert photo.mask is not None  # filtered above; for mypy
         tags = [*photo.colours[:2], photo.shape if photo.shape != "other" else "", photo.view, *photo.tags]
         sources.append(
             InstanceSource(
@@ -525,12 +566,19 @@ def open_trainer(
     publish: Callable[[AdapterPublished], None],
     trainer: LoraTrainerSettings | None = None,
     diffusion: DiffusionSettings | None = None,
+    generation: GenerationSettings | None = None,
 ) -> LoraTrainer:
-    """The worker for these settings: base model folder, adapter registry, recipe."""
+    """The worker for these settings: base model folder, adapter registry, recipe.
+
+    ``generation`` gives the generator's cut-out rule (SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND), so
+    the trainer trains on the photos the generator pastes. Bad settings raise ``ConfigError``.
+    """
     import torch
 
     trainer = trainer or load_settings(LoraTrainerSettings)
     diffusion = diffusion or load_settings(DiffusionSettings)
+    generation = generation or load_settings(GenerationSettings)
+    base_model = adapter_base_model(trainer, diffusion)  # before any model is opened: fails fast
     model = trainer.lora_model or diffusion.diffusion_model
     if model is None or "://" in model or not (Path(model) / "model_index.json").is_file():
         raise ConfigError(
@@ -553,10 +601,47 @@ def open_trainer(
         registry=registry,
         settings=trainer,
         model_dir=Path(model),
-        base_model=diffusion.diffusion_base_model or Path(model).name,
+        base_model=base_model,
+        min_plain_background=generation.generation_min_plain_background,
         publish=publish,
         metrics=metrics,
     )
+
+
+def adapter_base_model(trainer: LoraTrainerSettings, diffusion: DiffusionSettings) -> str:
+    """The base-model label the trainer registers its adapters under: the model it trains.
+
+    The generator (with SKUFORGE_DIFFUSION_BASE_MODEL set) uses only adapters labelled with its
+    model. So: SKUFORGE_LORA_BASE_MODEL when set; else, when the trainer trains the generator's
+    model, the generator's label (SKUFORGE_DIFFUSION_BASE_MODEL, else the folder's name); else (another
+    SKUFORGE_LORA_MODEL) the folder's name, unless the generator filters by a label: then whether
+    the two folders hold one model is the operator's to say, and start-up refuses until they do. A
+    wrong guess either way hurts: adapters of model X labelled as the generator's model Y are loaded
+    and refused for every SKU of the series (adapter_unloadable), and a local copy of Y labelled by
+    its folder's name is never used.
+    """
+    if trainer.lora_base_model is not None:
+        return trainer.lora_base_model
+    lora_model, generator_model = trainer.lora_model, diffusion.diffusion_model
+    trains_generator_model = lora_model is None or (
+        generator_model is not None
+        and "://" not in generator_model
+        and Path(lora_model).resolve() == Path(generator_model).resolve()
+    )
+    if trains_generator_model:
+        model = lora_model or generator_model or "model"
+        return diffusion.diffusion_base_model or Path(model).name
+    assert lora_model is not None  # else the trainer trains the generator's model
+    if diffusion.diffusion_base_model is not None:
+        raise ConfigError(
+            f"SKUFORGE_LORA_MODEL={lora_model} is not the generator's model "
+            f"(SKUFORGE_DIFFUSION_MODEL={generator_model}), and the generator uses only adapters "
+            f"labelled SKUFORGE_DIFFUSION_BASE_MODEL={diffusion.diffusion_base_model}: set "
+            "SKUFORGE_LORA_BASE_MODEL to the name of the model SKUFORGE_LORA_MODEL holds "
+            f"({diffusion.diffusion_base_model} if it is a local copy of the generator's model; another "
+            "name if not, and the generator will not use those adapters)"
+        )
+    return Path(lora_model).name
 
 
 def kafka_publisher(shared: Settings) -> Callable[[AdapterPublished], None]:
@@ -576,7 +661,11 @@ def kafka_publisher(shared: Settings) -> Callable[[AdapterPublished], None]:
 
 
 def build_stage(
-    *, trainer: LoraTrainerSettings | None = None, diffusion: DiffusionSettings | None = None, **kwargs: Any
+    *,
+    trainer: LoraTrainerSettings | None = None,
+    diffusion: DiffusionSettings | None = None,
+    generation: GenerationSettings | None = None,
+    **kwargs: Any,
 ) -> tuple[Stage, LoraTrainer]:
     """The stage (handlers record requests) and its worker (not started); kwargs go to Stage."""
     workers: list[LoraTrainer] = []
@@ -593,6 +682,7 @@ def build_stage(
         publish=kafka_publisher(stage.settings),
         trainer=trainer,
         diffusion=diffusion,
+        generation=generation,
     )
     workers.append(worker)
     stage.handler(SKU_CAPTIONED)(functools.partial(record_captioned, metrics=metrics))

@@ -2,10 +2,16 @@
 
 Layout, under the registry's root (by default ``<SKUFORGE_STORE_URI>/adapters``)::
 
-    <adapter_id>/pytorch_lora_weights.safetensors   diffusers LoRA weights (save_lora_weights layout)
-    <adapter_id>/metadata.json                      AdapterMetadata: base model, kind, series, rank...
+    <adapter_id>/pytorch_lora_weights-<sha256>.safetensors   diffusers LoRA weights (save_lora_weights)
+    <adapter_id>/metadata.json                               AdapterMetadata: base model, kind, series,
+                                                             rank, weight_name, weights_sha256...
 
-``metadata.json`` is written last, so an adapter whose upload broke half-way is never listed.
+``metadata.json`` is written last, so an adapter whose upload broke half-way is never listed. The
+weights file is named by its content (``weight_name`` in the metadata): registering an id again
+writes a new file beside the old one, so a generator still holding the old listing (it is reused for
+``SKUFORGE_DIFFUSION_ADAPTER_REFRESH_S``) fetches intact old bytes instead of failing their
+checksum. The weights of the registration before the current one are kept; older ones are deleted.
+Adapters registered before this layout name ``pytorch_lora_weights.safetensors`` and still load.
 Two kinds exist, as in the field report (docs/architecture.md): a ``general`` adapter trained on
 all shelf images, and ``specialized`` adapters trained on one product series. For a request the
 choice is: the newest specialised adapter of the SKU's series, else the newest general one, else
@@ -30,7 +36,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from shared.errors import BadInput, ChecksumMismatch
+from shared.errors import BadInput, ChecksumMismatch, ObjectMissing
 from shared.model_cache import write_atomically
 from shared.store import ObjectStore, sha256_hex
 
@@ -45,11 +51,15 @@ __all__ = [
     "AdapterRegistry",
     "lora_rank",
     "resolve_adapter",
+    "weights_file_name",
 ]
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save_lora_weights writes
+_WEIGHTS_SUFFIX = ".safetensors"
+# The weights files register() writes: the content-addressed name, and the name it used before.
+_REGISTRY_WEIGHTS = re.compile(r"pytorch_lora_weights(?:-[0-9a-f]{64})?\.safetensors")
 METADATA_FILE = "metadata.json"
 # An explicit request for the base model, with no adapter (an adapter_id of None means "choose").
 NO_ADAPTER = "none"
@@ -163,6 +173,11 @@ def resolve_adapter(
     return AdapterChoice(None, "none")
 
 
+def weights_file_name(weights_sha256: str) -> str:
+    """The name a registration stores its weights under: named by content, never overwritten."""
+    return f"{WEIGHTS_FILE.removesuffix(_WEIGHTS_SUFFIX)}-{weights_sha256}{_WEIGHTS_SUFFIX}"
+
+
 def lora_rank(weights: bytes) -> int:
     """The LoRA rank of a safetensors file: the smallest dimension of its down-projection tensors.
 
@@ -232,10 +247,12 @@ class AdapterRegistry:
         """Upload LoRA weights and their metadata (metadata last); replaces an adapter of the same id.
 
         ``rank`` defaults to the one read from the weights. Invalid metadata raises ``ValueError``
-        before anything is written.
+        before anything is written. The weights go to a file named by their sha256, so the
+        replaced registration's weights stay readable for generators that have not listed again.
         """
         self._check_id(adapter_id)
         data = weights.read_bytes() if isinstance(weights, Path) else weights
+        weights_sha256 = sha256_hex(data)
         try:
             metadata = AdapterMetadata(
                 adapter_id=adapter_id,
@@ -244,16 +261,33 @@ class AdapterRegistry:
                 base_model=base_model,
                 rank=rank if rank is not None else lora_rank(data),
                 training_prompts=list(training_prompts),
-                weights_sha256=sha256_hex(data),
+                weight_name=weights_file_name(weights_sha256),
+                weights_sha256=weights_sha256,
                 weights_bytes=len(data),
                 created_at=datetime.now(UTC),
                 training_set_sha256=training_set_sha256,
             )
         except ValidationError as exc:
             raise ValueError(f"cannot register adapter {adapter_id!r}: {exc}") from None
+        replaced = self._registered(adapter_id)
         self.store.put_bytes(f"{adapter_id}/{metadata.weight_name}", data)
         self.store.put_json(f"{adapter_id}/{METADATA_FILE}", metadata.model_dump(mode="json"))
+        # Keep the replaced registration's weights: generators' cached listings point at them. Older
+        # ones only a listing from before the replaced registration names; such a generator lists
+        # again and retries (DiffusionBackend). Only files this registry names itself are deleted.
+        keep = {metadata.weight_name, *([replaced.weight_name] if replaced is not None else [])}
+        for key in list(self.store.list_keys(f"{adapter_id}/")):
+            name = key.removeprefix(f"{adapter_id}/")
+            if _REGISTRY_WEIGHTS.fullmatch(name) and name not in keep:
+                self.store.delete(key)
         return metadata
+
+    def _registered(self, adapter_id: str) -> AdapterMetadata | None:
+        """The adapter's current metadata, or None when it has none (or none this version reads)."""
+        try:
+            return self.get(adapter_id)
+        except (ObjectMissing, ValidationError):
+            return None
 
     def fetch_weights(self, metadata: AdapterMetadata, cache_dir: Path) -> Path:
         """A local directory holding the adapter's weights file, checked against its sha256.
@@ -275,7 +309,8 @@ class AdapterRegistry:
 
     @staticmethod
     def _check_id(adapter_id: str) -> None:
-        if not _ADAPTER_ID.match(adapter_id):
+        # fullmatch: with match, '$' also matches before a trailing newline ("id\n" passed).
+        if not _ADAPTER_ID.fullmatch(adapter_id):
             raise BadInput(
                 "invalid_adapter_id",
                 f"{adapter_id!r} is not an adapter id (letters, digits, '_' and '-', at most 64)",

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from shared.errors import BadInput
 
 if TYPE_CHECKING:
+    from schemas.events import CaptionedPhoto
     from shared.config import Settings
     from shared.generation.diffusion import DiffusionSettings
     from shared.generation.scenes import SceneLibrary
@@ -40,6 +41,22 @@ def is_pile(variant_index: int, share: float) -> bool:
     """Whether variant ``variant_index`` of a loose-produce SKU is asked for as a pile (the composite
     backend's ``arrangement``): ``share`` of the variants, spread evenly (0.5: every second one)."""
     return math.floor((variant_index + 1) * share) > math.floor(variant_index * share)
+
+
+def cutout_sources(usable: list[CaptionedPhoto], min_plain_background: float) -> list[CaptionedPhoto]:
+    """The photos to cut the product from: those on a plain background, else all usable ones.
+
+    On a cluttered in-store photo the matting model is often wrong about what the product is (a
+    hand, the next item on the shelf); pasted onto new scenes, such a cut-out is a wrong label. The
+    photo still reaches the retraining store as a real image. The generator and the LoRA trainer
+    both take their cut-outs from these.
+    """
+    plain = [
+        photo
+        for photo in usable
+        if photo.plain_background is None or photo.plain_background >= min_plain_background
+    ]
+    return plain or usable
 
 
 @dataclass(frozen=True)

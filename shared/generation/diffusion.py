@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings
 
 from shared.config import SETTINGS_CONFIG, ConfigError, Settings, describe_validation_error
-from shared.errors import BadInput
+from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, TransientError
 from shared.generation.adapters import AdapterChoice, AdapterMetadata, AdapterRegistry, resolve_adapter
 from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome
 from shared.model_cache import cache_dir as model_cache_dir
@@ -63,6 +63,7 @@ __all__ = [
     "DiffusionSettings",
     "LoraSlots",
     "Placement",
+    "model_digest",
     "paint_mask",
     "place_product",
     "variant_seeds",
@@ -391,14 +392,20 @@ def _torch_setup(settings: DiffusionSettings) -> tuple[torch.device, torch.dtype
     return device, dtype
 
 
-def _model_digest(directory: Path) -> str:
-    """A cheap fingerprint for lineage: every file's path and size, and the bytes of the small ones.
+def model_digest(directory: Path) -> str:
+    """A cheap fingerprint of a model folder: every file's path and size, and the bytes of the small ones.
 
     Hashing gigabytes of weights at every start would cost tens of seconds; configs and sizes
-    already tell two published models apart.
+    already tell two published models apart. Lineage of generated images (``model_id``) and the
+    LoRA trainer's job identity both use it. Hidden files and folders are left out (a download tool's
+    ``.cache/`` holds timestamps): two copies of one model have one digest.
     """
+
+    def visible(path: Path) -> bool:
+        return path.is_file() and not any(part.startswith(".") for part in path.relative_to(directory).parts)
+
     digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for path in sorted(filter(visible, directory.rglob("*"))):
         size = path.stat().st_size
         digest.update(f"{path.relative_to(directory).as_posix()}\0{size}\0".encode())
         if size <= 1 << 20:
@@ -553,7 +560,7 @@ class DiffusionBackend:
         name = model.rstrip("/").rpartition("/")[2] or "model"
         return cls(
             pipe,
-            model_id=f"diffusion:{name}@sha256:{_model_digest(directory)[:12]}",
+            model_id=f"diffusion:{name}@sha256:{model_digest(directory)[:12]}",
             registry=registry,
             settings=diffusion,
             cache_dir=cache_dir,
@@ -576,6 +583,20 @@ class DiffusionBackend:
             self._listing = self.registry.list()
             self._listed_at = now
         return self._listing
+
+    def _raise_if_registration_changed(self, adapter: AdapterMetadata, exc: BadInput) -> None:
+        """``TransientError`` when the registry no longer lists ``adapter`` as it was when chosen.
+
+        The registry keeps the replaced registration's weights, but a listing older than that (or an
+        adapter removed) points at bytes that are gone: a retry chooses from the fresh listing. An
+        adapter listed unchanged whose weights fail is broken in the registry: ``exc`` stands.
+        """
+        current = next((a for a in self.adapters(refresh=True) if a.adapter_id == adapter.adapter_id), None)
+        if current != adapter:
+            raise TransientError(
+                f"adapter {adapter.adapter_id!r} changed in the registry since it was listed ({exc}); "
+                "the listing is read again, retry the request"
+            ) from exc
 
     def choose_adapter(self, request: GenerationRequest) -> AdapterChoice:
         """The adapter ``request`` gets (explicit id, else series, else general, else none)."""
@@ -611,6 +632,9 @@ class DiffusionBackend:
         painted in one pipeline call (up to ``SKUFORGE_DIFFUSION_MAX_BATCH`` rows), each with its
         own ``torch.Generator``, so a variant's pixels do not depend on its neighbours (up to float
         rounding in batched kernels). A request refused for its input or its adapter fails alone.
+        An adapter whose weights are gone or altered because it was registered again (or removed)
+        since the listing was read is not the request's fault: the listing is read again and
+        ``TransientError`` raised, so the request is retried with the current adapter, not dead-lettered.
         """
         outcomes: list[RowOutcome | None] = [None] * len(requests)
         plans: dict[int, _Plan] = {}
@@ -634,9 +658,12 @@ class DiffusionBackend:
                 groups.setdefault(key, []).extend((position, index) for index in range(requests[position].n))
             painted: dict[tuple[int, int], tuple[UInt8Array, int]] = {}
             for key, variants in groups.items():
+                adapter = choices[variants[0][0]].adapter
                 try:
-                    self.lora.activate(choices[variants[0][0]].adapter)
+                    self.lora.activate(adapter)
                 except BadInput as exc:
+                    if adapter is not None and isinstance(exc, (ObjectMissing, ChecksumMismatch)):
+                        self._raise_if_registration_changed(adapter, exc)
                     for position, _ in variants:
                         outcomes[position] = exc
                         plans.pop(position, None)

@@ -8,18 +8,23 @@ The recipe is what the field reports learned (docs/architecture.md, "Why it exis
   caption (colours, shape, view) and the scene's name;
 - **class images** (prior preservation): ``"<class prompt>"`` images from a configured folder of real
   class photos, or painted by the base model itself, so the class concept survives the training;
-- **one JSON index per class** (``index/<class>.json``): every image, mask, prompt and kind, so the
-  trainer never lists the store at start-up.
+- **one JSON index per class** (``index/<class key>.json``): every image, mask, prompt and kind, so
+  the trainer never lists the store at start-up. The class key is the noun's slug and a short hash of
+  the exact noun (``class_key``): "soda can" and "soda-can" share a slug, and one index overwriting
+  the other would leave a resumed job a smaller set than the one it started on.
 
 A job's identity is ``training_set_sha256``: a hash of its inputs (photo and mask sha256, prompts,
-tags) and of the recipe. A redelivered request, or a restart, finds the same hash and does not train
-again; a new SKU in a series changes it and trains a new adapter.
+tags), of the base model trained on and of the recipe's knobs that change the weights (not
+``checkpoint_every``: a resumed job ends with the weights an uninterrupted one ends with). A
+redelivered request, or a restart, finds the same hash and does not train again; a new SKU in a
+series changes it and trains a new adapter.
 
 Layout under the set's prefix::
 
-    index/<class slug>.json           {"class_noun", "class_prompt", "items": [...]}
+    index/<class key>.json            {"class_noun", "class_prompt", "items": [...]}
     images/<kind>/<item_id>.png       the training images (RGB, resolution x resolution)
     masks/<item_id>.png               where the product is (instance items only)
+    complete.json                     written last: the class keys and every item id, in order
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,6 +64,14 @@ class TrainingRecipe(BaseModel):
     prior_loss_weight: float = Field(default=1.0, ge=0.0)
     checkpoint_every: int = Field(default=50, ge=1)
     seed: int = Field(default=0, ge=0, lt=2**32)  # SeedSequence takes no negative seed
+
+    # Knobs that do not change the trained weights, so they stay out of the job's identity:
+    # changing them must not retrain every series (a resumed job ends where an uninterrupted one ends).
+    NOT_IN_IDENTITY: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})
+
+    def identity(self) -> dict[str, Any]:
+        """The recipe as the job hash sees it: every knob that changes the weights."""
+        return self.model_dump(mode="json", exclude=set(self.NOT_IN_IDENTITY))
 
 
 @dataclass(frozen=True)
@@ -117,6 +130,15 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "x"
 
 
+def class_key(class_noun: str) -> str:
+    """The class's name in object keys: its slug and a short hash of the exact noun.
+
+    Slugs collide ("soda can" / "soda-can", nouns cut at 40 characters); the hash keeps two classes
+    from sharing an index or class-image keys.
+    """
+    return f"{slug(class_noun)}-{hashlib.sha256(class_noun.encode()).hexdigest()[:8]}"
+
+
 def instance_prompt_with_tags(instance_prompt: str, tags: Sequence[str]) -> str:
     """``"a photo of shs can, red, cylinder, on a shelf"``: the rare token first, then the tags."""
     unique = [tag for tag in dict.fromkeys(t.strip() for t in tags) if tag]
@@ -128,19 +150,23 @@ def training_set_sha256(
     kind: str,
     series: str | None,
     base_model: str,
+    model_digest: str,
     sources: Sequence[InstanceSource],
     recipe: TrainingRecipe,
     class_folder: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """The job's identity: the inputs' content (not their URIs' order) and the recipe.
+    """The job's identity: the inputs' content (not their URIs' order), the model and the recipe.
 
-    ``class_folder`` is (class slug, sha256) of each configured real class image.
+    ``base_model`` is the label adapters are registered under, ``model_digest`` a fingerprint of the
+    pipeline folder trained on: a checkpoint of one UNet must never be resumed into another, even
+    under the same label. ``class_folder`` is (class slug, sha256) of each configured real class image.
     """
     canonical = {
         "kind": kind,
         "series": series,
         "base_model": base_model,
-        "recipe": recipe.model_dump(mode="json"),
+        "model_digest": model_digest,
+        "recipe": recipe.identity(),
         "sources": sorted(
             [
                 s.sku_id,
@@ -226,7 +252,7 @@ def build_training_set(
     for class_noun, class_prompt in classes.items():
         images = _class_images(class_noun, class_prompt, recipe, class_folder, paint_class_images)
         for index, image in enumerate(images):
-            item_id = f"class-{slug(class_noun)}-{index:04d}"
+            item_id = f"class-{class_key(class_noun)}-{index:04d}"
             ref = store.put_image(f"{prefix}/images/class/{item_id}.png", _square(image, size))
             training_set.items.append(
                 TrainingItem(
@@ -239,7 +265,7 @@ def build_training_set(
                 )
             )
         store.put_json(
-            f"{prefix}/index/{slug(class_noun)}.json",
+            f"{prefix}/index/{class_key(class_noun)}.json",
             {
                 "class_noun": class_noun,
                 "class_prompt": class_prompt,
@@ -248,21 +274,33 @@ def build_training_set(
             },
         )
     # Last: a set whose building stopped part-way (a store fault, a refused mask) has no such record
-    # and is built again, never trained on as if it were whole.
+    # and is built again, never trained on as if it were whole. The item ids, in order, let a load
+    # check it got every item back and hand them to the loop in the order an uninterrupted job had
+    # (the loop draws items by position).
     store.put_json(
         f"{prefix}/complete.json",
-        {"training_set_sha256": sha256, "classes": sorted(slug(noun) for noun in classes)},
+        {
+            "training_set_sha256": sha256,
+            "classes": sorted(class_key(noun) for noun in classes),
+            "item_ids": [item.item_id for item in training_set.items],
+        },
     )
     return training_set
 
 
 def load_training_set(store: ObjectStore, prefix: str, sha256: str) -> TrainingSet | None:
-    """The set from its per-class indexes (no image is opened), or None unless it was written whole."""
+    """The set from its per-class indexes (no image is opened), or None unless it was written whole.
+
+    The items come back exactly as ``build_training_set`` returned them, in its order; a set whose
+    indexes do not hold exactly the items ``complete.json`` lists (one written before class keys
+    had a hash, where two classes overwrote each other's index) is None, so it is built again.
+    """
     complete_key = f"{prefix}/complete.json"
     if not store.exists(complete_key):
         return None
     complete = json.loads(store.get_bytes(complete_key))
-    if complete.get("training_set_sha256") != sha256:
+    item_ids = complete.get("item_ids")
+    if complete.get("training_set_sha256") != sha256 or not isinstance(item_ids, list):
         return None
     wanted = {f"{prefix}/index/{name}.json" for name in complete.get("classes", [])}
     if not wanted <= set(store.list_keys(f"{prefix}/index/")):
@@ -273,9 +311,10 @@ def load_training_set(store: ObjectStore, prefix: str, sha256: str) -> TrainingS
         if index.get("training_set_sha256") != sha256:
             return None
         items.extend(TrainingItem(**item) for item in index["items"])
-    if not items:
+    by_id = {item.item_id: item for item in items}
+    if not items or len(by_id) != len(items) or sorted(by_id) != sorted(item_ids):
         return None
-    return TrainingSet(prefix=prefix, sha256=sha256, items=items)
+    return TrainingSet(prefix=prefix, sha256=sha256, items=[by_id[item_id] for item_id in item_ids])
 
 
 def _class_images(

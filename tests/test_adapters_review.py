@@ -1,0 +1,181 @@
+"""The adapter registry and the generator's diffusion backend agree while adapters change under them.
+
+A generator reuses its registry listing for ``SKUFORGE_DIFFUSION_ADAPTER_REFRESH_S``. Before, an
+adapter registered again in that window had its weights overwritten in place: the generator's old
+listing failed their checksum and every SKU of the series went to the DLQ. Now each registration's
+weights have their own file, and weights gone from under a stale listing are a retry, not bad input.
+Also: an adapter id with a trailing newline is refused at start-up and by the registry.
+
+The pipeline is a stand-in that records which weights were loaded and paints grey: what the adapter
+does to the image is ``tests/test_generation_diffusion.py``'s subject.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from services.generator.config import GenerationSettings
+from shared.config import ConfigError, load_settings
+from shared.errors import BadInput, ChecksumMismatch, TransientError
+from shared.generation.adapters import AdapterRegistry
+from shared.generation.backend import GeneratedSample, GenerationRequest
+from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
+from shared.store import FileStore
+
+
+def lora_weights(fill: int, rank: int = 4) -> bytes:
+    """A safetensors file ``lora_rank`` reads as LoRA weights; ``fill`` tells versions apart."""
+    header = json.dumps(
+        {"unet.to_q.lora_A.weight": {"dtype": "F32", "shape": [rank, 8], "data_offsets": [0, rank * 32]}}
+    ).encode()
+    return struct.pack("<Q", len(header)) + header + bytes([fill]) * (rank * 32)
+
+
+class RecordingPipe:
+    """Stands in for diffusers: ``loaded`` is the bytes of every adapter file it was asked to load."""
+
+    def __init__(self) -> None:
+        self.loaded: list[bytes] = []
+
+    def load_lora_weights(self, directory: str, *, weight_name: str, **_: Any) -> None:
+        self.loaded.append((Path(directory) / weight_name).read_bytes())
+
+    def delete_adapters(self, *_: Any) -> None:
+        pass
+
+    def enable_lora(self) -> None:
+        pass
+
+    def disable_lora(self) -> None:
+        pass
+
+    def set_adapters(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def __call__(self, *, image: list[Any], height: int, width: int, **_: Any) -> Any:
+        images = [np.full((height, width, 3), 0.5, np.float32) for _ in image]
+        return type("Output", (), {"images": images})()
+
+
+def backend_on(registry: AdapterRegistry, tmp_path: Path, refresh_s: float = 30.0) -> DiffusionBackend:
+    settings = load_settings(DiffusionSettings, diffusion_adapter_refresh_s=refresh_s)
+    return DiffusionBackend(
+        RecordingPipe(),
+        model_id="m",
+        registry=registry,
+        settings=settings,
+        cache_dir=tmp_path / "cache",
+        device="cpu",  # type: ignore[arg-type]
+    )
+
+
+def cola_request() -> GenerationRequest:
+    reference = np.full((64, 64, 3), 200, np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    return GenerationRequest(
+        reference=reference,
+        mask=mask,
+        prompt="a photo of shs can",
+        negative_prompt="",
+        seed=1,
+        n=1,
+        parameters={},
+        series="Cola",
+        size=64,
+    )
+
+
+def served_adapter(backend: DiffusionBackend) -> str | None:
+    (outcome,) = backend.generate_many([cola_request()])
+    assert isinstance(outcome, list), outcome
+    (sample,) = outcome
+    assert isinstance(sample, GeneratedSample)
+    return sample.adapter_id
+
+
+def test_a_generator_with_an_old_listing_serves_the_adapter_re_registered_under_it(tmp_path: Path) -> None:
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    registry.register("cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15")
+    backend = backend_on(registry, tmp_path)
+    backend.adapters()  # the listing, reused for SKUFORGE_DIFFUSION_ADAPTER_REFRESH_S
+    pipe = backend.pipe
+
+    # Retrained weights under the same id (the trainer, or `skuforge adapters register` again).
+    registry.register("cola-v", lora_weights(2), kind="specialized", series="Cola", base_model="sd15")
+
+    # Before: ChecksumMismatch (BadInput), so the SKU was dead-lettered. Now the listed bytes are intact.
+    assert served_adapter(backend) == "cola-v"
+    assert pipe.loaded == [lora_weights(1)]
+    # Once the listing is read again, the new weights are what the pipeline gets.
+    backend.adapters(refresh=True)
+    assert served_adapter(backend) == "cola-v"
+    assert pipe.loaded == [lora_weights(1), lora_weights(2)]
+
+
+def test_weights_gone_from_under_a_stale_listing_are_a_retry_that_then_succeeds(tmp_path: Path) -> None:
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    registry.register("cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15")
+    backend = backend_on(registry, tmp_path)
+    backend.adapters()
+    # Registered twice more within one refresh: the registry keeps the current and the replaced
+    # registration's weights only, so the first one's file is gone.
+    registry.register("cola-v", lora_weights(2), kind="specialized", series="Cola", base_model="sd15")
+    registry.register("cola-v", lora_weights(3), kind="specialized", series="Cola", base_model="sd15")
+    weights_files = [p.name for p in (tmp_path / "adapters" / "cola-v").glob("*.safetensors")]
+    assert len(weights_files) == 2
+
+    with pytest.raises(TransientError, match="cola-v"):
+        backend.generate_many([cola_request()])
+    # The listing was read again: the retry is served with the current weights.
+    assert served_adapter(backend) == "cola-v"
+    assert backend.pipe.loaded == [lora_weights(3)]
+
+    # An adapter removed from the registry under another generator's listing: a retry, then the
+    # base model for its series.
+    other = backend_on(registry, tmp_path / "other")
+    other.adapters()
+    shutil.rmtree(tmp_path / "adapters" / "cola-v")
+    with pytest.raises(TransientError):
+        other.generate_many([cola_request()])
+    assert served_adapter(other) is None
+
+
+def test_an_adapter_whose_listed_weights_are_damaged_is_still_refused(tmp_path: Path) -> None:
+    # Not a registration race: the registry lists it unchanged, so retrying would fail forever.
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    metadata = registry.register(
+        "cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15"
+    )
+    (tmp_path / "adapters" / "cola-v" / metadata.weight_name).write_bytes(lora_weights(9))
+    (outcome,) = backend_on(registry, tmp_path).generate_many([cola_request()])
+    assert isinstance(outcome, ChecksumMismatch)
+
+
+# --- adapter ids ----------------------------------------------------------------------------------
+
+
+def test_an_adapter_id_with_a_trailing_newline_is_refused_at_start_up_and_by_the_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, re.match(^...$) took "shelf-general\n": start-up passed, then every diffusion variant
+    # was refused one SKU at a time (unknown_adapter).
+    monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND", "diffusion")
+    monkeypatch.setenv("SKUFORGE_GENERATION_ADAPTER_ID", "shelf-general\n")
+    with pytest.raises(ConfigError, match=r"SKUFORGE_GENERATION_ADAPTER_ID: .*not an adapter id"):
+        load_settings(GenerationSettings)
+    monkeypatch.setenv("SKUFORGE_GENERATION_ADAPTER_ID", "shelf-general")
+    assert load_settings(GenerationSettings).generation_adapter_id == "shelf-general"
+
+    registry = AdapterRegistry(FileStore(tmp_path))
+    with pytest.raises(BadInput, match="invalid_adapter_id"):
+        registry.get("shelf-general\n")
+    with pytest.raises(BadInput, match="invalid_adapter_id"):
+        registry.register("shelf-general\n", lora_weights(1), kind="general", base_model="sd15")
