@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack.broker import free_port
+from devstack.supervisor import open_log
 from schemas.flow import CONSOLE, PIPELINE, TRITON
 from services.generator.config import GenerationSettings
 
@@ -157,7 +158,7 @@ class PrometheusServer:
 
     def start(self, timeout_s: float = 60.0) -> PrometheusServer:
         """Start the process and wait until /-/ready answers."""
-        with self.log_path.open("ab") as log:
+        with open_log(self.log_path) as log:  # moved to <name>.1 first when it has grown too big
             self._process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

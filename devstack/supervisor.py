@@ -5,7 +5,10 @@ Kafka or Triton. Each service runs as a child process
 
 * in its own process group (``start_new_session``), so Ctrl-C in the terminal reaches the supervisor
   only and the supervisor decides the order things stop in;
-* with its stdout and stderr appended to its own log file;
+* with its stdout and stderr appended to its own log file, which is moved aside to ``<name>.1`` when it
+  has grown past ``log_max_bytes`` (a crash-looping service writes a traceback every back-off);
+* with a parent-death signal (Linux): the kernel sends it SIGTERM when the supervisor dies, however it
+  dies (SIGKILL, the OOM killer), so no service outlives its supervisor and keeps its ports;
 * with ``SKUFORGE_SUPERVISOR_ID`` in its environment, which every process it starts inherits, so the
   final sweep finds grandchildren that left the process group (a JVM or a server started in a new
   session) by reading ``/proc/<pid>/environ``.
@@ -14,7 +17,8 @@ Start: services start one after the other; each must pass its ready check (or, f
 exit 0) before the next starts. Watch: a service that exits is reported and started again after an
 exponential back-off (reset once it has stayed up for ``stable_after_s``). Stop: in reverse order,
 SIGTERM to the process group, SIGKILL after ``grace_s``; then every process still carrying the
-supervisor's id gets the same treatment. On Linux the supervisor is a child subreaper, so orphaned
+supervisor's id gets the same treatment. SIGINT, SIGTERM and SIGHUP (the terminal or the ssh session
+closed) all stop the stack that way. On Linux the supervisor is a child subreaper, so orphaned
 grandchildren are re-parented to it (and reaped by it) rather than to init.
 """
 
@@ -26,6 +30,7 @@ import ctypes.util
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -37,6 +42,11 @@ from pathlib import Path
 from typing import IO, Literal
 
 SUPERVISOR_ID_ENV = "SKUFORGE_SUPERVISOR_ID"
+# A log over this size is moved to <name>.1 (replacing the previous one) before it is written again.
+LOG_MAX_BYTES = 50 * 1024 * 1024
+# The signals that stop the supervisor (and so the stack): Ctrl-C, kill, and a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PR_SET_PDEATHSIG = 1
 
 ServiceStatus = Literal["waiting", "starting", "ready", "exited", "backing-off", "stopped", "done"]
 
@@ -121,6 +131,43 @@ def _become_subreaper() -> None:
         libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
+def parent_death_signal(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send ``sig`` to the child when its parent dies (Linux
+    PR_SET_PDEATHSIG); None elsewhere, or when libc's ``prctl`` cannot be found.
+
+    Caveats, both of which the supervisor meets: the "parent" is the *thread* that started the child,
+    so children must be started from a thread that lives as long as the supervisor (``run()`` starts
+    and restarts everything from the main thread); and a ``preexec_fn`` runs between fork and exec, so
+    it does nothing that could wait on a lock another thread held at the fork: ``prctl`` is looked up
+    here, in the parent, and the child only calls it.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent_pid = os.getpid()
+
+    def set_parent_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        # The parent may have died between fork and prctl: then no signal will ever come, so go now.
+        if os.getppid() != parent_pid:
+            os._exit(128 + int(sig))
+
+    return set_parent_death_signal
+
+
+def open_log(path: Path, max_bytes: int = LOG_MAX_BYTES) -> IO[bytes]:
+    """Open ``path`` to append to, first moving it to ``<name>.1`` (replacing an older one) when it is
+    over ``max_bytes``; so a log reused run after run (``var/up/logs``) keeps at most about twice that."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size > max_bytes:
+            os.replace(path, path.with_name(path.name + ".1"))
+    return path.open("ab")
+
+
 def _proc_pids() -> list[int]:
     try:
         return [int(name) for name in os.listdir("/proc") if name.isdigit()]
@@ -183,7 +230,10 @@ class Supervisor:
     """Starts ``specs`` in order, restarts those that die, stops all of them (and theirs) on request.
 
     ``report`` receives one human-readable line per event (started, ready, exited, restarting...);
-    ``on_change`` is called after every status change (``skuforge up`` rewrites its state file).
+    a report that fails with OSError (the terminal it prints to was closed) is dropped, so stopping
+    goes on. ``on_change`` is called after every status change (``skuforge up`` rewrites its state
+    file). A service's log is moved to ``<name>.1`` when it is over ``log_max_bytes`` as the service
+    (re)starts.
     """
 
     def __init__(
@@ -196,6 +246,7 @@ class Supervisor:
         stable_after_s: float = 60.0,
         report: Callable[[str], None] = print,
         on_change: Callable[[Supervisor], None] | None = None,
+        log_max_bytes: int = LOG_MAX_BYTES,
     ) -> None:
         self.services = [ServiceState(spec) for spec in specs]
         names = [state.spec.name for state in self.services]
@@ -205,11 +256,18 @@ class Supervisor:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.stable_after_s = stable_after_s
-        self.report = report
+        self._report_to = report
         self.on_change = on_change
+        self.log_max_bytes = log_max_bytes
         self.supervisor_id = uuid.uuid4().hex
         self.stopping = threading.Event()
         self._stopped = False
+
+    def report(self, line: str) -> None:
+        """Pass ``line`` on to the ``report`` callback; an OSError there (EIO from a terminal that was
+        hung up, a closed pipe) must not cut a stop short, so it is dropped."""
+        with contextlib.suppress(OSError):
+            self._report_to(line)
 
     def __getitem__(self, name: str) -> ServiceState:
         for state in self.services:
@@ -250,9 +308,12 @@ class Supervisor:
 
     def _spawn(self, state: ServiceState) -> None:
         spec = state.spec
-        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if state.log is not None and os.fstat(state.log.fileno()).st_size > self.log_max_bytes:
+            # A service restarting over and over in one run: its log is rotated between runs too.
+            state.log.close()
+            state.log = None
         if state.log is None:
-            state.log = spec.log_path.open("ab")
+            state.log = open_log(spec.log_path, self.log_max_bytes)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         state.log.write(f"--- {stamp} skuforge up: starting {' '.join(spec.argv)}\n".encode())
         state.log.flush()
@@ -265,6 +326,8 @@ class Supervisor:
             stdout=state.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # SIGTERM when the supervisor dies, even by SIGKILL: no service outlives it holding its ports.
+            preexec_fn=parent_death_signal(),
         )
         state.started_at = time.monotonic()
         self._set(state, "starting")
@@ -415,7 +478,7 @@ class Supervisor:
     # -- run ----------------------------------------------------------------------------------
 
     def run(self, on_ready: Callable[[], None] | None = None) -> int:
-        """Start, watch until SIGINT/SIGTERM, stop; returns 0, or 1 if start-up failed.
+        """Start, watch until SIGINT/SIGTERM/SIGHUP, stop; returns 0, or 1 if start-up failed.
 
         Must be called from the main thread (it installs the signal handlers).
         """
@@ -425,7 +488,8 @@ class Supervisor:
                 self.report(f"received {signal.Signals(signum).name}; stopping everything")
             self.stopping.set()
 
-        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # SIGHUP too: a closed terminal or ssh session would otherwise kill us without a stop.
+        previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
         try:
             try:
                 started = self.start()

@@ -6,10 +6,10 @@ its log in ``<workdir>/logs/<name>.log``; each must be ready before the next sta
 ====================  =====================================  ========================================
 service               command                                ready when
 ====================  =====================================  ========================================
-kafka                 ``python -m devstack.broker start``    an admin client lists the topics
-                      ``--foreground`` (data in
-                      ``<workdir>/kafka``; skipped with
-                      ``--kafka-bootstrap``)
+kafka                 ``python -m devstack.broker start``    the broker of ``<workdir>/kafka`` runs
+                      ``--foreground`` (data in              and an admin client lists the topics
+                      ``<workdir>/kafka``; skipped with      (another broker on the port does not
+                      ``--kafka-bootstrap``)                 count)
 topics                ``skuforge topics create``             it exited 0 (a set-up step)
 triton                ``skuforge serve generator``           ``/v2/models/<model>/ready`` answers 200
                       (``SKUFORGE_METRICS_PORT`` = its own
@@ -31,9 +31,11 @@ console               ``skuforge serve console``             ``/readyz`` (intake
 (``SKUFORGE_GROUP_INSTANCE_ID=matting-1``, ``matting-2``), so they share the partitions and a restarted
 one takes its own back without a rebalance (docs/deploy.md, "Scaling").
 
-A stage that dies is reported and restarted with back-off; Ctrl-C or SIGTERM stops everything,
-console first, Kafka last. ``--with-prometheus`` starts a real Prometheus last (``devstack/prometheus.py``,
-the Debian package's binary) scraping every stage, the console and Triton, with
+A stage that dies is reported and restarted with back-off; Ctrl-C, SIGTERM or SIGHUP (the terminal
+closed) stops everything, console first, Kafka last; if ``skuforge up`` is killed outright, each service
+gets SIGTERM from the kernel (a parent-death signal). ``--ports default`` refuses to start, naming
+them, when any of the documented ports is taken. ``--with-prometheus`` starts a real Prometheus last
+(``devstack/prometheus.py``, the Debian package's binary) scraping every stage, the console and Triton, with
 ``deploy/prometheus/alerts.yml``, and prints its address. ``<workdir>/stack.json`` describes the
 running stack (ports, pids, console and Prometheus addresses) for ``skuforge demo`` and for people; the
 object store defaults to ``<workdir>/store`` and the console's task table to ``<workdir>/console``, unless
@@ -170,11 +172,18 @@ class StackConfig:
 # --------------------------------------------------------------------------------------------------
 
 
+class PortsInUse(RuntimeError):
+    """``--ports default`` was asked for and some of the documented ports are taken."""
+
+
 def resolve_ports(workdir: Path, mode: str, *, with_kafka: bool = True) -> dict[str, int]:
     """The stack's ports: ``default`` (the documented ones), ``free`` (any free ones) or ``auto``.
 
     ``auto`` reuses the ports of the last run from this workdir, else the defaults, and falls back to
     free ports when one of those is taken (another stack, another user's broker...).
+
+    Raises:
+        PortsInUse: ``default``, and one or more of the documented ports are taken (all are named).
     """
     names = [name for name in DEFAULT_PORTS if with_kafka or not name.startswith("kafka")]
 
@@ -182,7 +191,18 @@ def resolve_ports(workdir: Path, mode: str, *, with_kafka: bool = True) -> dict[
         return all(not port_in_use(ports[name]) for name in names)
 
     if mode == "default":
-        return {name: DEFAULT_PORTS[name] for name in names}
+        ports = {name: DEFAULT_PORTS[name] for name in names}
+        # Checked here, all at once: a service that finds its port taken only fails in its log, and
+        # a Kafka port answered by another broker would even pass for ours.
+        busy = {name: port for name, port in ports.items() if port_in_use(port)}
+        if busy:
+            raise PortsInUse(
+                "--ports default: already in use on 127.0.0.1: "
+                + ", ".join(f"{name} {port}" for name, port in busy.items())
+                + "; run with --ports auto (free ports for the taken ones) or --ports free, or stop what "
+                f"holds them (ss -ltnp 'sport = :{next(iter(busy.values()))}' shows the process)"
+            )
+        return ports
     if mode == "auto":
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             saved = json.loads((workdir / PORTS_FILE).read_text())
@@ -275,10 +295,13 @@ def build_config(
     """The stack for ``workdir``: ports, store, console database and login decided once, here.
 
     Replicas after a stage's first serve their /metrics on free ports, chosen here.
+
+    Raises:
+        PortsInUse: ``ports_mode`` is ``default`` and a documented port is taken.
     """
     workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     ports = resolve_ports(workdir, ports_mode, with_kafka=kafka_bootstrap is None)
+    workdir.mkdir(parents=True, exist_ok=True)
     (workdir / PORTS_FILE).write_text(json.dumps(ports, indent=2) + "\n")
     for stage, count in (replicas or {}).items():
         for index in range(2, count + 1):
@@ -363,6 +386,10 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
         return config.logs / f"{name}.log"
 
     if config.start_kafka:
+        # Ready only while this stack's own broker (the JVM running <workdir>/kafka's config) runs: a
+        # broker of someone else's on the same port also lists topics, and the topics would be created
+        # there while ours restart-loops on the taken port.
+        own_broker = LocalKafka.from_data_dir(config.workdir / "kafka")
         specs.append(
             ServiceSpec(
                 name="kafka",
@@ -383,7 +410,7 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
                 ],
                 log_path=log("kafka"),
                 env=env,
-                ready=lambda: kafka_ready(config.kafka_bootstrap),
+                ready=lambda: own_broker.is_running() and kafka_ready(config.kafka_bootstrap),
                 ready_timeout_s=180,
             )
         )
@@ -571,7 +598,9 @@ def _stop_stale_broker(config: StackConfig, say: Any) -> None:
 
 
 def _say(line: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} up  {line}", flush=True)
+    # After SIGHUP the terminal is gone and printing to it fails (EIO): stopping matters more.
+    with contextlib.suppress(OSError):
+        print(f"{time.strftime('%H:%M:%S')} up  {line}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -592,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=("auto", "default", "free"),
         default="auto",
         help="auto: last run's or the documented ports, free ones if taken (default); "
-        "default: the documented ports or fail; free: any free ports",
+        "default: the documented ports, or fail at once naming the taken ones; free: any free ports",
     )
     parser.add_argument(
         "--kafka-bootstrap", default=None, help="use this running Kafka instead of starting one"
@@ -664,14 +693,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    config = build_config(
-        workdir,
-        ports_mode=args.ports,
-        kafka_bootstrap=args.kafka_bootstrap,
-        backends=args.backend,
-        with_trainer=args.with_trainer,
-        replicas=replicas,
-    )
+    try:
+        config = build_config(
+            workdir,
+            ports_mode=args.ports,
+            kafka_bootstrap=args.kafka_bootstrap,
+            backends=args.backend,
+            with_trainer=args.with_trainer,
+            replicas=replicas,
+        )
+    except PortsInUse as exc:
+        print(f"skuforge up: {exc}", file=sys.stderr)
+        return 1
     _, generated_login = console_login(workdir)
     _stop_stale_broker(config, _say)
     specs = build_specs(config)

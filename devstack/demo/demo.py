@@ -39,6 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.demo.report import ItemView, ReferenceView, SkuView, StageView, write_report
 from devstack.demo.tracker import FOLLOWED, FlowState, FlowTracker
+from devstack.supervisor import open_log
 from devstack.up import DEFAULT_WORKDIR, read_state
 from schemas.events import CorrectionPending, GateAccepted, ImageGenerated, SkuCaptioned, SkuIngested
 from schemas.topics import (
@@ -57,6 +58,8 @@ from shared.store import ObjectStore, open_store
 from skuforge_cli.synth import CATALOGUE_SEED, photo_size_px
 
 STACK_START_TIMEOUT_S = 600.0
+# How long a stack started here gets to stop after SIGINT before its supervisor is killed.
+STACK_STOP_TIMEOUT_S = 180.0
 DEFAULT_VARIANTS = 6  # generated images per SKU of a stack the demo starts
 # The exit status of a command ended by Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
@@ -74,7 +77,9 @@ SYNTHETIC_OPTIONS: tuple[tuple[str, int, Callable[[str], int], str], ...] = (
 
 
 def _say(line: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} demo  {line}", flush=True)
+    # After SIGHUP the terminal is gone and printing to it fails (EIO); stopping the stack matters more.
+    with contextlib.suppress(OSError):
+        print(f"{time.strftime('%H:%M:%S')} demo  {line}", flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,12 +87,35 @@ def _say(line: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def signals_as_interrupt(
+    signums: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGHUP),
+) -> Iterator[None]:
+    """Within the block, ``signums`` (a cancelled CI job's SIGTERM, a closed terminal's SIGHUP) raise
+    KeyboardInterrupt as Ctrl-C does, so ``finally`` clauses run; the handlers found are put back after.
+
+    Main thread only (as every ``signal.signal``).
+    """
+    previous = {signum: signal.signal(signum, _raise_interrupt) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 @contextlib.contextmanager
 def stack(workdir: Path, *, variants: int | None, keep_running: bool) -> Iterator[dict[str, Any]]:
     """The running stack of ``workdir``, or one started here for the duration of the block.
 
     A stack started here makes ``variants`` images per SKU when given (``--variants``), else what
-    ``SKUFORGE_GENERATION_VARIANTS_PER_SKU`` says, else ``DEFAULT_VARIANTS``.
+    ``SKUFORGE_GENERATION_VARIANTS_PER_SKU`` says, else ``DEFAULT_VARIANTS``. It is stopped at the end
+    of the block, and on Ctrl-C, SIGTERM or SIGHUP within it (those two raise KeyboardInterrupt there);
+    its supervisor gets SIGINT, and SIGKILL if it has not stopped after ``STACK_STOP_TIMEOUT_S``.
     """
     state = read_state(workdir)
     if state is not None and state.get("state") == "ready":
@@ -102,48 +130,67 @@ def stack(workdir: Path, *, variants: int | None, keep_running: bool) -> Iterato
     }
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "up.out"
-    shown = len(log_path.read_text(errors="replace").splitlines()) if log_path.exists() else 0
-    _say(f"starting the stack: skuforge up --workdir {workdir}   (its output: {log_path})")
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "skuforge_cli", "up", "--workdir", str(workdir)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # our Ctrl-C is forwarded below, once, in order
-        )
-    try:
-        deadline = time.monotonic() + STACK_START_TIMEOUT_S
-        while True:
-            lines = log_path.read_text(errors="replace").splitlines()
-            for line in lines[shown:]:
-                if ": ready" in line or "failed" in line or "login" in line:
-                    print("   " + line, flush=True)
-            shown = len(lines)
-            state = read_state(workdir)
-            if state is not None and state.get("state") == "ready" and state["supervisor_pid"] == process.pid:
-                break
-            if process.poll() is not None:
-                raise SystemExit(f"skuforge up exited with {process.returncode}; see {log_path}")
-            if time.monotonic() > deadline:
-                raise SystemExit(
-                    f"the stack was not ready within {STACK_START_TIMEOUT_S:.0f}s; see {log_path}"
+    process: subprocess.Popen[bytes] | None = None
+    # From before the stack starts until it has stopped: a SIGTERM or SIGHUP that simply ended this
+    # process would leave the whole stack running.
+    with signals_as_interrupt():
+        try:
+            _say(f"starting the stack: skuforge up --workdir {workdir}   (its output: {log_path})")
+            with open_log(log_path) as log:  # moved to up.out.1 first when it has grown too big
+                shown = len(log_path.read_text(errors="replace").splitlines())
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "skuforge_cli", "up", "--workdir", str(workdir)],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # our Ctrl-C is forwarded below, once, in order
                 )
-            time.sleep(1)
-        yield state
-        if keep_running:
-            _say("the stack keeps running (--keep-running): Ctrl-C stops it")
-            with contextlib.suppress(KeyboardInterrupt):
-                process.wait()
-    finally:
-        if process.poll() is None:
-            _say("stopping the stack")
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=180)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            deadline = time.monotonic() + STACK_START_TIMEOUT_S
+            while True:
+                lines = log_path.read_text(errors="replace").splitlines()
+                for line in lines[shown:]:
+                    if ": ready" in line or "failed" in line or "login" in line:
+                        print("   " + line, flush=True)
+                shown = len(lines)
+                state = read_state(workdir)
+                if (
+                    state is not None
+                    and state.get("state") == "ready"
+                    and state["supervisor_pid"] == process.pid
+                ):
+                    break
+                if process.poll() is not None:
+                    raise SystemExit(f"skuforge up exited with {process.returncode}; see {log_path}")
+                if time.monotonic() > deadline:
+                    raise SystemExit(
+                        f"the stack was not ready within {STACK_START_TIMEOUT_S:.0f}s; see {log_path}"
+                    )
+                time.sleep(1)
+            yield state
+            if keep_running:
+                _say("the stack keeps running (--keep-running): Ctrl-C stops it")
+                with contextlib.suppress(KeyboardInterrupt):
+                    process.wait()
+        finally:
+            if process is not None and process.poll() is None:
+                _stop_stack(process)
+
+
+def _stop_stack(process: subprocess.Popen[bytes]) -> None:
+    """SIGINT to the stack's supervisor (``skuforge up``), as Ctrl-C; SIGKILL to it alone if it has
+    not stopped within ``STACK_STOP_TIMEOUT_S``."""
+    _say("stopping the stack")
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=STACK_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        # The supervisor is stopping already, so another SIGINT or a SIGTERM would change nothing.
+        # Once it is dead the kernel sends SIGTERM to each service it still runs (their parent-death
+        # signal); killing its process group would reach no more, as every service has a session
+        # of its own.
+        _say(f"the stack did not stop within {STACK_STOP_TIMEOUT_S:.0f}s; killing its supervisor")
+        process.kill()
+        process.wait()
 
 
 def images_per_sku(running: Mapping[str, Any]) -> int:

@@ -1,0 +1,386 @@
+"""``skuforge up`` and ``skuforge demo`` when the terminal goes away, a port is taken, or a log grows.
+
+No real Kafka here: the supervisor tests use small Python children (one listening on a free port, as a
+stage's /metrics does), the port tests bind the port themselves, and the demo test stands a fake
+``skuforge up`` in for the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import devstack.demo.demo
+import devstack.supervisor
+import devstack.up
+from devstack.broker import LocalKafka, free_port, port_in_use
+from devstack.prometheus import stack_prometheus
+from devstack.supervisor import SUPERVISOR_ID_ENV, ServiceSpec, Supervisor, processes_with_env
+from devstack.up import DEFAULT_PORTS, build_config, build_specs, main, resolve_ports
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def alive(pid: int) -> bool:
+    """The pid runs and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def kill_if_alive(pid: int | None) -> None:
+    if pid is not None and alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# finding 1: a supervisor hung up or killed takes its services with it
+# --------------------------------------------------------------------------------------------------
+
+# A supervisor (as `skuforge up` runs one) of one service that listens on a port, as every stage does.
+SUPERVISOR_SCRIPT = """
+import sys
+from pathlib import Path
+from devstack.supervisor import ServiceSpec, Supervisor
+
+port, workdir = int(sys.argv[1]), Path(sys.argv[2])
+pid_file = workdir / "listener.pid"
+listener = (
+    "import os, socket, time\\n"
+    "sock = socket.socket()\\n"
+    f"sock.bind(('127.0.0.1', {port}))\\n"
+    "sock.listen()\\n"
+    f"open({str(pid_file)!r} + '.tmp', 'w').write(str(os.getpid()))\\n"
+    f"os.replace({str(pid_file)!r} + '.tmp', {str(pid_file)!r})\\n"
+    "time.sleep(600)\\n"
+)
+spec = ServiceSpec(
+    name="listener",
+    argv=[sys.executable, "-c", listener],
+    log_path=workdir / "listener.log",
+    ready=pid_file.exists,
+    ready_timeout_s=60,
+)
+supervisor = Supervisor([spec], grace_s=2, report=lambda line: print(line, flush=True))
+sys.exit(supervisor.run(on_ready=lambda: (workdir / "ready").write_text("ready")))
+"""
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGHUP, signal.SIGKILL], ids=["SIGHUP", "SIGKILL"])
+def test_a_supervisor_hung_up_or_killed_leaves_no_service_holding_its_port(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    port = free_port()
+    script = tmp_path / "supervise.py"
+    script.write_text(SUPERVISOR_SCRIPT)
+    out_path = tmp_path / "supervisor.out"
+    with out_path.open("wb") as out:
+        supervisor = subprocess.Popen(
+            [sys.executable, str(script), str(port), str(tmp_path)],
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # our own signals stay ours
+        )
+    listener_pid: int | None = None
+    try:
+        wait_for(
+            lambda: (tmp_path / "ready").exists() or supervisor.poll() is not None,
+            60,
+            "the supervisor's service to be ready",
+        )
+        assert (tmp_path / "ready").exists(), out_path.read_text()
+        listener_pid = read_pid(tmp_path / "listener.pid")
+        assert listener_pid is not None and alive(listener_pid) and port_in_use(port)
+
+        os.kill(supervisor.pid, stop_signal)
+        supervisor.wait(timeout=60)
+
+        wait_for(
+            lambda: listener_pid is not None and not alive(listener_pid) and not port_in_use(port),
+            30,
+            f"the service (pid {listener_pid}) to be gone and port {port} free after {stop_signal.name} "
+            "to its supervisor",
+        )
+        if stop_signal == signal.SIGHUP:  # a clean stop, said as such, not a death by signal
+            assert supervisor.returncode == 0, out_path.read_text()
+            assert "received SIGHUP; stopping everything" in out_path.read_text()
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+        kill_if_alive(listener_pid)
+
+
+def test_a_report_to_a_hung_up_terminal_does_not_cut_the_stop_short(tmp_path: Path) -> None:
+    # After SIGHUP, printing to the closed terminal fails with EIO; the stop must still reach everything.
+    def hung_up_terminal(line: str) -> None:
+        if "stopping" in line:
+            raise OSError(5, "Input/output error")
+
+    script = tmp_path / "sleeper.py"
+    script.write_text("import time; time.sleep(600)\n")
+    specs = [
+        ServiceSpec(name=name, argv=[sys.executable, str(script)], log_path=tmp_path / f"{name}.log")
+        for name in ("first", "second")
+    ]
+    supervisor = Supervisor(specs, grace_s=2, report=hung_up_terminal)
+    pids: list[int] = []
+    try:
+        assert supervisor.start()
+        pids = [pid for pid in (supervisor["first"].pid, supervisor["second"].pid) if pid is not None]
+        assert len(pids) == 2
+        supervisor.stop()
+        assert not any(alive(pid) for pid in pids)
+        assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
+    finally:
+        for pid in pids:
+            kill_if_alive(pid)
+
+
+# --------------------------------------------------------------------------------------------------
+# finding 2: --ports default refuses taken ports; kafka is ready only as this stack's own broker
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def held_console_port() -> Iterator[int]:
+    """The console's documented port, held by "another program" (skipped if something holds it)."""
+    port = DEFAULT_PORTS["console"]
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        pytest.skip(f"port {port} is taken on this machine already")
+    sock.listen()
+    try:
+        yield port
+    finally:
+        sock.close()
+
+
+def test_ports_default_refuses_a_taken_port_naming_it_and_what_to_do(
+    tmp_path: Path, held_console_port: int
+) -> None:
+    try:
+        ports = resolve_ports(tmp_path, "default")
+    except devstack.up.PortsInUse as exc:
+        message = str(exc)
+    else:
+        pytest.fail(f"--ports default handed out console port {ports['console']}, which is taken")
+    assert f"console {held_console_port}" in message
+    assert "--ports auto" in message
+
+
+def test_up_with_ports_default_and_a_taken_port_fails_at_once_starting_nothing(
+    tmp_path: Path,
+    held_console_port: int,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_stack(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a stack was started although one of its ports is taken")
+
+    monkeypatch.setattr(devstack.up, "Supervisor", no_stack)
+    workdir = tmp_path / "stack"
+    assert main(["--workdir", str(workdir), "--ports", "default"]) == 1
+    err = capsys.readouterr().err
+    assert f"console {held_console_port}" in err and "--ports auto" in err
+    assert not (workdir / "stack.json").exists()  # nothing was started
+
+
+def test_a_kafka_on_the_port_that_is_not_this_stacks_broker_does_not_make_it_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another broker answers on the stack's Kafka port; this stack's own broker does not run.
+    monkeypatch.setattr(devstack.up, "kafka_ready", lambda bootstrap: True)
+    config = build_config(tmp_path, ports_mode="free")
+    kafka = next(spec for spec in build_specs(config) if spec.name == "kafka")
+    assert kafka.ready is not None
+    assert not kafka.ready()
+    # Once the broker of <workdir>/kafka runs (and answers), it is.
+    monkeypatch.setattr(LocalKafka, "is_running", lambda self: self.data_dir == tmp_path.resolve() / "kafka")
+    assert kafka.ready()
+
+
+# --------------------------------------------------------------------------------------------------
+# finding 3: the demo stops the stack it started on SIGTERM and SIGHUP as on Ctrl-C
+# --------------------------------------------------------------------------------------------------
+
+# Stands in for `python -m skuforge_cli up` (found first: it is in the child's working directory):
+# says it is ready in stack.json, then waits for the demo's SIGINT and notes it got one.
+FAKE_UP = """
+import json, os, signal, sys, time
+workdir = sys.argv[sys.argv.index("--workdir") + 1]
+
+def stop(signum, frame):
+    open(os.path.join(workdir, "fake-up.stopped"), "w").write(signal.Signals(signum).name)
+    sys.exit(0)
+
+signal.signal(signal.SIGINT, stop)
+state = {"state": "ready", "supervisor_pid": os.getpid(), "started_at": time.time(), "env": {}}
+open(os.path.join(workdir, "stack.tmp"), "w").write(json.dumps(state))
+os.replace(os.path.join(workdir, "stack.tmp"), os.path.join(workdir, "stack.json"))
+time.sleep(600)
+"""
+
+DEMO_DRIVER = """
+import sys, time
+from pathlib import Path
+from devstack.demo.demo import stack
+
+workdir = Path(sys.argv[1])
+with stack(workdir, variants=1, keep_running=False):
+    (workdir / "entered").write_text("yes")
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_the_demo_stops_the_stack_it_started_when_terminated_or_hung_up(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    fake_root = tmp_path / "fake-root"
+    (fake_root / "skuforge_cli").mkdir(parents=True)
+    (fake_root / "skuforge_cli" / "__init__.py").write_text("")
+    (fake_root / "skuforge_cli" / "__main__.py").write_text(textwrap.dedent(FAKE_UP))
+    driver = tmp_path / "driver" / "demo_driver.py"
+    driver.parent.mkdir()
+    driver.write_text(DEMO_DRIVER)
+    workdir = tmp_path / "stack"
+    out_path = tmp_path / "demo.out"
+    with out_path.open("wb") as out:
+        demo = subprocess.Popen(
+            [sys.executable, str(driver), str(workdir)],
+            cwd=fake_root,  # the demo's `python -m skuforge_cli up` finds the fake first
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    fake_up_pid: int | None = None
+    try:
+        wait_for(
+            lambda: (workdir / "entered").exists() or demo.poll() is not None,
+            60,
+            "the demo to enter the stack",
+        )
+        assert (workdir / "entered").exists(), out_path.read_text()
+        fake_up_pid = int(json.loads((workdir / "stack.json").read_text())["supervisor_pid"])
+
+        os.kill(demo.pid, stop_signal)
+        demo.wait(timeout=60)
+
+        assert (workdir / "fake-up.stopped").exists(), (
+            f"the stack the demo started was left running after {stop_signal.name} to the demo; "
+            f"demo output:\n{out_path.read_text()}"
+        )
+        assert (workdir / "fake-up.stopped").read_text() == "SIGINT"
+        wait_for(lambda: fake_up_pid is not None and not alive(fake_up_pid), 30, "the fake stack to exit")
+        assert "stopping the stack" in out_path.read_text()
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        kill_if_alive(fake_up_pid)
+
+
+def test_signals_as_interrupt_raises_keyboard_interrupt_and_puts_the_handlers_back() -> None:
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    for sig in before:
+        with pytest.raises(KeyboardInterrupt), devstack.demo.demo.signals_as_interrupt():
+            os.kill(os.getpid(), sig)
+            time.sleep(5)  # the handler runs at the next bytecode; never reached
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+# --------------------------------------------------------------------------------------------------
+# finding 4: logs are rotated instead of growing without bound
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_log_over_the_limit_is_moved_to_dot_1_when_opened(tmp_path: Path) -> None:
+    log_path = tmp_path / "svc.log"
+    log_path.write_bytes(b"old run\n" * 200)  # 1600 bytes
+    (tmp_path / "svc.log.1").write_bytes(b"older run\n")
+    with devstack.supervisor.open_log(log_path, max_bytes=1000) as log:
+        log.write(b"new run\n")
+    assert log_path.read_bytes() == b"new run\n"
+    assert (tmp_path / "svc.log.1").read_bytes() == b"old run\n" * 200  # the older .1 is replaced
+    with devstack.supervisor.open_log(log_path, max_bytes=1000) as log:  # under the limit: appended to
+        log.write(b"next run\n")
+    assert log_path.read_bytes() == b"new run\nnext run\n"
+
+
+def test_a_crash_looping_service_log_is_rotated_between_restarts(tmp_path: Path) -> None:
+    log_path = tmp_path / "crashy.log"
+    log_path.write_bytes(b"x" * 5000)  # left by an earlier run
+    script = tmp_path / "crashy.py"
+    # Each run writes about 600 bytes (a traceback's worth) and dies.
+    script.write_text("import sys\nprint('Traceback: ' + 'y' * 600, flush=True)\nsys.exit(3)\n")
+    spec = ServiceSpec(name="crashy", argv=[sys.executable, str(script)], log_path=log_path)
+    supervisor = Supervisor(
+        [spec],
+        grace_s=2,
+        backoff_initial_s=0.05,
+        backoff_max_s=0.05,
+        report=lambda _: None,
+        log_max_bytes=1000,
+    )
+    try:
+        assert supervisor.start()
+        state = supervisor["crashy"]
+
+        def restarted_often() -> bool:
+            supervisor.check_once()
+            return state.restarts >= 6
+
+        wait_for(restarted_often, 60, "six restarts")
+        assert (tmp_path / "crashy.log.1").exists()
+        assert b"x" * 5000 not in (tmp_path / "crashy.log.1").read_bytes()  # rotated more than once
+        assert log_path.stat().st_size <= 1000 + 1000  # the limit, plus the one run written past it
+    finally:
+        supervisor.stop()
+    assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
+
+
+def test_prometheus_moves_its_log_aside_when_it_has_grown_past_the_limit(tmp_path: Path) -> None:
+    config = build_config(tmp_path / "stack", ports_mode="free")
+    prometheus = stack_prometheus(tmp_path / "prometheus", config.ports, port=free_port())
+    big = devstack.supervisor.LOG_MAX_BYTES + 1
+    with prometheus.log_path.open("wb") as log:
+        log.truncate(big)  # sparse: over the limit without writing 50 MB
+    try:
+        prometheus.start(timeout_s=60)
+    finally:
+        prometheus.stop()
+    assert prometheus.log_path.with_name(prometheus.log_path.name + ".1").stat().st_size == big
+    assert 0 < prometheus.log_path.stat().st_size < big  # a fresh log, with this run's lines
