@@ -46,7 +46,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -627,14 +627,28 @@ class LocalKafka:
 # --------------------------------------------------------------------------------------------------
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise SystemExit(f"{name}={value!r} is not an integer") from exc
+PORT_NUMBER = int_between(1, 65535)
+HEAP_MB = int_between(64, 1_048_576)
+# Options of `start` whose default an environment variable may set: (dest, variable, default, type).
+ENV_DEFAULTS: tuple[tuple[str, str, int, Callable[[str], int]], ...] = (
+    ("port", "SKUFORGE_KAFKA_PORT", DEFAULT_PORT, PORT_NUMBER),
+    ("controller_port", "SKUFORGE_KAFKA_CONTROLLER_PORT", DEFAULT_CONTROLLER_PORT, PORT_NUMBER),
+    ("heap_mb", "SKUFORGE_KAFKA_HEAP_MB", 512, HEAP_MB),
+)
+
+
+def _apply_env_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill the options not given from their environment variables, held to the options' own bounds:
+    argparse would not check a default (``SKUFORGE_KAFKA_PORT=70000`` ended in an OverflowError)."""
+    for dest, name, default, parse in ENV_DEFAULTS:
+        if getattr(args, dest) is not None:  # given on the command line: the variable does not count
+            continue
+        value = os.environ.get(name)
+        try:
+            setattr(args, dest, parse(value) if value else default)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            reason = str(exc) if isinstance(exc, argparse.ArgumentTypeError) else "not an integer"
+            parser.error(f"{name}={value!r}: {reason}; fix or unset it, or give the option")
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -659,21 +673,22 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     add_data_dir(start)
     start.add_argument(
         "--port",
-        type=int_between(1, 65535),
-        default=_env_int("SKUFORGE_KAFKA_PORT", DEFAULT_PORT),
-        help="client port (env SKUFORGE_KAFKA_PORT; default %(default)s)",
+        type=PORT_NUMBER,
+        default=None,
+        help=f"client port (default: env SKUFORGE_KAFKA_PORT, else {DEFAULT_PORT})",
     )
     start.add_argument(
         "--controller-port",
-        type=int_between(1, 65535),
-        default=_env_int("SKUFORGE_KAFKA_CONTROLLER_PORT", DEFAULT_CONTROLLER_PORT),
-        help="KRaft controller port (env SKUFORGE_KAFKA_CONTROLLER_PORT; default %(default)s)",
+        type=PORT_NUMBER,
+        default=None,
+        help="KRaft controller port (default: env SKUFORGE_KAFKA_CONTROLLER_PORT, else "
+        f"{DEFAULT_CONTROLLER_PORT})",
     )
     start.add_argument(
         "--heap-mb",
-        type=int_between(64, 1_048_576),
-        default=_env_int("SKUFORGE_KAFKA_HEAP_MB", 512),
-        help="JVM max heap in MiB (env SKUFORGE_KAFKA_HEAP_MB; default %(default)s)",
+        type=HEAP_MB,
+        default=None,
+        help="JVM max heap in MiB (default: env SKUFORGE_KAFKA_HEAP_MB, else 512)",
     )
     start.add_argument("--timeout", type=positive_float, default=90.0, help="seconds to wait for readiness")
     start.add_argument(
@@ -696,7 +711,10 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None, prog: str = "python -m devstack.broker") -> int:
     """Entry point of ``python -m devstack.broker`` and ``skuforge kafka`` (``prog``, as its usage
     names it); returns the exit status."""
-    args = _parser(prog).parse_args(argv)
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
+    if args.command == "start":
+        _apply_env_defaults(parser, args)
     try:
         if args.command == "start":
             broker = LocalKafka(

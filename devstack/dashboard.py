@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from devstack.prometheus import REPO_ROOT, api_get
+from shared.argtypes import positive_float
 
 DASHBOARD_FILE = REPO_ROOT / "deploy" / "grafana" / "skuforge.json"
 # Grafana's own window for rate(); the checks and the plot put a concrete window in its place.
@@ -329,10 +331,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     plot.add_argument("--out", type=Path, required=True, help="the PNG to write")
     plot.add_argument(
-        "--minutes", type=float, default=15.0, help="how far back to plot (default %(default)s)"
+        "--minutes",
+        type=positive_float,
+        default=15.0,
+        help="how far back to plot, above 0 (default %(default)s)",
     )
     args = parser.parse_args(argv)
     if args.action == "render":
+        try:  # now, not after asking Prometheus for every panel
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(
+                "skuforge dashboard render: needs matplotlib, from the docs extra: "
+                "pip install 'skuforge[docs]'",
+                file=sys.stderr,
+            )
+            return 2
         end = time.time()
         render(args.prometheus, args.out, end - 60 * args.minutes, end)
         print(f"wrote {args.out}")

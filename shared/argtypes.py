@@ -8,8 +8,10 @@ A float must also be finite: ``inf`` and ``nan`` parse as floats, and an ``--l2 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,8 +77,13 @@ def non_negative_float(text: str) -> float:
 
 def folder_problem(path: Path, *, writable: bool = True) -> str | None:
     """Why ``path`` cannot be (or become) a folder: a file in its place or above it, a folder above it
-    that cannot be searched, or (``writable``) no write permission in the nearest folder that exists;
-    None if it can. Checked before a command's long run, not found in a traceback after it."""
+    that cannot be searched, or (``writable``) a folder that cannot be made or written in; None if it
+    can. Checked before a command's long run, not found in a traceback after it.
+
+    Writability is tried, not inferred from permission bits (``os.access`` says yes to root for
+    ``/proc/x``, or on a read-only mount): the missing folders are made, a file is created in
+    ``path`` and removed, and the folders made for the check are removed again, so a check, passed
+    or failed, leaves nothing behind; the command makes the folder when it writes there."""
     try:
         existing = next((candidate for candidate in (path, *path.parents) if candidate.exists()), None)
     except OSError as exc:  # a folder above it this user may not look into
@@ -85,6 +92,30 @@ def folder_problem(path: Path, *, writable: bool = True) -> str | None:
         return None
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
-    if writable and not os.access(existing, os.W_OK | os.X_OK):
-        return f"cannot write in {existing}"
+    if not writable:
+        return None
+    return _write_problem(path, existing)
+
+
+def _write_problem(path: Path, existing: Path) -> str | None:
+    """Try making ``path`` under its nearest existing folder ``existing`` and a file in it; undo both."""
+    chain = [path, *path.parents]
+    to_make = list(reversed(chain[: chain.index(existing)]))  # outermost first; empty if path exists
+    made: list[Path] = []
+    where = existing
+    try:
+        for folder in to_make:
+            where = folder.parent
+            folder.mkdir()
+            made.append(folder)
+        where = path
+        handle, probe = tempfile.mkstemp(prefix=".skuforge-write-check-", dir=path)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"cannot write in {where} ({exc.strerror or exc})"
+    finally:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):  # something else wrote there meanwhile: keep it
+                folder.rmdir()
     return None

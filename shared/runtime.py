@@ -76,6 +76,15 @@ METADATA_WAIT_S = 10.0
 log = logging.getLogger("skuforge.runtime")
 
 
+class KafkaUnreachable(TransientError):
+    """A starting stage found no broker at ``bootstrap``: a deployment fault, reported in one line by
+    ``skuforge run`` instead of kafka-python's traceback."""
+
+    def __init__(self, bootstrap: str, cause: Exception) -> None:
+        self.bootstrap = bootstrap
+        super().__init__(f"cannot reach Kafka at {bootstrap} ({cause})")
+
+
 @dataclass(frozen=True)
 class Emit:
     """One output event of a handler.
@@ -310,10 +319,20 @@ class Stage:
                 ready=self.ready,
                 stale_after_s=stale_after_s(self.settings),
             ).start()
-        self._consumer = make_consumer(
-            self.settings, group_id=f"{self.settings.consumer_group_prefix}.{self.name}", client_id=self.name
-        )
-        self._producer = make_producer(self.settings, client_id=self.name)
+        try:
+            self._consumer = make_consumer(
+                self.settings,
+                group_id=f"{self.settings.consumer_group_prefix}.{self.name}",
+                client_id=self.name,
+            )
+            self._producer = make_producer(self.settings, client_id=self.name)
+        except KafkaError as exc:  # both bootstrap in their constructors: no broker answered
+            if self._consumer is not None:
+                self._consumer.close(autocommit=False)
+                self._consumer = None
+            if self.health:
+                self.health.stop()
+            raise KafkaUnreachable(self.settings.kafka_bootstrap, exc) from exc
         self._consumer.subscribe(self.topics, listener=_RebalanceListener(self))
         self._await_topic_metadata()
         lag_watcher = None

@@ -160,11 +160,21 @@ def _cmd_config(rest: list[str]) -> int:
 
 
 def _cmd_run(rest: list[str]) -> int:
+    from shared.runtime import KafkaUnreachable
+
     parser = argparse.ArgumentParser(prog="skuforge run", description="Run one stage until SIGTERM.")
     parser.add_argument("stage", choices=sorted(STAGES), help="the stage to run")
     args = parser.parse_args(rest)
     module = importlib.import_module(STAGES[args.stage].module)
-    return int(module.main())
+    try:
+        return int(module.main())
+    except KafkaUnreachable as exc:
+        print(
+            f"skuforge run: cannot reach Kafka at {exc.bootstrap}; is it running? "
+            "(make kafka-up, or set SKUFORGE_KAFKA_BOOTSTRAP)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _cmd_serve(rest: list[str]) -> int:

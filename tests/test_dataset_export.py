@@ -307,7 +307,8 @@ def test_an_export_into_a_place_that_cannot_be_a_folder_is_a_clear_error(
         )
     assert exit_info.value.code == 2
     assert f"{tmp_path / 'a-file'} is a file, not a folder" in capsys.readouterr().err
-    assert (
+    # /proc is tried, not judged by its permission bits (which say yes to root): refused up front.
+    with pytest.raises(SystemExit) as exit_info:
         cli_main(
             [
                 "dataset",
@@ -319,10 +320,9 @@ def test_an_export_into_a_place_that_cannot_be_a_folder_is_a_clear_error(
                 "1",
             ]
         )
-        == 1
-    )
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("skuforge dataset export: /proc/skuforge-export: ") and "Traceback" not in err
+    assert "OUT /proc/skuforge-export: cannot write in /proc (" in err and "Traceback" not in err
 
 
 def test_stats_per_sku(
@@ -366,3 +366,22 @@ def test_sku_ids_that_differ_only_in_case_are_refused_as_imagefolder_classes(
     assert sorted(p.name for p in (tmp_path / "one").iterdir() if p.is_dir()) == ["Oats", "milk"]
     summary = export_dataset(manifests, tmp_path / "jsonl", fmt="jsonl", max_synthetic_per_real=2)
     assert sorted(summary.classes) == ["Milk", "Oats", "milk"]
+
+
+@pytest.mark.parametrize("size", ["1", "15", "4097", "100000"])
+def test_a_size_out_of_range_is_refused_naming_the_flag_and_nothing_is_staged(
+    size: str,
+    small_store: ManifestStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before: --size 1 was refused naming the exporter's size_px; --size 100000 ran away, staging beside OUT.
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    argv = ["dataset", "export", str(tmp_path / "out"), "--format", "jsonl", "--max-synthetic-per-real", "1"]
+    with pytest.raises(SystemExit) as exited:
+        cli_main([*argv, "--size", size])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"argument --size: must be from 16 to 4096, got {size}\n") and "size_px" not in err
+    assert [path.name for path in tmp_path.iterdir()] == ["store"]

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from shared.argtypes import positive_int
 from shared.config import load_settings
 from shared.errors import BadInput
 from shared.generation.adapters import AdapterRegistry
@@ -21,14 +22,22 @@ def main(argv: list[str]) -> int:
     """``skuforge adapters list|register``: the registry at SKUFORGE_DIFFUSION_ADAPTERS_URI."""
     parser = argparse.ArgumentParser(prog="skuforge adapters", description="List or register LoRA adapters.")
     sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("list", help="print every registered adapter as one JSON line")
+    sub.add_parser(
+        "list",
+        help="print every registered adapter as one JSON line (none: a note on stderr, exit 0)",
+    )
     register = sub.add_parser("register", help="upload a diffusers LoRA .safetensors file and its metadata")
     register.add_argument("adapter_id", help="letters, digits, '_' and '-' (at most 64)")
     register.add_argument("weights", type=Path, help="the .safetensors file (diffusers save_lora_weights)")
     register.add_argument("--kind", choices=["general", "specialized"], required=True)
     register.add_argument("--series", default=None, help="the product series (specialized adapters)")
     register.add_argument("--base-model", required=True, help="name of the model the adapter was trained on")
-    register.add_argument("--rank", type=int, default=None, help="LoRA rank (default: read from the weights)")
+    register.add_argument(
+        "--rank",
+        type=positive_int,
+        default=None,
+        help="LoRA rank, at least 1 (default: read from the weights)",
+    )
     register.add_argument(
         "--prompt", action="append", default=[], help="a training prompt (repeat for several)"
     )
@@ -39,8 +48,13 @@ def main(argv: list[str]) -> int:
         open_store(uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region)
     )
     if args.action == "list":
-        for adapter in registry.list():
+        adapters = registry.list()
+        for adapter in adapters:
             print(adapter.model_dump_json())
+        if not adapters:
+            # A registry nothing was registered in yet is normal (exit 0), but a silent empty answer
+            # looks the same as a mistyped SKUFORGE_DIFFUSION_ADAPTERS_URI: name where it looked.
+            print(f"skuforge adapters list: no adapters registered in {uri}", file=sys.stderr)
         return 0
     if not args.weights.is_file():
         parser.error(f"{args.weights} is not a file")

@@ -83,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     pairs = sub.add_parser("pairs", help="composite scenes with their expected masks, for 'train --extra'")
     pairs.add_argument("--n", type=positive_int, default=900)
     pairs.add_argument("--out", type=Path, default=Path("var/matting/composite-pairs"))
-    pairs.add_argument("--catalogue-seed", type=int, default=57)
+    pairs.add_argument(
+        "--catalogue-seed",
+        type=int_between(0, 2**63 - 1),
+        default=57,
+        help="seed of the rendered product catalogue, 0 to 2^63-1 (default 57)",
+    )
     pairs.add_argument(
         "--roi", action="store_true", help="crop each pair to a jittered product box, as the stage mats it"
     )
@@ -162,10 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("INFO", "text")
     # Where a command writes: checked now, not found in a traceback after rendering or training.
     out = getattr(args, "out", None)
-    if out is not None:
-        where = out if args.action in {"pairs", "real-pairs"} else out.parent
-        if (problem := folder_problem(where)) is not None:
-            parser.error(f"--out {out}: {problem}")
+    pairs_out = out if args.action in {"pairs", "real-pairs"} else None  # a folder; elsewhere a file
+    if pairs_out is not None and (problem := folder_problem(pairs_out)) is not None:
+        parser.error(f"--out {pairs_out}: {problem}")
+    for option, file, example in (
+        ("--out", None if pairs_out is not None else out, "model.onnx"),
+        ("--pth", getattr(args, "pth", None), "model.pth"),
+        ("--checkpoint", getattr(args, "checkpoint", None), "checkpoint.pt"),
+    ):
+        if file is not None and (problem := _file_problem(file, example)) is not None:
+            parser.error(f"{option} {file}: {problem}")
 
     if args.action == "pairs":  # compositing needs no torch
         from collections import Counter
@@ -312,6 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _file_problem(path: Path, example: str) -> str | None:
+    """Why a file cannot be written at ``path`` (a folder there, a file above it, a folder above it
+    that cannot be made or written in); None if it can. ``example`` names a file to suggest."""
+    if path.is_dir():
+        return f"is a folder; name the file to write, e.g. {path / example}"
+    return folder_problem(path.parent)
+
+
 def _check_onnx(parser: argparse.ArgumentParser, path: Path) -> None:
     """Exit with a usage error unless ``path`` opens as a matting model."""
     from shared.matting.session import MattingModelError, U2NetPSession
@@ -330,6 +349,7 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
         copy_official,
         default_official_onnx,
         extract_official_onnx,
+        onnx_to_state_dict,
     )
 
     if args.action == "real-pairs":
@@ -370,8 +390,6 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
             copy_official(args.onnx, out)
         if args.pth is not None:
             import torch
-
-            from shared.matting.official import onnx_to_state_dict
 
             args.pth.parent.mkdir(parents=True, exist_ok=True)
             torch.save(onnx_to_state_dict(out), args.pth)

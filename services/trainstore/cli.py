@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from services.trainstore.config import TrainstoreSettings
-from shared.argtypes import folder_problem, non_negative_int, positive_int
+from shared.argtypes import folder_problem, int_between, non_negative_int, positive_int
 from shared.config import load_settings
 from shared.errors import BadInput, TransientError
 from shared.store import open_store
@@ -145,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="imagefolder or jsonl")
     export.add_argument(
         "--size",
-        type=positive_int,
+        type=int_between(16, 4096),
         default=256,
-        help="shorter side in px, or the square's side with --fit pad (default 256)",
+        help="shorter side in px, or the square's side with --fit pad, 16 to 4096 (default 256)",
     )
     export.add_argument(
         "--fit",
@@ -186,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     manifests = open_manifests()
 
+    if args.action in ("stats", "compact") and not (sku_ids := manifests.sku_ids()):
+        # An empty table or {"compacted": []} and exit 0 would hide a mistyped store URI.
+        print(f"skuforge dataset {args.action}: {no_skus_problem(manifests)}", file=sys.stderr)
+        return 1
     if args.action == "stats":
-        rows = sku_stats(manifests.iter_rows())
+        rows = sku_stats(manifests.iter_rows(sku_ids))
         if args.json:
             for row in rows:
                 print(json.dumps(asdict(row), sort_keys=True))
@@ -252,6 +256,6 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("\n".join(summary.lines()))
         return 0
-    compacted = [sku_id for sku_id in manifests.sku_ids() if manifests.compact(sku_id)]
+    compacted = [sku_id for sku_id in sku_ids if manifests.compact(sku_id)]
     print(json.dumps({"compacted": compacted}))
     return 0

@@ -18,7 +18,8 @@ held-out folders naming SKUs the store does not have, fewer than 2 SKUs with hel
 held-out SKUs without a usable real image in the store or left out by the export policy, a held-out
 photo that does not decode, an unusable
 ``--scenes`` (malformed, or no files), a weights file that does not load, an ``--out`` or
-``--cache-dir`` that is a file, and a store with no SKUs.
+``--cache-dir`` that is a file or cannot be made and written in (tried before the run, and left as
+it was), and a store with no SKUs.
 
 Writes ``--out DIR/evaluation.json`` (the ``EvaluationResult`` and its headline ``summary``; what
 ``skuforge dataset export --evaluation`` reads) and ``report.html`` (``shared/evaluation/report.py``),
@@ -68,7 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="held-out real photos, one folder per SKU id (DIR/<sku_id>/*.jpg); never given to skuforge",
     )
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to write the results")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="where to write the results; one that cannot be made and written in is refused before the "
+        "run (the check makes nothing that stays)",
+    )
     parser.add_argument(
         "--max-synthetic-per-real",
         type=non_negative_int,
@@ -151,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir",
         type=Path,
         default=DEFAULT_CACHE_DIR,
-        help=f"features cached by image sha256 (default {DEFAULT_CACHE_DIR})",
+        help=f"features cached by image sha256 (default {DEFAULT_CACHE_DIR}); checked like --out",
     )
     parser.add_argument("--no-cache", action="store_true", help="compute every feature afresh, cache nothing")
     return parser

@@ -292,7 +292,8 @@ def _load_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
     # weights_only: a .pth from the internet must not be able to run code when unpickled.
     try:
         loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+    # KeyError, ValueError: some bytes that are no pickle at all ("hello world") fail in the unpickler.
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, KeyError, ValueError) as exc:
         # torch's own message advises weights_only=False: unsafe for a file from elsewhere.
         raise ValueError(f"{path}: not a weights file torch can load safely ({type(exc).__name__})") from None
     if not isinstance(loaded, Mapping):

@@ -1,0 +1,114 @@
+"""`skuforge matting` as a user meets it: bad paths and numbers refused up front, in one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from services.matting.cli import main as matting_cli
+from shared.matting.official import default_official_onnx
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one-line usage error of ``skuforge matting argv`` (exit 2, no traceback)."""
+    with pytest.raises(SystemExit) as exited:
+        matting_cli(argv)
+    assert exited.value.code == 2, argv
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_official_without_pth_checks_the_official_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No --wheel, --onnx or --pth: check the file set-up put there (and that it converts).
+    missing = tmp_path / "u2netp-official.onnx"
+    assert matting_cli(["official", "--out", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"skuforge matting official: no official U2-NetP at {missing}: `make setup` fetches it" in err
+    assert "Traceback" not in err
+    official = default_official_onnx()
+    if not official.is_file():
+        pytest.fail(f"{official} is missing: `make setup` fetches and checks the official U2-NetP")
+    assert matting_cli(["official", "--out", str(official)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"onnx": str(official), "pth": None}
+
+
+@pytest.mark.parametrize("action", ["export", "quantize", "train"])
+def test_an_out_that_is_a_folder_is_refused_before_any_work(
+    action: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    weights = tmp_path / "junk.pth"
+    weights.write_bytes(b"not read: the --out check comes first")
+    argv = {
+        "export": ["export", str(weights)],
+        "quantize": ["quantize", str(tmp_path / "model.onnx")],
+        "train": ["train", "--checkpoint", str(tmp_path / "checkpoint.pt")],
+    }[action]
+    line = _refused([*argv, "--out", str(folder)], capsys)
+    assert line.endswith(f"--out {folder}: is a folder; name the file to write, e.g. {folder / 'model.onnx'}")
+    assert list(folder.iterdir()) == []
+
+
+def test_a_checkpoint_that_is_a_folder_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _refused(["train", "--out", str(tmp_path / "m.onnx"), "--checkpoint", str(tmp_path)], capsys)
+    assert line.endswith(
+        f"--checkpoint {tmp_path}: is a folder; name the file to write, e.g. {tmp_path / 'checkpoint.pt'}"
+    )
+
+
+@pytest.mark.parametrize("action", ["export", "official"])
+def test_a_pth_that_cannot_be_written_is_refused_up_front(
+    action: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    weights = tmp_path / "junk.pth"
+    weights.write_bytes(b"junk")
+    argv = {
+        "export": ["export", str(weights), "--out", str(tmp_path / "e.onnx")],
+        "official": ["official", "--out", str(tmp_path / "o.onnx")],
+    }[action]
+    line = _refused([*argv, "--pth", str(a_file / "u2netp.pth")], capsys)
+    assert line.endswith(f"--pth {a_file / 'u2netp.pth'}: {a_file} is a file, not a folder")
+    line = _refused([*argv, "--pth", str(tmp_path)], capsys)
+    assert line.endswith(
+        f"--pth {tmp_path}: is a folder; name the file to write, e.g. {tmp_path / 'model.pth'}"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "junk.pth"]
+
+
+@needs_proc
+def test_a_pth_under_proc_is_refused_up_front(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # As root, os.access says /proc is writable; a file cannot be made there all the same.
+    weights = tmp_path / "junk.pth"
+    weights.write_bytes(b"junk")
+    argv = ["export", str(weights), "--out", str(tmp_path / "e.onnx"), "--pth", "/proc/skuforge-x.pth"]
+    assert "--pth /proc/skuforge-x.pth: cannot write in /proc" in _refused(argv, capsys)
+
+
+def test_pairs_refuses_a_negative_catalogue_seed_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "pairs"
+    line = _refused(["pairs", "--n", "1", "--out", str(out), "--catalogue-seed", "-5"], capsys)
+    assert line.endswith("argument --catalogue-seed: must be from 0 to 9223372036854775807, got -5")
+    assert not out.exists()
+
+
+def test_export_of_a_text_file_says_it_is_not_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hello = tmp_path / "hello.pth"
+    hello.write_text("hello world\n")  # torch's unpickler raises KeyError on these bytes
+    line = _refused(["export", str(hello), "--out", str(tmp_path / "e.onnx")], capsys)
+    assert line.endswith(f"{hello}: not a weights file torch can load safely (KeyError)")

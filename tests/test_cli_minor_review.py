@@ -1,0 +1,86 @@
+"""Small command-line refusals: a bad environment default of `skuforge kafka start`, a negative LoRA
+rank. One line naming the setting or flag, exit 2, nothing started or written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from skuforge_cli.main import main as cli_main
+
+
+class _RecordingKafka:
+    """Stands in for LocalKafka: records what it was asked for and starts nothing."""
+
+    asked: dict[str, Any] = {}
+
+    def __init__(self, data_dir: Path, **kwargs: Any) -> None:
+        _RecordingKafka.asked = {"data_dir": data_dir, **kwargs}
+        raise OSError("not started: a test stand-in")
+
+
+@pytest.fixture
+def recording_kafka(monkeypatch: pytest.MonkeyPatch) -> type[_RecordingKafka]:
+    _RecordingKafka.asked = {}
+    monkeypatch.setattr("devstack.broker.LocalKafka", _RecordingKafka)
+    return _RecordingKafka
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("SKUFORGE_KAFKA_PORT", "70000", "must be from 1 to 65535, got 70000"),
+        ("SKUFORGE_KAFKA_CONTROLLER_PORT", "0", "must be from 1 to 65535, got 0"),
+        ("SKUFORGE_KAFKA_HEAP_MB", "12", "must be from 64 to 1048576, got 12"),
+        ("SKUFORGE_KAFKA_PORT", "ninety", "not an integer"),
+    ],
+)
+def test_kafka_start_refuses_an_environment_default_out_of_bounds(
+    name: str,
+    value: str,
+    reason: str,
+    recording_kafka: type[_RecordingKafka],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["kafka", "start", "--data-dir", str(tmp_path / "kafka")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"error: {name}={value!r}: {reason}; fix or unset it, or give the option\n")
+    assert "Traceback" not in err
+    assert recording_kafka.asked == {} and not (tmp_path / "kafka").exists()
+
+
+def test_kafka_start_options_override_the_environment_and_defaults_still_apply(
+    recording_kafka: type[_RecordingKafka], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SKUFORGE_KAFKA_PORT", "70000")  # not read: --port is given
+    monkeypatch.setenv("SKUFORGE_KAFKA_CONTROLLER_PORT", "19093")
+    monkeypatch.delenv("SKUFORGE_KAFKA_HEAP_MB", raising=False)
+    assert cli_main(["kafka", "start", "--data-dir", str(tmp_path), "--port", "19092"]) == 1
+    assert recording_kafka.asked == {
+        "data_dir": tmp_path,
+        "port": 19092,
+        "controller_port": 19093,
+        "heap_mb": 512,
+    }
+
+
+def test_adapters_register_refuses_a_rank_below_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    weights = tmp_path / "lora.safetensors"
+    weights.write_bytes(b"not read: the rank is refused first")
+    argv = ["adapters", "register", "cola-v1", str(weights), "--kind", "general", "--base-model", "m"]
+    with pytest.raises(SystemExit) as exited:
+        cli_main([*argv, "--rank", "-3"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith("argument --rank: must be at least 1, got -3\n") and "pydantic" not in err
+    assert not (tmp_path / "store").exists()
