@@ -720,7 +720,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m devstack.brok
             broker = LocalKafka(
                 args.data_dir, port=args.port, controller_port=args.controller_port, heap_mb=args.heap_mb
             )
-            broker.start(timeout_s=args.timeout)
+            if args.foreground:
+                # From before the start: a supervisor stopping (or dying) while the broker starts sends
+                # SIGTERM, and the JVM, in a session of its own, would outlive a launcher that just died.
+                # start() kills the JVM it spawned when interrupted.
+                signal.signal(signal.SIGTERM, _raise_interrupt)
+                try:
+                    broker.start(timeout_s=args.timeout)
+                except KeyboardInterrupt:
+                    print("kafka start interrupted; broker stopped", file=sys.stderr)
+                    return 130
+            else:
+                broker.start(timeout_s=args.timeout)
             kind = "fresh data dir" if broker.formatted else "existing data dir"
             print(broker.bootstrap, flush=True)
             print(
@@ -730,7 +741,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m devstack.brok
                 flush=True,
             )
             if args.foreground:
-                signal.signal(signal.SIGTERM, _raise_interrupt)
                 try:
                     while broker.is_running():
                         time.sleep(0.5)

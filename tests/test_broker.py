@@ -101,3 +101,66 @@ def test_restart_on_same_data_dir_keeps_messages(tmp_path: Path) -> None:
     finally:
         broker.stop()
     assert not broker.is_running()
+
+
+def test_a_foreground_broker_stopped_while_it_starts_leaves_no_jvm(tmp_path: Path) -> None:
+    # skuforge up runs `python -m devstack.broker start --foreground` under its supervisor, which sends
+    # SIGTERM when it stops (or dies: the parent-death signal). The launcher took SIGTERM only once the
+    # broker was ready; before that it died at once, and its JVM, in a session of its own, ran on.
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port, controller_port = free_port(), free_port()
+    while controller_port == port:
+        controller_port = free_port()
+    data_dir = tmp_path / "kafka"
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "devstack.broker",
+            "start",
+            "--foreground",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+            "--controller-port",
+            str(controller_port),
+            "--heap-mb",
+            "384",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    broker = LocalKafka(data_dir, port=port, controller_port=controller_port)
+    jvm = None
+    try:
+        deadline = time.monotonic() + 60
+        while jvm is None and time.monotonic() < deadline and launcher.poll() is None:
+            jvm = broker.pid  # the pid file appears once the JVM is spawned, seconds before it is ready
+            time.sleep(0.05)
+        assert jvm is not None, "the broker's JVM never started"
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _alive(jvm):
+            time.sleep(0.2)
+        assert not _alive(jvm), f"the broker's JVM (pid {jvm}) outlived its stopped launcher"
+        assert b"Traceback" not in (launcher.stderr.read() if launcher.stderr else b"")
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        if jvm is not None and _alive(jvm):
+            os.kill(jvm, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a running (not zombie) process."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
