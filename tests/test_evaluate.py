@@ -811,3 +811,16 @@ def test_a_number_out_of_bounds_is_a_usage_error(
         cli_main(evaluate_args(tmp_path / "heldout", tmp_path / "eval", tmp_path, option, value))
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_hash_cache_from_before_turned_copies_is_not_read_as_the_new_hashes(tmp_path: Path) -> None:
+    # Held-out hashes grew from 512 to 2,048 bits; an --cache-dir filled before held 512-bit values
+    # under the old kind's name, and reading them refused every later run (wrong length).
+    from services.trainstore.evaluation import _cached_hash
+
+    data = encode_jpeg(shelf_photo(1))
+    old = tmp_path / "dhash256-mirrored" / "abc"
+    old.parent.mkdir(parents=True)
+    old.write_text(bytes(64).hex())
+    value = _cached_hash(tmp_path, "abc", lambda: data, heldout=True)
+    assert value == heldout_hash(data)

@@ -130,8 +130,8 @@ def as_ingested(photos: Sequence[Photo], cache_dir: Path | None) -> list[tuple[s
 
 
 def heldout_hashes(photos: Sequence[Photo], cache_dir: Path | None) -> list[tuple[str, bytes]]:
-    """(name, ``heldout_hash``) of each held-out photo: as shown and mirrored. Photos that do not decode
-    were refused before (``as_ingested``)."""
+    """(name, ``heldout_hash``) of each held-out photo: as shown, mirrored and turned. Photos that do
+    not decode were refused before (``as_ingested``)."""
     items = []
     for photo in photos:
         value = _cached_hash(cache_dir, photo.sha256, photo.read, heldout=True)
@@ -162,7 +162,9 @@ def _cached_hash(
 ) -> bytes | None:
     """``perceptual_hash`` (or ``heldout_hash``) of the bytes ``read`` gives, cached under ``cache_dir``
     by their sha256 (a PNG phone photo decodes in about a second)."""
-    kind = "dhash256-mirrored" if heldout else "dhash256"
+    # The held-out kind is named by what it covers: a cache from before turned copies were hashed too
+    # holds shorter values, which must not be read as these.
+    kind = "dhash256-mirrored-turned" if heldout else "dhash256"
     cached = None if cache_dir is None else cache_dir / kind / sha256
     if cached is not None and cached.is_file():
         return bytes.fromhex(cached.read_text().strip())
