@@ -7,21 +7,30 @@ decodes within the limits); if any is bad, the command names every problem and u
 publishes nothing, so bad input never half-publishes a batch. Should the broker or the store fail
 after the checks, the command says which SKUs were published and which not (exit 1); running it
 again finishes the batch under the same keys and event ids. Checked photos wait as PNG files in a
-temporary folder, not in memory (``ingest_path``). HEIC/HEIF photos are named as a problem (not
-read here), not skipped.
+temporary folder, not in memory (``ingest_path``).
 
 Layout read (what ``skuforge synth`` writes)::
 
-    DIR/<any folder name>/metadata.json   {"sku_id", "name", "category", "brand", "series"}
+    DIR/<any folder name>/metadata.json   {"sku_id", "name", "category", "brand", "series"} (UTF-8)
     DIR/<any folder name>/*.png|jpg|...   1..SKUFORGE_MAX_PHOTOS_PER_SKU photos
 
-``DIR`` may also be a single SKU folder. Hidden folders and files (names starting with ".") are skipped,
-and so is a ``__MACOSX`` folder (the resource forks macOS puts in a zip it makes).
+``DIR`` may also be a single SKU folder. Photos are .png .jpg .jpeg .jpe .jfif .webp .bmp .tif .tiff.
+Anything else in a SKU folder is named as a problem, not skipped: another format (HEIC, GIF, AVIF...),
+a subfolder (its photos are not read), a broken link. Skipped are hidden files and folders (names
+starting with "."), ``__MACOSX`` (the resource forks macOS puts in a zip it makes), and the files
+Windows and macOS leave in any folder (``Thumbs.db``, ``desktop.ini``, ``Icon\\r``). Two SKU ids of a
+batch may not differ only in case (``ABC-1``, ``abc-1``): on a case-insensitive file system their
+store folders would be one. A name or category that is only whitespace is refused.
+
+Re-ingesting a SKU adds and replaces photos, never removes any: a photo stored by an earlier ingest
+that is no longer in the folder stays in the store, and it and the images generated from it stay in
+the retraining store. Ingest warns of such photos (per SKU, with their count) and goes on.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import dataclasses
 import json
 import sys
@@ -47,10 +56,22 @@ PRODUCER = "ingest"
 T = TypeVar("T")
 # Not SKU folders, though folders: a zip made on a Mac unpacks with one beside the SKUs, full of "._NAME".
 NOT_SKU_FOLDERS = frozenset({"__MACOSX"})
+# What Windows (thumbnail cache, folder settings) and macOS (a custom folder icon) leave in any folder
+# they show, and a zip's "__MACOSX", compared casefolded: never a SKU's content, so skipped like
+# hidden files, while anything else that is not a photo is named as a problem.
+DESKTOP_LEFTOVERS = frozenset({"thumbs.db", "desktop.ini", "icon\r", "__macosx"})
+# JPEG under the names Chrome and Windows save it with; the decoder identifies photos by content, not
+# by name, so these decode as any .jpg (skipped, they left a SKU a photo short without a word).
+INGEST_PHOTO_SUFFIXES: frozenset[str] = PHOTO_SUFFIXES | {".jfif", ".jpe"}
 
 
 class IngestError(Exception):
     """One or more SKU folders cannot be ingested; the message lists every problem."""
+
+
+class StoreUnavailable(TransientError):
+    """The object store failed (unreachable, refused, misconfigured) before any SKU was published: the
+    fix is the store or its settings, not Kafka. Running the command again after the fix is safe."""
 
 
 class IngestIncomplete(IngestError):
@@ -108,7 +129,9 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     metadata: SkuMetadata | None = None
     metadata_path = folder / "metadata.json"
     try:
-        metadata = SkuMetadata.model_validate_json(metadata_path.read_bytes())
+        # Windows Notepad and Excel save UTF-8 with a byte-order mark, which JSON parsers refuse
+        # ("Invalid JSON at line 1 column 1"); the mark says nothing about the content, so it goes.
+        metadata = SkuMetadata.model_validate_json(metadata_path.read_bytes().removeprefix(codecs.BOM_UTF8))
     except FileNotFoundError:
         problems.append(f"{metadata_path}: missing (needs sku_id, name, category, brand, series)")
     except OSError as exc:  # a folder named metadata.json, no permission...
@@ -117,20 +140,18 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"]) or "(file)"
             problems.append(f"{metadata_path}: {field}: {error['msg']}")
+    if metadata is not None:
+        # min_length lets "  " through; a blank name or category is no product to caption or prompt.
+        problems.extend(
+            f"{metadata_path}: {field}: is only whitespace; give the product's {field}"
+            for field in ("name", "category")
+            if not getattr(metadata, field).strip()
+        )
 
-    # Hidden files are skipped as hidden folders are: macOS writes an invisible "._NAME" beside each
-    # photo on non-Apple volumes, and refusing the SKU over a file its owner cannot see helps no one.
-    visible = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    files = [p for p in visible if p.suffix.lower() in PHOTO_SUFFIXES]
-    # An iPhone's photos are HEIC by default: skipped as "not a photo", they left a SKU one photo short
-    # without a word.
-    problems.extend(
-        f"{p}: HEIC/HEIF is not read here; export it as JPEG or PNG"
-        for p in visible
-        if p.suffix.lower() in (".heic", ".heif")
-    )
+    files, folder_problems = photo_files(folder)
+    problems.extend(folder_problems)
     if not files:
-        problems.append(f"{folder}: no photos ({', '.join(sorted(PHOTO_SUFFIXES))})")
+        problems.append(f"{folder}: no photos ({', '.join(sorted(INGEST_PHOTO_SUFFIXES))})")
     elif len(files) > settings.max_photos_per_sku:
         problems.append(
             f"{folder}: {len(files)} photos; at most {settings.max_photos_per_sku} "
@@ -164,20 +185,71 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     return PreparedSku(folder=folder, metadata=metadata, photos=photos), []
 
 
+def photo_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """The photo files of a SKU folder, sorted, and a problem for everything else in it that is neither
+    metadata.json, hidden, nor a desktop's leftover file. Whatever a folder holds either is read or
+    is named: skipped quietly, a GIF, a photo in a subfolder or a broken link left the SKU short."""
+    photos: list[Path] = []
+    problems: list[str] = []
+    accepted = ", ".join(sorted(INGEST_PHOTO_SUFFIXES))
+    for entry in sorted(folder.iterdir()):
+        name = entry.name.casefold()
+        # Hidden entries are skipped as hidden SKU folders are: macOS writes an invisible "._NAME"
+        # beside each photo on non-Apple volumes, and refusing a SKU over a file its owner cannot
+        # see helps no one.
+        if name.startswith(".") or name in DESKTOP_LEFTOVERS or name == "metadata.json":
+            continue
+        suffix = entry.suffix.lower()
+        if entry.is_symlink() and not entry.exists():
+            problems.append(
+                f"{entry}: a link to {entry.readlink()}, which does not exist; "
+                "put the photo itself here or remove the link"
+            )
+        elif entry.is_dir():
+            problems.append(
+                f"{entry}: a folder inside a SKU folder; nothing in it is read: move its photos into "
+                f"{folder}, or move the folder out"
+            )
+        elif not entry.is_file():
+            problems.append(f"{entry}: not a regular file (a pipe, socket or device); remove it")
+        elif suffix in (".heic", ".heif"):
+            # An iPhone's photos are HEIC by default: say what to do, not just "not a photo".
+            problems.append(f"{entry}: HEIC/HEIF is not read here; export it as JPEG or PNG")
+        elif suffix in INGEST_PHOTO_SUFFIXES:
+            photos.append(entry)
+        else:
+            problems.append(
+                f"{entry}: not a photo ingest reads ({accepted}); export it as JPEG or PNG, "
+                "or move it out of the SKU folder"
+            )
+    return photos, problems
+
+
 def check_folders(path: Path, settings: Settings) -> Iterator[tuple[PreparedSku | None, list[str]]]:
     """Each SKU folder under ``path`` in turn: the prepared SKU, or None and its problems (an
-    ``sku_id`` that an earlier folder already uses is one). One SKU's photos at a time: a caller
-    that lets go of each SKU before asking for the next holds one SKU's photos, not the batch's."""
-    owners: dict[str, Path] = {}
+    ``sku_id`` that an earlier folder already uses, or one differing from it only in case, is one).
+    One SKU's photos at a time: a caller that lets go of each SKU before asking for the next holds one
+    SKU's photos, not the batch's."""
+    # Keyed by the casefolded id: ABC-1 and abc-1 are two SKUs to S3, but one store folder on the
+    # case-insensitive file systems of macOS and Windows (a FileStore there, or an export), where
+    # their photos would merge.
+    owners: dict[str, tuple[str, Path]] = {}
     for folder in find_sku_folders(path):
         sku, problems = prepare_sku(folder, settings)
-        if sku is not None and sku.metadata.sku_id in owners:
-            problems = [
-                f"{folder}: sku_id {sku.metadata.sku_id!r} is also used by {owners[sku.metadata.sku_id]}"
-            ]
+        if sku is not None and sku.metadata.sku_id.casefold() in owners:
+            sku_id = sku.metadata.sku_id
+            owner_id, owner = owners[sku_id.casefold()]
+            if owner_id == sku_id:
+                problems = [f"{folder}: sku_id {sku_id!r} is also used by {owner}"]
+            else:
+                problems = [
+                    f"{folder}: sku_id {sku_id!r} differs only in case from {owner_id!r} of {owner}; "
+                    "their photos would share one store folder on a case-insensitive file system: "
+                    "give one of them another sku_id"
+                ]
             sku = None
         elif sku is not None:
-            owners[sku.metadata.sku_id] = folder
+            owners[sku.metadata.sku_id.casefold()] = (sku.metadata.sku_id, folder)
         yield sku, problems
         del sku  # not kept while the next folder is read
 
@@ -214,12 +286,23 @@ def _nothing_ingested(problems: list[str]) -> str:
     return "nothing was ingested; fix these and run again:\n  " + "\n  ".join(problems)
 
 
+def photo_key(sku: PreparedSku, photo: PreparedPhoto) -> str:
+    """Where a SKU's photo is stored: under the SKU's id, named by its content."""
+    return f"incoming/{sku.metadata.sku_id}/{photo.photo_id}.png"
+
+
+def stale_photo_keys(sku: PreparedSku, store: ObjectStore) -> list[str]:
+    """Keys under the SKU's ``incoming/`` folder in ``store`` that none of its photos now has: photos
+    an earlier ingest stored that have since left the folder (or changed)."""
+    current = {photo_key(sku, photo) for photo in sku.photos}
+    return [key for key in store.list_keys(f"incoming/{sku.metadata.sku_id}/") if key not in current]
+
+
 def upload_sku(sku: PreparedSku, store: ObjectStore) -> SkuIngested:
     """Store the photos (keys derived from content, so re-uploads overwrite) and build the event."""
     photos = []
     for photo in sku.photos:
-        key = f"incoming/{sku.metadata.sku_id}/{photo.photo_id}.png"
-        stored = store.put_bytes(key, photo.png, "image/png")
+        stored = store.put_bytes(photo_key(sku, photo), photo.png, "image/png")
         image = ImageRef(**stored.model_dump(), width=photo.width, height=photo.height)
         photos.append(
             ReferencePhoto(photo_id=photo.photo_id, image=image, original_filename=photo.original_filename)
@@ -227,14 +310,26 @@ def upload_sku(sku: PreparedSku, store: ObjectStore) -> SkuIngested:
     return SkuIngested(sku=sku.metadata, photos=photos)
 
 
-def ingest_path(path: Path, settings: Settings, *, store: ObjectStore | None = None) -> list[str]:
+def _warn_on_stderr(message: str) -> None:
+    print(f"skuforge ingest: warning: {message}", file=sys.stderr)
+
+
+def ingest_path(
+    path: Path,
+    settings: Settings,
+    *,
+    store: ObjectStore | None = None,
+    warn: Callable[[str], None] = _warn_on_stderr,
+) -> list[str]:
     """Ingest every SKU under ``path``; returns the event ids published (one per SKU).
 
     Every folder is checked before anything is uploaded, and nothing is uploaded when Kafka cannot
     be reached at the start. A SKU's photos, once checked, wait as PNG files in a temporary folder
     (``TMPDIR``; on local disk unless that is a tmpfs), not in memory: a thousand phone photos as PNG
     are tens of gigabytes. Should a publish fail later (a topic missing), the photos already stored
-    stay under their content keys and the next run writes the same keys.
+    stay under their content keys and the next run writes the same keys. A store failure before
+    anything is published is ``StoreUnavailable``; ``warn`` is told of each SKU whose store folder
+    holds photos its folder no longer has (they stay).
     """
     with tempfile.TemporaryDirectory(prefix="skuforge-ingest-") as spool_dir:
         # Their photos' bytes are on disk: png is empty in these.
@@ -244,9 +339,14 @@ def ingest_path(path: Path, settings: Settings, *, store: ObjectStore | None = N
         )
         publisher = Publisher(settings, PRODUCER)  # TransientError if Kafka is away: nothing uploaded yet
         event_ids: list[str] = []
+        failing = "store"  # which system the step under way talks to, for the error's hint
         try:
             for sku in spooled:
-                payload = upload_sku(_unspool(sku, Path(spool_dir)), store)
+                failing = "store"
+                unspooled = _unspool(sku, Path(spool_dir))
+                _warn_of_stale_photos(unspooled, store, warn)
+                payload = upload_sku(unspooled, store)
+                failing = "broker"
                 # Photos are durable before the event exists, so no consumer ever sees a dangling
                 # reference. The event id is the trace id too: every event downstream carries it
                 # (skuforge demo follows it).
@@ -261,7 +361,11 @@ def ingest_path(path: Path, settings: Settings, *, store: ObjectStore | None = N
             return event_ids
         except Exception as exc:  # the broker or the store, after the checks: say what went out
             if not event_ids and isinstance(exc, TransientError):
-                raise  # nothing published: "is Kafka running?" says it
+                # Nothing published: say which system to look at. A store refusal once read "is
+                # Kafka running?", sending its reader to the wrong system.
+                if failing == "store":
+                    raise StoreUnavailable(str(exc)) from exc
+                raise
             done = [sku.metadata.sku_id for sku in spooled[: len(event_ids)]]
             left = [sku.metadata.sku_id for sku in spooled[len(event_ids) :]]
             raise IngestIncomplete(
@@ -272,6 +376,23 @@ def ingest_path(path: Path, settings: Settings, *, store: ObjectStore | None = N
             ) from exc
         finally:
             publisher.close()
+
+
+def _warn_of_stale_photos(sku: PreparedSku, store: ObjectStore, warn: Callable[[str], None]) -> None:
+    """Warn, not refuse: dropping a photo from a folder is a normal edit, but ingest removes nothing
+    from the store, and saying nothing left a photo its owner had removed in the training set."""
+    stale = stale_photo_keys(sku, store)
+    if stale:
+        sku_id = sku.metadata.sku_id
+        one = len(stale) == 1
+        photos, are, they, them = (
+            ("1 photo", "is", "it", "it") if one else (f"{len(stale)} photos", "are", "they", "them")
+        )
+        warn(
+            f"SKU {sku_id}: {photos} from an earlier ingest (under incoming/{sku_id}/) {are} not in "
+            f"{sku.folder}; ingest never removes a photo, so {they} and the images generated from "
+            f"{them} stay in the retraining store"
+        )
 
 
 def _spool(sku: PreparedSku, spool_dir: Path) -> PreparedSku:
@@ -317,6 +438,13 @@ def main(argv: list[str] | None = None) -> int:
     except (IngestError, ConfigError) as exc:
         print(f"skuforge ingest: {exc}", file=sys.stderr)
         return 2
+    except StoreUnavailable as exc:
+        print(
+            f"skuforge ingest: the object store failed, nothing was published: {exc} (check "
+            "SKUFORGE_STORE_URI, SKUFORGE_S3_ENDPOINT_URL and the store's credentials, then run again)",
+            file=sys.stderr,
+        )
+        return 1
     except TransientError as exc:
         print(f"skuforge ingest: {exc} (is Kafka at SKUFORGE_KAFKA_BOOTSTRAP running?)", file=sys.stderr)
         return 1
