@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -163,6 +164,49 @@ class Publisher:
         self._producer.close(timeout=self._settings.flush_timeout_s)
 
 
+@dataclass(frozen=True)
+class TopicShortfall:
+    """An existing topic with fewer partitions or a lower replication factor than the settings ask."""
+
+    name: str
+    partitions: int
+    wanted_partitions: int
+    replication: int
+    wanted_replication: int
+
+    @property
+    def few_partitions(self) -> bool:
+        """The topic has fewer partitions than asked (``--grow`` can add them)."""
+        return self.partitions < self.wanted_partitions
+
+    @property
+    def low_replication(self) -> bool:
+        """The topic has fewer replicas than asked (only a partition reassignment can add them)."""
+        return self.replication < self.wanted_replication
+
+    def describe(self) -> str:
+        """``name (2 partitions, asked 6; replication 1, asked 3)``."""
+        gaps = []
+        if self.few_partitions:
+            gaps.append(f"{self.partitions} partitions, asked {self.wanted_partitions}")
+        if self.low_replication:
+            gaps.append(f"replication {self.replication}, asked {self.wanted_replication}")
+        return f"{self.name} ({'; '.join(gaps)})"
+
+
+@dataclass(frozen=True)
+class TopicsReport:
+    """What ``sync_topics`` did, and what it found that it could not (or was not asked to) change."""
+
+    created: list[str]
+    grown: dict[str, tuple[int, int]]  # topic -> (partitions before, after)
+    short: list[TopicShortfall]  # existing topics still below the settings
+
+
+class TopicsError(Exception):
+    """The broker refused to bring an existing topic to the settings (adding partitions failed)."""
+
+
 def ensure_topics(
     settings: Settings,
     topics: Iterable[Topic[Any]] = ALL_TOPICS,
@@ -171,28 +215,60 @@ def ensure_topics(
     with_dlq: bool = True,
     timeout_s: float = 30.0,
 ) -> list[str]:
-    """Create the topics (and their DLQs) that do not exist yet; returns the names created."""
+    """Create the topics (and their DLQs) that do not exist yet; returns the names created.
+
+    An existing topic below the settings is logged, not changed: ``skuforge topics create`` is the
+    command that reports it and, with ``--grow``, adds partitions.
+    """
+    report = sync_topics(settings, topics, partitions=partitions, with_dlq=with_dlq, timeout_s=timeout_s)
+    for shortfall in report.short:
+        log.warning("topic below the settings: %s", shortfall.describe())
+    return report.created
+
+
+def sync_topics(
+    settings: Settings,
+    topics: Iterable[Topic[Any]] = ALL_TOPICS,
+    *,
+    partitions: int | None = None,
+    with_dlq: bool = True,
+    grow: bool = False,
+    timeout_s: float = 30.0,
+) -> TopicsReport:
+    """Create the missing topics (and DLQs), and compare the existing ones with the settings.
+
+    An existing topic with fewer partitions than ``partitions`` (default ``SKUFORGE_TOPIC_PARTITIONS``)
+    or a lower replication than ``SKUFORGE_TOPIC_REPLICATION`` is reported in ``short``; with ``grow``
+    its partitions are added first. Replication is never raised here (that is a reassignment).
+    """
     partitions = partitions or settings.topic_partitions
     names: list[str] = []
     for topic in topics:
         names.append(settings.topic_name(topic))
         if with_dlq:
             names.append(settings.dlq_name(topic))
-    return create_topic_names(settings, names, partitions=partitions, timeout_s=timeout_s)
+    return create_topic_names(settings, names, partitions=partitions, grow=grow, timeout_s=timeout_s)
 
 
 def create_topic_names(
-    settings: Settings, names: Iterable[str], *, partitions: int, timeout_s: float = 30.0
-) -> list[str]:
-    """Create plain topic names (DLQs get one partition: they are low-volume and read by people)."""
+    settings: Settings,
+    names: Iterable[str],
+    *,
+    partitions: int,
+    grow: bool = False,
+    timeout_s: float = 30.0,
+) -> TopicsReport:
+    """Create plain topic names (DLQs get one partition: they are low-volume and read by people),
+    and check (with ``grow``: add) the partitions of those that exist; see ``sync_topics``."""
     admin = KafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="skuforge-admin"
     )
     try:
         existing = set(admin.list_topics())
-        wanted = [name for name in dict.fromkeys(names) if name not in existing]
+        names = list(dict.fromkeys(names))
+        wanted = [name for name in names if name not in existing]
         new = [
-            NewTopic(name, 1 if name.endswith(DLQ_SUFFIX) else partitions, settings.topic_replication)
+            NewTopic(name, _wanted_partitions(name, partitions), settings.topic_replication)
             for name in wanted
         ]
         created: list[str] = []
@@ -203,9 +279,80 @@ def create_topic_names(
             except TopicAlreadyExistsError:
                 pass
         _wait_for_metadata(admin, wanted, timeout_s)
-        return created
+        # Before, an existing topic was skipped unseen: raising SKUFORGE_TOPIC_PARTITIONS 6 -> 12
+        # reported success while the topics kept 6 partitions and half the autoscaled members idled.
+        short = _shortfalls(admin, [name for name in names if name in existing], partitions, settings)
+        grown: dict[str, tuple[int, int]] = {}
+        if grow:
+            grown = _grow(admin, [s for s in short if s.few_partitions], timeout_s)
+            short = [replace(s, partitions=s.wanted_partitions) if s.name in grown else s for s in short]
+            short = [s for s in short if s.few_partitions or s.low_replication]
+        return TopicsReport(created, grown, short)
     finally:
         admin.close()
+
+
+def _wanted_partitions(name: str, partitions: int) -> int:
+    return 1 if name.endswith(DLQ_SUFFIX) else partitions
+
+
+def _shortfalls(
+    admin: KafkaAdminClient, names: list[str], partitions: int, settings: Settings
+) -> list[TopicShortfall]:
+    """The topics of ``names`` with fewer partitions or replicas than the settings ask."""
+    if not names:
+        return []
+    short: list[TopicShortfall] = []
+    for described in admin.describe_topics(names):
+        found = described.get("partitions") or []
+        if described.get("error_code", 0) != 0 or not found:
+            continue  # deleted since it was listed: nothing to compare
+        replication = min(len(partition.get("replica_nodes") or ()) for partition in found)
+        shortfall = TopicShortfall(
+            name=described["name"],
+            partitions=len(found),
+            wanted_partitions=_wanted_partitions(described["name"], partitions),
+            replication=replication,
+            wanted_replication=settings.topic_replication,
+        )
+        if shortfall.few_partitions or shortfall.low_replication:
+            short.append(shortfall)
+    return sorted(short, key=lambda s: s.name)
+
+
+def _grow(
+    admin: KafkaAdminClient, short: list[TopicShortfall], timeout_s: float
+) -> dict[str, tuple[int, int]]:
+    """Add partitions to each topic of ``short`` up to its wanted count; wait until metadata shows them."""
+    grown: dict[str, tuple[int, int]] = {}
+    for shortfall in short:
+        try:
+            admin.create_partitions(
+                {shortfall.name: shortfall.wanted_partitions}, timeout_ms=int(timeout_s * 1000)
+            )
+        except KafkaError as exc:
+            raise TopicsError(
+                f"could not add partitions to {shortfall.name} "
+                f"({shortfall.partitions} -> {shortfall.wanted_partitions}): {exc}"
+            ) from exc
+        grown[shortfall.name] = (shortfall.partitions, shortfall.wanted_partitions)
+    # The broker answers before its metadata lists the new partitions; a stage started right after
+    # would join holding none of them.
+    deadline = time.monotonic() + timeout_s
+    while grown:
+        described = {t["name"]: t.get("partitions") or [] for t in admin.describe_topics(list(grown))}
+        behind = sorted(
+            name
+            for name, (_, after) in grown.items()
+            if len(described.get(name, [])) < after
+            or any(p.get("leader_id", -1) < 0 for p in described.get(name, []))
+        )
+        if not behind:
+            break
+        if time.monotonic() > deadline:
+            raise TransientError(f"added partitions not visible after {timeout_s}s: {behind}")
+        time.sleep(0.1)
+    return grown
 
 
 def _wait_for_metadata(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> None:

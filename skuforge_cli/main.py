@@ -13,6 +13,7 @@ import importlib
 import json
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pydantic_settings import BaseSettings
 
@@ -26,6 +27,9 @@ from services.matting.config import MattingSettings
 from services.trainstore.config import TrainstoreSettings
 from shared.config import ConfigError, Settings, load_settings, settings_table_markdown
 from shared.generation.diffusion import DiffusionSettings
+
+if TYPE_CHECKING:  # shared.bus imports kafka: loaded only by the commands that talk to it
+    from shared.bus import TopicShortfall
 
 # Every settings model, shared first; `skuforge config --markdown` prints them as README's table.
 SETTINGS_MODELS: tuple[type[BaseSettings], ...] = (
@@ -102,17 +106,25 @@ def _cmd_topics(rest: list[str]) -> int:
     from kafka.errors import KafkaError
 
     from schemas.topics import ALL_TOPICS, PASSTHROUGH_OUT
-    from shared.bus import ensure_topics
+    from shared.bus import TopicsError, sync_topics
+    from shared.errors import TransientError
 
     parser = argparse.ArgumentParser(prog="skuforge topics", description="Manage skuforge's Kafka topics.")
     sub = parser.add_subparsers(dest="action", required=True)
     create = sub.add_parser(
         "create",
         help="create every topic of the flow, and the passthrough stage's (the deployment smoke test), "
-        "each with its .dlq (idempotent)",
+        "each with its .dlq (idempotent); an existing topic with fewer partitions or replicas than asked "
+        "is an error",
     )
     create.add_argument(
         "--partitions", type=int, default=None, help="partitions (default SKUFORGE_TOPIC_PARTITIONS)"
+    )
+    create.add_argument(
+        "--grow",
+        action="store_true",
+        help="add partitions to existing topics that have fewer than asked (SKUs' keyed placement changes; "
+        "replication is never raised by this command)",
     )
     sub.add_parser("list", help="print the topic names of this environment")
     args = parser.parse_args(rest)
@@ -120,20 +132,57 @@ def _cmd_topics(rest: list[str]) -> int:
     if args.action == "create":
         if args.partitions is not None and args.partitions < 1:
             parser.error("--partitions must be at least 1")
+        prog = "skuforge topics create"
         try:
-            created = ensure_topics(settings, (*ALL_TOPICS, PASSTHROUGH_OUT), partitions=args.partitions)
+            report = sync_topics(
+                settings, (*ALL_TOPICS, PASSTHROUGH_OUT), partitions=args.partitions, grow=args.grow
+            )
         except KafkaError as exc:
             print(
-                f"skuforge topics create: cannot create the topics on Kafka at {settings.kafka_bootstrap} "
+                f"{prog}: cannot create the topics on Kafka at {settings.kafka_bootstrap} "
                 f"({exc}); is it running? (`make kafka-up`, or set SKUFORGE_KAFKA_BOOTSTRAP)",
                 file=sys.stderr,
             )
             return 1
-        print(json.dumps({"created": created}))
+        except (TopicsError, TransientError) as exc:  # a grow refused; metadata that never came
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps({"created": report.created, "grown": report.grown}))
+        if report.grown:
+            # The default partitioner hashes the key over the partition count: most SKUs now land on
+            # another partition, so a SKU's older events (old partition) and newer ones may be
+            # handled by different members, out of order, until the old partitions are drained.
+            grown = ", ".join(f"{name} {before} -> {after}" for name, (before, after) in report.grown.items())
+            print(
+                f"{prog}: warning: added partitions ({grown}); the keyed placement of SKUs changed, so a "
+                "SKU's events produced before and after may be handled out of order until the older "
+                "ones are consumed",
+                file=sys.stderr,
+            )
+        if report.short:
+            print(f"{prog}: {_topics_short_message(report.short, grow=args.grow)}", file=sys.stderr)
+            return 1
         return 0
     for topic in (*ALL_TOPICS, PASSTHROUGH_OUT):
         print(f"{settings.topic_name(topic)}\t{topic.payload.__name__}\t{settings.dlq_name(topic)}")
     return 0
+
+
+def _topics_short_message(short: list[TopicShortfall], *, grow: bool) -> str:
+    """One line: which topics are below the settings, and what can be done about each gap."""
+    what = "; ".join(shortfall.describe() for shortfall in short)
+    hints = []
+    if any(shortfall.few_partitions for shortfall in short) and not grow:
+        hints.append(
+            "rerun with --grow to add partitions (the keyed placement of SKUs changes), or lower "
+            "SKUFORGE_TOPIC_PARTITIONS / --partitions"
+        )
+    if any(shortfall.low_replication for shortfall in short):
+        hints.append(
+            "replication cannot be raised by this command: reassign the partitions with Kafka's "
+            "kafka-reassign-partitions.sh, or lower SKUFORGE_TOPIC_REPLICATION"
+        )
+    return f"{len(short)} existing topics are below the settings: {what}; {'; '.join(hints)}"
 
 
 def _cmd_dlq(rest: list[str]) -> int:

@@ -57,7 +57,7 @@ def test_topics_create_with_kafka_unreachable_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", "127.0.0.1:1")
-    monkeypatch.setattr("shared.bus.ensure_topics", _kafka_unreachable)
+    monkeypatch.setattr("shared.bus.sync_topics", _kafka_unreachable)
     assert cli_main(["topics", "create"]) == 1
     err = capsys.readouterr().err
     assert "Kafka at 127.0.0.1:1" in err and "SKUFORGE_KAFKA_BOOTSTRAP" in err
