@@ -12,6 +12,10 @@ the object store (``dlq-replays/<dlq topic>/<partition>-<offset>-<sha>.json``), 
 skips every dead letter that has a marker. Markers, not consumer-group offsets, because ``--reason``
 and ``--since`` select letters out of order: an offset would also pass over the letters left behind.
 A letter that fails again after its replay is a new dead letter, and can be replayed in turn.
+
+A replayed record carries the header ``skuforge-replay-stage`` naming the stage that dead-lettered it;
+the runtime's other stages on that topic commit it without handling it (docs/delivery.md). TOPIC is
+this environment's (``SKUFORGE_TOPIC_NAMESPACE``) first; another environment's needs ``any_namespace``.
 """
 
 from __future__ import annotations
@@ -33,17 +37,23 @@ from kafka.structs import TopicPartition
 from pydantic import ValidationError
 
 from schemas.envelope import DeadLetter, utc_now
-from schemas.topics import DLQ_SUFFIX
+from schemas.topics import ALL_TOPICS, DLQ_SUFFIX, PASSTHROUGH_OUT
 from shared.bus import READ_EXTRA, make_producer
 from shared.config import Settings
 from shared.errors import BadInput, TransientError
 from shared.store import ObjectStore
 
 REPLAY_PREFIX = "dlq-replays"
+# Kafka header on a replayed record: the name of the stage (DeadLetter.stage, the Stage's name) that
+# dead-lettered it, the only one that handles it again (shared/runtime.py; docs/delivery.md).
+REPLAY_STAGE_HEADER = "skuforge-replay-stage"
 SAMPLES_PER_REASON = 3
 READ_TIMEOUT_S = 30.0
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+# The flow's topic names without a namespace: such a name is never inside a non-empty namespace, even
+# one it happens to start with (namespace "sku", topic "sku.ingested.v1").
+_PLAIN_FLOW_TOPICS = frozenset(topic.name for topic in (*ALL_TOPICS, PASSTHROUGH_OUT))
 
 
 class DlqError(Exception):
@@ -90,33 +100,49 @@ class ReplayReport:
 # -- reading ----------------------------------------------------------------------------------
 
 
-def resolve_topics(settings: Settings, topic: str) -> tuple[str, str]:
+def resolve_topics(settings: Settings, topic: str, *, any_namespace: bool = False) -> tuple[str, str]:
     """``(original topic, dlq topic)`` for ``topic`` given either way; ``DlqError`` when there is no DLQ.
 
-    The name is the Kafka name (``skuforge topics list``); without the environment's namespace it is
-    tried with it too.
+    The name is the Kafka name (``skuforge topics list``) or the name without the environment's
+    namespace (``SKUFORGE_TOPIC_NAMESPACE``). This environment's namespaced name is tried first, so a
+    ``staging.`` environment never reads (or replays) another environment's un-namespaced DLQ of the
+    same name. A topic outside the namespace is refused unless ``any_namespace`` is asked for.
     """
     base = topic.removesuffix(DLQ_SUFFIX)
     existing = _list_topics(settings)
-    candidates = [base]
-    if settings.topic_namespace and not base.startswith(settings.topic_namespace):
-        candidates.append(settings.topic_namespace + base)
+    namespace = settings.topic_namespace
+    # The namespaced name first, even when the name already starts with the namespace: with a
+    # namespace "sku", "sku.ingested.v1" is this environment's "skusku.ingested.v1".
+    candidates = [namespace + base]
+    if namespace and base.startswith(namespace) and base not in _PLAIN_FLOW_TOPICS:
+        candidates.append(base)  # given as `skuforge topics list` prints it
     for name in candidates:
         if name + DLQ_SUFFIX in existing:
             return name, name + DLQ_SUFFIX
+    if namespace and base + DLQ_SUFFIX in existing:
+        if any_namespace:
+            return base, base + DLQ_SUFFIX
+        raise DlqError(
+            f"{base + DLQ_SUFFIX!r} is outside this environment's namespace {namespace!r} "
+            f"(SKUFORGE_TOPIC_NAMESPACE), and {namespace + base + DLQ_SUFFIX!r} does not exist; "
+            "pass --any-namespace to use another environment's topic on purpose"
+        )
     known = sorted(name for name in existing if name.endswith(DLQ_SUFFIX))
+    tried = f" (nor {candidates[0] + DLQ_SUFFIX!r})" if candidates[0] != base else ""
     raise DlqError(
-        f"topic {base + DLQ_SUFFIX!r} does not exist on {settings.kafka_bootstrap}; "
+        f"topic {base + DLQ_SUFFIX!r} does not exist{tried} on {settings.kafka_bootstrap}; "
         f"dead-letter topics there: {', '.join(known) or '(none)'} "
         "(give the topic as `skuforge topics list` prints it, with or without .dlq)"
     )
 
 
 def read_dead_letters(
-    settings: Settings, topic: str, *, timeout_s: float = READ_TIMEOUT_S
+    settings: Settings, topic: str, *, timeout_s: float = READ_TIMEOUT_S, any_namespace: bool = False
 ) -> DeadLetterTopic:
-    """Every record of ``topic``'s DLQ from its start to its end when called, read without a group."""
-    original, dlq = resolve_topics(settings, topic)
+    """Every record of ``topic``'s DLQ from its start to its end when called, read without a group.
+
+    ``topic`` is resolved by ``resolve_topics`` (``any_namespace``: accept another environment's)."""
+    original, dlq = resolve_topics(settings, topic, any_namespace=any_namespace)
     consumer = KafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap.split(","),
         client_id="skuforge-dlq",
@@ -179,7 +205,18 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
 def select(
     letters: Sequence[StoredLetter], *, reason: str | None, since: datetime | None
 ) -> list[StoredLetter]:
-    """The letters of ``reason`` (all when None) that failed at or after ``since`` (all when None)."""
+    """The letters of ``reason`` (all when None) that failed at or after ``since`` (all when None).
+
+    ``DlqError`` when no letter at all has ``reason``: a mistyped reason (``object-missing`` for
+    ``object_missing``) would otherwise select nothing and a replay would "succeed" with 0 letters.
+    """
+    if reason is not None:
+        present = Counter(stored.letter.reason for stored in letters)
+        if reason not in present:
+            listed = ", ".join(f"{name} ({count})" for name, count in sorted(present.items()))
+            raise DlqError(
+                f"no dead letter has reason {reason!r}; reasons present: {listed or '(no dead letters)'}"
+            )
     return [
         stored
         for stored in letters
@@ -285,7 +322,12 @@ def replay(
         sends = [
             (
                 stored,
-                producer.send(stored.letter.original_topic, key=key, value=value),
+                producer.send(
+                    stored.letter.original_topic,
+                    key=key,
+                    value=value,
+                    headers=replay_headers(stored.letter),
+                ),
             )
             for stored, (key, value) in zip(pending, originals, strict=True)
         ]
@@ -304,6 +346,16 @@ def replay(
             f"their replay markers ({exc}); a later replay would republish those without a marker again"
         ) from exc
     return report
+
+
+def replay_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
+    """The headers of ``letter``'s republished record: the stage that dead-lettered it.
+
+    A replay goes to the topic, which every consumer group of it reads: without the header, a letter
+    of trainstore replayed to ``sku.captioned`` would make the generator render it again on the GPU.
+    The runtime commits a record whose header names another stage without handling it.
+    """
+    return [(REPLAY_STAGE_HEADER, letter.stage.encode())] if letter.stage else []
 
 
 def _write_markers(

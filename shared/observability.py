@@ -53,7 +53,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 # An object write is milliseconds on a local disk and up to seconds on S3 under load.
 STORE_WRITE_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # The outcomes of skuforge_messages_total, each created at 0 for every input topic (declare_input_topic).
-MESSAGE_OUTCOMES = ("ok", "dlq", "duplicate", "retry")
+MESSAGE_OUTCOMES = ("ok", "dlq", "duplicate", "retry", "replay_for_other_stage")
 
 
 class StageMetrics:
@@ -64,7 +64,8 @@ class StageMetrics:
         self.registry = registry or CollectorRegistry()
         self.messages = Counter(
             "skuforge_messages_total",
-            "Input messages by outcome: ok, dlq, duplicate (when committed); retry (at each back-off).",
+            "Input messages by outcome: ok, dlq, duplicate, replay_for_other_stage (a DLQ replay another "
+            "stage dead-lettered; committed unhandled) (when committed); retry (at each back-off).",
             ["stage", "topic", "outcome"],
             registry=self.registry,
         )

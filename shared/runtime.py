@@ -60,6 +60,7 @@ from schemas.events import subject_sku_id
 from schemas.topics import DLQ_SUFFIX, Topic
 from shared.bus import make_consumer, make_envelope, make_producer, read_envelope, read_header
 from shared.config import Settings, load_settings
+from shared.dlq import REPLAY_STAGE_HEADER
 from shared.errors import BadInput, TransientError
 from shared.group_lag import GroupLagWatcher, watched_groups
 from shared.images import UInt8Array, decode_image, decode_mask, refuse_oversized
@@ -71,6 +72,9 @@ P = TypeVar("P", bound=BaseModel)
 # A stage holding no partition of a topic that has some rejoins after this long, then doubling.
 REJOIN_FIRST_S = 20.0
 REJOIN_MAX_S = 600.0
+# The skuforge_messages_total outcome of a replayed record (docs/delivery.md) that another stage
+# dead-lettered: committed without being handled.
+REPLAY_FOR_OTHER_STAGE = "replay_for_other_stage"
 # How long a starting stage waits for its input topics' metadata before joining its group anyway.
 METADATA_WAIT_S = 10.0
 log = logging.getLogger("skuforge.runtime")
@@ -597,6 +601,22 @@ class Stage:
     # -- decoding, encoding, dead letters -----------------------------------------------------
 
     def _decode(self, route: _Route[Any], record: ConsumerRecord) -> Envelope[Any] | _Outcome | _Retry:
+        replayed_for = _replay_stage(record)
+        if replayed_for is not None and replayed_for != self.name:
+            # `skuforge dlq replay` republishes to the topic, which every group of it reads; only the
+            # stage that dead-lettered the record handles it again (a trainstore letter must not make
+            # the generator render on the GPU again), even if it is not JSON: committed, counted.
+            log.debug(
+                "skipped a replay for another stage",
+                extra={
+                    "stage": self.name,
+                    "replay_stage": replayed_for,
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                },
+            )
+            return _Outcome(counted=REPLAY_FOR_OTHER_STAGE)
         if record.value is None:
             return self._dead_letter(
                 record, "empty_message", "the message has no value (tombstone?)", None, None
@@ -932,6 +952,14 @@ def _drop_parked_records(consumer: KafkaConsumer, tp: TopicPartition) -> None:
         stale = parked.pop(tp, None)
         if stale is not None and hasattr(stale, "drain"):
             stale.drain()
+
+
+def _replay_stage(record: ConsumerRecord) -> str | None:
+    """The stage a replayed record is meant for (its ``REPLAY_STAGE_HEADER``), None for any other record."""
+    for name, value in record.headers or ():
+        if name == REPLAY_STAGE_HEADER:
+            return bytes(value or b"").decode("utf-8", errors="replace")
+    return None
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -57,12 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument(
             "topic", metavar="TOPIC", help="the topic, or its .dlq (as `skuforge topics list` prints)"
         )
-        action.add_argument("--reason", help="only dead letters of this reason (e.g. object_missing)")
+        action.add_argument(
+            "--reason",
+            help="only dead letters of this reason (e.g. object_missing); a reason no letter has is an error",
+        )
         action.add_argument(
             "--since",
             type=_since_arg,
             help="only dead letters that failed at or after this: an ISO time (naive = UTC) or a duration "
             "back from now (90s, 30m, 2h, 7d)",
+        )
+        action.add_argument(
+            "--any-namespace",
+            action="store_true",
+            help="accept a topic outside SKUFORGE_TOPIC_NAMESPACE (another environment's); without it, "
+            "TOPIC is looked up in this environment's namespace first and another's is refused",
         )
     listing.add_argument("--samples", type=int, default=SAMPLES_PER_REASON, help="samples per reason")
     listing.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -80,7 +89,7 @@ def main(
         settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
     )
     try:
-        dead = read_dead_letters(settings, args.topic)
+        dead = read_dead_letters(settings, args.topic, any_namespace=args.any_namespace)
         if args.action == "list":
             letters = select(dead.letters, reason=args.reason, since=args.since)
             summary = summarise(dead, letters, replayed_markers(store, dead.dlq_topic), max(0, args.samples))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,26 @@ import pytest
 from kafka import KafkaProducer
 
 from devstack.broker import free_port
-from schemas.topics import SKU_INGESTED
-from shared.config import Settings
+from schemas.envelope import Envelope
+from schemas.events import SkuIngested
+from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
+from services.passthrough.stage import build_stage as build_passthrough
+from shared.bus import create_topic_names
+from shared.config import Settings, load_settings
+from shared.dlq import REPLAY_STAGE_HEADER, DlqError, resolve_topics
+from shared.errors import BadInput
+from shared.runtime import REPLAY_FOR_OTHER_STAGE, Context, Emit, Stage
 from shared.store import open_store
 from skuforge_cli.dlq import main as dlq_main
-from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
+from tests.support.bus import (
+    create_topics,
+    file_store_uri,
+    isolated_settings,
+    produce,
+    read_topic,
+    running,
+    sku_ingested_payloads,
+)
 
 
 def _letter(settings: Settings, **fields: Any) -> dict[str, Any]:
@@ -118,3 +134,153 @@ def test_an_unreachable_store_is_a_clear_error(
     captured = capsys.readouterr()
     assert code == 1 and captured.out == ""
     assert captured.err.startswith("skuforge dlq list: S3 unreachable")
+
+
+def _write_letters_to(settings: Settings, dlq_topic: str, *letters: dict[str, Any]) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    for letter in letters:
+        producer.send(dlq_topic, json.dumps(letter).encode())
+    producer.flush()
+    producer.close()
+
+
+def test_a_topic_name_resolves_to_this_environments_namespace_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a `staging.` environment, `sku.ingested.v1` found another environment's un-namespaced DLQ
+    first and `dlq replay` replayed it (review repro r3)."""
+    staging = load_settings(topic_namespace="staging.")
+    both = {"sku.ingested.v1.dlq", "staging.sku.ingested.v1.dlq"}
+    monkeypatch.setattr("shared.dlq._list_topics", lambda settings: both)
+    assert resolve_topics(staging, "sku.ingested.v1") == (
+        "staging.sku.ingested.v1",
+        "staging.sku.ingested.v1.dlq",
+    )
+    assert resolve_topics(staging, "staging.sku.ingested.v1.dlq")[1] == "staging.sku.ingested.v1.dlq"
+    # Only the other environment's exists: refused, unless asked for on purpose.
+    monkeypatch.setattr("shared.dlq._list_topics", lambda settings: {"sku.ingested.v1.dlq"})
+    with pytest.raises(DlqError, match=r"outside this environment's namespace 'staging\.'.*--any-namespace"):
+        resolve_topics(staging, "sku.ingested.v1")
+    assert resolve_topics(staging, "sku.ingested.v1", any_namespace=True)[1] == "sku.ingested.v1.dlq"
+    # A namespace the flow's plain name happens to start with: the plain name is still outside it.
+    sku = load_settings(topic_namespace="sku")
+    monkeypatch.setattr(
+        "shared.dlq._list_topics", lambda settings: {"sku.ingested.v1.dlq", "skusku.ingested.v1.dlq"}
+    )
+    assert resolve_topics(sku, "sku.ingested.v1")[1] == "skusku.ingested.v1.dlq"
+    monkeypatch.setattr("shared.dlq._list_topics", lambda settings: {"sku.ingested.v1.dlq"})
+    with pytest.raises(DlqError, match="outside this environment's namespace"):
+        resolve_topics(sku, "sku.ingested.v1")
+
+
+@pytest.mark.kafka
+def test_replay_reads_this_environments_dlq_and_refuses_another_namespace_unless_asked(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mine = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "mine"))
+    other = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "other"))
+    create_topics(other, SKU_INGESTED, partitions=1)
+    other_topic = other.topic_name(SKU_INGESTED)  # what an operator of the other environment types
+    # This environment's topic of the same given name: its namespace + that name.
+    create_topic_names(
+        mine, [mine.topic_namespace + other_topic, mine.topic_namespace + other_topic + ".dlq"], partitions=1
+    )
+    _write_letters_to(mine, mine.topic_namespace + other_topic + ".dlq", _letter(mine, reason="mine"))
+    _write_letters_to(other, other.dlq_name(SKU_INGESTED), _letter(other, reason="theirs"))
+
+    assert dlq_main(["list", other_topic, "--json"], settings=mine) == 0
+    assert list(json.loads(capsys.readouterr().out)["reasons"]) == ["mine"]
+
+    # Another namespace's name, given as such: refused, then used when asked for explicitly.
+    foreign = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "foreign"))
+    code = dlq_main(["list", other_topic], settings=foreign)
+    captured = capsys.readouterr()
+    assert code == 1 and f"{other_topic + '.dlq'!r} is outside this environment's namespace" in captured.err
+    assert len(captured.err.splitlines()) == 1 and captured.out == ""
+    assert dlq_main(["list", other_topic, "--any-namespace", "--json"], settings=foreign) == 0
+    assert list(json.loads(capsys.readouterr().out)["reasons"]) == ["theirs"]
+
+
+@pytest.mark.kafka
+def test_a_reason_no_letter_has_is_refused_naming_the_reasons_present(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--reason object-missing` (for object_missing) replayed 0 letters and exited 0."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    _write_letters(settings, _letter(settings), _letter(settings), _letter(settings, reason="not_json"))
+    topic = settings.topic_name(SKU_INGESTED)
+    for action in ("replay", "list"):
+        code = dlq_main([action, topic, "--reason", "object-missing"], settings=settings)
+        captured = capsys.readouterr()
+        assert code == 1 and captured.out == ""
+        assert captured.err == (
+            f"skuforge dlq {action}: no dead letter has reason 'object-missing'; "
+            "reasons present: not_json (1), object_missing (2)\n"
+        )
+    assert read_topic(kafka_bootstrap, topic, expect=0, timeout_s=2) == []  # nothing republished
+    assert dlq_main(["replay", topic, "--reason", "object_missing"], settings=settings) == 0
+    assert "replayed 2 dead letters" in capsys.readouterr().out
+
+
+@pytest.mark.kafka
+def test_a_replay_is_handled_again_only_by_the_stage_that_dead_lettered_it(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A replay goes to the topic, which every group of it reads: a letter of one stage (trainstore on
+    sku.captioned) made another (the generator) handle the event again. Two stages on one topic here:
+    passthrough handles the event, `picky` dead-letters it; after the replay only `picky` sees it."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT, partitions=1)
+    topic, output = settings.topic_name(SKU_INGESTED), settings.topic_name(PASSTHROUGH_OUT)
+    picky_handled: list[str] = []
+    broken = {"yes"}
+
+    def picky_stage() -> Stage:
+        stage = Stage("picky", settings=settings)
+
+        @stage.handler(SKU_INGESTED)
+        def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+            if broken:
+                raise BadInput("object_missing", "its caption is not there yet")
+            picky_handled.append(event.sku_id)
+            return []
+
+        return stage
+
+    passthrough = build_passthrough(settings=settings)
+    produce(settings, SKU_INGESTED, sku_ingested_payloads(passthrough.store, 1, prefix="BOTH"))
+    with running(passthrough), running(picky_stage()):
+        assert len(read_topic(kafka_bootstrap, output, expect=1, timeout_s=60)) == 1
+        read_topic(kafka_bootstrap, settings.dlq_name(SKU_INGESTED), expect=1, timeout_s=60)
+
+    broken.clear()  # the cause is fixed
+    assert dlq_main(["replay", topic], settings=settings) == 0
+    assert "replayed 1 dead letters" in capsys.readouterr().out
+    replayed = read_topic(kafka_bootstrap, topic, expect=2, timeout_s=30)[-1]
+    assert replayed.headers == [(REPLAY_STAGE_HEADER, b"picky")]
+
+    # Fresh members: no in-process memory of the event_id, as after a restart or on another replica.
+    passthrough = build_passthrough(settings=settings)
+    with running(passthrough), running(picky_stage()):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (picky_handled and _messages(passthrough, topic)):
+            time.sleep(0.2)
+        assert picky_handled == ["BOTH-00000"]
+        assert _messages(passthrough, topic) == 1, "passthrough never reached the replayed record"
+        assert len(read_topic(kafka_bootstrap, output, expect=1, timeout_s=5)) == 1, (
+            "passthrough handled a replay meant for picky"
+        )
+        assert _messages(passthrough, topic, REPLAY_FOR_OTHER_STAGE) == 1
+
+
+def _messages(stage: Stage, topic: str, outcome: str | None = None) -> float:
+    """skuforge_messages_total of ``stage`` on ``topic``: of ``outcome``, or of every outcome."""
+    total = 0.0
+    for metric in stage.metrics.registry.collect():
+        for sample in metric.samples:
+            if (
+                sample.name == "skuforge_messages_total"
+                and sample.labels.get("topic") == topic
+                and (outcome is None or sample.labels.get("outcome") == outcome)
+            ):
+                total += sample.value
+    return total
