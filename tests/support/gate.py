@@ -21,11 +21,11 @@ from schemas.events import (
     CorrectionPending,
     CorrectionResolved,
     Decision,
-    GateAccepted,
     GateCheck,
     ImageGenerated,
     ImageMatted,
     SkuCaptioned,
+    subject_sku_id,
 )
 from schemas.topics import Topic
 from shared.bus import make_envelope
@@ -147,15 +147,10 @@ def resolved(
 
 def sku_id_of(payload: BaseModel) -> str:
     """The SKU an event of any topic of the flow is about (the Kafka key)."""
-    if isinstance(payload, SkuCaptioned):
-        return payload.sku.sku_id
-    if isinstance(payload, ImageMatted):
-        return payload.generated.sku.sku_id
-    if isinstance(payload, GateAccepted | CorrectionPending):
-        return payload.matted.generated.sku.sku_id
-    if isinstance(payload, CorrectionResolved):
-        return payload.pending.matted.generated.sku.sku_id
-    raise TypeError(f"no SKU known for {type(payload).__name__}")
+    sku_id = subject_sku_id(payload)
+    if sku_id is None:
+        raise TypeError(f"no SKU known for {type(payload).__name__}")
+    return sku_id
 
 
 def produce_events(settings: Settings, topic: Topic[Any], payloads: list[BaseModel]) -> list[str]:
