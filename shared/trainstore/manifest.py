@@ -299,9 +299,8 @@ class ManifestStore:
         read = {part.key for part in (*compacted, *deltas)}
         # Columnar copies of the parts read, and older copies whose part is gone (a crash between the
         # two writes); a copy of this number without its part may be an overlapping compaction's.
-        parts_there = {self.columns_key(part.key) for part in compacted}
         superseded = {self.columns_key(part.key) for part in compacted} | {
-            part.key for part in columns if part.key not in parts_there and part.seq < seq
+            part.key for part in columns if part.seq < seq
         }
         for key in sorted((read | superseded) - {new_part, self.columns_key(new_part)}):
             self.store.delete(key)
