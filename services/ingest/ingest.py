@@ -59,7 +59,9 @@ NOT_SKU_FOLDERS = frozenset({"__MACOSX"})
 # What Windows (thumbnail cache, folder settings) and macOS (a custom folder icon) leave in any folder
 # they show, and a zip's "__MACOSX", compared casefolded: never a SKU's content, so skipped like
 # hidden files, while anything else that is not a photo is named as a problem.
-DESKTOP_LEFTOVERS = frozenset({"thumbs.db", "desktop.ini", "icon\r", "__macosx"})
+DESKTOP_LEFTOVERS = frozenset(
+    {"thumbs.db", "desktop.ini", "icon\r", *(name.casefold() for name in NOT_SKU_FOLDERS)}
+)
 # JPEG under the names Chrome and Windows save it with; the decoder identifies photos by content, not
 # by name, so these decode as any .jpg (skipped, they left a SKU a photo short without a word).
 INGEST_PHOTO_SUFFIXES: frozenset[str] = PHOTO_SUFFIXES | {".jfif", ".jpe"}
