@@ -51,6 +51,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from devstack.supervisor import raise_interrupt
 from shared.argtypes import int_between, positive_float
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -704,10 +705,6 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None, prog: str = "python -m devstack.broker") -> int:
     """Entry point of ``python -m devstack.broker`` and ``skuforge kafka`` (``prog``, as its usage
     names it); returns the exit status."""
@@ -724,7 +721,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m devstack.brok
                 # From before the start: a supervisor stopping (or dying) while the broker starts sends
                 # SIGTERM, and the JVM, in a session of its own, would outlive a launcher that just died.
                 # start() kills the JVM it spawned when interrupted.
-                signal.signal(signal.SIGTERM, _raise_interrupt)
+                signal.signal(signal.SIGTERM, raise_interrupt)
                 try:
                     broker.start(timeout_s=args.timeout)
                 except KeyboardInterrupt:

@@ -316,7 +316,7 @@ def test_the_demo_stops_the_stack_it_started_when_terminated_or_hung_up(
 def test_signals_as_interrupt_raises_keyboard_interrupt_and_puts_the_handlers_back() -> None:
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
     for sig in before:
-        with pytest.raises(KeyboardInterrupt), devstack.demo.demo.signals_as_interrupt():
+        with pytest.raises(KeyboardInterrupt), devstack.supervisor.signals_as_interrupt():
             os.kill(os.getpid(), sig)
             time.sleep(5)  # the handler runs at the next bytecode; never reached
     assert {sig: signal.getsignal(sig) for sig in before} == before

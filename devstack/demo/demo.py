@@ -39,7 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.demo.report import ItemView, ReferenceView, SkuView, StageView, write_report
 from devstack.demo.tracker import FOLLOWED, FlowState, FlowTracker
-from devstack.supervisor import open_log
+from devstack.supervisor import open_log, signals_as_interrupt
 from devstack.up import DEFAULT_WORKDIR, read_state
 from schemas.events import CorrectionPending, GateAccepted, ImageGenerated, SkuCaptioned, SkuIngested
 from schemas.topics import (
@@ -85,27 +85,6 @@ def _say(line: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # the stack
 # --------------------------------------------------------------------------------------------------
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def signals_as_interrupt(
-    signums: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGHUP),
-) -> Iterator[None]:
-    """Within the block, ``signums`` (a cancelled CI job's SIGTERM, a closed terminal's SIGHUP) raise
-    KeyboardInterrupt as Ctrl-C does, so ``finally`` clauses run; the handlers found are put back after.
-
-    Main thread only (as every ``signal.signal``).
-    """
-    previous = {signum: signal.signal(signum, _raise_interrupt) for signum in signums}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
