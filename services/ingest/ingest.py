@@ -22,9 +22,13 @@ Windows and macOS leave in any folder (``Thumbs.db``, ``desktop.ini``, ``Icon\\r
 batch may not differ only in case (``ABC-1``, ``abc-1``): on a case-insensitive file system their
 store folders would be one. A name or category that is only whitespace is refused.
 
-Re-ingesting a SKU adds and replaces photos, never removes any: a photo stored by an earlier ingest
-that is no longer in the folder stays in the store, and it and the images generated from it stay in
-the retraining store. Ingest warns of such photos (per SKU, with their count) and goes on.
+Re-ingesting a SKU adds and replaces photos. By default it removes none: a photo stored by an
+earlier ingest that is no longer in the folder stays in the store, and it and the images generated
+from it stay in the retraining store; ingest warns of such photos (per SKU, with their count) and goes
+on. With ``--withdraw-missing`` the folder is the whole truth: such photos are named in the event
+(``withdrawn_photo_ids``), the trainstore takes them and every image generated from them out of the
+retraining store, and, once the event is published, ingest deletes them from ``incoming/`` (so a replay
+of an older event cannot bring them back). At most 1,024 per SKU and run; a second run withdraws more.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import argparse
 import codecs
 import dataclasses
 import json
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -44,7 +49,7 @@ from pydantic import ValidationError
 
 from schemas.common import ImageRef, SkuMetadata
 from schemas.envelope import derive_id
-from schemas.events import ReferencePhoto, SkuIngested
+from schemas.events import MAX_WITHDRAWN_PER_EVENT, ReferencePhoto, SkuIngested
 from schemas.topics import SKU_INGESTED
 from shared.bus import Publisher
 from shared.config import ConfigError, Settings, load_settings
@@ -56,6 +61,8 @@ PRODUCER = "ingest"
 T = TypeVar("T")
 # Not SKU folders, though folders: a zip made on a Mac unpacks with one beside the SKUs, full of "._NAME".
 NOT_SKU_FOLDERS = frozenset({"__MACOSX"})
+# What ``photo_key`` names a stored photo: the first 16 hex digits of its PNG's sha256.
+_PHOTO_OBJECT = re.compile(r"[0-9a-f]{16}\.png")
 # What Windows (thumbnail cache, folder settings) and macOS (a custom folder icon) leave in any folder
 # they show, and a zip's "__MACOSX", compared casefolded: never a SKU's content, so skipped like
 # hidden files, while anything else that is not a photo is named as a problem.
@@ -293,6 +300,14 @@ def photo_key(sku: PreparedSku, photo: PreparedPhoto) -> str:
     return f"incoming/{sku.metadata.sku_id}/{photo.photo_id}.png"
 
 
+def withdrawable_photo_ids(stale_keys: list[str]) -> list[str]:
+    """The photo ids of stale keys that ingest itself wrote (``<16 hex>.png``), at most
+    ``MAX_WITHDRAWN_PER_EVENT``: anything else under ``incoming/`` is not a photo of ours."""
+    names = (key.rsplit("/", 1)[-1] for key in stale_keys)
+    ids = sorted(name.removesuffix(".png") for name in names if _PHOTO_OBJECT.fullmatch(name))
+    return ids[:MAX_WITHDRAWN_PER_EVENT]
+
+
 def stale_photo_keys(sku: PreparedSku, store: ObjectStore) -> list[str]:
     """Keys under the SKU's ``incoming/`` folder in ``store`` that none of its photos now has: photos
     an earlier ingest stored that have since left the folder (or changed)."""
@@ -300,8 +315,9 @@ def stale_photo_keys(sku: PreparedSku, store: ObjectStore) -> list[str]:
     return [key for key in store.list_keys(f"incoming/{sku.metadata.sku_id}/") if key not in current]
 
 
-def upload_sku(sku: PreparedSku, store: ObjectStore) -> SkuIngested:
-    """Store the photos (keys derived from content, so re-uploads overwrite) and build the event."""
+def upload_sku(sku: PreparedSku, store: ObjectStore, withdrawn: list[str] | None = None) -> SkuIngested:
+    """Store the photos (keys derived from content, so re-uploads overwrite) and build the event,
+    naming the ``withdrawn`` photo ids."""
     photos = []
     for photo in sku.photos:
         stored = store.put_bytes(photo_key(sku, photo), photo.png, "image/png")
@@ -309,11 +325,15 @@ def upload_sku(sku: PreparedSku, store: ObjectStore) -> SkuIngested:
         photos.append(
             ReferencePhoto(photo_id=photo.photo_id, image=image, original_filename=photo.original_filename)
         )
-    return SkuIngested(sku=sku.metadata, photos=photos)
+    return SkuIngested(sku=sku.metadata, photos=photos, withdrawn_photo_ids=withdrawn or [])
 
 
 def _warn_on_stderr(message: str) -> None:
     print(f"skuforge ingest: warning: {message}", file=sys.stderr)
+
+
+def _tell_on_stderr(message: str) -> None:
+    print(f"skuforge ingest: {message}", file=sys.stderr)
 
 
 def ingest_path(
@@ -322,6 +342,8 @@ def ingest_path(
     *,
     store: ObjectStore | None = None,
     warn: Callable[[str], None] = _warn_on_stderr,
+    withdraw_missing: bool = False,
+    tell: Callable[[str], None] = _tell_on_stderr,
 ) -> list[str]:
     """Ingest every SKU under ``path``; returns the event ids published (one per SKU).
 
@@ -331,7 +353,8 @@ def ingest_path(
     are tens of gigabytes. Should a publish fail later (a topic missing), the photos already stored
     stay under their content keys and the next run writes the same keys. A store failure before
     anything is published is ``StoreUnavailable``; ``warn`` is told of each SKU whose store folder
-    holds photos its folder no longer has (they stay).
+    holds photos its folder no longer has (they stay). With ``withdraw_missing`` those photos are
+    withdrawn instead (module docstring), and ``tell`` is told of each SKU's.
     """
     with tempfile.TemporaryDirectory(prefix="skuforge-ingest-") as spool_dir:
         # Their photos' bytes are on disk: png is empty in these.
@@ -346,20 +369,24 @@ def ingest_path(
             for sku in spooled:
                 failing = "store"
                 unspooled = _unspool(sku, Path(spool_dir))
-                _warn_of_stale_photos(unspooled, store, warn)
-                payload = upload_sku(unspooled, store)
+                stale = stale_photo_keys(unspooled, store)
+                withdrawn = withdrawable_photo_ids(stale) if withdraw_missing else []
+                if not withdraw_missing:
+                    _warn_of_stale_photos(unspooled, stale, warn)
+                payload = upload_sku(unspooled, store, withdrawn)
                 failing = "broker"
                 # Photos are durable before the event exists, so no consumer ever sees a dangling
                 # reference. The event id is the trace id too: every event downstream carries it
-                # (skuforge demo follows it).
+                # (skuforge demo follows it). A withdrawal is another event than the same photos
+                # without one, which consumers would skip as already seen.
+                event_id = derive_id(sku.event_id, "withdrawn", *withdrawn) if withdrawn else sku.event_id
                 envelope = publisher.publish(
-                    SKU_INGESTED,
-                    payload,
-                    sku_id=sku.metadata.sku_id,
-                    event_id=sku.event_id,
-                    trace_id=sku.event_id,
+                    SKU_INGESTED, payload, sku_id=sku.metadata.sku_id, event_id=event_id, trace_id=event_id
                 )
                 event_ids.append(envelope.event_id)
+                if withdrawn:
+                    failing = "store"
+                    _delete_withdrawn(unspooled, withdrawn, len(stale), store, tell)
             return event_ids
         except Exception as exc:  # the broker or the store, after the checks: say what went out
             if not event_ids and isinstance(exc, TransientError):
@@ -380,10 +407,25 @@ def ingest_path(
             publisher.close()
 
 
-def _warn_of_stale_photos(sku: PreparedSku, store: ObjectStore, warn: Callable[[str], None]) -> None:
+def _delete_withdrawn(
+    sku: PreparedSku, withdrawn: list[str], stale: int, store: ObjectStore, tell: Callable[[str], None]
+) -> None:
+    """After the event is out: delete the withdrawn photos from ``incoming/`` and say so."""
+    sku_id = sku.metadata.sku_id
+    for photo_id in withdrawn:
+        store.delete(f"incoming/{sku_id}/{photo_id}.png")
+    more = stale - len(withdrawn)
+    tell(
+        f"SKU {sku_id}: withdrew {len(withdrawn)} photo(s) no longer in {sku.folder} "
+        f"({', '.join(withdrawn)}); the trainstore takes them and the images generated from them "
+        "out of the retraining store"
+        + (f"; {more} more stale object(s) under incoming/{sku_id}/ left, run again" if more else "")
+    )
+
+
+def _warn_of_stale_photos(sku: PreparedSku, stale: list[str], warn: Callable[[str], None]) -> None:
     """Warn, not refuse: dropping a photo from a folder is a normal edit, but ingest removes nothing
     from the store, and saying nothing left a photo its owner had removed in the training set."""
-    stale = stale_photo_keys(sku, store)
     if stale:
         sku_id = sku.metadata.sku_id
         one = len(stale) == 1
@@ -393,7 +435,7 @@ def _warn_of_stale_photos(sku: PreparedSku, store: ObjectStore, warn: Callable[[
         warn(
             f"SKU {sku_id}: {photos} from an earlier ingest (under incoming/{sku_id}/) {are} not in "
             f"{sku.folder}; ingest never removes a photo, so {they} and the images generated from "
-            f"{them} stay in the retraining store"
+            f"{them} stay in the retraining store (--withdraw-missing takes {them} out)"
         )
 
 
@@ -430,10 +472,16 @@ def main(argv: list[str] | None = None) -> int:
         description="Upload each SKU folder's photos to the object store and publish sku.ingested.",
     )
     parser.add_argument("path", type=Path, help="a SKU folder (photos + metadata.json) or a folder of them")
+    parser.add_argument(
+        "--withdraw-missing",
+        action="store_true",
+        help="photos an earlier ingest stored that are no longer in the SKU's folder leave the retraining "
+        "store, with every image generated from them (default: they stay, with a warning)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
-        event_ids = ingest_path(args.path, settings)
+        event_ids = ingest_path(args.path, settings, withdraw_missing=args.withdraw_missing)
     except IngestIncomplete as exc:
         print(f"skuforge ingest: {exc}", file=sys.stderr)
         return 1

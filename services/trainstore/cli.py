@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="action", required=True)
     stats = sub.add_parser(
-        "stats", help="per SKU: real, synthetic accepted/approved, pending, rejected, mean IoU"
+        "stats", help="per SKU: real, synthetic accepted/approved, pending, rejected, withdrawn, mean IoU"
     )
     stats.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     export = sub.add_parser("export", help="write a training set honouring the real:synthetic policy")
@@ -198,13 +198,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(
             f"{'sku_id':<24} {'real':>5} {'accepted':>9} {'approved':>9} "
-            f"{'pending':>8} {'rejected':>9} {'mean_iou':>9}"
+            f"{'pending':>8} {'rejected':>9} {'withdrawn':>10} {'mean_iou':>9}"
         )
         for row in rows:
             iou = f"{row.mean_iou:.3f}" if row.mean_iou is not None else "-"
             print(
                 f"{row.sku_id:<24} {row.real:>5} {row.synthetic_accepted:>9} {row.synthetic_approved:>9} "
-                f"{row.pending:>8} {row.rejected:>9} {iou:>9}"
+                f"{row.pending:>8} {row.rejected:>9} {row.withdrawn:>10} {iou:>9}"
             )
         print(f"{len(rows)} SKUs")
         return 0

@@ -72,6 +72,7 @@ class SkuStats:
     pending: int
     rejected: int
     mean_iou: float | None  # over every gated synthetic item (accepted, approved, pending, rejected)
+    withdrawn: int = 0  # items out of the store because their owner withdrew the photo (real + synthetic)
 
 
 def sku_stats(rows: Iterable[ManifestRow]) -> list[SkuStats]:
@@ -93,12 +94,13 @@ def sku_stats(rows: Iterable[ManifestRow]) -> list[SkuStats]:
                 pending=count["pending"],
                 rejected=count["rejected"],
                 mean_iou=round(sum(ious) / len(ious), 4) if ious else None,
+                withdrawn=count["withdrawn"],
             )
         )
     return stats
 
 
-_STATUSES = ("reference", "accepted", "approved", "pending", "rejected")
+_STATUSES = ("reference", "accepted", "approved", "pending", "rejected", "withdrawn")
 
 
 @dataclass(frozen=True)

@@ -56,14 +56,17 @@ __all__ = [
     "encode_rows",
     "merge_rows",
     "rows_to_columns",
+    "withdrawn_photos",
 ]
 
 Source = Literal["real", "synthetic"]
 # reference: a usable real photo; accepted: passed the gate; approved: a person approved it.
-# pending, rejected and unusable (a real photo the captioner could not use) are recorded, never trained on.
-Status = Literal["reference", "accepted", "approved", "pending", "rejected", "unusable"]
+# pending, rejected and unusable (a real photo the captioner could not use) are recorded, never trained on;
+# withdrawn: a real photo its owner removed (skuforge ingest --withdraw-missing), or an image generated
+# from one; its objects are deleted.
+Status = Literal["reference", "accepted", "approved", "pending", "rejected", "unusable", "withdrawn"]
 TRAINABLE: frozenset[str] = frozenset({"reference", "accepted", "approved"})
-_DECIDED: frozenset[str] = frozenset({"reference", "accepted", "approved", "rejected", "unusable"})
+_DECIDED: frozenset[str] = TRAINABLE | {"rejected", "unusable", "withdrawn"}
 
 # The id is optional in compacted parts and their columnar copies: parts of the older layout have none.
 _COMPACTED = re.compile(r"^part-c-(\d{10})(?:-([0-9a-f]{32}))?\.jsonl$")
@@ -109,6 +112,11 @@ class ManifestRow(Contract):
     def trainable(self) -> bool:
         """Whether a training set may use this item."""
         return self.status in TRAINABLE
+
+
+def withdrawn_photos(rows: Iterable[ManifestRow]) -> set[str]:
+    """The ids of the real photos among ``rows`` that their owner withdrew."""
+    return {row.item_id for row in rows if row.source == "real" and row.status == "withdrawn"}
 
 
 def merge_rows(

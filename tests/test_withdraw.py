@@ -1,0 +1,378 @@
+"""A photo its owner removed leaves the retraining store, with every image generated from it.
+
+``skuforge ingest --withdraw-missing`` names the photos an earlier ingest stored that left the SKU's
+folder; the captioner passes them on; the trainstore records them and their generated images as
+``withdrawn`` and deletes their objects. Before, ingest only warned, and a photo its owner had taken
+out (a wrong product, a face in the shot) stayed in every export, with all its synthetic images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from devstack.demo.demo import SAMPLE_SKUS
+from schemas.envelope import Envelope
+from schemas.events import CaptionedPhoto, GateAccepted, ImageMatted, SkuCaptioned, SkuIngested
+from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED, SKU_INGESTED
+from services.captioner.config import CaptionerSettings
+from services.captioner.stage import handle, open_models
+from services.ingest import ingest
+from services.ingest.ingest import ingest_path
+from services.trainstore.stage import Trainstore
+from shared.bus import make_envelope
+from shared.config import Settings, load_settings
+from shared.observability import StageMetrics
+from shared.runtime import Context
+from shared.store import FileStore
+from shared.trainstore.dataset import plan_export, sku_stats
+from shared.trainstore.manifest import ManifestRow, ManifestStore
+from skuforge_cli.main import main as cli_main
+from tests.support.bus import file_store_uri, isolated_settings
+from tests.support.captioning import context
+from tests.support.gate import captioned, matted_item, pending_of, resolved
+
+PREFIX = "trainstore"
+SKU = "SKU-001"  # the SKU of tests.support.gate's sku(1)
+
+
+def _context(store: FileStore) -> Context:
+    return Context("trainstore", store, Settings(), StageMetrics("trainstore"), logging.getLogger("test"))
+
+
+def _envelope(topic: Any, payload: Any, event_id: str) -> Envelope[Any]:
+    return make_envelope(
+        topic, payload, event_id=event_id * 32, sku_id=SKU, trace_id="t" * 32, producer="test"
+    )
+
+
+def _of_photo(store: FileStore, variant: int, photo_id: str) -> ImageMatted:
+    """A matted item of SKU-001 generated from reference photo ``photo_id``."""
+    matted = matted_item(store, 1, variant)
+    return matted.model_copy(
+        update={"generated": matted.generated.model_copy(update={"reference_photo_id": photo_id})}
+    )
+
+
+def _accept(writer: Trainstore, store: FileStore, matted: ImageMatted, event_id: str) -> None:
+    writer.accepted(
+        _envelope(GATE_ACCEPTED, GateAccepted(matted=matted, iou=0.97, checks=[]), event_id), _context(store)
+    )
+
+
+def _withdrawing(store: FileStore, withdrawn: list[str], keep: int = 2) -> SkuCaptioned:
+    """SKU-001 captioned again: photos p0.. p{keep-1} (and the unusable one) minus the withdrawn ones."""
+    event = captioned(store, 1, photos=keep)
+    photos = [photo for photo in event.photos if photo.photo_id not in withdrawn]
+    return event.model_copy(update={"photos": photos, "withdrawn_photo_ids": withdrawn})
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> tuple[Trainstore, FileStore, CollectorRegistry]:
+    store = FileStore(tmp_path / "store")
+    registry = CollectorRegistry()
+    return (
+        Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16, registry=registry),
+        store,
+        registry,
+    )
+
+
+def test_a_withdrawn_photo_and_its_generated_images_leave_the_store(
+    writer: tuple[Trainstore, FileStore, CollectorRegistry],
+) -> None:
+    trainstore, store, registry = writer
+    ctx = _context(store)
+    trainstore.captioned(_envelope(SKU_CAPTIONED, captioned(store, 1, photos=2), "a"), ctx)
+    of_p0 = [_of_photo(store, variant, "p0") for variant in range(3)]
+    of_p1 = _of_photo(store, 3, "p1")
+    _accept(trainstore, store, of_p0[0], "b")
+    _accept(trainstore, store, of_p1, "c")
+    trainstore.resolved(
+        _envelope(CORRECTION_RESOLVED, resolved(store, of_p0[1], "approve_expected"), "d"), ctx
+    )
+    trainstore.pending(_envelope(CORRECTION_PENDING, pending_of(of_p0[2]), "e"), ctx)
+    rows = trainstore.manifests.read_sku(SKU)
+    stored_p0 = [rows[item.generated.item_id].image for item in of_p0[:2]] + [
+        rows["p0"].image,
+        rows["p0"].mask,
+    ]
+    assert all(key and store.exists(trainstore.manifests.key(key)) for key in stored_p0)
+
+    trainstore.captioned(_envelope(SKU_CAPTIONED, _withdrawing(store, ["p0"]), "f"), ctx)
+
+    rows = trainstore.manifests.read_sku(SKU)
+    withdrawn = {item_id for item_id, row in rows.items() if row.status == "withdrawn"}
+    assert withdrawn == {"p0", *(item.generated.item_id for item in of_p0)}
+    assert all(rows[item_id].image is None and rows[item_id].mask is None for item_id in withdrawn)
+    assert "photo_withdrawn" in rows["p0"].reasons
+    assert rows[of_p0[2].generated.item_id].reasons == ["iou_below_threshold", "photo_withdrawn"]
+    # What had nothing to do with p0 stays.
+    assert (rows["p1"].status, rows[of_p1.generated.item_id].status) == ("reference", "accepted")
+    assert not any(store.exists(trainstore.manifests.key(key)) for key in stored_p0 if key)
+    assert store.exists(trainstore.manifests.key(str(rows[of_p1.generated.item_id].image)))
+    # Every training set and the stats see it.
+    (plan,) = plan_export(rows.values(), max_synthetic_per_real=10).classes
+    assert [row.item_id for row in plan.real] == ["p1"]
+    assert [row.item_id for row in plan.synthetic] == [of_p1.generated.item_id]
+    (stats,) = sku_stats(rows.values())
+    assert (
+        stats.real,
+        stats.synthetic_accepted,
+        stats.synthetic_approved,
+        stats.pending,
+        stats.withdrawn,
+    ) == (
+        1,
+        1,
+        0,
+        0,
+        4,
+    )
+    withdrawn_metric = "skuforge_trainstore_items_withdrawn_total"
+    assert registry.get_sample_value(withdrawn_metric, {"source": "real"}) == 1.0
+    assert registry.get_sample_value(withdrawn_metric, {"source": "synthetic"}) == 3.0
+
+    # The same event again (a redelivery) writes nothing and counts nothing.
+    trainstore.captioned(_envelope(SKU_CAPTIONED, _withdrawing(store, ["p0"]), "f"), ctx)
+    assert trainstore.manifests.read_sku(SKU) == rows
+    assert registry.get_sample_value(withdrawn_metric, {"source": "synthetic"}) == 3.0
+
+
+def test_an_image_of_a_withdrawn_photo_that_arrives_later_is_not_stored(
+    writer: tuple[Trainstore, FileStore, CollectorRegistry],
+) -> None:
+    trainstore, store, _ = writer
+    ctx = _context(store)
+    trainstore.captioned(_envelope(SKU_CAPTIONED, captioned(store, 1, photos=2), "a"), ctx)
+    trainstore.captioned(_envelope(SKU_CAPTIONED, _withdrawing(store, ["p0"]), "b"), ctx)
+    late, approved, rejected = (_of_photo(store, variant, "p0") for variant in range(3))
+
+    _accept(trainstore, store, late, "c")  # under way in the gate when the photo was withdrawn
+    trainstore.resolved(
+        _envelope(CORRECTION_RESOLVED, resolved(store, approved, "approve_expected"), "d"), ctx
+    )
+    trainstore.resolved(_envelope(CORRECTION_RESOLVED, resolved(store, rejected, "reject"), "e"), ctx)
+
+    rows = trainstore.manifests.read_sku(SKU)
+    assert rows[late.generated.item_id].status == "withdrawn"
+    assert rows[approved.generated.item_id].status == "withdrawn"
+    assert rows[rejected.generated.item_id].status == "rejected", "a person's rejection stays one"
+    assert list(store.list_keys(f"{PREFIX}/images/{SKU}/synthetic/")) == []
+
+
+def test_a_row_a_concurrent_member_stored_is_withdrawn_by_the_next_write(
+    writer: tuple[Trainstore, FileStore, CollectorRegistry],
+) -> None:
+    trainstore, store, _ = writer
+    ctx = _context(store)
+    trainstore.captioned(_envelope(SKU_CAPTIONED, captioned(store, 1, photos=2), "a"), ctx)
+    trainstore.captioned(_envelope(SKU_CAPTIONED, _withdrawing(store, ["p0"]), "b"), ctx)
+    # Another member, which read the manifest before the withdrawal, stored an acceptance.
+    escaped = ManifestRow(
+        item_id="gen-escaped",
+        sku_id=SKU,
+        category="soda",
+        source="synthetic",
+        status="accepted",
+        image=f"images/{SKU}/synthetic/gen-escaped.png",
+        reference_photo_id="p0",
+    )
+    store.put_bytes(trainstore.manifests.key(str(escaped.image)), b"png", "image/png")
+    trainstore.manifests.append(SKU, [escaped])
+
+    _accept(trainstore, store, _of_photo(store, 0, "p1"), "c")  # any later write of the SKU
+
+    assert trainstore.manifests.read_sku(SKU)["gen-escaped"].status == "withdrawn"
+    assert not store.exists(trainstore.manifests.key(str(escaped.image)))
+
+
+def test_a_photo_ingested_again_after_its_withdrawal_is_a_reference_again(
+    writer: tuple[Trainstore, FileStore, CollectorRegistry],
+) -> None:
+    trainstore, store, _ = writer
+    ctx = _context(store)
+    trainstore.captioned(_envelope(SKU_CAPTIONED, captioned(store, 1, photos=2), "a"), ctx)
+    old = _of_photo(store, 0, "p0")
+    _accept(trainstore, store, old, "b")
+    trainstore.captioned(_envelope(SKU_CAPTIONED, _withdrawing(store, ["p0"]), "c"), ctx)
+
+    trainstore.captioned(_envelope(SKU_CAPTIONED, captioned(store, 1, photos=2), "d"), ctx)
+    new = _of_photo(store, 1, "p0")
+    _accept(trainstore, store, new, "e")
+
+    rows = trainstore.manifests.read_sku(SKU)
+    assert rows["p0"].status == "reference" and rows["p0"].image
+    assert rows[old.generated.item_id].status == "withdrawn", "what was withdrawn stays withdrawn"
+    assert rows[new.generated.item_id].status == "accepted"
+
+
+def test_a_photo_both_sent_and_withdrawn_is_refused_by_the_contract(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    event = captioned(store, 1, photos=2)
+    with pytest.raises(ValidationError, match="p0 are both in photos and withdrawn"):
+        SkuCaptioned.model_validate({**event.model_dump(), "withdrawn_photo_ids": ["p0"]})
+    photo: CaptionedPhoto = event.photos[0]
+    ingested = {
+        "sku": event.sku.model_dump(),
+        "photos": [{"photo_id": "p0", "image": photo.image.model_dump(), "original_filename": "a.png"}],
+    }
+    with pytest.raises(ValidationError, match="both in photos and withdrawn"):
+        SkuIngested.model_validate({**ingested, "withdrawn_photo_ids": ["p0"]})
+    assert SkuIngested.model_validate(ingested).withdrawn_photo_ids == []
+
+
+# -- ingest and the captioner ---------------------------------------------------------------------
+
+
+class _Publisher:
+    """Records what ingest would publish (the broker's part is tested in test_e2e)."""
+
+    published: list[tuple[str, SkuIngested]] = []
+    fail_with: Exception | None = None
+
+    def __init__(self, settings: Settings, producer: str) -> None:
+        pass
+
+    def publish(self, topic: Any, payload: Any, *, sku_id: str, event_id: str, trace_id: str) -> Any:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.published.append((event_id, payload))
+        return SimpleNamespace(event_id=event_id)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def publisher(monkeypatch: pytest.MonkeyPatch) -> type[_Publisher]:
+    monkeypatch.setattr(_Publisher, "published", [])
+    monkeypatch.setattr(_Publisher, "fail_with", None)
+    monkeypatch.setattr(ingest, "Publisher", _Publisher)
+    return _Publisher
+
+
+def _sample_sku(root: Path) -> Path:
+    folder = root / "skus" / "aubergine"
+    shutil.copytree(SAMPLE_SKUS / "GROCERY-AUBERGINE-001", folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_ingest_withdraw_missing_takes_a_removed_photo_out_through_the_captioner(
+    tmp_path: Path, publisher: type[_Publisher]
+) -> None:
+    folder = _sample_sku(tmp_path)
+    sku_id = json.loads((folder / "metadata.json").read_text())["sku_id"]
+    store = FileStore(tmp_path / "store")
+    settings = isolated_settings("localhost:1", store.base_uri)
+    ingest_path(folder.parent, settings, store=store)
+    (folder / "Aubergine_018.jpg").unlink()  # an in-store photo; the catalogue one stays
+    told: list[str] = []
+    warned: list[str] = []
+    ingest_path(
+        folder.parent, settings, store=store, withdraw_missing=True, tell=told.append, warn=warned.append
+    )
+    plain_ingest_of_the_same_photos = ingest.prepare_all(folder.parent, settings)[0].event_id
+
+    (first_id, first), (event_id, withdrawing) = publisher.published
+    (withdrawn,) = withdrawing.withdrawn_photo_ids
+    assert withdrawn in {photo.photo_id for photo in first.photos}
+    assert withdrawn not in {photo.photo_id for photo in withdrawing.photos}
+    assert event_id not in (first_id, plain_ingest_of_the_same_photos), "else consumers skip it as seen"
+    assert not store.exists(f"incoming/{sku_id}/{withdrawn}.png"), "deleted once published"
+    assert warned == [] and len(told) == 1 and f"SKU {sku_id}: withdrew 1 photo(s)" in told[0]
+
+    # Through the captioner (the default model) into the trainstore.
+    models = open_models(load_settings(CaptionerSettings, captioner_use_gpu=False), settings, store)
+    ctx = context(store, settings)
+    trainstore = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16)
+    for index, payload in enumerate((first, withdrawing)):
+        ingested = make_envelope(
+            SKU_INGESTED, payload, event_id=f"{index}" * 32, sku_id=sku_id, trace_id="t", producer="ingest"
+        )
+        (emit,) = handle(ingested, ctx, models=models)
+        assert isinstance(emit.payload, SkuCaptioned)
+        assert emit.payload.withdrawn_photo_ids == payload.withdrawn_photo_ids
+        trainstore.captioned(
+            make_envelope(
+                SKU_CAPTIONED,
+                emit.payload,
+                event_id=f"c{index}" * 16,
+                sku_id=sku_id,
+                trace_id="t",
+                producer="captioner",
+            ),
+            ctx,
+        )
+    rows = trainstore.manifests.read_sku(sku_id)
+    assert rows[withdrawn].status == "withdrawn"
+    assert sorted(item_id for item_id, row in rows.items() if row.status == "reference") == sorted(
+        photo.photo_id for photo in withdrawing.photos
+    )
+
+
+def test_without_the_flag_ingest_warns_and_names_it(tmp_path: Path, publisher: type[_Publisher]) -> None:
+    folder = tmp_path / "skus" / "one"
+    folder.mkdir(parents=True)
+    (folder / "metadata.json").write_text(
+        json.dumps({"sku_id": "A-1", "name": "Oat drink", "category": "carton"})
+    )
+    shutil.copy(SAMPLE_SKUS / "GROCERY-AUBERGINE-001" / "Aubergine_Iconic.jpg", folder / "a.jpg")
+    store = FileStore(tmp_path / "store")
+    store.put_bytes("incoming/A-1/0123456789abcdef.png", b"an earlier photo", "image/png")
+    store.put_bytes("incoming/A-1/notes.txt", b"not a photo of ingest's", "text/plain")
+    warned: list[str] = []
+    ingest_path(
+        folder.parent, isolated_settings("localhost:1", store.base_uri), store=store, warn=warned.append
+    )
+    ((_, payload),) = publisher.published
+    assert payload.withdrawn_photo_ids == []
+    assert len(warned) == 1 and "(--withdraw-missing takes them out)" in warned[0]
+    assert store.exists("incoming/A-1/0123456789abcdef.png")
+
+    # With it, only what ingest itself stored is withdrawn; a publish that fails deletes nothing.
+    publisher.fail_with = ingest.TransientError("broker down")
+    with pytest.raises(ingest.TransientError):
+        ingest_path(
+            folder.parent,
+            isolated_settings("localhost:1", store.base_uri),
+            store=store,
+            withdraw_missing=True,
+        )
+    assert store.exists("incoming/A-1/0123456789abcdef.png")
+    publisher.fail_with = None
+    ingest_path(
+        folder.parent,
+        isolated_settings("localhost:1", store.base_uri),
+        store=store,
+        withdraw_missing=True,
+        tell=warned.append,
+    )
+    assert publisher.published[-1][1].withdrawn_photo_ids == ["0123456789abcdef"]
+    assert not store.exists("incoming/A-1/0123456789abcdef.png")
+    assert store.exists("incoming/A-1/notes.txt")
+
+
+def test_the_cli_takes_withdraw_missing(
+    tmp_path: Path,
+    publisher: type[_Publisher],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = _sample_sku(tmp_path)
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    assert cli_main(["ingest", str(folder)]) == 0
+    (folder / "Aubergine_002.jpg").unlink()
+    assert cli_main(["ingest", "--withdraw-missing", str(folder)]) == 0
+    err = capsys.readouterr().err
+    assert "withdrew 1 photo(s)" in err and "warning" not in err
+    assert len(publisher.published[-1][1].withdrawn_photo_ids) == 1
