@@ -13,7 +13,10 @@ RUN case "$VARIANT" in cpu|cuda) ;; *) echo "VARIANT must be cpu or cuda, not '$
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/skuforge
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# constraints.txt pins every distribution installed here to the version CI tests with (`make constraints`
+# writes it from the venv `make setup` builds), so a rebuild months later installs the same torch,
+# diffusers and onnxruntime; only onnxruntime-gpu, which that CPU venv cannot hold, follows pyproject.
+COPY pyproject.toml README.md constraints.txt ./
 COPY schemas schemas
 COPY shared shared
 COPY services services
@@ -22,8 +25,8 @@ COPY skuforge_cli skuforge_cli
 # cpu: ONNX Runtime on CPU, the console, Triton with the composite backend.
 # cuda: ONNX Runtime's CUDA provider, and diffusion + LoRA (torch) for Triton on a GPU.
 RUN if [ "$VARIANT" = cuda ]; then extras=gpu,console,serve,diffusion; else extras=cpu,console,serve; fi \
- && /opt/skuforge/bin/pip install --upgrade pip \
- && /opt/skuforge/bin/pip install ".[${extras}]" \
+ && /opt/skuforge/bin/pip install -c constraints.txt --upgrade pip \
+ && /opt/skuforge/bin/pip install -c constraints.txt ".[${extras}]" \
  && /opt/skuforge/bin/skuforge --help > /dev/null
 
 FROM ${PYTHON_IMAGE}

@@ -11,7 +11,7 @@ KAFKA_DATA ?= var/kafka
 KAFKA_PORT ?= 9092
 KAFKA_CONTROLLER_PORT ?= 9093
 
-.PHONY: help setup test test-fast lint bench bench-real evaluate kafka-up kafka-down schemas clean demo up helm
+.PHONY: help setup test test-fast lint bench bench-real evaluate kafka-up kafka-down schemas constraints clean demo up helm
 
 # GroceryStoreDataset's dataset/ folder (github.com/marcusklasson/GroceryStoreDataset, MIT): the real photos
 # the real-photo benchmarks read. Nothing downloads it; clone it and point GROCERY at it.
@@ -27,10 +27,11 @@ OFFICIAL_ONNX := var/models/u2netp-official.onnx
 
 setup: $(VENV)/.installed $(KAFKA_DIR)/lib/.resolved $(OFFICIAL_ONNX)  ## venv, Python dependencies, Kafka jars, official U2-NetP (idempotent)
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt holds what the image installs at the versions CI tests with, here as in the Dockerfile.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install -q -c constraints.txt --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
 	@touch $@
 
 $(OFFICIAL_ONNX): $(VENV)/.installed
@@ -90,6 +91,12 @@ evaluate: setup  ## does skuforge's data help a classifier? GroceryStoreDataset 
 
 schemas: setup  ## regenerate schemas/json/ from the pydantic models
 	$(BIN)/python -m schemas.jsonschema
+
+# constraints.txt, which `make setup` and the Dockerfile install with: every distribution the image
+# installs, pinned to the version in this venv (what CI tests). To move a pin: `.venv/bin/pip install -U
+# NAME`, then `make constraints` and `make test`. tests/test_constraints.py fails when the two drift apart.
+constraints: $(VENV)/.installed  ## re-pin constraints.txt (setup's and the image's versions) to this venv's
+	$(BIN)/python deploy/constraints.py
 
 kafka-up: setup  ## start a local single-node Kafka (KRaft) in the background
 	$(BIN)/python -m devstack.broker start --data-dir $(KAFKA_DATA) --port $(KAFKA_PORT) --controller-port $(KAFKA_CONTROLLER_PORT)
