@@ -313,7 +313,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "flow": (_cmd_flow, "the flow: what each service consumes and produces, its metrics port"),
     "dlq": (_cmd_dlq, "dead letters of a topic: list them by reason, replay them once each"),
     "kafka": (_cmd_kafka, "start, stop or check the local single-node Kafka broker"),
-    "adapters": (_cmd_adapters, "list or register LoRA adapters (diffusion backend)"),
+    "adapters": (_cmd_adapters, "list, register or remove LoRA adapters (diffusion backend)"),
     "config": (_cmd_config, "validate and print the configuration (SKUFORGE_* variables)"),
     "serve": (_cmd_serve, "serve an HTTP service: " + ", ".join(sorted(SERVERS))),
     "console": (_cmd_console, "correction console hand-off: export-labelstudio, import-labelstudio"),

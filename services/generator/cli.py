@@ -1,4 +1,4 @@
-"""``skuforge adapters list|register``: the LoRA adapter registry the diffusion backend reads.
+"""``skuforge adapters list|register|remove``: the LoRA adapter registry the diffusion backend reads.
 
 The registry (``shared/generation/adapters.py``) is at ``SKUFORGE_DIFFUSION_ADAPTERS_URI``, by default
 ``<SKUFORGE_STORE_URI>/adapters``; the generation server picks adapters from it per request.
@@ -7,20 +7,23 @@ The registry (``shared/generation/adapters.py``) is at ``SKUFORGE_DIFFUSION_ADAP
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from shared.argtypes import positive_int
 from shared.config import load_settings
-from shared.errors import BadInput
+from shared.errors import BadInput, ObjectMissing
 from shared.generation.adapters import AdapterRegistry
 from shared.generation.diffusion import DiffusionSettings
 from shared.store import open_store
 
 
 def main(argv: list[str]) -> int:
-    """``skuforge adapters list|register``: the registry at SKUFORGE_DIFFUSION_ADAPTERS_URI."""
-    parser = argparse.ArgumentParser(prog="skuforge adapters", description="List or register LoRA adapters.")
+    """``skuforge adapters list|register|remove``: the registry at SKUFORGE_DIFFUSION_ADAPTERS_URI."""
+    parser = argparse.ArgumentParser(
+        prog="skuforge adapters", description="List, register or remove LoRA adapters."
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser(
         "list",
@@ -41,6 +44,14 @@ def main(argv: list[str]) -> int:
     register.add_argument(
         "--prompt", action="append", default=[], help="a training prompt (repeat for several)"
     )
+    remove = sub.add_parser(
+        "remove",
+        help="take an adapter out (metadata, then its weights): requests fall back to the next choice "
+        "(the series' next newest, the general adapter, none) once a generator lists again, within "
+        "SKUFORGE_DIFFUSION_ADAPTER_REFRESH_S. The lora-trainer does not train the same training set "
+        "again; a series whose photos change gets a new adapter",
+    )
+    remove.add_argument("adapter_id", help="the id `skuforge adapters list` prints")
     args = parser.parse_args(argv)
     shared = load_settings()
     uri = load_settings(DiffusionSettings).adapters_uri(shared)
@@ -56,6 +67,8 @@ def main(argv: list[str]) -> int:
             # looks the same as a mistyped SKUFORGE_DIFFUSION_ADAPTERS_URI: name where it looked.
             print(f"skuforge adapters list: no adapters registered in {uri}", file=sys.stderr)
         return 0
+    if args.action == "remove":
+        return _remove(registry, args.adapter_id, uri)
     if not args.weights.is_file():
         parser.error(f"{args.weights} is not a file")
     try:
@@ -72,4 +85,30 @@ def main(argv: list[str]) -> int:
         print(f"skuforge adapters register: {exc}", file=sys.stderr)
         return 2
     print(metadata.model_dump_json())
+    return 0
+
+
+def _remove(registry: AdapterRegistry, adapter_id: str, uri: str) -> int:
+    """``skuforge adapters remove ID``: the removed metadata as one JSON line; exit 2 when none is."""
+    try:
+        removed = registry.remove(adapter_id)
+    except ObjectMissing:
+        ids = [adapter.adapter_id for adapter in registry.list()]
+        print(
+            f"skuforge adapters remove: no adapter {adapter_id!r} in {uri} "
+            f"(registered: {', '.join(ids) or 'none'})",
+            file=sys.stderr,
+        )
+        return 2
+    except BadInput as exc:  # not an adapter id
+        print(f"skuforge adapters remove: {exc}", file=sys.stderr)
+        return 2
+    if removed is None:
+        print(json.dumps({"adapter_id": adapter_id, "removed": True, "metadata": "unreadable"}))
+    else:
+        print(
+            json.dumps(
+                {"adapter_id": adapter_id, "removed": True, "metadata": removed.model_dump(mode="json")}
+            )
+        )
     return 0

@@ -201,7 +201,7 @@ def lora_rank(weights: bytes) -> int:
 
 
 class AdapterRegistry:
-    """Adapters stored under one object-store root: list, register, get, fetch weights."""
+    """Adapters stored under one object-store root: list, register, get, remove, fetch weights."""
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
@@ -281,6 +281,27 @@ class AdapterRegistry:
             if _REGISTRY_WEIGHTS.fullmatch(name) and name not in keep:
                 self.store.delete(key)
         return metadata
+
+    def remove(self, adapter_id: str) -> AdapterMetadata | None:
+        """Take an adapter out of the registry: its metadata first (no listing names it from then on),
+        then every weights file this registry wrote for it; other files under its folder stay.
+
+        Returns the removed metadata, or None when it was unreadable (such an adapter is never listed,
+        but its files are still removed). ``ObjectMissing`` when no adapter of that id is registered.
+        A generator whose listing still names it serves it until its listing is read again
+        (``SKUFORGE_DIFFUSION_ADAPTER_REFRESH_S``); if it must load the weights before that, the
+        request is retried with a fresh listing (``DiffusionBackend``).
+        """
+        self._check_id(adapter_id)
+        metadata_key = f"{adapter_id}/{METADATA_FILE}"
+        if not self.store.exists(metadata_key):
+            raise ObjectMissing(self.store.uri_for(metadata_key))
+        removed = self._registered(adapter_id)
+        self.store.delete(metadata_key)
+        for key in list(self.store.list_keys(f"{adapter_id}/")):
+            if _REGISTRY_WEIGHTS.fullmatch(key.removeprefix(f"{adapter_id}/")):
+                self.store.delete(key)
+        return removed
 
     def _registered(self, adapter_id: str) -> AdapterMetadata | None:
         """The adapter's current metadata, or None when it has none (or none this version reads)."""
