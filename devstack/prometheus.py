@@ -27,7 +27,7 @@ from typing import Any
 from devstack.broker import free_port
 from devstack.supervisor import open_log
 from schemas.flow import CONSOLE, PIPELINE, TRITON
-from services.generator.config import GenerationSettings
+from shared.generation.settings import GenerationSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"

@@ -67,10 +67,10 @@ from devstack.prometheus import ALERTS_FILE, GENERATOR_SERVER_JOB, PrometheusMis
 from devstack.supervisor import ServiceSpec, Supervisor, SupervisorError, http_ok
 from schemas.flow import CONSOLE, LORA_TRAINER, PIPELINE, TRITON, Service
 from services.console.config import ConsoleSettings
-from services.generator.config import GenerationSettings
 from services.generator.protocol import model_name
 from shared.argtypes import float_between, folder_problem, positive_float
 from shared.config import ConfigError, load_settings
+from shared.generation.settings import GenerationSettings
 from shared.observability import topics_held
 
 DEFAULT_WORKDIR = Path("var/up")

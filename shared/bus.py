@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -336,31 +336,46 @@ def _grow(
                 f"({shortfall.partitions} -> {shortfall.wanted_partitions}): {exc}"
             ) from exc
         grown[shortfall.name] = (shortfall.partitions, shortfall.wanted_partitions)
-    # The broker answers before its metadata lists the new partitions; a stage started right after
-    # would join holding none of them.
-    deadline = time.monotonic() + timeout_s
-    while grown:
-        described = {t["name"]: t.get("partitions") or [] for t in admin.describe_topics(list(grown))}
-        behind = sorted(
+
+    def partitions_not_shown(admin: KafkaAdminClient, names: list[str]) -> list[str]:
+        # Listed is not enough: a partition without a leader yet cannot be consumed either.
+        described = {t["name"]: t.get("partitions") or [] for t in admin.describe_topics(names)}
+        return [
             name
-            for name, (_, after) in grown.items()
-            if len(described.get(name, [])) < after
+            for name in names
+            if len(described.get(name, [])) < grown[name][1]
             or any(p.get("leader_id", -1) < 0 for p in described.get(name, []))
-        )
-        if not behind:
-            break
-        if time.monotonic() > deadline:
-            raise TransientError(f"added partitions not visible after {timeout_s}s: {behind}")
-        time.sleep(0.1)
+        ]
+
+    _wait_for_metadata(admin, list(grown), timeout_s, not_shown=partitions_not_shown, what="added partitions")
     return grown
 
 
-def _wait_for_metadata(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> None:
+def _topics_not_listed(admin: KafkaAdminClient, names: list[str]) -> set[str]:
+    return set(names) - set(admin.list_topics())
+
+
+def _wait_for_metadata(
+    admin: KafkaAdminClient,
+    names: list[str],
+    timeout_s: float,
+    *,
+    not_shown: Callable[[KafkaAdminClient, list[str]], Iterable[str]] = _topics_not_listed,
+    what: str = "topics",
+) -> None:
+    """Wait until the broker's metadata shows ``names``; ``not_shown`` says which of them it does not
+    show yet (by default: the topics it does not list). Polls every 0.1 s; after ``timeout_s`` raises
+    ``TransientError`` naming them (``<what> not visible after <timeout_s>s: [...]``). No names, no
+    broker call.
+
+    The broker acknowledges a created topic or added partitions before its metadata shows them, and a
+    stage started right after would join without the topic, or holding none of the new partitions.
+    """
     deadline = time.monotonic() + timeout_s
     while names:
-        missing = set(names) - set(admin.list_topics())
-        if not missing:
+        behind = sorted(not_shown(admin, names))
+        if not behind:
             return
         if time.monotonic() > deadline:
-            raise TransientError(f"topics not visible after {timeout_s}s: {sorted(missing)}")
+            raise TransientError(f"{what} not visible after {timeout_s}s: {behind}")
         time.sleep(0.1)

@@ -21,12 +21,12 @@ from schemas.flow import SERVERS, STAGES, flow_document, flow_table_markdown
 from services.captioner.config import CaptionerSettings
 from services.console.config import ConsoleSettings
 from services.gate.config import GateSettings
-from services.generator.config import GenerationSettings
 from services.lora_trainer.config import LoraTrainerSettings
 from services.matting.config import MattingSettings
 from services.trainstore.config import TrainstoreSettings
 from shared.config import ConfigError, Settings, load_settings, settings_table_markdown
 from shared.generation.diffusion import DiffusionSettings
+from shared.generation.settings import GenerationSettings
 
 if TYPE_CHECKING:  # shared.bus imports kafka: loaded only by the commands that talk to it
     from shared.bus import TopicShortfall

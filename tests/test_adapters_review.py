@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.generator.config import GenerationSettings
 from shared.config import ConfigError, load_settings
 from shared.errors import BadInput, ChecksumMismatch, TransientError
 from shared.generation.adapters import AdapterRegistry
 from shared.generation.backend import GeneratedSample, GenerationRequest
 from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
+from shared.generation.settings import GenerationSettings
 from shared.store import FileStore
 
 

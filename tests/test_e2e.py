@@ -31,13 +31,13 @@ from services.console.intake import build_intake_stage
 from services.console.tasks import TaskFilter, TaskStore
 from services.gate.config import GateSettings
 from services.gate.stage import build_stage as build_gate
-from services.generator.config import GenerationSettings
 from services.generator.stage import build_stage as build_generator
 from services.ingest.ingest import ingest_path
 from services.matting.stage import build_stage as build_matting
 from services.trainstore.config import TrainstoreSettings
 from services.trainstore.stage import build_stage as build_trainstore
 from shared.config import load_settings
+from shared.generation.settings import GenerationSettings
 from shared.observability import topics_held
 from shared.runtime import Stage
 from shared.store import ObjectStore

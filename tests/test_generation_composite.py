@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from services.generator.config import GenerationSettings
 from shared.config import load_settings
 from shared.generation.backend import GenerationRequest, open_backend
 from shared.generation.composite import PHOTO_SCENE, CompositeBackend, CompositeError, product_framing
 from shared.generation.scenes import Scene, SceneLibrary
+from shared.generation.settings import GenerationSettings
 from shared.synth import make_product, render_photo
 
 # A product colour no scene, shadow or distractor produces exactly: with the photometric knobs

@@ -21,7 +21,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.generator.client import GeneratorUnavailable, TritonGenerator
-from services.generator.config import GenerationSettings
 from services.generator.protocol import VariantRequest
 from services.generator.stage import build_stage as build_generator
 from services.lora_trainer import stage as lora_stage
@@ -29,6 +28,7 @@ from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import PREFIX, LoraTrainer, LoraTrainerMetrics
 from shared.config import ConfigError, load_settings
 from shared.generation.adapters import METADATA_FILE, AdapterRegistry, resolve_adapter
+from shared.generation.settings import GenerationSettings
 from shared.lora_training.dataset import slug
 from shared.lora_training.train import TrainingResult
 from shared.store import FileStore

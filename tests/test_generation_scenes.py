@@ -20,7 +20,6 @@ from PIL import Image
 from scipy import ndimage
 
 from schemas.events import GateCheck
-from services.generator.config import GenerationSettings
 from services.generator.server import load_scenes
 from shared.config import load_settings
 from shared.errors import ObjectMissing, TransientError
@@ -28,6 +27,7 @@ from shared.gate.checks import GateThresholds, evaluate
 from shared.generation.backend import COLOUR_GAIN_KEY, GeneratedSample, GenerationRequest
 from shared.generation.composite import PHOTO_SCENE, CompositeBackend
 from shared.generation.scenes import SCENES_SKIPPED, Scene, SceneLibrary
+from shared.generation.settings import GenerationSettings
 from shared.images import encode_png
 from shared.store import FileStore, ObjectStore, S3Store
 from tests.support.triton import TritonServerProcess

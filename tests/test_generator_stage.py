@@ -20,7 +20,6 @@ from schemas.common import SkuMetadata
 from schemas.envelope import DeadLetter, Envelope, derive_id
 from schemas.events import CaptionedPhoto, ImageGenerated, SkuCaptioned
 from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
-from services.generator.config import GenerationSettings
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import (
     PlannedVariant,
@@ -36,6 +35,7 @@ from shared.errors import BadInput
 from shared.generation.backend import COLOUR_GAIN_KEY, GenerationRequest
 from shared.generation.composite import MODEL_ID, CompositeBackend, product_framing
 from shared.generation.scenes import Scene, SceneLibrary
+from shared.generation.settings import GenerationSettings
 from shared.images import decode_image, decode_mask
 from shared.observability import StageMetrics
 from shared.runtime import Context

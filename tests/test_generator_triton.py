@@ -268,8 +268,8 @@ def test_a_row_the_backend_fails_on_fails_alone_and_is_not_called_transient(
     # stage retried it forever, stalling the partition (and failing the rows batched with it).
     from services.generator import server as server_module
     from services.generator.client import GeneratorFailed
-    from services.generator.config import GenerationSettings
     from shared.config import Settings
+    from shared.generation.settings import GenerationSettings
 
     monkeypatch.setattr(server_module, "open_backend", lambda name, **_: _PoisonedComposite())
     generation = GenerationSettings(

@@ -361,8 +361,8 @@ def test_sigkill_mid_training_resumes_from_the_checkpoint(
 def test_captioned_skus_become_an_adapter_that_later_generations_name(
     kafka_bootstrap: str, tiny_model: Path, tmp_path: Path
 ) -> None:
-    from services.generator.config import GenerationSettings
     from services.generator.stage import build_stage as build_generator
+    from shared.generation.settings import GenerationSettings
     from tests.support.triton import TritonServerProcess, tiny_diffusion_env
 
     triton_env = tiny_diffusion_env(tmp_path)  # its store (and adapter registry) is tmp_path/store

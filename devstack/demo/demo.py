@@ -175,7 +175,7 @@ def _stop_stack(process: subprocess.Popen[bytes]) -> None:
 def images_per_sku(running: Mapping[str, Any]) -> int:
     """What the running stack's generator makes per SKU (the demo waits for that many), not what this
     shell's SKUFORGE_GENERATION_VARIANTS_PER_SKU would say: the stack may have been started without it."""
-    from services.generator.config import GenerationSettings
+    from shared.generation.settings import GenerationSettings
 
     return stack_variants(running) or load_settings(GenerationSettings).generation_variants_per_sku
 
@@ -183,7 +183,7 @@ def images_per_sku(running: Mapping[str, Any]) -> int:
 def stack_variants(state: Mapping[str, Any]) -> int | None:
     """Images per SKU the generator of a running stack makes: the setting in its environment, else the
     default; None when its state says something that is not a number."""
-    from services.generator.config import GenerationSettings
+    from shared.generation.settings import GenerationSettings
 
     configured = (state.get("env") or {}).get("SKUFORGE_GENERATION_VARIANTS_PER_SKU")
     if not configured:

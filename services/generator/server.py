@@ -36,7 +36,6 @@ import numpy.typing as npt
 from prometheus_client import REGISTRY
 
 from schemas.flow import TRITON
-from services.generator.config import GenerationSettings
 from services.generator.protocol import (
     BACKEND_ERROR_PREFIX,
     BACKEND_UNAVAILABLE_PREFIX,
@@ -49,6 +48,7 @@ from shared.errors import BadInput, TransientError
 from shared.generation.backend import GenerationBackend, GenerationRequest, RowOutcome, open_backend
 from shared.generation.diffusion import DiffusionSettings
 from shared.generation.scenes import SceneLibrary
+from shared.generation.settings import GenerationSettings
 from shared.observability import HealthServer, configure_logging
 from shared.store import open_store
 

@@ -25,7 +25,7 @@ missing or altered in the store (``object_missing``, ``checksum_mismatch``), not
 overloaded or slow is transient: the partition is paused and retried, nothing is committed.
 
 The model: served by ``skuforge serve generator`` (``services/generator/server.py``); this
-stage only calls it (``services/generator/client.py``). Knobs: ``services/generator/config.py``.
+stage only calls it (``services/generator/client.py``). Knobs: ``shared/generation/settings.py``.
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ from schemas.events import CaptionedPhoto, ImageGenerated, SkuCaptioned
 from schemas.flow import GENERATOR
 from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
 from services.generator.client import GeneratorFailed, GeneratorUnavailable, TritonGenerator
-from services.generator.config import GenerationSettings
 from services.generator.protocol import VariantRequest, VariantResult, model_name
 from shared.config import Settings, load_settings
 from shared.errors import BadInput
 from shared.generation.backend import COLOUR_GAIN_KEY, cutout_sources, is_pile
 from shared.generation.composite import product_framing
+from shared.generation.settings import GenerationSettings
 from shared.images import decode_image, decode_mask
 from shared.runtime import Context, Emit, Stage, run_stage
 

@@ -61,7 +61,6 @@ from schemas.envelope import Envelope, derive_id
 from schemas.events import AdapterPublished, GateAccepted, SkuCaptioned
 from schemas.flow import LORA_TRAINER
 from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, SKU_CAPTIONED
-from services.generator.config import GenerationSettings
 from services.lora_trainer.config import LoraTrainerSettings
 from shared.bus import READ_EXTRA, Publisher
 from shared.config import ConfigError, Settings, load_settings
@@ -69,6 +68,7 @@ from shared.errors import BadInput, ObjectMissing
 from shared.generation.adapters import AdapterKind, AdapterRegistry
 from shared.generation.backend import cutout_sources
 from shared.generation.diffusion import DiffusionSettings, model_digest
+from shared.generation.settings import GenerationSettings
 from shared.images import UInt8Array, decode_image
 from shared.lora_training.dataset import (
     InstanceSource,

@@ -1,11 +1,13 @@
-"""Settings of generation: environment variables ``SKUFORGE_GENERATION_*``.
+"""Settings of generation: environment variables ``SKUFORGE_GENERATION_*`` (and ``SKUFORGE_SCENES_*``).
 
-Two processes read them: the Triton server (``skuforge serve generator``: which backend it runs,
-its ports, dynamic batching and queue limits) and the generator stage (``skuforge run generator``:
-where Triton is, how many variants per SKU, which backend serves what share of them). Like the
-other stages' settings they sit beside the shared ``Settings``, field names prefixed
-``generation_`` so ``describe_validation_error`` names the variables correctly. Settings of the
-diffusion backend itself (weights, adapters) belong to that backend.
+Three processes read them: the Triton server (``skuforge serve generator``: which backend it runs,
+its ports, dynamic batching and queue limits), the generator stage (``skuforge run generator``:
+where Triton is, how many variants per SKU, which backend serves what share of them) and the LoRA
+trainer (the cut-out rule, so it trains on the photos the generator pastes); so they live here,
+beside the backends, not in one service's folder. Like the stages' settings they sit beside the
+shared ``Settings``, field names prefixed ``generation_`` so ``describe_validation_error`` names the
+variables correctly. Settings of the diffusion backend itself (weights, adapters) belong to that
+backend (``shared/generation/diffusion.py``).
 """
 
 from __future__ import annotations

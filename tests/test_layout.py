@@ -1,0 +1,90 @@
+"""The tree is the architecture: a service's folder imports the platform, the model libraries and the
+contracts, never another service's folder. What two services share lives in ``shared/`` (or, for a
+message shape, in ``schemas/``), so a service can be read, changed and deployed on its own.
+
+Read with ``ast``, not by importing, so the check needs none of the services' dependencies.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ROOT / "services"
+
+
+def _service_files() -> Iterator[tuple[str, Path]]:
+    """(service, file) for every Python file under ``services/<service>/``."""
+    for folder in sorted(p for p in SERVICES.iterdir() if p.is_dir() and p.name != "__pycache__"):
+        for path in sorted(folder.rglob("*.py")):
+            if "__pycache__" not in path.parts:
+                yield folder.name, path
+
+
+def imported_services(source: str, module: str) -> Iterator[tuple[int, str]]:
+    """(line, service) for each import in ``source`` that reaches ``services.<service>``.
+
+    ``module`` is the file's dotted name (``services.gate.stage``), to resolve relative imports.
+    Covers ``import services.x``, ``from services.x import ...``, ``from services import x``,
+    relative imports, and ``import_module("services.x...")`` with a literal name.
+    """
+    package = module.split(".")[:-1]
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Import | ast.ImportFrom | ast.Call):
+            continue
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            stem = ".".join([*base, *([node.module] if node.module else [])])
+            names = [f"{stem}.{alias.name}" for alias in node.names]  # 'from services import x'
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name | ast.Attribute)
+            and (node.func.id if isinstance(node.func, ast.Name) else node.func.attr)
+            in {"import_module", "__import__"}
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            names = [node.args[0].value]
+        for name in names:
+            parts = name.split(".")
+            if len(parts) >= 2 and parts[0] == "services":
+                yield node.lineno, parts[1]
+
+
+def test_the_check_sees_every_form_of_import() -> None:
+    source = """
+import services.gate.stage
+from services.matting.config import MattingSettings
+from services import captioner
+from ..generator import config
+from . import helpers
+from .config import LoraTrainerSettings
+importlib.import_module("services.console.api")
+from shared.config import Settings
+"""
+    found = {service for _, service in imported_services(source, "services.lora_trainer.stage")}
+    assert found == {"gate", "matting", "captioner", "generator", "lora_trainer", "console"}
+
+
+def test_no_service_imports_another_service() -> None:
+    files = list(_service_files())
+    assert len({service for service, _ in files}) >= 5, f"no services found under {SERVICES}"
+    crossings = []
+    for service, path in files:
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for line, other in imported_services(path.read_text(encoding="utf-8"), module):
+            if other != service:
+                crossings.append(f"{path.relative_to(ROOT)}:{line} imports services.{other}")
+    if crossings:
+        pytest.fail(
+            "a service reaches into another service's folder; move what they share to shared/ "
+            "(or schemas/ for a message shape):\n  " + "\n  ".join(crossings)
+        )
