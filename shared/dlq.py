@@ -4,9 +4,13 @@
 dead letters there are, how many were replayed, and a few samples (event_id, sku_id, detail). (The
 command line itself is ``skuforge_cli/dlq.py``.)
 
-``skuforge dlq replay TOPIC [--reason R] [--since T]`` republishes the selected dead letters'
-original bytes and key to their original topic, after the cause was fixed (the object is back, the
-consumer was upgraded). Each dead letter is replayed once: after the republished records are
+``skuforge dlq replay TOPIC [--reason R] [--since T] [--include-permanent]`` republishes the selected
+dead letters' original bytes and key to their original topic, after the cause was fixed (the object is
+back, the consumer was upgraded). Without ``--reason`` it replays only the letters a fix outside the
+event can help (``REPLAYABLE_REASONS``: ``object_missing``, ``handler_error``); a letter whose reason
+says the event itself is bad (``not_json``, ``corrupt``, ``checksum_mismatch``...) would only be
+dead-lettered again, so it is left and counted, and replayed on purpose with ``--reason R`` or
+``--include-permanent``. Each dead letter is replayed once: after the republished records are
 acknowledged (idempotent producer, acks=all, flushed), a replay marker per dead letter is written to
 the object store (``dlq-replays/<dlq topic>/<partition>-<offset>-<sha>.json``), and a later replay
 skips every dead letter that has a marker. Markers, not consumer-group offsets, because ``--reason``
@@ -16,6 +20,9 @@ A letter that fails again after its replay is a new dead letter, and can be repl
 A replayed record carries the header ``skuforge-replay-stage`` naming the stage that dead-lettered it;
 the runtime's other stages on that topic commit it without handling it (docs/delivery.md). TOPIC is
 this environment's (``SKUFORGE_TOPIC_NAMESPACE``) first; another environment's needs ``any_namespace``.
+A letter goes only to TOPIC: one whose own ``original_topic`` is another (a mirrored or shared DLQ, a
+letter written elsewhere) is never sent, to TOPIC or to its own topic; it is named, and the command
+exits 1, until it is left out with ``--since``/``--reason`` or replayed from its own environment.
 """
 
 from __future__ import annotations
@@ -54,6 +61,18 @@ _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 # The flow's topic names without a namespace: such a name is never inside a non-empty namespace, even
 # one it happens to start with (namespace "sku", topic "sku.ingested.v1").
 _PLAIN_FLOW_TOPICS = frozenset(topic.name for topic in (*ALL_TOPICS, PASSTHROUGH_OUT))
+# The reasons whose cause lies outside the event, with the fix that lets the same bytes through. Every
+# other reason says the event itself is bad (not JSON, a corrupt image, bytes that are not what its sha256
+# says, an older event superseded by a re-ingest): its replay is dead-lettered again, so a replay without
+# --reason leaves it (shared/errors.py: BadInput is the input's fault; a missing object is the one the
+# world can put back, and handler_error is a stage fault or an outage that outlasted the retries).
+REPLAYABLE_REASONS: dict[str, str] = {
+    "object_missing": "the object is back in the store",
+    "handler_error": "the stage is fixed, or the outage that outlasted its retries is over",
+    "too_many_photos": "SKUFORGE_MAX_PHOTOS_PER_SKU was raised",
+    "unknown_adapter": "the adapter the event names is registered",
+    "no_adapter_registry": "the generator was given its adapter registry",
+}
 
 
 class DlqError(Exception):
@@ -95,6 +114,11 @@ class ReplayReport:
     republished: list[StoredLetter]
     already_replayed: int
     not_selected: int
+    # Selected, not replayed yet, and left: a permanent reason, asked for by neither --reason nor
+    # --include-permanent.
+    permanent: list[StoredLetter]
+    # Selected, not replayed yet, and never sent: their original_topic is not the topic being replayed to.
+    other_topic: list[StoredLetter]
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -225,6 +249,11 @@ def select(
     ]
 
 
+def is_permanent(reason: str) -> bool:
+    """Whether ``reason`` says the event itself is bad, so a replay without ``--reason`` leaves it."""
+    return reason not in REPLAYABLE_REASONS
+
+
 def replayed_markers(store: ObjectStore, dlq_topic: str) -> set[str]:
     """Keys of the replay markers written for ``dlq_topic``."""
     return set(store.list_keys(f"{REPLAY_PREFIX}/{dlq_topic}/"))
@@ -239,10 +268,14 @@ def summarise(
     replayed: set[str],
     samples: int = SAMPLES_PER_REASON,
 ) -> dict[str, Any]:
-    """Per reason: count, how many were replayed, and the first ``samples`` letters."""
+    """Per reason: count, how many were replayed, whether it is permanent (``is_permanent``), and the
+    first ``samples`` letters."""
     reasons: dict[str, dict[str, Any]] = {}
     for stored in letters:
-        entry = reasons.setdefault(stored.letter.reason, {"count": 0, "replayed": 0, "samples": []})
+        entry = reasons.setdefault(
+            stored.letter.reason,
+            {"count": 0, "replayed": 0, "permanent": is_permanent(stored.letter.reason), "samples": []},
+        )
         entry["count"] += 1
         entry["replayed"] += stored.marker_key in replayed
         if len(entry["samples"]) < samples:
@@ -278,7 +311,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary["unreadable_records"]:
         lines.append(f"  and {summary['unreadable_records']} records that are not dead letters (skipped)")
     for reason, entry in summary["reasons"].items():
-        lines.append(f"  {reason}: {entry['count']} ({entry['replayed']} replayed)")
+        permanent = "; permanent: a replay without --reason leaves it" if entry["permanent"] else ""
+        lines.append(f"  {reason}: {entry['count']} ({entry['replayed']} replayed{permanent})")
         for sample in entry["samples"]:
             lines.append(
                 f"    {sample['at']}  sku {sample['sku_id'] or '-'}  event {sample['event_id'] or '-'}  "
@@ -297,9 +331,15 @@ def replay(
     *,
     reason: str | None = None,
     since: datetime | None = None,
+    include_permanent: bool = False,
     dry_run: bool = False,
 ) -> ReplayReport:
     """Republish the selected letters not yet replayed, then write their markers.
+
+    Without ``reason`` (or ``include_permanent``), letters of a permanent reason (``is_permanent``) are
+    left: their replay would only be dead-lettered again. A letter whose ``original_topic`` is not
+    ``dead.original_topic`` is never sent: it came from another topic than the one this DLQ belongs to
+    (a mirrored or shared DLQ), and sending it to either would cross environments. Both are reported.
 
     The markers are written only once every republished record is acknowledged, so a failed send
     leaves nothing marked and the next run tries again. The one window left is a crash between the
@@ -308,14 +348,19 @@ def replay(
     """
     chosen = select(dead.letters, reason=reason, since=since)
     done = replayed_markers(store, dead.dlq_topic)
-    pending = [stored for stored in chosen if stored.marker_key not in done]
-    report = ReplayReport(pending, len(chosen) - len(pending), len(dead.letters) - len(chosen))
+    not_done = [stored for stored in chosen if stored.marker_key not in done]
+    leave_permanent = reason is None and not include_permanent
+    permanent = [s for s in not_done if leave_permanent and is_permanent(s.letter.reason)]
+    wanted = [s for s in not_done if not (leave_permanent and is_permanent(s.letter.reason))]
+    pending = [s for s in wanted if s.letter.original_topic == dead.original_topic]
+    other_topic = [s for s in wanted if s.letter.original_topic != dead.original_topic]
+    report = ReplayReport(
+        pending, len(chosen) - len(not_done), len(dead.letters) - len(chosen), permanent, other_topic
+    )
     if dry_run or not pending:
         return report
-    existing = _list_topics(settings)
-    missing = sorted({s.letter.original_topic for s in pending} - existing)
-    if missing:
-        raise DlqError(f"cannot replay: original topic {', '.join(missing)} does not exist; create it first")
+    if dead.original_topic not in _list_topics(settings):
+        raise DlqError(f"cannot replay: original topic {dead.original_topic} does not exist; create it first")
     originals = [original_record(stored.letter, store) for stored in pending]
     producer = make_producer(settings, client_id="skuforge-dlq-replay")
     try:
@@ -323,7 +368,7 @@ def replay(
             (
                 stored,
                 producer.send(
-                    stored.letter.original_topic,
+                    dead.original_topic,
                     key=key,
                     value=value,
                     headers=replay_headers(stored.letter),
@@ -390,10 +435,35 @@ def format_replay(dead: DeadLetterTopic, report: ReplayReport, *, dry_run: bool)
     reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(by_reason.items()))
     verb = "would replay" if dry_run else "replayed"
     head = f"{verb} {len(report.republished)} dead letters from {dead.dlq_topic} to {dead.original_topic}"
-    return (
+    line = (
         head
         + (f" ({reasons})" if reasons else "")
         + f"; skipped {report.already_replayed} already replayed, {report.not_selected} not selected"
+        + (f", {len(report.other_topic)} of another topic" if report.other_topic else "")
+    )
+    if not report.permanent:
+        return line
+    left = Counter(stored.letter.reason for stored in report.permanent)
+    return (
+        f"{line}\nleft {len(report.permanent)} with a permanent reason "
+        f"({', '.join(f'{reason}: {count}' for reason, count in sorted(left.items()))}): their events "
+        "are bad, and a replay would only dead-letter them again; replay them on purpose with "
+        "--reason REASON or --include-permanent"
+    )
+
+
+def format_other_topic(dead: DeadLetterTopic, report: ReplayReport) -> str | None:
+    """Why the letters of another original topic were not replayed, and what to do; None when none."""
+    if not report.other_topic:
+        return None
+    topics = Counter(stored.letter.original_topic for stored in report.other_topic)
+    count = len(report.other_topic)
+    letters = "1 dead letter" if count == 1 else f"{count} dead letters"
+    listed = ", ".join(f"{topic} ({n})" for topic, n in sorted(topics.items()))
+    return (
+        f"{letters} of {dead.dlq_topic} came from another topic than {dead.original_topic}: {listed}; "
+        "not replayed (neither here nor there: a mirrored or shared DLQ crosses environments). Replay "
+        "them from their own topic's DLQ, and leave them out here with --since or --reason"
     )
 
 

@@ -10,8 +10,10 @@ from datetime import datetime
 from shared.config import Settings, load_settings
 from shared.dlq import (
     REPLAY_PREFIX,
+    REPLAYABLE_REASONS,
     SAMPLES_PER_REASON,
     DlqError,
+    format_other_topic,
     format_replay,
     format_summary,
     parse_since,
@@ -51,7 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Republish the selected dead letters' original bytes and key to their original topic. "
         "Each dead letter is replayed once: a marker per replayed letter (in the object store, "
         f"{REPLAY_PREFIX}/) makes a second run skip it. Fix the cause first (restore the object, "
-        "upgrade the consumer), or the letters are dead-lettered again.",
+        "upgrade the consumer), or the letters are dead-lettered again. Without --reason, only letters "
+        "a fix outside the event can help are replayed: "
+        + "; ".join(f"{reason} (once {fix})" for reason, fix in REPLAYABLE_REASONS.items())
+        + ". The others "
+        "(not_json, corrupt, checksum_mismatch...: the event itself is bad) are left and counted, and "
+        "replayed on purpose with --reason R or --include-permanent. A letter whose original topic is "
+        "not TOPIC (a mirrored or shared DLQ) is never replayed: it is named, and the exit code is 1.",
     )
     for action in (listing, again):
         action.add_argument(
@@ -75,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
     listing.add_argument("--samples", type=int, default=SAMPLES_PER_REASON, help="samples per reason")
     listing.add_argument("--json", action="store_true", help="print the summary as JSON")
+    again.add_argument(
+        "--include-permanent",
+        action="store_true",
+        help="also replay letters whose reason says the event itself is bad (not_json, corrupt, "
+        "checksum_mismatch...), which a replay without --reason leaves",
+    )
     again.add_argument("--dry-run", action="store_true", help="say what would be replayed; republish nothing")
     return parser
 
@@ -95,8 +109,20 @@ def main(
             summary = summarise(dead, letters, replayed_markers(store, dead.dlq_topic), max(0, args.samples))
             print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
             return 0
-        report = replay(settings, store, dead, reason=args.reason, since=args.since, dry_run=args.dry_run)
+        report = replay(
+            settings,
+            store,
+            dead,
+            reason=args.reason,
+            since=args.since,
+            include_permanent=args.include_permanent,
+            dry_run=args.dry_run,
+        )
         print(format_replay(dead, report, dry_run=args.dry_run))
+        other_topic = format_other_topic(dead, report)
+        if other_topic is not None:  # replayed what it could; these need a person
+            print(f"skuforge dlq {args.action}: {other_topic}", file=sys.stderr)
+            return 1
         return 0
     except DlqError as exc:
         print(f"skuforge dlq {args.action}: {exc}", file=sys.stderr)

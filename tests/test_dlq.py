@@ -96,7 +96,11 @@ def test_fix_the_cause_then_replay_once(
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     code, out, _ = _dlq(capsys, settings, "replay", topic, "--since", future, "--dry-run")
     assert code == 0 and "would replay 0 dead letters" in out and "2 not selected" in out
+    # A bare replay leaves it (its bytes are not JSON, and would be dead-lettered again); --reason asks.
     code, out, _ = _dlq(capsys, settings, "replay", topic, "--dry-run")
+    assert code == 0 and "would replay 0 dead letters" in out
+    assert "left 1 with a permanent reason (not_json: 1)" in out
+    code, out, _ = _dlq(capsys, settings, "replay", topic, "--reason", "not_json", "--dry-run")
     assert code == 0 and "would replay 1 dead letters" in out and "not_json: 1" in out
 
 
@@ -123,7 +127,7 @@ def test_an_input_too_large_for_a_dead_letter_is_kept_in_the_store_and_replays_w
         assert letter.original_value_ref is not None
         assert stage.store.read_verified(letter.original_value_ref) == garbage
 
-        code, out, _ = _dlq(capsys, settings, "replay", topic)
+        code, out, _ = _dlq(capsys, settings, "replay", topic, "--reason", "not_json")
         assert code == 0 and "replayed 1 dead letters" in out
         inputs = read_topic(kafka_bootstrap, topic, expect=3, timeout_s=30)
         assert [r.value for r in inputs].count(garbage) == 2  # the original and its whole replay
