@@ -423,11 +423,11 @@ def run_stack(skus_dir: Path, sku_ids: list[str], scenes_dir: Path, args: argpar
 
 def stack_training(k: int, classes: list[str], args: argparse.Namespace, export_dir: Path) -> list[Photo]:
     """The retraining store's export for the k SKUs (the policy's real:synthetic cap), as Photos."""
-    from services.trainstore.config import TrainstoreSettings
     from shared.config import load_settings
     from shared.store import open_store
     from shared.trainstore.dataset import export_dataset
     from shared.trainstore.manifest import ManifestStore
+    from shared.trainstore.settings import TrainstoreSettings
 
     settings = load_settings()
     store = open_store(

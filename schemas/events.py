@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field, JsonValue, field_validator, model_validator
+from pydantic import BaseModel, Field, JsonValue, field_validator
 
 from schemas.common import Contract, ImageRef, SafeId, SkuMetadata
 
@@ -20,12 +20,6 @@ Backend = Literal["composite", "diffusion"]
 # captioner decodes every photo of an event at once, so an unbounded list is an unbounded allocation.
 MAX_PHOTOS_PER_EVENT = 64
 _PHOTOS_DESCRIPTION = f"at most {MAX_PHOTOS_PER_EVENT}; each photo_id at most once"
-# Photos an earlier ingest stored that left the SKU's folder: every one ever stored, in the worst case.
-MAX_WITHDRAWN_PER_EVENT = 1024
-_WITHDRAWN_DESCRIPTION = (
-    "photos of an earlier ingest that the owner removed (skuforge ingest --withdraw-missing): they and the "
-    "images generated from them leave the retraining store; none of them is in photos"
-)
 
 
 def _unique_photo_ids(photo_ids: list[str]) -> None:
@@ -35,13 +29,6 @@ def _unique_photo_ids(photo_ids: list[str]) -> None:
         if photo_id in seen:
             raise ValueError(f"photo_id {photo_id!r} appears more than once; each photo needs its own id")
         seen.add(photo_id)
-
-
-def _check_withdrawn(withdrawn: list[str], photo_ids: list[str]) -> None:
-    """Refuse a photo both sent and withdrawn: which of the two the owner meant is unknowable."""
-    both = sorted(set(withdrawn) & set(photo_ids))
-    if both:
-        raise ValueError(f"photo_id(s) {', '.join(both)} are both in photos and withdrawn")
 
 
 class ReferencePhoto(Contract):
@@ -59,20 +46,12 @@ class SkuIngested(Contract):
     photos: list[ReferencePhoto] = Field(
         min_length=1, max_length=MAX_PHOTOS_PER_EVENT, description=_PHOTOS_DESCRIPTION
     )
-    withdrawn_photo_ids: list[SafeId] = Field(
-        default_factory=list, max_length=MAX_WITHDRAWN_PER_EVENT, description=_WITHDRAWN_DESCRIPTION
-    )
 
     @field_validator("photos")
     @classmethod
     def _photo_ids_unique(cls, photos: list[ReferencePhoto]) -> list[ReferencePhoto]:
         _unique_photo_ids([photo.photo_id for photo in photos])
         return photos
-
-    @model_validator(mode="after")
-    def _withdrawn_not_present(self) -> SkuIngested:
-        _check_withdrawn(self.withdrawn_photo_ids, [photo.photo_id for photo in self.photos])
-        return self
 
 
 class CaptionedPhoto(Contract):
@@ -110,20 +89,12 @@ class SkuCaptioned(Contract):
     class_prompt: str = Field(min_length=1, description="regularisation prompt, e.g. 'a photo of a <class>'")
     negative_prompt: str = ""
     captioner: str = Field(description="backend and model id that wrote the captions")
-    withdrawn_photo_ids: list[SafeId] = Field(
-        default_factory=list, max_length=MAX_WITHDRAWN_PER_EVENT, description=_WITHDRAWN_DESCRIPTION
-    )
 
     @field_validator("photos")
     @classmethod
     def _photo_ids_unique(cls, photos: list[CaptionedPhoto]) -> list[CaptionedPhoto]:
         _unique_photo_ids([photo.photo_id for photo in photos])
         return photos
-
-    @model_validator(mode="after")
-    def _withdrawn_not_present(self) -> SkuCaptioned:
-        _check_withdrawn(self.withdrawn_photo_ids, [photo.photo_id for photo in self.photos])
-        return self
 
 
 class ImageGenerated(Contract):

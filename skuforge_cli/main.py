@@ -23,10 +23,10 @@ from services.console.config import ConsoleSettings
 from services.gate.config import GateSettings
 from services.lora_trainer.config import LoraTrainerSettings
 from services.matting.config import MattingSettings
-from services.trainstore.config import TrainstoreSettings
 from shared.config import ConfigError, Settings, load_settings, settings_table_markdown
 from shared.generation.diffusion import DiffusionSettings
 from shared.generation.settings import GenerationSettings
+from shared.trainstore.settings import TrainstoreSettings
 
 if TYPE_CHECKING:  # shared.bus imports kafka: loaded only by the commands that talk to it
     from shared.bus import TopicShortfall

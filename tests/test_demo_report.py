@@ -34,10 +34,10 @@ from devstack.demo.tracker import FlowState, Seen, item_key
 from schemas.common import ImageRef, SkuMetadata
 from schemas.events import ReferencePhoto, SkuIngested
 from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED, IMAGE_GENERATED, SKU_INGESTED
-from services.trainstore.config import TrainstoreSettings
 from shared.config import load_settings
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore
+from shared.trainstore.settings import TrainstoreSettings
 
 
 def square_mask(size: int = 40, lo: int = 10, hi: int = 30) -> np.ndarray:

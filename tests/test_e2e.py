@@ -34,7 +34,6 @@ from services.gate.stage import build_stage as build_gate
 from services.generator.stage import build_stage as build_generator
 from services.ingest.ingest import ingest_path
 from services.matting.stage import build_stage as build_matting
-from services.trainstore.config import TrainstoreSettings
 from services.trainstore.stage import build_stage as build_trainstore
 from shared.config import load_settings
 from shared.generation.settings import GenerationSettings
@@ -42,6 +41,7 @@ from shared.observability import topics_held
 from shared.runtime import Stage
 from shared.store import ObjectStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore
+from shared.trainstore.settings import TrainstoreSettings
 from tests.support.bus import create_topics, isolated_settings, read_topic, running
 from tests.support.triton import TritonServerProcess
 

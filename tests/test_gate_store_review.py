@@ -19,7 +19,6 @@ from schemas.events import GateAccepted
 from schemas.topics import CORRECTION_RESOLVED, GATE_ACCEPTED
 from services.gate.config import GateSettings
 from services.gate.stage import build_stage as build_gate
-from services.trainstore.config import TrainstoreSettings
 from services.trainstore.stage import Trainstore
 from services.trainstore.stage import build_stage as build_trainstore
 from shared.bus import make_envelope
@@ -30,6 +29,7 @@ from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore
+from shared.trainstore.settings import TrainstoreSettings
 from skuforge_cli.main import main as cli_main
 from tests.support.gate import matted_item, resolved
 from tests.test_dataset_export import PREFIX, add_item

@@ -24,7 +24,6 @@ from schemas.topics import SKU_CAPTIONED, SKU_INGESTED
 from services.captioner.config import CaptionerSettings
 from services.captioner.stage import handle, open_models
 from services.ingest.ingest import prepare_all, upload_sku
-from services.trainstore.config import TrainstoreSettings
 from services.trainstore.stage import Trainstore
 from shared.bus import make_envelope
 from shared.config import load_settings
@@ -32,6 +31,7 @@ from shared.errors import BadInput
 from shared.images import decode_image, decode_mask
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestStore
+from shared.trainstore.settings import TrainstoreSettings
 from tests.support.captioning import context
 
 PHONE_SIZE_PX = (768, 1024)  # an upright phone photo, 3:4

@@ -30,13 +30,13 @@ from schemas.topics import (
 )
 from services.gate.config import GateSettings
 from services.gate.stage import build_stage as build_gate
-from services.trainstore.config import TrainstoreSettings
 from services.trainstore.stage import build_stage as build_trainstore
 from shared.config import Settings, load_settings
 from shared.runtime import Stage
 from shared.store import ObjectStore, sha256_hex
 from shared.trainstore.loader import load_manifest
 from shared.trainstore.manifest import ManifestStore
+from shared.trainstore.settings import TrainstoreSettings
 from tests.support.bus import create_topics, isolated_settings, read_topic, running
 from tests.support.gate import captioned, matted_item, pending_of, produce_events, resolved
 

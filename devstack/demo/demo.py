@@ -232,8 +232,8 @@ def decided_items(
     hold the same ids from an earlier run; only this run's decisions count.
     """
     from services.console.tasks import TaskFilter, TaskStore
-    from services.trainstore.config import TrainstoreSettings
     from shared.trainstore.manifest import ManifestStore
+    from shared.trainstore.settings import TrainstoreSettings
 
     manifests = ManifestStore(store, load_settings(TrainstoreSettings).trainstore_prefix)
     stored = {
@@ -599,8 +599,8 @@ def wait_until_decided(
 
 def sku_views(state: FlowState, store: ObjectStore, sku_ids: list[str]) -> list[SkuView]:
     """What the report shows per SKU, from the events of this run and the retraining store."""
-    from services.trainstore.config import TrainstoreSettings
     from shared.trainstore.manifest import ManifestStore
+    from shared.trainstore.settings import TrainstoreSettings
 
     manifests = ManifestStore(store, load_settings(TrainstoreSettings).trainstore_prefix)
     ingested: dict[str, SkuIngested] = {p.sku.sku_id: p for p in state.payloads(SKU_INGESTED)}

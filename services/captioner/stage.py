@@ -11,9 +11,7 @@ model goes beside the first, which the ``sku.captioned`` already sent still name
 Per photo the event carries the mask, the dominant colour names, the packaging shape, the view,
 a detailed caption and auto-tagger style tags; per SKU the instance token, the class noun, the
 instance / class / negative prompts (``shared/captioning/prompts.py`` documents those choices)
-and which backend and models wrote them. The same SKU always gets the same captions. The photos
-the owner withdrew (``withdrawn_photo_ids``, ``skuforge ingest --withdraw-missing``) pass through
-unchanged, for the trainstore.
+and which backend and models wrote them. The same SKU always gets the same captions.
 
 Bad input: a photo that cannot be used is kept in the event with ``usable=False`` and its reason,
 and the SKU goes on with the others: missing from the store (``object_missing``), bytes that do
@@ -200,7 +198,6 @@ def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModel
         class_prompt=prompts.class_prompt,
         negative_prompt=prompts.negative_prompt,
         captioner=models.captioner_id,
-        withdrawn_photo_ids=event.payload.withdrawn_photo_ids,
     )
     return [Emit(SKU_CAPTIONED, payload, key="captioned")]
 

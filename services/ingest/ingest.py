@@ -25,10 +25,13 @@ store folders would be one. A name or category that is only whitespace is refuse
 Re-ingesting a SKU adds and replaces photos. By default it removes none: a photo stored by an
 earlier ingest that is no longer in the folder stays in the store, and it and the images generated
 from it stay in the retraining store; ingest warns of such photos (per SKU, with their count) and goes
-on. With ``--withdraw-missing`` the folder is the whole truth: such photos are named in the event
-(``withdrawn_photo_ids``), the trainstore takes them and every image generated from them out of the
-retraining store, and, once the event is published, ingest deletes them from ``incoming/`` (so a replay
-of an older event cannot bring them back). At most 1,024 per SKU and run; a second run withdraws more.
+on. With ``--withdraw-missing`` the folder is the whole truth: once the SKU's event is published, such
+photos are withdrawn in the retraining store (``shared/trainstore/withdrawals.py``: a marker, then
+``withdrawn`` rows for them and every image generated from them, then their objects deleted; the
+trainstore stage keeps later images of them out), and then deleted from ``incoming/``. Each step
+is idempotent, and the photos leave ``incoming/`` last, so running the command again finishes a
+withdrawal that stopped half-way. A withdrawn photo put back in the folder is reinstated: its marker
+is removed and the SKU gets a new event id, so the stages take the photo again.
 """
 
 from __future__ import annotations
@@ -49,13 +52,16 @@ from pydantic import ValidationError
 
 from schemas.common import ImageRef, SkuMetadata
 from schemas.envelope import derive_id
-from schemas.events import MAX_WITHDRAWN_PER_EVENT, ReferencePhoto, SkuIngested
+from schemas.events import ReferencePhoto, SkuIngested
 from schemas.topics import SKU_INGESTED
 from shared.bus import Publisher
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import ImageRejected, TransientError
 from shared.images import PHOTO_SUFFIXES, photo_as_stored, refuse_oversized
 from shared.store import ObjectStore, open_store, sha256_hex
+from shared.trainstore.manifest import ManifestStore
+from shared.trainstore.settings import TrainstoreSettings
+from shared.trainstore.withdrawals import Withdrawals
 
 PRODUCER = "ingest"
 T = TypeVar("T")
@@ -301,11 +307,10 @@ def photo_key(sku: PreparedSku, photo: PreparedPhoto) -> str:
 
 
 def withdrawable_photo_ids(stale_keys: list[str]) -> list[str]:
-    """The photo ids of stale keys that ingest itself wrote (``<16 hex>.png``), at most
-    ``MAX_WITHDRAWN_PER_EVENT``: anything else under ``incoming/`` is not a photo of ours."""
+    """The photo ids of stale keys that ingest itself wrote (``<16 hex>.png``): anything else under
+    ``incoming/`` is not a photo of ours."""
     names = (key.rsplit("/", 1)[-1] for key in stale_keys)
-    ids = sorted(name.removesuffix(".png") for name in names if _PHOTO_OBJECT.fullmatch(name))
-    return ids[:MAX_WITHDRAWN_PER_EVENT]
+    return sorted(name.removesuffix(".png") for name in names if _PHOTO_OBJECT.fullmatch(name))
 
 
 def stale_photo_keys(sku: PreparedSku, store: ObjectStore) -> list[str]:
@@ -315,9 +320,8 @@ def stale_photo_keys(sku: PreparedSku, store: ObjectStore) -> list[str]:
     return [key for key in store.list_keys(f"incoming/{sku.metadata.sku_id}/") if key not in current]
 
 
-def upload_sku(sku: PreparedSku, store: ObjectStore, withdrawn: list[str] | None = None) -> SkuIngested:
-    """Store the photos (keys derived from content, so re-uploads overwrite) and build the event,
-    naming the ``withdrawn`` photo ids."""
+def upload_sku(sku: PreparedSku, store: ObjectStore) -> SkuIngested:
+    """Store the photos (keys derived from content, so re-uploads overwrite) and build the event."""
     photos = []
     for photo in sku.photos:
         stored = store.put_bytes(photo_key(sku, photo), photo.png, "image/png")
@@ -325,7 +329,7 @@ def upload_sku(sku: PreparedSku, store: ObjectStore, withdrawn: list[str] | None
         photos.append(
             ReferencePhoto(photo_id=photo.photo_id, image=image, original_filename=photo.original_filename)
         )
-    return SkuIngested(sku=sku.metadata, photos=photos, withdrawn_photo_ids=withdrawn or [])
+    return SkuIngested(sku=sku.metadata, photos=photos)
 
 
 def _warn_on_stderr(message: str) -> None:
@@ -344,6 +348,7 @@ def ingest_path(
     warn: Callable[[str], None] = _warn_on_stderr,
     withdraw_missing: bool = False,
     tell: Callable[[str], None] = _tell_on_stderr,
+    trainstore: TrainstoreSettings | None = None,
 ) -> list[str]:
     """Ingest every SKU under ``path``; returns the event ids published (one per SKU).
 
@@ -354,7 +359,8 @@ def ingest_path(
     stay under their content keys and the next run writes the same keys. A store failure before
     anything is published is ``StoreUnavailable``; ``warn`` is told of each SKU whose store folder
     holds photos its folder no longer has (they stay). With ``withdraw_missing`` those photos are
-    withdrawn instead (module docstring), and ``tell`` is told of each SKU's.
+    withdrawn instead (module docstring), in the retraining store ``trainstore`` names (default: the
+    ``SKUFORGE_TRAINSTORE_*`` settings); ``tell`` is told of each SKU's withdrawals and reinstatements.
     """
     with tempfile.TemporaryDirectory(prefix="skuforge-ingest-") as spool_dir:
         # Their photos' bytes are on disk: png is empty in these.
@@ -362,6 +368,8 @@ def ingest_path(
         store = store or open_store(
             settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
         )
+        prefix = (trainstore or load_settings(TrainstoreSettings)).trainstore_prefix
+        withdrawals = Withdrawals(ManifestStore(store, prefix))
         publisher = Publisher(settings, PRODUCER)  # TransientError if Kafka is away: nothing uploaded yet
         event_ids: list[str] = []
         failing = "store"  # which system the step under way talks to, for the error's hint
@@ -369,24 +377,24 @@ def ingest_path(
             for sku in spooled:
                 failing = "store"
                 unspooled = _unspool(sku, Path(spool_dir))
-                stale = stale_photo_keys(unspooled, store)
-                withdrawn = withdrawable_photo_ids(stale) if withdraw_missing else []
+                stale = withdrawable_photo_ids(stale_photo_keys(unspooled, store))
                 if not withdraw_missing:
                     _warn_of_stale_photos(unspooled, stale, warn)
-                payload = upload_sku(unspooled, store, withdrawn)
+                back = _reinstate(unspooled, withdrawals, tell)
+                payload = upload_sku(unspooled, store)
                 failing = "broker"
                 # Photos are durable before the event exists, so no consumer ever sees a dangling
                 # reference. The event id is the trace id too: every event downstream carries it
-                # (skuforge demo follows it). A withdrawal is another event than the same photos
-                # without one, which consumers would skip as already seen.
-                event_id = derive_id(sku.event_id, "withdrawn", *withdrawn) if withdrawn else sku.event_id
+                # (skuforge demo follows it). A photo put back after its withdrawal makes another
+                # event than the same photos before it, which consumers would skip as already seen.
+                event_id = derive_id(sku.event_id, "reinstated", *back) if back else sku.event_id
                 envelope = publisher.publish(
                     SKU_INGESTED, payload, sku_id=sku.metadata.sku_id, event_id=event_id, trace_id=event_id
                 )
                 event_ids.append(envelope.event_id)
-                if withdrawn:
+                if withdraw_missing and stale:
                     failing = "store"
-                    _delete_withdrawn(unspooled, withdrawn, len(stale), store, tell)
+                    _withdraw(unspooled, stale, withdrawals, store, tell)
             return event_ids
         except Exception as exc:  # the broker or the store, after the checks: say what went out
             if not event_ids and isinstance(exc, TransientError):
@@ -407,25 +415,50 @@ def ingest_path(
             publisher.close()
 
 
-def _delete_withdrawn(
-    sku: PreparedSku, withdrawn: list[str], stale: int, store: ObjectStore, tell: Callable[[str], None]
-) -> None:
-    """After the event is out: delete the withdrawn photos from ``incoming/`` and say so."""
+def _reinstate(sku: PreparedSku, withdrawals: Withdrawals, tell: Callable[[str], None]) -> list[str]:
+    """Lift the withdrawal of the SKU's photos that are in its folder again; returns their ids.
+
+    Withdrawn by a marker, or still by their row (a run stopped after removing the marker, before the
+    stages took the photo again), so a second run gives the same ids, hence the same event id."""
     sku_id = sku.metadata.sku_id
-    for photo_id in withdrawn:
+    rows = withdrawals.manifests.read_sku(sku_id)
+    withdrawn = withdrawals.photo_ids(sku_id) | {
+        item_id for item_id, row in rows.items() if row.source == "real" and row.status == "withdrawn"
+    }
+    back = sorted({photo.photo_id for photo in sku.photos} & withdrawn)
+    if back:
+        withdrawals.reinstate(sku_id, back)
+        tell(
+            f"SKU {sku_id}: reinstated {len(back)} withdrawn photo(s) that are back in {sku.folder} "
+            f"({', '.join(back)}); the images generated from them before stay withdrawn"
+        )
+    return back
+
+
+def _withdraw(
+    sku: PreparedSku,
+    photo_ids: list[str],
+    withdrawals: Withdrawals,
+    store: ObjectStore,
+    tell: Callable[[str], None],
+) -> None:
+    """Withdraw the photos in the retraining store, then delete them from ``incoming/``, and say so.
+    In that order: until the last step the next run finds them again, and each step is idempotent."""
+    sku_id = sku.metadata.sku_id
+    rows = withdrawals.withdraw(sku_id, sku.metadata.category, photo_ids, by="skuforge ingest")
+    for photo_id in photo_ids:
         store.delete(f"incoming/{sku_id}/{photo_id}.png")
-    more = stale - len(withdrawn)
+    generated = sum(row.source == "synthetic" for row in rows)
     tell(
-        f"SKU {sku_id}: withdrew {len(withdrawn)} photo(s) no longer in {sku.folder} "
-        f"({', '.join(withdrawn)}); the trainstore takes them and the images generated from them "
-        "out of the retraining store"
-        + (f"; {more} more stale object(s) under incoming/{sku_id}/ left, run again" if more else "")
+        f"SKU {sku_id}: withdrew {len(photo_ids)} photo(s) no longer in {sku.folder} "
+        f"({', '.join(photo_ids)}) and {generated} image(s) generated from them from the retraining store"
     )
 
 
 def _warn_of_stale_photos(sku: PreparedSku, stale: list[str], warn: Callable[[str], None]) -> None:
     """Warn, not refuse: dropping a photo from a folder is a normal edit, but ingest removes nothing
-    from the store, and saying nothing left a photo its owner had removed in the training set."""
+    from the store unless asked, and saying nothing left a photo its owner had removed in the training
+    set. ``stale``: the ids of the photos an earlier ingest stored that the folder no longer has."""
     if stale:
         sku_id = sku.metadata.sku_id
         one = len(stale) == 1

@@ -22,7 +22,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from services.trainstore.config import TrainstoreSettings
 from shared.argtypes import folder_problem, int_between, non_negative_int, positive_int
 from shared.config import load_settings
 from shared.errors import BadInput, TransientError
@@ -35,6 +34,7 @@ from shared.trainstore.dataset import (
     synthetic_left_out_by_evaluation,
 )
 from shared.trainstore.manifest import ManifestStore
+from shared.trainstore.settings import TrainstoreSettings
 
 
 def _read_evaluation(path: Path) -> dict[str, Any]:

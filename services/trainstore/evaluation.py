@@ -305,7 +305,7 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     if no_real:
         raise EvaluateRefused(
             f"held-out SKU(s) with no usable real image in the store: {', '.join(no_real)} (their "
-            "real photos are unusable, pending or rejected, or there are none); ingest usable photos "
+            "real photos are unusable or withdrawn, or there are none); ingest usable photos "
             "of them or remove their held-out folders"
         )
     plan = plan_export(evaluated, max_synthetic_per_real=args.max_synthetic_per_real, min_real=args.min_real)

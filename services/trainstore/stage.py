@@ -1,4 +1,4 @@
-"""Trainstore: the only writer of the retraining store the product classifier is trained from.
+"""Trainstore: the writer of the retraining store the product classifier is trained from.
 
 Consumes:
 
@@ -12,16 +12,13 @@ Consumes:
 * ``correction.pending``   recorded (row ``pending``, no objects) so ``skuforge dataset stats`` can count
                            what waits for review; a pending row never replaces a decision;
 * ``sku.captioned``        the real reference photos with their masks (rows ``reference``, source ``real``;
-                           photos the captioner found unusable are recorded as ``unusable``), and the
-                           photos their owner withdrew (``skuforge ingest --withdraw-missing``): each
-                           becomes a ``withdrawn`` row, and so does every accepted, approved or pending
-                           image generated from it; their objects are deleted.
+                           photos the captioner found unusable are recorded as ``unusable``).
 
-A generated image of a withdrawn photo that arrives later (it was under way when the photo was
-withdrawn, or a reviewer approves it afterwards) is recorded as ``withdrawn`` instead of stored. Two
-members writing one SKU at once may still store one (docs/delivery.md); every later write of the SKU
-withdraws any such row it finds. A photo ingested again after its withdrawal is a reference again
-(the images generated from it before stay withdrawn; new ones are generated from the new event).
+A photo its owner withdrew (``skuforge ingest --withdraw-missing``; ``shared/trainstore/withdrawals.py``)
+stays out: while its marker exists, every row of it or of an image generated from it is written as
+``withdrawn`` (no objects; a reviewer's rejection stays a rejection), a replayed older ``sku.captioned``
+included, and their objects are deleted. Two members writing one SKU at once may still store one
+(docs/delivery.md); every later write of the SKU withdraws any such row it finds.
 
 Produces no events. Writes, under ``SKUFORGE_TRAINSTORE_PREFIX`` (layout in docs/architecture.md and
 ``shared/trainstore/manifest.py``): ``images/<sku_id>/<real|synthetic>/<item_id>.png``,
@@ -50,13 +47,14 @@ from schemas.envelope import Envelope
 from schemas.events import CorrectionPending, CorrectionResolved, GateAccepted, ImageGenerated, SkuCaptioned
 from schemas.flow import TRAINSTORE
 from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED
-from services.trainstore.config import TrainstoreSettings
 from shared.config import load_settings
 from shared.errors import BadInput
 from shared.images import decode_image, decode_mask, encode_png
 from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import sha256_hex
-from shared.trainstore.manifest import ManifestRow, ManifestStore, Status, withdrawn_photos
+from shared.trainstore.manifest import ManifestRow, ManifestStore, Status
+from shared.trainstore.settings import TrainstoreSettings
+from shared.trainstore.withdrawals import Withdrawals, withdrawable, withdrawn_row, withdrawn_rows
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -84,8 +82,9 @@ class TrainstoreMetrics:
             self.images_stored.labels(source)
         self.items_withdrawn = Counter(
             "skuforge_trainstore_items_withdrawn_total",
-            "Items taken out of the retraining store because their owner withdrew the real photo they "
-            "are or were generated from, by source (real, synthetic).",
+            "Rows of withdrawn photos (skuforge ingest --withdraw-missing) the stage kept out of the "
+            "retraining store: images that arrived after the withdrawal, or that another writer stored "
+            "meanwhile, by source (real, synthetic).",
             ["source"],
             registry=registry,
         )
@@ -100,6 +99,7 @@ class Trainstore:
         self, manifests: ManifestStore, compact_after_parts: int, registry: CollectorRegistry | None = None
     ) -> None:
         self.manifests = manifests
+        self.withdrawals = Withdrawals(manifests)
         self.compact_after_parts = compact_after_parts
         self.metrics = TrainstoreMetrics(registry or CollectorRegistry())
 
@@ -136,7 +136,7 @@ class Trainstore:
                 return []
             row = _synthetic_row(generated, event, status="rejected", item=None, **common)
             self._write(ctx, generated.sku.sku_id, [StagedItem(row)], current=current)
-            self._remove_objects(generated.sku.sku_id, [("synthetic", generated.item_id)])
+            self._remove_objects(generated.sku.sku_id, generated.item_id)
             return []
         if resolved.final_mask is None:
             raise BadInput("final_mask_missing", f"decision {resolved.decision} carries no final_mask")
@@ -176,17 +176,6 @@ class Trainstore:
             image_png, mask_png = self._stage_pair(ctx, photo.image, photo.mask)
             objects = _object_fields(sku.sku_id, "real", photo.photo_id, photo.image, image_png, mask_png)
             staged.append(StagedItem(ManifestRow(status="reference", **base, **objects), image_png, mask_png))
-        for photo_id in captioned.withdrawn_photo_ids:
-            row = ManifestRow(
-                item_id=photo_id,
-                sku_id=sku.sku_id,
-                category=sku.category,
-                source="real",
-                status="withdrawn",
-                reasons=[WITHDRAWN_REASON],
-                trace_id=event.trace_id,
-            )
-            staged.append(StagedItem(row))
         self._write(ctx, sku.sku_id, staged)
         return []
 
@@ -229,7 +218,7 @@ class Trainstore:
         """Objects first, then the manifest delta; nothing at all when every row is already there.
         ``current``: the SKU's rows, when the caller has just read them."""
         current = self.manifests.read_sku(sku_id) if current is None else current
-        staged = _withdraw(staged, current)
+        staged = _withdraw(staged, current, self.withdrawals.photo_ids(sku_id))
         changed = [item for item in staged if current.get(item.row.item_id) != item.row]
         for item in changed:
             row = item.row
@@ -255,71 +244,35 @@ class Trainstore:
                     "items withdrawn",
                     extra={"sku_id": sku_id, "items": len(withdrawn), "photos": _photo_ids(withdrawn)},
                 )
-                self._remove_objects(sku_id, [(row.source, row.item_id) for row in withdrawn])
+                self.withdrawals.delete_objects(sku_id, withdrawn)
             self.manifests.compact(sku_id, min_deltas=self.compact_after_parts)
 
-    def _remove_objects(self, sku_id: str, items: list[tuple[str, str]]) -> None:
-        """Delete the images and masks of rejected or withdrawn items ``(source, item_id)``, each unless
-        it is trainable again by now: another member may have stored an acceptance of it (a newer row)
-        since this stage's row was written. (This narrows that race to the moment between this read
-        and the delete; closing it would need a conditional delete, which not every object store
-        offers.)"""
-        current = self.manifests.read_sku(sku_id)
-        for source, item_id in items:
-            row = current.get(item_id)
-            if row is not None and row.trainable:
-                continue
-            for relative in (f"images/{sku_id}/{source}/{item_id}.png", f"masks/{sku_id}/{item_id}.png"):
-                self.manifests.store.delete(self.manifests.key(relative))
+    def _remove_objects(self, sku_id: str, item_id: str) -> None:
+        """Delete a rejected item's image and mask, unless the item is trainable again by now: another
+        member may have stored an acceptance of it (a newer row) since the rejection row was written.
+        (This narrows that race to the moment between this read and the delete; closing it would need
+        a conditional delete, which not every object store offers.)"""
+        current = self.manifests.read_sku(sku_id).get(item_id)
+        if current is not None and current.trainable:
+            return
+        for relative in (f"images/{sku_id}/synthetic/{item_id}.png", f"masks/{sku_id}/{item_id}.png"):
+            self.manifests.store.delete(self.manifests.key(relative))
 
 
-# The reason a withdrawn row records, and the one added to a generated item's reasons.
-WITHDRAWN_REASON = "photo_withdrawn"
-# What a generated image may be when its photo is withdrawn; a rejection stays a rejection.
-_WITHDRAWABLE = frozenset({"accepted", "approved", "pending"})
-
-
-def _withdraw(staged: list[StagedItem], current: dict[str, ManifestRow]) -> list[StagedItem]:
-    """``staged`` with every generated image of a withdrawn photo turned into a ``withdrawn`` row (no
-    objects), plus such rows for the SKU's stored images of one that are not withdrawn yet.
-
-    A photo is withdrawn when ``current`` or ``staged`` has a withdrawn real row for it, unless
-    ``staged`` makes it a real photo again (ingested anew)."""
-    staged_real = {item.row.item_id: item.row for item in staged if item.row.source == "real"}
-    withdrawn = {
-        photo_id
-        for photo_id in withdrawn_photos(current.values()) | set(staged_real)
-        if (row := staged_real.get(photo_id, current.get(photo_id))) is not None and row.status == "withdrawn"
-    }
+def _withdraw(
+    staged: list[StagedItem], current: dict[str, ManifestRow], withdrawn: set[str]
+) -> list[StagedItem]:
+    """``staged`` with every row of a ``withdrawn`` photo, or of an image generated from one, turned
+    into a ``withdrawn`` row (no objects), plus such rows for what ``current`` still has of them."""
     if not withdrawn:
         return staged
-
-    def of_withdrawn(row: ManifestRow) -> bool:
-        synthetic = row.source == "synthetic" and row.status in _WITHDRAWABLE
-        return synthetic and row.reference_photo_id in withdrawn
-
-    out = [StagedItem(_withdrawn_row(item.row)) if of_withdrawn(item.row) else item for item in staged]
-    staged_ids = {item.row.item_id for item in out}
-    out += [
-        StagedItem(_withdrawn_row(row))
-        for item_id, row in sorted(current.items())
-        if item_id not in staged_ids and of_withdrawn(row)
+    out = [
+        StagedItem(withdrawn_row(item.row)) if withdrawable(item.row, withdrawn) else item for item in staged
     ]
-    return out
-
-
-def _withdrawn_row(row: ManifestRow) -> ManifestRow:
-    """A generated item's row once its photo is withdrawn: what it was, without its objects."""
-    return row.model_copy(
-        update={
-            "status": "withdrawn",
-            "image": None,
-            "image_sha256": None,
-            "mask": None,
-            "mask_sha256": None,
-            "reasons": [*row.reasons, WITHDRAWN_REASON],
-        }
-    )
+    staged_ids = {item.row.item_id for item in out}
+    return out + [
+        StagedItem(row) for row in withdrawn_rows(current, withdrawn) if row.item_id not in staged_ids
+    ]
 
 
 def _photo_ids(rows: list[ManifestRow]) -> list[str]:

@@ -71,7 +71,7 @@ class SkuStats:
     synthetic_approved: int
     pending: int
     rejected: int
-    mean_iou: float | None  # over every gated synthetic item (accepted, approved, pending, rejected)
+    mean_iou: float | None  # over the gated synthetic items (accepted, approved, pending, rejected)
     withdrawn: int = 0  # items out of the store because their owner withdrew the photo (real + synthetic)
 
 
@@ -83,7 +83,11 @@ def sku_stats(rows: Iterable[ManifestRow]) -> list[SkuStats]:
     stats = []
     for sku_id, sku_rows in sorted(by_sku.items()):
         count = {status: sum(1 for row in sku_rows if row.status == status) for status in _STATUSES}
-        ious = [row.iou for row in sku_rows if row.source == "synthetic" and row.iou is not None]
+        ious = [
+            row.iou
+            for row in sku_rows
+            if row.source == "synthetic" and row.iou is not None and row.status != "withdrawn"
+        ]
         stats.append(
             SkuStats(
                 sku_id=sku_id,

@@ -23,7 +23,8 @@ exactly the parts it read; a crash in between leaves parts that read again to th
 Training code reads manifests only (``load_manifest``), never lists or opens images: one small file
 per class after compaction, the columnar copy (one JSON object of per-field arrays: parsing it is
 several times cheaper than parsing one object per line, which is what lets two million items load in
-seconds). Only the trainstore stage writes here, and ``skuforge dataset compact``. Parts written
+seconds). Only the trainstore stage writes here, ``skuforge dataset compact``, and ``skuforge ingest
+--withdraw-missing`` (``shared/trainstore/withdrawals.py``). Parts written
 before the content-named layout (``part-c-<seq>.jsonl``, no stamps) still read: their rows are
 stamped as written just before any delta of their number.
 """

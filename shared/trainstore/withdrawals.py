@@ -1,0 +1,143 @@
+"""Withdrawn photos: real photos their owner took out of a SKU, and everything generated from them.
+
+``skuforge ingest --withdraw-missing`` withdraws the photos an earlier ingest stored that are no longer
+in the SKU's folder; putting such a photo back and ingesting again reinstates it. A withdrawal is a
+marker, written first, then rows, then deletions, each step idempotent, so running ingest again
+finishes one that stopped half-way::
+
+    withdrawals/<sku_id>/<photo_id>.json    {"photo_id", "withdrawn_at", "by"}: while it exists, the
+                                            photo and its generated images are ``withdrawn``
+
+While the marker exists, every row the trainstore stage writes for the photo (its ``reference`` from
+any ``sku.captioned``, a replayed older one included) and for an image generated from it
+(``accepted``, ``approved``, ``pending``; a reviewer's ``rejected`` stays) is written as
+``withdrawn``, without objects, and the stage deletes their objects. A row another writer stored in
+the same moment is withdrawn by the SKU's next write. The marker is the record, not the rows, so
+nothing on the bus (an older consumer, a dead letter) can lose a withdrawal.
+
+Only the retraining store's copies are deleted: the stages' own objects (``incoming/`` is deleted by
+ingest; ``generated/``, ``masks/``) follow docs/ops.md's lifecycle rules.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+
+from shared.trainstore.manifest import ManifestRow, ManifestStore
+
+__all__ = ["REASON", "Withdrawals", "withdrawable", "withdrawn_row", "withdrawn_rows"]
+
+# The reason a withdrawn row records (appended to a generated item's reasons).
+REASON = "photo_withdrawn"
+_MARKERS = "withdrawals"
+# What a generated image may be when its photo is withdrawn; a person's rejection stays a rejection.
+_WITHDRAWABLE = frozenset({"accepted", "approved", "pending"})
+
+
+class Withdrawals:
+    """The withdrawal markers of a retraining store, and the rows and objects they take out."""
+
+    def __init__(self, manifests: ManifestStore) -> None:
+        self.manifests = manifests
+
+    def _marker(self, sku_id: str, photo_id: str) -> str:
+        return self.manifests.key(f"{_MARKERS}/{sku_id}/{photo_id}.json")
+
+    def photo_ids(self, sku_id: str) -> set[str]:
+        """The SKU's withdrawn photos."""
+        prefix = self.manifests.key(f"{_MARKERS}/{sku_id}/")
+        return {
+            key.removeprefix(prefix).removesuffix(".json")
+            for key in self.manifests.store.list_keys(prefix)
+            if key.endswith(".json")
+        }
+
+    def withdraw(self, sku_id: str, category: str, photo_ids: Iterable[str], *, by: str) -> list[ManifestRow]:
+        """Withdraw ``photo_ids`` of the SKU: markers, then the rows (a real ``withdrawn`` row for each
+        photo, known to the store or not, and one for each image generated from it), then every
+        retraining-store object of those items. Returns the rows written (none when run again)."""
+        photo_ids = sorted(set(photo_ids))
+        at = datetime.now(UTC).isoformat()
+        for photo_id in photo_ids:
+            record = {"photo_id": photo_id, "withdrawn_at": at, "by": by}
+            self.manifests.store.put_bytes(self._marker(sku_id, photo_id), json.dumps(record).encode())
+        current = self.manifests.read_sku(sku_id)
+        rows = withdrawn_rows(current, set(photo_ids))
+        for photo_id in photo_ids:
+            if photo_id not in current:  # not captioned yet: the row makes the stats say so
+                rows.append(
+                    ManifestRow(
+                        item_id=photo_id,
+                        sku_id=sku_id,
+                        category=category,
+                        source="real",
+                        status="withdrawn",
+                        reasons=[REASON],
+                    )
+                )
+        changed = [row for row in rows if current.get(row.item_id) != row]
+        if changed:
+            self.manifests.append(sku_id, changed, current=current)
+        # Every time, not only when rows changed: a run stopped between the rows and the deletions
+        # deletes them when run again.
+        merged = {**current, **{row.item_id: row for row in changed}}
+        self.delete_objects(
+            sku_id, [row for row in merged.values() if row.status == "withdrawn" and _of(row) in photo_ids]
+        )
+        return changed
+
+    def reinstate(self, sku_id: str, photo_ids: Iterable[str]) -> None:
+        """Lift the withdrawal of ``photo_ids``: the next ``sku.captioned`` that has one makes it a
+        reference again (the images generated from it before stay withdrawn)."""
+        for photo_id in photo_ids:
+            self.manifests.store.delete(self._marker(sku_id, photo_id))
+
+    def delete_objects(self, sku_id: str, rows: Iterable[ManifestRow]) -> None:
+        """Delete the retraining store's image and mask of each withdrawn row, unless the item is
+        trainable again by now (read once, just before)."""
+        current = self.manifests.read_sku(sku_id)
+        for row in rows:
+            now = current.get(row.item_id)
+            if now is not None and now.trainable:
+                continue
+            for relative in (
+                f"images/{sku_id}/{row.source}/{row.item_id}.png",
+                f"masks/{sku_id}/{row.item_id}.png",
+            ):
+                self.manifests.store.delete(self.manifests.key(relative))
+
+
+def _of(row: ManifestRow) -> str | None:
+    """The photo a row is (real) or was generated from (synthetic)."""
+    return row.item_id if row.source == "real" else row.reference_photo_id
+
+
+def withdrawable(row: ManifestRow, photo_ids: set[str]) -> bool:
+    """Whether ``row`` is of a photo of ``photo_ids``, or of an image generated from one, and must be
+    withdrawn: it is not yet, and it is not a person's rejection (an unusable real photo is)."""
+    if row.status == "withdrawn" or _of(row) not in photo_ids:
+        return False
+    return row.source == "real" or row.status in _WITHDRAWABLE
+
+
+def withdrawn_rows(rows: Mapping[str, ManifestRow], photo_ids: set[str]) -> list[ManifestRow]:
+    """The ``withdrawn`` rows replacing those of ``rows`` that ``withdrawable`` picks, by item id."""
+    return [withdrawn_row(row) for _, row in sorted(rows.items()) if withdrawable(row, photo_ids)]
+
+
+def withdrawn_row(row: ManifestRow) -> ManifestRow:
+    """``row`` once its photo is withdrawn: what it was, without its objects."""
+    if row.status == "withdrawn":
+        return row
+    return row.model_copy(
+        update={
+            "status": "withdrawn",
+            "image": None,
+            "image_sha256": None,
+            "mask": None,
+            "mask_sha256": None,
+            "reasons": [*row.reasons, REASON],
+        }
+    )
