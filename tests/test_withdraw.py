@@ -34,6 +34,7 @@ from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore
 from shared.trainstore.dataset import plan_export, sku_stats
+from shared.trainstore.loader import load_manifest
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
 from shared.trainstore.withdrawals import Withdrawals
@@ -204,6 +205,12 @@ def test_a_row_a_concurrent_writer_stored_is_withdrawn_by_the_next_write(
     )
     store.put_bytes(trainstore.manifests.key(str(escaped.image)), b"png", "image/png")
     trainstore.manifests.append(SKU, [escaped])
+
+    # Until then, no training set takes it.
+    rows = trainstore.manifests.read_sku(SKU)
+    (plan,) = plan_export(rows.values(), max_synthetic_per_real=10).classes
+    assert "gen-escaped" not in [row.item_id for row in plan.synthetic]
+    assert "gen-escaped" not in load_manifest(store, prefix=PREFIX).columns["item_id"]
 
     _accept(trainstore, store, _of_photo(store, 0, "p1"), "c")  # any later write of the SKU
 

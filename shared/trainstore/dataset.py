@@ -143,9 +143,15 @@ def plan_export(
         raise ValueError("max_synthetic_per_real must be >= 0")
     if min_real < 1:
         raise ValueError("min_real must be >= 1: every exported class needs real images")
+    rows = list(rows)
+    withdrawn = {
+        (row.sku_id, row.item_id) for row in rows if row.source == "real" and row.status == "withdrawn"
+    }
     by_sku: dict[str, list[ManifestRow]] = defaultdict(list)
     for row in rows:
-        if row.trainable and row.image is not None:
+        # An image of a withdrawn photo that a second writer stored in the same moment as the
+        # withdrawal is trainable until the SKU's next write mends it: never exported meanwhile.
+        if row.trainable and row.image is not None and (row.sku_id, row.reference_photo_id) not in withdrawn:
             by_sku[row.sku_id].append(row)
     classes, skipped = [], {}
     for sku_id, sku_rows in sorted(by_sku.items()):

@@ -80,8 +80,22 @@ def load_manifest(
     for sku_id in manifests.sku_ids() if sku_ids is None else sorted(set(sku_ids)):
         sku_columns = _sku_columns(manifests, sku_id)
         status = sku_columns["status"]
-        if trainable_only and not set(status) <= TRAINABLE:
-            keep = [index for index, value in enumerate(status) if value in TRAINABLE]
+        # An image of a withdrawn photo that a second writer stored in the same moment as the
+        # withdrawal stays trainable until the SKU's next write mends it: never loaded meanwhile.
+        withdrawn = {
+            item_id
+            for item_id, source, value in zip(
+                sku_columns["item_id"], sku_columns["source"], status, strict=True
+            )
+            if source == "real" and value == "withdrawn"
+        }
+        if trainable_only and (not set(status) <= TRAINABLE or withdrawn):
+            references = sku_columns["reference_photo_id"]
+            keep = [
+                index
+                for index, value in enumerate(status)
+                if value in TRAINABLE and references[index] not in withdrawn
+            ]
             sku_columns = {name: [values[index] for index in keep] for name, values in sku_columns.items()}
         for name in FIELDS:
             manifest.columns[name].extend(sku_columns[name])

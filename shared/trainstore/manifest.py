@@ -57,7 +57,6 @@ __all__ = [
     "encode_rows",
     "merge_rows",
     "rows_to_columns",
-    "withdrawn_photos",
 ]
 
 Source = Literal["real", "synthetic"]
@@ -113,11 +112,6 @@ class ManifestRow(Contract):
     def trainable(self) -> bool:
         """Whether a training set may use this item."""
         return self.status in TRAINABLE
-
-
-def withdrawn_photos(rows: Iterable[ManifestRow]) -> set[str]:
-    """The ids of the real photos among ``rows`` that their owner withdrew."""
-    return {row.item_id for row in rows if row.source == "real" and row.status == "withdrawn"}
 
 
 def merge_rows(
