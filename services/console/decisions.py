@@ -66,12 +66,19 @@ def check_reject_reason(reason: str | None) -> str:
 
 
 def read_edited_mask(data: bytes, task: Task, *, max_pixels: int, max_bytes: int) -> npt.NDArray[np.uint8]:
-    """Decode an uploaded mask and check it has the generated image's size."""
-    try:
-        mask = decode_mask(data, max_pixels=max_pixels, max_bytes=max_bytes)
-    except ImageRejected as exc:
-        raise DecisionInvalid(f"the mask is not acceptable ({exc.reason}): {exc}") from exc
+    """Decode an uploaded mask and check it has the generated image's size.
+
+    A mask with more pixels than the image is refused from its header, before it is decoded: a
+    small file of a huge, flat image would otherwise cost hundreds of MB to find out."""
     image = task.pending.matted.generated.image
+    try:
+        mask = decode_mask(data, max_pixels=min(max_pixels, image.width * image.height), max_bytes=max_bytes)
+    except ImageRejected as exc:
+        if exc.reason == "too_many_pixels":
+            raise DecisionInvalid(
+                f"the mask has more pixels than the generated image ({image.width}x{image.height}): {exc}"
+            ) from exc
+        raise DecisionInvalid(f"the mask is not acceptable ({exc.reason}): {exc}") from exc
     height, width = mask.shape
     if (width, height) != (image.width, image.height):
         raise DecisionInvalid(

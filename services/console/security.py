@@ -30,6 +30,11 @@ CSRF_FIELD = "csrf_token"
 _SAFE_NEXT = re.compile(r"^/(?!/)[A-Za-z0-9/_.?=&%-]*$")
 
 
+# The count the names share that a full table of refused names has no room for ("" is no reviewer's
+# name: a login form with an empty name is refused before it is counted).
+OVERFLOW = ""
+
+
 @dataclass
 class LoginThrottle:
     """Failed logins per reviewer name: after ``max_failures`` of them within ``window_s``, that name is
@@ -37,7 +42,13 @@ class LoginThrottle:
     reviewer who mistyped is not locked out for long (nor for long by someone trying their name).
 
     In memory: the console is one process (the chart runs one pod). ``max_names`` bounds the table,
-    since names are whatever a client sends.
+    since names are whatever a client sends. A full table makes room by forgetting the name that
+    failed longest ago among those not refused now; a refused name is never forgotten before its
+    failures leave the window, or flooding the table with made-up names would clear a real
+    reviewer's count and let the guessing go on. When every name in a full table is refused, the
+    names not in it share one count (``OVERFLOW``): under such a flood new names are refused
+    together, and none gets more than ``max_failures`` tries a window. Known and unknown names are
+    counted alike, so the throttle does not tell which names exist.
     """
 
     max_failures: int = 5
@@ -51,7 +62,7 @@ class LoginThrottle:
 
     def retry_after_s(self, reviewer: str) -> float:
         """Seconds until ``reviewer`` may try again; 0 when a login may be tried now."""
-        failures = self._recent(reviewer)
+        failures = self._recent(self._key(reviewer))
         if len(failures) < self.max_failures:
             return 0.0
         return max(0.0, failures[0] + self.window_s - self.clock())
@@ -59,15 +70,29 @@ class LoginThrottle:
     def failed(self, reviewer: str) -> None:
         """Count a failed login of ``reviewer``."""
         self._forget_old()
-        failures = self._recent(reviewer)
+        if reviewer not in self._failures and len(self._failures) >= self.max_names:
+            self._forget_one_not_refused()
+        key = self._key(reviewer)
+        failures = self._recent(key)
         failures.append(self.clock())
-        self._failures[reviewer] = failures
-        while len(self._failures) > self.max_names:
-            del self._failures[next(iter(self._failures))]  # the name that failed longest ago
+        self._failures[key] = failures
 
     def succeeded(self, reviewer: str) -> None:
         """A successful login clears the name's failures."""
         self._failures.pop(reviewer, None)
+
+    def _key(self, reviewer: str) -> str:
+        """The name's own count while it is in the table or there is room; else the shared one."""
+        if reviewer in self._failures or len(self._failures) < self.max_names:
+            return reviewer
+        return OVERFLOW
+
+    def _forget_one_not_refused(self) -> None:
+        """Forget the name that failed longest ago among those a login may be tried for now."""
+        for name, failures in self._failures.items():  # the name that failed longest ago first
+            if name != OVERFLOW and len(failures) < self.max_failures:
+                del self._failures[name]
+                return
 
     def _recent(self, reviewer: str) -> deque[float]:
         failures = self._failures.pop(reviewer, deque())  # re-inserted by ``failed``: newest last

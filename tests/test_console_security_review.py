@@ -1,0 +1,94 @@
+"""Console security review: a flood of made-up names cannot clear a real reviewer's failed logins,
+and an uploaded mask larger than its image is refused from its header, before it is decoded.
+
+Before: a full throttle table forgot the name that failed longest ago, refused or not, so 10,000
+failed logins under made-up names gave a locked reviewer's name five more guesses, again and again;
+and a 40 kB PNG of 6300x6300 flat pixels was decoded (about 250 MB) before its size was compared.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from services.console import decisions
+from services.console.security import OVERFLOW, LoginThrottle
+from tests.support.console import ConsoleParts, app_for, build_console, flagged_item, login, pending_envelope
+from tests.test_console_api import claim, decide
+
+
+def test_a_flood_of_made_up_names_does_not_clear_a_refused_name() -> None:
+    now = [1000.0]
+    throttle = LoginThrottle(max_failures=5, window_s=60.0, clock=lambda: now[0], max_names=50)
+    for _ in range(5):
+        throttle.failed("alice")
+    assert throttle.retry_after_s("alice") > 0
+
+    for index in range(10 * throttle.max_names):  # made-up names, each failing once
+        throttle.failed(f"made-up-{index}")
+
+    assert throttle.retry_after_s("alice") > 0, "alice's count survived the flood"
+    assert len(throttle) <= throttle.max_names
+    # Names that are not refused make room for newcomers, so a reviewer who mistyped once is not
+    # kept out by the flood...
+    throttle.failed("bob")
+    assert throttle.retry_after_s("bob") == 0
+    # ...and once the window has passed, alice may try again.
+    now[0] += 61.0
+    assert throttle.retry_after_s("alice") == 0
+
+
+def test_a_table_full_of_refused_names_counts_the_others_together() -> None:
+    now = [1000.0]
+    throttle = LoginThrottle(max_failures=2, window_s=60.0, clock=lambda: now[0], max_names=10)
+    for index in range(10):
+        for _ in range(2):
+            throttle.failed(f"locked-{index}")
+    assert len(throttle) == 10
+
+    # No room, and no name that may be forgotten: the newcomers share one count.
+    throttle.failed("carol")
+    throttle.failed("dave")
+    assert throttle.retry_after_s("erin") > 0, "the shared count is used up: newcomers wait"
+    assert all(throttle.retry_after_s(f"locked-{index}") > 0 for index in range(10))
+    assert OVERFLOW == "" and len(throttle) == 11  # the ten refused names, and the shared count
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> ConsoleParts:
+    parts = build_console(tmp_path)
+    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0, sku_id="SKU-0")))
+    return parts
+
+
+def test_a_mask_larger_than_its_image_is_refused_before_it_is_decoded(
+    parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+    task = parts.tasks.query()[0]
+    claim(client, token, task.task_id)
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((3000, 3000), np.uint8), "L").save(buffer, "PNG")  # 9 MP, a few kB
+    decoded: list[int] = []
+    real_decode = decisions.decode_mask
+
+    def counting_decode(data: bytes, **limits: Any) -> npt.NDArray[np.uint8]:
+        mask = real_decode(data, **limits)
+        decoded.append(mask.size)  # only a decode that got as far as the pixels
+        return mask
+
+    monkeypatch.setattr(decisions, "decode_mask", counting_decode)
+
+    response = decide(client, token, task.task_id, decision="approve_edited", mask=buffer.getvalue())
+
+    assert response.status_code == 422
+    assert "more pixels than the generated image (128x128)" in response.text
+    assert decoded == [], "refused from the header: no pixel decoded"
