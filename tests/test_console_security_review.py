@@ -1,5 +1,6 @@
 """Console security review: a flood of made-up names cannot clear a real reviewer's failed logins,
-and an uploaded mask larger than its image is refused from its header, before it is decoded.
+an uploaded mask larger than its image is refused from its header, before it is decoded, and a
+reviewer's password may be stored as its scrypt hash (``skuforge console hash-password``).
 
 Before: a full throttle table forgot the name that failed longest ago, refused or not, so 10,000
 failed logins under made-up names gave a locked reviewer's name five more guesses, again and again;
@@ -16,10 +17,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from PIL import Image
+from pydantic import SecretStr
 from starlette.testclient import TestClient
 
-from services.console import decisions
-from services.console.security import OVERFLOW, LoginThrottle
+from services.console import decisions, security
+from services.console.config import parse_users
+from services.console.security import OVERFLOW, LoginThrottle, check_password, hash_password
+from skuforge_cli.main import main as cli_main
 from tests.support.console import ConsoleParts, app_for, build_console, flagged_item, login, pending_envelope
 from tests.test_console_api import claim, decide
 
@@ -92,3 +96,58 @@ def test_a_mask_larger_than_its_image_is_refused_before_it_is_decoded(
     assert response.status_code == 422
     assert "more pixels than the generated image (128x128)" in response.text
     assert decoded == [], "refused from the header: no pixel decoded"
+
+
+# -- passwords given as hashes ----------------------------------------------------------------------
+
+CHEAP = (16, 8, 1)  # a test's scrypt cost; `hash-password` uses 2**15
+
+
+def _with_users(parts: ConsoleParts, users: str) -> None:
+    parts.console.console = parts.console.console.model_copy(update={"console_users": SecretStr(users)})
+
+
+def test_a_reviewer_whose_password_is_stored_hashed_logs_in(parts: ConsoleParts) -> None:
+    _with_users(parts, f"alice:{hash_password('alice-password', cost=CHEAP)},bob:bob-password")
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    assert login(client)  # through the form, with the password itself
+    assert login(TestClient(app_for(parts), base_url="http://console.test"), "bob")  # plain beside it
+    assert check_password(parts.console.console.users(), "alice", "alice-password")
+    assert not check_password(parts.console.console.users(), "alice", "alice-passwort")
+    # A new hash (the password changed) logs the old session out.
+    _with_users(parts, f"alice:{hash_password('new-password', cost=CHEAP)}")
+    assert client.get("/api/tasks").status_code == 401
+
+
+def test_an_unknown_name_costs_a_hash_too_when_passwords_are_hashed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Else the answer's time would tell which names exist: a hash takes milliseconds, a miss nanoseconds.
+    hashed: list[str] = []
+    real = security._scrypt_matches
+
+    def counting(stored: str, candidate: bytes) -> bool:
+        hashed.append(stored)
+        return real(stored, candidate)
+
+    monkeypatch.setattr(security, "_scrypt_matches", counting)
+    users = {"alice": hash_password("alice-password", cost=CHEAP)}
+    assert not check_password(users, "mallory", "guess")
+    assert hashed == [users["alice"]]
+
+
+def test_a_malformed_hash_is_refused_at_start_up_naming_the_reviewer() -> None:
+    with pytest.raises(ValueError, match=r"reviewer 'alice': a password starting 'scrypt:' must be"):
+        parse_users("alice:scrypt:16:8:1:not base64!:x")
+    with pytest.raises(ValueError, match="not one this console verifies"):
+        parse_users(f"alice:{hash_password('pw', cost=CHEAP).replace('scrypt:16:', 'scrypt:15:')}")
+
+
+def test_hash_password_reads_stdin_and_prints_an_entry_that_verifies(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret: with spaces\n"))
+    assert cli_main(["console", "hash-password"]) == 0
+    entry = capsys.readouterr().out.strip()
+    assert entry.startswith("scrypt:32768:8:1:") and "$" not in entry  # no "$" for compose and shells
+    assert check_password(parse_users(f"alice:{entry}"), "alice", "s3cret: with spaces")
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    assert cli_main(["console", "hash-password"]) == 2

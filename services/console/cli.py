@@ -1,19 +1,23 @@
-"""``skuforge console ...``: the Label Studio hand-off, beside the web console.
+"""``skuforge console ...``: the Label Studio hand-off, beside the web console, and password hashes.
 
 * ``export-labelstudio --out tasks.json``  pending items as Label Studio tasks (predicted mask as an
   RLE brush pre-annotation); ``--config-out`` writes a matching labeling config.
 * ``import-labelstudio export.json``       Label Studio's JSON export back as decisions, published
   to ``correction.resolved`` (``--no-publish`` leaves them in the outbox for the console's relay).
 
-Both use the console's task table (``SKUFORGE_CONSOLE_DB_PATH``) and the object store. An item
-that cannot be exported or imported is skipped with its reason and the rest go on; the exit status
-is 1 when anything was skipped that a user would miss (each command's ``--help`` says what counts),
-2 when nothing could be read or written.
+* ``hash-password``                       a reviewer's password as its scrypt hash, for
+  ``SKUFORGE_CONSOLE_USERS`` (``name:scrypt:...``), so the Secret holds no password.
+
+The Label Studio commands use the console's task table (``SKUFORGE_CONSOLE_DB_PATH``) and the object
+store. An item that cannot be exported or imported is skipped with its reason and the rest go on; the
+exit status is 1 when anything was skipped that a user would miss (each command's ``--help`` says
+what counts), 2 when nothing could be read or written.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 from pathlib import Path
@@ -28,6 +32,7 @@ from services.console.labelstudio import (
     read_export,
 )
 from services.console.relay import DecisionRelay
+from services.console.security import hash_password
 from services.console.tasks import TaskFilter, TaskStore
 from shared.config import load_settings
 from shared.errors import TransientError
@@ -46,7 +51,9 @@ IMPORT_EXIT_STATUS = (
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``skuforge console <action>``."""
-    parser = argparse.ArgumentParser(prog="skuforge console", description="Label Studio hand-off.")
+    parser = argparse.ArgumentParser(
+        prog="skuforge console", description="Label Studio hand-off, and reviewers' password hashes."
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     export = sub.add_parser(
         "export-labelstudio", help="write pending items as Label Studio tasks", epilog=EXPORT_EXIT_STATUS
@@ -68,7 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument(
         "--no-publish", action="store_true", help="record only; the console's relay publishes them later"
     )
+    sub.add_parser(
+        "hash-password",
+        help="read a password (prompted on a terminal, else the first line of stdin) and print its "
+        "scrypt hash, to write as name:HASH in SKUFORGE_CONSOLE_USERS instead of the password",
+    )
     args = parser.parse_args(argv)
+    if args.action == "hash-password":
+        return _hash_password()
     if args.action == "export-labelstudio":
         try:
             check_image_url(args.image_url)
@@ -168,3 +182,19 @@ def _import_summary(
         "not_annotated": sum(o.outcome == "skipped" for o in outcomes) - len(lost),
         "published": published,
     }
+
+
+def _hash_password() -> int:
+    """``skuforge console hash-password``: the password's ``scrypt:`` entry on stdout."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("skuforge console hash-password: the two passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        print("skuforge console hash-password: empty password", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0

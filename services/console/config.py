@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings
 
 from schemas.flow import CONSOLE
+from services.console.security import SCRYPT_PREFIX, parse_scrypt
 from shared.argtypes import folder_problem
 from shared.config import SETTINGS_CONFIG
 
@@ -22,7 +23,10 @@ _USERS_HELP = "expected 'name:password[,name:password...]' (names: letters, digi
 
 
 def parse_users(text: str) -> dict[str, str]:
-    """``"alice:s3cret,bob:other"`` → ``{"alice": "s3cret", "bob": "other"}``; ValueError says why not."""
+    """``"alice:s3cret,bob:other"`` → ``{"alice": "s3cret", "bob": "other"}``; ValueError says why not.
+
+    A password may be given as its hash (``skuforge console hash-password``: ``scrypt:...``), checked here.
+    """
     users: dict[str, str] = {}
     for entry in text.split(","):
         entry = entry.strip()
@@ -33,6 +37,11 @@ def parse_users(text: str) -> dict[str, str]:
             raise ValueError(_USERS_HELP)
         if name in users:
             raise ValueError(f"reviewer {name!r} is listed twice")
+        if password.startswith(SCRYPT_PREFIX):
+            try:
+                parse_scrypt(password)
+            except ValueError as exc:
+                raise ValueError(f"reviewer {name!r}: {exc}") from None
         users[name] = password
     return users
 
@@ -55,7 +64,8 @@ class ConsoleSettings(BaseSettings):
     console_port: int = Field(default=8087, ge=0, le=65535, description="port of the console's web pages")
     console_users: SecretStr | None = Field(
         default=None,
-        description="reviewers and passwords, 'name:password,name2:password2'; required to serve",
+        description="reviewers and passwords, 'name:password,name2:password2' (a password may be its "
+        "'scrypt:...' hash from `skuforge console hash-password`); required to serve",
     )
     console_session_secret: SecretStr | None = Field(
         default=None,

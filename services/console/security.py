@@ -172,14 +172,66 @@ class SessionSigner:
         return session
 
 
+# A password given as its scrypt hash (``skuforge console hash-password``): ``scrypt:N:r:p:salt:key``,
+# salt and key URL-safe base64. No "$": compose files and shells would read it as a variable. Cost of
+# the default (2**15, 8, 1): 32 MiB and tens of milliseconds.
+SCRYPT_PREFIX = "scrypt:"
+_SCRYPT = re.compile(r"^scrypt:(\d+):(\d+):(\d+):([A-Za-z0-9_-]+={0,2}):([A-Za-z0-9_-]+={0,2})$")
+_SCRYPT_DEFAULT = (2**15, 8, 1)
+_SCRYPT_MAXMEM = 256 * 1024 * 1024
+
+
+def hash_password(
+    password: str, *, salt: bytes | None = None, cost: tuple[int, int, int] = _SCRYPT_DEFAULT
+) -> str:
+    """``password`` as a ``scrypt:...`` entry for ``SKUFORGE_CONSOLE_USERS`` (a fresh salt each time)."""
+    n, r, p = cost
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    key = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=_SCRYPT_MAXMEM, dklen=32)
+    encode = base64.urlsafe_b64encode
+    return f"{SCRYPT_PREFIX}{n}:{r}:{p}:{encode(salt).decode()}:{encode(key).decode()}"
+
+
+def parse_scrypt(stored: str) -> tuple[int, int, int, bytes, bytes]:
+    """``(n, r, p, salt, key)`` of a ``scrypt:`` entry; ValueError says what is wrong with it."""
+    match = _SCRYPT.match(stored)
+    if match is None:
+        raise ValueError(
+            "a password starting 'scrypt:' must be 'scrypt:N:r:p:salt:key' (skuforge console hash-password)"
+        )
+    n, r, p = (int(group) for group in match.groups()[:3])
+    if n < 2 or n & (n - 1) or not 1 <= r <= 64 or not 1 <= p <= 16 or 128 * n * r * p > _SCRYPT_MAXMEM // 2:
+        raise ValueError(f"scrypt cost N={n}, r={r}, p={p} is not one this console verifies (N a power of 2)")
+    salt, key = (base64.urlsafe_b64decode(group) for group in match.groups()[3:])
+    if len(key) < 16:
+        raise ValueError("the scrypt key is shorter than 16 bytes")
+    return n, r, p, salt, key
+
+
 def check_password(users: dict[str, str], reviewer: str, password: str) -> bool:
-    """Whether ``password`` is ``reviewer``'s; compares in constant time, also for unknown names."""
+    """Whether ``password`` is ``reviewer``'s; compares in constant time, also for unknown names.
+
+    A stored ``scrypt:`` entry is verified by hashing ``password`` with its salt and cost; an unknown
+    name is hashed too when any reviewer's password is stored so, so the answer's time does not tell
+    which names exist.
+    """
     expected = users.get(reviewer)
     candidate = password.encode()
     if expected is None:
+        hashed = next((stored for stored in users.values() if stored.startswith(SCRYPT_PREFIX)), None)
+        if hashed is not None:
+            _scrypt_matches(hashed, candidate)
         hmac.compare_digest(candidate, candidate)
         return False
+    if expected.startswith(SCRYPT_PREFIX):
+        return _scrypt_matches(expected, candidate)
     return hmac.compare_digest(candidate, expected.encode())
+
+
+def _scrypt_matches(stored: str, candidate: bytes) -> bool:
+    n, r, p, salt, key = parse_scrypt(stored)
+    derived = hashlib.scrypt(candidate, salt=salt, n=n, r=r, p=p, maxmem=_SCRYPT_MAXMEM, dklen=len(key))
+    return hmac.compare_digest(derived, key)
 
 
 def tokens_match(expected: str | None, given: str | None) -> bool:
