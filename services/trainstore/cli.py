@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from shared.store import open_store
 from shared.trainstore.dataset import (
     EXPORT_FITS,
     EXPORT_FORMATS,
+    MAX_ASPECT,
+    SkuStats,
     export_dataset,
     sku_stats,
     synthetic_left_out_by_evaluation,
@@ -130,6 +133,24 @@ def open_manifests() -> ManifestStore:
     return ManifestStore(store, trainstore.trainstore_prefix)
 
 
+def stats_lines(rows: list[SkuStats], *, as_json: bool) -> Iterator[str]:
+    """What ``stats`` prints: a JSON object per SKU, or a table and the SKU count."""
+    if as_json:
+        yield from (json.dumps(asdict(row), sort_keys=True) for row in rows)
+        return
+    yield (
+        f"{'sku_id':<24} {'real':>5} {'unusable':>9} {'accepted':>9} {'approved':>9} "
+        f"{'pending':>8} {'rejected':>9} {'withdrawn':>10} {'mean_iou':>9}"
+    )
+    for row in rows:
+        iou = f"{row.mean_iou:.3f}" if row.mean_iou is not None else "-"
+        yield (
+            f"{row.sku_id:<24} {row.real:>5} {row.unusable:>9} {row.synthetic_accepted:>9} "
+            f"{row.synthetic_approved:>9} {row.pending:>8} {row.rejected:>9} {row.withdrawn:>10} {iou:>9}"
+        )
+    yield f"{len(rows)} SKUs"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``skuforge dataset ...``; returns the exit code."""
     parser = argparse.ArgumentParser(
@@ -137,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="action", required=True)
     stats = sub.add_parser(
-        "stats", help="per SKU: real, synthetic accepted/approved, pending, rejected, withdrawn, mean IoU"
+        "stats",
+        help="per SKU: real, unusable (real photos the captioner could not use), synthetic "
+        "accepted/approved, pending, rejected, withdrawn, mean IoU",
     )
     stats.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     export = sub.add_parser("export", help="write a training set honouring the real:synthetic policy")
@@ -147,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         "--size",
         type=int_between(16, 4096),
         default=256,
-        help="shorter side in px, or the square's side with --fit pad, 16 to 4096 (default 256)",
+        help=f"shorter side in px (the longer one at most {MAX_ASPECT}x that: a longer image is scaled to "
+        "that instead), or the square's side with --fit pad, 16 to 4096 (default 256)",
     )
     export.add_argument(
         "--fit",
@@ -191,22 +215,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skuforge dataset {args.action}: {no_skus_problem(manifests)}", file=sys.stderr)
         return 1
     if args.action == "stats":
-        rows = sku_stats(manifests.iter_rows(sku_ids))
-        if args.json:
-            for row in rows:
-                print(json.dumps(asdict(row), sort_keys=True))
-            return 0
-        print(
-            f"{'sku_id':<24} {'real':>5} {'accepted':>9} {'approved':>9} "
-            f"{'pending':>8} {'rejected':>9} {'withdrawn':>10} {'mean_iou':>9}"
-        )
-        for row in rows:
-            iou = f"{row.mean_iou:.3f}" if row.mean_iou is not None else "-"
-            print(
-                f"{row.sku_id:<24} {row.real:>5} {row.synthetic_accepted:>9} {row.synthetic_approved:>9} "
-                f"{row.pending:>8} {row.rejected:>9} {row.withdrawn:>10} {iou:>9}"
-            )
-        print(f"{len(rows)} SKUs")
+        try:
+            for line in stats_lines(sku_stats(manifests.iter_rows(sku_ids)), as_json=args.json):
+                print(line)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader went away (`| head -1`): stop quietly, as Python's docs advise ("Note on
+            # SIGPIPE"); stdout to devnull so the interpreter's last flush does not raise again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
         return 0
     if args.action == "export":
         if args.min_gain is not None and args.evaluation is None:

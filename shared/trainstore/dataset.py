@@ -7,9 +7,11 @@ generated images teach the generator's artefacts, so an exported class
 * has at most ``max_synthetic_per_real`` synthetic images per real one (the rest are left out,
   chosen by a stable hash of the item id so the same store always exports the same set);
 * is resized with its aspect kept: by default (``fit="keep"``) the shorter side becomes ``size_px``
-  and nothing is added; ``fit="pad"`` makes it ``size_px`` x ``size_px``, padded with white. Padding
-  is not the default because a classifier learns the white bars: real photos of the deployment
-  domain have none (docs/evaluation.md measured it);
+  and nothing is added, but the longer side never passes ``MAX_ASPECT`` x ``size_px`` (a 16 x 2000
+  strip would otherwise export at 256 x 32000, and need gigabytes at 4096); ``fit="pad"`` makes it
+  ``size_px`` x ``size_px``, padded with white. Padding is not the default because a classifier
+  learns the white bars: real photos of the deployment domain have none (docs/evaluation.md
+  measured it);
 * gets no synthetic image at all when an evaluation (``skuforge evaluate``) measured that its
   synthetic images hurt a classifier of it: per-SKU B - A below ``min_gain``
   (``synthetic_left_out_by_evaluation``); the summary says so, per class.
@@ -18,7 +20,8 @@ Formats: ``imagefolder`` (``<out>/<sku_id>/<real|synthetic>-<item_id>.png``, wha
 ``torchvision.datasets.ImageFolder`` reads) and ``jsonl`` (``<out>/images/...``, ``<out>/masks/...``
 and ``<out>/dataset.jsonl`` with one line per image). Objects are checked against the sha256 in
 their manifest row while exporting; a mismatch stops the export with ``ChecksumMismatch`` and
-leaves nothing in the output directory.
+leaves nothing in the output directory. A policy that leaves no class at all is a ``ValueError``
+naming why each SKU was left out, not an empty training set.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from shared.trainstore.manifest import ManifestRow, ManifestStore
 
 __all__ = [
     "EXPORT_FITS",
+    "MAX_ASPECT",
     "ClassPlan",
     "ExportFit",
     "ExportFormat",
@@ -58,6 +62,10 @@ EXPORT_FORMATS: tuple[str, ...] = ("imagefolder", "jsonl")
 ExportFit = Literal["keep", "pad"]
 EXPORT_FITS: tuple[str, ...] = ("keep", "pad")
 MINUS = "\u2212"  # how a negative B - A prints in the summary
+# With fit="keep", the longer side is at most this many times size_px: an image past 4:1 (longer
+# than a phone's panorama of one product; a strip, a banner) is scaled to that instead, its shorter
+# side then below size_px, so one such image cannot need gigabytes at a large size_px.
+MAX_ASPECT = 4
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,7 @@ class SkuStats:
     rejected: int
     mean_iou: float | None  # over the gated synthetic items (accepted, approved, pending, rejected)
     withdrawn: int = 0  # items out of the store because their owner withdrew the photo (real + synthetic)
+    unusable: int = 0  # real photos the captioner could not use (no mask): recorded, never trained on
 
 
 def sku_stats(rows: Iterable[ManifestRow]) -> list[SkuStats]:
@@ -99,12 +108,13 @@ def sku_stats(rows: Iterable[ManifestRow]) -> list[SkuStats]:
                 rejected=count["rejected"],
                 mean_iou=round(sum(ious) / len(ious), 4) if ious else None,
                 withdrawn=count["withdrawn"],
+                unusable=count["unusable"],
             )
         )
     return stats
 
 
-_STATUSES = ("reference", "accepted", "approved", "pending", "rejected", "withdrawn")
+_STATUSES = ("reference", "unusable", "accepted", "approved", "pending", "rejected", "withdrawn")
 
 
 @dataclass(frozen=True)
@@ -222,6 +232,7 @@ class ExportSummary:
     synthetic: int
     synthetic_left_out: dict[str, str] = field(default_factory=dict)  # class -> why it has none
     fit: str = "keep"
+    long_side_capped: int = 0  # images past MAX_ASPECT:1, their longer side at MAX_ASPECT x size_px
 
     def lines(self) -> list[str]:
         """The printed summary: one line per class, then the totals."""
@@ -239,6 +250,11 @@ class ExportSummary:
             f"(synthetic per real {ratio}) {self._size()} as {self.format} "
             f"to {self.out_dir}"
         )
+        if self.long_side_capped:
+            out.append(
+                f"{self.long_side_capped} image(s) longer than {MAX_ASPECT}:1 with the longer side at "
+                f"{MAX_ASPECT * self.size_px} px (their shorter side below {self.size_px} px)"
+            )
         return out
 
     def _size(self) -> str:
@@ -266,6 +282,8 @@ def export_dataset(
     """Write a training set to ``out_dir`` (which must not exist or be empty) and return its summary.
 
     ``no_synthetic``: SKUs exported without synthetic images, with the reason (``plan_export``).
+    A policy that leaves no class is a ``ValueError`` naming why each SKU was left out; nothing is
+    written then.
     """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
@@ -283,32 +301,59 @@ def export_dataset(
         if unknown:
             # A typo would otherwise export an empty training set and report success.
             raise ValueError(f"no SKU {', '.join(unknown)} in the store (skuforge dataset stats lists them)")
+    rows = list(manifests.iter_rows(sku_ids))
     plan = plan_export(
-        manifests.iter_rows(sku_ids),
+        rows,
         max_synthetic_per_real=max_synthetic_per_real,
         min_real=min_real,
         no_synthetic=no_synthetic,
     )
+    if not plan.classes:
+        # An empty training set and success would let `export && train` go on with nothing.
+        raise ValueError(_nothing_to_export(rows, plan))
     if fmt == "imagefolder":
         _refuse_case_only_twins([plan_class.sku_id for plan_class in plan.classes])
-    # Written beside out_dir and renamed into place at the end: an export that fails half-way (a
-    # tampered or missing object) leaves neither a partial training set nor a directory to clean up.
+    # Written in a staging folder and renamed into place at the end: an export that fails half-way
+    # (a tampered or missing object) leaves neither a partial training set nor a folder to clean up.
     target = out_dir.resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex}"
+    if target.exists():
+        # Empty (checked above), and perhaps a mount point (a Docker volume, an NFS disk): staged
+        # inside it, since a rename from beside it into it would cross file systems (EXDEV).
+        staging = target / f".partial-{uuid.uuid4().hex}"
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex}"
     staging.mkdir()
+    moved: list[Path] = []
     try:
         summary = _write_export(manifests, plan, staging, out_dir, fmt=fmt, size_px=size_px, fit=fit)
-        if target.exists():  # empty, checked above (and possibly the working directory): fill it
+        if staging.parent == target:
             for entry in sorted(staging.iterdir()):
                 entry.rename(target / entry.name)
+                moved.append(target / entry.name)
             staging.rmdir()
         else:
             staging.rename(target)
     except BaseException:
+        for path in moved:  # out_dir is left as it was: empty
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return summary
+
+
+def _nothing_to_export(rows: Sequence[ManifestRow], plan: ExportPlan, shown: int = 10) -> str:
+    """Why a plan has no class: each SKU with the reason it was left out (the first ``shown``)."""
+    reasons = dict(plan.skipped)
+    for sku_id in sorted({row.sku_id for row in rows} - set(reasons)):
+        reasons[sku_id] = "no image to train on (only pending, rejected, unusable or withdrawn ones)"
+    named = "; ".join(f"{sku_id}: {reason}" for sku_id, reason in sorted(reasons.items())[:shown])
+    if len(reasons) > shown:
+        named += f"; and {len(reasons) - shown} more (skuforge dataset stats counts each SKU's images)"
+    return f"nothing to export, no SKU meets the policy: {named}"
 
 
 def _refuse_case_only_twins(sku_ids: Sequence[str]) -> None:
@@ -341,9 +386,13 @@ def _write_export(
     """Write the images, dataset.jsonl and export.json into ``staging``; the summary names ``out_dir``."""
     lines: list[str] = []
     classes: dict[str, dict[str, int]] = {}
+    long_side_capped = 0
     for plan_class in plan.classes:
         for row in [*plan_class.real, *plan_class.synthetic]:
-            image = _resized(decode_image(read_checked(manifests, row.image, row.image_sha256)), size_px, fit)
+            image = decode_image(read_checked(manifests, row.image, row.image_sha256))
+            if fit == "keep" and max(image.size) > MAX_ASPECT * min(image.size):
+                long_side_capped += 1
+            image = _resized(image, size_px, fit)
             name = f"{row.source}-{row.item_id}.png"
             if fmt == "imagefolder":
                 _write(staging / row.sku_id / name, encode_png(image))
@@ -386,6 +435,7 @@ def _write_export(
         real=sum(counts["real"] for counts in classes.values()),
         synthetic=sum(counts["synthetic"] for counts in classes.values()),
         synthetic_left_out={c.sku_id: c.synthetic_left_out for c in plan.classes if c.synthetic_left_out},
+        long_side_capped=long_side_capped,
     )
     (staging / "export.json").write_text(summary.to_json() + "\n")
     return summary
@@ -402,15 +452,15 @@ def read_checked(manifests: ManifestStore, key: str | None, sha256: str | None) 
 def _resized(
     image: Image.Image, size_px: int, fit: ExportFit, fill: int | tuple[int, int, int] = (255, 255, 255)
 ) -> Image.Image:
-    """Resize keeping the aspect ratio: the shorter side to size_px ("keep"), or into a size_px square
-    padded white (photos) or 0 (masks) ("pad")."""
+    """Resize keeping the aspect ratio: the shorter side to size_px, the longer at most MAX_ASPECT x
+    size_px ("keep"), or into a size_px square padded white (photos) or 0 (masks) ("pad")."""
     resample = Image.Resampling.NEAREST if image.mode == "L" else Image.Resampling.LANCZOS
     if fit == "pad":
         if image.size == (size_px, size_px):
             return image
         return ImageOps.pad(image, (size_px, size_px), method=resample, color=fill)
     width, height = image.size
-    scale = size_px / min(width, height)
+    scale = min(size_px / min(width, height), MAX_ASPECT * size_px / max(width, height))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return image if size == image.size else image.resize(size, resample)
 

@@ -1,0 +1,218 @@
+"""``skuforge dataset export|stats`` at the edges a reviewer hit: OUT on another file system, a policy
+that leaves no class, real photos the captioner found unusable, an image of an extreme aspect ratio,
+and ``stats`` piped into ``head``."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.store import FileStore
+from shared.trainstore.manifest import ManifestRow, ManifestStore
+from skuforge_cli.main import main as cli_main
+from tests.test_dataset_export import PREFIX, add_item
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPORT = ["dataset", "export", "--format", "imagefolder", "--max-synthetic-per-real", "1"]
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ManifestStore:
+    """SKU-A: 2 real, 1 synthetic; SKU-B: 1 real; SKU-C: synthetic only; SKU-P: pending only.
+    The CLI's store is this one."""
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    for index in range(2):
+        add_item(manifests, "SKU-A", f"real-{index}", "real", "reference")
+    add_item(manifests, "SKU-A", "gen-0", "synthetic", "accepted")
+    add_item(manifests, "SKU-B", "real-0", "real", "reference")
+    add_item(manifests, "SKU-C", "gen-0", "synthetic", "accepted")
+    add_item(manifests, "SKU-P", "gen-0", "synthetic", "pending")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    return manifests
+
+
+# -- 1. OUT is a mount point --------------------------------------------------------------------
+
+
+def _mount(out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``out`` behave as a mount point (a Docker volume, an NFS disk): a rename between a path
+    inside it and one outside fails with EXDEV, as the kernel does across file systems."""
+
+    def inside(path: Any) -> bool:
+        return Path(os.path.abspath(path)).is_relative_to(out)
+
+    for name in ("rename", "replace"):
+        real = getattr(os, name)
+
+        def crossing(src: Any, dst: Any, *args: Any, _real: Any = real, **kwargs: Any) -> None:
+            if inside(src) != inside(dst):
+                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+            _real(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, crossing)
+
+
+def test_an_export_into_an_empty_mount_point_stages_inside_it(
+    store: ManifestStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: built beside OUT and renamed into it, across file systems: every export into a Docker
+    # volume or NFS mount failed with "Invalid cross-device link" after doing all the work.
+    out = tmp_path / "out"
+    out.mkdir()
+    _mount(out, monkeypatch)
+    assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0, capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == ["SKU-A", "SKU-B", "export.json"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "store"]
+
+    # Still all or nothing: a tampered object leaves the mount point as it was, empty.
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    _mount(mounted, monkeypatch)
+    key = store.key("images/SKU-B/real/real-0.png")
+    store.store.put_bytes(key, store.store.get_bytes(key) + b"x")
+    capsys.readouterr()
+    assert cli_main([*EXPORT[:2], str(mounted), *EXPORT[2:]]) == 1
+    assert "nothing was written" in capsys.readouterr().err
+    assert list(mounted.iterdir()) == []
+
+
+# -- 2. a policy that leaves no class -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "reasons"),
+    [
+        (
+            ["--min-real", "10"],
+            [
+                "SKU-A: 2 real image(s), need at least 10",
+                "SKU-B: 1 real image(s), need at least 10",
+                "SKU-C: 0 real image(s), need at least 10",
+                "SKU-P: no image to train on",
+            ],
+        ),
+        (["--sku", "SKU-C"], ["SKU-C: 0 real image(s), need at least 1"]),
+        (["--sku", "SKU-P"], ["SKU-P: no image to train on"]),
+    ],
+)
+def test_an_export_that_leaves_no_class_is_refused_naming_why(
+    store: ManifestStore,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    reasons: list[str],
+) -> None:
+    # Before: an empty training set and exit 0, so `export && train` went on with nothing.
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exited:
+        cli_main([*EXPORT[:2], str(out), *EXPORT[2:], *options])
+    assert exited.value.code == 2  # as the refusal of a store without SKUs
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert "nothing to export" in error
+    for reason in reasons:
+        assert reason in error
+    assert not out.exists() and sorted(path.name for path in tmp_path.iterdir()) == ["store"]
+
+
+# -- 3. stats counts unusable real photos -------------------------------------------------------
+
+
+def test_stats_counts_the_real_photos_the_captioner_found_unusable(
+    store: ManifestStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: 5 photos ingested, "real 2" and nothing saying where the other 3 went.
+    for index in range(3):
+        add_item(store, "SKU-B", f"blurry-{index}", "real", "unusable")
+    assert cli_main(["dataset", "stats", "--json"]) == 0
+    by_sku = {line["sku_id"]: line for line in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert (by_sku["SKU-B"]["real"], by_sku["SKU-B"]["unusable"]) == (1, 3)
+    assert by_sku["SKU-A"]["unusable"] == 0
+
+    assert cli_main(["dataset", "stats"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    columns = header.split()
+    assert "unusable" in columns and "withdrawn" in columns
+    table = {row.split()[0]: dict(zip(columns, row.split(), strict=True)) for row in rows[:-1]}
+    assert (table["SKU-B"]["real"], table["SKU-B"]["unusable"]) == ("1", "3")
+
+
+# -- 4. the long side is bounded ----------------------------------------------------------------
+
+
+def _add_photo(manifests: ManifestStore, sku_id: str, item_id: str, height: int, width: int) -> None:
+    image = np.full((height, width, 3), 128, dtype=np.uint8)
+    mask = np.full((height, width), 255, dtype=np.uint8)
+    image_ref = manifests.store.put_image(manifests.key(f"images/{sku_id}/real/{item_id}.png"), image)
+    mask_ref = manifests.store.put_image(manifests.key(f"masks/{sku_id}/{item_id}.png"), mask)
+    row = ManifestRow(
+        item_id=item_id,
+        sku_id=sku_id,
+        category="soda can",
+        source="real",
+        status="reference",
+        image=f"images/{sku_id}/real/{item_id}.png",
+        image_sha256=image_ref.sha256,
+        mask=f"masks/{sku_id}/{item_id}.png",
+        mask_sha256=mask_ref.sha256,
+        width=width,
+        height=height,
+    )
+    manifests.append(sku_id, [row])
+
+
+def test_the_long_side_of_an_extreme_aspect_ratio_is_capped(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: the shorter side went to --size whatever the other became: a 16 x 2000 strip exported
+    # at 256 x 32000, and at --size 4096 needed ~6 GB (a MemoryError traceback, or the OOM killer).
+    _add_photo(store, "SKU-S", "strip", 2000, 16)
+    out = tmp_path / "out"
+    args = ["dataset", "export", str(out), "--format", "jsonl", "--max-synthetic-per-real", "1"]
+    assert cli_main([*args, "--sku", "SKU-S", "--size", "256"]) == 0
+    (line,) = [json.loads(text) for text in (out / "dataset.jsonl").read_text().splitlines()]
+    image, mask = Image.open(out / line["image"]), Image.open(out / line["mask"])
+    assert image.size == mask.size == (8, 1024)  # the long side at 4 x 256; the aspect kept
+    printed = capsys.readouterr().out
+    assert "1 image(s) longer than 4:1 with the longer side at 1024 px" in printed
+    assert json.loads((out / "export.json").read_text())["long_side_capped"] == 1
+
+    # Photos of an ordinary shape are not touched: the shorter side at --size.
+    _add_photo(store, "SKU-T", "tall", 400, 100)
+    assert cli_main([*args[:2], str(tmp_path / "tall"), *args[3:], "--sku", "SKU-T", "--size", "64"]) == 0
+    (line,) = [json.loads(text) for text in (tmp_path / "tall" / "dataset.jsonl").read_text().splitlines()]
+    assert Image.open(tmp_path / "tall" / line["image"]).size == (64, 256)
+    assert "longer than" not in capsys.readouterr().out
+
+
+# -- 5. stats into a closed pipe ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_stats_into_a_closed_pipe_stops_quietly(store: ManifestStore, as_json: bool) -> None:
+    # `skuforge dataset stats --json | head -1`: before, a BrokenPipeError traceback once head had gone.
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone, as head does after its line
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "skuforge_cli", "dataset", "stats", *(["--json"] if as_json else [])],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env=os.environ,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""
+    assert done.returncode == 1
