@@ -129,48 +129,86 @@ def as_ingested(photos: Sequence[Photo], cache_dir: Path | None) -> list[tuple[s
     return items
 
 
-def heldout_hashes(photos: Sequence[Photo], cache_dir: Path | None) -> list[tuple[str, bytes]]:
-    """(name, ``heldout_hash``) of each held-out photo: as shown, mirrored and turned. Photos that do
-    not decode were refused before (``as_ingested``)."""
-    items = []
+def heldout_hashes(
+    photos: Sequence[Photo], cache_dir: Path | None
+) -> tuple[list[tuple[str, bytes]], list[Photo]]:
+    """(name, ``heldout_hash``) of each held-out photo that has one (as shown, mirrored and turned, its
+    frame and its content), and the photos that have none: too little detail to compare copies by,
+    which ``unhashable_notes`` names. Photos that do not decode were refused before (``as_ingested``)."""
+    items, unhashable = [], []
     for photo in photos:
         value = _cached_hash(cache_dir, photo.sha256, photo.read, heldout=True)
-        if value is not None:
+        if value is None:
+            unhashable.append(photo)
+        else:
             items.append((photo.name, value))
-    return items
+    return items, unhashable
 
 
 def real_image_hashes(
     manifests: ManifestStore, rows: Iterable[ManifestRow], cache_dir: Path | None
-) -> list[tuple[str, bytes]]:
-    """(name, perceptual hash) of every real image of ``rows``: where a resized copy of a held-out
-    photo would be, had it been ingested as a reference photo."""
-    items = []
+) -> tuple[list[tuple[str, bytes]], dict[str, list[str]]]:
+    """(name, perceptual hash) of every real image of ``rows`` that has one: where a resized copy of a
+    held-out photo would be, had it been ingested as a reference photo; and, by SKU id, the names of
+    those that have none."""
+    items: list[tuple[str, bytes]] = []
+    unhashable: dict[str, list[str]] = {}
     for row in rows:
         if row.source != "real" or row.image is None:
             continue
         value = _cached_hash(
             cache_dir if row.image_sha256 else None, row.image_sha256 or "", _checked_reader(manifests, row)
         )
-        if value is not None:
-            items.append((object_name(manifests.store, manifests.key(row.image)), value))
-    return items
+        name = object_name(manifests.store, manifests.key(row.image))
+        if value is None:
+            unhashable.setdefault(row.sku_id, []).append(name)
+        else:
+            items.append((name, value))
+    return items, unhashable
+
+
+def unhashable_notes(unhashable: Sequence[Photo], store_unhashable: dict[str, list[str]]) -> list[str]:
+    """Notes naming the held-out photos without a perceptual hash, and the real images of their SKUs
+    without one either: a resized copy of such a photo has too little detail too, so it can only be
+    among those, and only an eye can tell."""
+    if not unhashable:
+        return []
+    notes = [
+        f"{len(unhashable)} held-out photo(s) have too little detail for a perceptual hash (a blank frame, "
+        "or a plain product on a plain background), so only exact copies of them were looked for in "
+        f"the store and the scenes: {_shown(photo.name for photo in unhashable)}"
+    ]
+    candidates = sorted(
+        {name for sku in {photo.sku_id for photo in unhashable} for name in store_unhashable.get(sku, [])}
+    )
+    if candidates:
+        notes.append(
+            f"real images of their SKUs that have no perceptual hash either, where a resized copy of "
+            f"them would be (compare them by eye): {_shown(candidates)}"
+        )
+    return notes
+
+
+def _shown(names: Iterable[str], most: int = 10) -> str:
+    listed = list(names)
+    return ", ".join(listed[:most]) + (f" and {len(listed) - most} more" if len(listed) > most else "")
 
 
 def _cached_hash(
     cache_dir: Path | None, sha256: str, read: Callable[[], bytes], *, heldout: bool = False
 ) -> bytes | None:
     """``perceptual_hash`` (or ``heldout_hash``) of the bytes ``read`` gives, cached under ``cache_dir``
-    by their sha256 (a PNG phone photo decodes in about a second)."""
-    # The held-out kind is named by what it covers: a cache from before turned copies were hashed too
-    # holds shorter values, which must not be read as these.
-    kind = "dhash256-mirrored-turned" if heldout else "dhash256"
+    by their sha256 (a PNG phone photo decodes in about a second); an empty entry is "no hash"."""
+    # Each kind is named by what it covers, so a cache of an older kind is never read as this one:
+    # until 2026-12-03 a product shot was hashed by its whole frame, not by its content inside the
+    # plain border, and held-out values were half as long.
+    kind = "dhash256-frame-content-mirrored-turned" if heldout else "dhash256-content"
     cached = None if cache_dir is None else cache_dir / kind / sha256
     if cached is not None and cached.is_file():
-        return bytes.fromhex(cached.read_text().strip())
+        return bytes.fromhex(cached.read_text().strip()) or None
     value = (heldout_hash if heldout else perceptual_hash)(read())
-    if value is not None and cached is not None:
-        write_atomically(cached, f"{value.hex()}\n".encode())  # runs may share the cache
+    if cached is not None:
+        write_atomically(cached, f"{'' if value is None else value.hex()}\n".encode())  # runs may share it
     return value
 
 
@@ -328,11 +366,11 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     # A resized or re-encoded copy has other bytes: compared by perceptual hash, with the evaluated
     # SKUs' real images (a copy filed under another SKU lowers that figure, it cannot inflate it, and
     # hashing a large store's every photo would cost a decode each).
-    check_no_near_duplicates(
-        heldout_hashes(heldout, cache_dir),
-        training=real_image_hashes(manifests, evaluated, cache_dir),
-        scenes=scene_hashes,
-    )
+    held_hashes, unhashable = heldout_hashes(heldout, cache_dir)
+    store_hashes, store_unhashable = real_image_hashes(manifests, evaluated, cache_dir)
+    for note in unhashable_notes(unhashable, store_unhashable):
+        print(f"note: {note}")
+    check_no_near_duplicates(held_hashes, training=store_hashes, scenes=scene_hashes)
 
     spec = BackboneSpec(
         name=args.backbone, image_px=args.image_px, weights=args.backbone_weights, seed=args.seed
