@@ -136,7 +136,7 @@ class Trainstore:
                 return []
             row = _synthetic_row(generated, event, status="rejected", item=None, **common)
             self._write(ctx, generated.sku.sku_id, [StagedItem(row)], current=current)
-            self._remove_objects(generated.sku.sku_id, generated.item_id)
+            self.manifests.delete_objects(generated.sku.sku_id, [("synthetic", generated.item_id)])
             return []
         if resolved.final_mask is None:
             raise BadInput("final_mask_missing", f"decision {resolved.decision} carries no final_mask")
@@ -244,19 +244,8 @@ class Trainstore:
                     "items withdrawn",
                     extra={"sku_id": sku_id, "items": len(withdrawn), "photos": _photo_ids(withdrawn)},
                 )
-                self.withdrawals.delete_objects(sku_id, withdrawn)
+                self.manifests.delete_objects(sku_id, [(row.source, row.item_id) for row in withdrawn])
             self.manifests.compact(sku_id, min_deltas=self.compact_after_parts)
-
-    def _remove_objects(self, sku_id: str, item_id: str) -> None:
-        """Delete a rejected item's image and mask, unless the item is trainable again by now: another
-        member may have stored an acceptance of it (a newer row) since the rejection row was written.
-        (This narrows that race to the moment between this read and the delete; closing it would need
-        a conditional delete, which not every object store offers.)"""
-        current = self.manifests.read_sku(sku_id).get(item_id)
-        if current is not None and current.trainable:
-            return
-        for relative in (f"images/{sku_id}/synthetic/{item_id}.png", f"masks/{sku_id}/{item_id}.png"):
-            self.manifests.store.delete(self.manifests.key(relative))
 
 
 def _withdraw(

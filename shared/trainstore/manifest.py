@@ -315,6 +315,20 @@ class ManifestStore:
         for sku_id in self.sku_ids() if sku_ids is None else dict.fromkeys(sku_ids):
             yield from self.read_sku(sku_id).values()
 
+    def delete_objects(self, sku_id: str, items: Iterable[tuple[str, str]]) -> None:
+        """Delete the image and mask of each ``(source, item_id)`` of a SKU (rejected or withdrawn),
+        unless the item is trainable again by now: another writer may have stored an acceptance of it
+        (a newer row) since. The SKU is read once, just before. (This narrows that race to the moment
+        between the read and the delete; closing it would need a conditional delete, which not every
+        object store offers.)"""
+        current = self.read_sku(sku_id)
+        for source, item_id in items:
+            row = current.get(item_id)
+            if row is not None and row.trainable:
+                continue
+            for relative in (f"images/{sku_id}/{source}/{item_id}.png", f"masks/{sku_id}/{item_id}.png"):
+                self.store.delete(self.key(relative))
+
 
 @dataclass(frozen=True)
 class _Part:

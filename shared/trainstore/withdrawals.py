@@ -83,8 +83,13 @@ class Withdrawals:
         # Every time, not only when rows changed: a run stopped between the rows and the deletions
         # deletes them when run again.
         merged = {**current, **{row.item_id: row for row in changed}}
-        self.delete_objects(
-            sku_id, [row for row in merged.values() if row.status == "withdrawn" and _of(row) in photo_ids]
+        self.manifests.delete_objects(
+            sku_id,
+            [
+                (row.source, row.item_id)
+                for row in merged.values()
+                if row.status == "withdrawn" and _of(row) in photo_ids
+            ],
         )
         return changed
 
@@ -93,20 +98,6 @@ class Withdrawals:
         reference again (the images generated from it before stay withdrawn)."""
         for photo_id in photo_ids:
             self.manifests.store.delete(self._marker(sku_id, photo_id))
-
-    def delete_objects(self, sku_id: str, rows: Iterable[ManifestRow]) -> None:
-        """Delete the retraining store's image and mask of each withdrawn row, unless the item is
-        trainable again by now (read once, just before)."""
-        current = self.manifests.read_sku(sku_id)
-        for row in rows:
-            now = current.get(row.item_id)
-            if now is not None and now.trainable:
-                continue
-            for relative in (
-                f"images/{sku_id}/{row.source}/{row.item_id}.png",
-                f"masks/{sku_id}/{row.item_id}.png",
-            ):
-                self.manifests.store.delete(self.manifests.key(relative))
 
 
 def _of(row: ManifestRow) -> str | None:
