@@ -130,7 +130,7 @@ def test_every_state_changing_request_needs_the_csrf_token(parts: ConsoleParts, 
         for response in (missing, wrong, wrong_form, cross_site):
             assert response.status_code == 403, (url, response.status_code, response.text)
     # Nothing changed: no claim, no decision.
-    assert parts.tasks.counts() == {"pending": 3, "claimed": 0, "approved": 0, "rejected": 0}
+    assert parts.tasks.counts() == {"pending": 3, "claimed": 0, "approved": 0, "rejected": 0, "withdrawn": 0}
     assert all(entry.action == "intake" for entry in parts.tasks.audit())
     # And the same request with the token works (the form field or the header).
     ok = client.post(f"/tasks/{task_id}/claim", data={"csrf_token": token}, follow_redirects=False)
@@ -436,7 +436,7 @@ def test_redelivered_event_does_not_make_a_second_task(tmp_path: Path) -> None:
     # Even after a decision, a late copy does not reopen the item.
     reopened.claim(envelope.event_id, "alice", 60)
     assert reopened.add_pending(envelope) is False
-    assert reopened.counts() == {"pending": 0, "claimed": 1, "approved": 0, "rejected": 0}
+    assert reopened.counts() == {"pending": 0, "claimed": 1, "approved": 0, "rejected": 0, "withdrawn": 0}
 
 
 def test_intake_handler_emits_nothing_and_queues_once(tmp_path: Path) -> None:

@@ -134,7 +134,7 @@ def test_export_then_import_round_trips_the_mask_exactly(tmp_path: Path) -> None
     # Importing the same export again decides nothing twice.
     again = import_annotations(parts.tasks, parts.store, exported)
     assert [o.outcome for o in again] == ["skipped", "skipped"]
-    assert parts.tasks.counts() == {"pending": 0, "claimed": 0, "approved": 1, "rejected": 1}
+    assert parts.tasks.counts() == {"pending": 0, "claimed": 0, "approved": 1, "rejected": 1, "withdrawn": 0}
 
 
 def test_import_skips_tasks_it_cannot_use(tmp_path: Path) -> None:

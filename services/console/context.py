@@ -67,7 +67,9 @@ def queue_filter(
     reason: Annotated[str | None, Query(max_length=64)] = None,
     iou_min: Annotated[str | None, Query(max_length=32)] = None,
     iou_max: Annotated[str | None, Query(max_length=32)] = None,
-    state: Annotated[Literal["pending", "claimed", "approved", "rejected", "all"], Query()] = "pending",
+    state: Annotated[
+        Literal["pending", "claimed", "approved", "rejected", "withdrawn", "all"], Query()
+    ] = "pending",
 ) -> TaskFilter:
     """The queue's filters from the query string; a malformed SKU or an empty IoU range is a 422.
 

@@ -68,6 +68,12 @@ class ConsoleMetrics:
             buckets=TASK_AGE_SECONDS_BUCKETS,
             registry=self.registry,
         )
+        self.withdrawn = Counter(
+            "skuforge_console_tasks_withdrawn_total",
+            "Waiting tasks closed because their reference photo was withdrawn "
+            "(skuforge ingest --withdraw-missing); no reviewer decides them.",
+            registry=self.registry,
+        )
         self.published = Counter(
             "skuforge_console_published_total",
             "correction.resolved events acknowledged by the broker.",

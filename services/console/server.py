@@ -1,11 +1,12 @@
 """``skuforge serve console``: the web application, the intake thread and the decision relay.
 
-One process, three threads besides the web server's:
+One process, four threads besides the web server's:
 
 * **intake** (``intake.py``, unless ``SKUFORGE_CONSOLE_INTAKE=false``): the shared stage runtime
   consuming ``correction.pending`` into the SQLite task table; restarted with back-off if it fails
   (for example when the broker is unreachable at start), while the pages keep working.
 * **relay** (``relay.py``): publishes recorded decisions to ``correction.resolved``.
+* **withdrawn** (``withdrawn.py``): closes the waiting tasks of photos their owner withdrew.
 * **health**: ``/metrics`` (the intake's runtime metrics and the console's), ``/healthz``,
   ``/readyz`` (the intake joined its group) on ``SKUFORGE_CONSOLE_METRICS_PORT`` (default 9107).
 * **web** (uvicorn): the pages and API of ``app.py``, on ``SKUFORGE_CONSOLE_HOST:PORT``.
@@ -35,12 +36,16 @@ from services.console.metrics import ConsoleMetrics
 from services.console.relay import DecisionRelay
 from services.console.relay import stop_timeout_s as relay_stop_timeout_s
 from services.console.tasks import TaskStore
+from services.console.withdrawn import WithdrawalSweep
 from shared.argtypes import int_between
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import TransientError
 from shared.observability import HealthServer, configure_logging
 from shared.runtime import Stage
 from shared.store import ObjectStore, open_store
+from shared.trainstore.manifest import ManifestStore
+from shared.trainstore.settings import TrainstoreSettings
+from shared.trainstore.withdrawals import Withdrawals
 
 log = logging.getLogger("skuforge.console")
 
@@ -65,6 +70,7 @@ class ConsoleService:
         *,
         store: ObjectStore | None = None,
         tasks: TaskStore | None = None,
+        trainstore: TrainstoreSettings | None = None,
     ) -> None:
         if not console.users():
             raise ConfigError(
@@ -93,6 +99,10 @@ class ConsoleService:
             self.metrics.registry, host=settings.metrics_host, port=metrics_port, ready=self._ready
         )
         self.relay = DecisionRelay(self.tasks, settings, self.metrics, heartbeat=self.health.beat)
+        prefix = (trainstore or load_settings(TrainstoreSettings)).trainstore_prefix
+        self.withdrawn = WithdrawalSweep(
+            self.tasks, Withdrawals(ManifestStore(self.store, prefix)), self.metrics
+        )
         self.console = Console(
             tasks=self.tasks,
             store=self.store,
@@ -131,6 +141,7 @@ class ConsoleService:
             )
             self._intake_thread.start()
         self.relay.start()
+        self.withdrawn.start()
 
     def stop_background(self) -> None:
         """Stop the intake (it commits what it consumed), then the relay (it publishes what is left)."""
@@ -140,6 +151,7 @@ class ConsoleService:
         if self._intake_thread is not None:
             self._intake_thread.join(timeout=INTAKE_STOP_S)
         self.relay.stop()
+        self.withdrawn.stop()
         self.health.stop()
 
     def uvicorn_server(self, host: str | None = None, port: int | None = None) -> uvicorn.Server:

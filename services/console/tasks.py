@@ -5,7 +5,9 @@ Tables:
 * ``tasks``   one row per ``correction.pending`` event, keyed by that event's id, so a redelivered
               event is ignored (``INSERT OR IGNORE``) instead of becoming a second task.
               States: ``pending`` → ``claimed`` (a reviewer holds a lease) → ``approved`` | ``rejected``.
-              An expired lease sends the task back to ``pending``.
+              An expired lease sends the task back to ``pending``. A task whose reference photo its
+              owner withdrew (``skuforge ingest --withdraw-missing``) is closed as ``withdrawn``
+              (``withdraw_photos``), with no decision event: the trainstore has withdrawn the item.
 * ``audit``   every state change: task, reviewer, time, action, previous and new state, detail.
 * ``outbox``  the ``correction.resolved`` event of each decision, written in the same transaction
               as the decision and published afterwards by ``services.console.relay`` (at least
@@ -24,7 +26,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +38,12 @@ from shared.errors import BadInput, TransientError
 
 log = logging.getLogger("skuforge.console.tasks")
 
-TaskState = Literal["pending", "claimed", "approved", "rejected"]
-STATES: tuple[TaskState, ...] = ("pending", "claimed", "approved", "rejected")
+TaskState = Literal["pending", "claimed", "approved", "rejected", "withdrawn"]
+STATES: tuple[TaskState, ...] = ("pending", "claimed", "approved", "rejected", "withdrawn")
+# States no one acts on any more.
+CLOSED: tuple[TaskState, ...] = ("approved", "rejected", "withdrawn")
+# Who closes a task whose photo was withdrawn, in the task and its audit entry.
+WITHDRAWN_BY = "skuforge"
 PRODUCER = "console"
 
 _SCHEMA = """
@@ -49,7 +55,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     iou              REAL NOT NULL,
     reasons          TEXT NOT NULL,
     pending_json     TEXT NOT NULL,
-    state            TEXT NOT NULL CHECK (state IN ('pending', 'claimed', 'approved', 'rejected')),
+    state            TEXT NOT NULL
+                     CHECK (state IN ('pending', 'claimed', 'approved', 'rejected', 'withdrawn')),
     received_at      REAL NOT NULL,
     claimed_by       TEXT,
     claimed_at       REAL,
@@ -181,6 +188,26 @@ class TaskStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+        self._allow_withdrawn()
+
+    def _allow_withdrawn(self) -> None:
+        """Let a table created before the ``withdrawn`` state hold it: SQLite cannot change a CHECK
+        constraint in place, so the table is copied into one with the new constraint, rows unchanged."""
+        with self._write() as db:
+            row = db.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'tasks'"
+            ).fetchone()
+            if "'withdrawn'" in row["sql"]:
+                return
+            start = _SCHEMA.index("CREATE TABLE IF NOT EXISTS tasks (")
+            table = _SCHEMA[start : _SCHEMA.index("\n);", start) + 3]
+            db.execute(table.replace("IF NOT EXISTS tasks", "tasks_with_withdrawn"))
+            db.execute("INSERT INTO tasks_with_withdrawn SELECT * FROM tasks")
+            db.execute("DROP TABLE tasks")  # its indexes go with it
+            db.execute("ALTER TABLE tasks_with_withdrawn RENAME TO tasks")
+            db.execute("CREATE INDEX tasks_by_state ON tasks (state, received_at)")
+            db.execute("CREATE INDEX tasks_by_item ON tasks (sku_id, item_id)")
+            log.info("task table %s now allows the state 'withdrawn'", self.path)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -386,8 +413,8 @@ class TaskStore:
                 raise TaskNotFound(task_id)
             if row["state"] == "claimed" and row["claimed_by"] != reviewer:
                 raise TaskConflict(f"task {task_id} is claimed by {row['claimed_by']}")
-            if row["state"] in ("approved", "rejected"):
-                raise TaskConflict(f"task {task_id} is already {row['state']}")
+            if row["state"] in CLOSED:
+                raise TaskConflict(_closed(task_id, row["state"]))
             db.execute(
                 "UPDATE tasks SET state = 'claimed', claimed_by = ?, claimed_at = COALESCE(?, ?),"
                 " lease_expires_at = ? WHERE task_id = ?",
@@ -443,8 +470,8 @@ class TaskStore:
         row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         if row is None:
             raise TaskNotFound(task_id)
-        if row["state"] in ("approved", "rejected"):
-            raise TaskConflict(f"task {task_id} is already {row['state']}")
+        if row["state"] in CLOSED:
+            raise TaskConflict(_closed(task_id, row["state"]))
         if row["state"] != "claimed" or row["claimed_by"] != reviewer:
             raise TaskConflict(f"task {task_id} is not claimed by {reviewer}: claim it first")
         if row["lease_expires_at"] <= now:
@@ -455,6 +482,46 @@ class TaskStore:
         """The task if ``reviewer`` holds an unexpired lease on it, else TaskConflict."""
         with self._connect() as db:
             return Task.from_row(self._held(db, task_id, reviewer, self.clock()))
+
+    # -- withdrawn photos ---------------------------------------------------------------------
+
+    def withdraw_photos(self, withdrawn: Mapping[str, set[str]]) -> list[str]:
+        """Close every waiting task (pending or claimed) whose reference photo is withdrawn, by SKU id
+        → photo ids, as ``withdrawn``; returns their ids. No decision event is written: the
+        trainstore keeps such an item ``withdrawn`` whatever it receives. A reviewer holding one
+        finds it closed when they save."""
+        if not withdrawn:
+            return []
+        now = self.clock()
+        closed: list[str] = []
+        with self._write() as db:
+            marks = ", ".join("?" * len(withdrawn))
+            rows = db.execute(
+                "SELECT task_id, sku_id, state, claimed_by, pending_json FROM tasks"
+                f" WHERE state IN ('pending', 'claimed') AND sku_id IN ({marks})",
+                tuple(withdrawn),
+            ).fetchall()
+            for row in rows:
+                try:
+                    pending = CorrectionPending.model_validate_json(row["pending_json"])
+                except ValueError:
+                    continue  # unreadable: the queue already leaves it out and logs it
+                photo_id = pending.matted.generated.reference_photo_id
+                if photo_id not in withdrawn[row["sku_id"]]:
+                    continue
+                db.execute(
+                    "UPDATE tasks SET state = 'withdrawn', decided_by = ?, decided_at = ?,"
+                    " lease_expires_at = NULL WHERE task_id = ?",
+                    (WITHDRAWN_BY, now, row["task_id"]),
+                )
+                detail = f"reference photo {photo_id} withdrawn by its owner"
+                if row["state"] == "claimed":
+                    detail += f" while {row['claimed_by']} held it"
+                self._audit(
+                    db, row["task_id"], WITHDRAWN_BY, "withdrawn", row["state"], "withdrawn", now, detail
+                )
+                closed.append(row["task_id"])
+        return closed
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -630,6 +697,13 @@ def _outbox(row: sqlite3.Row) -> OutboxEvent:
         created_at=row["created_at"],
         published_at=row["published_at"],
     )
+
+
+def _closed(task_id: str, state: str) -> str:
+    """Why a closed task cannot be claimed or decided."""
+    if state == "withdrawn":
+        return f"task {task_id} is closed: its reference photo was withdrawn by its owner"
+    return f"task {task_id} is already {state}"
 
 
 def _where(filters: TaskFilter) -> tuple[list[str], tuple[Any, ...]]:

@@ -16,7 +16,8 @@ the same moment is withdrawn by the SKU's next write. The marker is the record, 
 nothing on the bus (an older consumer, a dead letter) can lose a withdrawal.
 
 Only the retraining store's copies are deleted: the stages' own objects (``incoming/`` is deleted by
-ingest; ``generated/``, ``masks/``) follow docs/ops.md's lifecycle rules.
+ingest; ``generated/``, ``masks/``) follow docs/ops.md's lifecycle rules. The correction console
+closes its waiting tasks of such a photo as ``withdrawn`` (``services/console/withdrawn.py``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ class Withdrawals:
             for key in self.manifests.store.list_keys(prefix)
             if key.endswith(".json")
         }
+
+    def by_sku(self) -> dict[str, set[str]]:
+        """Every withdrawn photo, by SKU id: one listing of the markers (the console's sweep)."""
+        prefix = self.manifests.key(f"{_MARKERS}/")
+        withdrawn: dict[str, set[str]] = {}
+        for key in self.manifests.store.list_keys(prefix):
+            sku_id, sep, name = key.removeprefix(prefix).partition("/")
+            if sep and name.endswith(".json") and "/" not in name:
+                withdrawn.setdefault(sku_id, set()).add(name.removesuffix(".json"))
+        return withdrawn
 
     def withdraw(self, sku_id: str, category: str, photo_ids: Iterable[str], *, by: str) -> list[ManifestRow]:
         """Withdraw ``photo_ids`` of the SKU: markers, then the rows (a real ``withdrawn`` row for each
