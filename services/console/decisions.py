@@ -5,7 +5,8 @@ The final mask of each decision:
 * ``approve_predicted`` the matting model's mask (``pending.matted.predicted_mask``)
 * ``approve_expected``  the generator's mask (``pending.matted.generated.expected_mask``)
 * ``approve_edited``    the reviewer's mask, checked (a PNG/BMP/TIFF/WebP at the generated image's
-                        size), thresholded to 0/255 and stored as
+                        size, marking some product and some background; ``read_edited_mask``),
+                        thresholded to 0/255 and stored as
                         ``masks/corrected/<sku_id>/<item_id>-<sha16>.png`` (written inside the decision's
                         transaction, so only the decision that is recorded writes it)
 * ``reject``            no mask; a reason is required
@@ -17,11 +18,13 @@ its ``correction.resolved`` event are then committed together (``TaskStore.decid
 
 from __future__ import annotations
 
+import io
 import re
 from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image, ImageOps
 
 from schemas.common import ImageRef
 from schemas.events import CorrectionResolved, Decision
@@ -66,7 +69,12 @@ def check_reject_reason(reason: str | None) -> str:
 
 
 def read_edited_mask(data: bytes, task: Task, *, max_pixels: int, max_bytes: int) -> npt.NDArray[np.uint8]:
-    """Decode an uploaded mask and check it has the generated image's size.
+    """Decode an uploaded mask, check it has the generated image's size and marks some product.
+
+    White marks the product (luminance at least 128); an image with transparent pixels is read by
+    its alpha (a cut-out: opaque = product), and a 0/1 label image (an index-1 palette image, a
+    VOC-style class mask) by its labels. A mask with no product pixels, or only product pixels, is
+    refused: it would teach the model nothing true, and rejecting the item says what was meant.
 
     A mask with more pixels than the image is refused from its header, before it is decoded: a
     small file of a huge, flat image would otherwise cost hundreds of MB to find out."""
@@ -84,7 +92,40 @@ def read_edited_mask(data: bytes, task: Task, *, max_pixels: int, max_bytes: int
         raise DecisionInvalid(
             f"the mask is {width}x{height}; the generated image is {image.width}x{image.height}"
         )
+    # Decoded once within the limits above, so opening it again is safe.
+    by_alpha, by_label = _alpha_and_labels(data)
+    if by_alpha is not None:
+        mask = by_alpha
+    elif not mask.any() and by_label is not None:
+        mask = by_label
+    product = int(np.count_nonzero(mask))
+    if product == 0:
+        raise DecisionInvalid(
+            "the mask marks no product pixels: white (or, in an image with transparency, opaque) "
+            "pixels mark the product; to leave the item out, reject it"
+        )
+    if product == mask.size:
+        raise DecisionInvalid("the mask marks every pixel as product: black marks the background")
     return mask
+
+
+def _alpha_and_labels(data: bytes) -> tuple[npt.NDArray[np.uint8] | None, npt.NDArray[np.uint8] | None]:
+    """The mask an image's transparency draws (None when no pixel is transparent), and the mask of a
+    0/1 label image (None unless its only values are 0 and 1), each aligned by EXIF orientation."""
+    with Image.open(io.BytesIO(data)) as opened:
+        upright = ImageOps.exif_transpose(opened)
+    by_alpha = by_label = None
+    if upright.mode in ("RGBA", "LA", "PA") or (
+        upright.mode in ("P", "L", "RGB") and "transparency" in upright.info
+    ):
+        alpha = np.asarray(upright.convert("RGBA"))[..., 3]
+        if (alpha < 128).any():
+            by_alpha = np.where(alpha >= 128, np.uint8(255), np.uint8(0)).astype(np.uint8)
+    if upright.mode in ("L", "P", "I", "I;16"):
+        values = np.asarray(upright)
+        if values.size and int(values.max()) == 1 and int(values.min()) == 0:
+            by_label = np.where(values > 0, np.uint8(255), np.uint8(0)).astype(np.uint8)
+    return by_alpha, by_label
 
 
 def store_edited_mask(store: ObjectStore, task: Task, mask: npt.NDArray[np.uint8]) -> ImageRef:

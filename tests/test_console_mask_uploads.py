@@ -1,0 +1,114 @@
+"""An edited mask uploaded from another tool is read as the reviewer meant it, or refused with why.
+
+White marks the product; a cut-out is read by its transparency, a 0/1 label mask (or an index-1
+palette mask) by its labels; a mask that marks nothing, or everything, is refused (a 422), since it
+would go to the retraining store as an ``approved`` item with a mask that teaches nothing true.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from services.console.decisions import mask_from_ref
+from tests.support.console import ConsoleParts, app_for, build_console, flagged_item, login, pending_envelope
+
+SIDE = 128
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def product() -> npt.NDArray[np.bool_]:
+    inside = np.zeros((SIDE, SIDE), dtype=bool)
+    inside[40:80, 30:90] = True
+    return inside
+
+
+def label_mask() -> bytes:
+    return png(Image.fromarray(product().astype(np.uint8)))
+
+
+def voc_palette_mask() -> bytes:
+    image = Image.fromarray(product().astype(np.uint8), "P")
+    image.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)  # VOC: class 1 is dark red
+    return png(image)
+
+
+def cut_out() -> bytes:
+    rgba = np.zeros((SIDE, SIDE, 4), dtype=np.uint8)
+    rgba[..., :3] = 255  # hidden colour of the transparent pixels
+    rgba[product()] = (200, 30, 30, 255)  # a dark red product, opaque
+    return png(Image.fromarray(rgba, "RGBA"))
+
+
+def white_on_black() -> bytes:
+    return png(Image.fromarray(np.where(product(), 255, 0).astype(np.uint8)))
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> ConsoleParts:
+    parts = build_console(tmp_path, lease_s=600.0)
+    for index in range(2):
+        parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index, sku_id=f"SKU-{index}")))
+        parts.clock.advance(1.0)
+    assert parts.tasks.query()[0].pending.matted.generated.image.width == SIDE
+    return parts
+
+
+def upload(parts: ConsoleParts, data: bytes) -> tuple[int, str, npt.NDArray[np.uint8] | None]:
+    """Claim the oldest task and approve it with ``data``; (status, detail, stored mask)."""
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+    task = parts.tasks.query()[0]
+    headers = {"X-CSRF-Token": token}
+    assert client.post(f"/api/tasks/{task.task_id}/claim", headers=headers).status_code == 200
+    response = client.post(
+        f"/api/tasks/{task.task_id}/decision",
+        data={"decision": "approve_edited"},
+        files={"mask": ("mask.png", data, "image/png")},
+        headers=headers,
+    )
+    if response.status_code != 200:
+        return response.status_code, response.json()["detail"], None
+    outbox = parts.tasks.outbox(task.task_id)
+    assert outbox is not None and outbox.payload.final_mask is not None
+    return 200, "", mask_from_ref(parts.store, outbox.payload.final_mask)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [white_on_black(), label_mask(), voc_palette_mask(), cut_out()],
+    ids=["white-on-black", "0-1-labels", "voc-palette", "cut-out"],
+)
+def test_common_mask_files_store_the_product_the_reviewer_marked(parts: ConsoleParts, data: bytes) -> None:
+    status, detail, stored = upload(parts, data)
+    assert status == 200, detail
+    assert stored is not None and np.array_equal(stored > 0, product())
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (png(Image.new("L", (SIDE, SIDE), 0)), "marks no product pixels"),
+        (png(Image.fromarray(np.where(product()[..., None], [255, 0, 0], 0).astype(np.uint8))), "no product"),
+        (png(Image.new("L", (SIDE, SIDE), 255)), "marks every pixel as product"),
+        (png(Image.new("RGBA", (SIDE, SIDE), (255, 255, 255, 0))), "marks no product pixels"),
+    ],
+    ids=["black", "red-on-black", "white", "transparent"],
+)
+def test_a_mask_that_marks_nothing_or_everything_is_refused(
+    parts: ConsoleParts, data: bytes, says: str
+) -> None:
+    status, detail, _ = upload(parts, data)
+    assert status == 422 and says in detail
+    assert parts.tasks.counts()["claimed"] == 1  # the reviewer still holds it and can try again
