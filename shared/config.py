@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     # Input limits
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="images with more pixels are refused")
     max_image_bytes: int = Field(default=50 * 2**20, ge=1, description="images larger than this are refused")
+    # Matting works at 320 px: a 64 px side is already blown up 5x there; a 2x2 or 8x8 "photo" went
+    # through as flat quads of colour, captioned, composited and accepted.
+    min_photo_side_px: int = Field(
+        default=64,
+        ge=1,
+        description="reference photos whose shorter side is shorter are refused by ingest and unusable to "
+        "the captioner: matting works at 320 px, and below 64 px a product is a few blocks of colour",
+    )
     # At most what one sku.ingested event may carry: more would pass start-up and fail every ingest.
     max_photos_per_sku: int = Field(
         default=10, ge=1, le=MAX_PHOTOS_PER_EVENT, description="reference photos accepted per SKU"
@@ -152,6 +160,16 @@ class Settings(BaseSettings):
     def _backoff_order(self) -> Settings:
         if self.retry_backoff_max_s < self.retry_backoff_initial_s:
             raise ValueError("retry_backoff_max_s must be at least retry_backoff_initial_s")
+        return self
+
+    @model_validator(mode="after")
+    def _some_photo_fits(self) -> Settings:
+        # Otherwise every photo is refused, one too small, the next too many pixels, found only at ingest.
+        if self.min_photo_side_px**2 > self.max_image_pixels:
+            raise ValueError(
+                f"SKUFORGE_MIN_PHOTO_SIDE_PX ({self.min_photo_side_px}) squared exceeds "
+                f"SKUFORGE_MAX_IMAGE_PIXELS ({self.max_image_pixels}): no photo could pass both"
+            )
         return self
 
 

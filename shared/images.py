@@ -7,10 +7,12 @@ silently repairing:
 ``empty``               zero bytes
 ``too_large_bytes``     more bytes than ``max_bytes``
 ``not_an_image``        Pillow cannot identify the bytes as any image format
-``format_not_allowed``  an image, but not one of ``allowed_formats``
+``format_not_allowed``  an image, but not one of ``allowed_formats`` (HEIC/HEIF and AVIF, an
+                        iPhone's photos however they are named, are told apart and named)
 ``zero_size``           the header declares a zero width or height
 ``too_many_pixels``     the header declares more than ``max_pixels`` (checked before decoding;
-                        Pillow's own decompression-bomb limit counts as well)
+                        Pillow's own decompression-bomb limit counts as well), and the image
+                        cannot be decoded scaled down to fit (below)
 ``truncated``           the pixel data ends early
 ``corrupt``             the pixel data is damaged (bad checksum, broken stream...)
 ``unsupported_mode``    a pixel layout that cannot be turned into RGB / a mask
@@ -18,14 +20,19 @@ silently repairing:
 Odd but valid images are converted, never refused: 16-bit and 32-bit grayscale are
 rescaled (not clipped) to 8 bits, CMYK / palette / grayscale / bilevel become RGB, images
 with alpha (an alpha channel, or a transparent colour key: PNG tRNS) are composited over
-white (product photos are shot and sold on white), EXIF orientation is applied and animated
-images yield their first frame.
+white (product photos are shot and sold on white), an embedded ICC colour profile (Display P3,
+an iPhone's default; Adobe RGB; a CMYK press profile) is converted to sRGB, EXIF orientation is
+applied and animated images yield their first frame. A JPEG with more pixels than ``max_pixels``
+(a 48 or 108 MP phone photo) is decoded at 1/2, 1/4 or 1/8 of its size, the largest that fits,
+rather than refused.
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left off: a half image is not a photo.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import struct
 import zlib
 from collections.abc import Sequence
@@ -33,9 +40,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from shared.errors import ImageRejected
+
+log = logging.getLogger("skuforge.images")
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 50 * 2**20
@@ -50,6 +59,12 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "P", "RGB", "RGBA"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+# The modes an ICC profile is applied to, the colour space its profile must have, and the mode it
+# becomes in sRGB (alpha is carried through).
+_ICC_MODES = {"RGB": ("RGB", "RGB"), "RGBA": ("RGB", "RGBA"), "CMYK": ("CMYK", "RGB"), "L": ("GRAY", "RGB")}
+# ISO-BMFF ``ftyp`` brands of HEIC/HEIF and AVIF files: what an iPhone writes, often named .jpg.
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"heim", b"heis", b"avif"})
+_JPEG_SCALES = (2, 4, 8)  # the scales libjpeg decodes at, besides 1
 
 UInt8Array = npt.NDArray[np.uint8]
 
@@ -61,13 +76,29 @@ def decode_image(
     max_bytes: int = DEFAULT_MAX_BYTES,
     allowed_formats: Sequence[str] = DEFAULT_FORMATS,
 ) -> Image.Image:
-    """Decode untrusted bytes into a fully loaded 8-bit ``RGB`` image.
+    """Decode untrusted bytes into a fully loaded 8-bit ``RGB`` image in sRGB.
 
-    EXIF orientation is applied, alpha is composited over white and high-bit-depth
-    grayscale is rescaled to 8 bits. Raises ``ImageRejected`` with one of the reason codes
-    listed in this module's docstring.
+    EXIF orientation is applied, alpha is composited over white, high-bit-depth grayscale is
+    rescaled to 8 bits and an embedded ICC profile is converted to sRGB (one that cannot be read or
+    applied is ignored: the pixels are kept as they are). A photo with a profile other than sRGB
+    therefore decodes to other pixels than before profiles were applied, and its photo id (the
+    sha256 of the stored PNG) changed with them. A JPEG with more than ``max_pixels`` pixels is
+    decoded at 1/2, 1/4 or 1/8 of its size, the largest that fits, so the image may be smaller
+    than the file's header says. Raises ``ImageRejected`` with one of the reason codes listed in
+    this module's docstring.
     """
-    image = _open_and_load(data, max_pixels=max_pixels, max_bytes=max_bytes, allowed_formats=allowed_formats)
+    image = _open_and_load(
+        data, max_pixels=max_pixels, max_bytes=max_bytes, allowed_formats=allowed_formats, scale_jpeg=True
+    )
+    return _to_rgb(image, data)
+
+
+def to_rgb(image: Image.Image, data: bytes = b"") -> Image.Image:
+    """An image of any mode as 8-bit ``RGB``, converted as ``decode_image`` converts: alpha and a
+    transparent colour key composited over white, 16-bit and 32-bit grayscale rescaled (not
+    clipped), an embedded ICC profile converted to sRGB. ``data`` is the file the image was decoded
+    from, where there is one: a PNG's colour key is in the file's bit depth. Raises
+    ``ImageRejected('unsupported_mode')`` for a mode that has no RGB."""
     return _to_rgb(image, data)
 
 
@@ -100,10 +131,12 @@ def refuse_oversized(size_bytes: int, max_bytes: int) -> None:
 def photo_as_stored(
     data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> tuple[Image.Image, bytes]:
-    """A photo file as skuforge stores it: decoded (``decode_image``: EXIF orientation applied, 8-bit
-    RGB) and re-encoded as PNG (``encode_png``). ``skuforge ingest`` stores these bytes, so a JPEG
-    never matches its stored copy byte for byte; ``skuforge evaluate`` compares held-out photos with
-    the store through this. Raises ``ImageRejected``."""
+    """A photo file as skuforge stores it: decoded (``decode_image``: EXIF orientation applied, an
+    embedded colour profile converted to sRGB, 8-bit RGB, a JPEG over ``max_pixels`` scaled down) and
+    re-encoded as PNG (``encode_png``). ``skuforge ingest`` stores these bytes, so a JPEG never
+    matches its stored copy byte for byte, and the photo id (the PNG's sha256) of a photo with a
+    profile other than sRGB is not what it was before profiles were applied; ``skuforge evaluate``
+    compares held-out photos with the store through this. Raises ``ImageRejected``."""
     image = decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
     return image, encode_png(image)
 
@@ -123,9 +156,12 @@ def encode_png(image: Image.Image | npt.NDArray[Any]) -> bytes:
 
 
 def _open_and_load(
-    data: bytes, *, max_pixels: int, max_bytes: int, allowed_formats: Sequence[str]
+    data: bytes, *, max_pixels: int, max_bytes: int, allowed_formats: Sequence[str], scale_jpeg: bool = False
 ) -> Image.Image:
-    """Run every refusal in order (cheap header checks before any pixel is decoded) and load frame 0."""
+    """Run every refusal in order (cheap header checks before any pixel is decoded) and load frame 0.
+
+    With ``scale_jpeg``, a JPEG with too many pixels is decoded scaled down to fit instead of refused.
+    """
     if not data:
         raise ImageRejected("empty", "zero bytes")
     refuse_oversized(len(data), max_bytes)
@@ -133,10 +169,15 @@ def _open_and_load(
         # Image.open reads only the header; pixels are decoded by load() below.
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ImageRejected("too_many_pixels", str(exc)) from exc
+        raise ImageRejected(
+            "too_many_pixels",
+            f"{exc} That is Pillow's own decompression-bomb limit (twice PIL.Image.MAX_IMAGE_PIXELS); "
+            "SKUFORGE_MAX_IMAGE_PIXELS cannot raise it",
+        ) from exc
     except UnidentifiedImageError as exc:
         if _png_declares_zero_size(data):
             raise ImageRejected("zero_size", "PNG header declares a zero width or height") from exc
+        _refuse_heif(data)
         raise ImageRejected("not_an_image", "bytes are not in any known image format") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise ImageRejected("corrupt", f"unreadable image header: {exc}") from exc
@@ -144,6 +185,7 @@ def _open_and_load(
     image_format = _FORMAT_ALIASES.get(image.format or "", image.format or "")
     allowed = {name.upper() for name in allowed_formats}
     if image_format not in allowed:
+        _refuse_heif(data)
         raise ImageRejected(
             "format_not_allowed", f"format {image.format or 'unknown'} is not one of {sorted(allowed)}"
         )
@@ -153,7 +195,9 @@ def _open_and_load(
         raise ImageRejected("zero_size", f"image is {width}x{height}")
     limit = _pixel_limit(max_pixels)
     if width * height > limit:
-        raise ImageRejected("too_many_pixels", f"{width}x{height} = {width * height} pixels; limit {limit}")
+        problem = _scale_jpeg_to_fit(image, data, limit) if scale_jpeg else ""
+        if problem is not None:
+            raise ImageRejected("too_many_pixels", _too_many_pixels(width, height, max_pixels, problem))
 
     try:
         image.load()
@@ -177,6 +221,92 @@ def _pixel_limit(max_pixels: int) -> int:
     """
     pillow_limit = Image.MAX_IMAGE_PIXELS
     return max_pixels if pillow_limit is None else min(max_pixels, int(pillow_limit))
+
+
+def _too_many_pixels(width: int, height: int, max_pixels: int, problem: str) -> str:
+    """The ``too_many_pixels`` detail: the size, the limit, which setting (ours or Pillow's) it is, and
+    ``problem``, why it was not decoded scaled down (empty: scaling was not asked for)."""
+    pixels = width * height
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    if pillow_limit is not None and pillow_limit < max_pixels and pixels > pillow_limit:
+        limit = (
+            f"Pillow's own decompression-bomb limit is {int(pillow_limit)} pixels "
+            f"(PIL.Image.MAX_IMAGE_PIXELS), below SKUFORGE_MAX_IMAGE_PIXELS ({max_pixels}), "
+            "so raising that setting does not help"
+        )
+    else:
+        limit = f"the limit is {max_pixels} (SKUFORGE_MAX_IMAGE_PIXELS sets it)"
+    scaled = f"; not decoded scaled down: {problem}" if problem else ""
+    return f"{width}x{height} = {pixels} pixels; {limit}{scaled}"
+
+
+def _scale_jpeg_to_fit(image: Image.Image, data: bytes, limit: int) -> str | None:
+    """Make ``image`` (opened, not loaded) decode at the largest of 1/2, 1/4, 1/8 scale with at most
+    ``limit`` pixels; None when done, else why it cannot be.
+
+    libjpeg scales while it decodes, so the full size is never allocated: a file whose header claims
+    a huge size allocates no more than the limit, and fails as truncated if its data is not there.
+    That holds only where libjpeg decodes in one pass, holding a strip of rows; for a progressive
+    JPEG (or one scan per colour) it keeps every coefficient of the full frame in memory whatever the
+    scale, so such a file stays refused.
+    """
+    if not isinstance(image, JpegImagePlugin.JpegImageFile):
+        return "its format is not JPEG"
+    if not _jpeg_decodes_in_one_pass(data):
+        return "a progressive JPEG is decoded at its full size (save it as baseline JPEG, or smaller)"
+    width, height = image.size
+    for scale in _JPEG_SCALES:
+        if -(-width // scale) * -(-height // scale) <= limit:
+            # draft picks the largest scale at which the image is still at least the size asked for.
+            image.draft("RGB", (max(1, width // scale), max(1, height // scale)))
+            if image.size[0] * image.size[1] <= limit:
+                return None
+            break
+    return "even at 1/8 of its size it has too many pixels"
+
+
+def _jpeg_decodes_in_one_pass(data: bytes) -> bool:
+    """True when ``data`` is a sequential (baseline or extended, Huffman-coded) JPEG whose first scan
+    carries every colour component: libjpeg then decodes it in one pass."""
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    position, components = 2, None
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return False
+        marker = data[position + 1]
+        if marker == 0xFF:  # a fill byte
+            position += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            position += 2
+            continue
+        (length,) = struct.unpack(">H", data[position + 2 : position + 4])
+        segment = data[position + 4 : position + 2 + length]
+        if marker in (0xC0, 0xC1):  # SOF0 baseline, SOF1 extended sequential
+            if len(segment) < 6:
+                return False
+            components = segment[5]
+        elif 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # any other frame type
+            return False
+        elif marker == 0xDA:  # the first scan
+            return components is not None and len(segment) >= 1 and segment[0] == components
+        position += 2 + length
+    return False
+
+
+def _refuse_heif(data: bytes) -> None:
+    """``ImageRejected('format_not_allowed')`` naming HEIC/HEIF when ``data`` opens with such an
+    ISO-BMFF ``ftyp`` box (by its major or a compatible brand); nothing for other bytes."""
+    if len(data) < 12 or data[4:8] != b"ftyp":
+        return
+    (box_size,) = struct.unpack(">I", data[:4])
+    compatible = data[16 : min(box_size, len(data), 256)]
+    brands = {data[8:12], *(compatible[index : index + 4] for index in range(0, len(compatible) - 3, 4))}
+    if brands & _HEIF_BRANDS:
+        raise ImageRejected(
+            "format_not_allowed", "HEIC/HEIF (or AVIF) is not supported: export the photo as JPEG or PNG"
+        )
 
 
 def _png_declares_zero_size(data: bytes) -> bool:
@@ -205,11 +335,13 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
 
 
 def _to_rgb(image: Image.Image, data: bytes) -> Image.Image:
-    """Convert any decoded mode to 8-bit RGB; alpha is composited over white. ``data`` is the file."""
+    """Convert any decoded mode to 8-bit RGB; an ICC profile is applied (``_to_srgb``) and alpha is
+    composited over white. ``data`` is the file."""
     keyed = _colour_key_alpha(image, data)
     if keyed is not None:
         rgb = np.asarray(_to_rgb(_without_colour_key(image), data), dtype=np.uint16)
         return Image.fromarray(_composite(rgb, keyed[..., None], background=255))
+    image = _to_srgb(image)
     mode = image.mode
     if mode == "RGB":
         return image
@@ -228,6 +360,61 @@ def _to_rgb(image: Image.Image, data: bytes) -> Image.Image:
         return image.convert("RGB")
     except (ValueError, OSError) as exc:
         raise ImageRejected("unsupported_mode", f"cannot convert mode {mode} to RGB") from exc
+
+
+def _to_srgb(image: Image.Image) -> Image.Image:
+    """``image`` converted to sRGB by its embedded ICC profile; as it is when it has none, when the
+    profile is sRGB already, or when the profile cannot be read or applied.
+
+    The pixels of a Display P3 or Adobe RGB photo mean other colours than the same numbers in sRGB
+    (up to 63 levels apart), and the profile is gone once the photo is stored as PNG. A broken or
+    mismatched profile only loses that correction: the pixels decoded fine, as with broken EXIF.
+    A palette image is expanded first; alpha is carried through.
+    """
+    profile = image.info.get("icc_profile")
+    if not profile or not isinstance(profile, bytes):
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode not in _ICC_MODES:
+        return image
+    colour_space, output_mode = _ICC_MODES[image.mode]
+    try:
+        if _profile_is_srgb(profile, colour_space):
+            return image
+        converted = ImageCms.profileToProfile(
+            image, ImageCms.ImageCmsProfile(io.BytesIO(profile)), _srgb_profile(), outputMode=output_mode
+        )
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
+        log.debug("embedded ICC profile ignored: %s", exc)
+        return image
+    assert converted is not None  # profileToProfile returns None only with inPlace=True
+    return converted
+
+
+@functools.lru_cache(maxsize=1)
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+@functools.lru_cache(maxsize=32)
+def _profile_is_srgb(profile: bytes, colour_space: str) -> bool:
+    """Whether the ICC ``profile`` maps every colour to itself in sRGB, to within one level: many
+    cameras and phones embed an sRGB profile, and converting through it would only move some pixels by
+    rounding (and the photo's id with them). Raises ``ImageCms.PyCMSError`` (or ``ValueError``) for
+    a profile that cannot be read or is not of ``colour_space`` (``RGB``, ``CMYK`` or ``GRAY``)."""
+    read = ImageCms.core.profile_frombytes(profile)
+    found = read.xcolor_space.strip()
+    if found != colour_space:
+        raise ValueError(f"a {found} profile on {colour_space} pixels")
+    if colour_space != "RGB":
+        return False
+    levels = np.linspace(0, 255, 16).round().astype(np.uint8)
+    cube = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(1, -1, 3)
+    opened = ImageCms.ImageCmsProfile(read)
+    mapped = ImageCms.profileToProfile(Image.fromarray(cube), opened, _srgb_profile(), outputMode="RGB")
+    assert mapped is not None
+    return int(np.abs(np.asarray(mapped, dtype=np.int16) - cube).max()) <= 1
 
 
 def _to_gray8(image: Image.Image, data: bytes) -> UInt8Array:

@@ -286,14 +286,28 @@ def test_help_and_usage_errors_answer_without_loading_torch_or_the_store() -> No
 def test_heldout_photos_are_the_formats_ingest_takes_and_other_files_are_noted(tmp_path: Path) -> None:
     sku = tmp_path / "SKU-RED"
     sku.mkdir()
-    for name, fmt in (("a.jpg", "JPEG"), ("b.tif", "TIFF"), ("c.webp", "WEBP")):
+    # .jfif (Chrome) and .jpe (Windows) are JPEGs ingest reads; they were noted "not a photo" here.
+    formats = (
+        ("a.jpg", "JPEG"),
+        ("b.tif", "TIFF"),
+        ("c.webp", "WEBP"),
+        ("d.jfif", "JPEG"),
+        ("e.JPE", "JPEG"),
+    )
+    for name, fmt in formats:
         Image.new("RGB", (8, 8), COLOURS["SKU-RED"]).save(sku / name, format=fmt)
     (sku / "notes.txt").write_text("not a photo")
     # A hidden folder (a viewer's thumbnails, a notebook's checkpoints) is not the user's photos.
     (sku / ".thumbnails").mkdir()
     Image.new("RGB", (8, 8), COLOURS["SKU-RED"]).save(sku / ".thumbnails" / "a.jpg", format="JPEG")
     photos, notes = heldout_photos(tmp_path)
-    assert sorted(Path(photo.name).name for photo in photos) == ["a.jpg", "b.tif", "c.webp"]
+    assert sorted(Path(photo.name).name for photo in photos) == [
+        "a.jpg",
+        "b.tif",
+        "c.webp",
+        "d.jfif",
+        "e.JPE",
+    ]
     assert {photo.sku_id for photo in photos} == {"SKU-RED"}
     assert len(notes) == 1 and "notes.txt is not a photo" in notes[0]
 
@@ -354,7 +368,8 @@ def test_a_heldout_jpeg_that_was_ingested_is_refused(
     metadata = {"sku_id": "SKU-RED", "name": "red", "category": "soda can", "brand": "b", "series": "s"}
     (shoot / "metadata.json").write_text(json.dumps(metadata))
     shutil.copy(heldout / "SKU-RED" / "test-0.jpg", shoot / "IMG_0001.jpg")
-    prepared, problems = prepare_sku(shoot, load_settings())
+    # These colour photos are 48 px, below ingest's default smallest side.
+    prepared, problems = prepare_sku(shoot, load_settings(min_photo_side_px=48))
     assert prepared is not None, problems
     (ingested,) = prepared.photos
     store_photo(colour_store, "SKU-RED", ingested.photo_id, "real", ingested.png)

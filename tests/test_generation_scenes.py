@@ -247,7 +247,6 @@ def test_corrupt_scene_files_are_skipped_with_a_logged_reason_and_a_metric(
     (tmp_path / "shelves" / "garbage.jpg").write_bytes(b"this is not a photo at all")
     (tmp_path / "truncated.png").write_bytes(good[: len(good) // 3])
     (tmp_path / "empty.webp").write_bytes(b"")
-    (tmp_path / "README.txt").write_text("not a scene: ignored, not skipped")
     before = skipped_total()
     with caplog.at_level(logging.WARNING, logger="shared.generation.scenes"):
         scenes = SceneLibrary.load(FileStore(tmp_path))
@@ -261,6 +260,45 @@ def test_corrupt_scene_files_are_skipped_with_a_logged_reason_and_a_metric(
     # The backend works on what is left.
     sample = CompositeBackend(scenes, 1.0).generate(photo_request(1, size=96))[0]
     assert sample.parameters["scene_key"] == "shelves/good.png"
+
+
+def test_scene_photos_are_what_ingest_reads_and_hidden_files_are_left_out_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before, .tif/.tiff/.bmp/.jfif/.jpe scenes were ignored without a word, while macOS's "._x.jpg"
+    # and "__MACOSX/..." files were logged as WARNINGs and counted as not_an_image.
+    for name, fmt in (
+        ("shelves/a.tif", "TIFF"),
+        ("shelves/b.TIFF", "TIFF"),
+        ("c.bmp", "BMP"),
+        ("d.jfif", "JPEG"),
+        ("e.JPE", "JPEG"),
+        ("f.png", "PNG"),
+    ):
+        path = tmp_path.joinpath(*name.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(textured_scene(30, 40, (40, 150, 60))).save(path, format=fmt)
+    fork = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "
+    (tmp_path / "shelves" / "._a.tif").write_bytes(fork)
+    (tmp_path / "__MACOSX" / "shelves").mkdir(parents=True)
+    (tmp_path / "__MACOSX" / "shelves" / "._a.tif").write_bytes(fork)
+    (tmp_path / ".thumbnails").mkdir()
+    (tmp_path / ".thumbnails" / "f.png").write_bytes(b"not decodable")
+    (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (tmp_path / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (tmp_path / "README.txt").write_text("not a scene")
+    Image.fromarray(textured_scene(30, 40, (40, 150, 60))).save(tmp_path / "anim.gif", format="GIF")
+    before = {reason: skipped_total(reason) for reason in ("not_a_photo_suffix", "not_an_image")}
+    with caplog.at_level(logging.WARNING, logger="shared.generation.scenes"):
+        scenes = SceneLibrary.load(FileStore(tmp_path))
+    assert scenes.keys_for(None) == ["c.bmp", "d.jfif", "e.JPE", "f.png", "shelves/a.tif", "shelves/b.TIFF"]
+    assert set(scenes.skipped) == {"README.txt", "anim.gif"}
+    assert scenes.skipped["README.txt"].startswith("not_a_photo_suffix: .txt (scene photos are .bmp, ")
+    assert scenes.skipped["anim.gif"].startswith("not_a_photo_suffix: .gif")
+    assert skipped_total("not_a_photo_suffix") - before["not_a_photo_suffix"] == 2
+    assert skipped_total("not_an_image") == before["not_an_image"], "hidden files are not counted"
+    logged = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(logged) == 2 and all("README.txt" in line or "anim.gif" in line for line in logged), logged
 
 
 def test_a_library_with_no_usable_photo_says_what_to_do(tmp_path: Path) -> None:
@@ -461,12 +499,14 @@ def test_scenes_uri_in_the_generator_settings_builds_the_library(
     assert scenes is not None and len(scenes) == 2
     assert scenes.get("shelves/one.jpg").tag == "shelves"
     assert max(scenes.get("hands/two.png").pixels.shape[:2]) == 256
-    # The operator's image limits hold for scenes too: here 700 x 900 is over the pixel limit.
+    # The operator's image limits hold for scenes too: here 700 x 900 is over the pixel limit, so the
+    # PNG is skipped and the JPEG is decoded at 1/4 of its size (shared.images.decode_image).
     before = skipped_total("too_many_pixels")
     (tmp_path / "small").mkdir()
     (tmp_path / "small" / "three.png").write_bytes(encode_png(textured_scene(20, 20, (40, 150, 60))))
     limited = load_scenes(generation, load_settings(max_image_pixels=100_000))
-    assert limited is not None and list(limited.keys_for(None)) == ["small/three.png"]
-    assert skipped_total("too_many_pixels") == before + 2
+    assert limited is not None and list(limited.keys_for(None)) == ["shelves/one.jpg", "small/three.png"]
+    assert limited.get("shelves/one.jpg").pixels.shape[:2] == (175, 225)
+    assert skipped_total("too_many_pixels") == before + 1
     monkeypatch.delenv("SKUFORGE_SCENES_URI")
     assert load_scenes(load_settings(GenerationSettings), load_settings()) is None

@@ -1,10 +1,13 @@
 """Ingest review fixes: every file of a SKU folder is read or named, a store failure points at the
-store, a re-ingest that dropped a photo says so, case-only id clashes, BOM and blank metadata."""
+store, a re-ingest that dropped a photo says so, case-only id clashes, BOM and blank metadata; a photo
+too small to use, every photo of a folder over the limit checked, photos beside the SKU folders named."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,13 +26,14 @@ from tests.support.bus import file_store_uri, isolated_settings
 
 
 def _sku(root: Path, folder: str, sku_id: str, colours: tuple[int, ...] = (10, 20), **metadata: str) -> Path:
-    """A SKU folder with one 32x32 PNG per colour and a metadata.json (``metadata`` overrides fields)."""
+    """A SKU folder with one 64x64 PNG per colour (the smallest photo ingest takes by default) and a
+    metadata.json (``metadata`` overrides fields)."""
     path = root / folder
     path.mkdir(parents=True)
     fields = {"sku_id": sku_id, "name": "Oat drink", "category": "carton", **metadata}
     (path / "metadata.json").write_text(json.dumps(fields))
     for index, colour in enumerate(colours):
-        Image.new("RGB", (32, 32), (colour, 40, 80)).save(path / f"photo_{index}.png")
+        Image.new("RGB", (64, 64), (colour, 40, 80)).save(path / f"photo_{index}.png")
     return path
 
 
@@ -66,8 +70,8 @@ def publisher(monkeypatch: pytest.MonkeyPatch) -> type[_Publisher]:
 def test_jfif_and_jpe_photos_are_read(tmp_path: Path) -> None:
     # Chrome saves JPEGs as .jfif and Windows as .jpe; they were skipped and the SKU went out short.
     folder = _sku(tmp_path, "A", "A-1", colours=(10,))
-    Image.new("RGB", (32, 32), (0, 200, 0)).save(folder / "from-chrome.jfif", "JPEG")
-    Image.new("RGB", (32, 32), (0, 0, 200)).save(folder / "from-windows.JPE", "JPEG")
+    Image.new("RGB", (64, 64), (0, 200, 0)).save(folder / "from-chrome.jfif", "JPEG")
+    Image.new("RGB", (64, 64), (0, 0, 200)).save(folder / "from-windows.JPE", "JPEG")
     [sku] = prepare_all(tmp_path, load_settings())
     assert sorted(photo.original_filename for photo in sku.photos) == [
         "from-chrome.jfif",
@@ -85,10 +89,10 @@ def test_every_file_ingest_does_not_read_is_named_and_nothing_is_uploaded(
     # Before, a GIF, an AVIF, a photo in a subfolder and a broken link were skipped without a word.
     batch = tmp_path / "batch"
     folder = _sku(batch, "A", "A-1")
-    Image.new("RGB", (32, 32), (1, 2, 3)).save(folder / "3.gif", "GIF")
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(folder / "3.gif", "GIF")
     (folder / "4.avif").write_bytes(b"\x00\x00\x00\x1cftypavif")
     (folder / "angles").mkdir()
-    Image.new("RGB", (32, 32), (4, 5, 6)).save(folder / "angles" / "5.jpg", "JPEG")
+    Image.new("RGB", (64, 64), (4, 5, 6)).save(folder / "angles" / "5.jpg", "JPEG")
     os.symlink(tmp_path / "gone" / "6.jpg", folder / "6.jpg")
     monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
     assert cli_main(["ingest", str(batch)]) == 2
@@ -245,3 +249,104 @@ def test_a_name_or_category_of_only_whitespace_is_refused(tmp_path: Path, field:
     assert f"{folder / 'metadata.json'}: {field}: is only whitespace; give the product's {field}" in str(
         refused.value
     )
+
+
+# Finding 6: a photo too small to caption, cut out or learn from is refused, naming its size.
+
+
+def test_a_photo_smaller_than_the_minimum_side_is_refused_naming_its_size_and_the_setting(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    publisher: type[_Publisher],
+) -> None:
+    # Before, a 2x2 or 8x8 photo went all the way to the training store as flat quads of colour.
+    batch = tmp_path / "batch"
+    folder = _sku(batch, "A", "A-1", colours=(10,))  # 64x64: the smallest side accepted by default
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(folder / "tiny.png")
+    Image.new("RGB", (300, 2), (30, 200, 30)).save(folder / "strip.jpg", "JPEG")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    assert cli_main(["ingest", str(batch)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"{folder / 'tiny.png'}: refused (too_small: 8x8 px; the shorter side must be at least 64 px "
+        "(SKUFORGE_MIN_PHOTO_SIDE_PX))" in err
+    )
+    assert f"{folder / 'strip.jpg'}: refused (too_small: 300x2 px;" in err
+    assert "photo_0.png" not in err and publisher.published == []
+    assert not (tmp_path / "store").exists()
+
+    monkeypatch.setenv("SKUFORGE_MIN_PHOTO_SIDE_PX", "2")  # the setting decides
+    [sku] = prepare_all(batch, load_settings())
+    assert sorted(photo.original_filename for photo in sku.photos) == ["photo_0.png", "strip.jpg", "tiny.png"]
+
+
+# Finding 7: a folder with too many photos has every photo checked, one at a time.
+
+
+def test_a_folder_over_the_photo_limit_names_every_other_problem_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, only "13 photos; at most 10" came back: the corrupt photo_9 (sorted after photo_11) and
+    # the tiny photo, past the tenth, were never read, so each fix-and-rerun found the next problem.
+    folder = _sku(tmp_path, "A", "A-1", colours=tuple(range(10, 130, 10)))  # photo_0 .. photo_11
+    (folder / "photo_9.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(folder / "z-tiny.png")
+    decoded: list[weakref.ref[Image.Image]] = []
+    most_alive = 0
+    real_decode = ingest.photo_as_stored
+
+    def decode_and_count(data: bytes, **limits: int) -> tuple[Image.Image, bytes]:
+        nonlocal most_alive
+        gc.collect()
+        most_alive = max(most_alive, sum(ref() is not None for ref in decoded))
+        image, png = real_decode(data, **limits)
+        decoded.append(weakref.ref(image))
+        return image, png
+
+    monkeypatch.setattr(ingest, "photo_as_stored", decode_and_count)
+    with pytest.raises(IngestError) as refused:
+        prepare_all(tmp_path, load_settings(max_photos_per_sku=10))
+    message = str(refused.value)
+    assert f"{folder}: 13 photos; at most 10 (SKUFORGE_MAX_PHOTOS_PER_SKU) are accepted" in message
+    assert f"{folder / 'photo_9.png'}: refused (" in message
+    assert f"{folder / 'z-tiny.png'}: refused (too_small: 4x4 px" in message
+    assert "every photo was checked" in message
+    assert len(decoded) == 12, "every file that decodes was decoded"
+    assert most_alive <= 1, f"{most_alive} decoded photos held at once: one at a time"
+
+
+# Finding 8: a photo lying beside the SKU folders belongs to no SKU: say so, ingest the rest.
+
+
+def test_a_photo_beside_the_sku_folders_is_named_in_a_warning_and_the_rest_ingested(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    publisher: type[_Publisher],
+) -> None:
+    batch = tmp_path / "batch"
+    _sku(batch, "A", "A-1")
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(batch / "loose_photo.jpg", "JPEG")
+    (batch / "IMG_0002.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (batch / "notes.txt").write_text("not a photo: no warning")
+    (batch / "._loose_photo.jpg").write_bytes(b"\x00\x05\x16\x07")  # macOS's, hidden: no warning
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    assert cli_main(["ingest", str(batch)]) == 0, "a warning, not a refusal"
+    err = capsys.readouterr().err
+    assert (
+        f"skuforge ingest: warning: 2 photo(s) in {batch} itself belong to no SKU and are not ingested "
+        "(IMG_0002.HEIC, loose_photo.jpg); move each into its SKU's folder" in err
+    ), err
+    assert "notes.txt" not in err and "._loose" not in err
+    assert publisher.published == ["A-1"]
+
+    warnings: list[str] = []
+    assert ingest.survey_folders(batch, load_settings(), warn=warnings.append) == [("A-1", 2)]
+    assert len(warnings) == 1 and "loose_photo.jpg" in warnings[0]
+
+
+def test_a_folder_of_photos_without_sku_folders_says_they_need_one(tmp_path: Path) -> None:
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(tmp_path / "a.jpg", "JPEG")
+    with pytest.raises(IngestError, match=r"no SKU folders .* found; its 1 photo\(s\) need a SKU folder"):
+        prepare_all(tmp_path, load_settings())

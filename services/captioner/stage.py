@@ -17,7 +17,9 @@ Bad input: a photo that cannot be used is kept in the event with ``usable=False`
 and the SKU goes on with the others: missing from the store (``object_missing``), bytes that do
 not match its sha256 (``checksum_mismatch``), not an acceptable image (``corrupt``, ``truncated``,
 ``too_many_pixels``... see ``shared/images.py``), dimensions other than the event says
-(``dimension_mismatch``), a uniform picture (``blank_photo``), or a mask that finds no product
+(``dimension_mismatch``), a shorter side below ``SKUFORGE_MIN_PHOTO_SIDE_PX`` (``too_small``: ingest
+refuses those, but not every event comes from ``skuforge ingest``), a uniform picture
+(``blank_photo``), or a mask that finds no product
 (``no_product_found``: almost empty; ``mask_full_frame``: almost everything). A SKU with no usable
 photo at all goes to the DLQ as ``no_usable_photo``, with each photo's reason in the detail. A SKU with
 more photos than ``SKUFORGE_MAX_PHOTOS_PER_SKU`` (what ingest accepts) goes to the DLQ as
@@ -68,6 +70,7 @@ from shared.matting.session import (
     MattingSession,
     open_session,
 )
+from shared.photos import refuse_too_small
 from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import ObjectStore
 
@@ -203,7 +206,8 @@ def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModel
 
 
 def _read_photo(photo: ReferencePhoto, ctx: Context, options: CaptionerSettings) -> Image.Image | _Unusable:
-    """The photo, checked against its sha256 and dimensions, decoded within the limits, not blank.
+    """The photo, checked against its sha256 and dimensions, decoded within the limits, not too small,
+    not blank.
 
     Store outages (``TransientError``) propagate: the runtime retries the whole SKU later.
     """
@@ -216,6 +220,10 @@ def _read_photo(photo: ReferencePhoto, ctx: Context, options: CaptionerSettings)
         return _Unusable(
             "dimension_mismatch", f"{image.width}x{image.height}, the event says {ref.width}x{ref.height}"
         )
+    try:
+        refuse_too_small(image.width, image.height, ctx.settings.min_photo_side_px)
+    except BadInput as refusal:
+        return _Unusable(refusal.reason, refusal.detail)
     if max(image.size) > WORKING_SIDE_PX:
         image.thumbnail((WORKING_SIDE_PX, WORKING_SIDE_PX), Image.Resampling.BILINEAR)  # frees the full size
     if colour_spread(image) < options.captioner_blank_spread:

@@ -3,10 +3,12 @@
 Consumes: a directory on disk (``skuforge ingest DIR``).
 Produces: one ``sku.ingested`` event per SKU, after its photos are stored.
 Bad input: every SKU folder is checked first (metadata, safe sku_id, photo count, each photo
-decodes within the limits); if any is bad, the command names every problem and uploads and
-publishes nothing, so bad input never half-publishes a batch. Should the broker or the store fail
-after the checks, the command says which SKUs were published and which not (exit 1); running it
-again finishes the batch under the same keys and event ids. Checked photos wait as PNG files in a
+decodes within the limits and is at least ``SKUFORGE_MIN_PHOTO_SIDE_PX`` on its shorter side); if any
+is bad, the command names every problem and uploads and publishes nothing, so bad input never
+half-publishes a batch. Every photo of a folder is checked, one at a time, even in a folder with more
+than ``SKUFORGE_MAX_PHOTOS_PER_SKU``: one run names all there is to fix. Should the broker or the
+store fail after the checks, the command says which SKUs were published and which not (exit 1);
+running it again finishes the batch under the same keys and event ids. Checked photos wait as PNG files in a
 temporary folder, not in memory (``ingest_path``).
 
 Layout read (what ``skuforge synth`` writes)::
@@ -14,7 +16,9 @@ Layout read (what ``skuforge synth`` writes)::
     DIR/<any folder name>/metadata.json   {"sku_id", "name", "category", "brand", "series"} (UTF-8)
     DIR/<any folder name>/*.png|jpg|...   1..SKUFORGE_MAX_PHOTOS_PER_SKU photos
 
-``DIR`` may also be a single SKU folder. Photos are .png .jpg .jpeg .jpe .jfif .webp .bmp .tif .tiff.
+``DIR`` may also be a single SKU folder. Photos are .png .jpg .jpeg .jpe .jfif .webp .bmp .tif .tiff
+(``shared/photos.py``, which the scene library and ``skuforge evaluate`` read too). A photo lying in
+``DIR`` itself beside SKU folders belongs to no SKU: it is named in a warning, and the run goes on.
 Anything else in a SKU folder is named as a problem, not skipped: another format (HEIC, GIF, AVIF...),
 a subfolder (its photos are not read), a broken link. Skipped are hidden files and folders (names
 starting with "."), ``__MACOSX`` (the resource forks macOS puts in a zip it makes), and the files
@@ -57,7 +61,13 @@ from schemas.topics import SKU_INGESTED
 from shared.bus import Publisher
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import ImageRejected, TransientError
-from shared.images import PHOTO_SUFFIXES, photo_as_stored, refuse_oversized
+from shared.images import photo_as_stored, refuse_oversized
+from shared.photos import (
+    MACOS_ZIP_FOLDERS,
+    PHOTO_FILE_SUFFIXES,
+    is_left_out_quietly,
+    refuse_too_small,
+)
 from shared.store import ObjectStore, open_store, sha256_hex
 from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
@@ -65,19 +75,10 @@ from shared.trainstore.withdrawals import Withdrawals
 
 PRODUCER = "ingest"
 T = TypeVar("T")
-# Not SKU folders, though folders: a zip made on a Mac unpacks with one beside the SKUs, full of "._NAME".
-NOT_SKU_FOLDERS = frozenset({"__MACOSX"})
 # What ``photo_key`` names a stored photo: the first 16 hex digits of its PNG's sha256.
 _PHOTO_OBJECT = re.compile(r"[0-9a-f]{16}\.png")
-# What Windows (thumbnail cache, folder settings) and macOS (a custom folder icon) leave in any folder
-# they show, and a zip's "__MACOSX", compared casefolded: never a SKU's content, so skipped like
-# hidden files, while anything else that is not a photo is named as a problem.
-DESKTOP_LEFTOVERS = frozenset(
-    {"thumbs.db", "desktop.ini", "icon\r", *(name.casefold() for name in NOT_SKU_FOLDERS)}
-)
-# JPEG under the names Chrome and Windows save it with; the decoder identifies photos by content, not
-# by name, so these decode as any .jpg (skipped, they left a SKU a photo short without a word).
-INGEST_PHOTO_SUFFIXES: frozenset[str] = PHOTO_SUFFIXES | {".jfif", ".jpe"}
+# HEIC/HEIF: an iPhone's photos by default; named with what to do, in a SKU folder or beside them.
+HEIC_SUFFIXES = frozenset({".heic", ".heif"})
 
 
 class IngestError(Exception):
@@ -131,11 +132,44 @@ def find_sku_folders(path: Path) -> list[Path]:
     folders = sorted(
         child
         for child in path.iterdir()
-        if child.is_dir() and not child.name.startswith(".") and child.name not in NOT_SKU_FOLDERS
+        if child.is_dir() and not child.name.startswith(".") and child.name not in MACOS_ZIP_FOLDERS
     )
     if not folders:
-        raise IngestError(f"{path}: no SKU folders (a folder with metadata.json and photos) found")
+        loose = loose_photos(path)
+        hint = (
+            f"; its {len(loose)} photo(s) need a SKU folder: move them into a folder with a "
+            "metadata.json, or give this folder one"
+            if loose
+            else ""
+        )
+        raise IngestError(f"{path}: no SKU folders (a folder with metadata.json and photos) found{hint}")
     return folders
+
+
+def loose_photos(path: Path) -> list[Path]:
+    """Photo files lying in a batch folder ``path`` itself, beside its SKU folders, sorted: they belong
+    to no SKU, so nothing reads them (none when ``path`` is a SKU folder)."""
+    if not path.is_dir() or (path / "metadata.json").is_file():
+        return []
+    return sorted(
+        child
+        for child in path.iterdir()
+        if not is_left_out_quietly(child.name)
+        and child.suffix.lower() in PHOTO_FILE_SUFFIXES | HEIC_SUFFIXES
+        and child.is_file()
+    )
+
+
+def _warn_of_loose_photos(path: Path, warn: Callable[[str], None]) -> None:
+    """Warn, not refuse: the SKU folders are whole without them, but a photo silently left out was one
+    its owner meant to give."""
+    loose = loose_photos(path)
+    if loose:
+        shown = ", ".join(child.name for child in loose[:10]) + (" ..." if len(loose) > 10 else "")
+        warn(
+            f"{len(loose)} photo(s) in {path} itself belong to no SKU and are not ingested ({shown}); "
+            "move each into its SKU's folder (the folder with its metadata.json) and run again"
+        )
 
 
 def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, list[str]]:
@@ -165,27 +199,35 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
 
     files, folder_problems = photo_files(folder)
     problems.extend(folder_problems)
+    too_many = len(files) > settings.max_photos_per_sku
     if not files:
-        problems.append(f"{folder}: no photos ({', '.join(sorted(INGEST_PHOTO_SUFFIXES))})")
-    elif len(files) > settings.max_photos_per_sku:
+        problems.append(f"{folder}: no photos ({', '.join(sorted(PHOTO_FILE_SUFFIXES))})")
+    elif too_many:
         problems.append(
             f"{folder}: {len(files)} photos; at most {settings.max_photos_per_sku} "
-            "(SKUFORGE_MAX_PHOTOS_PER_SKU) are accepted"
+            "(SKUFORGE_MAX_PHOTOS_PER_SKU) are accepted; choose which to keep (every photo was "
+            "checked: the other problems of this folder are listed too)"
         )
     photos: list[PreparedPhoto] = []
     seen: set[str] = set()
-    for file in files[: settings.max_photos_per_sku]:
+    # Every file is checked, even past the limit: a user who removes photos should not find the next
+    # problem only on the next run. One at a time; a folder over the limit is refused, so its photos
+    # are checked and let go, never held.
+    for file in files:
         try:
             # Refuse an oversized file by its size, before reading gigabytes into memory.
             refuse_oversized(file.stat().st_size, settings.max_image_bytes)
             image, png = photo_as_stored(
                 file.read_bytes(), max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
             )
+            refuse_too_small(image.width, image.height, settings.min_photo_side_px)
         except ImageRejected as exc:
             problems.append(f"{file}: refused ({exc})")
             continue
         except OSError as exc:
             problems.append(f"{file}: cannot be read ({exc.strerror or exc})")
+            continue
+        if too_many:
             continue
         photo_id = sha256_hex(png)[:16]
         if photo_id in seen:
@@ -206,13 +248,12 @@ def photo_files(folder: Path) -> tuple[list[Path], list[str]]:
     is named: skipped quietly, a GIF, a photo in a subfolder or a broken link left the SKU short."""
     photos: list[Path] = []
     problems: list[str] = []
-    accepted = ", ".join(sorted(INGEST_PHOTO_SUFFIXES))
+    accepted = ", ".join(sorted(PHOTO_FILE_SUFFIXES))
     for entry in sorted(folder.iterdir()):
-        name = entry.name.casefold()
         # Hidden entries are skipped as hidden SKU folders are: macOS writes an invisible "._NAME"
         # beside each photo on non-Apple volumes, and refusing a SKU over a file its owner cannot
         # see helps no one.
-        if name.startswith(".") or name in DESKTOP_LEFTOVERS or name == "metadata.json":
+        if is_left_out_quietly(entry.name) or entry.name.casefold() == "metadata.json":
             continue
         suffix = entry.suffix.lower()
         if entry.is_symlink() and not entry.exists():
@@ -227,10 +268,10 @@ def photo_files(folder: Path) -> tuple[list[Path], list[str]]:
             )
         elif not entry.is_file():
             problems.append(f"{entry}: not a regular file (a pipe, socket or device); remove it")
-        elif suffix in (".heic", ".heif"):
+        elif suffix in HEIC_SUFFIXES:
             # An iPhone's photos are HEIC by default: say what to do, not just "not a photo".
             problems.append(f"{entry}: HEIC/HEIF is not read here; export it as JPEG or PNG")
-        elif suffix in INGEST_PHOTO_SUFFIXES:
+        elif suffix in PHOTO_FILE_SUFFIXES:
             photos.append(entry)
         else:
             problems.append(
@@ -275,16 +316,28 @@ def prepare_all(path: Path, settings: Settings) -> list[PreparedSku]:
     return _check_all(path, settings, lambda sku: sku)
 
 
-def survey_folders(path: Path, settings: Settings) -> list[tuple[str, int]]:
+def survey_folders(
+    path: Path, settings: Settings, *, warn: Callable[[str], None] | None = None
+) -> list[tuple[str, int]]:
     """(sku_id, photos) of every SKU folder under ``path``, checked as ``skuforge ingest`` checks them
-    (IngestError naming all problems if any), holding one SKU's photos at a time."""
-    return _check_all(path, settings, lambda sku: (sku.metadata.sku_id, len(sku.photos)))
+    (IngestError naming all problems if any), holding one SKU's photos at a time. ``warn``, if given,
+    is told of photos lying in ``path`` itself, which no SKU reads (``ingest_path`` tells its own)."""
+    return _check_all(path, settings, lambda sku: (sku.metadata.sku_id, len(sku.photos)), warn=warn)
 
 
-def _check_all(path: Path, settings: Settings, keep: Callable[[PreparedSku], T]) -> list[T]:
+def _check_all(
+    path: Path,
+    settings: Settings,
+    keep: Callable[[PreparedSku], T],
+    *,
+    warn: Callable[[str], None] | None = None,
+) -> list[T]:
     """``keep`` of every SKU folder under ``path`` that passes its checks, in order, or IngestError
     naming every problem. Once a problem is found only the checks go on; each prepared SKU is let go
-    before the next folder is read, so what stays is what ``keep`` returns."""
+    before the next folder is read, so what stays is what ``keep`` returns. ``warn`` is told of photos
+    lying beside the SKU folders, first, so a refused run names them too."""
+    if warn is not None:
+        _warn_of_loose_photos(path, warn)
     kept: list[T] = []
     problems: list[str] = []
     for sku, sku_problems in check_folders(path, settings):
@@ -357,14 +410,15 @@ def ingest_path(
     (``TMPDIR``; on local disk unless that is a tmpfs), not in memory: a thousand phone photos as PNG
     are tens of gigabytes. Should a publish fail later (a topic missing), the photos already stored
     stay under their content keys and the next run writes the same keys. A store failure before
-    anything is published is ``StoreUnavailable``; ``warn`` is told of each SKU whose store folder
-    holds photos its folder no longer has (they stay). With ``withdraw_missing`` those photos are
+    anything is published is ``StoreUnavailable``; ``warn`` is told of photos lying in ``path`` beside
+    its SKU folders (no SKU reads them), and of each SKU whose store folder holds photos its folder no
+    longer has (they stay). With ``withdraw_missing`` those photos are
     withdrawn instead (module docstring), in the retraining store ``trainstore`` names (default: the
     ``SKUFORGE_TRAINSTORE_*`` settings); ``tell`` is told of each SKU's withdrawals and reinstatements.
     """
     with tempfile.TemporaryDirectory(prefix="skuforge-ingest-") as spool_dir:
         # Their photos' bytes are on disk: png is empty in these.
-        spooled = _check_all(path, settings, lambda sku: _spool(sku, Path(spool_dir)))
+        spooled = _check_all(path, settings, lambda sku: _spool(sku, Path(spool_dir)), warn=warn)
         store = store or open_store(
             settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
         )

@@ -43,8 +43,9 @@ from shared.evaluation.leakage import (
     perceptual_hash,
 )
 from shared.evaluation.report import write_report
-from shared.images import PHOTO_SUFFIXES, photo_as_stored
+from shared.images import photo_as_stored
 from shared.model_cache import write_atomically
+from shared.photos import PHOTO_FILE_SUFFIXES
 from shared.store import FileStore, ObjectStore, open_store, sha256_hex
 from shared.trainstore.dataset import ExportPlan, plan_export, read_checked
 from shared.trainstore.manifest import ManifestRow, ManifestStore
@@ -63,9 +64,10 @@ REFUSALS: tuple[type[Exception], ...] = (EvaluateRefused, LeakageError, Backbone
 def heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
     """The photos of ``root/<sku_id>/*``, and notes on what was not used.
 
-    Files that are not photos by suffix and files directly under ``root`` are noted and left out,
-    hidden files and folders are left out; a file with a photo suffix that is not an image is
-    refused (it would fail later, less clearly).
+    Photos are the files ``skuforge ingest`` takes as photos (``shared/photos.py``: a ``.jfif`` held
+    out is a photo here as it is there). Files that are not photos by suffix and files directly under
+    ``root`` are noted and left out, hidden files and folders are left out; a file with a photo suffix
+    that is not an image is refused (it would fail later, less clearly).
     """
     if not root.is_dir():
         raise EvaluateRefused(f"--heldout {root}: not a directory (one folder per SKU id, photos inside)")
@@ -80,8 +82,8 @@ def heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
         for path in sorted(entry.rglob("*")):
             if not path.is_file() or any(part.startswith(".") for part in path.relative_to(entry).parts):
                 continue  # hidden files and everything in hidden folders (thumbnails, checkpoints)
-            if path.suffix.lower() not in PHOTO_SUFFIXES:
-                notes.append(f"{path} is not a photo ({', '.join(sorted(PHOTO_SUFFIXES))}): not used")
+            if path.suffix.lower() not in PHOTO_FILE_SUFFIXES:
+                notes.append(f"{path} is not a photo ({', '.join(sorted(PHOTO_FILE_SUFFIXES))}): not used")
                 continue
             data = path.read_bytes()
             _check_is_image(path, data)
@@ -105,11 +107,14 @@ def as_ingested(photos: Sequence[Photo], cache_dir: Path | None) -> list[tuple[s
     Ingest stores every photo as ``shared.images.photo_as_stored`` makes it (decoded, EXIF orientation
     applied, re-encoded as PNG), and the trainstore keeps that PNG, so an ingested JPEG never matches
     its stored copy byte for byte. The PNG encode of a phone photo takes seconds, so answers are cached
-    by the file's sha256. A photo that does not decode is refused, named.
+    by the file's sha256 and the pixel limit (a JPEG over it is decoded at a reduced scale). The
+    cache's name changed when the decode began converting colour profiles to sRGB and reducing large
+    JPEGs, so an answer of the earlier decode is never read. A photo that does not decode is refused,
+    named.
     """
     settings = load_settings()
     limits = {"max_pixels": settings.max_image_pixels, "max_bytes": settings.max_image_bytes}
-    cache = None if cache_dir is None else cache_dir / "as-ingested-sha256"
+    cache = None if cache_dir is None else cache_dir / f"as-ingested-sha256-v2-max{settings.max_image_pixels}"
     items = []
     for photo in photos:
         cached = None if cache is None else cache / photo.sha256

@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from shared.errors import ImageRejected
+from shared.images import to_rgb
+
 # Bits (of 256) within which two photos are the same photo. A resized, re-encoded copy differs from
 # its original by 0-10 bits; distinct photos by 20 or more (GroceryStoreDataset: 80 test photos shrunk
 # to 300 px and saved as JPEG quality 60 read 0-6, and of 200, all but one 0-5 and that one 10; the
@@ -180,12 +183,14 @@ def _views(data: bytes) -> tuple[_View, _View | None] | None:
             larger = _decode_grey(data, math.ceil(_DECODE_PX * max(grey.size) / max(narrowest, 1.0)))
             if larger.size != grey.size:
                 grey, box = larger, _content_box(larger)
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except (OSError, ValueError, Image.DecompressionBombError, ImageRejected):
         return None
     return frame, None if box is None else _View(grey, box)
 
 
 def _decode_grey(data: bytes, at_least_px: int) -> Image.Image:
+    """The photo as shown, in grey; transparent pixels over white, as ingest stores them (a cut-out
+    whose hidden colour is black would otherwise be hashed as a black frame, matching no copy)."""
     with Image.open(io.BytesIO(data)) as image:
         image.draft("L", (at_least_px, at_least_px))
         shown = ImageOps.exif_transpose(image)
@@ -193,6 +198,8 @@ def _decode_grey(data: bytes, at_least_px: int) -> Image.Image:
             values = np.asarray(shown, dtype=np.float32)
             top = float(values.max()) or 1.0
             shown = Image.fromarray((np.clip(values, 0, None) * (255.0 / top)).astype(np.uint8))
+        elif shown.mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in shown.info:
+            shown = to_rgb(shown, data)
         return shown.convert("L")
 
 

@@ -1,12 +1,16 @@
 """Real background photos for the composite backend: the scene library (``SKUFORGE_SCENES_URI``).
 
-A folder or object-store prefix of photos (shelves, counters, baskets, hands). Each photo is decoded
-once at start-up, shrunk to ``max_side_px`` and kept in memory as uint8. A file that does not decode
-(corrupt, truncated, not an image, too large) is skipped: the reason is logged and counted in
+A folder or object-store prefix of photos (shelves, counters, baskets, hands). Photos are the files
+``skuforge ingest`` takes as photos (``shared/photos.py``: .png .jpg .jpeg .jpe .jfif .webp .bmp .tif
+.tiff). Each is decoded once at start-up, shrunk to ``max_side_px`` and kept in memory as uint8. A file
+that does not decode (corrupt, truncated, not an image, too large) is skipped, and so is one with
+another suffix (``not_a_photo_suffix``: a GIF, a README): the reason is logged and counted in
 ``skuforge_generator_scenes_skipped_total{reason}``; the library never fails because of one file.
 So is a key the store refuses (``shelves//a.jpg`` in S3, a file name with a backslash or a newline)
 and, in a local folder, a file the OS will not read (permission denied, a symlink loop). Only a
-remote store that fails mid-load fails start-up: then the store is down, not one file.
+remote store that fails mid-load fails start-up: then the store is down, not one file. Hidden files
+and folders (macOS's "._NAME" beside each photo), ``__MACOSX`` and the files desktops leave
+(``Thumbs.db``) are no one's scenes: they are left out without a word, and not counted.
 
 A scene's *tag* is the first folder of its key (``shelves/a.jpg`` → ``shelves``; top level → no tag).
 A SKU never gets a scene tagged like its series, compared on the letters and digits of any script
@@ -22,6 +26,7 @@ from __future__ import annotations
 import logging
 import unicodedata
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 import numpy as np
 import numpy.typing as npt
@@ -30,11 +35,11 @@ from prometheus_client import Counter
 
 from shared.errors import BadInput, ImageRejected, TransientError
 from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
+from shared.photos import PHOTO_FILE_SUFFIXES, key_left_out_quietly
 from shared.store import FileStore, ObjectStore, check_key
 
 log = logging.getLogger(__name__)
 
-SCENE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SCENES_SKIPPED = Counter(
     "skuforge_generator_scenes_skipped_total",
     "Scene-library files skipped at load (bad key, not decodable or unreadable), by reason",
@@ -69,14 +74,15 @@ class SceneLibrary:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> SceneLibrary:
-        """Every photo under ``store`` (by suffix); bad keys and unusable files are skipped, reason logged.
+        """Every photo under ``store`` (by suffix); bad keys, other suffixes and unusable files are
+        skipped, reason logged; hidden files, ``__MACOSX`` and desktop leftovers are left out quietly.
 
         Raises ``TransientError`` when a remote store fails mid-load, ``ValueError`` when no photo is usable.
         """
         scenes: list[Scene] = []
         skipped: dict[str, str] = {}
         for key in sorted(store.list_keys()):
-            if not key.lower().endswith(SCENE_SUFFIXES):
+            if key_left_out_quietly(key.split("/")):
                 continue
             image = _read_scene(store, key, max_pixels=max_pixels, max_bytes=max_bytes)
             if isinstance(image, str):
@@ -92,7 +98,7 @@ class SceneLibrary:
         if not scenes:
             raise ValueError(
                 f"no usable scene photo under {store.base_uri} ({len(skipped)} skipped); "
-                f"put {', '.join(SCENE_SUFFIXES)} files there or unset SKUFORGE_SCENES_URI"
+                f"put {', '.join(sorted(PHOTO_FILE_SUFFIXES))} files there or unset SKUFORGE_SCENES_URI"
             )
         log.info("scene library: %d photos from %s, %d skipped", len(scenes), store.base_uri, len(skipped))
         return cls(scenes, skipped)
@@ -138,6 +144,11 @@ def _read_scene(store: ObjectStore, key: str, *, max_pixels: int, max_bytes: int
     except ValueError as exc:
         # S3 lists keys this store will not read (``a//b.jpg``), and a folder may hold such file names.
         return f"bad_key: {exc}"
+    suffix = PurePosixPath(key).suffix.lower()
+    if suffix not in PHOTO_FILE_SUFFIXES:
+        # Named, not ignored: .tif and .jfif scenes once loaded as nothing, without a word.
+        accepted = ", ".join(sorted(PHOTO_FILE_SUFFIXES))
+        return f"not_a_photo_suffix: {suffix or 'no suffix'} (scene photos are {accepted})"
     try:
         return decode_image(store.get_bytes(key), max_pixels=max_pixels, max_bytes=max_bytes)
     except ImageRejected as exc:

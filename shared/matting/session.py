@@ -38,6 +38,7 @@ from PIL import Image
 
 from shared.arith.masks import clean_mask
 from shared.errors import ObjectMissing
+from shared.images import to_rgb
 from shared.matting import MODELS_DIR
 from shared.matting.roi import Box, paste
 from shared.model_cache import fetch_file
@@ -138,7 +139,7 @@ class MattingResult:
         height, width = self.mask.shape
         if image.size != (width, height):
             raise ValueError(f"image is {image.size[0]}x{image.size[1]}, the mask is {width}x{height}")
-        rgba = image.convert("RGB")
+        rgba = image.copy() if image.mode == "RGB" else to_rgb(image)
         rgba.putalpha(Image.fromarray(self.mask))
         return rgba
 
@@ -189,12 +190,14 @@ def u2net_preprocess(images: Sequence[Image.Image], size_px: int = 320) -> F32Ar
 
     Per image: RGB, resized to sizexsize, divided by its own brightest value, then normalised
     with the ImageNet mean and std. Bilinear resizing, because the reference resizes with
-    skimage (order 1, anti-aliased on downscaling), which Pillow's BILINEAR matches.
+    skimage (order 1, anti-aliased on downscaling), which Pillow's BILINEAR matches. Any mode is
+    taken, converted as ``shared.images.decode_image`` converts (``to_rgb``: 16-bit grey rescaled,
+    alpha over white), so the model sees what the pipeline's decoded photos look like.
     """
     pixels = np.stack(
         [
             np.asarray(
-                (image if image.mode == "RGB" else image.convert("RGB")).resize(
+                (image if image.mode == "RGB" else to_rgb(image)).resize(
                     (size_px, size_px), Image.Resampling.BILINEAR
                 )
             )

@@ -23,6 +23,9 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
+from shared.config import ConfigError
+from shared.errors import ImageRejected
+from shared.images import decode_image, decode_mask
 from shared.matting.session import MaskOptions, U2NetPSession, U2NetSession, u2net_preprocess
 from shared.matting.u2net import (
     ModelName,
@@ -86,21 +89,49 @@ def render_training_set(n: int, seed: int, size_px: int) -> tuple[list[Image.Ima
 
 
 def load_pairs(folder: Path, size_px: int) -> tuple[list[Image.Image], npt.NDArray[np.uint8]]:
-    """Image/mask pairs from ``folder/images/NAME.*`` and ``folder/masks/NAME.png``, resized to size_px."""
-    images, masks = [], []
+    """Image/mask pairs from ``folder/images/NAME.*`` and ``folder/masks/NAME.png``, resized to size_px.
+
+    Decoded as the pipeline decodes (``shared.images``: EXIF orientation applied, so a phone photo
+    lines up with a mask drawn on it upright; alpha over white; 16-bit rescaled), and checked: each
+    mask has its image's size. Hidden files (macOS's ``._NAME``) and ``__MACOSX`` are skipped. Raises
+    ``ConfigError`` naming every file that is missing or refused, before any of them is used.
+    """
+    images, masks, problems = [], [], []
     mask_dir = folder / "masks"
     for image_path in sorted((folder / "images").iterdir()):
+        if image_path.name.startswith(".") or image_path.name == "__MACOSX" or not image_path.is_file():
+            continue
         if image_path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         mask_path = mask_dir / f"{image_path.stem}.png"
         if not mask_path.is_file():
-            raise FileNotFoundError(f"{image_path}: no mask at {mask_path}")
+            problems.append(f"{image_path}: no mask at {mask_path}")
+            continue
+        try:
+            image = decode_image(image_path.read_bytes())
+        except (ImageRejected, OSError) as exc:
+            problems.append(f"{image_path}: refused ({exc})")
+            continue
+        try:
+            mask = decode_mask(mask_path.read_bytes())
+        except (ImageRejected, OSError) as exc:
+            problems.append(f"{mask_path}: refused ({exc})")
+            continue
+        if mask.shape != (image.height, image.width):
+            problems.append(
+                f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}, its image {image_path} is "
+                f"{image.width}x{image.height} (EXIF orientation applied); a mask must have its image's size"
+            )
+            continue
         size = (size_px, size_px)
-        images.append(Image.open(image_path).convert("RGB").resize(size, Image.Resampling.BILINEAR))
-        mask = Image.open(mask_path).convert("L").resize(size, Image.Resampling.BILINEAR)
-        masks.append((np.asarray(mask) >= 128).astype(np.uint8) * 255)
+        images.append(image.resize(size, Image.Resampling.BILINEAR))
+        resized = Image.fromarray(mask).resize(size, Image.Resampling.BILINEAR)
+        masks.append((np.asarray(resized) >= 128).astype(np.uint8) * 255)
+    if problems:
+        shown = problems[:10] + ([f"and {len(problems) - 10} more"] if len(problems) > 10 else [])
+        raise ConfigError("\n".join([f"--extra {folder}: unusable image/mask pairs:", *shown]))
     if not images:
-        raise FileNotFoundError(f"{folder}: no image/mask pairs (expected images/ and masks/ folders)")
+        raise ConfigError(f"--extra {folder}: no image/mask pairs (expected images/ and masks/ folders)")
     return images, np.stack(masks)
 
 
@@ -135,9 +166,10 @@ def train(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     started = time.monotonic()
+    # The pairs first: a refused file is named now, not after rendering the synthetic set (minutes).
+    extra = [load_pairs(folder, config.size_px) for folder in config.extra_pairs]
     images, masks = render_training_set(config.train_images, config.seed, config.size_px)
-    for folder in config.extra_pairs:
-        extra_images, extra_masks = load_pairs(folder, config.size_px)
+    for extra_images, extra_masks in extra:
         images += extra_images
         masks = np.concatenate([masks, extra_masks])
     render_s = time.monotonic() - started

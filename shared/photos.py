@@ -1,0 +1,53 @@
+"""What skuforge takes as a photo file, and the smallest photo it uses.
+
+One answer for every reader of a folder of photos (``skuforge ingest``, the scene library,
+``skuforge evaluate``'s held-out photos), so a photo one of them takes is never skipped by another;
+and one minimum size (``SKUFORGE_MIN_PHOTO_SIDE_PX``) for ingest and the captioner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from shared.errors import ImageRejected
+from shared.images import PHOTO_SUFFIXES
+
+# The decoder's formats by their file names, plus JPEG under the names Chrome and Windows save it
+# with (.jfif, .jpe): photos are identified by content, so these decode as any .jpg. Skipped, they left
+# a SKU a photo short, or a held-out photo unused, without a word.
+PHOTO_FILE_SUFFIXES: frozenset[str] = PHOTO_SUFFIXES | {".jfif", ".jpe"}
+# Not folders of photos, though folders: a zip made on a Mac unpacks with one beside the real
+# folders, full of "._NAME" resource forks.
+MACOS_ZIP_FOLDERS = frozenset({"__MACOSX"})
+# What Windows (thumbnail cache, folder settings) and macOS (a custom folder icon) leave in any folder
+# they show, and a zip's "__MACOSX", compared casefolded: never anyone's photo.
+DESKTOP_LEFTOVERS = frozenset(
+    {"thumbs.db", "desktop.ini", "icon\r", *(name.casefold() for name in MACOS_ZIP_FOLDERS)}
+)
+
+
+def is_left_out_quietly(name: str) -> bool:
+    """Whether a file or folder called ``name`` is no one's content: hidden (macOS writes an invisible
+    "._NAME" beside each photo on non-Apple volumes), or a desktop's leftover (``DESKTOP_LEFTOVERS``).
+    Readers skip these without a word: naming a file its owner cannot see helps no one."""
+    folded = name.casefold()
+    return folded.startswith(".") or folded in DESKTOP_LEFTOVERS
+
+
+def key_left_out_quietly(parts: Iterable[str]) -> bool:
+    """``is_left_out_quietly`` for any part of a path or object key (``__MACOSX/shelves/._a.jpg``)."""
+    return any(is_left_out_quietly(part) for part in parts)
+
+
+def refuse_too_small(width: int, height: int, min_side_px: int) -> None:
+    """``ImageRejected('too_small')`` for a photo whose shorter side is below ``min_side_px``.
+
+    Such a photo decodes, but U2-Net masks at 320 px and the generator composites at hundreds: a
+    few pixels blown up to that are flat blocks of colour, a product no one can caption, cut out or
+    learn from, and every image made from them would teach the classifier blur."""
+    if min(width, height) < min_side_px:
+        raise ImageRejected(
+            "too_small",
+            f"{width}x{height} px; the shorter side must be at least {min_side_px} px "
+            "(SKUFORGE_MIN_PHOTO_SIDE_PX)",
+        )

@@ -1,0 +1,99 @@
+"""The captioner's handler, called without Kafka, on photos smaller than ``SKUFORGE_MIN_PHOTO_SIDE_PX``.
+
+``skuforge ingest`` refuses such photos, but an ``sku.ingested`` event may come from elsewhere (a
+replayed DLQ, another producer): the captioner marks them unusable itself, so a 2x2 photo is never
+captioned, composited as flat quads of colour and stored as training data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from schemas.common import SkuMetadata
+from schemas.envelope import Envelope, derive_id
+from schemas.events import ReferencePhoto, SkuCaptioned, SkuIngested
+from schemas.topics import SKU_INGESTED
+from services.captioner.config import CaptionerSettings
+from services.captioner.stage import CaptionerModels, handle
+from shared.bus import make_envelope
+from shared.config import load_settings
+from shared.errors import BadInput
+from shared.matting.session import U2NetPSession
+from shared.store import FileStore
+from shared.synth import make_product, render_photo
+from tests.support.captioning import committed_session, context
+from tests.test_stage_model_calls import matting_calls
+
+SEED = 2026
+
+
+def _event(store: FileStore, sku_id: str, photos: dict[str, Image.Image]) -> Envelope[SkuIngested]:
+    spec = make_product(0, SEED)
+    references = [
+        ReferencePhoto(
+            photo_id=photo_id,
+            image=store.put_image(f"incoming/{sku_id}/{photo_id}.png", image),
+            original_filename=f"{photo_id}.png",
+        )
+        for photo_id, image in photos.items()
+    ]
+    payload = SkuIngested(sku=SkuMetadata(**{**spec.metadata(), "sku_id": sku_id}), photos=references)
+    return make_envelope(
+        SKU_INGESTED,
+        payload,
+        event_id=derive_id("test", sku_id),
+        sku_id=sku_id,
+        trace_id="t",
+        producer="test",
+    )
+
+
+def _product(size_px: int) -> Image.Image:
+    """A renderer product photo shrunk to ``size_px``: colourful, so never a ``blank_photo``."""
+    photo = render_photo(make_product(0, SEED), 0, SEED, size_px=192).image
+    return photo.resize((size_px, size_px), Image.Resampling.LANCZOS)
+
+
+def test_a_photo_below_the_minimum_side_is_unusable_as_too_small(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    models = CaptionerModels(
+        session=committed_session(),
+        vlm=None,
+        options=load_settings(CaptionerSettings, captioner_use_gpu=False),
+    )
+    event = _event(store, "SKU-MIXED", {"full": _product(192), "tiny": _product(8), "edge": _product(64)})
+    [emit] = handle(event, context(store, settings), models=models)
+    assert isinstance(emit.payload, SkuCaptioned)
+    photos = {photo.photo_id: photo for photo in emit.payload.photos}
+    assert (photos["tiny"].usable, photos["tiny"].unusable_reason) == (False, "too_small")
+    assert photos["tiny"].mask is None and not photos["tiny"].caption
+    assert photos["full"].usable, photos["full"].unusable_reason
+    assert photos["edge"].unusable_reason != "too_small", "64 px is the smallest side accepted"
+
+
+def test_a_sku_of_only_too_small_photos_is_refused_without_a_matting_call(
+    random_u2netp_onnx: Path, tmp_path: Path
+) -> None:
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    session = U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=False)
+    models = CaptionerModels(session=session, vlm=None, options=load_settings(CaptionerSettings))
+    event = _event(store, "SKU-TINY", {"two": _product(2), "eight": _product(8)})
+    ctx = context(store, settings)
+    with pytest.raises(BadInput, match="no_usable_photo") as refused:
+        handle(event, ctx, models=models)
+    assert "two: too_small (2x2 px; the shorter side must be at least 64 px" in refused.value.detail
+    assert "eight: too_small (8x8 px;" in refused.value.detail
+    assert matting_calls(ctx.metrics) == 0
+
+    # The setting decides: allowed, the same photos reach the model.
+    ctx = context(store, load_settings(store_uri=store.base_uri, min_photo_side_px=2))
+    try:
+        handle(event, ctx, models=models)
+    except BadInput as exc:
+        assert "too_small" not in exc.detail
+    assert matting_calls(ctx.metrics) == 1
