@@ -46,7 +46,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -303,6 +303,8 @@ class LocalKafka:
         java: java binary; default ``$JAVA`` or ``java`` on PATH. Must be Java >= 17.
         heap_mb: JVM max heap (``-Xmx``); kept small as the machine is shared with the tests.
         kafka_dir: where ``server.properties.template``, ``log4j2.yaml`` and ``pom.xml`` live.
+        extra_properties: broker settings added after the template's (a key set there is overridden):
+            more listeners, SASL users, TLS key stores, as the security tests need.
 
     After :meth:`start` returns, ``cold_start_s`` holds the seconds from the first start step (rendering
     the config, formatting a fresh data dir, launching the JVM) to the broker answering an admin client,
@@ -319,6 +321,7 @@ class LocalKafka:
         java: str | None = None,
         heap_mb: int = 512,
         kafka_dir: Path = KAFKA_DIR,
+        extra_properties: Mapping[str, str] | None = None,
     ) -> None:
         if port == controller_port:
             raise ValueError("port and controller_port must differ")
@@ -329,6 +332,7 @@ class LocalKafka:
         self.java = java or default_java()
         self.heap_mb = heap_mb
         self.kafka_dir = Path(kafka_dir)
+        self.extra_properties = dict(extra_properties or {})
         self.cold_start_s: float | None = None
         self.formatted = False
         self._proc: subprocess.Popen[bytes] | None = None
@@ -501,6 +505,12 @@ class LocalKafka:
                 if leftover:
                     raise BrokerError(f"server.properties.template has unknown placeholders: {leftover}")
             lines.append(line)
+        if self.extra_properties:  # a properties file's last value of a key wins
+            lines += [
+                "",
+                "# extra_properties",
+                *(f"{key}={value}" for key, value in self.extra_properties.items()),
+            ]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def _format_if_needed(self, lib: Path) -> bool:

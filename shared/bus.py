@@ -26,10 +26,52 @@ from shared.errors import TransientError
 log = logging.getLogger(__name__)
 
 
+def kafka_connection(settings: Settings) -> dict[str, Any]:
+    """What every Kafka client of skuforge is given to reach the cluster: the bootstrap servers and
+    the security settings (``SKUFORGE_KAFKA_SECURITY_PROTOCOL``, SASL user and password, CA file)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        assert settings.kafka_sasl_password is not None  # Settings refuses a SASL protocol without one
+        options |= {
+            "sasl_mechanism": settings.kafka_sasl_mechanism,
+            "sasl_plain_username": settings.kafka_sasl_username,
+            "sasl_plain_password": settings.kafka_sasl_password.get_secret_value(),
+        }
+    if settings.kafka_ssl_cafile is not None:
+        options["ssl_cafile"] = settings.kafka_ssl_cafile
+    return options
+
+
+def unreachable(settings: Settings, exc: Exception) -> str:
+    """Why no broker answered, in one line that names the settings to check: kafka-python says "no
+    brokers available" alike for a broker that is down, a refused SASL login and an unknown CA."""
+    message = (
+        f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); is it running? "
+        "(`make kafka-up`, or set SKUFORGE_KAFKA_BOOTSTRAP)"
+    )
+    protocol = settings.kafka_security_protocol
+    checks = []
+    if protocol.startswith("SASL_"):
+        checks.append(
+            f"the SASL login (SKUFORGE_KAFKA_SASL_USERNAME, SKUFORGE_KAFKA_SASL_PASSWORD, "
+            f"SKUFORGE_KAFKA_SASL_MECHANISM={settings.kafka_sasl_mechanism})"
+        )
+    if protocol.endswith("SSL"):
+        checks.append("the CA the brokers' certificates are checked against (SKUFORGE_KAFKA_SSL_CAFILE)")
+    if checks:
+        message += f"; if it is, check {protocol} against the listener at that address and " + " and ".join(
+            checks
+        )
+    return message
+
+
 def make_producer(settings: Settings, client_id: str) -> KafkaProducer:
     """An idempotent producer that waits for every in-sync replica (acks=all)."""
     return KafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        **kafka_connection(settings),
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -47,7 +89,7 @@ def make_producer(settings: Settings, client_id: str) -> KafkaProducer:
 def make_consumer(settings: Settings, group_id: str, client_id: str) -> KafkaConsumer:
     """A consumer for a stage: manual commits, small polls, a poll interval fit for slow models."""
     return KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        **kafka_connection(settings),
         group_id=group_id,
         client_id=client_id,
         enable_auto_commit=False,
@@ -126,7 +168,7 @@ class Publisher:
         try:
             self._producer = make_producer(settings, client_id=f"skuforge-{producer_name}")
         except KafkaError as exc:  # the producer bootstraps here: no broker answered
-            raise TransientError(f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc})") from exc
+            raise TransientError(unreachable(settings, exc)) from exc
 
     def publish(
         self,
@@ -260,9 +302,7 @@ def create_topic_names(
 ) -> TopicsReport:
     """Create plain topic names (DLQs get one partition: they are low-volume and read by people),
     and check (with ``grow``: add) the partitions of those that exist; see ``sync_topics``."""
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="skuforge-admin"
-    )
+    admin = KafkaAdminClient(**kafka_connection(settings), client_id="skuforge-admin")
     try:
         existing = set(admin.list_topics())
         names = list(dict.fromkeys(names))

@@ -7,9 +7,10 @@ carries. An invalid value stops the service at start-up with a message naming th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.events import MAX_PHOTOS_PER_EVENT
@@ -33,6 +34,23 @@ class Settings(BaseSettings):
     # Bus
     kafka_bootstrap: str = Field(
         default="127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers, comma-separated"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="how clients talk to Kafka: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT, or SASL_SSL (SASL over "
+        "TLS, as Amazon MSK and Confluent Cloud ask)",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN", description="SASL mechanism of the SASL_* protocols"
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user of the SASL_* protocols")
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password of the SASL_* protocols (keep it in a secret)"
+    )
+    kafka_ssl_cafile: str | None = Field(
+        default=None,
+        description="PEM file of the CA certificates the brokers' certificates are checked against "
+        "(SSL, SASL_SSL); unset = the system's",
     )
     consumer_group_prefix: str = Field(
         default="skuforge", min_length=1, description="consumer group of a stage is '<prefix>.<stage>'"
@@ -147,6 +165,41 @@ class Settings(BaseSettings):
             if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
                 raise ValueError(f"{entry.strip()!r} is not host:port (a port from 1 to 65535)")
         return value
+
+    @field_validator(
+        "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_cafile", "s3_endpoint_url", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # Compose and Helm pass an unset variable as an empty one.
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _kafka_security_is_whole(self) -> Settings:
+        # kafka-python would only fail at connect time, as "no brokers available", far from the cause.
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        given = self.kafka_sasl_username is not None or self.kafka_sasl_password is not None
+        if sasl and (self.kafka_sasl_username is None or self.kafka_sasl_password is None):
+            raise ValueError(
+                f"SKUFORGE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "SKUFORGE_KAFKA_SASL_USERNAME and SKUFORGE_KAFKA_SASL_PASSWORD"
+            )
+        if given and not sasl:
+            raise ValueError(
+                "SKUFORGE_KAFKA_SASL_USERNAME/PASSWORD are set but SKUFORGE_KAFKA_SECURITY_PROTOCOL is "
+                f"{self.kafka_security_protocol}: set it to SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        if self.kafka_ssl_cafile is not None:
+            if not self.kafka_security_protocol.endswith("SSL"):
+                raise ValueError(
+                    "SKUFORGE_KAFKA_SSL_CAFILE is set but SKUFORGE_KAFKA_SECURITY_PROTOCOL is "
+                    f"{self.kafka_security_protocol}: set it to SSL or SASL_SSL"
+                )
+            if not Path(self.kafka_ssl_cafile).is_file():
+                raise ValueError(
+                    f"SKUFORGE_KAFKA_SSL_CAFILE {self.kafka_ssl_cafile!r} is not a readable file"
+                )
+        return self
 
     @field_validator("store_uri")
     @classmethod

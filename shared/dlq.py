@@ -45,7 +45,7 @@ from pydantic import ValidationError
 
 from schemas.envelope import DeadLetter, utc_now
 from schemas.topics import ALL_TOPICS, DLQ_SUFFIX, PASSTHROUGH_OUT
-from shared.bus import READ_EXTRA, make_producer
+from shared.bus import READ_EXTRA, kafka_connection, make_producer, unreachable
 from shared.config import Settings
 from shared.errors import BadInput, TransientError
 from shared.store import ObjectStore
@@ -168,7 +168,7 @@ def read_dead_letters(
     ``topic`` is resolved by ``resolve_topics`` (``any_namespace``: accept another environment's)."""
     original, dlq = resolve_topics(settings, topic, any_namespace=any_namespace)
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        **kafka_connection(settings),
         client_id="skuforge-dlq",
         group_id=None,
         enable_auto_commit=False,
@@ -469,14 +469,9 @@ def format_other_topic(dead: DeadLetterTopic, report: ReplayReport) -> str | Non
 
 def _list_topics(settings: Settings) -> set[str]:
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="skuforge-dlq"
-        )
+        admin = KafkaAdminClient(**kafka_connection(settings), client_id="skuforge-dlq")
     except KafkaError as exc:
-        raise DlqError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); is it running? "
-            "(`make kafka-up`, or set SKUFORGE_KAFKA_BOOTSTRAP)"
-        ) from exc
+        raise DlqError(unreachable(settings, exc)) from exc
     try:
         return set(admin.list_topics())
     finally:

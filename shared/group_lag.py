@@ -14,6 +14,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import OffsetSpec
@@ -68,9 +69,10 @@ class GroupLagWatcher:
     """Reads the groups' lag every ``interval_s`` in a thread of its own and sets ``gauge``."""
 
     def __init__(
-        self, bootstrap: str, groups: Mapping[str, set[str]], gauge: Gauge, interval_s: float
+        self, connection: Mapping[str, Any], groups: Mapping[str, set[str]], gauge: Gauge, interval_s: float
     ) -> None:
-        self.bootstrap, self.groups, self.gauge, self.interval_s = bootstrap, groups, gauge, interval_s
+        """``connection``: the Kafka client options (``shared.bus.kafka_connection``)."""
+        self.connection, self.groups, self.gauge, self.interval_s = connection, groups, gauge, interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="group-lag", daemon=True)
         self._admin: KafkaAdminClient | None = None
@@ -107,7 +109,7 @@ class GroupLagWatcher:
         """Read every watched group's lag now, set the gauge, return group → topic → lag."""
         if self._admin is None:
             self._admin = KafkaAdminClient(
-                bootstrap_servers=self.bootstrap.split(","),
+                **self.connection,
                 client_id="skuforge-group-lag",
                 request_timeout_ms=10_000,
             )

@@ -58,7 +58,15 @@ from schemas.common import ObjectRef
 from schemas.envelope import DeadLetter, Envelope, EnvelopeHeader, derive_id, utc_now
 from schemas.events import subject_sku_id
 from schemas.topics import DLQ_SUFFIX, Topic
-from shared.bus import make_consumer, make_envelope, make_producer, read_envelope, read_header
+from shared.bus import (
+    kafka_connection,
+    make_consumer,
+    make_envelope,
+    make_producer,
+    read_envelope,
+    read_header,
+    unreachable,
+)
 from shared.config import Settings, load_settings
 from shared.dlq import REPLAY_STAGE_HEADER
 from shared.errors import BadInput, TransientError
@@ -81,12 +89,12 @@ log = logging.getLogger("skuforge.runtime")
 
 
 class KafkaUnreachable(TransientError):
-    """A starting stage found no broker at ``bootstrap``: a deployment fault, reported in one line by
-    ``skuforge run`` instead of kafka-python's traceback."""
+    """A starting stage found no broker at ``SKUFORGE_KAFKA_BOOTSTRAP`` (or could not log in to it): a
+    deployment fault, reported in one line by ``skuforge run`` instead of kafka-python's traceback."""
 
-    def __init__(self, bootstrap: str, cause: Exception) -> None:
-        self.bootstrap = bootstrap
-        super().__init__(f"cannot reach Kafka at {bootstrap} ({cause})")
+    def __init__(self, settings: Settings, cause: Exception) -> None:
+        self.bootstrap = settings.kafka_bootstrap
+        super().__init__(unreachable(settings, cause))
 
 
 @dataclass(frozen=True)
@@ -336,7 +344,7 @@ class Stage:
                 self._consumer = None
             if self.health:
                 self.health.stop()
-            raise KafkaUnreachable(self.settings.kafka_bootstrap, exc) from exc
+            raise KafkaUnreachable(self.settings, exc) from exc
         self._consumer.subscribe(self.topics, listener=_RebalanceListener(self))
         self._await_topic_metadata()
         lag_watcher = None
@@ -348,7 +356,7 @@ class Stage:
                 self.settings.topic_name,
             )
             lag_watcher = GroupLagWatcher(
-                self.settings.kafka_bootstrap,
+                kafka_connection(self.settings),
                 groups,
                 self.metrics.group_lag,
                 self.settings.group_lag_interval_s,

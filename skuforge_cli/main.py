@@ -106,7 +106,7 @@ def _cmd_topics(rest: list[str]) -> int:
     from kafka.errors import KafkaError
 
     from schemas.topics import ALL_TOPICS, PASSTHROUGH_OUT
-    from shared.bus import TopicsError, sync_topics
+    from shared.bus import TopicsError, sync_topics, unreachable
     from shared.errors import TransientError
 
     parser = argparse.ArgumentParser(prog="skuforge topics", description="Manage skuforge's Kafka topics.")
@@ -138,11 +138,7 @@ def _cmd_topics(rest: list[str]) -> int:
                 settings, (*ALL_TOPICS, PASSTHROUGH_OUT), partitions=args.partitions, grow=args.grow
             )
         except KafkaError as exc:
-            print(
-                f"{prog}: cannot create the topics on Kafka at {settings.kafka_bootstrap} "
-                f"({exc}); is it running? (`make kafka-up`, or set SKUFORGE_KAFKA_BOOTSTRAP)",
-                file=sys.stderr,
-            )
+            print(f"{prog}: cannot create the topics: {unreachable(settings, exc)}", file=sys.stderr)
             return 1
         except (TopicsError, TransientError) as exc:  # a grow refused; metadata that never came
             print(f"{prog}: {exc}", file=sys.stderr)
@@ -218,11 +214,7 @@ def _cmd_run(rest: list[str]) -> int:
     try:
         return int(module.main())
     except KafkaUnreachable as exc:
-        print(
-            f"skuforge run: cannot reach Kafka at {exc.bootstrap}; is it running? "
-            "(make kafka-up, or set SKUFORGE_KAFKA_BOOTSTRAP)",
-            file=sys.stderr,
-        )
+        print(f"skuforge run: {exc}", file=sys.stderr)
         return 1
 
 

@@ -40,10 +40,8 @@ def test_run_with_kafka_down_is_one_line_and_exit_1(
         monkeypatch.setattr("shared.runtime.make_consumer", lambda *_a, **_k: consumer)
     assert cli_main(["run", "passthrough"]) == 1
     err = capsys.readouterr().err
-    assert (
-        f"skuforge run: cannot reach Kafka at {bootstrap}; is it running? "
-        "(make kafka-up, or set SKUFORGE_KAFKA_BOOTSTRAP)"
-    ) in err
+    assert f"skuforge run: cannot reach Kafka at {bootstrap} (" in err
+    assert "is it running? (`make kafka-up`, or set SKUFORGE_KAFKA_BOOTSTRAP)" in err
     assert "Traceback" not in err
     assert consumer.closed == (client is KafkaProducer)
 

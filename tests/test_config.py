@@ -85,6 +85,16 @@ def test_a_bad_password_list_is_refused_without_echoing_it(
     assert "SKUFORGE_CONSOLE_USERS" in err and "hunter2" not in err, err
 
 
+def test_a_minimum_photo_side_no_photo_could_have_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKUFORGE_MIN_PHOTO_SIDE_PX", "1000")
+    monkeypatch.setenv("SKUFORGE_MAX_IMAGE_PIXELS", "500000")
+    with pytest.raises(ConfigError, match=r"SKUFORGE_MIN_PHOTO_SIDE_PX \(1000\) squared exceeds"):
+        load_settings()
+    monkeypatch.setenv("SKUFORGE_MIN_PHOTO_SIDE_PX", "0")
+    with pytest.raises(ConfigError, match="SKUFORGE_MIN_PHOTO_SIDE_PX"):
+        load_settings()
+
+
 def test_bootstrap_lists_that_connect_still_pass() -> None:
     for bootstrap in ("127.0.0.1:9092", "kafka-0.kafka:9092, kafka-1.kafka:9092", "[::1]:9092"):
         assert load_settings(kafka_bootstrap=bootstrap).kafka_bootstrap == bootstrap
@@ -126,3 +136,9 @@ def test_architecture_carries_the_current_flow_table() -> None:
 def test_flow_command_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["flow", "--markdown"]) == 0
     assert capsys.readouterr().out.strip() == flow_table_markdown()
+
+
+def test_an_empty_s3_endpoint_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compose passes an unset variable as an empty one; boto3 refuses "" as an endpoint."""
+    monkeypatch.setenv("SKUFORGE_S3_ENDPOINT_URL", "")
+    assert load_settings().s3_endpoint_url is None

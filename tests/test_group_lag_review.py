@@ -40,7 +40,10 @@ def test_records_retention_deleted_are_not_lag(kafka_bootstrap: str, new_topic: 
 
     metrics = StageMetrics("upstream")
     watcher = GroupLagWatcher(
-        kafka_bootstrap, {committed_group: {topic}, new_group: {topic}}, metrics.group_lag, interval_s=60
+        {"bootstrap_servers": [kafka_bootstrap]},
+        {committed_group: {topic}, new_group: {topic}},
+        metrics.group_lag,
+        interval_s=60,
     )
     try:
         assert watcher.read_once() == {committed_group: {topic: 2}, new_group: {topic: 2}}
@@ -58,7 +61,9 @@ def test_the_lag_of_a_deleted_topic_is_no_longer_reported(kafka_bootstrap: str) 
     _produce(kafka_bootstrap, topic, 3)
     group = f"g-{topic}"
     metrics = StageMetrics("upstream")
-    watcher = GroupLagWatcher(kafka_bootstrap, {group: {topic}}, metrics.group_lag, interval_s=60)
+    watcher = GroupLagWatcher(
+        {"bootstrap_servers": [kafka_bootstrap]}, {group: {topic}}, metrics.group_lag, interval_s=60
+    )
     try:
         watcher.read_once()
         assert metrics.registry.get_sample_value(LAG, {"group": group, "topic": topic}) == 3

@@ -66,7 +66,9 @@ def test_group_lag_is_read_from_the_broker_for_a_group_with_no_running_member(
     consumer.close()  # the group has no member now, as when its stage is stopped
 
     metrics = StageMetrics("someone-upstream")
-    watcher = GroupLagWatcher(kafka_bootstrap, {group: {topic}}, metrics.group_lag, interval_s=60)
+    watcher = GroupLagWatcher(
+        {"bootstrap_servers": [kafka_bootstrap]}, {group: {topic}}, metrics.group_lag, interval_s=60
+    )
     try:
         assert watcher.read_once() == {group: {topic: (5 - 3) + 4}}
     finally:

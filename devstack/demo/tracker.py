@@ -29,7 +29,7 @@ from schemas.events import (
 )
 from schemas.flow import PIPELINE, Service
 from schemas.topics import Topic
-from shared.bus import READ_EXTRA, read_envelope
+from shared.bus import READ_EXTRA, kafka_connection, read_envelope
 from shared.config import Settings
 
 # The stages the demo follows: those that produce (the trainstore writes the store, counted there).
@@ -119,7 +119,7 @@ class FlowTracker:
         self._topics = {settings.topic_name(topic): topic for topic in WATCHED}
         self._dlqs = {settings.dlq_name(topic) for topic in WATCHED}
         self._consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap.split(","),
+            **kafka_connection(settings),
             group_id=None,
             enable_auto_commit=False,
             client_id="skuforge-demo",
