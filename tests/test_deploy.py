@@ -44,6 +44,10 @@ CRD_SCHEMAS = {
 STAGES = [stage.name for stage in PIPELINE]
 KUBERNETES_DEFAULT_GRACE_S = 30  # a pod spec without terminationGracePeriodSeconds gets this
 COMPOSE_DEFAULT_GRACE = "10s"  # a service without stop_grace_period gets this
+# Triton's --exit-timeout-secs default, which PyTriton keeps (TritonConfig.exit_timeout_secs None):
+# how long SIGTERM waits for requests in flight before Triton stops (deploy/triton/README.md).
+TRITON_EXIT_TIMEOUT_S = 30
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
 def console_stop_s() -> float:
@@ -118,6 +122,15 @@ def of_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
     (only,) = deployment["spec"]["template"]["spec"]["containers"]
     return only
+
+
+def pod_templates(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every pod the chart runs, by workload name: the Deployments' and the topics Job's templates."""
+    return {
+        doc["metadata"]["name"]: doc["spec"]["template"]
+        for doc in docs
+        if doc["kind"] in ("Deployment", "Job")
+    }
 
 
 def env_of(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -285,6 +298,14 @@ def test_the_console_keeps_its_task_table_on_a_volume_and_runs_alone(helm: str) 
     assert volume["persistentVolumeClaim"]["claimName"] == "reviews"
 
 
+def test_the_console_stays_in_its_service_while_kafka_is_away(helm: str) -> None:
+    """Its /readyz means "the intake joined its group": as the readiness probe, a Kafka outage took
+    the pages away from reviewers although they keep working (the intake restarts meanwhile)."""
+    main = container(of_kind(render(helm), "Deployment")["rel-skuforge-console"])
+    assert main["readinessProbe"]["httpGet"] == {"path": "/login", "port": "http"}
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+
+
 def test_the_console_pod_has_the_time_the_console_takes_to_stop(helm: str) -> None:
     pod = of_kind(render(helm), "Deployment")["rel-skuforge-console"]["spec"]["template"]["spec"]
     grace_s = pod.get("terminationGracePeriodSeconds", KUBERNETES_DEFAULT_GRACE_S)
@@ -315,6 +336,38 @@ def test_a_stage_can_run_on_a_gpu_with_the_cuda_image(helm: str) -> None:
     assert container(deployments["rel-skuforge-gate"])["image"] == "skuforge:0.1.0"
 
 
+def test_a_stage_given_a_gpu_tolerates_the_gpu_nodes_taint_as_triton_does(helm: str) -> None:
+    # Before, a GPU matting stage (the recipe in docs/deploy.md) had no toleration, unlike Triton: on GPU
+    # nodes tainted nvidia.com/gpu:NoSchedule its pods stayed Pending.
+    docs = render(helm, "stages.matting.resources.limits.nvidia\\.com/gpu=1")
+    pods = {name: template["spec"] for name, template in pod_templates(docs).items()}
+    assert GPU_TOLERATION in pods["rel-skuforge-triton"]["tolerations"]
+    assert pods["rel-skuforge-matting"]["tolerations"] == [GPU_TOLERATION]
+    assert "tolerations" not in pods["rel-skuforge-gate"], "a stage without a GPU stays off the GPU nodes"
+    # A stage's own toleration for the key is kept as it is, not doubled; its others are kept too.
+    docs = render(
+        helm,
+        "stages.matting.resources.limits.nvidia\\.com/gpu=1",
+        "stages.matting.tolerations[0].key=nvidia.com/gpu",
+        "stages.matting.tolerations[0].operator=Equal",
+        "stages.matting.tolerations[0].value=present",
+        "stages.matting.tolerations[0].effect=NoSchedule",
+    )
+    assert of_kind(docs, "Deployment")["rel-skuforge-matting"]["spec"]["template"]["spec"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
+    ]
+    docs = render(
+        helm,
+        "stages.matting.resources.limits.nvidia\\.com/gpu=1",
+        "stages.matting.tolerations[0].key=spot",
+        "stages.matting.tolerations[0].operator=Exists",
+    )
+    assert of_kind(docs, "Deployment")["rel-skuforge-matting"]["spec"]["template"]["spec"]["tolerations"] == [
+        {"key": "spot", "operator": "Exists"},
+        GPU_TOLERATION,
+    ]
+
+
 def test_without_autoscaling_the_values_set_the_replicas(helm: str) -> None:
     docs = render(helm, "stageDefaults.autoscaling.enabled=false", "stages.matting.replicas=3")
     assert not of_kind(docs, "ScaledObject")
@@ -327,17 +380,46 @@ def test_optional_parts_can_be_left_out(helm: str) -> None:
     docs = render(
         helm,
         "triton.enabled=false",
+        # The generator stage calls a Triton for every backend: without the chart's, it names another.
+        "settings.SKUFORGE_GENERATION_TRITON_URL=triton.gpu-pool:8001",
         "console.enabled=false",
         "monitoring.podMonitors=false",
         "monitoring.prometheusRule=false",
         "topicsJob.enabled=false",
         "staticMembership=false",
+        "serviceAccount.create=false",
     )
     kinds = {doc["kind"] for doc in docs}
     assert kinds == {"ConfigMap", "Secret", "Deployment", "ScaledObject"}
     assert sorted(of_kind(docs, "Deployment")) == sorted(f"rel-skuforge-{name}" for name in STAGES)
-    assert "SKUFORGE_GENERATION_TRITON_URL" not in of_kind(docs, "ConfigMap")["rel-skuforge-settings"]["data"]
+    config = of_kind(docs, "ConfigMap")["rel-skuforge-settings"]["data"]
+    assert config["SKUFORGE_GENERATION_TRITON_URL"] == "triton.gpu-pool:8001"
+    assert "SKUFORGE_GENERATION_TRITON_PROTOCOL" not in config  # the code default, grpc
     assert all("SKUFORGE_GROUP_INSTANCE_ID" not in env_of(d) for d in of_kind(docs, "Deployment").values())
+
+
+def test_without_the_charts_triton_the_generator_stage_must_be_told_where_triton_is(helm: str) -> None:
+    # Before, triton.enabled=false rendered a generator stage with no SKUFORGE_GENERATION_TRITON_URL: it
+    # called the code default, 127.0.0.1:8001 (its own pod), and retried forever. It calls Triton for
+    # every backend, the composite one too (services/generator/stage.py builds a TritonGenerator always).
+    message = render_error(helm, "triton.enabled=false")
+    assert "set settings.SKUFORGE_GENERATION_TRITON_URL" in message
+    assert "composite too" in message
+    for given in (
+        "settings.SKUFORGE_GENERATION_TRITON_URL=t:8001",
+        "stages.generator.env.SKUFORGE_GENERATION_TRITON_URL=t:8001",
+        "secret.values.SKUFORGE_GENERATION_TRITON_URL=t:8001",
+    ):
+        docs = render(helm, "triton.enabled=false", given)
+        generator = of_kind(docs, "Deployment")["rel-skuforge-generator"]
+        named = env_of(generator).get("SKUFORGE_GENERATION_TRITON_URL")
+        named = named or of_kind(docs, "ConfigMap")["rel-skuforge-settings"]["data"].get(
+            "SKUFORGE_GENERATION_TRITON_URL"
+        )
+        named = named or of_kind(docs, "Secret")["rel-skuforge-settings"]["stringData"].get(
+            "SKUFORGE_GENERATION_TRITON_URL"
+        )
+        assert named == "t:8001", given
 
 
 @pytest.mark.parametrize(
@@ -374,7 +456,7 @@ def test_values_found_in_review_to_fail_only_once_deployed_fail_the_render(helm:
     render(helm, "secret.values.SKUFORGE_DIFFUSION_MODEL=s3://m/sd", model=False)
     render(helm, "secret.existingSecret=mine", model=False)  # it may be in that Secret
     render(helm, "triton.backends={composite}", "settings.SKUFORGE_GENERATION_BACKEND=composite", model=False)
-    render(helm, "triton.enabled=false", model=False)
+    render(helm, "triton.enabled=false", "settings.SKUFORGE_GENERATION_TRITON_URL=t:8001", model=False)
 
 
 def test_the_generator_stage_asks_for_the_backend_triton_serves(helm: str) -> None:
@@ -402,6 +484,167 @@ def test_the_topics_job_reads_this_releases_settings_not_the_configmap(helm: str
         env["SKUFORGE_KAFKA_BOOTSTRAP"] == "new-kafka:9092" and env["SKUFORGE_TOPIC_NAMESPACE"] == "staging."
     )
     assert container["envFrom"] == [{"secretRef": {"name": "rel-skuforge-settings"}}]
+
+
+def test_the_topics_job_adds_partitions_only_when_asked(helm: str) -> None:
+    # Before, raising topicPartitions failed every `helm upgrade`: the hook ran `topics create`, which
+    # exits 1 when an existing topic has fewer partitions than asked, and the chart had no way to pass
+    # --grow. Off by default: adding partitions moves SKUs' keys (docs/deploy.md, Adding partitions).
+    def args(*values: str) -> list[str]:
+        (job,) = of_kind(render(helm, *values), "Job").values()
+        (topics,) = job["spec"]["template"]["spec"]["containers"]
+        return list(topics["args"])
+
+    assert args() == ["topics", "create"]
+    assert args("topicsJob.grow=true", "topicPartitions=12") == ["topics", "create", "--grow"]
+    usage = subprocess.run(
+        [sys.executable, "-m", "skuforge_cli", "topics", "create", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert usage.returncode == 0 and "--grow" in usage.stdout, usage.stdout + usage.stderr
+    # The alert that sends operators to add partitions says how, in the chart's own values.
+    rules = yaml.safe_load((CHART / "rules" / "deploy.yml").read_text())
+    (runbook,) = [
+        rule["annotations"]["runbook"]
+        for group in rules["groups"]
+        for rule in group["rules"]
+        if rule.get("alert") == "SkuforgeStageAtMaxReplicas"
+    ]
+    for value in ("topicPartitions", "maxReplicas", "topicsJob.grow=true", "helm upgrade"):
+        assert value in runbook, value
+
+
+def _chart_set_variables(helm: str) -> set[str]:
+    """The SKUFORGE_* names the chart writes itself (ConfigMap, and each container's own env) with the
+    default values, the console and Triton on: not those it copies from a values map."""
+    docs = render(helm)
+    names = set(of_kind(docs, "ConfigMap")["rel-skuforge-settings"]["data"])
+    for deployment in of_kind(docs, "Deployment").values():
+        names |= set(env_of(deployment))
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    copied = set(values["settings"]) | set(values["triton"]["env"]) | {"SKUFORGE_DIFFUSION_MODEL"}
+    copied |= {name for stage in values["stages"].values() for name in (stage or {}).get("env", {})}
+    # Written only while the values choose no backend: choosing one in `settings:` is the way to.
+    copied.add("SKUFORGE_GENERATION_BACKEND")
+    return {name for name in names if name.startswith(ENV_PREFIX)} - copied
+
+
+def test_every_variable_the_chart_sets_is_refused_in_settings_and_secret_values(helm: str) -> None:
+    # Before, settings.SKUFORGE_CONSUMER_GROUP_PREFIX (or _KAFKA_BOOTSTRAP, _TOPIC_NAMESPACE...) made a
+    # second ConfigMap key with the chart's own, while KEDA's triggers and the topics Job kept the
+    # chart's value: the stages joined one group and KEDA scaled them on another's lag.
+    chart_set = _chart_set_variables(helm)
+    assert {
+        "SKUFORGE_KAFKA_BOOTSTRAP",
+        "SKUFORGE_TOPIC_NAMESPACE",
+        "SKUFORGE_CONSUMER_GROUP_PREFIX",
+        "SKUFORGE_TOPIC_PARTITIONS",
+        "SKUFORGE_STORE_URI",
+        "SKUFORGE_GENERATION_TRITON_URL",
+        "SKUFORGE_METRICS_PORT",
+        "SKUFORGE_CONSOLE_PORT",
+    } <= chart_set
+    for name in sorted(chart_set):
+        for source in ("settings", "secret.values"):
+            message = render_error(helm, f"{source}.{name}=x")
+            assert f"{source}.{name}: the chart sets this variable itself; " in message, message
+
+
+@pytest.mark.parametrize(
+    ("name", "instead"),
+    [
+        ("SKUFORGE_KAFKA_BOOTSTRAP", "use kafka.bootstrap"),
+        ("SKUFORGE_TOPIC_NAMESPACE", "use topicNamespace"),
+        ("SKUFORGE_CONSUMER_GROUP_PREFIX", "use consumerGroupPrefix"),
+        ("SKUFORGE_TOPIC_PARTITIONS", "use topicPartitions"),
+        ("SKUFORGE_STORE_URI", "use storeUri"),
+        ("SKUFORGE_SESSION_TIMEOUT_MS", "use sessionTimeoutMs"),
+        ("SKUFORGE_GROUP_INSTANCE_ID", "use staticMembership"),
+        ("SKUFORGE_GENERATION_TRITON_URL", "set triton.enabled=false"),
+    ],
+)
+def test_a_chart_set_variable_in_settings_names_the_value_to_use(helm: str, name: str, instead: str) -> None:
+    assert instead in render_error(helm, f"settings.{name}=x")
+
+
+def test_another_triton_is_named_in_settings_once_the_charts_is_off(helm: str) -> None:
+    docs = render(
+        helm,
+        "triton.enabled=false",
+        "settings.SKUFORGE_GENERATION_TRITON_URL=t:8000",
+        "settings.SKUFORGE_GENERATION_TRITON_PROTOCOL=http",
+    )
+    config = of_kind(docs, "ConfigMap")["rel-skuforge-settings"]["data"]
+    assert (config["SKUFORGE_GENERATION_TRITON_URL"], config["SKUFORGE_GENERATION_TRITON_PROTOCOL"]) == (
+        "t:8000",
+        "http",
+    )
+
+
+def test_triton_rolls_out_without_a_second_gpu_and_has_the_time_its_exit_takes(helm: str) -> None:
+    # Before, Triton had the default rolling update (a surge pod): any settings change (the checksum
+    # annotation) asked for a second GPU, and with none free the new pod stayed Pending for good.
+    docs = render(helm)
+    triton = of_kind(docs, "Deployment")["rel-skuforge-triton"]
+    strategy = triton["spec"]["strategy"]
+    assert strategy.get("type", "RollingUpdate") == "Recreate" or strategy["rollingUpdate"]["maxSurge"] == 0
+    grace_s = triton["spec"]["template"]["spec"].get(
+        "terminationGracePeriodSeconds", KUBERNETES_DEFAULT_GRACE_S
+    )
+    assert grace_s > TRITON_EXIT_TIMEOUT_S, (
+        f"Triton waits {TRITON_EXIT_TIMEOUT_S} s for requests, gets {grace_s} s"
+    )
+    # Compose gives it the same.
+    compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())["services"]["triton"]
+    assert compose_duration_s(compose.get("stop_grace_period", COMPOSE_DEFAULT_GRACE)) == grace_s
+    triton = of_kind(render(helm, "triton.terminationGracePeriodSeconds=120"), "Deployment")[
+        "rel-skuforge-triton"
+    ]
+    assert triton["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 120
+
+
+def test_every_pod_runs_as_the_releases_service_account(helm: str) -> None:
+    # Before, the chart had no ServiceAccount: EKS IRSA or GKE workload identity could not give the
+    # pods the object store's credentials.
+    role = "arn:aws:iam::123456789012:role/skuforge"
+    docs = render(
+        helm,
+        f"serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn={role}",
+        "podAnnotations.team=vision",
+    )
+    (account,) = of_kind(docs, "ServiceAccount").values()
+    assert account["metadata"]["name"] == "rel-skuforge"
+    assert account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": role}
+    assert account["automountServiceAccountToken"] is False  # skuforge never calls the Kubernetes API
+    pods = pod_templates(docs)
+    assert set(pods) == {f"rel-skuforge-{name}" for name in [*STAGES, "triton", "console", "topics"]}
+    for name, template in pods.items():
+        assert template["spec"]["serviceAccountName"] == "rel-skuforge", name
+        assert template["spec"]["automountServiceAccountToken"] is False, name
+        assert template["metadata"]["annotations"]["team"] == "vision", name
+    # An account of your own; or none named: the namespace's default.
+    docs = render(helm, "serviceAccount.create=false", "serviceAccount.name=skuforge-irsa")
+    assert not of_kind(docs, "ServiceAccount")
+    assert {t["spec"]["serviceAccountName"] for t in pod_templates(docs).values()} == {"skuforge-irsa"}
+    docs = render(helm, "serviceAccount.create=false")
+    assert {t["spec"]["serviceAccountName"] for t in pod_templates(docs).values()} == {"default"}
+
+
+def test_the_upgrade_that_creates_the_service_account_runs_its_topics_job_without_it(helm: str) -> None:
+    # The Job is a pre-upgrade hook: on the first upgrade to a chart with the ServiceAccount, the account
+    # does not exist yet when the Job starts, and a pod naming a missing account is never created (the
+    # hook hung). Outside a cluster `lookup` finds nothing, as on that upgrade.
+    command = [helm, "template", "rel", str(CHART), "--kube-version", KUBE_VERSIONS[-1], "--is-upgrade"]
+    for value in (REVIEWERS, MODEL):
+        command += ["--set", value]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    pods = pod_templates(docs)
+    assert "serviceAccountName" not in pods["rel-skuforge-topics"]["spec"]
+    assert pods["rel-skuforge-gate"]["spec"]["serviceAccountName"] == "rel-skuforge"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -575,6 +818,43 @@ def test_compose_runs_every_stage_of_the_flow_the_console_and_triton() -> None:
     stage_env = services["matting"]["environment"]
     assert stage_env["SKUFORGE_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+
+
+COMPOSE_PASSED_THROUGH = (
+    "SKUFORGE_S3_ENDPOINT_URL",
+    "SKUFORGE_S3_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "SKUFORGE_SCENES_URI",
+)
+
+
+def test_compose_takes_the_store_and_its_credentials_from_the_shell() -> None:
+    # Before, SKUFORGE_STORE_URI was fixed to the volume although deploy.md said to set it for S3, and
+    # no credentials reached the containers.
+    services = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())["services"]
+    skuforge = {name: s for name, s in services.items() if name != "kafka"}
+    for name, service in skuforge.items():
+        env = service["environment"]
+        assert env["SKUFORGE_STORE_URI"] == "${SKUFORGE_STORE_URI:-file:///data/store}", name
+        for variable in COMPOSE_PASSED_THROUGH:
+            # No value: compose passes the shell's (or --env-file's) value, and leaves it unset otherwise.
+            # Not ${VAR:-}: an empty SKUFORGE_S3_ENDPOINT_URL reaches boto3 as an endpoint, and is refused.
+            assert variable in env and env[variable] is None, (name, variable)
+
+
+def test_compose_waits_for_triton_to_load_its_diffusion_model() -> None:
+    # Before, the GPU overlay's Triton had 60 checks 10 s apart and no start period: a diffusion model
+    # that took longer to load failed `docker compose up`. The chart's startup probe allows 900 s.
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    healthcheck = yaml.safe_load((REPO / "deploy" / "compose.gpu.yaml").read_text())["services"]["triton"][
+        "healthcheck"
+    ]
+    assert compose_duration_s(healthcheck["start_period"]) >= values["triton"]["startupSeconds"]
+    assert healthcheck["test"][-1].endswith("/v2/health/ready')")
 
 
 def test_compose_gives_the_console_the_time_it_takes_to_stop() -> None:

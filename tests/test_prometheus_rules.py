@@ -167,3 +167,25 @@ def test_alertmanager_routes_every_severity_the_alerts_use_to_its_receiver(amtoo
         )
         assert routed.returncode == 0, routed.stderr
         assert routed.stdout.split() == [severity], routed.stdout
+
+
+def test_alertmanager_keeps_two_installs_and_two_stages_apart() -> None:
+    # Before, group_by was [alertname, job, group, topic]: production's and staging's alerts of one name
+    # (the chart's PodMonitors give both the same job) merged into one notification, as did two stages'
+    # SkuforgeDeadLetters or SkuforgeStoreWriteFailures (labelled by stage, not job).
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    grouped = set(config["route"]["group_by"])
+    assert {"alertname", "namespace", "release", "stage", "job", "group", "topic"} <= grouped
+    for route in config["route"].get("routes", []):
+        assert set(route.get("group_by", grouped)) >= grouped, route  # a sub-route inherits unless it says
+    # Every label an alert keeps to say where it is (its aggregation's `by` and `on` labels) is grouped
+    # on, except what it says about the fault itself (reason, kind, model).
+    kept = {
+        label.strip()
+        for group in yaml.safe_load(ALERTS_FILE.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+        for grouping in re.findall(r"\b(?:by|on) \(([^)]*)\)", rule["expr"])
+        for label in grouping.split(",")
+    }
+    assert kept - {"reason", "kind", "model"} <= grouped, kept - grouped

@@ -32,6 +32,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.repository (.Values.triton.image.tag | default (printf "%s-cuda" .Chart.AppVersion)) -}}
 {{- end -}}
 
+{{/* The ServiceAccount every pod runs as (serviceAccount.*). */}}
+{{- define "skuforge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- .Values.serviceAccount.name | default (include "skuforge.fullname" .) -}}
+{{- else -}}
+{{- .Values.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod-spec lines every pod shares: its ServiceAccount and whether an API token is mounted. */}}
+{{- define "skuforge.podIdentity" -}}
+serviceAccountName: {{ include "skuforge.serviceAccountName" . }}
+automountServiceAccountToken: {{ .Values.serviceAccount.automountToken }}
+{{- end -}}
+
 {{/* The flow, written once in schemas/flow.py; files/flow.json is `skuforge flow --json`. */}}
 {{- define "skuforge.flow" -}}
 {{- .Files.Get "files/flow.json" -}}
@@ -86,6 +101,34 @@ SKUFORGE_GENERATION_BACKEND: {{ first .Values.triton.backends | quote }}
 {{- end -}}
 {{- end -}}
 
+{{/* SKUFORGE_* variables the chart sets itself, and what to change instead. A copy in `settings:`
+made a second ConfigMap key (and one in secret.values overrode the ConfigMap through envFrom) while
+KEDA's triggers and the topics Job kept the chart's value: scaling on another group's lag, topics
+created under other names. (dict "root" $) -> YAML map */}}
+{{- define "skuforge.chartSetVariables" -}}
+SKUFORGE_KAFKA_BOOTSTRAP: use kafka.bootstrap (KEDA's triggers and the topics Job read it too)
+SKUFORGE_TOPIC_NAMESPACE: use topicNamespace (KEDA's triggers and the topics Job read it too)
+SKUFORGE_CONSUMER_GROUP_PREFIX: use consumerGroupPrefix (KEDA's triggers read it too)
+SKUFORGE_TOPIC_PARTITIONS: use topicPartitions (the topics Job and the maxReplicas check read it too)
+SKUFORGE_STORE_URI: use storeUri
+SKUFORGE_SESSION_TIMEOUT_MS: use sessionTimeoutMs
+SKUFORGE_METRICS_HOST: leave it out (the probes and Prometheus reach every pod on 0.0.0.0)
+SKUFORGE_METRICS_PORT: leave it out (each pod gets its port from files/flow.json, which the PodMonitors scrape)
+SKUFORGE_GROUP_INSTANCE_ID: use staticMembership (each pod's own name)
+SKUFORGE_CONSOLE_HOST: leave it out (the console listens on 0.0.0.0 for its Service)
+SKUFORGE_CONSOLE_PORT: use console.port
+SKUFORGE_CONSOLE_METRICS_PORT: leave it out (the console gets its port from files/flow.json)
+SKUFORGE_CONSOLE_DB_PATH: leave it out (the task table lives on the console's volume, console.persistence)
+SKUFORGE_GENERATION_SERVER_ADDRESS: leave it out (Triton listens on 0.0.0.0 for its Service)
+SKUFORGE_GENERATION_SERVER_HTTP_PORT: use triton.ports.http
+SKUFORGE_GENERATION_SERVER_GRPC_PORT: use triton.ports.grpc
+SKUFORGE_GENERATION_SERVER_METRICS_PORT: use triton.ports.metrics
+{{- if .root.Values.triton.enabled }}
+SKUFORGE_GENERATION_TRITON_URL: leave it out (the generator calls the chart's Triton; to call another, set triton.enabled=false)
+SKUFORGE_GENERATION_TRITON_PROTOCOL: leave it out (the generator calls the chart's Triton over gRPC; to call another, set triton.enabled=false)
+{{- end }}
+{{- end -}}
+
 {{/* Checks that fail the render with a message saying what to fix. */}}
 {{- define "skuforge.validate" -}}
 {{- $flow := include "skuforge.flow" . | fromJson -}}
@@ -102,6 +145,22 @@ SKUFORGE_GENERATION_BACKEND: {{ first .Values.triton.backends | quote }}
 {{- end -}}
 {{- if has $key (list "SKUFORGE_CONSOLE_USERS" "SKUFORGE_CONSOLE_SESSION_SECRET") -}}
 {{- fail (printf "settings.%s is a secret: the ConfigMap is readable by anyone who can read the namespace; put it in secret.values or secret.existingSecret" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- $chartSet := include "skuforge.chartSetVariables" (dict "root" .) | fromYaml -}}
+{{- range $source, $values := dict "settings" .Values.settings "secret.values" .Values.secret.values -}}
+{{- range $key, $_ := $values -}}
+{{- with get $chartSet $key -}}
+{{- fail (printf "%s.%s: the chart sets this variable itself; %s" $source $key .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- /* The generator stage calls Triton for every backend, composite too: without an address it
+calls 127.0.0.1:8001, its own pod, and retries forever. */ -}}
+{{- if not .Values.triton.enabled -}}
+{{- $generatorEnv := (include "skuforge.stageConfig" (dict "root" . "name" "generator") | fromJson).env | default dict -}}
+{{- if not (or (hasKey .Values.settings "SKUFORGE_GENERATION_TRITON_URL") (hasKey .Values.secret.values "SKUFORGE_GENERATION_TRITON_URL") (hasKey $generatorEnv "SKUFORGE_GENERATION_TRITON_URL")) -}}
+{{- fail "triton.enabled=false, but the generator stage calls Triton for every backend (composite too): set settings.SKUFORGE_GENERATION_TRITON_URL to the Triton that serves skuforge's generation model (host:8001 over gRPC; host:8000 with settings.SKUFORGE_GENERATION_TRITON_PROTOCOL=http), or it calls 127.0.0.1:8001 and retries forever" -}}
 {{- end -}}
 {{- end -}}
 {{- if .Values.triton.enabled -}}
