@@ -37,6 +37,11 @@ class ReferencePhoto(Contract):
     photo_id: SafeId
     image: ImageRef
     original_filename: str = Field(max_length=255)
+    mask: ImageRef | None = Field(
+        default=None,
+        description="the photo file's own transparency (white = opaque), when it had some: a cut-out's "
+        "exact outline, which the captioner uses instead of the matting model's mask",
+    )
 
 
 class SkuIngested(Contract):

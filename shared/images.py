@@ -137,8 +137,39 @@ def photo_as_stored(
     matches its stored copy byte for byte, and the photo id (the PNG's sha256) of a photo with a
     profile other than sRGB is not what it was before profiles were applied; ``skuforge evaluate``
     compares held-out photos with the store through this. Raises ``ImageRejected``."""
-    image = decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
-    return image, encode_png(image)
+    image, png, _ = photo_and_transparency(data, max_pixels=max_pixels, max_bytes=max_bytes)
+    return image, png
+
+
+def photo_and_transparency(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[Image.Image, bytes, UInt8Array | None]:
+    """``photo_as_stored``'s image and PNG, and ``transparency_mask`` of the file, from one decode."""
+    loaded = _open_and_load(
+        data, max_pixels=max_pixels, max_bytes=max_bytes, allowed_formats=DEFAULT_FORMATS, scale_jpeg=True
+    )
+    mask = transparency_mask(loaded, data)
+    image = _to_rgb(loaded, data)
+    return image, encode_png(image), mask
+
+
+def transparency_mask(image: Image.Image, data: bytes = b"") -> UInt8Array | None:
+    """The opaque pixels (255; the rest 0, HxW) of an image that has transparency: an alpha channel,
+    a palette with a transparent entry, or a PNG colour key. A product cut-out's alpha is its exact
+    outline, which a matting model only estimates (a white product on the white it would be
+    composited over loses its edges). None when no pixel is transparent, or every pixel is.
+    ``data`` is the file the image was decoded from (a colour key is in its bit depth)."""
+    keyed = _colour_key_alpha(image, data)
+    if keyed is not None:
+        alpha: npt.NDArray[Any] = keyed
+    elif image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
+        alpha = np.asarray(image.convert("RGBA"))[..., 3]
+    else:
+        return None
+    opaque = alpha >= 128
+    if opaque.all() or not opaque.any():
+        return None
+    return np.where(opaque, np.uint8(255), np.uint8(0)).astype(np.uint8)
 
 
 def encode_png(image: Image.Image | npt.NDArray[Any]) -> bytes:

@@ -294,17 +294,17 @@ def test_a_folder_over_the_photo_limit_names_every_other_problem_too(
     Image.new("RGB", (4, 4), (1, 2, 3)).save(folder / "z-tiny.png")
     decoded: list[weakref.ref[Image.Image]] = []
     most_alive = 0
-    real_decode = ingest.photo_as_stored
+    real_decode = ingest.photo_and_transparency
 
-    def decode_and_count(data: bytes, **limits: int) -> tuple[Image.Image, bytes]:
+    def decode_and_count(data: bytes, **limits: int) -> tuple[Image.Image, bytes, object]:
         nonlocal most_alive
         gc.collect()
         most_alive = max(most_alive, sum(ref() is not None for ref in decoded))
-        image, png = real_decode(data, **limits)
+        image, png, transparency = real_decode(data, **limits)
         decoded.append(weakref.ref(image))
-        return image, png
+        return image, png, transparency
 
-    monkeypatch.setattr(ingest, "photo_as_stored", decode_and_count)
+    monkeypatch.setattr(ingest, "photo_and_transparency", decode_and_count)
     with pytest.raises(IngestError) as refused:
         prepare_all(tmp_path, load_settings(max_photos_per_sku=10))
     message = str(refused.value)

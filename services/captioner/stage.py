@@ -26,8 +26,10 @@ more photos than ``SKUFORGE_MAX_PHOTOS_PER_SKU`` (what ingest accepts) goes to t
 ``too_many_photos`` before any photo is read: all of a SKU's photos are decoded at once.
 
 The models: the matting session (``SKUFORGE_CAPTIONER_MATTING_MODEL``, unset = the committed
-U2-NetP) makes the masks; all photos of a SKU go through it in one call. The attribute backend
-(default) measures colours, shape and view on the masks (``shared/captioning/attributes.py``);
+U2-NetP) makes the masks; all photos of a SKU go through it in one call, but a photo whose
+file was a cut-out: its transparency, stored by ingest (``ReferencePhoto.mask``), is its mask.
+The attribute backend (default) measures colours, shape and view on the masks
+(``shared/captioning/attributes.py``);
 ``SKUFORGE_CAPTIONER_BACKEND=vlm`` adds a BLIP sentence per photo from
 ``SKUFORGE_CAPTIONER_VLM_MODEL`` (``shared/captioning/vlm.py``), merged into the caption without
 overruling the measured colours and shape. Other knobs: ``services/captioner/config.py``.
@@ -170,7 +172,12 @@ def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModel
             f"{sku.sku_id} has {len(photos)} photos; "
             f"at most {limit} (SKUFORGE_MAX_PHOTOS_PER_SKU) are captioned",
         )
-    found = _find_products([_read_photo(photo, ctx, models.options) for photo in photos], models, ctx)
+    images = [_read_photo(photo, ctx, models.options) for photo in photos]
+    provided = [
+        _transparency_mask(photo, image, ctx, models.options)
+        for photo, image in zip(photos, images, strict=True)
+    ]
+    found = _find_products(images, models, ctx, provided)
     for photo, outcome in zip(photos, found, strict=True):
         if isinstance(outcome, _Unusable):
             ctx.log.warning(
@@ -231,22 +238,66 @@ def _read_photo(photo: ReferencePhoto, ctx: Context, options: CaptionerSettings)
     return image
 
 
+def _transparency_mask(
+    photo: ReferencePhoto, image: Image.Image | _Unusable, ctx: Context, options: CaptionerSettings
+) -> npt.NDArray[np.uint8] | None:
+    """The photo file's own transparency as its mask, at the working size, when ingest stored one
+    (``ReferencePhoto.mask``) and it is a plausible product outline; else None, and the matting
+    model masks the photo. A cut-out's alpha is exact where the model only estimates: a white
+    product composited over white loses its edges to the model."""
+    if photo.mask is None or not isinstance(image, Image.Image):
+        return None
+    try:
+        mask = ctx.read_mask(photo.mask)
+    except BadInput as refusal:
+        ctx.log.warning(
+            "transparency mask unreadable; the matting model masks the photo",
+            extra={"photo_id": photo.photo_id, "reason": refusal.reason},
+        )
+        return None
+    if mask.shape != (photo.image.height, photo.image.width):
+        ctx.log.warning(
+            "transparency mask is not the photo's size; the matting model masks the photo",
+            extra={"photo_id": photo.photo_id},
+        )
+        return None
+    if mask.shape != (image.height, image.width):  # the photo is worked on at WORKING_SIDE_PX
+        mask = np.asarray(Image.fromarray(mask).resize(image.size, Image.Resampling.NEAREST), dtype=np.uint8)
+    if mask_problem(
+        mask,
+        min_fraction=options.captioner_min_mask_fraction,
+        max_fraction=options.captioner_max_mask_fraction,
+    ):
+        # A few transparent corners of a rectangular shot are not an outline of the product.
+        return None
+    return mask
+
+
 def _find_products(
-    images: Sequence[Image.Image | _Unusable], models: CaptionerModels, ctx: Context
+    images: Sequence[Image.Image | _Unusable],
+    models: CaptionerModels,
+    ctx: Context,
+    provided: Sequence[npt.NDArray[np.uint8] | None] | None = None,
 ) -> list[_Found | _Unusable]:
-    """Mask every readable photo in one matting call, refuse masks that find no product, measure the rest."""
+    """Mask every readable photo that has no ``provided`` mask (its transparency) in one matting call,
+    refuse masks that find no product, measure the rest."""
     options = models.options
-    readable = [image for image in images if isinstance(image, Image.Image)]
+    provided = provided if provided is not None else [None] * len(images)
+    readable = [
+        image
+        for image, given in zip(images, provided, strict=True)
+        if isinstance(image, Image.Image) and given is None
+    ]
     predictions: Iterator[MattingResult] = iter([])
     if readable:  # no photo to mask makes no model call, so none is counted
         with ctx.metrics.model_call("matting", len(readable)):
             predictions = iter(models.session.predict(readable))
     found: list[_Found | _Unusable] = []
-    for image in images:
+    for image, given in zip(images, provided, strict=True):
         if isinstance(image, _Unusable):
             found.append(image)
             continue
-        mask = next(predictions).mask
+        mask = given if given is not None else next(predictions).mask
         problem = mask_problem(
             mask,
             min_fraction=options.captioner_min_mask_fraction,

@@ -26,6 +26,11 @@ Windows and macOS leave in any folder (``Thumbs.db``, ``desktop.ini``, ``Icon\\r
 batch may not differ only in case (``ABC-1``, ``abc-1``): on a case-insensitive file system their
 store folders would be one. A name or category that is only whitespace is refused.
 
+A photo file with transparency (a cut-out on a transparent background) is stored over white, as
+every photo, and its transparency beside it as a mask (``masks/transparency/<sku>/<photo>.png``,
+``ReferencePhoto.mask``): the product's exact outline, which the captioner takes instead of the
+matting model's.
+
 Re-ingesting a SKU adds and replaces photos. By default it removes none: a photo stored by an
 earlier ingest that is no longer in the folder stays in the store, and it and the images generated
 from it stay in the retraining store; ingest warns of such photos (per SKU, with their count) and goes
@@ -61,7 +66,7 @@ from schemas.topics import SKU_INGESTED
 from shared.bus import Publisher
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import ImageRejected, TransientError
-from shared.images import photo_as_stored, refuse_oversized
+from shared.images import encode_png, photo_and_transparency, refuse_oversized
 from shared.photos import (
     MACOS_ZIP_FOLDERS,
     PHOTO_FILE_SUFFIXES,
@@ -105,6 +110,8 @@ class PreparedPhoto:
     png: bytes
     width: int
     height: int
+    # The file's own transparency (a cut-out's outline), stored beside it for the captioner.
+    mask_png: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -217,7 +224,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         try:
             # Refuse an oversized file by its size, before reading gigabytes into memory.
             refuse_oversized(file.stat().st_size, settings.max_image_bytes)
-            image, png = photo_as_stored(
+            image, png, transparency = photo_and_transparency(
                 file.read_bytes(), max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
             )
             refuse_too_small(image.width, image.height, settings.min_photo_side_px)
@@ -236,7 +243,10 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         # A name that is not UTF-8 on disk (Latin-1 from an old camera or zip) is kept readable: as
         # it came, it failed the event's schema after earlier SKUs were already published.
         name = file.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:255]
-        photos.append(PreparedPhoto(photo_id, name, png, width=image.width, height=image.height))
+        mask_png = None if transparency is None else encode_png(transparency)
+        photos.append(
+            PreparedPhoto(photo_id, name, png, width=image.width, height=image.height, mask_png=mask_png)
+        )
     if problems or metadata is None:
         return None, problems
     return PreparedSku(folder=folder, metadata=metadata, photos=photos), []
@@ -359,6 +369,12 @@ def photo_key(sku: PreparedSku, photo: PreparedPhoto) -> str:
     return f"incoming/{sku.metadata.sku_id}/{photo.photo_id}.png"
 
 
+def photo_mask_key(sku: PreparedSku, photo: PreparedPhoto) -> str:
+    """Where a photo's own transparency is stored: beside the other masks, not under ``incoming/``,
+    whose keys are the SKU's photos (``stale_photo_keys``)."""
+    return f"masks/transparency/{sku.metadata.sku_id}/{photo.photo_id}.png"
+
+
 def withdrawable_photo_ids(stale_keys: list[str]) -> list[str]:
     """The photo ids of stale keys that ingest itself wrote (``<16 hex>.png``): anything else under
     ``incoming/`` is not a photo of ours."""
@@ -379,8 +395,14 @@ def upload_sku(sku: PreparedSku, store: ObjectStore) -> SkuIngested:
     for photo in sku.photos:
         stored = store.put_bytes(photo_key(sku, photo), photo.png, "image/png")
         image = ImageRef(**stored.model_dump(), width=photo.width, height=photo.height)
+        mask = None
+        if photo.mask_png is not None:
+            stored_mask = store.put_bytes(photo_mask_key(sku, photo), photo.mask_png, "image/png")
+            mask = ImageRef(**stored_mask.model_dump(), width=photo.width, height=photo.height)
         photos.append(
-            ReferencePhoto(photo_id=photo.photo_id, image=image, original_filename=photo.original_filename)
+            ReferencePhoto(
+                photo_id=photo.photo_id, image=image, original_filename=photo.original_filename, mask=mask
+            )
         )
     return SkuIngested(sku=sku.metadata, photos=photos)
 
@@ -527,7 +549,8 @@ def _warn_of_stale_photos(sku: PreparedSku, stale: list[str], warn: Callable[[st
 
 
 def _spool(sku: PreparedSku, spool_dir: Path) -> PreparedSku:
-    """``sku`` with its photos' PNG bytes written under ``spool_dir`` and dropped from memory."""
+    """``sku`` with its photos' PNG bytes written under ``spool_dir`` and dropped from memory (a
+    transparency mask, a flat two-level PNG of a few kB, stays)."""
     try:
         for photo in sku.photos:
             _spooled_file(spool_dir, sku, photo).write_bytes(photo.png)

@@ -1,0 +1,138 @@
+"""A product cut-out on a transparent background keeps its exact outline through ingest and the captioner.
+
+Retail product images often come as PNG cut-outs. Ingest stores every photo over white; before, the
+alpha was dropped there, and the captioner's matting model had to find the product again on white: a
+white bottle's edges went with the background, and the generated images carried a white blob that the
+gate accepted (its expected mask came from the same mask). Now ingest stores the transparency beside
+the photo (``ReferencePhoto.mask``) and the captioner takes it as the reference mask.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from schemas.envelope import derive_id
+from schemas.events import SkuCaptioned
+from schemas.topics import SKU_INGESTED
+from services.captioner.config import CaptionerSettings
+from services.captioner.stage import CaptionerModels, handle
+from services.ingest.ingest import prepare_sku, upload_sku
+from shared.bus import make_envelope
+from shared.config import load_settings
+from shared.images import decode_mask, photo_and_transparency, photo_as_stored
+from shared.observability import StageMetrics
+from shared.store import FileStore
+from shared.synth import make_product, render_photo
+from tests.support.captioning import committed_session, context
+
+SIDE = 320
+
+
+def white_bottle() -> tuple[bytes, npt.NDArray[np.bool_]]:
+    """An RGBA cut-out of a white bottle (shading 225-255) on full transparency, and its outline."""
+    yy, xx = np.mgrid[0:SIDE, 0:SIDE]
+    body = ((xx - 160) / 70.0) ** 2 + ((yy - 180) / 120.0) ** 2 <= 1.0
+    neck = (abs(xx - 160) <= 18) & (yy >= 30) & (yy < 80)
+    inside = body | neck
+    rgba = np.zeros((SIDE, SIDE, 4), dtype=np.uint8)
+    shade = (225 + 30 * (1 - abs(xx - 160) / 90.0).clip(0, 1)).astype(np.uint8)
+    rgba[..., 0] = rgba[..., 1] = rgba[..., 2] = shade
+    rgba[..., 3] = np.where(inside, 255, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buffer, "PNG")
+    return buffer.getvalue(), inside
+
+
+def batch_images(metrics: StageMetrics, model: str) -> float:
+    """How many images the stage gave ``model`` in all."""
+    return sum(
+        sample.value
+        for family in metrics.registry.collect()
+        if family.name == "skuforge_model_batch_size"
+        for sample in family.samples
+        if sample.name.endswith("_sum") and sample.labels.get("model") == model
+    )
+
+
+def test_a_cut_out_keeps_its_outline_from_ingest_to_the_reference_mask(tmp_path: Path) -> None:
+    cut_out, outline = white_bottle()
+    folder = tmp_path / "batch" / "milk"
+    folder.mkdir(parents=True)
+    (folder / "metadata.json").write_text(
+        json.dumps({"sku_id": "SKU-MILK", "name": "Milk bottle", "category": "bottle"})
+    )
+    (folder / "cutout.png").write_bytes(cut_out)
+    opaque = render_photo(make_product(0, 2026), 0, 2026, size_px=256).image
+    opaque.save(folder / "shelf.jpg", quality=92)
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+
+    sku, problems = prepare_sku(folder, settings)
+    assert sku is not None, problems
+    payload = upload_sku(sku, store)
+
+    photos = {photo.original_filename: photo for photo in payload.photos}
+    # The photo itself is stored as before (over white, same id); its transparency comes beside it.
+    assert photos["cutout.png"].image.sha256 == _sha256(photo_as_stored(cut_out)[1])
+    mask_ref = photos["cutout.png"].mask
+    assert mask_ref is not None and mask_ref.uri.endswith(
+        f"masks/transparency/SKU-MILK/{photos['cutout.png'].photo_id}.png"
+    )
+    assert np.array_equal(decode_mask(store.read_verified(mask_ref)) > 0, outline)
+    assert photos["shelf.jpg"].mask is None
+
+    event = make_envelope(
+        SKU_INGESTED,
+        payload,
+        event_id=derive_id("t", "milk"),
+        sku_id="SKU-MILK",
+        trace_id="t",
+        producer="test",
+    )
+    models = CaptionerModels(
+        session=committed_session(),
+        vlm=None,
+        options=load_settings(CaptionerSettings, captioner_use_gpu=False),
+    )
+    ctx = context(store, settings)
+    [emit] = handle(event, ctx, models=models)
+
+    assert isinstance(emit.payload, SkuCaptioned)
+    captioned = {photo.photo_id: photo for photo in emit.payload.photos}
+    reference = captioned[photos["cutout.png"].photo_id]
+    assert reference.usable and reference.mask is not None
+    assert np.array_equal(decode_mask(store.read_verified(reference.mask)) > 0, outline)
+    assert captioned[photos["shelf.jpg"].photo_id].usable
+    assert batch_images(ctx.metrics, "matting") == 1, "only the photo without transparency is matted"
+
+
+def test_what_is_not_a_cut_out_has_no_transparency_mask() -> None:
+    def png(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        return buffer.getvalue()
+
+    opaque_rgba = Image.new("RGBA", (64, 64), (200, 30, 30, 255))
+    all_clear = Image.new("RGBA", (64, 64), (200, 30, 30, 0))
+    assert photo_and_transparency(png(opaque_rgba))[2] is None
+    assert photo_and_transparency(png(all_clear))[2] is None
+    assert photo_and_transparency(png(Image.new("RGB", (64, 64), (1, 2, 3))))[2] is None
+    # A palette cut-out (transparent entry) and a colour-keyed RGB PNG are cut-outs too.
+    palette = Image.new("P", (64, 64), 0)
+    palette.putpalette([255, 255, 255, 200, 30, 30] + [0] * 762)
+    palette.paste(1, (16, 16, 48, 48))
+    palette.info["transparency"] = 0
+    mask = photo_and_transparency(png(palette))[2]
+    assert mask is not None and int((mask > 0).sum()) == 32 * 32
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
