@@ -39,7 +39,13 @@ PRISTINE = "instore_pristine.json"
 
 
 def load_items(dataset: Path) -> list[dict[str, Any]]:
-    """The evaluation items with their photo and reference mask; refuses a photo that differs."""
+    """The evaluation items with their photo and reference mask; refuses a photo that differs.
+
+    Photos are decoded as skuforge decodes what ingest takes in (``shared.images.decode_image``: EXIF
+    orientation, the ICC profile to sRGB), so the models see what they see in production: 56 of the
+    81 catalogue photos are Adobe RGB (until 2026-12-03 they were read with their numbers unconverted)."""
+    from shared.images import decode_image
+
     items: list[dict[str, Any]] = []
     names = [*MANIFESTS, *([PRISTINE] if (DATA / PRISTINE).is_file() else [])]
     for name in names:
@@ -48,7 +54,7 @@ def load_items(dataset: Path) -> list[dict[str, Any]]:
             if hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 raise SystemExit(f"{dataset / entry['path']}: not the photo the reference mask was made for")
             mask = np.asarray(Image.open(DATA / "masks" / f"{entry['id']}.png").convert("L")) >= 128
-            image = Image.open(dataset / entry["path"]).convert("RGB")
+            image = decode_image(data)  # as ingest decodes it: an Adobe RGB catalogue photo in sRGB
             if image.size != (mask.shape[1], mask.shape[0]):
                 raise SystemExit(f"{entry['id']}: mask {mask.shape[::-1]} vs photo {image.size}")
             items.append({**entry, "image": image, "mask": mask, "pristine": name == PRISTINE})

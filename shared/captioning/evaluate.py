@@ -28,7 +28,6 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
 from schemas.common import SkuMetadata
 from shared.captioning.attributes import (
@@ -39,6 +38,7 @@ from shared.captioning.attributes import (
     describe_product,
 )
 from shared.captioning.prompts import compose_caption
+from shared.images import decode_image
 from shared.matting.session import MattingSession
 from shared.synth import make_product, render_photo
 from shared.synth.products import ProductSpec
@@ -218,7 +218,8 @@ def real_accuracy(
     spent = 0.0
     for start in range(0, len(products), 8):
         batch = products[start : start + 8]
-        images = [Image.open(dataset_dir / product.path).convert("RGB") for product in batch]
+        # As ingest decodes them (an Adobe RGB catalogue photo in sRGB), so the figures are production's.
+        images = [decode_image((dataset_dir / product.path).read_bytes()) for product in batch]
         started = time.perf_counter()
         masks = [result.mask for result in session.predict(images)]
         for product, image, mask in zip(batch, images, masks, strict=True):
