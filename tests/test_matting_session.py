@@ -371,3 +371,29 @@ def test_open_refusals_are_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(MattingModelError, match="cannot load"):
         open_session(str(tmp_path / "junk.onnx"), threads=1, use_gpu=False, store=None)
+
+
+def test_a_cuda_provider_that_does_not_start_is_said_not_hidden(
+    random_u2netp_onnx: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """onnxruntime-gpu without its CUDA libraries starts on the CPU and only prints to stderr: the
+    matting stage then ran many times slower with nothing in its logs to say why."""
+    import onnxruntime as ort
+
+    from shared.matting import session as session_module
+
+    preloaded: list[bool] = []
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(ort, "preload_dlls", lambda *a, **k: preloaded.append(True), raising=False)
+    with caplog.at_level("WARNING", logger="skuforge.matting"):
+        session = session_module.U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=True)
+    assert session.providers == ["CPUExecutionProvider"] and session.gpu_fallback
+    assert preloaded == [True], "the nvidia wheels' libraries are preloaded before the session starts"
+    assert any("matting runs on the CPU" in record.getMessage() for record in caplog.records)
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="skuforge.matting"):
+        cpu = session_module.U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=False)
+    assert not cpu.gpu_fallback and not caplog.records, "CPU asked for: nothing to warn of"

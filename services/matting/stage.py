@@ -37,6 +37,7 @@ live in ``shared/matting/session.py``.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -62,6 +63,8 @@ from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import ObjectStore
 
 FRACTION_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0)
+
+log = logging.getLogger("skuforge.matting")
 
 
 class MattingMetrics:
@@ -104,6 +107,7 @@ def open_matting_session(
         session.warm_up()
     except MattingModelError as exc:
         raise ConfigError(str(exc)) from exc
+    log.info("matting model ready", extra={"model_id": session.model_id, "providers": session.providers})
     return session
 
 

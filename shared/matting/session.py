@@ -24,6 +24,7 @@ training, without a model.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -43,6 +44,8 @@ from shared.matting import MODELS_DIR
 from shared.matting.roi import Box, paste
 from shared.model_cache import fetch_file
 from shared.store import ObjectStore
+
+log = logging.getLogger("skuforge.matting")
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -302,6 +305,19 @@ def _register_shared_cpu_arena() -> None:
         _shared_cpu_arena = True
 
 
+def _preload_cuda_libraries() -> None:
+    """Let ONNX Runtime find the CUDA and cuDNN libraries of the ``nvidia-*`` wheels (what
+    ``onnxruntime-gpu[cuda,cudnn]`` installs): a process that never imports torch does not load them,
+    and the CUDA provider then fails to start. Harmless where the libraries come from the system."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:  # onnxruntime < 1.21
+        return
+    try:
+        preload()
+    except Exception as exc:  # a missing library: the session start below reports what it means
+        log.debug("onnxruntime.preload_dlls failed", extra={"error": str(exc)})
+
+
 def choose_providers(use_gpu: bool, available: Sequence[str] | None = None) -> list[str]:
     """ONNX Runtime providers, best first: CUDA when allowed and installed, then always the CPU."""
     available = ort.get_available_providers() if available is None else available
@@ -352,9 +368,21 @@ class MattingSession(ABC):
 
         self._source = source
         self._threads = threads
-        self._session = self._open(choose_providers(use_gpu), {})
+        wanted = choose_providers(use_gpu)
+        if CUDA_PROVIDER in wanted:
+            _preload_cuda_libraries()
+        self._session = self._open(wanted, {})
         # What ORT actually enabled: a CUDA provider that failed to initialise is dropped here.
         self.providers: list[str] = list(self._session.get_providers())
+        self.gpu_fallback = CUDA_PROVIDER in wanted and CUDA_PROVIDER not in self.providers
+        if self.gpu_fallback:
+            # ORT only prints its own error to stderr and goes on, many times slower, on the CPU.
+            log.warning(
+                "matting runs on the CPU: ONNX Runtime's CUDA provider is installed but did not start "
+                "(CUDA or cuDNN libraries missing or not found: install onnxruntime-gpu[cuda,cudnn] or "
+                "the CUDA toolkit); set SKUFORGE_MATTING_USE_GPU=false to say CPU is meant",
+                extra={"model_id": self.model_id, "providers": self.providers},
+            )
 
         model_input = self._session.get_inputs()[0]
         outputs = [output.name for output in self._session.get_outputs()]
