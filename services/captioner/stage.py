@@ -61,7 +61,13 @@ from shared.captioning.attributes import (
     plain_background_share,
     shape_tree_id,
 )
-from shared.captioning.prompts import compose_caption, compose_tags, merge_sentence, sku_prompts
+from shared.captioning.prompts import (
+    compose_caption,
+    compose_tags,
+    declared_shape,
+    merge_sentence,
+    sku_prompts,
+)
 from shared.captioning.vlm import VlmCaptioner, VlmModelError, open_vlm
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput
@@ -192,7 +198,11 @@ def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModel
         )
         raise BadInput("no_usable_photo", f"no photo of {sku.sku_id} shows a usable product ({reasons})")
 
-    shape = _consensus_shape([outcome.attributes for outcome in found if isinstance(outcome, _Found)])
+    # The owner's word first: a category that names its packaging ("juice carton") is not overruled by
+    # a mask a torn outline or an odd view misleads; the masks decide only when it names none.
+    shape = declared_shape(sku.category) or _consensus_shape(
+        [outcome.attributes for outcome in found if isinstance(outcome, _Found)]
+    )
     sentences = _sentences(found, models.vlm, ctx)
     captioned = [
         _caption_photo(photo, outcome, sentence, shape, sku, ctx, models.options)

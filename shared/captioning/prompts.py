@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from schemas.common import SkuMetadata
+from shared.captioning.attributes import ShapeName
 
 __all__ = [
     "NEGATIVE_PROMPT",
@@ -36,6 +37,7 @@ __all__ = [
     "class_noun",
     "compose_caption",
     "compose_tags",
+    "declared_shape",
     "instance_token",
     "merge_sentence",
     "sku_prompts",
@@ -82,6 +84,33 @@ _SHAPE_WORDS: Final[dict[str, str]] = {
     "jar": "jar",
     "jars": "jar",
 }
+
+
+# Packaging a category names, by its nouns: what the product's owner says beats a measurement of a
+# mask, which a torn mask or an odd view can mislead ("juice carton" measured as loose produce).
+_DECLARED_PACKAGING: Final[dict[str, ShapeName]] = {
+    **{word: "box" for word in ("carton", "cartons", "box", "boxes")},
+    **{word: "can" for word in ("can", "cans", "tin", "tins")},
+    **{word: "bottle" for word in ("bottle", "bottles")},
+    **{word: "jar" for word in ("jar", "jars", "tub", "tubs")},
+    **{word: "pouch" for word in ("pouch", "pouches", "bag", "bags", "packet", "packets")},
+}
+_DECLARED_PRODUCE: Final = frozenset({"fruit", "fruits", "vegetable", "vegetables", "produce"})
+
+
+def declared_shape(category: str) -> ShapeName | None:
+    """The packaging ``category`` names, if it names one: the head of the phrase ("juice carton" is
+    a carton, "bottle of water" a bottle: the last packaging noun before any "of"), else ``produce``
+    for fruit or vegetables; None when it says nothing about packaging ("sour cream")."""
+    words = re.findall(r"[a-z]+", category.lower())
+    head = words[: words.index("of")] if "of" in words else words
+    for candidates in (head, words):
+        packaging = [_DECLARED_PACKAGING[word] for word in candidates if word in _DECLARED_PACKAGING]
+        if packaging:
+            return packaging[-1]
+    if any(word in _DECLARED_PRODUCE for word in words):
+        return "produce"
+    return None
 
 
 def instance_token(sku_id: str) -> str:

@@ -1,0 +1,91 @@
+"""A category that names its packaging decides the caption's packaging; the masks decide otherwise.
+
+A user's Tropicana carton, its catalogue mask torn, was captioned "juice carton by Tropicana ...,
+loose fresh produce, no packaging" in every photo: the shape measured on the masks overruled what the
+owner had said. A caption that contradicts the category teaches a generator the wrong product.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas.common import SkuMetadata
+from schemas.envelope import derive_id
+from schemas.events import ReferencePhoto, SkuCaptioned, SkuIngested
+from schemas.topics import SKU_INGESTED
+from services.captioner.config import CaptionerSettings
+from services.captioner.stage import CaptionerModels, handle
+from shared.bus import make_envelope
+from shared.captioning.prompts import SHAPE_PHRASES, declared_shape
+from shared.config import load_settings
+from shared.store import FileStore
+from shared.synth import make_product, render_photo
+from tests.support.captioning import committed_session, context
+
+
+@pytest.mark.parametrize(
+    ("category", "shape"),
+    [
+        ("juice carton", "box"),
+        ("Fruit juice carton", "box"),
+        ("bottle of water", "bottle"),
+        ("can of beans", "can"),
+        ("yoghurt tub", "jar"),
+        ("bag of apples", "pouch"),
+        ("fruit", "produce"),
+        ("vegetables", "produce"),
+        ("sour cream", None),
+        ("oat drink", None),
+    ],
+)
+def test_the_packaging_a_category_names(category: str, shape: str | None) -> None:
+    assert declared_shape(category) == shape
+
+
+def _captioned(tmp_path: Path, category: str) -> SkuCaptioned:
+    store = FileStore(tmp_path / category.replace(" ", "-"))
+    spec = make_product(0, 2026)
+    photos = [
+        ReferencePhoto(
+            photo_id=f"p{index}",
+            image=store.put_image(
+                f"incoming/SKU-1/p{index}.png", render_photo(spec, index, 2026, size_px=192).image
+            ),
+            original_filename=f"p{index}.png",
+        )
+        for index in range(2)
+    ]
+    sku = SkuMetadata(**{**spec.metadata(), "sku_id": "SKU-1", "category": category})
+    event = make_envelope(
+        SKU_INGESTED,
+        SkuIngested(sku=sku, photos=photos),
+        event_id=derive_id("t", category),
+        sku_id="SKU-1",
+        trace_id="t",
+        producer="test",
+    )
+    models = CaptionerModels(
+        session=committed_session(),
+        vlm=None,
+        options=load_settings(CaptionerSettings, captioner_use_gpu=False),
+    )
+    [emit] = handle(event, context(store, load_settings(store_uri=store.base_uri)), models=models)
+    assert isinstance(emit.payload, SkuCaptioned)
+    return emit.payload
+
+
+def test_the_owners_packaging_beats_the_measured_one(tmp_path: Path) -> None:
+    measured = _captioned(tmp_path, "sour cream")  # names no packaging: the masks decide
+    measured_shape = measured.photos[0].shape
+    other = next(shape for shape in ("box", "bottle") if shape != measured_shape)
+    category = {"box": "juice carton", "bottle": "bottle of water"}[other]
+
+    declared = _captioned(tmp_path, category)
+
+    for photo in declared.photos:
+        assert photo.shape == other
+        assert SHAPE_PHRASES[other] in photo.caption
+        if SHAPE_PHRASES.get(measured_shape):
+            assert SHAPE_PHRASES[measured_shape] not in photo.caption
