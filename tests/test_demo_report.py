@@ -145,6 +145,8 @@ def test_report_shows_each_real_photo_at_its_aspect_with_its_mask_or_why_not(tmp
     assert np.abs(cutout[5, 5].astype(int) - CUTOUT_BACKGROUND_RGB).max() < 12  # background replaced
     assert np.abs(cutout[69, 100].astype(int) - (40, 20, 60)).max() < 24  # the product kept
     assert (tmp_path / "out" / "images" / "GROCERY-TEST-001-ref-1.jpg").is_file()
+    # Nothing was flagged: the page does not ask to review flagged images that are not there.
+    assert "Review the flagged images" not in page and "Nothing flagged" in page
 
 
 def test_demo_refuses_a_wrong_sku_source_before_starting_anything(

@@ -704,7 +704,12 @@ def print_summary(
         handler = f"{stage.handler_ms:.0f}" if stage.handler_ms is not None else "-"
         print(f"{stage.stage:<12} {stage.items:>9} {span:>8} {rate:>10} {handler:>11}")
     print()
-    print("review the flagged images in the console:")
+    flagged = sum(len(sku.flagged) for sku in views)
+    print(
+        f"review the {flagged} flagged images in the console:"
+        if flagged
+        else "nothing was flagged; when an image is, review it in the console:"
+    )
     for line in console_lines:
         print("  " + line)
     print(f"\ndemo took {elapsed_s:.0f}s", flush=True)

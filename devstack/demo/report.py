@@ -278,7 +278,8 @@ def write_report(
     ious = [item.iou for sku in skus for item in [*sku.accepted, *sku.flagged]]
     body.append("<h2>IoU of predicted vs expected mask</h2>")
     body.append(iou_histogram_svg(ious, iou_threshold))
-    body.append("<h2>Review the flagged images</h2><pre>" + esc("\n".join(console_lines)) + "</pre>")
+    heading = "Review the flagged images" if total_flagged else "Nothing flagged; when an image is, review it"
+    body.append(f"<h2>{heading}</h2><pre>" + esc("\n".join(console_lines)) + "</pre>")
     body.append(
         f'<p class="key">Outlines: <span style="background:rgb{PREDICTED_RGB}"></span>predicted mask '
         f"(U2-NetP; on a reference photo, the captioner's mask, whose pixels generation keeps) "
