@@ -564,3 +564,130 @@ def test_offload_without_cuda_is_refused_at_start_up(
     monkeypatch.setenv("SKUFORGE_DIFFUSION_OFFLOAD", "everything")
     with pytest.raises(ConfigError, match="SKUFORGE_DIFFUSION_OFFLOAD"):
         load_settings(DiffusionSettings)
+
+
+# --- found in review: the GPU paths, shown on CPU -----------------------------------------------
+
+
+@pytest.mark.slow
+def test_running_out_of_memory_while_loading_an_adapter_is_not_the_adapters_fault(
+    diffusion_env: Path, lora_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, any RuntimeError while loading was `adapter_unloadable`: a GPU short of memory for a
+    # moment dead-lettered good requests as if their adapter did not fit the model.
+    import torch
+
+    backend = backend_from_env()
+    registry = AdapterRegistry(FileStore(diffusion_env / "adapters"))
+    registry.register(
+        "cola-lora", lora_files[0], kind="specialized", series="cola", base_model=TINY_BASE_MODEL
+    )
+    load = backend.pipe.load_lora_weights
+
+    def short_of_memory(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    monkeypatch.setattr(backend.pipe, "load_lora_weights", short_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        backend.generate(_request(seed=11, series="cola"))
+    assert backend.lora.loaded == []
+    monkeypatch.setattr(backend.pipe, "load_lora_weights", load)  # the memory is back: it loads
+    assert backend.generate(_request(seed=11, series="cola"))[0].adapter_id == "cola-lora"
+
+
+@pytest.mark.slow
+def test_a_failed_adapter_load_puts_the_offload_hooks_back(
+    diffusion_env: Path, lora_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # diffusers removes the offload hooks to load a LoRA and re-applies them only on success: before,
+    # after a misfit adapter the pipeline ran without them and the next request failed. Offload
+    # needs CUDA, so here the backend is told it offloads and the re-application is recorded.
+    from safetensors.numpy import save
+
+    backend = backend_from_env()
+    backend.lora.offload = "model"
+    applied: list[object] = []
+    monkeypatch.setattr(backend.pipe, "enable_model_cpu_offload", lambda device=None: applied.append(device))
+    layer = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
+    misfit = save(
+        {
+            f"{layer}.lora.down.weight": np.ones((4, 999), np.float32),
+            f"{layer}.lora.up.weight": np.ones((64, 4), np.float32),
+        }
+    )
+    registry = AdapterRegistry(FileStore(diffusion_env / "adapters"))
+    registry.register("misfit", misfit, kind="specialized", series="misfit", base_model=TINY_BASE_MODEL)
+    with pytest.raises(BadInput, match="adapter_unloadable"):
+        backend.generate(_request(seed=11, series="misfit"))
+    assert applied == [backend.device]
+
+
+def _overflowing_vae(monkeypatch: pytest.MonkeyPatch, backend: DiffusionBackend, *, rows: list[int]) -> None:
+    """Make the VAE decode NaN into ``rows`` whenever it is not in float32 (or always, if it is)."""
+    import torch
+
+    vae = backend.pipe.vae
+    decode = vae.decode
+    always = vae.dtype == torch.float32
+
+    def overflowing(latents: torch.Tensor, *args: object, **kwargs: object) -> object:
+        decoded = decode(latents, *args, **kwargs)
+        if always or vae.dtype != torch.float32:
+            decoded[0][rows] = float("nan")
+        return decoded
+
+    monkeypatch.setattr(vae, "decode", overflowing)
+
+
+@pytest.mark.slow
+def test_a_row_the_vae_decodes_to_nan_is_decoded_again_in_float32(
+    diffusion_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, NaN pixels became 0: a black background, the product pasted back exactly, and the
+    # gate accepted it. A float16 VAE overflows; bfloat16 (which runs on a CPU) stands in for it.
+    import torch
+
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_DTYPE", "bfloat16")
+    backend = backend_from_env()
+    expected = backend.generate(_request(seed=7, n=2))
+    _overflowing_vae(monkeypatch, backend, rows=[0])
+    samples = backend.generate(_request(seed=7, n=2))
+    assert backend.pipe.vae.dtype == torch.bfloat16  # put back after the float32 decode
+    outside = samples[0].expected_mask == 0
+    assert samples[0].image[outside].mean() > 20  # not black
+    difference = np.abs(samples[0].image.astype(int) - expected[0].image.astype(int))
+    assert difference.max() <= 16, difference.max()  # float32 decoding of the same latents
+    assert np.array_equal(samples[1].image, expected[1].image)  # the finite row is not touched
+
+
+@pytest.mark.slow
+def test_pixels_that_stay_nan_are_never_emitted(diffusion_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.generation.diffusion import NonFiniteOutput
+
+    backend = backend_from_env()  # float32: nothing to upcast
+    _overflowing_vae(monkeypatch, backend, rows=[1])
+    with pytest.raises(NonFiniteOutput, match="1 of 2 row"):
+        backend.generate(_request(seed=7, n=2))
+    assert not issubclass(NonFiniteOutput, BadInput)  # the backend's failure, not the request's
+
+
+@pytest.mark.slow
+def test_noise_is_drawn_on_the_cpu_and_the_device_and_dtype_are_recorded(diffusion_env: Path) -> None:
+    # A CUDA generator draws other noise than a CPU one for one seed: the recorded seed reproduced an
+    # image only on the kind of device that painted it, and the parameters did not say which.
+    backend = backend_from_env()
+    pipe = backend.pipe
+    devices: list[str] = []
+
+    class Recording:
+        def __getattr__(self, name: str) -> object:
+            return getattr(pipe, name)
+
+        def __call__(self, **call: object) -> object:
+            devices.extend(generator.device.type for generator in call["generator"])  # type: ignore[attr-defined]
+            return pipe(**call)
+
+    backend.pipe = Recording()
+    sample = backend.generate(_request(seed=3, n=2, parameters={"harmonize_strength": 0.3}))[0]
+    assert devices == ["cpu"] * 4  # painting and harmonising, two rows each
+    assert sample.parameters["device"] == "cpu" and sample.parameters["dtype"] == "float32"

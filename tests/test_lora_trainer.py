@@ -647,3 +647,113 @@ def test_a_diverging_run_fails_instead_of_publishing_nan_weights(tiny_model: Pat
     for variable, value in (("lora_seed", -1), ("lora_seed", 2**32), ("lora_alpha", 100_000)):
         with pytest.raises(ConfigError, match=f"SKUFORGE_{variable.upper()}"):
             load_settings(LoraTrainerSettings, **{variable: value})
+
+
+# --- found in review: the GPU paths, shown on CPU ---------------------------------------------------
+
+
+def test_a_model_folder_saved_in_half_precision_trains_and_the_painter_is_not_kept(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # Before, transformers loaded the text encoder in the dtype the folder's config names and diffusers
+    # the UNet in float32: a folder saved from a float16 pipeline failed at the first step ("expected
+    # m1 and m2 to have the same dtype"), at every poll.
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline
+
+    half = tmp_path / "tiny-sd-inpaint-bf16"
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(
+        tiny_model, dtype=torch.bfloat16, safety_checker=None, requires_safety_checker=False
+    )
+    pipe.save_pretrained(half)
+    assert '"bfloat16"' in (half / "text_encoder" / "config.json").read_text()
+    shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))
+    published: list[AdapterPublished] = []
+    trainer = trainer_for(
+        shared, tiny_model, tmp_path, publish=published.append, lora_model=str(half), lora_class_images=1,
+        lora_max_steps=2,
+    )  # fmt: skip
+    record(trainer, captioned_sku(trainer.store, 71, usable_photos=1, series="cola"))
+    (event,) = trainer.run_pending()
+    assert event.steps == 2 and event.class_images == 1 and published == [event]
+    # The class painter (a whole pipeline on the training device) is not kept once the set is built.
+    assert trainer._painter is None
+
+
+class _TrainingFrames:
+    """Stands for what a training job's frames hold: the models and the optimiser."""
+
+
+def test_a_job_that_keeps_raising_is_failed_after_a_few_attempts_and_its_frames_are_not_kept(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, only a refusal failed a job: any other exception (a bug, CUDA out of memory) was
+    # retried at every poll forever, and the exception kept (with its traceback) held the job's
+    # models and optimiser alive while the next job loaded its own.
+    import gc
+    import weakref
+
+    from services.lora_trainer import stage as stage_module
+    from services.lora_trainer.stage import JOB_MAX_ATTEMPTS
+
+    frames: list[weakref.ref[_TrainingFrames]] = []
+    failures = [TransientError("the store went away")] + [
+        RuntimeError("CUDA error: an illegal memory access")
+    ] * 9
+
+    def failing_train(*args: object, **kwargs: object) -> None:
+        models = _TrainingFrames()
+        frames.append(weakref.ref(models))
+        raise failures[len(frames) - 1]
+
+    monkeypatch.setattr(stage_module, "train_lora", failing_train)
+    shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))
+    trainer = trainer_for(shared, tiny_model, tmp_path, publish=lambda event: None, lora_class_images=0)
+    record(trainer, captioned_sku(trainer.store, 81, usable_photos=1, series="cola"))
+    (job,) = trainer.plan()
+    gc.disable()  # only dropping the traceback may free the frames: no collection by chance
+    try:
+        with pytest.raises(TransientError):  # a store away is retried and not counted
+            trainer.run_pending()
+        assert not trainer.store.exists(f"{PREFIX}/jobs/{job.sha256}/attempts.json")
+        for attempt in range(1, JOB_MAX_ATTEMPTS):
+            with pytest.raises(RuntimeError, match="illegal memory access") as raised:
+                trainer.run_pending()
+            assert frames[-1]() is None  # what was raised holds no training frame
+            del raised
+            attempts = json.loads(trainer.store.get_bytes(f"{PREFIX}/jobs/{job.sha256}/attempts.json"))
+            assert attempts["attempts"] == attempt
+        assert trainer.run_pending() == []  # the last attempt fails the job
+        assert frames[-1]() is None
+    finally:
+        gc.enable()
+    failed = json.loads(trainer.store.get_bytes(f"{PREFIX}/jobs/{job.sha256}/failed.json"))
+    assert failed["adapter_id"] == job.adapter_id
+    assert (
+        f"{JOB_MAX_ATTEMPTS} attempts failed" in failed["reason"]
+        and "illegal memory access" in failed["reason"]
+    )
+    assert len(frames) == 1 + JOB_MAX_ATTEMPTS
+    assert trainer.run_pending() == [] and len(frames) == 1 + JOB_MAX_ATTEMPTS  # not tried again
+
+
+def test_a_class_image_painted_nan_is_not_trained_on(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, a NaN class image became a black one and the adapter learnt "a photo of a can" is black.
+    from shared.generation.diffusion import NonFiniteOutput
+
+    shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))
+    trainer = trainer_for(shared, tiny_model, tmp_path, publish=lambda event: None, lora_class_images=1)
+    trainer._paint_class_images("a photo of a can", 1, 0, 64)  # loads the painter
+    vae = trainer._painter.vae
+    decode = vae.decode
+
+    def overflowing(latents: Any, *args: Any, **kwargs: Any) -> Any:
+        decoded = decode(latents, *args, **kwargs)
+        decoded[0][:] = float("nan")
+        return decoded
+
+    monkeypatch.setattr(vae, "decode", overflowing)
+    with pytest.raises(NonFiniteOutput):
+        trainer._paint_class_images("a photo of a can", 1, 0, 64)

@@ -46,7 +46,7 @@ from services.generator.protocol import (
 from shared.config import Settings, load_settings
 from shared.errors import BadInput, TransientError
 from shared.generation.backend import GenerationBackend, GenerationRequest, RowOutcome, open_backend
-from shared.generation.diffusion import DiffusionSettings
+from shared.generation.diffusion import DiffusionSettings, is_out_of_memory, release_memory
 from shared.generation.scenes import SceneLibrary
 from shared.generation.settings import GenerationSettings
 from shared.observability import HealthServer, configure_logging
@@ -60,7 +60,8 @@ class BackendFailed(Exception):
 
 
 class BackendUnavailable(BackendFailed):
-    """The backend could not serve the row now (a ``TransientError``: its registry or store away)."""
+    """The backend could not serve the row now (a ``TransientError``: its registry or store away; or
+    the GPU out of memory even for the row alone, which other work on it may have caused)."""
 
 
 class GenerationModel:
@@ -72,6 +73,9 @@ class GenerationModel:
     A backend that raises on the batch gets its rows again one at a time, so a row it cannot serve
     (a bug on that input) fails alone, its ``error`` prefixed ``backend_error:``; only a fault of
     this code (an answer of the wrong shape) is raised, and Triton reports it to the whole batch.
+    Only a ``BadInput`` the backend raises is the row's own fault (a ``ValueError`` from inside torch
+    or diffusers is the backend's); a store away (``TransientError``) or the GPU out of memory even
+    for one row is ``backend_unavailable:``, which the stage retries without dead-lettering.
     """
 
     def __init__(self, backend: GenerationBackend) -> None:
@@ -87,16 +91,27 @@ class GenerationModel:
         """
         parsed = [self._parse_request(request) for request in requests]
         valid = [row for _, rows in parsed for row in rows if isinstance(row, GenerationRequest)]
+        served: list[RowOutcome | BackendFailed] | None = None
         try:
-            served: list[RowOutcome | BackendFailed] = list(self.backend.generate_many(valid))
-        except Exception:
+            served = list(self.backend.generate_many(valid))
+        except Exception as exc:
             # One row the backend cannot serve (a bug on some input) would fail every request of
             # every batch it lands in, and the stage would retry it forever: serve the rows alone.
-            log.exception(
-                "the %s backend failed on a batch of %d rows; serving them one by one",
-                self.backend.name,
-                len(valid),
-            )
+            if is_out_of_memory(exc):
+                log.warning(
+                    "the %s backend ran out of memory on a batch of %d rows; serving them one by one",
+                    self.backend.name,
+                    len(valid),
+                )
+            else:
+                log.exception(
+                    "the %s backend failed on a batch of %d rows; serving them one by one",
+                    self.backend.name,
+                    len(valid),
+                )
+        if served is None:
+            # Out of the except block: the failed batch's frames (and their GPU tensors) are gone.
+            release_memory()
             served = [self._serve_alone(row) for row in valid]
         outcomes = iter(served)
         answers = []
@@ -110,19 +125,31 @@ class GenerationModel:
 
     def _serve_alone(self, row: GenerationRequest) -> RowOutcome | BackendFailed:
         """One row on its own: its outcome, or what the backend raised on it."""
+        failure: BackendFailed
         try:
             (outcome,) = self.backend.generate_many([row])
-        except (ValueError, BadInput) as exc:
-            return exc
+            return outcome
+        except BadInput as exc:
+            return exc  # the project's own refusal: the row's fault
         except TransientError as exc:
             log.warning(
                 "the %s backend cannot serve variant seed %d now: %s", self.backend.name, row.seed, exc
             )
             return BackendUnavailable(f"{type(exc).__name__}: {exc}")
         except Exception as exc:
-            log.exception("the %s backend failed on variant seed %d", self.backend.name, row.seed)
-            return BackendFailed(f"{type(exc).__name__}: {exc}")
-        return outcome
+            if is_out_of_memory(exc):
+                log.warning(
+                    "the %s backend ran out of memory on variant seed %d alone: %s",
+                    self.backend.name,
+                    row.seed,
+                    exc,
+                )
+                failure = BackendUnavailable(f"{type(exc).__name__}: {exc}")
+            else:
+                log.exception("the %s backend failed on variant seed %d", self.backend.name, row.seed)
+                failure = BackendFailed(f"{type(exc).__name__}: {exc}")
+        release_memory()  # out of the except block, before the next row
+        return failure
 
     def _parse_request(
         self, request: Mapping[str, npt.NDArray[Any]]

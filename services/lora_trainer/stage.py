@@ -26,7 +26,11 @@ it. A job whose adapter is published (``lora-trainer/published/<adapter_id>.json
 again: a redelivered ``sku.captioned`` finds the same hash and does nothing. A job that cannot train
 as configured (an SDXL base model, an empty set, a recorded photo since deleted or altered) is marked
 failed with its reason (``lora-trainer/jobs/<hash>/failed.json``) and not retried until its inputs
-change; the other jobs go on. One trainer per GPU.
+change; the other jobs go on. A job whose training raises anything else (a bug, the GPU out of
+memory, NaN paint) is tried again at the next polls, ``JOB_MAX_ATTEMPTS`` times in all (counted in
+``lora-trainer/jobs/<hash>/attempts.json``, so a restart does not reset them), then marked failed
+with the last reason; a store away (``TransientError``) is retried without counting. One trainer
+per GPU.
 
 Bad input goes to the DLQ with its reason: a captioned SKU with no usable photo and mask
 (``no_usable_photos``), a photo or mask missing from the store or not matching its sha256
@@ -51,7 +55,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -64,10 +68,10 @@ from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.lora_trainer.config import LoraTrainerSettings
 from shared.bus import READ_EXTRA, Publisher
 from shared.config import ConfigError, Settings, load_settings
-from shared.errors import BadInput, ObjectMissing
+from shared.errors import BadInput, ObjectMissing, TransientError
 from shared.generation.adapters import AdapterKind, AdapterRegistry
 from shared.generation.backend import cutout_sources
-from shared.generation.diffusion import DiffusionSettings, model_digest
+from shared.generation.diffusion import DiffusionSettings, model_digest, paint_finite, release_memory
 from shared.generation.settings import GenerationSettings
 from shared.images import UInt8Array, decode_image
 from shared.lora_training.dataset import (
@@ -83,7 +87,11 @@ from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import ObjectStore, open_store, sha256_hex
 
 PREFIX = "lora-trainer"
+# Attempts of a job whose training raises something unexpected (not a refusal, not a store away)
+# before it is marked failed: a bug or an out-of-memory on the same inputs fails the same way.
+JOB_MAX_ATTEMPTS = 3
 log = logging.getLogger("skuforge.lora-trainer")
+_E = TypeVar("_E", bound=BaseException)
 
 
 class LoraTrainerMetrics:
@@ -212,6 +220,21 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
+def _without_frames(exc: _E) -> _E:
+    """``exc`` (and the exceptions chained to it) without tracebacks: kept for later, a traceback
+    would keep every frame it passed through alive, with the models and optimiser of a training job."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return exc
+
+
 class LoraTrainer:
     """Trains what the store's requests call for; ``run_pending`` once, or ``start`` a thread."""
 
@@ -243,9 +266,9 @@ class LoraTrainer:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self.last_error: BaseException | None = None
+        self.last_error: BaseException | None = None  # the last poll's fault, without its traceback
         self._class_folder = _read_class_folder(settings.lora_class_images_dir)
-        self._painter: Any = None
+        self._painter: Any = None  # the base model's pipeline while a job paints its class images
 
     # -- thread --
 
@@ -272,9 +295,9 @@ class LoraTrainer:
             except TrainingInterrupted:
                 return
             except Exception as exc:  # a store or broker fault: log, wait, try again (the job resumes)
-                self.last_error = exc
                 self.metrics.jobs.labels("failed").inc()
                 log.exception("training job failed; retrying after the poll interval")
+                self.last_error = _without_frames(exc)
             self._wake.wait(self.settings.lora_poll_s)
             self._wake.clear()
 
@@ -357,8 +380,12 @@ class LoraTrainer:
             except TrainingInterrupted:
                 raise
             except Exception as exc:
-                log.warning("training job failed; the others go on", extra={"adapter_id": job.adapter_id})
-                failure = failure or exc
+                log.warning(
+                    "training job failed; the others go on",
+                    extra={"adapter_id": job.adapter_id},
+                    exc_info=True,
+                )
+                failure = failure or _without_frames(exc)
                 continue
             if event is not None:
                 published.append(event)
@@ -377,15 +404,18 @@ class LoraTrainer:
             return None  # cannot train as configured; new inputs (a new hash) or a new recipe retry
         result_key = f"{job_prefix}/result.json"
         if not self.store.exists(result_key):
+            error: Exception | None = None
             try:
                 self._train(job, job_prefix, result_key)
-            except (TrainingError, BadInput, ValueError) as exc:
-                # Not transient (a photo deleted or altered since it was recorded counts too, and a
-                # mask the compositor refuses, a ValueError): retrying the same inputs would fail the
-                # same way at every poll. A store or broker fault is a TransientError, retried.
-                self.store.put_json(failed_key, {"adapter_id": job.adapter_id, "reason": str(exc)})
-                self.metrics.jobs.labels("failed").inc()
-                log.error("training job cannot run", extra={"adapter_id": job.adapter_id, "reason": str(exc)})
+            except TrainingInterrupted:
+                raise
+            except Exception as exc:
+                error = _without_frames(exc)
+            # Out of the except block: the job's frames (models, optimiser) are gone; give the memory back
+            # before the next job loads its own.
+            release_memory()
+            if error is not None:
+                self._after_failure(job, job_prefix, error)
                 return None
         result = json.loads(self.store.get_bytes(result_key))
         weights = self.store.get_bytes(f"{job_prefix}/weights.safetensors")
@@ -430,19 +460,55 @@ class LoraTrainer:
         log.info("adapter published", extra={"adapter_id": job.adapter_id, "steps": result["steps"]})
         return event
 
+    def _after_failure(self, job: Job, job_prefix: str, error: Exception) -> None:
+        """Mark the job failed, or count the attempt and raise ``error`` (retried at the next poll).
+
+        Not transient, so failed at once: the job's own fault (a ``TrainingError``; a photo deleted or
+        altered since it was recorded, ``BadInput``; a mask the compositor refuses, ``ValueError``):
+        the same inputs would fail the same way at every poll. A store away (``TransientError``) is
+        retried, uncounted. Anything else (a bug, the GPU out of memory, NaN paint) is retried until
+        ``JOB_MAX_ATTEMPTS`` attempts have failed, then failed with the last reason.
+        """
+        if isinstance(error, TransientError):
+            raise error
+        reason = str(error)  # a refusal's reason, as the failed.json of earlier releases hold it
+        if not isinstance(error, (TrainingError, BadInput, ValueError)):
+            reason = _one_line(error)  # its type says more than its message alone
+            attempts_key = f"{job_prefix}/attempts.json"
+            attempts = 1
+            if self.store.exists(attempts_key):
+                attempts += int(json.loads(self.store.get_bytes(attempts_key)).get("attempts", 0))
+            self.store.put_json(attempts_key, {"attempts": attempts, "last_reason": reason})
+            if attempts < JOB_MAX_ATTEMPTS:
+                log.warning(
+                    "training job failed; it is tried again at the next poll",
+                    extra={"adapter_id": job.adapter_id, "attempt": attempts, "reason": reason},
+                )
+                raise error
+            reason = f"{attempts} attempts failed, the last with {reason}"
+        self.store.put_json(f"{job_prefix}/failed.json", {"adapter_id": job.adapter_id, "reason": reason})
+        self.metrics.jobs.labels("failed").inc()
+        log.error("training job cannot run", extra={"adapter_id": job.adapter_id, "reason": reason})
+
     def _train(self, job: Job, job_prefix: str, result_key: str) -> None:
         set_prefix = f"{PREFIX}/sets/{job.sha256}"
         training_set = load_training_set(self.store, set_prefix, job.sha256)
         if training_set is None:  # built once; a resumed job reads its index, not the images
-            training_set = build_training_set(
-                self.store,
-                set_prefix,
-                job.sha256,
-                job.sources,
-                self.recipe,
-                class_folder=self._class_folder,
-                paint_class_images=self._paint_class_images,
-            )
+            try:
+                training_set = build_training_set(
+                    self.store,
+                    set_prefix,
+                    job.sha256,
+                    job.sources,
+                    self.recipe,
+                    class_folder=self._class_folder,
+                    paint_class_images=self._paint_class_images,
+                )
+            finally:
+                # The painter is a whole pipeline on the training device: not kept beside the
+                # models about to train (reloaded if another job paints; sets are built once).
+                self._painter = None
+            release_memory()
         log.info(
             "training",
             extra={
@@ -481,7 +547,11 @@ class LoraTrainer:
         )
 
     def _paint_class_images(self, prompt: str, count: int, seed: int, size: int) -> list[UInt8Array]:
-        """Class images from the base model: its inpainting pipeline with the whole canvas masked."""
+        """Class images from the base model: its inpainting pipeline with the whole canvas masked.
+
+        The pipeline is loaded at the first call and kept until the job's set is built (``_train``).
+        An image that comes out NaN even decoded in float32 raises ``NonFiniteOutput`` (``paint_finite``).
+        """
         import torch
         from PIL import Image
 
@@ -497,12 +567,12 @@ class LoraTrainer:
         everything = Image.new("L", (size, size), 255)
         images = []
         for index in range(count):
-            generator = torch.Generator(device=self._painter.device).manual_seed(seed * 7919 + index)
-            with torch.inference_mode():
-                output = self._painter(
-                    prompt=prompt, image=canvas, mask_image=everything, height=size, width=size,
-                    strength=1.0, num_inference_steps=25, generator=generator, output_type="np",
-                ).images[0]  # fmt: skip
+            # A CPU generator: the same noise, so the same class images, on a GPU as on a CPU.
+            generator = torch.Generator(device="cpu").manual_seed(seed * 7919 + index)
+            output = paint_finite(
+                self._painter, prompt=prompt, image=canvas, mask_image=everything, height=size, width=size,
+                strength=1.0, num_inference_steps=25, generator=generator,
+            )[0]  # fmt: skip
             images.append(np.clip(np.rint(output * 255.0), 0, 255).astype(np.uint8))
         return images
 

@@ -27,9 +27,12 @@ copied into a local cache first. Loading never touches the internet (``local_fil
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
+import logging
 import math
+import sys
 import threading
 import time
 import warnings
@@ -62,12 +65,19 @@ __all__ = [
     "DiffusionParameters",
     "DiffusionSettings",
     "LoraSlots",
+    "NonFiniteOutput",
     "Placement",
+    "apply_offload",
+    "is_out_of_memory",
     "model_digest",
+    "paint_finite",
     "paint_mask",
     "place_product",
+    "release_memory",
     "variant_seeds",
 ]
+
+log = logging.getLogger("skuforge.generation.diffusion")
 
 UInt8Array = npt.NDArray[np.uint8]
 
@@ -166,6 +176,14 @@ class DiffusionSettings(BaseSettings):
 
 class DiffusionModelError(Exception):
     """The configured pipeline folder is missing, incomplete or not loadable."""
+
+
+class NonFiniteOutput(RuntimeError):
+    """The pipeline painted NaN or infinite pixels (float16 overflow), even when decoded again in float32.
+
+    Not the request's fault and not a store being away: the backend's own failure, which the Triton
+    model reports as ``backend_error`` (the stage retries it a few times, then dead-letters it).
+    """
 
 
 class DiffusionParameters(BaseModel):
@@ -289,6 +307,10 @@ class LoraSlots:
     An evicted adapter is deleted from the pipeline (``delete_adapters``), not only deactivated:
     every adapter a peft model holds slows ``set_adapters`` and each forward pass a little, so
     keeping them all would make switching cost grow with the registry.
+
+    ``offload`` and ``device`` are the pipeline's memory saver (``apply_offload``): diffusers takes
+    the offload hooks off to load an adapter and puts them back only when the load succeeds, so a
+    failed load puts them back here.
     """
 
     def __init__(
@@ -298,6 +320,8 @@ class LoraSlots:
         fetch: Callable[[AdapterMetadata], Path],
         *,
         scale: float = 1.0,
+        offload: str = "off",
+        device: torch.device | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("the LoRA cache must hold at least one adapter")
@@ -305,6 +329,8 @@ class LoraSlots:
         self.capacity = capacity
         self.fetch = fetch
         self.scale = scale
+        self.offload = offload
+        self.device = device
         self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter_id -> weights sha256, oldest first
         self.active: str | None = None
         self.evicted: list[str] = []  # ids deleted so far, oldest first (for metrics and tests)
@@ -315,7 +341,12 @@ class LoraSlots:
         return list(self._loaded)
 
     def activate(self, adapter: AdapterMetadata | None) -> None:
-        """Make ``adapter`` the only active one (``None``: the base model), loading it if needed."""
+        """Make ``adapter`` the only active one (``None``: the base model), loading it if needed.
+
+        An adapter that does not fit the model is refused (``BadInput`` ``adapter_unloadable``) and
+        leaves nothing in the UNet. Running out of GPU memory (``torch.OutOfMemoryError``) or a CUDA
+        fault (``torch.AcceleratorError``) is the backend's, not the adapter's: raised as it is.
+        """
         if adapter is None:
             if self._loaded:
                 self.pipe.disable_lora()
@@ -330,6 +361,8 @@ class LoraSlots:
             while len(self._loaded) >= self.capacity:
                 self._delete(next(iter(self._loaded)))
             directory = self.fetch(adapter)
+            import torch
+
             try:
                 with warnings.catch_warnings():
                     # peft warns whenever a second adapter joins a model: here that is the design.
@@ -342,11 +375,11 @@ class LoraSlots:
                         adapter_name=adapter_id,
                         local_files_only=True,
                     )
+            except (torch.OutOfMemoryError, torch.AcceleratorError):
+                self._undo_failed_load(adapter_id)
+                raise
             except (ValueError, RuntimeError, KeyError, OSError) as exc:
-                # Half-injected layers would stay in the UNet: remove whatever did get in.
-                with contextlib.suppress(Exception), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    self.pipe.delete_adapters([adapter_id])
+                self._undo_failed_load(adapter_id)
                 raise BadInput(
                     "adapter_unloadable",
                     f"adapter {adapter_id!r} does not fit this model (base {adapter.base_model!r}): {exc}",
@@ -355,6 +388,18 @@ class LoraSlots:
         self.pipe.enable_lora()
         self.pipe.set_adapters([adapter_id], adapter_weights=[self.scale])
         self.active = adapter_id
+
+    def _undo_failed_load(self, adapter_id: str) -> None:
+        """After a failed load: remove what did get into the UNet, and put the offload hooks back."""
+        # Half-injected layers would stay in the UNet: remove whatever did get in.
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.pipe.delete_adapters([adapter_id])
+        # diffusers removed the offload hooks before loading and re-applies them only on success:
+        # without them the next call would find the weights on the CPU (huggingface/diffusers
+        # loaders/lora_base.py, `_func_optionally_disable_offloading`).
+        if self.offload != "off" and self.device is not None:
+            apply_offload(self.pipe, self.offload, self.device)
 
     def _delete(self, adapter_id: str) -> None:
         self.pipe.delete_adapters([adapter_id])
@@ -469,16 +514,126 @@ def load_inpaint_pipeline(
             f"asked diffusers for {dtype} weights but got {wrong}: this diffusers release ignores the "
             "`dtype` keyword (install diffusers>=0.42)"
         )
+    if offload == "off":
+        pipe = pipe.to(device)
+    else:
+        apply_offload(pipe, offload, device)
+    if attention_slicing != "off":
+        pipe.enable_attention_slicing(attention_slicing)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def apply_offload(pipe: Any, offload: str, device: torch.device) -> None:
+    """Put diffusers' offload hooks on ``pipe``: 'model' (``enable_model_cpu_offload``) or 'sequential'.
+
+    What loading the pipeline does, and what a failed LoRA load must do again (``LoraSlots``).
+    """
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     else:
-        pipe = pipe.to(device)
-    if attention_slicing != "off":
-        pipe.enable_attention_slicing(attention_slicing)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+        raise ValueError(f"offload must be 'model' or 'sequential', got {offload!r}")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch running out of (GPU) memory: the backend's state, not the input's fault."""
+    torch = sys.modules.get("torch")  # not imported: then it cannot be torch's error
+    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
+
+
+def release_memory() -> None:
+    """Collect garbage and give CUDA's cached blocks back, after a failure or a job.
+
+    Call it outside any ``except`` block: while an exception is being handled its traceback keeps
+    every frame it passed through alive, with their tensors.
+    """
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def paint_finite(pipe: Any, **call: Any) -> npt.NDArray[np.float32]:
+    """``pipe(**call)`` with ``output_type="np"``: its images (rows x H x W x 3, 0..1), every one finite.
+
+    A float16 VAE can overflow and decode NaN, which becomes black pixels once converted to uint8: a
+    plain background the product would be pasted onto, which the gate would accept. So the final
+    latents are kept, and a row that comes out non-finite is decoded again with the VAE in float32,
+    once; a row still non-finite (its latents are already NaN: the UNet overflowed) raises
+    ``NonFiniteOutput`` rather than be returned. Rows that came out finite are not touched.
+    """
+    import torch
+
+    final: dict[str, Any] = {}
+
+    def keep_latents(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        final["latents"] = tensors["latents"]
+        return tensors
+
+    with torch.inference_mode():
+        images = pipe(
+            **call,
+            output_type="np",
+            callback_on_step_end=keep_latents,
+            callback_on_step_end_tensor_inputs=["latents"],
+        ).images
+    images = np.asarray(images, dtype=np.float32)
+    bad = [row for row in range(len(images)) if not np.isfinite(images[row]).all()]
+    if not bad:
+        return images
+    latents = final.get("latents")
+    if latents is not None and _can_decode_in_float32(pipe) and bool(torch.isfinite(latents[bad]).all()):
+        log.warning(
+            "the VAE decoded non-finite pixels in %s; decoding %d row(s) again in float32",
+            pipe.vae.dtype,
+            len(bad),
+        )
+        images[bad] = _decode_in_float32(pipe, latents[bad])
+        bad = [row for row in bad if not np.isfinite(images[row]).all()]
+    if bad:
+        raise NonFiniteOutput(
+            f"the pipeline painted NaN or infinite pixels in {len(bad)} of {len(images)} row(s) "
+            f"(weights in {pipe.vae.dtype}); not emitted: a float16 overflow, try float32 or bfloat16 "
+            "(SKUFORGE_DIFFUSION_DTYPE)"
+        )
+    return images
+
+
+def _can_decode_in_float32(pipe: Any) -> bool:
+    """A plain ``AutoencoderKL`` not already in float32 (an asymmetric VAE needs the image and mask too)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    vae: Any = getattr(pipe, "vae", None)
+    return type(vae) is AutoencoderKL and pipe.vae.dtype != torch.float32
+
+
+def _decode_in_float32(pipe: Any, latents: torch.Tensor) -> npt.NDArray[np.float32]:
+    """Decode final latents as the pipeline does, with the VAE in float32 for the call (then back)."""
+    import torch
+
+    vae = pipe.vae
+    config = vae.config
+    with torch.no_grad():
+        latents = latents.to(torch.float32)
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is not None and std is not None:  # SDXL-style VAEs: what the SDXL pipeline does
+            shape = (1, latents.shape[1], 1, 1)
+            latents = latents * torch.tensor(std).view(shape).to(latents) / config.scaling_factor
+            latents = latents + torch.tensor(mean).view(shape).to(latents)
+        else:
+            latents = latents / config.scaling_factor
+        dtype = vae.dtype
+        vae.to(dtype=torch.float32)  # the upcast the SDXL pipeline does (`upcast_vae`), for SD too
+        try:
+            decoded = vae.decode(latents, return_dict=False)[0]
+        finally:
+            vae.to(dtype=dtype)
+            pipe.maybe_free_model_hooks()  # with model offload: the VAE back to the CPU
+        images = pipe.image_processor.postprocess(decoded.float(), output_type="np")
+    return np.asarray(images, dtype=np.float32)
 
 
 def _weighted_parts(pipe: Any) -> dict[str, Any]:
@@ -512,8 +667,17 @@ class DiffusionBackend:
         self.settings = settings
         self.cache_dir = cache_dir
         self.device = device
+        # Recorded with every image: the same seed paints (nearly) the same image only on the same
+        # kind of device, in the same dtype; the noise itself is drawn on the CPU everywhere.
+        self.device_name = str(getattr(device, "type", device))  # torch.device("cuda:0") -> "cuda"
+        self.dtype_name = str(getattr(pipe, "dtype", "")).removeprefix("torch.")
         self.lora = LoraSlots(
-            pipe, settings.diffusion_lora_cache_size, self._fetch_adapter, scale=settings.diffusion_lora_scale
+            pipe,
+            settings.diffusion_lora_cache_size,
+            self._fetch_adapter,
+            scale=settings.diffusion_lora_scale,
+            offload=settings.diffusion_offload,
+            device=device,
         )
         self._lock = threading.Lock()
         self.rows_per_call_max = 0  # the most variants one pipeline call painted (batching at work)
@@ -759,6 +923,8 @@ class DiffusionBackend:
                 "adapter_choice": choice.reason,
                 "adapter_scale": settings.diffusion_lora_scale if choice.adapter else 0.0,
                 "size": request.size,
+                "device": self.device_name,
+                "dtype": self.dtype_name,
                 # Lineage only: batched kernels may round differently from a single row.
                 "pipeline_batch_rows": rows_in_call,
             }
@@ -792,20 +958,21 @@ class DiffusionBackend:
             "height": size,
             "width": size,
             "guidance_scale": guidance,
-            "output_type": "np",
         }
         masks = [paint_mask(p.expected_mask, self.settings.diffusion_mask_dilation_px) for p in placements]
         # One generator per variant: a variant's pixels do not depend on its neighbours in the batch.
-        generators = [torch.Generator(device=self.device).manual_seed(s[1]) for s in seeds]
-        with torch.inference_mode():
-            painted = self.pipe(
-                image=[Image.fromarray(p.canvas) for p in placements],
-                mask_image=[Image.fromarray(m, "L") for m in masks],
-                num_inference_steps=steps,
-                strength=1.0,
-                generator=generators,
-                **common,
-            ).images
+        # CPU generators: a CUDA generator draws other noise than a CPU one for the same seed, and
+        # diffusers moves CPU-drawn noise to the pipeline's device (what it recommends for reproducing).
+        generators = [torch.Generator(device="cpu").manual_seed(s[1]) for s in seeds]
+        painted = paint_finite(
+            self.pipe,
+            image=[Image.fromarray(p.canvas) for p in placements],
+            mask_image=[Image.fromarray(m, "L") for m in masks],
+            num_inference_steps=steps,
+            strength=1.0,
+            generator=generators,
+            **common,
+        )
         outputs = []
         for placement, image in zip(placements, painted, strict=True):
             pixels = _to_uint8(image)
@@ -814,18 +981,18 @@ class DiffusionBackend:
             outputs.append(pixels)
         if harmonize <= 0.0:
             return outputs
-        generators = [torch.Generator(device=self.device).manual_seed(s[2]) for s in seeds]
+        generators = [torch.Generator(device="cpu").manual_seed(s[2]) for s in seeds]
         everything = Image.new("L", (size, size), 255)
-        with torch.inference_mode():
-            harmonised = self.pipe(
-                image=[Image.fromarray(pixels) for pixels in outputs],
-                mask_image=[everything] * count,
-                # diffusers runs int(steps * strength) steps: keep at least one.
-                num_inference_steps=max(steps, math.ceil(1.0 / harmonize)),
-                strength=harmonize,
-                generator=generators,
-                **common,
-            ).images
+        harmonised = paint_finite(
+            self.pipe,
+            image=[Image.fromarray(pixels) for pixels in outputs],
+            mask_image=[everything] * count,
+            # diffusers runs int(steps * strength) steps: keep at least one.
+            num_inference_steps=max(steps, math.ceil(1.0 / harmonize)),
+            strength=harmonize,
+            generator=generators,
+            **common,
+        )
         return [_to_uint8(image) for image in harmonised]
 
 

@@ -113,15 +113,21 @@ def train_lora(
     if not instances:
         raise TrainingError(f"training set {training_set.sha256[:12]} has no instance images")
     torch_device = torch.device(device)
+    # Everything in float32, whatever the folder was saved in: transformers loads the dtype the
+    # folder's config names (a pipeline saved after loading it in float16 says float16) and diffusers
+    # float32, and a float16 text encoder feeding a float32 UNet fails at its first step
+    # ("expected m1 and m2 to have the same dtype"); LoRA weights and AdamW want float32 anyway.
+    fp32: dict[str, Any] = {"local_files_only": True, "dtype": torch.float32}
     tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer", local_files_only=True)
-    text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", local_files_only=True)
-    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", local_files_only=True)
-    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", local_files_only=True)
+    text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", **fp32)
+    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", **fp32)
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", **fp32)
     scheduler = DDPMScheduler.from_pretrained(model_dir, subfolder="scheduler", local_files_only=True)
     modules: list[Any] = [text_encoder, vae, unet]
     for module in modules:
         module.requires_grad_(False)
-        module.to(torch_device)
+        # A keyword a release does not know is ignored with a warning: the cast makes float32 certain.
+        module.to(device=torch_device, dtype=torch.float32)
     # The adapter's initial A matrices come from torch's global generator: seed it, so a job is a
     # function of its recipe (an uninterrupted run and a resumed one end with the same weights).
     with torch.random.fork_rng(devices=[]):

@@ -1,0 +1,126 @@
+"""The Triton model callable (``GenerationModel``) on a stand-in backend: no Triton, no torch model.
+
+What the stage would notice: a batch the GPU has no memory for is served row by row once the batch's
+memory is freed, and a row that is out of memory even alone is retried later, not dead-lettered; an
+error raised inside the backend (a ``ValueError`` from torch included) is the backend's, and only the
+project's own refusal (``BadInput``) is reported as the request's fault.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from typing import Any
+
+import numpy as np
+
+from services.generator.protocol import BACKEND_ERROR_PREFIX, BACKEND_UNAVAILABLE_PREFIX
+from services.generator.server import GenerationModel
+from shared.errors import BadInput
+from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome
+
+SIZE = 64
+
+
+def triton_request(seeds: list[int]) -> dict[str, Any]:
+    """One Triton request with a row per seed, as PyTriton hands it to the model."""
+    rows = len(seeds)
+
+    def text(value: str) -> np.ndarray:
+        return np.array([[value.encode()]] * rows, dtype=object)
+
+    mask = np.zeros((rows, SIZE, SIZE), np.uint8)
+    mask[:, 16:48, 16:48] = 255
+    return {
+        "reference": np.full((rows, SIZE, SIZE, 3), 200, np.uint8),
+        "mask": mask,
+        "prompt": text("a can"),
+        "negative_prompt": text(""),
+        "seed": np.array([[seed] for seed in seeds], dtype=np.int64),
+        "parameters": text("{}"),
+        "adapter_id": text(""),
+        "series": text(""),
+        "size": np.full((rows, 1), SIZE, np.int32),
+    }
+
+
+class _Tensors:
+    """Stands for what a failed pipeline call leaves in its frames (activations on the GPU)."""
+
+
+class StandInBackend:
+    """Serves any row; ``fail(rows)`` says what to raise for a call with those rows, if anything."""
+
+    name = "stand-in"
+    model_id = "stand-in@1"
+
+    def __init__(self, fail: Any) -> None:
+        self.fail = fail
+        self.batch_tensors: weakref.ref[_Tensors] | None = None
+        self.freed_before_alone: list[bool] = []
+
+    def generate_many(self, requests: list[GenerationRequest]) -> list[RowOutcome]:
+        if len(requests) > 1:
+            tensors = _Tensors()  # alive in this frame while the exception's traceback is
+            self.batch_tensors = weakref.ref(tensors)
+        else:
+            self.freed_before_alone.append(self.batch_tensors is None or self.batch_tensors() is None)
+        error = self.fail(requests)
+        if error is not None:
+            raise error
+        return [
+            [
+                GeneratedSample(
+                    image=np.full((SIZE, SIZE, 3), r.seed, np.uint8),
+                    expected_mask=np.zeros((SIZE, SIZE), np.uint8),
+                    parameters={"seed": r.seed},
+                )
+            ]
+            for r in requests
+        ]
+
+
+def errors(answer: dict[str, np.ndarray]) -> list[str]:
+    return [cell[0].decode() for cell in answer["error"]]
+
+
+def test_a_batch_out_of_memory_is_served_row_by_row_after_its_memory_is_freed() -> None:
+    # Before, the rows were served inside the `except` block: the failed batch's frames (its tensors)
+    # stayed alive through every retry, and a row out of memory alone became `backend_error`, which
+    # the stage dead-letters after a few attempts.
+    import torch
+
+    def fail(requests: list[GenerationRequest]) -> Exception | None:
+        if len(requests) > 1 or requests[0].seed == 13:
+            return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return None
+
+    backend = StandInBackend(fail)
+    gc.disable()  # only the fix may free the batch's frames: no collection by chance meanwhile
+    try:
+        (answer,) = GenerationModel(backend)([triton_request([11, 13, 12])])
+    finally:
+        gc.enable()
+    assert backend.freed_before_alone == [True, True, True]
+    error = errors(answer)
+    assert error[0] == error[2] == ""
+    assert error[1].startswith(BACKEND_UNAVAILABLE_PREFIX) and "OutOfMemoryError" in error[1]
+    assert answer["image"][0].max() == 11 and answer["image"][2].max() == 12
+
+
+def test_a_value_error_inside_the_backend_is_its_own_fault_and_bad_input_the_requests() -> None:
+    # Before, any ValueError the backend raised was the request's fault: `generation_refused`, straight
+    # to the dead-letter topic, for a dtype mismatch inside torch.
+    def fail(requests: list[GenerationRequest]) -> Exception | None:
+        seeds = {r.seed for r in requests}
+        if 13 in seeds:
+            return ValueError("expected m1 and m2 to have the same dtype")
+        if 17 in seeds:
+            return BadInput("empty_mask", "the product mask has no product pixels")
+        return None
+
+    (answer,) = GenerationModel(StandInBackend(fail))([triton_request([11, 13, 17])])
+    error = errors(answer)
+    assert error[0] == ""
+    assert error[1].startswith(BACKEND_ERROR_PREFIX) and "ValueError: expected m1 and m2" in error[1]
+    assert error[2] == "BadInput: empty_mask: the product mask has no product pixels"  # refused
