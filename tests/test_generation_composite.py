@@ -193,3 +193,72 @@ def test_a_photo_composite_frames_the_product_as_its_whole_reference_photo_does(
     assert height_share(reference_framing=0.1) == pytest.approx(0.3, abs=0.03)  # never below 0.3
     with pytest.raises(CompositeError, match=r"reference_framing must be in 0\.\.1"):
         backend.generate(request(reference, mask, seed=4, **fixed, reference_framing=1.5))
+
+
+def saturation(pixels: np.ndarray) -> np.ndarray:
+    """HSV saturation (0..1) of N x 3 RGB pixels."""
+    rgb = pixels.astype(np.float64)
+    brightest = rgb.max(axis=-1)
+    return (brightest - rgb.min(axis=-1)) / np.maximum(brightest, 1.0)
+
+
+def catalogue_reference() -> tuple[np.ndarray, np.ndarray]:
+    """A red disc photographed on white: its outer two pixels are half product, half white background
+    (as a catalogue photo's are), and the mask covers them."""
+    yy, xx = np.mgrid[0:240, 0:240]
+    distance = np.hypot(yy - 119.5, xx - 119.5)
+    mask = np.where(distance <= 100, 255, 0).astype(np.uint8)
+    red, white = np.array([190.0, 30.0, 35.0]), np.array([255.0, 255.0, 255.0])
+    share = np.where(distance <= 98, 1.0, np.where(distance <= 100, 0.5, 0.0))[..., None]
+    image = np.clip(share * red + (1 - share) * white + 0.5, 0, 255).astype(np.uint8)
+    return image, mask
+
+
+def test_the_edge_a_catalogue_photo_blended_with_white_is_not_pasted_as_a_pale_rim() -> None:
+    reference, mask = catalogue_reference()
+    clean = np.where(mask[..., None] > 0, np.array([190, 30, 35], dtype=np.uint8), 255).astype(np.uint8)
+    scene = np.full((256, 256, 3), (40, 110, 60), dtype=np.uint8)
+    backend = CompositeBackend(SceneLibrary([Scene("shelves/a.png", "shelves", scene)]), 1.0)
+    fixed = {**NEUTRAL_LIGHT, "scene": PHOTO_SCENE, "scene_key": "shelves/a.png", "shadow": "none"}
+    fixed |= {"occluders": 0, "scene_match": 0.0, "rotation_deg": 0.0, "perspective_x": 0.0}
+    fixed |= {"perspective_y": 0.0, "framing": 1.0}
+    for procedural in (False, True):
+        parameters = {**fixed, "scene": "studio"} if procedural else fixed
+        sample = backend.generate(request(reference, mask, seed=5, **parameters))[0]
+        depth = ndimage.distance_transform_edt(sample.expected_mask > 0)
+        # The product's outer pixels in the output (the outermost one also holds some scene), and its inside.
+        edge, inside = (depth > 1) & (depth <= 4), depth > 8
+        edge_saturation = saturation(sample.image[edge]).mean()
+        inside_saturation = saturation(sample.image[inside]).mean()
+        assert edge_saturation == pytest.approx(inside_saturation, abs=0.06), (procedural, edge_saturation)
+        assert abs(sample.image[edge].mean() - sample.image[inside].mean()) < 8
+        # The expected mask is the mask's alone: the same as for the photo without the white blend.
+        without_blend = backend.generate(request(clean, mask, seed=5, **parameters))[0]
+        assert np.array_equal(sample.expected_mask, without_blend.expected_mask)
+
+
+def test_a_photo_composite_records_the_height_its_product_was_given() -> None:
+    # On a photo scene the reference's framing decides the product's size, not the drawn height_fraction:
+    # the recorded value is the one used, and sent back it reproduces the image.
+    reference, mask = marker_reference()
+    scene = np.full((256, 256, 3), (40, 150, 60), dtype=np.uint8)
+    backend = CompositeBackend(SceneLibrary([Scene("shelves/a.png", "shelves", scene)]), 1.0)
+    fixed = {**NEUTRAL_LIGHT, "scene": PHOTO_SCENE, "scene_key": "shelves/a.png", "shadow": "none"}
+    fixed |= {"occluders": 0, "rotation_deg": 0.0, "perspective_x": 0.0, "perspective_y": 0.0}
+    for seed, reference_framing in ((1, 0.0), (2, 0.4), (3, 0.6)):
+        sample = backend.generate(
+            request(reference, mask, seed=seed, **fixed, reference_framing=reference_framing)
+        )[0]
+        rows = np.flatnonzero((sample.expected_mask > 0).any(axis=1))
+        measured = (rows[-1] + 1 - rows[0]) / sample.expected_mask.shape[0]
+        assert sample.parameters["height_fraction"] == pytest.approx(measured, abs=1.5 / 256)
+        again = backend.generate(request(reference, mask, seed=seed, **sample.parameters))[0]
+        assert np.array_equal(again.image, sample.image) and again.parameters == sample.parameters
+    # A pile records its copies' mean height, about a quarter of the frame for this bottle.
+    pile = backend.generate(request(reference, mask, seed=4, **fixed, arrangement="pile"))[0]
+    assert 0.15 < pile.parameters["height_fraction"] < 0.4
+    # Procedural scenes use the drawn (or given) value, and record it.
+    studio = backend.generate(
+        request(reference, mask, seed=4, **{**fixed, "scene": "studio"}, height_fraction=0.5)
+    )[0]
+    assert studio.parameters["height_fraction"] == 0.5

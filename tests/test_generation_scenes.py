@@ -25,7 +25,7 @@ from shared.config import load_settings
 from shared.errors import ObjectMissing, TransientError
 from shared.gate.checks import GateThresholds, evaluate
 from shared.generation.backend import COLOUR_GAIN_KEY, GeneratedSample, GenerationRequest
-from shared.generation.composite import PHOTO_SCENE, CompositeBackend
+from shared.generation.composite import PHOTO_SCENE, CompositeBackend, _Plan
 from shared.generation.scenes import SCENES_SKIPPED, Scene, SceneLibrary
 from shared.generation.settings import GenerationSettings
 from shared.images import encode_png
@@ -418,6 +418,50 @@ def test_a_sku_never_gets_a_scene_tagged_like_its_series() -> None:
     # When every scene is the SKU's own, its variants go on procedural scenes instead.
     only_cola = CompositeBackend(library(("cola/a.png", textured_scene(40, 40, (150, 40, 40)))), 1.0)
     assert {s.parameters["scene"] for s in only_cola.generate(cola)} & {PHOTO_SCENE} == set()
+
+
+def test_a_sku_never_gets_a_scene_tagged_like_its_category_or_name_even_without_a_series(
+    tmp_path: Path,
+) -> None:
+    # The samples' folders are named like the products: a lemon must not land on a pile of lemons.
+    write_scenes(
+        tmp_path, "Lemon/a.png", "lemons/b.png", "Lemon Tea/c.png", "Fruit/d.png", "Banana/e.png", "f.png"
+    )
+    scenes = SceneLibrary.load(FileStore(tmp_path))
+    assert scenes.keys_for("", "Fruit", "LEMON") == [
+        "Banana/e.png",
+        "Lemon Tea/c.png",
+        "f.png",
+        "lemons/b.png",
+    ]
+    # Whole tags only: "Lemon" is not "lemons" nor "Lemon Tea"; blank names exclude nothing.
+    assert scenes.keys_for(None, "", "  ", "Lemo") == scenes.keys_for() == scenes.keys_for(None)
+    assert len(scenes.keys_for()) == 6
+
+
+def test_excluding_a_sku_s_own_kind_changes_no_draw_of_any_other_sku() -> None:
+    # Only the scene key of a variant that would have gone on its own kind's photo changes: the plan
+    # takes the same draws in the same order, so every other variant (and every other SKU) is unchanged.
+    scenes = library(
+        ("lemon/a.png", textured_scene(40, 40, (200, 200, 40), 1)),
+        ("banana/b.png", textured_scene(40, 40, (200, 180, 40), 2)),
+        ("shelves/c.png", textured_scene(40, 40, (40, 40, 150), 3)),
+    )
+    changed = 0
+    for seed in range(40):
+
+        def plan(*own_names: str | None, seed: int = seed) -> _Plan:
+            rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
+            return _Plan.draw(rng, scenes, 0.7, own_names)
+
+        anyone, lemon, other = plan(), plan("", "Fruit", "Lemon"), plan(None, "Dairy", "Arla Milk")
+        assert other == anyone
+        assert lemon.scene_key != "lemon/a.png"
+        if anyone.scene_key == "lemon/a.png":
+            changed += 1
+            assert lemon.scene_key in {"banana/b.png", "shelves/c.png"}
+        assert dataclasses.replace(lemon, scene_key=anyone.scene_key) == anyone
+    assert changed > 0
 
 
 @pytest.mark.parametrize(

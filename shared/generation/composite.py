@@ -1,10 +1,12 @@
 """The ``composite`` backend: the product's own pixels placed on new, procedurally generated scenes.
 
 No weights, CPU-fast, and a real augmentation: the reference cut-out (reference photo x product
-mask) is warped (scale, position, rotation, perspective) onto a scene from ``shared.synth``'s
-backdrops (studio sweep, wooden table, store shelf with other products, clutter, gradients,
-textures), gets a shadow, may be partly hidden by other products standing in front of it, and
-the whole frame then gets a light gradient, a colour temperature, blur and sensor noise.
+mask, its outer pixels recoloured from inside so that the photo's own background, a catalogue's
+white, does not ride along as a pale rim) is warped (scale, position, rotation, perspective) onto a
+scene from ``shared.synth``'s backdrops (studio sweep, wooden table, store shelf with other
+products, clutter, gradients, textures), gets a shadow, may be partly hidden by other products
+standing in front of it, and the whole frame then gets a light gradient, a colour temperature, blur
+and sensor noise.
 
 The expected mask is where the product's own pixels dominate the output: the warped product
 coverage times what the occluders leave visible, at or above one half. Shadows, light and noise
@@ -69,6 +71,9 @@ SHADOWS = ("none", "drop", "cast")
 # The dimmest the scene's light may fall anywhere in the frame (1 is the reference's own exposure):
 # below zero the product came out black and its declared colour gain negative.
 MIN_LIGHT_LEVEL = 0.05
+# How deep into the product its photo's background shows (the edge pixels blended with it, and a mask
+# a pixel or two too wide): that band's colour is rebuilt from the pixels inside it (decontaminate_edge).
+EDGE_BAND_PX = 3
 # How the product is placed on a photo scene: one item, framed like its reference photo, or a pile of
 # copies filling most of the frame, the way loose produce is photographed in a store.
 ARRANGEMENTS = ("single", "pile")
@@ -83,7 +88,10 @@ class _Plan:
     """Every knob of one variant (what ``parameters`` reports)."""
 
     scene: str
-    height_fraction: float  # product height / canvas side, before rotation
+    # Product height / canvas side, before rotation. On a photo scene the reference photo's framing
+    # decides the size instead (``framing``), and ``parameters`` report the fraction that came out
+    # (a pile: its copies' mean), not the drawn one, which nothing used; sent back, it changes nothing.
+    height_fraction: float
     rotation_deg: float
     perspective_x: float  # keystone: right edge taller (+) or shorter (-) than the left
     perspective_y: float  # bottom edge wider (+) or narrower (-) than the top
@@ -117,7 +125,7 @@ class _Plan:
         rng: np.random.Generator,
         scenes: SceneLibrary | None = None,
         photo_share: float = 0.0,
-        series: str | None = None,
+        own_names: tuple[str | None, ...] = (),
     ) -> _Plan:
         scene = SCENES[int(rng.choice(len(SCENES), p=_SCENE_WEIGHTS / _SCENE_WEIGHTS.sum()))]
         grounded = scene in GROUNDED
@@ -140,7 +148,7 @@ class _Plan:
             noise_sigma=float(rng.uniform(0.002, 0.02)),
             occluders=int(rng.choice(3, p=[0.6, 0.3, 0.1])),
             scene_seed=int(rng.integers(2**31)),
-            scene_key=_draw_photo(rng, scenes, photo_share, series),
+            scene_key=_draw_photo(rng, scenes, photo_share, own_names),
             scene_blur=float(rng.uniform(0.015, 0.03)),
             scene_match=float(rng.uniform(0.2, 0.6)),
             framing=float(rng.uniform(0.8, 1.1)),
@@ -196,7 +204,11 @@ class _Plan:
             plan = _Plan(**{**plan.__dict__, "arrangement": "single"})
         if plan.shadow not in SHADOWS:
             raise CompositeError(f"unknown shadow {plan.shadow!r}; known: {', '.join(SHADOWS)}")
-        if not 0.05 <= plan.height_fraction <= 0.95:
+        if plan.scene == PHOTO_SCENE:
+            # Reported, not used, on a photo (the framing decides); a replayed value is what came out.
+            if not 0.0 < plan.height_fraction <= 1.0:
+                raise CompositeError("height_fraction must be in 0..1")
+        elif not 0.05 <= plan.height_fraction <= 0.95:
             raise CompositeError("height_fraction must be between 0.05 and 0.95")
         if not 0 <= plan.occluders <= 4:
             raise CompositeError("occluders must be between 0 and 4")
@@ -272,7 +284,9 @@ class CompositeBackend:
         samples = []
         for variant in range(request.n):
             plan_rng = np.random.default_rng(np.random.SeedSequence([request.seed, variant]))
-            drawn = _Plan.draw(plan_rng, self.scenes, self.photo_share, request.series)
+            # The request names the SKU by its series only; the library also leaves out scenes tagged
+            # like a category or product name given here (``SceneLibrary.keys_for``).
+            drawn = _Plan.draw(plan_rng, self.scenes, self.photo_share, (request.series,))
             plan = drawn.override(request.parameters, self.scenes)
             # The scene's own randomness comes from the plan, so the reported parameters replay it.
             scene_rng, extra_rng, noise_rng = (
@@ -281,7 +295,7 @@ class CompositeBackend:
             parameters = plan.as_json()
             if plan.scene == PHOTO_SCENE:
                 assert self.scenes is not None  # override() checked it
-                image, expected_mask, gain = render_photo_variant(
+                image, expected_mask, gain, height_fraction = render_photo_variant(
                     cutout,
                     plan,
                     request.size,
@@ -289,6 +303,7 @@ class CompositeBackend:
                     scene_rng=scene_rng,
                     noise_rng=noise_rng,
                 )
+                parameters["height_fraction"] = height_fraction
             else:
                 image, expected_mask, gain = render_variant(
                     cutout, plan, request.size, scene_rng=scene_rng, extra_rng=extra_rng, noise_rng=noise_rng
@@ -330,9 +345,62 @@ class _Cutout:
         if rows.size == 0:
             raise CompositeError("the product mask is empty: nothing to place")
         y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        alpha = np.where(binary[y0:y1, x0:x1], 255, 0).astype(np.uint8)
-        rgba = np.dstack([reference[y0:y1, x0:x1], alpha])
+        inside = binary[y0:y1, x0:x1]
+        alpha = np.where(inside, 255, 0).astype(np.uint8)
+        rgba = np.dstack([decontaminate_edge(reference[y0:y1, x0:x1], inside), alpha])
         return cls(Image.fromarray(rgba, mode="RGBA").convert("RGBa"), product_framing(binary))
+
+
+def decontaminate_edge(
+    rgb: npt.NDArray[np.uint8], inside: npt.NDArray[np.bool_], band_px: int = EDGE_BAND_PX
+) -> npt.NDArray[np.uint8]:
+    """``rgb`` with the product's outer ``band_px`` pixels (of ``inside``) recoloured from further in.
+
+    A photo's edge pixels are the product blended with what was behind it (a catalogue photo's white):
+    pasted on a scene they draw a pale rim, which a classifier learns as "synthetic". Each ring of the
+    band, from the inside out, takes the mean colour of its already-known 8-neighbours (masked
+    dilation of the interior's colour). Pixels outside ``inside``, and thin parts farther than
+    ``band_px + 1`` from the interior (a stalk), keep their colour; the mask itself is not changed.
+    """
+    core = inside
+    for _ in range(band_px):
+        core = _erode(core)
+    if not core.any():
+        return rgb
+    # Only the band's pixels are worked on (a few percent of the cut-out), by flat index into the
+    # cut-out padded by one pixel, so that every pixel has eight neighbours.
+    stride = inside.shape[1] + 2
+    band = np.flatnonzero(np.pad(inside & ~core, 1))
+    neighbours = band[:, None] + np.array(
+        [-stride - 1, -stride, -stride + 1, -1, 1, stride - 1, stride, stride + 1]
+    )
+    known = np.pad(core, 1).ravel()
+    colour = np.pad(rgb, ((1, 1), (1, 1), (0, 0))).reshape(-1, 3).astype(F32)
+    # One pass more than the band is deep: a pixel jutting out of the outline is a ring further out.
+    # Not more: a stalk thinner than the band, all of it edge, keeps its own colour beyond that.
+    for _ in range(band_px + 1):
+        band, neighbours = band[~known[band]], neighbours[~known[band]]
+        weights = known[neighbours].astype(F32)
+        counts = weights.sum(axis=1)
+        ring = counts > 0
+        if not ring.any():
+            break
+        ring_pixels, weights = band[ring], weights[ring]
+        colour[ring_pixels] = np.einsum("nk,nkc->nc", weights, colour[neighbours[ring]]) / counts[ring, None]
+        known[ring_pixels] = True
+    recoloured = np.flatnonzero(known & ~np.pad(core, 1).ravel())
+    out = rgb.copy()
+    out[recoloured // stride - 1, recoloured % stride - 1] = np.clip(
+        colour[recoloured] + F32(0.5), 0, 255
+    ).astype(np.uint8)
+    return out
+
+
+def _erode(inside: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """``inside`` less every pixel with an 8-neighbour outside it (the frame's border is outside)."""
+    padded = np.pad(inside, 1)
+    rows = padded[:-2] & padded[1:-1] & padded[2:]
+    return rows[:, :-2] & rows[:, 1:-1] & rows[:, 2:]
 
 
 def product_framing(mask: npt.NDArray[Any]) -> float:
@@ -357,7 +425,7 @@ def render_variant(
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
     """One image (size x size x 3), its expected mask (size x size, 0/255) and the colour gain the
     scene's light gave the product (per channel, R, G, B; see ``_light``) for ``plan``."""
-    product, corners = _place_product(cutout, plan, size)
+    product, corners, _ = _place_product(cutout, plan, size)
     placement = Placement.around(corners, size)
     backdrop = BUILDERS[plan.scene](scene_rng, placement)
     img = backdrop.image
@@ -416,13 +484,17 @@ def _finish(
 
 
 def _draw_photo(
-    rng: np.random.Generator, scenes: SceneLibrary | None, photo_share: float, series: str | None
+    rng: np.random.Generator,
+    scenes: SceneLibrary | None,
+    photo_share: float,
+    own_names: tuple[str | None, ...],
 ) -> str:
-    """The scene-library key of a photo scene, or "" for a procedural one (always two draws)."""
+    """The scene-library key of a photo scene, or "" for a procedural one (always two draws), never one
+    tagged like any of ``own_names`` (the SKU's series, category, product name)."""
     roll, pick = float(rng.random()), float(rng.random())
     if scenes is None or roll >= photo_share:
         return ""
-    keys = scenes.keys_for(series)
+    keys = scenes.keys_for(*own_names)
     return keys[min(int(pick * len(keys)), len(keys) - 1)] if keys else ""
 
 
@@ -434,31 +506,33 @@ def render_photo_variant(
     *,
     scene_rng: np.random.Generator,
     noise_rng: np.random.Generator,
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
-    """One image, its expected mask and the colour gain the product was given, on a real photo ``scene``.
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], npt.NDArray[np.float32], float]:
+    """One image, its expected mask, the colour gain the product was given, on a real photo ``scene``,
+    and the product's height / canvas side it came to (before rotation; a pile: its copies' mean).
 
     ``scene`` is H x W x 3 uint8, any size; the gain is per channel (R, G, B): the match to the scene
     (the product's pixels only) times the light over the whole frame, as it falls on the product.
+    ``plan.height_fraction`` is not used: the reference photo's framing decides the size.
     """
     img = _photo_backdrop(scene, size, plan.scene_blur * size, scene_rng)
     if plan.arrangement == "pile":
-        expected_mask, gain = _pile(img, cutout, plan, size, scene_rng)
+        expected_mask, gain, height_fraction = _pile(img, cutout, plan, size, scene_rng)
         light = _light(img, plan, size, expected_mask)
-        return _finish(img, plan, size, noise_rng), expected_mask, gain * light
+        return _finish(img, plan, size, noise_rng), expected_mask, gain * light, height_fraction
     # Frame the product as its reference photo does: the same share of the frame, give or take.
     w, h = cutout.rgba.size
     framing = plan.reference_framing or cutout.framing
     fill = float(np.clip(framing * plan.framing, 0.3, 0.95))
     height_fraction = float(np.clip(fill * min(1.0, h / w), 0.05, 0.95))
     placed = _Plan(**{**plan.__dict__, "height_fraction": height_fraction})
-    product, corners = _place_product(cutout, placed, size)
+    product, corners, height_fraction = _place_product(cutout, placed, size)
     gain = _match_to_scene(product, img, plan.scene_match)
     if plan.shadow != "none":
         _shadow(img, product, plan, Placement.around(corners, size))
     occluders = [_scene_occluder(scene, product, size, scene_rng)] if plan.occluders > 0 else []
     expected_mask = _composite_product(img, product, occluders)
     light = _light(img, plan, size, expected_mask)
-    return _finish(img, plan, size, noise_rng), expected_mask, gain * light
+    return _finish(img, plan, size, noise_rng), expected_mask, gain * light, height_fraction
 
 
 def _photo_backdrop(
@@ -482,12 +556,13 @@ def _photo_backdrop(
 
 def _pile(
     img: npt.NDArray[np.float32], cutout: _Cutout, plan: _Plan, size: int, rng: np.random.Generator
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], float]:
     """Copies of the product heaped over the lower part of ``img`` (in place), back rows first.
 
     Each copy has its own size (+-15%), turn and flip; together they cover the frame from a drawn top
     edge down, and the scene shows above and in the gaps. Returns the expected mask (every copy's
-    visible pixels) and the colour gain matched to the scene (the same for every copy).
+    visible pixels), the colour gain matched to the scene (the same for every copy) and the copies'
+    mean height / canvas side.
     """
     item = float(np.clip(0.26 * plan.framing, 0.18, 0.34))  # a copy's longer side / canvas side
     top = float(rng.uniform(0.15, 0.4))
@@ -507,6 +582,7 @@ def _pile(
     ]
     visible = np.zeros(img.shape[1:], dtype=F32)
     gain: npt.NDArray[np.float32] | None = None
+    heights: list[float] = []
     for cx, cy in spots:
         copy = _Plan(
             **{
@@ -519,7 +595,8 @@ def _pile(
         )
         flipped = cutout.rgba.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else None
         source = _Cutout(flipped, cutout.framing) if flipped is not None else cutout
-        layer, _ = _place_product(source, copy, size, centre=(cx * size, cy * size))
+        layer, _, height_fraction = _place_product(source, copy, size, centre=(cx * size, cy * size))
+        heights.append(height_fraction)
         if gain is None:
             gain = _match_to_scene(layer, img, plan.scene_match)
         else:
@@ -529,7 +606,7 @@ def _pile(
         region = visible[layer.y0 : layer.y0 + lh, layer.x0 : layer.x0 + lw]
         region += (1.0 - region) * layer.alpha
     assert gain is not None
-    return np.where(visible >= 0.5, 255, 0).astype(np.uint8), gain
+    return np.where(visible >= 0.5, 255, 0).astype(np.uint8), gain, float(np.mean(heights))
 
 
 def _apply_gain(product: Layer, gain: npt.NDArray[np.float32]) -> None:
@@ -581,8 +658,10 @@ def _scene_occluder(
 
 def _place_product(
     cutout: _Cutout, plan: _Plan, size: int, centre: tuple[float, float] | None = None
-) -> tuple[Layer, npt.NDArray[np.float64]]:
-    """Warp the cut-out onto a size x size canvas; returns the layer and its four corners.
+) -> tuple[Layer, npt.NDArray[np.float64], float]:
+    """Warp the cut-out onto a size x size canvas; returns the layer, its four corners and the product's
+    height / canvas side it came to (before rotation and keystone; less than ``plan.height_fraction``
+    where a wide product had to be narrowed to fit).
 
     The product goes where ``plan.pos_x`` / ``pos_y`` say in the range that keeps it inside the frame,
     or as near ``centre`` (x, y in px) as that range allows.
@@ -613,9 +692,11 @@ def _place_product(
     quad = quad @ rot.T
     margin = 0.02 * size
     lo, hi = margin - quad.min(axis=0), size - margin - quad.max(axis=0)
+    height_fraction = k * h / size
     if np.any(lo > hi):  # only with extreme overrides: shrink about the centre until it fits
         scale = float(np.min((size - 2 * margin) / (quad.max(axis=0) - quad.min(axis=0))))
         quad *= scale
+        height_fraction *= scale
         lo, hi = margin - quad.min(axis=0), size - margin - quad.max(axis=0)
     if centre is None:
         where = lo + (hi - lo) * np.array([plan.pos_x, plan.pos_y])
@@ -642,7 +723,7 @@ def _place_product(
             "scattered to place (check the reference mask)"
         )
     premul = np.ascontiguousarray(np.moveaxis(rgba[..., :3], -1, 0))
-    return Layer(bx0 + x0, by0 + y0, premul, np.ascontiguousarray(rgba[..., 3])), quad
+    return Layer(bx0 + x0, by0 + y0, premul, np.ascontiguousarray(rgba[..., 3])), quad, height_fraction
 
 
 def _perspective_coefficients(

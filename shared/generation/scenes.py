@@ -13,12 +13,15 @@ and folders (macOS's "._NAME" beside each photo), ``__MACOSX`` and the files des
 (``Thumbs.db``) are no one's scenes: they are left out without a word, and not counted.
 
 A scene's *tag* is the first folder of its key (``shelves/a.jpg`` → ``shelves``; top level → no tag).
-A SKU never gets a scene tagged like its series, compared on the letters and digits of any script
-only (case, accents, spaces and punctuation ignored; see ``series_tag``): series "Fizzo Zero" matches
-folder ``fizzo-zero``, "Café Crème" matches ``CAFE_CREME``, "可口可乐" matches ``可口可乐``. A library
-built from photos of a catalogue's other products puts each product's own photos in a folder named
-like its series, so a product is never composited onto photos of itself (which would hand the
-classifier extra real views of it).
+A SKU never gets a scene tagged like its series, its category or its product name, compared on the
+letters and digits of any script only (case, accents, spaces and punctuation ignored; see
+``series_tag``), whole tag against whole tag (a folder ``lemons`` is not a product "Lemon"'s): series
+"Fizzo Zero" matches folder ``fizzo-zero``, "Café Crème" matches ``CAFE_CREME``, "可口可乐" matches
+``可口可乐``. A library built from photos of a catalogue's other products puts each product's own
+photos in a folder named like its series or its name (the samples' folders are named like the
+product: ``Lemon/``), so a product is never composited onto photos of itself (a pile of lemons
+outside a lemon's expected mask would teach the classifier the wrong thing), even when its series is
+empty.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ class Scene:
 
 
 class SceneLibrary:
-    """Background photos by key; ``choose`` draws one for a SKU, never one tagged like its series."""
+    """Background photos by key; ``keys_for`` lists those a SKU may use: none tagged like its series,
+    category or name."""
 
     def __init__(self, scenes: list[Scene], skipped: dict[str, str] | None = None) -> None:
         if not scenes:
@@ -117,10 +121,16 @@ class SceneLibrary:
             known = ", ".join(list(self._by_key)[:3])
             raise KeyError(f"no scene {key!r} in the library (e.g. {known})") from None
 
-    def keys_for(self, series: str | None) -> list[str]:
-        """Keys a SKU of ``series`` may use, in key order: all, minus those tagged like the series."""
-        own = series_tag(series) if series else None
-        return [key for key, scene in self._by_key.items() if not own or scene.tag != own]
+    def keys_for(self, *own_names: str | None) -> list[str]:
+        """Keys a SKU may use, in key order: all, minus those tagged like any of ``own_names`` (its
+        series, category, product name; ``None`` and "" stand for no name).
+
+        The whole tag must match (``series_tag``), not a part of it: "Lemon" excludes ``Lemon/`` and
+        ``lemon/``, not ``lemons/`` or ``lemon-tea/``.
+        """
+        # A blank name ("  ") has an empty tag, which is the top level's: it excludes nothing.
+        own = {series_tag(name) for name in own_names if name} - {""}
+        return [key for key, scene in self._by_key.items() if scene.tag not in own]
 
 
 def series_tag(name: str) -> str:
