@@ -373,6 +373,7 @@ def test_open_refusals_are_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         open_session(str(tmp_path / "junk.onnx"), threads=1, use_gpu=False, store=None)
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
 def test_a_cuda_provider_that_does_not_start_is_said_not_hidden(
     random_u2netp_onnx: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
