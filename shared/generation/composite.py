@@ -46,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFilter
 
+from shared.arith.masks import erode
 from shared.generation.backend import (
     COLOUR_GAIN_KEY,
     GeneratedSample,
@@ -362,9 +363,8 @@ def decontaminate_edge(
     dilation of the interior's colour). Pixels outside ``inside``, and thin parts farther than
     ``band_px + 1`` from the interior (a stalk), keep their colour; the mask itself is not changed.
     """
-    core = inside
-    for _ in range(band_px):
-        core = _erode(core)
+    # The pixels more than band_px inside the outline (the frame's border counts as outside).
+    core = erode(inside, band_px)
     if not core.any():
         return rgb
     # Only the band's pixels are worked on (a few percent of the cut-out), by flat index into the
@@ -394,13 +394,6 @@ def decontaminate_edge(
         colour[recoloured] + F32(0.5), 0, 255
     ).astype(np.uint8)
     return out
-
-
-def _erode(inside: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    """``inside`` less every pixel with an 8-neighbour outside it (the frame's border is outside)."""
-    padded = np.pad(inside, 1)
-    rows = padded[:-2] & padded[1:-1] & padded[2:]
-    return rows[:, :-2] & rows[:, 1:-1] & rows[:, 2:]
 
 
 def product_framing(mask: npt.NDArray[Any]) -> float:
