@@ -30,7 +30,7 @@ from schemas.common import ImageRef
 from schemas.events import CorrectionResolved, Decision
 from services.console.tasks import OutboxEvent, Task, TaskStore
 from shared.errors import ImageRejected
-from shared.images import decode_mask
+from shared.images import decode_mask, transparency_mask
 from shared.store import ObjectStore
 
 DECISIONS: tuple[Decision, ...] = ("approve_predicted", "approve_expected", "approve_edited", "reject")
@@ -110,17 +110,14 @@ def read_edited_mask(data: bytes, task: Task, *, max_pixels: int, max_bytes: int
 
 
 def _alpha_and_labels(data: bytes) -> tuple[npt.NDArray[np.uint8] | None, npt.NDArray[np.uint8] | None]:
-    """The mask an image's transparency draws (None when no pixel is transparent), and the mask of a
+    """The mask an image's transparency draws (None unless some pixels are transparent and some
+    opaque; an all-clear image then reads as its luminance, no product), and the mask of a
     0/1 label image (None unless its only values are 0 and 1), each aligned by EXIF orientation."""
     with Image.open(io.BytesIO(data)) as opened:
         upright = ImageOps.exif_transpose(opened)
-    by_alpha = by_label = None
-    if upright.mode in ("RGBA", "LA", "PA") or (
-        upright.mode in ("P", "L", "RGB") and "transparency" in upright.info
-    ):
-        alpha = np.asarray(upright.convert("RGBA"))[..., 3]
-        if (alpha < 128).any():
-            by_alpha = np.where(alpha >= 128, np.uint8(255), np.uint8(0)).astype(np.uint8)
+    # What ingest takes a cut-out's outline from (alpha, a palette's or a PNG's transparent colour).
+    by_alpha = transparency_mask(upright, data)
+    by_label = None
     if upright.mode in ("L", "P", "I", "I;16"):
         values = np.asarray(upright)
         if values.size and int(values.max()) == 1 and int(values.min()) == 0:
