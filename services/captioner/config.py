@@ -70,6 +70,14 @@ class CaptionerSettings(BaseSettings):
         le=1.0,
         description="a mask covering more of the photo than this: full frame, no product found (unusable)",
     )
+    captioner_fill_dents_share: float = Field(
+        default=0.02,
+        ge=0.0,
+        le=1.0,
+        description="on a plain-background photo of a SKU whose packaging is a box, carton or can (convex "
+        "outlines), a dent in the predicted mask covering at least this share of it is filled: a white face "
+        "on white the model dropped (0: off)",
+    )
     captioner_blank_spread: float = Field(
         default=3.0,
         ge=0.0,

@@ -29,7 +29,8 @@ The models: the matting session (``SKUFORGE_CAPTIONER_MATTING_MODEL``, unset = t
 U2-NetP) makes the masks; all photos of a SKU go through it in one call, but a photo whose
 file was a cut-out: its transparency, stored by ingest (``ReferencePhoto.mask``), is its mask.
 The attribute backend (default) measures colours, shape and view on the masks
-(``shared/captioning/attributes.py``);
+(``shared/captioning/attributes.py``); on a plain-background photo of a box, carton or can, big dents
+in a predicted mask are filled first (``_fill_dents``: such packaging has a convex outline);
 ``SKUFORGE_CAPTIONER_BACKEND=vlm`` adds a BLIP sentence per photo from
 ``SKUFORGE_CAPTIONER_VLM_MODEL`` (``shared/captioning/vlm.py``), merged into the caption without
 overruling the measured colours and shape. Other knobs: ``services/captioner/config.py``.
@@ -57,6 +58,7 @@ from shared.captioning.attributes import (
     ProductAttributes,
     colour_spread,
     describe_product,
+    fill_concavities,
     mask_problem,
     plain_background_share,
     shape_tree_id,
@@ -88,6 +90,12 @@ ATTRIBUTES_BACKEND = "attributes/1"
 # full size at once, took 2.7 GB (over the stage's 2 GiB pod limit: an OOM crash loop on redelivery).
 # A stored mask is scaled back to its photo's own size.
 WORKING_SIDE_PX = 2048
+# Packaging whose outline is convex from every side (a box or carton, a can): dents in its mask are
+# parts the model dropped. Filled only on photos at least this plain (``plain_background_share``,
+# the generator's default for a cut-out source): there the dropped part is a face the colour of the
+# backdrop, while in a store a dent may be a hand or the next product in front.
+CONVEX_SHAPES: frozenset[Shape] = frozenset({"box", "can"})
+FILL_MIN_PLAIN_BACKGROUND = 0.7
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -105,6 +113,8 @@ class CaptionerModels:
     def captioner_id(self) -> str:
         """Backend and model ids, for the event's ``captioner`` field (lineage)."""
         attributes = f"{ATTRIBUTES_BACKEND} shape-tree@{shape_tree_id()} matting:{self.session.model_id}"
+        if self.options.captioner_fill_dents_share > 0:
+            attributes += f" fill-dents@{self.options.captioner_fill_dents_share:g}"
         return f"vlm:{self.vlm.model_id} + {attributes}" if self.vlm else attributes
 
 
@@ -203,6 +213,13 @@ def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModel
     shape = declared_shape(sku.category) or _consensus_shape(
         [outcome.attributes for outcome in found if isinstance(outcome, _Found)]
     )
+    if shape in CONVEX_SHAPES and models.options.captioner_fill_dents_share > 0:
+        found = [
+            _fill_dents(outcome, photo, ctx, models.options)
+            if isinstance(outcome, _Found) and given is None
+            else outcome
+            for photo, outcome, given in zip(photos, found, provided, strict=True)
+        ]
     sentences = _sentences(found, models.vlm, ctx)
     captioned = [
         _caption_photo(photo, outcome, sentence, shape, sku, ctx, models.options)
@@ -327,6 +344,26 @@ def _find_products(
             continue
         found.append(_Found(image, mask, attributes))
     return found
+
+
+def _fill_dents(found: _Found, photo: ReferencePhoto, ctx: Context, options: CaptionerSettings) -> _Found:
+    """``found`` with the big dents of its predicted mask filled and measured again, on a plain
+    background (``CONVEX_SHAPES``); as it was elsewhere, or when nothing was filled."""
+    product = found.mask > 0
+    if plain_background_share(found.image, found.mask) < FILL_MIN_PLAIN_BACKGROUND:
+        return found
+    filled, added = fill_concavities(product, options.captioner_fill_dents_share)
+    if added == 0.0:
+        return found
+    ctx.log.info(
+        "reference mask dents filled (convex packaging)",
+        extra={"photo_id": photo.photo_id, "added_share": round(added, 4)},
+    )
+    mask = np.where(filled, np.uint8(255), np.uint8(0))
+    attributes = describe_product(
+        found.image, mask, k=options.captioner_colours, min_colour_share=options.captioner_min_colour_share
+    )
+    return _Found(found.image, mask, attributes)
 
 
 def _sentences(

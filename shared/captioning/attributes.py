@@ -37,7 +37,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from shared.arith.colour import srgb_to_lab
-from shared.arith.masks import erode, largest_component
+from shared.arith.masks import connected_components, erode, largest_component, paint_runs
 
 __all__ = [
     "ACHROMATIC_CHROMA",
@@ -59,6 +59,8 @@ __all__ = [
     "convex_hull",
     "describe_product",
     "dominant_colours",
+    "fill_concavities",
+    "hull_mask",
     "kmeans",
     "looks_like_produce",
     "mask_hull",
@@ -412,6 +414,49 @@ def _hull_corners(mask: BoolArray) -> F64Array:
 def mask_hull(mask: BoolArray) -> F64Array:
     """The convex hull of a non-empty mask's pixels, as squares: (x, y) pixel-corner vertices."""
     return convex_hull(_hull_corners(mask))
+
+
+def hull_mask(mask: BoolArray) -> BoolArray:
+    """The convex hull of a mask's pixels, filled."""
+    if not mask.any():
+        return mask.copy()
+    vertices = mask_hull(mask)  # pixel-corner points, counter-clockwise in (x, y) with y down
+    (left, top), (right, bottom) = vertices.min(axis=0).astype(int), vertices.max(axis=0).astype(int)
+    # Pixel (x, y) is the square [x, x+1) x [y, y+1): in the hull when its centre is on the inner
+    # side of every edge (or on it).
+    ys, xs = np.mgrid[top:bottom, left:right].astype(np.float64) + 0.5
+    inside = np.ones(xs.shape, dtype=bool)
+    for (ax, ay), (bx, by) in zip(vertices, np.roll(vertices, -1, axis=0), strict=True):
+        inside &= (bx - ax) * (ys - ay) - (by - ay) * (xs - ax) >= 0
+    hull = mask.copy()
+    hull[top:bottom, left:right] |= inside
+    return hull
+
+
+def fill_concavities(mask: BoolArray, min_share: float) -> tuple[BoolArray, float]:
+    """The mask with every dent that covers at least ``min_share`` of its area filled, and the share
+    of its area that was added.
+
+    A dent is a 4-connected piece of the mask's convex hull outside the mask. A carton, box or can
+    seen from any side has a convex outline (a convex solid projects to a convex shape); a big dent
+    in its mask is a part the matting model dropped, typically a white face on a white backdrop.
+    Small dents are left: the shoulders beside a screw cap, a gable top's notch.
+    """
+    if not mask.any():
+        return mask.copy(), 0.0
+    dents = hull_mask(mask) & ~mask
+    if not dents.any():
+        return mask.copy(), 0.0
+    area = float(np.count_nonzero(mask))
+    rows, starts, ends, labels = connected_components(dents, diagonal=False)
+    sizes = np.bincount(labels, weights=(ends - starts).astype(np.float64))
+    big = sizes >= min_share * area
+    filled = mask.copy()
+    if big.any():
+        keep = big[labels]
+        height, width = mask.shape
+        filled |= paint_runs((height, width), rows[keep], starts[keep], ends[keep])
+    return filled, float(sizes[big].sum()) / area
 
 
 def mask_hull_area(mask: BoolArray) -> float:

@@ -39,7 +39,7 @@ import numpy.typing as npt
 from PIL import Image, ImageFilter
 
 from shared.arith.masks import clean_mask, connected_components, paint_runs
-from shared.captioning.attributes import mask_hull
+from shared.captioning.attributes import hull_mask
 from shared.matting.session import MaskOptions, U2NetPSession
 
 __all__ = [
@@ -115,23 +115,6 @@ CONVEX_CATALOGUE = frozenset(
         "Valio-Vanilla-Yoghurt",
     }
 )
-
-
-def hull_mask(mask: BoolArray) -> BoolArray:
-    """The convex hull of a mask's pixels, filled."""
-    if not mask.any():
-        return mask.copy()
-    vertices = mask_hull(mask)  # pixel-corner points, counter-clockwise in (x, y) with y down
-    (left, top), (right, bottom) = vertices.min(axis=0).astype(int), vertices.max(axis=0).astype(int)
-    # Pixel (x, y) is the square [x, x+1) x [y, y+1): in the hull when its centre is on the inner
-    # side of every edge (or on it).
-    ys, xs = np.mgrid[top:bottom, left:right].astype(np.float64) + 0.5
-    inside = np.ones(xs.shape, dtype=bool)
-    for (ax, ay), (bx, by) in zip(vertices, np.roll(vertices, -1, axis=0), strict=True):
-        inside &= (bx - ax) * (ys - ay) - (by - ay) * (xs - ax) >= 0
-    hull = mask.copy()
-    hull[top:bottom, left:right] |= inside
-    return hull
 
 
 def catalogue_mask(image: Image.Image, tolerance: float = 18.0, *, convex: bool = False) -> BoolArray:
