@@ -1,7 +1,8 @@
 """The Triton model callable (``GenerationModel``) on a stand-in backend: no Triton, no torch model.
 
 What the stage would notice: a batch the GPU has no memory for is served row by row once the batch's
-memory is freed, and a row that is out of memory even alone is retried later, not dead-lettered; an
+memory is freed, and a row that is out of memory even alone is the backend's failure (retried a few
+times by the stage, then dead-lettered, so it cannot hold its partition for good); an
 error raised inside the backend (a ``ValueError`` from torch included) is the backend's, and only the
 project's own refusal (``BadInput``) is reported as the request's fault.
 """
@@ -86,8 +87,8 @@ def errors(answer: dict[str, np.ndarray]) -> list[str]:
 
 def test_a_batch_out_of_memory_is_served_row_by_row_after_its_memory_is_freed() -> None:
     # Before, the rows were served inside the `except` block: the failed batch's frames (its tensors)
-    # stayed alive through every retry, and a row out of memory alone became `backend_error`, which
-    # the stage dead-letters after a few attempts.
+    # stayed alive through every retry. A row out of memory even alone was `backend_unavailable`, which
+    # the stage retries without limit: a row too big for the GPU held its partition for good.
     import torch
 
     def fail(requests: list[GenerationRequest]) -> Exception | None:
@@ -104,7 +105,8 @@ def test_a_batch_out_of_memory_is_served_row_by_row_after_its_memory_is_freed() 
     assert backend.freed_before_alone == [True, True, True]
     error = errors(answer)
     assert error[0] == error[2] == ""
-    assert error[1].startswith(BACKEND_UNAVAILABLE_PREFIX) and "OutOfMemoryError" in error[1]
+    assert error[1].startswith(BACKEND_ERROR_PREFIX)
+    assert "out of GPU memory even alone" in error[1] and "OutOfMemoryError" in error[1]
     assert answer["image"][0].max() == 11 and answer["image"][2].max() == 12
 
 
@@ -124,3 +126,23 @@ def test_a_value_error_inside_the_backend_is_its_own_fault_and_bad_input_the_req
     assert error[0] == ""
     assert error[1].startswith(BACKEND_ERROR_PREFIX) and "ValueError: expected m1 and m2" in error[1]
     assert error[2] == "BadInput: empty_mask: the product mask has no product pixels"  # refused
+
+
+def test_a_store_away_is_unavailable_and_retried_but_a_row_out_of_memory_alone_is_not() -> None:
+    import torch
+
+    from shared.errors import TransientError
+
+    def fail(requests: list[GenerationRequest]) -> Exception | None:
+        seeds = {r.seed for r in requests}
+        if 13 in seeds:
+            return TransientError("adapter registry unreachable")
+        if 17 in seeds:
+            return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+        return None
+
+    (answer,) = GenerationModel(StandInBackend(fail))([triton_request([11, 13, 17])])
+    error = errors(answer)
+    assert error[0] == ""
+    assert error[1].startswith(BACKEND_UNAVAILABLE_PREFIX) and "registry unreachable" in error[1]
+    assert error[2].startswith(BACKEND_ERROR_PREFIX) and "40.00 GiB" in error[2]

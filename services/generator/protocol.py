@@ -6,8 +6,8 @@ parameters actually used, the adapter actually used and an error message (empty 
 succeeded) come out. Rows fail alone: a row the backend refuses gets its message in ``error`` and
 zero images, and the other rows of the batch are unaffected. A row the backend fails on (raises)
 is served again alone; if it fails alone too, ``error`` says so after ``BACKEND_ERROR_PREFIX``, or
-after ``BACKEND_UNAVAILABLE_PREFIX`` when what failed is a store it reads, or the GPU ran out of
-memory even for the row alone (transient).
+after ``BACKEND_UNAVAILABLE_PREFIX`` when what failed is a store it reads (transient). A row out of
+GPU memory even alone is a ``BACKEND_ERROR_PREFIX`` failure: retried a few times, then dead-lettered.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ OUTPUTS: tuple[tuple[str, type, tuple[int, ...]], ...] = (
 # ``error`` of a row the backend failed on (an exception, not a refusal), even when served alone: the
 # client raises it as a handler error, which the stage retries a few times and then dead-letters.
 BACKEND_ERROR_PREFIX = "backend_error: "
-# The backend could not serve the row *now* (its adapter registry or object store away, or the GPU
-# out of memory for the row alone): the stage retries it like Triton being away, never dead-letters it.
+# The backend could not serve the row *now* (its adapter registry or object store away): the stage
+# retries it like Triton being away, never dead-letters it.
 BACKEND_UNAVAILABLE_PREFIX = "backend_unavailable: "
 
 

@@ -60,8 +60,7 @@ class BackendFailed(Exception):
 
 
 class BackendUnavailable(BackendFailed):
-    """The backend could not serve the row now (a ``TransientError``: its registry or store away; or
-    the GPU out of memory even for the row alone, which other work on it may have caused)."""
+    """The backend could not serve the row now (a ``TransientError``: its registry or store away)."""
 
 
 class GenerationModel:
@@ -74,8 +73,11 @@ class GenerationModel:
     (a bug on that input) fails alone, its ``error`` prefixed ``backend_error:``; only a fault of
     this code (an answer of the wrong shape) is raised, and Triton reports it to the whole batch.
     Only a ``BadInput`` the backend raises is the row's own fault (a ``ValueError`` from inside torch
-    or diffusers is the backend's); a store away (``TransientError``) or the GPU out of memory even
-    for one row is ``backend_unavailable:``, which the stage retries without dead-lettering.
+    or diffusers is the backend's); a store away (``TransientError``) is ``backend_unavailable:``,
+    which the stage retries without dead-lettering. The GPU out of memory even for one row is
+    ``backend_error:`` too: a row too big for the GPU would otherwise hold its partition forever, so
+    the stage retries it a few times (another job may have held the memory) and then dead-letters it,
+    replayable once the GPU or the settings allow.
     """
 
     def __init__(self, backend: GenerationBackend) -> None:
@@ -144,7 +146,7 @@ class GenerationModel:
                     row.seed,
                     exc,
                 )
-                failure = BackendUnavailable(f"{type(exc).__name__}: {exc}")
+                failure = BackendFailed(f"out of GPU memory even alone: {type(exc).__name__}: {exc}")
             else:
                 log.exception("the %s backend failed on variant seed %d", self.backend.name, row.seed)
                 failure = BackendFailed(f"{type(exc).__name__}: {exc}")
