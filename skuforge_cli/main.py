@@ -116,6 +116,10 @@ def _cmd_topics(rest: list[str]) -> int:
         help="create every topic of the flow, and the passthrough stage's (the deployment smoke test), "
         "each with its .dlq (idempotent); an existing topic with fewer partitions or replicas than asked "
         "is an error",
+        description="Create every topic of the flow and its .dlq (idempotent).",
+        epilog="exit status: 0 the topics are as the settings ask; 1 Kafka unreachable or not answering "
+        "(running again may help); 3 existing topics differ from the settings (fewer partitions without "
+        "--grow, lower replication, or a grow the broker refused): running again will not help",
     )
     create.add_argument(
         "--partitions", type=int, default=None, help="partitions (default SKUFORGE_TOPIC_PARTITIONS)"
@@ -140,9 +144,12 @@ def _cmd_topics(rest: list[str]) -> int:
         except KafkaError as exc:
             print(f"{prog}: cannot create the topics: {unreachable(settings, exc)}", file=sys.stderr)
             return 1
-        except (TopicsError, TransientError) as exc:  # a grow refused; metadata that never came
+        except TransientError as exc:  # metadata that never came
             print(f"{prog}: {exc}", file=sys.stderr)
             return 1
+        except TopicsError as exc:  # a grow refused
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return TOPICS_DIFFER
         print(json.dumps({"created": report.created, "grown": report.grown}))
         if report.grown:
             # The default partitioner hashes the key over the partition count: most SKUs now land on
@@ -157,11 +164,16 @@ def _cmd_topics(rest: list[str]) -> int:
             )
         if report.short:
             print(f"{prog}: {_topics_short_message(report.short, grow=args.grow)}", file=sys.stderr)
-            return 1
+            return TOPICS_DIFFER
         return 0
     for topic in (*ALL_TOPICS, PASSTHROUGH_OUT):
         print(f"{settings.topic_name(topic)}\t{topic.payload.__name__}\t{settings.dlq_name(topic)}")
     return 0
+
+
+# `skuforge topics create`'s exit status when topics exist but differ from the settings: unlike Kafka
+# being away (1), running again does not help, so a script or a Job's logs can tell the two apart.
+TOPICS_DIFFER = 3
 
 
 def _topics_short_message(short: list[TopicShortfall], *, grow: bool) -> str:

@@ -497,6 +497,13 @@ def test_the_topics_job_adds_partitions_only_when_asked(helm: str) -> None:
 
     assert args() == ["topics", "create"]
     assert args("topicsJob.grow=true", "topicPartitions=12") == ["topics", "create", "--grow"]
+    # Topics that differ from the settings exit 3, which no retry changes: the Job fails at once
+    # (before, six retries with back-off, then the upgrade's --timeout), Kafka away (1) is retried.
+    (job,) = of_kind(render(helm), "Job").values()
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # what podFailurePolicy needs
+    (rule,) = job["spec"]["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob"
+    assert rule["onExitCodes"] == {"containerName": "topics", "operator": "In", "values": [3]}
     usage = subprocess.run(
         [sys.executable, "-m", "skuforge_cli", "topics", "create", "--help"],
         capture_output=True,
@@ -504,6 +511,7 @@ def test_the_topics_job_adds_partitions_only_when_asked(helm: str) -> None:
         timeout=120,
     )
     assert usage.returncode == 0 and "--grow" in usage.stdout, usage.stdout + usage.stderr
+    assert "3 existing topics differ from the settings" in " ".join(usage.stdout.split())
     # The alert that sends operators to add partitions says how, in the chart's own values.
     rules = yaml.safe_load((CHART / "rules" / "deploy.yml").read_text())
     (runbook,) = [

@@ -60,7 +60,7 @@ def test_topics_with_fewer_partitions_than_asked_are_an_error_until_grown(
 
         monkeypatch.setenv("SKUFORGE_TOPIC_PARTITIONS", "4")
         code, out, err = _run(capsys)
-        assert code == 1, "topics with 2 partitions where 4 are asked must not be a success"
+        assert code == 3, "2 partitions where 4 are asked: not a success, and not Kafka away (1)"
         assert json.loads(out) == {"created": [], "grown": {}}
         assert len(err.splitlines()) == 1 and err.startswith("skuforge topics create: ")
         assert f"{topic} (2 partitions, asked 4)" in err and "--grow" in err
@@ -92,7 +92,7 @@ def test_a_replication_below_the_settings_is_an_error_grow_cannot_fix(
         monkeypatch.setenv("SKUFORGE_TOPIC_REPLICATION", "2")  # what production asks (one broker here)
         for grow in ([], ["--grow"]):  # --grow adds partitions only
             code, _, err = _run(capsys, "--partitions", "1", *grow)
-            assert code == 1, "topics with 1 replica where 2 are asked must not be a success"
+            assert code == 3, "topics with 1 replica where 2 are asked must not be a success"
             assert len(err.splitlines()) == 1
             assert f"{namespace}{SKU_INGESTED.name} (replication 1, asked 2)" in err
             assert "replication cannot be raised by this command" in err and "--grow" not in err
