@@ -15,7 +15,7 @@ from typing import Any, Literal
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, ReassignmentInProgressError, TopicAlreadyExistsError
 from pydantic import BaseModel
 
 from schemas.envelope import Envelope, EnvelopeHeader, derive_id, utc_now
@@ -43,6 +43,13 @@ def kafka_connection(settings: Settings) -> dict[str, Any]:
     if settings.kafka_ssl_cafile is not None:
         options["ssl_cafile"] = settings.kafka_ssl_cafile
     return options
+
+
+def retriable_kafka_error(exc: KafkaError) -> bool:
+    """Whether running again may succeed: no broker answered (a timeout bootstrapping), a connection
+    lost, a controller moving (kafka-python's ``retriable``), a reassignment in progress. False for a
+    refusal that stays (a replication above the brokers there are, authorisation, a policy)."""
+    return isinstance(exc, ReassignmentInProgressError) or bool(getattr(exc, "retriable", False))
 
 
 def unreachable(settings: Settings, exc: Exception) -> str:
@@ -371,6 +378,8 @@ def _grow(
                 {shortfall.name: shortfall.wanted_partitions}, timeout_ms=int(timeout_s * 1000)
             )
         except KafkaError as exc:
+            if retriable_kafka_error(exc):
+                raise  # a controller moving, a broker restarting: running again adds the rest
             raise TopicsError(
                 f"could not add partitions to {shortfall.name} "
                 f"({shortfall.partitions} -> {shortfall.wanted_partitions}): {exc}"

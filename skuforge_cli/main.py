@@ -106,7 +106,7 @@ def _cmd_topics(rest: list[str]) -> int:
     from kafka.errors import KafkaError
 
     from schemas.topics import ALL_TOPICS, PASSTHROUGH_OUT
-    from shared.bus import TopicsError, sync_topics, unreachable
+    from shared.bus import TopicsError, retriable_kafka_error, sync_topics, unreachable
     from shared.errors import TransientError
 
     parser = argparse.ArgumentParser(prog="skuforge topics", description="Manage skuforge's Kafka topics.")
@@ -117,9 +117,11 @@ def _cmd_topics(rest: list[str]) -> int:
         "each with its .dlq (idempotent); an existing topic with fewer partitions or replicas than asked "
         "is an error",
         description="Create every topic of the flow and its .dlq (idempotent).",
-        epilog="exit status: 0 the topics are as the settings ask; 1 Kafka unreachable or not answering "
-        "(running again may help); 3 existing topics differ from the settings (fewer partitions without "
-        "--grow, lower replication, or a grow the broker refused): running again will not help",
+        epilog="exit status: 0 the topics are as the settings ask; 1 Kafka unreachable or not answering, "
+        "or a retriable error (running again may help); 3 existing topics differ from the settings "
+        "(fewer partitions without --grow, lower replication) or Kafka refused the request for good "
+        "(replication above the brokers there are, not authorised, partitions the broker will not "
+        "add): running again will not help",
     )
     create.add_argument(
         "--partitions", type=int, default=None, help="partitions (default SKUFORGE_TOPIC_PARTITIONS)"
@@ -142,8 +144,12 @@ def _cmd_topics(rest: list[str]) -> int:
                 settings, (*ALL_TOPICS, PASSTHROUGH_OUT), partitions=args.partitions, grow=args.grow
             )
         except KafkaError as exc:
-            print(f"{prog}: cannot create the topics: {unreachable(settings, exc)}", file=sys.stderr)
-            return 1
+            if retriable_kafka_error(exc):
+                print(f"{prog}: cannot create the topics: {unreachable(settings, exc)}", file=sys.stderr)
+                return 1
+            # Refused for good (replication above the brokers there are, not authorised...).
+            print(f"{prog}: Kafka refused to create the topics: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return TOPICS_DIFFER
         except TransientError as exc:  # metadata that never came
             print(f"{prog}: {exc}", file=sys.stderr)
             return 1
@@ -171,8 +177,9 @@ def _cmd_topics(rest: list[str]) -> int:
     return 0
 
 
-# `skuforge topics create`'s exit status when topics exist but differ from the settings: unlike Kafka
-# being away (1), running again does not help, so a script or a Job's logs can tell the two apart.
+# `skuforge topics create`'s exit status when topics exist but differ from the settings, or Kafka
+# refused for good: unlike Kafka being away (1), running again does not help, so a script or the
+# topics Job (its podFailurePolicy) can tell the two apart.
 TOPICS_DIFFER = 3
 
 

@@ -118,3 +118,42 @@ def test_topics_whose_metadata_never_shows_are_one_line_not_a_traceback(
         assert len(err.splitlines()) == 1
     finally:
         _delete_namespace(kafka_bootstrap, namespace)
+
+
+@pytest.mark.kafka
+def test_a_replication_above_the_brokers_there_are_is_refused_for_good_not_kafka_away(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, every KafkaError exited 1 "cannot reach Kafka ... is it running?": the topics Job retried
+    # a request the broker refuses for good (one broker here, replication 2 asked) six times.
+    namespace = _namespace(monkeypatch, kafka_bootstrap)
+    monkeypatch.setenv("SKUFORGE_TOPIC_REPLICATION", "2")
+    try:
+        code, _, err = _run(capsys, "--partitions", "1")
+        assert code == 3
+        assert err.startswith("skuforge topics create: Kafka refused to create the topics: ")
+        assert "InvalidReplicationFactor" in err and "cannot reach" not in err
+    finally:
+        _delete_namespace(kafka_bootstrap, namespace)
+
+
+def test_which_kafka_errors_running_again_may_fix() -> None:
+    from kafka.errors import (
+        InvalidPartitionsError,
+        InvalidReplicationFactorError,
+        KafkaTimeoutError,
+        NotControllerError,
+        ReassignmentInProgressError,
+        TopicAuthorizationFailedError,
+    )
+
+    from shared.bus import retriable_kafka_error
+
+    for again in (
+        KafkaTimeoutError(),
+        NotControllerError(),
+        ReassignmentInProgressError(),
+    ):
+        assert retriable_kafka_error(again), type(again).__name__
+    for never in (InvalidReplicationFactorError(), InvalidPartitionsError(), TopicAuthorizationFailedError()):
+        assert not retriable_kafka_error(never), type(never).__name__
