@@ -326,6 +326,57 @@ def test_the_generator_server_serves_the_skipped_scene_count_on_its_own_metrics(
     assert f"scene file://{library}/shelves/corrupt.jpg skipped: corrupt" in server.log_path.read_text()
 
 
+@pytest.mark.slow
+def test_through_triton_a_sku_never_gets_a_scene_tagged_like_its_category_or_name(tmp_path: Path) -> None:
+    # The library left out scenes tagged like a category or product name, but the Triton request named
+    # only the series: in production a lemon without a series landed on the pile of lemons of `Lemon/`.
+    from services.generator.client import TritonGenerator
+    from services.generator.protocol import VariantRequest, VariantResult
+
+    library = tmp_path / "scenes"
+    for key, rgb in (("Lemon/a.png", (200, 200, 40)), ("Milk/b.png", (40, 40, 150))):
+        (library / key).parent.mkdir(parents=True, exist_ok=True)
+        (library / key).write_bytes(encode_png(textured_scene(60, 80, rgb)))
+    reference, mask = marker_reference()
+    server = TritonServerProcess(tmp_path, extra_env={"SKUFORGE_SCENES_URI": f"file://{library}"})
+    server.start()
+    try:
+        scenes_of: dict[tuple[str, tuple[str, ...]], set[str]] = {}
+        for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
+            client = TritonGenerator(url, protocol=protocol, concurrency=2)
+            try:
+                for own_names in ((), ("Lemon", "Amalfi Lemons")):
+                    variants = [
+                        VariantRequest(
+                            reference=reference,
+                            mask=mask,
+                            prompt="a photo of a lemon",
+                            negative_prompt="",
+                            seed=seed,
+                            parameters_json="{}",
+                            adapter_id=None,
+                            series=None,
+                            size=64,
+                            own_names=own_names,
+                        )
+                        for seed in range(12)
+                    ]
+                    results = client.generate("composite", variants)
+                    assert all(isinstance(result, VariantResult) for result in results)
+                    scenes_of[protocol, own_names] = {
+                        json.loads(result.parameters_json)["scene_key"]
+                        for result in results
+                        if isinstance(result, VariantResult)
+                    }
+            finally:
+                client.close()
+    finally:
+        server.stop()
+    for protocol in ("grpc", "http"):
+        assert scenes_of[protocol, ()] == {"Lemon/a.png", "Milk/b.png"}, protocol
+        assert scenes_of[protocol, ("Lemon", "Amalfi Lemons")] == {"Milk/b.png"}, protocol
+
+
 def test_unreadable_and_badly_named_scene_files_are_skipped_and_the_rest_load(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

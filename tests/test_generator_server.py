@@ -146,3 +146,26 @@ def test_a_store_away_is_unavailable_and_retried_but_a_row_out_of_memory_alone_i
     assert error[0] == ""
     assert error[1].startswith(BACKEND_UNAVAILABLE_PREFIX) and "registry unreachable" in error[1]
     assert error[2].startswith(BACKEND_ERROR_PREFIX) and "40.00 GiB" in error[2]
+
+
+def test_own_names_are_optional_and_a_malformed_list_refuses_only_its_row() -> None:
+    seen: list[tuple[str, ...]] = []
+
+    def record(requests: list[GenerationRequest]) -> Exception | None:
+        seen.extend(r.own_names for r in requests)
+        return None
+
+    without = triton_request([11])  # an older stage sends no own_names
+    (answer,) = GenerationModel(StandInBackend(record))([without])
+    assert errors(answer) == [""] and seen == [()]
+
+    seen.clear()
+    given = triton_request([11, 12, 13])
+    given["own_names"] = np.array(
+        [[b'["Lemon", "Amalfi Lemons"]'], [b'{"not": "a list"}'], [b"not json"]], dtype=object
+    )
+    (answer,) = GenerationModel(StandInBackend(record))([given])
+    error = errors(answer)
+    assert error[0] == "" and seen == [("Lemon", "Amalfi Lemons")]
+    assert error[1] == "ValueError: own_names must be a JSON list of strings"
+    assert error[2].startswith("ValueError: own_names is not JSON")

@@ -8,6 +8,7 @@ back as a ``BadInput`` for its SKU. A malformed request (our bug) raises ``Runti
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from services.generator.protocol import (
     BACKEND_ERROR_PREFIX,
     BACKEND_UNAVAILABLE_PREFIX,
     INPUTS,
+    OPTIONAL_INPUTS,
     VariantRequest,
     VariantResult,
     model_name,
@@ -66,7 +68,12 @@ class TritonGenerator:
 
     def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
         """All ``variants`` from ``backend``'s model, in order; GeneratorUnavailable if any was not served."""
-        futures = [self._pool.submit(self._infer_one, backend, variant) for variant in variants]
+        try:
+            optional = self._optional_inputs(backend)
+        except GeneratorUnavailable:
+            self.last_call_ok = False
+            raise
+        futures = [self._pool.submit(self._infer_one, backend, variant, optional) for variant in variants]
         results: list[VariantResult | BadInput] = []
         unavailable: GeneratorUnavailable | None = None
         for future in futures:
@@ -93,7 +100,33 @@ class TritonGenerator:
             self._local.client, self._local.module = client, module
         return client
 
-    def _infer_one(self, backend: str, variant: VariantRequest) -> VariantResult | BadInput:
+    def _optional_inputs(self, backend: str) -> frozenset[str]:
+        """The ``OPTIONAL_INPUTS`` ``backend``'s model declares now (asked once per call of ``generate``,
+        so a model upgraded under a running stage gets them from its next SKU on): a model served by an
+        older server refuses an input it does not declare."""
+        from tritonclient.utils import InferenceServerException
+
+        timeout: dict[str, Any] = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        try:
+            metadata = self._client().get_model_metadata(model_name(backend), **timeout)
+        except InferenceServerException as exc:
+            status, message = str(exc.status()), exc.message() or str(exc)
+            raise GeneratorUnavailable(*_explain(status, message, self.url, backend)) from exc
+        except TimeoutError as exc:  # the HTTP client's network timeout
+            raise GeneratorUnavailable(
+                f"Triton at {self.url} timed out on {model_name(backend)}: {exc}", "timeout"
+            ) from exc
+        except (OSError, HTTPException) as exc:
+            raise GeneratorUnavailable(
+                f"Triton at {self.url} unreachable: {type(exc).__name__}: {exc}"
+            ) from exc
+        declared = metadata["inputs"] if isinstance(metadata, dict) else metadata.inputs  # HTTP / gRPC
+        names = {item["name"] if isinstance(item, dict) else item.name for item in declared}
+        return frozenset(name for name, _, _ in OPTIONAL_INPUTS if name in names)
+
+    def _infer_one(
+        self, backend: str, variant: VariantRequest, optional: frozenset[str] = frozenset()
+    ) -> VariantResult | BadInput:
         from tritonclient.utils import InferenceServerException
 
         client = self._client()
@@ -108,9 +141,10 @@ class TritonGenerator:
             "adapter_id": _bytes_cell(variant.adapter_id or ""),
             "series": _bytes_cell(variant.series or ""),
             "size": np.array([[variant.size]], dtype=np.int32),
+            "own_names": _bytes_cell(json.dumps(list(variant.own_names))),
         }
         inputs = []
-        for name, dtype, _ in INPUTS:
+        for name, dtype, _ in (*INPUTS, *(spec for spec in OPTIONAL_INPUTS if spec[0] in optional)):
             tensor = module.InferInput(name, list(values[name].shape), _TRITON_DTYPES[dtype])
             tensor.set_data_from_numpy(values[name])
             inputs.append(tensor)

@@ -30,6 +30,12 @@ INPUTS: tuple[tuple[str, type, tuple[int, ...]], ...] = (
     ("series", bytes, (1,)),
     ("size", np.int32, (1,)),
 )
+# Inputs a request may leave out: an older stage does not send them, and the stage sends them only to a
+# model that declares them (``TritonGenerator`` reads its metadata), so either side can roll out first.
+OPTIONAL_INPUTS: tuple[tuple[str, type, tuple[int, ...]], ...] = (
+    # JSON list of the SKU's other names (category, product name): no scene tagged like any of them.
+    ("own_names", bytes, (1,)),
+)
 OUTPUTS: tuple[tuple[str, type, tuple[int, ...]], ...] = (
     ("image", np.uint8, (-1, -1, 3)),
     ("expected_mask", np.uint8, (-1, -1)),
@@ -66,6 +72,7 @@ class VariantRequest:
     adapter_id: str | None
     series: str | None
     size: int
+    own_names: tuple[str, ...] = ()  # category, product name: sent when the model declares own_names
 
 
 @dataclass(frozen=True)

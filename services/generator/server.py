@@ -40,6 +40,7 @@ from services.generator.protocol import (
     BACKEND_ERROR_PREFIX,
     BACKEND_UNAVAILABLE_PREFIX,
     INPUTS,
+    OPTIONAL_INPUTS,
     OUTPUTS,
     model_name,
 )
@@ -228,8 +229,23 @@ def _row_request(request: Mapping[str, npt.NDArray[Any]], row: int, size: int) -
         parameters=parameters,
         adapter_id=_text(request["adapter_id"][row]) or None,
         series=_text(request["series"][row]) or None,
+        own_names=_own_names(request, row),
         size=size,
     )
+
+
+def _own_names(request: Mapping[str, npt.NDArray[Any]], row: int) -> tuple[str, ...]:
+    """The row's optional ``own_names`` (a JSON list of strings); () when the request has none."""
+    if "own_names" not in request:
+        return ()
+    text = _text(request["own_names"][row]) or "[]"
+    try:
+        names = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"own_names is not JSON: {exc}") from None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError("own_names must be a JSON list of strings")
+    return tuple(names)
 
 
 def _text(cell: npt.NDArray[Any]) -> str:
@@ -342,7 +358,13 @@ def build_triton(
         triton.bind(
             model_name=model_name(name),
             infer_func=instances,
-            inputs=[Tensor(name=n, dtype=dtype, shape=shape) for n, dtype, shape in INPUTS],
+            inputs=[
+                *(Tensor(name=n, dtype=dtype, shape=shape) for n, dtype, shape in INPUTS),
+                *(
+                    Tensor(name=n, dtype=dtype, shape=shape, optional=True)
+                    for n, dtype, shape in OPTIONAL_INPUTS
+                ),
+            ],
             outputs=[Tensor(name=n, dtype=dtype, shape=shape) for n, dtype, shape in OUTPUTS],
             config=model_config,
             strict=True,

@@ -235,6 +235,9 @@ def handle_batch(
                         adapter_id=generation.generation_adapter_id,
                         series=captioned.sku.series or None,
                         size=generation.generation_size_px,
+                        own_names=tuple(
+                            name for name in (captioned.sku.category, captioned.sku.name) if name.strip()
+                        ),
                     ),
                 )
             )

@@ -71,7 +71,8 @@ class GenerationRequest:
     n: int  # number of variants
     parameters: dict[str, Any]  # variant parameters (JSON); backend-specific knobs
     adapter_id: str | None = None  # explicit LoRA adapter, or None = choose by series
-    series: str | None = None  # SKU series, for the adapter choice
+    series: str | None = None  # SKU series, for the adapter choice (and never its scenes' tag)
+    own_names: tuple[str, ...] = ()  # the SKU's category and product name: never its scenes' tag either
     size: int = 512  # output canvas side in px
 
 

@@ -285,9 +285,10 @@ class CompositeBackend:
         samples = []
         for variant in range(request.n):
             plan_rng = np.random.default_rng(np.random.SeedSequence([request.seed, variant]))
-            # The request names the SKU by its series only; the library also leaves out scenes tagged
-            # like a category or product name given here (``SceneLibrary.keys_for``).
-            drawn = _Plan.draw(plan_rng, self.scenes, self.photo_share, (request.series,))
+            # No scene tagged like the SKU's series, category or product name (``SceneLibrary.keys_for``):
+            # a lemon never lands on a pile of lemons, which would teach the lemon class other lemons.
+            own_names = (request.series, *request.own_names)
+            drawn = _Plan.draw(plan_rng, self.scenes, self.photo_share, own_names)
             plan = drawn.override(request.parameters, self.scenes)
             # The scene's own randomness comes from the plan, so the reported parameters replay it.
             scene_rng, extra_rng, noise_rng = (

@@ -122,7 +122,8 @@ class GenerationSettings(BaseSettings):
         default=None,
         min_length=1,
         description="folder or s3:// prefix of background photos for the composite backend; "
-        "a photo's first folder is its tag, never used for a SKU of that series; unset = procedural only",
+        "a photo's first folder is its tag, never used for a SKU of that series, category or product name; "
+        "unset = procedural only",
     )
     scenes_photo_share: float = Field(
         default=1.0,
