@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from schemas.common import SkuMetadata
-from schemas.events import ReferencePhoto, SkuCaptioned, SkuIngested
+from schemas.events import CaptionedPhoto, ReferencePhoto, SkuCaptioned, SkuIngested
 from schemas.topics import SKU_INGESTED
 from services.captioner.config import CaptionerSettings
 from services.captioner.stage import CaptionerModels, handle
@@ -83,9 +83,10 @@ class BittenSession:
         ]
 
 
-def _stored_mask(
+def _captioned(
     tmp_path: Path, *, category: str, background: str = "plain", transparency: bool = False, **options: float
-) -> npt.NDArray[np.bool_]:
+) -> tuple[npt.NDArray[np.bool_], CaptionedPhoto]:
+    """The stored mask of the SKU's one photo, and its entry in ``sku.captioned``."""
     store = FileStore(tmp_path / "store")
     photo = ReferencePhoto(
         photo_id="p0",
@@ -111,7 +112,7 @@ def _stored_mask(
     assert isinstance(emit.payload, SkuCaptioned)
     [captioned] = emit.payload.photos
     assert captioned.usable and captioned.mask is not None
-    return decode_mask(store.read_verified(captioned.mask)) > 0
+    return decode_mask(store.read_verified(captioned.mask)) > 0, captioned
 
 
 def _iou(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
@@ -119,9 +120,12 @@ def _iou(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
 
 
 def test_a_bitten_carton_mask_on_a_plain_background_is_filled_to_the_carton(tmp_path: Path) -> None:
-    mask = _stored_mask(tmp_path, category="juice carton")
+    mask, captioned = _captioned(tmp_path, category="juice carton")
 
     assert _iou(mask, _carton_mask()) == pytest.approx(1.0)
+    # Measured again on the filled mask: the white face is part of the product's colours now.
+    assert "white" in captioned.colours and "white" in captioned.caption
+    assert captioned.plain_background is not None and captioned.plain_background > 0.99
 
 
 @pytest.mark.parametrize(
@@ -141,11 +145,12 @@ def test_other_masks_are_stored_as_predicted(
     transparency: bool,
     options: dict[str, float],
 ) -> None:
-    mask = _stored_mask(
+    mask, captioned = _captioned(
         tmp_path, category=category, background=background, transparency=transparency, **options
     )
 
     assert np.array_equal(mask, _bitten_mask() > 0), case
+    assert "white" not in captioned.colours, case
 
 
 def test_small_dents_such_as_a_caps_shoulders_are_left() -> None:
@@ -162,3 +167,18 @@ def test_small_dents_such_as_a_caps_shoulders_are_left() -> None:
     assert added == pytest.approx(70 * 30 / np.count_nonzero(bitten))
     assert fill_concavities(carton, 0.02)[1] == 0.0
     assert not fill_concavities(np.zeros((4, 4), dtype=bool), 0.02)[0].any()
+
+
+def test_a_logo_apart_from_the_carton_is_not_joined_to_it_across_the_backdrop() -> None:
+    # Review: the hull of the whole mask spanned a carton and a badge in the corner, and the backdrop
+    # between them (71% of the mask) was "filled".
+    mask = np.zeros((200, 200), dtype=bool)
+    mask[40:180, 70:130] = True  # the carton
+    mask[5:15, 175:195] = True  # a badge the matting kept
+    bitten = mask.copy()
+    bitten[80:140, 70:95] = False
+
+    filled, added = fill_concavities(bitten, 0.02)
+
+    assert np.array_equal(filled, mask)
+    assert added == pytest.approx(60 * 25 / np.count_nonzero(bitten))

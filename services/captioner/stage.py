@@ -30,7 +30,8 @@ U2-NetP) makes the masks; all photos of a SKU go through it in one call, but a p
 file was a cut-out: its transparency, stored by ingest (``ReferencePhoto.mask``), is its mask.
 The attribute backend (default) measures colours, shape and view on the masks
 (``shared/captioning/attributes.py``); on a plain-background photo of a box, carton or can, big dents
-in a predicted mask are filled first (``_fill_dents``: such packaging has a convex outline);
+in a predicted mask are then filled and the photo measured again (``_fill_dents``: such packaging has
+a convex outline);
 ``SKUFORGE_CAPTIONER_BACKEND=vlm`` adds a BLIP sentence per photo from
 ``SKUFORGE_CAPTIONER_VLM_MODEL`` (``shared/captioning/vlm.py``), merged into the caption without
 overruling the measured colours and shape. Other knobs: ``services/captioner/config.py``.
@@ -96,6 +97,8 @@ WORKING_SIDE_PX = 2048
 # backdrop, while in a store a dent may be a hand or the next product in front.
 CONVEX_SHAPES: frozenset[Shape] = frozenset({"box", "can"})
 FILL_MIN_PLAIN_BACKGROUND = 0.7
+# More than this share added is not a dropped face but another outline (or a mask gone wrong): left.
+FILL_MAX_ADDED_SHARE = 0.5
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -174,6 +177,9 @@ class _Found:
     image: Image.Image
     mask: npt.NDArray[np.uint8]
     attributes: ProductAttributes
+    # How plain the backdrop is, when measured before the mask's dents were filled (a filled dent is
+    # backdrop-coloured, and taking it out of the backdrop would make the photo read less plain).
+    plain_background: float | None = None
 
 
 def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModels) -> list[Emit]:
@@ -349,21 +355,27 @@ def _find_products(
 def _fill_dents(found: _Found, photo: ReferencePhoto, ctx: Context, options: CaptionerSettings) -> _Found:
     """``found`` with the big dents of its predicted mask filled and measured again, on a plain
     background (``CONVEX_SHAPES``); as it was elsewhere, or when nothing was filled."""
-    product = found.mask > 0
-    if plain_background_share(found.image, found.mask) < FILL_MIN_PLAIN_BACKGROUND:
+    plain = plain_background_share(found.image, found.mask)
+    if plain < FILL_MIN_PLAIN_BACKGROUND:
         return found
-    filled, added = fill_concavities(product, options.captioner_fill_dents_share)
-    if added == 0.0:
+    filled, added = fill_concavities(found.mask > 0, options.captioner_fill_dents_share)
+    if added == 0.0 or added > FILL_MAX_ADDED_SHARE:
+        return found
+    mask = np.where(filled, np.uint8(255), np.uint8(0))
+    if mask_problem(
+        mask,
+        min_fraction=options.captioner_min_mask_fraction,
+        max_fraction=options.captioner_max_mask_fraction,
+    ):
         return found
     ctx.log.info(
         "reference mask dents filled (convex packaging)",
         extra={"photo_id": photo.photo_id, "added_share": round(added, 4)},
     )
-    mask = np.where(filled, np.uint8(255), np.uint8(0))
     attributes = describe_product(
         found.image, mask, k=options.captioner_colours, min_colour_share=options.captioner_min_colour_share
     )
-    return _Found(found.image, mask, attributes)
+    return _Found(found.image, mask, attributes, plain_background=plain)
 
 
 def _sentences(
@@ -413,7 +425,12 @@ def _caption_photo(
         colours=colours,
         shape=shape,
         view=view,
-        plain_background=round(plain_background_share(outcome.image, outcome.mask), 4),
+        plain_background=round(
+            outcome.plain_background
+            if outcome.plain_background is not None
+            else plain_background_share(outcome.image, outcome.mask),
+            4,
+        ),
     )
 
 

@@ -417,19 +417,36 @@ def mask_hull(mask: BoolArray) -> F64Array:
 
 
 def hull_mask(mask: BoolArray) -> BoolArray:
-    """The convex hull of a mask's pixels, filled."""
+    """The convex hull of a mask's pixels, filled: every pixel whose centre is inside the hull of the
+    mask's squares, or on its edge.
+
+    Row by row, in exact integer arithmetic (coordinates doubled, so pixel centres are integers): each
+    hull edge bounds a row's centres on one side, and a row's pixels are the span between its bounds.
+    Rows x edges, not pixels x edges: a 2048 px photo's mask takes milliseconds.
+    """
     if not mask.any():
         return mask.copy()
-    vertices = mask_hull(mask)  # pixel-corner points, counter-clockwise in (x, y) with y down
-    (left, top), (right, bottom) = vertices.min(axis=0).astype(int), vertices.max(axis=0).astype(int)
-    # Pixel (x, y) is the square [x, x+1) x [y, y+1): in the hull when its centre is on the inner
-    # side of every edge (or on it).
-    ys, xs = np.mgrid[top:bottom, left:right].astype(np.float64) + 0.5
-    inside = np.ones(xs.shape, dtype=bool)
-    for (ax, ay), (bx, by) in zip(vertices, np.roll(vertices, -1, axis=0), strict=True):
-        inside &= (bx - ax) * (ys - ay) - (by - ay) * (xs - ax) >= 0
+    vertices = (mask_hull(mask) * 2).astype(np.int64)  # doubled pixel corners, counter-clockwise
+    starts, ends = vertices, np.roll(vertices, -1, axis=0)
+    top, bottom = int(vertices[:, 1].min()) // 2, int(vertices[:, 1].max()) // 2
+    width = mask.shape[1]
+    centres_y = (2 * np.arange(top, bottom, dtype=np.int64) + 1)[:, None]  # doubled row centres
+    ax, ay = starts[None, :, 0], starts[None, :, 1]
+    dx, dy = (ends - starts)[None, :, 0], (ends - starts)[None, :, 1]
+    # A centre (X, Y) is inside edge (a, b) when dx * (Y - ay) - dy * (X - ax) >= 0.
+    bound = dx * (centres_y - ay) + dy * ax  # inside when bound - dy * X >= 0
+    big = np.int64(4 * width + 4)
+    with np.errstate(divide="ignore"):
+        highest = np.where(dy > 0, bound // np.where(dy > 0, dy, 1), big).min(axis=1)  # X <= bound / dy
+        lowest = np.where(dy < 0, -(bound // np.where(dy < 0, -dy, 1)), -big).max(axis=1)  # X >= ...
+    level = np.where(dy == 0, bound >= 0, True).all(axis=1)  # a horizontal edge keeps or drops the row
+    first = np.clip(lowest // 2, 0, width)  # X = 2x + 1  ->  x >= ceil((X - 1) / 2)
+    last = np.clip((highest - 1) // 2 + 1, 0, width)  # exclusive
+    keep = level & (last > first)
+    rows = np.arange(top, bottom)[keep]
     hull = mask.copy()
-    hull[top:bottom, left:right] |= inside
+    height = mask.shape[0]
+    hull |= paint_runs((height, width), rows, first[keep], last[keep])
     return hull
 
 
@@ -437,14 +454,17 @@ def fill_concavities(mask: BoolArray, min_share: float) -> tuple[BoolArray, floa
     """The mask with every dent that covers at least ``min_share`` of its area filled, and the share
     of its area that was added.
 
-    A dent is a 4-connected piece of the mask's convex hull outside the mask. A carton, box or can
-    seen from any side has a convex outline (a convex solid projects to a convex shape); a big dent
-    in its mask is a part the matting model dropped, typically a white face on a white backdrop.
-    Small dents are left: the shoulders beside a screw cap, a gable top's notch.
+    A dent is a 4-connected piece of the convex hull of the mask's largest blob outside the mask. A
+    carton, box or can seen from any side has a convex outline (a convex solid projects to a convex
+    shape); a big dent in its mask is a part the matting model dropped, typically a white face on a
+    white backdrop. Small dents are left: the shoulders beside a screw cap, a gable top's notch. The
+    hull is the largest blob's, not the whole mask's: a logo, a glass beside the carton or a floor
+    reflection apart from it would otherwise join it across the backdrop. A dent is filled only as far
+    as the hull reaches: a face the model dropped at a corner of the outline comes back in part.
     """
     if not mask.any():
         return mask.copy(), 0.0
-    dents = hull_mask(mask) & ~mask
+    dents = hull_mask(largest_component(mask)) & ~mask
     if not dents.any():
         return mask.copy(), 0.0
     area = float(np.count_nonzero(mask))
