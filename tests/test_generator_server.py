@@ -169,3 +169,19 @@ def test_own_names_are_optional_and_a_malformed_list_refuses_only_its_row() -> N
     assert error[0] == "" and seen == [("Lemon", "Amalfi Lemons")]
     assert error[1] == "ValueError: own_names must be a JSON list of strings"
     assert error[2].startswith("ValueError: own_names is not JSON")
+
+
+def test_out_of_memory_alone_waits_while_another_process_holds_the_gpu(monkeypatch: Any) -> None:
+    # Review: the LoRA trainer shares the GPU with the generator (deploy/gpu); a row out of memory
+    # while it trains must wait for it, not be dead-lettered after a few quick retries.
+    import torch
+
+    def fail(requests: list[GenerationRequest]) -> Exception | None:
+        return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    for held, prefix in ((0.6, BACKEND_UNAVAILABLE_PREFIX), (0.02, BACKEND_ERROR_PREFIX)):
+        monkeypatch.setattr("services.generator.server.gpu_memory_held_by_others", lambda held=held: held)
+        (answer,) = GenerationModel(StandInBackend(fail))([triton_request([11])])
+        (error,) = errors(answer)
+        assert error.startswith(prefix) and "out of GPU memory even alone" in error, held
+        assert ("other processes hold 60% of the GPU's memory" in error) == (held == 0.6), error

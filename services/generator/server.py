@@ -47,7 +47,13 @@ from services.generator.protocol import (
 from shared.config import Settings, load_settings
 from shared.errors import BadInput, TransientError
 from shared.generation.backend import GenerationBackend, GenerationRequest, RowOutcome, open_backend
-from shared.generation.diffusion import DiffusionSettings, is_out_of_memory, release_memory
+from shared.generation.diffusion import (
+    OTHERS_HOLD_SHARE,
+    DiffusionSettings,
+    gpu_memory_held_by_others,
+    is_out_of_memory,
+    release_memory,
+)
 from shared.generation.scenes import SceneLibrary
 from shared.generation.settings import GenerationSettings
 from shared.observability import HealthServer, configure_logging
@@ -76,9 +82,10 @@ class GenerationModel:
     Only a ``BadInput`` the backend raises is the row's own fault (a ``ValueError`` from inside torch
     or diffusers is the backend's); a store away (``TransientError``) is ``backend_unavailable:``,
     which the stage retries without dead-lettering. The GPU out of memory even for one row is
-    ``backend_error:`` too: a row too big for the GPU would otherwise hold its partition forever, so
-    the stage retries it a few times (another job may have held the memory) and then dead-letters it,
-    replayable once the GPU or the settings allow.
+    ``backend_unavailable:`` while other processes hold ``OTHERS_HOLD_SHARE`` of its memory or more
+    (the LoRA trainer beside it: wait for it), else ``backend_error:``: a row too big for the GPU on
+    its own would hold its partition forever, so the stage retries it a few times and then
+    dead-letters it, replayable once the settings allow.
     """
 
     def __init__(self, backend: GenerationBackend) -> None:
@@ -152,6 +159,10 @@ class GenerationModel:
                 log.exception("the %s backend failed on variant seed %d", self.backend.name, row.seed)
                 failure = BackendFailed(f"{type(exc).__name__}: {exc}")
         release_memory()  # out of the except block, before the next row
+        others = gpu_memory_held_by_others() if str(failure).startswith("out of GPU memory") else 0.0
+        if others >= OTHERS_HOLD_SHARE:
+            # Another process holds the memory (the LoRA trainer on the same GPU): wait for it.
+            return BackendUnavailable(f"{failure}; other processes hold {others:.0%} of the GPU's memory")
         return failure
 
     def _parse_request(

@@ -555,6 +555,25 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+# Out of memory while other processes hold at least this share of the GPU: they may let go (the LoRA
+# trainer beside the generator on one GPU, docs/diffusion.md), so the row is waited for, not refused.
+OTHERS_HOLD_SHARE = 0.1
+
+
+def gpu_memory_held_by_others() -> float:
+    """The share of the current CUDA device's memory that neither is free nor is cached by this
+    process's torch (another process's: a training job, another server); 0.0 without CUDA.
+
+    Call it after ``release_memory``, so this process's cache is given back first.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return 0.0
+    free, total = torch.cuda.mem_get_info()
+    ours = torch.cuda.memory_reserved()
+    return max(0.0, float(total - free - ours)) / float(total) if total else 0.0
+
+
 def paint_finite(pipe: Any, **call: Any) -> npt.NDArray[np.float32]:
     """``pipe(**call)`` with ``output_type="np"``: its images (rows x H x W x 3, 0..1), every one finite.
 
