@@ -182,3 +182,17 @@ def test_a_logo_apart_from_the_carton_is_not_joined_to_it_across_the_backdrop() 
 
     assert np.array_equal(filled, mask)
     assert added == pytest.approx(60 * 25 / np.count_nonzero(bitten))
+
+
+def test_a_carton_split_in_two_by_a_dropped_white_band_is_whole_again() -> None:
+    # Review of the largest-blob hull: a white label band across the carton leaves two blobs; the
+    # hull of the larger one alone did not reach the band.
+    carton = np.zeros((200, 140), dtype=bool)
+    carton[30:170, 30:110] = True
+    split = carton.copy()
+    split[80:110, 30:110] = False  # the band, the whole width
+
+    filled, added = fill_concavities(split, 0.02)
+
+    assert np.array_equal(filled, carton)
+    assert added == pytest.approx(30 * 80 / np.count_nonzero(split))

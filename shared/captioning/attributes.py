@@ -450,21 +450,35 @@ def hull_mask(mask: BoolArray) -> BoolArray:
     return hull
 
 
+MAIN_BLOB_SHARE: Final = 0.15
+
+
+def _main_blobs(mask: BoolArray) -> BoolArray:
+    """The 8-connected blobs of a non-empty mask holding at least ``MAIN_BLOB_SHARE`` of it (the
+    largest always)."""
+    rows, starts, ends, labels = connected_components(mask, diagonal=True)
+    areas = np.bincount(labels, weights=(ends - starts).astype(np.float64))
+    main = (areas >= MAIN_BLOB_SHARE * areas.sum()) | (areas == areas.max())
+    keep = main[labels]
+    return paint_runs((mask.shape[0], mask.shape[1]), rows[keep], starts[keep], ends[keep])
+
+
 def fill_concavities(mask: BoolArray, min_share: float) -> tuple[BoolArray, float]:
     """The mask with every dent that covers at least ``min_share`` of its area filled, and the share
     of its area that was added.
 
-    A dent is a 4-connected piece of the convex hull of the mask's largest blob outside the mask. A
+    A dent is a 4-connected piece of the convex hull of the mask's main blobs outside the mask. A
     carton, box or can seen from any side has a convex outline (a convex solid projects to a convex
     shape); a big dent in its mask is a part the matting model dropped, typically a white face on a
     white backdrop. Small dents are left: the shoulders beside a screw cap, a gable top's notch. The
-    hull is the largest blob's, not the whole mask's: a logo, a glass beside the carton or a floor
-    reflection apart from it would otherwise join it across the backdrop. A dent is filled only as far
-    as the hull reaches: a face the model dropped at a corner of the outline comes back in part.
+    hull is that of the blobs holding at least ``MAIN_BLOB_SHARE`` of the mask, not of every blob: a
+    badge or a glass apart from the carton would otherwise join it across the backdrop, while the two
+    halves of a carton whose white band the model dropped are both main blobs. A dent is filled only
+    as far as the hull reaches: a face the model dropped at a corner of the outline comes back in part.
     """
     if not mask.any():
         return mask.copy(), 0.0
-    dents = hull_mask(largest_component(mask)) & ~mask
+    dents = hull_mask(_main_blobs(mask)) & ~mask
     if not dents.any():
         return mask.copy(), 0.0
     area = float(np.count_nonzero(mask))
