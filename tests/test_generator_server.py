@@ -179,9 +179,12 @@ def test_out_of_memory_alone_waits_while_another_process_holds_the_gpu(monkeypat
     def fail(requests: list[GenerationRequest]) -> Exception | None:
         return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    for held, prefix in ((0.6, BACKEND_UNAVAILABLE_PREFIX), (0.02, BACKEND_ERROR_PREFIX)):
-        monkeypatch.setattr("services.generator.server.gpu_memory_held_by_others", lambda held=held: held)
-        (answer,) = GenerationModel(StandInBackend(fail))([triton_request([11])])
+    held = {"now": 0.15}  # CUDA contexts and Triton's pool: there from the start
+    monkeypatch.setattr("services.generator.server.gpu_memory_held_by_others", lambda: held["now"])
+    model = GenerationModel(StandInBackend(fail))
+    for now, prefix in ((0.75, BACKEND_UNAVAILABLE_PREFIX), (0.2, BACKEND_ERROR_PREFIX)):
+        held["now"] = now
+        (answer,) = model([triton_request([11])])
         (error,) = errors(answer)
-        assert error.startswith(prefix) and "out of GPU memory even alone" in error, held
-        assert ("other processes hold 60% of the GPU's memory" in error) == (held == 0.6), error
+        assert error.startswith(prefix) and "out of GPU memory even alone" in error, now
+        assert ("other processes took 60% of the GPU's memory" in error) == (now == 0.75), error

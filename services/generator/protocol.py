@@ -6,8 +6,9 @@ parameters actually used, the adapter actually used and an error message (empty 
 succeeded) come out. Rows fail alone: a row the backend refuses gets its message in ``error`` and
 zero images, and the other rows of the batch are unaffected. A row the backend fails on (raises)
 is served again alone; if it fails alone too, ``error`` says so after ``BACKEND_ERROR_PREFIX``, or
-after ``BACKEND_UNAVAILABLE_PREFIX`` when what failed is a store it reads (transient). A row out of
-GPU memory even alone is a ``BACKEND_ERROR_PREFIX`` failure: retried a few times, then dead-lettered.
+after ``BACKEND_UNAVAILABLE_PREFIX`` when what failed is a store it reads, or the GPU memory another
+process took (transient). A row out of GPU memory alone on a GPU no one else took is a
+``BACKEND_ERROR_PREFIX`` failure: retried a few times, then dead-lettered.
 """
 
 from __future__ import annotations

@@ -82,14 +82,18 @@ class GenerationModel:
     Only a ``BadInput`` the backend raises is the row's own fault (a ``ValueError`` from inside torch
     or diffusers is the backend's); a store away (``TransientError``) is ``backend_unavailable:``,
     which the stage retries without dead-lettering. The GPU out of memory even for one row is
-    ``backend_unavailable:`` while other processes hold ``OTHERS_HOLD_SHARE`` of its memory or more
-    (the LoRA trainer beside it: wait for it), else ``backend_error:``: a row too big for the GPU on
+    ``backend_unavailable:`` while other processes hold ``OTHERS_HOLD_SHARE`` of its memory more than
+    they did when the backend had loaded (the LoRA trainer beside it: wait for it), else
+    ``backend_error:``: a row too big for the GPU on
     its own would hold its partition forever, so the stage retries it a few times and then
     dead-letters it, replayable once the settings allow.
     """
 
     def __init__(self, backend: GenerationBackend) -> None:
         self.backend = backend
+        # What other processes held once the backend was loaded (CUDA contexts, Triton's own pool, an
+        # idle trainer's context): a row waits only for what they took beyond it.
+        self.others_at_start = gpu_memory_held_by_others()
 
     def __call__(
         self, requests: Sequence[Mapping[str, npt.NDArray[Any]]]
@@ -136,6 +140,7 @@ class GenerationModel:
     def _serve_alone(self, row: GenerationRequest) -> RowOutcome | BackendFailed:
         """One row on its own: its outcome, or what the backend raised on it."""
         failure: BackendFailed
+        out_of_memory = False
         try:
             (outcome,) = self.backend.generate_many([row])
             return outcome
@@ -154,15 +159,18 @@ class GenerationModel:
                     row.seed,
                     exc,
                 )
+                out_of_memory = True
                 failure = BackendFailed(f"out of GPU memory even alone: {type(exc).__name__}: {exc}")
             else:
                 log.exception("the %s backend failed on variant seed %d", self.backend.name, row.seed)
                 failure = BackendFailed(f"{type(exc).__name__}: {exc}")
         release_memory()  # out of the except block, before the next row
-        others = gpu_memory_held_by_others() if str(failure).startswith("out of GPU memory") else 0.0
-        if others >= OTHERS_HOLD_SHARE:
-            # Another process holds the memory (the LoRA trainer on the same GPU): wait for it.
-            return BackendUnavailable(f"{failure}; other processes hold {others:.0%} of the GPU's memory")
+        taken = gpu_memory_held_by_others() - self.others_at_start if out_of_memory else 0.0
+        if taken >= OTHERS_HOLD_SHARE:
+            # Another process took the memory since start-up (the LoRA trainer on the same GPU): wait.
+            return BackendUnavailable(
+                f"{failure}; other processes took {taken:.0%} of the GPU's memory since start-up"
+            )
         return failure
 
     def _parse_request(

@@ -555,8 +555,9 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-# Out of memory while other processes hold at least this share of the GPU: they may let go (the LoRA
-# trainer beside the generator on one GPU, docs/diffusion.md), so the row is waited for, not refused.
+# Out of memory while other processes hold at least this share of the GPU more than when the backend
+# loaded (CUDA contexts and Triton's pool are there from the start): they may let go (the LoRA trainer
+# beside the generator on one GPU, docs/diffusion.md), so the row is waited for, not refused.
 OTHERS_HOLD_SHARE = 0.1
 
 
@@ -569,8 +570,11 @@ def gpu_memory_held_by_others() -> float:
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available():
         return 0.0
-    free, total = torch.cuda.mem_get_info()
-    ours = torch.cuda.memory_reserved()
+    try:
+        free, total = torch.cuda.mem_get_info()
+        ours = torch.cuda.memory_reserved()
+    except RuntimeError:  # a CUDA fault: no figure, and no reason to fail the batch over it
+        return 0.0
     return max(0.0, float(total - free - ours)) / float(total) if total else 0.0
 
 
