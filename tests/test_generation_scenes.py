@@ -5,6 +5,7 @@ or script), replay."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -605,3 +606,101 @@ def test_scenes_uri_in_the_generator_settings_builds_the_library(
     assert skipped_total("too_many_pixels") == before + 1
     monkeypatch.delenv("SKUFORGE_SCENES_URI")
     assert load_scenes(load_settings(GenerationSettings), load_settings()) is None
+
+
+# A Triton model as the previous skuforge declared it: the same callable, no optional input.
+_OLDER_SERVER = """
+import sys
+from pytriton.model_config import ModelConfig, Tensor
+from pytriton.triton import Triton, TritonConfig
+from services.generator.protocol import INPUTS, OUTPUTS, model_name
+from services.generator.server import GenerationModel, put_libpython_first
+from shared.generation.composite import CompositeBackend
+from shared.generation.scenes import SceneLibrary
+from shared.store import open_store
+
+put_libpython_first()
+grpc_port, http_port, metrics_port, scenes = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+config = TritonConfig(grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, exit_on_error=True)
+with Triton(config=config) as triton:
+    triton.bind(
+        model_name=model_name("composite"),
+        infer_func=GenerationModel(CompositeBackend(SceneLibrary.load(open_store(scenes)), 1.0)),
+        inputs=[Tensor(name=n, dtype=dtype, shape=shape) for n, dtype, shape in INPUTS],
+        outputs=[Tensor(name=n, dtype=dtype, shape=shape) for n, dtype, shape in OUTPUTS],
+        config=ModelConfig(max_batch_size=8),
+        strict=True,
+    )
+    triton.serve()
+"""
+
+
+@pytest.mark.slow
+def test_a_new_stage_is_served_by_an_older_triton_mid_rollout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Stages and Triton roll out apart; with several Triton replicas the metadata and the request may
+    # reach different versions. An older model refuses an input it does not declare.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import tritonclient.grpc as grpcclient
+
+    from services.generator.client import TritonGenerator
+    from services.generator.protocol import VariantRequest, VariantResult, model_name
+    from tests.support.triton import free_port
+
+    library = tmp_path / "scenes"
+    (library / "Lemon").mkdir(parents=True)
+    (library / "Lemon" / "a.png").write_bytes(encode_png(textured_scene(60, 80, (200, 200, 40))))
+    ports = [free_port() for _ in range(3)]
+    log = (tmp_path / "older.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-c", _OLDER_SERVER, *map(str, ports), f"file://{library}"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    reference, mask = marker_reference()
+    variant = VariantRequest(
+        reference=reference,
+        mask=mask,
+        prompt="a photo of a lemon",
+        negative_prompt="",
+        seed=3,
+        parameters_json="{}",
+        adapter_id=None,
+        series=None,
+        size=64,
+        own_names=("Lemon",),
+    )
+    try:
+        ready = grpcclient.InferenceServerClient(f"127.0.0.1:{ports[0]}")
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "older.log").read_text()[-2000:]
+            with contextlib.suppress(Exception):
+                if ready.is_model_ready(model_name("composite")):
+                    break
+            assert time.monotonic() < deadline, "the older Triton did not start"
+            time.sleep(0.3)
+        for protocol, port in (("grpc", ports[0]), ("http", ports[1])):
+            client = TritonGenerator(f"127.0.0.1:{port}", protocol=protocol, concurrency=1)
+            try:
+                with caplog.at_level(logging.WARNING):
+                    (declared,) = client.generate("composite", [variant])  # the metadata says: older
+                    (refused,) = [client._infer_one("composite", variant, frozenset({"own_names"}))]
+            finally:
+                client.close()
+            assert isinstance(declared, VariantResult) and isinstance(refused, VariantResult), protocol
+            assert np.array_equal(declared.image, refused.image)
+        assert "does not declare own_names" in caplog.text
+        assert "refused the optional inputs ['own_names']; sent again without them" in caplog.text
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()

@@ -9,6 +9,7 @@ back as a ``BadInput`` for its SKU. A malformed request (our bug) raises ``Runti
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,8 @@ from services.generator.protocol import (
     model_name,
 )
 from shared.errors import BadInput, TransientError
+
+log = logging.getLogger(__name__)
 
 _TRITON_DTYPES = {np.uint8: "UINT8", np.int64: "INT64", np.int32: "INT32", bytes: "BYTES"}
 # gRPC status codes of a request Triton could not serve but may serve later.
@@ -61,6 +64,7 @@ class TritonGenerator:
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="triton")
         self.last_call_ok = True  # readiness: the last call reached the model
+        self._told_missing: set[str] = set()  # optional inputs an older model lacked, logged once
 
     def close(self) -> None:
         """Stop the worker threads."""
@@ -122,7 +126,17 @@ class TritonGenerator:
             ) from exc
         declared = metadata["inputs"] if isinstance(metadata, dict) else metadata.inputs  # HTTP / gRPC
         names = {item["name"] if isinstance(item, dict) else item.name for item in declared}
-        return frozenset(name for name, _, _ in OPTIONAL_INPUTS if name in names)
+        optional = frozenset(name for name, _, _ in OPTIONAL_INPUTS if name in names)
+        missing = sorted({name for name, _, _ in OPTIONAL_INPUTS} - optional - self._told_missing)
+        if missing:  # once per input: an older Triton; scenes named like the SKU are not left out
+            self._told_missing.update(missing)
+            log.warning(
+                "Triton's %s does not declare %s: it runs an older skuforge, which leaves out only "
+                "scenes tagged like a SKU's series",
+                model_name(backend),
+                ", ".join(missing),
+            )
+        return optional
 
     def _infer_one(
         self, backend: str, variant: VariantRequest, optional: frozenset[str] = frozenset()
@@ -154,6 +168,16 @@ class TritonGenerator:
         except InferenceServerException as exc:
             status, message = str(exc.status()), exc.message() or str(exc)
             if status in _CLIENT_ERRORS and "queue" not in message.lower():
+                sent = [name for name in optional if name in message]
+                if sent:
+                    # Several Triton pods behind one address mid-rollout: the metadata came from a
+                    # new one, this request reached an old one, which knows no optional input.
+                    log.warning(
+                        "a Triton replica refused the optional inputs %s; sent again without them",
+                        sent,
+                        extra={"model": model_name(backend)},
+                    )
+                    return self._infer_one(backend, variant, frozenset())
                 raise RuntimeError(f"Triton refused the request as malformed ({status}): {message}") from exc
             raise GeneratorUnavailable(*_explain(status, message, self.url, backend)) from exc
         except TimeoutError as exc:  # the HTTP client's network timeout (gRPC's is DEADLINE_EXCEEDED above)
