@@ -15,7 +15,12 @@ from typing import Any, Literal
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
-from kafka.errors import KafkaError, ReassignmentInProgressError, TopicAlreadyExistsError
+from kafka.errors import (
+    BrokerNotAvailableError,
+    KafkaError,
+    ReassignmentInProgressError,
+    TopicAlreadyExistsError,
+)
 from pydantic import BaseModel
 
 from schemas.envelope import Envelope, EnvelopeHeader, derive_id, utc_now
@@ -49,12 +54,15 @@ def retriable_kafka_error(exc: KafkaError) -> bool:
     """Whether running again may succeed: no broker answered (a timeout bootstrapping), a connection
     lost, a controller moving (kafka-python's ``retriable``), a reassignment in progress. False for a
     refusal that stays (a replication above the brokers there are, authorisation, a policy)."""
-    return isinstance(exc, ReassignmentInProgressError) or bool(getattr(exc, "retriable", False))
+    # A broker restarting answers BrokerNotAvailable, which kafka-python does not mark retriable.
+    passing = (ReassignmentInProgressError, BrokerNotAvailableError)
+    return isinstance(exc, passing) or bool(getattr(exc, "retriable", False))
 
 
 def unreachable(settings: Settings, exc: Exception) -> str:
-    """Why no broker answered, in one line that names the settings to check: kafka-python says "no
-    brokers available" alike for a broker that is down, a refused SASL login and an unknown CA."""
+    """Why no broker answered, in one line that names the settings to check: kafka-python times out
+    bootstrapping ("Unable to bootstrap from ...") alike for a broker that is down, a refused SASL
+    login and an unknown CA."""
     message = (
         f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); is it running? "
         "(`make kafka-up`, or set SKUFORGE_KAFKA_BOOTSTRAP)"

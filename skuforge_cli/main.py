@@ -103,7 +103,13 @@ def _cmd_kafka(rest: list[str]) -> int:
 
 
 def _cmd_topics(rest: list[str]) -> int:
-    from kafka.errors import KafkaError
+    from kafka.errors import (
+        KafkaConfigurationError,
+        KafkaConnectionError,
+        KafkaError,
+        KafkaTimeoutError,
+        NodeNotReadyError,
+    )
 
     from schemas.topics import ALL_TOPICS, PASSTHROUGH_OUT
     from shared.bus import TopicsError, retriable_kafka_error, sync_topics, unreachable
@@ -143,9 +149,18 @@ def _cmd_topics(rest: list[str]) -> int:
             report = sync_topics(
                 settings, (*ALL_TOPICS, PASSTHROUGH_OUT), partitions=args.partitions, grow=args.grow
             )
+        except KafkaConfigurationError as exc:  # our own settings, before any broker was asked
+            print(f"{prog}: the Kafka client settings are invalid: {exc}", file=sys.stderr)
+            return TOPICS_DIFFER
         except KafkaError as exc:
-            if retriable_kafka_error(exc):
+            if isinstance(exc, (KafkaTimeoutError, KafkaConnectionError, NodeNotReadyError)):
                 print(f"{prog}: cannot create the topics: {unreachable(settings, exc)}", file=sys.stderr)
+                return 1
+            if retriable_kafka_error(exc):  # the broker answered, with something that passes
+                print(
+                    f"{prog}: Kafka answered {type(exc).__name__}: {exc}; running again may help",
+                    file=sys.stderr,
+                )
                 return 1
             # Refused for good (replication above the brokers there are, not authorised...).
             print(f"{prog}: Kafka refused to create the topics: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -139,6 +139,7 @@ def test_a_replication_above_the_brokers_there_are_is_refused_for_good_not_kafka
 
 def test_which_kafka_errors_running_again_may_fix() -> None:
     from kafka.errors import (
+        BrokerNotAvailableError,
         InvalidPartitionsError,
         InvalidReplicationFactorError,
         KafkaTimeoutError,
@@ -150,6 +151,7 @@ def test_which_kafka_errors_running_again_may_fix() -> None:
     from shared.bus import retriable_kafka_error
 
     for again in (
+        BrokerNotAvailableError(),
         KafkaTimeoutError(),
         NotControllerError(),
         ReassignmentInProgressError(),
