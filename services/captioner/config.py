@@ -71,7 +71,7 @@ class CaptionerSettings(BaseSettings):
         description="a mask covering more of the photo than this: full frame, no product found (unusable)",
     )
     captioner_fill_dents_share: float = Field(
-        default=0.02,
+        default=0.01,
         ge=0.0,
         le=1.0,
         description="on a plain-background photo of a SKU whose packaging is a box, carton or can (convex "
