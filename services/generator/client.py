@@ -104,6 +104,16 @@ class TritonGenerator:
             self._local.client, self._local.module = client, module
         return client
 
+    def _transport_failure(self, exc: OSError | HTTPException, backend: str) -> GeneratorUnavailable:
+        """A network error on the way to Triton: the HTTP client's timeout (gRPC's is DEADLINE_EXCEEDED,
+        an ``InferenceServerException``), or Triton unreachable (``HTTPException``: the HTTP client's
+        "connection closed" when Triton dies or restarts mid-request)."""
+        if isinstance(exc, TimeoutError):
+            return GeneratorUnavailable(
+                f"Triton at {self.url} timed out on {model_name(backend)}: {exc}", "timeout"
+            )
+        return GeneratorUnavailable(f"Triton at {self.url} unreachable: {type(exc).__name__}: {exc}")
+
     def _optional_inputs(self, backend: str) -> frozenset[str]:
         """The ``OPTIONAL_INPUTS`` ``backend``'s model declares now (asked once per call of ``generate``,
         so a model upgraded under a running stage gets them from its next SKU on): a model served by an
@@ -116,14 +126,8 @@ class TritonGenerator:
         except InferenceServerException as exc:
             status, message = str(exc.status()), exc.message() or str(exc)
             raise GeneratorUnavailable(*_explain(status, message, self.url, backend)) from exc
-        except TimeoutError as exc:  # the HTTP client's network timeout
-            raise GeneratorUnavailable(
-                f"Triton at {self.url} timed out on {model_name(backend)}: {exc}", "timeout"
-            ) from exc
         except (OSError, HTTPException) as exc:
-            raise GeneratorUnavailable(
-                f"Triton at {self.url} unreachable: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._transport_failure(exc, backend) from exc
         declared = metadata["inputs"] if isinstance(metadata, dict) else metadata.inputs  # HTTP / gRPC
         names = {item["name"] if isinstance(item, dict) else item.name for item in declared}
         optional = frozenset(name for name, _, _ in OPTIONAL_INPUTS if name in names)
@@ -180,15 +184,8 @@ class TritonGenerator:
                     return self._infer_one(backend, variant, frozenset())
                 raise RuntimeError(f"Triton refused the request as malformed ({status}): {message}") from exc
             raise GeneratorUnavailable(*_explain(status, message, self.url, backend)) from exc
-        except TimeoutError as exc:  # the HTTP client's network timeout (gRPC's is DEADLINE_EXCEEDED above)
-            raise GeneratorUnavailable(
-                f"Triton at {self.url} timed out on {model_name(backend)}: {exc}", "timeout"
-            ) from exc
         except (OSError, HTTPException) as exc:
-            # HTTPException: the HTTP client's "connection closed" when Triton dies or restarts mid-request.
-            raise GeneratorUnavailable(
-                f"Triton at {self.url} unreachable: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._transport_failure(exc, backend) from exc
         error = _text(response.as_numpy("error"))
         if error.startswith(BACKEND_UNAVAILABLE_PREFIX):
             # Its registry or store was away: retried like Triton being away, never dead-lettered.
