@@ -177,9 +177,9 @@ class _Found:
     image: Image.Image
     mask: npt.NDArray[np.uint8]
     attributes: ProductAttributes
-    # How plain the backdrop is, when measured before the mask's dents were filled (a filled dent is
-    # backdrop-coloured, and taking it out of the backdrop would make the photo read less plain).
-    plain_background: float | None = None
+    # How plain the backdrop is, measured on the mask as found: a dent filled later is backdrop-coloured,
+    # and taking it out of the backdrop would make the photo read less plain.
+    plain_background: float
 
 
 def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModels) -> list[Emit]:
@@ -348,15 +348,14 @@ def _find_products(
         except ValueError as exc:  # no shape to measure: this photo is unusable, not the whole SKU
             found.append(_Unusable("no_product_found", str(exc)))
             continue
-        found.append(_Found(image, mask, attributes))
+        found.append(_Found(image, mask, attributes, plain_background_share(image, mask)))
     return found
 
 
 def _fill_dents(found: _Found, photo: ReferencePhoto, ctx: Context, options: CaptionerSettings) -> _Found:
     """``found`` with the big dents of its predicted mask filled and measured again, on a plain
     background (``CONVEX_SHAPES``); as it was elsewhere, or when nothing was filled."""
-    plain = plain_background_share(found.image, found.mask)
-    if plain < FILL_MIN_PLAIN_BACKGROUND:
+    if found.plain_background < FILL_MIN_PLAIN_BACKGROUND:
         return found
     filled, added = fill_concavities(found.mask > 0, options.captioner_fill_dents_share)
     if added == 0.0 or added > FILL_MAX_ADDED_SHARE:
@@ -375,7 +374,7 @@ def _fill_dents(found: _Found, photo: ReferencePhoto, ctx: Context, options: Cap
     attributes = describe_product(
         found.image, mask, k=options.captioner_colours, min_colour_share=options.captioner_min_colour_share
     )
-    return _Found(found.image, mask, attributes, plain_background=plain)
+    return _Found(found.image, mask, attributes, found.plain_background)
 
 
 def _sentences(
@@ -425,12 +424,7 @@ def _caption_photo(
         colours=colours,
         shape=shape,
         view=view,
-        plain_background=round(
-            outcome.plain_background
-            if outcome.plain_background is not None
-            else plain_background_share(outcome.image, outcome.mask),
-            4,
-        ),
+        plain_background=round(outcome.plain_background, 4),
     )
 
 

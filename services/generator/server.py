@@ -84,9 +84,8 @@ class GenerationModel:
     which the stage retries without dead-lettering. The GPU out of memory even for one row is
     ``backend_unavailable:`` while other processes hold ``OTHERS_HOLD_SHARE`` of its memory more than
     they did when the backend had loaded (the LoRA trainer beside it: wait for it), else
-    ``backend_error:``: a row too big for the GPU on
-    its own would hold its partition forever, so the stage retries it a few times and then
-    dead-letters it, replayable once the settings allow.
+    ``backend_error:``: a row too big for the GPU on its own would hold its partition forever, so
+    the stage retries it a few times and then dead-letters it, replayable once the settings allow.
     """
 
     def __init__(self, backend: GenerationBackend) -> None:
