@@ -7,10 +7,12 @@ use these, so they live below the model libraries.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["clean_mask", "connected_components", "erode", "largest_component", "paint_runs"]
+__all__ = ["clean_mask", "connected_components", "erode", "keep_blobs", "largest_component", "paint_runs"]
 
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.intp]
@@ -85,14 +87,7 @@ def clean_mask(mask: BoolArray, min_blob_fraction: float) -> BoolArray:
     do not touch the image border.
     """
     height, width = mask.shape
-    rows, starts, ends, labels = connected_components(mask, diagonal=True)
-    if rows.size == 0:
-        return np.zeros_like(mask, dtype=bool)
-    areas = np.bincount(labels, weights=ends - starts)
-    keep = areas >= min_blob_fraction * mask.size
-    keep[areas.argmax()] = True
-    kept = keep[labels]
-    cleaned = paint_runs((height, width), rows[kept], starts[kept], ends[kept])
+    cleaned = keep_blobs(mask, min_blob_fraction * mask.size)
 
     rows, starts, ends, labels = connected_components(~cleaned, diagonal=False)
     if rows.size:
@@ -103,15 +98,23 @@ def clean_mask(mask: BoolArray, min_blob_fraction: float) -> BoolArray:
     return cleaned
 
 
-def largest_component(mask: npt.ArrayLike) -> BoolArray:
-    """The largest 8-connected blob of a mask (empty stays empty)."""
+def keep_blobs(mask: npt.ArrayLike, min_area_px: float) -> BoolArray:
+    """The 8-connected blobs of a mask with at least ``min_area_px`` pixels, and the largest one
+    whatever its size (empty stays empty)."""
     product = np.asarray(mask) > 0
     rows, starts, ends, labels = connected_components(product, diagonal=True)
     if rows.size == 0:
         return np.zeros_like(product)
     areas = np.bincount(labels, weights=ends - starts)
-    keep = labels == int(np.argmax(areas))
-    return paint_runs((product.shape[0], product.shape[1]), rows[keep], starts[keep], ends[keep])
+    keep = areas >= min_area_px
+    keep[areas.argmax()] = True
+    kept = keep[labels]
+    return paint_runs((product.shape[0], product.shape[1]), rows[kept], starts[kept], ends[kept])
+
+
+def largest_component(mask: npt.ArrayLike) -> BoolArray:
+    """The largest 8-connected blob of a mask (empty stays empty)."""
+    return keep_blobs(mask, math.inf)
 
 
 def erode(mask: BoolArray, radius_px: int) -> BoolArray:

@@ -37,7 +37,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from shared.arith.colour import srgb_to_lab
-from shared.arith.masks import connected_components, erode, largest_component, paint_runs
+from shared.arith.masks import connected_components, erode, keep_blobs, largest_component, paint_runs
 
 __all__ = [
     "ACHROMATIC_CHROMA",
@@ -453,16 +453,6 @@ def hull_mask(mask: BoolArray) -> BoolArray:
 MAIN_BLOB_SHARE: Final = 0.15
 
 
-def _main_blobs(mask: BoolArray) -> BoolArray:
-    """The 8-connected blobs of a non-empty mask holding at least ``MAIN_BLOB_SHARE`` of it (the
-    largest always)."""
-    rows, starts, ends, labels = connected_components(mask, diagonal=True)
-    areas = np.bincount(labels, weights=(ends - starts).astype(np.float64))
-    main = (areas >= MAIN_BLOB_SHARE * areas.sum()) | (areas == areas.max())
-    keep = main[labels]
-    return paint_runs((mask.shape[0], mask.shape[1]), rows[keep], starts[keep], ends[keep])
-
-
 def fill_concavities(mask: BoolArray, min_share: float) -> tuple[BoolArray, float]:
     """The mask with every dent that covers at least ``min_share`` of its area filled, and the share
     of its area that was added.
@@ -478,7 +468,8 @@ def fill_concavities(mask: BoolArray, min_share: float) -> tuple[BoolArray, floa
     """
     if not mask.any():
         return mask.copy(), 0.0
-    dents = hull_mask(_main_blobs(mask)) & ~mask
+    # The hull of the blobs holding MAIN_BLOB_SHARE of the mask or more (the largest always).
+    dents = hull_mask(keep_blobs(mask, MAIN_BLOB_SHARE * np.count_nonzero(mask))) & ~mask
     if not dents.any():
         return mask.copy(), 0.0
     area = float(np.count_nonzero(mask))
