@@ -21,12 +21,14 @@ from devstack.demo.demo import main as demo_main
 from devstack.demo.demo import sku_views, this_runs_decisions
 from devstack.demo.report import (
     CUTOUT_BACKGROUND_RGB,
+    OWNED_MARKER,
     ReferenceView,
     SkuView,
     StageView,
     contact_sheet,
     iou_histogram_svg,
     outline,
+    replace_owned_folder,
     with_outlines,
     write_report,
 )
@@ -463,16 +465,67 @@ def test_the_demo_waits_for_what_the_running_stacks_generator_makes_not_the_shel
 
 
 def test_a_failure_after_the_checks_is_one_line_not_a_traceback(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_stack: None
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_stack: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Before, a file where --out's catalogue goes was a NotADirectoryError traceback (and so were
-    # the stack's own ingest limits, or its broker away, met at ingest).
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "catalogue").write_text("mine\n")
+    # the stack's own ingest limits, or its broker away, met at ingest). A disk that fills up while
+    # the catalogue is rendered is such a failure after the checks.
+    import shared.synth
+
+    def disk_full(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shared.synth, "write_sku_folders", disk_full)
     code = demo_main(
-        ["--synthetic", "--synthetic-skus", "1", "--photos-per-sku", "1", "--size", "64", "--out", str(out)]
+        [
+            "--synthetic",
+            "--synthetic-skus",
+            "1",
+            "--photos-per-sku",
+            "1",
+            "--size",
+            "64",
+            "--out",
+            str(tmp_path),
+        ]
     )
     assert code == 1
     err = capsys.readouterr().err
-    assert err.startswith("skuforge demo: NotADirectoryError:") and "Traceback" not in err
+    assert err.startswith("skuforge demo: OSError: [Errno 28] No space left") and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("folder", "argv"), [("images", []), ("catalogue", ["--synthetic"])])
+def test_the_demo_never_deletes_files_it_did_not_write_in_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_stack: None, folder: str, argv: list[str]
+) -> None:
+    """Each run replaces OUT/images (and OUT/catalogue): with --out . in a project whose images/ folder
+    holds the user's files, the report used to delete them at the end of the run."""
+    mine = tmp_path / folder / "mine.jpg"
+    mine.parent.mkdir()
+    mine.write_bytes(b"the user's photo")
+    with pytest.raises(SystemExit) as exited:
+        demo_main([*argv, "--out", str(tmp_path), "--workdir", str(tmp_path / "up")])
+    assert exited.value.code == 2
+    assert f"{tmp_path / folder} holds files the demo did not write" in capsys.readouterr().err
+    assert mine.read_bytes() == b"the user's photo"
+    assert not (tmp_path / "up").exists(), "refused before anything starts"
+
+    mine.unlink()
+    mine.parent.rmdir()
+    mine.parent.write_text("a file where the demo's folder goes\n")
+    with pytest.raises(SystemExit):
+        demo_main([*argv, "--out", str(tmp_path), "--workdir", str(tmp_path / "up")])
+    assert f"{tmp_path / folder} is a file where the demo writes a folder" in capsys.readouterr().err
+
+
+def test_the_report_replaces_only_its_own_pictures(tmp_path: Path) -> None:
+    """A second report into the same folder replaces the first one's pictures; someone else's it keeps."""
+    replace_owned_folder(tmp_path / "images")
+    (tmp_path / "images" / "old-run.jpg").write_bytes(b"x")
+    replace_owned_folder(tmp_path / "images")
+    assert sorted(path.name for path in (tmp_path / "images").iterdir()) == [OWNED_MARKER]
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "photo.jpg").write_bytes(b"y")
+    with pytest.raises(FileExistsError, match="holds files the demo did not write"):
+        replace_owned_folder(tmp_path / "theirs")
+    assert (tmp_path / "theirs" / "photo.jpg").read_bytes() == b"y"

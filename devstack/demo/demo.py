@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +36,15 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack.demo.report import ItemView, ReferenceView, SkuView, StageView, write_report
+from devstack.demo.report import (
+    ItemView,
+    ReferenceView,
+    SkuView,
+    StageView,
+    not_owned_problem,
+    replace_owned_folder,
+    write_report,
+)
 from devstack.demo.tracker import FOLLOWED, FlowState, FlowTracker
 from devstack.supervisor import open_log, signals_as_interrupt
 from devstack.up import DEFAULT_WORKDIR, read_state
@@ -316,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=Path("demo-out"),
-        help="report folder (default %(default)s); --synthetic renders into OUT/catalogue, replacing it",
+        help="report folder (default %(default)s): OUT/report.html, its pictures in OUT/images; "
+        "--synthetic renders into OUT/catalogue. Each run replaces those two folders of an earlier "
+        "run, and refuses to start where they hold files the demo did not write",
     )
     parser.add_argument(
         "--workdir", type=Path, default=DEFAULT_WORKDIR, help="the stack's workdir (default %(default)s)"
@@ -378,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if problem := folder_problem(folder, writable=writable):
             parser.error(f"{option} {folder}: {problem}")
+    # The report's pictures (and --synthetic's catalogue) replace an earlier run's: never someone's files.
+    for owned in [args.out / "images", *([args.out / "catalogue"] if args.synthetic else [])]:
+        if problem := not_owned_problem(owned):
+            parser.error(f"--out {args.out}: {problem}")
 
     workdir = args.workdir.resolve()
     stack_entered = stack_was_running = False
@@ -453,7 +466,7 @@ def render_synthetic(catalogue: Path, args: argparse.Namespace) -> Path:
     """
     from shared.synth import write_sku_folders
 
-    shutil.rmtree(catalogue, ignore_errors=True)
+    replace_owned_folder(catalogue)
     write_sku_folders(catalogue, args.synthetic_skus, args.photos_per_sku, args.seed, args.size)
     skus_dir = catalogue / "skus"
     _say(f"rendered {args.synthetic_skus} synthetic SKUs x {args.photos_per_sku} photos into {skus_dir}")

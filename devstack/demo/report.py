@@ -27,6 +27,35 @@ EXPECTED_RGB = (40, 160, 255)  # where the generator put the product's pixels
 FLAGGED_RGB = (240, 60, 60)
 REFERENCE_PX = 200
 CUTOUT_BACKGROUND_RGB = (205, 205, 205)  # neutral grey: neither white nor dark products vanish on it
+# The demo replaces the folders it writes (OUT/images, OUT/catalogue) on each run; this file in one
+# says the demo wrote it. A folder without it holds someone's files and is never deleted.
+OWNED_MARKER = ".skuforge-demo"
+
+
+def not_owned_problem(folder: Path) -> str | None:
+    """Why the demo may not replace ``folder`` (files it did not write are in it), or None."""
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is a file where the demo writes a folder"
+    if not folder.is_dir() or (folder / OWNED_MARKER).exists() or not any(folder.iterdir()):
+        return None
+    return (
+        f"{folder} holds files the demo did not write (no {OWNED_MARKER} in it) and would be replaced; "
+        "choose another --out, or move them"
+    )
+
+
+def replace_owned_folder(folder: Path) -> None:
+    """Empty ``folder`` for this run's files (created if absent), marked as the demo's.
+
+    Raises ``FileExistsError`` for a folder holding files the demo did not write: they are kept.
+    """
+    if problem := not_owned_problem(folder):
+        raise FileExistsError(problem)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / OWNED_MARKER).write_text(
+        "written by skuforge demo, replaced by its next run into this folder\n"
+    )
 
 
 @dataclass
@@ -231,8 +260,7 @@ def write_report(
 ) -> Path:
     """Write ``out/report.html`` and its pictures under ``out/images``; returns the page's path."""
     images_dir = out / "images"
-    shutil.rmtree(images_dir, ignore_errors=True)
-    images_dir.mkdir(parents=True)
+    replace_owned_folder(images_dir)
 
     def save(image: Image.Image, name: str) -> str:
         image.save(images_dir / name, quality=85)
