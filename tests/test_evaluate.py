@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -20,7 +21,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from services.ingest.ingest import prepare_sku
 from services.trainstore.cli import evaluation_mismatches
-from services.trainstore.evaluation import heldout_photos, summary_lines
+from services.trainstore.evaluation import EvaluateRefused, heldout_photos, summary_lines
 from shared.config import load_settings
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
@@ -310,6 +311,44 @@ def test_heldout_photos_are_the_formats_ingest_takes_and_other_files_are_noted(t
     ]
     assert {photo.sku_id for photo in photos} == {"SKU-RED"}
     assert len(notes) == 1 and "notes.txt is not a photo" in notes[0]
+
+
+def test_an_unreadable_heldout_photo_or_folder_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, an unreadable photo was a PermissionError traceback, and an unreadable SKU folder was
+    skipped without a word (its photos missing from the evaluation). Root reads every file, so the
+    refusals are raised here as the OS raises them for another user."""
+    sku = tmp_path / "SKU-RED"
+    (sku / "more").mkdir(parents=True)
+    Image.new("RGB", (8, 8), COLOURS["SKU-RED"]).save(sku / "a.jpg", format="JPEG")
+    (sku / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    photos, notes = heldout_photos(tmp_path)
+    assert [Path(photo.name).name for photo in photos] == ["a.jpg"]
+    assert notes == [f"{sku / 'gone.jpg'} is a link to nothing: not used"]
+
+    real_read_bytes = Path.read_bytes
+
+    def no_permission(path: Path) -> bytes:
+        if path.name == "a.jpg":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_bytes(path)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Path, "read_bytes", no_permission)
+        with pytest.raises(EvaluateRefused, match=r"held-out .*a\.jpg cannot be read \(Permission denied\)"):
+            heldout_photos(tmp_path)
+
+    real_scandir = os.scandir
+
+    def unreadable_folder(path: object) -> object:
+        if Path(str(path)).name == "more":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(os, "scandir", unreadable_folder)
+    with pytest.raises(EvaluateRefused, match=r"held-out folder .*more cannot be read \(Permission denied\)"):
+        heldout_photos(tmp_path)
 
 
 def test_heldout_skus_the_policy_leaves_out_and_a_missing_folder_are_refused(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -79,16 +80,39 @@ def heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
         if not entry.is_dir():
             notes.append(f"{entry} is not in a SKU folder: not used")
             continue
-        for path in sorted(entry.rglob("*")):
-            if not path.is_file() or any(part.startswith(".") for part in path.relative_to(entry).parts):
-                continue  # hidden files and everything in hidden folders (thumbnails, checkpoints)
+        for path in _files_under(entry):
+            if not path.is_file():
+                notes.append(f"{path} is a link to nothing: not used")
+                continue
             if path.suffix.lower() not in PHOTO_FILE_SUFFIXES:
                 notes.append(f"{path} is not a photo ({', '.join(sorted(PHOTO_FILE_SUFFIXES))}): not used")
                 continue
-            data = path.read_bytes()
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise EvaluateRefused(
+                    f"held-out {path} cannot be read ({exc.strerror or exc}); fix it or remove it"
+                ) from None
             _check_is_image(path, data)
             photos.append(Photo(entry.name, "real", str(path.absolute()), sha256_hex(data), path.read_bytes))
     return photos, notes
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """The files in ``folder`` and its sub-folders (links included), sorted; hidden files and everything
+    in hidden folders (thumbnails, checkpoints) left out. A folder that cannot be read is refused: its
+    photos would be missing from the evaluation without a word."""
+
+    def refuse(exc: OSError) -> None:
+        raise EvaluateRefused(
+            f"held-out folder {exc.filename} cannot be read ({exc.strerror or exc}); fix it or remove it"
+        )
+
+    found = []
+    for top, folders, names in os.walk(folder, onerror=refuse):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found.extend(Path(top) / name for name in names if not name.startswith("."))
+    return sorted(found)
 
 
 def _check_is_image(path: Path, data: bytes) -> None:
