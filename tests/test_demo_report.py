@@ -518,6 +518,46 @@ def test_the_demo_never_deletes_files_it_did_not_write_in_out(
     assert f"{tmp_path / folder} is a file where the demo writes a folder" in capsys.readouterr().err
 
 
+def test_a_large_reference_photo_is_outlined_on_a_preview(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outline filter's cost grows with the square of its width (1% of the height): on a 12 MP
+    phone photo the report spent about 40 s per photo after the run; it draws on a preview now."""
+    import devstack.demo.report as report_module
+
+    store = FileStore(tmp_path / "store")
+    big = np.full((3024, 4032, 3), 240, np.uint8)
+    big[800:2200, 1200:2800] = (40, 20, 60)
+    mask = np.zeros(big.shape[:2], np.uint8)
+    mask[800:2200, 1200:2800] = 255
+    photo = store.put_image("refs/big.png", big)
+    outlined_sizes: list[tuple[int, int]] = []
+
+    def recording(image: Image.Image, masks: object) -> Image.Image:
+        outlined_sizes.append(image.size)
+        return with_outlines(image, masks)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(report_module, "with_outlines", recording)
+    sku = SkuView(
+        sku_id="SKU-BIG",
+        name="Big",
+        category="box",
+        photos=[ReferenceView("IMG_BIG.jpg", photo, store.put_image("masks/big.png", mask), None, "a box")],
+        generated=0,
+        accepted=[],
+        flagged=[],
+        stored_real=1,
+    )
+    page = write_report(
+        tmp_path / "out", store, [sku], [], iou_threshold=0.9, console_lines=[], elapsed_s=1, complete=True
+    ).read_text()
+    assert "IMG_BIG.jpg (4032x3024)" in page
+    assert outlined_sizes and max(max(size) for size in outlined_sizes) <= 400
+    outlined = np.asarray(Image.open(tmp_path / "out" / "images" / "SKU-BIG-ref-0.jpg"))
+    assert outlined.shape[:2] == (150, 200)
+    assert (np.abs(outlined.astype(int) - (40, 220, 90)).max(axis=2) < 60).any(), "the outline is drawn"
+
+
 def test_the_report_replaces_only_its_own_pictures(tmp_path: Path) -> None:
     """A second report into the same folder replaces the first one's pictures; someone else's it keeps."""
     replace_owned_folder(tmp_path / "images")
