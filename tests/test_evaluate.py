@@ -215,6 +215,21 @@ def test_an_evaluation_of_skus_this_store_lacks_is_noted() -> None:
     assert notes == ["it has gains of SKUs this store does not have (SKU-PURPLE, sku-red); they are not used"]
 
 
+def test_features_cached_from_an_earlier_decode_are_not_read(tmp_path: Path) -> None:
+    """The decode began converting colour profiles to sRGB (and reducing large JPEGs); features cached
+    by sha256 before that were read back for the same bytes, so a cached run and a fresh one differed."""
+    from shared.evaluation.backbone import PIXELS_VERSION
+
+    earlier = tmp_path / "features" / "tiny-abc-px32"
+    earlier.mkdir(parents=True)
+    np.save(earlier / f"{'a' * 64}.npy", np.ones(4, np.float32))  # the layout before versions
+    cache = FeatureCache(tmp_path / "features")
+    assert cache.get("tiny-abc-px32", "a" * 64) is None
+    cache.put("tiny-abc-px32", "a" * 64, np.zeros(4, np.float32))
+    stored = tmp_path / "features" / f"pixels-v{PIXELS_VERSION}" / "tiny-abc-px32" / f"{'a' * 64}.npy"
+    assert stored.is_file() and not cache.get("tiny-abc-px32", "a" * 64).any()  # type: ignore[union-attr]
+
+
 def test_evaluate_can_fine_tune_the_last_backbone_stages_and_refuses_too_many(
     colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -228,7 +243,7 @@ def test_evaluate_can_fine_tune_the_last_backbone_stages_and_refuses_too_many(
     # Solid colours are easy for any classifier: only the green-looking red photo may be missed.
     assert document["top1"]["B'"] >= 8 / 9
     # The trunk's maps were cached beside the features, under their own name.
-    assert list((tmp_path / "features").glob("tiny-*-trunk1/*.npy"))
+    assert list((tmp_path / "features").glob("pixels-v*/tiny-*-trunk1/*.npy"))
     capsys.readouterr()
 
     assert cli_main(evaluate_args(heldout, tmp_path / "eval3", tmp_path, "--tune-stages", "3")) == 2

@@ -239,16 +239,22 @@ def _pool(x: torch.Tensor) -> torch.Tensor:
     return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
+# The pixels a cached feature was computed from depend on code, not only on the file's bytes: how it
+# is decoded (colour profiles converted to sRGB, large JPEGs reduced since v2), shrunk and augmented.
+# The cache's folder is named by this version, so a change there (bump it) never reads old features.
+PIXELS_VERSION = 2
+
+
 class FeatureCache:
     """Features (or trunk maps) on disk by (representation id, sha256 of the image's bytes).
 
-    ``<dir>/<id>/<sha>.npy``; the id is the backbone's (``backbone_id``) or its trunk's (``trunk_id``).
-    An array is stored in the dtype it comes in (trunk maps as float16: they are many times larger
-    than a feature vector) and read back as float32.
+    ``<dir>/pixels-v<PIXELS_VERSION>/<id>/<sha>.npy``; the id is the backbone's (``backbone_id``) or its
+    trunk's (``trunk_id``). An array is stored in the dtype it comes in (trunk maps as float16: they
+    are many times larger than a feature vector) and read back as float32.
     """
 
     def __init__(self, root: Path | None) -> None:
-        self.root = root
+        self.root = None if root is None else root / f"pixels-v{PIXELS_VERSION}"
 
     def get(self, representation: str, sha256: str) -> F32Array | None:
         if self.root is None:
