@@ -23,6 +23,7 @@ from services.ingest.ingest import prepare_sku
 from services.trainstore.cli import evaluation_mismatches
 from services.trainstore.evaluation import EvaluateRefused, heldout_photos, summary_lines
 from shared.config import load_settings
+from shared.errors import ImageRejected
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     CONDITIONS,
@@ -633,6 +634,19 @@ def misleading_real_photos() -> tuple[list[Photo], list[Photo]]:
 @pytest.fixture(scope="module")
 def featurizer() -> Featurizer:
     return Featurizer(open_backbone(BackboneSpec(name="tiny", image_px=32)), FeatureCache(None))
+
+
+def test_features_are_decoded_under_the_limits_ingest_used() -> None:
+    """evaluate decoded every photo under the default limits: with SKUFORGE_MAX_IMAGE_PIXELS raised, a
+    large PNG ingest had taken was refused after the checks, by a message naming the setting."""
+    backbone = open_backbone(BackboneSpec(name="tiny", image_px=32))
+    photo = colour_photos("SKU-RED", "real", COLOURS["SKU-RED"], 1, 0)[0]  # 48x48
+    assert Featurizer(backbone, FeatureCache(None)).of([photo]).shape[0] == 1
+    small_limit = Featurizer(backbone, FeatureCache(None), max_pixels=1_000)
+    with pytest.raises(ImageRejected, match="1000"):
+        small_limit.of([photo])
+    with pytest.raises(ImageRejected, match="1000"):
+        small_limit.of_classic([photo], seed=0, size_px=32)
 
 
 def test_synthetic_images_that_look_like_the_test_photos_beat_misleading_real_ones(

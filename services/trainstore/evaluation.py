@@ -405,7 +405,13 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
         name=args.backbone, image_px=args.image_px, weights=args.backbone_weights, seed=args.seed
     )
     backbone = open_backbone(spec)  # BackboneMissing names a weights file it cannot load
-    featurizer = Featurizer(backbone, FeatureCache(None if args.no_cache else args.cache_dir))
+    settings = load_settings()  # the limits ingest held the photos to
+    featurizer = Featurizer(
+        backbone,
+        FeatureCache(None if args.no_cache else args.cache_dir),
+        max_pixels=settings.max_image_pixels,
+        max_bytes=settings.max_image_bytes,
+    )
     if args.tune_stages >= backbone.n_stages:
         raise EvaluateRefused(
             f"--tune-stages {args.tune_stages}: {args.backbone} has {backbone.n_stages} stages; "

@@ -34,7 +34,7 @@ from shared.evaluation.backbone import Backbone, FeatureCache
 from shared.evaluation.classic import classic_augment
 from shared.evaluation.linear import fit_predict
 from shared.evaluation.tune import fit_predict_tuned
-from shared.images import decode_image
+from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
 
 Source = Literal["real", "synthetic"]
 CONDITIONS = ("A", "A'", "B", "B'", "C")
@@ -138,11 +138,28 @@ class Featurizer:
     fine-tuned tail is trained on; ``Backbone.trunk_maps``).
     """
 
-    def __init__(self, backbone: Backbone, cache: FeatureCache) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        cache: FeatureCache,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        """``max_pixels``/``max_bytes``: the decode limits ingest held the photos to (the settings'
+        ``SKUFORGE_MAX_IMAGE_PIXELS``/``_BYTES``); a JPEG over the pixel limit decodes reduced, so a
+        limit other than the default is part of the cache key."""
         self.backbone, self.cache = backbone, cache
+        self.limits = {"max_pixels": max_pixels, "max_bytes": max_bytes}
+        self._key_tag = "" if max_pixels == DEFAULT_MAX_PIXELS else f"|max{max_pixels}"
+
+    def _key(self, sha256: str) -> str:
+        return hashlib.sha256(f"{sha256}{self._key_tag}".encode()).hexdigest() if self._key_tag else sha256
 
     def of(self, photos: Sequence[Photo], tune_stages: int = 0) -> npt.NDArray[np.float32]:
-        jobs = [(photo.sha256, functools.partial(_decoded, photo)) for photo in photos]
+        jobs = [
+            (self._key(photo.sha256), functools.partial(_decoded, photo, self.limits)) for photo in photos
+        ]
         return self._features(jobs, tune_stages)
 
     def of_classic(
@@ -155,7 +172,9 @@ class Featurizer:
 
             def make(p: Photo = photo, k: str = key) -> Image.Image:
                 rng = np.random.default_rng(int(k[:15], 16))
-                return classic_augment(_decoded(p), rng, size_px)
+                return classic_augment(_decoded(p, self.limits), rng, size_px)
+
+            key = self._key(key)  # the draw stays the same under any limit; the pixels may not
 
             jobs.append((key, make))
         return self._features(jobs, tune_stages)
@@ -193,9 +212,9 @@ class Featurizer:
         return np.stack([found[index] for index in range(len(jobs))]).astype(np.float32)
 
 
-def _decoded(photo: Photo) -> Image.Image:
+def _decoded(photo: Photo, limits: dict[str, int]) -> Image.Image:
     try:
-        image = decode_image(photo.read())
+        image = decode_image(photo.read(), **limits)
     except ImageRejected as exc:  # among hundreds of photos, the reason alone does not say which
         raise ImageRejected(exc.reason, f"{photo.name}: {exc.detail}") from exc
     # Features are taken at 224 px: shrinking large photos first keeps the decode cheap to hold.
