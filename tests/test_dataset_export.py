@@ -121,6 +121,14 @@ def test_an_evaluation_leaves_out_synthetic_images_where_they_hurt(small_store: 
     # A stricter threshold takes SKU-B's too; SKUs the evaluation did not measure keep theirs.
     assert set(synthetic_left_out_by_evaluation(evaluation, min_gain=0.1)) == {"SKU-A", "SKU-B", "SKU-GONE"}
     assert synthetic_left_out_by_evaluation({"gain": {}}, min_gain=0.0) == {}
+    # A small loss, or one just under the threshold, printed as "-0.00 < 0.00" (read as false).
+    close = {"gain": {"SKU-A": -0.0033, "SKU-B": 0.0951}}
+    assert synthetic_left_out_by_evaluation(close, min_gain=0.0, source="e.json") == {
+        "SKU-A": "B\u2212A \u22120.003 < 0.000 in e.json"
+    }
+    assert synthetic_left_out_by_evaluation(close, min_gain=0.0952, source="e.json")["SKU-B"] == (
+        "B\u2212A 0.0951 < 0.0952 in e.json"
+    )
 
 
 def test_an_evaluation_that_saw_none_of_a_skus_synthetic_images_does_not_leave_them_out() -> None:

@@ -206,13 +206,27 @@ def synthetic_left_out_by_evaluation(
         if isinstance(sku_counts, Mapping) and sku_counts.get("synthetic") == 0:
             continue  # none of its synthetic images was measured
         if value < min_gain:
-            left_out[str(sku_id)] = f"B{MINUS}A {_signed(value)} < {_signed(min_gain)} in {source}"
+            digits = _digits_to_tell_apart(value, min_gain)
+            left_out[str(sku_id)] = (
+                f"B{MINUS}A {_signed(value, digits)} < {_signed(min_gain, digits)} in {source}"
+            )
     return left_out
 
 
-def _signed(value: float) -> str:
+def _digits_to_tell_apart(value: float, threshold: float) -> int:
+    """Decimals enough (2 to 6) that ``value`` prints neither as 0 nor as ``threshold`` when it is not:
+    a gain of -0.0033 read "-0.00 < 0.00"."""
+    digits = 2
+    while digits < 6 and (
+        (value != 0 and round(value, digits) == 0) or round(value, digits) == round(threshold, digits)
+    ):
+        digits += 1
+    return digits
+
+
+def _signed(value: float, digits: int = 2) -> str:
     """0.12 or -0.12, the minus a true minus sign (U+2212), as the summary prints it."""
-    return f"{value:.2f}".replace("-", MINUS)
+    return f"{value:.{digits}f}".replace("-", MINUS)
 
 
 def _stable_order(row: ManifestRow) -> str:
