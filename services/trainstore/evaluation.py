@@ -108,7 +108,7 @@ def _files_under(folder: Path) -> list[Path]:
             f"held-out folder {exc.filename} cannot be read ({exc.strerror or exc}); fix it or remove it"
         )
 
-    found = []
+    found: list[Path] = []
     for top, folders, names in os.walk(folder, onerror=refuse):
         folders[:] = [name for name in folders if not name.startswith(".")]
         found.extend(Path(top) / name for name in names if not name.startswith("."))

@@ -150,7 +150,7 @@ class Featurizer:
         ``SKUFORGE_MAX_IMAGE_PIXELS``/``_BYTES``); a JPEG over the pixel limit decodes reduced, so a
         limit other than the default is part of the cache key."""
         self.backbone, self.cache = backbone, cache
-        self.limits = {"max_pixels": max_pixels, "max_bytes": max_bytes}
+        self.limits = (max_pixels, max_bytes)
         self._key_tag = "" if max_pixels == DEFAULT_MAX_PIXELS else f"|max{max_pixels}"
 
     def _key(self, sha256: str) -> str:
@@ -212,9 +212,9 @@ class Featurizer:
         return np.stack([found[index] for index in range(len(jobs))]).astype(np.float32)
 
 
-def _decoded(photo: Photo, limits: dict[str, int]) -> Image.Image:
+def _decoded(photo: Photo, limits: tuple[int, int]) -> Image.Image:
     try:
-        image = decode_image(photo.read(), **limits)
+        image = decode_image(photo.read(), max_pixels=limits[0], max_bytes=limits[1])
     except ImageRejected as exc:  # among hundreds of photos, the reason alone does not say which
         raise ImageRejected(exc.reason, f"{photo.name}: {exc.detail}") from exc
     # Features are taken at 224 px: shrinking large photos first keeps the decode cheap to hold.
