@@ -240,7 +240,7 @@ def _open_and_load(
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise ImageRejected(reason, f"{image_format} pixel data: {exc}") from exc
 
-    return _apply_exif_orientation(image)
+    return apply_exif_orientation(image)
 
 
 def _pixel_limit(max_pixels: int) -> int:
@@ -348,7 +348,7 @@ def _png_declares_zero_size(data: bytes) -> bool:
     return width == 0 or height == 0
 
 
-def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+def apply_exif_orientation(image: Image.Image) -> Image.Image:
     """Rotate/flip as the EXIF orientation says.
 
     Malformed EXIF only loses the orientation hint: the pixels themselves decoded fine, and
@@ -542,7 +542,7 @@ def _png_rgb16_low_bytes(data: bytes, shape: tuple[int, ...]) -> UInt8Array:
         again.load()
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
         raise ImageRejected("corrupt", f"PNG pixel data: {exc}") from exc
-    low = np.asarray(_apply_exif_orientation(again), dtype=np.uint8)
+    low = np.asarray(apply_exif_orientation(again), dtype=np.uint8)
     if low.shape != shape:
         raise ImageRejected("corrupt", "PNG pixel data decodes to two different sizes")
     return low

@@ -367,6 +367,19 @@ def test_an_unreadable_heldout_photo_or_folder_is_refused_by_name(
         heldout_photos(tmp_path)
 
 
+def test_a_photo_with_a_broken_exif_block_is_hashed_as_it_shows() -> None:
+    """ImageOps.exif_transpose raises SyntaxError on an EXIF block that is no TIFF; the leakage check
+    caught OSError and ValueError only, so one such held-out photo was a traceback."""
+    buffer = io.BytesIO()
+    colour_photo(COLOURS["SKU-RED"], 3, size_px=64).save(buffer, "PNG")
+    plain = buffer.getvalue()
+    body = b"garbage!"
+    chunk = struct.pack(">I", len(body)) + b"eXIf" + body + struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    broken = plain[:33] + chunk + plain[33:]  # after the signature and IHDR
+    assert perceptual_hash(broken) == perceptual_hash(plain)
+    assert heldout_hash(broken) == heldout_hash(plain)
+
+
 def test_heldout_skus_the_policy_leaves_out_and_a_missing_folder_are_refused(
     colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -24,13 +24,13 @@ from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps
+from PIL import Image
 
 from schemas.common import ImageRef
 from schemas.events import CorrectionResolved, Decision
 from services.console.tasks import OutboxEvent, Task, TaskStore
 from shared.errors import ImageRejected
-from shared.images import decode_mask, transparency_mask
+from shared.images import apply_exif_orientation, decode_mask, transparency_mask
 from shared.store import ObjectStore
 
 DECISIONS: tuple[Decision, ...] = ("approve_predicted", "approve_expected", "approve_edited", "reject")
@@ -114,15 +114,28 @@ def _alpha_and_labels(data: bytes) -> tuple[npt.NDArray[np.uint8] | None, npt.ND
     opaque; an all-clear image then reads as its luminance, no product), and the mask of a
     0/1 label image (None unless its only values are 0 and 1), each aligned by EXIF orientation."""
     with Image.open(io.BytesIO(data)) as opened:
-        upright = ImageOps.exif_transpose(opened)
-    # What ingest takes a cut-out's outline from (alpha, a palette's or a PNG's transparent colour).
-    by_alpha = transparency_mask(upright, data)
-    by_label = None
-    if upright.mode in ("L", "P", "I", "I;16"):
-        values = np.asarray(upright)
-        if values.size and int(values.max()) == 1 and int(values.min()) == 0:
-            by_label = np.where(values > 0, np.uint8(255), np.uint8(0)).astype(np.uint8)
+        # As decode_mask read it: a malformed EXIF block loses only its orientation (it was a 500).
+        upright = apply_exif_orientation(opened)
+        # What ingest takes a cut-out's outline from (alpha, a palette's or a PNG's transparent colour).
+        by_alpha = transparency_mask(upright, data)
+        if by_alpha is not None and _black_and_white_where_opaque(upright, by_alpha):
+            # A black-and-white mask with some pixels erased to transparent (an editor's eraser): its
+            # opaque black is background, as its brightness says, not product as its alpha would.
+            by_alpha = None
+        by_label = None
+        if upright.mode in ("L", "P", "I", "I;16"):
+            values = np.asarray(upright)
+            if values.size and int(values.max()) == 1 and int(values.min()) == 0:
+                by_label = np.where(values > 0, np.uint8(255), np.uint8(0)).astype(np.uint8)
     return by_alpha, by_label
+
+
+def _black_and_white_where_opaque(image: Image.Image, opaque: npt.NDArray[np.uint8]) -> bool:
+    """Whether the opaque pixels are all pure black or pure white, and both occur (a mask, not a cut-out)."""
+    rgb = np.asarray(image.convert("RGB"))[opaque > 0]
+    black = (rgb == 0).all(axis=1)
+    white = (rgb == 255).all(axis=1)
+    return bool((black | white).all() and black.any() and white.any())
 
 
 def store_edited_mask(store: ObjectStore, task: Task, mask: npt.NDArray[np.uint8]) -> ImageRef:

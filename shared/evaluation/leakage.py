@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from shared.errors import ImageRejected
-from shared.images import to_rgb
+from shared.images import apply_exif_orientation, to_rgb
 
 # Bits (of 256) within which two photos are the same photo. A resized, re-encoded copy differs from
 # its original by 0-10 bits; distinct photos by 20 or more (GroceryStoreDataset: 80 test photos shrunk
@@ -193,7 +193,7 @@ def _decode_grey(data: bytes, at_least_px: int) -> Image.Image:
     whose hidden colour is black would otherwise be hashed as a black frame, matching no copy)."""
     with Image.open(io.BytesIO(data)) as image:
         image.draft("L", (at_least_px, at_least_px))
-        shown = ImageOps.exif_transpose(image)
+        shown = apply_exif_orientation(image)  # a malformed EXIF block loses only its orientation
         if shown.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float grey
             values = np.asarray(shown, dtype=np.float32)
             top = float(values.max()) or 1.0
