@@ -122,6 +122,31 @@ def test_cli_refusal_is_a_clear_error_not_a_traceback(
     assert not (tmp_path / "store").exists(), "nothing may be uploaded when the input is refused"
 
 
+def test_a_folder_that_cannot_be_listed_is_named_not_a_traceback(
+    synth_skus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SKU or batch folder this user may not read was a PermissionError traceback (exit 1). Root
+    lists every folder, so the refusal is raised here as the OS raises it for another user."""
+    root = _copy(synth_skus, tmp_path / "skus")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    real_iterdir = Path.iterdir
+    locked = {root / "SYN-7-0002"}
+
+    def iterdir(path: Path) -> object:
+        if path in locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_iterdir(path)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(IngestError, match=r"SYN-7-0002: cannot be listed \(Permission denied\)"):
+        prepare_all(root, load_settings())
+    locked.add(root)
+    assert cli_main(["ingest", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"{root}: cannot be listed (Permission denied)" in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists(), "nothing may be uploaded when the input is refused"
+
+
 @pytest.mark.kafka
 def test_ingest_publishes_one_event_per_sku_after_storing_photos(
     kafka_bootstrap: str, synth_skus: Path, tmp_path: Path

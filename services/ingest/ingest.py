@@ -138,7 +138,7 @@ def find_sku_folders(path: Path) -> list[Path]:
         return [path]
     folders = sorted(
         child
-        for child in path.iterdir()
+        for child in _listed(path)
         if child.is_dir() and not child.name.startswith(".") and child.name not in MACOS_ZIP_FOLDERS
     )
     if not folders:
@@ -153,6 +153,14 @@ def find_sku_folders(path: Path) -> list[Path]:
     return folders
 
 
+def _listed(folder: Path) -> list[Path]:
+    """The entries of ``folder``; ``IngestError`` naming it when it cannot be listed (permissions)."""
+    try:
+        return list(folder.iterdir())
+    except OSError as exc:
+        raise IngestError(f"{folder}: cannot be listed ({exc.strerror or exc})") from None
+
+
 def loose_photos(path: Path) -> list[Path]:
     """Photo files lying in a batch folder ``path`` itself, beside its SKU folders, sorted: they belong
     to no SKU, so nothing reads them (none when ``path`` is a SKU folder)."""
@@ -160,7 +168,7 @@ def loose_photos(path: Path) -> list[Path]:
         return []
     return sorted(
         child
-        for child in path.iterdir()
+        for child in _listed(path)
         if not is_left_out_quietly(child.name)
         and child.suffix.lower() in PHOTO_FILE_SUFFIXES | HEIC_SUFFIXES
         and child.is_file()
@@ -259,7 +267,11 @@ def photo_files(folder: Path) -> tuple[list[Path], list[str]]:
     photos: list[Path] = []
     problems: list[str] = []
     accepted = ", ".join(sorted(PHOTO_FILE_SUFFIXES))
-    for entry in sorted(folder.iterdir()):
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:  # a folder its owner can see but this user cannot read: say so, not a traceback
+        return [], [f"{folder}: cannot be listed ({exc.strerror or exc}); check its permissions"]
+    for entry in entries:
         # Hidden entries are skipped as hidden SKU folders are: macOS writes an invisible "._NAME"
         # beside each photo on non-Apple volumes, and refusing a SKU over a file its owner cannot
         # see helps no one.
