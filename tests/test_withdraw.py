@@ -362,6 +362,21 @@ def test_ingest_withdraw_missing_takes_a_removed_photo_out_and_putting_it_back_r
     _caption_and_store(store, settings, sku_id, back, back_id)
     assert manifests.read_sku(sku_id)[withdrawn].status == "reference"
 
+    # Withdrawn and put back a second time: another event again. It was the first put-back's id, which
+    # a captioner that had seen it skips, so the photo stayed withdrawn.
+    removed_photo.unlink()
+    ingest_path(
+        folder.parent, settings, store=store, withdraw_missing=True, tell=told.append, trainstore=trainstore
+    )
+    assert Withdrawals(manifests).photo_ids(sku_id) == {withdrawn}
+    removed_photo.write_bytes(kept)
+    ingest_path(folder.parent, settings, store=store, tell=told.append, trainstore=trainstore)
+    ingest_path(folder.parent, settings, store=store, tell=told.append, trainstore=trainstore)
+    (back2_id, back2), (again2_id, _) = publisher.published[-2:]
+    assert back2_id not in (first_id, second_id, back_id) and again2_id == back2_id
+    _caption_and_store(store, settings, sku_id, back2, back2_id)
+    assert manifests.read_sku(sku_id)[withdrawn].status == "reference"
+
 
 def test_without_the_flag_ingest_warns_and_a_failed_publish_withdraws_nothing(
     tmp_path: Path, publisher: type[_Publisher]

@@ -474,8 +474,14 @@ def ingest_path(
                 # Photos are durable before the event exists, so no consumer ever sees a dangling
                 # reference. The event id is the trace id too: every event downstream carries it
                 # (skuforge demo follows it). A photo put back after its withdrawal makes another
-                # event than the same photos before it, which consumers would skip as already seen.
-                event_id = derive_id(sku.event_id, "reinstated", *back) if back else sku.event_id
+                # event than the same photos before it, which consumers would skip as already seen,
+                # and each withdrawal lifted another again (by its time): a photo withdrawn and put
+                # back twice made the first reinstatement's id twice, which a captioner skips.
+                event_id = (
+                    derive_id(sku.event_id, "reinstated", *(f"{photo_id}@{at}" for photo_id, at in back))
+                    if back
+                    else sku.event_id
+                )
                 envelope = publisher.publish(
                     SKU_INGESTED, payload, sku_id=sku.metadata.sku_id, event_id=event_id, trace_id=event_id
                 )
@@ -503,24 +509,29 @@ def ingest_path(
             publisher.close()
 
 
-def _reinstate(sku: PreparedSku, withdrawals: Withdrawals, tell: Callable[[str], None]) -> list[str]:
-    """Lift the withdrawal of the SKU's photos that are in its folder again; returns their ids.
+def _reinstate(
+    sku: PreparedSku, withdrawals: Withdrawals, tell: Callable[[str], None]
+) -> list[tuple[str, str]]:
+    """Lift the withdrawal of the SKU's photos that are in its folder again; returns (id, when the
+    lifted withdrawal was made) of each.
 
     Withdrawn by a marker, or still by their row (a run stopped after removing the marker, before the
-    stages took the photo again), so a second run gives the same ids, hence the same event id."""
+    stages took the photo again, finds the lifted marker's time), so a second run gives the same ids
+    and times, hence the same event id."""
     sku_id = sku.metadata.sku_id
     rows = withdrawals.manifests.read_sku(sku_id)
     withdrawn = withdrawals.photo_ids(sku_id) | {
         item_id for item_id, row in rows.items() if row.source == "real" and row.status == "withdrawn"
     }
     back = sorted({photo.photo_id for photo in sku.photos} & withdrawn)
+    lifted = [(photo_id, withdrawals.withdrawn_at(sku_id, photo_id)) for photo_id in back]
     if back:
         withdrawals.reinstate(sku_id, back)
         tell(
             f"SKU {sku_id}: reinstated {len(back)} withdrawn photo(s) that are back in {sku.folder} "
             f"({', '.join(back)}); the images generated from them before stay withdrawn"
         )
-    return back
+    return lifted
 
 
 def _withdraw(

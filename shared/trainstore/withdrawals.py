@@ -7,6 +7,8 @@ finishes one that stopped half-way::
 
     withdrawals/<sku_id>/<photo_id>.json    {"photo_id", "withdrawn_at", "by"}: while it exists, the
                                             photo and its generated images are ``withdrawn``
+    withdrawals/<sku_id>/<photo_id>.lifted  the last such marker, kept when the photo is reinstated:
+                                            which withdrawal a reinstatement lifted (``withdrawn_at``)
 
 While the marker exists, every row the trainstore stage writes for the photo (its ``reference`` from
 any ``sku.captioned``, a replayed older one included) and for an image generated from it
@@ -33,6 +35,7 @@ __all__ = ["REASON", "Withdrawals", "withdrawable", "withdrawn_row", "withdrawn_
 # The reason a withdrawn row records (appended to a generated item's reasons).
 REASON = "photo_withdrawn"
 _MARKERS = "withdrawals"
+_LIFTED = ".lifted"  # not ".json": only markers say a photo is withdrawn
 # What a generated image may be when its photo is withdrawn; a person's rejection stays a rejection.
 _WITHDRAWABLE = frozenset({"accepted", "approved", "pending"})
 
@@ -45,6 +48,22 @@ class Withdrawals:
 
     def _marker(self, sku_id: str, photo_id: str) -> str:
         return self.manifests.key(f"{_MARKERS}/{sku_id}/{photo_id}.json")
+
+    def _lifted(self, sku_id: str, photo_id: str) -> str:
+        return self.manifests.key(f"{_MARKERS}/{sku_id}/{photo_id}{_LIFTED}")
+
+    def withdrawn_at(self, sku_id: str, photo_id: str) -> str:
+        """When the photo's present withdrawal (or, once reinstated, the one lifted last) was made; ""
+        when no record says (a store from before the lifted records)."""
+        for key in (self._marker(sku_id, photo_id), self._lifted(sku_id, photo_id)):
+            if self.manifests.store.exists(key):
+                try:
+                    record = json.loads(self.manifests.store.get_bytes(key))
+                except (ValueError, UnicodeDecodeError):
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("withdrawn_at"), str):
+                    return str(record["withdrawn_at"])
+        return ""
 
     def photo_ids(self, sku_id: str) -> set[str]:
         """The SKU's withdrawn photos."""
@@ -108,7 +127,13 @@ class Withdrawals:
         """Lift the withdrawal of ``photo_ids``: the next ``sku.captioned`` that has one makes it a
         reference again (the images generated from it before stay withdrawn)."""
         for photo_id in photo_ids:
-            self.manifests.store.delete(self._marker(sku_id, photo_id))
+            marker = self._marker(sku_id, photo_id)
+            if self.manifests.store.exists(marker):
+                # Kept, so that a run stopped after this still knows which withdrawal it lifted.
+                self.manifests.store.put_bytes(
+                    self._lifted(sku_id, photo_id), self.manifests.store.get_bytes(marker)
+                )
+            self.manifests.store.delete(marker)
 
 
 def _of(row: ManifestRow) -> str | None:
