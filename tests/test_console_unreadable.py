@@ -129,3 +129,28 @@ def test_a_task_whose_decision_no_longer_reads_answers_502_with_the_reason(tmp_p
     assert response.status_code == 502, response.text
     assert "decision_unreadable" in response.json()["detail"]
     assert f"the decision of task {task_id} no longer reads" in response.json()["detail"]
+
+
+def test_a_task_that_no_longer_reads_is_not_claimed_and_answers_502(tmp_path: Path) -> None:
+    """Claiming one by id committed the claim and then answered 502, so it stayed held until its lease
+    ran out; renewing or deciding one that was spoiled while held was a bare 500."""
+    parts = build_console(tmp_path, lease_s=600.0)
+    for index in range(2):
+        parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index, sku_id=f"SKU-{index}")))
+    spoiled, held = (task.task_id for task in parts.tasks.query())
+    spoil(parts, "tasks", spoiled)
+    client = TestClient(app_for(parts), base_url="http://console.test", raise_server_exceptions=False)
+    headers = {"X-CSRF-Token": login(client)}
+
+    response = client.post(f"/api/tasks/{spoiled}/claim", headers=headers)
+    assert response.status_code == 502 and "task_unreadable" in response.json()["detail"]
+    assert parts.tasks.counts()["claimed"] == 0, "not claimed"
+
+    assert client.post(f"/api/tasks/{held}/claim", headers=headers).status_code == 200
+    spoil(parts, "tasks", held)
+    for response in (
+        client.post(f"/api/tasks/{held}/renew", headers=headers),
+        client.post(f"/api/tasks/{held}/decision", data={"decision": "approve_predicted"}, headers=headers),
+    ):
+        assert response.status_code == 502, response.text
+        assert f"task {held} no longer reads" in response.json()["detail"]

@@ -294,10 +294,7 @@ class TaskStore:
             row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         if row is None:
             raise TaskNotFound(task_id)
-        try:
-            return Task.from_row(row)
-        except ValueError as exc:  # stored under a schema this version refuses: 502 with the reason
-            raise BadInput("task_unreadable", f"task {task_id} no longer reads: {str(exc)[:300]}") from None
+        return _task_of(row)
 
     def query(self, filters: TaskFilter = PENDING, *, limit: int = 200) -> list[Task]:
         """Up to ``limit`` tasks matching ``filters``: oldest first while they wait for a decision
@@ -415,6 +412,9 @@ class TaskStore:
                 raise TaskConflict(f"task {task_id} is claimed by {row['claimed_by']}")
             if row["state"] in CLOSED:
                 raise TaskConflict(_closed(task_id, row["state"]))
+            _task_of(
+                row
+            )  # a task that no longer reads is not claimed: it would stay held until its lease ran out
             db.execute(
                 "UPDATE tasks SET state = 'claimed', claimed_by = ?, claimed_at = COALESCE(?, ?),"
                 " lease_expires_at = ? WHERE task_id = ?",
@@ -481,7 +481,7 @@ class TaskStore:
     def check_held(self, task_id: str, reviewer: str) -> Task:
         """The task if ``reviewer`` holds an unexpired lease on it, else TaskConflict."""
         with self._connect() as db:
-            return Task.from_row(self._held(db, task_id, reviewer, self.clock()))
+            return _task_of(self._held(db, task_id, reviewer, self.clock()))
 
     # -- withdrawn photos ---------------------------------------------------------------------
 
@@ -541,7 +541,7 @@ class TaskStore:
         now = self.clock()
         with self._write() as db:
             row = self._held(db, task_id, reviewer, now)
-            task = Task.from_row(row)
+            task = _task_of(row)
             payload = resolved(task, now)
             new_state: TaskState = "rejected" if decision == "reject" else "approved"
             db.execute(
@@ -697,6 +697,17 @@ def _outbox(row: sqlite3.Row) -> OutboxEvent:
         created_at=row["created_at"],
         published_at=row["published_at"],
     )
+
+
+def _task_of(row: sqlite3.Row) -> Task:
+    """The row as a task; one stored under a schema this version refuses is ``BadInput`` (a 502 that
+    gives the reason), never a 500."""
+    try:
+        return Task.from_row(row)
+    except ValueError as exc:
+        raise BadInput(
+            "task_unreadable", f"task {row['task_id']} no longer reads: {str(exc)[:300]}"
+        ) from None
 
 
 def _closed(task_id: str, state: str) -> str:
