@@ -18,7 +18,9 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from services.console.auth import FORM_OVERHEAD_BYTES
 from services.console.decisions import mask_from_ref
+from shared.config import load_settings
 from tests.support.console import ConsoleParts, app_for, build_console, flagged_item, login, pending_envelope
 
 SIDE = 128
@@ -149,3 +151,35 @@ def test_a_mask_that_marks_nothing_or_everything_is_refused(
     status, detail, _ = upload(parts, data)
     assert status == 422 and says in detail
     assert parts.tasks.counts()["claimed"] == 1  # the reviewer still holds it and can try again
+
+
+def test_an_upload_over_the_image_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """The route read at most one byte past SKUFORGE_MAX_IMAGE_BYTES, but the framework had spooled the
+    whole multipart body to disk before it ran: a client could fill the disk. The declared length is
+    checked first now (413); a mask just over the limit inside a form under the cap still gets the
+    size check that names it (422)."""
+    settings = load_settings(store_uri=f"file://{tmp_path / 'store'}", max_image_bytes=4096)
+    parts = build_console(tmp_path, lease_s=600.0, settings=settings)
+    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0, sku_id="SKU-0")))
+    (task,) = parts.tasks.query()
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    headers = {"X-CSRF-Token": login(client)}
+    assert client.post(f"/api/tasks/{task.task_id}/claim", headers=headers).status_code == 200
+    url = f"/api/tasks/{task.task_id}/decision"
+    huge = b"\x89PNG\r\n\x1a\n" + bytes(4096 + FORM_OVERHEAD_BYTES)
+    response = client.post(
+        url,
+        data={"decision": "approve_edited"},
+        files={"mask": ("m.png", huge, "image/png")},
+        headers=headers,
+    )
+    assert response.status_code == 413 and "SKUFORGE_MAX_IMAGE_BYTES" in response.json()["detail"]
+    just_over = b"\x89PNG\r\n\x1a\n" + bytes(4096)
+    response = client.post(
+        url,
+        data={"decision": "approve_edited"},
+        files={"mask": ("m.png", just_over, "image/png")},
+        headers=headers,
+    )
+    assert response.status_code == 422, response.text
+    assert parts.tasks.counts()["claimed"] == 1, "the reviewer still holds it and can try again"

@@ -72,7 +72,8 @@ def api_decision(
     reject_reason: Annotated[str | None, Form(max_length=1000)] = None,
     mask: Annotated[UploadFile | None, File()] = None,
 ) -> dict[str, Any]:
-    # Read one byte past the limit, so an oversized upload is refused without reading all of it.
+    # The form was capped by its Content-Length before it was spooled (auth.limit_login_body); one byte
+    # past the image limit is read, so a mask over it is refused by the size check that names it.
     mask_bytes = None if mask is None else mask.file.read(console.settings.max_image_bytes + 1)
     task, event = record_decision(
         console.tasks,

@@ -92,16 +92,40 @@ def live_session(console: Console, cookie: str | None) -> Session | None:
 LOGIN_MAX_BYTES = 16 * 1024
 
 
+# A decision's form beside its mask file: the decision, a reject reason, the multipart boundaries.
+FORM_OVERHEAD_BYTES = 64 * 1024
+
+
 async def limit_login_body(request: Request, call_next: CallNext) -> StarletteResponse:
-    """Middleware: POST /login takes a url-encoded form of at most LOGIN_MAX_BYTES, declared."""
-    if request.url.path == "/login" and request.method == "POST":
-        if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+    """Middleware: POST /login takes a url-encoded form of at most LOGIN_MAX_BYTES, declared; any other
+    multipart POST (a decision with its mask) at most the image limit (``SKUFORGE_MAX_IMAGE_BYTES``)
+    plus ``FORM_OVERHEAD_BYTES``, declared: the framework spools a multipart body to disk whole before
+    the route sees it, so a limit checked there would come after the disk filled."""
+    if request.method != "POST":
+        return await call_next(request)
+    content_type = request.headers.get("content-type", "")
+    length = request.headers.get("content-length", "")
+    declared = length.isdigit()
+    if request.url.path == "/login":
+        if not content_type.startswith("application/x-www-form-urlencoded"):
             return JSONResponse({"detail": "the login form is application/x-www-form-urlencoded"}, 415)
-        length = request.headers.get("content-length")
-        if length is None or not length.isdigit():
+        if not declared:
             return JSONResponse({"detail": "the login form needs a Content-Length"}, 411)
         if int(length) > LOGIN_MAX_BYTES:
             return JSONResponse({"detail": f"the login form is at most {LOGIN_MAX_BYTES} bytes"}, 413)
+    elif content_type.startswith("multipart/form-data"):
+        console: Console = request.app.state.console
+        most = console.settings.max_image_bytes + FORM_OVERHEAD_BYTES
+        if not declared:
+            return JSONResponse({"detail": "a form with a file needs a Content-Length"}, 411)
+        if int(length) > most:
+            return JSONResponse(
+                {
+                    "detail": f"the form is {length} bytes; at most {most} (a mask of at most "
+                    f"{console.settings.max_image_bytes} bytes, SKUFORGE_MAX_IMAGE_BYTES)"
+                },
+                413,
+            )
     return await call_next(request)
 
 
