@@ -218,6 +218,34 @@ def test_a_row_a_concurrent_writer_stored_is_withdrawn_by_the_next_write(
     assert not store.exists(trainstore.manifests.key(str(escaped.image)))
 
 
+def test_a_withdrawal_stopped_between_rows_and_deletions_deletes_when_the_event_comes_again(
+    writer: tuple[Trainstore, FileStore, CollectorRegistry], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage deleted a withdrawn photo's objects only when it wrote rows: redelivered after a
+    crash between the two, the event found the rows there, wrote nothing, and the photo's copies
+    stayed in the store for good."""
+    trainstore, store, _ = writer
+    trainstore.captioned(_envelope(SKU_CAPTIONED, captioned(store, 1, photos=2), "a"), _context(store))
+    image = trainstore.manifests.read_sku(SKU)["p0"].image
+    assert image is not None and store.exists(trainstore.manifests.key(image))
+    # The marker only (ingest stopped after it): the stage's next write of the SKU withdraws p0.
+    store.put_bytes(trainstore.manifests.key(f"withdrawals/{SKU}/p0.json"), b'{"photo_id": "p0"}')
+
+    def crash(*_: object) -> None:
+        raise OSError("the process died here")
+
+    event = _envelope(GATE_ACCEPTED, GateAccepted(matted=_of_photo(store, 0, "p1"), iou=0.97, checks=[]), "c")
+    with monkeypatch.context() as patched:
+        patched.setattr(trainstore.manifests, "delete_objects", crash)
+        with pytest.raises(OSError, match="died"):
+            trainstore.accepted(event, _context(store))
+    assert trainstore.manifests.read_sku(SKU)["p0"].status == "withdrawn"
+    assert store.exists(trainstore.manifests.key(image)), "the rows were written, the objects not deleted"
+
+    trainstore.accepted(event, _context(store))  # redelivered
+    assert not store.exists(trainstore.manifests.key(image))
+
+
 def test_a_reinstated_photo_is_a_reference_again_and_its_old_images_stay_out(
     writer: tuple[Trainstore, FileStore, CollectorRegistry],
 ) -> None:

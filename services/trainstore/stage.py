@@ -218,7 +218,8 @@ class Trainstore:
         """Objects first, then the manifest delta; nothing at all when every row is already there.
         ``current``: the SKU's rows, when the caller has just read them."""
         current = self.manifests.read_sku(sku_id) if current is None else current
-        staged = _withdraw(staged, current, self.withdrawals.photo_ids(sku_id))
+        marked = self.withdrawals.photo_ids(sku_id)
+        staged = _withdraw(staged, current, marked)
         changed = [item for item in staged if current.get(item.row.item_id) != item.row]
         for item in changed:
             row = item.row
@@ -246,6 +247,31 @@ class Trainstore:
                 )
                 self.manifests.delete_objects(sku_id, [(row.source, row.item_id) for row in withdrawn])
             self.manifests.compact(sku_id, min_deltas=self.compact_after_parts)
+        if marked:
+            self._delete_left_over(
+                sku_id, {**current, **{item.row.item_id: item.row for item in staged}}, marked
+            )
+
+    def _delete_left_over(self, sku_id: str, rows: dict[str, ManifestRow], marked: set[str]) -> None:
+        """Delete what is left of the objects of the withdrawn photos' rows: a run stopped between the
+        rows and their deletions found the rows already written when the event came again, wrote
+        nothing, and left the copies for good (ingest no longer has the photo to withdraw again). Costs
+        an existence check per withdrawn row, and only for SKUs with a withdrawn photo."""
+        left = [
+            (row.source, row.item_id)
+            for row in rows.values()
+            if row.status == "withdrawn"
+            and (row.item_id if row.source == "real" else row.reference_photo_id) in marked
+            and any(
+                self.manifests.store.exists(self.manifests.key(relative))
+                for relative in (
+                    f"images/{sku_id}/{row.source}/{row.item_id}.png",
+                    f"masks/{sku_id}/{row.item_id}.png",
+                )
+            )
+        ]
+        if left:
+            self.manifests.delete_objects(sku_id, left)
 
 
 def _withdraw(
