@@ -6,6 +6,7 @@ the store; with Triton taken down mid-run and brought back, nothing is lost and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -33,7 +34,7 @@ from shared.bus import make_envelope
 from shared.config import load_settings
 from shared.errors import BadInput
 from shared.generation.backend import COLOUR_GAIN_KEY, GenerationRequest
-from shared.generation.composite import MODEL_ID, CompositeBackend, product_framing
+from shared.generation.composite import MODEL_ID, CompositeBackend, CompositeError, product_framing
 from shared.generation.scenes import Scene, SceneLibrary
 from shared.generation.settings import GenerationSettings
 from shared.images import decode_image, decode_mask
@@ -188,6 +189,32 @@ def test_loose_produce_is_heaped_in_the_configured_share_of_its_composites() -> 
     # A knob set for every variant wins.
     single = {"arrangement": "single"}
     assert arrangements("produce", generation_pile_share=1.0, generation_parameters=single) == ["single"] * 4
+
+
+def test_each_backend_gets_the_knobs_it_knows_and_a_knob_no_backend_knows_stops_the_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SKUFORGE_GENERATION_PARAMETERS went whole to every backend: with a composite + diffusion mix,
+    {"steps": 30} made the composite backend refuse every request (every SKU dead-lettered), and so
+    did a misspelt knob."""
+    from shared.config import ConfigError
+
+    generation = load_settings(GenerationSettings, generation_parameters={"steps": 30, "occluders": 0})
+    photo = CaptionedPhoto.model_validate({"photo_id": "p0", "image": _ref(), "mask": _ref(), "usable": True})
+    composite = variant_parameters(PlannedVariant(0, photo, "composite", seed=0), generation)
+    diffusion = variant_parameters(PlannedVariant(1, photo, "diffusion", seed=1), generation)
+    assert composite == {"occluders": 0} and diffusion == {"steps": 30, "occluders": 0}
+    reference = np.full((64, 64, 3), 200, np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    request = GenerationRequest(reference, mask, "", "", seed=1, n=1, parameters=composite, size=64)
+    assert CompositeBackend(None).generate(request)[0].parameters["occluders"] == 0
+    # From another Triton client: int(inf) raised OverflowError, a backend_error retried, not a refusal.
+    with pytest.raises(CompositeError, match="occluders=inf is not a int"):
+        CompositeBackend(None).generate(dataclasses.replace(request, parameters={"occluders": float("inf")}))
+    monkeypatch.setenv("SKUFORGE_GENERATION_PARAMETERS", '{"ocluders": 0}')
+    with pytest.raises(ConfigError, match="no backend knows ocluders"):
+        load_settings(GenerationSettings)
 
 
 def test_cut_outs_come_from_plain_background_photos_when_a_sku_has_one() -> None:

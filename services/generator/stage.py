@@ -49,7 +49,7 @@ from services.generator.protocol import VariantRequest, VariantResult, model_nam
 from shared.config import Settings, load_settings
 from shared.errors import BadInput
 from shared.generation.backend import COLOUR_GAIN_KEY, cutout_sources, is_pile
-from shared.generation.composite import product_framing
+from shared.generation.composite import COMPOSITE_PARAMETERS, product_framing
 from shared.generation.settings import GenerationSettings
 from shared.images import decode_image, decode_mask
 from shared.runtime import Context, Emit, Stage, run_stage
@@ -134,6 +134,9 @@ def variant_parameters(planned: PlannedVariant, generation: GenerationSettings) 
     pile in ``generation_pile_share`` of the variants (where a scene photo is drawn; one product on
     procedural scenes). A knob set in ``generation_parameters`` wins."""
     parameters = dict(generation.generation_parameters)
+    if planned.backend == "composite":
+        # The composite backend refuses knobs it does not know; the diffusion ones are not for it.
+        parameters = {key: value for key, value in parameters.items() if key in COMPOSITE_PARAMETERS}
     if (
         planned.backend == "composite"
         and planned.photo.shape == "produce"

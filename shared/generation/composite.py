@@ -184,7 +184,7 @@ class _Plan:
             current = values[key]
             try:
                 values[key] = type(current)(value) if not isinstance(value, bool) else value
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # int(inf) overflows
                 raise CompositeError(
                     f"composite parameter {key}={value!r} is not a {type(current).__name__}"
                 ) from None
@@ -886,3 +886,7 @@ def _light(
     on = product_mask >= 128
     brightness = float(field[on].mean(dtype=np.float64)) if on.any() else plan.light_gain
     return (np.array(tints, dtype=np.float64) * brightness).astype(F32)
+
+
+# The knobs a request's ``parameters`` may set for this backend (and the colour gain it reports).
+COMPOSITE_PARAMETERS: frozenset[str] = frozenset(_Plan.__dataclass_fields__) | {COLOUR_GAIN_KEY}

@@ -203,6 +203,10 @@ class DiffusionParameters(BaseModel):
     harmonize_strength: float | None = Field(default=None, ge=0.0, le=0.6)
 
 
+# The knobs a request's ``parameters`` may set for this backend.
+DIFFUSION_PARAMETERS: frozenset[str] = frozenset(DiffusionParameters.model_fields)
+
+
 # --- placement: pure functions on arrays -------------------------------------------------------
 
 

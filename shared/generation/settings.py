@@ -147,6 +147,23 @@ class GenerationSettings(BaseSettings):
             raise ValueError(f"at least one share must be > 0 (backends: {', '.join(BACKEND_NAMES)})")
         return mix
 
+    @field_validator("generation_parameters")
+    @classmethod
+    def _known_parameters(cls, parameters: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        # A misspelt knob reached the composite backend in every request, which refused each: every
+        # SKU dead-lettered. (Imported here: the backends' modules are heavy, and import the settings'.)
+        from shared.generation.composite import COMPOSITE_PARAMETERS
+        from shared.generation.diffusion import DIFFUSION_PARAMETERS
+
+        unknown = sorted(set(parameters) - COMPOSITE_PARAMETERS - DIFFUSION_PARAMETERS)
+        if unknown:
+            composite = ", ".join(sorted(COMPOSITE_PARAMETERS))
+            diffusion = ", ".join(sorted(DIFFUSION_PARAMETERS))
+            raise ValueError(
+                f"no backend knows {', '.join(unknown)}; composite: {composite}; diffusion: {diffusion}"
+            )
+        return parameters
+
     @field_validator("generation_size_px")
     @classmethod
     def _size_fits_the_backends(cls, size: int, info: ValidationInfo) -> int:
