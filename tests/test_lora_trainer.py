@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from prometheus_client import CollectorRegistry
 
 from schemas.envelope import Envelope
@@ -697,9 +698,12 @@ def test_a_job_that_keeps_raising_is_failed_after_a_few_attempts_and_its_frames_
     from services.lora_trainer.stage import JOB_MAX_ATTEMPTS
 
     frames: list[weakref.ref[_TrainingFrames]] = []
-    failures = [TransientError("the store went away")] + [
-        RuntimeError("CUDA error: an illegal memory access")
-    ] * 9
+    # A setting met mid-job (ConfigError) is the deployment's fault, not the job's: counted, it failed
+    # the job for good after three polls, and fixing the setting did not bring it back.
+    failures = [
+        TransientError("the store went away"),
+        ConfigError("SKUFORGE_LORA_DEVICE=cuda but torch sees no CUDA device"),
+    ] + [RuntimeError("CUDA error: an illegal memory access")] * 9
 
     def failing_train(*args: object, **kwargs: object) -> None:
         models = _TrainingFrames()
@@ -714,6 +718,8 @@ def test_a_job_that_keeps_raising_is_failed_after_a_few_attempts_and_its_frames_
     gc.disable()  # only dropping the traceback may free the frames: no collection by chance
     try:
         with pytest.raises(TransientError):  # a store away is retried and not counted
+            trainer.run_pending()
+        with pytest.raises(ConfigError):  # nor is a setting
             trainer.run_pending()
         assert not trainer.store.exists(f"{PREFIX}/jobs/{job.sha256}/attempts.json")
         for attempt in range(1, JOB_MAX_ATTEMPTS):
@@ -733,8 +739,16 @@ def test_a_job_that_keeps_raising_is_failed_after_a_few_attempts_and_its_frames_
         f"{JOB_MAX_ATTEMPTS} attempts failed" in failed["reason"]
         and "illegal memory access" in failed["reason"]
     )
-    assert len(frames) == 1 + JOB_MAX_ATTEMPTS
-    assert trainer.run_pending() == [] and len(frames) == 1 + JOB_MAX_ATTEMPTS  # not tried again
+    assert len(frames) == 2 + JOB_MAX_ATTEMPTS
+    assert trainer.run_pending() == [] and len(frames) == 2 + JOB_MAX_ATTEMPTS  # not tried again
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_device_without_cuda_is_refused_at_start_up(tiny_model: Path, tmp_path: Path) -> None:
+    """Before, the trainer started and reported ready; each job then failed on the setting."""
+    shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))
+    with pytest.raises(ConfigError, match="SKUFORGE_LORA_DEVICE=cuda but torch sees no CUDA device"):
+        trainer_for(shared, tiny_model, tmp_path, publish=lambda event: None, lora_device="cuda")
 
 
 def test_a_class_image_painted_nan_is_not_trained_on(

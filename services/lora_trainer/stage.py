@@ -29,8 +29,9 @@ failed with its reason (``lora-trainer/jobs/<hash>/failed.json``) and not retrie
 change; the other jobs go on. A job whose training raises anything else (a bug, the GPU out of
 memory, NaN paint) is tried again at the next polls, ``JOB_MAX_ATTEMPTS`` times in all (counted in
 ``lora-trainer/jobs/<hash>/attempts.json``, so a restart does not reset them), then marked failed
-with the last reason; a store away (``TransientError``) is retried without counting. One trainer
-per GPU.
+with the last reason; a store away (``TransientError``) or a setting met mid-job (``ConfigError``)
+is retried without counting, and ``SKUFORGE_LORA_DEVICE=cuda`` without CUDA is refused at start-up.
+One trainer per GPU.
 
 Bad input goes to the DLQ with its reason: a captioned SKU with no usable photo and mask
 (``no_usable_photos``), a photo or mask missing from the store or not matching its sha256
@@ -465,11 +466,14 @@ class LoraTrainer:
 
         Not transient, so failed at once: the job's own fault (a ``TrainingError``; a photo deleted or
         altered since it was recorded, ``BadInput``; a mask the compositor refuses, ``ValueError``):
-        the same inputs would fail the same way at every poll. A store away (``TransientError``) is
-        retried, uncounted. Anything else (a bug, the GPU out of memory, NaN paint) is retried until
-        ``JOB_MAX_ATTEMPTS`` attempts have failed, then failed with the last reason.
+        the same inputs would fail the same way at every poll. A store away (``TransientError``) or a
+        setting met mid-job (``ConfigError``: the deployment's fault) is retried, uncounted. Anything
+        else (a bug, the GPU out of memory, NaN paint) is retried until ``JOB_MAX_ATTEMPTS`` attempts
+        have failed, then failed with the last reason.
         """
-        if isinstance(error, TransientError):
+        if isinstance(error, (TransientError, ConfigError)):
+            # A store away, or the deployment's fault (a setting met mid-job): not the job's. Counted,
+            # three polls would fail the job for good, and fixing the setting would not bring it back.
             raise error
         reason = str(error)  # a refusal's reason, as the failed.json of earlier releases hold it
         if not isinstance(error, (TrainingError, BadInput, ValueError)):
@@ -659,6 +663,7 @@ def open_trainer(
         check_trainable(Path(model))
     except TrainingError as exc:
         raise ConfigError(f"SKUFORGE_LORA_MODEL / SKUFORGE_DIFFUSION_MODEL: {exc}") from None
+    _device(trainer)  # SKUFORGE_LORA_DEVICE=cuda without CUDA: refused at start-up, not by every job
     torch.set_num_threads(trainer.lora_threads)
     store = open_store(shared.store_uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region)
     registry = AdapterRegistry(
