@@ -179,3 +179,21 @@ def test_an_adapter_id_with_a_trailing_newline_is_refused_at_start_up_and_by_the
         registry.get("shelf-general\n")
     with pytest.raises(BadInput, match="invalid_adapter_id"):
         registry.register("shelf-general\n", lora_weights(1), kind="general", base_model="sd15")
+
+
+def test_an_adapter_removed_while_the_registry_is_listed_is_left_out(tmp_path: Path) -> None:
+    """list() read each metadata.json it had listed: one removed in between raised ObjectMissing, which
+    the generator took as bad input and refused every row of the batch with (their SKUs dead-lettered)."""
+    store = FileStore(tmp_path / "adapters")
+    registry = AdapterRegistry(store)
+    for adapter_id in ("a-general", "b-general"):
+        registry.register(adapter_id, lora_weights(1), kind="general", base_model="m")
+    listed = list(store.list_keys())
+
+    class RemovedMidway(FileStore):
+        def list_keys(self, prefix: str = "") -> Any:
+            yield from listed
+
+    racing = RemovedMidway(tmp_path / "adapters")
+    registry.remove("a-general")
+    assert [adapter.adapter_id for adapter in AdapterRegistry(racing).list()] == ["b-general"]

@@ -458,6 +458,16 @@ def test_adapters_cli_registers_and_lists(
     )
     assert "needs the series" in capsys.readouterr().err
     assert not (tmp_path / "store" / "adapters" / "x").exists()
+    # --rank skipped reading the weights: a text file registered, and was refused for every SKU later.
+    general = ["--kind", "general", "--base-model", "m"]
+    text = tmp_path / "notes.txt"
+    text.write_text("not LoRA weights\n")
+    assert cli_main(["adapters", "register", "y", str(text), *general, "--rank", "4"]) == 2
+    assert "not a safetensors file" in capsys.readouterr().err
+    assert cli_main(["adapters", "register", "y", str(weights), *general, "--rank", "4"]) == 2
+    assert "rank 4 was given, but the weights' rank is 8" in capsys.readouterr().err
+    assert not (tmp_path / "store" / "adapters" / "y").exists()
+    assert cli_main(["adapters", "register", "y", str(weights), *general, "--rank", "8"]) == 0
 
 
 def test_a_model_that_is_not_there_is_named(

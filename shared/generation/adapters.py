@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -178,11 +178,9 @@ def weights_file_name(weights_sha256: str) -> str:
     return f"{WEIGHTS_FILE.removesuffix(_WEIGHTS_SUFFIX)}-{weights_sha256}{_WEIGHTS_SUFFIX}"
 
 
-def lora_rank(weights: bytes) -> int:
-    """The LoRA rank of a safetensors file: the smallest dimension of its down-projection tensors.
-
-    Reads only the safetensors header (8-byte length, then JSON), so no torch is needed.
-    """
+def safetensors_header(weights: bytes) -> dict[str, Any]:
+    """The JSON header of a safetensors file (8-byte length, then JSON); ``ValueError`` for anything
+    else. Reads no tensor, so no torch is needed."""
     if len(weights) < 8:
         raise ValueError("not a safetensors file: shorter than its header length")
     (header_len,) = struct.unpack("<Q", weights[:8])
@@ -190,6 +188,17 @@ def lora_rank(weights: bytes) -> int:
         header = json.loads(weights[8 : 8 + header_len])
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"not a safetensors file: {exc}") from None
+    if not isinstance(header, dict):
+        raise ValueError("not a safetensors file: its header is not a JSON object")
+    return header
+
+
+def lora_rank(weights: bytes) -> int:
+    """The LoRA rank of a safetensors file: the smallest dimension of its down-projection tensors.
+
+    Reads only the safetensors header, so no torch is needed.
+    """
+    header = safetensors_header(weights)
     ranks = {
         min(info["shape"])
         for name, info in header.items()
@@ -198,6 +207,22 @@ def lora_rank(weights: bytes) -> int:
     if not ranks:
         raise ValueError("no lora_A / lora.down tensors in the file: not LoRA weights")
     return max(ranks)
+
+
+def _checked_rank(weights: bytes, rank: int | None) -> int:
+    """``rank``, or the weights' own; a given rank is checked against them where they say one. Given
+    without a check, a text file registered (as a general adapter, chosen for every SKU without a
+    series one) and the generator refused it for each of them."""
+    if rank is None:
+        return lora_rank(weights)
+    safetensors_header(weights)  # ValueError: not a safetensors file
+    try:
+        found = lora_rank(weights)
+    except ValueError:
+        return rank  # no lora_A / lora.down tensors to read it from: the given rank stands
+    if found != rank:
+        raise ValueError(f"rank {rank} was given, but the weights' rank is {found}")
+    return rank
 
 
 class AdapterRegistry:
@@ -220,6 +245,8 @@ class AdapterRegistry:
                 metadata = AdapterMetadata.model_validate_json(self.store.get_bytes(key))
             except ValidationError as exc:
                 logger.warning("skipping adapter %s: invalid %s: %s", parts[0], METADATA_FILE, exc)
+                continue
+            except ObjectMissing:  # removed between the listing and the read: not registered now
                 continue
             if metadata.adapter_id != parts[0]:
                 logger.warning("skipping adapter %s: its metadata names %s", parts[0], metadata.adapter_id)
@@ -259,7 +286,7 @@ class AdapterRegistry:
                 kind=kind,
                 series=series,
                 base_model=base_model,
-                rank=rank if rank is not None else lora_rank(data),
+                rank=_checked_rank(data, rank),
                 training_prompts=list(training_prompts),
                 weight_name=weights_file_name(weights_sha256),
                 weights_sha256=weights_sha256,
