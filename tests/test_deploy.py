@@ -922,3 +922,63 @@ def test_every_chart_alert_has_a_severity_ops_routes() -> None:
             for rule in group["rules"]:
                 if "alert" in rule:
                     assert rule["labels"]["severity"] in ("page", "ticket"), (path.name, rule["alert"])
+
+
+def test_the_at_max_replicas_alert_fires_only_for_a_stage_that_may_scale(
+    tmp_path: Path, promtool_bin: str
+) -> None:
+    """A stage pinned (min = max replicas, or topicPartitions 1) is always at its maximum: the ticket
+    was open for good. promtool runs the chart's rule on a stage at its maximum and a pinned one."""
+    from devstack.prometheus import promtool
+
+    shutil.copy(CHART / "rules" / "deploy.yml", tmp_path / "deploy.yml")
+    (rule,) = [
+        rule
+        for group in yaml.safe_load((CHART / "rules" / "deploy.yml").read_text())["groups"]
+        for rule in group["rules"]
+        if rule.get("alert") == "SkuforgeStageAtMaxReplicas"
+    ]
+    series = []
+    for stage, (current, low, high) in {"matting": (4, 1, 4), "trainstore": (1, 1, 1)}.items():
+        labels = f'namespace="n", horizontalpodautoscaler="keda-hpa-rel-skuforge-{stage}"'
+        for metric, value in (
+            ("status_current_replicas", current),
+            ("spec_min_replicas", low),
+            ("spec_max_replicas", high),
+        ):
+            series.append(
+                {"series": f"kube_horizontalpodautoscaler_{metric}{{{labels}}}", "values": f"{value}x60"}
+            )
+    matting = "keda-hpa-rel-skuforge-matting"
+    tests = {
+        "rule_files": ["deploy.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    {
+                        "eval_time": "40m",
+                        "alertname": "SkuforgeStageAtMaxReplicas",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "ticket",
+                                    "namespace": "n",
+                                    "horizontalpodautoscaler": matting,
+                                },
+                                "exp_annotations": {
+                                    "summary": f"{matting} has run at its maximum replicas for 30 minutes",
+                                    "runbook": rule["annotations"]["runbook"],
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "deploy_test.yml").write_text(yaml.safe_dump(tests))
+    result = promtool("test", "rules", "deploy_test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
