@@ -246,6 +246,26 @@ def test_a_withdrawal_stopped_between_rows_and_deletions_deletes_when_the_event_
     assert not store.exists(trainstore.manifests.key(image))
 
 
+def test_a_photo_whose_marker_exists_is_never_exported_whatever_its_row_says(
+    writer: tuple[Trainstore, FileStore, CollectorRegistry],
+) -> None:
+    """A replayed sku.captioned stored by a member that read the manifest before the marker leaves the
+    photo's row a reference: export and load_manifest took the photo a marker says is withdrawn."""
+    trainstore, store, _ = writer
+    trainstore.captioned(_envelope(SKU_CAPTIONED, captioned(store, 1, photos=2), "a"), _context(store))
+    _accept(trainstore, store, _of_photo(store, 0, "p0"), "b")
+    rows = trainstore.manifests.read_sku(SKU)
+    (of_p0,) = [row.item_id for row in rows.values() if row.reference_photo_id == "p0"]
+    assert rows["p0"].status == "reference" and rows[of_p0].status == "accepted"
+    # Only the marker (the race: the rows say nothing yet).
+    store.put_bytes(trainstore.manifests.key(f"withdrawals/{SKU}/p0.json"), b'{"photo_id": "p0"}')
+    withdrawn = Withdrawals(trainstore.manifests).by_sku()
+    (plan,) = plan_export(rows.values(), max_synthetic_per_real=10, withdrawn_photos=withdrawn).classes
+    assert [row.item_id for row in plan.real] == ["p1"] and plan.synthetic == []
+    loaded = load_manifest(store, prefix=PREFIX).columns["item_id"]
+    assert "p0" not in loaded and of_p0 not in loaded and "p1" in loaded
+
+
 def test_a_reinstated_photo_is_a_reference_again_and_its_old_images_stay_out(
     writer: tuple[Trainstore, FileStore, CollectorRegistry],
 ) -> None:

@@ -50,6 +50,7 @@ from shared.photos import PHOTO_FILE_SUFFIXES
 from shared.store import FileStore, ObjectStore, open_store, sha256_hex
 from shared.trainstore.dataset import ExportPlan, plan_export, read_checked
 from shared.trainstore.manifest import ManifestRow, ManifestStore
+from shared.trainstore.withdrawals import Withdrawals
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -375,7 +376,12 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
             "real photos are unusable or withdrawn, or there are none); ingest usable photos "
             "of them or remove their held-out folders"
         )
-    plan = plan_export(evaluated, max_synthetic_per_real=args.max_synthetic_per_real, min_real=args.min_real)
+    plan = plan_export(
+        evaluated,
+        max_synthetic_per_real=args.max_synthetic_per_real,
+        min_real=args.min_real,
+        withdrawn_photos=Withdrawals(manifests).by_sku(),  # what `dataset export` would leave out
+    )
     left_out = {sku: reason for sku, reason in plan.skipped.items() if sku in heldout_skus}
     if left_out:
         reasons = "; ".join(f"{sku}: {reason}" for sku, reason in left_out.items())

@@ -41,6 +41,7 @@ from PIL import Image, ImageOps
 
 from shared.images import decode_image, decode_mask, encode_png
 from shared.trainstore.manifest import ManifestRow, ManifestStore
+from shared.trainstore.withdrawals import Withdrawals
 
 __all__ = [
     "EXPORT_FITS",
@@ -142,11 +143,14 @@ def plan_export(
     max_synthetic_per_real: int,
     min_real: int = 1,
     no_synthetic: Mapping[str, str] | None = None,
+    withdrawn_photos: Mapping[str, set[str]] | None = None,
 ) -> ExportPlan:
     """Apply the real:synthetic policy to trainable rows (pure: no I/O).
 
     ``no_synthetic`` maps a SKU to the reason its synthetic images are all left out (see
     ``synthetic_left_out_by_evaluation``); its real images are exported as usual.
+    ``withdrawn_photos``: SKU id -> the photos its withdrawal markers name (``Withdrawals.by_sku``),
+    left out with their images whatever their rows say.
     """
     no_synthetic = no_synthetic or {}
     if max_synthetic_per_real < 0:
@@ -156,12 +160,16 @@ def plan_export(
     rows = list(rows)
     withdrawn = {
         (row.sku_id, row.item_id) for row in rows if row.source == "real" and row.status == "withdrawn"
+    } | {
+        (sku_id, photo_id) for sku_id, photo_ids in (withdrawn_photos or {}).items() for photo_id in photo_ids
     }
     by_sku: dict[str, list[ManifestRow]] = defaultdict(list)
     for row in rows:
         # An image of a withdrawn photo that a second writer stored in the same moment as the
-        # withdrawal is trainable until the SKU's next write mends it: never exported meanwhile.
-        if row.trainable and row.image is not None and (row.sku_id, row.reference_photo_id) not in withdrawn:
+        # withdrawal is trainable until the SKU's next write mends it: never exported meanwhile; nor
+        # is the photo itself, where a replayed sku.captioned stored its row as a reference then.
+        photo = row.item_id if row.source == "real" else row.reference_photo_id
+        if row.trainable and row.image is not None and (row.sku_id, photo) not in withdrawn:
             by_sku[row.sku_id].append(row)
     classes, skipped = [], {}
     for sku_id, sku_rows in sorted(by_sku.items()):
@@ -321,6 +329,7 @@ def export_dataset(
         max_synthetic_per_real=max_synthetic_per_real,
         min_real=min_real,
         no_synthetic=no_synthetic,
+        withdrawn_photos=Withdrawals(manifests).by_sku(),
     )
     if not plan.classes:
         # An empty training set and success would let `export && train` go on with nothing.

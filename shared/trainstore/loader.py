@@ -22,6 +22,7 @@ from typing import Any
 from shared.errors import ObjectMissing
 from shared.store import ObjectStore, open_store
 from shared.trainstore.manifest import TRAINABLE, ManifestRow, ManifestStore, decode_columns, rows_to_columns
+from shared.trainstore.withdrawals import Withdrawals
 
 __all__ = ["FIELDS", "Manifest", "load_manifest"]
 
@@ -77,24 +78,28 @@ def load_manifest(
     objects = open_store(store, s3_endpoint_url=s3_endpoint_url) if isinstance(store, str) else store
     manifests = ManifestStore(objects, prefix)
     manifest = Manifest(root_uri=objects.uri_for(manifests.key("x"))[: -len("x")])
+    marked = Withdrawals(manifests).by_sku() if trainable_only else {}
     for sku_id in manifests.sku_ids() if sku_ids is None else sorted(set(sku_ids)):
         sku_columns = _sku_columns(manifests, sku_id)
         status = sku_columns["status"]
         # An image of a withdrawn photo that a second writer stored in the same moment as the
-        # withdrawal stays trainable until the SKU's next write mends it: never loaded meanwhile.
+        # withdrawal stays trainable until the SKU's next write mends it: never loaded meanwhile;
+        # nor the photo, where a replayed sku.captioned stored it as a reference then (its marker says).
         withdrawn = {
             item_id
             for item_id, source, value in zip(
                 sku_columns["item_id"], sku_columns["source"], status, strict=True
             )
             if source == "real" and value == "withdrawn"
-        }
+        } | marked.get(sku_id, set())
         if trainable_only and (not set(status) <= TRAINABLE or withdrawn):
             references = sku_columns["reference_photo_id"]
+            sources, item_ids = sku_columns["source"], sku_columns["item_id"]
             keep = [
                 index
                 for index, value in enumerate(status)
-                if value in TRAINABLE and references[index] not in withdrawn
+                if value in TRAINABLE
+                and (item_ids[index] if sources[index] == "real" else references[index]) not in withdrawn
             ]
             sku_columns = {name: [values[index] for index in keep] for name, values in sku_columns.items()}
         for name in FIELDS:
