@@ -194,10 +194,16 @@ def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModel
             f"{sku.sku_id} has {len(photos)} photos; "
             f"at most {limit} (SKUFORGE_MAX_PHOTOS_PER_SKU) are captioned",
         )
-    images = [_read_photo(photo, ctx, models.options) for photo in photos]
+    images = [_read_photo(photo, ctx) for photo in photos]
     provided = [
         _transparency_mask(photo, image, ctx, models.options)
         for photo, image in zip(photos, images, strict=True)
+    ]
+    # Blank only matters where the model must find the product: a near-white cut-out is near-white
+    # over white, but its own outline says where it is (it was refused as blank_photo).
+    images = [
+        _not_blank(image, models.options) if mask is None else image
+        for image, mask in zip(images, provided, strict=True)
     ]
     found = _find_products(images, models, ctx, provided)
     for photo, outcome in zip(photos, found, strict=True):
@@ -245,9 +251,9 @@ def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModel
     return [Emit(SKU_CAPTIONED, payload, key="captioned")]
 
 
-def _read_photo(photo: ReferencePhoto, ctx: Context, options: CaptionerSettings) -> Image.Image | _Unusable:
-    """The photo, checked against its sha256 and dimensions, decoded within the limits, not too small,
-    not blank.
+def _read_photo(photo: ReferencePhoto, ctx: Context) -> Image.Image | _Unusable:
+    """The photo, checked against its sha256 and dimensions, decoded within the limits, not too small
+    (whether it is blank is asked once its transparency is known: ``_not_blank``).
 
     Store outages (``TransientError``) propagate: the runtime retries the whole SKU later.
     """
@@ -266,7 +272,12 @@ def _read_photo(photo: ReferencePhoto, ctx: Context, options: CaptionerSettings)
         return _Unusable(refusal.reason, refusal.detail)
     if max(image.size) > WORKING_SIDE_PX:
         image.thumbnail((WORKING_SIDE_PX, WORKING_SIDE_PX), Image.Resampling.BILINEAR)  # frees the full size
-    if colour_spread(image) < options.captioner_blank_spread:
+    return image
+
+
+def _not_blank(image: Image.Image | _Unusable, options: CaptionerSettings) -> Image.Image | _Unusable:
+    """``image``, or ``blank_photo`` when it is one flat colour (no product for the model to find)."""
+    if isinstance(image, Image.Image) and colour_spread(image) < options.captioner_blank_spread:
         return _Unusable("blank_photo", "the photo is one flat colour")
     return image
 
