@@ -174,6 +174,36 @@ def test_quantize_replaces_the_model_at_out_only_when_the_new_one_is_accepted(
     assert list(out.parent.iterdir()) == [out]  # no candidate file left beside it
 
 
+@pytest.mark.parametrize("action", ["eval", "quantize"])
+def test_an_onnx_model_that_is_not_u2net_is_refused_before_the_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], action: str
+) -> None:
+    """The check only opened the session: a model with other inputs passed, rendered or calibrated for
+    minutes, and ended in a traceback. It runs one blank image now."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "not-u2net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])],
+    )
+    model = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    argv = (
+        ["eval", str(model), "--n", "1"]
+        if action == "eval"
+        else ["quantize", str(model), "--out", str(tmp_path / "q.onnx")]
+    )
+    with pytest.raises(SystemExit) as exited:
+        matting_cli(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "does not run as" in err and "Traceback" not in err
+    assert not (tmp_path / "q.onnx").exists()
+
+
 @pytest.mark.slow
 def test_committed_u2netp_reaches_the_heldout_iou() -> None:
     """The committed model on held-out renderer photos (other products than training), seeded subset."""

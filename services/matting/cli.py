@@ -332,13 +332,14 @@ def _file_problem(path: Path, example: str) -> str | None:
 
 
 def _check_onnx(parser: argparse.ArgumentParser, path: Path) -> None:
-    """Exit with a usage error unless ``path`` opens as a matting model."""
+    """Exit with a usage error unless ``path`` opens and runs as a matting model (one blank image: a
+    model with other inputs used to pass here and end a long eval or calibration in a traceback)."""
     from shared.matting.session import MattingModelError, U2NetPSession
 
     if not path.is_file():
         parser.error(f"{path}: no such file")
     try:
-        U2NetPSession(path, threads=1, use_gpu=False)
+        U2NetPSession(path, threads=1, use_gpu=False).warm_up()
     except MattingModelError as exc:
         parser.error(str(exc))
 
