@@ -116,6 +116,46 @@ def test_a_cut_out_keeps_its_outline_from_ingest_to_the_reference_mask(tmp_path:
     assert batch_images(ctx.metrics, "matting") == 1, "only the photo without transparency is matted"
 
 
+def test_a_cut_out_larger_than_the_working_size_keeps_its_exact_outline(tmp_path: Path) -> None:
+    """Measured at 2048 px, its transparency mask was stored scaled back up from that: the outline
+    moved (an ellipse of 4000 x 3000 px differed in thousands of pixels)."""
+    width, height = 2400, 1800
+    yy, xx = np.mgrid[0:height, 0:width]
+    outline = ((xx - 1200) / 900.0) ** 2 + ((yy - 900) / 700.0) ** 2 <= 1.0
+    rgba = np.zeros((height, width, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2] = 200, (40 + xx % 50).astype(np.uint8), 40
+    rgba[..., 3] = np.where(outline, 255, 0)
+    folder = tmp_path / "batch" / "tray"
+    folder.mkdir(parents=True)
+    (folder / "metadata.json").write_text(
+        json.dumps({"sku_id": "SKU-TRAY", "name": "Tray", "category": "tray"})
+    )
+    Image.fromarray(rgba, "RGBA").save(folder / "cutout.png")
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    sku, problems = prepare_sku(folder, settings)
+    assert sku is not None, problems
+    payload = upload_sku(sku, store)
+    event = make_envelope(
+        SKU_INGESTED,
+        payload,
+        event_id=derive_id("t", "tray"),
+        sku_id="SKU-TRAY",
+        trace_id="t",
+        producer="test",
+    )
+    models = CaptionerModels(
+        session=committed_session(),
+        vlm=None,
+        options=load_settings(CaptionerSettings, captioner_use_gpu=False),
+    )
+    [emit] = handle(event, context(store, settings), models=models)
+    assert isinstance(emit.payload, SkuCaptioned)
+    (reference,) = emit.payload.photos
+    assert reference.usable and reference.mask is not None
+    assert np.array_equal(decode_mask(store.read_verified(reference.mask)) > 0, outline)
+
+
 def test_what_is_not_a_cut_out_has_no_transparency_mask() -> None:
     def png(image: Image.Image) -> bytes:
         buffer = io.BytesIO()

@@ -234,8 +234,8 @@ def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModel
         ]
     sentences = _sentences(found, models.vlm, ctx)
     captioned = [
-        _caption_photo(photo, outcome, sentence, shape, sku, ctx, models.options)
-        for photo, outcome, sentence in zip(photos, found, sentences, strict=True)
+        _caption_photo(photo, outcome, sentence, shape, sku, ctx, models.options, exact=given is not None)
+        for photo, outcome, sentence, given in zip(photos, found, sentences, provided, strict=True)
     ]
     prompts = sku_prompts(sku)
     payload = SkuCaptioned(
@@ -408,8 +408,12 @@ def _caption_photo(
     sku: SkuMetadata,
     ctx: Context,
     options: CaptionerSettings,
+    *,
+    exact: bool = False,
 ) -> CaptionedPhoto:
-    """The event's entry for one photo; a usable one's mask is stored first."""
+    """The event's entry for one photo; a usable one's mask is stored first. ``exact``: the mask is
+    the photo's own transparency, stored full size as ingest read it (not the working-size copy
+    scaled back up, which moved the outline of a cut-out over WORKING_SIDE_PX)."""
     if isinstance(outcome, _Unusable):
         return CaptionedPhoto(
             photo_id=photo.photo_id, image=photo.image, usable=False, unusable_reason=outcome.reason
@@ -417,6 +421,8 @@ def _caption_photo(
     view = outcome.attributes.view
     colours = outcome.attributes.colour_names[: options.captioner_max_colour_names]
     mask = outcome.mask
+    if exact and photo.mask is not None and mask.shape != (photo.image.height, photo.image.width):
+        mask = np.where(ctx.read_mask(photo.mask) >= 128, np.uint8(255), np.uint8(0))
     if mask.shape != (photo.image.height, photo.image.width):  # found at the working size
         size = (photo.image.width, photo.image.height)
         mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST), dtype=np.uint8)
