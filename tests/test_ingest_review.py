@@ -308,12 +308,24 @@ def test_a_folder_over_the_photo_limit_names_every_other_problem_too(
     with pytest.raises(IngestError) as refused:
         prepare_all(tmp_path, load_settings(max_photos_per_sku=10))
     message = str(refused.value)
-    assert f"{folder}: 13 photos; at most 10 (SKUFORGE_MAX_PHOTOS_PER_SKU) are accepted" in message
+    # 11: the photos ingest could take (the corrupt and the tiny one are refused by name).
+    assert f"{folder}: 11 photos; at most 10 (SKUFORGE_MAX_PHOTOS_PER_SKU) are accepted" in message
     assert f"{folder / 'photo_9.png'}: refused (" in message
     assert f"{folder / 'z-tiny.png'}: refused (too_small: 4x4 px" in message
     assert "every photo was checked" in message
     assert len(decoded) == 12, "every file that decodes was decoded"
     assert most_alive <= 1, f"{most_alive} decoded photos held at once: one at a time"
+
+
+def test_a_copy_of_a_photo_does_not_count_towards_the_limit(tmp_path: Path) -> None:
+    """Copies are ingested once, but each file counted: 10 photos and a copy of one were refused."""
+    folder = _sku(tmp_path, "A", "A-1", colours=tuple(range(10, 110, 10)))  # photo_0 .. photo_9
+    (folder / "photo_0 copy.png").write_bytes((folder / "photo_0.png").read_bytes())
+    (sku,) = prepare_all(tmp_path, load_settings(max_photos_per_sku=10))
+    assert len(sku.photos) == 10
+    Image.new("RGB", (64, 64), (250, 40, 80)).save(folder / "photo_10.png")
+    with pytest.raises(IngestError, match="11 photos; at most 10"):
+        prepare_all(tmp_path, load_settings(max_photos_per_sku=10))
 
 
 # Finding 8: a photo lying beside the SKU folders belongs to no SKU: say so, ingest the rest.

@@ -214,20 +214,15 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
 
     files, folder_problems = photo_files(folder)
     problems.extend(folder_problems)
-    too_many = len(files) > settings.max_photos_per_sku
+    limit = settings.max_photos_per_sku
     if not files:
         problems.append(f"{folder}: no photos ({', '.join(sorted(PHOTO_FILE_SUFFIXES))})")
-    elif too_many:
-        problems.append(
-            f"{folder}: {len(files)} photos; at most {settings.max_photos_per_sku} "
-            "(SKUFORGE_MAX_PHOTOS_PER_SKU) are accepted; choose which to keep (every photo was "
-            "checked: the other problems of this folder are listed too)"
-        )
     photos: list[PreparedPhoto] = []
     seen: set[str] = set()
     # Every file is checked, even past the limit: a user who removes photos should not find the next
-    # problem only on the next run. One at a time; a folder over the limit is refused, so its photos
-    # are checked and let go, never held.
+    # problem only on the next run. One at a time; the photos past the limit are checked, counted and
+    # let go, never held. The limit counts distinct pictures: a copy of one adds nothing (it was
+    # counted, and a folder of 10 photos and one copy was refused).
     for file in files:
         try:
             # Refuse an oversized file by its size, before reading gigabytes into memory.
@@ -242,18 +237,24 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         except OSError as exc:
             problems.append(f"{file}: cannot be read ({exc.strerror or exc})")
             continue
-        if too_many:
-            continue
         photo_id = sha256_hex(png)[:16]
         if photo_id in seen:
             continue  # the same picture twice adds nothing
         seen.add(photo_id)
+        if len(seen) > limit:
+            continue
         # A name that is not UTF-8 on disk (Latin-1 from an old camera or zip) is kept readable: as
         # it came, it failed the event's schema after earlier SKUs were already published.
         name = file.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:255]
         mask_png = None if transparency is None else encode_png(transparency)
         photos.append(
             PreparedPhoto(photo_id, name, png, width=image.width, height=image.height, mask_png=mask_png)
+        )
+    if len(seen) > limit:
+        problems.append(
+            f"{folder}: {len(seen)} photos; at most {limit} "
+            "(SKUFORGE_MAX_PHOTOS_PER_SKU) are accepted; choose which to keep (every photo was "
+            "checked: the other problems of this folder are listed too)"
         )
     if problems or metadata is None:
         return None, problems
