@@ -158,12 +158,32 @@ def sku_id(k: int, name: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def composite_request(
+    image: Image.Image, mask: Any, draw: str, parameters: dict[str, Any], *, series: str, size: int
+) -> Any:
+    """One variant of ``image`` for the composite backend, its seed drawn from ``draw`` (the class, the
+    photo, the variant and the run's seed): the same draw makes the same image."""
+    from shared.generation.backend import GenerationRequest
+
+    return GenerationRequest(
+        reference=np.asarray(image, dtype=np.uint8),
+        mask=mask,
+        prompt="",
+        negative_prompt="",
+        seed=int(hashlib.sha256(draw.encode()).hexdigest()[:8], 16),
+        n=1,
+        parameters=parameters,
+        series=series,
+        size=size,
+    )
+
+
 def generate_in_process(
     refs: dict[str, list[Path]], scenes_dir: Path, args: argparse.Namespace, out_dir: Path
 ) -> dict[str, list[Path]]:
     """Per class: ``variants`` composites written as PNG, from masks of the committed matting model."""
     from shared.captioning.attributes import describe_product, plain_background_share
-    from shared.generation.backend import GenerationRequest, is_pile
+    from shared.generation.backend import is_pile
     from shared.generation.composite import CompositeBackend
     from shared.generation.scenes import Scene, SceneLibrary
     from shared.images import decode_image
@@ -219,17 +239,11 @@ def generate_in_process(
             pile = produce[which] and is_pile(variant, args.pile_share)
             own = own_backend is not None and is_pile(variant, args.own_scene_share)
             if not path.exists():
-                seed = int(
-                    hashlib.sha256(f"{name}|{which}|{variant}|{args.seed}".encode()).hexdigest()[:8], 16
-                )
-                request = GenerationRequest(
-                    reference=np.asarray(images[which], dtype=np.uint8),
-                    mask=masks[which],
-                    prompt="",
-                    negative_prompt="",
-                    seed=seed,
-                    n=1,
-                    parameters={**parameters, "arrangement": "pile"} if pile else parameters,
+                request = composite_request(
+                    images[which],
+                    masks[which],
+                    f"{name}|{which}|{variant}|{args.seed}",
+                    {**parameters, "arrangement": "pile"} if pile else parameters,
                     series=series_of[name],
                     size=args.size,
                 )

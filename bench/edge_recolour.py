@@ -20,7 +20,6 @@ paired differences and the images that differ most.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -49,11 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.dataset / "train.txt").is_file():
         parser.error(f"--dataset {args.dataset}: no train.txt (GroceryStoreDataset's dataset/ folder)")
 
-    from bench.augment import _cached_masks, read_grocery, references, scene_photos, write_scene_library
+    from bench.augment import (
+        _cached_masks,
+        composite_request,
+        read_grocery,
+        references,
+        scene_photos,
+        write_scene_library,
+    )
     from shared.captioning.attributes import plain_background_share
     from shared.gate.checks import GateThresholds, evaluate
     from shared.generation import composite
-    from shared.generation.backend import COLOUR_GAIN_KEY, GenerationRequest
+    from shared.generation.backend import COLOUR_GAIN_KEY
     from shared.generation.composite import CompositeBackend
     from shared.generation.scenes import SceneLibrary
     from shared.images import decode_image
@@ -88,17 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         sources = [i for i, share in enumerate(plain) if share >= 0.7] or list(range(len(images)))
         for variant in range(args.variants):
             which = sources[variant % len(sources)]
-            seed = int(hashlib.sha256(f"{name}|{which}|{variant}|0".encode()).hexdigest()[:8], 16)
-            request = GenerationRequest(
-                reference=np.asarray(images[which], dtype=np.uint8),
-                mask=masks[which],
-                prompt="",
-                negative_prompt="",
-                seed=seed,
-                n=1,
-                parameters={},
-                series=name,
-                size=args.size,
+            request = composite_request(
+                images[which], masks[which], f"{name}|{which}|{variant}|0", {}, series=name, size=args.size
             )
             row: dict[str, Any] = {"class": name, "variant": variant}
             for arm, edge in (("with", recolour), ("without", unchanged)):  # interleaved, same draw

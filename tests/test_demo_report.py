@@ -111,6 +111,23 @@ def test_only_this_runs_decisions_count_in_the_store_and_the_console() -> None:
     assert (stored, queued) == ({"a"}, {"c"})
 
 
+def report_of(tmp_path: Path, store: FileStore, sku_id: str, photos: list[ReferenceView]) -> str:
+    """The report page (in ``tmp_path / "out"``) of one SKU with these reference photos, nothing generated."""
+    sku = SkuView(
+        sku_id=sku_id,
+        name="Product",
+        category="box",
+        photos=photos,
+        generated=0,
+        accepted=[],
+        flagged=[],
+        stored_real=1,
+    )
+    return write_report(
+        tmp_path / "out", store, [sku], [], iou_threshold=0.9, console_lines=[], elapsed_s=1, complete=True
+    ).read_text()
+
+
 def test_report_shows_each_real_photo_at_its_aspect_with_its_mask_or_why_not(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "store")
     # A landscape phone photo: a dark product on a light background, and the captioner's mask of it.
@@ -119,24 +136,17 @@ def test_report_shows_each_real_photo_at_its_aspect_with_its_mask_or_why_not(tmp
     mask = np.zeros((240, 348), dtype=np.uint8)
     mask[60:180, 100:250] = 255
     photo = store.put_image("incoming/p.png", pixels)
-    sku = SkuView(
-        sku_id="GROCERY-TEST-001",
-        name="Aubergine",
-        category="aubergine",
-        photos=[
+    page = report_of(
+        tmp_path,
+        store,
+        "GROCERY-TEST-001",
+        [
             ReferenceView(
                 "IMG_1.jpg", photo, store.put_image("masks/p.png", mask), None, "a photo of an aubergine"
             ),
             ReferenceView("IMG_2.jpg", photo, None, "no_product_found"),
         ],
-        generated=0,
-        accepted=[],
-        flagged=[],
-        stored_real=1,
     )
-    page = write_report(
-        tmp_path / "out", store, [sku], [], iou_threshold=0.9, console_lines=[], elapsed_s=1, complete=True
-    ).read_text()
 
     assert "IMG_1.jpg (348x240), mask 22% of the photo" in page and "a photo of an aubergine" in page
     assert "IMG_2.jpg (348x240)" in page and "not used</b>: no_product_found" in page
@@ -538,19 +548,10 @@ def test_a_large_reference_photo_is_outlined_on_a_preview(
         return with_outlines(image, masks)  # type: ignore[arg-type]
 
     monkeypatch.setattr(report_module, "with_outlines", recording)
-    sku = SkuView(
-        sku_id="SKU-BIG",
-        name="Big",
-        category="box",
-        photos=[ReferenceView("IMG_BIG.jpg", photo, store.put_image("masks/big.png", mask), None, "a box")],
-        generated=0,
-        accepted=[],
-        flagged=[],
-        stored_real=1,
+    mask_ref = store.put_image("masks/big.png", mask)
+    page = report_of(
+        tmp_path, store, "SKU-BIG", [ReferenceView("IMG_BIG.jpg", photo, mask_ref, None, "a box")]
     )
-    page = write_report(
-        tmp_path / "out", store, [sku], [], iou_threshold=0.9, console_lines=[], elapsed_s=1, complete=True
-    ).read_text()
     assert "IMG_BIG.jpg (4032x3024)" in page
     assert outlined_sizes and max(max(size) for size in outlined_sizes) <= 400
     outlined = np.asarray(Image.open(tmp_path / "out" / "images" / "SKU-BIG-ref-0.jpg"))

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from schemas.envelope import derive_id
-from schemas.events import SkuCaptioned
+from schemas.events import SkuCaptioned, SkuIngested
 from schemas.topics import SKU_INGESTED
 from services.captioner.config import CaptionerSettings
 from services.captioner.stage import CaptionerModels, handle
@@ -28,6 +28,7 @@ from shared.bus import make_envelope
 from shared.config import load_settings
 from shared.images import decode_mask, photo_and_transparency, photo_as_stored
 from shared.observability import StageMetrics
+from shared.runtime import Context
 from shared.store import FileStore
 from shared.synth import make_product, render_photo
 from tests.support.captioning import committed_session, context
@@ -48,6 +49,26 @@ def white_bottle(darkest: int = 225) -> tuple[bytes, npt.NDArray[np.bool_]]:
     buffer = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buffer, "PNG")
     return buffer.getvalue(), inside
+
+
+def caption(payload: SkuIngested, ctx: Context) -> SkuCaptioned:
+    """What the captioner (the committed U2-NetP, no VLM) emits for the ingested SKU."""
+    event = make_envelope(
+        SKU_INGESTED,
+        payload,
+        event_id=derive_id("t", payload.sku.sku_id),
+        sku_id=payload.sku.sku_id,
+        trace_id="t",
+        producer="test",
+    )
+    models = CaptionerModels(
+        session=committed_session(),
+        vlm=None,
+        options=load_settings(CaptionerSettings, captioner_use_gpu=False),
+    )
+    [emit] = handle(event, ctx, models=models)
+    assert isinstance(emit.payload, SkuCaptioned)
+    return emit.payload
 
 
 def batch_images(metrics: StageMetrics, model: str) -> float:
@@ -91,24 +112,8 @@ def test_a_cut_out_keeps_its_outline_from_ingest_to_the_reference_mask(tmp_path:
     assert np.array_equal(decode_mask(store.read_verified(mask_ref)) > 0, outline)
     assert photos["shelf.jpg"].mask is None
 
-    event = make_envelope(
-        SKU_INGESTED,
-        payload,
-        event_id=derive_id("t", "milk"),
-        sku_id="SKU-MILK",
-        trace_id="t",
-        producer="test",
-    )
-    models = CaptionerModels(
-        session=committed_session(),
-        vlm=None,
-        options=load_settings(CaptionerSettings, captioner_use_gpu=False),
-    )
     ctx = context(store, settings)
-    [emit] = handle(event, ctx, models=models)
-
-    assert isinstance(emit.payload, SkuCaptioned)
-    captioned = {photo.photo_id: photo for photo in emit.payload.photos}
+    captioned = {photo.photo_id: photo for photo in caption(payload, ctx).photos}
     reference = captioned[photos["cutout.png"].photo_id]
     assert reference.usable and reference.mask is not None
     assert np.array_equal(decode_mask(store.read_verified(reference.mask)) > 0, outline)
@@ -136,22 +141,7 @@ def test_a_cut_out_larger_than_the_working_size_keeps_its_exact_outline(tmp_path
     sku, problems = prepare_sku(folder, settings)
     assert sku is not None, problems
     payload = upload_sku(sku, store)
-    event = make_envelope(
-        SKU_INGESTED,
-        payload,
-        event_id=derive_id("t", "tray"),
-        sku_id="SKU-TRAY",
-        trace_id="t",
-        producer="test",
-    )
-    models = CaptionerModels(
-        session=committed_session(),
-        vlm=None,
-        options=load_settings(CaptionerSettings, captioner_use_gpu=False),
-    )
-    [emit] = handle(event, context(store, settings), models=models)
-    assert isinstance(emit.payload, SkuCaptioned)
-    (reference,) = emit.payload.photos
+    (reference,) = caption(payload, context(store, settings)).photos
     assert reference.usable and reference.mask is not None
     assert np.array_equal(decode_mask(store.read_verified(reference.mask)) > 0, outline)
 
