@@ -194,15 +194,19 @@ def test_resolve_prefers_series_then_general_then_none() -> None:
 
 
 def test_registry_refuses_inconsistent_metadata_and_skips_broken_entries(tmp_path: Path) -> None:
+    from safetensors.numpy import save
+
     registry = AdapterRegistry(FileStore(tmp_path))
+    weights = save({"unet.attn.to_q.lora.down.weight": np.zeros((4, 8), np.float32)})
     with pytest.raises(ValueError, match="needs the series"):
-        registry.register("cola", b"x" * 16, kind="specialized", base_model="sd", rank=4)
+        registry.register("cola", weights, kind="specialized", base_model="sd", rank=4)
     with pytest.raises(BadInput, match="invalid_adapter_id"):
-        registry.register("bad.id", b"x" * 16, kind="general", base_model="sd", rank=4)
-    with pytest.raises(ValueError, match="not a safetensors file"):
-        registry.register("general", b"x" * 16, kind="general", base_model="sd")
+        registry.register("bad.id", weights, kind="general", base_model="sd", rank=4)
+    for rank in (None, 4):  # a given rank no longer skips reading the file
+        with pytest.raises(ValueError, match="not a safetensors file"):
+            registry.register("general", b"x" * 16, kind="general", base_model="sd", rank=rank)
     assert registry.list() == []  # nothing half-written is listed
-    registry.register("general", b"x" * 16, kind="general", base_model="sd", rank=4)
+    registry.register("general", weights, kind="general", base_model="sd", rank=4)
     registry.store.put_bytes("broken/metadata.json", b"{not json")
     assert [a.adapter_id for a in registry.list()] == ["general"]
 
