@@ -52,9 +52,9 @@ from shared.errors import BadInput
 from shared.images import decode_image, decode_mask, encode_png
 from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import sha256_hex
-from shared.trainstore.manifest import ManifestRow, ManifestStore, Status
+from shared.trainstore.manifest import ManifestRow, ManifestStore, Status, object_keys
 from shared.trainstore.settings import TrainstoreSettings
-from shared.trainstore.withdrawals import Withdrawals, withdrawable, withdrawn_row, withdrawn_rows
+from shared.trainstore.withdrawals import Withdrawals, photo_of, withdrawable, withdrawn_row, withdrawn_rows
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -245,29 +245,26 @@ class Trainstore:
                     "items withdrawn",
                     extra={"sku_id": sku_id, "items": len(withdrawn), "photos": _photo_ids(withdrawn)},
                 )
-                self.manifests.delete_objects(sku_id, [(row.source, row.item_id) for row in withdrawn])
             self.manifests.compact(sku_id, min_deltas=self.compact_after_parts)
         if marked:
-            self._delete_left_over(
+            self._delete_withdrawn_objects(
                 sku_id, {**current, **{item.row.item_id: item.row for item in staged}}, marked
             )
 
-    def _delete_left_over(self, sku_id: str, rows: dict[str, ManifestRow], marked: set[str]) -> None:
-        """Delete what is left of the objects of the withdrawn photos' rows: a run stopped between the
-        rows and their deletions found the rows already written when the event came again, wrote
-        nothing, and left the copies for good (ingest no longer has the photo to withdraw again). Costs
-        an existence check per withdrawn row, and only for SKUs with a withdrawn photo."""
+    def _delete_withdrawn_objects(self, sku_id: str, rows: dict[str, ManifestRow], marked: set[str]) -> None:
+        """Delete the objects still stored for the withdrawn rows of the ``marked`` photos: those this
+        write withdrew, and those an earlier one withdrew and was stopped before deleting (the event,
+        delivered again, found its rows written and wrote nothing; ingest no longer has the photo to
+        withdraw it again). Costs an existence check per withdrawn row, only for SKUs with a withdrawn
+        photo."""
         left = [
             (row.source, row.item_id)
             for row in rows.values()
             if row.status == "withdrawn"
-            and (row.item_id if row.source == "real" else row.reference_photo_id) in marked
+            and photo_of(row) in marked
             and any(
                 self.manifests.store.exists(self.manifests.key(relative))
-                for relative in (
-                    f"images/{sku_id}/{row.source}/{row.item_id}.png",
-                    f"masks/{sku_id}/{row.item_id}.png",
-                )
+                for relative in object_keys(sku_id, row.source, row.item_id)
             )
         ]
         if left:
@@ -292,7 +289,7 @@ def _withdraw(
 
 def _photo_ids(rows: list[ManifestRow]) -> list[str]:
     """The withdrawn photos ``rows`` are or were generated from (for the log)."""
-    return sorted({row.item_id if row.source == "real" else str(row.reference_photo_id) for row in rows})
+    return sorted({str(photo_of(row)) for row in rows})
 
 
 def _kept_render(current: ManifestRow | None, generated: ImageGenerated) -> str | None:
@@ -313,10 +310,11 @@ def _object_fields(
     sku_id: str, source: str, item_id: str, image_ref: ImageRef, image_png: bytes, mask_png: bytes
 ) -> dict[str, Any]:
     """Where an item's objects go (keys from the item id, so redelivery overwrites) and their sha256."""
+    image, mask = object_keys(sku_id, source, item_id)
     return {
-        "image": f"images/{sku_id}/{source}/{item_id}.png",
+        "image": image,
         "image_sha256": sha256_hex(image_png),
-        "mask": f"masks/{sku_id}/{item_id}.png",
+        "mask": mask,
         "mask_sha256": sha256_hex(mask_png),
         "width": image_ref.width,
         "height": image_ref.height,

@@ -41,7 +41,7 @@ from PIL import Image, ImageOps
 
 from shared.images import decode_image, decode_mask, encode_png
 from shared.trainstore.manifest import ManifestRow, ManifestStore
-from shared.trainstore.withdrawals import Withdrawals
+from shared.trainstore.withdrawals import Withdrawals, photo_of
 
 __all__ = [
     "EXPORT_FITS",
@@ -168,8 +168,7 @@ def plan_export(
         # An image of a withdrawn photo that a second writer stored in the same moment as the
         # withdrawal is trainable until the SKU's next write mends it: never exported meanwhile; nor
         # is the photo itself, where a replayed sku.captioned stored its row as a reference then.
-        photo = row.item_id if row.source == "real" else row.reference_photo_id
-        if row.trainable and row.image is not None and (row.sku_id, photo) not in withdrawn:
+        if row.trainable and row.image is not None and (row.sku_id, photo_of(row)) not in withdrawn:
             by_sku[row.sku_id].append(row)
     classes, skipped = [], {}
     for sku_id, sku_rows in sorted(by_sku.items()):

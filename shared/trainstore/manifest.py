@@ -326,8 +326,14 @@ class ManifestStore:
             row = current.get(item_id)
             if row is not None and row.trainable:
                 continue
-            for relative in (f"images/{sku_id}/{source}/{item_id}.png", f"masks/{sku_id}/{item_id}.png"):
+            for relative in object_keys(sku_id, source, item_id):
                 self.store.delete(self.key(relative))
+
+
+def object_keys(sku_id: str, source: str, item_id: str) -> tuple[str, str]:
+    """Where an item's image and mask are, relative to the prefix (the keys come from the item id, so
+    redelivery overwrites)."""
+    return f"images/{sku_id}/{source}/{item_id}.png", f"masks/{sku_id}/{item_id}.png"
 
 
 @dataclass(frozen=True)

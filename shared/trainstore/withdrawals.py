@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 
-__all__ = ["REASON", "Withdrawals", "withdrawable", "withdrawn_row", "withdrawn_rows"]
+__all__ = ["REASON", "Withdrawals", "photo_of", "withdrawable", "withdrawn_row", "withdrawn_rows"]
 
 # The reason a withdrawn row records (appended to a generated item's reasons).
 REASON = "photo_withdrawn"
@@ -118,7 +118,7 @@ class Withdrawals:
             [
                 (row.source, row.item_id)
                 for row in merged.values()
-                if row.status == "withdrawn" and _of(row) in photo_ids
+                if row.status == "withdrawn" and photo_of(row) in photo_ids
             ],
         )
         return changed
@@ -136,7 +136,7 @@ class Withdrawals:
             self.manifests.store.delete(marker)
 
 
-def _of(row: ManifestRow) -> str | None:
+def photo_of(row: ManifestRow) -> str | None:
     """The photo a row is (real) or was generated from (synthetic)."""
     return row.item_id if row.source == "real" else row.reference_photo_id
 
@@ -144,7 +144,7 @@ def _of(row: ManifestRow) -> str | None:
 def withdrawable(row: ManifestRow, photo_ids: set[str]) -> bool:
     """Whether ``row`` is of a photo of ``photo_ids``, or of an image generated from one, and must be
     withdrawn: it is not yet, and it is not a person's rejection (an unusable real photo is)."""
-    if row.status == "withdrawn" or _of(row) not in photo_ids:
+    if row.status == "withdrawn" or photo_of(row) not in photo_ids:
         return False
     return row.source == "real" or row.status in _WITHDRAWABLE
 
