@@ -198,15 +198,20 @@ def lora_rank(weights: bytes) -> int:
 
     Reads only the safetensors header, so no torch is needed.
     """
-    header = safetensors_header(weights)
+    rank = _header_rank(safetensors_header(weights))
+    if rank is None:
+        raise ValueError("no lora_A / lora.down tensors in the file: not LoRA weights")
+    return rank
+
+
+def _header_rank(header: dict[str, Any]) -> int | None:
+    """The rank a safetensors header's down-projection tensors give; None when it has none."""
     ranks = {
         min(info["shape"])
         for name, info in header.items()
         if name != "__metadata__" and _LORA_DOWN.search(name) and info.get("shape")
     }
-    if not ranks:
-        raise ValueError("no lora_A / lora.down tensors in the file: not LoRA weights")
-    return max(ranks)
+    return max(ranks) if ranks else None
 
 
 def _checked_rank(weights: bytes, rank: int | None) -> int:
@@ -215,12 +220,8 @@ def _checked_rank(weights: bytes, rank: int | None) -> int:
     series one) and the generator refused it for each of them."""
     if rank is None:
         return lora_rank(weights)
-    safetensors_header(weights)  # ValueError: not a safetensors file
-    try:
-        found = lora_rank(weights)
-    except ValueError:
-        return rank  # no lora_A / lora.down tensors to read it from: the given rank stands
-    if found != rank:
+    found = _header_rank(safetensors_header(weights))  # ValueError: not a safetensors file
+    if found is not None and found != rank:
         raise ValueError(f"rank {rank} was given, but the weights' rank is {found}")
     return rank
 
