@@ -72,7 +72,7 @@ def api_decision(
     reject_reason: Annotated[str | None, Form(max_length=1000)] = None,
     mask: Annotated[UploadFile | None, File()] = None,
 ) -> dict[str, Any]:
-    # The form was capped by its Content-Length before it was spooled (auth.limit_login_body); one byte
+    # The form was capped by its Content-Length before it was spooled (auth.limit_bodies); one byte
     # past the image limit is read, so a mask over it is refused by the size check that names it.
     mask_bytes = None if mask is None else mask.file.read(console.settings.max_image_bytes + 1)
     task, event = record_decision(

@@ -35,7 +35,7 @@ def create_app(console: Console) -> FastAPI:
     app.state.console = console
     # The one gate in front of every route; the headers wrap it, so a 401 or a redirect gets them too.
     app.middleware("http")(auth.require_login)
-    app.middleware("http")(auth.limit_login_body)
+    app.middleware("http")(auth.limit_bodies)
     app.middleware("http")(auth.security_headers)
     app.include_router(auth.router)
     app.include_router(pages.router)

@@ -96,7 +96,7 @@ LOGIN_MAX_BYTES = 16 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024
 
 
-async def limit_login_body(request: Request, call_next: CallNext) -> StarletteResponse:
+async def limit_bodies(request: Request, call_next: CallNext) -> StarletteResponse:
     """Middleware: POST /login takes a url-encoded form of at most LOGIN_MAX_BYTES, declared; any other
     multipart POST (a decision with its mask) at most the image limit (``SKUFORGE_MAX_IMAGE_BYTES``)
     plus ``FORM_OVERHEAD_BYTES``, declared: the framework spools a multipart body to disk whole before
