@@ -12,17 +12,12 @@ from pathlib import Path
 import pytest
 
 from schemas.common import SkuMetadata
-from schemas.envelope import derive_id
 from schemas.events import ReferencePhoto, SkuCaptioned, SkuIngested
-from schemas.topics import SKU_INGESTED
-from services.captioner.config import CaptionerSettings
-from services.captioner.stage import CaptionerModels, handle
-from shared.bus import make_envelope
 from shared.captioning.prompts import SHAPE_PHRASES, declared_shape
 from shared.config import load_settings
 from shared.store import FileStore
 from shared.synth import make_product, render_photo
-from tests.support.captioning import committed_session, context
+from tests.support.captioning import caption, context
 
 
 @pytest.mark.parametrize(
@@ -58,22 +53,9 @@ def _captioned(tmp_path: Path, category: str) -> SkuCaptioned:
         for index in range(2)
     ]
     sku = SkuMetadata(**{**spec.metadata(), "sku_id": "SKU-1", "category": category})
-    event = make_envelope(
-        SKU_INGESTED,
-        SkuIngested(sku=sku, photos=photos),
-        event_id=derive_id("t", category),
-        sku_id="SKU-1",
-        trace_id="t",
-        producer="test",
+    return caption(
+        SkuIngested(sku=sku, photos=photos), context(store, load_settings(store_uri=store.base_uri))
     )
-    models = CaptionerModels(
-        session=committed_session(),
-        vlm=None,
-        options=load_settings(CaptionerSettings, captioner_use_gpu=False),
-    )
-    [emit] = handle(event, context(store, load_settings(store_uri=store.base_uri)), models=models)
-    assert isinstance(emit.payload, SkuCaptioned)
-    return emit.payload
 
 
 def test_the_owners_packaging_beats_the_measured_one(tmp_path: Path) -> None:

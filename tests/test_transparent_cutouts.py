@@ -18,20 +18,13 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from schemas.envelope import derive_id
-from schemas.events import SkuCaptioned, SkuIngested
-from schemas.topics import SKU_INGESTED
-from services.captioner.config import CaptionerSettings
-from services.captioner.stage import CaptionerModels, handle
 from services.ingest.ingest import prepare_sku, upload_sku
-from shared.bus import make_envelope
 from shared.config import load_settings
 from shared.images import decode_mask, photo_and_transparency, photo_as_stored
 from shared.observability import StageMetrics
-from shared.runtime import Context
 from shared.store import FileStore
 from shared.synth import make_product, render_photo
-from tests.support.captioning import committed_session, context
+from tests.support.captioning import caption, context
 
 SIDE = 320
 
@@ -49,26 +42,6 @@ def white_bottle(darkest: int = 225) -> tuple[bytes, npt.NDArray[np.bool_]]:
     buffer = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buffer, "PNG")
     return buffer.getvalue(), inside
-
-
-def caption(payload: SkuIngested, ctx: Context) -> SkuCaptioned:
-    """What the captioner (the committed U2-NetP, no VLM) emits for the ingested SKU."""
-    event = make_envelope(
-        SKU_INGESTED,
-        payload,
-        event_id=derive_id("t", payload.sku.sku_id),
-        sku_id=payload.sku.sku_id,
-        trace_id="t",
-        producer="test",
-    )
-    models = CaptionerModels(
-        session=committed_session(),
-        vlm=None,
-        options=load_settings(CaptionerSettings, captioner_use_gpu=False),
-    )
-    [emit] = handle(event, ctx, models=models)
-    assert isinstance(emit.payload, SkuCaptioned)
-    return emit.payload
 
 
 def batch_images(metrics: StageMetrics, model: str) -> float:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from schemas.common import SkuMetadata
-from schemas.events import ReferencePhoto, SkuIngested
+from schemas.events import ReferencePhoto, SkuCaptioned, SkuIngested
 from shared.config import Settings
 from shared.matting import MODELS_DIR
 from shared.matting.session import REGISTRY, MattingSession, open_session
@@ -42,6 +42,34 @@ def committed_session(max_batch: int = 10) -> MattingSession:
     return open_session(
         str(committed_matting_model()), threads=2, use_gpu=False, store=None, max_batch=max_batch
     )
+
+
+def caption(payload: SkuIngested, ctx: Context) -> SkuCaptioned:
+    """What the captioner (the committed U2-NetP, no VLM) emits for the ingested SKU."""
+    from schemas.envelope import derive_id
+    from schemas.events import SkuCaptioned
+    from schemas.topics import SKU_INGESTED
+    from services.captioner.config import CaptionerSettings
+    from services.captioner.stage import CaptionerModels, handle
+    from shared.bus import make_envelope
+    from shared.config import load_settings
+
+    event = make_envelope(
+        SKU_INGESTED,
+        payload,
+        event_id=derive_id("t", payload.sku.sku_id),
+        sku_id=payload.sku.sku_id,
+        trace_id="t",
+        producer="test",
+    )
+    models = CaptionerModels(
+        session=committed_session(),
+        vlm=None,
+        options=load_settings(CaptionerSettings, captioner_use_gpu=False),
+    )
+    [emit] = handle(event, ctx, models=models)
+    assert isinstance(emit.payload, SkuCaptioned)
+    return emit.payload
 
 
 def context(store: ObjectStore, settings: Settings) -> Context:
