@@ -269,9 +269,9 @@ def photo_files(folder: Path) -> tuple[list[Path], list[str]]:
     problems: list[str] = []
     accepted = ", ".join(sorted(PHOTO_FILE_SUFFIXES))
     try:
-        entries = sorted(folder.iterdir())
-    except OSError as exc:  # a folder its owner can see but this user cannot read: say so, not a traceback
-        return [], [f"{folder}: cannot be listed ({exc.strerror or exc}); check its permissions"]
+        entries = sorted(_listed(folder))
+    except IngestError as exc:  # a folder its owner can see but this user cannot read: one problem of many
+        return [], [f"{exc}; check its permissions"]
     for entry in entries:
         # Hidden entries are skipped as hidden SKU folders are: macOS writes an invisible "._NAME"
         # beside each photo on non-Apple volumes, and refusing a SKU over a file its owner cannot
