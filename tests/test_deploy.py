@@ -95,10 +95,15 @@ MODEL = "triton.env.SKUFORGE_DIFFUSION_MODEL=s3://models/sd15-inpaint"
 
 
 def render(
-    helm: str, *values: str, kube_version: str = KUBE_VERSIONS[-1], reviewers: bool = True, model: bool = True
+    helm: str,
+    *values: str,
+    kube_version: str = KUBE_VERSIONS[-1],
+    reviewers: bool = True,
+    model: bool = True,
+    release: str = "rel",
 ) -> list[dict[str, Any]]:
     """``helm template`` with ``--set`` values; the manifests as dicts (fails with helm's message)."""
-    command = [helm, "template", "rel", str(CHART), "--kube-version", kube_version]
+    command = [helm, "template", release, str(CHART), "--kube-version", kube_version]
     for value in [REVIEWERS] * reviewers + [MODEL] * model + list(values):
         command += ["--set", value]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -522,6 +527,31 @@ def test_the_topics_job_adds_partitions_only_when_asked(helm: str) -> None:
     ]
     for value in ("topicPartitions", "maxReplicas", "topicsJob.grow=true", "helm upgrade"):
         assert value in runbook, value
+
+
+@pytest.mark.parametrize(
+    "release",
+    ["rel", "recommendations-team-production-eu-west", "recommendations-team-production-eu-skuforge", "a" * 53],
+)
+def test_the_deployment_alerts_see_every_release_name(helm: str, release: str) -> None:
+    """The deployment alerts find the chart's Deployments and KEDA's HPAs by name (kube-state-metrics
+    has no chart labels by default). A long release name cut the chart's name off the end: its stages
+    were invisible to SkuforgeStageAtMaxReplicas and SkuforgePodsUnavailable."""
+    rules = yaml.safe_load((CHART / "rules" / "deploy.yml").read_text())
+    exprs = " ".join(rule["expr"] for group in rules["groups"] for rule in group["rules"])
+    (deployment_pattern,) = set(re.findall(r'deployment=~"([^"]+)"', exprs))
+    (hpa_pattern,) = set(re.findall(r'horizontalpodautoscaler=~"([^"]+)"', exprs))
+    docs = render(helm, "console.enabled=true", release=release)
+    deployments = of_kind(docs, "Deployment")
+    scaled = of_kind(docs, "ScaledObject")
+    assert deployments and scaled
+    for name in deployments:
+        assert re.fullmatch(deployment_pattern, name), name
+        assert len(name) <= 63, name
+    for name in scaled:
+        # KEDA names the HPA it makes keda-hpa-<ScaledObject>, and a Kubernetes name is at most 63.
+        assert re.fullmatch(hpa_pattern, f"keda-hpa-{name}"), name
+        assert len(f"keda-hpa-{name}") <= 63, name
 
 
 def _chart_set_variables(helm: str) -> set[str]:

@@ -1,10 +1,19 @@
 {{/* Names, labels and the flow. */}}
 
+{{- /* At most 40 characters (KEDA's "keda-hpa-" and the longest stage still fit in 63), and always with
+the chart's name in it: the deployment alerts (rules/deploy.yml) find the stages by it, so a long
+release name is cut, never the chart's name; a cut name carries 4 hex digits of the whole one, so that
+two long names alike at the start stay apart. */ -}}
 {{- define "skuforge.fullname" -}}
+{{- $whole := printf "%s-%s" .Release.Name .Chart.Name -}}
 {{- if contains .Chart.Name .Release.Name -}}
-{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- $whole = .Release.Name -}}
+{{- end -}}
+{{- if le (len $whole) 40 -}}
+{{- $whole | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- $head := .Release.Name | trunc (int (sub 34 (len .Chart.Name))) | trimSuffix "-" -}}
+{{- printf "%s-%s-%s" $head (sha256sum .Release.Name | trunc 4) .Chart.Name -}}
 {{- end -}}
 {{- end -}}
 
