@@ -531,7 +531,12 @@ def test_the_topics_job_adds_partitions_only_when_asked(helm: str) -> None:
 
 @pytest.mark.parametrize(
     "release",
-    ["rel", "recommendations-team-production-eu-west", "recommendations-team-production-eu-skuforge", "a" * 53],
+    [
+        "rel",
+        "recommendations-team-production-eu-west",
+        "recommendations-team-production-eu-skuforge",
+        "a" * 53,
+    ],
 )
 def test_the_deployment_alerts_see_every_release_name(helm: str, release: str) -> None:
     """The deployment alerts find the chart's Deployments and KEDA's HPAs by name (kube-state-metrics
