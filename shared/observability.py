@@ -162,6 +162,7 @@ class StageMetrics:
         )
         # Counters and histograms with known labels start at zero, so rate() and absent() see them.
         self.store_write_failures.labels(stage)
+        self.store_write_seconds.labels(stage)
 
     def declare_input_topic(self, topic: str) -> None:
         """Create ``topic``'s message counts at 0, one per outcome, before its first message.
