@@ -35,7 +35,7 @@ from shared.evaluation.experiment import (
     run_evaluation,
 )
 from shared.evaluation.leakage import LeakageError, check_no_near_duplicates, heldout_hash, perceptual_hash
-from shared.evaluation.report import histogram, render_report
+from shared.evaluation.report import histogram, render_report, thumbnail_data_uri
 from shared.evaluation.tune import fit_predict_tuned, tail_features
 from shared.images import encode_png
 from shared.store import FileStore, ObjectStore
@@ -710,6 +710,31 @@ def test_synthetic_images_of_the_wrong_look_hurt_and_are_counted(featurizer: Fea
     assert len(result.misclassified) == min(8, round((1 - result.top1["B'"]) * 12))
     page = render_report(result, lambda name: None, by_k=[("k1", result.summary()), ("k3", result.summary())])
     assert page.count("<svg") == 4 and "photo not readable" in page and ">k3<" in page
+
+
+def test_the_report_shows_a_held_out_photo_the_settings_let_through(featurizer: Featurizer) -> None:
+    """The report's thumbnails are decoded under the limits the evaluation ran under: a 42-megapixel
+    PNG that SKUFORGE_MAX_IMAGE_PIXELS=50000000 let through was "(photo not readable)" on the page."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (7000, 6000), (200, 30, 30)).save(buffer, format="PNG", compress_level=1)
+    large = buffer.getvalue()
+    assert thumbnail_data_uri(large) is None  # over the default 40 megapixels
+    roomy = (50_000_000, 50 * 2**20)
+    assert (thumbnail_data_uri(large, limits=roomy) or "").startswith("data:image/jpeg;base64,")
+    # render_report hands its limits to every thumbnail.
+    # Synthetic images of the next SKU's look outnumber the real ones: B' gets photos wrong.
+    skus = list(COLOURS)
+    training, heldout = [], []
+    for index, sku in enumerate(skus):
+        training += colour_photos(sku, "real", COLOURS[sku], 1, 10 * index)
+        training += colour_photos(sku, "synthetic", shifted(skus, index, 1), 8, 100 + 10 * index)
+        heldout += colour_photos(sku, "real", COLOURS[sku], 2, 200 + 10 * index)
+    config = EvaluationConfig(seed=3, classic_px=32, real_weight=1.0)
+    result = run_evaluation(training, heldout, featurizer, config)
+    assert result.misclassified
+    assert "photo not readable" in render_report(result, lambda name: large)
+    page = render_report(result, lambda name: large, limits=roomy)
+    assert "photo not readable" not in page and "data:image/jpeg;base64," in page
 
 
 def test_a_tuned_tail_continues_the_frozen_trunk_and_trains_only_a_copy() -> None:

@@ -446,5 +446,10 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     document = evaluation_document(result, inputs)
     (args.out / EVALUATION_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     by_name = {photo.name: photo for photo in heldout}
-    write_report(result, args.out, lambda name: by_name[name].read() if name in by_name else None)
+    write_report(
+        result,
+        args.out,
+        lambda name: by_name[name].read() if name in by_name else None,
+        limits=(settings.max_image_pixels, settings.max_image_bytes),  # those the photos passed above
+    )
     return result

@@ -24,7 +24,7 @@ from PIL import Image
 
 from shared.errors import BadInput
 from shared.evaluation.experiment import CONDITION_NAMES, CONDITIONS, EvaluationResult, describe_classifier
-from shared.images import decode_image
+from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
 
 REPORT_FILE = "report.html"
 COLOURS = {"A": "#9e9e9e", "A'": "#616161", "B": "#42a5f5", "B'": "#1565c0", "C": "#ef6c00"}
@@ -47,16 +47,19 @@ def write_report(
     *,
     by_k: Sequence[tuple[str, Mapping[str, Any]]] = (),
     title: str = "skuforge evaluate",
+    limits: tuple[int, int] = (DEFAULT_MAX_PIXELS, DEFAULT_MAX_BYTES),
 ) -> Path:
     """Write ``out_dir/report.html`` and return its path.
 
     ``read_photo(name)`` gives the bytes of a held-out photo named in ``result.misclassified`` (None
     when it is not at hand: the photo is listed without a thumbnail). ``by_k``: optional rows of
     (label, ``EvaluationResult.summary()``-like dict), e.g. one per number of real photos.
+    ``limits``: the (pixels, bytes) decode limits the photos were evaluated under (the settings').
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_FILE
-    path.write_text(render_report(result, read_photo, by_k=by_k, title=title), encoding="utf-8")
+    page = render_report(result, read_photo, by_k=by_k, title=title, limits=limits)
+    path.write_text(page, encoding="utf-8")
     return path
 
 
@@ -66,6 +69,7 @@ def render_report(
     *,
     by_k: Sequence[tuple[str, Mapping[str, Any]]] = (),
     title: str = "skuforge evaluate",
+    limits: tuple[int, int] = (DEFAULT_MAX_PIXELS, DEFAULT_MAX_BYTES),
 ) -> str:
     """The page ``write_report`` writes, as a string."""
     summary = result.summary()
@@ -133,7 +137,7 @@ def render_report(
     parts.append("<h2>Per SKU</h2>")
     parts.append(_per_sku_table(result))
     parts.append("<h2>Misclassified held-out photos (B\u2032)</h2>")
-    parts.append(_misclassified(result, read_photo))
+    parts.append(_misclassified(result, read_photo, limits))
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -379,12 +383,14 @@ def _by_k_table(by_k: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
 
 
-def _misclassified(result: EvaluationResult, read_photo: Callable[[str], bytes | None]) -> str:
+def _misclassified(
+    result: EvaluationResult, read_photo: Callable[[str], bytes | None], limits: tuple[int, int]
+) -> str:
     if not result.misclassified:
         return "<p class='note'>None: B\u2032 got every held-out photo right.</p>"
     cells = []
     for item in result.misclassified:
-        thumbnail = thumbnail_data_uri(read_photo(item["name"]))
+        thumbnail = thumbnail_data_uri(read_photo(item["name"]), limits=limits)
         image = (
             f"<img src='{thumbnail}' alt='{_e(item['name'])}'>"
             if thumbnail
@@ -398,12 +404,18 @@ def _misclassified(result: EvaluationResult, read_photo: Callable[[str], bytes |
     return f"<div class='thumbs'>{''.join(cells)}</div>"
 
 
-def thumbnail_data_uri(data: bytes | None, size_px: int = THUMB_PX) -> str | None:
-    """A small JPEG of an encoded photo as a ``data:`` URI; None when there is no decodable photo."""
+def thumbnail_data_uri(
+    data: bytes | None,
+    size_px: int = THUMB_PX,
+    *,
+    limits: tuple[int, int] = (DEFAULT_MAX_PIXELS, DEFAULT_MAX_BYTES),
+) -> str | None:
+    """A small JPEG of an encoded photo as a ``data:`` URI; None when there is no decodable photo
+    (within the (pixels, bytes) decode ``limits``)."""
     if data is None:
         return None
     try:
-        image = decode_image(data)
+        image = decode_image(data, max_pixels=limits[0], max_bytes=limits[1])
     except BadInput:
         return None
     image.thumbnail((size_px, size_px), Image.Resampling.BILINEAR)
