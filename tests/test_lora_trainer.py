@@ -688,7 +688,7 @@ class _TrainingFrames:
 def test_a_job_that_keeps_raising_is_failed_after_a_few_attempts_and_its_frames_are_not_kept(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Before, only a refusal failed a job: any other exception (a bug, CUDA out of memory) was
+    # Before, only a refusal failed a job: any other exception (a bug, an illegal memory access) was
     # retried at every poll forever, and the exception kept (with its traceback) held the job's
     # models and optimiser alive while the next job loaded its own.
     import gc
@@ -700,9 +700,11 @@ def test_a_job_that_keeps_raising_is_failed_after_a_few_attempts_and_its_frames_
     frames: list[weakref.ref[_TrainingFrames]] = []
     # A setting met mid-job (ConfigError) is the deployment's fault, not the job's: counted, it failed
     # the job for good after three polls, and fixing the setting did not bring it back.
+    # Nor is the GPU out of memory: a Triton sharing the GPU (deploy/gpu) at its peak failed the job for good.
     failures = [
         TransientError("the store went away"),
         ConfigError("SKUFORGE_LORA_DEVICE=cuda but torch sees no CUDA device"),
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
     ] + [RuntimeError("CUDA error: an illegal memory access")] * 9
 
     def failing_train(*args: object, **kwargs: object) -> None:
@@ -720,6 +722,8 @@ def test_a_job_that_keeps_raising_is_failed_after_a_few_attempts_and_its_frames_
         with pytest.raises(TransientError):  # a store away is retried and not counted
             trainer.run_pending()
         with pytest.raises(ConfigError):  # nor is a setting
+            trainer.run_pending()
+        with pytest.raises(torch.cuda.OutOfMemoryError):  # nor the GPU out of memory
             trainer.run_pending()
         assert not trainer.store.exists(f"{PREFIX}/jobs/{job.sha256}/attempts.json")
         for attempt in range(1, JOB_MAX_ATTEMPTS):
@@ -739,8 +743,8 @@ def test_a_job_that_keeps_raising_is_failed_after_a_few_attempts_and_its_frames_
         f"{JOB_MAX_ATTEMPTS} attempts failed" in failed["reason"]
         and "illegal memory access" in failed["reason"]
     )
-    assert len(frames) == 2 + JOB_MAX_ATTEMPTS
-    assert trainer.run_pending() == [] and len(frames) == 2 + JOB_MAX_ATTEMPTS  # not tried again
+    assert len(frames) == 3 + JOB_MAX_ATTEMPTS
+    assert trainer.run_pending() == [] and len(frames) == 3 + JOB_MAX_ATTEMPTS  # not tried again
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

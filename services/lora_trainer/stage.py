@@ -26,11 +26,12 @@ it. A job whose adapter is published (``lora-trainer/published/<adapter_id>.json
 again: a redelivered ``sku.captioned`` finds the same hash and does nothing. A job that cannot train
 as configured (an SDXL base model, an empty set, a recorded photo since deleted or altered) is marked
 failed with its reason (``lora-trainer/jobs/<hash>/failed.json``) and not retried until its inputs
-change; the other jobs go on. A job whose training raises anything else (a bug, the GPU out of
-memory, NaN paint) is tried again at the next polls, ``JOB_MAX_ATTEMPTS`` times in all (counted in
+change; the other jobs go on. A job whose training raises anything else (a bug, NaN paint) is tried
+again at the next polls, ``JOB_MAX_ATTEMPTS`` times in all (counted in
 ``lora-trainer/jobs/<hash>/attempts.json``, so a restart does not reset them), then marked failed
-with the last reason; a store away (``TransientError``) or a setting met mid-job (``ConfigError``)
-is retried without counting, and ``SKUFORGE_LORA_DEVICE=cuda`` without CUDA is refused at start-up.
+with the last reason; a store away (``TransientError``), a setting met mid-job (``ConfigError``) or
+the GPU out of memory (a Triton on the same GPU at its peak) is retried without counting, and
+``SKUFORGE_LORA_DEVICE=cuda`` without CUDA is refused at start-up.
 One trainer per GPU.
 
 Bad input goes to the DLQ with its reason: a captioned SKU with no usable photo and mask
@@ -51,6 +52,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -219,6 +221,12 @@ def _accepted_source(data: bytes) -> InstanceSource:
 def _one_line(exc: BaseException) -> str:
     """A one-line reason for a log line (a ValidationError's str runs over many lines)."""
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch's CUDA out-of-memory error (torch is loaded by then if it can be)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
 def _without_frames(exc: _E) -> _E:
@@ -467,13 +475,21 @@ class LoraTrainer:
         Not transient, so failed at once: the job's own fault (a ``TrainingError``; a photo deleted or
         altered since it was recorded, ``BadInput``; a mask the compositor refuses, ``ValueError``):
         the same inputs would fail the same way at every poll. A store away (``TransientError``) or a
-        setting met mid-job (``ConfigError``: the deployment's fault) is retried, uncounted. Anything
-        else (a bug, the GPU out of memory, NaN paint) is retried until ``JOB_MAX_ATTEMPTS`` attempts
-        have failed, then failed with the last reason.
+        setting met mid-job (``ConfigError``: the deployment's fault) is retried, uncounted, and so is
+        the GPU out of memory: the generator's Triton may share the GPU (deploy/gpu), and a job failed
+        for a neighbour's peak would stay failed. Anything else (a bug, NaN paint) is retried until
+        ``JOB_MAX_ATTEMPTS`` attempts have failed, then failed with the last reason.
         """
         if isinstance(error, (TransientError, ConfigError)):
             # A store away, or the deployment's fault (a setting met mid-job): not the job's. Counted,
             # three polls would fail the job for good, and fixing the setting would not bring it back.
+            raise error
+        if _out_of_memory(error):
+            log.warning(
+                "training job ran out of GPU memory; it is tried again at the next poll, uncounted. If it"
+                " keeps failing, give the trainer a GPU of its own or lower SKUFORGE_LORA_RESOLUTION",
+                extra={"adapter_id": job.adapter_id, "reason": _one_line(error)},
+            )
             raise error
         reason = str(error)  # a refusal's reason, as the failed.json of earlier releases hold it
         if not isinstance(error, (TrainingError, BadInput, ValueError)):
