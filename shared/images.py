@@ -153,6 +153,18 @@ def photo_and_transparency(
     return image, encode_png(image), mask
 
 
+def _as_rgba(image: Image.Image) -> Image.Image:
+    """An image with alpha as ``RGBA``. Pillow has no La (premultiplied grey + alpha, a TIFF whose
+    ExtraSamples is 1) to RGBA conversion: it goes through LA. Raises ``ImageRejected`` for a mode
+    Pillow cannot convert."""
+    try:
+        if image.mode == "La":
+            image = image.convert("LA")
+        return image.convert("RGBA")
+    except (ValueError, OSError) as exc:
+        raise ImageRejected("unsupported_mode", f"cannot convert mode {image.mode} to RGBA") from exc
+
+
 def transparency_mask(image: Image.Image, data: bytes = b"") -> UInt8Array | None:
     """The opaque pixels (255; the rest 0, HxW) of an image that has transparency: an alpha channel,
     a palette with a transparent entry, or a PNG colour key. A product cut-out's alpha is its exact
@@ -163,7 +175,7 @@ def transparency_mask(image: Image.Image, data: bytes = b"") -> UInt8Array | Non
     if keyed is not None:
         alpha: npt.NDArray[Any] = keyed
     elif image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
-        alpha = np.asarray(image.convert("RGBA"))[..., 3]
+        alpha = np.asarray(_as_rgba(image))[..., 3]
     else:
         return None
     opaque = alpha >= 128
@@ -384,7 +396,7 @@ def _to_rgb(image: Image.Image, data: bytes) -> Image.Image:
         if mode == "RGB":
             return image
     if mode in _ALPHA_MODES:
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
+        rgba = np.asarray(_as_rgba(image), dtype=np.uint16)
         return Image.fromarray(_composite(rgba[..., :3], rgba[..., 3:4], background=255))
     try:
         # "1", "L", "CMYK", "YCbCr", "LAB", "HSV" and friends: Pillow's own conversions.

@@ -96,3 +96,27 @@ def test_sixteen_bit_rgb_key_on_a_rotated_photo_hides_exactly_the_key_pixels() -
     expected = np.where(transparent[..., None], 255, samples >> 8).astype(np.uint8)
     expected = np.rot90(expected, k=-1)  # orientation 6
     assert np.array_equal(np.asarray(decode_image(data)), expected)
+
+
+def test_a_premultiplied_grey_alpha_tiff_decodes_with_its_transparency() -> None:
+    """A grey + alpha TIFF whose ExtraSamples says associated alpha opens as Pillow's "La", which has
+    no conversion to RGBA: ingest crashed with a ValueError traceback, the console answered 500."""
+    import io
+
+    from shared.images import photo_and_transparency
+
+    grey = np.full((16, 16), 200, dtype=np.uint8)
+    alpha = np.zeros((16, 16), dtype=np.uint8)
+    alpha[4:12, 4:12] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(np.dstack([grey, alpha]), "LA").save(buffer, format="TIFF")
+    data = bytearray(buffer.getvalue())
+    entry = data.find(struct.pack("<HHI", 338, 3, 1))  # ExtraSamples, SHORT, 1 value: 2 (unassociated)
+    assert entry > 0 and data[entry + 8] == 2
+    data[entry + 8] = 1  # associated (premultiplied)
+    assert Image.open(io.BytesIO(bytes(data))).mode == "La"
+    image = decode_image(bytes(data))
+    assert image.mode == "RGB" and image.getpixel((8, 8)) == (200, 200, 200)
+    assert image.getpixel((0, 0)) == (255, 255, 255)  # transparent: over white
+    _, _, mask = photo_and_transparency(bytes(data))
+    assert mask is not None and mask[8, 8] == 255 and mask[0, 0] == 0 and int(mask.sum()) == 64 * 255
