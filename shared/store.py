@@ -648,8 +648,16 @@ def check_store_uri(uri: str) -> tuple[str, str]:
             raise ValueError(f"file URI {uri!r} names no directory")
         return scheme, rest
     if scheme == "s3":
-        if not rest.partition("/")[0]:
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
             raise ValueError(f"s3 URI {uri!r} names no bucket")
+        if not _BUCKET_NAME.match(bucket):  # what S3Store refuses, said at start-up
+            raise ValueError(f"s3 URI {uri!r}: invalid S3 bucket name {bucket!r}")
+        if prefix.strip("/"):
+            try:
+                check_key(prefix.strip("/"))
+            except ValueError as exc:
+                raise ValueError(f"s3 URI {uri!r}: its prefix is not a usable key: {exc}") from None
         return scheme, rest
     raise ValueError(
         f"unsupported object-store scheme {scheme!r} in {uri!r}; accepted: file://, s3:// or a plain path"

@@ -49,6 +49,12 @@ def test_cli_reports_config_errors_without_a_traceback(
         ("SKUFORGE_STORE_URI", "", "object-store URI is empty"),
         ("SKUFORGE_STORE_URI", "file://", "names no directory"),
         ("SKUFORGE_STORE_URI", "s3:///prefix", "names no bucket"),
+        # These passed the settings and were a ValueError traceback in every stage and command that
+        # opened the store, after ingest had checked every photo.
+        ("SKUFORGE_STORE_URI", "s3://ab/x", "invalid S3 bucket name 'ab'"),
+        ("SKUFORGE_STORE_URI", "s3://my_bucket!/x", "invalid S3 bucket name 'my_bucket!'"),
+        ("SKUFORGE_STORE_URI", "s3://bucket/a//b", "empty segment"),
+        ("SKUFORGE_STORE_URI", "s3://bucket/a/../b", "'..' segment"),
         ("SKUFORGE_METRICS_HOST", "", "at least 1 character"),
         ("SKUFORGE_CONSOLE_HOST", "", "at least 1 character"),
         ("SKUFORGE_CONSOLE_LEASE_S", "1e7", "less than or equal to 86400"),
