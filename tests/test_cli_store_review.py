@@ -45,3 +45,18 @@ def test_adapters_list_of_an_empty_registry_names_where_it_looked(
         captured.err
         == f"skuforge adapters list: no adapters registered in file://{tmp_path / 'store'}/adapters\n"
     )
+
+
+@pytest.mark.parametrize("argv", [["dataset", "stats"], ["adapters", "list"]], ids=" ".join)
+def test_a_store_that_cannot_be_reached_is_a_message_not_a_traceback(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, the store's TransientError reached the user as a traceback."""
+    monkeypatch.setenv("SKUFORGE_STORE_URI", "s3://skuforge-test/p")
+    monkeypatch.setenv("SKUFORGE_S3_ENDPOINT_URL", "http://127.0.0.1:9")  # discard: nothing listens
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"skuforge {argv[0]}: S3 unreachable for s3://skuforge-test/p/"), err
+    assert "SKUFORGE_STORE_URI" in err and "Traceback" not in err
