@@ -858,8 +858,11 @@ class Stage:
         assert self._consumer is not None
         failures = self._failures.get(tp, 0) + 1
         self._failures[tp] = failures
+        # The exponent stops growing long before the cap matters: 2 ** 1024 is no float, and a partition
+        # that failed that often (8.5 h of an S3 refusing the credentials) ended the stage.
         delay = min(
-            self.settings.retry_backoff_max_s, self.settings.retry_backoff_initial_s * 2 ** (failures - 1)
+            self.settings.retry_backoff_max_s,
+            self.settings.retry_backoff_initial_s * 2 ** min(failures - 1, 64),
         )
         delay *= random.uniform(0.8, 1.2)
         self._consumer.seek(tp, offset)

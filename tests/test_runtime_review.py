@@ -7,6 +7,7 @@ on flush unless told to fail, so each test sets up exactly the failure it is abo
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -351,3 +352,17 @@ def test_an_output_too_large_for_kafka_is_dead_lettered_not_retried_forever(
         letter.reason == "output_too_large" and "over the 1000000 a Kafka record may carry" in letter.detail
     )
     assert _sample(stage, "skuforge_dlq_total", topic=tp.topic, reason="output_too_large") == 1
+
+
+def test_a_partition_that_keeps_failing_keeps_backing_off_at_the_cap(tmp_path: Path) -> None:
+    """The back-off was initial * 2 ** (failures - 1) before the cap: the 1025th failure in a row of
+    one partition (8.5 hours of an S3 refusing the credentials) raised OverflowError and ended the stage."""
+    stage = _stage(tmp_path, retry_backoff_initial_s=0.5, retry_backoff_max_s=30.0)
+    consumer, _ = _wired(stage)
+    tp = TopicPartition("t", 0)
+    stage._failures[tp] = 5000
+    before = time.monotonic()
+    stage._back_off(tp, 7, TransientError("the store refuses this deployment's credentials"))
+    assert consumer.positions[tp] == 7 and tp in consumer.paused
+    assert 0.8 * 30.0 <= stage._resume_at[tp] - before <= 1.2 * 30.0 + 1.0
+    assert stage._failures[tp] == 5001
