@@ -255,8 +255,10 @@ class Stage:
         self._resume_at: dict[TopicPartition, float] = {}
         self._failures: dict[TopicPartition, int] = {}
         self._attempts: dict[tuple[TopicPartition, int], int] = {}
-        # Inputs completed (outputs durable, offset committed) by this process, newest last.
-        self._completed: OrderedDict[str, None] = OrderedDict()
+        # Inputs completed (outputs durable, offset committed) by this process, newest last, by (topic,
+        # event id): one stage's outputs to two topics may share an id (the gate's accepted or pending
+        # decision on one item), and a consumer of both must not take the one for a replay of the other.
+        self._completed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._dedupe_window = dedupe_window
         self._last_lag_update = 0.0
         self._joined = False  # set once the group gave us a first assignment (possibly empty)
@@ -501,7 +503,7 @@ class Stage:
         decoded = self._decode(route, record)
         if isinstance(decoded, (_Outcome, _Retry)):
             return decoded
-        if decoded.event_id in self._completed:
+        if (tp.topic, decoded.event_id) in self._completed:
             return _Outcome(event_id=decoded.event_id, counted="duplicate")
         assert route.handle is not None
         with log_context(decoded.trace_id, decoded.sku_id):
@@ -536,7 +538,7 @@ class Stage:
             slots[tp] = []
             for record in records:
                 decoded = self._decode(route, record)
-                if isinstance(decoded, Envelope) and decoded.event_id in self._completed:
+                if isinstance(decoded, Envelope) and (tp.topic, decoded.event_id) in self._completed:
                     decoded = _Outcome(event_id=decoded.event_id, counted="duplicate")
                 if isinstance(decoded, Envelope):
                     events.append(decoded)
@@ -836,7 +838,7 @@ class Stage:
             for record, outcome in done:
                 self._attempts.pop((tp, record.offset), None)
                 if outcome.event_id:
-                    self._completed[outcome.event_id] = None
+                    self._completed[(tp.topic, outcome.event_id)] = None
                 self.metrics.messages.labels(self.name, tp.topic, outcome.counted).inc()
                 if outcome.dead_reason is not None:
                     self.metrics.dlq.labels(self.name, tp.topic, outcome.dead_reason).inc()

@@ -366,3 +366,41 @@ def test_a_partition_that_keeps_failing_keeps_backing_off_at_the_cap(tmp_path: P
     assert consumer.positions[tp] == 7 and tp in consumer.paused
     assert 0.8 * 30.0 <= stage._resume_at[tp] - before <= 1.2 * 30.0 + 1.0
     assert stage._failures[tp] == 5001
+
+
+def test_the_same_event_id_on_two_topics_is_two_inputs_not_a_duplicate(tmp_path: Path) -> None:
+    """The gate gives its accepted and its pending decision on an item the same id; the trainstore
+    consumes both. Completed inputs were remembered by id alone, so after the pending one the accepted
+    one (the item decided again) was skipped as a duplicate and never stored."""
+    stage = _stage(tmp_path)
+    handled: list[str] = []
+
+    @stage.handler(SKU_INGESTED)
+    def first(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        handled.append("first")
+        return []
+
+    @stage.handler(PASSTHROUGH_OUT)
+    def second(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        handled.append("second")
+        return []
+
+    tp, records = _records(stage, 1)
+    other = TopicPartition(stage.settings.topic_name(PASSTHROUGH_OUT), 0)
+    _wired(stage)
+    stage._process_batch({tp: records})
+    first_event = Envelope[SkuIngested].model_validate_json(records[0].value)
+    same_id = make_envelope(
+        PASSTHROUGH_OUT,
+        first_event.payload,
+        event_id=first_event.event_id,
+        sku_id=first_event.sku_id,
+        trace_id="trace",
+        producer="test",
+    )
+    again = _record(other.topic, 0, same_id.model_dump_json().encode())
+    stage._process_batch({other: [again]})
+    assert handled == ["first", "second"]
+    stage._process_batch({other: [again]})  # a replay on the same topic is still a duplicate
+    assert handled == ["first", "second"]
+    assert _sample(stage, "skuforge_messages_total", topic=other.topic, outcome="duplicate") == 1
