@@ -195,6 +195,8 @@ def no_stack(monkeypatch: pytest.MonkeyPatch) -> None:
         # Before: SKU ids over 64 characters, a traceback after parsing (found in review).
         (["--synthetic", "--seed", "9" * 60], "--seed: must be from 0 to 9223372036854775807"),
         (["--synthetic", "--size", "10"], "--size: must be at least 64"),
+        # Before: no top; 100000 was a MemoryError traceback after the stack had started.
+        (["--synthetic", "--size", "100000"], "--size: must be at most 4096"),
         (["--variants", "0"], "--variants: must be at least 1"),
         (["--timeout-s", "0"], "--timeout-s: must be a number above 0, got 0"),
         (["--timeout-s", "-5"], "--timeout-s: must be a number above 0, got -5"),
