@@ -10,7 +10,6 @@ from pathlib import Path
 from shared.argtypes import int_between, positive_int
 from shared.synth.photo import MIN_SIZE, write_sku_folders
 
-
 # The largest photo side: 4096 x 4096 is within ingest's default 40-megapixel limit. Before, --size had
 # no top: 100000 was a MemoryError traceback, and above 6324 px ingest refused every photo.
 MAX_SIZE = 4096
@@ -53,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         help="catalogue seed, 0 to 2^63-1 (ids are SYN-<seed>-NNNN)",
     )
     parser.add_argument(
-        "--size", type=photo_size_px, default=512, help=f"photo width and height in pixels, {MIN_SIZE} to {MAX_SIZE} (default 512)"
+        "--size",
+        type=photo_size_px,
+        default=512,
+        help=f"photo width and height in pixels, {MIN_SIZE} to {MAX_SIZE} (default 512)",
     )
     args = parser.parse_args(argv)
     start = time.perf_counter()
