@@ -759,20 +759,36 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return True
 
 
+class _Dropped(Exception):
+    """The endpoint's relabelings drop the target."""
+
+
 def _operator_label(
-    monitor: dict[str, Any], endpoint: dict[str, Any], pod_labels: dict[str, str], label: str = "job"
+    monitor: dict[str, Any],
+    endpoint: dict[str, Any],
+    pod_labels: dict[str, str],
+    label: str = "job",
+    *,
+    phase: str = "Running",
 ) -> str | None:
     """A label prometheus-operator gives a PodMonitor target: for ``job`` the pod label named by
-    ``jobLabel``, else "<namespace>/<PodMonitor name>"; then the endpoint's own relabelings."""
+    ``jobLabel``, else "<namespace>/<PodMonitor name>"; then the endpoint's own relabelings
+    (``_Dropped`` when they drop the target of a pod in ``phase``)."""
     spec = monitor["spec"]
     value: str | None = None
     if label == "job":
         value = pod_labels[spec["jobLabel"]] if "jobLabel" in spec else f"ns/{monitor['metadata']['name']}"
     meta = {"__meta_kubernetes_pod_label_" + re.sub(r"\W", "_", k): v for k, v in pod_labels.items()}
+    meta["__meta_kubernetes_pod_phase"] = phase
     for rule in endpoint.get("relabelings", []):
-        assert rule.get("action", "replace") == "replace", rule
+        action = rule.get("action", "replace")
+        assert action in ("replace", "drop"), rule
         source = ";".join(meta.get(name, "") for name in rule.get("sourceLabels", []))
         match = re.fullmatch(rule.get("regex", "(.*)"), source)
+        if action == "drop":
+            if match:
+                raise _Dropped(rule)
+            continue
         if match and rule.get("targetLabel") == label:
             value = match.expand(rule.get("replacement", "$1").replace("$", "\\"))
     return value
@@ -809,6 +825,17 @@ def test_under_prometheus_operator_the_targets_carry_the_job_names_the_alerts_us
     }
     scrape = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
     assert jobs == alerted == {job["job_name"] for job in scrape["scrape_configs"]}
+
+
+def test_under_prometheus_operator_a_pod_not_started_yet_is_not_scraped(helm: str) -> None:
+    """A Pending pod (its image still pulling: minutes for Triton's CUDA image) has an address but no
+    /metrics; scraped, it is up 0, and SkuforgeStageDown paged on every rollout and scale-up."""
+    scraped = _monitored_endpoints(render(helm))
+    assert len(scraped) >= 7
+    for target in scraped:
+        assert _operator_label(*target) is not None  # Running: scraped
+        with pytest.raises(_Dropped):
+            _operator_label(*target, phase="Pending")
 
 
 def test_under_prometheus_operator_every_target_carries_its_release(helm: str) -> None:
