@@ -432,6 +432,11 @@ def test_without_the_charts_triton_the_generator_stage_must_be_told_where_triton
     [
         ("stages.nosuch.replicas=2", "stages.nosuch: no such stage; the stages are captioner, generator"),
         ("stages.matting.autoscaling.maxReplicas=7", "is more than topicPartitions (6)"),
+        # Before, rendered: KEDA's webhook refuses the ScaledObject, the stage stays at one replica.
+        (
+            "stages.gate.autoscaling.minReplicas=5,stages.gate.autoscaling.maxReplicas=2",
+            "stages.gate.autoscaling.minReplicas (5) is more than its maxReplicas (2)",
+        ),
         ("settings.LOG_LEVEL=DEBUG", "settings.LOG_LEVEL: only SKUFORGE_* settings belong here"),
     ],
 )
