@@ -839,6 +839,11 @@ def test_under_prometheus_operator_a_pod_not_started_yet_is_not_scraped(helm: st
     assert len(scraped) >= 7
     for target in scraped:
         assert _operator_label(*target) is not None  # Running: scraped
+        if _operator_label(*target) == "triton":
+            # Triton's own port is scraped while Pending: SkuforgeTritonDown waits 15 minutes, and
+            # its up 0 holds SkuforgeTritonRefusing back while Triton (re)starts.
+            assert _operator_label(*target, phase="Pending") == "triton"
+            continue
         with pytest.raises(_Dropped):
             _operator_label(*target, phase="Pending")
 
