@@ -78,12 +78,13 @@ def fetch_file(
     target = cache_dir(cache) / f"{digest[:16]}-{file_name}"
     # Compare contents, not sizes: a cached copy damaged in place keeps its size and would
     # otherwise be loaded (and fail) at every start until someone empties the cache by hand.
-    if not (target.is_file() and target.stat().st_size == len(data) and _file_sha256(target) == digest):
+    if not (target.is_file() and target.stat().st_size == len(data) and file_sha256(target) == digest):
         write_atomically(target, data)
     return target
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a local file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

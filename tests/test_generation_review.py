@@ -260,3 +260,16 @@ def test_the_generator_reports_every_configured_model_at_zero_before_its_first_c
             for kind in ("overloaded", "timeout", "unavailable")
         }
         assert refusals == {"overloaded": 0.0, "timeout": 0.0, "unavailable": 0.0}, model
+
+
+def test_a_cached_adapter_file_damaged_at_the_same_size_is_fetched_again(tmp_path: Path) -> None:
+    """fetch_weights said "checked against its sha256" but trusted a cached copy by its size alone."""
+    registry = AdapterRegistry(FileStore(tmp_path / "registry"))
+    registry.register("cola", lora_weights(), kind="specialized", series="cola", base_model="sd15")
+    (adapter,) = registry.list()
+    directory = registry.fetch_weights(adapter, tmp_path / "cache")
+    cached = directory / adapter.weight_name
+    good = cached.read_bytes()
+    cached.write_bytes(bytes(len(good)))  # same size, other bytes
+    assert registry.fetch_weights(adapter, tmp_path / "cache") == directory
+    assert cached.read_bytes() == good

@@ -37,7 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing
-from shared.model_cache import write_atomically
+from shared.model_cache import file_sha256, write_atomically
 from shared.store import ObjectStore, sha256_hex
 
 __all__ = [
@@ -345,7 +345,13 @@ class AdapterRegistry:
         """
         target = cache_dir / f"lora-{metadata.weights_sha256[:16]}"
         path = target / metadata.weight_name
-        if path.is_file() and path.stat().st_size == metadata.weights_bytes:
+        # A cached copy is checked as a fetched one is: one damaged (or planted) at the same size was
+        # loaded as it was.
+        if (
+            path.is_file()
+            and path.stat().st_size == metadata.weights_bytes
+            and file_sha256(path) == metadata.weights_sha256
+        ):
             return target
         key = f"{metadata.adapter_id}/{metadata.weight_name}"
         data = self.store.get_bytes(key)
