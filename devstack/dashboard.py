@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devstack.prometheus import REPO_ROOT, api_get
+from devstack.prometheus import REPO_ROOT, api_get, default_targets
+from schemas.flow import LORA_TRAINER
 from shared.argtypes import positive_float
 
 DASHBOARD_FILE = REPO_ROOT / "deploy" / "grafana" / "skuforge.json"
@@ -182,7 +183,8 @@ PANELS: tuple[Panel, ...] = (
     ),
     Panel(
         "Services up",
-        (Query("up", "{{job}}"),),
+        # skuforge's jobs only: on a shared Prometheus a bare `up` plots every target it scrapes.
+        (Query(f'up{{job=~"{"|".join([*default_targets(), LORA_TRAINER.name])}"}}', "{{job}}"),),
         description="1 when Prometheus scraped the service's /metrics.",
     ),
 )

@@ -97,3 +97,16 @@ def test_a_rate_beside_a_latency_is_not_drawn_in_seconds() -> None:
     (override,) = store["fieldConfig"]["overrides"]
     assert override["matcher"]["options"] == failures
     assert {"id": "unit", "value": "ops"} in override["properties"]
+
+
+def test_the_services_up_panel_shows_skuforges_jobs_only() -> None:
+    """It plotted a bare `up`: on a shared Prometheus (kube-prometheus) every target it scrapes."""
+    from devstack.prometheus import default_targets, scrape_config
+
+    (panel,) = [panel for panel in PANELS if panel.title == "Services up"]
+    (query,) = panel.queries
+    match = re.fullmatch(r'up\{job=~"([^"]+)"\}', query.expr)
+    assert match, query.expr
+    jobs = set(match.group(1).split("|"))
+    scraped = {job["job_name"] for job in scrape_config(default_targets())["scrape_configs"]}
+    assert scraped | {"lora-trainer"} == jobs
