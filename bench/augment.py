@@ -357,9 +357,20 @@ def generation_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def generated_dir(args: argparse.Namespace, k: int) -> Path:
     """Where an in-process run caches its images: named by the generation options too, so a try with
-    another seed, parameters or scenes never scores a previous try's images."""
-    digest = hashlib.sha256(json.dumps(generation_options(args), sort_keys=True).encode()).hexdigest()[:12]
+    another seed, parameters or scenes never scores a previous try's images. The k list counts: the
+    scenes are train photos no SKU of any k uses, so another list draws other scenes (and a scene of
+    one run may be a spare held-out photo of the other)."""
+    options = {**generation_options(args), "k": sorted(int(k) for k in args.k.split(","))}
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
     return args.workdir / f"generated-{args.tag}-{digest}-k{k}"
+
+
+def results_file(args: argparse.Namespace) -> Path:
+    """Where the results go without --out: augment.json for test, augment-val[-spare][-TAG].json for val."""
+    if args.split == "test":
+        return RESULTS / "augment.json"
+    suffix = ("-spare" if args.with_spare_train else "") + (f"-{args.tag}" if args.tag else "")
+    return RESULTS / f"augment-val{suffix}.json"
 
 
 def refuse_another_stack_run(args: argparse.Namespace, ks: list[int]) -> None:
@@ -558,6 +569,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--with-spare-train adds train photos to the held-out set: only with --split val")
     if args.classes is not None and args.out is None:
         parser.error("--classes is a smoke run: give --out, so that it does not replace bench/results/")
+    if args.mode == "in-process" and args.split == "test":
+        # The test split is for the final figures, made through the stack: a try scored on it is a choice
+        # made on test, and it replaced bench/results/augment.json.
+        parser.error("--mode in-process is for tries: score them on val (--split val), not on the test split")
+    default_out = results_file(args)
+    if args.out is None and args.split == "val" and default_out.exists():
+        parser.error(
+            f"{default_out} exists (a kept record the docs cite): name this try with --tag, or give --out"
+        )
     ks = [int(k) for k in args.k.split(",")]
     started = time.time()
     data = read_grocery(args.dataset)
@@ -652,14 +672,16 @@ def main(argv: list[str] | None = None) -> int:
         "photo_share": args.photo_share,
         "scenes": sum(len(paths) for paths in scenes.values()),
         "parameters": json.loads(args.parameters),
-        "max_synthetic_per_real": args.max_synthetic_per_real,
+        # In-process runs train on every generated image: the export's cap applies through the stack only.
+        "max_synthetic_per_real": args.max_synthetic_per_real if args.mode == "stack" else None,
         "export_fit": args.export_fit,
+        "generation": generation_options(args),
+        "k": ks,
         "seed": args.seed,
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": _cpus()},
         "wall_s": round(time.time() - started, 1),
     }
-    suffix = ("-spare" if args.with_spare_train else "") + (f"-{args.tag}" if args.tag else "")
-    out = args.out or RESULTS / ("augment.json" if args.split == "test" else f"augment-val{suffix}.json")
+    out = args.out or default_out
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

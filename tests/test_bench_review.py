@@ -94,6 +94,22 @@ def test_in_process_images_of_other_generation_options_are_cached_apart(tmp_path
     ]
     assert len({base, *(augment.generated_dir(args, 1) for args in others)}) == 1 + len(others)
     assert augment.generated_dir(_options(tmp_path), 3) != base
+    # The k list decides the scenes (train photos no SKU of any k uses): k=1 alone drew other scenes
+    # than k=0,1,3, and its cached images were scored where those scenes were held-out spare photos.
+    assert augment.generated_dir(_options(tmp_path, k="1"), 1) != base
+    assert augment.generated_dir(_options(tmp_path, k="3,1,0"), 1) == base
+
+
+def test_a_try_is_not_scored_on_the_test_split(tmp_path: Path) -> None:
+    # An in-process try defaulted to --split test and replaced bench/results/augment.json.
+    assert _exit_code(["--dataset", str(tmp_path), "--mode", "in-process"]) == 2
+    assert _exit_code(["--dataset", str(tmp_path), "--mode", "in-process", "--tag", "t"]) == 2
+
+
+def test_a_val_run_does_not_replace_the_kept_val_record(tmp_path: Path) -> None:
+    # bench/results/augment-val.json holds the tries the docs cite; an untagged val run replaced it.
+    assert (augment.RESULTS / "augment-val.json").exists()
+    assert _exit_code(["--dataset", str(tmp_path), "--split", "val", "--mode", "in-process"]) == 2
 
 
 def test_reuse_stack_refuses_a_stack_run_with_other_options(tmp_path: Path) -> None:
