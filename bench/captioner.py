@@ -2,7 +2,8 @@
 
     python -m bench.captioner                      # 200 products, committed U2-NetP masks, 512 px
     python -m bench.captioner --grocery-dataset /data/GroceryStoreDataset/dataset   # plus real photos
-    python -m bench.captioner --real-only --matting-model var/models/u2netp-official.onnx
+    python -m bench.captioner --real-only --matting-model var/models/u2netp-official.onnx \
+        --out var/captioner-official.json          # another model's figures go beside, not over ours
 
 Renderer part: products of a held-out synthetic catalogue (seed 31337: not the shape tree's fitting
 seed 4242, not the matting model's training seeds) go through the captioner's real path, renderer
@@ -143,7 +144,19 @@ def main(argv: list[str] | None = None) -> int:
         help="score only the development table (dev.csv), keep every other figure",
     )
     parser.add_argument("--note", default=None, help="with --dev-only: what this try is, kept in dev.tries")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "captioner.json",
+        help="results JSON, updated in place (default bench/results/captioner.json, the committed figures)",
+    )
     args = parser.parse_args(argv)
+    if args.matting_model is not None and args.out.resolve() == (RESULTS / "captioner.json").resolve():
+        # The committed figures are the default model's: another model's replaced them.
+        parser.error(
+            "--matting-model scores another model: give --out, so that it does not replace the "
+            "committed bench/results/captioner.json"
+        )
     if (args.real_only or args.dev_only) and args.grocery_dataset is None:
         parser.error("--real-only and --dev-only need --grocery-dataset or SKUFORGE_GROCERY_DATASET")
     if (
@@ -158,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     from shared.matting.session import open_session
 
     session = open_session(args.matting_model, threads=args.threads, use_gpu=False, store=None)
-    results_file = RESULTS / "captioner.json"
+    results_file: Path = args.out
     previous: dict[str, Any] = json.loads(results_file.read_text()) if results_file.is_file() else {}
     started = time.monotonic()
     previous_dev: dict[str, Any] = previous.get("real", {}).get("dev", {})
@@ -166,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         result = dict(previous)
         dev = dev_figures(session, args.grocery_dataset, previous_dev, args.note)
         result["real"] = {**previous.get("real", {}), "dev": dev}
-        RESULTS.mkdir(parents=True, exist_ok=True)
+        results_file.parent.mkdir(parents=True, exist_ok=True)
         results_file.write_text(json.dumps(result, indent=2) + "\n")
         print(
             json.dumps(
@@ -181,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.grocery_dataset is not None:
         result["real"] = real_figures(session, args.grocery_dataset, REAL_TRUTH)
         result["real"]["dev"] = dev_figures(session, args.grocery_dataset, previous_dev, None)
+        # Its own machine and time: with --real-only the top-level ones are the renderer part's.
+        result["real"]["machine"] = (
+            f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"ONNX Runtime CPU ({args.threads} threads)"
+        )
+        result["real"]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     else:
         print(
             "no GroceryStoreDataset (--grocery-dataset or SKUFORGE_GROCERY_DATASET): real part skipped, "
@@ -197,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         result["seconds"] = round(time.monotonic() - started, 1)
         result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results_file.parent.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps(result, indent=2) + "\n")
     summary = {key: result.get(key) for key in ("colour_accuracy", "shape_accuracy", "n_products")}
     if "real" in result:

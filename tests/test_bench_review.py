@@ -124,3 +124,15 @@ def test_reuse_stack_refuses_a_stack_run_with_other_options(tmp_path: Path) -> N
     (tmp_path / augment.STACK_RUN).write_text(json.dumps({"images_per_min": 90.0}))  # an older run
     with pytest.raises(SystemExit, match="does not record the options"):
         augment.refuse_another_stack_run(_options(tmp_path), [0, 1, 3])
+
+
+def test_the_captioner_bench_scores_another_matting_model_beside_the_committed_figures(
+    tmp_path: Path,
+) -> None:
+    # Its own docstring's example (--matting-model official) replaced bench/results/captioner.json's real
+    # figures, the committed model's, with the official model's.
+    from bench import captioner
+
+    with pytest.raises(SystemExit) as exc:
+        captioner.main(["--real-only", "--grocery-dataset", str(tmp_path), "--matting-model", "x.onnx"])
+    assert exc.value.code == 2
