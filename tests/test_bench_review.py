@@ -133,6 +133,7 @@ def test_the_captioner_bench_scores_another_matting_model_beside_the_committed_f
     # figures, the committed model's, with the official model's.
     from bench import captioner
 
+    (tmp_path / "iconic-images-and-descriptions").mkdir()  # a dataset folder, as far as the checks go
     with pytest.raises(SystemExit) as exc:
         captioner.main(["--real-only", "--grocery-dataset", str(tmp_path), "--matting-model", "x.onnx"])
     assert exc.value.code == 2
