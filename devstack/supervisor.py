@@ -262,6 +262,7 @@ class Supervisor:
         self.supervisor_id = uuid.uuid4().hex
         self.stopping = threading.Event()
         self._stopped = False
+        self._change_failed = False
 
     def report(self, line: str) -> None:
         """Pass ``line`` on to the ``report`` callback; an OSError there (EIO from a terminal that was
@@ -508,7 +509,14 @@ class Supervisor:
     def _set(self, state: ServiceState, status: ServiceStatus) -> None:
         state.status = status
         if self.on_change is not None:
-            self.on_change(self)
+            # A state file that cannot be written (the disk full, the workdir removed) must not cut a
+            # stop short: the first failure stopped one service and left the rest running.
+            try:
+                self.on_change(self)
+            except OSError as exc:
+                if not self._change_failed:
+                    self.report(f"cannot record the stack's state: {exc}")
+                self._change_failed = True
 
 
 def log_tail(path: Path, lines: int = 20) -> str:

@@ -166,6 +166,34 @@ def test_a_report_to_a_hung_up_terminal_does_not_cut_the_stop_short(tmp_path: Pa
             kill_if_alive(pid)
 
 
+def test_a_state_file_that_cannot_be_written_does_not_cut_the_stop_short(tmp_path: Path) -> None:
+    # With the disk full, writing stack.json raised in on_change at the first "stopped": one service was
+    # stopped, the others left running, and `skuforge up` ended in a traceback.
+    def full_disk(supervisor: Supervisor) -> None:
+        if supervisor.stopping.is_set():
+            raise OSError(28, "No space left on device")
+
+    script = tmp_path / "sleeper.py"
+    script.write_text("import time; time.sleep(600)\n")
+    specs = [
+        ServiceSpec(name=name, argv=[sys.executable, str(script)], log_path=tmp_path / f"{name}.log")
+        for name in ("first", "second", "third")
+    ]
+    lines: list[str] = []
+    supervisor = Supervisor(specs, grace_s=2, report=lines.append, on_change=full_disk)
+    pids: list[int] = []
+    try:
+        assert supervisor.start()
+        pids = [state.pid for state in supervisor.services if state.pid is not None]
+        assert len(pids) == 3
+        supervisor.stop()
+        assert not any(alive(pid) for pid in pids)
+        assert sum("cannot record the stack's state" in line for line in lines) == 1
+    finally:
+        for pid in pids:
+            kill_if_alive(pid)
+
+
 # --------------------------------------------------------------------------------------------------
 # finding 2: --ports default refuses taken ports; kafka is ready only as this stack's own broker
 # --------------------------------------------------------------------------------------------------
