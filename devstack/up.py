@@ -546,7 +546,11 @@ def write_state(config: StackConfig, supervisor: Supervisor, state: str) -> None
     }
     path = config.workdir / STATE_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    # Mode 600, as console-login: "env" carries what the caller set, a Kafka SASL password included.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(document, indent=2) + "\n")
+    os.chmod(tmp, 0o600)  # a .tmp left from an older run keeps its mode through O_CREAT
     tmp.replace(path)
 
 

@@ -412,3 +412,17 @@ def test_prometheus_moves_its_log_aside_when_it_has_grown_past_the_limit(tmp_pat
         prometheus.stop()
     assert prometheus.log_path.with_name(prometheus.log_path.name + ".1").stat().st_size == big
     assert 0 < prometheus.log_path.stat().st_size < big  # a fresh log, with this run's lines
+
+
+def test_stack_json_is_readable_by_its_owner_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It carries the caller's SKUFORGE_* settings, a Kafka SASL password included, and was mode 644.
+    from devstack.up import STATE_FILE, build_config, write_state
+
+    monkeypatch.setenv("SKUFORGE_KAFKA_SASL_PASSWORD", "hunter2-hunter2")
+    (tmp_path / "stack.tmp").write_text("left by an older run")
+    (tmp_path / "stack.tmp").chmod(0o644)
+    config = build_config(tmp_path, kafka_bootstrap="127.0.0.1:9", backends=["composite"], with_trainer=False)
+    write_state(config, Supervisor([], report=lambda line: None), "starting")
+    path = tmp_path / STATE_FILE
+    assert "hunter2-hunter2" in path.read_text()  # what a client of the stack needs
+    assert path.stat().st_mode & 0o777 == 0o600
