@@ -506,6 +506,25 @@ def test_a_failure_after_the_checks_is_one_line_not_a_traceback(
     assert err.startswith("skuforge demo: OSError: [Errno 28] No space left") and "Traceback" not in err
 
 
+def test_the_demo_never_overwrites_a_report_html_it_did_not_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_stack: None
+) -> None:
+    """--out . in a folder with the user's own report.html: the demo replaced it at the end of its run."""
+    mine = tmp_path / "report.html"
+    mine.write_text("<html><title>Q3 sales</title></html>\n")
+    with pytest.raises(SystemExit) as exited:
+        demo_main(["--out", str(tmp_path), "--workdir", str(tmp_path / "up")])
+    assert exited.value.code == 2
+    assert f"{mine} is not a page the demo wrote" in capsys.readouterr().err
+    assert mine.read_text() == "<html><title>Q3 sales</title></html>\n"
+    assert not (tmp_path / "up").exists(), "refused before anything starts"
+    # A page an earlier demo run wrote is the demo's to replace.
+    from devstack.demo.report import report_problem
+
+    mine.write_text('<!doctype html><html><head><meta charset="utf-8"><title>skuforge demo</title>')
+    assert report_problem(tmp_path) is None
+
+
 @pytest.mark.parametrize(("folder", "argv"), [("images", []), ("catalogue", ["--synthetic"])])
 def test_the_demo_never_deletes_files_it_did_not_write_in_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], no_stack: None, folder: str, argv: list[str]

@@ -43,6 +43,7 @@ from devstack.demo.report import (
     StageView,
     not_owned_problem,
     replace_owned_folder,
+    report_problem,
     write_report,
 )
 from devstack.demo.tracker import FOLLOWED, FlowState, FlowTracker
@@ -391,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     for owned in [args.out / "images", *([args.out / "catalogue"] if args.synthetic else [])]:
         if problem := not_owned_problem(owned):
             parser.error(f"--out {args.out}: {problem}")
+    if problem := report_problem(args.out):
+        parser.error(f"--out {args.out}: {problem}")
 
     workdir = args.workdir.resolve()
     stack_entered = stack_was_running = False

@@ -44,6 +44,26 @@ def not_owned_problem(folder: Path) -> str | None:
     )
 
 
+REPORT_TITLE = "<title>skuforge demo</title>"
+
+
+def report_problem(out: Path) -> str | None:
+    """Why the demo may not write ``out/report.html`` (a page it did not write is there), or None."""
+    path = out / "report.html"
+    if not path.exists():
+        return None
+    if path.is_dir():
+        return f"{path} is a folder where the demo writes its page"
+    try:
+        with path.open("rb") as page:
+            head = page.read(4096).decode("utf-8", errors="replace")
+    except OSError as exc:
+        return f"{path} cannot be read to tell whose it is ({exc.strerror or exc})"
+    if REPORT_TITLE in head:
+        return None
+    return f"{path} is not a page the demo wrote and would be replaced; choose another --out, or move it"
+
+
 def replace_owned_folder(folder: Path) -> None:
     """Empty ``folder`` for this run's files (created if absent), marked as the demo's.
 
@@ -354,7 +374,7 @@ def write_report(
         body.append("</div>" if sku.flagged else "none</div>")
         body.append("</section>")
     page = (
-        '<!doctype html><html><head><meta charset="utf-8"><title>skuforge demo</title>'
+        f'<!doctype html><html><head><meta charset="utf-8">{REPORT_TITLE}'
         f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
     )
     path = out / "report.html"
