@@ -446,6 +446,44 @@ def run_stack(skus_dir: Path, sku_ids: list[str], scenes_dir: Path, args: argpar
     return throughput
 
 
+def stack_decisions() -> dict[str, int]:
+    """The stack store's synthetic images by the gate's (or a person's) decision: accepted, pending..."""
+    from collections import Counter
+
+    from shared.config import load_settings
+    from shared.store import open_store
+    from shared.trainstore.manifest import ManifestStore
+    from shared.trainstore.settings import TrainstoreSettings
+
+    settings = load_settings()
+    store = open_store(
+        settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+    )
+    manifests = ManifestStore(store, load_settings(TrainstoreSettings).trainstore_prefix)
+    counts = Counter(row.status for row in manifests.iter_rows() if row.source == "synthetic")
+    return dict(sorted(counts.items()))
+
+
+def group_of(item: GroceryClass, root: Path) -> str:
+    """The dataset's top-level group of a class (Fruit, Packages, Vegetables), from its iconic path."""
+    return item.iconic.relative_to(root / "iconic-images-and-descriptions").parts[0]
+
+
+def by_group(evaluation: Any, groups: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Mean per-SKU B - A and B' - A' over each group's SKUs (where the gain sits)."""
+    out = {}
+    for group in sorted(set(groups.values())):
+        names = [name for name in evaluation.gain if groups.get(name) == group]
+        out[group] = {
+            "n_skus": len(names),
+            "gain_top1": round(float(np.mean([evaluation.gain[n] for n in names])), 4),
+            "gain_over_classic_top1": round(
+                float(np.mean([evaluation.gain_over_classic[n] for n in names])), 4
+            ),
+        }
+    return out
+
+
 def stack_training(k: int, classes: list[str], args: argparse.Namespace, export_dir: Path) -> list[Photo]:
     """The retraining store's export for the k SKUs (the policy's real:synthetic cap), as Photos."""
     from shared.config import load_settings
@@ -659,8 +697,10 @@ def main(argv: list[str] | None = None) -> int:
         (args.workdir / f"{evaluation_name(args)}-k{k}.json").write_text(
             json.dumps(asdict(evaluation), indent=1)
         )
+    groups = {item.name: group_of(item, data.root) for item in data.classes}
     report: dict[str, Any] = {
         **results,
+        "by_group": {f"k{k}": by_group(evaluation, groups) for k, evaluation in evaluations.items()},
         "split": args.split + ("+spare-train" if args.with_spare_train else ""),
         "mode": args.mode,
         "n_test": len(heldout),
@@ -669,6 +709,13 @@ def main(argv: list[str] | None = None) -> int:
         "backbone": backbone.backbone_id,
         "classifier": describe_classifier(config.__dict__),
         "images_per_min_through_stack": throughput,
+        # Every k's SKUs went through one stack: its generated images, and the decisions on them.
+        "stack_images": None
+        if args.mode != "stack"
+        else {
+            "generated": json.loads((args.workdir / STACK_RUN).read_text())["images"],
+            "by_decision": stack_decisions(),
+        },
         "photo_share": args.photo_share,
         "scenes": sum(len(paths) for paths in scenes.values()),
         "parameters": json.loads(args.parameters),
