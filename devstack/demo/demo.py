@@ -7,7 +7,8 @@
    checked before anything starts;
 2. uses the stack of ``--workdir`` if ``skuforge up`` runs there (it keeps its own scenes and images per
    SKU; a ``--variants`` that differs is noted on stderr), else starts one (and stops it at the end,
-   unless ``--keep-running``; on Ctrl-C too, then says so in one line and exits 130);
+   unless ``--keep-running``, which keeps it up after the report until Ctrl-C; on Ctrl-C during the
+   run too, then says so in one line and exits 130);
 3. ingests the SKUs, then shows per stage how far they got, until every generated image is decided:
    accepted into the retraining store or queued in the correction console (or dead-lettered);
 4. prints a summary (per SKU: real photos, generated, accepted, flagged, mean IoU; per stage:
@@ -344,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
         default=600,
         help="give up waiting after this many seconds (default %(default)s)",
     )
-    parser.add_argument("--keep-running", action="store_true", help="leave a stack started here running")
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="keep a stack started here up after the report (to look at the console), until Ctrl-C",
+    )
     source = parser.add_argument_group(
         "which SKUs", "default: the real sample photos in samples/grocerystore (3 SKUs x 3 photos)"
     ).add_mutually_exclusive_group()
