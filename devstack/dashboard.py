@@ -14,6 +14,7 @@ import json
 import re
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -316,6 +317,14 @@ def render(prometheus_url: str, out: Path, start: float, end: float, window: str
     plt.close(figure)
 
 
+def prometheus_address(text: str) -> str:
+    """An argparse type: an http(s) URL of a Prometheus (a bare host:port was a ValueError traceback)."""
+    parsed = urllib.parse.urlsplit(text)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) address, e.g. http://127.0.0.1:9090")
+    return text.rstrip("/")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``skuforge dashboard``: print or write the dashboard JSON, or render its panels from a Prometheus."""
     parser = argparse.ArgumentParser(
@@ -329,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     plot = sub.add_parser("render", help="plot every panel's queries from a running Prometheus into a PNG")
     plot.add_argument(
-        "--prometheus", required=True, help="the Prometheus address, e.g. http://127.0.0.1:9090"
+        "--prometheus",
+        required=True,
+        type=prometheus_address,
+        help="the Prometheus address, e.g. http://127.0.0.1:9090",
     )
     plot.add_argument("--out", type=Path, required=True, help="the PNG to write")
     plot.add_argument(
@@ -350,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         end = time.time()
-        render(args.prometheus, args.out, end - 60 * args.minutes, end)
+        try:
+            render(args.prometheus, args.out, end - 60 * args.minutes, end)
+        except (OSError, ValueError, RuntimeError) as exc:  # nothing there, or an error answer
+            print(f"skuforge dashboard render: {args.prometheus}: {exc}", file=sys.stderr)
+            return 1
         print(f"wrote {args.out}")
         return 0
     if getattr(args, "write", False):

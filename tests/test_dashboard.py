@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from devstack.dashboard import DASHBOARD_FILE, PANELS, concrete, dashboard_json, metric_names
 from devstack.metrics_doc import catalogue, metrics_table_markdown
 from devstack.prometheus import promtool
@@ -110,3 +112,13 @@ def test_the_services_up_panel_shows_skuforges_jobs_only() -> None:
     jobs = set(match.group(1).split("|"))
     scraped = {job["job_name"] for job in scrape_config(default_targets())["scrape_configs"]}
     assert scraped | {"lora-trainer"} == jobs
+
+
+def test_dashboard_render_refuses_an_address_without_a_scheme(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--prometheus 127.0.0.1:9090` was a ValueError traceback from urllib after the render began."""
+    from devstack.dashboard import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["render", "--prometheus", "127.0.0.1:9090", "--out", "x.png"])
+    assert exited.value.code == 2
+    assert "'127.0.0.1:9090' is not an http(s) address" in capsys.readouterr().err
