@@ -251,3 +251,21 @@ def test_real_accuracy_scores_first_colour_against_acceptable_ones_and_packaging
     assert report.packaging_accuracy == pytest.approx(2 / 3, abs=1e-3)
     assert report.colour_misses == [{"path": "orange.png", "truth": ["red", "pink"], "got": "orange"}]
     assert report.packaging_misses == [{"path": "orange.png", "truth": "bottle", "got": "produce"}]
+
+
+def test_a_photo_other_than_the_one_labelled_is_refused(tmp_path: Path) -> None:
+    """The truth tables named photos by path only: a re-encoded copy of the dataset silently changed
+    the committed real-photo figures. With a sha256 in the row, another file there is refused."""
+    import hashlib
+
+    photo = tmp_path / "orange.png"
+    Image.new("RGB", (64, 64), (240, 140, 30)).save(photo)
+    right = hashlib.sha256(photo.read_bytes()).hexdigest()
+    session = cast(MattingSession, _DrawnMasks())
+    labelled = RealProduct("Orange", "orange.png", ("orange",), "loose produce", right)
+    assert real_accuracy([labelled], tmp_path, session=session).n_real_products == 1
+    Image.new("RGB", (64, 64), (240, 140, 31)).save(photo)  # another file at the same path
+    with pytest.raises(ValueError, match="not the photo the truth table labelled"):
+        real_accuracy([labelled], tmp_path, session=session)
+    # The committed tables carry each photo's sha256.
+    assert all(product.sha256 for product in read_truth_table(TRUTH_TABLE) + read_truth_table(DEV_TABLE))

@@ -18,6 +18,7 @@ Used by ``tests/test_captioner_accuracy.py`` and ``bench/captioner.py``.
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import re
 import time
@@ -170,10 +171,12 @@ class RealProduct:
     path: str
     colours: tuple[str, ...]
     packaging: str
+    sha256: str | None = None  # of the photo labelled; another file at ``path`` is refused
 
 
 def read_truth_table(path: Path) -> list[RealProduct]:
-    """Rows of a truth CSV (``TRUTH_COLUMNS``); ``ValueError`` names the row of any unknown word."""
+    """Rows of a truth CSV (``TRUTH_COLUMNS``, and optionally ``sha256`` of each photo); ``ValueError``
+    names the row of any unknown word."""
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         missing = set(TRUTH_COLUMNS) - set(reader.fieldnames or ())
@@ -193,7 +196,8 @@ def read_truth_table(path: Path) -> list[RealProduct]:
                 raise ValueError(
                     f"{path}:{line}: packaging {row['packaging']!r} is not one of {sorted(PACKAGING_SHAPES)}"
                 )
-            products.append(RealProduct(row["class_name"], row["path"], colours, row["packaging"]))
+            digest = (row.get("sha256") or "").strip() or None
+            products.append(RealProduct(row["class_name"], row["path"], colours, row["packaging"], digest))
     return products
 
 
@@ -209,6 +213,18 @@ class RealReport:
     packaging_misses: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _labelled_photo(dataset_dir: Path, product: RealProduct) -> bytes:
+    """The bytes of the photo a truth row labels; ``ValueError`` when the file there is another one (a
+    re-encoded or different copy of the dataset would silently change the figures)."""
+    data = (dataset_dir / product.path).read_bytes()
+    if product.sha256 is not None and hashlib.sha256(data).hexdigest() != product.sha256:
+        raise ValueError(
+            f"{dataset_dir / product.path}: not the photo the truth table labelled (sha256 differs); "
+            "use GroceryStoreDataset as published (GitHub marcusklasson/GroceryStoreDataset)"
+        )
+    return data
+
+
 def real_accuracy(
     products: Sequence[RealProduct], dataset_dir: Path, *, session: MattingSession
 ) -> RealReport:
@@ -219,7 +235,7 @@ def real_accuracy(
     for start in range(0, len(products), 8):
         batch = products[start : start + 8]
         # As ingest decodes them (an Adobe RGB catalogue photo in sRGB), so the figures are production's.
-        images = [decode_image((dataset_dir / product.path).read_bytes()) for product in batch]
+        images = [decode_image(_labelled_photo(dataset_dir, product)) for product in batch]
         started = time.perf_counter()
         masks = [result.mask for result in session.predict(images)]
         for product, image, mask in zip(batch, images, masks, strict=True):
