@@ -31,3 +31,28 @@ def test_publishing_to_a_topic_that_was_never_created_is_transient_and_bounded(
         assert time.monotonic() - started < 15
     finally:
         publisher.close()
+
+
+def test_a_publisher_close_that_times_out_does_not_replace_the_callers_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Ingest closes its publisher in a `finally`; with the broker no longer acknowledging, close()
+    raised KafkaTimeoutError there and replaced IngestIncomplete (which SKUs were published) with a
+    traceback. Every publish() has waited for its own acknowledgement, so close() only logs."""
+    from kafka.errors import KafkaTimeoutError
+
+    from shared.config import load_settings
+
+    class _Stuck:
+        def close(self, timeout: float | None = None) -> None:
+            raise KafkaTimeoutError("Failed to flush buffered records within 5.0 secs")
+
+    publisher = object.__new__(Publisher)
+    publisher._settings = load_settings()
+    publisher._producer = _Stuck()  # type: ignore[assignment]
+    with pytest.raises(RuntimeError, match="the caller's own error"):
+        try:
+            raise RuntimeError("the caller's own error")
+        finally:
+            publisher.close()
+    assert "KafkaTimeoutError" in caplog.text
