@@ -42,7 +42,9 @@ SafeId = Annotated[
         {
             "type": "string",
             "maxLength": SKU_ID_MAX_LEN,
-            "pattern": _SAFE_ID.pattern,
+            # check_safe_id's rule as one pattern: a producer validating against the JSON Schema
+            # accepted "a..b", which the consumer then dead-lettered as schema_invalid.
+            "pattern": r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]*$",
             "description": "safe id: letters, digits, '.', '_', '-'; no '..'",
         }
     ),

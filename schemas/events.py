@@ -8,9 +8,9 @@ to look anything up to explain itself.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, JsonValue, field_validator
+from pydantic import BaseModel, Field, JsonValue, WithJsonSchema, field_validator
 
 from schemas.common import Contract, ImageRef, SafeId, SkuMetadata
 
@@ -120,7 +120,24 @@ class ImageGenerated(Contract):
     seed: int
     variant_index: int = Field(ge=0)
     parameters: dict[str, JsonValue] = Field(default_factory=dict, description="variant parameters used")
-    colour_gain: tuple[float, float, float] | None = Field(
+    colour_gain: Annotated[
+        tuple[float, float, float] | None,
+        # The validator's (0, 16) in the JSON Schema too: it showed plain numbers.
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {
+                        "type": "array",
+                        "prefixItems": [{"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 16}]
+                        * 3,
+                        "minItems": 3,
+                        "maxItems": 3,
+                    },
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = Field(
         default=None,
         description="per-channel (R, G, B) gain the generator applied to the product's colours on purpose "
         "(the composite backend: its match to a photo scene times the scene light on the product); the gate "

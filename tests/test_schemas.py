@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import pytest
 from pydantic import ValidationError
 
@@ -63,6 +64,23 @@ def test_unsafe_ids_are_refused_with_a_reason(sku_id: str, why: str) -> None:
         check_safe_id(sku_id)
     with pytest.raises(ValidationError):
         SkuMetadata(sku_id=sku_id, name="n", category="c")
+    # The committed JSON Schema refuses it too: a producer validating against it accepted "a..b",
+    # which the consumers then dead-lettered as schema_invalid.
+    schema = json.loads((JSON_DIR / "sku.ingested.v1.json").read_text())
+    id_schema = schema["$defs"]["SkuMetadata"]["properties"]["sku_id"]
+    jsonschema.validate("SKU-0001", id_schema)  # the schema is the one for ids
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(sku_id, id_schema, format_checker=None)
+
+
+def test_the_json_schema_bounds_a_colour_gain_as_the_model_does() -> None:
+    schema = json.loads((JSON_DIR / "image.generated.v1.json").read_text())
+    gain = schema["$defs"]["ImageGenerated"]["properties"]["colour_gain"]
+    jsonschema.validate([1.0, 0.5, 15.9], gain)
+    jsonschema.validate(None, gain)
+    for refused in ([0.0, 1.0, 1.0], [1.0, 16.0, 1.0], [1.0, 1.0]):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(refused, gain)
 
 
 def test_safe_ids_pass() -> None:
