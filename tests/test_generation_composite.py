@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -128,14 +126,14 @@ def test_variants_differ_in_scene_placement_and_light() -> None:
     assert np.ptp(np.array(centres), axis=0).min() > 20  # the product moves, in both axes
 
 
-def test_a_512px_image_takes_well_under_a_second() -> None:
+def test_512px_images_come_out_at_512px_with_their_masks() -> None:
+    # Its speed is bench/generation.py's (composite_images_per_s_c1 at 512 px), not a timed assert here.
     photo = render_photo(make_product(6, seed=5), 0, seed=5, size_px=512)
-    backend = CompositeBackend()
-    backend.generate(request(np.asarray(photo.image), photo.mask, size=512))
-    started = time.perf_counter()
-    backend.generate(request(np.asarray(photo.image), photo.mask, size=512, n=6))
-    per_image_s = (time.perf_counter() - started) / 6
-    assert per_image_s < 0.3, f"{per_image_s:.3f} s per 512 px image"
+    samples = CompositeBackend().generate(request(np.asarray(photo.image), photo.mask, size=512, n=2))
+    assert len(samples) == 2
+    for sample in samples:
+        assert np.asarray(sample.image).shape[:2] == sample.expected_mask.shape == (512, 512)
+        assert (sample.expected_mask > 0).any()
 
 
 def test_refusals_say_what_is_wrong() -> None:
