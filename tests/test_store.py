@@ -9,11 +9,12 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import boto3
 import numpy as np
 import pytest
-from botocore.stub import Stubber
+from botocore.exceptions import ClientError
 from PIL import Image
 
 from schemas.common import ObjectRef
@@ -237,11 +238,16 @@ def test_s3_unreachable_endpoint_is_transient() -> None:
     ],
 )
 def test_s3_error_mapping(code: str, status: int, expected: type[Exception]) -> None:
+    # The mapping of S3's answers, given as botocore raises them after its own retries; no S3 client is
+    # involved (moto cannot be made to throttle; the NoSuchKey case also runs against moto above).
     store = S3Store("any-bucket", "pfx", endpoint_url="http://127.0.0.1:1")
-    with Stubber(store.client) as stub:
-        stub.add_client_error("get_object", service_error_code=code, http_status_code=status)
-        with pytest.raises(expected):
-            store.get_bytes("a.bin")
+    with pytest.raises(expected), store._mapped_errors("s3://any-bucket/pfx/a.bin"):
+        raise _client_error(code, status)
+
+
+def _client_error(code: str, status: int) -> ClientError:
+    response: Any = {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, "GetObject")
 
 
 @pytest.mark.parametrize(
@@ -251,10 +257,8 @@ def test_s3_error_mapping(code: str, status: int, expected: type[Exception]) -> 
 def test_s3_refusing_the_deployment_is_transient_and_says_what_to_check(code: str, status: int) -> None:
     """A refusal of our credentials or bucket is the deployment's fault: retried, never the input's DLQ."""
     store = S3Store("any-bucket", endpoint_url="http://127.0.0.1:1")
-    with Stubber(store.client) as stub:
-        stub.add_client_error("get_object", service_error_code=code, http_status_code=status)
-        with pytest.raises(StoreMisconfigured) as info:
-            store.get_bytes("a.bin")
+    with pytest.raises(StoreMisconfigured) as info, store._mapped_errors("s3://any-bucket/a.bin"):
+        raise _client_error(code, status)
     assert isinstance(info.value, TransientError) and not isinstance(info.value, BadInput)
     assert code in str(info.value) and "credentials" in str(info.value) and "bucket" in str(info.value)
 
