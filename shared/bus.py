@@ -312,6 +312,15 @@ def sync_topics(
     return create_topic_names(settings, names, partitions=partitions, grow=grow, timeout_s=timeout_s)
 
 
+def topic_to_create(name: str, partitions: int, replication: int) -> NewTopic:
+    """A topic to create. With 3 or more replicas, ``min.insync.replicas=2``: producers send with
+    acks=all, which with the usual cluster default of 1 acknowledges a record one broker holds, and a
+    single broker lost then loses it. (2 replicas keep the default: requiring both would stop every
+    write while either broker is down.)"""
+    configs = {"min.insync.replicas": "2"} if replication >= 3 else None
+    return NewTopic(name, partitions, replication, topic_configs=configs)
+
+
 def create_topic_names(
     settings: Settings,
     names: Iterable[str],
@@ -328,7 +337,7 @@ def create_topic_names(
         names = list(dict.fromkeys(names))
         wanted = [name for name in names if name not in existing]
         new = [
-            NewTopic(name, _wanted_partitions(name, partitions), settings.topic_replication)
+            topic_to_create(name, _wanted_partitions(name, partitions), settings.topic_replication)
             for name in wanted
         ]
         created: list[str] = []

@@ -56,3 +56,15 @@ def test_a_publisher_close_that_times_out_does_not_replace_the_callers_error(
         finally:
             publisher.close()
     assert "KafkaTimeoutError" in caplog.text
+
+
+@pytest.mark.parametrize(("replication", "min_isr"), [(1, None), (2, None), (3, "2"), (5, "2")])
+def test_topics_created_with_three_replicas_keep_two_in_sync(replication: int, min_isr: str | None) -> None:
+    """Producers send with acks=all; with the cluster's usual min.insync.replicas=1 an acknowledged
+    sku.ingested held by one broker was lost with that broker. The README asked for 2; topics create
+    did not set it."""
+    from shared.bus import topic_to_create
+
+    topic = topic_to_create("skuforge.sku.ingested.v1", 6, replication)
+    assert (topic.num_partitions, topic.replication_factor) == (6, replication)
+    assert (topic.topic_configs or {}).get("min.insync.replicas") == min_isr
