@@ -703,6 +703,8 @@ def main(argv: list[str] | None = None) -> int:
         "by_group": {f"k{k}": by_group(evaluation, groups) for k, evaluation in evaluations.items()},
         "split": args.split + ("+spare-train" if args.with_spare_train else ""),
         "mode": args.mode,
+        # --reuse-stack scores again what the last stack run stored: wall_s is then this scoring's only.
+        "reused_stack": bool(args.mode == "stack" and args.reuse_stack),
         "n_test": len(heldout),
         "n_classes": len(classes),
         "variants_per_sku": args.variants_per_sku,
