@@ -508,6 +508,30 @@ def _inherited_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("SKUFORGE_")}
 
 
+LOCK_FILE = ".lock"
+_held_locks: list[int] = []  # open for the process's life: the lock goes with it, however it ends
+
+
+def hold_workdir(workdir: Path) -> bool:
+    """Take ``<workdir>/.lock`` for the rest of this process (False: another process holds it).
+
+    stack.json alone could not keep two stacks out of one workdir: a stack still stopping counts as
+    not running, and two starts could both read "no stack" before either wrote one; the second then
+    stopped the first's broker and both wrote stack.json. Services do not inherit the lock.
+    """
+    import fcntl
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _held_locks.append(fd)
+    return True
+
+
 def write_state(config: StackConfig, supervisor: Supervisor, state: str) -> None:
     """Rewrite ``<workdir>/stack.json`` (atomically) with the stack's addresses and each service's pid."""
     metrics = metrics_urls(config)
@@ -689,6 +713,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     workdir = args.workdir.resolve()
+    if not hold_workdir(workdir):
+        print(
+            f"skuforge up: another skuforge up is starting, running or stopping from {workdir} "
+            f"(it holds {workdir / LOCK_FILE}); wait for it to stop, or use another --workdir",
+            file=sys.stderr,
+        )
+        return 1
     running = read_state(workdir)
     if running is not None and running.get("state") in ("starting", "ready"):
         print(

@@ -426,3 +426,29 @@ def test_stack_json_is_readable_by_its_owner_only(tmp_path: Path, monkeypatch: p
     path = tmp_path / STATE_FILE
     assert "hunter2-hunter2" in path.read_text()  # what a client of the stack needs
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_second_up_in_a_workdir_another_up_holds_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # stack.json alone did not keep two stacks out of one workdir: one still stopping counted as not
+    # running, and the second start stopped its broker; both then wrote stack.json.
+    import fcntl
+    import os
+
+    from devstack.up import LOCK_FILE, hold_workdir
+    from devstack.up import main as up_main
+
+    other = os.open(tmp_path / LOCK_FILE, os.O_RDWR | os.O_CREAT)  # what another `skuforge up` holds
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        assert up_main(["--workdir", str(tmp_path)]) == 1
+        assert "another skuforge up is starting, running or stopping from" in capsys.readouterr().err
+        assert not (tmp_path / "stack.json").exists() and not (tmp_path / "ports.json").exists()
+        assert hold_workdir(tmp_path) is False
+    finally:
+        os.close(other)
+    from devstack import up as up_module
+
+    assert hold_workdir(tmp_path) is True  # free again once its holder is gone
+    os.close(up_module._held_locks.pop())
