@@ -362,3 +362,17 @@ def test_a_folder_of_photos_without_sku_folders_says_they_need_one(tmp_path: Pat
     Image.new("RGB", (64, 64), (9, 9, 9)).save(tmp_path / "a.jpg", "JPEG")
     with pytest.raises(IngestError, match=r"no SKU folders .* found; its 1 photo\(s\) need a SKU folder"):
         prepare_all(tmp_path, load_settings())
+
+
+def test_a_metadata_file_named_in_another_case_is_named_not_skipped_unseen(tmp_path: Path) -> None:
+    # Metadata.json was skipped as if it were the metadata file, then reported as "metadata.json:
+    # missing"; a single SKU folder holding only it was "no SKU folders ... give this folder one".
+    folder = _sku(tmp_path / "batch", "oat", "OAT-1")
+    (folder / "metadata.json").rename(folder / "Metadata.json")
+    with pytest.raises(IngestError, match=r"its Metadata\.json must be named exactly metadata\.json"):
+        prepare_all(folder, load_settings())
+    with pytest.raises(IngestError) as raised:
+        prepare_all(tmp_path / "batch", load_settings())
+    assert "Metadata.json: the SKU's metadata must be named exactly metadata.json; rename it" in str(
+        raised.value
+    )

@@ -143,8 +143,11 @@ def find_sku_folders(path: Path) -> list[Path]:
     )
     if not folders:
         loose = loose_photos(path)
+        misnamed = [child.name for child in _listed(path) if child.name.casefold() == "metadata.json"]
         hint = (
-            f"; its {len(loose)} photo(s) need a SKU folder: move them into a folder with a "
+            f"; its {misnamed[0]} must be named exactly metadata.json"
+            if misnamed
+            else f"; its {len(loose)} photo(s) need a SKU folder: move them into a folder with a "
             "metadata.json, or give this folder one"
             if loose
             else ""
@@ -276,7 +279,11 @@ def photo_files(folder: Path) -> tuple[list[Path], list[str]]:
         # Hidden entries are skipped as hidden SKU folders are: macOS writes an invisible "._NAME"
         # beside each photo on non-Apple volumes, and refusing a SKU over a file its owner cannot
         # see helps no one.
-        if is_left_out_quietly(entry.name) or entry.name.casefold() == "metadata.json":
+        if is_left_out_quietly(entry.name) or entry.name == "metadata.json":
+            continue
+        if entry.name.casefold() == "metadata.json":
+            # Skipped unseen before: "Metadata.json: missing" without saying which file was there.
+            problems.append(f"{entry}: the SKU's metadata must be named exactly metadata.json; rename it")
             continue
         suffix = entry.suffix.lower()
         if entry.is_symlink() and not entry.exists():
