@@ -409,6 +409,11 @@ def test_ingest_withdraw_missing_takes_a_removed_photo_out_and_putting_it_back_r
     assert Withdrawals(manifests).photo_ids(sku_id) == set()
     _caption_and_store(store, settings, sku_id, back, back_id)
     assert manifests.read_sku(sku_id)[withdrawn].status == "reference"
+    # Once the stages took it again, the same folder is still that reinstatement's event. It was the
+    # first event's plain id again, whose images of the photo (withdrawn) a stage that had forgotten the
+    # event made and stored again.
+    ingest_path(folder.parent, settings, store=store, tell=told.append, trainstore=trainstore)
+    assert publisher.published[-1][0] == back_id
 
     # Withdrawn and put back a second time: another event again. It was the first put-back's id, which
     # a captioner that had seen it skips, so the photo stayed withdrawn.
@@ -424,6 +429,8 @@ def test_ingest_withdraw_missing_takes_a_removed_photo_out_and_putting_it_back_r
     assert back2_id not in (first_id, second_id, back_id) and again2_id == back2_id
     _caption_and_store(store, settings, sku_id, back2, back2_id)
     assert manifests.read_sku(sku_id)[withdrawn].status == "reference"
+    ingest_path(folder.parent, settings, store=store, tell=told.append, trainstore=trainstore)
+    assert publisher.published[-1][0] == back2_id
 
 
 def test_without_the_flag_ingest_warns_and_a_failed_publish_withdraws_nothing(

@@ -532,7 +532,16 @@ def _reinstate(
         item_id for item_id, row in rows.items() if row.source == "real" and row.status == "withdrawn"
     }
     back = sorted({photo.photo_id for photo in sku.photos} & withdrawn)
-    lifted = [(photo_id, withdrawals.withdrawn_at(sku_id, photo_id)) for photo_id in back]
+    # And every photo put back by an earlier run (its lifted record stays): the folder as it is then
+    # keeps that reinstatement's event id. Its plain id, the one from before the withdrawal, brought
+    # back the images generated from the photo before it, which stay withdrawn, at any stage that no
+    # longer remembered the event.
+    earlier = [
+        (photo.photo_id, at)
+        for photo in sku.photos
+        if photo.photo_id not in withdrawn and (at := withdrawals.lifted_at(sku_id, photo.photo_id))
+    ]
+    lifted = sorted([(photo_id, withdrawals.withdrawn_at(sku_id, photo_id)) for photo_id in back] + earlier)
     if back:
         withdrawals.reinstate(sku_id, back)
         tell(

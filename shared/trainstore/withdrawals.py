@@ -56,13 +56,24 @@ class Withdrawals:
         """When the photo's present withdrawal (or, once reinstated, the one lifted last) was made; ""
         when no record says (a store from before the lifted records)."""
         for key in (self._marker(sku_id, photo_id), self._lifted(sku_id, photo_id)):
-            if self.manifests.store.exists(key):
-                try:
-                    record = json.loads(self.manifests.store.get_bytes(key))
-                except (ValueError, UnicodeDecodeError):
-                    continue
-                if isinstance(record, dict) and isinstance(record.get("withdrawn_at"), str):
-                    return str(record["withdrawn_at"])
+            if at := self._recorded_time(key):
+                return at
+        return ""
+
+    def lifted_at(self, sku_id: str, photo_id: str) -> str:
+        """When the withdrawal a reinstatement of the photo lifted last was made; "" when none was."""
+        return self._recorded_time(self._lifted(sku_id, photo_id))
+
+    def _recorded_time(self, key: str) -> str:
+        """The ``withdrawn_at`` of the record at ``key``; "" when there is none (or none readable)."""
+        if not self.manifests.store.exists(key):
+            return ""
+        try:
+            record = json.loads(self.manifests.store.get_bytes(key))
+        except (ValueError, UnicodeDecodeError):
+            return ""
+        if isinstance(record, dict) and isinstance(record.get("withdrawn_at"), str):
+            return str(record["withdrawn_at"])
         return ""
 
     def photo_ids(self, sku_id: str) -> set[str]:
