@@ -562,6 +562,18 @@ def test_the_deployment_alerts_see_every_release_name(helm: str, release: str) -
         # KEDA names the HPA it makes keda-hpa-<ScaledObject>, and a Kubernetes name is at most 63.
         assert re.fullmatch(hpa_pattern, f"keda-hpa-{name}"), name
         assert len(f"keda-hpa-{name}") <= 63, name
+    # The console's volume claim keeps the name earlier versions gave it (release-chart, cut at 40): a
+    # new name on upgrade would be a new, empty volume, the waiting review tasks left on the old one.
+    earlier = release if "skuforge" in release else f"{release}-skuforge"
+    (claim,) = of_kind(docs, "PersistentVolumeClaim")
+    assert claim == f"{earlier[:40].rstrip('-')}-console"
+    console = deployments[next(name for name in deployments if name.endswith("-console"))]
+    mounted = {
+        volume["persistentVolumeClaim"]["claimName"]
+        for volume in console["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in volume
+    }
+    assert mounted == {claim}
 
 
 def _chart_set_variables(helm: str) -> set[str]:

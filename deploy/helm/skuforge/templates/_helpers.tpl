@@ -17,6 +17,17 @@ two long names alike at the start stay apart. */ -}}
 {{- end -}}
 {{- end -}}
 
+{{- /* The name fullname gave before a long release name kept the chart's name (40 characters, cut
+from the end): only for the console's volume claim, whose name an upgrade must not change (a new
+name is a new, empty volume: the waiting review tasks would be left behind on the old one). */ -}}
+{{- define "skuforge.claimBase" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "skuforge.labels" -}}
 app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
