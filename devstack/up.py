@@ -508,6 +508,9 @@ def _inherited_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("SKUFORGE_")}
 
 
+SECRET_SETTINGS = frozenset(
+    {"SKUFORGE_CONSOLE_USERS", "SKUFORGE_CONSOLE_SESSION_SECRET", "SKUFORGE_KAFKA_SASL_PASSWORD"}
+)
 LOCK_FILE = ".lock"
 _held_locks: list[int] = []  # open for the process's life: the lock goes with it, however it ends
 
@@ -522,7 +525,8 @@ def hold_workdir(workdir: Path) -> bool:
     import fcntl
 
     workdir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # Read-only is enough for flock, so the lock file of a stack another user started can be tested.
+    fd = os.open(workdir / LOCK_FILE, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -553,7 +557,9 @@ def write_state(config: StackConfig, supervisor: Supervisor, state: str) -> None
         "env": {
             k: v
             for k, v in {**_inherited_env(), **config.env()}.items()
-            if k not in ("SKUFORGE_CONSOLE_USERS", "SKUFORGE_CONSOLE_SESSION_SECRET")
+            # Readable by whoever may use the stack (another user's demo reads it): no secret. A
+            # client brings its own Kafka password, as it would to any cluster.
+            if k not in SECRET_SETTINGS
         },
         "services": {
             s.spec.name: {
@@ -570,11 +576,7 @@ def write_state(config: StackConfig, supervisor: Supervisor, state: str) -> None
     }
     path = config.workdir / STATE_FILE
     tmp = path.with_suffix(".tmp")
-    # Mode 600, as console-login: "env" carries what the caller set, a Kafka SASL password included.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(json.dumps(document, indent=2) + "\n")
-    os.chmod(tmp, 0o600)  # a .tmp left from an older run keeps its mode through O_CREAT
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
     tmp.replace(path)
 
 
@@ -713,7 +715,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     workdir = args.workdir.resolve()
-    if not hold_workdir(workdir):
+    try:
+        held = hold_workdir(workdir)
+    except OSError as exc:
+        print(f"skuforge up: cannot lock {workdir / LOCK_FILE}: {exc}", file=sys.stderr)
+        return 1
+    if not held:
         print(
             f"skuforge up: another skuforge up is starting, running or stopping from {workdir} "
             f"(it holds {workdir / LOCK_FILE}); wait for it to stop, or use another --workdir",
