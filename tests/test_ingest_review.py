@@ -376,3 +376,20 @@ def test_a_metadata_file_named_in_another_case_is_named_not_skipped_unseen(tmp_p
     assert "Metadata.json: the SKU's metadata must be named exactly metadata.json; rename it" in str(
         raised.value
     )
+
+
+def test_metadata_json_under_another_case_on_a_case_insensitive_disk_is_the_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On macOS and Windows "Metadata.json" is the file metadata.json names: read as the metadata, it
+    # must not also be refused as a misnamed one. Emulated here: the listing shows the name in another case.
+    folder = _sku(tmp_path / "batch", "oat", "OAT-1")
+    listed = ingest._listed
+
+    def listing_in_another_case(path: Path) -> list[Path]:
+        return [p.with_name("Metadata.json") if p.name == "metadata.json" else p for p in listed(path)]
+
+    monkeypatch.setattr(ingest, "_listed", listing_in_another_case)
+    monkeypatch.setattr(ingest, "_same_file", lambda one, other: one.name.casefold() == other.name.casefold())
+    (prepared,) = prepare_all(folder, load_settings())
+    assert prepared.metadata.sku_id == "OAT-1"

@@ -49,6 +49,7 @@ import argparse
 import codecs
 import dataclasses
 import json
+import os
 import re
 import sys
 import tempfile
@@ -128,6 +129,14 @@ class PreparedSku:
         return derive_id(
             PRODUCER, self.metadata.model_dump_json(), *(photo.photo_id for photo in self.photos)
         )
+
+
+def _same_file(one: Path, other: Path) -> bool:
+    """Whether two names are the same file (False when either is missing)."""
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return False
 
 
 def find_sku_folders(path: Path) -> list[Path]:
@@ -282,6 +291,8 @@ def photo_files(folder: Path) -> tuple[list[Path], list[str]]:
         if is_left_out_quietly(entry.name) or entry.name == "metadata.json":
             continue
         if entry.name.casefold() == "metadata.json":
+            if _same_file(entry, folder / "metadata.json"):
+                continue  # a case-insensitive disk (macOS, Windows): it is the metadata just read
             # Skipped unseen before: "Metadata.json: missing" without saying which file was there.
             problems.append(f"{entry}: the SKU's metadata must be named exactly metadata.json; rename it")
             continue
