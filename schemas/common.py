@@ -43,8 +43,9 @@ SafeId = Annotated[
             "type": "string",
             "maxLength": SKU_ID_MAX_LEN,
             # check_safe_id's rule as one pattern: a producer validating against the JSON Schema
-            # accepted "a..b", which the consumer then dead-lettered as schema_invalid.
-            "pattern": r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]*$",
+            # accepted "a..b", which the consumer then dead-lettered as schema_invalid. No lookahead:
+            # RE2-based validators (Go, Rust) refuse one.
+            "pattern": r"^[A-Za-z0-9](?:[A-Za-z0-9_-]|\.[A-Za-z0-9_-])*\.?$",
             "description": "safe id: letters, digits, '.', '_', '-'; no '..'",
         }
     ),
