@@ -685,15 +685,22 @@ def test_synthetic_images_that_look_like_the_test_photos_beat_misleading_real_on
     assert "No curve" in render_report(result, lambda name: None)
 
 
+def wrong_look_photos(*, real: int, held_out: int) -> tuple[list[Photo], list[Photo]]:
+    """Each SKU's real and held-out photos in its colour, 8 synthetic ones in the next SKU's."""
+    skus = list(COLOURS)
+    training, heldout = [], []
+    for index, sku in enumerate(skus):
+        training += colour_photos(sku, "real", COLOURS[sku], real, 10 * index)
+        training += colour_photos(sku, "synthetic", shifted(skus, index, 1), 8, 100 + 10 * index)
+        heldout += colour_photos(sku, "real", COLOURS[sku], held_out, 200 + 10 * index)
+    return training, heldout
+
+
 def test_synthetic_images_of_the_wrong_look_hurt_and_are_counted(featurizer: Featurizer) -> None:
     # The mirror case: real photos are right, synthetic ones look like the next SKU and outnumber
     # them. B must fall below A, every SKU counts as hurt, C is wrong, and the curve is drawn.
     skus = list(COLOURS)
-    training, heldout = [], []
-    for index, sku in enumerate(skus):
-        training += colour_photos(sku, "real", COLOURS[sku], 2, 10 * index)
-        training += colour_photos(sku, "synthetic", shifted(skus, index, 1), 8, 100 + 10 * index)
-        heldout += colour_photos(sku, "real", COLOURS[sku], 4, 200 + 10 * index)
+    training, heldout = wrong_look_photos(real=2, held_out=4)
     result = run_evaluation(
         training, heldout, featurizer, EvaluationConfig(seed=3, classic_px=32, real_weight=1.0)
     )
@@ -723,12 +730,7 @@ def test_the_report_shows_a_held_out_photo_the_settings_let_through(featurizer: 
     assert (thumbnail_data_uri(large, limits=roomy) or "").startswith("data:image/jpeg;base64,")
     # render_report hands its limits to every thumbnail.
     # Synthetic images of the next SKU's look outnumber the real ones: B' gets photos wrong.
-    skus = list(COLOURS)
-    training, heldout = [], []
-    for index, sku in enumerate(skus):
-        training += colour_photos(sku, "real", COLOURS[sku], 1, 10 * index)
-        training += colour_photos(sku, "synthetic", shifted(skus, index, 1), 8, 100 + 10 * index)
-        heldout += colour_photos(sku, "real", COLOURS[sku], 2, 200 + 10 * index)
+    training, heldout = wrong_look_photos(real=1, held_out=2)
     config = EvaluationConfig(seed=3, classic_px=32, real_weight=1.0)
     result = run_evaluation(training, heldout, featurizer, config)
     assert result.misclassified
