@@ -464,3 +464,13 @@ def test_task_table_uses_wal(parts: ConsoleParts) -> None:
 
     with sqlite3.connect(parts.tasks.path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_reject_reason_that_is_not_valid_text_is_refused() -> None:
+    """A form sent as utf-7 decodes '+2AA-' to a lone surrogate, which passed the printable check and
+    was a 500 when the database stored the audit line."""
+    from services.console.decisions import DecisionInvalid, check_reject_reason
+
+    with pytest.raises(DecisionInvalid, match="not valid text"):
+        check_reject_reason("wrong product \ud800")
+    assert check_reject_reason("wrong_product: a can, not a box") == "wrong_product: a can, not a box"

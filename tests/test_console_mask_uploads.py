@@ -108,9 +108,24 @@ def white_on_black_partly_erased() -> bytes:
     return png(Image.fromarray(rgba, "RGBA"))
 
 
+def premultiplied_grey_cut_out() -> bytes:
+    """A grey + alpha TIFF whose ExtraSamples says associated alpha (Pillow's "La"), transparent
+    around the product: decode_mask read it, then its opaque pixels' colour check was a 500."""
+    grey = np.full((SIDE, SIDE), 200, dtype=np.uint8)
+    alpha = np.where(product(), 255, 0).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.dstack([grey, alpha]), "LA").save(buffer, format="TIFF")
+    data = bytearray(buffer.getvalue())
+    entry = data.find(struct.pack("<HHI", 338, 3, 1))  # ExtraSamples, SHORT, 1 value
+    data[entry + 8] = 1  # associated alpha
+    assert Image.open(io.BytesIO(bytes(data))).mode == "La"
+    return bytes(data)
+
+
 @pytest.mark.parametrize(
     "data",
     [
+        premultiplied_grey_cut_out(),
         white_on_black(),
         label_mask(),
         voc_palette_mask(),
@@ -120,6 +135,7 @@ def white_on_black_partly_erased() -> bytes:
         white_on_black_partly_erased(),
     ],
     ids=[
+        "premultiplied-grey-tiff",
         "white-on-black",
         "0-1-labels",
         "voc-palette",

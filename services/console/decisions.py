@@ -30,7 +30,7 @@ from schemas.common import ImageRef
 from schemas.events import CorrectionResolved, Decision
 from services.console.tasks import OutboxEvent, Task, TaskStore
 from shared.errors import ImageRejected
-from shared.images import apply_exif_orientation, decode_mask, transparency_mask
+from shared.images import apply_exif_orientation, decode_mask, to_rgb, transparency_mask
 from shared.store import ObjectStore
 
 DECISIONS: tuple[Decision, ...] = ("approve_predicted", "approve_expected", "approve_edited", "reject")
@@ -65,6 +65,10 @@ def check_reject_reason(reason: str | None) -> str:
         raise DecisionInvalid(f"the reason is {len(reason)} characters; at most {MAX_REASON_CHARS}")
     if not _PRINTABLE.match(reason):
         raise DecisionInvalid("the reason contains control characters")
+    try:
+        reason.encode("utf-8")  # a lone surrogate (a form sent as utf-7) was a 500 at the database
+    except UnicodeEncodeError:
+        raise DecisionInvalid("the reason is not valid text (a lone surrogate character)") from None
     return reason
 
 
@@ -132,7 +136,9 @@ def _alpha_and_labels(data: bytes) -> tuple[npt.NDArray[np.uint8] | None, npt.ND
 
 def _black_and_white_where_opaque(image: Image.Image, opaque: npt.NDArray[np.uint8]) -> bool:
     """Whether the opaque pixels are all pure black or pure white, and both occur (a mask, not a cut-out)."""
-    rgb = np.asarray(image.convert("RGB"))[opaque > 0]
+    # Through to_rgb, as decoding does: Pillow has no conversion of some alpha modes (a premultiplied
+    # grey TIFF, "La") straight to RGB, and a mask in one was a 500.
+    rgb = np.asarray(to_rgb(image))[opaque > 0]
     black = (rgb == 0).all(axis=1)
     white = (rgb == 255).all(axis=1)
     return bool((black | white).all() and black.any() and white.any())
