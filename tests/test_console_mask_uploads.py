@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,39 @@ def test_an_upload_over_the_image_limit_is_refused_before_it_is_read(tmp_path: P
     )
     assert response.status_code == 422, response.text
     assert parts.tasks.counts()["claimed"] == 1, "the reviewer still holds it and can try again"
+
+
+def test_a_body_whose_length_is_not_declared_or_is_dressed_up_is_refused_before_it_is_read(
+    tmp_path: Path,
+) -> None:
+    """The caps trusted the headers: a chunked login form declaring 10 bytes delivered as much as it
+    liked (the parser ignores Content-Length beside Transfer-Encoding), before any login; a multipart
+    type in other letter case passed uncapped; url-encoded POSTs other than /login had no cap."""
+    settings = load_settings(store_uri=f"file://{tmp_path / 'store'}", max_image_bytes=4096)
+    parts = build_console(tmp_path, lease_s=600.0, settings=settings)
+    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0, sku_id="SKU-0")))
+    (task,) = parts.tasks.query()
+    client = TestClient(app_for(parts), base_url="http://console.test")
+
+    def chunks() -> Iterator[bytes]:
+        yield b"reviewer=alice&password="
+        yield b"x" * 100_000
+
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    chunked = client.post("/login", content=chunks(), headers=form)
+    assert chunked.status_code == 411 and "Content-Length" in chunked.json()["detail"]
+
+    headers = {"X-CSRF-Token": login(client)}
+    assert client.post(f"/api/tasks/{task.task_id}/claim", headers=headers).status_code == 200
+    body = b"--x\r\n" + b"\0" * (4096 + FORM_OVERHEAD_BYTES) + b"\r\n--x--\r\n"
+    shouting = client.post(
+        f"/api/tasks/{task.task_id}/decision",
+        content=body,
+        headers={**headers, "Content-Type": "Multipart/Form-Data; boundary=x"},
+    )
+    assert shouting.status_code == 413, shouting.text
+    padded = client.post(
+        f"/api/tasks/{task.task_id}/renew", content=b"pad=" + b"x" * 100_000, headers={**headers, **form}
+    )
+    assert padded.status_code == 413, padded.text
+    assert client.post(f"/api/tasks/{task.task_id}/renew", headers=headers).status_code == 200

@@ -94,18 +94,29 @@ LOGIN_MAX_BYTES = 16 * 1024
 
 # A decision's form beside its mask file: the decision, a reject reason, the multipart boundaries.
 FORM_OVERHEAD_BYTES = 64 * 1024
+# Any other POST (claim, release, renew, claim-next, logout, a decision without a file): a CSRF token
+# and a few fields.
+SMALL_FORM_MAX_BYTES = 16 * 1024
 
 
 async def limit_bodies(request: Request, call_next: CallNext) -> StarletteResponse:
     """Middleware: POST /login takes a url-encoded form of at most LOGIN_MAX_BYTES, declared; any other
     multipart POST (a decision with its mask) at most the image limit (``SKUFORGE_MAX_IMAGE_BYTES``)
     plus ``FORM_OVERHEAD_BYTES``, declared: the framework spools a multipart body to disk whole before
-    the route sees it, so a limit checked there would come after the disk filled."""
+    the route sees it, so a limit checked there would come after the disk filled. Every other POST at
+    most SMALL_FORM_MAX_BYTES. A body's length must be declared (no Transfer-Encoding): the HTTP
+    parser then reads exactly that many bytes, so the declared length is the length read."""
     if request.method != "POST":
         return await call_next(request)
-    content_type = request.headers.get("content-type", "")
+    # Media types are case-insensitive: "Multipart/Form-Data" passed uncapped, and the form parser
+    # took it as multipart.
+    content_type = request.headers.get("content-type", "").lower()
     length = request.headers.get("content-length", "")
     declared = length.isdigit()
+    if "transfer-encoding" in request.headers:
+        # A chunked body's length is known only once it is read, and the HTTP parser ignores a
+        # Content-Length beside it: a login form "of 10 bytes" delivered a gigabyte of fields.
+        return JSONResponse({"detail": "a request body needs a Content-Length (no Transfer-Encoding)"}, 411)
     if request.url.path == "/login":
         if not content_type.startswith("application/x-www-form-urlencoded"):
             return JSONResponse({"detail": "the login form is application/x-www-form-urlencoded"}, 415)
@@ -126,6 +137,9 @@ async def limit_bodies(request: Request, call_next: CallNext) -> StarletteRespon
                 },
                 413,
             )
+    elif declared and int(length) > SMALL_FORM_MAX_BYTES:
+        # Without a Content-Length (and without Transfer-Encoding) a request has no body.
+        return JSONResponse({"detail": f"the request body is at most {SMALL_FORM_MAX_BYTES} bytes"}, 413)
     return await call_next(request)
 
 
