@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -393,3 +394,41 @@ def test_a_size_out_of_range_is_refused_naming_the_flag_and_nothing_is_staged(
     err = capsys.readouterr().err
     assert err.endswith(f"argument --size: must be from 16 to 4096, got {size}\n") and "size_px" not in err
     assert [path.name for path in tmp_path.iterdir()] == ["store"]
+
+
+def test_export_decodes_under_the_settings_limits(
+    small_store: ManifestStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The stage stores images under SKUFORGE_MAX_IMAGE_PIXELS; export decoded them under the default
+    40 MP, so a store the settings let take larger images could not be exported at all."""
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    monkeypatch.setenv("SKUFORGE_TRAINSTORE_PREFIX", PREFIX)
+    monkeypatch.setenv("SKUFORGE_MAX_IMAGE_PIXELS", "5000")  # under the stored 100 x 80 images
+    monkeypatch.setenv("SKUFORGE_MIN_PHOTO_SIDE_PX", "32")
+    argv = ["dataset", "export", "--format", "jsonl", "--max-synthetic-per-real", "1", str(tmp_path / "out")]
+    assert cli_main(argv) == 1
+    assert "too_many_pixels" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_into_an_existing_folder_the_index_and_summary_are_moved_last(
+    small_store: ManifestStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Moved one by one into an existing OUT (a mounted volume), dataset.jsonl and export.json went
+    first: a kill between two renames left them beside images not yet moved, a set that looks whole."""
+    out = tmp_path / "mounted"
+    out.mkdir()
+    moved: list[str] = []
+    rename = Path.rename
+
+    def recording(self: Path, target: Any) -> Any:
+        if Path(target).parent == out:
+            moved.append(Path(target).name)
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", recording)
+    export_dataset(small_store, out, fmt="jsonl", size_px=32, max_synthetic_per_real=1)
+    assert moved[-2:] == ["dataset.jsonl", "export.json"] and set(moved) >= {"images", "masks"}

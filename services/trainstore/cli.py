@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("compact", help="merge every SKU's manifest deltas into one file now")
     args = parser.parse_args(argv)
     manifests = open_manifests()
+    settings = load_settings()
 
     if args.action in ("stats", "compact") and not (sku_ids := manifests.sku_ids()):
         # An empty table or {"compacted": []} and exit 0 would hide a mistyped store URI.
@@ -261,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 min_real=args.min_real,
                 sku_ids=args.sku,
                 no_synthetic=no_synthetic,
+                limits=(settings.max_image_pixels, settings.max_image_bytes),  # the stage stored under these
             )
         except (FileExistsError, ValueError) as exc:
             parser.error(str(exc))

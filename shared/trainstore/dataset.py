@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from PIL import Image, ImageOps
 
-from shared.images import decode_image, decode_mask, encode_png
+from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image, decode_mask, encode_png
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.withdrawals import Withdrawals, photo_of
 
@@ -299,10 +299,12 @@ def export_dataset(
     min_real: int = 1,
     sku_ids: Iterable[str] | None = None,
     no_synthetic: Mapping[str, str] | None = None,
+    limits: tuple[int, int] = (DEFAULT_MAX_PIXELS, DEFAULT_MAX_BYTES),
 ) -> ExportSummary:
     """Write a training set to ``out_dir`` (which must not exist or be empty) and return its summary.
 
     ``no_synthetic``: SKUs exported without synthetic images, with the reason (``plan_export``).
+    ``limits``: the (pixels, bytes) decode limits the stage stored the images under (the settings').
     A policy that leaves no class is a ``ValueError`` naming why each SKU was left out; nothing is
     written then.
     """
@@ -348,9 +350,14 @@ def export_dataset(
     staging.mkdir()
     moved: list[Path] = []
     try:
-        summary = _write_export(manifests, plan, staging, out_dir, fmt=fmt, size_px=size_px, fit=fit)
+        summary = _write_export(
+            manifests, plan, staging, out_dir, fmt=fmt, size_px=size_px, fit=fit, limits=limits
+        )
         if staging.parent == target:
-            for entry in sorted(staging.iterdir()):
+            # The index and the summary last: a kill between two renames must not leave them beside
+            # images not yet moved, a set that looks complete.
+            last = {"dataset.jsonl": 1, "export.json": 2}
+            for entry in sorted(staging.iterdir(), key=lambda path: (last.get(path.name, 0), path.name)):
                 entry.rename(target / entry.name)
                 moved.append(target / entry.name)
             staging.rmdir()
@@ -404,6 +411,7 @@ def _write_export(
     fmt: ExportFormat,
     size_px: int,
     fit: ExportFit,
+    limits: tuple[int, int],
 ) -> ExportSummary:
     """Write the images, dataset.jsonl and export.json into ``staging``; the summary names ``out_dir``."""
     lines: list[str] = []
@@ -411,7 +419,11 @@ def _write_export(
     long_side_capped = 0
     for plan_class in plan.classes:
         for row in [*plan_class.real, *plan_class.synthetic]:
-            image = decode_image(read_checked(manifests, row.image, row.image_sha256))
+            image = decode_image(
+                read_checked(manifests, row.image, row.image_sha256),
+                max_pixels=limits[0],
+                max_bytes=limits[1],
+            )
             if fit == "keep" and max(image.size) > MAX_ASPECT * min(image.size):
                 long_side_capped += 1
             image = _resized(image, size_px, fit)
@@ -423,7 +435,11 @@ def _write_export(
             _write(staging / image_path, encode_png(image))
             mask_path = None
             if row.mask:
-                mask = decode_mask(read_checked(manifests, row.mask, row.mask_sha256))
+                mask = decode_mask(
+                    read_checked(manifests, row.mask, row.mask_sha256),
+                    max_pixels=limits[0],
+                    max_bytes=limits[1],
+                )
                 mask_path = Path("masks") / row.sku_id / name
                 _write(staging / mask_path, encode_png(_resized(Image.fromarray(mask), size_px, fit, fill=0)))
             lines.append(
