@@ -159,6 +159,9 @@ class Trainstore:
         """The SKU's real photos: every usable one with its mask; all verified before any is written."""
         captioned = event.payload
         sku = captioned.sku
+        # A withdrawn photo's file is gone from incoming/: its row is written as withdrawn (by _write)
+        # without reading it, where reading it dead-lettered the whole event, the other photos too.
+        marked = self.withdrawals.photo_ids(sku.sku_id)
         staged: list[StagedItem] = []
         for photo in captioned.photos:
             base: dict[str, Any] = {
@@ -172,6 +175,9 @@ class Trainstore:
             if not photo.usable or photo.mask is None:
                 reason = photo.unusable_reason or "no mask"
                 staged.append(StagedItem(ManifestRow(status="unusable", reasons=[reason], **base)))
+                continue
+            if photo.photo_id in marked:
+                staged.append(StagedItem(withdrawn_row(ManifestRow(status="reference", **base))))
                 continue
             image_png, mask_png = self._stage_pair(ctx, photo.image, photo.mask)
             objects = _object_fields(sku.sku_id, "real", photo.photo_id, photo.image, image_png, mask_png)
