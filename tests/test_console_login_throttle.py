@@ -53,3 +53,28 @@ def test_the_throttle_forgets_names_it_no_longer_needs() -> None:
     now[0] += 11.0
     throttle.failed("late")
     assert len(throttle) == 1
+
+
+def test_logins_sent_together_get_no_more_tries_than_logins_sent_one_by_one() -> None:
+    """A failure was counted after the password check (tens of milliseconds of scrypt, on a pool of
+    40 threads): 40 guesses sent together all passed the throttle first. Each attempt now counts as it
+    begins, and a success clears the count."""
+    import threading
+
+    throttle = LoginThrottle(max_failures=5, window_s=60.0, clock=lambda: 100.0)
+    allowed: list[bool] = []
+    start = threading.Barrier(40)
+
+    def guess() -> None:
+        start.wait()
+        allowed.append(throttle.begin_attempt("alice") == 0.0)  # then the slow password check
+
+    threads = [threading.Thread(target=guess) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert allowed.count(True) == 5 and len(allowed) == 40
+    assert throttle.retry_after_s("alice") == 60.0
+    throttle.succeeded("alice")
+    assert throttle.begin_attempt("alice") == 0.0

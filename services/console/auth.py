@@ -231,12 +231,12 @@ def login(
     if not tokens_match(request.cookies.get(LOGIN_COOKIE), login_nonce):
         raise HTTPException(403, "missing or wrong login form token: reload the login page")
     throttle = console.login_throttle
-    if throttle.retry_after_s(reviewer) > 0:  # refused before the password is even looked at
+    # Refused before the password is even looked at; counted as a failure from here until it succeeds.
+    if throttle.begin_attempt(reviewer) > 0:
         query = urlencode({"error": "throttled", "next": safe_next(next)})
         return RedirectResponse(f"/login?{query}", 303)
     users = console.console.users()
     if not check_password(users, reviewer, password):
-        throttle.failed(reviewer)
         query = urlencode({"error": "credentials", "next": safe_next(next)})
         return RedirectResponse(f"/login?{query}", 303)
     throttle.succeeded(reviewer)

@@ -18,6 +18,7 @@ import hmac
 import json
 import re
 import secrets
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -56,19 +57,45 @@ class LoginThrottle:
     clock: Callable[[], float] = time.monotonic
     max_names: int = 10_000
     _failures: dict[str, deque[float]] = field(default_factory=dict, repr=False)
+    # Logins run on the server's thread pool: the table is changed from many threads at once.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __len__(self) -> int:
-        return len(self._failures)
+        with self._lock:
+            return len(self._failures)
 
     def retry_after_s(self, reviewer: str) -> float:
         """Seconds until ``reviewer`` may try again; 0 when a login may be tried now."""
+        with self._lock:
+            return self._retry_after_s(reviewer)
+
+    def begin_attempt(self, reviewer: str) -> float:
+        """Seconds until ``reviewer`` may try again (the attempt is refused), or 0: the attempt is then
+        counted as a failure at once, and ``succeeded`` clears it. Counted only after the password
+        check (tens of milliseconds of scrypt), 40 guesses sent together all passed the check first."""
+        with self._lock:
+            wait = self._retry_after_s(reviewer)
+            if wait == 0.0:
+                self._failed(reviewer)
+            return wait
+
+    def failed(self, reviewer: str) -> None:
+        """Count a failed login of ``reviewer``."""
+        with self._lock:
+            self._failed(reviewer)
+
+    def succeeded(self, reviewer: str) -> None:
+        """A successful login clears the name's failures."""
+        with self._lock:
+            self._failures.pop(reviewer, None)
+
+    def _retry_after_s(self, reviewer: str) -> float:
         failures = self._recent(self._key(reviewer))
         if len(failures) < self.max_failures:
             return 0.0
         return max(0.0, failures[0] + self.window_s - self.clock())
 
-    def failed(self, reviewer: str) -> None:
-        """Count a failed login of ``reviewer``."""
+    def _failed(self, reviewer: str) -> None:
         self._forget_old()
         if reviewer not in self._failures and len(self._failures) >= self.max_names:
             self._forget_one_not_refused()
@@ -76,10 +103,6 @@ class LoginThrottle:
         failures = self._recent(key)
         failures.append(self.clock())
         self._failures[key] = failures
-
-    def succeeded(self, reviewer: str) -> None:
-        """A successful login clears the name's failures."""
-        self._failures.pop(reviewer, None)
 
     def _key(self, reviewer: str) -> str:
         """The name's own count while it is in the table or there is room; else the shared one."""
