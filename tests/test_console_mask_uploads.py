@@ -12,6 +12,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -236,3 +237,34 @@ def test_a_body_whose_length_is_not_declared_or_is_dressed_up_is_refused_before_
     )
     assert padded.status_code == 413, padded.text
     assert client.post(f"/api/tasks/{task.task_id}/renew", headers=headers).status_code == 200
+
+
+def test_the_edited_mask_is_stored_before_the_task_table_is_locked(
+    parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mask was written to the object store inside the decision's transaction: an S3 write there
+    (minutes with its retries) held the table's write lock, and every claim, renewal and intake write
+    waited and then failed. It is written first now; its key carries its sha256."""
+    import sqlite3
+
+    locked_while_writing: list[bool] = []
+    put_bytes = parts.store.put_bytes
+
+    def probing(key: str, data: bytes, content_type: str = "application/octet-stream") -> Any:
+        if key.startswith("masks/corrected/"):
+            probe = sqlite3.connect(parts.tasks.path, timeout=0, isolation_level=None)
+            try:
+                probe.execute("BEGIN IMMEDIATE")
+                probe.execute("ROLLBACK")
+                locked_while_writing.append(False)
+            except sqlite3.OperationalError:
+                locked_while_writing.append(True)
+            finally:
+                probe.close()
+        return put_bytes(key, data, content_type)
+
+    monkeypatch.setattr(parts.store, "put_bytes", probing)
+    status, detail, stored = upload(parts, white_on_black())
+    assert stored is not None and np.array_equal(stored > 0, product())
+    assert status == 200, detail
+    assert locked_while_writing == [False]

@@ -202,8 +202,9 @@ def record_decision(
     held and the recorded event.
 
     ``mask_bytes`` is the uploaded mask file (``approve_edited`` only), checked first and stored
-    inside the decision's transaction. Raises ``TaskConflict`` when the reviewer does not hold the
-    task, ``DecisionInvalid`` when the request breaks a rule (the message says which).
+    before the decision's transaction (under a key with its sha256). Raises ``TaskConflict`` when the
+    reviewer does not hold the task, ``DecisionInvalid`` when the request breaks a rule (the message
+    says which).
     """
     task = tasks.check_held(task_id, reviewer)
     if decision != "reject" and reject_reason:
@@ -225,11 +226,14 @@ def record_decision(
         elif decision == "approve_expected":
             store.read_verified(generated.expected_mask)
 
+    # Written before the decision's transaction, not inside it: an S3 write there (up to minutes with
+    # its retries) held the task table's write lock, and every claim, renewal and intake write waited
+    # and failed. A losing request (double submit, lease lost meanwhile) cannot overwrite the mask the
+    # recorded decision points at: the key carries the mask's sha256, so other pixels are another
+    # object, and the same pixels the same bytes. At worst it leaves an object nothing points at.
+    edited = None if pixels is None else store_edited_mask(store, task, pixels)
+
     def payload(held: Task, at: float) -> CorrectionResolved:
-        # The mask is written here, inside the decision's transaction after the hold was checked
-        # again: a losing request (double submit, lease lost meanwhile) never overwrites the mask
-        # that the winning, recorded decision points at.
-        edited = None if pixels is None else store_edited_mask(store, held, pixels)
         return resolve(
             held,
             decision=decision,

@@ -535,8 +535,8 @@ class TaskStore:
         """Record ``reviewer``'s decision, its audit entry and its outbox event in one transaction.
 
         ``resolved(task, decided_at)`` builds the event payload; it runs under the table's write lock
-        after the hold is checked, so what it writes (an edited mask) is written only by the decision
-        that is recorded. TaskConflict unless the reviewer holds an unexpired lease on the task.
+        after the hold is checked, so it must be quick (no object-store write: the caller writes an
+        edited mask before). TaskConflict unless the reviewer holds an unexpired lease on the task.
         """
         now = self.clock()
         with self._write() as db:
