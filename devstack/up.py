@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -69,7 +70,7 @@ from schemas.flow import CONSOLE, LORA_TRAINER, PIPELINE, TRITON, Service
 from services.console.config import ConsoleSettings
 from services.generator.protocol import model_name
 from shared.argtypes import float_between, folder_problem, positive_float
-from shared.config import ConfigError, load_settings
+from shared.config import ConfigError, load_settings, secret_variables
 from shared.generation.settings import GenerationSettings
 from shared.observability import topics_held
 
@@ -508,11 +509,16 @@ def _inherited_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("SKUFORGE_")}
 
 
-SECRET_SETTINGS = frozenset(
-    {"SKUFORGE_CONSOLE_USERS", "SKUFORGE_CONSOLE_SESSION_SECRET", "SKUFORGE_KAFKA_SASL_PASSWORD"}
-)
 LOCK_FILE = ".lock"
 _held_locks: list[int] = []  # open for the process's life: the lock goes with it, however it ends
+
+
+@functools.cache
+def _secrets() -> frozenset[str]:
+    """The SKUFORGE_* variables that hold secrets, those of every service's settings."""
+    from skuforge_cli.main import SETTINGS_MODELS
+
+    return secret_variables(SETTINGS_MODELS)
 
 
 def hold_workdir(workdir: Path) -> bool:
@@ -559,7 +565,7 @@ def write_state(config: StackConfig, supervisor: Supervisor, state: str) -> None
             for k, v in {**_inherited_env(), **config.env()}.items()
             # Readable by whoever may use the stack (another user's demo reads it): no secret. A
             # client brings its own Kafka password, as it would to any cluster.
-            if k not in SECRET_SETTINGS
+            if k not in _secrets()
         },
         "services": {
             s.spec.name: {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar, get_args, overload
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -260,6 +260,17 @@ def describe_validation_error(exc: ValidationError) -> str:
             shown = ""  # a password or a signing key is never echoed to a log or a terminal
         lines.append(f"  {variable}: {error['msg']}{shown}")
     return "\n".join(lines)
+
+
+def secret_variables(models: Sequence[type[BaseSettings]]) -> frozenset[str]:
+    """The ``SKUFORGE_*`` variables of ``models`` that hold secrets: their fields are ``SecretStr``
+    (what ``skuforge config`` never prints)."""
+    return frozenset(
+        ENV_PREFIX + name.upper()
+        for model in models
+        for name, field in model.model_fields.items()
+        if field.annotation is SecretStr or SecretStr in get_args(field.annotation)
+    )
 
 
 def settings_table_markdown(models: Sequence[type[BaseSettings]] = (Settings,)) -> str:

@@ -148,3 +148,15 @@ def test_an_empty_s3_endpoint_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     """Compose passes an unset variable as an empty one; boto3 refuses "" as an endpoint."""
     monkeypatch.setenv("SKUFORGE_S3_ENDPOINT_URL", "")
     assert load_settings().s3_endpoint_url is None
+
+
+def test_the_secret_variables_are_those_skuforge_config_never_prints() -> None:
+    """stack.json leaves these out of the settings it hands the stack's clients."""
+    from shared.config import secret_variables
+    from skuforge_cli.main import SETTINGS_MODELS
+
+    assert secret_variables(SETTINGS_MODELS) == {
+        "SKUFORGE_CONSOLE_SESSION_SECRET",
+        "SKUFORGE_CONSOLE_USERS",
+        "SKUFORGE_KAFKA_SASL_PASSWORD",
+    }
