@@ -516,11 +516,7 @@ class S3Store(ObjectStore):
         read_timeout: float = 30.0,
         max_attempts: int = 5,
     ) -> None:
-        if not _BUCKET_NAME.match(bucket):
-            raise ValueError(f"invalid S3 bucket name {bucket!r}")
-        prefix = prefix.strip("/")
-        if prefix:
-            check_key(prefix)
+        prefix = s3_location(bucket, prefix)
         self.bucket = bucket
         self.prefix = prefix
         self._key_prefix = f"{prefix}/" if prefix else ""
@@ -630,6 +626,17 @@ def open_store(uri: str, *, s3_endpoint_url: str | None = None, s3_region: str =
     return S3Store(bucket, prefix, endpoint_url=s3_endpoint_url, region=s3_region)
 
 
+def s3_location(bucket: str, prefix: str) -> str:
+    """``prefix`` without its outer '/', once ``bucket`` is a valid S3 bucket name and the prefix a
+    safe key (or empty); ``ValueError`` saying which is not."""
+    if not _BUCKET_NAME.match(bucket):
+        raise ValueError(f"invalid S3 bucket name {bucket!r}")
+    prefix = prefix.strip("/")
+    if prefix:
+        check_key(prefix)
+    return prefix
+
+
 def check_store_uri(uri: str) -> tuple[str, str]:
     """(scheme, the path or bucket/prefix) of an object-store URI (scheme "" for a plain path), or
     ``ValueError`` saying
@@ -651,13 +658,10 @@ def check_store_uri(uri: str) -> tuple[str, str]:
         bucket, _, prefix = rest.partition("/")
         if not bucket:
             raise ValueError(f"s3 URI {uri!r} names no bucket")
-        if not _BUCKET_NAME.match(bucket):  # what S3Store refuses, said at start-up
-            raise ValueError(f"s3 URI {uri!r}: invalid S3 bucket name {bucket!r}")
-        if prefix.strip("/"):
-            try:
-                check_key(prefix.strip("/"))
-            except ValueError as exc:
-                raise ValueError(f"s3 URI {uri!r}: its prefix is not a usable key: {exc}") from None
+        try:
+            s3_location(bucket, prefix)  # what S3Store refuses, said at start-up
+        except ValueError as exc:
+            raise ValueError(f"s3 URI {uri!r}: {exc}") from None
         return scheme, rest
     raise ValueError(
         f"unsupported object-store scheme {scheme!r} in {uri!r}; accepted: file://, s3:// or a plain path"
