@@ -182,7 +182,7 @@ class Trainstore:
             image_png, mask_png = self._stage_pair(ctx, photo.image, photo.mask)
             objects = _object_fields(sku.sku_id, "real", photo.photo_id, photo.image, image_png, mask_png)
             staged.append(StagedItem(ManifestRow(status="reference", **base, **objects), image_png, mask_png))
-        self._write(ctx, sku.sku_id, staged)
+        self._write(ctx, sku.sku_id, staged, marked=marked)
         return []
 
     # -- reading and verifying ------------------------------------------------------------------
@@ -220,11 +220,12 @@ class Trainstore:
         staged: list[StagedItem],
         *,
         current: dict[str, ManifestRow] | None = None,
+        marked: set[str] | None = None,
     ) -> None:
         """Objects first, then the manifest delta; nothing at all when every row is already there.
-        ``current``: the SKU's rows, when the caller has just read them."""
+        ``current``: the SKU's rows, ``marked``: its withdrawn photos, when the caller has just read them."""
         current = self.manifests.read_sku(sku_id) if current is None else current
-        marked = self.withdrawals.photo_ids(sku_id)
+        marked = self.withdrawals.photo_ids(sku_id) if marked is None else marked
         staged = _withdraw(staged, current, marked)
         changed = [item for item in staged if current.get(item.row.item_id) != item.row]
         for item in changed:
