@@ -450,16 +450,9 @@ def stack_decisions() -> dict[str, int]:
     """The stack store's synthetic images by the gate's (or a person's) decision: accepted, pending..."""
     from collections import Counter
 
-    from shared.config import load_settings
-    from shared.store import open_store
-    from shared.trainstore.manifest import ManifestStore
-    from shared.trainstore.settings import TrainstoreSettings
+    from services.trainstore.cli import open_manifests
 
-    settings = load_settings()
-    store = open_store(
-        settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
-    )
-    manifests = ManifestStore(store, load_settings(TrainstoreSettings).trainstore_prefix)
+    manifests = open_manifests()
     counts = Counter(row.status for row in manifests.iter_rows() if row.source == "synthetic")
     return dict(sorted(counts.items()))
 
@@ -486,17 +479,10 @@ def by_group(evaluation: Any, groups: dict[str, str]) -> dict[str, dict[str, flo
 
 def stack_training(k: int, classes: list[str], args: argparse.Namespace, export_dir: Path) -> list[Photo]:
     """The retraining store's export for the k SKUs (the policy's real:synthetic cap), as Photos."""
-    from shared.config import load_settings
-    from shared.store import open_store
+    from services.trainstore.cli import open_manifests
     from shared.trainstore.dataset import export_dataset
-    from shared.trainstore.manifest import ManifestStore
-    from shared.trainstore.settings import TrainstoreSettings
 
-    settings = load_settings()
-    store = open_store(
-        settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
-    )
-    manifests = ManifestStore(store, load_settings(TrainstoreSettings).trainstore_prefix)
+    manifests = open_manifests()
     out = export_dir / f"k{k}"
     if out.exists():
         shutil.rmtree(out)
