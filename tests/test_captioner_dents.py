@@ -20,15 +20,14 @@ from PIL import Image
 
 from schemas.common import SkuMetadata
 from schemas.events import CaptionedPhoto, ReferencePhoto, SkuCaptioned, SkuIngested
-from schemas.topics import SKU_INGESTED
 from services.captioner.config import CaptionerSettings
 from services.captioner.stage import CaptionerModels, handle
-from shared.bus import make_envelope
 from shared.captioning.attributes import fill_concavities
 from shared.config import load_settings
 from shared.images import decode_mask
 from shared.matting.session import MattingResult
 from shared.store import FileStore
+from tests.support.bus import ingested_envelope
 from tests.support.captioning import context
 
 SIZE = 192
@@ -95,14 +94,7 @@ def _captioned(
         mask=store.put_image("masks/transparency/SKU-1/p0.png", _bitten_mask()) if transparency else None,
     )
     sku = SkuMetadata(sku_id="SKU-1", name="Mandarin Morning", brand="Tropicana", category=category)
-    event = make_envelope(
-        SKU_INGESTED,
-        SkuIngested(sku=sku, photos=[photo]),
-        event_id="d" * 32,
-        sku_id="SKU-1",
-        trace_id="t",
-        producer="test",
-    )
+    event = ingested_envelope(SkuIngested(sku=sku, photos=[photo]))
     models = CaptionerModels(
         session=BittenSession(),  # type: ignore[arg-type]
         vlm=None,

@@ -13,17 +13,16 @@ import pytest
 from PIL import Image
 
 from schemas.common import SkuMetadata
-from schemas.envelope import Envelope, derive_id
+from schemas.envelope import Envelope
 from schemas.events import ReferencePhoto, SkuCaptioned, SkuIngested
-from schemas.topics import SKU_INGESTED
 from services.captioner.config import CaptionerSettings
 from services.captioner.stage import CaptionerModels, handle
-from shared.bus import make_envelope
 from shared.config import load_settings
 from shared.errors import BadInput
 from shared.matting.session import U2NetPSession
 from shared.store import FileStore
 from shared.synth import make_product, render_photo
+from tests.support.bus import ingested_envelope
 from tests.support.captioning import committed_session, context
 from tests.test_stage_model_calls import matting_calls
 
@@ -41,14 +40,7 @@ def _event(store: FileStore, sku_id: str, photos: dict[str, Image.Image]) -> Env
         for photo_id, image in photos.items()
     ]
     payload = SkuIngested(sku=SkuMetadata(**{**spec.metadata(), "sku_id": sku_id}), photos=references)
-    return make_envelope(
-        SKU_INGESTED,
-        payload,
-        event_id=derive_id("test", sku_id),
-        sku_id=sku_id,
-        trace_id="t",
-        producer="test",
-    )
+    return ingested_envelope(payload)
 
 
 def _product(size_px: int) -> Image.Image:

@@ -12,17 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from schemas.envelope import derive_id
 from schemas.events import SkuCaptioned
-from schemas.topics import SKU_CAPTIONED, SKU_INGESTED
+from schemas.topics import SKU_CAPTIONED
 from services.captioner.config import CaptionerSettings
 from services.captioner.stage import handle, open_models
-from shared.bus import make_envelope
 from shared.captioning.prompts import compose_caption
 from shared.captioning.vlm import VlmModelError, fetch_model_dir, open_vlm
 from shared.config import ConfigError, load_settings
 from shared.store import FileStore, ObjectStore
 from shared.synth import make_product, render_photo
+from tests.support.bus import ingested_envelope
 from tests.support.captioning import committed_matting_model, context, synthetic_sku, tiny_blip_dir
 
 pytestmark = pytest.mark.slow
@@ -60,14 +59,7 @@ def test_vlm_backend_captions_a_sku_from_a_model_on_s3(
     assert models.captioner_id.startswith("vlm:blip:blip-tiny@sha256:")
 
     payload = synthetic_sku(store, 4, seed=2026, photos=2)
-    event = make_envelope(
-        SKU_INGESTED,
-        payload,
-        event_id=derive_id("test", payload.sku.sku_id),
-        sku_id=payload.sku.sku_id,
-        trace_id="trace",
-        producer="test",
-    )
+    event = ingested_envelope(payload)
     ctx = context(store, settings)
     (emit,) = handle(event, ctx, models=models)
     assert emit.topic == SKU_CAPTIONED

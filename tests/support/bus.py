@@ -14,9 +14,9 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 from pydantic import BaseModel
 
-from schemas.envelope import derive_id
+from schemas.envelope import Envelope, derive_id
 from schemas.events import ReferencePhoto, SkuIngested
-from schemas.topics import Topic
+from schemas.topics import SKU_INGESTED, Topic
 from shared.bus import ensure_topics, make_envelope
 from shared.config import Settings, load_settings
 from shared.runtime import Stage
@@ -43,6 +43,19 @@ def isolated_settings(bootstrap: str, store_uri: str, **overrides: Any) -> Setti
 def create_topics(settings: Settings, *topics: Topic[Any], partitions: int = 3) -> None:
     """Create the topics (and DLQs) in the test's namespace."""
     ensure_topics(settings, topics, partitions=partitions)
+
+
+def ingested_envelope(payload: SkuIngested) -> Envelope[SkuIngested]:
+    """``payload`` as the sku.ingested event a stage reads (its id derived from the SKU's)."""
+    sku_id = payload.sku.sku_id
+    return make_envelope(
+        SKU_INGESTED,
+        payload,
+        event_id=derive_id("test", sku_id),
+        sku_id=sku_id,
+        trace_id="t",
+        producer="test",
+    )
 
 
 def sku_ingested_payloads(store: ObjectStore, count: int, prefix: str = "SKU") -> list[SkuIngested]:

@@ -46,22 +46,13 @@ def committed_session(max_batch: int = 10) -> MattingSession:
 
 def caption(payload: SkuIngested, ctx: Context) -> SkuCaptioned:
     """What the captioner (the committed U2-NetP, no VLM) emits for the ingested SKU."""
-    from schemas.envelope import derive_id
     from schemas.events import SkuCaptioned
-    from schemas.topics import SKU_INGESTED
     from services.captioner.config import CaptionerSettings
     from services.captioner.stage import CaptionerModels, handle
-    from shared.bus import make_envelope
     from shared.config import load_settings
+    from tests.support.bus import ingested_envelope
 
-    event = make_envelope(
-        SKU_INGESTED,
-        payload,
-        event_id=derive_id("t", payload.sku.sku_id),
-        sku_id=payload.sku.sku_id,
-        trace_id="t",
-        producer="test",
-    )
+    event = ingested_envelope(payload)
     models = CaptionerModels(
         session=committed_session(),
         vlm=None,
