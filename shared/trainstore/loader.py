@@ -22,7 +22,7 @@ from typing import Any
 from shared.errors import ObjectMissing
 from shared.store import ObjectStore, open_store
 from shared.trainstore.manifest import TRAINABLE, ManifestRow, ManifestStore, decode_columns, rows_to_columns
-from shared.trainstore.withdrawals import Withdrawals
+from shared.trainstore.withdrawals import Withdrawals, photo_of_item
 
 __all__ = ["FIELDS", "Manifest", "load_manifest"]
 
@@ -99,7 +99,7 @@ def load_manifest(
                 index
                 for index, value in enumerate(status)
                 if value in TRAINABLE
-                and (item_ids[index] if sources[index] == "real" else references[index]) not in withdrawn
+                and photo_of_item(sources[index], item_ids[index], references[index]) not in withdrawn
             ]
             sku_columns = {name: [values[index] for index in keep] for name, values in sku_columns.items()}
         for name in FIELDS:

@@ -149,7 +149,12 @@ class Withdrawals:
 
 def photo_of(row: ManifestRow) -> str | None:
     """The photo a row is (real) or was generated from (synthetic)."""
-    return row.item_id if row.source == "real" else row.reference_photo_id
+    return photo_of_item(row.source, row.item_id, row.reference_photo_id)
+
+
+def photo_of_item(source: str, item_id: str, reference_photo_id: str | None) -> str | None:
+    """``photo_of`` from a row's fields (the loader reads them as columns)."""
+    return item_id if source == "real" else reference_photo_id
 
 
 def withdrawable(row: ManifestRow, photo_ids: set[str]) -> bool:
