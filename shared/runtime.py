@@ -627,9 +627,10 @@ class Stage:
                 },
             )
             return _Outcome(counted=REPLAY_FOR_OTHER_STAGE)
-        if record.value is None:
+        if not record.value:
+            # A tombstone has no value; `skuforge dlq replay` sends a dead-lettered one back as b"".
             return self._dead_letter(
-                record, "empty_message", "the message has no value (tombstone?)", None, None
+                record, "empty_message", "the message has no value (a tombstone) or an empty one", None, None
             )
         try:
             event = read_envelope(route.topic, record.value)

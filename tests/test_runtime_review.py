@@ -404,3 +404,22 @@ def test_the_same_event_id_on_two_topics_is_two_inputs_not_a_duplicate(tmp_path:
     stage._process_batch({other: [again]})  # a replay on the same topic is still a duplicate
     assert handled == ["first", "second"]
     assert _sample(stage, "skuforge_messages_total", topic=other.topic, outcome="duplicate") == 1
+
+
+def test_a_tombstone_and_its_replayed_copy_are_both_empty_messages(tmp_path: Path) -> None:
+    """`skuforge dlq replay` sends a dead-lettered tombstone back with an empty value, not None."""
+    stage = _stage(tmp_path)
+
+    @stage.handler(SKU_INGESTED)
+    def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        return _forward(event)
+
+    tp, _ = _records(stage, 0)
+    tombstone = ConsumerRecord(tp.topic, 0, -1, 0, 0, 0, b"key", None, [], None, 3, -1, -1)
+    replayed = _record(tp.topic, 1, b"")
+    consumer, producer = _wired(stage)
+    stage._process_batch({tp: [tombstone, replayed]})
+    assert consumer.committed == {tp: 2}
+    letters = [DeadLetter.model_validate_json(value) for _, value in producer.acked]
+    assert [letter.reason for letter in letters] == ["empty_message", "empty_message"]
+    assert _sample(stage, "skuforge_dlq_total", topic=tp.topic, reason="not_json") == 0
