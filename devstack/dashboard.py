@@ -26,6 +26,13 @@ from shared.argtypes import positive_float
 DASHBOARD_FILE = REPO_ROOT / "deploy" / "grafana" / "skuforge.json"
 # Grafana's own window for rate(); the checks and the plot put a concrete window in its place.
 RATE_WINDOW = "$__rate_interval"
+# The dashboard's two variables. On a shared Prometheus (the chart's PodMonitors label every series with
+# the pod's `namespace` and the chart's `release`) they pick one install; "All" is the regex `.*`, which
+# also matches a series without the label (the compose stack's Prometheus sets neither).
+SCOPE_VARIABLES = ("namespace", "release")
+_SCOPE = ",".join(f'{name}=~"${name}"' for name in SCOPE_VARIABLES)
+# A series selector of a query: a skuforge_/nv_ metric, or `up` with its matchers.
+_SELECTOR = re.compile(r"\b((?:skuforge|nv)_[a-z_]+\b|up(?=\{))(?:\{([^}]*)\})?")
 
 
 @dataclass(frozen=True)
@@ -206,6 +213,35 @@ def _unit_overrides(panel: Panel) -> list[dict[str, Any]]:
     ]
 
 
+def scoped(expr: str) -> str:
+    """``expr`` with the dashboard's namespace and release matchers in every series selector."""
+    return _SELECTOR.sub(
+        lambda match: f"{match.group(1)}{{{_SCOPE}{',' + match.group(2) if match.group(2) else ''}}}", expr
+    )
+
+
+def _scope_variable(name: str, datasource: dict[str, str]) -> dict[str, Any]:
+    """A multi-value query variable over the label ``name`` of skuforge's series, "All" by default."""
+    earlier = SCOPE_VARIABLES[: SCOPE_VARIABLES.index(name)]
+    matchers = ",".join(f'{other}=~"${other}"' for other in earlier)
+    selector = f"{{{matchers}}}" if matchers else ""
+    query = f"label_values(skuforge_messages_total{selector}, {name})"
+    return {
+        "name": name,
+        "label": name.capitalize(),
+        "type": "query",
+        "datasource": datasource,
+        "definition": query,
+        "query": {"query": query, "refId": f"{name}-values"},
+        "refresh": 2,
+        "sort": 1,
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+    }
+
+
 def dashboard() -> dict[str, Any]:
     """The Grafana dashboard model (schema version 39), two panels a row."""
     datasource = {"type": "prometheus", "uid": "${datasource}"}
@@ -225,7 +261,7 @@ def dashboard() -> dict[str, Any]:
                     {
                         "refId": chr(ord("A") + n),
                         "datasource": datasource,
-                        "expr": q.expr,
+                        "expr": scoped(q.expr),
                         "legendFormat": q.legend,
                     }
                     for n, q in enumerate(panel.queries)
@@ -248,7 +284,8 @@ def dashboard() -> dict[str, Any]:
                     "type": "datasource",
                     "query": "prometheus",
                     "label": "Prometheus",
-                }
+                },
+                *(_scope_variable(name, datasource) for name in SCOPE_VARIABLES),
             ]
         },
         "panels": panels,
@@ -261,7 +298,10 @@ def dashboard_json() -> str:
 
 
 def concrete(expr: str, window: str = "5m") -> str:
-    """``expr`` with Grafana's rate window replaced by ``window`` (plain PromQL)."""
+    """``expr`` with Grafana's rate window replaced by ``window`` and its variables by "All" (plain
+    PromQL)."""
+    for name in SCOPE_VARIABLES:
+        expr = expr.replace(f'=~"${name}"', '=~".*"')
     return expr.replace(RATE_WINDOW, window)
 
 
@@ -292,7 +332,7 @@ def render(prometheus_url: str, out: Path, start: float, end: float, window: str
             data = api_get(
                 prometheus_url,
                 "query_range",
-                query=concrete(query.expr, window),
+                query=concrete(scoped(query.expr), window),  # as the dashboard asks, "All" chosen
                 start=str(start),
                 end=str(end),
                 step=str(step),

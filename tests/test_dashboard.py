@@ -126,3 +126,23 @@ def test_dashboard_render_refuses_an_address_without_a_scheme(capsys: pytest.Cap
         main(["render", "--prometheus", "127.0.0.1:9090", "--out", "x.png"])
     assert exited.value.code == 2
     assert "'127.0.0.1:9090' is not an http(s) address" in capsys.readouterr().err
+
+
+def test_every_series_a_panel_reads_is_scoped_to_the_chosen_namespace_and_release() -> None:
+    """On a shared Prometheus two installs' series were summed into one line (the chart labels every
+    series with `namespace` and `release`); every selector carries the dashboard's two variables."""
+    document = json.loads(DASHBOARD_FILE.read_text())
+    variables = {v["name"]: v for v in document["templating"]["list"]}
+    for name in ("namespace", "release"):
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
+        assert f", {name})" in variables[name]["definition"]
+    selectors = [
+        (name, matchers)
+        for expr in all_exprs()
+        for name, matchers in re.findall(r"\b((?:skuforge|nv)_[a-z_]+|up)\{([^}]*)\}", expr)
+    ]
+    series = [name for expr in all_exprs() for name in re.findall(r"\b(?:skuforge|nv)_[a-z_]+\b", expr)]
+    assert len(selectors) == len(series) + 1  # + the `up` of "Services up"
+    for name, matchers in selectors:
+        assert matchers.startswith('namespace=~"$namespace",release=~"$release"'), (name, matchers)
+    assert all("$" not in concrete(expr).replace("$__rate_interval", "") for expr in all_exprs())

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from devstack.dashboard import concrete, scoped
 from devstack.prometheus import ALERTS_FILE, api_get, promtool
 from schemas.flow import PIPELINE
 
@@ -263,6 +264,10 @@ def test_prometheus_sees_the_flow_and_the_lag_alert_fires_when_a_stage_stops(
         assert time.time() - stopped_at >= 20
         lag_now = prom.value(f'max(skuforge_consumer_group_lag_messages{{group="{gate_group}"}})')
         assert lag_now is not None and 0 < lag_now <= images
+        # The dashboard's queries carry its namespace and release variables; "All" (`.*`) must match
+        # this Prometheus's series, which have neither label.
+        lag_query = f'max(skuforge_consumer_group_lag_messages{{group="{gate_group}"}})'
+        assert prom.value(concrete(scoped(lag_query))) == lag_now
 
         if os.environ.get("SKUFORGE_DASHBOARD_PNG"):  # docs/ops.md's picture comes from this run
             from devstack.dashboard import render
