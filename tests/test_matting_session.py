@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -330,7 +331,7 @@ def test_missing_committed_model_says_how_to_make_it(monkeypatch: pytest.MonkeyP
         open_session(None, threads=1, use_gpu=False, store=None)
     message = str(info.value)
     assert "u2netp-skuforge.onnx" in message
-    assert "skuforge matting train" in message
+    assert "restore it with git" in message and "docs/matting.md" in message
     assert "SKUFORGE_MATTING_MODEL" in message
 
 
@@ -398,3 +399,71 @@ def test_a_cuda_provider_that_does_not_start_is_said_not_hidden(
     with caplog.at_level("WARNING", logger="skuforge.matting"):
         cpu = session_module.U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=False)
     assert not cpu.gpu_fallback and not caplog.records, "CPU asked for: nothing to warn of"
+
+
+def _stand_in_model(batch: str | int = "batch") -> Any:
+    """The tests' stand-in U2-Net graph (a 1x1 convolution and a sigmoid), with the batch given."""
+    import onnx
+
+    from tests.support.matting import _stand_in_onnx_bytes
+
+    model = onnx.load_from_string(_stand_in_onnx_bytes())
+    for value in [*model.graph.input, *model.graph.output]:
+        dim = value.type.tensor_type.shape.dim[0]
+        if isinstance(batch, int):
+            dim.dim_value = batch
+        else:
+            dim.dim_param = batch
+    return model
+
+
+def test_a_model_exported_with_a_fixed_batch_of_two_runs_any_number_of_images(tmp_path: Path) -> None:
+    """It failed its warm-up ("Got: 1 Expected: 2") and any odd last chunk: the call is padded."""
+    import onnx
+
+    onnx.save(_stand_in_model(), str(tmp_path / "free.onnx"))
+    onnx.save(_stand_in_model(2), str(tmp_path / "fixed.onnx"))
+    free = U2NetSession(tmp_path / "free.onnx", threads=1, use_gpu=False)
+    fixed = U2NetSession(tmp_path / "fixed.onnx", threads=1, use_gpu=False, max_batch=8)
+    fixed.warm_up()
+    assert fixed.max_batch == 2
+    images = photos(3, size_px=96)
+    for ours, theirs in zip(fixed.predict(images), free.predict(images), strict=True):
+        assert np.array_equal(ours.mask, theirs.mask)
+
+
+def test_a_local_model_with_its_weights_in_a_separate_file_opens(tmp_path: Path) -> None:
+    """Read into memory, ORT had no folder to find ``model.onnx.data`` in: "model_path must not be
+    empty". A model fetched from a URI comes without that file, and the refusal says so."""
+    import onnx
+
+    model = _stand_in_model()
+    onnx.save(model, str(tmp_path / "one.onnx"))
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    onnx.save(
+        model,
+        str(folder / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
+    assert (folder / "model.onnx.data").is_file()
+    split = open_session(str(folder / "model.onnx"), threads=1, use_gpu=False, store=None)
+    whole = U2NetSession(tmp_path / "one.onnx", threads=1, use_gpu=False)
+    image = photos(1, size_px=96)
+    assert np.array_equal(split.predict(image)[0].mask, whole.predict(image)[0].mask)
+    with pytest.raises(MattingModelError, match=r"separate file, ONNX external data"):
+        U2NetSession((folder / "model.onnx").read_bytes(), threads=1, use_gpu=False)
+
+
+def test_a_relative_official_model_path_is_the_working_directorys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was joined under shared/matting/models/ by the registry, while `skuforge matting official`
+    wrote it in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SKUFORGE_OFFICIAL_U2NETP", "models/official.onnx")
+    assert matting.REGISTRY["u2netp-official"].path() == tmp_path / "models" / "official.onnx"
+    assert matting.official_onnx_path() == tmp_path / "models" / "official.onnx"

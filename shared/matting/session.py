@@ -10,8 +10,10 @@ arithmetic is vectorised numpy in float32::
         result.mask            # uint8 HxW, 0 background / 255 product, at the image's own size
         result.cutout(image)   # RGBA: the image with that mask as alpha
 
-Names (``REGISTRY``): ``u2netp`` (the default, ``models/u2netp-skuforge.onnx``, trained by the
-project on its synthetic data), ``u2netp-int8`` (its quantised copy) and ``u2net-custom`` (any
+Names (``REGISTRY``): ``u2netp`` (the default, ``models/u2netp-skuforge.onnx``: the official U2-NetP
+fine-tuned on GroceryStoreDataset photos and renderer data, mixed back with the official weights;
+its model card beside it), ``u2netp-official`` (the official weights as set-up checked them),
+``u2netp-int8`` (its quantised copy) and ``u2net-custom`` (any
 U2-Net-compatible ONNX file, given as a path or URI). A model is compatible when its input takes
 Nx3xSxS float32 (S = 320 unless the file says otherwise) and its output ``d0`` (or, failing that,
 its first output) is the fused Nx1xSxS saliency map.
@@ -353,10 +355,14 @@ class MattingSession(ABC):
     ) -> None:
         if threads < 1 or max_batch < 1:
             raise ValueError(f"threads and max_batch must be at least 1, got {threads} and {max_batch}")
+        # Where ORT looks for weights kept beside the model (ONNX external data, ``model.onnx.data``,
+        # what torch's newer exporter writes): a model read from bytes has no folder of its own.
+        self._folder: Path | None = None
         if isinstance(model, bytes):
             source = model
             model_name = model_name or "in-memory.onnx"
         else:
+            self._folder = Path(model).resolve().parent
             # Read once: the sessions of other batch sizes open later, and must open this model even
             # if the file is replaced meanwhile (a training run writing its output, a redeploy).
             source = Path(model).read_bytes()
@@ -395,7 +401,9 @@ class MattingSession(ABC):
             )
         batch_dim, _, height_dim, size_dim = model_input.shape
         self.size_px = size_dim if isinstance(size_dim, int) else self.default_size_px
-        # A file exported with a fixed batch size cannot take more in one call.
+        # A file exported with a fixed batch size takes exactly that many images a call: fewer are
+        # padded (``_run``), more are split.
+        self._fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 1 else None
         self.max_batch = min(max_batch, batch_dim) if isinstance(batch_dim, int) else max_batch
         # The batch dimension's name, where calls get shape-fixed sessions (``_session_for``).
         on_cpu = self.providers == [CPU_PROVIDER]
@@ -416,6 +424,10 @@ class MattingSession(ABC):
         options.enable_mem_pattern = False
         for dim, value in fixed_dims.items():
             options.add_free_dimension_override_by_name(dim, value)
+        if self._folder is not None:
+            options.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(self._folder)
+            )
         if fixed_dims:
             # The sessions of several batch sizes share one CPU arena instead of one each.
             _register_shared_cpu_arena()
@@ -423,7 +435,14 @@ class MattingSession(ABC):
         try:
             return ort.InferenceSession(self._source, options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for unreadable models
-            raise MattingModelError(f"ONNX Runtime cannot load {self.model_id}: {exc}") from exc
+            hint = ""
+            if "external data" in str(exc).lower():
+                hint = (
+                    " (its weights are in a separate file, ONNX external data, that is not beside it: "
+                    "keep model.onnx.data next to a local model, or save the model as one file, "
+                    "onnx.save(model, path), to serve it from a URI)"
+                )
+            raise MattingModelError(f"ONNX Runtime cannot load {self.model_id}{hint}: {exc}") from exc
 
     def _session_for(self, batch: int) -> ort.InferenceSession:
         """The session for a call of ``batch`` images: on CPU, one with every shape fixed.
@@ -496,10 +515,16 @@ class MattingSession(ABC):
         try:
             step = len(batch) if self._batch_dim is None else CPU_CALL_IMAGES
             outputs = []
+            fixed = self._fixed_batch
+            if fixed is not None:
+                step = fixed
             for first in range(0, len(batch), max(step, 1)):
                 part = batch[first : first + step]
+                count = len(part)
+                if fixed is not None and count < fixed:  # blank images fill the call; their maps dropped
+                    part = np.concatenate([part, np.zeros((fixed - count, *part.shape[1:]), part.dtype)])
                 (predictions,) = self._session_for(len(part)).run([self.output_name], {self.input_name: part})
-                outputs.append(np.asarray(predictions, dtype=np.float32))
+                outputs.append(np.asarray(predictions, dtype=np.float32)[:count])
             maps = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
             # One NaN makes a whole min-max normalised map NaN, and NaN is never >= the threshold: the
             # mask would be silently empty. A model that outputs NaN or inf is broken (an fp16 overflow,
@@ -595,8 +620,8 @@ def official_onnx_path() -> Path:
     installed as a package (there is no checkout above site-packages). Read at each call, so a
     setting made after import counts."""
     configured = os.environ.get("SKUFORGE_OFFICIAL_U2NETP")
-    if configured:
-        return Path(configured)
+    if configured:  # a relative path is the working directory's, as every command reads it
+        return Path(configured).resolve()
     checkout = MODELS_DIR.parents[2]
     root = checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
     return root / "var" / "models" / "u2netp-official.onnx"
@@ -606,8 +631,8 @@ REGISTRY: dict[str, RegisteredModel] = {
     "u2netp": RegisteredModel(
         U2NetPSession,
         "u2netp-skuforge.onnx",
-        how_to_make="It is the project's own model, committed there; make it with `skuforge matting train` "
-        "(docs/matting.md)",
+        how_to_make="It is the project's own model, committed there (restore it with git); how it was "
+        "made is in docs/matting.md and its model card",
     ),
     "u2netp-int8": RegisteredModel(
         U2NetPSession,
@@ -627,7 +652,8 @@ REGISTRY: dict[str, RegisteredModel] = {
     "u2net-custom": RegisteredModel(U2NetSession, None),
 }
 _MODEL_HELP = (
-    "SKUFORGE_MATTING_MODEL takes a registered name ({names}), a local .onnx path, "
+    "the matting model setting (SKUFORGE_MATTING_MODEL; the captioner's own: "
+    "SKUFORGE_CAPTIONER_MATTING_MODEL) takes a registered name ({names}), a local .onnx path, "
     "or an s3:// or file:// URI of a U2-Net-compatible ONNX file"
 )
 

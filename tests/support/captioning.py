@@ -30,8 +30,9 @@ def committed_matting_model() -> Path:
     """The committed U2-NetP file; fails the test (not skips) when it is not there."""
     if not COMMITTED_MODEL.is_file():
         pytest.fail(
-            f"committed model missing: {COMMITTED_MODEL} does not exist; train it with "
-            "`skuforge matting train` (the captioner's mask and accuracy tests need the real model)",
+            f"committed model missing: {COMMITTED_MODEL} does not exist; restore it with git "
+            "(docs/matting.md says how it was made; the captioner's mask and accuracy tests need "
+            "the real model)",
             pytrace=False,
         )
     return COMMITTED_MODEL
