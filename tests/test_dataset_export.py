@@ -95,6 +95,22 @@ def test_plan_keeps_only_classes_with_real_images_and_caps_synthetic(small_store
     assert [r.item_id for r in again.classes[0].synthetic] == [r.item_id for r in plan.classes[0].synthetic]
 
 
+def test_a_sku_with_nothing_to_train_on_is_named_not_silently_left_out(small_store: ManifestStore) -> None:
+    """Only SKUs with a trainable image reached the plan: one whose photos were all unusable, or whose
+    images all wait for review, was in neither the classes nor the skipped list."""
+    add_item(small_store, "SKU-D", "real-0", "real", "unusable")
+    add_item(small_store, "SKU-D", "gen-0", "synthetic", "pending")
+    add_item(small_store, "SKU-D", "gen-1", "synthetic", "pending")
+    add_item(small_store, "SKU-E", "real-0", "real", "reference")
+    plan = plan_export(
+        small_store.iter_rows(), max_synthetic_per_real=3, withdrawn_photos={"SKU-E": {"real-0"}}
+    )
+    assert plan.skipped["SKU-D"] == "no image to train on (2 pending, 1 unusable)"
+    # A withdrawal whose marker is written and whose row is not yet (the stage mends it on its next write).
+    assert plan.skipped["SKU-E"] == "no image to train on (1 withdrawn)"
+    assert list(plan.skipped) == sorted(plan.skipped)
+
+
 def test_plan_min_real_and_zero_synthetic(small_store: ManifestStore) -> None:
     plan = plan_export(small_store.iter_rows(), max_synthetic_per_real=0, min_real=2)
     assert [c.sku_id for c in plan.classes] == ["SKU-A"]

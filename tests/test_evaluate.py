@@ -300,6 +300,31 @@ def test_help_and_usage_errors_answer_without_loading_torch_or_the_store() -> No
     assert "--heldout DIR" in result.stdout
 
 
+def test_without_torch_evaluate_says_what_to_install(tmp_path: Path) -> None:
+    """The CPU image and `pip install 'skuforge[cpu]'` have no torch: a ModuleNotFoundError traceback."""
+    args = evaluate_args(tmp_path / "heldout", tmp_path / "eval", tmp_path)
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # as if not installed: its import raises ImportError\n"
+        "from skuforge_cli.main import main\n"
+        f"sys.exit(main({args!r}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "skuforge evaluate: needs torch" in result.stderr and "skuforge[evaluate]" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_backbone_it_cannot_tune_is_refused_before_the_photos_are_read(
+    colour_store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found only after the leakage checks (a decode and a hash per held-out and store photo).
+    args = evaluate_args(tmp_path / "not-there", tmp_path / "eval", tmp_path, "--tune-stages", "3")
+    assert cli_main(args) == 2
+    error = capsys.readouterr().err
+    assert "--tune-stages 3: tiny has 3 stages" in error and "not a directory" not in error
+
+
 def test_heldout_photos_are_the_formats_ingest_takes_and_other_files_are_noted(tmp_path: Path) -> None:
     sku = tmp_path / "SKU-RED"
     sku.mkdir()
@@ -327,6 +352,22 @@ def test_heldout_photos_are_the_formats_ingest_takes_and_other_files_are_noted(t
     ]
     assert {photo.sku_id for photo in photos} == {"SKU-RED"}
     assert len(notes) == 1 and "notes.txt is not a photo" in notes[0]
+
+
+def test_photos_in_a_linked_sub_folder_are_held_out_once_and_a_link_loop_ends(tmp_path: Path) -> None:
+    """os.walk did not follow links: a linked batch of photos was left out of the evaluation without
+    a word, against the walker's own promise."""
+    batch = tmp_path / "elsewhere" / "batch2"
+    batch.mkdir(parents=True)
+    Image.new("RGB", (8, 8), COLOURS["SKU-RED"]).save(batch / "b.jpg", format="JPEG")
+    sku = tmp_path / "heldout" / "SKU-RED"
+    sku.mkdir(parents=True)
+    Image.new("RGB", (8, 8), COLOURS["SKU-RED"]).save(sku / "a.jpg", format="JPEG")
+    (sku / "batch2").symlink_to(batch, target_is_directory=True)
+    (sku / "again").symlink_to(batch, target_is_directory=True)  # the same folder twice: read once
+    (batch / "loop").symlink_to(sku, target_is_directory=True)  # back up: a loop
+    photos, _ = heldout_photos(tmp_path / "heldout")
+    assert sorted(Path(photo.name).name for photo in photos) == ["a.jpg", "b.jpg"]
 
 
 def test_an_unreadable_heldout_photo_or_folder_is_refused_by_name(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ from services.generator.stage import (
     variant_parameters,
 )
 from shared.bus import make_envelope
-from shared.config import load_settings
+from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
 from shared.generation.backend import COLOUR_GAIN_KEY, GenerationRequest
 from shared.generation.composite import MODEL_ID, CompositeBackend, CompositeError, product_framing
@@ -197,7 +198,6 @@ def test_each_backend_gets_the_knobs_it_knows_and_a_knob_no_backend_knows_stops_
     """SKUFORGE_GENERATION_PARAMETERS went whole to every backend: with a composite + diffusion mix,
     {"steps": 30} made the composite backend refuse every request (every SKU dead-lettered), and so
     did a misspelt knob."""
-    from shared.config import ConfigError
 
     generation = load_settings(GenerationSettings, generation_parameters={"steps": 30, "occluders": 0})
     photo = CaptionedPhoto.model_validate({"photo_id": "p0", "image": _ref(), "mask": _ref(), "usable": True})
@@ -214,6 +214,39 @@ def test_each_backend_gets_the_knobs_it_knows_and_a_knob_no_backend_knows_stops_
         CompositeBackend(None).generate(dataclasses.replace(request, parameters={"occluders": float("inf")}))
     monkeypatch.setenv("SKUFORGE_GENERATION_PARAMETERS", '{"ocluders": 0}')
     with pytest.raises(ConfigError, match="no backend knows ocluders"):
+        load_settings(GenerationSettings)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "backend", "refusal"),
+    [
+        ('{"occluders": 9}', "composite", "composite backend refuses it: occluders must be between 0 and 4"),
+        ('{"arrangement": "heap"}', "composite", "unknown arrangement 'heap'"),
+        ('{"scale": 1.5}', "diffusion", "diffusion backend refuses it: scale"),
+        ('{"rotation_deg": 60}', "diffusion", "rotation_deg: Input should be less than or equal to 45"),
+    ],
+)
+def test_a_knob_value_its_backend_refuses_is_a_start_up_error(
+    monkeypatch: pytest.MonkeyPatch, parameters: str, backend: str, refusal: str
+) -> None:
+    """Only the names were checked: the settings loaded, then every variant of every SKU was refused
+    (generation_refused), one SKU at a time."""
+    monkeypatch.setenv("SKUFORGE_GENERATION_PARAMETERS", parameters)
+    monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND", backend)
+    with pytest.raises(ConfigError, match=re.escape(refusal)):
+        load_settings(GenerationSettings)
+
+
+def test_a_knob_is_checked_by_the_backends_in_use_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    # rotation_deg 60 is a composite's (up to 90), not a diffusion variant's (up to 45); a photo scene's
+    # key is the scene library's to check, which is not open at start-up.
+    monkeypatch.setenv(
+        "SKUFORGE_GENERATION_PARAMETERS", '{"rotation_deg": 60, "scene": "photo", "scene_key": "a"}'
+    )
+    monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND", "composite")
+    assert load_settings(GenerationSettings).generation_parameters["rotation_deg"] == 60
+    monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND_MIX", '{"composite": 1, "diffusion": 1}')
+    with pytest.raises(ConfigError, match="diffusion backend refuses it: rotation_deg"):
         load_settings(GenerationSettings)
 
 

@@ -6,8 +6,9 @@
 
 Reads: the SKUs of the retraining store (``SKUFORGE_STORE_URI``, ``SKUFORGE_TRAINSTORE_PREFIX``),
 exactly as ``skuforge dataset export`` would export them under the same ``--max-synthetic-per-real``
-and ``--min-real`` (objects checked against their manifest sha256), and ``--heldout DIR``: one folder
-per SKU id with real photos that were never given to skuforge.
+and ``--min-real`` (objects checked against their manifest sha256 when read; an image whose features
+and hash are in ``--cache-dir`` is not read again, so ``--no-cache`` checks every object), and
+``--heldout DIR``: one folder per SKU id with real photos that were never given to skuforge.
 
 Refuses (exit 2, nothing written) when a held-out photo is also an image of the store or a file of
 the scene library (``--scenes``), by path or by content (its own bytes, or the PNG ``skuforge
@@ -178,7 +179,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_cache and (problem := folder_problem(args.cache_dir)):
         parser.error(f"--cache-dir {args.cache_dir}: {problem}")
     # torch and the store come in only now, so that --help and usage errors answer at once.
-    from services.trainstore.evaluation import EVALUATION_FILE, REFUSALS, evaluate, summary_lines
+    try:
+        from services.trainstore.evaluation import EVALUATION_FILE, REFUSALS, evaluate, summary_lines
+    except ImportError as exc:
+        if exc.name not in ("torch", "torchvision"):
+            raise
+        # The CPU image and `pip install 'skuforge[cpu]'` serve the stages without torch.
+        print(
+            f"skuforge evaluate: needs {exc.name}, which is not installed here: "
+            "pip install 'skuforge[evaluate]'",
+            file=sys.stderr,
+        )
+        return 2
 
     try:
         result = evaluate(args)

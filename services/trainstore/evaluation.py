@@ -110,7 +110,16 @@ def _files_under(folder: Path) -> list[Path]:
         )
 
     found: list[Path] = []
-    for top, folders, names in os.walk(folder, onerror=refuse):
+    seen: set[tuple[int, int]] = set()  # linked folders are followed, each folder read once (no loops)
+    for top, folders, names in os.walk(folder, onerror=refuse, followlinks=True):
+        try:
+            stat = os.stat(top)
+        except OSError as exc:
+            refuse(exc)
+        if (stat.st_dev, stat.st_ino) in seen:
+            folders[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
         folders[:] = [name for name in folders if not name.startswith(".")]
         found.extend(Path(top) / name for name in names if not name.startswith("."))
     return sorted(found)
@@ -338,6 +347,17 @@ def summary_lines(result: EvaluationResult) -> list[str]:
 def evaluate(args: argparse.Namespace) -> EvaluationResult:
     """Run the experiment ``skuforge evaluate`` was asked for (its parsed ``args``) and write its
     results; raises one of ``REFUSALS`` when the inputs cannot give a meaningful evaluation."""
+    # First: a backbone that is not installed, or too few stages to tune, is known before the
+    # leakage checks (a decode and a hash per photo).
+    spec = BackboneSpec(
+        name=args.backbone, image_px=args.image_px, weights=args.backbone_weights, seed=args.seed
+    )
+    backbone = open_backbone(spec)  # BackboneMissing names a weights file it cannot load
+    if args.tune_stages >= backbone.n_stages:
+        raise EvaluateRefused(
+            f"--tune-stages {args.tune_stages}: {args.backbone} has {backbone.n_stages} stages; "
+            f"fine-tune 1 to {backbone.n_stages - 1} of them, or 0 for a frozen backbone"
+        )
     heldout, notes = heldout_photos(args.heldout)
     manifests = open_manifests()
     in_store = set(manifests.sku_ids())
@@ -407,10 +427,6 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
         print(f"note: {note}")
     check_no_near_duplicates(held_hashes, training=store_hashes, scenes=scene_hashes)
 
-    spec = BackboneSpec(
-        name=args.backbone, image_px=args.image_px, weights=args.backbone_weights, seed=args.seed
-    )
-    backbone = open_backbone(spec)  # BackboneMissing names a weights file it cannot load
     settings = load_settings()  # the limits ingest held the photos to
     featurizer = Featurizer(
         backbone,
@@ -418,11 +434,6 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
         max_pixels=settings.max_image_pixels,
         max_bytes=settings.max_image_bytes,
     )
-    if args.tune_stages >= backbone.n_stages:
-        raise EvaluateRefused(
-            f"--tune-stages {args.tune_stages}: {args.backbone} has {backbone.n_stages} stages; "
-            f"fine-tune 1 to {backbone.n_stages - 1} of them, or 0 for a frozen backbone"
-        )
     config = EvaluationConfig.from_options(args)
     try:
         result = run_evaluation(training, heldout, featurizer, config)

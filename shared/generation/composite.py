@@ -890,3 +890,14 @@ def _light(
 
 # The knobs a request's ``parameters`` may set for this backend (and the colour gain it reports).
 COMPOSITE_PARAMETERS: frozenset[str] = frozenset(_Plan.__dataclass_fields__) | {COLOUR_GAIN_KEY}
+
+
+def check_parameters(parameters: dict[str, Any]) -> None:
+    """Raise ``CompositeError`` where ``parameters`` (this backend's knobs only) has a value every
+    request would be refused for, as ``_Plan.override`` refuses it: for the settings, at start-up.
+    The scene library is not open then, so a photo scene and its key are left to the request."""
+    checked = dict(parameters)
+    if checked.get("scene") == PHOTO_SCENE or "scene_key" in checked:
+        checked.pop("scene", None)
+        checked.pop("scene_key", None)
+    _Plan.draw(np.random.default_rng(0)).override(checked)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, JsonValue, ValidationInfo, field_validator
+from pydantic import Field, JsonValue, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings
 
 from shared.config import SETTINGS_CONFIG
@@ -149,11 +149,13 @@ class GenerationSettings(BaseSettings):
 
     @field_validator("generation_parameters")
     @classmethod
-    def _known_parameters(cls, parameters: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    def _known_parameters(
+        cls, parameters: dict[str, JsonValue], info: ValidationInfo
+    ) -> dict[str, JsonValue]:
         # A misspelt knob reached the composite backend in every request, which refused each: every
         # SKU dead-lettered. (Imported here: the backends' modules are heavy, and import the settings'.)
-        from shared.generation.composite import COMPOSITE_PARAMETERS
-        from shared.generation.diffusion import DIFFUSION_PARAMETERS
+        from shared.generation.composite import COMPOSITE_PARAMETERS, CompositeError, check_parameters
+        from shared.generation.diffusion import DIFFUSION_PARAMETERS, DiffusionParameters
 
         unknown = sorted(set(parameters) - COMPOSITE_PARAMETERS - DIFFUSION_PARAMETERS)
         if unknown:
@@ -162,18 +164,28 @@ class GenerationSettings(BaseSettings):
             raise ValueError(
                 f"no backend knows {', '.join(unknown)}; composite: {composite}; diffusion: {diffusion}"
             )
+        # A known knob with a value its backend refuses ({"occluders": 9}) did the same, one SKU at a
+        # time; each backend in use checks its own knobs (rotation_deg is both's, with other bounds).
+        if _uses(info, "composite"):
+            try:
+                check_parameters({k: v for k, v in parameters.items() if k in COMPOSITE_PARAMETERS})
+            except CompositeError as exc:
+                raise ValueError(f"the composite backend refuses it: {exc}") from None
+        if _uses(info, "diffusion"):
+            try:
+                DiffusionParameters.model_validate(parameters)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()
+                )
+                raise ValueError(f"the diffusion backend refuses it: {problems}") from None
         return parameters
 
     @field_validator("generation_size_px")
     @classmethod
     def _size_fits_the_backends(cls, size: int, info: ValidationInfo) -> int:
         # The diffusion backend refuses any other size per variant: every SKU would go to the DLQ.
-        mix: dict[str, float] = info.data.get("generation_backend_mix") or {}
-        if any(share > 0 for share in mix.values()):
-            uses_diffusion = mix.get("diffusion", 0) > 0
-        else:
-            uses_diffusion = info.data.get("generation_backend") == "diffusion"
-        if uses_diffusion and size % 8:
+        if _uses(info, "diffusion") and size % 8:
             below, above = size - size % 8, size + 8 - size % 8
             raise ValueError(f"the diffusion backend paints multiples of 8 px: use {below} or {above}")
         return size
@@ -198,3 +210,11 @@ class GenerationSettings(BaseSettings):
             return {self.generation_backend: 1.0}
         total = sum(mix.values())
         return {name: share / total for name, share in mix.items()}
+
+
+def _uses(info: ValidationInfo, backend: str) -> bool:
+    """Whether the settings validated so far (``generation_backend`` and its mix) use ``backend``."""
+    mix: dict[str, float] = info.data.get("generation_backend_mix") or {}
+    if any(share > 0 for share in mix.values()):
+        return mix.get(backend, 0) > 0
+    return bool(info.data.get("generation_backend") == backend)

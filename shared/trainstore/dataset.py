@@ -31,7 +31,7 @@ import json
 import math
 import shutil
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -182,7 +182,17 @@ def plan_export(
             continue
         cap = max_synthetic_per_real * len(real)
         classes.append(ClassPlan(sku_id, real, synthetic[:cap], max(0, len(synthetic) - cap)))
-    return ExportPlan(classes, skipped)
+    # A SKU with rows but nothing to train on (all pending, rejected, unusable or withdrawn) is named
+    # too: asked for with --sku, it vanished from the summary without a word.
+    untrainable: dict[str, Counter[str]] = defaultdict(Counter)
+    for row in rows:
+        if row.sku_id not in by_sku:
+            # A trainable row here is of a photo its owner withdrew (the marker is there, the row not yet).
+            untrainable[row.sku_id]["withdrawn" if row.trainable and row.image else row.status] += 1
+    for sku_id, statuses in sorted(untrainable.items()):
+        counts = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
+        skipped[sku_id] = f"no image to train on ({counts})"
+    return ExportPlan(classes, dict(sorted(skipped.items())))
 
 
 def synthetic_left_out_by_evaluation(
