@@ -90,6 +90,50 @@ def test_train_cli_refuses_bad_extra_folder(tmp_path: Path, capsys: pytest.Captu
     assert "--init" in (err := capsys.readouterr().err) and "gone.pth: no such file" in err
 
 
+def test_init_weights_that_do_not_fit_the_model_are_refused_before_the_training_set_is_rendered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only "is it a mapping torch can load" was checked up front; the load itself came after the
+    training set was rendered (minutes), as a ValueError traceback."""
+    import torch
+
+    from shared.matting.u2net import build_model
+
+    state = build_model("u2netp").state_dict()
+    state.pop(next(iter(state)))
+    torch.save(state, tmp_path / "short.pth")
+    with pytest.raises(SystemExit) as exited:
+        matting_cli(["train", "--init", str(tmp_path / "short.pth"), "--checkpoint", str(tmp_path / "ck")])
+    assert exited.value.code == 2
+    assert "--init state dict does not fit U2NETP: missing keys (1)" in capsys.readouterr().err
+
+
+def test_a_checkpoint_resumes_only_its_own_run_and_only_when_steps_are_left(tmp_path: Path) -> None:
+    """The default checkpoint path is shared: a second run (other --extra, --seed or --init) resumed the
+    first at its last step, trained nothing and exported the first run's weights under its own card."""
+    import torch
+
+    from shared.matting.train import TrainConfig, _fingerprint, start_state
+
+    first = TrainConfig(steps=10, seed=1, train_images=4, batch=2)
+    model, saved = start_state(first, tmp_path / "none.pt")
+    assert saved is None
+    checkpoint = tmp_path / "ck.pt"
+    torch.save(
+        {"model": model.state_dict(), "optimiser": {}, "step": 9, "config": _fingerprint(first)}, checkpoint
+    )
+    with pytest.raises(ValueError, match=r"is of another run \(its seed, extra_pairs differ\)"):
+        start_state(
+            TrainConfig(steps=10, seed=2, train_images=4, batch=2, extra_pairs=[tmp_path]), checkpoint
+        )
+    with pytest.raises(ValueError, match="has already trained 10 steps of --steps 10: nothing to train"):
+        start_state(first, checkpoint)
+    resumed, saved = start_state(TrainConfig(steps=20, seed=1, train_images=4, batch=2), checkpoint)
+    assert saved is not None and saved["step"] == 9
+    loaded, written = resumed.state_dict(), model.state_dict()
+    assert all(torch.equal(loaded[key], written[key]) for key in written)
+
+
 def test_the_matting_commands_refuse_bad_files_and_numbers_without_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint",
         type=Path,
         default=Path("var/matting/checkpoint.pt"),
-        help="saved every --checkpoint-every steps; a rerun with the same file resumes",
+        help="saved every --checkpoint-every steps; a rerun of the same run (model, seed, data, --extra, "
+        "--init) with the same file resumes it, another run is refused",
     )
 
     pairs = sub.add_parser("pairs", help="composite scenes with their expected masks, for 'train --extra'")
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from shared.matting.train import (
             TrainConfig,
+            start_state,
             write_model_card,
         )
         from shared.matting.train import (
@@ -210,15 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.action == "train":
-        if args.init is not None:  # now, not after rendering the training set
-            from shared.matting.u2net import read_weights
-
-            if not args.init.is_file():
-                parser.error(f"--init {args.init}: no such file")
-            try:
-                read_weights(args.init)
-            except ValueError as exc:
-                parser.error(f"--init {exc}")
+        if args.init is not None and not args.init.is_file():
+            parser.error(f"--init {args.init}: no such file")
         for folder in args.extra:
             if not (folder / "images").is_dir() or not (folder / "masks").is_dir():
                 parser.error(f"--extra {folder}: expected {folder}/images and {folder}/masks")
@@ -241,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint_every=args.checkpoint_every,
             freeze_batchnorm=args.freeze_batchnorm,
         )
+        try:  # now, not after rendering the training set: --init that does not fit, a foreign checkpoint
+            start_state(config, args.checkpoint)
+        except ValueError as exc:
+            parser.error(f"--init {exc}" if "--checkpoint" not in str(exc) else str(exc))
         _, timings = run_train(config, args.out, checkpoint=args.checkpoint)
         result = run_eval(args.out, args.heldout, config.heldout_seed, model=args.model, threads=args.threads)
         write_model_card(args.out.with_suffix(".json"), config, timings, result, args.out)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +34,7 @@ from shared.matting.u2net import (
     deep_supervision_loss,
     export_onnx,
     load_reference_state_dict,
+    read_weights,
 )
 from shared.synth import render_dataset
 
@@ -158,6 +160,55 @@ def _batches(
         yield step, inputs, targets
 
 
+def _fingerprint(config: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint's run trained on and from: a resume must be of the same run."""
+    return {
+        "model": config.model,
+        "seed": config.seed,
+        "size_px": config.size_px,
+        "batch": config.batch,
+        "train_images": config.train_images,
+        "extra_pairs": [str(folder.resolve()) for folder in config.extra_pairs],
+        "init_weights": None if config.init_weights is None else str(config.init_weights.resolve()),
+    }
+
+
+def start_state(
+    config: TrainConfig, checkpoint: Path | None
+) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """The model a run starts from (``init_weights`` loaded) and the checkpoint it resumes, if any.
+
+    ``ValueError`` says why the run cannot start: ``init_weights`` that do not fit the model, or a
+    checkpoint of another run (other data, seed, model or init weights: resuming it trained that run
+    on and exported it under this run's model card) or one already at ``steps`` (nothing to train:
+    the old weights were exported again). Cheap: called before the training set is rendered."""
+    model = build_model(config.model)
+    if config.init_weights is not None:
+        load_reference_state_dict(model, read_weights(config.init_weights))  # a checkpoint's too
+    if checkpoint is None or not checkpoint.is_file():
+        return model, None
+    saved: dict[str, Any] = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    wanted = _fingerprint(config)
+    written_by = saved.get("config")
+    if written_by is not None and written_by != wanted:
+        differs = ", ".join(key for key in wanted if written_by.get(key) != wanted[key])
+        raise ValueError(
+            f"--checkpoint {checkpoint} is of another run (its {differs} differ): give this run its own "
+            "--checkpoint, or delete that one to start afresh"
+        )
+    done = int(saved["step"]) + 1
+    if done >= config.steps:
+        raise ValueError(
+            f"--checkpoint {checkpoint} has already trained {done} steps of --steps {config.steps}: nothing "
+            "to train; raise --steps to train on, or give a new --checkpoint"
+        )
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError as exc:  # a checkpoint from before the fingerprint, of the other model
+        raise ValueError(f"--checkpoint {checkpoint} does not fit {config.model}: {exc}") from None
+    return model, saved
+
+
 def train(
     config: TrainConfig, out_onnx: Path, *, checkpoint: Path | None = None
 ) -> tuple[torch.nn.Module, dict[str, float | None]]:
@@ -165,6 +216,7 @@ def train(
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    model, saved = start_state(config, checkpoint)
     started = time.monotonic()
     # The pairs first: a refused file is named now, not after rendering the synthetic set (minutes).
     extra = [load_pairs(folder, config.size_px) for folder in config.extra_pairs]
@@ -175,14 +227,9 @@ def train(
     render_s = time.monotonic() - started
     log.info("training data ready", extra={"images": len(images), "seconds": round(render_s, 1)})
 
-    model = build_model(config.model)
-    if config.init_weights is not None:
-        load_reference_state_dict(model, config.init_weights)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8)
     first_step = 0
-    if checkpoint is not None and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["model"])
+    if saved is not None:
         optimiser.load_state_dict(saved["optimiser"])
         for group in optimiser.param_groups:  # the configured rate, not the saved one: a resume may lower it
             group["lr"] = config.learning_rate
@@ -231,7 +278,13 @@ def train(
         if checkpoint is not None and ((step + 1) % config.checkpoint_every == 0 or out_of_time):
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             torch.save(
-                {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step}, checkpoint
+                {
+                    "model": model.state_dict(),
+                    "optimiser": optimiser.state_dict(),
+                    "step": step,
+                    "config": _fingerprint(config),
+                },
+                checkpoint,
             )
         if out_of_time:
             log.info("training time budget spent; stopping", extra={"step": step + 1})
