@@ -309,3 +309,26 @@ def test_export_cli_averages_checkpoints(tmp_path: Path) -> None:
     torch.save({"other": torch.zeros(1)}, tmp_path / "c.pth")
     with pytest.raises(SystemExit):
         matting_cli(["export", str(tmp_path / "a.pth"), str(tmp_path / "c.pth"), "--out", str(out)])
+
+
+def test_calibration_photos_are_the_folders_photos_decoded_as_inference_decodes_them(tmp_path: Path) -> None:
+    """Every file went through Image.open(...).convert("RGB"): a pairs.json or .DS_Store beside the
+    photos crashed the run after the renderer photos were made, and a cut-out's transparent pixels
+    were calibrated as their hidden colour (black) where inference sees white."""
+    from PIL import Image
+
+    from shared.matting.quantize import CalibrationPhotoError, calibration_photos
+
+    folder = tmp_path / "photos"
+    (folder / "masks").mkdir(parents=True)
+    cutout = Image.new("RGBA", (40, 30), (0, 0, 0, 0))
+    cutout.paste((200, 30, 30, 255), (10, 5, 30, 25))
+    cutout.save(folder / "cutout.png")
+    (folder / "pairs.json").write_text("{}")
+    (folder / ".DS_Store").write_bytes(b"\x00\x01")
+    photos = calibration_photos(0, 1, [folder], n_real=8)
+    assert len(photos) == 1 and photos[0].mode == "RGB"
+    assert photos[0].getpixel((0, 0)) == (255, 255, 255) and photos[0].getpixel((20, 15)) == (200, 30, 30)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    with pytest.raises(CalibrationPhotoError, match=r"broken\.jpg cannot be used"):
+        calibration_photos(0, 1, [folder], n_real=8)

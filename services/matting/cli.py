@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
-    from shared.matting.quantize import quantize_u2net
+    from shared.matting.quantize import CalibrationPhotoError, quantize_u2net
 
     _check_onnx(parser, args.model_path)
     for folder in args.calibration_photos:
@@ -286,13 +286,16 @@ def main(argv: list[str] | None = None) -> int:
     # model, which a rejected run must leave in service, not delete.
     candidate = args.out.with_name(f"{args.out.stem}.candidate{args.out.suffix}")
     try:
-        quantize_u2net(
-            args.model_path,
-            candidate,
-            calibration_images=args.calibration,
-            photo_folders=args.calibration_photos,
-            real_images=args.real,
-        )
+        try:
+            quantize_u2net(
+                args.model_path,
+                candidate,
+                calibration_images=args.calibration,
+                photo_folders=args.calibration_photos,
+                real_images=args.real,
+            )
+        except CalibrationPhotoError as exc:
+            parser.error(f"--calibration-photos: {exc}")
         fp32 = run_eval(args.model_path, args.heldout, 9001)
         int8 = run_eval(candidate, args.heldout, 9001)
         accepted = int8.mean_iou >= fp32.mean_iou - 0.005

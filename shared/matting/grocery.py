@@ -231,7 +231,7 @@ def with_reflection(scene: Image.Image, mask: BoolArray, rng: np.random.Generato
         return scene
     rows = np.arange(height)[:, None]
     bottom = np.where(mask, rows, -1).max(axis=0)  # lowest product row per column (-1: none)
-    product_height = int(np.nonzero(mask.any(axis=1))[0].ptp()) + 1
+    product_height = int(np.ptp(np.nonzero(mask.any(axis=1))[0])) + 1
     length = max(2, int(product_height * rng.uniform(0.08, 0.3)))
     strength = rng.uniform(0.25, 0.6)
     pixels = np.asarray(scene.convert("RGB"), dtype=np.float32)

@@ -27,8 +27,14 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
 
+from shared.errors import BadInput
+from shared.images import PHOTO_SUFFIXES, decode_image
 from shared.matting.session import u2net_preprocess
 from shared.synth import render_dataset
+
+
+class CalibrationPhotoError(ValueError):
+    """A file of ``--calibration-photos`` that does not decode; the message names it."""
 
 
 class PhotoCalibration(CalibrationDataReader):
@@ -47,13 +53,30 @@ class PhotoCalibration(CalibrationDataReader):
 def calibration_photos(
     n_renderer: int, seed: int, photo_folders: Sequence[Path], n_real: int
 ) -> list[Image.Image]:
-    """``n_renderer`` renderer photos plus ``n_real`` photos spread evenly over ``photo_folders``."""
-    photos = [photo.image for photo in render_dataset(n_renderer, seed, size_px=512)]
-    files = sorted(path for folder in photo_folders for path in folder.iterdir() if path.is_file())
+    """``n_renderer`` renderer photos plus ``n_real`` photos spread evenly over ``photo_folders``.
+
+    Only the photo files of the folders are picked (a ``pairs.json``, a ``.DS_Store`` or a masks folder
+    beside them crashed the run after the renderer photos were made), and each is decoded as ingest
+    and the stages decode it (``decode_image``: EXIF orientation, alpha over white, 16-bit rescaled,
+    colour profile to sRGB): calibration must see what inference sees. A photo that does not decode
+    is a ``CalibrationPhotoError`` naming it, before any rendering."""
+    files = sorted(
+        path
+        for folder in photo_folders
+        for path in folder.iterdir()
+        if path.is_file() and path.suffix.lower() in PHOTO_SUFFIXES and not path.name.startswith(".")
+    )
+    real: list[Image.Image] = []
     if files and n_real:
         picks = np.linspace(0, len(files) - 1, num=min(n_real, len(files))).round().astype(int)
-        photos += [Image.open(files[i]).convert("RGB") for i in sorted(set(picks.tolist()))]
-    return photos
+        for index in sorted(set(picks.tolist())):
+            try:
+                real.append(decode_image(files[index].read_bytes()))
+            except (BadInput, OSError) as exc:
+                raise CalibrationPhotoError(
+                    f"calibration photo {files[index]} cannot be used: {exc}"
+                ) from None
+    return [photo.image for photo in render_dataset(n_renderer, seed, size_px=512)] + real
 
 
 def quantize_u2net(
