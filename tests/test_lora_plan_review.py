@@ -6,17 +6,20 @@ then a rollback) or a damaged one raised, and no series trained again, at any po
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from schemas.common import ImageRef, SkuMetadata
 from schemas.events import CaptionedPhoto, SkuCaptioned
 from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import PREFIX, LoraTrainer, LoraTrainerMetrics
-from shared.config import load_settings
+from shared.config import ConfigError, load_settings
 from shared.errors import TransientError
 from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
@@ -135,3 +138,100 @@ def test_a_store_outage_while_planning_is_retried_not_skipped(tmp_path: Path) ->
     with pytest.raises(TransientError):
         trainer.plan()
     assert _unreadable(trainer, "captioned") == 0
+
+
+def test_the_general_adapter_trains_on_at_most_its_cap_spread_over_every_accepted_image(
+    tmp_path: Path,
+) -> None:
+    """It trained on every accepted image ever recorded: each run copied them all into a new set and
+    encoded them all on the GPU before its first step, so the job grew until it ran out of memory."""
+    store = FileStore(tmp_path)
+    for index in range(7):
+        store.put_json(f"{PREFIX}/accepted/item-{index}.json", _accepted(store, f"item-{index}"))
+    trainer = _trainer(store, lora_general_after_accepted=5, lora_general_max_images=3)
+
+    (job,) = trainer.plan()
+
+    assert [source.photo_id for source in job.sources] == ["item-0", "item-3", "item-6"]
+    assert job.accepted_count == 7  # the next run counts new images from all of them
+
+
+def test_the_general_schedule_starts_its_clock_at_the_first_accepted_image(tmp_path: Path) -> None:
+    """With no state yet, "trained_at" was 0: the first accepted image made the schedule due, and one
+    image trained the adapter every SKU without a series adapter gets."""
+    store = FileStore(tmp_path)
+    store.put_json(f"{PREFIX}/accepted/item-1.json", _accepted(store, "item-1"))
+    trainer = _trainer(store, lora_general_after_accepted=100, lora_general_every_s=3600)
+
+    assert trainer.plan() == []
+    state = json.loads(store.get_bytes(f"{PREFIX}/general.json"))
+    assert state["accepted_count"] == 0 and time.time() - state["trained_at"] < 60
+
+    store.put_json(f"{PREFIX}/general.json", {"accepted_count": 0, "trained_at": time.time() - 3601})
+    (job,) = trainer.plan()  # an hour on, the schedule is due with what came meanwhile
+    assert job.kind == "general"
+
+
+def test_a_poll_that_fails_is_counted_as_retried_not_as_a_failed_job(tmp_path: Path) -> None:
+    """Every failed poll added one to outcome="failed": an hour of store outage at a 5 s poll read as
+    720 failed jobs."""
+    FileStore(tmp_path).put_json(f"{PREFIX}/series/cola/SKU-1.json", {"written": "before the outage"})
+    trainer = _trainer(_UnreachableStore(tmp_path))
+    registry = trainer.metrics.jobs
+
+    trainer.poll()
+    trainer.poll()
+
+    samples = {
+        s.labels["outcome"]: s.value for s in registry.collect()[0].samples if s.name.endswith("_total")
+    }
+    assert samples == {"published": 0, "interrupted": 0, "failed": 0, "retried": 2}
+    assert isinstance(trainer.last_error, TransientError)
+
+
+def _class_images(root: Path, name: str, count: int, value: int = 0) -> None:
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        Image.new("RGB", (120, 80), (value + index, 0, 0)).save(folder / f"{value}-{index}.png")
+
+
+def test_a_class_folder_changes_only_the_jobs_of_its_own_class(tmp_path: Path) -> None:
+    """Every image of every class folder was in every job's identity: adding a folder for an unrelated
+    class retrained every series adapter. Images are kept at the training resolution."""
+    store = FileStore(tmp_path / "store")
+    store.put_json(f"{PREFIX}/series/cola/SKU-1.json", _captioned(store, "SKU-1", "Cola"))
+    classes = tmp_path / "class-images"
+    _class_images(classes, "can", 3)
+
+    def job_hash() -> str:
+        trainer = _trainer(store, lora_class_images_dir=str(classes), lora_class_images=2, lora_resolution=64)
+        assert {image.shape for images in trainer._class_folder.images.values() for image in images} == {
+            (64, 64, 3)
+        }
+        (job,) = trainer.plan()
+        return job.sha256
+
+    first = job_hash()
+    _class_images(classes, "bottle", 2)  # another class: this job does not use it
+    assert job_hash() == first
+    _class_images(classes, "can", 1, value=100)  # sorts after the first two: the recipe uses 2
+    assert job_hash() == first
+    (classes / "can" / "0-0.png").unlink()  # one of the images the job trains on
+    assert job_hash() != first
+
+
+def test_a_class_folder_that_is_no_slug_is_named_and_a_broken_image_stops_the_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FileStore(tmp_path / "store")
+    classes = tmp_path / "class-images"
+    _class_images(classes, "Soda Can", 1)
+    with caplog.at_level(logging.WARNING, logger="skuforge.lora-trainer"):
+        trainer = _trainer(store, lora_class_images_dir=str(classes))
+    assert trainer._class_folder.images == {}
+    assert any(getattr(r, "expected_name", None) == "soda-can" for r in caplog.records)
+    (classes / "can").mkdir()
+    (classes / "can" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(ConfigError, match=r"can/broken\.png cannot be used"):
+        _trainer(store, lora_class_images_dir=str(classes))

@@ -195,7 +195,7 @@ def test_training_set_has_instance_and_class_images_with_their_prompts_and_a_cla
         job_with_folder.sha256,
         job.sources,
         trainer.recipe,
-        class_folder=with_folder._class_folder,
+        class_folder=with_folder._class_folder.images,
     )
     assert [np.asarray(decode_image(trainer.store.get_bytes(i.image))).mean() for i in real.class_items] == [
         0.0,

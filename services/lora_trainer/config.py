@@ -87,7 +87,16 @@ class LoraTrainerSettings(BaseSettings):
         default=500, ge=1, description="train the general adapter after this many new accepted images"
     )
     lora_general_every_s: float = Field(
-        default=0.0, ge=0.0, description="also train it on this schedule when new images came; 0 = off"
+        default=0.0,
+        ge=0.0,
+        description="also train it on this schedule when new images came (the clock starts when the "
+        "trainer first sees an accepted image); 0 = off",
+    )
+    lora_general_max_images: int = Field(
+        default=2000,
+        ge=1,
+        description="the general adapter trains on at most this many accepted images, spread evenly "
+        "over all of them (each is copied into the job's set and encoded on the training device)",
     )
     lora_poll_s: float = Field(default=5.0, gt=0.0, description="how often the worker looks for work")
 

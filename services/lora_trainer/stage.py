@@ -42,9 +42,11 @@ A request file this version cannot read (not JSON, a field missing or mistyped) 
 out of planning, so it never holds back the other series; fields it does not know (a newer trainer
 wrote them) are ignored, as on the bus.
 
-Metrics beside the runtime's: ``skuforge_lora_jobs_total`` (by outcome: published, skipped,
-interrupted, failed), ``skuforge_lora_steps_total``, ``skuforge_lora_requests_total`` (by kind) and
-``skuforge_lora_requests_unreadable`` (by kind: request files the last plan left out).
+Metrics beside the runtime's: ``skuforge_lora_jobs_total`` (by outcome: published; interrupted, a
+job stopped mid-way to be resumed; failed, a job marked failed for good; retried, a poll that ended
+in a fault and is tried again at the next one), ``skuforge_lora_steps_total``,
+``skuforge_lora_requests_total`` (by kind) and ``skuforge_lora_requests_unreadable`` (by kind: request
+files the last plan left out).
 """
 
 from __future__ import annotations
@@ -76,13 +78,14 @@ from shared.generation.adapters import AdapterKind, AdapterRegistry
 from shared.generation.backend import cutout_sources
 from shared.generation.diffusion import DiffusionSettings, model_digest, paint_finite, release_memory
 from shared.generation.settings import GenerationSettings
-from shared.images import UInt8Array, decode_image
+from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, UInt8Array, decode_image
 from shared.lora_training.dataset import (
     InstanceSource,
     TrainingRecipe,
     build_training_set,
     load_training_set,
     slug,
+    square_image,
     training_set_sha256,
 )
 from shared.lora_training.train import TrainingError, TrainingInterrupted, check_trainable, train_lora
@@ -97,13 +100,22 @@ log = logging.getLogger("skuforge.lora-trainer")
 _E = TypeVar("_E", bound=BaseException)
 
 
+JOB_OUTCOMES = ("published", "interrupted", "failed", "retried")
+
+
 class LoraTrainerMetrics:
     """The trainer's own metrics, in the stage's registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.jobs = Counter(
-            "skuforge_lora_jobs_total", "Training jobs by outcome.", ["outcome"], registry=registry
+            "skuforge_lora_jobs_total",
+            "Training jobs by outcome (published, interrupted, failed for good; retried: a poll that "
+            "ended in a fault, tried again at the next).",
+            ["outcome"],
+            registry=registry,
         )
+        for outcome in JOB_OUTCOMES:
+            self.jobs.labels(outcome)
         self.steps = Counter("skuforge_lora_steps_total", "Optimiser steps run.", registry=registry)
         self.requests = Counter(
             "skuforge_lora_requests_total", "Requests recorded, by kind.", ["kind"], registry=registry
@@ -258,9 +270,13 @@ class LoraTrainer:
         min_plain_background: float,
         publish: Callable[[AdapterPublished], None],
         metrics: LoraTrainerMetrics,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        max_image_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         """``base_model`` labels the adapters (what the generator's SKUFORGE_DIFFUSION_BASE_MODEL
-        matches); ``min_plain_background`` is the generator's SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND."""
+        matches); ``min_plain_background`` is the generator's SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND;
+        the image limits are the shared settings' (SKUFORGE_MAX_IMAGE_PIXELS / _BYTES), which ingest
+        and the captioner held the photos to."""
         self.store = store
         self.registry = registry
         self.settings = settings
@@ -276,7 +292,13 @@ class LoraTrainer:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: BaseException | None = None  # the last poll's fault, without its traceback
-        self._class_folder = _read_class_folder(settings.lora_class_images_dir)
+        self.max_image_pixels, self.max_image_bytes = max_image_pixels, max_image_bytes
+        self._class_folder = _read_class_folder(
+            settings.lora_class_images_dir,
+            self.recipe.resolution,
+            max_pixels=max_image_pixels,
+            max_bytes=max_image_bytes,
+        )
         self._painter: Any = None  # the base model's pipeline while a job paints its class images
 
     # -- thread --
@@ -299,16 +321,25 @@ class LoraTrainer:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.run_pending()
-                self.last_error = None
+                self.poll()
             except TrainingInterrupted:
                 return
-            except Exception as exc:  # a store or broker fault: log, wait, try again (the job resumes)
-                self.metrics.jobs.labels("failed").inc()
-                log.exception("training job failed; retrying after the poll interval")
-                self.last_error = _without_frames(exc)
             self._wake.wait(self.settings.lora_poll_s)
             self._wake.clear()
+
+    def poll(self) -> None:
+        """One round of ``run_pending``; a fault is logged, kept in ``last_error`` and counted as
+        ``retried`` (the next poll tries again; a job marked failed for good is counted ``failed``
+        once, where it is marked)."""
+        try:
+            self.run_pending()
+            self.last_error = None
+        except TrainingInterrupted:
+            raise
+        except Exception as exc:  # a store or broker fault: log, wait, try again (the job resumes)
+            self.metrics.jobs.labels("retried").inc()
+            log.exception("training job failed; retrying after the poll interval")
+            self.last_error = _without_frames(exc)
 
     # -- planning --
 
@@ -342,15 +373,23 @@ class LoraTrainer:
     def _general_job(self) -> Job | None:
         keys = sorted(self.store.list_keys(f"{PREFIX}/accepted/"))
         state_key = f"{PREFIX}/general.json"
-        state = json.loads(self.store.get_bytes(state_key)) if self.store.exists(state_key) else {}
-        new = len(keys) - int(state.get("accepted_count", 0))
         every = self.settings.lora_general_every_s
+        if self.store.exists(state_key):
+            state = json.loads(self.store.get_bytes(state_key))
+        else:
+            state = {}
+            if keys and every > 0:
+                # The schedule's clock starts at the first accepted image seen: with none, it was due
+                # at once, and one image trained the adapter every SKU without a series one gets.
+                state = {"accepted_count": 0, "trained_at": time.time()}
+                self.store.put_json(state_key, state)
+        new = len(keys) - int(state.get("accepted_count", 0))
         scheduled = every > 0 and new > 0 and time.time() - float(state.get("trained_at", 0.0)) >= every
         if new < self.settings.lora_general_after_accepted and not scheduled:
             return None
         sources = []
         unreadable = 0
-        for key in keys:
+        for key in _spread(keys, self.settings.lora_general_max_images):
             try:
                 sources.append(_accepted_source(self.store.get_bytes(key)))
             except (ValueError, KeyError, TypeError, BadInput) as exc:
@@ -360,10 +399,12 @@ class LoraTrainer:
         return Job("general", None, sources, self._hash("general", None, sources), accepted_count=len(keys))
 
     def _hash(self, kind: str, series: str | None, sources: list[InstanceSource]) -> str:
+        # The class-folder images this job trains on (its classes' first recipe.class_images): a
+        # folder of another class must not change, so retrain, every adapter.
+        used = sorted({slug(source.class_noun) for source in sources})
+        count = self.recipe.class_images
         folder = [
-            (name, sha256_hex(image.tobytes()))
-            for name, images in self._class_folder.items()
-            for image in images
+            (name, digest) for name in used for digest in self._class_folder.digests.get(name, [])[:count]
         ]
         return training_set_sha256(
             kind=kind,
@@ -521,7 +562,9 @@ class LoraTrainer:
                     job.sha256,
                     job.sources,
                     self.recipe,
-                    class_folder=self._class_folder,
+                    class_folder=self._class_folder.images,
+                    max_pixels=self.max_image_pixels,
+                    max_bytes=self.max_image_bytes,
                     paint_class_images=self._paint_class_images,
                 )
             finally:
@@ -625,18 +668,57 @@ def _instance_sources(captioned: SkuCaptioned, min_plain_background: float) -> l
     return sources
 
 
-def _read_class_folder(directory: str | None) -> dict[str, list[UInt8Array]]:
-    """Real class images by class slug: ``<dir>/<class slug>/*.png|jpg``."""
+@dataclass(frozen=True)
+class ClassFolder:
+    """Real class images by class slug, at the training resolution, and the sha256 of each as read
+    (a job's identity names the ones it uses)."""
+
+    images: dict[str, list[UInt8Array]]
+    digests: dict[str, list[str]]
+
+
+def _read_class_folder(
+    directory: str | None, resolution: int, *, max_pixels: int, max_bytes: int
+) -> ClassFolder:
+    """``<dir>/<class slug>/*.png|jpg``, read once at start-up, kept at ``resolution`` (a hundred phone
+    photos at full size held gigabytes). A file that does not decode is a ``ConfigError`` naming it; a
+    folder whose name is no class slug (``Soda Can/``: the class "soda can" looks in ``soda-can/``) is
+    never used, and a warning says so."""
     if directory is None:
-        return {}
+        return ClassFolder({}, {})
     root = Path(directory)
     if not root.is_dir():
         raise ConfigError(f"SKUFORGE_LORA_CLASS_IMAGES_DIR={directory} is not a folder")
-    folder: dict[str, list[UInt8Array]] = {}
+    images: dict[str, list[UInt8Array]] = {}
+    digests: dict[str, list[str]] = {}
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if slug(class_dir.name) != class_dir.name:
+            log.warning(
+                "class image folder never used: class folders are named by the class's slug",
+                extra={"folder": str(class_dir), "expected_name": slug(class_dir.name)},
+            )
+            continue
         files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
-        folder[class_dir.name] = [np.asarray(decode_image(p.read_bytes()), dtype=np.uint8) for p in files]
-    return folder
+        for path in files:
+            try:
+                pixels = np.asarray(
+                    decode_image(path.read_bytes(), max_pixels=max_pixels, max_bytes=max_bytes), np.uint8
+                )
+            except (BadInput, OSError) as exc:
+                raise ConfigError(
+                    f"SKUFORGE_LORA_CLASS_IMAGES_DIR: {path} cannot be used ({exc}); fix or remove it"
+                ) from None
+            digests.setdefault(class_dir.name, []).append(sha256_hex(pixels.tobytes()))
+            images.setdefault(class_dir.name, []).append(square_image(pixels, resolution))
+    return ClassFolder(images, digests)
+
+
+def _spread(keys: list[str], most: int) -> list[str]:
+    """At most ``most`` of ``keys``, evenly spaced over them (all when there are no more)."""
+    if len(keys) <= most:
+        return keys
+    picks = np.linspace(0, len(keys) - 1, num=most).round().astype(int)
+    return [keys[index] for index in sorted(set(picks.tolist()))]
 
 
 def _device(settings: LoraTrainerSettings) -> str:
@@ -696,6 +778,8 @@ def open_trainer(
         min_plain_background=generation.generation_min_plain_background,
         publish=publish,
         metrics=metrics,
+        max_image_pixels=shared.max_image_pixels,
+        max_image_bytes=shared.max_image_bytes,
     )
 
 

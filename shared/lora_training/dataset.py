@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.generation.backend import GenerationRequest
 from shared.generation.composite import CompositeBackend
-from shared.images import UInt8Array, decode_image, decode_mask
+from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, UInt8Array, decode_image, decode_mask
 from shared.store import ObjectStore
 
 ItemKind = Literal["instance", "class"]
@@ -198,11 +198,15 @@ def build_training_set(
     *,
     class_folder: dict[str, list[UInt8Array]] | None = None,
     paint_class_images: ClassPainter | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> TrainingSet:
     """Write the set under ``prefix`` (images, masks, one index per class) and return it.
 
     Class images come from ``class_folder`` (class slug -> real images) when it has the class,
     else from ``paint_class_images``; with neither, or ``recipe.class_images == 0``, there are none.
+    Photos and masks are decoded under ``max_pixels`` / ``max_bytes`` (the shared settings' limits,
+    which ingest held them to: the library defaults refused photos a raised limit let through).
     """
     size = recipe.resolution
     compositor = CompositeBackend()
@@ -212,8 +216,10 @@ def build_training_set(
         classes.setdefault(source.class_noun, source.class_prompt)
         # Checked against the sha256 the captioner recorded (the job's identity): an altered photo
         # must not be trained on under it.
-        photo = np.asarray(decode_image(store.read_checked(source.image_uri, source.image_sha256)), np.uint8)
-        mask = decode_mask(store.read_checked(source.mask_uri, source.mask_sha256))
+        image_bytes = store.read_checked(source.image_uri, source.image_sha256)
+        photo = np.asarray(decode_image(image_bytes, max_pixels=max_pixels, max_bytes=max_bytes), np.uint8)
+        mask_bytes = store.read_checked(source.mask_uri, source.mask_sha256)
+        mask = decode_mask(mask_bytes, max_pixels=max_pixels, max_bytes=max_bytes)
         base_id = f"{source.sku_id}-{source.photo_id}"
         if source.composite:
             request = GenerationRequest(
@@ -231,7 +237,7 @@ def build_training_set(
                 for s in compositor.generate(request)
             ]
         else:
-            scenes = [(_square(photo, size), _square(mask, size), list(source.tags))]
+            scenes = [(square_image(photo, size), square_image(mask, size), list(source.tags))]
         for index, (image, item_mask, tags) in enumerate(scenes):
             item_id = f"{base_id}-{index:03d}"
             image_ref = store.put_image(f"{prefix}/images/instance/{item_id}.png", image)
@@ -253,7 +259,7 @@ def build_training_set(
         images = _class_images(class_noun, class_prompt, recipe, class_folder, paint_class_images)
         for index, image in enumerate(images):
             item_id = f"class-{class_key(class_noun)}-{index:04d}"
-            ref = store.put_image(f"{prefix}/images/class/{item_id}.png", _square(image, size))
+            ref = store.put_image(f"{prefix}/images/class/{item_id}.png", square_image(image, size))
             training_set.items.append(
                 TrainingItem(
                     item_id=item_id,
@@ -334,7 +340,7 @@ def _class_images(
     return paint(class_prompt, recipe.class_images, recipe.seed, recipe.resolution)
 
 
-def _square(pixels: UInt8Array, size: int) -> UInt8Array:
+def square_image(pixels: UInt8Array, size: int) -> UInt8Array:
     """Centre-crop to a square and resize to ``size`` (masks stay 0/255)."""
     from PIL import Image
 
