@@ -19,7 +19,8 @@ none (``resolve_adapter``)::
 
     registry = AdapterRegistry(open_store("s3://models/adapters"))
     registry.register("shelf-general", Path("lora.safetensors"), kind="general", base_model="sd15-inpaint")
-    registry.resolve(series="cola-330ml")      # AdapterMetadata, or None when none fits
+    choice = resolve_adapter(registry.list(), series="cola-330ml", base_model="sd15-inpaint")
+    choice.adapter, choice.reason              # AdapterMetadata or None; "series", "general" or "none"
 """
 
 from __future__ import annotations
