@@ -964,7 +964,9 @@ def test_a_resized_copy_of_a_heldout_photo_is_refused(
         ("--seed", str(2**64), "--seed: must be from 0 to 9223372036854775807"),
         ("--l2", "1e308", "--l2: must be a number from 0 to 1e+06, got 1e308"),
         ("--real-weight", "1e-300", "--real-weight: must be a number from 1e-06 to 1e+06"),
-        ("--image-px", "100000", "--image-px: must be from 16 to 1024, got 100000"),
+        ("--image-px", "100000", "--image-px: must be from 16 to 384, got 100000"),
+        # Above 384 the decoded photo's centre square (at most 384 px) was only scaled up.
+        ("--image-px", "448", "--image-px: must be from 16 to 384, got 448"),
     ],
 )
 def test_a_number_out_of_bounds_is_a_usage_error(
