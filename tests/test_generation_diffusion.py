@@ -26,6 +26,7 @@ from shared.generation.adapters import (
 )
 from shared.generation.backend import GeneratedSample, GenerationRequest
 from shared.generation.diffusion import (
+    CANVAS_FILL,
     DiffusionBackend,
     DiffusionModelError,
     DiffusionSettings,
@@ -128,6 +129,26 @@ def test_paint_mask_spares_a_band_around_the_product() -> None:
     assert (painted[expected == 255] == 0).all()
     assert painted[7, 15] == 0 and painted[6, 15] == 255  # 3 px kept above the product, not 4
     assert (paint_mask(expected, 0) == 255 - expected).all()
+
+
+def test_the_kept_band_around_a_tightly_framed_product_is_repainted_where_the_photo_ends() -> None:
+    """A product 2 px from its photo's top and bottom: the band kept around it (8 px at 1024 px) ran
+    past the photo's edge, and that part of the band stayed CANVAS_FILL grey in every output."""
+    photo = np.full((100, 160, 3), 30, np.uint8)
+    mask = np.zeros((100, 160), np.uint8)
+    mask[2:98, 40:120] = 255
+    photo[mask == 255] = (200, 40, 40)
+    placed = place_product(photo, mask, 256, scale=0.9, rotation_deg=10.0, position_x=0.5, position_y=0.5)
+    assert placed.photo_area is not None
+    grey = (placed.canvas == CANVAS_FILL).all(axis=2)
+    assert grey.any() and not (grey & (placed.photo_area == 255)).any()
+    old = paint_mask(placed.expected_mask, dilation_px=8)
+    new = paint_mask(placed.expected_mask, dilation_px=8, photo_area=placed.photo_area)
+    assert (grey & (old == 0)).sum() > 50  # the grey rim the painter kept before
+    assert not (grey & (new == 0)).any()
+    assert (new[placed.expected_mask == 255] == 0).all()  # the product itself is never repainted
+    # Where the photo goes on around the product, the band is kept as before.
+    assert ((old == 0) & (placed.photo_area == 255)).sum() == ((new == 0) & (placed.photo_area == 255)).sum()
 
 
 def test_empty_mask_is_refused_with_a_reason() -> None:

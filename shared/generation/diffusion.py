@@ -81,7 +81,7 @@ log = logging.getLogger("skuforge.generation.diffusion")
 
 UInt8Array = npt.NDArray[np.uint8]
 
-CANVAS_FILL = 127  # grey behind the placed photo; the painter never sees it (it is masked)
+CANVAS_FILL = 127  # grey behind the placed photo; the painter never keeps it (paint_mask: photo_area)
 MAX_VARIANTS = 64  # per request; the stage asks for a few at a time
 
 
@@ -220,6 +220,9 @@ class Placement:
     rotation_deg: float
     position_x: float  # 0..1: left .. right of the positions that keep the product inside
     position_y: float
+    # size x size, 255 where the canvas shows the photo (not the CANVAS_FILL beyond its edges, nor the
+    # pixels the resampling blended with it); None: all of it
+    photo_area: UInt8Array | None = None
 
 
 def place_product(
@@ -270,6 +273,13 @@ def place_product(
         (size, size), Image.Transform.AFFINE, affine, Image.Resampling.BILINEAR, fillcolor=0
     )
     expected = np.where(np.asarray(moved) >= 128, 255, 0).astype(np.uint8)
+    # Where the photo ends on the canvas: a tightly framed photo ends inside the band the painter
+    # keeps around the product, and that band kept CANVAS_FILL grey. One pixel in from that edge, for
+    # the bicubic sampling's reach into the fill.
+    whole = Image.new("L", photo.size, 255).transform(
+        (size, size), Image.Transform.AFFINE, affine, Image.Resampling.BILINEAR, fillcolor=0
+    )
+    inside = np.asarray(whole.filter(ImageFilter.MinFilter(3))) == 255
     if not expected.any():
         raise BadInput("product_too_small", f"the product vanishes at scale {scale} on a {size}px canvas")
     return Placement(
@@ -279,15 +289,23 @@ def place_product(
         rotation_deg=rotation_deg,
         position_x=position_x,
         position_y=position_y,
+        photo_area=np.where(inside, 255, 0).astype(np.uint8),
     )
 
 
-def paint_mask(expected_mask: UInt8Array, dilation_px: int) -> UInt8Array:
-    """What the painter repaints (255): everything outside the product mask grown by ``dilation_px``."""
+def paint_mask(
+    expected_mask: UInt8Array, dilation_px: int, photo_area: UInt8Array | None = None
+) -> UInt8Array:
+    """What the painter repaints (255): everything outside the product mask grown by ``dilation_px``,
+    and, of that band, what is not the photo (``photo_area`` 0: the canvas fill beyond a tightly framed
+    photo's edge, which was kept as a grey rim around the product)."""
     kept = Image.fromarray(expected_mask, "L")
     if dilation_px > 0:
         kept = kept.filter(ImageFilter.MaxFilter(2 * dilation_px + 1))
-    return np.where(np.asarray(kept) >= 128, 0, 255).astype(np.uint8)
+    keep = np.asarray(kept) >= 128
+    if photo_area is not None:
+        keep &= (photo_area >= 128) | (expected_mask >= 128)
+    return np.where(keep, 0, 255).astype(np.uint8)
 
 
 def variant_seeds(seed: int, index: int) -> tuple[int, int, int]:
@@ -986,7 +1004,8 @@ class DiffusionBackend:
             "width": size,
             "guidance_scale": guidance,
         }
-        masks = [paint_mask(p.expected_mask, self.settings.diffusion_mask_dilation_px) for p in placements]
+        dilation = self.settings.diffusion_mask_dilation_px
+        masks = [paint_mask(p.expected_mask, dilation, p.photo_area) for p in placements]
         # One generator per variant: a variant's pixels do not depend on its neighbours in the batch.
         # CPU generators: a CUDA generator draws other noise than a CPU one for the same seed, and
         # diffusers moves CPU-drawn noise to the pipeline's device (what it recommends for reproducing).
