@@ -53,7 +53,11 @@ class CaptionerSettings(BaseSettings):
     )
     captioner_use_gpu: bool = Field(default=True, description="use CUDA for matting and BLIP when available")
     captioner_matting_max_batch: int = Field(
-        default=10, ge=1, le=256, description="photos per matting call; 10 = a whole SKU in one call"
+        default=10,
+        ge=1,
+        le=256,
+        description="photos per matting batch; 10 = a whole SKU in one batch (on a GPU one call; on CPU "
+        "calls of at most 4)",
     )
     captioner_mask_threshold: float = Field(
         default=0.5, gt=0.0, lt=1.0, description="matting confidence at or above which a pixel is product"
