@@ -434,28 +434,48 @@ def test_a_model_exported_with_a_fixed_batch_of_two_runs_any_number_of_images(tm
 
 def test_a_local_model_with_its_weights_in_a_separate_file_opens(tmp_path: Path) -> None:
     """Read into memory, ORT had no folder to find ``model.onnx.data`` in: "model_path must not be
-    empty". A model fetched from a URI comes without that file, and the refusal says so."""
+    empty". The weights are taken into the model in memory, so they are part of its id, and a
+    snapshot folder of links (the Hugging Face cache's layout) finds them. A model given as bytes
+    (or fetched from a URI) comes without them, and the refusal says so."""
     import onnx
+    from onnx import numpy_helper
+
+    def save_split(model: Any, folder: Path) -> Path:
+        folder.mkdir()
+        onnx.save(
+            model,
+            str(folder / "model.onnx"),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location="model.onnx.data",
+            size_threshold=0,
+        )
+        assert (folder / "model.onnx.data").is_file()
+        return folder / "model.onnx"
 
     model = _stand_in_model()
     onnx.save(model, str(tmp_path / "one.onnx"))
-    folder = tmp_path / "exported"
-    folder.mkdir()
-    onnx.save(
-        model,
-        str(folder / "model.onnx"),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location="model.onnx.data",
-        size_threshold=0,
-    )
-    assert (folder / "model.onnx.data").is_file()
-    split = open_session(str(folder / "model.onnx"), threads=1, use_gpu=False, store=None)
+    split_path = save_split(model, tmp_path / "exported")
+    split = open_session(str(split_path), threads=1, use_gpu=False, store=None)
     whole = U2NetSession(tmp_path / "one.onnx", threads=1, use_gpu=False)
     image = photos(1, size_px=96)
     assert np.array_equal(split.predict(image)[0].mask, whole.predict(image)[0].mask)
-    with pytest.raises(MattingModelError, match=r"separate file, ONNX external data"):
-        U2NetSession((folder / "model.onnx").read_bytes(), threads=1, use_gpu=False)
+
+    other = _stand_in_model()
+    weights = other.graph.initializer[0]
+    weights.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weights), weights.name))
+    retrained = U2NetSession(save_split(other, tmp_path / "retrained"), threads=1, use_gpu=False)
+    assert retrained.model_id != split.model_id  # same graph file bytes, other weights
+
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    for name in ("model.onnx", "model.onnx.data"):
+        (snapshot / name).symlink_to(tmp_path / "exported" / name)
+    linked = U2NetSession(snapshot / "model.onnx", threads=1, use_gpu=False)
+    assert linked.model_id == split.model_id
+
+    with pytest.raises(MattingModelError, match=r"separate files, ONNX external data"):
+        U2NetSession(split_path.read_bytes(), threads=1, use_gpu=False)
 
 
 def test_a_relative_official_model_path_is_the_working_directorys(

@@ -355,29 +355,30 @@ class MattingSession(ABC):
     ) -> None:
         if threads < 1 or max_batch < 1:
             raise ValueError(f"threads and max_batch must be at least 1, got {threads} and {max_batch}")
-        # Where ORT looks for weights kept beside the model (ONNX external data, ``model.onnx.data``,
-        # what torch's newer exporter writes): a model read from bytes has no folder of its own.
-        self._folder: Path | None = None
         if isinstance(model, bytes):
             source = model
             model_name = model_name or "in-memory.onnx"
         else:
-            self._folder = Path(model).resolve().parent
             # Read once: the sessions of other batch sizes open later, and must open this model even
             # if the file is replaced meanwhile (a training run writing its output, a redeploy).
             source = Path(model).read_bytes()
             model_name = model_name or Path(model).name
-        digest = hashlib.sha256(source).hexdigest()
-        self.sha256 = digest
-        self.model_id = f"{model_name}@sha256:{digest[:12]}"
         self.mask_options = mask or MaskOptions()
-
-        self._source = source
         self._threads = threads
         wanted = choose_providers(use_gpu)
         if CUDA_PROVIDER in wanted:
             _preload_cuda_libraries()
-        self._session = self._open(wanted, {})
+        self._set_source(source, model_name)
+        try:
+            self._session = self._open(wanted, {})
+        except MattingModelError as exc:
+            if isinstance(model, bytes) or "external data" not in str(exc.__cause__).lower():
+                raise
+            # Its weights are in files beside it (``model.onnx.data``, what torch's newer exporter
+            # writes), which a model read from bytes cannot reach: taken into the model, in memory,
+            # so that they are read once and are part of its sha256 like any model's weights.
+            self._set_source(_inline_external_data(Path(model), self.model_id), model_name)
+            self._session = self._open(wanted, {})
         # What ORT actually enabled: a CUDA provider that failed to initialise is dropped here.
         self.providers: list[str] = list(self._session.get_providers())
         self.gpu_fallback = CUDA_PROVIDER in wanted and CUDA_PROVIDER not in self.providers
@@ -424,10 +425,6 @@ class MattingSession(ABC):
         options.enable_mem_pattern = False
         for dim, value in fixed_dims.items():
             options.add_free_dimension_override_by_name(dim, value)
-        if self._folder is not None:
-            options.add_session_config_entry(
-                "session.model_external_initializers_file_folder_path", str(self._folder)
-            )
         if fixed_dims:
             # The sessions of several batch sizes share one CPU arena instead of one each.
             _register_shared_cpu_arena()
@@ -438,11 +435,16 @@ class MattingSession(ABC):
             hint = ""
             if "external data" in str(exc).lower():
                 hint = (
-                    " (its weights are in a separate file, ONNX external data, that is not beside it: "
-                    "keep model.onnx.data next to a local model, or save the model as one file, "
-                    "onnx.save(model, path), to serve it from a URI)"
+                    " (its weights are in separate files, ONNX external data: a model fetched from a "
+                    "URI comes without them; save it as one file, onnx.save(onnx.load(path), out))"
                 )
             raise MattingModelError(f"ONNX Runtime cannot load {self.model_id}{hint}: {exc}") from exc
+
+    def _set_source(self, source: bytes, model_name: str) -> None:
+        """The model's bytes, and the sha256 and id they give it."""
+        self._source = source
+        self.sha256 = hashlib.sha256(source).hexdigest()
+        self.model_id = f"{model_name}@sha256:{self.sha256[:12]}"
 
     def _session_for(self, batch: int) -> ort.InferenceSession:
         """The session for a call of ``batch`` images: on CPU, one with every shape fixed.
@@ -593,6 +595,42 @@ class U2NetPSession(U2NetSession):
     """U2-NetP (the 4.7 MB U2-Net): same pre/post-processing, the project's default model."""
 
     name = "u2netp"
+
+
+def _inline_external_data(path: Path, model_id: str) -> bytes:
+    """The model at ``path`` with the weights it keeps in files beside it (ONNX external data) taken
+    in, as one serialised model. Needs the ``onnx`` package (the diffusion extra); without it, or
+    for a model over protobuf's 2 GB, ``MattingModelError`` says how to make a one-file model."""
+    advice = "save it as one file first: python -c \"import onnx; onnx.save(onnx.load('IN'), 'OUT')\""
+    try:
+        import onnx
+    except ImportError:
+        raise MattingModelError(
+            f"{model_id} keeps its weights in separate files (ONNX external data), and taking them in "
+            f"needs the onnx package (pip install onnx); or {advice}"
+        ) from None
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        for tensor in model.graph.initializer:
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            location = Path(info.get("location", ""))
+            if not location.parts or location.is_absolute() or ".." in location.parts:
+                raise ValueError(f"tensor {tensor.name}: location {str(location)!r} is not a file beside it")
+            # Beside the path as given, not its link target: a snapshot folder of links (the Hugging
+            # Face cache) holds both files as links into a blob store. (onnx.load refuses linked data.)
+            with (path.parent / location).open("rb") as file:
+                file.seek(int(info.get("offset", 0)))
+                length = int(info["length"]) if "length" in info else -1
+                tensor.raw_data = file.read(length)
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+        return bytes(model.SerializeToString())
+    except (OSError, ValueError) as exc:
+        raise MattingModelError(
+            f"{model_id}: cannot read the weights it keeps beside it (ONNX external data): {exc}; {advice}"
+        ) from exc
 
 
 # --- opening by name, path or URI ------------------------------------------------------------
