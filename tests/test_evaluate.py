@@ -368,6 +368,19 @@ def test_photos_in_a_linked_sub_folder_are_held_out_once_and_a_link_loop_ends(tm
     (batch / "loop").symlink_to(sku, target_is_directory=True)  # back up: a loop
     photos, _ = heldout_photos(tmp_path / "heldout")
     assert sorted(Path(photo.name).name for photo in photos) == ["a.jpg", "b.jpg"]
+    # A link to another SKU's folder, or to the root, would hold that SKU's photos out twice.
+    other = tmp_path / "heldout" / "SKU-BLUE"
+    other.mkdir()
+    Image.new("RGB", (8, 8), COLOURS["SKU-BLUE"]).save(other / "c.jpg", format="JPEG")
+    (sku / "blue").symlink_to(other, target_is_directory=True)
+    (sku / "all").symlink_to(tmp_path / "heldout", target_is_directory=True)
+    photos, notes = heldout_photos(tmp_path / "heldout")
+    assert sorted((photo.sku_id, Path(photo.name).name) for photo in photos) == [
+        ("SKU-BLUE", "c.jpg"),
+        ("SKU-RED", "a.jpg"),
+        ("SKU-RED", "b.jpg"),
+    ]
+    assert sum("a link to another SKU's folder or the held-out root" in note for note in notes) == 2
 
 
 def test_an_unreadable_heldout_photo_or_folder_is_refused_by_name(
@@ -964,9 +977,9 @@ def test_a_resized_copy_of_a_heldout_photo_is_refused(
         ("--seed", str(2**64), "--seed: must be from 0 to 9223372036854775807"),
         ("--l2", "1e308", "--l2: must be a number from 0 to 1e+06, got 1e308"),
         ("--real-weight", "1e-300", "--real-weight: must be a number from 1e-06 to 1e+06"),
-        ("--image-px", "100000", "--image-px: must be from 16 to 384, got 100000"),
-        # Above 384 the decoded photo's centre square (at most 384 px) was only scaled up.
-        ("--image-px", "448", "--image-px: must be from 16 to 384, got 448"),
+        ("--image-px", "100000", "--image-px: must be from 16 to 512, got 100000"),
+        # Above 512 the decoded photo's centre square (at most 512 px) was only scaled up.
+        ("--image-px", "640", "--image-px: must be from 16 to 512, got 640"),
     ],
 )
 def test_a_number_out_of_bounds_is_a_usage_error(

@@ -239,9 +239,11 @@ def test_a_knob_value_its_backend_refuses_is_a_start_up_error(
 
 def test_a_knob_is_checked_by_the_backends_in_use_only(monkeypatch: pytest.MonkeyPatch) -> None:
     # rotation_deg 60 is a composite's (up to 90), not a diffusion variant's (up to 45); a photo scene's
-    # key is the scene library's to check, which is not open at start-up.
+    # key is the scene library's to check, which is not open at start-up, and on a photo any
+    # height_fraction in 0..1 is taken (it is reported; the framing decides).
     monkeypatch.setenv(
-        "SKUFORGE_GENERATION_PARAMETERS", '{"rotation_deg": 60, "scene": "photo", "scene_key": "a"}'
+        "SKUFORGE_GENERATION_PARAMETERS",
+        '{"rotation_deg": 60, "scene": "photo", "scene_key": "a", "height_fraction": 0.97}',
     )
     monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND", "composite")
     assert load_settings(GenerationSettings).generation_parameters["rotation_deg"] == 60

@@ -22,6 +22,7 @@ from services.lora_trainer.stage import PREFIX, LoraTrainer, LoraTrainerMetrics
 from shared.config import ConfigError, load_settings
 from shared.errors import TransientError
 from shared.generation.adapters import AdapterRegistry
+from shared.lora_training.dataset import slug
 from shared.store import FileStore
 
 
@@ -231,6 +232,9 @@ def test_a_class_folder_that_is_no_slug_is_named_and_a_broken_image_stops_the_st
         trainer = _trainer(store, lora_class_images_dir=str(classes))
     assert trainer._class_folder.images == {}
     assert any(getattr(r, "expected_name", None) == "soda-can" for r in caplog.records)
+    long_name = "organic extra virgin olive oil in a tin can"  # its slug is cut at 40 and ends in "-"
+    _class_images(classes, slug(long_name), 1)
+    assert list(_trainer(store, lora_class_images_dir=str(classes))._class_folder.images) == [slug(long_name)]
     (classes / "can").mkdir()
     (classes / "can" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(ConfigError, match=r"can/broken\.png cannot be used"):

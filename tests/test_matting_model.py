@@ -132,6 +132,19 @@ def test_a_checkpoint_resumes_only_its_own_run_and_only_when_steps_are_left(tmp_
     assert saved is not None and saved["step"] == 9
     loaded, written = resumed.state_dict(), model.state_dict()
     assert all(torch.equal(loaded[key], written[key]) for key in written)
+    with pytest.raises(ValueError, match=r"its freeze_batchnorm differ"):
+        start_state(TrainConfig(steps=20, seed=1, train_images=4, batch=2, freeze_batchnorm=True), checkpoint)
+
+    # The same --extra folder with corrected masks dropped into it is another run's data.
+    extra = tmp_path / "extra"
+    (extra / "masks").mkdir(parents=True)
+    with_extra = TrainConfig(steps=10, seed=1, train_images=4, batch=2, extra_pairs=[extra])
+    state = {"model": model.state_dict(), "optimiser": {}, "step": 3, "config": _fingerprint(with_extra)}
+    torch.save(state, checkpoint)
+    start_state(with_extra, checkpoint)
+    (extra / "masks" / "corrected.png").write_bytes(b"mask")
+    with pytest.raises(ValueError, match=r"its extra_pairs differ"):
+        start_state(with_extra, checkpoint)
 
 
 def test_the_matting_commands_refuse_bad_files_and_numbers_without_a_traceback(

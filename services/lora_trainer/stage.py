@@ -54,6 +54,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -692,7 +693,7 @@ def _read_class_folder(
     images: dict[str, list[UInt8Array]] = {}
     digests: dict[str, list[str]] = {}
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        if slug(class_dir.name) != class_dir.name:
+        if not _SLUG.fullmatch(class_dir.name):
             log.warning(
                 "class image folder never used: class folders are named by the class's slug",
                 extra={"folder": str(class_dir), "expected_name": slug(class_dir.name)},
@@ -711,6 +712,10 @@ def _read_class_folder(
             digests.setdefault(class_dir.name, []).append(sha256_hex(pixels.tobytes()))
             images.setdefault(class_dir.name, []).append(square_image(pixels, resolution))
     return ClassFolder(images, digests)
+
+
+# What ``slug`` makes: a folder named otherwise is never looked up (a long slug may end in "-").
+_SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 
 
 def _spread(keys: list[str], most: int) -> list[str]:

@@ -17,6 +17,7 @@ from shared.argtypes import (
     non_negative_int,
     positive_int,
 )
+from shared.config import ConfigError, load_settings
 from shared.matting import MODELS_DIR
 from shared.observability import configure_logging
 
@@ -286,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     # model, which a rejected run must leave in service, not delete.
     candidate = args.out.with_name(f"{args.out.stem}.candidate{args.out.suffix}")
     try:
+        limits = load_settings()
+    except ConfigError as exc:
+        parser.error(str(exc))
+    try:
         try:
             quantize_u2net(
                 args.model_path,
@@ -293,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
                 calibration_images=args.calibration,
                 photo_folders=args.calibration_photos,
                 real_images=args.real,
+                max_pixels=limits.max_image_pixels,  # what ingest holds photos to
+                max_bytes=limits.max_image_bytes,
             )
         except CalibrationPhotoError as exc:
             parser.error(f"--calibration-photos: {exc}")

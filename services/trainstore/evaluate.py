@@ -115,10 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--image-px",
-        type=int_between(16, 384),
+        type=int_between(16, 512),
         default=224,
-        help="backbone input side, 16 to 384 (default 224): photos are decoded at most 512 px on their "
-        "longer side, so a 4:3 photo's centre square is 384 px and a larger input adds no detail",
+        help="backbone input side, 16 to 512 (default 224): photos are decoded at most 512 px on their "
+        "longer side, and the input is the centre square of that scaled to this side (512 px for a "
+        "square photo, 384 for a 4:3 one: above that it adds no detail)",
     )
     parser.add_argument(
         "--seed",

@@ -75,13 +75,16 @@ def heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
         raise EvaluateRefused(f"--heldout {root}: not a directory (one folder per SKU id, photos inside)")
     photos: list[Photo] = []
     notes: list[str] = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue
+    entries = [entry for entry in sorted(root.iterdir()) if not entry.name.startswith(".")]
+    sku_folders = {_folder_id(entry): entry for entry in entries if entry.is_dir()}
+    for entry in entries:
         if not entry.is_dir():
             notes.append(f"{entry} is not in a SKU folder: not used")
             continue
-        for path in _files_under(entry):
+        # A link inside a SKU's folder to another SKU's folder, or to the root, would hold that SKU's
+        # photos out under this one too.
+        elsewhere = {_folder_id(root)} | (set(sku_folders) - {_folder_id(entry)})
+        for path in _files_under(entry, elsewhere, notes):
             if not path.is_file():
                 notes.append(f"{path} is a link to nothing: not used")
                 continue
@@ -99,10 +102,17 @@ def heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
     return photos, notes
 
 
-def _files_under(folder: Path) -> list[Path]:
-    """The files in ``folder`` and its sub-folders (links included), sorted; hidden files and everything
-    in hidden folders (thumbnails, checkpoints) left out. A folder that cannot be read is refused: its
-    photos would be missing from the evaluation without a word."""
+def _folder_id(folder: Path) -> tuple[int, int]:
+    """The folder's device and inode: the same folder, however it is reached."""
+    stat = os.stat(folder)
+    return stat.st_dev, stat.st_ino
+
+
+def _files_under(folder: Path, elsewhere: set[tuple[int, int]], notes: list[str]) -> list[Path]:
+    """The files in ``folder`` and its sub-folders (links followed, each folder once), sorted; hidden
+    files and everything in hidden folders (thumbnails, checkpoints) left out, and so are the folders
+    ``elsewhere`` names (other SKUs' folders, reached by a link), with a note. A folder that cannot be
+    read is refused: its photos would be missing from the evaluation without a word."""
 
     def refuse(exc: OSError) -> None:
         raise EvaluateRefused(
@@ -116,6 +126,10 @@ def _files_under(folder: Path) -> list[Path]:
             stat = os.stat(top)
         except OSError as exc:
             refuse(exc)
+        if (stat.st_dev, stat.st_ino) in elsewhere:
+            notes.append(f"{top} is a link to another SKU's folder or the held-out root: not used")
+            folders[:] = []
+            continue
         if (stat.st_dev, stat.st_ino) in seen:
             folders[:] = []
             continue

@@ -900,4 +900,8 @@ def check_parameters(parameters: dict[str, Any]) -> None:
     if checked.get("scene") == PHOTO_SCENE or "scene_key" in checked:
         checked.pop("scene", None)
         checked.pop("scene_key", None)
+        # On a photo the framing decides the size: height_fraction is reported, any of 0..1 accepted.
+        fraction = checked.pop("height_fraction", 0.5)
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+            raise CompositeError("height_fraction must be in 0..1")
     _Plan.draw(np.random.default_rng(0)).override(checked)

@@ -28,7 +28,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
 
 from shared.errors import BadInput
-from shared.images import PHOTO_SUFFIXES, decode_image
+from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PHOTO_SUFFIXES, decode_image
 from shared.matting.session import u2net_preprocess
 from shared.synth import render_dataset
 
@@ -51,7 +51,13 @@ class PhotoCalibration(CalibrationDataReader):
 
 
 def calibration_photos(
-    n_renderer: int, seed: int, photo_folders: Sequence[Path], n_real: int
+    n_renderer: int,
+    seed: int,
+    photo_folders: Sequence[Path],
+    n_real: int,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> list[Image.Image]:
     """``n_renderer`` renderer photos plus ``n_real`` photos spread evenly over ``photo_folders``.
 
@@ -71,7 +77,9 @@ def calibration_photos(
         picks = np.linspace(0, len(files) - 1, num=min(n_real, len(files))).round().astype(int)
         for index in sorted(set(picks.tolist())):
             try:
-                real.append(decode_image(files[index].read_bytes()))
+                real.append(
+                    decode_image(files[index].read_bytes(), max_pixels=max_pixels, max_bytes=max_bytes)
+                )
             except (BadInput, OSError) as exc:
                 raise CalibrationPhotoError(
                     f"calibration photo {files[index]} cannot be used: {exc}"
@@ -87,9 +95,14 @@ def quantize_u2net(
     seed: int = 4242,
     photo_folders: Sequence[Path] = (),
     real_images: int = 64,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Path:
-    """Write a QDQ int8 copy of ``fp32_path`` (per-channel int8 weights, uint8 activations)."""
-    photos = calibration_photos(calibration_images, seed, photo_folders, real_images)
+    """Write a QDQ int8 copy of ``fp32_path`` (per-channel int8 weights, uint8 activations); the real
+    calibration photos are decoded under ``max_pixels`` / ``max_bytes`` (the shared settings' limits)."""
+    photos = calibration_photos(
+        calibration_images, seed, photo_folders, real_images, max_pixels=max_pixels, max_bytes=max_bytes
+    )
     input_name = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"

@@ -10,6 +10,7 @@ gate will see. Requires the ``diffusion`` extra (torch).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -161,16 +162,31 @@ def _batches(
 
 
 def _fingerprint(config: TrainConfig) -> dict[str, Any]:
-    """What a checkpoint's run trained on and from: a resume must be of the same run."""
+    """What a checkpoint's run trained on and from: a resume must be of the same run. An ``--extra``
+    folder counts by its pairs' names and sizes too (corrected masks dropped into it make another run);
+    the learning rate, ``--steps`` and the time budget may change on a resume."""
     return {
         "model": config.model,
         "seed": config.seed,
         "size_px": config.size_px,
         "batch": config.batch,
+        "low_res_px": config.low_res_px,
+        "low_res_fraction": config.low_res_fraction,
+        "freeze_batchnorm": config.freeze_batchnorm,
         "train_images": config.train_images,
-        "extra_pairs": [str(folder.resolve()) for folder in config.extra_pairs],
+        "extra_pairs": [_folder_listing(folder) for folder in config.extra_pairs],
         "init_weights": None if config.init_weights is None else str(config.init_weights.resolve()),
     }
+
+
+def _folder_listing(folder: Path) -> str:
+    """The folder and a digest of its files' relative names and sizes (cheap: no file is read)."""
+    entries = sorted(
+        f"{path.relative_to(folder).as_posix()}:{path.stat().st_size}"
+        for path in folder.rglob("*")
+        if path.is_file()
+    )
+    return f"{folder.resolve()}#{hashlib.sha256(chr(10).join(entries).encode()).hexdigest()[:16]}"
 
 
 def start_state(
