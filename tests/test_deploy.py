@@ -1066,3 +1066,33 @@ def test_the_at_max_replicas_alert_fires_only_for_a_stage_that_may_scale(
     (tmp_path / "deploy_test.yml").write_text(yaml.safe_dump(tests))
     result = promtool("test", "rules", "deploy_test.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_extra_volumes_reach_every_pod_and_triton_follows_the_image_tag(helm: str) -> None:
+    """SKUFORGE_KAFKA_SSL_CAFILE was "a file mounted into the pods" with no way to mount one, and
+    `image.tag=0.2.0` moved every pod but Triton, which stayed on <appVersion>-cuda."""
+    docs = render(
+        helm,
+        "extraVolumes[0].name=kafka-ca",
+        "extraVolumes[0].secret.secretName=kafka-ca",
+        "extraVolumeMounts[0].name=kafka-ca",
+        "extraVolumeMounts[0].mountPath=/etc/kafka-ca",
+        "extraVolumeMounts[0].readOnly=true",
+        "image.tag=0.2.0",
+    )
+    pods = pod_templates(docs)
+    assert set(pods) == {f"rel-skuforge-{name}" for name in [*STAGES, "triton", "console", "topics"]}
+    for name, template in pods.items():
+        volumes = {volume["name"]: volume for volume in template["spec"]["volumes"]}
+        assert volumes["kafka-ca"] == {"name": "kafka-ca", "secret": {"secretName": "kafka-ca"}}, name
+        (only,) = template["spec"]["containers"]
+        mounts = {mount["name"]: mount for mount in only["volumeMounts"]}
+        assert mounts["kafka-ca"] == {"name": "kafka-ca", "mountPath": "/etc/kafka-ca", "readOnly": True}, name
+        wanted = "skuforge:0.2.0-cuda" if name.endswith("-triton") else "skuforge:0.2.0"
+        assert only["image"] == wanted, name
+    # The console's and Triton's own volumes stay.
+    assert {v["name"] for v in pods["rel-skuforge-console"]["spec"]["volumes"]} == {"tasks", "kafka-ca"}
+    assert {v["name"] for v in pods["rel-skuforge-triton"]["spec"]["volumes"]} == {"dshm", "kafka-ca"}
+    # Without them no pod of the stages gets an empty volumes list.
+    plain = pod_templates(render(helm))
+    assert "volumes" not in plain["rel-skuforge-gate"]["spec"]

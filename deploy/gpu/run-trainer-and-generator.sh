@@ -17,6 +17,10 @@
 #   SKUFORGE_DIFFUSION_ATTENTION_SLICING=off   auto | max to cut attention memory
 #   SKUFORGE_DIFFUSION_MAX_BATCH=8        rows per pipeline call (Triton batches up to the same)
 #   SKUFORGE_LORA_*                       the training recipe (see README's settings table)
+#   SKUFORGE_GENERATION_SERVER_ADDRESS=0.0.0.0   Triton's ports (8000-8002) and its /metrics (9109)
+#                                         listen on every interface: generator stages on other hosts
+#                                         call it (the setting's own default, 127.0.0.1, is this host)
+#   SKUFORGE_METRICS_HOST=0.0.0.0         the trainer's /metrics (9108), for Prometheus to scrape
 #
 # Both processes share the GPU: the trainer trains one job at a time (one trainer per GPU), the
 # generator serves while it trains. Ctrl-C / SIGTERM stops both (the trainer checkpoints first).
@@ -44,6 +48,8 @@ export SKUFORGE_DIFFUSION_MAX_BATCH="${SKUFORGE_DIFFUSION_MAX_BATCH:-8}"
 export SKUFORGE_GENERATION_BACKEND=diffusion
 export SKUFORGE_GENERATION_MAX_BATCH_SIZE="${SKUFORGE_GENERATION_MAX_BATCH_SIZE:-8}"
 export SKUFORGE_GENERATION_BATCH_DELAY_US="${SKUFORGE_GENERATION_BATCH_DELAY_US:-20000}"
+export SKUFORGE_GENERATION_SERVER_ADDRESS="${SKUFORGE_GENERATION_SERVER_ADDRESS:-0.0.0.0}"
+export SKUFORGE_METRICS_HOST="${SKUFORGE_METRICS_HOST:-0.0.0.0}"
 export SKUFORGE_LORA_DEVICE=cuda
 export SKUFORGE_LORA_RESOLUTION="${SKUFORGE_LORA_RESOLUTION:-512}"
 
@@ -53,8 +59,10 @@ generator=$!
 "$PYTHON" -m skuforge_cli run lora-trainer &
 trainer=$!
 trap 'kill -TERM "$trainer" "$generator" 2>/dev/null; wait' INT TERM
-wait -n "$trainer" "$generator"
-status=$?
+# Under `set -e` a failing `wait -n` ended the script here, leaving the other process (Triton, on the
+# GPU and its ports) running unattended.
+status=0
+wait -n "$trainer" "$generator" || status=$?
 echo "a process exited ($status); stopping the other" >&2
 kill -TERM "$trainer" "$generator" 2>/dev/null || true
 wait || true

@@ -49,7 +49,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "skuforge.tritonImage" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.triton.image.tag | default (printf "%s-cuda" .Chart.AppVersion)) -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.triton.image.tag | default (printf "%s-cuda" (.Values.image.tag | default .Chart.AppVersion))) -}}
 {{- end -}}
 
 {{/* The ServiceAccount every pod runs as (serviceAccount.*). */}}
