@@ -1087,7 +1087,8 @@ def test_extra_volumes_reach_every_pod_and_triton_follows_the_image_tag(helm: st
         assert volumes["kafka-ca"] == {"name": "kafka-ca", "secret": {"secretName": "kafka-ca"}}, name
         (only,) = template["spec"]["containers"]
         mounts = {mount["name"]: mount for mount in only["volumeMounts"]}
-        assert mounts["kafka-ca"] == {"name": "kafka-ca", "mountPath": "/etc/kafka-ca", "readOnly": True}, name
+        wanted_mount = {"name": "kafka-ca", "mountPath": "/etc/kafka-ca", "readOnly": True}
+        assert mounts["kafka-ca"] == wanted_mount, name
         wanted = "skuforge:0.2.0-cuda" if name.endswith("-triton") else "skuforge:0.2.0"
         assert only["image"] == wanted, name
     # The console's and Triton's own volumes stay.

@@ -241,6 +241,40 @@ def test_metadata_with_a_utf8_byte_order_mark_is_read(tmp_path: Path) -> None:
     assert sku.metadata.sku_id == "A-1"
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+def test_metadata_saved_as_utf16_or_utf32_with_its_mark_is_read(tmp_path: Path, encoding: str) -> None:
+    """PowerShell 5.1's `>` writes UTF-16 LE with a mark: "Invalid JSON at line 1 column 1"."""
+    folder = _sku(tmp_path, "A", "A-1", name="Smör")
+    metadata = folder / "metadata.json"
+    text = metadata.read_text()
+    metadata.write_bytes(
+        ("\ufeff" + text).encode(encoding) if encoding.endswith("-be") else text.encode(encoding)
+    )
+    [sku] = prepare_all(tmp_path, load_settings())
+    assert sku.metadata.sku_id == "A-1" and sku.metadata.name == "Smör"
+    metadata.write_bytes(b"\xff\xfe{\x00\x00\xd8")  # a UTF-16 mark, then a lone surrogate
+    with pytest.raises(IngestError, match=r"not readable as its byte-order mark says.*save it as UTF-8"):
+        prepare_all(tmp_path, load_settings())
+
+
+def test_a_photo_whose_stored_png_is_over_the_byte_limit_is_refused_at_ingest(tmp_path: Path) -> None:
+    """Only the file was held to SKUFORGE_MAX_IMAGE_BYTES: a JPEG of a few MB can be a PNG over it,
+    which ingest stored and every stage then refused (the SKU dead-lettered as no_usable_photo)."""
+    import numpy as np
+
+    folder = _sku(tmp_path, "A", "A-1", (10,))
+    noise = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "noisy.jpg", quality=60)
+    jpeg_size = (folder / "noisy.jpg").stat().st_size
+    limit = 2 * jpeg_size  # the file passes; its PNG (about 360 kB of noise) does not
+    with pytest.raises(IngestError) as refused:
+        prepare_all(tmp_path, load_settings(max_image_bytes=limit))
+    assert f"{folder / 'noisy.jpg'}: refused" in str(refused.value)
+    assert "stored as PNG it would be" in str(refused.value) and "SKUFORGE_MAX_IMAGE_BYTES" in str(
+        refused.value
+    )
+
+
 @pytest.mark.parametrize("field", ["name", "category"])
 def test_a_name_or_category_of_only_whitespace_is_refused(tmp_path: Path, field: str) -> None:
     folder = _sku(tmp_path, "A", "A-1", (10, 20), **{field: " \t "})

@@ -199,15 +199,35 @@ def _warn_of_loose_photos(path: Path, warn: Callable[[str], None]) -> None:
         )
 
 
+def _as_utf8(data: bytes) -> bytes:
+    """``metadata.json``'s bytes as UTF-8 without a byte-order mark. Windows Notepad and Excel save
+    UTF-8 with one, and PowerShell 5.1's ``>`` and ``Out-File`` write UTF-16: JSON parsers refuse both
+    ("Invalid JSON at line 1 column 1"), though the mark only says how the text is encoded.
+    ``UnicodeDecodeError`` when the bytes are not what their mark says."""
+    for mark, encoding in (
+        (codecs.BOM_UTF8, "utf-8"),
+        (codecs.BOM_UTF32_LE, "utf-32"),  # before UTF-16 LE: its mark starts with that one's
+        (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"),
+    ):
+        if data.startswith(mark):
+            text = data.decode(encoding)
+            return text.removeprefix("\ufeff").encode("utf-8")
+    return data
+
+
 def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, list[str]]:
     """Check one SKU folder; returns the prepared SKU or the list of problems."""
     problems: list[str] = []
     metadata: SkuMetadata | None = None
     metadata_path = folder / "metadata.json"
     try:
-        # Windows Notepad and Excel save UTF-8 with a byte-order mark, which JSON parsers refuse
-        # ("Invalid JSON at line 1 column 1"); the mark says nothing about the content, so it goes.
-        metadata = SkuMetadata.model_validate_json(metadata_path.read_bytes().removeprefix(codecs.BOM_UTF8))
+        metadata = SkuMetadata.model_validate_json(_as_utf8(metadata_path.read_bytes()))
+    except UnicodeDecodeError as exc:
+        problems.append(
+            f"{metadata_path}: not readable as its byte-order mark says ({exc.reason}); save it as UTF-8"
+        )
     except FileNotFoundError:
         problems.append(f"{metadata_path}: missing (needs sku_id, name, category, brand, series)")
     except OSError as exc:  # a folder named metadata.json, no permission...
@@ -243,6 +263,15 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
                 file.read_bytes(), max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
             )
             refuse_too_small(image.width, image.height, settings.min_photo_side_px)
+            if len(png) > settings.max_image_bytes:
+                # The stages read the stored PNG under the same limit: a 40 MP JPEG of a few MB can
+                # be a PNG over it, accepted here and then refused by every stage (no_usable_photo).
+                raise ImageRejected(
+                    "too_large_bytes",
+                    f"stored as PNG it would be {len(png)} bytes, over SKUFORGE_MAX_IMAGE_BYTES "
+                    f"({settings.max_image_bytes}) that every stage reads photos under: save it with "
+                    "fewer pixels, or raise the limit",
+                )
         except ImageRejected as exc:
             problems.append(f"{file}: refused ({exc})")
             continue
