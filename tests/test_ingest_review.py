@@ -19,7 +19,7 @@ from schemas.common import ObjectRef
 from services.ingest import ingest
 from services.ingest.ingest import IngestError, ingest_path, prepare_all
 from shared.config import Settings, load_settings
-from shared.errors import StoreMisconfigured, TransientError
+from shared.errors import BadInput, StoreMisconfigured, TransientError
 from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
 from tests.support.bus import file_store_uri, isolated_settings
@@ -122,7 +122,7 @@ def test_what_desktops_leave_in_a_folder_is_skipped_not_named(tmp_path: Path) ->
 class _DownStore(FileStore):
     """A store that refuses every write, as S3 does with bad credentials or when unreachable."""
 
-    def __init__(self, root: Path, error: TransientError) -> None:
+    def __init__(self, root: Path, error: Exception) -> None:
         super().__init__(root)
         self.error = error
 
@@ -152,6 +152,24 @@ def test_a_store_failure_before_publishing_points_at_the_store_not_kafka(
     assert str(error) in err and "SKUFORGE_STORE_URI" in err and "credentials" in err
     assert "Kafka" not in err
     assert err.count("\n") == 1 and publisher.published == []
+
+
+def test_a_store_refusal_does_not_advise_a_rerun_alone(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    publisher: type[_Publisher],
+) -> None:
+    """A refusal (a FileStore whose incoming/ is a link: unsafe_key) comes back on every run, yet the
+    message said "Run the same command again to finish"."""
+    _sku(tmp_path / "batch", "A", "A-1")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    refusal = BadInput("unsafe_key", "incoming/A-1 is a link out of the store's folder")
+    monkeypatch.setattr(ingest, "open_store", lambda *args, **kwargs: _DownStore(tmp_path / "store", refusal))
+    assert cli_main(["ingest", str(tmp_path / "batch")]) == 1
+    err = capsys.readouterr().err
+    assert "incoming/A-1 is a link out of the store's folder" in err
+    assert "The store refused it, so a rerun alone will not finish: fix what it names, then run" in err
 
 
 def test_a_broker_failure_before_publishing_still_points_at_kafka(

@@ -66,7 +66,7 @@ from schemas.events import ReferencePhoto, SkuIngested
 from schemas.topics import SKU_INGESTED
 from shared.bus import Publisher
 from shared.config import ConfigError, Settings, load_settings
-from shared.errors import ImageRejected, TransientError
+from shared.errors import BadInput, ImageRejected, TransientError
 from shared.images import encode_png, photo_and_transparency, refuse_oversized
 from shared.photos import (
     MACOS_ZIP_FOLDERS,
@@ -547,11 +547,21 @@ def ingest_path(
                 raise
             done = [sku.metadata.sku_id for sku in spooled[: len(event_ids)]]
             left = [sku.metadata.sku_id for sku in spooled[len(event_ids) :]]
+            again = (
+                "Run the same command again to finish: what is already published is published again "
+                "under the same event ids, which consumers skip"
+            )
+            if isinstance(exc, BadInput):
+                # A refusal (a store folder that is a link, a key it will not take) comes back on
+                # every run: a rerun alone finishes nothing.
+                again = (
+                    f"The {failing} refused it, so a rerun alone will not finish: fix what it names, "
+                    f"then {again[0].lower()}{again[1:]}"
+                )
             raise IngestIncomplete(
                 f"stopped after publishing {len(done)} of {len(spooled)} SKUs "
                 f"({type(exc).__name__}: {str(exc)[:300]}); published: {', '.join(done) or 'none'}; "
-                f"not published: {', '.join(left)}. Run the same command again to finish: what is "
-                "already published is published again under the same event ids, which consumers skip"
+                f"not published: {', '.join(left)}. {again}"
             ) from exc
         finally:
             publisher.close()
