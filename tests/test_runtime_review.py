@@ -113,6 +113,17 @@ def _forward(event: Envelope[SkuIngested]) -> list[Emit]:
     return [Emit(PASSTHROUGH_OUT, event.payload, key="out")]
 
 
+def _forwarding_stage(tmp_path: Path) -> Stage:
+    """A stage whose sku.ingested handler forwards each event (``_forward``)."""
+    stage = _stage(tmp_path)
+
+    @stage.handler(SKU_INGESTED)
+    def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        return _forward(event)
+
+    return stage
+
+
 def _sample(stage: Stage, name: str, **labels: str) -> float:
     value = stage.metrics.registry.get_sample_value(name, {"stage": stage.name, **labels})
     return value or 0.0
@@ -150,12 +161,7 @@ def test_a_failed_flush_rewinds_a_partition_that_backed_off_mid_batch_to_its_fir
 
 
 def test_the_runtime_counts_each_input_once_when_a_failed_flush_rewinds_the_batch(tmp_path: Path) -> None:
-    stage = _stage(tmp_path)
-
-    @stage.handler(SKU_INGESTED)
-    def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
-        return _forward(event)
-
+    stage = _forwarding_stage(tmp_path)
     tp, records = _records(stage, 1)
     records.append(_record(tp.topic, 1, b"not json"))
     consumer, producer = _wired(stage)
@@ -408,12 +414,7 @@ def test_the_same_event_id_on_two_topics_is_two_inputs_not_a_duplicate(tmp_path:
 
 def test_a_tombstone_and_its_replayed_copy_are_both_empty_messages(tmp_path: Path) -> None:
     """`skuforge dlq replay` sends a dead-lettered tombstone back with an empty value, not None."""
-    stage = _stage(tmp_path)
-
-    @stage.handler(SKU_INGESTED)
-    def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
-        return _forward(event)
-
+    stage = _forwarding_stage(tmp_path)
     tp, _ = _records(stage, 0)
     tombstone = ConsumerRecord(tp.topic, 0, -1, 0, 0, 0, b"key", None, [], None, 3, -1, -1)
     replayed = _record(tp.topic, 1, b"")
