@@ -555,7 +555,7 @@ def write_state(config: StackConfig, supervisor: Supervisor, state: str) -> None
         "store_uri": config.store_uri,
         "console_url": config.console_url,
         "console_db": config.console_db,
-        "console_user": config.console_users.split(":", 1)[0],
+        "console_user": first_console_user(config.console_users)[0],
         "console_login_file": str(config.workdir / LOGIN_FILE),
         "ports": config.ports,
         "prometheus_url": config.prometheus_url,
@@ -639,6 +639,22 @@ def _say(line: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} up  {line}", flush=True)
 
 
+def first_console_user(users: str) -> tuple[str, str]:
+    """The first (name, password) of ``SKUFORGE_CONSOLE_USERS`` as the console reads it (empty entries
+    skipped: ``",alice:pw"`` is alice, where splitting on the first comma crashed a ready stack)."""
+    from services.console.config import parse_users
+
+    return next(iter(parse_users(users).items()))
+
+
+def _bootstrap(text: str) -> str:
+    """An argparse type: a non-blank bootstrap list (``--kafka-bootstrap "$KAFKA"`` with KAFKA unset
+    was a KeyError traceback: no broker started, none given)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give host:port of a running Kafka, or leave it out")
+    return text.strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     """``skuforge up``: run the stack until Ctrl-C / SIGTERM; 0 after a clean stop, 1 if start-up failed."""
     parser = argparse.ArgumentParser(
@@ -660,7 +676,10 @@ def main(argv: list[str] | None = None) -> int:
         "default: the documented ports, or fail at once naming the taken ones; free: any free ports",
     )
     parser.add_argument(
-        "--kafka-bootstrap", default=None, help="use this running Kafka instead of starting one"
+        "--kafka-bootstrap",
+        default=None,
+        type=_bootstrap,
+        help="use this running Kafka instead of starting one (host:port[,host:port...])",
     )
     parser.add_argument(
         "--backend",
@@ -791,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
     def on_ready() -> None:
         state["now"] = "ready"
         write_state(config, supervisor, "ready")
-        name, password = config.console_users.split(",")[0].split(":", 1)
+        name, password = first_console_user(config.console_users)
         login = f"login {name} / {password}" if generated_login else "login: SKUFORGE_CONSOLE_USERS"
         lines = [
             "the stack is ready:",

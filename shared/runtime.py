@@ -377,6 +377,11 @@ class Stage:
                 self._check_assignment()
         finally:
             log.info("stage stopping", extra={"stage": self.name})
+            # Not ready once the loop is gone: a caller that runs this stage again after a fault (the
+            # console's intake) answered /readyz 200 while nothing consumed. The partitions' pauses and
+            # attempts belong to this consumer's assignment.
+            self._joined = False
+            self._forget_partitions(list(self._resume_at))
             if lag_watcher is not None:
                 lag_watcher.stop()
             self._consumer.close(autocommit=False)

@@ -50,6 +50,19 @@ def test_export_labelstudio_command(
     assert np.array_equal(decoded, predicted)
     assert '<BrushLabels name="mask" toName="image">' in config.read_text()
 
+    # A --config-out that cannot be written: exit 2 means nothing written, and the tasks file is not.
+    out.unlink()
+    argv = [
+        "console",
+        "export-labelstudio",
+        "--out",
+        str(out),
+        "--config-out",
+        str(tmp_path / "no" / "c.xml"),
+    ]
+    assert cli_main(argv) == 2
+    assert "cannot write" in capsys.readouterr().err and not out.exists()
+
 
 def test_the_label_studio_commands_refuse_a_missing_table_and_an_unknown_sku(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path

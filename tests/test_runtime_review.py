@@ -10,17 +10,24 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+)
+from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter
 
 from schemas.envelope import DeadLetter, Envelope
 from schemas.events import SkuIngested
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
+from shared import runtime
 from shared.bus import make_envelope
 from shared.config import Settings, load_settings
 from shared.errors import BadInput, TransientError
@@ -424,3 +431,54 @@ def test_a_tombstone_and_its_replayed_copy_are_both_empty_messages(tmp_path: Pat
     letters = [DeadLetter.model_validate_json(value) for _, value in producer.acked]
     assert [letter.reason for letter in letters] == ["empty_message", "empty_message"]
     assert _sample(stage, "skuforge_dlq_total", topic=tp.topic, reason="not_json") == 0
+
+
+class _FailingAfterJoin:
+    """A consumer that joins its group on the first poll, then fails as a broker refusal does."""
+
+    def __init__(self) -> None:
+        self._cluster = SimpleNamespace(partitions_for_topic=lambda topic: {0})
+        self.polls = 0
+        self.closed = False
+
+    def subscribe(self, topics: list[str], listener: object = None) -> None:
+        pass
+
+    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[ConsumerRecord]]:
+        self.polls += 1
+        if self.polls > 1:
+            raise GroupAuthorizationFailedError("not allowed in the group any more")
+        return {}
+
+    def group_metadata(self) -> Any:
+        return SimpleNamespace(state=MemberState.STABLE)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set()
+
+    def close(self, autocommit: bool = True) -> None:
+        self.closed = True
+
+
+def test_a_stage_whose_loop_ended_is_not_ready(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ready() stayed True after run() raised: the console runs its intake stage again after a fault,
+    and answered /readyz 200 all the while nothing consumed."""
+    stage = _forwarding_stage(tmp_path)
+    stage.settings = stage.settings.model_copy(update={"group_lag_interval_s": 0.0})
+    consumer = _FailingAfterJoin()
+    monkeypatch.setattr(runtime, "make_consumer", lambda *args, **kwargs: consumer)
+    monkeypatch.setattr(
+        runtime, "make_producer", lambda *args, **kwargs: SimpleNamespace(close=lambda **kw: None)
+    )
+    joined: list[bool] = []
+    real_poll = consumer.poll
+
+    def poll(timeout_ms: int = 0) -> dict[TopicPartition, list[ConsumerRecord]]:
+        joined.append(stage.ready())
+        return real_poll(timeout_ms)
+
+    consumer.poll = poll  # type: ignore[method-assign]
+    with pytest.raises(GroupAuthorizationFailedError):
+        stage.run(install_signal_handlers=False, serve_health=False)
+    assert joined == [False, True]  # it was ready while it consumed
+    assert consumer.closed and not stage.ready()

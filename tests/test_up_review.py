@@ -452,3 +452,23 @@ def test_a_second_up_in_a_workdir_another_up_holds_is_refused(
 
     assert hold_workdir(tmp_path) is True  # free again once its holder is gone
     os.close(up_module._held_locks.pop())
+
+
+def test_the_first_console_user_is_the_first_entry_the_console_reads() -> None:
+    """A leading comma (a list built in a shell loop) passed the settings check, then crashed the
+    ready stack in on_ready ("not enough values to unpack") and took every service down."""
+    from devstack.up import first_console_user
+
+    assert first_console_user(",alice:pw,bob:x") == ("alice", "pw")
+    assert first_console_user("carol:p:w") == ("carol", "p:w")
+
+
+def test_an_empty_kafka_bootstrap_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--kafka-bootstrap "$KAFKA"` with KAFKA unset was a KeyError traceback: no broker started
+    (one was given) and none given ("" is no address)."""
+    with pytest.raises(SystemExit) as exited:
+        main(["--workdir", str(tmp_path), "--kafka-bootstrap", " "])
+    assert exited.value.code == 2
+    assert "--kafka-bootstrap: is empty" in capsys.readouterr().err

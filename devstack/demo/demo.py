@@ -62,7 +62,7 @@ from schemas.topics import (
 from services.ingest.ingest import IngestError, survey_folders
 from shared.argtypes import folder_problem, positive_float, positive_int
 from shared.config import Settings, load_settings
-from shared.errors import TransientError
+from shared.errors import BadInput, TransientError
 from shared.store import ObjectStore, open_store
 from skuforge_cli.synth import CATALOGUE_SEED, photo_size_px
 
@@ -440,8 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         with stack(workdir, variants=args.variants, keep_running=args.keep_running) as running:
             os.environ.update(running["env"])  # the stack's Kafka, store, topics, console database
             return run_flow(args, running, skus_dir, sku_ids, started, stack_was_running=stack_was_running)
-    except (IngestError, TransientError) as exc:
-        # The stack's own limits or its broker, met at ingest (the stack is stopped by then).
+    except (IngestError, TransientError, BadInput) as exc:
+        # The stack's own limits or its broker, met at ingest, or a stored object the report reads
+        # gone or changed (the stack is stopped by then).
         print(f"skuforge demo: {exc}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as exc:  # --out's catalogue, the workdir, the report: one line

@@ -125,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             tasks, store, filters=TaskFilter(sku_id=args.sku, reason=args.reason), image_url=args.image_url
         )
         try:
-            args.out.write_text(json.dumps(exported.tasks))
+            # The config first: a failure then leaves nothing written, as exit 2 says.
             if args.config_out:
                 args.config_out.write_text(LABEL_CONFIG)
+            args.out.write_text(json.dumps(exported.tasks))
         except OSError as exc:
             print(f"skuforge console export-labelstudio: cannot write: {exc}", file=sys.stderr)
             return 2
