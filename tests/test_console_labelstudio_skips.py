@@ -125,3 +125,32 @@ def test_the_import_command_exits_1_when_an_annotation_was_skipped_and_0_for_una
     assert json.loads(captured.out.splitlines()[-1])["skipped"] == 1
     assert "1 annotation(s) skipped, not recorded" in captured.err
     assert parts.tasks.get(ids[1]).state == "rejected"
+
+
+def _brush(task_id: str, mask: np.ndarray) -> dict[str, Any]:
+    brush = {"type": "brushlabels", "value": {"format": "rle", "rle": mask_to_rle(mask)}}
+    return {"data": {"skuforge_task_id": task_id}, "annotations": [{"completed_by": 7, "result": [brush]}]}
+
+
+def test_import_refuses_an_empty_or_full_brush_mask_as_the_web_page_does(parts: ConsoleParts) -> None:
+    """An annotator who erased every stroke was recorded as approve_edited with an empty mask, which the
+    web page refuses: a "corrected" mask of nothing went to training."""
+    ids = [task.task_id for task in parts.tasks.query()]
+    empty = np.zeros((128, 128), np.uint8)
+    full = np.full((128, 128), 255, np.uint8)
+    outcomes = import_annotations(parts.tasks, parts.store, [_brush(ids[0], empty), _brush(ids[1], full)])
+    assert [o.outcome for o in outcomes] == ["skipped", "skipped"]
+    assert "marks no product pixels" in outcomes[0].detail and "every pixel" in outcomes[1].detail
+    assert all(o.annotation_lost for o in outcomes)
+    assert {parts.tasks.get(task_id).state for task_id in ids[:2]} == {"pending"}  # no claim left behind
+
+
+def test_importing_an_export_again_skips_what_it_decided_without_calling_it_lost(parts: ConsoleParts) -> None:
+    """A second import of the same export counted every task it had decided as "annotation lost" (exit 1)."""
+    ids = [task.task_id for task in parts.tasks.query()]
+    export = [rejected(ids[0]), painted(ids[1])]
+    first = import_annotations(parts.tasks, parts.store, export)
+    assert [o.outcome for o in first] == ["reject", "approve_edited"]
+    again = import_annotations(parts.tasks, parts.store, export)
+    assert [(o.outcome, o.detail) for o in again] == [("skipped", "already decided")] * 2
+    assert not any(o.annotation_lost for o in again)

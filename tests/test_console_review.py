@@ -183,6 +183,13 @@ def test_label_studio_multi_line_reject_reason_is_imported(parts: ConsoleParts) 
     assert refused.state == "pending" and refused.claimed_by is None
 
 
+def _some_product() -> np.ndarray:
+    """A brush mask with product pixels (an empty one is refused, as the web page refuses it)."""
+    mask = np.zeros((128, 128), np.uint8)
+    mask[20:90, 30:100] = 255
+    return mask
+
+
 @pytest.mark.parametrize(
     "annotation",
     [
@@ -203,7 +210,7 @@ def test_a_malformed_label_studio_annotation_is_skipped_not_a_crash(
                 "result": [
                     {
                         "type": "brushlabels",
-                        "value": {"format": "rle", "rle": mask_to_rle(np.zeros((128, 128), np.uint8))},
+                        "value": {"format": "rle", "rle": mask_to_rle(_some_product())},
                     }
                 ]
             }

@@ -257,11 +257,13 @@ class ImportOutcome:
     @property
     def annotation_lost(self) -> bool:
         """Skipped although it held an annotation: what was done in Label Studio was not recorded."""
-        return self.outcome == "skipped" and self.detail != NO_ANNOTATION
+        return self.outcome == "skipped" and self.detail not in (NO_ANNOTATION, ALREADY_DECIDED)
 
 
-# The one skip that loses nothing: Label Studio exports tasks nobody annotated too.
+# The skips that lose nothing: Label Studio exports tasks nobody annotated too, and an export imported
+# again finds its tasks decided (by this import before, or by a reviewer on the web page).
 NO_ANNOTATION = "no annotation"
+ALREADY_DECIDED = "already decided"
 
 
 def _annotator(annotation: dict[str, Any]) -> str:
@@ -304,6 +306,13 @@ def _decision_of(annotation: dict[str, Any], width: int, height: int) -> tuple[s
         if not isinstance(rle, list):
             raise ValueError("a brush result has no 'rle' list")
         mask |= rle_to_mask(rle, width, height)
+    # As the web page refuses them: an annotator who erased every stroke (or painted everything)
+    # would publish an empty (or full) "corrected" mask for training.
+    product = int(np.count_nonzero(mask))
+    if product == 0:
+        raise DecisionInvalid("the brush mask marks no product pixels; to leave the item out, reject it")
+    if product == mask.size:
+        raise DecisionInvalid("the brush mask marks every pixel as product")
     return "approve_edited", mask
 
 
@@ -364,6 +373,8 @@ def _import_one(
     tasks: TaskStore, store: ObjectStore, task: Task, annotation: dict[str, Any], lease_s: float
 ) -> ImportOutcome:
     reviewer = _annotator(annotation)
+    if task.state in ("approved", "rejected"):
+        return ImportOutcome(task.task_id, "skipped", ALREADY_DECIDED)
     image = task.pending.matted.generated.image
     # Everything is checked before the claim, so a refused annotation leaves no stray claim behind.
     decision, value = _decision_of(annotation, image.width, image.height)
@@ -393,18 +404,19 @@ def _decide(
             ),
         )
         return ImportOutcome(task.task_id, "reject", reason)
-    # Stored inside the decision's transaction (as the web page's decisions are): only a recorded
-    # decision writes the corrected mask.
+    # As the web page does: the generated image must be there as named (an approval of a missing one
+    # is dead-lettered downstream with the task closed), and the mask is written before the decision's
+    # transaction, not inside it (an S3 write with its retries held the table's write lock, and every
+    # claim, renewal and intake write waited). Its key carries its sha256: a lost race leaves an object
+    # nothing points at, never another mask under the recorded decision's key.
+    store.read_verified(task.pending.matted.generated.image)
+    edited = store_edited_mask(store, task, value)
     event = tasks.decide(
         task.task_id,
         reviewer,
         "approve_edited",
         lambda held, at: resolve(
-            held,
-            decision="approve_edited",
-            reviewer=reviewer,
-            decided_at=at,
-            edited_mask=store_edited_mask(store, held, value),
+            held, decision="approve_edited", reviewer=reviewer, decided_at=at, edited_mask=edited
         ),
     )
     final_mask = event.payload.final_mask
