@@ -123,17 +123,17 @@ def _files_under(folder: Path, elsewhere: set[tuple[int, int]], notes: list[str]
     seen: set[tuple[int, int]] = set()  # linked folders are followed, each folder read once (no loops)
     for top, folders, names in os.walk(folder, onerror=refuse, followlinks=True):
         try:
-            stat = os.stat(top)
+            here = _folder_id(Path(top))
         except OSError as exc:
             refuse(exc)
-        if (stat.st_dev, stat.st_ino) in elsewhere:
+        if here in elsewhere:
             notes.append(f"{top} is a link to another SKU's folder or the held-out root: not used")
             folders[:] = []
             continue
-        if (stat.st_dev, stat.st_ino) in seen:
+        if here in seen:
             folders[:] = []
             continue
-        seen.add((stat.st_dev, stat.st_ino))
+        seen.add(here)
         folders[:] = [name for name in folders if not name.startswith(".")]
         found.extend(Path(top) / name for name in names if not name.startswith("."))
     return sorted(found)

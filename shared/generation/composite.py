@@ -54,7 +54,7 @@ from shared.generation.backend import (
     RowOutcome,
     generate_one_by_one,
 )
-from shared.generation.scenes import SceneLibrary
+from shared.generation.scenes import Scene, SceneLibrary
 from shared.synth.backgrounds import BACKGROUNDS, BUILDERS, GROUNDED, Placement, Stand, to_image
 from shared.synth.products import make_product
 from shared.synth.shapes import Layer, View, build_shape, composite_layer, render_layer, upscale_layer
@@ -895,13 +895,7 @@ COMPOSITE_PARAMETERS: frozenset[str] = frozenset(_Plan.__dataclass_fields__) | {
 def check_parameters(parameters: dict[str, Any]) -> None:
     """Raise ``CompositeError`` where ``parameters`` (this backend's knobs only) has a value every
     request would be refused for, as ``_Plan.override`` refuses it: for the settings, at start-up.
-    The scene library is not open then, so a photo scene and its key are left to the request."""
-    checked = dict(parameters)
-    if checked.get("scene") == PHOTO_SCENE or "scene_key" in checked:
-        checked.pop("scene", None)
-        checked.pop("scene_key", None)
-        # On a photo the framing decides the size: height_fraction is reported, any of 0..1 accepted.
-        fraction = checked.pop("height_fraction", 0.5)
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
-            raise CompositeError("height_fraction must be in 0..1")
-    _Plan.draw(np.random.default_rng(0)).override(checked)
+    The scene library is not open then: a photo scene's key is taken to be in it (the request checks)."""
+    key = str(parameters.get("scene_key", ""))
+    stand_in = SceneLibrary([Scene(key, "", np.zeros((1, 1, 3), np.uint8))])
+    _Plan.draw(np.random.default_rng(0)).override(parameters, stand_in)
