@@ -101,6 +101,31 @@ def make_producer(settings: Settings, client_id: str) -> KafkaProducer:
     )
 
 
+def producer_stopped_for_good(producer: KafkaProducer) -> bool:
+    """Whether ``producer`` will never send again: kafka-python's idempotent producer turns a batch
+    refused for good (a record over the topic's ``max.message.bytes``, a topic ACL) into a fatal state
+    in which every later send, to any topic, fails with that error. Seen on the real broker: one
+    record over the limit, and the next small record to another topic failed too. Only a new
+    producer sends again, once the cause is fixed."""
+    manager = getattr(producer, "_transaction_manager", None)
+    return bool(manager is not None and manager.has_fatal_error())
+
+
+def close_stopped_producer(producer: KafkaProducer, who: str, exc: Exception) -> None:
+    """Log and close a producer that ``producer_stopped_for_good`` says is finished; its pending
+    batches have already failed, so nothing is waited for."""
+    log.error(
+        "the Kafka producer of %s stopped for good after %s: %s; a new one takes over",
+        who,
+        type(exc).__name__,
+        exc,
+    )
+    try:
+        producer.close(timeout=0)
+    except KafkaError as close_exc:
+        log.warning("closing the stopped Kafka producer: %s: %s", type(close_exc).__name__, close_exc)
+
+
 def make_consumer(settings: Settings, group_id: str, client_id: str) -> KafkaConsumer:
     """A consumer for a stage: manual commits, small polls, a poll interval fit for slow models."""
     return KafkaConsumer(
@@ -180,10 +205,13 @@ class Publisher:
     def __init__(self, settings: Settings, producer_name: str) -> None:
         self.producer_name = producer_name
         self._settings = settings
+        self._producer: KafkaProducer | None = self._open()
+
+    def _open(self) -> KafkaProducer:
         try:
-            self._producer = make_producer(settings, client_id=f"skuforge-{producer_name}")
+            return make_producer(self._settings, client_id=f"skuforge-{self.producer_name}")
         except KafkaError as exc:  # the producer bootstraps here: no broker answered
-            raise TransientError(unreachable(settings, exc)) from exc
+            raise TransientError(unreachable(self._settings, exc)) from exc
 
     def publish(
         self,
@@ -205,14 +233,20 @@ class Publisher:
             producer=self.producer_name,
         )
         topic_name = self._settings.topic_name(topic)
+        if self._producer is None:  # the last one stopped for good
+            self._producer = self._open()
+        producer = self._producer
         try:
             # send() itself raises KafkaTimeoutError when the topic's metadata never comes (no such
             # topic, broker away); that is as transient as a send the broker did not acknowledge.
-            future = self._producer.send(
-                topic_name, key=sku_id.encode(), value=envelope.model_dump_json().encode()
-            )
+            future = producer.send(topic_name, key=sku_id.encode(), value=envelope.model_dump_json().encode())
             future.get(timeout=self._settings.flush_timeout_s)
         except KafkaError as exc:
+            if producer_stopped_for_good(producer):
+                # Before, the console's relay and the LoRA trainer kept this producer and failed every
+                # later publish until restarted, long after the cause (an ACL, a topic limit) was fixed.
+                close_stopped_producer(producer, self.producer_name, exc)
+                self._producer = None
             raise TransientError(f"could not publish to {topic_name}: {exc}") from exc
         return envelope
 
@@ -220,6 +254,8 @@ class Publisher:
         """Flush and close the producer. Every publish() already waited for its acknowledgement (or
         raised), so a close that times out loses nothing: it is logged, not raised, where raising from a
         ``finally`` replaced the caller's own error (ingest's "published / not published" report)."""
+        if self._producer is None:
+            return
         try:
             self._producer.close(timeout=self._settings.flush_timeout_s)
         except KafkaError as exc:

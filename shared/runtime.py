@@ -59,10 +59,12 @@ from schemas.envelope import DeadLetter, Envelope, EnvelopeHeader, derive_id, ut
 from schemas.events import subject_sku_id
 from schemas.topics import DLQ_SUFFIX, Topic
 from shared.bus import (
+    close_stopped_producer,
     kafka_connection,
     make_consumer,
     make_envelope,
     make_producer,
+    producer_stopped_for_good,
     read_envelope,
     read_header,
     unreachable,
@@ -385,7 +387,8 @@ class Stage:
             if lag_watcher is not None:
                 lag_watcher.stop()
             self._consumer.close(autocommit=False)
-            self._producer.close(timeout=self.settings.flush_timeout_s)
+            if self._producer is not None:
+                self._producer.close(timeout=self.settings.flush_timeout_s)
             if self.health:
                 self.health.stop()
         return 0
@@ -796,17 +799,25 @@ class Stage:
         batch: dict[TopicPartition, list[ConsumerRecord]],
     ) -> bool:
         """Send every output and wait for acks=all; on any failure, rewind the whole batch."""
-        assert self._producer is not None and self._consumer is not None
+        assert self._consumer is not None
         futures: list[tuple[str, FutureRecordMetadata]] = []
+        producer = self._producer
         try:
+            if producer is None:  # the last one stopped for good and no broker answered its successor
+                producer = self._producer = make_producer(self.settings, client_id=self.name)
             for done in outcomes.values():
                 for _, outcome in done:
                     for topic_name, key, value in outcome.outputs:
-                        futures.append((topic_name, self._producer.send(topic_name, key=key, value=value)))
-            self._producer.flush(timeout=self.settings.flush_timeout_s)
+                        futures.append((topic_name, producer.send(topic_name, key=key, value=value)))
+            producer.flush(timeout=self.settings.flush_timeout_s)
             for _, future in futures:
                 future.get(timeout=0)
         except KafkaError as exc:
+            if producer is not None and producer_stopped_for_good(producer):
+                # Before, the stage kept it: every later batch, of every partition, failed with the
+                # first refusal's error until a restart, while /healthz said the stage was fine.
+                close_stopped_producer(producer, f"stage {self.name}", exc)
+                self._producer = None
             for tp, records in batch.items():
                 if tp in self._resume_at:
                     # Backed off mid-batch at a later record: the outputs of the records before it

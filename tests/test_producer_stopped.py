@@ -1,0 +1,100 @@
+"""A producer that kafka-python stopped for good is replaced, on the real broker.
+
+The idempotent producer turns a batch refused for good (here: a record over the topic's
+``max.message.bytes``; in a deployment also a topic ACL) into a fatal state in which every later send
+fails, to any topic. The stage, the console's relay and the LoRA trainer kept that producer, so they
+failed every batch until restarted, long after the operator fixed the cause.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+
+from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
+from services.passthrough.stage import build_stage
+from shared.bus import Publisher
+from shared.config import Settings
+from shared.errors import TransientError
+from shared.store import open_store
+from tests.support.bus import (
+    create_topics,
+    file_store_uri,
+    isolated_settings,
+    produce,
+    read_topic,
+    running,
+    sku_ingested_payloads,
+)
+from tests.support.kafka import session_admin
+
+pytestmark = pytest.mark.kafka
+
+# Far below one envelope (about 700 bytes): every record to the topic is refused.
+TOO_SMALL = "300"
+BROKER_DEFAULT = "1048588"
+
+
+def _limit(bootstrap: str, topic_name: str, max_message_bytes: str, *, create: bool = False) -> None:
+    admin = session_admin(bootstrap)
+    configs = {"max.message.bytes": max_message_bytes}
+    if create:
+        admin.create_topics([NewTopic(topic_name, 1, 1, topic_configs=configs)])
+        admin.wait_for_topics([topic_name], timeout_ms=30_000)
+    else:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic_name, configs=configs)])
+
+
+def _settings(bootstrap: str, tmp_path: Path) -> Settings:
+    return isolated_settings(bootstrap, file_store_uri(tmp_path), flush_timeout_s=5.0)
+
+
+def test_the_publisher_sends_again_once_the_refusal_is_lifted(kafka_bootstrap: str, tmp_path: Path) -> None:
+    settings = _settings(kafka_bootstrap, tmp_path)
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    limited = settings.topic_name(PASSTHROUGH_OUT)
+    _limit(kafka_bootstrap, limited, TOO_SMALL, create=True)
+    payload = sku_ingested_payloads(open_store(settings.store_uri), 1)[0]
+    publisher = Publisher(settings, "review")
+    try:
+        with pytest.raises(TransientError, match="MessageSizeTooLarge"):
+            publisher.publish(PASSTHROUGH_OUT, payload, sku_id=payload.sku.sku_id)
+        # Another topic, which takes the record: the stopped producer failed this one too.
+        publisher.publish(SKU_INGESTED, payload, sku_id=payload.sku.sku_id)
+        _limit(kafka_bootstrap, limited, BROKER_DEFAULT)
+        deadline = time.monotonic() + 20
+        while True:  # the broker applies a changed topic config within moments
+            try:
+                publisher.publish(PASSTHROUGH_OUT, payload, sku_id=payload.sku.sku_id)
+                break
+            except TransientError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        publisher.close()
+    assert len(read_topic(kafka_bootstrap, limited, expect=1, timeout_s=10)) == 1
+
+
+def test_a_stage_delivers_once_its_output_topic_takes_the_record_again(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = _settings(kafka_bootstrap, tmp_path)
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    limited = settings.topic_name(PASSTHROUGH_OUT)
+    _limit(kafka_bootstrap, limited, TOO_SMALL, create=True)
+    stage = build_stage(settings=settings)
+    input_ids = produce(settings, SKU_INGESTED, list(sku_ingested_payloads(stage.store, 2)))
+    with running(stage):
+        # Refused and retried (the partition backs off), nothing dead-lettered: the input is fine.
+        deadline = time.monotonic() + 30
+        while stage.metrics.retries.labels(stage.name, "MessageSizeTooLargeError")._value.get() < 2:
+            assert time.monotonic() < deadline, "the stage never tried to send the output"
+            time.sleep(0.2)
+        _limit(kafka_bootstrap, limited, BROKER_DEFAULT)
+        outputs = read_topic(kafka_bootstrap, limited, expect=len(input_ids), timeout_s=60)
+    assert len(outputs) == len(input_ids)
+    assert read_topic(kafka_bootstrap, settings.dlq_name(SKU_INGESTED), expect=0, timeout_s=2) == []
