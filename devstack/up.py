@@ -180,8 +180,9 @@ class PortsInUse(RuntimeError):
 def resolve_ports(workdir: Path, mode: str, *, with_kafka: bool = True) -> dict[str, int]:
     """The stack's ports: ``default`` (the documented ones), ``free`` (any free ones) or ``auto``.
 
-    ``auto`` reuses the ports of the last run from this workdir, else the defaults, and falls back to
-    free ports when one of those is taken (another stack, another user's broker...).
+    ``auto`` reuses the ports of the last run from this workdir if all are free, else takes the
+    defaults with a free port for each one that is taken (another stack, another user's broker...):
+    the console keeps its documented port when only Kafka's is taken, not the other way round.
 
     Raises:
         PortsInUse: ``default``, and one or more of the documented ports are taken (all are named).
@@ -210,14 +211,17 @@ def resolve_ports(workdir: Path, mode: str, *, with_kafka: bool = True) -> dict[
             saved_ports = {name: int(saved[name]) for name in names}
             if all_free(saved_ports):
                 return saved_ports
-        if all_free(DEFAULT_PORTS):
-            return {name: DEFAULT_PORTS[name] for name in names}
-    chosen: dict[str, int] = {}
-    while len(chosen) < len(names):
-        port = free_port()
-        if port not in chosen.values():
-            chosen[names[len(chosen)]] = port
-    return chosen
+        # Before, one taken port moved every port, the console's bookmarked one included.
+        kept = {name: DEFAULT_PORTS[name] for name in names if not port_in_use(DEFAULT_PORTS[name])}
+    else:
+        kept = {}
+    chosen = dict(kept)
+    for name in names:
+        while name not in chosen:
+            port = free_port()
+            if port not in chosen.values():
+                chosen[name] = port
+    return {name: chosen[name] for name in names}
 
 
 def console_login(workdir: Path) -> tuple[str, bool]:
@@ -620,10 +624,14 @@ def read_state(workdir: Path) -> dict[str, Any] | None:
     return state
 
 
-def _stop_stale_broker(config: StackConfig, say: Any) -> None:
-    """A broker left running from this workdir by a killed ``skuforge up`` would block the start."""
-    broker = LocalKafka.from_data_dir(config.workdir / "kafka")
-    if config.start_kafka and broker.is_running():
+def _stop_stale_broker(workdir: Path, say: Any) -> None:
+    """A broker left running from this workdir by a killed ``skuforge up`` would block the start.
+
+    Stopped before the ports are chosen: it holds the ports of the last run, which ``--ports auto``
+    would otherwise find taken and move away from.
+    """
+    broker = LocalKafka.from_data_dir(workdir / "kafka")
+    if broker.is_running():
         say(f"kafka: stopping a broker left running from {broker.data_dir} (pid {broker.pid})")
         broker.stop()
 
@@ -760,6 +768,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.kafka_bootstrap is None:  # this stack starts its own broker
+        _stop_stale_broker(workdir, _say)
     try:
         config = build_config(
             workdir,
@@ -773,7 +783,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skuforge up: {exc}", file=sys.stderr)
         return 1
     _, generated_login = console_login(workdir)
-    _stop_stale_broker(config, _say)
     specs = build_specs(config)
     if args.with_prometheus:
         try:

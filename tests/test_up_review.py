@@ -472,3 +472,33 @@ def test_an_empty_kafka_bootstrap_is_a_usage_error(
         main(["--workdir", str(tmp_path), "--kafka-bootstrap", " "])
     assert exited.value.code == 2
     assert "--kafka-bootstrap: is empty" in capsys.readouterr().err
+
+
+def test_ports_auto_moves_only_the_taken_port(tmp_path: Path, held_console_port: int) -> None:
+    """One taken port moved every port of the stack, Kafka's and the bookmarked metrics ports too."""
+    ports = resolve_ports(tmp_path, "auto")
+    assert ports["console"] != held_console_port
+    kept = {name: port for name, port in ports.items() if name != "console"}
+    free_defaults = {
+        name: DEFAULT_PORTS[name] for name in kept if not devstack.up.port_in_use(DEFAULT_PORTS[name])
+    }
+    assert free_defaults, "every documented port is taken on this machine"
+    assert {name: kept[name] for name in free_defaults} == free_defaults
+    assert len(set(ports.values())) == len(ports)
+
+
+def test_a_broker_left_running_is_stopped_before_the_ports_are_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It holds the last run's ports: chosen first, `--ports auto` found them taken and moved away."""
+    order: list[str] = []
+    monkeypatch.setattr(LocalKafka, "is_running", lambda self: True)
+    monkeypatch.setattr(LocalKafka, "stop", lambda self, timeout_s=30: order.append("stop broker"))
+
+    def resolve(*args: object, **kwargs: object) -> dict[str, int]:
+        order.append("choose ports")
+        raise devstack.up.PortsInUse("stop here")
+
+    monkeypatch.setattr(devstack.up, "resolve_ports", resolve)
+    assert main(["--workdir", str(tmp_path / "stack")]) == 1
+    assert order == ["stop broker", "choose ports"]
