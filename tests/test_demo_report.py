@@ -591,3 +591,26 @@ def test_the_report_replaces_only_its_own_pictures(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="holds files the demo did not write"):
         replace_owned_folder(tmp_path / "theirs")
     assert (tmp_path / "theirs" / "photo.jpg").read_bytes() == b"y"
+
+
+def _view(sku_id: str, generated: int) -> SkuView:
+    return SkuView(
+        sku_id=sku_id,
+        name="Product",
+        category="box",
+        photos=[],
+        generated=generated,
+        accepted=[],
+        flagged=[],
+        stored_real=0,
+    )
+
+
+def test_a_demo_that_generated_nothing_does_not_exit_0() -> None:
+    """Every SKU refused at ingest settles the flow at once: the demo exited 0 having made no image."""
+    from devstack.demo.demo import flow_exit_code
+
+    code, why = flow_exit_code([_view("A", 0), _view("B", 0)], complete=True)
+    assert code == 1 and why is not None and "no image was generated" in why
+    assert flow_exit_code([_view("A", 0), _view("B", 6)], complete=True) == (0, None)
+    assert flow_exit_code([_view("A", 6)], complete=False) == (1, None)

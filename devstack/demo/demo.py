@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -312,8 +312,8 @@ def handler_ms(metrics_url: str | None, stage: str) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``skuforge demo``; 0 when every generated image was decided, 1 on time-out, 2 on bad input,
-    130 on Ctrl-C (the stack it started is stopped first)."""
+    """``skuforge demo``; 0 when every generated image was decided, 1 on time-out or when no image was
+    generated at all, 2 on bad input, 130 on Ctrl-C (the stack it started is stopped first)."""
     parser = argparse.ArgumentParser(
         prog="skuforge demo",
         description=(
@@ -549,7 +549,23 @@ def run_flow(
     _say(f"report: {report.resolve()}")
     for letter in state.dead:
         _say(f"dead letter from {letter.stage}: {letter.reason}: {letter.detail}")
-    return 0 if complete else 1
+    code, why = flow_exit_code(views, complete)
+    if why:
+        _say(why)
+    return code
+
+
+def flow_exit_code(views: Sequence[SkuView], complete: bool) -> tuple[int, str | None]:
+    """The demo's exit code once the flow settled or timed out, and a line saying why it is not 0.
+
+    Every SKU refused (at ingest, or every photo unusable) settles the flow at once with nothing
+    generated: that exited 0, and a script running the demo took a run that made no image for a pass.
+    """
+    if not complete:
+        return 1, None
+    if not any(view.generated for view in views):
+        return 1, "no image was generated: every SKU was refused (the dead letters above say why)"
+    return 0, None
 
 
 def wait_until_decided(
