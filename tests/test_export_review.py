@@ -216,3 +216,55 @@ def test_stats_into_a_closed_pipe_stops_quietly(store: ManifestStore, as_json: b
         os.close(write_end)
     assert done.stderr == ""
     assert done.returncode == 1
+
+
+# -- a staging folder left by a killed export ---------------------------------------------------------
+
+
+def _left_staging(out: Path, owner: str) -> Path:
+    """A staging folder as an export writing into ``out`` leaves it when SIGKILLed half-way."""
+    staging = out / ".partial-0123456789abcdef"
+    (staging / "SKU-A").mkdir(parents=True)
+    (staging / "SKU-A" / "real-0.png").write_bytes(b"half")
+    (staging / ".skuforge-export-owner").write_text(owner)
+    return staging
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_an_export_killed_half_way_does_not_block_the_next_one(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OUT (an empty mount) held the killed export's `.partial-*` folder, and every later export into
+    it was refused as "not empty"."""
+    import socket
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _left_staging(out, f"{socket.gethostname()} {_dead_pid()}")
+    assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0, capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == ["SKU-A", "SKU-B", "export.json"]
+    assert b"half" not in [path.read_bytes() for path in out.rglob("*.png")]
+    # The synthetic images the cap left out, under a header that does not read as the long-side cap.
+    assert capsys.readouterr().out.splitlines()[0].split() == ["class", "real", "synthetic", "left", "out"]
+
+
+@pytest.mark.parametrize("whose", ["a running export on this host", "an export on another host"])
+def test_a_staging_folder_that_may_still_be_written_is_left_alone(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str], whose: str
+) -> None:
+    import socket
+
+    out = tmp_path / "out"
+    out.mkdir()
+    owner = f"{socket.gethostname()} {os.getpid()}" if "running" in whose else f"elsewhere {_dead_pid()}"
+    staging = _left_staging(out, owner)
+    with pytest.raises(SystemExit) as refused:
+        cli_main([*EXPORT[:2], str(out), *EXPORT[2:]])
+    assert refused.value.code == 2
+    assert "not empty (.partial-0123456789abcdef: another export is writing" in capsys.readouterr().err
+    assert (staging / "SKU-A" / "real-0.png").read_bytes() == b"half"

@@ -26,10 +26,14 @@ naming why each SKU was left out, not an empty training set.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import logging
 import math
+import os
 import shutil
+import socket
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,6 +46,8 @@ from PIL import Image, ImageOps
 from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image, decode_mask, encode_png
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.withdrawals import Withdrawals, photo_of
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "EXPORT_FITS",
@@ -267,9 +273,10 @@ class ExportSummary:
 
     def lines(self) -> list[str]:
         """The printed summary: one line per class, then the totals."""
-        out = [f"{'class':<24} {'real':>6} {'synthetic':>10} {'capped':>7}"]
+        # "capped" was the last column's header, which read as the long-side cap of the line below.
+        out = [f"{'class':<24} {'real':>6} {'synthetic':>10} {'left out':>9}"]
         for sku_id, counts in self.classes.items():
-            line = f"{sku_id:<24} {counts['real']:>6} {counts['synthetic']:>10} {counts['dropped']:>7}"
+            line = f"{sku_id:<24} {counts['real']:>6} {counts['synthetic']:>10} {counts['dropped']:>9}"
             if sku_id in self.synthetic_left_out:
                 line += f"  synthetic left out: {self.synthetic_left_out[sku_id]}"
             out.append(line)
@@ -326,8 +333,11 @@ def export_dataset(
         raise ValueError(f"unknown fit {fit!r}; expected one of {', '.join(EXPORT_FITS)}")
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} is a file; export into a new directory")
+    _remove_abandoned_staging(out_dir.resolve())
     if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} is not empty; export into a new directory")
+        writing = sorted(entry.name for entry in out_dir.glob(".partial-*"))
+        held = f" ({', '.join(writing)}: another export is writing into it)" if writing else ""
+        raise FileExistsError(f"{out_dir} is not empty{held}; export into a new directory")
     if sku_ids is not None:
         sku_ids = list(dict.fromkeys(sku_ids))
         unknown = sorted(set(sku_ids) - set(manifests.sku_ids()))
@@ -358,11 +368,13 @@ def export_dataset(
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex}"
     staging.mkdir()
+    (staging / STAGING_OWNER).write_text(_this_process())
     moved: list[Path] = []
     try:
         summary = _write_export(
             manifests, plan, staging, out_dir, fmt=fmt, size_px=size_px, fit=fit, limits=limits
         )
+        (staging / STAGING_OWNER).unlink()
         if staging.parent == target:
             # The index and the summary last: a kill between two renames must not leave them beside
             # images not yet moved, a set that looks complete.
@@ -382,6 +394,41 @@ def export_dataset(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return summary
+
+
+# In an export's staging folder: "<host> <pid>" of the process writing it, so that a later export can
+# tell a folder abandoned by a killed one (removed) from one still being written (left alone).
+STAGING_OWNER = ".skuforge-export-owner"
+
+
+def _this_process() -> str:
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def _abandoned(staging: Path) -> bool:
+    """Whether ``staging`` was left by an export process on this host that no longer runs."""
+    try:
+        host, pid = (staging / STAGING_OWNER).read_text().split()
+        if host != socket.gethostname():
+            return False  # another machine's export (a shared disk): cannot tell, left alone
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):  # no owner file (being renamed into place, or not ours), or alive
+        return False
+    return False
+
+
+def _remove_abandoned_staging(target: Path) -> None:
+    """Remove the staging folders that a killed export (SIGKILL, a lost pod) left for ``target``:
+    inside it (before, it then read as not empty, and every later export into it was refused) or
+    beside it."""
+    inside = target.glob(".partial-*") if target.is_dir() else iter(())
+    beside = target.parent.glob(f".{glob.escape(target.name)}.partial-*")
+    for entry in [*inside, *beside]:
+        if entry.is_dir() and _abandoned(entry):
+            log.warning("removing %s, left by an export that was killed", entry)
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _nothing_to_export(rows: Sequence[ManifestRow], plan: ExportPlan, shown: int = 10) -> str:
