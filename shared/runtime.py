@@ -613,7 +613,7 @@ class Stage:
         assert route.handle_batch is not None
         try:
             return route.handle_batch([event], self.context)[0]
-        except BaseException as exc:
+        except Exception as exc:  # not KeyboardInterrupt or SystemExit: those end the stage, as elsewhere
             return exc
 
     # -- decoding, encoding, dead letters -----------------------------------------------------
@@ -720,7 +720,16 @@ class Stage:
         try:
             key_b64, key_ref = self._keep_original(record, "key", record.key)
             value_b64, value_ref = self._keep_original(record, "value", record.value or b"")
-        except TransientError as exc:  # the store is away: the letter cannot be whole yet
+        except Exception as exc:
+            # The store is away, or refuses the original's key (a folder in its way): the letter cannot
+            # be whole yet, and one without the original would lose the record. Before, any refusal
+            # but a TransientError escaped the loop and ended the stage, at every restart again.
+            if not isinstance(exc, TransientError):
+                log.error(
+                    "cannot keep a dead letter's original; the partition waits",
+                    exc_info=exc,
+                    extra={"stage": self.name, "topic": record.topic, "offset": record.offset},
+                )
             return _Retry(exc)
         letter = DeadLetter(
             reason=reason,

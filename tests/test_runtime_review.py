@@ -482,3 +482,48 @@ def test_a_stage_whose_loop_ended_is_not_ready(tmp_path: Path, monkeypatch: pyte
         stage.run(install_signal_handlers=False, serve_health=False)
     assert joined == [False, True]  # it was ready while it consumed
     assert consumer.closed and not stage.ready()
+
+
+def test_a_dead_letter_whose_original_the_store_refuses_waits_instead_of_ending_the_stage(
+    tmp_path: Path,
+) -> None:
+    """A large original is kept in the store; a folder in the way of its key is a BadInput
+    ("key_conflict") from the store, which escaped the loop and ended the stage (and every restart)."""
+    stage = _forwarding_stage(tmp_path)
+    topic = stage.settings.topic_name(SKU_INGESTED)
+    huge = b"x" * (runtime.DLQ_INLINE_MAX_BYTES + 1)  # not JSON, and too large to inline
+    tp, records = TopicPartition(topic, 0), [_record(topic, 7, huge)]
+    blocker = tmp_path / runtime.DLQ_ORIGINALS_PREFIX / topic / "0-7.value"
+    blocker.mkdir(parents=True)
+    (blocker / "keep").write_bytes(b"")
+    consumer, producer = _wired(stage)
+    stage._process_batch({tp: records})
+    assert consumer.positions[tp] == 7 and tp in consumer.paused
+    assert consumer.committed == {} and producer.acked == []
+
+    # The operator clears the way: the record is dead-lettered whole.
+    (blocker / "keep").unlink()
+    blocker.rmdir()
+    stage._process_batch({tp: records})
+    assert consumer.committed == {tp: 8}
+    letter = DeadLetter.model_validate_json(producer.acked[0][1])
+    assert letter.reason == "not_json" and letter.original_value_ref is not None
+    assert stage.store.read_verified(letter.original_value_ref) == huge
+
+
+def test_a_keyboard_interrupt_in_a_batch_handler_is_not_taken_for_a_poison_event(tmp_path: Path) -> None:
+    """Re-running a failed micro-batch one event at a time caught BaseException: a Ctrl-C (or
+    SystemExit) in the handler was retried as a handler error, then dead-lettered."""
+    stage = _stage(tmp_path)
+
+    @stage.batch_handler(SKU_INGESTED)
+    def handle(events: Sequence[Envelope[SkuIngested]], ctx: Context) -> list[list[Emit]]:
+        if len(events) > 1:
+            raise ValueError("one poison event fails the batch")
+        raise KeyboardInterrupt
+
+    tp, records = _records(stage, 2)
+    consumer, producer = _wired(stage)
+    with pytest.raises(KeyboardInterrupt):
+        stage._process_batch({tp: records})
+    assert consumer.committed == {} and producer.acked == []
