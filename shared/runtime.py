@@ -261,6 +261,8 @@ class Stage:
         # event id): one stage's outputs to two topics may share an id (the gate's accepted or pending
         # decision on one item), and a consumer of both must not take the one for a replay of the other.
         self._completed: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # Inputs handled and produced whose offset commit failed, per partition, oldest first (_commit).
+        self._uncommitted: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]] = {}
         self._dedupe_window = dedupe_window
         self._last_lag_update = 0.0
         self._joined = False  # set once the group gave us a first assignment (possibly empty)
@@ -841,24 +843,38 @@ class Stage:
 
     def _commit(self, outcomes: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]]) -> None:
         assert self._consumer is not None
-        offsets = {
-            tp: OffsetAndMetadata(done[-1][0].offset + 1, "", -1) for tp, done in outcomes.items() if done
-        }
+        # Inputs whose commit failed before ride with this one: their offsets are committed again here,
+        # and only then counted. Before, a failed commit dropped their counts and after_commit actions
+        # for good, though the loop went on past them and a later commit covered their offsets.
+        merged: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]] = {}
+        for tp in {**self._uncommitted, **outcomes}:
+            done = outcomes.get(tp, [])
+            earlier = [
+                entry
+                for entry in self._uncommitted.get(tp, [])
+                if not done or entry[0].offset < done[0][0].offset
+            ]
+            if earlier or done:
+                merged[tp] = earlier + done
+        offsets = {tp: OffsetAndMetadata(done[-1][0].offset + 1, "", -1) for tp, done in merged.items()}
         if not offsets:
             return
         try:
             self._consumer.commit(offsets)
         except KafkaError as exc:
-            # CommitFailedError: the group rebalanced under us, another member will redeliver.
-            # KafkaTimeoutError: the coordinator did not answer within request_timeout_ms (the
-            # broker is away); the outputs are durable, so the loop goes on and a later commit of
-            # these partitions covers these offsets (or a restart redelivers them).
+            # CommitFailedError: the group rebalanced under us; a partition that moved is revoked at the
+            # next poll (its inputs are dropped from here, and its new owner redelivers and counts them).
+            # KafkaTimeoutError: the coordinator did not answer within request_timeout_ms (the broker
+            # is away); the outputs are durable, so the loop goes on and the next commit covers these
+            # offsets (or a restart redelivers them).
             log.warning(
-                "commit failed; records will be redelivered unless a later commit covers them",
+                "commit failed; the next commit covers these records unless their partition moves",
                 extra={"stage": self.name, "error": f"{type(exc).__name__}: {exc}"},
             )
+            self._uncommitted = merged
             return
-        for tp, done in outcomes.items():
+        self._uncommitted = {}
+        for tp, done in merged.items():
             if done:
                 self._failures.pop(tp, None)
             for record, outcome in done:
@@ -928,6 +944,7 @@ class Stage:
         for tp in partitions:
             self._resume_at.pop(tp, None)
             self._failures.pop(tp, None)
+            self._uncommitted.pop(tp, None)  # its next owner redelivers and counts them
             # A partition that moved to another member is its lag now: a stale sample here would count
             # it twice, and make this member look as if it still held it (skuforge up's ready check).
             with contextlib.suppress(KeyError):

@@ -246,10 +246,39 @@ def test_a_commit_the_broker_never_answers_does_not_end_the_stage(tmp_path: Path
     assert len(producer.acked) == 2 and consumer.committed == {}
     assert _sample(stage, "skuforge_messages_total", topic=tp.topic, outcome="ok") == 0
 
-    # The broker is back: the next batch's commit covers the offsets of the one before it.
+    # The broker is back: the next batch's commit covers the offsets of the one before it, and counts
+    # its inputs too (they were dropped from the counts for good).
     consumer.commit_error = None
     stage._process_batch({tp: records[2:]})
     assert consumer.committed == {tp: 3}
+    assert _sample(stage, "skuforge_messages_total", topic=tp.topic, outcome="ok") == 3
+
+
+def test_inputs_whose_commit_failed_are_counted_once_wherever_they_end(tmp_path: Path) -> None:
+    stage = _stage(tmp_path)
+    accepted = Counter("review_accepted_total", "inputs accepted", registry=stage.metrics.registry)
+
+    @stage.handler(SKU_INGESTED)
+    def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        ctx.after_commit(accepted.inc)
+        return _forward(event)
+
+    tp, records = _records(stage, 4)
+    other = TopicPartition(tp.topic, 1)
+    moved = [_record(tp.topic, 0, records[3].value)]
+    moved[0] = moved[0]._replace(partition=1)
+    consumer, _ = _wired(stage, _Consumer(commit_error=KafkaTimeoutError("commit timed out")))
+    stage._process_batch({tp: records[:2], other: moved})
+    # Once the broker answers, the next commit covers the first batch's offsets and counts its inputs.
+    consumer.commit_error = None
+    stage._forget_partitions([other])  # revoked meanwhile: its next owner redelivers and counts it
+    stage._process_batch({tp: records[2:3]})
+    assert consumer.committed == {tp: 3}
+    assert _sample(stage, "skuforge_messages_total", topic=tp.topic, outcome="ok") == 3
+    assert accepted._value.get() == 3
+    stage._process_batch({tp: records[3:]})
+    assert _sample(stage, "skuforge_messages_total", topic=tp.topic, outcome="ok") == 4
+    assert accepted._value.get() == 4
 
 
 def test_healthz_waits_for_as_long_as_the_configured_batch_may_take() -> None:
