@@ -248,6 +248,18 @@ def test_sku_ids_equal_but_for_case_are_refused_naming_both_folders(tmp_path: Pa
     assert f"{second}: sku_id 'abc-1' differs only in case from 'ABC-1' of {first}" in message
 
 
+def test_a_duplicate_sku_id_is_named_though_its_first_folder_has_other_problems(tmp_path: Path) -> None:
+    """Named only on the run after the first folder's photo was fixed: one more round trip."""
+    first = _sku(tmp_path, "first", "ABC-1")
+    (first / "photo_9.png").write_bytes(b"not a picture")
+    second = _sku(tmp_path, "second", "ABC-1", colours=(50,))
+    with pytest.raises(IngestError) as refused:
+        prepare_all(tmp_path, load_settings())
+    message = str(refused.value)
+    assert f"{first / 'photo_9.png'}" in message
+    assert f"{second}: sku_id 'ABC-1' is also used by {first}" in message
+
+
 # Finding 5: a byte-order mark is no reason to refuse; a blank name or category is.
 
 

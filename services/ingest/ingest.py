@@ -362,22 +362,33 @@ def check_folders(path: Path, settings: Settings) -> Iterator[tuple[PreparedSku 
     owners: dict[str, tuple[str, Path]] = {}
     for folder in find_sku_folders(path):
         sku, problems = prepare_sku(folder, settings)
-        if sku is not None and sku.metadata.sku_id.casefold() in owners:
-            sku_id = sku.metadata.sku_id
+        # A folder refused for its photos still claims its sku_id: before, a second folder with the
+        # same id was named only on the run after the first folder's photos were fixed.
+        sku_id = sku.metadata.sku_id if sku is not None else _declared_sku_id(folder)
+        if sku_id is not None and sku_id.casefold() in owners:
             owner_id, owner = owners[sku_id.casefold()]
             if owner_id == sku_id:
-                problems = [f"{folder}: sku_id {sku_id!r} is also used by {owner}"]
+                duplicate = f"{folder}: sku_id {sku_id!r} is also used by {owner}"
             else:
-                problems = [
+                duplicate = (
                     f"{folder}: sku_id {sku_id!r} differs only in case from {owner_id!r} of {owner}; "
                     "their photos would share one store folder on a case-insensitive file system: "
                     "give one of them another sku_id"
-                ]
+                )
+            problems = [*problems, duplicate]
             sku = None
-        elif sku is not None:
-            owners[sku.metadata.sku_id.casefold()] = (sku.metadata.sku_id, folder)
+        elif sku_id is not None:
+            owners[sku_id.casefold()] = (sku_id, folder)
         yield sku, problems
         del sku  # not kept while the next folder is read
+
+
+def _declared_sku_id(folder: Path) -> str | None:
+    """The sku_id of ``folder``'s metadata.json when that file is valid, else None."""
+    try:
+        return SkuMetadata.model_validate_json(_as_utf8((folder / "metadata.json").read_bytes())).sku_id
+    except (OSError, UnicodeDecodeError, ValidationError):
+        return None
 
 
 def prepare_all(path: Path, settings: Settings) -> list[PreparedSku]:
