@@ -221,19 +221,14 @@ def test_stats_into_a_closed_pipe_stops_quietly(store: ManifestStore, as_json: b
 # -- a staging folder left by a killed export ---------------------------------------------------------
 
 
-def _left_staging(out: Path, owner: str) -> Path:
-    """A staging folder as an export writing into ``out`` leaves it when SIGKILLed half-way."""
+def _left_staging(out: Path) -> Path:
+    """A staging folder as an export writing into ``out`` leaves it when SIGKILLed half-way: its owner
+    file names a host and pid of another container (a new hostname, pid 1), and nobody locks it."""
     staging = out / ".partial-0123456789abcdef"
     (staging / "SKU-A").mkdir(parents=True)
     (staging / "SKU-A" / "real-0.png").write_bytes(b"half")
-    (staging / ".skuforge-export-owner").write_text(owner)
+    (staging / ".skuforge-export-owner").write_text("4f2a9c1be7d0 1\n")
     return staging
-
-
-def _dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
 
 
 def test_an_export_killed_half_way_does_not_block_the_next_one(
@@ -241,11 +236,9 @@ def test_an_export_killed_half_way_does_not_block_the_next_one(
 ) -> None:
     """OUT (an empty mount) held the killed export's `.partial-*` folder, and every later export into
     it was refused as "not empty"."""
-    import socket
-
     out = tmp_path / "out"
     out.mkdir()
-    _left_staging(out, f"{socket.gethostname()} {_dead_pid()}")
+    _left_staging(out)
     assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0, capsys.readouterr().err
     assert sorted(path.name for path in out.iterdir()) == ["SKU-A", "SKU-B", "export.json"]
     assert b"half" not in [path.read_bytes() for path in out.rglob("*.png")]
@@ -253,18 +246,43 @@ def test_an_export_killed_half_way_does_not_block_the_next_one(
     assert capsys.readouterr().out.splitlines()[0].split() == ["class", "real", "synthetic", "left", "out"]
 
 
-@pytest.mark.parametrize("whose", ["a running export on this host", "an export on another host"])
-def test_a_staging_folder_that_may_still_be_written_is_left_alone(
-    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str], whose: str
+def test_a_staging_folder_an_export_still_writes_is_left_alone(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import socket
-
+    """Locked by a running export (here another process, which holds the lock until told to stop)."""
     out = tmp_path / "out"
     out.mkdir()
-    owner = f"{socket.gethostname()} {os.getpid()}" if "running" in whose else f"elsewhere {_dead_pid()}"
-    staging = _left_staging(out, owner)
-    with pytest.raises(SystemExit) as refused:
-        cli_main([*EXPORT[:2], str(out), *EXPORT[2:]])
-    assert refused.value.code == 2
-    assert "not empty (.partial-0123456789abcdef: another export is writing" in capsys.readouterr().err
-    assert (staging / "SKU-A" / "real-0.png").read_bytes() == b"half"
+    staging = _left_staging(out)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX);"
+            " print('locked', flush=True); sys.stdin.read()",
+            str(staging / ".skuforge-export-owner"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit) as refused:
+            cli_main([*EXPORT[:2], str(out), *EXPORT[2:]])
+        assert refused.value.code == 2
+        assert "not empty (.partial-0123456789abcdef: an export may be writing" in capsys.readouterr().err
+        assert (staging / "SKU-A" / "real-0.png").read_bytes() == b"half"
+    finally:
+        holder.communicate("")
+    # Its export is gone: the next one clears the way.
+    assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0
+    assert not staging.exists()
+
+
+def test_a_finished_export_leaves_no_owner_file(store: ManifestStore, tmp_path: Path) -> None:
+    for out in (tmp_path / "new", tmp_path / "mounted"):
+        if out.name == "mounted":
+            out.mkdir()
+        assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0
+        assert not list(out.rglob(".skuforge-export-owner"))
+        assert not list(tmp_path.glob(".*partial*"))

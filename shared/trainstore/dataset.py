@@ -26,6 +26,7 @@ naming why each SKU was left out, not an empty training set.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import json
@@ -336,7 +337,11 @@ def export_dataset(
     _remove_abandoned_staging(out_dir.resolve())
     if out_dir.exists() and any(out_dir.iterdir()):
         writing = sorted(entry.name for entry in out_dir.glob(".partial-*"))
-        held = f" ({', '.join(writing)}: another export is writing into it)" if writing else ""
+        held = (
+            f" ({', '.join(writing)}: an export may be writing into it; remove it if none runs)"
+            if writing
+            else ""
+        )
         raise FileExistsError(f"{out_dir} is not empty{held}; export into a new directory")
     if sku_ids is not None:
         sku_ids = list(dict.fromkeys(sku_ids))
@@ -368,22 +373,24 @@ def export_dataset(
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex}"
     staging.mkdir()
-    (staging / STAGING_OWNER).write_text(_this_process())
+    owner = _hold(staging)
     moved: list[Path] = []
     try:
         summary = _write_export(
             manifests, plan, staging, out_dir, fmt=fmt, size_px=size_px, fit=fit, limits=limits
         )
-        (staging / STAGING_OWNER).unlink()
         if staging.parent == target:
             # The index and the summary last: a kill between two renames must not leave them beside
             # images not yet moved, a set that looks complete.
             last = {"dataset.jsonl": 1, "export.json": 2}
-            for entry in sorted(staging.iterdir(), key=lambda path: (last.get(path.name, 0), path.name)):
+            entries = [entry for entry in staging.iterdir() if entry.name != STAGING_OWNER]
+            for entry in sorted(entries, key=lambda path: (last.get(path.name, 0), path.name)):
                 entry.rename(target / entry.name)
                 moved.append(target / entry.name)
+            (staging / STAGING_OWNER).unlink()
             staging.rmdir()
         else:
+            (staging / STAGING_OWNER).unlink()
             staging.rename(target)
     except BaseException:
         for path in moved:  # out_dir is left as it was: empty
@@ -393,30 +400,39 @@ def export_dataset(
                 path.unlink()
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        os.close(owner)
     return summary
 
 
-# In an export's staging folder: "<host> <pid>" of the process writing it, so that a later export can
-# tell a folder abandoned by a killed one (removed) from one still being written (left alone).
+# In an export's staging folder, locked (flock) by the export writing it for as long as it runs: a
+# later export tells a folder abandoned by a killed one (the lock went with its process: removed) from
+# one still being written (left alone). A lock, not a pid: a container's next run has another hostname
+# and pid namespace, and pids are reused.
 STAGING_OWNER = ".skuforge-export-owner"
 
 
-def _this_process() -> str:
-    return f"{socket.gethostname()} {os.getpid()}"
+def _hold(staging: Path) -> int:
+    """Create ``staging``'s owner file and lock it; the open descriptor holds the lock until closed."""
+    fd = os.open(staging / STAGING_OWNER, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())  # for a person looking
+    return fd
 
 
 def _abandoned(staging: Path) -> bool:
-    """Whether ``staging`` was left by an export process on this host that no longer runs."""
+    """Whether the export that wrote ``staging`` is gone: its owner file is there and unlocked."""
     try:
-        host, pid = (staging / STAGING_OWNER).read_text().split()
-        if host != socket.gethostname():
-            return False  # another machine's export (a shared disk): cannot tell, left alone
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, ValueError):  # no owner file (being renamed into place, or not ours), or alive
+        fd = os.open(staging / STAGING_OWNER, os.O_RDWR)
+    except OSError:  # no owner file: being renamed into place, or not an export's folder
         return False
-    return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # locked: its export still runs
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _remove_abandoned_staging(target: Path) -> None:
