@@ -180,18 +180,14 @@ class PortsInUse(RuntimeError):
 def resolve_ports(workdir: Path, mode: str, *, with_kafka: bool = True) -> dict[str, int]:
     """The stack's ports: ``default`` (the documented ones), ``free`` (any free ones) or ``auto``.
 
-    ``auto`` reuses the ports of the last run from this workdir if all are free, else takes the
-    defaults with a free port for each one that is taken (another stack, another user's broker...):
-    the console keeps its documented port when only Kafka's is taken, not the other way round.
+    ``auto`` gives each service the port it had in the last run from this workdir, else its documented
+    one, and a free port only where that is taken (another stack, another user's broker...): one taken
+    port moves that service alone, and the console keeps the port its users have bookmarked.
 
     Raises:
         PortsInUse: ``default``, and one or more of the documented ports are taken (all are named).
     """
     names = [name for name in DEFAULT_PORTS if with_kafka or not name.startswith("kafka")]
-
-    def all_free(ports: Mapping[str, int]) -> bool:
-        return all(not port_in_use(ports[name]) for name in names)
-
     if mode == "default":
         ports = {name: DEFAULT_PORTS[name] for name in names}
         # Checked here, all at once: a service that finds its port taken only fails in its log, and
@@ -205,17 +201,16 @@ def resolve_ports(workdir: Path, mode: str, *, with_kafka: bool = True) -> dict[
                 f"holds them (ss -ltnp 'sport = :{next(iter(busy.values()))}' shows the process)"
             )
         return ports
+    chosen: dict[str, int] = {}
     if mode == "auto":
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            saved = json.loads((workdir / PORTS_FILE).read_text())
-            saved_ports = {name: int(saved[name]) for name in names}
-            if all_free(saved_ports):
-                return saved_ports
-        # Before, one taken port moved every port, the console's bookmarked one included.
-        kept = {name: DEFAULT_PORTS[name] for name in names if not port_in_use(DEFAULT_PORTS[name])}
-    else:
-        kept = {}
-    chosen = dict(kept)
+        saved: dict[str, int] = {}
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            saved = {name: int(port) for name, port in json.loads((workdir / PORTS_FILE).read_text()).items()}
+        # Before, one taken port moved every port (the saved ones and the console's bookmarked one too).
+        for name in names:
+            wanted = saved.get(name, DEFAULT_PORTS[name])
+            if wanted not in chosen.values() and not port_in_use(wanted):
+                chosen[name] = wanted
     for name in names:
         while name not in chosen:
             port = free_port()

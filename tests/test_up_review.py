@@ -487,10 +487,28 @@ def test_ports_auto_moves_only_the_taken_port(tmp_path: Path, held_console_port:
     assert len(set(ports.values())) == len(ports)
 
 
-def test_a_broker_left_running_is_stopped_before_the_ports_are_chosen(
+def test_ports_auto_keeps_each_saved_port_that_is_free(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """It holds the last run's ports: chosen first, `--ports auto` found them taken and moved away."""
+    """The last run's ports were all dropped when any one of them was taken: the console moved off the
+    port its users had bookmarked because a metrics port was busy."""
+    saved = {name: 41000 + index for index, name in enumerate(DEFAULT_PORTS)}
+    (tmp_path / "ports.json").write_text(json.dumps(saved))
+    taken = {saved["gate"]}
+    monkeypatch.setattr(devstack.up, "port_in_use", lambda port: port in taken)
+    ports = resolve_ports(tmp_path, "auto")
+    assert ports["gate"] not in taken
+    assert {name: port for name, port in ports.items() if name != "gate"} == {
+        name: port for name, port in saved.items() if name != "gate"
+    }
+
+
+@pytest.mark.parametrize("own_broker", [True, False])
+def test_a_broker_left_running_is_stopped_before_the_ports_are_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own_broker: bool
+) -> None:
+    """It holds the last run's ports: chosen first, `--ports auto` found them taken and moved away.
+    A stack on another broker (--kafka-bootstrap) leaves it alone."""
     order: list[str] = []
     monkeypatch.setattr(LocalKafka, "is_running", lambda self: True)
     monkeypatch.setattr(LocalKafka, "stop", lambda self, timeout_s=30: order.append("stop broker"))
@@ -500,5 +518,6 @@ def test_a_broker_left_running_is_stopped_before_the_ports_are_chosen(
         raise devstack.up.PortsInUse("stop here")
 
     monkeypatch.setattr(devstack.up, "resolve_ports", resolve)
-    assert main(["--workdir", str(tmp_path / "stack")]) == 1
-    assert order == ["stop broker", "choose ports"]
+    elsewhere = [] if own_broker else ["--kafka-bootstrap", "broker.example:9092"]
+    assert main(["--workdir", str(tmp_path / "stack"), *elsewhere]) == 1
+    assert order == (["stop broker", "choose ports"] if own_broker else ["choose ports"])
