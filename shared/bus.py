@@ -101,6 +101,10 @@ def make_producer(settings: Settings, client_id: str) -> KafkaProducer:
     )
 
 
+# How long closing a producer that stopped for good may wait for the sender to fail its last batches.
+STOPPED_CLOSE_S = 1.0
+
+
 def producer_stopped_for_good(producer: KafkaProducer) -> bool:
     """Whether ``producer`` will never send again: kafka-python's idempotent producer turns a batch
     refused for good (a record over the topic's ``max.message.bytes``, a topic ACL) into a fatal state
@@ -120,10 +124,14 @@ def close_stopped_producer(producer: KafkaProducer, who: str, exc: Exception) ->
         type(exc).__name__,
         exc,
     )
-    try:
-        producer.close(timeout=0)
-    except KafkaError as close_exc:
-        log.warning("closing the stopped Kafka producer: %s: %s", type(close_exc).__name__, close_exc)
+    # Not timeout=0: close() flushes first and, with batches the sender has not failed yet (it does so
+    # on its next pass, ~0.1 s), raises before it stops the sender thread, which then ran on for good.
+    for _ in range(2):
+        try:
+            producer.close(timeout=STOPPED_CLOSE_S)
+            return
+        except KafkaError as close_exc:
+            log.warning("closing the stopped Kafka producer: %s: %s", type(close_exc).__name__, close_exc)
 
 
 def make_consumer(settings: Settings, group_id: str, client_id: str) -> KafkaConsumer:

@@ -263,6 +263,7 @@ class Stage:
         self._completed: OrderedDict[tuple[str, str], None] = OrderedDict()
         # Inputs handled and produced whose offset commit failed, per partition, oldest first (_commit).
         self._uncommitted: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]] = {}
+        self._last_left_over_commit = 0.0
         self._dedupe_window = dedupe_window
         self._last_lag_update = 0.0
         self._joined = False  # set once the group gave us a first assignment (possibly empty)
@@ -376,6 +377,8 @@ class Stage:
                     self.health.beat()
                 if batch:
                     self._process_batch(batch)
+                else:
+                    self._commit_left_over()
                 self._note_join()
                 self._update_lag()
                 self._check_assignment()
@@ -385,7 +388,11 @@ class Stage:
             # console's intake) answered /readyz 200 while nothing consumed. The partitions' pauses and
             # attempts belong to this consumer's assignment.
             self._joined = False
-            self._forget_partitions(list(self._resume_at))
+            try:
+                self._commit_left_over(now=True)
+            except Exception:  # the stop goes on; a restart redelivers what is not committed
+                log.exception("committing at the stop failed", extra={"stage": self.name})
+            self._forget_partitions([*self._resume_at, *self._uncommitted])
             if lag_watcher is not None:
                 lag_watcher.stop()
             self._consumer.close(autocommit=False)
@@ -888,6 +895,18 @@ class Stage:
                     self._run_after_commit(action)
         while len(self._completed) > self._dedupe_window:
             self._completed.popitem(last=False)
+
+    def _commit_left_over(self, *, now: bool = False) -> None:
+        """Commit the offsets a failed commit left, when no batch comes to carry them (an idle stage,
+        a stop): at most once per ``retry_backoff_initial_s`` unless ``now``. Before, they waited for
+        the next input, and an idle stage's committed lag stayed above 0 meanwhile."""
+        if not self._uncommitted:
+            return
+        moment = time.monotonic()
+        if not now and moment - self._last_left_over_commit < self.settings.retry_backoff_initial_s:
+            return
+        self._last_left_over_commit = moment
+        self._commit({})
 
     def _run_after_commit(self, action: Callable[[], None]) -> None:
         try:

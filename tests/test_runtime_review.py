@@ -254,6 +254,24 @@ def test_a_commit_the_broker_never_answers_does_not_end_the_stage(tmp_path: Path
     assert _sample(stage, "skuforge_messages_total", topic=tp.topic, outcome="ok") == 3
 
 
+def test_an_idle_stage_commits_what_a_failed_commit_left(tmp_path: Path) -> None:
+    """With no next input to carry them, the offsets stayed uncommitted (and the inputs uncounted)."""
+    stage = _stage(tmp_path, retry_backoff_initial_s=30.0)
+    stage.handler(SKU_INGESTED)(lambda event, ctx: _forward(event))
+    tp, records = _records(stage, 2)
+    consumer, _ = _wired(stage, _Consumer(commit_error=KafkaTimeoutError("commit timed out")))
+    stage._process_batch({tp: records})
+    stage._commit_left_over()  # the first idle turn tries at once, and fails again
+    consumer.commit_error = None
+    stage._commit_left_over()  # within the back-off: not tried
+    assert consumer.committed == {}
+    stage._commit_left_over(now=True)  # as at a stop
+    assert consumer.committed == {tp: 2}
+    assert _sample(stage, "skuforge_messages_total", topic=tp.topic, outcome="ok") == 2
+    stage._commit_left_over(now=True)  # nothing left: no second count
+    assert _sample(stage, "skuforge_messages_total", topic=tp.topic, outcome="ok") == 2
+
+
 def test_inputs_whose_commit_failed_are_counted_once_wherever_they_end(tmp_path: Path) -> None:
     stage = _stage(tmp_path)
     accepted = Counter("review_accepted_total", "inputs accepted", registry=stage.metrics.registry)
