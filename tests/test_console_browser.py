@@ -211,3 +211,28 @@ def test_reject_with_the_keyboard(console: Running, page: Any) -> None:
     assert console.service.tasks.get(oldest.event_id).state == "rejected"
     # After a decision the page moves on to the next item by itself.
     page.wait_for_url(f"{console.base_url}/tasks/{console.envelopes[1].event_id}")
+
+
+def test_the_queues_filters_follow_the_reviewer_from_item_to_item(console: Running, page: Any) -> None:
+    """ "next" claimed the oldest item of any SKU, whatever the queue was filtered by; on a held item it
+    reloaded that very item (the server gives back one's own claim first) and lost the painted mask."""
+    log_in(page, console, "alice")
+    base, sku = console.base_url, console.envelopes[0].sku_id
+    page.goto(f"{base}/?sku={sku}")
+    page.keyboard.press("n")
+    page.wait_for_url(f"{base}/tasks/{console.envelopes[0].event_id}?sku={sku}")
+    page.wait_for_selector("body[data-ready='1']")
+    page.keyboard.press("n")  # held: decide or release first
+    page.wait_for_function("document.getElementById('status').textContent.includes('decide or release')")
+    assert page.url == f"{base}/tasks/{console.envelopes[0].event_id}?sku={sku}"
+    for _decided, following in zip(console.envelopes, [*console.envelopes[1:], None], strict=True):
+        page.keyboard.press("r")
+        page.wait_for_selector("#reject-dialog[open]")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("body[data-decided='reject']")
+        if following is not None:
+            page.wait_for_url(f"{base}/tasks/{following.event_id}?sku={sku}")
+            page.wait_for_selector("body[data-ready='1']")
+    page.wait_for_url(f"{base}/?sku={sku}&empty=1")
+    assert "nothing left to claim" in page.inner_text("#nothing-to-claim")
+    assert [event.payload.decision for event in resolved_events(console, expect=2)] == ["reject", "reject"]

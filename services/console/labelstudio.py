@@ -257,13 +257,14 @@ class ImportOutcome:
     @property
     def annotation_lost(self) -> bool:
         """Skipped although it held an annotation: what was done in Label Studio was not recorded."""
-        return self.outcome == "skipped" and self.detail not in (NO_ANNOTATION, ALREADY_DECIDED)
+        return self.outcome == "skipped" and self.detail not in (NO_ANNOTATION, ALREADY_DECIDED, WITHDRAWN)
 
 
 # The skips that lose nothing: Label Studio exports tasks nobody annotated too, and an export imported
 # again finds its tasks decided (by this import before, or by a reviewer on the web page).
 NO_ANNOTATION = "no annotation"
 ALREADY_DECIDED = "already decided"
+WITHDRAWN = "withdrawn: its reference photo was withdrawn by its owner"
 
 
 def _annotator(annotation: dict[str, Any]) -> str:
@@ -375,6 +376,10 @@ def _import_one(
     reviewer = _annotator(annotation)
     if task.state in ("approved", "rejected"):
         return ImportOutcome(task.task_id, "skipped", ALREADY_DECIDED)
+    if task.state == "withdrawn":
+        # Its photo's owner withdrew it: nothing to record. Before, the claim's refusal counted it as
+        # an annotation lost, and every import of that export exited 1 asking to fix it.
+        return ImportOutcome(task.task_id, "skipped", WITHDRAWN)
     image = task.pending.matted.generated.image
     # Everything is checked before the claim, so a refused annotation leaves no stray claim behind.
     decision, value = _decision_of(annotation, image.width, image.height)

@@ -6,6 +6,7 @@ page's JavaScript to the API (``api.py``).
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations at runtime.
 from typing import Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
@@ -42,29 +43,44 @@ def queue_page(request: Request, console: ConsoleDep, filters: Filters) -> Respo
             "filters": filters,
             "reasons": console.tasks.reasons(),
             "now": console.tasks.clock(),
-            "query": request.url.query,
+            # The filters without the "nothing left" note, for the links and forms that carry them on.
+            "query": _filters_query(request),
+            "nothing_to_claim": request.query_params.get("empty") == "1",
         },
     )
 
 
+def _filters_query(request: Request) -> str:
+    """The request's query string without the "nothing left to claim" note: the queue's filters."""
+    return urlencode([(key, value) for key, value in request.query_params.multi_items() if key != "empty"])
+
+
+def _with_filters(path: str, request: Request) -> str:
+    """``path`` with the queue's filters, which the item page's "next" reads: without them, "next"
+    claimed the oldest item of any SKU or reason."""
+    query = _filters_query(request)
+    return f"{path}?{query}" if query else path
+
+
 @router.post("/claim-next")
-def claim_next_form(console: ConsoleDep, session: Reviewer, filters: Filters) -> Response:
+def claim_next_form(request: Request, console: ConsoleDep, session: Reviewer, filters: Filters) -> Response:
     task = console.tasks.claim_next(session.reviewer, console.console.console_lease_s, filters)
     if task is None:
-        return RedirectResponse("/?empty=1", status_code=303)
-    return RedirectResponse(f"/tasks/{task.task_id}", status_code=303)
+        query = _filters_query(request)
+        return RedirectResponse(f"/?{query}&empty=1" if query else "/?empty=1", status_code=303)
+    return RedirectResponse(_with_filters(f"/tasks/{task.task_id}", request), status_code=303)
 
 
 @router.post("/tasks/{task_id}/claim")
-def claim_form(task_id: TaskId, console: ConsoleDep, session: Reviewer) -> Response:
+def claim_form(request: Request, task_id: TaskId, console: ConsoleDep, session: Reviewer) -> Response:
     console.tasks.claim(task_id, session.reviewer, console.console.console_lease_s)
-    return RedirectResponse(f"/tasks/{task_id}", status_code=303)
+    return RedirectResponse(_with_filters(f"/tasks/{task_id}", request), status_code=303)
 
 
 @router.post("/tasks/{task_id}/release")
-def release_form(task_id: TaskId, console: ConsoleDep, session: Reviewer) -> Response:
+def release_form(request: Request, task_id: TaskId, console: ConsoleDep, session: Reviewer) -> Response:
     console.tasks.release(task_id, session.reviewer)
-    return RedirectResponse("/", status_code=303)
+    return RedirectResponse(_with_filters("/", request), status_code=303)
 
 
 @router.get("/tasks/{task_id}")

@@ -259,7 +259,8 @@ def _scrypt_matches(stored: str, candidate: bytes) -> bool:
 
 def tokens_match(expected: str | None, given: str | None) -> bool:
     """Constant-time comparison of two tokens; missing is never a match."""
-    if not expected or not given:
+    if not expected or not given or not given.isascii():
+        # Not ASCII: a lone surrogate (a utf-7 form field) made encode() raise, and the check a 500.
         return False
     return hmac.compare_digest(expected.encode(), given.encode())
 

@@ -454,10 +454,19 @@ class TaskStore:
         return None
 
     def release(self, task_id: str, reviewer: str) -> Task:
-        """Give a claimed task back to the queue; only its holder may."""
+        """Give a claimed task back to the queue; only its holder may. One's own claim whose lease ran
+        out is released all the same (before: "expired: claim it again", to give it back)."""
         now = self.clock()
         with self._write() as db:
-            row = self._held(db, task_id, reviewer, now)
+            row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+            own_expired = (
+                row is not None
+                and row["state"] == "claimed"
+                and row["claimed_by"] == reviewer
+                and row["lease_expires_at"] <= now
+            )
+            if not own_expired:
+                row = self._held(db, task_id, reviewer, now)
             db.execute(
                 "UPDATE tasks SET state = 'pending', claimed_by = NULL, claimed_at = NULL,"
                 " lease_expires_at = NULL WHERE task_id = ?",
@@ -495,13 +504,16 @@ class TaskStore:
         now = self.clock()
         closed: list[str] = []
         with self._write() as db:
-            marks = ", ".join("?" * len(withdrawn))
-            rows = db.execute(
-                "SELECT task_id, sku_id, state, claimed_by, pending_json FROM tasks"
-                f" WHERE state IN ('pending', 'claimed') AND sku_id IN ({marks})",
-                tuple(withdrawn),
+            # The waiting tasks, filtered here: one bound variable per SKU that ever had a withdrawal
+            # went past SQLite's limit (32766; 999 before 3.32), and then every sweep failed.
+            waiting = db.execute(
+                "SELECT task_id, sku_id FROM tasks WHERE state IN ('pending', 'claimed')"
             ).fetchall()
-            for row in rows:
+            for task_id in [row["task_id"] for row in waiting if row["sku_id"] in withdrawn]:
+                row = db.execute(
+                    "SELECT task_id, sku_id, state, claimed_by, pending_json FROM tasks WHERE task_id = ?",
+                    (task_id,),
+                ).fetchone()
                 try:
                     pending = CorrectionPending.model_validate_json(row["pending_json"])
                 except ValueError:

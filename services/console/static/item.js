@@ -201,10 +201,26 @@
     return payload;
   }
 
+  // The queue's filters ride along in the query string, from the queue to each item and on to the
+  // next one: without them "next" claimed the oldest item of any SKU or reason.
+  const filters = (() => {
+    const query = new URLSearchParams(window.location.search);
+    query.delete("empty");
+    const text = query.toString();
+    return text ? "?" + text : "";
+  })();
+  const emptyQueue = "/" + (filters ? filters + "&" : "?") + "empty=1";
+  let renewal = null; // the lease renewal's timer while this page holds the item
+
   async function next() {
+    if (page.held) {
+      // The server gives back one's own claim first: "next" reloaded this very item and lost the
+      // painted mask. A held item is decided or released.
+      return say("decide or release this item first (Esc releases it)", true);
+    }
     try {
-      const result = await post("/api/claim-next");
-      window.location.assign(result.task ? "/tasks/" + result.task.task_id : "/?empty=1");
+      const result = await post("/api/claim-next" + filters);
+      window.location.assign(result.task ? "/tasks/" + result.task.task_id + filters : emptyQueue);
     } catch (error) {
       say("could not claim the next item: " + error.message, true);
     }
@@ -228,6 +244,7 @@
     try {
       const result = await post("/api/tasks/" + page.taskId + "/decision", form);
       page.held = false;
+      clearInterval(renewal); // decided: a renewal now would read "lease lost" beside the saved decision
       $("state").textContent = result.state;
       say(result.state + " (" + decision + "); event " + result.event_id);
       document.body.dataset.decided = decision;
@@ -243,7 +260,7 @@
     if (!page.held) return;
     try {
       await post("/api/tasks/" + page.taskId + "/release");
-      window.location.assign("/");
+      window.location.assign("/" + filters);
     } catch (error) {
       say("could not release: " + error.message, true);
     }
@@ -262,7 +279,6 @@
     // Renew the lease while the page is open. A failed renewal claims again in place (a reload would
     // lose the painted mask); only a 409 to that claim (someone else holds it, or it was decided)
     // ends the hold. A network error or a 503 keeps it: the next tick tries again.
-    let renewal = null;
     let troubled = false; // the last renewal failed: say so once it works again
     const renew = async () => {
       try {
