@@ -6,9 +6,11 @@ carries. An invalid value stops the service at start-up with a message naming th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, overload
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -200,6 +202,24 @@ class Settings(BaseSettings):
                     f"SKUFORGE_KAFKA_SSL_CAFILE {self.kafka_ssl_cafile!r} is not a readable file"
                 )
         return self
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_is_a_url(cls, value: str | None) -> str | None:
+        # boto3 refused "minio:9000" with a ValueError traceback when the store opened: for ingest, after
+        # the whole batch was checked.
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"{value!r} is not an http:// or https:// URL (e.g. http://minio:9000)")
+        return value
+
+    @field_validator("s3_region")
+    @classmethod
+    def _region_is_a_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?", value):
+            raise ValueError(f"{value!r} is not a region name (letters, digits and '-', e.g. eu-west-1)")
+        return value
 
     @field_validator("store_uri")
     @classmethod

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -79,6 +80,12 @@ _S3_TRANSIENT_CODES = frozenset(
         "RequestTimeout",
         "InternalError",
         "ServiceUnavailable",
+        # A conflicting operation on the bucket in progress (409), and a body cut short or damaged on
+        # the way (400): sending again succeeds.
+        "OperationAborted",
+        "IncompleteBody",
+        "XAmzContentSHA256Mismatch",
+        "BadDigest",
     }
 )
 _S3_TRANSIENT_STATUS = frozenset({408, 429})
@@ -441,7 +448,15 @@ class FileStore(ObjectStore):
             raise TransientError(f"cannot read {uri}: {exc}") from exc
 
     def _exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        path = self._path(key)
+        try:
+            return stat.S_ISREG(path.stat().st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            # is_file() raised EACCES, EIO or ESTALE (NFS) bare, where every other call of this store
+            # says TransientError: a stage dead-lettered good events as handler errors over it.
+            raise TransientError(f"cannot look up {self.uri_for(key)}: {exc}") from exc
 
     def _list(self, prefix: str) -> Iterator[str]:
         """Every key under the root, except below a symlinked folder.

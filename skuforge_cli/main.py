@@ -24,7 +24,7 @@ from services.gate.config import GateSettings
 from services.lora_trainer.config import LoraTrainerSettings
 from services.matting.config import MattingSettings
 from shared.config import ConfigError, Settings, load_settings, settings_table_markdown
-from shared.errors import TransientError
+from shared.errors import BadInput, TransientError
 from shared.generation.diffusion import DiffusionSettings
 from shared.generation.settings import GenerationSettings
 from shared.trainstore.settings import TrainstoreSettings
@@ -375,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"skuforge {args.command}: {exc}", file=sys.stderr)
         return 2
+    except BadInput as exc:  # something stored that cannot be read (a manifest part): named, not a traceback
+        print(f"skuforge {args.command}: {exc}", file=sys.stderr)
+        return 1
     except TransientError as exc:  # the store or the broker away, or refusing this deployment's credentials
         print(
             f"skuforge {args.command}: {exc}\n(the object store or Kafka could not be used: check "

@@ -141,6 +141,19 @@ def _same_file(one: Path, other: Path) -> bool:
 
 def find_sku_folders(path: Path) -> list[Path]:
     """The SKU folders under ``path`` (or ``path`` itself when it holds a metadata.json)."""
+    try:
+        return _find_sku_folders(path)
+    except OSError as exc:
+        # A folder that can be listed but not entered (`chmod -R 644`): its entries cannot be looked
+        # at, and pathlib raises EACCES where it answers False for a missing file. Was a traceback.
+        raise IngestError(_unreadable(exc, path)) from None
+
+
+def _unreadable(exc: OSError, fallback: Path) -> str:
+    return f"{exc.filename or fallback}: cannot be read ({exc.strerror or exc}); check its permissions"
+
+
+def _find_sku_folders(path: Path) -> list[Path]:
     if not path.is_dir():
         raise IngestError(f"{path}: not a directory")
     if (path / "metadata.json").is_file():
@@ -176,15 +189,18 @@ def _listed(folder: Path) -> list[Path]:
 def loose_photos(path: Path) -> list[Path]:
     """Photo files lying in a batch folder ``path`` itself, beside its SKU folders, sorted: they belong
     to no SKU, so nothing reads them (none when ``path`` is a SKU folder)."""
-    if not path.is_dir() or (path / "metadata.json").is_file():
-        return []
-    return sorted(
-        child
-        for child in _listed(path)
-        if not is_left_out_quietly(child.name)
-        and child.suffix.lower() in PHOTO_FILE_SUFFIXES | HEIC_SUFFIXES
-        and child.is_file()
-    )
+    try:
+        if not path.is_dir() or (path / "metadata.json").is_file():
+            return []
+        return sorted(
+            child
+            for child in _listed(path)
+            if not is_left_out_quietly(child.name)
+            and child.suffix.lower() in PHOTO_FILE_SUFFIXES | HEIC_SUFFIXES
+            and child.is_file()
+        )
+    except OSError as exc:
+        raise IngestError(_unreadable(exc, path)) from None
 
 
 def _warn_of_loose_photos(path: Path, warn: Callable[[str], None]) -> None:
@@ -319,36 +335,43 @@ def photo_files(folder: Path) -> tuple[list[Path], list[str]]:
         # see helps no one.
         if is_left_out_quietly(entry.name) or entry.name == "metadata.json":
             continue
-        if entry.name.casefold() == "metadata.json":
-            if _same_file(entry, folder / "metadata.json"):
-                continue  # a case-insensitive disk (macOS, Windows): it is the metadata just read
+        try:
+            _sort_entry(folder, entry, photos, problems, accepted)
+        except OSError as exc:  # listed but not looked at: the folder lacks execute permission
+            problems.append(_unreadable(exc, entry))
+    return photos, problems
+
+
+def _sort_entry(folder: Path, entry: Path, photos: list[Path], problems: list[str], accepted: str) -> None:
+    """Add ``entry`` of SKU folder ``folder`` to ``photos``, or say in ``problems`` why it is not one."""
+    if entry.name.casefold() == "metadata.json":
+        if not _same_file(entry, folder / "metadata.json"):  # on a case-insensitive disk it is the same
             # Skipped unseen before: "Metadata.json: missing" without saying which file was there.
             problems.append(f"{entry}: the SKU's metadata must be named exactly metadata.json; rename it")
-            continue
-        suffix = entry.suffix.lower()
-        if entry.is_symlink() and not entry.exists():
-            problems.append(
-                f"{entry}: a link to {entry.readlink()}, which does not exist; "
-                "put the photo itself here or remove the link"
-            )
-        elif entry.is_dir():
-            problems.append(
-                f"{entry}: a folder inside a SKU folder; nothing in it is read: move its photos into "
-                f"{folder}, or move the folder out"
-            )
-        elif not entry.is_file():
-            problems.append(f"{entry}: not a regular file (a pipe, socket or device); remove it")
-        elif suffix in HEIC_SUFFIXES:
-            # An iPhone's photos are HEIC by default: say what to do, not just "not a photo".
-            problems.append(f"{entry}: HEIC/HEIF is not read here; export it as JPEG or PNG")
-        elif suffix in PHOTO_FILE_SUFFIXES:
-            photos.append(entry)
-        else:
-            problems.append(
-                f"{entry}: not a photo ingest reads ({accepted}); export it as JPEG or PNG, "
-                "or move it out of the SKU folder"
-            )
-    return photos, problems
+        return
+    suffix = entry.suffix.lower()
+    if entry.is_symlink() and not entry.exists():
+        problems.append(
+            f"{entry}: a link to {entry.readlink()}, which does not exist; "
+            "put the photo itself here or remove the link"
+        )
+    elif entry.is_dir():
+        problems.append(
+            f"{entry}: a folder inside a SKU folder; nothing in it is read: move its photos into "
+            f"{folder}, or move the folder out"
+        )
+    elif not entry.is_file():
+        problems.append(f"{entry}: not a regular file (a pipe, socket or device); remove it")
+    elif suffix in HEIC_SUFFIXES:
+        # An iPhone's photos are HEIC by default: say what to do, not just "not a photo".
+        problems.append(f"{entry}: HEIC/HEIF is not read here; export it as JPEG or PNG")
+    elif suffix in PHOTO_FILE_SUFFIXES:
+        photos.append(entry)
+    else:
+        problems.append(
+            f"{entry}: not a photo ingest reads ({accepted}); export it as JPEG or PNG, "
+            "or move it out of the SKU folder"
+        )
 
 
 def check_folders(path: Path, settings: Settings) -> Iterator[tuple[PreparedSku | None, list[str]]]:

@@ -71,6 +71,17 @@ def heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
     ``root`` are noted and left out, hidden files and folders are left out; a file with a photo suffix
     that is not an image is refused (it would fail later, less clearly).
     """
+    try:
+        return _heldout_photos(root)
+    except OSError as exc:  # a folder that lists but cannot be entered (`chmod -R 644`): was a traceback
+        where = exc.filename or root
+        reason = exc.strerror or exc
+        raise EvaluateRefused(
+            f"--heldout {root}: {where} cannot be read ({reason}); check its permissions"
+        ) from None
+
+
+def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
     if not root.is_dir():
         raise EvaluateRefused(f"--heldout {root}: not a directory (one folder per SKU id, photos inside)")
     photos: list[Photo] = []

@@ -38,11 +38,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from schemas.common import Contract, SafeId, Sha256Hex
 from schemas.envelope import derive_id
-from shared.errors import ObjectMissing, TransientError
+from shared.errors import BadInput, ObjectMissing, TransientError
 from shared.store import ObjectStore
 
 __all__ = [
@@ -131,6 +131,21 @@ def encode_rows(rows: Iterable[ManifestRow]) -> bytes:
     """JSONL, one row per line, sorted by item_id and with default fields left out (small, stable)."""
     ordered = sorted(rows, key=lambda row: row.item_id)
     return b"".join(row.model_dump_json(exclude_defaults=True).encode() + b"\n" for row in ordered)
+
+
+class ManifestUnreadable(BadInput):
+    """A part of a SKU's manifest holds a row that does not read as a ``ManifestRow``. Before, a
+    pydantic traceback from ``dataset stats``, a usage error from ``export``, and every later event of
+    the SKU dead-lettered as a handler error, none naming the part."""
+
+    def __init__(self, uri: str, exc: ValidationError) -> None:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "(row)"
+        super().__init__(
+            "manifest_unreadable",
+            f"{uri} holds a row that is not a manifest row ({where}: {error['msg']}); restore that part "
+            "from a backup or remove the row, then replay the dead letters (skuforge dlq replay)",
+        )
 
 
 def decode_rows(data: bytes) -> list[ManifestRow]:
@@ -244,6 +259,7 @@ class ManifestStore:
         for _attempt in range(READ_ATTEMPTS):
             compacted, deltas, columns = self._listing(sku_id)
             merged: dict[str, tuple[str, ManifestRow]] = {}
+            part: _Part | None = None
             try:
                 for part in compacted:
                     for stamp, row in _decode_stamped(self.store.get_bytes(part.key), part.stamp):
@@ -253,6 +269,9 @@ class ManifestStore:
                         _fold(merged, part.stamp, row)
             except ObjectMissing:
                 continue
+            except ValidationError as exc:  # a hand-edited part, or one a newer version wrote
+                assert part is not None
+                raise ManifestUnreadable(self.store.uri_for(part.key), exc) from exc
             return merged, compacted, deltas, columns
         raise TransientError(f"the manifest parts of {sku_id} kept changing while being read")
 
