@@ -223,7 +223,7 @@ def test_the_queues_filters_follow_the_reviewer_from_item_to_item(console: Runni
     page.wait_for_url(f"{base}/tasks/{console.envelopes[0].event_id}?sku={sku}")
     page.wait_for_selector("body[data-ready='1']")
     page.keyboard.press("n")  # held: decide or release first
-    page.wait_for_function("document.getElementById('status').textContent.includes('decide or release')")
+    page.wait_for_selector("#status:has-text('decide or release')")
     assert page.url == f"{base}/tasks/{console.envelopes[0].event_id}?sku={sku}"
     for _decided, following in zip(console.envelopes, [*console.envelopes[1:], None], strict=True):
         page.keyboard.press("r")

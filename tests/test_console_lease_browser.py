@@ -37,6 +37,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
 ]
 LEASE_S = 6.0  # the page renews every 2 s, so a test sees a renewal within seconds
+IDLE_S = 8.0  # without a key press or click for this long, the page stops renewing
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Served:
 def served(tmp_path: Path) -> Iterator[Served]:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver (see .ci/run)")
-    parts = build_console(tmp_path, lease_s=LEASE_S)
+    parts = build_console(tmp_path, lease_s=LEASE_S, idle_s=IDLE_S)
     envelope = pending_envelope(flagged_item(parts.store, 0))
     parts.tasks.add_pending(envelope)
     port = free_port()
@@ -165,3 +166,31 @@ def test_someone_else_holding_the_item_ends_the_hold_and_says_so(served: Served,
     page.keyboard.press("p")
     assert "claim the item first" in page.inner_text("#status")
     assert served.parts.tasks.get(served.task_id).claimed_by == "bob"
+
+
+def test_an_idle_page_lets_its_lease_run_out_and_a_key_press_takes_the_item_back(
+    served: Served, page: Any
+) -> None:
+    """A tab left open renewed its lease for good: the item never went back to the queue."""
+    tasks = served.parts.tasks
+    open_held_item(page, served)
+
+    def expiry() -> float:
+        return tasks.get(served.task_id).lease_expires_at or 0.0
+
+    served.parts.clock.advance(1.0)
+    first = expiry()
+    wait_for(lambda: expiry() > first, "the page did not renew while in use")
+    # No input for IDLE_S (real time in the browser): the page says so and renews no more.
+    page.wait_for_selector("#status:has-text('idle')", timeout=(IDLE_S + 10) * 1000)
+    served.parts.clock.advance(1.0)
+    stopped = expiry()
+    time.sleep(LEASE_S / 3 * 2 + 1)  # two renewal ticks
+    assert expiry() == stopped, "an idle page renewed its lease"
+    served.parts.clock.advance(LEASE_S + 1)
+    assert tasks.get(served.task_id).state == "pending"  # back in the queue, as for a closed tab
+
+    page.keyboard.press("1")  # any key: the page claims the item again in place
+    wait_for(lambda: tasks.get(served.task_id).state == "claimed", "a key press did not take the item back")
+    assert tasks.get(served.task_id).claimed_by == "alice"
+    assert page.evaluate("window.notReloaded === true")

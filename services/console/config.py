@@ -86,6 +86,13 @@ class ConsoleSettings(BaseSettings):
         le=86400.0,  # the item page renews every lease/3: a browser timer overflows past about 74 days
         description="a claim lasts this long unless the item page renews it; then the item returns",
     )
+    console_idle_s: float = Field(
+        default=900.0,
+        ge=5.0,
+        le=86400.0,
+        description="an item page with no key press or click for this long stops renewing its claim, so "
+        "a tab left open does not hold the item for good",
+    )
     console_intake: bool = Field(
         default=True,
         description="consume correction.pending into the task table inside `serve console` (a thread)",

@@ -97,6 +97,7 @@ def item_page(request: Request, task_id: TaskId, console: ConsoleDep) -> Respons
         "held": held,
         "state": task.state,
         "leaseS": console.console.console_lease_s,
+        "idleS": console.console.console_idle_s,
         "csrfToken": session.csrf_token,
         "images": {
             kind: f"/tasks/{task.task_id}/images/{kind}"

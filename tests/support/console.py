@@ -120,7 +120,9 @@ class ConsoleParts:
     clock: Clock
 
 
-def build_console(tmp_path: Path, *, lease_s: float = 60.0, settings: Settings | None = None) -> ConsoleParts:
+def build_console(
+    tmp_path: Path, *, lease_s: float = 60.0, idle_s: float = 900.0, settings: Settings | None = None
+) -> ConsoleParts:
     """Task table, store and app parts in ``tmp_path``."""
     clock = Clock()
     store = FileStore(tmp_path / "store")
@@ -128,6 +130,7 @@ def build_console(tmp_path: Path, *, lease_s: float = 60.0, settings: Settings |
     console_settings = ConsoleSettings(
         console_users=USERS,
         console_lease_s=lease_s,
+        console_idle_s=idle_s,
         console_db_path=str(tmp_path / "console" / "tasks.sqlite3"),
     )
     console = Console(

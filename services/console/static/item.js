@@ -280,7 +280,22 @@
     // lose the painted mask); only a 409 to that claim (someone else holds it, or it was decided)
     // ends the hold. A network error or a 503 keeps it: the next tick tries again.
     let troubled = false; // the last renewal failed: say so once it works again
+    // A tab left open renewed its lease for good, and the item never went back to the queue. The page
+    // stops renewing after page.idleS without a key press or click (the lease then runs out as for a
+    // closed tab); the next one renews at once, which claims the item again if nobody else took it.
+    let lastActive = Date.now();
+    let idleSaid = false;
+    const idle = () => Date.now() - lastActive > page.idleS * 1000;
     const renew = async () => {
+      if (!page.held) return;
+      if (idle()) {
+        if (!idleSaid) {
+          idleSaid = true;
+          say("idle: this item goes back to the queue when its lease runs out; press a key to keep it", true);
+          troubled = true; // the next renewal that works says so
+        }
+        return;
+      }
       try {
         await post("/api/tasks/" + page.taskId + "/renew");
         if (troubled) say("lease renewed");
@@ -303,6 +318,16 @@
       }
     };
     renewal = setInterval(renew, Math.max(2000, (page.leaseS * 1000) / 3));
+    for (const kind of ["keydown", "pointerdown", "wheel"]) {
+      window.addEventListener(kind, () => {
+        const wasIdle = idle();
+        lastActive = Date.now();
+        if (wasIdle) {
+          idleSaid = false;
+          renew();
+        }
+      }, { capture: true, passive: true });
+    }
   }
 
   // -- the reject dialog ------------------------------------------------------------------
