@@ -348,3 +348,36 @@ def test_the_trainer_trains_on_the_photos_the_generator_cuts_products_from(
 def test_slug_collisions_are_what_the_class_key_exists_for() -> None:
     # The premise of the first test, pinned: if slug() stopped colliding, that test would prove nothing.
     assert slug("soda can") == slug("soda-can")
+
+
+# --- 7. a training set rolled back ----------------------------------------------------------------
+
+
+def test_a_recipe_rolled_back_makes_its_earlier_adapter_current_again(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    """Its job had been published, so nothing happened, and the generator kept serving the adapter of
+    the recipe that was rolled back (the newest in the registry)."""
+    from shared.generation.adapters import resolve_adapter
+
+    store = FileStore(tmp_path / "store")
+    model = model_folder(tmp_path, "m")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    published: list[str] = []
+
+    def trainer(rank: int) -> LoraTrainer:
+        trainer = trainer_on(store, model, lora_rank=rank, lora_class_images=0)
+        trainer.publish = lambda event: published.append(event.adapter_id)
+        return trainer
+
+    def served() -> str | None:
+        choice = resolve_adapter(AdapterRegistry(store).list(), series="cola", base_model="sd15-inpaint")
+        return choice.adapter.adapter_id if choice.adapter else None
+
+    [first] = [event.adapter_id for event in trainer(4).run_pending()]
+    [second] = [event.adapter_id for event in trainer(8).run_pending()]
+    assert first != second and served() == second
+    assert [event.adapter_id for event in trainer(4).run_pending()] == [first]  # rolled back
+    assert served() == first and len(stub_training) == 2  # not trained again
+    assert trainer(4).run_pending() == []  # current: nothing more
+    assert published == [first, second, first]

@@ -447,9 +447,21 @@ class LoraTrainer:
     def run_job(self, job: Job) -> AdapterPublished | None:
         """Train (or resume), register and publish one job; None if it was already published."""
         marker = f"{PREFIX}/published/{job.adapter_id}.json"
-        if self.store.exists(marker):
-            return None  # redelivery, restart, or nothing new in the series: no retraining
         job_prefix = f"{PREFIX}/jobs/{job.sha256}"
+        if self.store.exists(marker):
+            # Published before: redelivery, restart, or nothing new in the series. No retraining; but a
+            # recipe, model or membership rolled back to this training set finds a later adapter of the
+            # series newest in the registry, which the generator kept serving: made current again.
+            current = self._current(job)
+            if current is None:  # published before the current pointers: it is the current one
+                self.store.put_json(self._current_key(job), {"adapter_id": job.adapter_id})
+            if current is None or current == job.adapter_id:
+                return None
+            log.info(
+                "training set rolled back to an adapter published before; it is made current again",
+                extra={"adapter_id": job.adapter_id, "replacing": current},
+            )
+            return self._publish(job, job_prefix, marker, register_again=True)
         failed_key = f"{job_prefix}/failed.json"
         if self.store.exists(failed_key):
             return None  # cannot train as configured; new inputs (a new hash) or a new recipe retry
@@ -468,14 +480,35 @@ class LoraTrainer:
             if error is not None:
                 self._after_failure(job, job_prefix, error)
                 return None
-        result = json.loads(self.store.get_bytes(result_key))
+        return self._publish(job, job_prefix, marker)
+
+    def _current_key(self, job: Job) -> str:
+        """Where the adapter last published for ``job``'s series (or the general one) is named."""
+        if job.kind == "general":
+            return f"{PREFIX}/current/general.json"
+        # The series as plan() groups it; distinct series may share a slug, never this digest.
+        series = (job.series or "").strip().casefold()
+        return f"{PREFIX}/current/series-{slug(series)}-{sha256_hex(series.encode())[:16]}.json"
+
+    def _current(self, job: Job) -> str | None:
+        try:
+            return str(json.loads(self.store.get_bytes(self._current_key(job)))["adapter_id"])
+        except ObjectMissing:
+            return None
+
+    def _publish(
+        self, job: Job, job_prefix: str, marker: str, *, register_again: bool = False
+    ) -> AdapterPublished:
+        """Register the trained job's weights (unless registered already), publish, then record it:
+        the general schedule, the series' current adapter, and last the published marker."""
+        result = json.loads(self.store.get_bytes(f"{job_prefix}/result.json"))
         weights = self.store.get_bytes(f"{job_prefix}/weights.safetensors")
         try:
             metadata = self.registry.get(job.adapter_id)
-            registered = metadata.training_set_sha256 == job.sha256
+            registered = metadata.training_set_sha256 == job.sha256 and not register_again
         except ObjectMissing:
             registered = False
-        if not registered:
+        if not registered:  # again: a new created_at makes it the newest, the one the generator picks
             metadata = self.registry.register(
                 job.adapter_id,
                 weights,
@@ -502,11 +535,15 @@ class LoraTrainer:
             training_prompts=result["training_prompts"],
         )
         self.publish(event)
-        self.store.put_json(marker, event)  # only after the broker has the event
+        # Only after the broker has the event, and the marker last: a crash before it publishes again
+        # (the same event id), where a marker written first left general.json behind for good and the
+        # next single accepted image trained the general adapter again.
         if job.kind == "general":
             self.store.put_json(
                 f"{PREFIX}/general.json", {"accepted_count": job.accepted_count, "trained_at": time.time()}
             )
+        self.store.put_json(self._current_key(job), {"adapter_id": job.adapter_id})
+        self.store.put_json(marker, event)
         self.metrics.jobs.labels("published").inc()
         log.info("adapter published", extra={"adapter_id": job.adapter_id, "steps": result["steps"]})
         return event
