@@ -314,3 +314,19 @@ def _raised(call: Callable[[], object]) -> list[BaseException]:
     except Exception as exc:
         return [exc]
     return []
+
+
+def test_a_backends_own_refusal_reason_reaches_the_dead_letter() -> None:
+    """Every refusal was `generation_refused`, which `dlq replay` leaves as permanent: the letters of an
+    adapter not registered yet (`unknown_adapter`) were never replayed once it was."""
+    from services.generator.client import refusal
+    from shared.errors import BadInput as Refused
+
+    unknown = str(Refused("unknown_adapter", "no adapter 'cola-1' in the registry (registered: none)"))
+    letter = refusal(f"BadInput: {unknown}", "diffusion refused variant seed 3")
+    assert letter.reason == "unknown_adapter"
+    assert str(letter) == "unknown_adapter: diffusion refused variant seed 3: no adapter 'cola-1' in the " + (
+        "registry (registered: none)"
+    )
+    for drawn_badly in ("ValueError: the mask is empty", "BadInput: Not A Reason: x", "something else"):
+        assert refusal(drawn_badly, "composite refused variant seed 1").reason == "generation_refused"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -197,9 +198,7 @@ class TritonGenerator:
             # error a few times (SKUFORGE_HANDLER_MAX_ATTEMPTS), then dead-letters it (replayable).
             raise GeneratorFailed(f"{model_name(backend)} failed on variant seed {variant.seed}: {error}")
         if error:
-            return BadInput(
-                "generation_refused", f"{model_name(backend)} refused variant seed {variant.seed}: {error}"
-            )
+            return refusal(error, f"{model_name(backend)} refused variant seed {variant.seed}")
         return VariantResult(
             image=response.as_numpy("image")[0],
             expected_mask=response.as_numpy("expected_mask")[0],
@@ -221,6 +220,18 @@ def _explain(status: str, message: str, url: str, backend: str) -> tuple[str, st
 
 def _bytes_cell(text: str) -> np.ndarray:
     return np.array([[text.encode("utf-8")]], dtype=object)
+
+
+def refusal(error: str, what: str) -> BadInput:
+    """The dead-letter reason of a row the backend refused: its own ``BadInput`` reason when it gave one
+    (the server writes ``"BadInput: <reason>: <detail>"``), else ``generation_refused`` (a ValueError:
+    the variant itself cannot be drawn). Before, every refusal was ``generation_refused``, so the letters
+    of an adapter not registered yet (``unknown_adapter``, replayable once it is) read as permanent."""
+    kind, _, rest = error.partition(": ")
+    reason, _, detail = rest.partition(": ")
+    if kind == BadInput.__name__ and re.fullmatch(r"[a-z][a-z0-9_]{0,63}", reason):
+        return BadInput(reason, f"{what}: {detail or reason}")
+    return BadInput("generation_refused", f"{what}: {error}")
 
 
 def _text(column: np.ndarray | None) -> str:
