@@ -172,6 +172,9 @@ def read_dead_letters(
         client_id="skuforge-dlq",
         group_id=None,
         enable_auto_commit=False,
+        # Retention deleting the oldest letters mid-read: kafka-python's default ("latest") jumped to
+        # the end, and the read ended early without a word.
+        auto_offset_reset="earliest",
     )
     letters: list[StoredLetter] = []
     unreadable = 0
@@ -341,10 +344,11 @@ def replay(
     ``dead.original_topic`` is never sent: it came from another topic than the one this DLQ belongs to
     (a mirrored or shared DLQ), and sending it to either would cross environments. Both are reported.
 
-    The markers are written only once every republished record is acknowledged, so a failed send
-    leaves nothing marked and the next run tries again. The one window left is a crash between the
-    acknowledgement and the markers: the next run republishes those letters once more, with the same
-    event_ids, which stages handle idempotently (docs/delivery.md).
+    Letters of one original record and stage (dead-lettered twice) are sent once. Each acknowledged
+    record's letters are marked, and only those: a failed send leaves its letters unmarked for the next
+    run, which sends nothing twice. The one window left is a crash between the acknowledgement and the
+    markers: the next run republishes those letters once more, with the same event_ids, which stages
+    handle idempotently (docs/delivery.md).
     """
     chosen = select(dead.letters, reason=reason, since=since)
     done = replayed_markers(store, dead.dlq_topic)
@@ -361,35 +365,56 @@ def replay(
         return report
     if dead.original_topic not in _list_topics(settings):
         raise DlqError(f"cannot replay: original topic {dead.original_topic} does not exist; create it first")
-    originals = [original_record(stored.letter, store) for stored in pending]
+    # One record per original and stage: a record dead-lettered twice (a batch rewound after its letter
+    # was sent, a crash before the commit) has two letters, and sending both had the stage handle it
+    # twice. Every letter of the group is marked with the one copy.
+    groups: dict[tuple[str, int, int, str, str], list[StoredLetter]] = {}
+    for stored in pending:
+        groups.setdefault(_origin(stored.letter), []).append(stored)
+    firsts = [members[0] for members in groups.values()]
+    originals = [original_record(stored.letter, store) for stored in firsts]
     producer = make_producer(settings, client_id="skuforge-dlq-replay")
+    sends: list[tuple[StoredLetter, Any]] = []
+    failure: KafkaError | None = None
     try:
-        sends = [
-            (
-                stored,
-                producer.send(
-                    dead.original_topic,
-                    key=key,
-                    value=value,
-                    headers=replay_headers(stored.letter),
-                ),
+        for stored, (key, value) in zip(firsts, originals, strict=True):
+            future = producer.send(
+                dead.original_topic, key=key, value=value, headers=replay_headers(stored.letter)
             )
-            for stored, (key, value) in zip(pending, originals, strict=True)
-        ]
+            sends.append((stored, future))
         producer.flush(timeout=settings.flush_timeout_s)
-        acknowledged = [(stored, future.get(timeout=0)) for stored, future in sends]
     except KafkaError as exc:
-        raise DlqError(f"replay failed before every record was acknowledged (nothing marked): {exc}") from exc
+        failure = exc
     finally:
-        producer.close(timeout=settings.flush_timeout_s)
+        # Closed before the futures are read: close() flushes, and what it delivers is marked too.
+        # Before, a failed run said "nothing marked" while close() then delivered the records sent
+        # before the failure, and the next run republished them.
+        try:
+            producer.close(timeout=settings.flush_timeout_s)
+        except KafkaError as exc:
+            failure = failure or exc
+    acknowledged = [
+        (member, future.value)
+        for stored, future in sends
+        if future.is_done and future.succeeded()
+        for member in groups[_origin(stored.letter)]
+    ]
+    sent = sum(1 for _, future in sends if future.is_done and future.succeeded())
     replayed_at = utc_now().isoformat()
     try:
         _write_markers(store, acknowledged, replayed_at)
     except (TransientError, BadInput) as exc:
         raise DlqError(
-            f"republished {len(acknowledged)} dead letters to {dead.original_topic}, but could not write "
-            f"their replay markers ({exc}); a later replay would republish those without a marker again"
+            f"republished {sent} dead letters to {dead.original_topic}, but could not write their "
+            f"replay markers ({exc}); a later replay would republish those without a marker again"
         ) from exc
+    if sent < len(firsts):
+        errors = {str(future.exception) for _, future in sends if future.is_done and future.failed()}
+        why = failure or "; ".join(sorted(errors)) or "not acknowledged"
+        raise DlqError(
+            f"replay failed: {len(firsts) - sent} of {len(firsts)} records were not acknowledged ({why}); "
+            f"the {sent} acknowledged are marked, and a later replay sends only the others"
+        )
     return report
 
 
@@ -401,6 +426,14 @@ def replay_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
     The runtime commits a record whose header names another stage without handling it.
     """
     return [(REPLAY_STAGE_HEADER, letter.stage.encode())] if letter.stage else []
+
+
+def _origin(letter: DeadLetter) -> tuple[str, int, int, str, str]:
+    """The record a letter is of, and the stage that dead-lettered it: its topic, partition, offset and
+    bytes (as the letter holds them), so letters that only claim one offset are never merged."""
+    ref = letter.original_value_ref
+    value = ref.sha256 if ref is not None else hashlib.sha256(letter.original_value_b64.encode()).hexdigest()
+    return (letter.original_topic, letter.original_partition, letter.original_offset, letter.stage, value)
 
 
 def _write_markers(

@@ -284,3 +284,54 @@ def _messages(stage: Stage, topic: str, outcome: str | None = None) -> float:
             ):
                 total += sample.value
     return total
+
+
+@pytest.mark.kafka
+def test_a_record_dead_lettered_twice_is_replayed_once(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A batch rewound after its letter was sent dead-letters the record again: two letters, one
+    original. Both were republished, and the stage handled the record twice."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    later = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    _write_letters(settings, _letter(settings), _letter(settings, failed_at=later))
+    store = open_store(settings.store_uri)
+    assert dlq_main(["replay", settings.topic_name(SKU_INGESTED)], settings=settings, store=store) == 0
+    assert len(read_topic(kafka_bootstrap, settings.topic_name(SKU_INGESTED), expect=1, timeout_s=10)) == 1
+    assert len(list(store.list_keys("dlq-replays/"))) == 2  # both letters marked
+    assert dlq_main(["replay", settings.topic_name(SKU_INGESTED)], settings=settings, store=store) == 0
+    assert len(read_topic(kafka_bootstrap, settings.topic_name(SKU_INGESTED), expect=1, timeout_s=5)) == 1
+
+
+@pytest.mark.kafka
+def test_a_replay_that_fails_part_way_marks_what_was_sent(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ "nothing marked" was said while the records sent before the failure were delivered: the next run
+    republished them."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from tests.support.kafka import session_admin
+
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path), flush_timeout_s=5.0)
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    original = settings.topic_name(SKU_INGESTED)
+
+    def limit(max_message_bytes: str) -> None:
+        resource = ConfigResource(
+            ConfigResourceType.TOPIC, original, configs={"max.message.bytes": max_message_bytes}
+        )
+        session_admin(kafka_bootstrap).alter_configs([resource])
+        time.sleep(1.0)  # the broker applies a topic's config within moments
+
+    large = base64.b64encode(b"y" * 3000).decode()
+    _write_letters(
+        settings, _letter(settings), _letter(settings, original_offset=1, original_value_b64=large)
+    )
+    store = open_store(settings.store_uri)
+    limit("1000")
+    assert dlq_main(["replay", original], settings=settings, store=store) == 1
+    assert "1 of 2 records were not acknowledged" in capsys.readouterr().err
+    limit("1048588")
+    assert dlq_main(["replay", original], settings=settings, store=store) == 0
+    values = [record.value for record in read_topic(kafka_bootstrap, original, expect=2, timeout_s=10)]
+    assert sorted(len(value) for value in values) == [8, 3000]  # each once
