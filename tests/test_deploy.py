@@ -1097,3 +1097,33 @@ def test_extra_volumes_reach_every_pod_and_triton_follows_the_image_tag(helm: st
     # Without them no pod of the stages gets an empty volumes list.
     plain = pod_templates(render(helm))
     assert "volumes" not in plain["rel-skuforge-gate"]["spec"]
+
+
+def test_numbers_in_a_values_file_reach_the_pods_as_written(helm: str, tmp_path: Path) -> None:
+    """Helm reads a values-file number as a float and toString printed 1200000 as "1.2e+06", which no
+    setting takes: every stage, the console and the topics Job failed at start. (--set is not affected.)"""
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        "settings: {SKUFORGE_MAX_POLL_INTERVAL_MS: 1200000, SKUFORGE_RETRY_BACKOFF_MAX_S: 2.5}\n"
+        "stages: {gate: {env: {SKUFORGE_MAX_IMAGE_PIXELS: 40000000}, autoscaling: {lagThreshold: 2000000}}}\n"
+        "console: {env: {SKUFORGE_CONSOLE_LEASE_S: 3000000}}\n"
+    )
+    command = [helm, "template", "rel", str(CHART), "--kube-version", KUBE_VERSIONS[-1], "-f", str(values)]
+    for value in (REVIEWERS, MODEL):
+        command += ["--set", value]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    settings = next(
+        doc for doc in docs if doc["kind"] == "ConfigMap" and "SKUFORGE_KAFKA_BOOTSTRAP" in doc["data"]
+    )
+    assert settings["data"]["SKUFORGE_MAX_POLL_INTERVAL_MS"] == "1200000"
+    assert settings["data"]["SKUFORGE_RETRY_BACKOFF_MAX_S"] == "2.5"
+    deployments = of_kind(docs, "Deployment")
+    assert env_of(deployments["rel-skuforge-gate"])["SKUFORGE_MAX_IMAGE_PIXELS"] == "40000000"
+    assert env_of(deployments["rel-skuforge-console"])["SKUFORGE_CONSOLE_LEASE_S"] == "3000000"
+    [trigger] = of_kind(docs, "ScaledObject")["rel-skuforge-gate"]["spec"]["triggers"]
+    assert trigger["metadata"]["lagThreshold"] == "2000000"
+    job = next(doc for doc in docs if doc["kind"] == "Job")
+    job_env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert job_env["SKUFORGE_MAX_POLL_INTERVAL_MS"] == "1200000"

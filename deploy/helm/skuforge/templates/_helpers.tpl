@@ -100,7 +100,7 @@ SKUFORGE_GENERATION_BACKEND: {{ first .Values.triton.backends | quote }}
 {{- end }}
 {{- end }}
 {{- range $key, $value := .Values.settings }}
-{{ $key }}: {{ $value | toString | quote }}
+{{ $key }}: {{ include "skuforge.text" $value | quote }}
 {{- end }}
 {{- end -}}
 
@@ -196,5 +196,18 @@ calls 127.0.0.1:8001, its own pod, and retries forever. */ -}}
 {{- end -}}
 {{- if and .Values.console.enabled (not .Values.secret.existingSecret) (not (hasKey .Values.secret.values "SKUFORGE_CONSOLE_USERS")) -}}
 {{- fail "console.enabled needs reviewers: set secret.values.SKUFORGE_CONSOLE_USERS ('name:password,...') or secret.existingSecret, or console.enabled=false (without them the console pod exits at start)" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A value as text for an env var, a Secret or a KEDA field. Helm reads a number in a values file as a
+float64, and toString prints 1200000 as "1.2e+06", which no setting takes: every pod failed at start.
+A whole number is printed as one.
+*/}}
+{{- define "skuforge.text" -}}
+{{- if and (kindIs "float64" .) (eq (float64 (int64 .)) .) -}}
+{{- int64 . | toString -}}
+{{- else -}}
+{{- toString . -}}
 {{- end -}}
 {{- end -}}
