@@ -208,11 +208,14 @@ def processes_with_env(name: str, value: str) -> list[int]:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the process group of service ``pid``, which leads it (``start_new_session``).
+
+    By group id, not through ``os.getpgid(pid)``: once the leader has exited and been reaped that
+    raised ProcessLookupError, and the members still running (workers, a child that ignored SIGTERM)
+    were never signalled.
+    """
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
+        os.killpg(pid, sig)
 
 
 def _signal_all(pids: Iterable[int], sig: signal.Signals) -> None:
@@ -385,6 +388,9 @@ class Supervisor:
             code = state.process.poll()
             if code is not None:
                 state.last_exit_code = code
+                # What the service left running in its group (its workers) goes with it, before a new
+                # instance starts beside them holding its ports.
+                _signal_group(state.process.pid, signal.SIGKILL)
                 up_s = now - state.started_at
                 if up_s >= self.stable_after_s or state.backoff_s == 0:
                     state.backoff_s = self.backoff_initial_s

@@ -467,3 +467,41 @@ def test_the_broker_command_refuses_a_port_out_of_range(capsys: pytest.CaptureFi
         broker_main(["start", "--port", "99999"])  # before: OverflowError from bind()
     assert exited.value.code == 2
     assert "--port: must be from 1 to 65535, got 99999" in capsys.readouterr().err
+
+
+def test_a_service_that_exits_takes_what_it_left_in_its_group_with_it(tmp_path: Path) -> None:
+    """Once the leader was reaped, os.getpgid(pid) raised and nothing was signalled: its workers kept
+    running (holding ports) beside the restarted service, and survived the stop's SIGTERM."""
+    worker = tmp_path / "worker.pid"
+    spec = python_child(
+        tmp_path,
+        "leader",
+        f"""
+        import os, subprocess, sys
+        if not os.path.exists({str(worker)!r}):
+            code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+            child = subprocess.Popen([sys.executable, "-c", code])  # in the leader's group
+            open({str(worker)!r}, "w").write(str(child.pid))
+            sys.exit(3)
+        import time
+        time.sleep(600)
+        """,
+        ready_timeout_s=30,
+    )
+    supervisor = Supervisor([spec], grace_s=2, report=lambda line: None)
+    try:
+        assert supervisor.start()
+        deadline = time.monotonic() + 30
+        while not (worker.exists() and worker.read_text()):
+            assert time.monotonic() < deadline, "the leader never started its worker"
+            time.sleep(0.1)
+        worker_pid = int(worker.read_text())
+        while supervisor["leader"].last_exit_code is None:
+            assert time.monotonic() < deadline, "the leader's exit was not seen"
+            supervisor.check_once()
+            time.sleep(0.1)
+        while alive(worker_pid):
+            assert time.monotonic() < deadline, "the exited leader's worker still runs"
+            time.sleep(0.1)
+    finally:
+        supervisor.stop()
