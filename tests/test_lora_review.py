@@ -34,6 +34,7 @@ from services.lora_trainer.stage import (
 )
 from shared.bus import make_envelope
 from shared.config import ConfigError, Settings, load_settings
+from shared.errors import BadInput
 from shared.generation.adapters import AdapterRegistry
 from shared.generation.backend import GenerationRequest
 from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
@@ -381,3 +382,45 @@ def test_a_recipe_rolled_back_makes_its_earlier_adapter_current_again(
     assert served() == first and len(stub_training) == 2  # not trained again
     assert trainer(4).run_pending() == []  # current: nothing more
     assert published == [first, second, first]
+
+
+# --- 8. one SKU's fault is its own ----------------------------------------------------------------
+
+
+def test_one_skus_altered_photo_leaves_it_out_and_its_series_still_trains(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    """It failed the series' job for good, and every later job of the series (each still holding that
+    SKU): the series never got an adapter until the photo was fixed."""
+    from shared.images import encode_png
+    from tests.support.diffusion import product_photo
+
+    store = FileStore(tmp_path / "store")
+    good, altered = (captioned_sku(store, index, usable_photos=1, series="cola") for index in (1, 2))
+    record(store, good)
+    record(store, altered)
+    store.put_bytes(store.key_for(altered.photos[0].image.uri), encode_png(product_photo(seed=7)[0]))
+    trainer = trainer_on(store, model_folder(tmp_path, "m"), lora_class_images=0)
+    [event] = trainer.run_pending()
+    assert event.series == "cola"
+    [job] = trainer.plan()
+    trained = load_training_set(store, f"{PREFIX}/sets/{job.sha256}", job.sha256)
+    assert trained is not None and {item.sku_id for item in trained.items} == {good.sku.sku_id}
+
+
+def test_a_sku_recaptioned_with_no_usable_photo_leaves_its_series(tmp_path: Path) -> None:
+    """The refusal came before the clean-up: its old request stayed, and the series kept training on
+    photos the captioner now refuses."""
+    store = FileStore(tmp_path / "store")
+    captioned = captioned_sku(store, 1, usable_photos=1, series="cola")
+    record(store, captioned)
+    assert [job.series for job in trainer_on(store, model_folder(tmp_path, "m")).plan()] == ["cola"]
+    unusable = [photo.model_copy(update={"usable": False}) for photo in captioned.photos]
+    with pytest.raises(BadInput, match="no_usable_photos"):
+        record(store, captioned.model_copy(update={"photos": unusable}))
+    assert trainer_on(store, model_folder(tmp_path, "m2")).plan() == []
+
+
+def test_a_training_resolution_diffusers_cannot_paint_is_a_settings_error() -> None:
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        load_settings(LoraTrainerSettings, lora_resolution=500)

@@ -58,7 +58,14 @@ class LoraTrainerSettings(BaseSettings):
     lora_early_stop_min_delta: float = Field(
         default=_RECIPE.early_stop_min_delta, ge=0.0, description="smallest improvement that counts"
     )
-    lora_resolution: int = Field(default=_RECIPE.resolution, ge=64, description="training image side (px)")
+    # A multiple of 8 (the VAE's factor): diffusers refused any other size when painting class images,
+    # a ValueError that failed every job for good.
+    lora_resolution: int = Field(
+        default=_RECIPE.resolution,
+        ge=64,
+        multiple_of=8,
+        description="training image side (px), a multiple of 8",
+    )
     lora_scenes_per_photo: int = Field(
         default=_RECIPE.scenes_per_photo, ge=1, le=200, description="composites per reference photo"
     )

@@ -139,14 +139,24 @@ def record_captioned(
 ) -> list[Emit]:
     """Record a captioned SKU for its series' specialised adapter (checked: photos and masks readable)."""
     captioned = event.payload
-    usable = [p for p in captioned.photos if p.usable and p.mask is not None]
-    if not usable:
-        raise BadInput("no_usable_photos", f"{captioned.sku.sku_id}: no photo is usable with a product mask")
-    for photo in usable:
-        ctx.read_image(photo.image)
-        assert photo.mask is not None
-        ctx.read_mask(photo.mask)
     sku_id = captioned.sku.sku_id
+    usable = [p for p in captioned.photos if p.usable and p.mask is not None]
+    try:
+        if not usable:
+            raise BadInput("no_usable_photos", f"{sku_id}: no photo is usable with a product mask")
+        for photo in usable:
+            ctx.read_image(photo.image)
+            assert photo.mask is not None
+            ctx.read_mask(photo.mask)
+    except BadInput:
+        # Re-captioned with no photo to train on: its earlier request must not keep its series training
+        # on photos the captioner now refuses (or that are gone). A replay once fixed records it again.
+        for stale in _series_requests_of(ctx.store, sku_id):
+            ctx.store.delete(stale)
+            ctx.log.info(
+                "SKU left its series: nothing to train on", extra={"sku_id": sku_id, "request": stale}
+            )
+        raise
     key = None
     if captioned.sku.series.strip():
         key = f"{PREFIX}/series/{slug(captioned.sku.series)}/{sku_id}.json"
