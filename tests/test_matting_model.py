@@ -345,3 +345,60 @@ def test_calibration_photos_are_the_folders_photos_decoded_as_inference_decodes_
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     with pytest.raises(CalibrationPhotoError, match=r"broken\.jpg cannot be used"):
         calibration_photos(0, 1, [folder], n_real=8)
+
+
+def test_a_torn_or_foreign_checkpoint_is_a_clear_refusal(tmp_path: Path) -> None:
+    """A run killed mid-save left a torn file (torch.save wrote in place), and a plain .pth given as
+    --checkpoint: both were tracebacks (RuntimeError, KeyError 'step'), the CLI catching only ValueError."""
+    import torch
+
+    from shared.matting.train import TrainConfig, start_state
+    from shared.matting.u2net import build_model
+
+    config = TrainConfig(steps=10, seed=1, train_images=4, batch=2)
+    whole = tmp_path / "whole.pt"
+    torch.save({"model": build_model("u2netp").state_dict(), "optimiser": {}, "step": 3}, whole)
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(ValueError, match=f"--checkpoint {torn} cannot be read"):
+        start_state(config, torn)
+    plain = tmp_path / "plain.pth"
+    torch.save(build_model("u2netp").state_dict(), plain)
+    with pytest.raises(ValueError, match="is not a checkpoint of `matting train`"):
+        start_state(config, plain)
+
+
+def test_matting_tools_refuse_what_would_overwrite_or_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from shared.matting import MODELS_DIR
+    from shared.matting.quantize import CalibrationPhotoError, calibration_photos
+    from shared.matting.u2net import build_model
+
+    def refused(argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as exited:
+            matting_cli(argv)
+        assert exited.value.code == 2
+        return capsys.readouterr().err
+
+    # The model card and weights are written beside --out: m.pth or m.json was overwritten by them.
+    assert "name the ONNX model" in refused(["train", "--out", str(tmp_path / "m.pth")])
+    # Accepted, the int8 model replaced the fp32 one it was made from.
+    model = MODELS_DIR / "u2netp-skuforge.onnx"
+    assert "is the model being quantised" in refused(["quantize", str(model), "--out", str(model)])
+    # A wrapper with more than tensors: export crashed with an AttributeError.
+    wrapped = tmp_path / "wrapped.pth"
+    torch.save({"state_dict": build_model("u2netp").state_dict(), "epoch": 3}, wrapped)
+    assert matting_cli(["export", str(wrapped), "--out", str(tmp_path / "w.onnx")]) == 0
+    capsys.readouterr()
+    odd = tmp_path / "odd.pth"
+    torch.save({**build_model("u2netp").state_dict(), "epoch": 3}, odd)
+    assert "not a state dict of tensors (these entries are not: epoch)" in refused(
+        ["export", str(odd), "--out", str(tmp_path / "o.onnx")]
+    )
+    # The folder `train --extra` takes holds its photos under images/: none were calibrated on.
+    (tmp_path / "real-pairs" / "images").mkdir(parents=True)
+    with pytest.raises(CalibrationPhotoError, match="no photo directly in"):
+        calibration_photos(0, 1, [tmp_path / "real-pairs"], 4)

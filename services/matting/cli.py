@@ -213,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.action == "train":
+        # The model card (OUT with .json) and the weights (.pth) are written beside OUT: an OUT named
+        # m.pth or m.json was overwritten by them after the whole run.
+        if args.out.suffix.lower() != ".onnx":
+            parser.error(f"--out {args.out}: name the ONNX model (a .onnx file)")
         if args.init is not None and not args.init.is_file():
             parser.error(f"--init {args.init}: no such file")
         for folder in args.extra:
@@ -280,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     from shared.matting.quantize import CalibrationPhotoError, quantize_u2net
 
     _check_onnx(parser, args.model_path)
+    if args.out.resolve() == args.model_path.resolve():
+        # Once accepted, the int8 model replaced the fp32 one it was made from, which was then gone.
+        parser.error(f"--out {args.out} is the model being quantised: give the int8 model its own file")
     for folder in args.calibration_photos:
         if not folder.is_dir():
             parser.error(f"--calibration-photos {folder}: not a folder")

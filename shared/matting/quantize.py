@@ -66,12 +66,24 @@ def calibration_photos(
     and the stages decode it (``decode_image``: EXIF orientation, alpha over white, 16-bit rescaled,
     colour profile to sRGB): calibration must see what inference sees. A photo that does not decode
     is a ``CalibrationPhotoError`` naming it, before any rendering."""
-    files = sorted(
-        path
+    by_folder = {
+        folder: [
+            path
+            for path in folder.iterdir()
+            if path.is_file() and path.suffix.lower() in PHOTO_SUFFIXES and not path.name.startswith(".")
+        ]
         for folder in photo_folders
-        for path in folder.iterdir()
-        if path.is_file() and path.suffix.lower() in PHOTO_SUFFIXES and not path.name.startswith(".")
-    )
+    }
+    if n_real:
+        # The folder `train --extra` takes (photos under images/) gave no photo, silently: the model was
+        # calibrated on renderer photos only, the failure these photos are there to prevent.
+        empty = [str(folder) for folder, found in by_folder.items() if not found]
+        if empty:
+            raise CalibrationPhotoError(
+                f"no photo directly in {', '.join(empty)} (photos in a subfolder are not read; for a "
+                "`matting real-pairs` folder give its images/ folder)"
+            )
+    files = sorted(path for found in by_folder.values() for path in found)
     real: list[Image.Image] = []
     if files and n_real:
         picks = np.linspace(0, len(files) - 1, num=min(n_real, len(files))).round().astype(int)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import pickle
 import platform
 import time
 from collections.abc import Iterator
@@ -203,7 +205,17 @@ def start_state(
         load_reference_state_dict(model, read_weights(config.init_weights))  # a checkpoint's too
     if checkpoint is None or not checkpoint.is_file():
         return model, None
-    saved: dict[str, Any] = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    try:
+        saved: dict[str, Any] = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as exc:  # torn, or not torch's
+        raise ValueError(
+            f"--checkpoint {checkpoint} cannot be read ({exc}); delete it to start afresh"
+        ) from None
+    if not isinstance(saved, dict) or not {"model", "step"} <= saved.keys():
+        raise ValueError(
+            f"--checkpoint {checkpoint} is not a checkpoint of `matting train` (no model and step): give "
+            "weights to start from with --init, and a new --checkpoint"
+        )
     wanted = _fingerprint(config)
     written_by = saved.get("config")
     if written_by is not None and written_by != wanted:
@@ -293,6 +305,9 @@ def train(
         )
         if checkpoint is not None and ((step + 1) % config.checkpoint_every == 0 or out_of_time):
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            # Beside it, then renamed over it: a run killed mid-save left a torn file, which the rerun
+            # could not read, and the progress it was to resume from was gone.
+            partial = checkpoint.with_name(f".{checkpoint.name}.partial")
             torch.save(
                 {
                     "model": model.state_dict(),
@@ -300,8 +315,9 @@ def train(
                     "step": step,
                     "config": _fingerprint(config),
                 },
-                checkpoint,
+                partial,
             )
+            os.replace(partial, checkpoint)
         if out_of_time:
             log.info("training time budget spent; stopping", extra={"step": step + 1})
             break

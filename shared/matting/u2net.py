@@ -304,8 +304,14 @@ def _load_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
 def read_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """A state dict from a ``.pth`` (reference layout) or a ``skuforge matting train`` checkpoint."""
     loaded = _load_mapping(path)
-    if isinstance(loaded.get("model"), Mapping) and "optimiser" in loaded:
-        return dict(loaded["model"])
+    if isinstance(loaded.get("model"), Mapping) and "step" in loaded:  # a checkpoint, optimiser or not
+        loaded = dict(loaded["model"])
+    elif isinstance(loaded.get("state_dict"), Mapping):  # a common wrapper ({"state_dict": ..., "epoch": 3})
+        loaded = dict(loaded["state_dict"])
+    # Anything else in it crashed `matting export` with an AttributeError ("no is_floating_point").
+    odd = sorted(str(key) for key, value in loaded.items() if not isinstance(value, Tensor))
+    if odd:
+        raise ValueError(f"{path}: not a state dict of tensors (these entries are not: {', '.join(odd[:5])})")
     return loaded
 
 
