@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -54,3 +56,38 @@ def test_a_floor_reflection_is_drawn_under_the_product_and_left_out_of_its_mask(
     # Green, fading: darker than the floor just under the product, the floor again further down.
     assert after[82, 35, 1] > after[82, 35, 0] and after[82, 35].sum() < 3 * 255
     assert np.array_equal(after[118], before[118])
+
+
+def test_real_pairs_are_built_from_the_colours_inference_sees(tmp_path: Path) -> None:
+    """The pair builder read photos with Image.open: an Adobe RGB catalogue photo (56 of the 81 iconic
+    photos) trained the model on colours up to 47 levels off the sRGB ones decode_image gives it."""
+    import shutil
+
+    from shared.images import decode_image
+    from shared.matting import MODELS_DIR
+    from shared.matting.grocery import RealPairsConfig, write_real_pairs
+
+    sample = Path(__file__).resolve().parents[1] / "samples" / "grocerystore" / "GROCERY-OATLY-001"
+    photo = sample / "Oatly-Oat-Milk_Iconic.jpg"
+    assert Image.open(photo).info.get("icc_profile"), "the sample carries its colour profile"
+    dataset = tmp_path / "dataset"
+    iconic = dataset / "iconic-images-and-descriptions" / "Packages" / "Oat-Milk"
+    iconic.mkdir(parents=True)
+    shutil.copy(photo, iconic / "Oatly-Oat-Milk_Iconic.jpg")
+    (dataset / "train.txt").write_text("")
+    config = RealPairsConfig(
+        dataset=dataset,
+        official_onnx=MODELS_DIR / "u2netp-skuforge.onnx",
+        held_out=frozenset(),
+        size_px=64,
+        catalogue_copies=1,
+        composites=0,
+    )
+    write_real_pairs(config, tmp_path / "pairs")
+    written = np.asarray(
+        Image.open(tmp_path / "pairs" / "images" / "catalogue-000-0.png").convert("RGB"), np.int16
+    )
+    expected = decode_image(photo.read_bytes()).resize((64, 64), Image.Resampling.BILINEAR)
+    unconverted = Image.open(photo).convert("RGB").resize((64, 64), Image.Resampling.BILINEAR)
+    assert np.array_equal(written, np.asarray(expected, np.int16))
+    assert not np.array_equal(written, np.asarray(unconverted, np.int16))
