@@ -366,7 +366,7 @@ def test_lru_keeps_at_most_k_adapters_and_deletes_the_evicted(
         in_pipe = backend.pipe.get_list_adapters()
         assert len(in_pipe.get("unet", [])) <= 2
     assert backend.pipe.get_list_adapters()["unet"] == ["lora-s2", "lora-s3"]
-    assert backend.lora.evicted == ["lora-s0", "lora-s1"]
+    assert list(backend.lora.evicted) == ["lora-s0", "lora-s1"]
     # No LoRA layer of an evicted adapter is left behind in the UNet.
     layer_names = {name for name, _ in backend.pipe.unet.named_parameters()}
     assert not any("lora-s0" in name or "lora-s1" in name for name in layer_names)

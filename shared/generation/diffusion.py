@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +83,7 @@ UInt8Array = npt.NDArray[np.uint8]
 
 CANVAS_FILL = 127  # grey behind the placed photo; the painter never keeps it (paint_mask: photo_area)
 MAX_VARIANTS = 64  # per request; the stage asks for a few at a time
+EVICTED_KEPT = 256  # evicted adapter ids remembered (LoraSlots.evicted)
 
 
 class DiffusionSettings(BaseSettings):
@@ -355,7 +356,9 @@ class LoraSlots:
         self.device = device
         self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter_id -> weights sha256, oldest first
         self.active: str | None = None
-        self.evicted: list[str] = []  # ids deleted so far, oldest first (for metrics and tests)
+        # The last ids deleted, oldest first (for metrics and tests); bounded, as a list it grew with every
+        # eviction for the life of the server.
+        self.evicted: deque[str] = deque(maxlen=EVICTED_KEPT)
 
     @property
     def loaded(self) -> list[str]:
