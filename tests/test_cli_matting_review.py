@@ -112,3 +112,35 @@ def test_export_of_a_text_file_says_it_is_not_weights(
     hello.write_text("hello world\n")  # torch's unpickler raises KeyError on these bytes
     line = _refused(["export", str(hello), "--out", str(tmp_path / "e.onnx")], capsys)
     assert line.endswith(f"{hello}: not a weights file torch can load safely (KeyError)")
+
+
+def test_real_pairs_on_a_folder_without_photos_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rng.integers(0) raised a bare ValueError traceback after the (empty) in-store pass."""
+    (tmp_path / "train.txt").write_text("")
+    assert matting_cli(["real-pairs", "--dataset", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no catalogue or in-store cut-out to draw composites from" in err and "Traceback" not in err
+
+
+def test_the_vlm_captioner_without_transformers_is_a_model_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU install asked for SKUFORGE_CAPTIONER_BACKEND=vlm crashed at start-up with an ImportError."""
+    import builtins
+
+    from shared.captioning.vlm import VlmCaptioner, VlmModelError
+
+    real_import = builtins.__import__
+
+    def no_transformers(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("transformers"):
+            raise ImportError("No module named 'transformers'")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_transformers)
+    with pytest.raises(
+        VlmModelError, match=r"needs torch and transformers: pip install 'skuforge\[diffusion\]'"
+    ):
+        VlmCaptioner(tmp_path)

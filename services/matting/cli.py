@@ -396,7 +396,11 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
             seed=args.seed,
             reflection_share=args.reflection_share,
         )
-        print(json.dumps(write_real_pairs(config, args.out)))
+        try:
+            print(json.dumps(write_real_pairs(config, args.out)))
+        except (ValueError, OSError) as exc:  # a folder that is not the dataset's (train.txt missing...)
+            print(f"skuforge matting real-pairs: {exc}", file=sys.stderr)
+            return 2
         return 0
 
     out = args.out or default_official_onnx()
@@ -414,6 +418,13 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
             onnx_to_state_dict(out)  # checks the md5 and that it converts
     except OfficialWeightsError as exc:
         print(f"skuforge matting official: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:  # converting needs onnx and torch: a CPU install has neither
+        print(
+            f"skuforge matting official: converting the weights needs the diffusion extra (torch, onnx): "
+            f"pip install 'skuforge[diffusion]' ({exc})",
+            file=sys.stderr,
+        )
         return 2
     print(json.dumps({"onnx": str(out), "pth": None if args.pth is None else str(args.pth)}))
     return 0

@@ -83,9 +83,15 @@ class VlmCaptioner:
         use_gpu: bool = False,
         name: str | None = None,
     ) -> None:
-        import torch
-        from transformers import BlipForConditionalGeneration, BlipProcessor
-        from transformers.utils import logging as hf_logging
+        try:
+            import torch
+            from transformers import BlipForConditionalGeneration, BlipProcessor
+            from transformers.utils import logging as hf_logging
+        except ImportError as exc:  # a CPU install without the extra: was a traceback at start-up
+            raise VlmModelError(
+                f"SKUFORGE_CAPTIONER_BACKEND=vlm needs torch and transformers: pip install "
+                f"'skuforge[diffusion]' ({exc})"
+            ) from exc
 
         path = Path(directory)
         if not (path / "config.json").is_file():

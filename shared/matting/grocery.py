@@ -335,6 +335,15 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
             break
     log.info("in-store pseudo-labels", extra={"kept": instore_written, "tried": len(candidates)})
 
+    if config.composites and not (cutouts and backgrounds):
+        # rng.integers(0) raised a bare ValueError: a dataset folder without its iconic photos, say.
+        missing = (
+            "no catalogue or in-store cut-out" if not cutouts else "no train-split photo for a background"
+        )
+        raise ValueError(
+            f"{config.dataset}: {missing} to draw composites from (is it GroceryStoreDataset's dataset/ "
+            "folder, with iconic-images-and-descriptions/ and train.txt?)"
+        )
     for index in range(config.composites):
         product, mask = cutouts[int(rng.integers(len(cutouts)))]
         background_path = backgrounds[int(rng.integers(len(backgrounds)))]
