@@ -140,6 +140,19 @@ def resolve_topics(settings: Settings, topic: str, *, any_namespace: bool = Fals
     candidates = [namespace + base]
     if namespace and base.startswith(namespace) and base not in _PLAIN_FLOW_TOPICS:
         candidates.append(base)  # given as `skuforge topics list` prints it
+    # With no namespace here, "staging.sku.ingested.v1" is another environment's topic (a flow topic
+    # under a prefix): it was used without --any-namespace, its markers written to this store.
+    foreign = (
+        not namespace
+        and base not in _PLAIN_FLOW_TOPICS
+        and any(base.endswith(flow) for flow in _PLAIN_FLOW_TOPICS)
+    )
+    if foreign and not any_namespace and base + DLQ_SUFFIX in existing:
+        raise DlqError(
+            f"{base + DLQ_SUFFIX!r} is another environment's topic (a flow topic under a namespace), and "
+            "this one has none (SKUFORGE_TOPIC_NAMESPACE is empty); pass --any-namespace to use it on "
+            "purpose, or run with that environment's settings"
+        )
     for name in candidates:
         if name + DLQ_SUFFIX in existing:
             return name, name + DLQ_SUFFIX

@@ -169,6 +169,19 @@ def test_a_topic_name_resolves_to_this_environments_namespace_first(monkeypatch:
     monkeypatch.setattr("shared.dlq._list_topics", lambda settings: {"sku.ingested.v1.dlq"})
     with pytest.raises(DlqError, match="outside this environment's namespace"):
         resolve_topics(sku, "sku.ingested.v1")
+    # No namespace here: a flow topic under another environment's was used, its markers written here.
+    plain = load_settings(topic_namespace="")
+    monkeypatch.setattr("shared.dlq._list_topics", lambda settings: {"staging.sku.ingested.v1.dlq"})
+    with pytest.raises(DlqError, match=r"another environment's topic.*--any-namespace"):
+        resolve_topics(plain, "staging.sku.ingested.v1")
+    assert (
+        resolve_topics(plain, "staging.sku.ingested.v1", any_namespace=True)[0] == "staging.sku.ingested.v1"
+    )
+    passthrough = "passthrough.sku.ingested.v1"
+    monkeypatch.setattr(
+        "shared.dlq._list_topics", lambda settings: {"sku.ingested.v1.dlq", passthrough + ".dlq"}
+    )
+    assert resolve_topics(plain, "sku.ingested.v1")[0] == "sku.ingested.v1"
 
 
 @pytest.mark.kafka
