@@ -378,8 +378,8 @@ class Supervisor:
         now = time.monotonic()
         for state in self.services:
             spec = state.spec
-            if spec.oneshot or state.process is None:
-                continue
+            if spec.oneshot or state.process is None or state.status == "exited":
+                continue  # exited and not restarted: its pid may name another process by now
             if state.status == "backing-off":
                 if now >= state.next_start_at:
                     state.restarts += 1

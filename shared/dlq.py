@@ -72,6 +72,7 @@ REPLAYABLE_REASONS: dict[str, str] = {
     "too_many_photos": "SKUFORGE_MAX_PHOTOS_PER_SKU was raised",
     "unknown_adapter": "the adapter the event names is registered",
     "no_adapter_registry": "the generator was given its adapter registry",
+    "manifest_unreadable": "the manifest part it names was restored",
 }
 
 

@@ -454,6 +454,8 @@ class FileStore(ObjectStore):
         except (FileNotFoundError, NotADirectoryError):
             return False
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a link loop is no object (is_file() said False), not an outage
+                return False
             # is_file() raised EACCES, EIO or ESTALE (NFS) bare, where every other call of this store
             # says TransientError: a stage dead-lettered good events as handler errors over it.
             raise TransientError(f"cannot look up {self.uri_for(key)}: {exc}") from exc

@@ -194,3 +194,12 @@ def test_an_idle_page_lets_its_lease_run_out_and_a_key_press_takes_the_item_back
     wait_for(lambda: tasks.get(served.task_id).state == "claimed", "a key press did not take the item back")
     assert tasks.get(served.task_id).claimed_by == "alice"
     assert page.evaluate("window.notReloaded === true")
+
+    # Idle again, and this time the key is Esc: the re-claim that key starts raced the release, and a
+    # release answered first was undone by it (the item stayed claimed, and "next" reopened it).
+    page.wait_for_selector("#status:has-text('idle')", timeout=(IDLE_S + 10) * 1000)
+    served.parts.clock.advance(LEASE_S + 1)
+    page.keyboard.press("Escape")
+    page.wait_for_url(served.base_url + "/")
+    time.sleep(1.0)
+    assert tasks.get(served.task_id).state == "pending"

@@ -128,6 +128,21 @@ def test_a_value_error_inside_the_backend_is_its_own_fault_and_bad_input_the_req
     assert error[2] == "BadInput: empty_mask: the product mask has no product pixels"  # refused
 
 
+def test_a_refusal_of_a_bad_input_subclass_keeps_its_reason_for_the_client() -> None:
+    """An adapter's weights gone (ObjectMissing) travelled as "ObjectMissing: ...", which the client
+    read as generation_refused (permanent) instead of object_missing (replayable once they are back)."""
+    from services.generator.client import refusal
+    from shared.errors import ObjectMissing
+
+    def fail(requests: list[GenerationRequest]) -> Exception | None:
+        return ObjectMissing("s3://adapters/cola-1/weights.safetensors")
+
+    (answer,) = GenerationModel(StandInBackend(fail))([triton_request([11])])
+    (error,) = errors(answer)
+    assert error.startswith("BadInput: object_missing: ")
+    assert refusal(error, "diffusion refused variant seed 11").reason == "object_missing"
+
+
 def test_a_store_away_is_unavailable_and_retried_but_a_row_out_of_memory_alone_is_not() -> None:
     import torch
 

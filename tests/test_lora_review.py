@@ -402,7 +402,7 @@ def test_one_skus_altered_photo_leaves_it_out_and_its_series_still_trains(
     store.put_bytes(store.key_for(altered.photos[0].image.uri), encode_png(product_photo(seed=7)[0]))
     trainer = trainer_on(store, model_folder(tmp_path, "m"), lora_class_images=0)
     [event] = trainer.run_pending()
-    assert event.series == "cola"
+    assert event.series == "cola" and event.sku_ids == [good.sku.sku_id]  # what it trained on
     [job] = trainer.plan()
     trained = load_training_set(store, f"{PREFIX}/sets/{job.sha256}", job.sha256)
     assert trained is not None and {item.sku_id for item in trained.items} == {good.sku.sku_id}

@@ -465,6 +465,9 @@ class TaskStore:
                 and row["claimed_by"] == reviewer
                 and row["lease_expires_at"] <= now
             )
+            if row is not None and row["state"] == "pending" and self._expired_from(db, task_id) == reviewer:
+                # Its lease ran out and a sweep (any page view) gave it back already: released.
+                return _task_of(row)
             if not own_expired:
                 row = self._held(db, task_id, reviewer, now)
             db.execute(
@@ -474,6 +477,15 @@ class TaskStore:
             )
             self._audit(db, task_id, reviewer, "release", row["state"], "pending", now)
         return self.get(task_id)
+
+    @staticmethod
+    def _expired_from(db: sqlite3.Connection, task_id: str) -> str | None:
+        """The reviewer whose lease on the task ran out, when that is the task's last audit entry."""
+        last = db.execute(
+            "SELECT reviewer, action FROM audit WHERE task_id = ? ORDER BY audit_id DESC LIMIT 1",
+            (task_id,),
+        ).fetchone()
+        return last["reviewer"] if last is not None and last["action"] == "lease_expired" else None
 
     def _held(self, db: sqlite3.Connection, task_id: str, reviewer: str, now: float) -> sqlite3.Row:
         row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()

@@ -206,7 +206,10 @@ class GenerationModel:
                 errors[row] = f"{prefix}{outcome}".encode()
                 continue
             if isinstance(outcome, (ValueError, BadInput)):  # refused: report it, serve the others
-                errors[row] = f"{type(outcome).__name__}: {outcome}".encode()
+                # A BadInput by its base name, subclasses too (ObjectMissing, ChecksumMismatch): the
+                # client reads its reason only after "BadInput: ", and object_missing is replayable.
+                kind = BadInput.__name__ if isinstance(outcome, BadInput) else type(outcome).__name__
+                errors[row] = f"{kind}: {outcome}".encode()
                 continue
             if len(outcome) != 1:
                 raise RuntimeError(f"backend {self.backend.name} returned {len(outcome)} samples for n=1")

@@ -23,9 +23,11 @@ with (``adapter_base_model``: a model other than the generator's needs ``SKUFORG
 Training checkpoints to ``lora-trainer/jobs/<hash>/checkpoint.pt`` every
 ``SKUFORGE_LORA_CHECKPOINT_EVERY`` steps and on SIGTERM; after SIGKILL the next start resumes from
 it. A job whose adapter is published (``lora-trainer/published/<adapter_id>.json``) is never trained
-again: a redelivered ``sku.captioned`` finds the same hash and does nothing. A job that cannot train
-as configured (an SDXL base model, an empty set, a recorded photo since deleted or altered) is marked
-failed with its reason (``lora-trainer/jobs/<hash>/failed.json``) and not retried until its inputs
+again: a redelivered ``sku.captioned`` finds the same hash and does nothing. A recorded photo since
+deleted or altered, or one the compositor refuses, is left out of the set (logged; the adapter's
+``sku_ids`` then leave its SKU out). A job that cannot train as configured (an SDXL base model, an
+empty set, every photo left out) is marked failed with its reason
+(``lora-trainer/jobs/<hash>/failed.json``) and not retried until its inputs
 change; the other jobs go on. A job whose training raises anything else (a bug, NaN paint) is tried
 again at the next polls, ``JOB_MAX_ATTEMPTS`` times in all (counted in
 ``lora-trainer/jobs/<hash>/attempts.json``, so a restart does not reset them), then marked failed
@@ -536,7 +538,7 @@ class LoraTrainer:
             registry_uri=self.registry.store.uri_for(job.adapter_id),
             weights_sha256=metadata.weights_sha256,
             training_set_sha256=job.sha256,
-            sku_ids=sorted({s.sku_id for s in job.sources}),
+            sku_ids=result.get("sku_ids") or sorted({s.sku_id for s in job.sources}),
             instance_images=result["instance_images"],
             class_images=result["class_images"],
             steps=result["steps"],
@@ -561,8 +563,9 @@ class LoraTrainer:
     def _after_failure(self, job: Job, job_prefix: str, error: Exception) -> None:
         """Mark the job failed, or count the attempt and raise ``error`` (retried at the next poll).
 
-        Not transient, so failed at once: the job's own fault (a ``TrainingError``; a photo deleted or
-        altered since it was recorded, ``BadInput``; a mask the compositor refuses, ``ValueError``):
+        Not transient, so failed at once: the job's own fault (a ``TrainingError``; every photo of
+        the set deleted or altered since it was recorded, ``BadInput``, or refused by the compositor,
+        ``ValueError``):
         the same inputs would fail the same way at every poll. A store away (``TransientError``) or a
         setting met mid-job (``ConfigError``: the deployment's fault) is retried, uncounted, and so is
         the GPU out of memory: the generator's Triton may share the GPU (deploy/gpu), and a job failed
@@ -654,6 +657,8 @@ class LoraTrainer:
                 "instance_images": len(training_set.instance_items),
                 "class_images": len(training_set.class_items),
                 "training_prompts": prompts[:50],
+                # The SKUs it trained on: a SKU whose photo was left out of the set is not one of them.
+                "sku_ids": sorted({item.sku_id for item in training_set.instance_items if item.sku_id}),
             },
         )
 

@@ -18,6 +18,7 @@ from shared.argtypes import (
     positive_int,
 )
 from shared.config import ConfigError, load_settings
+from shared.errors import BadInput
 from shared.matting import MODELS_DIR
 from shared.observability import configure_logging
 
@@ -398,7 +399,7 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
         )
         try:
             print(json.dumps(write_real_pairs(config, args.out)))
-        except (ValueError, OSError) as exc:  # a folder that is not the dataset's (train.txt missing...)
+        except (ValueError, OSError, BadInput) as exc:  # not the dataset folder; a photo not decoding
             print(f"skuforge matting real-pairs: {exc}", file=sys.stderr)
             return 2
         return 0

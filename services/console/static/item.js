@@ -211,6 +211,9 @@
   })();
   const emptyQueue = "/" + (filters ? filters + "&" : "?") + "empty=1";
   let renewal = null; // the lease renewal's timer while this page holds the item
+  // The renewal a key press after an idle spell starts: a decision or release waits for it, or it raced
+  // them (a release answered first was undone by the re-claim; a decision met the expired lease).
+  let reclaim = Promise.resolve();
 
   async function next() {
     if (page.held) {
@@ -230,6 +233,7 @@
     if (!page.held) return say("claim the item first (c)", true);
     if (busy) return;
     busy = true;
+    await reclaim;
     const form = new FormData();
     form.append("decision", decision);
     if (decision === "reject") form.append("reject_reason", rejectReason);
@@ -258,6 +262,7 @@
 
   async function release() {
     if (!page.held) return;
+    await reclaim;
     try {
       await post("/api/tasks/" + page.taskId + "/release");
       window.location.assign("/" + filters);
@@ -324,7 +329,7 @@
         lastActive = Date.now();
         if (wasIdle) {
           idleSaid = false;
-          renew();
+          reclaim = renew();
         }
       }, { capture: true, passive: true });
     }
