@@ -122,6 +122,8 @@ def test_real_pairs_on_a_folder_without_photos_says_so(
     assert matting_cli(["real-pairs", "--dataset", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "no catalogue or in-store cut-out to draw composites from" in err and "Traceback" not in err
+    assert "in-store pseudo-labels" not in err  # refused before any work, not after the in-store pass
+    assert not list((tmp_path / "out").rglob("*.png"))
 
 
 def test_the_vlm_captioner_without_transformers_is_a_model_error(

@@ -540,3 +540,17 @@ def test_evaluate_caches_the_stored_form_per_pixel_limit(
         ((_, answers[limit]),) = as_ingested([photo], cache)
         assert answers[limit] == sha256_hex(photo_as_stored(data, max_pixels=limit)[1])
     assert answers[100_000] != answers[1_000_000]
+
+
+def test_load_pairs_reads_every_photo_suffix_ingest_takes_and_names_other_files(tmp_path: Path) -> None:
+    """A .tif or .jfif pair was skipped without a word, and with it any file not an image."""
+    from shared.matting.train import load_pairs
+
+    folder = extra_folder(tmp_path / "extra")
+    for name, kind in (("scan.tif", "TIFF"), ("phone.jfif", "JPEG")):
+        (folder / "images" / name).write_bytes(save(product_photo(40, 30), kind))
+        (folder / "masks" / f"{Path(name).stem}.png").write_bytes(save(Image.new("L", (40, 30)), "PNG"))
+    assert len(load_pairs(folder, 64)[0]) == 2
+    (folder / "images" / "notes.txt").write_text("masks drawn by hand")
+    with pytest.raises(ConfigError, match=r"notes\.txt: not an image training reads"):
+        load_pairs(folder, 64)

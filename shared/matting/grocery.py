@@ -295,6 +295,15 @@ def _official_masks(
         yield path, image, confident_mask(result.confidence)
 
 
+def _nothing_to_composite(config: RealPairsConfig, *, cutouts: bool) -> None:
+    """Refuse composites with nothing to draw them from: rng.integers(0) raised a bare ValueError."""
+    missing = "no catalogue or in-store cut-out" if not cutouts else "no train-split photo for a background"
+    raise ValueError(
+        f"{config.dataset}: {missing} to draw composites from (is it GroceryStoreDataset's dataset/ "
+        "folder, with iconic-images-and-descriptions/ and train.txt?)"
+    )
+
+
 def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
     """Write the pairs under ``out`` (images/, masks/, pairs.json) and return the summary."""
     rng = np.random.default_rng(config.seed)
@@ -303,6 +312,10 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
     size = config.size_px
 
     iconic = [path for path in iconic_paths(config.dataset) if path not in config.held_out]
+    train = [path for path in dataset_split(config.dataset, "train") if path not in config.held_out]
+    if config.composites and not (train and (iconic or config.instore)):
+        # Checked again below, where the in-store cut-outs are known; this one before any work.
+        _nothing_to_composite(config, cutouts=bool(iconic or config.instore))
     cutouts: list[tuple[Image.Image, BoolArray]] = []
     for index, path in enumerate(iconic):
         image = _photo(config.dataset / path)
@@ -316,7 +329,6 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
                 scene = with_reflection(scene, scene_mask, rng)
             _save_pair(out, f"catalogue-{index:03d}-{copy}", scene, scene_mask, size)
 
-    train = [path for path in dataset_split(config.dataset, "train") if path not in config.held_out]
     order = rng.permutation(len(train))
     labelled = [train[i] for i in order if train[i].startswith(config.instore_prefixes)]
     candidates = labelled[: config.instore * 4]
@@ -336,14 +348,7 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
     log.info("in-store pseudo-labels", extra={"kept": instore_written, "tried": len(candidates)})
 
     if config.composites and not (cutouts and backgrounds):
-        # rng.integers(0) raised a bare ValueError: a dataset folder without its iconic photos, say.
-        missing = (
-            "no catalogue or in-store cut-out" if not cutouts else "no train-split photo for a background"
-        )
-        raise ValueError(
-            f"{config.dataset}: {missing} to draw composites from (is it GroceryStoreDataset's dataset/ "
-            "folder, with iconic-images-and-descriptions/ and train.txt?)"
-        )
+        _nothing_to_composite(config, cutouts=bool(cutouts))
     for index in range(config.composites):
         product, mask = cutouts[int(rng.integers(len(cutouts)))]
         background_path = backgrounds[int(rng.integers(len(backgrounds)))]

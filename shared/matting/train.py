@@ -39,11 +39,12 @@ from shared.matting.u2net import (
     load_reference_state_dict,
     read_weights,
 )
+from shared.photos import PHOTO_FILE_SUFFIXES
 from shared.synth import render_dataset
 
 log = logging.getLogger("skuforge.matting.train")
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+IMAGE_SUFFIXES = PHOTO_FILE_SUFFIXES  # what ingest takes as a photo (.tif and .jfif included)
 
 
 @dataclass
@@ -107,6 +108,12 @@ def load_pairs(folder: Path, size_px: int) -> tuple[list[Image.Image], npt.NDArr
         if image_path.name.startswith(".") or image_path.name == "__MACOSX" or not image_path.is_file():
             continue
         if image_path.suffix.lower() not in IMAGE_SUFFIXES:
+            # Skipped without a word before: a .tif or .jfif pair (photo suffixes ingest takes) was
+            # left out of training unseen.
+            problems.append(
+                f"{image_path}: not an image training reads ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                "convert it or move it out of images/"
+            )
             continue
         mask_path = mask_dir / f"{image_path.stem}.png"
         if not mask_path.is_file():
