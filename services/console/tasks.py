@@ -458,18 +458,14 @@ class TaskStore:
         out is released all the same (before: "expired: claim it again", to give it back)."""
         now = self.clock()
         with self._write() as db:
-            row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-            own_expired = (
-                row is not None
-                and row["state"] == "claimed"
-                and row["claimed_by"] == reviewer
-                and row["lease_expires_at"] <= now
-            )
-            if row is not None and row["state"] == "pending" and self._expired_from(db, task_id) == reviewer:
-                # Its lease ran out and a sweep (any page view) gave it back already: released.
-                return _task_of(row)
-            if not own_expired:
-                row = self._held(db, task_id, reviewer, now)
+            try:
+                row = self._held(db, task_id, reviewer, now, lease_may_have_run_out=True)
+            except TaskConflict:
+                swept = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+                if swept["state"] == "pending" and self._expired_from(db, task_id) == reviewer:
+                    # Its lease ran out and a sweep (any page view) gave it back already: released.
+                    return _task_of(swept)
+                raise
             db.execute(
                 "UPDATE tasks SET state = 'pending', claimed_by = NULL, claimed_at = NULL,"
                 " lease_expires_at = NULL WHERE task_id = ?",
@@ -487,7 +483,17 @@ class TaskStore:
         ).fetchone()
         return last["reviewer"] if last is not None and last["action"] == "lease_expired" else None
 
-    def _held(self, db: sqlite3.Connection, task_id: str, reviewer: str, now: float) -> sqlite3.Row:
+    def _held(
+        self,
+        db: sqlite3.Connection,
+        task_id: str,
+        reviewer: str,
+        now: float,
+        *,
+        lease_may_have_run_out: bool = False,
+    ) -> sqlite3.Row:
+        """The task's row if ``reviewer`` holds it (with an unexpired lease, unless
+        ``lease_may_have_run_out``: a release), else TaskNotFound or TaskConflict saying why."""
         row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         if row is None:
             raise TaskNotFound(task_id)
@@ -495,7 +501,7 @@ class TaskStore:
             raise TaskConflict(_closed(task_id, row["state"]))
         if row["state"] != "claimed" or row["claimed_by"] != reviewer:
             raise TaskConflict(f"task {task_id} is not claimed by {reviewer}: claim it first")
-        if row["lease_expires_at"] <= now:
+        if row["lease_expires_at"] <= now and not lease_may_have_run_out:
             raise TaskConflict(f"the lease on task {task_id} expired: claim it again")
         return row
 
