@@ -77,7 +77,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_inpaint_pipeline(tmp_path_factory.mktemp("lora-trainer") / "tiny-sd-inpaint")
 
 
-def diffusion_settings(tiny_model: Path, tmp_path: Path) -> DiffusionSettings:
+def diffusion_settings(tiny_model: Path, tmp_path: Path, **overrides: Any) -> DiffusionSettings:
     return load_settings(
         DiffusionSettings,
         diffusion_model=str(tiny_model),
@@ -86,6 +86,7 @@ def diffusion_settings(tiny_model: Path, tmp_path: Path) -> DiffusionSettings:
         diffusion_steps=2,
         diffusion_adapter_refresh_s=0,
         diffusion_cache_dir=str(tmp_path / "cache"),
+        **overrides,
     )
 
 
@@ -753,6 +754,34 @@ def test_a_cuda_device_without_cuda_is_refused_at_start_up(tiny_model: Path, tmp
     shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))
     with pytest.raises(ConfigError, match="SKUFORGE_LORA_DEVICE=cuda but torch sees no CUDA device"):
         trainer_for(shared, tiny_model, tmp_path, publish=lambda event: None, lora_device="cuda")
+
+
+def test_the_class_painter_loads_the_model_in_the_diffusion_dtype(tiny_model: Path, tmp_path: Path) -> None:
+    """Before, it painted in float16 on CUDA whatever SKUFORGE_DIFFUSION_DTYPE said: on a model whose
+    float16 VAE overflows, the setting the docs give as the fix left the trainer's jobs failing."""
+    shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))
+    trainer = open_trainer(
+        shared,
+        metrics=LoraTrainerMetrics(CollectorRegistry()),
+        publish=lambda event: None,
+        trainer=load_settings(LoraTrainerSettings, **{**TINY_TRAINING, "lora_class_images": 1}),
+        diffusion=diffusion_settings(tiny_model, tmp_path, diffusion_dtype="bfloat16"),
+    )
+    (image,) = trainer._paint_class_images("a photo of a can", 1, 0, 64)
+    assert image.shape == (64, 64, 3)
+    assert {trainer._painter.unet.dtype, trainer._painter.vae.dtype} == {torch.bfloat16}
+
+
+def test_float16_class_painting_on_a_cpu_is_refused_at_start_up(tiny_model: Path, tmp_path: Path) -> None:
+    shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))
+    with pytest.raises(ConfigError, match=r"DIFFUSION_DTYPE=float16 needs CUDA.*SKUFORGE_LORA_DEVICE"):
+        open_trainer(
+            shared,
+            metrics=LoraTrainerMetrics(CollectorRegistry()),
+            publish=lambda event: None,
+            trainer=load_settings(LoraTrainerSettings, **{**TINY_TRAINING, "lora_device": "cpu"}),
+            diffusion=diffusion_settings(tiny_model, tmp_path, diffusion_dtype="float16"),
+        )
 
 
 def test_a_class_image_painted_nan_is_not_trained_on(

@@ -285,11 +285,13 @@ class LoraTrainer:
         metrics: LoraTrainerMetrics,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
         max_image_bytes: int = DEFAULT_MAX_BYTES,
+        paint_dtype: str = "auto",
     ) -> None:
         """``base_model`` labels the adapters (what the generator's SKUFORGE_DIFFUSION_BASE_MODEL
         matches); ``min_plain_background`` is the generator's SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND;
         the image limits are the shared settings' (SKUFORGE_MAX_IMAGE_PIXELS / _BYTES), which ingest
-        and the captioner held the photos to."""
+        and the captioner held the photos to. ``paint_dtype`` is the class painter's
+        (SKUFORGE_DIFFUSION_DTYPE, ``painter_dtype``): 'auto' = float16 on CUDA, float32 on CPU."""
         self.store = store
         self.registry = registry
         self.settings = settings
@@ -313,6 +315,7 @@ class LoraTrainer:
             max_bytes=max_image_bytes,
         )
         self._painter: Any = None  # the base model's pipeline while a job paints its class images
+        self.paint_dtype = paint_dtype
 
     # -- thread --
 
@@ -675,7 +678,7 @@ class LoraTrainer:
 
         if self._painter is None:
             device = torch.device(_device(self.settings))
-            dtype = torch.float16 if device.type == "cuda" else torch.float32
+            dtype = getattr(torch, painter_dtype(self.paint_dtype, device.type))
             self._painter = load_inpaint_pipeline(
                 self.model_dir, architecture="sd", device=device, dtype=dtype
             )
@@ -788,6 +791,22 @@ def _device(settings: LoraTrainerSettings) -> str:
     return settings.lora_device
 
 
+def painter_dtype(dtype: str, device: str) -> str:
+    """The dtype the class painter loads the base model in: SKUFORGE_DIFFUSION_DTYPE, as the generator
+    reads it ('auto' = float16 on CUDA, float32 on CPU), so that a model whose float16 VAE overflows
+    (NaN class images, the job failed after its attempts) is fixed for the trainer by the setting the
+    docs name for the generator. float16 on a CPU trainer is refused (``ConfigError``), as the
+    generator refuses it."""
+    if dtype == "auto":
+        return "float16" if device == "cuda" else "float32"
+    if dtype == "float16" and device != "cuda":
+        raise ConfigError(
+            "SKUFORGE_DIFFUSION_DTYPE=float16 needs CUDA, and the LoRA trainer paints its class images on "
+            f"{device} (SKUFORGE_LORA_DEVICE); use float32 or bfloat16"
+        )
+    return dtype
+
+
 def open_trainer(
     shared: Settings,
     *,
@@ -818,7 +837,9 @@ def open_trainer(
         check_trainable(Path(model))
     except TrainingError as exc:
         raise ConfigError(f"SKUFORGE_LORA_MODEL / SKUFORGE_DIFFUSION_MODEL: {exc}") from None
-    _device(trainer)  # SKUFORGE_LORA_DEVICE=cuda without CUDA: refused at start-up, not by every job
+    # SKUFORGE_LORA_DEVICE=cuda without CUDA, or float16 class painting on a CPU: refused at start-up,
+    # not by every job.
+    paint_dtype = painter_dtype(diffusion.diffusion_dtype, _device(trainer))
     torch.set_num_threads(trainer.lora_threads)
     store = open_store(shared.store_uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region)
     registry = AdapterRegistry(
@@ -837,6 +858,7 @@ def open_trainer(
         metrics=metrics,
         max_image_pixels=shared.max_image_pixels,
         max_image_bytes=shared.max_image_bytes,
+        paint_dtype=paint_dtype,
     )
 
 
