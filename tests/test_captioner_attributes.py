@@ -409,6 +409,8 @@ def test_class_noun_keeps_the_category_noun_phrase(category: str, noun: str) -> 
         ("Açaí bowl", "acai bowl"),  # not "a bowl": a letter is not an article
         ("Weißbier", "weissbier"),
         ("日本茶", "product"),  # nothing spelled in plain letters: the fallback
+        ("Молоко 3,2%", "product"),  # only the digits would be left: "a photo of a 3 2"
+        ("3,2% milk", "3 2 milk"),
     ],
 )
 def test_class_noun_spells_accented_letters_plainly_instead_of_cutting_words(

@@ -1,7 +1,12 @@
 """Fit the packaging-shape decision tree on renderer photos and write ``shape_model.py``.
 
-    python -m shared.captioning.fit_shape                       # truth masks, the committed settings
-    python -m shared.captioning.fit_shape --mask-source session # masks from the committed U2-NetP
+    python -m shared.captioning.fit_shape                       # the committed settings (below)
+    python -m shared.captioning.fit_shape --mask-source truth   # the renderer's masks only
+    python -m shared.captioning.fit_shape --out /tmp/shape.py   # leave the committed tree alone
+
+The defaults are the committed tree's command (``shape_model.py`` names it): ``--seed 4242
+--products 900 --mask-source both --cartons 180``; with the committed matting model the same command
+writes the same tree.
 
 Products come from the synthetic catalogue ``--seed`` (``shared/synth``), photo index and size vary
 by product so the tree sees several poses and resolutions. Masks are the renderer's exact masks
@@ -354,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cartons",
         type=int,
-        default=0,
+        default=180,
         help="drink-carton silhouettes added as box (``carton_mask``); also scored, as many, on --eval-seed",
     )
     parser.add_argument("--max-depth", type=int, default=6)

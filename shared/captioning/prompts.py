@@ -95,20 +95,24 @@ _DECLARED_PACKAGING: Final[dict[str, ShapeName]] = {
     **{word: "jar" for word in ("jar", "jars", "tub", "tubs")},
     **{word: "pouch" for word in ("pouch", "pouches", "bag", "bags", "packet", "packets")},
 }
-_DECLARED_PRODUCE: Final = frozenset({"fruit", "fruits", "vegetable", "vegetables", "produce"})
+_DECLARED_PRODUCE: Final = frozenset(
+    {"fruit", "fruits", "vegetable", "vegetables", "veg", "veggies", "produce"}
+)
 
 
 def declared_shape(category: str) -> ShapeName | None:
     """The packaging ``category`` names, if it names one: the head of the phrase ("juice carton" is
     a carton, "bottle of water" a bottle: the last packaging noun before any "of"), else ``produce``
-    for fruit or vegetables; None when it says nothing about packaging ("sour cream")."""
+    when the head itself is fruit or vegetables ("fresh fruit", "fruit and vegetables"; not "fruit
+    juice" or "vegetable oil", where the word only says what the product is made of); None when it
+    says nothing about packaging ("sour cream")."""
     words = re.findall(r"[a-z]+", category.lower())
     head = words[: words.index("of")] if "of" in words else words
     for candidates in (head, words):
         packaging = [_DECLARED_PACKAGING[word] for word in candidates if word in _DECLARED_PACKAGING]
         if packaging:
             return packaging[-1]
-    if any(word in _DECLARED_PRODUCE for word in words):
+    if head and head[-1] in _DECLARED_PRODUCE:
         return "produce"
     return None
 
@@ -135,7 +139,10 @@ def class_noun(category: str, *, fallback: str = "product") -> str:
     words = re.sub(r"[^a-z0-9&\- ]+", " ", plain).split()
     if words and words[0] in ("a", "an", "the"):
         words = words[1:]
-    return " ".join(words) or fallback
+    if not any(char.isalpha() for word in words for char in word):
+        # Only digits left ("Молоко 3,2%" gives "3 2"): that names no class, the fallback does.
+        return fallback
+    return " ".join(words)
 
 
 def article(phrase: str) -> str:
