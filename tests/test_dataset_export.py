@@ -426,7 +426,10 @@ def test_export_decodes_under_the_settings_limits(
     monkeypatch.setenv("SKUFORGE_MIN_PHOTO_SIDE_PX", "32")
     argv = ["dataset", "export", "--format", "jsonl", "--max-synthetic-per-real", "1", str(tmp_path / "out")]
     assert cli_main(argv) == 1
-    assert "too_many_pixels" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "too_many_pixels" in err
+    # Among thousands of images, the one refused is named.
+    assert f"file://{tmp_path / 'store'}/{PREFIX}/images/" in err and ".png: " in err
     assert not (tmp_path / "out").exists()
 
 

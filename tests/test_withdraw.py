@@ -289,6 +289,32 @@ def test_a_reinstated_photo_is_a_reference_again_and_its_old_images_stay_out(
     assert rows[new.generated.item_id].status == "accepted"
 
 
+def test_a_replayed_image_of_a_reinstated_photo_stays_withdrawn(
+    writer: tuple[Trainstore, FileStore, CollectorRegistry],
+) -> None:
+    """Before, once the marker was lifted, a replayed accept or approval (a redelivery, a DLQ replay)
+    of an image withdrawn with its photo replaced its withdrawn row and stored the image again."""
+    trainstore, store, _ = writer
+    ctx = _context(store)
+    trainstore.captioned(_envelope(SKU_CAPTIONED, captioned(store, 1, photos=2), "a"), ctx)
+    accepted, pending = _of_photo(store, 0, "p0"), _of_photo(store, 1, "p0")
+    _accept(trainstore, store, accepted, "b")
+    trainstore.pending(_envelope(CORRECTION_PENDING, pending_of(pending), "c"), ctx)
+    _withdraw(trainstore, "p0")
+    trainstore.withdrawals.reinstate(SKU, ["p0"])
+    trainstore.captioned(_envelope(SKU_CAPTIONED, captioned(store, 1, photos=2), "d"), ctx)
+
+    _accept(trainstore, store, accepted, "b")  # the same event again
+    _approve(trainstore, store, pending, "f")  # a reviewer's approval of the withdrawn pending image
+
+    rows = trainstore.manifests.read_sku(SKU)
+    assert rows["p0"].status == "reference", "the reinstated photo is a reference again"
+    for item in (accepted, pending):
+        item_id = item.generated.item_id
+        assert rows[item_id].status == "withdrawn"
+        assert not store.exists(trainstore.manifests.key(f"images/{SKU}/synthetic/{item_id}.png"))
+
+
 def test_a_photo_withdrawn_before_the_store_knew_it_stays_out(
     writer: tuple[Trainstore, FileStore, CollectorRegistry],
 ) -> None:

@@ -480,12 +480,16 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
         "classifier": describe_classifier(config.__dict__),
     }
     document = evaluation_document(result, inputs)
-    (args.out / EVALUATION_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     by_name = {photo.name: photo for photo in heldout}
     write_report(
         result,
         args.out,
         lambda name: by_name[name].read() if name in by_name else None,
         limits=(settings.max_image_pixels, settings.max_image_bytes),  # those the photos passed above
+    )
+    # Last, and whole or not at all: `dataset export --evaluation` reads it, and a run killed while
+    # writing it left a truncated file in place of the last good one.
+    write_atomically(
+        args.out / EVALUATION_FILE, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
     )
     return result

@@ -18,7 +18,9 @@ A photo its owner withdrew (``skuforge ingest --withdraw-missing``; ``shared/tra
 stays out: while its marker exists, every row of it or of an image generated from it is written as
 ``withdrawn`` (no objects; a reviewer's rejection stays a rejection), a replayed older ``sku.captioned``
 included, and their objects are deleted. Two members writing one SKU at once may still store one
-(docs/delivery.md); every later write of the SKU withdraws any such row it finds.
+(docs/delivery.md); every later write of the SKU withdraws any such row it finds. An image withdrawn
+with its photo stays withdrawn after the photo is reinstated (a replayed ``gate.accepted`` of it is
+kept out; the photo's new images have new item ids).
 
 Produces no events. Writes, under ``SKUFORGE_TRAINSTORE_PREFIX`` (layout in docs/architecture.md and
 ``shared/trainstore/manifest.py``): ``images/<sku_id>/<real|synthetic>/<item_id>.png``,
@@ -227,6 +229,18 @@ class Trainstore:
         current = self.manifests.read_sku(sku_id) if current is None else current
         marked = self.withdrawals.photo_ids(sku_id) if marked is None else marked
         staged = _withdraw(staged, current, marked)
+        kept_out = [
+            item.row.item_id for item in staged if _stays_withdrawn(current.get(item.row.item_id), item.row)
+        ]
+        if kept_out:
+            # Generated from a photo withdrawn since (its marker lifted by a reinstatement since, which
+            # gives the photo's new images new item ids): a replayed or redelivered event of such an
+            # image brought it back into the store.
+            ctx.log.warning(
+                "image generated from a withdrawn photo kept withdrawn",
+                extra={"sku_id": sku_id, "items": kept_out},
+            )
+            staged = [item for item in staged if item.row.item_id not in kept_out]
         changed = [item for item in staged if current.get(item.row.item_id) != item.row]
         for item in changed:
             row = item.row
@@ -292,6 +306,18 @@ def _withdraw(
     return out + [
         StagedItem(row) for row in withdrawn_rows(current, withdrawn) if row.item_id not in staged_ids
     ]
+
+
+def _stays_withdrawn(current: ManifestRow | None, row: ManifestRow) -> bool:
+    """Whether ``row`` would bring back a synthetic image that was withdrawn: that stays withdrawn, also
+    after its photo is reinstated. (A real photo's row does come back: a reinstated photo is a
+    reference again.)"""
+    return (
+        current is not None
+        and current.status == "withdrawn"
+        and current.source == "synthetic"
+        and row.status != "withdrawn"
+    )
 
 
 def _photo_ids(rows: list[ManifestRow]) -> list[str]:

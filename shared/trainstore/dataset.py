@@ -37,16 +37,25 @@ import shutil
 import socket
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from PIL import Image, ImageOps
 
-from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image, decode_mask, encode_png
+from shared.images import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ImageRejected,
+    decode_image,
+    decode_mask,
+    encode_png,
+)
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.withdrawals import Withdrawals, photo_of
+
+_Decoded = TypeVar("_Decoded")
 
 log = logging.getLogger(__name__)
 
@@ -492,11 +501,7 @@ def _write_export(
     long_side_capped = 0
     for plan_class in plan.classes:
         for row in [*plan_class.real, *plan_class.synthetic]:
-            image = decode_image(
-                read_checked(manifests, row.image, row.image_sha256),
-                max_pixels=limits[0],
-                max_bytes=limits[1],
-            )
+            image = _decoded(manifests, row.image, row.image_sha256, limits, decode_image)
             if fit == "keep" and max(image.size) > MAX_ASPECT * min(image.size):
                 long_side_capped += 1
             image = _resized(image, size_px, fit)
@@ -508,11 +513,7 @@ def _write_export(
             _write(staging / image_path, encode_png(image))
             mask_path = None
             if row.mask:
-                mask = decode_mask(
-                    read_checked(manifests, row.mask, row.mask_sha256),
-                    max_pixels=limits[0],
-                    max_bytes=limits[1],
-                )
+                mask = _decoded(manifests, row.mask, row.mask_sha256, limits, decode_mask)
                 mask_path = Path("masks") / row.sku_id / name
                 _write(staging / mask_path, encode_png(_resized(Image.fromarray(mask), size_px, fit, fill=0)))
             lines.append(
@@ -558,6 +559,25 @@ def read_checked(manifests: ManifestStore, key: str | None, sha256: str | None) 
     if sha256 is None:
         return manifests.store.get_bytes(manifests.key(key))
     return manifests.store.read_checked(manifests.key(key), sha256)
+
+
+def _decoded(
+    manifests: ManifestStore,
+    key: str | None,
+    sha256: str | None,
+    limits: tuple[int, int],
+    decode: Callable[..., _Decoded],
+) -> _Decoded:
+    """The stored image or mask under ``key``, decoded within ``limits``; a refusal names the object
+    (among thousands, the reason alone does not say which)."""
+    data = read_checked(manifests, key, sha256)
+    try:
+        return decode(data, max_pixels=limits[0], max_bytes=limits[1])
+    except ImageRejected as exc:
+        assert key is not None  # read above
+        raise ImageRejected(
+            exc.reason, f"{manifests.store.uri_for(manifests.key(key))}: {exc.detail}"
+        ) from exc
 
 
 def _resized(
