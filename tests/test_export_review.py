@@ -279,6 +279,61 @@ def test_a_staging_folder_an_export_still_writes_is_left_alone(
     assert not staging.exists()
 
 
+def test_an_export_into_an_out_another_export_is_writing_beside_is_refused_at_once(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OUT does not exist yet and a running export stages it beside: before, the second export did
+    the whole work too and failed at its last rename ("Directory not empty"), hours in."""
+    out = tmp_path / "out"
+    staging = tmp_path / ".out.partial-0123456789abcdef"
+    staging.mkdir()
+    (staging / ".skuforge-export-owner").write_text("4f2a9c1be7d0 1\n")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX);"
+            " print('locked', flush=True); sys.stdin.read()",
+            str(staging / ".skuforge-export-owner"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit) as refused:
+            cli_main([*EXPORT[:2], str(out), *EXPORT[2:]])
+        assert refused.value.code == 2
+        assert f"an export into {out} is running (.out.partial-0123456789abcdef" in capsys.readouterr().err
+        assert not out.exists() and sorted(path.name for path in tmp_path.glob(".out.partial-*")) == [
+            staging.name
+        ]
+    finally:
+        holder.communicate("")
+    # Its export is gone: the next one clears the way.
+    assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0
+    assert not staging.exists() and (out / "export.json").is_file()
+
+
+def test_the_staging_folder_is_there_before_the_manifests_are_read(
+    store: ManifestStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second export checks OUT while the first reads the store (minutes on S3): the first one's
+    locked staging folder must already be there for it to see."""
+    out = tmp_path / "out"
+    seen: list[list[str]] = []
+    iter_rows = ManifestStore.iter_rows
+
+    def watched(self: ManifestStore, *args: Any, **kwargs: Any) -> Any:
+        seen.append(sorted(path.name for path in tmp_path.glob(".out.partial-*/.skuforge-export-owner")))
+        return iter_rows(self, *args, **kwargs)
+
+    monkeypatch.setattr(ManifestStore, "iter_rows", watched)
+    assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0
+    assert seen == [[".skuforge-export-owner"]]
+
+
 def test_a_finished_export_leaves_no_owner_file(store: ManifestStore, tmp_path: Path) -> None:
     for out in (tmp_path / "new", tmp_path / "mounted"):
         if out.name == "mounted":

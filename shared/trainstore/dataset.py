@@ -352,6 +352,69 @@ def export_dataset(
             else ""
         )
         raise FileExistsError(f"{out_dir} is not empty{held}; export into a new directory")
+    writing_beside = [entry.name for entry in _staging_beside(out_dir.resolve()) if not _abandoned(entry)]
+    if writing_beside:
+        # OUT does not exist yet and another export is writing it beside: both would do the whole work,
+        # and the second would fail at its last rename ("Directory not empty"), hours in.
+        raise FileExistsError(
+            f"an export into {out_dir} is running ({', '.join(sorted(writing_beside))} beside it; remove "
+            "it if none runs); export into a new directory"
+        )
+    staging, owner = _staging_for(out_dir.resolve())
+    try:
+        return _export_into(
+            manifests,
+            out_dir,
+            staging,
+            fmt=fmt,
+            size_px=size_px,
+            fit=fit,
+            max_synthetic_per_real=max_synthetic_per_real,
+            min_real=min_real,
+            sku_ids=sku_ids,
+            no_synthetic=no_synthetic,
+            limits=limits,
+        )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        os.close(owner)
+
+
+def _staging_for(target: Path) -> tuple[Path, int]:
+    """The export's staging folder, created and locked (``_hold``) before any slow step, so that from
+    the start a second export into ``target`` sees it: inside ``target`` when it exists (empty, and
+    perhaps a mount point: a rename from beside it into it would cross file systems, EXDEV), else
+    beside it."""
+    if target.exists():
+        staging = target / f".partial-{uuid.uuid4().hex}"
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        return staging, _hold(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _export_into(
+    manifests: ManifestStore,
+    out_dir: Path,
+    staging: Path,
+    *,
+    fmt: ExportFormat,
+    size_px: int,
+    fit: ExportFit,
+    max_synthetic_per_real: int,
+    min_real: int,
+    sku_ids: Iterable[str] | None,
+    no_synthetic: Mapping[str, str] | None,
+    limits: tuple[int, int],
+) -> ExportSummary:
+    """``export_dataset``'s work, written into ``staging`` (locked) and moved into ``out_dir`` at the end."""
     if sku_ids is not None:
         sku_ids = list(dict.fromkeys(sku_ids))
         unknown = sorted(set(sku_ids) - set(manifests.sku_ids()))
@@ -374,15 +437,6 @@ def export_dataset(
     # Written in a staging folder and renamed into place at the end: an export that fails half-way
     # (a tampered or missing object) leaves neither a partial training set nor a folder to clean up.
     target = out_dir.resolve()
-    if target.exists():
-        # Empty (checked above), and perhaps a mount point (a Docker volume, an NFS disk): staged
-        # inside it, since a rename from beside it into it would cross file systems (EXDEV).
-        staging = target / f".partial-{uuid.uuid4().hex}"
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex}"
-    staging.mkdir()
-    owner = _hold(staging)
     moved: list[Path] = []
     try:
         summary = _write_export(
@@ -407,10 +461,7 @@ def export_dataset(
                 shutil.rmtree(path)
             else:
                 path.unlink()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        os.close(owner)
+        raise  # the staging folder is removed by export_dataset
     return summary
 
 
@@ -449,11 +500,15 @@ def _remove_abandoned_staging(target: Path) -> None:
     inside it (before, it then read as not empty, and every later export into it was refused) or
     beside it."""
     inside = target.glob(".partial-*") if target.is_dir() else iter(())
-    beside = target.parent.glob(f".{glob.escape(target.name)}.partial-*")
-    for entry in [*inside, *beside]:
+    for entry in [*inside, *_staging_beside(target)]:
         if entry.is_dir() and _abandoned(entry):
             log.warning("removing %s, left by an export that was killed", entry)
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _staging_beside(target: Path) -> list[Path]:
+    """The staging folders of exports into ``target`` that do not exist yet (beside it)."""
+    return [entry for entry in target.parent.glob(f".{glob.escape(target.name)}.partial-*") if entry.is_dir()]
 
 
 def _nothing_to_export(rows: Sequence[ManifestRow], plan: ExportPlan, shown: int = 10) -> str:
