@@ -24,9 +24,9 @@ def test_dim_light_with_a_steep_gradient_is_refused_naming_both_knobs() -> None:
     # Each knob within its own range, together a negative light in the top-left corner: the product
     # came out black with a negative colour gain, and the event failed only after its PNGs were stored.
     dark_corner = _request(
-        light_gain=0.25, light_gradient=1.0, light_angle_deg=45.0, pos_x=0.0, pos_y=0.0, height_fraction=0.3
+        light_gain=0.6, light_gradient=1.0, light_angle_deg=45.0, pos_x=0.0, pos_y=0.0, height_fraction=0.3
     )
-    with pytest.raises(CompositeError, match=r"light_gain 0\.25 with light_gradient 1\b"):
+    with pytest.raises(CompositeError, match=r"light_gain 0\.6 with light_gradient 1\b"):
         CompositeBackend().generate(dark_corner)
     # The stage's path: a refused row, no sample (so no PNG) to store.
     [outcome] = CompositeBackend().generate_many([dark_corner])
@@ -34,11 +34,11 @@ def test_dim_light_with_a_steep_gradient_is_refused_naming_both_knobs() -> None:
 
 
 def test_the_dimmest_light_allowed_still_lights_the_product() -> None:
-    gradient = 0.28  # 0.25 - 0.28 * sqrt(0.5) = 0.052: just above the floor at the worst angle
-    assert 0.25 - gradient * math.sqrt(0.5) >= MIN_LIGHT_LEVEL
+    gradient = 0.77  # 0.6 - 0.77 * sqrt(0.5) = 0.055: just above the floor at the worst angle
+    assert 0.6 - gradient * math.sqrt(0.5) >= MIN_LIGHT_LEVEL
     sample = CompositeBackend().generate(
         _request(
-            light_gain=0.25,
+            light_gain=0.6,
             light_gradient=gradient,
             light_angle_deg=45.0,
             pos_x=0.0,

@@ -601,6 +601,18 @@ def test_offload_without_cuda_is_refused_at_start_up(
         load_settings(DiffusionSettings)
 
 
+def test_a_device_setting_is_refused_before_the_model_is_fetched(
+    diffusion_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a model URI was fetched first (gigabytes from S3, again at every restart of a pod with
+    no persistent cache), and only then was the device setting refused."""
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_MODEL", f"file://{tmp_path / 'not-fetched-yet'}")
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_OFFLOAD", "model")
+    with pytest.raises(ConfigError, match="SKUFORGE_DIFFUSION_OFFLOAD=model") as refused:
+        backend_from_env()
+    assert "cannot fetch" not in str(refused.value)
+
+
 # --- found in review: the GPU paths, shown on CPU -----------------------------------------------
 
 

@@ -26,7 +26,7 @@ from shared.config import load_settings
 from shared.errors import ObjectMissing, TransientError
 from shared.gate.checks import GateThresholds, evaluate
 from shared.generation.backend import COLOUR_GAIN_KEY, GeneratedSample, GenerationRequest
-from shared.generation.composite import PHOTO_SCENE, CompositeBackend, _Plan
+from shared.generation.composite import PHOTO_SCENE, CompositeBackend, CompositeError, _Plan
 from shared.generation.scenes import SCENES_SKIPPED, Scene, SceneLibrary
 from shared.generation.settings import GenerationSettings
 from shared.images import encode_png
@@ -207,6 +207,27 @@ def test_a_pile_on_a_procedural_scene_is_one_product_and_says_so() -> None:
 def test_an_unknown_arrangement_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown arrangement 'stack'; known: single, pile"):
         CompositeBackend().generate(request(*marker_reference(), seed=3, arrangement="stack"))
+
+
+def test_a_forced_photo_scene_draws_a_photo_for_every_variant_whatever_the_share() -> None:
+    """{"scene": "photo"} without a scene_key: before, a variant whose roll fell on a procedural scene
+    (half of them at share 0.5) kept scene_key "" and was refused, and with it the whole SKU."""
+    scenes = library(
+        ("shelf/a", textured_scene(96, 96, (40, 120, 40))), ("crate/b", textured_scene(96, 96, (90, 60, 30)))
+    )
+    reference, mask = marker_reference()
+    for share in (0.0, 0.5):
+        samples = CompositeBackend(scenes, photo_share=share).generate(
+            request(reference, mask, seed=3, n=8, scene=PHOTO_SCENE)
+        )
+        assert {sample.parameters["scene"] for sample in samples} == {PHOTO_SCENE}
+        assert {sample.parameters["scene_key"] for sample in samples} <= {"shelf/a", "crate/b"}
+    # No scene the SKU may use (every one tagged like it): refused, saying why.
+    own = library(("shelf/a", textured_scene(96, 96, (40, 120, 40))))
+    with pytest.raises(CompositeError, match="every scene in the library is tagged like this SKU"):
+        CompositeBackend(own, photo_share=0.5).generate(
+            dataclasses.replace(request(reference, mask, seed=3, n=2, scene=PHOTO_SCENE), series="shelf")
+        )
 
 
 def test_a_scene_smaller_than_the_canvas_is_scaled_up() -> None:

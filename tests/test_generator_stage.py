@@ -224,6 +224,11 @@ def test_each_backend_gets_the_knobs_it_knows_and_a_knob_no_backend_knows_stops_
         ('{"arrangement": "heap"}', "composite", "unknown arrangement 'heap'"),
         ('{"scale": 1.5}', "diffusion", "diffusion backend refuses it: scale"),
         ('{"rotation_deg": 60}', "diffusion", "rotation_deg: Input should be less than or equal to 45"),
+        # Beyond x2 either way the gate fails every image's declared colour gain: all to the console.
+        ('{"light_gain": 2.5}', "composite", "light_gain must be from 0.6 to 1.6, got 2.5"),
+        ('{"light_gain": 0.6, "light_gradient": 0.8}', "composite", "light_gain 0.6 with light_gradient 0.8"),
+        # Measured, not a knob: the diffusion backend echoed it into its events as a gain nobody applied.
+        ('{"applied_colour_gain": [1.3, 1, 1]}', "diffusion", "applied_colour_gain is measured"),
     ],
 )
 def test_a_knob_value_its_backend_refuses_is_a_start_up_error(

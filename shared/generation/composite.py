@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -224,7 +224,9 @@ class _Plan:
         # SKU was dead-lettered as a handler error instead of a refused variant.
         bounds = {
             "colour_temperature": (-1.0, 1.0),
-            "light_gain": (0.25, 4.0),
+            # The gate fails a declared colour gain beyond x2 either way (MAX_DECLARED_GAIN): a light
+            # much outside this range sent every image to the console.
+            "light_gain": (0.6, 1.6),
             "light_gradient": (0.0, 1.0),
             "light_angle_deg": (-360.0, 720.0),
             "pos_x": (0.0, 1.0),
@@ -288,7 +290,16 @@ class CompositeBackend:
             # No scene tagged like the SKU's series, category or product name (``SceneLibrary.keys_for``):
             # a lemon never lands on a pile of lemons, which would teach the lemon class other lemons.
             own_names = (request.series, *request.own_names)
-            drawn = _Plan.draw(plan_rng, self.scenes, self.photo_share, own_names)
+            # {"scene": "photo"} without a scene_key asks for a photo scene in every variant: drawn from
+            # the library as always (same draws, so the other knobs do not change), whatever the share.
+            # Before, a variant whose roll fell on a procedural scene kept scene_key "" and was refused.
+            forced = request.parameters.get("scene") == PHOTO_SCENE and "scene_key" not in request.parameters
+            drawn = _Plan.draw(plan_rng, self.scenes, 1.0 if forced else self.photo_share, own_names)
+            if forced and self.scenes is not None and not drawn.scene_key:
+                raise CompositeError(
+                    "scene 'photo' asked for, but every scene in the library is tagged like this SKU's "
+                    "series, category or name (a product is never composited onto photos of itself)"
+                )
             plan = drawn.override(request.parameters, self.scenes)
             # The scene's own randomness comes from the plan, so the reported parameters replay it.
             scene_rng, extra_rng, noise_rng = (
@@ -898,4 +909,7 @@ def check_parameters(parameters: dict[str, Any]) -> None:
     The scene library is not open then: a photo scene's key is taken to be in it (the request checks)."""
     key = str(parameters.get("scene_key", ""))
     stand_in = SceneLibrary([Scene(key, "", np.zeros((1, 1, 3), np.uint8))])
-    _Plan.draw(np.random.default_rng(0)).override(parameters, stand_in)
+    # The light at the dim end of what a request draws (light_gain from 0.8, a gradient up to 0.3), so that
+    # a value refused for some variants only is refused here, not for a share of the SKUs at run time.
+    dimmest = replace(_Plan.draw(np.random.default_rng(0)), light_gain=0.8, light_gradient=0.3)
+    dimmest.override(parameters, stand_in)

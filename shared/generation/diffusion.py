@@ -741,6 +741,9 @@ class DiffusionBackend:
                 "SKUFORGE_GENERATION_BACKEND=diffusion needs SKUFORGE_DIFFUSION_MODEL: a save_pretrained "
                 "inpainting pipeline folder, or an s3:// or file:// URI of one"
             )
+        # Device, dtype and offload settings first: refused before gigabytes of weights are fetched
+        # (again at every restart of a pod without a persistent cache).
+        device, dtype = _torch_setup(diffusion)
         cache_dir = model_cache_dir(diffusion.diffusion_cache_dir)
         model = diffusion.diffusion_model
         if "://" in model:
@@ -753,7 +756,6 @@ class DiffusionBackend:
         else:
             directory = Path(model)
         _pipeline_index(directory)  # before torch loads: a wrong path fails in milliseconds
-        device, dtype = _torch_setup(diffusion)
         pipe = load_inpaint_pipeline(
             directory,
             architecture=diffusion.diffusion_architecture,

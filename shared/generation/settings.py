@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings
 
 from shared.config import SETTINGS_CONFIG
 from shared.generation.adapters import ADAPTER_ID_PATTERN, NO_ADAPTER
-from shared.generation.backend import BACKEND_NAMES
+from shared.generation.backend import BACKEND_NAMES, COLOUR_GAIN_KEY
 
 BackendName = Literal["composite", "diffusion"]
 
@@ -157,6 +157,12 @@ class GenerationSettings(BaseSettings):
         from shared.generation.composite import COMPOSITE_PARAMETERS, CompositeError, check_parameters
         from shared.generation.diffusion import DIFFUSION_PARAMETERS, DiffusionParameters
 
+        if COLOUR_GAIN_KEY in parameters:
+            # Measured on each composite and reported for the gate (a replayed parameter set may carry
+            # it); as a setting the diffusion backend echoed it into its events, a gain nobody applied.
+            raise ValueError(
+                f"{COLOUR_GAIN_KEY} is measured by the composite backend, not a knob: leave it out"
+            )
         unknown = sorted(set(parameters) - COMPOSITE_PARAMETERS - DIFFUSION_PARAMETERS)
         if unknown:
             composite = ", ".join(sorted(COMPOSITE_PARAMETERS))
