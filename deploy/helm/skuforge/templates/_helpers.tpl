@@ -86,9 +86,9 @@ pre-upgrade hook runs before the ConfigMap is updated, so it must not read the o
 SKUFORGE_KAFKA_BOOTSTRAP: {{ .Values.kafka.bootstrap | quote }}
 SKUFORGE_TOPIC_NAMESPACE: {{ .Values.topicNamespace | quote }}
 SKUFORGE_CONSUMER_GROUP_PREFIX: {{ .Values.consumerGroupPrefix | quote }}
-SKUFORGE_TOPIC_PARTITIONS: {{ .Values.topicPartitions | quote }}
+SKUFORGE_TOPIC_PARTITIONS: {{ include "skuforge.text" .Values.topicPartitions | quote }}
 SKUFORGE_STORE_URI: {{ .Values.storeUri | quote }}
-SKUFORGE_SESSION_TIMEOUT_MS: {{ .Values.sessionTimeoutMs | quote }}
+SKUFORGE_SESSION_TIMEOUT_MS: {{ include "skuforge.text" .Values.sessionTimeoutMs | quote }}
 # Probes and Prometheus reach /metrics, /healthz and /readyz from outside the pod.
 SKUFORGE_METRICS_HOST: "0.0.0.0"
 {{- if .Values.triton.enabled }}
