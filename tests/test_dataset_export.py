@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.errors import ChecksumMismatch
+from shared.errors import ChecksumMismatch, ObjectMissing
 from shared.store import FileStore, sha256_hex
 from shared.trainstore.dataset import (
     ExportFit,
@@ -20,6 +20,7 @@ from shared.trainstore.dataset import (
     synthetic_left_out_by_evaluation,
 )
 from shared.trainstore.manifest import ManifestRow, ManifestStore
+from shared.trainstore.withdrawals import Withdrawals
 from skuforge_cli.main import main as cli_main
 
 PREFIX = "trainstore"
@@ -306,6 +307,54 @@ def test_export_refuses_a_non_empty_directory_and_a_tampered_object(
     small_store.store.put_bytes(key, small_store.store.get_bytes(key) + b"x")
     with pytest.raises(ChecksumMismatch):
         export_dataset(small_store, tmp_path / "out", fmt="imagefolder", max_synthetic_per_real=1)
+
+
+def test_an_item_the_live_store_changes_during_the_export_is_left_out_not_fatal(
+    small_store: ManifestStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export reads the manifests, then the images, perhaps hours later. Before, an item rendered
+    again (its object overwritten, its row updated) or a photo withdrawn meanwhile stopped the whole
+    export with checksum_mismatch or object_missing, as if the store had been tampered with. A class
+    left without real images is left out, as the policy leaves such a class out."""
+    iter_rows = ManifestStore.iter_rows
+
+    def then_the_store_changes(self: ManifestStore, *args: Any, **kwargs: Any) -> Any:
+        yield from iter_rows(self, *args, **kwargs)
+        add_item(self, "SKU-A", "gen-0", "synthetic", "accepted", size_px=64)  # rendered again
+        add_item(self, "SKU-B", "real-0", "real", "reference", size_px=64)  # SKU-B's only real photo
+
+    monkeypatch.setattr(ManifestStore, "iter_rows", then_the_store_changes)
+    summary = export_dataset(small_store, tmp_path / "out", fmt="jsonl", max_synthetic_per_real=10)
+
+    assert summary.changed_during_export == 2
+    assert summary.classes == {"SKU-A": {"real": 2, "synthetic": 6, "dropped": 0}}
+    assert "SKU-B" in summary.skipped and "changed while the export ran" in summary.skipped["SKU-B"]
+    lines = [json.loads(line) for line in (tmp_path / "out" / "dataset.jsonl").read_text().splitlines()]
+    assert len(lines) == 8 and "gen-0" not in {line["item_id"] for line in lines}
+    assert not (tmp_path / "out" / "images" / "SKU-B").exists()  # a class of synthetic images only: out
+    assert any("left out: the store changed them" in line for line in summary.lines())
+
+
+def test_a_photo_withdrawn_during_the_export_is_left_out_and_a_missing_object_still_stops_it(
+    small_store: ManifestStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    by_sku = Withdrawals.by_sku
+
+    def then_withdrawn(self: Withdrawals) -> Any:
+        found = by_sku(self)  # read before the change: the plan still has the photo
+        self.withdraw("SKU-A", "soda can", ["real-1"], by="test")  # its row withdrawn, its objects deleted
+        return found
+
+    monkeypatch.setattr(Withdrawals, "by_sku", then_withdrawn)
+    summary = export_dataset(small_store, tmp_path / "out", fmt="imagefolder", max_synthetic_per_real=10)
+    assert summary.changed_during_export == 1 and summary.classes["SKU-A"]["real"] == 1
+    assert not (tmp_path / "out" / "SKU-A" / "real-real-1.png").exists()
+    # An object gone while its row still names it is no change of the store's: it stops the export.
+    monkeypatch.setattr(Withdrawals, "by_sku", by_sku)
+    small_store.store.delete(small_store.key("images/SKU-B/real/real-0.png"))
+    with pytest.raises(ObjectMissing):
+        export_dataset(small_store, tmp_path / "again", fmt="imagefolder", max_synthetic_per_real=10)
+    assert not (tmp_path / "again").exists()
 
 
 def test_an_export_into_a_place_that_cannot_be_a_folder_is_a_clear_error(

@@ -19,9 +19,12 @@ generated images teach the generator's artefacts, so an exported class
 Formats: ``imagefolder`` (``<out>/<sku_id>/<real|synthetic>-<item_id>.png``, what
 ``torchvision.datasets.ImageFolder`` reads) and ``jsonl`` (``<out>/images/...``, ``<out>/masks/...``
 and ``<out>/dataset.jsonl`` with one line per image). Objects are checked against the sha256 in
-their manifest row while exporting; a mismatch stops the export with ``ChecksumMismatch`` and
-leaves nothing in the output directory. A policy that leaves no class at all is a ``ValueError``
-naming why each SKU was left out, not an empty training set.
+their manifest row while exporting. An object missing or not matching its row is looked up again in
+the SKU's manifest: a row the live store changed since the export read it (a photo withdrawn, an item
+rendered again or rejected) leaves that image out, counted (``changed_during_export``), and a class
+left with fewer than ``min_real`` real images out; a row that still names the bad bytes stops the export
+(``ChecksumMismatch``, ``ObjectMissing``) and leaves nothing in the output directory. A policy that
+leaves no class at all is a ``ValueError`` naming why each SKU was left out, not an empty training set.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from typing import Any, Literal, TypeVar
 
 from PIL import Image, ImageOps
 
+from shared.errors import ChecksumMismatch, ObjectMissing
 from shared.images import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -280,6 +284,9 @@ class ExportSummary:
     synthetic_left_out: dict[str, str] = field(default_factory=dict)  # class -> why it has none
     fit: str = "keep"
     long_side_capped: int = 0  # images past MAX_ASPECT:1, their longer side at MAX_ASPECT x size_px
+    # Images whose row the live store changed while the export ran (withdrawn, rendered again, rejected):
+    # left out, as the next export leaves them out or takes their new version.
+    changed_during_export: int = 0
 
     def lines(self) -> list[str]:
         """The printed summary: one line per class, then the totals."""
@@ -298,6 +305,11 @@ class ExportSummary:
             f"(synthetic per real {ratio}) {self._size()} as {self.format} "
             f"to {self.out_dir}"
         )
+        if self.changed_during_export:
+            out.append(
+                f"{self.changed_during_export} image(s) left out: the store changed them while the export "
+                "ran (withdrawn, rendered again or rejected); export again to take their current state"
+            )
         if self.long_side_capped:
             out.append(
                 f"{self.long_side_capped} image(s) longer than {MAX_ASPECT}:1 with the longer side at "
@@ -440,7 +452,15 @@ def _export_into(
     moved: list[Path] = []
     try:
         summary = _write_export(
-            manifests, plan, staging, out_dir, fmt=fmt, size_px=size_px, fit=fit, limits=limits
+            manifests,
+            plan,
+            staging,
+            out_dir,
+            fmt=fmt,
+            size_px=size_px,
+            fit=fit,
+            limits=limits,
+            min_real=min_real,
         )
         if staging.parent == target:
             # The index and the summary last: a kill between two renames must not leave them beside
@@ -549,29 +569,45 @@ def _write_export(
     size_px: int,
     fit: ExportFit,
     limits: tuple[int, int],
+    min_real: int = 1,
 ) -> ExportSummary:
     """Write the images, dataset.jsonl and export.json into ``staging``; the summary names ``out_dir``."""
     lines: list[str] = []
     classes: dict[str, dict[str, int]] = {}
-    long_side_capped = 0
+    skipped = dict(plan.skipped)
+    long_side_capped = changed = 0
     for plan_class in plan.classes:
+        class_lines: list[str] = []
+        written = {"real": 0, "synthetic": 0}
         for row in [*plan_class.real, *plan_class.synthetic]:
-            image = _decoded(manifests, row.image, row.image_sha256, limits, decode_image)
+            try:
+                image = _decoded(manifests, row.image, row.image_sha256, limits, decode_image)
+                mask = (
+                    _decoded(manifests, row.mask, row.mask_sha256, limits, decode_mask) if row.mask else None
+                )
+            except (ObjectMissing, ChecksumMismatch):
+                if manifests.read_sku(row.sku_id).get(row.item_id) == row:
+                    raise  # the manifest still names these bytes: a missing or tampered object
+                log.warning(
+                    "%s/%s changed in the store while the export ran: left out", row.sku_id, row.item_id
+                )
+                changed += 1
+                continue
             if fit == "keep" and max(image.size) > MAX_ASPECT * min(image.size):
                 long_side_capped += 1
             image = _resized(image, size_px, fit)
             name = f"{row.source}-{row.item_id}.png"
+            written["real" if row.source == "real" else "synthetic"] += 1
             if fmt == "imagefolder":
                 _write(staging / row.sku_id / name, encode_png(image))
                 continue
             image_path = Path("images") / row.sku_id / name
             _write(staging / image_path, encode_png(image))
             mask_path = None
-            if row.mask:
-                mask = _decoded(manifests, row.mask, row.mask_sha256, limits, decode_mask)
+            if mask is not None:
                 mask_path = Path("masks") / row.sku_id / name
                 _write(staging / mask_path, encode_png(_resized(Image.fromarray(mask), size_px, fit, fill=0)))
-            lines.append(
+            class_lines.append(
                 json.dumps(
                     {
                         "image": image_path.as_posix(),
@@ -585,9 +621,24 @@ def _write_export(
                     sort_keys=True,
                 )
             )
+        if written["real"] < min_real:
+            # Its real photos were withdrawn while the export ran: a class of synthetic images only is
+            # what the policy never exports.
+            for folder in (
+                staging / plan_class.sku_id,
+                staging / "images" / plan_class.sku_id,
+                staging / "masks" / plan_class.sku_id,
+            ):
+                shutil.rmtree(folder, ignore_errors=True)
+            skipped[plan_class.sku_id] = (
+                f"{written['real']} real image(s) left after the store changed while the export ran, "
+                f"need at least {min_real}"
+            )
+            continue
+        lines += class_lines
         classes[plan_class.sku_id] = {
-            "real": len(plan_class.real),
-            "synthetic": len(plan_class.synthetic),
+            "real": written["real"],
+            "synthetic": written["synthetic"],
             "dropped": plan_class.synthetic_dropped,
         }
     if fmt == "jsonl":
@@ -598,12 +649,18 @@ def _write_export(
         size_px=size_px,
         fit=fit,
         classes=classes,
-        skipped=plan.skipped,
+        skipped=skipped,
         real=sum(counts["real"] for counts in classes.values()),
         synthetic=sum(counts["synthetic"] for counts in classes.values()),
         synthetic_left_out={c.sku_id: c.synthetic_left_out for c in plan.classes if c.synthetic_left_out},
         long_side_capped=long_side_capped,
+        changed_during_export=changed,
     )
+    if not classes:
+        raise ValueError(
+            "nothing to export: the store changed the real images of every class while the export ran; "
+            "export again"
+        )
     (staging / "export.json").write_text(summary.to_json() + "\n")
     return summary
 
