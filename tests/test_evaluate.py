@@ -3,6 +3,7 @@ refusals, and the experiment's arithmetic on classes whose look is known (solid 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -35,7 +36,7 @@ from shared.evaluation.experiment import (
     run_evaluation,
 )
 from shared.evaluation.leakage import LeakageError, check_no_near_duplicates, heldout_hash, perceptual_hash
-from shared.evaluation.report import histogram, render_report, thumbnail_data_uri
+from shared.evaluation.report import histogram, render_report, thumbnail_data_uri, write_report
 from shared.evaluation.tune import fit_predict_tuned, tail_features
 from shared.images import encode_png
 from shared.store import FileStore, ObjectStore
@@ -791,6 +792,36 @@ def test_the_report_shows_a_held_out_photo_the_settings_let_through(featurizer: 
     assert "photo not readable" in render_report(result, lambda name: large)
     page = render_report(result, lambda name: large, limits=roomy)
     assert "photo not readable" not in page and "data:image/jpeg;base64," in page
+
+
+def test_the_report_shows_a_file_name_that_is_not_utf8(featurizer: Featurizer, tmp_path: Path) -> None:
+    """A Latin-1 "café.jpg" reaches Python as a surrogate escape: writing the UTF-8 page raised
+    UnicodeEncodeError after the whole run, and evaluation.json was never written."""
+    training, heldout = wrong_look_photos(real=1, held_out=2)
+    heldout = [
+        dataclasses.replace(photo, name=f"/held/caf\udce9-{index}.jpg") for index, photo in enumerate(heldout)
+    ]
+    result = run_evaluation(
+        training, heldout, featurizer, EvaluationConfig(seed=3, classic_px=32, real_weight=1.0)
+    )
+    assert result.misclassified
+    page = write_report(result, tmp_path, lambda name: None).read_text(encoding="utf-8")
+    assert "caf\ufffd-" in page
+
+
+def test_one_heldout_photo_under_two_sku_ids_is_refused(tmp_path: Path) -> None:
+    """A copy in the wrong folder (or a link from a renamed SKU's folder) was scored under both labels,
+    one of them wrong whatever the classifier said."""
+    for sku in ("SKU-RED", "SKU-BLUE"):
+        (tmp_path / sku).mkdir()
+        Image.new("RGB", (8, 8), COLOURS[sku]).save(tmp_path / sku / "own.png")
+    Image.new("RGB", (8, 8), COLOURS["SKU-RED"]).save(tmp_path / "SKU-RED" / "shelf.png")
+    assert len(heldout_photos(tmp_path)[0]) == 3
+    shutil.copy(tmp_path / "SKU-RED" / "shelf.png", tmp_path / "SKU-BLUE" / "shelf-copy.png")
+    with pytest.raises(
+        EvaluateRefused, match=r"one held-out photo is in 2 SKU folders \(SKU-BLUE: .*shelf-copy"
+    ):
+        heldout_photos(tmp_path)
 
 
 def test_a_tuned_tail_continues_the_frozen_trunk_and_trains_only_a_copy() -> None:

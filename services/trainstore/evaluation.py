@@ -110,7 +110,31 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
                 ) from None
             _check_is_image(path, data)
             photos.append(Photo(entry.name, "real", str(path.absolute()), sha256_hex(data), path.read_bytes))
+    _refuse_one_photo_under_two_skus(photos)
     return photos, notes
+
+
+def _printable(text: str) -> str:
+    """``text`` printable on any stdout: a file name that is not UTF-8 (surrogate escapes) crashed a
+    strict UTF-8 stdout; its bytes are shown with replacement characters instead."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _refuse_one_photo_under_two_skus(photos: list[Photo]) -> None:
+    """The same bytes held out under two SKU ids (a link from a renamed SKU's folder, a copy in the
+    wrong folder) would be scored under both labels, one of them wrong whatever the classifier says:
+    top-1, the per-SKU gains and the policy built on them skewed without a word."""
+    by_sha: dict[str, list[Photo]] = {}
+    for photo in photos:
+        by_sha.setdefault(photo.sha256, []).append(photo)
+    for copies in by_sha.values():
+        skus = sorted({photo.sku_id for photo in copies})
+        if len(skus) > 1:
+            shown = ", ".join(f"{photo.sku_id}: {photo.name}" for photo in copies)
+            raise EvaluateRefused(
+                f"one held-out photo is in {len(skus)} SKU folders ({shown}); a photo has one label: "
+                "remove the copies (or the link) from the wrong folders"
+            )
 
 
 def _folder_id(folder: Path) -> tuple[int, int]:
@@ -408,7 +432,7 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
         shown = ", ".join(without[:10]) + (f" and {len(without) - 10} more" if len(without) > 10 else "")
         notes.append(f"{len(without)} SKU(s) of the store have no held-out photos, not evaluated: {shown}")
     for note in notes:
-        print(f"note: {note}")
+        print(f"note: {_printable(note)}")
 
     rows = list(manifests.iter_rows())  # every SKU's: a held-out photo may not be anywhere in the store
     wanted = set(heldout_skus)
@@ -449,7 +473,7 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     held_hashes, unhashable = heldout_hashes(heldout, cache_dir)
     store_hashes, store_unhashable = real_image_hashes(manifests, evaluated, cache_dir)
     for note in unhashable_notes(unhashable, store_unhashable):
-        print(f"note: {note}")
+        print(f"note: {_printable(note)}")
     check_no_near_duplicates(held_hashes, training=store_hashes, scenes=scene_hashes)
 
     settings = load_settings()  # the limits ingest held the photos to

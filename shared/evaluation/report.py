@@ -425,7 +425,10 @@ def thumbnail_data_uri(
 
 
 def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
+    # A file name that is not UTF-8 (a Latin-1 "café.jpg" from an old camera) reaches here with
+    # surrogate escapes, which the UTF-8 page cannot hold: shown with a replacement character instead.
+    shown = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return html.escape(shown, quote=True)
 
 
 def _signed(value: float, digits: int = 2) -> str:
