@@ -385,6 +385,27 @@ def test_matting_tools_refuse_what_would_overwrite_or_crash(
 
     # The model card and weights are written beside --out: m.pth or m.json was overwritten by them.
     assert "name the ONNX model" in refused(["train", "--out", str(tmp_path / "m.pth")])
+    # The default once: a bare `matting train --extra DIR` replaced the served model and its card.
+    # (--extra names no folder: should the check go, the run stops there instead of training.)
+    assert "that is the committed models folder" in refused(
+        ["train", "--out", str(MODELS_DIR / "u2netp-skuforge.onnx"), "--extra", str(tmp_path / "none")]
+    )
+    # Pairs are named by index: a second, smaller run left the first one's extra pairs to train on.
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "train.txt").write_text("")
+    pairs = tmp_path / "pairs"
+    (pairs / "images").mkdir(parents=True)
+    (pairs / "images" / "composite-0000.png").write_bytes(b"x")
+    assert "holds pairs of an earlier run" in refused(
+        ["real-pairs", "--dataset", str(dataset), "--out", str(pairs)]
+    )
+    # The pseudo-labeller is the official model: another file is refused as set-up refuses it.
+    fake = tmp_path / "fake-official.onnx"
+    fake.write_bytes(b"not the official weights")
+    assert "is not the official U2-NetP's" in refused(
+        ["real-pairs", "--dataset", str(dataset), "--official", str(fake), "--out", str(tmp_path / "new")]
+    )
     # Accepted, the int8 model replaced the fp32 one it was made from.
     model = MODELS_DIR / "u2netp-skuforge.onnx"
     assert "is the model being quantised" in refused(["quantize", str(model), "--out", str(model)])

@@ -26,7 +26,7 @@ from shared.matting.official import (
     extract_official_onnx,
     onnx_to_state_dict,
 )
-from shared.matting.session import MattingModelMissing, open_session, u2net_preprocess
+from shared.matting.session import MattingModelError, MattingModelMissing, open_session, u2net_preprocess
 from shared.matting.u2net import build_model, load_reference_state_dict
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "grocerystore"
@@ -121,6 +121,12 @@ def test_the_registered_official_model_follows_the_setting_made_after_import(
     assert session.model_id.startswith("elsewhere.onnx@sha256:")
     monkeypatch.setenv("SKUFORGE_OFFICIAL_U2NETP", str(tmp_path / "gone.onnx"))
     with pytest.raises(MattingModelMissing, match=r"gone\.onnx does not exist"):
+        open_session("u2netp-official", threads=1, use_gpu=False, store=None)
+    # Another file there is refused as set-up refuses it: it would become the baseline unchecked.
+    other = tmp_path / "other.onnx"
+    other.write_bytes(official_onnx.read_bytes() + b"\0")
+    monkeypatch.setenv("SKUFORGE_OFFICIAL_U2NETP", str(other))
+    with pytest.raises(MattingModelError, match=r"other\.onnx: md5 .* is not the official U2-NetP's"):
         open_session("u2netp-official", threads=1, use_gpu=False, store=None)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -74,7 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--checkpoint-every", type=positive_int, default=250)
     train.add_argument("--seed", type=non_negative_int, default=1)
     train.add_argument("--threads", type=positive_int, default=2)
-    train.add_argument("--out", type=Path, default=MODELS_DIR / "u2netp-skuforge.onnx")
+    train.add_argument(
+        "--out",
+        type=Path,
+        default=Path("var/matting/u2netp-trained.onnx"),
+        help="the trained ONNX model (its card .json and weights .pth beside it); not in the committed "
+        f"models folder ({MODELS_DIR}): check it, then `matting export` it there",
+    )
     train.add_argument(
         "--checkpoint",
         type=Path,
@@ -218,6 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         # m.pth or m.json was overwritten by them after the whole run.
         if args.out.suffix.lower() != ".onnx":
             parser.error(f"--out {args.out}: name the ONNX model (a .onnx file)")
+        if args.out.resolve().parent == MODELS_DIR.resolve():
+            # Before, the default: a bare `matting train --extra DIR` replaced the served model, its
+            # weights and its model card (licences, data) with a model trained from scratch.
+            parser.error(
+                f"--out {args.out}: that is the committed models folder (the served model and its card); "
+                "train elsewhere, check the model, then `skuforge matting export` it there"
+            )
         if args.init is not None and not args.init.is_file():
             parser.error(f"--init {args.init}: no such file")
         for folder in args.extra:
@@ -268,13 +282,19 @@ def main(argv: list[str] | None = None) -> int:
             model = load_reference_state_dict(build_model(args.model), average_weights(args.weights))
         except ValueError as exc:
             parser.error(str(exc))
-        if args.pth is not None:
+        onnx_path = export_onnx(model, args.out)
+        if args.pth is not None:  # after the ONNX file: a failed export leaves both as they were
             args.pth.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), args.pth)
+            partial = args.pth.with_name(f".{args.pth.name}.partial-{os.getpid()}")
+            try:
+                torch.save(model.state_dict(), partial)
+                partial.replace(args.pth)
+            finally:
+                partial.unlink(missing_ok=True)
         print(
             json.dumps(
                 {
-                    "onnx": str(export_onnx(model, args.out)),
+                    "onnx": str(onnx_path),
                     "pth": None if args.pth is None else str(args.pth),
                     "averaged": len(args.weights),
                 }
@@ -368,6 +388,7 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
         default_official_onnx,
         extract_official_onnx,
         onnx_to_state_dict,
+        verify_md5,
     )
 
     if args.action == "real-pairs":
@@ -378,8 +399,22 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
         official_onnx = args.official or default_official_onnx()
         if not official_onnx.is_file():
             parser.error(f"no official U2-NetP at {official_onnx}: run `make setup` or give --official")
+        try:  # the pseudo-labeller: another file would label the in-store pairs unchecked
+            verify_md5(official_onnx.read_bytes(), source=str(official_onnx))
+        except OfficialWeightsError as exc:
+            parser.error(str(exc))
         if not 0.0 <= args.reflection_share <= 1.0:
             parser.error(f"--reflection-share {args.reflection_share}: give a share from 0 to 1")
+        left = [
+            folder
+            for folder in (args.out / "images", args.out / "masks")
+            if folder.is_dir() and any(folder.iterdir())
+        ]
+        if left:
+            # Pairs are named by index: a smaller run (fewer pseudo-labels, a longer --held-out list)
+            # left the earlier run's extra pairs beside it, and `train --extra` trained on them, photos
+            # since held out included.
+            parser.error(f"--out {args.out}: holds pairs of an earlier run ({left[0]}); give a new folder")
         try:
             split = json.loads(args.held_out.read_text())
             held_out = frozenset(split["bench_catalogue"]) | frozenset(split["reserved_train"])

@@ -733,6 +733,15 @@ def open_session(
                 f"the matting model {name!r} is missing: {path} does not exist. "
                 f"{entry.how_to_make}. Or point elsewhere: {help_text}"
             )
+        if name == "u2netp-official":
+            # The baseline every figure is compared with, and real-pairs' pseudo-labeller: a file
+            # SKUFORGE_OFFICIAL_U2NETP names is checked as set-up checked its own (an md5 read of 4 MB).
+            from shared.matting.official import OfficialWeightsError, verify_md5
+
+            try:
+                verify_md5(path.read_bytes(), source=str(path))
+            except OfficialWeightsError as exc:
+                raise MattingModelError(str(exc)) from None
         return session(entry.session_class, path)
     if "://" in name:
         parent, _, file_name = name.rpartition("/")

@@ -406,12 +406,24 @@ def export_onnx(
     ``size_px`` is only the square size traced with (320, U2-Net's training size, is what callers feed).
     The model's training/eval mode is restored afterwards.
     """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Exported, rewritten and checked beside the target, then renamed over it: a crash or a failed check
+    # half-way left a truncated or unchecked file in place of a working model (perhaps the served one).
+    partial = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    try:
+        _export_onnx_to(model, partial, size_px=size_px, opset=opset)
+        partial.replace(final)
+    finally:
+        partial.unlink(missing_ok=True)
+    return final
+
+
+def _export_onnx_to(model: nn.Module, out: Path, *, size_px: int, opset: int) -> None:
     import onnx
 
     from shared.matting.graph import split_wide_concats
 
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     dummy = torch.zeros(1, 3, size_px, size_px, device=device)
     dynamic = {0: "batch", 2: "height", 3: "width"}
@@ -461,4 +473,3 @@ def export_onnx(
     split_wide_concats(proto, size_px=size_px)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(out))
-    return out
