@@ -263,6 +263,10 @@ class Stage:
         self._completed: OrderedDict[tuple[str, str], None] = OrderedDict()
         # Inputs handled and produced whose offset commit failed, per partition, oldest first (_commit).
         self._uncommitted: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]] = {}
+        # Inputs of the batch being handled (and of those awaiting a commit), by (topic, event id):
+        # _completed is filled only at the commit, so two copies of one event in one poll (a producer's
+        # retry, a replay beside its original) were both handled and both produced their outputs.
+        self._in_batch: set[tuple[str, str]] = set()
         self._last_left_over_commit = 0.0
         self._dedupe_window = dedupe_window
         self._last_lag_update = 0.0
@@ -489,6 +493,12 @@ class Stage:
 
     def _handle_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         started = time.monotonic()
+        self._in_batch = {
+            (tp.topic, outcome.event_id)
+            for tp, entries in self._uncommitted.items()
+            for _, outcome in entries
+            if outcome.event_id is not None
+        }
         outcomes: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]] = {}
         for tp, records in batch.items():
             route = self._routes[tp.topic]
@@ -520,7 +530,7 @@ class Stage:
         decoded = self._decode(route, record)
         if isinstance(decoded, (_Outcome, _Retry)):
             return decoded
-        if (tp.topic, decoded.event_id) in self._completed:
+        if self._seen(tp, decoded.event_id):
             return _Outcome(event_id=decoded.event_id, counted="duplicate")
         assert route.handle is not None
         with log_context(decoded.trace_id, decoded.sku_id):
@@ -542,7 +552,12 @@ class Stage:
         actions = self.context._take_actions(decoded)
         if isinstance(outcome, _Outcome):
             outcome.after_commit = actions
+            self._in_batch.add((tp.topic, decoded.event_id))
         return outcome
+
+    def _seen(self, tp: TopicPartition, event_id: str) -> bool:
+        """Whether this event was completed here, or handled earlier in this batch."""
+        return (tp.topic, event_id) in self._completed or (tp.topic, event_id) in self._in_batch
 
     def _process_micro_batch(
         self, route: _Route[Any], parts: dict[TopicPartition, list[ConsumerRecord]]
@@ -555,9 +570,12 @@ class Stage:
             slots[tp] = []
             for record in records:
                 decoded = self._decode(route, record)
-                if isinstance(decoded, Envelope) and (tp.topic, decoded.event_id) in self._completed:
+                if isinstance(decoded, Envelope) and self._seen(tp, decoded.event_id):
                     decoded = _Outcome(event_id=decoded.event_id, counted="duplicate")
                 if isinstance(decoded, Envelope):
+                    # A second copy later in this batch is a duplicate; should this one be retried
+                    # instead, its partition is rewound and it is handled then: nothing is lost.
+                    self._in_batch.add((tp.topic, decoded.event_id))
                     events.append(decoded)
                 slots[tp].append((record, decoded))
 

@@ -466,6 +466,37 @@ def test_the_same_event_id_on_two_topics_is_two_inputs_not_a_duplicate(tmp_path:
     assert _sample(stage, "skuforge_messages_total", topic=other.topic, outcome="duplicate") == 1
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["handler", "batch_handler"])
+def test_two_copies_of_one_event_in_one_poll_are_handled_once(tmp_path: Path, batched: bool) -> None:
+    """A producer's retry (or a replay beside its original) put one event twice in one poll: completed
+    ids were remembered only at the commit, so both copies were handled and both produced outputs."""
+    stage = _stage(tmp_path)
+    handled: list[str] = []
+    if batched:
+
+        @stage.batch_handler(SKU_INGESTED)
+        def handle_batch(events: Sequence[Envelope[SkuIngested]], ctx: Context) -> list[list[Emit]]:
+            handled.extend(event.event_id for event in events)
+            return [_forward(event) for event in events]
+
+    else:
+
+        @stage.handler(SKU_INGESTED)
+        def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+            handled.append(event.event_id)
+            return _forward(event)
+
+    tp, records = _records(stage, 2)
+    copy = _record(tp.topic, 2, records[0].value)
+    consumer, producer = _wired(stage)
+    stage._process_batch({tp: [*records, copy]})
+    assert handled == [f"{1:032x}", f"{2:032x}"]
+    assert len(producer.acked) == 2 and consumer.committed == {tp: 3}
+    messages = "skuforge_messages_total"
+    assert _sample(stage, messages, topic=tp.topic, outcome="ok") == 2
+    assert _sample(stage, messages, topic=tp.topic, outcome="duplicate") == 1
+
+
 def test_a_tombstone_and_its_replayed_copy_are_both_empty_messages(tmp_path: Path) -> None:
     """`skuforge dlq replay` sends a dead-lettered tombstone back with an empty value, not None."""
     stage = _forwarding_stage(tmp_path)
