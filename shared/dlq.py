@@ -34,7 +34,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -80,6 +80,10 @@ class DlqError(Exception):
     """A dead-letter command cannot go on: no such topic, broker unreachable, a send failed."""
 
 
+class OriginalUnreadable(DlqError):
+    """One letter's original bytes are gone from the store, changed, or not base64."""
+
+
 @dataclass(frozen=True)
 class StoredLetter:
     """One dead letter as it lies in its ``.dlq`` topic."""
@@ -120,6 +124,9 @@ class ReplayReport:
     permanent: list[StoredLetter]
     # Selected, not replayed yet, and never sent: their original_topic is not the topic being replayed to.
     other_topic: list[StoredLetter]
+    # Selected and never sent: the original bytes are gone, changed or not base64 (with the reason).
+    # Before, the first such letter stopped the whole replay, every other letter with it.
+    unreadable: list[tuple[StoredLetter, str]] = field(default_factory=list)
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -385,8 +392,20 @@ def replay(
     groups: dict[tuple[str, int, int, str, str], list[StoredLetter]] = {}
     for stored in pending:
         groups.setdefault(_origin(stored.letter), []).append(stored)
-    firsts = [members[0] for members in groups.values()]
-    originals = [original_record(stored.letter, store) for stored in firsts]
+    firsts: list[StoredLetter] = []
+    originals: list[tuple[bytes | None, bytes]] = []
+    for members in groups.values():
+        try:
+            originals.append(original_record(members[0].letter, store))
+        except OriginalUnreadable as exc:
+            report.unreadable.extend((member, str(exc)) for member in members)
+            continue
+        firsts.append(members[0])
+    if report.unreadable:
+        left_out = {id(stored) for stored, _ in report.unreadable}
+        report = replace(report, republished=[s for s in pending if id(s) not in left_out])
+    if not firsts:
+        return report
     producer = make_producer(settings, client_id="skuforge-dlq-replay")
     sends: list[tuple[StoredLetter, Any]] = []
     failure: KafkaError | None = None
@@ -499,6 +518,20 @@ def format_replay(dead: DeadLetterTopic, report: ReplayReport, *, dry_run: bool)
     )
 
 
+def format_unreadable(report: ReplayReport) -> str | None:
+    """Which letters were not replayed because their original bytes cannot be read; None when none."""
+    if not report.unreadable:
+        return None
+    count = len(report.unreadable)
+    letters = "1 dead letter was" if count == 1 else f"{count} dead letters were"
+    shown = "; ".join(why for _, why in report.unreadable[:3])
+    more = f" (and {count - 3} more)" if count > 3 else ""
+    return (
+        f"{letters} not replayed, the others were: {shown}{more}. They stay unmarked; leave them out "
+        "with --reason or --since, or restore their originals in the store"
+    )
+
+
 def format_other_topic(dead: DeadLetterTopic, report: ReplayReport) -> str | None:
     """Why the letters of another original topic were not replayed, and what to do; None when none."""
     if not report.other_topic:
@@ -535,10 +568,12 @@ def original_record(letter: DeadLetter, store: ObjectStore) -> tuple[bytes | Non
             key if key is not None else _b64(letter.original_key_b64),
             value if value is not None else (_b64(letter.original_value_b64) or b""),
         )
-    except (BadInput, TransientError) as exc:
+    except BadInput as exc:
+        raise OriginalUnreadable(f"cannot replay {letter.original_topic}@{letter.original_offset}: {exc}") from exc
+    except TransientError as exc:  # the store is away: nothing could be marked either
         raise DlqError(f"cannot replay {letter.original_topic}@{letter.original_offset}: {exc}") from exc
     except binascii.Error as exc:
-        raise DlqError(
+        raise OriginalUnreadable(
             f"cannot replay {letter.original_topic}@{letter.original_offset}: its original bytes are not "
             f"valid base64 ({exc}); leave it out with --reason or --since"
         ) from exc

@@ -799,12 +799,15 @@ class Stage:
         self, record: ConsumerRecord, part: str, data: bytes | None
     ) -> tuple[str | None, ObjectRef | None]:
         """``data`` base64-encoded for the letter, or, when too large for a Kafka record, stored under
-        ``dlq-originals/<topic>/<partition>-<offset>.<part>`` (same key on a rewind) and referenced."""
+        ``dlq-originals/<topic>/<partition>-<offset>-<sha256>.<part>`` (same key on a rewind) and
+        referenced. The digest: a topic deleted and created again starts at offset 0, and its first
+        large dead letter overwrote an earlier letter's original, which then could not be replayed."""
         if data is None:
             return None, None
         if len(data) <= DLQ_INLINE_MAX_BYTES:
             return base64.b64encode(data).decode(), None
-        key = f"{DLQ_ORIGINALS_PREFIX}/{record.topic}/{record.partition}-{record.offset}.{part}"
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        key = f"{DLQ_ORIGINALS_PREFIX}/{record.topic}/{record.partition}-{record.offset}-{digest}.{part}"
         return None, self.store.put_bytes(key, data)
 
     def _unexpected(

@@ -14,6 +14,7 @@ from shared.dlq import (
     SAMPLES_PER_REASON,
     DlqError,
     format_other_topic,
+    format_unreadable,
     format_replay,
     format_summary,
     parse_since,
@@ -119,11 +120,11 @@ def main(
             dry_run=args.dry_run,
         )
         print(format_replay(dead, report, dry_run=args.dry_run))
-        other_topic = format_other_topic(dead, report)
-        if other_topic is not None:  # replayed what it could; these need a person
-            print(f"skuforge dlq {args.action}: {other_topic}", file=sys.stderr)
-            return 1
-        return 0
+        # Replayed what it could; these need a person.
+        problems = [p for p in (format_other_topic(dead, report), format_unreadable(report)) if p is not None]
+        for problem in problems:
+            print(f"skuforge dlq {args.action}: {problem}", file=sys.stderr)
+        return 1 if problems else 0
     except DlqError as exc:
         print(f"skuforge dlq {args.action}: {exc}", file=sys.stderr)
         return 1

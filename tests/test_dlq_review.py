@@ -82,16 +82,30 @@ def test_letters_with_a_naive_failed_at_are_selected_by_since(
 
 
 @pytest.mark.kafka
-def test_a_letter_whose_original_is_not_base64_is_a_clear_error(
+def test_a_letter_whose_original_is_not_base64_is_a_clear_error_and_the_others_replay(
     kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Before, the first unreadable original stopped the replay: no other letter went out either."""
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
-    _write_letters(settings, _letter(settings, original_value_b64="not*base64!"))
+    good = base64.b64encode(b'{"good": 1}').decode()
+    _write_letters(
+        settings,
+        _letter(settings, original_value_b64="not*base64!"),
+        _letter(settings, original_offset=1, original_value_b64=good),
+    )
     code = dlq_main(["replay", settings.topic_name(SKU_INGESTED)], settings=settings)
     captured = capsys.readouterr()
-    assert code == 1 and captured.out == ""
-    assert "skuforge dlq replay: cannot replay" in captured.err and "not valid base64" in captured.err
+    assert code == 1 and "replayed 1 dead letters" in captured.out
+    assert "skuforge dlq replay: 1 dead letter was not replayed, the others were: cannot replay" in captured.err
+    assert "not valid base64" in captured.err
+    (replayed,) = read_topic(kafka_bootstrap, settings.topic_name(SKU_INGESTED), expect=1, timeout_s=30)
+    assert replayed.value == b'{"good": 1}'
+    # The unreadable one stays unmarked and is named again; the replayed one is not sent twice.
+    code = dlq_main(["replay", settings.topic_name(SKU_INGESTED)], settings=settings)
+    captured = capsys.readouterr()
+    assert code == 1 and "replayed 0 dead letters" in captured.out and "1 already replayed" in captured.out
+    assert "not valid base64" in captured.err
 
 
 @pytest.mark.kafka

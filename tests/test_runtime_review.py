@@ -6,6 +6,7 @@ on flush unless told to fail, so each test sets up exactly the failure it is abo
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -497,6 +498,21 @@ def test_two_copies_of_one_event_in_one_poll_are_handled_once(tmp_path: Path, ba
     assert _sample(stage, messages, topic=tp.topic, outcome="duplicate") == 1
 
 
+def test_a_large_original_is_kept_under_a_key_a_recreated_topic_cannot_reuse(tmp_path: Path) -> None:
+    """A topic deleted and created again starts at offset 0: its first large dead letter overwrote the
+    original an earlier letter at offset 0 refers to, and that letter could no longer be replayed."""
+    from shared.runtime import DLQ_INLINE_MAX_BYTES
+
+    stage = _stage(tmp_path)
+    topic = stage.settings.topic_name(SKU_INGESTED)
+    before, after = (bytes([n]) * (DLQ_INLINE_MAX_BYTES + 1) for n in (1, 2))
+    _, first = stage._keep_original(_record(topic, 0, before), "value", before)
+    assert stage._keep_original(_record(topic, 0, before), "value", before)[1] == first  # a rewind
+    _, second = stage._keep_original(_record(topic, 0, after), "value", after)
+    assert first is not None and second is not None
+    assert stage.store.read_verified(first) == before and stage.store.read_verified(second) == after
+
+
 def test_a_tombstone_and_its_replayed_copy_are_both_empty_messages(tmp_path: Path) -> None:
     """`skuforge dlq replay` sends a dead-lettered tombstone back with an empty value, not None."""
     stage = _forwarding_stage(tmp_path)
@@ -571,7 +587,8 @@ def test_a_dead_letter_whose_original_the_store_refuses_waits_instead_of_ending_
     topic = stage.settings.topic_name(SKU_INGESTED)
     huge = b"x" * (runtime.DLQ_INLINE_MAX_BYTES + 1)  # not JSON, and too large to inline
     tp, records = TopicPartition(topic, 0), [_record(topic, 7, huge)]
-    blocker = tmp_path / runtime.DLQ_ORIGINALS_PREFIX / topic / "0-7.value"
+    digest = hashlib.sha256(huge).hexdigest()[:16]
+    blocker = tmp_path / runtime.DLQ_ORIGINALS_PREFIX / topic / f"0-7-{digest}.value"
     blocker.mkdir(parents=True)
     (blocker / "keep").write_bytes(b"")
     consumer, producer = _wired(stage)
