@@ -561,6 +561,7 @@ def _list_topics(settings: Settings) -> set[str]:
 def original_record(letter: DeadLetter, store: ObjectStore) -> tuple[bytes | None, bytes]:
     """The original record's key and value: carried in the letter, or kept in the object store when
     they were too large for it (checked against their sha256; ``DlqError`` if gone or changed)."""
+    where = f"{letter.original_topic}@{letter.original_offset}"
     try:
         key = store.read_verified(letter.original_key_ref) if letter.original_key_ref else None
         value = store.read_verified(letter.original_value_ref) if letter.original_value_ref else None
@@ -569,9 +570,9 @@ def original_record(letter: DeadLetter, store: ObjectStore) -> tuple[bytes | Non
             value if value is not None else (_b64(letter.original_value_b64) or b""),
         )
     except BadInput as exc:
-        raise OriginalUnreadable(f"cannot replay {letter.original_topic}@{letter.original_offset}: {exc}") from exc
+        raise OriginalUnreadable(f"cannot replay {where}: {exc}") from exc
     except TransientError as exc:  # the store is away: nothing could be marked either
-        raise DlqError(f"cannot replay {letter.original_topic}@{letter.original_offset}: {exc}") from exc
+        raise DlqError(f"cannot replay {where}: {exc}") from exc
     except binascii.Error as exc:
         raise OriginalUnreadable(
             f"cannot replay {letter.original_topic}@{letter.original_offset}: its original bytes are not "

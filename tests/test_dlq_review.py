@@ -97,7 +97,8 @@ def test_a_letter_whose_original_is_not_base64_is_a_clear_error_and_the_others_r
     code = dlq_main(["replay", settings.topic_name(SKU_INGESTED)], settings=settings)
     captured = capsys.readouterr()
     assert code == 1 and "replayed 1 dead letters" in captured.out
-    assert "skuforge dlq replay: 1 dead letter was not replayed, the others were: cannot replay" in captured.err
+    refused = "skuforge dlq replay: 1 dead letter was not replayed, the others were: cannot replay"
+    assert refused in captured.err
     assert "not valid base64" in captured.err
     (replayed,) = read_topic(kafka_bootstrap, settings.topic_name(SKU_INGESTED), expect=1, timeout_s=30)
     assert replayed.value == b'{"good": 1}'
