@@ -1,7 +1,7 @@
 """An edited mask uploaded from another tool is read as the reviewer meant it, or refused with why.
 
 White marks the product; a cut-out is read by its transparency, a 0/1 label mask (or an index-1
-palette mask) by its labels; a mask that marks nothing, or everything, is refused (a 422), since it
+palette mask, VOC's void index 255 as background) by its labels; a mask that marks nothing, or everything, is refused (a 422), since it
 would go to the retraining store as an ``approved`` item with a mask that teaches nothing true.
 """
 
@@ -47,6 +47,19 @@ def label_mask() -> bytes:
 def voc_palette_mask() -> bytes:
     image = Image.fromarray(product().astype(np.uint8), "P")
     image.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)  # VOC: class 1 is dark red
+    return png(image)
+
+
+def voc_palette_mask_with_void_border() -> bytes:
+    """PASCAL VOC's own files: class 1 inside, index 255 (the "void" colour, light beige) on a band
+    along the object's edge. Read by brightness, the band alone was stored as the product."""
+    labels = product().astype(np.uint8)
+    grown = np.zeros_like(product())
+    grown[38:82, 28:92] = True
+    labels[grown & ~product()] = 255
+    image = Image.fromarray(labels, "P")
+    palette = [0, 0, 0, 128, 0, 0] + [0] * 759 + [224, 224, 192]
+    image.putpalette(palette)
     return png(image)
 
 
@@ -131,6 +144,7 @@ def premultiplied_grey_cut_out() -> bytes:
         white_on_black(),
         label_mask(),
         voc_palette_mask(),
+        voc_palette_mask_with_void_border(),
         cut_out(),
         with_broken_exif(white_on_black()),
         with_broken_exif(cut_out()),
@@ -141,6 +155,7 @@ def premultiplied_grey_cut_out() -> bytes:
         "white-on-black",
         "0-1-labels",
         "voc-palette",
+        "voc-palette-void-border",
         "cut-out",
         "broken-exif",
         "cut-out-broken-exif",

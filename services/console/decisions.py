@@ -97,10 +97,10 @@ def read_edited_mask(data: bytes, task: Task, *, max_pixels: int, max_bytes: int
             f"the mask is {width}x{height}; the generated image is {image.width}x{image.height}"
         )
     # Decoded once within the limits above, so opening it again is safe.
-    by_alpha, by_label = _alpha_and_labels(data)
+    by_alpha, by_label, labels_first = _alpha_and_labels(data)
     if by_alpha is not None:
         mask = by_alpha
-    elif not mask.any() and by_label is not None:
+    elif by_label is not None and (labels_first or not mask.any()):
         mask = by_label
     product = int(np.count_nonzero(mask))
     if product == 0:
@@ -113,10 +113,15 @@ def read_edited_mask(data: bytes, task: Task, *, max_pixels: int, max_bytes: int
     return mask
 
 
-def _alpha_and_labels(data: bytes) -> tuple[npt.NDArray[np.uint8] | None, npt.NDArray[np.uint8] | None]:
+def _alpha_and_labels(
+    data: bytes,
+) -> tuple[npt.NDArray[np.uint8] | None, npt.NDArray[np.uint8] | None, bool]:
     """The mask an image's transparency draws (None unless some pixels are transparent and some
-    opaque; an all-clear image then reads as its luminance, no product), and the mask of a
-    0/1 label image (None unless its only values are 0 and 1), each aligned by EXIF orientation."""
+    opaque; an all-clear image then reads as its luminance, no product), the mask of a 0/1 label
+    image (None unless its only values are 0 and 1, or, in a palette image, 0, 1 and PASCAL VOC's
+    void index 255), each aligned by EXIF orientation, and whether the labels come before brightness
+    (a VOC mask: its void band along the edge is a bright colour, and read by brightness the band
+    alone was the product). The void band counts as background."""
     with Image.open(io.BytesIO(data)) as opened:
         # As decode_mask read it: a malformed EXIF block loses only its orientation (it was a 500).
         upright = apply_exif_orientation(opened)
@@ -127,11 +132,16 @@ def _alpha_and_labels(data: bytes) -> tuple[npt.NDArray[np.uint8] | None, npt.ND
             # opaque black is background, as its brightness says, not product as its alpha would.
             by_alpha = None
         by_label = None
+        labels_first = False
         if upright.mode in ("L", "P", "I", "I;16"):
             values = np.asarray(upright)
-            if values.size and int(values.max()) == 1 and int(values.min()) == 0:
-                by_label = np.where(values > 0, np.uint8(255), np.uint8(0)).astype(np.uint8)
-    return by_alpha, by_label
+            present = set(np.unique(values).tolist()) if values.size else set()
+            if present == {0, 1}:
+                by_label = np.where(values == 1, np.uint8(255), np.uint8(0)).astype(np.uint8)
+            elif upright.mode == "P" and present == {0, 1, 255}:
+                by_label = np.where(values == 1, np.uint8(255), np.uint8(0)).astype(np.uint8)
+                labels_first = True
+    return by_alpha, by_label, labels_first
 
 
 def _black_and_white_where_opaque(image: Image.Image, opaque: npt.NDArray[np.uint8]) -> bool:
