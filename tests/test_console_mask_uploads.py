@@ -2,7 +2,8 @@
 
 White marks the product; a cut-out is read by its transparency, a 0/1 label mask (or an index-1
 palette mask, VOC's void index 255 as background) by its labels; a mask that marks nothing, or
-everything, is refused (a 422), since it would go to the retraining store as an ``approved`` item with a mask that teaches nothing true.
+everything, is refused (a 422), since it would go to the retraining store as an ``approved`` item
+with a mask that teaches nothing true.
 """
 
 from __future__ import annotations
