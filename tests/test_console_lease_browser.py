@@ -203,3 +203,60 @@ def test_an_idle_page_lets_its_lease_run_out_and_a_key_press_takes_the_item_back
     page.wait_for_url(served.base_url + "/")
     time.sleep(1.0)
     assert tasks.get(served.task_id).state == "pending"
+
+
+def paint_a_stroke(page: Any, served: Served) -> None:
+    box = page.locator("#overlay").bounding_box()
+    scale = box["width"] / served.parts.tasks.get(served.task_id).pending.matted.generated.image.width
+    page.mouse.move(box["x"] + 10 * scale, box["y"] + 20 * scale)
+    page.mouse.down()
+    for x in range(10, 61, 5):
+        page.mouse.move(box["x"] + x * scale, box["y"] + 20 * scale)
+    page.mouse.up()
+
+
+def test_a_renewal_while_the_release_is_answered_does_not_take_the_item_back(
+    served: Served, page: Any
+) -> None:
+    """A renewal tick between the server's release and the page leaving found the item released and
+    claimed it again: the item stayed held by a page that had left it, out of everyone's queue."""
+    tasks = served.parts.tasks
+    open_held_item(page, served)
+
+    def slow_answer(route: Any) -> None:
+        answer = route.fetch()  # released on the server now
+        time.sleep(LEASE_S / 3 + 1.5)  # at least one renewal tick before the page reads the answer
+        route.fulfill(response=answer)
+
+    page.route("**/release", slow_answer)
+    page.keyboard.press("Escape")
+    page.wait_for_url(served.base_url + "/")
+    time.sleep(1.0)
+    assert tasks.get(served.task_id).state == "pending"
+
+
+def test_c_on_a_held_item_keeps_the_painted_mask(served: Served, page: Any) -> None:
+    """`c` claimed the item again and reloaded the page: the painted mask was lost."""
+    open_held_item(page, served)
+    paint_a_stroke(page, served)
+    page.keyboard.press("c")
+    page.wait_for_selector("#status:has-text('holds the item already')")
+    assert page.evaluate("window.notReloaded === true")
+
+
+def test_a_mask_the_browser_cannot_encode_is_said_and_the_next_try_saves(served: Served, page: Any) -> None:
+    """A failed PNG encoding threw before the save, and the page then ignored every decision key."""
+    tasks = served.parts.tasks
+    open_held_item(page, served)
+    paint_a_stroke(page, served)
+    page.evaluate(
+        "() => { window.realToBlob = HTMLCanvasElement.prototype.toBlob;"
+        " HTMLCanvasElement.prototype.toBlob = function (done) { done(null); }; }"
+    )
+    page.keyboard.press("a")
+    page.wait_for_selector("#status:has-text('could not encode the mask')")
+    assert tasks.get(served.task_id).state == "claimed"
+    page.evaluate("() => { HTMLCanvasElement.prototype.toBlob = window.realToBlob; }")
+    page.keyboard.press("a")
+    page.wait_for_selector("body[data-decided='approve_edited']")
+    assert tasks.get(served.task_id).state == "approved"

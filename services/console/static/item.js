@@ -180,7 +180,10 @@
       data.data[p] = v; data.data[p + 1] = v; data.data[p + 2] = v; data.data[p + 3] = 255;
     }
     c.putImageData(data, 0, 0);
-    return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+    return new Promise((resolve, reject) => canvas.toBlob(
+      (blob) => (blob ? resolve(blob) : reject(new Error("the browser could not encode the mask as PNG"))),
+      "image/png",
+    ));
   }
 
   // -- talking to the server --------------------------------------------------------------
@@ -211,6 +214,7 @@
   })();
   const emptyQueue = "/" + (filters ? filters + "&" : "?") + "empty=1";
   let renewal = null; // the lease renewal's timer while this page holds the item
+  let startRenewal = () => {}; // starts it (set below when the page holds the item)
   // The renewal a key press after an idle spell starts: a decision or release waits for it, or it raced
   // them (a release answered first was undone by the re-claim; a decision met the expired lease).
   let reclaim = Promise.resolve();
@@ -233,19 +237,18 @@
     if (!page.held) return say("claim the item first (c)", true);
     if (busy) return;
     busy = true;
-    await reclaim;
-    const form = new FormData();
-    form.append("decision", decision);
-    if (decision === "reject") form.append("reject_reason", rejectReason);
-    if (decision === "approve_edited") {
-      if (!edited) {
-        busy = false;
-        return say("paint on the mask first (or approve the predicted mask with p)", true);
-      }
-      form.append("mask", await maskBlob(), "mask.png");
-    }
-    say("saving " + decision + "…");
+    // Everything up to the answer inside the try: a mask the browser failed to encode threw before it,
+    // and busy stayed set, so every later key did nothing, without a word.
     try {
+      await reclaim;
+      const form = new FormData();
+      form.append("decision", decision);
+      if (decision === "reject") form.append("reject_reason", rejectReason);
+      if (decision === "approve_edited") {
+        if (!edited) return say("paint on the mask first (or approve the predicted mask with p)", true);
+        form.append("mask", await maskBlob(), "mask.png");
+      }
+      say("saving " + decision + "…");
       const result = await post("/api/tasks/" + page.taskId + "/decision", form);
       page.held = false;
       clearInterval(renewal); // decided: a renewal now would read "lease lost" beside the saved decision
@@ -263,15 +266,23 @@
   async function release() {
     if (!page.held) return;
     await reclaim;
+    // No renewal while the release is on its way: one answered after it found the item released and
+    // claimed it again, and the item stayed held by a page that had left it.
+    page.held = false;
+    clearInterval(renewal);
     try {
       await post("/api/tasks/" + page.taskId + "/release");
       window.location.assign("/" + filters);
     } catch (error) {
+      page.held = true;
+      startRenewal();
       say("could not release: " + error.message, true);
     }
   }
 
   async function claim() {
+    // Claiming a held item reloaded the page, and the painted mask with it.
+    if (page.held) return say("this page holds the item already: decide (p, e, a, r) or release it (Esc)");
     try {
       await post("/api/tasks/" + page.taskId + "/claim");
       window.location.reload();
@@ -307,6 +318,7 @@
         troubled = false;
         return;
       } catch (_) { /* claim again below */ }
+      if (!page.held) return; // released or decided meanwhile: the refusal was the release's doing
       try {
         await post("/api/tasks/" + page.taskId + "/claim");
         troubled = false;
@@ -322,7 +334,8 @@
         }
       }
     };
-    renewal = setInterval(renew, Math.max(2000, (page.leaseS * 1000) / 3));
+    startRenewal = () => { renewal = setInterval(renew, Math.max(2000, (page.leaseS * 1000) / 3)); };
+    startRenewal();
     for (const kind of ["keydown", "pointerdown", "wheel"]) {
       window.addEventListener(kind, () => {
         const wasIdle = idle();
