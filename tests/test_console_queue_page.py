@@ -31,3 +31,38 @@ def test_decided_items_are_listed_newest_first_and_a_cut_list_says_so(
         assert "showing 2 of 3 newest first" in page.text, state
     monkeypatch.setattr(pages_module, "QUEUE_PAGE_LIMIT", 200)
     assert "showing" not in client.get("/?state=approved").text
+
+
+def test_a_decided_list_goes_by_decision_time_not_arrival(tmp_path: Path) -> None:
+    """An item that waited long and was decided just now was listed below every later arrival."""
+    from services.console.decisions import record_decision
+    from services.console.tasks import TaskFilter
+    from tests.support.console import flagged_item, pending_envelope
+
+    parts = build_console(tmp_path)
+    arrived = []
+    for index in range(2):
+        envelope = pending_envelope(flagged_item(parts.store, index))
+        parts.tasks.add_pending(envelope)
+        arrived.append(envelope.event_id)
+        parts.clock.advance(60.0)
+    for task_id in reversed(arrived):  # the newer arrival decided first, the older one last
+        parts.tasks.claim(task_id, "alice", 60.0)
+        record_decision(
+            parts.tasks,
+            parts.store,
+            task_id=task_id,
+            reviewer="alice",
+            decision="approve_expected",
+            reject_reason=None,
+            mask_bytes=None,
+            max_pixels=10_000_000,
+            max_bytes=10_000_000,
+        )
+        parts.clock.advance(60.0)
+    listed = [task.task_id for task in parts.tasks.query(TaskFilter(state="approved"))]
+    assert listed == arrived  # the older arrival, decided last, first
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    login(client)
+    page = client.get("/?state=approved")
+    assert re.findall(r'data-task-id="([0-9a-f]{32})"', page.text) == arrived

@@ -151,3 +151,39 @@ def test_hash_password_reads_stdin_and_prints_an_entry_that_verifies(
     assert check_password(parse_users(f"alice:{entry}"), "alice", "s3cret: with spaces")
     monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
     assert cli_main(["console", "hash-password"]) == 2
+
+
+def test_a_locked_session_table_does_not_stall_the_other_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revoked-sessions lookup (SQLite, 30 s busy timeout) ran on the event loop: while the table
+    was locked, every request of the console waited, the login form and /metrics included."""
+    import threading
+
+    parts = build_console(tmp_path)
+    released = threading.Event()
+    entered = threading.Event()
+    real = parts.tasks.session_revoked
+
+    finished = threading.Event()
+
+    def locked(token: str) -> bool:
+        entered.set()
+        released.wait(timeout=10)  # a lock held for 10 s, unless the test lets go sooner
+        finished.set()
+        return real(token)
+
+    with TestClient(app_for(parts), base_url="http://console.test") as client:
+        login(client)
+        monkeypatch.setattr(parts.tasks, "session_revoked", locked)
+        answers: list[int] = []
+        held = threading.Thread(target=lambda: answers.append(client.get("/").status_code))
+        held.start()
+        assert entered.wait(timeout=20), "the queue page never looked its session up"
+        try:
+            assert client.get("/login").status_code == 200
+            assert not finished.is_set(), "the login form waited for the locked lookup"
+        finally:
+            released.set()
+            held.join(timeout=30)
+        assert answers == [200]

@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response as StarletteResponse
 
 from services.console import errors
@@ -47,7 +48,9 @@ async def require_login(request: Request, call_next: CallNext) -> StarletteRespo
         return await call_next(request)
     console: Console = request.app.state.console
     try:
-        session = live_session(console, request.cookies.get(SESSION_COOKIE))
+        # In a worker thread: the revoked-sessions lookup is SQLite (30 s busy timeout), and on the
+        # event loop a locked table stalled every request of the console, /login and /metrics too.
+        session = await run_in_threadpool(live_session, console, request.cookies.get(SESSION_COOKIE))
     except TransientError as exc:  # the revoked-sessions table is locked: retry, as from a route
         return errors.unavailable(exc)
     except BadInput as exc:

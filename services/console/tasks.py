@@ -40,6 +40,7 @@ log = logging.getLogger("skuforge.console.tasks")
 
 TaskState = Literal["pending", "claimed", "approved", "rejected", "withdrawn"]
 STATES: tuple[TaskState, ...] = ("pending", "claimed", "approved", "rejected", "withdrawn")
+DECIDED_STATES: tuple[TaskState, ...] = ("approved", "rejected", "withdrawn")
 # States no one acts on any more.
 CLOSED: tuple[TaskState, ...] = ("approved", "rejected", "withdrawn")
 # Who closes a task whose photo was withdrawn, in the task and its audit entry.
@@ -67,6 +68,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, received_at);
 CREATE INDEX IF NOT EXISTS tasks_by_item ON tasks (sku_id, item_id);
+CREATE INDEX IF NOT EXISTS tasks_by_decision ON tasks (state, decided_at);
 CREATE TABLE IF NOT EXISTS audit (
     audit_id       INTEGER PRIMARY KEY AUTOINCREMENT,
     task_id        TEXT NOT NULL,
@@ -207,6 +209,7 @@ class TaskStore:
             db.execute("ALTER TABLE tasks_with_withdrawn RENAME TO tasks")
             db.execute("CREATE INDEX tasks_by_state ON tasks (state, received_at)")
             db.execute("CREATE INDEX tasks_by_item ON tasks (sku_id, item_id)")
+            db.execute("CREATE INDEX tasks_by_decision ON tasks (state, decided_at)")
             log.info("task table %s now allows the state 'withdrawn'", self.path)
 
     @contextmanager
@@ -298,7 +301,9 @@ class TaskStore:
 
     def query(self, filters: TaskFilter = PENDING, *, limit: int = 200) -> list[Task]:
         """Up to ``limit`` tasks matching ``filters``: oldest first while they wait for a decision
-        (pending, claimed), newest first when decided ones are shown (approved, rejected, all).
+        (pending, claimed), newest first when decided ones are shown: by decision time for a decided
+        state (approved, rejected, withdrawn), by arrival for all. Before, decided lists went by
+        arrival too, so a decision just made on an item that had waited long was far down the list.
 
         A row that no longer reads as a task (stored under an older schema that a later one refuses)
         is left out and logged, not a failure of the whole queue, and the next rows are read in its
@@ -312,7 +317,7 @@ class TaskStore:
                 "tasks",
                 clauses,
                 params,
-                keys=("received_at", "task_id"),
+                keys=("decided_at" if filters.state in DECIDED_STATES else "received_at", "task_id"),
                 newest_first=filters.state not in ("pending", "claimed"),
                 limit=limit,
                 read=Task.from_row,
