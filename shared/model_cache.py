@@ -1,11 +1,15 @@
-"""Model files and folders named by URI, copied once into a local cache.
+"""Model files and folders named by URI, copied into a local cache.
 
 No model is fetched from a hub: a model is one file (an ONNX matting model, a LoRA's weights) or a
 folder in ``save_pretrained`` layout (BLIP, a diffusion pipeline) in an object store (``s3://``,
-``file://``). The first use copies it under the cache directory (``<system temp>/skuforge-models``
-unless configured); every copy is written under a private temporary name and renamed into place, so
-a concurrent reader never loads half a model. A URI inside the caller's own object store is read
-through that store (its client and credentials); any other through ``open_store``.
+``file://``). A folder is copied once under the cache directory (``<system temp>/skuforge-models``
+unless configured) and reused while the store lists the same keys; a file is read from the store at
+each use (the object store has no digest to ask for; our model files are a few MB) and written to
+the cache only when no whole copy of those bytes is there. Every copy is written under a temporary
+name and renamed into place, so a concurrent reader never loads half a model, with the modes the
+process's umask gives (mkstemp's 0600 kept a cache shared with another user's process unreadable).
+A URI inside the caller's own object store is read through that store (its client and
+credentials); any other through ``open_store``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ def cache_dir(configured: Path | str | None = None) -> Path:
     return Path(configured) if configured else Path(tempfile.gettempdir()) / "skuforge-models"
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,6 +50,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     os.close(fd)
     try:
         _write_durably(Path(partial), data)
+        os.chmod(partial, 0o666 & ~_umask())  # as open() would have made it, not mkstemp's 0600
         os.replace(partial, path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
@@ -131,6 +143,7 @@ def fetch_directory(
     base.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(dir=base, prefix=".partial-"))
     try:
+        os.chmod(partial, 0o777 & ~_umask())  # as mkdir would have made it, not mkdtemp's 0700
         sizes: dict[str, int] = {}
         for key in keys:
             path = partial.joinpath(*key.split("/"))

@@ -106,6 +106,23 @@ def test_fetch_file_replaces_a_damaged_cached_copy(tmp_path: Path) -> None:
     assert again.read_bytes() == model
 
 
+def test_cached_models_get_the_modes_the_umask_gives(tmp_path: Path) -> None:
+    """mkstemp and mkdtemp make 0600 files and 0700 folders: a cache shared with a process of another
+    user (Triton's, say) could not read the copies, though the umask allowed it."""
+    source = FileStore(tmp_path / "models")
+    uri = source.put_bytes("matting/model.onnx", b"onnx" * 100).uri
+    folder_uri = _model_folder(source, "blip")
+    previous = os.umask(0o022)
+    try:
+        cached = fetch_file(uri, tmp_path / "cache")
+        folder = fetch_directory(folder_uri, tmp_path / "cache")
+    finally:
+        os.umask(previous)
+    assert cached.stat().st_mode & 0o777 == 0o644
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert (folder / "weights.bin").stat().st_mode & 0o777 == 0o644
+
+
 def test_fetch_directory_replaces_a_truncated_cached_copy(tmp_path: Path) -> None:
     source = FileStore(tmp_path / "models")
     uri = _model_folder(source, "blip")
