@@ -764,6 +764,32 @@ def test_the_prometheus_rule_holds_the_groups_of_every_rules_file(helm: str) -> 
     assert rule["spec"]["groups"] == expected
 
 
+def test_triton_down_waits_triton_s_start_up_and_rule_labels_reach_every_alert(helm: str) -> None:
+    """SkuforgeTritonDown paged after 15 minutes even where triton.startupSeconds allowed a start of
+    30; and on a shared Prometheus nothing but severity told the cluster's Alertmanager whose alerts
+    these were."""
+    (rule,) = of_kind(
+        render(
+            helm,
+            "triton.startupSeconds=1800",
+            "monitoring.ruleLabels.team=retail-ml",
+            "monitoring.ruleLabels.severity=overridden",
+        ),
+        "PrometheusRule",
+    ).values()
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r}
+    assert alerts["SkuforgeTritonDown"]["for"] == "30m"
+    assert len(alerts) > 10
+    for name, alert in alerts.items():
+        assert alert["labels"]["team"] == "retail-ml", name
+        assert alert["labels"]["severity"] in ("page", "ticket"), name  # its own severity wins
+    records = [r for group in rule["spec"]["groups"] for r in group["rules"] if "record" in r]
+    assert records and all("team" not in r.get("labels", {}) for r in records)
+    (default,) = of_kind(render(helm, "triton.startupSeconds=300"), "PrometheusRule").values()
+    by_name = {r.get("alert"): r for group in default["spec"]["groups"] for r in group["rules"]}
+    assert by_name["SkuforgeTritonDown"]["for"] == "15m"  # never sooner than the file says
+
+
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     """A Kubernetes label selector (matchLabels, and In/NotIn expressions) against pod labels."""
     if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
