@@ -78,8 +78,11 @@ def service_registries() -> Iterator[dict[str, CollectorRegistry]]:
     from services.trainstore.stage import TrainstoreMetrics
     from shared.generation.scenes import SCENES_SKIPPED
     from shared.observability import StageMetrics
+    from shared.runtime import loading_registry
 
     registries = {"every stage and the console": StageMetrics("any").registry}
+    # Served on the stage's port while it opens its models (run_stage_loading), before the above.
+    registries["captioner, generator, matting (loading)"] = loading_registry("any")
     for services, metrics_class in (
         ("generator", GeneratorMetrics),
         ("matting", MattingMetrics),

@@ -52,6 +52,7 @@ from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 from PIL import Image
+from prometheus_client import CollectorRegistry, Gauge
 from pydantic import BaseModel, ValidationError
 
 from schemas.common import ObjectRef
@@ -1076,3 +1077,43 @@ def run_stage(stage: Stage) -> int:
     """Entry point used by each service's ``main()``: logging from settings, then run."""
     configure_logging(stage.settings.log_level, stage.settings.log_format)
     return stage.run()
+
+
+def loading_registry(name: str) -> CollectorRegistry:
+    """What a stage's port serves while its models load (``run_stage_loading``)."""
+    registry = CollectorRegistry()
+    loading = Gauge(
+        "skuforge_stage_loading",
+        "1 while the stage opens its models, before it joins its consumer group (its own metrics then)",
+        ["stage"],
+        registry=registry,
+    )
+    loading.labels(name).set(1)
+    return registry
+
+
+def run_stage_loading(name: str, default_metrics_port: int, build: Callable[[], Stage]) -> int:
+    """``run_stage(build())`` for a stage that opens models first, answering on the stage's metrics
+    port meanwhile: /metrics (``skuforge_stage_loading`` 1), /healthz 200 and /readyz 503.
+
+    Before, nothing listened while a captioner copied its VLM from S3: the pod's startup probe
+    killed a load longer than five minutes, and Prometheus saw the target down (SkuforgeStageDown
+    paged after two). A load that never ends leaves the pod unready (SkuforgePodsUnavailable).
+    """
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    registry = loading_registry(name)
+    started = time.monotonic()
+    health = HealthServer(
+        registry,
+        host=settings.metrics_host,
+        port=settings.metrics_port if settings.metrics_port is not None else default_metrics_port,
+        ready=lambda: False,
+        stale_after_s=float("inf"),
+    ).start()
+    try:
+        stage = build()
+    finally:
+        health.stop()  # the stage's own server takes the port in run()
+    log.info("stage models opened", extra={"stage": name, "seconds": round(time.monotonic() - started, 1)})
+    return run_stage(stage)

@@ -622,3 +622,44 @@ def test_a_keyboard_interrupt_in_a_batch_handler_is_not_taken_for_a_poison_event
     with pytest.raises(KeyboardInterrupt):
         stage._process_batch({tp: records})
     assert consumer.committed == {} and producer.acked == []
+
+
+def test_a_stage_answers_on_its_port_while_its_models_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing listened while a captioner copied its VLM from S3: the startup probe killed a load over
+    five minutes, and SkuforgeStageDown paged after two. Now /metrics and /healthz answer, /readyz
+    says not ready, and the port is free for the stage's own server once the models are open."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from devstack.broker import free_port
+    from shared.runtime import run_stage_loading
+
+    port = free_port()
+    monkeypatch.setenv("SKUFORGE_METRICS_PORT", str(port))
+    seen: dict[str, object] = {}
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as refused:
+            return refused.code, refused.read().decode()
+
+    class Loaded(Exception):
+        """Stands for the stage built: the test stops before it would join a group."""
+
+    def build() -> Stage:
+        seen["metrics"] = get("/metrics")
+        seen["healthz"] = get("/healthz")
+        seen["readyz"] = get("/readyz")
+        raise Loaded
+
+    with pytest.raises(Loaded):
+        run_stage_loading("captioner", 1, build)
+    status, metrics = seen["metrics"]  # type: ignore[misc]
+    assert status == 200 and 'skuforge_stage_loading{stage="captioner"} 1.0' in metrics
+    assert seen["healthz"][0] == 200 and seen["readyz"][0] == 503  # type: ignore[index]
+    with socket.socket() as probe:  # released for the stage's own health server
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))

@@ -82,7 +82,7 @@ from shared.matting.session import (
     open_session,
 )
 from shared.photos import refuse_too_small
-from shared.runtime import Context, Emit, Stage, run_stage
+from shared.runtime import Context, Emit, Stage, run_stage_loading
 from shared.store import ObjectStore
 
 ATTRIBUTES_BACKEND = "attributes/1"
@@ -490,7 +490,7 @@ def build_stage(
 
 def main() -> int:
     """Run the captioner stage until SIGTERM."""
-    return run_stage(build_stage())
+    return run_stage_loading(CAPTIONER.name, CAPTIONER.default_metrics_port, build_stage)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ from shared.generation.backend import COLOUR_GAIN_KEY, cutout_sources, is_pile
 from shared.generation.composite import COMPOSITE_PARAMETERS, product_framing
 from shared.generation.settings import GenerationSettings
 from shared.images import decode_image, decode_mask
-from shared.runtime import Context, Emit, Stage, run_stage
+from shared.runtime import Context, Emit, Stage, run_stage_loading
 
 STAGE_NAME = GENERATOR.name
 # The kinds of skuforge_triton_errors_total (its help text says what each means).
@@ -374,7 +374,7 @@ def build_stage(
 
 def main() -> int:
     """Run the generator stage until SIGTERM."""
-    return run_stage(build_stage())
+    return run_stage_loading(GENERATOR.name, GENERATOR.default_metrics_port, build_stage)
 
 
 if __name__ == "__main__":

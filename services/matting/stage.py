@@ -59,7 +59,7 @@ from shared.matting.session import (
     MattingSession,
     open_session,
 )
-from shared.runtime import Context, Emit, Stage, run_stage
+from shared.runtime import Context, Emit, Stage, run_stage_loading
 from shared.store import ObjectStore
 
 FRACTION_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0)
@@ -237,7 +237,7 @@ def build_stage(
 
 def main() -> int:
     """Run the matting stage until SIGTERM."""
-    return run_stage(build_stage())
+    return run_stage_loading(MATTING.name, MATTING.default_metrics_port, build_stage)
 
 
 if __name__ == "__main__":
