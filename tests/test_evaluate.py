@@ -940,6 +940,22 @@ def test_a_heldout_hash_also_sees_the_photo_mirrored() -> None:
         check_no_near_duplicates([("held.jpg", held[:32])], scenes=[])
 
 
+def test_a_photo_with_detail_along_one_axis_only_is_still_checked() -> None:
+    """Stripes: detail as shown, none turned a quarter (the hash compares left-right neighbours). One
+    variant without detail dropped the whole part; with no plain border to fall back on, the photo had
+    no held-out hash, and a plain resized copy of it went into training unseen."""
+    rng = np.random.default_rng(5)
+    columns = np.repeat(rng.integers(0, 256, size=32), 20).astype(np.uint8)
+    stripes = Image.fromarray(np.tile(columns, (480, 1)), "L").convert("RGB")
+    assert perceptual_hash(encode_png(stripes.rotate(90, expand=True))) is None  # that variant: no detail
+    held = heldout_hash(encode_png(stripes))
+    assert held is not None
+    copy = perceptual_hash(encode_jpeg(stripes.resize((320, 240), Image.Resampling.LANCZOS)))
+    assert copy is not None
+    with pytest.raises(LeakageError, match=r"copy.jpg looks like a copy of held-out held.png .*resized"):
+        check_no_near_duplicates([("held.png", held)], scenes=[("copy.jpg", copy)])
+
+
 @pytest.mark.parametrize("angle", [90, 180, 270])
 def test_a_heldout_hash_also_sees_the_photo_turned(angle: int) -> None:
     # A phone photo saved again without its EXIF orientation is the same photo turned a quarter or half

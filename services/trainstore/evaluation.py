@@ -289,8 +289,9 @@ def _cached_hash(
     by their sha256 (a PNG phone photo decodes in about a second); an empty entry is "no hash"."""
     # Each kind is named by what it covers, so a cache of an older kind is never read as this one:
     # until 2026-12-03 a product shot was hashed by its whole frame, not by its content inside the
-    # plain border, and held-out values were half as long.
-    kind = "dhash256-frame-content-mirrored-turned" if heldout else "dhash256-content"
+    # plain border, and held-out values were half as long; until 2026-12-04 one variant without
+    # detail dropped its part (so a photo could read "no hash" that has one now).
+    kind = "dhash256-frame-content-mirrored-turned-each" if heldout else "dhash256-content"
     cached = None if cache_dir is None else cache_dir / kind / sha256
     if cached is not None and cached.is_file():
         return bytes.fromhex(cached.read_text().strip()) or None

@@ -91,7 +91,7 @@ def heldout_hash(data: bytes) -> bytes | None:
     turned one (a phone photo saved again without its EXIF orientation) are caught as well as a resized
     one, and a copy is compared by the same part of the photo whichever part ``perceptual_hash`` takes
     of it. Where the photo has no plain border, or one of the two parts has too little detail in one of
-    its variants, the other part stands in for it; None when neither can be hashed."""
+    all its variants, the other part stands in for it; None when neither can be hashed."""
     views = _views(data)
     if views is None:
         return None
@@ -102,17 +102,23 @@ def heldout_hash(data: bytes) -> bytes | None:
 
 
 def _variant_hashes(view: _View) -> bytes | None:
-    """The hashes of ``view`` in the order of ``_VARIANTS``; None when one of them has too little detail."""
-    hashes = []
+    """The hashes of ``view`` in the order of ``_VARIANTS``; None when none of them has enough detail.
+
+    A variant with too little detail (stripes along one axis turned across it: the hash compares
+    left-right neighbours only) takes the first informative variant's hash in its place. A copy
+    turned that way has no hash of its own either (``perceptual_hash`` is None), so the stand-in
+    matches nothing that variant would have; before, one such variant dropped the whole part, and a
+    photo with no plain border was left unchecked, its plain copies included."""
+    hashes: list[bytes | None] = []
     for turn in _TURNS:
         pixels = view.thumbnail(turn=turn)
         shown = _difference_hash(pixels)
-        if shown is None:
-            return None
-        mirrored = _difference_hash(pixels[:, ::-1])
-        assert mirrored is not None  # the same steps, in the other order
+        mirrored = None if shown is None else _difference_hash(pixels[:, ::-1])  # the same steps, mirrored
         hashes += [shown, mirrored]
-    return b"".join(hashes)
+    informative = next((value for value in hashes if value is not None), None)
+    if informative is None:
+        return None
+    return b"".join(value if value is not None else informative for value in hashes)
 
 
 # A plain border (a studio background) is trimmed before hashing: a product 30% of the frame wide on
