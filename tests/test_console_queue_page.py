@@ -35,9 +35,8 @@ def test_decided_items_are_listed_newest_first_and_a_cut_list_says_so(
 
 def test_a_decided_list_goes_by_decision_time_not_arrival(tmp_path: Path) -> None:
     """An item that waited long and was decided just now was listed below every later arrival."""
-    from services.console.decisions import record_decision
     from services.console.tasks import TaskFilter
-    from tests.support.console import flagged_item, pending_envelope
+    from tests.support.console import approve, flagged_item, pending_envelope
 
     parts = build_console(tmp_path)
     arrived = []
@@ -47,18 +46,7 @@ def test_a_decided_list_goes_by_decision_time_not_arrival(tmp_path: Path) -> Non
         arrived.append(envelope.event_id)
         parts.clock.advance(60.0)
     for task_id in reversed(arrived):  # the newer arrival decided first, the older one last
-        parts.tasks.claim(task_id, "alice", 60.0)
-        record_decision(
-            parts.tasks,
-            parts.store,
-            task_id=task_id,
-            reviewer="alice",
-            decision="approve_expected",
-            reject_reason=None,
-            mask_bytes=None,
-            max_pixels=10_000_000,
-            max_bytes=10_000_000,
-        )
+        approve(parts, task_id)
         parts.clock.advance(60.0)
     listed = [task.task_id for task in parts.tasks.query(TaskFilter(state="approved"))]
     assert listed == arrived  # the older arrival, decided last, first

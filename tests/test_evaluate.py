@@ -551,8 +551,16 @@ def test_a_heldout_sku_without_a_usable_real_image_is_refused(
     (heldout / "SKU-GREY" / "a.jpg").write_bytes(encode_jpeg(colour_photo((120, 120, 120), 7)))
     assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 2
     err = capsys.readouterr().err
-    assert "held-out SKU(s) with no usable real image in the store: SKU-GREY" in err
+    assert "held-out SKU(s) with no usable real image in the store: SKU-GREY (the captioner found" in err
     assert not (tmp_path / "eval").exists()
+    # Withdrawn: the hint was the same ("unusable or withdrawn, or there are none"); ingesting the
+    # folder again is what brings such photos back.
+    withdrawn = ManifestRow(
+        item_id="p1", sku_id="SKU-GREY", category="soda can", source="real", status="withdrawn"
+    )
+    colour_store.append("SKU-GREY", [withdrawn])
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 2
+    assert "SKU-GREY (its real photos were withdrawn: ingest its folder again" in capsys.readouterr().err
 
 
 def test_a_single_heldout_sku_is_refused(

@@ -217,6 +217,17 @@ def as_ingested(photos: Sequence[Photo], cache_dir: Path | None) -> list[tuple[s
     return items
 
 
+def _why_no_real(statuses: set[str]) -> str:
+    """Why a SKU has no usable real image, from the statuses of its real rows, and what to do."""
+    if not statuses:
+        return "no real photo was ingested: ingest its folder"
+    if statuses == {"withdrawn"}:
+        return "its real photos were withdrawn: ingest its folder again to reinstate them"
+    if "withdrawn" not in statuses:
+        return "the captioner found its real photos unusable: ingest clearer photos of it"
+    return "its real photos were withdrawn or found unusable: ingest usable photos of it"
+
+
 def heldout_hashes(
     photos: Sequence[Photo], cache_dir: Path | None
 ) -> tuple[list[tuple[str, bytes]], list[Photo]]:
@@ -441,10 +452,16 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     with_real = {row.sku_id for row in evaluated if row.source == "real" and row.trainable and row.image}
     no_real = [sku for sku in heldout_skus if sku not in with_real]
     if no_real:
+        # Each SKU says why: "unusable or withdrawn, or none" left the reader to find out which, and
+        # the fix differs (a withdrawn photo comes back by ingesting its folder again).
+        real_statuses: dict[str, set[str]] = {}
+        for row in evaluated:
+            if row.source == "real":
+                real_statuses.setdefault(row.sku_id, set()).add(row.status)
         raise EvaluateRefused(
-            f"held-out SKU(s) with no usable real image in the store: {', '.join(no_real)} (their "
-            "real photos are unusable or withdrawn, or there are none); ingest usable photos "
-            "of them or remove their held-out folders"
+            "held-out SKU(s) with no usable real image in the store: "
+            + "; ".join(f"{sku} ({_why_no_real(real_statuses.get(sku, set()))})" for sku in no_real)
+            + "; or remove their held-out folders"
         )
     plan = plan_export(
         evaluated,

@@ -151,20 +151,25 @@ def decided(parts: ConsoleParts, count: int, *, first: int = 0) -> list[str]:
     for index in range(first, first + count):
         envelope = pending_envelope(flagged_item(parts.store, index))
         parts.tasks.add_pending(envelope)
-        parts.tasks.claim(envelope.event_id, "alice", 60.0)
-        record_decision(
-            parts.tasks,
-            parts.store,
-            task_id=envelope.event_id,
-            reviewer="alice",
-            decision="approve_expected",
-            reject_reason=None,
-            mask_bytes=None,
-            max_pixels=10_000_000,
-            max_bytes=10_000_000,
-        )
+        approve(parts, envelope.event_id)
         task_ids.append(envelope.event_id)
     return task_ids
+
+
+def approve(parts: ConsoleParts, task_id: str) -> None:
+    """alice claims the pending task and approves its expected mask."""
+    parts.tasks.claim(task_id, "alice", 60.0)
+    record_decision(
+        parts.tasks,
+        parts.store,
+        task_id=task_id,
+        reviewer="alice",
+        decision="approve_expected",
+        reject_reason=None,
+        mask_bytes=None,
+        max_pixels=10_000_000,
+        max_bytes=10_000_000,
+    )
 
 
 def login(client: Any, reviewer: str = "alice", password: str | None = None) -> str:
