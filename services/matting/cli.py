@@ -126,16 +126,32 @@ def main(argv: list[str] | None = None) -> int:
         help="JSON whose 'bench_catalogue' and 'reserved_train' list the photos kept out of training",
     )
     real.add_argument("--official", type=Path, default=None, help="official U2-NetP ONNX (pseudo-labels)")
-    real.add_argument("--instore", type=non_negative_int, default=0)
-    real.add_argument("--composites", type=non_negative_int, default=1100)
-    real.add_argument("--seed", type=non_negative_int, default=12)
+    real.add_argument(
+        "--instore",
+        type=non_negative_int,
+        default=0,
+        help="train-split fruit and vegetable photos to pseudo-label with the official model (only "
+        "confident masks of one held item are kept)",
+    )
+    real.add_argument(
+        "--composites",
+        type=non_negative_int,
+        default=1100,
+        help="cut-outs pasted on defocused train-split in-store photos (the committed model: 1400)",
+    )
+    real.add_argument("--seed", type=non_negative_int, default=12, help="draws the copies and composites")
     real.add_argument(
         "--reflection-share",
         type=float,
         default=0.0,
         help="share of the catalogue copies given a glossy-floor reflection, labelled background",
     )
-    real.add_argument("--out", type=Path, default=Path("var/matting/real-pairs"))
+    real.add_argument(
+        "--out",
+        type=Path,
+        default=Path("var/matting/real-pairs"),
+        help="a new or empty folder: images/ and masks/ for `train --extra`",
+    )
 
     evaluate = sub.add_parser("eval", help="held-out mean IoU and MAE of an ONNX model")
     evaluate.add_argument("model_path", type=Path)
