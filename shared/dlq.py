@@ -575,8 +575,8 @@ def original_record(letter: DeadLetter, store: ObjectStore) -> tuple[bytes | Non
         raise DlqError(f"cannot replay {where}: {exc}") from exc
     except binascii.Error as exc:
         raise OriginalUnreadable(
-            f"cannot replay {letter.original_topic}@{letter.original_offset}: its original bytes are not "
-            f"valid base64 ({exc}); leave it out with --reason or --since"
+            f"cannot replay {where}: its original bytes are not valid base64 ({exc}); "
+            "leave it out with --reason or --since"
         ) from exc
 
 

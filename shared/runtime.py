@@ -1116,4 +1116,4 @@ def run_stage_loading(name: str, default_metrics_port: int, build: Callable[[], 
     finally:
         health.stop()  # the stage's own server takes the port in run()
     log.info("stage models opened", extra={"stage": name, "seconds": round(time.monotonic() - started, 1)})
-    return run_stage(stage)
+    return stage.run()  # logging is configured above

@@ -136,11 +136,9 @@ def _alpha_and_labels(
         if upright.mode in ("L", "P", "I", "I;16"):
             values = np.asarray(upright)
             present = set(np.unique(values).tolist()) if values.size else set()
-            if present == {0, 1}:
+            labels_first = upright.mode == "P" and present == {0, 1, 255}
+            if present == {0, 1} or labels_first:
                 by_label = np.where(values == 1, np.uint8(255), np.uint8(0)).astype(np.uint8)
-            elif upright.mode == "P" and present == {0, 1, 255}:
-                by_label = np.where(values == 1, np.uint8(255), np.uint8(0)).astype(np.uint8)
-                labels_first = True
     return by_alpha, by_label, labels_first
 
 

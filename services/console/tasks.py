@@ -40,7 +40,6 @@ log = logging.getLogger("skuforge.console.tasks")
 
 TaskState = Literal["pending", "claimed", "approved", "rejected", "withdrawn"]
 STATES: tuple[TaskState, ...] = ("pending", "claimed", "approved", "rejected", "withdrawn")
-DECIDED_STATES: tuple[TaskState, ...] = ("approved", "rejected", "withdrawn")
 # States no one acts on any more.
 CLOSED: tuple[TaskState, ...] = ("approved", "rejected", "withdrawn")
 # Who closes a task whose photo was withdrawn, in the task and its audit entry.
@@ -317,7 +316,7 @@ class TaskStore:
                 "tasks",
                 clauses,
                 params,
-                keys=("decided_at" if filters.state in DECIDED_STATES else "received_at", "task_id"),
+                keys=("decided_at" if filters.state in CLOSED else "received_at", "task_id"),
                 newest_first=filters.state not in ("pending", "claimed"),
                 limit=limit,
                 read=Task.from_row,
