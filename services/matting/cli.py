@@ -4,9 +4,9 @@ shrink the model."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         from shared.matting.u2net import average_weights, build_model, export_onnx, load_reference_state_dict
+        from shared.model_cache import write_atomically
 
         try:
             model = load_reference_state_dict(build_model(args.model), average_weights(args.weights))
@@ -300,13 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(exc))
         onnx_path = export_onnx(model, args.out)
         if args.pth is not None:  # after the ONNX file: a failed export leaves both as they were
-            args.pth.parent.mkdir(parents=True, exist_ok=True)
-            partial = args.pth.with_name(f".{args.pth.name}.partial-{os.getpid()}")
-            try:
-                torch.save(model.state_dict(), partial)
-                partial.replace(args.pth)
-            finally:
-                partial.unlink(missing_ok=True)
+            weights = io.BytesIO()
+            torch.save(model.state_dict(), weights)
+            write_atomically(args.pth, weights.getvalue())
         print(
             json.dumps(
                 {

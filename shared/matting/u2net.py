@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -406,62 +407,52 @@ def export_onnx(
     ``size_px`` is only the square size traced with (320, U2-Net's training size, is what callers feed).
     The model's training/eval mode is restored afterwards.
     """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # Exported, rewritten and checked beside the target, then renamed over it: a crash or a failed check
-    # half-way left a truncated or unchecked file in place of a working model (perhaps the served one).
-    partial = final.with_name(f".{final.name}.partial-{os.getpid()}")
-    try:
-        _export_onnx_to(model, partial, size_px=size_px, opset=opset)
-        partial.replace(final)
-    finally:
-        partial.unlink(missing_ok=True)
-    return final
-
-
-def _export_onnx_to(model: nn.Module, out: Path, *, size_px: int, opset: int) -> None:
     import onnx
 
     from shared.matting.graph import split_wide_concats
+    from shared.model_cache import write_atomically
 
     device = next(model.parameters()).device
     dummy = torch.zeros(1, 3, size_px, size_px, device=device)
     dynamic = {0: "batch", 2: "height", 3: "width"}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            traced_shapes = [tuple(t.shape) for t in model(dummy)]
-        # The legacy TorchScript exporter, deliberately. The dynamo exporter gives the same numbers but on
-        # 2 CPU cores takes ~25 s for U2-NetP instead of ~2 s, has no opset-17 implementations (it emits 18
-        # and down-converts through a fallback), writes weights to a side ``.data`` file unless told not to,
-        # and needs a batch > 1 example to keep the batch dynamic. Its deprecation warnings are therefore
-        # expected noise here.
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning
-            )
-            warnings.filterwarnings(
-                "ignore", message="The feature will be removed", category=DeprecationWarning
-            )
-            torch.onnx.export(
-                model,
-                (dummy,),
-                str(out),
-                input_names=[ONNX_INPUT_NAME],
-                output_names=list(ONNX_OUTPUT_NAMES),
-                dynamic_axes={name: dynamic for name in (ONNX_INPUT_NAME, *ONNX_OUTPUT_NAMES)},
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-    finally:
-        model.train(was_training)
+    # The exporter writes a file: a scratch folder's, never the target (written last, below).
+    with tempfile.TemporaryDirectory(prefix="skuforge-onnx-") as scratch:
+        exported = Path(scratch) / "exported.onnx"
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                traced_shapes = [tuple(t.shape) for t in model(dummy)]
+            # The legacy TorchScript exporter, deliberately. The dynamo exporter gives the same numbers but
+            # on 2 CPU cores takes ~25 s for U2-NetP instead of ~2 s, has no opset-17 implementations (it
+            # emits 18 and down-converts through a fallback), writes weights to a side ``.data`` file unless
+            # told not to, and needs a batch > 1 example to keep the batch dynamic. Its deprecation warnings
+            # are therefore expected noise here.
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning
+                )
+                warnings.filterwarnings(
+                    "ignore", message="The feature will be removed", category=DeprecationWarning
+                )
+                torch.onnx.export(
+                    model,
+                    (dummy,),
+                    str(exported),
+                    input_names=[ONNX_INPUT_NAME],
+                    output_names=list(ONNX_OUTPUT_NAMES),
+                    dynamic_axes={name: dynamic for name in (ONNX_INPUT_NAME, *ONNX_OUTPUT_NAMES)},
+                    opset_version=opset,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
+        finally:
+            model.train(was_training)
+        proto = onnx.load(str(exported))
 
     # The exporter's symbolic shape inference mislabels the channel axis of the resized side outputs
     # (d2..d6 come out declared as [batch, width, height, width]); the values are right, only the declared
     # shapes are not, so they are rewritten from the traced ones.
-    proto = onnx.load(str(out))
     for value, shape in zip(proto.graph.output, traced_shapes, strict=True):
         dims = value.type.tensor_type.shape.dim
         for axis, (dim, size) in enumerate(zip(dims, shape, strict=True)):
@@ -472,4 +463,9 @@ def _export_onnx_to(model: nn.Module, out: Path, *, size_px: int, opset: int) ->
     # The widest concat becomes two convolutions: same numbers, 0.4 GB less peak memory at batch 8.
     split_wide_concats(proto, size_px=size_px)
     onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, str(out))
+    # Exported, rewritten and checked in memory, then written beside the target and renamed over it: a
+    # crash or a failed check half-way left a truncated or unchecked file in place of a working model
+    # (perhaps the served one).
+    final = Path(path)
+    write_atomically(final, proto.SerializeToString())
+    return final
