@@ -36,7 +36,7 @@ def test_decided_items_are_listed_newest_first_and_a_cut_list_says_so(
 def test_a_decided_list_goes_by_decision_time_not_arrival(tmp_path: Path) -> None:
     """An item that waited long and was decided just now was listed below every later arrival."""
     from services.console.tasks import TaskFilter
-    from tests.support.console import approve, flagged_item, pending_envelope
+    from tests.support.console import decide_as_alice, flagged_item, pending_envelope
 
     parts = build_console(tmp_path)
     arrived = []
@@ -46,7 +46,7 @@ def test_a_decided_list_goes_by_decision_time_not_arrival(tmp_path: Path) -> Non
         arrived.append(envelope.event_id)
         parts.clock.advance(60.0)
     for task_id in reversed(arrived):  # the newer arrival decided first, the older one last
-        approve(parts, task_id)
+        decide_as_alice(parts, task_id)
         parts.clock.advance(60.0)
     listed = [task.task_id for task in parts.tasks.query(TaskFilter(state="approved"))]
     assert listed == arrived  # the older arrival, decided last, first

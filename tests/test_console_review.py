@@ -19,7 +19,15 @@ from services.console.decisions import mask_from_ref, record_decision
 from services.console.labelstudio import export_tasks, import_annotations, mask_to_rle
 from services.console.tasks import Task, TaskConflict
 from shared.images import decode_mask, encode_png
-from tests.support.console import ConsoleParts, app_for, build_console, flagged_item, login, pending_envelope
+from tests.support.console import (
+    ConsoleParts,
+    app_for,
+    build_console,
+    decide_as_alice,
+    flagged_item,
+    login,
+    pending_envelope,
+)
 
 
 @pytest.fixture
@@ -281,18 +289,7 @@ def test_one_unreadable_task_leaves_the_queue_and_the_relay_working(parts: Conso
     assert page.status_code == 502 and "no longer reads" in page.text
     assert parts.tasks.counts()["pending"] == 2  # still counted: the backlog alert sees it
     for task_id in ids[1:]:
-        parts.tasks.claim(task_id, "alice", 60.0)
-        record_decision(
-            parts.tasks,
-            parts.store,
-            task_id=task_id,
-            reviewer="alice",
-            decision="reject",
-            reject_reason="blurry",
-            mask_bytes=None,
-            max_pixels=10**8,
-            max_bytes=10**8,
-        )
+        decide_as_alice(parts, task_id, "reject", "blurry")
     _spoil(parts, "outbox", ids[1])
     assert [event.task_id for event in parts.tasks.unpublished()] == [ids[2]]
     assert parts.tasks.unpublished_count() == 2

@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from schemas.common import SkuMetadata
 from schemas.envelope import Envelope, derive_id
-from schemas.events import CorrectionPending, GateCheck, ImageGenerated, ImageMatted
+from schemas.events import CorrectionPending, Decision, GateCheck, ImageGenerated, ImageMatted
 from schemas.topics import CORRECTION_PENDING
 from services.console.app import create_app
 from services.console.config import ConsoleSettings
@@ -151,21 +151,26 @@ def decided(parts: ConsoleParts, count: int, *, first: int = 0) -> list[str]:
     for index in range(first, first + count):
         envelope = pending_envelope(flagged_item(parts.store, index))
         parts.tasks.add_pending(envelope)
-        approve(parts, envelope.event_id)
+        decide_as_alice(parts, envelope.event_id)
         task_ids.append(envelope.event_id)
     return task_ids
 
 
-def approve(parts: ConsoleParts, task_id: str) -> None:
-    """alice claims the pending task and approves its expected mask."""
+def decide_as_alice(
+    parts: ConsoleParts,
+    task_id: str,
+    decision: Decision = "approve_expected",
+    reject_reason: str | None = None,
+) -> None:
+    """alice claims the pending task and records ``decision`` (no mask file) on it."""
     parts.tasks.claim(task_id, "alice", 60.0)
     record_decision(
         parts.tasks,
         parts.store,
         task_id=task_id,
         reviewer="alice",
-        decision="approve_expected",
-        reject_reason=None,
+        decision=decision,
+        reject_reason=reject_reason,
         mask_bytes=None,
         max_pixels=10_000_000,
         max_bytes=10_000_000,
