@@ -42,6 +42,41 @@ TINY_TRAINING = [
 ]
 
 
+def test_kept_checkpoints_are_each_steps_weights_and_export_averages_them(tmp_path: Path) -> None:
+    """Checkpoint averaging (the committed recipe) needs the weights of several steps; the checkpoint
+    itself is overwritten each time. --keep-checkpoints keeps each step's weights beside it."""
+    from shared.matting.u2net import read_weights
+
+    out, checkpoint = tmp_path / "tiny.onnx", tmp_path / "ck.pt"
+    code = matting_cli(
+        ["train", "--steps", "4", "--checkpoint-every", "2", "--keep-checkpoints", *TINY_TRAINING,
+         "--low-res-fraction", "1", "--out", str(out), "--checkpoint", str(checkpoint)]
+    )  # fmt: skip
+    assert code == 0
+    kept = sorted(path.name for path in tmp_path.glob("ck-step*.pth"))
+    assert kept == ["ck-step00002.pth", "ck-step00004.pth"]
+    key = "stage1.rebnconvin.conv_s1.weight"
+    second, fourth = (read_weights(tmp_path / name)[key] for name in kept)
+    assert not second.equal(fourth)  # two steps of training apart
+    assert fourth.equal(read_weights(out.with_suffix(".pth"))[key])  # the last is what was exported
+    averaged = tmp_path / "mean.onnx"
+    assert matting_cli(["export", *(str(tmp_path / name) for name in kept), "--out", str(averaged)]) == 0
+
+
+def test_train_on_cuda_without_a_gpu_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(SystemExit) as exited:
+        matting_cli(["train", "--device", "cuda", *TINY_TRAINING, "--out", str(tmp_path / "m.onnx")])
+    assert exited.value.code == 2
+    assert "--device cuda: torch sees no CUDA device here" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_train_cli_writes_onnx_weights_and_card(tmp_path: Path) -> None:
     out = tmp_path / "tiny.onnx"

@@ -76,6 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seed", type=non_negative_int, default=1)
     train.add_argument("--threads", type=positive_int, default=2)
     train.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where the steps run; cuda needs an NVIDIA GPU that torch sees (a checkpoint resumes on either)",
+    )
+    train.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="also keep each checkpoint's weights as CHECKPOINT-stepNNNNN.pth, for averaging with export",
+    )
+    train.add_argument(
         "--out",
         type=Path,
         default=Path("var/matting/u2netp-trained.onnx"),
@@ -255,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"--extra {folder}: expected {folder}/images and {folder}/masks")
         if args.train_images < args.batch:  # --steps and --batch are positive by their types
             parser.error("--train-images must be at least --batch")
+        if args.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                parser.error("--device cuda: torch sees no CUDA device here (train with --device cpu)")
         config = TrainConfig(
             model=args.model,
             steps=args.steps,
@@ -267,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             extra_pairs=args.extra,
             threads=args.threads,
+            device=args.device,
+            keep_checkpoints=args.keep_checkpoints,
             init_weights=args.init,
             max_minutes=args.max_minutes,
             checkpoint_every=args.checkpoint_every,
