@@ -77,3 +77,17 @@ def test_colour_stats_below_the_cap_read_every_pixel() -> None:
     assert int(np.count_nonzero(mask)) == MAX_STATS_PIXELS
     for gain in (None, (1.2, 0.9, 1.0)):
         assert colour_stats(image, mask, gain) == _full_stats(image, mask, gain)
+
+
+def test_a_large_region_the_sampling_grid_misses_is_read_in_full() -> None:
+    """Every other row and column of a large region: a mask off on exactly those pixels gave a sample
+    of no pixels, NaN statistics, and a decision that failed validation (retried, then dead-lettered
+    as a handler error instead of decided)."""
+    image, _ = _photo(1100, 1100)
+    mask = np.full((1100, 1100), 255, np.uint8)
+    mask[::2, ::2] = 0  # 907,500 product pixels, none on the grid
+    stats = colour_stats(image, mask)
+    assert stats is not None and stats.pixels == 907_500
+    assert all(np.isfinite(stats.mean_lab)) and all(np.isfinite(stats.std_lab))
+    full = _full_stats(image, mask, None)
+    assert colour_drift(stats, full) < 0.5

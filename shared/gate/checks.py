@@ -165,6 +165,10 @@ def colour_stats(
     # the region copied is a few times the cap at most and what is converted is within it.
     step = max(1, math.isqrt(count // MAX_STATS_PIXELS))
     region = pixels[::step, ::step][on[::step, ::step]].astype(np.uint8, copy=False)
+    if len(region) < MIN_REGION_PIXELS:
+        # The grid missed the region (a mask on the odd rows and columns only): every pixel of it
+        # instead. Statistics of no pixels were NaN, and the decision failed validation.
+        region = pixels[on].astype(np.uint8, copy=False)
     if len(region) > MAX_STATS_PIXELS:
         region = region[:: -(-len(region) // MAX_STATS_PIXELS)]
     if gain is not None:
