@@ -500,3 +500,24 @@ def test_into_an_existing_folder_the_index_and_summary_are_moved_last(
     monkeypatch.setattr(Path, "rename", recording)
     export_dataset(small_store, out, fmt="jsonl", size_px=32, max_synthetic_per_real=1)
     assert moved[-2:] == ["dataset.jsonl", "export.json"] and set(moved) >= {"images", "masks"}
+
+
+def test_a_sku_id_named_like_the_summary_file_is_refused_as_an_imagefolder_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its class folder took export.json's place: the export failed at its very end ("Is a directory").
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    for sku_id in ("Export.JSON", "Oats"):
+        add_item(manifests, sku_id, "real-0", "real", "reference")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["dataset", "export", str(out), "--format", "imagefolder", "--max-synthetic-per-real", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "SKU id 'Export.JSON' is the name of the export's summary file (export.json)" in err
+    assert "--format jsonl" in err and not out.exists()
+    # As jsonl its images are under images/, beside nothing of the export's own.
+    export_dataset(manifests, tmp_path / "jsonl", fmt="jsonl", max_synthetic_per_real=1)
+    assert (tmp_path / "jsonl" / "export.json").is_file()
+    assert (tmp_path / "jsonl" / "images" / "Export.JSON").is_dir()

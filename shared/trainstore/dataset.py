@@ -87,6 +87,7 @@ MINUS = "\u2212"  # how a negative B - A prints in the summary
 # than a phone's panorama of one product; a strip, a banner) is scaled to that instead, its shorter
 # side then below size_px, so one such image cannot need gigabytes at a large size_px.
 MAX_ASPECT = 4
+SUMMARY_FILE = "export.json"  # beside the class folders (imagefolder) or images/ (jsonl)
 
 
 @dataclass(frozen=True)
@@ -446,6 +447,7 @@ def _export_into(
         raise ValueError(_nothing_to_export(rows, plan))
     if fmt == "imagefolder":
         _refuse_case_only_twins([plan_class.sku_id for plan_class in plan.classes])
+        _refuse_summary_name([plan_class.sku_id for plan_class in plan.classes])
     # Written in a staging folder and renamed into place at the end: an export that fails half-way
     # (a tampered or missing object) leaves neither a partial training set nor a folder to clean up.
     target = out_dir.resolve()
@@ -465,7 +467,7 @@ def _export_into(
         if staging.parent == target:
             # The index and the summary last: a kill between two renames must not leave them beside
             # images not yet moved, a set that looks complete.
-            last = {"dataset.jsonl": 1, "export.json": 2}
+            last = {"dataset.jsonl": 1, SUMMARY_FILE: 2}
             entries = [entry for entry in staging.iterdir() if entry.name != STAGING_OWNER]
             for entry in sorted(entries, key=lambda path: (last.get(path.name, 0), path.name)):
                 entry.rename(target / entry.name)
@@ -556,6 +558,18 @@ def _refuse_case_only_twins(sku_ids: Sequence[str]) -> None:
             f"SKU ids that differ only in case: {named}. As imagefolder class folders they merge into one "
             "class on a case-insensitive file system (macOS, Windows); export with --format jsonl (labels "
             "are strings there), or export one of them on its own with --sku"
+        )
+
+
+def _refuse_summary_name(sku_ids: Sequence[str]) -> None:
+    """Refuse a SKU id that is the summary file's name: as an imagefolder class folder it took the
+    place of ``export.json``, and the export failed at its very end ("Is a directory")."""
+    clash = sorted(sku_id for sku_id in sku_ids if sku_id.casefold() == SUMMARY_FILE)
+    if clash:
+        raise ValueError(
+            f"SKU id {clash[0]!r} is the name of the export's summary file ({SUMMARY_FILE}), which an "
+            "imagefolder export writes beside the class folders; export with --format jsonl (classes are "
+            "under images/ there), or leave it out with --sku"
         )
 
 
@@ -661,7 +675,7 @@ def _write_export(
             "nothing to export: the store changed the real images of every class while the export ran; "
             "export again"
         )
-    (staging / "export.json").write_text(summary.to_json() + "\n")
+    (staging / SUMMARY_FILE).write_text(summary.to_json() + "\n")
     return summary
 
 
