@@ -372,3 +372,35 @@ def test_a_rejection_does_not_delete_the_image_of_an_acceptance_stored_meanwhile
     row = rejecting.manifests.read_sku(sku_id)[first.generated.item_id]
     assert row.status == "accepted" and row.image is not None
     store.read_checked(rejecting.manifests.key(row.image), row.image_sha256)
+
+
+def test_a_photo_captioned_again_as_unusable_loses_its_stored_copies(tmp_path: Path) -> None:
+    """Stored as a reference, then found unusable by a replayed or re-run captioning: the row said "no
+    objects" (docs/gate-and-trainstore.md) while its image and mask stayed in the store."""
+    from schemas.topics import SKU_CAPTIONED
+    from shared.trainstore.manifest import object_keys
+    from tests.support.gate import captioned
+
+    store = FileStore(tmp_path / "store")
+    writer = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16)
+    first = captioned(store, 1)
+    sku_id = first.sku.sku_id
+    photos = [
+        photo.model_copy(update={"usable": False, "mask": None, "unusable_reason": "blurry"})
+        if photo.photo_id == "p0"
+        else photo
+        for photo in first.photos
+    ]
+    for index, payload in enumerate((first, first.model_copy(update={"photos": photos}))):
+        event = make_envelope(
+            SKU_CAPTIONED, payload, event_id=f"{index}" * 32, sku_id=sku_id, trace_id="t" * 32, producer="test"
+        )
+        writer.captioned(event, _context(store))  # type: ignore[arg-type]
+        if index == 0:
+            assert all(store.exists(writer.manifests.key(key)) for key in object_keys(sku_id, "real", "p0"))
+    rows = writer.manifests.read_sku(sku_id)
+    assert rows["p0"].status == "unusable" and rows["p0"].image is None
+    assert not any(store.exists(writer.manifests.key(key)) for key in object_keys(sku_id, "real", "p0"))
+    # The other photo keeps its copies.
+    assert rows["p1"].status == "reference"
+    assert all(store.exists(writer.manifests.key(key)) for key in object_keys(sku_id, "real", "p1"))

@@ -185,6 +185,24 @@ class Trainstore:
             objects = _object_fields(sku.sku_id, "real", photo.photo_id, photo.image, image_png, mask_png)
             staged.append(StagedItem(ManifestRow(status="reference", **base, **objects), image_png, mask_png))
         self._write(ctx, sku.sku_id, staged, marked=marked)
+        # A photo stored as a reference that a later captioning (a replay, a re-run) found unusable:
+        # its row now says "no objects", so its copies go too. Checked by existence, so a delete cut
+        # short is finished by the event delivered again.
+        unusable = [item.row.item_id for item in staged if item.row.status == "unusable"]
+        stale = [
+            ("real", photo_id)
+            for photo_id in unusable
+            if any(
+                self.manifests.store.exists(self.manifests.key(relative))
+                for relative in object_keys(sku.sku_id, "real", photo_id)
+            )
+        ]
+        if stale:
+            self.manifests.delete_objects(sku.sku_id, stale)
+            ctx.log.info(
+                "objects of photos now unusable deleted",
+                extra={"sku_id": sku.sku_id, "photos": [photo_id for _, photo_id in stale]},
+            )
         return []
 
     # -- reading and verifying ------------------------------------------------------------------
