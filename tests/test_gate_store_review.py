@@ -392,8 +392,9 @@ def test_a_photo_captioned_again_as_unusable_loses_its_stored_copies(tmp_path: P
         for photo in first.photos
     ]
     for index, payload in enumerate((first, first.model_copy(update={"photos": photos}))):
+        event_id = str(index) * 32
         event = make_envelope(
-            SKU_CAPTIONED, payload, event_id=f"{index}" * 32, sku_id=sku_id, trace_id="t" * 32, producer="test"
+            SKU_CAPTIONED, payload, event_id=event_id, sku_id=sku_id, trace_id="t" * 32, producer="test"
         )
         writer.captioned(event, _context(store))  # type: ignore[arg-type]
         if index == 0:
