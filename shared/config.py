@@ -115,7 +115,12 @@ class Settings(BaseSettings):
     )
     s3_region: str = Field(default="us-east-1", description="S3 region")
     # Input limits
-    max_image_pixels: int = Field(default=40_000_000, ge=1, description="images with more pixels are refused")
+    max_image_pixels: int = Field(
+        default=40_000_000,
+        ge=1,
+        description="images with more pixels are refused, except baseline JPEGs: those are decoded at 1/2, "
+        "1/4 or 1/8 of their size, the largest that fits (refused if even 1/8 does not)",
+    )
     max_image_bytes: int = Field(default=50 * 2**20, ge=1, description="images larger than this are refused")
     # Matting works at 320 px: a 64 px side is already blown up 5x there; a 2x2 or 8x8 "photo" went
     # through as flat quads of colour, captioned, composited and accepted.

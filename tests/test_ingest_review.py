@@ -457,3 +457,30 @@ def test_metadata_json_under_another_case_on_a_case_insensitive_disk_is_the_meta
     monkeypatch.setattr(ingest, "_same_file", lambda one, other: one.name.casefold() == other.name.casefold())
     (prepared,) = prepare_all(folder, load_settings())
     assert prepared.metadata.sku_id == "OAT-1"
+
+
+@pytest.mark.timeout(60)
+def test_a_metadata_json_that_is_no_file_is_named_for_what_it_is(tmp_path: Path) -> None:
+    """A dangling link or a folder named metadata.json made a SKU folder look like a batch: its photos
+    were "loose" and it had "no SKU folders ... must be named exactly metadata.json". A pipe hung
+    ingest for good (read_bytes waits for a writer)."""
+    folder = _sku(tmp_path, "oat", "OAT-1")
+    (folder / "metadata.json").unlink()
+    (folder / "metadata.json").symlink_to(tmp_path / "moved.json")
+    with pytest.raises(IngestError) as raised:
+        prepare_all(folder, load_settings())
+    message = str(raised.value)
+    assert f"metadata.json: a link to {tmp_path / 'moved.json'}, which does not exist" in message
+    assert "no SKU folders" not in message and "belong to no SKU" not in message
+    assert ingest.loose_photos(folder) == []
+
+    (folder / "metadata.json").unlink()
+    (folder / "metadata.json").mkdir()
+    with pytest.raises(IngestError, match=r"oat/metadata\.json: cannot be read \(Is a directory\)"):
+        prepare_all(folder, load_settings())
+
+    (folder / "metadata.json").rmdir()
+    os.mkfifo(folder / "metadata.json")
+    for path in (folder, tmp_path):  # the SKU folder, and the batch holding it
+        with pytest.raises(IngestError, match=r"metadata\.json: not a regular file \(a pipe, socket or dev"):
+            prepare_all(path, load_settings())

@@ -156,7 +156,7 @@ def _unreadable(exc: OSError, fallback: Path) -> str:
 def _find_sku_folders(path: Path) -> list[Path]:
     if not path.is_dir():
         raise IngestError(f"{path}: not a directory")
-    if (path / "metadata.json").is_file():
+    if _has_metadata_entry(path):
         return [path]
     folders = sorted(
         child
@@ -178,6 +178,13 @@ def _find_sku_folders(path: Path) -> list[Path]:
     return folders
 
 
+def _has_metadata_entry(folder: Path) -> bool:
+    """Whether ``folder`` holds an entry named metadata.json of any kind: it is a SKU folder then, and
+    ``prepare_sku`` says what is wrong with that entry (a dangling link, a folder, a pipe). Only a
+    regular file counted before: such a folder was taken for a batch and its photos for loose ones."""
+    return os.path.lexists(folder / "metadata.json")
+
+
 def _listed(folder: Path) -> list[Path]:
     """The entries of ``folder``; ``IngestError`` naming it when it cannot be listed (permissions)."""
     try:
@@ -190,7 +197,7 @@ def loose_photos(path: Path) -> list[Path]:
     """Photo files lying in a batch folder ``path`` itself, beside its SKU folders, sorted: they belong
     to no SKU, so nothing reads them (none when ``path`` is a SKU folder)."""
     try:
-        if not path.is_dir() or (path / "metadata.json").is_file():
+        if not path.is_dir() or _has_metadata_entry(path):
             return []
         return sorted(
             child
@@ -239,7 +246,9 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     metadata: SkuMetadata | None = None
     metadata_path = folder / "metadata.json"
     try:
-        metadata = SkuMetadata.model_validate_json(_as_utf8(metadata_path.read_bytes()))
+        metadata = SkuMetadata.model_validate_json(_as_utf8(_read_metadata(metadata_path)))
+    except _MetadataNotAFile as exc:
+        problems.append(str(exc))
     except UnicodeDecodeError as exc:
         problems.append(
             f"{metadata_path}: not readable as its byte-order mark says ({exc.reason}); save it as UTF-8"
@@ -406,11 +415,28 @@ def check_folders(path: Path, settings: Settings) -> Iterator[tuple[PreparedSku 
         del sku  # not kept while the next folder is read
 
 
+class _MetadataNotAFile(Exception):
+    """metadata.json is there but is no file to read; the message says what it is instead."""
+
+
+def _read_metadata(path: Path) -> bytes:
+    """The bytes of a SKU's metadata.json; ``_MetadataNotAFile`` for a dangling link or a pipe, socket
+    or device (read_bytes on a pipe waited forever for a writer), ``OSError`` as read_bytes raises it."""
+    if path.is_symlink() and not path.exists():
+        raise _MetadataNotAFile(
+            f"{path}: a link to {path.readlink()}, which does not exist; put the file itself here or fix "
+            "the link"
+        )
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise _MetadataNotAFile(f"{path}: not a regular file (a pipe, socket or device); replace it")
+    return path.read_bytes()
+
+
 def _declared_sku_id(folder: Path) -> str | None:
     """The sku_id of ``folder``'s metadata.json when that file is valid, else None."""
     try:
-        return SkuMetadata.model_validate_json(_as_utf8((folder / "metadata.json").read_bytes())).sku_id
-    except (OSError, UnicodeDecodeError, ValidationError):
+        return SkuMetadata.model_validate_json(_as_utf8(_read_metadata(folder / "metadata.json"))).sku_id
+    except (OSError, UnicodeDecodeError, ValidationError, _MetadataNotAFile):
         return None
 
 
