@@ -474,3 +474,28 @@ def test_a_reject_reason_that_is_not_valid_text_is_refused() -> None:
     with pytest.raises(DecisionInvalid, match="not valid text"):
         check_reject_reason("wrong product \ud800")
     assert check_reject_reason("wrong_product: a can, not a box") == "wrong_product: a can, not a box"
+
+
+@pytest.mark.parametrize("field", ["decision", "reject_reason"])
+def test_a_form_field_that_is_not_valid_text_is_a_422_with_a_reason(
+    parts: ConsoleParts, client: TestClient, field: str
+) -> None:
+    """A multipart body declared charset=utf-7 decodes '+2AA-' to a lone surrogate: the field was refused
+    by validation, whose default answer echoes the value and could not be encoded: a bare 500."""
+    token = login(client)
+    task_id = first_task_id(parts)
+    claim(client, token, task_id)
+    fields = {"decision": b"reject", "reject_reason": b"wrong_product", field: b"+2AA-"}
+    body = b"".join(
+        b'--B\r\nContent-Disposition: form-data; name="' + name.encode() + b'"\r\n\r\n' + value + b"\r\n"
+        for name, value in fields.items()
+    )
+    response = client.post(
+        f"/api/tasks/{task_id}/decision",
+        content=body + b"--B--\r\n",
+        headers={"X-CSRF-Token": token, "Content-Type": "multipart/form-data; charset=utf-7; boundary=B"},
+    )
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", field] and "unicode" in error["msg"]
+    assert parts.tasks.get(task_id).state == "claimed"

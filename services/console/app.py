@@ -19,7 +19,10 @@ the reason), 502 (a stored object is unusable), 503 (task table or store unavail
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from services.console import api, auth, errors, pages
@@ -53,6 +56,12 @@ def create_app(console: Console) -> FastAPI:
     async def _invalid(request: Request, exc: DecisionInvalid) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
+    @app.exception_handler(RequestValidationError)
+    async def _unprocessable(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer echoes each field's input: a form field that decodes to a lone surrogate
+        # (a multipart body declared charset=utf-7) could not be encoded, and the client got a bare 500.
+        return JSONResponse({"detail": [_field_error(error) for error in exc.errors()]}, status_code=422)
+
     @app.exception_handler(TransientError)
     async def _unavailable(request: Request, exc: TransientError) -> JSONResponse:
         return errors.unavailable(exc)
@@ -62,3 +71,16 @@ def create_app(console: Console) -> FastAPI:
         return errors.unusable(exc)
 
     return app
+
+
+def _field_error(error: Any) -> dict[str, Any]:
+    """Where and why a request field was refused, without the value sent (it may not be valid text)."""
+
+    def text(value: object) -> str:
+        return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+    return {
+        "loc": [part if isinstance(part, int) else text(part) for part in error.get("loc", ())],
+        "msg": text(error.get("msg", "")),
+        "type": text(error.get("type", "")),
+    }
