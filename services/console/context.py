@@ -97,11 +97,17 @@ def queue_filter(
     )
 
 
+_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
 def _iou_bound(name: str, text: str | None) -> float | None:
     """An IoU filter bound in [0, 1]; blank means none."""
     if text is None or not text.strip():
         return None
     try:
+        # A plain decimal only: float() also reads "0_1" as 1.0 (digit grouping), "1e-1", "inf".
+        if not _DECIMAL.fullmatch(text.strip()):
+            raise ValueError(text)
         value = float(text)
     except ValueError:
         raise HTTPException(422, f"{name} should be a number from 0 to 1; got {text!r}") from None
