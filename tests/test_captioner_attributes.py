@@ -352,6 +352,21 @@ def test_blank_photos_have_no_colour_spread_and_rendered_ones_do() -> None:
     assert colour_spread(render_photo(make_product(1, seed=2026), 0, seed=2026, size_px=128).image) > 10.0
 
 
+def test_a_small_product_on_a_plain_backdrop_is_not_a_blank_photo() -> None:
+    """A product on 0.5-1% of the photo passes the captioner's product check (0.5%), but fell in the
+    1% tail the colour spread cut: the photo was refused as one flat colour. A blank photo with a few
+    specks of dust stays blank."""
+    product = render_photo(make_product(3, seed=2026), 0, seed=2026, size_px=64).image.resize((48, 48))
+    for side in (512, 640):  # the product on 0.88% and 0.56% of the photo
+        photo = blank_photo(side, "white")
+        photo.paste(product, (side // 2, side // 3))
+        assert colour_spread(photo) > 10.0
+    dusty = blank_photo(512, "white")
+    for x, y in ((40, 40), (300, 120), (451, 470)):
+        dusty.putpixel((x, y), (20, 20, 20))
+    assert colour_spread(dusty) < 3.0
+
+
 def test_mask_problem_thresholds() -> None:
     mask = np.zeros((100, 100), dtype=np.uint8)
     assert mask_problem(mask, min_fraction=0.01, max_fraction=0.95) == "no_product_found"

@@ -85,7 +85,7 @@ class CaptionerSettings(BaseSettings):
     captioner_blank_spread: float = Field(
         default=3.0,
         ge=0.0,
-        description="photos whose colours vary less than this (CIE Lab, 1st-99th percentile) are blank",
+        description="photos whose colours vary less than this (CIE Lab, 0.1th-99.9th percentile) are blank",
     )
     captioner_colours: int = Field(default=5, ge=2, le=12, description="k of the k-means colour clustering")
     captioner_max_colour_names: int = Field(
