@@ -417,22 +417,29 @@ def test_stats_per_sku(
     assert lines[0]["pending"] == 1
 
 
+def _refused_imagefolder_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *sku_ids: str
+) -> tuple[ManifestStore, str]:
+    """A store of one real photo per SKU id, exported as imagefolder: refused (exit 2), nothing
+    written; returns the store and what the CLI said."""
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    for sku_id in sku_ids:
+        add_item(manifests, sku_id, "real-0", "real", "reference")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["dataset", "export", str(out), "--format", "imagefolder", "--max-synthetic-per-real", "1"])
+    assert exit_info.value.code == 2 and not out.exists()
+    return manifests, capsys.readouterr().err
+
+
 def test_sku_ids_that_differ_only_in_case_are_refused_as_imagefolder_classes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # As class folders "Milk" and "milk" merge into one class on macOS or Windows, where an export is
     # often copied to train: one SKU's images would silently carry the other's label.
-    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
-    for sku_id in ("Milk", "milk", "Oats"):
-        add_item(manifests, sku_id, "real-0", "real", "reference")
-    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(["dataset", "export", str(out), "--format", "imagefolder", "--max-synthetic-per-real", "2"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
+    manifests, err = _refused_imagefolder_export(tmp_path, monkeypatch, capsys, "Milk", "milk", "Oats")
     assert "SKU ids that differ only in case: Milk and milk" in err and "--format jsonl" in err
-    assert not out.exists()
     # One of them on its own, or jsonl (labels are strings there), is fine.
     export_dataset(
         manifests, tmp_path / "one", fmt="imagefolder", max_synthetic_per_real=2, sku_ids=["milk", "Oats"]
@@ -506,17 +513,9 @@ def test_a_sku_id_named_like_the_summary_file_is_refused_as_an_imagefolder_class
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Its class folder took export.json's place: the export failed at its very end ("Is a directory").
-    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
-    for sku_id in ("Export.JSON", "Oats"):
-        add_item(manifests, sku_id, "real-0", "real", "reference")
-    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(["dataset", "export", str(out), "--format", "imagefolder", "--max-synthetic-per-real", "1"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
+    manifests, err = _refused_imagefolder_export(tmp_path, monkeypatch, capsys, "Export.JSON", "Oats")
     assert "SKU id 'Export.JSON' is the name of the export's summary file (export.json)" in err
-    assert "--format jsonl" in err and not out.exists()
+    assert "--format jsonl" in err
     # As jsonl its images are under images/, beside nothing of the export's own.
     export_dataset(manifests, tmp_path / "jsonl", fmt="jsonl", max_synthetic_per_real=1)
     assert (tmp_path / "jsonl" / "export.json").is_file()
