@@ -11,6 +11,7 @@ gate will see. Requires the ``diffusion`` extra (torch).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from shared.matting.u2net import (
     load_reference_state_dict,
     read_weights,
 )
+from shared.model_cache import write_atomically
 from shared.photos import PHOTO_FILE_SUFFIXES
 from shared.synth import render_dataset
 
@@ -337,9 +339,10 @@ def train(
             )
             os.replace(partial, checkpoint)
             if config.keep_checkpoints:
-                kept = checkpoint.with_name(f"{checkpoint.stem}-step{step + 1:05d}.pth")
-                torch.save(weights, kept.with_name(f".{kept.name}.partial"))
-                os.replace(kept.with_name(f".{kept.name}.partial"), kept)
+                kept = io.BytesIO()
+                torch.save(weights, kept)
+                step_file = checkpoint.with_name(f"{checkpoint.stem}-step{step + 1:05d}.pth")
+                write_atomically(step_file, kept.getvalue())
         if out_of_time:
             log.info("training time budget spent; stopping", extra={"step": step + 1})
             break
