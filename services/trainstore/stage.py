@@ -189,14 +189,7 @@ class Trainstore:
         # its row now says "no objects", so its copies go too. Checked by existence, so a delete cut
         # short is finished by the event delivered again.
         unusable = [item.row.item_id for item in staged if item.row.status == "unusable"]
-        stale = [
-            ("real", photo_id)
-            for photo_id in unusable
-            if any(
-                self.manifests.store.exists(self.manifests.key(relative))
-                for relative in object_keys(sku.sku_id, "real", photo_id)
-            )
-        ]
+        stale = [("real", photo_id) for photo_id in unusable if self._stored(sku.sku_id, "real", photo_id)]
         if stale:
             self.manifests.delete_objects(sku.sku_id, stale)
             ctx.log.info(
@@ -301,13 +294,17 @@ class Trainstore:
             for row in rows.values()
             if row.status == "withdrawn"
             and photo_of(row) in marked
-            and any(
-                self.manifests.store.exists(self.manifests.key(relative))
-                for relative in object_keys(sku_id, row.source, row.item_id)
-            )
+            and self._stored(sku_id, row.source, row.item_id)
         ]
         if left:
             self.manifests.delete_objects(sku_id, left)
+
+    def _stored(self, sku_id: str, source: str, item_id: str) -> bool:
+        """Whether the item's image or mask is still in the store."""
+        return any(
+            self.manifests.store.exists(self.manifests.key(relative))
+            for relative in object_keys(sku_id, source, item_id)
+        )
 
 
 def _withdraw(
