@@ -28,7 +28,6 @@ exits 1, until it is left out with ``--since``/``--reason`` or replayed from its
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import re
 import time
@@ -382,10 +381,8 @@ def replay(
     report = ReplayReport(
         pending, len(chosen) - len(not_done), len(dead.letters) - len(chosen), permanent, other_topic
     )
-    if dry_run or not pending:
+    if not pending:
         return report
-    if dead.original_topic not in _list_topics(settings):
-        raise DlqError(f"cannot replay: original topic {dead.original_topic} does not exist; create it first")
     # One record per original and stage: a record dead-lettered twice (a batch rewound after its letter
     # was sent, a crash before the commit) has two letters, and sending both had the stage handle it
     # twice. Every letter of the group is marked with the one copy.
@@ -404,8 +401,12 @@ def replay(
     if report.unreadable:
         left_out = {id(stored) for stored, _ in report.unreadable}
         report = replace(report, republished=[s for s in pending if id(s) not in left_out])
-    if not firsts:
+    # A dry run reads the originals too (the store only): it said "would replay 2" of which one could
+    # not be sent.
+    if dry_run or not firsts:
         return report
+    if dead.original_topic not in _list_topics(settings):
+        raise DlqError(f"cannot replay: original topic {dead.original_topic} does not exist; create it first")
     producer = make_producer(settings, client_id="skuforge-dlq-replay")
     sends: list[tuple[StoredLetter, Any]] = []
     failure: KafkaError | None = None
@@ -518,16 +519,21 @@ def format_replay(dead: DeadLetterTopic, report: ReplayReport, *, dry_run: bool)
     )
 
 
-def format_unreadable(report: ReplayReport) -> str | None:
-    """Which letters were not replayed because their original bytes cannot be read; None when none."""
+def format_unreadable(report: ReplayReport, *, dry_run: bool = False) -> str | None:
+    """Which letters were (would be) not replayed because their original bytes cannot be read; None
+    when none."""
     if not report.unreadable:
         return None
     count = len(report.unreadable)
-    letters = "1 dead letter was" if count == 1 else f"{count} dead letters were"
+    letters = "1 dead letter" if count == 1 else f"{count} dead letters"
+    if dry_run:
+        verdict = f"{letters} would not be replayed, the others would"
+    else:
+        verdict = f"{letters} {'was' if count == 1 else 'were'} not replayed, the others were"
     shown = "; ".join(why for _, why in report.unreadable[:3])
     more = f" (and {count - 3} more)" if count > 3 else ""
     return (
-        f"{letters} not replayed, the others were: {shown}{more}. They stay unmarked; leave them out "
+        f"{verdict}: {shown}{more}. They stay unmarked; leave them out "
         "with --reason or --since, or restore their originals in the store"
     )
 
@@ -573,7 +579,7 @@ def original_record(letter: DeadLetter, store: ObjectStore) -> tuple[bytes | Non
         raise OriginalUnreadable(f"cannot replay {where}: {exc}") from exc
     except TransientError as exc:  # the store is away: nothing could be marked either
         raise DlqError(f"cannot replay {where}: {exc}") from exc
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or a str with non-ASCII characters (b64decode's own)
         raise OriginalUnreadable(
             f"cannot replay {where}: its original bytes are not valid base64 ({exc}); "
             "leave it out with --reason or --since"
@@ -581,4 +587,6 @@ def original_record(letter: DeadLetter, store: ObjectStore) -> tuple[bytes | Non
 
 
 def _b64(text: str | None) -> bytes | None:
-    return base64.b64decode(text) if text is not None else None
+    # Strictly: by default b64decode drops characters outside the alphabet, so a corrupted letter
+    # ("eyJ4IjogMX0=!!garbage") replayed other bytes than its record's without a word.
+    return base64.b64decode(text, validate=True) if text is not None else None

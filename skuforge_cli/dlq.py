@@ -121,7 +121,11 @@ def main(
         )
         print(format_replay(dead, report, dry_run=args.dry_run))
         # Replayed what it could; these need a person.
-        problems = [p for p in (format_other_topic(dead, report), format_unreadable(report)) if p is not None]
+        problems = [
+            p
+            for p in (format_other_topic(dead, report), format_unreadable(report, dry_run=args.dry_run))
+            if p is not None
+        ]
         for problem in problems:
             print(f"skuforge dlq {args.action}: {problem}", file=sys.stderr)
         return 1 if problems else 0

@@ -82,8 +82,18 @@ def test_letters_with_a_naive_failed_at_are_selected_by_since(
 
 
 @pytest.mark.kafka
+@pytest.mark.parametrize(
+    "bad_value",
+    [
+        "not*base64!",
+        # Non-ASCII: b64decode's ValueError (not a binascii.Error) was a traceback, and nothing replayed.
+        "eyJ4Ijox\u00e9",
+        # Trailing garbage: decoded leniently, this replayed {"x": 1} as if it were the record.
+        base64.b64encode(b'{"x": 1}').decode() + "!!garbage",
+    ],
+)
 def test_a_letter_whose_original_is_not_base64_is_a_clear_error_and_the_others_replay(
-    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], bad_value: str
 ) -> None:
     """Before, the first unreadable original stopped the replay: no other letter went out either."""
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
@@ -91,9 +101,15 @@ def test_a_letter_whose_original_is_not_base64_is_a_clear_error_and_the_others_r
     good = base64.b64encode(b'{"good": 1}').decode()
     _write_letters(
         settings,
-        _letter(settings, original_value_b64="not*base64!"),
+        _letter(settings, original_value_b64=bad_value),
         _letter(settings, original_offset=1, original_value_b64=good),
     )
+    # A dry run reads the originals too: it said "would replay 2" of which one could not be sent.
+    code = dlq_main(["replay", settings.topic_name(SKU_INGESTED), "--dry-run"], settings=settings)
+    captured = capsys.readouterr()
+    assert code == 1 and "would replay 1 dead letters" in captured.out
+    assert "1 dead letter would not be replayed, the others would" in captured.err
+    assert "not valid base64" in captured.err
     code = dlq_main(["replay", settings.topic_name(SKU_INGESTED)], settings=settings)
     captured = capsys.readouterr()
     assert code == 1 and "replayed 1 dead letters" in captured.out
