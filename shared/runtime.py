@@ -398,13 +398,28 @@ class Stage:
             except Exception:  # the stop goes on; a restart redelivers what is not committed
                 log.exception("committing at the stop failed", extra={"stage": self.name})
             self._forget_partitions([*self._resume_at, *self._uncommitted])
-            if lag_watcher is not None:
-                lag_watcher.stop()
-            self._consumer.close(autocommit=False)
-            if self._producer is not None:
-                self._producer.close(timeout=self.settings.flush_timeout_s)
-            if self.health:
-                self.health.stop()
+            try:
+                if lag_watcher is not None:
+                    lag_watcher.stop()
+                self._consumer.close(autocommit=False)
+                if self._producer is not None:
+                    try:
+                        self._producer.close(timeout=self.settings.flush_timeout_s)
+                    except KafkaError as exc:
+                        # The broker is away (a SIGTERM during an outage): close() flushes first and raised,
+                        # which made run() raise instead of returning 0, left the health port bound and
+                        # hid whatever the loop itself raised. What was not acknowledged is not lost:
+                        # its inputs were not committed, and the next run redoes them.
+                        log.warning(
+                            "closing the producer at the stop: %s: %s; unacknowledged outputs are redone "
+                            "from their uncommitted inputs",
+                            type(exc).__name__,
+                            exc,
+                            extra={"stage": self.name},
+                        )
+            finally:
+                if self.health:
+                    self.health.stop()
         return 0
 
     def _await_topic_metadata(self, timeout_s: float | None = None) -> None:
@@ -982,6 +997,12 @@ class Stage:
         self.metrics.paused_partitions.labels(self.name).set(len(self._resume_at))
 
     def _forget_partitions(self, partitions: Sequence[TopicPartition]) -> None:
+        gone = set(partitions)
+        # A record's failed attempts too: its next owner counts its own, and the entry of a record that
+        # member then handled was never popped here (kept for the life of the process, and counted on
+        # if the partition came back).
+        for key in [key for key in self._attempts if key[0] in gone]:
+            del self._attempts[key]
         for tp in partitions:
             self._resume_at.pop(tp, None)
             self._failures.pop(tp, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from kafka.errors import (
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter
 
+from devstack.broker import free_port
 from schemas.envelope import DeadLetter, Envelope
 from schemas.events import SkuIngested
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
@@ -628,11 +630,9 @@ def test_a_stage_answers_on_its_port_while_its_models_load(monkeypatch: pytest.M
     """Nothing listened while a captioner copied its VLM from S3: the startup probe killed a load over
     five minutes, and SkuforgeStageDown paged after two. Now /metrics and /healthz answer, /readyz
     says not ready, and the port is free for the stage's own server once the models are open."""
-    import socket
     import urllib.error
     import urllib.request
 
-    from devstack.broker import free_port
     from shared.runtime import run_stage_loading
 
     port = free_port()
@@ -663,3 +663,54 @@ def test_a_stage_answers_on_its_port_while_its_models_load(monkeypatch: pytest.M
     with socket.socket() as probe:  # released for the stage's own health server
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", port))
+
+
+def test_a_stop_while_the_broker_holds_back_acknowledgements_returns_0_and_frees_the_health_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during an outage: the producer's close() flushes first and raises KafkaTimeoutError. It
+    escaped run() (a traceback instead of 0) before the health server was stopped (its port stayed bound)."""
+    port = free_port()
+    stage = _stage(tmp_path, metrics_port=port, group_lag_interval_s=0)
+    stage.handler(SKU_INGESTED)(lambda event, ctx: [])
+
+    class Consumer:
+        _cluster = SimpleNamespace(partitions_for_topic=lambda topic: {0})
+
+        def subscribe(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[ConsumerRecord]]:
+            stage.stop()  # what the SIGTERM handler does
+            return {}
+
+        def assignment(self) -> set[TopicPartition]:
+            return set()
+
+        def group_metadata(self) -> SimpleNamespace:
+            return SimpleNamespace(state=MemberState.STABLE)
+
+        def close(self, autocommit: bool = False) -> None:
+            pass
+
+    class Producer:
+        def close(self, timeout: float | None = None) -> None:
+            raise KafkaTimeoutError("Timeout waiting for future")
+
+    monkeypatch.setattr(runtime, "make_consumer", lambda *args, **kwargs: Consumer())
+    monkeypatch.setattr(runtime, "make_producer", lambda *args, **kwargs: Producer())
+    assert stage.run(install_signal_handlers=False) == 0
+    with socket.socket() as probe:  # released
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+
+
+def test_a_revoked_partition_takes_its_records_failed_attempts_with_it(tmp_path: Path) -> None:
+    """Its next owner counts its own. Kept here, they were counted on if the partition came back, and the
+    entry of a record the other member handled was never removed (kept for the life of the process)."""
+    stage = _stage(tmp_path)
+    topic = stage.settings.topic_name(SKU_INGESTED)
+    moved, kept = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    stage._attempts.update({(moved, 5): 1, (moved, 6): 2, (kept, 5): 1})
+    runtime._RebalanceListener(stage).on_partitions_revoked([moved])
+    assert stage._attempts == {(kept, 5): 1}
