@@ -424,3 +424,35 @@ def test_a_sku_recaptioned_with_no_usable_photo_leaves_its_series(tmp_path: Path
 def test_a_training_resolution_diffusers_cannot_paint_is_a_settings_error() -> None:
     with pytest.raises(ConfigError, match="multiple of 8"):
         load_settings(LoraTrainerSettings, lora_resolution=500)
+
+
+# --- an accepted image that cannot be read --------------------------------------------------------
+
+
+def test_an_accepted_image_that_is_gone_is_dead_lettered_and_its_earlier_record_deleted(
+    tmp_path: Path,
+) -> None:
+    """Recorded without a look, it counted towards SKUFORGE_LORA_GENERAL_AFTER_ACCEPTED and was only
+    dropped at training time with a log line; now the handler refuses it (a DLQ letter with the reason)."""
+    from schemas.events import GateAccepted, GateCheck
+    from schemas.topics import GATE_ACCEPTED
+    from services.lora_trainer.stage import record_accepted
+    from tests.support.gate import matted_item
+
+    store = FileStore(tmp_path)
+    check = GateCheck(code="iou_below_threshold", passed=True, value=1.0, threshold=0.9)
+    accepted = GateAccepted(matted=matted_item(store, 1, 0), iou=1.0, checks=[check])
+    ctx = Context("lora-trainer", store, Settings(), StageMetrics("lora-trainer"), logging.getLogger("test"))
+    event = make_envelope(
+        GATE_ACCEPTED, accepted, event_id="e" * 32, sku_id="SKU-001", trace_id="t", producer="test"
+    )
+    ctx._handling = event
+    metrics = LoraTrainerMetrics(CollectorRegistry())
+    key = f"{PREFIX}/accepted/{accepted.matted.generated.item_id}.json"
+    assert record_accepted(event, ctx, metrics=metrics) == [] and store.exists(key)
+
+    store.delete(store.key_for(accepted.matted.generated.image.uri))  # gone before a replay
+    with pytest.raises(BadInput) as refused:
+        record_accepted(event, ctx, metrics=metrics)
+    assert refused.value.reason == "object_missing"
+    assert not store.exists(key)

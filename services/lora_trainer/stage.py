@@ -192,8 +192,22 @@ def _series_requests_of(store: ObjectStore, sku_id: str) -> list[str]:
 def record_accepted(
     event: Envelope[GateAccepted], ctx: Context, *, metrics: LoraTrainerMetrics
 ) -> list[Emit]:
-    """Record an accepted generated image for the general adapter."""
+    """Record an accepted generated image for the general adapter.
+
+    Its image and mask are read first (checked against their sha256, decoded within the limits): an
+    accepted event whose image is gone or changed was recorded anyway, counted towards
+    ``SKUFORGE_LORA_GENERAL_AFTER_ACCEPTED``, and only dropped at training time with a log line. Now it
+    is dead-lettered with the reason, and an earlier record of it (a replay) is deleted."""
     generated = event.payload.matted.generated
+    key = f"{PREFIX}/accepted/{generated.item_id}.json"
+    try:
+        ctx.read_image(generated.image)
+        ctx.read_mask(generated.expected_mask)
+    except BadInput:
+        if ctx.store.exists(key):
+            ctx.store.delete(key)
+            ctx.log.info("accepted image left the general set: unreadable", extra={"item": generated.item_id})
+        raise
     record = {
         "sku_id": generated.sku.sku_id,
         "item_id": generated.item_id,
@@ -202,7 +216,7 @@ def record_accepted(
         "prompt": generated.prompt,
         "class_noun": generated.sku.category,
     }
-    ctx.store.put_json(f"{PREFIX}/accepted/{generated.item_id}.json", record)
+    ctx.store.put_json(key, record)
     ctx.after_commit(metrics.requests.labels("accepted").inc)  # once, not per attempt
     return []
 
