@@ -465,6 +465,28 @@ def test_a_heldout_photo_copied_into_the_scene_library_is_refused(
     assert cli_main(args) == 0
 
 
+def test_scene_files_the_generator_skips_are_noted_not_a_traceback_or_a_refusal(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A backslash in a file name was a ValueError traceback; a dangling link a refusal that said the
+    key 'resolves outside the store root'; a link loop a refusal that blamed the store URI and the Kafka
+    bootstrap. The generator skips all three at load, so none can be in a scene."""
+    scenes = tmp_path / "scenes"
+    (scenes / "shelves").mkdir(parents=True)
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(scenes / "shelves" / "aisle.jpg")
+    Image.new("RGB", (64, 48), (80, 80, 80)).save(scenes / "shelves" / "a\\b.jpg")
+    (scenes / "shelves" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (scenes / "shelves" / "loop.jpg").symlink_to(scenes / "shelves" / "loop.jpg")
+    args = evaluate_args(heldout, tmp_path / "eval", tmp_path, "--scenes", f"file://{scenes}")
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if line.startswith("note: scene file")]
+    assert len(notes) == 3, out
+    assert any("a\\\\b.jpg" in note and "backslash" in note for note in notes), notes
+    assert any("gone.jpg not checked: unreadable" in note for note in notes), notes
+    assert any("loop.jpg not checked: unreadable" in note for note in notes), notes
+
+
 def test_a_heldout_photo_that_is_a_store_reference_is_refused(
     colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from services.trainstore.cli import no_skus_problem, open_manifests, store_root
 from shared.config import load_settings
-from shared.errors import BadInput, ChecksumMismatch, ImageRejected
+from shared.errors import BadInput, ChecksumMismatch, ImageRejected, TransientError
 from shared.evaluation.backbone import BackboneMissing, BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     CONDITION_NAMES,
@@ -47,7 +47,7 @@ from shared.evaluation.report import write_report
 from shared.images import photo_as_stored
 from shared.model_cache import write_atomically
 from shared.photos import PHOTO_FILE_SUFFIXES
-from shared.store import FileStore, ObjectStore, open_store, sha256_hex
+from shared.store import FileStore, ObjectStore, check_key, open_store, sha256_hex
 from shared.trainstore.dataset import ExportPlan, plan_export, read_checked
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.withdrawals import Withdrawals
@@ -344,10 +344,15 @@ def stored_images(manifests: ManifestStore, rows: Iterable[ManifestRow]) -> list
     return items
 
 
-def scene_files(uri: str) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]]]:
-    """(name, sha256) of every file of the scene library at ``uri``, whatever its suffix, and (name,
-    perceptual hash) of those that open as images (one download each). A malformed URI or a library
-    with no files is refused: the check would pass on nothing."""
+def scene_files(uri: str) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]], list[str]]:
+    """(name, sha256) of every file of the scene library at ``uri``, whatever its suffix, (name,
+    perceptual hash) of those that open as images (one download each), and notes on the files that
+    cannot be read. A malformed URI or a library with no files is refused: the check would pass on
+    nothing.
+
+    A file the generator skips at load (a key the store will not read, such as ``a\\b.jpg`` or S3's
+    ``a//b.jpg``; a dangling link or a link loop in a folder) can never be in a scene, so it is noted and
+    left out, as there: it was a traceback, or a refusal that blamed the store or the bootstrap."""
     if not uri.strip():
         raise EvaluateRefused(
             "--scenes is empty (is SKUFORGE_SCENES_URI set?): give the scene library's URI, or leave "
@@ -358,9 +363,23 @@ def scene_files(uri: str) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]
         store = open_store(uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region)
     except ValueError as exc:
         raise EvaluateRefused(f"--scenes {uri}: {exc}") from None
-    files, hashes = [], []
+    files, hashes, notes = [], [], []
     for key in store.list_keys():
-        data, name = store.get_bytes(key), object_name(store, key)
+        try:
+            check_key(key)
+        except ValueError as exc:
+            notes.append(
+                f"scene file {store.base_uri}/{key!r} not checked: {exc} (the generator skips it too)"
+            )
+            continue
+        name = object_name(store, key)
+        try:
+            data = store.get_bytes(key)
+        except (BadInput, TransientError) as exc:
+            if isinstance(exc, TransientError) and not isinstance(store, FileStore):
+                raise  # the object store is away, not the file
+            notes.append(f"scene file {name} not checked: unreadable ({exc}; the generator skips it too)")
+            continue
         files.append((name, sha256_hex(data)))
         value = perceptual_hash(data)
         if value is not None:
@@ -370,7 +389,7 @@ def scene_files(uri: str) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]
         raise EvaluateRefused(
             f"--scenes {uri}: no files under {where}; is it the scene library (SKUFORGE_SCENES_URI)?"
         )
-    return files, hashes
+    return files, hashes, notes
 
 
 def object_name(store: ObjectStore, key: str) -> str:
@@ -478,7 +497,9 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
         )
     training = training_photos(manifests, plan)
 
-    scenes, scene_hashes = ([], []) if args.scenes is None else scene_files(args.scenes)
+    scenes, scene_hashes, scene_notes = ([], [], []) if args.scenes is None else scene_files(args.scenes)
+    for note in scene_notes:
+        print(f"note: {_printable(note)}")
     cache_dir = None if args.no_cache else args.cache_dir
     check_disjoint(
         [(photo.name, photo.sha256) for photo in heldout] + as_ingested(heldout, cache_dir),
