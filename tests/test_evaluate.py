@@ -35,7 +35,13 @@ from shared.evaluation.experiment import (
     photo_from_bytes,
     run_evaluation,
 )
-from shared.evaluation.leakage import LeakageError, check_no_near_duplicates, heldout_hash, perceptual_hash
+from shared.evaluation.leakage import (
+    LeakageError,
+    check_no_near_duplicates,
+    copy_hashes,
+    heldout_hash,
+    perceptual_hash,
+)
 from shared.evaluation.report import histogram, render_report, thumbnail_data_uri, write_report
 from shared.evaluation.tune import fit_predict_tuned, tail_features
 from shared.images import encode_png
@@ -984,6 +990,41 @@ def test_a_photo_with_detail_along_one_axis_only_is_still_checked() -> None:
     assert copy is not None
     with pytest.raises(LeakageError, match=r"copy.jpg looks like a copy of held-out held.png .*resized"):
         check_no_near_duplicates([("held.png", held)], scenes=[("copy.jpg", copy)])
+
+
+@pytest.mark.parametrize(
+    ("bars", "colour"), [(1.08, "black"), (1.25, "black"), (1.25, "white"), (1.4, "black")]
+)
+def test_a_letterboxed_copy_of_a_heldout_photo_is_seen(bars: float, colour: str) -> None:
+    """Plain bars added under a quarter of the frame: the copy was hashed by its frame, bars included,
+    and passed (in-store photos with bars of 8% of their height read 8-33 bits from their originals). Its
+    hashes now include the part inside the bars."""
+    original = shelf_photo(1)
+    held = heldout_hash(encode_jpeg(original))
+    assert held is not None
+    padded = ImageOps.pad(original, (320, round(240 * bars)), color=colour)
+    copy = copy_hashes(encode_jpeg(padded))
+    assert copy is not None
+    with pytest.raises(LeakageError, match=r"padded.jpg looks like a copy of held-out held.jpg"):
+        check_no_near_duplicates([("held.jpg", held)], scenes=[("padded.jpg", copy)])
+    # Another photo, letterboxed the same way, is no copy.
+    other = copy_hashes(encode_jpeg(ImageOps.pad(shelf_photo(2), (320, round(240 * bars)), color=colour)))
+    check_no_near_duplicates([("held.jpg", held)], scenes=[("other.jpg", other or b"")])
+
+
+def test_a_scene_letterboxed_from_a_heldout_photo_is_refused(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenes = tmp_path / "scenes"
+    (scenes / "shelves").mkdir(parents=True)
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(scenes / "shelves" / "aisle.jpg")
+    held = shelf_photo(3)  # detail enough for a perceptual hash (the flat colour photos have none)
+    (heldout / "SKU-BLUE" / "shelf.jpg").write_bytes(encode_jpeg(held))
+    padded = ImageOps.pad(held, (held.width, round(held.height * 1.2)), color="black")
+    (scenes / "shelves" / "wide.jpg").write_bytes(encode_jpeg(padded))
+    args = evaluate_args(heldout, tmp_path / "eval", tmp_path, "--scenes", f"file://{scenes}")
+    assert cli_main(args) == 2
+    assert "wide.jpg looks like a copy of held-out" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("angle", [90, 180, 270])

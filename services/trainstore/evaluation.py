@@ -40,8 +40,8 @@ from shared.evaluation.leakage import (
     LeakageError,
     check_disjoint,
     check_no_near_duplicates,
+    copy_hashes,
     heldout_hash,
-    perceptual_hash,
 )
 from shared.evaluation.report import write_report
 from shared.images import photo_as_stored
@@ -296,17 +296,18 @@ def _shown(names: Iterable[str], most: int = 10) -> str:
 def _cached_hash(
     cache_dir: Path | None, sha256: str, read: Callable[[], bytes], *, heldout: bool = False
 ) -> bytes | None:
-    """``perceptual_hash`` (or ``heldout_hash``) of the bytes ``read`` gives, cached under ``cache_dir``
+    """``copy_hashes`` (or ``heldout_hash``) of the bytes ``read`` gives, cached under ``cache_dir``
     by their sha256 (a PNG phone photo decodes in about a second); an empty entry is "no hash"."""
     # Each kind is named by what it covers, so a cache of an older kind is never read as this one:
     # until 2026-12-03 a product shot was hashed by its whole frame, not by its content inside the
     # plain border, and held-out values were half as long; until 2026-12-04 one variant without
     # detail dropped its part (so a photo could read "no hash" that has one now).
-    kind = "dhash256-frame-content-mirrored-turned-each" if heldout else "dhash256-content"
+    # Until 2026-12-04 a store image's hash left out the content of a photo letterboxed with plain bars.
+    kind = "dhash256-frame-content-mirrored-turned-each" if heldout else "dhash256-content-frame-bars"
     cached = None if cache_dir is None else cache_dir / kind / sha256
     if cached is not None and cached.is_file():
         return bytes.fromhex(cached.read_text().strip()) or None
-    value = (heldout_hash if heldout else perceptual_hash)(read())
+    value = (heldout_hash if heldout else copy_hashes)(read())
     if cached is not None:
         write_atomically(cached, f"{'' if value is None else value.hex()}\n".encode())  # runs may share it
     return value
@@ -381,7 +382,7 @@ def scene_files(uri: str) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]
             notes.append(f"scene file {name} not checked: unreadable ({exc}; the generator skips it too)")
             continue
         files.append((name, sha256_hex(data)))
-        value = perceptual_hash(data)
+        value = copy_hashes(data)
         if value is not None:
             hashes.append((name, value))
     if not files:
