@@ -213,6 +213,15 @@ def test_evaluate_writes_all_five_conditions_a_report_and_feeds_the_export_polic
     other = ["dataset", "export", str(tmp_path / "other"), "--format", "jsonl", "--max-synthetic-per-real"]
     assert cli_main([*other, "1", "--evaluation", str(out / "evaluation.json")]) == 0
     assert "it measured max_synthetic_per_real 2, this export uses 1" in capsys.readouterr().err
+    # Images stored since the evaluation: the SKU's gain is of another training set, and that is said
+    # (before, its synthetic images were left out by a measurement of 4 of them without a word).
+    store_photo(colour_store, "SKU-RED", "real-2", "real", colour_photo(COLOURS["SKU-RED"], 777))
+    later = ["dataset", "export", str(tmp_path / "later"), "--format", "jsonl", "--max-synthetic-per-real"]
+    assert cli_main([*later, "2", "--evaluation", str(out / "evaluation.json")]) == 0
+    assert (
+        "the store changed since it was measured: SKU-RED (measured 2 real, 4 synthetic; now 3 and 4); "
+        "their gains describe other training sets (run skuforge evaluate again)"
+    ) in capsys.readouterr().err
 
 
 def test_an_evaluation_of_skus_this_store_lacks_is_noted() -> None:

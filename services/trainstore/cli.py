@@ -31,13 +31,16 @@ from shared.trainstore.dataset import (
     EXPORT_FITS,
     EXPORT_FORMATS,
     MAX_ASPECT,
+    ExportPlan,
     SkuStats,
     export_dataset,
+    plan_export,
     sku_stats,
     synthetic_left_out_by_evaluation,
 )
 from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
+from shared.trainstore.withdrawals import Withdrawals
 
 
 def _read_evaluation(path: Path) -> dict[str, Any]:
@@ -101,6 +104,35 @@ def evaluation_mismatches(
         for key, value in wanted.items()
         if key in inputs and inputs[key] != value
     ] + notes
+
+
+def evaluation_outdated(evaluation: dict[str, Any], plan: ExportPlan) -> list[str]:
+    """SKUs whose training images this export plans other counts of than the evaluation measured
+    (``train_counts``; pure): images stored, withdrawn or rejected since. Its gain then describes another
+    training set: a SKU measured with 4 synthetic images had its 10 left out without a word."""
+    counts = evaluation.get("train_counts")
+    gain = evaluation.get("gain")
+    if not isinstance(counts, dict) or not isinstance(gain, dict):
+        return []
+    planned = {plan_class.sku_id: plan_class for plan_class in plan.classes}
+    changed = []
+    for sku_id in sorted(str(sku) for sku in gain):
+        measured, now = counts.get(sku_id), planned.get(sku_id)
+        if not isinstance(measured, dict) or now is None:
+            continue
+        was = (measured.get("real"), measured.get("synthetic"))
+        if was != (len(now.real), len(now.synthetic)):
+            changed.append(
+                f"{sku_id} (measured {was[0]} real, {was[1]} synthetic; now {len(now.real)} and "
+                f"{len(now.synthetic)})"
+            )
+    if not changed:
+        return []
+    shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+    return [
+        f"the store changed since it was measured: {shown}; their gains describe other training sets "
+        "(run skuforge evaluate again)"
+    ]
 
 
 def _finite_float(text: str) -> float:
@@ -250,6 +282,19 @@ def main(argv: list[str] | None = None) -> int:
                     min_real=args.min_real,
                     sku_ids=set(stored),
                 )
+                inputs = evaluation.get("inputs")
+                same_policy = isinstance(inputs, dict) and (
+                    inputs.get("max_synthetic_per_real"),
+                    inputs.get("min_real"),
+                ) == (args.max_synthetic_per_real, args.min_real)
+                if same_policy:  # else the counts differ by policy, which is noted already
+                    plan = plan_export(
+                        manifests.iter_rows(stored),
+                        max_synthetic_per_real=args.max_synthetic_per_real,
+                        min_real=args.min_real,
+                        withdrawn_photos=Withdrawals(manifests).by_sku(),
+                    )
+                    mismatches += evaluation_outdated(evaluation, plan)
                 for mismatch in mismatches:
                     print(f"note: --evaluation {args.evaluation}: {mismatch}", file=sys.stderr)
             summary = export_dataset(
