@@ -456,3 +456,60 @@ def test_an_accepted_image_that_is_gone_is_dead_lettered_and_its_earlier_record_
         record_accepted(event, ctx, metrics=metrics)
     assert refused.value.reason == "object_missing"
     assert not store.exists(key)
+
+
+# --- a general job interrupted while accepted images keep coming ----------------------------------
+
+
+def test_an_interrupted_general_job_is_finished_on_its_images_when_more_came_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its identity hashed every accepted image at plan time: after a SIGTERM (a redeploy), one more
+    accepted image made the restarted plan another job, whose training began again at step 0 (and the
+    first job's checkpoint was never used or deleted). With the generator running, that is any restart."""
+    from schemas.events import GateAccepted, GateCheck
+    from schemas.topics import GATE_ACCEPTED
+    from services.lora_trainer.stage import record_accepted
+    from shared.lora_training.train import TrainingInterrupted
+    from tests.support.gate import matted_item
+
+    store = FileStore(tmp_path / "store")
+    check = GateCheck(code="iou_below_threshold", passed=True, value=1.0, threshold=0.9)
+
+    def accept(variant: int) -> None:
+        accepted = GateAccepted(matted=matted_item(store, 1, variant), iou=1.0, checks=[check])
+        event = make_envelope(
+            GATE_ACCEPTED, accepted, event_id=f"{variant:032x}", sku_id="SKU-001", trace_id="t", producer="t"
+        )
+        ctx = Context("lora-trainer", store, Settings(), StageMetrics("lora-trainer"), logging.getLogger("t"))
+        ctx._handling = event
+        record_accepted(event, ctx, metrics=LoraTrainerMetrics(CollectorRegistry()))
+
+    for variant in range(3):
+        accept(variant)
+    settings = {"lora_class_images": 0, "lora_general_after_accepted": 3}
+    trainer = trainer_on(store, model_folder(tmp_path, "m"), **settings)
+    [started] = trainer.plan()
+
+    def interrupted(*_: Any, **__: Any) -> TrainingResult:
+        raise TrainingInterrupted("stopped at step 1")
+
+    monkeypatch.setattr(lora_stage, "train_lora", interrupted)
+    with pytest.raises(TrainingInterrupted):
+        trainer.run_pending()
+    accept(3)  # the generator went on meanwhile
+
+    trained: list[int] = []
+
+    def train_lora(model_dir: Path, training_set: Any, *_: Any, **__: Any) -> TrainingResult:
+        trained.append(len(training_set.instance_items))
+        return TrainingResult(
+            weights=lora_weights(), steps=1, final_loss=0.1, resumed_from_step=1, stopped_early=False
+        )
+
+    monkeypatch.setattr(lora_stage, "train_lora", train_lora)
+    restarted = trainer_on(store, model_folder(tmp_path, "m2"), **settings)
+    [event] = restarted.run_pending()
+    assert event.adapter_id == started.adapter_id and trained == [3]
+    # The image that came meanwhile is new for the next job: one, below the 3 that start one.
+    assert restarted.plan() == []

@@ -233,6 +233,7 @@ class Job:
     sources: list[InstanceSource]
     sha256: str
     accepted_count: int = 0  # general jobs: how many accepted images it covers
+    accepted_keys: tuple[str, ...] = ()  # general jobs: the request files its sources were read from
 
     @property
     def adapter_id(self) -> str:
@@ -413,20 +414,50 @@ class LoraTrainer:
                 # at once, and one image trained the adapter every SKU without a series one gets.
                 state = {"accepted_count": 0, "trained_at": time.time()}
                 self.store.put_json(state_key, state)
-        new = len(keys) - int(state.get("accepted_count", 0))
-        scheduled = every > 0 and new > 0 and time.time() - float(state.get("trained_at", 0.0)) >= every
-        if new < self.settings.lora_general_after_accepted and not scheduled:
-            return None
+        in_flight = state.get("in_flight")
+        if isinstance(in_flight, dict) and isinstance(in_flight.get("keys"), list):
+            # A general job started and neither published nor failed (a SIGTERM, a crash, a redeploy):
+            # it is finished first, on the images it started with. Planned from every accepted image,
+            # one more arriving meanwhile made it another job, and training began again from step 0.
+            picked = [str(key) for key in in_flight["keys"] if self.store.exists(str(key))]
+            accepted_count = int(in_flight.get("accepted_count", len(picked)))
+        else:
+            new = len(keys) - int(state.get("accepted_count", 0))
+            scheduled = every > 0 and new > 0 and time.time() - float(state.get("trained_at", 0.0)) >= every
+            if new < self.settings.lora_general_after_accepted and not scheduled:
+                return None
+            picked, accepted_count = _spread(keys, self.settings.lora_general_max_images), len(keys)
         sources = []
         unreadable = 0
-        for key in _spread(keys, self.settings.lora_general_max_images):
+        for key in picked:
             try:
                 sources.append(_accepted_source(self.store.get_bytes(key)))
             except (ValueError, KeyError, TypeError, BadInput) as exc:
                 unreadable += 1
                 log.warning("request file skipped", extra={"key": key, "reason": _one_line(exc)})
         self.metrics.unreadable.labels("accepted").set(unreadable)
-        return Job("general", None, sources, self._hash("general", None, sources), accepted_count=len(keys))
+        return Job(
+            "general",
+            None,
+            sources,
+            self._hash("general", None, sources),
+            accepted_count=accepted_count,
+            accepted_keys=tuple(picked),
+        )
+
+    def _general_in_flight(self, job: Job | None) -> None:
+        """Record ``job`` as the general job under way (None: none is), in ``general.json``."""
+        state_key = f"{PREFIX}/general.json"
+        state = json.loads(self.store.get_bytes(state_key)) if self.store.exists(state_key) else {}
+        wanted = (
+            None if job is None else {"keys": list(job.accepted_keys), "accepted_count": job.accepted_count}
+        )
+        if state.get("in_flight") != wanted:
+            if wanted is None:
+                state.pop("in_flight", None)
+            else:
+                state["in_flight"] = wanted
+            self.store.put_json(state_key, state)
 
     def _hash(self, kind: str, series: str | None, sources: list[InstanceSource]) -> str:
         # The class-folder images this job trains on (its classes' first recipe.class_images): a
@@ -493,9 +524,13 @@ class LoraTrainer:
             return self._publish(job, job_prefix, marker, register_again=True)
         failed_key = f"{job_prefix}/failed.json"
         if self.store.exists(failed_key):
+            if job.kind == "general":
+                self._general_in_flight(None)  # not finished first for ever: new images plan a new job
             return None  # cannot train as configured; new inputs (a new hash) or a new recipe retry
         result_key = f"{job_prefix}/result.json"
         if not self.store.exists(result_key):
+            if job.kind == "general":
+                self._general_in_flight(job)
             error: Exception | None = None
             try:
                 self._train(job, job_prefix, result_key)
@@ -507,7 +542,9 @@ class LoraTrainer:
             # before the next job loads its own.
             release_memory()
             if error is not None:
-                self._after_failure(job, job_prefix, error)
+                self._after_failure(job, job_prefix, error)  # raises unless the job failed for good
+                if job.kind == "general":
+                    self._general_in_flight(None)
                 return None
         return self._publish(job, job_prefix, marker)
 
