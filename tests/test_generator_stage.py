@@ -229,6 +229,8 @@ def test_each_backend_gets_the_knobs_it_knows_and_a_knob_no_backend_knows_stops_
         ('{"light_gain": 0.6, "light_gradient": 0.8}', "composite", "light_gain 0.6 with light_gradient 0.8"),
         # Measured, not a knob: the diffusion backend echoed it into its events as a gain nobody applied.
         ('{"applied_colour_gain": [1.3, 1, 1]}', "diffusion", "applied_colour_gain is measured"),
+        # Photo scenes without SKUFORGE_SCENES_URI: the settings loaded, then every variant was refused.
+        ('{"scene": "photo"}', "composite", "scene 'photo' needs a scene library: set SKUFORGE_SCENES_URI"),
     ],
 )
 def test_a_knob_value_its_backend_refuses_is_a_start_up_error(
@@ -251,6 +253,7 @@ def test_a_knob_is_checked_by_the_backends_in_use_only(monkeypatch: pytest.Monke
         '{"rotation_deg": 60, "scene": "photo", "scene_key": "a", "height_fraction": 0.97}',
     )
     monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND", "composite")
+    monkeypatch.setenv("SKUFORGE_SCENES_URI", "file:///srv/scenes")  # photo scenes need a library
     assert load_settings(GenerationSettings).generation_parameters["rotation_deg"] == 60
     monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND_MIX", '{"composite": 1, "diffusion": 1}')
     with pytest.raises(ConfigError, match="diffusion backend refuses it: rotation_deg"):

@@ -903,12 +903,13 @@ def _light(
 COMPOSITE_PARAMETERS: frozenset[str] = frozenset(_Plan.__dataclass_fields__) | {COLOUR_GAIN_KEY}
 
 
-def check_parameters(parameters: dict[str, Any]) -> None:
+def check_parameters(parameters: dict[str, Any], *, scene_library: bool = True) -> None:
     """Raise ``CompositeError`` where ``parameters`` (this backend's knobs only) has a value every
     request would be refused for, as ``_Plan.override`` refuses it: for the settings, at start-up.
-    The scene library is not open then: a photo scene's key is taken to be in it (the request checks)."""
+    The scene library is not open then: with ``scene_library`` (one is configured) a photo scene's key
+    is taken to be in it (the request checks); without, a photo scene is refused as every request is."""
     key = str(parameters.get("scene_key", ""))
-    stand_in = SceneLibrary([Scene(key, "", np.zeros((1, 1, 3), np.uint8))])
+    stand_in = SceneLibrary([Scene(key, "", np.zeros((1, 1, 3), np.uint8))]) if scene_library else None
     # The light at the dim end of what a request draws (light_gain from 0.8, a gradient up to 0.3), so that
     # a value refused for some variants only is refused here, not for a share of the SKUs at run time.
     dimmest = replace(_Plan.draw(np.random.default_rng(0)), light_gain=0.8, light_gradient=0.3)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, JsonValue, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, JsonValue, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
 from shared.config import SETTINGS_CONFIG
@@ -208,6 +208,20 @@ class GenerationSettings(BaseSettings):
                 "for the base model)"
             )
         return adapter_id
+
+    @model_validator(mode="after")
+    def _photo_scenes_need_the_library(self) -> GenerationSettings:
+        # Checked once every field is read (scenes_uri comes after the parameters): {"scene": "photo"}
+        # without a scene library loaded, and then every composite variant was refused.
+        if self.scenes_uri is None and "composite" in self.shares():
+            from shared.generation.composite import COMPOSITE_PARAMETERS, CompositeError, check_parameters
+
+            composite = {k: v for k, v in self.generation_parameters.items() if k in COMPOSITE_PARAMETERS}
+            try:
+                check_parameters(composite, scene_library=False)
+            except CompositeError as exc:
+                raise ValueError(f"generation_parameters: the composite backend refuses it: {exc}") from None
+        return self
 
     def shares(self) -> dict[str, float]:
         """Backend → share of variants (sums to 1)."""
