@@ -346,6 +346,14 @@ def test_a_stage_given_a_gpu_tolerates_the_gpu_nodes_taint_as_triton_does(helm: 
     # nodes tainted nvidia.com/gpu:NoSchedule its pods stayed Pending.
     docs = render(helm, "stages.matting.resources.limits.nvidia\\.com/gpu=1")
     pods = {name: template["spec"] for name, template in pod_templates(docs).items()}
+    # And rolls out as Triton does, without a surge pod: that one needed a GPU more, stayed Pending with
+    # none free, and with maxUnavailable 0 no old pod went: the rollout stalled without an alert.
+    deployments = of_kind(docs, "Deployment")
+    assert deployments["rel-skuforge-matting"]["spec"]["strategy"]["rollingUpdate"] == {
+        "maxSurge": 0,
+        "maxUnavailable": 1,
+    }
+    assert deployments["rel-skuforge-gate"]["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 1
     assert GPU_TOLERATION in pods["rel-skuforge-triton"]["tolerations"]
     assert pods["rel-skuforge-matting"]["tolerations"] == [GPU_TOLERATION]
     assert "tolerations" not in pods["rel-skuforge-gate"], "a stage without a GPU stays off the GPU nodes"
