@@ -501,7 +501,31 @@ def test_the_topics_job_reads_this_releases_settings_not_the_configmap(helm: str
     assert (
         env["SKUFORGE_KAFKA_BOOTSTRAP"] == "new-kafka:9092" and env["SKUFORGE_TOPIC_NAMESPACE"] == "staging."
     )
-    assert container["envFrom"] == [{"secretRef": {"name": "rel-skuforge-settings"}}]
+    assert container["envFrom"] == [{"secretRef": {"name": "rel-skuforge-topics-settings"}}]
+
+
+def test_the_topics_job_reads_this_releases_secret_values_not_the_previous_secret(helm: str) -> None:
+    # The chart's Secret is updated after the pre-upgrade hook: adding SASL (docs/deploy.md) gave the Job
+    # the new protocol and username without the password, and it exited 2 until the upgrade timed out.
+    docs = render(
+        helm,
+        "settings.SKUFORGE_KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+        "secret.values.SKUFORGE_KAFKA_SASL_PASSWORD=s3cret",
+    )
+    secrets = of_kind(docs, "Secret")
+    hook = secrets["rel-skuforge-topics-settings"]
+    assert hook["stringData"]["SKUFORGE_KAFKA_SASL_PASSWORD"] == "s3cret"
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "post-install,pre-upgrade"
+    assert int(hook["metadata"]["annotations"]["helm.sh/hook-weight"]) < 0  # before the Job
+    assert secrets["rel-skuforge-settings"]["stringData"] == hook["stringData"]  # what the stages get
+    (job,) = of_kind(docs, "Job").values()
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": "rel-skuforge-topics-settings"}}]
+    # A Secret of the user's own is theirs to update before the upgrade: read as it is, no copy made.
+    docs = render(helm, "secret.existingSecret=mine")
+    assert "rel-skuforge-topics-settings" not in of_kind(docs, "Secret")
+    (job,) = of_kind(docs, "Job").values()
+    assert job["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "mine"}}]
 
 
 def test_the_topics_job_adds_partitions_only_when_asked(helm: str) -> None:
