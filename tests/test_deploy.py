@@ -580,15 +580,31 @@ def test_the_deployment_alerts_see_every_release_name(helm: str, release: str) -
     has no chart labels by default). A long release name cut the chart's name off the end: its stages
     were invisible to SkuforgeStageAtMaxReplicas and SkuforgePodsUnavailable."""
     rules = yaml.safe_load((CHART / "rules" / "deploy.yml").read_text())
-    exprs = " ".join(rule["expr"] for group in rules["groups"] for rule in group["rules"])
-    (deployment_pattern,) = set(re.findall(r'deployment=~"([^"]+)"', exprs))
+    by_alert = {rule.get("alert"): rule["expr"] for group in rules["groups"] for rule in group["rules"]}
+    exprs = " ".join(by_alert.values())
     (hpa_pattern,) = set(re.findall(r'horizontalpodautoscaler=~"([^"]+)"', exprs))
+
+    def ticketed_by(alert: str, name: str) -> bool:
+        """Whether the alert's deployment matchers (=~ and !~) select the Deployment ``name``."""
+        wanted = re.findall(r'deployment=~"([^"]+)"', by_alert[alert])
+        unwanted = re.findall(r'deployment!~"([^"]+)"', by_alert[alert])
+        return all(re.fullmatch(p, name) for p in wanted) and not any(re.fullmatch(p, name) for p in unwanted)
+
     docs = render(helm, "console.enabled=true", release=release)
     deployments = of_kind(docs, "Deployment")
     scaled = of_kind(docs, "ScaledObject")
     assert deployments and scaled
     for name in deployments:
-        assert re.fullmatch(deployment_pattern, name), name
+        # Each Deployment is ticketed by exactly one of the two (Triton and the generator wait longer).
+        ours = [
+            a for a in ("SkuforgePodsUnavailable", "SkuforgeTritonPodsUnavailable") if ticketed_by(a, name)
+        ]
+        expected = (
+            "SkuforgeTritonPodsUnavailable"
+            if name.endswith(("-triton", "-generator"))
+            else "SkuforgePodsUnavailable"
+        )
+        assert ours == [expected], name
         assert len(name) <= 63, name
     for name in scaled:
         # KEDA names the HPA it makes keda-hpa-<ScaledObject>, and a Kubernetes name is at most 63.
@@ -811,6 +827,10 @@ def test_triton_down_waits_triton_s_start_up_and_rule_labels_reach_every_alert(h
     ).values()
     alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r}
     assert alerts["SkuforgeTritonDown"]["for"] == "30m"
+    # So does the ticket for Triton's (and the generator's) unavailable pods: a rollout takes a model
+    # load, and under SkuforgePodsUnavailable (15 minutes) every settings change opened two tickets.
+    assert alerts["SkuforgeTritonPodsUnavailable"]["for"] == "30m"
+    assert alerts["SkuforgePodsUnavailable"]["for"] == "15m"
     assert len(alerts) > 10
     for name, alert in alerts.items():
         assert alert["labels"]["team"] == "retail-ml", name
@@ -820,6 +840,7 @@ def test_triton_down_waits_triton_s_start_up_and_rule_labels_reach_every_alert(h
     (default,) = of_kind(render(helm, "triton.startupSeconds=300"), "PrometheusRule").values()
     by_name = {r.get("alert"): r for group in default["spec"]["groups"] for r in group["rules"]}
     assert by_name["SkuforgeTritonDown"]["for"] == "15m"  # never sooner than the file says
+    assert by_name["SkuforgeTritonPodsUnavailable"]["for"] == "15m"
 
 
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
