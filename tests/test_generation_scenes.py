@@ -138,6 +138,27 @@ def test_the_reported_colour_gain_is_what_the_scene_match_applied_and_the_gate_a
     assert plain.parameters[COLOUR_GAIN_KEY] == [1.0, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("arrangement", ["single", "pile"])
+def test_a_white_product_brightened_to_match_then_dimmed_is_declared_as_it_came_out(arrangement: str) -> None:
+    """The match is capped at white per pixel before the light dims the frame: a white product asked x1.2
+    got x1.0, and was declared x1.2 x 0.8 = 0.96 where it came out at 0.8 (the gate, which caps once,
+    measured a drift of 6 of its 20 from the generator itself). The gain declared is the one applied."""
+    reference, mask = marker_reference()
+    reference[mask > 0] = (255, 255, 255)
+    orange = np.full((240, 320, 3), (180, 120, 60), np.uint8)  # flat: the match is the whole story
+    backend = CompositeBackend(library(("shelves/orange.png", orange)), 1.0)
+    light = {"light_gain": 0.8, "light_gradient": 0.0, "colour_temperature": 0.0, "shadow": "none"}
+    parameters = {**PLAIN, **light, "scene_match": 0.6, "scene_key": "shelves/orange.png", "occluders": 0}
+    if arrangement == "pile":
+        parameters["arrangement"] = "pile"
+    sample = backend.generate(request(reference, mask, seed=1, scene=PHOTO_SCENE, **parameters))[0]
+    gain = np.array(sample.parameters[COLOUR_GAIN_KEY])
+    inside = sample.image[ndimage.binary_erosion(sample.expected_mask > 0, iterations=2)].mean(axis=0)
+    assert np.abs(np.minimum(255.0 * gain, 255.0) - inside).max() <= 2.0, (gain, inside)
+    check = drift(sample, reference, mask, tuple(gain))
+    assert check.passed and check.value < 2.0, check.message
+
+
 @pytest.mark.parametrize("scene", ["studio", "shelf", PHOTO_SCENE])
 @pytest.mark.parametrize("light_gain, colour_temperature", [(0.8, 1.0), (1.15, -1.0)])
 def test_the_declared_colour_gain_includes_the_light_that_falls_on_the_product(

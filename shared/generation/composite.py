@@ -531,7 +531,7 @@ def render_photo_variant(
     height_fraction = float(np.clip(fill * min(1.0, h / w), 0.05, 0.95))
     placed = _Plan(**{**plan.__dict__, "height_fraction": height_fraction})
     product, corners, height_fraction = _place_product(cutout, placed, size)
-    gain = _match_to_scene(product, img, plan.scene_match)
+    _, gain = _match_to_scene(product, img, plan.scene_match)
     if plan.shadow != "none":
         _shadow(img, product, plan, Placement.around(corners, size))
     occluders = [_scene_occluder(scene, product, size, scene_rng)] if plan.occluders > 0 else []
@@ -587,6 +587,7 @@ def _pile(
     ]
     visible = np.zeros(img.shape[1:], dtype=F32)
     gain: npt.NDArray[np.float32] | None = None
+    applied = np.ones(3, dtype=F32)
     heights: list[float] = []
     for cx, cy in spots:
         copy = _Plan(
@@ -603,7 +604,7 @@ def _pile(
         layer, _, height_fraction = _place_product(source, copy, size, centre=(cx * size, cy * size))
         heights.append(height_fraction)
         if gain is None:
-            gain = _match_to_scene(layer, img, plan.scene_match)
+            gain, applied = _match_to_scene(layer, img, plan.scene_match)
         else:
             _apply_gain(layer, gain)
         composite_layer(img, layer)
@@ -611,33 +612,42 @@ def _pile(
         region = visible[layer.y0 : layer.y0 + lh, layer.x0 : layer.x0 + lw]
         region += (1.0 - region) * layer.alpha
     assert gain is not None
-    return np.where(visible >= 0.5, 255, 0).astype(np.uint8), gain, float(np.mean(heights))
+    return np.where(visible >= 0.5, 255, 0).astype(np.uint8), applied, float(np.mean(heights))
 
 
 def _apply_gain(product: Layer, gain: npt.NDArray[np.float32]) -> None:
     product.premul[...] = np.minimum(product.premul * gain.astype(F32)[:, None, None], product.alpha)
 
 
-def _match_to_scene(product: Layer, img: npt.NDArray[np.float32], strength: float) -> npt.NDArray[np.float32]:
+def _match_to_scene(
+    product: Layer, img: npt.NDArray[np.float32], strength: float
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """Move the product's white balance and brightness part of the way to the scene's (in place).
 
-    Returns the per-channel gain applied (ones when nothing was matched).
+    Returns the per-channel gain asked for and the gain the product's pixels got on average (ones when
+    nothing was matched): a pixel is capped at white, so a bright product brightened got less than was
+    asked. The second is the one to report: the gate applies the declared gain to the reference and
+    caps once, and a white product matched by x1.2 and then lit by x0.8 was declared x0.96 but came
+    out x0.8 (a colour drift of 6 of the gate's 20 from the generator itself).
     """
     unchanged = np.ones(3, dtype=F32)
     coverage = float(product.alpha.sum())
     if coverage < 1.0 or strength <= 0:
-        return unchanged
+        return unchanged, unchanged
     product_rgb = product.premul.reshape(3, -1).sum(axis=1) / coverage
     scene_rgb = img.reshape(3, -1).mean(axis=1)
     product_grey, scene_grey = float(product_rgb.mean()), float(scene_rgb.mean())
     if product_grey < 1e-3 or scene_grey < 1e-3:
-        return unchanged
+        return unchanged, unchanged
     # A saturated product (a channel near 0) still gets matched; the floor only keeps the ratio finite.
     balance = (scene_rgb / scene_grey) / (np.maximum(product_rgb, 0.02) / product_grey)
     gain = np.clip(balance, 0.75, 1.33) ** strength
     gain *= float(np.clip(scene_grey / product_grey, 0.7, 1.4)) ** (strength * 0.5)
+    before = product.premul.reshape(3, -1).sum(axis=1, dtype=np.float64)
     _apply_gain(product, gain.astype(F32))
-    return gain.astype(F32)
+    after = product.premul.reshape(3, -1).sum(axis=1, dtype=np.float64)
+    applied = np.where(before > 1e-6, after / np.maximum(before, 1e-6), gain)
+    return gain.astype(F32), applied.astype(F32)
 
 
 def _scene_occluder(
