@@ -138,6 +138,18 @@ def test_the_reported_colour_gain_is_what_the_scene_match_applied_and_the_gate_a
     assert plain.parameters[COLOUR_GAIN_KEY] == [1.0, 1.0, 1.0]
 
 
+def test_a_procedural_scene_asked_for_is_the_same_augmentation_with_or_without_a_library() -> None:
+    """With a library loaded, a variant that drew a photo was made a photo plan (fewer occluders, no cast
+    shadow, a photo's key reported) before {"scene": "table"} set the scene back: over 200 seeds, no
+    cast shadow at all and a photo key on every procedural image."""
+    reference, mask = marker_reference()
+    scenes = library(("shelves/green.png", textured_scene(240, 320, (40, 150, 60))))
+    with_library, without = CompositeBackend(scenes, 1.0), CompositeBackend()
+    for seed in range(12):
+        asked = request(reference, mask, seed=seed, scene="table")
+        assert with_library.generate(asked)[0].parameters == without.generate(asked)[0].parameters, seed
+
+
 @pytest.mark.parametrize("arrangement", ["single", "pile"])
 def test_a_white_product_brightened_to_match_then_dimmed_is_declared_as_it_came_out(arrangement: str) -> None:
     """The match is capped at white per pixel before the light dims the frame: a white product asked x1.2

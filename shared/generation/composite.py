@@ -294,7 +294,12 @@ class CompositeBackend:
             # the library as always (same draws, so the other knobs do not change), whatever the share.
             # Before, a variant whose roll fell on a procedural scene kept scene_key "" and was refused.
             forced = request.parameters.get("scene") == PHOTO_SCENE and "scene_key" not in request.parameters
-            drawn = _Plan.draw(plan_rng, self.scenes, 1.0 if forced else self.photo_share, own_names)
+            # A procedural scene asked for ({"scene": "table"}) draws no photo either: drawn one, the plan
+            # was made a photo plan (fewer occluders, no cast shadow, a photo's key reported) before the
+            # scene was set back, so the same setting gave another augmentation once a library was loaded.
+            procedural = "scene" in request.parameters and request.parameters["scene"] != PHOTO_SCENE
+            share = 1.0 if forced else 0.0 if procedural else self.photo_share
+            drawn = _Plan.draw(plan_rng, self.scenes, share, own_names)
             if forced and self.scenes is not None and not drawn.scene_key:
                 raise CompositeError(
                     "scene 'photo' asked for, but every scene in the library is tagged like this SKU's "
