@@ -462,12 +462,18 @@ def test_heldout_skus_the_policy_leaves_out_and_a_missing_folder_are_refused(
     assert not (tmp_path / "eval").exists()
 
 
-def test_a_heldout_photo_copied_into_the_scene_library_is_refused(
-    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def scene_library(tmp_path: Path) -> Path:
+    """A scene library folder with one grey shelf photo (``shelves/aisle.jpg``)."""
     scenes = tmp_path / "scenes"
     (scenes / "shelves").mkdir(parents=True)
     Image.new("RGB", (64, 48), (90, 90, 90)).save(scenes / "shelves" / "aisle.jpg")
+    return scenes
+
+
+def test_a_heldout_photo_copied_into_the_scene_library_is_refused(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenes = scene_library(tmp_path)
     args = evaluate_args(heldout, tmp_path / "eval", tmp_path, "--scenes", f"file://{scenes}")
     shutil.copy(heldout / "SKU-BLUE" / "test-1.jpg", scenes / "shelves" / "renamed.png")
     assert cli_main(args) == 2
@@ -486,9 +492,7 @@ def test_scene_files_the_generator_skips_are_noted_not_a_traceback_or_a_refusal(
     """A backslash in a file name was a ValueError traceback; a dangling link a refusal that said the
     key 'resolves outside the store root'; a link loop a refusal that blamed the store URI and the Kafka
     bootstrap. The generator skips all three at load, so none can be in a scene."""
-    scenes = tmp_path / "scenes"
-    (scenes / "shelves").mkdir(parents=True)
-    Image.new("RGB", (64, 48), (90, 90, 90)).save(scenes / "shelves" / "aisle.jpg")
+    scenes = scene_library(tmp_path)
     Image.new("RGB", (64, 48), (80, 80, 80)).save(scenes / "shelves" / "a\\b.jpg")
     (scenes / "shelves" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (scenes / "shelves" / "loop.jpg").symlink_to(scenes / "shelves" / "loop.jpg")
@@ -1024,9 +1028,7 @@ def test_a_letterboxed_copy_of_a_heldout_photo_is_seen(bars: float, colour: str)
 def test_a_scene_letterboxed_from_a_heldout_photo_is_refused(
     colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    scenes = tmp_path / "scenes"
-    (scenes / "shelves").mkdir(parents=True)
-    Image.new("RGB", (64, 48), (90, 90, 90)).save(scenes / "shelves" / "aisle.jpg")
+    scenes = scene_library(tmp_path)
     held = shelf_photo(3)  # detail enough for a perceptual hash (the flat colour photos have none)
     (heldout / "SKU-BLUE" / "shelf.jpg").write_bytes(encode_jpeg(held))
     padded = ImageOps.pad(held, (held.width, round(held.height * 1.2)), color="black")
