@@ -204,11 +204,17 @@ def read_dead_letters(
         end = consumer.end_offsets(partitions)
         consumer.seek_to_beginning(*partitions)
         remaining = {tp for tp in partitions if consumer.position(tp) < end[tp]}
+        # A deadline for progress, not for the whole read: a DLQ of thousands of letters (originals of
+        # up to ~350 kB inline) takes longer than one timeout to read, and could never be listed or
+        # replayed. It gives up when nothing has come for timeout_s.
         deadline = time.monotonic() + timeout_s
         while remaining:
             if time.monotonic() > deadline:
-                raise DlqError(f"could not read {dlq} to its end within {timeout_s:.0f}s")
-            for tp, records in consumer.poll(timeout_ms=200).items():
+                raise DlqError(f"could not read {dlq} to its end: nothing came for {timeout_s:.0f}s")
+            batch = consumer.poll(timeout_ms=200)
+            if batch:
+                deadline = time.monotonic() + timeout_s
+            for tp, records in batch.items():
                 for record in records:
                     if record.offset >= end[tp]:
                         continue

@@ -379,3 +379,31 @@ def test_a_replay_that_fails_part_way_marks_what_was_sent(
     assert dlq_main(["replay", original], settings=settings, store=store) == 0
     values = [record.value for record in read_topic(kafka_bootstrap, original, expect=2, timeout_s=10)]
     assert sorted(len(value) for value in values) == [8, 3000]  # each once
+
+
+@pytest.mark.kafka
+def test_a_dlq_that_takes_longer_than_the_timeout_to_read_is_read_while_letters_keep_coming(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole read had one fixed deadline (30 s): a DLQ of thousands of letters with inline originals
+    could never be listed or replayed. The deadline is for progress now: it gives up only when nothing
+    comes. Here the consumer is slowed to one letter per 0.2 s, ten letters against a 1 s timeout."""
+    from kafka import KafkaConsumer
+
+    from shared import dlq as dlq_module
+    from shared.dlq import read_dead_letters
+
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    _write_letters(settings, *(_letter(settings, original_offset=offset) for offset in range(10)))
+
+    class SlowConsumer(KafkaConsumer):  # type: ignore[misc]
+        def poll(
+            self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True
+        ) -> Any:
+            time.sleep(0.2)
+            return super().poll(timeout_ms=timeout_ms, max_records=1, update_offsets=update_offsets)
+
+    monkeypatch.setattr(dlq_module, "KafkaConsumer", SlowConsumer)
+    dead = read_dead_letters(settings, settings.topic_name(SKU_INGESTED), timeout_s=1.0)
+    assert sorted(stored.letter.original_offset for stored in dead.letters) == list(range(10))
