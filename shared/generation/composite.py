@@ -606,7 +606,12 @@ def _pile(
         )
         flipped = cutout.rgba.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else None
         source = _Cutout(flipped, cutout.framing) if flipped is not None else cutout
-        layer, _, height_fraction = _place_product(source, copy, size, centre=(cx * size, cy * size))
+        try:
+            layer, _, height_fraction = _place_product(source, copy, size, centre=(cx * size, cy * size))
+        except CompositeError:
+            # One copy shrunk below a pixel (a thin product, drawn small): left out of the heap. It failed
+            # the whole variant, with a message about a height_fraction piles never use.
+            continue
         heights.append(height_fraction)
         if gain is None:
             gain, applied = _match_to_scene(layer, img, plan.scene_match)
@@ -616,7 +621,11 @@ def _pile(
         lh, lw = layer.alpha.shape
         region = visible[layer.y0 : layer.y0 + lh, layer.x0 : layer.x0 + lw]
         region += (1.0 - region) * layer.alpha
-    assert gain is not None
+    if gain is None:
+        raise CompositeError(
+            f"no copy of the product covers a pixel by half or more in a pile at {size} px: it is too thin "
+            "to heap (check the reference mask, or use a single arrangement)"
+        )
     return np.where(visible >= 0.5, 255, 0).astype(np.uint8), applied, float(np.mean(heights))
 
 
