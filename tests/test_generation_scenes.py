@@ -138,6 +138,24 @@ def test_the_reported_colour_gain_is_what_the_scene_match_applied_and_the_gate_a
     assert plain.parameters[COLOUR_GAIN_KEY] == [1.0, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("aspect", [1, 10, 25, 50])
+def test_a_long_thin_product_is_framed_as_its_reference_photo_frames_it(aspect: int) -> None:
+    """Its height was floored at 5% of the frame: past about 10:1 the width limit took over, and a 25:1
+    product filled 0.9 of the frame whatever its reference framing (0.4 here) said."""
+    height, width = 200 // aspect, 200
+    reference = np.full((height + 20, width + 20, 3), 255, np.uint8)
+    reference[10 : 10 + height, 10 : 10 + width] = (200, 50, 50)
+    mask = np.zeros(reference.shape[:2], np.uint8)
+    mask[10 : 10 + height, 10 : 10 + width] = 255
+    backend = CompositeBackend(library(("shelves/grey.png", np.full((100, 100, 3), 128, np.uint8))), 1.0)
+    straight = {"rotation_deg": 0.0, "perspective_x": 0.0, "perspective_y": 0.0, "occluders": 0}
+    framed = {"scene": PHOTO_SCENE, "scene_key": "shelves/grey.png", "reference_framing": 0.4, "framing": 1.0}
+    sample = backend.generate(request(reference, mask, seed=0, size=256, **framed, **straight))[0]
+    shown = sample.expected_mask >= 128
+    longer = max(np.flatnonzero(shown.any(axis=0)).size, np.flatnonzero(shown.any(axis=1)).size)
+    assert abs(longer / 256 - 0.4) <= 0.03, longer / 256
+
+
 def test_a_pile_of_a_thin_product_leaves_out_the_copies_too_small_to_place() -> None:
     """One copy shrunk below a pixel failed the whole variant ("the product vanished when placed:
     height_fraction is too small", a knob piles never use): 5 of 20 seeds of an 8 x 400 px product."""

@@ -533,7 +533,9 @@ def render_photo_variant(
     w, h = cutout.rgba.size
     framing = plan.reference_framing or cutout.framing
     fill = float(np.clip(framing * plan.framing, 0.3, 0.95))
-    height_fraction = float(np.clip(fill * min(1.0, h / w), 0.05, 0.95))
+    # At least 2 px tall, not 5% of the frame: a 25:1 product (a leek, a baguette) floored at 5% came out
+    # with its longer side over 0.9 of the frame whatever its reference photo showed.
+    height_fraction = float(np.clip(fill * min(1.0, h / w), 2.0 / size, 0.95))
     placed = _Plan(**{**plan.__dict__, "height_fraction": height_fraction})
     product, corners, height_fraction = _place_product(cutout, placed, size)
     _, gain = _match_to_scene(product, img, plan.scene_match)
