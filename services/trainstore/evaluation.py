@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from services.trainstore.cli import no_skus_problem, open_manifests, store_root
 from shared.config import load_settings
-from shared.errors import BadInput, ChecksumMismatch, ImageRejected, TransientError
+from shared.errors import BadInput, ChecksumMismatch, ImageRejected
 from shared.evaluation.backbone import BackboneMissing, BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     CONDITION_NAMES,
@@ -44,10 +44,11 @@ from shared.evaluation.leakage import (
     heldout_hash,
 )
 from shared.evaluation.report import write_report
+from shared.generation.scenes import scene_file_bytes
 from shared.images import photo_as_stored
 from shared.model_cache import write_atomically
 from shared.photos import PHOTO_FILE_SUFFIXES
-from shared.store import FileStore, ObjectStore, check_key, open_store, sha256_hex
+from shared.store import FileStore, ObjectStore, open_store, sha256_hex
 from shared.trainstore.dataset import ExportPlan, plan_export, read_checked
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.withdrawals import Withdrawals
@@ -366,21 +367,13 @@ def scene_files(uri: str) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]
         raise EvaluateRefused(f"--scenes {uri}: {exc}") from None
     files, hashes, notes = [], [], []
     for key in store.list_keys():
-        try:
-            check_key(key)
-        except ValueError as exc:
-            notes.append(
-                f"scene file {store.base_uri}/{key!r} not checked: {exc} (the generator skips it too)"
-            )
+        data = scene_file_bytes(store, key)
+        if isinstance(data, str):
+            # S3's bad keys have no URI (uri_for refuses them); their repr shows what is odd in them.
+            shown = f"{store.base_uri}/{key!r}" if data.startswith("bad_key") else object_name(store, key)
+            notes.append(f"scene file {shown} not checked: {data} (the generator skips it too)")
             continue
         name = object_name(store, key)
-        try:
-            data = store.get_bytes(key)
-        except (BadInput, TransientError) as exc:
-            if isinstance(exc, TransientError) and not isinstance(store, FileStore):
-                raise  # the object store is away, not the file
-            notes.append(f"scene file {name} not checked: unreadable ({exc}; the generator skips it too)")
-            continue
         files.append((name, sha256_hex(data)))
         value = copy_hashes(data)
         if value is not None:

@@ -149,20 +149,46 @@ def series_tag(name: str) -> str:
 
 def _read_scene(store: ObjectStore, key: str, *, max_pixels: int, max_bytes: int) -> Image.Image | str:
     """The decoded photo under ``key``, or why it is skipped (``reason`` or ``reason: detail``)."""
-    try:
-        check_key(key)
-    except ValueError as exc:
-        # S3 lists keys this store will not read (``a//b.jpg``), and a folder may hold such file names.
-        return f"bad_key: {exc}"
+    bad_key = _bad_key(key)
+    if bad_key is not None:
+        return bad_key
     suffix = PurePosixPath(key).suffix.lower()
     if suffix not in PHOTO_FILE_SUFFIXES:
         # Named, not ignored: .tif and .jfif scenes once loaded as nothing, without a word.
         accepted = ", ".join(sorted(PHOTO_FILE_SUFFIXES))
         return f"not_a_photo_suffix: {suffix or 'no suffix'} (scene photos are {accepted})"
+    data = _scene_bytes(store, key)
+    if isinstance(data, str):
+        return data
     try:
-        return decode_image(store.get_bytes(key), max_pixels=max_pixels, max_bytes=max_bytes)
+        return decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
     except ImageRejected as exc:
         return exc.reason
+    except (BadInput, OSError) as exc:
+        return f"unreadable: {type(exc).__name__}"
+
+
+def scene_file_bytes(store: ObjectStore, key: str) -> bytes | str:
+    """The bytes of the scene-library file under ``key``, whatever its suffix, or why the library skips
+    it at load (``bad_key: ...``, ``unreadable: ...``): what ``skuforge evaluate`` checks the library by.
+    ``TransientError`` when an object store (not a folder) is away."""
+    return _bad_key(key) or _scene_bytes(store, key)
+
+
+def _bad_key(key: str) -> str | None:
+    """Why ``key`` cannot be read (``bad_key: ...``), or None."""
+    try:
+        check_key(key)
+    except ValueError as exc:
+        # S3 lists keys this store will not read (``a//b.jpg``), and a folder may hold such file names.
+        return f"bad_key: {exc}"
+    return None
+
+
+def _scene_bytes(store: ObjectStore, key: str) -> bytes | str:
+    """The bytes under a valid ``key``, or why they cannot be read (``unreadable: ...``)."""
+    try:
+        return store.get_bytes(key)
     except TransientError as exc:
         if not isinstance(store, FileStore):
             # The store is down, not the file: fail start-up rather than silently lose scenes.
