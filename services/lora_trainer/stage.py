@@ -96,6 +96,8 @@ from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import ObjectStore, open_store, sha256_hex
 
 PREFIX = "lora-trainer"
+# The general adapter's schedule (accepted_count, trained_at) and the general job under way (in_flight).
+GENERAL_STATE_KEY = f"{PREFIX}/general.json"
 # Attempts of a job whose training raises something unexpected (not a refusal, not a store away)
 # before it is marked failed: a bug or an out-of-memory on the same inputs fails the same way.
 JOB_MAX_ATTEMPTS = 3
@@ -403,17 +405,15 @@ class LoraTrainer:
 
     def _general_job(self) -> Job | None:
         keys = sorted(self.store.list_keys(f"{PREFIX}/accepted/"))
-        state_key = f"{PREFIX}/general.json"
         every = self.settings.lora_general_every_s
-        if self.store.exists(state_key):
-            state = json.loads(self.store.get_bytes(state_key))
-        else:
+        state = self._general_state()
+        if state is None:
             state = {}
             if keys and every > 0:
                 # The schedule's clock starts at the first accepted image seen: with none, it was due
                 # at once, and one image trained the adapter every SKU without a series one gets.
                 state = {"accepted_count": 0, "trained_at": time.time()}
-                self.store.put_json(state_key, state)
+                self.store.put_json(GENERAL_STATE_KEY, state)
         in_flight = state.get("in_flight")
         if isinstance(in_flight, dict) and isinstance(in_flight.get("keys"), list):
             # A general job started and neither published nor failed (a SIGTERM, a crash, a redeploy):
@@ -445,10 +445,16 @@ class LoraTrainer:
             accepted_keys=tuple(picked),
         )
 
+    def _general_state(self) -> dict[str, Any] | None:
+        """``general.json`` as stored; None before the first accepted image started its clock."""
+        if not self.store.exists(GENERAL_STATE_KEY):
+            return None
+        state: dict[str, Any] = json.loads(self.store.get_bytes(GENERAL_STATE_KEY))
+        return state
+
     def _general_in_flight(self, job: Job | None) -> None:
         """Record ``job`` as the general job under way (None: none is), in ``general.json``."""
-        state_key = f"{PREFIX}/general.json"
-        state = json.loads(self.store.get_bytes(state_key)) if self.store.exists(state_key) else {}
+        state = self._general_state() or {}
         wanted = (
             None if job is None else {"keys": list(job.accepted_keys), "accepted_count": job.accepted_count}
         )
@@ -457,7 +463,7 @@ class LoraTrainer:
                 state.pop("in_flight", None)
             else:
                 state["in_flight"] = wanted
-            self.store.put_json(state_key, state)
+            self.store.put_json(GENERAL_STATE_KEY, state)
 
     def _hash(self, kind: str, series: str | None, sources: list[InstanceSource]) -> str:
         # The class-folder images this job trains on (its classes' first recipe.class_images): a
@@ -606,7 +612,7 @@ class LoraTrainer:
         # next single accepted image trained the general adapter again.
         if job.kind == "general":
             self.store.put_json(
-                f"{PREFIX}/general.json", {"accepted_count": job.accepted_count, "trained_at": time.time()}
+                GENERAL_STATE_KEY, {"accepted_count": job.accepted_count, "trained_at": time.time()}
             )
         self.store.put_json(self._current_key(job), {"adapter_id": job.adapter_id})
         self.store.put_json(marker, event)
