@@ -8,6 +8,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 from PIL import Image
@@ -72,7 +73,7 @@ def perceptual_hash(data: bytes) -> bytes | None:
     if views is None:
         return None
     frame, content = views
-    shown = content if content is not None and content.share <= _MAX_CONTENT_SHARE else frame
+    shown = content if _product_shot(content) else frame
     return _difference_hash(shown.thumbnail(turn=0))
 
 
@@ -89,9 +90,15 @@ def copy_hashes(data: bytes) -> bytes | None:
     frame, content = views
     bars = _bars_box(frame.grey)
     inside = None if bars is None else _View(frame.grey, bars)
-    shown = (content,) if content is not None and content.share <= _MAX_CONTENT_SHARE else (frame, content)
+    shown = (content,) if _product_shot(content) else (frame, content)
     parts = [_difference_hash(view.thumbnail(turn=0)) for view in (*shown, inside) if view is not None]
     return b"".join(part for part in parts if part is not None) or None
+
+
+def _product_shot(content: _View | None) -> TypeGuard[_View]:
+    """Whether a store or scene image is hashed by its content: a plain border around at most
+    ``_MAX_CONTENT_SHARE`` of the frame (a product shot), not an in-store photo with a plain edge."""
+    return content is not None and content.share <= _MAX_CONTENT_SHARE
 
 
 # Plain bars along the edges (letterboxing, padding to a square or a ratio): whole rows or columns of
