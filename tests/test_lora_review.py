@@ -21,8 +21,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.envelope import derive_id
-from schemas.events import SkuCaptioned
-from schemas.topics import SKU_CAPTIONED
+from schemas.events import GateAccepted, GateCheck, SkuCaptioned
+from schemas.topics import GATE_ACCEPTED, SKU_CAPTIONED
 from services.lora_trainer import stage as lora_stage
 from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import (
@@ -30,6 +30,7 @@ from services.lora_trainer.stage import (
     LoraTrainer,
     LoraTrainerMetrics,
     open_trainer,
+    record_accepted,
     record_captioned,
 )
 from shared.bus import make_envelope
@@ -47,7 +48,7 @@ from shared.lora_training.dataset import (
 )
 from shared.lora_training.train import TrainingResult
 from shared.observability import StageMetrics
-from shared.runtime import Context
+from shared.runtime import Context, Emit
 from shared.store import FileStore, ObjectStore
 from tests.test_generation_review import lora_weights
 from tests.test_generator_stage import captioned_sku
@@ -90,6 +91,30 @@ def record(store: ObjectStore, captioned: SkuCaptioned) -> None:
     )
     ctx._handling = event
     record_captioned(event, ctx, metrics=LoraTrainerMetrics(CollectorRegistry()))
+
+
+def gate_accepted(store: ObjectStore, variant: int) -> GateAccepted:
+    """Variant ``variant`` of SKU-001 as the gate accepts it (its image and mask in ``store``)."""
+    from tests.support.gate import matted_item
+
+    check = GateCheck(code="iou_below_threshold", passed=True, value=1.0, threshold=0.9)
+    return GateAccepted(matted=matted_item(store, 1, variant), iou=1.0, checks=[check])
+
+
+def record_accepted_event(store: ObjectStore, accepted: GateAccepted) -> list[Emit]:
+    """What the stage's handler does with a ``gate.accepted`` event, through the real handler."""
+    ctx = Context("lora-trainer", store, Settings(), StageMetrics("lora-trainer"), logging.getLogger("test"))
+    item_id = accepted.matted.generated.item_id
+    event = make_envelope(
+        GATE_ACCEPTED,
+        accepted,
+        event_id=derive_id("test", item_id),
+        sku_id="SKU-001",
+        trace_id="t",
+        producer="t",
+    )
+    ctx._handling = event
+    return record_accepted(event, ctx, metrics=LoraTrainerMetrics(CollectorRegistry()))
 
 
 def in_series(captioned: SkuCaptioned, series: str) -> SkuCaptioned:
@@ -434,26 +459,14 @@ def test_an_accepted_image_that_is_gone_is_dead_lettered_and_its_earlier_record_
 ) -> None:
     """Recorded without a look, it counted towards SKUFORGE_LORA_GENERAL_AFTER_ACCEPTED and was only
     dropped at training time with a log line; now the handler refuses it (a DLQ letter with the reason)."""
-    from schemas.events import GateAccepted, GateCheck
-    from schemas.topics import GATE_ACCEPTED
-    from services.lora_trainer.stage import record_accepted
-    from tests.support.gate import matted_item
-
     store = FileStore(tmp_path)
-    check = GateCheck(code="iou_below_threshold", passed=True, value=1.0, threshold=0.9)
-    accepted = GateAccepted(matted=matted_item(store, 1, 0), iou=1.0, checks=[check])
-    ctx = Context("lora-trainer", store, Settings(), StageMetrics("lora-trainer"), logging.getLogger("test"))
-    event = make_envelope(
-        GATE_ACCEPTED, accepted, event_id="e" * 32, sku_id="SKU-001", trace_id="t", producer="test"
-    )
-    ctx._handling = event
-    metrics = LoraTrainerMetrics(CollectorRegistry())
+    accepted = gate_accepted(store, 0)
     key = f"{PREFIX}/accepted/{accepted.matted.generated.item_id}.json"
-    assert record_accepted(event, ctx, metrics=metrics) == [] and store.exists(key)
+    assert record_accepted_event(store, accepted) == [] and store.exists(key)
 
     store.delete(store.key_for(accepted.matted.generated.image.uri))  # gone before a replay
     with pytest.raises(BadInput) as refused:
-        record_accepted(event, ctx, metrics=metrics)
+        record_accepted_event(store, accepted)
     assert refused.value.reason == "object_missing"
     assert not store.exists(key)
 
@@ -467,26 +480,11 @@ def test_an_interrupted_general_job_is_finished_on_its_images_when_more_came_mea
     """Its identity hashed every accepted image at plan time: after a SIGTERM (a redeploy), one more
     accepted image made the restarted plan another job, whose training began again at step 0 (and the
     first job's checkpoint was never used or deleted). With the generator running, that is any restart."""
-    from schemas.events import GateAccepted, GateCheck
-    from schemas.topics import GATE_ACCEPTED
-    from services.lora_trainer.stage import record_accepted
     from shared.lora_training.train import TrainingInterrupted
-    from tests.support.gate import matted_item
 
     store = FileStore(tmp_path / "store")
-    check = GateCheck(code="iou_below_threshold", passed=True, value=1.0, threshold=0.9)
-
-    def accept(variant: int) -> None:
-        accepted = GateAccepted(matted=matted_item(store, 1, variant), iou=1.0, checks=[check])
-        event = make_envelope(
-            GATE_ACCEPTED, accepted, event_id=f"{variant:032x}", sku_id="SKU-001", trace_id="t", producer="t"
-        )
-        ctx = Context("lora-trainer", store, Settings(), StageMetrics("lora-trainer"), logging.getLogger("t"))
-        ctx._handling = event
-        record_accepted(event, ctx, metrics=LoraTrainerMetrics(CollectorRegistry()))
-
     for variant in range(3):
-        accept(variant)
+        record_accepted_event(store, gate_accepted(store, variant))
     settings = {"lora_class_images": 0, "lora_general_after_accepted": 3}
     trainer = trainer_on(store, model_folder(tmp_path, "m"), **settings)
     [started] = trainer.plan()
@@ -497,7 +495,7 @@ def test_an_interrupted_general_job_is_finished_on_its_images_when_more_came_mea
     monkeypatch.setattr(lora_stage, "train_lora", interrupted)
     with pytest.raises(TrainingInterrupted):
         trainer.run_pending()
-    accept(3)  # the generator went on meanwhile
+    record_accepted_event(store, gate_accepted(store, 3))  # the generator went on meanwhile
 
     trained: list[int] = []
 
