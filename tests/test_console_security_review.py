@@ -134,6 +134,23 @@ def test_an_unknown_name_costs_a_hash_too_when_passwords_are_hashed(monkeypatch:
     assert hashed == [users["alice"]]
 
 
+def test_a_plain_entry_costs_a_hash_too_when_others_are_hashed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Plain and hashed entries mix: a known name with a plain password was answered in microseconds,
+    # an unknown one after a scrypt hash, so the time told the plain names apart.
+    hashed: list[str] = []
+    real = security._scrypt_matches
+
+    def counting(stored: str, candidate: bytes) -> bool:
+        hashed.append(stored)
+        return real(stored, candidate)
+
+    monkeypatch.setattr(security, "_scrypt_matches", counting)
+    users = {"alice": "alice-password", "bob": hash_password("bob-password", cost=CHEAP)}
+    assert not check_password(users, "alice", "guess")
+    assert check_password(users, "alice", "alice-password")
+    assert hashed == [users["bob"], users["bob"]]
+
+
 def test_a_malformed_hash_is_refused_at_start_up_naming_the_reviewer() -> None:
     with pytest.raises(ValueError, match=r"reviewer 'alice': a password starting 'scrypt:' must be"):
         parse_users("alice:scrypt:16:8:1:not base64!:x")

@@ -234,20 +234,20 @@ def parse_scrypt(stored: str) -> tuple[int, int, int, bytes, bytes]:
 def check_password(users: dict[str, str], reviewer: str, password: str) -> bool:
     """Whether ``password`` is ``reviewer``'s; compares in constant time, also for unknown names.
 
-    A stored ``scrypt:`` entry is verified by hashing ``password`` with its salt and cost; an unknown
-    name is hashed too when any reviewer's password is stored so, so the answer's time does not tell
-    which names exist.
+    A stored ``scrypt:`` entry is verified by hashing ``password`` with its salt and cost. When any
+    reviewer's password is stored so, an unknown name and a name with a plain entry pay for one scrypt
+    hash too, so the answer's time does not tell which names exist.
     """
     expected = users.get(reviewer)
     candidate = password.encode()
+    if expected is not None and expected.startswith(SCRYPT_PREFIX):
+        return _scrypt_matches(expected, candidate)
+    hashed = next((stored for stored in users.values() if stored.startswith(SCRYPT_PREFIX)), None)
+    if hashed is not None:
+        _scrypt_matches(hashed, candidate)
     if expected is None:
-        hashed = next((stored for stored in users.values() if stored.startswith(SCRYPT_PREFIX)), None)
-        if hashed is not None:
-            _scrypt_matches(hashed, candidate)
         hmac.compare_digest(candidate, candidate)
         return False
-    if expected.startswith(SCRYPT_PREFIX):
-        return _scrypt_matches(expected, candidate)
     return hmac.compare_digest(candidate, expected.encode())
 
 
