@@ -154,3 +154,26 @@ def test_importing_an_export_again_skips_what_it_decided_without_calling_it_lost
     again = import_annotations(parts.tasks, parts.store, export)
     assert [(o.outcome, o.detail) for o in again] == [("skipped", "already decided")] * 2
     assert not any(o.annotation_lost for o in again)
+
+
+@pytest.mark.slow
+def test_export_hands_off_every_pending_item_not_the_first_ten_thousand(tmp_path: Path) -> None:
+    # A fixed limit of 10,000 cut the hand-off short while the summary and exit status said all.
+    parts = build_console(tmp_path)
+    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0)))
+    [task] = parts.tasks.query()
+    with sqlite3.connect(parts.tasks.path) as db:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(tasks)")]
+        copied = ", ".join(
+            "printf('%032x', n)" if c == "task_id" else "received_at + n" if c == "received_at" else c
+            for c in columns
+        )
+        db.execute(
+            "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < 10000) "
+            f"INSERT INTO tasks ({', '.join(columns)}) SELECT {copied} FROM tasks, seq WHERE task_id = ?",
+            (task.task_id,),
+        )
+    assert parts.tasks.count() == 10_001
+    export = export_tasks(parts.tasks, parts.store)
+    assert len(export.tasks) == 10_001 and not export.skipped
+    assert len(export_tasks(parts.tasks, parts.store, limit=3).tasks) == 3

@@ -189,18 +189,21 @@ def export_tasks(
     *,
     filters: TaskFilter = PENDING,
     image_url: str = "{uri}",
-    limit: int = 10_000,
+    limit: int | None = None,
 ) -> LabelStudioExport:
     """Label Studio tasks for the queue's items (pending by default), predicted mask pre-annotated.
 
     ``image_url`` is a template for the image Label Studio loads: ``{uri}``, ``{key}`` (object key),
     ``{sku_id}``, ``{item_id}``; e.g. ``https://images.example/{key}``. An item whose predicted mask
     cannot be read (missing, corrupt, store unavailable) is left out with the reason; the others are
-    exported.
+    exported. Every matching item by default (``limit`` caps it; a fixed 10,000 once cut the hand-off
+    short without a word).
     """
     check_image_url(image_url)
     exported = []
     skipped = []
+    if limit is None:
+        limit = max(1, tasks.count(filters))
     for task in tasks.query(filters, limit=limit):
         matted = task.pending.matted
         image = matted.generated.image
