@@ -284,3 +284,28 @@ def test_the_edited_mask_is_stored_before_the_task_table_is_locked(
     assert stored is not None and np.array_equal(stored > 0, product())
     assert status == 200, detail
     assert locked_while_writing == [False]
+
+
+def test_only_the_decision_route_takes_a_large_multipart_body(tmp_path: Path) -> None:
+    # The large cap went by content type: a multipart claim, renew or logout of megabytes was
+    # accepted and spooled, where the docs promise 16 KiB for any POST but a decision with its mask.
+    settings = load_settings(store_uri=f"file://{tmp_path / 'store'}", max_image_bytes=1 << 20)
+    parts = build_console(tmp_path, lease_s=600.0, settings=settings)
+    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0, sku_id="SKU-0")))
+    (task,) = parts.tasks.query()
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    headers = {"X-CSRF-Token": login(client)}
+    padding = {"pad": ("pad.bin", b"\0" * 100_000, "application/octet-stream")}
+    for path in (f"/api/tasks/{task.task_id}/claim", f"/api/tasks/{task.task_id}/renew", "/logout"):
+        response = client.post(path, files=padding, headers=headers)
+        assert response.status_code == 413, (path, response.text)
+        assert "at most 16384 bytes" in response.json()["detail"]
+    assert parts.tasks.counts()["pending"] == 1, "the oversized claim did nothing"
+    assert client.post(f"/api/tasks/{task.task_id}/claim", headers=headers).status_code == 200
+    decision = client.post(
+        f"/api/tasks/{task.task_id}/decision",
+        data={"decision": "approve_edited"},
+        files={"mask": ("m.png", b"\0" * 100_000, "image/png")},
+        headers=headers,
+    )
+    assert decision.status_code == 422, "a large mask reaches the decision route (and is refused there as no PNG)"

@@ -6,6 +6,7 @@ answers 401. Every POST needs the session's CSRF token (``Reviewer``).
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations at runtime.
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -100,12 +101,14 @@ FORM_OVERHEAD_BYTES = 64 * 1024
 # Any other POST (claim, release, renew, claim-next, logout, a decision without a file): a CSRF token
 # and a few fields.
 SMALL_FORM_MAX_BYTES = 16 * 1024
+# The one route that takes a file (a decision's mask).
+DECISION_PATH = re.compile(r"/api/tasks/[^/]+/decision")
 
 
 async def limit_bodies(request: Request, call_next: CallNext) -> StarletteResponse:
     """Middleware: POST /login takes a url-encoded form of at most LOGIN_MAX_BYTES, declared; any other
-    multipart POST (a decision with its mask) at most the image limit (``SKUFORGE_MAX_IMAGE_BYTES``)
-    plus ``FORM_OVERHEAD_BYTES``, declared: the framework spools a multipart body to disk whole before
+    multipart POST to the decision route (a decision with its mask) at most the image limit
+    (``SKUFORGE_MAX_IMAGE_BYTES``) plus ``FORM_OVERHEAD_BYTES``, declared: the framework spools a multipart body to disk whole before
     the route sees it, so a limit checked there would come after the disk filled. Every other POST at
     most SMALL_FORM_MAX_BYTES. A body's length must be declared (no Transfer-Encoding): the HTTP
     parser then reads exactly that many bytes, so the declared length is the length read."""
@@ -127,7 +130,8 @@ async def limit_bodies(request: Request, call_next: CallNext) -> StarletteRespon
             return JSONResponse({"detail": "the login form needs a Content-Length"}, 411)
         if int(length) > LOGIN_MAX_BYTES:
             return JSONResponse({"detail": f"the login form is at most {LOGIN_MAX_BYTES} bytes"}, 413)
-    elif content_type.startswith("multipart/form-data"):
+    elif content_type.startswith("multipart/form-data") and DECISION_PATH.fullmatch(request.url.path):
+        # Only the decision takes a file: a multipart claim or logout of megabytes was spooled too.
         console: Console = request.app.state.console
         most = console.settings.max_image_bytes + FORM_OVERHEAD_BYTES
         if not declared:
