@@ -308,4 +308,4 @@ def test_only_the_decision_route_takes_a_large_multipart_body(tmp_path: Path) ->
         files={"mask": ("m.png", b"\0" * 100_000, "image/png")},
         headers=headers,
     )
-    assert decision.status_code == 422, "a large mask reaches the decision route (and is refused there as no PNG)"
+    assert decision.status_code == 422, "a large mask reaches the decision route (refused there: no PNG)"

@@ -108,10 +108,11 @@ DECISION_PATH = re.compile(r"/api/tasks/[^/]+/decision")
 async def limit_bodies(request: Request, call_next: CallNext) -> StarletteResponse:
     """Middleware: POST /login takes a url-encoded form of at most LOGIN_MAX_BYTES, declared; any other
     multipart POST to the decision route (a decision with its mask) at most the image limit
-    (``SKUFORGE_MAX_IMAGE_BYTES``) plus ``FORM_OVERHEAD_BYTES``, declared: the framework spools a multipart body to disk whole before
-    the route sees it, so a limit checked there would come after the disk filled. Every other POST at
-    most SMALL_FORM_MAX_BYTES. A body's length must be declared (no Transfer-Encoding): the HTTP
-    parser then reads exactly that many bytes, so the declared length is the length read."""
+    (``SKUFORGE_MAX_IMAGE_BYTES``) plus ``FORM_OVERHEAD_BYTES``, declared: the framework spools a
+    multipart body to disk whole before the route sees it, so a limit checked there would come after
+    the disk filled. Every other POST at most SMALL_FORM_MAX_BYTES. A body's length must be declared
+    (no Transfer-Encoding): the HTTP parser then reads exactly that many bytes, so the declared length
+    is the length read."""
     if request.method != "POST":
         return await call_next(request)
     # Media types are case-insensitive: "Multipart/Form-Data" passed uncapped, and the form parser
