@@ -191,6 +191,23 @@ def test_paint_on_the_mask_and_approve(console: Running, page: Any, tmp_path: Pa
     assert stored[row, start_x:end_x].all()  # the undone eraser dot stays painted
     assert console.service.tasks.get(first.event_id).state == "approved"
 
+    # Opened again to check it, the decided item's "edited" overlay is the mask that was saved (it
+    # was the predicted mask again): with only that layer shown, the stroke is drawn.
+    page.goto(f"{console.base_url}/tasks/{first.event_id}")
+    page.wait_for_selector("body[data-ready='1']")
+    page.evaluate(
+        """() => { for (const [id, on] of [["show-predicted", false], ["show-expected", false],
+                                           ["show-edited", true]]) {
+             const box = document.getElementById(id);
+             if (box.checked !== on) box.click(); } }"""
+    )
+    alpha = page.evaluate(
+        """([x, y]) => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(() =>
+             done(document.getElementById("overlay").getContext("2d").getImageData(x, y, 1, 1).data[3]))))""",
+        [(start_x + end_x) // 2, row],
+    )
+    assert alpha > 0
+
 
 def test_reject_with_the_keyboard(console: Running, page: Any) -> None:
     log_in(page, console, "bob")

@@ -104,6 +104,9 @@ def item_page(request: Request, task_id: TaskId, console: ConsoleDep) -> Respons
             for kind in ("generated", "predicted", "expected", "reference")
         },
     }
+    if outbox is not None and outbox.payload.decision == "approve_edited":
+        # The mask that was saved, so the "edited" overlay of a decided item shows it, not the model's.
+        page["images"]["corrected"] = f"/tasks/{task.task_id}/images/corrected"
     return templates.TemplateResponse(
         request,
         "item.html",

@@ -424,11 +424,13 @@
     if (handled) event.preventDefault();
   });
 
-  Promise.all([loadMask(page.images.predicted), loadMask(page.images.expected)])
-    .then(([predicted, expected]) => {
+  const loads = [loadMask(page.images.predicted), loadMask(page.images.expected)];
+  if (page.images.corrected) loads.push(loadMask(page.images.corrected)); // approved as edited
+  Promise.all(loads)
+    .then(([predicted, expected, corrected]) => {
       masks.predicted = predicted;
       masks.expected = expected;
-      masks.edited = predicted.slice();
+      masks.edited = corrected ? corrected : predicted.slice();
       document.body.dataset.ready = "1";
       redraw();
     })
