@@ -90,6 +90,13 @@ def item_page(request: Request, task_id: TaskId, console: ConsoleDep) -> Respons
     outbox = console.tasks.outbox(task_id)
     image = task.pending.matted.generated.image
     held = task.state == "claimed" and task.claimed_by == session.reviewer
+    images = {
+        kind: f"/tasks/{task.task_id}/images/{kind}"
+        for kind in ("generated", "predicted", "expected", "reference")
+    }
+    if outbox is not None and outbox.payload.decision == "approve_edited":
+        # The mask that was saved, so the "edited" overlay of a decided item shows it, not the model's.
+        images["corrected"] = f"/tasks/{task.task_id}/images/corrected"
     page = {
         "taskId": task.task_id,
         "width": image.width,
@@ -99,14 +106,8 @@ def item_page(request: Request, task_id: TaskId, console: ConsoleDep) -> Respons
         "leaseS": console.console.console_lease_s,
         "idleS": console.console.console_idle_s,
         "csrfToken": session.csrf_token,
-        "images": {
-            kind: f"/tasks/{task.task_id}/images/{kind}"
-            for kind in ("generated", "predicted", "expected", "reference")
-        },
+        "images": images,
     }
-    if outbox is not None and outbox.payload.decision == "approve_edited":
-        # The mask that was saved, so the "edited" overlay of a decided item shows it, not the model's.
-        page["images"]["corrected"] = f"/tasks/{task.task_id}/images/corrected"
     return templates.TemplateResponse(
         request,
         "item.html",
