@@ -253,3 +253,30 @@ def test_the_queues_filters_follow_the_reviewer_from_item_to_item(console: Runni
     page.wait_for_url(f"{base}/?sku={sku}&empty=1")
     assert "nothing left to claim" in page.inner_text("#nothing-to-claim")
     assert [event.payload.decision for event in resolved_events(console, expect=2)] == ["reject", "reject"]
+
+
+def test_an_open_item_decides_after_a_new_login_elsewhere(console: Running, page: Any) -> None:
+    """The page kept the CSRF token it was rendered with: after a logout and login in another tab
+    (or an expired session) every save answered 403 "reload the page", and a reload lost the edit."""
+    log_in(page, console, "alice")
+    page.keyboard.press("n")
+    oldest = console.envelopes[0]
+    page.wait_for_url(f"{console.base_url}/tasks/{oldest.event_id}")
+    page.wait_for_selector("body[data-ready='1']")
+
+    other = page.context.new_page()
+    other.goto(console.base_url + "/")
+    other.click("form[action='/logout'] button")
+    other.wait_for_url("**/login**")
+    other.fill("#reviewer", "alice")
+    other.fill("#password", "alice-password")
+    other.click("#login")
+    other.wait_for_url(console.base_url + "/")
+    other.close()
+
+    page.keyboard.press("r")
+    page.wait_for_selector("#reject-dialog[open]")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("body[data-decided='reject']")
+    [event] = resolved_events(console, expect=1)
+    assert event.payload.decision == "reject" and event.payload.reviewer == "alice"

@@ -2,16 +2,17 @@
 
 ``GET /api/tasks`` (queue and counts), ``GET /api/tasks/{id}`` (task and audit trail), ``POST
 /api/tasks/{id}/claim|renew|release``, ``POST /api/claim-next``, and ``POST /api/tasks/{id}/decision``
-(approve / edit / reject: the rules are in ``decisions.py``). Every POST needs the CSRF token.
+(approve / edit / reject: the rules are in ``decisions.py``). Every POST needs the CSRF token;
+``GET /api/csrf`` gives the current session's, so an open page carries on after a new login.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations at runtime.
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
 from schemas.events import Decision
-from services.console.auth import Reviewer
+from services.console.auth import Reviewer, current_session
 from services.console.context import ConsoleDep, Filters, TaskId
 from services.console.decisions import record_decision
 from services.console.tasks import Task
@@ -27,6 +28,13 @@ def api_tasks(
         "counts": console.tasks.counts(),
         "tasks": [task_json(task) for task in console.tasks.query(filters, limit=limit)],
     }
+
+
+@router.get("/csrf")
+def api_csrf(request: Request) -> dict[str, str]:
+    """The session's CSRF token: a page rendered under an earlier session (logged out and in again in
+    another tab, or the session expired) fetches it and retries, instead of losing its painted mask."""
+    return {"csrf_token": current_session(request).csrf_token}
 
 
 @router.get("/tasks/{task_id}")

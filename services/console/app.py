@@ -9,7 +9,7 @@ Pages (HTML, ``pages.py``)                 API (JSON, ``api.py``; JavaScript and
 ``POST /tasks/{id}/release``               ``POST /api/tasks/{id}/decision``      approve / edit / reject
 ``GET  /tasks/{id}``    item page          ``POST /api/claim-next``               claim oldest matching
 ``GET  /tasks/{id}/images/{kind}``         (generated, predicted, expected, reference, corrected)
-``GET  /static/{file}``
+``GET  /static/{file}``                    ``GET  /api/csrf``                     the session's CSRF token
 
 Every route but the login form needs a session (pages redirect to /login, the rest answer 401);
 every POST needs the session's CSRF token (``auth.py``, ``security.py``). Errors are JSON

@@ -187,7 +187,7 @@
   }
 
   // -- talking to the server --------------------------------------------------------------
-  async function post(url, body) {
+  async function post(url, body, retried) {
     const response = await fetch(url, {
       method: "POST",
       headers: { "X-CSRF-Token": page.csrfToken },
@@ -196,6 +196,15 @@
     });
     let payload = {};
     try { payload = await response.json(); } catch (_) { /* not JSON */ }
+    if (response.status === 403 && !retried && String(payload.detail).startsWith("missing or wrong CSRF")) {
+      // Logged in again since this page was rendered (another tab, an expired session): the token is
+      // the new session's. Fetch it and try once more, keeping the painted mask.
+      const fresh = await fetch("/api/csrf", { credentials: "same-origin" });
+      if (fresh.ok) {
+        page.csrfToken = (await fresh.json()).csrf_token;
+        return post(url, body, true);
+      }
+    }
     if (!response.ok) {
       const error = new Error(payload.detail ? String(JSON.stringify(payload.detail)) : response.statusText);
       error.status = response.status; // a network failure rejects in fetch() instead, without one
