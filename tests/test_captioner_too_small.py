@@ -18,6 +18,7 @@ from schemas.events import ReferencePhoto, SkuCaptioned, SkuIngested
 from services.captioner.config import CaptionerSettings
 from services.captioner.stage import CaptionerModels, handle
 from shared.config import load_settings
+from shared.dlq import is_permanent
 from shared.errors import BadInput
 from shared.matting.session import U2NetPSession
 from shared.store import FileStore
@@ -89,3 +90,21 @@ def test_a_sku_of_only_too_small_photos_is_refused_without_a_matting_call(
     except BadInput as exc:
         assert "too_small" not in exc.detail
     assert matting_calls(ctx.metrics) == 1
+
+
+def test_a_sku_whose_photos_are_all_missing_is_dead_lettered_as_replayable(
+    random_u2netp_onnx: Path, tmp_path: Path
+) -> None:
+    # Folded into no_usable_photo, a permanent reason, the SKU was left behind by a plain
+    # `skuforge dlq replay` after the store was restored, where docs/delivery.md says object_missing
+    # letters are replayed once the object is back.
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    session = U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=False)
+    models = CaptionerModels(session=session, vlm=None, options=load_settings(CaptionerSettings))
+    event = _event(store, "SKU-GONE", {"p1": _product(192), "p2": _product(8)})
+    store.delete("incoming/SKU-GONE/p1.png")
+    with pytest.raises(BadInput) as refused:
+        handle(event, context(store, settings), models=models)
+    assert refused.value.reason == "object_missing" and not is_permanent(refused.value.reason)
+    assert "p1: object_missing" in refused.value.detail and "p2: too_small" in refused.value.detail

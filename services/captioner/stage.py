@@ -21,7 +21,9 @@ not match its sha256 (``checksum_mismatch``), not an acceptable image (``corrupt
 refuses those, but not every event comes from ``skuforge ingest``), a uniform picture
 (``blank_photo``), or a mask that finds no product
 (``no_product_found``: almost empty; ``mask_full_frame``: almost everything). A SKU with no usable
-photo at all goes to the DLQ as ``no_usable_photo``, with each photo's reason in the detail. A SKU with
+photo at all goes to the DLQ as ``no_usable_photo``, with each photo's reason in the detail (as
+``object_missing`` when a photo is missing from the store, so a plain DLQ replay retries it once the
+object is back). A SKU with
 more photos than ``SKUFORGE_MAX_PHOTOS_PER_SKU`` (what ingest accepts) goes to the DLQ as
 ``too_many_photos`` before any photo is read: all of a SKU's photos are decoded at once.
 
@@ -73,6 +75,7 @@ from shared.captioning.prompts import (
 )
 from shared.captioning.vlm import VlmCaptioner, VlmModelError, open_vlm
 from shared.config import ConfigError, Settings, load_settings
+from shared.dlq import is_permanent
 from shared.errors import BadInput
 from shared.matting.session import (
     MaskOptions,
@@ -218,7 +221,19 @@ def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModel
             for photo, outcome in zip(photos, found, strict=True)
             if isinstance(outcome, _Unusable)
         )
-        raise BadInput("no_usable_photo", f"no photo of {sku.sku_id} shows a usable product ({reasons})")
+        # A photo missing from the store may come back: then the letter must be one a plain DLQ replay
+        # retries (no_usable_photo is permanent), named by that photo's reason.
+        curable = next(
+            (
+                outcome.reason
+                for outcome in found
+                if isinstance(outcome, _Unusable) and not is_permanent(outcome.reason)
+            ),
+            None,
+        )
+        raise BadInput(
+            curable or "no_usable_photo", f"no photo of {sku.sku_id} shows a usable product ({reasons})"
+        )
 
     # The owner's word first: a category that names its packaging ("juice carton") is not overruled by
     # a mask a torn outline or an odd view misleads; the masks decide only when it names none.
