@@ -484,3 +484,19 @@ def test_a_metadata_json_that_is_no_file_is_named_for_what_it_is(tmp_path: Path)
     for path in (folder, tmp_path):  # the SKU folder, and the batch holding it
         with pytest.raises(IngestError, match=r"metadata\.json: not a regular file \(a pipe, socket or dev"):
             prepare_all(path, load_settings())
+
+
+def test_ctrl_c_during_ingest_is_one_line_and_exit_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Was a traceback out of whatever PIL or the producer was doing at the time.
+    _sku(tmp_path / "batch", "A", "A-1")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+
+    def interrupted(*args: Any, **kwargs: Any) -> list[str]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ingest, "ingest_path", interrupted)
+    assert cli_main(["ingest", str(tmp_path / "batch")]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err and "run the same command again" in err

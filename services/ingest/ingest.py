@@ -758,5 +758,13 @@ def main(argv: list[str] | None = None) -> int:
     except TransientError as exc:
         print(f"skuforge ingest: {exc} (is Kafka at SKUFORGE_KAFKA_BOOTSTRAP running?)", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # A traceback out of whatever PIL or the producer was doing said nothing a user could act on.
+        print(
+            "skuforge ingest: interrupted; SKUs published before the interrupt stay published, the rest "
+            "were not: run the same command again to finish the batch (a SKU ingested twice is one event)",
+            file=sys.stderr,
+        )
+        return 130
     print(json.dumps({"ingested_skus": len(event_ids), "event_ids": event_ids}))
     return 0
