@@ -26,11 +26,14 @@ import sys
 import time
 from pathlib import Path
 
+from shared.argtypes import positive_int
+
 RESULTS = Path(__file__).parent / "results"
 MODELS = Path(__file__).resolve().parents[1] / "shared" / "matting" / "models"
 FP32 = MODELS / "u2netp-skuforge.onnx"
 INT8 = MODELS / "u2netp-skuforge-int8.onnx"
 WEIGHTS = MODELS / "u2netp-skuforge.pth"
+KINDS = ("ort_fp32", "ort_int8", "torch", "rembg")
 
 
 def _images(n: int) -> list:  # type: ignore[type-arg]
@@ -125,24 +128,25 @@ def _run_worker(
             "--weights",
             str(models["weights"]),
         ],
-        check=True,
         capture_output=True,
         text=True,
         env=env,
         cwd=Path(__file__).resolve().parents[1],
     )
+    if out.returncode != 0:
+        raise SystemExit(f"bench.matting: the {kind} b{batch} worker failed:\n{out.stderr.strip()[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (or one worker) and write bench/results/matting.json."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--worker", default=None)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--images", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--heldout", type=int, default=200)
+    parser.add_argument("--worker", default=None, choices=KINDS)
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--images", type=positive_int, default=32)
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--rounds", type=positive_int, default=3)
+    parser.add_argument("--heldout", type=positive_int, default=200)
     parser.add_argument("--fp32", type=Path, default=FP32)
     parser.add_argument("--int8", type=Path, default=INT8)
     parser.add_argument("--weights", type=Path, default=WEIGHTS)
@@ -153,7 +157,19 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(args.worker, args.batch, args.images, args.threads, models)))
         return 0
 
-    kinds = ["ort_fp32", "ort_int8", "torch", "rembg"]
+    rembg_python = os.environ.get("REMBG_PYTHON", sys.executable)
+    try:
+        probe = subprocess.run([rembg_python, "-c", "import rembg"], capture_output=True)
+        probe_failed = probe.returncode != 0
+    except OSError:  # no such interpreter
+        probe_failed = True
+    if probe_failed:
+        # Found after the first round's other workers, as a CalledProcessError that hid the reason.
+        parser.error(
+            f"{rembg_python} cannot import rembg (the baseline): run `make bench`, which makes its venv "
+            "(var/bench-rembg), or set REMBG_PYTHON to a Python that has it"
+        )
+    kinds = list(KINDS)
     runs: dict[str, list[dict[str, float]]] = {f"{k}_b{b}": [] for k in kinds for b in (1, 8)}
     for round_index in range(args.rounds):
         # Reversed every other round, so no configuration always runs in the same slot.
@@ -198,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
             max(r["peak_rss_mb"] for name in runs if name.startswith("ort") for r in runs[name]), 1
         ),
         "images_per_s": {name: round(ips(name), 3) for name in runs},
+        # Each round's figures, in run order within the round (reversed every other round), so the
+        # per-round ratios behind the speedups can be checked.
+        "runs": {name: [{k: round(v, 3) for k, v in r.items()} for r in rs] for name, rs in runs.items()},
         "peak_rss_mb_by_config": {
             name: round(max(r["peak_rss_mb"] for r in rs), 1) for name, rs in runs.items()
         },

@@ -167,3 +167,19 @@ def test_a_speedup_is_the_median_of_per_round_ratios() -> None:
     from bench.generation import median_round_ratio
 
     assert median_round_ratio([2.56, 6.94, 6.06], [1.55, 3.17, 3.93]) == 1.65
+
+
+def test_the_matting_bench_says_when_rembg_is_missing_before_any_round(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Without REMBG_PYTHON the rembg worker failed after round 1's other workers, as a
+    # CalledProcessError whose ModuleNotFoundError was never shown.
+    from bench import matting
+
+    monkeypatch.setenv("REMBG_PYTHON", "/nonexistent/python")
+    started: list[str] = []
+    monkeypatch.setattr(matting, "_run_worker", lambda kind, *args: started.append(kind))
+    with pytest.raises(SystemExit) as refused:
+        matting.main(["--out", "/dev/null"])
+    assert refused.value.code == 2 and started == []
+    assert "cannot import rembg" in capsys.readouterr().err
