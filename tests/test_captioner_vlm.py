@@ -100,3 +100,27 @@ def test_nothing_is_downloaded_for_a_hub_name_or_an_empty_uri(tmp_path: Path) ->
         fetch_model_dir((tmp_path / "nothing-here").as_uri(), tmp_path / "cache")
     with pytest.raises(ConfigError, match="SKUFORGE_CAPTIONER_VLM_MODEL"):
         load_settings(CaptionerSettings, captioner_backend="vlm")
+
+
+def test_a_damaged_or_foreign_model_folder_and_a_too_long_sentence_are_refused_at_start_up(
+    blip_dir: Path, tmp_path: Path
+) -> None:
+    # A torn safetensors file (SafetensorError) and a non-BLIP config (RuntimeError from a shape
+    # mismatch) were tracebacks out of `skuforge run captioner`; a prompt plus sentence longer than
+    # the text model's positions passed start-up and then dead-lettered every SKU as handler_error.
+    import json
+    import shutil
+
+    torn = shutil.copytree(blip_dir, tmp_path / "torn")
+    weights = next(torn.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(VlmModelError, match="cannot load BLIP"):
+        open_vlm(str(torn), cache_dir=None, threads=1, use_gpu=False)
+    foreign = shutil.copytree(blip_dir, tmp_path / "foreign")
+    (foreign / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(VlmModelError, match="bert model, not BLIP"):
+        open_vlm(str(foreign), cache_dir=None, threads=1, use_gpu=False)
+    positions = json.loads((blip_dir / "config.json").read_text())["text_config"]["max_position_embeddings"]
+    with pytest.raises(VlmModelError, match=f"exceed the {positions} text positions"):
+        open_vlm(str(blip_dir), cache_dir=None, threads=1, use_gpu=False, max_new_tokens=positions)
+    assert open_vlm(str(blip_dir), cache_dir=None, threads=1, use_gpu=False, max_new_tokens=positions // 2)

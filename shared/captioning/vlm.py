@@ -16,6 +16,7 @@ stay those measured on the mask.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -103,13 +104,34 @@ class VlmCaptioner:
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise VlmModelError(f"{path / 'config.json'} does not read as JSON: {exc}") from exc
+        if not isinstance(config, dict) or config.get("model_type") != "blip":
+            kind = config.get("model_type") if isinstance(config, dict) else None
+            raise VlmModelError(
+                f"{path} holds a {kind or 'untyped'} model, not BLIP (config.json model_type)"
+            )
+        try:
             self.processor: Any = BlipProcessor.from_pretrained(path, local_files_only=True)
             model: Any = BlipForConditionalGeneration.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError, KeyError) as exc:
-            raise VlmModelError(f"transformers cannot load BLIP from {path}: {exc}") from exc
+        except Exception as exc:  # a torn safetensors file or a mismatched shape raise
+            # their own types (SafetensorError, RuntimeError): a traceback at start-up said less.
+            raise VlmModelError(
+                f"transformers cannot load BLIP from {path}: {type(exc).__name__}: {exc}"
+            ) from exc
         self.model = model.to(self.device).eval()
         self.prompt = prompt.strip()
         self.max_new_tokens = max_new_tokens
+        # The prompt and the sentence share the text model's positions: past them every SKU raised
+        # IndexError in generate() and was dead-lettered as a handler error.
+        positions = int(getattr(model.config.text_config, "max_position_embeddings", 0) or 0)
+        prompt_tokens = len(self.processor.tokenizer(self.prompt)["input_ids"]) if self.prompt else 1
+        if positions and prompt_tokens + max_new_tokens > positions:
+            raise VlmModelError(
+                f"the prompt ({prompt_tokens} tokens) and SKUFORGE_CAPTIONER_VLM_MAX_NEW_TOKENS "
+                f"({max_new_tokens}) exceed the {positions} text positions of the BLIP model at {path}"
+            )
         self.model_id = f"blip:{name or path.name}@sha256:{_directory_digest(path)[:12]}"
 
     def describe(self, images: Sequence[Image.Image]) -> list[str]:
