@@ -500,3 +500,23 @@ def test_ctrl_c_during_ingest_is_one_line_and_exit_130(
     assert cli_main(["ingest", str(tmp_path / "batch")]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "interrupted" in err and "run the same command again" in err
+
+
+def test_a_sku_folder_link_that_leads_nowhere_and_an_archive_are_named_in_warnings(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    publisher: type[_Publisher],
+) -> None:
+    # An unmounted share's link or a zipped SKU folder was dropped without a word: the batch read as
+    # if it had no such SKU.
+    batch = tmp_path / "batch"
+    _sku(batch, "A", "A-1")
+    (batch / "B").symlink_to(tmp_path / "nas" / "B")
+    (batch / "C.zip").write_bytes(b"PK\x05\x06" + b"\x00" * 18)
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    assert cli_main(["ingest", str(batch)]) == 0, "warnings, not a refusal"
+    err = capsys.readouterr().err
+    assert f"1 link(s) in {batch} lead nowhere" in err and ": B" in err
+    assert f"1 archive(s) in {batch} are not opened and not ingested: C.zip" in err
+    assert publisher.published == ["A-1"]

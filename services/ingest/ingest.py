@@ -210,6 +210,35 @@ def loose_photos(path: Path) -> list[Path]:
         raise IngestError(_unreadable(exc, path)) from None
 
 
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
+
+
+def _warn_of_skipped_entries(path: Path, warn: Callable[[str], None]) -> None:
+    """Warn of entries of a batch folder that may have been meant as SKU folders but are not read: a
+    link whose target is gone or loops (an unmounted share, a moved folder) and an archive. They were
+    dropped without a word, as if the batch had no such SKU."""
+    if not path.is_dir() or _has_metadata_entry(path):
+        return
+    broken, archives = [], []
+    for child in sorted(_listed(path)):
+        if is_left_out_quietly(child.name):
+            continue
+        if child.is_symlink() and not child.exists():
+            broken.append(child.name)
+        elif child.is_file() and child.name.lower().endswith(ARCHIVE_SUFFIXES):
+            archives.append(child.name)
+    if broken:
+        warn(
+            f"{len(broken)} link(s) in {path} lead nowhere (a target that is gone, not mounted, or a "
+            f"loop) and are not ingested: {', '.join(broken[:10])}"
+        )
+    if archives:
+        warn(
+            f"{len(archives)} archive(s) in {path} are not opened and not ingested: "
+            f"{', '.join(archives[:10])}; unpack each SKU folder and run again"
+        )
+
+
 def _warn_of_loose_photos(path: Path, warn: Callable[[str], None]) -> None:
     """Warn, not refuse: the SKU folders are whole without them, but a photo silently left out was one
     its owner meant to give."""
@@ -468,6 +497,7 @@ def _check_all(
     lying beside the SKU folders, first, so a refused run names them too."""
     if warn is not None:
         _warn_of_loose_photos(path, warn)
+        _warn_of_skipped_entries(path, warn)
     kept: list[T] = []
     problems: list[str] = []
     for sku, sku_problems in check_folders(path, settings):
