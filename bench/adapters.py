@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared.argtypes import positive_int
 from shared.config import load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "adapters.json"
@@ -112,8 +113,10 @@ def measure(work: Path, registered: int, capacity: int, repeats: int) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15, help="switches timed per configuration")
-    parser.add_argument("--lru", type=int, default=4, help="SKUFORGE_DIFFUSION_LORA_CACHE_SIZE of 'lru'")
+    parser.add_argument("--repeats", type=positive_int, default=15, help="switches timed per configuration")
+    parser.add_argument(
+        "--lru", type=positive_int, default=4, help="SKUFORGE_DIFFUSION_LORA_CACHE_SIZE of 'lru'"
+    )
     args = parser.parse_args(argv)
 
     import torch

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from shared.argtypes import positive_int
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     EvaluationConfig,
@@ -507,6 +508,14 @@ def stack_training(k: int, classes: list[str], args: argparse.Namespace, export_
 # --------------------------------------------------------------------------------------------------
 
 
+def k_values(text: str) -> str:
+    """``--k``: distinct non-negative counts, comma-separated (``"0,1,3"``); a typo was a traceback."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isascii() and part.isdigit() for part in parts) or len(set(parts)) != len(parts):
+        raise argparse.ArgumentTypeError(f"expected distinct whole numbers like 0,1,3, got {text!r}")
+    return ",".join(str(int(part)) for part in parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.augment", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", type=Path, required=True, help="GroceryStoreDataset's dataset/ folder")
@@ -519,28 +528,34 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --split val: also score on the train photos no SKU and no scene uses (less noise)",
     )
-    parser.add_argument("--k", default="0,1,3", help="real in-store photos per SKU, comma-separated")
+    parser.add_argument(
+        "--k", type=k_values, default="0,1,3", help="real in-store photos per SKU, comma-separated"
+    )
     parser.add_argument(
         "--reuse-stack",
         action="store_true",
         help="stack mode: score what the last stack run of --workdir stored instead of running it again "
         "(refused unless its seed, k and generation options are these)",
     )
-    parser.add_argument("--classes", type=int, default=None, help="only the first N classes (a smoke run)")
-    parser.add_argument("--variants-per-sku", type=int, default=12)
-    parser.add_argument("--scenes-per-class", type=int, default=4, help="train photos per class as scenes")
+    parser.add_argument(
+        "--classes", type=positive_int, default=None, help="only the first N classes (a smoke run)"
+    )
+    parser.add_argument("--variants-per-sku", type=positive_int, default=12)
+    parser.add_argument(
+        "--scenes-per-class", type=positive_int, default=4, help="train photos per class as scenes"
+    )
     parser.add_argument("--photo-share", type=float, default=1.0, help="share of variants on scene photos")
     parser.add_argument("--parameters", default="{}", help="JSON composite parameters for every variant")
     parser.add_argument(
         "--pile-share", type=float, default=0.0, help="in-process: share of loose-produce variants heaped"
     )
-    parser.add_argument("--size", type=int, default=384, help="generated image side (px)")
+    parser.add_argument("--size", type=positive_int, default=384, help="generated image side (px)")
     parser.add_argument("--export-px", type=int, default=256, help="export's shorter side (px)")
     parser.add_argument(
         "--export-fit", choices=("keep", "pad"), default="keep", help="export: aspect kept, or padded square"
     )
-    parser.add_argument("--max-synthetic-per-real", type=int, default=12)
-    parser.add_argument("--max-reference-px", type=int, default=1024)
+    parser.add_argument("--max-synthetic-per-real", type=positive_int, default=12)
+    parser.add_argument("--max-reference-px", type=positive_int, default=1024)
     parser.add_argument(
         "--min-plain-background", type=float, default=0.7, help="in-process: cut-out sources (0: every photo)"
     )
@@ -580,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="0: frozen features + linear head (default); n: also fine-tune the backbone's last n stages",
     )
-    parser.add_argument("--tune-epochs", type=int, default=8)
+    parser.add_argument("--tune-epochs", type=positive_int, default=8)
     parser.add_argument("--tune-lr", type=float, default=1e-4)
     parser.add_argument("--timeout-s", type=float, default=7200.0)
     parser.add_argument("--workdir", type=Path, default=Path("var/augment"))

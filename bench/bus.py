@@ -26,6 +26,7 @@ from devstack.broker import LocalKafka, free_port
 from schemas.envelope import Envelope
 from schemas.events import SkuIngested
 from schemas.topics import SKU_INGESTED, Topic
+from shared.argtypes import positive_int
 from shared.bus import ensure_topics
 from shared.config import Settings, load_settings
 from shared.runtime import Context, Emit, Stage
@@ -121,10 +122,10 @@ def run_runtime(settings: Settings, events: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write bench/results/bus.json."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--partitions", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--events", type=positive_int, default=20_000)
+    parser.add_argument("--rounds", type=positive_int, default=3)
+    parser.add_argument("--partitions", type=positive_int, default=3)
+    parser.add_argument("--batch", type=positive_int, default=500)
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared.argtypes import positive_int
+
 RESULTS = Path(__file__).parent / "results"
 REAL_TRUTH = Path(__file__).parent / "data" / "captioner_real" / "truth.csv"
 REAL_DEV = Path(__file__).parent / "data" / "captioner_real" / "dev.csv"
@@ -124,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--products", type=int, default=200)
+    parser.add_argument("--products", type=positive_int, default=200)
     parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--size-px", type=int, default=512)
+    parser.add_argument("--size-px", type=positive_int, default=512)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--matting-model", default=None, help="matting model for both parts (default: the default session's)"

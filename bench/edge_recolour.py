@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from shared.argtypes import positive_int
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -39,9 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.edge_recolour", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--dataset", type=Path, required=True, help="GroceryStoreDataset's dataset/ folder")
-    parser.add_argument("--variants", type=int, default=6, help="composites per class and arm")
-    parser.add_argument("--classes", type=int, default=None, help="only the first N classes (a smoke run)")
-    parser.add_argument("--size", type=int, default=384, help="generated image side (px), as make evaluate")
+    parser.add_argument("--variants", type=positive_int, default=6, help="composites per class and arm")
+    parser.add_argument(
+        "--classes", type=positive_int, default=None, help="only the first N classes (a smoke run)"
+    )
+    parser.add_argument(
+        "--size", type=positive_int, default=384, help="generated image side (px), as make evaluate"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("var/edge-recolour"))
     parser.add_argument("--out", type=Path, default=RESULTS / "edge_recolour.json")
     args = parser.parse_args(argv)

@@ -47,6 +47,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from shared.argtypes import positive_int
 from shared.gate.checks import GateThresholds, evaluate, failed_reasons
 from shared.generation.backend import COLOUR_GAIN_KEY
 from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
@@ -299,9 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--n", type=int, default=100, help="good images (bad: twice as many)")
+    parser.add_argument("--n", type=positive_int, default=100, help="good images (bad: twice as many)")
     parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--size", type=int, default=512, help="image side in px (the generator's default)")
+    parser.add_argument(
+        "--size", type=positive_int, default=512, help="image side in px (the generator's default)"
+    )
     parser.add_argument("--source", choices=("composite", "renderer"), default="composite")
     parser.add_argument(
         "--no-renderer-comparison",

@@ -34,6 +34,7 @@ import numpy as np
 from services.generator.client import TritonGenerator
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import crop_to_product
+from shared.argtypes import positive_int
 from shared.synth import make_product, render_photo
 from tests.support.triton import TritonServerProcess, max_batch_executed
 
@@ -200,14 +201,16 @@ def _cpu_model() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=512, help="composite output side (px)")
-    parser.add_argument("--images", type=int, default=40, help="images per measurement")
+    parser.add_argument("--size", type=positive_int, default=512, help="composite output side (px)")
+    parser.add_argument("--images", type=positive_int, default=40, help="images per measurement")
     parser.add_argument(
         "--diffusion-size", type=int, default=64, help="diffusion output side (tiny model: 64)"
     )
-    parser.add_argument("--diffusion-images", type=int, default=16)
+    parser.add_argument("--diffusion-images", type=positive_int, default=16)
     parser.add_argument("--no-diffusion", action="store_true", help="composite only")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per backend (median)")
+    parser.add_argument(
+        "--rounds", type=positive_int, default=3, help="interleaved rounds per backend (median)"
+    )
     args = parser.parse_args(argv)
     results: dict[str, Any] = {
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}",

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared.argtypes import non_negative_int
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 MB = 2**20
@@ -198,9 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", choices=list(CONFIGS), action="append")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--before", type=Path, default=None, help="a checkout of the code before a change")
-    parser.add_argument("--speed-rounds", type=int, default=0)
+    parser.add_argument("--speed-rounds", type=non_negative_int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "matting_memory.json")
     args = parser.parse_args(argv)
+    if args.worker == "memory" and not args.config:
+        parser.error(f"--worker memory needs --config (one of {', '.join(CONFIGS)})")
     if args.worker == "memory":
         images, width, height = CONFIGS[args.config[0]]
         print(json.dumps(memory_worker(images, width, height, args.threads)))

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from shared.argtypes import non_negative_int
+
 DATA = Path(__file__).parent / "data" / "matting_real"
 RESULTS = Path(__file__).parent / "results"
 MODELS = Path(__file__).resolve().parents[1] / "shared" / "matting" / "models"
@@ -131,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours-int8", type=Path, default=MODELS / "u2netp-skuforge-int8.onnx")
     parser.add_argument("--official", type=Path, default=None, help="default: set-up's checked copy")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--renderer", type=int, default=200, help="renderer held-out photos (0: skip)")
+    parser.add_argument(
+        "--renderer", type=non_negative_int, default=200, help="renderer held-out photos (0: skip)"
+    )
     parser.add_argument("--sheet", type=Path, default=None, help="write a contact sheet of every mask here")
     parser.add_argument("--out", type=Path, default=RESULTS / "matting_real.json")
     args = parser.parse_args(argv)
@@ -142,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     from shared.matting.train import evaluate
 
     official = args.official or default_official_onnx()
-    verify_md5(official.read_bytes(), source=str(official))
     models = {"ours": args.ours, "ours_int8": args.ours_int8, "official": official}
+    for name, path in models.items():
+        if not path.is_file():
+            parser.error(f"{name}: {path} is not a file (the official model: make setup fetches it)")
+    verify_md5(official.read_bytes(), source=str(official))
 
     started = time.monotonic()
     items = load_items(args.dataset)

@@ -43,6 +43,7 @@ from kafka.structs import TopicPartition
 
 from devstack.broker import LocalKafka, free_port
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
+from shared.argtypes import positive_int
 from shared.config import Settings, load_settings
 from shared.store import open_store
 from tests.support.bus import create_topics, produce
@@ -288,9 +289,11 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write bench/results/scale.json."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=48, help="images per throughput round")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of r1 and of r2 (alternating)")
-    parser.add_argument("--pause-images", type=int, default=60, help="backlog of the join and kill runs")
+    parser.add_argument("--images", type=positive_int, default=48, help="images per throughput round")
+    parser.add_argument("--rounds", type=positive_int, default=2, help="rounds of r1 and of r2 (alternating)")
+    parser.add_argument(
+        "--pause-images", type=positive_int, default=60, help="backlog of the join and kill runs"
+    )
     parser.add_argument(
         "--session-timeout-ms", type=int, default=Settings.model_fields["session_timeout_ms"].default
     )

@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from shared.argtypes import positive_int
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 
@@ -105,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--items", type=int, default=2_000_000)
-    parser.add_argument("--skus", type=int, default=1_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--items", type=positive_int, default=2_000_000)
+    parser.add_argument("--skus", type=positive_int, default=1_000)
+    parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "store.json")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="skuforge-store-bench-") as directory:

@@ -183,3 +183,24 @@ def test_the_matting_bench_says_when_rembg_is_missing_before_any_round(
         matting.main(["--out", "/dev/null"])
     assert refused.value.code == 2 and started == []
     assert "cannot import rembg" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("module", "argv"),
+    [
+        ("augment", ["--k", "1,"]),
+        ("gate", ["--n", "0"]),
+        ("store", ["--rounds", "0"]),
+        ("captioner", ["--products", "0"]),
+        ("matting_memory", ["--worker", "memory"]),
+    ],
+)
+def test_a_bad_count_is_an_argument_error_not_a_traceback(module: str, argv: list[str]) -> None:
+    # Were ValueError / ZeroDivisionError / empty-median tracebacks, or (captioner --products 0) a
+    # results file of accuracy 0.0 written over the committed one.
+    import importlib
+
+    bench_module = importlib.import_module(f"bench.{module}")
+    with pytest.raises(SystemExit) as refused:
+        bench_module.main([*argv, "--out", "/nonexistent/out.json"])
+    assert refused.value.code == 2
