@@ -41,6 +41,12 @@ from tests.support.captioning import caption, context
         ("fruit yoghurt", None),
         ("sour cream", None),
         ("oat drink", None),
+        # Packed or processed: not loose fresh produce (all three were captioned as produce).
+        ("canned vegetables", "can"),
+        ("tinned fruit", "can"),
+        ("bottled vegetables", "bottle"),
+        ("frozen vegetables", None),
+        ("dried fruit", None),
     ],
 )
 def test_the_packaging_a_category_names(category: str, shape: str | None) -> None:

@@ -98,21 +98,35 @@ _DECLARED_PACKAGING: Final[dict[str, ShapeName]] = {
 _DECLARED_PRODUCE: Final = frozenset(
     {"fruit", "fruits", "vegetable", "vegetables", "veg", "veggies", "produce"}
 )
+# A packaging participle names the packaging ("canned vegetables" are in a can) ...
+_DECLARED_PACKED: Final[dict[str, ShapeName]] = {
+    **{word: "can" for word in ("canned", "tinned")},
+    **{word: "bottle" for word in ("bottled",)},
+    **{word: "jar" for word in ("jarred",)},
+    **{word: "box" for word in ("boxed",)},
+    **{word: "pouch" for word in ("bagged", "packaged", "packed")},
+}
+# ... and a processing word says the fruit is not loose and fresh, without saying in what.
+_PROCESSED: Final = frozenset({"frozen", "dried", "pickled", "preserved", "candied", "sliced", "chopped"})
 
 
 def declared_shape(category: str) -> ShapeName | None:
     """The packaging ``category`` names, if it names one: the head of the phrase ("juice carton" is
     a carton, "bottle of water" a bottle: the last packaging noun before any "of"), else ``produce``
     when the head itself is fruit or vegetables ("fresh fruit", "fruit and vegetables"; not "fruit
-    juice" or "vegetable oil", where the word only says what the product is made of); None when it
-    says nothing about packaging ("sour cream")."""
+    juice" or "vegetable oil", where the word only says what the product is made of), unless a word
+    says it is packed or processed: "canned vegetables" are a can, "frozen vegetables" say nothing of
+    their packaging (the masks decide); None when it says nothing about packaging ("sour cream")."""
     words = re.findall(r"[a-z]+", category.lower())
     head = words[: words.index("of")] if "of" in words else words
     for candidates in (head, words):
         packaging = [_DECLARED_PACKAGING[word] for word in candidates if word in _DECLARED_PACKAGING]
         if packaging:
             return packaging[-1]
-    if head and head[-1] in _DECLARED_PRODUCE:
+    packed = [_DECLARED_PACKED[word] for word in head if word in _DECLARED_PACKED]
+    if packed:
+        return packed[-1]
+    if head and head[-1] in _DECLARED_PRODUCE and not _PROCESSED.intersection(head):
         return "produce"
     return None
 
