@@ -505,3 +505,24 @@ def test_a_slanted_line_of_a_mask_is_too_thin_to_measure_said_plainly(length_px:
     # Two pixels wide at the same slant is a shape again.
     mask[11 : 10 + length_px, 10 : 9 + length_px] |= np.eye(length_px - 1, dtype=np.uint8) * 255
     assert describe_product(image, mask).mask_fraction == pytest.approx((2 * length_px - 1) / 64**2, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("sentence", "colours", "shape", "merged"),
+    [
+        # A colour word that is the thing itself stays: "cream" and "orange" were cut out everywhere.
+        ("a container of sour cream on a table", ["white"], "jar", "a container of sour cream on a table"),
+        ("a carton of ice cream", ["white", "blue"], "box", "a carton of ice cream"),
+        ("an orange on a white table", ["yellow"], "produce", "an orange on a table"),
+        ("a lemon and an orange", ["yellow"], "produce", "a lemon and an orange"),
+        # Loose produce has no packaging: the word goes, not "a produce of oranges".
+        ("a bag of oranges", ["orange"], "produce", "oranges"),
+        # Colours said of a thing still go when not measured, with the "and" between them.
+        ("a red and white box on a shelf", ["white"], "box", "a white box on a shelf"),
+        ("an orange box", ["red"], "box", "a box"),
+    ],
+)
+def test_colour_nouns_stay_and_produce_sheds_its_packaging_word(
+    sentence: str, colours: list[str], shape: str, merged: str
+) -> None:
+    assert merge_sentence("C", sentence, colours, shape) == f"C, {merged}"

@@ -242,21 +242,69 @@ def compose_tags(sku: SkuMetadata, colours: Sequence[str], shape: str, view: str
     return tags
 
 
+# Words after which a colour word is a noun ("an orange on a table", "sour cream and jam"), not a
+# colour said of the next word.
+_NOT_MODIFIED: Final = frozenset(
+    {"on", "in", "at", "by", "with", "of", "from", "to", "near", "next", "and", "or", "is", "are", "for"}
+)
+
+
+# Colour words that are also things a sentence may be about.
+_COLOUR_NOUNS: Final = frozenset({"orange", "cream", "gold", "silver", "navy", "tan"})
+
+
+def _modifies(words: Sequence[str], index: int) -> bool:
+    """Whether the colour word at ``index`` says a colour ("a red box", "red and white box", a cut-off
+    "a photo of a blue"), not names a thing: an orange or cream at the end of the sentence, before a
+    preposition, or after "sour"/"ice" is the fruit or the dairy product."""
+    if words[index] not in _COLOUR_NOUNS:
+        return True
+    if index > 0 and words[index - 1] in ("sour", "ice", "whipped"):
+        return False  # cream
+    following = words[index + 1] if index + 1 < len(words) else None
+    if following is None:
+        return False
+    if following in ("and", "or"):
+        after = words[index + 2] if index + 2 < len(words) else None
+        return after in _COLOUR_WORDS
+    return following not in _NOT_MODIFIED
+
+
 def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: str) -> str:
     """Append a vision-language model's sentence to a caption, minus any claim the measurements refute.
 
-    Colour words not among the measured colours are dropped, and a packaging word naming another
-    shape becomes the measured one ("product" when the shape is unknown): the attribute captioner is
-    authoritative for both. What is left (scene, objects, text the model read) is appended after a
-    comma. An empty sentence, or one left with only glue words, adds nothing.
+    Colour words not among the measured colours are dropped where they say a colour ("a red box"),
+    not where they are a noun ("sour cream", "an orange on a table"); a packaging word naming another
+    shape becomes the measured one ("product" when the shape is unknown; dropped with its article and
+    "of" for loose produce): the attribute captioner is authoritative for both. What is left (scene,
+    objects, text the model read) is appended after a comma. An empty sentence, or one left with only
+    glue words, adds nothing.
     """
     measured = {colour.lower() for colour in colours}
+    words = [word.lower() for word in re.findall(r"[A-Za-z0-9'&-]+", sentence)]
     kept: list[str] = []
-    for word in re.findall(r"[A-Za-z0-9'&-]+", sentence):
-        lower = word.lower()
-        if lower in _COLOUR_WORDS and lower not in measured and not (lower == "gray" and "grey" in measured):
+    skip: str | None = None  # a word the previous drop takes with it ("of", "and")
+    for index, lower in enumerate(words):
+        following = words[index + 1] if index + 1 < len(words) else None
+        if skip is not None and lower == skip:
+            skip = None
+            continue
+        skip = None
+        if (
+            lower in _COLOUR_WORDS
+            and lower not in measured
+            and not (lower == "gray" and "grey" in measured)
+            and _modifies(words, index)
+        ):
+            skip = following if following in ("and", "or") else None  # "red and white box"
             continue
         if lower in _SHAPE_WORDS and _SHAPE_WORDS[lower] != shape:
+            if shape == "produce":
+                # Loose produce has no packaging: "a bag of oranges" is "oranges", not "a produce of".
+                if kept and kept[-1] in ("a", "an", "the"):
+                    kept.pop()
+                skip = "of" if following == "of" else None
+                continue
             lower = shape if shape != "other" else "product"
         kept.append(lower)
     # Dropping a word can leave "an can": articles follow the word after them.
