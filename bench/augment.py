@@ -508,6 +508,11 @@ def stack_training(k: int, classes: list[str], args: argparse.Namespace, export_
 # --------------------------------------------------------------------------------------------------
 
 
+# The options that choose the classifier (EvaluationConfig.from_options reads them; the seed also
+# picks the SKUs' photos, so the stack run's options guard it).
+CLASSIFIER_OPTIONS = tuple(name for name in EvaluationConfig.CLI_FIELDS if name != "seed")
+
+
 def k_values(text: str) -> str:
     """``--k``: distinct non-negative counts, comma-separated (``"0,1,3"``); a typo was a traceback."""
     parts = [part.strip() for part in text.split(",")]
@@ -612,6 +617,19 @@ def main(argv: list[str] | None = None) -> int:
         # The test split is for the final figures, made through the stack: a try scored on it is a choice
         # made on test, and it replaced bench/results/augment.json.
         parser.error("--mode in-process is for tries: score them on val (--split val), not on the test split")
+    if args.split == "test":
+        # --reuse-stack scores the stored stack again in seconds: with another classifier it was a way
+        # to try classifiers on the test split, and the file did not say which one it used.
+        changed = [
+            f"--{name.replace('_', '-')} {getattr(args, name)}"
+            for name in CLASSIFIER_OPTIONS
+            if getattr(args, name) != parser.get_default(name)
+        ]
+        if changed:
+            parser.error(
+                f"the test split is scored with the committed classifier, not {', '.join(changed)}: try "
+                "classifiers on val (--split val) and make the chosen one the default"
+            )
     default_out = results_file(args)
     if args.out is None and args.split == "val" and default_out.exists():
         parser.error(
@@ -711,6 +729,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants_per_sku": args.variants_per_sku,
         "backbone": backbone.backbone_id,
         "classifier": describe_classifier(config.__dict__),
+        "classifier_options": {name: getattr(args, name) for name in CLASSIFIER_OPTIONS},
         "images_per_min_through_stack": throughput,
         # Every k's SKUs went through one stack: its generated images, and the decisions on them.
         "stack_images": None

@@ -204,3 +204,20 @@ def test_a_bad_count_is_an_argument_error_not_a_traceback(module: str, argv: lis
     with pytest.raises(SystemExit) as refused:
         bench_module.main([*argv, "--out", "/nonexistent/out.json"])
     assert refused.value.code == 2
+
+
+def test_the_test_split_is_scored_with_the_committed_classifier_only(tmp_path: Path) -> None:
+    # --reuse-stack --split test with another --l2 or --real-weight re-scored the stored stack in
+    # seconds: a way to try classifiers on the test split, into augment.json, which did not say so.
+    for option in (["--l2", "0.1"], ["--real-weight", "1"], ["--tune-stages", "1"]):
+        argv = [
+            "--dataset",
+            str(tmp_path),
+            "--split",
+            "test",
+            "--reuse-stack",
+            "--out",
+            str(tmp_path / "o.json"),
+        ]
+        assert _exit_code([*argv, *option]) == 2
+    assert augment.CLASSIFIER_OPTIONS == ("l2", "real_weight", "tune_stages", "tune_epochs", "tune_lr")
