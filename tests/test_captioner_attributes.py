@@ -526,3 +526,19 @@ def test_colour_nouns_stay_and_produce_sheds_its_packaging_word(
     sentence: str, colours: list[str], shape: str, merged: str
 ) -> None:
     assert merge_sentence("C", sentence, colours, shape) == f"C, {merged}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],  # --out is required: the default replaced the committed tree
+        ["--out", "/tmp/x.py", "--min-confidence", "nan"],  # wrote a module that could not be imported
+        ["--out", "/tmp/x.py", "--products", "0"],  # wrote an empty tree
+    ],
+)
+def test_fit_shape_refuses_what_would_replace_or_break_the_committed_tree(argv: list[str]) -> None:
+    from shared.captioning import fit_shape
+
+    with pytest.raises(SystemExit) as refused:
+        fit_shape.main(argv)
+    assert refused.value.code == 2
