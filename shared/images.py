@@ -233,6 +233,8 @@ def _open_and_load(
             "format_not_allowed", f"format {image.format or 'unknown'} is not one of {sorted(allowed)}"
         )
 
+    if image_format == "TIFF":
+        _refuse_misread_tiff(image)
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageRejected("zero_size", f"image is {width}x{height}")
@@ -253,6 +255,30 @@ def _open_and_load(
         raise ImageRejected(reason, f"{image_format} pixel data: {exc}") from exc
 
     return apply_exif_orientation(image)
+
+
+def _refuse_misread_tiff(image: Image.Image) -> None:
+    """TIFF layouts Pillow decodes wrongly without an error: more than 8 bits per sample stored per
+    channel (planar) and uncompressed, which Pillow reads as 8-bit planes (a zoomed, recoloured
+    quarter of the picture was stored as the product's photo), and more than 8 bits with 0 = white
+    (stored as its negative). Refused with what to do instead."""
+    tags = getattr(image, "tag_v2", {})
+    bits = tags.get(258, 8)
+    deepest = max(bits) if isinstance(bits, tuple) else int(bits)
+    if deepest <= 8:
+        return
+    if tags.get(284, 1) == 2 and tags.get(259, 1) == 1:
+        raise ImageRejected(
+            "unsupported_mode",
+            f"an uncompressed TIFF of {deepest} bits per sample stored per channel (planar) is not read "
+            "correctly; save it interleaved (RGBRGB...) or compressed (LZW / ZIP), or as PNG",
+        )
+    if tags.get(262) == 0:
+        raise ImageRejected(
+            "unsupported_mode",
+            f"a TIFF of {deepest} bits per sample with 0 = white (MinIsWhite) is not read correctly; "
+            "save it as an ordinary greyscale TIFF or PNG",
+        )
 
 
 def _pixel_limit(max_pixels: int) -> int:

@@ -7,8 +7,10 @@ import zlib
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 from PIL import Image
 
+from shared.errors import ImageRejected
 from shared.images import decode_image, decode_mask
 
 
@@ -120,3 +122,71 @@ def test_a_premultiplied_grey_alpha_tiff_decodes_with_its_transparency() -> None
     assert image.getpixel((0, 0)) == (255, 255, 255)  # transparent: over white
     _, _, mask = photo_and_transparency(bytes(data))
     assert mask is not None and mask[8, 8] == 255 and mask[0, 0] == 0 and int(mask.sum()) == 64 * 255
+
+
+def _baseline_tiff(planes: list[np.ndarray], *, planar: bool, photometric: int) -> bytes:
+    """An uncompressed little-endian TIFF of 16-bit samples (one plane per sample), laid out per
+    channel (planar) or interleaved; Pillow cannot write per-channel TIFFs."""
+    height, width = planes[0].shape
+    samples = len(planes)
+    if planar:
+        strips = [plane.astype("<u2").tobytes() for plane in planes]
+    else:
+        strips = [np.stack(planes, axis=-1).astype("<u2").tobytes()]
+    entries = 10
+    extra = 8 + 2 + 12 * entries + 4  # after the header and the IFD
+    bps_at = extra
+    offsets_at = bps_at + 2 * samples
+    counts_at = offsets_at + 4 * len(strips)
+    data_at = counts_at + 4 * len(strips)
+    offsets, at = [], data_at
+    for strip in strips:
+        offsets.append(at)
+        at += len(strip)
+
+    def short(tag: int, value: int) -> bytes:
+        return struct.pack("<HHIHH", tag, 3, 1, value, 0)
+
+    def longs(tag: int, values: list[int], where: int) -> bytes:
+        # One value fits in the entry itself; more are stored at ``where``.
+        return struct.pack("<HHII", tag, 4, len(values), values[0] if len(values) == 1 else where)
+
+    ifd = b"".join(
+        [
+            short(256, width),
+            short(257, height),
+            short(258, 16) if samples == 1 else struct.pack("<HHII", 258, 3, samples, bps_at),
+            short(259, 1),
+            short(262, photometric),
+            longs(273, offsets, offsets_at),
+            short(277, samples),
+            short(278, height),
+            longs(279, [len(strip) for strip in strips], counts_at),
+            short(284, 2 if planar else 1),
+        ]
+    )
+    return b"".join(
+        [
+            b"II" + struct.pack("<HI", 42, 8),
+            struct.pack("<H", entries) + ifd + struct.pack("<I", 0),
+            struct.pack(f"<{samples}H", *([16] * samples)),
+            struct.pack(f"<{len(strips)}I", *offsets),
+            struct.pack(f"<{len(strips)}I", *(len(strip) for strip in strips)),
+            *strips,
+        ]
+    )
+
+
+def test_a_16_bit_tiff_pillow_would_misread_is_refused_and_its_readable_twin_is_not() -> None:
+    # Stored per channel and uncompressed, Pillow read the 16-bit planes as 8-bit ones: ingest stored
+    # a zoomed, recoloured quarter of the photo as the product's reference photo, exit 0.
+    rng = np.random.default_rng(4)
+    planes = [rng.integers(0, 65536, (32, 48), dtype=np.uint16) for _ in range(3)]
+    with pytest.raises(ImageRejected, match="stored per channel") as refused:
+        decode_image(_baseline_tiff(planes, planar=True, photometric=2))
+    assert refused.value.reason == "unsupported_mode"
+    interleaved = np.asarray(decode_image(_baseline_tiff(planes, planar=False, photometric=2)))
+    expected = np.stack([(plane / 257).round() for plane in planes], axis=-1)
+    assert np.abs(interleaved.astype(int) - expected).max() <= 1
+    with pytest.raises(ImageRejected, match="MinIsWhite"):
+        decode_image(_baseline_tiff(planes[:1], planar=False, photometric=0))
