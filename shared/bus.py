@@ -466,6 +466,20 @@ def _grow(
     return grown
 
 
+def listed_topics(settings: Settings, client_id: str = "skuforge-admin") -> set[str]:
+    """The topic names the cluster lists; ``TransientError`` (naming the settings) if none answers."""
+    try:
+        admin = KafkaAdminClient(**kafka_connection(settings), client_id=client_id)
+    except KafkaError as exc:
+        raise TransientError(unreachable(settings, exc)) from exc
+    try:
+        return set(admin.list_topics())
+    except KafkaError as exc:
+        raise TransientError(unreachable(settings, exc)) from exc
+    finally:
+        admin.close()
+
+
 def _topics_not_listed(admin: KafkaAdminClient, names: list[str]) -> set[str]:
     return set(names) - set(admin.list_topics())
 

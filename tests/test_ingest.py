@@ -167,6 +167,19 @@ def test_ingest_publishes_one_event_per_sku_after_storing_photos(
 
 
 @pytest.mark.kafka
+def test_a_missing_topic_is_named_before_any_photo_is_uploaded(
+    kafka_bootstrap: str, synth_skus: Path, tmp_path: Path
+) -> None:
+    # Was found at the first publish, after the uploads, as a 60 s metadata timeout asking whether
+    # Kafka was running (it was).
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
+    with pytest.raises(IngestError, match=f"topic {settings.topic_name(SKU_INGESTED)} does not exist"):
+        ingest_path(synth_skus, settings)
+    store = tmp_path / "store"
+    assert not store.exists() or not any(path.is_file() for path in store.rglob("*"))
+
+
+@pytest.mark.kafka
 def test_topics_create_makes_every_topic_and_dlq(
     kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -61,7 +61,15 @@ def publisher(monkeypatch: pytest.MonkeyPatch) -> type[_Publisher]:
     monkeypatch.setattr(_Publisher, "published", [])
     monkeypatch.setattr(_Publisher, "fail_with", None)
     monkeypatch.setattr(ingest, "Publisher", _Publisher)
+    monkeypatch.setattr(ingest, "listed_topics", lambda settings, client_id="": _EveryTopic())
     return _Publisher
+
+
+class _EveryTopic:
+    """The cluster's topic list, as far as the stand-in broker is concerned: every topic exists."""
+
+    def __contains__(self, topic: object) -> bool:
+        return True
 
 
 # Finding 1: photo names the decoder reads; everything else named, leftovers skipped.

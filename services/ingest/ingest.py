@@ -64,7 +64,7 @@ from schemas.common import ImageRef, SkuMetadata
 from schemas.envelope import derive_id
 from schemas.events import ReferencePhoto, SkuIngested
 from schemas.topics import SKU_INGESTED
-from shared.bus import Publisher
+from shared.bus import Publisher, listed_topics
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ImageRejected, TransientError
 from shared.images import encode_png, photo_and_transparency, refuse_oversized
@@ -597,6 +597,15 @@ def ingest_path(
         prefix = (trainstore or load_settings(TrainstoreSettings)).trainstore_prefix
         withdrawals = Withdrawals(ManifestStore(store, prefix))
         publisher = Publisher(settings, PRODUCER)  # TransientError if Kafka is away: nothing uploaded yet
+        topic = settings.topic_name(SKU_INGESTED)
+        if topic not in listed_topics(settings, client_id="skuforge-ingest"):
+            # Found at the first publish, after the uploads, as a 60 s metadata timeout that asked
+            # whether Kafka was running.
+            publisher.close()
+            raise IngestError(
+                f"nothing was ingested: topic {topic} does not exist on {settings.kafka_bootstrap} "
+                "(create the topics with `skuforge topics create`, or check SKUFORGE_TOPIC_NAMESPACE)"
+            )
         event_ids: list[str] = []
         failing = "store"  # which system the step under way talks to, for the error's hint
         try:
