@@ -1,5 +1,5 @@
-"""``skuforge matting official | real-pairs | train | eval | pairs | export | quantize``: make, measure,
-shrink the model."""
+"""``skuforge matting official | real-pairs | train | eval | pairs | export | quantize | tune-ranges``:
+make, measure, shrink the model."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from shared.argtypes import (
     int_between,
     non_negative_float,
     non_negative_int,
+    positive_float,
     positive_int,
 )
 from shared.config import ConfigError, load_settings
@@ -200,6 +201,44 @@ def main(argv: list[str] | None = None) -> int:
         "--real", type=non_negative_int, default=64, help="photos taken from --calibration-photos"
     )
     quantize.add_argument("--heldout", type=positive_int, default=200)
+    quantize.add_argument(
+        "--ranges",
+        type=Path,
+        default=None,
+        help="learnt activation ranges (tune-ranges) to use instead of the calibrated ones",
+    )
+
+    tune = sub.add_parser(
+        "tune-ranges",
+        help="learn the int8 activation ranges of fixed weights so int8 matches fp32 (for quantize --ranges)",
+    )
+    tune.add_argument("weights", type=Path, help="U2-NetP state dict in the reference key layout (.pth)")
+    tune.add_argument("--out", type=Path, required=True, help="the ranges file (JSON) to write")
+    tune.add_argument(
+        "--photos",
+        type=Path,
+        action="append",
+        required=True,
+        help="a folder of training photos (e.g. var/matting/real-pairs/images); no masks needed",
+    )
+    tune.add_argument("--train-photos", type=positive_int, default=2000, help="photos taken from --photos")
+    tune.add_argument(
+        "--calibration-photos",
+        type=Path,
+        action="append",
+        default=[],
+        help="real photos the calibration starts from: give quantize's --calibration-photos",
+    )
+    tune.add_argument("--calibration", type=positive_int, default=64, help="renderer calibration photos")
+    tune.add_argument(
+        "--real", type=non_negative_int, default=64, help="photos taken from --calibration-photos"
+    )
+    tune.add_argument("--steps", type=positive_int, default=100)
+    tune.add_argument("--lr", type=positive_float, default=1e-2)
+    tune.add_argument("--batch", type=positive_int, default=16)
+    tune.add_argument("--loss", choices=["bce", "mse"], default="bce")
+    tune.add_argument("--seed", type=non_negative_int, default=63)
+    tune.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args(argv)
     configure_logging("INFO", "text")
     # Where a command writes: checked now, not found in a traceback after rendering or training.
@@ -333,9 +372,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
+    if args.action == "tune-ranges":
+        return _tune_ranges(parser, args)
+
     from shared.matting.quantize import CalibrationPhotoError, quantize_u2net
+    from shared.matting.ranges import RangesMismatch, read_ranges
 
     _check_onnx(parser, args.model_path)
+    ranges = None
+    if args.ranges is not None:
+        try:
+            ranges = read_ranges(args.ranges)
+        except RangesMismatch as exc:
+            parser.error(f"--ranges: {exc}")
     if args.out.resolve() == args.model_path.resolve():
         # Once accepted, the int8 model replaced the fp32 one it was made from, which was then gone.
         parser.error(f"--out {args.out} is the model being quantised: give the int8 model its own file")
@@ -359,9 +408,12 @@ def main(argv: list[str] | None = None) -> int:
                 real_images=args.real,
                 max_pixels=limits.max_image_pixels,  # what ingest holds photos to
                 max_bytes=limits.max_image_bytes,
+                ranges=ranges,
             )
         except CalibrationPhotoError as exc:
             parser.error(f"--calibration-photos: {exc}")
+        except RangesMismatch as exc:
+            parser.error(f"--ranges {args.ranges}: {exc}")
         fp32 = run_eval(args.model_path, args.heldout, 9001)
         int8 = run_eval(candidate, args.heldout, 9001)
         accepted = int8.mean_iou >= fp32.mean_iou - 0.005
@@ -397,6 +449,72 @@ def _file_problem(path: Path, example: str) -> str | None:
     if path.is_dir():
         return f"is a folder; name the file to write, e.g. {path / example}"
     return folder_problem(path.parent)
+
+
+def _tune_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``skuforge matting tune-ranges``: learn the int8 ranges of ``args.weights`` (docs/matting.md)."""
+    from PIL import Image
+
+    from shared.matting.quantize import CalibrationPhotoError, calibration_photos
+    from shared.matting.ranges import RangeTuning, learn_ranges
+
+    if not args.weights.is_file():
+        parser.error(f"{args.weights}: no such file (a U2-NetP .pth in the reference key layout)")
+    for option, folders in (("--photos", args.photos), ("--calibration-photos", args.calibration_photos)):
+        for folder in folders:
+            if not folder.is_dir():
+                parser.error(f"{option} {folder}: not a folder")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device here (use --device cpu)")
+    try:
+        limits = load_settings()
+    except ConfigError as exc:
+        parser.error(str(exc))
+    tuning = RangeTuning(
+        steps=args.steps, learning_rate=args.lr, batch=args.batch, loss=args.loss, seed=args.seed
+    )
+    try:
+        # The calibration quantize_u2net runs (same renderer seed, same real photos) is where the
+        # ranges start, so that they are learnt from the ranges they replace.
+        calibration = calibration_photos(
+            args.calibration,
+            4242,
+            args.calibration_photos,
+            args.real,
+            max_pixels=limits.max_image_pixels,
+            max_bytes=limits.max_image_bytes,
+        )
+        photos = calibration_photos(
+            0,
+            args.seed,
+            args.photos,
+            args.train_photos,
+            max_pixels=limits.max_image_pixels,
+            max_bytes=limits.max_image_bytes,
+        )
+    except CalibrationPhotoError as exc:
+        parser.error(str(exc))
+    size = (tuning.size_px, tuning.size_px)
+    photos = [photo.resize(size, Image.Resampling.BILINEAR) for photo in photos]  # as training holds them
+    try:
+        document = learn_ranges(args.weights, calibration, photos, tuning, device=args.device)
+    except (BadInput, ValueError, RuntimeError) as exc:
+        parser.error(f"{args.weights}: {exc}")
+    args.out.write_text(json.dumps(document, indent=1) + "\n")
+    print(
+        json.dumps(
+            {
+                "ranges": str(args.out),
+                "tensors": len(document["ranges"]),
+                "loss_first_25": document["loss_first_25"],
+                "loss_last_25": document["loss_last_25"],
+            }
+        )
+    )
+    return 0
 
 
 def _check_onnx(parser: argparse.ArgumentParser, path: Path) -> None:

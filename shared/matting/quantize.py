@@ -7,15 +7,18 @@ within half a point of the fp32 model (checked by ``skuforge matting quantize``)
 Calibration sets the activation ranges, so it must see the photos the model will meet: renderer
 photos alone left real in-store photos (darker, busier) outside the calibrated ranges. Real photos
 come from ``photo_folders`` (e.g. the ``images/`` of ``skuforge matting real-pairs``), taken evenly.
+Ranges learnt for the weights (``shared/matting/ranges.py``) may replace the calibrated ones.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -31,6 +34,9 @@ from shared.errors import BadInput
 from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PHOTO_SUFFIXES, decode_image
 from shared.matting.session import u2net_preprocess
 from shared.synth import render_dataset
+
+if TYPE_CHECKING:
+    from shared.matting.ranges import Range
 
 
 class CalibrationPhotoError(ValueError):
@@ -109,9 +115,12 @@ def quantize_u2net(
     real_images: int = 64,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    ranges: Mapping[str, Range] | None = None,
 ) -> Path:
     """Write a QDQ int8 copy of ``fp32_path`` (per-channel int8 weights, uint8 activations); the real
-    calibration photos are decoded under ``max_pixels`` / ``max_bytes`` (the shared settings' limits)."""
+    calibration photos are decoded under ``max_pixels`` / ``max_bytes`` (the shared settings' limits).
+    ``ranges`` (``shared/matting/ranges.py``, learnt for these weights) replace the calibrated
+    activation ranges; a RangesMismatch if they do not fit the model."""
     photos = calibration_photos(
         calibration_images, seed, photo_folders, real_images, max_pixels=max_pixels, max_bytes=max_bytes
     )
@@ -131,4 +140,10 @@ def quantize_u2net(
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
         )
+    if ranges is not None:
+        from shared.matting.ranges import apply_ranges  # torch, only when ranges are given
+
+        quantised = onnx.load(str(int8_path))
+        apply_ranges(quantised, ranges)
+        onnx.save(quantised, str(int8_path))
     return int8_path
