@@ -528,3 +528,15 @@ def test_a_sku_folder_link_that_leads_nowhere_and_an_archive_are_named_in_warnin
     assert f"1 link(s) in {batch} lead nowhere" in err and ": B" in err
     assert f"1 archive(s) in {batch} are not opened and not ingested: C.zip" in err
     assert publisher.published == ["A-1"]
+
+
+def test_renaming_a_photo_keeps_the_event_id(tmp_path: Path) -> None:
+    # The id was derived from the photos in file-name order: a rename alone made a new event, and the
+    # stack generated the whole SKU again (4 more console items in the reviewer's run).
+    settings = load_settings(store_uri=file_store_uri(tmp_path / "store"))
+    folder = _sku(tmp_path / "batch", "A", "A-1")
+    [before] = prepare_all(tmp_path / "batch", settings)
+    (folder / "photo_0.png").rename(folder / "z_renamed.png")
+    [after] = prepare_all(tmp_path / "batch", settings)
+    assert [photo.photo_id for photo in after.photos] != [photo.photo_id for photo in before.photos]
+    assert after.event_id == before.event_id

@@ -125,9 +125,11 @@ class PreparedSku:
 
     @property
     def event_id(self) -> str:
-        """Same folder content → same event id, so re-ingesting is idempotent downstream."""
+        """Same folder content → same event id, so re-ingesting is idempotent downstream. The photos
+        count by content, not by file name: in name order, renaming a photo made a new event, and
+        the stack generated the whole SKU again and sent its flagged images to people twice."""
         return derive_id(
-            PRODUCER, self.metadata.model_dump_json(), *(photo.photo_id for photo in self.photos)
+            PRODUCER, self.metadata.model_dump_json(), *sorted(photo.photo_id for photo in self.photos)
         )
 
 
