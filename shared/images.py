@@ -142,13 +142,21 @@ def photo_as_stored(
 
 
 def photo_and_transparency(
-    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    refuse_empty: bool = False,
 ) -> tuple[Image.Image, bytes, UInt8Array | None]:
-    """``photo_as_stored``'s image and PNG, and ``transparency_mask`` of the file, from one decode."""
+    """``photo_as_stored``'s image and PNG, and ``transparency_mask`` of the file, from one decode.
+    With ``refuse_empty``, a file whose every pixel is transparent (an empty layer exported) is
+    ``ImageRejected('blank_photo')``: over white it is a plain white picture with nothing in it."""
     loaded = _open_and_load(
         data, max_pixels=max_pixels, max_bytes=max_bytes, allowed_formats=DEFAULT_FORMATS, scale_jpeg=True
     )
     mask = transparency_mask(loaded, data)
+    if refuse_empty and mask is None and _every_pixel_transparent(loaded, data):
+        raise ImageRejected("blank_photo", "every pixel is transparent: an empty layer, no product in it")
     image = _to_rgb(loaded, data)
     return image, encode_png(image), mask
 
@@ -182,6 +190,15 @@ def transparency_mask(image: Image.Image, data: bytes = b"") -> UInt8Array | Non
     if opaque.all() or not opaque.any():
         return None
     return np.where(opaque, np.uint8(255), np.uint8(0)).astype(np.uint8)
+
+
+def _every_pixel_transparent(image: Image.Image, data: bytes) -> bool:
+    keyed = _colour_key_alpha(image, data)
+    if keyed is not None:
+        return not bool((keyed >= 128).any())
+    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
+        return not bool((np.asarray(_as_rgba(image))[..., 3] >= 128).any())
+    return False
 
 
 def encode_png(image: Image.Image | npt.NDArray[Any]) -> bytes:

@@ -540,3 +540,14 @@ def test_renaming_a_photo_keeps_the_event_id(tmp_path: Path) -> None:
     [after] = prepare_all(tmp_path / "batch", settings)
     assert [photo.photo_id for photo in after.photos] != [photo.photo_id for photo in before.photos]
     assert after.event_id == before.event_id
+
+
+def test_a_fully_transparent_photo_is_refused_naming_it(tmp_path: Path) -> None:
+    # An empty layer exported as PNG was stored as plain white and reported ingested; the captioner
+    # then found nothing, and a SKU of only such photos was dead-lettered as no_usable_photo.
+    folder = _sku(tmp_path / "batch", "A", "A-1")
+    Image.new("RGBA", (96, 96), (255, 0, 0, 0)).save(folder / "empty_layer.png")
+    with pytest.raises(
+        IngestError, match=r"empty_layer.png: refused \(blank_photo: every pixel is transparent"
+    ):
+        prepare_all(tmp_path / "batch", load_settings(store_uri=file_store_uri(tmp_path / "store")))

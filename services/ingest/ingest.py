@@ -316,7 +316,10 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
             # Refuse an oversized file by its size, before reading gigabytes into memory.
             refuse_oversized(file.stat().st_size, settings.max_image_bytes)
             image, png, transparency = photo_and_transparency(
-                file.read_bytes(), max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
+                file.read_bytes(),
+                max_pixels=settings.max_image_pixels,
+                max_bytes=settings.max_image_bytes,
+                refuse_empty=True,  # an empty layer: stored as plain white, then dead-lettered
             )
             refuse_too_small(image.width, image.height, settings.min_photo_side_px)
             if len(png) > settings.max_image_bytes:
