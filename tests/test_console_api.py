@@ -226,6 +226,7 @@ def test_queue_filters_and_order(parts: ConsoleParts, client: TestClient) -> Non
         ("iou_min=2", "less than or equal to 1"),
         ("iou_min=0_1", "a number from 0 to 1"),  # float() read it as 1.0
         ("iou_max=1e-1", "a number from 0 to 1"),
+        ("iou_min=%D9%A1", "a number from 0 to 1"),  # an Arabic-Indic one: float() read it as 1.0
         ("sku=../etc", "sku"),
         ("reason=DROP%20TABLE", "pattern"),
         ("state=lost", "pending"),

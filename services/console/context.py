@@ -97,7 +97,8 @@ def queue_filter(
     )
 
 
-_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+# ASCII digits only: \d also matches an Arabic-Indic one (U+0661), which float() reads as 1.0.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 
 def _iou_bound(name: str, text: str | None) -> float | None:
