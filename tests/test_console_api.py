@@ -479,6 +479,17 @@ def test_a_reject_reason_that_is_not_valid_text_is_refused() -> None:
     assert check_reject_reason("wrong_product: a can, not a box") == "wrong_product: a can, not a box"
 
 
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x9b"])
+def test_a_reject_reason_is_one_line(separator: str) -> None:
+    # The check refused C0 controls only: a Unicode line separator or a C1 control (NEL, CSI) split
+    # the "single-line" reason in the audit trail and the correction event.
+    from services.console.decisions import DecisionInvalid, check_reject_reason
+
+    with pytest.raises(DecisionInvalid, match="control characters"):
+        check_reject_reason(f"label cut off{separator}second line")
+    assert check_reject_reason("étiquette coupée — 50%") == "étiquette coupée — 50%"
+
+
 @pytest.mark.parametrize("field", ["decision", "reject_reason"])
 def test_a_form_field_that_is_not_valid_text_is_a_422_with_a_reason(
     parts: ConsoleParts, client: TestClient, field: str

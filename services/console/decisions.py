@@ -43,7 +43,9 @@ REJECT_REASONS: tuple[str, ...] = (
     "other",
 )
 MAX_REASON_CHARS = 200
-_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]+$")
+# No C0 or C1 control characters and no Unicode line or paragraph separator: a reason is one line in
+# the audit trail and in the correction event (U+2028 and NEL broke it into several).
+_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$")
 
 
 class DecisionInvalid(ValueError):
@@ -64,7 +66,7 @@ def check_reject_reason(reason: str | None) -> str:
     if len(reason) > MAX_REASON_CHARS:
         raise DecisionInvalid(f"the reason is {len(reason)} characters; at most {MAX_REASON_CHARS}")
     if not _PRINTABLE.match(reason):
-        raise DecisionInvalid("the reason contains control characters")
+        raise DecisionInvalid("the reason contains control characters or line breaks: one line, please")
     try:
         reason.encode("utf-8")  # a lone surrogate (a form sent as utf-7) was a 500 at the database
     except UnicodeEncodeError:
