@@ -20,11 +20,10 @@ from services.captioner.stage import CaptionerModels, handle
 from shared.config import load_settings
 from shared.dlq import is_permanent
 from shared.errors import BadInput
-from shared.matting.session import U2NetPSession
 from shared.store import FileStore
 from shared.synth import make_product, render_photo
 from tests.support.bus import ingested_envelope
-from tests.support.captioning import committed_session, context
+from tests.support.captioning import committed_session, context, random_models
 from tests.test_stage_model_calls import matting_calls
 
 SEED = 2026
@@ -73,8 +72,7 @@ def test_a_sku_of_only_too_small_photos_is_refused_without_a_matting_call(
 ) -> None:
     store = FileStore(tmp_path / "store")
     settings = load_settings(store_uri=store.base_uri)
-    session = U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=False)
-    models = CaptionerModels(session=session, vlm=None, options=load_settings(CaptionerSettings))
+    models = random_models(random_u2netp_onnx)
     event = _event(store, "SKU-TINY", {"two": _product(2), "eight": _product(8)})
     ctx = context(store, settings)
     with pytest.raises(BadInput, match="no_usable_photo") as refused:
@@ -99,12 +97,13 @@ def test_a_sku_whose_photos_are_all_missing_is_dead_lettered_as_replayable(
     # `skuforge dlq replay` after the store was restored, where docs/delivery.md says object_missing
     # letters are replayed once the object is back.
     store = FileStore(tmp_path / "store")
-    settings = load_settings(store_uri=store.base_uri)
-    session = U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=False)
-    models = CaptionerModels(session=session, vlm=None, options=load_settings(CaptionerSettings))
     event = _event(store, "SKU-GONE", {"p1": _product(192), "p2": _product(8)})
     store.delete("incoming/SKU-GONE/p1.png")
     with pytest.raises(BadInput) as refused:
-        handle(event, context(store, settings), models=models)
+        handle(
+            event,
+            context(store, load_settings(store_uri=store.base_uri)),
+            models=random_models(random_u2netp_onnx),
+        )
     assert refused.value.reason == "object_missing" and not is_permanent(refused.value.reason)
     assert "p1: object_missing" in refused.value.detail and "p2: too_small" in refused.value.detail

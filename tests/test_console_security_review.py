@@ -119,32 +119,30 @@ def test_a_reviewer_whose_password_is_stored_hashed_logs_in(parts: ConsoleParts)
     assert client.get("/api/tasks").status_code == 401
 
 
-def test_an_unknown_name_costs_a_hash_too_when_passwords_are_hashed(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Else the answer's time would tell which names exist: a hash takes milliseconds, a miss nanoseconds.
-    hashed: list[str] = []
+@pytest.fixture
+def hashed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The stored entries check_password hashes against, in order."""
+    seen: list[str] = []
     real = security._scrypt_matches
 
     def counting(stored: str, candidate: bytes) -> bool:
-        hashed.append(stored)
+        seen.append(stored)
         return real(stored, candidate)
 
     monkeypatch.setattr(security, "_scrypt_matches", counting)
+    return seen
+
+
+def test_an_unknown_name_costs_a_hash_too_when_passwords_are_hashed(hashed: list[str]) -> None:
+    # Else the answer's time would tell which names exist: a hash takes milliseconds, a miss nanoseconds.
     users = {"alice": hash_password("alice-password", cost=CHEAP)}
     assert not check_password(users, "mallory", "guess")
     assert hashed == [users["alice"]]
 
 
-def test_a_plain_entry_costs_a_hash_too_when_others_are_hashed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_plain_entry_costs_a_hash_too_when_others_are_hashed(hashed: list[str]) -> None:
     # Plain and hashed entries mix: a known name with a plain password was answered in microseconds,
     # an unknown one after a scrypt hash, so the time told the plain names apart.
-    hashed: list[str] = []
-    real = security._scrypt_matches
-
-    def counting(stored: str, candidate: bytes) -> bool:
-        hashed.append(stored)
-        return real(stored, candidate)
-
-    monkeypatch.setattr(security, "_scrypt_matches", counting)
     users = {"alice": "alice-password", "bob": hash_password("bob-password", cost=CHEAP)}
     assert not check_password(users, "alice", "guess")
     assert check_password(users, "alice", "alice-password")

@@ -403,19 +403,21 @@ def test_a_copy_of_a_photo_does_not_count_towards_the_limit(tmp_path: Path) -> N
 # Finding 8: a photo lying beside the SKU folders belongs to no SKU: say so, ingest the rest.
 
 
+@pytest.fixture
+def batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A batch folder with one SKU folder (A-1), and the store the CLI ingests into."""
+    _sku(tmp_path / "batch", "A", "A-1")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    return tmp_path / "batch"
+
+
 def test_a_photo_beside_the_sku_folders_is_named_in_a_warning_and_the_rest_ingested(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    publisher: type[_Publisher],
+    batch: Path, capsys: pytest.CaptureFixture[str], publisher: type[_Publisher]
 ) -> None:
-    batch = tmp_path / "batch"
-    _sku(batch, "A", "A-1")
     Image.new("RGB", (64, 64), (9, 9, 9)).save(batch / "loose_photo.jpg", "JPEG")
     (batch / "IMG_0002.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
     (batch / "notes.txt").write_text("not a photo: no warning")
     (batch / "._loose_photo.jpg").write_bytes(b"\x00\x05\x16\x07")  # macOS's, hidden: no warning
-    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
     assert cli_main(["ingest", str(batch)]) == 0, "a warning, not a refusal"
     err = capsys.readouterr().err
     assert (
@@ -511,18 +513,12 @@ def test_ctrl_c_during_ingest_is_one_line_and_exit_130(
 
 
 def test_a_sku_folder_link_that_leads_nowhere_and_an_archive_are_named_in_warnings(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    publisher: type[_Publisher],
+    batch: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], publisher: type[_Publisher]
 ) -> None:
     # An unmounted share's link or a zipped SKU folder was dropped without a word: the batch read as
     # if it had no such SKU.
-    batch = tmp_path / "batch"
-    _sku(batch, "A", "A-1")
     (batch / "B").symlink_to(tmp_path / "nas" / "B")
     (batch / "C.zip").write_bytes(b"PK\x05\x06" + b"\x00" * 18)
-    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
     assert cli_main(["ingest", str(batch)]) == 0, "warnings, not a refusal"
     err = capsys.readouterr().err
     assert f"1 link(s) in {batch} lead nowhere" in err and ": B" in err

@@ -18,8 +18,7 @@ from schemas.common import SkuMetadata
 from schemas.envelope import Envelope, derive_id
 from schemas.events import ImageGenerated
 from schemas.topics import IMAGE_GENERATED, SKU_INGESTED
-from services.captioner.config import CaptionerSettings
-from services.captioner.stage import CaptionerModels, handle
+from services.captioner.stage import handle
 from services.matting.stage import handle_batch
 from shared.bus import make_envelope
 from shared.config import load_settings
@@ -28,7 +27,7 @@ from shared.matting.session import U2NetPSession
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore
-from tests.support.captioning import blank_sku, context
+from tests.support.captioning import blank_sku, context, random_models
 
 
 def matting_calls(metrics: StageMetrics) -> float:
@@ -47,8 +46,7 @@ def test_a_sku_with_only_blank_photos_is_refused_without_a_matting_call(
 ) -> None:
     store = FileStore(tmp_path / "store")
     settings = load_settings(store_uri=store.base_uri)
-    session = U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=False)
-    models = CaptionerModels(session=session, vlm=None, options=load_settings(CaptionerSettings))
+    models = random_models(random_u2netp_onnx)
     payload = blank_sku(store, "SKU-BLANK")
     event = make_envelope(
         SKU_INGESTED,

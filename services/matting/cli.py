@@ -189,16 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     quantize.add_argument("model_path", type=Path)
     quantize.add_argument("--out", type=Path, default=MODELS_DIR / "u2netp-skuforge-int8.onnx")
-    quantize.add_argument("--calibration", type=positive_int, default=64, help="renderer calibration photos")
-    quantize.add_argument(
-        "--calibration-photos",
-        type=Path,
-        action="append",
-        default=[],
-        help="a folder of real photos to calibrate on too (e.g. var/matting/real-pairs/images)",
-    )
-    quantize.add_argument(
-        "--real", type=non_negative_int, default=64, help="photos taken from --calibration-photos"
+    _calibration_options(
+        quantize, "a folder of real photos to calibrate on too (e.g. var/matting/real-pairs/images)"
     )
     quantize.add_argument("--heldout", type=positive_int, default=200)
     quantize.add_argument(
@@ -222,16 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         help="a folder of training photos (e.g. var/matting/real-pairs/images); no masks needed",
     )
     tune.add_argument("--train-photos", type=positive_int, default=2000, help="photos taken from --photos")
-    tune.add_argument(
-        "--calibration-photos",
-        type=Path,
-        action="append",
-        default=[],
-        help="real photos the calibration starts from: give quantize's --calibration-photos",
-    )
-    tune.add_argument("--calibration", type=positive_int, default=64, help="renderer calibration photos")
-    tune.add_argument(
-        "--real", type=non_negative_int, default=64, help="photos taken from --calibration-photos"
+    _calibration_options(
+        tune, "real photos the calibration starts from: give quantize's --calibration-photos"
     )
     tune.add_argument("--steps", type=positive_int, default=100)
     tune.add_argument("--lr", type=positive_float, default=1e-2)
@@ -449,6 +433,15 @@ def _file_problem(path: Path, example: str) -> str | None:
     if path.is_dir():
         return f"is a folder; name the file to write, e.g. {path / example}"
     return folder_problem(path.parent)
+
+
+def _calibration_options(command: argparse.ArgumentParser, photos_help: str) -> None:
+    """The calibration set's options, shared by quantize and tune-ranges (which must see the same)."""
+    command.add_argument("--calibration", type=positive_int, default=64, help="renderer calibration photos")
+    command.add_argument("--calibration-photos", type=Path, action="append", default=[], help=photos_help)
+    command.add_argument(
+        "--real", type=non_negative_int, default=64, help="photos taken from --calibration-photos"
+    )
 
 
 def _tune_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -22,6 +23,9 @@ from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import ObjectStore
 from shared.synth import blank_photo, make_product, render_photo
+
+if TYPE_CHECKING:
+    from services.captioner.stage import CaptionerModels
 
 COMMITTED_MODEL = MODELS_DIR / str(REGISTRY["u2netp"].file_name)
 
@@ -62,6 +66,18 @@ def caption(payload: SkuIngested, ctx: Context) -> SkuCaptioned:
     [emit] = handle(event, ctx, models=models)
     assert isinstance(emit.payload, SkuCaptioned)
     return emit.payload
+
+
+def random_models(onnx: Path) -> CaptionerModels:
+    """Captioner models around a random-weight U2-NetP (``random_u2netp_onnx``), no VLM, default
+    options: for tests that count or refuse matting calls rather than read masks."""
+    from services.captioner.config import CaptionerSettings
+    from services.captioner.stage import CaptionerModels
+    from shared.config import load_settings
+    from shared.matting.session import U2NetPSession
+
+    session = U2NetPSession(onnx, threads=1, use_gpu=False)
+    return CaptionerModels(session=session, vlm=None, options=load_settings(CaptionerSettings))
 
 
 def context(store: ObjectStore, settings: Settings) -> Context:
