@@ -95,13 +95,37 @@ def test_learnt_ranges_replace_the_calibrated_ones_in_the_int8_model(
     written = _scales_by_key(onnx.load(str(int8)))
     for key, (lo, hi) in learnt.items():
         if key in written:
-            assert written[key][0] == pytest.approx((max(hi, 0.0) - min(lo, 0.0)) / 255, rel=1e-6), key
+            scale = (max(hi, 0.0) - min(lo, 0.0)) / 255
+            assert written[key][0] == pytest.approx(scale, rel=1e-6), key
+            assert written[key][1] == round(-min(lo, 0.0) / written[key][0]), key
+    # Each bias keeps its value, now at input scale x weight scale (within one step of it).
+    before, after = _biases(tmp_path / "calibrated.onnx", fp32), _biases(int8, None)
+    assert before.keys() == after.keys() and len(after) == 119  # the split's second half has none
+    for name, (value, step) in after.items():
+        assert np.abs(value - before[name][0]).max() <= step.max() / 2 + 1e-12, name
     # Every convolution still runs as one QLinearConv when the ranges move by more than onnxruntime
     # tolerates between a bias's scale and input scale x weight scale (about 1%): with the biases left
     # at the calibrated scales it fused 9 of the default model's 120, which ran slower than fp32.
     wider = {key: (lo * 1.3, hi * 1.3) for key, (lo, hi) in learnt.items()}
     moved = quantize_u2net(fp32, tmp_path / "wider.onnx", calibration_images=2, ranges=wider)
     assert _fused_convolutions(moved, tmp_path) == 120
+
+
+def _biases(int8: Path, fp32: Path | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each convolution's dequantised bias and its scale, of ``int8`` (made from ``fp32`` first,
+    calibrated, when given)."""
+    if fp32 is not None:
+        quantize_u2net(fp32, int8, calibration_images=2)
+    model = onnx.load(str(int8))
+    arrays = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    producer = {output: node for node in model.graph.node for output in node.output}
+    out = {}
+    for conv in model.graph.node:
+        if conv.op_type == "Conv" and len(conv.input) > 2 and conv.input[2] in producer:
+            dequantise = producer[conv.input[2]]
+            scale = arrays[dequantise.input[1]].astype(np.float64)
+            out[conv.name] = (arrays[dequantise.input[0]].astype(np.float64) * scale, scale)
+    return out
 
 
 def _fused_convolutions(model: Path, tmp_path: Path) -> int:
@@ -115,14 +139,33 @@ def _fused_convolutions(model: Path, tmp_path: Path) -> int:
     )
 
 
-def test_ranges_of_another_network_are_refused(random_model: tuple[Path, Path], tmp_path: Path) -> None:
-    _, fp32 = random_model
+def test_ranges_of_another_network_other_weights_or_part_of_one_are_refused(
+    random_model: tuple[Path, Path], tmp_path: Path
+) -> None:
+    pth, fp32 = random_model
     quantised = onnx.load(str(quantize_u2net(fp32, tmp_path / "int8.onnx", calibration_images=1)))
     with pytest.raises(RangesMismatch, match="do not fit this model"):
         apply_ranges(quantised, {"relu:stage9.rebnconvin.relu_s1": (0.0, 1.0), "input": (-1.0, 1.0)})
-    (tmp_path / "upside-down.json").write_text(json.dumps({"ranges": {"input": [0.5, 0.1]}}))
-    with pytest.raises(RangesMismatch, match="lo <= 0 <= hi"):
-        read_ranges(tmp_path / "upside-down.json")
+    # One range of a file: the other tensors kept their calibrated ranges, silently.
+    with pytest.raises(RangesMismatch, match="a partial ranges file"):
+        apply_ranges(quantised, {"input": (-3.0, 3.0)})
+    # The same network with other weights: every key fits; the calibrated ranges tell them apart.
+    model = U2NETP().eval()
+    model.load_state_dict(torch.load(pth))
+    simulation = simulate_int8(model)
+    simulation.calibrate(calibration_photos(1, 4242, [], 0))
+    torch.manual_seed(99)
+    other = U2NETP().eval()
+    other_int8 = quantize_u2net(
+        export_onnx(other, tmp_path / "other.onnx"), tmp_path / "o8.onnx", calibration_images=1
+    )
+    with pytest.raises(RangesMismatch, match="learnt for other weights"):
+        apply_ranges(onnx.load(str(other_int8)), simulation.ranges(), calibrated=simulation.ranges())
+    assert apply_ranges(quantised, simulation.ranges(), calibrated=simulation.ranges()) > 150
+    for bounds in ([0.5, 0.1], [0.0, 1e-44]):  # upside down; so narrow its scale is 0
+        (tmp_path / "bad.json").write_text(json.dumps({"ranges": {"input": bounds}}))
+        with pytest.raises(RangesMismatch, match="lo <= 0 <= hi"):
+            read_ranges(tmp_path / "bad.json")
 
 
 def test_tune_ranges_then_quantize_with_them_from_the_command_line(
@@ -138,6 +181,32 @@ def test_tune_ranges_then_quantize_with_them_from_the_command_line(
     args = ["matting", "tune-ranges", str(pth), "--photos", str(photos), "--out", str(ranges)]
     assert cli_main([*args, "--steps", "2", "--batch", "2", "--calibration", "1", "--real", "0"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["tensors"] > 150
+
+    # Written into a folder that does not exist yet (was a traceback after the learning), never over
+    # the weights it was learnt for.
+    nested = tmp_path / "new" / "folder" / "ranges.json"
+    assert (
+        cli_main(
+            [
+                *args[:-2],
+                "--out",
+                str(nested),
+                "--steps",
+                "1",
+                "--batch",
+                "1",
+                "--calibration",
+                "1",
+                "--real",
+                "0",
+            ]
+        )
+        == 0
+    )
+    assert read_ranges(nested) == read_ranges(nested)
+    with pytest.raises(SystemExit) as over_weights:
+        cli_main([*args[:-2], "--out", str(pth)])
+    assert over_weights.value.code == 2 and "is the weights file" in capsys.readouterr().err
 
     quantize = ["matting", "quantize", str(fp32), "--out", str(tmp_path / "int8.onnx"), "--heldout", "2"]
     assert cli_main([*quantize, "--calibration", "1", "--ranges", str(ranges)]) in (0, 1)

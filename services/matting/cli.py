@@ -231,7 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     if pairs_out is not None and (problem := folder_problem(pairs_out)) is not None:
         parser.error(f"--out {pairs_out}: {problem}")
     for option, file, example in (
-        ("--out", None if pairs_out is not None else out, "model.onnx"),
+        (
+            "--out",
+            None if pairs_out is not None else out,
+            "ranges.json" if args.action == "tune-ranges" else "model.onnx",
+        ),
         ("--pth", getattr(args, "pth", None), "model.pth"),
         ("--checkpoint", getattr(args, "checkpoint", None), "checkpoint.pt"),
     ):
@@ -363,10 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     from shared.matting.ranges import RangesMismatch, read_ranges
 
     _check_onnx(parser, args.model_path)
-    ranges = None
+    ranges = calibrated = None
     if args.ranges is not None:
         try:
             ranges = read_ranges(args.ranges)
+            calibrated = read_ranges(args.ranges, part="calibrated_ranges")
         except RangesMismatch as exc:
             parser.error(f"--ranges: {exc}")
     if args.out.resolve() == args.model_path.resolve():
@@ -393,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_pixels=limits.max_image_pixels,  # what ingest holds photos to
                 max_bytes=limits.max_image_bytes,
                 ranges=ranges,
+                calibrated_ranges=calibrated,
             )
         except CalibrationPhotoError as exc:
             parser.error(f"--calibration-photos: {exc}")
@@ -452,7 +458,9 @@ def _tune_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
     from shared.matting.ranges import RangeTuning, learn_ranges
 
     if not args.weights.is_file():
-        parser.error(f"{args.weights}: no such file (a U2-NetP .pth in the reference key layout)")
+        parser.error(f"{args.weights}: not a file (a U2-NetP .pth in the reference key layout)")
+    if args.out.resolve() == args.weights.resolve():
+        parser.error(f"--out {args.out} is the weights file: give the ranges their own file")
     for option, folders in (("--photos", args.photos), ("--calibration-photos", args.calibration_photos)):
         for folder in folders:
             if not folder.is_dir():
@@ -496,7 +504,12 @@ def _tune_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
         document = learn_ranges(args.weights, calibration, photos, tuning, device=args.device)
     except (BadInput, ValueError, RuntimeError) as exc:
         parser.error(f"{args.weights}: {exc}")
-    args.out.write_text(json.dumps(document, indent=1) + "\n")
+    # Written whole beside --out and renamed into place (its folder made if need be): a crash here, after
+    # minutes of learning, was a traceback and a half-written file.
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_name(f".{args.out.name}.partial")
+    partial.write_text(json.dumps(document, indent=1) + "\n")
+    partial.replace(args.out)
     print(
         json.dumps(
             {

@@ -116,11 +116,13 @@ def quantize_u2net(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     ranges: Mapping[str, Range] | None = None,
+    calibrated_ranges: Mapping[str, Range] | None = None,
 ) -> Path:
     """Write a QDQ int8 copy of ``fp32_path`` (per-channel int8 weights, uint8 activations); the real
     calibration photos are decoded under ``max_pixels`` / ``max_bytes`` (the shared settings' limits).
     ``ranges`` (``shared/matting/ranges.py``, learnt for these weights) replace the calibrated
-    activation ranges; a RangesMismatch if they do not fit the model."""
+    activation ranges; a RangesMismatch if they do not fit the model (or, given the
+    ``calibrated_ranges`` they started from, were learnt for other weights)."""
     photos = calibration_photos(
         calibration_images, seed, photo_folders, real_images, max_pixels=max_pixels, max_bytes=max_bytes
     )
@@ -144,6 +146,6 @@ def quantize_u2net(
         from shared.matting.ranges import apply_ranges  # torch, only when ranges are given
 
         quantised = onnx.load(str(int8_path))
-        apply_ranges(quantised, ranges)
+        apply_ranges(quantised, ranges, calibrated=calibrated_ranges)
         onnx.save(quantised, str(int8_path))
     return int8_path

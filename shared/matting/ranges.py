@@ -332,19 +332,30 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def read_ranges(path: Path) -> dict[str, Range]:
-    """The ``ranges`` of a ranges file; RangesMismatch says what is wrong with the file."""
+# The narrowest range written: a float32 scale below this is noise, and divides by ~0.
+MIN_SCALE = 1e-8
+
+
+def read_ranges(path: Path, *, part: str = "ranges") -> dict[str, Range]:
+    """The ``ranges`` (or, with ``part``, the ``calibrated_ranges`` they started from) of a ranges
+    file; RangesMismatch says what is wrong with the file."""
     try:
         document = json.loads(path.read_text())
-        ranges = document["ranges"]
+        ranges = document[part]
         out = {str(key): (float(lo), float(hi)) for key, (lo, hi) in ranges.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RangesMismatch(f"{path} is not a ranges file (skuforge matting tune-ranges): {exc}") from None
     bad = [
-        key for key, (lo, hi) in out.items() if not (np.isfinite(lo) and np.isfinite(hi) and lo <= 0 <= hi)
+        key
+        for key, (lo, hi) in out.items()
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo <= 0 <= hi)
+        or (hi > lo and (hi - lo) / 255.0 < MIN_SCALE)
     ]
     if bad:
-        raise RangesMismatch(f"{path}: a range must have lo <= 0 <= hi, finite; not so for {bad[:3]}")
+        raise RangesMismatch(
+            f"{path}: a range must have lo <= 0 <= hi, finite, and be empty or wider than "
+            f"{255 * MIN_SCALE:g}; not so for {bad[:3]}"
+        )
     return out
 
 
@@ -388,11 +399,16 @@ def _module_path(tensor: str) -> str:
     return ".".join(tensor.strip("/").split("/")[:-1])
 
 
-def apply_ranges(model: onnx.ModelProto, ranges: Mapping[str, Range]) -> int:
+def apply_ranges(
+    model: onnx.ModelProto, ranges: Mapping[str, Range], *, calibrated: Mapping[str, Range] | None = None
+) -> int:
     """Write ``ranges`` into ``model``'s activation scales and zero points, in place; returns how many
-    quantised tensors took a learnt range. Tensors whose key has no range keep their calibrated one
-    (the two halves of a split concat's convolution, ``shared/matting/graph.py``). Every range must
-    find its tensor: a ranges file of another network is a RangesMismatch, not a silent half-apply."""
+    quantised tensors took a learnt range. Only the two halves of a split concat's convolution
+    (``shared/matting/graph.py``) keep their calibrated ranges. A RangesMismatch, not a silent
+    half-apply: a range that finds no tensor (another network), a tensor without a range (a partial
+    file), and, given the ``calibrated`` ranges the learnt ones started from, a model whose own
+    calibrated ranges differ from them (the same network with other weights: every key fits, and the
+    ranges would be another model's)."""
     initializers = {init.name: init for init in model.graph.initializer}
     keys = tensor_keys(model)
     by_key: dict[str, list[onnx.NodeProto]] = {}
@@ -412,6 +428,17 @@ def apply_ranges(model: onnx.ModelProto, ranges: Mapping[str, Range]) -> int:
             f"the ranges do not fit this model: {len(unmatched)} of {len(ranges)} name no tensor of it "
             f"(e.g. {unmatched[:2]}); learn them for this model with skuforge matting tune-ranges"
         )
+    # Resize / MaxPool outputs share their input's scale; "other:" are the split's halves.
+    uncovered = [
+        key for key in by_key if key not in ranges and not key.startswith(("pool(", "resize(", "other:"))
+    ]
+    if uncovered:
+        raise RangesMismatch(
+            f"the ranges cover {len(ranges)} tensors; {len(uncovered)} quantised tensors of this model have "
+            f"none (e.g. {uncovered[:2]}): a partial ranges file"
+        )
+    if calibrated is not None:
+        _refuse_other_weights(by_key, initializers, calibrated)
     written = 0
     for key in found:
         lo, hi = min(ranges[key][0], 0.0), max(ranges[key][1], 0.0)
@@ -427,6 +454,31 @@ def apply_ranges(model: onnx.ModelProto, ranges: Mapping[str, Range]) -> int:
             written += 1
     _requantise_biases(model, initializers)
     return written
+
+
+def _refuse_other_weights(
+    by_key: Mapping[str, list[onnx.NodeProto]],
+    initializers: Mapping[str, onnx.TensorProto],
+    calibrated: Mapping[str, Range],
+) -> None:
+    """RangesMismatch when the model's calibrated scales are not the ones the ranges started from.
+    Calibrated on the same weights (even from other copies of the photos: JPEG on the device, PNG
+    here) they agree within a few percent; a random network of the same shape was 100x off."""
+    ratios = []
+    for key, (lo, hi) in calibrated.items():
+        nodes = by_key.get(key)
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        if not nodes or hi <= lo:
+            continue
+        here = float(numpy_helper.to_array(initializers[nodes[0].input[1]]))
+        ratios.append(here / ((hi - lo) / 255.0))
+    off = [ratio for ratio in ratios if not 0.8 <= ratio <= 1.25]
+    if ratios and len(off) > 0.1 * len(ratios):
+        raise RangesMismatch(
+            f"the ranges were learnt for other weights: {len(off)} of {len(ratios)} of this model's "
+            f"calibrated ranges differ from the ones they started from by more than 25% (median ratio "
+            f"{float(np.median(ratios)):.3g}); learn them for this model with skuforge matting tune-ranges"
+        )
 
 
 def _requantise_biases(model: onnx.ModelProto, initializers: Mapping[str, onnx.TensorProto]) -> None:
@@ -460,6 +512,11 @@ def _requantise_biases(model: onnx.ModelProto, initializers: Mapping[str, onnx.T
             continue
         value = numpy_helper.to_array(initializers[b_name]).astype(np.float64) * b_scale.astype(np.float64)
         limits = np.iinfo(np.int32)
-        quantised = np.clip(np.round(value / new_scale.astype(np.float64)), limits.min, limits.max)
+        quantised = np.round(value / new_scale.astype(np.float64))
+        if np.abs(quantised).max() > limits.max:
+            # Clipped, the bias would silently be another: the input's range is far too narrow.
+            raise RangesMismatch(
+                f"the input range of {conv.name} is too narrow for its bias: re-quantised it overflows int32"
+            )
         initializers[b_name].CopyFrom(numpy_helper.from_array(quantised.astype(np.int32), b_name))
         initializers[b_scale_name].CopyFrom(numpy_helper.from_array(new_scale, b_scale_name))
