@@ -221,8 +221,10 @@ def test_reingesting_a_sku_that_lost_a_photo_warns_that_it_stays(
     assert err.count("warning:") == 1, err  # B-1 kept its photos: no warning for it
     assert (
         f"skuforge ingest: warning: SKU A-1: 2 photos from an earlier ingest (under incoming/A-1/) "
-        f"are not in {folder}; ingest never removes a photo, so they and the images generated from "
-        "them stay in the retraining store (--withdraw-missing takes them out)" in err
+        f"are not in {folder} now (a file removed or edited; or decoded differently since, after a "
+        "change of SKUFORGE_MAX_IMAGE_PIXELS or an upgrade, when the same files are there); ingest "
+        "never removes a photo, so they and the images generated from them stay in the retraining "
+        "store (--withdraw-missing takes them out)" in err
     )
     assert list(store.list_keys("incoming/A-1/")) == stored_before, "ingest removes no photo"
     assert publisher.published == ["A-1", "B-1", "A-1", "B-1"]
@@ -237,9 +239,10 @@ def test_ingest_path_hands_the_warning_to_its_caller(tmp_path: Path, publisher: 
     warnings: list[str] = []
     ingest_path(tmp_path / "batch", settings, store=store, warn=warnings.append)
     assert warnings == [
-        f"SKU A-1: 1 photo from an earlier ingest (under incoming/A-1/) is not in {folder}; ingest "
-        "never removes a photo, so it and the images generated from it stay in the retraining store "
-        "(--withdraw-missing takes it out)"
+        f"SKU A-1: 1 photo from an earlier ingest (under incoming/A-1/) is not in {folder} now (a file "
+        "removed or edited; or decoded differently since, after a change of SKUFORGE_MAX_IMAGE_PIXELS or "
+        "an upgrade, when the same files are there); ingest never removes a photo, so it and the images "
+        "generated from it stay in the retraining store (--withdraw-missing takes it out)"
     ]
 
 

@@ -737,8 +737,10 @@ def _warn_of_stale_photos(sku: PreparedSku, stale: list[str], warn: Callable[[st
         )
         warn(
             f"SKU {sku_id}: {photos} from an earlier ingest (under incoming/{sku_id}/) {are} not in "
-            f"{sku.folder}; ingest never removes a photo, so {they} and the images generated from "
-            f"{them} stay in the retraining store (--withdraw-missing takes {them} out)"
+            f"{sku.folder} now (a file removed or edited; or decoded differently since, after a change "
+            f"of SKUFORGE_MAX_IMAGE_PIXELS or an upgrade, when the same files are there); ingest never "
+            f"removes a photo, so {they} and the images generated from {them} stay in the retraining "
+            f"store (--withdraw-missing takes {them} out)"
         )
 
 
