@@ -454,7 +454,7 @@ def _tune_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
     """``skuforge matting tune-ranges``: learn the int8 ranges of ``args.weights`` (docs/matting.md)."""
     from PIL import Image
 
-    from shared.matting.quantize import CalibrationPhotoError, calibration_photos
+    from shared.matting.quantize import CALIBRATION_SEED, CalibrationPhotoError, calibration_photos
     from shared.matting.ranges import RangeTuning, learn_ranges
 
     if not args.weights.is_file():
@@ -482,7 +482,7 @@ def _tune_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
         # ranges start, so that they are learnt from the ranges they replace.
         calibration = calibration_photos(
             args.calibration,
-            4242,
+            CALIBRATION_SEED,
             args.calibration_photos,
             args.real,
             max_pixels=limits.max_image_pixels,

@@ -39,6 +39,10 @@ if TYPE_CHECKING:
     from shared.matting.ranges import Range
 
 
+# The renderer seed of the calibration photos; tune-ranges starts from the same calibration.
+CALIBRATION_SEED = 4242
+
+
 class CalibrationPhotoError(ValueError):
     """A file of ``--calibration-photos`` that does not decode; the message names it."""
 
@@ -110,7 +114,7 @@ def quantize_u2net(
     int8_path: Path,
     *,
     calibration_images: int = 64,
-    seed: int = 4242,
+    seed: int = CALIBRATION_SEED,
     photo_folders: Sequence[Path] = (),
     real_images: int = 64,
     max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -40,6 +40,7 @@ from PIL import Image
 from torch import nn
 
 from shared.matting.session import u2net_preprocess
+from shared.store import sha256_hex
 
 log = logging.getLogger("skuforge.matting.ranges")
 
@@ -301,7 +302,7 @@ def learn_ranges(
     return {
         "what": "learnt int8 activation ranges (shared/matting/ranges.py): apply with "
         "skuforge matting quantize --ranges",
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": sha256_hex(weights.read_bytes()),
         "tuning": asdict(tuning),
         "device": device,
         "seconds": round(time.monotonic() - started, 1),
@@ -324,12 +325,6 @@ def _photo_batches(
         ]
         contrast = rng.uniform(0.8, 1.2, size=(len(chosen), 1, 1, 1)).astype(np.float32)
         yield torch.from_numpy(u2net_preprocess(chosen, size_px=tuning.size_px) * contrast)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # The narrowest range written: a float32 scale below this is noise, and divides by ~0.
