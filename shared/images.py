@@ -179,12 +179,8 @@ def transparency_mask(image: Image.Image, data: bytes = b"") -> UInt8Array | Non
     outline, which a matting model only estimates (a white product on the white it would be
     composited over loses its edges). None when no pixel is transparent, or every pixel is.
     ``data`` is the file the image was decoded from (a colour key is in its bit depth)."""
-    keyed = _colour_key_alpha(image, data)
-    if keyed is not None:
-        alpha: npt.NDArray[Any] = keyed
-    elif image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
-        alpha = np.asarray(_as_rgba(image))[..., 3]
-    else:
+    alpha = _alpha(image, data)
+    if alpha is None:
         return None
     opaque = alpha >= 128
     if opaque.all() or not opaque.any():
@@ -192,13 +188,20 @@ def transparency_mask(image: Image.Image, data: bytes = b"") -> UInt8Array | Non
     return np.where(opaque, np.uint8(255), np.uint8(0)).astype(np.uint8)
 
 
-def _every_pixel_transparent(image: Image.Image, data: bytes) -> bool:
+def _alpha(image: Image.Image, data: bytes) -> npt.NDArray[Any] | None:
+    """The image's alpha (HxW): its alpha channel, a palette's transparent entry or a PNG colour key;
+    None when it has no transparency at all."""
     keyed = _colour_key_alpha(image, data)
     if keyed is not None:
-        return not bool((keyed >= 128).any())
+        return keyed
     if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
-        return not bool((np.asarray(_as_rgba(image))[..., 3] >= 128).any())
-    return False
+        return np.asarray(_as_rgba(image))[..., 3]
+    return None
+
+
+def _every_pixel_transparent(image: Image.Image, data: bytes) -> bool:
+    alpha = _alpha(image, data)
+    return alpha is not None and not bool((alpha >= 128).any())
 
 
 def encode_png(image: Image.Image | npt.NDArray[Any]) -> bytes:
