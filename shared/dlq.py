@@ -37,14 +37,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 from pydantic import ValidationError
 
 from schemas.envelope import DeadLetter, utc_now
 from schemas.topics import ALL_TOPICS, DLQ_SUFFIX, PASSTHROUGH_OUT
-from shared.bus import READ_EXTRA, kafka_connection, make_producer, unreachable
+from shared.bus import READ_EXTRA, kafka_connection, listed_topics, make_producer
 from shared.config import Settings
 from shared.errors import BadInput, TransientError
 from shared.store import ObjectStore
@@ -561,13 +561,9 @@ def format_other_topic(dead: DeadLetterTopic, report: ReplayReport) -> str | Non
 
 def _list_topics(settings: Settings) -> set[str]:
     try:
-        admin = KafkaAdminClient(**kafka_connection(settings), client_id="skuforge-dlq")
-    except KafkaError as exc:
-        raise DlqError(unreachable(settings, exc)) from exc
-    try:
-        return set(admin.list_topics())
-    finally:
-        admin.close()
+        return listed_topics(settings, client_id="skuforge-dlq")
+    except TransientError as exc:
+        raise DlqError(str(exc)) from exc
 
 
 def original_record(letter: DeadLetter, store: ObjectStore) -> tuple[bytes | None, bytes]:
