@@ -22,6 +22,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import OffsetAndMetadata
 
+from bench.rounds import median_round_ratio
 from devstack.broker import LocalKafka, free_port
 from schemas.envelope import Envelope
 from schemas.events import SkuIngested
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "raw_events_per_s": round(raw_median, 1),
         # Per round, each runtime run against the raw run beside it (not a ratio of medians of
         # different rounds).
-        "ratio_vs_raw": round(statistics.median(r / w for r, w in zip(runtime, raw, strict=True)), 3),
+        "ratio_vs_raw": median_round_ratio(runtime, raw, digits=3),
         "broker_cold_start_s": round(cold_start_s, 2),
         "target_ratio_vs_raw": 0.7,
         "runs": {

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.rounds import median_round_ratio
 from services.generator.client import TritonGenerator
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import crop_to_product
@@ -181,12 +182,6 @@ def lora_switch_seconds(
         switch = statistics.median(timed(f"s{index % count}") for index in range(3))
         out[str(count)] = {"switch_request_s": round(switch, 4), "same_adapter_request_s": round(same, 4)}
     return out
-
-
-def median_round_ratio(numerators: list[float], denominators: list[float]) -> float:
-    """The median of the per-round ratios: each round's two figures were measured side by side (a
-    ratio of the two medians paired figures from different rounds: 1.91x where the rounds said 1.65x)."""
-    return round(statistics.median(a / b for a, b in zip(numerators, denominators, strict=True)), 2)
 
 
 def _cpu_model() -> str:

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.rounds import median_round_ratio
 from shared.argtypes import positive_int
 
 RESULTS = Path(__file__).parent / "results"
@@ -189,11 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     def speedup(ours: str, theirs: str) -> float:
         # The ratio within each round (the two ran minutes apart), then the median over rounds:
         # steadier than a ratio of medians when the machine's load changes between rounds.
-        return round(
-            statistics.median(
-                a["images_per_s"] / b["images_per_s"] for a, b in zip(runs[ours], runs[theirs], strict=True)
-            ),
-            3,
+        return median_round_ratio(
+            [r["images_per_s"] for r in runs[ours]], [r["images_per_s"] for r in runs[theirs]], digits=3
         )
 
     from shared.matting.train import evaluate

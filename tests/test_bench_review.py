@@ -164,7 +164,7 @@ def test_the_report_says_where_the_gain_sits_by_the_datasets_groups(tmp_path: Pa
 def test_a_speedup_is_the_median_of_per_round_ratios() -> None:
     # bench/results/generation.json's rounds: the ratio of the two medians paired round 3's c8 with
     # round 2's c1 and read 1.91x; the rounds themselves say 1.65, 2.19 and 1.54.
-    from bench.generation import median_round_ratio
+    from bench.rounds import median_round_ratio
 
     assert median_round_ratio([2.56, 6.94, 6.06], [1.55, 3.17, 3.93]) == 1.65
 
