@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from shared.store import FileStore
+from shared.trainstore.dataset import export_dataset
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from skuforge_cli.main import main as cli_main
 from tests.test_dataset_export import PREFIX, add_item
@@ -341,3 +342,73 @@ def test_a_finished_export_leaves_no_owner_file(store: ManifestStore, tmp_path: 
         assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0
         assert not list(out.rglob(".skuforge-export-owner"))
         assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_an_empty_out_folder_is_enough_when_the_folder_above_it_is_read_only(
+    store: ManifestStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An existing empty OUT (a Docker volume in a read-only container) is where the export stages:
+    before, the CLI refused it because the folder above it could not be written in."""
+    import shared.argtypes
+
+    read_only = tmp_path / "read-only"
+    out = read_only / "out"
+    out.mkdir(parents=True)
+    mkstemp = shared.argtypes.tempfile.mkstemp
+
+    def refused_above(*args: Any, **kwargs: Any) -> Any:
+        if Path(kwargs["dir"]) == read_only:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(shared.argtypes.tempfile, "mkstemp", refused_above)
+    assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["SKU-A", "SKU-B", "export.json"]
+
+
+def test_a_real_photo_changed_during_the_export_lowers_the_synthetic_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cap is of the real images written: with one of two real photos withdrawn while the export
+    ran, two synthetic images per real photo went out (the plan's cap counted the photo)."""
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    for index in range(2):
+        add_item(manifests, "SKU-A", f"real-{index}", "real", "reference")
+    for index in range(3):
+        add_item(manifests, "SKU-A", f"gen-{index}", "synthetic", "accepted")
+    iter_rows = ManifestStore.iter_rows
+
+    def then_a_photo_changes(self: ManifestStore, *args: Any, **kwargs: Any) -> Any:
+        yield from iter_rows(self, *args, **kwargs)
+        add_item(self, "SKU-A", "real-1", "real", "reference", size_px=64)
+
+    monkeypatch.setattr(ManifestStore, "iter_rows", then_a_photo_changes)
+    summary = export_dataset(manifests, tmp_path / "out", fmt="jsonl", max_synthetic_per_real=1)
+    assert summary.classes == {"SKU-A": {"real": 1, "synthetic": 1, "dropped": 2}}
+    lines = (tmp_path / "out" / "dataset.jsonl").read_text().splitlines()
+    assert [json.loads(line)["source"] for line in lines] == ["real", "synthetic"]
+
+
+def test_a_class_named_images_left_out_during_a_jsonl_export_takes_only_its_own_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A class left without real images is removed from the staging folder; for a SKU named
+    ``images`` that was ``images/`` itself, every class's images, and the index named missing files."""
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    add_item(manifests, "A", "real-0", "real", "reference")
+    add_item(manifests, "A", "gen-0", "synthetic", "accepted")
+    add_item(manifests, "images", "real-0", "real", "reference")
+    add_item(manifests, "images", "gen-0", "synthetic", "accepted")
+    iter_rows = ManifestStore.iter_rows
+
+    def then_its_photo_changes(self: ManifestStore, *args: Any, **kwargs: Any) -> Any:
+        yield from iter_rows(self, *args, **kwargs)
+        add_item(self, "images", "real-0", "real", "reference", size_px=64)
+
+    monkeypatch.setattr(ManifestStore, "iter_rows", then_its_photo_changes)
+    summary = export_dataset(manifests, tmp_path / "out", fmt="jsonl", max_synthetic_per_real=1)
+    assert list(summary.classes) == ["A"] and "images" in summary.skipped
+    for line in (tmp_path / "out" / "dataset.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        assert all((tmp_path / "out" / record[key]).is_file() for key in ("image", "mask"))
+    assert not (tmp_path / "out" / "images" / "images").exists()

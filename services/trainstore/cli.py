@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "export":
         if args.min_gain is not None and args.evaluation is None:
             parser.error("--min-gain needs --evaluation PATH (the evaluation.json of skuforge evaluate)")
-        if (problem := folder_problem(args.out.parent)) is not None:
+        if (problem := folder_problem(args.out)) is not None:
             parser.error(f"OUT {args.out}: {problem}")
         try:
             stored = manifests.sku_ids()

@@ -463,6 +463,7 @@ def _export_into(
             fit=fit,
             limits=limits,
             min_real=min_real,
+            max_synthetic_per_real=max_synthetic_per_real,
         )
         if staging.parent == target:
             # The index and the summary last: a kill between two renames must not leave them beside
@@ -583,9 +584,12 @@ def _write_export(
     size_px: int,
     fit: ExportFit,
     limits: tuple[int, int],
-    min_real: int = 1,
+    min_real: int,
+    max_synthetic_per_real: int,
 ) -> ExportSummary:
-    """Write the images, dataset.jsonl and export.json into ``staging``; the summary names ``out_dir``."""
+    """Write the images, dataset.jsonl and export.json into ``staging``; the summary names ``out_dir``.
+    The real images are written first, so that the synthetic cap is of the real images written: a real
+    photo withdrawn while the export ran lowers it (the plan's cap counted that photo)."""
     lines: list[str] = []
     classes: dict[str, dict[str, int]] = {}
     skipped = dict(plan.skipped)
@@ -593,7 +597,11 @@ def _write_export(
     for plan_class in plan.classes:
         class_lines: list[str] = []
         written = {"real": 0, "synthetic": 0}
+        over_cap = 0
         for row in [*plan_class.real, *plan_class.synthetic]:
+            if row.source == "synthetic" and written["synthetic"] >= max_synthetic_per_real * written["real"]:
+                over_cap += 1
+                continue
             try:
                 image = _decoded(manifests, row.image, row.image_sha256, limits, decode_image)
                 mask = (
@@ -637,12 +645,15 @@ def _write_export(
             )
         if written["real"] < min_real:
             # Its real photos were withdrawn while the export ran: a class of synthetic images only is
-            # what the policy never exports.
-            for folder in (
-                staging / plan_class.sku_id,
-                staging / "images" / plan_class.sku_id,
-                staging / "masks" / plan_class.sku_id,
-            ):
+            # what the policy never exports. Only this class's folders: in jsonl, staging/<SKU> of a SKU
+            # named "images" was every class's images.
+            sku_id = plan_class.sku_id
+            folders = (
+                [staging / sku_id]
+                if fmt == "imagefolder"
+                else [staging / "images" / sku_id, staging / "masks" / sku_id]
+            )
+            for folder in folders:
                 shutil.rmtree(folder, ignore_errors=True)
             skipped[plan_class.sku_id] = (
                 f"{written['real']} real image(s) left after the store changed while the export ran, "
@@ -653,7 +664,7 @@ def _write_export(
         classes[plan_class.sku_id] = {
             "real": written["real"],
             "synthetic": written["synthetic"],
-            "dropped": plan_class.synthetic_dropped,
+            "dropped": plan_class.synthetic_dropped + over_cap,
         }
     if fmt == "jsonl":
         (staging / "dataset.jsonl").write_text("".join(line + "\n" for line in lines))
