@@ -300,3 +300,16 @@ def test_a_compacted_part_of_the_older_layout_still_reads_and_compacts(manifests
         "y": "pending",
         "z": "accepted",
     }
+
+
+def test_load_manifest_refuses_a_store_without_skus_and_a_sku_it_does_not_have(
+    manifests: ManifestStore,
+) -> None:
+    """Training code's entry point read a mistyped prefix, store or SKU id as an empty (or smaller)
+    training set; the CLI commands refuse both."""
+    manifests.append("SKU-1", [row("i0")])
+    with pytest.raises(ValueError, match=r"retraining store .*/train-store/ has no SKUs"):
+        load_manifest(manifests.store, prefix="train-store")
+    with pytest.raises(ValueError, match="no SKU SKU-l in the retraining store"):
+        load_manifest(manifests.store, prefix="ts", sku_ids=["SKU-1", "SKU-l"])
+    assert load_manifest(manifests.store, prefix="ts", sku_ids=["SKU-1"]).column("item_id") == ["i0"]

@@ -74,13 +74,29 @@ def load_manifest(
     Only trainable rows (real reference photos, gate-accepted and human-approved items) unless
     ``trainable_only`` is False. ``store`` is an ``ObjectStore`` or its URI (``file://``, ``s3://``;
     ``s3_endpoint_url`` for a non-AWS server).
+
+    ``ValueError`` for a store with no SKU at all (most often a mistyped URI or prefix) and for a
+    requested SKU id the store does not have: either read as an empty or smaller training set.
     """
     objects = open_store(store, s3_endpoint_url=s3_endpoint_url) if isinstance(store, str) else store
     manifests = ManifestStore(objects, prefix)
     manifest = Manifest(root_uri=objects.uri_for(manifests.key("x"))[: -len("x")])
+    if sku_ids is None:
+        wanted = manifests.sku_ids()
+        if not wanted:
+            raise ValueError(
+                f"the retraining store {manifest.root_uri} has no SKUs: is it the store (and prefix) the "
+                "trainstore service writes?"
+            )
+    else:
+        wanted = sorted(set(sku_ids))
     marked = Withdrawals(manifests).by_sku() if trainable_only else {}
-    for sku_id in manifests.sku_ids() if sku_ids is None else sorted(set(sku_ids)):
+    unknown = []
+    for sku_id in wanted:
         sku_columns = _sku_columns(manifests, sku_id)
+        if sku_columns is None:
+            unknown.append(sku_id)
+            continue
         status = sku_columns["status"]
         # An image of a withdrawn photo that a second writer stored in the same moment as the
         # withdrawal stays trainable until the SKU's next write mends it: never loaded meanwhile;
@@ -104,11 +120,16 @@ def load_manifest(
             sku_columns = {name: [values[index] for index in keep] for name, values in sku_columns.items()}
         for name in FIELDS:
             manifest.columns[name].extend(sku_columns[name])
+    if unknown:
+        raise ValueError(f"no SKU {', '.join(unknown)} in the retraining store {manifest.root_uri}")
     return manifest
 
 
-def _sku_columns(manifests: ManifestStore, sku_id: str) -> dict[str, list[Any]]:
+def _sku_columns(manifests: ManifestStore, sku_id: str) -> dict[str, list[Any]] | None:
+    """The SKU's rows column by column; None if the store has no manifest of that SKU."""
     compacted, deltas = manifests.parts(sku_id)
+    if not compacted and not deltas:
+        return None
     if len(compacted) == 1 and not deltas:
         try:
             return decode_columns(manifests.store.get_bytes(manifests.columns_key(compacted[0][1])))
