@@ -282,6 +282,27 @@ def test_a_model_that_is_not_image_to_mask_is_refused_by_its_input(tmp_path: Pat
         open_session(str(path), threads=1, use_gpu=False, store=None)
 
 
+@pytest.mark.parametrize("shape", [["N", "H", "W", 3], ["N", 320, 320, 3], ["N", 1, 320, 320]])
+def test_a_model_whose_input_is_not_three_channels_second_is_refused(
+    tmp_path: Path, shape: list[Any]
+) -> None:
+    """A channels-last export opened with "size" 3: every image was shrunk to 3 x 3, the stage went
+    ready, and every mask was noise."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Sigmoid", ["input"], ["d0"])],
+        "channels",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("d0", TensorProto.FLOAT, shape)],
+    )
+    path = tmp_path / "channels.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(MattingModelError, match=r"not 3 colour channels second.*N x 3 x H x W"):
+        open_session(str(path), threads=1, use_gpu=False, store=None)
+
+
 def test_a_model_that_outputs_nan_is_an_error_not_an_empty_mask(tmp_path: Path) -> None:
     """A NaN anywhere in a map used to make the whole map NaN and the mask silently empty (the gate
     then flagged every image for a person to review); a model that outputs NaN is broken, and says so."""

@@ -400,7 +400,14 @@ class MattingSession(ABC):
                 f"{self.model_id} takes a {len(model_input.shape)}-D input {model_input.name!r} "
                 f"{model_input.shape}; a U2-Net model takes N x 3 x H x W"
             )
-        batch_dim, _, height_dim, size_dim = model_input.shape
+        batch_dim, channel_dim, height_dim, size_dim = model_input.shape
+        if channel_dim != 3 and (isinstance(channel_dim, int) or size_dim == 3):
+            # A channels-last export (N x H x W x 3, as tf2onnx writes a Keras model) opened with a
+            # "size" of 3: every image was shrunk to 3 x 3 and every mask was noise, served as ready.
+            raise MattingModelError(
+                f"{self.model_id} takes input {model_input.name!r} {model_input.shape}, not 3 colour "
+                "channels second; a U2-Net model takes N x 3 x H x W (export it channels-first)"
+            )
         self.size_px = size_dim if isinstance(size_dim, int) else self.default_size_px
         # A file exported with a fixed batch size takes exactly that many images a call: fewer are
         # padded (``_run``), more are split.
