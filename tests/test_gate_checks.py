@@ -157,6 +157,14 @@ def test_both_masks_empty_fails_only_as_an_empty_mask() -> None:
     assert iou == 1.0
     assert not passed["mask_empty"]
     assert passed["iou_below_threshold"] and passed["mask_full_frame"]
+    # A threshold of 0 turns the near-empty check off, not the empty one: both masks empty scored
+    # IoU 1 and went to the retraining store.
+    _, passed = run_checks(EMPTY, EMPTY, thresholds=GateThresholds(min_foreground_fraction=0.0))
+    assert not passed["mask_empty"]
+    _, passed = run_checks(
+        box(0, 0, 1, 1), box(0, 0, 1, 1), thresholds=GateThresholds(min_foreground_fraction=0.0)
+    )
+    assert passed["mask_empty"]
 
 
 def test_empty_prediction_fails_iou_and_emptiness() -> None:

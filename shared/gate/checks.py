@@ -7,7 +7,8 @@ returns); anything at or above 128 counts as product. Images are ``uint8`` HxWx3
 The checks, each reported as a ``GateCheck`` (code, passed, value, threshold, message):
 
 ``iou_below_threshold``      IoU(predicted, expected) < ``iou_min``
-``mask_empty``               predicted foreground fraction < ``min_foreground_fraction`` (empty or near-empty)
+``mask_empty``               predicted foreground fraction < ``min_foreground_fraction`` (near-empty), or 0
+                             whatever the threshold (an empty mask and an empty expected mask score IoU 1)
 ``mask_full_frame``          predicted foreground fraction > ``max_foreground_fraction`` (most of the frame)
 ``mask_touches_all_borders`` the predicted mask runs along all four borders (background taken as product)
 ``product_drift``            colour statistics of the product region differ from the reference photo's
@@ -224,7 +225,8 @@ def evaluate(
         ),
         GateCheck(
             code="mask_empty",
-            passed=fraction >= thresholds.min_foreground_fraction,
+            # At a threshold of 0, an empty mask beside an empty expected mask (IoU 1) was accepted.
+            passed=fraction > 0 and fraction >= thresholds.min_foreground_fraction,
             value=fraction,
             threshold=thresholds.min_foreground_fraction,
             message=f"predicted mask covers {fraction:.2%} of the frame "
