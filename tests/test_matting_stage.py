@@ -205,3 +205,20 @@ def check_matted(store: ObjectStore, matted: ImageMatted) -> None:
         assert not mask[outside].any(), "product found outside the ROI"
     assert matted.foreground_fraction == pytest.approx(np.count_nonzero(mask) / mask.size)
     assert matted.matting_model_id.startswith("u2netp-random.onnx@sha256:")
+
+
+def test_a_matting_batch_larger_than_a_poll_is_named_at_start(
+    random_u2netp_onnx: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The handler gets one poll's records: SKUFORGE_MATTING_MAX_BATCH=64 beside the default 16 records
+    per poll never made a call of more than 16 images, and nothing said so."""
+    from services.matting.stage import open_matting_session
+
+    matting = load_settings(
+        MattingSettings, matting_model=str(random_u2netp_onnx), matting_use_gpu=False, matting_max_batch=64
+    )
+    open_matting_session(matting, load_settings(max_poll_records=16))
+    assert "SKUFORGE_MATTING_MAX_BATCH=64 is more than a poll brings" in caplog.text
+    caplog.clear()
+    open_matting_session(matting, load_settings(max_poll_records=64))
+    assert "more than a poll brings" not in caplog.text

@@ -45,7 +45,8 @@ class MattingSettings(BaseSettings):
         default=8,
         ge=1,
         le=256,
-        description="images per matting chunk (one ONNX Runtime call on GPU; on CPU, calls of at most 4)",
+        description="images per matting chunk (one ONNX Runtime call on GPU; on CPU, calls of at most 4); "
+        "a chunk is of one poll's records, at most SKUFORGE_MAX_POLL_RECORDS",
     )
     matting_threshold: Threshold = Field(
         default=0.5, description="mask threshold on the confidence: a number in (0, 1), or 'otsu' per image"

@@ -108,6 +108,15 @@ def open_matting_session(
     except MattingModelError as exc:
         raise ConfigError(str(exc)) from exc
     log.info("matting model ready", extra={"model_id": session.model_id, "providers": session.providers})
+    if matting.matting_max_batch > settings.max_poll_records:
+        # The runtime hands the handler one poll's records; a larger batch was silently never reached.
+        log.warning(
+            "SKUFORGE_MATTING_MAX_BATCH=%d is more than a poll brings (SKUFORGE_MAX_POLL_RECORDS=%d): "
+            "calls take at most %d images; raise both for larger GPU batches",
+            matting.matting_max_batch,
+            settings.max_poll_records,
+            settings.max_poll_records,
+        )
     return session
 
 
