@@ -66,13 +66,15 @@ class CaptionerSettings(BaseSettings):
         default=0.005,
         ge=0.0,
         lt=1.0,
-        description="a mask covering less of the photo than this: no product found (photo unusable)",
+        description="a mask covering less of the photo than this: no product found (photo unusable as a "
+        "reference; stored as a real training image without a mask)",
     )
     captioner_max_mask_fraction: float = Field(
         default=0.95,
         gt=0.0,
         le=1.0,
-        description="a mask covering more of the photo than this: full frame, no product found (unusable)",
+        description="a mask covering more of the photo than this: full frame, no product found (unusable as "
+        "a reference; stored as a real training image without a mask)",
     )
     captioner_fill_dents_share: float = Field(
         default=0.01,

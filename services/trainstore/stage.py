@@ -12,7 +12,10 @@ Consumes:
 * ``correction.pending``   recorded (row ``pending``, no objects) so ``skuforge dataset stats`` can count
                            what waits for review; a pending row never replaces a decision;
 * ``sku.captioned``        the real reference photos with their masks (rows ``reference``, source ``real``;
-                           photos the captioner found unusable are recorded as ``unusable``).
+                           a photo whose mask found no product, ``no_product_found`` or
+                           ``mask_full_frame``, is stored without a mask: a real photo for a classifier
+                           all the same; other photos the captioner found unusable are recorded as
+                           ``unusable``).
 
 A photo its owner withdrew (``skuforge ingest --withdraw-missing``; ``shared/trainstore/withdrawals.py``)
 stays out: while its marker exists, every row of it or of an image generated from it is written as
@@ -42,6 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
 from prometheus_client import CollectorRegistry, Counter
 
 from schemas.common import ImageRef
@@ -49,6 +53,7 @@ from schemas.envelope import Envelope
 from schemas.events import CorrectionPending, CorrectionResolved, GateAccepted, ImageGenerated, SkuCaptioned
 from schemas.flow import TRAINSTORE
 from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED
+from shared.captioning.attributes import MASK_PROBLEMS
 from shared.config import load_settings
 from shared.errors import BadInput
 from shared.images import decode_image, decode_mask, encode_png
@@ -174,12 +179,21 @@ class Trainstore:
                 "caption": photo.caption,
                 "trace_id": event.trace_id,
             }
-            if not photo.usable or photo.mask is None:
-                reason = photo.unusable_reason or "no mask"
+            reason = None if photo.usable and photo.mask is not None else photo.unusable_reason or "no mask"
+            if reason is not None and reason not in MASK_PROBLEMS:
                 staged.append(StagedItem(ManifestRow(status="unusable", reasons=[reason], **base)))
                 continue
             if photo.photo_id in marked:
                 staged.append(StagedItem(withdrawn_row(ManifestRow(status="reference", **base))))
+                continue
+            if photo.mask is None:
+                # Matting found no single product in it (loose produce filling the frame): a real photo
+                # of the product all the same, which a classifier trains on; stored without a mask.
+                # Left out before: 4 of 162 in-store photos of the few-shot benchmark at k = 1.
+                image_png = self._stage_image(ctx, photo.image)
+                objects = _object_fields(sku.sku_id, "real", photo.photo_id, photo.image, image_png, None)
+                row = ManifestRow(status="reference", reasons=[str(reason)], **base, **objects)
+                staged.append(StagedItem(row, image_png))
                 continue
             image_png, mask_png = self._stage_pair(ctx, photo.image, photo.mask)
             objects = _object_fields(sku.sku_id, "real", photo.photo_id, photo.image, image_png, mask_png)
@@ -196,6 +210,12 @@ class Trainstore:
                 "objects of photos now unusable deleted",
                 extra={"sku_id": sku.sku_id, "photos": [photo_id for _, photo_id in stale]},
             )
+        # A photo now stored without a mask whose mask an earlier captioning stored: that mask goes.
+        for item in staged:
+            if item.row.status == "reference" and item.row.image is not None and item.row.mask is None:
+                _, mask_key = object_keys(sku.sku_id, "real", item.row.item_id)
+                if self.manifests.store.exists(self.manifests.key(mask_key)):
+                    self.manifests.store.delete(self.manifests.key(mask_key))
         return []
 
     # -- reading and verifying ------------------------------------------------------------------
@@ -213,16 +233,16 @@ class Trainstore:
                 f"mask {mask_ref.uri} is {mask.shape[1]}x{mask.shape[0]}, "
                 f"image {image_ref.uri} is {image.width}x{image.height}",
             )
-        # The manifest records the event's width and height: they must be the image's.
-        if (image_ref.width, image_ref.height) != (image.width, image.height):
-            raise BadInput(
-                "dimension_mismatch",
-                f"image {image_ref.uri} is {image.width}x{image.height}, "
-                f"the event says {image_ref.width}x{image_ref.height}",
-            )
-        # A PNG is kept byte for byte (same sha256 as upstream); other formats are re-encoded as PNG.
-        image_png = image_bytes if image_bytes.startswith(_PNG_SIGNATURE) else encode_png(image)
-        return image_png, encode_png(mask)
+        return _image_png(image_ref, image_bytes, image), encode_png(mask)
+
+    def _stage_image(self, ctx: Context, image_ref: ImageRef) -> bytes:
+        """Read, verify and decode an image without a mask; returns the PNG bytes to store."""
+        image_bytes = ctx.store.read_verified(image_ref)
+        settings = ctx.settings
+        image = decode_image(
+            image_bytes, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
+        )
+        return _image_png(image_ref, image_bytes, image)
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -340,6 +360,19 @@ def _photo_ids(rows: list[ManifestRow]) -> list[str]:
     return sorted({str(photo_of(row)) for row in rows})
 
 
+def _image_png(image_ref: ImageRef, image_bytes: bytes, image: Image.Image) -> bytes:
+    """The bytes to store of an image read from ``image_ref``, checked against the event's size."""
+    # The manifest records the event's width and height: they must be the image's.
+    if (image_ref.width, image_ref.height) != (image.width, image.height):
+        raise BadInput(
+            "dimension_mismatch",
+            f"image {image_ref.uri} is {image.width}x{image.height}, "
+            f"the event says {image_ref.width}x{image_ref.height}",
+        )
+    # A PNG is kept byte for byte (same sha256 as upstream); other formats are re-encoded as PNG.
+    return image_bytes if image_bytes.startswith(_PNG_SIGNATURE) else encode_png(image)
+
+
 def _kept_render(current: ManifestRow | None, generated: ImageGenerated) -> str | None:
     """The status of ``current``, the item's stored row, when it is a trainable render other than the
     one ``generated`` names (its image's sha256 differs); None otherwise.
@@ -355,18 +388,20 @@ def _kept_render(current: ManifestRow | None, generated: ImageGenerated) -> str 
 
 
 def _object_fields(
-    sku_id: str, source: str, item_id: str, image_ref: ImageRef, image_png: bytes, mask_png: bytes
+    sku_id: str, source: str, item_id: str, image_ref: ImageRef, image_png: bytes, mask_png: bytes | None
 ) -> dict[str, Any]:
-    """Where an item's objects go (keys from the item id, so redelivery overwrites) and their sha256."""
+    """Where an item's objects go (keys from the item id, so redelivery overwrites) and their sha256;
+    no mask fields for an item stored without one."""
     image, mask = object_keys(sku_id, source, item_id)
-    return {
+    fields: dict[str, Any] = {
         "image": image,
         "image_sha256": sha256_hex(image_png),
-        "mask": mask,
-        "mask_sha256": sha256_hex(mask_png),
         "width": image_ref.width,
         "height": image_ref.height,
     }
+    if mask_png is not None:
+        fields |= {"mask": mask, "mask_sha256": sha256_hex(mask_png)}
+    return fields
 
 
 def _synthetic_row(

@@ -757,6 +757,12 @@ def plain_background_share(image: Image.Image, mask: npt.ArrayLike, *, thumbnail
     return float(np.count_nonzero(distance[background] < 40.0)) / float(np.count_nonzero(background))
 
 
+# The reasons ``mask_problem`` gives: the photo is a good picture, only its mask is not a product's (a
+# pile of loose produce filling the frame). Useless as a compositing reference; still a real photo
+# of the product for a classifier (the trainstore keeps it, without a mask).
+MASK_PROBLEMS: Final = frozenset({"no_product_found", "mask_full_frame"})
+
+
 def mask_problem(mask: npt.ArrayLike, *, min_fraction: float, max_fraction: float) -> str | None:
     """Why a predicted mask shows no product, or None when it may: too little, or the whole frame.
 

@@ -103,7 +103,7 @@ class SkuStats:
     rejected: int
     mean_iou: float | None  # over the gated synthetic items (accepted, approved, pending, rejected)
     withdrawn: int = 0  # items out of the store because their owner withdrew the photo (real + synthetic)
-    unusable: int = 0  # real photos the captioner could not use (no mask): recorded, never trained on
+    unusable: int = 0  # real photos the captioner could not read as pictures: recorded, never trained on
 
 
 def sku_stats(rows: Iterable[ManifestRow]) -> list[SkuStats]:

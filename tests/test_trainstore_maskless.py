@@ -1,0 +1,104 @@
+"""A real photo whose mask found no product is still a real photo of the product.
+
+The captioner marks a photo ``no_product_found`` (or ``mask_full_frame``) when matting finds no single
+product in it: most often a pile of loose produce filling the frame, which is how in-store photos of
+limes or cucumbers look. Useless as a compositing reference; a good training image for a classifier.
+Before, the trainstore recorded it as ``unusable`` and the export left it out: 4 of the 162 in-store
+photos of the few-shot benchmark at k = 1 (bench/augment.py), 7 of 324 at k = 3.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from schemas.events import CaptionedPhoto, SkuCaptioned
+from schemas.topics import SKU_CAPTIONED
+from services.trainstore.stage import Trainstore
+from shared.bus import make_envelope
+from shared.config import Settings
+from shared.observability import StageMetrics
+from shared.runtime import Context
+from shared.store import FileStore
+from shared.synth import make_product, render_photo
+from shared.trainstore.dataset import export_dataset, sku_stats
+from shared.trainstore.manifest import ManifestStore, object_keys
+from tests.support.gate import captioned
+
+PREFIX = "trainstore"
+SKU = "SKU-001"
+
+
+def _write(writer: Trainstore, store: FileStore, event: SkuCaptioned, event_id: str) -> None:
+    envelope = make_envelope(
+        SKU_CAPTIONED, event, event_id=event_id * 32, sku_id=SKU, trace_id="t" * 32, producer="test"
+    )
+    context = Context("trainstore", store, Settings(), StageMetrics("trainstore"), logging.getLogger("test"))
+    writer.captioned(envelope, context)
+
+
+def _with_pile(store: FileStore, event: SkuCaptioned, reason: str) -> SkuCaptioned:
+    """``event`` with one more photo, a good picture whose mask found no product."""
+    photo = render_photo(make_product(1, 5), 7, 5, size_px=96)
+    pile = CaptionedPhoto(
+        photo_id="p-pile",
+        image=store.put_image("fixtures/pile.png", photo.image),
+        usable=False,
+        unusable_reason=reason,
+    )
+    return event.model_copy(update={"photos": [*event.photos, pile]})
+
+
+def test_a_photo_whose_mask_found_no_product_is_stored_and_exported_without_a_mask(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    manifests = ManifestStore(store, PREFIX)
+    writer = Trainstore(manifests, compact_after_parts=16)
+    _write(writer, store, _with_pile(store, captioned(store, 1, photos=1), "no_product_found"), "a")
+
+    rows = manifests.read_sku(SKU)
+    pile = rows["p-pile"]
+    assert (pile.status, pile.source, pile.reasons, pile.mask) == (
+        "reference",
+        "real",
+        ["no_product_found"],
+        None,
+    )
+    image_key, mask_key = object_keys(SKU, "real", "p-pile")
+    assert store.exists(manifests.key(image_key)) and not store.exists(manifests.key(mask_key))
+    assert rows["p-blurry"].status == "unusable"  # not a mask problem: still never trained on
+    (stats,) = sku_stats(rows.values())
+    assert (stats.real, stats.unusable) == (2, 1)
+
+    summary = export_dataset(manifests, tmp_path / "out", fmt="jsonl", max_synthetic_per_real=1)
+    assert summary.classes[SKU]["real"] == 2
+    lines = [json.loads(line) for line in (tmp_path / "out" / "dataset.jsonl").read_text().splitlines()]
+    exported = {line["item_id"]: line for line in lines}
+    assert exported["p-pile"]["mask"] is None and (tmp_path / "out" / exported["p-pile"]["image"]).is_file()
+
+
+def test_a_photo_captioned_again_with_no_product_found_keeps_its_image_and_loses_its_old_mask(
+    tmp_path: Path,
+) -> None:
+    store = FileStore(tmp_path / "store")
+    manifests = ManifestStore(store, PREFIX)
+    writer = Trainstore(manifests, compact_after_parts=16)
+    first = captioned(store, 1, photos=2)
+    _write(writer, store, first, "a")
+    _, mask_key = object_keys(SKU, "real", "p1")
+    assert store.exists(manifests.key(mask_key))
+    # A re-run with another matting model finds no product in p1.
+    again = first.model_copy(
+        update={
+            "photos": [
+                photo.model_copy(update={"usable": False, "mask": None, "unusable_reason": "mask_full_frame"})
+                if photo.photo_id == "p1"
+                else photo
+                for photo in first.photos
+            ]
+        }
+    )
+    _write(writer, store, again, "b")
+    p1 = manifests.read_sku(SKU)["p1"]
+    assert (p1.status, p1.mask, p1.reasons) == ("reference", None, ["mask_full_frame"])
+    assert store.exists(manifests.key(p1.image or "")) and not store.exists(manifests.key(mask_key))
