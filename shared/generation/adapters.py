@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -181,17 +181,57 @@ def weights_file_name(weights_sha256: str) -> str:
 
 def safetensors_header(weights: bytes) -> dict[str, Any]:
     """The JSON header of a safetensors file (8-byte length, then JSON); ``ValueError`` for anything
-    else. Reads no tensor, so no torch is needed."""
+    else. Reads no tensor, so no torch is needed, but checks that the tensors the header names fill
+    the rest of the file: a copy cut short registered and then every SKU of its series failed."""
     if len(weights) < 8:
         raise ValueError("not a safetensors file: shorter than its header length")
     (header_len,) = struct.unpack("<Q", weights[:8])
+    if header_len > len(weights) - 8:
+        raise ValueError(
+            f"not a safetensors file, or one cut short: its header says {header_len} bytes, "
+            f"the file has {len(weights) - 8} after the length"
+        )
     try:
         header = json.loads(weights[8 : 8 + header_len])
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"not a safetensors file: {exc}") from None
     if not isinstance(header, dict):
         raise ValueError("not a safetensors file: its header is not a JSON object")
+    data_end = max(
+        (_tensor_data_end(name, info) for name, info in header.items() if name != "__metadata__"), default=0
+    )
+    data_bytes = len(weights) - 8 - header_len
+    if data_end != data_bytes:
+        raise ValueError(
+            f"damaged safetensors file (an interrupted copy?): its tensors need {data_end} bytes "
+            f"after the header, the file has {data_bytes}"
+        )
     return header
+
+
+def _tensor_data_end(name: str, info: Any) -> int:
+    """Where a header entry's tensor ends in the data after the header; ``ValueError`` for an entry
+    that is not a tensor description (before, ``[1, 2]`` was an AttributeError traceback)."""
+    if isinstance(info, dict):
+        shape, offsets = info.get("shape"), info.get("data_offsets")
+        if (
+            _whole_numbers(shape)
+            and _whole_numbers(offsets)
+            and len(offsets) == 2
+            and offsets[0] <= offsets[1]
+        ):
+            return offsets[1]
+    raise ValueError(
+        f"not a safetensors file: tensor {name!r} is not an object with a list 'shape' of sizes "
+        "and two 'data_offsets'"
+    )
+
+
+def _whole_numbers(value: Any) -> TypeGuard[list[int]]:
+    """Whether ``value`` is a JSON list of whole numbers from 0 (a shape, or data offsets)."""
+    return isinstance(value, list) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value
+    )
 
 
 def lora_rank(weights: bytes) -> int:

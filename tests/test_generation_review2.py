@@ -1,0 +1,92 @@
+"""Generation faults from the second review, each pinned where an operator would meet it.
+
+``skuforge adapters register`` refuses a safetensors file cut short or with a malformed header, so a
+damaged copy never registers and then dead-letters every SKU of its series.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.generation.adapters import AdapterRegistry
+from shared.store import FileStore
+from skuforge_cli.main import main as cli_main
+
+
+def lora_file() -> bytes:
+    """A real (tiny) LoRA safetensors file, as the safetensors library writes it."""
+    from safetensors.numpy import save
+
+    return save(
+        {
+            "unet.to_q.lora_A.weight": np.ones((4, 16), np.float32),
+            "unet.to_q.lora_B.weight": np.ones((16, 4), np.float32),
+        }
+    )
+
+
+def safetensors_with_header(header: object, data: bytes = b"") -> bytes:
+    encoded = json.dumps(header).encode()
+    return struct.pack("<Q", len(encoded)) + encoded + data
+
+
+# --- adapter weights -----------------------------------------------------------------------------
+
+
+def test_a_lora_file_cut_short_by_an_interrupted_copy_is_refused_at_registration(tmp_path: Path) -> None:
+    registry = AdapterRegistry(FileStore(tmp_path))
+    weights = lora_file()
+    for cut in (weights[: len(weights) // 2], weights[:-1], weights + b"\0"):
+        with pytest.raises(ValueError, match="damaged safetensors file"):
+            registry.register("cola-v1", cut, kind="specialized", series="Cola", base_model="m")
+    # A cut inside the header itself says so too, instead of a JSON parse error.
+    with pytest.raises(ValueError, match="cut short"):
+        registry.register("cola-v1", weights[:20], kind="general", base_model="m")
+    assert registry.list() == []
+    assert registry.register("cola-v1", weights, kind="general", base_model="m").rank == 4
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        [1, 2],
+        "lora",
+        {"dtype": "F32", "data_offsets": [0, 0]},
+        {"dtype": "F32", "shape": 4, "data_offsets": [0, 0]},
+        {"dtype": "F32", "shape": [4, 8]},
+        {"dtype": "F32", "shape": [4, 8], "data_offsets": [0]},
+        {"dtype": "F32", "shape": [4, 8], "data_offsets": [8, 0]},
+        {"dtype": "F32", "shape": ["4", 8], "data_offsets": [0, 0]},
+    ],
+)
+def test_a_header_entry_that_is_not_a_tensor_description_is_refused_not_a_traceback(
+    tmp_path: Path, entry: object
+) -> None:
+    registry = AdapterRegistry(FileStore(tmp_path))
+    weights = safetensors_with_header({"unet.to_q.lora_A.weight": entry})
+    for rank in (None, 4):
+        with pytest.raises(ValueError, match=r"not a safetensors file: tensor 'unet\.to_q\.lora_A\.weight'"):
+            registry.register("cola-v1", weights, kind="general", base_model="m", rank=rank)
+
+
+def test_adapters_register_exits_2_naming_a_damaged_file_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    monkeypatch.delenv("SKUFORGE_DIFFUSION_ADAPTERS_URI", raising=False)
+    cut = tmp_path / "lora.safetensors"
+    cut.write_bytes(lora_file()[:-100])
+    argv = ["adapters", "register", "cola-v1", str(cut), "--kind", "general", "--base-model", "m"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skuforge adapters register: damaged safetensors file") and "Traceback" not in err
+    not_objects = tmp_path / "odd.safetensors"
+    not_objects.write_bytes(safetensors_with_header({"lora_A.weight": [1, 2]}))
+    assert cli_main([*argv[:3], str(not_objects), *argv[4:]]) == 2
+    assert "tensor 'lora_A.weight' is not an object" in capsys.readouterr().err
+    assert not (tmp_path / "store" / "adapters" / "cola-v1").exists()
