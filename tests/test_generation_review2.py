@@ -1,7 +1,8 @@
 """Generation faults from the second review, each pinned where an operator would meet it.
 
 ``skuforge adapters register`` refuses a safetensors file cut short or with a malformed header, so a
-damaged copy never registers and then dead-letters every SKU of its series.
+damaged copy never registers and then dead-letters every SKU of its series. A Triton address with a
+scheme fails at start-up instead of being retried forever.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shared.config import ConfigError, load_settings
 from shared.generation.adapters import AdapterRegistry
+from shared.generation.settings import GenerationSettings
 from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
 
@@ -90,3 +93,34 @@ def test_adapters_register_exits_2_naming_a_damaged_file_and_writes_nothing(
     assert cli_main([*argv[:3], str(not_objects), *argv[4:]]) == 2
     assert "tensor 'lora_A.weight' is not an object" in capsys.readouterr().err
     assert not (tmp_path / "store" / "adapters" / "cola-v1").exists()
+
+
+# --- generator settings --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "advice"),
+    [
+        ("http://triton:8000", "use 'triton:8000' with SKUFORGE_GENERATION_TRITON_PROTOCOL=http"),
+        ("grpc://triton:8001", "use 'triton:8001' with SKUFORGE_GENERATION_TRITON_PROTOCOL=grpc"),
+        ("triton", "not host:port"),
+        ("triton:grpc", "not host:port"),
+        ("triton:70000", "not host:port"),
+    ],
+)
+def test_a_triton_url_the_client_cannot_reach_fails_at_start_up_naming_the_variable(
+    url: str, advice: str
+) -> None:
+    with pytest.raises(ConfigError, match="SKUFORGE_GENERATION_TRITON_URL: ") as refused:
+        load_settings(GenerationSettings, generation_triton_url=url)
+    assert advice in str(refused.value)
+
+
+def test_a_triton_base_path_is_taken_over_http_only() -> None:
+    over_http = load_settings(
+        GenerationSettings, generation_triton_url="proxy:8000/triton", generation_triton_protocol="http"
+    )
+    assert over_http.generation_triton_url == "proxy:8000/triton"
+    with pytest.raises(ConfigError, match=r"SKUFORGE_GENERATION_TRITON_PROTOCOL: .*has a path"):
+        load_settings(GenerationSettings, generation_triton_url="proxy:8001/triton")
+    assert load_settings(GenerationSettings, generation_triton_url="[::1]:8001").generation_triton_url

@@ -79,7 +79,9 @@ class GenerationSettings(BaseSettings):
     )
     # The stage as a Triton client
     generation_triton_url: str = Field(
-        default="127.0.0.1:8001", min_length=1, description="Triton address the stage calls (host:port)"
+        default="127.0.0.1:8001",
+        min_length=1,
+        description="Triton address the stage calls: host:port, no scheme (HTTP also host:port/base-path)",
     )
     generation_triton_protocol: Literal["grpc", "http"] = Field(
         default="grpc", description="protocol of SKUFORGE_GENERATION_TRITON_URL"
@@ -186,6 +188,35 @@ class GenerationSettings(BaseSettings):
                 )
                 raise ValueError(f"the diffusion backend refuses it: {problems}") from None
         return parameters
+
+    @field_validator("generation_triton_url")
+    @classmethod
+    def _triton_url_is_host_port(cls, url: str) -> str:
+        # tritonclient takes host:port: "http://triton:8000" was accepted at start-up, and then every
+        # call failed as "unavailable" and was retried forever.
+        scheme, has_scheme, rest = url.partition("://")
+        if has_scheme:
+            protocol = "http" if scheme.lower() in ("http", "https") else "grpc"
+            raise ValueError(
+                f"host:port without a scheme: use {rest.split('/')[0]!r} "
+                f"with SKUFORGE_GENERATION_TRITON_PROTOCOL={protocol}"
+            )
+        host, _, port = url.partition("/")[0].rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("not host:port (a port from 1 to 65535), e.g. triton:8001")
+        return url
+
+    @field_validator("generation_triton_protocol")
+    @classmethod
+    def _base_path_is_http_only(cls, protocol: str, info: ValidationInfo) -> str:
+        # Only the HTTP client takes host:port/base-path (Triton behind a proxy); gRPC never connects.
+        url = info.data.get("generation_triton_url")
+        if protocol == "grpc" and url is not None and "/" in url:
+            raise ValueError(
+                f"gRPC takes host:port, but SKUFORGE_GENERATION_TRITON_URL {url!r} has a path: "
+                "drop it, or set http"
+            )
+        return protocol
 
     @field_validator("generation_size_px")
     @classmethod
