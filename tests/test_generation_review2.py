@@ -2,7 +2,8 @@
 
 ``skuforge adapters register`` refuses a safetensors file cut short or with a malformed header, so a
 damaged copy never registers and then dead-letters every SKU of its series. A Triton address with a
-scheme fails at start-up instead of being retried forever.
+scheme fails at start-up instead of being retried forever. ``skuforge serve generator`` reports a
+missing or empty scene folder and a missing diffusion model in one line, exit 2, not a traceback.
 """
 
 from __future__ import annotations
@@ -124,3 +125,42 @@ def test_a_triton_base_path_is_taken_over_http_only() -> None:
     with pytest.raises(ConfigError, match=r"SKUFORGE_GENERATION_TRITON_PROTOCOL: .*has a path"):
         load_settings(GenerationSettings, generation_triton_url="proxy:8001/triton")
     assert load_settings(GenerationSettings, generation_triton_url="[::1]:8001").generation_triton_url
+
+
+# --- skuforge serve generator ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "folder", "said"),
+    [
+        ("SKUFORGE_SCENES_URI", "missing", "/missing does not exist: set SKUFORGE_SCENES_URI"),
+        ("SKUFORGE_SCENES_URI", "empty", "no usable scene photo under file://"),
+        (
+            "SKUFORGE_DIFFUSION_MODEL",
+            "missing",
+            "/missing (that folder does not exist): expected a save_pretrained",
+        ),
+        (
+            "SKUFORGE_DIFFUSION_MODEL",
+            "empty",
+            "/empty: expected a save_pretrained folder with model_index.json",
+        ),
+    ],
+)
+def test_serve_generator_names_a_missing_or_empty_folder_in_one_line_with_exit_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    setting: str,
+    folder: str,
+    said: str,
+) -> None:
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("SKUFORGE_METRICS_PORT", "0")  # its own /metrics binds before the models load
+    monkeypatch.setenv(setting, str(tmp_path / folder))
+    if setting == "SKUFORGE_DIFFUSION_MODEL":
+        monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND", "diffusion")
+        monkeypatch.setenv("SKUFORGE_DIFFUSION_CACHE_DIR", str(tmp_path / "cache"))
+    assert cli_main(["serve", "generator"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skuforge serve: ") and said in err and "Traceback" not in err

@@ -44,17 +44,18 @@ from services.generator.protocol import (
     OUTPUTS,
     model_name,
 )
-from shared.config import Settings, load_settings
+from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, TransientError
 from shared.generation.backend import GenerationBackend, GenerationRequest, RowOutcome, open_backend
 from shared.generation.diffusion import (
     OTHERS_HOLD_SHARE,
+    DiffusionModelError,
     DiffusionSettings,
     gpu_memory_held_by_others,
     is_out_of_memory,
     release_memory,
 )
-from shared.generation.scenes import SceneLibrary
+from shared.generation.scenes import NoScenePhotos, SceneLibrary
 from shared.generation.settings import GenerationSettings
 from shared.observability import HealthServer, configure_logging
 from shared.store import open_store
@@ -292,18 +293,22 @@ def put_libpython_first() -> None:
 
 
 def load_scenes(generation: GenerationSettings, shared: Settings) -> SceneLibrary | None:
-    """The scene library of ``SKUFORGE_SCENES_URI``, loaded once per server; None when unset."""
+    """The scene library of ``SKUFORGE_SCENES_URI``, loaded once per server; None when unset.
+    ``ConfigError`` when its folder is missing or holds no usable photo."""
     if generation.scenes_uri is None:
         return None
     store = open_store(
         generation.scenes_uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region
     )
-    return SceneLibrary.load(
-        store,
-        max_side_px=generation.scenes_max_side_px,
-        max_pixels=shared.max_image_pixels,
-        max_bytes=shared.max_image_bytes,
-    )
+    try:
+        return SceneLibrary.load(
+            store,
+            max_side_px=generation.scenes_max_side_px,
+            max_pixels=shared.max_image_pixels,
+            max_bytes=shared.max_image_bytes,
+        )
+    except NoScenePhotos as exc:  # the operator's to fix: one line from `skuforge serve`, not a traceback
+        raise ConfigError(str(exc)) from None
 
 
 def metrics_server(
@@ -330,12 +335,15 @@ def build_triton(
 ) -> Any:
     """A PyTriton ``Triton`` with one model per backend bound (not started: call ``run()``/``serve()``).
 
-    ``diffusion`` is needed when ``backends`` has ``diffusion``.
+    ``diffusion`` is needed when ``backends`` has ``diffusion``. A scene folder or diffusion model
+    that is missing or unusable is a ``ConfigError``.
     """
     from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor
     from pytriton.model_config.common import TimeoutAction
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
+    # Scenes before Triton: a wrong SKUFORGE_SCENES_URI fails before any server is set up.
+    scenes = load_scenes(generation, shared) if "composite" in backends else None
     put_libpython_first()
     config = TritonConfig(
         http_address=generation.generation_server_address,
@@ -362,20 +370,22 @@ def build_triton(
             ),
         ),
     )
-    scenes = load_scenes(generation, shared) if "composite" in backends else None
     for name in dict.fromkeys(backends):
-        instances = [
-            GenerationModel(
-                open_backend(
-                    name,
-                    diffusion=diffusion,
-                    shared=shared,
-                    scenes=scenes,
-                    photo_share=generation.scenes_photo_share,
+        try:
+            instances = [
+                GenerationModel(
+                    open_backend(
+                        name,
+                        diffusion=diffusion,
+                        shared=shared,
+                        scenes=scenes,
+                        photo_share=generation.scenes_photo_share,
+                    )
                 )
-            )
-            for _ in range(generation.generation_instances)
-        ]
+                for _ in range(generation.generation_instances)
+            ]
+        except DiffusionModelError as exc:  # SKUFORGE_DIFFUSION_MODEL wrong: one line, not a traceback
+            raise ConfigError(str(exc)) from None
         triton.bind(
             model_name=model_name(name),
             infer_func=instances,

@@ -487,9 +487,10 @@ def _pipeline_index(directory: Path) -> dict[str, Any]:
     """The folder's ``model_index.json``, or a ``DiffusionModelError`` that says what was expected."""
     index_path = directory / "model_index.json"
     if not index_path.is_file():
+        missing = "" if directory.is_dir() else " (that folder does not exist)"
         raise DiffusionModelError(
-            f"no diffusers pipeline at {directory}: expected a save_pretrained folder with model_index.json "
-            "(SKUFORGE_DIFFUSION_MODEL takes a local folder or an s3:// or file:// URI)"
+            f"no diffusers pipeline at {directory}{missing}: expected a save_pretrained folder with "
+            "model_index.json (SKUFORGE_DIFFUSION_MODEL takes a local folder or an s3:// or file:// URI)"
         )
     index: dict[str, Any] = json.loads(index_path.read_text(encoding="utf-8"))
     return index

@@ -50,6 +50,10 @@ SCENES_SKIPPED = Counter(
 )
 
 
+class NoScenePhotos(ValueError):
+    """The library's folder or prefix is missing or holds no usable photo: a configuration mistake."""
+
+
 @dataclass(frozen=True)
 class Scene:
     """One background photo."""
@@ -81,8 +85,15 @@ class SceneLibrary:
         """Every photo under ``store`` (by suffix); bad keys, other suffixes and unusable files are
         skipped, reason logged; hidden files, ``__MACOSX`` and desktop leftovers are left out quietly.
 
-        Raises ``TransientError`` when a remote store fails mid-load, ``ValueError`` when no photo is usable.
+        Raises ``TransientError`` when a remote store fails mid-load, ``NoScenePhotos`` (a ``ValueError``)
+        when a local folder does not exist or no photo is usable.
         """
+        if isinstance(store, FileStore) and not store.root.is_dir():
+            # Listed, a missing folder is empty: "no usable scene photo (0 skipped)" hid a mistyped path.
+            missing = "does not exist" if not store.root.exists() else "is not a folder"
+            raise NoScenePhotos(
+                f"{store.base_uri} {missing}: set SKUFORGE_SCENES_URI to the scene photos' folder"
+            )
         scenes: list[Scene] = []
         skipped: dict[str, str] = {}
         for key in sorted(store.list_keys()):
@@ -100,7 +111,7 @@ class SceneLibrary:
             tag = series_tag(key.split("/", 1)[0]) if "/" in key else ""
             scenes.append(Scene(key, tag, np.asarray(image, dtype=np.uint8)))
         if not scenes:
-            raise ValueError(
+            raise NoScenePhotos(
                 f"no usable scene photo under {store.base_uri} ({len(skipped)} skipped); "
                 f"put {', '.join(sorted(PHOTO_FILE_SUFFIXES))} files there or unset SKUFORGE_SCENES_URI"
             )
