@@ -4,11 +4,14 @@
 damaged copy never registers and then dead-letters every SKU of its series. A Triton address with a
 scheme fails at start-up instead of being retried forever. ``skuforge serve generator`` reports a
 missing or empty scene folder and a missing diffusion model in one line, exit 2, not a traceback.
+A composite knob of the wrong type (occluders 2.9, scene_seed "7", a bool) is refused, at start-up
+and per request, instead of being truncated into another image than the one asked for.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -17,6 +20,8 @@ import pytest
 
 from shared.config import ConfigError, load_settings
 from shared.generation.adapters import AdapterRegistry
+from shared.generation.backend import GenerationRequest
+from shared.generation.composite import CompositeBackend, CompositeError
 from shared.generation.settings import GenerationSettings
 from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
@@ -164,3 +169,47 @@ def test_serve_generator_names_a_missing_or_empty_folder_in_one_line_with_exit_2
     assert cli_main(["serve", "generator"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("skuforge serve: ") and said in err and "Traceback" not in err
+
+
+# --- composite knobs -----------------------------------------------------------------------------
+
+WRONG_TYPES = [
+    ("occluders", 2.9, "occluders=2.9 is not a int"),
+    ("scene_seed", 7.99, "scene_seed=7.99 is not a int"),
+    ("occluders", "3", "occluders='3' is not a int"),
+    ("occluders", True, "occluders=True is not a int"),
+    ("blur_px", True, "blur_px=True is not a float"),
+    ("blur_px", "0.5", "blur_px='0.5' is not a float"),
+    ("shadow", 1, "shadow=1 is not a str"),
+]
+
+
+def composite_request(**parameters: object) -> GenerationRequest:
+    reference = np.full((100, 60, 3), 200, np.uint8)
+    mask = np.zeros((100, 60), np.uint8)
+    mask[10:90, 10:50] = 255
+    return GenerationRequest(reference, mask, "", "", seed=1, n=1, parameters=dict(parameters), size=64)
+
+
+@pytest.mark.parametrize(("key", "value", "said"), WRONG_TYPES)
+def test_a_composite_knob_of_the_wrong_type_is_refused_per_request_not_truncated(
+    key: str, value: object, said: str
+) -> None:
+    with pytest.raises(CompositeError, match=f"composite parameter {re.escape(said)}"):
+        CompositeBackend().generate(composite_request(**{key: value}))
+
+
+@pytest.mark.parametrize(("key", "value", "said"), WRONG_TYPES)
+def test_a_composite_knob_of_the_wrong_type_fails_at_start_up(key: str, value: object, said: str) -> None:
+    with pytest.raises(ConfigError, match="SKUFORGE_GENERATION_PARAMETERS: ") as refused:
+        load_settings(GenerationSettings, generation_parameters={key: value})
+    assert said in str(refused.value)
+
+
+def test_a_whole_float_is_a_count_and_an_int_is_a_float() -> None:
+    # JSON writers that print every number as a float (2.0) still say what they mean.
+    [sample] = CompositeBackend().generate(composite_request(occluders=2.0, scene_seed=7.0, blur_px=1))
+    assert (sample.parameters["occluders"], sample.parameters["scene_seed"]) == (2, 7)
+    assert isinstance(sample.parameters["occluders"], int) and sample.parameters["blur_px"] == 1.0
+    settings = load_settings(GenerationSettings, generation_parameters={"occluders": 1.0, "blur_px": 0})
+    assert settings.generation_parameters == {"occluders": 1.0, "blur_px": 0}

@@ -181,13 +181,7 @@ class _Plan:
             )
         values = {**self.__dict__}
         for key, value in parameters.items():
-            current = values[key]
-            try:
-                values[key] = type(current)(value) if not isinstance(value, bool) else value
-            except (TypeError, ValueError, OverflowError):  # int(inf) overflows
-                raise CompositeError(
-                    f"composite parameter {key}={value!r} is not a {type(current).__name__}"
-                ) from None
+            values[key] = _knob_value(key, value, type(values[key]))
         plan = _Plan(**values)
         if plan.scene == PHOTO_SCENE:
             if scenes is None:
@@ -927,6 +921,20 @@ def _light(
 
 # The knobs a request's ``parameters`` may set for this backend (and the colour gain it reports).
 COMPOSITE_PARAMETERS: frozenset[str] = frozenset(_Plan.__dataclass_fields__) | {COLOUR_GAIN_KEY}
+
+
+def _knob_value(key: str, value: Any, kind: type) -> Any:
+    """``value`` as a knob of type ``kind`` wants it, or ``CompositeError``. Nothing is rounded or
+    parsed: ``int(value)`` turned occluders 2.9 into 2 and scene_seed "7" into 7, and kept a bool, so a
+    request got another image than it asked for without a word."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int and number and (isinstance(value, int) or value.is_integer()):
+        return int(value)
+    if kind is float and number:
+        return float(value)
+    if kind is str and isinstance(value, str):
+        return value
+    raise CompositeError(f"composite parameter {key}={value!r} is not a {kind.__name__}")
 
 
 def check_parameters(parameters: dict[str, Any], *, scene_library: bool = True) -> None:
