@@ -20,8 +20,10 @@ Only SD 1.x-style inpainting folders are trained here (one text encoder); SDXL i
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
+import struct
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shared.generation.adapters import safetensors_header
 from shared.images import decode_image, decode_mask
 from shared.lora_training.dataset import TrainingItem, TrainingRecipe, TrainingSet
 from shared.store import ObjectStore
@@ -55,7 +58,7 @@ class TrainingInterrupted(Exception):
 class TrainingResult:
     """What a finished job produced."""
 
-    weights: bytes  # diffusers LoRA safetensors (save_lora_weights layout)
+    weights: bytes  # diffusers LoRA safetensors (save_lora_weights layout, its LoraConfig in the header)
     steps: int
     final_loss: float | None
     resumed_from_step: int
@@ -98,8 +101,7 @@ def train_lora(
     """Train a LoRA on ``training_set`` (resuming from ``checkpoint_prefix`` if a checkpoint is there)."""
     import torch
     import torch.nn.functional as F
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
-    from diffusers.utils import convert_state_dict_to_diffusers
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -213,17 +215,43 @@ def train_lora(
             raise TrainingInterrupted(f"stopped at step {progress.step}; the checkpoint holds it")
         if done:
             break
-    state_dict = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    with tempfile.TemporaryDirectory(prefix="lora-") as tmp:
-        StableDiffusionInpaintPipeline.save_lora_weights(tmp, unet_lora_layers=state_dict)
-        weights = (Path(tmp) / "pytorch_lora_weights.safetensors").read_bytes()
     return TrainingResult(
-        weights=weights,
+        weights=adapter_weights(unet),
         steps=progress.step,
         final_loss=progress.ema_loss,
         resumed_from_step=resumed_from,
         stopped_early=stopped_early,
     )
+
+
+def adapter_weights(unet: Any) -> bytes:
+    """The adapter ``unet`` holds as a diffusers LoRA safetensors file (``save_lora_weights``), with
+    its ``LoraConfig`` in the header, byte for byte the same for the same adapter.
+
+    Without the config diffusers' ``load_lora_weights`` takes alpha = rank, and the generator served
+    an adapter trained at alpha / rank = 4 at scale 1. safetensors writes the header's metadata from a
+    hash map, in an order that changes from save to save: its keys are sorted again, so a resumed job
+    ends with the uninterrupted one's bytes and the registry's sha256 names one file per adapter.
+    """
+    from diffusers import StableDiffusionInpaintPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    state_dict = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    with tempfile.TemporaryDirectory(prefix="lora-") as tmp:
+        StableDiffusionInpaintPipeline.save_lora_weights(
+            tmp,
+            unet_lora_layers=state_dict,
+            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+        )
+        weights = (Path(tmp) / "pytorch_lora_weights.safetensors").read_bytes()
+    header = safetensors_header(weights)
+    (header_bytes,) = struct.unpack("<Q", weights[:8])
+    metadata = header.pop("__metadata__", {})
+    # Tensors keep their order (their offsets point into the data that follows, unchanged).
+    text = json.dumps({"__metadata__": dict(sorted(metadata.items())), **header}, separators=(",", ":"))
+    encoded = text.encode() + b" " * (-len(text) % 8)  # padded to 8 bytes, as safetensors pads it
+    return struct.pack("<Q", len(encoded)) + encoded + weights[8 + header_bytes :]
 
 
 @dataclass(frozen=True)

