@@ -56,12 +56,15 @@ from tests.test_generator_stage import captioned_sku
 # --- helpers --------------------------------------------------------------------------------------
 
 
-def model_folder(root: Path, name: str, *, unet_channels: int = 32) -> Path:
-    """A pipeline folder as far as start-up and the job hash read it (no weights: nothing trains)."""
+def model_folder(root: Path, name: str, *, unet_channels: int = 32, in_channels: int = 9) -> Path:
+    """A pipeline folder as far as start-up and the job hash read it (no weights: nothing trains);
+    ``in_channels`` 9 is an inpainting UNet's (latents, mask, masked-image latents)."""
     folder = root / name
     (folder / "unet").mkdir(parents=True)
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionInpaintPipeline"}))
-    (folder / "unet" / "config.json").write_text(json.dumps({"block_out_channels": [unet_channels]}))
+    (folder / "unet" / "config.json").write_text(
+        json.dumps({"block_out_channels": [unet_channels], "in_channels": in_channels})
+    )
     return folder
 
 

@@ -15,13 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from services.lora_trainer.config import LoraTrainerSettings
+from shared.config import ConfigError, load_settings
 from shared.generation.adapters import AdapterRegistry, safetensors_header
 from shared.generation.diffusion import LoraSlots, load_inpaint_pipeline
 from shared.images import encode_png
 from shared.lora_training.dataset import InstanceSource, TrainingRecipe, build_training_set
-from shared.lora_training.train import LORA_TARGETS, adapter_weights, train_lora
+from shared.lora_training.train import LORA_TARGETS, TrainingError, adapter_weights, train_lora
 from shared.store import FileStore, sha256_hex
 from tests.support.diffusion import build_tiny_inpaint_pipeline, product_photo
+from tests.test_lora_review import generator_settings, model_folder, open_on
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +103,22 @@ def test_an_adapter_saved_again_is_the_same_file(tiny_model: Path) -> None:
         ]
         == 16
     )
+
+
+# --- 2. a base model that is no inpainting model ---------------------------------------------------
+
+
+def test_a_base_model_that_is_not_an_inpainting_model_is_refused_at_start_up(tmp_path: Path) -> None:
+    # Before, a text-to-image folder (UNet in_channels 4) passed start-up, and every job then crashed
+    # at its first step on a 9-channel input, was retried, and failed after its attempts.
+    text_to_image = model_folder(tmp_path, "sd15", in_channels=4)
+    trainer = load_settings(LoraTrainerSettings, lora_base_model="sd15")
+    with pytest.raises(ConfigError, match="inpainting") as refused:
+        open_on(tmp_path, trainer, generator_settings(text_to_image, tmp_path))
+    assert "in_channels 4" in str(refused.value)
+    # Swapped in under a running trainer, its jobs fail with the reason before anything is loaded.
+    store = FileStore(tmp_path / "jobs")
+    recipe = TrainingRecipe(resolution=64, scenes_per_photo=1, class_images=0, max_steps=1)
+    training_set = build_training_set(store, "set", "0" * 64, [one_photo_source(store)], recipe)
+    with pytest.raises(TrainingError, match="inpainting"):
+        train_lora(text_to_image, training_set, recipe, store, "job")

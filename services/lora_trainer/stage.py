@@ -25,10 +25,10 @@ Training checkpoints to ``lora-trainer/jobs/<hash>/checkpoint.pt`` every
 it. A job whose adapter is published (``lora-trainer/published/<adapter_id>.json``) is never trained
 again: a redelivered ``sku.captioned`` finds the same hash and does nothing. A recorded photo since
 deleted or altered, or one the compositor refuses, is left out of the set (logged; the adapter's
-``sku_ids`` then leave its SKU out). A job that cannot train as configured (an SDXL base model, an
-empty set, every photo left out) is marked failed with its reason
-(``lora-trainer/jobs/<hash>/failed.json``) and not retried until its inputs
-change; the other jobs go on. A job whose training raises anything else (a bug, NaN paint) is tried
+``sku_ids`` then leave its SKU out). A job that cannot train as configured (an SDXL or
+non-inpainting base model swapped in under a running trainer, an empty set, every photo left out)
+is marked failed with its reason (``lora-trainer/jobs/<hash>/failed.json``) and not retried until
+its inputs change; the other jobs go on. A job whose training raises anything else (a bug, NaN paint) is tried
 again at the next polls, ``JOB_MAX_ATTEMPTS`` times in all (counted in
 ``lora-trainer/jobs/<hash>/attempts.json``, so a restart does not reset them), then marked failed
 with the last reason; a store away (``TransientError``), a setting met mid-job (``ConfigError``) or

@@ -14,7 +14,8 @@ restartable:
 - a checkpoint (LoRA weights, optimiser state, step, early-stop state) goes to the object store every
   ``checkpoint_every`` steps; a job started again resumes from the newest one.
 
-Only SD 1.x-style inpainting folders are trained here (one text encoder); SDXL is refused by name.
+Only SD 1.x-style inpainting folders are trained here (one text encoder); SDXL is refused by name,
+and so is a UNet that is not an inpainting one (``check_trainable``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ log = logging.getLogger("skuforge.lora_training")
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 EMA_DECAY = 0.9
+INPAINT_IN_CHANNELS = 9  # latents (4) + paint mask (1) + masked-image latents (4)
 
 
 class TrainingError(Exception):
@@ -74,11 +76,22 @@ class _Progress:
 
 
 def check_trainable(model_dir: Path) -> None:
-    """Refuse a base model this loop cannot train (SDXL: two text encoders, text-time conditioning)."""
+    """Refuse a base model this loop cannot train: SDXL (two text encoders, text-time conditioning),
+    or a UNet that is not an inpainting one (it takes latents + mask + masked-image latents, 9
+    channels; a text-to-image UNet takes 4 and fails at the first step)."""
     index = (model_dir / "model_index.json").read_text()
     if "XL" in index:
         raise TrainingError(
             f"{model_dir} is an SDXL pipeline: the trainer trains SD 1.x-style inpainting only"
+        )
+    try:
+        in_channels = json.loads((model_dir / "unet" / "config.json").read_text()).get("in_channels")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise TrainingError(f"{model_dir}/unet/config.json cannot be read ({exc})") from None
+    if in_channels != INPAINT_IN_CHANNELS:
+        raise TrainingError(
+            f"{model_dir} has a UNet with in_channels {in_channels}, not {INPAINT_IN_CHANNELS}: the trainer "
+            "needs an inpainting model (e.g. an SD 1.5 inpainting pipeline)"
         )
 
 
@@ -106,11 +119,7 @@ def train_lora(
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    index = (model_dir / "model_index.json").read_text()
-    if "XL" in index:
-        raise TrainingError(
-            f"{model_dir} is an SDXL pipeline: the trainer trains SD 1.x-style inpainting only"
-        )
+    check_trainable(model_dir)  # checked at start-up too; this is for a folder changed since
     instances, classes = training_set.instance_items, training_set.class_items
     if not instances:
         raise TrainingError(f"training set {training_set.sha256[:12]} has no instance images")
