@@ -122,3 +122,26 @@ def test_a_base_model_that_is_not_an_inpainting_model_is_refused_at_start_up(tmp
     training_set = build_training_set(store, "set", "0" * 64, [one_photo_source(store)], recipe)
     with pytest.raises(TrainingError, match="inpainting"):
         train_lora(text_to_image, training_set, recipe, store, "job")
+
+
+# --- 3. an empty setting is an unset one ------------------------------------------------------------
+
+
+def test_empty_lora_settings_are_unset_as_compose_and_helm_pass_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, SKUFORGE_LORA_MODEL= labelled every adapter "" (the registry refused it at every poll,
+    # for ever) and SKUFORGE_LORA_CLASS_IMAGES_DIR= read the working directory as the class images.
+    generator_model = model_folder(tmp_path, "sd15-inpaint")
+    work_dir = tmp_path / "work"
+    (work_dir / "soda-can").mkdir(parents=True)
+    photo, _ = product_photo(64)
+    (work_dir / "soda-can" / "shelf.png").write_bytes(encode_png(photo))
+    monkeypatch.chdir(work_dir)
+    for name in ("SKUFORGE_LORA_MODEL", "SKUFORGE_LORA_BASE_MODEL", "SKUFORGE_LORA_CLASS_IMAGES_DIR"):
+        monkeypatch.setenv(name, "")
+    trainer = open_on(
+        tmp_path, load_settings(LoraTrainerSettings), generator_settings(generator_model, tmp_path)
+    )
+    assert trainer.model_dir == generator_model and trainer.base_model == "sd15-inpaint"
+    assert trainer.settings.lora_class_images_dir is None and trainer._class_folder.images == {}

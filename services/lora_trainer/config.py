@@ -11,9 +11,9 @@ the trainer trains on the photos the generator cuts products from
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
 from shared.config import SETTINGS_CONFIG
@@ -106,6 +106,14 @@ class LoraTrainerSettings(BaseSettings):
         "over all of them (each is copied into the job's set and encoded on the training device)",
     )
     lora_poll_s: float = Field(default=5.0, gt=0.0, description="how often the worker looks for work")
+
+    @field_validator("lora_model", "lora_base_model", "lora_class_images_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # Compose and Helm pass an unset variable as an empty one (as the shared settings read it):
+        # SKUFORGE_LORA_MODEL= labelled every adapter "", which the registry refused at every poll, and
+        # SKUFORGE_LORA_CLASS_IMAGES_DIR= read the working directory as the class-image folder.
+        return None if value == "" else value
 
     def recipe(self) -> TrainingRecipe:
         """The training recipe these settings describe (its weight-changing knobs are part of every
