@@ -10,6 +10,7 @@ tiny config-built pipeline on CPU, or without a model at all.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,23 @@ def test_empty_lora_settings_are_unset_as_compose_and_helm_pass_them(
     )
     assert trainer.model_dir == generator_model and trainer.base_model == "sd15-inpaint"
     assert trainer.settings.lora_class_images_dir is None and trainer._class_folder.images == {}
+
+
+# --- 4. a trainer without torch ---------------------------------------------------------------------
+
+
+def test_running_the_trainer_without_torch_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, `skuforge run lora-trainer` on an install without the diffusion extra (the CPU image)
+    # ended in a ModuleNotFoundError traceback from open_trainer's `import torch`.
+    from services.lora_trainer import stage as lora_stage
+    from skuforge_cli.main import main as cli_main
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ModuleNotFoundError
+    monkeypatch.setattr(lora_stage, "kafka_publisher", lambda shared: lambda event: None)  # no broker
+    monkeypatch.setenv("SKUFORGE_METRICS_PORT", "0")
+    assert cli_main(["run", "lora-trainer"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skuforge run: the LoRA trainer needs torch")
+    assert "pip install 'skuforge[diffusion]'" in err and "Traceback" not in err

@@ -33,7 +33,8 @@ again at the next polls, ``JOB_MAX_ATTEMPTS`` times in all (counted in
 ``lora-trainer/jobs/<hash>/attempts.json``, so a restart does not reset them), then marked failed
 with the last reason; a store away (``TransientError``), a setting met mid-job (``ConfigError``) or
 the GPU out of memory (a Triton on the same GPU at its peak) is retried without counting, and
-``SKUFORGE_LORA_DEVICE=cuda`` without CUDA is refused at start-up.
+``SKUFORGE_LORA_DEVICE=cuda`` without CUDA is refused at start-up, as is an install without the
+diffusion extra (``pip install 'skuforge[diffusion]'``: torch, diffusers, peft, transformers).
 One trainer per GPU.
 
 Bad input goes to the DLQ with its reason: a captioned SKU with no usable photo and mask
@@ -54,6 +55,7 @@ files the last plan left out).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import logging
 import re
@@ -864,6 +866,23 @@ def painter_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
+_TRAINING_PACKAGES = ("torch", "diffusers", "peft", "transformers")
+
+
+def _missing_training_packages() -> list[str]:
+    """The packages of ``_TRAINING_PACKAGES`` this install cannot import (found, not imported: peft
+    and transformers take seconds to import, and the first job imports them anyway)."""
+    missing = []
+    for name in _TRAINING_PACKAGES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # ValueError: a module that is None in sys.modules
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
 def open_trainer(
     shared: Settings,
     *,
@@ -876,8 +895,17 @@ def open_trainer(
     """The worker for these settings: base model folder, adapter registry, recipe.
 
     ``generation`` gives the generator's cut-out rule (SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND), so
-    the trainer trains on the photos the generator pastes. Bad settings raise ``ConfigError``.
+    the trainer trains on the photos the generator pastes. Bad settings raise ``ConfigError``, and
+    so does an install without the diffusion extra.
     """
+    missing = _missing_training_packages()
+    if missing:
+        # The CPU image and `pip install 'skuforge[cpu]'` run the other stages without torch; the
+        # evaluate extra brings torch alone. Each was a traceback here, or a failure in every job.
+        raise ConfigError(
+            f"the LoRA trainer needs {', '.join(missing)}, which this install lacks: "
+            "pip install 'skuforge[diffusion]'"
+        )
     import torch
 
     trainer = trainer or load_settings(LoraTrainerSettings)
