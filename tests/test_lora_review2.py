@@ -16,16 +16,26 @@ from pathlib import Path
 import pytest
 import torch
 
+from schemas.events import GateAccepted
 from services.lora_trainer.config import LoraTrainerSettings
+from services.lora_trainer.stage import PREFIX
+from shared.captioning.prompts import sku_prompts
 from shared.config import ConfigError, load_settings
 from shared.generation.adapters import AdapterRegistry, safetensors_header
 from shared.generation.diffusion import LoraSlots, load_inpaint_pipeline
 from shared.images import encode_png
-from shared.lora_training.dataset import InstanceSource, TrainingRecipe, build_training_set
+from shared.lora_training.dataset import InstanceSource, TrainingRecipe, build_training_set, slug
 from shared.lora_training.train import LORA_TARGETS, TrainingError, adapter_weights, train_lora
 from shared.store import FileStore, sha256_hex
 from tests.support.diffusion import build_tiny_inpaint_pipeline, product_photo
-from tests.test_lora_review import generator_settings, model_folder, open_on
+from tests.test_lora_review import (
+    gate_accepted,
+    generator_settings,
+    model_folder,
+    open_on,
+    record_accepted_event,
+    trainer_on,
+)
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +176,55 @@ def test_running_the_trainer_without_torch_says_what_to_install(
     err = capsys.readouterr().err
     assert err.startswith("skuforge run: the LoRA trainer needs torch")
     assert "pip install 'skuforge[diffusion]'" in err and "Traceback" not in err
+
+
+# --- 5. the general adapter's class words ----------------------------------------------------------
+
+
+def with_category(accepted: GateAccepted, category: str) -> GateAccepted:
+    generated = accepted.matted.generated
+    sku = generated.sku.model_copy(update={"category": category})
+    matted = accepted.matted.model_copy(update={"generated": generated.model_copy(update={"sku": sku})})
+    return accepted.model_copy(update={"matted": matted})
+
+
+@pytest.mark.parametrize("category", ["Aubergine", "Crème fraîche", "The Papaya"])
+def test_the_general_adapter_names_a_class_as_the_captioner_does(tmp_path: Path, category: str) -> None:
+    # Before, it used the raw category: "a photo of a Aubergine", and the class images of "Crème
+    # fraîche" were looked up in cr-me-fra-che/, where the series adapters read creme-fraiche/.
+    store = FileStore(tmp_path / "store")
+    accepted = with_category(gate_accepted(store, 1), category)
+    record_accepted_event(store, accepted)
+    words = sku_prompts(accepted.matted.generated.sku)
+    classes = tmp_path / "class-images" / slug(words.class_noun)
+    classes.mkdir(parents=True)
+    photo, _ = product_photo(64)
+    (classes / "shelf.png").write_bytes(encode_png(photo))
+    model = model_folder(tmp_path, "sd15-inpaint")
+    settings = {"lora_general_after_accepted": 1, "lora_class_images_dir": str(classes.parent)}
+    trainer = trainer_on(store, model, **settings)
+
+    (job,) = trainer.plan()
+
+    (source,) = job.sources
+    assert (source.class_noun, source.class_prompt) == (words.class_noun, words.class_prompt)
+    # The folder the captioner's noun names is the one this job trains on (its images are in its identity).
+    (classes / "shelf.png").unlink()
+    assert trainer_on(store, model, **settings).plan()[0].sha256 != job.sha256
+
+
+def test_an_accepted_record_without_a_class_word_is_skipped_and_the_general_job_still_plans(
+    tmp_path: Path,
+) -> None:
+    # Worded by class_noun, a null class would raise AttributeError and stop every plan; before, it
+    # trained as "a photo of a None".
+    store = FileStore(tmp_path / "store")
+    for variant in (1, 2):
+        record_accepted_event(store, gate_accepted(store, variant))
+    broken_key = sorted(store.list_keys(f"{PREFIX}/accepted/"))[0]
+    store.put_json(broken_key, {**json.loads(store.get_bytes(broken_key)), "class_noun": None})
+    trainer = trainer_on(store, model_folder(tmp_path, "sd15-inpaint"), lora_general_after_accepted=2)
+
+    (job,) = trainer.plan()
+
+    assert len(job.sources) == 1 and job.accepted_count == 2

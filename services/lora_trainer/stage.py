@@ -77,6 +77,7 @@ from schemas.flow import LORA_TRAINER
 from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.lora_trainer.config import LoraTrainerSettings
 from shared.bus import READ_EXTRA, Publisher
+from shared.captioning.prompts import article, class_noun
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ObjectMissing, TransientError
 from shared.generation.adapters import AdapterKind, AdapterRegistry
@@ -248,6 +249,14 @@ def _accepted_source(data: bytes) -> InstanceSource:
     """The training source an ``accepted/`` request file records (``ValueError``, ``KeyError`` or
     ``TypeError`` when this version cannot read it)."""
     record = json.loads(data)
+    # The record holds the SKU's category: worded as sku_prompts words it for the captioner, so the
+    # general adapter's class prompt ("a photo of an aubergine", not "a photo of a Aubergine") and
+    # class-image folder (creme-fraiche/, not cr-me-fra-che/) are the series adapters' own.
+    category = record["class_noun"]
+    if not isinstance(category, str):  # class_noun would raise AttributeError, which stopped every plan
+        raise TypeError(f"class_noun is a {type(category).__name__}, not a string")
+    noun = class_noun(category)
+    class_prompt = f"a photo of {article(noun)} {noun}"
     return InstanceSource(
         sku_id=record["sku_id"],
         photo_id=record["item_id"],
@@ -255,9 +264,9 @@ def _accepted_source(data: bytes) -> InstanceSource:
         image_sha256=record["image"]["sha256"],
         mask_uri=record["mask"]["uri"],
         mask_sha256=record["mask"]["sha256"],
-        instance_prompt=record["prompt"] or f"a photo of a {record['class_noun']}",
-        class_noun=record["class_noun"],
-        class_prompt=f"a photo of a {record['class_noun']}",
+        instance_prompt=record["prompt"] or class_prompt,
+        class_noun=noun,
+        class_prompt=class_prompt,
         composite=False,
     )
 
