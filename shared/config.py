@@ -168,8 +168,7 @@ class Settings(BaseSettings):
     def _bootstrap_is_host_ports(cls, value: str) -> str:
         # kafka-python fails on a bad entry only when it connects, with a traceback from its own code.
         for entry in value.split(","):
-            host, _, port = entry.strip().rpartition(":")
-            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            if not is_host_port(entry.strip()):
                 raise ValueError(f"{entry.strip()!r} is not host:port (a port from 1 to 65535)")
         return value
 
@@ -178,8 +177,7 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
-        # Compose and Helm pass an unset variable as an empty one.
-        return None if value == "" else value
+        return empty_is_unset(value)
 
     @model_validator(mode="after")
     def _kafka_security_is_whole(self) -> Settings:
@@ -253,6 +251,18 @@ class Settings(BaseSettings):
 
 SettingsModel = TypeVar("SettingsModel", bound=BaseSettings)
 _SECRET_WORDS = ("secret", "password", "users", "token")
+
+
+def empty_is_unset(value: Any) -> Any:
+    """A settings field's "before" validator: an empty value is unset (None). Compose and Helm pass an
+    unset variable as an empty one."""
+    return None if value == "" else value
+
+
+def is_host_port(text: str) -> bool:
+    """Whether ``text`` is host:port with a port from 1 to 65535 (ASCII digits)."""
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
 
 
 @overload

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
-from shared.config import SETTINGS_CONFIG
+from shared.config import SETTINGS_CONFIG, empty_is_unset
 from shared.lora_training.dataset import TrainingRecipe
 
 _RECIPE = TrainingRecipe()
@@ -110,10 +110,9 @@ class LoraTrainerSettings(BaseSettings):
     @field_validator("lora_model", "lora_base_model", "lora_class_images_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
-        # Compose and Helm pass an unset variable as an empty one (as the shared settings read it):
         # SKUFORGE_LORA_MODEL= labelled every adapter "", which the registry refused at every poll, and
         # SKUFORGE_LORA_CLASS_IMAGES_DIR= read the working directory as the class-image folder.
-        return None if value == "" else value
+        return empty_is_unset(value)
 
     def recipe(self) -> TrainingRecipe:
         """The training recipe these settings describe (its weight-changing knobs are part of every

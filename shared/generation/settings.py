@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field, JsonValue, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
-from shared.config import SETTINGS_CONFIG
+from shared.config import SETTINGS_CONFIG, is_host_port
 from shared.generation.adapters import ADAPTER_ID_PATTERN, NO_ADAPTER
 from shared.generation.backend import BACKEND_NAMES, COLOUR_GAIN_KEY
 
@@ -201,8 +201,7 @@ class GenerationSettings(BaseSettings):
                 f"host:port without a scheme: use {rest.split('/')[0]!r} "
                 f"with SKUFORGE_GENERATION_TRITON_PROTOCOL={protocol}"
             )
-        host, _, port = url.partition("/")[0].rpartition(":")
-        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        if not is_host_port(url.partition("/")[0]):
             raise ValueError("not host:port (a port from 1 to 65535), e.g. triton:8001")
         return url
 
