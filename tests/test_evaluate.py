@@ -352,8 +352,8 @@ def test_heldout_photos_are_the_formats_ingest_takes_and_other_files_are_noted(t
         ("d.jfif", "JPEG"),
         ("e.JPE", "JPEG"),
     )
-    for name, fmt in formats:
-        Image.new("RGB", (8, 8), COLOURS["SKU-RED"]).save(sku / name, format=fmt)
+    for index, (name, fmt) in enumerate(formats):  # sizes apart: one picture twice is scored once
+        Image.new("RGB", (8 + index, 8), COLOURS["SKU-RED"]).save(sku / name, format=fmt)
     (sku / "notes.txt").write_text("not a photo")
     # A hidden folder (a viewer's thumbnails, a notebook's checkpoints) is not the user's photos.
     (sku / ".thumbnails").mkdir()
@@ -370,12 +370,33 @@ def test_heldout_photos_are_the_formats_ingest_takes_and_other_files_are_noted(t
     assert len(notes) == 1 and "notes.txt is not a photo" in notes[0]
 
 
+def test_a_picture_twice_in_one_sku_folder_is_scored_once_and_a_malformed_header_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A re-download ("a (1).jpg") was scored twice, in the SKU's top-1 and the gains the export
+    policy reads; a PNG whose header chunk is cut to length 0 was a ValueError traceback."""
+    sku = tmp_path / "SKU-RED"
+    sku.mkdir()
+    Image.new("RGB", (8, 8), COLOURS["SKU-RED"]).save(sku / "a.jpg", format="JPEG")
+    (sku / "a (1).jpg").write_bytes((sku / "a.jpg").read_bytes())
+    photos, notes = heldout_photos(tmp_path)
+    assert [Path(photo.name).name for photo in photos] == ["a (1).jpg"]
+    assert notes == [f"{sku / 'a.jpg'} is the same picture as {sku / 'a (1).jpg'}: scored once"]
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    broken = bytearray(png.getvalue())
+    broken[8:12] = b"\0\0\0\0"  # the IHDR chunk's length
+    (sku / "b.png").write_bytes(bytes(broken))
+    with pytest.raises(EvaluateRefused, match=r"b.png is not an image"):
+        heldout_photos(tmp_path)
+
+
 def test_photos_in_a_linked_sub_folder_are_held_out_once_and_a_link_loop_ends(tmp_path: Path) -> None:
     """os.walk did not follow links: a linked batch of photos was left out of the evaluation without
     a word, against the walker's own promise."""
     batch = tmp_path / "elsewhere" / "batch2"
     batch.mkdir(parents=True)
-    Image.new("RGB", (8, 8), COLOURS["SKU-RED"]).save(batch / "b.jpg", format="JPEG")
+    Image.new("RGB", (9, 8), COLOURS["SKU-RED"]).save(batch / "b.jpg", format="JPEG")  # not a.jpg's bytes
     sku = tmp_path / "heldout" / "SKU-RED"
     sku.mkdir(parents=True)
     Image.new("RGB", (8, 8), COLOURS["SKU-RED"]).save(sku / "a.jpg", format="JPEG")
@@ -864,7 +885,7 @@ def test_one_heldout_photo_under_two_sku_ids_is_refused(tmp_path: Path) -> None:
     for sku in ("SKU-RED", "SKU-BLUE"):
         (tmp_path / sku).mkdir()
         Image.new("RGB", (8, 8), COLOURS[sku]).save(tmp_path / sku / "own.png")
-    Image.new("RGB", (8, 8), COLOURS["SKU-RED"]).save(tmp_path / "SKU-RED" / "shelf.png")
+    Image.new("RGB", (9, 8), COLOURS["SKU-RED"]).save(tmp_path / "SKU-RED" / "shelf.png")
     assert len(heldout_photos(tmp_path)[0]) == 3
     shutil.copy(tmp_path / "SKU-RED" / "shelf.png", tmp_path / "SKU-BLUE" / "shelf-copy.png")
     with pytest.raises(
@@ -1106,9 +1127,11 @@ def test_a_resized_copy_of_a_heldout_photo_is_refused(
         ("--seed", str(2**64), "--seed: must be from 0 to 9223372036854775807"),
         ("--l2", "1e308", "--l2: must be a number from 0 to 1e+06, got 1e308"),
         ("--real-weight", "1e-300", "--real-weight: must be a number from 1e-06 to 1e+06"),
-        ("--image-px", "100000", "--image-px: must be from 16 to 512, got 100000"),
+        ("--image-px", "100000", "--image-px: must be from 32 to 512, got 100000"),
+        # EfficientNet-Lite0's last stages need 32 px: 16 to 31 were a torch traceback after the checks.
+        ("--image-px", "24", "--image-px: must be from 32 to 512, got 24"),
         # Above 512 the decoded photo's centre square (at most 512 px) was only scaled up.
-        ("--image-px", "640", "--image-px: must be from 16 to 512, got 640"),
+        ("--image-px", "640", "--image-px: must be from 32 to 512, got 640"),
     ],
 )
 def test_a_number_out_of_bounds_is_a_usage_error(

@@ -115,9 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--image-px",
-        type=int_between(16, 512),
+        type=int_between(32, 512),
         default=224,
-        help="backbone input side, 16 to 512 (default 224): photos are decoded at most 512 px on their "
+        help="backbone input side, 32 to 512 (default 224; EfficientNet-Lite0's last stages need 32): "
+        "photos are decoded at most 512 px on their "
         "longer side, and the input is the centre square of that scaled to this side (512 px for a "
         "square photo, 384 for a 4:3 one: above that it adds no detail)",
     )

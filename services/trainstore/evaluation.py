@@ -13,6 +13,7 @@ import argparse
 import io
 import json
 import os
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -87,6 +88,7 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
         raise EvaluateRefused(f"--heldout {root}: not a directory (one folder per SKU id, photos inside)")
     photos: list[Photo] = []
     notes: list[str] = []
+    first_of: dict[tuple[str, str], Path] = {}  # (SKU, sha256) -> the file scored
     entries = [entry for entry in sorted(root.iterdir()) if not entry.name.startswith(".")]
     sku_folders = {_folder_id(entry): entry for entry in entries if entry.is_dir()}
     for entry in entries:
@@ -110,7 +112,14 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
                     f"held-out {path} cannot be read ({exc.strerror or exc}); fix it or remove it"
                 ) from None
             _check_is_image(path, data)
-            photos.append(Photo(entry.name, "real", str(path.absolute()), sha256_hex(data), path.read_bytes))
+            sha256 = sha256_hex(data)
+            if (same := first_of.get((entry.name, sha256))) is not None:
+                # A re-download ("IMG_1 (1).jpg") or a link to a photo beside it counted the photo twice
+                # in the SKU's top-1 and in the gains the export policy reads; ingest keeps one too.
+                notes.append(f"{path} is the same picture as {same}: scored once")
+                continue
+            first_of[(entry.name, sha256)] = path
+            photos.append(Photo(entry.name, "real", str(path.absolute()), sha256, path.read_bytes))
     _refuse_one_photo_under_two_skus(photos)
     return photos, notes
 
@@ -178,7 +187,9 @@ def _files_under(folder: Path, elsewhere: set[tuple[int, int]], notes: list[str]
 def _check_is_image(path: Path, data: bytes) -> None:
     try:
         Image.open(io.BytesIO(data))  # the header only: cheap, and enough to catch a stray file
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error):
+        # Pillow raises ValueError for some malformed headers (a PNG's IHDR of length 0, a TIFF of
+        # width 0), as shared/images.py knows: those were a traceback.
         raise EvaluateRefused(f"held-out {path} is not an image; remove it or replace it") from None
     except Image.DecompressionBombError as exc:  # not an OSError: a header declaring far too many pixels
         raise EvaluateRefused(f"held-out {path} cannot be used ({exc}); remove it or replace it") from None
