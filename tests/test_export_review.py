@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -366,6 +367,17 @@ def test_an_empty_out_folder_is_enough_when_the_folder_above_it_is_read_only(
     assert sorted(path.name for path in out.iterdir()) == ["SKU-A", "SKU-B", "export.json"]
 
 
+def after_the_plan(monkeypatch: pytest.MonkeyPatch, change: Callable[[ManifestStore], object]) -> None:
+    """The store changes (``change``) once the export has read its rows, before it reads the images."""
+    iter_rows = ManifestStore.iter_rows
+
+    def then_the_store_changes(self: ManifestStore, *args: Any, **kwargs: Any) -> Any:
+        yield from iter_rows(self, *args, **kwargs)
+        change(self)
+
+    monkeypatch.setattr(ManifestStore, "iter_rows", then_the_store_changes)
+
+
 def test_a_real_photo_changed_during_the_export_lowers_the_synthetic_cap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -376,13 +388,9 @@ def test_a_real_photo_changed_during_the_export_lowers_the_synthetic_cap(
         add_item(manifests, "SKU-A", f"real-{index}", "real", "reference")
     for index in range(3):
         add_item(manifests, "SKU-A", f"gen-{index}", "synthetic", "accepted")
-    iter_rows = ManifestStore.iter_rows
-
-    def then_a_photo_changes(self: ManifestStore, *args: Any, **kwargs: Any) -> Any:
-        yield from iter_rows(self, *args, **kwargs)
-        add_item(self, "SKU-A", "real-1", "real", "reference", size_px=64)
-
-    monkeypatch.setattr(ManifestStore, "iter_rows", then_a_photo_changes)
+    after_the_plan(
+        monkeypatch, lambda store: add_item(store, "SKU-A", "real-1", "real", "reference", size_px=64)
+    )
     summary = export_dataset(manifests, tmp_path / "out", fmt="jsonl", max_synthetic_per_real=1)
     assert summary.classes == {"SKU-A": {"real": 1, "synthetic": 1, "dropped": 2}}
     lines = (tmp_path / "out" / "dataset.jsonl").read_text().splitlines()
@@ -399,13 +407,9 @@ def test_a_class_named_images_left_out_during_a_jsonl_export_takes_only_its_own_
     add_item(manifests, "A", "gen-0", "synthetic", "accepted")
     add_item(manifests, "images", "real-0", "real", "reference")
     add_item(manifests, "images", "gen-0", "synthetic", "accepted")
-    iter_rows = ManifestStore.iter_rows
-
-    def then_its_photo_changes(self: ManifestStore, *args: Any, **kwargs: Any) -> Any:
-        yield from iter_rows(self, *args, **kwargs)
-        add_item(self, "images", "real-0", "real", "reference", size_px=64)
-
-    monkeypatch.setattr(ManifestStore, "iter_rows", then_its_photo_changes)
+    after_the_plan(
+        monkeypatch, lambda store: add_item(store, "images", "real-0", "real", "reference", size_px=64)
+    )
     summary = export_dataset(manifests, tmp_path / "out", fmt="jsonl", max_synthetic_per_real=1)
     assert list(summary.classes) == ["A"] and "images" in summary.skipped
     for line in (tmp_path / "out" / "dataset.jsonl").read_text().splitlines():
