@@ -480,6 +480,29 @@ def listed_topics(settings: Settings, client_id: str = "skuforge-admin") -> set[
         admin.close()
 
 
+def topics_held_in_group(settings: Settings, group_id: str, client_id: str = "skuforge-admin") -> set[str]:
+    """The topics of which some member of consumer group ``group_id`` holds a partition, as its
+    coordinator describes the group; ``TransientError`` (naming the settings) if none answers."""
+    try:
+        admin = KafkaAdminClient(**kafka_connection(settings), client_id=client_id)
+    except KafkaError as exc:
+        raise TransientError(unreachable(settings, exc)) from exc
+    try:
+        described = admin.describe_groups([group_id]).get(group_id, {})
+    except KafkaError as exc:
+        raise TransientError(unreachable(settings, exc)) from exc
+    finally:
+        admin.close()
+    held = set()
+    for member in described.get("members", []):
+        assignment = member.get("member_assignment")
+        if isinstance(assignment, dict):  # not decoded (another client's protocol): holds nothing we know
+            held |= {
+                entry["topic"] for entry in assignment.get("assigned_partitions", []) if entry["partitions"]
+            }
+    return held
+
+
 def _topics_not_listed(admin: KafkaAdminClient, names: list[str]) -> set[str]:
     return set(names) - set(admin.list_topics())
 

@@ -17,7 +17,9 @@ from kafka.structs import TopicPartition
 import shared.runtime
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
 from services.passthrough.stage import build_stage
+from shared.bus import topics_held_in_group
 from shared.config import load_settings
+from shared.errors import TransientError
 from tests.support.bus import (
     create_topics,
     file_store_uri,
@@ -44,6 +46,7 @@ class _Consumer:
         self._cluster = _Cluster()
         self.held: set[TopicPartition] = set()
         self.calls: list[str] = []
+        self.config = {"group_id": "g.passthrough"}
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.held)
@@ -83,8 +86,27 @@ def test_the_watchdog_rejoins_only_when_a_topic_with_partitions_is_not_held(
     _check(stage)
     assert consumer.calls == []
 
-    # The topic has partitions and this member holds none: first seen, then rejoin.
+    # The topic has partitions and this member holds none, but another member holds them (the
+    # assignor balances partitions in all, not per topic): no rejoin. Before, a second trainstore
+    # replica rejoined every 20 s, without end, when it was handed whole topics.
     consumer.held = set()
+    asked: list[str] = []
+
+    def held_in_group(settings: Any, group_id: str, client_id: str) -> set[str]:
+        asked.append(group_id)
+        return coordinator_says()
+
+    monkeypatch.setattr(shared.runtime, "topics_held_in_group", held_in_group)
+    coordinator_says = lambda: {topic}  # noqa: E731
+    for _ in range(4):  # first seen, asked; first seen again, asked again
+        _check(stage)
+    assert consumer.calls == [] and asked == ["g.passthrough"] * 2
+
+    # Nobody holds it (or the coordinator cannot be asked): first seen, then rejoin.
+    def unreachable() -> set[str]:
+        raise TransientError("no broker")
+
+    coordinator_says = unreachable
     _check(stage)
     assert consumer.calls == []
     _check(stage)
@@ -116,6 +138,9 @@ def test_a_stage_started_before_its_topic_existed_ends_up_holding_it(
         create_topics(settings, SKU_INGESTED)
         input_ids = produce(settings, SKU_INGESTED, list(sku_ingested_payloads(stage.store, 5)))
         outputs = read_topic(kafka_bootstrap, settings.topic_name(PASSTHROUGH_OUT), expect=5, timeout_s=90)
+        # What the watchdog asks before a rejoin: the coordinator says this group holds the topic.
+        group_id = stage._consumer.config["group_id"]
+        assert topics_held_in_group(settings, group_id) == {settings.topic_name(SKU_INGESTED)}
     assert len(outputs) == len(input_ids) == 5
 
 
