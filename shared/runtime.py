@@ -574,7 +574,7 @@ class Stage:
             outcome: _Outcome | _Retry
             try:
                 emits = route.handle(decoded, self.context)
-                outcome = self._encode_outputs(decoded, emits, tp)
+                outcome = self._encode_refusing_actions(decoded, emits, tp)
             except BadInput as exc:
                 outcome = self._dead_letter(record, exc.reason, str(exc), exc, decoded)
             except (TransientError, KafkaError) as exc:
@@ -589,6 +589,17 @@ class Stage:
             outcome.after_commit = actions
             self._in_batch.add((tp.topic, decoded.event_id))
         return outcome
+
+    def _encode_refusing_actions(self, event: Envelope[Any], emits: Any, tp: TopicPartition) -> _Outcome:
+        """``_encode_outputs``; when it refuses the handler's outputs (``output_too_large``, a bad
+        key), the event's ``after_commit`` actions are dropped: they count what the handler did (the
+        gate's decision), which never left the stage. (A handler that registers an action and then
+        raises ``BadInput`` itself keeps it: its refusal is what it counts.)"""
+        try:
+            return self._encode_outputs(event, emits, tp)
+        except BadInput:
+            self.context._take_actions(event)
+            raise
 
     def _seen(self, tp: TopicPartition, event_id: str) -> bool:
         """Whether this event was completed here, or handled earlier in this batch."""
@@ -656,7 +667,7 @@ class Stage:
                         outcome = self._unexpected(tp, record, result, decoded)
                     else:
                         try:
-                            outcome = self._encode_outputs(decoded, result, tp)
+                            outcome = self._encode_refusing_actions(decoded, result, tp)
                         except BadInput as exc:
                             outcome = self._dead_letter(record, exc.reason, str(exc), exc, decoded)
                         except Exception as exc:

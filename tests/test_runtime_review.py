@@ -714,3 +714,30 @@ def test_a_revoked_partition_takes_its_records_failed_attempts_with_it(tmp_path:
     stage._attempts.update({(moved, 5): 1, (moved, 6): 2, (kept, 5): 1})
     runtime._RebalanceListener(stage).on_partitions_revoked([moved])
     assert stage._attempts == {(kept, 5): 1}
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["per-event", "batch"])
+def test_an_input_whose_outputs_are_refused_runs_none_of_its_after_commit_actions(
+    tmp_path: Path, batched: bool
+) -> None:
+    """The actions count what a handler did (the gate's "accepted"); an input whose outputs the
+    runtime refused (``output_too_large``) went to the DLQ and was counted as done all the same (the
+    gate's ``skuforge_gate_decisions_total`` grew with no event sent)."""
+    stage = _stage(tmp_path)
+    accepted = Counter("accepted_total", "inputs handled", registry=stage.metrics.registry)
+    photo = sku_ingested_payloads(stage.store, 1)[0].photos[0]
+
+    def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        ctx.after_commit(accepted.inc, event) if batched else ctx.after_commit(accepted.inc)
+        photos = [photo.model_copy(update={"photo_id": f"p{index}"}) for index in range(6_000)]
+        return [Emit(PASSTHROUGH_OUT, event.payload.model_copy(update={"photos": photos}), key="out")]
+
+    if batched:
+        stage.batch_handler(SKU_INGESTED)(lambda events, ctx: [handle(event, ctx) for event in events])
+    else:
+        stage.handler(SKU_INGESTED)(handle)
+    tp, records = _records(stage, 1)
+    _, producer = _wired(stage)
+    stage._process_batch({tp: records})
+    assert [topic for topic, _ in producer.acked] == [tp.topic + ".dlq"]
+    assert stage.metrics.registry.get_sample_value("accepted_total") == 0.0
