@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -466,33 +466,35 @@ def _grow(
     return grown
 
 
-def listed_topics(settings: Settings, client_id: str = "skuforge-admin") -> set[str]:
-    """The topic names the cluster lists; ``TransientError`` (naming the settings) if none answers."""
+_T = TypeVar("_T")
+
+
+def _ask_admin(settings: Settings, client_id: str, ask: Callable[[KafkaAdminClient], _T]) -> _T:
+    """``ask`` of an admin client on the cluster, closed after; ``TransientError`` (naming the
+    settings) if none answers."""
     try:
         admin = KafkaAdminClient(**kafka_connection(settings), client_id=client_id)
     except KafkaError as exc:
         raise TransientError(unreachable(settings, exc)) from exc
     try:
-        return set(admin.list_topics())
+        return ask(admin)
     except KafkaError as exc:
         raise TransientError(unreachable(settings, exc)) from exc
     finally:
         admin.close()
+
+
+def listed_topics(settings: Settings, client_id: str = "skuforge-admin") -> set[str]:
+    """The topic names the cluster lists; ``TransientError`` (naming the settings) if none answers."""
+    return _ask_admin(settings, client_id, lambda admin: set(admin.list_topics()))
 
 
 def topics_held_in_group(settings: Settings, group_id: str, client_id: str = "skuforge-admin") -> set[str]:
     """The topics of which some member of consumer group ``group_id`` holds a partition, as its
     coordinator describes the group; ``TransientError`` (naming the settings) if none answers."""
-    try:
-        admin = KafkaAdminClient(**kafka_connection(settings), client_id=client_id)
-    except KafkaError as exc:
-        raise TransientError(unreachable(settings, exc)) from exc
-    try:
-        described = admin.describe_groups([group_id]).get(group_id, {})
-    except KafkaError as exc:
-        raise TransientError(unreachable(settings, exc)) from exc
-    finally:
-        admin.close()
+    described = _ask_admin(
+        settings, client_id, lambda admin: admin.describe_groups([group_id]).get(group_id, {})
+    )
     held = set()
     for member in described.get("members", []):
         assignment = member.get("member_assignment")
