@@ -275,11 +275,12 @@ def test_an_onnx_model_that_is_not_u2net_is_refused_before_the_work(
     import onnx
     from onnx import TensorProto, helper
 
+    # An image in (3 channels second, as the input check wants since 18adab8), a number out.
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
+        [helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)],
         "not-u2net",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
     )
     model = tmp_path / "identity.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
