@@ -282,6 +282,25 @@ def test_a_model_that_is_not_image_to_mask_is_refused_by_its_input(tmp_path: Pat
         open_session(str(path), threads=1, use_gpu=False, store=None)
 
 
+def test_a_model_that_outputs_an_image_not_a_mask_is_refused_at_warm_up(tmp_path: Path) -> None:
+    """An identity of the image (N x 3 x H x W out) opened, warmed up and served its red channel as
+    the mask."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["d0"])],
+        "identity",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("d0", TensorProto.FLOAT, ["N", 3, 32, 32])],
+    )
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    session = open_session(str(path), threads=1, use_gpu=False, store=None)
+    with pytest.raises(MattingModelError, match=r"does not run as .*3 channels per image; a mask is 1"):
+        session.warm_up()
+
+
 @pytest.mark.parametrize("shape", [["N", "H", "W", 3], ["N", 320, 320, 3], ["N", 1, 320, 320]])
 def test_a_model_whose_input_is_not_three_channels_second_is_refused(
     tmp_path: Path, shape: list[Any]

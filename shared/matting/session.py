@@ -584,6 +584,10 @@ class U2NetSession(MattingSession):
         boxes: Sequence[Box | None] | None = None,
     ) -> list[MattingResult]:
         """Min-max normalise d0, resize to each image's size (or box), threshold and clean up."""
+        if predictions.ndim == 4 and predictions.shape[1] != 1:
+            # A model that outputs an image (N x 3 x H x W) passed the warm-up, and its red channel
+            # was read as the mask.
+            raise ValueError(f"its output is {predictions.shape[1]} channels per image; a mask is 1")
         maps = normalise_min_max(predictions[:, 0] if predictions.ndim == 4 else predictions)
         options = self.mask_options
         if options.threshold == "otsu":
