@@ -77,7 +77,7 @@ from schemas.flow import LORA_TRAINER
 from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.lora_trainer.config import LoraTrainerSettings
 from shared.bus import READ_EXTRA, Publisher
-from shared.captioning.prompts import article, class_noun
+from shared.captioning.prompts import class_noun, class_prompt
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ObjectMissing, TransientError
 from shared.generation.adapters import AdapterKind, AdapterRegistry
@@ -256,7 +256,7 @@ def _accepted_source(data: bytes) -> InstanceSource:
     if not isinstance(category, str):  # class_noun would raise AttributeError, which stopped every plan
         raise TypeError(f"class_noun is a {type(category).__name__}, not a string")
     noun = class_noun(category)
-    class_prompt = f"a photo of {article(noun)} {noun}"
+    prior = class_prompt(noun)
     return InstanceSource(
         sku_id=record["sku_id"],
         photo_id=record["item_id"],
@@ -264,9 +264,9 @@ def _accepted_source(data: bytes) -> InstanceSource:
         image_sha256=record["image"]["sha256"],
         mask_uri=record["mask"]["uri"],
         mask_sha256=record["mask"]["sha256"],
-        instance_prompt=record["prompt"] or class_prompt,
+        instance_prompt=record["prompt"] or prior,
         class_noun=noun,
-        class_prompt=class_prompt,
+        class_prompt=prior,
         composite=False,
     )
 

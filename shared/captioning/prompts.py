@@ -175,6 +175,11 @@ class SkuPrompts:
     negative_prompt: str
 
 
+def class_prompt(noun: str) -> str:
+    """The prompt of a class noun's prior images ("a photo of an aubergine")."""
+    return f"a photo of {article(noun)} {noun}"
+
+
 def sku_prompts(sku: SkuMetadata) -> SkuPrompts:
     """Instance token, class noun and the three prompts of a SKU."""
     token = instance_token(sku.sku_id)
@@ -183,7 +188,7 @@ def sku_prompts(sku: SkuMetadata) -> SkuPrompts:
         instance_token=token,
         class_noun=noun,
         instance_prompt=f"a photo of {token} {noun}",
-        class_prompt=f"a photo of {article(noun)} {noun}",
+        class_prompt=class_prompt(noun),
         negative_prompt=NEGATIVE_PROMPT,
     )
 
