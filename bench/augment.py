@@ -183,11 +183,9 @@ def generate_in_process(
     refs: dict[str, list[Path]], scenes_dir: Path, args: argparse.Namespace, out_dir: Path
 ) -> dict[str, list[Path]]:
     """Per class: ``variants`` composites written as PNG, from masks of the committed matting model."""
-    from shared.captioning.attributes import describe_product, plain_background_share
-    from shared.generation.backend import is_pile
+    from shared.generation import composite
     from shared.generation.composite import CompositeBackend
-    from shared.generation.scenes import Scene, SceneLibrary
-    from shared.images import decode_image
+    from shared.generation.scenes import SceneLibrary
     from shared.matting.session import open_session
     from shared.store import open_store
 
@@ -195,6 +193,29 @@ def generate_in_process(
     library = SceneLibrary.load(open_store(str(scenes_dir))) if args.photo_share > 0 else None
     backend = CompositeBackend(library, args.photo_share)
     parameters = json.loads(args.parameters)
+    recolour = composite.decontaminate_edge
+    if args.edge_recolour == "off":  # the try: the reference's own edge pixels (bench/edge_recolour.py)
+        composite.decontaminate_edge = lambda rgb, inside, band_px=composite.EDGE_BAND_PX: rgb
+    try:
+        return _generate_all(refs, args, out_dir, session, backend, parameters)
+    finally:
+        composite.decontaminate_edge = recolour
+
+
+def _generate_all(
+    refs: dict[str, list[Path]],
+    args: argparse.Namespace,
+    out_dir: Path,
+    session: Any,
+    backend: Any,
+    parameters: dict[str, Any],
+) -> dict[str, list[Path]]:
+    from shared.captioning.attributes import describe_product, plain_background_share
+    from shared.generation.backend import is_pile
+    from shared.generation.composite import CompositeBackend
+    from shared.generation.scenes import Scene, SceneLibrary
+    from shared.images import decode_image
+
     series_of: dict[str, str] = args.series_of
     made: dict[str, list[Path]] = {}
     for name, photos in refs.items():
@@ -362,6 +383,8 @@ def generated_dir(args: argparse.Namespace, k: int) -> Path:
     scenes are train photos no SKU of any k uses, so another list draws other scenes (and a scene of
     one run may be a spare held-out photo of the other)."""
     options = {**generation_options(args), "k": sorted(int(k) for k in args.k.split(","))}
+    if args.edge_recolour == "off":  # an in-process try only (a stack runs the backend as served)
+        options["edge_recolour"] = "off"
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
     return args.workdir / f"generated-{args.tag}-{digest}-k{k}"
 
@@ -586,6 +609,13 @@ def main(argv: list[str] | None = None) -> int:
         "--matting-model", default=None, help="in-process masks (default: the committed model)"
     )
     parser.add_argument(
+        "--edge-recolour",
+        choices=("on", "off"),
+        default="on",
+        help="in-process: recolour the cut-out's outer pixels from further in (decontaminate_edge; "
+        "on, as the composite backend does) or keep the reference's own edge pixels",
+    )
+    parser.add_argument(
         "--series",
         choices=("class", "coarse"),
         default="class",
@@ -617,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
         # The test split is for the final figures, made through the stack: a try scored on it is a choice
         # made on test, and it replaced bench/results/augment.json.
         parser.error("--mode in-process is for tries: score them on val (--split val), not on the test split")
+    if args.edge_recolour == "off" and args.mode != "in-process":
+        parser.error("--edge-recolour off is an in-process try: a stack runs the composite backend as served")
     if args.split == "test":
         # --reuse-stack scores the stored stack again in seconds: with another classifier it was a way
         # to try classifiers on the test split, and the file did not say which one it used.
@@ -744,7 +776,8 @@ def main(argv: list[str] | None = None) -> int:
         # In-process runs train on every generated image: the export's cap applies through the stack only.
         "max_synthetic_per_real": args.max_synthetic_per_real if args.mode == "stack" else None,
         "export_fit": args.export_fit,
-        "generation": generation_options(args),
+        "generation": generation_options(args)
+        | ({"edge_recolour": "off"} if args.edge_recolour == "off" else {}),
         "k": ks,
         "seed": args.seed,
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": _cpus()},

@@ -26,6 +26,11 @@ def test_spare_train_only_with_val(tmp_path: Path) -> None:
     assert _exit_code(["--dataset", str(tmp_path), "--split", "test", "--with-spare-train"]) == 2
 
 
+def test_the_edge_recolour_try_is_in_process_only(tmp_path: Path) -> None:
+    # A stack runs the composite backend as served: "off" there would record a try that never happened.
+    assert _exit_code(["--dataset", str(tmp_path), "--split", "val", "--edge-recolour", "off"]) == 2
+
+
 def test_smoke_run_needs_its_own_out(tmp_path: Path) -> None:
     # --classes N without --out replaced the committed bench/results/augment.json with a smoke run.
     assert _exit_code(["--dataset", str(tmp_path), "--classes", "2"]) == 2
@@ -75,7 +80,9 @@ def test_a_fresh_stack_run_refuses_a_stack_folder_an_earlier_run_used(tmp_path: 
 
 def _options(workdir: Path, **overrides: Any) -> argparse.Namespace:
     values: dict[str, Any] = {name: None for name in augment.GENERATION_OPTIONS}
-    values.update(seed=0, parameters="{}", photo_share=1.0, tag="", workdir=workdir, k="0,1,3")
+    values.update(
+        seed=0, parameters="{}", photo_share=1.0, tag="", workdir=workdir, k="0,1,3", edge_recolour="on"
+    )
     values.update(overrides)
     return argparse.Namespace(**values)
 
@@ -91,6 +98,7 @@ def test_in_process_images_of_other_generation_options_are_cached_apart(tmp_path
         _options(tmp_path, own_scene_share=0.5),
         _options(tmp_path, scenes_per_class=8),
         _options(tmp_path, matting_model="var/models/other.onnx"),
+        _options(tmp_path, edge_recolour="off"),
     ]
     assert len({base, *(augment.generated_dir(args, 1) for args in others)}) == 1 + len(others)
     assert augment.generated_dir(_options(tmp_path), 3) != base
