@@ -436,6 +436,21 @@ def test_class_noun_spells_accented_letters_plainly_instead_of_cutting_words(
     assert prompts.class_prompt == f"a photo of {article(noun)} {noun}"
 
 
+@pytest.mark.parametrize(
+    ("category", "noun"),
+    [
+        ("Men's deodorant", "mens deodorant"),
+        ("Children\u2019s toothpaste", "childrens toothpaste"),  # a typographic apostrophe, as pasted
+        ("'Premium' coffee", "premium coffee"),  # quotes around a word are not inside it
+    ],
+)
+def test_a_possessive_category_keeps_its_word_whole(category: str, noun: str) -> None:
+    # It read "men s deodorant": every caption and class prompt of the SKU said "a photo of a men s ...".
+    assert class_noun(category) == noun
+    prompts = sku_prompts(SkuMetadata(sku_id="SKU-1", name="x", category=category))
+    assert prompts.class_prompt == f"a photo of a {noun}"
+
+
 def test_caption_and_tags_say_what_was_measured() -> None:
     sku = SkuMetadata(
         sku_id="SYN-7-0001", name="Fizzo Zero Cherry", category="soda can", brand="Fizzo", series="Fizzo Zero"

@@ -11,8 +11,8 @@ Decisions (see also ``services/captioner/stage.py``):
 * **Class noun**: the SKU's category as a noun phrase ("soda can", "energy drink can"), not
   reduced to the packaging word ("can"): class-prior images of "a photo of a soda can" are what
   the LoRA must stay close to, and they differ from "a can" (paint, tin). Lowercased, leading
-  article dropped, accents spelled plainly ("crème" → "creme"), only ASCII letters, digits, spaces,
-  '-' and '&' kept.
+  article dropped, accents spelled plainly ("crème" → "creme"), an apostrophe inside a word dropped
+  ("men's" → "mens"), only ASCII letters, digits, spaces, '-' and '&' kept.
 * **Captions** say only what was measured (colours, packaging shape, view) plus the retailer's
   metadata; the instance token stays in the prompts, so a caption reads as plain English.
 """
@@ -142,14 +142,20 @@ def instance_token(sku_id: str) -> str:
     return "".join(reversed(letters))
 
 
+# An apostrophe (typed or typographic) inside a word: a possessive or a contraction, dropped, not a space.
+_INNER_APOSTROPHE: Final = re.compile(r"(?<=[a-z0-9])['\u2019\u2018\u02bc](?=[a-z])")
+
+
 def class_noun(category: str, *, fallback: str = "product") -> str:
     """The class noun phrase of a category: lowercased, leading article dropped, plain characters only.
 
     Accented letters are spelled plainly ("crème fraîche" → "creme fraiche", "ß" → "ss") rather than
-    cut out, which would split a word into fragments ("cr me fra che").
+    cut out, which would split a word into fragments ("cr me fra che"); so is a possessive ("men's
+    deodorant" → "mens deodorant", not "men s deodorant").
     """
     decomposed = unicodedata.normalize("NFKD", category.casefold())
     plain = "".join(char for char in decomposed if not unicodedata.combining(char))
+    plain = _INNER_APOSTROPHE.sub("", plain)
     words = re.sub(r"[^a-z0-9&\- ]+", " ", plain).split()
     if words and words[0] in ("a", "an", "the"):
         words = words[1:]
