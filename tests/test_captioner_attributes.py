@@ -31,8 +31,8 @@ from shared.captioning.attributes import (
 )
 from shared.captioning.fit_shape import CLASSES, evaluate, fit_tree
 from shared.captioning.prompts import (
-    article,
     class_noun,
+    class_prompt,
     compose_caption,
     compose_tags,
     instance_token,
@@ -433,7 +433,7 @@ def test_class_noun_spells_accented_letters_plainly_instead_of_cutting_words(
 ) -> None:
     assert class_noun(category) == noun
     prompts = sku_prompts(SkuMetadata(sku_id="SKU-1", name="x", category=category))
-    assert prompts.class_prompt == f"a photo of {article(noun)} {noun}"
+    assert prompts.class_prompt == class_prompt(noun)
 
 
 @pytest.mark.parametrize(
@@ -449,6 +449,24 @@ def test_a_possessive_category_keeps_its_word_whole(category: str, noun: str) ->
     assert class_noun(category) == noun
     prompts = sku_prompts(SkuMetadata(sku_id="SKU-1", name="x", category=category))
     assert prompts.class_prompt == f"a photo of a {noun}"
+
+
+@pytest.mark.parametrize(
+    ("category", "prior_prompt", "caption"),
+    [
+        ("Soft drinks", "a photo of soft drinks", "a photo of red soft drinks by Fizzo"),
+        ("jalapeño peppers", "a photo of jalapeno peppers", "a photo of red jalapeno peppers by Fizzo"),
+        ("energy drink can", "a photo of an energy drink can", "a photo of a red energy drink can by Fizzo"),
+        # -ss, -us and -is end one thing, not several.
+        ("Hummus", "a photo of a hummus", "a photo of a red hummus by Fizzo"),
+        ("wine glass", "a photo of a wine glass", "a photo of a red wine glass by Fizzo"),
+    ],
+)
+def test_a_plural_category_takes_no_article(category: str, prior_prompt: str, caption: str) -> None:
+    # Retailers' categories are often plural: every prompt of such a SKU read "a photo of a soft drinks".
+    sku = SkuMetadata(sku_id="SKU-1", name="Fizzo Cola", category=category, brand="Fizzo")
+    assert sku_prompts(sku).class_prompt == prior_prompt
+    assert compose_caption(sku, ["red"], "other", "").startswith(f"{caption}, Fizzo Cola")
 
 
 def test_caption_and_tags_say_what_was_measured() -> None:

@@ -12,7 +12,8 @@ Decisions (see also ``services/captioner/stage.py``):
   reduced to the packaging word ("can"): class-prior images of "a photo of a soda can" are what
   the LoRA must stay close to, and they differ from "a can" (paint, tin). Lowercased, leading
   article dropped, accents spelled plainly ("crème" → "creme"), an apostrophe inside a word dropped
-  ("men's" → "mens"), only ASCII letters, digits, spaces, '-' and '&' kept.
+  ("men's" → "mens"), only ASCII letters, digits, spaces, '-' and '&' kept. A plural noun ("soft
+  drinks") takes no article in the class prompt and the captions: "a photo of soft drinks".
 * **Captions** say only what was measured (colours, packaging shape, view) plus the retailer's
   metadata; the instance token stays in the prompts, so a caption reads as plain English.
 """
@@ -41,6 +42,7 @@ __all__ = [
     "instance_token",
     "merge_sentence",
     "sku_prompts",
+    "with_article",
 ]
 
 TOKEN_LETTERS: Final = 14
@@ -170,6 +172,19 @@ def article(phrase: str) -> str:
     return "an" if phrase[:1].lower() in "aeiou" else "a"
 
 
+def _names_several(phrase: str) -> bool:
+    """Whether a noun phrase is plural by its last word ("soft drinks", "jalapeno peppers"), which
+    takes no article; not the -ss, -us, -is of one glass, hummus, couscous, asparagus or citrus."""
+    words = phrase.split()
+    return bool(words) and words[-1].endswith("s") and not words[-1].endswith(("ss", "us", "is"))
+
+
+def with_article(phrase: str) -> str:
+    """``phrase`` after its indefinite article: "a soda can", "an energy drink can", but "soft drinks"
+    (a category is often plural; "a photo of a soft drinks" was every such SKU's class prompt)."""
+    return phrase if _names_several(phrase) else f"{article(phrase)} {phrase}"
+
+
 @dataclass(frozen=True)
 class SkuPrompts:
     """The SKU-level words the generator and the LoRA trainer use."""
@@ -182,8 +197,8 @@ class SkuPrompts:
 
 
 def class_prompt(noun: str) -> str:
-    """The prompt of a class noun's prior images ("a photo of an aubergine")."""
-    return f"a photo of {article(noun)} {noun}"
+    """The prompt of a class noun's prior images ("a photo of an aubergine", "a photo of soft drinks")."""
+    return f"a photo of {with_article(noun)}"
 
 
 def sku_prompts(sku: SkuMetadata) -> SkuPrompts:
@@ -215,7 +230,7 @@ def compose_caption(sku: SkuMetadata, colours: Sequence[str], shape: str, view: 
     """
     noun = class_noun(sku.category)
     described = " ".join(part for part in (_colour_phrase(colours), noun) if part)
-    parts = [f"a photo of {article(described)} {described}" + (f" by {sku.brand}" if sku.brand else "")]
+    parts = [f"a photo of {with_article(described)}" + (f" by {sku.brand}" if sku.brand else "")]
     if sku.name and sku.name.lower() not in (noun, sku.brand.lower()):
         parts.append(sku.name)
     if sku.series:
