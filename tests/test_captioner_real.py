@@ -217,6 +217,26 @@ def test_truth_table_rejects_words_the_captioner_cannot_say(tmp_path: Path) -> N
         read_truth_table(table)
 
 
+def test_truth_table_saved_by_a_spreadsheet_is_read_and_a_short_row_named(tmp_path: Path) -> None:
+    table = tmp_path / "truth.csv"
+    # "CSV UTF-8" from a spreadsheet starts with a byte-order mark: it read as a missing class_name.
+    table.write_bytes(
+        "class_name,path,colour,alt_colour,packaging\r\nKiwi,k.jpg,brown,green,loose produce\r\n".encode(
+            "utf-8-sig"
+        )
+    )
+    [kiwi] = read_truth_table(table)
+    assert (kiwi.class_name, kiwi.colours, kiwi.packaging) == ("Kiwi", ("brown", "green"), "loose produce")
+    # A row cut short: AttributeError ('NoneType' object has no attribute 'strip'), naming no row.
+    header = "class_name,path,colour,alt_colour,packaging\n"
+    table.write_text(header + "Kiwi,k.jpg,brown,,loose produce\nLime,l.jpg\n")
+    with pytest.raises(ValueError, match=r"truth.csv:3: fewer fields than the 5 columns of the header"):
+        read_truth_table(table)
+    table.write_text(header + "Kiwi,k.jpg,brown,,loose,produce\n")
+    with pytest.raises(ValueError, match=r"truth.csv:2: more fields than the 5 columns"):
+        read_truth_table(table)
+
+
 class _DrawnMasks:
     """A stand-in matting session: every photo's mask is its non-white pixels."""
 

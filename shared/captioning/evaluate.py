@@ -176,16 +176,28 @@ class RealProduct:
 
 def read_truth_table(path: Path) -> list[RealProduct]:
     """Rows of a truth CSV (``TRUTH_COLUMNS``, and optionally ``sha256`` of each photo); ``ValueError``
-    names the row of any unknown word."""
-    with path.open(newline="", encoding="utf-8") as handle:
+    names the row of any unknown word, and of a row with more or fewer fields than the header.
+
+    A spreadsheet's "CSV UTF-8" starts with a byte-order mark, which is not part of the first column's
+    name (it read as a missing ``class_name``)."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
-        missing = set(TRUTH_COLUMNS) - set(reader.fieldnames or ())
+        header = reader.fieldnames or ()
+        missing = set(TRUTH_COLUMNS) - set(header)
         if missing:
             raise ValueError(
                 f"{path}: missing columns {sorted(missing)}; expected {', '.join(TRUTH_COLUMNS)}"
             )
         products = []
         for line, row in enumerate(reader, start=2):
+            # DictReader fills a short row with None (an AttributeError below) and files a long one's
+            # extra fields under None: either way its fields are not where the header says.
+            if None in row or None in row.values():
+                fewer = None in row.values()
+                raise ValueError(
+                    f"{path}:{line}: {'fewer' if fewer else 'more'} fields than the {len(header)} columns "
+                    f"of the header ({', '.join(header)})"
+                )
             colours = tuple(c for c in (row["colour"].strip(), row["alt_colour"].strip()) if c)
             unknown = [c for c in colours if c not in COLOUR_NAMES]
             if not colours or unknown:
