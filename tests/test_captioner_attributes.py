@@ -486,6 +486,31 @@ def test_caption_and_tags_say_what_was_measured() -> None:
     assert len(tags) == len(set(tags))
 
 
+@pytest.mark.parametrize(
+    ("brand", "series", "caption"),
+    [
+        # A brand or series of spaces read "by  , Fizzo Cola,   series".
+        (" ", " ", "a photo of a red soda can, Fizzo Cola, cylindrical can"),
+        (
+            "Fizzo ",
+            "  Zero  Sugar ",
+            "a photo of a red soda can by Fizzo, Fizzo Cola, Zero Sugar series, cylindrical can",
+        ),
+        # A series named so itself read "Pro Series series".
+        (
+            "Fizzo",
+            "Pro Series",
+            "a photo of a red soda can by Fizzo, Fizzo Cola, Pro Series, cylindrical can",
+        ),
+    ],
+)
+def test_blank_metadata_says_nothing_and_a_series_is_named_once(
+    brand: str, series: str, caption: str
+) -> None:
+    sku = SkuMetadata(sku_id="SKU-1", name="Fizzo Cola", category="soda can", brand=brand, series=series)
+    assert compose_caption(sku, ["red"], "can", "") == caption
+
+
 def test_a_vlm_sentence_cannot_overrule_measured_colours_or_shape() -> None:
     caption = "a photo of a red soda can by Fizzo"
     merged = merge_sentence(caption, "a blue bottle on a wooden shelf", ["red"], "can")

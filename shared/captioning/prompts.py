@@ -226,15 +226,18 @@ def compose_caption(sku: SkuMetadata, colours: Sequence[str], shape: str, view: 
     """A detailed caption of one photo from its measurements and the SKU's metadata.
 
     e.g. "a photo of a red and white soda can by Fizzo, Fizzo Zero Cherry, Fizzo Zero series,
-    cylindrical can, front view".
+    cylindrical can, front view". Blank metadata says nothing (a brand or series of spaces read
+    "by  ," and "  series"), and a series that says so itself ("Pro Series") is not "Pro Series series".
     """
     noun = class_noun(sku.category)
+    # metadata.json is the retailer's: padding and inner runs of spaces are not part of the words.
+    brand, name, series = (" ".join(text.split()) for text in (sku.brand, sku.name, sku.series))
     described = " ".join(part for part in (_colour_phrase(colours), noun) if part)
-    parts = [f"a photo of {with_article(described)}" + (f" by {sku.brand}" if sku.brand else "")]
-    if sku.name and sku.name.lower() not in (noun, sku.brand.lower()):
-        parts.append(sku.name)
-    if sku.series:
-        parts.append(f"{sku.series} series")
+    parts = [f"a photo of {with_article(described)}" + (f" by {brand}" if brand else "")]
+    if name and name.lower() not in (noun, brand.lower()):
+        parts.append(name)
+    if series:
+        parts.append(series if series.split()[-1].lower() == "series" else f"{series} series")
     if SHAPE_PHRASES.get(shape):
         parts.append(SHAPE_PHRASES[shape])
     if view:
