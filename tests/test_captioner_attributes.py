@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -600,3 +601,18 @@ def test_fit_shape_refuses_what_would_replace_or_break_the_committed_tree(argv: 
     with pytest.raises(SystemExit) as refused:
         fit_shape.main(argv)
     assert refused.value.code == 2
+
+
+def test_fit_shape_checks_its_out_before_fitting_and_makes_a_missing_folder(tmp_path: Path) -> None:
+    # An --out in a folder that did not exist fitted the whole tree, then died in a FileNotFoundError.
+    from shared.captioning import fit_shape
+
+    (tmp_path / "a-file").write_text("")
+    for out in (tmp_path / "a-file" / "tree.py", tmp_path):  # under a file; a folder, not a file
+        with pytest.raises(SystemExit) as refused:
+            fit_shape.main(["--out", str(out)])
+        assert refused.value.code == 2
+    out = tmp_path / "new" / "folder" / "tree.py"
+    tiny = ["--products", "8", "--eval-products", "0", "--cartons", "0", "--mask-source", "truth"]
+    assert fit_shape.main([*tiny, "--min-leaf", "1", "--out", str(out)]) == 0
+    assert "Tree sha256" in out.read_text()
