@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--products", type=positive_int, default=200)
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--size-px", type=positive_int, default=512)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument(
         "--matting-model", default=None, help="matting model for both parts (default: the default session's)"
     )

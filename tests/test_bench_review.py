@@ -229,3 +229,12 @@ def test_the_test_split_is_scored_with_the_committed_classifier_only(tmp_path: P
         ]
         assert _exit_code([*argv, *option]) == 2
     assert augment.CLASSIFIER_OPTIONS == ("l2", "real_weight", "tune_stages", "tune_epochs", "tune_lr")
+
+
+def test_the_captioner_bench_refuses_zero_threads() -> None:
+    # --threads 0 ran its options' checks, then ended in ONNX Runtime's ValueError traceback.
+    from bench import captioner
+
+    with pytest.raises(SystemExit) as refused:
+        captioner.main(["--threads", "0"])
+    assert refused.value.code == 2
