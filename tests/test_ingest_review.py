@@ -550,3 +550,34 @@ def test_a_fully_transparent_photo_is_refused_naming_it(tmp_path: Path) -> None:
         IngestError, match=r"empty_layer.png: refused \(blank_photo: every pixel is transparent"
     ):
         prepare_all(tmp_path / "batch", load_settings(store_uri=file_store_uri(tmp_path / "store")))
+
+
+def test_a_batch_given_one_level_too_high_says_which_folder_to_ingest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `skuforge synth --out var/synth` writes its SKU folders to var/synth/skus; `skuforge ingest
+    # var/synth` said "move its photos into var/synth/skus" of each SKU folder: every product's photos
+    # in one folder. A SKU folder inside a SKU folder got the same advice.
+    batch = tmp_path / "synth" / "skus"
+    _sku(batch, "A", "A-1")
+    _sku(batch, "B", "B-1")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    assert cli_main(["ingest", str(tmp_path / "synth")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"{batch}: holds SKU folders (A, B) but is not one itself (no metadata.json): ingest it on its "
+        f"own (skuforge ingest {batch}), or move them up beside it" in err
+    )
+    assert "move its photos" not in err and "metadata.json: missing" not in err
+    assert not (tmp_path / "store").exists()
+
+    outer = _sku(tmp_path / "nested", "outer", "O-1")
+    _sku(outer, "inner", "I-1", colours=(50,))
+    with pytest.raises(IngestError) as refused:
+        prepare_all(outer, load_settings())
+    message = str(refused.value)
+    assert (
+        f"{outer / 'inner'}: a SKU folder (it has a metadata.json) inside the SKU folder {outer}; "
+        f"nothing in it is read: move it out, beside {outer}" in message
+    )
+    assert "move its photos" not in message

@@ -20,11 +20,13 @@ Layout read (what ``skuforge synth`` writes)::
 (``shared/photos.py``, which the scene library and ``skuforge evaluate`` read too). A photo lying in
 ``DIR`` itself beside SKU folders belongs to no SKU: it is named in a warning, and the run goes on.
 Anything else in a SKU folder is named as a problem, not skipped: another format (HEIC, GIF, AVIF...),
-a subfolder (its photos are not read), a broken link. Skipped are hidden files and folders (names
-starting with "."), ``__MACOSX`` (the resource forks macOS puts in a zip it makes), and the files
-Windows and macOS leave in any folder (``Thumbs.db``, ``desktop.ini``, ``Icon\\r``). Two SKU ids of a
-batch may not differ only in case (``ABC-1``, ``abc-1``): on a case-insensitive file system their
-store folders would be one. A name or category that is only whitespace is refused.
+a subfolder (its photos are not read), a broken link. A folder that holds SKU folders but no
+metadata.json (a batch given one level too high) is named with the folder to ingest instead. Skipped
+are hidden files and folders (names starting with "."), ``__MACOSX`` (the resource forks macOS puts in
+a zip it makes), and the files Windows and macOS leave in any folder (``Thumbs.db``, ``desktop.ini``,
+``Icon\\r``). Two SKU ids of a batch may not differ only in case (``ABC-1``, ``abc-1``): on a
+case-insensitive file system their store folders would be one. A name or category that is only
+whitespace is refused.
 
 A photo file with transparency (a cut-out on a transparent background) is stored over white, as
 every photo, and its transparency beside it as a mask (``masks/transparency/<sku>/<photo>.png``,
@@ -273,6 +275,15 @@ def _as_utf8(data: bytes) -> bytes:
 
 def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, list[str]]:
     """Check one SKU folder; returns the prepared SKU or the list of problems."""
+    held = [] if _has_metadata_entry(folder) else _sku_folders_in(folder)
+    if held:
+        # A batch given one level too high (`skuforge ingest var/synth`, whose SKU folders are in
+        # var/synth/skus) was told to move each SKU's photos into the batch folder, merging products.
+        shown = ", ".join(held[:10]) + (" ..." if len(held) > 10 else "")
+        return None, [
+            f"{folder}: holds SKU folders ({shown}) but is not one itself (no metadata.json): ingest it "
+            f"on its own (skuforge ingest {folder}), or move them up beside it"
+        ]
     problems: list[str] = []
     metadata: SkuMetadata | None = None
     metadata_path = folder / "metadata.json"
@@ -361,6 +372,19 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     return PreparedSku(folder=folder, metadata=metadata, photos=photos), []
 
 
+def _sku_folders_in(folder: Path) -> list[str]:
+    """The names of ``folder``'s subfolders that are SKU folders (hold a metadata.json), sorted; none
+    when it cannot be listed (``photo_files`` names that)."""
+    try:
+        return sorted(
+            child.name
+            for child in _listed(folder)
+            if not is_left_out_quietly(child.name) and child.is_dir() and _has_metadata_entry(child)
+        )
+    except (IngestError, OSError):
+        return []
+
+
 def photo_files(folder: Path) -> tuple[list[Path], list[str]]:
     """The photo files of a SKU folder, sorted, and a problem for everything else in it that is neither
     metadata.json, hidden, nor a desktop's leftover file. Whatever a folder holds either is read or
@@ -397,6 +421,11 @@ def _sort_entry(folder: Path, entry: Path, photos: list[Path], problems: list[st
         problems.append(
             f"{entry}: a link to {entry.readlink()}, which does not exist; "
             "put the photo itself here or remove the link"
+        )
+    elif entry.is_dir() and _has_metadata_entry(entry):
+        problems.append(
+            f"{entry}: a SKU folder (it has a metadata.json) inside the SKU folder {folder}; nothing in "
+            f"it is read: move it out, beside {folder}"
         )
     elif entry.is_dir():
         problems.append(
