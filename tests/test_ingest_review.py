@@ -581,3 +581,17 @@ def test_a_batch_given_one_level_too_high_says_which_folder_to_ingest(
         f"nothing in it is read: move it out, beside {outer}" in message
     )
     assert "move its photos" not in message
+
+
+def test_metadata_saved_as_windows_1252_says_to_save_it_as_utf8(tmp_path: Path) -> None:
+    # Notepad's "ANSI" writes "Café" as Windows-1252: refused as "(file): Invalid JSON: invalid unicode
+    # code point", which did not say that the encoding was the fault, nor the fix.
+    folder = _sku(tmp_path, "A", "A-1")
+    metadata = folder / "metadata.json"
+    metadata.write_bytes('{"sku_id": "A-1",\r\n "name": "Café", "category": "carton"}'.encode("cp1252"))
+    with pytest.raises(IngestError) as refused:
+        prepare_all(tmp_path, load_settings())
+    assert (
+        f"{metadata}: not UTF-8 (byte 0xe9 at line 2 column 14; saved as Windows-1252 or Latin-1?); "
+        "save it as UTF-8" in str(refused.value)
+    )

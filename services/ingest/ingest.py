@@ -255,11 +255,24 @@ def _warn_of_loose_photos(path: Path, warn: Callable[[str], None]) -> None:
         )
 
 
+class _NotUtf8(UnicodeDecodeError):
+    """metadata.json has no byte-order mark and is not UTF-8: Notepad's "ANSI" (Windows-1252) or a
+    Latin-1 export. Refused as JSON before, "invalid unicode code point", which did not say the fix."""
+
+    def where(self) -> str:
+        """The first byte that is not UTF-8, by line and column as an editor shows them."""
+        before = self.object[: self.start]
+        line = before.count(b"\n") + 1
+        column = self.start - (before.rfind(b"\n") + 1) + 1
+        return f"byte 0x{self.object[self.start]:02x} at line {line} column {column}"
+
+
 def _as_utf8(data: bytes) -> bytes:
     """``metadata.json``'s bytes as UTF-8 without a byte-order mark. Windows Notepad and Excel save
     UTF-8 with one, and PowerShell 5.1's ``>`` and ``Out-File`` write UTF-16: JSON parsers refuse both
     ("Invalid JSON at line 1 column 1"), though the mark only says how the text is encoded.
-    ``UnicodeDecodeError`` when the bytes are not what their mark says."""
+    ``UnicodeDecodeError`` when the bytes are not what their mark says, ``_NotUtf8`` when there is no
+    mark and they are not UTF-8."""
     for mark, encoding in (
         (codecs.BOM_UTF8, "utf-8"),
         (codecs.BOM_UTF32_LE, "utf-32"),  # before UTF-16 LE: its mark starts with that one's
@@ -270,6 +283,10 @@ def _as_utf8(data: bytes) -> bytes:
         if data.startswith(mark):
             text = data.decode(encoding)
             return text.removeprefix("\ufeff").encode("utf-8")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _NotUtf8(exc.encoding, exc.object, exc.start, exc.end, exc.reason) from None
     return data
 
 
@@ -291,6 +308,10 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         metadata = SkuMetadata.model_validate_json(_as_utf8(_read_metadata(metadata_path)))
     except _MetadataNotAFile as exc:
         problems.append(str(exc))
+    except _NotUtf8 as exc:
+        problems.append(
+            f"{metadata_path}: not UTF-8 ({exc.where()}; saved as Windows-1252 or Latin-1?); save it as UTF-8"
+        )
     except UnicodeDecodeError as exc:
         problems.append(
             f"{metadata_path}: not readable as its byte-order mark says ({exc.reason}); save it as UTF-8"
