@@ -7,6 +7,11 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import weakref
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +28,8 @@ from shared.errors import BadInput, StoreMisconfigured, TransientError
 from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
 from tests.support.bus import file_store_uri, isolated_settings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sku(root: Path, folder: str, sku_id: str, colours: tuple[int, ...] = (10, 20), **metadata: str) -> Path:
@@ -595,3 +602,40 @@ def test_metadata_saved_as_windows_1252_says_to_save_it_as_utf8(tmp_path: Path) 
         f"{metadata}: not UTF-8 (byte 0xe9 at line 2 column 14; saved as Windows-1252 or Latin-1?); "
         "save it as UTF-8" in str(refused.value)
     )
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stopped_ingest_removes_the_checked_photos_and_says_so(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    # `kill`, `timeout` or an SSH session that dropped ended ingest where it stood: the checked photos,
+    # tens of gigabytes as PNG for a large batch, stayed in TMPDIR, and nothing was said.
+    _sku(tmp_path / "batch", "A", "A-1")
+    spool_root = tmp_path / "tmp"
+    spool_root.mkdir()
+    with socket.socket() as silent_broker:  # accepts, never answers: ingest waits on it, photos spooled
+        silent_broker.bind(("127.0.0.1", 0))
+        silent_broker.listen()
+        env = {
+            **os.environ,
+            "TMPDIR": str(spool_root),
+            "SKUFORGE_STORE_URI": file_store_uri(tmp_path / "store"),
+            "SKUFORGE_KAFKA_BOOTSTRAP": f"127.0.0.1:{silent_broker.getsockname()[1]}",
+        }
+        command = [sys.executable, "-m", "skuforge_cli", "ingest", str(tmp_path / "batch")]
+        run = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not any(spool_root.glob("skuforge-ingest-*/*.png")):
+                assert run.poll() is None and time.monotonic() < deadline, "ingest never spooled a photo"
+                time.sleep(0.05)
+            run.send_signal(stop)
+            _, err = run.communicate(timeout=20)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    assert run.returncode == 128 + stop, err
+    assert list(spool_root.iterdir()) == [], "the checked photos were left in TMPDIR"
+    assert err.count("\n") == 1 and f"skuforge ingest: stopped by {stop.name};" in err
+    assert "run the same command again" in err

@@ -49,12 +49,15 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import dataclasses
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -821,8 +824,38 @@ def _spooled_file(spool_dir: Path, sku: PreparedSku, photo: PreparedPhoto) -> Pa
     return spool_dir / f"{sku.event_id}-{photo.photo_id}.png"
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the process stands, so it unwinds as Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped(signum)
+
+
+@contextlib.contextmanager
+def _stopped_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind ``main`` as Ctrl-C does, where they ended it outright: `kill`,
+    `timeout` or an SSH session that dropped left the checked photos in TMPDIR (tens of gigabytes as
+    PNG for a large batch) and said nothing. A signal already ignored (``nohup``) stays ignored."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # where signal handlers can be set
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) == signal.SIG_DFL:
+                previous[signum] = signal.signal(signum, _raise_stopped)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``skuforge ingest DIR``."""
+    """``skuforge ingest DIR``. Exit status 0, 1 (the broker or the store failed), 2 (bad input or
+    settings), or 128 + the signal's number when stopped (130 for Ctrl-C)."""
     parser = argparse.ArgumentParser(
         prog="skuforge ingest",
         description="Upload each SKU folder's photos to the object store and publish sku.ingested.",
@@ -836,8 +869,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        settings = load_settings()
-        event_ids = ingest_path(args.path, settings, withdraw_missing=args.withdraw_missing)
+        with _stopped_as_interrupt():
+            settings = load_settings()
+            event_ids = ingest_path(args.path, settings, withdraw_missing=args.withdraw_missing)
     except IngestIncomplete as exc:
         print(f"skuforge ingest: {exc}", file=sys.stderr)
         return 1
@@ -854,13 +888,15 @@ def main(argv: list[str] | None = None) -> int:
     except TransientError as exc:
         print(f"skuforge ingest: {exc} (is Kafka at SKUFORGE_KAFKA_BOOTSTRAP running?)", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # A traceback out of whatever PIL or the producer was doing said nothing a user could act on.
+        signum = exc.signum if isinstance(exc, _Stopped) else signal.SIGINT
+        how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
         print(
-            "skuforge ingest: interrupted; SKUs published before the interrupt stay published, the rest "
+            f"skuforge ingest: {how}; SKUs published before the interrupt stay published, the rest "
             "were not: run the same command again to finish the batch (a SKU ingested twice is one event)",
             file=sys.stderr,
         )
-        return 130
+        return 128 + signum
     print(json.dumps({"ingested_skus": len(event_ids), "event_ids": event_ids}))
     return 0
