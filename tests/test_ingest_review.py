@@ -639,3 +639,37 @@ def test_a_stopped_ingest_removes_the_checked_photos_and_says_so(
     assert list(spool_root.iterdir()) == [], "the checked photos were left in TMPDIR"
     assert err.count("\n") == 1 and f"skuforge ingest: stopped by {stop.name};" in err
     assert "run the same command again" in err
+
+
+@pytest.mark.parametrize(
+    ("argument", "said"),
+    [
+        ("", "argument path: the path is empty (an unset shell variable?); give a folder"),
+        ("s3://bucket/skus", "s3:/bucket/skus: not a directory; ingest reads a local folder: copy the SKU"),
+        ("missing", "missing: not a directory (it does not exist)"),
+        ("skus.zip", "skus.zip: not a directory; it is an archive: unpack it and ingest the folder it holds"),
+    ],
+)
+def test_a_path_that_is_no_folder_says_what_it_is(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argument: str,
+    said: str,
+) -> None:
+    # An empty argument (`skuforge ingest "$SKUS"`, the variable unset) was the current folder: ingested
+    # if it held SKU folders, else every file in it named. A zip, an s3:// URI and a mistyped name were
+    # all just "not a directory".
+    _sku(tmp_path, "A", "A-1")
+    (tmp_path / "skus.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", "localhost:1")
+    try:
+        status = cli_main(["ingest", argument])
+    except SystemExit as refused:  # argparse refuses the argument itself
+        status = refused.code
+    assert status == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists()

@@ -90,6 +90,8 @@ T = TypeVar("T")
 _PHOTO_OBJECT = re.compile(r"[0-9a-f]{16}\.png")
 # HEIC/HEIF: an iPhone's photos by default; named with what to do, in a SKU folder or beside them.
 HEIC_SUFFIXES = frozenset({".heic", ".heif"})
+# Archives: named in a batch folder, and when given as the path, with the advice to unpack them.
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
 
 
 class IngestError(Exception):
@@ -162,7 +164,7 @@ def _unreadable(exc: OSError, fallback: Path) -> str:
 
 def _find_sku_folders(path: Path) -> list[Path]:
     if not path.is_dir():
-        raise IngestError(f"{path}: not a directory")
+        raise IngestError(f"{path}: not a directory{_not_a_folder_hint(path)}")
     if _has_metadata_entry(path):
         return [path]
     folders = sorted(
@@ -183,6 +185,18 @@ def _find_sku_folders(path: Path) -> list[Path]:
         )
         raise IngestError(f"{path}: no SKU folders (a folder with metadata.json and photos) found{hint}")
     return folders
+
+
+def _not_a_folder_hint(path: Path) -> str:
+    """What to do with a ``path`` that is no folder: "not a directory" alone was all a zip someone was
+    sent, an s3:// URI (which a Path shows as "s3:/bucket") and a mistyped name were told."""
+    if not os.path.lexists(path):
+        if re.match(r"[a-z][a-z0-9+.-]*:/", str(path), re.IGNORECASE):
+            return "; ingest reads a local folder: copy the SKU folders down first (aws s3 sync, for one)"
+        return " (it does not exist)"
+    if path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        return "; it is an archive: unpack it and ingest the folder it holds"
+    return ""
 
 
 def _has_metadata_entry(folder: Path) -> bool:
@@ -215,9 +229,6 @@ def loose_photos(path: Path) -> list[Path]:
         )
     except OSError as exc:
         raise IngestError(_unreadable(exc, path)) from None
-
-
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
 
 
 def _warn_of_skipped_entries(path: Path, warn: Callable[[str], None]) -> None:
@@ -853,6 +864,14 @@ def _stopped_as_interrupt() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def _folder_argument(text: str) -> Path:
+    """The path argument; an empty one is refused: Path("") is the current folder, so an unset shell
+    variable (`skuforge ingest "$SKUS"`) ingested, or named every file of, wherever the user stood."""
+    if not text:
+        raise argparse.ArgumentTypeError("the path is empty (an unset shell variable?); give a folder")
+    return Path(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``skuforge ingest DIR``. Exit status 0, 1 (the broker or the store failed), 2 (bad input or
     settings), or 128 + the signal's number when stopped (130 for Ctrl-C)."""
@@ -860,7 +879,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="skuforge ingest",
         description="Upload each SKU folder's photos to the object store and publish sku.ingested.",
     )
-    parser.add_argument("path", type=Path, help="a SKU folder (photos + metadata.json) or a folder of them")
+    parser.add_argument(
+        "path", type=_folder_argument, help="a SKU folder (photos + metadata.json) or a folder of them"
+    )
     parser.add_argument(
         "--withdraw-missing",
         action="store_true",
