@@ -446,8 +446,18 @@ def _release(tasks: TaskStore, task_id: str, reviewer: str) -> str:
 
 
 def read_export(text: str) -> list[dict[str, Any]]:
-    """Parse Label Studio's JSON export (a list of tasks); ValueError with the reason otherwise."""
+    """Parse Label Studio's JSON export (a list of tasks); ValueError with the reason otherwise.
+
+    Every task of that export has its ``data``. Its JSON-MIN export (a list of objects too) has none:
+    each task read as "no annotation", and the import recorded nothing and exited 0.
+    """
     data = json.loads(text)
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         raise ValueError("expected Label Studio's JSON export: a list of task objects")
+    for index, item in enumerate(data):
+        if "data" not in item:
+            raise ValueError(
+                f"task {index} has no 'data': expected Label Studio's JSON export (Export, JSON), "
+                "not JSON-MIN or another format"
+            )
     return data

@@ -1,0 +1,55 @@
+"""The console after a review of its Label Studio hand-off and its pages: an export the import cannot
+read is refused, not taken as "nothing annotated"."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from skuforge_cli.main import main as cli_main
+from tests.support.console import ConsoleParts, build_console, flagged_item, pending_envelope
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> ConsoleParts:
+    parts = build_console(tmp_path)
+    for index in range(2):
+        parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index)))
+        parts.clock.advance(1.0)
+    return parts
+
+
+def use_cli_on(parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKUFORGE_STORE_URI", parts.store.base_uri)
+    monkeypatch.setenv("SKUFORGE_CONSOLE_DB_PATH", str(parts.tasks.path))
+
+
+def test_a_json_min_export_is_refused_not_imported_as_nothing_annotated(
+    parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Label Studio's JSON-MIN export is a list of objects too, the task's data and its annotation's
+    choices flattened into each: every task read as "no annotation", nothing was recorded, exit 0."""
+    task_id = parts.tasks.query()[0].task_id
+    json_min = [
+        {
+            "image": "https://images.example/x.png",
+            "skuforge_task_id": task_id,
+            "id": 1,
+            "decision": "reject",
+            "reason": "blurry",
+            "annotator": 7,
+            "annotation_id": 1,
+            "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z",
+            "lead_time": 3.2,
+        }
+    ]
+    export = tmp_path / "export-min.json"
+    export.write_text(json.dumps(json_min))
+    use_cli_on(parts, monkeypatch)
+    assert cli_main(["console", "import-labelstudio", "--no-publish", str(export)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read" in err and "task 0 has no 'data'" in err and "JSON-MIN" in err
+    assert parts.tasks.get(task_id).state == "pending"
