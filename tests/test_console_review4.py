@@ -1,5 +1,6 @@
 """The console after a review of its Label Studio hand-off and its pages: an export the import cannot
-read is refused, not taken as "nothing annotated"."""
+read is refused, not taken as "nothing annotated"; a mistyped --reason is refused, not exported as
+nothing."""
 
 from __future__ import annotations
 
@@ -53,3 +54,19 @@ def test_a_json_min_export_is_refused_not_imported_as_nothing_annotated(
     err = capsys.readouterr().err
     assert "cannot read" in err and "task 0 has no 'data'" in err and "JSON-MIN" in err
     assert parts.tasks.get(task_id).state == "pending"
+
+
+def test_export_refuses_a_reason_no_task_was_flagged_with(
+    parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A mistyped --reason wrote an empty task list and exited 0 (a mistyped --sku is refused)."""
+    use_cli_on(parts, monkeypatch)
+    out = tmp_path / "tasks.json"
+    assert cli_main(["console", "export-labelstudio", "--out", str(out), "--reason", "iou_below"]) == 2
+    err = capsys.readouterr().err
+    assert "--reason iou_below: no task" in err and "iou_below_threshold" in err
+    assert not out.exists()
+    assert cli_main(["console", "export-labelstudio", "--out", str(out), "--reason", "product_drift"]) == 0
+    assert [task["data"]["reasons"] for task in json.loads(out.read_text())] == [
+        "iou_below_threshold, product_drift"
+    ]

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "(default: the object-store URI)",
     )
     export.add_argument("--sku", help="only this SKU")
-    export.add_argument("--reason", help="only items flagged with this reason")
+    export.add_argument("--reason", help="only items flagged with this reason (e.g. iou_below_threshold)")
     imp = sub.add_parser(
         "import-labelstudio", help="turn a Label Studio JSON export into decisions", epilog=IMPORT_EXIT_STATUS
     )
@@ -118,6 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.sku is not None and not tasks.has_sku(args.sku):
             print(
                 f"skuforge console export-labelstudio: --sku {args.sku}: no task of that SKU in {where}",
+                file=sys.stderr,
+            )
+            return 2
+        if args.reason is not None and args.reason not in (known := tasks.reasons()):
+            # A mistyped reason exported nothing and exited 0, as a mistyped --sku did before.
+            print(
+                f"skuforge console export-labelstudio: --reason {args.reason}: no task in {where} was "
+                f"flagged with it (flagged: {', '.join(known) or 'none'})",
                 file=sys.stderr,
             )
             return 2
