@@ -1,6 +1,6 @@
 """The console after a review of its Label Studio hand-off and its pages: an export the import cannot
 read is refused, not taken as "nothing annotated"; a mistyped --reason is refused, not exported as
-nothing."""
+nothing; a task withdrawn while held is not shown as its reviewer's."""
 
 from __future__ import annotations
 
@@ -8,9 +8,18 @@ import json
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
 from skuforge_cli.main import main as cli_main
-from tests.support.console import ConsoleParts, build_console, flagged_item, pending_envelope
+from tests.support.console import (
+    ConsoleParts,
+    app_for,
+    build_console,
+    decide_as_alice,
+    flagged_item,
+    login,
+    pending_envelope,
+)
 
 
 @pytest.fixture
@@ -70,3 +79,34 @@ def test_export_refuses_a_reason_no_task_was_flagged_with(
     assert [task["data"]["reasons"] for task in json.loads(out.read_text())] == [
         "iou_below_threshold, product_drift"
     ]
+
+
+def test_a_task_withdrawn_while_held_is_not_shown_as_the_reviewers(parts: ConsoleParts) -> None:
+    """The state read "withdrawn (alice)" on the queue and the item page: the name of the reviewer who
+    held it when its owner withdrew the photo, as if she had closed it. A closed task names who closed
+    it (the withdrawal's "skuforge", as its audit entry does); a held one its holder, as before."""
+    held, decided = [task.task_id for task in parts.tasks.query()]
+    parts.tasks.claim(held, "alice", 60.0)
+    photo = parts.tasks.get(held).pending.matted.generated.reference_photo_id
+    assert parts.tasks.withdraw_photos({"SKU-00001": {photo}}) == [held, decided]
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    login(client, "bob")
+    item = client.get(f"/tasks/{held}").text
+    assert '<dd id="state">withdrawn (skuforge)</dd>' in item
+    queue = client.get("/", params={"state": "withdrawn"}).text
+    assert "withdrawn (alice)" not in queue and queue.count("<td>withdrawn (skuforge)</td>") == 2
+
+
+def test_a_held_or_decided_task_still_names_its_reviewer(tmp_path: Path) -> None:
+    parts = build_console(tmp_path)
+    for index in range(2):
+        parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index)))
+    held, decided = [task.task_id for task in parts.tasks.query()]
+    parts.tasks.claim(held, "alice", 60.0)
+    decide_as_alice(parts, decided, "reject", "other")
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    login(client, "bob")
+    assert '<dd id="state">claimed (alice)</dd>' in client.get(f"/tasks/{held}").text
+    assert '<dd id="state">rejected (alice)</dd>' in client.get(f"/tasks/{decided}").text
+    queue = client.get("/", params={"state": "all"}).text
+    assert "<td>claimed (alice)</td>" in queue and "<td>rejected (alice)</td>" in queue
