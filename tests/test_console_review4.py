@@ -1,15 +1,19 @@
 """The console after a review of its Label Studio hand-off and its pages: an export the import cannot
 read is refused, not taken as "nothing annotated"; a mistyped --reason is refused, not exported as
-nothing; a task withdrawn while held is not shown as its reviewer's."""
+nothing; a task withdrawn while held is not shown as its reviewer's; a password the login form cannot
+take is refused where it is set."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
+from services.console.config import ConsoleSettings, parse_users
 from skuforge_cli.main import main as cli_main
 from tests.support.console import (
     ConsoleParts,
@@ -110,3 +114,32 @@ def test_a_held_or_decided_task_still_names_its_reviewer(tmp_path: Path) -> None
     assert '<dd id="state">rejected (alice)</dd>' in client.get(f"/tasks/{decided}").text
     queue = client.get("/", params={"state": "all"}).text
     assert "<td>claimed (alice)</td>" in queue and "<td>rejected (alice)</td>" in queue
+
+
+def test_a_password_the_login_form_cannot_take_is_refused_where_it_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The login form takes 256 characters (the browser cuts the field there, the server answers a
+    longer one with a 422), yet hash-password hashed a longer password and SKUFORGE_CONSOLE_USERS took
+    one: a reviewer who could never log in, told only "wrong name or password"."""
+    parts = build_console(tmp_path)
+    form = TestClient(app_for(parts), base_url="http://console.test").get("/login").text
+    field = re.search(r'<input name="password"[^>]*maxlength="(\d+)"', form)
+    assert field
+    most = int(field.group(1))
+    longest, too_long = "p" * most, "p" * (most + 1)
+    monkeypatch.setattr("sys.stdin", io.StringIO(too_long + "\n"))
+    assert cli_main(["console", "hash-password"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"takes at most {most}" in captured.err
+    with pytest.raises(ValueError, match=f"reviewer 'alice': the password is {most + 1} characters"):
+        parse_users(f"alice:{too_long}")
+    # The longest the form takes works, hashed or plain.
+    monkeypatch.setattr("sys.stdin", io.StringIO(longest + "\n"))
+    assert cli_main(["console", "hash-password"]) == 0
+    entry = capsys.readouterr().out.strip()
+    parts.console.console = ConsoleSettings(
+        console_users=f"alice:{entry},bob:{longest}", console_db_path=str(parts.tasks.path)
+    )
+    for reviewer in ("alice", "bob"):
+        login(TestClient(app_for(parts), base_url="http://console.test"), reviewer, longest)

@@ -23,6 +23,7 @@ from services.console.security import (
     CSRF_FIELD,
     CSRF_HEADER,
     LOGIN_COOKIE,
+    MAX_PASSWORD_CHARS,
     SESSION_COOKIE,
     Session,
     check_password,
@@ -219,7 +220,12 @@ def login_page(request: Request, console: ConsoleDep, next: str = "/", error: st
         request,
         "login.html",
         # Only messages of our own: a link's ?error= text would be shown on the console's origin.
-        {"nonce": nonce, "next": safe_next(next), "error": LOGIN_ERRORS.get(error, "")},
+        {
+            "nonce": nonce,
+            "next": safe_next(next),
+            "error": LOGIN_ERRORS.get(error, ""),
+            "max_password_chars": MAX_PASSWORD_CHARS,
+        },
     )
     response.set_cookie(LOGIN_COOKIE, nonce, max_age=3600, **cookie_flags(console))
     return response
@@ -230,7 +236,7 @@ def login(
     request: Request,
     console: ConsoleDep,
     reviewer: Annotated[str, Form(min_length=1, max_length=64)],
-    password: Annotated[str, Form(min_length=1, max_length=256)],
+    password: Annotated[str, Form(min_length=1, max_length=MAX_PASSWORD_CHARS)],
     login_nonce: Annotated[str, Form(max_length=64)] = "",
     next: Annotated[str, Form(max_length=500)] = "/",
 ) -> Response:

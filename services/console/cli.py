@@ -32,7 +32,7 @@ from services.console.labelstudio import (
     read_export,
 )
 from services.console.relay import DecisionRelay
-from services.console.security import hash_password
+from services.console.security import MAX_PASSWORD_CHARS, hash_password
 from services.console.tasks import TaskFilter, TaskStore
 from shared.config import load_settings
 from shared.errors import TransientError
@@ -204,6 +204,14 @@ def _hash_password() -> int:
         password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
     if not password:
         print("skuforge console hash-password: empty password", file=sys.stderr)
+        return 2
+    if len(password) > MAX_PASSWORD_CHARS:
+        # Its hash would verify, but the login form never takes the password it was made from.
+        print(
+            f"skuforge console hash-password: the password is {len(password)} characters; the login "
+            f"form takes at most {MAX_PASSWORD_CHARS}",
+            file=sys.stderr,
+        )
         return 2
     print(hash_password(password))
     return 0

@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings
 
 from schemas.flow import CONSOLE
-from services.console.security import SCRYPT_PREFIX, parse_scrypt
+from services.console.security import MAX_PASSWORD_CHARS, SCRYPT_PREFIX, parse_scrypt
 from shared.argtypes import folder_problem
 from shared.config import SETTINGS_CONFIG
 
@@ -42,6 +42,11 @@ def parse_users(text: str) -> dict[str, str]:
                 parse_scrypt(password)
             except ValueError as exc:
                 raise ValueError(f"reviewer {name!r}: {exc}") from None
+        elif len(password) > MAX_PASSWORD_CHARS:
+            raise ValueError(
+                f"reviewer {name!r}: the password is {len(password)} characters; the login form takes "
+                f"at most {MAX_PASSWORD_CHARS}"
+            )
         users[name] = password
     return users
 

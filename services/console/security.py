@@ -29,6 +29,8 @@ LOGIN_COOKIE = "skuforge_console_login"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 _SAFE_NEXT = re.compile(r"^/(?!/)[A-Za-z0-9/_.?=&%-]*$")
+# The longest password the login form takes: a longer one (plain or hashed) could never log in.
+MAX_PASSWORD_CHARS = 256
 
 
 # The count the names share that a full table of refused names has no room for ("" is no reviewer's
