@@ -83,6 +83,10 @@ class OriginalUnreadable(DlqError):
     """One letter's original bytes are gone from the store, changed, or not base64."""
 
 
+class ReplayInterrupted(DlqError):
+    """Ctrl-C stopped a replay; the records acknowledged by then are marked, the others are not."""
+
+
 @dataclass(frozen=True)
 class StoredLetter:
     """One dead letter as it lies in its ``.dlq`` topic."""
@@ -416,6 +420,7 @@ def replay(
     producer = make_producer(settings, client_id="skuforge-dlq-replay")
     sends: list[tuple[StoredLetter, Any]] = []
     failure: KafkaError | None = None
+    interrupted = False
     try:
         for stored, (key, value) in zip(firsts, originals, strict=True):
             future = producer.send(
@@ -425,6 +430,11 @@ def replay(
         producer.flush(timeout=settings.flush_timeout_s)
     except KafkaError as exc:
         failure = exc
+    except KeyboardInterrupt:
+        # Ctrl-C while the sends were on their way: close() below still delivers them, so they are
+        # marked before the command stops. Before, the interrupt skipped the markers, and the next
+        # replay republished every record this one had delivered.
+        interrupted = True
     finally:
         # Closed before the futures are read: close() flushes, and what it delivers is marked too.
         # Before, a failed run said "nothing marked" while close() then delivered the records sent
@@ -448,6 +458,11 @@ def replay(
             f"republished {sent} dead letters to {dead.original_topic}, but could not write their "
             f"replay markers ({exc}); a later replay would republish those without a marker again"
         ) from exc
+    if interrupted:
+        raise ReplayInterrupted(
+            f"interrupted: {sent} of {len(firsts)} records were acknowledged and are marked; "
+            "a later replay sends only the others"
+        )
     if sent < len(firsts):
         errors = {str(future.exception) for _, future in sends if future.is_done and future.failed()}
         why = failure or "; ".join(sorted(errors)) or "not acknowledged"

@@ -13,6 +13,7 @@ from shared.dlq import (
     REPLAYABLE_REASONS,
     SAMPLES_PER_REASON,
     DlqError,
+    ReplayInterrupted,
     format_other_topic,
     format_replay,
     format_summary,
@@ -129,6 +130,9 @@ def main(
         for problem in problems:
             print(f"skuforge dlq {args.action}: {problem}", file=sys.stderr)
         return 1 if problems else 0
+    except ReplayInterrupted as exc:  # Ctrl-C: what was delivered is marked
+        print(f"skuforge dlq {args.action}: {exc}", file=sys.stderr)
+        return 130
     except DlqError as exc:
         print(f"skuforge dlq {args.action}: {exc}", file=sys.stderr)
         return 1
