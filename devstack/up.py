@@ -71,6 +71,7 @@ from services.console.config import ConsoleSettings
 from services.generator.protocol import model_name
 from shared.argtypes import float_between, folder_problem, positive_float
 from shared.config import ConfigError, load_settings, secret_variables
+from shared.generation.backend import BACKEND_NAMES
 from shared.generation.settings import GenerationSettings
 from shared.observability import topics_held
 
@@ -250,9 +251,19 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def mix_backends() -> list[str]:
+    """The backends of SKUFORGE_GENERATION_BACKEND_MIX with a share above 0 (empty when no mix is set):
+    the generator asks each of them, and SKUFORGE_GENERATION_BACKEND then not at all."""
+    shares = load_settings(GenerationSettings).generation_backend_mix
+    return [backend for backend in BACKEND_NAMES if shares.get(backend, 0) > 0]  # type: ignore[call-overload]
+
+
 def default_backends() -> list[str]:
-    """SKUFORGE_GENERATION_BACKEND if set; else diffusion + LoRA when a model is configured and a GPU is
-    present (diffusion on a CPU takes minutes per image); else the composite backend."""
+    """The backends of SKUFORGE_GENERATION_BACKEND_MIX if one is set (Triton must serve every model the
+    generator asks for); else SKUFORGE_GENERATION_BACKEND if set; else diffusion + LoRA when a model is
+    configured and a GPU is present (diffusion on a CPU takes minutes per image); else composite."""
+    if mixed := mix_backends():
+        return mixed
     configured = os.environ.get("SKUFORGE_GENERATION_BACKEND")
     if configured:
         return [configured]
@@ -689,8 +700,9 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=("composite", "diffusion"),
         help=(
-            "generation backend(s) Triton serves (default: SKUFORGE_GENERATION_BACKEND; else diffusion when "
-            "SKUFORGE_DIFFUSION_MODEL is set and a GPU is present; else composite)"
+            "generation backend(s) Triton serves (default: those of SKUFORGE_GENERATION_BACKEND_MIX; else "
+            "SKUFORGE_GENERATION_BACKEND; else diffusion when SKUFORGE_DIFFUSION_MODEL is set and a GPU is "
+            "present; else composite)"
         ),
     )
     parser.add_argument(
@@ -741,6 +753,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"skuforge up: {exc}", file=sys.stderr)
         return 2
+    # A model the generator asks for and Triton does not serve is "unknown model", a transient error:
+    # the generator would hold its partitions retrying for ever.
+    if args.backend and (left_out := [b for b in mix_backends() if b not in args.backend]):
+        parser.error(
+            f"--backend {' --backend '.join(args.backend)} leaves out {', '.join(left_out)}, which "
+            "SKUFORGE_GENERATION_BACKEND_MIX asks the generator for; give --backend for each backend "
+            "of the mix, or leave --backend out"
+        )
 
     workdir = args.workdir.resolve()
     try:

@@ -165,6 +165,53 @@ def test_the_backend_is_diffusion_only_with_a_model_and_a_gpu_unless_forced(
     assert config.env()["SKUFORGE_GENERATION_BACKEND"] == expected
 
 
+@pytest.mark.parametrize(
+    ("backend_env", "mix", "expected"),
+    [
+        (None, '{"composite": 3, "diffusion": 1}', ["composite", "diffusion"]),
+        ("composite", '{"diffusion": 1}', ["diffusion"]),
+        ("diffusion", '{"composite": 1, "diffusion": 0}', ["composite"]),
+    ],
+)
+def test_triton_serves_every_backend_of_the_generators_mix(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    backend_env: str | None,
+    mix: str,
+    expected: list[str],
+) -> None:
+    """SKUFORGE_GENERATION_BACKEND_MIX was ignored: Triton served SKUFORGE_GENERATION_BACKEND's model
+    alone, the generator asked for the other one too, got "unknown model" (a transient error) and held
+    its partition, retrying for ever, while the stack said it was ready."""
+    if backend_env is None:
+        monkeypatch.delenv("SKUFORGE_GENERATION_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND", backend_env)
+    monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND_MIX", mix)
+    monkeypatch.setattr(devstack.up, "_cuda_available", lambda: False)
+    config = build_config(tmp_path, ports_mode="free", kafka_bootstrap="127.0.0.1:1")
+    assert config.backends == expected
+    (triton,) = [spec for spec in build_specs(config) if spec.name == "triton"]
+    assert [triton.argv[i + 1] for i, arg in enumerate(triton.argv) if arg == "--backend"] == expected
+
+
+def test_a_backend_option_that_leaves_out_one_of_the_mix_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND_MIX", '{"composite": 3, "diffusion": 1}')
+
+    def starts_the_stack(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("started a stack whose Triton leaves out a backend of the mix")
+
+    monkeypatch.setattr(devstack.up, "build_config", starts_the_stack)
+    with pytest.raises(SystemExit) as exited:
+        main(["--workdir", str(tmp_path / "up"), "--backend", "composite"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "SKUFORGE_GENERATION_BACKEND_MIX" in err and "diffusion" in err
+    assert not (tmp_path / "up").exists()  # nothing started, nothing written
+
+
 def test_stop_kills_grandchildren_that_left_the_group_and_ignore_sigterm(tmp_path: Path) -> None:
     # The child starts a grandchild in a new session (as PyTriton and the broker launcher do) that
     # ignores SIGTERM, writes its pid, then waits to be told to stop.
