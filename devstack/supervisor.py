@@ -293,7 +293,12 @@ class Supervisor:
             for attempt in range(1, state.spec.start_attempts + 1):
                 if self.stopping.is_set():
                     return False
-                self._spawn(state)
+                try:
+                    self._spawn(state)
+                except OSError as exc:  # Popen's: a program missing or not executable, a log not writable
+                    raise SupervisorError(
+                        f"{state.spec.name}: cannot run {state.spec.argv[0]}: {exc}"
+                    ) from exc
                 try:
                     if not self._await_ready(state):
                         return False
@@ -383,7 +388,18 @@ class Supervisor:
             if state.status == "backing-off":
                 if now >= state.next_start_at:
                     state.restarts += 1
-                    self._spawn(state)
+                    try:
+                        self._spawn(state)
+                    except OSError as exc:
+                        # Before, this went out of the watch loop and the whole stack stopped.
+                        state.backoff_s = min(
+                            self.backoff_max_s, max(state.backoff_s, self.backoff_initial_s) * 2
+                        )
+                        state.next_start_at = now + state.backoff_s
+                        self.report(
+                            f"{spec.name}: cannot run {spec.argv[0]}: {exc}; trying again in "
+                            f"{state.backoff_s:.1f}s"
+                        )
                 continue
             code = state.process.poll()
             if code is not None:

@@ -521,3 +521,65 @@ def test_a_broker_left_running_is_stopped_before_the_ports_are_chosen(
     elsewhere = [] if own_broker else ["--kafka-bootstrap", "broker.example:9092"]
     assert main(["--workdir", str(tmp_path / "stack"), *elsewhere]) == 1
     assert order == (["stop broker", "choose ports"] if own_broker else ["choose ports"])
+
+
+def _sleeper(tmp_path: Path, name: str) -> ServiceSpec:
+    return ServiceSpec(
+        name=name,
+        argv=[sys.executable, "-c", "import time; time.sleep(120)"],
+        log_path=tmp_path / f"{name}.log",
+    )
+
+
+def test_a_service_whose_program_cannot_be_run_fails_start_up_with_a_line_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """Popen's PermissionError (a program without its execute bit) went through run() and `skuforge up`
+    as a traceback, after every service before it had started; stack.json was never set to stopped."""
+    program = tmp_path / "prometheus"
+    program.write_text("#!/bin/sh\nsleep 120\n")  # no execute bit
+    lines: list[str] = []
+    supervisor = Supervisor(
+        [_sleeper(tmp_path, "kafka"), ServiceSpec("prometheus", [str(program)], tmp_path / "p.log")],
+        grace_s=5,
+        report=lines.append,
+    )
+    assert supervisor.run() == 1
+    failure = next(line for line in lines if line.startswith("start-up failed"))
+    assert f"prometheus: cannot run {program}" in failure and "Permission denied" in failure
+    assert supervisor["kafka"].status == "stopped"
+    assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
+
+
+def test_a_service_that_cannot_be_run_again_keeps_backing_off_and_the_others_run(tmp_path: Path) -> None:
+    """A restart whose Popen failed raised out of the watch loop: the whole stack stopped."""
+    program = tmp_path / "stage"
+    program.write_text("#!/bin/sh\nsleep 120\n")
+    program.chmod(0o755)
+    lines: list[str] = []
+    supervisor = Supervisor(
+        [_sleeper(tmp_path, "kafka"), ServiceSpec("stage", [str(program)], tmp_path / "stage.log")],
+        grace_s=5,
+        backoff_initial_s=0.1,
+        report=lines.append,
+    )
+    try:
+        assert supervisor.start()
+        program.chmod(0o644)  # the program broken while the stack runs
+        os.kill(supervisor["stage"].pid or 0, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("cannot run" in line for line in lines):
+            supervisor.check_once()
+            time.sleep(0.1)
+        assert any(f"stage: cannot run {program}" in line for line in lines)
+        assert supervisor["stage"].status == "backing-off"
+        assert supervisor["kafka"].pid is not None  # the rest of the stack runs on
+        program.chmod(0o755)  # fixed: the next turn starts it
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and supervisor["stage"].pid is None:
+            supervisor.check_once()
+            time.sleep(0.1)
+        assert supervisor["stage"].pid is not None
+    finally:
+        supervisor.stop()
+    assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
