@@ -49,7 +49,18 @@ class PrometheusMissing(RuntimeError):
 def find_binary(name: str) -> str:
     """Path of ``prometheus`` or ``promtool``: SKUFORGE_<NAME>_BIN, else PATH; PrometheusMissing says how
     to install it."""
-    configured = os.environ.get(f"SKUFORGE_{name.upper()}_BIN", "").strip()
+    variable = f"SKUFORGE_{name.upper()}_BIN"
+    configured = os.environ.get(variable, "").strip()
+    if (
+        configured
+        and Path(configured).exists()
+        and not (Path(configured).is_file() and os.access(configured, os.X_OK))
+    ):
+        # Taken because it existed, `skuforge up` started the whole stack and then could not run it.
+        raise PrometheusMissing(
+            f"{variable}={configured} is not an executable file; point it at the {name} binary, or unset "
+            "it to use the one on PATH"
+        )
     found = configured or shutil.which(name)
     if not found or not Path(found).exists():
         raise PrometheusMissing(

@@ -583,3 +583,21 @@ def test_a_service_that_cannot_be_run_again_keeps_backing_off_and_the_others_run
     finally:
         supervisor.stop()
     assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
+
+
+def test_up_with_a_prometheus_bin_that_is_not_a_program_is_refused_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was taken because it existed; the whole stack started, and Prometheus, last, could not run."""
+
+    def starts_the_stack(*args: object, **kwargs: object) -> None:
+        raise AssertionError("started the stack with a Prometheus that cannot run")
+
+    monkeypatch.setattr(devstack.up, "Supervisor", starts_the_stack)
+    (tmp_path / "prometheus").write_text("#!/bin/sh\n")  # no execute bit
+    for index, not_a_program in enumerate((tmp_path, tmp_path / "prometheus")):
+        monkeypatch.setenv("SKUFORGE_PROMETHEUS_BIN", str(not_a_program))
+        code = main(["--workdir", str(tmp_path / f"stack{index}"), "--ports", "free", "--with-prometheus"])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert f"SKUFORGE_PROMETHEUS_BIN={not_a_program} is not an executable file" in err
