@@ -601,3 +601,18 @@ def test_up_with_a_prometheus_bin_that_is_not_a_program_is_refused_before_anythi
         assert code == 2
         err = capsys.readouterr().err
         assert f"SKUFORGE_PROMETHEUS_BIN={not_a_program} is not an executable file" in err
+
+
+def test_console_users_that_name_nobody_stop_up_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SKUFORGE_CONSOLE_USERS="," passed the settings check (no entry, so nothing wrong): Kafka, Triton
+    and every stage started, then the console refused to serve with no reviewer."""
+
+    def starts_the_stack(*args: object, **kwargs: object) -> None:
+        raise AssertionError("started the stack with a console no one can log in to")
+
+    monkeypatch.setattr(devstack.up, "Supervisor", starts_the_stack)
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", " , ,")
+    assert main(["--workdir", str(tmp_path / "stack"), "--ports", "free"]) == 2
+    assert "SKUFORGE_CONSOLE_USERS" in capsys.readouterr().err

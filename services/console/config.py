@@ -114,8 +114,10 @@ class ConsoleSettings(BaseSettings):
     @field_validator("console_users")
     @classmethod
     def _users_parse(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            parse_users(value.get_secret_value())
+        # Separators only ("," from a template with no entries) named nobody: every stage of `skuforge
+        # up` started, then the console refused to serve with no reviewer.
+        if value is not None and not parse_users(value.get_secret_value()):
+            raise ValueError(f"names no reviewer; {_USERS_HELP}")
         return value
 
     @field_validator("console_db_path")
