@@ -49,15 +49,12 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import contextlib
 import dataclasses
 import json
 import os
 import re
-import signal
 import sys
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +76,7 @@ from shared.photos import (
     is_left_out_quietly,
     refuse_too_small,
 )
+from shared.signals import signal_number, stopped_as_interrupt, stopped_how
 from shared.store import ObjectStore, open_store, sha256_hex
 from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
@@ -835,35 +833,6 @@ def _spooled_file(spool_dir: Path, sku: PreparedSku, photo: PreparedPhoto) -> Pa
     return spool_dir / f"{sku.event_id}-{photo.photo_id}.png"
 
 
-class _Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised where the process stands, so it unwinds as Ctrl-C does."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_stopped(signum: int, frame: object) -> None:
-    raise _Stopped(signum)
-
-
-@contextlib.contextmanager
-def _stopped_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind ``main`` as Ctrl-C does, where they ended it outright: `kill`,
-    `timeout` or an SSH session that dropped left the checked photos in TMPDIR (tens of gigabytes as
-    PNG for a large batch) and said nothing. A signal already ignored (``nohup``) stays ignored."""
-    previous = {}
-    if threading.current_thread() is threading.main_thread():  # where signal handlers can be set
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            if signal.getsignal(signum) == signal.SIG_DFL:
-                previous[signum] = signal.signal(signum, _raise_stopped)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def _folder_argument(text: str) -> Path:
     """The path argument; an empty one is refused: Path("") is the current folder, so an unset shell
     variable (`skuforge ingest "$SKUS"`) ingested, or named every file of, wherever the user stood."""
@@ -890,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        with _stopped_as_interrupt():
+        with stopped_as_interrupt():
             settings = load_settings()
             event_ids = ingest_path(args.path, settings, withdraw_missing=args.withdraw_missing)
     except IngestIncomplete as exc:
@@ -911,11 +880,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as exc:
         # A traceback out of whatever PIL or the producer was doing said nothing a user could act on.
-        signum = exc.signum if isinstance(exc, _Stopped) else signal.SIGINT
-        how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        signum = signal_number(exc)
         print(
-            f"skuforge ingest: {how}; SKUs published before the interrupt stay published, the rest "
-            "were not: run the same command again to finish the batch (a SKU ingested twice is one event)",
+            f"skuforge ingest: {stopped_how(signum)}; SKUs published before the interrupt stay published, "
+            "the rest were not: run the same command again to finish the batch (a SKU ingested twice is "
+            "one event)",
             file=sys.stderr,
         )
         return 128 + signum

@@ -1,0 +1,56 @@
+"""SIGTERM and SIGHUP unwind a command as Ctrl-C does.
+
+By default they end the process where it stands: `kill`, `timeout`, a cancelled CI job or an SSH
+session that dropped skipped whatever a command does on Ctrl-C (``skuforge ingest`` removes its checked
+photos from TMPDIR; ``skuforge dlq replay`` marks the records Kafka acknowledged, which a later replay
+would otherwise send again). Inside ``stopped_as_interrupt`` they raise ``Stopped``, a
+``KeyboardInterrupt``, so the same ``except KeyboardInterrupt`` handles all three; ``signal_number``
+gives the exit status's signal (128 + it, 130 for Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+__all__ = ["Stopped", "signal_number", "stopped_as_interrupt", "stopped_how"]
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the process stands, so it unwinds as Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stopped_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``Stopped`` inside the block. A signal already ignored (``nohup``)
+    stays ignored, and outside the main thread (where no handler can be set) nothing changes."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) == signal.SIG_DFL:
+                previous[signum] = signal.signal(signum, _raise_stopped)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def signal_number(exc: KeyboardInterrupt) -> int:
+    """The signal that stopped the command: SIGTERM or SIGHUP for ``Stopped``, else SIGINT (Ctrl-C)."""
+    return exc.signum if isinstance(exc, Stopped) else int(signal.SIGINT)
+
+
+def stopped_how(signum: int) -> str:
+    """ "interrupted" for Ctrl-C, "stopped by SIGTERM" for the others."""
+    return "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
