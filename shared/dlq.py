@@ -47,6 +47,7 @@ from schemas.topics import ALL_TOPICS, DLQ_SUFFIX, PASSTHROUGH_OUT
 from shared.bus import READ_EXTRA, kafka_connection, listed_topics, make_producer
 from shared.config import Settings
 from shared.errors import BadInput, TransientError
+from shared.signals import signal_number, stopped_how
 from shared.store import ObjectStore
 
 REPLAY_PREFIX = "dlq-replays"
@@ -84,7 +85,12 @@ class OriginalUnreadable(DlqError):
 
 
 class ReplayInterrupted(DlqError):
-    """Ctrl-C stopped a replay; the records acknowledged by then are marked, the others are not."""
+    """Ctrl-C (or SIGTERM, SIGHUP: ``shared.signals``) stopped a replay; the records acknowledged by then
+    are marked, the others are not. ``signum``: the signal, for the exit status (128 + it)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -420,7 +426,7 @@ def replay(
     producer = make_producer(settings, client_id="skuforge-dlq-replay")
     sends: list[tuple[StoredLetter, Any]] = []
     failure: KafkaError | None = None
-    interrupted = False
+    interrupted: int | None = None  # the signal that stopped the replay
     try:
         for stored, (key, value) in zip(firsts, originals, strict=True):
             future = producer.send(
@@ -430,11 +436,11 @@ def replay(
         producer.flush(timeout=settings.flush_timeout_s)
     except KafkaError as exc:
         failure = exc
-    except KeyboardInterrupt:
-        # Ctrl-C while the sends were on their way: close() below still delivers them, so they are
-        # marked before the command stops. Before, the interrupt skipped the markers, and the next
-        # replay republished every record this one had delivered.
-        interrupted = True
+    except KeyboardInterrupt as exc:
+        # Ctrl-C (or SIGTERM, SIGHUP) while the sends were on their way: close() below still delivers
+        # them, so they are marked before the command stops. Before, the interrupt skipped the markers,
+        # and the next replay republished every record this one had delivered.
+        interrupted = signal_number(exc)
     finally:
         # Closed before the futures are read: close() flushes, and what it delivers is marked too.
         # Before, a failed run said "nothing marked" while close() then delivered the records sent
@@ -458,10 +464,11 @@ def replay(
             f"republished {sent} dead letters to {dead.original_topic}, but could not write their "
             f"replay markers ({exc}); a later replay would republish those without a marker again"
         ) from exc
-    if interrupted:
+    if interrupted is not None:
         raise ReplayInterrupted(
-            f"interrupted: {sent} of {len(firsts)} records were acknowledged and are marked; "
-            "a later replay sends only the others"
+            f"{stopped_how(interrupted)}: {sent} of {len(firsts)} records were acknowledged and are "
+            "marked; a later replay sends only the others",
+            interrupted,
         )
     if sent < len(firsts):
         errors = {str(future.exception) for _, future in sends if future.is_done and future.failed()}

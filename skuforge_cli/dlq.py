@@ -26,6 +26,7 @@ from shared.dlq import (
     summarise,
 )
 from shared.errors import TransientError
+from shared.signals import stopped_as_interrupt
 from shared.store import ObjectStore, open_store
 
 
@@ -111,15 +112,16 @@ def main(
             summary = summarise(dead, letters, replayed_markers(store, dead.dlq_topic), max(0, args.samples))
             print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
             return 0
-        report = replay(
-            settings,
-            store,
-            dead,
-            reason=args.reason,
-            since=args.since,
-            include_permanent=args.include_permanent,
-            dry_run=args.dry_run,
-        )
+        with stopped_as_interrupt():  # a SIGTERM or SIGHUP also lets the replay mark what was delivered
+            report = replay(
+                settings,
+                store,
+                dead,
+                reason=args.reason,
+                since=args.since,
+                include_permanent=args.include_permanent,
+                dry_run=args.dry_run,
+            )
         print(format_replay(dead, report, dry_run=args.dry_run))
         # Replayed what it could; these need a person.
         problems = [
@@ -130,9 +132,9 @@ def main(
         for problem in problems:
             print(f"skuforge dlq {args.action}: {problem}", file=sys.stderr)
         return 1 if problems else 0
-    except ReplayInterrupted as exc:  # Ctrl-C: what was delivered is marked
+    except ReplayInterrupted as exc:  # Ctrl-C, SIGTERM or SIGHUP: what was delivered is marked
         print(f"skuforge dlq {args.action}: {exc}", file=sys.stderr)
-        return 130
+        return 128 + exc.signum
     except DlqError as exc:
         print(f"skuforge dlq {args.action}: {exc}", file=sys.stderr)
         return 1

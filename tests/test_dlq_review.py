@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -449,3 +451,43 @@ def test_a_replay_interrupted_while_it_flushes_marks_what_was_delivered(
     assert again == 0 and "replayed 0 dead letters" in capsys.readouterr().out
     assert code == 130
     assert "interrupted" in err and "3 of 3 records were acknowledged and are marked" in err
+
+
+def test_a_replay_stopped_by_sigterm_marks_what_was_delivered(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kill`, `timeout` or a dropped SSH session while the replay waited for its acknowledgements ended
+    it before the markers (Ctrl-C did not), and the next replay republished every record."""
+    from shared import dlq as dlq_module
+    from shared.bus import make_producer
+
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    original = settings.topic_name(SKU_INGESTED)
+    _write_letters(settings, *(_letter(settings, original_offset=offset) for offset in range(3)))
+
+    def terminated_producer(settings: Settings, client_id: str) -> Any:
+        producer = make_producer(settings, client_id)
+        real_flush = producer.flush
+
+        def sigterm(timeout: float | None = None) -> None:
+            producer.flush = real_flush
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                raise AssertionError("a SIGTERM here would end the replay before its markers")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs in this thread, at once
+
+        producer.flush = sigterm
+        return producer
+
+    store = open_store(settings.store_uri)
+    monkeypatch.setattr(dlq_module, "make_producer", terminated_producer)
+    code = dlq_main(["replay", original], settings=settings, store=store)
+    err = capsys.readouterr().err
+    monkeypatch.setattr(dlq_module, "make_producer", make_producer)
+    again = dlq_main(["replay", original], settings=settings, store=store)
+    assert len(read_topic(kafka_bootstrap, original, expect=3, timeout_s=10)) == 3  # each once
+    assert again == 0 and "replayed 0 dead letters" in capsys.readouterr().out
+    assert code == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM: 3 of 3 records were acknowledged and are marked" in err
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # left as it was
