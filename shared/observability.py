@@ -28,6 +28,8 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 
+from shared.config import ConfigError
+
 log = logging.getLogger("skuforge.observability")
 
 # Seconds-long model steps (diffusion, U2-Net on CPU) need buckets well past the defaults' 10 s.
@@ -225,6 +227,7 @@ class HealthServer:
         port: int = 0,
         ready: Callable[[], bool] = lambda: True,
         stale_after_s: float = 900.0,
+        port_setting: str = "SKUFORGE_METRICS_PORT",
     ) -> None:
         self.registry = registry
         self.ready = ready
@@ -273,7 +276,15 @@ class HealthServer:
             def log_message(self, format: str, *args: object) -> None:  # scrapes are not news
                 return
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            # A traceback out of socketserver before: a second copy of one stage on a machine, or another
+            # program on the port, said "Address already in use" and nothing of which setting to change.
+            raise ConfigError(
+                f"cannot serve /metrics, /healthz and /readyz on {host}:{port} ({exc.strerror or exc}): "
+                f"another process may hold the port; set {port_setting} to a free one (0: any)"
+            ) from None
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="health-server", daemon=True)
 

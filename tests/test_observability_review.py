@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
+from shared.config import ConfigError
 from shared.observability import HealthServer
 
 
@@ -39,3 +45,30 @@ def test_a_collector_that_raises_gets_a_500_and_a_log_line_not_a_dropped_connect
         assert urllib.request.urlopen(base + "/healthz", timeout=5).status == 200
     finally:
         server.stop()
+
+
+def test_a_metrics_port_in_use_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    """A second copy of a stage on one machine (or another program on the port) ended in socketserver's
+    "Address already in use" traceback, which named no setting to change."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        # Through the CLI: a stage binds its port before it asks Kafka anything.
+        env = {**os.environ, "SKUFORGE_METRICS_PORT": str(port), "SKUFORGE_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+        env["SKUFORGE_STORE_URI"] = f"file://{tmp_path}"
+        run = subprocess.run(
+            [sys.executable, "-m", "skuforge_cli", "run", "passthrough"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 2
+        assert run.stderr.strip().splitlines() == [
+            f"skuforge run: cannot serve /metrics, /healthz and /readyz on 127.0.0.1:{port} (Address already "
+            "in use): another process may hold the port; set SKUFORGE_METRICS_PORT to a free one (0: any)"
+        ]
+        # The console names its own setting.
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port} .*SKUFORGE_CONSOLE_METRICS_PORT"):
+            HealthServer(CollectorRegistry(), port=port, port_setting="SKUFORGE_CONSOLE_METRICS_PORT")

@@ -96,7 +96,11 @@ class ConsoleService:
         else:
             self.metrics = ConsoleMetrics(self.tasks)
         self.health = HealthServer(
-            self.metrics.registry, host=settings.metrics_host, port=metrics_port, ready=self._ready
+            self.metrics.registry,
+            host=settings.metrics_host,
+            port=metrics_port,
+            ready=self._ready,
+            port_setting="SKUFORGE_CONSOLE_METRICS_PORT",
         )
         self.relay = DecisionRelay(self.tasks, settings, self.metrics, heartbeat=self.health.beat)
         prefix = (trainstore or load_settings(TrainstoreSettings)).trainstore_prefix
