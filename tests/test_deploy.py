@@ -572,6 +572,9 @@ def test_the_topics_job_adds_partitions_only_when_asked(helm: str) -> None:
         "rel",
         "recommendations-team-production-eu-west",
         "recommendations-team-production-eu-skuforge",
+        # The chart's name first: its fullname is the release name, and the Deployments are
+        # skuforge-prod-triton..., which a pattern wanting "skuforge-triton" missed.
+        "skuforge-prod",
         "a" * 53,
     ],
 )
