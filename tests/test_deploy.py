@@ -477,6 +477,32 @@ def test_values_found_in_review_to_fail_only_once_deployed_fail_the_render(helm:
     render(helm, "triton.enabled=false", "settings.SKUFORGE_GENERATION_TRITON_URL=t:8001", model=False)
 
 
+def test_a_file_store_needs_a_volume_every_pod_shares(helm: str) -> None:
+    """``storeUri: file:///data/store`` rendered, and every pod wrote to a folder of its own image: the
+    generator's images were not in matting's pod, so every item was dead-lettered ``object_missing``."""
+    message = render_error(helm, "storeUri=file:///data/store")
+    assert "storeUri=file:///data/store is a folder in each pod" in message
+    assert "extraVolumeMounts" in message and "s3://" in message
+    # A relative folder, a volume mounted elsewhere, or read-only, is no shared store either.
+    assert "is a folder in each pod" in render_error(helm, "storeUri=file://./var/store")
+    shared = ["extraVolumes[0].name=store", "extraVolumes[0].persistentVolumeClaim.claimName=rwx"]
+    elsewhere = [*shared, "extraVolumeMounts[0].name=store", "extraVolumeMounts[0].mountPath=/data/st"]
+    assert "is a folder in each pod" in render_error(helm, "storeUri=file:///data/store", *elsewhere)
+    read_only = [*shared, "extraVolumeMounts[0].name=store", "extraVolumeMounts[0].mountPath=/data/store"]
+    read_only.append("extraVolumeMounts[0].readOnly=true")
+    assert "is a folder in each pod" in render_error(helm, "storeUri=file:///data/store", *read_only)
+    # On a volume every pod mounts (a ReadWriteMany claim), at the folder or above it, it renders.
+    for mount_path, store_uri in (
+        ("/data/store", "file:///data/store"),
+        ("/data/store/", "file:///data/store/skuforge"),
+        ("/mnt/shared", "file:///mnt/shared/skuforge"),
+    ):
+        mounted = [*shared, "extraVolumeMounts[0].name=store", f"extraVolumeMounts[0].mountPath={mount_path}"]
+        docs = render(helm, f"storeUri={store_uri}", *mounted)
+        assert of_kind(docs, "ConfigMap")["rel-skuforge-settings"]["data"]["SKUFORGE_STORE_URI"] == store_uri
+    render(helm, "storeUri=s3://bucket/prefix")
+
+
 def test_the_generator_stage_asks_for_the_backend_triton_serves(helm: str) -> None:
     # Before, Triton served diffusion (the default triton.backends) while the stage, told nothing,
     # asked for the code default, composite: every SKU a model-not-found error.

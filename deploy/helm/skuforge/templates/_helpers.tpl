@@ -194,6 +194,21 @@ calls 127.0.0.1:8001, its own pod, and retries forever. */ -}}
 {{- fail "triton serves the diffusion backend (triton.backends) but no model is named: set triton.env.SKUFORGE_DIFFUSION_MODEL (a path or s3:// URI of a diffusers inpainting model), or triton.backends={composite} (without one the Triton pod exits at start)" -}}
 {{- end -}}
 {{- end -}}
+{{- /* A file:// store is a folder in each pod's own filesystem unless every pod mounts one volume there:
+the generator's images were then missing from matting's pod, and every item was dead-lettered. */ -}}
+{{- if hasPrefix "file://" .Values.storeUri -}}
+{{- $folder := trimPrefix "file://" .Values.storeUri -}}
+{{- $shared := false -}}
+{{- range .Values.extraVolumeMounts -}}
+{{- $mount := .mountPath | default "" | trimSuffix "/" -}}
+{{- if and .mountPath (not .readOnly) (or (eq $folder $mount) (hasPrefix (printf "%s/" $mount) $folder)) -}}
+{{- $shared = true -}}
+{{- end -}}
+{{- end -}}
+{{- if not $shared -}}
+{{- fail (printf "storeUri=%s is a folder in each pod: every stage would write its objects where no other pod reads them (the generator's images missing for matting, every item dead-lettered object_missing). Use an object store (s3://BUCKET/PREFIX), or mount one volume that every pod shares (a ReadWriteMany claim) with extraVolumes and extraVolumeMounts, writable, at that absolute folder or above it" .Values.storeUri) -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.console.enabled (not .Values.secret.existingSecret) (not (hasKey .Values.secret.values "SKUFORGE_CONSOLE_USERS")) -}}
 {{- fail "console.enabled needs reviewers: set secret.values.SKUFORGE_CONSOLE_USERS ('name:password,...') or secret.existingSecret, or console.enabled=false (without them the console pod exits at start)" -}}
 {{- end -}}
