@@ -341,6 +341,24 @@ def test_a_stage_can_run_on_a_gpu_with_the_cuda_image(helm: str) -> None:
     assert container(deployments["rel-skuforge-gate"])["image"] == "skuforge:0.1.0"
 
 
+def test_a_stage_given_a_gpu_takes_the_cuda_image_as_triton_does(helm: str) -> None:
+    """A GPU limit alone left the stage on the CPU image: ONNX Runtime found no CUDA provider and
+    matting ran on the CPU, silently, with the GPU it held idle."""
+    gpu = "stages.matting.resources.limits.nvidia\\.com/gpu=1"
+    images = {name: container(d)["image"] for name, d in of_kind(render(helm, gpu), "Deployment").items()}
+    assert images["rel-skuforge-matting"] == "skuforge:0.1.0-cuda"
+    assert images["rel-skuforge-gate"] == "skuforge:0.1.0"
+    images = {
+        name: container(d)["image"]
+        for name, d in of_kind(render(helm, gpu, "image.tag=0.2.0"), "Deployment").items()
+    }
+    assert images["rel-skuforge-matting"] == "skuforge:0.2.0-cuda"
+    assert images["rel-skuforge-gate"] == "skuforge:0.2.0"
+    # A tag of the stage's own is kept as it is.
+    docs = render(helm, gpu, "stages.matting.image.tag=custom-gpu")
+    assert container(of_kind(docs, "Deployment")["rel-skuforge-matting"])["image"] == "skuforge:custom-gpu"
+
+
 def test_a_stage_given_a_gpu_tolerates_the_gpu_nodes_taint_as_triton_does(helm: str) -> None:
     # Before, a GPU matting stage (the recipe in docs/deploy.md) had no toleration, unlike Triton: on GPU
     # nodes tainted nvidia.com/gpu:NoSchedule its pods stayed Pending.
