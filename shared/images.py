@@ -18,7 +18,8 @@ silently repairing:
 ``unsupported_mode``    a pixel layout that cannot be turned into RGB / a mask
 
 Odd but valid images are converted, never refused: 16-bit and 32-bit grayscale are
-rescaled (not clipped) to 8 bits, CMYK / palette / grayscale / bilevel become RGB, images
+rescaled (not clipped) to 8 bits (a mask whose values all fit in 0..255 is read as those
+8-bit values), CMYK / palette / grayscale / bilevel become RGB, images
 with alpha (an alpha channel, or a transparent colour key: PNG tRNS) are composited over
 white (product photos are shot and sold on white), an embedded ICC colour profile (Display P3,
 an iPhone's default; Adobe RGB; a CMYK press profile) is converted to sRGB, EXIF orientation is
@@ -112,7 +113,10 @@ def decode_mask(
     """Decode an untrusted mask image into a ``uint8`` HxW array of 0 (background) and 255 (object).
 
     The image is reduced to luminance (16-bit masks rescaled, not clipped) and thresholded
-    at 128. Transparent pixels count as background: alpha is composited over black.
+    at 128. A 16- or 32-bit greyscale mask whose values all lie in 0..255 holds 8-bit values (an
+    8-bit mask saved as uint16, as OpenCV and numpy do) and is read as those, not rescaled: rescaled,
+    its 255 would be 1 and the whole mask background. Transparent pixels count as background: alpha
+    is composited over black.
     EXIF orientation is applied, as ``decode_image`` does, so a mask stays aligned with its
     photo. Refusals are the same ``ImageRejected`` reasons as ``decode_image``.
     """
@@ -514,7 +518,14 @@ def _to_gray8(image: Image.Image, data: bytes) -> UInt8Array:
         gray = _to_gray8(_without_colour_key(image), data).astype(np.uint16)
         return _composite(gray, keyed, background=0)
     mode = image.mode
-    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+    if mode in _SIXTEEN_BIT_MODES or mode == "I":
+        values = np.asarray(image)
+        if values.size and int(values.min()) >= 0 and int(values.max()) <= 255:
+            # 8-bit values in a 16- or 32-bit file: an 8-bit mask saved as uint16 (OpenCV, numpy).
+            # Rescaled from 0..65535 its 255 is 1, and the whole mask read as background.
+            return values.astype(np.uint8)
+        return _scale_to_uint8(image)
+    if mode == "F":
         return _scale_to_uint8(image)
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")

@@ -114,6 +114,12 @@ def with_broken_exif(data: bytes) -> bytes:
     return data[:after_header] + chunk + data[after_header:]
 
 
+def sixteen_bit(value: int) -> bytes:
+    """A 16-bit greyscale mask with ``value`` on the product: 65535 is full-scale white, and 255 is what
+    OpenCV or numpy write when an 8-bit mask is saved as uint16 (read as 255/65535, it marked nothing)."""
+    return png(Image.fromarray(np.where(product(), value, 0).astype(np.uint16)))
+
+
 def white_on_black_partly_erased() -> bytes:
     """A white-on-black mask with a band erased to transparent (an editor's eraser): before, any
     transparency made the alpha the mask, and the opaque black background counted as product."""
@@ -150,6 +156,8 @@ def premultiplied_grey_cut_out() -> bytes:
         with_broken_exif(white_on_black()),
         with_broken_exif(cut_out()),
         white_on_black_partly_erased(),
+        sixteen_bit(65535),
+        sixteen_bit(255),
     ],
     ids=[
         "premultiplied-grey-tiff",
@@ -161,6 +169,8 @@ def premultiplied_grey_cut_out() -> bytes:
         "broken-exif",
         "cut-out-broken-exif",
         "partly-erased",
+        "16-bit-full-scale",
+        "16-bit-holding-8-bit-values",
     ],
 )
 def test_common_mask_files_store_the_product_the_reviewer_marked(parts: ConsoleParts, data: bytes) -> None:

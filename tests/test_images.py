@@ -91,6 +91,14 @@ def test_16bit_mask_is_scaled_then_thresholded() -> None:
     assert mask.tolist() == [[0, 0, 255, 255]]
 
 
+@pytest.mark.parametrize(("fmt", "dtype"), [("PNG", np.uint16), ("TIFF", np.uint16), ("TIFF", np.int32)])
+def test_a_high_bit_depth_mask_holding_8_bit_values_is_read_as_8_bit(fmt: str, dtype: type[Any]) -> None:
+    # OpenCV and numpy write an 8-bit 0/255 mask saved as uint16 (or int32) this way; rescaled from
+    # 0..65535, its 255 was 1, and the whole mask read as background ("no product" in the console).
+    values: np.ndarray = np.array([[0, 127, 128, 255]], dtype=dtype)
+    assert decode_mask(save(Image.fromarray(values), fmt)).tolist() == [[0, 0, 255, 255]]
+
+
 def test_32bit_int_and_float_grayscale() -> None:
     ints = Image.fromarray(np.array([[0, 65535, 32768]], dtype=np.int32))
     assert ints.mode == "I"
