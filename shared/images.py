@@ -19,7 +19,7 @@ silently repairing:
 
 Odd but valid images are converted, never refused: 16-bit and 32-bit grayscale are
 rescaled (not clipped) to 8 bits (a mask whose values all fit in 0..255 is read as those
-8-bit values), CMYK / palette / grayscale / bilevel become RGB, images
+8-bit values, and a 0/1 label mask by its labels), CMYK / palette / grayscale / bilevel become RGB, images
 with alpha (an alpha channel, or a transparent colour key: PNG tRNS) are composited over
 white (product photos are shot and sold on white), an embedded ICC colour profile (Display P3,
 an iPhone's default; Adobe RGB; a CMYK press profile) is converted to sRGB, EXIF orientation is
@@ -115,14 +115,35 @@ def decode_mask(
     The image is reduced to luminance (16-bit masks rescaled, not clipped) and thresholded
     at 128. A 16- or 32-bit greyscale mask whose values all lie in 0..255 holds 8-bit values (an
     8-bit mask saved as uint16, as OpenCV and numpy do) and is read as those, not rescaled: rescaled,
-    its 255 would be 1 and the whole mask background. Transparent pixels count as background: alpha
-    is composited over black.
+    its 255 would be 1 and the whole mask background. A mask that marks nothing that way but is a 0/1
+    label image (greyscale or palette, only the values 0 and 1: a segmentation dataset's class mask)
+    marks its label-1 pixels. Transparent pixels count as background: alpha is composited over black.
     EXIF orientation is applied, as ``decode_image`` does, so a mask stays aligned with its
     photo. Refusals are the same ``ImageRejected`` reasons as ``decode_image``.
     """
     image = _open_and_load(data, max_pixels=max_pixels, max_bytes=max_bytes, allowed_formats=allowed_formats)
     gray = _to_gray8(image, data)
-    return np.where(gray >= 128, np.uint8(255), np.uint8(0)).astype(np.uint8)
+    mask = np.where(gray >= 128, np.uint8(255), np.uint8(0)).astype(np.uint8)
+    if not mask.any():
+        labels = _label_mask(image)
+        if labels is not None:
+            return labels
+    return mask
+
+
+def _label_mask(image: Image.Image) -> UInt8Array | None:
+    """The product (255) of a 0/1 label image (label 1; the rest 0), None for anything else.
+
+    Segmentation datasets store a class mask as label values, not brightness: read by brightness every
+    pixel of it is background, and training took it as a photo with no product in it. Only a
+    single-channel image without transparency whose values are exactly 0 and 1, both present, counts.
+    """
+    if image.mode not in ("L", "P", "I", *_SIXTEEN_BIT_MODES) or "transparency" in image.info:
+        return None
+    values = np.asarray(image)
+    if values.size == 0 or int(values.min()) != 0 or int(values.max()) != 1:
+        return None
+    return np.where(values == 1, np.uint8(255), np.uint8(0)).astype(np.uint8)
 
 
 def refuse_oversized(size_bytes: int, max_bytes: int) -> None:

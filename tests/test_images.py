@@ -265,6 +265,28 @@ def test_mask_threshold_at_128() -> None:
     assert mask.tolist() == [[0, 0, 255, 255]]
 
 
+def label_image(mode: str) -> Image.Image:
+    """A 0/1 label mask (1 on the product in the middle column), as segmentation datasets store them."""
+    labels = np.array([[0, 1, 0], [0, 1, 0]], dtype=np.uint16 if mode == "I;16" else np.uint8)
+    image = Image.fromarray(labels)
+    if mode == "P":
+        image = Image.fromarray(labels, "P")
+        image.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)  # PASCAL VOC: class 1 is dark red
+    assert image.mode == mode
+    return image
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "P"])
+def test_a_0_1_label_mask_marks_its_label_1_pixels(mode: str) -> None:
+    # By brightness every pixel is below 128: the mask marked nothing, and training took it as empty.
+    assert decode_mask(save(label_image(mode), "PNG")).tolist() == [[0, 255, 0], [0, 255, 0]]
+
+
+def test_a_dark_mask_that_is_not_0_1_labels_still_marks_nothing() -> None:
+    for values in ([[0, 2, 0]], [[1, 1, 1]], [[0, 100, 1]]):
+        assert not decode_mask(save(Image.fromarray(np.array(values, dtype=np.uint8)), "PNG")).any()
+
+
 def test_mask_from_rgb_bilevel_and_rgba() -> None:
     rgb = np.zeros((2, 2, 3), dtype=np.uint8)
     rgb[0] = 255

@@ -469,6 +469,22 @@ def test_load_pairs_applies_exif_orientation_and_skips_macos_files(tmp_path: Pat
     assert iou(photo_product, masks[0]) > 0.9
 
 
+def test_load_pairs_reads_a_0_1_label_mask_by_its_labels(tmp_path: Path) -> None:
+    from shared.matting.train import load_pairs
+
+    folder = extra_folder(tmp_path / "extra")
+    photo = np.full((64, 64, 3), 255, np.uint8)
+    photo[16:48, 16:48] = (200, 30, 30)
+    (folder / "images" / "tin.png").write_bytes(save(Image.fromarray(photo), "PNG"))
+    labels = np.zeros((64, 64), np.uint8)
+    labels[16:48, 16:48] = 1  # a segmentation dataset's class mask: 1 is the product
+    (folder / "masks" / "tin.png").write_bytes(save(Image.fromarray(labels), "PNG"))
+
+    _, masks = load_pairs(folder, 32)
+    # Before, read by brightness, the mask was empty and the model was taught there was no product.
+    assert int(np.count_nonzero(masks[0])) == 16 * 16
+
+
 def test_load_pairs_names_a_refused_file_before_the_synthetic_set_is_rendered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
