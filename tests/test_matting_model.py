@@ -228,6 +228,44 @@ def test_quantised_model_is_qdq_and_keeps_the_io(random_u2netp_onnx: Path, tmp_p
     assert [r.mask.shape for r in results] == [(80, 100), (64, 64)]
 
 
+def test_a_model_of_an_old_opset_is_quantised_into_one_that_runs(tmp_path: Path) -> None:
+    """The official U2-NetP (and rembg's u2net.onnx) are opset 11: per-channel QDQ wrote
+    DequantizeLinear nodes with an axis that opset does not have, and `matting quantize` ended, after
+    calibrating, in a traceback: ONNX Runtime could not load the int8 model it had just made."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from shared.matting.quantize import quantize_u2net
+
+    weights = numpy_helper.from_array(np.array([0.8, -0.5, 0.3], np.float32).reshape(1, 3, 1, 1), "w")
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["d0"]),
+        *(helper.make_node("Identity", ["d0"], [f"d{i}"]) for i in range(1, 7)),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "opset11_u2netp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 320, 320])],
+        [helper.make_tensor_value_info(f"d{i}", TensorProto.FLOAT, ["batch", 1, 320, 320]) for i in range(7)],
+        initializer=[weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 6  # as the official file
+    fp32 = tmp_path / "opset11.onnx"
+    onnx.save(model, str(fp32))
+    int8 = quantize_u2net(fp32, tmp_path / "int8.onnx", calibration_images=2)
+    from shared.matting.session import u2net_preprocess
+    from shared.synth import render_dataset
+
+    (photo,) = render_dataset(1, 7, size_px=128)  # another photo of the kind calibrated on
+    inputs = {"input": u2net_preprocess([photo.image])}
+    (expected,) = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(["d0"], inputs)
+    (got,) = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(["d0"], inputs)
+    assert got.shape == expected.shape and float(np.abs(got - expected).mean()) < 0.03
+
+
 @pytest.mark.parametrize(("int8_iou", "code", "kept"), [(0.5, 1, b"int8 in service"), (0.9, 0, b"new int8")])
 def test_quantize_replaces_the_model_at_out_only_when_the_new_one_is_accepted(
     tmp_path: Path,

@@ -109,6 +109,25 @@ def calibration_photos(
     return [photo.image for photo in render_dataset(n_renderer, seed, size_px=512)] + real
 
 
+# Per-channel weights need DequantizeLinear's axis, which opset 13 brought.
+PER_CHANNEL_OPSET = 13
+
+
+def _with_per_channel_opset(fp32_path: Path, scratch: Path) -> Path:
+    """``fp32_path``, or a copy in ``scratch`` converted to ``PER_CHANNEL_OPSET`` when its opset is older
+    (the official U2-NetP and rembg's u2net.onnx are opset 11): quantised as it was, the int8 model had
+    DequantizeLinear nodes with an axis its opset lacks, and ONNX Runtime refused to load it."""
+    model = onnx.load(str(fp32_path), load_external_data=False)
+    opset = max((entry.version for entry in model.opset_import if entry.domain in {"", "ai.onnx"}), default=0)
+    if opset >= PER_CHANNEL_OPSET:
+        return fp32_path
+    from onnx import version_converter
+
+    converted = scratch / "opset.onnx"
+    onnx.save(version_converter.convert_version(onnx.load(str(fp32_path)), PER_CHANNEL_OPSET), str(converted))
+    return converted
+
+
 def quantize_u2net(
     fp32_path: Path,
     int8_path: Path,
@@ -132,9 +151,10 @@ def quantize_u2net(
     )
     input_name = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
     with tempfile.TemporaryDirectory() as tmp:
+        source = _with_per_channel_opset(fp32_path, Path(tmp))
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference and graph folding first, as ONNX Runtime recommends before static quantisation.
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         int8_path.parent.mkdir(parents=True, exist_ok=True)
         quantize_static(
             str(prepared),
