@@ -304,6 +304,53 @@ def test_quantize_replaces_the_model_at_out_only_when_the_new_one_is_accepted(
     assert list(out.parent.iterdir()) == [out]  # no candidate file left beside it
 
 
+def test_the_committed_int8_model_is_only_replaced_by_the_int8_copy_of_the_committed_model(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    random_u2netp_onnx: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--out defaults to the committed int8 model, served as u2netp-int8 beside u2netp (the committed
+    fp32 model it is the int8 copy of). `quantize var/matting/u2netp-trained.onnx`, or the official
+    model, replaced it with another model's int8 copy, accepted against that other model's fp32."""
+    import onnx
+
+    import services.matting.cli
+    import shared.matting.quantize
+    import shared.matting.train
+    from shared.matting.train import Evaluation
+
+    models = tmp_path / "models"
+    models.mkdir()
+    committed, served = models / "u2netp-skuforge.onnx", models / "u2netp-skuforge-int8.onnx"
+    committed.write_bytes(random_u2netp_onnx.read_bytes())
+    served.write_bytes(b"int8 in service")
+    other = tmp_path / "u2netp-trained.onnx"
+    another = onnx.load_from_string(random_u2netp_onnx.read_bytes())
+    another.doc_string = "another model"
+    other.write_bytes(another.SerializeToString())
+
+    def quantize(fp32_path: Path, int8_path: Path, **_: object) -> Path:
+        int8_path.write_bytes(b"int8 of " + fp32_path.name.encode())
+        return int8_path
+
+    def evaluate(onnx_path: Path, n: int, seed: int, **_: object) -> Evaluation:
+        return Evaluation(mean_iou=0.9, median_iou=0.9, mae=0.1, n_images=n)
+
+    monkeypatch.setattr(services.matting.cli, "MODELS_DIR", models)
+    monkeypatch.setattr(shared.matting.quantize, "quantize_u2net", quantize)
+    monkeypatch.setattr(shared.matting.train, "evaluate", evaluate)
+    with pytest.raises(SystemExit) as exited:
+        matting_cli(["quantize", str(other), "--heldout", "2"])
+    assert exited.value.code == 2
+    assert "is the committed int8 model, the int8 copy of" in capsys.readouterr().err
+    assert served.read_bytes() == b"int8 in service"
+    # The committed model itself, or elsewhere: as before.
+    assert matting_cli(["quantize", str(committed), "--heldout", "2"]) == 0
+    assert served.read_bytes() == b"int8 of u2netp-skuforge.onnx"
+    assert matting_cli(["quantize", str(other), "--out", str(tmp_path / "int8.onnx"), "--heldout", "2"]) == 0
+
+
 @pytest.mark.parametrize("action", ["eval", "quantize"])
 def test_an_onnx_model_that_is_not_u2net_is_refused_before_the_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], action: str

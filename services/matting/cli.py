@@ -4,6 +4,7 @@ make, measure, shrink the model."""
 from __future__ import annotations
 
 import argparse
+import filecmp
 import io
 import json
 import logging
@@ -23,6 +24,10 @@ from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
 from shared.matting import MODELS_DIR
 from shared.observability import configure_logging
+
+# The committed model and its int8 copy (served as u2netp and u2netp-int8).
+COMMITTED_FP32 = "u2netp-skuforge.onnx"
+COMMITTED_INT8 = "u2netp-skuforge-int8.onnx"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         "quantize", help="static int8 QDQ quantisation calibrated on renderer (and real) photos"
     )
     quantize.add_argument("model_path", type=Path)
-    quantize.add_argument("--out", type=Path, default=MODELS_DIR / "u2netp-skuforge-int8.onnx")
+    quantize.add_argument(
+        "--out",
+        type=Path,
+        default=MODELS_DIR / COMMITTED_INT8,
+        help=f"the int8 model (default: the committed int8 model, only for the committed {COMMITTED_FP32})",
+    )
     _calibration_options(
         quantize, "a folder of real photos to calibrate on too (e.g. var/matting/real-pairs/images)"
     )
@@ -377,6 +387,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.resolve() == args.model_path.resolve():
         # Once accepted, the int8 model replaced the fp32 one it was made from, which was then gone.
         parser.error(f"--out {args.out} is the model being quantised: give the int8 model its own file")
+    committed_fp32, committed_int8 = MODELS_DIR / COMMITTED_FP32, MODELS_DIR / COMMITTED_INT8
+    if args.out.resolve() == committed_int8.resolve() and not (
+        committed_fp32.is_file() and filecmp.cmp(args.model_path, committed_fp32, shallow=False)
+    ):
+        # It is served as u2netp-int8 beside u2netp: `quantize var/matting/u2netp-trained.onnx` (the
+        # default --out) replaced it with another model's int8 copy, accepted against that model's fp32.
+        parser.error(
+            f"--out {args.out} is the committed int8 model, the int8 copy of {committed_fp32}; give the int8 "
+            f"copy of {args.model_path} its own --out"
+        )
     for folder in args.calibration_photos:
         if not folder.is_dir():
             parser.error(f"--calibration-photos {folder}: not a folder")
