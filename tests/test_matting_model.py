@@ -143,6 +143,54 @@ def test_init_weights_that_do_not_fit_the_model_are_refused_before_the_training_
     assert "--init state dict does not fit U2NETP: missing keys (1)" in capsys.readouterr().err
 
 
+def test_folded_batchnorm_weights_are_refused_without_freeze_batchnorm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The official U2-NetP and every model fine-tuned from it (the committed .pth) have their BatchNorms
+    folded into the convolutions: identity statistics. Trained without --freeze-batchnorm (as in
+    `train --init shared/matting/models/u2netp-skuforge.pth --extra corrected/`), the BatchNorms
+    re-normalised every activation by its batch's statistics: a fused BCE of 7 instead of 0.005 from
+    the first step, and three steps at lr 1e-9 took the held-out IoU from 0.89 to 0.80, silently."""
+    import torch
+
+    from shared.matting.train import TrainConfig, start_state
+    from shared.matting.u2net import build_model
+
+    folded = build_model("u2netp").state_dict()
+    for key, value in folded.items():
+        if key.endswith("running_var"):
+            value.fill_(1.0 - 1e-5)  # as shared.matting.official writes them
+        elif key.endswith(".weight"):
+            value.normal_(0.0, 0.1)  # learnt weights; only the statistics are the identity
+    init = tmp_path / "folded.pth"
+    torch.save(folded, init)
+    with pytest.raises(ValueError, match=r"folded into the convolutions .* --freeze-batchnorm"):
+        start_state(TrainConfig(init_weights=init), None)
+    start_state(TrainConfig(init_weights=init, freeze_batchnorm=True), None)
+    with pytest.raises(SystemExit) as exited:
+        matting_cli(
+            [
+                "train",
+                "--init",
+                str(init),
+                "--checkpoint",
+                str(tmp_path / "ck"),
+                "--out",
+                str(tmp_path / "m.onnx"),
+            ]
+        )
+    assert exited.value.code == 2
+    assert f"--init {init}: its BatchNorms are folded" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+    # Weights whose BatchNorms learnt statistics (trained without freezing) train as they were.
+    trained = dict(folded)
+    trained["stage1.rebnconvin.bn_s1.running_mean"] = torch.full_like(
+        folded["stage1.rebnconvin.bn_s1.running_mean"], 0.3
+    )
+    torch.save(trained, init)
+    start_state(TrainConfig(init_weights=init), None)
+
+
 def test_a_checkpoint_resumes_only_its_own_run_and_only_when_steps_are_left(tmp_path: Path) -> None:
     """The default checkpoint path is shared: a second run (other --extra, --seed or --init) resumed the
     first at its last step, trained nothing and exported the first run's weights under its own card."""

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument(
         "--freeze-batchnorm",
         action="store_true",
-        help="keep BatchNorm statistics fixed (needed with --init var/models/u2netp-official.pth)",
+        help="keep BatchNorm statistics fixed; required with --init weights whose BatchNorms are folded "
+        "(the official U2-NetP and models fine-tuned from it, the committed one included)",
     )
     train.add_argument("--checkpoint-every", type=positive_int, default=250)
     train.add_argument("--seed", type=non_negative_int, default=1)

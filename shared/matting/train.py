@@ -206,6 +206,19 @@ def _folder_listing(folder: Path) -> str:
     return f"{folder.resolve()}#{hashlib.sha256(chr(10).join(entries).encode()).hexdigest()[:16]}"
 
 
+def _batchnorm_folded(model: torch.nn.Module) -> bool:
+    """Whether every BatchNorm of ``model`` has identity statistics (mean 0, variance 1 or 1 - eps), as
+    in weights whose BatchNorms were folded into the convolutions (``shared.matting.official``)."""
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    return bool(norms) and all(
+        norm.running_mean is not None
+        and norm.running_var is not None
+        and bool((norm.running_mean == 0).all())
+        and bool(((norm.running_var - 1).abs() <= 1e-4).all())
+        for norm in norms
+    )
+
+
 def start_state(
     config: TrainConfig, checkpoint: Path | None
 ) -> tuple[torch.nn.Module, dict[str, Any] | None]:
@@ -218,6 +231,12 @@ def start_state(
     model = build_model(config.model)
     if config.init_weights is not None:
         load_reference_state_dict(model, read_weights(config.init_weights))  # a checkpoint's too
+        if not config.freeze_batchnorm and _batchnorm_folded(model):
+            raise ValueError(
+                f"{config.init_weights}: its BatchNorms are folded into the convolutions (identity "
+                "statistics: the official U2-NetP and every model fine-tuned from it); train it with "
+                "--freeze-batchnorm, or in train mode they re-normalise every activation and undo it"
+            )
     if checkpoint is None or not checkpoint.is_file():
         return model, None
     try:
