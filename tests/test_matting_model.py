@@ -191,6 +191,28 @@ def test_folded_batchnorm_weights_are_refused_without_freeze_batchnorm(
     start_state(TrainConfig(init_weights=init), None)
 
 
+@pytest.mark.parametrize("action", ["train", "pairs"])
+def test_the_held_out_products_cannot_be_trained_on(
+    action: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every held-out figure (train's model card, eval, quantize's acceptance) is measured on catalogue
+    seed 9001's products. `train --seed 9001` rendered exactly those products to train on (and `pairs
+    --catalogue-seed 9001` put them in composites for --extra): the "held-out" IoU was a training one."""
+    from shared.matting import RENDERER_HELDOUT_SEED
+
+    argv = {
+        "train": ["train", "--seed", str(RENDERER_HELDOUT_SEED), "--out", str(tmp_path / "m.onnx"),
+                  "--checkpoint", str(tmp_path / "ck.pt"), *TINY_TRAINING, "--steps", "1"],
+        "pairs": ["pairs", "--n", "1", "--catalogue-seed", str(RENDERER_HELDOUT_SEED),
+                  "--out", str(tmp_path / "pairs")],
+    }[action]  # fmt: skip
+    with pytest.raises(SystemExit) as exited:
+        matting_cli(argv)
+    assert exited.value.code == 2
+    assert f"{RENDERER_HELDOUT_SEED} is the held-out renderer catalogue" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_checkpoint_resumes_only_its_own_run_and_only_when_steps_are_left(tmp_path: Path) -> None:
     """The default checkpoint path is shared: a second run (other --extra, --seed or --init) resumed the
     first at its last step, trained nothing and exported the first run's weights under its own card."""

@@ -22,7 +22,7 @@ from shared.argtypes import (
 )
 from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
-from shared.matting import MODELS_DIR
+from shared.matting import MODELS_DIR, RENDERER_HELDOUT_SEED
 from shared.observability import configure_logging
 
 # The committed model and its int8 copy (served as u2netp and u2netp-int8).
@@ -80,7 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         "(the official U2-NetP and models fine-tuned from it, the committed one included)",
     )
     train.add_argument("--checkpoint-every", type=positive_int, default=250)
-    train.add_argument("--seed", type=non_negative_int, default=1)
+    train.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=1,
+        help=f"the renderer catalogue trained on and the batch order (not {RENDERER_HELDOUT_SEED}, the "
+        "held-out one)",
+    )
     train.add_argument("--threads", type=positive_int, default=2)
     train.add_argument(
         "--device",
@@ -115,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         "--catalogue-seed",
         type=int_between(0, 2**63 - 1),
         default=57,
-        help="seed of the rendered product catalogue, 0 to 2^63-1 (default 57)",
+        help=f"seed of the rendered product catalogue, 0 to 2^63-1 but not {RENDERER_HELDOUT_SEED} (the "
+        "held-out one); default 57",
     )
     pairs.add_argument(
         "--roi", action="store_true", help="crop each pair to a jittered product box, as the stage mats it"
@@ -175,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("model_path", type=Path)
     evaluate.add_argument("--model", choices=["u2netp", "u2net"], default="u2netp")
     evaluate.add_argument("--n", type=positive_int, default=200)
-    evaluate.add_argument("--seed", type=non_negative_int, default=9001)
+    evaluate.add_argument("--seed", type=non_negative_int, default=RENDERER_HELDOUT_SEED)
 
     export = sub.add_parser(
         "export", help="turn a .pth (e.g. the official u2net.pth / u2netp.pth) or checkpoints into ONNX"
@@ -252,6 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if file is not None and (problem := _file_problem(file, example)) is not None:
             parser.error(f"{option} {file}: {problem}")
+
+    # The held-out figures are measured on that catalogue's products: trained on, they were training figures.
+    options = {"train": ("--seed", "seed"), "pairs": ("--catalogue-seed", "catalogue_seed")}
+    catalogue = options.get(args.action)
+    if catalogue is not None and getattr(args, catalogue[1]) == RENDERER_HELDOUT_SEED:
+        parser.error(
+            f"{catalogue[0]} {RENDERER_HELDOUT_SEED} is the held-out renderer catalogue (model card, eval, "
+            "quantize): give another seed"
+        )
 
     if args.action == "pairs":  # compositing needs no torch
         from collections import Counter
@@ -425,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--calibration-photos: {exc}")
         except RangesMismatch as exc:
             parser.error(f"--ranges {args.ranges}: {exc}")
-        fp32 = run_eval(args.model_path, args.heldout, 9001)
-        int8 = run_eval(candidate, args.heldout, 9001)
+        fp32 = run_eval(args.model_path, args.heldout, RENDERER_HELDOUT_SEED)
+        int8 = run_eval(candidate, args.heldout, RENDERER_HELDOUT_SEED)
         accepted = int8.mean_iou >= fp32.mean_iou - 0.005
         if accepted:
             candidate.replace(args.out)

@@ -31,6 +31,7 @@ from PIL import Image
 from shared.config import ConfigError
 from shared.errors import ImageRejected
 from shared.images import decode_image, decode_mask
+from shared.matting import RENDERER_HELDOUT_SEED
 from shared.matting.session import MaskOptions, U2NetPSession, U2NetSession, u2net_preprocess
 from shared.matting.u2net import (
     ModelName,
@@ -64,7 +65,7 @@ class TrainConfig:
     train_images: int = 2000
     heldout_images: int = 200
     seed: int = 1
-    heldout_seed: int = 9001
+    heldout_seed: int = RENDERER_HELDOUT_SEED
     extra_pairs: list[Path] = field(default_factory=list)
     init_weights: Path | None = None  # start from a state dict (e.g. the committed .pth) instead of scratch
     # Keep BatchNorm in eval mode (fixed statistics, affine still trained): needed when starting from
