@@ -14,21 +14,19 @@ import pytest
 from services.console.labelstudio import export_tasks, import_annotations, mask_to_rle
 from shared.errors import TransientError
 from skuforge_cli.main import main as cli_main
-from tests.support.console import ConsoleParts, build_console, flagged_item, pending_envelope
+from tests.support.console import (
+    ConsoleParts,
+    build_console,
+    flagged_item,
+    pending_envelope,
+    use_cli_on,
+    with_flagged,
+)
 
 
 @pytest.fixture
 def parts(tmp_path: Path) -> ConsoleParts:
-    parts = build_console(tmp_path)
-    for index in range(3):
-        parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index)))
-        parts.clock.advance(1.0)
-    return parts
-
-
-def use_cli_on(parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SKUFORGE_STORE_URI", parts.store.base_uri)
-    monkeypatch.setenv("SKUFORGE_CONSOLE_DB_PATH", str(parts.tasks.path))
+    return with_flagged(build_console(tmp_path), 3)
 
 
 def rejected(task_id: str) -> dict[str, Any]:

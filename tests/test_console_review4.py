@@ -23,21 +23,14 @@ from tests.support.console import (
     flagged_item,
     login,
     pending_envelope,
+    use_cli_on,
+    with_flagged,
 )
 
 
 @pytest.fixture
 def parts(tmp_path: Path) -> ConsoleParts:
-    parts = build_console(tmp_path)
-    for index in range(2):
-        parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index)))
-        parts.clock.advance(1.0)
-    return parts
-
-
-def use_cli_on(parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SKUFORGE_STORE_URI", parts.store.base_uri)
-    monkeypatch.setenv("SKUFORGE_CONSOLE_DB_PATH", str(parts.tasks.path))
+    return with_flagged(build_console(tmp_path), 2)
 
 
 def test_a_json_min_export_is_refused_not_imported_as_nothing_annotated(

@@ -24,6 +24,7 @@ from tests.support.console import (
     flagged_item,
     login,
     pending_envelope,
+    with_flagged,
 )
 
 PAGE_SIZE = 3
@@ -82,10 +83,7 @@ def test_a_page_of_unreadable_decisions_does_not_stop_the_relay_publishing_the_r
 @pytest.fixture
 def queue_behind_unreadable(tmp_path: Path) -> tuple[ConsoleParts, list[str]]:
     """22 pending tasks, the 20 oldest unreadable (as many as claim-next reads at once)."""
-    parts = build_console(tmp_path)
-    for index in range(22):
-        parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index)))
-        parts.clock.advance(1.0)
+    parts = with_flagged(build_console(tmp_path), 22)
     task_ids = [task.task_id for task in parts.tasks.query()]
     for task_id in task_ids[:20]:
         spoil(parts, "tasks", task_id)

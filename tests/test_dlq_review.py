@@ -411,12 +411,35 @@ def test_a_dlq_that_takes_longer_than_the_timeout_to_read_is_read_while_letters_
     assert sorted(stored.letter.original_offset for stored in dead.letters) == list(range(10))
 
 
+def _ctrl_c() -> None:
+    raise KeyboardInterrupt  # what SIGINT raises in the main thread while the replay's flush() waits
+
+
+def _sigterm() -> None:
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        raise AssertionError("a SIGTERM here would end the replay before its markers")
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler runs in this thread, at once
+
+
 @pytest.mark.kafka
-def test_a_replay_interrupted_while_it_flushes_marks_what_was_delivered(
-    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("stop", "code", "said"),
+    [(_ctrl_c, 130, "interrupted"), (_sigterm, 128 + signal.SIGTERM, "stopped by SIGTERM")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_replay_stopped_while_it_flushes_marks_what_was_delivered(
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    stop: Any,
+    code: int,
+    said: str,
 ) -> None:
     """Ctrl-C while the replay waited for its acknowledgements: closing the producer still delivered the
-    records, but the interrupt skipped the markers, and the next replay republished every one of them."""
+    records, but the interrupt skipped the markers, and the next replay republished every one of them.
+    `kill`, `timeout` or a dropped SSH session (SIGTERM, SIGHUP) ended it before the markers outright."""
     from shared import dlq as dlq_module
     from shared.bus import make_producer
 
@@ -425,69 +448,28 @@ def test_a_replay_interrupted_while_it_flushes_marks_what_was_delivered(
     original = settings.topic_name(SKU_INGESTED)
     _write_letters(settings, *(_letter(settings, original_offset=offset) for offset in range(3)))
 
-    def interrupted_producer(settings: Settings, client_id: str) -> Any:
+    def stopped_producer(settings: Settings, client_id: str) -> Any:
         producer = make_producer(settings, client_id)
         real_flush = producer.flush
 
-        def ctrl_c(timeout: float | None = None) -> None:
-            # What SIGINT raises in the main thread while the replay's flush() waits; close() flushes
-            # again, uninterrupted, and delivers the records.
-            producer.flush = real_flush
-            raise KeyboardInterrupt
+        def flush(timeout: float | None = None) -> None:
+            producer.flush = real_flush  # close() flushes again, uninterrupted, and delivers the records
+            stop()
 
-        producer.flush = ctrl_c
+        producer.flush = flush
         return producer
 
     store = open_store(settings.store_uri)
-    monkeypatch.setattr(dlq_module, "make_producer", interrupted_producer)
+    monkeypatch.setattr(dlq_module, "make_producer", stopped_producer)
     try:
-        code = dlq_main(["replay", original], settings=settings, store=store)
+        exited = dlq_main(["replay", original], settings=settings, store=store)
     except KeyboardInterrupt:
-        code = None  # a traceback, as before; what matters is what the next run sends
+        exited = None  # a traceback, as before; what matters is what the next run sends
     err = capsys.readouterr().err
     monkeypatch.setattr(dlq_module, "make_producer", make_producer)
     again = dlq_main(["replay", original], settings=settings, store=store)
     assert len(read_topic(kafka_bootstrap, original, expect=3, timeout_s=10)) == 3  # each once
     assert again == 0 and "replayed 0 dead letters" in capsys.readouterr().out
-    assert code == 130
-    assert "interrupted" in err and "3 of 3 records were acknowledged and are marked" in err
-
-
-def test_a_replay_stopped_by_sigterm_marks_what_was_delivered(
-    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`kill`, `timeout` or a dropped SSH session while the replay waited for its acknowledgements ended
-    it before the markers (Ctrl-C did not), and the next replay republished every record."""
-    from shared import dlq as dlq_module
-    from shared.bus import make_producer
-
-    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
-    create_topics(settings, SKU_INGESTED, partitions=1)
-    original = settings.topic_name(SKU_INGESTED)
-    _write_letters(settings, *(_letter(settings, original_offset=offset) for offset in range(3)))
-
-    def terminated_producer(settings: Settings, client_id: str) -> Any:
-        producer = make_producer(settings, client_id)
-        real_flush = producer.flush
-
-        def sigterm(timeout: float | None = None) -> None:
-            producer.flush = real_flush
-            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-                raise AssertionError("a SIGTERM here would end the replay before its markers")
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler runs in this thread, at once
-
-        producer.flush = sigterm
-        return producer
-
-    store = open_store(settings.store_uri)
-    monkeypatch.setattr(dlq_module, "make_producer", terminated_producer)
-    code = dlq_main(["replay", original], settings=settings, store=store)
-    err = capsys.readouterr().err
-    monkeypatch.setattr(dlq_module, "make_producer", make_producer)
-    again = dlq_main(["replay", original], settings=settings, store=store)
-    assert len(read_topic(kafka_bootstrap, original, expect=3, timeout_s=10)) == 3  # each once
-    assert again == 0 and "replayed 0 dead letters" in capsys.readouterr().out
-    assert code == 128 + signal.SIGTERM
-    assert "stopped by SIGTERM: 3 of 3 records were acknowledged and are marked" in err
+    assert exited == code
+    assert f"{said}: 3 of 3 records were acknowledged and are marked" in err
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # left as it was

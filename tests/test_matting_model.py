@@ -12,6 +12,7 @@ from services.matting.cli import main as matting_cli
 from shared.matting import MODELS_DIR
 from shared.matting.session import U2NetPSession
 from shared.matting.train import evaluate, iou
+from tests.support.matting import stand_in_onnx_bytes
 
 FP32 = MODELS_DIR / "u2netp-skuforge.onnx"
 INT8 = MODELS_DIR / "u2netp-skuforge-int8.onnx"
@@ -302,29 +303,12 @@ def test_a_model_of_an_old_opset_is_quantised_into_one_that_runs(tmp_path: Path)
     """The official U2-NetP (and rembg's u2net.onnx) are opset 11: per-channel QDQ wrote
     DequantizeLinear nodes with an axis that opset does not have, and `matting quantize` ended, after
     calibrating, in a traceback: ONNX Runtime could not load the int8 model it had just made."""
-    import onnx
     import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
 
     from shared.matting.quantize import quantize_u2net
 
-    weights = numpy_helper.from_array(np.array([0.8, -0.5, 0.3], np.float32).reshape(1, 3, 1, 1), "w")
-    nodes = [
-        helper.make_node("Conv", ["input", "w"], ["logits"]),
-        helper.make_node("Sigmoid", ["logits"], ["d0"]),
-        *(helper.make_node("Identity", ["d0"], [f"d{i}"]) for i in range(1, 7)),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "opset11_u2netp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 320, 320])],
-        [helper.make_tensor_value_info(f"d{i}", TensorProto.FLOAT, ["batch", 1, 320, 320]) for i in range(7)],
-        initializer=[weights],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
-    model.ir_version = 6  # as the official file
     fp32 = tmp_path / "opset11.onnx"
-    onnx.save(model, str(fp32))
+    fp32.write_bytes(stand_in_onnx_bytes(size_px=320, opset=11, ir_version=6))  # as the official file
     int8 = quantize_u2net(fp32, tmp_path / "int8.onnx", calibration_images=2)
     from shared.matting.session import u2net_preprocess
     from shared.synth import render_dataset

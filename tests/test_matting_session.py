@@ -445,9 +445,9 @@ def _stand_in_model(batch: str | int = "batch") -> Any:
     """The tests' stand-in U2-Net graph (a 1x1 convolution and a sigmoid), with the batch given."""
     import onnx
 
-    from tests.support.matting import _stand_in_onnx_bytes
+    from tests.support.matting import stand_in_onnx_bytes
 
-    model = onnx.load_from_string(_stand_in_onnx_bytes())
+    model = onnx.load_from_string(stand_in_onnx_bytes())
     for value in [*model.graph.input, *model.graph.output]:
         dim = value.type.tensor_type.shape.dim[0]
         if isinstance(batch, int):

@@ -144,6 +144,20 @@ def build_console(
     return ConsoleParts(console=console, tasks=tasks, store=store, clock=clock)
 
 
+def with_flagged(parts: ConsoleParts, count: int) -> ConsoleParts:
+    """``parts`` with ``count`` flagged items pending, added a second apart (oldest first)."""
+    for index in range(count):
+        parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index)))
+        parts.clock.advance(1.0)
+    return parts
+
+
+def use_cli_on(parts: ConsoleParts, monkeypatch: Any) -> None:
+    """Point ``skuforge console ...`` (in this process) at ``parts``' store and task table."""
+    monkeypatch.setenv("SKUFORGE_STORE_URI", parts.store.base_uri)
+    monkeypatch.setenv("SKUFORGE_CONSOLE_DB_PATH", str(parts.tasks.path))
+
+
 def decided(parts: ConsoleParts, count: int, *, first: int = 0) -> list[str]:
     """``count`` items (indexes from ``first``) approved by alice: their decisions wait in the outbox;
     returns the task ids."""

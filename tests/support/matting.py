@@ -27,7 +27,7 @@ def random_u2netp_onnx_bytes() -> bytes:
 
         from shared.matting.u2net import U2NETP, export_onnx
     except ImportError:
-        return _stand_in_onnx_bytes()
+        return stand_in_onnx_bytes()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as directory, warnings.catch_warnings():
         # The exporter's own deprecation notices are not this suite's concern.
@@ -36,13 +36,14 @@ def random_u2netp_onnx_bytes() -> bytes:
         return path.read_bytes()
 
 
-def _stand_in_onnx_bytes() -> bytes:
-    """A 1x1 convolution and a sigmoid: N x 3 x H x W in, seven N x 1 x H x W maps out."""
+def stand_in_onnx_bytes(*, size_px: int = SIZE_PX, opset: int = 17, ir_version: int = 8) -> bytes:
+    """A 1x1 convolution and a sigmoid: N x 3 x H x W in, seven N x 1 x H x W maps out (a U2-Net's
+    interface). ``opset`` and ``ir_version`` 11 and 6 are the official U2-NetP file's."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     weights = numpy_helper.from_array(np.array([0.8, -0.5, 0.3], np.float32).reshape(1, 3, 1, 1), "w")
-    shape: list[str | int | None] = ["batch", 3, SIZE_PX, SIZE_PX]
+    shape: list[str | int | None] = ["batch", 3, size_px, size_px]
     nodes = [
         helper.make_node("Conv", ["input", "w"], ["logits"]),
         helper.make_node("Sigmoid", ["logits"], ["d0"]),
@@ -53,13 +54,13 @@ def _stand_in_onnx_bytes() -> bytes:
         "stand_in_u2netp",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
         [
-            helper.make_tensor_value_info(f"d{i}", TensorProto.FLOAT, ["batch", 1, SIZE_PX, SIZE_PX])
+            helper.make_tensor_value_info(f"d{i}", TensorProto.FLOAT, ["batch", 1, size_px, size_px])
             for i in range(7)
         ],
         initializer=[weights],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # readable by every onnxruntime the project supports
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir_version  # 8: readable by every onnxruntime the project supports
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
