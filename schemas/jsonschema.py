@@ -23,6 +23,10 @@ def render_schemas() -> dict[str, str]:
     for topic in ALL_TOPICS:
         schema = Envelope[topic.payload].model_json_schema()  # type: ignore[name-defined]
         schema["title"] = f"{topic.schema_name} v{topic.version}"
+        # The model takes any name and version; the topic's consumers dead-letter every other one
+        # (schema_mismatch, schema_version_unsupported), so the topic's schema says which it takes.
+        schema["properties"]["schema_name"]["const"] = topic.schema_name
+        schema["properties"]["schema_version"]["const"] = topic.version
         schema["x-topic"] = topic.name
         rendered[f"{topic.name}.json"] = schema
     dead_letter = DeadLetter.model_json_schema()

@@ -1,0 +1,78 @@
+"""The committed JSON Schemas refuse what the consumers dead-letter, so a producer that is not written in
+Python, validating against ``schemas/json/``, is told at once instead of finding its events in a DLQ."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from kafka.structs import TopicPartition
+
+from schemas.common import ImageRef, SkuMetadata
+from schemas.envelope import DeadLetter
+from schemas.events import SkuIngested
+from schemas.jsonschema import JSON_DIR
+from schemas.topics import ALL_TOPICS, SKU_INGESTED, Topic
+from shared.bus import make_envelope
+from shared.config import load_settings
+from shared.runtime import Emit, Stage
+from tests.test_runtime_review import _record, _wired
+
+
+def _committed(topic: Topic[Any]) -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads((JSON_DIR / f"{topic.name}.json").read_text())
+    return schema
+
+
+def _ingested_envelope() -> dict[str, Any]:
+    image = ImageRef(uri="file:///store/p.png", sha256="0" * 64, bytes=10, width=8, height=8)
+    payload = SkuIngested(
+        sku=SkuMetadata(sku_id="SKU-1", name="Cola", category="soda can"),
+        photos=[{"photo_id": "p", "image": image, "original_filename": "p.png"}],
+    )
+    envelope = make_envelope(
+        SKU_INGESTED, payload, event_id="c" * 32, sku_id="SKU-1", trace_id="t", producer="test"
+    )
+    return envelope.model_dump(mode="json")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("schema_name", SKU_INGESTED.name), ("schema_name", "SkuIngested"), ("schema_version", 2)],
+    ids=["the_topic_name", "the_payload_title", "a_newer_version"],
+)
+def test_the_topic_schema_refuses_a_header_its_consumers_dead_letter(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    """Before, ``schema_name`` was any string and ``schema_version`` any integer >= 1 in every topic's
+    schema: an event naming its topic ("sku.ingested.v1", the schema's own x-topic) passed the schema
+    and every consumer dead-lettered it (schema_mismatch)."""
+    written = _ingested_envelope() | {field: value}
+    stage = Stage("review", settings=load_settings(store_uri=f"file://{tmp_path}"))
+    stage.handler(SKU_INGESTED)(lambda event, ctx: list[Emit]())
+    _, producer = _wired(stage)
+    tp = TopicPartition(stage.settings.topic_name(SKU_INGESTED), 0)
+    stage._process_batch({tp: [_record(tp.topic, 0, json.dumps(written).encode())]})
+    [(_, letter)] = producer.acked
+    assert DeadLetter.model_validate_json(letter).reason.startswith("schema_")  # mismatch, or unsupported
+
+    schema = _committed(SKU_INGESTED)
+    jsonschema.Draft202012Validator(schema).validate(_ingested_envelope())  # what our producers write
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(schema).validate(written)
+    assert list(refused.value.absolute_path) == [field]
+
+
+@pytest.mark.parametrize("topic", ALL_TOPICS, ids=lambda topic: topic.name)
+def test_every_topic_schema_names_the_schema_and_version_its_consumers_take(topic: Topic[Any]) -> None:
+    properties = _committed(topic)["properties"]
+    jsonschema.validate(topic.schema_name, properties["schema_name"])
+    jsonschema.validate(topic.version, properties["schema_version"])
+    for wrong_name in (topic.name, topic.schema_name + "x"):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(wrong_name, properties["schema_name"])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(topic.version + 1, properties["schema_version"])
