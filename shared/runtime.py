@@ -720,10 +720,12 @@ class Stage:
                 return self._dead_letter(record, "not_json", _first_error(exc), exc, None)
             # A newer version's payload may not validate here; say so rather than "schema_invalid".
             try:
-                refused = self._refuse_schema(route, record, read_header(record.value))
+                header: EnvelopeHeader | None = read_header(record.value)
             except ValidationError:
-                refused = None
-            return refused or self._dead_letter(record, "schema_invalid", _summarise(exc), exc, None)
+                header = None
+            refused = self._refuse_schema(route, record, header) if header is not None else None
+            # The header names the event even when its payload is refused: the letter carries its ids.
+            return refused or self._dead_letter(record, "schema_invalid", _summarise(exc), exc, header)
         refused = self._refuse_schema(route, record, event)
         if refused is not None:
             return refused

@@ -76,3 +76,23 @@ def test_every_topic_schema_names_the_schema_and_version_its_consumers_take(topi
             jsonschema.validate(wrong_name, properties["schema_name"])
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(topic.version + 1, properties["schema_version"])
+
+
+def test_a_letter_for_a_payload_that_does_not_validate_names_the_event_its_header_names(
+    tmp_path: Path,
+) -> None:
+    """The commonest bad input, a readable envelope whose payload breaks its contract (no photos
+    here), was dead-lettered with no event_id, sku_id or trace_id: ``skuforge dlq list`` showed
+    "sku - event -" for every schema_invalid letter, so nobody could tell which SKU was refused."""
+    written = _ingested_envelope()
+    written["payload"]["photos"] = []
+    stage = Stage("review", settings=load_settings(store_uri=f"file://{tmp_path}"))
+    stage.handler(SKU_INGESTED)(lambda event, ctx: list[Emit]())
+    _, producer = _wired(stage)
+    tp = TopicPartition(stage.settings.topic_name(SKU_INGESTED), 0)
+    stage._process_batch({tp: [_record(tp.topic, 0, json.dumps(written).encode())]})
+
+    [(_, value)] = producer.acked
+    letter = DeadLetter.model_validate_json(value)
+    assert letter.reason == "schema_invalid" and "photos" in letter.detail
+    assert (letter.event_id, letter.sku_id, letter.trace_id) == ("c" * 32, "SKU-1", "t")
