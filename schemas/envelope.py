@@ -28,6 +28,17 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class SchemaClaim(Contract):
+    """Which schema and version an event says it is, and nothing else of its envelope.
+
+    A breaking change of the envelope's own fields is a ``.v2`` of every topic: a v1 reader may not read
+    such an event's header at all, but still reads its claim, and refuses it as a version it does not know.
+    """
+
+    schema_name: str
+    schema_version: int
+
+
 class EnvelopeHeader(Contract):
     """The envelope without its payload: enough to tell which schema and version an event claims.
 

@@ -23,7 +23,7 @@ from kafka.errors import (
 )
 from pydantic import BaseModel
 
-from schemas.envelope import Envelope, EnvelopeHeader, derive_id, utc_now
+from schemas.envelope import Envelope, EnvelopeHeader, SchemaClaim, derive_id, utc_now
 from schemas.topics import ALL_TOPICS, DLQ_SUFFIX, Topic
 from shared.config import Settings
 from shared.errors import TransientError
@@ -205,6 +205,11 @@ def read_envelope(topic: Topic[Any], value: bytes | str) -> Envelope[Any]:
 def read_header(value: bytes | str) -> EnvelopeHeader:
     """The envelope's fields without the payload (which schema and version it claims, its ids)."""
     return EnvelopeHeader.model_validate_json(value, extra=READ_EXTRA)
+
+
+def read_schema_claim(value: bytes | str) -> SchemaClaim:
+    """Which schema and version a message claims, for one whose header does not read (a newer envelope)."""
+    return SchemaClaim.model_validate_json(value, extra=READ_EXTRA)
 
 
 class Publisher:

@@ -56,7 +56,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from pydantic import BaseModel, ValidationError
 
 from schemas.common import ObjectRef
-from schemas.envelope import DeadLetter, Envelope, EnvelopeHeader, derive_id, utc_now
+from schemas.envelope import DeadLetter, Envelope, EnvelopeHeader, SchemaClaim, derive_id, utc_now
 from schemas.events import subject_sku_id
 from schemas.topics import DLQ_SUFFIX, Topic
 from shared.bus import (
@@ -68,6 +68,7 @@ from shared.bus import (
     producer_stopped_for_good,
     read_envelope,
     read_header,
+    read_schema_claim,
     topics_held_in_group,
     unreachable,
 )
@@ -718,15 +719,20 @@ class Stage:
         except ValidationError as exc:
             if any(error["type"] == "json_invalid" for error in exc.errors()):
                 return self._dead_letter(record, "not_json", _first_error(exc), exc, None)
-            # A newer version's payload may not validate here; say so rather than "schema_invalid".
+            # A newer version's payload, or its envelope, may not validate here; say so rather than
+            # "schema_invalid".
             try:
                 header: EnvelopeHeader | None = read_header(record.value)
             except ValidationError:
                 header = None
-            refused = self._refuse_schema(route, record, header) if header is not None else None
+            try:
+                claim: SchemaClaim | EnvelopeHeader | None = header or read_schema_claim(record.value)
+            except ValidationError:
+                claim = None
+            refused = self._refuse_schema(route, record, claim, header) if claim is not None else None
             # The header names the event even when its payload is refused: the letter carries its ids.
             return refused or self._dead_letter(record, "schema_invalid", _summarise(exc), exc, header)
-        refused = self._refuse_schema(route, record, event)
+        refused = self._refuse_schema(route, record, event, event)
         if refused is not None:
             return refused
         # The key decides the partition, so the member, that handles a SKU: an event about another SKU
@@ -738,24 +744,28 @@ class Stage:
         return event
 
     def _refuse_schema(
-        self, route: _Route[Any], record: ConsumerRecord, header: EnvelopeHeader
+        self,
+        route: _Route[Any],
+        record: ConsumerRecord,
+        claim: SchemaClaim | EnvelopeHeader,
+        header: EnvelopeHeader | None,
     ) -> _Outcome | _Retry | None:
-        """A dead letter for an event of another schema, or of a version this topic does not carry."""
+        """A dead letter for an event that claims another schema, or a version this topic does not
+        carry; it names the event when its ``header`` could be read."""
         name, version = route.topic.schema_name, route.topic.version
-        if (header.schema_name, header.schema_version) == (name, version):
+        if (claim.schema_name, claim.schema_version) == (name, version):
             return None
-        if header.schema_name == name and header.schema_version > version:
+        if claim.schema_name == name and claim.schema_version > version:
             # A higher version is a breaking change (docs/delivery.md, "Versioning"): this consumer
             # cannot know what changed, so it refuses the event instead of misreading it.
             detail = (
                 f"topic {record.topic} carries {name} v{version}; this event is "
-                f"v{header.schema_version}, which this consumer does not know (a breaking change "
-                f"gets its own topic, {name}.v{header.schema_version})"
+                f"v{claim.schema_version}, which this consumer does not know (a breaking change "
+                f"gets its own topic, {name}.v{claim.schema_version})"
             )
             return self._dead_letter(record, "schema_version_unsupported", detail, None, header)
         detail = (
-            f"topic {record.topic} carries {name} v{version}, "
-            f"got {header.schema_name} v{header.schema_version}"
+            f"topic {record.topic} carries {name} v{version}, got {claim.schema_name} v{claim.schema_version}"
         )
         return self._dead_letter(record, "schema_mismatch", detail, None, header)
 

@@ -96,3 +96,29 @@ def test_a_letter_for_a_payload_that_does_not_validate_names_the_event_its_heade
     letter = DeadLetter.model_validate_json(value)
     assert letter.reason == "schema_invalid" and "photos" in letter.detail
     assert (letter.event_id, letter.sku_id, letter.trace_id) == ("c" * 32, "SKU-1", "t")
+
+
+@pytest.mark.parametrize(
+    ("change", "value"),
+    [("event_id", "0b0e7bde-4b5d-4f7e-9d55-3a3e1c2f0a11"), ("trace_id", "t" * 128), ("sku_id", None)],
+    ids=["a_uuid_event_id", "a_longer_trace_id", "no_sku_id"],
+)
+def test_a_newer_version_is_refused_as_such_even_when_its_envelope_changed_too(
+    tmp_path: Path, change: str, value: object
+) -> None:
+    """docs/delivery.md: a breaking change of the envelope's own fields is a .v2 of every topic. Such an
+    event on a v1 topic was dead-lettered as schema_invalid, since its header (read to find its
+    version) no longer read as a v1 header; ``dlq list`` then called a newer producer a broken one."""
+    written = _ingested_envelope() | {"schema_version": 2, change: value}
+    if value is None:
+        del written[change]
+    stage = Stage("review", settings=load_settings(store_uri=f"file://{tmp_path}"))
+    stage.handler(SKU_INGESTED)(lambda event, ctx: list[Emit]())
+    _, producer = _wired(stage)
+    tp = TopicPartition(stage.settings.topic_name(SKU_INGESTED), 0)
+    stage._process_batch({tp: [_record(tp.topic, 0, json.dumps(written).encode())]})
+
+    [(_, value_bytes)] = producer.acked
+    letter = DeadLetter.model_validate_json(value_bytes)
+    assert letter.reason == "schema_version_unsupported"
+    assert "v2" in letter.detail and "sku.ingested.v2" in letter.detail
