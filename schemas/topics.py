@@ -21,6 +21,8 @@ from schemas.events import (
 P = TypeVar("P", bound=BaseModel)
 
 DLQ_SUFFIX = ".dlq"
+# Kafka refuses a longer topic name (org.apache.kafka.common.internals.Topic.MAX_NAME_LENGTH).
+KAFKA_TOPIC_NAME_MAX_LEN = 249
 
 
 @dataclass(frozen=True)
@@ -68,3 +70,8 @@ def topic_by_name(name: str) -> Topic[Any]:
             return topic
     known = ", ".join(t.name for t in ALL_TOPICS)
     raise KeyError(f"unknown topic {name!r}; known topics: {known}")
+
+
+def longest_topic_name() -> str:
+    """The longest bare name skuforge creates (a flow topic's, or the passthrough's, with ``.dlq``)."""
+    return max((topic.name + DLQ_SUFFIX for topic in (*ALL_TOPICS, PASSTHROUGH_OUT)), key=len)

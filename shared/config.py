@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.events import MAX_PHOTOS_PER_EVENT
-from schemas.topics import DLQ_SUFFIX, Topic
+from schemas.topics import DLQ_SUFFIX, KAFKA_TOPIC_NAME_MAX_LEN, Topic, longest_topic_name
 
 ENV_PREFIX = "SKUFORGE_"
 # Every settings model's: SKUFORGE_* variables, others ignored, read-only, and no inf or NaN (a number
@@ -170,6 +170,20 @@ class Settings(BaseSettings):
         for entry in value.split(","):
             if not is_host_port(entry.strip()):
                 raise ValueError(f"{entry.strip()!r} is not host:port (a port from 1 to 65535)")
+        return value
+
+    @field_validator("topic_namespace")
+    @classmethod
+    def _namespace_leaves_room_for_the_names(cls, value: str) -> str:
+        # Kafka refuses the longer names: `topics create` failed on the broker's refusal, far from the cause.
+        longest = longest_topic_name()
+        room = KAFKA_TOPIC_NAME_MAX_LEN - len(longest)
+        if len(value) > room:
+            raise ValueError(
+                f"is {len(value)} characters long; at most {room} are allowed: Kafka refuses topic names "
+                f"over {KAFKA_TOPIC_NAME_MAX_LEN} characters, and with it {longest!r} would be "
+                f"{len(value) + len(longest)}"
+            )
         return value
 
     @field_validator(

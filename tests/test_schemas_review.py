@@ -15,9 +15,9 @@ from schemas.common import ImageRef, SkuMetadata
 from schemas.envelope import DeadLetter
 from schemas.events import SkuIngested
 from schemas.jsonschema import JSON_DIR
-from schemas.topics import ALL_TOPICS, SKU_INGESTED, Topic
+from schemas.topics import ALL_TOPICS, DLQ_SUFFIX, PASSTHROUGH_OUT, SKU_INGESTED, Topic
 from shared.bus import make_envelope
-from shared.config import load_settings
+from shared.config import ConfigError, load_settings
 from shared.runtime import Emit, Stage
 from tests.test_runtime_review import _record, _wired
 
@@ -122,3 +122,17 @@ def test_a_newer_version_is_refused_as_such_even_when_its_envelope_changed_too(
     letter = DeadLetter.model_validate_json(value_bytes)
     assert letter.reason == "schema_version_unsupported"
     assert "v2" in letter.detail and "sku.ingested.v2" in letter.detail
+
+
+def test_a_namespace_that_makes_a_topic_name_kafka_refuses_is_refused_at_start_up() -> None:
+    """Kafka refuses a topic name over 249 characters. Any length of SKUFORGE_TOPIC_NAMESPACE was taken,
+    and only the broker refused the names, once `skuforge topics create` asked for them; the settings
+    now refuse it at start-up, naming the variable and the room there is."""
+    names = [
+        name for topic in (*ALL_TOPICS, PASSTHROUGH_OUT) for name in (topic.name, topic.name + DLQ_SUFFIX)
+    ]
+    room = 249 - max(len(name) for name in names)
+    fitting = load_settings(topic_namespace="n" * room)
+    assert max(len(fitting.dlq_name(topic)) for topic in (*ALL_TOPICS, PASSTHROUGH_OUT)) == 249
+    with pytest.raises(ConfigError, match=f"SKUFORGE_TOPIC_NAMESPACE.*at most {room}.*249"):
+        load_settings(topic_namespace="n" * (room + 1))
