@@ -1,5 +1,6 @@
-"""The committed JSON Schemas refuse what the consumers dead-letter, so a producer that is not written in
-Python, validating against ``schemas/json/``, is told at once instead of finding its events in a DLQ."""
+"""Contracts at the edges: the committed JSON Schemas refuse what the consumers dead-letter (a producer
+not written in Python, validating against ``schemas/json/``, is told at once instead of finding its
+events in a DLQ); a letter says which event and why; topic names stay within what Kafka takes."""
 
 from __future__ import annotations
 
@@ -39,6 +40,18 @@ def _ingested_envelope() -> dict[str, Any]:
     return envelope.model_dump(mode="json")
 
 
+def _dead_letter_for(tmp_path: Path, written: dict[str, Any]) -> DeadLetter:
+    """The one dead letter a stage consuming sku.ingested writes for the record ``written``."""
+    stage = Stage("review", settings=load_settings(store_uri=f"file://{tmp_path}"))
+    stage.handler(SKU_INGESTED)(lambda event, ctx: list[Emit]())
+    _, producer = _wired(stage)
+    tp = TopicPartition(stage.settings.topic_name(SKU_INGESTED), 0)
+    stage._process_batch({tp: [_record(tp.topic, 0, json.dumps(written).encode())]})
+    [(topic, value)] = producer.acked
+    assert topic == tp.topic + DLQ_SUFFIX
+    return DeadLetter.model_validate_json(value)
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("schema_name", SKU_INGESTED.name), ("schema_name", "SkuIngested"), ("schema_version", 2)],
@@ -51,13 +64,7 @@ def test_the_topic_schema_refuses_a_header_its_consumers_dead_letter(
     schema: an event naming its topic ("sku.ingested.v1", the schema's own x-topic) passed the schema
     and every consumer dead-lettered it (schema_mismatch)."""
     written = _ingested_envelope() | {field: value}
-    stage = Stage("review", settings=load_settings(store_uri=f"file://{tmp_path}"))
-    stage.handler(SKU_INGESTED)(lambda event, ctx: list[Emit]())
-    _, producer = _wired(stage)
-    tp = TopicPartition(stage.settings.topic_name(SKU_INGESTED), 0)
-    stage._process_batch({tp: [_record(tp.topic, 0, json.dumps(written).encode())]})
-    [(_, letter)] = producer.acked
-    assert DeadLetter.model_validate_json(letter).reason.startswith("schema_")  # mismatch, or unsupported
+    assert _dead_letter_for(tmp_path, written).reason.startswith("schema_")  # mismatch, or unsupported
 
     schema = _committed(SKU_INGESTED)
     jsonschema.Draft202012Validator(schema).validate(_ingested_envelope())  # what our producers write
@@ -86,14 +93,8 @@ def test_a_letter_for_a_payload_that_does_not_validate_names_the_event_its_heade
     "sku - event -" for every schema_invalid letter, so nobody could tell which SKU was refused."""
     written = _ingested_envelope()
     written["payload"]["photos"] = []
-    stage = Stage("review", settings=load_settings(store_uri=f"file://{tmp_path}"))
-    stage.handler(SKU_INGESTED)(lambda event, ctx: list[Emit]())
-    _, producer = _wired(stage)
-    tp = TopicPartition(stage.settings.topic_name(SKU_INGESTED), 0)
-    stage._process_batch({tp: [_record(tp.topic, 0, json.dumps(written).encode())]})
 
-    [(_, value)] = producer.acked
-    letter = DeadLetter.model_validate_json(value)
+    letter = _dead_letter_for(tmp_path, written)
     assert letter.reason == "schema_invalid" and "photos" in letter.detail
     assert (letter.event_id, letter.sku_id, letter.trace_id) == ("c" * 32, "SKU-1", "t")
 
@@ -112,14 +113,8 @@ def test_a_newer_version_is_refused_as_such_even_when_its_envelope_changed_too(
     written = _ingested_envelope() | {"schema_version": 2, change: value}
     if value is None:
         del written[change]
-    stage = Stage("review", settings=load_settings(store_uri=f"file://{tmp_path}"))
-    stage.handler(SKU_INGESTED)(lambda event, ctx: list[Emit]())
-    _, producer = _wired(stage)
-    tp = TopicPartition(stage.settings.topic_name(SKU_INGESTED), 0)
-    stage._process_batch({tp: [_record(tp.topic, 0, json.dumps(written).encode())]})
 
-    [(_, value_bytes)] = producer.acked
-    letter = DeadLetter.model_validate_json(value_bytes)
+    letter = _dead_letter_for(tmp_path, written)
     assert letter.reason == "schema_version_unsupported"
     assert "v2" in letter.detail and "sku.ingested.v2" in letter.detail
 
