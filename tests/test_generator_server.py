@@ -203,3 +203,24 @@ def test_out_of_memory_alone_waits_while_another_process_holds_the_gpu(monkeypat
         (error,) = errors(answer)
         assert error.startswith(prefix) and "out of GPU memory even alone" in error, now
         assert ("other processes took 60% of the GPU's memory" in error) == (now == 0.75), error
+
+
+def test_a_request_for_a_size_no_model_paints_is_refused_alone_not_with_its_batch() -> None:
+    # Before, a size below 1 (numpy: "negative dimensions"), a huge one (its zero images could not be
+    # allocated) or rows asking for two sizes raised: Triton failed every request batched with it.
+    good = triton_request([11])
+    negative, huge, mixed = triton_request([12]), triton_request([13]), triton_request([14, 15])
+    negative["size"][:] = -1
+    huge["size"][:] = 2**31 - 1
+    mixed["size"] = np.array([[SIZE], [2 * SIZE]], np.int32)
+    answers = GenerationModel(StandInBackend(lambda requests: None))([good, negative, huge, mixed])
+    assert errors(answers[0]) == [""] and answers[0]["image"].max() == 11
+    assert errors(answers[1]) == ["ValueError: size must be from 1 to 2048 px, got -1"]
+    assert errors(answers[2]) == [f"ValueError: size must be from 1 to 2048 px, got {2**31 - 1}"]
+    assert (
+        errors(answers[3])
+        == ["ValueError: every row of one request must ask for the same size, got [64, 128]"] * 2
+    )
+    for answer in answers[1:]:
+        # 1 x 1: PyTriton cannot send an empty tensor, and failed the batch on one
+        assert answer["image"].shape[1:] == (1, 1, 3) and answer["expected_mask"].shape[1:] == (1, 1)

@@ -101,6 +101,22 @@ def test_a_refused_variant_fails_alone(triton: TritonServerProcess) -> None:
     assert isinstance(results[2], BadInput) and "unknown composite parameter(s) sparkle" in str(results[2])
 
 
+def test_a_request_for_a_size_no_model_paints_is_refused_alone(triton: TritonServerProcess) -> None:
+    # Before, size -1 (another client's bug) raised inside the model: Triton failed the whole batch, so
+    # the variants batched with it came back "unavailable", and the request itself was retried forever.
+    client = TritonGenerator(triton.grpc_url, concurrency=2)
+    # Size 0 too: its 0 x 0 images were an empty tensor, which PyTriton failed the whole batch on.
+    unusable = [VariantRequest(**{**variant(8).__dict__, "size": size}) for size in (-1, 0)]
+    try:
+        served, *refused = client.generate("composite", [variant(7), *unusable])
+    finally:
+        client.close()
+    assert isinstance(served, VariantResult) and served.image.shape == (SIZE_PX, SIZE_PX, 3)
+    for size, refusal in zip((-1, 0), refused, strict=True):
+        assert isinstance(refusal, BadInput) and refusal.reason == "generation_refused"
+        assert f"size must be from 1 to 2048 px, got {size}" in str(refusal)
+
+
 def test_concurrent_requests_are_batched(triton: TritonServerProcess) -> None:
     before = max_batch_executed(triton.statistics())
     client = TritonGenerator(triton.grpc_url, concurrency=8)

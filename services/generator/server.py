@@ -46,7 +46,13 @@ from services.generator.protocol import (
 )
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, TransientError
-from shared.generation.backend import GenerationBackend, GenerationRequest, RowOutcome, open_backend
+from shared.generation.backend import (
+    MAX_SIZE_PX,
+    GenerationBackend,
+    GenerationRequest,
+    RowOutcome,
+    open_backend,
+)
 from shared.generation.diffusion import (
     OTHERS_HOLD_SHARE,
     DiffusionModelError,
@@ -176,12 +182,22 @@ class GenerationModel:
     def _parse_request(
         self, request: Mapping[str, npt.NDArray[Any]]
     ) -> tuple[int, list[GenerationRequest | ValueError]]:
-        """The request's size and its rows as backend requests (or why a row cannot be one)."""
+        """The request's size and its rows as backend requests (or why a row cannot be one).
+
+        A size the request cannot have (its rows asking for different sizes, or one out of 1 to
+        ``MAX_SIZE_PX``) refuses each of its rows, answered with 1 x 1 images. Raised, it failed every
+        request Triton had batched with this one, as did the 0 x 0 images of size 0 (PyTriton cannot
+        send an empty tensor: "memoryview: cannot cast view with zeros in shape"); and a huge size
+        allocated its zero images first.
+        """
         rows = int(request["reference"].shape[0])
-        sizes = {int(s) for s in np.asarray(request["size"]).reshape(-1)}
+        sizes = sorted({int(s) for s in np.asarray(request["size"]).reshape(-1)})
         if len(sizes) != 1:
-            raise ValueError(f"every row of one request must ask for the same size, got {sorted(sizes)}")
-        size = sizes.pop()
+            refused = ValueError(f"every row of one request must ask for the same size, got {sizes}")
+            return 1, [refused] * rows
+        (size,) = sizes
+        if not 1 <= size <= MAX_SIZE_PX:
+            return 1, [ValueError(f"size must be from 1 to {MAX_SIZE_PX} px, got {size}")] * rows
         parsed: list[GenerationRequest | ValueError] = []
         for row in range(rows):
             try:

@@ -35,6 +35,9 @@ BACKEND_NAMES = ("composite", "diffusion")
 # colour drift, so a deliberate change is not flagged as drift. Whatever changes the product's mean
 # colour on purpose belongs in it: an undeclared change is measured as drift.
 COLOUR_GAIN_KEY = "applied_colour_gain"
+# The largest output side a request may ask for (``GenerationRequest.size``): the generator's setting
+# stops there, and the Triton model refuses a request beyond it before any canvas is allocated.
+MAX_SIZE_PX = 2048
 
 
 def is_pile(variant_index: int, share: float) -> bool:

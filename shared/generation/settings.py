@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings
 
 from shared.config import SETTINGS_CONFIG, is_host_port
 from shared.generation.adapters import ADAPTER_ID_PATTERN, NO_ADAPTER
-from shared.generation.backend import BACKEND_NAMES, COLOUR_GAIN_KEY
+from shared.generation.backend import BACKEND_NAMES, COLOUR_GAIN_KEY, MAX_SIZE_PX
 
 BackendName = Literal["composite", "diffusion"]
 
@@ -58,7 +58,9 @@ class GenerationSettings(BaseSettings):
         "that heap copies of the product over the frame, as produce is seen in a store (0: measured to "
         "add nothing on val, docs/evaluation.md)",
     )
-    generation_size_px: int = Field(default=512, ge=64, le=2048, description="side of each generated image")
+    generation_size_px: int = Field(
+        default=512, ge=64, le=MAX_SIZE_PX, description="side of each generated image"
+    )
     generation_seed: int = Field(
         default=0, ge=0, description="mixed into every variant's seed; change it to get a different set"
     )
