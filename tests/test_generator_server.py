@@ -224,3 +224,18 @@ def test_a_request_for_a_size_no_model_paints_is_refused_alone_not_with_its_batc
     for answer in answers[1:]:
         # 1 x 1: PyTriton cannot send an empty tensor, and failed the batch on one
         assert answer["image"].shape[1:] == (1, 1, 3) and answer["expected_mask"].shape[1:] == (1, 1)
+
+
+def test_json_nested_too_deeply_to_parse_refuses_its_row_not_the_batch() -> None:
+    # Before, json.loads raised RecursionError (not a ValueError) on '[[[[...': Triton failed every
+    # request of the batch, and the client read that as Triton unavailable, retried forever.
+    request = triton_request([11, 12, 13])
+    request["parameters"][1, 0] = b"[" * 100_000
+    request["own_names"] = np.array([[b"[]"], [b"[]"], [b"[" * 100_000]], dtype=object)
+    (answer,) = GenerationModel(StandInBackend(lambda requests: None))([request])
+    assert errors(answer) == [
+        "",
+        "ValueError: parameters are nested too deeply to read",
+        "ValueError: own_names is nested too deeply to read",
+    ]
+    assert answer["image"][0].max() == 11

@@ -255,6 +255,8 @@ def _row_request(request: Mapping[str, npt.NDArray[Any]], row: int, size: int) -
         parameters = json.loads(_text(request["parameters"][row]) or "{}")
     except json.JSONDecodeError as exc:
         raise ValueError(f"parameters are not JSON: {exc}") from None
+    except RecursionError:  # '[[[[...' deeper than the parser recurses: raised, it failed the whole batch
+        raise ValueError("parameters are nested too deeply to read") from None
     if not isinstance(parameters, dict):
         raise ValueError("parameters must be a JSON object")
     return GenerationRequest(
@@ -281,6 +283,8 @@ def _own_names(request: Mapping[str, npt.NDArray[Any]], row: int) -> tuple[str, 
         names = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"own_names is not JSON: {exc}") from None
+    except RecursionError:  # as for parameters
+        raise ValueError("own_names is nested too deeply to read") from None
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise ValueError("own_names must be a JSON list of strings")
     return tuple(names)
