@@ -14,7 +14,7 @@ Writes ``bench/results/edge_recolour.json``: ``n_images`` (per arm), ``flagged_w
 ``flagged_without_recolour``, ``mean_iou_with_recolour``, ``mean_iou_without_recolour``, the
 paired differences and the images that differ most.
 
-    python -m bench.edge_recolour --dataset DIR [--variants 6] [--classes N]
+    python -m bench.edge_recolour --dataset DIR [--variants 6] [--classes N --out FILE]
 """
 
 from __future__ import annotations
@@ -49,8 +49,17 @@ def main(argv: list[str] | None = None) -> int:
         "--size", type=positive_int, default=384, help="generated image side (px), as make evaluate"
     )
     parser.add_argument("--workdir", type=Path, default=Path("var/edge-recolour"))
-    parser.add_argument("--out", type=Path, default=RESULTS / "edge_recolour.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "edge_recolour.json",
+        help="results JSON (default bench/results/edge_recolour.json, the committed figures; "
+        "a --classes smoke run needs another)",
+    )
     args = parser.parse_args(argv)
+    if args.classes is not None and args.out.resolve() == (RESULTS / "edge_recolour.json").resolve():
+        # A smoke run of a few classes replaced the committed figures that docs/evaluation.md cites.
+        parser.error("--classes is a smoke run: give --out, so that it does not replace bench/results/")
     if not (args.dataset / "train.txt").is_file():
         parser.error(f"--dataset {args.dataset}: no train.txt (GroceryStoreDataset's dataset/ folder)")
 
