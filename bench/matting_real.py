@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import non_negative_int
+from shared.argtypes import folder_problem, non_negative_int, positive_int
 
 DATA = Path(__file__).parent / "data" / "matting_real"
 RESULTS = Path(__file__).parent / "results"
@@ -132,11 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours", type=Path, default=MODELS / "u2netp-skuforge.onnx")
     parser.add_argument("--ours-int8", type=Path, default=MODELS / "u2netp-skuforge-int8.onnx")
     parser.add_argument("--official", type=Path, default=None, help="default: set-up's checked copy")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument(
         "--renderer", type=non_negative_int, default=200, help="renderer held-out photos (0: skip)"
     )
-    parser.add_argument("--sheet", type=Path, default=None, help="write a contact sheet of every mask here")
+    parser.add_argument(
+        "--sheet", type=Path, default=None, help="write a contact sheet of every mask here (.png, .jpg, ...)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "matting_real.json")
     args = parser.parse_args(argv)
     if args.dataset is None or not (args.dataset / "val.txt").is_file():
@@ -150,6 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in models.items():
         if not path.is_file():
             parser.error(f"{name}: {path} is not a file (the official model: make setup fetches it)")
+    # Checked before minutes of scoring, not found in a traceback after them; a missing folder is made.
+    for option, path in (("--out", args.out), ("--sheet", args.sheet)):
+        if path is None:
+            continue
+        if path.is_dir():
+            parser.error(f"{option} {path} is a folder: give the file to write")
+        if problem := folder_problem(path.parent):
+            parser.error(f"{option} {path}: {problem}")
+    if (
+        args.sheet is not None
+        and Image.registered_extensions().get(args.sheet.suffix.lower()) not in Image.SAVE
+    ):
+        parser.error(f"--sheet {args.sheet}: name an image file (.png, .jpg, ...); its suffix is the format")
     verify_md5(official.read_bytes(), source=str(official))
 
     started = time.monotonic()
@@ -185,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     result["seconds"] = round(time.monotonic() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     if args.sheet is not None:
+        args.sheet.parent.mkdir(parents=True, exist_ok=True)
         contact_sheet(items, [path.name for path in models.values()], args.sheet)
     print(json.dumps({k: v for k, v in result.items() if k != "per_image"}, indent=2))
     return 0

@@ -31,3 +31,61 @@ def test_an_edge_recolour_smoke_run_does_not_replace_the_committed_figures(
     assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
     with pytest.raises(_RunStarted):  # its own --out: the smoke run goes ahead
         edge_recolour.main([*argv, "--out", str(tmp_path / "smoke.json")])
+
+
+def _matting_real_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """bench.matting_real's arguments with a stand-in dataset and models, its checksum check off."""
+    import shared.matting.official
+
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "val.txt").write_text("")
+    models = []
+    for option in ("--ours", "--ours-int8", "--official"):
+        model = tmp_path / f"{option.strip('-')}.onnx"
+        model.write_bytes(b"onnx")
+        models += [option, str(model)]
+    monkeypatch.setattr(shared.matting.official, "verify_md5", lambda *args, **kwargs: None)
+    return ["--dataset", str(tmp_path / "dataset"), *models, "--renderer", "0"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--out", "{tmp}"],  # a folder
+        ["--out", "{tmp}/in-the-way/real.json"],  # a file where its folder goes
+        ["--sheet", "{tmp}/sheet"],  # no suffix: Pillow cannot tell the format
+        ["--sheet", "{tmp}/in-the-way/sheet.png"],
+        ["--threads", "0"],
+    ],
+)
+def test_matting_real_refuses_what_would_fail_only_after_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: list[str]
+) -> None:
+    # Each was a traceback after every model had scored every photo (the --threads one after the
+    # photos were read): FileNotFoundError, IsADirectoryError, Pillow's "unknown file extension".
+    from bench import matting_real
+
+    (tmp_path / "in-the-way").write_text("mine\n")
+    argv = _matting_real_argv(tmp_path, monkeypatch)
+    monkeypatch.setattr(matting_real, "load_items", _refuse_to_run)
+    with pytest.raises(SystemExit) as refused:
+        matting_real.main([*argv, *(option.format(tmp=tmp_path) for option in options)])
+    assert refused.value.code == 2
+
+
+def test_matting_real_makes_a_missing_out_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `--out var/tries/real.json` scored everything, then ended in FileNotFoundError: nothing written.
+    import json
+
+    from bench import matting_real
+
+    argv = _matting_real_argv(tmp_path, monkeypatch)
+    items = [
+        {"id": "a", "kind": "catalogue", "pristine": False},
+        {"id": "b", "kind": "instore", "pristine": False},
+    ]
+    monkeypatch.setattr(matting_real, "load_items", lambda dataset: items)
+    monkeypatch.setattr(matting_real, "score", lambda model, items, threads: [0.9, 0.8])
+    out = tmp_path / "tries" / "real.json"
+    assert matting_real.main([*argv, "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["real_iou_ours"] == 0.85
