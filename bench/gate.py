@@ -47,12 +47,13 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from shared.argtypes import positive_int
+from shared.argtypes import folder_problem, non_negative_int, positive_int
 from shared.gate.checks import GateThresholds, evaluate, failed_reasons
 from shared.generation.backend import COLOUR_GAIN_KEY
 from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
 from shared.matting.session import MattingSession, open_session
 from shared.synth import make_product, render_photo
+from shared.synth.photo import MIN_SIZE
 
 RESULTS = Path(__file__).parent / "results"
 UInt8Array = npt.NDArray[np.uint8]
@@ -295,15 +296,28 @@ def _roi_margin(value: str) -> float | None:
     return margin
 
 
+def _image_side_px(text: str) -> int:
+    """An argparse type: an image side the renderer draws (its reference photos) and composites to."""
+    value = int(text)
+    if value < MIN_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {MIN_SIZE} (the renderer's smallest photo), got {value}"
+        )
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the bench and write bench/results/gate.json."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--n", type=positive_int, default=100, help="good images (bad: twice as many)")
-    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--seed", type=non_negative_int, default=2026)
     parser.add_argument(
-        "--size", type=positive_int, default=512, help="image side in px (the generator's default)"
+        "--size",
+        type=_image_side_px,
+        default=512,
+        help=f"image side in px, at least {MIN_SIZE} (default 512: the generator's)",
     )
     parser.add_argument("--source", choices=("composite", "renderer"), default="composite")
     parser.add_argument(
@@ -328,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "gate.json")
     args = parser.parse_args(argv)
+    # Checked before minutes of generating and matting, not found in a traceback after them.
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder: give the file to write")
+    if problem := folder_problem(args.out.parent):
+        parser.error(f"--out {args.out}: {problem}")
     session = open_session(args.model, threads=2, use_gpu=False, store=None, max_batch=8)
     bench = functools.partial(
         run_bench, args.n, size_px=args.size, session=session, roi_margin=args.roi_margin

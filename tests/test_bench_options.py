@@ -89,3 +89,25 @@ def test_matting_real_makes_a_missing_out_folder(tmp_path: Path, monkeypatch: py
     out = tmp_path / "tries" / "real.json"
     assert matting_real.main([*argv, "--out", str(out)]) == 0
     assert json.loads(out.read_text())["real_iou_ours"] == 0.85
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--seed", "-1"],  # numpy's "expected non-negative integer", after the good images were matted
+        ["--size", "32"],  # the renderer's "size_px must be at least 64"
+        ["--out", "{tmp}"],  # a folder: IsADirectoryError after the whole run
+        ["--out", "{tmp}/in-the-way/gate.json"],
+    ],
+)
+def test_the_gate_bench_refuses_what_would_fail_only_after_it_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: list[str]
+) -> None:
+    from bench import gate
+
+    (tmp_path / "in-the-way").write_text("mine\n")
+    monkeypatch.setattr(gate, "open_session", _refuse_to_run)
+    argv = ["--source", "renderer", "--out", str(tmp_path / "gate.json")]
+    with pytest.raises(SystemExit) as refused:
+        gate.main([*argv, *(option.format(tmp=tmp_path) for option in options)])
+    assert refused.value.code == 2
