@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.rounds import median_round_ratio
 from shared.argtypes import positive_int
@@ -148,15 +149,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--heldout", type=positive_int, default=200)
-    parser.add_argument("--fp32", type=Path, default=FP32)
-    parser.add_argument("--int8", type=Path, default=INT8)
-    parser.add_argument("--weights", type=Path, default=WEIGHTS)
-    parser.add_argument("--out", type=Path, default=RESULTS / "matting.json")
+    parser.add_argument(
+        "--fp32", type=Path, default=FP32, help="fp32 ONNX model (default: the committed one)"
+    )
+    parser.add_argument(
+        "--int8", type=Path, default=INT8, help="int8 ONNX model (default: the committed one)"
+    )
+    parser.add_argument(
+        "--weights", type=Path, default=WEIGHTS, help="the fp32 model's PyTorch weights (default: committed)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "matting.json",
+        help="results JSON (default bench/results/matting.json, the committed models' figures; "
+        "other models need another)",
+    )
     args = parser.parse_args(argv)
     models = {"fp32": args.fp32, "int8": args.int8, "weights": args.weights}
     if args.worker:
         print(json.dumps(worker(args.worker, args.batch, args.images, args.threads, models)))
         return 0
+    # Checked before the rounds: a missing --weights failed in round 1's torch worker, after the ORT
+    # workers; another model's figures replaced the committed ones, with nothing saying whose they were.
+    for name, path in models.items():
+        if not path.is_file():
+            parser.error(f"--{name} {path} is not a file")
+    committed = {"fp32": FP32, "int8": INT8, "weights": WEIGHTS}
+    if any(path.resolve() != committed[name].resolve() for name, path in models.items()) and (
+        args.out.resolve() == (RESULTS / "matting.json").resolve()
+    ):
+        parser.error(
+            "--fp32, --int8 or --weights names another model: give --out, so that its figures do not "
+            "replace the committed bench/results/matting.json"
+        )
 
     rembg_python = os.environ.get("REMBG_PYTHON", sys.executable)
     try:
@@ -176,11 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         # Reversed every other round, so no configuration always runs in the same slot.
         for kind in kinds if round_index % 2 == 0 else kinds[::-1]:
             for batch in (1, 8):
-                result = _run_worker(kind, batch, args.images, args.threads, models)
-                runs[f"{kind}_b{batch}"].append(result)
+                measured = _run_worker(kind, batch, args.images, args.threads, models)
+                runs[f"{kind}_b{batch}"].append(measured)
                 print(
-                    f"round {round_index + 1} {kind} b{batch}: {result['images_per_s']:.2f} img/s, "
-                    f"{result['peak_rss_mb']:.0f} MB",
+                    f"round {round_index + 1} {kind} b{batch}: {measured['images_per_s']:.2f} img/s, "
+                    f"{measured['peak_rss_mb']:.0f} MB",
                     flush=True,
                 )
 
@@ -198,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fp32_eval = evaluate(args.fp32, args.heldout, 9001)
     int8_eval = evaluate(args.int8, args.heldout, 9001)
-    result = {
+    result: dict[str, Any] = {
         "heldout_iou": fp32_eval.mean_iou,
         "heldout_iou_int8": int8_eval.mean_iou,
         "heldout_mae": fp32_eval.mae,
@@ -223,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             "size_px": 512,
             "rounds": args.rounds,
             "threads": args.threads,
+            "models": {name: f"{path.name} ({path.stat().st_size} bytes)" for name, path in models.items()},
             "note": "rembg has no batch API: its b8 figure is 8 single-image calls",
         },
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "

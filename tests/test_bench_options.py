@@ -111,3 +111,29 @@ def test_the_gate_bench_refuses_what_would_fail_only_after_it_started(
     with pytest.raises(SystemExit) as refused:
         gate.main([*argv, *(option.format(tmp=tmp_path) for option in options)])
     assert refused.value.code == 2
+
+
+def test_the_matting_bench_keeps_another_models_figures_apart_and_checks_its_files_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --fp32 var/matting/u2netp-trained.onnx ran every round, then wrote its figures over the
+    # committed bench/results/matting.json, which named no model; a missing --weights failed in
+    # round 1's torch worker, after the ONNX Runtime workers had run.
+    import subprocess
+
+    from bench import matting
+
+    monkeypatch.setattr(
+        matting.subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0)
+    )
+    monkeypatch.setattr(matting, "_run_worker", _refuse_to_run)
+    trained = tmp_path / "trained.onnx"
+    trained.write_bytes(b"onnx")
+    with pytest.raises(SystemExit) as refused:
+        matting.main(["--fp32", str(trained)])
+    assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        matting.main(["--weights", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "m.json")])
+    assert refused.value.code == 2 and "missing.pth is not a file" in capsys.readouterr().err
+    with pytest.raises(_RunStarted):  # its own --out: the rounds go ahead
+        matting.main(["--fp32", str(trained), "--out", str(tmp_path / "m.json")])
