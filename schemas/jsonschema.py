@@ -15,6 +15,7 @@ from schemas.envelope import DeadLetter, Envelope
 from schemas.topics import ALL_TOPICS
 
 JSON_DIR = Path(__file__).parent / "json"
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 def render_schemas() -> dict[str, str]:
@@ -32,6 +33,10 @@ def render_schemas() -> dict[str, str]:
     dead_letter = DeadLetter.model_json_schema()
     dead_letter["x-topic"] = "<topic>.dlq"
     rendered["dlq.v1.json"] = dead_letter
+    for schema in rendered.values():
+        # pydantic writes draft 2020-12 (prefixItems bounds a colour gain's three channels); undeclared, a
+        # validator that defaults to an older draft ignores those keywords and passes what a stage refuses.
+        schema["$schema"] = JSON_SCHEMA_DIALECT
     return {name: json.dumps(schema, indent=2, sort_keys=True) + "\n" for name, schema in rendered.items()}
 
 

@@ -83,6 +83,19 @@ def test_the_json_schema_bounds_a_colour_gain_as_the_model_does() -> None:
             jsonschema.validate(refused, gain)
 
 
+def test_every_committed_schema_says_which_draft_it_is_written_in() -> None:
+    # Undeclared, a validator defaulting to draft 7 ignored prefixItems and passed a gain of [0, 1, 1].
+    for path in sorted(JSON_DIR.glob("*.json")):
+        schema = json.loads(path.read_text())
+        validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
+        assert validator is jsonschema.Draft202012Validator, path.name
+    generated = json.loads((JSON_DIR / "image.generated.v1.json").read_text())
+    declared = {"$schema": generated["$schema"]}
+    gain = generated["$defs"]["ImageGenerated"]["properties"]["colour_gain"] | declared
+    validator = jsonschema.validators.validator_for(gain, default=jsonschema.Draft7Validator)
+    assert not validator(gain).is_valid([0.0, 1.0, 1.0])
+
+
 def test_safe_ids_pass() -> None:
     for sku_id in ["SKU-0001", "a", "x" * 64, "brand.line_v2"]:
         assert check_safe_id(sku_id) == sku_id
