@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.argtypes import positive_int
+from skuforge_cli.synth import CATALOGUE_SEED, photo_size_px
 
 RESULTS = Path(__file__).parent / "results"
 REAL_TRUTH = Path(__file__).parent / "data" / "captioner_real" / "truth.csv"
@@ -127,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--products", type=positive_int, default=200)
-    parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--size-px", type=positive_int, default=512)
+    # The renderer's bounds, as `skuforge synth` checks them: -1 or 32 failed after the model opened.
+    parser.add_argument("--seed", type=CATALOGUE_SEED, default=SEED)
+    parser.add_argument("--size-px", type=photo_size_px, default=512, help="photo side (64 to 4096 px)")
     parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument(
         "--matting-model", default=None, help="matting model for both parts (default: the default session's)"

@@ -231,10 +231,11 @@ def test_the_test_split_is_scored_with_the_committed_classifier_only(tmp_path: P
     assert augment.CLASSIFIER_OPTIONS == ("l2", "real_weight", "tune_stages", "tune_epochs", "tune_lr")
 
 
-def test_the_captioner_bench_refuses_zero_threads() -> None:
-    # --threads 0 ran its options' checks, then ended in ONNX Runtime's ValueError traceback.
+@pytest.mark.parametrize("option", [["--threads", "0"], ["--seed", "-1"], ["--size-px", "32"]])
+def test_the_captioner_bench_refuses_what_fails_after_the_model_opened(option: list[str]) -> None:
+    # Each ran its options' checks, then ended in a traceback (ONNX Runtime's, numpy's, the renderer's).
     from bench import captioner
 
     with pytest.raises(SystemExit) as refused:
-        captioner.main(["--threads", "0"])
+        captioner.main(option)
     assert refused.value.code == 2
