@@ -51,8 +51,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from devstack.supervisor import raise_interrupt
 from shared.argtypes import int_between, positive_float
+from shared.signals import raise_stopped
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_DIR = REPO_ROOT / "deploy" / "kafka"
@@ -731,7 +731,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m devstack.brok
                 # From before the start: a supervisor stopping (or dying) while the broker starts sends
                 # SIGTERM, and the JVM, in a session of its own, would outlive a launcher that just died.
                 # start() kills the JVM it spawned when interrupted.
-                signal.signal(signal.SIGTERM, raise_interrupt)
+                signal.signal(signal.SIGTERM, raise_stopped)
                 try:
                     broker.start(timeout_s=args.timeout)
                 except KeyboardInterrupt:

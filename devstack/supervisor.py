@@ -36,7 +36,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
@@ -548,25 +548,3 @@ def log_tail(path: Path, lines: int = 20) -> str:
     except OSError:
         return f"(no {path})"
     return "\n".join(text.splitlines()[-lines:]) or f"({path.name} is empty)"
-
-
-def raise_interrupt(signum: int, frame: object) -> None:
-    """A signal handler that makes the signal a KeyboardInterrupt, so ``finally`` clauses run."""
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def signals_as_interrupt(
-    signums: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGHUP),
-) -> Iterator[None]:
-    """Within the block, ``signums`` (a cancelled CI job's SIGTERM, a closed terminal's SIGHUP) raise
-    KeyboardInterrupt as Ctrl-C does, so ``finally`` clauses run; the handlers found are put back after.
-
-    Main thread only (as every ``signal.signal``).
-    """
-    previous = {signum: signal.signal(signum, raise_interrupt) for signum in signums}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

@@ -15,7 +15,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-__all__ = ["Stopped", "signal_number", "stopped_as_interrupt", "stopped_how"]
+__all__ = ["Stopped", "raise_stopped", "signal_number", "stopped_as_interrupt", "stopped_how"]
 
 
 class Stopped(KeyboardInterrupt):
@@ -26,7 +26,8 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
-def _raise_stopped(signum: int, frame: object) -> None:
+def raise_stopped(signum: int, frame: object) -> None:
+    """A signal handler that raises ``Stopped``, so ``finally`` clauses run as on Ctrl-C."""
     raise Stopped(signum)
 
 
@@ -38,7 +39,7 @@ def stopped_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGHUP):
             if signal.getsignal(signum) == signal.SIG_DFL:
-                previous[signum] = signal.signal(signum, _raise_stopped)
+                previous[signum] = signal.signal(signum, raise_stopped)
     try:
         yield
     finally:

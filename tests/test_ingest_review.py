@@ -28,6 +28,7 @@ from shared.errors import BadInput, StoreMisconfigured, TransientError
 from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
 from tests.support.bus import file_store_uri, isolated_settings
+from tests.support.signals import as_from_a_shell
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -604,15 +605,6 @@ def test_metadata_saved_as_windows_1252_says_to_save_it_as_utf8(tmp_path: Path) 
     )
 
 
-def _as_from_a_shell() -> None:
-    """The child's SIGTERM and SIGHUP as a login shell gives them: default, and not blocked. A runner
-    under `nohup` (SIGHUP ignored) or a thread of the test process that blocks signals passes its own on
-    through fork and exec, and ingest, rightly, leaves an ignored signal ignored."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM, signal.SIGHUP])
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
-
-
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
 def test_a_stopped_ingest_removes_the_checked_photos_and_says_so(
     tmp_path: Path, stop: signal.Signals
@@ -633,7 +625,7 @@ def test_a_stopped_ingest_removes_the_checked_photos_and_says_so(
         }
         command = [sys.executable, "-m", "skuforge_cli", "ingest", str(tmp_path / "batch")]
         run = subprocess.Popen(
-            command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=_as_from_a_shell
+            command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell
         )
         try:
             deadline = time.monotonic() + 60

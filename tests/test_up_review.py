@@ -27,6 +27,8 @@ from devstack.broker import LocalKafka, free_port, port_in_use
 from devstack.prometheus import stack_prometheus
 from devstack.supervisor import SUPERVISOR_ID_ENV, ServiceSpec, Supervisor, processes_with_env
 from devstack.up import DEFAULT_PORTS, build_config, build_specs, main, resolve_ports
+from shared.signals import stopped_as_interrupt
+from tests.support.signals import as_from_a_shell
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -313,6 +315,7 @@ def test_the_demo_stops_the_stack_it_started_when_terminated_or_hung_up(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=as_from_a_shell,
         )
     fake_up_pid: int | None = None
     try:
@@ -342,12 +345,19 @@ def test_the_demo_stops_the_stack_it_started_when_terminated_or_hung_up(
 
 
 def test_signals_as_interrupt_raises_keyboard_interrupt_and_puts_the_handlers_back() -> None:
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    for sig in before:
-        with pytest.raises(KeyboardInterrupt), devstack.supervisor.signals_as_interrupt():
-            os.kill(os.getpid(), sig)
-            time.sleep(5)  # the handler runs at the next bytecode; never reached
-    assert {sig: signal.getsignal(sig) for sig in before} == before
+    # The demo's (as ingest's and dlq replay's) shared.signals.stopped_as_interrupt, with both signals as
+    # a shell gives them: a runner under nohup ignores SIGHUP, which the block rightly leaves ignored.
+    runner = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        before = {sig: signal.getsignal(sig) for sig in runner}
+        for sig in before:
+            with pytest.raises(KeyboardInterrupt), stopped_as_interrupt():
+                os.kill(os.getpid(), sig)
+                time.sleep(5)  # the handler runs at the next bytecode; never reached
+        assert {sig: signal.getsignal(sig) for sig in before} == before
+    finally:
+        for sig, handler in runner.items():
+            signal.signal(sig, handler)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from devstack.demo.report import (
     write_report,
 )
 from devstack.demo.tracker import FOLLOWED, FlowState, FlowTracker
-from devstack.supervisor import open_log, signals_as_interrupt
+from devstack.supervisor import open_log
 from devstack.up import DEFAULT_WORKDIR, read_state
 from schemas.events import CorrectionPending, GateAccepted, ImageGenerated, SkuCaptioned, SkuIngested
 from schemas.topics import (
@@ -63,6 +63,7 @@ from services.ingest.ingest import IngestError, survey_folders
 from shared.argtypes import folder_problem, positive_float, positive_int
 from shared.config import Settings, load_settings
 from shared.errors import BadInput, TransientError
+from shared.signals import stopped_as_interrupt
 from shared.store import ObjectStore, open_store
 from skuforge_cli.synth import CATALOGUE_SEED, photo_size_px
 
@@ -121,7 +122,7 @@ def stack(workdir: Path, *, variants: int | None, keep_running: bool) -> Iterato
     process: subprocess.Popen[bytes] | None = None
     # From before the stack starts until it has stopped: a SIGTERM or SIGHUP that simply ended this
     # process would leave the whole stack running.
-    with signals_as_interrupt():
+    with stopped_as_interrupt():
         try:
             _say(f"starting the stack: skuforge up --workdir {workdir}   (its output: {log_path})")
             with open_log(log_path) as log:  # moved to up.out.1 first when it has grown too big
