@@ -47,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from shared.argtypes import folder_problem, non_negative_int, positive_int
+from shared.argtypes import file_problem, non_negative_int, positive_int
 from shared.gate.checks import GateThresholds, evaluate, failed_reasons
 from shared.generation.backend import COLOUR_GAIN_KEY
 from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
@@ -343,9 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "gate.json")
     args = parser.parse_args(argv)
     # Checked before minutes of generating and matting, not found in a traceback after them.
-    if args.out.is_dir():
-        parser.error(f"--out {args.out} is a folder: give the file to write")
-    if problem := folder_problem(args.out.parent):
+    if problem := file_problem(args.out, "gate.json"):
         parser.error(f"--out {args.out}: {problem}")
     session = open_session(args.model, threads=2, use_gpu=False, store=None, max_batch=8)
     bench = functools.partial(

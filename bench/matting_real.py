@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import folder_problem, non_negative_int, positive_int
+from shared.argtypes import file_problem, non_negative_int, positive_int
 
 DATA = Path(__file__).parent / "data" / "matting_real"
 RESULTS = Path(__file__).parent / "results"
@@ -153,12 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             parser.error(f"{name}: {path} is not a file (the official model: make setup fetches it)")
     # Checked before minutes of scoring, not found in a traceback after them; a missing folder is made.
-    for option, path in (("--out", args.out), ("--sheet", args.sheet)):
+    for option, path, example in (
+        ("--out", args.out, "matting_real.json"),
+        ("--sheet", args.sheet, "sheet.png"),
+    ):
         if path is None:
             continue
-        if path.is_dir():
-            parser.error(f"{option} {path} is a folder: give the file to write")
-        if problem := folder_problem(path.parent):
+        if problem := file_problem(path, example):
             parser.error(f"{option} {path}: {problem}")
     if (
         args.sheet is not None

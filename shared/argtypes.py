@@ -1,5 +1,5 @@
 """argparse types the commands share (numbers within their bounds, refused naming the value given),
-and the check of a folder argument.
+and the checks of a folder or file argument.
 
 A float must also be finite: ``inf`` and ``nan`` parse as floats, and an ``--l2 inf`` or a
 ``--timeout-s nan`` would otherwise run and mean nothing.
@@ -95,6 +95,15 @@ def folder_problem(path: Path, *, writable: bool = True) -> str | None:
     if not writable:
         return None
     return _write_problem(path, existing)
+
+
+def file_problem(path: Path, example: str) -> str | None:
+    """Why a file cannot be written at ``path``: a folder there (``example`` names a file to suggest in
+    it), a file above it, or a folder above it that cannot be made or written in; None if it can.
+    Read as ``f"{option} {path}: {problem}"``."""
+    if path.is_dir():
+        return f"is a folder; name the file to write, e.g. {path / example}"
+    return folder_problem(path.parent)
 
 
 def _write_problem(path: Path, existing: Path) -> str | None:

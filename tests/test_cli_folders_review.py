@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.argtypes import folder_problem
+from shared.argtypes import file_problem, folder_problem
 from skuforge_cli.main import main as cli_main
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
@@ -17,6 +17,22 @@ def test_a_folder_under_proc_cannot_be_written() -> None:
     for path in (Path("/proc/skuforge-x"), Path("/proc/skuforge-x/y")):
         assert (problem := folder_problem(path)) is not None and problem.startswith("cannot write in /proc (")
     assert folder_problem(Path("/proc/skuforge-x"), writable=False) is None
+
+
+def test_a_file_to_write_is_refused_where_a_folder_or_a_file_above_it_stands(tmp_path: Path) -> None:
+    # One check for every command's output file (matting, fit_shape, bench.gate, bench.matting_real, the
+    # console's task table): each read its own copy, and the copies said it differently.
+    assert file_problem(tmp_path / "new" / "out.json", "out.json") is None
+    assert not (tmp_path / "new").exists()
+    assert (
+        file_problem(tmp_path, "out.json")
+        == f"is a folder; name the file to write, e.g. {tmp_path / 'out.json'}"
+    )
+    (tmp_path / "a-file").write_text("")
+    assert (
+        file_problem(tmp_path / "a-file" / "out.json", "out.json")
+        == f"{tmp_path / 'a-file'} is a file, not a folder"
+    )
 
 
 def test_the_check_of_a_folder_to_be_made_leaves_nothing_behind(tmp_path: Path) -> None:

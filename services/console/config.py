@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings
 
 from schemas.flow import CONSOLE
 from services.console.security import MAX_PASSWORD_CHARS, SCRYPT_PREFIX, parse_scrypt
-from shared.argtypes import folder_problem
+from shared.argtypes import file_problem
 from shared.config import SETTINGS_CONFIG
 
 _REVIEWER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -123,13 +123,8 @@ class ConsoleSettings(BaseSettings):
     @field_validator("console_db_path")
     @classmethod
     def _db_path_can_be_a_file(cls, value: str) -> str:
-        path = Path(value)
-        if path.is_dir():
-            raise ValueError(
-                f"{value} is a folder; name the task table's file, e.g. {path / 'tasks.sqlite3'}"
-            )
-        if (problem := folder_problem(path.parent)) is not None:
-            raise ValueError(f"its folder cannot hold it: {problem}")
+        if (problem := file_problem(Path(value), "tasks.sqlite3")) is not None:
+            raise ValueError(f"{value}: {problem}")
         return value
 
     @field_validator("console_session_secret")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from shared.argtypes import (
+    file_problem,
     float_between,
     folder_problem,
     int_between,
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         ("--pth", getattr(args, "pth", None), "model.pth"),
         ("--checkpoint", getattr(args, "checkpoint", None), "checkpoint.pt"),
     ):
-        if file is not None and (problem := _file_problem(file, example)) is not None:
+        if file is not None and (problem := file_problem(file, example)) is not None:
             parser.error(f"{option} {file}: {problem}")
 
     # The held-out figures are measured on that catalogue's products: trained on, they were training figures.
@@ -468,14 +469,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
-
-
-def _file_problem(path: Path, example: str) -> str | None:
-    """Why a file cannot be written at ``path`` (a folder there, a file above it, a folder above it
-    that cannot be made or written in); None if it can. ``example`` names a file to suggest."""
-    if path.is_dir():
-        return f"is a folder; name the file to write, e.g. {path / example}"
-    return folder_problem(path.parent)
 
 
 def _calibration_options(command: argparse.ArgumentParser, photos_help: str) -> None:

@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFilter
 
-from shared.argtypes import float_between, folder_problem, non_negative_int, positive_int
+from shared.argtypes import file_problem, float_between, non_negative_int, positive_int
 from shared.captioning.attributes import (
     PACKAGE_SHAPES,
     SHAPE_FEATURES,
@@ -386,9 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.eval_seed == args.seed:
         parser.error("--eval-seed must differ from --seed: scoring on fitted products proves nothing")
     # Checked before minutes of fitting, not found in a traceback after them; a missing folder is made.
-    if args.out.is_dir():
-        parser.error(f"--out {args.out} is a folder: give the module's file name")
-    if problem := folder_problem(args.out.parent):
+    if problem := file_problem(args.out, OUTPUT.name):
         parser.error(f"--out {args.out}: {problem}")
 
     started = time.monotonic()
