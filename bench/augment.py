@@ -183,7 +183,6 @@ def generate_in_process(
     refs: dict[str, list[Path]], scenes_dir: Path, args: argparse.Namespace, out_dir: Path
 ) -> dict[str, list[Path]]:
     """Per class: ``variants`` composites written as PNG, from masks of the committed matting model."""
-    from shared.generation import composite
     from shared.generation.composite import CompositeBackend
     from shared.generation.scenes import SceneLibrary
     from shared.matting.session import open_session
@@ -191,15 +190,10 @@ def generate_in_process(
 
     session = open_session(args.matting_model, threads=2, use_gpu=False, store=None)
     library = SceneLibrary.load(open_store(str(scenes_dir))) if args.photo_share > 0 else None
-    backend = CompositeBackend(library, args.photo_share)
+    # "off" is the try of the reference's own edge pixels (bench/edge_recolour.py).
+    backend = CompositeBackend(library, args.photo_share, edge_recolour=args.edge_recolour == "on")
     parameters = json.loads(args.parameters)
-    recolour = composite.decontaminate_edge
-    if args.edge_recolour == "off":  # the try: the reference's own edge pixels (bench/edge_recolour.py)
-        composite.decontaminate_edge = lambda rgb, inside, band_px=composite.EDGE_BAND_PX: rgb
-    try:
-        return _generate_all(refs, args, out_dir, session, backend, parameters)
-    finally:
-        composite.decontaminate_edge = recolour
+    return _generate_all(refs, args, out_dir, session, backend, parameters)
 
 
 def _generate_all(

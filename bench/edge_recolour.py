@@ -73,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     from shared.captioning.attributes import plain_background_share
     from shared.gate.checks import GateThresholds, evaluate
-    from shared.generation import composite
     from shared.generation.backend import COLOUR_GAIN_KEY
     from shared.generation.composite import CompositeBackend
     from shared.generation.scenes import SceneLibrary
@@ -90,13 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     if not scenes_dir.is_dir():
         write_scene_library(scene_photos(data, 4, 0, used), scenes_dir)
     session = open_session(None, threads=os.cpu_count() or 1, use_gpu=False, store=None)
-    backend = CompositeBackend(SceneLibrary.load(open_store(str(scenes_dir.resolve()))), 1.0)
+    library = SceneLibrary.load(open_store(str(scenes_dir.resolve())))
+    backends = {
+        "with": CompositeBackend(library, 1.0),
+        "without": CompositeBackend(library, 1.0, edge_recolour=False),
+    }
     thresholds = GateThresholds()
-    recolour = composite.decontaminate_edge
-
-    def unchanged(rgb: Any, inside: Any, band_px: int = composite.EDGE_BAND_PX) -> Any:
-        return rgb
-
     rows = []
     for name in sorted(refs)[: args.classes]:
         photos = refs[name]
@@ -113,12 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                 images[which], masks[which], f"{name}|{which}|{variant}|0", {}, series=name, size=args.size
             )
             row: dict[str, Any] = {"class": name, "variant": variant}
-            for arm, edge in (("with", recolour), ("without", unchanged)):  # interleaved, same draw
-                composite.decontaminate_edge = edge
-                try:
-                    sample = backend.generate(request)[0]
-                finally:
-                    composite.decontaminate_edge = recolour
+            for arm, backend in backends.items():  # interleaved, same draw
+                sample = backend.generate(request)[0]
                 box = product_box(sample.expected_mask, DEFAULT_ROI_MARGIN)
                 predicted = session.predict([Image.fromarray(sample.image)], boxes=[box])[0].mask
                 gain = sample.parameters.get(COLOUR_GAIN_KEY)

@@ -235,6 +235,29 @@ def test_the_edge_a_catalogue_photo_blended_with_white_is_not_pasted_as_a_pale_r
         assert np.array_equal(sample.expected_mask, without_blend.expected_mask)
 
 
+def test_a_backend_made_without_the_edge_recolour_keeps_the_pale_rim_and_nothing_else_changes() -> None:
+    # The benchmarks' try of the recolour (bench.augment --edge-recolour off, bench.edge_recolour) used to
+    # swap the module's decontaminate_edge for the run; it is an option of the backend now.
+    reference, mask = catalogue_reference()
+    scene = np.full((256, 256, 3), (40, 110, 60), dtype=np.uint8)
+    library = SceneLibrary([Scene("shelves/a.png", "shelves", scene)])
+    fixed = {**NEUTRAL_LIGHT, "scene": PHOTO_SCENE, "scene_key": "shelves/a.png", "shadow": "none"}
+    fixed |= {"occluders": 0, "scene_match": 0.0, "rotation_deg": 0.0, "perspective_x": 0.0}
+    fixed |= {"perspective_y": 0.0, "framing": 1.0}
+    recoloured, kept = (
+        CompositeBackend(library, 1.0, edge_recolour=edge).generate(
+            request(reference, mask, seed=5, **fixed)
+        )[0]
+        for edge in (True, False)
+    )
+    depth = ndimage.distance_transform_edt(recoloured.expected_mask > 0)
+    edge, inside = (depth > 1) & (depth <= 4), depth > 8
+    assert saturation(kept.image[edge]).mean() < saturation(recoloured.image[edge]).mean() - 0.1
+    assert np.array_equal(kept.image[inside], recoloured.image[inside])
+    assert np.array_equal(kept.expected_mask, recoloured.expected_mask)
+    assert kept.parameters == recoloured.parameters
+
+
 def test_a_photo_composite_records_the_height_its_product_was_given() -> None:
     # On a photo scene the reference's framing decides the product's size, not the drawn height_fraction:
     # the recorded value is the one used, and sent back it reproduces the image.

@@ -265,11 +265,16 @@ class CompositeBackend:
     name = "composite"
     model_id = MODEL_ID
 
-    def __init__(self, scenes: SceneLibrary | None = None, photo_share: float = 0.0) -> None:
+    def __init__(
+        self, scenes: SceneLibrary | None = None, photo_share: float = 0.0, *, edge_recolour: bool = True
+    ) -> None:
+        """``edge_recolour=False`` keeps the cut-out's own outer pixels (``decontaminate_edge`` off): the
+        benchmarks' try of what the recolour does, never the served backend."""
         if not 0.0 <= photo_share <= 1.0:
             raise ValueError(f"photo_share must be in 0..1, got {photo_share}")
         self.scenes = scenes
         self.photo_share = photo_share if scenes is not None else 0.0
+        self.edge_recolour = edge_recolour
 
     def generate_many(self, requests: list[GenerationRequest]) -> list[RowOutcome]:
         """Each request on its own: compositing is numpy on one image, batching gains nothing."""
@@ -277,7 +282,7 @@ class CompositeBackend:
 
     def generate(self, request: GenerationRequest) -> list[GeneratedSample]:
         """``request.n`` variants; variant ``i`` depends only on (seed, i, parameters, inputs, scenes)."""
-        cutout = _Cutout.from_request(request)
+        cutout = _Cutout.from_request(request, edge_recolour=self.edge_recolour)
         samples = []
         for variant in range(request.n):
             plan_rng = np.random.default_rng(np.random.SeedSequence([request.seed, variant]))
@@ -338,7 +343,7 @@ class _Cutout:
     framing: float = 0.8  # product's longer side / the reference photo's side along it
 
     @classmethod
-    def from_request(cls, request: GenerationRequest) -> _Cutout:
+    def from_request(cls, request: GenerationRequest, *, edge_recolour: bool = True) -> _Cutout:
         reference, mask = request.reference, request.mask
         if reference.ndim != 3 or reference.shape[2] != 3 or reference.dtype != np.uint8:
             raise CompositeError(
@@ -359,7 +364,8 @@ class _Cutout:
         y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
         inside = binary[y0:y1, x0:x1]
         alpha = np.where(inside, 255, 0).astype(np.uint8)
-        rgba = np.dstack([decontaminate_edge(reference[y0:y1, x0:x1], inside), alpha])
+        rgb = reference[y0:y1, x0:x1]
+        rgba = np.dstack([decontaminate_edge(rgb, inside) if edge_recolour else rgb, alpha])
         return cls(Image.fromarray(rgba, mode="RGBA").convert("RGBa"), product_framing(binary))
 
 
