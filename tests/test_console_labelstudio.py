@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 
 from services.console.decisions import mask_from_ref
 from services.console.labelstudio import (
@@ -135,6 +136,11 @@ def test_export_then_import_round_trips_the_mask_exactly(tmp_path: Path) -> None
     again = import_annotations(parts.tasks, parts.store, exported)
     assert [o.outcome for o in again] == ["skipped", "skipped"]
     assert parts.tasks.counts() == {"pending": 0, "claimed": 0, "approved": 1, "rejected": 1, "withdrawn": 0}
+    # The console's /metrics counts the imported decisions (the import runs as its own process, so a
+    # counter the web page increments never saw them); every action is there, zero included.
+    metrics = generate_latest(parts.console.metrics.registry).decode()
+    for action, count in (("approve_edited", 1), ("reject", 1), ("approve_predicted", 0)):
+        assert f'skuforge_console_decisions_total{{action="{action}"}} {count:.1f}' in metrics, metrics
 
 
 def test_import_skips_tasks_it_cannot_use(tmp_path: Path) -> None:

@@ -94,7 +94,6 @@ def api_decision(
         max_pixels=console.settings.max_image_pixels,
         max_bytes=console.settings.max_image_bytes,
     )
-    console.metrics.decisions.labels(decision).inc()
     if task.claimed_at is not None:
         console.metrics.decision_seconds.observe(max(0.0, event.created_at - task.claimed_at))
     console.metrics.task_age_seconds.observe(max(0.0, event.created_at - task.received_at))

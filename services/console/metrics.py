@@ -1,13 +1,17 @@
-"""The console's Prometheus metrics: queue depth, decisions by action, time to decision."""
+"""The console's Prometheus metrics: queue depth, decisions by action, time to decision.
+
+Queue depth and decisions are read from the task table at scrape time; the two histograms time the
+decisions made on the web page (the Label Studio import has no claim time to measure from)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.console.decisions import DECISIONS
 from services.console.tasks import TaskStore
 
 # A review takes seconds to minutes; an item may wait in the queue for days.
@@ -22,7 +26,7 @@ class _QueueCollector(Collector):
     def __init__(self, tasks: TaskStore) -> None:
         self._tasks = tasks
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         depth = GaugeMetricFamily(
             "skuforge_console_tasks", "Tasks in the console's table, by state.", labels=["state"]
         )
@@ -42,6 +46,18 @@ class _QueueCollector(Collector):
         )
         outbox.add_metric([], self._tasks.unpublished_count())
         yield outbox
+        # From the table, not counted as the web page decides: decisions the Label Studio import records
+        # (another process, the same table) were missing from the console's /metrics.
+        decided = CounterMetricFamily(
+            "skuforge_console_decisions",
+            "Decisions by action (approve_predicted, approve_expected, approve_edited, reject), from the "
+            "web page and the Label Studio import alike.",
+            labels=["action"],
+        )
+        counts = self._tasks.decision_counts()
+        for action in DECISIONS:
+            decided.add_metric([action], counts.get(action, 0))
+        yield decided
 
 
 class ConsoleMetrics:
@@ -50,12 +66,6 @@ class ConsoleMetrics:
     def __init__(self, tasks: TaskStore, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.registry.register(_QueueCollector(tasks))
-        self.decisions = Counter(
-            "skuforge_console_decisions_total",
-            "Decisions by action (approve_predicted, approve_expected, approve_edited, reject).",
-            ["action"],
-            registry=self.registry,
-        )
         self.decision_seconds = Histogram(
             "skuforge_console_decision_seconds",
             "Seconds from a reviewer's claim to their decision (time to decision).",

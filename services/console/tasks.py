@@ -348,6 +348,17 @@ class TaskStore:
         counts.update({row["shown"]: row["n"] for row in rows})
         return counts
 
+    def decision_counts(self) -> dict[str, int]:
+        """Decided tasks by decision, however and wherever they were decided (the web page, or
+        ``skuforge console import-labelstudio`` in another process). Tasks are never deleted, so each
+        count only grows: a counter read from the table. Read-only, as ``counts``."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT decision, COUNT(*) AS n FROM tasks"
+                " WHERE state IN ('approved', 'rejected') AND decision IS NOT NULL GROUP BY decision"
+            ).fetchall()
+        return {row["decision"]: row["n"] for row in rows}
+
     def oldest_waiting_at(self) -> float | None:
         """When the oldest task still waiting for a decision (pending or claimed) arrived; None if none."""
         with self._connect() as db:
