@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.argtypes import non_negative_int
+from shared.argtypes import folder_problem, non_negative_int
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -212,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker == "speed":
         print(json.dumps(speed_worker(args.threads)))
         return 0
+
+    # Checked before minutes of matting in child processes, not found in a traceback after them.
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder: give the file to write")
+    if problem := folder_problem(args.out.parent):
+        parser.error(f"--out {args.out}: {problem}")
 
     trees = {"after": ROOT} if args.before is None else {"before": args.before.resolve(), "after": ROOT}
     memory: dict[str, dict[str, Any]] = {name: {} for name in trees}

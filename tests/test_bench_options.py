@@ -137,3 +137,25 @@ def test_the_matting_bench_keeps_another_models_figures_apart_and_checks_its_fil
     assert refused.value.code == 2 and "missing.pth is not a file" in capsys.readouterr().err
     with pytest.raises(_RunStarted):  # its own --out: the rounds go ahead
         matting.main(["--fp32", str(trained), "--out", str(tmp_path / "m.json")])
+
+
+@pytest.mark.parametrize(
+    ("module", "long_work"),
+    [("scale", "machine"), ("store", "build_store"), ("matting_memory", "_child")],
+)
+@pytest.mark.parametrize("out", ["{tmp}", "{tmp}/in-the-way/figures.json"])
+def test_scale_store_and_matting_memory_benches_check_out_before_they_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str, long_work: str, out: str
+) -> None:
+    # A folder, or a file where its folder goes: IsADirectoryError / FileExistsError after the whole
+    # run (minutes of Kafka rounds, store loads or matting children), nothing written.
+    import importlib
+
+    bench = importlib.import_module(f"bench.{module}")
+    (tmp_path / "in-the-way").write_text("mine\n")
+    monkeypatch.setattr(bench, long_work, _refuse_to_run)
+    with pytest.raises(SystemExit) as refused:
+        bench.main(["--out", out.format(tmp=tmp_path)])
+    assert refused.value.code == 2
+    with pytest.raises(_RunStarted):  # a file in a folder yet to be made: the run goes ahead
+        bench.main(["--out", str(tmp_path / "new" / "figures.json")])
