@@ -12,9 +12,11 @@ diffusion pipeline call painted (each image's ``pipeline_batch_rows``).
 median seconds of a request that switches to another adapter and of one that keeps the same
 adapter (tiny model, CPU), by N: switching cost should stay flat as adapters accumulate.
 
-Writes ``bench/results/generation.json``.
+Writes ``bench/results/generation.json`` (``--out``: another file). ``--no-diffusion`` measures the
+composite backend only: it needs ``--out``, so that it does not replace the committed diffusion and
+LoRA-switch figures.
 
-    python -m bench.generation [--size 512] [--images 40] [--diffusion-size 64] [--no-diffusion]
+    python -m bench.generation [--size 512] [--images 40] [--diffusion-size 64] [--no-diffusion --out FILE]
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from bench.rounds import median_round_ratio
 from services.generator.client import TritonGenerator
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import crop_to_product
-from shared.argtypes import positive_int
+from shared.argtypes import folder_problem, positive_int
 from shared.synth import make_product, render_photo
 from tests.support.triton import TritonServerProcess, max_batch_executed
 
@@ -202,11 +204,32 @@ def main(argv: list[str] | None = None) -> int:
         "--diffusion-size", type=int, default=64, help="diffusion output side (tiny model: 64)"
     )
     parser.add_argument("--diffusion-images", type=positive_int, default=16)
-    parser.add_argument("--no-diffusion", action="store_true", help="composite only")
+    parser.add_argument(
+        "--no-diffusion",
+        action="store_true",
+        help="composite only; needs --out (the committed file keeps its diffusion figures)",
+    )
     parser.add_argument(
         "--rounds", type=positive_int, default=3, help="interleaved rounds per backend (median)"
     )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help="results JSON (default bench/results/generation.json, the committed figures)",
+    )
     args = parser.parse_args(argv)
+    if args.no_diffusion and args.out.resolve() == RESULTS.resolve():
+        # A composite-only file replaced the committed one, its diffusion and LoRA-switch figures gone.
+        parser.error(
+            "--no-diffusion measures the composite backend only: give --out, so that it does not "
+            "replace the committed bench/results/generation.json"
+        )
+    # Checked before minutes of Triton rounds, not found in a traceback after them.
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder: give the file to write")
+    if problem := folder_problem(args.out.parent):
+        parser.error(f"--out {args.out}: {problem}")
     results: dict[str, Any] = {
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}",
         "cpu_model": _cpu_model(),
@@ -254,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             results["lora_switch_s"] = lora_switch_seconds(model_dir, work)
     results["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     results["max_batch_seen"] = max(v for k, v in results.items() if k.endswith("_max_batch_seen"))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     return 0
 

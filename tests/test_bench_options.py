@@ -159,3 +159,21 @@ def test_scale_store_and_matting_memory_benches_check_out_before_they_run(
     assert refused.value.code == 2
     with pytest.raises(_RunStarted):  # a file in a folder yet to be made: the run goes ahead
         bench.main(["--out", str(tmp_path / "new" / "figures.json")])
+
+
+def test_a_composite_only_generation_run_does_not_replace_the_committed_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --no-diffusion wrote a file without the diffusion and LoRA-switch figures over the committed
+    # bench/results/generation.json, which docs/diffusion.md cites.
+    from bench import generation
+
+    monkeypatch.setattr(generation, "bench_backend", _refuse_to_run)
+    with pytest.raises(SystemExit) as refused:
+        generation.main(["--no-diffusion"])
+    assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # a folder: IsADirectoryError after the whole run
+        generation.main(["--no-diffusion", "--out", str(tmp_path)])
+    assert refused.value.code == 2
+    with pytest.raises(_RunStarted):  # its own --out: the composite run goes ahead
+        generation.main(["--no-diffusion", "--out", str(tmp_path / "composite.json")])
