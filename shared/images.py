@@ -113,13 +113,13 @@ def decode_mask(
     """Decode an untrusted mask image into a ``uint8`` HxW array of 0 (background) and 255 (object).
 
     The image is reduced to luminance (16-bit masks rescaled, not clipped) and thresholded
-    at 128. A 16- or 32-bit greyscale mask whose values all lie in 0..255 holds 8-bit values (an
-    8-bit mask saved as uint16, as OpenCV and numpy do) and is read as those, not rescaled: rescaled,
-    its 255 would be 1 and the whole mask background. A mask that marks nothing that way but is a 0/1
-    label image (greyscale or palette, only the values 0 and 1: a segmentation dataset's class mask)
-    marks its label-1 pixels. Transparent pixels count as background: alpha is composited over black.
-    EXIF orientation is applied, as ``decode_image`` does, so a mask stays aligned with its
-    photo. Refusals are the same ``ImageRejected`` reasons as ``decode_image``.
+    at 128. A 16- or 32-bit greyscale (or 16-bit RGB PNG) mask whose values all lie in 0..255 holds
+    8-bit values (an 8-bit mask saved as uint16, as OpenCV and numpy do) and is read as those, not
+    rescaled: rescaled, its 255 would be 1 and the whole mask background. A mask that marks nothing
+    that way but is a 0/1 label image (greyscale or palette, only the values 0 and 1: a segmentation
+    dataset's class mask) marks its label-1 pixels. Transparent pixels count as background: alpha is
+    composited over black. EXIF orientation is applied, as ``decode_image`` does, so a mask stays
+    aligned with its photo. Refusals are the same ``ImageRejected`` reasons as ``decode_image``.
     """
     image = _open_and_load(data, max_pixels=max_pixels, max_bytes=max_bytes, allowed_formats=allowed_formats)
     gray = _to_gray8(image, data)
@@ -548,6 +548,11 @@ def _to_gray8(image: Image.Image, data: bytes) -> UInt8Array:
         return _scale_to_uint8(image)
     if mode == "F":
         return _scale_to_uint8(image)
+    if mode == "RGB" and _png_bit_depth(data) == 16 and not np.asarray(image).any():
+        # A 16-bit RGB PNG decodes to each sample's high byte; all 0 means 8-bit values in 16 bits
+        # (an 8-bit mask saved as uint16 by OpenCV), which are the low bytes. Read high, it was empty.
+        low = _png_rgb16_low_bytes(data, np.asarray(image).shape)
+        return np.asarray(Image.fromarray(low, "RGB").convert("L"), dtype=np.uint8)
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
         mode = image.mode
@@ -622,9 +627,10 @@ def _png_rgb16_low_bytes(data: bytes, shape: tuple[int, ...]) -> UInt8Array:
         tiles = list(getattr(again, "tile", None) or ())
         # A tile is (codec, extents, offset, args): a named tuple since Pillow 11, a plain one before.
         if not isinstance(again, ImageFile.ImageFile) or len(tiles) != 1 or tiles[0][3] != "RGB;16B":
-            # Refused rather than matched on the high byte alone, which would hide near-key colours.
+            # Refused rather than read by the high byte alone, which would hide near-key colours
+            # (and read a 0/255 mask as empty).
             raise ImageRejected(
-                "unsupported_mode", "a 16-bit RGB PNG with a colour key that cannot be read at full depth"
+                "unsupported_mode", "a 16-bit RGB PNG that cannot be read at full depth"
             )
         tile = tiles[0]
         little_endian = (tile[0], tile[1], tile[2], "RGB;16L")

@@ -24,7 +24,7 @@ def _png(
     bit_depth: int,
     colour_type: int,
     rows: bytes,
-    trns: bytes,
+    trns: bytes | None,
     extra: bytes = b"",
 ) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
@@ -32,7 +32,7 @@ def _png(
         b"\x89PNG\r\n\x1a\n"
         + _chunk(b"IHDR", ihdr)
         + extra
-        + _chunk(b"tRNS", trns)
+        + (b"" if trns is None else _chunk(b"tRNS", trns))
         + _chunk(b"IDAT", zlib.compress(rows))
         + _chunk(b"IEND", b"")
     )
@@ -79,6 +79,21 @@ def test_sixteen_bit_rgb_key_matches_the_full_sample_not_its_low_byte() -> None:
     white = np.array([[[65535] * 3, [65535, 0, 0]]], dtype=np.uint16)
     keyed_white = _png(2, 1, 16, 2, _rgb16_rows(white), trns=struct.pack(">HHH", 65535, 65535, 65535))
     assert np.asarray(decode_image(keyed_white)).tolist() == [[[255, 255, 255], [255, 0, 0]]]
+
+
+
+def test_a_16_bit_rgb_mask_holding_8_bit_values_is_read_as_8_bit() -> None:
+    # OpenCV writes a 3-channel 8-bit 0/255 mask saved as uint16 this way. Pillow keeps each sample's
+    # high byte, 0 here, so the whole mask read as background (a 422 in the console, an empty
+    # training mask), as the 16-bit greyscale one did (tests/test_images.py).
+    samples = np.array([[[0] * 3, [127] * 3, [128] * 3, [255] * 3]], dtype=np.uint16)
+    assert decode_mask(_png(4, 1, 16, 2, _rgb16_rows(samples), trns=None)).tolist() == [[0, 0, 255, 255]]
+    # Keyed the same way: the key's pixel is background, the rest read as 8-bit values.
+    keyed = _png(4, 1, 16, 2, _rgb16_rows(samples), trns=struct.pack(">HHH", 128, 128, 128))
+    assert decode_mask(keyed).tolist() == [[0, 0, 0, 255]]
+    # Values above 255 are 16-bit ones, rescaled as before: 0x7F00 is dark, 0x8100 bright.
+    deep = np.array([[[0x7F00] * 3, [0x8100] * 3]], dtype=np.uint16)
+    assert decode_mask(_png(2, 1, 16, 2, _rgb16_rows(deep), trns=None)).tolist() == [[0, 255]]
 
 
 def test_sixteen_bit_rgb_key_on_a_rotated_photo_hides_exactly_the_key_pixels() -> None:
