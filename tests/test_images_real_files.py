@@ -485,6 +485,40 @@ def test_load_pairs_reads_a_0_1_label_mask_by_its_labels(tmp_path: Path) -> None
     assert int(np.count_nonzero(masks[0])) == 16 * 16
 
 
+
+def test_load_pairs_refuses_an_empty_mask_and_a_colour_picture_as_mask(tmp_path: Path) -> None:
+    # Both were taken silently: an all-background mask taught the model there was no product in the
+    # photo, and a colour picture (the photo itself, saved as its mask) was read by its brightness.
+    from shared.matting.train import load_pairs
+
+    folder = extra_folder(tmp_path / "extra")
+    photo = save(product_photo(40, 30), "PNG")
+    drawn = np.zeros((30, 40), np.uint8)
+    drawn[8:22, 10:30] = 255
+    masks = {
+        "good": Image.fromarray(drawn),
+        "grey-rgb": Image.fromarray(drawn).convert("RGB"),  # a grey mask saved as RGB is still a mask
+        "empty": Image.new("L", (40, 30)),
+        "colour": product_photo(40, 30),
+    }
+    for name, mask in masks.items():
+        (folder / "images" / f"{name}.png").write_bytes(photo)
+        (folder / "masks" / f"{name}.png").write_bytes(save(mask, "PNG"))
+
+    with pytest.raises(ConfigError) as info:
+        load_pairs(folder, 32)
+    lines = str(info.value).splitlines()[1:]
+    assert len(lines) == 2
+    assert lines[0].startswith(str(folder / "masks" / "colour.png")) and "colour" in lines[0]
+    assert lines[1].startswith(str(folder / "masks" / "empty.png")) and "no product" in lines[1]
+
+    for name in ("colour", "empty"):
+        (folder / "masks" / f"{name}.png").unlink()
+        (folder / "images" / f"{name}.png").unlink()
+    images, _ = load_pairs(folder, 32)
+    assert len(images) == 2
+
+
 def test_load_pairs_names_a_refused_file_before_the_synthetic_set_is_rendered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -565,7 +599,7 @@ def test_load_pairs_reads_every_photo_suffix_ingest_takes_and_names_other_files(
     folder = extra_folder(tmp_path / "extra")
     for name, kind in (("scan.tif", "TIFF"), ("phone.jfif", "JPEG")):
         (folder / "images" / name).write_bytes(save(product_photo(40, 30), kind))
-        (folder / "masks" / f"{Path(name).stem}.png").write_bytes(save(Image.new("L", (40, 30)), "PNG"))
+        (folder / "masks" / f"{Path(name).stem}.png").write_bytes(save(Image.new("L", (40, 30), 255), "PNG"))
     assert len(load_pairs(folder, 64)[0]) == 2
     (folder / "images" / "notes.txt").write_text("masks drawn by hand")
     with pytest.raises(ConfigError, match=r"notes\.txt: not an image training reads"):

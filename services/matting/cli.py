@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         action="append",
         default=[],
-        help="folder with images/ and masks/ pairs to add (e.g. human-corrected masks)",
+        help="folder with images/ and masks/ pairs to add (e.g. human-corrected masks); a mask is white "
+        "on black (or 0/1 labels): one with no product, or a colour picture, is refused",
     )
     train.add_argument(
         "--init",

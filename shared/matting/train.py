@@ -108,8 +108,9 @@ def load_pairs(folder: Path, size_px: int) -> tuple[list[Image.Image], npt.NDArr
 
     Decoded as the pipeline decodes (``shared.images``: EXIF orientation applied, so a phone photo
     lines up with a mask drawn on it upright; alpha over white; 16-bit rescaled), and checked: each
-    mask has its image's size. Hidden files (macOS's ``._NAME``) and ``__MACOSX`` are skipped. Raises
-    ``ConfigError`` naming every file that is missing or refused, before any of them is used.
+    mask has its image's size, marks some product and is not a colour picture. Hidden files (macOS's
+    ``._NAME``) and ``__MACOSX`` are skipped. Raises ``ConfigError`` naming every file that is missing
+    or refused, before any of them is used.
     """
     images, masks, problems = [], [], []
     mask_dir = folder / "masks"
@@ -134,7 +135,9 @@ def load_pairs(folder: Path, size_px: int) -> tuple[list[Image.Image], npt.NDArr
             problems.append(f"{image_path}: refused ({exc})")
             continue
         try:
-            mask = decode_mask(mask_path.read_bytes())
+            mask_bytes = mask_path.read_bytes()
+            mask = decode_mask(mask_bytes)
+            colour = _is_colour_picture(mask_bytes)
         except (ImageRejected, OSError) as exc:
             problems.append(f"{mask_path}: refused ({exc})")
             continue
@@ -143,6 +146,13 @@ def load_pairs(folder: Path, size_px: int) -> tuple[list[Image.Image], npt.NDArr
                 f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}, its image {image_path} is "
                 f"{image.width}x{image.height} (EXIF orientation applied); a mask must have its image's size"
             )
+            continue
+        if colour:
+            # Read by brightness, a photo saved as its own mask marks its light parts as product.
+            problems.append(f"{mask_path}: a colour picture, not a mask (white on black marks the product)")
+            continue
+        if not mask.any():
+            problems.append(f"{mask_path}: marks no product (all background); a pair needs its product")
             continue
         size = (size_px, size_px)
         images.append(image.resize(size, Image.Resampling.BILINEAR))
@@ -154,6 +164,17 @@ def load_pairs(folder: Path, size_px: int) -> tuple[list[Image.Image], npt.NDArr
     if not images:
         raise ConfigError(f"--extra {folder}: no image/mask pairs (expected images/ and masks/ folders)")
     return images, np.stack(masks)
+
+
+def _is_colour_picture(data: bytes) -> bool:
+    """Whether an RGB(A) mask file shows colours: more than 1% of its pixels clearly not grey. A
+    mask drawn in grey and saved as RGB is not; a palette mask is read by its indices, not asked."""
+    with Image.open(io.BytesIO(data)) as opened:
+        if opened.mode not in ("RGB", "RGBA"):
+            return False
+    pixels = np.asarray(decode_image(data), dtype=np.int16)
+    spread = pixels.max(axis=-1) - pixels.min(axis=-1)
+    return float((spread > 32).mean()) > 0.01
 
 
 def _batches(
