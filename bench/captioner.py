@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.argtypes import positive_int
+from shared.argtypes import file_problem, positive_int
 from skuforge_cli.synth import CATALOGUE_SEED, photo_size_px
 
 RESULTS = Path(__file__).parent / "results"
@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             "--matting-model scores another model: give --out, so that it does not replace the "
             "committed bench/results/captioner.json"
         )
+    # Checked before minutes of scoring, not found in an IsADirectoryError after them.
+    if problem := file_problem(args.out, "captioner.json"):
+        parser.error(f"--out {args.out}: {problem}")
     if (args.real_only or args.dev_only) and args.grocery_dataset is None:
         parser.error("--real-only and --dev-only need --grocery-dataset or SKUFORGE_GROCERY_DATASET")
     if (

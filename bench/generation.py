@@ -37,7 +37,7 @@ from bench.rounds import median_round_ratio
 from services.generator.client import TritonGenerator
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import crop_to_product
-from shared.argtypes import folder_problem, positive_int
+from shared.argtypes import file_problem, positive_int
 from shared.synth import make_product, render_photo
 from tests.support.triton import TritonServerProcess, max_batch_executed
 
@@ -226,9 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             "replace the committed bench/results/generation.json"
         )
     # Checked before minutes of Triton rounds, not found in a traceback after them.
-    if args.out.is_dir():
-        parser.error(f"--out {args.out} is a folder: give the file to write")
-    if problem := folder_problem(args.out.parent):
+    if problem := file_problem(args.out, "generation.json"):
         parser.error(f"--out {args.out}: {problem}")
     results: dict[str, Any] = {
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}",

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.argtypes import folder_problem, non_negative_int
+from shared.argtypes import file_problem, non_negative_int
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -214,9 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     # Checked before minutes of matting in child processes, not found in a traceback after them.
-    if args.out.is_dir():
-        parser.error(f"--out {args.out} is a folder: give the file to write")
-    if problem := folder_problem(args.out.parent):
+    if problem := file_problem(args.out, "matting_memory.json"):
         parser.error(f"--out {args.out}: {problem}")
 
     trees = {"after": ROOT} if args.before is None else {"before": args.before.resolve(), "after": ROOT}

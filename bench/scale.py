@@ -43,7 +43,7 @@ from kafka.structs import TopicPartition
 
 from devstack.broker import LocalKafka, free_port
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
-from shared.argtypes import folder_problem, positive_int
+from shared.argtypes import file_problem, positive_int
 from shared.config import Settings, load_settings
 from shared.store import open_store
 from tests.support.bus import create_topics, produce
@@ -306,9 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("var/bench-scale"), help="member logs and store")
     args = parser.parse_args(argv)
     # Checked before minutes of Kafka rounds, not found in a traceback after them; a missing folder is made.
-    if args.out.is_dir():
-        parser.error(f"--out {args.out} is a folder: give the file to write")
-    if problem := folder_problem(args.out.parent):
+    if problem := file_problem(args.out, "scale.json"):
         parser.error(f"--out {args.out}: {problem}")
     info = machine()
     external = os.environ.get("SKUFORGE_KAFKA_BOOTSTRAP", "").strip()

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared.argtypes import folder_problem, positive_int
+from shared.argtypes import file_problem, positive_int
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 
@@ -112,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "store.json")
     args = parser.parse_args(argv)
     # Checked before minutes of building and loading the store, not found in a traceback after them.
-    if args.out.is_dir():
-        parser.error(f"--out {args.out} is a folder: give the file to write")
-    if problem := folder_problem(args.out.parent):
+    if problem := file_problem(args.out, "store.json"):
         parser.error(f"--out {args.out}: {problem}")
     with tempfile.TemporaryDirectory(prefix="skuforge-store-bench-") as directory:
         root = Path(directory)

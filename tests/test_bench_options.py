@@ -161,6 +161,23 @@ def test_scale_store_and_matting_memory_benches_check_out_before_they_run(
         bench.main(["--out", str(tmp_path / "new" / "figures.json")])
 
 
+@pytest.mark.parametrize("out", ["{tmp}", "{tmp}/in-the-way/captioner.json"])
+def test_the_captioner_bench_checks_its_out_before_it_scores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], out: str
+) -> None:
+    # Its --out was never checked: a folder failed in IsADirectoryError after the scoring.
+    import shared.matting.session
+    from bench import captioner
+
+    (tmp_path / "in-the-way").write_text("mine\n")
+    monkeypatch.setattr(shared.matting.session, "open_session", _refuse_to_run)
+    with pytest.raises(SystemExit) as refused:
+        captioner.main(["--out", out.format(tmp=tmp_path)])
+    assert refused.value.code == 2 and "--out" in capsys.readouterr().err
+    with pytest.raises(_RunStarted):  # a file in a folder yet to be made: the run goes ahead
+        captioner.main(["--out", str(tmp_path / "new" / "captioner.json")])
+
+
 def test_a_composite_only_generation_run_does_not_replace_the_committed_figures(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
