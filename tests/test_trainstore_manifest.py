@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.store import FileStore
+from shared.store import FileStore, ObjectStore
 from shared.trainstore.loader import load_manifest
 from shared.trainstore.manifest import (
     ManifestRow,
@@ -30,10 +30,10 @@ def row(item_id: str, status: str = "accepted", sku_id: str = "SKU-1", **fields:
         "source": "synthetic",
     }
     values.update(fields)
-    return ManifestRow(status=status, **values)  # type: ignore[arg-type]
+    return ManifestRow(status=status, **values)
 
 
-def names(store: FileStore, sku_id: str) -> list[str]:
+def names(store: ObjectStore, sku_id: str) -> list[str]:
     """The SKU's manifest files, each part's 32-hex id written as <id>."""
     keys = store.list_keys(f"ts/manifests/{sku_id}/")
     return [re.sub(r"-[0-9a-f]{32}\.", "-<id>.", key.rsplit("/", 1)[1]) for key in keys]
@@ -313,3 +313,19 @@ def test_load_manifest_refuses_a_store_without_skus_and_a_sku_it_does_not_have(
     with pytest.raises(ValueError, match="no SKU SKU-l in the retraining store"):
         load_manifest(manifests.store, prefix="ts", sku_ids=["SKU-1", "SKU-l"])
     assert load_manifest(manifests.store, prefix="ts", sku_ids=["SKU-1"]).column("item_id") == ["i0"]
+
+
+def test_a_file_under_manifests_that_is_no_manifest_part_is_not_a_sku(
+    manifests: ManifestStore, tmp_path: Path
+) -> None:
+    """A file browser's .DS_Store (or a note, a backup folder) under manifests/ listed as a SKU:
+    ``load_manifest`` then refused the whole store ("no SKU .DS_Store in the retraining store"), and
+    ``dataset stats`` of a store with nothing else printed "0 SKUs" instead of naming the empty store."""
+    manifests.append("SKU-1", [row("i0")])
+    root = tmp_path / "ts" / "manifests"  # the fixture's file store
+    (root / ".DS_Store").write_bytes(b"\0")
+    (root / "SKU-1" / ".DS_Store").write_bytes(b"\0")
+    (root / "old").mkdir()
+    (root / "old" / "notes.txt").write_text("moved SKU-0 away\n")
+    assert manifests.sku_ids() == ["SKU-1"]
+    assert load_manifest(manifests.store, prefix="ts").column("item_id") == ["i0"]

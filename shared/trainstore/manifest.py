@@ -276,9 +276,15 @@ class ManifestStore:
         raise TransientError(f"the manifest parts of {sku_id} kept changing while being read")
 
     def sku_ids(self) -> list[str]:
-        """SKUs that have a manifest, sorted."""
+        """SKUs that have a manifest part, sorted. Another file under manifests/ (a .DS_Store a file
+        browser left, a note) is no SKU: listed as one, ``load_manifest`` refused the whole store."""
         root = self.key("manifests/")
-        return sorted({key[len(root) :].split("/", 1)[0] for key in self.store.list_keys(root)})
+        found = set()
+        for key in self.store.list_keys(root):
+            sku_id, _, name = key[len(root) :].partition("/")
+            if _COMPACTED.match(name) or _DELTA.match(name):
+                found.add(sku_id)
+        return sorted(found)
 
     def append(
         self, sku_id: str, rows: list[ManifestRow], *, current: dict[str, ManifestRow] | None = None
