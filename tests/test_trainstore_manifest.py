@@ -329,3 +329,24 @@ def test_a_file_under_manifests_that_is_no_manifest_part_is_not_a_sku(
     (root / "old" / "notes.txt").write_text("moved SKU-0 away\n")
     assert manifests.sku_ids() == ["SKU-1"]
     assert load_manifest(manifests.store, prefix="ts").column("item_id") == ["i0"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],  # cut short (a copy interrupted, a full disk)
+        lambda data: data.replace(b'"version":1', b'"version":2'),  # written by a newer version
+        lambda data: b"[]",
+    ],
+)
+def test_load_manifest_reads_the_jsonl_part_when_its_columnar_copy_does_not_read(
+    manifests: ManifestStore, damage: Callable[[bytes], bytes]
+) -> None:
+    """The columnar copy is a cache of the compacted JSONL part; one that did not parse stopped training
+    code with a JSONDecodeError (or a bare ValueError, AttributeError) though the part itself reads."""
+    manifests.append("SKU-1", [row("r", source="real", status="reference"), row("g", iou=0.97)])
+    manifests.compact("SKU-1")
+    expected = load_manifest(manifests.store, prefix="ts")
+    (columns_key,) = manifests.store.list_keys("ts/manifests/SKU-1/columns-")
+    manifests.store.put_bytes(columns_key, damage(manifests.store.get_bytes(columns_key)))
+    assert load_manifest(manifests.store, prefix="ts") == expected

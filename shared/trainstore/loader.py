@@ -9,12 +9,14 @@
         row["sku_id"], row["source"], row["image_uri"], row["caption"]
 
 Columns, not a dict per row: two million items load in seconds and hold far less memory. Each
-SKU costs one read, its compacted manifest's columnar copy; a SKU with deltas not compacted yet is
-merged row by row through ``ManifestStore`` (slower, same values).
+SKU costs one read, its compacted manifest's columnar copy; a SKU with deltas not compacted yet, or
+whose copy is missing or does not read (cut short, another version's), is merged row by row through
+``ManifestStore`` from its JSONL parts (slower, same values).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,8 @@ from shared.trainstore.manifest import TRAINABLE, ManifestRow, ManifestStore, de
 from shared.trainstore.withdrawals import Withdrawals, photo_of_item
 
 __all__ = ["FIELDS", "Manifest", "load_manifest"]
+
+log = logging.getLogger(__name__)
 
 FIELDS: tuple[str, ...] = tuple(ManifestRow.model_fields)
 
@@ -131,8 +135,13 @@ def _sku_columns(manifests: ManifestStore, sku_id: str) -> dict[str, list[Any]] 
     if not compacted and not deltas:
         return None
     if len(compacted) == 1 and not deltas:
+        columns_key = manifests.columns_key(compacted[0][1])
         try:
-            return decode_columns(manifests.store.get_bytes(manifests.columns_key(compacted[0][1])))
+            return decode_columns(manifests.store.get_bytes(columns_key))
         except ObjectMissing:
             pass  # compacted by an older version, or the copy was lost: the JSONL part is the truth
+        except ValueError as exc:  # cut short, or another version's: the JSONL part still reads
+            log.warning(
+                "%s does not read (%s): reading its JSONL part", manifests.store.uri_for(columns_key), exc
+            )
     return rows_to_columns(manifests.read_sku(sku_id).values())

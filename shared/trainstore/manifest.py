@@ -186,19 +186,24 @@ def encode_columns(rows: Iterable[ManifestRow]) -> bytes:
 def decode_columns(data: bytes) -> dict[str, list[Any]]:
     """Parse what ``encode_columns`` wrote: every ManifestRow field as a column of the same length.
 
-    A common value is one object repeated down its column: treat values as read-only.
+    A common value is one object repeated down its column: treat values as read-only. ``ValueError``
+    for bytes that are not such a document (cut short, or another version's).
     """
     parsed = json.loads(data)
-    if parsed.get("version") != COLUMNS_VERSION:
-        raise ValueError(f"columns file version {parsed.get('version')!r}, expected {COLUMNS_VERSION}")
-    count: int = parsed["rows"]
-    columns: dict[str, list[Any]] = parsed["columns"]
-    for name, (value, others) in parsed["common"].items():
-        column = [value] * count
-        for index, other in others.items():
-            column[int(index)] = other
-        columns[name] = column
-    return {name: columns[name] for name in ManifestRow.model_fields}
+    version = parsed.get("version") if isinstance(parsed, dict) else None
+    if version != COLUMNS_VERSION:
+        raise ValueError(f"columns file version {version!r}, expected {COLUMNS_VERSION}")
+    try:
+        count: int = parsed["rows"]
+        columns: dict[str, list[Any]] = parsed["columns"]
+        for name, (value, others) in parsed["common"].items():
+            column = [value] * count
+            for index, other in others.items():
+                column[int(index)] = other
+            columns[name] = column
+        return {name: columns[name] for name in ManifestRow.model_fields}
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise ValueError(f"not a columnar manifest: {exc!r}") from exc
 
 
 class ManifestStore:
