@@ -241,3 +241,32 @@ def test_every_make_target_the_docs_name_exists() -> None:
 
 def test_readme_says_what_make_setup_installs() -> None:
     assert setup_extras_misstated_in(README) is None, setup_extras_misstated_in(README)
+
+
+ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+
+
+def modules_missing_from(architecture: str, package: str) -> list[str]:
+    """Modules (``name.py``) and packages (``name/``) directly under ``package`` that the map in
+    docs/architecture.md ("Where the code lives") names nowhere, neither alone nor in a path."""
+    section = architecture.split("\n## Where the code lives\n", 1)[1].split("\n## ", 1)[0]
+    named = {
+        part + ("/" if index < len(parts) - 1 else "")
+        for token in re.findall(r"`([^`\s]+)`", section)
+        for parts in [token.split("/")]
+        for index, part in enumerate(parts)
+        if part
+    }
+    folder = ROOT / package
+    present = sorted(
+        [path.name for path in folder.glob("*.py") if path.name != "__init__.py"]
+        + [f"{path.name}/" for path in folder.iterdir() if (path / "__init__.py").is_file()]
+    )
+    return [name for name in present if name not in named]
+
+
+@pytest.mark.parametrize("package", ["shared", "devstack"])
+def test_the_architecture_map_names_every_module_of_the_platform_and_the_local_stack(package: str) -> None:
+    missing = modules_missing_from(ARCHITECTURE, package)
+    named = ", ".join(f"{package}/{name}" for name in missing)
+    assert not missing, f"docs/architecture.md's 'Where the code lives' does not name {named}"
