@@ -1,4 +1,4 @@
-"""The Grafana dashboard, as code: ``skuforge dashboard --write`` writes ``deploy/grafana/skuforge.json``.
+"""The Grafana dashboard, as code: ``skuforge dashboard json --write`` writes deploy/grafana/skuforge.json.
 
 Panels are written here once, with the metric names of the code (``devstack/metrics_doc.py``); a test
 checks the committed JSON is this module's output, that every query parses (promtool) and that every
