@@ -12,13 +12,12 @@ from PIL import Image, ImageDraw
 
 from schemas.common import SkuMetadata
 from shared.arith.colour import srgb_to_lab
-from shared.arith.masks import largest_component
+from shared.arith.masks import convex_hull, largest_component
 from shared.captioning.attributes import (
     SHAPE_FEATURES,
     classify_shape,
     colour_name,
     colour_spread,
-    convex_hull,
     describe_product,
     dominant_colours,
     kmeans,

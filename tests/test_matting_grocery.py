@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from shared.matting.grocery import catalogue_mask, hull_mask, with_reflection
+from shared.arith.masks import hull_mask
+from shared.matting.grocery import catalogue_mask, with_reflection
 
 
 def carton_on_white() -> tuple[Image.Image, np.ndarray]:

@@ -37,7 +37,16 @@ import numpy.typing as npt
 from PIL import Image
 
 from shared.arith.colour import srgb_to_lab
-from shared.arith.masks import connected_components, erode, keep_blobs, largest_component, paint_runs
+from shared.arith.masks import (
+    connected_components,
+    erode,
+    hull_mask,
+    keep_blobs,
+    largest_component,
+    mask_hull,
+    paint_runs,
+    row_spans,
+)
 
 __all__ = [
     "ACHROMATIC_CHROMA",
@@ -56,14 +65,11 @@ __all__ = [
     "classify_shape",
     "colour_name",
     "colour_spread",
-    "convex_hull",
     "describe_product",
     "dominant_colours",
     "fill_concavities",
-    "hull_mask",
     "kmeans",
     "looks_like_produce",
-    "mask_hull",
     "mask_problem",
     "polygon_area",
     "shape_features",
@@ -363,93 +369,6 @@ def polygon_area(points: npt.ArrayLike) -> float:
     return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
 
 
-def convex_hull(points: npt.ArrayLike) -> F64Array:
-    """Convex hull of (N, 2) points by Andrew's monotone chain, counter-clockwise, no repeats.
-
-    The chain itself is sequential; callers keep it cheap by passing only candidate points
-    (``mask_hull`` passes the two ends of each mask row).
-    """
-    unique = np.unique(np.asarray(points, dtype=np.float64).reshape(-1, 2), axis=0)  # sorted by x, then y
-    if unique.shape[0] < 3:
-        return unique
-
-    def chain(ordered: F64Array) -> list[tuple[float, float]]:
-        hull: list[tuple[float, float]] = []
-        for px, py in ordered.tolist():
-            while len(hull) >= 2:
-                (ax, ay), (bx, by) = hull[-2], hull[-1]
-                if (bx - ax) * (py - ay) - (by - ay) * (px - ax) > 0:
-                    break
-                hull.pop()
-            hull.append((px, py))
-        return hull
-
-    lower = chain(unique)
-    upper = chain(unique[::-1])
-    return np.array(lower[:-1] + upper[:-1], dtype=np.float64)
-
-
-def _row_spans(mask: BoolArray) -> tuple[IntArray, IntArray, IntArray]:
-    """Rows that hold product pixels, with the first and one-past-last product column of each."""
-    filled = mask.any(axis=1)
-    rows = np.flatnonzero(filled)
-    first = np.argmax(mask[rows], axis=1)
-    last = mask.shape[1] - np.argmax(mask[rows, ::-1], axis=1)
-    return rows, first.astype(np.intp), last.astype(np.intp)
-
-
-def _hull_corners(mask: BoolArray) -> F64Array:
-    """Pixel-corner points of each row's two ends: the hull of these is the hull of the mask's squares."""
-    rows, first, last = _row_spans(mask)
-    return np.concatenate(
-        [
-            np.stack([first, rows], axis=1),
-            np.stack([first, rows + 1], axis=1),
-            np.stack([last, rows], axis=1),
-            np.stack([last, rows + 1], axis=1),
-        ]
-    ).astype(np.float64)
-
-
-def mask_hull(mask: BoolArray) -> F64Array:
-    """The convex hull of a non-empty mask's pixels, as squares: (x, y) pixel-corner vertices."""
-    return convex_hull(_hull_corners(mask))
-
-
-def hull_mask(mask: BoolArray) -> BoolArray:
-    """The convex hull of a mask's pixels, filled: every pixel whose centre is inside the hull of the
-    mask's squares, or on its edge.
-
-    Row by row, in exact integer arithmetic (coordinates doubled, so pixel centres are integers): each
-    hull edge bounds a row's centres on one side, and a row's pixels are the span between its bounds.
-    Rows x edges, not pixels x edges: a 2048 px photo's mask takes milliseconds.
-    """
-    if not mask.any():
-        return mask.copy()
-    vertices = (mask_hull(mask) * 2).astype(np.int64)  # doubled pixel corners, counter-clockwise
-    starts, ends = vertices, np.roll(vertices, -1, axis=0)
-    top, bottom = int(vertices[:, 1].min()) // 2, int(vertices[:, 1].max()) // 2
-    width = mask.shape[1]
-    centres_y = (2 * np.arange(top, bottom, dtype=np.int64) + 1)[:, None]  # doubled row centres
-    ax, ay = starts[None, :, 0], starts[None, :, 1]
-    dx, dy = (ends - starts)[None, :, 0], (ends - starts)[None, :, 1]
-    # A centre (X, Y) is inside edge (a, b) when dx * (Y - ay) - dy * (X - ax) >= 0.
-    bound = dx * (centres_y - ay) + dy * ax  # inside when bound - dy * X >= 0
-    big = np.int64(4 * width + 4)
-    with np.errstate(divide="ignore"):
-        highest = np.where(dy > 0, bound // np.where(dy > 0, dy, 1), big).min(axis=1)  # X <= bound / dy
-        lowest = np.where(dy < 0, -(bound // np.where(dy < 0, -dy, 1)), -big).max(axis=1)  # X >= ...
-    level = np.where(dy == 0, bound >= 0, True).all(axis=1)  # a horizontal edge keeps or drops the row
-    first = np.clip(lowest // 2, 0, width)  # X = 2x + 1  ->  x >= ceil((X - 1) / 2)
-    last = np.clip((highest - 1) // 2 + 1, 0, width)  # exclusive
-    keep = level & (last > first)
-    rows = np.arange(top, bottom)[keep]
-    hull = mask.copy()
-    height = mask.shape[0]
-    hull |= paint_runs((height, width), rows, first[keep], last[keep])
-    return hull
-
-
 MAIN_BLOB_SHARE: Final = 0.15
 
 
@@ -564,7 +483,7 @@ def shape_features(mask: npt.ArrayLike) -> dict[str, float]:
         raise ValueError(f"the mask is too thin to measure ({np.count_nonzero(blob)} pixels)")
     height, width = upright.shape
     area = float(np.count_nonzero(upright))
-    rows, first, last = _row_spans(upright)
+    rows, first, last = row_spans(upright)
     spans = np.zeros(height, dtype=np.float64)
     spans[rows] = last - first
     reference = float(np.quantile(spans, 0.95)) or 1.0

@@ -42,11 +42,11 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFilter
 
 from shared.argtypes import file_problem, float_between, non_negative_int, positive_int
+from shared.arith.masks import convex_hull
 from shared.captioning.attributes import (
     PACKAGE_SHAPES,
     SHAPE_FEATURES,
     classify_shape,
-    convex_hull,
     shape_features,
     shape_tree_id,
 )

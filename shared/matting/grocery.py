@@ -38,8 +38,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFilter
 
-from shared.arith.masks import clean_mask, connected_components, paint_runs
-from shared.captioning.attributes import hull_mask
+from shared.arith.masks import clean_mask, connected_components, hull_mask, paint_runs
 from shared.images import decode_image
 from shared.matting.session import MaskOptions, U2NetPSession
 
@@ -49,7 +48,6 @@ __all__ = [
     "catalogue_mask",
     "confident_mask",
     "dataset_split",
-    "hull_mask",
     "with_reflection",
     "write_real_pairs",
 ]
