@@ -1,6 +1,8 @@
 """The tree is the architecture: a service's folder imports the platform, the model libraries and the
 contracts, never another service's folder. What two services share lives in ``shared/`` (or, for a
-message shape, in ``schemas/``), so a service can be read, changed and deployed on its own.
+message shape, in ``schemas/``), so a service can be read, changed and deployed on its own. Likewise
+a model library (``shared/matting/``, ``shared/captioning/``...) reaches another only through the entry
+points docs/architecture.md names, and takes shared arithmetic from ``shared/arith/``.
 
 Read with ``ast``, not by importing, so the check needs none of the services' dependencies.
 """
@@ -87,4 +89,42 @@ def test_no_service_imports_another_service() -> None:
         pytest.fail(
             "a service reaches into another service's folder; move what they share to shared/ "
             "(or schemas/ for a message shape):\n  " + "\n  ".join(crossings)
+        )
+
+
+LIBRARIES = ("matting", "captioning", "generation", "lora_training", "gate", "trainstore", "evaluation")
+# What docs/architecture.md names as the libraries' public entry points into each other; arithmetic two
+# libraries share lives in shared/arith/ (the renderer, shared/synth/, is open to all).
+ENTRY_POINTS = {
+    "captioning": {"matting.session"},  # the captioner opens a matting session
+    "matting": {"generation.backend", "generation.composite"},  # training renders composite scenes
+    "lora_training": {"generation.adapters", "generation.backend", "generation.composite"},
+}
+
+
+def imported_modules(source: str) -> Iterator[tuple[int, str]]:
+    """(line, dotted module) for each absolute ``import`` / ``from ... import`` in ``source``."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            yield node.lineno, node.module
+
+
+def test_a_model_library_reaches_another_only_through_its_entry_points() -> None:
+    # shared/matting/grocery.py took hull_mask from the captioner's attributes module: arithmetic that
+    # belongs in shared/arith/, reached through another library's internals.
+    crossings = []
+    for library in LIBRARIES:
+        for path in sorted((ROOT / "shared" / library).rglob("*.py")):
+            for line, module in imported_modules(path.read_text(encoding="utf-8")):
+                parts = module.split(".")
+                if len(parts) < 2 or parts[0] != "shared" or parts[1] not in LIBRARIES or parts[1] == library:
+                    continue
+                if ".".join(parts[1:3]) not in ENTRY_POINTS.get(library, set()):
+                    crossings.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    if crossings:
+        pytest.fail(
+            "a model library reaches into another one; move shared arithmetic to shared/arith/, or name "
+            "the entry point in docs/architecture.md and ENTRY_POINTS:\n  " + "\n  ".join(crossings)
         )
