@@ -1,4 +1,5 @@
-"""Composite backend review: the light's gain and gradient together must leave every corner lit."""
+"""Composite backend review: the light's gain and gradient together must leave every corner lit; the
+lens blur keeps the product on its expected mask."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from schemas.events import ImageGenerated
 from shared.generation.backend import GenerationRequest
 from shared.generation.composite import MIN_LIGHT_LEVEL, CompositeBackend, CompositeError, _Plan
+from shared.generation.scenes import Scene, SceneLibrary
 
 
 def _request(**parameters: object) -> GenerationRequest:
@@ -56,3 +58,28 @@ def test_drawn_plans_never_come_near_the_light_floor() -> None:
         plan = _Plan.draw(np.random.default_rng(seed))
         assert plan.light_gain - plan.light_gradient * math.sqrt(0.5) > 0.5
         assert plan.override({}) == plan
+
+
+@pytest.mark.parametrize("size", [128, 129])
+def test_a_blurred_product_stays_on_its_expected_mask_at_an_odd_size(size: int) -> None:
+    # The blur reduced an odd canvas to (size + 1) / 2 and stretched that back over size px: the
+    # product drifted up to a pixel up and left of its expected mask (0.7 px on average here).
+    scenes = SceneLibrary([Scene("grey.png", "", np.full((200, 200, 3), 128, np.uint8))])
+    reference = np.full((120, 80, 3), 128, np.uint8)
+    reference[10:110, 10:70] = (255, 0, 255)
+    mask = np.zeros((120, 80), np.uint8)
+    mask[10:110, 10:70] = 255
+    knobs = {"scene": "photo", "shadow": "none", "scene_match": 0.0, "occluders": 0, "light_gain": 1.0}
+    knobs |= {"light_gradient": 0.0, "colour_temperature": 0.0, "noise_sigma": 0.0, "blur_px": 1.0}
+    knobs |= {"pos_x": 1.0, "pos_y": 1.0}  # bottom right, where the drift was largest
+    for seed in range(3):
+        request = GenerationRequest(reference, mask, "", "", seed=seed, n=1, parameters=knobs, size=size)
+        sample = CompositeBackend(scenes, 1.0).generate(request)[0]
+        pixels = sample.image.astype(np.float64)
+        # How magenta each pixel is: 0 on the grey scene, 1 on the product, between on its blurred edge.
+        magenta = np.clip((pixels[..., 0] + pixels[..., 2] - 2 * pixels[..., 1]) / 254.0, 0.0, 1.0)
+        rows, cols = np.mgrid[0:size, 0:size]
+        expected = sample.expected_mask > 0
+        shift_x = (magenta * cols).sum() / magenta.sum() - cols[expected].mean()
+        shift_y = (magenta * rows).sum() / magenta.sum() - rows[expected].mean()
+        assert abs(shift_x) < 0.25 and abs(shift_y) < 0.25, (seed, shift_x, shift_y)

@@ -476,12 +476,14 @@ def _finish(
     """Lens and sensor: the plan's blur and noise, then 8-bit H x W x 3."""
     if plan.blur_px > 0:
         # Defocus at half size (a quarter of the work): the 2x box reduce and bilinear upscale are
-        # themselves a blur of about 0.7 px, the Gaussian adds the rest.
+        # themselves a blur of about 0.7 px, the Gaussian adds the rest. Scaled back by exactly 2 and
+        # cropped: stretched over an odd size, the product slid up to a pixel off its expected mask.
         small = to_image(img).reduce(2)
         extra_px = plan.blur_px / 2 - 0.35
         if extra_px > 0.05:
             small = small.filter(ImageFilter.GaussianBlur(extra_px))
-        blurred = small.resize((size, size), Image.Resampling.BILINEAR)
+        double = (small.width * 2, small.height * 2)
+        blurred = small.resize(double, Image.Resampling.BILINEAR).crop((0, 0, size, size))
         out = np.asarray(blurred, dtype=F32) * (1.0 / 255.0)
     else:
         out = np.moveaxis(img, 0, -1)
