@@ -1,17 +1,20 @@
 """Composite backend review: the light's gain and gradient together must leave every corner lit; the
-lens blur keeps the product on its expected mask."""
+lens blur keeps the product on its expected mask; a scene_key asks for that photo, or is refused."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from schemas.events import ImageGenerated
+from shared.config import ConfigError, load_settings
 from shared.generation.backend import GenerationRequest
 from shared.generation.composite import MIN_LIGHT_LEVEL, CompositeBackend, CompositeError, _Plan
 from shared.generation.scenes import Scene, SceneLibrary
+from shared.generation.settings import GenerationSettings
 
 
 def _request(**parameters: object) -> GenerationRequest:
@@ -83,3 +86,26 @@ def test_a_blurred_product_stays_on_its_expected_mask_at_an_odd_size(size: int) 
         shift_x = (magenta * cols).sum() / magenta.sum() - cols[expected].mean()
         shift_y = (magenta * rows).sum() / magenta.sum() - rows[expected].mean()
         assert abs(shift_x) < 0.25 and abs(shift_y) < 0.25, (seed, shift_x, shift_y)
+
+
+def test_a_scene_key_asks_for_that_photo_in_every_variant() -> None:
+    # {"scene_key": ...} alone was used only where a variant drew a photo scene (photo_share of them);
+    # the others were rendered on a shelf or a table and still reported the photo's key as their scene.
+    scenes = SceneLibrary([Scene(key, "", np.full((80, 80, 3), 90, np.uint8)) for key in ("a.jpg", "b.jpg")])
+    samples = CompositeBackend(scenes, 0.5).generate(replace(_request(scene_key="a.jpg"), n=6))
+    assert [(s.parameters["scene"], s.parameters["scene_key"]) for s in samples] == [("photo", "a.jpg")] * 6
+    # A procedural scene cannot show a photo: refused, not reported as shown.
+    with pytest.raises(CompositeError, match=r"scene_key 'a\.jpg' names a photo, but scene 'table'"):
+        CompositeBackend(scenes, 0.5).generate(_request(scene="table", scene_key="a.jpg"))
+
+
+def test_a_scene_key_without_a_scene_library_is_refused_at_start_up_and_per_request() -> None:
+    # Without SKUFORGE_SCENES_URI the key was accepted, ignored in every variant, and reported.
+    with pytest.raises(CompositeError, match="needs a scene library: set SKUFORGE_SCENES_URI"):
+        CompositeBackend().generate(_request(scene_key="shelves/a.jpg"))
+    with pytest.raises(ConfigError, match="needs a scene library"):
+        load_settings(GenerationSettings, generation_parameters={"scene_key": "shelves/a.jpg"})
+    with_library = load_settings(
+        GenerationSettings, generation_parameters={"scene_key": "shelves/a.jpg"}, scenes_uri="/scenes"
+    )
+    assert with_library.generation_parameters == {"scene_key": "shelves/a.jpg"}

@@ -221,7 +221,7 @@ def test_the_edge_a_catalogue_photo_blended_with_white_is_not_pasted_as_a_pale_r
     fixed |= {"occluders": 0, "scene_match": 0.0, "rotation_deg": 0.0, "perspective_x": 0.0}
     fixed |= {"perspective_y": 0.0, "framing": 1.0}
     for procedural in (False, True):
-        parameters = {**fixed, "scene": "studio"} if procedural else fixed
+        parameters = {**fixed, "scene": "studio", "scene_key": ""} if procedural else fixed
         sample = backend.generate(request(reference, mask, seed=5, **parameters))[0]
         depth = ndimage.distance_transform_edt(sample.expected_mask > 0)
         # The product's outer pixels in the output (the outermost one also holds some scene), and its inside.
@@ -280,6 +280,6 @@ def test_a_photo_composite_records_the_height_its_product_was_given() -> None:
     assert 0.15 < pile.parameters["height_fraction"] < 0.4
     # Procedural scenes use the drawn (or given) value, and record it.
     studio = backend.generate(
-        request(reference, mask, seed=4, **{**fixed, "scene": "studio"}, height_fraction=0.5)
+        request(reference, mask, seed=4, **{**fixed, "scene": "studio", "scene_key": ""}, height_fraction=0.5)
     )[0]
     assert studio.parameters["height_fraction"] == 0.5

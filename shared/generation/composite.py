@@ -191,6 +191,11 @@ class _Plan:
         elif plan.scene not in SCENES:
             scene_names = ", ".join((*SCENES, PHOTO_SCENE))
             raise CompositeError(f"unknown scene {plan.scene!r}; known: {scene_names}")
+        elif plan.scene_key:
+            raise CompositeError(
+                f"scene_key {plan.scene_key!r} names a photo, but scene {plan.scene!r} is procedural: "
+                f"ask for scene {PHOTO_SCENE!r}, or leave scene out"
+            )
         if plan.arrangement not in ARRANGEMENTS:
             raise CompositeError(
                 f"unknown arrangement {plan.arrangement!r}; known: {', '.join(ARRANGEMENTS)}"
@@ -283,6 +288,7 @@ class CompositeBackend:
     def generate(self, request: GenerationRequest) -> list[GeneratedSample]:
         """``request.n`` variants; variant ``i`` depends only on (seed, i, parameters, inputs, scenes)."""
         cutout = _Cutout.from_request(request, edge_recolour=self.edge_recolour)
+        asked = _with_implied_scene(request.parameters)
         samples = []
         for variant in range(request.n):
             plan_rng = np.random.default_rng(np.random.SeedSequence([request.seed, variant]))
@@ -292,19 +298,22 @@ class CompositeBackend:
             # {"scene": "photo"} without a scene_key asks for a photo scene in every variant: drawn from
             # the library as always (same draws, so the other knobs do not change), whatever the share.
             # Before, a variant whose roll fell on a procedural scene kept scene_key "" and was refused.
-            forced = request.parameters.get("scene") == PHOTO_SCENE and "scene_key" not in request.parameters
+            # A photo asked for by its key draws a photo plan too (its occluders, blur and shadow), not
+            # one drawn for a procedural scene in 1 - share of the variants.
+            photo = asked.get("scene") == PHOTO_SCENE
+            forced = photo and "scene_key" not in asked
             # A procedural scene asked for ({"scene": "table"}) draws no photo either: drawn one, the plan
             # was made a photo plan (fewer occluders, no cast shadow, a photo's key reported) before the
             # scene was set back, so the same setting gave another augmentation once a library was loaded.
-            procedural = "scene" in request.parameters and request.parameters["scene"] != PHOTO_SCENE
-            share = 1.0 if forced else 0.0 if procedural else self.photo_share
+            procedural = "scene" in asked and not photo
+            share = 1.0 if photo else 0.0 if procedural else self.photo_share
             drawn = _Plan.draw(plan_rng, self.scenes, share, own_names)
             if forced and self.scenes is not None and not drawn.scene_key:
                 raise CompositeError(
                     "scene 'photo' asked for, but every scene in the library is tagged like this SKU's "
                     "series, category or name (a product is never composited onto photos of itself)"
                 )
-            plan = drawn.override(request.parameters, self.scenes)
+            plan = drawn.override(asked, self.scenes)
             # The scene's own randomness comes from the plan, so the reported parameters replay it.
             scene_rng, extra_rng, noise_rng = (
                 np.random.default_rng(s) for s in np.random.SeedSequence(plan.scene_seed).spawn(3)
@@ -945,6 +954,15 @@ def _knob_value(key: str, value: Any, kind: type) -> Any:
     raise CompositeError(f"composite parameter {key}={value!r} is not a {kind.__name__}")
 
 
+def _with_implied_scene(parameters: dict[str, Any]) -> dict[str, Any]:
+    """``parameters`` with the scene a photo's key implies: ``{"scene_key": "shelves/a.jpg"}`` asks for
+    that photo. Before, it was used only where a variant happened to draw a photo scene, and reported
+    as the scene of the others (and, without a library, of all of them) though none was used."""
+    if parameters.get("scene_key") and "scene" not in parameters:
+        return {**parameters, "scene": PHOTO_SCENE}
+    return parameters
+
+
 def check_parameters(parameters: dict[str, Any], *, scene_library: bool = True) -> None:
     """Raise ``CompositeError`` where ``parameters`` (this backend's knobs only) has a value every
     request would be refused for, as ``_Plan.override`` refuses it: for the settings, at start-up.
@@ -955,4 +973,4 @@ def check_parameters(parameters: dict[str, Any], *, scene_library: bool = True) 
     # The light at the dim end of what a request draws (light_gain from 0.8, a gradient up to 0.3), so that
     # a value refused for some variants only is refused here, not for a share of the SKUs at run time.
     dimmest = replace(_Plan.draw(np.random.default_rng(0)), light_gain=0.8, light_gradient=0.3)
-    dimmest.override(parameters, stand_in)
+    dimmest.override(_with_implied_scene(parameters), stand_in)
