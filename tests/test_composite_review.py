@@ -109,3 +109,18 @@ def test_a_scene_key_without_a_scene_library_is_refused_at_start_up_and_per_requ
         GenerationSettings, generation_parameters={"scene_key": "shelves/a.jpg"}, scenes_uri="/scenes"
     )
     assert with_library.generation_parameters == {"scene_key": "shelves/a.jpg"}
+
+
+def test_an_empty_scene_key_for_a_photo_scene_is_refused_at_start_up() -> None:
+    # It passed the start-up check (the stand-in library held the key "" too), and then every composite
+    # variant was refused at run time, every SKU dead-lettered one by one.
+    parameters = {"scene": "photo", "scene_key": ""}
+    with pytest.raises(ConfigError, match="scene_key is empty: name a photo"):
+        load_settings(GenerationSettings, generation_parameters=parameters, scenes_uri="/scenes")
+    scenes = SceneLibrary([Scene("a.jpg", "", np.full((80, 80, 3), 90, np.uint8))])
+    with pytest.raises(CompositeError, match="scene_key is empty"):
+        CompositeBackend(scenes, 1.0).generate(_request(**parameters))
+    # Asking for photo scenes without naming one still draws one, at start-up and per request.
+    load_settings(GenerationSettings, generation_parameters={"scene": "photo"}, scenes_uri="/scenes")
+    [sample] = CompositeBackend(scenes, 1.0).generate(_request(scene="photo"))
+    assert sample.parameters["scene_key"] == "a.jpg"

@@ -186,6 +186,10 @@ class _Plan:
         if plan.scene == PHOTO_SCENE:
             if scenes is None:
                 raise CompositeError("scene 'photo' needs a scene library: set SKUFORGE_SCENES_URI")
+            if not plan.scene_key:
+                raise CompositeError(
+                    "scene_key is empty: name a photo of the scene library, or leave it out to draw one"
+                )
             if plan.scene_key not in scenes:
                 raise CompositeError(f"scene_key {plan.scene_key!r} is not in the scene library")
         elif plan.scene not in SCENES:
@@ -967,10 +971,19 @@ def check_parameters(parameters: dict[str, Any], *, scene_library: bool = True) 
     """Raise ``CompositeError`` where ``parameters`` (this backend's knobs only) has a value every
     request would be refused for, as ``_Plan.override`` refuses it: for the settings, at start-up.
     The scene library is not open then: with ``scene_library`` (one is configured) a photo scene's key
-    is taken to be in it (the request checks); without, a photo scene is refused as every request is."""
-    key = str(parameters.get("scene_key", ""))
-    stand_in = SceneLibrary([Scene(key, "", np.zeros((1, 1, 3), np.uint8))]) if scene_library else None
-    # The light at the dim end of what a request draws (light_gain from 0.8, a gradient up to 0.3), so that
-    # a value refused for some variants only is refused here, not for a share of the SKUs at run time.
-    dimmest = replace(_Plan.draw(np.random.default_rng(0)), light_gain=0.8, light_gradient=0.3)
-    dimmest.override(_with_implied_scene(parameters), stand_in)
+    is taken to be in it (the request checks), an empty one not; without, a photo scene is refused as
+    every request is."""
+    asked = _with_implied_scene(parameters)
+    # A stand-in holding the key asked for, or one to draw. It held "" too: {"scene": "photo",
+    # "scene_key": ""} passed here, and then every composite variant was refused for its key.
+    key = asked.get("scene_key")
+    stand_in_key = key if isinstance(key, str) and key else "stand-in.jpg"
+    pixels = np.zeros((1, 1, 3), np.uint8)
+    stand_in = SceneLibrary([Scene(stand_in_key, "", pixels)]) if scene_library else None
+    # Drawn as a request draws it (a photo asked for draws one); the light at the dim end of what a request
+    # draws (light_gain from 0.8, a gradient up to 0.3), so that a value refused for some variants only
+    # is refused here, not for a share of the SKUs at run time.
+    share = 1.0 if asked.get("scene") == PHOTO_SCENE else 0.0
+    drawn = _Plan.draw(np.random.default_rng(0), stand_in, share)
+    dimmest = replace(drawn, light_gain=0.8, light_gradient=0.3)
+    dimmest.override(asked, stand_in)
