@@ -124,3 +124,18 @@ def test_an_empty_scene_key_for_a_photo_scene_is_refused_at_start_up() -> None:
     load_settings(GenerationSettings, generation_parameters={"scene": "photo"}, scenes_uri="/scenes")
     [sample] = CompositeBackend(scenes, 1.0).generate(_request(scene="photo"))
     assert sample.parameters["scene_key"] == "a.jpg"
+
+
+def test_a_product_too_thin_to_place_is_refused_as_such_not_for_a_height_no_one_set() -> None:
+    # A stick 4 px wide in a 400 px photo shrinks below a pixel at 64 px. Where it vanished altogether
+    # the refusal blamed height_fraction, which the request never set (and a photo scene never uses).
+    reference, mask = np.full((400, 4, 3), 200, np.uint8), np.full((400, 4), 255, np.uint8)
+    refusals = []
+    for seed in range(4):
+        request = GenerationRequest(reference, mask, "", "", seed=seed, n=1, parameters={}, size=64)
+        [outcome] = CompositeBackend().generate_many([request])
+        if isinstance(outcome, CompositeError):
+            refusals.append(str(outcome))
+    assert refusals, "expected at least one variant too thin to place"
+    for refusal in refusals:
+        assert "height_fraction" not in refusal and "too thin or scattered to place" in refusal

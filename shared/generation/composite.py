@@ -758,16 +758,16 @@ def _place_product(
         (bx1 - bx0, by1 - by0), Image.Transform.PERSPECTIVE, coefficients, Image.Resampling.BILINEAR
     )
     box = warped.getbbox()
-    if box is None:
-        raise CompositeError("the product vanished when placed: height_fraction is too small")
-    x0, y0 = box[:2]
-    rgba = np.asarray(warped.crop(box), dtype=F32) * F32(1.0 / 255.0)
-    if not (rgba[..., 3] >= 0.5).any():
+    rgba = np.asarray(warped.crop(box) if box is not None else warped, dtype=F32) * F32(1.0 / 255.0)
+    if box is None or not (rgba[..., 3] >= 0.5).any():
         # Nothing would reach the expected mask (which is coverage >= 1/2): a mask of specks or hairs.
+        # Vanished altogether, it was blamed on height_fraction, which no one had set (drawn, or on a
+        # photo not used), so that raising it could not help.
         raise CompositeError(
             f"the product covers no pixel by half or more at {size} px: its mask is too thin or "
             "scattered to place (check the reference mask)"
         )
+    x0, y0 = box[:2]
     premul = np.ascontiguousarray(np.moveaxis(rgba[..., :3], -1, 0))
     return Layer(bx0 + x0, by0 + y0, premul, np.ascontiguousarray(rgba[..., 3])), quad, height_fraction
 
