@@ -24,7 +24,9 @@ like an unreadable image (the gate could not judge it either).
 Bad input goes to the DLQ with its reason, and the stream goes on: an image missing from the
 store (``object_missing``), bytes that do not match the event's sha256 (``checksum_mismatch``),
 or bytes that are not an acceptable image (``empty``, ``not_an_image``, ``corrupt``,
-``truncated``, ``too_many_pixels``, ``too_large_bytes``... see ``shared/images.py``). Odd but
+``truncated``, ``too_many_pixels``, ``too_large_bytes``... see ``shared/images.py``). An image the
+event says is over ``SKUFORGE_MAX_IMAGE_PIXELS`` is ``too_many_pixels`` before it is read, a JPEG
+too: its mask must be at its own size, so it is not decoded scaled down here. Odd but
 valid images (16-bit, CMYK, palette, grayscale) are converted and matted.
 
 The model: ``SKUFORGE_MATTING_MODEL`` (a path, an s3:// or file:// URI, or a registered name;
@@ -206,6 +208,16 @@ def _read_input(
 def _read_image(event: Envelope[ImageGenerated], ctx: Context) -> Image.Image | BadInput:
     """The event's image, checked against its sha256 and dimensions, decoded within the limits."""
     ref = event.payload.image
+    max_pixels = ctx.settings.max_image_pixels
+    if ref.width * ref.height > max_pixels:
+        # Refused by the event's size: decode_image would decode a baseline JPEG this large scaled
+        # down to fit, and the size check below would then blame the event for a size it gave truly.
+        return BadInput(
+            "too_many_pixels",
+            f"the event says {ref.uri} is {ref.width}x{ref.height} = {ref.width * ref.height} pixels; "
+            f"the limit is {max_pixels} (SKUFORGE_MAX_IMAGE_PIXELS sets it), and a mask must be at the "
+            "image's size",
+        )
     try:
         image = ctx.read_image(ref)
     except BadInput as refusal:

@@ -1,0 +1,73 @@
+"""The matting stage's ``handle_batch`` without Kafka: what each refused image is refused for.
+
+``tests/test_matting_stage.py`` proves the wiring on a real broker; these cases need only the handler.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from schemas.common import ImageRef, SkuMetadata
+from schemas.envelope import Envelope, derive_id
+from schemas.events import ImageGenerated
+from schemas.topics import IMAGE_GENERATED
+from services.matting.stage import handle_batch
+from shared.bus import make_envelope
+from shared.config import load_settings
+from shared.errors import BadInput
+from shared.matting.session import U2NetPSession
+from shared.observability import StageMetrics
+from shared.runtime import Context
+from shared.store import FileStore, ObjectStore
+from tests.support.matting import stand_in_onnx_bytes
+
+
+def stored(store: ObjectStore, key: str, image: Image.Image, fmt: str) -> ImageRef:
+    """``image`` stored as ``fmt`` bytes (no re-encoding to PNG), referenced with its true size."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    ref = store.put_bytes(key, buffer.getvalue(), f"image/{fmt.lower()}")
+    return ImageRef(uri=ref.uri, sha256=ref.sha256, bytes=ref.bytes, width=image.width, height=image.height)
+
+
+def generated(store: ObjectStore, image: ImageRef) -> Envelope[ImageGenerated]:
+    """An image.generated event for ``image``, whose expected mask covers all of it."""
+    mask = store.put_image("fixtures/mask.png", np.full((image.height, image.width), 255, np.uint8))
+    payload = ImageGenerated(
+        item_id="item-1",
+        sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
+        reference_photo_id="p1",
+        reference_image=image,
+        reference_mask=mask,
+        image=image,
+        expected_mask=mask,
+        backend="composite",
+        model_id="synth",
+        seed=1,
+        variant_index=0,
+    )
+    return make_envelope(
+        IMAGE_GENERATED, payload, event_id=derive_id("t", "1"), sku_id="SKU-1", trace_id="t", producer="t"
+    )
+
+
+def test_a_jpeg_over_the_pixel_limit_is_refused_for_its_pixels_not_as_a_lying_event(tmp_path: Path) -> None:
+    """decode_image decodes a baseline JPEG over SKUFORGE_MAX_IMAGE_PIXELS at 1/2 its size; the stage
+    then dead-lettered a truthful event as ``dimension_mismatch`` ("is 200x200, the event says 400x400"),
+    where the same image as PNG is ``too_many_pixels``."""
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri, max_image_pixels=100_000)
+    ctx = Context("matting", store, settings, StageMetrics("matting"), logging.getLogger("test"))
+    session = U2NetPSession(stand_in_onnx_bytes(), threads=1, use_gpu=False, max_batch=2)
+    big = Image.new("RGB", (400, 400), "white")
+    events = [generated(store, stored(store, f"generated/big.{fmt}", big, fmt)) for fmt in ("JPEG", "PNG")]
+    for roi_margin in (0.25, None):
+        results = handle_batch(events, ctx, session=session, roi_margin=roi_margin)
+        reasons = [result.reason if isinstance(result, BadInput) else "matted" for result in results]
+        assert reasons == ["too_many_pixels", "too_many_pixels"]
+        assert "SKUFORGE_MAX_IMAGE_PIXELS" in str(results[0])
