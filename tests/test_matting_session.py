@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -412,6 +413,22 @@ def test_open_refusals_are_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(MattingModelError, match="cannot load"):
         open_session(str(tmp_path / "junk.onnx"), threads=1, use_gpu=False, store=None)
+
+
+def test_a_model_cache_that_cannot_be_written_is_named_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, random_u2netp_onnx: Path
+) -> None:
+    """A model from a URI is copied into the model cache (<system temp>/skuforge-models). Where that
+    cannot be written (a read-only /tmp, a cache folder another user made), the stage died at start-up
+    with a bare OSError traceback naming a temporary file, instead of the ConfigError line that says
+    which model and what to do."""
+    store = FileStore(tmp_path / "store")
+    ref = store.put_bytes("models/u2netp-v7.onnx", random_u2netp_onnx.read_bytes())
+    not_a_folder = tmp_path / "temp"
+    not_a_folder.write_bytes(b"")
+    monkeypatch.setattr(tempfile, "tempdir", str(not_a_folder))
+    with pytest.raises(MattingModelError, match=r"model cache .*temp/skuforge-models.*TMPDIR"):
+        open_session(ref.uri, threads=1, use_gpu=False, store=store)
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")

@@ -766,6 +766,11 @@ def open_session(
             raise MattingModelMissing(f"no matting model at {name}") from exc
         except ValueError as exc:  # a scheme no store serves (https://...), a malformed URI
             raise MattingModelError(f"cannot fetch the matting model {name}: {exc}; {help_text}") from exc
+        except OSError as exc:  # the cache cannot be written: a read-only /tmp, a folder another user made
+            raise MattingModelError(
+                f"cannot copy the matting model {name} into the model cache (<system temp>/skuforge-models): "
+                f"{exc}; make that folder writable by this user, or point TMPDIR at a writable folder"
+            ) from exc
         return session(U2NetSession, path, file_name)
     path = Path(name)
     if not path.is_file():
