@@ -584,8 +584,7 @@ class LoraTrainer:
     ) -> AdapterPublished:
         """Register the trained job's weights (unless registered already), publish, then record it:
         the general schedule, the series' current adapter, and last the published marker."""
-        result = json.loads(self.store.get_bytes(f"{job_prefix}/result.json"))
-        weights = self.store.get_bytes(f"{job_prefix}/weights.safetensors")
+        result, weights = self._trained(job, job_prefix, marker)
         try:
             metadata = self.registry.get(job.adapter_id)
             registered = metadata.training_set_sha256 == job.sha256 and not register_again
@@ -630,6 +629,22 @@ class LoraTrainer:
         self.metrics.jobs.labels("published").inc()
         log.info("adapter published", extra={"adapter_id": job.adapter_id, "steps": result["steps"]})
         return event
+
+    def _trained(self, job: Job, job_prefix: str, marker: str) -> tuple[dict[str, Any], bytes]:
+        """The trained job's result record and weights: from its folder, or, for a job published before
+        whose folder has expired (docs/ops.md allows it once published), from its published marker and
+        the registry's copy. Before, a roll-back to such a job failed every poll on the missing folder,
+        and the generator kept serving the adapter trained on the SKUs that had left the series."""
+        result_key, weights_key = f"{job_prefix}/result.json", f"{job_prefix}/weights.safetensors"
+        folder_expired = not (self.store.exists(result_key) and self.store.exists(weights_key))
+        if not (folder_expired and self.store.exists(marker)):
+            return json.loads(self.store.get_bytes(result_key)), self.store.get_bytes(weights_key)
+        metadata = self.registry.get(job.adapter_id)
+        weights = self.registry.store.read_checked(
+            f"{job.adapter_id}/{metadata.weight_name}", metadata.weights_sha256
+        )
+        published: dict[str, Any] = json.loads(self.store.get_bytes(marker))
+        return published, weights
 
     def _after_failure(self, job: Job, job_prefix: str, error: Exception) -> None:
         """Mark the job failed, or count the attempt and raise ``error`` (retried at the next poll).

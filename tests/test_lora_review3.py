@@ -1,0 +1,48 @@
+"""The LoRA trainer, third review: what an operator following the docs met.
+
+Training is stubbed where what is trained is not the point (``stub_training``), so this file runs on
+CPU in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.lora_trainer.stage import PREFIX, LoraTrainer
+from shared.generation.adapters import AdapterRegistry, resolve_adapter
+from shared.store import FileStore
+from tests.test_generator_stage import captioned_sku
+from tests.test_lora_review import model_folder, record, stub_training, trainer_on
+
+__all__ = ["stub_training"]  # the fixture, imported for the tests below
+
+
+def test_a_roll_back_to_an_adapter_whose_job_folder_expired_makes_it_current_again(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    """docs/ops.md lets ``lora-trainer/jobs/`` expire once a job is published. A roll-back to that job
+    then read its result from the expired folder: ObjectMissing at every poll, and the generator kept
+    serving the newer adapter."""
+    store = FileStore(tmp_path / "store")
+    model = model_folder(tmp_path, "m")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+
+    def trainer(rank: int) -> LoraTrainer:
+        return trainer_on(store, model, lora_rank=rank, lora_class_images=0)
+
+    def served() -> str | None:
+        choice = resolve_adapter(AdapterRegistry(store).list(), series="cola", base_model="sd15-inpaint")
+        return choice.adapter.adapter_id if choice.adapter else None
+
+    [first] = trainer(4).run_pending()
+    for key in [*store.list_keys(f"{PREFIX}/jobs/"), *store.list_keys(f"{PREFIX}/sets/")]:
+        store.delete(key)  # expired, as the retention table allows
+    [second] = trainer(8).run_pending()
+    assert served() == second.adapter_id
+
+    [again] = trainer(4).run_pending()  # rolled back
+
+    assert served() == first.adapter_id and len(stub_training) == 2  # current again, not trained again
+    assert again.model_dump(include={"weights_sha256", "steps", "sku_ids", "training_prompts"}) == (
+        first.model_dump(include={"weights_sha256", "steps", "sku_ids", "training_prompts"})
+    )
