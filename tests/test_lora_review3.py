@@ -12,6 +12,7 @@ from services.lora_trainer.stage import PREFIX, LoraTrainer
 from shared.generation.adapters import AdapterRegistry, resolve_adapter
 from shared.store import FileStore
 from tests.test_generator_stage import captioned_sku
+from tests.test_lora_plan_review import _class_images, _trainer
 from tests.test_lora_review import model_folder, record, stub_training, trainer_on
 
 __all__ = ["stub_training"]  # the fixture, imported for the tests below
@@ -46,3 +47,16 @@ def test_a_roll_back_to_an_adapter_whose_job_folder_expired_makes_it_current_aga
     assert again.model_dump(include={"weights_sha256", "steps", "sku_ids", "training_prompts"}) == (
         first.model_dump(include={"weights_sha256", "steps", "sku_ids", "training_prompts"})
     )
+
+
+def test_a_large_class_folder_is_read_only_as_far_as_the_recipe_uses_it(tmp_path: Path) -> None:
+    """Every file of every class folder was decoded at start-up and kept, though a job trains on the
+    first SKUFORGE_LORA_CLASS_IMAGES of each: a folder of a few thousand real photos held gigabytes,
+    and a broken file no job would use refused the start."""
+    classes = tmp_path / "class-images"
+    _class_images(classes, "can", 6)
+    (classes / "can" / "zz-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # sorts last
+
+    trainer = _trainer(FileStore(tmp_path / "store"), lora_class_images_dir=str(classes), lora_class_images=2)
+
+    assert [len(images) for images in trainer._class_folder.images.values()] == [2]

@@ -339,6 +339,7 @@ class LoraTrainer:
         self._class_folder = _read_class_folder(
             settings.lora_class_images_dir,
             self.recipe.resolution,
+            most=self.recipe.class_images,
             max_pixels=max_image_pixels,
             max_bytes=max_image_bytes,
         )
@@ -817,12 +818,13 @@ class ClassFolder:
 
 
 def _read_class_folder(
-    directory: str | None, resolution: int, *, max_pixels: int, max_bytes: int
+    directory: str | None, resolution: int, *, most: int, max_pixels: int, max_bytes: int
 ) -> ClassFolder:
-    """``<dir>/<class slug>/*.png|jpg``, read once at start-up, kept at ``resolution`` (a hundred phone
-    photos at full size held gigabytes). A file that does not decode is a ``ConfigError`` naming it; a
-    folder whose name is no class slug (``Soda Can/``: the class "soda can" looks in ``soda-can/``) is
-    never used, and a warning says so."""
+    """``<dir>/<class slug>/*.png|jpg``, the first ``most`` of each class (SKUFORGE_LORA_CLASS_IMAGES,
+    by name: the ones a job trains on), read once at start-up, kept at ``resolution`` (a hundred phone
+    photos at full size held gigabytes; every file of a large folder was read, however few were used).
+    A file that does not decode is a ``ConfigError`` naming it; a folder whose name is no class slug
+    (``Soda Can/``: the class "soda can" looks in ``soda-can/``) is never used, and a warning says so."""
     if directory is None:
         return ClassFolder({}, {})
     root = Path(directory)
@@ -837,7 +839,7 @@ def _read_class_folder(
                 extra={"folder": str(class_dir), "expected_name": slug(class_dir.name)},
             )
             continue
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})[:most]
         for path in files:
             try:
                 pixels = np.asarray(
