@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.lora_trainer.stage import PREFIX, LoraTrainer
+import pytest
+
+from services.lora_trainer.config import LoraTrainerSettings
+from services.lora_trainer.stage import PREFIX, LoraTrainer, adapter_base_model
+from shared.config import load_settings
 from shared.generation.adapters import AdapterRegistry, resolve_adapter
+from shared.generation.diffusion import DiffusionSettings
 from shared.store import FileStore
 from tests.test_generator_stage import captioned_sku
 from tests.test_lora_plan_review import _class_images, _trainer
@@ -60,3 +65,16 @@ def test_a_large_class_folder_is_read_only_as_far_as_the_recipe_uses_it(tmp_path
     trainer = _trainer(FileStore(tmp_path / "store"), lora_class_images_dir=str(classes), lora_class_images=2)
 
     assert [len(images) for images in trainer._class_folder.images.values()] == [2]
+
+
+@pytest.mark.parametrize(("lora_model", "diffusion_model"), [(".", None), (None, "."), (None, "./")])
+def test_a_model_folder_given_as_dot_labels_adapters_with_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lora_model: str | None, diffusion_model: str | None
+) -> None:
+    """SKUFORGE_LORA_MODEL=. (or the generator's SKUFORGE_DIFFUSION_MODEL=.), run from the model folder,
+    labelled every adapter "": each job trained, then the registry refused it at every poll."""
+    monkeypatch.chdir(model_folder(tmp_path, "sd15-inpaint"))
+    trainer = load_settings(LoraTrainerSettings, lora_model=lora_model)
+    diffusion = load_settings(DiffusionSettings, diffusion_model=diffusion_model)
+
+    assert adapter_base_model(trainer, diffusion) == "sd15-inpaint"

@@ -58,6 +58,7 @@ import functools
 import importlib.util
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -995,7 +996,7 @@ def adapter_base_model(trainer: LoraTrainerSettings, diffusion: DiffusionSetting
     )
     if trains_generator_model:
         model = lora_model or generator_model or "model"
-        return diffusion.diffusion_base_model or Path(model).name
+        return diffusion.diffusion_base_model or _folder_name(model)
     assert lora_model is not None  # else the trainer trains the generator's model
     if diffusion.diffusion_base_model is not None:
         raise ConfigError(
@@ -1006,7 +1007,14 @@ def adapter_base_model(trainer: LoraTrainerSettings, diffusion: DiffusionSetting
             f"({diffusion.diffusion_base_model} if it is a local copy of the generator's model; another "
             "name if not, and the generator will not use those adapters)"
         )
-    return Path(lora_model).name
+    return _folder_name(lora_model)
+
+
+def _folder_name(model: str) -> str:
+    """The name of the folder ``model`` points at: "." or "sd15/.." named it "" (every adapter trained,
+    then refused by the registry at every poll) or "..". Symlinks are not followed: a link's name is
+    the label it always gave."""
+    return Path(os.path.abspath(model)).name
 
 
 def kafka_publisher(shared: Settings) -> Callable[[AdapterPublished], None]:
