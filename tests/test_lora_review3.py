@@ -6,19 +6,27 @@ CPU in seconds.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import PREFIX, LoraTrainer, adapter_base_model
-from shared.config import load_settings
+from shared.config import ConfigError, load_settings
 from shared.generation.adapters import AdapterRegistry, resolve_adapter
 from shared.generation.diffusion import DiffusionSettings
 from shared.store import FileStore
 from tests.test_generator_stage import captioned_sku
 from tests.test_lora_plan_review import _class_images, _trainer
-from tests.test_lora_review import model_folder, record, stub_training, trainer_on
+from tests.test_lora_review import (
+    generator_settings,
+    model_folder,
+    open_on,
+    record,
+    stub_training,
+    trainer_on,
+)
 
 __all__ = ["stub_training"]  # the fixture, imported for the tests below
 
@@ -78,3 +86,20 @@ def test_a_model_folder_given_as_dot_labels_adapters_with_its_name(
     diffusion = load_settings(DiffusionSettings, diffusion_model=diffusion_model)
 
     assert adapter_base_model(trainer, diffusion) == "sd15-inpaint"
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_a_model_that_does_not_predict_the_noise_is_refused_at_start_up(
+    tmp_path: Path, prediction_type: str
+) -> None:
+    """The loop's loss is the noise MSE. A v-prediction inpainting model (9 channels, one text encoder)
+    passed every check, and each of its adapters was trained towards the noise: published, served,
+    and pulling the model's predictions off target."""
+    model = model_folder(tmp_path, "sd2-inpaint-v")
+    (model / "scheduler").mkdir()
+    scheduler_config = {"_class_name": "PNDMScheduler", "prediction_type": prediction_type}
+    (model / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config))
+    trainer = load_settings(LoraTrainerSettings, lora_base_model="sd2-inpaint-v")
+
+    with pytest.raises(ConfigError, match=f"prediction_type '{prediction_type}'"):
+        open_on(tmp_path, trainer, generator_settings(model, tmp_path))

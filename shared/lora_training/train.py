@@ -15,7 +15,8 @@ restartable:
   ``checkpoint_every`` steps; a job started again resumes from the newest one.
 
 Only SD 1.x-style inpainting folders are trained here (one text encoder); SDXL is refused by name,
-and so is a UNet that is not an inpainting one (``check_trainable``).
+and so are a UNet that is not an inpainting one and a model that does not predict the noise
+(``check_trainable``).
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ class _Progress:
 
 def check_trainable(model_dir: Path) -> None:
     """Refuse a base model this loop cannot train: SDXL (two text encoders, text-time conditioning),
-    or a UNet that is not an inpainting one (it takes latents + mask + masked-image latents, 9
-    channels; a text-to-image UNet takes 4 and fails at the first step)."""
+    a UNet that is not an inpainting one (it takes latents + mask + masked-image latents, 9
+    channels; a text-to-image UNet takes 4 and fails at the first step), or one that does not
+    predict the noise (a scheduler whose ``prediction_type`` is ``v_prediction`` or ``sample``)."""
     index = (model_dir / "model_index.json").read_text()
     if "XL" in index:
         raise TrainingError(
@@ -92,6 +94,18 @@ def check_trainable(model_dir: Path) -> None:
         raise TrainingError(
             f"{model_dir} has a UNet with in_channels {in_channels}, not {INPAINT_IN_CHANNELS}: the trainer "
             "needs an inpainting model (e.g. an SD 1.5 inpainting pipeline)"
+        )
+    # The loss is the noise MSE: a v-prediction model (some SD 2.x-based inpainting models) passed every
+    # check above and was trained towards the noise, an adapter that pulls its predictions off target.
+    try:
+        scheduler = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
+    except (OSError, ValueError):
+        scheduler = {}  # the scheduler's own default is epsilon; a missing one fails at loading
+    prediction_type = scheduler.get("prediction_type") if isinstance(scheduler, dict) else None
+    if prediction_type not in (None, "epsilon"):
+        raise TrainingError(
+            f"{model_dir} has a scheduler with prediction_type {prediction_type!r}, not 'epsilon': the "
+            "trainer trains noise-predicting models only (e.g. an SD 1.5 inpainting pipeline)"
         )
 
 
