@@ -25,7 +25,6 @@ from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import (
     PlannedVariant,
-    backend_counts,
     build_stage,
     handle_batch,
     plan_variants,
@@ -138,8 +137,6 @@ def check_generated(store: ObjectStore, events: list[ImageGenerated], captioned:
 
 
 def test_plan_spreads_variants_over_photos_and_backends() -> None:
-    assert backend_counts({"composite": 0.75, "diffusion": 0.25}, 10) == {"composite": 8, "diffusion": 2}
-    assert backend_counts({"composite": 0.5, "diffusion": 0.5}, 3) == {"composite": 2, "diffusion": 1}
     store_free = SkuCaptioned.model_validate(
         {
             "sku": {"sku_id": "SKU-1", "name": "n", "category": "can"},
@@ -165,6 +162,40 @@ def test_plan_spreads_variants_over_photos_and_backends() -> None:
     assert len({p.seed for p in plan}) == 4
     other = plan_variants(store_free, mix.model_copy(update={"generation_seed": 1}))
     assert [p.seed for p in other] != [p.seed for p in plan]
+
+
+def test_the_backend_mix_holds_over_skus_whatever_the_variants_per_sku_and_the_key_order() -> None:
+    # Rounded per SKU the same way for every SKU, {"composite": 3, "diffusion": 1} with 2 variants per
+    # SKU gave composite 2, diffusion 0: the diffusion backend was never used, and 3 variants gave it 1/3.
+    def sku(index: int) -> SkuCaptioned:
+        return SkuCaptioned.model_validate(
+            {
+                "sku": {"sku_id": f"SKU-{index}", "name": "n", "category": "can"},
+                "photos": [{"photo_id": "p0", "image": _ref(), "mask": _ref(), "usable": True}],
+                "instance_token": "sks",
+                "class_noun": "can",
+                "instance_prompt": "a photo of sks can",
+                "class_prompt": "a photo of a can",
+                "captioner": "test",
+            }
+        )
+
+    skus = [sku(index) for index in range(400)]
+    for variants in (1, 2, 3):
+        generation = load_settings(
+            GenerationSettings,
+            generation_variants_per_sku=variants,
+            generation_backend_mix={"composite": 3, "diffusion": 1},
+        )
+        plans = [plan_variants(captioned, generation) for captioned in skus]
+        backends = Counter(planned.backend for plan in plans for planned in plan)
+        assert backends["diffusion"] / (variants * len(skus)) == pytest.approx(0.25, abs=0.05), variants
+        for plan in plans:  # each SKU: its share rounded down or up, composites first
+            in_plan = [planned.backend for planned in plan]
+            assert in_plan == sorted(in_plan) and in_plan.count("diffusion") in (0, 1)
+        assert plans == [plan_variants(captioned, generation) for captioned in skus]  # same seed, same plan
+        reordered = generation.model_copy(update={"generation_backend_mix": {"diffusion": 1, "composite": 3}})
+        assert [plan_variants(captioned, reordered) for captioned in skus] == plans
 
 
 def test_loose_produce_is_heaped_in_the_configured_share_of_its_composites() -> None:

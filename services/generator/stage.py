@@ -14,10 +14,12 @@ library changed in between) goes beside the earlier one, which events already se
 Each event carries the backend, model id, adapter, prompt, seed, variant index and the
 parameters the model actually used, and embeds the reference photo and mask it came from.
 
-Which backend makes which variant: ``SKUFORGE_GENERATION_BACKEND_MIX`` (shares per backend, by
-largest remainder, in a fixed order), else all ``SKUFORGE_GENERATION_BACKEND``. Each variant's
-seed is derived from (sku_id, photo_id, variant index, ``SKUFORGE_GENERATION_SEED``), so the same
-SKU always gets the same images.
+Which backend makes which variant: ``SKUFORGE_GENERATION_BACKEND_MIX`` (shares per backend: each
+SKU gets each backend's share of its variants rounded down or up, drawn from the SKU and
+``SKUFORGE_GENERATION_SEED`` so that over many SKUs the shares are those configured; in blocks in
+the order composite, diffusion), else all ``SKUFORGE_GENERATION_BACKEND``. Each variant's seed is
+derived from (sku_id, photo_id, variant index, ``SKUFORGE_GENERATION_SEED``), so the same SKU
+always gets the same images.
 
 Bad input goes to the DLQ with its reason: no usable photo (``no_usable_photo``), a photo or mask
 missing or altered in the store (``object_missing``, ``checksum_mismatch``), not a readable image
@@ -30,7 +32,9 @@ stage only calls it (``services/generator/client.py``). Knobs: ``shared/generati
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,7 +52,7 @@ from services.generator.client import GeneratorFailed, GeneratorUnavailable, Tri
 from services.generator.protocol import VariantRequest, VariantResult, model_name
 from shared.config import Settings, load_settings
 from shared.errors import BadInput
-from shared.generation.backend import COLOUR_GAIN_KEY, cutout_sources, is_pile
+from shared.generation.backend import BACKEND_NAMES, COLOUR_GAIN_KEY, cutout_sources, is_pile
 from shared.generation.composite import COMPOSITE_PARAMETERS, product_framing
 from shared.generation.settings import GenerationSettings
 from shared.images import decode_image, decode_mask
@@ -90,14 +94,25 @@ class PlannedVariant:
     seed: int
 
 
-def backend_counts(shares: dict[str, float], total: int) -> dict[str, int]:
-    """Split ``total`` variants by ``shares`` (largest remainder; ties go to the earlier backend)."""
-    exact = {name: share * total for name, share in shares.items()}
-    counts = {name: int(value) for name, value in exact.items()}
-    by_remainder = sorted(exact, key=lambda name: (-(exact[name] - counts[name]), list(exact).index(name)))
-    for name in by_remainder[: total - sum(counts.values())]:
-        counts[name] += 1
-    return counts
+def assign_backends(shares: dict[str, float], total: int, offset: float) -> list[str]:
+    """The backend of each of ``total`` variants, in blocks in ``BACKEND_NAMES`` order: variant ``i``
+    goes to the backend whose share covers ``(i + offset) / total`` (systematic sampling).
+
+    Each backend gets its share of ``total`` rounded down or up, and, with ``offset`` spread evenly
+    over SKUs in 0..1, its share on average. Rounded the same way for every SKU (largest remainder),
+    a mix of 3:1 with 2 variants per SKU never used the second backend at all.
+    """
+    names = [name for name in BACKEND_NAMES if shares.get(name, 0.0) > 0]
+    bounds = list(itertools.accumulate(shares[name] for name in names))
+    return [
+        names[min(bisect.bisect_right(bounds, (index + offset) / total), len(names) - 1)]
+        for index in range(total)
+    ]
+
+
+def backend_offset(sku_id: str, base_seed: int) -> float:
+    """Where in 0..1 a SKU's variants start on the backend shares: fixed by the SKU and the seed."""
+    return int(derive_id("backends", sku_id, str(base_seed))[:8], 16) / 2**32
 
 
 def variant_seed(sku_id: str, photo_id: str, variant_index: int, base_seed: int) -> int:
@@ -113,9 +128,8 @@ def plan_variants(captioned: SkuCaptioned, generation: GenerationSettings) -> li
         raise BadInput("no_usable_photo", f"no photo of {captioned.sku.sku_id} can be used ({reasons})")
     usable = cutout_sources(usable, generation.generation_min_plain_background)
     total = generation.generation_variants_per_sku
-    backends = [
-        name for name, count in backend_counts(generation.shares(), total).items() for _ in range(count)
-    ]
+    offset = backend_offset(captioned.sku.sku_id, generation.generation_seed)
+    backends = assign_backends(generation.shares(), total, offset)
     return [
         PlannedVariant(
             variant_index=index,
