@@ -33,8 +33,9 @@ from services.generator.stage import (
 from shared.bus import make_envelope
 from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
-from shared.generation.backend import COLOUR_GAIN_KEY, GenerationRequest
-from shared.generation.composite import MODEL_ID, CompositeBackend, CompositeError, product_framing
+from shared.generation.backend import COLOUR_GAIN_KEY, GenerationBackend, GenerationRequest
+from shared.generation.composite import CompositeBackend, CompositeError, product_framing
+from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
 from shared.generation.scenes import Scene, SceneLibrary
 from shared.generation.settings import GenerationSettings
 from shared.images import decode_image, decode_mask
@@ -43,6 +44,7 @@ from shared.runtime import Context
 from shared.store import FileStore, ObjectStore
 from shared.synth import make_product, render_photo
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, read_topic, running
+from tests.support.diffusion import build_tiny_inpaint_pipeline
 from tests.support.triton import TritonServerProcess, tiny_diffusion_env
 
 VARIANTS = 3
@@ -234,7 +236,7 @@ def test_each_backend_gets_the_knobs_it_knows_and_a_knob_no_backend_knows_stops_
     photo = CaptionedPhoto.model_validate({"photo_id": "p0", "image": _ref(), "mask": _ref(), "usable": True})
     composite = variant_parameters(PlannedVariant(0, photo, "composite", seed=0), generation)
     diffusion = variant_parameters(PlannedVariant(1, photo, "diffusion", seed=1), generation)
-    assert composite == {"occluders": 0} and diffusion == {"steps": 30, "occluders": 0}
+    assert composite == {"occluders": 0} and diffusion == {"steps": 30}
     reference = np.full((64, 64, 3), 200, np.uint8)
     mask = np.zeros((64, 64), np.uint8)
     mask[16:48, 16:48] = 255
@@ -327,13 +329,13 @@ def _ref() -> dict[str, object]:
 
 
 class InProcessGenerator:
-    """The composite backend called in this process, as the Triton client would call the server."""
+    """Backends called in this process, as the Triton client would call the server."""
 
-    def __init__(self, backend: CompositeBackend) -> None:
-        self.backend = backend
+    def __init__(self, *backends: GenerationBackend) -> None:
+        self.backends = {backend.name: backend for backend in backends}
 
     def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
-        assert backend == "composite"
+        served = self.backends[backend]
         results: list[VariantResult | BadInput] = []
         for variant in variants:
             request = GenerationRequest(
@@ -344,12 +346,17 @@ class InProcessGenerator:
                 seed=variant.seed,
                 n=1,
                 parameters=json.loads(variant.parameters_json),
+                adapter_id=variant.adapter_id,
                 series=variant.series,
                 size=variant.size,
             )
-            sample = self.backend.generate(request)[0]
+            sample = served.generate(request)[0]
             parameters = json.dumps(sample.parameters)
-            results.append(VariantResult(sample.image, sample.expected_mask, parameters, None, MODEL_ID))
+            results.append(
+                VariantResult(
+                    sample.image, sample.expected_mask, parameters, sample.adapter_id, served.model_id
+                )
+            )
         return results
 
 
@@ -390,6 +397,50 @@ def test_a_re_render_from_a_changed_scene_library_leaves_what_earlier_events_poi
     for generated in (*first, *changed):
         assert ctx.read_image(generated.image).size == (SIZE_PX, SIZE_PX)
         assert ctx.read_mask(generated.expected_mask).shape == (SIZE_PX, SIZE_PX)
+
+
+@pytest.mark.slow
+def test_a_diffusion_image_records_no_composite_knob_it_did_not_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SKUFORGE_GENERATION_PARAMETERS went whole to the diffusion backend, which records the parameters
+    # it was sent with those it drew: its images' events said occluders 0 and blur_px 0.5, as if used.
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    for name, value in {
+        "SKUFORGE_DIFFUSION_MODEL": str(build_tiny_inpaint_pipeline(tmp_path / "tiny-sd-inpaint")),
+        "SKUFORGE_DIFFUSION_DEVICE": "cpu",
+        "SKUFORGE_DIFFUSION_THREADS": "1",
+        "SKUFORGE_DIFFUSION_STEPS": "2",
+        "SKUFORGE_DIFFUSION_CACHE_DIR": str(tmp_path / "cache"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    diffusion = DiffusionBackend.from_settings(load_settings(DiffusionSettings), settings)
+    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
+    generation = load_settings(
+        GenerationSettings,
+        generation_variants_per_sku=2,
+        generation_size_px=64,
+        generation_backend_mix={"composite": 1, "diffusion": 1},
+        generation_parameters={"occluders": 0, "blur_px": 0.5, "steps": 1},
+    )
+    captioned = captioned_sku(store, 5)
+    event = make_envelope(
+        SKU_CAPTIONED,
+        captioned,
+        event_id=derive_id("test", "knobs"),
+        sku_id=captioned.sku.sku_id,
+        trace_id="t",
+        producer="test",
+    )
+    generator = InProcessGenerator(CompositeBackend(None), diffusion)
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    assert isinstance(outputs, list)
+    by_backend = {emit.payload.backend: emit.payload.parameters for emit in outputs}  # type: ignore[attr-defined]
+    assert by_backend["composite"]["occluders"] == 0 and by_backend["composite"]["blur_px"] == 0.5
+    assert "steps" not in by_backend["composite"]
+    assert by_backend["diffusion"]["steps"] == 1
+    assert "occluders" not in by_backend["diffusion"] and "blur_px" not in by_backend["diffusion"]
 
 
 @pytest.mark.kafka

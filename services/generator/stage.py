@@ -54,6 +54,7 @@ from shared.config import Settings, load_settings
 from shared.errors import BadInput
 from shared.generation.backend import BACKEND_NAMES, COLOUR_GAIN_KEY, cutout_sources, is_pile
 from shared.generation.composite import COMPOSITE_PARAMETERS, product_framing
+from shared.generation.diffusion import DIFFUSION_PARAMETERS
 from shared.generation.settings import GenerationSettings
 from shared.images import decode_image, decode_mask
 from shared.runtime import Context, Emit, Stage, run_stage_loading
@@ -144,13 +145,13 @@ def plan_variants(captioned: SkuCaptioned, generation: GenerationSettings) -> li
 
 
 def variant_parameters(planned: PlannedVariant, generation: GenerationSettings) -> dict[str, Any]:
-    """The backend knobs of one variant: the configured ones, and for composites of loose produce a
-    pile in ``generation_pile_share`` of the variants (where a scene photo is drawn; one product on
-    procedural scenes). A knob set in ``generation_parameters`` wins."""
-    parameters = dict(generation.generation_parameters)
-    if planned.backend == "composite":
-        # The composite backend refuses knobs it does not know; the diffusion ones are not for it.
-        parameters = {key: value for key, value in parameters.items() if key in COMPOSITE_PARAMETERS}
+    """The backend knobs of one variant: the configured ones its backend knows, and for composites of
+    loose produce a pile in ``generation_pile_share`` of the variants (where a scene photo is drawn;
+    one product on procedural scenes). A knob set in ``generation_parameters`` wins."""
+    # Each backend gets its own knobs only: the composite backend refuses others, and the diffusion
+    # backend echoed the composite ones ({"occluders": 0}) into its images' parameters, as if used.
+    knows = COMPOSITE_PARAMETERS if planned.backend == "composite" else DIFFUSION_PARAMETERS
+    parameters = {key: value for key, value in generation.generation_parameters.items() if key in knows}
     if (
         planned.backend == "composite"
         and planned.photo.shape == "produce"
