@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -223,6 +224,44 @@ def test_loose_produce_is_heaped_in_the_configured_share_of_its_composites() -> 
     # A knob set for every variant wins.
     single = {"arrangement": "single"}
     assert arrangements("produce", generation_pile_share=1.0, generation_parameters=single) == ["single"] * 4
+
+
+def test_the_pile_share_holds_over_produce_skus() -> None:
+    # Piles fell on the same variant indices in every SKU: with the default 8 variants per SKU a share
+    # of 0.1 made no pile at all, and 0.2 made 1 in 8.
+    def produce_sku(index: int) -> SkuCaptioned:
+        return SkuCaptioned.model_validate(
+            {
+                "sku": {"sku_id": f"SKU-{index}", "name": "n", "category": "apple"},
+                "photos": [
+                    {"photo_id": "p0", "image": _ref(), "mask": _ref(), "usable": True, "shape": "produce"}
+                ],
+                "instance_token": "sks",
+                "class_noun": "apple",
+                "instance_prompt": "a photo of sks apple",
+                "class_prompt": "a photo of an apple",
+                "captioner": "test",
+            }
+        )
+
+    skus = [produce_sku(index) for index in range(400)]
+    for share in (0.1, 0.2, 0.5):
+        generation = load_settings(GenerationSettings, generation_pile_share=share)
+        arrangements = [
+            [
+                variant_parameters(planned, generation).get("arrangement")
+                for planned in plan_variants(sku, generation)
+            ]
+            for sku in skus
+        ]
+        piles = sum(per_sku.count("pile") for per_sku in arrangements)
+        assert piles / (8 * len(skus)) == pytest.approx(share, abs=0.02), share
+        # Each SKU: its share of 8 rounded down or up, the same on every run.
+        assert all(
+            per_sku.count("pile") in (math.floor(8 * share), math.ceil(8 * share)) for per_sku in arrangements
+        )
+        again = [variant_parameters(planned, generation) for planned in plan_variants(skus[0], generation)]
+        assert [parameters.get("arrangement") for parameters in again] == arrangements[0]
 
 
 def test_each_backend_gets_the_knobs_it_knows_and_a_knob_no_backend_knows_stops_the_start(

@@ -93,6 +93,7 @@ class PlannedVariant:
     photo: CaptionedPhoto
     backend: str
     seed: int
+    pile_offset: float = 0.0  # where this SKU's piles fall (``is_pile``): drawn per SKU
 
 
 def assign_backends(shares: dict[str, float], total: int, offset: float) -> list[str]:
@@ -111,9 +112,10 @@ def assign_backends(shares: dict[str, float], total: int, offset: float) -> list
     ]
 
 
-def backend_offset(sku_id: str, base_seed: int) -> float:
-    """Where in 0..1 a SKU's variants start on the backend shares: fixed by the SKU and the seed."""
-    return int(derive_id("backends", sku_id, str(base_seed))[:8], 16) / 2**32
+def share_offset(what: str, sku_id: str, base_seed: int) -> float:
+    """Where in 0..1 a SKU's variants start on the shares of ``what`` (backends, piles): fixed by the
+    SKU and the seed, spread evenly over SKUs, so that each share holds over many SKUs."""
+    return int(derive_id(what, sku_id, str(base_seed))[:8], 16) / 2**32
 
 
 def variant_seed(sku_id: str, photo_id: str, variant_index: int, base_seed: int) -> int:
@@ -129,16 +131,16 @@ def plan_variants(captioned: SkuCaptioned, generation: GenerationSettings) -> li
         raise BadInput("no_usable_photo", f"no photo of {captioned.sku.sku_id} can be used ({reasons})")
     usable = cutout_sources(usable, generation.generation_min_plain_background)
     total = generation.generation_variants_per_sku
-    offset = backend_offset(captioned.sku.sku_id, generation.generation_seed)
-    backends = assign_backends(generation.shares(), total, offset)
+    sku_id, base_seed = captioned.sku.sku_id, generation.generation_seed
+    backends = assign_backends(generation.shares(), total, share_offset("backends", sku_id, base_seed))
+    pile_offset = share_offset("piles", sku_id, base_seed)
     return [
         PlannedVariant(
             variant_index=index,
             photo=usable[index % len(usable)],
             backend=backends[index],
-            seed=variant_seed(
-                captioned.sku.sku_id, usable[index % len(usable)].photo_id, index, generation.generation_seed
-            ),
+            seed=variant_seed(sku_id, usable[index % len(usable)].photo_id, index, base_seed),
+            pile_offset=pile_offset,
         )
         for index in range(total)
     ]
@@ -155,7 +157,7 @@ def variant_parameters(planned: PlannedVariant, generation: GenerationSettings) 
     if (
         planned.backend == "composite"
         and planned.photo.shape == "produce"
-        and is_pile(planned.variant_index, generation.generation_pile_share)
+        and is_pile(planned.variant_index, generation.generation_pile_share, planned.pile_offset)
     ):
         parameters.setdefault("arrangement", "pile")
     return parameters

@@ -40,10 +40,14 @@ COLOUR_GAIN_KEY = "applied_colour_gain"
 MAX_SIZE_PX = 2048
 
 
-def is_pile(variant_index: int, share: float) -> bool:
+def is_pile(variant_index: int, share: float, offset: float = 0.0) -> bool:
     """Whether variant ``variant_index`` of a loose-produce SKU is asked for as a pile (the composite
-    backend's ``arrangement``): ``share`` of the variants, spread evenly (0.5: every second one)."""
-    return math.floor((variant_index + 1) * share) > math.floor(variant_index * share)
+    backend's ``arrangement``): ``share`` of the variants, spread evenly (0.5: every second one).
+
+    ``offset`` (0..1) shifts where a SKU's piles fall. Spread over SKUs it makes ``share`` hold over
+    them: with the same offset for every SKU, a share of 0.1 with 8 variants per SKU made no pile at all.
+    """
+    return math.floor((variant_index + 1) * share + offset) > math.floor(variant_index * share + offset)
 
 
 def cutout_sources(usable: list[CaptionedPhoto], min_plain_background: float) -> list[CaptionedPhoto]:
