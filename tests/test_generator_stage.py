@@ -226,6 +226,30 @@ def test_loose_produce_is_heaped_in_the_configured_share_of_its_composites() -> 
     assert arrangements("produce", generation_pile_share=1.0, generation_parameters=single) == ["single"] * 4
 
 
+def test_shares_too_large_to_sum_are_still_a_mix() -> None:
+    # Their sum overflowed to inf: every share came out 0, and every SKU failed in the stage.
+    generation = load_settings(
+        GenerationSettings,
+        generation_variants_per_sku=4,
+        generation_backend_mix={"composite": 1e308, "diffusion": 1e308},
+    )
+    assert generation.shares() == {"composite": 0.5, "diffusion": 0.5}
+    photo = {"photo_id": "p0", "image": _ref(), "mask": _ref(), "usable": True}
+    captioned = SkuCaptioned.model_validate(
+        {
+            "sku": {"sku_id": "SKU-1", "name": "n", "category": "can"},
+            "photos": [photo],
+            "instance_token": "sks",
+            "class_noun": "can",
+            "instance_prompt": "a photo of sks can",
+            "class_prompt": "a photo of a can",
+            "captioner": "test",
+        }
+    )
+    backends = [planned.backend for planned in plan_variants(captioned, generation)]
+    assert backends == ["composite", "composite", "diffusion", "diffusion"]
+
+
 def test_the_pile_share_holds_over_produce_skus() -> None:
     # Piles fell on the same variant indices in every SKU: with the default 8 variants per SKU a share
     # of 0.1 made no pile at all, and 0.2 made 1 in 8.

@@ -260,8 +260,11 @@ class GenerationSettings(BaseSettings):
         mix = {name: share for name, share in self.generation_backend_mix.items() if share > 0}
         if not mix:
             return {self.generation_backend: 1.0}
-        total = sum(mix.values())
-        return {name: share / total for name, share in mix.items()}
+        # Scaled to the largest first: {"composite": 1e308, "diffusion": 1e308} summed to inf, every
+        # share came out 0, and every SKU failed in the stage (IndexError) after a clean start.
+        largest = max(mix.values())
+        total = sum(share / largest for share in mix.values())
+        return {name: share / largest / total for name, share in mix.items()}
 
 
 def _uses(info: ValidationInfo, backend: str) -> bool:
