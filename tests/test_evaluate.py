@@ -12,10 +12,11 @@ import struct
 import subprocess
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 from PIL import Image, ImageDraw, ImageOps
@@ -924,6 +925,31 @@ def test_fine_tuned_classifiers_learn_from_synthetic_images_as_the_linear_ones_d
     assert result.top1["A"] <= 0.25 and result.top1["A'"] <= 0.25
     assert result.top1["B"] >= 0.9 and result.top1["C"] >= 0.9
     assert result.summary()["gain_over_classic_top1"] >= 0.4
+
+
+def test_classic_augmentations_are_never_smaller_than_the_backbone_input() -> None:
+    """At --image-px 384 the augmentations of A' and B' were made at 256 px and upscaled to 384,
+    while the real and synthetic images kept their detail: A' and B' lost by resolution alone."""
+    backbone = open_backbone(BackboneSpec(name="tiny", image_px=64))
+    seen: list[tuple[int, int]] = []
+    features = backbone.features
+
+    def recording(images: Sequence[Image.Image], batch: int = 32) -> npt.NDArray[np.float32]:
+        seen.extend(image.size for image in images)
+        return features(images, batch)
+
+    backbone.features = recording  # type: ignore[method-assign]
+    training, heldout = misleading_real_photos()
+    config = EvaluationConfig(seed=3, classic_px=32, real_weight=1.0)
+    result = run_evaluation(training, heldout, Featurizer(backbone, FeatureCache(None)), config)
+    assert result.config["classic_px"] == 64  # what was used is what the result says
+    classic = [size for size in seen if size != (48, 48)]  # the colour photos are 48 px
+    assert classic and set(classic) == {(64, 64)}
+    # A side above the backbone's is kept as asked.
+    seen.clear()
+    wider = dataclasses.replace(config, classic_px=80)
+    run_evaluation(training, heldout, Featurizer(backbone, FeatureCache(None)), wider)
+    assert {size for size in seen if size != (48, 48)} == {(80, 80)}
 
 
 def test_histogram_bins_edges_and_range() -> None:

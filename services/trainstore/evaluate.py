@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="backbone input side, 32 to 512 (default 224; EfficientNet-Lite0's last stages need 32): "
         "photos are decoded at most 512 px on their "
         "longer side, and the input is the centre square of that scaled to this side (512 px for a "
-        "square photo, 384 for a 4:3 one: above that it adds no detail)",
+        "square photo, 384 for a 4:3 one: above that it adds no detail); classic augmentations are made at "
+        "256 px, or at this side when it is larger",
     )
     parser.add_argument(
         "--seed",

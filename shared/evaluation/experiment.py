@@ -17,6 +17,7 @@ against the number of real photos per SKU (the first j of each SKU's real photos
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -64,6 +65,8 @@ class EvaluationConfig:
     seed: int = 0
     l2: float = 1e-2
     real_weight: float = 4.0  # loss weight of a real photo relative to a synthetic or augmented one
+    # Side of a classic augmentation; never below the backbone's input side (run_evaluation raises
+    # it to that), so an augmented image is not upscaled where the real and synthetic ones are not.
     classic_px: int = 256
     curve: bool = True
     misclassified_shown: int = 8
@@ -230,6 +233,11 @@ def run_evaluation(
 ) -> EvaluationResult:
     """Train A, A', B, B', C on ``training`` and score them on ``heldout`` (see the module docstring)."""
     config = config or EvaluationConfig()
+    # At --image-px 384 the 256 px augmentations were upscaled to 384 while the real photos and the
+    # synthetic images kept their detail: A' and B' were handicapped by their resolution alone.
+    input_px = featurizer.backbone.spec.image_px
+    if config.classic_px < input_px:
+        config = dataclasses.replace(config, classic_px=input_px)
     skus = sorted({photo.sku_id for photo in heldout})
     if not skus:
         raise ValueError("no held-out photos")
