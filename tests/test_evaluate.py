@@ -4,6 +4,7 @@ refusals, and the experiment's arithmetic on classes whose look is known (solid 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -696,6 +697,29 @@ def test_a_cache_dir_that_is_a_file_is_refused_before_the_run(
     # --no-cache reads and writes no cache: the same file is no obstacle then.
     assert cli_main([*args, "--no-cache"]) == 0
     assert cache.read_text() == "not a folder"
+
+
+def test_a_disk_that_fills_during_the_run_is_said_not_a_traceback(
+    colour_store: ManifestStore,
+    heldout: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The checks before the run cannot see a disk fill up during it: the feature cache's write was
+    # an OSError traceback.
+    import shared.evaluation.backbone as backbone_module
+
+    def full(path: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(backbone_module.np, "save", full)
+    out = tmp_path / "eval"
+    assert cli_main(evaluate_args(heldout, out, tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert f"skuforge evaluate: {tmp_path / 'features'}" in err and "No space left on device" in err
+    assert f"{out / 'evaluation.json'} was not written" in err and "Traceback" not in err
+    assert not (out / "evaluation.json").exists()
 
 
 def test_a_store_without_skus_is_named_as_such(

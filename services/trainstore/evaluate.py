@@ -20,7 +20,8 @@ held-out SKUs without a usable real image in the store or left out by the export
 photo that does not decode, an unusable
 ``--scenes`` (malformed, or no files), a weights file that does not load, an ``--out`` or
 ``--cache-dir`` that is a file or cannot be made and written in (tried before the run, and left as
-it was), and a store with no SKUs.
+it was), and a store with no SKUs. A disk that fills, or a file that goes away, during the run is
+named (exit 1) and evaluation.json is not written.
 
 Writes ``--out DIR/evaluation.json`` (the ``EvaluationResult`` and its headline ``summary``; what
 ``skuforge dataset export --evaluation`` reads) and ``report.html`` (``shared/evaluation/report.py``),
@@ -201,6 +202,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except REFUSALS as exc:
         print(f"skuforge evaluate: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # The disk filled (the feature cache, the report), or a file went away during a long run:
+        # was a traceback. evaluation.json is written last and whole, so it was not written.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"skuforge evaluate: {where}{exc.strerror or exc}; {args.out / EVALUATION_FILE} was not written",
+            file=sys.stderr,
+        )
+        return 1
     print("\n".join(summary_lines(result)))
     print(f"wrote {args.out / EVALUATION_FILE} and {args.out / 'report.html'}")
     return 0
