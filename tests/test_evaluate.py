@@ -257,6 +257,7 @@ def test_evaluate_can_fine_tune_the_last_backbone_stages_and_refuses_too_many(
     assert cli_main(evaluate_args(heldout, out, tmp_path, *tune)) == 0
     document = json.loads((out / "evaluation.json").read_text())
     assert document["config"]["tune_stages"] == 1 and document["config"]["tune_epochs"] == 3
+    assert document["config"]["tune_lr"] == 1e-4  # the default, when --tune-stages comes without it
     assert document["inputs"]["classifier"].startswith("the backbone's last 1 stage fine-tuned")
     assert "last 1 stage fine-tuned" in (out / "report.html").read_text()
     # Solid colours are easy for any classifier: only the green-looking red photo may be missed.
@@ -269,6 +270,30 @@ def test_evaluate_can_fine_tune_the_last_backbone_stages_and_refuses_too_many(
     error = capsys.readouterr().err
     assert "--tune-stages 3: tiny has 3 stages; fine-tune 1 to 2 of them" in error
     assert not (tmp_path / "eval3").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["--tune-epochs", "3"], "--tune-epochs sets"),
+        (["--tune-lr", "0.001"], "--tune-lr sets"),
+        (
+            ["--tune-stages", "0", "--tune-epochs", "8", "--tune-lr", "0.001"],
+            "--tune-epochs and --tune-lr set",
+        ),
+    ],
+)
+def test_tuning_options_without_tune_stages_are_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], named: str
+) -> None:
+    # They were ignored: the run was the frozen backbone's, and nothing said so.
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(evaluate_args(tmp_path / "heldout", tmp_path / "eval", tmp_path, *options))
+    assert exit_info.value.code == 2
+    assert f"{named} how the backbone's last stages are fine-tuned: give --tune-stages N" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "eval").exists()
 
 
 def test_export_refuses_a_missing_or_foreign_evaluation_file(

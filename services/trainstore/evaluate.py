@@ -2,7 +2,9 @@
 
     skuforge evaluate --heldout DIR --out DIR --max-synthetic-per-real K [--min-real 1]
         [--scenes URI] [--backbone efficientnet-lite0|tiny] [--backbone-weights PATH]
-        [--seed 0] [--l2 0.01] [--real-weight 4.0] [--cache-dir var/evaluate/features]
+        [--image-px 224] [--seed 0] [--l2 0.01] [--real-weight 4.0]
+        [--tune-stages N [--tune-epochs 8] [--tune-lr 1e-4]]
+        [--cache-dir var/evaluate/features | --no-cache]
 
 Reads: the SKUs of the retraining store (``SKUFORGE_STORE_URI``, ``SKUFORGE_TRAINSTORE_PREFIX``),
 exactly as ``skuforge dataset export`` would export them under the same ``--max-synthetic-per-real``
@@ -47,6 +49,8 @@ from shared.argtypes import (
 from shared.evaluation import BACKBONES
 
 DEFAULT_CACHE_DIR = Path("var/evaluate/features")
+# --tune-epochs and --tune-lr when --tune-stages is given without them.
+TUNE_DEFAULTS = {"tune_epochs": 8, "tune_lr": 1e-4}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,12 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the last being its 1x1 head convolution; tiny: 3); 0, the default, keeps the backbone frozen",
     )
     parser.add_argument(
-        "--tune-epochs", type=non_negative_int, default=8, help="with --tune-stages: epochs (default 8)"
+        "--tune-epochs",
+        type=non_negative_int,
+        default=None,  # TUNE_DEFAULTS once parsed: None tells "not given" from "given as 8"
+        help=f"with --tune-stages: epochs (default {TUNE_DEFAULTS['tune_epochs']})",
     )
     parser.add_argument(
         "--tune-lr",
         type=float_between(1e-9, 1.0),
-        default=1e-4,
+        default=None,
         help="with --tune-stages: AdamW learning rate of the tuned stages, 1e-9 to 1; the head's is 10x "
         "(default 1e-4)",
     )
@@ -175,6 +182,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``skuforge evaluate ...``; 0 on success, 2 when refused (the reason on stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    given = [f"--{name.replace('_', '-')}" for name in TUNE_DEFAULTS if getattr(args, name) is not None]
+    if given and not args.tune_stages:
+        # They were ignored without a word: the run was a frozen backbone's, whatever they said.
+        parser.error(
+            f"{' and '.join(given)} {'set' if len(given) > 1 else 'sets'} how the backbone's last stages "
+            "are fine-tuned: give --tune-stages N "
+            "(1 or more) with them, or leave them out"
+        )
+    for name, default in TUNE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.backbone_weights is not None and args.backbone != "efficientnet-lite0":
         parser.error("--backbone-weights is for --backbone efficientnet-lite0")
     if args.backbone_weights is not None and not args.backbone_weights.is_file():
