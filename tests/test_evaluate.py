@@ -44,7 +44,7 @@ from shared.evaluation.leakage import (
     heldout_hash,
     perceptual_hash,
 )
-from shared.evaluation.report import histogram, render_report, thumbnail_data_uri, write_report
+from shared.evaluation.report import histogram, histogram_svg, render_report, thumbnail_data_uri, write_report
 from shared.evaluation.tune import fit_predict_tuned, tail_features
 from shared.images import encode_png
 from shared.store import FileStore, ObjectStore
@@ -1055,6 +1055,9 @@ def test_histogram_bins_edges_and_range() -> None:
         *[0] * 7,
         2,
     ]
+    # The page says so: a SKU that went from 0 to 100% is in the last bin, which holds its top edge.
+    page = histogram_svg({"gain": [1.0, 0.95, 0.0]}, colours=["#000"], x_label="gain")
+    assert "gain in [+0.9, +1.0]: 2 SKU(s)" in page and "gain in [+0.0, +0.1): 1 SKU(s)" in page
 
 
 def shelf_photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:

@@ -241,10 +241,11 @@ def histogram_svg(
             height = plot_h * count / top
             x = _LEFT + b_index * slot + slot * 0.1 + s_index * width
             left_edge = lo + b_index * bin_width
+            closed = "]" if b_index == n_bins - 1 else ")"  # the top edge is in the last bin
             out.append(
                 f"<rect x='{x:.1f}' y='{_TOP + plot_h - height:.1f}' width='{width:.1f}' "
                 f"height='{height:.1f}' fill='{colour}'><title>{_e(name)} in "
-                f"[{left_edge:+.1f}, {left_edge + bin_width:+.1f}): {count} SKU(s)</title></rect>"
+                f"[{left_edge:+.1f}, {left_edge + bin_width:+.1f}{closed}: {count} SKU(s)</title></rect>"
             )
         out.extend(_legend_entry(s_index, name, colour))
     for tick in (lo, lo / 2, 0.0, hi / 2, hi):
