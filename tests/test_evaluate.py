@@ -15,6 +15,7 @@ import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -789,6 +790,30 @@ def test_a_disk_that_fills_during_the_run_is_said_not_a_traceback(
     assert f"skuforge evaluate: {tmp_path / 'features'}" in err and "No space left on device" in err
     assert f"{out / 'evaluation.json'} was not written" in err and "Traceback" not in err
     assert not (out / "evaluation.json").exists()
+
+
+def test_a_misclassified_photo_removed_during_the_run_loses_its_thumbnail_not_the_run(
+    colour_store: ManifestStore,
+    heldout: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import services.trainstore.evaluation as evaluation_module
+
+    run = evaluation_module.run_evaluation
+
+    def then_removed(*args: Any, **kwargs: Any) -> Any:
+        result = run(*args, **kwargs)
+        (heldout / "SKU-RED" / "test-2.jpg").unlink()  # the photo B' gets wrong
+        return result
+
+    monkeypatch.setattr(evaluation_module, "run_evaluation", then_removed)
+    out = tmp_path / "eval"
+    assert cli_main(evaluate_args(heldout, out, tmp_path)) == 0
+    assert "(photo not readable)" in (out / "report.html").read_text()
+    document = json.loads((out / "evaluation.json").read_text())
+    assert document["misclassified"][0]["name"].endswith("test-2.jpg")
 
 
 def test_a_store_without_skus_is_named_as_such(

@@ -549,10 +549,18 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     }
     document = evaluation_document(result, inputs)
     by_name = {photo.name: photo for photo in heldout}
+
+    def read_heldout(name: str) -> bytes | None:
+        # A photo moved or removed during the run loses its thumbnail, not the whole evaluation.
+        try:
+            return by_name[name].read() if name in by_name else None
+        except OSError:
+            return None
+
     write_report(
         result,
         args.out,
-        lambda name: by_name[name].read() if name in by_name else None,
+        read_heldout,
         limits=(settings.max_image_pixels, settings.max_image_bytes),  # those the photos passed above
     )
     # Last, and whole or not at all: `dataset export --evaluation` reads it, and a run killed while
