@@ -629,9 +629,7 @@ def _png_rgb16_low_bytes(data: bytes, shape: tuple[int, ...]) -> UInt8Array:
         if not isinstance(again, ImageFile.ImageFile) or len(tiles) != 1 or tiles[0][3] != "RGB;16B":
             # Refused rather than read by the high byte alone, which would hide near-key colours
             # (and read a 0/255 mask as empty).
-            raise ImageRejected(
-                "unsupported_mode", "a 16-bit RGB PNG that cannot be read at full depth"
-            )
+            raise ImageRejected("unsupported_mode", "a 16-bit RGB PNG that cannot be read at full depth")
         tile = tiles[0]
         little_endian = (tile[0], tile[1], tile[2], "RGB;16L")
         again.tile = [tile._make(little_endian) if hasattr(tile, "_make") else little_endian]

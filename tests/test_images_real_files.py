@@ -485,7 +485,6 @@ def test_load_pairs_reads_a_0_1_label_mask_by_its_labels(tmp_path: Path) -> None
     assert int(np.count_nonzero(masks[0])) == 16 * 16
 
 
-
 def test_load_pairs_refuses_an_empty_mask_and_a_colour_picture_as_mask(tmp_path: Path) -> None:
     # Both were taken silently: an all-background mask taught the model there was no product in the
     # photo, and a colour picture (the photo itself, saved as its mask) was read by its brightness.

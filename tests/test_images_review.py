@@ -81,7 +81,6 @@ def test_sixteen_bit_rgb_key_matches_the_full_sample_not_its_low_byte() -> None:
     assert np.asarray(decode_image(keyed_white)).tolist() == [[[255, 255, 255], [255, 0, 0]]]
 
 
-
 def test_a_16_bit_rgb_mask_holding_8_bit_values_is_read_as_8_bit() -> None:
     # OpenCV writes a 3-channel 8-bit 0/255 mask saved as uint16 this way. Pillow keeps each sample's
     # high byte, 0 here, so the whole mask read as background (a 422 in the console, an empty
