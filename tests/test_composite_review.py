@@ -139,3 +139,17 @@ def test_a_product_too_thin_to_place_is_refused_as_such_not_for_a_height_no_one_
     assert refusals, "expected at least one variant too thin to place"
     for refusal in refusals:
         assert "height_fraction" not in refusal and "too thin or scattered to place" in refusal
+
+
+def test_a_pile_records_no_occluder_and_no_shadow_and_replays_from_what_it_records() -> None:
+    # A pile draws neither, but reported the drawn occluders (1) and shadow ("drop"): the lineage record
+    # said something was done to the image that was not.
+    scenes = SceneLibrary([Scene("a.jpg", "", np.full((80, 80, 3), 90, np.uint8))])
+    backend = CompositeBackend(scenes, 1.0)
+    asked = _request(scene="photo", arrangement="pile", occluders=1, shadow="drop")
+    [sample] = backend.generate(asked)
+    assert (sample.parameters["occluders"], sample.parameters["shadow"]) == (0, "none")
+    # What it records is what was done: sent back, the same image, byte for byte.
+    [replayed] = backend.generate(replace(asked, seed=99, parameters=sample.parameters))
+    assert np.array_equal(replayed.image, sample.image)
+    assert np.array_equal(replayed.expected_mask, sample.expected_mask)

@@ -106,7 +106,7 @@ class _Plan:
     colour_temperature: float  # -1 cool (blue) .. +1 warm (red)
     blur_px: float
     noise_sigma: float
-    occluders: int
+    occluders: int  # a pile has none, and no shadow: it reports 0 and "none" whatever was drawn
     scene_seed: int  # backdrop, other products and noise are drawn from it
     # Photo scenes only (scene == "photo"); drawn for every variant so that the draw order is fixed.
     scene_key: str  # key of the photo in the scene library; "" for procedural scenes
@@ -261,6 +261,10 @@ class _Plan:
             raise CompositeError(
                 f"composite parameter scene_seed must be from 0 to 2^63-1, got {plan.scene_seed}"
             )
+        if plan.arrangement == "pile":
+            # A pile has no occluder and no shadow (its copies hide one another): the drawn values, reported
+            # as they were, put an occluder and a shadow in the lineage record that no image had.
+            plan = replace(plan, occluders=0, shadow="none")
         return plan
 
     def as_json(self) -> dict[str, Any]:
