@@ -490,18 +490,18 @@ def _composite_product(
 def _finish(
     img: npt.NDArray[np.float32], plan: _Plan, size: int, noise_rng: np.random.Generator
 ) -> npt.NDArray[np.uint8]:
-    """Lens and sensor: the plan's blur and noise, then 8-bit H x W x 3."""
+    """Lens and sensor: the plan's blur and noise, then 8-bit H x W x 3.
+
+    Noise goes on the light as the lens left it, over white included, and only then is the image
+    clipped to 8 bits, as in a camera: a blown highlight stays white, with or without blur.
+    """
     if plan.blur_px > 0:
-        # Defocus at half size (a quarter of the work): the 2x box reduce and bilinear upscale are
-        # themselves a blur of about 0.7 px, the Gaussian adds the rest. Scaled back by exactly 2 and
-        # cropped: stretched over an odd size, the product slid up to a pixel off its expected mask.
-        small = to_image(img).reduce(2)
-        extra_px = plan.blur_px / 2 - 0.35
-        if extra_px > 0.05:
-            small = small.filter(ImageFilter.GaussianBlur(extra_px))
-        double = (small.width * 2, small.height * 2)
-        blurred = small.resize(double, Image.Resampling.BILINEAR).crop((0, 0, size, size))
-        out = np.asarray(blurred, dtype=F32) * (1.0 / 255.0)
+        out = _defocus(img, plan.blur_px, size)
+        # The blur works in 8 bits, which hold the light up to white only: what went over white is
+        # blurred apart and added back. Clipped, a white product lit x1.3 came out grainy (half its
+        # pixels below 255) with blur and white without; a frame all below white is as it was.
+        if (img > 1.0).any():
+            out += _defocus(img - F32(1.0), plan.blur_px, size)
     else:
         out = np.moveaxis(img, 0, -1)
     if plan.noise_sigma > 0:
@@ -510,6 +510,20 @@ def _finish(
         out = out + grain * F32(plan.noise_sigma * math.sqrt(12.0))
     image = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(image)
+
+
+def _defocus(img: npt.NDArray[np.float32], blur_px: float, size: int) -> npt.NDArray[np.float32]:
+    """``img`` (3 x S x S, clipped to 0..1 and 8 bits) blurred by ``blur_px``: S x S x 3, 0..1."""
+    # Defocus at half size (a quarter of the work): the 2x box reduce and bilinear upscale are
+    # themselves a blur of about 0.7 px, the Gaussian adds the rest. Scaled back by exactly 2 and
+    # cropped: stretched over an odd size, the product slid up to a pixel off its expected mask.
+    small = to_image(img).reduce(2)
+    extra_px = blur_px / 2 - 0.35
+    if extra_px > 0.05:
+        small = small.filter(ImageFilter.GaussianBlur(extra_px))
+    double = (small.width * 2, small.height * 2)
+    blurred = small.resize(double, Image.Resampling.BILINEAR).crop((0, 0, size, size))
+    return np.asarray(blurred, dtype=F32) * F32(1.0 / 255.0)
 
 
 def _draw_photo(
