@@ -171,3 +171,12 @@ def test_a_product_lit_over_white_stays_white_under_noise_with_or_without_blur(b
     [sample] = CompositeBackend().generate(request)
     inner = sample.image[erode(sample.expected_mask > 0, 4)]
     assert inner.size and (inner == 255).all(), (inner < 255).mean()
+
+
+def test_a_negative_seed_is_refused_in_this_backends_words() -> None:
+    # A direct Triton client's seed is any int64: -1 was refused with numpy's "expected non-negative
+    # integer", which names neither the seed nor what to send.
+    with pytest.raises(CompositeError, match=r"^seed must be at least 0, got -1$"):
+        CompositeBackend().generate(replace(_request(), seed=-1))
+    [outcome] = CompositeBackend().generate_many([replace(_request(), seed=-1)])
+    assert str(outcome) == "seed must be at least 0, got -1"

@@ -374,6 +374,9 @@ class _Cutout:
             raise CompositeError(f"size must be at least {MIN_SIZE_PX} px, got {request.size}")
         if request.n < 1:
             raise CompositeError(f"n must be at least 1, got {request.n}")
+        if request.seed < 0:
+            # numpy's SeedSequence refused it with its own "expected non-negative integer".
+            raise CompositeError(f"seed must be at least 0, got {request.seed}")
         binary = mask >= 128
         rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
         if rows.size == 0:
