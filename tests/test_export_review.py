@@ -416,3 +416,27 @@ def test_a_class_named_images_left_out_during_a_jsonl_export_takes_only_its_own_
         record = json.loads(line)
         assert all((tmp_path / "out" / record[key]).is_file() for key in ("image", "mask"))
     assert not (tmp_path / "out" / "images" / "images").exists()
+
+
+# -- masks are read only by the format that writes them ---------------------------------------------
+
+
+def test_an_imagefolder_export_does_not_need_the_masks_it_does_not_write(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An imagefolder export writes no mask, yet read and checked every one: a mask lost from the store
+    failed the whole export (exit 1), and every image cost two reads. A jsonl export, which writes the
+    masks, still refuses a missing one."""
+    store.store.delete(store.key("masks/SKU-A/real-0.png"))
+    out = tmp_path / "out"
+    assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0
+    assert sorted(path.name for path in (out / "SKU-A").iterdir()) == [
+        "real-real-0.png",
+        "real-real-1.png",
+        "synthetic-gen-0.png",
+    ]
+    capsys.readouterr()
+    jsonl = [*EXPORT[:2], str(tmp_path / "jsonl"), "--format", "jsonl", *EXPORT[4:]]
+    assert cli_main(jsonl) == 1
+    assert "masks/SKU-A/real-0.png" in capsys.readouterr().err
+    assert not (tmp_path / "jsonl").exists()

@@ -25,6 +25,7 @@ rendered again or rejected) leaves that image out, counted (``changed_during_exp
 left with fewer than ``min_real`` real images out; a row that still names the bad bytes stops the export
 (``ChecksumMismatch``, ``ObjectMissing``) and leaves nothing in the output directory. A policy that
 leaves no class at all is a ``ValueError`` naming why each SKU was left out, not an empty training set.
+An ``imagefolder`` export reads no mask (it writes none): a mask lost from the store does not stop it.
 """
 
 from __future__ import annotations
@@ -604,8 +605,11 @@ def _write_export(
                 continue
             try:
                 image = _decoded(manifests, row.image, row.image_sha256, limits, decode_image)
+                # Only jsonl writes masks: an imagefolder export neither reads them nor fails on one lost.
                 mask = (
-                    _decoded(manifests, row.mask, row.mask_sha256, limits, decode_mask) if row.mask else None
+                    _decoded(manifests, row.mask, row.mask_sha256, limits, decode_mask)
+                    if row.mask and fmt == "jsonl"
+                    else None
                 )
             except (ObjectMissing, ChecksumMismatch):
                 if manifests.read_sku(row.sku_id).get(row.item_id) == row:
