@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -350,3 +351,17 @@ def test_load_manifest_reads_the_jsonl_part_when_its_columnar_copy_does_not_read
     (columns_key,) = manifests.store.list_keys("ts/manifests/SKU-1/columns-")
     manifests.store.put_bytes(columns_key, damage(manifests.store.get_bytes(columns_key)))
     assert load_manifest(manifests.store, prefix="ts") == expected
+
+
+def test_a_change_to_one_loaded_rows_reasons_reaches_no_other_row(manifests: ManifestStore) -> None:
+    """The columnar copy writes a value most rows share once, and it parsed into one list repeated down
+    the column: training code that added to one row's ``reasons`` added to every row's. Loaded, a
+    list field is a tuple, compacted or not."""
+    manifests.append("SKU-1", [row(f"g{index:02d}", reasons=["iou_below_threshold"]) for index in range(20)])
+    uncompacted = load_manifest(manifests.store, prefix="ts")
+    manifests.compact("SKU-1")
+    loaded = load_manifest(manifests.store, prefix="ts")
+    assert loaded == uncompacted
+    with contextlib.suppress(AttributeError):  # a tuple has no append: nothing changes
+        loaded[0]["reasons"].append("relabelled")
+    assert loaded.column("reasons") == [("iou_below_threshold",)] * 20

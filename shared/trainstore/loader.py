@@ -11,7 +11,8 @@
 Columns, not a dict per row: two million items load in seconds and hold far less memory. Each
 SKU costs one read, its compacted manifest's columnar copy; a SKU with deltas not compacted yet, or
 whose copy is missing or does not read (cut short, another version's), is merged row by row through
-``ManifestStore`` from its JSONL parts (slower, same values).
+``ManifestStore`` from its JSONL parts (slower, same values). A list field (``reasons``) loads as a
+tuple: rows share no value a change to one of them could reach.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_origin
 
 from shared.errors import ObjectMissing
 from shared.store import ObjectStore, open_store
@@ -31,11 +32,17 @@ __all__ = ["FIELDS", "Manifest", "load_manifest"]
 log = logging.getLogger(__name__)
 
 FIELDS: tuple[str, ...] = tuple(ManifestRow.model_fields)
+# Fields whose values are lists (``reasons``): loaded as tuples. The columnar copy's common value is one
+# list repeated down its column, so a change to one row's list was a change to every row's.
+_LIST_FIELDS = frozenset(
+    name for name, info in ManifestRow.model_fields.items() if get_origin(info.annotation) is list
+)
 
 
 @dataclass
 class Manifest:
-    """Rows of the retraining store, column by column; ``image``/``mask`` are keys under ``root_uri``."""
+    """Rows of the retraining store, column by column; ``image``/``mask`` are keys under ``root_uri``.
+    A list field of ``ManifestRow`` (``reasons``) holds tuples: no row shares a value one could change."""
 
     root_uri: str
     columns: dict[str, list[Any]] = field(default_factory=lambda: {name: [] for name in FIELDS})
@@ -123,10 +130,21 @@ def load_manifest(
             ]
             sku_columns = {name: [values[index] for index in keep] for name, values in sku_columns.items()}
         for name in FIELDS:
-            manifest.columns[name].extend(sku_columns[name])
+            values = sku_columns[name]
+            manifest.columns[name].extend(_as_tuples(values) if name in _LIST_FIELDS else values)
     if unknown:
         raise ValueError(f"no SKU {', '.join(unknown)} in the retraining store {manifest.root_uri}")
     return manifest
+
+
+def _as_tuples(values: list[Any]) -> list[Any]:
+    """A column of lists as tuples; one list repeated down it (a common value) becomes one tuple
+    repeated, so the column takes no more memory than before."""
+    made: dict[int, tuple[Any, ...]] = {}  # id of a list (all alive while this runs) -> its tuple
+    for value in values:
+        if id(value) not in made:
+            made[id(value)] = tuple(value)
+    return [made[id(value)] for value in values]
 
 
 def _sku_columns(manifests: ManifestStore, sku_id: str) -> dict[str, list[Any]] | None:
