@@ -440,3 +440,35 @@ def test_an_imagefolder_export_does_not_need_the_masks_it_does_not_write(
     assert cli_main(jsonl) == 1
     assert "masks/SKU-A/real-0.png" in capsys.readouterr().err
     assert not (tmp_path / "jsonl").exists()
+
+
+def test_a_class_left_out_during_the_export_is_not_counted_in_the_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A class left without enough real images while the export ran is not in the training set, yet its
+    strip still counted in ``long_side_capped`` and ``export.json`` still gave the evaluation's reason
+    to leave out its synthetic images, as if it were exported."""
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    _add_photo(manifests, "SKU-S", "real-0", 2000, 16)  # a strip: its long side is capped
+    add_item(manifests, "SKU-S", "real-1", "real", "reference")
+    add_item(manifests, "SKU-S", "gen-0", "synthetic", "accepted")
+    for index in range(2):
+        add_item(manifests, "SKU-B", f"real-{index}", "real", "reference")
+    after_the_plan(
+        monkeypatch, lambda store: add_item(store, "SKU-S", "real-1", "real", "reference", size_px=64)
+    )
+    out = tmp_path / "out"
+    summary = export_dataset(
+        manifests,
+        out,
+        fmt="imagefolder",
+        max_synthetic_per_real=1,
+        min_real=2,
+        no_synthetic={"SKU-S": "its synthetic images hurt it in evaluation.json"},
+    )
+    assert list(summary.classes) == ["SKU-B"] and "SKU-S" in summary.skipped
+    written = json.loads((out / "export.json").read_text())
+    assert written["long_side_capped"] == summary.long_side_capped == 0
+    assert written["synthetic_left_out"] == summary.synthetic_left_out == {}
+    assert written["changed_during_export"] == 1
+    assert not any("longer than" in line for line in summary.lines())

@@ -598,7 +598,7 @@ def _write_export(
     for plan_class in plan.classes:
         class_lines: list[str] = []
         written = {"real": 0, "synthetic": 0}
-        over_cap = 0
+        over_cap = class_capped = 0
         for row in [*plan_class.real, *plan_class.synthetic]:
             if row.source == "synthetic" and written["synthetic"] >= max_synthetic_per_real * written["real"]:
                 over_cap += 1
@@ -620,7 +620,7 @@ def _write_export(
                 changed += 1
                 continue
             if fit == "keep" and max(image.size) > MAX_ASPECT * min(image.size):
-                long_side_capped += 1
+                class_capped += 1
             image = _resized(image, size_px, fit)
             name = f"{row.source}-{row.item_id}.png"
             written["real" if row.source == "real" else "synthetic"] += 1
@@ -664,7 +664,9 @@ def _write_export(
                 f"need at least {min_real}"
             )
             continue
+        # Counted only now: the summary describes what was written, not a class removed above.
         lines += class_lines
+        long_side_capped += class_capped
         classes[plan_class.sku_id] = {
             "real": written["real"],
             "synthetic": written["synthetic"],
@@ -681,7 +683,11 @@ def _write_export(
         skipped=skipped,
         real=sum(counts["real"] for counts in classes.values()),
         synthetic=sum(counts["synthetic"] for counts in classes.values()),
-        synthetic_left_out={c.sku_id: c.synthetic_left_out for c in plan.classes if c.synthetic_left_out},
+        synthetic_left_out={
+            c.sku_id: c.synthetic_left_out
+            for c in plan.classes
+            if c.synthetic_left_out and c.sku_id in classes
+        },
         long_side_capped=long_side_capped,
         changed_during_export=changed,
     )
