@@ -365,3 +365,14 @@ def test_a_change_to_one_loaded_rows_reasons_reaches_no_other_row(manifests: Man
     with contextlib.suppress(AttributeError):  # a tuple has no append: nothing changes
         loaded[0]["reasons"].append("relabelled")
     assert loaded.column("reasons") == [("iou_below_threshold",)] * 20
+
+
+@pytest.mark.parametrize("sku_id", ["../x", "..", ".", "SKU-1/../SKU-1", "a\\b"])
+def test_load_manifest_names_an_unsafe_sku_id_as_one_it_does_not_have(
+    manifests: ManifestStore, sku_id: str
+) -> None:
+    """An id no stored SKU can have, and that as a key prefix could leave the store, stopped training
+    code with the object store's "prefix ... has a '..' segment" instead of the loader's own answer."""
+    manifests.append("SKU-1", [row("i0")])
+    with pytest.raises(ValueError, match=rf"^no SKU {re.escape(sku_id)} in the retraining store "):
+        load_manifest(manifests.store, prefix="ts", sku_ids=["SKU-1", sku_id])

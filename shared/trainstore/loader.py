@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, get_origin
 
+from schemas.common import check_safe_id
 from shared.errors import ObjectMissing
 from shared.store import ObjectStore, open_store
 from shared.trainstore.manifest import TRAINABLE, ManifestRow, ManifestStore, decode_columns, rows_to_columns
@@ -87,7 +88,8 @@ def load_manifest(
     ``s3_endpoint_url`` for a non-AWS server).
 
     ``ValueError`` for a store with no SKU at all (most often a mistyped URI or prefix) and for a
-    requested SKU id the store does not have: either read as an empty or smaller training set.
+    requested SKU id the store does not have (``../x`` too: no SKU can have it): either read as an
+    empty or smaller training set.
     """
     objects = open_store(store, s3_endpoint_url=s3_endpoint_url) if isinstance(store, str) else store
     manifests = ManifestStore(objects, prefix)
@@ -104,7 +106,9 @@ def load_manifest(
     marked = Withdrawals(manifests).by_sku() if trainable_only else {}
     unknown = []
     for sku_id in wanted:
-        sku_columns = _sku_columns(manifests, sku_id)
+        # A requested id no SKU can have ("../x") is one the store does not have; read as a key prefix,
+        # it was the object store's error ("prefix has a '..' segment").
+        sku_columns = _sku_columns(manifests, sku_id) if sku_ids is None or _is_safe_id(sku_id) else None
         if sku_columns is None:
             unknown.append(sku_id)
             continue
@@ -135,6 +139,15 @@ def load_manifest(
     if unknown:
         raise ValueError(f"no SKU {', '.join(unknown)} in the retraining store {manifest.root_uri}")
     return manifest
+
+
+def _is_safe_id(sku_id: str) -> bool:
+    """Whether ``sku_id`` is an id a SKU can have (``check_safe_id``)."""
+    try:
+        check_safe_id(sku_id)
+    except ValueError:
+        return False
+    return True
 
 
 def _as_tuples(values: list[Any]) -> list[Any]:
