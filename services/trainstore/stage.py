@@ -31,7 +31,11 @@ Produces no events. Writes, under ``SKUFORGE_TRAINSTORE_PREFIX`` (layout in docs
 ``SKUFORGE_TRAINSTORE_COMPACT_AFTER_PARTS`` deltas.
 
 Idempotent by item id: object keys come from the item id, and a row equal to the one the manifest
-already has is not written again, so a redelivered event writes nothing at all.
+already has is not written again, so a redelivered event writes nothing at all. An older event never
+undoes a newer one: each row records its event's ``produced_at``, and a row of an event older than
+the item's stored row is neither written nor are its objects (an old ``gate.accepted`` of a first
+render, replayed after a reviewer approved a second render of the item, leaves the approval and its
+image; an old ``sku.captioned`` leaves the photos a newer one stored or found unusable).
 
 Bad input goes to the DLQ and nothing of the event is written: every object the event points at
 is read, checked against its sha256 and decoded *before* the first write. Reasons:
@@ -42,7 +46,8 @@ sizes differ) and ``final_mask_missing`` (an approval without a mask).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from PIL import Image
@@ -59,7 +64,7 @@ from shared.errors import BadInput
 from shared.images import decode_image, decode_mask, encode_png
 from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import sha256_hex
-from shared.trainstore.manifest import ManifestRow, ManifestStore, Status, object_keys
+from shared.trainstore.manifest import ManifestRow, ManifestStore, Status, object_keys, stands
 from shared.trainstore.settings import TrainstoreSettings
 from shared.trainstore.withdrawals import Withdrawals, photo_of, withdrawable, withdrawn_row, withdrawn_rows
 
@@ -141,7 +146,10 @@ class Trainstore:
                     extra={"sku_id": generated.sku.sku_id, "item_id": generated.item_id, "kept": kept},
                 )
                 return []
-            row = _synthetic_row(generated, event, status="rejected", item=None, **common)
+            # The rejected render's sha256, without its objects: which pixels the reviewer judged.
+            row = _synthetic_row(
+                generated, event, status="rejected", item=None, image_sha256=generated.image.sha256, **common
+            )
             self._write(ctx, generated.sku.sku_id, [StagedItem(row)], current=current)
             self.manifests.delete_objects(generated.sku.sku_id, [("synthetic", generated.item_id)])
             return []
@@ -178,6 +186,7 @@ class Trainstore:
                 "source": "real",
                 "caption": photo.caption,
                 "trace_id": event.trace_id,
+                "produced_at": _produced_at(event),
             }
             reason = None if photo.usable and photo.mask is not None else photo.unusable_reason or "no mask"
             if reason is not None and reason not in MASK_PROBLEMS:
@@ -198,7 +207,9 @@ class Trainstore:
             image_png, mask_png = self._stage_pair(ctx, photo.image, photo.mask)
             objects = _object_fields(sku.sku_id, "real", photo.photo_id, photo.image, image_png, mask_png)
             staged.append(StagedItem(ManifestRow(status="reference", **base, **objects), image_png, mask_png))
-        self._write(ctx, sku.sku_id, staged, marked=marked)
+        older = self._write(ctx, sku.sku_id, staged, marked=marked)
+        # What a newer captioning decided for a photo stays, its objects too.
+        staged = [item for item in staged if item.row.item_id not in older]
         # A photo stored as a reference that a later captioning (a replay, a re-run) found unusable:
         # its row now says "no objects", so its copies go too. Checked by existence, so a delete cut
         # short is finished by the event delivered again.
@@ -254,11 +265,25 @@ class Trainstore:
         *,
         current: dict[str, ManifestRow] | None = None,
         marked: set[str] | None = None,
-    ) -> None:
+    ) -> set[str]:
         """Objects first, then the manifest delta; nothing at all when every row is already there.
-        ``current``: the SKU's rows, ``marked``: its withdrawn photos, when the caller has just read them."""
+        ``current``: the SKU's rows, ``marked``: its withdrawn photos, when the caller has just read them.
+        Returns the item ids left out because a newer event decided them (``stands``)."""
         current = self.manifests.read_sku(sku_id) if current is None else current
         marked = self.withdrawals.photo_ids(sku_id) if marked is None else marked
+        staged = [
+            replace(item, row=_past_other_render(current.get(item.row.item_id), item.row)) for item in staged
+        ]
+        # Before the objects: an older event's image must not overwrite the newer row's. Before the
+        # withdrawal too, which then still withdraws the stored row of such an item.
+        older = {item.row.item_id for item in staged if not stands(item.row, current.get(item.row.item_id))}
+        if older:
+            # Expected now and then (a pending row after its decision; a redelivery after a newer event).
+            ctx.log.info(
+                "rows left out: a newer decision of their items is stored",
+                extra={"sku_id": sku_id, "items": sorted(older)},
+            )
+            staged = [item for item in staged if item.row.item_id not in older]
         staged = _withdraw(staged, current, marked)
         kept_out = [
             item.row.item_id for item in staged if _stays_withdrawn(current.get(item.row.item_id), item.row)
@@ -302,6 +327,7 @@ class Trainstore:
             self._delete_withdrawn_objects(
                 sku_id, {**current, **{item.row.item_id: item.row for item in staged}}, marked
             )
+        return older
 
     def _delete_withdrawn_objects(self, sku_id: str, rows: dict[str, ManifestRow], marked: set[str]) -> None:
         """Delete the objects still stored for the withdrawn rows of the ``marked`` photos: those this
@@ -360,6 +386,13 @@ def _photo_ids(rows: list[ManifestRow]) -> list[str]:
     return sorted({str(photo_of(row)) for row in rows})
 
 
+def _produced_at(event: Envelope[Any]) -> datetime:
+    """The event's time, which orders the rows of an item (``stands``); a naive one is taken as UTC
+    (every producer writes UTC), since naive and aware times do not compare."""
+    produced_at = event.produced_at
+    return produced_at if produced_at.tzinfo is not None else produced_at.replace(tzinfo=UTC)
+
+
 def _image_png(image_ref: ImageRef, image_bytes: bytes, image: Image.Image) -> bytes:
     """The bytes to store of an image read from ``image_ref``, checked against the event's size."""
     # The manifest records the event's width and height: they must be the image's.
@@ -385,6 +418,23 @@ def _kept_render(current: ManifestRow | None, generated: ImageGenerated) -> str 
     if current is None or current.status not in ("accepted", "approved") or current.image_sha256 is None:
         return None
     return current.status if current.image_sha256 != generated.image.sha256 else None
+
+
+def _past_other_render(current: ManifestRow | None, row: ManifestRow) -> ManifestRow:
+    """``row``, dated no earlier than ``current`` when that is a rejection of another render of the item
+    (its image's sha256 differs): that rejection judged other pixels and says nothing about these, so
+    a trainable row of them stands whichever event came first (``_kept_render``, the other order)."""
+    if (
+        current is None
+        or current.status != "rejected"
+        or not row.trainable
+        or current.image_sha256 in (None, row.image_sha256)
+        or current.produced_at is None
+        or row.produced_at is None
+        or row.produced_at >= current.produced_at
+    ):
+        return row
+    return row.model_copy(update={"produced_at": current.produced_at})
 
 
 def _object_fields(
@@ -428,6 +478,7 @@ def _synthetic_row(
         backend=generated.backend,
         reference_photo_id=generated.reference_photo_id,
         trace_id=event.trace_id,
+        produced_at=_produced_at(event),
         **objects,
         **fields,
     )

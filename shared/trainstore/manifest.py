@@ -11,14 +11,17 @@ Layout under the store's root (``SKUFORGE_TRAINSTORE_PREFIX``, see docs/architec
 Every row read has a stamp, the delta it was written in (``<seq>-<id>``; a compacted part keeps each
 row's stamp). A SKU's manifest is every part there, in any order: per item, a decision beats a
 ``pending`` row (the gate's ``correction.pending`` and the console's ``correction.resolved`` are
-different topics, so they may arrive in either order), and otherwise the row with the later stamp
-wins. Because the result does not depend on the order parts are read in, two writers of one SKU
-cannot undo each other: all the stage's topics are keyed by ``sku_id`` with one partition count, but
-the group's assignor may give one partition number of two topics to two members, and a member past
-its poll interval may still be writing. Both may number a delta alike (each lists, then takes the
-next number); both may compact at once. So a compaction names its part by its content too (two
-compactions never replace each other's part), writes it before deleting anything, and deletes
-exactly the parts it read; a crash in between leaves parts that read again to the same rows.
+different topics, so they may arrive in either order), then the row of the later event (its
+``produced_at``, the envelope's: a redelivered, rewound or DLQ-replayed old event arrives after newer
+ones and must not undo them; a row from before rows recorded it loses to any row that has one), then
+the row with the later stamp (copies). Because the result does not depend on the order parts are
+read in, two writers of one SKU cannot undo each other: all the stage's topics are keyed by
+``sku_id`` with one partition count, but the group's assignor may give one partition number of two
+topics to two members, and a member past its poll interval may still be writing. Both may number
+a delta alike (each lists, then takes the next number); both may compact at once. So a compaction
+names its part by its content too (two compactions never replace each other's part), writes it
+before deleting anything, and deletes exactly the parts it read; a crash in between leaves parts
+that read again to the same rows.
 
 Training code reads manifests only (``load_manifest``), never lists or opens images: one small file
 per class after compaction, the columnar copy (one JSON object of per-field arrays: parsing it is
@@ -36,9 +39,10 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import AwareDatetime, Field, ValidationError
 
 from schemas.common import Contract, SafeId, Sha256Hex
 from schemas.envelope import derive_id
@@ -57,6 +61,7 @@ __all__ = [
     "encode_rows",
     "merge_rows",
     "rows_to_columns",
+    "stands",
 ]
 
 Source = Literal["real", "synthetic"]
@@ -79,6 +84,8 @@ _STAMPED_LINE = re.compile(rb'^\{"written":"(\d{10}-(?:[0-9a-f]{32})?)",')
 COLUMNS_VERSION = 1
 # Listings a read of one SKU's manifest tries while concurrent compactions delete parts under it.
 READ_ATTEMPTS = 5
+# The event time of a row that records none: before any event's.
+_NO_TIME = datetime.min.replace(tzinfo=UTC)
 
 
 class ManifestRow(Contract):
@@ -107,6 +114,11 @@ class ManifestRow(Contract):
     backend: str | None = None
     reference_photo_id: str | None = None
     trace_id: str | None = None
+    produced_at: AwareDatetime | None = Field(
+        default=None,
+        description="when the event that wrote the row was produced (its envelope's produced_at): of two "
+        "rows of an item, the later event's wins; None in rows written before rows recorded it",
+    )
 
     @property
     def trainable(self) -> bool:
@@ -117,14 +129,28 @@ class ManifestRow(Contract):
 def merge_rows(
     rows: Iterable[ManifestRow], into: dict[str, ManifestRow] | None = None
 ) -> dict[str, ManifestRow]:
-    """Fold rows, oldest first, into item_id -> row; a pending row never replaces a decision."""
+    """Fold rows, oldest written first, into item_id -> row; a pending row never replaces a decision,
+    nor a row of an older event one of a newer event (``stands``)."""
     merged = {} if into is None else into
     for row in rows:
-        current = merged.get(row.item_id)
-        if row.status == "pending" and current is not None and current.status in _DECIDED:
-            continue
-        merged[row.item_id] = row
+        if stands(row, merged.get(row.item_id)):
+            merged[row.item_id] = row
     return merged
+
+
+def stands(row: ManifestRow, current: ManifestRow | None) -> bool:
+    """Whether ``row``, written now, would be its item's row in place of ``current`` (the module doc)."""
+    return current is None or _precedence("", row) >= _precedence("", current)
+
+
+def _precedence(stamp: str, row: ManifestRow) -> tuple[bool, datetime, str]:
+    """Of two rows of an item, the one with the greater precedence is the item's row.
+
+    The event's time, not the order of writes: writes follow deliveries, and a redelivered or replayed
+    event comes after newer ones. The time travels in the row, so the order holds across restarts,
+    compactions and a second writer, which a stage's memory of what it saw would not.
+    """
+    return (row.status in _DECIDED, row.produced_at or _NO_TIME, stamp)
 
 
 def encode_rows(rows: Iterable[ManifestRow]) -> bytes:
@@ -201,7 +227,11 @@ def decode_columns(data: bytes) -> dict[str, list[Any]]:
             for index, other in others.items():
                 column[int(index)] = other
             columns[name] = column
-        return {name: columns[name] for name in ManifestRow.model_fields}
+        # A field added since the copy was written (produced_at) holds its default in every row.
+        return {
+            name: columns[name] if name in columns or field.default is not None else [None] * count
+            for name, field in ManifestRow.model_fields.items()
+        }
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
         raise ValueError(f"not a columnar manifest: {exc!r}") from exc
 
@@ -297,11 +327,13 @@ class ManifestStore:
         """Write ``rows`` as the SKU's next delta part, leaving out rows the manifest already has.
 
         ``current`` is the SKU's manifest if the caller just read it. Returns the key written, or
-        None when nothing was new (a redelivered event writes nothing).
+        None when nothing was new (a redelivered event writes nothing) or every new row is of an
+        event older than the item's row (``stands``).
         """
         current = self.read_sku(sku_id) if current is None else current
-        fresh = [row for row in rows if current.get(row.item_id) != row]
-        fresh = [row for row in fresh if merge_rows([row], dict(current)).get(row.item_id) == row]
+        fresh = [
+            row for row in rows if current.get(row.item_id) != row and stands(row, current.get(row.item_id))
+        ]
         if not fresh:
             return None
         compacted, deltas, _ = self._listing(sku_id)
@@ -381,15 +413,12 @@ class _Part:
 
 
 def _fold(merged: dict[str, tuple[str, ManifestRow]], stamp: str, row: ManifestRow) -> None:
-    """Merge one stamped row: a decision beats a pending row, else the later stamp wins (ties: the
-    row folded last; they are copies). The result does not depend on the order rows are folded in."""
+    """Merge one stamped row: a decision beats a pending row, else the later event, else the later
+    stamp wins (ties: the row folded last; they are copies). The result does not depend on the order
+    rows are folded in."""
     current = merged.get(row.item_id)
-    if current is not None:
-        decided, current_decided = row.status in _DECIDED, current[1].status in _DECIDED
-        if decided != current_decided and not decided:
-            return
-        if decided == current_decided and stamp < current[0]:
-            return
+    if current is not None and _precedence(stamp, row) < _precedence(*current):
+        return
     merged[row.item_id] = (stamp, row)
 
 

@@ -1,0 +1,201 @@
+"""An older event never undoes what a newer event decided for the same item.
+
+Events of one item reach the trainstore in other orders than they were made: a redelivery, a rewind,
+``skuforge dlq replay`` of an event that failed long ago. Before, the newest *write* won: an old
+``gate.accepted`` of a first render, delivered again after a reviewer approved a second render of the
+item, replaced the approval and its image; an old ``sku.captioned`` brought back a photo a newer
+captioning found unusable. Each row now records when its event was produced (the envelope's
+``produced_at``), and the later event wins, also after a restart and a compaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from schemas.envelope import Envelope
+from schemas.events import GateAccepted, ImageMatted, SkuCaptioned
+from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED
+from services.trainstore.stage import Trainstore
+from shared.bus import make_envelope
+from shared.config import Settings
+from shared.observability import StageMetrics
+from shared.runtime import Context
+from shared.store import FileStore, sha256_hex
+from shared.trainstore.manifest import ManifestRow, ManifestStore, decode_columns, encode_columns, object_keys
+from tests.support.gate import captioned, matted_item, pending_of, resolved
+
+PREFIX = "trainstore"
+SKU = "SKU-001"
+T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
+
+
+def _context(store: FileStore) -> Context:
+    return Context("trainstore", store, Settings(), StageMetrics("trainstore"), logging.getLogger("test"))
+
+
+def _envelope(topic: Any, payload: Any, event_id: str, minute: int) -> Envelope[Any]:
+    """An event produced ``minute`` minutes after T0."""
+    envelope = make_envelope(
+        topic, payload, event_id=event_id * 32, sku_id=SKU, trace_id="t" * 32, producer="test"
+    )
+    return envelope.model_copy(update={"produced_at": T0 + timedelta(minutes=minute)})
+
+
+def _renders(store: FileStore) -> tuple[ImageMatted, ImageMatted]:
+    """Two renders of one item (a variant rendered again from a changed scene library keeps its id)."""
+    first = matted_item(store, 1, 0)
+    other_look = matted_item(store, 1, 1).generated.image
+    second = first.model_copy(update={"generated": first.generated.model_copy(update={"image": other_look})})
+    return first, second
+
+
+def _parts(store: FileStore) -> list[str]:
+    return sorted(store.list_keys(f"{PREFIX}/manifests/{SKU}/"))
+
+
+def test_an_old_acceptance_delivered_after_a_newer_approval_leaves_the_approval_and_its_image(
+    tmp_path: Path,
+) -> None:
+    store = FileStore(tmp_path / "store")
+    manifests = ManifestStore(store, PREFIX)
+    trainstore = Trainstore(manifests, compact_after_parts=2)
+    ctx = _context(store)
+    first, second = _renders(store)
+    old_acceptance = _envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0)
+    trainstore.accepted(old_acceptance, ctx)
+    trainstore.pending(_envelope(CORRECTION_PENDING, pending_of(second), "b", 5), ctx)
+    approval = _envelope(CORRECTION_RESOLVED, resolved(store, second, "approve_expected"), "c", 60)
+    trainstore.resolved(approval, ctx)
+    item_id = second.generated.item_id
+    image_key = manifests.key(object_keys(SKU, "synthetic", item_id)[0])
+    assert sha256_hex(store.get_bytes(image_key)) == second.generated.image.sha256
+
+    # Redelivered, replayed from the DLQ, by a restarted stage (a fresh instance), after compaction.
+    for attempt in range(2):
+        restarted = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=2)
+        restarted.accepted(old_acceptance, ctx)
+        row = manifests.read_sku(SKU)[item_id]
+        assert (row.status, row.image_sha256) == ("approved", second.generated.image.sha256), attempt
+        assert sha256_hex(store.get_bytes(image_key)) == second.generated.image.sha256, attempt
+        manifests.compact(SKU)
+
+    # A copy of the current event writes nothing at all.
+    before = _parts(store)
+    trainstore.resolved(approval, ctx)
+    assert _parts(store) == before
+
+
+def test_an_old_captioning_replayed_after_a_newer_one_changes_no_photo(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    manifests = ManifestStore(store, PREFIX)
+    trainstore = Trainstore(manifests, compact_after_parts=16)
+    ctx = _context(store)
+    older = captioned(store, 1, photos=2)
+    # The newer captioning found p0 unusable and p1 without a product mask.
+    newer = older.model_copy(
+        update={
+            "photos": [
+                older.photos[0].model_copy(
+                    update={"usable": False, "mask": None, "unusable_reason": "motion blur"}
+                ),
+                older.photos[1].model_copy(
+                    update={"usable": False, "mask": None, "unusable_reason": "mask_full_frame"}
+                ),
+                *older.photos[2:],
+            ]
+        }
+    )
+    trainstore.captioned(_envelope(SKU_CAPTIONED, older, "a", 0), ctx)
+    trainstore.captioned(_envelope(SKU_CAPTIONED, newer, "b", 10), ctx)
+    before = manifests.read_sku(SKU)
+
+    trainstore.captioned(_envelope(SKU_CAPTIONED, older, "a", 0), ctx)  # replayed
+
+    rows = manifests.read_sku(SKU)
+    assert rows == before
+    assert (rows["p0"].status, rows["p0"].image) == ("unusable", None)
+    assert not any(store.exists(manifests.key(key)) for key in object_keys(SKU, "real", "p0"))
+    p1_image, p1_mask = object_keys(SKU, "real", "p1")
+    assert (rows["p1"].mask, store.exists(manifests.key(p1_mask))) == (None, False)
+    assert store.exists(manifests.key(p1_image))
+
+
+def test_an_old_captioning_replayed_after_a_newer_one_deletes_no_photo_it_found_unusable(
+    tmp_path: Path,
+) -> None:
+    store = FileStore(tmp_path / "store")
+    manifests = ManifestStore(store, PREFIX)
+    trainstore = Trainstore(manifests, compact_after_parts=16)
+    ctx = _context(store)
+    newer = captioned(store, 1, photos=2)
+    older: SkuCaptioned = newer.model_copy(
+        update={
+            "photos": [
+                newer.photos[0].model_copy(update={"usable": False, "mask": None, "unusable_reason": "blur"}),
+                newer.photos[1].model_copy(update={"mask": None, "unusable_reason": "no_product_found"}),
+                *newer.photos[2:],
+            ]
+        }
+    )
+    trainstore.captioned(_envelope(SKU_CAPTIONED, newer, "b", 10), ctx)
+    trainstore.captioned(_envelope(SKU_CAPTIONED, older, "a", 0), ctx)  # an old one, delivered late
+
+    rows = manifests.read_sku(SKU)
+    for photo_id in ("p0", "p1"):
+        assert (rows[photo_id].status, rows[photo_id].mask is not None) == ("reference", True)
+        assert all(store.exists(manifests.key(key)) for key in object_keys(SKU, "real", photo_id))
+
+
+def test_two_writers_of_one_sku_keep_the_newer_event_in_any_order(tmp_path: Path) -> None:
+    """Two members both read the manifest before either wrote: the part written last is the older
+    event's. The merge (and a compaction) keeps the newer event's row."""
+    manifests = ManifestStore(FileStore(tmp_path), "ts")
+
+    def row(status: str, minute: int) -> ManifestRow:
+        return ManifestRow(
+            item_id="gen-1",
+            sku_id="SKU-1",
+            category="can",
+            source="synthetic",
+            status=status,  # type: ignore[arg-type]
+            produced_at=T0 + timedelta(minutes=minute),
+        )
+
+    manifests.append("SKU-1", [row("approved", 60)], current={})
+    manifests.append("SKU-1", [row("accepted", 0)], current={})
+    assert manifests.read_sku("SKU-1")["gen-1"].status == "approved"
+    manifests.compact("SKU-1")
+    assert manifests.read_sku("SKU-1")["gen-1"].status == "approved"
+    assert manifests.append("SKU-1", [row("accepted", 0)]) is None, "an older event's row is not written"
+
+
+def test_an_old_acceptance_of_one_render_stands_after_a_newer_rejection_of_another(tmp_path: Path) -> None:
+    """The rejection judged other pixels: the acceptance stands in either order (as when it came first)."""
+    store = FileStore(tmp_path / "store")
+    manifests = ManifestStore(store, PREFIX)
+    trainstore = Trainstore(manifests, compact_after_parts=16)
+    ctx = _context(store)
+    first, second = _renders(store)
+    trainstore.resolved(_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "b", 60), ctx)
+    acceptance = _envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0)
+    trainstore.accepted(acceptance, ctx)
+
+    row = manifests.read_sku(SKU)[first.generated.item_id]
+    assert (row.status, row.image_sha256) == ("accepted", first.generated.image.sha256)
+    assert store.exists(manifests.key(str(row.image)))
+    before = _parts(store)
+    trainstore.accepted(acceptance, ctx)  # redelivered
+    assert _parts(store) == before
+
+
+def test_a_columnar_copy_written_before_rows_had_their_event_time_still_reads() -> None:
+    old_row = ManifestRow(
+        item_id="gen-1", sku_id="SKU-1", category="can", source="synthetic", status="accepted"
+    )
+    document = json.loads(encode_columns([old_row]))
+    del document["common"]["produced_at"]
+    assert decode_columns(json.dumps(document).encode())["produced_at"] == [None]
