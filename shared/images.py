@@ -153,6 +153,16 @@ def refuse_oversized(size_bytes: int, max_bytes: int) -> None:
         raise ImageRejected("too_large_bytes", f"{size_bytes} bytes; at most {max_bytes} are allowed")
 
 
+def refuse_too_many_pixels(width: int, height: int, max_pixels: int, why: str) -> None:
+    """``ImageRejected('too_many_pixels')`` for an image an event says is ``width`` x ``height``, when
+    that is more pixels than decoding allows; asked before reading it by a caller that needs the image
+    at that size (``why`` says what for). ``decode_image`` would decode a baseline JPEG this large
+    scaled down to fit, and the caller's size check would then blame a truthful event
+    (``dimension_mismatch``)."""
+    if width * height > _pixel_limit(max_pixels):
+        raise ImageRejected("too_many_pixels", _too_many_pixels(width, height, max_pixels, why))
+
+
 def photo_as_stored(
     data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> tuple[Image.Image, bytes]:

@@ -7,12 +7,13 @@ captioned, composited as flat quads of colour and stored as training data.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from schemas.common import SkuMetadata
+from schemas.common import ImageRef, SkuMetadata
 from schemas.envelope import Envelope
 from schemas.events import ReferencePhoto, SkuCaptioned, SkuIngested
 from services.captioner.config import CaptionerSettings
@@ -107,3 +108,30 @@ def test_a_sku_whose_photos_are_all_missing_is_dead_lettered_as_replayable(
         )
     assert refused.value.reason == "object_missing" and not is_permanent(refused.value.reason)
     assert "p1: object_missing" in refused.value.detail and "p2: too_small" in refused.value.detail
+
+
+def test_a_jpeg_over_the_pixel_limit_is_too_many_pixels_not_a_lying_event(
+    random_u2netp_onnx: Path, tmp_path: Path
+) -> None:
+    # decode_image decodes a baseline JPEG over SKUFORGE_MAX_IMAGE_PIXELS at 1/2, 1/4 or 1/8 of its
+    # size; the captioner then marked the photo dimension_mismatch ("200x200, the event says
+    # 400x400"), blaming a truthful event, where the same photo as PNG is too_many_pixels.
+    store = FileStore(tmp_path / "store")
+    big = _product(400)
+    references = []
+    for fmt in ("JPEG", "PNG"):
+        buffer = io.BytesIO()
+        big.save(buffer, format=fmt)
+        stored = store.put_bytes(f"incoming/SKU-BIG/{fmt}.img", buffer.getvalue(), f"image/{fmt.lower()}")
+        ref = ImageRef(uri=stored.uri, sha256=stored.sha256, bytes=stored.bytes, width=400, height=400)
+        references.append(ReferencePhoto(photo_id=fmt.lower(), image=ref, original_filename=f"big.{fmt}"))
+    spec = make_product(0, SEED)
+    event = ingested_envelope(
+        SkuIngested(sku=SkuMetadata(**{**spec.metadata(), "sku_id": "SKU-BIG"}), photos=references)
+    )
+    ctx = context(store, load_settings(store_uri=store.base_uri, max_image_pixels=100_000))
+    with pytest.raises(BadInput, match="no_usable_photo") as refused:
+        handle(event, ctx, models=random_models(random_u2netp_onnx))
+    assert "jpeg: too_many_pixels" in refused.value.detail, refused.value.detail
+    assert "png: too_many_pixels" in refused.value.detail
+    assert "SKUFORGE_MAX_IMAGE_PIXELS" in refused.value.detail

@@ -9,15 +9,20 @@ photos of the few-shot benchmark at k = 1 (bench/augment.py), 7 of 324 at k = 3.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
 
+import pytest
+
+from schemas.common import ImageRef
 from schemas.events import CaptionedPhoto, SkuCaptioned
 from schemas.topics import SKU_CAPTIONED
 from services.trainstore.stage import Trainstore
 from shared.bus import make_envelope
 from shared.config import Settings
+from shared.errors import BadInput
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore
@@ -102,3 +107,32 @@ def test_a_photo_captioned_again_with_no_product_found_keeps_its_image_and_loses
     p1 = manifests.read_sku(SKU)["p1"]
     assert (p1.status, p1.mask, p1.reasons) == ("reference", None, ["mask_full_frame"])
     assert store.exists(manifests.key(p1.image or "")) and not store.exists(manifests.key(mask_key))
+
+
+def test_a_maskless_jpeg_over_the_pixel_limit_is_too_many_pixels_not_a_lying_event(tmp_path: Path) -> None:
+    # decode_image decodes a baseline JPEG over SKUFORGE_MAX_IMAGE_PIXELS at 1/2, 1/4 or 1/8 of its
+    # size; the maskless photo was then dead-lettered as dimension_mismatch ("is 200x200, the event
+    # says 400x400"), blaming a truthful event, where the same photo as PNG is too_many_pixels.
+    store = FileStore(tmp_path / "store")
+    writer = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16)
+    settings = Settings(max_image_pixels=100_000, min_photo_side_px=64)
+    context = Context("trainstore", store, settings, StageMetrics("trainstore"), logging.getLogger("test"))
+    photo = render_photo(make_product(1, 5), 7, 5, size_px=400).image
+    for fmt, event_id in (("JPEG", "a"), ("PNG", "b")):
+        buffer = io.BytesIO()
+        photo.save(buffer, format=fmt)
+        stored = store.put_bytes(f"fixtures/pile.{fmt}", buffer.getvalue(), f"image/{fmt.lower()}")
+        pile = CaptionedPhoto(
+            photo_id="p-pile",
+            image=ImageRef(uri=stored.uri, sha256=stored.sha256, bytes=stored.bytes, width=400, height=400),
+            usable=False,
+            unusable_reason="no_product_found",
+        )
+        event = captioned(store, 1, photos=1).model_copy(update={"photos": [pile]})
+        envelope = make_envelope(
+            SKU_CAPTIONED, event, event_id=event_id * 32, sku_id=SKU, trace_id="t" * 32, producer="test"
+        )
+        with pytest.raises(BadInput) as refused:
+            writer.captioned(envelope, context)
+        assert refused.value.reason == "too_many_pixels", (fmt, str(refused.value))
+        assert "SKUFORGE_MAX_IMAGE_PIXELS" in refused.value.detail

@@ -16,10 +16,11 @@ and which backend and models wrote them. The same SKU always gets the same capti
 Bad input: a photo that cannot be used is kept in the event with ``usable=False`` and its reason,
 and the SKU goes on with the others: missing from the store (``object_missing``), bytes that do
 not match its sha256 (``checksum_mismatch``), not an acceptable image (``corrupt``, ``truncated``,
-``too_many_pixels``... see ``shared/images.py``), dimensions other than the event says
-(``dimension_mismatch``), a shorter side below ``SKUFORGE_MIN_PHOTO_SIDE_PX`` (``too_small``: ingest
-refuses those, but not every event comes from ``skuforge ingest``), a uniform picture
-(``blank_photo``), or a mask that finds no product
+``too_many_pixels``... see ``shared/images.py``; a photo the event says is over
+``SKUFORGE_MAX_IMAGE_PIXELS`` is ``too_many_pixels`` before it is read, a JPEG too: its mask is stored at
+its own size), dimensions other than the event says (``dimension_mismatch``), a shorter side below
+``SKUFORGE_MIN_PHOTO_SIDE_PX`` (``too_small``: ingest refuses those, but not every event comes from
+``skuforge ingest``), a uniform picture (``blank_photo``), or a mask that finds no product
 (``no_product_found``: almost empty; ``mask_full_frame``: almost everything). A SKU with no usable
 photo at all goes to the DLQ as ``no_usable_photo``, with each photo's reason in the detail (as
 ``object_missing`` when a photo is missing from the store, so a plain DLQ replay retries it once the
@@ -77,6 +78,7 @@ from shared.captioning.vlm import VlmCaptioner, VlmModelError, open_vlm
 from shared.config import ConfigError, Settings, load_settings
 from shared.dlq import is_permanent
 from shared.errors import BadInput
+from shared.images import refuse_too_many_pixels
 from shared.matting.session import (
     MaskOptions,
     MattingModelError,
@@ -274,6 +276,9 @@ def _read_photo(photo: ReferencePhoto, ctx: Context) -> Image.Image | _Unusable:
     """
     ref = photo.image
     try:
+        refuse_too_many_pixels(
+            ref.width, ref.height, ctx.settings.max_image_pixels, "its mask is stored at its own size"
+        )
         image = ctx.read_image(ref)
     except BadInput as refusal:
         return _Unusable(refusal.reason, refusal.detail)

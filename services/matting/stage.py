@@ -53,6 +53,7 @@ from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
 from services.matting.config import MattingSettings
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput
+from shared.images import refuse_too_many_pixels
 from shared.matting.roi import Box, product_box
 from shared.matting.session import (
     MaskOptions,
@@ -208,17 +209,10 @@ def _read_input(
 def _read_image(event: Envelope[ImageGenerated], ctx: Context) -> Image.Image | BadInput:
     """The event's image, checked against its sha256 and dimensions, decoded within the limits."""
     ref = event.payload.image
-    max_pixels = ctx.settings.max_image_pixels
-    if ref.width * ref.height > max_pixels:
-        # Refused by the event's size: decode_image would decode a baseline JPEG this large scaled
-        # down to fit, and the size check below would then blame the event for a size it gave truly.
-        return BadInput(
-            "too_many_pixels",
-            f"the event says {ref.uri} is {ref.width}x{ref.height} = {ref.width * ref.height} pixels; "
-            f"the limit is {max_pixels} (SKUFORGE_MAX_IMAGE_PIXELS sets it), and a mask must be at the "
-            "image's size",
-        )
     try:
+        refuse_too_many_pixels(
+            ref.width, ref.height, ctx.settings.max_image_pixels, "its mask must be at its own size"
+        )
         image = ctx.read_image(ref)
     except BadInput as refusal:
         return refusal

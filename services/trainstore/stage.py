@@ -40,8 +40,9 @@ image; an old ``sku.captioned`` leaves the photos a newer one stored or found un
 Bad input goes to the DLQ and nothing of the event is written: every object the event points at
 is read, checked against its sha256 and decoded *before* the first write. Reasons:
 ``object_missing``, ``checksum_mismatch``, ``foreign_uri``, the image refusals of
-``shared/images.py`` (``corrupt``, ``not_an_image``...), ``dimension_mismatch`` (mask and image
-sizes differ) and ``final_mask_missing`` (an approval without a mask).
+``shared/images.py`` (``corrupt``, ``not_an_image``...; ``too_many_pixels`` also for an image the event
+says is over ``SKUFORGE_MAX_IMAGE_PIXELS``, before it is read), ``dimension_mismatch`` (mask and image
+sizes differ, or image and event) and ``final_mask_missing`` (an approval without a mask).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTE
 from shared.captioning.attributes import MASK_PROBLEMS
 from shared.config import load_settings
 from shared.errors import BadInput
-from shared.images import decode_image, decode_mask, encode_png
+from shared.images import decode_image, decode_mask, encode_png, refuse_too_many_pixels
 from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore, Status, object_keys, stands
@@ -248,8 +249,14 @@ class Trainstore:
 
     def _stage_image(self, ctx: Context, image_ref: ImageRef) -> bytes:
         """Read, verify and decode an image without a mask; returns the PNG bytes to store."""
-        image_bytes = ctx.store.read_verified(image_ref)
         settings = ctx.settings
+        refuse_too_many_pixels(
+            image_ref.width,
+            image_ref.height,
+            settings.max_image_pixels,
+            "it is stored at the size the event says",
+        )
+        image_bytes = ctx.store.read_verified(image_ref)
         image = decode_image(
             image_bytes, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
         )
