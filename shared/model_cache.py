@@ -77,7 +77,8 @@ def fetch_file(
     """Copy the object ``uri`` into the cache as ``<sha256 of its bytes, 16 hex>-<file name>``.
 
     The name carries the content's digest, so a model replaced under the same URI is a new file.
-    Raises ``ValueError`` for a URI that names no file, ``ObjectMissing`` when nothing is stored there.
+    Raises ``ValueError`` for a URI that names no file, ``ObjectMissing`` when nothing is stored there,
+    ``BadInput('unsafe_key')`` for a URI inside ``store`` whose key would leave it (a '..' segment).
     """
     parent, _, file_name = uri.rpartition("/")
     if not file_name or "://" not in parent:

@@ -431,6 +431,23 @@ def test_a_model_cache_that_cannot_be_written_is_named_not_a_traceback(
         open_session(ref.uri, threads=1, use_gpu=False, store=store)
 
 
+def test_a_model_uri_that_escapes_its_store_is_a_config_error_naming_the_setting(tmp_path: Path) -> None:
+    """A URI inside the stage's own store is read by key; one with a '..' segment is refused as
+    ``unsafe_key``, a BadInput that open_session let through: the stage died at start-up with a
+    traceback instead of the ConfigError line naming SKUFORGE_MATTING_MODEL."""
+    from services.matting.config import MattingSettings
+    from services.matting.stage import open_matting_session
+    from shared.config import ConfigError, load_settings
+
+    store = FileStore(tmp_path / "store")
+    uri = f"{store.base_uri}/models/../m.onnx"
+    settings = load_settings(store_uri=store.base_uri)
+    with pytest.raises(
+        ConfigError, match=r"cannot fetch the matting model .*unsafe_key.*SKUFORGE_MATTING_MODEL"
+    ):
+        open_matting_session(load_settings(MattingSettings, matting_model=uri), settings, store)
+
+
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
 def test_a_cuda_provider_that_does_not_start_is_said_not_hidden(
     random_u2netp_onnx: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture

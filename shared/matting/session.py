@@ -40,7 +40,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from shared.arith.masks import clean_mask
-from shared.errors import ObjectMissing
+from shared.errors import BadInput, ObjectMissing
 from shared.images import to_rgb
 from shared.matting import MODELS_DIR
 from shared.matting.roi import Box, paste
@@ -764,7 +764,8 @@ def open_session(
             path = fetch_file(name, store=store, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
         except ObjectMissing as exc:
             raise MattingModelMissing(f"no matting model at {name}") from exc
-        except ValueError as exc:  # a scheme no store serves (https://...), a malformed URI
+        # A scheme no store serves (https://...), a malformed URI, a key in ``store`` that escapes it.
+        except (ValueError, BadInput) as exc:
             raise MattingModelError(f"cannot fetch the matting model {name}: {exc}; {help_text}") from exc
         except OSError as exc:  # the cache cannot be written: a read-only /tmp, a folder another user made
             raise MattingModelError(
