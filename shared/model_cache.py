@@ -29,11 +29,29 @@ __all__ = ["COMPLETE_MARKER", "cache_dir", "fetch_directory", "fetch_file", "wri
 
 # Written last into a copied folder: the keys it holds. A folder without it is incomplete.
 COMPLETE_MARKER = ".skuforge-complete.json"
+# The longest file name most file systems take (ext4, XFS, APFS): a cache name is kept within it.
+NAME_MAX_BYTES = 255
 
 
 def cache_dir(configured: Path | str | None = None) -> Path:
     """Where models are copied: ``configured``, else ``<system temp>/skuforge-models``."""
     return Path(configured) if configured else Path(tempfile.gettempdir()) / "skuforge-models"
+
+
+def _shortened(name: str, max_bytes: int) -> str:
+    """``name`` cut to at most ``max_bytes`` of UTF-8, its suffix (``.onnx``) kept, for a cache name.
+
+    The digest beside it in the cache name tells copies apart; the name is there for people, and an
+    object name of a few hundred bytes (S3 allows 1024) failed as ENAMETOOLONG.
+    """
+    if len(name.encode("utf-8")) <= max_bytes:
+        return name
+    suffix = Path(name).suffix
+    if len(suffix.encode("utf-8")) > max_bytes // 4:
+        suffix = ""
+    room = max_bytes - len(suffix.encode("utf-8"))
+    stem = name[: len(name) - len(suffix)].encode("utf-8")[:room].decode("utf-8", errors="ignore")
+    return stem + suffix
 
 
 def _umask() -> int:
@@ -74,7 +92,8 @@ def fetch_file(
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
 ) -> Path:
-    """Copy the object ``uri`` into the cache as ``<sha256 of its bytes, 16 hex>-<file name>``.
+    """Copy the object ``uri`` into the cache as ``<sha256 of its bytes, 16 hex>-<file name>`` (a file
+    name over 238 bytes shortened, its suffix kept, so the cache name fits a file system's 255).
 
     The name carries the content's digest, so a model replaced under the same URI is a new file.
     Raises ``ValueError`` for a URI that names no file, ``ObjectMissing`` when nothing is stored there,
@@ -88,7 +107,7 @@ def fetch_file(
     else:
         data = open_store(parent, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region).get_bytes(file_name)
     digest = hashlib.sha256(data).hexdigest()
-    target = cache_dir(cache) / f"{digest[:16]}-{file_name}"
+    target = cache_dir(cache) / f"{digest[:16]}-{_shortened(file_name, NAME_MAX_BYTES - 17)}"
     # Compare contents, not sizes: a cached copy damaged in place keeps its size and would
     # otherwise be loaded (and fail) at every start until someone empties the cache by hand.
     if not (target.is_file() and target.stat().st_size == len(data) and file_sha256(target) == digest):
@@ -118,7 +137,8 @@ def fetch_directory(
 
     The copy is named by where the folder is (``<last part>-<sha256 of its location, 16 hex>``: its
     absolute URI, a relative ``file://`` URI resolved first, and for ``s3://`` the server unless it is
-    AWS, since MinIO and AWS may both have the bucket) and reused while it holds exactly the keys the
+    AWS, since MinIO and AWS may both have the bucket; a long last part shortened as ``fetch_file``
+    shortens a file name) and reused while it holds exactly the keys the
     store lists, each file at the size it was copied with: model folders are treated as immutable,
     so publish a changed model under a new URI. Processes sharing the cache may fetch at once: a
     copy another one completed meanwhile is used as it is, never deleted under its readers.
@@ -136,9 +156,8 @@ def fetch_directory(
         raise ValueError(f"nothing is stored under {root}/")
     location = _location(source, prefix)
     base = cache_dir(cache)
-    target = (
-        base / f"{root.rpartition('/')[2] or 'root'}-{hashlib.sha256(location.encode()).hexdigest()[:16]}"
-    )
+    label = _shortened(root.rpartition("/")[2] or "root", NAME_MAX_BYTES - 17)
+    target = base / f"{label}-{hashlib.sha256(location.encode()).hexdigest()[:16]}"
     if _is_complete(target, keys):
         return target
     base.mkdir(parents=True, exist_ok=True)

@@ -431,6 +431,17 @@ def test_a_model_cache_that_cannot_be_written_is_named_not_a_traceback(
         open_session(ref.uri, threads=1, use_gpu=False, store=store)
 
 
+def test_a_model_with_a_long_object_name_opens(tmp_path: Path, random_u2netp_onnx: Path) -> None:
+    """The cache copy was named ``<digest16>-<object name>``: a name over 238 bytes (S3 allows 1024)
+    failed as ENAMETOOLONG, reported as a model cache that cannot be written, pointing at TMPDIR.
+    (The names here fit the FileStore's own file system; on S3 they may be longer still.)"""
+    store = FileStore(tmp_path / "store")
+    name = "u2netp-" + "fine-tuned-on-the-dairy-aisle-" * 8 + "v7.onnx"  # 254 bytes
+    ref = store.put_bytes(f"models/{name}", random_u2netp_onnx.read_bytes())
+    opened = open_session(ref.uri, threads=1, use_gpu=False, store=store)
+    assert opened.model_id == f"{name}@sha256:{ref.sha256[:12]}"
+
+
 def test_a_model_uri_that_escapes_its_store_is_a_config_error_naming_the_setting(tmp_path: Path) -> None:
     """A URI inside the stage's own store is read by key; one with a '..' segment is refused as
     ``unsafe_key``, a BadInput that open_session let through: the stage died at start-up with a

@@ -106,6 +106,18 @@ def test_fetch_file_replaces_a_damaged_cached_copy(tmp_path: Path) -> None:
     assert again.read_bytes() == model
 
 
+def test_cache_names_fit_the_file_system_however_long_the_object_name(tmp_path: Path) -> None:
+    """``<digest16>-<name>`` over 255 bytes was ENAMETOOLONG: the name is shortened (by UTF-8 bytes,
+    never mid-character), its suffix kept; the digest still tells copies apart."""
+    source = FileStore(tmp_path / "models")
+    long_name = "é" * 120 + ".onnx"  # 245 bytes: fits the FileStore, not beside a digest
+    cached = fetch_file(source.put_bytes(f"matting/{long_name}", b"onnx" * 100).uri, tmp_path / "cache")
+    assert cached.read_bytes() == b"onnx" * 100
+    assert len(cached.name.encode()) <= 255 and cached.name.endswith("é.onnx")
+    folder = fetch_directory(_model_folder(source, "blip-" * 49), tmp_path / "cache")
+    assert len(folder.name.encode()) <= 255 and (folder / "config.json").is_file()
+
+
 def test_cached_models_get_the_modes_the_umask_gives(tmp_path: Path) -> None:
     """mkstemp and mkdtemp make 0600 files and 0700 folders: a cache shared with a process of another
     user (Triton's, say) could not read the copies, though the umask allowed it."""
