@@ -239,6 +239,19 @@ def test_outputs_have_each_images_own_size(random_u2netp_onnx: Path) -> None:
     assert session.predict([]) == []
 
 
+@pytest.mark.parametrize("size", [(0, 40), (40, 0)])
+def test_a_zero_size_image_is_named_before_any_is_matted(
+    random_u2netp_onnx: Path, size: tuple[int, int]
+) -> None:
+    """Before, a 0xN image failed the whole call in Pillow's resize, "height and width must be > 0",
+    naming no image (a box is refused naming its index: ``boxes[1] ...``)."""
+    session = U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=False, max_batch=2)
+    with pytest.raises(ValueError) as refused:
+        session.predict([Image.new("RGB", (40, 40)), Image.new("RGB", size)])
+    assert str(refused.value).startswith(f"images[1] is {size[0]}x{size[1]}"), str(refused.value)
+    assert not session.ready, "no image may be matted before every image is checked"
+
+
 def test_session_reads_the_model_and_names_it(random_u2netp_onnx: Path) -> None:
     session = U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=True)
     assert session.providers == ["CPUExecutionProvider"]  # no CUDA on this machine

@@ -483,15 +483,19 @@ class MattingSession(ABC):
 
         ``boxes``: per image, a region to mat (``shared.matting.roi.product_box``) or None for the
         whole image. A boxed image is matted as its crop; its result is at the image's full size,
-        zero outside the box.
+        zero outside the box. An image without pixels (0xN) or a box that is no region of its image
+        is refused (``ValueError`` naming its index) before any image is matted.
         """
         if boxes is None:
             boxes = [None] * len(images)
         elif len(boxes) != len(images):
             raise ValueError(f"{len(images)} images but {len(boxes)} boxes")
         # Checked before any image is matted: a box past the edge crops to a padded image whose
-        # result then fails to paste back, in a numpy broadcast error naming neither.
+        # result then fails to paste back, in a numpy broadcast error naming neither; an empty image
+        # fails the whole call in Pillow's resize ("height and width must be > 0").
         for index, (image, box) in enumerate(zip(images, boxes, strict=True)):
+            if image.width <= 0 or image.height <= 0:
+                raise ValueError(f"images[{index}] is {image.width}x{image.height}: it has no pixels to mat")
             if box is not None and (problem := box_problem(box, image.size)):
                 raise ValueError(f"boxes[{index}] {tuple(box)}: {problem}")
         results: list[MattingResult] = []
