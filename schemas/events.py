@@ -231,6 +231,12 @@ class AdapterPublished(Contract):
         default=0, ge=0, description="the checkpoint step a restarted job began at"
     )
     training_prompts: list[str] = Field(default_factory=list)
+    publication: int = Field(
+        default=1,
+        ge=1,
+        description="which publication of this adapter it is: 1, then one more each time a training set "
+        "rolled back to makes it current again; the event id names it, so a roll-back is not a duplicate",
+    )
 
 
 def subject_sku_id(payload: BaseModel) -> str | None:

@@ -540,7 +540,10 @@ class LoraTrainer:
                 "training set rolled back to an adapter published before; it is made current again",
                 extra={"adapter_id": job.adapter_id, "replacing": current},
             )
-            return self._publish(job, job_prefix, marker, register_again=True)
+            # One more publication than the marker records: a retry (the marker not yet rewritten)
+            # counts the same, so it keeps the event id, and the roll-back is not taken for a duplicate.
+            last = AdapterPublished.model_validate_json(self.store.get_bytes(marker), extra=READ_EXTRA)
+            return self._publish(job, job_prefix, marker, publication=last.publication + 1)
         failed_key = f"{job_prefix}/failed.json"
         if self.store.exists(failed_key):
             if job.kind == "general":
@@ -581,15 +584,14 @@ class LoraTrainer:
         except ObjectMissing:
             return None
 
-    def _publish(
-        self, job: Job, job_prefix: str, marker: str, *, register_again: bool = False
-    ) -> AdapterPublished:
-        """Register the trained job's weights (unless registered already), publish, then record it:
-        the general schedule, the series' current adapter, and last the published marker."""
+    def _publish(self, job: Job, job_prefix: str, marker: str, *, publication: int = 1) -> AdapterPublished:
+        """Register the trained job's weights (unless registered already, or again for a roll-back:
+        ``publication`` > 1), publish, then record it: the general schedule, the series' current
+        adapter, and last the published marker."""
         result, weights = self._trained(job, job_prefix, marker)
         try:
             metadata = self.registry.get(job.adapter_id)
-            registered = metadata.training_set_sha256 == job.sha256 and not register_again
+            registered = metadata.training_set_sha256 == job.sha256 and publication == 1
         except ObjectMissing:
             registered = False
         if not registered:  # again: a new created_at makes it the newest, the one the generator picks
@@ -617,6 +619,7 @@ class LoraTrainer:
             final_loss=result["final_loss"],
             resumed_from_step=result["resumed_from_step"],
             training_prompts=result["training_prompts"],
+            publication=publication,
         )
         self.publish(event)
         # Only after the broker has the event, and the marker last: a crash before it publishes again
@@ -1018,16 +1021,19 @@ def _folder_name(model: str) -> str:
 
 
 def kafka_publisher(shared: Settings) -> Callable[[AdapterPublished], None]:
-    """Publish ``adapter.published`` (acks=all, waited for); the event id is the adapter's, so a
-    re-publication after a crash is a duplicate consumers drop."""
+    """Publish ``adapter.published`` (acks=all, waited for); the event id is the adapter's and its
+    publication's, so a re-publication after a crash is a duplicate consumers drop, and a roll-back
+    (the adapter published again, ``publication`` 2, 3...) is not."""
     publisher = Publisher(shared, LORA_TRAINER.name)
 
     def publish(event: AdapterPublished) -> None:
+        # The first publication keeps the id it had before publications were counted.
+        parts = [event.adapter_id] if event.publication == 1 else [event.adapter_id, str(event.publication)]
         publisher.publish(
             ADAPTER_PUBLISHED,
             event,
             sku_id=event.adapter_id,
-            event_id=derive_id(LORA_TRAINER.name, event.adapter_id),
+            event_id=derive_id(LORA_TRAINER.name, *parts),
         )
 
     return publish

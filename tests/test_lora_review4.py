@@ -1,0 +1,71 @@
+"""The LoRA trainer, fourth review: roll-backs, removals and the files it trains from.
+
+Training is stubbed where what is trained is not the point (``stub_training``), so this file runs on
+CPU in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas.events import AdapterPublished
+from services.lora_trainer import stage as lora_stage
+from services.lora_trainer.stage import LoraTrainer, kafka_publisher
+from shared.config import Settings
+from shared.store import FileStore
+from tests.test_generator_stage import captioned_sku
+from tests.test_lora_review import model_folder, record, stub_training, trainer_on
+
+__all__ = ["stub_training"]  # the fixture, imported for the tests below
+
+
+class _Broker:
+    """Stands in for ``shared.bus.Publisher``: keeps each event id the trainer sends."""
+
+    event_ids: list[str] = []
+
+    def __init__(self, settings: Settings, producer_name: str) -> None:
+        pass
+
+    def publish(self, topic: Any, payload: AdapterPublished, *, sku_id: str, event_id: str) -> None:
+        self.event_ids.append(event_id)
+
+
+def test_a_roll_back_is_published_under_a_new_event_id_and_a_retried_one_under_the_same(
+    tmp_path: Path, stub_training: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event id was the adapter's alone: a roll-back re-published the first publication's id, which
+    a consumer de-duplicating by event id (every skuforge stage does) dropped as a redelivery."""
+    monkeypatch.setattr(lora_stage, "Publisher", _Broker)
+    monkeypatch.setattr(_Broker, "event_ids", [])
+    store = FileStore(tmp_path / "store")
+    model = model_folder(tmp_path, "m")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    to_kafka = kafka_publisher(Settings())
+    ack_lost = {"once": False}
+
+    def publish(event: AdapterPublished) -> None:
+        to_kafka(event)
+        if ack_lost["once"]:  # the broker has it, the trainer does not know: it publishes again
+            ack_lost["once"] = False
+            raise TimeoutError("no ack")
+
+    def trainer(rank: int) -> LoraTrainer:
+        trainer = trainer_on(store, model, lora_rank=rank, lora_class_images=0)
+        trainer.publish = publish
+        return trainer
+
+    trainer(4).run_pending()
+    trainer(8).run_pending()
+    ack_lost["once"] = True
+    with pytest.raises(TimeoutError):
+        trainer(4).run_pending()  # rolled back; the ack is lost
+    [again] = trainer(4).run_pending()  # the same roll-back, published again
+
+    first, second, roll_back, retried = _Broker.event_ids
+    assert len({first, second, roll_back}) == 3  # the roll-back is news to every consumer
+    assert retried == roll_back  # its retry is a duplicate they drop
+    assert again.publication == 2
