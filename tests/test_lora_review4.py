@@ -6,6 +6,7 @@ CPU in seconds.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from schemas.events import AdapterPublished
 from services.lora_trainer import stage as lora_stage
 from services.lora_trainer.stage import LoraTrainer, kafka_publisher
 from shared.config import Settings
+from shared.generation.adapters import AdapterRegistry, resolve_adapter
 from shared.store import FileStore
 from tests.test_generator_stage import captioned_sku
 from tests.test_lora_review import model_folder, record, stub_training, trainer_on
@@ -69,3 +71,32 @@ def test_a_roll_back_is_published_under_a_new_event_id_and_a_retried_one_under_t
     assert len({first, second, roll_back}) == 3  # the roll-back is news to every consumer
     assert retried == roll_back  # its retry is a duplicate they drop
     assert again.publication == 2
+
+
+def test_a_roll_back_to_an_adapter_an_operator_removed_leaves_it_removed(
+    tmp_path: Path, stub_training: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`skuforge adapters remove` takes out an adapter that paints the wrong thing; a roll-back to its
+    training set registered it again, and the generator served it once more."""
+    store = FileStore(tmp_path / "store")
+    model = model_folder(tmp_path, "m")
+    registry = AdapterRegistry(store)
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+
+    def trainer(rank: int) -> LoraTrainer:
+        return trainer_on(store, model, lora_rank=rank, lora_class_images=0)
+
+    def served() -> str | None:
+        choice = resolve_adapter(registry.list(), series="cola", base_model="sd15-inpaint")
+        return choice.adapter.adapter_id if choice.adapter else None
+
+    [first] = trainer(4).run_pending()
+    registry.remove(first.adapter_id)  # paints the wrong thing
+    [second] = trainer(8).run_pending()
+
+    with caplog.at_level(logging.WARNING, logger="skuforge.lora-trainer"):
+        assert trainer(4).run_pending() == []  # rolled back to the removed adapter's set
+    assert [record.adapter_id for record in caplog.records] == [first.adapter_id]  # type: ignore[attr-defined]
+    assert served() == second.adapter_id and len(stub_training) == 2
+    assert [adapter.adapter_id for adapter in registry.list()] == [second.adapter_id]
+    assert trainer(4).run_pending() == []  # and it stays so at the next polls

@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
         help="take an adapter out (metadata, then its weights): requests fall back to the next choice "
         "(the series' next newest, the general adapter, none) once a generator lists again, within "
         "SKUFORGE_DIFFUSION_ADAPTER_REFRESH_S. The lora-trainer does not train the same training set "
-        "again; a series whose photos change gets a new adapter",
+        "again, nor register it again on a roll-back; a series whose photos change gets a new adapter",
     )
     remove.add_argument("adapter_id", help="the id `skuforge adapters list` prints")
     args = parser.parse_args(argv)

@@ -81,7 +81,7 @@ from shared.bus import READ_EXTRA, Publisher
 from shared.captioning.prompts import class_noun, class_prompt
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ObjectMissing, TransientError
-from shared.generation.adapters import AdapterKind, AdapterRegistry
+from shared.generation.adapters import METADATA_FILE, AdapterKind, AdapterRegistry
 from shared.generation.backend import cutout_sources
 from shared.generation.diffusion import DiffusionSettings, model_digest, paint_finite, release_memory
 from shared.generation.settings import GenerationSettings
@@ -535,6 +535,18 @@ class LoraTrainer:
             if current is None:  # published before the current pointers: it is the current one
                 self.store.put_json(self._current_key(job), {"adapter_id": job.adapter_id})
             if current is None or current == job.adapter_id:
+                return None
+            if not self.registry.store.exists(f"{job.adapter_id}/{METADATA_FILE}"):
+                # Registered before its marker was written, so gone means `skuforge adapters remove`:
+                # an operator took it out as painting the wrong thing, and it stays out. Recorded as
+                # current, so the next polls do not come back to it; the series trains anew when
+                # its photos change.
+                log.warning(
+                    "training set rolled back to an adapter removed from the registry: it stays removed, "
+                    "and the series gets a new adapter when its photos change",
+                    extra={"adapter_id": job.adapter_id, "last_published": current},
+                )
+                self.store.put_json(self._current_key(job), {"adapter_id": job.adapter_id})
                 return None
             log.info(
                 "training set rolled back to an adapter published before; it is made current again",
