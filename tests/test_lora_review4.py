@@ -6,6 +6,7 @@ CPU in seconds.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,19 @@ import pytest
 
 from schemas.events import AdapterPublished
 from services.lora_trainer import stage as lora_stage
-from services.lora_trainer.stage import LoraTrainer, kafka_publisher
+from services.lora_trainer.stage import PREFIX, LoraTrainer, kafka_publisher
 from shared.config import Settings
 from shared.generation.adapters import AdapterRegistry, resolve_adapter
 from shared.store import FileStore
 from tests.test_generator_stage import captioned_sku
-from tests.test_lora_review import model_folder, record, stub_training, trainer_on
+from tests.test_lora_review import (
+    gate_accepted,
+    model_folder,
+    record,
+    record_accepted_event,
+    stub_training,
+    trainer_on,
+)
 
 __all__ = ["stub_training"]  # the fixture, imported for the tests below
 
@@ -100,3 +108,28 @@ def test_a_roll_back_to_an_adapter_an_operator_removed_leaves_it_removed(
     assert served() == second.adapter_id and len(stub_training) == 2
     assert [adapter.adapter_id for adapter in registry.list()] == [second.adapter_id]
     assert trainer(4).run_pending() == []  # and it stays so at the next polls
+
+
+def test_an_accepted_request_with_a_mistyped_field_is_left_out_and_the_general_adapter_publishes(
+    tmp_path: Path, stub_training: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only ``class_noun``'s type was checked: a number for ``sku_id`` or ``item_id``, or a list for
+    ``prompt``, got into the plan and failed the general job at every poll, though the docs promise
+    such a file is logged and left out."""
+    store = FileStore(tmp_path / "store")
+    for variant in range(4):
+        record_accepted_event(store, gate_accepted(store, variant))
+    keys = sorted(store.list_keys(f"{PREFIX}/accepted/"))
+    for key, field, value in zip(keys, ("sku_id", "item_id", "prompt"), (7, 7, ["a photo"]), strict=False):
+        mistyped = json.loads(store.get_bytes(key))
+        mistyped[field] = value
+        store.put_json(key, mistyped)
+    trainer = trainer_on(
+        store, model_folder(tmp_path, "m"), lora_class_images=0, lora_general_after_accepted=4
+    )
+
+    with caplog.at_level(logging.WARNING, logger="skuforge.lora-trainer"):
+        [event] = trainer.run_pending()
+
+    assert event.kind == "general" and event.instance_images == 1 and event.sku_ids == ["SKU-001"]
+    assert [record.key for record in caplog.records] == keys[:3]  # type: ignore[attr-defined]

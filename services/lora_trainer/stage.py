@@ -253,23 +253,29 @@ def _accepted_source(data: bytes) -> InstanceSource:
     # The record holds the SKU's category: worded as sku_prompts words it for the captioner, so the
     # general adapter's class prompt ("a photo of an aubergine", not "a photo of a Aubergine") and
     # class-image folder (creme-fraiche/, not cr-me-fra-che/) are the series adapters' own.
-    category = record["class_noun"]
-    if not isinstance(category, str):  # class_noun would raise AttributeError, which stopped every plan
-        raise TypeError(f"class_noun is a {type(category).__name__}, not a string")
-    noun = class_noun(category)
+    noun = class_noun(_text(record, "class_noun"))
     prior = class_prompt(noun)
     return InstanceSource(
-        sku_id=record["sku_id"],
-        photo_id=record["item_id"],
-        image_uri=record["image"]["uri"],
-        image_sha256=record["image"]["sha256"],
-        mask_uri=record["mask"]["uri"],
-        mask_sha256=record["mask"]["sha256"],
-        instance_prompt=record["prompt"] or prior,
+        sku_id=_text(record, "sku_id"),
+        photo_id=_text(record, "item_id"),
+        image_uri=_text(record["image"], "uri"),
+        image_sha256=_text(record["image"], "sha256"),
+        mask_uri=_text(record["mask"], "uri"),
+        mask_sha256=_text(record["mask"], "sha256"),
+        instance_prompt=_text(record, "prompt") or prior,
         class_noun=noun,
         class_prompt=prior,
         composite=False,
     )
+
+
+def _text(record: dict[str, Any], field: str) -> str:
+    """``record[field]``, a string (``TypeError`` if not): a number or a list got into the plan and
+    failed it at every poll (sorting the job's hash), or failed the job at training or publishing."""
+    value = record[field]
+    if not isinstance(value, str):
+        raise TypeError(f"{field} is a {type(value).__name__}, not a string")
+    return value
 
 
 def _one_line(exc: BaseException) -> str:
