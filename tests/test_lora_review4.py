@@ -20,6 +20,7 @@ from shared.config import Settings
 from shared.generation.adapters import AdapterRegistry, resolve_adapter
 from shared.store import FileStore
 from tests.test_generator_stage import captioned_sku
+from tests.test_lora_plan_review import _class_images
 from tests.test_lora_review import (
     gate_accepted,
     model_folder,
@@ -133,3 +134,22 @@ def test_an_accepted_request_with_a_mistyped_field_is_left_out_and_the_general_a
 
     assert event.kind == "general" and event.instance_images == 1 and event.sku_ids == ["SKU-001"]
     assert [record.key for record in caplog.records] == keys[:3]  # type: ignore[attr-defined]
+
+
+def test_a_class_folder_with_fewer_images_than_the_recipe_asks_is_named_at_start_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder short of SKUFORGE_LORA_CLASS_IMAGES quietly trained its class on fewer prior images."""
+    classes = tmp_path / "class-images"
+    _class_images(classes, "can", 2)
+    _class_images(classes, "bottle", 3)
+    store = FileStore(tmp_path / "store")
+
+    with caplog.at_level(logging.WARNING, logger="skuforge.lora-trainer"):
+        trainer = trainer_on(
+            store, model_folder(tmp_path, "m"), lora_class_images_dir=str(classes), lora_class_images=3
+        )
+
+    assert len(trainer._class_folder.images["can"]) == 2  # trains on what it has
+    [short] = caplog.records
+    assert (short.folder, short.images, short.wanted) == (str(classes / "can"), 2, 3)  # type: ignore[attr-defined]

@@ -846,7 +846,8 @@ def _read_class_folder(
     by name: the ones a job trains on), read once at start-up, kept at ``resolution`` (a hundred phone
     photos at full size held gigabytes; every file of a large folder was read, however few were used).
     A file that does not decode is a ``ConfigError`` naming it; a folder whose name is no class slug
-    (``Soda Can/``: the class "soda can" looks in ``soda-can/``) is never used, and a warning says so."""
+    (``Soda Can/``: the class "soda can" looks in ``soda-can/``) is never used, and a warning says so,
+    as it names a folder with fewer than ``most`` images (its class trains on those)."""
     if directory is None:
         return ClassFolder({}, {})
     root = Path(directory)
@@ -862,6 +863,14 @@ def _read_class_folder(
             )
             continue
         files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})[:most]
+        if len(files) < most:
+            # Not refused: fewer prior images still train, and one short folder must not stop every
+            # series; but the recipe asked for more, and the operator should know which folder is short.
+            log.warning(
+                "class image folder holds fewer images than SKUFORGE_LORA_CLASS_IMAGES: its class trains "
+                "on the ones it has (none: painted by the base model); add images or lower the setting",
+                extra={"folder": str(class_dir), "images": len(files), "wanted": most},
+            )
         for path in files:
             try:
                 pixels = np.asarray(
