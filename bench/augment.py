@@ -538,6 +538,14 @@ def k_values(text: str) -> str:
     return ",".join(str(int(part)) for part in parts)
 
 
+def try_name(text: str) -> str:
+    """``--tag``: a plain name, as it becomes part of file names (a "/" failed when the first results
+    were written, after the generation and the first evaluation)."""
+    if text and not (text[0] != "." and all(c.isascii() and (c.isalnum() or c in "._-") for c in text)):
+        raise argparse.ArgumentTypeError(f"expected a name of letters, digits, '.', '_', '-', got {text!r}")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.augment", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", type=Path, required=True, help="GroceryStoreDataset's dataset/ folder")
@@ -631,7 +639,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help="results JSON (default bench/results/augment*.json)"
     )
-    parser.add_argument("--tag", default="", help="name of this try (in-process runs on val)")
+    parser.add_argument(
+        "--tag", type=try_name, default="", help="name of this try, on val (letters, digits, ._-)"
+    )
     args = parser.parse_args(argv)
     if args.with_spare_train and args.split != "val":
         parser.error("--with-spare-train adds train photos to the held-out set: only with --split val")
@@ -657,9 +667,16 @@ def main(argv: list[str] | None = None) -> int:
                 "classifiers on val (--split val) and make the chosen one the default"
             )
     default_out = results_file(args)
-    if args.out is None and args.split == "val" and default_out.exists():
+    out = args.out or default_out
+    # bench/results/ holds the kept records the docs cite: the test figures are replaced only by a full
+    # test run, and no other run replaces a kept file (a val try with --out bench/results/augment.json
+    # wrote val figures where the docs read test ones).
+    test_figures = out.resolve() == RESULTS / "augment.json"
+    full_test_run = args.split == "test" and args.classes is None and test_figures
+    if out.resolve().parent == RESULTS and out.exists() and not full_test_run:
         parser.error(
-            f"{default_out} exists (a kept record the docs cite): name this try with --tag, or give --out"
+            f"{out} exists (a kept record the docs cite): name this try with --tag, or give --out "
+            "outside bench/results/"
         )
     ks = [int(k) for k in args.k.split(",")]
     started = time.time()
@@ -777,7 +794,6 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": _cpus()},
         "wall_s": round(time.time() - started, 1),
     }
-    out = args.out or default_out
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

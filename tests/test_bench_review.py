@@ -239,3 +239,42 @@ def test_the_captioner_bench_refuses_what_fails_after_the_model_opened(option: l
     with pytest.raises(SystemExit) as refused:
         captioner.main(option)
     assert refused.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--split", "val", "--mode", "in-process", "--tag", "t", "--out", "bench/results/augment.json"],
+        ["--classes", "2", "--out", "bench/results/augment.json"],
+        ["--split", "val", "--mode", "in-process", "--tag", "t", "--out", "bench/results/augment-val.json"],
+        ["--split", "val", "--mode", "in-process", "--tag", "tries/one"],
+    ],
+)
+def test_a_try_cannot_write_over_the_committed_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    # A val try or a smoke run given --out bench/results/augment.json replaced the headline test figures
+    # with its own; a --tag with a "/" failed writing its first results, after the generation.
+    monkeypatch.chdir(augment.RESULTS.parent.parent)
+
+    def started(*args: object) -> None:
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(augment, "read_grocery", started)
+    assert _exit_code(["--dataset", str(tmp_path), *argv]) == 2
+
+
+def test_the_full_test_run_still_writes_the_committed_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Started(Exception):
+        pass
+
+    def started(*args: object) -> None:
+        raise Started
+
+    monkeypatch.chdir(augment.RESULTS.parent.parent)
+    monkeypatch.setattr(augment, "read_grocery", started)
+    for argv in ([], ["--out", "bench/results/augment.json"], ["--split", "val", "--tag", "new-try"]):
+        with pytest.raises(Started):
+            augment.main(["--dataset", str(tmp_path), *argv])
