@@ -362,6 +362,22 @@ GENERATION_OPTIONS = (
 )
 
 
+# The generator setting of each generation option a stack runs with. All are set for the stack, even
+# at their defaults: one left to the shell's environment (SKUFORGE_GENERATION_PARAMETERS, _PILE_SHARE)
+# made the stack's images while the results recorded the bench's value.
+STACK_SETTINGS = {
+    "photo_share": "SKUFORGE_SCENES_PHOTO_SHARE",
+    "size": "SKUFORGE_GENERATION_SIZE_PX",
+    "variants_per_sku": "SKUFORGE_GENERATION_VARIANTS_PER_SKU",
+    "parameters": "SKUFORGE_GENERATION_PARAMETERS",
+    "pile_share": "SKUFORGE_GENERATION_PILE_SHARE",
+    "min_plain_background": "SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND",
+    "max_reference_px": "SKUFORGE_GENERATION_MAX_REFERENCE_PX",
+}
+# Generation options of in-process tries only: the stack has no setting for them.
+IN_PROCESS_ONLY = ("own_scene_share", "own_scene_blur", "min_cutout_solidity", "matting_model")
+
+
 def generation_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options of this run that decide the generated images (``parameters`` parsed, so key order
     and spacing do not count), as JSON values."""
@@ -427,11 +443,8 @@ def run_stack(skus_dir: Path, sku_ids: list[str], scenes_dir: Path, args: argpar
     import os
 
     os.environ["SKUFORGE_SCENES_URI"] = str(scenes_dir.resolve())
-    os.environ["SKUFORGE_SCENES_PHOTO_SHARE"] = str(args.photo_share)
-    os.environ["SKUFORGE_GENERATION_SIZE_PX"] = str(args.size)
-    os.environ["SKUFORGE_GENERATION_VARIANTS_PER_SKU"] = str(args.variants_per_sku)
-    if args.parameters != "{}":
-        os.environ["SKUFORGE_GENERATION_PARAMETERS"] = args.parameters
+    for name, setting in STACK_SETTINGS.items():
+        os.environ[setting] = str(getattr(args, name))
     from devstack.demo.demo import stack, wait_until_decided
     from schemas.topics import IMAGE_GENERATED
     from services.ingest.ingest import ingest_path
@@ -577,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photo-share", type=float, default=1.0, help="share of variants on scene photos")
     parser.add_argument("--parameters", default="{}", help="JSON composite parameters for every variant")
     parser.add_argument(
-        "--pile-share", type=float, default=0.0, help="in-process: share of loose-produce variants heaped"
+        "--pile-share", type=float, default=0.0, help="share of loose-produce variants heaped"
     )
     parser.add_argument("--size", type=positive_int, default=384, help="generated image side (px)")
     parser.add_argument("--export-px", type=int, default=256, help="export's shorter side (px)")
@@ -587,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-synthetic-per-real", type=positive_int, default=12)
     parser.add_argument("--max-reference-px", type=positive_int, default=1024)
     parser.add_argument(
-        "--min-plain-background", type=float, default=0.7, help="in-process: cut-out sources (0: every photo)"
+        "--min-plain-background", type=float, default=0.7, help="cut-out sources (0: every photo)"
     )
     parser.add_argument(
         "--own-scene-share",
@@ -653,6 +666,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--mode in-process is for tries: score them on val (--split val), not on the test split")
     if args.edge_recolour == "off" and args.mode != "in-process":
         parser.error("--edge-recolour off is an in-process try: a stack runs the composite backend as served")
+    if args.mode == "stack":
+        # Recorded under "generation" as if the stack had run them.
+        tries = [
+            f"--{name.replace('_', '-')}"
+            for name in IN_PROCESS_ONLY
+            if getattr(args, name) != parser.get_default(name)
+        ]
+        if tries:
+            parser.error(
+                f"{', '.join(tries)}: in-process tries only (--mode in-process); a stack has no such setting"
+            )
     if args.split == "test":
         # --reuse-stack scores the stored stack again in seconds: with another classifier it was a way
         # to try classifiers on the test split, and the file did not say which one it used.

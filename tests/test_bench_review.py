@@ -278,3 +278,53 @@ def test_the_full_test_run_still_writes_the_committed_figures(
     for argv in ([], ["--out", "bench/results/augment.json"], ["--split", "val", "--tag", "new-try"]):
         with pytest.raises(Started):
             augment.main(["--dataset", str(tmp_path), *argv])
+
+
+def test_a_stack_run_generates_with_the_options_its_results_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The generator settings the bench did not set came from the shell: SKUFORGE_GENERATION_PARAMETERS
+    # or _PILE_SHARE there made the stack's images while the results said parameters {} and pile 0.
+    import os
+
+    import devstack.demo.demo
+
+    class Started(Exception):
+        pass
+
+    started_with: dict[str, str] = {}
+
+    def stack(*args: object, **kwargs: object) -> None:
+        started_with.update(os.environ)
+        raise Started
+
+    for setting in (*augment.STACK_SETTINGS.values(), "SKUFORGE_SCENES_URI"):
+        monkeypatch.setenv(setting, "from the shell")
+    monkeypatch.setenv("SKUFORGE_GENERATION_PARAMETERS", '{"occluders": 0}')
+    monkeypatch.setenv("SKUFORGE_GENERATION_PILE_SHARE", "0.5")
+    monkeypatch.setattr(devstack.demo.demo, "stack", stack)
+    args = _options(
+        tmp_path,
+        variants_per_sku=12,
+        size=384,
+        pile_share=0.0,
+        min_plain_background=0.7,
+        max_reference_px=1024,
+    )
+    with pytest.raises(Started):
+        augment.run_stack(tmp_path / "skus", [], tmp_path / "scenes", args)
+    recorded = augment.generation_options(args)
+    assert json.loads(started_with["SKUFORGE_GENERATION_PARAMETERS"]) == recorded["parameters"] == {}
+    assert float(started_with["SKUFORGE_GENERATION_PILE_SHARE"]) == recorded["pile_share"] == 0.0
+    assert float(started_with["SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND"]) == 0.7
+    assert int(started_with["SKUFORGE_GENERATION_MAX_REFERENCE_PX"]) == 1024
+    assert int(started_with["SKUFORGE_GENERATION_VARIANTS_PER_SKU"]) == 12
+
+
+@pytest.mark.parametrize(
+    "option", [["--own-scene-share", "0.5"], ["--min-cutout-solidity", "0.9"], ["--matting-model", "x.onnx"]]
+)
+def test_a_stack_run_refuses_the_in_process_tries(tmp_path: Path, option: list[str]) -> None:
+    # The stack has no such setting: the results recorded the try under "generation", never made.
+    argv = ["--dataset", str(tmp_path), "--split", "val", "--tag", "t", "--out", str(tmp_path / "o.json")]
+    assert _exit_code([*argv, *option]) == 2
