@@ -541,6 +541,9 @@ def stack_training(k: int, classes: list[str], args: argparse.Namespace, export_
 # The options that choose the classifier (EvaluationConfig.from_options reads them; the seed also
 # picks the SKUs' photos, so the stack run's options guard it).
 CLASSIFIER_OPTIONS = tuple(name for name in EvaluationConfig.CLI_FIELDS if name != "seed")
+# The options that choose what the classifiers train on from a stored stack: the export's. With
+# --reuse-stack they too re-scored the test split in seconds (another cap, side or fit).
+EXPORT_OPTIONS = ("max_synthetic_per_real", "export_px", "export_fit")
 
 
 def k_values(text: str) -> str:
@@ -682,13 +685,13 @@ def main(argv: list[str] | None = None) -> int:
         # to try classifiers on the test split, and the file did not say which one it used.
         changed = [
             f"--{name.replace('_', '-')} {getattr(args, name)}"
-            for name in CLASSIFIER_OPTIONS
+            for name in (*CLASSIFIER_OPTIONS, *EXPORT_OPTIONS)
             if getattr(args, name) != parser.get_default(name)
         ]
         if changed:
             parser.error(
-                f"the test split is scored with the committed classifier, not {', '.join(changed)}: try "
-                "classifiers on val (--split val) and make the chosen one the default"
+                f"the test split is scored with the committed classifier and export, not "
+                f"{', '.join(changed)}: try them on val (--split val) and make the chosen one the default"
             )
     default_out = results_file(args)
     out = args.out or default_out
@@ -811,6 +814,7 @@ def main(argv: list[str] | None = None) -> int:
         # In-process runs train on every generated image: the export's cap applies through the stack only.
         "max_synthetic_per_real": args.max_synthetic_per_real if args.mode == "stack" else None,
         "export_fit": args.export_fit,
+        "export_px": args.export_px,
         "generation": generation_options(args)
         | ({"edge_recolour": "off"} if args.edge_recolour == "off" else {}),
         "k": ks,

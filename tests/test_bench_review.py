@@ -328,3 +328,16 @@ def test_a_stack_run_refuses_the_in_process_tries(tmp_path: Path, option: list[s
     # The stack has no such setting: the results recorded the try under "generation", never made.
     argv = ["--dataset", str(tmp_path), "--split", "val", "--tag", "t", "--out", str(tmp_path / "o.json")]
     assert _exit_code([*argv, *option]) == 2
+
+
+@pytest.mark.parametrize(
+    "option", [["--max-synthetic-per-real", "3"], ["--export-px", "128"], ["--export-fit", "pad"]]
+)
+def test_the_test_split_is_scored_with_the_committed_export_only(tmp_path: Path, option: list[str]) -> None:
+    # --reuse-stack --split test with another export cap, side or fit re-scored the stored stack in
+    # seconds: a way to choose the export on the test split (and --export-px was not even recorded).
+    argv = ["--dataset", str(tmp_path), "--split", "test", "--reuse-stack", "--out", str(tmp_path / "o.json")]
+    assert _exit_code([*argv, *option]) == 2
+    # On val, trying them is what val is for.
+    val = ["--dataset", str(tmp_path), "--split", "val", "--reuse-stack", "--out", str(tmp_path / "o.json")]
+    assert _exit_code([*val, *option]) != 2
