@@ -52,7 +52,7 @@ from shared.evaluation.experiment import (
     describe_classifier,
     run_evaluation,
 )
-from shared.evaluation.leakage import check_disjoint, check_no_near_duplicates, heldout_hash, perceptual_hash
+from shared.evaluation.leakage import check_disjoint, check_no_near_duplicates, copy_hashes, heldout_hash
 from shared.store import sha256_hex
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -130,11 +130,13 @@ def write_scene_library(scenes: dict[str, list[Path]], folder: Path) -> Path:
 
 
 def _hashed(paths: Iterable[Path], *, heldout: bool = False) -> list[tuple[str, bytes]]:
-    """(path, perceptual hash) of each photo that has one (resized copies are compared by it); held-out
-    photos get ``heldout_hash``, which also sees a mirrored copy."""
+    """(path, perceptual hashes) of each photo that has them (resized copies are compared by them): held-out
+    photos get ``heldout_hash``, which also sees a mirrored or turned copy; the others ``copy_hashes``,
+    which also hashes the part inside plain bars (``perceptual_hash`` took a letterboxed copy's whole
+    frame, bars included, and let it pass)."""
     items = []
     for path in paths:
-        value = (heldout_hash if heldout else perceptual_hash)(path.read_bytes())
+        value = (heldout_hash if heldout else copy_hashes)(path.read_bytes())
         if value is not None:
             items.append((str(path), value))
     return items

@@ -341,3 +341,53 @@ def test_the_test_split_is_scored_with_the_committed_export_only(tmp_path: Path,
     # On val, trying them is what val is for.
     val = ["--dataset", str(tmp_path), "--split", "val", "--reuse-stack", "--out", str(tmp_path / "o.json")]
     assert _exit_code([*val, *option]) != 2
+
+
+def _grocery(root: Path, train: dict[str, Image.Image], test: dict[str, Image.Image]) -> Path:
+    """A one-class GroceryStoreDataset folder: its iconic photo, and the train and test photos given."""
+    from shared.evaluation.experiment import encode_jpeg
+    from tests.test_evaluate import shelf_photo
+
+    iconic = "iconic-images-and-descriptions/Fruit/Kiwi/Kiwi_Iconic.jpg"
+    (root / iconic).parent.mkdir(parents=True)
+    (root / iconic).write_bytes(encode_jpeg(shelf_photo(9)))
+    (root / "classes.csv").write_text(
+        "Class Name (str),Class ID (int),Coarse Class Name (str),Coarse Class ID (int),"
+        "Iconic Image Path (str),Product Description Path (str)\n"
+        f"Kiwi,0,Kiwi,0,/{iconic},/desc.txt\n"
+    )
+    for split, photos in (("train", train), ("val", {}), ("test", test)):
+        (root / split / "Kiwi").mkdir(parents=True)
+        for name, photo in photos.items():
+            (root / split / "Kiwi" / name).write_bytes(encode_jpeg(photo))
+        (root / f"{split}.txt").write_text("".join(f"{split}/Kiwi/{name}, 0, 0\n" for name in photos))
+    return root
+
+
+def test_a_scene_letterboxed_from_a_test_photo_is_refused_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # References and scenes were compared by perceptual_hash, which takes a letterboxed photo's whole
+    # frame, bars included: a test photo padded with black bars passed as a scene (the store's own check,
+    # copy_hashes, compares the part inside the bars too).
+    from PIL import ImageOps
+
+    from shared.evaluation.leakage import LeakageError
+    from tests.test_evaluate import shelf_photo
+
+    held = shelf_photo(1)
+    padded = ImageOps.pad(held, (320, round(240 * 1.25)), color="black")
+    dataset = _grocery(tmp_path / "dataset", {"padded.jpg": padded}, {"held.jpg": held})
+
+    def started(*args: object) -> None:
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(augment, "open_backbone", started)
+    argv = ["--dataset", str(dataset), "--k", "0", "--workdir", str(tmp_path / "work")]
+    with pytest.raises(LeakageError, match=r"padded\.jpg looks like a copy of held-out"):
+        augment.main([*argv, "--out", str(tmp_path / "o.json")])
+    # Another photo, letterboxed the same way, is a scene like any other: the run goes on.
+    other = ImageOps.pad(shelf_photo(2), (320, round(240 * 1.25)), color="black")
+    dataset = _grocery(tmp_path / "other", {"padded.jpg": other}, {"held.jpg": held})
+    with pytest.raises(AssertionError, match="the run started"):
+        augment.main(["--dataset", str(dataset), *argv[2:], "--out", str(tmp_path / "o.json")])
