@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from shared.errors import BadInput
 from shared.store import FileStore, ObjectStore
 from shared.trainstore.loader import load_manifest
 from shared.trainstore.manifest import (
@@ -376,3 +378,31 @@ def test_load_manifest_names_an_unsafe_sku_id_as_one_it_does_not_have(
     manifests.append("SKU-1", [row("i0")])
     with pytest.raises(ValueError, match=rf"^no SKU {re.escape(sku_id)} in the retraining store "):
         load_manifest(manifests.store, prefix="ts", sku_ids=["SKU-1", sku_id])
+
+
+def test_a_row_a_newer_version_wrote_reads_and_keeps_its_new_field(manifests: ManifestStore) -> None:
+    """During a rolling upgrade old and new pods share one store; a row with a field the older one did
+    not know (as ``produced_at`` once was) made the SKU ``manifest_unreadable`` to it: its events were
+    dead-lettered and ``dataset stats``, ``export`` and ``load_manifest`` refused the store. The field is
+    kept, not dropped, so the older pod's compaction does not take from the newer one what it decides by;
+    a known field with a value that does not validate is still refused."""
+    store = manifests.store
+    manifests.append("SKU-1", [row("a")])
+    newer = b'{"item_id":"b","sku_id":"SKU-1","category":"can","source":"synthetic","status":"accepted",'
+    store.put_bytes(
+        f"ts/manifests/SKU-1/part-d-0000000002-{'0' * 32}.jsonl",
+        newer + b'"hue":{"name":"r\xc3\xa9d","rgb":[200,0,0]}}\n',
+    )
+    assert sorted(manifests.read_sku("SKU-1")) == ["a", "b"]
+    assert load_manifest(store, prefix="ts").column("item_id") == ["a", "b"]
+    assert manifests.compact("SKU-1")
+    (part,) = store.list_keys("ts/manifests/SKU-1/part-c-")
+    assert b'"hue":{"name":"r\xc3\xa9d","rgb":[200,0,0]}}\n' in store.get_bytes(part)
+    assert load_manifest(store, prefix="ts").column("item_id") == ["a", "b"]
+    with pytest.raises(ValidationError):  # what this version writes is still only what it knows
+        row("c", hue="red")
+    store.put_bytes(
+        f"ts/manifests/SKU-1/part-d-0000000003-{'0' * 32}.jsonl", newer[:-1] + b',"iou":"high"}\n'
+    )
+    with pytest.raises(BadInput, match=r"manifest_unreadable: .*part-d-0000000003-.* \(iou: "):
+        manifests.read_sku("SKU-1")

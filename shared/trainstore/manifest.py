@@ -86,10 +86,19 @@ COLUMNS_VERSION = 1
 READ_ATTEMPTS = 5
 # The event time of a row that records none: before any event's.
 _NO_TIME = datetime.min.replace(tzinfo=UTC)
+# Strict writer, tolerant reader, as for events (docs/delivery.md, "Versioning"): a row built here
+# refuses an unknown field, but a stored row keeps one. During a rolling upgrade an older pod reads a
+# newer one's rows (they were all manifest_unreadable to it) and writes them back, compacted or
+# withdrawn, with the field: dropped, a compaction would lose what the newer version decides by.
+_READ_EXTRA: Literal["allow"] = "allow"
 
 
 class ManifestRow(Contract):
-    """One item of the retraining store; ``image`` and ``mask`` are keys under the store's root."""
+    """One item of the retraining store; ``image`` and ``mask`` are keys under the store's root.
+
+    Built here, a row with an unknown field is an error; read from the store, a field a newer version
+    added is kept and written back with the row (``_read_row``), so old and new pods share a store.
+    """
 
     item_id: SafeId
     sku_id: SafeId
@@ -156,7 +165,24 @@ def _precedence(stamp: str, row: ManifestRow) -> tuple[bool, datetime, str]:
 def encode_rows(rows: Iterable[ManifestRow]) -> bytes:
     """JSONL, one row per line, sorted by item_id and with default fields left out (small, stable)."""
     ordered = sorted(rows, key=lambda row: row.item_id)
-    return b"".join(row.model_dump_json(exclude_defaults=True).encode() + b"\n" for row in ordered)
+    return b"".join(_row_json(row) + b"\n" for row in ordered)
+
+
+def _row_json(row: ManifestRow) -> bytes:
+    """One row as a JSON object, default fields left out; the fields a newer version wrote that this
+    one does not know (``_read_row``) follow, as they were read."""
+    fields = row.model_dump_json(exclude_defaults=True).encode()
+    if not row.model_extra:
+        return fields
+    unknown = json.dumps(row.model_extra, separators=(",", ":"), ensure_ascii=False).encode()
+    return fields[:-1] + b"," + unknown[1:]
+
+
+def _read_row(data: bytes) -> ManifestRow:
+    """One stored row. A field this version does not know (a newer version's) is kept, not refused,
+    and written back with the row (``encode_rows``); it is not a column of ``load_manifest``'s. A known
+    field that does not validate (a mistyped value, an unknown status) is still a ``ValidationError``."""
+    return ManifestRow.model_validate_json(data, extra=_READ_EXTRA)
 
 
 class ManifestUnreadable(BadInput):
@@ -176,7 +202,7 @@ class ManifestUnreadable(BadInput):
 
 def decode_rows(data: bytes) -> list[ManifestRow]:
     """Parse a JSONL part written by ``encode_rows``, checking every row."""
-    return [ManifestRow.model_validate_json(line) for line in data.splitlines() if line.strip()]
+    return [_read_row(line) for line in data.splitlines() if line.strip()]
 
 
 def rows_to_columns(rows: Iterable[ManifestRow]) -> dict[str, list[Any]]:
@@ -304,7 +330,7 @@ class ManifestStore:
                         _fold(merged, part.stamp, row)
             except ObjectMissing:
                 continue
-            except ValidationError as exc:  # a hand-edited part, or one a newer version wrote
+            except ValidationError as exc:  # a hand-edited part, or a value a newer version allows
                 assert part is not None
                 raise ManifestUnreadable(self.store.uri_for(part.key), exc) from exc
             return merged, compacted, deltas, columns
@@ -428,7 +454,7 @@ def _encode_stamped(rows: Iterable[tuple[str, ManifestRow]]) -> bytes:
     for stamp, row in sorted(rows, key=lambda stamped: stamped[1].item_id):
         if not _STAMP.fullmatch(stamp):
             raise ValueError(f"not a manifest stamp: {stamp!r}")
-        fields = row.model_dump_json(exclude_defaults=True).encode()
+        fields = _row_json(row)
         lines.append(b'{"%s":"%s",' % (_STAMP_FIELD.encode(), stamp.encode()) + fields[1:] + b"\n")
     return b"".join(lines)
 
@@ -443,6 +469,6 @@ def _decode_stamped(data: bytes, part_stamp: str) -> Iterator[tuple[str, Manifes
         if not line.strip():
             continue
         if match := _STAMPED_LINE.match(line):
-            yield match.group(1).decode(), ManifestRow.model_validate_json(b"{" + line[match.end() :])
+            yield match.group(1).decode(), _read_row(b"{" + line[match.end() :])
         else:
-            yield part_stamp, ManifestRow.model_validate_json(line)
+            yield part_stamp, _read_row(line)
