@@ -520,3 +520,24 @@ def test_a_sku_id_named_like_the_summary_file_is_refused_as_an_imagefolder_class
     export_dataset(manifests, tmp_path / "jsonl", fmt="jsonl", max_synthetic_per_real=1)
     assert (tmp_path / "jsonl" / "export.json").is_file()
     assert (tmp_path / "jsonl" / "images" / "Export.JSON").is_dir()
+
+
+def test_an_export_of_a_blank_sku_id_names_it_quoted(
+    small_store: ManifestStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--sku ""`` (an empty shell variable) and ``--sku "SKU-A "`` read "no SKU , SKU-A  in the store":
+    neither id could be told from the message."""
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    out = tmp_path / "out"
+    argv = ["dataset", "export", str(out), "--format", "jsonl", "--max-synthetic-per-real", "1"]
+    with pytest.raises(SystemExit) as exited:
+        cli_main([*argv, "--sku", "", "--sku", "SKU-A ", "--sku", "SKU-A"])
+    assert exited.value.code == 2
+    assert (
+        "error: no SKU '', 'SKU-A ' in the store (skuforge dataset stats lists them)"
+        in capsys.readouterr().err
+    )
+    assert not out.exists()

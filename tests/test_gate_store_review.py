@@ -268,7 +268,7 @@ def test_an_unknown_sku_is_a_clear_error_not_an_empty_export(
             ]
         )
     assert exited.value.code == 2
-    assert "no SKU SKU-Z in the store" in capsys.readouterr().err
+    assert "no SKU 'SKU-Z' in the store" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -313,7 +313,7 @@ def test_load_manifest_refuses_a_store_without_skus_and_a_sku_it_does_not_have(
     manifests.append("SKU-1", [row("i0")])
     with pytest.raises(ValueError, match=r"retraining store .*/train-store/ has no SKUs"):
         load_manifest(manifests.store, prefix="train-store")
-    with pytest.raises(ValueError, match="no SKU SKU-l in the retraining store"):
+    with pytest.raises(ValueError, match="no SKU 'SKU-l' in the retraining store"):
         load_manifest(manifests.store, prefix="ts", sku_ids=["SKU-1", "SKU-l"])
     assert load_manifest(manifests.store, prefix="ts", sku_ids=["SKU-1"]).column("item_id") == ["i0"]
 
@@ -376,7 +376,7 @@ def test_load_manifest_names_an_unsafe_sku_id_as_one_it_does_not_have(
     """An id no stored SKU can have, and that as a key prefix could leave the store, stopped training
     code with the object store's "prefix ... has a '..' segment" instead of the loader's own answer."""
     manifests.append("SKU-1", [row("i0")])
-    with pytest.raises(ValueError, match=rf"^no SKU {re.escape(sku_id)} in the retraining store "):
+    with pytest.raises(ValueError, match=rf"^no SKU {re.escape(repr(sku_id))} in the retraining store "):
         load_manifest(manifests.store, prefix="ts", sku_ids=["SKU-1", sku_id])
 
 
@@ -406,3 +406,14 @@ def test_a_row_a_newer_version_wrote_reads_and_keeps_its_new_field(manifests: Ma
     )
     with pytest.raises(BadInput, match=r"manifest_unreadable: .*part-d-0000000003-.* \(iou: "):
         manifests.read_sku("SKU-1")
+
+
+@pytest.mark.parametrize(("sku_id", "named"), [("", "''"), ("SKU-1 ", "'SKU-1 '")])
+def test_load_manifest_quotes_the_sku_id_it_does_not_have(
+    manifests: ManifestStore, sku_id: str, named: str
+) -> None:
+    """An empty id (a blank line of a SKU list) read "no SKU  in the retraining store", naming nothing,
+    and one with a trailing space looked like a SKU the store has."""
+    manifests.append("SKU-1", [row("i0")])
+    with pytest.raises(ValueError, match=rf"^no SKU {re.escape(named)} in the retraining store "):
+        load_manifest(manifests.store, prefix="ts", sku_ids=["SKU-1", sku_id])

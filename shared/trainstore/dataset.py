@@ -434,7 +434,8 @@ def _export_into(
         unknown = sorted(set(sku_ids) - set(manifests.sku_ids()))
         if unknown:
             # A typo would otherwise export an empty training set and report success.
-            raise ValueError(f"no SKU {', '.join(unknown)} in the store (skuforge dataset stats lists them)")
+            named = ", ".join(repr(sku_id) for sku_id in unknown)  # quoted: "" or "A " are ids too
+            raise ValueError(f"no SKU {named} in the store (skuforge dataset stats lists them)")
     rows = list(manifests.iter_rows(sku_ids))
     plan = plan_export(
         rows,

@@ -137,7 +137,9 @@ def load_manifest(
             values = sku_columns[name]
             manifest.columns[name].extend(_as_tuples(values) if name in _LIST_FIELDS else values)
     if unknown:
-        raise ValueError(f"no SKU {', '.join(unknown)} in the retraining store {manifest.root_uri}")
+        # Quoted: an empty id or one with a trailing space read as "no SKU  in" (nothing named).
+        named = ", ".join(repr(sku_id) for sku_id in unknown)
+        raise ValueError(f"no SKU {named} in the retraining store {manifest.root_uri}")
     return manifest
 
 
