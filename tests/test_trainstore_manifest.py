@@ -417,3 +417,15 @@ def test_load_manifest_quotes_the_sku_id_it_does_not_have(
     manifests.append("SKU-1", [row("i0")])
     with pytest.raises(ValueError, match=rf"^no SKU {re.escape(named)} in the retraining store "):
         load_manifest(manifests.store, prefix="ts", sku_ids=["SKU-1", sku_id])
+
+
+def test_a_change_to_a_loaded_column_leaves_the_manifest_as_loaded(manifests: ManifestStore) -> None:
+    """``column`` returned the manifest's own list: training code that relabelled or sorted the labels it
+    got changed every row of the loaded manifest, and what any later reader of it saw."""
+    manifests.append("SKU-1", [row("b"), row("a")])
+    loaded = load_manifest(manifests.store, prefix="ts")
+    labels = loaded.column("item_id")
+    labels[0] = "relabelled"
+    labels.sort(reverse=True)
+    assert loaded.column("item_id") == ["a", "b"]
+    assert [item["item_id"] for item in loaded] == ["a", "b"]

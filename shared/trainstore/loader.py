@@ -3,7 +3,7 @@
     from shared.trainstore.loader import load_manifest
 
     manifest = load_manifest("s3://bucket/prefix", prefix="trainstore")   # or an ObjectStore
-    labels = manifest.column("sku_id")            # one list per ManifestRow field
+    labels = manifest.column("sku_id")            # a new list of one ManifestRow field
     images = manifest.uris("image")               # full URIs of the images
     for row in manifest:                          # or row by row, as dicts (with image_uri, mask_uri)
         row["sku_id"], row["source"], row["image_uri"], row["caption"]
@@ -52,8 +52,11 @@ class Manifest:
         return len(self.columns["item_id"])
 
     def column(self, name: str) -> list[Any]:
-        """The values of one ManifestRow field, in row order."""
-        return self.columns[name]
+        """The values of one ManifestRow field, in row order: a new list, the caller's to change.
+
+        It was the manifest's own: training code that relabelled or sorted its labels in place changed
+        the loaded manifest (its rows, ``uris``, a later ``column``) under every other reader of it."""
+        return list(self.columns[name])
 
     def uris(self, name: str = "image") -> list[str | None]:
         """Full URIs of the ``image`` or ``mask`` column (None where nothing is stored)."""
