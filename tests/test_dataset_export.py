@@ -541,3 +541,34 @@ def test_an_export_of_a_blank_sku_id_names_it_quoted(
         in capsys.readouterr().err
     )
     assert not out.exists()
+
+
+def test_an_export_of_some_skus_with_an_evaluation_reads_and_notes_only_those(
+    small_store: ManifestStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With ``--evaluation``, the check that the store changed since it was measured planned every SKU of
+    the store, not the ``--sku`` ones: ``--sku SKU-A`` was told SKU-B's gain was out of date, and a SKU not
+    exported with an unreadable manifest part stopped the export (without ``--evaluation`` it went on)."""
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_text(
+        json.dumps(
+            {
+                "gain": {"SKU-A": -0.12, "SKU-B": 0.05},
+                "train_counts": {"SKU-A": {"real": 2, "synthetic": 4}, "SKU-B": {"real": 1, "synthetic": 0}},
+                "inputs": {"max_synthetic_per_real": 2, "min_real": 1},
+            }
+        )
+    )
+    unreadable = (
+        b'{"item_id":"x","sku_id":"SKU-C","category":"can","source":"real","status":"reference","iou":"high"}'
+    )
+    small_store.store.put_bytes(f"{PREFIX}/manifests/SKU-C/part-d-0000000099-{'0' * 32}.jsonl", unreadable)
+    argv = ["dataset", "export", str(tmp_path / "out"), "--format", "imagefolder", "--size", "64"]
+    argv += ["--max-synthetic-per-real", "2", "--evaluation", str(evaluation), "--sku", "SKU-A"]
+    assert cli_main(argv) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert count_tree(tmp_path / "out") == {"SKU-A": {"real": 2, "synthetic": 0}}  # B-A < 0: left out

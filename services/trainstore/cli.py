@@ -288,8 +288,11 @@ def main(argv: list[str] | None = None) -> int:
                     inputs.get("min_real"),
                 ) == (args.max_synthetic_per_real, args.min_real)
                 if same_policy:  # else the counts differ by policy, which is noted already
+                    # The SKUs exported only: another's counts are not this export's (nor a part of it
+                    # that does not read); an id the store lacks is refused by export_dataset below.
+                    exported = stored if args.sku is None else sorted(set(args.sku) & set(stored))
                     plan = plan_export(
-                        manifests.iter_rows(stored),
+                        manifests.iter_rows(exported),
                         max_synthetic_per_real=args.max_synthetic_per_real,
                         min_real=args.min_real,
                         withdrawn_photos=Withdrawals(manifests).by_sku(),
