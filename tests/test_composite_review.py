@@ -180,3 +180,42 @@ def test_a_negative_seed_is_refused_in_this_backends_words() -> None:
         CompositeBackend().generate(replace(_request(), seed=-1))
     [outcome] = CompositeBackend().generate_many([replace(_request(), seed=-1)])
     assert str(outcome) == "seed must be at least 0, got -1"
+
+
+def test_a_pile_records_only_the_placement_it_used_and_replays_from_it() -> None:
+    # A pile places its copies itself (each its own turn, no keystone, spread over the frame) and sizes
+    # them by framing alone, but reported the drawn or asked rotation, keystone, position, shadow
+    # strength and reference framing: the lineage record named a placement no copy had.
+    scenes = SceneLibrary([Scene("a.jpg", "", np.full((80, 80, 3), 90, np.uint8))])
+    backend = CompositeBackend(scenes, 1.0)
+    placement = {
+        "rotation_deg": 30.0,
+        "perspective_x": 0.2,
+        "perspective_y": -0.1,
+        "pos_x": 0.1,
+        "pos_y": 0.9,
+        "shadow_strength": 0.5,
+        "reference_framing": 0.5,
+    }
+    asked = _request(scene="photo", arrangement="pile", **placement)
+    [sample] = backend.generate(asked)
+    recorded = {key: sample.parameters[key] for key in placement}
+    assert recorded == {
+        "rotation_deg": 0.0,
+        "perspective_x": 0.0,
+        "perspective_y": 0.0,
+        "pos_x": 0.5,
+        "pos_y": 0.5,
+        "shadow_strength": 0.0,
+        "reference_framing": 0.0,
+    }
+    # None of them changed the image, and what is recorded replays it byte for byte.
+    [drawn] = backend.generate(_request(scene="photo", arrangement="pile"))
+    [replayed] = backend.generate(replace(asked, seed=99, parameters=sample.parameters))
+    for other in (drawn, replayed):
+        assert np.array_equal(other.image, sample.image)
+        assert np.array_equal(other.expected_mask, sample.expected_mask)
+        assert other.parameters == sample.parameters
+    # A single product on a photo still records (and uses) its own placement.
+    [single] = backend.generate(_request(scene="photo", **placement))
+    assert {key: single.parameters[key] for key in placement} == placement

@@ -78,6 +78,20 @@ EDGE_BAND_PX = 3
 # How the product is placed on a photo scene: one item, framed like its reference photo, or a pile of
 # copies filling most of the frame, the way loose produce is photographed in a store.
 ARRANGEMENTS = ("single", "pile")
+# What a pile reports for the knobs it does not use, whatever was drawn or asked: no occluder, no shadow
+# (so no strength), no turn or keystone of its own (each copy gets its own turn), centred (its copies
+# spread over the frame) and no reference framing (its copies' size follows ``framing`` alone).
+_PILE_PLACEMENT: dict[str, Any] = {
+    "occluders": 0,
+    "shadow": "none",
+    "shadow_strength": 0.0,
+    "rotation_deg": 0.0,
+    "perspective_x": 0.0,
+    "perspective_y": 0.0,
+    "pos_x": 0.5,
+    "pos_y": 0.5,
+    "reference_framing": 0.0,
+}
 
 
 class CompositeError(ValueError):
@@ -106,7 +120,7 @@ class _Plan:
     colour_temperature: float  # -1 cool (blue) .. +1 warm (red)
     blur_px: float
     noise_sigma: float
-    occluders: int  # a pile has none, and no shadow: it reports 0 and "none" whatever was drawn
+    occluders: int  # a pile has none, and no shadow: it reports _PILE_PLACEMENT whatever was drawn
     scene_seed: int  # backdrop, other products and noise are drawn from it
     # Photo scenes only (scene == "photo"); drawn for every variant so that the draw order is fixed.
     scene_key: str  # key of the photo in the scene library; "" for procedural scenes
@@ -262,9 +276,10 @@ class _Plan:
                 f"composite parameter scene_seed must be from 0 to 2^63-1, got {plan.scene_seed}"
             )
         if plan.arrangement == "pile":
-            # A pile has no occluder and no shadow (its copies hide one another): the drawn values, reported
-            # as they were, put an occluder and a shadow in the lineage record that no image had.
-            plan = replace(plan, occluders=0, shadow="none")
+            # A pile has no occluder and no shadow (its copies hide one another), and places its copies
+            # itself (each its own size and turn, no keystone, spread over the frame, sized by framing):
+            # the drawn values, reported as they were, put in the lineage record what no image had.
+            plan = replace(plan, **_PILE_PLACEMENT)
         return plan
 
     def as_json(self) -> dict[str, Any]:
