@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -239,3 +240,34 @@ def test_json_nested_too_deeply_to_parse_refuses_its_row_not_the_batch() -> None
         "ValueError: own_names is nested too deeply to read",
     ]
     assert answer["image"][0].max() == 11
+
+
+def test_both_backends_serve_every_seed_the_protocol_carries_and_refuse_the_same_others(
+    tmp_path: Any,
+) -> None:
+    # The protocol's seed is an int64. The diffusion backend served any (seed % 2**64) while the
+    # composite one refused a negative seed: a client of both met two rules for one tensor.
+    from shared.config import load_settings
+    from shared.generation.composite import CompositeBackend
+    from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
+    from tests.test_adapters_review import RecordingPipe
+
+    diffusion = DiffusionBackend(
+        RecordingPipe(),
+        model_id="m",
+        registry=None,
+        settings=load_settings(DiffusionSettings),
+        cache_dir=tmp_path / "cache",
+        device="cpu",  # type: ignore[arg-type]
+    )
+    seeds = [-1, -(2**63), 2**63 - 1, 11]
+    for backend in (CompositeBackend(), diffusion):
+        (answer,) = GenerationModel(backend)([triton_request(seeds)])
+        assert errors(answer) == [""] * len(seeds), backend.name
+        assert answer["image"].any(axis=(1, 2, 3)).all(), backend.name
+        # What no int64 holds (a caller of the backend in Python) is refused alike, that row alone.
+        good = GenerationModel(backend)._parse_request(triton_request([11]))[1][0]
+        assert isinstance(good, GenerationRequest)
+        outcomes = backend.generate_many([replace(good, seed=2**64), good])
+        assert str(outcomes[0]) == f"seed must be from -2^63 to 2^63-1 (an int64), got {2**64}", backend.name
+        assert isinstance(outcomes[1], list), outcomes[1]

@@ -26,7 +26,7 @@ INPUTS: tuple[tuple[str, type, tuple[int, ...]], ...] = (
     ("mask", np.uint8, (-1, -1)),
     ("prompt", bytes, (1,)),
     ("negative_prompt", bytes, (1,)),
-    ("seed", np.int64, (1,)),
+    ("seed", np.int64, (1,)),  # any int64, negative too: one rule for every backend (seed_entropy)
     ("parameters", bytes, (1,)),  # JSON object
     ("adapter_id", bytes, (1,)),  # "" = choose by series
     ("series", bytes, (1,)),

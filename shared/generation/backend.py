@@ -38,6 +38,18 @@ COLOUR_GAIN_KEY = "applied_colour_gain"
 # The largest output side a request may ask for (``GenerationRequest.size``): the generator's setting
 # stops there, and the Triton model refuses a request beyond it before any canvas is allocated.
 MAX_SIZE_PX = 2048
+# A seed is what the Triton protocol carries for it, an int64 (``services/generator/protocol.py``):
+# negative ones included. Every backend seeds from it through ``seed_entropy``, one rule for all.
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
+
+
+def seed_entropy(seed: int) -> int:
+    """``seed`` (an int64) as the unsigned 64-bit number a backend seeds its generators from: the same
+    bits (-1 is 2^64 - 1), so two seeds never share one. ``ValueError`` for a seed no int64 holds,
+    which only a caller in Python can pass: 2^64 would have drawn seed 0's images."""
+    if not MIN_SEED <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be from -2^63 to 2^63-1 (an int64), got {seed}")
+    return seed % 2**64
 
 
 def is_pile(variant_index: int, share: float, offset: float = 0.0) -> bool:

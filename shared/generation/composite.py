@@ -53,6 +53,7 @@ from shared.generation.backend import (
     GenerationRequest,
     RowOutcome,
     generate_one_by_one,
+    seed_entropy,
 )
 from shared.generation.scenes import Scene, SceneLibrary
 from shared.synth.backgrounds import BACKGROUNDS, BUILDERS, GROUNDED, Placement, Stand, to_image
@@ -314,7 +315,7 @@ class CompositeBackend:
         asked = _with_implied_scene(request.parameters)
         samples = []
         for variant in range(request.n):
-            plan_rng = np.random.default_rng(np.random.SeedSequence([request.seed, variant]))
+            plan_rng = np.random.default_rng(np.random.SeedSequence([seed_entropy(request.seed), variant]))
             # No scene tagged like the SKU's series, category or product name (``SceneLibrary.keys_for``):
             # a lemon never lands on a pile of lemons, which would teach the lemon class other lemons.
             own_names = (request.series, *request.own_names)
@@ -389,9 +390,6 @@ class _Cutout:
             raise CompositeError(f"size must be at least {MIN_SIZE_PX} px, got {request.size}")
         if request.n < 1:
             raise CompositeError(f"n must be at least 1, got {request.n}")
-        if request.seed < 0:
-            # numpy's SeedSequence refused it with its own "expected non-negative integer".
-            raise CompositeError(f"seed must be at least 0, got {request.seed}")
         binary = mask >= 128
         rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
         if rows.size == 0:

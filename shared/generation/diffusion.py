@@ -51,7 +51,7 @@ from pydantic_settings import BaseSettings
 from shared.config import SETTINGS_CONFIG, ConfigError, Settings, describe_validation_error
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, TransientError
 from shared.generation.adapters import AdapterChoice, AdapterMetadata, AdapterRegistry, resolve_adapter
-from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome
+from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome, seed_entropy
 from shared.model_cache import cache_dir as model_cache_dir
 from shared.model_cache import fetch_directory
 from shared.store import open_store
@@ -315,7 +315,7 @@ def variant_seeds(seed: int, index: int) -> tuple[int, int, int]:
     Derived from (seed, index) by numpy's SeedSequence, so variant 1 of seed 5 shares nothing
     with variant 0 of seed 6.
     """
-    states = np.random.SeedSequence([seed % 2**64, index]).generate_state(3, dtype=np.uint64)
+    states = np.random.SeedSequence([seed_entropy(seed), index]).generate_state(3, dtype=np.uint64)
     # torch.Generator.manual_seed takes up to 2**64 - 1, numpy's Generator anything: halve to be safe.
     placement, painting, harmonising = (int(state) >> 1 for state in states)
     return placement, painting, harmonising
