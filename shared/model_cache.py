@@ -142,8 +142,9 @@ def fetch_directory(
     store lists, each file at the size it was copied with: model folders are treated as immutable,
     so publish a changed model under a new URI. Processes sharing the cache may fetch at once: a
     copy another one completed meanwhile is used as it is, never deleted under its readers.
-    Raises ``ValueError`` when nothing is stored under ``uri``, or when ``required_file``
-    (e.g. ``config.json``) is not among what is.
+    Raises ``ValueError`` when nothing is stored under ``uri``, when ``required_file``
+    (e.g. ``config.json``) is not among what is, or when a name in the folder is over 255 bytes (S3
+    takes it, no file system does; the files keep their names, which their loader reads them by).
     """
     root = uri.rstrip("/")
     source, prefix = _source(root, store, s3_endpoint_url, s3_region)
@@ -154,6 +155,17 @@ def fetch_directory(
         )
     if not keys:
         raise ValueError(f"nothing is stored under {root}/")
+    for key in keys:
+        # The copy keeps the folder's names (its loader reads its files by name, so none can be
+        # shortened as a single file's is): refused before any file is read, not after the files
+        # sorted before it were downloaded, by the store's key check, naming 40 bytes of it.
+        for segment in key.split("/"):
+            if len(segment.encode("utf-8")) > NAME_MAX_BYTES:
+                raise ValueError(
+                    f"{root}/ holds {key}, with a name of {len(segment.encode('utf-8'))} bytes: no file "
+                    f"system takes a name over {NAME_MAX_BYTES} bytes, and the model's files are read by "
+                    "name; rename it in the store"
+                )
     location = _location(source, prefix)
     base = cache_dir(cache)
     label = _shortened(root.rpartition("/")[2] or "root", NAME_MAX_BYTES - 17)

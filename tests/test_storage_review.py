@@ -241,3 +241,34 @@ def test_fetch_directory_file_source_keeps_its_cache_name(tmp_path: Path) -> Non
     uri = _model_folder(FileStore(tmp_path / "models"), "blip")
     digest = hashlib.sha256(f"file://{tmp_path}/models/blip".encode()).hexdigest()[:16]
     assert fetch_directory(uri, tmp_path / "cache") == tmp_path / "cache" / f"blip-{digest}"
+
+
+def test_a_model_folder_with_a_file_name_no_file_system_takes_is_refused_up_front_naming_it(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    # S3 takes a key segment of any length, but the copy keeps the folder's file names (a diffusers or
+    # BLIP folder is read by them): one over 255 bytes cannot be copied. It was refused mid-copy, after
+    # every file sorted before it was downloaded (gigabytes of weights), naming 40 bytes of the segment.
+    bucket = f"models-{uuid.uuid4().hex[:12]}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    store = open_store(f"s3://{bucket}", s3_endpoint_url=s3_endpoint)
+    uri = _model_folder(store, "blip")
+    long_name = "z" * 300 + ".safetensors"
+    client.put_object(Bucket=bucket, Key=f"blip/unet/{long_name}", Body=b"w")
+    fetched: list[str] = []
+    real_get_bytes = store.get_bytes
+
+    def get_bytes(uri_or_key: str) -> bytes:
+        fetched.append(uri_or_key)
+        return real_get_bytes(uri_or_key)
+
+    store.get_bytes = get_bytes  # type: ignore[method-assign]
+    with pytest.raises(ValueError) as info:
+        fetch_directory(uri, tmp_path / "cache", store=store)
+    assert str(info.value) == (
+        f"{uri}/ holds unet/{long_name}, with a name of 312 bytes: no file system takes a name over 255 "
+        "bytes, and the model's files are read by name; rename it in the store"
+    )
+    assert fetched == []
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
