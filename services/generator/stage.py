@@ -23,7 +23,10 @@ always gets the same images.
 
 Bad input goes to the DLQ with its reason: no usable photo (``no_usable_photo``), a photo or mask
 missing or altered in the store (``object_missing``, ``checksum_mismatch``), not a readable image
-(``corrupt``...), or a variant the model refuses (``generation_refused``). Triton down, loading,
+(``corrupt``...), a refusal a replay may cure (``unknown_adapter``...), or every variant refused
+(``generation_refused``...). A variant the model refuses while others of the SKU are drawn (a photo
+whose mask it cannot place) is left out: logged ("variant refused, left out", with the photo and
+reason) and counted (``skuforge_triton_errors_total{kind="refused"}``). Triton down, loading,
 overloaded or slow is transient: the partition is paused and retried, nothing is committed.
 
 The model: served by ``skuforge serve generator`` (``services/generator/server.py``); this
@@ -51,6 +54,7 @@ from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
 from services.generator.client import GeneratorFailed, GeneratorUnavailable, TritonGenerator
 from services.generator.protocol import VariantRequest, VariantResult, model_name
 from shared.config import Settings, load_settings
+from shared.dlq import is_permanent
 from shared.errors import BadInput
 from shared.generation.backend import BACKEND_NAMES, COLOUR_GAIN_KEY, cutout_sources, is_pile
 from shared.generation.composite import COMPOSITE_PARAMETERS, product_framing
@@ -293,10 +297,29 @@ def handle_batch(
             outputs.append(refused[position])
             continue
         results = [answers[(position, planned.variant_index)] for planned in plans[position]]
-        refused_variant = next((result for result in results if isinstance(result, BadInput)), None)
-        if refused_variant is not None:
-            outputs.append(refused_variant)
+        refusals = [
+            (planned, result)
+            for planned, result in zip(plans[position], results, strict=True)
+            if isinstance(result, BadInput)
+        ]
+        # One photo the model cannot draw from (a cut-out whose mask it cannot place) dead-lettered the
+        # whole SKU, whose other photos were fine: its variants are left out, named and counted. A
+        # refusal a replay may cure (unknown_adapter) still refuses the SKU, so the letter brings back
+        # every variant; so does a SKU none of whose variants was drawn.
+        curable = next((left for _, left in refusals if not is_permanent(left.reason)), None)
+        if curable is not None or len(refusals) == len(results):
+            outputs.append(curable or refusals[0][1])
             continue
+        for planned, left in refusals:
+            ctx.log.warning(
+                "variant refused, left out",
+                extra={
+                    "photo_id": planned.photo.photo_id,
+                    "variant_index": planned.variant_index,
+                    "reason": left.reason,
+                    "detail": left.detail[:300],
+                },
+            )
         outputs.append(
             [
                 _store_variant(event, planned, result, ctx)

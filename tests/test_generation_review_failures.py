@@ -1,0 +1,167 @@
+"""Generator faults where part of a batch fails, each pinned where an operator would meet it.
+
+One photo whose mask the compositor cannot place no longer sends the whole SKU to the DLQ: the
+variants of its other photos are produced, the refused ones are logged and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from schemas.envelope import derive_id
+from schemas.events import ImageGenerated, SkuCaptioned
+from schemas.topics import SKU_CAPTIONED
+from services.generator.client import refusal
+from services.generator.protocol import VariantRequest, VariantResult
+from services.generator.stage import GeneratorMetrics, handle_batch
+from shared.bus import make_envelope
+from shared.config import load_settings
+from shared.errors import BadInput
+from shared.generation.backend import GenerationBackend, GenerationRequest
+from shared.generation.composite import CompositeBackend
+from shared.generation.settings import GenerationSettings
+from shared.observability import StageMetrics
+from shared.runtime import Context
+from shared.store import FileStore, ObjectStore
+from tests.test_generator_stage import captioned_sku
+
+
+class RefusingGenerator:
+    """Backends called in this process; a variant a backend refuses comes back as the Triton client
+    returns it (``refusal`` of the server's ``"<kind>: <message>"``)."""
+
+    def __init__(self, *backends: GenerationBackend) -> None:
+        self.backends = {backend.name: backend for backend in backends}
+
+    def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
+        served = self.backends[backend]
+        results: list[VariantResult | BadInput] = []
+        for variant in variants:
+            request = GenerationRequest(
+                reference=variant.reference,
+                mask=variant.mask,
+                prompt=variant.prompt,
+                negative_prompt=variant.negative_prompt,
+                seed=variant.seed,
+                n=1,
+                parameters=json.loads(variant.parameters_json),
+                size=variant.size,
+            )
+            try:
+                sample = served.generate(request)[0]
+            except (ValueError, BadInput) as exc:
+                kind = BadInput.__name__ if isinstance(exc, BadInput) else type(exc).__name__
+                results.append(refusal(f"{kind}: {exc}", f"{backend} refused variant seed {variant.seed}"))
+                continue
+            results.append(
+                VariantResult(
+                    sample.image, sample.expected_mask, json.dumps(sample.parameters), None, served.model_id
+                )
+            )
+        return results
+
+
+def with_mask(store: ObjectStore, captioned: SkuCaptioned, photo_id: str, mask: np.ndarray) -> SkuCaptioned:
+    """``captioned`` with ``photo_id``'s mask replaced by ``mask``."""
+    ref = store.put_image(f"masks/reference/{captioned.sku.sku_id}/{photo_id}-{mask.sum()}.png", mask)
+    photos = [
+        photo.model_copy(update={"mask": ref}) if photo.photo_id == photo_id else photo
+        for photo in captioned.photos
+    ]
+    return captioned.model_copy(update={"photos": photos})
+
+
+def speckles() -> np.ndarray:
+    """A cut-out's transparency of isolated pixels, 1 in 16 of a square: the captioner takes it as the
+    photo's mask (2% of the photo, over its no_product_found 0.5%), and most placements of it cover no
+    pixel by half or more, which the compositor refuses."""
+    mask = np.zeros((192, 192), np.uint8)
+    mask[40:150:4, 40:150:4] = 255
+    return mask
+
+
+def test_one_photo_the_compositor_cannot_place_leaves_the_other_photos_variants(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
+    generation = load_settings(
+        GenerationSettings,
+        generation_variants_per_sku=4,
+        generation_size_px=128,
+        generation_min_plain_background=0.0,
+    )
+    captioned = with_mask(store, captioned_sku(store, 3), "p1", speckles())
+    event = make_envelope(
+        SKU_CAPTIONED,
+        captioned,
+        event_id=derive_id("test", "speckled"),
+        sku_id=captioned.sku.sku_id,
+        trace_id="t",
+        producer="test",
+    )
+    metrics = GeneratorMetrics(CollectorRegistry(), ["skuforge_generator_composite"])
+    generator = RefusingGenerator(CompositeBackend(None))
+    with caplog.at_level(logging.WARNING):
+        [outputs] = handle_batch([event], ctx, generator=generator, generation=generation, metrics=metrics)  # type: ignore[arg-type]
+
+    # Before, the refusal of p1 dead-lettered the SKU: no image at all, though p0 is fine.
+    assert isinstance(outputs, list), outputs
+    generated = [emit.payload for emit in outputs if isinstance(emit.payload, ImageGenerated)]
+    # Where a copy lands is drawn per variant: p1's variant 3 is drawn large enough to place.
+    assert [(g.variant_index, g.reference_photo_id) for g in generated] == [(0, "p0"), (2, "p0"), (3, "p1")]
+    # The photo left out is named, with its reason, and counted as refused.
+    left_out = [
+        (record.photo_id, record.variant_index, record.reason)  # type: ignore[attr-defined]
+        for record in caplog.records
+        if record.getMessage() == "variant refused, left out"
+    ]
+    assert left_out == [("p1", 1, "generation_refused")]
+    assert metrics.triton_errors.labels("skuforge_generator_composite", "refused")._value.get() == 1
+
+    # A SKU none of whose variants is drawn still goes to the DLQ, with the reason: here both masks
+    # are empty (as the captioner lets through with SKUFORGE_CAPTIONER_MIN_MASK_FRACTION=0).
+    empty = np.zeros((192, 192), np.uint8)
+    both = with_mask(store, with_mask(store, captioned, "p0", empty), "p1", empty)
+    event = event.model_copy(update={"payload": both, "event_id": derive_id("test", "all-speckled")})
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    assert isinstance(outputs, BadInput) and outputs.reason == "generation_refused"
+
+
+class AdapterMissingGenerator:
+    """Draws nothing useful: refuses the second variant as an adapter not registered yet."""
+
+    def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
+        image, mask = np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.uint8)
+        drawn = VariantResult(image, mask, "{}", None, "composite-v1")
+        return [
+            BadInput("unknown_adapter", "no adapter 'cola-v1' yet") if index == 1 else drawn
+            for index in range(len(variants))
+        ]
+
+
+def test_a_refusal_a_replay_may_cure_still_dead_letters_the_whole_sku(tmp_path: Path) -> None:
+    # Left out, the variant of an adapter registered later would be lost; the letter brings it back.
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
+    generation = load_settings(GenerationSettings, generation_variants_per_sku=3, generation_size_px=64)
+    captioned = captioned_sku(store, 4)
+    event = make_envelope(
+        SKU_CAPTIONED,
+        captioned,
+        event_id=derive_id("test", "curable"),
+        sku_id=captioned.sku.sku_id,
+        trace_id="t",
+        producer="test",
+    )
+    [outputs] = handle_batch([event], ctx, generator=AdapterMissingGenerator(), generation=generation)  # type: ignore[arg-type]
+    assert isinstance(outputs, BadInput) and outputs.reason == "unknown_adapter"
