@@ -1,7 +1,9 @@
 """Generator faults where part of a batch fails, each pinned where an operator would meet it.
 
 One photo whose mask the compositor cannot place no longer sends the whole SKU to the DLQ: the
-variants of its other photos are produced, the refused ones are logged and counted.
+variants of its other photos are produced, the refused ones are logged and counted. More requests in
+flight than Triton holds no longer livelock the stage: the variants drawn before the refusal are kept
+for the retry, and the refusal names the settings to change.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from schemas.envelope import derive_id
 from schemas.events import ImageGenerated, SkuCaptioned
 from schemas.topics import SKU_CAPTIONED
-from services.generator.client import refusal
+from services.generator.client import GeneratorUnavailable, TritonGenerator, refusal
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import GeneratorMetrics, handle_batch
 from shared.bus import make_envelope
@@ -30,7 +32,9 @@ from shared.generation.settings import GenerationSettings
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore, ObjectStore
+from tests.support.triton import TritonServerProcess
 from tests.test_generator_stage import captioned_sku
+from tests.test_generator_triton import variant as triton_variant
 
 
 class RefusingGenerator:
@@ -165,3 +169,35 @@ def test_a_refusal_a_replay_may_cure_still_dead_letters_the_whole_sku(tmp_path: 
     )
     [outputs] = handle_batch([event], ctx, generator=AdapterMissingGenerator(), generation=generation)  # type: ignore[arg-type]
     assert isinstance(outputs, BadInput) and outputs.reason == "unknown_adapter"
+
+
+@pytest.mark.slow
+def test_more_requests_in_flight_than_triton_holds_still_get_every_variant_drawn(tmp_path: Path) -> None:
+    # Triton holds 2 requests of a model (1 executing, 1 queued) and turns the rest away as overloaded.
+    # With SKUFORGE_GENERATION_TRITON_CONCURRENCY above that, every call was refused, the variants it
+    # had drawn thrown away with it, and the same batch sent again, for ever, with no hint why.
+    server = TritonServerProcess(tmp_path, max_batch_size=1, batch_delay_us=0, max_queue_size=1).start()
+    client = TritonGenerator(server.grpc_url, concurrency=8)
+    requests = [
+        VariantRequest(**{**triton_variant(seed).__dict__, "size": 512})  # slow enough to fill the queue
+        for seed in range(8)
+    ]
+    refusals: list[GeneratorUnavailable] = []
+    results: list[VariantResult | BadInput] = []
+    try:
+        for _ in range(len(requests)):  # each call draws at least the one Triton executes
+            try:
+                results = client.generate("composite", requests)
+                break
+            except GeneratorUnavailable as exc:
+                refusals.append(exc)
+    finally:
+        client.close()
+        server.stop()
+    assert refusals, "8 requests in flight against a queue of 1 were never refused"
+    assert len(results) == len(requests), f"still refused after {len(refusals)} calls"
+    assert all(isinstance(result, VariantResult) for result in results)
+    assert "SKUFORGE_GENERATION_TRITON_CONCURRENCY" in str(refusals[0]), refusals[0]
+    assert "SKUFORGE_GENERATION_MAX_QUEUE_SIZE" in str(refusals[0]), refusals[0]
+    images = [result.image.tobytes() for result in results if isinstance(result, VariantResult)]
+    assert len(set(images)) == len(requests)  # each its own variant, in order of the requests

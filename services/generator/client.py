@@ -2,12 +2,15 @@
 
 Triton down, a model not loaded yet, a full queue (overload) or a timeout raise
 ``GeneratorUnavailable``, a ``TransientError``: the runtime pauses the partition, backs off and
-retries, and commits nothing meanwhile. A variant the model refuses (its ``error`` output) comes
-back as a ``BadInput`` for its SKU. A malformed request (our bug) raises ``RuntimeError``.
+retries, and commits nothing meanwhile. The variants that call did draw are kept, and the retry
+sends only the others (``CONCURRENCY_LIMIT``: more in flight than Triton holds is turned away).
+A variant the model refuses (its ``error`` output) comes back as a ``BadInput`` for its SKU. A
+malformed request (our bug) raises ``RuntimeError``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -33,6 +36,12 @@ from shared.errors import BadInput, TransientError
 log = logging.getLogger(__name__)
 
 _TRITON_DTYPES = {np.uint8: "UINT8", np.int64: "INT64", np.int32: "INT32", bytes: "BYTES"}
+# What a stage replica may keep in flight: more than Triton holds is turned away, and retried.
+CONCURRENCY_LIMIT = (
+    "SKUFORGE_GENERATION_TRITON_CONCURRENCY, summed over the stage's replicas, must not exceed what "
+    "Triton holds per model (about SKUFORGE_GENERATION_MAX_QUEUE_SIZE + SKUFORGE_GENERATION_MAX_BATCH_SIZE "
+    "x SKUFORGE_GENERATION_INSTANCES, the server's settings): lower it, or raise those"
+)
 # gRPC status codes of a request Triton could not serve but may serve later.
 _CLIENT_ERRORS = ("StatusCode.INVALID_ARGUMENT", "400")
 
@@ -66,6 +75,10 @@ class TritonGenerator:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="triton")
         self.last_call_ok = True  # readiness: the last call reached the model
         self._told_missing: set[str] = set()  # optional inputs an older model lacked, logged once
+        # Per backend, the answers of its last call that Triton did not serve whole, by request: the
+        # retry sends only the rest. Before, one overload refusal threw away every variant drawn, and
+        # with more requests in flight than Triton holds, every retry was refused again, for ever.
+        self._kept: dict[str, dict[str, VariantResult | BadInput]] = {}
 
     def close(self) -> None:
         """Stop the worker threads."""
@@ -78,18 +91,37 @@ class TritonGenerator:
         except GeneratorUnavailable:
             self.last_call_ok = False
             raise
-        futures = [self._pool.submit(self._infer_one, backend, variant, optional) for variant in variants]
-        results: list[VariantResult | BadInput] = []
+        kept = self._kept.pop(backend, {})
+        keys = [_request_key(variant) for variant in variants]
+        futures = {
+            key: self._pool.submit(self._infer_one, backend, variant, optional)
+            for key, variant in zip(keys, variants, strict=True)
+            if key not in kept
+        }
+        answered: dict[str, VariantResult | BadInput] = {key: kept[key] for key in keys if key in kept}
         unavailable: GeneratorUnavailable | None = None
-        for future in futures:
+        refused = 0
+        for key, future in futures.items():
             try:
-                results.append(future.result())
+                answered[key] = future.result()
             except GeneratorUnavailable as exc:
                 unavailable = unavailable or exc
+                refused += 1
         self.last_call_ok = unavailable is None
         if unavailable is not None:
+            self._kept[backend] = answered
+            if unavailable.kind == "overloaded":
+                log.warning(
+                    "Triton turned %d of %d requests to %s away as overloaded; the %d answered are kept "
+                    "for the retry. %s",
+                    refused,
+                    len(futures),
+                    model_name(backend),
+                    len(answered),
+                    CONCURRENCY_LIMIT,
+                )
             raise unavailable
-        return results
+        return [answered[key] for key in keys]
 
     def _client(self) -> Any:
         client = getattr(self._local, "client", None)
@@ -212,10 +244,34 @@ def _explain(status: str, message: str, url: str, backend: str) -> tuple[str, st
     """What went wrong, in a sentence, and its kind for the metrics."""
     lowered = message.lower()
     if "queue" in lowered:
-        return f"Triton at {url} is overloaded ({model_name(backend)} queue full): {message}", "overloaded"
+        return (
+            f"Triton at {url} is overloaded ({model_name(backend)} queue full): {message}; "
+            f"{CONCURRENCY_LIMIT}",
+            "overloaded",
+        )
     if "deadline" in lowered or "timeout" in lowered or "DEADLINE" in status:
         return f"Triton at {url} timed out on {model_name(backend)}: {message}", "timeout"
     return f"Triton at {url} unavailable for {model_name(backend)} ({status}): {message}", "unavailable"
+
+
+def _request_key(variant: VariantRequest) -> str:
+    """A digest of everything a request sends: equal for the same variant asked again."""
+    digest = hashlib.sha256()
+    for text in (
+        variant.prompt,
+        variant.negative_prompt,
+        str(variant.seed),
+        variant.parameters_json,
+        variant.adapter_id or "",
+        variant.series or "",
+        str(variant.size),
+        json.dumps(list(variant.own_names)),
+    ):
+        digest.update(text.encode("utf-8") + b"\0")
+    for array in (variant.reference, variant.mask):
+        digest.update(f"{array.shape}{array.dtype}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _bytes_cell(text: str) -> np.ndarray:

@@ -94,7 +94,13 @@ class GenerationSettings(BaseSettings):
         description="per-request timeout; a timeout is transient (retried, not committed)",
     )
     generation_triton_concurrency: int = Field(
-        default=8, ge=1, le=256, description="requests the stage keeps in flight (one request per variant)"
+        default=8,
+        ge=1,
+        le=256,
+        description="requests the stage keeps in flight (one request per variant); over all replicas at "
+        "most what Triton holds per model, about SKUFORGE_GENERATION_MAX_QUEUE_SIZE + "
+        "SKUFORGE_GENERATION_MAX_BATCH_SIZE x SKUFORGE_GENERATION_INSTANCES: beyond it the rest is "
+        "turned away as overloaded and retried",
     )
     # The Triton server
     generation_server_address: str = Field(
