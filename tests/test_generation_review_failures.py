@@ -24,7 +24,7 @@ from services.generator.client import GeneratorUnavailable, TritonGenerator, ref
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import GeneratorMetrics, handle_batch
 from shared.bus import make_envelope
-from shared.config import load_settings
+from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
 from shared.generation.backend import GenerationBackend, GenerationRequest
 from shared.generation.composite import CompositeBackend
@@ -201,3 +201,47 @@ def test_more_requests_in_flight_than_triton_holds_still_get_every_variant_drawn
     assert "SKUFORGE_GENERATION_MAX_QUEUE_SIZE" in str(refusals[0]), refusals[0]
     images = [result.image.tobytes() for result in results if isinstance(result, VariantResult)]
     assert len(set(images)) == len(requests)  # each its own variant, in order of the requests
+
+
+@pytest.mark.parametrize(
+    ("ports", "named"),
+    [
+        (
+            {"SKUFORGE_GENERATION_SERVER_GRPC_PORT": "8000"},
+            "SKUFORGE_GENERATION_SERVER_GRPC_PORT: Value error, port 8000 is also "
+            "SKUFORGE_GENERATION_SERVER_HTTP_PORT",
+        ),
+        (
+            {"SKUFORGE_GENERATION_SERVER_METRICS_PORT": "8001"},
+            "SKUFORGE_GENERATION_SERVER_METRICS_PORT: Value error, port 8001 is also "
+            "SKUFORGE_GENERATION_SERVER_GRPC_PORT",
+        ),
+        (
+            {
+                "SKUFORGE_GENERATION_SERVER_HTTP_PORT": "18002",
+                "SKUFORGE_GENERATION_SERVER_METRICS_PORT": "18002",
+            },
+            "SKUFORGE_GENERATION_SERVER_METRICS_PORT: Value error, port 18002 is also "
+            "SKUFORGE_GENERATION_SERVER_HTTP_PORT",
+        ),
+        (
+            {"SKUFORGE_GENERATION_SERVER_METRICS_PORT": "18012", "SKUFORGE_METRICS_PORT": "18012"},
+            "SKUFORGE_METRICS_PORT 18012 is also SKUFORGE_GENERATION_SERVER_METRICS_PORT",
+        ),
+    ],
+)
+def test_serve_generator_refuses_two_servers_on_one_port_naming_both_settings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], ports: dict[str, str], named: str
+) -> None:
+    # Accepted, Triton printed its 400-line usage with the reason buried in it, while the server had
+    # logged "serving" and waited minutes for a Triton that was gone.
+    from skuforge_cli.main import main as cli_main
+
+    for name, port in ports.items():
+        monkeypatch.setenv(name, port)
+    if "SKUFORGE_METRICS_PORT" not in ports:
+        with pytest.raises(ConfigError, match=named):  # the stage and the server read the same settings
+            load_settings(GenerationSettings)
+    assert cli_main(["serve", "generator"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skuforge serve: ") and named in err and "Traceback" not in err

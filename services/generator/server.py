@@ -339,6 +339,17 @@ def metrics_server(
     server's port in ``schemas/flow.py``), bound where Triton's ports are. Not started.
     """
     port = TRITON.default_metrics_port if shared.metrics_port is None else shared.metrics_port
+    triton_ports = {
+        "SKUFORGE_GENERATION_SERVER_HTTP_PORT": generation.generation_server_http_port,
+        "SKUFORGE_GENERATION_SERVER_GRPC_PORT": generation.generation_server_grpc_port,
+        "SKUFORGE_GENERATION_SERVER_METRICS_PORT": generation.generation_server_metrics_port,
+    }
+    taken = [name for name, triton_port in triton_ports.items() if triton_port == port]
+    if taken:  # bound before Triton starts, it would take the port Triton needs
+        raise ConfigError(
+            f"SKUFORGE_METRICS_PORT {port} is also {taken[0]}: "
+            "the server's own /metrics needs a port of its own"
+        )
     # No loop beats here: /healthz answers while the process does; Triton's own health is on its HTTP port.
     return HealthServer(
         REGISTRY, host=generation.generation_server_address, port=port, ready=ready, stale_after_s=math.inf

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field, JsonValue, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
-from shared.config import SETTINGS_CONFIG, is_host_port
+from shared.config import ENV_PREFIX, SETTINGS_CONFIG, is_host_port
 from shared.generation.adapters import ADAPTER_ID_PATTERN, NO_ADAPTER
 from shared.generation.backend import BACKEND_NAMES, COLOUR_GAIN_KEY, MAX_SIZE_PX
 
@@ -224,6 +224,23 @@ class GenerationSettings(BaseSettings):
                 "drop it, or set http"
             )
         return protocol
+
+    @field_validator("generation_server_grpc_port", "generation_server_metrics_port")
+    @classmethod
+    def _server_ports_differ(cls, port: int, info: ValidationInfo) -> int:
+        # Two the same were accepted: Triton then printed its 400-line usage with the reason buried in
+        # it, and `skuforge serve generator` said "serving" and waited minutes for a server gone.
+        taken = [
+            ENV_PREFIX + name.upper()
+            for name in ("generation_server_http_port", "generation_server_grpc_port")
+            if name != info.field_name and info.data.get(name) == port
+        ]
+        if taken:
+            raise ValueError(
+                f"port {port} is also {' and '.join(taken)}: "
+                "Triton's HTTP, gRPC and metrics ports must differ"
+            )
+        return port
 
     @field_validator("generation_size_px")
     @classmethod
