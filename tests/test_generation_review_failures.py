@@ -245,3 +245,64 @@ def test_serve_generator_refuses_two_servers_on_one_port_naming_both_settings(
     assert cli_main(["serve", "generator"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("skuforge serve: ") and named in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_diffusion_image_records_its_sample_index_not_a_variant_index_that_contradicts_its_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The backend recorded parameters.variant_index, its index among the request's samples: always 0
+    # from the stage (one sample per request), beside the event's own variant_index 1, 2, 3...
+    from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
+    from tests.support.diffusion import build_tiny_inpaint_pipeline
+
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    for name, value in {
+        "SKUFORGE_DIFFUSION_MODEL": str(build_tiny_inpaint_pipeline(tmp_path / "tiny-sd-inpaint")),
+        "SKUFORGE_DIFFUSION_DEVICE": "cpu",
+        "SKUFORGE_DIFFUSION_THREADS": "1",
+        "SKUFORGE_DIFFUSION_STEPS": "1",
+        "SKUFORGE_DIFFUSION_CACHE_DIR": str(tmp_path / "cache"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    diffusion = DiffusionBackend.from_settings(load_settings(DiffusionSettings), settings)
+    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
+    generation = load_settings(
+        GenerationSettings,
+        generation_backend="diffusion",
+        generation_variants_per_sku=2,
+        generation_size_px=64,
+    )
+    captioned = captioned_sku(store, 6)
+    event = make_envelope(
+        SKU_CAPTIONED,
+        captioned,
+        event_id=derive_id("test", "sample-index"),
+        sku_id=captioned.sku.sku_id,
+        trace_id="t",
+        producer="test",
+    )
+    [outputs] = handle_batch([event], ctx, generator=RefusingGenerator(diffusion), generation=generation)  # type: ignore[arg-type]
+    assert isinstance(outputs, list), outputs
+    generated = [emit.payload for emit in outputs if isinstance(emit.payload, ImageGenerated)]
+    assert [g.variant_index for g in generated] == [0, 1]
+    recorded = [image.parameters.get("variant_index", image.variant_index) for image in generated]
+    assert recorded == [image.variant_index for image in generated]
+    # (seed, sample_index) draws the placement and the noise: the replay recipe.
+    assert [image.parameters.get("sample_index") for image in generated] == [0, 0]
+
+    # A request for several samples records each one's index among them.
+    reference = ctx.read_image(captioned.photos[0].image)
+    assert captioned.photos[0].mask is not None
+    request = GenerationRequest(
+        reference=np.asarray(reference),
+        mask=ctx.read_mask(captioned.photos[0].mask),
+        prompt="a photo of sks can",
+        negative_prompt="",
+        seed=3,
+        n=2,
+        parameters={},
+        size=64,
+    )
+    assert [sample.parameters["sample_index"] for sample in diffusion.generate(request)] == [0, 1]

@@ -957,7 +957,9 @@ class DiffusionBackend:
                 **request.parameters,
                 "backend": self.name,
                 "model_id": self.model_id,
-                "variant_index": index,
+                # Its index among the request's samples, which with the seed draws it. Recorded as
+                # variant_index, it read 0 beside the event's own variant_index (one sample a request).
+                "sample_index": index,
                 "seed": request.seed,
                 "scale": placement.scale,
                 "rotation_deg": placement.rotation_deg,
