@@ -210,6 +210,18 @@ def free_port() -> int:
         return port
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1, free right now: each socket is held until all are
+    bound, so the OS cannot hand the same port out twice (``free_port`` called in a row may)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
 def port_in_use(port: int) -> bool:
     """True if something listens on ``127.0.0.1:port``; leftover TIME_WAIT connections don't count."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

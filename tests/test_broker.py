@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from devstack.broker import LocalKafka, free_port
+from devstack.broker import LocalKafka, free_port, free_ports
 
 pytestmark = pytest.mark.kafka
 
@@ -164,3 +164,10 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
+
+
+def test_free_ports_are_distinct_where_free_port_in_a_row_may_repeat() -> None:
+    # The Triton fixture took its four ports from four free_port() calls; the OS may hand one out twice,
+    # and the generator server now refuses two of its servers on one port.
+    ports = free_ports(64)
+    assert len(set(ports)) == 64 and all(0 < port < 65536 for port in ports)

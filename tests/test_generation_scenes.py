@@ -734,9 +734,9 @@ def test_a_new_stage_is_served_by_an_older_triton_mid_rollout(
 
     import tritonclient.grpc as grpcclient
 
+    from devstack.broker import free_port
     from services.generator.client import TritonGenerator
     from services.generator.protocol import VariantRequest, VariantResult, model_name
-    from tests.support.triton import free_port
 
     library = tmp_path / "scenes"
     (library / "Lemon").mkdir(parents=True)

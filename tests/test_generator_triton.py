@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devstack.broker import free_port
 from services.generator.client import GeneratorUnavailable, TritonGenerator
 from services.generator.protocol import VariantRequest, VariantResult
 from shared.errors import BadInput, TransientError
@@ -21,7 +22,7 @@ from shared.generation.backend import GenerationRequest, RowOutcome
 from shared.generation.composite import CompositeBackend
 from shared.synth import make_product, render_photo
 from tests.support.diffusion import product_photo
-from tests.support.triton import TritonServerProcess, free_port, max_batch_executed, tiny_diffusion_env
+from tests.support.triton import TritonServerProcess, max_batch_executed, tiny_diffusion_env
 
 pytestmark = pytest.mark.slow
 

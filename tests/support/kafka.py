@@ -16,21 +16,13 @@ from collections.abc import Callable, Iterator
 import pytest
 from kafka import KafkaAdminClient
 
-from devstack.broker import LocalKafka, free_port
+from devstack.broker import LocalKafka, free_ports
 
 BOOTSTRAP_ENV = "SKUFORGE_KAFKA_BOOTSTRAP"
 TOPIC_TIMEOUT_MS = 30_000
 
 NewTopic = Callable[..., str]
 """``new_topic(prefix: str = "t", partitions: int = 1) -> str``: create a topic and its ``.dlq``."""
-
-
-def _two_free_ports() -> tuple[int, int]:
-    port = free_port()
-    controller_port = free_port()
-    while controller_port == port:
-        controller_port = free_port()
-    return port, controller_port
 
 
 # One admin client per broker for the whole session. Not a fixture of its own: tests/conftest.py imports
@@ -68,7 +60,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         finally:
             _close_admin(external)
         return
-    port, controller_port = _two_free_ports()
+    port, controller_port = free_ports(2)
     broker = LocalKafka(
         tmp_path_factory.mktemp("kafka"),
         port=port,

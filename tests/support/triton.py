@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from devstack.broker import free_port
+from devstack.broker import free_ports
 from services.generator.protocol import model_name
 
 START_TIMEOUT_S = 180.0
@@ -38,10 +38,9 @@ class TritonServerProcess:
         **settings: Any,
     ) -> None:
         self.backends = backends
-        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
-        # The process's own /metrics, beside Triton's (metrics_port): its own free port too, since
-        # tests run servers side by side.
-        self.server_metrics_port = free_port()
+        # The process's own /metrics (server_metrics_port) beside Triton's three: four distinct ports
+        # (four free_port() calls in a row may return one twice, which the server refuses to start with).
+        self.grpc_port, self.http_port, self.metrics_port, self.server_metrics_port = free_ports(4)
         self.env = {
             **os.environ,
             "SKUFORGE_GENERATION_SERVER_GRPC_PORT": str(self.grpc_port),
