@@ -58,7 +58,9 @@ def _families(registry: CollectorRegistry) -> Iterator[tuple[str, str, tuple[str
         else:
             for family in collector.collect():
                 labels = tuple(dict.fromkeys(key for sample in family.samples for key in sample.labels))
-                yield family.name, family.type, labels, family.documentation
+                # A counter family is named without its _total, as the Counter wrappers above.
+                name = family.name + ("_total" if family.type == "counter" else "")
+                yield name, family.type, labels, family.documentation
 
 
 @contextmanager
