@@ -43,13 +43,15 @@ Bad input goes to the DLQ with its reason: a captioned SKU with no usable photo 
 
 A request file this version cannot read (not JSON, a field missing or mistyped) is logged and left
 out of planning, so it never holds back the other series; fields it does not know (a newer trainer
-wrote them) are ignored, as on the bus.
+wrote them) are ignored, as on the bus. An unreadable ``general.json`` (the general adapter's
+schedule) leaves the general adapter out, logged as an error at each poll, until it is fixed or
+deleted (the schedule then starts again); the series train on.
 
 Metrics beside the runtime's: ``skuforge_lora_jobs_total`` (by outcome: published; interrupted, a
 job stopped mid-way to be resumed; failed, a job marked failed for good; retried, a poll that ended
 in a fault and is tried again at the next one), ``skuforge_lora_steps_total``,
 ``skuforge_lora_requests_total`` (by kind) and ``skuforge_lora_requests_unreadable`` (by kind: request
-files the last plan left out).
+files the last plan left out; general: 1 while ``general.json`` is unreadable).
 """
 
 from __future__ import annotations
@@ -131,11 +133,12 @@ class LoraTrainerMetrics:
         )
         self.unreadable = Gauge(
             "skuforge_lora_requests_unreadable",
-            "Request files the last plan left out because this version cannot read them, by kind.",
+            "Request files the last plan left out because this version cannot read them, by kind "
+            "(general: 1 while general.json, the general adapter's schedule, is unreadable).",
             ["kind"],
             registry=registry,
         )
-        for kind in ("captioned", "accepted"):
+        for kind in ("captioned", "accepted", "general"):
             self.unreadable.labels(kind)
 
 
@@ -276,6 +279,30 @@ def _text(record: dict[str, Any], field: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{field} is a {type(value).__name__}, not a string")
     return value
+
+
+def _checked_general_state(data: bytes) -> dict[str, Any]:
+    """``general.json``'s object, each field it holds of the type the plan reads (``ValueError`` if not:
+    truncated, not JSON, or ``accepted_count`` "3" failed the plan at every poll)."""
+    state = json.loads(data)
+    if not isinstance(state, dict):
+        raise ValueError(f"not a JSON object but a {type(state).__name__}")
+    in_flight = state.get("in_flight")
+    if in_flight is not None and not (
+        isinstance(in_flight, dict)
+        and isinstance(in_flight.get("keys"), list)
+        and all(isinstance(key, str) for key in in_flight["keys"])
+    ):
+        raise ValueError("in_flight is not an object with a list of request keys")
+    for where, name, field, types in (
+        (state, "accepted_count", "accepted_count", (int,)),
+        (state, "trained_at", "trained_at", (int, float)),
+        (in_flight or {}, "in_flight.accepted_count", "accepted_count", (int,)),
+    ):
+        value = where.get(field)
+        if field in where and (isinstance(value, bool) or not isinstance(value, types) or value < 0):
+            raise ValueError(f"{name} is {value!r}, not a number of at least 0")
+    return state
 
 
 def _one_line(exc: BaseException) -> str:
@@ -425,7 +452,19 @@ class LoraTrainer:
     def _general_job(self) -> Job | None:
         keys = sorted(self.store.list_keys(f"{PREFIX}/accepted/"))
         every = self.settings.lora_general_every_s
-        state = self._general_state()
+        try:
+            state = self._general_state()
+        except ValueError as exc:
+            # Raised out of plan(), it stopped every series at every poll. Not rebuilt: a new schedule
+            # would forget the job under way (trained again from step 0) and an edit an operator is making.
+            self.metrics.unreadable.labels("general").set(1)
+            log.error(
+                "the general adapter is left out: its schedule cannot be read; fix the file, or delete it "
+                "to start the schedule again from every accepted image",
+                extra={"key": GENERAL_STATE_KEY, "reason": _one_line(exc)},
+            )
+            return None
+        self.metrics.unreadable.labels("general").set(0)
         if state is None:
             state = {}
             if keys and every > 0:
@@ -465,11 +504,11 @@ class LoraTrainer:
         )
 
     def _general_state(self) -> dict[str, Any] | None:
-        """``general.json`` as stored; None before the first accepted image started its clock."""
+        """``general.json`` as stored; None before the first accepted image started its clock.
+        ``ValueError`` (naming the field) when this version cannot read it."""
         if not self.store.exists(GENERAL_STATE_KEY):
             return None
-        state: dict[str, Any] = json.loads(self.store.get_bytes(GENERAL_STATE_KEY))
-        return state
+        return _checked_general_state(self.store.get_bytes(GENERAL_STATE_KEY))
 
     def _general_in_flight(self, job: Job | None) -> None:
         """Record ``job`` as the general job under way (None: none is), in ``general.json``."""
