@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from services.lora_trainer.stage import GENERAL_STATE_KEY
+from schemas.events import AdapterPublished
+from services.lora_trainer.stage import GENERAL_STATE_KEY, PREFIX, LoraTrainer
+from shared.generation.adapters import AdapterRegistry, resolve_adapter
 from shared.store import FileStore
 from tests.test_generator_stage import captioned_sku
 from tests.test_lora_review import (
@@ -63,3 +65,64 @@ def test_a_damaged_general_schedule_leaves_the_general_adapter_out_and_the_serie
     [general] = trainer.run_pending()
     assert general.kind == "general"
     assert trainer.metrics.unreadable.labels("general")._value.get() == 0
+
+
+def test_a_roll_back_retried_after_a_lost_ack_registers_the_adapter_once(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    """A roll-back re-registers its adapter so it is the newest; the retry after a lost ack registered
+    it a second time (weights and metadata written again, a new created_at) though it already was."""
+    store = FileStore(tmp_path / "store")
+    model = model_folder(tmp_path, "m")
+    registry = AdapterRegistry(store)
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    ack_lost = {"once": False}
+
+    def publish(event: AdapterPublished) -> None:
+        if ack_lost["once"]:  # the broker has it, the trainer does not know: it publishes again
+            ack_lost["once"] = False
+            raise TimeoutError("no ack")
+
+    def trainer(rank: int) -> LoraTrainer:
+        trainer = trainer_on(store, model, lora_rank=rank, lora_class_images=0)
+        trainer.publish = publish
+        return trainer
+
+    [first] = trainer(4).run_pending()
+    trainer(8).run_pending()
+    ack_lost["once"] = True
+    with pytest.raises(TimeoutError):
+        trainer(4).run_pending()  # rolled back; the ack is lost
+    registered = registry.get(first.adapter_id)
+    [again] = trainer(4).run_pending()
+
+    assert again.publication == 2 and served(registry) == first.adapter_id
+    assert registry.get(first.adapter_id) == registered  # not registered a second time
+
+
+def test_a_roll_back_to_an_adapter_whose_published_marker_was_deleted_makes_it_current(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    """Without its ``published/`` marker (deleted, though docs/ops.md says to keep it) a rolled-back
+    adapter was taken for a first publication: found registered, it was not registered again, and the
+    generator kept serving the later adapter the trainer had just replaced."""
+    store = FileStore(tmp_path / "store")
+    model = model_folder(tmp_path, "m")
+    registry = AdapterRegistry(store)
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+
+    def trainer(rank: int) -> LoraTrainer:
+        return trainer_on(store, model, lora_rank=rank, lora_class_images=0)
+
+    [first] = trainer(4).run_pending()
+    [second] = trainer(8).run_pending()
+    store.delete(f"{PREFIX}/published/{first.adapter_id}.json")
+    [again] = trainer(4).run_pending()  # rolled back
+
+    assert again.adapter_id == first.adapter_id and len(stub_training) == 2  # not trained again
+    assert served(registry) == first.adapter_id != second.adapter_id
+
+
+def served(registry: AdapterRegistry) -> str | None:
+    """The adapter the generator picks for the series "cola"."""
+    return resolve_adapter(registry.list(), series="cola", base_model="sd15-inpaint").adapter_id

@@ -83,7 +83,7 @@ from shared.bus import READ_EXTRA, Publisher
 from shared.captioning.prompts import class_noun, class_prompt
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ObjectMissing, TransientError
-from shared.generation.adapters import METADATA_FILE, AdapterKind, AdapterRegistry
+from shared.generation.adapters import METADATA_FILE, AdapterKind, AdapterRegistry, resolve_adapter
 from shared.generation.backend import cutout_sources
 from shared.generation.diffusion import DiffusionSettings, model_digest, paint_finite, release_memory
 from shared.generation.settings import GenerationSettings
@@ -642,16 +642,21 @@ class LoraTrainer:
             return None
 
     def _publish(self, job: Job, job_prefix: str, marker: str, *, publication: int = 1) -> AdapterPublished:
-        """Register the trained job's weights (unless registered already, or again for a roll-back:
-        ``publication`` > 1), publish, then record it: the general schedule, the series' current
+        """Register the trained job's weights (unless the generator already picks them: registered
+        again for a roll-back), publish, then record it: the general schedule, the series' current
         adapter, and last the published marker."""
         result, weights = self._trained(job, job_prefix, marker)
-        try:
-            metadata = self.registry.get(job.adapter_id)
-            registered = metadata.training_set_sha256 == job.sha256 and publication == 1
-        except ObjectMissing:
-            registered = False
-        if not registered:  # again: a new created_at makes it the newest, the one the generator picks
+        # Registered and the newest (a retry after a lost ack or a crash): not written again. Else (a
+        # roll-back; a marker deleted, so a roll-back taken for a first publication) registered again:
+        # a new created_at makes it the newest, the one the generator picks.
+        newest = resolve_adapter(self.registry.list(), series=job.series, base_model=self.base_model).adapter
+        if (
+            newest is not None
+            and newest.adapter_id == job.adapter_id
+            and newest.training_set_sha256 == job.sha256
+        ):
+            metadata = newest
+        else:
             metadata = self.registry.register(
                 job.adapter_id,
                 weights,
