@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from schemas.events import AdapterPublished
-from services.lora_trainer.stage import GENERAL_STATE_KEY, PREFIX, LoraTrainer
+from services.lora_trainer.stage import GENERAL_STATE_KEY, JOB_MAX_ATTEMPTS, PREFIX, LoraTrainer
 from shared.generation.adapters import AdapterRegistry, resolve_adapter
 from shared.store import FileStore
+from tests.support.diffusion import build_tiny_inpaint_pipeline
 from tests.test_generator_stage import captioned_sku
 from tests.test_lora_review import (
     gate_accepted,
@@ -126,3 +127,25 @@ def test_a_roll_back_to_an_adapter_whose_published_marker_was_deleted_makes_it_c
 def served(registry: AdapterRegistry) -> str | None:
     """The adapter the generator picks for the series "cola"."""
     return resolve_adapter(registry.list(), series="cola", base_model="sd15-inpaint").adapter_id
+
+
+@pytest.mark.parametrize("gone", ["unet/config.json", "text_encoder"])
+def test_a_model_folder_unreadable_for_a_moment_fails_no_job_for_good(tmp_path: Path, gone: str) -> None:
+    """A model folder being copied again, or a mount away: its UNet config unreadable marked every job
+    failed at once, and a missing file failed them after three polls (15 s). Their hashes hold the
+    folder's fingerprint from start-up, so the folder back as it was left them failed for good."""
+    store = FileStore(tmp_path / "store")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    model = build_tiny_inpaint_pipeline(tmp_path / "tiny-sd-inpaint")
+    trainer = trainer_on(
+        store, model, lora_class_images=0, lora_max_steps=1, lora_resolution=64, lora_scenes_per_photo=1
+    )
+    (model / gone).rename(tmp_path / "away")
+
+    for _ in range(JOB_MAX_ATTEMPTS + 1):
+        trainer.poll()
+    assert isinstance(trainer.last_error, OSError)  # retried, uncounted
+
+    (tmp_path / "away").rename(model / gone)
+    [event] = trainer.run_pending()
+    assert event.series == "cola"

@@ -31,8 +31,9 @@ is marked failed with its reason (``lora-trainer/jobs/<hash>/failed.json``) and 
 its inputs change; the other jobs go on. A job whose training raises anything else (a bug, NaN paint) is tried
 again at the next polls, ``JOB_MAX_ATTEMPTS`` times in all (counted in
 ``lora-trainer/jobs/<hash>/attempts.json``, so a restart does not reset them), then marked failed
-with the last reason; a store away (``TransientError``), a setting met mid-job (``ConfigError``) or
-the GPU out of memory (a Triton on the same GPU at its peak) is retried without counting, and
+with the last reason; a store away (``TransientError``), a setting met mid-job (``ConfigError``), a
+file that cannot be read (``OSError``: the model folder being copied again) or the GPU out of memory
+(a Triton on the same GPU at its peak) is retried without counting, and
 ``SKUFORGE_LORA_DEVICE=cuda`` without CUDA is refused at start-up, as is an install without the
 diffusion extra (``pip install 'skuforge[diffusion]'``: torch, diffusers, peft, transformers).
 One trainer per GPU.
@@ -719,15 +720,17 @@ class LoraTrainer:
         Not transient, so failed at once: the job's own fault (a ``TrainingError``; every photo of
         the set deleted or altered since it was recorded, ``BadInput``, or refused by the compositor,
         ``ValueError``):
-        the same inputs would fail the same way at every poll. A store away (``TransientError``) or a
-        setting met mid-job (``ConfigError``: the deployment's fault) is retried, uncounted, and so is
-        the GPU out of memory: the generator's Triton may share the GPU (deploy/gpu), and a job failed
+        the same inputs would fail the same way at every poll. A store away (``TransientError``), a
+        setting met mid-job (``ConfigError``: the deployment's fault) or a file that cannot be read
+        (``OSError``: the model folder being copied again, a mount away) is retried, uncounted, and so
+        is the GPU out of memory: the generator's Triton may share the GPU (deploy/gpu), and a job failed
         for a neighbour's peak would stay failed. Anything else (a bug, NaN paint) is retried until
         ``JOB_MAX_ATTEMPTS`` attempts have failed, then failed with the last reason.
         """
-        if isinstance(error, (TransientError, ConfigError)):
-            # A store away, or the deployment's fault (a setting met mid-job): not the job's. Counted,
-            # three polls would fail the job for good, and fixing the setting would not bring it back.
+        if isinstance(error, (TransientError, ConfigError, OSError)):
+            # A store away, or the deployment's fault (a setting met mid-job, a model folder unreadable
+            # for a moment): not the job's. Counted, three polls (15 s by default) would fail the job
+            # for good, and fixing it would not bring it back (its hash holds the folder's fingerprint).
             raise error
         if _out_of_memory(error):
             log.warning(
@@ -1021,7 +1024,7 @@ def open_trainer(
         )
     try:
         check_trainable(Path(model))
-    except TrainingError as exc:
+    except (TrainingError, OSError) as exc:
         raise ConfigError(f"SKUFORGE_LORA_MODEL / SKUFORGE_DIFFUSION_MODEL: {exc}") from None
     # SKUFORGE_LORA_DEVICE=cuda without CUDA, or float16 class painting on a CPU: refused at start-up,
     # not by every job.

@@ -80,7 +80,9 @@ def check_trainable(model_dir: Path) -> None:
     """Refuse a base model this loop cannot train: SDXL (two text encoders, text-time conditioning),
     a UNet that is not an inpainting one (it takes latents + mask + masked-image latents, 9
     channels; a text-to-image UNet takes 4 and fails at the first step), or one that does not
-    predict the noise (a scheduler whose ``prediction_type`` is ``v_prediction`` or ``sample``)."""
+    predict the noise (a scheduler whose ``prediction_type`` is ``v_prediction`` or ``sample``).
+    A file that cannot be read raises its ``OSError``: a folder being copied or a mount away is the
+    machine's fault, not the model's, and a trainer retries it."""
     index = (model_dir / "model_index.json").read_text()
     if "XL" in index:
         raise TrainingError(
@@ -88,7 +90,7 @@ def check_trainable(model_dir: Path) -> None:
         )
     try:
         in_channels = json.loads((model_dir / "unet" / "config.json").read_text()).get("in_channels")
-    except (OSError, ValueError, AttributeError) as exc:
+    except (ValueError, AttributeError) as exc:
         raise TrainingError(f"{model_dir}/unet/config.json cannot be read ({exc})") from None
     if in_channels != INPAINT_IN_CHANNELS:
         raise TrainingError(
