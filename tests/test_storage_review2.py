@@ -138,3 +138,32 @@ def test_an_unreadable_manifest_row_is_named_by_its_part(
     assert cli_main(["dataset", "stats"]) == 1
     err = capsys.readouterr().err
     assert "manifest_unreadable" in err and part in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("action", ["stats", "compact"])
+def test_one_unreadable_sku_is_named_and_the_others_are_still_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], action: str
+) -> None:
+    """`stats` printed nothing and `compact` stopped at the first SKU that did not read, leaving the
+    later ones uncompacted and not saying which it had compacted."""
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    for sku_id in ("SKU-A", "SKU-B", "SKU-C"):
+        add_item(manifests, sku_id, "real-0", "real", "reference")
+        add_item(manifests, sku_id, "real-1", "real", "reference")
+    part = sorted(manifests.store.list_keys(manifests.key("manifests/SKU-B/")))[0]
+    manifests.store.put_bytes(part, manifests.store.get_bytes(part).replace(b'"real"', b'"imaginary"'))
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    assert cli_main(["dataset", action]) == 1
+    out, err = capsys.readouterr()
+    assert f"SKU 'SKU-B': manifest_unreadable: {manifests.store.uri_for(part)}" in err
+    assert "1 of 3 SKUs could not be read" in err and "Traceback" not in err
+    if action == "stats":
+        assert [line.split()[0] for line in out.splitlines()[1:]] == ["SKU-A", "SKU-C", "2"]
+    else:
+        assert json.loads(out) == {"compacted": ["SKU-A", "SKU-C"], "unreadable": ["SKU-B"]}
+        for sku_id in ("SKU-A", "SKU-C"):
+            names = [
+                key.rsplit("/", 1)[1]
+                for key in manifests.store.list_keys(manifests.key(f"manifests/{sku_id}/"))
+            ]
+            assert not [name for name in names if name.startswith("part-d-")]

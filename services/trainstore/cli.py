@@ -38,7 +38,7 @@ from shared.trainstore.dataset import (
     sku_stats,
     synthetic_left_out_by_evaluation,
 )
-from shared.trainstore.manifest import ManifestStore
+from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
 from shared.trainstore.withdrawals import Withdrawals
 
@@ -165,6 +165,31 @@ def open_manifests() -> ManifestStore:
     return ManifestStore(store, trainstore.trainstore_prefix)
 
 
+def readable_rows(
+    manifests: ManifestStore, sku_ids: list[str], unreadable: dict[str, str]
+) -> Iterator[ManifestRow]:
+    """The current rows of each SKU that reads; a SKU that does not (a part that is not a manifest
+    row) goes into ``unreadable`` with the reason, and the others are still read."""
+    for sku_id in sku_ids:
+        try:
+            rows = manifests.read_sku(sku_id)
+        except BadInput as exc:
+            unreadable[sku_id] = str(exc)
+            continue
+        yield from rows.values()
+
+
+def report_unreadable(action: str, unreadable: dict[str, str], total: int, left_out: str) -> None:
+    """Name each SKU that did not read, with its reason, and how many of ``total`` that was (stderr)."""
+    for sku_id, reason in unreadable.items():
+        print(f"skuforge dataset {action}: SKU {sku_id!r}: {reason}", file=sys.stderr)
+    print(
+        f"skuforge dataset {action}: {len(unreadable)} of {total} SKUs could not be read (named above) "
+        f"and {left_out}",
+        file=sys.stderr,
+    )
+
+
 def stats_lines(rows: list[SkuStats], *, as_json: bool) -> Iterator[str]:
     """What ``stats`` prints: a JSON object per SKU, or a table and the SKU count."""
     if as_json:
@@ -247,15 +272,22 @@ def main(argv: list[str] | None = None) -> int:
         # An empty table or {"compacted": []} and exit 0 would hide a mistyped store URI.
         print(f"skuforge dataset {args.action}: {no_skus_problem(manifests)}", file=sys.stderr)
         return 1
+    # One SKU whose manifest does not read stopped both at it: stats printed nothing, compact left
+    # the later SKUs as they were and did not say which it had compacted. Each is named instead.
+    unreadable: dict[str, str] = {}
     if args.action == "stats":
         try:
-            for line in stats_lines(sku_stats(manifests.iter_rows(sku_ids)), as_json=args.json):
+            rows = sku_stats(readable_rows(manifests, sku_ids, unreadable))
+            for line in stats_lines(rows, as_json=args.json):
                 print(line)
             sys.stdout.flush()
         except BrokenPipeError:
             # The reader went away (`| head -1`): stop quietly, as Python's docs advise ("Note on
             # SIGPIPE"); stdout to devnull so the interpreter's last flush does not raise again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        if unreadable:
+            report_unreadable("stats", unreadable, len(sku_ids), "are not in the table")
             return 1
         return 0
     if args.action == "export":
@@ -323,6 +355,15 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("\n".join(summary.lines()))
         return 0
-    compacted = [sku_id for sku_id in sku_ids if manifests.compact(sku_id)]
-    print(json.dumps({"compacted": compacted}))
+    compacted = []
+    for sku_id in sku_ids:
+        try:
+            if manifests.compact(sku_id):
+                compacted.append(sku_id)
+        except BadInput as exc:
+            unreadable[sku_id] = str(exc)
+    print(json.dumps({"compacted": compacted, "unreadable": sorted(unreadable)}))
+    if unreadable:
+        report_unreadable("compact", unreadable, len(sku_ids), "were not compacted")
+        return 1
     return 0
