@@ -572,3 +572,28 @@ def test_an_export_of_some_skus_with_an_evaluation_reads_and_notes_only_those(
     assert cli_main(argv) == 0
     assert "note:" not in capsys.readouterr().err
     assert count_tree(tmp_path / "out") == {"SKU-A": {"real": 2, "synthetic": 0}}  # B-A < 0: left out
+
+
+def test_an_export_error_shows_the_export_usage_and_a_blank_evaluated_sku_id_quoted(
+    small_store: ManifestStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A refusal of the export's own (a missing --evaluation file) printed the usage of `skuforge
+    dataset` (stats, export, compact), not of `export`; and an evaluation's gain of a blank SKU id
+    (a hand-edited file) was noted as "SKUs this store does not have ()", naming nothing."""
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    argv = ["dataset", "export", "--format", "jsonl", "--max-synthetic-per-real", "1", "--evaluation"]
+    with pytest.raises(SystemExit) as exited:
+        cli_main([*argv, str(tmp_path / "missing.json"), str(tmp_path / "out")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: skuforge dataset export ")
+    assert "skuforge dataset export: error: --evaluation " in err and "no such file" in err
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_text(json.dumps({"gain": {"": 0.1, "SKU-A ": 0.2, "SKU-A": 0.0}, "inputs": {}}))
+    assert cli_main([*argv, str(evaluation), str(tmp_path / "out")]) == 0
+    assert "it has gains of SKUs this store does not have ('', 'SKU-A '); they are not used" in (
+        capsys.readouterr().err
+    )

@@ -232,7 +232,9 @@ def test_an_evaluation_of_skus_this_store_lacks_is_noted() -> None:
     notes = evaluation_mismatches(
         evaluation, store="s", max_synthetic_per_real=2, min_real=1, sku_ids={"SKU-RED", "SKU-BLUE"}
     )
-    assert notes == ["it has gains of SKUs this store does not have (SKU-PURPLE, sku-red); they are not used"]
+    assert notes == [
+        "it has gains of SKUs this store does not have ('SKU-PURPLE', 'sku-red'); they are not used"
+    ]
 
 
 def test_features_cached_from_an_earlier_decode_are_not_read(tmp_path: Path) -> None:

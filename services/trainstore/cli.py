@@ -88,7 +88,9 @@ def evaluation_mismatches(
         sorted(str(sku) for sku in gain if sku not in sku_ids) if isinstance(gain, dict) and sku_ids else []
     )
     if unknown:
-        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        # Quoted: a blank key of a hand-edited file showed as "()", one with a trailing space as a SKU.
+        shown = ", ".join(repr(sku_id) for sku_id in unknown[:5])
+        shown += f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         notes.append(f"it has gains of SKUs this store does not have ({shown}); they are not used")
     inputs = evaluation.get("inputs")
     if not isinstance(inputs, dict):
@@ -292,9 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.action == "export":
         if args.min_gain is not None and args.evaluation is None:
-            parser.error("--min-gain needs --evaluation PATH (the evaluation.json of skuforge evaluate)")
+            export.error("--min-gain needs --evaluation PATH (the evaluation.json of skuforge evaluate)")
         if (problem := folder_problem(args.out)) is not None:
-            parser.error(f"OUT {args.out}: {problem}")
+            export.error(f"OUT {args.out}: {problem}")
         try:
             stored = manifests.sku_ids()
             if not stored:
@@ -345,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                 limits=(settings.max_image_pixels, settings.max_image_bytes),  # the stage stored under these
             )
         except (FileExistsError, ValueError) as exc:
-            parser.error(str(exc))
+            export.error(str(exc))  # its usage, not the one of every `skuforge dataset` action
         except OSError as exc:  # the disk filled, or the folder went away meanwhile
             print(f"skuforge dataset export: {args.out}: {exc.strerror or exc}", file=sys.stderr)
             return 1
