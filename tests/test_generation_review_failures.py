@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from schemas.common import ImageRef
 from schemas.envelope import derive_id
 from schemas.events import ImageGenerated, SkuCaptioned
 from schemas.topics import SKU_CAPTIONED
@@ -138,6 +139,108 @@ def test_one_photo_the_compositor_cannot_place_leaves_the_other_photos_variants(
     event = event.model_copy(update={"payload": both, "event_id": derive_id("test", "all-speckled")})
     [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
     assert isinstance(outputs, BadInput) and outputs.reason == "generation_refused"
+
+
+def with_image(captioned: SkuCaptioned, photo_id: str, **update: object) -> SkuCaptioned:
+    """``captioned`` with ``photo_id``'s image reference changed by ``update``."""
+    photos = [
+        photo.model_copy(update={"image": photo.image.model_copy(update=update)})
+        if photo.photo_id == photo_id
+        else photo
+        for photo in captioned.photos
+    ]
+    return captioned.model_copy(update={"photos": photos})
+
+
+@pytest.mark.parametrize("fault", ["dimension_mismatch", "checksum_mismatch", "not_an_image"])
+def test_one_photo_that_cannot_be_read_for_good_leaves_the_other_photos_variants(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    """A mask of another size than its photo, a photo whose bytes are not the ones its sha256 names, a
+    mask that is no image: a replay cannot cure any of them, yet the whole SKU was dead-lettered, its
+    other photo's variants with it."""
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
+    generation = load_settings(
+        GenerationSettings,
+        generation_variants_per_sku=4,
+        generation_size_px=64,
+        generation_min_plain_background=0.0,
+    )
+    captioned = captioned_sku(store, 3)
+    if fault == "dimension_mismatch":
+        captioned = with_mask(store, captioned, "p1", np.full((100, 120), 255, np.uint8))
+    elif fault == "checksum_mismatch":
+        captioned = with_image(captioned, "p1", sha256="0" * 64)
+    else:  # a mask whose bytes are what its sha256 says, but no image
+        stored = store.put_bytes(f"masks/reference/{captioned.sku.sku_id}/p1-cut.png", b"\x89PNG cut short")
+        photos = [
+            photo.model_copy(update={"mask": ImageRef(**stored.model_dump(), width=192, height=192)})
+            if photo.photo_id == "p1"
+            else photo
+            for photo in captioned.photos
+        ]
+        captioned = captioned.model_copy(update={"photos": photos})
+    event = make_envelope(
+        SKU_CAPTIONED,
+        captioned,
+        event_id=derive_id("test", "unreadable", fault),
+        sku_id=captioned.sku.sku_id,
+        trace_id="t",
+        producer="test",
+    )
+    metrics = GeneratorMetrics(CollectorRegistry(), ["skuforge_generator_composite"])
+    generator = RefusingGenerator(CompositeBackend(None))
+    with caplog.at_level(logging.WARNING):
+        [outputs] = handle_batch([event], ctx, generator=generator, generation=generation, metrics=metrics)  # type: ignore[arg-type]
+
+    assert isinstance(outputs, list), outputs
+    generated = [emit.payload for emit in outputs if isinstance(emit.payload, ImageGenerated)]
+    assert [(g.variant_index, g.reference_photo_id) for g in generated] == [(0, "p0"), (2, "p0")]
+    left_out = [
+        (record.photo_id, record.reason)  # type: ignore[attr-defined]
+        for record in caplog.records
+        if record.getMessage() == "photo unreadable, its variants left out"
+    ]
+    assert left_out == [("p1", fault)]
+    for action in ctx._take_actions(event):  # as the runtime does once the input is committed
+        action()
+    assert metrics.photos_left_out.labels(fault)._value.get() == 1
+
+    # With no photo left to draw from, the SKU still goes to the DLQ with the reason.
+    both = with_image(with_image(captioned, "p0", sha256="0" * 64), "p1", sha256="0" * 64)
+    event = event.model_copy(update={"payload": both, "event_id": derive_id("test", "none", fault)})
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    assert isinstance(outputs, BadInput) and outputs.reason == "checksum_mismatch"
+
+
+def test_a_photo_missing_from_the_store_still_dead_letters_the_whole_sku(tmp_path: Path) -> None:
+    # Left out, its variants would be lost once the photo is put back; the letter's replay makes them.
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
+    generation = load_settings(
+        GenerationSettings,
+        generation_variants_per_sku=4,
+        generation_size_px=64,
+        generation_min_plain_background=0.0,
+    )
+    captioned = captioned_sku(store, 3)
+    # p0 cannot be read for good, p1 is missing: the replayable reason is the letter's.
+    captioned = with_image(captioned, "p0", sha256="0" * 64)
+    captioned = with_image(captioned, "p1", uri=store.uri_for("images/gone.png"))
+    event = make_envelope(
+        SKU_CAPTIONED,
+        captioned,
+        event_id=derive_id("test", "missing"),
+        sku_id=captioned.sku.sku_id,
+        trace_id="t",
+        producer="test",
+    )
+    generator = RefusingGenerator(CompositeBackend(None))
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    assert isinstance(outputs, BadInput) and outputs.reason == "object_missing"
 
 
 class AdapterMissingGenerator:

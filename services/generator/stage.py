@@ -26,7 +26,11 @@ missing or altered in the store (``object_missing``, ``checksum_mismatch``), not
 (``corrupt``...), a refusal a replay may cure (``unknown_adapter``...), or every variant refused
 (``generation_refused``...). A variant the model refuses while others of the SKU are drawn (a photo
 whose mask it cannot place) is left out: logged ("variant refused, left out", with the photo and
-reason) and counted (``skuforge_triton_errors_total{kind="refused"}``). Triton down, loading,
+reason) and counted (``skuforge_triton_errors_total{kind="refused"}``). So are the variants of one
+photo that cannot be read for good (``dimension_mismatch``, ``not_an_image``, ``checksum_mismatch``...)
+while another photo of the SKU can: logged ("photo unreadable, its variants left out") and counted
+(``skuforge_generator_photos_left_out_total{reason}``); a photo ``object_missing`` (which a replay
+may cure) or none readable still sends the SKU to the DLQ. Triton down, loading,
 overloaded or slow is transient: the partition is paused and retried, nothing is committed.
 
 The model: served by ``skuforge serve generator`` (``services/generator/server.py``); this
@@ -87,6 +91,14 @@ class GeneratorMetrics:
         for model in models:
             for kind in TRITON_ERROR_KINDS:
                 self.triton_errors.labels(model, kind)
+        self.photos_left_out = Counter(
+            "skuforge_generator_photos_left_out_total",
+            "Reference photos the generator could not read for good (dimension_mismatch, not_an_image, "
+            "checksum_mismatch...) while another photo of the SKU could: their variants were left out and "
+            "the others made (counted once per input committed), by reason.",
+            ["reason"],
+            registry=registry,
+        )
 
 
 @dataclass(frozen=True)
@@ -227,18 +239,34 @@ def handle_batch(
     """
     plans: dict[int, list[PlannedVariant]] = {}
     refused: dict[int, BadInput] = {}
+    unreadable: dict[int, dict[str, BadInput]] = {}  # per event: photo_id -> why it cannot be read
     requests: list[tuple[int, PlannedVariant, VariantRequest]] = []
     for position, event in enumerate(events):
         captioned = event.payload
         try:
-            plans[position] = plan_variants(captioned, generation)
-            references = {
-                photo.photo_id: _read_reference(photo, ctx, generation.generation_max_reference_px)
-                for photo in {planned.photo.photo_id: planned.photo for planned in plans[position]}.values()
-            }
+            planned_variants = plan_variants(captioned, generation)
         except BadInput as refusal:
             refused[position] = refusal
             continue
+        references, unreadable[position] = {}, {}
+        for photo in {planned.photo.photo_id: planned.photo for planned in planned_variants}.values():
+            try:
+                references[photo.photo_id] = _read_reference(
+                    photo, ctx, generation.generation_max_reference_px
+                )
+            except BadInput as problem:
+                unreadable[position][photo.photo_id] = problem
+        # One photo that cannot be read for good (a mask of another size, a corrupt or altered file)
+        # dead-lettered the whole SKU, whose other photos were fine: as for a refused variant, its
+        # variants are left out, named and counted. A photo a replay may bring back (object_missing)
+        # still refuses the SKU, so the letter brings back every variant; so does a SKU with none read.
+        curable = next(
+            (left for left in unreadable[position].values() if not is_permanent(left.reason)), None
+        )
+        if curable is not None or not references:
+            refused[position] = curable or next(iter(unreadable[position].values()))
+            continue
+        plans[position] = [planned for planned in planned_variants if planned.photo.photo_id in references]
         for planned in plans[position]:
             reference, mask, framing = references[planned.photo.photo_id]
             parameters = variant_parameters(planned, generation)
@@ -310,6 +338,13 @@ def handle_batch(
         if curable is not None or len(refusals) == len(results):
             outputs.append(curable or refusals[0][1])
             continue
+        for photo_id, left in unreadable[position].items():
+            ctx.log.warning(
+                "photo unreadable, its variants left out",
+                extra={"photo_id": photo_id, "reason": left.reason, "detail": left.detail[:300]},
+            )
+            if metrics is not None:
+                ctx.after_commit(metrics.photos_left_out.labels(left.reason).inc, event)
         for planned, left in refusals:
             ctx.log.warning(
                 "variant refused, left out",
