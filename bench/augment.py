@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import positive_int
+from shared.argtypes import non_negative_int, positive_int
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     EvaluationConfig,
@@ -375,7 +375,15 @@ STACK_SETTINGS = {
     "pile_share": "SKUFORGE_GENERATION_PILE_SHARE",
     "min_plain_background": "SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND",
     "max_reference_px": "SKUFORGE_GENERATION_MAX_REFERENCE_PX",
+    "seed": "SKUFORGE_GENERATION_SEED",
 }
+# What else makes a stack's images, set for it too (a shell's diffusion backend or mix, or another
+# matting model, made the images while the results said composite and the committed model): the
+# composite backend alone (what the in-process path runs, and what the results' "generation_backend"
+# says), and the committed matting model for the captioner's cut-out masks and the gate's (the
+# results' "matting_model": null).
+STACK_FIXED = {"SKUFORGE_GENERATION_BACKEND": "composite", "SKUFORGE_GENERATION_BACKEND_MIX": "{}"}
+STACK_UNSET = ("SKUFORGE_MATTING_MODEL", "SKUFORGE_CAPTIONER_MATTING_MODEL")
 # Generation options of in-process tries only: the stack has no setting for them.
 IN_PROCESS_ONLY = ("own_scene_share", "own_scene_blur", "min_cutout_solidity", "matting_model")
 
@@ -447,6 +455,9 @@ def run_stack(skus_dir: Path, sku_ids: list[str], scenes_dir: Path, args: argpar
     os.environ["SKUFORGE_SCENES_URI"] = str(scenes_dir.resolve())
     for name, setting in STACK_SETTINGS.items():
         os.environ[setting] = str(getattr(args, name))
+    os.environ.update(STACK_FIXED)
+    for setting in STACK_UNSET:
+        os.environ.pop(setting, None)
     from devstack.demo.demo import stack, wait_until_decided
     from schemas.topics import IMAGE_GENERATED
     from services.ingest.ingest import ingest_path
@@ -641,7 +652,12 @@ def main(argv: list[str] | None = None) -> int:
         default="class",
         help="a SKU's series, never its scenes' tag: its class, or its coarse class (no apple on apples)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="draws the SKUs' photos and scenes; the generator's seed (a stack's SKUFORGE_GENERATION_SEED)",
+    )
     parser.add_argument("--l2", type=float, default=1e-2)
     parser.add_argument("--real-weight", type=float, default=4.0)
     parser.add_argument(
@@ -819,6 +835,7 @@ def main(argv: list[str] | None = None) -> int:
         "export_px": args.export_px,
         "generation": generation_options(args)
         | ({"edge_recolour": "off"} if args.edge_recolour == "off" else {}),
+        "generation_backend": "composite",  # in-process, and set for a stack (STACK_FIXED)
         "k": ks,
         "seed": args.seed,
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": _cpus()},

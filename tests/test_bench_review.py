@@ -391,3 +391,40 @@ def test_a_scene_letterboxed_from_a_test_photo_is_refused_before_the_run(
     dataset = _grocery(tmp_path / "other", {"padded.jpg": other}, {"held.jpg": held})
     with pytest.raises(AssertionError, match="the run started"):
         augment.main(["--dataset", str(dataset), *argv[2:], "--out", str(tmp_path / "o.json")])
+
+
+def test_a_stack_run_uses_the_seed_backend_and_matting_model_its_results_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The generator's seed, backend and mix and the matting models came from the shell: a diffusion mix
+    # or another matting model there made the images while the results said seed 0, the composite
+    # backend and the committed matting model ("matting_model": null).
+    import os
+
+    import devstack.demo.demo
+
+    class Started(Exception):
+        pass
+
+    started_with: dict[str, str] = {}
+
+    def stack(*args: object, **kwargs: object) -> None:
+        started_with.update(os.environ)
+        raise Started
+
+    monkeypatch.setenv("SKUFORGE_GENERATION_SEED", "7")
+    monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND", "diffusion")
+    monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND_MIX", '{"composite": 1, "diffusion": 1}')
+    monkeypatch.setenv("SKUFORGE_MATTING_MODEL", "u2netp-official")
+    monkeypatch.setenv("SKUFORGE_CAPTIONER_MATTING_MODEL", "u2netp-official")
+    monkeypatch.setattr(devstack.demo.demo, "stack", stack)
+    args = _options(tmp_path, seed=3, variants_per_sku=12, size=384, pile_share=0.0)
+    with pytest.raises(Started):
+        augment.run_stack(tmp_path / "skus", [], tmp_path / "scenes", args)
+    assert int(started_with["SKUFORGE_GENERATION_SEED"]) == augment.generation_options(args)["seed"] == 3
+    assert started_with["SKUFORGE_GENERATION_BACKEND"] == "composite"
+    assert json.loads(started_with["SKUFORGE_GENERATION_BACKEND_MIX"]) == {}
+    assert "SKUFORGE_MATTING_MODEL" not in started_with
+    assert "SKUFORGE_CAPTIONER_MATTING_MODEL" not in started_with
+    # A seed the generator refuses (its setting is 0 or more) is refused before the run, not at start-up.
+    assert _exit_code(["--dataset", str(tmp_path), "--seed", "-1", "--out", str(tmp_path / "o.json")]) == 2
