@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import non_negative_int, positive_int
+from shared.argtypes import float_between, non_negative_int, positive_int
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     EvaluationConfig,
@@ -59,6 +59,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 KS = (0, 1, 3)
 STACK_RUN = "stack-run.json"  # under --workdir: what the last stack run generated, and how fast
 SPLITS = ("train", "val", "test")
+# A share or a fraction option: refused at parsing, not after the leakage checks and the backbone load.
+SHARE = float_between(0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -603,10 +605,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scenes-per-class", type=positive_int, default=4, help="train photos per class as scenes"
     )
-    parser.add_argument("--photo-share", type=float, default=1.0, help="share of variants on scene photos")
+    parser.add_argument(
+        "--photo-share", type=SHARE, default=1.0, help="share of variants on scene photos (0 to 1)"
+    )
     parser.add_argument("--parameters", default="{}", help="JSON composite parameters for every variant")
     parser.add_argument(
-        "--pile-share", type=float, default=0.0, help="share of loose-produce variants heaped"
+        "--pile-share", type=SHARE, default=0.0, help="share of loose-produce variants heaped (0 to 1)"
     )
     parser.add_argument("--size", type=positive_int, default=384, help="generated image side (px)")
     parser.add_argument("--export-px", type=int, default=256, help="export's shorter side (px)")
@@ -616,11 +620,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-synthetic-per-real", type=positive_int, default=12)
     parser.add_argument("--max-reference-px", type=positive_int, default=1024)
     parser.add_argument(
-        "--min-plain-background", type=float, default=0.7, help="cut-out sources (0: every photo)"
+        "--min-plain-background", type=SHARE, default=0.7, help="cut-out sources (0 to 1; 0: every photo)"
     )
     parser.add_argument(
         "--own-scene-share",
-        type=float,
+        type=SHARE,
         default=0.0,
         help="in-process: share of variants on the SKU's own in-store photos as scenes (0: off)",
     )
@@ -632,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--min-cutout-solidity",
-        type=float,
+        type=SHARE,
         default=0.0,
         help="in-process: also cut from photos whose mask is one whole object (0: off)",
     )

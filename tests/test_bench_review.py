@@ -428,3 +428,26 @@ def test_a_stack_run_uses_the_seed_backend_and_matting_model_its_results_record(
     assert "SKUFORGE_CAPTIONER_MATTING_MODEL" not in started_with
     # A seed the generator refuses (its setting is 0 or more) is refused before the run, not at start-up.
     assert _exit_code(["--dataset", str(tmp_path), "--seed", "-1", "--out", str(tmp_path / "o.json")]) == 2
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--pile-share", "1.5"],
+        ["--photo-share", "-0.1"],
+        ["--min-plain-background", "7"],
+        ["--own-scene-share", "nan"],
+        ["--min-cutout-solidity", "1.2"],
+    ],
+)
+def test_a_share_outside_0_to_1_is_refused_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: list[str]
+) -> None:
+    # Were refused only by the stack's start-up (or not at all in-process), after the leakage checks
+    # and the backbone load.
+    def started(*args: object) -> None:
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(augment, "read_grocery", started)
+    argv = ["--dataset", str(tmp_path), "--split", "val", "--mode", "in-process", "--tag", "t"]
+    assert _exit_code([*argv, "--out", str(tmp_path / "o.json"), *option]) == 2
