@@ -419,15 +419,43 @@ def results_file(args: argparse.Namespace) -> Path:
     return RESULTS / f"augment-val{suffix}.json"
 
 
+def dataset_identity(root: Path, inputs: Iterable[Path]) -> dict[str, Any]:
+    """Which photos a stack run was given: the dataset folder (resolved) and a fingerprint of its SKUs'
+    references and scenes (each one's path in the folder and content hash). Another folder of the same
+    photos is the same dataset; the same file names with other photos are not."""
+    lines = sorted(f"{path.relative_to(root).as_posix()} {sha256_file(path)}" for path in set(inputs))
+    fingerprint = sha256_hex("\n".join(lines).encode())
+    return {"path": str(root.resolve()), "photos": len(lines), "fingerprint": fingerprint}
+
+
 def refuse_another_stack_run(args: argparse.Namespace, ks: list[int]) -> None:
-    """``--reuse-stack`` scores what the last stack run stored: only with the options it ran with. With
-    another seed the held-out set (val + spare train) would hold that run's references and scenes."""
+    """``--reuse-stack`` scores what the last stack run stored: only with the options it ran with and
+    the photos it was given (``args.dataset_identity``). With another seed the held-out set (val +
+    spare train) would hold that run's references and scenes; with another --dataset, this dataset's
+    photos were scored against images made from another's."""
+    if not (args.workdir / STACK_RUN).is_file():
+        raise SystemExit(
+            f"--reuse-stack: no stack run recorded in {args.workdir} (no {STACK_RUN}): "
+            "run the stack without --reuse-stack first"
+        )
     run = json.loads((args.workdir / STACK_RUN).read_text())
     recorded = run.get("options")
     if recorded is None:
         raise SystemExit(
             f"{args.workdir / STACK_RUN} does not record the options its stack ran with (an older run): "
             "run the stack again in a new --workdir"
+        )
+    dataset = run.get("dataset")
+    if dataset is None:
+        raise SystemExit(
+            f"{args.workdir / STACK_RUN} does not record the dataset its stack was given (an older run): "
+            "run the stack again in a new --workdir"
+        )
+    if dataset.get("fingerprint") != args.dataset_identity["fingerprint"]:
+        raise SystemExit(
+            f"--reuse-stack: the stored stack was given the photos of {dataset.get('path')} "
+            f"({dataset.get('photos')} references and scenes), not those of {args.dataset}: "
+            "give its --dataset, or run the stack again in a new --workdir"
         )
     wanted = {**generation_options(args), "k": ks}
     differ = sorted(name for name in wanted if recorded.get(name) != wanted[name])
@@ -487,6 +515,7 @@ def run_stack(skus_dir: Path, sku_ids: list[str], scenes_dir: Path, args: argpar
         "minutes": round(elapsed_min, 2),
         "images_per_min": throughput,
         "options": {**generation_options(args), "k": [int(k) for k in args.k.split(",")]},
+        "dataset": args.dataset_identity,
     }
     (args.workdir / STACK_RUN).write_text(json.dumps(run) + "\n")
     return throughput
@@ -596,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         "--reuse-stack",
         action="store_true",
         help="stack mode: score what the last stack run of --workdir stored instead of running it again "
-        "(refused unless its seed, k and generation options are these)",
+        "(refused unless its seed, k, generation options and --dataset's photos are these)",
     )
     parser.add_argument(
         "--classes", type=positive_int, default=None, help="only the first N classes (a smoke run)"
@@ -764,6 +793,12 @@ def main(argv: list[str] | None = None) -> int:
         item.name: item.name if args.series == "class" else item.coarse for item in data.classes
     }
     scenes_dir = args.workdir / ("scenes" if args.series == "class" else f"scenes-{args.series}")
+    # What a stack run is given, recorded with it: --reuse-stack scores only the same photos' images.
+    args.dataset_identity = dataset_identity(
+        data.root, [*used, *(path for paths in scenes.values() for path in paths)]
+    )
+    if args.mode == "stack" and args.reuse_stack:
+        refuse_another_stack_run(args, ks)  # before the backbone loads
     if not args.reuse_stack:
         by_tag: dict[str, list[Path]] = {}
         for name, paths in scenes.items():
@@ -779,7 +814,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SKUFORGE_STORE_URI"] = f"file://{(args.workdir / 'stack' / 'store').resolve()}"
     if args.mode == "stack" and args.reuse_stack:
         # Score again what the last stack run of this workdir stored (e.g. after a classifier change).
-        refuse_another_stack_run(args, ks)
         throughput = json.loads((args.workdir / STACK_RUN).read_text())["images_per_min"]
     elif args.mode == "stack":
         refuse_a_used_stack(args.workdir / "stack")
@@ -842,6 +876,7 @@ def main(argv: list[str] | None = None) -> int:
         "generation_backend": "composite",  # in-process, and set for a stack (STACK_FIXED)
         "k": ks,
         "seed": args.seed,
+        "dataset": args.dataset_identity,  # the folder, and a fingerprint of the references and scenes
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": _cpus()},
         "wall_s": round(time.time() - started, 1),
     }

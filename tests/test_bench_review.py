@@ -78,11 +78,15 @@ def test_a_fresh_stack_run_refuses_a_stack_folder_an_earlier_run_used(tmp_path: 
         augment.refuse_a_used_stack(stack_dir)
 
 
+_DATASET = {"path": "/data", "photos": 648, "fingerprint": "f" * 64}
+
+
 def _options(workdir: Path, **overrides: Any) -> argparse.Namespace:
     values: dict[str, Any] = {name: None for name in augment.GENERATION_OPTIONS}
     values.update(
         seed=0, parameters="{}", photo_share=1.0, tag="", workdir=workdir, k="0,1,3", edge_recolour="on"
     )
+    values.update(dataset=Path("/data"), dataset_identity=_DATASET)
     values.update(overrides)
     return argparse.Namespace(**values)
 
@@ -123,7 +127,8 @@ def test_a_val_run_does_not_replace_the_kept_val_record(tmp_path: Path) -> None:
 def test_reuse_stack_refuses_a_stack_run_with_other_options(tmp_path: Path) -> None:
     # With another --seed, val + spare train would hold the stored run's references and scenes.
     recorded = {**augment.generation_options(_options(tmp_path)), "k": [0, 1, 3]}
-    (tmp_path / augment.STACK_RUN).write_text(json.dumps({"images_per_min": 90.0, "options": recorded}))
+    run = {"images_per_min": 90.0, "options": recorded, "dataset": _DATASET}
+    (tmp_path / augment.STACK_RUN).write_text(json.dumps(run))
     augment.refuse_another_stack_run(_options(tmp_path), [0, 1, 3])  # the same: scored again
     with pytest.raises(SystemExit, match=r"--seed 0 \(asked: 1\)"):
         augment.refuse_another_stack_run(_options(tmp_path, seed=1), [0, 1, 3])
@@ -451,3 +456,60 @@ def test_a_share_outside_0_to_1_is_refused_before_the_run(
     monkeypatch.setattr(augment, "read_grocery", started)
     argv = ["--dataset", str(tmp_path), "--split", "val", "--mode", "in-process", "--tag", "t"]
     assert _exit_code([*argv, "--out", str(tmp_path / "o.json"), *option]) == 2
+
+
+def test_reuse_stack_refuses_another_dataset_than_the_stored_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --reuse-stack checked the options, not --dataset: another dataset folder (here: the same file
+    # names, other photos) was scored against the images the stored stack made from the first one.
+    from tests.test_evaluate import shelf_photo
+
+    first = _grocery(tmp_path / "first", {"a.jpg": shelf_photo(2)}, {"held.jpg": shelf_photo(1)})
+    other = _grocery(tmp_path / "other", {"a.jpg": shelf_photo(3)}, {"held.jpg": shelf_photo(1)})
+    work = tmp_path / "work"
+    work.mkdir()
+    options = {
+        **augment.generation_options(
+            _options(
+                work,
+                variants_per_sku=12,
+                scenes_per_class=4,
+                pile_share=0.0,
+                size=384,
+                series="class",
+                max_reference_px=1024,
+                min_plain_background=0.7,
+                own_scene_share=0.0,
+                min_cutout_solidity=0.0,
+            )
+        ),
+        "k": [0],
+    }
+
+    def started(*args: object) -> None:
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(augment, "open_backbone", started)
+    argv = ["--k", "0", "--workdir", str(work), "--reuse-stack", "--out", str(tmp_path / "o.json")]
+    # No stack run recorded there yet: a clear refusal, not a FileNotFoundError.
+    with pytest.raises(SystemExit, match="no stack run"):
+        augment.main(["--dataset", str(first), *argv])
+    # A record without the dataset (an older run): the photos it was given are not known.
+    (work / augment.STACK_RUN).write_text(json.dumps({"images_per_min": 90.0, "options": options}))
+    with pytest.raises(SystemExit, match="does not record the dataset"):
+        augment.main(["--dataset", str(first), *argv])
+    # The run's record names the photos it was given: those of the first dataset only are scored.
+    data = augment.read_grocery(first)
+    used = [path for paths in augment.references(data, 0, 0).values() for path in paths]
+    scenes = [path for paths in augment.scene_photos(data, 4, 0, set(used)).values() for path in paths]
+    run = {
+        "images_per_min": 90.0,
+        "options": options,
+        "dataset": augment.dataset_identity(first, used + scenes),
+    }
+    (work / augment.STACK_RUN).write_text(json.dumps(run))
+    with pytest.raises(SystemExit, match=r"--reuse-stack: the stored stack was given .*first"):
+        augment.main(["--dataset", str(other), *argv])
+    with pytest.raises(AssertionError, match="the run started"):
+        augment.main(["--dataset", str(first), *argv])
