@@ -184,9 +184,10 @@ def composite_request(
 
 
 def generate_in_process(
-    refs: dict[str, list[Path]], scenes_dir: Path, args: argparse.Namespace, out_dir: Path
+    refs: dict[str, list[Path]], scenes_dir: Path, args: argparse.Namespace, out_dir: Path, *, k: int
 ) -> dict[str, list[Path]]:
-    """Per class: ``variants`` composites written as PNG, from masks of the committed matting model."""
+    """Per class: ``variants`` composites written as PNG, from masks of the committed matting model
+    (k names the SKUs as the stack does: ``sku_id``)."""
     from shared.generation.composite import CompositeBackend
     from shared.generation.scenes import SceneLibrary
     from shared.matting.session import open_session
@@ -197,7 +198,7 @@ def generate_in_process(
     # "off" is the try of the reference's own edge pixels (bench/edge_recolour.py).
     backend = CompositeBackend(library, args.photo_share, edge_recolour=args.edge_recolour == "on")
     parameters = json.loads(args.parameters)
-    return _generate_all(refs, args, out_dir, session, backend, parameters)
+    return _generate_all(refs, args, out_dir, session, backend, parameters, k=k)
 
 
 def _generate_all(
@@ -207,7 +208,10 @@ def _generate_all(
     session: Any,
     backend: Any,
     parameters: dict[str, Any],
+    *,
+    k: int,
 ) -> dict[str, list[Path]]:
+    from services.generator.stage import share_offset
     from shared.captioning.attributes import describe_product, plain_background_share
     from shared.generation.backend import is_pile
     from shared.generation.composite import CompositeBackend
@@ -252,11 +256,13 @@ def _generate_all(
                 scene.thumbnail((512, 512), Image.Resampling.LANCZOS)
                 own_scenes.append(Scene(key, "", np.asarray(scene, dtype=np.uint8)))
             own_backend = CompositeBackend(SceneLibrary(own_scenes), 1.0)
+        # The generator stage's rule: where a SKU's piles fall is drawn from its sku_id and the seed.
+        pile_offset = share_offset("piles", sku_id(k, name), args.seed)
         made[name] = []
         for variant in range(args.variants_per_sku):
             which = sources[variant % len(sources)]
             path = folder / f"{variant:03d}.png"
-            pile = produce[which] and is_pile(variant, args.pile_share)
+            pile = produce[which] and is_pile(variant, args.pile_share, pile_offset)
             own = own_backend is not None and is_pile(variant, args.own_scene_share)
             if not path.exists():
                 request = composite_request(
@@ -407,6 +413,8 @@ def generated_dir(args: argparse.Namespace, k: int) -> Path:
     options = {**generation_options(args), "k": sorted(int(k) for k in args.k.split(","))}
     if args.edge_recolour == "off":  # an in-process try only (a stack runs the backend as served)
         options["edge_recolour"] = "off"
+    if args.pile_share:  # piles fall per SKU, as in the stack, since 2026-12-05: not the older cache's
+        options["pile_offset"] = "per-sku"
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
     return args.workdir / f"generated-{args.tag}-{digest}-k{k}"
 
@@ -828,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
             exported = [Path(photo.name) for photo in training if photo.source == "real"]
             check_no_near_duplicates(heldout_hashes, exported_real=_hashed(exported))
         else:
-            made = generate_in_process(all_refs[k], scenes_dir, args, generated_dir(args, k))
+            made = generate_in_process(all_refs[k], scenes_dir, args, generated_dir(args, k), k=k)
             training = [
                 file_photo(name, "real", path) for name, paths in all_refs[k].items() for path in paths
             ]

@@ -513,3 +513,62 @@ def test_reuse_stack_refuses_another_dataset_than_the_stored_runs(
         augment.main(["--dataset", str(other), *argv])
     with pytest.raises(AssertionError, match="the run started"):
         augment.main(["--dataset", str(first), *argv])
+
+
+def test_in_process_piles_fall_where_the_generator_stage_puts_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The in-process path asked is_pile without the SKU's offset: with a pile share of 0.25 and 8
+    # variants every SKU heaped variants 3 and 7, while the stack's generator draws where each SKU's
+    # piles fall (share_offset("piles", sku_id, seed)); a pile try did not mirror the stack.
+    import shared.captioning.attributes
+    from services.generator.stage import share_offset
+    from shared.generation.backend import is_pile
+
+    class Session:
+        model_id = "fake"
+
+        def predict(self, images: list[Image.Image]) -> list[Any]:
+            masks = []
+            for image in images:
+                mask = np.zeros((image.height, image.width), np.uint8)
+                mask[8:24, 8:24] = 255
+                masks.append(argparse.Namespace(mask=mask))
+            return masks
+
+    class Backend:
+        def __init__(self) -> None:
+            self.piles: dict[str, list[bool]] = {}
+
+        def generate(self, request: Any) -> list[Any]:
+            name = request.series
+            self.piles.setdefault(name, []).append(request.parameters.get("arrangement") == "pile")
+            return [argparse.Namespace(image=np.zeros((8, 8, 3), np.uint8))]
+
+    produce = argparse.Namespace(shape=argparse.Namespace(shape="produce"))
+    monkeypatch.setattr(shared.captioning.attributes, "describe_product", lambda *args: produce)
+    names = ["Kiwi", "Lime", "Lemon", "Mango", "Melon", "Pear"]
+    refs = {}
+    for name in names:
+        (tmp_path / "photos").mkdir(exist_ok=True)
+        Image.new("RGB", (32, 32), "white").save(tmp_path / "photos" / f"{name}.png")
+        refs[name] = [tmp_path / "photos" / f"{name}.png"]
+    args = _options(
+        tmp_path,
+        seed=2,
+        pile_share=0.25,
+        variants_per_sku=8,
+        max_reference_px=64,
+        min_plain_background=0.0,
+        min_cutout_solidity=0.0,
+        own_scene_share=0.0,
+        size=64,
+        series_of={name: name for name in names},
+    )
+    backend = Backend()
+    augment._generate_all(refs, args, tmp_path / "generated", Session(), backend, {}, k=1)
+    offsets = {name: share_offset("piles", augment.sku_id(1, name), 2) for name in names}
+    assert backend.piles == {
+        name: [is_pile(variant, 0.25, offsets[name]) for variant in range(8)] for name in names
+    }
+    assert len({tuple(piles) for piles in backend.piles.values()}) > 1  # not the same for every SKU
