@@ -455,11 +455,13 @@ def refuse_another_stack_run(args: argparse.Namespace, ks: list[int]) -> None:
         )
     dataset = run.get("dataset")
     if dataset is None:
-        raise SystemExit(
-            f"{args.workdir / STACK_RUN} does not record the dataset its stack was given (an older run): "
-            "run the stack again in a new --workdir"
+        # Runs before 2026-12-05 (the committed test run's among them) stay re-scorable; said, not refused.
+        print(
+            f"note: {args.workdir / STACK_RUN} does not record the dataset its stack was given (an older "
+            f"run): not checked that {args.dataset} is it",
+            file=sys.stderr,
         )
-    if dataset.get("fingerprint") != args.dataset_identity["fingerprint"]:
+    elif dataset.get("fingerprint") != args.dataset_identity["fingerprint"]:
         raise SystemExit(
             f"--reuse-stack: the stored stack was given the photos of {dataset.get('path')} "
             f"({dataset.get('photos')} references and scenes), not those of {args.dataset}: "
