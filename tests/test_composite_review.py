@@ -4,6 +4,7 @@ lens blur keeps the product on its expected mask; a scene_key asks for that phot
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -143,11 +144,11 @@ def test_a_product_too_thin_to_place_is_refused_as_such_not_for_a_height_no_one_
 
 
 def test_a_pile_records_no_occluder_and_no_shadow_and_replays_from_what_it_records() -> None:
-    # A pile draws neither, but reported the drawn occluders (1) and shadow ("drop"): the lineage record
-    # said something was done to the image that was not.
+    # A pile draws neither, but reported the drawn occluders and shadow: the lineage record said
+    # something was done to the image that was not.
     scenes = SceneLibrary([Scene("a.jpg", "", np.full((80, 80, 3), 90, np.uint8))])
     backend = CompositeBackend(scenes, 1.0)
-    asked = _request(scene="photo", arrangement="pile", occluders=1, shadow="drop")
+    asked = _request(scene="photo", arrangement="pile")
     [sample] = backend.generate(asked)
     assert (sample.parameters["occluders"], sample.parameters["shadow"]) == (0, "none")
     # What it records is what was done: sent back, the same image, byte for byte.
@@ -182,34 +183,51 @@ def test_a_negative_seed_is_a_seed_and_one_no_int64_holds_is_refused_in_this_bac
         CompositeBackend().generate(replace(_request(), seed=-(2**63) - 1))
 
 
+PILE_CANNOT = {
+    "occluders": 2,
+    "shadow": "cast",
+    "shadow_strength": 0.5,
+    "rotation_deg": 30,
+    "perspective_x": 0.2,
+    "perspective_y": -0.1,
+    "pos_x": 0.1,
+    "pos_y": 0.9,
+}
+
+
+@pytest.mark.parametrize(("key", "value"), PILE_CANNOT.items())
+def test_a_placement_a_pile_cannot_honour_is_refused_here_and_at_start_up(key: str, value: object) -> None:
+    # A pile places its copies itself: an asked cast shadow, turn or occluder was replaced by the pile's
+    # own (none, 0) without a word, and the request got another image than it asked for.
+    scenes = SceneLibrary([Scene("a.jpg", "", np.full((80, 80, 3), 90, np.uint8))])
+    refusal = f"a pile places its copies itself and cannot honour {key}={value!r} "
+    with pytest.raises(CompositeError, match=re.escape(refusal)):
+        CompositeBackend(scenes, 1.0).generate(_request(scene="photo", arrangement="pile", **{key: value}))
+    with pytest.raises(ConfigError, match=re.escape(refusal)):
+        load_settings(GenerationSettings, generation_parameters={"arrangement": "pile", key: value})
+
+
 def test_a_pile_records_only_the_placement_it_used_and_replays_from_it() -> None:
     # A pile places its copies itself (each its own turn, no keystone, spread over the frame) and sizes
-    # them by framing alone, but reported the drawn or asked rotation, keystone, position, shadow
-    # strength and reference framing: the lineage record named a placement no copy had.
+    # them by framing alone: it records none of the drawn placement, and what it records replays.
     scenes = SceneLibrary([Scene("a.jpg", "", np.full((80, 80, 3), 90, np.uint8))])
     backend = CompositeBackend(scenes, 1.0)
-    placement = {
-        "rotation_deg": 30.0,
-        "perspective_x": 0.2,
-        "perspective_y": -0.1,
-        "pos_x": 0.1,
-        "pos_y": 0.9,
-        "shadow_strength": 0.5,
-        "reference_framing": 0.5,
-    }
-    asked = _request(scene="photo", arrangement="pile", **placement)
+    # reference_framing is measured for every request (the generator sends it): a pile does not use it.
+    asked = _request(scene="photo", arrangement="pile", reference_framing=0.5)
     [sample] = backend.generate(asked)
-    recorded = {key: sample.parameters[key] for key in placement}
+    recorded = {key: sample.parameters[key] for key in (*PILE_CANNOT, "reference_framing")}
     assert recorded == {
+        "occluders": 0,
+        "shadow": "none",
+        "shadow_strength": 0.0,
         "rotation_deg": 0.0,
         "perspective_x": 0.0,
         "perspective_y": 0.0,
         "pos_x": 0.5,
         "pos_y": 0.5,
-        "shadow_strength": 0.0,
         "reference_framing": 0.0,
     }
-    # None of them changed the image, and what is recorded replays it byte for byte.
+    # The pile's own values are accepted (a replay carries them) and change nothing.
     [drawn] = backend.generate(_request(scene="photo", arrangement="pile"))
     [replayed] = backend.generate(replace(asked, seed=99, parameters=sample.parameters))
     for other in (drawn, replayed):
@@ -217,5 +235,6 @@ def test_a_pile_records_only_the_placement_it_used_and_replays_from_it() -> None
         assert np.array_equal(other.expected_mask, sample.expected_mask)
         assert other.parameters == sample.parameters
     # A single product on a photo still records (and uses) its own placement.
+    placement = {**PILE_CANNOT, "occluders": 1, "shadow": "drop", "rotation_deg": 30.0}
     [single] = backend.generate(_request(scene="photo", **placement))
     assert {key: single.parameters[key] for key in placement} == placement

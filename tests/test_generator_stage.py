@@ -226,6 +226,17 @@ def test_loose_produce_is_heaped_in_the_configured_share_of_its_composites() -> 
     assert arrangements("produce", generation_pile_share=1.0, generation_parameters=single) == ["single"] * 4
 
 
+def test_a_pile_share_with_a_knob_a_pile_refuses_is_a_start_up_error() -> None:
+    # The stage adds a pile to these knobs for loose produce, and a pile refuses a placement of its own:
+    # the settings loaded, then those SKUs' pile variants were refused one SKU at a time.
+    with pytest.raises(ConfigError, match=r"PILE_SHARE asks for piles.*cannot honour occluders=1"):
+        load_settings(GenerationSettings, generation_pile_share=0.5, generation_parameters={"occluders": 1})
+    # A pile's own values, or an arrangement chosen for every variant, are fine.
+    load_settings(GenerationSettings, generation_pile_share=0.5, generation_parameters={"occluders": 0})
+    single = {"arrangement": "single", "occluders": 1}
+    load_settings(GenerationSettings, generation_pile_share=0.5, generation_parameters=single)
+
+
 def test_shares_too_large_to_sum_are_still_a_mix() -> None:
     # Their sum overflowed to inf: every share came out 0, and every SKU failed in the stage.
     generation = load_settings(

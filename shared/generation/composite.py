@@ -79,9 +79,10 @@ EDGE_BAND_PX = 3
 # How the product is placed on a photo scene: one item, framed like its reference photo, or a pile of
 # copies filling most of the frame, the way loose produce is photographed in a store.
 ARRANGEMENTS = ("single", "pile")
-# What a pile reports for the knobs it does not use, whatever was drawn or asked: no occluder, no shadow
-# (so no strength), no turn or keystone of its own (each copy gets its own turn), centred (its copies
-# spread over the frame) and no reference framing (its copies' size follows ``framing`` alone).
+# What a pile reports for the knobs it does not use, whatever was drawn (another value asked for is
+# refused, but reference_framing: measured for every request): no occluder, no shadow (so no strength),
+# no turn or keystone of its own (each copy gets its own turn), centred (its copies spread over the
+# frame) and no reference framing (its copies' size follows ``framing`` alone).
 _PILE_PLACEMENT: dict[str, Any] = {
     "occluders": 0,
     "shadow": "none",
@@ -97,6 +98,19 @@ _PILE_PLACEMENT: dict[str, Any] = {
 
 class CompositeError(ValueError):
     """A request the composite backend cannot serve; the message says what to change."""
+
+
+def _check_pile_asked(asked: dict[str, Any], values: dict[str, Any]) -> None:
+    """Refuse a placement of its own among the knobs ``asked`` (``values``: as parsed), which a pile
+    cannot honour: it was replaced without a word (a cast shadow by none, 2 occluders by 0). A pile's
+    own values (what it records: shadow "none", occluders 0) are accepted, so that a replay is."""
+    # reference_framing is not asked of a pile but measured for every request (the generator's crop).
+    for key, pile_value in _PILE_PLACEMENT.items():
+        if key in asked and key != "reference_framing" and values[key] != pile_value:
+            raise CompositeError(
+                f"a pile places its copies itself and cannot honour {key}={asked[key]!r} (it uses "
+                f"{pile_value!r}): leave {key} out, or ask for arrangement 'single'"
+            )
 
 
 @dataclass(frozen=True)
@@ -219,6 +233,8 @@ class _Plan:
             raise CompositeError(
                 f"unknown arrangement {plan.arrangement!r}; known: {', '.join(ARRANGEMENTS)}"
             )
+        if plan.arrangement == "pile":
+            _check_pile_asked(parameters, values)
         if plan.scene != PHOTO_SCENE and plan.arrangement != "single":
             plan = _Plan(**{**plan.__dict__, "arrangement": "single"})
         if plan.shadow not in SHADOWS:

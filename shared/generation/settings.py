@@ -183,10 +183,21 @@ class GenerationSettings(BaseSettings):
         # A known knob with a value its backend refuses ({"occluders": 9}) did the same, one SKU at a
         # time; each backend in use checks its own knobs (rotation_deg is both's, with other bounds).
         if _uses(info, "composite"):
+            knobs = {k: v for k, v in parameters.items() if k in COMPOSITE_PARAMETERS}
             try:
-                check_parameters({k: v for k, v in parameters.items() if k in COMPOSITE_PARAMETERS})
+                check_parameters(knobs)
             except CompositeError as exc:
                 raise ValueError(f"the composite backend refuses it: {exc}") from None
+            # The stage asks for piles on top of these ({"occluders": 1} with a pile share): a pile
+            # refuses a placement of its own, and those SKUs' variants were refused one by one.
+            if info.data.get("generation_pile_share", 0.0) > 0 and "arrangement" not in knobs:
+                try:
+                    check_parameters({**knobs, "arrangement": "pile"})
+                except CompositeError as exc:
+                    raise ValueError(
+                        f"SKUFORGE_GENERATION_PILE_SHARE asks for piles, and the composite backend "
+                        f"refuses one with these: {exc}; or set the share to 0"
+                    ) from None
         if _uses(info, "diffusion"):
             try:
                 DiffusionParameters.model_validate(parameters)
