@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from schemas.events import GateCheck
 from services.generator.server import load_scenes
-from shared.config import load_settings
+from shared.config import ConfigError, load_settings
 from shared.errors import ObjectMissing, TransientError
 from shared.gate.checks import GateThresholds, evaluate
 from shared.generation.backend import COLOUR_GAIN_KEY, GeneratedSample, GenerationRequest
@@ -260,13 +260,27 @@ def test_a_pile_is_many_copies_and_its_expected_mask_is_every_visible_copy(seed:
     assert encode_png(replay.image) == encode_png(sample.image)
 
 
-def test_a_pile_on_a_procedural_scene_is_one_product_and_says_so() -> None:
+def test_a_pile_on_a_procedural_scene_drawn_is_one_product_and_says_so() -> None:
+    # The generator asks for piles before the scene is drawn: a variant that draws a procedural one
+    # places one product and records it.
     reference, mask = marker_reference()
-    sample = CompositeBackend().generate(
-        request(reference, mask, seed=3, scene="studio", occluders=0, arrangement="pile")
-    )[0]
+    sample = CompositeBackend().generate(request(reference, mask, seed=3, occluders=0, arrangement="pile"))[0]
     assert sample.parameters["arrangement"] == "single"
     assert ndimage.label(sample.expected_mask > 0)[1] == 1
+
+
+def test_a_pile_on_a_procedural_scene_asked_for_is_refused_here_and_at_start_up() -> None:
+    # It was turned into one product without a word: another image than the request asked for.
+    refusal = "arrangement 'pile' heaps copies on a photo scene, but scene 'studio' is procedural"
+    reference, mask = marker_reference()
+    with pytest.raises(CompositeError, match=refusal):
+        CompositeBackend().generate(request(reference, mask, seed=3, scene="studio", arrangement="pile"))
+    with pytest.raises(ConfigError, match=refusal):
+        load_settings(GenerationSettings, generation_parameters={"scene": "studio", "arrangement": "pile"})
+    # A pile share puts piles on top of the knobs configured: with a procedural scene it can make none.
+    with pytest.raises(ConfigError, match="PILE_SHARE asks for piles.*" + refusal):
+        studio = {"scene": "studio"}
+        load_settings(GenerationSettings, generation_pile_share=0.5, generation_parameters=studio)
 
 
 def test_an_unknown_arrangement_is_refused() -> None:

@@ -101,9 +101,15 @@ class CompositeError(ValueError):
 
 
 def _check_pile_asked(asked: dict[str, Any], values: dict[str, Any]) -> None:
-    """Refuse a placement of its own among the knobs ``asked`` (``values``: as parsed), which a pile
-    cannot honour: it was replaced without a word (a cast shadow by none, 2 occluders by 0). A pile's
-    own values (what it records: shadow "none", occluders 0) are accepted, so that a replay is."""
+    """Refuse what a pile cannot honour among the knobs ``asked`` (``values``: as parsed): a procedural
+    scene, or a placement of its own. Both were replaced without a word (a studio scene got one product,
+    a cast shadow none); a pile's own values (what it records: shadow "none", occluders 0) are accepted,
+    so that a replay is. A procedural scene drawn, not asked for, still places one product."""
+    if "scene" in asked and values["scene"] != PHOTO_SCENE:
+        raise CompositeError(
+            f"arrangement 'pile' heaps copies on a photo scene, but scene {values['scene']!r} is "
+            f"procedural: ask for scene {PHOTO_SCENE!r}, leave scene out, or ask for arrangement 'single'"
+        )
     # reference_framing is not asked of a pile but measured for every request (the generator's crop).
     for key, pile_value in _PILE_PLACEMENT.items():
         if key in asked and key != "reference_framing" and values[key] != pile_value:
@@ -143,7 +149,8 @@ class _Plan:
     scene_match: float  # 0..1: how far the product's white balance and brightness move to the scene's
     framing: float  # product's longer side / canvas side, relative to the reference photo's framing
     # Not drawn (a request chooses it; the generator stage asks for piles of loose produce); last, so
-    # that adding it moved no drawn value. Procedural scenes always place one product.
+    # that adding it moved no drawn value. A procedural scene drawn places one product (the variant
+    # reports "single"); one asked for with a pile is refused.
     arrangement: str = "single"
     # Not drawn: the reference photo's framing (``product_framing``) measured before the caller
     # cropped the reference to the product; 0 measures it on the reference as given.
@@ -236,6 +243,7 @@ class _Plan:
         if plan.arrangement == "pile":
             _check_pile_asked(parameters, values)
         if plan.scene != PHOTO_SCENE and plan.arrangement != "single":
+            # Only a drawn procedural scene (the generator asks for piles before the scene is drawn).
             plan = _Plan(**{**plan.__dict__, "arrangement": "single"})
         if plan.shadow not in SHADOWS:
             raise CompositeError(f"unknown shadow {plan.shadow!r}; known: {', '.join(SHADOWS)}")
