@@ -102,6 +102,11 @@ class SkuCaptioned(Contract):
         return photos
 
 
+# A seed is what the Triton protocol carries for it, an int64, negative ones included: every backend
+# refuses any other (``shared/generation/backend.py``: ``seed_entropy``), so no event records one.
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
+
+
 class ImageGenerated(Contract):
     """One generated training image with the mask of where the product is (topic ``image.generated``)."""
 
@@ -117,7 +122,7 @@ class ImageGenerated(Contract):
     adapter_id: str | None = Field(default=None, description="LoRA adapter used, None for the base model")
     prompt: str = ""
     negative_prompt: str = ""
-    seed: int
+    seed: int = Field(ge=MIN_SEED, le=MAX_SEED, description="an int64, as the Triton protocol carries it")
     variant_index: int = Field(ge=0)
     parameters: dict[str, JsonValue] = Field(default_factory=dict, description="variant parameters used")
     colour_gain: Annotated[

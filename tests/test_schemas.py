@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from schemas.common import ImageRef, SkuMetadata, check_safe_id
 from schemas.envelope import Envelope, derive_id
-from schemas.events import SkuIngested
+from schemas.events import ImageGenerated, SkuIngested
 from schemas.jsonschema import JSON_DIR, render_schemas
 from schemas.topics import ALL_TOPICS, SKU_INGESTED, topic_by_name
 from shared.bus import make_envelope, read_envelope, read_header
@@ -81,6 +81,34 @@ def test_the_json_schema_bounds_a_colour_gain_as_the_model_does() -> None:
     for refused in ([0.0, 1.0, 1.0], [1.0, 16.0, 1.0], [1.0, 1.0]):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(refused, gain)
+
+
+def test_a_generated_images_seed_is_an_int64_in_the_model_and_the_json_schema() -> None:
+    # The Triton protocol carries an int64 and every backend refuses any other seed, but the contract
+    # took any integer: an event could record a seed (2^64) that no backend could replay.
+    image = {"uri": "file:///x.png", "sha256": "0" * 64, "bytes": 1, "width": 1, "height": 1}
+    fields = {
+        "item_id": "item-1",
+        "sku": {"sku_id": "SKU-1", "name": "One", "category": "soda can"},
+        "reference_photo_id": "p1",
+        "reference_image": image,
+        "reference_mask": image,
+        "image": image,
+        "expected_mask": image,
+        "backend": "composite",
+        "model_id": "synth",
+        "variant_index": 0,
+    }
+    schema = json.loads((JSON_DIR / "image.generated.v1.json").read_text())
+    seed_schema = schema["$defs"]["ImageGenerated"]["properties"]["seed"]
+    for seed in (-(2**63), -1, 0, 2**63 - 1):
+        assert ImageGenerated.model_validate({**fields, "seed": seed}).seed == seed
+        jsonschema.validate(seed, seed_schema)
+    for seed in (-(2**63) - 1, 2**63, 2**64):
+        with pytest.raises(ValidationError, match="seed"):
+            ImageGenerated.model_validate({**fields, "seed": seed})
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(seed, seed_schema)
 
 
 def test_every_committed_schema_says_which_draft_it_is_written_in() -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from schemas.events import MAX_SEED, MIN_SEED
 from shared.errors import BadInput
 
 if TYPE_CHECKING:
@@ -38,9 +39,9 @@ COLOUR_GAIN_KEY = "applied_colour_gain"
 # The largest output side a request may ask for (``GenerationRequest.size``): the generator's setting
 # stops there, and the Triton model refuses a request beyond it before any canvas is allocated.
 MAX_SIZE_PX = 2048
-# A seed is what the Triton protocol carries for it, an int64 (``services/generator/protocol.py``):
-# negative ones included. Every backend seeds from it through ``seed_entropy``, one rule for all.
-MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
+# A seed is what the Triton protocol carries for it, an int64 (``services/generator/protocol.py``,
+# ``schemas.events.MIN_SEED``/``MAX_SEED``): negative ones included. Every backend seeds from it through
+# ``seed_entropy``, one rule for all.
 
 
 def seed_entropy(seed: int) -> int:
