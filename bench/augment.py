@@ -608,6 +608,27 @@ def k_values(text: str) -> str:
     return ",".join(str(int(part)) for part in parts)
 
 
+def parameters_problem(text: str, *, pile: bool) -> str | None:
+    """Why ``--parameters`` would fail every composite (not JSON, not an object, a knob the backend
+    refuses, or, with a pile share, one a pile cannot honour); None if it would not. Checked before
+    the run, not found in the generation after the leakage checks and the backbone load."""
+    from shared.generation.composite import CompositeError, check_parameters
+
+    try:
+        parameters = json.loads(text)
+    except ValueError as exc:
+        return f"not JSON ({exc})"
+    if not isinstance(parameters, dict):
+        return "not a JSON object of composite knobs"
+    try:
+        check_parameters(parameters)
+        if pile:  # piles are asked for on top of these (--pile-share)
+            check_parameters({**parameters, "arrangement": "pile"})
+    except CompositeError as exc:
+        return f"{exc}{' (with --pile-share)' if pile else ''}"
+    return None
+
+
 def try_name(text: str) -> str:
     """``--tag``: a plain name, as it becomes part of file names (a "/" failed when the first results
     were written, after the generation and the first evaluation)."""
@@ -720,6 +741,8 @@ def main(argv: list[str] | None = None) -> int:
         "--tag", type=try_name, default="", help="name of this try, on val (letters, digits, ._-)"
     )
     args = parser.parse_args(argv)
+    if problem := parameters_problem(args.parameters, pile=args.pile_share > 0):
+        parser.error(f"--parameters {args.parameters}: {problem}")
     if args.with_spare_train and args.split != "val":
         parser.error("--with-spare-train adds train photos to the held-out set: only with --split val")
     if args.classes is not None and args.out is None:

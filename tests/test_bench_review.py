@@ -574,3 +574,35 @@ def test_in_process_piles_fall_where_the_generator_stage_puts_them(
         name: [is_pile(variant, 0.25, offsets[name]) for variant in range(8)] for name in names
     }
     assert len({tuple(piles) for piles in backend.piles.values()}) > 1  # not the same for every SKU
+
+
+@pytest.mark.parametrize(
+    ("parameters", "pile_share", "says"),
+    [
+        ("{not json", "0", "not JSON"),
+        ("[1, 2]", "0", "not a JSON object"),
+        ('{"occluders": 1}', "0.5", "with --pile-share"),
+    ],
+)
+def test_parameters_every_composite_would_refuse_are_refused_before_the_run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    parameters: str,
+    pile_share: str,
+    says: str,
+) -> None:
+    # --parameters was not checked: bad JSON was a traceback, and since piles refuse knobs they cannot
+    # honour, {"occluders": 1} with --pile-share failed partway through the generation.
+    from bench import augment
+
+    def started(*args: object) -> None:
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(augment, "read_grocery", started)
+    argv = ["--dataset", str(tmp_path), "--split", "val", "--mode", "in-process", "--workdir", str(tmp_path)]
+    with pytest.raises(SystemExit) as refused:
+        augment.main([*argv, "--parameters", parameters, "--pile-share", pile_share, "--tag", "t"])
+    assert refused.value.code == 2 and says in capsys.readouterr().err
+    with pytest.raises(AssertionError, match="the run started"):  # the same knob without piles is fine
+        augment.main([*argv, "--parameters", '{"occluders": 1}', "--tag", "t"])
