@@ -46,13 +46,17 @@ A request file this version cannot read (not JSON, a field missing or mistyped) 
 out of planning, so it never holds back the other series; fields it does not know (a newer trainer
 wrote them) are ignored, as on the bus. An unreadable ``general.json`` (the general adapter's
 schedule) leaves the general adapter out, logged as an error at each poll, until it is fixed or
-deleted (the schedule then starts again); the series train on.
+deleted (the schedule then starts again); the series train on. So is an adapter whose records of its
+publication cannot be read (its series' ``current/`` pointer, its ``published/`` marker, or on a
+roll-back after its job folder expired its registry ``metadata.json``): it is left out, an error at
+each poll names the file, the reason and what to do, and the other series train on.
 
 Metrics beside the runtime's: ``skuforge_lora_jobs_total`` (by outcome: published; interrupted, a
 job stopped mid-way to be resumed; failed, a job marked failed for good; retried, a poll that ended
 in a fault and is tried again at the next one), ``skuforge_lora_steps_total``,
 ``skuforge_lora_requests_total`` (by kind) and ``skuforge_lora_requests_unreadable`` (by kind: request
-files the last plan left out; general: 1 while ``general.json`` is unreadable).
+files the last plan left out; general: 1 while ``general.json`` is unreadable; published: adapters the
+last poll left out, a record of their publication unreadable).
 """
 
 from __future__ import annotations
@@ -135,11 +139,12 @@ class LoraTrainerMetrics:
         self.unreadable = Gauge(
             "skuforge_lora_requests_unreadable",
             "Request files the last plan left out because this version cannot read them, by kind "
-            "(general: 1 while general.json, the general adapter's schedule, is unreadable).",
+            "(general: 1 while general.json, the general adapter's schedule, is unreadable; published: "
+            "adapters the last poll left out because a record of their publication is unreadable).",
             ["kind"],
             registry=registry,
         )
-        for kind in ("captioned", "accepted", "general"):
+        for kind in ("captioned", "accepted", "general", "published"):
             self.unreadable.labels(kind)
 
 
@@ -304,6 +309,16 @@ def _checked_general_state(data: bytes) -> dict[str, Any]:
         if field in where and (isinstance(value, bool) or not isinstance(value, types) or value < 0):
             raise ValueError(f"{name} is {value!r}, not a number of at least 0")
     return state
+
+
+class UnreadableRecord(Exception):
+    """A record the trainer keeps of a published adapter (its series' ``current/`` pointer, its
+    ``published/`` marker, its registry metadata) that this version cannot read: ``key`` names it,
+    ``reason`` says why and ``fix`` what to do. Its job is left out until an operator acts."""
+
+    def __init__(self, key: str, exc: BaseException, fix: str) -> None:
+        self.key, self.reason, self.fix = key, _one_line(exc), fix
+        super().__init__(f"{key}: {self.reason}")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -548,6 +563,7 @@ class LoraTrainer:
         """Run every job that is due and not yet published; returns what was published."""
         published = []
         failure: Exception | None = None
+        unreadable = 0
         for job in self.plan():
             # One job's fault (a store hiccup while building its set) must not hold back the others:
             # they run, and the first fault is raised at the end (logged, retried at the next poll).
@@ -555,6 +571,15 @@ class LoraTrainer:
                 event = self.run_job(job)
             except TrainingInterrupted:
                 raise
+            except UnreadableRecord as exc:
+                # Raised at every poll for ever, it showed only as `retried` and the last error. Not
+                # rebuilt: which adapter the series serves, or its publication count, is the operator's.
+                unreadable += 1
+                log.error(
+                    f"adapter left out: a record of its publication cannot be read; {exc.fix}",
+                    extra={"adapter_id": job.adapter_id, "key": exc.key, "reason": exc.reason},
+                )
+                continue
             except Exception as exc:
                 log.warning(
                     "training job failed; the others go on",
@@ -565,6 +590,7 @@ class LoraTrainer:
                 continue
             if event is not None:
                 published.append(event)
+        self.metrics.unreadable.labels("published").set(unreadable)
         if failure is not None:
             raise failure
         return published
@@ -600,7 +626,15 @@ class LoraTrainer:
             )
             # One more publication than the marker records: a retry (the marker not yet rewritten)
             # counts the same, so it keeps the event id, and the roll-back is not taken for a duplicate.
-            last = AdapterPublished.model_validate_json(self.store.get_bytes(marker), extra=READ_EXTRA)
+            try:
+                last = AdapterPublished.model_validate_json(self.store.get_bytes(marker), extra=READ_EXTRA)
+            except ValidationError as exc:
+                raise UnreadableRecord(
+                    marker,
+                    exc,
+                    "fix it, or delete it: the adapter is then published again as a first publication "
+                    "(trained again if its jobs/ folder has expired)",
+                ) from None
             return self._publish(job, job_prefix, marker, publication=last.publication + 1)
         failed_key = f"{job_prefix}/failed.json"
         if self.store.exists(failed_key):
@@ -637,10 +671,26 @@ class LoraTrainer:
         return f"{PREFIX}/current/series-{slug(series)}-{sha256_hex(series.encode())[:16]}.json"
 
     def _current(self, job: Job) -> str | None:
+        """The adapter last published for ``job``'s series; None before the current pointers.
+        ``UnreadableRecord`` when the pointer is cut short, not JSON or names no adapter."""
+        key = self._current_key(job)
         try:
-            return str(json.loads(self.store.get_bytes(self._current_key(job)))["adapter_id"])
+            data = self.store.get_bytes(key)
         except ObjectMissing:
             return None
+        try:
+            pointer = json.loads(data)
+            if not (isinstance(pointer, dict) and isinstance(pointer.get("adapter_id"), str)):
+                raise ValueError('not {"adapter_id": "<the adapter last published for the series>"}')
+        except ValueError as exc:
+            raise UnreadableRecord(
+                key,
+                exc,
+                f'fix it ({{"adapter_id": "<the newest of the series in `skuforge adapters list`>"}}), or '
+                f"delete it: {job.adapter_id}, the adapter of the series' training set now, is then taken "
+                "as current, and not published again",
+            ) from None
+        return str(pointer["adapter_id"])
 
     def _publish(self, job: Job, job_prefix: str, marker: str, *, publication: int = 1) -> AdapterPublished:
         """Register the trained job's weights (unless the generator already picks them: registered
@@ -707,7 +757,15 @@ class LoraTrainer:
         folder_expired = not (self.store.exists(result_key) and self.store.exists(weights_key))
         if not (folder_expired and self.store.exists(marker)):
             return json.loads(self.store.get_bytes(result_key)), self.store.get_bytes(weights_key)
-        metadata = self.registry.get(job.adapter_id)
+        try:
+            metadata = self.registry.get(job.adapter_id)
+        except ValidationError as exc:
+            raise UnreadableRecord(
+                self.registry.store.uri_for(f"{job.adapter_id}/{METADATA_FILE}"),
+                exc,
+                f"delete its published marker ({marker}) to train it again (it is then registered "
+                f"again), or take it out with `skuforge adapters remove {job.adapter_id}`",
+            ) from None
         weights = self.registry.store.read_checked(
             f"{job.adapter_id}/{metadata.weight_name}", metadata.weights_sha256
         )
