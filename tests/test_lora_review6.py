@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from services.lora_trainer.stage import PREFIX, LoraTrainer
+from services.lora_trainer import stage as lora_stage
+from services.lora_trainer.stage import JOB_MAX_ATTEMPTS, PREFIX, LoraTrainer
 from shared.generation.adapters import METADATA_FILE, AdapterRegistry, resolve_adapter
 from shared.store import FileStore
 from tests.test_generator_stage import captioned_sku
@@ -90,3 +91,32 @@ def test_a_damaged_record_of_a_published_adapter_is_reported_and_the_other_serie
     rolled_back.run_pending()
     assert rolled_back.metrics.unreadable.labels("published")._value.get() == 0
     assert served(store) == first.adapter_id
+
+
+@pytest.mark.parametrize("damaged", [b'{"attempts": 1, "last_re', b"[]", b'{"attempts": null}'])
+def test_a_damaged_attempts_file_starts_the_count_again_and_the_job_is_failed_after_its_attempts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, damaged: bytes
+) -> None:
+    """``attempts.json`` cut short or mistyped raised out of the attempt count itself: the job was
+    retried at every poll for ever and never marked failed."""
+
+    def failing_train(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    monkeypatch.setattr(lora_stage, "train_lora", failing_train)
+    store = FileStore(tmp_path / "store")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    trainer = trainer_on(store, model_folder(tmp_path, "m"), lora_class_images=0)
+    [job] = trainer.plan()
+    attempts_key = f"{PREFIX}/jobs/{job.sha256}/attempts.json"
+    store.put_bytes(attempts_key, damaged)
+
+    with caplog.at_level(logging.WARNING, logger="skuforge.lora-trainer"):
+        for _ in range(JOB_MAX_ATTEMPTS):
+            trainer.poll()
+
+    failed = json.loads(store.get_bytes(f"{PREFIX}/jobs/{job.sha256}/failed.json"))
+    assert f"{JOB_MAX_ATTEMPTS} attempts failed" in failed["reason"]
+    assert trainer.metrics.jobs.labels("failed")._value.get() == 1
+    [warning] = [r for r in caplog.records if getattr(r, "key", None) == attempts_key]
+    assert "starts again" in warning.getMessage()

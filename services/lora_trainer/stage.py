@@ -30,13 +30,13 @@ non-inpainting base model swapped in under a running trainer, an empty set, ever
 is marked failed with its reason (``lora-trainer/jobs/<hash>/failed.json``) and not retried until
 its inputs change; the other jobs go on. A job whose training raises anything else (a bug, NaN paint) is tried
 again at the next polls, ``JOB_MAX_ATTEMPTS`` times in all (counted in
-``lora-trainer/jobs/<hash>/attempts.json``, so a restart does not reset them), then marked failed
-with the last reason; a store away (``TransientError``), a setting met mid-job (``ConfigError``), a
-file that cannot be read (``OSError``: the model folder being copied again) or the GPU out of memory
-(a Triton on the same GPU at its peak) is retried without counting, and
-``SKUFORGE_LORA_DEVICE=cuda`` without CUDA is refused at start-up, as is an install without the
-diffusion extra (``pip install 'skuforge[diffusion]'``: torch, diffusers, peft, transformers).
-One trainer per GPU.
+``lora-trainer/jobs/<hash>/attempts.json``, so a restart does not reset them; one that cannot be read
+starts the count again, with a warning naming it), then marked failed with the last reason; a store
+away (``TransientError``), a setting met mid-job (``ConfigError``), a file that cannot be read
+(``OSError``: the model folder being copied again) or the GPU out of memory (a Triton on the same GPU
+at its peak) is retried without counting, and ``SKUFORGE_LORA_DEVICE=cuda`` without CUDA is refused
+at start-up, as is an install without the diffusion extra (``pip install 'skuforge[diffusion]'``:
+torch, diffusers, peft, transformers). One trainer per GPU.
 
 Bad input goes to the DLQ with its reason: a captioned SKU with no usable photo and mask
 (``no_usable_photos``), a photo or mask missing from the store or not matching its sha256
@@ -801,9 +801,7 @@ class LoraTrainer:
         if not isinstance(error, (TrainingError, BadInput, ValueError)):
             reason = _one_line(error)  # its type says more than its message alone
             attempts_key = f"{job_prefix}/attempts.json"
-            attempts = 1
-            if self.store.exists(attempts_key):
-                attempts += int(json.loads(self.store.get_bytes(attempts_key)).get("attempts", 0))
+            attempts = 1 + self._attempts_before(job, attempts_key)
             self.store.put_json(attempts_key, {"attempts": attempts, "last_reason": reason})
             if attempts < JOB_MAX_ATTEMPTS:
                 log.warning(
@@ -815,6 +813,25 @@ class LoraTrainer:
         self.store.put_json(f"{job_prefix}/failed.json", {"adapter_id": job.adapter_id, "reason": reason})
         self.metrics.jobs.labels("failed").inc()
         log.error("training job cannot run", extra={"adapter_id": job.adapter_id, "reason": reason})
+
+    def _attempts_before(self, job: Job, attempts_key: str) -> int:
+        """The failed attempts ``attempts.json`` counts; 0 when it is missing, and when it cannot be read
+        (a warning names it): raised here, the count itself failed, and the job was retried for ever."""
+        if not self.store.exists(attempts_key):
+            return 0
+        try:
+            record = json.loads(self.store.get_bytes(attempts_key))
+            attempts = record.get("attempts", 0) if isinstance(record, dict) else None
+            if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+                raise ValueError(f"not {{'attempts': <a number of at least 0>}} but {record!r:.80}")
+        except ValueError as exc:
+            log.warning(
+                "attempts file cannot be read: the count starts again from this attempt, and the job is "
+                f"marked failed after {JOB_MAX_ATTEMPTS} in all; nothing to do unless it keeps happening",
+                extra={"adapter_id": job.adapter_id, "key": attempts_key, "reason": _one_line(exc)},
+            )
+            return 0
+        return attempts
 
     def _train(self, job: Job, job_prefix: str, result_key: str) -> None:
         set_prefix = f"{PREFIX}/sets/{job.sha256}"
