@@ -105,7 +105,10 @@ def test_a_roll_back_to_an_adapter_an_operator_removed_leaves_it_removed(
 
     with caplog.at_level(logging.WARNING, logger="skuforge.lora-trainer"):
         assert trainer(4).run_pending() == []  # rolled back to the removed adapter's set
-    assert [record.adapter_id for record in caplog.records] == [first.adapter_id]  # type: ignore[attr-defined]
+    # Warnings only: an earlier test's configure_logging may leave the skuforge logger at INFO, and the
+    # two runs above log "adapter published" with an adapter_id too.
+    warned = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert [record.adapter_id for record in warned] == [first.adapter_id]  # type: ignore[attr-defined]
     assert served() == second.adapter_id and len(stub_training) == 2
     assert [adapter.adapter_id for adapter in registry.list()] == [second.adapter_id]
     assert trainer(4).run_pending() == []  # and it stays so at the next polls
