@@ -469,6 +469,37 @@ def test_a_plural_category_takes_no_article(category: str, prior_prompt: str, ca
     assert compose_caption(sku, ["red"], "other", "").startswith(f"{caption}, Fizzo Cola")
 
 
+@pytest.mark.parametrize(
+    ("category", "prior_prompt"),
+    [
+        ("unicorn-shaped cake", "a photo of a unicorn-shaped cake"),
+        ("one-litre bottle", "a photo of a one-litre bottle"),
+        ("European cheese", "a photo of a european cheese"),
+        ("eucalyptus honey", "a photo of a eucalyptus honey"),
+        ("UHT milk", "a photo of a uht milk"),
+        ("SD card", "a photo of an sd card"),
+        ("8-pack", "a photo of an 8-pack"),
+        # The letter rule still holds where it is right.
+        ("unsweetened yoghurt", "a photo of an unsweetened yoghurt"),
+        ("honey", "a photo of a honey"),
+        ("oat milk", "a photo of an oat milk"),
+    ],
+)
+def test_the_article_goes_by_the_first_sound_not_the_first_letter(category: str, prior_prompt: str) -> None:
+    # It read "a photo of an unicorn-shaped cake", "an one-litre bottle", "an uht milk", "a sd card".
+    sku = SkuMetadata(sku_id="SKU-1", name="x", category=category)
+    assert sku_prompts(sku).class_prompt == prior_prompt
+    assert compose_caption(sku, [], "other", "").startswith(prior_prompt)
+
+
+def test_a_vlm_sentence_keeps_its_right_articles() -> None:
+    # The articles a merge rewrites followed the first letter: "an unicorn-shaped cake beside a hourglass".
+    merged = merge_sentence(
+        "c", "a unicorn-shaped cake beside an hourglass and a one-litre box", ["white"], "box"
+    )
+    assert merged == "c, a unicorn-shaped cake beside an hourglass and a one-litre box"
+
+
 def test_caption_and_tags_say_what_was_measured() -> None:
     sku = SkuMetadata(
         sku_id="SYN-7-0001", name="Fizzo Zero Cherry", category="soda can", brand="Fizzo", series="Fizzo Zero"

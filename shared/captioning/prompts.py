@@ -167,9 +167,47 @@ def class_noun(category: str, *, fallback: str = "product") -> str:
     return " ".join(words)
 
 
+# The article goes by the first sound, not the first letter: a vowel letter read as "you" or "w"
+# ("a unicorn-shaped cake", "a one-litre bottle", "a European cheese") and a silent h ("an hour").
+# Prefixes, not a dictionary: "uni" but not "unin"/"unim"/"unid" (an uninspired, unidentified ...).
+_A_BEFORE: Final = ("eu", "ewe", "uni", "use", "usu", "ute", "uti", "uk", "one", "once")
+_NOT_A_BEFORE: Final = ("unin", "unim", "unid")
+_AN_BEFORE: Final = ("hour", "honest", "honour", "honor", "heir")
+# Letters whose spoken name starts with a vowel sound: an initialism goes by them ("an SD card").
+_VOWEL_SOUNDING_LETTERS: Final = "aefhilmnorsx"
+
+
+def _is_initialism(word: str) -> bool:
+    """Whether a word is spelled letter by letter: written in capitals ("MRI"), or, as a class noun
+    arrives lowercased, with no vowel (or y) after its first letter ("uht", "bbq", "sd")."""
+    letters = "".join(char for char in word if char.isalpha())
+    if len(letters) < 2:
+        return False
+    return letters.isupper() or not any(char in "aeiouy" for char in letters[1:].lower())
+
+
+def _reads_as_an(digits: str) -> bool:
+    """Whether a number is said with a vowel first: 8, 80-89, 800..., 11, 18, 11 000, 18 000."""
+    return digits.startswith("8") or (len(digits) % 3 == 2 and digits[:2] in ("11", "18"))
+
+
 def article(phrase: str) -> str:
-    """'a' or 'an' for ``phrase`` (by its first letter; good enough for nouns and colour words)."""
-    return "an" if phrase[:1].lower() in "aeiou" else "a"
+    """'a' or 'an' for ``phrase``, by how its first word is said: "an apple", "a unicorn-shaped cake",
+    "a one-litre bottle", "an hour", "a UHT milk", "an SD card", "an 8-pack" (the cases that occur in
+    categories, colours and a VLM's sentences; no pronouncing dictionary)."""
+    first = phrase.split()[0] if phrase.split() else ""
+    digits = re.match(r"\d+", first)
+    if digits:
+        return "an" if _reads_as_an(digits.group()) else "a"
+    word = re.split(r"[^A-Za-z]", first)[0]  # "one-litre" is said "one" first
+    lower = word.lower()
+    if _is_initialism(word) and lower != "urn":  # the one vowel-less word a shop sells
+        return "an" if lower[:1] in _VOWEL_SOUNDING_LETTERS else "a"
+    if lower.startswith(_AN_BEFORE):
+        return "an"
+    if lower.startswith(_A_BEFORE) and not lower.startswith(_NOT_A_BEFORE):
+        return "a"
+    return "an" if lower[:1] in ("a", "e", "i", "o", "u") else "a"
 
 
 def _names_several(phrase: str) -> bool:
