@@ -514,3 +514,37 @@ def test_the_cli_takes_withdraw_missing(
     assert cli_main(["ingest", "--withdraw-missing", str(folder)]) == 0
     err = capsys.readouterr().err
     assert "withdrew 1 photo(s)" in err and "warning" not in err
+
+
+def test_a_folder_whose_sku_id_changed_warns_that_the_old_sku_stays(
+    tmp_path: Path, publisher: type[_Publisher]
+) -> None:
+    # The folder's photos went out under the new id, and the old id's photos, generated images and
+    # manifests stayed, a second class of the same product in every export, without a word.
+    folder = tmp_path / "skus" / "oat-drink"
+    folder.mkdir(parents=True)
+    shutil.copy(SAMPLE_SKUS / "GROCERY-AUBERGINE-001" / "Aubergine_Iconic.jpg", folder / "a.jpg")
+    metadata = {"sku_id": "A-1", "name": "Oat drink", "category": "carton"}
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    store = FileStore(tmp_path / "store")
+    settings = isolated_settings("localhost:1", store.base_uri)
+    warned: list[str] = []
+    ingest_path(folder.parent, settings, store=store, warn=warned.append)
+    assert warned == []
+
+    (folder / "metadata.json").write_text(json.dumps({**metadata, "sku_id": "A-2"}))
+    ingest_path(folder.parent, settings, store=store, warn=warned.append)
+    assert len(warned) == 1, warned
+    assert "SKU A-2: 1 of its 1 photo(s) already stored under SKU A-1" in warned[0]
+    assert "stay in the retraining store" in warned[0]
+    assert store.exists(f"incoming/A-1/{publisher.published[0][1].photos[0].photo_id}.png"), "nothing removed"
+
+    # Said once, when the new id first goes out; and never when both ids are in the batch.
+    ingest_path(folder.parent, settings, store=store, warn=warned.append)
+    twin = tmp_path / "skus" / "oat-drink-copy"
+    shutil.copytree(folder, twin)
+    (twin / "metadata.json").write_text(json.dumps({**metadata, "sku_id": "A-3"}))
+    shutil.copytree(folder, tmp_path / "skus" / "oat-drink-old")
+    (tmp_path / "skus" / "oat-drink-old" / "metadata.json").write_text(json.dumps(metadata))
+    ingest_path(folder.parent, settings, store=store, warn=warned.append)
+    assert len(warned) == 1, warned[1:]

@@ -43,6 +43,11 @@ trainstore stage keeps later images of them out), and then deleted from ``incomi
 is idempotent, and the photos leave ``incoming/`` last, so running the command again finishes a
 withdrawal that stopped half-way. A withdrawn photo put back in the folder is reinstated: its marker
 is removed and the SKU gets a new event id, so the stages take the photo again.
+
+A SKU is its ``sku_id``, not its folder: renaming a folder changes nothing, but a metadata.json whose
+sku_id changed makes a new SKU, and the old one's photos, generated images and manifests stay, a class
+of their own in every export (ingest never removes a SKU). The first ingest of an id whose photos are
+already stored under another SKU that the run does not ingest is warned of, naming that SKU.
 """
 
 from __future__ import annotations
@@ -606,6 +611,38 @@ def stale_photo_keys(sku: PreparedSku, store: ObjectStore) -> list[str]:
     return [key for key in store.list_keys(f"incoming/{sku.metadata.sku_id}/") if key not in current]
 
 
+def stored_photo_owners(store: ObjectStore) -> dict[str, set[str]]:
+    """Each photo id an ingest stored under ``incoming/``, with the SKU ids it is stored under."""
+    owners: dict[str, set[str]] = {}
+    for key in store.list_keys("incoming/"):
+        parts = key.split("/")
+        if len(parts) == 3 and _PHOTO_OBJECT.fullmatch(parts[2]):
+            sku_id, name = parts[1], parts[2]
+            owners.setdefault(name.removesuffix(".png"), set()).add(sku_id)
+    return owners
+
+
+def _warn_of_another_sku(
+    sku: PreparedSku, owners: dict[str, set[str]], batch: set[str], warn: Callable[[str], None]
+) -> None:
+    """Warn when a SKU id's first ingest brings photos already stored under another SKU this run does
+    not ingest: the usual cause is a folder whose metadata.json changed its sku_id, and ingest never
+    removes or renames a SKU, so the old id stays a class of its own in every export."""
+    others = sorted(
+        {owner for photo in sku.photos for owner in owners.get(photo.photo_id, ()) if owner not in batch}
+    )
+    if others:
+        sku_id = sku.metadata.sku_id
+        shared = sum(bool(owners.get(photo.photo_id, set()) - batch) for photo in sku.photos)
+        warn(
+            f"SKU {sku_id}: {shared} of its {len(sku.photos)} photo(s) already stored under SKU "
+            f"{', '.join(others)} (incoming/{others[0]}/); if {sku.folder} was that SKU under another "
+            f"sku_id, the old id's photos and the images generated from them stay in the retraining "
+            f"store, a class of their own in every export (ingest never removes a SKU; keep one sku_id "
+            f"per product: put the old one back in metadata.json)"
+        )
+
+
 def upload_sku(sku: PreparedSku, store: ObjectStore) -> SkuIngested:
     """Store the photos (keys derived from content, so re-uploads overwrite) and build the event."""
     photos = []
@@ -650,10 +687,11 @@ def ingest_path(
     are tens of gigabytes. Should a publish fail later (a topic missing), the photos already stored
     stay under their content keys and the next run writes the same keys. A store failure before
     anything is published is ``StoreUnavailable``; ``warn`` is told of photos lying in ``path`` beside
-    its SKU folders (no SKU reads them), and of each SKU whose store folder holds photos its folder no
-    longer has (they stay). With ``withdraw_missing`` those photos are
-    withdrawn instead (module docstring), in the retraining store ``trainstore`` names (default: the
-    ``SKUFORGE_TRAINSTORE_*`` settings); ``tell`` is told of each SKU's withdrawals and reinstatements.
+    its SKU folders (no SKU reads them), of each SKU whose store folder holds photos its folder no
+    longer has (they stay), and of a new SKU id whose photos another SKU holds (a changed sku_id).
+    With ``withdraw_missing`` the photos a folder no longer has are withdrawn instead (module
+    docstring), in the retraining store ``trainstore`` names (default: the ``SKUFORGE_TRAINSTORE_*``
+    settings); ``tell`` is told of each SKU's withdrawals and reinstatements.
     """
     with tempfile.TemporaryDirectory(prefix="skuforge-ingest-") as spool_dir:
         # Their photos' bytes are on disk: png is empty in these.
@@ -675,10 +713,16 @@ def ingest_path(
             )
         event_ids: list[str] = []
         failing = "store"  # which system the step under way talks to, for the error's hint
+        owners: dict[str, set[str]] | None = None  # read once, and only when a SKU id is new
         try:
             for sku in spooled:
                 failing = "store"
                 unspooled = _unspool(sku, Path(spool_dir))
+                if not any(store.list_keys(f"incoming/{sku.metadata.sku_id}/")):
+                    owners = stored_photo_owners(store) if owners is None else owners
+                    _warn_of_another_sku(
+                        unspooled, owners, {other.metadata.sku_id for other in spooled}, warn
+                    )
                 stale = withdrawable_photo_ids(stale_photo_keys(unspooled, store))
                 if not withdraw_missing:
                     _warn_of_stale_photos(unspooled, stale, warn)
