@@ -238,3 +238,21 @@ def test_a_pile_records_only_the_placement_it_used_and_replays_from_it() -> None
     placement = {**PILE_CANNOT, "occluders": 1, "shadow": "drop", "rotation_deg": 30.0}
     [single] = backend.generate(_request(scene="photo", **placement))
     assert {key: single.parameters[key] for key in placement} == placement
+
+
+def test_a_variant_without_a_shadow_records_no_shadow_strength_and_its_old_record_still_replays() -> None:
+    # shadow "none" with shadow_strength 0.9 drew the image of 0.1 and recorded 0.9 (a drawn variant
+    # without a shadow recorded its drawn strength too): the lineage named a shadow no pixel had.
+    backend = CompositeBackend()
+    strong, weak = (backend.generate(_request(shadow="none", shadow_strength=s))[0] for s in (0.9, 0.1))
+    assert np.array_equal(strong.image, weak.image)
+    assert strong.parameters["shadow_strength"] == weak.parameters["shadow_strength"] == 0.0
+    # A record made before (shadow "none", a drawn strength) is not refused: it replays the same image.
+    old_record = {**strong.parameters, "shadow_strength": 0.4}
+    [replayed] = backend.generate(replace(_request(), seed=99, parameters=old_record))
+    assert np.array_equal(replayed.image, strong.image)
+    assert replayed.parameters == strong.parameters
+    # A variant with a shadow still records (and draws) the strength asked for.
+    [drop] = backend.generate(_request(shadow="drop", shadow_strength=0.9))
+    assert drop.parameters["shadow_strength"] == 0.9
+    assert not np.array_equal(drop.image, strong.image)

@@ -167,7 +167,7 @@ class _Plan:
         scene = SCENES[int(rng.choice(len(SCENES), p=_SCENE_WEIGHTS / _SCENE_WEIGHTS.sum()))]
         grounded = scene in GROUNDED
         shadow_roll = float(rng.random())
-        return cls(
+        plan = cls(
             scene=scene,
             height_fraction=float(rng.uniform(0.35, 0.7)),
             rotation_deg=float(np.clip(rng.normal(0.0, 4.0), -12.0, 12.0)),
@@ -189,7 +189,8 @@ class _Plan:
             scene_blur=float(rng.uniform(0.015, 0.03)),
             scene_match=float(rng.uniform(0.2, 0.6)),
             framing=float(rng.uniform(0.8, 1.1)),
-        )._photo_if_drawn()
+        )
+        return plan._photo_if_drawn()._without_unused_strength()
 
     def _photo_if_drawn(self) -> _Plan:
         """A plan whose scene_key was drawn becomes a photo plan: few occluders, its own blur."""
@@ -201,6 +202,12 @@ class _Plan:
         values["blur_px"] = 0.0 if self.blur_px == 0.0 else min(self.blur_px, 0.8)
         values["shadow"] = "drop" if self.shadow != "none" else "none"
         return _Plan(**values)
+
+    def _without_unused_strength(self) -> _Plan:
+        """No shadow, so no strength: the drawn (or asked) one was recorded, though no pixel had it.
+        Not refused when asked: every shadow-less variant recorded before carries a drawn strength
+        beside shadow "none", and its replay is served (the same image; the record now says 0)."""
+        return replace(self, shadow_strength=0.0) if self.shadow == "none" else self
 
     def override(self, parameters: dict[str, Any], scenes: SceneLibrary | None = None) -> _Plan:
         """This plan with the keys of ``parameters`` replaced; unknown keys and bad values are errors.
@@ -305,7 +312,7 @@ class _Plan:
             # itself (each its own size and turn, no keystone, spread over the frame, sized by framing):
             # the drawn values, reported as they were, put in the lineage record what no image had.
             plan = replace(plan, **_PILE_PLACEMENT)
-        return plan
+        return plan._without_unused_strength()
 
     def as_json(self) -> dict[str, Any]:
         """The plan as JSON-able parameters (full precision: sent back, they replay the image)."""
