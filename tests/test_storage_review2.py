@@ -15,7 +15,7 @@ from PIL import Image
 from services.ingest.ingest import IngestError, prepare_all
 from services.trainstore.evaluation import EvaluateRefused, heldout_photos
 from shared.config import ConfigError, load_settings
-from shared.errors import TransientError
+from shared.errors import ObjectMissing, TransientError
 from shared.store import FileStore, S3Store
 from shared.trainstore.manifest import ManifestStore, ManifestUnreadable
 from skuforge_cli.main import main as cli_main
@@ -167,3 +167,33 @@ def test_one_unreadable_sku_is_named_and_the_others_are_still_done(
                 for key in manifests.store.list_keys(manifests.key(f"manifests/{sku_id}/"))
             ]
             assert not [name for name in names if name.startswith("part-d-")]
+
+
+@pytest.mark.parametrize("action", ["stats", "compact"])
+def test_a_sku_whose_parts_keep_changing_is_named_and_the_others_are_still_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], action: str
+) -> None:
+    """A SKU whose parts kept vanishing while read (compactions racing the command) stopped `stats` and
+    `compact` at it, blaming the store's settings, as an unreadable SKU did before; it is named like
+    one now."""
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    for sku_id in ("SKU-A", "SKU-B", "SKU-C"):
+        add_item(manifests, sku_id, "real-0", "real", "reference")
+        add_item(manifests, sku_id, "real-1", "real", "reference")
+    get_bytes = FileStore.get_bytes
+
+    def vanishing(store: FileStore, key: str) -> bytes:
+        if "/manifests/SKU-B/" in f"/{key}":
+            raise ObjectMissing(f"{key} vanished")  # as a compaction deleting each part after listing
+        return get_bytes(store, key)
+
+    monkeypatch.setattr(FileStore, "get_bytes", vanishing)
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    assert cli_main(["dataset", action]) == 1
+    out, err = capsys.readouterr()
+    assert "SKU 'SKU-B': the manifest parts of SKU-B kept changing while being read (run the" in err
+    assert "1 of 3 SKUs could not be read" in err and "Traceback" not in err
+    if action == "stats":
+        assert [line.split()[0] for line in out.splitlines()[1:]] == ["SKU-A", "SKU-C", "2"]
+    else:
+        assert json.loads(out) == {"compacted": ["SKU-A", "SKU-C"], "unreadable": ["SKU-B"]}

@@ -171,12 +171,16 @@ def readable_rows(
     manifests: ManifestStore, sku_ids: list[str], unreadable: dict[str, str]
 ) -> Iterator[ManifestRow]:
     """The current rows of each SKU that reads; a SKU that does not (a part that is not a manifest
-    row) goes into ``unreadable`` with the reason, and the others are still read."""
+    row, or parts that kept changing while read) goes into ``unreadable`` with the reason, and the
+    others are still read."""
     for sku_id in sku_ids:
         try:
             rows = manifests.read_sku(sku_id)
         except BadInput as exc:
             unreadable[sku_id] = str(exc)
+            continue
+        except TransientError as exc:  # its parts kept vanishing (compactions racing this read)
+            unreadable[sku_id] = f"{exc} (run the command again)"
             continue
         yield from rows.values()
 
@@ -364,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                 compacted.append(sku_id)
         except BadInput as exc:
             unreadable[sku_id] = str(exc)
+        except TransientError as exc:  # as in readable_rows: the others are still compacted
+            unreadable[sku_id] = f"{exc} (run the command again)"
     print(json.dumps({"compacted": compacted, "unreadable": sorted(unreadable)}))
     if unreadable:
         report_unreadable("compact", unreadable, len(sku_ids), "were not compacted")
