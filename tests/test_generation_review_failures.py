@@ -215,6 +215,35 @@ def test_one_photo_that_cannot_be_read_for_good_leaves_the_other_photos_variants
     assert isinstance(outputs, BadInput) and outputs.reason == "checksum_mismatch"
 
 
+def test_a_letter_for_every_variant_refused_names_the_photo_that_could_not_be_read(tmp_path: Path) -> None:
+    # p1 cannot be read for good and the model refuses every variant of p0: the letter said only
+    # generation_refused, and whoever fixed p0's mask and replayed it lost p1's variants unawares.
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
+    generation = load_settings(
+        GenerationSettings,
+        generation_variants_per_sku=4,
+        generation_size_px=64,
+        generation_min_plain_background=0.0,
+    )
+    captioned = with_mask(store, captioned_sku(store, 3), "p0", np.zeros((192, 192), np.uint8))
+    captioned = with_image(captioned, "p1", sha256="0" * 64)
+    event = make_envelope(
+        SKU_CAPTIONED,
+        captioned,
+        event_id=derive_id("test", "refused-and-unreadable"),
+        sku_id=captioned.sku.sku_id,
+        trace_id="t",
+        producer="test",
+    )
+    generator = RefusingGenerator(CompositeBackend(None))
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    assert isinstance(outputs, BadInput) and outputs.reason == "generation_refused"
+    assert "composite refused variant seed" in outputs.detail  # the refusal itself comes first
+    assert "photo 'p1' could not be read (checksum_mismatch: " in outputs.detail
+
+
 def test_a_photo_missing_from_the_store_still_dead_letters_the_whole_sku(tmp_path: Path) -> None:
     # Left out, its variants would be lost once the photo is put back; the letter's replay makes them.
     store = FileStore(tmp_path / "store")

@@ -30,7 +30,8 @@ reason) and counted (``skuforge_triton_errors_total{kind="refused"}``). So are t
 photo that cannot be read for good (``dimension_mismatch``, ``not_an_image``, ``checksum_mismatch``...)
 while another photo of the SKU can: logged ("photo unreadable, its variants left out") and counted
 (``skuforge_generator_photos_left_out_total{reason}``); a photo ``object_missing`` (which a replay
-may cure) or none readable still sends the SKU to the DLQ. Triton down, loading,
+may cure) or none readable still sends the SKU to the DLQ, and a letter for the variants of the
+readable photos (all refused) names the unreadable ones in its detail too. Triton down, loading,
 overloaded or slow is transient: the partition is paused and retried, nothing is committed.
 
 The model: served by ``skuforge serve generator`` (``services/generator/server.py``); this
@@ -336,7 +337,7 @@ def handle_batch(
         # every variant; so does a SKU none of whose variants was drawn.
         curable = next((left for _, left in refusals if not is_permanent(left.reason)), None)
         if curable is not None or len(refusals) == len(results):
-            outputs.append(curable or refusals[0][1])
+            outputs.append(_naming_photos_left_out(curable or refusals[0][1], unreadable[position]))
             continue
         for photo_id, left in unreadable[position].items():
             ctx.log.warning(
@@ -363,6 +364,18 @@ def handle_batch(
             ]
         )
     return outputs
+
+
+def _naming_photos_left_out(letter: BadInput, unreadable: dict[str, BadInput]) -> BadInput:
+    """``letter`` with the photos that could not be read named after its own detail: it said only why
+    the variants drawn were refused, and a replay once that was fixed left those photos out unawares."""
+    if not unreadable:
+        return letter
+    named = "; ".join(
+        f"photo {photo_id!r} could not be read ({left.reason}: {left.detail[:300]})"
+        for photo_id, left in unreadable.items()
+    )
+    return BadInput(letter.reason, f"{letter.detail}; also left out: {named}")
 
 
 def _store_variant(
