@@ -391,7 +391,10 @@ STACK_SETTINGS = {
 # says), and the committed matting model for the captioner's cut-out masks and the gate's (the
 # results' "matting_model": null).
 STACK_FIXED = {"SKUFORGE_GENERATION_BACKEND": "composite", "SKUFORGE_GENERATION_BACKEND_MIX": "{}"}
-STACK_UNSET = ("SKUFORGE_MATTING_MODEL", "SKUFORGE_CAPTIONER_MATTING_MODEL")
+# Every other SKUFORGE_* of the shell is taken away from a stack run, so the committed defaults run: the
+# stack inherited them all, and gate thresholds, the matting clean-up or the captioner's options there
+# decided what was accepted and exported, unrecorded. Kept: these, which say how fast it runs, not what.
+STACK_KEPT = ("SKUFORGE_KAFKA_HEAP_MB", "SKUFORGE_MATTING_THREADS")
 # Generation options of in-process tries only: the stack has no setting for them.
 IN_PROCESS_ONLY = ("own_scene_share", "own_scene_blur", "min_cutout_solidity", "matting_model")
 
@@ -403,6 +406,24 @@ def generation_options(args: argparse.Namespace) -> dict[str, Any]:
     options["parameters"] = json.loads(args.parameters)
     options["matting_model"] = None if args.matting_model is None else str(args.matting_model)
     return options
+
+
+def stack_environment(args: argparse.Namespace, scenes_dir: Path) -> dict[str, str]:
+    """The SKUFORGE_* settings a stack run gets, all of them (recorded in its stack-run.json): the
+    scene library, its store under --workdir, the generation options, ``STACK_FIXED`` and the shell's
+    ``STACK_KEPT``; the committed default of everything else."""
+    settings = {name: value for name, value in os.environ.items() if name in STACK_KEPT}
+    settings["SKUFORGE_STORE_URI"] = f"file://{(args.workdir / 'stack' / 'store').resolve()}"
+    settings["SKUFORGE_SCENES_URI"] = str(scenes_dir.resolve())
+    settings |= {setting: str(getattr(args, name)) for name, setting in STACK_SETTINGS.items()}
+    return settings | STACK_FIXED
+
+
+def use_stack_environment(settings: dict[str, str]) -> None:
+    """Make ``settings`` this process's only SKUFORGE_* (the stack started from it inherits them)."""
+    for name in [name for name in os.environ if name.startswith("SKUFORGE_")]:
+        del os.environ[name]
+    os.environ.update(settings)
 
 
 def generated_dir(args: argparse.Namespace, k: int) -> Path:
@@ -489,15 +510,10 @@ def refuse_a_used_stack(stack_dir: Path) -> None:
 
 
 def run_stack(skus_dir: Path, sku_ids: list[str], scenes_dir: Path, args: argparse.Namespace) -> float:
-    """Ingest every SKU into a stack started with the scene library; returns images/min through it."""
-    import os
-
-    os.environ["SKUFORGE_SCENES_URI"] = str(scenes_dir.resolve())
-    for name, setting in STACK_SETTINGS.items():
-        os.environ[setting] = str(getattr(args, name))
-    os.environ.update(STACK_FIXED)
-    for setting in STACK_UNSET:
-        os.environ.pop(setting, None)
+    """Ingest every SKU into a stack started with the scene library and ``stack_environment`` alone;
+    returns images/min through it."""
+    environment = stack_environment(args, scenes_dir)
+    use_stack_environment(environment)
     from devstack.demo.demo import stack, wait_until_decided
     from schemas.topics import IMAGE_GENERATED
     from services.ingest.ingest import ingest_path
@@ -526,6 +542,7 @@ def run_stack(skus_dir: Path, sku_ids: list[str], scenes_dir: Path, args: argpar
         "images_per_min": throughput,
         "options": {**generation_options(args), "k": [int(k) for k in args.k.split(",")]},
         "dataset": args.dataset_identity,
+        "environment": environment,
     }
     (args.workdir / STACK_RUN).write_text(json.dumps(run) + "\n")
     return throughput
@@ -843,8 +860,8 @@ def main(argv: list[str] | None = None) -> int:
 
     throughput = None
     if args.mode == "stack":
-        # The stack's store, which the stack writes and this process reads back for the export.
-        os.environ["SKUFORGE_STORE_URI"] = f"file://{(args.workdir / 'stack' / 'store').resolve()}"
+        # The stack's settings (its store among them), which this process reads the store back with too.
+        use_stack_environment(stack_environment(args, scenes_dir))
     if args.mode == "stack" and args.reuse_stack:
         # Score again what the last stack run of this workdir stored (e.g. after a classifier change).
         throughput = json.loads((args.workdir / STACK_RUN).read_text())["images_per_min"]
@@ -896,6 +913,8 @@ def main(argv: list[str] | None = None) -> int:
         else {
             "generated": json.loads((args.workdir / STACK_RUN).read_text())["images"],
             "by_decision": stack_decisions(),
+            # Every SKUFORGE_* the stack got (None: a run from before they were recorded).
+            "environment": json.loads((args.workdir / STACK_RUN).read_text()).get("environment"),
         },
         "photo_share": args.photo_share,
         "scenes": sum(len(paths) for paths in scenes.values()),

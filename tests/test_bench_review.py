@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,15 @@ import pytest
 from PIL import Image
 
 from bench import augment
+
+
+@pytest.fixture
+def environment_restored() -> Iterator[None]:
+    """A stack run makes its settings the process's only SKUFORGE_*: the tests after it get theirs back."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _exit_code(argv: list[str]) -> object:
@@ -285,13 +296,12 @@ def test_the_full_test_run_still_writes_the_committed_figures(
             augment.main(["--dataset", str(tmp_path), *argv])
 
 
+@pytest.mark.usefixtures("environment_restored")
 def test_a_stack_run_generates_with_the_options_its_results_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The generator settings the bench did not set came from the shell: SKUFORGE_GENERATION_PARAMETERS
     # or _PILE_SHARE there made the stack's images while the results said parameters {} and pile 0.
-    import os
-
     import devstack.demo.demo
 
     class Started(Exception):
@@ -398,14 +408,13 @@ def test_a_scene_letterboxed_from_a_test_photo_is_refused_before_the_run(
         augment.main(["--dataset", str(dataset), *argv[2:], "--out", str(tmp_path / "o.json")])
 
 
+@pytest.mark.usefixtures("environment_restored")
 def test_a_stack_run_uses_the_seed_backend_and_matting_model_its_results_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The generator's seed, backend and mix and the matting models came from the shell: a diffusion mix
     # or another matting model there made the images while the results said seed 0, the composite
     # backend and the committed matting model ("matting_model": null).
-    import os
-
     import devstack.demo.demo
 
     class Started(Exception):
@@ -606,3 +615,37 @@ def test_parameters_every_composite_would_refuse_are_refused_before_the_run(
     assert refused.value.code == 2 and says in capsys.readouterr().err
     with pytest.raises(AssertionError, match="the run started"):  # the same knob without piles is fine
         augment.main([*argv, "--parameters", '{"occluders": 1}', "--tag", "t"])
+
+
+@pytest.mark.usefixtures("environment_restored")
+def test_a_stack_run_gets_no_skuforge_setting_of_the_shell_and_records_what_it_got(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stack inherited every SKUFORGE_* of the shell: gate thresholds, the matting clean-up or the
+    # captioner's options there decided what was accepted and exported, and nothing recorded them.
+    import devstack.demo.demo
+
+    class Started(Exception):
+        pass
+
+    started_with: dict[str, str] = {}
+
+    def stack(*args: object, **kwargs: object) -> None:
+        started_with.update(os.environ)
+        raise Started
+
+    monkeypatch.setenv("SKUFORGE_GATE_MIN_FOREGROUND_FRACTION", "0.9")
+    monkeypatch.setenv("SKUFORGE_MATTING_ROI", "false")
+    monkeypatch.setenv("SKUFORGE_CAPTIONER_MIN_MASK_FRACTION", "0.5")
+    monkeypatch.setenv("SKUFORGE_KAFKA_HEAP_MB", "768")  # how fast it runs, not what it makes: kept
+    monkeypatch.setattr(devstack.demo.demo, "stack", stack)
+    args = _options(tmp_path, seed=3, variants_per_sku=12, size=384, pile_share=0.0)
+    with pytest.raises(Started):
+        augment.run_stack(tmp_path / "skus", [], tmp_path / "scenes", args)
+    given = {name: value for name, value in started_with.items() if name.startswith("SKUFORGE_")}
+    assert "SKUFORGE_GATE_MIN_FOREGROUND_FRACTION" not in given
+    assert "SKUFORGE_MATTING_ROI" not in given
+    assert "SKUFORGE_CAPTIONER_MIN_MASK_FRACTION" not in given
+    assert given["SKUFORGE_KAFKA_HEAP_MB"] == "768"
+    # What it got is what the run records (stack-run.json, and the report from it).
+    assert given == augment.stack_environment(args, tmp_path / "scenes")
