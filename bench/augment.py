@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import float_between, non_negative_int, positive_int
+from shared.argtypes import float_between, int_between, non_negative_int, positive_int
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     EvaluationConfig,
@@ -61,6 +61,10 @@ STACK_RUN = "stack-run.json"  # under --workdir: what the last stack run generat
 SPLITS = ("train", "val", "test")
 # A share or a fraction option: refused at parsing, not after the leakage checks and the backbone load.
 SHARE = float_between(0.0, 1.0)
+# Refused at parsing too, as the run would refuse them after the generation: the export's side (as
+# `skuforge dataset export --size`) and the composite's scene_blur.
+EXPORT_PX = int_between(16, 4096)
+SCENE_BLUR = float_between(0.0, 0.5)
 
 
 @dataclass(frozen=True)
@@ -690,7 +694,9 @@ def main(argv: list[str] | None = None) -> int:
         "--pile-share", type=SHARE, default=0.0, help="share of loose-produce variants heaped (0 to 1)"
     )
     parser.add_argument("--size", type=positive_int, default=384, help="generated image side (px)")
-    parser.add_argument("--export-px", type=int, default=256, help="export's shorter side (px)")
+    parser.add_argument(
+        "--export-px", type=EXPORT_PX, default=256, help="export's shorter side (px, 16 to 4096)"
+    )
     parser.add_argument(
         "--export-fit", choices=("keep", "pad"), default="keep", help="export: aspect kept, or padded square"
     )
@@ -707,9 +713,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--own-scene-blur",
-        type=float,
+        type=SCENE_BLUR,
         default=None,
-        help="in-process: those scenes' defocus, a fraction of the canvas (default: drawn)",
+        help="in-process: those scenes' defocus, a fraction of the canvas, 0 to 0.5 (default: drawn)",
     )
     parser.add_argument(
         "--min-cutout-solidity",

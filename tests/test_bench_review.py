@@ -649,3 +649,23 @@ def test_a_stack_run_gets_no_skuforge_setting_of_the_shell_and_records_what_it_g
     assert given["SKUFORGE_KAFKA_HEAP_MB"] == "768"
     # What it got is what the run records (stack-run.json, and the report from it).
     assert given == augment.stack_environment(args, tmp_path / "scenes")
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--export-px", "0"], ["--export-px", "8"], ["--own-scene-blur", "-0.1"], ["--own-scene-blur", "inf"]],
+)
+def test_an_export_side_or_scene_blur_the_run_would_refuse_is_refused_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: list[str]
+) -> None:
+    # Passed parsing and the leakage checks: the export refused a side below 16 px and the composite
+    # a blur outside 0 to 0.5, after the backbone load and the generation.
+    def started(*args: object) -> None:
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(augment, "read_grocery", started)
+    argv = ["--dataset", str(tmp_path), "--split", "val", "--mode", "in-process", "--tag", "t"]
+    argv += ["--out", str(tmp_path / "o.json")]
+    assert _exit_code([*argv, *option]) == 2
+    with pytest.raises(AssertionError, match="the run started"):  # the bounds themselves are taken
+        augment.main([*argv, "--export-px", "16", "--own-scene-blur", "0.5"])
