@@ -855,6 +855,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.mode == "stack" and args.reuse_stack:
         refuse_another_stack_run(args, ks)  # before the backbone loads
+    elif args.mode == "stack":
+        # Before the scene library is written: a used stack's stays the one it was started with.
+        refuse_a_used_stack(args.workdir / "stack")
     if not args.reuse_stack:
         by_tag: dict[str, list[Path]] = {}
         for name, paths in scenes.items():
@@ -872,7 +875,6 @@ def main(argv: list[str] | None = None) -> int:
         # Score again what the last stack run of this workdir stored (e.g. after a classifier change).
         throughput = json.loads((args.workdir / STACK_RUN).read_text())["images_per_min"]
     elif args.mode == "stack":
-        refuse_a_used_stack(args.workdir / "stack")
         sku_ids = write_sku_folders(all_refs, args.workdir / "skus", args.series_of)
         throughput = run_stack(args.workdir / "skus", sku_ids, scenes_dir, args)
     results: dict[str, Any] = {}

@@ -669,3 +669,27 @@ def test_an_export_side_or_scene_blur_the_run_would_refuse_is_refused_before_it(
     assert _exit_code([*argv, *option]) == 2
     with pytest.raises(AssertionError, match="the run started"):  # the bounds themselves are taken
         augment.main([*argv, "--export-px", "16", "--own-scene-blur", "0.5"])
+
+
+def test_a_fresh_stack_run_in_a_used_workdir_leaves_its_scene_library_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fresh stack run was refused a used stack folder only after it had written its own scenes over
+    # the scene library the stored stack was started with, and after the backbone load.
+    from tests.test_evaluate import shelf_photo
+
+    dataset = _grocery(tmp_path / "dataset", {"a.jpg": shelf_photo(2)}, {"held.jpg": shelf_photo(1)})
+    work = tmp_path / "work"
+    (work / "stack").mkdir(parents=True)
+    (work / "stack" / "stack.json").write_text("{}")
+    (work / "scenes" / "Kiwi").mkdir(parents=True)
+    (work / "scenes" / "Kiwi" / "stored.jpg").write_bytes(b"the stored stack's scene")
+
+    def started(*args: object) -> None:
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(augment, "open_backbone", started)
+    argv = ["--dataset", str(dataset), "--k", "0", "--workdir", str(work), "--out", str(tmp_path / "o.json")]
+    with pytest.raises(SystemExit, match="holds an earlier stack run"):
+        augment.main(argv)
+    assert [path.name for path in (work / "scenes").rglob("*.jpg")] == ["stored.jpg"]
