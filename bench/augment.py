@@ -525,6 +525,9 @@ def run_stack(skus_dir: Path, sku_ids: list[str], scenes_dir: Path, args: argpar
     from shared.store import open_store
 
     with stack(args.workdir / "stack", variants=args.variants_per_sku, keep_running=False) as running:
+        # Its Kafka (a free port when the documented one is taken), as the demo reads it: the shell's
+        # or the default address may be another stack's broker.
+        os.environ.update(running["env"])
         settings = load_settings()
         store = open_store(
             settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region

@@ -693,3 +693,32 @@ def test_a_fresh_stack_run_in_a_used_workdir_leaves_its_scene_library_as_it_was(
     with pytest.raises(SystemExit, match="holds an earlier stack run"):
         augment.main(argv)
     assert [path.name for path in (work / "scenes").rglob("*.jpg")] == ["stored.jpg"]
+
+
+@pytest.mark.usefixtures("environment_restored")
+def test_a_stack_run_ingests_into_the_stack_it_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stack takes a free Kafka port when the documented one is taken (another user's stack), but the
+    # bench ingested into, and followed, whatever answered at the default address, not its own stack.
+    import contextlib
+
+    import devstack.demo.demo
+    import services.ingest.ingest
+
+    class Ingested(Exception):
+        pass
+
+    @contextlib.contextmanager
+    def stack(*args: object, **kwargs: object) -> Iterator[dict[str, Any]]:
+        yield {"env": {"SKUFORGE_KAFKA_BOOTSTRAP": "127.0.0.1:19092"}}
+
+    def ingest_path(folder: Path, settings: Any, **kwargs: object) -> None:
+        assert settings.kafka_bootstrap == "127.0.0.1:19092"
+        raise Ingested
+
+    monkeypatch.setattr(devstack.demo.demo, "stack", stack)
+    monkeypatch.setattr(services.ingest.ingest, "ingest_path", ingest_path)
+    args = _options(tmp_path, seed=0, variants_per_sku=12, size=384, pile_share=0.0)
+    with pytest.raises(Ingested):
+        augment.run_stack(tmp_path / "skus", [], tmp_path / "scenes", args)
