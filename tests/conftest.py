@@ -1,8 +1,31 @@
 """Fixtures shared by the whole suite, each started once per session: the real Kafka broker, a moto S3
-server on loopback, a Triton server with the generation model, a U2-NetP ONNX."""
+server on loopback, a Triton server with the generation model, a U2-NetP ONNX. And one per test:
+the logging set-up a test leaves behind is undone."""
 
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from shared.observability import JsonFormatter, TextFormatter
 from tests.support.kafka import kafka_bootstrap, new_topic  # noqa: F401
 from tests.support.matting import random_u2netp_onnx  # noqa: F401
 from tests.support.prometheus import amtool_bin, prometheus_bin, promtool_bin  # noqa: F401
 from tests.support.s3 import other_s3_endpoint, s3_endpoint, s3_store  # noqa: F401
 from tests.support.triton import triton  # noqa: F401
+
+
+@pytest.fixture(autouse=True)
+def logging_as_before() -> Iterator[None]:
+    """A stage's ``main`` run in-process calls ``configure_logging``, which sets the root logger to INFO
+    and gives it a handler on the stderr pytest was capturing then. Both outlived the test: a later
+    test's caplog held INFO records it never asked for, and the handler wrote "--- Logging error ---"
+    to a closed stream. Undone here (pytest's own capture handlers are left to pytest)."""
+    root = logging.getLogger()
+    before, level, kafka_level = list(root.handlers), root.level, logging.getLogger("kafka").level
+    yield
+    for handler in list(root.handlers):
+        if handler not in before and isinstance(handler.formatter, JsonFormatter | TextFormatter):
+            root.removeHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("kafka").setLevel(kafka_level)
