@@ -118,6 +118,29 @@ def test_a_request_for_a_size_no_model_paints_is_refused_alone(triton: TritonSer
         assert f"size must be from 1 to 2048 px, got {size}" in str(refusal)
 
 
+def test_a_variant_with_an_empty_reference_or_mask_is_refused_alone(triton: TritonServerProcess) -> None:
+    # Before, PyTriton failed on the empty tensor before the model saw it: Triton answered INTERNAL,
+    # the client read it as Triton unavailable, and the stage retried the variant for ever.
+    nothing = {"reference": np.zeros((0, 0, 3), np.uint8), "mask": np.zeros((0, 0), np.uint8)}
+    empty_reference = VariantRequest(**{**variant(8).__dict__, **nothing})
+    empty_mask = VariantRequest(**{**variant(9).__dict__, "mask": np.zeros((SIZE_PX, 0), np.uint8)})
+    small_mask = variant(10, mask=np.full((32, 32), 255, np.uint8))
+    client = TritonGenerator(triton.grpc_url, concurrency=4)
+    try:
+        served, *refused = client.generate("composite", [variant(7), empty_reference, empty_mask, small_mask])
+    finally:
+        client.close()
+    assert isinstance(served, VariantResult)
+    assert all(isinstance(each, BadInput) and each.reason == "generation_refused" for each in refused)
+    assert [str(refusal).split(": ", 1)[1] for refusal in refused] == [
+        "skuforge_generator_composite cannot be sent variant seed 8: reference is 0x0x3, mask is 0x0, "
+        "an empty image",
+        "skuforge_generator_composite cannot be sent variant seed 9: mask is 256x0, an empty image",
+        "skuforge_generator_composite refused variant seed 10: CompositeError: mask is (32, 32), "
+        "the reference is (256, 256): they must match",
+    ]
+
+
 def test_concurrent_requests_are_batched(triton: TritonServerProcess) -> None:
     before = max_batch_executed(triton.statistics())
     client = TritonGenerator(triton.grpc_url, concurrency=8)

@@ -4,8 +4,9 @@ Triton down, a model not loaded yet, a full queue (overload) or a timeout raise
 ``GeneratorUnavailable``, a ``TransientError``: the runtime pauses the partition, backs off and
 retries, and commits nothing meanwhile. The variants that call did draw are kept, and the retry
 sends only the others (``CONCURRENCY_LIMIT``: more in flight than Triton holds is turned away).
-A variant the model refuses (its ``error`` output) comes back as a ``BadInput`` for its SKU. A
-malformed request (our bug) raises ``RuntimeError``.
+A variant the model refuses (its ``error`` output) comes back as a ``BadInput`` for its SKU, as does
+one with an empty reference or mask, refused before it is sent. A malformed request (our bug) raises
+``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -180,6 +181,19 @@ class TritonGenerator:
     ) -> VariantResult | BadInput:
         from tritonclient.utils import InferenceServerException
 
+        empty = [
+            f"{name} is {'x'.join(map(str, array.shape))}"
+            for name, array in (("reference", variant.reference), ("mask", variant.mask))
+            if array.size == 0
+        ]
+        if empty:
+            # PyTriton fails on an empty tensor before the model sees it, and Triton answers INTERNAL:
+            # read as Triton being away, the variant was retried for ever instead of refused.
+            return BadInput(
+                "generation_refused",
+                f"{model_name(backend)} cannot be sent variant seed {variant.seed}: "
+                f"{', '.join(empty)}, an empty image",
+            )
         client = self._client()
         module = self._local.module
         values = {

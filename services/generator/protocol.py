@@ -9,7 +9,9 @@ size is out of 1 to ``MAX_SIZE_PX`` (2048) or differs between its rows (its imag
 the backend fails on (raises) is served again alone; if it fails alone too, ``error`` says so after
 ``BACKEND_ERROR_PREFIX``, or after ``BACKEND_UNAVAILABLE_PREFIX`` when what failed is a store it
 reads, or the GPU memory another process took (transient). A row out of GPU memory alone on a GPU no
-one else took is a ``BACKEND_ERROR_PREFIX`` failure: retried a few times, then dead-lettered.
+one else took is a ``BACKEND_ERROR_PREFIX`` failure: retried a few times, then dead-lettered. An
+empty reference or mask (a side of 0 px) never reaches the model: PyTriton fails on an empty tensor
+and Triton answers the request INTERNAL, so the client refuses such a variant without sending it.
 """
 
 from __future__ import annotations
