@@ -295,7 +295,7 @@ def is_permanent(reason: str) -> bool:
 
 def replayed_markers(store: ObjectStore, dlq_topic: str) -> set[str]:
     """Keys of the replay markers written for ``dlq_topic``."""
-    return set(store.list_keys(f"{REPLAY_PREFIX}/{dlq_topic}/"))
+    return set(store.list_addressable(f"{REPLAY_PREFIX}/{dlq_topic}/"))
 
 
 # -- list -------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import stat
@@ -124,6 +125,9 @@ _KEY_CONFLICT_ERRNOS = frozenset({errno.EISDIR, errno.ENOTDIR, errno.EEXIST})
 # Reads past an object's stated size go on in chunks of this size, never in one allocation of a size
 # an event chose.
 _READ_CHUNK_BYTES = 1 << 20
+
+
+log = logging.getLogger("skuforge.store")
 
 
 class _ObjectTooLarge(Exception):
@@ -331,6 +335,20 @@ class ObjectStore(ABC):
     def list_keys(self, prefix: str = "") -> Iterator[str]:
         """Yield, in lexicographic order, every key that starts with ``prefix`` (a plain string prefix)."""
         return self._list(_check_prefix(prefix))
+
+    def list_addressable(self, prefix: str = "") -> Iterator[str]:
+        """``list_keys`` less the keys this store cannot read or delete, each logged as a warning.
+
+        A shared bucket may hold foreign objects ``check_key`` refuses (``a//b``, ``./x``, a backslash
+        or a control character; a folder's file may be named so too): listed, reading one raised a
+        ValueError that stopped every caller that reads what it lists. A caller that names such keys
+        itself (the scene library) lists them with ``list_keys``.
+        """
+        for key in self.list_keys(prefix):
+            try:
+                yield check_key(key)
+            except ValueError as exc:
+                log.warning("%s/%r left out: the store cannot address it (%s)", self.base_uri, key, exc)
 
     def delete(self, key: str) -> None:
         """Remove the object under ``key``; deleting a missing object is not an error."""

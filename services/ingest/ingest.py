@@ -608,7 +608,7 @@ def stale_photo_keys(sku: PreparedSku, store: ObjectStore) -> list[str]:
     """Keys under the SKU's ``incoming/`` folder in ``store`` that none of its photos now has: photos
     an earlier ingest stored that have since left the folder (or changed)."""
     current = {photo_key(sku, photo) for photo in sku.photos}
-    return [key for key in store.list_keys(f"incoming/{sku.metadata.sku_id}/") if key not in current]
+    return [key for key in store.list_addressable(f"incoming/{sku.metadata.sku_id}/") if key not in current]
 
 
 def stored_photo_owners(store: ObjectStore) -> dict[str, set[str]]:

@@ -197,7 +197,7 @@ def _series_requests_of(store: ObjectStore, sku_id: str) -> list[str]:
     prefix = f"{PREFIX}/series/"
     name = f"{sku_id}.json"
     keys = []
-    for key in store.list_keys(prefix):
+    for key in store.list_addressable(prefix):
         folder, _, rest = key[len(prefix) :].partition("/")
         if folder and rest == name:
             keys.append(key)
@@ -445,7 +445,7 @@ class LoraTrainer:
         # folder is a slug that distinct series share ("Cola 330ml"/"cola-330ml", non-Latin names).
         by_series: dict[str, list[SkuCaptioned]] = {}
         unreadable = 0
-        for key in sorted(self.store.list_keys(f"{PREFIX}/series/")):
+        for key in sorted(self.store.list_addressable(f"{PREFIX}/series/")):
             # Tolerant like the bus reader: a file a newer trainer wrote (then rolled back) still plans.
             try:
                 captioned = SkuCaptioned.model_validate_json(self.store.get_bytes(key), extra=READ_EXTRA)
@@ -466,7 +466,7 @@ class LoraTrainer:
         return jobs
 
     def _general_job(self) -> Job | None:
-        keys = sorted(self.store.list_keys(f"{PREFIX}/accepted/"))
+        keys = sorted(self.store.list_addressable(f"{PREFIX}/accepted/"))
         every = self.settings.lora_general_every_s
         try:
             state = self._general_state()

@@ -279,7 +279,7 @@ class AdapterRegistry:
         One broken ``metadata.json`` must not stop generation for every SKU.
         """
         adapters: list[AdapterMetadata] = []
-        for key in self.store.list_keys():
+        for key in self.store.list_addressable():
             parts = key.split("/")
             if len(parts) != 2 or parts[1] != METADATA_FILE:
                 continue
@@ -345,7 +345,7 @@ class AdapterRegistry:
         # ones only a listing from before the replaced registration names; such a generator lists
         # again and retries (DiffusionBackend). Only files this registry names itself are deleted.
         keep = {metadata.weight_name, *([replaced.weight_name] if replaced is not None else [])}
-        for key in list(self.store.list_keys(f"{adapter_id}/")):
+        for key in list(self.store.list_addressable(f"{adapter_id}/")):
             name = key.removeprefix(f"{adapter_id}/")
             if _REGISTRY_WEIGHTS.fullmatch(name) and name not in keep:
                 self.store.delete(key)
@@ -367,7 +367,7 @@ class AdapterRegistry:
             raise ObjectMissing(self.store.uri_for(metadata_key))
         removed = self._registered(adapter_id)
         self.store.delete(metadata_key)
-        for key in list(self.store.list_keys(f"{adapter_id}/")):
+        for key in list(self.store.list_addressable(f"{adapter_id}/")):
             if _REGISTRY_WEIGHTS.fullmatch(key.removeprefix(f"{adapter_id}/")):
                 self.store.delete(key)
         return removed

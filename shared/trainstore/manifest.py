@@ -286,7 +286,7 @@ class ManifestStore:
         """(compacted parts, deltas, columnar copies) of the SKU, each sorted by stamp."""
         directory = self._manifest_dir(sku_id)
         found: dict[re.Pattern[str], list[_Part]] = {_COMPACTED: [], _DELTA: [], _COLUMNS: []}
-        for key in self.store.list_keys(directory):
+        for key in self.store.list_addressable(directory):
             name = key[len(directory) :]
             for pattern, parts in found.items():
                 if match := pattern.match(name):
@@ -341,7 +341,7 @@ class ManifestStore:
         browser left, a note) is no SKU: listed as one, ``load_manifest`` refused the whole store."""
         root = self.key("manifests/")
         found = set()
-        for key in self.store.list_keys(root):
+        for key in self.store.list_addressable(root):
             sku_id, _, name = key[len(root) :].partition("/")
             if _COMPACTED.match(name) or _DELTA.match(name):
                 found.add(sku_id)

@@ -81,7 +81,7 @@ class Withdrawals:
         prefix = self.manifests.key(f"{_MARKERS}/{sku_id}/")
         return {
             key.removeprefix(prefix).removesuffix(".json")
-            for key in self.manifests.store.list_keys(prefix)
+            for key in self.manifests.store.list_addressable(prefix)
             if key.endswith(".json")
         }
 
@@ -89,7 +89,7 @@ class Withdrawals:
         """Every withdrawn photo, by SKU id: one listing of the markers (the console's sweep)."""
         prefix = self.manifests.key(f"{_MARKERS}/")
         withdrawn: dict[str, set[str]] = {}
-        for key in self.manifests.store.list_keys(prefix):
+        for key in self.manifests.store.list_addressable(prefix):
             sku_id, sep, name = key.removeprefix(prefix).partition("/")
             if sep and name.endswith(".json") and "/" not in name:
                 withdrawn.setdefault(sku_id, set()).add(name.removesuffix(".json"))
