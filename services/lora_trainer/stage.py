@@ -36,7 +36,9 @@ away (``TransientError``), a setting met mid-job (``ConfigError``), a file that 
 (``OSError``: the model folder being copied again) or the GPU out of memory (a Triton on the same GPU
 at its peak) is retried without counting, and ``SKUFORGE_LORA_DEVICE=cuda`` without CUDA is refused
 at start-up, as is an install without the diffusion extra (``pip install 'skuforge[diffusion]'``:
-torch, diffusers, peft, transformers). One trainer per GPU.
+torch, diffusers, peft, transformers). One trainer per GPU. A trained job not yet published whose
+``result.json`` or weights cannot be read (cut short, mistyped, lost) is trained again, resumed from
+its last checkpoint, with a warning naming the file.
 
 Bad input goes to the DLQ with its reason: a captioned SKU with no usable photo and mask
 (``no_usable_photos``), a photo or mask missing from the store or not matching its sha256
@@ -88,7 +90,13 @@ from shared.bus import READ_EXTRA, Publisher
 from shared.captioning.prompts import class_noun, class_prompt
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ObjectMissing, TransientError
-from shared.generation.adapters import METADATA_FILE, AdapterKind, AdapterRegistry, resolve_adapter
+from shared.generation.adapters import (
+    METADATA_FILE,
+    AdapterKind,
+    AdapterRegistry,
+    lora_rank,
+    resolve_adapter,
+)
 from shared.generation.backend import cutout_sources
 from shared.generation.diffusion import DiffusionSettings, model_digest, paint_finite, release_memory
 from shared.generation.settings import GenerationSettings
@@ -311,10 +319,33 @@ def _checked_general_state(data: bytes) -> dict[str, Any]:
     return state
 
 
+def _checked_result(data: bytes) -> dict[str, Any]:
+    """A trained job's ``result.json``, each field ``_publish`` reads of its type (``ValueError`` if
+    not: cut short or mistyped, it raised at publishing, at every poll, for ever)."""
+    result = json.loads(data)
+    if not isinstance(result, dict):
+        raise ValueError(f"not a JSON object but a {type(result).__name__}")
+    for field in ("steps", "instance_images", "class_images", "resumed_from_step"):
+        value = result.get(field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{field} is {value!r}, not a number of at least 0")
+    loss = result.get("final_loss")
+    if loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float))):
+        raise ValueError(f"final_loss is {loss!r}, not a number")
+    for field, value in (
+        ("training_prompts", result.get("training_prompts")),
+        ("sku_ids", result.get("sku_ids", [])),
+    ):
+        if not (isinstance(value, list) and all(isinstance(item, str) for item in value)):
+            raise ValueError(f"{field} is {value!r:.80}, not a list of strings")
+    return result
+
+
 class UnreadableRecord(Exception):
     """A record the trainer keeps of a published adapter (its series' ``current/`` pointer, its
     ``published/`` marker, its registry metadata) that this version cannot read: ``key`` names it,
-    ``reason`` says why and ``fix`` what to do. Its job is left out until an operator acts."""
+    ``reason`` says why and ``fix`` what to do. Its job is left out until an operator acts. Also a
+    trained job's own output (``_folder_output``), which is trained again instead."""
 
     def __init__(self, key: str, exc: BaseException, fix: str) -> None:
         self.key, self.reason, self.fix = key, _one_line(exc), fix
@@ -642,6 +673,18 @@ class LoraTrainer:
                 self._general_in_flight(None)  # not finished first for ever: new images plan a new job
             return None  # cannot train as configured; new inputs (a new hash) or a new recipe retry
         result_key = f"{job_prefix}/result.json"
+        if self.store.exists(result_key):
+            try:
+                self._folder_output(job_prefix)
+            except UnreadableRecord as exc:
+                # Read at publishing, it raised at every poll for ever. It is only what training wrote:
+                # training again (resumed from the job's last checkpoint, the same weights) writes it anew.
+                log.warning(
+                    "trained job's output cannot be read: it is trained again, resumed from its last "
+                    "checkpoint; nothing to do unless it keeps happening",
+                    extra={"adapter_id": job.adapter_id, "key": exc.key, "reason": exc.reason},
+                )
+                self.store.delete(result_key)
         if not self.store.exists(result_key):
             if job.kind == "general":
                 self._general_in_flight(job)
@@ -750,13 +793,14 @@ class LoraTrainer:
 
     def _trained(self, job: Job, job_prefix: str, marker: str) -> tuple[dict[str, Any], bytes]:
         """The trained job's result record and weights: from its folder, or, for a job published before
-        whose folder has expired (docs/ops.md allows it once published), from its published marker and
+        whose folder has expired (docs/ops.md allows it once published) or is damaged, from its marker and
         the registry's copy. Before, a roll-back to such a job failed every poll on the missing folder,
         and the generator kept serving the adapter trained on the SKUs that had left the series."""
-        result_key, weights_key = f"{job_prefix}/result.json", f"{job_prefix}/weights.safetensors"
-        folder_expired = not (self.store.exists(result_key) and self.store.exists(weights_key))
-        if not (folder_expired and self.store.exists(marker)):
-            return json.loads(self.store.get_bytes(result_key)), self.store.get_bytes(weights_key)
+        try:
+            return self._folder_output(job_prefix)  # an unpublished job's is checked first (run_job)
+        except (ObjectMissing, UnreadableRecord):
+            if not self.store.exists(marker):
+                raise
         try:
             metadata = self.registry.get(job.adapter_id)
         except ValidationError as exc:
@@ -771,6 +815,21 @@ class LoraTrainer:
         )
         published: dict[str, Any] = json.loads(self.store.get_bytes(marker))
         return published, weights
+
+    def _folder_output(self, job_prefix: str) -> tuple[dict[str, Any], bytes]:
+        """The result record and weights training wrote to the job's folder. ``ObjectMissing`` without
+        a result; ``UnreadableRecord`` when the result, or the weights it follows, are damaged or lost."""
+        result_key, weights_key = f"{job_prefix}/result.json", f"{job_prefix}/weights.safetensors"
+        try:
+            result = _checked_result(self.store.get_bytes(result_key))
+        except ValueError as exc:
+            raise UnreadableRecord(result_key, exc, "it is trained again at the next poll") from None
+        try:
+            weights = self.store.get_bytes(weights_key)
+            lora_rank(weights)  # what registering reads: a copy cut short is refused there, at every poll
+        except (ObjectMissing, ValueError) as exc:
+            raise UnreadableRecord(weights_key, exc, "it is trained again at the next poll") from None
+        return result, weights
 
     def _after_failure(self, job: Job, job_prefix: str, error: Exception) -> None:
         """Mark the job failed, or count the attempt and raise ``error`` (retried at the next poll).
