@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from schemas.events import AdapterPublished
-from services.lora_trainer.stage import PREFIX
+from services.lora_trainer.stage import PREFIX, LoraTrainer
 from shared.errors import TransientError
+from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
 from tests.test_generator_stage import captioned_sku
 from tests.test_lora_review import model_folder, record, stub_training, trainer_on
@@ -81,3 +82,51 @@ def test_a_trained_job_whose_output_is_damaged_is_trained_again_and_published(
     assert served(store) == job.adapter_id and len(stub_training) == 2  # trained again
     [warning] = [r for r in caplog.records if getattr(r, "key", None) == key]
     assert "trained again" in warning.getMessage()
+
+
+def _weights_key(store: FileStore, adapter_id: str) -> str:
+    return f"{adapter_id}/{AdapterRegistry(store).get(adapter_id).weight_name}"
+
+
+@pytest.mark.parametrize("lost", [True, False])
+def test_a_roll_back_whose_registry_weights_are_lost_or_altered_is_reported_and_the_others_train(
+    tmp_path: Path, stub_training: list[Path], caplog: pytest.LogCaptureFixture, lost: bool
+) -> None:
+    """A roll-back to an adapter whose ``jobs/`` folder has expired reads its weights from the registry:
+    missing there, or failing their checksum, they raised at every poll, for ever, seen only as
+    ``retried``, with nothing naming the file or saying what to do."""
+    store = FileStore(tmp_path / "store")
+    model = model_folder(tmp_path, "m")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+
+    def trainer(rank: int) -> LoraTrainer:
+        return trainer_on(store, model, lora_rank=rank, lora_class_images=0)
+
+    [first] = trainer(4).run_pending()
+    weights_key = _weights_key(store, first.adapter_id)
+    [second] = trainer(8).run_pending()
+    for key in [*store.list_keys(f"{PREFIX}/jobs/"), *store.list_keys(f"{PREFIX}/sets/")]:
+        store.delete(key)  # expired, as docs/ops.md allows once published
+    if lost:
+        store.delete(weights_key)
+    else:
+        weights = store.get_bytes(weights_key)
+        store.put_bytes(weights_key, weights[:-1] + bytes([weights[-1] ^ 1]))  # one bit flipped
+    record(store, captioned_sku(store, 2, usable_photos=1, series="fanta"))
+    rolled_back = trainer(4)  # the series "cola" is rolled back to its first adapter
+
+    with caplog.at_level(logging.ERROR, logger="skuforge.lora-trainer"):
+        rolled_back.poll()
+        rolled_back.poll()
+
+    assert rolled_back.last_error is None and rolled_back.metrics.jobs.labels("retried")._value.get() == 0
+    assert served(store, "fanta") is not None and served(store) == second.adapter_id
+    errors = [record for record in caplog.records if record.name == "skuforge.lora-trainer"]
+    assert [error.key for error in errors] == [store.uri_for(weights_key)] * 2  # type: ignore[attr-defined]
+    assert "delete its published marker" in errors[0].getMessage()
+    assert rolled_back.metrics.unreadable.labels("published")._value.get() == 1
+
+    store.delete(f"{PREFIX}/published/{first.adapter_id}.json")  # what the log says to do
+    rolled_back.run_pending()
+    assert rolled_back.metrics.unreadable.labels("published")._value.get() == 0
+    assert served(store) == first.adapter_id

@@ -50,8 +50,9 @@ wrote them) are ignored, as on the bus. An unreadable ``general.json`` (the gene
 schedule) leaves the general adapter out, logged as an error at each poll, until it is fixed or
 deleted (the schedule then starts again); the series train on. So is an adapter whose records of its
 publication cannot be read (its series' ``current/`` pointer, its ``published/`` marker, or on a
-roll-back after its job folder expired its registry ``metadata.json``): it is left out, an error at
-each poll names the file, the reason and what to do, and the other series train on.
+roll-back after its job folder expired its registry ``metadata.json`` or weights, lost or failing their
+checksum): it is left out, an error at each poll names the file, the reason and what to do, and the
+other series train on.
 
 Metrics beside the runtime's: ``skuforge_lora_jobs_total`` (by outcome: published; interrupted, a
 job stopped mid-way to be resumed; failed, a job marked failed for good; retried, a poll that ended
@@ -801,18 +802,23 @@ class LoraTrainer:
         except (ObjectMissing, UnreadableRecord):
             if not self.store.exists(marker):
                 raise
+        fix = (
+            f"delete its published marker ({marker}) to train it again (it is then registered again), "
+            f"or take it out with `skuforge adapters remove {job.adapter_id}`"
+        )
         try:
             metadata = self.registry.get(job.adapter_id)
         except ValidationError as exc:
             raise UnreadableRecord(
-                self.registry.store.uri_for(f"{job.adapter_id}/{METADATA_FILE}"),
-                exc,
-                f"delete its published marker ({marker}) to train it again (it is then registered "
-                f"again), or take it out with `skuforge adapters remove {job.adapter_id}`",
+                self.registry.store.uri_for(f"{job.adapter_id}/{METADATA_FILE}"), exc, fix
             ) from None
-        weights = self.registry.store.read_checked(
-            f"{job.adapter_id}/{metadata.weight_name}", metadata.weights_sha256
-        )
+        weights_key = f"{job.adapter_id}/{metadata.weight_name}"
+        try:
+            weights = self.registry.store.read_checked(weights_key, metadata.weights_sha256)
+        except BadInput as exc:
+            # Lost or failing their checksum (ObjectMissing, ChecksumMismatch): raised at every poll for
+            # ever, seen only as `retried`. A store away is a TransientError, still retried.
+            raise UnreadableRecord(self.registry.store.uri_for(weights_key), exc, fix) from None
         published: dict[str, Any] = json.loads(self.store.get_bytes(marker))
         return published, weights
 
