@@ -18,6 +18,7 @@ from services.lora_trainer.stage import PREFIX, LoraTrainer
 from shared.errors import TransientError
 from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
+from tests.test_generation_review import lora_weights
 from tests.test_generator_stage import captioned_sku
 from tests.test_lora_review import model_folder, record, stub_training, trainer_on
 from tests.test_lora_review6 import served
@@ -130,3 +131,50 @@ def test_a_roll_back_whose_registry_weights_are_lost_or_altered_is_reported_and_
     rolled_back.run_pending()
     assert rolled_back.metrics.unreadable.labels("published")._value.get() == 0
     assert served(store) == first.adapter_id
+
+
+def test_a_deleted_current_pointer_is_rebuilt_from_the_generators_choice_and_the_roll_back_happens(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    """Deleting a damaged ``current/`` pointer, as the error offered, made the trainer take the series'
+    training set now as current: a real roll-back was missed, and the generator kept serving the later
+    adapter, trained on SKUs that have left the series."""
+    store = FileStore(tmp_path / "store")
+    model = model_folder(tmp_path, "m")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+
+    def trainer(rank: int) -> LoraTrainer:
+        return trainer_on(store, model, lora_rank=rank, lora_class_images=0)
+
+    [first] = trainer(4).run_pending()
+    [second] = trainer(8).run_pending()
+    assert served(store) == second.adapter_id
+    [pointer] = store.list_keys(f"{PREFIX}/current/")
+    store.delete(pointer)  # cut short, then deleted as the error message offered
+
+    [again] = trainer(4).run_pending()  # the series is rolled back to its first adapter
+
+    assert (again.adapter_id, again.publication) == (first.adapter_id, 2)
+    assert served(store) == first.adapter_id and len(stub_training) == 2  # not trained again
+    assert json.loads(store.get_bytes(pointer)) == {"adapter_id": first.adapter_id}
+    assert trainer(4).run_pending() == []
+
+
+def test_a_deleted_current_pointer_leaves_an_adapter_an_operator_registered_served(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    """The rebuilt pointer names only an adapter the trainer published: one an operator registered by
+    hand for the series stays served, as it does while the pointer is intact."""
+    store = FileStore(tmp_path / "store")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    trainer = trainer_on(store, model_folder(tmp_path, "m"), lora_class_images=0)
+    [published] = trainer.run_pending()
+    AdapterRegistry(store).register(
+        "cola-by-hand", lora_weights(), kind="specialized", base_model="sd15-inpaint", series="cola"
+    )
+    [pointer] = store.list_keys(f"{PREFIX}/current/")
+    store.delete(pointer)
+
+    assert trainer.run_pending() == []
+    assert served(store) == "cola-by-hand"
+    assert json.loads(store.get_bytes(pointer)) == {"adapter_id": published.adapter_id}

@@ -636,9 +636,13 @@ class LoraTrainer:
             # recipe, model or membership rolled back to this training set finds a later adapter of the
             # series newest in the registry, which the generator kept serving: made current again.
             current = self._current(job)
-            if current is None:  # published before the current pointers: it is the current one
-                self.store.put_json(self._current_key(job), {"adapter_id": job.adapter_id})
-            if current is None or current == job.adapter_id:
+            if current is None:
+                # Published before the current pointers, or a damaged pointer deleted: the adapter the
+                # generator serves is the one last published. Taking this job's as current instead
+                # missed a real roll-back, and the generator kept serving the later adapter.
+                current = self._served_by_trainer(job) or job.adapter_id
+                self.store.put_json(self._current_key(job), {"adapter_id": current})
+            if current == job.adapter_id:
                 return None
             if not self.registry.store.exists(f"{job.adapter_id}/{METADATA_FILE}"):
                 # Registered before its marker was written, so gone means `skuforge adapters remove`:
@@ -730,11 +734,21 @@ class LoraTrainer:
             raise UnreadableRecord(
                 key,
                 exc,
-                f'fix it ({{"adapter_id": "<the newest of the series in `skuforge adapters list`>"}}), or '
-                f"delete it: {job.adapter_id}, the adapter of the series' training set now, is then taken "
-                "as current, and not published again",
+                'fix it ({"adapter_id": "<the newest of the series in `skuforge adapters list`>"}), or '
+                "delete it: it is then rebuilt from the adapter the generator serves for the series",
             ) from None
         return str(pointer["adapter_id"])
+
+    def _served_by_trainer(self, job: Job) -> str | None:
+        """The adapter the generator picks for ``job``'s series (``resolve_adapter``, the general one for
+        the general job) when this trainer published it; None for none, or one an operator registered
+        by hand (it stays served, as it does while the pointer is intact)."""
+        choice = resolve_adapter(self.registry.list(), series=job.series, base_model=self.base_model)
+        if choice.adapter_id is None or choice.reason != ("general" if job.kind == "general" else "series"):
+            return None
+        if not self.store.exists(f"{PREFIX}/published/{choice.adapter_id}.json"):
+            return None
+        return choice.adapter_id
 
     def _publish(self, job: Job, job_prefix: str, marker: str, *, publication: int = 1) -> AdapterPublished:
         """Register the trained job's weights (unless the generator already picks them: registered
