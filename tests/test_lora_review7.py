@@ -81,7 +81,7 @@ def test_a_trained_job_whose_output_is_damaged_is_trained_again_and_published(
     assert trainer.last_error is None and trainer.metrics.jobs.labels("retried")._value.get() == retried
     assert [event.adapter_id for event in published] == [job.adapter_id] and published[0].steps == 1
     assert served(store) == job.adapter_id and len(stub_training) == 2  # trained again
-    [warning] = [r for r in caplog.records if getattr(r, "key", None) == key]
+    [warning] = [r for r in caplog.records if getattr(r, "key", None) == key and r.levelno >= logging.WARNING]
     assert "trained again" in warning.getMessage()
 
 
@@ -122,7 +122,7 @@ def test_a_roll_back_whose_registry_weights_are_lost_or_altered_is_reported_and_
 
     assert rolled_back.last_error is None and rolled_back.metrics.jobs.labels("retried")._value.get() == 0
     assert served(store, "fanta") is not None and served(store) == second.adapter_id
-    errors = [record for record in caplog.records if record.name == "skuforge.lora-trainer"]
+    errors = [r for r in caplog.records if r.name == "skuforge.lora-trainer" and r.levelno >= logging.ERROR]
     assert [error.key for error in errors] == [store.uri_for(weights_key)] * 2  # type: ignore[attr-defined]
     assert "delete its published marker" in errors[0].getMessage()
     assert rolled_back.metrics.unreadable.labels("published")._value.get() == 1
