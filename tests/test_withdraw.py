@@ -26,7 +26,7 @@ from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTE
 from services.captioner.config import CaptionerSettings
 from services.captioner.stage import handle, open_models
 from services.ingest import ingest
-from services.ingest.ingest import ingest_path
+from services.ingest.ingest import ingest_path, withdraw_skus
 from services.trainstore.stage import Trainstore
 from shared.bus import make_envelope
 from shared.config import Settings, load_settings
@@ -537,6 +537,7 @@ def test_a_folder_whose_sku_id_changed_warns_that_the_old_sku_stays(
     assert len(warned) == 1, warned
     assert "SKU A-2: 1 of its 1 photo(s) already stored under SKU A-1" in warned[0]
     assert "stay in the retraining store" in warned[0]
+    assert "take the old SKU out with `skuforge ingest --withdraw-sku A-1`" in warned[0]
     assert store.exists(f"incoming/A-1/{publisher.published[0][1].photos[0].photo_id}.png"), "nothing removed"
 
     # Said once, when the new id first goes out; and never when both ids are in the batch.
@@ -548,3 +549,124 @@ def test_a_folder_whose_sku_id_changed_warns_that_the_old_sku_stays(
     (tmp_path / "skus" / "oat-drink-old" / "metadata.json").write_text(json.dumps(metadata))
     ingest_path(folder.parent, settings, store=store, warn=warned.append)
     assert len(warned) == 1, warned[1:]
+
+
+# -- a whole SKU: skuforge ingest --withdraw-sku ------------------------------------------------------
+
+
+def _oat_drink(root: Path, sku_id: str) -> Path:
+    """A SKU folder of two photos under ``root/skus``."""
+    folder = root / "skus" / sku_id.lower()
+    folder.mkdir(parents=True)
+    for name in ("Aubergine_Iconic.jpg", "Aubergine_002.jpg"):
+        shutil.copy(SAMPLE_SKUS / "GROCERY-AUBERGINE-001" / name, folder / name)
+    (folder / "metadata.json").write_text(
+        json.dumps({"sku_id": sku_id, "name": "Oat drink", "category": "carton"})
+    )
+    return folder
+
+
+def _stored_row(manifests: ManifestStore, sku_id: str, item_id: str, **fields: Any) -> ManifestRow:
+    """A row of the retraining store whose image object exists."""
+    source = fields.pop("source", "real")
+    image = f"images/{sku_id}/{source}/{item_id}.png"
+    manifests.store.put_bytes(manifests.key(image), b"png", "image/png")
+    return ManifestRow(
+        item_id=item_id, sku_id=sku_id, category="carton", source=source, image=image, **fields
+    )
+
+
+def test_withdraw_sku_takes_every_photo_of_a_sku_out_and_ingesting_its_folder_reinstates_them(
+    tmp_path: Path, publisher: type[_Publisher]
+) -> None:
+    # There was no way to take a whole SKU out (a changed sku_id's old id, a delisted product): only
+    # the photos missing from a folder given could be withdrawn.
+    folder = _oat_drink(tmp_path, "A-1")
+    store = FileStore(tmp_path / "store")
+    settings = isolated_settings("localhost:1", store.base_uri)
+    trainstore = load_settings(TrainstoreSettings, trainstore_prefix=PREFIX)
+    ingest_path(folder.parent, settings, store=store, trainstore=trainstore)
+    ((first_id, first),) = publisher.published
+    photo_ids = sorted(photo.photo_id for photo in first.photos)
+    manifests = ManifestStore(store, PREFIX)
+    references = [_stored_row(manifests, "A-1", photo_id, status="reference") for photo_id in photo_ids]
+    generated = _stored_row(
+        manifests,
+        "A-1",
+        "gen-1",
+        source="synthetic",
+        status="accepted",
+        reference_photo_id=photo_ids[0],
+    )
+    manifests.append("A-1", [*references, generated])
+    other = _stored_row(manifests, "B-1", "b0", status="reference")
+    manifests.append("B-1", [other])
+
+    told: list[str] = []
+    withdrawn = withdraw_skus(["A-1"], settings, store=store, tell=told.append, trainstore=trainstore)
+
+    assert withdrawn == {"A-1": photo_ids}
+    rows = manifests.read_sku("A-1")
+    assert {item_id: row.status for item_id, row in rows.items()} == dict.fromkeys(
+        [*photo_ids, "gen-1"], "withdrawn"
+    )
+    assert list(store.list_keys(f"{PREFIX}/images/A-1/")) == []
+    assert list(store.list_keys("incoming/A-1/")) == []
+    # The markers the trainstore stage and the console's sweep read, as --withdraw-missing writes them.
+    assert Withdrawals(manifests).by_sku() == {"A-1": set(photo_ids)}
+    assert manifests.read_sku("B-1") == {"b0": other} and store.exists(manifests.key(str(other.image)))
+    assert told == [
+        f"SKU A-1: withdrew 2 photo(s) ({', '.join(photo_ids)}) and 1 image(s) generated from them "
+        "from the retraining store; ingest its folder again to reinstate them"
+    ]
+    # Run again: nothing left, nothing rewritten.
+    assert withdraw_skus(["A-1"], settings, store=store, tell=told.append, trainstore=trainstore) == {}
+    assert "SKU A-1: nothing left to withdraw" in told[-1]
+
+    # Ingesting its folder again reinstates its photos, under an event id of their own.
+    ingest_path(folder.parent, settings, store=store, tell=told.append, trainstore=trainstore)
+    back_id, _ = publisher.published[-1]
+    assert back_id != first_id and "SKU A-1: reinstated 2 withdrawn photo(s)" in told[-1]
+    assert Withdrawals(manifests).photo_ids("A-1") == set()
+    assert all(store.exists(f"incoming/A-1/{photo_id}.png") for photo_id in photo_ids)
+
+
+def test_withdraw_sku_refuses_an_id_the_store_does_not_hold_and_withdraws_nothing(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    settings = isolated_settings("localhost:1", store.base_uri)
+    trainstore = load_settings(TrainstoreSettings, trainstore_prefix=PREFIX)
+    manifests = ManifestStore(store, PREFIX)
+    manifests.append("B-1", [_stored_row(manifests, "B-1", "b0", status="reference")])
+
+    with pytest.raises(ingest.IngestError, match=r"the store holds no SKU A-9, b-1 \(") as refused:
+        withdraw_skus(["B-1", "A-9", "b-1"], settings, store=store, trainstore=trainstore)
+    assert "nothing was withdrawn" in str(refused.value)
+    assert Withdrawals(manifests).by_sku() == {}
+    assert manifests.read_sku("B-1")["b0"].status == "reference"
+    with pytest.raises(ingest.IngestError, match="not a SKU id: id contains a path separator"):
+        withdraw_skus(["../B-1"], settings, store=store, trainstore=trainstore)
+
+
+def test_the_cli_takes_withdraw_sku(
+    tmp_path: Path,
+    publisher: type[_Publisher],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = _oat_drink(tmp_path, "A-1")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    assert cli_main(["ingest", str(folder)]) == 0
+    capsys.readouterr()
+
+    assert cli_main(["ingest", "--withdraw-sku", "A-9", "--withdraw-sku", "A-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skuforge ingest: nothing was withdrawn: the store holds no SKU A-9")
+    assert err.count("\n") == 1
+    assert cli_main(["ingest", "--withdraw-sku", "A-1"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["withdrawn_skus"] == 1 and "SKU A-1: withdrew 2 photo(s)" in err
+    assert Withdrawals(ManifestStore(FileStore(tmp_path / "store"), "trainstore")).photo_ids("A-1")
+    # Not with a folder: which SKUs a run withdraws would depend on how far its ingest got.
+    with pytest.raises(SystemExit) as usage:
+        cli_main(["ingest", "--withdraw-sku", "A-1", str(folder)])
+    assert usage.value.code == 2 and "--withdraw-sku takes no folder" in capsys.readouterr().err

@@ -46,8 +46,11 @@ is removed and the SKU gets a new event id, so the stages take the photo again.
 
 A SKU is its ``sku_id``, not its folder: renaming a folder changes nothing, but a metadata.json whose
 sku_id changed makes a new SKU, and the old one's photos, generated images and manifests stay, a class
-of their own in every export (ingest never removes a SKU). The first ingest of an id whose photos are
-already stored under another SKU that the run does not ingest is warned of, naming that SKU.
+of their own in every export (ingest of a folder never removes a SKU). The first ingest of an id whose
+photos are already stored under another SKU that the run does not ingest is warned of, naming that SKU.
+``skuforge ingest --withdraw-sku SKU_ID`` (no folder) takes such a SKU, or a delisted one, out: every
+photo the store holds for it is withdrawn as ``--withdraw-missing`` withdraws one (``withdraw_skus``),
+and ingesting its folder again reinstates them.
 """
 
 from __future__ import annotations
@@ -60,14 +63,14 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import ValidationError
 
-from schemas.common import ImageRef, SkuMetadata
+from schemas.common import ImageRef, SkuMetadata, check_safe_id
 from schemas.envelope import derive_id
 from schemas.events import ReferencePhoto, SkuIngested
 from schemas.topics import SKU_INGESTED
@@ -85,7 +88,7 @@ from shared.signals import signal_number, stopped_as_interrupt, stopped_how
 from shared.store import ObjectStore, open_store, sha256_hex
 from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
-from shared.trainstore.withdrawals import Withdrawals
+from shared.trainstore.withdrawals import Withdrawals, photo_of, withdrawable
 
 PRODUCER = "ingest"
 T = TypeVar("T")
@@ -638,8 +641,9 @@ def _warn_of_another_sku(
             f"SKU {sku_id}: {shared} of its {len(sku.photos)} photo(s) already stored under SKU "
             f"{', '.join(others)} (incoming/{others[0]}/); if {sku.folder} was that SKU under another "
             f"sku_id, the old id's photos and the images generated from them stay in the retraining "
-            f"store, a class of their own in every export (ingest never removes a SKU; keep one sku_id "
-            f"per product: put the old one back in metadata.json)"
+            f"store, a class of their own in every export (keep one sku_id per product: put the old one "
+            f"back in metadata.json, or take the old SKU out with `skuforge ingest --withdraw-sku "
+            f"{others[0]}`)"
         )
 
 
@@ -746,7 +750,13 @@ def ingest_path(
                 event_ids.append(envelope.event_id)
                 if withdraw_missing and stale:
                     failing = "store"
-                    _withdraw(unspooled, stale, withdrawals, store, tell)
+                    sku_id = sku.metadata.sku_id
+                    generated = _withdraw(sku_id, sku.metadata.category, stale, withdrawals, store)
+                    tell(
+                        f"SKU {sku_id}: withdrew {len(stale)} photo(s) no longer in "
+                        f"{sku.folder} ({', '.join(stale)}) and {generated} image(s) generated from them "
+                        "from the retraining store"
+                    )
             return event_ids
         except Exception as exc:  # the broker or the store, after the checks: say what went out
             if not event_ids and isinstance(exc, TransientError):
@@ -812,23 +822,85 @@ def _reinstate(
 
 
 def _withdraw(
-    sku: PreparedSku,
-    photo_ids: list[str],
-    withdrawals: Withdrawals,
-    store: ObjectStore,
-    tell: Callable[[str], None],
-) -> None:
-    """Withdraw the photos in the retraining store, then delete them from ``incoming/``, and say so.
-    In that order: until the last step the next run finds them again, and each step is idempotent."""
-    sku_id = sku.metadata.sku_id
-    rows = withdrawals.withdraw(sku_id, sku.metadata.category, photo_ids, by="skuforge ingest")
+    sku_id: str, category: str, photo_ids: list[str], withdrawals: Withdrawals, store: ObjectStore
+) -> int:
+    """Withdraw the photos in the retraining store, then delete them from ``incoming/``; returns how
+    many generated images were withdrawn with them. In that order: until the last step the next run
+    finds them again, and each step is idempotent."""
+    rows = withdrawals.withdraw(sku_id, category, photo_ids, by="skuforge ingest")
     for photo_id in photo_ids:
         store.delete(f"incoming/{sku_id}/{photo_id}.png")
-    generated = sum(row.source == "synthetic" for row in rows)
-    tell(
-        f"SKU {sku_id}: withdrew {len(photo_ids)} photo(s) no longer in {sku.folder} "
-        f"({', '.join(photo_ids)}) and {generated} image(s) generated from them from the retraining store"
+    return sum(row.source == "synthetic" for row in rows)
+
+
+def withdraw_skus(
+    sku_ids: Sequence[str],
+    settings: Settings,
+    *,
+    store: ObjectStore | None = None,
+    tell: Callable[[str], None] = _tell_on_stderr,
+    trainstore: TrainstoreSettings | None = None,
+) -> dict[str, list[str]]:
+    """Take whole SKUs out of the training set (a changed sku_id's old id, a delisted product): every
+    photo the store holds for each (under ``incoming/``, or in the retraining store) is withdrawn as
+    ``--withdraw-missing`` withdraws one, with every image generated from it, and ``tell`` says so.
+    Returns the photo ids withdrawn, by SKU (none for a SKU withdrawn already). Every id is checked
+    first: one the store holds nothing of is an ``IngestError`` naming it, and nothing is withdrawn.
+    Ingesting a SKU's folder again reinstates its photos; a store failure is ``StoreUnavailable``, and
+    running the command again finishes the withdrawal."""
+    for sku_id in sku_ids:
+        try:
+            check_safe_id(sku_id)
+        except ValueError as exc:
+            raise IngestError(f"--withdraw-sku {sku_id!r}: not a SKU id: {exc}") from None
+    store = store or open_store(
+        settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
     )
+    withdrawals = Withdrawals(
+        ManifestStore(store, (trainstore or load_settings(TrainstoreSettings)).trainstore_prefix)
+    )
+    withdrawn: dict[str, list[str]] = {}
+    try:
+        planned = {sku_id: _photos_held(sku_id, withdrawals, store) for sku_id in dict.fromkeys(sku_ids)}
+        known = {sku_id: held for sku_id, held in planned.items() if held is not None}
+        unknown = [sku_id for sku_id in planned if sku_id not in known]
+        if unknown:
+            raise IngestError(
+                f"nothing was withdrawn: the store holds no SKU {', '.join(unknown)} (no photos under "
+                f"incoming/, no rows under {withdrawals.manifests.key('manifests/')}); check the id "
+                "(`skuforge dataset stats` lists the SKUs of the retraining store)"
+            )
+        for sku_id, (category, photo_ids) in known.items():
+            if not photo_ids:
+                tell(f"SKU {sku_id}: nothing left to withdraw (its photos are withdrawn already)")
+                continue
+            generated = _withdraw(sku_id, category, photo_ids, withdrawals, store)
+            withdrawn[sku_id] = photo_ids
+            tell(
+                f"SKU {sku_id}: withdrew {len(photo_ids)} photo(s) ({', '.join(photo_ids)}) and "
+                f"{generated} image(s) generated from them from the retraining store; ingest its folder "
+                "again to reinstate them"
+            )
+    except TransientError as exc:
+        done = f"; withdrawn: {', '.join(withdrawn)}" if withdrawn else ""
+        raise StoreUnavailable(f"{exc}{done}; running the same command again finishes it") from exc
+    return withdrawn
+
+
+def _photos_held(sku_id: str, withdrawals: Withdrawals, store: ObjectStore) -> tuple[str, list[str]] | None:
+    """The SKU's category and the ids of its photos still to withdraw: those ingest stored under
+    ``incoming/`` (deleted last, so a withdrawal stopped half-way is found again) and those of rows still
+    in the training set. None when the store holds nothing of the SKU."""
+    rows = withdrawals.manifests.read_sku(sku_id)
+    stored = withdrawable_photo_ids(list(store.list_addressable(f"incoming/{sku_id}/")))
+    if not stored and not rows and not withdrawals.photo_ids(sku_id):
+        return None
+    in_training = {
+        photo_id for row in rows.values() if (photo_id := photo_of(row)) and withdrawable(row, {photo_id})
+    }
+    # A photo never captioned has no row: its withdrawn row records the category of the SKU's others.
+    category = next((row.category for row in rows.values()), "")
+    return category, sorted(set(stored) | in_training)
 
 
 def _warn_of_stale_photos(sku: PreparedSku, stale: list[str], warn: Callable[[str], None]) -> None:
@@ -886,14 +958,19 @@ def _folder_argument(text: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``skuforge ingest DIR``. Exit status 0, 1 (the broker or the store failed), 2 (bad input or
-    settings), or 128 + the signal's number when stopped (130 for Ctrl-C)."""
+    """``skuforge ingest DIR``, or ``skuforge ingest --withdraw-sku SKU_ID``. Exit status 0, 1 (the
+    broker or the store failed), 2 (bad input or settings), or 128 + the signal's number when stopped
+    (130 for Ctrl-C)."""
     parser = argparse.ArgumentParser(
         prog="skuforge ingest",
-        description="Upload each SKU folder's photos to the object store and publish sku.ingested.",
+        description="Upload each SKU folder's photos to the object store and publish sku.ingested; "
+        "or, with --withdraw-sku, take whole SKUs out of the retraining store.",
     )
     parser.add_argument(
-        "path", type=_folder_argument, help="a SKU folder (photos + metadata.json) or a folder of them"
+        "path",
+        type=_folder_argument,
+        nargs="?",
+        help="a SKU folder (photos + metadata.json) or a folder of them (none with --withdraw-sku)",
     )
     parser.add_argument(
         "--withdraw-missing",
@@ -901,10 +978,27 @@ def main(argv: list[str] | None = None) -> int:
         help="photos an earlier ingest stored that are no longer in the SKU's folder leave the retraining "
         "store, with every image generated from them (default: they stay, with a warning)",
     )
+    parser.add_argument(
+        "--withdraw-sku",
+        action="append",
+        default=[],
+        metavar="SKU_ID",
+        help="instead of ingesting, take a whole SKU out of the retraining store (an old sku_id, a "
+        "delisted product): every photo stored for it and every image generated from them, as "
+        "--withdraw-missing does; repeatable; ingesting its folder again reinstates them",
+    )
     args = parser.parse_args(argv)
+    if args.withdraw_sku and (args.path is not None or args.withdraw_missing):
+        parser.error("--withdraw-sku takes no folder and no --withdraw-missing: run it on its own")
+    if not args.withdraw_sku and args.path is None:
+        parser.error("the following arguments are required: path")
     try:
         with stopped_as_interrupt():
             settings = load_settings()
+            if args.withdraw_sku:
+                withdrawn = withdraw_skus(args.withdraw_sku, settings)
+                print(json.dumps({"withdrawn_skus": len(withdrawn), "photo_ids": withdrawn}))
+                return 0
             event_ids = ingest_path(args.path, settings, withdraw_missing=args.withdraw_missing)
     except IngestIncomplete as exc:
         print(f"skuforge ingest: {exc}", file=sys.stderr)

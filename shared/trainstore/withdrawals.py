@@ -1,7 +1,8 @@
 """Withdrawn photos: real photos their owner took out of a SKU, and everything generated from them.
 
 ``skuforge ingest --withdraw-missing`` withdraws the photos an earlier ingest stored that are no longer
-in the SKU's folder; putting such a photo back and ingesting again reinstates it. A withdrawal is a
+in the SKU's folder, and ``skuforge ingest --withdraw-sku`` every photo of a SKU (an old sku_id, a
+delisted product); putting such a photo back and ingesting again reinstates it. A withdrawal is a
 marker, written first, then rows, then deletions, each step idempotent, so running ingest again
 finishes one that stopped half-way::
 
