@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import float_between, int_between, non_negative_int, positive_int
+from shared.argtypes import float_between, int_between, non_negative_int, positive_float, positive_int
+from shared.evaluation import L2, REAL_WEIGHT, TUNE_LR
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     EvaluationConfig,
@@ -748,17 +749,30 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="draws the SKUs' photos and scenes; the generator's seed (a stack's SKUFORGE_GENERATION_SEED)",
     )
-    parser.add_argument("--l2", type=float, default=1e-2)
-    parser.add_argument("--real-weight", type=float, default=4.0)
+    # The classifier options take what `skuforge evaluate` takes (shared.evaluation: one rule for both).
+    parser.add_argument("--l2", type=L2, default=1e-2, help="L2 weight of the linear head, 0 to 1e6")
+    parser.add_argument(
+        "--real-weight",
+        type=REAL_WEIGHT,
+        default=4.0,
+        help="loss weight of a real photo relative to a synthetic or augmented image, 1e-6 to 1e6",
+    )
     parser.add_argument(
         "--tune-stages",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="0: frozen features + linear head (default); n: also fine-tune the backbone's last n stages",
     )
     parser.add_argument("--tune-epochs", type=positive_int, default=8)
-    parser.add_argument("--tune-lr", type=float, default=1e-4)
-    parser.add_argument("--timeout-s", type=float, default=7200.0)
+    parser.add_argument(
+        "--tune-lr", type=TUNE_LR, default=1e-4, help="AdamW learning rate of the tuned stages, 1e-9 to 1"
+    )
+    parser.add_argument(
+        "--timeout-s",
+        type=positive_float,
+        default=7200.0,
+        help="stack mode: how long the stack may take to decide every image (s, above 0)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("var/augment"))
     parser.add_argument(
         "--out", type=Path, default=None, help="results JSON (default bench/results/augment*.json)"

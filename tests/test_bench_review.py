@@ -467,6 +467,42 @@ def test_a_share_outside_0_to_1_is_refused_before_the_run(
     assert _exit_code([*argv, "--out", str(tmp_path / "o.json"), *option]) == 2
 
 
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--l2", "inf"],
+        ["--l2", "-1"],
+        ["--real-weight", "nan"],
+        ["--real-weight", "0"],
+        ["--tune-lr", "-0.0001"],
+        ["--tune-stages", "-2"],
+        ["--timeout-s", "-5"],
+        ["--timeout-s", "inf"],
+    ],
+)
+def test_a_classifier_option_or_timeout_evaluate_would_refuse_is_refused_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], option: list[str]
+) -> None:
+    # Were plain floats and ints: an --l2 inf or a negative --real-weight ran the leakage checks and the
+    # backbone load, then trained on it; `skuforge evaluate` refuses them (the same ranges for both).
+    from services.trainstore.evaluate import build_parser
+
+    def started(*args: object) -> None:
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(augment, "read_grocery", started)
+    argv = ["--dataset", str(tmp_path), "--split", "val", "--mode", "in-process", "--tag", "t"]
+    assert _exit_code([*argv, "--out", str(tmp_path / "o.json"), *option]) == 2
+    reason = capsys.readouterr().err.strip().splitlines()[-1].split(" error: ", 1)[1]
+    assert reason.startswith(f"argument {option[0]}: must be ")
+    if option[0] != "--timeout-s":  # evaluate has no stack to wait for
+        evaluate = ["--heldout", str(tmp_path), "--out", str(tmp_path), "--max-synthetic-per-real", "1"]
+        with pytest.raises(SystemExit) as refused:
+            build_parser().parse_args([*evaluate, *option])
+        assert refused.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(reason)
+
+
 def test_reuse_stack_refuses_another_dataset_than_the_stored_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

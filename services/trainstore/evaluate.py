@@ -40,13 +40,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared.argtypes import (
-    float_between,
     folder_problem,
     int_between,
     non_negative_int,
     positive_int,
 )
-from shared.evaluation import BACKBONES
+from shared.evaluation import BACKBONES, L2, REAL_WEIGHT, TUNE_LR
 
 DEFAULT_CACHE_DIR = Path("var/evaluate/features")
 # --tune-epochs and --tune-lr when --tune-stages is given without them.
@@ -136,13 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--l2",
-        type=float_between(0.0, 1e6),
+        type=L2,
         default=1e-2,
         help="L2 weight of the linear head, 0 to 1e6 (default 0.01)",
     )
     parser.add_argument(
         "--real-weight",
-        type=float_between(1e-6, 1e6),
+        type=REAL_WEIGHT,
         default=4.0,
         help="loss weight of a real photo relative to a synthetic or augmented image, 1e-6 to 1e6 "
         "(default 4: chosen on GroceryStoreDataset val, docs/evaluation.md)",
@@ -163,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tune-lr",
-        type=float_between(1e-9, 1.0),
+        type=TUNE_LR,
         default=None,
         help="with --tune-stages: AdamW learning rate of the tuned stages, 1e-9 to 1; the head's is 10x "
         "(default 1e-4)",

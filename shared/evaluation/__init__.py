@@ -2,6 +2,14 @@
 
 from typing import Literal
 
+from shared.argtypes import float_between
+
 BackboneName = Literal["efficientnet-lite0", "tiny"]
 # The backbones ``backbone.open_backbone`` builds, named here, without torch, for command-line parsers.
 BACKBONES: tuple[BackboneName, ...] = ("efficientnet-lite0", "tiny")
+
+# The classifier options' ranges, one rule for ``skuforge evaluate`` and bench/augment.py: argparse
+# types, so that an ``--l2 inf`` or a negative ``--real-weight`` is refused before a run.
+L2 = float_between(0.0, 1e6)
+REAL_WEIGHT = float_between(1e-6, 1e6)
+TUNE_LR = float_between(1e-9, 1.0)
