@@ -453,18 +453,47 @@ def results_file(args: argparse.Namespace) -> Path:
     return RESULTS / f"augment-val{suffix}.json"
 
 
-def dataset_identity(root: Path, inputs: Iterable[Path]) -> dict[str, Any]:
-    """Which photos a stack run was given: the dataset folder (resolved) and a fingerprint of its SKUs'
-    references and scenes (each one's path in the folder and content hash). Another folder of the same
-    photos is the same dataset; the same file names with other photos are not."""
+# What a stack run's dataset "fingerprint" covers. A record without "fingerprint_version" (an older run)
+# fingerprints the photos alone (``photos_fingerprint``); 2 adds the class each photo went in as and that
+# class's series, which classes.csv decides (--series coarse: its coarse class, the scenes' tag).
+DATASET_FINGERPRINT_VERSION = 2
+
+
+def dataset_identity(
+    root: Path, references: dict[str, set[Path]], scenes: dict[str, list[Path]], series_of: dict[str, str]
+) -> dict[str, Any]:
+    """Which photos a stack run was given, and as what: the dataset folder (resolved) and a fingerprint of
+    its SKUs' references and scenes (each one's role, class, series, path in the folder and content
+    hash). Another folder of the same photos is the same dataset; the same file names with other photos,
+    or a classes.csv that puts a class in another coarse class (other tags), are not."""
+    photos = {
+        (role, name, path)
+        for role, per_class in (("reference", references), ("scene", scenes))
+        for name, paths in per_class.items()
+        for path in paths
+    }
+    lines = sorted(
+        json.dumps([role, name, series_of[name], path.relative_to(root).as_posix(), sha256_file(path)])
+        for role, name, path in photos
+    )
+    return {
+        "path": str(root.resolve()),
+        "photos": len({path for _, _, path in photos}),
+        "fingerprint": sha256_hex("\n".join(lines).encode()),
+        "fingerprint_version": DATASET_FINGERPRINT_VERSION,
+    }
+
+
+def photos_fingerprint(root: Path, inputs: Iterable[Path]) -> str:
+    """The fingerprint of records without a "fingerprint_version": each photo's path and content hash."""
     lines = sorted(f"{path.relative_to(root).as_posix()} {sha256_file(path)}" for path in set(inputs))
-    fingerprint = sha256_hex("\n".join(lines).encode())
-    return {"path": str(root.resolve()), "photos": len(lines), "fingerprint": fingerprint}
+    return sha256_hex("\n".join(lines).encode())
 
 
 def refuse_another_stack_run(args: argparse.Namespace, ks: list[int]) -> None:
     """``--reuse-stack`` scores what the last stack run stored: only with the options it ran with and
-    the photos it was given (``args.dataset_identity``). With another seed the held-out set (val +
+    the photos it was given, with the same classes and series tags (``args.dataset_identity``; an older
+    record's photos alone: ``args.dataset_photos_fingerprint``). With another seed the held-out set (val +
     spare train) would hold that run's references and scenes; with another --dataset, this dataset's
     photos were scored against images made from another's."""
     if not (args.workdir / STACK_RUN).is_file():
@@ -487,12 +516,22 @@ def refuse_another_stack_run(args: argparse.Namespace, ks: list[int]) -> None:
             f"run): not checked that {args.dataset} is it",
             file=sys.stderr,
         )
-    elif dataset.get("fingerprint") != args.dataset_identity["fingerprint"]:
-        raise SystemExit(
-            f"--reuse-stack: the stored stack was given the photos of {dataset.get('path')} "
-            f"({dataset.get('photos')} references and scenes), not those of {args.dataset}: "
-            "give its --dataset, or run the stack again in a new --workdir"
-        )
+    else:
+        older = "fingerprint_version" not in dataset  # its fingerprint is of the photos alone
+        given = args.dataset_photos_fingerprint if older else args.dataset_identity["fingerprint"]
+        if dataset.get("fingerprint") != given:
+            raise SystemExit(
+                f"--reuse-stack: the stored stack was given the photos of {dataset.get('path')} "
+                f"({dataset.get('photos')} references and scenes), not those of {args.dataset} as its "
+                "classes.csv tags them: give its --dataset, or run the stack again in a new --workdir"
+            )
+        if older:  # checked as far as it goes, and said
+            print(
+                f"note: {args.workdir / STACK_RUN} fingerprints only the photos its stack was given (an "
+                f"older run), not the classes and series tags they went in as: not checked that "
+                f"{args.dataset}'s classes.csv gives the same",
+                file=sys.stderr,
+            )
     wanted = {**generation_options(args), "k": ks}
     differ = sorted(name for name in wanted if recorded.get(name) != wanted[name])
     if differ:
@@ -866,11 +905,15 @@ def main(argv: list[str] | None = None) -> int:
         item.name: item.name if args.series == "class" else item.coarse for item in data.classes
     }
     scenes_dir = args.workdir / ("scenes" if args.series == "class" else f"scenes-{args.series}")
-    # What a stack run is given, recorded with it: --reuse-stack scores only the same photos' images.
-    args.dataset_identity = dataset_identity(
-        data.root, [*used, *(path for paths in scenes.values() for path in paths)]
-    )
+    # What a stack run is given, recorded with it: --reuse-stack scores only the same photos' images,
+    # made with the same series tags.
+    references_of = {name: {path for refs in all_refs.values() for path in refs[name]} for name in classes}
+    args.dataset_identity = dataset_identity(data.root, references_of, scenes, args.series_of)
     if args.mode == "stack" and args.reuse_stack:
+        # What an older record's fingerprint covers.
+        args.dataset_photos_fingerprint = photos_fingerprint(
+            data.root, [*used, *(path for paths in scenes.values() for path in paths)]
+        )
         refuse_another_stack_run(args, ks)  # before the backbone loads
     elif args.mode == "stack":
         # Before the scene library is written: a used stack's stays the one it was started with.

@@ -89,7 +89,7 @@ def test_a_fresh_stack_run_refuses_a_stack_folder_an_earlier_run_used(tmp_path: 
         augment.refuse_a_used_stack(stack_dir)
 
 
-_DATASET = {"path": "/data", "photos": 648, "fingerprint": "f" * 64}
+_DATASET = {"path": "/data", "photos": 648, "fingerprint": "f" * 64, "fingerprint_version": 2}
 
 
 def _options(workdir: Path, **overrides: Any) -> argparse.Namespace:
@@ -548,18 +548,93 @@ def test_reuse_stack_refuses_another_dataset_than_the_stored_runs(
     assert "does not record the dataset its stack was given" in capsys.readouterr().err
     # The run's record names the photos it was given: those of the first dataset only are scored.
     data = augment.read_grocery(first)
-    used = [path for paths in augment.references(data, 0, 0).values() for path in paths]
-    scenes = [path for paths in augment.scene_photos(data, 4, 0, set(used)).values() for path in paths]
+    references = {name: set(paths) for name, paths in augment.references(data, 0, 0).items()}
+    scenes = augment.scene_photos(data, 4, 0, set().union(*references.values()))
     run = {
         "images_per_min": 90.0,
         "options": options,
-        "dataset": augment.dataset_identity(first, used + scenes),
+        "dataset": augment.dataset_identity(first, references, scenes, {"Kiwi": "Kiwi"}),
     }
     (work / augment.STACK_RUN).write_text(json.dumps(run))
     with pytest.raises(SystemExit, match=r"--reuse-stack: the stored stack was given .*first"):
         augment.main(["--dataset", str(other), *argv])
     with pytest.raises(AssertionError, match="the run started"):
         augment.main(["--dataset", str(first), *argv])
+
+
+def test_reuse_stack_refuses_a_dataset_whose_classes_csv_gives_other_series_tags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # With --series coarse a SKU's series (and its scenes' tag) is classes.csv's coarse class, which the
+    # dataset fingerprint did not cover: after an edit of classes.csv, --reuse-stack scored the images
+    # the stored stack made under the old tags as if made under the new ones.
+    from shared.evaluation.experiment import encode_jpeg
+    from shared.store import sha256_hex
+    from tests.test_evaluate import shelf_photo
+
+    dataset = _grocery(tmp_path / "data", {"a.jpg": shelf_photo(2)}, {"held.jpg": shelf_photo(1)})
+    work = tmp_path / "work"
+    work.mkdir()
+    options = {
+        **augment.generation_options(
+            _options(
+                work,
+                variants_per_sku=12,
+                scenes_per_class=4,
+                pile_share=0.0,
+                size=384,
+                series="coarse",
+                max_reference_px=1024,
+                min_plain_background=0.7,
+                own_scene_share=0.0,
+                min_cutout_solidity=0.0,
+            )
+        ),
+        "k": [0],
+    }
+
+    def started(*args: object) -> None:
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(augment, "open_backbone", started)
+    argv = ["--dataset", str(dataset), "--series", "coarse", "--k", "0", "--workdir", str(work)]
+    argv += ["--reuse-stack", "--out", str(tmp_path / "o.json")]
+    # The dataset a stack run of these options records (run_stack writes args.dataset_identity).
+    refuse = augment.refuse_another_stack_run
+    recorded: dict[str, Any] = {}
+    monkeypatch.setattr(
+        augment, "refuse_another_stack_run", lambda args, ks: recorded.update(args.dataset_identity)
+    )
+    with pytest.raises(AssertionError, match="the run started"):
+        augment.main(argv)
+    monkeypatch.setattr(augment, "refuse_another_stack_run", refuse)
+    (work / augment.STACK_RUN).write_text(
+        json.dumps({"images_per_min": 90.0, "options": options, "dataset": recorded})
+    )
+    with pytest.raises(AssertionError, match="the run started"):
+        augment.main(argv)  # the same dataset: scored again
+    classes_csv = dataset / "classes.csv"
+    classes_csv.write_text(classes_csv.read_text().replace("Kiwi,0,Kiwi,0", "Kiwi,0,Fruit,0"))
+    with pytest.raises(SystemExit, match=r"--reuse-stack: the stored stack was given .* classes\.csv"):
+        augment.main(argv)
+    # A record from before the fingerprint covered the tags (the photos' paths and contents alone) is
+    # still compared as far as it goes: the same photos are scored, with a note; others are refused.
+    photos = [
+        dataset / "iconic-images-and-descriptions/Fruit/Kiwi/Kiwi_Iconic.jpg",
+        dataset / "train/Kiwi/a.jpg",
+    ]
+    lines = sorted(f"{path.relative_to(dataset).as_posix()} {augment.sha256_file(path)}" for path in photos)
+    older = {"path": str(dataset), "photos": 2, "fingerprint": sha256_hex("\n".join(lines).encode())}
+    (work / augment.STACK_RUN).write_text(
+        json.dumps({"images_per_min": 90.0, "options": options, "dataset": older})
+    )
+    capsys.readouterr()
+    with pytest.raises(AssertionError, match="the run started"):
+        augment.main(argv)
+    assert "fingerprints only the photos its stack was given" in capsys.readouterr().err
+    (dataset / "train/Kiwi/a.jpg").write_bytes(encode_jpeg(shelf_photo(3)))  # another photo
+    with pytest.raises(SystemExit, match="--reuse-stack: the stored stack was given"):
+        augment.main(argv)
 
 
 def test_in_process_piles_fall_where_the_generator_stage_puts_them(
