@@ -539,6 +539,14 @@ def refuse_another_stack_run(args: argparse.Namespace, ks: list[int]) -> None:
             f"--{name.replace('_', '-')} {recorded.get(name)!r} (asked: {wanted[name]!r})" for name in differ
         )
         raise SystemExit(f"--reuse-stack: the stored stack ran with {shown}; give the same options")
+    if run.get("environment") is None:
+        # Runs before the stack's settings were recorded inherited the shell's SKUFORGE_*: scored, and said.
+        print(
+            f"note: {args.workdir / STACK_RUN} does not record the SKUFORGE_* settings its stack got (an "
+            "older run): it inherited the shell's, so the gate's thresholds, the matting clean-up and the "
+            "captioner's options it ran with are not known (the report's stack_images.environment is null)",
+            file=sys.stderr,
+        )
 
 
 def refuse_a_used_stack(stack_dir: Path) -> None:

@@ -545,7 +545,10 @@ def test_reuse_stack_refuses_another_dataset_than_the_stored_runs(
     (work / augment.STACK_RUN).write_text(json.dumps({"images_per_min": 90.0, "options": options}))
     with pytest.raises(AssertionError, match="the run started"):
         augment.main(["--dataset", str(first), *argv])
-    assert "does not record the dataset its stack was given" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not record the dataset its stack was given" in err
+    # Nor the SKUFORGE_* its stack got (it inherited the shell's): said as well, not scored silently.
+    assert "does not record the SKUFORGE_* settings its stack got" in err
     # The run's record names the photos it was given: those of the first dataset only are scored.
     data = augment.read_grocery(first)
     references = {name: set(paths) for name, paths in augment.references(data, 0, 0).items()}
@@ -558,8 +561,17 @@ def test_reuse_stack_refuses_another_dataset_than_the_stored_runs(
     (work / augment.STACK_RUN).write_text(json.dumps(run))
     with pytest.raises(SystemExit, match=r"--reuse-stack: the stored stack was given .*first"):
         augment.main(["--dataset", str(other), *argv])
+    capsys.readouterr()
     with pytest.raises(AssertionError, match="the run started"):
         augment.main(["--dataset", str(first), *argv])
+    assert "does not record the SKUFORGE_*" in capsys.readouterr().err
+    # A record of what its stack got: no note.
+    (work / augment.STACK_RUN).write_text(
+        json.dumps({**run, "environment": {"SKUFORGE_GENERATION_SEED": "0"}})
+    )
+    with pytest.raises(AssertionError, match="the run started"):
+        augment.main(["--dataset", str(first), *argv])
+    assert "note:" not in capsys.readouterr().err
 
 
 def test_reuse_stack_refuses_a_dataset_whose_classes_csv_gives_other_series_tags(
