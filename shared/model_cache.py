@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from shared.store import ObjectStore, S3Store, open_store
+from shared.store import ObjectStore, S3Store, check_key, open_store
 
 __all__ = ["COMPLETE_MARKER", "cache_dir", "fetch_directory", "fetch_file", "write_atomically"]
 
@@ -143,8 +143,9 @@ def fetch_directory(
     so publish a changed model under a new URI. Processes sharing the cache may fetch at once: a
     copy another one completed meanwhile is used as it is, never deleted under its readers.
     Raises ``ValueError`` when nothing is stored under ``uri``, when ``required_file``
-    (e.g. ``config.json``) is not among what is, or when a name in the folder is over 255 bytes (S3
-    takes it, no file system does; the files keep their names, which their loader reads them by).
+    (e.g. ``config.json``) is not among what is, when a name in the folder is over 255 bytes (S3
+    takes it, no file system does; the files keep their names, which their loader reads them by), or
+    when a name is one the store cannot read (a backslash, ``a//b``): all before any file is read.
     """
     root = uri.rstrip("/")
     source, prefix = _source(root, store, s3_endpoint_url, s3_region)
@@ -166,6 +167,13 @@ def fetch_directory(
                     f"system takes a name over {NAME_MAX_BYTES} bytes, and the model's files are read by "
                     "name; rename it in the store"
                 )
+        # A name the store cannot address ('a\\b.bin', 'a//b') is refused here too, naming the folder.
+        try:
+            check_key(prefix + key)
+        except ValueError as exc:
+            raise ValueError(
+                f"{root}/ holds {key!r}, which the store cannot read ({exc}); rename it in the store"
+            ) from None
     location = _location(source, prefix)
     base = cache_dir(cache)
     label = _shortened(root.rpartition("/")[2] or "root", NAME_MAX_BYTES - 17)

@@ -272,3 +272,28 @@ def test_a_model_folder_with_a_file_name_no_file_system_takes_is_refused_up_fron
     )
     assert fetched == []
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_a_model_folder_with_a_file_name_the_store_cannot_read_is_refused_up_front_naming_it(
+    tmp_path: Path,
+) -> None:
+    # A file named with a backslash (or 'a//b' in S3) was refused mid-copy, after the files sorted
+    # before it were downloaded, by a bare "key ... contains a backslash" naming no folder.
+    store = FileStore(tmp_path / "models")
+    uri = _model_folder(store, "blip")
+    (tmp_path / "models" / "blip" / "z\\b.bin").write_bytes(b"w")
+    fetched: list[str] = []
+    real_get_bytes = store.get_bytes
+
+    def get_bytes(uri_or_key: str) -> bytes:
+        fetched.append(uri_or_key)
+        return real_get_bytes(uri_or_key)
+
+    store.get_bytes = get_bytes  # type: ignore[method-assign]
+    with pytest.raises(ValueError) as info:
+        fetch_directory(uri, tmp_path / "cache", store=store)
+    assert str(info.value) == (
+        f"{uri}/ holds 'z\\\\b.bin', which the store cannot read (key 'blip/z\\\\b.bin' contains a "
+        "backslash); rename it in the store"
+    )
+    assert fetched == []
