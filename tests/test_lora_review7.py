@@ -125,6 +125,9 @@ def test_a_roll_back_whose_registry_weights_are_lost_or_altered_is_reported_and_
     errors = [r for r in caplog.records if r.name == "skuforge.lora-trainer" and r.levelno >= logging.ERROR]
     assert [error.key for error in errors] == [store.uri_for(weights_key)] * 2  # type: ignore[attr-defined]
     assert "delete its published marker" in errors[0].getMessage()
+    # Worded by cause: it said "a record of its publication cannot be read" for lost weights too.
+    cause = "lost" if lost else "do not match their sha256"
+    assert errors[0].getMessage().startswith(f"adapter left out: its weights in the registry {cause}; ")
     assert rolled_back.metrics.unreadable.labels("published")._value.get() == 1
 
     store.delete(f"{PREFIX}/published/{first.adapter_id}.json")  # what the log says to do
@@ -178,3 +181,39 @@ def test_a_deleted_current_pointer_leaves_an_adapter_an_operator_registered_serv
     assert trainer.run_pending() == []
     assert served(store) == "cola-by-hand"
     assert json.loads(store.get_bytes(pointer)) == {"adapter_id": published.adapter_id}
+
+
+@pytest.mark.parametrize("lost", [True, False])
+def test_a_publish_retried_after_the_registry_copy_was_damaged_registers_the_job_s_weights_again(
+    tmp_path: Path, stub_training: list[Path], monkeypatch: pytest.MonkeyPatch, lost: bool
+) -> None:
+    """A publish retried (the broker away) found the adapter already the newest in the registry and
+    published it as it was, unchecked: weights lost or altered there since then failed in the generator."""
+    store = FileStore(tmp_path / "store")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    trainer = trainer_on(store, model_folder(tmp_path, "m"), lora_class_images=0)
+
+    def broker_away(event: AdapterPublished) -> None:
+        raise TransientError("broker away")
+
+    trainer.publish = broker_away
+    trainer.poll()  # trained and registered, not published
+    adapter_id = served(store)
+    assert adapter_id is not None
+    weights_key = _weights_key(store, adapter_id)
+    weights = store.get_bytes(weights_key)
+    if lost:
+        store.delete(weights_key)
+    else:
+        store.put_bytes(weights_key, weights[:-1] + bytes([weights[-1] ^ 1]))  # one bit flipped
+    published: list[AdapterPublished] = []
+    trainer.publish = published.append
+
+    trainer.poll()
+
+    [event] = published
+    assert event.adapter_id == adapter_id and trainer.last_error is None
+    metadata = AdapterRegistry(store).get(adapter_id)
+    # What the generator reads: the weights the registry names, checked against the event's sha256.
+    assert metadata.weights_sha256 == event.weights_sha256
+    assert store.read_checked(f"{adapter_id}/{metadata.weight_name}", event.weights_sha256) == weights

@@ -94,6 +94,7 @@ from shared.errors import BadInput, ObjectMissing, TransientError
 from shared.generation.adapters import (
     METADATA_FILE,
     AdapterKind,
+    AdapterMetadata,
     AdapterRegistry,
     lora_rank,
     resolve_adapter,
@@ -345,11 +346,18 @@ def _checked_result(data: bytes) -> dict[str, Any]:
 class UnreadableRecord(Exception):
     """A record the trainer keeps of a published adapter (its series' ``current/`` pointer, its
     ``published/`` marker, its registry metadata) that this version cannot read: ``key`` names it,
-    ``reason`` says why and ``fix`` what to do. Its job is left out until an operator acts. Also a
+    ``reason`` says why, ``fix`` what to do and ``cause`` what is wrong, for the operator (a pointer
+    cut short is not weights gone from the registry). Its job is left out until an operator acts. Also a
     trained job's own output (``_folder_output``), which is trained again instead."""
 
-    def __init__(self, key: str, exc: BaseException, fix: str) -> None:
-        self.key, self.reason, self.fix = key, _one_line(exc), fix
+    def __init__(
+        self,
+        key: str,
+        exc: BaseException,
+        fix: str,
+        cause: str = "a record of its publication cannot be read",
+    ) -> None:
+        self.key, self.reason, self.fix, self.cause = key, _one_line(exc), fix, cause
         super().__init__(f"{key}: {self.reason}")
 
 
@@ -608,7 +616,7 @@ class LoraTrainer:
                 # rebuilt: which adapter the series serves, or its publication count, is the operator's.
                 unreadable += 1
                 log.error(
-                    f"adapter left out: a record of its publication cannot be read; {exc.fix}",
+                    f"adapter left out: {exc.cause}; {exc.fix}",
                     extra={"adapter_id": job.adapter_id, "key": exc.key, "reason": exc.reason},
                 )
                 continue
@@ -751,18 +759,20 @@ class LoraTrainer:
         return choice.adapter_id
 
     def _publish(self, job: Job, job_prefix: str, marker: str, *, publication: int = 1) -> AdapterPublished:
-        """Register the trained job's weights (unless the generator already picks them: registered
-        again for a roll-back), publish, then record it: the general schedule, the series' current
-        adapter, and last the published marker."""
+        """Register the trained job's weights (unless the generator already picks them, their registry
+        copy whole: registered again for a roll-back), publish, then record it: the general schedule,
+        the series' current adapter, and last the published marker."""
         result, weights = self._trained(job, job_prefix, marker)
-        # Registered and the newest (a retry after a lost ack or a crash): not written again. Else (a
-        # roll-back; a marker deleted, so a roll-back taken for a first publication) registered again:
-        # a new created_at makes it the newest, the one the generator picks.
+        # Registered and the newest (a retry after a lost ack or a crash), its weights there whole: not
+        # written again. Else (a roll-back; a marker deleted, so a roll-back taken for a first
+        # publication; the registry's weights lost or altered since) registered again: a new
+        # created_at makes it the newest, the one the generator picks.
         newest = resolve_adapter(self.registry.list(), series=job.series, base_model=self.base_model).adapter
         if (
             newest is not None
             and newest.adapter_id == job.adapter_id
             and newest.training_set_sha256 == job.sha256
+            and self._registered_whole(newest)
         ):
             metadata = newest
         else:
@@ -806,6 +816,21 @@ class LoraTrainer:
         log.info("adapter published", extra={"adapter_id": job.adapter_id, "steps": result["steps"]})
         return event
 
+    def _registered_whole(self, metadata: AdapterMetadata) -> bool:
+        """Whether the registry's copy of the weights ``metadata`` names is there and matches its sha256.
+        Published unchecked, weights lost or altered there failed in the generator, at every request."""
+        weights_key = f"{metadata.adapter_id}/{metadata.weight_name}"
+        try:
+            self.registry.store.read_checked(weights_key, metadata.weights_sha256)
+        except BadInput as exc:  # ObjectMissing, ChecksumMismatch; a store away is retried
+            log.warning(
+                "the registry's copy of the adapter's weights is lost or altered: registered again from "
+                "the job's weights",
+                extra={"adapter_id": metadata.adapter_id, "key": weights_key, "reason": _one_line(exc)},
+            )
+            return False
+        return True
+
     def _trained(self, job: Job, job_prefix: str, marker: str) -> tuple[dict[str, Any], bytes]:
         """The trained job's result record and weights: from its folder, or, for a job published before
         whose folder has expired (docs/ops.md allows it once published) or is damaged, from its marker and
@@ -824,7 +849,10 @@ class LoraTrainer:
             metadata = self.registry.get(job.adapter_id)
         except ValidationError as exc:
             raise UnreadableRecord(
-                self.registry.store.uri_for(f"{job.adapter_id}/{METADATA_FILE}"), exc, fix
+                self.registry.store.uri_for(f"{job.adapter_id}/{METADATA_FILE}"),
+                exc,
+                fix,
+                "its metadata in the registry cannot be read",
             ) from None
         weights_key = f"{job.adapter_id}/{metadata.weight_name}"
         try:
@@ -832,7 +860,10 @@ class LoraTrainer:
         except BadInput as exc:
             # Lost or failing their checksum (ObjectMissing, ChecksumMismatch): raised at every poll for
             # ever, seen only as `retried`. A store away is a TransientError, still retried.
-            raise UnreadableRecord(self.registry.store.uri_for(weights_key), exc, fix) from None
+            cause = "lost" if isinstance(exc, ObjectMissing) else "do not match their sha256"
+            raise UnreadableRecord(
+                self.registry.store.uri_for(weights_key), exc, fix, f"its weights in the registry {cause}"
+            ) from None
         published: dict[str, Any] = json.loads(self.store.get_bytes(marker))
         return published, weights
 
