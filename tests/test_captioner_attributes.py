@@ -554,6 +554,22 @@ def test_a_vlm_sentence_cannot_overrule_measured_colours_or_shape() -> None:
     assert merge_sentence(caption, "a photo of a blue", ["red"], "can") == caption
 
 
+@pytest.mark.parametrize(
+    ("sentence", "shape", "merged"),
+    [
+        ("a blue can beside an x-ray of a hand", "can", "a can beside an x-ray of a hand"),
+        ("a jar next to a u-turn sign", "bottle", "a bottle next to a u-turn sign"),
+        ("an apple and a blue box", "can", "an apple and a can"),
+    ],
+)
+def test_a_vlm_sentence_keeps_the_articles_of_words_it_did_not_lose(
+    sentence: str, shape: str, merged: str
+) -> None:
+    # Every "a"/"an" was redone by ``article``, which misses cases: "an x-ray" became "a x-ray" and "a
+    # u-turn" "an u-turn" though no word beside them was dropped or replaced.
+    assert merge_sentence("C", sentence, ["red"], shape) == f"C, {merged}"
+
+
 def test_plain_background_share_tells_a_catalogue_photo_from_a_cluttered_one() -> None:
     rng = np.random.default_rng(3)
     mask = np.zeros((200, 160), dtype=np.uint8)

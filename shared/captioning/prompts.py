@@ -343,13 +343,17 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     Colour words not among the measured colours are dropped where they say a colour ("a red box"),
     not where they are a noun ("sour cream", "an orange on a table"); a packaging word naming another
     shape becomes the measured one ("product" when the shape is unknown; dropped with its article and
-    "of" for loose produce): the attribute captioner is authoritative for both. What is left (scene,
-    objects, text the model read) is appended after a comma. An empty sentence, or one left with only
-    glue words, adds nothing.
+    "of" for loose produce): the attribute captioner is authoritative for both. An article before a
+    word dropped or replaced is redone for the word now after it; the model's others stay. What is
+    left (scene, objects, text the model read) is appended after a comma. An empty sentence, or one
+    left with only glue words, adds nothing.
     """
     measured = {colour.lower() for colour in colours}
     words = [word.lower() for word in re.findall(r"[A-Za-z0-9'&-]+", sentence)]
     kept: list[str] = []
+    # Indices in ``kept`` of the articles before a word dropped or replaced: "an orange box" is "a can".
+    # Only those are redone: ``article`` misses cases ("an x-ray"), and the model had the rest right.
+    retold: set[int] = set()
     skip: str | None = None  # a word the previous drop takes with it ("of", "and")
     for index, lower in enumerate(words):
         following = words[index + 1] if index + 1 < len(words) else None
@@ -363,20 +367,25 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
             and not (lower == "gray" and "grey" in measured)
             and _modifies(words, index)
         ):
+            if kept and kept[-1] in ("a", "an"):
+                retold.add(len(kept) - 1)
             skip = following if following in ("and", "or") else None  # "red and white box"
             continue
         if lower in _SHAPE_WORDS and _SHAPE_WORDS[lower] != shape:
             if shape == "produce":
                 # Loose produce has no packaging: "a bag of oranges" is "oranges", not "a produce of".
                 if kept and kept[-1] in ("a", "an", "the"):
+                    retold.discard(len(kept) - 1)
                     kept.pop()
                 skip = "of" if following == "of" else None
                 continue
             lower = shape if shape != "other" else "product"
+            if kept and kept[-1] in ("a", "an"):
+                retold.add(len(kept) - 1)
         kept.append(lower)
-    # Dropping a word can leave "an can": articles follow the word after them.
-    for index, word in enumerate(kept[:-1]):
-        if word in ("a", "an"):
+    # Dropping or replacing a word can leave "an can": those articles follow the word now after them.
+    for index in retold:
+        if index + 1 < len(kept):
             kept[index] = article(kept[index + 1])
     if not set(kept) - {"a", "an", "the", "of", "with", "and", "on", "in", "photo", "picture"}:
         return caption
