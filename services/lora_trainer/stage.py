@@ -59,7 +59,7 @@ job stopped mid-way to be resumed; failed, a job marked failed for good; retried
 in a fault and is tried again at the next one), ``skuforge_lora_steps_total``,
 ``skuforge_lora_requests_total`` (by kind) and ``skuforge_lora_requests_unreadable`` (by kind: request
 files the last plan left out; general: 1 while ``general.json`` is unreadable; published: adapters the
-last poll left out, a record of their publication unreadable).
+last poll left out, a record of their publication or their registry weights unreadable).
 """
 
 from __future__ import annotations
@@ -150,7 +150,8 @@ class LoraTrainerMetrics:
             "skuforge_lora_requests_unreadable",
             "Request files the last plan left out because this version cannot read them, by kind "
             "(general: 1 while general.json, the general adapter's schedule, is unreadable; published: "
-            "adapters the last poll left out because a record of their publication is unreadable).",
+            "adapters the last poll left out because a record of their publication, or their weights in "
+            "the registry, cannot be read).",
             ["kind"],
             registry=registry,
         )
