@@ -607,11 +607,11 @@ def withdrawable_photo_ids(stale_keys: list[str]) -> list[str]:
     return sorted(name.removesuffix(".png") for name in names if _PHOTO_OBJECT.fullmatch(name))
 
 
-def stale_photo_keys(sku: PreparedSku, store: ObjectStore) -> list[str]:
-    """Keys under the SKU's ``incoming/`` folder in ``store`` that none of its photos now has: photos
-    an earlier ingest stored that have since left the folder (or changed)."""
+def stale_photo_keys(sku: PreparedSku, stored: list[str]) -> list[str]:
+    """The keys of ``stored`` (the SKU's ``incoming/`` folder, listed) that none of its photos now has:
+    photos an earlier ingest stored that have since left the folder (or changed)."""
     current = {photo_key(sku, photo) for photo in sku.photos}
-    return [key for key in store.list_addressable(f"incoming/{sku.metadata.sku_id}/") if key not in current]
+    return [key for key in stored if key not in current]
 
 
 def stored_photo_owners(store: ObjectStore) -> dict[str, set[str]]:
@@ -722,12 +722,14 @@ def ingest_path(
             for sku in spooled:
                 failing = "store"
                 unspooled = _unspool(sku, Path(spool_dir))
-                if not any(store.list_keys(f"incoming/{sku.metadata.sku_id}/")):
+                # One listing of the SKU's folder serves both: is the id new, and what left the folder.
+                stored = list(store.list_addressable(f"incoming/{sku.metadata.sku_id}/"))
+                if not stored:
                     owners = stored_photo_owners(store) if owners is None else owners
                     _warn_of_another_sku(
                         unspooled, owners, {other.metadata.sku_id for other in spooled}, warn
                     )
-                stale = withdrawable_photo_ids(stale_photo_keys(unspooled, store))
+                stale = withdrawable_photo_ids(stale_photo_keys(unspooled, stored))
                 if not withdraw_missing:
                     _warn_of_stale_photos(unspooled, stale, warn)
                 back = _reinstate(unspooled, withdrawals, tell)
