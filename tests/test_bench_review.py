@@ -102,6 +102,23 @@ def _options(workdir: Path, **overrides: Any) -> argparse.Namespace:
     return argparse.Namespace(**values)
 
 
+def _stored_stack_options(work: Path, *, series: str) -> dict[str, Any]:
+    """The generation options a stored stack run of k = 0 records (the bench's defaults, ``series``)."""
+    options = _options(
+        work,
+        variants_per_sku=12,
+        scenes_per_class=4,
+        pile_share=0.0,
+        size=384,
+        series=series,
+        max_reference_px=1024,
+        min_plain_background=0.7,
+        own_scene_share=0.0,
+        min_cutout_solidity=0.0,
+    )
+    return {**augment.generation_options(options), "k": [0]}
+
+
 def test_in_process_images_of_other_generation_options_are_cached_apart(tmp_path: Path) -> None:
     # The cache folder was generated-<tag>-k<k>: a try with another seed or other parameters was scored on
     # the previous try's images, while its results file recorded the new options.
@@ -514,23 +531,7 @@ def test_reuse_stack_refuses_another_dataset_than_the_stored_runs(
     other = _grocery(tmp_path / "other", {"a.jpg": shelf_photo(3)}, {"held.jpg": shelf_photo(1)})
     work = tmp_path / "work"
     work.mkdir()
-    options = {
-        **augment.generation_options(
-            _options(
-                work,
-                variants_per_sku=12,
-                scenes_per_class=4,
-                pile_share=0.0,
-                size=384,
-                series="class",
-                max_reference_px=1024,
-                min_plain_background=0.7,
-                own_scene_share=0.0,
-                min_cutout_solidity=0.0,
-            )
-        ),
-        "k": [0],
-    }
+    options = _stored_stack_options(work, series="class")
 
     def started(*args: object) -> None:
         raise AssertionError("the run started")
@@ -587,23 +588,7 @@ def test_reuse_stack_refuses_a_dataset_whose_classes_csv_gives_other_series_tags
     dataset = _grocery(tmp_path / "data", {"a.jpg": shelf_photo(2)}, {"held.jpg": shelf_photo(1)})
     work = tmp_path / "work"
     work.mkdir()
-    options = {
-        **augment.generation_options(
-            _options(
-                work,
-                variants_per_sku=12,
-                scenes_per_class=4,
-                pile_share=0.0,
-                size=384,
-                series="coarse",
-                max_reference_px=1024,
-                min_plain_background=0.7,
-                own_scene_share=0.0,
-                min_cutout_solidity=0.0,
-            )
-        ),
-        "k": [0],
-    }
+    options = _stored_stack_options(work, series="coarse")
 
     def started(*args: object) -> None:
         raise AssertionError("the run started")
