@@ -26,6 +26,26 @@ def environment_restored() -> Iterator[None]:
     os.environ.update(saved)
 
 
+class StackStarted(Exception):
+    """Raised by ``started_stack``'s stand-in for the local stack, in place of starting it."""
+
+
+@pytest.fixture
+def started_stack(monkeypatch: pytest.MonkeyPatch, environment_restored: None) -> dict[str, str]:
+    """The environment a stack run starts its stack with; the stack itself is not started (the run
+    stops in ``StackStarted``)."""
+    import devstack.demo.demo
+
+    started_with: dict[str, str] = {}
+
+    def stack(*args: object, **kwargs: object) -> None:
+        started_with.update(os.environ)
+        raise StackStarted
+
+    monkeypatch.setattr(devstack.demo.demo, "stack", stack)
+    return started_with
+
+
 def _exit_code(argv: list[str]) -> object:
     with pytest.raises(SystemExit) as exc:
         augment.main(argv)
@@ -313,28 +333,15 @@ def test_the_full_test_run_still_writes_the_committed_figures(
             augment.main(["--dataset", str(tmp_path), *argv])
 
 
-@pytest.mark.usefixtures("environment_restored")
 def test_a_stack_run_generates_with_the_options_its_results_record(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, started_stack: dict[str, str]
 ) -> None:
     # The generator settings the bench did not set came from the shell: SKUFORGE_GENERATION_PARAMETERS
     # or _PILE_SHARE there made the stack's images while the results said parameters {} and pile 0.
-    import devstack.demo.demo
-
-    class Started(Exception):
-        pass
-
-    started_with: dict[str, str] = {}
-
-    def stack(*args: object, **kwargs: object) -> None:
-        started_with.update(os.environ)
-        raise Started
-
     for setting in (*augment.STACK_SETTINGS.values(), "SKUFORGE_SCENES_URI"):
         monkeypatch.setenv(setting, "from the shell")
     monkeypatch.setenv("SKUFORGE_GENERATION_PARAMETERS", '{"occluders": 0}')
     monkeypatch.setenv("SKUFORGE_GENERATION_PILE_SHARE", "0.5")
-    monkeypatch.setattr(devstack.demo.demo, "stack", stack)
     args = _options(
         tmp_path,
         variants_per_sku=12,
@@ -343,14 +350,14 @@ def test_a_stack_run_generates_with_the_options_its_results_record(
         min_plain_background=0.7,
         max_reference_px=1024,
     )
-    with pytest.raises(Started):
+    with pytest.raises(StackStarted):
         augment.run_stack(tmp_path / "skus", [], tmp_path / "scenes", args)
     recorded = augment.generation_options(args)
-    assert json.loads(started_with["SKUFORGE_GENERATION_PARAMETERS"]) == recorded["parameters"] == {}
-    assert float(started_with["SKUFORGE_GENERATION_PILE_SHARE"]) == recorded["pile_share"] == 0.0
-    assert float(started_with["SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND"]) == 0.7
-    assert int(started_with["SKUFORGE_GENERATION_MAX_REFERENCE_PX"]) == 1024
-    assert int(started_with["SKUFORGE_GENERATION_VARIANTS_PER_SKU"]) == 12
+    assert json.loads(started_stack["SKUFORGE_GENERATION_PARAMETERS"]) == recorded["parameters"] == {}
+    assert float(started_stack["SKUFORGE_GENERATION_PILE_SHARE"]) == recorded["pile_share"] == 0.0
+    assert float(started_stack["SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND"]) == 0.7
+    assert int(started_stack["SKUFORGE_GENERATION_MAX_REFERENCE_PX"]) == 1024
+    assert int(started_stack["SKUFORGE_GENERATION_VARIANTS_PER_SKU"]) == 12
 
 
 @pytest.mark.parametrize(
@@ -425,38 +432,25 @@ def test_a_scene_letterboxed_from_a_test_photo_is_refused_before_the_run(
         augment.main(["--dataset", str(dataset), *argv[2:], "--out", str(tmp_path / "o.json")])
 
 
-@pytest.mark.usefixtures("environment_restored")
 def test_a_stack_run_uses_the_seed_backend_and_matting_model_its_results_record(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, started_stack: dict[str, str]
 ) -> None:
     # The generator's seed, backend and mix and the matting models came from the shell: a diffusion mix
     # or another matting model there made the images while the results said seed 0, the composite
     # backend and the committed matting model ("matting_model": null).
-    import devstack.demo.demo
-
-    class Started(Exception):
-        pass
-
-    started_with: dict[str, str] = {}
-
-    def stack(*args: object, **kwargs: object) -> None:
-        started_with.update(os.environ)
-        raise Started
-
     monkeypatch.setenv("SKUFORGE_GENERATION_SEED", "7")
     monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND", "diffusion")
     monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND_MIX", '{"composite": 1, "diffusion": 1}')
     monkeypatch.setenv("SKUFORGE_MATTING_MODEL", "u2netp-official")
     monkeypatch.setenv("SKUFORGE_CAPTIONER_MATTING_MODEL", "u2netp-official")
-    monkeypatch.setattr(devstack.demo.demo, "stack", stack)
     args = _options(tmp_path, seed=3, variants_per_sku=12, size=384, pile_share=0.0)
-    with pytest.raises(Started):
+    with pytest.raises(StackStarted):
         augment.run_stack(tmp_path / "skus", [], tmp_path / "scenes", args)
-    assert int(started_with["SKUFORGE_GENERATION_SEED"]) == augment.generation_options(args)["seed"] == 3
-    assert started_with["SKUFORGE_GENERATION_BACKEND"] == "composite"
-    assert json.loads(started_with["SKUFORGE_GENERATION_BACKEND_MIX"]) == {}
-    assert "SKUFORGE_MATTING_MODEL" not in started_with
-    assert "SKUFORGE_CAPTIONER_MATTING_MODEL" not in started_with
+    assert int(started_stack["SKUFORGE_GENERATION_SEED"]) == augment.generation_options(args)["seed"] == 3
+    assert started_stack["SKUFORGE_GENERATION_BACKEND"] == "composite"
+    assert json.loads(started_stack["SKUFORGE_GENERATION_BACKEND_MIX"]) == {}
+    assert "SKUFORGE_MATTING_MODEL" not in started_stack
+    assert "SKUFORGE_CAPTIONER_MATTING_MODEL" not in started_stack
     # A seed the generator refuses (its setting is 0 or more) is refused before the run, not at start-up.
     assert _exit_code(["--dataset", str(tmp_path), "--seed", "-1", "--out", str(tmp_path / "o.json")]) == 2
 
@@ -725,32 +719,19 @@ def test_parameters_every_composite_would_refuse_are_refused_before_the_run(
         augment.main([*argv, "--parameters", '{"occluders": 1}', "--tag", "t"])
 
 
-@pytest.mark.usefixtures("environment_restored")
 def test_a_stack_run_gets_no_skuforge_setting_of_the_shell_and_records_what_it_got(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, started_stack: dict[str, str]
 ) -> None:
     # The stack inherited every SKUFORGE_* of the shell: gate thresholds, the matting clean-up or the
     # captioner's options there decided what was accepted and exported, and nothing recorded them.
-    import devstack.demo.demo
-
-    class Started(Exception):
-        pass
-
-    started_with: dict[str, str] = {}
-
-    def stack(*args: object, **kwargs: object) -> None:
-        started_with.update(os.environ)
-        raise Started
-
     monkeypatch.setenv("SKUFORGE_GATE_MIN_FOREGROUND_FRACTION", "0.9")
     monkeypatch.setenv("SKUFORGE_MATTING_ROI", "false")
     monkeypatch.setenv("SKUFORGE_CAPTIONER_MIN_MASK_FRACTION", "0.5")
     monkeypatch.setenv("SKUFORGE_KAFKA_HEAP_MB", "768")  # how fast it runs, not what it makes: kept
-    monkeypatch.setattr(devstack.demo.demo, "stack", stack)
     args = _options(tmp_path, seed=3, variants_per_sku=12, size=384, pile_share=0.0)
-    with pytest.raises(Started):
+    with pytest.raises(StackStarted):
         augment.run_stack(tmp_path / "skus", [], tmp_path / "scenes", args)
-    given = {name: value for name, value in started_with.items() if name.startswith("SKUFORGE_")}
+    given = {name: value for name, value in started_stack.items() if name.startswith("SKUFORGE_")}
     assert "SKUFORGE_GATE_MIN_FOREGROUND_FRACTION" not in given
     assert "SKUFORGE_MATTING_ROI" not in given
     assert "SKUFORGE_CAPTIONER_MIN_MASK_FRACTION" not in given
