@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from shared.argtypes import float_between, int_between, non_negative_int, positive_float, positive_int
-from shared.evaluation import L2, REAL_WEIGHT, TUNE_LR
+from shared.evaluation import L2, REAL_WEIGHT, TUNE_EPOCHS, TUNE_LR
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     EvaluationConfig,
@@ -810,7 +810,9 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="0: frozen features + linear head (default); n: also fine-tune the backbone's last n stages",
     )
-    parser.add_argument("--tune-epochs", type=positive_int, default=8)
+    parser.add_argument(
+        "--tune-epochs", type=TUNE_EPOCHS, default=8, help="epochs of the tuned stages, 0 or more"
+    )
     parser.add_argument(
         "--tune-lr", type=TUNE_LR, default=1e-4, help="AdamW learning rate of the tuned stages, 1e-9 to 1"
     )

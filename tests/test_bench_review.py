@@ -487,6 +487,7 @@ def test_a_share_outside_0_to_1_is_refused_before_the_run(
         ["--real-weight", "0"],
         ["--tune-lr", "-0.0001"],
         ["--tune-stages", "-2"],
+        ["--tune-epochs", "-1"],
         ["--timeout-s", "-5"],
         ["--timeout-s", "inf"],
     ],

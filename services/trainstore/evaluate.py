@@ -45,7 +45,7 @@ from shared.argtypes import (
     non_negative_int,
     positive_int,
 )
-from shared.evaluation import BACKBONES, L2, REAL_WEIGHT, TUNE_LR
+from shared.evaluation import BACKBONES, L2, REAL_WEIGHT, TUNE_EPOCHS, TUNE_LR
 
 DEFAULT_CACHE_DIR = Path("var/evaluate/features")
 # --tune-epochs and --tune-lr when --tune-stages is given without them.
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tune-epochs",
-        type=non_negative_int,
+        type=TUNE_EPOCHS,
         default=None,  # TUNE_DEFAULTS once parsed: None tells "not given" from "given as 8"
         help=f"with --tune-stages: epochs (default {TUNE_DEFAULTS['tune_epochs']})",
     )

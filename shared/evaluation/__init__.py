@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from shared.argtypes import float_between
+from shared.argtypes import float_between, non_negative_int
 
 BackboneName = Literal["efficientnet-lite0", "tiny"]
 # The backbones ``backbone.open_backbone`` builds, named here, without torch, for command-line parsers.
@@ -13,3 +13,5 @@ BACKBONES: tuple[BackboneName, ...] = ("efficientnet-lite0", "tiny")
 L2 = float_between(0.0, 1e6)
 REAL_WEIGHT = float_between(1e-6, 1e6)
 TUNE_LR = float_between(1e-9, 1.0)
+# 0 epochs: the head alone is fitted on the tuned stages' features (a baseline for the tuning).
+TUNE_EPOCHS = non_negative_int
