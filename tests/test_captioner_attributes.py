@@ -479,6 +479,11 @@ def test_a_plural_category_takes_no_article(category: str, prior_prompt: str, ca
         ("UHT milk", "a photo of a uht milk"),
         ("SD card", "a photo of an sd card"),
         ("8-pack", "a photo of an 8-pack"),
+        # A single letter before a hyphen is said by its name ("an x-ray", "an e-reader", "a t-shirt").
+        ("x-ray film", "a photo of an x-ray film"),
+        ("e-reader", "a photo of an e-reader"),
+        ("t-shirt", "a photo of a t-shirt"),
+        ("u-bend pipe", "a photo of a u-bend pipe"),
         # The letter rule still holds where it is right.
         ("unsweetened yoghurt", "a photo of an unsweetened yoghurt"),
         ("honey", "a photo of a honey"),

@@ -193,14 +193,16 @@ def _reads_as_an(digits: str) -> bool:
 
 def article(phrase: str) -> str:
     """'a' or 'an' for ``phrase``, by how its first word is said: "an apple", "a unicorn-shaped cake",
-    "a one-litre bottle", "an hour", "a UHT milk", "an SD card", "an 8-pack" (the cases that occur in
-    categories, colours and a VLM's sentences; no pronouncing dictionary)."""
+    "a one-litre bottle", "an hour", "a UHT milk", "an SD card", "an 8-pack", "an x-ray" (the cases that
+    occur in categories, colours and a VLM's sentences; no pronouncing dictionary)."""
     first = phrase.split()[0] if phrase.split() else ""
     digits = re.match(r"\d+", first)
     if digits:
         return "an" if _reads_as_an(digits.group()) else "a"
     word = re.split(r"[^A-Za-z]", first)[0]  # "one-litre" is said "one" first
     lower = word.lower()
+    if len(word) == 1 and first[1:2] == "-":  # a letter is said by its name: "an x-ray", "a u-bend"
+        return "an" if lower in _VOWEL_SOUNDING_LETTERS else "a"
     if _is_initialism(word) and lower != "urn":  # the one vowel-less word a shop sells
         return "an" if lower[:1] in _VOWEL_SOUNDING_LETTERS else "a"
     if lower.startswith(_AN_BEFORE):
