@@ -65,6 +65,32 @@ def test_export_leaves_out_an_item_whose_predicted_mask_is_gone_and_exports_the_
     assert len(json.loads(out.read_text())) == 2
 
 
+def test_export_leaves_out_an_item_whose_image_is_outside_the_store_and_exports_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, the image's foreign URI raised BadInput: a traceback, and no file for the other items.
+    parts = with_flagged(build_console(tmp_path), 1)
+    moved = flagged_item(parts.store, 1)
+    generated = moved.matted.generated
+    image = generated.image.model_copy(update={"uri": "s3://old-bucket/images/generated/x.png"})
+    moved = moved.model_copy(
+        update={
+            "matted": moved.matted.model_copy(
+                update={"generated": generated.model_copy(update={"image": image})}
+            )
+        }
+    )
+    parts.tasks.add_pending(pending_envelope(moved))
+    kept, foreign = (task.task_id for task in parts.tasks.query())
+
+    use_cli_on(parts, monkeypatch)
+    out = tmp_path / "tasks.json"
+    assert cli_main(["console", "export-labelstudio", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert f"skipped {foreign}: image not in the store: foreign_uri" in captured.err
+    assert [task["data"]["skuforge_task_id"] for task in json.loads(out.read_text())] == [kept]
+
+
 def test_import_skips_an_unreadable_task_and_records_the_next(parts: ConsoleParts) -> None:
     # Before, the unreadable task's BadInput ended the import: the next annotation was never recorded.
     ids = [task.task_id for task in parts.tasks.query()]

@@ -195,9 +195,9 @@ def export_tasks(
 
     ``image_url`` is a template for the image Label Studio loads: ``{uri}``, ``{key}`` (object key),
     ``{sku_id}``, ``{item_id}``; e.g. ``https://images.example/{key}``. An item whose predicted mask
-    cannot be read (missing, corrupt, store unavailable) is left out with the reason; the others are
-    exported. Every matching item by default (``limit`` caps it; a fixed 10,000 once cut the hand-off
-    short without a word).
+    cannot be read (missing, corrupt, store unavailable), or whose generated image is not in ``store``
+    (it has no key), is left out with the reason; the others are exported. Every matching item by
+    default (``limit`` caps it; a fixed 10,000 once cut the hand-off short without a word).
     """
     check_image_url(image_url)
     exported = []
@@ -212,10 +212,17 @@ def export_tasks(
         except (BadInput, TransientError) as exc:
             skipped.append(ImportOutcome(task.task_id, "skipped", f"predicted mask unreadable: {exc}"))
             continue
+        try:
+            # An image outside this store (an event from before a store move) has no key: before, its
+            # BadInput ended the export with a traceback, and no file was written for the others.
+            url = _image_url(image_url, image, store, task.sku_id, task.item_id)
+        except BadInput as exc:
+            skipped.append(ImportOutcome(task.task_id, "skipped", f"image not in the store: {exc}"))
+            continue
         exported.append(
             {
                 "data": {
-                    TO_NAME: _image_url(image_url, image, store, task.sku_id, task.item_id),
+                    TO_NAME: url,
                     "skuforge_task_id": task.task_id,
                     "sku_id": task.sku_id,
                     "item_id": task.item_id,
