@@ -124,3 +124,19 @@ def test_the_label_studio_commands_refuse_a_file_that_is_not_a_task_table(
     err = capsys.readouterr().err
     assert f"{not_a_table}" in err and "not a task table" in err and "Traceback" not in err
     assert not_a_table.read_bytes() == content and not out.exists()
+
+
+def test_import_refuses_an_export_nested_too_deep_to_parse(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Before: json.loads raised RecursionError, which neither the command nor the CLI caught: a
+    # traceback, not "cannot read" and exit 2.
+    store = FileStore(tmp_path / "store")
+    TaskStore(tmp_path / "tasks.sqlite3").add_pending(pending_envelope(flagged_item(store, 0)))
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    monkeypatch.setenv("SKUFORGE_CONSOLE_DB_PATH", str(tmp_path / "tasks.sqlite3"))
+    export = tmp_path / "export.json"
+    export.write_text("[" * 100_000)
+    assert cli_main(["console", "import-labelstudio", "--no-publish", str(export)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read {export}" in err and "nested too deeply" in err and len(err.splitlines()) == 1

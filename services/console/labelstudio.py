@@ -458,7 +458,10 @@ def read_export(text: str) -> list[dict[str, Any]]:
     Every task of that export has its ``data``. Its JSON-MIN export (a list of objects too) has none:
     each task read as "no annotation", and the import recorded nothing and exited 0.
     """
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except RecursionError:  # not a ValueError: the command's "cannot read" missed it (a traceback)
+        raise ValueError("its JSON is nested too deeply to be Label Studio's export") from None
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         raise ValueError("expected Label Studio's JSON export: a list of task objects")
     for index, item in enumerate(data):
