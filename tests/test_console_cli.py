@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -140,3 +141,16 @@ def test_import_refuses_an_export_nested_too_deep_to_parse(
     assert cli_main(["console", "import-labelstudio", "--no-publish", str(export)]) == 2
     err = capsys.readouterr().err
     assert f"cannot read {export}" in err and "nested too deeply" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("errors", ["surrogateescape", "strict"])
+def test_hash_password_refuses_a_password_that_is_not_utf8(
+    errors: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: a Latin-1 password piped in was a traceback (UnicodeEncodeError in the hash, or
+    # UnicodeDecodeError reading stdin), not one line and exit 2; the login form sends UTF-8 only.
+    stdin = io.TextIOWrapper(io.BytesIO(b"caf\xe9-pass\n"), encoding="utf-8", errors=errors)
+    monkeypatch.setattr("sys.stdin", stdin)
+    assert cli_main(["console", "hash-password"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "not valid UTF-8" in captured.err and len(captured.err.splitlines()) == 1

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_parser(
         "hash-password",
-        help="read a password (prompted on a terminal, else the first line of stdin) and print its "
+        help="read a password (prompted on a terminal, else the first line of stdin; UTF-8) and print its "
         "scrypt hash, to write as name:HASH in SKUFORGE_CONSOLE_USERS instead of the password",
     )
     args = parser.parse_args(argv)
@@ -195,13 +195,19 @@ def _import_summary(
 
 def _hash_password() -> int:
     """``skuforge console hash-password``: the password's ``scrypt:`` entry on stdout."""
-    if sys.stdin.isatty():
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
-            print("skuforge console hash-password: the two passwords differ", file=sys.stderr)
-            return 2
-    else:
-        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    try:
+        if sys.stdin.isatty():
+            password = getpass.getpass("password: ")
+            if getpass.getpass("again: ") != password:
+                print("skuforge console hash-password: the two passwords differ", file=sys.stderr)
+                return 2
+        else:
+            password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+        password.encode("utf-8")  # stdin read with surrogateescape keeps bad bytes as lone surrogates
+    except UnicodeError:
+        # A password in another encoding (Latin-1) was a traceback; the login form sends UTF-8 only.
+        print("skuforge console hash-password: the password is not valid UTF-8 text", file=sys.stderr)
+        return 2
     if not password:
         print("skuforge console hash-password: empty password", file=sys.stderr)
         return 2
