@@ -1,7 +1,8 @@
 """Generator faults where part of a batch fails, each pinned where an operator would meet it.
 
-One photo whose mask the compositor cannot place no longer sends the whole SKU to the DLQ: the
-variants of its other photos are produced, the refused ones are logged and counted. More requests in
+One photo whose mask the compositor cannot place, or that cannot be read, no longer sends the whole
+SKU to the DLQ nor costs it images: its other photos draw the variants, the refusals are logged and
+counted. More requests in
 flight than Triton holds no longer livelock the stage: the variants drawn before the refusal are kept
 for the retry, and the refusal names the settings to change.
 """
@@ -23,7 +24,7 @@ from schemas.events import ImageGenerated, SkuCaptioned
 from schemas.topics import SKU_CAPTIONED
 from services.generator.client import GeneratorUnavailable, TritonGenerator, refusal
 from services.generator.protocol import VariantRequest, VariantResult
-from services.generator.stage import GeneratorMetrics, handle_batch
+from services.generator.stage import GeneratorMetrics, handle_batch, variant_seed
 from shared.bus import make_envelope
 from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
@@ -118,19 +119,34 @@ def test_one_photo_the_compositor_cannot_place_leaves_the_other_photos_variants(
     with caplog.at_level(logging.WARNING):
         [outputs] = handle_batch([event], ctx, generator=generator, generation=generation, metrics=metrics)  # type: ignore[arg-type]
 
-    # Before, the refusal of p1 dead-lettered the SKU: no image at all, though p0 is fine.
+    # Before, the refusal of p1 dead-lettered the SKU: no image at all, though p0 is fine; then the
+    # SKU got 3 of the 4 images asked for. Now p0 draws the refused variant, with p0's seed for it.
     assert isinstance(outputs, list), outputs
     generated = [emit.payload for emit in outputs if isinstance(emit.payload, ImageGenerated)]
     # Where a copy lands is drawn per variant: p1's variant 3 is drawn large enough to place.
-    assert [(g.variant_index, g.reference_photo_id) for g in generated] == [(0, "p0"), (2, "p0"), (3, "p1")]
-    # The photo left out is named, with its reason, and counted as refused.
-    left_out = [
-        (record.photo_id, record.variant_index, record.reason)  # type: ignore[attr-defined]
-        for record in caplog.records
-        if record.getMessage() == "variant refused, left out"
+    assert [(g.variant_index, g.reference_photo_id) for g in generated] == [
+        (0, "p0"),
+        (1, "p0"),
+        (2, "p0"),
+        (3, "p1"),
     ]
-    assert left_out == [("p1", 1, "generation_refused")]
+    base_seed = generation.generation_seed
+    assert [g.seed for g in generated] == [
+        variant_seed(captioned.sku.sku_id, g.reference_photo_id, g.variant_index, base_seed)
+        for g in generated
+    ]
+    # The refusal is named, with its photo, its reason and the photo that drew it, and counted.
+    redrawn = [
+        (record.photo_id, record.variant_index, record.reason, record.drawn_from)  # type: ignore[attr-defined]
+        for record in caplog.records
+        if record.getMessage() == "variant refused, drawn from another photo"
+    ]
+    assert redrawn == [("p1", 1, "generation_refused", "p0")]
     assert metrics.triton_errors.labels("skuforge_generator_composite", "refused")._value.get() == 1
+    # Same SKU, same seed: the same images.
+    [again] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    assert isinstance(again, list)
+    assert [emit.payload.image for emit in again] == [g.image for g in generated]  # type: ignore[attr-defined]
 
     # A SKU none of whose variants is drawn still goes to the DLQ, with the reason: here both masks
     # are empty (as the captioner lets through with SKUFORGE_CAPTIONER_MIN_MASK_FRACTION=0).
@@ -197,11 +213,15 @@ def test_one_photo_that_cannot_be_read_for_good_leaves_the_other_photos_variants
 
     assert isinstance(outputs, list), outputs
     generated = [emit.payload for emit in outputs if isinstance(emit.payload, ImageGenerated)]
-    assert [(g.variant_index, g.reference_photo_id) for g in generated] == [(0, "p0"), (2, "p0")]
+    # It got 2 of the 4 images asked for: p1's turns were left out, not taken by p0.
+    assert [(g.variant_index, g.reference_photo_id) for g in generated] == [(i, "p0") for i in range(4)]
+    assert [g.seed for g in generated] == [
+        variant_seed(captioned.sku.sku_id, "p0", index, generation.generation_seed) for index in range(4)
+    ]
     left_out = [
         (record.photo_id, record.reason)  # type: ignore[attr-defined]
         for record in caplog.records
-        if record.getMessage() == "photo unreadable, its variants left out"
+        if record.getMessage() == "photo unreadable, its variants drawn from the other photos"
     ]
     assert left_out == [("p1", fault)]
     for action in ctx._take_actions(event):  # as the runtime does once the input is committed
@@ -213,6 +233,38 @@ def test_one_photo_that_cannot_be_read_for_good_leaves_the_other_photos_variants
     event = event.model_copy(update={"payload": both, "event_id": derive_id("test", "none", fault)})
     [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
     assert isinstance(outputs, BadInput) and outputs.reason == "checksum_mismatch"
+
+
+def test_a_photo_beyond_the_variants_asked_for_takes_the_turn_of_one_that_cannot_be_read(
+    tmp_path: Path,
+) -> None:
+    # Two variants, three photos, the first altered in the store: the third, never read when every
+    # photo is fine, draws the variant, rather than the SKU getting one image.
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
+    generation = load_settings(
+        GenerationSettings,
+        generation_variants_per_sku=2,
+        generation_size_px=64,
+        generation_min_plain_background=0.0,
+    )
+    captioned = with_image(captioned_sku(store, 3, usable_photos=3), "p0", sha256="0" * 64)
+    event = make_envelope(
+        SKU_CAPTIONED,
+        captioned,
+        event_id=derive_id("test", "third-photo"),
+        sku_id=captioned.sku.sku_id,
+        trace_id="t",
+        producer="test",
+    )
+    generator = RefusingGenerator(CompositeBackend(None))
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    assert isinstance(outputs, list), outputs
+    assert [(emit.payload.variant_index, emit.payload.reference_photo_id) for emit in outputs] == [  # type: ignore[attr-defined]
+        (0, "p1"),
+        (1, "p2"),
+    ]
 
 
 def test_a_letter_for_every_variant_refused_names_the_photo_that_could_not_be_read(tmp_path: Path) -> None:

@@ -3,10 +3,11 @@
 Consumes: ``sku.captioned``.
 Produces: one ``image.generated`` per variant (``SKUFORGE_GENERATION_VARIANTS_PER_SKU`` per SKU,
 spread round-robin over its usable photos on a plain background, or over all usable ones when none
-is: ``cutout_sources``), after writing two PNGs per variant to the object store. The item id comes
-from the input event and the variant index, so a redelivered event's events get the same ids; the
-keys also carry the first 16 hex digits of the PNG's sha256, so a re-render that differs (the scene
-library changed in between) goes beside the earlier one, which events already sent still point at:
+is: ``cutout_sources``; while one of them can be drawn from, the SKU gets them all), after writing
+two PNGs per variant to the object store. The item id comes from the input event and the variant
+index, so a redelivered event's events get the same ids; the keys also carry the first 16 hex digits
+of the PNG's sha256, so a re-render that differs (the scene library changed in between) goes beside
+the earlier one, which events already sent still point at:
 
 * ``generated/<sku_id>/<item_id>-<sha16>.png``        the generated image
 * ``masks/expected/<sku_id>/<item_id>-<sha16>.png``   where the product's own pixels are (0/255)
@@ -24,13 +25,16 @@ always gets the same images.
 Bad input goes to the DLQ with its reason: no usable photo (``no_usable_photo``), a photo or mask
 missing or altered in the store (``object_missing``, ``checksum_mismatch``), not a readable image
 (``corrupt``...), a refusal a replay may cure (``unknown_adapter``...), or every variant refused
-(``generation_refused``...). A variant the model refuses while others of the SKU are drawn (a photo
-whose mask it cannot place) is left out: logged ("variant refused, left out", with the photo and
-reason) and counted (``skuforge_triton_errors_total{kind="refused"}``). So are the variants of one
-photo that cannot be read for good (``dimension_mismatch``, ``not_an_image``, ``checksum_mismatch``...)
-while another photo of the SKU can: logged ("photo unreadable, its variants left out") and counted
-(``skuforge_generator_photos_left_out_total{reason}``); a photo ``object_missing`` (which a replay
-may cure) or none readable still sends the SKU to the DLQ, and a letter for the variants of the
+from every photo (``generation_refused``...). A variant the model refuses for good (a photo whose
+mask it cannot place) is asked for again from the SKU's next photo in turn, with that photo's seed
+(so the same SKU still gets the same images, each event naming the photo and seed it came from):
+logged ("variant refused, drawn from another photo", with the photo and reason) and counted
+(``skuforge_triton_errors_total{kind="refused"}``); refused from every photo, it is left out
+("variant refused, left out"). A photo that cannot be read for good (``dimension_mismatch``,
+``not_an_image``, ``checksum_mismatch``...) while another photo of the SKU can takes no turn: the
+others draw its variants, logged ("photo unreadable, its variants drawn from the other photos") and
+counted (``skuforge_generator_photos_left_out_total{reason}``); a photo ``object_missing`` (which a
+replay may cure) or none readable still sends the SKU to the DLQ, and a letter for the variants of the
 readable photos (all refused) names the unreadable ones in its detail too. Triton down, loading,
 overloaded or slow is transient: the partition is paused and retried, nothing is committed.
 
@@ -41,10 +45,11 @@ stage only calls it (``services/generator/client.py``). Knobs: ``shared/generati
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,8 +100,8 @@ class GeneratorMetrics:
         self.photos_left_out = Counter(
             "skuforge_generator_photos_left_out_total",
             "Reference photos the generator could not read for good (dimension_mismatch, not_an_image, "
-            "checksum_mismatch...) while another photo of the SKU could: their variants were left out and "
-            "the others made (counted once per input committed), by reason.",
+            "checksum_mismatch...) while another photo of the SKU could: the others drew their variants "
+            "(counted once per input committed), by reason.",
             ["reason"],
             registry=registry,
         )
@@ -140,13 +145,25 @@ def variant_seed(sku_id: str, photo_id: str, variant_index: int, base_seed: int)
     return int(derive_id("seed", sku_id, photo_id, str(variant_index), str(base_seed))[:8], 16) & 0x7FFFFFFF
 
 
-def plan_variants(captioned: SkuCaptioned, generation: GenerationSettings) -> list[PlannedVariant]:
-    """The SKU's variants: photos round-robin, backends by share; refuses a SKU with no usable photo."""
+def photos_in_turn(captioned: SkuCaptioned, generation: GenerationSettings) -> list[CaptionedPhoto]:
+    """The photos the SKU's variants are drawn from, in turn (``cutout_sources``); refuses a SKU with no
+    usable photo."""
     usable = [photo for photo in captioned.photos if photo.usable and photo.mask is not None]
     if not usable:
         reasons = "; ".join(f"{p.photo_id}: {p.unusable_reason or 'no mask'}" for p in captioned.photos)
         raise BadInput("no_usable_photo", f"no photo of {captioned.sku.sku_id} can be used ({reasons})")
-    usable = cutout_sources(usable, generation.generation_min_plain_background)
+    return cutout_sources(usable, generation.generation_min_plain_background)
+
+
+def plan_variants(
+    captioned: SkuCaptioned, generation: GenerationSettings, left_out: Collection[str] = ()
+) -> list[PlannedVariant]:
+    """The SKU's variants: photos round-robin, backends by share; refuses a SKU with no usable photo.
+
+    ``left_out``: ids of photos that cannot be read; the others take their turns, so that the SKU still
+    gets ``generation_variants_per_sku`` variants while one photo is left. At least one must be left.
+    """
+    usable = [photo for photo in photos_in_turn(captioned, generation) if photo.photo_id not in left_out]
     total = generation.generation_variants_per_sku
     sku_id, base_seed = captioned.sku.sku_id, generation.generation_seed
     backends = assign_backends(generation.shares(), total, share_offset("backends", sku_id, base_seed))
@@ -225,6 +242,83 @@ def crop_to_product(
     return np.ascontiguousarray(reference[y0:y1, x0:x1]), np.ascontiguousarray(mask[y0:y1, x0:x1])
 
 
+class SkuDraws:
+    """One SKU's variants through the rounds of Triton calls: the photos read (lazily, in turn), those
+    that cannot be read for good, each variant's image once drawn, and every refusal met on the way."""
+
+    def __init__(self, captioned: SkuCaptioned, ctx: Context, generation: GenerationSettings) -> None:
+        """Reads photos in turn until every variant has one (or none is left) and plans the variants over
+        those read. ``BadInput`` when the SKU cannot be served: no usable photo, none readable, or one
+        a replay may bring back (``object_missing``: left out, its variants would be lost once it is)."""
+        self.captioned, self._ctx, self._generation = captioned, ctx, generation
+        self.turn = photos_in_turn(captioned, generation)
+        self.references: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+        self.unreadable: dict[str, BadInput] = {}  # photo_id -> why it cannot be read
+        self.drawn: dict[int, tuple[PlannedVariant, VariantResult]] = {}  # by variant index
+        self.refusals: list[tuple[PlannedVariant, BadInput]] = []
+        self._tried: dict[int, set[str]] = {}  # variant index -> photos refused for it
+        for photo in self.turn:
+            if len(self.references) == generation.generation_variants_per_sku:
+                break
+            self._read(photo)
+        if not self.references:
+            raise next(iter(self.unreadable.values()))
+        self.plan = plan_variants(captioned, generation, left_out=self.unreadable)
+
+    def _read(self, photo: CaptionedPhoto) -> bool:
+        """Whether ``photo`` can be drawn from; raises the ``BadInput`` a replay may cure."""
+        if photo.photo_id not in self.references and photo.photo_id not in self.unreadable:
+            try:
+                self.references[photo.photo_id] = _read_reference(
+                    photo, self._ctx, self._generation.generation_max_reference_px
+                )
+            except BadInput as problem:
+                if not is_permanent(problem.reason):
+                    raise
+                self.unreadable[photo.photo_id] = problem
+        return photo.photo_id in self.references
+
+    def redraw(self, refused: PlannedVariant) -> PlannedVariant | None:
+        """The refused variant drawn from the next photo in turn not refused for it yet (its seed that
+        photo's), or None when every photo was; raises the ``BadInput`` a replay may cure."""
+        tried = self._tried.setdefault(refused.variant_index, set())
+        tried.add(refused.photo.photo_id)
+        ids = [photo.photo_id for photo in self.turn]
+        start = ids.index(refused.photo.photo_id)
+        for step in range(1, len(self.turn)):
+            photo = self.turn[(start + step) % len(self.turn)]
+            if photo.photo_id not in tried and self._read(photo):
+                seed = variant_seed(
+                    self.captioned.sku.sku_id,
+                    photo.photo_id,
+                    refused.variant_index,
+                    self._generation.generation_seed,
+                )
+                return dataclasses.replace(refused, photo=photo, seed=seed)
+        return None
+
+    def request(self, planned: PlannedVariant) -> VariantRequest:
+        """What Triton is asked for ``planned``."""
+        reference, mask, framing = self.references[planned.photo.photo_id]
+        parameters = variant_parameters(planned, self._generation)
+        if planned.backend == "composite":
+            # Framed as in the whole photo, not as in the crop sent (where the product fills ~90%).
+            parameters.setdefault("reference_framing", round(framing, 6))
+        captioned = self.captioned
+        return VariantRequest(
+            reference=reference,
+            mask=mask,
+            prompt=prompt_for(captioned, planned.photo),
+            negative_prompt=captioned.negative_prompt,
+            seed=planned.seed,
+            parameters_json=json.dumps(parameters, sort_keys=True),
+            adapter_id=self._generation.generation_adapter_id,
+            series=captioned.sku.series or None,
+            size=self._generation.generation_size_px,
+            own_names=tuple(name for name in (captioned.sku.category, captioned.sku.name) if name.strip()),
+        )
+
+
 def handle_batch(
     events: Sequence[Envelope[SkuCaptioned]],
     ctx: Context,
@@ -236,76 +330,96 @@ def handle_batch(
     """Generate every variant of every event; a SKU that cannot be served refuses only itself.
 
     All variants of the batch go to Triton together (grouped per backend), so its dynamic batcher
-    sees them concurrently. A transient Triton fault raises, and the runtime retries the batch.
+    sees them concurrently; a variant refused for good is asked for again from the SKU's next photo,
+    in another round. A transient Triton fault raises, and the runtime retries the batch.
     """
-    plans: dict[int, list[PlannedVariant]] = {}
+    draws: dict[int, SkuDraws] = {}
     refused: dict[int, BadInput] = {}
-    unreadable: dict[int, dict[str, BadInput]] = {}  # per event: photo_id -> why it cannot be read
-    requests: list[tuple[int, PlannedVariant, VariantRequest]] = []
     for position, event in enumerate(events):
-        captioned = event.payload
         try:
-            planned_variants = plan_variants(captioned, generation)
+            draws[position] = SkuDraws(event.payload, ctx, generation)
         except BadInput as refusal:
             refused[position] = refusal
-            continue
-        references, unreadable[position] = {}, {}
-        for photo in {planned.photo.photo_id: planned.photo for planned in planned_variants}.values():
+    # One photo that cannot be read for good (a mask of another size, a corrupt or altered file), or
+    # that the model cannot draw from (a cut-out whose mask it cannot place), dead-lettered the whole
+    # SKU, then left its variants out: the SKU's other photos draw them, so it still gets N images.
+    pending = [(position, planned) for position, draw in draws.items() for planned in draw.plan]
+    while pending:
+        answers = _generate(pending, draws, generator, ctx, metrics)
+        retries: list[tuple[int, PlannedVariant]] = []
+        for (position, planned), result in zip(pending, answers, strict=True):
+            if position in refused:
+                continue
+            draw = draws[position]
+            if isinstance(result, VariantResult):
+                draw.drawn[planned.variant_index] = (planned, result)
+                continue
+            draw.refusals.append((planned, result))
+            if not is_permanent(result.reason):
+                # A refusal a replay may cure (unknown_adapter) refuses the SKU, so the letter brings
+                # back every variant.
+                refused[position] = _naming_photos_left_out(result, draw.unreadable)
+                continue
             try:
-                references[photo.photo_id] = _read_reference(
-                    photo, ctx, generation.generation_max_reference_px
-                )
-            except BadInput as problem:
-                unreadable[position][photo.photo_id] = problem
-        # One photo that cannot be read for good (a mask of another size, a corrupt or altered file)
-        # dead-lettered the whole SKU, whose other photos were fine: as for a refused variant, its
-        # variants are left out, named and counted. A photo a replay may bring back (object_missing)
-        # still refuses the SKU, so the letter brings back every variant; so does a SKU with none read.
-        curable = next(
-            (left for left in unreadable[position].values() if not is_permanent(left.reason)), None
-        )
-        if curable is not None or not references:
-            refused[position] = curable or next(iter(unreadable[position].values()))
-            continue
-        plans[position] = [planned for planned in planned_variants if planned.photo.photo_id in references]
-        for planned in plans[position]:
-            reference, mask, framing = references[planned.photo.photo_id]
-            parameters = variant_parameters(planned, generation)
-            if planned.backend == "composite":
-                # Framed as in the whole photo, not as in the crop sent (where the product fills ~90%).
-                parameters.setdefault("reference_framing", round(framing, 6))
-            requests.append(
-                (
-                    position,
-                    planned,
-                    VariantRequest(
-                        reference=reference,
-                        mask=mask,
-                        prompt=prompt_for(captioned, planned.photo),
-                        negative_prompt=captioned.negative_prompt,
-                        seed=planned.seed,
-                        parameters_json=json.dumps(parameters, sort_keys=True),
-                        adapter_id=generation.generation_adapter_id,
-                        series=captioned.sku.series or None,
-                        size=generation.generation_size_px,
-                        own_names=tuple(
-                            name for name in (captioned.sku.category, captioned.sku.name) if name.strip()
-                        ),
-                    ),
-                )
-            )
+                again = draw.redraw(planned)
+            except BadInput as missing:  # the next photo is missing from the store: as above
+                refused[position] = _naming_photos_left_out(missing, draw.unreadable)
+                continue
+            if again is not None:
+                retries.append((position, again))
+        pending = [(position, planned) for position, planned in retries if position not in refused]
 
-    answers: dict[tuple[int, int], VariantResult | BadInput] = {}
-    for backend in dict.fromkeys(planned.backend for _, planned, _ in requests):
-        mine = [
-            (position, planned, request)
-            for position, planned, request in requests
-            if planned.backend == backend
-        ]
+    outputs: list[list[Emit] | BadInput] = []
+    for position, event in enumerate(events):
+        if position in refused:
+            outputs.append(refused[position])
+            continue
+        draw = draws[position]
+        if not draw.drawn:  # every variant refused, from every photo
+            first = min(draw.refusals, key=lambda refusal: refusal[0].variant_index)[1]
+            outputs.append(_naming_photos_left_out(first, draw.unreadable))
+            continue
+        for photo_id, left in draw.unreadable.items():
+            ctx.log.warning(
+                "photo unreadable, its variants drawn from the other photos",
+                extra={"photo_id": photo_id, "reason": left.reason, "detail": left.detail[:300]},
+            )
+            if metrics is not None:
+                ctx.after_commit(metrics.photos_left_out.labels(left.reason).inc, event)
+        for planned, left in draw.refusals:
+            redrawn = draw.drawn.get(planned.variant_index)
+            ctx.log.warning(
+                "variant refused, drawn from another photo" if redrawn else "variant refused, left out",
+                extra={
+                    "photo_id": planned.photo.photo_id,
+                    "variant_index": planned.variant_index,
+                    "reason": left.reason,
+                    "detail": left.detail[:300],
+                    "drawn_from": redrawn[0].photo.photo_id if redrawn else None,
+                },
+            )
+        outputs.append([_store_variant(event, *draw.drawn[index], ctx) for index in sorted(draw.drawn)])
+    return outputs
+
+
+def _generate(
+    pending: list[tuple[int, PlannedVariant]],
+    draws: dict[int, SkuDraws],
+    generator: TritonGenerator,
+    ctx: Context,
+    metrics: GeneratorMetrics | None,
+) -> list[VariantResult | BadInput]:
+    """Triton's answer to each of ``pending`` (position in the batch, variant), in order; one call per
+    backend."""
+    answers: dict[int, VariantResult | BadInput] = {}  # by place in pending
+    for backend in dict.fromkeys(planned.backend for _, planned in pending):
+        mine = [place for place, (_, planned) in enumerate(pending) if planned.backend == backend]
         model = model_name(backend)
         try:
             with ctx.metrics.model_call(model, len(mine)):
-                results = generator.generate(backend, [request for _, _, request in mine])
+                results = generator.generate(
+                    backend, [draws[pending[place][0]].request(pending[place][1]) for place in mine]
+                )
         except GeneratorUnavailable as exc:
             if metrics is not None:
                 metrics.triton_errors.labels(model, exc.kind).inc()
@@ -315,55 +429,11 @@ def handle_batch(
                 kind = "backend_error" if isinstance(exc, GeneratorFailed) else "malformed"
                 metrics.triton_errors.labels(model, kind).inc()
             raise
-        for (position, planned, _), result in zip(mine, results, strict=True):
-            answers[(position, planned.variant_index)] = result
+        for place, result in zip(mine, results, strict=True):
+            answers[place] = result
             if isinstance(result, BadInput) and metrics is not None:
                 metrics.triton_errors.labels(model, "refused").inc()
-
-    outputs: list[list[Emit] | BadInput] = []
-    for position, event in enumerate(events):
-        if position in refused:
-            outputs.append(refused[position])
-            continue
-        results = [answers[(position, planned.variant_index)] for planned in plans[position]]
-        refusals = [
-            (planned, result)
-            for planned, result in zip(plans[position], results, strict=True)
-            if isinstance(result, BadInput)
-        ]
-        # One photo the model cannot draw from (a cut-out whose mask it cannot place) dead-lettered the
-        # whole SKU, whose other photos were fine: its variants are left out, named and counted. A
-        # refusal a replay may cure (unknown_adapter) still refuses the SKU, so the letter brings back
-        # every variant; so does a SKU none of whose variants was drawn.
-        curable = next((left for _, left in refusals if not is_permanent(left.reason)), None)
-        if curable is not None or len(refusals) == len(results):
-            outputs.append(_naming_photos_left_out(curable or refusals[0][1], unreadable[position]))
-            continue
-        for photo_id, left in unreadable[position].items():
-            ctx.log.warning(
-                "photo unreadable, its variants left out",
-                extra={"photo_id": photo_id, "reason": left.reason, "detail": left.detail[:300]},
-            )
-            if metrics is not None:
-                ctx.after_commit(metrics.photos_left_out.labels(left.reason).inc, event)
-        for planned, left in refusals:
-            ctx.log.warning(
-                "variant refused, left out",
-                extra={
-                    "photo_id": planned.photo.photo_id,
-                    "variant_index": planned.variant_index,
-                    "reason": left.reason,
-                    "detail": left.detail[:300],
-                },
-            )
-        outputs.append(
-            [
-                _store_variant(event, planned, result, ctx)
-                for planned, result in zip(plans[position], results, strict=True)
-                if isinstance(result, VariantResult)
-            ]
-        )
-    return outputs
+    return [answers[place] for place in range(len(pending))]
 
 
 def _naming_photos_left_out(letter: BadInput, unreadable: dict[str, BadInput]) -> BadInput:
