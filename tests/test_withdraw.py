@@ -670,3 +670,31 @@ def test_the_cli_takes_withdraw_sku(
     with pytest.raises(SystemExit) as usage:
         cli_main(["ingest", "--withdraw-sku", "A-1", str(folder)])
     assert usage.value.code == 2 and "--withdraw-sku takes no folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stopped_by", ["store", "interrupt"])
+def test_a_withdrawal_stopped_says_what_it_was_doing_not_publishing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    stopped_by: str,
+) -> None:
+    # A --withdraw-sku cut short by the store or Ctrl-C read "nothing was published" or "SKUs published
+    # before the interrupt stay published": it publishes nothing, and its user was left to guess.
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+
+    def stopped(*args: Any, **kwargs: Any) -> None:
+        if stopped_by == "store":
+            raise ingest.StoreUnavailable(
+                "store down; withdrawn: A-1; running the same command again finishes it"
+            )
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ingest, "withdraw_skus", stopped)
+    status = cli_main(["ingest", "--withdraw-sku", "A-1", "--withdraw-sku", "A-2"])
+    err = capsys.readouterr().err
+    assert status == (1 if stopped_by == "store" else 130), err
+    assert "publish" not in err and err.count("\n") == 1
+    assert (
+        "withdrawn: A-1" if stopped_by == "store" else "run the same command again to finish the withdrawal"
+    ) in err

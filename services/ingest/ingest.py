@@ -1009,8 +1009,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skuforge ingest: {exc}", file=sys.stderr)
         return 2
     except StoreUnavailable as exc:
+        # A withdrawal publishes nothing: "nothing was published" told its user nothing of what was done.
+        what = "" if args.withdraw_sku else ", nothing was published"
         print(
-            f"skuforge ingest: the object store failed, nothing was published: {exc} (check "
+            f"skuforge ingest: the object store failed{what}: {exc} (check "
             "SKUFORGE_STORE_URI, SKUFORGE_S3_ENDPOINT_URL and the store's credentials, then run again)",
             file=sys.stderr,
         )
@@ -1021,12 +1023,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         # A traceback out of whatever PIL or the producer was doing said nothing a user could act on.
         signum = signal_number(exc)
-        print(
-            f"skuforge ingest: {stopped_how(signum)}; SKUs published before the interrupt stay published, "
-            "the rest were not: run the same command again to finish the batch (a SKU ingested twice is "
-            "one event)",
-            file=sys.stderr,
-        )
+        if args.withdraw_sku:
+            done = (
+                "SKUs withdrawn before the interrupt stay withdrawn, the rest may be withdrawn in part: "
+                "run the same command again to finish the withdrawal"
+            )
+        else:
+            done = (
+                "SKUs published before the interrupt stay published, the rest were not: run the same "
+                "command again to finish the batch (a SKU ingested twice is one event)"
+            )
+        print(f"skuforge ingest: {stopped_how(signum)}; {done}", file=sys.stderr)
         return 128 + signum
     print(json.dumps({"ingested_skus": len(event_ids), "event_ids": event_ids}))
     return 0
