@@ -101,9 +101,10 @@ def render(
     reviewers: bool = True,
     model: bool = True,
     release: str = "rel",
+    namespace: str = "default",
 ) -> list[dict[str, Any]]:
     """``helm template`` with ``--set`` values; the manifests as dicts (fails with helm's message)."""
-    command = [helm, "template", release, str(CHART), "--kube-version", kube_version]
+    command = [helm, "template", release, str(CHART), "--kube-version", kube_version, "-n", namespace]
     for value in [REVIEWERS] * reviewers + [MODEL] * model + list(values):
         command += ["--set", value]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -856,6 +857,13 @@ def test_the_prometheus_rule_holds_the_groups_of_every_rules_file(helm: str) -> 
     ]
     assert expected, "deploy/helm/skuforge/rules/ holds no rule group"
     (rule,) = of_kind(render(helm), "PrometheusRule").values()
+    # Each expression is the file's, kept to this install's series (test_an_installs_rules_alert_on_...).
+    for group in rule["spec"]["groups"]:
+        for rendered in group["rules"]:
+            rendered["expr"] = rendered["expr"].startswith("(\n") and "scoped"
+    for group in expected:
+        for written in group["rules"]:
+            written["expr"] = "scoped"
     assert rule["spec"]["groups"] == expected
 
 
@@ -888,6 +896,73 @@ def test_triton_down_waits_triton_s_start_up_and_rule_labels_reach_every_alert(h
     by_name = {r.get("alert"): r for group in default["spec"]["groups"] for r in group["rules"]}
     assert by_name["SkuforgeTritonDown"]["for"] == "15m"  # never sooner than the file says
     assert by_name["SkuforgeTritonPodsUnavailable"]["for"] == "15m"
+
+
+def test_an_installs_rules_alert_on_its_own_series_only(helm: str, tmp_path: Path, promtool_bin: str) -> None:
+    """Two installs in one cluster each bring the same rules, and one Prometheus evaluates both: staging's
+    rules fired on production's series (and the other way round), with staging's ruleLabels, so one
+    install's outage paged the other's team. promtool runs the rendered rules of release "staging" in
+    namespace "shop" on a stopped stage, an unavailable Deployment and an HPA at its maximum of three
+    installs: itself, "prod" in the same namespace, and a "staging" in another namespace."""
+    from devstack.prometheus import promtool
+
+    docs = render(helm, "monitoring.ruleLabels.team=staging", release="staging", namespace="shop")
+    (rule,) = of_kind(docs, "PrometheusRule").values()
+    (tmp_path / "chart.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    series = []
+    for namespace, release in (("shop", "staging"), ("shop", "prod"), ("other", "staging")):
+        where = f'namespace="{namespace}"'
+        deployment = f'deployment="{release}-skuforge-gate"'
+        series += [
+            {"series": f'up{{job="matting", {where}, release="{release}", instance="m"}}', "values": "0x60"},
+            {
+                "series": f"kube_deployment_status_replicas_unavailable{{{where}, {deployment}}}",
+                "values": "1x60",
+            },
+        ]
+        hpa = f'{where}, horizontalpodautoscaler="keda-hpa-{release}-skuforge-matting"'
+        for metric, value in (("status_current", 4), ("spec_min", 1), ("spec_max", 4)):
+            name = f"kube_horizontalpodautoscaler_{metric}_replicas"
+            series.append({"series": f"{name}{{{hpa}}}", "values": f"{value}x60"})
+    ours = {"team": "staging", "namespace": "shop"}
+    expected = {
+        "SkuforgeStageDown": {
+            **ours,
+            "severity": "page",
+            "job": "matting",
+            "release": "staging",
+            "instance": "m",
+        },
+        "SkuforgePodsUnavailable": {**ours, "severity": "ticket", "deployment": "staging-skuforge-gate"},
+        "SkuforgeStageAtMaxReplicas": {
+            **ours,
+            "severity": "ticket",
+            "horizontalpodautoscaler": "keda-hpa-staging-skuforge-matting",
+        },
+    }
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r}
+    cases = []
+    for name, labels in expected.items():
+        annotations = {}
+        for key, text in alerts[name]["annotations"].items():
+            for label, value in labels.items():
+                text = text.replace(f"{{{{ $labels.{label} }}}}", str(value))
+            annotations[key] = text
+        cases.append(
+            {
+                "eval_time": "40m",
+                "alertname": name,
+                "exp_alerts": [{"exp_labels": labels, "exp_annotations": annotations}],
+            }
+        )
+    tests = {
+        "rule_files": ["chart.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": cases}],
+    }
+    (tmp_path / "chart_test.yml").write_text(yaml.safe_dump(tests))
+    result = promtool("test", "rules", "chart_test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
