@@ -1061,6 +1061,88 @@ def test_under_prometheus_operator_a_pod_not_started_yet_is_not_scraped(helm: st
             _operator_label(*target, phase="Pending")
 
 
+def test_triton_down_does_not_count_the_image_pull_against_triton_s_start_up(
+    helm: str, tmp_path: Path, promtool_bin: str
+) -> None:
+    """A new Triton pod pulls its CUDA image (minutes, phase Pending, scraped all the same for
+    SkuforgeTritonRefusing), then loads its model for up to triton.startupSeconds: SkuforgeTritonDown's
+    clock ran from the pull, so an 8-minute pull and a 12-minute load paged at 15 minutes, though the
+    model loaded well within its time. promtool runs the rendered rules on Triton's ``up`` labelled as
+    the PodMonitor labels it in each phase: that start is silent, a Triton that starts and never answers
+    still pages."""
+    from devstack.prometheus import promtool
+
+    docs = render(helm)
+    (rule,) = of_kind(docs, "PrometheusRule").values()
+    (tmp_path / "chart.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    (triton,) = [target for target in _monitored_endpoints(docs) if _operator_label(*target) == "triton"]
+    names = {relabel["targetLabel"] for relabel in triton[1]["relabelings"] if "targetLabel" in relabel}
+
+    def up(phase: str) -> dict[str, str]:
+        """Triton's ``up`` labels in ``phase``: the chart's relabelings, and the operator's namespace."""
+        chart_set = {name: _operator_label(*triton, label=name, phase=phase) for name in sorted(names)}
+        return {"namespace": "default", "instance": "t", **{k: v for k, v in chart_set.items() if v}}
+
+    def input_series(minutes: dict[str, list[str]]) -> list[dict[str, str]]:
+        """Minute-by-minute ``up`` values of each phase; one series where the phases share labels, else
+        the earlier phase's series ends (a stale marker) as the target's labels change."""
+        by_labels: dict[str, list[str]] = {}
+        start = 0
+        for phase, values in minutes.items():
+            labels = ", ".join(f'{key}="{value}"' for key, value in up(phase).items())
+            series = by_labels.setdefault(f"up{{{labels}}}", [])
+            for earlier in by_labels.values():
+                if earlier is not series and len(earlier) == start:
+                    earlier.append("stale")
+            series += ["_"] * (start - len(series)) + values
+            start += len(values)
+        return [{"series": name, "values": " ".join(values)} for name, values in by_labels.items()]
+
+    running = up("Running")
+    annotations = {
+        key: text.replace("{{ $labels.instance }}", "t")
+        for key, text in rule_annotations(rule, "SkuforgeTritonDown")
+    }
+    tests = {
+        "rule_files": ["chart.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                # 9 minutes pulling, then 12 loading, then serving.
+                "input_series": input_series({"Pending": ["0"] * 9, "Running": ["0"] * 12 + ["1"] * 20}),
+                "alert_rule_test": [
+                    {"eval_time": f"{minute}m", "alertname": "SkuforgeTritonDown", "exp_alerts": []}
+                    for minute in (16, 20, 25)
+                ],
+            },
+            {
+                "interval": "1m",
+                "input_series": input_series({"Pending": ["0"] * 9, "Running": ["0"] * 30}),
+                "alert_rule_test": [
+                    {"eval_time": "23m", "alertname": "SkuforgeTritonDown", "exp_alerts": []},
+                    {
+                        "eval_time": "27m",
+                        "alertname": "SkuforgeTritonDown",
+                        "exp_alerts": [
+                            {"exp_labels": {**running, "severity": "page"}, "exp_annotations": annotations}
+                        ],
+                    },
+                ],
+            },
+        ],
+    }
+    (tmp_path / "chart_test.yml").write_text(yaml.safe_dump(tests))
+    result = promtool("test", "rules", "chart_test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def rule_annotations(rule: dict[str, Any], alert: str) -> list[tuple[str, str]]:
+    """The annotations of ``alert`` in a rendered PrometheusRule."""
+    (found,) = [r for group in rule["spec"]["groups"] for r in group["rules"] if r.get("alert") == alert]
+    return list(found["annotations"].items())
+
+
 def test_under_prometheus_operator_every_target_carries_its_release(helm: str) -> None:
     """The alert rules aggregate by (namespace, release), so two installs watched by one Prometheus do
     not hide each other's failures; the operator gives ``namespace``, the chart must give ``release``."""
