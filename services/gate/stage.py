@@ -13,8 +13,9 @@ region against the reference photo's product region). Thresholds are ``SKUFORGE_
 
 Bad input goes to the DLQ with its reason: a mask or image missing from the store
 (``object_missing``), bytes that do not match the event's sha256 (``checksum_mismatch``), bytes
-that are not an image (``not_an_image``, ``corrupt``...), or masks and images whose sizes disagree
-(``dimension_mismatch``).
+that are not an image (``not_an_image``, ``corrupt``...), more pixels than ``SKUFORGE_MAX_IMAGE_PIXELS``
+(``too_many_pixels``), or an image or mask whose size is not the one the event states, or masks and
+images whose sizes disagree (``dimension_mismatch``).
 
 Metrics beside the runtime's: ``skuforge_gate_iou`` (histogram of IoU), ``skuforge_gate_decisions_total``
 (by decision) and ``skuforge_gate_flags_total`` (failed checks, by reason).
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from schemas.common import ImageRef
 from schemas.envelope import Envelope
 from schemas.events import CorrectionPending, GateAccepted, ImageMatted
 from schemas.flow import GATE
@@ -36,7 +38,7 @@ from services.gate.config import GateSettings
 from shared.config import load_settings
 from shared.errors import BadInput
 from shared.gate.checks import evaluate, failed_reasons
-from shared.images import UInt8Array
+from shared.images import UInt8Array, refuse_too_many_pixels
 from shared.runtime import Context, Emit, Stage, run_stage
 
 IOU_BUCKETS = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
@@ -76,11 +78,11 @@ def handle(
     """Measure one matted item and route it to ``gate.accepted`` or ``correction.pending``."""
     matted = event.payload
     generated = matted.generated
-    predicted_mask = ctx.read_mask(matted.predicted_mask)
-    expected_mask = ctx.read_mask(generated.expected_mask)
-    image = np.asarray(ctx.read_image(generated.image), dtype=np.uint8)
-    reference_image = np.asarray(ctx.read_image(generated.reference_image), dtype=np.uint8)
-    reference_mask = ctx.read_mask(generated.reference_mask)
+    predicted_mask = _read(ctx, "predicted mask", matted.predicted_mask, mask=True)
+    expected_mask = _read(ctx, "expected mask", generated.expected_mask, mask=True)
+    image = _read(ctx, "image", generated.image, mask=False)
+    reference_image = _read(ctx, "reference image", generated.reference_image, mask=False)
+    reference_mask = _read(ctx, "reference mask", generated.reference_mask, mask=True)
     _same_size(("image", image), ("predicted mask", predicted_mask), ("expected mask", expected_mask))
     _same_size(("reference image", reference_image), ("reference mask", reference_mask))
 
@@ -109,6 +111,23 @@ def handle(
     ctx.log.info("flagged for correction", extra={"item_id": generated.item_id, "reasons": reasons})
     pending = CorrectionPending(matted=matted, iou=iou, checks=checks, reasons=reasons)
     return [Emit(CORRECTION_PENDING, pending, key="decision")]
+
+
+def _read(ctx: Context, name: str, ref: ImageRef, *, mask: bool) -> UInt8Array:
+    """The image or mask ``ref`` points at, refused unless it is the size the event states: passed
+    on, such an item reached a reviewer and only then was refused by the trainstore."""
+    # A baseline JPEG over the limit would be decoded scaled down and then blamed as misstated.
+    refuse_too_many_pixels(
+        ref.width, ref.height, ctx.settings.max_image_pixels, "it is compared pixel by pixel"
+    )
+    pixels = ctx.read_mask(ref) if mask else np.asarray(ctx.read_image(ref), dtype=np.uint8)
+    height, width = pixels.shape[:2]
+    if (width, height) != (ref.width, ref.height):
+        raise BadInput(
+            "dimension_mismatch",
+            f"{name} {ref.uri} is {width}x{height}, the event says {ref.width}x{ref.height}",
+        )
+    return pixels
 
 
 def _same_size(*named: tuple[str, UInt8Array]) -> None:

@@ -1,0 +1,49 @@
+"""The gate stage's handler on events a hostile or broken upstream might send: what it refuses, and
+the reason and detail its dead letter carries. Unit level: the handler is called as the runtime calls
+it; a ``BadInput`` is what the runtime dead-letters."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from schemas.events import ImageMatted
+from schemas.topics import IMAGE_MATTED
+from services.gate.config import GateSettings
+from services.gate.stage import GateMetrics, handle
+from shared.bus import make_envelope
+from shared.config import Settings
+from shared.errors import BadInput
+from shared.observability import StageMetrics
+from shared.runtime import Context, Emit
+from shared.store import FileStore
+from tests.support.gate import matted_item
+
+
+def _gate(store: FileStore, matted: ImageMatted) -> list[Emit]:
+    """Run the gate's handler on ``matted`` as the runtime does."""
+    event = make_envelope(
+        IMAGE_MATTED,
+        matted,
+        event_id="e" * 32,
+        sku_id=matted.generated.sku.sku_id,
+        trace_id="t" * 32,
+        producer="test",
+    )
+    ctx = Context("gate", store, Settings(), StageMetrics("gate"), logging.getLogger("test"))
+    ctx._handling = event
+    return list(handle(event, ctx, gate=GateSettings(), metrics=GateMetrics(CollectorRegistry())))
+
+
+def test_an_event_that_misstates_its_image_size_is_refused_not_passed_on(tmp_path: Path) -> None:
+    # Before, the gate compared the masks with the image but not with the sizes the event states:
+    # the item was accepted (or sent to a reviewer) and only the trainstore refused it, afterwards.
+    store = FileStore(tmp_path / "store")
+    matted = matted_item(store, 1, 0)
+    generated = matted.generated
+    lying = generated.model_copy(update={"image": generated.image.model_copy(update={"width": 4000})})
+    with pytest.raises(BadInput, match=r"dimension_mismatch: image .* is 96x96, the event says 4000x96"):
+        _gate(store, matted.model_copy(update={"generated": lying}))
