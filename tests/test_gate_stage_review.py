@@ -47,3 +47,51 @@ def test_an_event_that_misstates_its_image_size_is_refused_not_passed_on(tmp_pat
     lying = generated.model_copy(update={"image": generated.image.model_copy(update={"width": 4000})})
     with pytest.raises(BadInput, match=r"dimension_mismatch: image .* is 96x96, the event says 4000x96"):
         _gate(store, matted.model_copy(update={"generated": lying}))
+
+
+@pytest.mark.parametrize(
+    ("name", "field"),
+    [
+        ("predicted mask", "predicted_mask"),
+        ("expected mask", "expected_mask"),
+        ("image", "image"),
+        ("reference image", "reference_image"),
+        ("reference mask", "reference_mask"),
+    ],
+)
+def test_a_dead_letter_names_which_of_the_items_objects_was_refused(
+    tmp_path: Path, name: str, field: str
+) -> None:
+    # Before, five objects were read and a refusal said only "not_an_image: bytes are not in any
+    # known image format": the operator could not tell the matting stage's mask from an ingested photo.
+    store = FileStore(tmp_path / "store")
+    matted = matted_item(store, 1, 0)
+    generated = matted.generated
+    broken = store.put_bytes("fixtures/broken.png", b"not an image")
+    if field == "predicted_mask":
+        matted = matted.model_copy(
+            update={field: matted.predicted_mask.model_copy(update=broken.model_dump())}
+        )
+    else:
+        ref = getattr(generated, field).model_copy(update=broken.model_dump())
+        matted = matted.model_copy(update={"generated": generated.model_copy(update={field: ref})})
+    with pytest.raises(BadInput) as refused:
+        _gate(store, matted)
+    assert refused.value.reason == "not_an_image"
+    assert refused.value.detail.startswith(f"{name} {broken.uri}: ")
+
+
+def test_a_missing_object_is_named_once(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    matted = matted_item(store, 1, 0)
+    generated = matted.generated
+    gone = generated.reference_mask.model_copy(update={"uri": store.uri_for("fixtures/gone.png")})
+    with pytest.raises(BadInput) as refused:
+        _gate(
+            store,
+            matted.model_copy(update={"generated": generated.model_copy(update={"reference_mask": gone})}),
+        )
+    assert (refused.value.reason, refused.value.detail) == (
+        "object_missing",
+        f"reference mask: no object at {gone.uri}",
+    )

@@ -15,7 +15,8 @@ Bad input goes to the DLQ with its reason: a mask or image missing from the stor
 (``object_missing``), bytes that do not match the event's sha256 (``checksum_mismatch``), bytes
 that are not an image (``not_an_image``, ``corrupt``...), more pixels than ``SKUFORGE_MAX_IMAGE_PIXELS``
 (``too_many_pixels``), or an image or mask whose size is not the one the event states, or masks and
-images whose sizes disagree (``dimension_mismatch``).
+images whose sizes disagree (``dimension_mismatch``). The detail names the object refused (``predicted
+mask``, ``expected mask``, ``image``, ``reference image`` or ``reference mask``, and its uri).
 
 Metrics beside the runtime's: ``skuforge_gate_iou`` (histogram of IoU), ``skuforge_gate_decisions_total``
 (by decision) and ``skuforge_gate_flags_total`` (failed checks, by reason).
@@ -115,12 +116,19 @@ def handle(
 
 def _read(ctx: Context, name: str, ref: ImageRef, *, mask: bool) -> UInt8Array:
     """The image or mask ``ref`` points at, refused unless it is the size the event states: passed
-    on, such an item reached a reviewer and only then was refused by the trainstore."""
-    # A baseline JPEG over the limit would be decoded scaled down and then blamed as misstated.
-    refuse_too_many_pixels(
-        ref.width, ref.height, ctx.settings.max_image_pixels, "it is compared pixel by pixel"
-    )
-    pixels = ctx.read_mask(ref) if mask else np.asarray(ctx.read_image(ref), dtype=np.uint8)
+    on, such an item reached a reviewer and only then was refused by the trainstore. A refusal names
+    the object (``name`` and its uri): an item has five, made by three stages."""
+    try:
+        # A baseline JPEG over the limit would be decoded scaled down and then blamed as misstated.
+        refuse_too_many_pixels(
+            ref.width, ref.height, ctx.settings.max_image_pixels, "it is compared pixel by pixel"
+        )
+        pixels = ctx.read_mask(ref) if mask else np.asarray(ctx.read_image(ref), dtype=np.uint8)
+    except BadInput as refusal:
+        detail = refusal.detail or refusal.reason
+        # object_missing and checksum_mismatch name the uri already.
+        where = name if ref.uri in detail else f"{name} {ref.uri}"
+        raise BadInput(refusal.reason, f"{where}: {detail}") from None
     height, width = pixels.shape[:2]
     if (width, height) != (ref.width, ref.height):
         raise BadInput(
