@@ -14,9 +14,11 @@ from schemas.events import ImageMatted
 from schemas.topics import IMAGE_MATTED
 from services.gate.config import GateSettings
 from services.gate.stage import GateMetrics, handle
+from services.gate.stage import build_stage as build_gate
 from shared.bus import make_envelope
-from shared.config import Settings
+from shared.config import Settings, load_settings
 from shared.errors import BadInput
+from shared.gate.checks import CHECK_CODES
 from shared.observability import StageMetrics
 from shared.runtime import Context, Emit
 from shared.store import FileStore
@@ -95,3 +97,21 @@ def test_a_missing_object_is_named_once(tmp_path: Path) -> None:
         "object_missing",
         f"reference mask: no object at {gone.uri}",
     )
+
+
+def test_every_flag_reason_is_counted_from_zero_so_its_first_flag_after_a_restart_shows(
+    tmp_path: Path,
+) -> None:
+    # Before, a reason's series was born at 1 with its first flag, which rate() and increase() never
+    # see: a reason flagged once per pod's life never showed on the flags-by-reason panel.
+    registry = build_gate(settings=load_settings(store_uri=f"file://{tmp_path / 'store'}")).metrics.registry
+    counts = {
+        code: registry.get_sample_value("skuforge_gate_flags_total", {"reason": code}) for code in CHECK_CODES
+    }
+    assert counts == dict.fromkeys(CHECK_CODES, 0.0)
+
+
+def test_the_check_codes_are_those_the_gate_reports(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    (emit,) = _gate(store, matted_item(store, 1, 0))
+    assert tuple(check.code for check in emit.payload.checks) == CHECK_CODES  # type: ignore[attr-defined]

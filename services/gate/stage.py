@@ -38,7 +38,7 @@ from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED, IMAGE_MATTED
 from services.gate.config import GateSettings
 from shared.config import load_settings
 from shared.errors import BadInput
-from shared.gate.checks import evaluate, failed_reasons
+from shared.gate.checks import CHECK_CODES, evaluate, failed_reasons
 from shared.images import UInt8Array, refuse_too_many_pixels
 from shared.runtime import Context, Emit, Stage, run_stage
 
@@ -68,9 +68,12 @@ class GateMetrics:
             ["reason"],
             registry=registry,
         )
-        # Both decisions from 0, so the flag-share alert counts the first of each after a restart.
+        # Both decisions and every reason from 0, so the flag-share alert and the flags-by-reason
+        # panel count the first of each after a restart (a series born at 1 shows no increase).
         for decision in GATE_DECISIONS:
             self.decisions.labels(decision)
+        for reason in CHECK_CODES:
+            self.flags.labels(reason)
 
 
 def handle(

@@ -32,6 +32,7 @@ from shared.arith.colour import srgb_to_lab
 
 __all__ = [
     "BORDER_TOUCH_FRACTION",
+    "CHECK_CODES",
     "MAX_DECLARED_GAIN",
     "MAX_STATS_PIXELS",
     "MIN_REGION_PIXELS",
@@ -49,6 +50,14 @@ __all__ = [
 UInt8Array = npt.NDArray[np.uint8]
 BoolArray = npt.NDArray[np.bool_]
 
+# The codes of the checks, in the order ``evaluate`` reports them: the reasons a pending item may carry.
+CHECK_CODES = (
+    "iou_below_threshold",
+    "mask_empty",
+    "mask_full_frame",
+    "mask_touches_all_borders",
+    "product_drift",
+)
 # A border counts as touched when at least this fraction of its pixels is product: a product that
 # merely grazes an edge is normal, a mask that runs along an edge is the background.
 BORDER_TOUCH_FRACTION = 0.25
