@@ -16,7 +16,7 @@ from services.gate.config import GateSettings
 from services.gate.stage import GateMetrics, handle
 from services.gate.stage import build_stage as build_gate
 from shared.bus import make_envelope
-from shared.config import Settings, load_settings
+from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput
 from shared.gate.checks import CHECK_CODES
 from shared.observability import StageMetrics
@@ -115,3 +115,22 @@ def test_the_check_codes_are_those_the_gate_reports(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "store")
     (emit,) = _gate(store, matted_item(store, 1, 0))
     assert tuple(check.code for check in emit.payload.checks) == CHECK_CODES  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("threshold", "typed"), [("iou_min", "true"), ("min_foreground_fraction", "false")])
+def test_a_yes_or_no_category_threshold_is_refused_at_start_up_not_read_as_one_or_zero(
+    threshold: str, typed: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, true was read as 1.0 and false as 0.0: an IoU minimum of 1 flags nearly every item of
+    # the category, a minimum foreground of 0 lets near-empty masks through.
+    monkeypatch.setenv("SKUFORGE_GATE_CATEGORY_OVERRIDES", f'{{"pouch": {{"{threshold}": {typed}}}}}')
+    with pytest.raises(
+        ConfigError, match=rf"SKUFORGE_GATE_CATEGORY_OVERRIDES \(pouch\.{threshold}\).*number"
+    ):
+        load_settings(GateSettings)
+
+
+def test_whole_numbers_are_still_category_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKUFORGE_GATE_CATEGORY_OVERRIDES", '{"pouch": {"drift_tolerance": 25, "iou_min": 1}}')
+    thresholds = load_settings(GateSettings).thresholds_for("pouch")
+    assert (thresholds.drift_tolerance, thresholds.iou_min) == (25.0, 1.0)

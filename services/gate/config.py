@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, StrictFloat, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings
 
 from shared.config import SETTINGS_CONFIG
@@ -56,11 +56,12 @@ class GateSettings(BaseSettings):
         allow_inf_nan=False,  # inf would reach every event's check as JSON null, which consumers refuse
         description="largest colour drift (Lab units) of the product region from the reference photo's",
     )
-    gate_category_overrides: dict[str, dict[str, float]] = Field(
+    # Strict: JSON true/false were read as 1.0/0.0 (an IoU minimum of 1 flags nearly every item).
+    gate_category_overrides: dict[str, dict[str, StrictFloat]] = Field(
         default={},
         description=(
-            "JSON: category (any case and spacing) -> thresholds replaced for it (iou_min, "
-            "min_foreground_fraction, max_foreground_fraction, drift_tolerance)"
+            "JSON: category (any case and spacing) -> thresholds replaced for it, as JSON numbers "
+            "(iou_min, min_foreground_fraction, max_foreground_fraction, drift_tolerance)"
         ),
     )
 
