@@ -202,3 +202,32 @@ def test_a_reject_whose_text_or_choices_are_not_lists_of_strings_is_skipped(tmp_
     assert [entry.detail for entry in parts.tasks.audit(decided) if entry.action == "reject"] == [
         "torn label and glare"
     ]
+
+
+def _rle_of_runs(runs: list[tuple[int, int]], word_size: int) -> list[int]:
+    """Label Studio's bit stream for ``(length, value)`` runs, each a repeat with a 16-bit count."""
+    total = sum(length for length, _ in runs)
+    bits = f"{total:032b}" + f"{word_size - 1:05b}" + "0010" + "0011" + "0111" + "1111"
+    bits += "".join("1" + "11" + f"{length - 1:016b}" + f"{value:0{word_size}b}" for length, value in runs)
+    bits += "0" * (8 - len(bits) % 8)
+    return [int(bits[i : i + 8], 2) for i in range(0, len(bits), 8)]
+
+
+def test_a_brush_whose_words_are_wider_than_8_bits_is_skipped_with_the_reason(tmp_path: Path) -> None:
+    # Brush values are bytes. Before, 16-bit words were cut to their low byte without a word (0x1ff
+    # read as 255: half the image approved as product); numpy 2 raises OverflowError instead, which
+    # the import did not catch: a traceback halfway through the file.
+    half = 4 * 128 * 64
+    wide = _rle_of_runs([(half, 0x1FF), (half, 0)], word_size=16)
+    with pytest.raises(ValueError, match="16 bits"):
+        decode_rle(wide)
+    assert decode_rle(_rle_of_runs([(4, 3), (4, 0)], word_size=2)).tolist() == [3, 3, 3, 3, 0, 0, 0, 0]
+
+    parts = build_console(tmp_path)
+    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0)))
+    [task] = export_tasks(parts.tasks, parts.store).tasks
+    brush = {"type": "brushlabels", "value": {"format": "rle", "rle": wide}}
+    [outcome] = import_annotations(parts.tasks, parts.store, [dict(task, annotations=[{"result": [brush]}])])
+    assert (outcome.outcome, outcome.annotation_lost) == ("skipped", True), outcome
+    assert "RLE words are 16 bits" in outcome.detail
+    assert parts.tasks.counts()["pending"] == 1

@@ -110,7 +110,8 @@ class _BitReader:
 
 
 def decode_rle(rle: Iterable[int], *, max_values: int = 4 * 40_000_000) -> npt.NDArray[np.uint8]:
-    """Decode Label Studio's ``rle`` into the flat uint8 array it encodes; ValueError if malformed."""
+    """Decode Label Studio's ``rle`` into the flat uint8 array it encodes; ValueError if malformed
+    (words wider than 8 bits included)."""
     try:
         data = bytes(rle)
     except TypeError as exc:  # bytes() says ValueError for out-of-range ints, TypeError for non-ints
@@ -120,6 +121,10 @@ def decode_rle(rle: Iterable[int], *, max_values: int = 4 * 40_000_000) -> npt.N
     if count > max_values:
         raise ValueError(f"RLE declares {count} values; at most {max_values} are allowed")
     word_size = reader.read(5) + 1
+    if word_size > WORD_SIZE:
+        # The values are RGBA bytes: wider words were cut to their low byte without a word (numpy 1),
+        # or raised OverflowError, which the import does not skip (numpy 2).
+        raise ValueError(f"RLE words are {word_size} bits; brush values have at most {WORD_SIZE}")
     sizes = [reader.read(4) + 1 for _ in range(4)]
     out = np.zeros(count, dtype=np.uint8)
     i = 0
