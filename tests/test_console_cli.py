@@ -65,6 +65,32 @@ def test_export_labelstudio_command(
     assert "cannot write" in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.parametrize("bad_out", ["no/tasks.json", "a-folder"])
+def test_export_labelstudio_writes_both_files_or_neither(
+    bad_out: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Before, --config-out was written first: a --out that could not be written left a new config
+    # (or replaced the previous one) while exit 2 said nothing was written.
+    store = FileStore(tmp_path / "store")
+    tasks = TaskStore(tmp_path / "tasks.sqlite3")
+    tasks.add_pending(pending_envelope(flagged_item(store, 0)))
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    monkeypatch.setenv("SKUFORGE_CONSOLE_DB_PATH", str(tmp_path / "tasks.sqlite3"))
+    (tmp_path / "a-folder").mkdir()
+    config = tmp_path / "config.xml"
+    config.write_text("<View>the project's own config</View>")
+    argv = ["console", "export-labelstudio", "--out", str(tmp_path / bad_out), "--config-out", str(config)]
+    assert cli_main(argv) == 2
+    assert "cannot write" in capsys.readouterr().err
+    assert config.read_text() == "<View>the project's own config</View>"
+    left = sorted(path.name for path in tmp_path.iterdir())
+    assert left == ["a-folder", "config.xml", "store", "tasks.sqlite3"]  # no partial file either
+    assert not any((tmp_path / "a-folder").iterdir())
+    with pytest.raises(SystemExit) as refused:  # one file cannot hold both
+        cli_main(["console", "export-labelstudio", "--out", str(config), "--config-out", str(config)])
+    assert refused.value.code == 2 and "the same file as --out" in capsys.readouterr().err
+
+
 def test_the_label_studio_commands_refuse_a_missing_table_and_an_unknown_sku(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -59,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         "export-labelstudio", help="write pending items as Label Studio tasks", epilog=EXPORT_EXIT_STATUS
     )
     export.add_argument("--out", type=Path, required=True, help="tasks JSON file to write")
-    export.add_argument("--config-out", type=Path, help="also write a matching labeling config (XML)")
+    export.add_argument(
+        "--config-out",
+        type=Path,
+        help="also write a matching labeling config (XML); both files are written, or neither",
+    )
     export.add_argument(
         "--image-url",
         default="{uri}",
@@ -88,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             check_image_url(args.image_url)
         except ValueError as exc:
             parser.error(f"--image-url: {exc}")  # exits with status 2, before anything is opened
+        if args.config_out and args.config_out.resolve() == args.out.resolve():
+            parser.error(f"--config-out {args.config_out}: the same file as --out; name another")
 
     settings = load_settings()
     console = load_settings(ConsoleSettings)
@@ -132,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         exported = export_tasks(
             tasks, store, filters=TaskFilter(sku_id=args.sku, reason=args.reason), image_url=args.image_url
         )
+        files = {args.out: json.dumps(exported.tasks)}
+        if args.config_out:
+            files[args.config_out] = LABEL_CONFIG
         try:
-            # The config first: a failure then leaves nothing written, as exit 2 says.
-            if args.config_out:
-                args.config_out.write_text(LABEL_CONFIG)
-            args.out.write_text(json.dumps(exported.tasks))
+            _write_all(files)
         except OSError as exc:
             print(f"skuforge console export-labelstudio: cannot write: {exc}", file=sys.stderr)
             return 2
@@ -180,6 +187,25 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+def _write_all(files: dict[Path, str]) -> None:
+    """Write every file or none (exit 2 says nothing was written): each to a temporary beside it, then
+    all renamed into place. Before, the config was written first and stayed when --out then failed."""
+    for path in files:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; name the file to write")
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, text in files.items():
+            partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            staged.append((partial, path))
+            partial.write_text(text)
+        for partial, path in staged:
+            partial.replace(path)
+    finally:
+        for partial, _ in staged:
+            partial.unlink(missing_ok=True)
 
 
 def _import_summary(
