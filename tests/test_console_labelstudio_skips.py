@@ -180,6 +180,26 @@ def test_importing_an_export_again_skips_what_it_decided_without_calling_it_lost
     assert not any(o.annotation_lost for o in again)
 
 
+def test_an_annotation_whose_was_cancelled_is_not_true_or_false_is_skipped_with_the_reason(
+    parts: ConsoleParts,
+) -> None:
+    # Before, any truthy value cancelled: the string "false" dropped the annotation as "no annotation",
+    # which is not counted as lost (exit 0), and the reviewer's rejection was never recorded.
+    ids = [task.task_id for task in parts.tasks.query()]
+    export = [rejected(task_id) for task_id in ids]
+    export[0]["annotations"][0]["was_cancelled"] = "false"
+    export[1]["annotations"][0]["was_cancelled"] = False
+    export[2]["annotations"][0]["was_cancelled"] = True
+    outcomes = import_annotations(parts.tasks, parts.store, export)
+    assert [(o.outcome, o.annotation_lost) for o in outcomes] == [
+        ("skipped", True),
+        ("reject", False),
+        ("skipped", False),
+    ]
+    assert "'was_cancelled' is 'false', not true or false" in outcomes[0].detail
+    assert [parts.tasks.get(task_id).state for task_id in ids] == ["pending", "rejected", "pending"]
+
+
 @pytest.mark.slow
 def test_export_hands_off_every_pending_item_not_the_first_ten_thousand(tmp_path: Path) -> None:
     # A fixed limit of 10,000 cut the hand-off short while the summary and exit status said all.

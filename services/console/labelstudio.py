@@ -365,7 +365,17 @@ def import_annotations(
         annotations = entry.get("annotations") or []
         if not isinstance(annotations, list):
             annotations = []
-        annotations = [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled")]
+        annotations = [a for a in annotations if isinstance(a, dict)]
+        # Label Studio writes true or false (or leaves it out); any other value is a skip with its reason,
+        # not a guess: the string "false" is truthy, and a rejection so marked was dropped as "no
+        # annotation", which is not counted as lost.
+        cancelled = [a.get("was_cancelled") for a in annotations]
+        unclear = [value for value in cancelled if value is not None and not isinstance(value, bool)]
+        if unclear:
+            why = f"an annotation's 'was_cancelled' is {unclear[0]!r:.40}, not true or false"
+            outcomes.append(ImportOutcome(task_id, "skipped", why))
+            continue
+        annotations = [a for a in annotations if not a.get("was_cancelled")]
         if not annotations:
             outcomes.append(ImportOutcome(task_id, "skipped", NO_ANNOTATION))
             continue
