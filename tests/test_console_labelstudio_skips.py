@@ -200,6 +200,19 @@ def test_an_annotation_whose_was_cancelled_is_not_true_or_false_is_skipped_with_
     assert [parts.tasks.get(task_id).state for task_id in ids] == ["pending", "rejected", "pending"]
 
 
+def test_a_reject_reason_over_the_limit_is_recorded_marked_as_cut(parts: ConsoleParts) -> None:
+    # Before, it was cut to its first 200 characters without a sign: the audit trail and the published
+    # decision read as if that were the annotator's whole reason.
+    ids = [task.task_id for task in parts.tasks.query()]
+    entry = rejected(ids[0])
+    words = " ".join(f"word{n}" for n in range(60))  # 349 characters
+    entry["annotations"][0]["result"].append({"type": "textarea", "value": {"text": [words]}})
+    [outcome] = import_annotations(parts.tasks, parts.store, [entry])
+    [recorded] = [e.detail for e in parts.tasks.audit(ids[0]) if e.action == "reject"]
+    assert outcome.outcome == "reject" and outcome.detail == recorded
+    assert len(recorded) <= 200 and recorded.startswith("word0 word1 ") and recorded.endswith("… [cut]")
+
+
 @pytest.mark.slow
 def test_export_hands_off_every_pending_item_not_the_first_ten_thousand(tmp_path: Path) -> None:
     # A fixed limit of 10,000 cut the hand-off short while the summary and exit status said all.

@@ -3,9 +3,10 @@
 ``export_tasks`` writes one Label Studio task per pending item: the generated image's URL, the
 console's ids in ``data``, and the predicted mask as a ``brushlabels`` prediction in Label Studio's
 ``rle`` format. ``import_annotations`` reads Label Studio's JSON export: an annotation whose
-``decision`` choice is ``reject`` rejects the item (reason from the ``reason`` text area), one with
-brush results approves the union of its strokes as an edited mask. Both go through the same task
-table, audit and outbox as the web page's decisions, under the reviewer ``labelstudio:<annotator>``.
+``decision`` choice is ``reject`` rejects the item (reason from the ``reason`` text area; one longer
+than the web page takes is cut, ending in ``CUT_MARK``), one with brush results approves the union of
+its strokes as an edited mask. Both go through the same task table, audit and outbox as the web
+page's decisions, under the reviewer ``labelstudio:<annotator>``.
 
 The RLE is Label Studio's brush format (label-studio-converter ``brush.py``, itself thi.ng's
 rle-pack): the mask is flattened as RGBA (each pixel's value repeated in 4 channels), then a bit
@@ -45,6 +46,7 @@ RLE_SIZES = (3, 4, 8, 16)
 FROM_NAME = "mask"
 TO_NAME = "image"
 LABEL = "product"
+CUT_MARK = "… [cut]"  # ends a reject reason longer than the table takes
 # A labeling config matching the exported tasks (``--config-out`` writes it).
 LABEL_CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
@@ -309,7 +311,11 @@ def _decision_of(annotation: dict[str, Any], width: int, height: int) -> tuple[s
             text for item in results if item.get("type") == "textarea" for text in _strings(item, "text")
         ]
         # A text area may hold several lines; a reason is one line, so whitespace runs become a space.
-        reason = " ".join(" ".join(texts).split())[:MAX_REASON_CHARS]
+        reason = " ".join(" ".join(texts).split())
+        if len(reason) > MAX_REASON_CHARS:
+            # The table takes as many characters as from the web page; the mark says in the audit and
+            # the published decision that the rest is in Label Studio (it was cut without a sign).
+            reason = reason[: MAX_REASON_CHARS - len(CUT_MARK)].rstrip() + CUT_MARK
         return "reject", check_reject_reason(reason or "rejected in Label Studio")
     brushes = [
         item for item in results if item.get("type") == "brushlabels" and _value(item).get("format") == "rle"
