@@ -51,6 +51,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from devstack.supervisor import parent_death_signal
 from shared.argtypes import int_between, positive_float
 from shared.signals import raise_stopped
 
@@ -411,11 +412,12 @@ class LocalKafka:
         pid = self.pid
         return pid is not None and _pid_alive(pid) and _is_our_broker(pid, self.config_path)
 
-    def start(self, timeout_s: float = 90) -> None:
+    def start(self, timeout_s: float = 90, *, stop_with_parent: bool = False) -> None:
         """Start the broker and block until it serves admin requests.
 
         Formats the KRaft log dir first if this data dir was never formatted (the cluster id is kept
-        in ``data_dir/cluster.id``).
+        in ``data_dir/cluster.id``). ``stop_with_parent``: the kernel sends the JVM SIGTERM when this
+        process dies, however it dies (Linux), for a launcher that stays attached (``--foreground``).
 
         Raises:
             BrokerError: already running, a port is taken, the JVM exited early, or it was not ready
@@ -450,6 +452,9 @@ class LocalKafka:
             stdout=self._out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own session and process group: signals from a terminal don't reach it
+            # Its own session also keeps it out of a SIGKILL to the launcher's group (a supervisor's
+            # restart): without this it ran on, and every new launcher found "a broker already running".
+            preexec_fn=parent_death_signal() if stop_with_parent else None,
         )
         self.pid_path.write_text(f"{self._proc.pid}\n")
         try:
@@ -715,7 +720,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     start.add_argument("--timeout", type=positive_float, default=90.0, help="seconds to wait for readiness")
     start.add_argument(
-        "--foreground", action="store_true", help="stay attached; stop the broker on Ctrl-C / SIGTERM"
+        "--foreground",
+        action="store_true",
+        help="stay attached; stop the broker on Ctrl-C / SIGTERM, or when this process is killed",
     )
 
     stop = sub.add_parser("stop", help="stop the broker whose pid file is in the data dir")
@@ -745,7 +752,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m devstack.brok
                 # start() kills the JVM it spawned when interrupted.
                 signal.signal(signal.SIGTERM, raise_stopped)
                 try:
-                    broker.start(timeout_s=args.timeout)
+                    broker.start(timeout_s=args.timeout, stop_with_parent=True)
                 except KeyboardInterrupt:
                     print("kafka start interrupted; broker stopped", file=sys.stderr)
                     return 130

@@ -171,3 +171,54 @@ def test_free_ports_are_distinct_where_free_port_in_a_row_may_repeat() -> None:
     # and the generator server now refuses two of its servers on one port.
     ports = free_ports(64)
     assert len(set(ports)) == 64 and all(0 < port < 65536 for port in ports)
+
+
+def test_a_foreground_broker_whose_launcher_is_killed_outright_leaves_no_jvm(tmp_path: Path) -> None:
+    # The supervisor SIGKILLs a launcher that was not ready in time (and the OOM killer may pick it):
+    # its JVM, in a session of its own, ran on holding the ports and the pid file, so every restart of
+    # the launcher failed with "a broker is already running" for the rest of the stack's life.
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port, controller_port = free_ports(2)
+    data_dir = tmp_path / "kafka"
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "devstack.broker",
+            "start",
+            "--foreground",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+            "--controller-port",
+            str(controller_port),
+            "--heap-mb",
+            "384",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    broker = LocalKafka(data_dir, port=port, controller_port=controller_port)
+    jvm = None
+    try:
+        deadline = time.monotonic() + 60
+        while jvm is None and time.monotonic() < deadline and launcher.poll() is None:
+            jvm = broker.pid
+            time.sleep(0.05)
+        assert jvm is not None, "the broker's JVM never started"
+        launcher.kill()
+        launcher.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _alive(jvm):
+            time.sleep(0.2)
+        assert not _alive(jvm), f"the broker's JVM (pid {jvm}) outlived its killed launcher"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        if jvm is not None and _alive(jvm):
+            os.kill(jvm, signal.SIGKILL)
