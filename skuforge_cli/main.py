@@ -27,6 +27,7 @@ from shared.config import ConfigError, Settings, load_settings, settings_table_m
 from shared.errors import BadInput, TransientError
 from shared.generation.diffusion import DiffusionSettings
 from shared.generation.settings import GenerationSettings
+from shared.signals import signal_number, stopped_how
 from shared.trainstore.settings import TrainstoreSettings
 
 if TYPE_CHECKING:  # shared.bus imports kafka: loaded only by the commands that talk to it
@@ -361,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n"
         + "\n".join(f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items())
-        + "\n\nRun 'skuforge COMMAND --help' for a command's options.",
+        + "\n\nRun 'skuforge COMMAND --help' for a command's options. Ctrl-C interrupts a command with one "
+        "line on stderr and exit status 130 (up, run and serve stop their services instead).",
     )
     parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -386,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    except KeyboardInterrupt as exc:  # Ctrl-C where a command has nothing of its own to say or undo
+        signum = signal_number(exc)
+        print(f"skuforge {args.command}: {stopped_how(signum)}", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":
