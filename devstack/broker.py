@@ -709,7 +709,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "--controller-port",
         type=PORT_NUMBER,
         default=None,
-        help="KRaft controller port (default: env SKUFORGE_KAFKA_CONTROLLER_PORT, else "
+        help="KRaft controller port, not the client port (default: env SKUFORGE_KAFKA_CONTROLLER_PORT, else "
         f"{DEFAULT_CONTROLLER_PORT})",
     )
     start.add_argument(
@@ -741,6 +741,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m devstack.brok
     args = parser.parse_args(argv)
     if args.command == "start":
         _apply_env_defaults(parser, args)
+        if args.port == args.controller_port:  # here, not LocalKafka's ValueError: a usage error, exit 2
+            parser.error(
+                f"--port and --controller-port are both {args.port} (options, SKUFORGE_KAFKA_PORT / "
+                "SKUFORGE_KAFKA_CONTROLLER_PORT or the defaults); the broker needs two ports"
+            )
     try:
         if args.command == "start":
             broker = LocalKafka(

@@ -84,3 +84,32 @@ def test_adapters_register_refuses_a_rank_below_1(
     err = capsys.readouterr().err
     assert err.endswith("argument --rank: must be at least 1, got -3\n") and "pydantic" not in err
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["--port", "19093", "--controller-port", "19093"], {}),
+        (["--port", "9093"], {}),  # the default controller port
+        ([], {"SKUFORGE_KAFKA_PORT": "19094", "SKUFORGE_KAFKA_CONTROLLER_PORT": "19094"}),
+    ],
+)
+def test_kafka_start_refuses_one_port_for_both_listeners_as_a_usage_error(
+    argv: list[str],
+    env: dict[str, str],
+    recording_kafka: type[_RecordingKafka],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Was "error: port and controller_port must differ" and exit 1, the status of a broker that failed.
+    for name in ("SKUFORGE_KAFKA_PORT", "SKUFORGE_KAFKA_CONTROLLER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["kafka", "start", "--data-dir", str(tmp_path / "kafka"), *argv])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("skuforge kafka: error: --port and --controller-port are both ")
+    assert recording_kafka.asked == {} and not (tmp_path / "kafka").exists()
