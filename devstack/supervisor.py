@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import http.client
 import os
 import signal
 import subprocess
@@ -113,7 +114,9 @@ def http_ok(url: str, timeout_s: float = 2.0) -> Callable[[], bool]:
         try:
             with urllib.request.urlopen(url, timeout=timeout_s) as response:
                 return 200 <= int(response.status) < 300
-        except (urllib.error.URLError, OSError, ValueError):
+        # HTTPException: the port speaks another protocol (a broker took it), or the answer was cut
+        # short; it went out of the watch loop and stopped the whole stack.
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
             return False
 
     return check

@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import http.client
 import json
 import os
 import secrets
@@ -376,9 +377,9 @@ def holds_partitions(metrics_url: str, topics: list[str]) -> Callable[[], bool]:
         try:
             with urllib.request.urlopen(metrics_url, timeout=2) as response:
                 text = response.read().decode()
-        except (OSError, ValueError):
+            return set(topics) <= topics_held(text_string_to_metric_families(text))
+        except (OSError, ValueError, http.client.HTTPException):  # not (yet) the stage's /metrics
             return False
-        return set(topics) <= topics_held(text_string_to_metric_families(text))
 
     return check
 

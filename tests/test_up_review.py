@@ -7,6 +7,7 @@ stage's /metrics does), the port tests bind the port themselves, and the demo te
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -626,3 +627,68 @@ def test_console_users_that_name_nobody_stop_up_before_anything_starts(
     monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", " , ,")
     assert main(["--workdir", str(tmp_path / "stack"), "--ports", "free"]) == 2
     assert "SKUFORGE_CONSOLE_USERS" in capsys.readouterr().err
+
+
+@pytest.fixture
+def not_http_port() -> Iterator[int]:
+    """A port answered by something that is not HTTP (a Kafka broker, a gRPC server), as a free port
+    chosen for a stage may be by the time its ready check asks it."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = listener.accept()
+                with connection:
+                    connection.recv(4096)
+                    connection.sendall(b"\x00\x00\x00\x12\x00\x23not an http answer\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        listener.close()
+
+
+def test_a_port_answered_by_something_not_http_is_not_ready_and_the_stack_runs_on(
+    tmp_path: Path, not_http_port: int
+) -> None:
+    """http.client's BadStatusLine went through both ready checks, out of the watch loop: a stage
+    restarting beside a port that spoke another protocol stopped the whole stack with a traceback."""
+    from devstack.supervisor import http_ok
+    from devstack.up import holds_partitions
+
+    readyz = http_ok(f"http://127.0.0.1:{not_http_port}/readyz")
+    holding = holds_partitions(f"http://127.0.0.1:{not_http_port}/metrics", ["sku.ingested.v1"])
+    ready = {"stage": True}
+    stage = ServiceSpec(
+        name="stage",
+        argv=[sys.executable, "-c", "import time; time.sleep(120)"],
+        log_path=tmp_path / "stage.log",
+        ready=lambda: ready["stage"] or (readyz() and holding()),
+        ready_timeout_s=60,
+    )
+    lines: list[str] = []
+    supervisor = Supervisor(
+        [_sleeper(tmp_path, "kafka"), stage], grace_s=5, backoff_initial_s=0.1, report=lines.append
+    )
+    try:
+        assert supervisor.start()
+        ready["stage"] = False  # from now on its ready checks ask the port
+        os.kill(supervisor["stage"].pid or 0, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and supervisor["stage"].status != "starting":
+            supervisor.check_once()
+            time.sleep(0.1)
+        assert supervisor["stage"].status == "starting"
+        for _ in range(5):
+            supervisor.check_once()  # asks readyz, and holding, of the port each turn
+        assert not readyz() and not holding()
+        assert supervisor["stage"].status == "starting" and supervisor["kafka"].pid is not None
+    finally:
+        supervisor.stop()
+    assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
