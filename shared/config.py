@@ -19,6 +19,9 @@ from schemas.events import MAX_PHOTOS_PER_EVENT
 from schemas.topics import DLQ_SUFFIX, KAFKA_TOPIC_NAME_MAX_LEN, Topic, longest_topic_name
 
 ENV_PREFIX = "SKUFORGE_"
+# Kafka's protocol carries the group's timeouts as 32-bit ints: a larger value passed start-up, then the
+# client could not encode its JoinGroup request and the stage never joined its group, saying nothing.
+KAFKA_MAX_INT32 = 2**31 - 1
 # Every settings model's: SKUFORGE_* variables, others ignored, read-only, and no inf or NaN (a number
 # that passes its bounds as inf crashes later, far from the variable that set it).
 SETTINGS_CONFIG = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
@@ -70,11 +73,15 @@ class Settings(BaseSettings):
         description="records per poll; small, so slow model steps never exceed the poll interval",
     )
     max_poll_interval_ms: int = Field(
-        default=600_000, ge=10_000, description="time a poll batch may take before the group rebalances"
+        default=600_000,
+        ge=10_000,
+        le=KAFKA_MAX_INT32,
+        description="time a poll batch may take before the group rebalances",
     )
     session_timeout_ms: int = Field(
         default=10_000,
         ge=6_000,
+        le=KAFKA_MAX_INT32,
         description=(
             "consumer group session timeout: how long the partitions of a member that died (or of a static "
             "member that stopped) wait before the group hands them to the others"

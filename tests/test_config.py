@@ -64,6 +64,9 @@ def test_cli_reports_config_errors_without_a_traceback(
         ("SKUFORGE_KAFKA_BOOTSTRAP", "localhost:abc", "'localhost:abc' is not host:port"),
         ("SKUFORGE_KAFKA_BOOTSTRAP", "a:9092,b", "'b' is not host:port"),
         ("SKUFORGE_KAFKA_BOOTSTRAP", "a:99999", "'a:99999' is not host:port"),
+        # Over Kafka's 32-bit ints: the stage ran, never joined its group, and logged only a struct error.
+        ("SKUFORGE_MAX_POLL_INTERVAL_MS", "6000000000", "less than or equal to 2147483647"),
+        ("SKUFORGE_SESSION_TIMEOUT_MS", "3000000000", "less than or equal to 2147483647"),
     ],
 )
 def test_a_setting_that_would_fail_later_is_refused_by_skuforge_config(
