@@ -84,7 +84,8 @@ class Settings(BaseSettings):
         le=KAFKA_MAX_INT32,
         description=(
             "consumer group session timeout: how long the partitions of a member that died (or of a static "
-            "member that stopped) wait before the group hands them to the others"
+            "member that stopped) wait before the group hands them to the others; within the broker's "
+            "group.min/max.session.timeout.ms (6 s to 30 min by default), or the stage stops at its join"
         ),
     )
     group_instance_id: str | None = Field(

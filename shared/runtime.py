@@ -48,7 +48,7 @@ from typing import Any, Generic, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError
+from kafka.errors import InvalidSessionTimeoutError, KafkaError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 from PIL import Image
@@ -72,7 +72,7 @@ from shared.bus import (
     topics_held_in_group,
     unreachable,
 )
-from shared.config import Settings, load_settings
+from shared.config import ConfigError, Settings, load_settings
 from shared.dlq import REPLAY_STAGE_HEADER
 from shared.errors import BadInput, TransientError
 from shared.group_lag import GroupLagWatcher, watched_groups
@@ -379,7 +379,17 @@ class Stage:
         try:
             while not self._stop.is_set():
                 self._resume_due_partitions()
-                batch = self._consumer.poll(timeout_ms=200)
+                try:
+                    batch = self._consumer.poll(timeout_ms=200)
+                except InvalidSessionTimeoutError:
+                    # Refused at the join, outside the range the broker allows: a traceback before, at
+                    # every restart, that named neither the setting nor the broker's bounds.
+                    raise ConfigError(
+                        f"the Kafka broker refused SKUFORGE_SESSION_TIMEOUT_MS="
+                        f"{self.settings.session_timeout_ms}: it must lie within the broker's "
+                        "group.min.session.timeout.ms and group.max.session.timeout.ms (6000 and 1800000 "
+                        "by default); set it within them, or raise the broker's limit"
+                    ) from None
                 if self.health:
                     self.health.beat()
                 if batch:

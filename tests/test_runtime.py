@@ -23,6 +23,7 @@ from shared.bus import make_envelope
 from shared.config import Settings
 from shared.runtime import Context, Emit, Stage
 from shared.store import open_store
+from skuforge_cli.main import main as cli_main
 from tests.support.bus import (
     create_topics,
     file_store_uri,
@@ -369,3 +370,27 @@ def test_newer_schema_version_on_a_v1_topic_is_dead_lettered_as_unsupported(
     assert [d.sku_id for d in dead] == ["V2RETYPED-00000", "V2SAME-00000"]
     assert [d.event_id for d in dead] == ["4" * 32, "3" * 32]
     assert all("v2" in d.detail and "sku.ingested.v2" in d.detail for d in dead)
+
+
+def test_a_session_timeout_the_broker_refuses_is_one_line_naming_the_setting(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Over the broker's group.max.session.timeout.ms (30 min by default) the join is refused: before,
+    `skuforge run` ended in kafka-python's InvalidSessionTimeoutError traceback, at every restart."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    environment = {
+        "KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "TOPIC_NAMESPACE": settings.topic_namespace,
+        "CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
+        "STORE_URI": settings.store_uri,
+        "METRICS_PORT": "0",
+        "GROUP_LAG_INTERVAL_S": "0",
+        "SESSION_TIMEOUT_MS": "3600000",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(f"SKUFORGE_{name}", value)
+    assert cli_main(["run", "passthrough"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("skuforge run: the Kafka broker refused SKUFORGE_SESSION_TIMEOUT_MS=3600000"), last
+    assert "group.max.session.timeout.ms" in last
