@@ -21,12 +21,15 @@ from kafka.admin import OffsetSpec
 from kafka.structs import TopicPartition
 from prometheus_client import Gauge
 
-from schemas.flow import CONSOLE_INTAKE, PIPELINE, STAGES
+from schemas.flow import CONSOLE, CONSOLE_INTAKE, PIPELINE, STAGES
 
 log = logging.getLogger("skuforge.group_lag")
 
 # The stages whose groups are watched: every consumer of the flow that runs on the runtime.
 _CONSUMERS = (*PIPELINE, CONSOLE_INTAKE)
+# What a stage's process publishes besides the stage's own outputs: `serve console` serves its intake's
+# /metrics and relays the console's decisions (correction.resolved) from the same process.
+_ALSO_PUBLISHED = {CONSOLE_INTAKE.name: CONSOLE.produces}
 
 
 def watched_groups(
@@ -38,7 +41,7 @@ def watched_groups(
     service = STAGES.get(stage)
     if service is None:
         return watched
-    produced = {topic_name(topic) for topic in service.produces}
+    produced = {topic_name(topic) for topic in (*service.produces, *_ALSO_PUBLISHED.get(stage, ()))}
     for consumer in _CONSUMERS:
         topics = {topic_name(topic) for topic in consumer.consumes} & produced
         if topics:

@@ -9,7 +9,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry, generate_latest
 
-from schemas.flow import GATE, MATTING
+from schemas.flow import CONSOLE_INTAKE, GATE, MATTING
 from services.console.metrics import ConsoleMetrics
 from services.console.tasks import TaskStore
 from shared.config import Settings
@@ -46,6 +46,10 @@ def test_a_stage_watches_its_own_group_and_the_groups_that_consume_what_it_produ
     gate = watched_groups(GATE.name, ["image.matted.v1"], lambda stage: f"p.{stage}", settings.topic_name)
     assert gate["p.trainstore"] == {"gate.accepted.v1", "correction.pending.v1"}
     assert gate["p.console-intake"] == {"correction.pending.v1"}
+    # The console publishes its decisions from the process that serves its intake's /metrics: a stopped
+    # trainstore's lag on correction.resolved was reported by no one.
+    console = watched_groups(CONSOLE_INTAKE.name, ["p"], lambda stage: f"p.{stage}", settings.topic_name)
+    assert console["p.trainstore"] == {"correction.resolved.v1"}
     # A stage that is not in the flow watches only its own group.
     assert watched_groups("adhoc", ["t"], lambda stage: stage, settings.topic_name) == {"adhoc": {"t"}}
 
