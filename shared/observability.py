@@ -8,6 +8,7 @@ own port. Names follow Prometheus conventions: base units, ``_total`` for counte
 from __future__ import annotations
 
 import contextvars
+import errno
 import json
 import logging
 import sys
@@ -228,6 +229,7 @@ class HealthServer:
         ready: Callable[[], bool] = lambda: True,
         stale_after_s: float = 900.0,
         port_setting: str = "SKUFORGE_METRICS_PORT",
+        host_setting: str = "SKUFORGE_METRICS_HOST",
     ) -> None:
         self.registry = registry
         self.ready = ready
@@ -281,9 +283,15 @@ class HealthServer:
         except OSError as exc:
             # A traceback out of socketserver before: a second copy of one stage on a machine, or another
             # program on the port, said "Address already in use" and nothing of which setting to change.
+            where = f"cannot serve /metrics, /healthz and /readyz on {host}:{port} ({exc.strerror or exc})"
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise ConfigError(
+                    f"{where}: another process may hold the port; set {port_setting} to a free one (0: any)"
+                ) from None
+            # Not the port: a host that is no address here ("0.0.0.0:9100", a URL) was blamed on the port.
             raise ConfigError(
-                f"cannot serve /metrics, /healthz and /readyz on {host}:{port} ({exc.strerror or exc}): "
-                f"another process may hold the port; set {port_setting} to a free one (0: any)"
+                f"{where}: {host!r} is no address of this machine; set {host_setting} to one "
+                "(0.0.0.0: every interface)"
             ) from None
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="health-server", daemon=True)

@@ -72,3 +72,24 @@ def test_a_metrics_port_in_use_is_one_line_naming_the_setting(tmp_path: Path) ->
         # The console names its own setting.
         with pytest.raises(ConfigError, match=f"127.0.0.1:{port} .*SKUFORGE_CONSOLE_METRICS_PORT"):
             HealthServer(CollectorRegistry(), port=port, port_setting="SKUFORGE_CONSOLE_METRICS_PORT")
+
+
+def test_a_metrics_host_that_is_no_address_here_is_named_not_blamed_on_the_port(tmp_path: Path) -> None:
+    """A host given as host:port (or a URL) failed to resolve, and the one line said another process may
+    hold the port and to change SKUFORGE_METRICS_PORT: the wrong setting."""
+    env = {**os.environ, "SKUFORGE_METRICS_HOST": "0.0.0.0:9100", "SKUFORGE_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    env["SKUFORGE_STORE_URI"] = f"file://{tmp_path}"
+    run = subprocess.run(
+        [sys.executable, "-m", "skuforge_cli", "run", "passthrough"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith("skuforge run: cannot serve /metrics, /healthz and /readyz on 0.0.0.0:9100:9190 (")
+    assert line.endswith(
+        "'0.0.0.0:9100' is no address of this machine; set SKUFORGE_METRICS_HOST to one (0.0.0.0: every "
+        "interface)"
+    ), line

@@ -352,7 +352,12 @@ def metrics_server(
         )
     # No loop beats here: /healthz answers while the process does; Triton's own health is on its HTTP port.
     return HealthServer(
-        REGISTRY, host=generation.generation_server_address, port=port, ready=ready, stale_after_s=math.inf
+        REGISTRY,
+        host=generation.generation_server_address,
+        port=port,
+        ready=ready,
+        stale_after_s=math.inf,
+        host_setting="SKUFORGE_GENERATION_SERVER_ADDRESS",
     )
 
 
