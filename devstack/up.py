@@ -41,7 +41,7 @@ running stack (ports, pids, console and Prometheus addresses) for ``skuforge dem
 object store defaults to ``<workdir>/store`` and the console's task table to ``<workdir>/console``, unless
 ``SKUFORGE_STORE_URI`` / ``SKUFORGE_CONSOLE_DB_PATH`` say otherwise. Without
 ``SKUFORGE_CONSOLE_USERS`` a login ``demo:<random>`` is made once, kept in
-``<workdir>/console-login`` (mode 600) and printed.
+``<workdir>/console-login`` (mode 600) and printed; a damaged one stops ``skuforge up`` (exit 2).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ from devstack.broker import DEFAULT_CONTROLLER_PORT, DEFAULT_PORT, LocalKafka, f
 from devstack.prometheus import ALERTS_FILE, GENERATOR_SERVER_JOB, PrometheusMissing, stack_prometheus
 from devstack.supervisor import ServiceSpec, Supervisor, SupervisorError, http_ok
 from schemas.flow import CONSOLE, LORA_TRAINER, PIPELINE, TRITON, Service
-from services.console.config import ConsoleSettings
+from services.console.config import ConsoleSettings, parse_users
 from services.generator.protocol import model_name
 from shared.argtypes import float_between, folder_problem, positive_float
 from shared.config import ConfigError, load_settings, secret_variables
@@ -225,15 +225,28 @@ def console_login(workdir: Path) -> tuple[str, bool]:
     """``name:password`` for the console: SKUFORGE_CONSOLE_USERS, else the one made for this workdir.
 
     Returns the users string and whether it was generated here (and so should be printed).
+
+    Raises:
+        ConfigError: the saved login cannot be read or is not what SKUFORGE_CONSOLE_USERS would accept.
     """
     configured = os.environ.get("SKUFORGE_CONSOLE_USERS", "").strip()
     if configured:
         return configured, False
     path = workdir / LOGIN_FILE
-    with contextlib.suppress(OSError):
+    # Checked as SKUFORGE_CONSOLE_USERS is: a damaged file passed, and stack.json's first user was a
+    # traceback after the ports were chosen. Not replaced: its password may be all someone has.
+    try:
         saved = path.read_text().strip()
-        if saved:
-            return saved, True
+        if saved and not parse_users(saved):
+            raise ValueError("names no reviewer")
+    except FileNotFoundError:
+        saved = ""
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ConfigError(
+            f"{path}: {exc}; fix it, delete it for a new login, or set SKUFORGE_CONSOLE_USERS"
+        ) from None
+    if saved:
+        return saved, True
     users = f"{CONSOLE_USER}:{secrets.token_urlsafe(12)}"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -310,6 +323,7 @@ def build_config(
 
     Raises:
         PortsInUse: ``ports_mode`` is ``default`` and a documented port is taken.
+        ConfigError: the workdir's saved console login is damaged (:func:`console_login`).
     """
     workdir = workdir.resolve()
     ports = resolve_ports(workdir, ports_mode, with_kafka=kafka_bootstrap is None)
@@ -657,8 +671,6 @@ def _say(line: str) -> None:
 def first_console_user(users: str) -> tuple[str, str]:
     """The first (name, password) of ``SKUFORGE_CONSOLE_USERS`` as the console reads it (empty entries
     skipped: ``",alice:pw"`` is alice, where splitting on the first comma crashed a ready stack)."""
-    from services.console.config import parse_users
-
     return next(iter(parse_users(users).items()))
 
 
@@ -798,6 +810,9 @@ def main(argv: list[str] | None = None) -> int:
     except PortsInUse as exc:
         print(f"skuforge up: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # a damaged <workdir>/console-login
+        print(f"skuforge up: {exc}", file=sys.stderr)
+        return 2
     _, generated_login = console_login(workdir)
     specs = build_specs(config)
     if args.with_prometheus:

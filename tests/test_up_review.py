@@ -629,6 +629,28 @@ def test_console_users_that_name_nobody_stop_up_before_anything_starts(
     assert "SKUFORGE_CONSOLE_USERS" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("saved", ["demo-password-without-a-name\n", ",\n", b"\xff\xfe demo:pw\n"])
+def test_a_damaged_console_login_file_stops_up_with_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], saved: str | bytes
+) -> None:
+    """<workdir>/console-login was used without the checks SKUFORGE_CONSOLE_USERS gets: writing
+    stack.json then failed with a traceback (ValueError, StopIteration). It is kept, not replaced."""
+
+    def starts_the_stack(*args: object, **kwargs: object) -> None:
+        raise AssertionError("started the stack with a console login no one can use")
+
+    monkeypatch.setattr(devstack.up, "Supervisor", starts_the_stack)
+    monkeypatch.delenv("SKUFORGE_CONSOLE_USERS", raising=False)
+    login = tmp_path / "console-login"
+    login.write_bytes(saved if isinstance(saved, bytes) else saved.encode())
+    code = main(["--workdir", str(tmp_path), "--ports", "free", "--kafka-bootstrap", "127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"skuforge up: {login}: ") and err.count("\n") == 1
+    assert login.read_bytes() == (saved if isinstance(saved, bytes) else saved.encode())
+    os.close(devstack.up._held_locks.pop())
+
+
 @pytest.fixture
 def not_http_port() -> Iterator[int]:
     """A port answered by something that is not HTTP (a Kafka broker, a gRPC server), as a free port
