@@ -205,9 +205,7 @@ def resolve_ports(workdir: Path, mode: str, *, with_kafka: bool = True) -> dict[
         return ports
     chosen: dict[str, int] = {}
     if mode == "auto":
-        saved: dict[str, int] = {}
-        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-            saved = {name: int(port) for name, port in json.loads((workdir / PORTS_FILE).read_text()).items()}
+        saved = saved_ports(workdir / PORTS_FILE)
         # Before, one taken port moved every port (the saved ones and the console's bookmarked one too).
         for name in names:
             wanted = saved.get(name, DEFAULT_PORTS[name])
@@ -219,6 +217,36 @@ def resolve_ports(workdir: Path, mode: str, *, with_kafka: bool = True) -> dict[
             if port not in chosen.values():
                 chosen[name] = port
     return {name: chosen[name] for name in names}
+
+
+def saved_ports(path: Path) -> dict[str, int]:
+    """The ports of the last run, from ``path`` (``<workdir>/ports.json``); {} when there is none.
+
+    A hand-edited file may be damaged: what cannot be used (the whole file, or a port outside
+    1-65535) is left out with a warning on stderr, and those services get ports chosen afresh. A port
+    out of range was an OverflowError traceback from the check whether it is taken, and 0 was taken
+    as it stood (the kernel's "any port").
+    """
+    try:
+        document = json.loads(path.read_text())
+        if not isinstance(document, dict):
+            raise ValueError(f"expected an object of service: port, got {type(document).__name__}")
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        print(f"skuforge up: warning: {path}: {exc}; choosing the ports afresh", file=sys.stderr)
+        return {}
+    saved: dict[str, int] = {}
+    for name, port in document.items():
+        number = int(port) if isinstance(port, str) and port.strip().isdigit() else port  # "9092" as ever
+        if isinstance(number, int) and not isinstance(number, bool) and 1 <= number <= 65535:
+            saved[name] = number
+        else:
+            print(
+                f"skuforge up: warning: {path}: {name} {port!r} is not a port (1-65535); choosing it afresh",
+                file=sys.stderr,
+            )
+    return saved
 
 
 def console_login(workdir: Path) -> tuple[str, bool]:
