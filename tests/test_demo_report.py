@@ -476,6 +476,33 @@ def test_the_demo_waits_for_what_the_running_stacks_generator_makes_not_the_shel
     assert demo_module.images_per_sku({"env": {"SKUFORGE_GENERATION_VARIANTS_PER_SKU": "4"}}) == 4
 
 
+def test_a_demo_beside_an_up_still_starting_in_its_workdir_says_why_its_own_up_exited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said only "skuforge up exited with 1; see up.out": the reason, another `skuforge up` holding
+    the workdir's lock, was in that file alone."""
+    import fcntl
+
+    from devstack.up import LOCK_FILE
+
+    # Should that up start a whole stack after all, it is stopped within a minute.
+    monkeypatch.setattr(demo_module, "STACK_START_TIMEOUT_S", 60.0)
+    workdir = tmp_path / "up"
+    workdir.mkdir()
+    other_up = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT)  # what the starting `skuforge up` holds
+    fcntl.flock(other_up, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    state = {"state": "starting", "supervisor_pid": os.getpid(), "started_at": time.time(), "env": {}}
+    (workdir / "stack.json").write_text(json.dumps(state))
+    try:
+        with pytest.raises(SystemExit) as exited, demo_module.stack(workdir, variants=1, keep_running=False):
+            pytest.fail("the demo used a stack that was not ready")
+    finally:
+        os.close(other_up)
+    message = str(exited.value.code)
+    assert message.startswith("skuforge up exited with 1: another skuforge up is starting")
+    assert str(workdir / LOCK_FILE) in message and message.endswith(f"see {workdir / 'up.out'}")
+
+
 def test_a_failure_after_the_checks_is_one_line_not_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], no_stack: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

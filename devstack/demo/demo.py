@@ -126,7 +126,7 @@ def stack(workdir: Path, *, variants: int | None, keep_running: bool) -> Iterato
         try:
             _say(f"starting the stack: skuforge up --workdir {workdir}   (its output: {log_path})")
             with open_log(log_path) as log:  # moved to up.out.1 first when it has grown too big
-                shown = len(log_path.read_text(errors="replace").splitlines())
+                shown = first_line = len(log_path.read_text(errors="replace").splitlines())
                 process = subprocess.Popen(
                     [sys.executable, "-m", "skuforge_cli", "up", "--workdir", str(workdir)],
                     env=env,
@@ -149,7 +149,15 @@ def stack(workdir: Path, *, variants: int | None, keep_running: bool) -> Iterato
                 ):
                     break
                 if process.poll() is not None:
-                    raise SystemExit(f"skuforge up exited with {process.returncode}; see {log_path}")
+                    # Its last line says why (another `skuforge up` starting from this workdir holds
+                    # its lock, a bad setting): the exit code alone sent everyone to read up.out.
+                    written = log_path.read_text(errors="replace").splitlines()[first_line:]
+                    why = next((line.strip() for line in reversed(written) if line.strip()), "")
+                    raise SystemExit(
+                        f"skuforge up exited with {process.returncode}"
+                        + (f": {why.removeprefix('skuforge up: ')}" if why else "")
+                        + f"; see {log_path}"
+                    )
                 if time.monotonic() > deadline:
                     raise SystemExit(
                         f"the stack was not ready within {STACK_START_TIMEOUT_S:.0f}s; see {log_path}"
