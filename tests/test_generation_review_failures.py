@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -294,6 +295,38 @@ def test_a_letter_for_every_variant_refused_names_the_photo_that_could_not_be_re
     assert isinstance(outputs, BadInput) and outputs.reason == "generation_refused"
     assert "composite refused variant seed" in outputs.detail  # the refusal itself comes first
     assert "photo 'p1' could not be read (checksum_mismatch: " in outputs.detail
+
+
+def test_a_photo_refused_for_every_variant_spreads_them_over_the_other_photos(tmp_path: Path) -> None:
+    # p0's mask is empty: the model refuses every variant drawn from it. Its variants 0 and 4 both went
+    # to p1, the next photo in turn, which drew 4 of the 8 images while p2 and p3 drew 2 each.
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
+    generation = load_settings(
+        GenerationSettings,
+        generation_variants_per_sku=8,
+        generation_size_px=64,
+        generation_min_plain_background=0.0,
+    )
+    captioned = with_mask(
+        store, captioned_sku(store, 3, usable_photos=4), "p0", np.zeros((192, 192), np.uint8)
+    )
+    event = make_envelope(
+        SKU_CAPTIONED,
+        captioned,
+        event_id=derive_id("test", "spread"),
+        sku_id=captioned.sku.sku_id,
+        trace_id="t",
+        producer="test",
+    )
+    generator = RefusingGenerator(CompositeBackend(None))
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    assert isinstance(outputs, list), outputs
+    drawn_from = {emit.payload.variant_index: emit.payload.reference_photo_id for emit in outputs}  # type: ignore[attr-defined]
+    assert sorted(drawn_from) == list(range(8))
+    assert (drawn_from[0], drawn_from[4]) == ("p1", "p2")
+    assert Counter(drawn_from.values()) == {"p1": 3, "p2": 3, "p3": 2}
 
 
 def test_a_photo_missing_from_the_store_still_dead_letters_the_whole_sku(tmp_path: Path) -> None:

@@ -26,8 +26,10 @@ Bad input goes to the DLQ with its reason: no usable photo (``no_usable_photo``)
 missing or altered in the store (``object_missing``, ``checksum_mismatch``), not a readable image
 (``corrupt``...), a refusal a replay may cure (``unknown_adapter``...), or every variant refused
 from every photo (``generation_refused``...). A variant the model refuses for good (a photo whose
-mask it cannot place) is asked for again from the SKU's next photo in turn, with that photo's seed
-(so the same SKU still gets the same images, each event naming the photo and seed it came from):
+mask it cannot place) is asked for again from another of the SKU's photos, with that photo's seed
+(of the photos after it in turn not refused for it, variant ``i`` takes the ``i``-th, so a photo
+refused for every variant spreads them over the others, and the same SKU still gets the same
+images, each event naming the photo and seed it came from):
 logged ("variant refused, drawn from another photo", with the photo and reason) and counted
 (``skuforge_triton_errors_total{kind="refused"}``); refused from every photo, it is left out
 ("variant refused, left out"). A photo that cannot be read for good (``dimension_mismatch``,
@@ -279,15 +281,21 @@ class SkuDraws:
         return photo.photo_id in self.references
 
     def redraw(self, refused: PlannedVariant) -> PlannedVariant | None:
-        """The refused variant drawn from the next photo in turn not refused for it yet (its seed that
-        photo's), or None when every photo was; raises the ``BadInput`` a replay may cure."""
+        """The refused variant drawn from another photo not refused for it yet (its seed that photo's),
+        or None when every photo was; raises the ``BadInput`` a replay may cure.
+
+        Of the photos after the refused one in turn, variant ``i`` takes the ``i``-th (modulo their
+        number): the next photo alone took all the variants of a photo refused for every one of them.
+        """
         tried = self._tried.setdefault(refused.variant_index, set())
         tried.add(refused.photo.photo_id)
-        ids = [photo.photo_id for photo in self.turn]
-        start = ids.index(refused.photo.photo_id)
-        for step in range(1, len(self.turn)):
-            photo = self.turn[(start + step) % len(self.turn)]
-            if photo.photo_id not in tried and self._read(photo):
+        start = [photo.photo_id for photo in self.turn].index(refused.photo.photo_id)
+        after = self.turn[start + 1 :] + self.turn[:start]
+        while candidates := [
+            photo for photo in after if photo.photo_id not in tried and photo.photo_id not in self.unreadable
+        ]:
+            photo = candidates[refused.variant_index % len(candidates)]
+            if self._read(photo):  # else it is unreadable now, and no candidate the next time round
                 seed = variant_seed(
                     self.captioned.sku.sku_id,
                     photo.photo_id,
@@ -330,8 +338,9 @@ def handle_batch(
     """Generate every variant of every event; a SKU that cannot be served refuses only itself.
 
     All variants of the batch go to Triton together (grouped per backend), so its dynamic batcher
-    sees them concurrently; a variant refused for good is asked for again from the SKU's next photo,
-    in another round. A transient Triton fault raises, and the runtime retries the batch.
+    sees them concurrently; a variant refused for good is asked for again from another of the SKU's
+    photos (``SkuDraws.redraw``), in another round. A transient Triton fault raises, and the runtime
+    retries the batch.
     """
     draws: dict[int, SkuDraws] = {}
     refused: dict[int, BadInput] = {}
