@@ -329,6 +329,57 @@ def test_a_photo_refused_for_every_variant_spreads_them_over_the_other_photos(tm
     assert Counter(drawn_from.values()) == {"p1": 3, "p2": 3, "p3": 2}
 
 
+class CountingGenerator(RefusingGenerator):
+    """As ``RefusingGenerator``, noting how many variants each call to Triton carried."""
+
+    def __init__(self, *backends: GenerationBackend) -> None:
+        super().__init__(*backends)
+        self.calls: list[int] = []
+
+    def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
+        self.calls.append(len(variants))
+        return super().generate(backend, variants)
+
+
+def test_a_batch_asks_triton_again_at_most_once_per_photo_of_its_skus(tmp_path: Path) -> None:
+    # Each round of redraws is another round trip to Triton, one after the other: a SKU whose photos
+    # are all refused must stop once every photo was tried, and the batch's SKUs share the rounds.
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
+    generation = load_settings(
+        GenerationSettings,
+        generation_variants_per_sku=4,
+        generation_size_px=64,
+        generation_min_plain_background=0.0,
+    )
+    empty = np.zeros((192, 192), np.uint8)
+    all_refused = captioned_sku(store, 1, usable_photos=3)
+    for photo_id in ("p0", "p1", "p2"):
+        all_refused = with_mask(store, all_refused, photo_id, empty)
+    skus = [all_refused, with_mask(store, captioned_sku(store, 2), "p0", empty), captioned_sku(store, 3)]
+    events = [
+        make_envelope(
+            SKU_CAPTIONED,
+            captioned,
+            event_id=derive_id("test", "rounds", captioned.sku.sku_id),
+            sku_id=captioned.sku.sku_id,
+            trace_id="t",
+            producer="test",
+        )
+        for captioned in skus
+    ]
+    generator = CountingGenerator(CompositeBackend(None))
+    outputs = handle_batch(events, ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+
+    # Round 1 draws all 12 variants, round 2 the 4 of the first SKU and the 2 of p0 of the second,
+    # round 3 the first SKU's from its last photo; then it is refused, its letter says why.
+    assert generator.calls == [12, 6, 4]
+    refused, *served = outputs
+    assert isinstance(refused, BadInput) and refused.reason == "generation_refused"
+    assert [len(output) for output in served if isinstance(output, list)] == [4, 4]
+
+
 def test_a_photo_missing_from_the_store_still_dead_letters_the_whole_sku(tmp_path: Path) -> None:
     # Left out, its variants would be lost once the photo is put back; the letter's replay makes them.
     store = FileStore(tmp_path / "store")
