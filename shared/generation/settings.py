@@ -41,7 +41,11 @@ class GenerationSettings(BaseSettings):
         "empty = all from SKUFORGE_GENERATION_BACKEND (each backend needs its Triton model served)",
     )
     generation_variants_per_sku: int = Field(
-        default=8, ge=1, le=10_000, description="images generated per SKU, spread over its usable photos"
+        default=8,
+        ge=1,
+        le=10_000,
+        description="images generated per SKU, spread over its usable photos; the SKU gets them all while "
+        "one photo can be drawn from (a photo refused or unreadable, the others draw its variants)",
     )
     generation_min_plain_background: float = Field(
         default=0.7,
