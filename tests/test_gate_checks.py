@@ -132,6 +132,7 @@ def run_checks(
         "mask_empty",
         "mask_full_frame",
         "mask_touches_all_borders",
+        "drift_unchecked",
         "product_drift",
     ]
     return iou, {check.code: check.passed for check in checks}
@@ -275,6 +276,8 @@ def test_drift_is_skipped_without_a_reference_region() -> None:
     )
     drift = checks[-1]
     assert drift.passed and drift.message.startswith("skipped")
+    # The drift it could not measure flags the item instead, under its own reason.
+    assert failed_reasons(checks) == ["drift_unchecked"]
 
 
 def test_failed_reasons_lists_failed_codes_in_order() -> None:

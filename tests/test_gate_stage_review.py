@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.events import ImageMatted
-from schemas.topics import IMAGE_MATTED
+from schemas.topics import CORRECTION_PENDING, IMAGE_MATTED
 from services.gate.config import GateSettings
 from services.gate.stage import GateMetrics, handle
 from services.gate.stage import build_stage as build_gate
@@ -134,3 +135,35 @@ def test_whole_numbers_are_still_category_thresholds(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("SKUFORGE_GATE_CATEGORY_OVERRIDES", '{"pouch": {"drift_tolerance": 25, "iou_min": 1}}')
     thresholds = load_settings(GateSettings).thresholds_for("pouch")
     assert (thresholds.drift_tolerance, thresholds.iou_min) == (25.0, 1.0)
+
+
+def test_an_item_whose_reference_has_no_product_pixels_goes_to_a_reviewer_not_accepted(
+    tmp_path: Path,
+) -> None:
+    # Before, a reference mask under 64 product pixels skipped the colour-drift check as passed: the
+    # item was accepted with no colour check at all. Now it is flagged drift_unchecked and counted.
+    store = FileStore(tmp_path / "store")
+    matted = matted_item(store, 1, 0)
+    generated = matted.generated
+    blank = store.put_image("fixtures/blank-reference-mask.png", np.zeros((96, 96), dtype=np.uint8))
+    generated = generated.model_copy(update={"reference_mask": blank})
+    event = make_envelope(
+        IMAGE_MATTED,
+        matted.model_copy(update={"generated": generated}),
+        event_id="e" * 32,
+        sku_id=generated.sku.sku_id,
+        trace_id="t" * 32,
+        producer="test",
+    )
+    ctx = Context("gate", store, Settings(), StageMetrics("gate"), logging.getLogger("test"))
+    ctx._handling = event
+    registry = CollectorRegistry()
+    (emit,) = handle(event, ctx, gate=GateSettings(), metrics=GateMetrics(registry))
+    for action in ctx._take_actions(event):  # what the runtime runs once the decision is committed
+        action()
+
+    assert emit.topic == CORRECTION_PENDING
+    assert emit.payload.reasons == ["drift_unchecked"]  # type: ignore[attr-defined]
+    (unchecked,) = [check for check in emit.payload.checks if check.code == "drift_unchecked"]  # type: ignore[attr-defined]
+    assert "reference photo has 0 product pixels" in unchecked.message
+    assert registry.get_sample_value("skuforge_gate_flags_total", {"reason": "drift_unchecked"}) == 1.0

@@ -8,7 +8,8 @@ Writes nothing to the object store.
 The checks (``shared/gate/checks.py``): IoU of the predicted mask against the generator's expected
 mask (default at least 0.90), an empty or near-empty mask, a mask covering most of the frame, a
 mask running along all four borders, and product drift (Lab colour statistics of the product
-region against the reference photo's product region). Thresholds are ``SKUFORGE_GATE_*``
+region against the reference photo's product region; an item with too few product pixels to compare
+is flagged ``drift_unchecked``, not accepted unchecked). Thresholds are ``SKUFORGE_GATE_*``
 (``services/gate/config.py``), globally and per SKU category.
 
 Bad input goes to the DLQ with its reason: a mask or image missing from the store

@@ -11,6 +11,9 @@ The checks, each reported as a ``GateCheck`` (code, passed, value, threshold, me
                              whatever the threshold (an empty mask and an empty expected mask score IoU 1)
 ``mask_full_frame``          predicted foreground fraction > ``max_foreground_fraction`` (most of the frame)
 ``mask_touches_all_borders`` the predicted mask runs along all four borders (background taken as product)
+``drift_unchecked``          the reference photo's product region (under its mask), or the generated image's,
+                             has fewer than ``MIN_REGION_PIXELS`` pixels: the colours cannot be compared,
+                             so a person looks instead of the item passing unchecked
 ``product_drift``            colour statistics of the product region differ from the reference photo's
                              product region by more than ``drift_tolerance`` (Lab units, see
                              ``colour_drift``), once the colour gain the generator declares it applied on
@@ -56,12 +59,14 @@ CHECK_CODES = (
     "mask_empty",
     "mask_full_frame",
     "mask_touches_all_borders",
+    "drift_unchecked",
     "product_drift",
 )
 # A border counts as touched when at least this fraction of its pixels is product: a product that
 # merely grazes an edge is normal, a mask that runs along an edge is the background.
 BORDER_TOUCH_FRACTION = 0.25
-# Fewer product pixels than this and colour statistics mean nothing; the drift check is skipped.
+# Fewer product pixels than this and colour statistics mean nothing: the drift check is skipped and
+# ``drift_unchecked`` fails instead, so the item goes to a reviewer rather than passing unchecked.
 MIN_REGION_PIXELS = 64
 # Lighting changes (what the generator is allowed to do) move L* most, so ΔL* counts half.
 LIGHTNESS_WEIGHT = 0.5
@@ -256,11 +261,41 @@ def evaluate(
             threshold=4.0,
             message=f"predicted mask runs along {touched} of 4 borders",
         ),
+        _region_check(expected_mask, predicted_mask, reference_mask),
         _drift_check(
             image, expected_mask, predicted_mask, reference_image, reference_mask, thresholds, colour_gain
         ),
     ]
     return iou, checks
+
+
+def _region_check(
+    expected_mask: UInt8Array, predicted_mask: UInt8Array, reference_mask: UInt8Array
+) -> GateCheck:
+    """Whether both product regions are large enough for ``product_drift`` to compare their colours.
+
+    Before, a reference mask with (nearly) no product skipped the drift check as passed, and the item
+    was accepted with no colour check at all.
+    """
+    reference_px = int(np.count_nonzero(_on(reference_mask)))
+    # As ``_drift_check`` reads the generated image: under the expected mask, else the predicted one.
+    product_px = int(np.count_nonzero(_on(expected_mask)))
+    if product_px < MIN_REGION_PIXELS:
+        product_px = int(np.count_nonzero(_on(predicted_mask)))
+    where, pixels = (
+        ("reference photo", reference_px) if reference_px <= product_px else ("generated image", product_px)
+    )
+    passed = pixels >= MIN_REGION_PIXELS
+    return GateCheck(
+        code="drift_unchecked",
+        passed=passed,
+        value=float(pixels),
+        threshold=float(MIN_REGION_PIXELS),
+        message=f"product colours compared over {reference_px} reference and {product_px} generated pixels"
+        if passed
+        else f"the {where} has {pixels} product pixels, fewer than the {MIN_REGION_PIXELS} "
+        "a colour comparison needs: product drift unchecked",
+    )
 
 
 def _drift_check(
@@ -297,6 +332,7 @@ def _drift_check(
             passed=True,
             value=0.0,
             threshold=tolerance,
+            # Not a drift failure: ``drift_unchecked`` is the one that fails.
             message=f"skipped: the {where} has fewer than {MIN_REGION_PIXELS} product pixels",
         )
     drift = colour_drift(product, reference)
