@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from schemas.common import ObjectRef
 from schemas.events import ImageMatted
 from schemas.topics import CORRECTION_PENDING, IMAGE_MATTED
 from services.gate.config import GateSettings
@@ -167,3 +168,39 @@ def test_an_item_whose_reference_has_no_product_pixels_goes_to_a_reviewer_not_ac
     (unchecked,) = [check for check in emit.payload.checks if check.code == "drift_unchecked"]  # type: ignore[attr-defined]
     assert "reference photo has 0 product pixels" in unchecked.message
     assert registry.get_sample_value("skuforge_gate_flags_total", {"reason": "drift_unchecked"}) == 1.0
+
+
+class _ReadRecordingStore(FileStore):
+    """A file store that remembers the uri of every object read from it."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.read: list[str] = []
+
+    def read_verified(self, ref: ObjectRef) -> bytes:
+        self.read.append(ref.uri)
+        return super().read_verified(ref)
+
+
+@pytest.mark.parametrize(
+    ("stated", "reason"),
+    [({"width": 100_000, "height": 100_000}, "too_many_pixels"), ({"bytes": 10**12}, "too_large_bytes")],
+)
+def test_an_object_the_event_says_is_over_the_limits_is_refused_before_any_object_is_read(
+    tmp_path: Path, stated: dict[str, int], reason: str
+) -> None:
+    # Before, the predicted and expected masks and the image were read and decoded first (about
+    # 0.5 GB at 40 MP) and only then was the reference image refused on the event's own figures.
+    store = _ReadRecordingStore(tmp_path / "store")
+    matted = matted_item(store, 1, 0)
+    generated = matted.generated
+    reference = generated.reference_image.model_copy(update=stated)
+    matted = matted.model_copy(
+        update={"generated": generated.model_copy(update={"reference_image": reference})}
+    )
+    store.read.clear()
+    with pytest.raises(BadInput) as refused:
+        _gate(store, matted)
+    assert refused.value.reason == reason
+    assert refused.value.detail.startswith(f"reference image {reference.uri}: ")
+    assert store.read == []
