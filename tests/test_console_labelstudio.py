@@ -184,7 +184,12 @@ def test_a_reject_whose_text_or_choices_are_not_lists_of_strings_is_skipped(tmp_
         choice = {"type": "choices", "from_name": "decision", "value": {"choices": choices}}
         if isinstance(choices, tuple):
             choice["value"] = {"choices": list(choices)}
-        return dict(task, annotations=[{"result": [choice, {"type": "textarea", "value": {"text": text}}]}])
+        return dict(
+            task,
+            annotations=[
+                {"result": [choice, {"type": "textarea", "from_name": "reason", "value": {"text": text}}]}
+            ],
+        )
 
     export = [
         rejected(tasks[0], "blurry photo"),

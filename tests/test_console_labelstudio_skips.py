@@ -206,11 +206,27 @@ def test_a_reject_reason_over_the_limit_is_recorded_marked_as_cut(parts: Console
     ids = [task.task_id for task in parts.tasks.query()]
     entry = rejected(ids[0])
     words = " ".join(f"word{n}" for n in range(60))  # 349 characters
-    entry["annotations"][0]["result"].append({"type": "textarea", "value": {"text": [words]}})
+    entry["annotations"][0]["result"].append(
+        {"type": "textarea", "from_name": "reason", "value": {"text": [words]}}
+    )
     [outcome] = import_annotations(parts.tasks, parts.store, [entry])
     [recorded] = [e.detail for e in parts.tasks.audit(ids[0]) if e.action == "reject"]
     assert outcome.outcome == "reject" and outcome.detail == recorded
     assert len(recorded) <= 200 and recorded.startswith("word0 word1 ") and recorded.endswith("… [cut]")
+
+
+def test_a_reject_reason_comes_from_the_reason_text_area_only(parts: ConsoleParts) -> None:
+    # Before, every text area was joined into the reason: an annotator's private notes in another one
+    # of the project's config were recorded and published with the decision.
+    ids = [task.task_id for task in parts.tasks.query()]
+    entry = rejected(ids[0])
+    entry["annotations"][0]["result"] += [
+        {"type": "textarea", "from_name": "notes", "value": {"text": ["ask Bob, he knows the supplier"]}},
+        {"type": "textarea", "from_name": "reason", "value": {"text": ["blurry"]}},
+    ]
+    [outcome] = import_annotations(parts.tasks, parts.store, [entry])
+    assert (outcome.outcome, outcome.detail) == ("reject", "blurry")
+    assert [e.detail for e in parts.tasks.audit(ids[0]) if e.action == "reject"] == ["blurry"]
 
 
 @pytest.mark.slow

@@ -46,6 +46,8 @@ RLE_SIZES = (3, 4, 8, 16)
 FROM_NAME = "mask"
 TO_NAME = "image"
 LABEL = "product"
+DECISION_NAME = "decision"
+REASON_NAME = "reason"
 CUT_MARK = "… [cut]"  # ends a reject reason longer than the table takes
 # A labeling config matching the exported tasks (``--config-out`` writes it).
 LABEL_CONFIG = """<View>
@@ -303,12 +305,17 @@ def _decision_of(annotation: dict[str, Any], width: int, height: int) -> tuple[s
     choices = [
         choice
         for item in results
-        if item.get("type") == "choices" and item.get("from_name") == "decision"
+        if item.get("type") == "choices" and item.get("from_name") == DECISION_NAME
         for choice in _strings(item, "choices")
     ]
     if "reject" in choices:
+        # Only the ``reason`` text area: another one in the project's config (an annotator's notes, a
+        # per-region comment) was joined into the reason that is published with the decision.
         texts = [
-            text for item in results if item.get("type") == "textarea" for text in _strings(item, "text")
+            text
+            for item in results
+            if item.get("type") == "textarea" and item.get("from_name") == REASON_NAME
+            for text in _strings(item, "text")
         ]
         # A text area may hold several lines; a reason is one line, so whitespace runs become a space.
         reason = " ".join(" ".join(texts).split())
