@@ -98,19 +98,29 @@ def encode_rle(values: npt.NDArray[np.uint8]) -> list[int]:
 
 
 class _BitReader:
+    # The bits as ASCII digits, which int(..., 2) reads at C speed: a bit at a time in Python, a mask
+    # of a 2048 px image painted in Label Studio's legacy brush took seconds to decode.
     def __init__(self, data: bytes) -> None:
-        self._bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+        self._digits = (np.unpackbits(np.frombuffer(data, dtype=np.uint8)) + ord("0")).tobytes()
         self._pos = 0
 
     def read(self, count: int) -> int:
         end = self._pos + count
-        if end > self._bits.size:
+        if end > len(self._digits):
             raise ValueError("RLE data ends early")
-        value = 0
-        for bit in self._bits[self._pos : end].tolist():
-            value = (value << 1) | bit
+        value = int(self._digits[self._pos : end], 2)
         self._pos = end
         return value
+
+    def read_words(self, count: int, size: int) -> npt.NDArray[np.uint8]:
+        """``count`` words of ``size`` bits (at most 8) at once: a literal run."""
+        end = self._pos + count * size
+        if end > len(self._digits):
+            raise ValueError("RLE data ends early")
+        bits = np.frombuffer(self._digits, dtype=np.uint8, count=count * size, offset=self._pos) - ord("0")
+        words = bits.reshape(count, size) @ (1 << np.arange(size - 1, -1, -1))
+        self._pos = end
+        return words.astype(np.uint8)
 
 
 def decode_rle(rle: Iterable[int], *, max_values: int = 4 * 40_000_000) -> npt.NDArray[np.uint8]:
@@ -141,9 +151,8 @@ def decode_rle(rle: Iterable[int], *, max_values: int = 4 * 40_000_000) -> npt.N
             out[i:end] = reader.read(word_size)
             i = end
         else:
-            while i < end:
-                out[i] = reader.read(word_size)
-                i += 1
+            out[i:end] = reader.read_words(end - i, word_size)
+            i = end
     return out
 
 
