@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
@@ -51,6 +52,20 @@ SafeId = Annotated[
     ),
 ]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def naive_as_utc(value: datetime) -> datetime:
+    """Read a time without an offset as UTC, the only zone skuforge writes; aware times are kept as given.
+
+    Refusing one would tighten the contract (a breaking change, docs/delivery.md "Versioning") and
+    dead-letter events already accepted; kept naive, it was forwarded as a time the JSON Schema's
+    ``date-time`` refuses, and it cannot be compared with an aware one.
+    """
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# Every time an event carries: written with an offset (JSON Schema ``date-time``), read naive as UTC.
+UtcDatetime = Annotated[datetime, AfterValidator(naive_as_utc)]
 
 
 class Contract(BaseModel):

@@ -8,7 +8,7 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
-from schemas.common import Contract, ObjectRef, SafeId
+from schemas.common import Contract, ObjectRef, SafeId, UtcDatetime
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -51,7 +51,7 @@ class EnvelopeHeader(Contract):
     schema_version: int = Field(ge=1)
     sku_id: SafeId = Field(description="also the Kafka key, so one SKU's events stay ordered")
     trace_id: str = Field(min_length=1, max_length=64, description="follows the SKU end to end")
-    produced_at: datetime
+    produced_at: UtcDatetime = Field(description="with an offset; a naive time is read as UTC")
     producer: str = Field(min_length=1, description="stage that produced the event")
 
 
@@ -87,4 +87,4 @@ class DeadLetter(Contract):
     event_id: str | None = Field(default=None, description="the original's event_id, when it could be read")
     sku_id: SafeId | None = None
     trace_id: str | None = None
-    failed_at: datetime
+    failed_at: UtcDatetime = Field(description="with an offset; a naive time is read as UTC")

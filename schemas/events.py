@@ -7,12 +7,11 @@ to look anything up to explain itself.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, JsonValue, WithJsonSchema, field_validator
 
-from schemas.common import Contract, ImageRef, SafeId, SkuMetadata
+from schemas.common import Contract, ImageRef, SafeId, SkuMetadata, UtcDatetime
 
 Shape = Literal["can", "bottle", "box", "pouch", "jar", "produce", "other"]
 Backend = Literal["composite", "diffusion"]
@@ -208,7 +207,7 @@ class CorrectionResolved(Contract):
     final_mask: ImageRef | None = Field(default=None, description="the mask to train with; None if rejected")
     reject_reason: str | None = None
     reviewer: str = Field(min_length=1)
-    decided_at: datetime
+    decided_at: UtcDatetime = Field(description="with an offset; a naive time is read as UTC")
 
 
 class AdapterPublished(Contract):

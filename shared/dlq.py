@@ -233,10 +233,6 @@ def read_dead_letters(
                     except ValidationError:
                         unreadable += 1
                         continue
-                    if letter.failed_at.tzinfo is None:
-                        # The contract does not insist on an offset; a naive time is UTC, as for --since,
-                        # and comparing it with --since's aware time would raise.
-                        letter = letter.model_copy(update={"failed_at": letter.failed_at.replace(tzinfo=UTC)})
                     sha = hashlib.sha256(record.value or b"").hexdigest()
                     letters.append(StoredLetter(dlq, record.partition, record.offset, letter, sha))
             remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}

@@ -5,6 +5,7 @@ events in a DLQ); a letter says which event and why; topic names stay within wha
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from schemas.envelope import DeadLetter
 from schemas.events import SkuIngested
 from schemas.jsonschema import JSON_DIR
 from schemas.topics import ALL_TOPICS, DLQ_SUFFIX, PASSTHROUGH_OUT, SKU_INGESTED, Topic
-from shared.bus import make_envelope
+from shared.bus import make_envelope, read_envelope
 from shared.config import ConfigError, load_settings
 from shared.runtime import Emit, Stage
 from tests.test_runtime_review import _record, _wired
@@ -131,3 +132,29 @@ def test_a_namespace_that_makes_a_topic_name_kafka_refuses_is_refused_at_start_u
     assert max(len(fitting.dlq_name(topic)) for topic in (*ALL_TOPICS, PASSTHROUGH_OUT)) == 249
     with pytest.raises(ConfigError, match=f"SKUFORGE_TOPIC_NAMESPACE.*at most {room}.*249"):
         load_settings(topic_namespace="n" * (room + 1))
+
+
+def test_a_time_without_an_offset_is_read_as_utc_and_written_with_one() -> None:
+    """Envelopes took ``produced_at: "2024-05-01T12:00:00"`` and kept it naive: written out again (an
+    embedded ``decided_at``, a replayed letter's ``failed_at``) it broke the committed schema's
+    ``date-time``, and comparing it with an aware time raised. Refusing it would dead-letter events
+    already accepted, so a time without an offset is read as UTC, the only zone skuforge writes."""
+    written = _ingested_envelope() | {"produced_at": "2024-05-01T12:00:00"}
+    event = read_envelope(SKU_INGESTED, json.dumps(written))
+    assert event.produced_at == datetime(2024, 5, 1, 12, tzinfo=UTC)
+    assert event.produced_at < datetime.now(UTC)
+    jsonschema.Draft202012Validator(
+        _committed(SKU_INGESTED), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    ).validate(event.model_dump(mode="json"))
+
+    letter = DeadLetter(
+        reason="not_json",
+        error_class="JSONDecodeError",
+        stage="review",
+        original_topic=SKU_INGESTED.name,
+        original_partition=0,
+        original_offset=0,
+        original_value_b64="",
+        failed_at=datetime(2024, 5, 1, 12),
+    )
+    assert letter.failed_at == datetime(2024, 5, 1, 12, tzinfo=UTC)
