@@ -76,7 +76,9 @@ class Contract(BaseModel):
     producer added (docs/delivery.md, "Versioning").
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity in any float: JSON has no such number (the committed schemas cannot carry
+    # one), and pydantic writes one as null, so a forwarded event silently lost the value.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ObjectRef(Contract):

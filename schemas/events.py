@@ -7,6 +7,7 @@ to look anything up to explain itself.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, JsonValue, WithJsonSchema, field_validator
@@ -19,6 +20,18 @@ Backend = Literal["composite", "diffusion"]
 # captioner decodes every photo of an event at once, so an unbounded list is an unbounded allocation.
 MAX_PHOTOS_PER_EVENT = 64
 _PHOTOS_DESCRIPTION = f"at most {MAX_PHOTOS_PER_EVENT}; each photo_id at most once"
+
+
+def _refuse_non_finite(value: JsonValue, where: str) -> None:
+    """Refuse NaN and infinity anywhere in free-form JSON: the float fields' ``allow_inf_nan=False``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} is {value}; JSON has no NaN or infinity, give a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_non_finite(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_non_finite(item, f"{where}[{index}]")
 
 
 def _unique_photo_ids(photo_ids: list[str]) -> None:
@@ -147,6 +160,13 @@ class ImageGenerated(Contract):
         "(the composite backend: its match to a photo scene times the scene light on the product); the gate "
         "applies it to the reference photo before it measures colour drift. None: no deliberate change",
     )
+
+    @field_validator("parameters")
+    @classmethod
+    def _finite_parameters(cls, parameters: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        for name, value in parameters.items():
+            _refuse_non_finite(value, name)
+        return parameters
 
     @field_validator("colour_gain")
     @classmethod

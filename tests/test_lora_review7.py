@@ -34,12 +34,18 @@ def _mistyped(data: bytes) -> bytes:
     return json.dumps({**json.loads(data), "steps": "ten"}).encode()
 
 
+def _non_finite_loss(data: bytes) -> bytes:
+    """NaN, which json.loads takes and an ``adapter.published`` event refuses (JSON has none)."""
+    return json.dumps({**json.loads(data), "final_loss": float("nan")}).encode()
+
+
 @pytest.mark.parametrize(
     ("file", "damage"),
     [
         ("result.json", _cut_short),
         ("result.json", lambda data: b"[]"),
         ("result.json", _mistyped),
+        ("result.json", _non_finite_loss),
         ("weights.safetensors", _cut_short),
         ("weights.safetensors", lambda data: None),
     ],

@@ -12,15 +12,26 @@ from typing import Any
 import jsonschema
 import pytest
 from kafka.structs import TopicPartition
+from pydantic import BaseModel
 
 from schemas.common import ImageRef, SkuMetadata
 from schemas.envelope import DeadLetter
-from schemas.events import SkuIngested
+from schemas.events import AdapterPublished, SkuIngested
 from schemas.jsonschema import JSON_DIR
-from schemas.topics import ALL_TOPICS, DLQ_SUFFIX, PASSTHROUGH_OUT, SKU_INGESTED, Topic
+from schemas.topics import (
+    ADAPTER_PUBLISHED,
+    ALL_TOPICS,
+    DLQ_SUFFIX,
+    IMAGE_GENERATED,
+    PASSTHROUGH_OUT,
+    SKU_INGESTED,
+    Topic,
+)
 from shared.bus import make_envelope, read_envelope
 from shared.config import ConfigError, load_settings
 from shared.runtime import Emit, Stage
+from shared.store import open_store
+from tests.support import gate
 from tests.test_runtime_review import _record, _wired
 
 
@@ -41,12 +52,12 @@ def _ingested_envelope() -> dict[str, Any]:
     return envelope.model_dump(mode="json")
 
 
-def _dead_letter_for(tmp_path: Path, written: dict[str, Any]) -> DeadLetter:
-    """The one dead letter a stage consuming sku.ingested writes for the record ``written``."""
+def _dead_letter_for(tmp_path: Path, written: dict[str, Any], topic: Topic[Any] = SKU_INGESTED) -> DeadLetter:
+    """The one dead letter a stage consuming ``topic`` (sku.ingested) writes for the record ``written``."""
     stage = Stage("review", settings=load_settings(store_uri=f"file://{tmp_path}"))
-    stage.handler(SKU_INGESTED)(lambda event, ctx: list[Emit]())
+    stage.handler(topic)(lambda event, ctx: list[Emit]())
     _, producer = _wired(stage)
-    tp = TopicPartition(stage.settings.topic_name(SKU_INGESTED), 0)
+    tp = TopicPartition(stage.settings.topic_name(topic), 0)
     stage._process_batch({tp: [_record(tp.topic, 0, json.dumps(written).encode())]})
     [(topic, value)] = producer.acked
     assert topic == tp.topic + DLQ_SUFFIX
@@ -158,3 +169,40 @@ def test_a_time_without_an_offset_is_read_as_utc_and_written_with_one() -> None:
         failed_at=datetime(2024, 5, 1, 12),
     )
     assert letter.failed_at == datetime(2024, 5, 1, 12, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("field", ["final_loss", "parameters"])
+def test_nan_or_infinity_in_an_event_is_dead_lettered_not_forwarded_as_null(
+    tmp_path: Path, field: str
+) -> None:
+    """Python's JSON readers take NaN and Infinity, which JSON has not (no committed schema can say
+    one): an adapter's ``final_loss`` or a generated image's ``parameters`` holding one was taken, and
+    written out again as null, so the value was lost without a word. Now the event is a dead letter."""
+    if field == "final_loss":
+        topic: Topic[Any] = ADAPTER_PUBLISHED
+        payload: BaseModel = AdapterPublished(
+            adapter_id="general-0123456789ab",
+            kind="general",
+            base_model="sd-inpainting",
+            registry_uri="file:///registry/general-0123456789ab",
+            weights_sha256="0" * 64,
+            training_set_sha256="1" * 64,
+            instance_images=4,
+            class_images=8,
+            steps=100,
+            final_loss=0.1,
+        )
+        sku_id = "general-0123456789ab"
+    else:
+        topic, payload = (
+            IMAGE_GENERATED,
+            gate.matted_item(open_store(f"file://{tmp_path}/in"), 1, 0).generated,
+        )
+        sku_id = payload.sku.sku_id
+    written = make_envelope(
+        topic, payload, event_id="c" * 32, sku_id=sku_id, trace_id="t", producer="test"
+    ).model_dump(mode="json")
+    written["payload"][field] = float("inf") if field == "final_loss" else {"scale": [1.0, float("nan")]}
+
+    letter = _dead_letter_for(tmp_path, written, topic)
+    assert letter.reason == "schema_invalid" and field in letter.detail

@@ -68,6 +68,7 @@ import functools
 import importlib.util
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -333,8 +334,11 @@ def _checked_result(data: bytes) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{field} is {value!r}, not a number of at least 0")
     loss = result.get("final_loss")
-    if loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float))):
-        raise ValueError(f"final_loss is {loss!r}, not a number")
+    # json.loads takes NaN and Infinity, which the event refuses (JSON has no such number).
+    if loss is not None and (
+        isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss)
+    ):
+        raise ValueError(f"final_loss is {loss!r}, not a finite number")
     for field, value in (
         ("training_prompts", result.get("training_prompts")),
         ("sku_ids", result.get("sku_ids", [])),
