@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import OffsetSpec
 from kafka.structs import TopicPartition
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from schemas.flow import CONSOLE, CONSOLE_INTAKE, PIPELINE, STAGES
 
@@ -30,6 +31,8 @@ _CONSUMERS = (*PIPELINE, CONSOLE_INTAKE)
 # What a stage's process publishes besides the stage's own outputs: `serve console` serves its intake's
 # /metrics and relays the console's decisions (correction.resolved) from the same process.
 _ALSO_PUBLISHED = {CONSOLE_INTAKE.name: CONSOLE.produces}
+# A group that keeps failing is logged at WARNING once per this many seconds, at DEBUG in between.
+WARN_EVERY_S = 300.0
 
 
 def watched_groups(
@@ -69,17 +72,32 @@ def lag_by_topic(
 
 
 class GroupLagWatcher:
-    """Reads the groups' lag every ``interval_s`` in a thread of its own and sets ``gauge``."""
+    """Reads the groups' lag every ``interval_s`` in a thread of its own and sets ``gauge``.
+
+    A group whose lag cannot be read (the broker away or timing out, the group refused under ACLs)
+    counts in ``read_failures`` and loses its samples until a read succeeds: a last value left standing
+    reads as a true lag on dashboards and in the alerts. The groups that did read are updated.
+    """
 
     def __init__(
-        self, connection: Mapping[str, Any], groups: Mapping[str, set[str]], gauge: Gauge, interval_s: float
+        self,
+        connection: Mapping[str, Any],
+        groups: Mapping[str, set[str]],
+        gauge: Gauge,
+        interval_s: float,
+        *,
+        read_failures: Counter,
     ) -> None:
         """``connection``: the Kafka client options (``shared.bus.kafka_connection``)."""
         self.connection, self.groups, self.gauge, self.interval_s = connection, groups, gauge, interval_s
+        self.read_failures = read_failures
+        for group in groups:  # at 0 from the start, so increase() sees the first failure
+            read_failures.labels(group)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="group-lag", daemon=True)
         self._admin: KafkaAdminClient | None = None
         self._reported: set[tuple[str, str]] = set()  # (group, topic) samples set by the last read
+        self._warned_at: dict[str, float] = {}  # group → monotonic time of its last WARNING
 
     def start(self) -> GroupLagWatcher:
         """Start reading in the background."""
@@ -95,11 +113,7 @@ class GroupLagWatcher:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            try:
-                self.read_once()
-            except Exception as exc:  # the broker may be away; lag is best effort, the stage goes on
-                log.debug("group lag not read", extra={"error": f"{type(exc).__name__}: {exc}"})
-                self._close_admin()
+            self.read_once()
         self._close_admin()
 
     def _close_admin(self) -> None:
@@ -109,14 +123,55 @@ class GroupLagWatcher:
             self._admin = None
 
     def read_once(self) -> dict[str, dict[str, int]]:
-        """Read every watched group's lag now, set the gauge, return group → topic → lag."""
+        """Read every watched group's lag now, set the gauge, return group → topic → lag for the groups
+        read; a failure is counted and logged, never raised (lag is best effort, the stage goes on)."""
+        result: dict[str, dict[str, int]] = {}
+        try:
+            ends, starts = self._read_topic_offsets()
+        except Exception as exc:  # the broker may be away: no group can be read
+            self._close_admin()
+            for group in self.groups:
+                self._failed(group, exc)
+        else:
+            for group, wanted in self.groups.items():
+                try:
+                    # One request per group: the admin client raises for all of them on one group's error.
+                    committed = self._admin_client().list_group_offsets({group: None}).get(group, {})
+                except Exception as exc:
+                    self._failed(group, exc)
+                    continue
+                offsets = {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
+                lag = lag_by_topic(
+                    offsets, {tp: end for tp, end in ends.items() if tp.topic in wanted}, starts
+                )
+                result[group] = lag
+                self._warned_at.pop(group, None)
+        reported: set[tuple[str, str]] = set()
+        for group, lag in result.items():
+            for topic, messages in lag.items():
+                self.gauge.labels(group, topic).set(messages)
+                reported.add((group, topic))
+        # A topic that is gone (deleted, not yet recreated) has no lag to report, nor has a group not read
+        # this time: drop its sample rather than leave the last value standing, which the lag alert would
+        # read as a group stuck behind.
+        for group, topic in self._reported - reported:
+            with contextlib.suppress(KeyError):
+                self.gauge.remove(group, topic)
+        self._reported = reported
+        return result
+
+    def _admin_client(self) -> KafkaAdminClient:
         if self._admin is None:
             self._admin = KafkaAdminClient(
                 **self.connection,
                 client_id="skuforge-group-lag",
                 request_timeout_ms=10_000,
             )
-        admin = self._admin
+        return self._admin
+
+    def _read_topic_offsets(self) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+        """End and earliest offsets of every partition of the watched topics."""
+        admin = self._admin_client()
         topics = sorted({topic for wanted in self.groups.values() for topic in wanted})
         described = admin.describe_topics(topics)
         partitions = [
@@ -137,20 +192,17 @@ class GroupLagWatcher:
                 dict.fromkeys(partitions, OffsetSpec.EARLIEST)
             ).items()
         }
-        committed = admin.list_group_offsets({group: None for group in self.groups})
-        result: dict[str, dict[str, int]] = {}
-        reported: set[tuple[str, str]] = set()
-        for group, wanted in self.groups.items():
-            offsets = {tp: meta.offset for tp, meta in committed.get(group, {}).items() if meta.offset >= 0}
-            lag = lag_by_topic(offsets, {tp: end for tp, end in ends.items() if tp.topic in wanted}, starts)
-            result[group] = lag
-            for topic, messages in lag.items():
-                self.gauge.labels(group, topic).set(messages)
-                reported.add((group, topic))
-        # A topic that is gone (deleted, not yet recreated) has no lag to report: drop its sample rather
-        # than leave the last value standing, which the lag alert would read as a group stuck behind.
-        for group, topic in self._reported - reported:
-            with contextlib.suppress(KeyError):
-                self.gauge.remove(group, topic)
-        self._reported = reported
-        return result
+        return ends, starts
+
+    def _failed(self, group: str, exc: Exception) -> None:
+        self.read_failures.labels(group).inc()
+        now = time.monotonic()
+        warned_at = self._warned_at.get(group)
+        quiet = warned_at is not None and now - warned_at < WARN_EVERY_S
+        if not quiet:
+            self._warned_at[group] = now
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,
+            "group lag not read: its samples are dropped until a read succeeds",
+            extra={"group": group, "error": f"{type(exc).__name__}: {exc}"},
+        )

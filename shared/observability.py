@@ -130,6 +130,13 @@ class StageMetrics:
             ["group", "topic"],
             registry=self.registry,
         )
+        self.group_lag_read_failures = Counter(
+            "skuforge_consumer_group_lag_read_failures",
+            "Reads of a group's lag that failed (broker away or timing out, group refused under ACLs); its "
+            "skuforge_consumer_group_lag_messages samples are dropped until a read succeeds.",
+            ["group"],
+            registry=self.registry,
+        )
         self.model_seconds = Histogram(
             "skuforge_model_seconds",
             "Seconds per model call (one batch of inputs), by model; a call that raised counts too.",

@@ -374,6 +374,7 @@ class Stage:
                 groups,
                 self.metrics.group_lag,
                 self.settings.group_lag_interval_s,
+                read_failures=self.metrics.group_lag_read_failures,
             ).start()
         log.info("stage started", extra={"stage": self.name, "topics": self.topics})
         try:

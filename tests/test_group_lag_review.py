@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
+from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import GroupAuthorizationFailedError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from devstack.broker import free_port
 from shared.group_lag import GroupLagWatcher
 from shared.observability import StageMetrics
 from tests.support.kafka import NewTopic, session_admin
@@ -44,6 +48,7 @@ def test_records_retention_deleted_are_not_lag(kafka_bootstrap: str, new_topic: 
         {committed_group: {topic}, new_group: {topic}},
         metrics.group_lag,
         interval_s=60,
+        read_failures=metrics.group_lag_read_failures,
     )
     try:
         assert watcher.read_once() == {committed_group: {topic: 2}, new_group: {topic: 2}}
@@ -62,7 +67,11 @@ def test_the_lag_of_a_deleted_topic_is_no_longer_reported(kafka_bootstrap: str) 
     group = f"g-{topic}"
     metrics = StageMetrics("upstream")
     watcher = GroupLagWatcher(
-        {"bootstrap_servers": [kafka_bootstrap]}, {group: {topic}}, metrics.group_lag, interval_s=60
+        {"bootstrap_servers": [kafka_bootstrap]},
+        {group: {topic}},
+        metrics.group_lag,
+        interval_s=60,
+        read_failures=metrics.group_lag_read_failures,
     )
     try:
         watcher.read_once()
@@ -75,3 +84,82 @@ def test_the_lag_of_a_deleted_topic_is_no_longer_reported(kafka_bootstrap: str) 
         assert metrics.registry.get_sample_value(LAG, {"group": group, "topic": topic}) is None
     finally:
         watcher.stop()
+
+
+@pytest.mark.kafka
+def test_a_group_the_broker_refuses_leaves_the_others_read_and_is_counted(
+    kafka_bootstrap: str,
+    new_topic: NewTopic,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One group's error raised out of the whole read: no group's lag was updated, and the failure was
+    logged only at DEBUG."""
+    topic = new_topic("lag-refused")
+    _produce(kafka_bootstrap, topic, 3)
+    readable, refused = f"readable-{topic}", f"refused-{topic}"
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=readable, enable_auto_commit=False)
+    consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(1, "", -1)})  # waits for the coordinator
+    consumer.close()
+    list_group_offsets = KafkaAdminClient.list_group_offsets
+
+    def under_acls(admin: KafkaAdminClient, group_specs: dict[str, Any]) -> Any:
+        # What a broker with ACLs answers for a group the stage's user may not describe.
+        if refused in group_specs:
+            raise GroupAuthorizationFailedError(refused)
+        return list_group_offsets(admin, group_specs)
+
+    monkeypatch.setattr(KafkaAdminClient, "list_group_offsets", under_acls)
+    metrics = StageMetrics("upstream")
+    watcher = GroupLagWatcher(
+        {"bootstrap_servers": [kafka_bootstrap]},
+        {readable: {topic}, refused: {topic}},
+        metrics.group_lag,
+        interval_s=60,
+        read_failures=metrics.group_lag_read_failures,
+    )
+    failures = "skuforge_consumer_group_lag_read_failures_total"
+    try:
+        with caplog.at_level(logging.DEBUG, logger="skuforge.group_lag"):
+            assert watcher.read_once() == {readable: {topic: 2}}
+            assert watcher.read_once() == {readable: {topic: 2}}
+    finally:
+        watcher.stop()
+    assert metrics.registry.get_sample_value(LAG, {"group": readable, "topic": topic}) == 2
+    assert metrics.registry.get_sample_value(LAG, {"group": refused, "topic": topic}) is None
+    assert metrics.registry.get_sample_value(failures, {"group": refused}) == 2
+    assert metrics.registry.get_sample_value(failures, {"group": readable}) == 0
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [getattr(r, "group", None) for r in warnings] == [refused]  # once, not at every read
+
+
+@pytest.mark.kafka
+def test_a_lag_that_can_no_longer_be_read_is_not_shown_as_fresh(
+    kafka_bootstrap: str, new_topic: NewTopic
+) -> None:
+    """The broker away: the last lag read stood for good, and dashboards and alerts took it as true."""
+    topic = new_topic("lag-away")
+    _produce(kafka_bootstrap, topic, 3)
+    group = f"g-{topic}"
+    connection: dict[str, Any] = {"bootstrap_servers": [kafka_bootstrap]}
+    metrics = StageMetrics("upstream")
+    watcher = GroupLagWatcher(
+        connection,
+        {group: {topic}},
+        metrics.group_lag,
+        interval_s=60,
+        read_failures=metrics.group_lag_read_failures,
+    )
+    try:
+        watcher.read_once()
+        assert metrics.registry.get_sample_value(LAG, {"group": group, "topic": topic}) == 3
+        watcher.stop()  # its admin client closed: the next read connects again, to a broker now away
+        connection["bootstrap_servers"] = [f"127.0.0.1:{free_port()}"]
+        assert watcher.read_once() == {}
+    finally:
+        watcher.stop()
+    assert metrics.registry.get_sample_value(LAG, {"group": group, "topic": topic}) is None
+    failures = metrics.registry.get_sample_value(
+        "skuforge_consumer_group_lag_read_failures_total", {"group": group}
+    )
+    assert failures == 1

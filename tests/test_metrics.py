@@ -71,7 +71,11 @@ def test_group_lag_is_read_from_the_broker_for_a_group_with_no_running_member(
 
     metrics = StageMetrics("someone-upstream")
     watcher = GroupLagWatcher(
-        {"bootstrap_servers": [kafka_bootstrap]}, {group: {topic}}, metrics.group_lag, interval_s=60
+        {"bootstrap_servers": [kafka_bootstrap]},
+        {group: {topic}},
+        metrics.group_lag,
+        interval_s=60,
+        read_failures=metrics.group_lag_read_failures,
     )
     try:
         assert watcher.read_once() == {group: {topic: (5 - 3) + 4}}
