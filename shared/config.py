@@ -22,6 +22,10 @@ ENV_PREFIX = "SKUFORGE_"
 # Kafka's protocol carries the group's timeouts as 32-bit ints: a larger value passed start-up, then the
 # client could not encode its JoinGroup request and the stage never joined its group, saying nothing.
 KAFKA_MAX_INT32 = 2**31 - 1
+# Shortest retry back-off, and shortest interval between group lag reads (0 turns those off): a tiny
+# positive value (1e-300) passed "> 0" and made a busy loop, of retries or of admin requests to the broker.
+MIN_BACKOFF_S = 0.01
+MIN_GROUP_LAG_INTERVAL_S = 1.0
 # Every settings model's: SKUFORGE_* variables, others ignored, read-only, and no inf or NaN (a number
 # that passes its bounds as inf crashes later, far from the variable that set it).
 SETTINGS_CONFIG = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
@@ -104,11 +108,13 @@ class Settings(BaseSettings):
         gt=0,
         description="time to wait for outputs to be acknowledged (and for a topic's metadata on send)",
     )
-    # Retries
+    # Retries. A back-off of 1e-300 s passed as positive and retried a failing dependency in a busy loop.
     retry_backoff_initial_s: float = Field(
-        default=0.5, gt=0, description="first back-off after a transient fault"
+        default=0.5, ge=MIN_BACKOFF_S, description="first back-off after a transient fault (at least 0.01)"
     )
-    retry_backoff_max_s: float = Field(default=30.0, gt=0, description="longest back-off between retries")
+    retry_backoff_max_s: float = Field(
+        default=30.0, ge=MIN_BACKOFF_S, description="longest back-off between retries (at least 0.01)"
+    )
     handler_max_attempts: int = Field(
         default=5,
         ge=1,
@@ -158,7 +164,8 @@ class Settings(BaseSettings):
     group_lag_interval_s: float = Field(
         default=10.0,
         ge=0,
-        description="seconds between reads of consumer-group lag from the broker (0 = off); docs/ops.md",
+        description="seconds between reads of consumer-group lag from the broker (0 = off, else at least 1); "
+        "docs/ops.md",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="log level")
     log_format: Literal["json", "text"] = Field(default="json", description="json lines, or text for humans")
@@ -178,6 +185,13 @@ class Settings(BaseSettings):
         for entry in value.split(","):
             if not is_host_port(entry.strip()):
                 raise ValueError(f"{entry.strip()!r} is not host:port (a port from 1 to 65535)")
+        return value
+
+    @field_validator("group_lag_interval_s")
+    @classmethod
+    def _lag_interval_is_off_or_sane(cls, value: float) -> float:
+        if 0 < value < MIN_GROUP_LAG_INTERVAL_S:
+            raise ValueError(f"must be 0 (off) or at least {MIN_GROUP_LAG_INTERVAL_S:g} s")
         return value
 
     @field_validator("topic_namespace")

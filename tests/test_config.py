@@ -67,6 +67,10 @@ def test_cli_reports_config_errors_without_a_traceback(
         # Over Kafka's 32-bit ints: the stage ran, never joined its group, and logged only a struct error.
         ("SKUFORGE_MAX_POLL_INTERVAL_MS", "6000000000", "less than or equal to 2147483647"),
         ("SKUFORGE_SESSION_TIMEOUT_MS", "3000000000", "less than or equal to 2147483647"),
+        # Positive, so accepted: a busy loop of admin requests to the broker, or of retries.
+        ("SKUFORGE_GROUP_LAG_INTERVAL_S", "1e-300", "must be 0 (off) or at least 1 s"),
+        ("SKUFORGE_RETRY_BACKOFF_INITIAL_S", "1e-300", "greater than or equal to 0.01"),
+        ("SKUFORGE_RETRY_BACKOFF_MAX_S", "1e-300", "greater than or equal to 0.01"),
     ],
 )
 def test_a_setting_that_would_fail_later_is_refused_by_skuforge_config(
