@@ -99,7 +99,8 @@ class StageMetrics:
         )
         self.consumer_lag = Gauge(
             "skuforge_consumer_lag_messages",
-            "Messages behind the end of each assigned partition.",
+            "Messages behind the end of each assigned partition, as of the partition's last fetch: it stands "
+            "still while the partition is paused for back-off (alerts read the group lag).",
             ["stage", "topic", "partition"],
             registry=self.registry,
         )
