@@ -199,3 +199,62 @@ def test_a_columnar_copy_written_before_rows_had_their_event_time_still_reads() 
     document = json.loads(encode_columns([old_row]))
     del document["common"]["produced_at"]
     assert decode_columns(json.dumps(document).encode())["produced_at"] == [None]
+
+
+def test_a_replayed_gate_decision_never_overrides_a_reviewers_decision_of_the_same_render(
+    tmp_path: Path,
+) -> None:
+    """The gate replayed after a threshold change accepts an item a reviewer had rejected, or approved
+    with a corrected mask: the person's decision stands, whatever the times, in either arrival order
+    and after a restart and a compaction."""
+    store = FileStore(tmp_path / "store")
+    manifests = ManifestStore(store, PREFIX)
+    ctx = _context(store)
+    rejected_item = matted_item(store, 1, 0)
+    approved_item = matted_item(store, 1, 1, predicted="shifted")  # the reviewer corrected its mask
+    human_mask = approved_item.generated.expected_mask
+    for matted, decision, event_id in (
+        (rejected_item, "reject", "e"),
+        (approved_item, "approve_edited", "d"),
+    ):
+        trainstore = Trainstore(manifests, compact_after_parts=2)
+        trainstore.pending(_envelope(CORRECTION_PENDING, pending_of(matted), event_id, 0), ctx)
+        payload = resolved(store, matted, decision, final_mask=human_mask)  # type: ignore[arg-type]
+        trainstore.resolved(_envelope(CORRECTION_RESOLVED, payload, event_id, 60), ctx)
+    # The gate replayed later: both items now pass its checks (same event ids: same input, key "decision").
+    for attempt in range(2):
+        restarted = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=2)
+        for matted, event_id in ((rejected_item, "e"), (approved_item, "d")):
+            replay = _envelope(GATE_ACCEPTED, GateAccepted(matted=matted, iou=0.97, checks=[]), event_id, 120)
+            restarted.accepted(replay, ctx)
+        rows = manifests.read_sku(SKU)
+        rejected_row = rows[rejected_item.generated.item_id]
+        assert (rejected_row.status, rejected_row.image) == ("rejected", None), attempt
+        image_key, mask_key = object_keys(SKU, "synthetic", rejected_item.generated.item_id)
+        assert not store.exists(manifests.key(image_key)), attempt
+        approved_row = rows[approved_item.generated.item_id]
+        assert (approved_row.status, approved_row.mask_sha256) == ("approved", human_mask.sha256), attempt
+        _, mask_key = object_keys(SKU, "synthetic", approved_item.generated.item_id)
+        assert sha256_hex(store.get_bytes(manifests.key(mask_key))) == human_mask.sha256, attempt
+        manifests.compact(SKU)
+
+
+def test_a_reviewers_decision_delivered_after_a_newer_gate_replay_still_stands(tmp_path: Path) -> None:
+    """The console's relay published the rejection late: the replayed acceptance got there first."""
+    store = FileStore(tmp_path / "store")
+    manifests = ManifestStore(store, PREFIX)
+    trainstore = Trainstore(manifests, compact_after_parts=16)
+    ctx = _context(store)
+    matted = matted_item(store, 1, 0)
+    trainstore.pending(_envelope(CORRECTION_PENDING, pending_of(matted), "a", 0), ctx)
+    replay = _envelope(GATE_ACCEPTED, GateAccepted(matted=matted, iou=0.97, checks=[]), "a", 120)
+    trainstore.accepted(replay, ctx)
+    trainstore.resolved(_envelope(CORRECTION_RESOLVED, resolved(store, matted, "reject"), "b", 60), ctx)
+    manifests.compact(SKU)
+    trainstore.accepted(replay, ctx)  # redelivered
+
+    row = manifests.read_sku(SKU)[matted.generated.item_id]
+    assert (row.status, row.image) == ("rejected", None)
+    assert not any(
+        store.exists(manifests.key(key)) for key in object_keys(SKU, "synthetic", matted.generated.item_id)
+    )

@@ -35,7 +35,10 @@ already has is not written again, so a redelivered event writes nothing at all. 
 undoes a newer one: each row records its event's ``produced_at``, and a row of an event older than
 the item's stored row is neither written nor are its objects (an old ``gate.accepted`` of a first
 render, replayed after a reviewer approved a second render of the item, leaves the approval and its
-image; an old ``sku.captioned`` leaves the photos a newer one stored or found unusable).
+image; an old ``sku.captioned`` leaves the photos a newer one stored or found unusable). A reviewer's
+decision beats the gate's for the same render whatever the times: a replay of the gate after a
+threshold change leaves a rejection (or an approval and its corrected mask) as it is
+(``_overrides_review``, ``_past_gate_decision``); between two reviewers' decisions the later wins.
 
 Bad input goes to the DLQ and nothing of the event is written: every object the event points at
 is read, checked against its sha256 and decoded *before* the first write. Reasons:
@@ -70,6 +73,8 @@ from shared.trainstore.settings import TrainstoreSettings
 from shared.trainstore.withdrawals import Withdrawals, photo_of, withdrawable, withdrawn_row, withdrawn_rows
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# A reviewer's decisions (correction.resolved); the gate's are accepted and pending.
+_REVIEWED: frozenset[str] = frozenset({"approved", "rejected"})
 
 
 @dataclass(frozen=True)
@@ -278,12 +283,15 @@ class Trainstore:
         Returns the item ids left out because a newer event decided them (``stands``)."""
         current = self.manifests.read_sku(sku_id) if current is None else current
         marked = self.withdrawals.photo_ids(sku_id) if marked is None else marked
-        staged = [
-            replace(item, row=_past_other_render(current.get(item.row.item_id), item.row)) for item in staged
-        ]
-        # Before the objects: an older event's image must not overwrite the newer row's. Before the
-        # withdrawal too, which then still withdraws the stored row of such an item.
-        older = {item.row.item_id for item in staged if not stands(item.row, current.get(item.row.item_id))}
+        staged = [replace(item, row=_dated(current.get(item.row.item_id), item.row)) for item in staged]
+        # Before the objects: an older event's image must not overwrite the newer row's, nor the gate's
+        # a reviewer's. Before the withdrawal too, which then still withdraws the stored row of such an item.
+        older = {
+            item.row.item_id
+            for item in staged
+            if not stands(item.row, current.get(item.row.item_id))
+            or _overrides_review(current.get(item.row.item_id), item.row)
+        }
         if older:
             # Expected now and then (a pending row after its decision; a redelivery after a newer event).
             ctx.log.info(
@@ -436,6 +444,49 @@ def _past_other_render(current: ManifestRow | None, row: ManifestRow) -> Manifes
         or current.status != "rejected"
         or not row.trainable
         or current.image_sha256 in (None, row.image_sha256)
+        or current.produced_at is None
+        or row.produced_at is None
+        or row.produced_at >= current.produced_at
+    ):
+        return row
+    return row.model_copy(update={"produced_at": current.produced_at})
+
+
+def _dated(current: ManifestRow | None, row: ManifestRow) -> ManifestRow:
+    """``row`` with the time it is ordered by against ``current`` (``_past_other_render``,
+    ``_past_gate_decision``)."""
+    return _past_gate_decision(current, _past_other_render(current, row))
+
+
+def _same_render(row: ManifestRow, other: ManifestRow) -> bool:
+    """Whether two rows of an item are of one render (its image's sha256; ``_kept_render``)."""
+    return row.image_sha256 is not None and row.image_sha256 == other.image_sha256
+
+
+def _overrides_review(current: ManifestRow | None, row: ManifestRow) -> bool:
+    """Whether ``row``, the gate's acceptance, would replace a reviewer's decision of the same render.
+
+    A person's decision stands against the gate's whatever the times: the gate replayed after a
+    threshold change accepts, later, an item a reviewer rejected (or approved with a corrected mask).
+    Between two reviewers' decisions the later wins, between two of the gate's too (``stands``).
+    """
+    return (
+        current is not None
+        and current.status in _REVIEWED
+        and row.status == "accepted"
+        and _same_render(current, row)
+    )
+
+
+def _past_gate_decision(current: ManifestRow | None, row: ManifestRow) -> ManifestRow:
+    """``row``, a reviewer's decision, dated no earlier than ``current`` when that is the gate's
+    acceptance of the same render (a replay of the gate that got here first): the person's decision
+    wins, and its row then keeps winning after restarts and compactions (``_overrides_review``)."""
+    if (
+        current is None
+        or current.status != "accepted"
+        or row.status not in _REVIEWED
+        or not _same_render(current, row)
         or current.produced_at is None
         or row.produced_at is None
         or row.produced_at >= current.produced_at
