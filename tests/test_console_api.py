@@ -16,12 +16,13 @@ from starlette.testclient import TestClient
 
 from services.console.decisions import corrected_mask_key, mask_from_ref
 from services.console.intake import handle as intake_handle
-from services.console.tasks import TaskStore, decision_event_id
+from services.console.tasks import TaskFilter, TaskStore, decision_event_id
 from shared.images import decode_mask, encode_png
 from tests.support.console import (
     ConsoleParts,
     app_for,
     build_console,
+    decide_as_alice,
     flagged_item,
     login,
     pending_envelope,
@@ -440,6 +441,47 @@ def test_redelivered_event_does_not_make_a_second_task(tmp_path: Path) -> None:
     reopened.claim(envelope.event_id, "alice", 60)
     assert reopened.add_pending(envelope) is False
     assert reopened.counts() == {"pending": 0, "claimed": 1, "approved": 0, "rejected": 0, "withdrawn": 0}
+
+
+def test_a_replayed_gate_decision_shows_its_newest_reasons_on_an_open_task_only(tmp_path: Path) -> None:
+    """The gate replayed after a threshold change publishes the item's correction.pending again under
+    the same event id (its input's, key "decision"), with other reasons and figures. A task still open
+    shows the newest ones, and a decision carries them; a decided task is left as it was decided."""
+    parts = build_console(tmp_path)
+    first = pending_envelope(flagged_item(parts.store, 0))
+    decided = pending_envelope(flagged_item(parts.store, 1))
+    for envelope in (first, decided):
+        parts.tasks.add_pending(envelope)
+    decide_as_alice(parts, decided.event_id, "reject", "not the product")
+
+    def replayed(envelope: Any) -> Any:
+        payload = envelope.payload.model_copy(update={"reasons": ["mask_touches_border"], "iou": 0.5})
+        return envelope.model_copy(update={"payload": payload})
+
+    parts.tasks.claim(first.event_id, "bob", 60)  # a reviewer is looking at it meanwhile
+    for envelope in (first, decided):
+        assert parts.tasks.add_pending(replayed(envelope)) is False, "no second task"
+    task = parts.tasks.get(first.event_id)
+    assert (task.reasons, task.iou, task.state, task.claimed_by) == (
+        ["mask_touches_border"],
+        0.5,
+        "claimed",
+        "bob",
+    )
+    assert task.pending.reasons == ["mask_touches_border"]
+    assert [t.task_id for t in parts.tasks.query(TaskFilter(reason="mask_touches_border", state=None))] == [
+        first.event_id
+    ]
+    closed = parts.tasks.get(decided.event_id)
+    assert (closed.state, closed.reasons, closed.pending) == (
+        "rejected",
+        decided.payload.reasons,
+        decided.payload,
+    )
+    # A copy of the newest delivered again changes nothing, and leaves no second audit entry.
+    trail = parts.tasks.audit(first.event_id)
+    parts.tasks.add_pending(replayed(first))
+    assert parts.tasks.audit(first.event_id) == trail
 
 
 def test_intake_handler_emits_nothing_and_queues_once(tmp_path: Path) -> None:

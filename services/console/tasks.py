@@ -3,7 +3,8 @@
 Tables:
 
 * ``tasks``   one row per ``correction.pending`` event, keyed by that event's id, so a redelivered
-              event is ignored (``INSERT OR IGNORE``) instead of becoming a second task.
+              event is ignored (``INSERT OR IGNORE``) instead of becoming a second task; a copy with
+              other reasons (the gate replayed) updates an open task's (``add_pending``).
               States: ``pending`` → ``claimed`` (a reviewer holds a lease) → ``approved`` | ``rejected``.
               An expired lease sends the task back to ``pending``. A task whose reference photo its
               owner withdrew (``skuforge ingest --withdraw-missing``) is closed as ``withdrawn``
@@ -264,9 +265,15 @@ class TaskStore:
     # -- intake -------------------------------------------------------------------------------
 
     def add_pending(self, event: Envelope[CorrectionPending]) -> bool:
-        """Queue the event's item; returns False when this event is already queued (redelivery)."""
+        """Queue the event's item; returns False when this event is already queued (redelivery).
+
+        A copy with other content (the gate replayed after a threshold change: same event id, other
+        reasons and figures) replaces the task's while it is open (pending or claimed, the claim
+        kept), so a reviewer sees, and decides on, the gate's newest verdict; a decided task stays
+        as it was decided."""
         pending = event.payload
         now = self.clock()
+        reasons, pending_json = json.dumps(pending.reasons), pending.model_dump_json()
         with self._write() as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO tasks (task_id, sku_id, item_id, trace_id, iou, reasons,"
@@ -277,12 +284,24 @@ class TaskStore:
                     pending.matted.generated.item_id,
                     event.trace_id,
                     pending.iou,
-                    json.dumps(pending.reasons),
-                    pending.model_dump_json(),
+                    reasons,
+                    pending_json,
                     now,
                 ),
             )
             if cursor.rowcount == 0:
+                row = db.execute(
+                    "SELECT state, pending_json FROM tasks WHERE task_id = ?", (event.event_id,)
+                ).fetchone()
+                if row["state"] in ("pending", "claimed") and row["pending_json"] != pending_json:
+                    db.execute(
+                        "UPDATE tasks SET iou = ?, reasons = ?, pending_json = ? WHERE task_id = ?",
+                        (pending.iou, reasons, pending_json, event.event_id),
+                    )
+                    detail = ",".join(pending.reasons)
+                    self._audit(
+                        db, event.event_id, None, "intake_update", row["state"], row["state"], now, detail
+                    )
                 return False
             self._audit(db, event.event_id, None, "intake", None, "pending", now, ",".join(pending.reasons))
             return True
