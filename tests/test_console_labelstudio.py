@@ -190,7 +190,12 @@ def test_import_skips_tasks_it_cannot_use(tmp_path: Path) -> None:
                 "result": [
                     {
                         "type": "brushlabels",
-                        "value": {"format": "rle", "rle": mask_to_rle(np.zeros((3, 3), np.uint8))},
+                        "from_name": "mask",
+                        "value": {
+                            "format": "rle",
+                            "rle": mask_to_rle(np.zeros((3, 3), np.uint8)),
+                            "brushlabels": ["product"],
+                        },
                     }
                 ]
             }
@@ -265,8 +270,46 @@ def test_a_brush_whose_words_are_wider_than_8_bits_is_skipped_with_the_reason(tm
     parts = build_console(tmp_path)
     parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0)))
     [task] = export_tasks(parts.tasks, parts.store).tasks
-    brush = {"type": "brushlabels", "value": {"format": "rle", "rle": wide}}
+    brush = {
+        "type": "brushlabels",
+        "from_name": "mask",
+        "value": {"format": "rle", "rle": wide, "brushlabels": ["product"]},
+    }
     [outcome] = import_annotations(parts.tasks, parts.store, [dict(task, annotations=[{"result": [brush]}])])
     assert (outcome.outcome, outcome.annotation_lost) == ("skipped", True), outcome
     assert "RLE words are 16 bits" in outcome.detail
     assert parts.tasks.counts()["pending"] == 1
+
+
+def test_only_the_product_mask_control_is_imported_as_the_product_mask(tmp_path: Path) -> None:
+    # A project's config may add a brush control of its own (defects, say), or another label to the
+    # mask control. Before, every brush result was joined into the product mask: the defects were
+    # published as product pixels for training.
+    parts = build_console(tmp_path)
+    for index in range(2):
+        parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index)))
+    tasks = export_tasks(parts.tasks, parts.store).tasks
+    product = np.zeros((128, 128), np.uint8)
+    product[10:60, 10:60] = 255
+    defect = np.zeros((128, 128), np.uint8)
+    defect[100:120, 100:120] = 255
+
+    def stroke(from_name: str, label: str, mask: np.ndarray) -> dict:
+        value = {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [label]}
+        return {"type": "brushlabels", "from_name": from_name, "to_name": "image", "value": value}
+
+    tasks[0]["annotations"] = [
+        {"result": [stroke("mask", "product", product), stroke("defects", "scratch", defect)]}
+    ]
+    tasks[1]["annotations"] = [
+        {"result": [stroke("defects", "scratch", defect), stroke("mask", "dent", defect)]}
+    ]
+    outcomes = import_annotations(parts.tasks, parts.store, tasks)
+    assert [o.outcome for o in outcomes] == ["approve_edited", "skipped"], outcomes
+    final = parts.tasks.outbox(tasks[0]["data"]["skuforge_task_id"]).payload.final_mask
+    assert final is not None
+    assert np.array_equal(decode_mask(parts.store.read_verified(final)), product)
+    # Nothing of the product mask's control and label: skipped with why, counted as lost, left pending.
+    assert outcomes[1].annotation_lost
+    assert "2 brush result(s) of another control or label ignored" in outcomes[1].detail
+    assert parts.tasks.get(tasks[1]["data"]["skuforge_task_id"]).state == "pending"

@@ -39,8 +39,16 @@ def painted(task_id: str) -> dict[str, Any]:
     """A Label Studio task whose annotator painted a mask."""
     mask = np.zeros((128, 128), np.uint8)
     mask[10:60, 10:60] = 255
-    brush = {"type": "brushlabels", "value": {"format": "rle", "rle": mask_to_rle(mask)}}
-    return {"data": {"skuforge_task_id": task_id}, "annotations": [{"completed_by": 7, "result": [brush]}]}
+    return {
+        "data": {"skuforge_task_id": task_id},
+        "annotations": [{"completed_by": 7, "result": [brush(mask)]}],
+    }
+
+
+def brush(mask: np.ndarray) -> dict[str, Any]:
+    """A product-mask brush result as Label Studio exports it (the ``mask`` control, ``product`` label)."""
+    value = {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": ["product"]}
+    return {"type": "brushlabels", "from_name": "mask", "to_name": "image", "value": value}
 
 
 def test_export_leaves_out_an_item_whose_predicted_mask_is_gone_and_exports_the_rest(
@@ -152,8 +160,10 @@ def test_the_import_command_exits_1_when_an_annotation_was_skipped_and_0_for_una
 
 
 def _brush(task_id: str, mask: np.ndarray) -> dict[str, Any]:
-    brush = {"type": "brushlabels", "value": {"format": "rle", "rle": mask_to_rle(mask)}}
-    return {"data": {"skuforge_task_id": task_id}, "annotations": [{"completed_by": 7, "result": [brush]}]}
+    return {
+        "data": {"skuforge_task_id": task_id},
+        "annotations": [{"completed_by": 7, "result": [brush(mask)]}],
+    }
 
 
 def test_import_refuses_an_empty_or_full_brush_mask_as_the_web_page_does(parts: ConsoleParts) -> None:

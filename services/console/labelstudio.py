@@ -5,8 +5,9 @@ console's ids in ``data``, and the predicted mask as a ``brushlabels`` predictio
 ``rle`` format. ``import_annotations`` reads Label Studio's JSON export: an annotation whose
 ``decision`` choice is ``reject`` rejects the item (reason from the ``reason`` text area; one longer
 than the web page takes is cut, ending in ``CUT_MARK``), one with brush results approves the union of
-its strokes as an edited mask. Both go through the same task table, audit and outbox as the web
-page's decisions, under the reviewer ``labelstudio:<annotator>``.
+its strokes as an edited mask (the ``mask`` control's ``product`` strokes only: other brushes are
+ignored). Both go through the same task table, audit and outbox as the web page's decisions, under
+the reviewer ``labelstudio:<annotator>``.
 
 The RLE is Label Studio's brush format (label-studio-converter ``brush.py``, itself thi.ng's
 rle-pack): the mask is flattened as RGBA (each pixel's value repeated in 4 channels), then a bit
@@ -333,11 +334,24 @@ def _decision_of(annotation: dict[str, Any], width: int, height: int) -> tuple[s
             # the published decision that the rest is in Label Studio (it was cut without a sign).
             reason = reason[: MAX_REASON_CHARS - len(CUT_MARK)].rstrip() + CUT_MARK
         return "reject", check_reject_reason(reason or "rejected in Label Studio")
+    # Only the product mask's control and label, as ``LABEL_CONFIG`` names them: before, every brush
+    # counted, and a project's other brush control (defects, say) was painted into the product mask.
+    brush_results = [item for item in results if item.get("type") == "brushlabels"]
     brushes = [
-        item for item in results if item.get("type") == "brushlabels" and _value(item).get("format") == "rle"
+        item
+        for item in brush_results
+        if item.get("from_name") == FROM_NAME
+        and LABEL in _strings(item, "brushlabels")
+        and _value(item).get("format") == "rle"
     ]
     if not brushes:
-        return "skipped", "no brush mask and no reject choice"
+        why = "no brush mask and no reject choice"
+        if brush_results:
+            why += (
+                f" ({len(brush_results)} brush result(s) of another control or label ignored: the product"
+                f" mask is the {FROM_NAME!r} control's {LABEL!r} label)"
+            )
+        return "skipped", why
     mask = np.zeros((height, width), dtype=np.uint8)
     for item in brushes:
         rle = _value(item).get("rle")
