@@ -239,6 +239,29 @@ def test_a_reject_reason_comes_from_the_reason_text_area_only(parts: ConsolePart
     assert [e.detail for e in parts.tasks.audit(ids[0]) if e.action == "reject"] == ["blurry"]
 
 
+def test_an_approve_without_a_stroke_records_the_predicted_mask_as_the_web_pages_approve_does(
+    parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # A project that does not copy predictions into annotations exports an approval as the choice
+    # alone. Before, it was skipped as "no brush mask" and counted lost (exit 1): the reviewer's
+    # approval was never recorded, however often the export was imported.
+    ids = [task.task_id for task in parts.tasks.query()]
+    choice = {"type": "choices", "from_name": "decision", "value": {"choices": ["approve"]}}
+    approved = {
+        "data": {"skuforge_task_id": ids[0]},
+        "annotations": [{"completed_by": 7, "result": [choice]}],
+    }
+    use_cli_on(parts, monkeypatch)
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([approved]))
+    assert cli_main(["console", "import-labelstudio", "--no-publish", str(export)]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["decided"] == 1
+    resolved = parts.tasks.outbox(ids[0])
+    assert resolved is not None and resolved.payload.decision == "approve_predicted"
+    assert resolved.payload.final_mask == parts.tasks.get(ids[0]).pending.matted.predicted_mask
+    assert resolved.payload.reviewer == "labelstudio:7"
+
+
 @pytest.mark.slow
 def test_export_hands_off_every_pending_item_not_the_first_ten_thousand(tmp_path: Path) -> None:
     # A fixed limit of 10,000 cut the hand-off short while the summary and exit status said all.

@@ -6,8 +6,9 @@ console's ids in ``data``, and the predicted mask as a ``brushlabels`` predictio
 ``decision`` choice is ``reject`` rejects the item (reason from the ``reason`` text area; one longer
 than the web page takes is cut, ending in ``CUT_MARK``), one with brush results approves the union of
 its strokes as an edited mask (the ``mask`` control's ``product`` strokes only: other brushes are
-ignored). Both go through the same task table, audit and outbox as the web page's decisions, under
-the reviewer ``labelstudio:<annotator>``.
+ignored), one whose ``decision`` is ``approve`` without a stroke approves the predicted mask. All go
+through the same task table, audit and outbox as the web page's decisions, under the reviewer
+``labelstudio:<annotator>``.
 
 The RLE is Label Studio's brush format (label-studio-converter ``brush.py``, itself thi.ng's
 rle-pack): the mask is flattened as RGBA (each pixel's value repeated in 4 channels), then a bit
@@ -280,7 +281,7 @@ class ImportOutcome:
     """What happened to one Label Studio task on import."""
 
     task_id: str
-    outcome: str  # approve_edited, reject, skipped
+    outcome: str  # approve_edited, approve_predicted, reject, skipped
     detail: str = ""
 
     @property
@@ -305,7 +306,8 @@ def _annotator(annotation: dict[str, Any]) -> str:
 
 
 def _decision_of(annotation: dict[str, Any], width: int, height: int) -> tuple[str, Any]:
-    """('reject', reason) or ('approve_edited', mask) or ('skipped', why) for one annotation.
+    """('reject', reason), ('approve_edited', mask), ('approve_predicted', None) or ('skipped', why)
+    for one annotation.
 
     ValueError when the annotation is not shaped like Label Studio's (the import skips it).
     """
@@ -344,6 +346,11 @@ def _decision_of(annotation: dict[str, Any], width: int, height: int) -> tuple[s
         and LABEL in _strings(item, "brushlabels")
         and _value(item).get("format") == "rle"
     ]
+    if not brushes and "approve" in choices:
+        # Approved without a stroke: the prediction was not copied into the annotation (Label Studio
+        # does that only when the project uses predictions to pre-label), and the annotator judged the
+        # predicted mask right. It was skipped as lost; the web page's approve records the prediction.
+        return "approve_predicted", None
     if not brushes:
         why = "no brush mask and no reject choice"
         if brush_results:
@@ -470,6 +477,18 @@ def _decide(
             ),
         )
         return ImportOutcome(task.task_id, "reject", reason)
+    if decision == "approve_predicted":
+        # As the web page's approve: the image and the predicted mask must be there as named.
+        store.read_verified(task.pending.matted.generated.image)
+        store.read_verified(task.pending.matted.predicted_mask)
+        event = tasks.decide(
+            task.task_id,
+            reviewer,
+            "approve_predicted",
+            lambda held, at: resolve(held, decision="approve_predicted", reviewer=reviewer, decided_at=at),
+        )
+        final_mask = event.payload.final_mask
+        return ImportOutcome(task.task_id, "approve_predicted", final_mask.uri if final_mask else "")
     # As the web page does: the generated image must be there as named (an approval of a missing one
     # is dead-lettered downstream with the task closed), and the mask is written before the decision's
     # transaction, not inside it (an S3 write with its retries held the table's write lock, and every
