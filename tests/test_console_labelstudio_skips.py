@@ -3,6 +3,7 @@ rest; the commands' exit status says whether anything was skipped."""
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 from pathlib import Path
@@ -260,6 +261,33 @@ def test_an_approve_without_a_stroke_records_the_predicted_mask_as_the_web_pages
     assert resolved is not None and resolved.payload.decision == "approve_predicted"
     assert resolved.payload.final_mask == parts.tasks.get(ids[0]).pending.matted.predicted_mask
     assert resolved.payload.reviewer == "labelstudio:7"
+
+
+def test_the_import_command_reads_the_export_as_utf_8_whatever_the_locale(
+    parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Before, the file was read in the locale's encoding: under a Latin-1 locale an en dash turned into
+    # control characters and the rejection was refused as "not one line" (exit 1, nothing recorded).
+    ids = [task.task_id for task in parts.tasks.query()]
+    said = "Etikett unleserlich \u2013 verschmiert"
+    entry = rejected(ids[0])
+    reason = {
+        "type": "textarea",
+        "from_name": "reason",
+        "value": {"text": [said]},
+    }
+    entry["annotations"][0]["result"].append(reason)
+    export = tmp_path / "export.json"
+    export.write_bytes(json.dumps([entry], ensure_ascii=False).encode("utf-8"))
+    # What Path.read_text consults when given no encoding: the locale's encoding, here Latin-1.
+    monkeypatch.setattr(io, "text_encoding", lambda encoding, stacklevel=2: encoding or "latin-1")
+    use_cli_on(parts, monkeypatch)
+    assert cli_main(["console", "import-labelstudio", "--no-publish", str(export)]) == 0, capsys.readouterr()
+    assert [e.detail for e in parts.tasks.audit(ids[0]) if e.action == "reject"] == [said]
+    # A file that is not UTF-8 is refused whole, with the reason (exit 2), not read as something else.
+    export.write_bytes(json.dumps([rejected(ids[1])]).replace("reject", "rejé").encode("latin-1"))
+    assert cli_main(["console", "import-labelstudio", "--no-publish", str(export)]) == 2
+    assert "is not UTF-8 text, as JSON is" in capsys.readouterr().err
 
 
 @pytest.mark.slow

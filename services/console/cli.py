@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     imp = sub.add_parser(
         "import-labelstudio", help="turn a Label Studio JSON export into decisions", epilog=IMPORT_EXIT_STATUS
     )
-    imp.add_argument("export", type=Path, help="Label Studio's JSON export (a list of tasks)")
+    imp.add_argument("export", type=Path, help="Label Studio's JSON export (a list of tasks; UTF-8)")
     imp.add_argument(
         "--no-publish", action="store_true", help="record only; the console's relay publishes them later"
     )
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        export_data = read_export(args.export.read_text())
+        export_data = read_export(args.export.read_bytes())
     except (OSError, ValueError) as exc:
         print(f"skuforge console import-labelstudio: cannot read {args.export}: {exc}", file=sys.stderr)
         return 2

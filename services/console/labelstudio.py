@@ -522,14 +522,18 @@ def _release(tasks: TaskStore, task_id: str, reviewer: str) -> str:
     return ""
 
 
-def read_export(text: str) -> list[dict[str, Any]]:
+def read_export(text: str | bytes) -> list[dict[str, Any]]:
     """Parse Label Studio's JSON export (a list of tasks); ValueError with the reason otherwise.
 
+    Give it the file's bytes: JSON is UTF-8, and a file read as text in a non-UTF-8 locale garbled
+    every non-ASCII reason (read as Latin-1, an en dash became control characters: the rejection refused).
     Every task of that export has its ``data``. Its JSON-MIN export (a list of objects too) has none:
     each task read as "no annotation", and the import recorded nothing and exited 0.
     """
     try:
         data = json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"it is not UTF-8 text, as JSON is ({exc})") from None
     except RecursionError:  # not a ValueError: the command's "cannot read" missed it (a traceback)
         raise ValueError("its JSON is nested too deeply to be Label Studio's export") from None
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
