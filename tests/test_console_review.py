@@ -198,11 +198,19 @@ def _some_product() -> np.ndarray:
     return mask
 
 
+# A stroke of the product mask's control, as Label Studio exports it (other controls are not imported).
+_PRODUCT_STROKE = {"type": "brushlabels", "from_name": "mask", "to_name": "image"}
+
+
 @pytest.mark.parametrize(
     "annotation",
     [
-        {"result": [{"type": "brushlabels", "value": {"format": "rle"}}]},  # no rle
-        {"result": [{"type": "brushlabels", "value": {"format": "rle", "rle": ["a"]}}]},
+        {"result": [{**_PRODUCT_STROKE, "value": {"format": "rle", "brushlabels": ["product"]}}]},  # no rle
+        {
+            "result": [
+                {**_PRODUCT_STROKE, "value": {"format": "rle", "rle": ["a"], "brushlabels": ["product"]}}
+            ]
+        },
         {"result": ["not an object"]},
         {"result": {"not": "a list"}},
     ],
@@ -217,8 +225,12 @@ def test_a_malformed_label_studio_annotation_is_skipped_not_a_crash(
             {
                 "result": [
                     {
-                        "type": "brushlabels",
-                        "value": {"format": "rle", "rle": mask_to_rle(_some_product())},
+                        **_PRODUCT_STROKE,
+                        "value": {
+                            "format": "rle",
+                            "rle": mask_to_rle(_some_product()),
+                            "brushlabels": ["product"],
+                        },
                     }
                 ]
             }
