@@ -71,6 +71,8 @@ def test_cli_reports_config_errors_without_a_traceback(
         ("SKUFORGE_GROUP_LAG_INTERVAL_S", "1e-300", "must be 0 (off) or at least 1 s"),
         ("SKUFORGE_RETRY_BACKOFF_INITIAL_S", "1e-300", "greater than or equal to 0.01"),
         ("SKUFORGE_RETRY_BACKOFF_MAX_S", "1e-300", "greater than or equal to 0.01"),
+        # The LoRA trainer's worker read its training requests from the store in a busy loop.
+        ("SKUFORGE_LORA_POLL_S", "1e-300", "greater than or equal to 0.5"),
     ],
 )
 def test_a_setting_that_would_fail_later_is_refused_by_skuforge_config(

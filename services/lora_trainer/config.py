@@ -105,7 +105,10 @@ class LoraTrainerSettings(BaseSettings):
         description="the general adapter trains on at most this many accepted images, spread evenly "
         "over all of them (each is copied into the job's set and encoded on the training device)",
     )
-    lora_poll_s: float = Field(default=5.0, gt=0.0, description="how often the worker looks for work")
+    # Each poll lists and reads the training requests in the store: 1e-300 passed "> 0", a busy loop of reads.
+    lora_poll_s: float = Field(
+        default=5.0, ge=0.5, description="how often the worker looks for work (s, at least 0.5)"
+    )
 
     @field_validator("lora_model", "lora_base_model", "lora_class_images_dir", mode="before")
     @classmethod
