@@ -1137,6 +1137,90 @@ def test_triton_down_does_not_count_the_image_pull_against_triton_s_start_up(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_triton_pods_unavailable_does_not_count_the_image_pull_against_triton_s_start_up(
+    helm: str, tmp_path: Path, promtool_bin: str
+) -> None:
+    """SkuforgeTritonPodsUnavailable waits triton.startupSeconds, the model's load, but its clock ran
+    from the start of the CUDA image pull: a 9-minute pull and a 12-minute load ticketed Triton's and
+    the generator's Deployments at 15 minutes on a rollout that went well. promtool runs the rendered
+    rules on kube-state-metrics' series: that rollout is silent; a pull stuck (or no GPU node free), or
+    a model that never loads, still tickets after the wait."""
+    from devstack.prometheus import promtool
+
+    (rule,) = of_kind(render(helm), "PrometheusRule").values()
+    (tmp_path / "chart.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+
+    def input_series(pending_min: int, unavailable_min: int) -> list[dict[str, str]]:
+        """A Triton rollout: its new pod Pending for ``pending_min`` minutes, then Running; Triton's and
+        the generator's Deployments unavailable for ``unavailable_min`` minutes, then available."""
+        phase = 'kube_pod_status_phase{namespace="default", pod="rel-skuforge-triton-5d9c7-x2k4p", '
+        series = [
+            {"series": phase + 'phase="Pending"}', "values": f"1x{pending_min} 0x40"},
+            {"series": phase + 'phase="Running"}', "values": f"0x{pending_min} 1x40"},
+        ]
+        unavailable = "kube_deployment_status_replicas_unavailable"
+        for deployment in ("rel-skuforge-triton", "rel-skuforge-generator"):
+            labels = f'{{namespace="default", deployment="{deployment}"}}'
+            series.append({"series": unavailable + labels, "values": f"1x{unavailable_min} 0x40"})
+        return series
+
+    def fired(labels: dict[str, str]) -> list[dict[str, Any]]:
+        return [
+            {
+                "exp_labels": {
+                    "namespace": "default",
+                    "deployment": deployment,
+                    "severity": "ticket",
+                    **labels,
+                },
+                "exp_annotations": {
+                    key: text.replace("{{ $labels.deployment }}", deployment)
+                    for key, text in rule_annotations(rule, "SkuforgeTritonPodsUnavailable")
+                },
+            }
+            for deployment in ("rel-skuforge-generator", "rel-skuforge-triton")
+        ]
+
+    alert = "SkuforgeTritonPodsUnavailable"
+    tests = {
+        "rule_files": ["chart.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {  # 9 minutes pulling, then 12 loading, then serving
+                "interval": "1m",
+                "input_series": input_series(9, 21),
+                "alert_rule_test": [
+                    {"eval_time": f"{minute}m", "alertname": alert, "exp_alerts": []}
+                    for minute in (16, 20, 25)
+                ],
+            },
+            {  # a pull that never ends (a wrong tag), or no GPU node free
+                "interval": "1m",
+                "input_series": input_series(40, 40),
+                "alert_rule_test": [
+                    {"eval_time": "14m", "alertname": alert, "exp_alerts": []},
+                    {
+                        "eval_time": "17m",
+                        "alertname": alert,
+                        "exp_alerts": fired({"triton_phase": "Pending"}),
+                    },
+                ],
+            },
+            {  # pulled in 9 minutes, then a model that never loads
+                "interval": "1m",
+                "input_series": input_series(9, 40),
+                "alert_rule_test": [
+                    {"eval_time": "23m", "alertname": alert, "exp_alerts": []},
+                    {"eval_time": "27m", "alertname": alert, "exp_alerts": fired({})},
+                ],
+            },
+        ],
+    }
+    (tmp_path / "chart_test.yml").write_text(yaml.safe_dump(tests))
+    result = promtool("test", "rules", "chart_test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def rule_annotations(rule: dict[str, Any], alert: str) -> list[tuple[str, str]]:
     """The annotations of ``alert`` in a rendered PrometheusRule."""
     (found,) = [r for group in rule["spec"]["groups"] for r in group["rules"] if r.get("alert") == alert]
