@@ -659,11 +659,15 @@ def read_state(workdir: Path) -> dict[str, Any] | None:
     try:
         state: dict[str, Any] = json.loads((workdir / STATE_FILE).read_text())
         pid = int(state["supervisor_pid"])
+        # A damaged or hand-edited 0 or -1 passed the check below (kill(0 or -1, 0) signals a group
+        # and succeeds), and the refusal of `up` then told the user to `kill 0`, their own group.
+        if pid <= 0:
+            raise ValueError(f"supervisor_pid {pid} is not a process")
         # PermissionError: alive, another user's; the stack runs (a demo only reads its state).
         with contextlib.suppress(PermissionError):
             os.kill(pid, 0)
         stack_started_at = float(state.get("started_at") or "inf")
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):  # Overflow: a pid past C's long
         return None
     # A stack killed with SIGKILL, or by a reboot, leaves its state behind; its pid may since name a
     # process started after the stack was (the supervisor starts a moment before it writes started_at).

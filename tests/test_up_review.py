@@ -18,6 +18,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,7 @@ def read_pid(path: Path) -> int | None:
 SUPERVISOR_SCRIPT = """
 import sys
 from pathlib import Path
+from typing import Any
 from devstack.supervisor import ServiceSpec, Supervisor
 
 port, workdir = int(sys.argv[1]), Path(sys.argv[2])
@@ -287,6 +289,7 @@ time.sleep(600)
 DEMO_DRIVER = """
 import sys, time
 from pathlib import Path
+from typing import Any
 from devstack.demo.demo import stack
 
 workdir = Path(sys.argv[1])
@@ -731,3 +734,37 @@ def test_a_port_answered_by_something_not_http_is_not_ready_and_the_stack_runs_o
     finally:
         supervisor.stop()
     assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
+
+
+@pytest.mark.parametrize("supervisor_pid", [0, -1, "0", 10**20], ids=["0", "-1", "text-0", "past-c-long"])
+def test_a_stack_json_naming_no_process_is_no_stack_and_no_group_is_signalled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], supervisor_pid: Any
+) -> None:
+    """A damaged or hand-edited supervisor_pid of 0 or -1 passed kill(pid, 0) (that signals a process
+    group and succeeds): `up` refused to start, telling the user to `kill 0`, their own group, and a
+    demo used a stack that was not there. A pid past C's long was an OverflowError traceback."""
+
+    class Started(Exception):
+        pass
+
+    def starts_the_stack(*args: object, **kwargs: object) -> None:
+        raise Started
+
+    signalled: list[int] = []
+    real_kill = os.kill
+
+    def kill(pid: int, sig: int) -> None:
+        signalled.append(pid)
+        real_kill(pid, sig)
+
+    monkeypatch.setattr(devstack.up, "Supervisor", starts_the_stack)
+    monkeypatch.setattr(devstack.up.os, "kill", kill)
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+    state = {"state": "ready", "supervisor_pid": supervisor_pid, "started_at": time.time()}
+    (tmp_path / "stack.json").write_text(json.dumps(state))
+    assert devstack.up.read_state(tmp_path) is None
+    with pytest.raises(Started):  # a stack is started, not refused
+        main(["--workdir", str(tmp_path), "--ports", "free", "--kafka-bootstrap", "127.0.0.1:9"])
+    assert "already runs" not in capsys.readouterr().err
+    assert all(pid > 0 for pid in signalled)
+    os.close(devstack.up._held_locks.pop())
