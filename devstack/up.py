@@ -355,6 +355,9 @@ def build_config(
     """
     workdir = workdir.resolve()
     ports = resolve_ports(workdir, ports_mode, with_kafka=kafka_bootstrap is None)
+    # Before ports.json is written: a run refused for a damaged login replaced the saved ports (the
+    # console's bookmarked one too) with those of a stack that never started.
+    users, _ = console_login(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / PORTS_FILE).write_text(json.dumps(ports, indent=2) + "\n")
     for stage, count in (replicas or {}).items():
@@ -363,7 +366,6 @@ def build_config(
             while port in ports.values():
                 port = free_port()
             ports[f"{stage}-{index}"] = port
-    users, _ = console_login(workdir)
     return StackConfig(
         workdir=workdir,
         ports=ports,

@@ -768,3 +768,18 @@ def test_a_stack_json_naming_no_process_is_no_stack_and_no_group_is_signalled(
     assert "already runs" not in capsys.readouterr().err
     assert all(pid > 0 for pid in signalled)
     os.close(devstack.up._held_locks.pop())
+
+
+def test_a_run_refused_for_a_damaged_console_login_keeps_the_saved_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ports.json was written before the login was checked: a refused run replaced the ports of the
+    last one (the console's bookmarked port too) with those of a stack that never started."""
+    monkeypatch.delenv("SKUFORGE_CONSOLE_USERS", raising=False)
+    (tmp_path / "console-login").write_text("demo-password-without-a-name\n")
+    saved = json.dumps({"console": 8087, "kafka": 9092}) + "\n"
+    (tmp_path / "ports.json").write_text(saved)
+    assert main(["--workdir", str(tmp_path), "--ports", "free", "--kafka-bootstrap", "127.0.0.1:9"]) == 2
+    assert "console-login" in capsys.readouterr().err
+    assert (tmp_path / "ports.json").read_text() == saved
+    os.close(devstack.up._held_locks.pop())
