@@ -384,9 +384,12 @@ class LocalKafka:
         if self._proc is not None:
             return self._proc.pid
         try:
-            return int(self.pid_path.read_text().strip())
+            pid = int(self.pid_path.read_text().strip())
         except (OSError, ValueError):
             return None
+        # A damaged 0 or -1 passed for a live broker (kill(0 or -1, 0) signals a group), and stopping
+        # that "broker" sent SIGTERM to the caller's own process group.
+        return pid if pid > 0 else None
 
     @classmethod
     def from_data_dir(cls, data_dir: Path | str, **kwargs: Any) -> LocalKafka:

@@ -783,3 +783,33 @@ def test_a_run_refused_for_a_damaged_console_login_keeps_the_saved_ports(
     assert "console-login" in capsys.readouterr().err
     assert (tmp_path / "ports.json").read_text() == saved
     os.close(devstack.up._held_locks.pop())
+
+
+@pytest.mark.parametrize("saved_pid", ["0", "-1"])
+def test_a_damaged_broker_pid_file_signals_no_process_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, saved_pid: str
+) -> None:
+    """<workdir>/kafka/broker.pid of 0 passed for a broker left running (kill(0, 0) succeeds and
+    /proc/0 is not there to say otherwise): `skuforge up` "stopped" it with SIGTERM to its own
+    process group; -1 hung the start 40 s waiting for "every process" to exit."""
+    signalled: list[int] = []
+    real_kill = os.kill
+
+    def kill(pid: int, sig: int) -> None:
+        if sig != 0:
+            signalled.append(pid)
+            return
+        real_kill(pid, sig)
+
+    def killpg(pgid: int, sig: int) -> None:
+        signalled.append(-pgid)
+
+    monkeypatch.setattr(os, "kill", kill)
+    monkeypatch.setattr(os, "killpg", killpg)
+    (tmp_path / "kafka").mkdir()
+    (tmp_path / "kafka" / "broker.pid").write_text(saved_pid + "\n")
+    said: list[str] = []
+    started = time.monotonic()
+    devstack.up._stop_stale_broker(tmp_path, said.append)
+    assert signalled == [] and said == []
+    assert time.monotonic() - started < 5
