@@ -847,6 +847,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:  # a damaged <workdir>/console-login
         print(f"skuforge up: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # ports.json or the login cannot be written (a directory, not ours, disk full)
+        print(f"skuforge up: cannot write the stack's files: {exc}", file=sys.stderr)
+        return 1
     _, generated_login = console_login(workdir)
     specs = build_specs(config)
     if args.with_prometheus:
@@ -907,7 +910,11 @@ def main(argv: list[str] | None = None) -> int:
         for line in lines:
             _say(line)
 
-    write_state(config, supervisor, "starting")
+    try:
+        write_state(config, supervisor, "starting")
+    except OSError as exc:  # checked before anything starts: a stack no client could find
+        print(f"skuforge up: cannot write the stack's state: {exc}", file=sys.stderr)
+        return 1
     try:
         code = supervisor.run(on_ready=on_ready)
     except SupervisorError as exc:  # pragma: no cover - run() reports start-up errors itself

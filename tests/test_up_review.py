@@ -813,3 +813,24 @@ def test_a_damaged_broker_pid_file_signals_no_process_group(
     devstack.up._stop_stale_broker(tmp_path, said.append)
     assert signalled == [] and said == []
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("blocked", ["stack.json", "ports.json"])
+def test_a_state_file_up_cannot_write_stops_it_with_one_line_starting_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], blocked: str
+) -> None:
+    """ports.json or stack.json that cannot be written (here a directory in its place; another user's
+    file, a full disk) was an IsADirectoryError/PermissionError traceback out of `skuforge up`."""
+
+    def runs_the_stack(self: object, **kwargs: object) -> int:
+        raise AssertionError("started a stack whose state cannot be written")
+
+    monkeypatch.setattr(devstack.up.Supervisor, "run", runs_the_stack)
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+    (tmp_path / blocked).mkdir()
+    code = main(["--workdir", str(tmp_path), "--ports", "free", "--kafka-bootstrap", "127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("skuforge up: cannot write the stack's ") and err.count("\n") == 1
+    assert str(tmp_path / blocked) in err
+    os.close(devstack.up._held_locks.pop())
