@@ -45,7 +45,9 @@ is read, checked against its sha256 and decoded *before* the first write. Reason
 ``object_missing``, ``checksum_mismatch``, ``foreign_uri``, the image refusals of
 ``shared/images.py`` (``corrupt``, ``not_an_image``...; ``too_many_pixels`` also for an image the event
 says is over ``SKUFORGE_MAX_IMAGE_PIXELS``, before it is read), ``dimension_mismatch`` (mask and image
-sizes differ, or image and event) and ``final_mask_missing`` (an approval without a mask).
+sizes differ, or image and event), ``final_mask_missing`` (an approval without a mask) and
+``clock_skew`` (an event produced more than ``SKUFORGE_TRAINSTORE_MAX_CLOCK_AHEAD_S`` ahead of this
+stage's clock: its time orders the item's rows, so it would outrank every later event of the item).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry, Counter
 
 from schemas.common import ImageRef
-from schemas.envelope import Envelope
+from schemas.envelope import Envelope, utc_now
 from schemas.events import CorrectionPending, CorrectionResolved, GateAccepted, ImageGenerated, SkuCaptioned
 from schemas.flow import TRAINSTORE
 from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED
@@ -114,17 +116,23 @@ class Trainstore:
     """Turns events into staged items, then writes objects and manifest rows, in that order."""
 
     def __init__(
-        self, manifests: ManifestStore, compact_after_parts: int, registry: CollectorRegistry | None = None
+        self,
+        manifests: ManifestStore,
+        compact_after_parts: int,
+        registry: CollectorRegistry | None = None,
+        max_clock_ahead_s: float = 300.0,
     ) -> None:
         self.manifests = manifests
         self.withdrawals = Withdrawals(manifests)
         self.compact_after_parts = compact_after_parts
+        self.max_clock_ahead_s = max_clock_ahead_s
         self.metrics = TrainstoreMetrics(registry or CollectorRegistry())
 
     # -- one method per input topic -------------------------------------------------------------
 
     def accepted(self, event: Envelope[GateAccepted], ctx: Context) -> list[Emit]:
         """A gate-accepted synthetic item: store the image and the predicted mask."""
+        self._refuse_clock_skew(event)
         accepted = event.payload
         generated = accepted.matted.generated
         item = self._stage_pair(ctx, generated.image, accepted.matted.predicted_mask)
@@ -134,6 +142,7 @@ class Trainstore:
 
     def resolved(self, event: Envelope[CorrectionResolved], ctx: Context) -> list[Emit]:
         """A person's decision: an approval is stored with its final mask, a rejection only recorded."""
+        self._refuse_clock_skew(event)
         resolved = event.payload
         pending = resolved.pending
         generated = pending.matted.generated
@@ -168,6 +177,7 @@ class Trainstore:
 
     def pending(self, event: Envelope[CorrectionPending], ctx: Context) -> list[Emit]:
         """An item waiting for review: a row without objects, for the stats."""
+        self._refuse_clock_skew(event)
         pending = event.payload
         generated = pending.matted.generated
         row = _synthetic_row(
@@ -178,6 +188,7 @@ class Trainstore:
 
     def captioned(self, event: Envelope[SkuCaptioned], ctx: Context) -> list[Emit]:
         """The SKU's real photos: every usable one with its mask; all verified before any is written."""
+        self._refuse_clock_skew(event)
         captioned = event.payload
         sku = captioned.sku
         # A withdrawn photo's file is gone from incoming/: its row is written as withdrawn (by _write)
@@ -236,6 +247,21 @@ class Trainstore:
         return []
 
     # -- reading and verifying ------------------------------------------------------------------
+
+    def _refuse_clock_skew(self, event: Envelope[Any]) -> None:
+        """Refuse an event dated further ahead of this stage's clock than ``max_clock_ahead_s``.
+
+        Its time orders the item's rows (``stands``): a producer's clock running ahead (or a hostile
+        producer) kept its row in place against every later event of the item while the skew lasted."""
+        produced_at = _produced_at(event)
+        ahead_s = (produced_at - utc_now()).total_seconds()
+        if ahead_s > self.max_clock_ahead_s:
+            raise BadInput(
+                "clock_skew",
+                f"the event was produced at {produced_at.isoformat()}, {ahead_s:.0f} s ahead of this "
+                f"stage's clock (SKUFORGE_TRAINSTORE_MAX_CLOCK_AHEAD_S allows {self.max_clock_ahead_s:g}); "
+                f"fix the clock of its producer {event.producer[:64]!r}",
+            )
 
     def _stage_pair(self, ctx: Context, image_ref: ImageRef, mask_ref: ImageRef) -> tuple[bytes, bytes]:
         """Read, verify and decode an image and its mask; returns the PNG bytes to store."""
@@ -550,6 +576,7 @@ def build_stage(*, trainstore: TrainstoreSettings | None = None, **kwargs: Any) 
         ManifestStore(stage.store, trainstore.trainstore_prefix),
         trainstore.trainstore_compact_after_parts,
         stage.metrics.registry,
+        trainstore.trainstore_max_clock_ahead_s,
     )
     stage.handler(GATE_ACCEPTED)(writer.accepted)
     stage.handler(CORRECTION_RESOLVED)(writer.resolved)

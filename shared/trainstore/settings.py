@@ -28,6 +28,13 @@ class TrainstoreSettings(BaseSettings):
         le=10_000,
         description="a SKU's manifest deltas are merged into one compacted part once there are this many",
     )
+    trainstore_max_clock_ahead_s: float = Field(
+        default=300.0,
+        ge=0,
+        le=86_400,
+        description="an event produced more than this far ahead of the stage's clock is dead-lettered "
+        "(clock_skew): the event's time orders an item's rows, so it would outrank every later event",
+    )
 
     @field_validator("trainstore_prefix")
     @classmethod

@@ -1,0 +1,83 @@
+"""An event dated ahead of the trainstore's clock is dead-lettered as ``clock_skew``, not stored.
+
+The event's ``produced_at`` orders an item's rows. Before, an acceptance from a producer whose clock
+ran a day ahead was stored, and every later event of the item (a reviewer's rejection an hour later)
+was left out as "older" for as long as the skew lasted.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from kafka.structs import TopicPartition
+from pydantic import BaseModel
+
+from schemas.envelope import DeadLetter, utc_now
+from schemas.events import GateAccepted
+from schemas.topics import CORRECTION_RESOLVED, GATE_ACCEPTED, Topic
+from services.trainstore.stage import build_stage
+from shared.bus import make_envelope
+from shared.config import load_settings
+from shared.runtime import Stage
+from shared.store import FileStore
+from shared.trainstore.manifest import ManifestStore, object_keys
+from shared.trainstore.settings import TrainstoreSettings
+from tests.support.gate import matted_item, resolved
+from tests.test_runtime_review import _record, _wired
+
+
+def _deliver(
+    stage: Stage, topic: Topic[Any], payload: BaseModel, sku_id: str, event_id: str, ahead: timedelta
+) -> None:
+    envelope = make_envelope(
+        topic, payload, event_id=event_id * 32, sku_id=sku_id, trace_id="t", producer="console"
+    )
+    envelope = envelope.model_copy(update={"produced_at": utc_now() + ahead})
+    tp = TopicPartition(stage.settings.topic_name(topic), 0)
+    stage._process_batch({tp: [_record(tp.topic, 0, envelope.model_dump_json().encode())]})
+
+
+def test_an_event_from_a_clock_a_day_ahead_is_dead_lettered_and_later_events_are_stored(
+    tmp_path: Path,
+) -> None:
+    store = FileStore(tmp_path / "store")
+    stage = build_stage(
+        trainstore=load_settings(TrainstoreSettings),
+        settings=load_settings(store_uri=f"file://{tmp_path / 'store'}"),
+    )
+    _, producer = _wired(stage)
+    matted = matted_item(store, 1, 0)
+    sku_id, item_id = matted.generated.sku.sku_id, matted.generated.item_id
+
+    accepted = GateAccepted(matted=matted, iou=0.97, checks=[])
+    _deliver(stage, GATE_ACCEPTED, accepted, sku_id, "a", timedelta(days=1))
+    _deliver(stage, CORRECTION_RESOLVED, resolved(store, matted, "reject"), sku_id, "b", timedelta(0))
+
+    [(dlq, value)] = producer.acked
+    letter = DeadLetter.model_validate_json(value)
+    assert dlq == stage.settings.topic_name(GATE_ACCEPTED) + ".dlq"
+    assert letter.reason == "clock_skew" and "ahead of this stage's clock" in letter.detail
+    rows = ManifestStore(store, "trainstore").read_sku(sku_id)
+    assert rows[item_id].status == "rejected"
+    image_key, _ = object_keys(sku_id, "synthetic", item_id)
+    assert not store.exists(f"trainstore/{image_key}")
+
+
+def test_an_event_within_the_allowed_skew_is_stored(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    stage = build_stage(
+        trainstore=load_settings(TrainstoreSettings, trainstore_max_clock_ahead_s=120),
+        settings=load_settings(store_uri=f"file://{tmp_path / 'store'}"),
+    )
+    _, producer = _wired(stage)
+    matted = matted_item(store, 1, 0)
+    sku_id = matted.generated.sku.sku_id
+
+    accepted = GateAccepted(matted=matted, iou=0.97, checks=[])
+    _deliver(stage, GATE_ACCEPTED, accepted, sku_id, "a", timedelta(seconds=60))
+
+    assert producer.acked == []
+    rows = ManifestStore(store, "trainstore").read_sku(sku_id)
+    assert rows[matted.generated.item_id].status == "accepted"
