@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
 from schemas.common import Contract, ObjectRef, SafeId, UtcDatetime
 
 P = TypeVar("P", bound=BaseModel)
+
+# Both go into every log line of the event (``key=value`` in the text format): a control character or a
+# space let a producer forge lines or fields, and an unbounded ``producer`` bloated every one.
+LogToken = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[!-~]+$")]
 
 
 def derive_id(*parts: str) -> str:
@@ -50,9 +54,9 @@ class EnvelopeHeader(Contract):
     schema_name: str = Field(description="payload schema name, e.g. 'sku.ingested'")
     schema_version: int = Field(ge=1)
     sku_id: SafeId = Field(description="also the Kafka key, so one SKU's events stay ordered")
-    trace_id: str = Field(min_length=1, max_length=64, description="follows the SKU end to end")
+    trace_id: LogToken = Field(description="follows the SKU end to end; printable ASCII, no spaces")
     produced_at: UtcDatetime = Field(description="with an offset; a naive time is read as UTC")
-    producer: str = Field(min_length=1, description="stage that produced the event")
+    producer: LogToken = Field(description="stage that produced the event; printable ASCII, no spaces")
 
 
 class Envelope(EnvelopeHeader, Generic[P]):

@@ -206,3 +206,28 @@ def test_nan_or_infinity_in_an_event_is_dead_lettered_not_forwarded_as_null(
 
     letter = _dead_letter_for(tmp_path, written, topic)
     assert letter.reason == "schema_invalid" and field in letter.detail
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("trace_id", "t\n2026-12-05 ERROR trainstore: forged line"),
+        ("trace_id", "t sku_id=SKU-OTHER"),
+        ("producer", "p" * 100_000),
+        ("producer", "console\r"),
+    ],
+    ids=["trace_id_newline", "trace_id_space", "producer_long", "producer_carriage_return"],
+)
+def test_a_trace_id_or_producer_that_would_forge_log_lines_is_dead_lettered_naming_the_field(
+    tmp_path: Path, field: str, value: str
+) -> None:
+    """Before, ``producer`` had no length limit and ``trace_id`` took any character: both went unescaped
+    into the text log format (``key=value``), so a producer could forge log lines or fields."""
+    written = _ingested_envelope() | {field: value}
+    letter = _dead_letter_for(tmp_path, written)
+    assert letter.reason == "schema_invalid" and letter.detail.startswith(f"{field}: ")
+
+    schema = _committed(SKU_INGESTED)
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(schema).validate(written)
+    assert list(refused.value.absolute_path) == [field]
