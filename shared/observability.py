@@ -11,6 +11,7 @@ import contextvars
 import errno
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -366,11 +367,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# Characters that end a line for some reader (a terminal, `less`, a log shipper splitting on \r or U+2028).
+_LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _one_line(value: object) -> str:
+    """``value`` as text, its control characters escaped (``\\n``): a value read from input (a file
+    name, an error's detail) must not start a line of its own, which a reader takes for another record."""
+    return _LINE_BREAKING.sub(
+        lambda match: match.group().encode("unicode_escape").decode("ascii"), str(value)
+    )
+
+
 class TextFormatter(logging.Formatter):
-    """Human-readable lines that still show the structured fields (``key=value``) and the trace."""
+    """Human-readable lines that still show the structured fields (``key=value``) and the trace; one line
+    per record, but for a traceback."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The line before its fields, the message's control characters escaped (not a traceback's)."""
+        return _one_line(super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
         fields = {
@@ -382,7 +400,7 @@ class TextFormatter(logging.Formatter):
             if var.get():
                 fields[name] = var.get()
         line = super().format(record)
-        return line + "".join(f" {key}={value}" for key, value in fields.items())
+        return line + "".join(f" {key}={_one_line(value)}" for key, value in fields.items())
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:

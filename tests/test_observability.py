@@ -37,6 +37,21 @@ def test_text_log_lines_keep_the_fields() -> None:
     assert line.endswith("training step=50 trace_id=trace-9")
 
 
+def test_a_value_read_from_input_cannot_forge_a_text_log_line() -> None:
+    """Before, a file name or detail with a newline went into the text format as it was: a reader saw
+    a second record (here a forged ERROR) that no stage wrote."""
+    forged = "x.png\r\n2026-12-05 06:00:00,000 ERROR skuforge.trainstore: forged\u2028"
+    record = logging.makeLogRecord(
+        {"name": "t", "levelname": "INFO", "msg": "photo %s skipped", "args": (forged,), "file": forged}
+    )
+    line = TextFormatter().format(record)
+    assert line.splitlines() == [line]
+    assert line.endswith(
+        "photo x.png\\r\\n2026-12-05 06:00:00,000 ERROR skuforge.trainstore: forged\\u2028 skipped "
+        "file=x.png\\r\\n2026-12-05 06:00:00,000 ERROR skuforge.trainstore: forged\\u2028"
+    )
+
+
 def test_health_server_paths() -> None:
     ready = {"value": False}
     metrics = StageMetrics("unit")
