@@ -47,6 +47,16 @@ from tests.support.captioning import caption, context
         ("bottled vegetables", "bottle"),
         ("frozen vegetables", None),
         ("dried fruit", None),
+        # A packaging word before a tool or accessory says what it is for, not what it comes in: a can
+        # opener was captioned "cylindrical can" and its mask's dents filled as a can's.
+        ("can opener", None),
+        ("Bottle opener", None),
+        ("bottle brush", None),
+        ("jar lids", None),
+        ("bag clips", None),
+        ("box cutter", None),
+        ("tin foil", None),
+        ("soda can 330ml", "can"),
     ],
 )
 def test_the_packaging_a_category_names(category: str, shape: str | None) -> None:
@@ -85,3 +95,18 @@ def test_the_owners_packaging_beats_the_measured_one(tmp_path: Path) -> None:
         assert SHAPE_PHRASES[other] in photo.caption
         if SHAPE_PHRASES.get(measured_shape):
             assert SHAPE_PHRASES[measured_shape] not in photo.caption
+
+
+def test_a_tool_named_after_packaging_is_not_captioned_as_that_packaging(tmp_path: Path) -> None:
+    measured = _captioned(tmp_path, "sour cream")  # names no packaging: the masks decide
+    measured_shape = measured.photos[0].shape
+    named = next(shape for shape in ("can", "bottle") if shape != measured_shape)
+    category = {"can": "can opener", "bottle": "bottle opener"}[named]
+
+    tool = _captioned(tmp_path, category)
+
+    for photo, reference in zip(tool.photos, measured.photos, strict=True):
+        assert photo.shape == measured_shape, photo.caption
+        assert SHAPE_PHRASES[named] not in photo.caption
+        assert photo.mask is not None and reference.mask is not None
+        assert photo.mask.sha256 == reference.mask.sha256  # no dents filled as on a can's convex outline

@@ -110,6 +110,15 @@ _DECLARED_PACKED: Final[dict[str, ShapeName]] = {
 }
 # ... and a processing word says the fruit is not loose and fresh, without saying in what.
 _PROCESSED: Final = frozenset({"frozen", "dried", "pickled", "preserved", "candied", "sliced", "chopped"})
+# A packaging word before one of these says what the product is for, not what it comes in: a "can
+# opener" is no can (its caption said "cylindrical can", and its mask's dents were filled as a can's).
+_FOR_PACKAGING: Final = frozenset(
+    {
+        *("opener", "openers", "brush", "brushes", "clip", "clips", "cutter", "cutters", "lid", "lids"),
+        *("cap", "caps", "stopper", "stoppers", "holder", "holders", "rack", "racks", "foil", "candle"),
+        "candles",
+    }
+)
 
 
 def declared_shape(category: str) -> ShapeName | None:
@@ -118,8 +127,11 @@ def declared_shape(category: str) -> ShapeName | None:
     when the head itself is fruit or vegetables ("fresh fruit", "fruit and vegetables"; not "fruit
     juice" or "vegetable oil", where the word only says what the product is made of), unless a word
     says it is packed or processed: "canned vegetables" are a can, "frozen vegetables" say nothing of
-    their packaging (the masks decide); None when it says nothing about packaging ("sour cream")."""
+    their packaging (the masks decide); None when it says nothing about packaging ("sour cream"), or
+    names it only as what a tool or accessory is for ("can opener", "bottle brush", "jar lids")."""
     words = re.findall(r"[a-z]+", category.lower())
+    # The packaging word goes with the tool after it: "can opener" is read as "opener".
+    words = [word for word, after in zip(words, [*words[1:], ""], strict=True) if after not in _FOR_PACKAGING]
     head = words[: words.index("of")] if "of" in words else words
     for candidates in (head, words):
         packaging = [_DECLARED_PACKAGING[word] for word in candidates if word in _DECLARED_PACKAGING]
