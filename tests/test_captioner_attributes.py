@@ -575,6 +575,27 @@ def test_a_vlm_sentence_keeps_the_articles_of_words_it_did_not_lose(
     assert merge_sentence("C", sentence, ["red"], shape) == f"C, {merged}"
 
 
+@pytest.mark.parametrize(
+    ("sentence", "colours", "merged"),
+    [
+        # Hyphenated colours passed as one word the filter did not know: "white" measured, the
+        # caption said "a blue-and-white box", "a dark-red box".
+        ("a blue-and-white box", ["white"], "a white box"),
+        ("a dark-red box on a navy-blue shelf", ["white"], "a dark box on a shelf"),
+        ("a red-white box", ["white"], "a white box"),
+        # BLIP's decoder spaces a hyphen out: "blue - and - white" lost "blue" and kept "- and -".
+        ("a blue - and - white box", ["white"], "a white box"),
+        # Measured colours keep their hyphens, and words that only contain a colour are not colours.
+        ("a red-and-white box", ["red", "white"], "a red-and-white box"),
+        ("a box of blue-berries", ["white"], "a box of blue-berries"),
+    ],
+)
+def test_a_vlm_sentence_cannot_name_an_unmeasured_colour_in_a_hyphenated_word(
+    sentence: str, colours: list[str], merged: str
+) -> None:
+    assert merge_sentence("C", sentence, colours, "box") == f"C, {merged}"
+
+
 def test_plain_background_share_tells_a_catalogue_photo_from_a_cluttered_one() -> None:
     rng = np.random.default_rng(3)
     mask = np.zeros((200, 160), dtype=np.uint8)

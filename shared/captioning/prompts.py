@@ -351,19 +351,39 @@ def _modifies(words: Sequence[str], index: int) -> bool:
     return following not in _NOT_MODIFIED
 
 
+# Words that join or shade colours in a hyphenated compound: "blue-and-white", "dark-red".
+_COLOUR_JOINERS: Final = frozenset({"and", "or", "dark", "light", "pale", "bright", "deep"})
+
+
+def _sentence_words(sentence: str, measured: set[str]) -> list[str]:
+    """The sentence's lowercased words, with a hyphenated colour compound that names an unmeasured
+    colour ("blue-and-white", "dark-red") split into its words, so each colour is judged on its own;
+    a bare hyphen (BLIP's decoder spaces them out: "blue - and - white") is left out."""
+    words: list[str] = []
+    for word in re.findall(r"[A-Za-z0-9'&-]+", sentence.lower()):
+        parts = [part for part in word.split("-") if part]
+        colours = {part for part in parts if part in _COLOUR_WORDS}
+        if len(parts) > 1 and colours - measured and set(parts) <= _COLOUR_WORDS | _COLOUR_JOINERS:
+            words.extend(parts)
+        elif parts:
+            words.append(word)
+    return words
+
+
 def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: str) -> str:
     """Append a vision-language model's sentence to a caption, minus any claim the measurements refute.
 
-    Colour words not among the measured colours are dropped where they say a colour ("a red box"),
-    not where they are a noun ("sour cream", "an orange on a table"); a packaging word naming another
-    shape becomes the measured one ("product" when the shape is unknown; dropped with its article and
-    "of" for loose produce): the attribute captioner is authoritative for both. An article before a
+    Colour words not among the measured colours are dropped where they say a colour ("a red box", the
+    "blue" of "a blue-and-white box"), not where they are a noun ("sour cream", "an orange on a
+    table"); a packaging word naming another shape becomes the measured one ("product" when the
+    shape is unknown; dropped with its article and "of" for loose produce): the attribute captioner
+    is authoritative for both. An article before a
     word dropped or replaced is redone for the word now after it; the model's others stay. What is
     left (scene, objects, text the model read) is appended after a comma. An empty sentence, or one
     left with only glue words, adds nothing.
     """
     measured = {colour.lower() for colour in colours}
-    words = [word.lower() for word in re.findall(r"[A-Za-z0-9'&-]+", sentence)]
+    words = _sentence_words(sentence, measured)
     kept: list[str] = []
     # Indices in ``kept`` of the articles before a word dropped or replaced: "an orange box" is "a can".
     # Only those are redone: ``article`` misses cases ("an x-ray"), and the model had the rest right.
