@@ -596,6 +596,28 @@ def test_a_vlm_sentence_cannot_name_an_unmeasured_colour_in_a_hyphenated_word(
     assert merge_sentence("C", sentence, colours, "box") == f"C, {merged}"
 
 
+@pytest.mark.parametrize(
+    ("sentence", "shape", "merged"),
+    [
+        # Packaging words the category reader knows ("tins of tomatoes" is a can) passed untouched
+        # here: a box's caption went on "two tins of beans", a jar's "a carton of yoghurt".
+        ("two tins of beans", "box", "two boxes of beans"),
+        ("a carton of yoghurt", "jar", "a jar of yoghurt"),
+        ("a tub of ice cream", "box", "a box of ice cream"),
+        ("three cartons on a shelf", "can", "three cans on a shelf"),
+        ("a packet of crisps", "bottle", "a bottle of crisps"),
+        ("two bottles", "other", "two products"),
+        ("pouches of rice", "produce", "rice"),
+        # A packaging word before a tool is no packaging ("can opener": ``declared_shape``).
+        ("a bottle opener on a table", "other", "a bottle opener on a table"),
+    ],
+)
+def test_a_vlm_sentence_cannot_name_other_packaging_in_any_of_its_words(
+    sentence: str, shape: str, merged: str
+) -> None:
+    assert merge_sentence("C", sentence, ["red"], shape) == f"C, {merged}"
+
+
 def test_plain_background_share_tells_a_catalogue_photo_from_a_cluttered_one() -> None:
     rng = np.random.default_rng(3)
     mask = np.zeros((200, 160), dtype=np.uint8)

@@ -63,7 +63,7 @@ SHAPE_PHRASES: Final[dict[str, str]] = {
     "produce": "loose fresh produce, no packaging",
     "other": "",
 }
-# Words that name a colour or a packaging shape: a VLM's sentence may not contradict the measurements.
+# Words that name a colour: a VLM's sentence may not contradict the measured ones (packaging: _SHAPE_WORDS).
 _COLOUR_WORDS: Final = frozenset(
     {
         *("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white"),
@@ -71,21 +71,6 @@ _COLOUR_WORDS: Final = frozenset(
         *("navy", "maroon", "tan", "cream"),
     }
 )
-_SHAPE_WORDS: Final[dict[str, str]] = {
-    "can": "can",
-    "cans": "can",
-    "tin": "can",
-    "bottle": "bottle",
-    "bottles": "bottle",
-    "box": "box",
-    "boxes": "box",
-    "carton": "box",
-    "pouch": "pouch",
-    "bag": "pouch",
-    "packet": "pouch",
-    "jar": "jar",
-    "jars": "jar",
-}
 
 
 # Packaging a category names, by its nouns: what the product's owner says beats a measurement of a
@@ -96,6 +81,18 @@ _DECLARED_PACKAGING: Final[dict[str, ShapeName]] = {
     **{word: "bottle" for word in ("bottle", "bottles")},
     **{word: "jar" for word in ("jar", "jars", "tub", "tubs")},
     **{word: "pouch" for word in ("pouch", "pouches", "bag", "bags", "packet", "packets")},
+}
+# A VLM's sentence reads packaging words as a category does: each names the shape it is ("tins", "a
+# tub", "cartons" too, which passed into captions of other shapes).
+_SHAPE_WORDS: Final[dict[str, str]] = dict(_DECLARED_PACKAGING)
+# How a caption spells a shape several times: "two tins of beans" of a box is "two boxes of beans".
+_PLURAL_SHAPES: Final[dict[str, str]] = {
+    "can": "cans",
+    "bottle": "bottles",
+    "box": "boxes",
+    "pouch": "pouches",
+    "jar": "jars",
+    "product": "products",
 }
 _DECLARED_PRODUCE: Final = frozenset(
     {"fruit", "fruits", "vegetable", "vegetables", "veg", "veggies", "produce"}
@@ -375,9 +372,10 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
 
     Colour words not among the measured colours are dropped where they say a colour ("a red box", the
     "blue" of "a blue-and-white box"), not where they are a noun ("sour cream", "an orange on a
-    table"); a packaging word naming another shape becomes the measured one ("product" when the
-    shape is unknown; dropped with its article and "of" for loose produce): the attribute captioner
-    is authoritative for both. An article before a
+    table"); a packaging word naming another shape becomes the measured one, plural if it was ("two
+    tins" of a box are "two boxes"; "product" when the shape is unknown; dropped with its article and
+    "of" for loose produce; not before a tool: "a bottle opener"): the attribute captioner is
+    authoritative for both. An article before a
     word dropped or replaced is redone for the word now after it; the model's others stay. What is
     left (scene, objects, text the model read) is appended after a comma. An empty sentence, or one
     left with only glue words, adds nothing.
@@ -405,7 +403,7 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
                 retold.add(len(kept) - 1)
             skip = following if following in ("and", "or") else None  # "red and white box"
             continue
-        if lower in _SHAPE_WORDS and _SHAPE_WORDS[lower] != shape:
+        if lower in _SHAPE_WORDS and _SHAPE_WORDS[lower] != shape and following not in _FOR_PACKAGING:
             if shape == "produce":
                 # Loose produce has no packaging: "a bag of oranges" is "oranges", not "a produce of".
                 if kept and kept[-1] in ("a", "an", "the"):
@@ -413,7 +411,9 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
                     kept.pop()
                 skip = "of" if following == "of" else None
                 continue
-            lower = shape if shape != "other" else "product"
+            # Every packaging word ends in "s" only when plural ("tins", "boxes"; "box", "can" do not).
+            measured_word = shape if shape != "other" else "product"
+            lower = _PLURAL_SHAPES[measured_word] if lower.endswith("s") else measured_word
             if kept and kept[-1] in ("a", "an"):
                 retold.add(len(kept) - 1)
         kept.append(lower)
