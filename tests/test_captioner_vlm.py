@@ -124,3 +124,30 @@ def test_a_damaged_or_foreign_model_folder_and_a_too_long_sentence_are_refused_a
     with pytest.raises(VlmModelError, match=f"exceed the {positions} text positions"):
         open_vlm(str(blip_dir), cache_dir=None, threads=1, use_gpu=False, max_new_tokens=positions)
     assert open_vlm(str(blip_dir), cache_dir=None, threads=1, use_gpu=False, max_new_tokens=positions // 2)
+
+
+def test_a_vlm_cache_that_cannot_be_written_is_a_start_up_error_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The matting model's cache says so; the BLIP folder's was an OSError traceback out of
+    # `skuforge run captioner` (exit 1), naming neither the folder's setting nor what to do.
+    from skuforge_cli.main import main as cli_main
+
+    model = tmp_path / "models" / "blip"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text('{"model_type": "blip"}')
+    (tmp_path / "a-file").write_text("not a folder")
+    for name, value in {
+        "SKUFORGE_STORE_URI": (tmp_path / "store").as_uri(),
+        "SKUFORGE_METRICS_PORT": "0",
+        "SKUFORGE_CAPTIONER_USE_GPU": "false",
+        "SKUFORGE_CAPTIONER_BACKEND": "vlm",
+        "SKUFORGE_CAPTIONER_VLM_MODEL": model.as_uri(),
+        "SKUFORGE_CAPTIONER_VLM_CACHE_DIR": str(tmp_path / "a-file" / "cache"),
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    assert cli_main(["run", "captioner"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "SKUFORGE_CAPTIONER_VLM_CACHE_DIR" in err and str(tmp_path / "a-file" / "cache") in err

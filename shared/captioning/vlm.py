@@ -25,6 +25,7 @@ from PIL import Image
 
 from shared.errors import BadInput
 from shared.model_cache import COMPLETE_MARKER, fetch_directory
+from shared.model_cache import cache_dir as cache_path
 from shared.store import ObjectStore
 
 __all__ = ["VlmCaptioner", "VlmModelError", "fetch_model_dir", "open_vlm"]
@@ -45,7 +46,7 @@ def fetch_model_dir(
     """Copy the BLIP directory ``uri`` into the local model cache once (``shared/model_cache.py``).
 
     Returns the local directory; a URI without a ``config.json`` is not a save_pretrained BLIP
-    directory and raises ``VlmModelError``.
+    directory, and a cache that cannot be written is no place to copy it: both raise ``VlmModelError``.
     """
     try:
         return fetch_directory(
@@ -58,6 +59,11 @@ def fetch_model_dir(
         )
     except (ValueError, BadInput) as exc:
         raise VlmModelError(f"cannot open the BLIP model directory {uri!r}: {exc}") from exc
+    except OSError as exc:  # a read-only /tmp, a cache path through a file: was a traceback at start-up
+        raise VlmModelError(
+            f"cannot copy the BLIP model directory {uri!r} into the model cache ({cache_path(cache_dir)}): "
+            f"{exc}; point SKUFORGE_CAPTIONER_VLM_CACHE_DIR at a folder this user can write"
+        ) from exc
 
 
 def _directory_digest(directory: Path) -> str:
