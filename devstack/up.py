@@ -660,11 +660,13 @@ def read_state(workdir: Path) -> dict[str, Any] | None:
     """The state of the stack of ``workdir`` if its supervisor still runs, else None."""
     try:
         state: dict[str, Any] = json.loads((workdir / STATE_FILE).read_text())
-        pid = int(state["supervisor_pid"])
+        pid = state["supervisor_pid"]
         # A damaged or hand-edited 0 or -1 passed the check below (kill(0 or -1, 0) signals a group
-        # and succeeds), and the refusal of `up` then told the user to `kill 0`, their own group.
-        if pid <= 0:
-            raise ValueError(f"supervisor_pid {pid} is not a process")
+        # and succeeds), and the refusal of `up` then told the user to `kill 0`, their own group. 1 is
+        # init, started before any stack, so it passed the pid-reuse check too; JSON's true is 1 in
+        # Python, and int() made 1 of 1.9 and "1". `up` writes its pid as a JSON integer above 1.
+        if type(pid) is not int or pid <= 1:
+            raise ValueError(f"supervisor_pid {pid!r} is not a stack's supervisor")
         # PermissionError: alive, another user's; the stack runs (a demo only reads its state).
         with contextlib.suppress(PermissionError):
             os.kill(pid, 0)

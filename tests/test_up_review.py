@@ -736,13 +736,19 @@ def test_a_port_answered_by_something_not_http_is_not_ready_and_the_stack_runs_o
     assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
 
 
-@pytest.mark.parametrize("supervisor_pid", [0, -1, "0", 10**20], ids=["0", "-1", "text-0", "past-c-long"])
+@pytest.mark.parametrize(
+    "supervisor_pid",
+    [0, -1, "0", 10**20, 1, True, "1", 1.9],
+    ids=["0", "-1", "text-0", "past-c-long", "init-1", "json-true", "text-1", "fraction"],
+)
 def test_a_stack_json_naming_no_process_is_no_stack_and_no_group_is_signalled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], supervisor_pid: Any
 ) -> None:
     """A damaged or hand-edited supervisor_pid of 0 or -1 passed kill(pid, 0) (that signals a process
     group and succeeds): `up` refused to start, telling the user to `kill 0`, their own group, and a
-    demo used a stack that was not there. A pid past C's long was an OverflowError traceback."""
+    demo used a stack that was not there. A pid past C's long was an OverflowError traceback. 1 (init,
+    or JSON's true, or 1.9) passed as a stack started after init: `up` refused, telling the user to
+    `kill 1`."""
 
     class Started(Exception):
         pass
@@ -766,7 +772,7 @@ def test_a_stack_json_naming_no_process_is_no_stack_and_no_group_is_signalled(
     with pytest.raises(Started):  # a stack is started, not refused
         main(["--workdir", str(tmp_path), "--ports", "free", "--kafka-bootstrap", "127.0.0.1:9"])
     assert "already runs" not in capsys.readouterr().err
-    assert all(pid > 0 for pid in signalled)
+    assert all(pid > 1 for pid in signalled)
     os.close(devstack.up._held_locks.pop())
 
 
