@@ -637,8 +637,15 @@ def write_state(config: StackConfig, supervisor: Supervisor, state: str) -> None
     }
     path = config.workdir / STATE_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(document, indent=2) + "\n")
+        tmp.replace(path)
+    except OSError:
+        # A stack.json that cannot be replaced (a directory, another user's, a full disk) stops `up`:
+        # it leaves no stack.tmp behind, nor a partial one.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def process_started_at(pid: int) -> float | None:

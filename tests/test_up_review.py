@@ -826,7 +826,8 @@ def test_a_state_file_up_cannot_write_stops_it_with_one_line_starting_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], blocked: str
 ) -> None:
     """ports.json or stack.json that cannot be written (here a directory in its place; another user's
-    file, a full disk) was an IsADirectoryError/PermissionError traceback out of `skuforge up`."""
+    file, a full disk) was an IsADirectoryError/PermissionError traceback out of `skuforge up`; a
+    refused stack.json then left the stack.tmp it was to be replaced from."""
 
     def runs_the_stack(self: object, **kwargs: object) -> int:
         raise AssertionError("started a stack whose state cannot be written")
@@ -839,4 +840,5 @@ def test_a_state_file_up_cannot_write_stops_it_with_one_line_starting_nothing(
     assert code == 1
     assert err.startswith("skuforge up: cannot write the stack's ") and err.count("\n") == 1
     assert str(tmp_path / blocked) in err
+    assert not (tmp_path / "stack.tmp").exists(), "the refused run left its stack.tmp behind"
     os.close(devstack.up._held_locks.pop())
