@@ -269,10 +269,26 @@ def test_the_report_counts_only_this_runs_real_photos_in_the_store(tmp_path: Pat
 SMALL_SYNTHETIC = ["--synthetic", "--synthetic-skus", "1", "--photos-per-sku", "1", "--size", "64"]
 
 
-def write_running_stack(workdir: Path, env: dict[str, str] | None = None) -> int:
-    """A stack.json that read_state takes for a live stack (its supervisor: this test process)."""
+def write_running_stack(workdir: Path, env: dict[str, str] | None = None, **fields: Any) -> int:
+    """A stack.json that read_state takes for a live stack (its supervisor: this test process), with
+    the fields the demo reads as skuforge up writes them, and ``fields`` in their place."""
     workdir.mkdir(parents=True, exist_ok=True)
-    state = {"state": "ready", "supervisor_pid": os.getpid(), "started_at": time.time(), "env": env or {}}
+    state = {
+        "state": "ready",
+        "supervisor_pid": os.getpid(),
+        "started_at": time.time(),
+        "workdir": str(workdir),
+        "console_url": "http://127.0.0.1:8087",
+        "console_user": "demo",
+        "console_login_file": str(workdir / "console-login"),
+        "console_db": str(workdir / "console" / "tasks.sqlite"),
+        "env": env or {},
+        "services": {
+            stage: {"status": "ready", "metrics": None}
+            for stage in ("captioner", "matting", "generator", "gate", "trainstore", "console")
+        },
+        **fields,
+    }
     (workdir / "stack.json").write_text(json.dumps(state))
     return os.getpid()
 
@@ -423,6 +439,44 @@ def test_a_running_stack_keeps_its_variants_and_a_different_variants_option_is_s
         else []
     )
     assert capsys.readouterr().err.splitlines() == expected
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        ({"env": "SKUFORGE_KAFKA_BOOTSTRAP=127.0.0.1:9092"}, "env is str, not an object of settings"),
+        ({"env": ["SKUFORGE_KAFKA_BOOTSTRAP"]}, "env is list, not an object of settings"),
+        (
+            {"env": {"SKUFORGE_GENERATION_VARIANTS_PER_SKU": 8}},
+            "env: SKUFORGE_GENERATION_VARIANTS_PER_SKU: not text",
+        ),
+        ({"services": None}, "services does not hold an object for each of captioner"),
+        ({"services": {"gate": "ready"}}, "services does not hold an object for each of captioner"),
+        ({"console_url": 8087}, "console_url: not text"),
+    ],
+    ids=["env-text", "env-list", "env-number", "no-services", "service-text", "console-url-number"],
+)
+def test_a_running_stacks_damaged_stack_json_is_one_line_naming_it_before_anything_runs(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    stand_in_up: list[StandInUp],
+    damage: dict[str, Any],
+    problem: str,
+) -> None:
+    """A field of stack.json of the wrong type (hand-edited, damaged) was an AttributeError or
+    TypeError traceback from the demo, or, for the services and the console's address, a KeyError
+    once the SKUs had gone through the stack."""
+    workdir = tmp_path / "up"
+    pid = write_running_stack(workdir, **damage)
+    monkeypatch.setattr(demo_module, "run_flow", lambda *_args, **_kwargs: pytest.fail("ran the flow"))
+    code = demo_main([*SMALL_SYNTHETIC, "--out", str(tmp_path / "out"), "--workdir", str(workdir)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"skuforge demo: {workdir / 'stack.json'}: {problem}") and err.count("\n") == 1
+    assert f"kill -INT {pid}" in err
+    assert stand_in_up == [], "no stack was started beside the running one"
+    assert not (tmp_path / "out" / "catalogue").exists(), "the SKUs were rendered before the check"
 
 
 def test_ctrl_c_leaves_a_stack_that_was_running_before_the_demo_running(

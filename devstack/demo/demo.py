@@ -49,7 +49,7 @@ from devstack.demo.report import (
 )
 from devstack.demo.tracker import FOLLOWED, FlowState, FlowTracker
 from devstack.supervisor import open_log
-from devstack.up import DEFAULT_WORKDIR, read_state
+from devstack.up import DEFAULT_WORKDIR, STATE_FILE, read_state
 from schemas.events import CorrectionPending, GateAccepted, ImageGenerated, SkuCaptioned, SkuIngested
 from schemas.topics import (
     CORRECTION_PENDING,
@@ -71,6 +71,8 @@ STACK_START_TIMEOUT_S = 600.0
 # How long a stack started here gets to stop after SIGINT before its supervisor is killed.
 STACK_STOP_TIMEOUT_S = 180.0
 DEFAULT_VARIANTS = 6  # generated images per SKU of a stack the demo starts
+# Text fields of a running stack's stack.json that the demo reads (skuforge up writes them all).
+STACK_TEXT_FIELDS = ("workdir", "console_url", "console_user", "console_login_file", "console_db")
 # The exit status of a command ended by Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
 # The real photos the demo runs on by default; where each comes from: samples/grocerystore/README.md.
@@ -210,6 +212,29 @@ def stack_variants(state: Mapping[str, Any]) -> int | None:
         return int(configured)
     except ValueError:
         return None
+
+
+def stack_problem(state: Mapping[str, Any]) -> str | None:
+    """What keeps the demo from using a running stack's state (its stack.json), or None.
+
+    Checked before the demo uses the stack: a damaged or hand-edited field was an AttributeError or
+    TypeError traceback, some only after the SKUs had gone through the stack.
+    """
+    env = state.get("env")
+    if not isinstance(env, dict):
+        return f"env is {type(env).__name__}, not an object of settings"
+    if not_text := [name for name, value in env.items() if not isinstance(value, str)]:
+        return f"env: {', '.join(not_text)}: not text"
+    services = state.get("services")
+    stages = [*FOLLOWED, "trainstore"]
+    if not isinstance(services, dict) or not all(
+        isinstance(services.get(stage), dict) and isinstance(services[stage].get("metrics"), str | None)
+        for stage in stages
+    ):
+        return f"services does not hold an object for each of {', '.join(stages)}"
+    if not_text := [field for field in STACK_TEXT_FIELDS if not isinstance(state.get(field), str)]:
+        return f"{', '.join(not_text)}: not text"
+    return None
 
 
 def how_to_stop(state: Mapping[str, Any]) -> str:
@@ -395,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     # The workdir may be a stack another user started, whose state the demo only reads.
     # The workdir may be a stack another user started, whose state the demo only reads; with no stack
     # running there, the demo starts one in it, so it must be writable.
-    workdir_writable = read_state(args.workdir.resolve()) is None
+    running_before = read_state(args.workdir.resolve())
+    workdir_writable = running_before is None
     for option, folder, writable in (
         ("--out", args.out, True),
         ("--workdir", args.workdir, workdir_writable),
@@ -410,6 +436,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {args.out}: {problem}")
 
     workdir = args.workdir.resolve()
+    # A running stack's damaged stack.json is named now, before anything is rendered or ingested.
+    if (
+        running_before is not None
+        and running_before.get("state") == "ready"
+        and (problem := stack_problem(running_before))
+    ):
+        print(
+            f"skuforge demo: {workdir / STATE_FILE}: {problem}; the file is damaged: stop that "
+            f"stack ({how_to_stop(running_before)}) and start it again, which writes it afresh",
+            file=sys.stderr,
+        )
+        return 2
     stack_entered = stack_was_running = False
     try:
         if args.synthetic:
