@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import re
+import sqlite3
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from starlette.testclient import TestClient
 
 from services.console.decisions import corrected_mask_key, mask_from_ref
 from services.console.intake import handle as intake_handle
-from services.console.tasks import TaskFilter, TaskStore, decision_event_id
+from services.console.tasks import _SCHEMA, TaskFilter, TaskStore, decision_event_id
 from shared.images import decode_mask, encode_png
 from tests.support.console import (
     ConsoleParts,
@@ -482,6 +484,44 @@ def test_a_replayed_gate_decision_shows_its_newest_reasons_on_an_open_task_only(
     trail = parts.tasks.audit(first.event_id)
     parts.tasks.add_pending(replayed(first))
     assert parts.tasks.audit(first.event_id) == trail
+
+
+def test_an_older_copy_of_a_gate_decision_delivered_late_does_not_bring_back_its_reasons(
+    tmp_path: Path,
+) -> None:
+    """The gate replayed publishes newer reasons; the first copy, parked in the dead-letter topic and
+    replayed afterwards, arrives last. The task keeps the newer verdict, also in a table created
+    before the event time was stored."""
+    parts = build_console(tmp_path)
+    first = pending_envelope(flagged_item(parts.store, 0))
+    payload = first.payload.model_copy(update={"reasons": ["mask_touches_border"], "iou": 0.5})
+    later = first.produced_at + timedelta(hours=1)
+    newer = first.model_copy(update={"payload": payload, "produced_at": later})
+    parts.tasks.add_pending(newer)
+    trail = parts.tasks.audit(first.event_id)
+
+    assert parts.tasks.add_pending(first) is False
+    task = parts.tasks.get(first.event_id)
+    assert (task.reasons, task.iou, task.pending) == (["mask_touches_border"], 0.5, payload)
+    assert parts.tasks.audit(first.event_id) == trail, "nothing changed, nothing audited"
+
+    # A table from before produced_at (and before 'withdrawn') opens with its rows and then compares.
+    old = tmp_path / "old.sqlite3"
+    before = _SCHEMA.replace(",\n    produced_at      REAL", "").replace(", 'withdrawn'", "")
+    assert "produced_at" not in before
+    db = sqlite3.connect(old)
+    db.executescript(before)
+    db.execute("ATTACH DATABASE ? AS current", (str(parts.tasks.path),))
+    columns = ", ".join(name for (name,) in db.execute("SELECT name FROM pragma_table_info('tasks')"))
+    db.execute(f"INSERT INTO tasks SELECT {columns} FROM current.tasks")
+    db.commit()
+    db.close()
+    reopened = TaskStore(old)
+    assert reopened.get(first.event_id).reasons == ["mask_touches_border"]
+    reopened.add_pending(first)  # its time is unknown: taken, as before
+    reopened.add_pending(newer)
+    reopened.add_pending(first)
+    assert reopened.get(first.event_id).reasons == ["mask_touches_border"]
 
 
 def test_intake_handler_emits_nothing_and_queues_once(tmp_path: Path) -> None:

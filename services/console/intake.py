@@ -3,10 +3,10 @@
 A stage on the shared runtime (``shared/runtime.py``) whose handler inserts the event into
 SQLite and emits nothing; the runtime commits the offset only after the insert returned, so a
 crash redelivers and the insert (keyed by the event id) ignores the copy; a copy with other reasons
-(the gate replayed) updates a task still open, never a decided one (``TaskStore.add_pending``). It
-runs as a thread inside ``skuforge serve console`` (``SKUFORGE_CONSOLE_INTAKE=true``, the default),
-or alone with ``skuforge run console-intake`` beside a console started with the intake turned off:
-both share the SQLite file.
+(the gate replayed) updates a task still open, never a decided one, and an older copy delivered
+late changes nothing (``TaskStore.add_pending``). It runs as a thread inside ``skuforge serve
+console`` (``SKUFORGE_CONSOLE_INTAKE=true``, the default), or alone with ``skuforge run
+console-intake`` beside a console started with the intake turned off: both share the SQLite file.
 
 Bad input: what the runtime refuses (not JSON, wrong schema) goes to ``correction.pending.v1.dlq``.
 A locked or unwritable table is a ``TransientError``: the partition pauses and retries.

@@ -4,7 +4,8 @@ Tables:
 
 * ``tasks``   one row per ``correction.pending`` event, keyed by that event's id, so a redelivered
               event is ignored (``INSERT OR IGNORE``) instead of becoming a second task; a copy with
-              other reasons (the gate replayed) updates an open task's (``add_pending``).
+              other reasons (the gate replayed) updates an open task's, unless it was produced
+              before the copy the task holds (``add_pending``).
               States: ``pending`` → ``claimed`` (a reviewer holds a lease) → ``approved`` | ``rejected``.
               An expired lease sends the task back to ``pending``. A task whose reference photo its
               owner withdrew (``skuforge ingest --withdraw-missing``) is closed as ``withdrawn``
@@ -64,7 +65,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     lease_expires_at REAL,
     decision         TEXT,
     decided_by       TEXT,
-    decided_at       REAL
+    decided_at       REAL,
+    produced_at      REAL
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, received_at);
 CREATE INDEX IF NOT EXISTS tasks_by_item ON tasks (sku_id, item_id);
@@ -190,7 +192,18 @@ class TaskStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+        self._add_produced_at()
         self._allow_withdrawn()
+
+    def _add_produced_at(self) -> None:
+        """Give a table created before ``produced_at`` the column (NULL: the time is unknown). It is the
+        last column in ``_SCHEMA`` as well, so ``_allow_withdrawn``'s row-for-row copy still lines up."""
+        with self._write() as db:
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(tasks)")}
+            if "produced_at" in columns:
+                return
+            db.execute("ALTER TABLE tasks ADD COLUMN produced_at REAL")
+            log.info("task table %s now stores each event's produced_at", self.path)
 
     def _allow_withdrawn(self) -> None:
         """Let a table created before the ``withdrawn`` state hold it: SQLite cannot change a CHECK
@@ -270,14 +283,18 @@ class TaskStore:
         A copy with other content (the gate replayed after a threshold change: same event id, other
         reasons and figures) replaces the task's while it is open (pending or claimed, the claim
         kept), so a reviewer sees, and decides on, the gate's newest verdict; a decided task stays
-        as it was decided."""
+        as it was decided. A copy produced before the one the task holds (an old copy replayed from
+        the dead-letter topic after a newer one arrived) is ignored, so it cannot bring back reasons
+        the gate no longer gives."""
         pending = event.payload
         now = self.clock()
         reasons, pending_json = json.dumps(pending.reasons), pending.model_dump_json()
+        produced_at = event.produced_at.timestamp()
         with self._write() as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO tasks (task_id, sku_id, item_id, trace_id, iou, reasons,"
-                " pending_json, state, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+                " pending_json, state, received_at, produced_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
                 (
                     event.event_id,
                     event.sku_id,
@@ -287,16 +304,21 @@ class TaskStore:
                     reasons,
                     pending_json,
                     now,
+                    produced_at,
                 ),
             )
             if cursor.rowcount == 0:
                 row = db.execute(
-                    "SELECT state, pending_json FROM tasks WHERE task_id = ?", (event.event_id,)
+                    "SELECT state, pending_json, produced_at FROM tasks WHERE task_id = ?", (event.event_id,)
                 ).fetchone()
-                if row["state"] in ("pending", "claimed") and row["pending_json"] != pending_json:
+                # A row from before produced_at was stored (NULL) takes the copy, as it did then.
+                older = row["produced_at"] is not None and produced_at < row["produced_at"]
+                changed = row["pending_json"] != pending_json and not older
+                if row["state"] in ("pending", "claimed") and changed:
                     db.execute(
-                        "UPDATE tasks SET iou = ?, reasons = ?, pending_json = ? WHERE task_id = ?",
-                        (pending.iou, reasons, pending_json, event.event_id),
+                        "UPDATE tasks SET iou = ?, reasons = ?, pending_json = ?, produced_at = ?"
+                        " WHERE task_id = ?",
+                        (pending.iou, reasons, pending_json, produced_at, event.event_id),
                     )
                     detail = ",".join(pending.reasons)
                     self._audit(
