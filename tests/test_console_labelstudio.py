@@ -313,3 +313,26 @@ def test_only_the_product_mask_control_is_imported_as_the_product_mask(tmp_path:
     assert outcomes[1].annotation_lost
     assert "2 brush result(s) of another control or label ignored" in outcomes[1].detail
     assert parts.tasks.get(tasks[1]["data"]["skuforge_task_id"]).state == "pending"
+
+
+def test_a_prediction_approved_unchanged_is_recorded_as_approve_predicted(tmp_path: Path) -> None:
+    """A project that pre-labels with predictions copies the predicted mask into the annotation; an
+    annotator who approves it untouched edited nothing, so no edit is counted and no new mask stored."""
+    parts = build_console(tmp_path)
+    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0)))
+    [exported] = export_tasks(parts.tasks, parts.store).tasks
+    prediction = exported["predictions"][0]["result"][0]
+    approve = {"type": "choices", "from_name": "decision", "value": {"choices": ["approve"]}}
+    copied = dict(prediction, id="copied")
+    exported["annotations"] = [{"id": 1, "completed_by": 7, "result": [copied, approve]}]
+    masks_before = sorted(parts.store.root.rglob("*.png"))
+
+    [outcome] = import_annotations(parts.tasks, parts.store, read_export(json.dumps([exported])))
+
+    task = parts.tasks.get(exported["data"]["skuforge_task_id"])
+    assert outcome.outcome == "approve_predicted"
+    assert (task.state, task.decision) == ("approved", "approve_predicted")
+    resolved = parts.tasks.outbox(task.task_id)
+    assert resolved is not None and resolved.payload.final_mask == task.pending.matted.predicted_mask
+    assert sorted(parts.store.root.rglob("*.png")) == masks_before, "no copy of the mask stored"
+    assert [entry.action for entry in parts.tasks.audit(task.task_id)][-1] == "approve_predicted"

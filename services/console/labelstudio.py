@@ -6,7 +6,8 @@ console's ids in ``data``, and the predicted mask as a ``brushlabels`` predictio
 ``decision`` choice is ``reject`` rejects the item (reason from the ``reason`` text area; one longer
 than the web page takes is cut, ending in ``CUT_MARK``), one with brush results approves the union of
 its strokes as an edited mask (the ``mask`` control's ``product`` strokes only: other brushes are
-ignored), one whose ``decision`` is ``approve`` without a stroke approves the predicted mask. All go
+ignored; strokes that are exactly the predicted mask approve the prediction), one whose ``decision``
+is ``approve`` without a stroke approves the predicted mask. All go
 through the same task table, audit and outbox as the web page's decisions, under the reviewer
 ``labelstudio:<annotator>``.
 
@@ -466,6 +467,11 @@ def _import_one(
 def _decide(
     tasks: TaskStore, store: ObjectStore, task: Task, reviewer: str, decision: str, value: Any
 ) -> ImportOutcome:
+    if decision == "approve_edited" and _is_prediction(store, task, value):
+        # A project that pre-labels copies the prediction into the annotation: approved untouched, it
+        # was recorded as an edit with a copy of the mask, and the audit and metrics counted edits no
+        # one made.
+        decision = "approve_predicted"
     if decision == "reject":
         reason = str(value)
         tasks.decide(
@@ -506,6 +512,15 @@ def _decide(
     )
     final_mask = event.payload.final_mask
     return ImportOutcome(task.task_id, "approve_edited", final_mask.uri if final_mask else "")
+
+
+def _is_prediction(store: ObjectStore, task: Task, mask: npt.NDArray[np.uint8]) -> bool:
+    """Whether the annotator's mask is, pixel for pixel, the predicted mask the export sent."""
+    try:
+        predicted = mask_from_ref(store, task.pending.matted.predicted_mask)
+    except BadInput:
+        return False  # nothing to compare with: the annotator's mask is recorded as drawn
+    return bool(np.array_equal(mask, predicted))
 
 
 def _release(tasks: TaskStore, task_id: str, reviewer: str) -> str:
