@@ -136,3 +136,51 @@ def test_a_password_the_login_form_cannot_take_is_refused_where_it_is_set(
     )
     for reviewer in ("alice", "bob"):
         login(TestClient(app_for(parts), base_url="http://console.test"), reviewer, longest)
+
+
+def _choice(decision: str, *, by: int, at: str, reason: str = "") -> dict[str, object]:
+    result: list[dict[str, object]] = [
+        {"type": "choices", "from_name": "decision", "value": {"choices": [decision]}}
+    ]
+    if reason:
+        result.append({"type": "textarea", "from_name": "reason", "value": {"text": [reason]}})
+    return {"completed_by": by, "created_at": at, "updated_at": at, "result": result}
+
+
+def test_annotators_who_disagree_are_not_resolved_silently_and_the_latest_is_by_time(
+    parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Two annotators on one task, one approving and one rejecting: the import took whichever
+    annotation's time text sorted last, without a word. It now skips the task with the reason (exit 1:
+    nothing is recorded until someone settles it). Annotators who agree still give the latest
+    annotation, by time: "…00Z" sorts after "…00.500Z" as text, but is half a second earlier."""
+    disputed, agreed = [task.task_id for task in parts.tasks.query()]
+    export = [
+        {
+            "data": {"skuforge_task_id": disputed},
+            "annotations": [
+                _choice("approve", by=7, at="2026-01-01T10:00:00Z"),
+                _choice("reject", by=8, at="2026-01-01T09:00:00Z", reason="not the product"),
+            ],
+        },
+        {
+            "data": {"skuforge_task_id": agreed},
+            "annotations": [
+                _choice("reject", by=7, at="2026-01-01T10:00:00.500000Z", reason="blurry"),
+                _choice("reject", by=8, at="2026-01-01T10:00:00Z", reason="dented"),
+            ],
+        },
+    ]
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(export))
+    use_cli_on(parts, monkeypatch)
+
+    assert cli_main(["console", "import-labelstudio", "--no-publish", str(path)]) == 1
+
+    out, err = capsys.readouterr()
+    assert "annotators disagree" in out and "1 annotation(s) skipped" in err
+    assert parts.tasks.get(disputed).state == "pending"
+    rejected = parts.tasks.get(agreed)
+    assert (rejected.state, rejected.decided_by) == ("rejected", "labelstudio:7")
+    resolved = parts.tasks.outbox(agreed)
+    assert resolved is not None and resolved.payload.reject_reason == "blurry"

@@ -45,8 +45,9 @@ EXPORT_EXIT_STATUS = (
 )
 IMPORT_EXIT_STATUS = (
     "exit status: 0 every annotation recorded (tasks nobody annotated are listed, not counted); 1 some "
-    "annotations were skipped (each listed with its reason; the others are recorded, and running the "
-    "same export again is safe: decided tasks are skipped); 2 the export or the table could not be read"
+    "annotations were skipped (each listed with its reason, annotators who disagree included; the others "
+    "are recorded, and running the same export again is safe: decided tasks are skipped); 2 the export "
+    "or the table could not be read"
 )
 
 

@@ -7,7 +7,8 @@ console's ids in ``data``, and the predicted mask as a ``brushlabels`` predictio
 than the web page takes is cut, ending in ``CUT_MARK``), one with brush results approves the union of
 its strokes as an edited mask (the ``mask`` control's ``product`` strokes only: other brushes are
 ignored; strokes that are exactly the predicted mask approve the prediction), one whose ``decision``
-is ``approve`` without a stroke approves the predicted mask. All go
+is ``approve`` without a stroke approves the predicted mask. Of several annotations the latest is
+taken; annotators who disagree (one approves, another rejects) are skipped, not settled. All go
 through the same task table, audit and outbox as the web page's decisions, under the reviewer
 ``labelstudio:<annotator>``.
 
@@ -24,6 +25,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -312,15 +314,8 @@ def _decision_of(annotation: dict[str, Any], width: int, height: int) -> tuple[s
 
     ValueError when the annotation is not shaped like Label Studio's (the import skips it).
     """
-    results = annotation.get("result") or []
-    if not isinstance(results, list) or not all(isinstance(item, dict) for item in results):
-        raise ValueError("the annotation's 'result' is not a list of objects")
-    choices = [
-        choice
-        for item in results
-        if item.get("type") == "choices" and item.get("from_name") == DECISION_NAME
-        for choice in _strings(item, "choices")
-    ]
+    results = _results(annotation)
+    choices = _decision_choices(results)
     if "reject" in choices:
         # Only the ``reason`` text area: another one in the project's config (an annotator's notes, a
         # per-region comment) was joined into the reason that is published with the decision.
@@ -376,6 +371,51 @@ def _decision_of(annotation: dict[str, Any], width: int, height: int) -> tuple[s
     return "approve_edited", mask
 
 
+def _verdict_of(annotation: dict[str, Any]) -> str | None:
+    """'reject', 'approve' (a product stroke or the approve choice) or None (neither), as
+    ``_decision_of`` would decide; ValueError when the annotation is not shaped like Label Studio's."""
+    results = _results(annotation)
+    choices = _decision_choices(results)
+    if "reject" in choices:
+        return "reject"
+    painted = any(
+        item.get("type") == "brushlabels"
+        and item.get("from_name") == FROM_NAME
+        and LABEL in _strings(item, "brushlabels")
+        for item in results
+    )
+    return "approve" if painted or "approve" in choices else None
+
+
+def _annotated_at(annotation: dict[str, Any]) -> datetime:
+    """When the annotation was last saved (``updated_at``, else ``created_at``); ValueError if neither
+    is a time. Compared as times: as text, "10:00:00Z" sorted after "10:00:00.500Z"."""
+    text = annotation.get("updated_at") or annotation.get("created_at")
+    try:
+        at = datetime.fromisoformat(str(text))
+    except ValueError:
+        raise ValueError(f"an annotation's updated_at/created_at is {text!r:.40}, not a time") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)  # Label Studio writes UTC
+
+
+def _results(annotation: dict[str, Any]) -> list[dict[str, Any]]:
+    """The annotation's results; ValueError when they are not a list of objects."""
+    results = annotation.get("result") or []
+    if not isinstance(results, list) or not all(isinstance(item, dict) for item in results):
+        raise ValueError("the annotation's 'result' is not a list of objects")
+    return results
+
+
+def _decision_choices(results: list[dict[str, Any]]) -> list[str]:
+    """What the ``decision`` control's choices say (``approve``, ``reject``), as chosen."""
+    return [
+        choice
+        for item in results
+        if item.get("type") == "choices" and item.get("from_name") == DECISION_NAME
+        for choice in _strings(item, "choices")
+    ]
+
+
 def _strings(item: dict[str, Any], name: str) -> list[str]:
     """A result value's list of strings (Label Studio's ``choices`` and ``text``); ValueError for any
     other shape. A bare string would be read letter by letter, a number not at all."""
@@ -423,9 +463,8 @@ def import_annotations(
         if not annotations:
             outcomes.append(ImportOutcome(task_id, "skipped", NO_ANNOTATION))
             continue
-        annotation = max(annotations, key=lambda a: str(a.get("updated_at") or a.get("created_at") or ""))
         try:
-            outcomes.append(_import_one(tasks, store, tasks.get(task_id), annotation, lease_s))
+            outcomes.append(_import_one(tasks, store, tasks.get(task_id), annotations, lease_s))
         except _SKIPPABLE as exc:
             outcomes.append(ImportOutcome(task_id, "skipped", _why(exc)))
     return outcomes
@@ -440,15 +479,31 @@ def _why(exc: Exception) -> str:
 
 
 def _import_one(
-    tasks: TaskStore, store: ObjectStore, task: Task, annotation: dict[str, Any], lease_s: float
+    tasks: TaskStore, store: ObjectStore, task: Task, annotations: list[dict[str, Any]], lease_s: float
 ) -> ImportOutcome:
-    reviewer = _annotator(annotation)
     if task.state in ("approved", "rejected"):
         return ImportOutcome(task.task_id, "skipped", ALREADY_DECIDED)
     if task.state == "withdrawn":
         # Its photo's owner withdrew it: nothing to record. Before, the claim's refusal counted it as
         # an annotation lost, and every import of that export exited 1 asking to fix it.
         return ImportOutcome(task.task_id, "skipped", WITHDRAWN)
+    verdicts = [_verdict_of(annotation) for annotation in annotations]
+    if "approve" in verdicts and "reject" in verdicts:
+        # Annotators disagree: the latest one silently won. Someone has to settle it.
+        approving = ", ".join(
+            _annotator(a) for a, v in zip(annotations, verdicts, strict=True) if v == "approve"
+        )
+        rejecting = ", ".join(
+            _annotator(a) for a, v in zip(annotations, verdicts, strict=True) if v == "reject"
+        )
+        why = (
+            f"annotators disagree (approved by {approving}, rejected by {rejecting}); settle it in Label"
+            " Studio and export again, or decide it on the web page"
+        )
+        return ImportOutcome(task.task_id, "skipped", why)
+    # The latest annotation (its time is read only when there are several to choose from).
+    annotation = annotations[0] if len(annotations) == 1 else max(annotations, key=_annotated_at)
+    reviewer = _annotator(annotation)
     image = task.pending.matted.generated.image
     # Everything is checked before the claim, so a refused annotation leaves no stray claim behind.
     decision, value = _decision_of(annotation, image.width, image.height)
