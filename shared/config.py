@@ -128,6 +128,13 @@ class Settings(BaseSettings):
         default=None, description="endpoint of an S3-compatible store (MinIO, moto...); unset for AWS"
     )
     s3_region: str = Field(default="us-east-1", description="S3 region")
+    model_cache_unused_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="model copies in the local model cache (<system temp>/skuforge-models or a *_CACHE_DIR) "
+        "not used for this many days are deleted when a stage fetches a model; copies a running process uses "
+        "are kept (0 = keep all, else at least 1); docs/ops.md",
+    )
     # Input limits
     max_image_pixels: int = Field(
         default=40_000_000,
@@ -192,6 +199,14 @@ class Settings(BaseSettings):
     def _lag_interval_is_off_or_sane(cls, value: float) -> float:
         if 0 < value < MIN_GROUP_LAG_INTERVAL_S:
             raise ValueError(f"must be 0 (off) or at least {MIN_GROUP_LAG_INTERVAL_S:g} s")
+        return value
+
+    @field_validator("model_cache_unused_days")
+    @classmethod
+    def _unused_days_is_off_or_sane(cls, value: float) -> float:
+        # A download in progress looks unused for as long as it takes: minutes ago is not "unused".
+        if 0 < value < 1:
+            raise ValueError("must be 0 (keep every copy) or at least 1 day")
         return value
 
     @field_validator("topic_namespace")

@@ -10,27 +10,48 @@ name and renamed into place, so a concurrent reader never loads half a model, wi
 process's umask gives (mkstemp's 0600 kept a cache shared with another user's process unreadable).
 A URI inside the caller's own object store is read through that store (its client and
 credentials); any other through ``open_store``.
+
+The cache is shared by every stage on the host and each new model version adds a copy, so a fetch
+also deletes the copies not used for ``unused_days`` (``SKUFORGE_MODEL_CACHE_UNUSED_DAYS``). A copy a
+process fetched stays locked (a shared ``flock``) while that process lives, and a download in progress
+is locked the same way: neither is deleted, however old.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from shared.store import ObjectStore, S3Store, check_key, open_store
 
-__all__ = ["COMPLETE_MARKER", "cache_dir", "fetch_directory", "fetch_file", "write_atomically"]
+__all__ = [
+    "COMPLETE_MARKER",
+    "DEFAULT_UNUSED_DAYS",
+    "cache_dir",
+    "fetch_directory",
+    "fetch_file",
+    "hold",
+    "prune_unused",
+    "write_atomically",
+]
 
 # Written last into a copied folder: the keys it holds. A folder without it is incomplete.
 COMPLETE_MARKER = ".skuforge-complete.json"
 # The longest file name most file systems take (ext4, XFS, APFS): a cache name is kept within it.
 NAME_MAX_BYTES = 255
+# Copies not used for this many days are deleted at the next fetch (0 keeps every copy).
+DEFAULT_UNUSED_DAYS = 30.0
+# Cache entries this process holds (a shared flock, kept until it exits), by path.
+_HELD: dict[Path, int] = {}
 
 
 def cache_dir(configured: Path | str | None = None) -> Path:
@@ -65,14 +86,16 @@ def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
-    os.close(fd)
     try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # being written: prune_unused leaves it
         _write_durably(Path(partial), data)
         os.chmod(partial, 0o666 & ~_umask())  # as open() would have made it, not mkstemp's 0600
         os.replace(partial, path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
 
 
 def _source(
@@ -91,11 +114,14 @@ def fetch_file(
     store: ObjectStore | None = None,
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
+    unused_days: float = DEFAULT_UNUSED_DAYS,
 ) -> Path:
     """Copy the object ``uri`` into the cache as ``<sha256 of its bytes, 16 hex>-<file name>`` (a file
     name over 238 bytes shortened, its suffix kept, so the cache name fits a file system's 255).
 
     The name carries the content's digest, so a model replaced under the same URI is a new file.
+    The copy is held (``hold``) while this process lives, and copies not used for ``unused_days`` are
+    deleted (``prune_unused``).
     Raises ``ValueError`` for a URI that names no file, ``ObjectMissing`` when nothing is stored there,
     ``BadInput('unsafe_key')`` for a URI inside ``store`` whose key would leave it (a '..' segment).
     """
@@ -107,11 +133,21 @@ def fetch_file(
     else:
         data = open_store(parent, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region).get_bytes(file_name)
     digest = hashlib.sha256(data).hexdigest()
-    target = cache_dir(cache) / f"{digest[:16]}-{_shortened(file_name, NAME_MAX_BYTES - 17)}"
-    # Compare contents, not sizes: a cached copy damaged in place keeps its size and would
-    # otherwise be loaded (and fail) at every start until someone empties the cache by hand.
-    if not (target.is_file() and target.stat().st_size == len(data) and file_sha256(target) == digest):
-        write_atomically(target, data)
+    base = cache_dir(cache)
+    target = base / f"{digest[:16]}-{_shortened(file_name, NAME_MAX_BYTES - 17)}"
+    for _attempt in range(5):
+        # Compare contents, not sizes: a cached copy damaged in place keeps its size and would
+        # otherwise be loaded (and fail) at every start until someone empties the cache by hand.
+        if not (target.is_file() and target.stat().st_size == len(data) and file_sha256(target) == digest):
+            write_atomically(target, data)
+        if hold(target):
+            break
+        # Another process pruned the copy between our check and our hold: write it again.
+    else:
+        raise OSError(
+            errno.EBUSY, f"could not keep the model copy at {target}: other processes keep pruning it"
+        )
+    prune_unused(base, unused_days)
     return target
 
 
@@ -132,6 +168,7 @@ def fetch_directory(
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
     required_file: str | None = None,
+    unused_days: float = DEFAULT_UNUSED_DAYS,
 ) -> Path:
     """Copy every object under the folder ``uri`` into the cache; returns the local folder.
 
@@ -141,7 +178,9 @@ def fetch_directory(
     shortens a file name) and reused while it holds exactly the keys the
     store lists, each file at the size it was copied with: model folders are treated as immutable,
     so publish a changed model under a new URI. Processes sharing the cache may fetch at once: a
-    copy another one completed meanwhile is used as it is, never deleted under its readers.
+    copy another one completed meanwhile is used as it is, never deleted under its readers. The copy
+    is held (``hold``) while this process lives, and copies not used for ``unused_days`` are deleted
+    (``prune_unused``).
     Raises ``ValueError`` when nothing is stored under ``uri``, when ``required_file``
     (e.g. ``config.json``) is not among what is, when a name in the folder is over 255 bytes (S3
     takes it, no file system does; the files keep their names, which their loader reads them by), or
@@ -178,11 +217,29 @@ def fetch_directory(
     base = cache_dir(cache)
     label = _shortened(root.rpartition("/")[2] or "root", NAME_MAX_BYTES - 17)
     target = base / f"{label}-{hashlib.sha256(location.encode()).hexdigest()[:16]}"
-    if _is_complete(target, keys):
-        return target
-    base.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(dir=base, prefix=".partial-"))
+    for _attempt in range(5):
+        if not _is_complete(target, keys):
+            _download(source, prefix, keys, {"uri": root, "location": location}, target)
+        if hold(target):
+            break
+        # Another process pruned the copy between our check and our hold: copy it again.
+    else:
+        raise OSError(
+            errno.EBUSY, f"could not keep the model copy at {target}: other processes keep pruning it"
+        )
+    prune_unused(base, unused_days)
+    return target
+
+
+def _download(
+    source: ObjectStore, prefix: str, keys: list[str], marker: dict[str, object], target: Path
+) -> None:
+    """Copy ``keys`` under ``prefix`` into a partial folder beside ``target``, then install it there."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+    partial_fd = os.open(partial, os.O_RDONLY)
     try:
+        fcntl.flock(partial_fd, fcntl.LOCK_SH)  # being written: prune_unused leaves it
         os.chmod(partial, 0o777 & ~_umask())  # as mkdir would have made it, not mkdtemp's 0700
         sizes: dict[str, int] = {}
         for key in keys:
@@ -191,12 +248,88 @@ def fetch_directory(
             data = source.get_bytes(prefix + key)
             _write_durably(path, data)
             sizes[key] = len(data)
-        marker = {"uri": root, "location": location, "keys": keys, "sizes": sizes}
-        _write_durably(partial / COMPLETE_MARKER, json.dumps(marker).encode("utf-8"))
+        complete = {**marker, "keys": keys, "sizes": sizes}
+        _write_durably(partial / COMPLETE_MARKER, json.dumps(complete).encode("utf-8"))
         _install(partial, target, keys)
     finally:
+        os.close(partial_fd)
         shutil.rmtree(partial, ignore_errors=True)
-    return target
+
+
+def hold(path: Path) -> bool:
+    """Mark the cache entry ``path`` (a file or folder) used now and in use while this process lives:
+    a shared ``flock`` that ``prune_unused`` in any process respects. False when the entry is gone
+    (another process pruned it meanwhile): fetch it again."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a pruner moves it aside
+        if not os.path.samestat(os.fstat(fd), os.stat(path)):
+            raise FileNotFoundError(path)  # moved aside while we waited; the name is another's or none
+    except FileNotFoundError:
+        os.close(fd)
+        return False
+    except BaseException:
+        os.close(fd)
+        raise
+    # The last use, which prune_unused reads; another user's copy in a shared cache, or a cache on a
+    # read-only volume, keeps its time (we may not set it), and the lock protects it all the same.
+    with contextlib.suppress(OSError):
+        os.utime(path)
+    previous = _HELD.pop(path, None)
+    _HELD[path] = fd
+    if previous is not None:
+        os.close(previous)
+    return True
+
+
+def prune_unused(cache: Path | str | None, unused_days: float, *, now: float | None = None) -> list[str]:
+    """Delete the entries of the cache (copies, and partial downloads left by a crash) not used for
+    ``unused_days`` (0: delete none); returns their names. An entry that a living process holds
+    (``hold``) or is writing is kept, however old, as is one another user owns and we cannot remove.
+    """
+    if unused_days <= 0:
+        return []
+    base = cache_dir(cache)
+    cutoff = (time.time() if now is None else now) - unused_days * 86_400
+    try:
+        entries = sorted(base.iterdir())
+    except FileNotFoundError:
+        return []
+    pruned = []
+    for entry in entries:
+        aside = _move_aside_if_unused(entry, cutoff)
+        if aside is None:
+            continue
+        if aside.is_dir():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            aside.unlink(missing_ok=True)
+        pruned.append(entry.name)
+    return pruned
+
+
+def _move_aside_if_unused(entry: Path, cutoff: float) -> Path | None:
+    """Rename ``entry`` to a ``.stale-`` name when it was last used before ``cutoff`` and nobody holds
+    it; the exclusive lock taken first keeps a process from holding it while it moves."""
+    try:
+        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None  # gone meanwhile, a link, or unreadable: not ours to delete
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        status = os.fstat(fd)
+        if status.st_mtime >= cutoff or not os.path.samestat(status, os.lstat(entry)):
+            return None
+        aside = entry.with_name(f".stale-{os.getpid()}-{time.monotonic_ns()}")
+        os.rename(entry, aside)
+        return aside
+    except OSError:
+        return None  # held (BlockingIOError), renamed by another pruner, or not ours to rename
+    finally:
+        os.close(fd)
 
 
 def _location(source: ObjectStore, prefix: str) -> str:

@@ -140,6 +140,7 @@ def open_models(
             mask=MaskOptions(threshold=options.captioner_mask_threshold),
             s3_endpoint_url=settings.s3_endpoint_url,
             s3_region=settings.s3_region,
+            cache_unused_days=settings.model_cache_unused_days,
         )
         session.warm_up()
     except MattingModelError as exc:
@@ -158,6 +159,7 @@ def open_models(
                 store=store,
                 s3_endpoint_url=settings.s3_endpoint_url,
                 s3_region=settings.s3_region,
+                cache_unused_days=settings.model_cache_unused_days,
             )
         except VlmModelError as exc:
             raise ConfigError(str(exc)) from exc

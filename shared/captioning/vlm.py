@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image
 
 from shared.errors import BadInput
-from shared.model_cache import COMPLETE_MARKER, fetch_directory
+from shared.model_cache import COMPLETE_MARKER, DEFAULT_UNUSED_DAYS, fetch_directory
 from shared.model_cache import cache_dir as cache_path
 from shared.store import ObjectStore
 
@@ -42,6 +42,7 @@ def fetch_model_dir(
     store: ObjectStore | None = None,
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
+    cache_unused_days: float = DEFAULT_UNUSED_DAYS,
 ) -> Path:
     """Copy the BLIP directory ``uri`` into the local model cache once (``shared/model_cache.py``).
 
@@ -56,6 +57,7 @@ def fetch_model_dir(
             s3_endpoint_url=s3_endpoint_url,
             s3_region=s3_region,
             required_file="config.json",
+            unused_days=cache_unused_days,
         )
     except (ValueError, BadInput) as exc:
         raise VlmModelError(f"cannot open the BLIP model directory {uri!r}: {exc}") from exc
@@ -178,12 +180,18 @@ def open_vlm(
     store: ObjectStore | None = None,
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
+    cache_unused_days: float = DEFAULT_UNUSED_DAYS,
 ) -> VlmCaptioner:
     """Open the BLIP model ``model`` names: a local directory, or an s3:// or file:// URI (downloaded)."""
     name = model.rstrip("/").rpartition("/")[2] or None
     if "://" in model:
         directory = fetch_model_dir(
-            model, cache_dir, store=store, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region
+            model,
+            cache_dir,
+            store=store,
+            s3_endpoint_url=s3_endpoint_url,
+            s3_region=s3_region,
+            cache_unused_days=cache_unused_days,
         )
     else:
         directory = Path(model)

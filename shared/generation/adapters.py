@@ -38,7 +38,7 @@ from typing import Any, Literal, TypeGuard
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing
-from shared.model_cache import file_sha256, write_atomically
+from shared.model_cache import file_sha256, hold, write_atomically
 from shared.store import ObjectStore, sha256_hex
 
 __all__ = [
@@ -382,7 +382,8 @@ class AdapterRegistry:
     def fetch_weights(self, metadata: AdapterMetadata, cache_dir: Path) -> Path:
         """A local directory holding the adapter's weights file, checked against its sha256.
 
-        Cached by sha256, so a re-registered adapter (new weights, same id) is fetched again.
+        Cached by sha256, so a re-registered adapter (new weights, same id) is fetched again; held in
+        the cache while this process lives (``shared/model_cache.py:hold``), so no pruning deletes it.
         """
         target = cache_dir / f"lora-{metadata.weights_sha256[:16]}"
         path = target / metadata.weight_name
@@ -392,6 +393,7 @@ class AdapterRegistry:
             path.is_file()
             and path.stat().st_size == metadata.weights_bytes
             and file_sha256(path) == metadata.weights_sha256
+            and hold(target)
         ):
             return target
         key = f"{metadata.adapter_id}/{metadata.weight_name}"
@@ -401,6 +403,7 @@ class AdapterRegistry:
             raise ChecksumMismatch(self.store.uri_for(key), metadata.weights_sha256, actual)
         # Renamed into place: concurrent fetchers never see half a file.
         write_atomically(path, data)
+        hold(target)
         return target
 
     @staticmethod

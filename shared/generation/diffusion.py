@@ -750,7 +750,11 @@ class DiffusionBackend:
         if "://" in model:
             try:
                 directory = fetch_directory(
-                    model, cache_dir, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region
+                    model,
+                    cache_dir,
+                    s3_endpoint_url=shared.s3_endpoint_url,
+                    s3_region=shared.s3_region,
+                    unused_days=shared.model_cache_unused_days,
                 )
             except (ValueError, BadInput) as exc:
                 raise DiffusionModelError(f"cannot fetch the diffusion model {model!r}: {exc}") from exc

@@ -44,7 +44,7 @@ from shared.errors import BadInput, ObjectMissing
 from shared.images import to_rgb
 from shared.matting import MODELS_DIR
 from shared.matting.roi import Box, paste
-from shared.model_cache import fetch_file
+from shared.model_cache import DEFAULT_UNUSED_DAYS, fetch_file
 from shared.store import ObjectStore
 
 log = logging.getLogger("skuforge.matting")
@@ -721,13 +721,14 @@ def open_session(
     mask: MaskOptions | None = None,
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
+    cache_unused_days: float = DEFAULT_UNUSED_DAYS,
 ) -> MattingSession:
     """Open the matting model ``model`` names; None means the committed U2-NetP.
 
     ``model`` is a registered name (``REGISTRY``), a local path, or an ``s3://`` / ``file://`` URI.
     URIs inside ``store`` are read through it, others through ``open_store`` (with the S3
     endpoint given); the bytes are cached in a local file named by their sha256
-    (``shared/model_cache.py``).
+    (``shared/model_cache.py``; copies not used for ``cache_unused_days`` are deleted there).
     Raises ``MattingModelMissing`` when the file is not there, saying how to make or name one.
     """
     name = DEFAULT_MODEL if model is None else model
@@ -765,7 +766,13 @@ def open_session(
                 f"{name!r} names no model file; expected s3://bucket/dir/model.onnx or file:///dir/model.onnx"
             )
         try:
-            path = fetch_file(name, store=store, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
+            path = fetch_file(
+                name,
+                store=store,
+                s3_endpoint_url=s3_endpoint_url,
+                s3_region=s3_region,
+                unused_days=cache_unused_days,
+            )
         except ObjectMissing as exc:
             raise MattingModelMissing(f"no matting model at {name}") from exc
         # A scheme no store serves (https://...), a malformed URI, a key in ``store`` that escapes it.
