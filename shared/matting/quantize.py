@@ -1,8 +1,9 @@
 """Static int8 (QDQ) quantisation of a U2-Net ONNX model, calibrated on renderer and real photos.
 
 fp32 alone barely beats rembg on a CPU without VNNI; int8 weights and activations make the
-convolutions about 1.6x cheaper. The int8 model is only accepted if its held-out IoU stays
-within half a point of the fp32 model (checked by ``skuforge matting quantize``).
+convolutions about 1.6x cheaper. The int8 model is only accepted if its held-out mean IoU stays
+within half a point of the fp32 model and no held-out photo loses more than ``IMAGE_IOU_DROP_MAX``
+(``judge_int8``, checked by ``skuforge matting quantize``).
 
 Calibration sets the activation ranges, so it must see the photos the model will meet: renderer
 photos alone left real in-store photos (darker, busier) outside the calibrated ranges. Real photos
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +34,7 @@ from PIL import Image
 
 from shared.errors import BadInput
 from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PHOTO_SUFFIXES, decode_image
+from shared.matting import IMAGE_IOU_DROP_MAX, MEAN_IOU_DROP_MAX
 from shared.matting.session import u2net_preprocess
 from shared.synth import render_dataset
 
@@ -41,6 +44,52 @@ if TYPE_CHECKING:
 
 # The renderer seed of the calibration photos; tune-ranges starts from the same calibration.
 CALIBRATION_SEED = 4242
+
+
+@dataclass(frozen=True)
+class Int8Verdict:
+    """Whether an int8 model keeps its fp32 model's held-out quality, on average and photo by photo."""
+
+    accepted: bool
+    mean_iou_drop: float
+    worst_iou_drop: float  # the largest loss of one photo (negative: every photo gained)
+    worst_image: int  # that photo's index in the held-out set
+    images_over_drop_max: int  # photos that lost more than the per-photo limit
+    reason: str  # why it was refused; '' when accepted
+
+
+def judge_int8(
+    fp32_ious: Sequence[float],
+    int8_ious: Sequence[float],
+    *,
+    mean_drop_max: float = MEAN_IOU_DROP_MAX,
+    image_drop_max: float = IMAGE_IOU_DROP_MAX,
+) -> Int8Verdict:
+    """Compare the held-out IoUs of the same photos, in the same order, under fp32 and int8."""
+    if len(fp32_ious) != len(int8_ious) or not fp32_ious:
+        raise ValueError(
+            f"need the same held-out photos under both models, got {len(fp32_ious)} and {len(int8_ious)} IoUs"
+        )
+    drops = np.asarray(fp32_ious, dtype=np.float64) - np.asarray(int8_ious, dtype=np.float64)
+    mean_drop = float(drops.mean())
+    worst = int(drops.argmax())
+    over = int((drops > image_drop_max).sum())
+    reasons = []
+    if mean_drop > mean_drop_max:
+        reasons.append(f"mean IoU fell {mean_drop:.4f} (at most {mean_drop_max:g})")
+    if over:
+        reasons.append(
+            f"{over} of {len(drops)} photos lost more than {image_drop_max:g} IoU (worst: photo {worst}, "
+            f"{fp32_ious[worst]:.3f} to {int8_ious[worst]:.3f})"
+        )
+    return Int8Verdict(
+        accepted=not reasons,
+        mean_iou_drop=round(mean_drop, 4),
+        worst_iou_drop=round(float(drops[worst]), 4),
+        worst_image=worst,
+        images_over_drop_max=over,
+        reason="; ".join(reasons),
+    )
 
 
 class CalibrationPhotoError(ValueError):

@@ -92,6 +92,17 @@ class Evaluation:
     median_iou: float
     mae: float
     n_images: int
+    # Each photo's IoU, in held-out order (quantize compares them photo by photo); not in summary().
+    ious: tuple[float, ...] = field(default=(), repr=False)
+
+    def summary(self) -> dict[str, float | int]:
+        """The figures printed and written to model cards, without the per-photo IoUs."""
+        return {
+            "mean_iou": self.mean_iou,
+            "median_iou": self.median_iou,
+            "mae": self.mae,
+            "n_images": self.n_images,
+        }
 
 
 def render_training_set(n: int, seed: int, size_px: int) -> tuple[list[Image.Image], npt.NDArray[np.uint8]]:
@@ -440,6 +451,7 @@ def evaluate(
         median_iou=round(float(np.median(ious)), 4),
         mae=round(float(np.mean(errors)), 4),
         n_images=len(ious),
+        ious=tuple(round(value, 4) for value in ious),
     )
 
 
