@@ -176,7 +176,7 @@ def fetch_directory(
     absolute URI, a relative ``file://`` URI resolved first, and for ``s3://`` the server unless it is
     AWS, since MinIO and AWS may both have the bucket; a long last part shortened as ``fetch_file``
     shortens a file name) and reused while it holds exactly the keys the
-    store lists, each file at the size it was copied with: model folders are treated as immutable,
+    store lists, each file with the sha256 it was copied with: model folders are treated as immutable,
     so publish a changed model under a new URI. Processes sharing the cache may fetch at once: a
     copy another one completed meanwhile is used as it is, never deleted under its readers. The copy
     is held (``hold``) while this process lives, and copies not used for ``unused_days`` are deleted
@@ -242,13 +242,15 @@ def _download(
         fcntl.flock(partial_fd, fcntl.LOCK_SH)  # being written: prune_unused leaves it
         os.chmod(partial, 0o777 & ~_umask())  # as mkdir would have made it, not mkdtemp's 0700
         sizes: dict[str, int] = {}
+        digests: dict[str, str] = {}
         for key in keys:
             path = partial.joinpath(*key.split("/"))
             path.parent.mkdir(parents=True, exist_ok=True)
             data = source.get_bytes(prefix + key)
             _write_durably(path, data)
             sizes[key] = len(data)
-        complete = {**marker, "keys": keys, "sizes": sizes}
+            digests[key] = hashlib.sha256(data).hexdigest()
+        complete = {**marker, "keys": keys, "sizes": sizes, "sha256": digests}
         _write_durably(partial / COMPLETE_MARKER, json.dumps(complete).encode("utf-8"))
         _install(partial, target, keys)
     finally:
@@ -366,21 +368,26 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 
 def _is_complete(target: Path, keys: list[str]) -> bool:
-    """Whether ``target`` is a finished copy of exactly ``keys``, every file still whole."""
+    """Whether ``target`` is a finished copy of exactly ``keys``, every file still holding the bytes
+    copied (their sha256, as ``fetch_file`` checks a file's)."""
     try:
         marker = json.loads((target / COMPLETE_MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     if not isinstance(marker, dict) or marker.get("keys") != keys:
         return False
-    # Copies made before sizes were recorded are checked for presence only.
-    sizes = marker.get("sizes") or {}
+    # Sizes alone passed a file damaged in place (or replaced) at its size: it was loaded, and failed,
+    # at every start until someone emptied the cache. A copy made before digests were recorded is
+    # copied again, once.
+    sizes, digests = marker.get("sizes"), marker.get("sha256")
+    if not isinstance(sizes, dict) or not isinstance(digests, dict):
+        return False
     for key in keys:
+        path = target.joinpath(*key.split("/"))
         try:
-            size = target.joinpath(*key.split("/")).stat().st_size
+            if path.stat().st_size != sizes.get(key) or file_sha256(path) != digests.get(key):
+                return False
         except OSError:
-            return False
-        if key in sizes and size != sizes[key]:
             return False
     return True
 
