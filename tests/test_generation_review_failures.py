@@ -9,7 +9,6 @@ for the retry, and the refusal names the settings to change.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -23,56 +22,22 @@ from schemas.common import ImageRef
 from schemas.envelope import derive_id
 from schemas.events import ImageGenerated, SkuCaptioned
 from schemas.topics import SKU_CAPTIONED
-from services.generator.client import GeneratorUnavailable, TritonGenerator, refusal
+from services.generator.client import GeneratorUnavailable, TritonGenerator
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import GeneratorMetrics, handle_batch, variant_seed
 from shared.bus import make_envelope
 from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
-from shared.generation.backend import GenerationBackend, GenerationRequest
+from shared.generation.backend import GenerationRequest
 from shared.generation.composite import CompositeBackend
 from shared.generation.settings import GenerationSettings
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore, ObjectStore
+from tests.support.generation import RefusingGenerator
 from tests.support.triton import TritonServerProcess
 from tests.test_generator_stage import captioned_sku
 from tests.test_generator_triton import variant as triton_variant
-
-
-class RefusingGenerator:
-    """Backends called in this process; a variant a backend refuses comes back as the Triton client
-    returns it (``refusal`` of the server's ``"<kind>: <message>"``)."""
-
-    def __init__(self, *backends: GenerationBackend) -> None:
-        self.backends = {backend.name: backend for backend in backends}
-
-    def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
-        served = self.backends[backend]
-        results: list[VariantResult | BadInput] = []
-        for variant in variants:
-            request = GenerationRequest(
-                reference=variant.reference,
-                mask=variant.mask,
-                prompt=variant.prompt,
-                negative_prompt=variant.negative_prompt,
-                seed=variant.seed,
-                n=1,
-                parameters=json.loads(variant.parameters_json),
-                size=variant.size,
-            )
-            try:
-                sample = served.generate(request)[0]
-            except (ValueError, BadInput) as exc:
-                kind = BadInput.__name__ if isinstance(exc, BadInput) else type(exc).__name__
-                results.append(refusal(f"{kind}: {exc}", f"{backend} refused variant seed {variant.seed}"))
-                continue
-            results.append(
-                VariantResult(
-                    sample.image, sample.expected_mask, json.dumps(sample.parameters), None, served.model_id
-                )
-            )
-        return results
 
 
 def with_mask(store: ObjectStore, captioned: SkuCaptioned, photo_id: str, mask: np.ndarray) -> SkuCaptioned:

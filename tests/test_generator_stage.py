@@ -7,12 +7,10 @@ the store; with Triton taken down mid-run and brought back, nothing is lost and 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,6 @@ from schemas.common import SkuMetadata
 from schemas.envelope import DeadLetter, Envelope, derive_id
 from schemas.events import CaptionedPhoto, ImageGenerated, SkuCaptioned
 from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
-from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import (
     PlannedVariant,
     build_stage,
@@ -33,8 +30,7 @@ from services.generator.stage import (
 )
 from shared.bus import make_envelope
 from shared.config import ConfigError, load_settings
-from shared.errors import BadInput
-from shared.generation.backend import COLOUR_GAIN_KEY, GenerationBackend, GenerationRequest
+from shared.generation.backend import COLOUR_GAIN_KEY, GenerationRequest
 from shared.generation.composite import CompositeBackend, CompositeError, product_framing
 from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
 from shared.generation.scenes import Scene, SceneLibrary
@@ -46,6 +42,7 @@ from shared.store import FileStore, ObjectStore
 from shared.synth import make_product, render_photo
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, read_topic, running
 from tests.support.diffusion import build_tiny_inpaint_pipeline
+from tests.support.generation import InProcessGenerator
 from tests.support.triton import TritonServerProcess, tiny_diffusion_env
 
 VARIANTS = 3
@@ -400,38 +397,6 @@ def test_cut_outs_come_from_plain_background_photos_when_a_sku_has_one() -> None
 
 def _ref() -> dict[str, object]:
     return {"uri": "file:///x.png", "sha256": "0" * 64, "bytes": 1, "width": 1, "height": 1}
-
-
-class InProcessGenerator:
-    """Backends called in this process, as the Triton client would call the server."""
-
-    def __init__(self, *backends: GenerationBackend) -> None:
-        self.backends = {backend.name: backend for backend in backends}
-
-    def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
-        served = self.backends[backend]
-        results: list[VariantResult | BadInput] = []
-        for variant in variants:
-            request = GenerationRequest(
-                reference=variant.reference,
-                mask=variant.mask,
-                prompt=variant.prompt,
-                negative_prompt=variant.negative_prompt,
-                seed=variant.seed,
-                n=1,
-                parameters=json.loads(variant.parameters_json),
-                adapter_id=variant.adapter_id,
-                series=variant.series,
-                size=variant.size,
-            )
-            sample = served.generate(request)[0]
-            parameters = json.dumps(sample.parameters)
-            results.append(
-                VariantResult(
-                    sample.image, sample.expected_mask, parameters, sample.adapter_id, served.model_id
-                )
-            )
-        return results
 
 
 def test_a_re_render_from_a_changed_scene_library_leaves_what_earlier_events_point_at(tmp_path: Path) -> None:
