@@ -243,6 +243,22 @@ def test_fetch_directory_file_source_keeps_its_cache_name(tmp_path: Path) -> Non
     assert fetch_directory(uri, tmp_path / "cache") == tmp_path / "cache" / f"blip-{digest}"
 
 
+def _refused_before_any_download(store: ObjectStore, uri: str, cache: Path) -> str:
+    """Why ``fetch_directory`` refuses the folder at ``uri``, checked to have downloaded none of its files."""
+    fetched: list[str] = []
+    real_get_bytes = store.get_bytes
+
+    def get_bytes(uri_or_key: str) -> bytes:
+        fetched.append(uri_or_key)
+        return real_get_bytes(uri_or_key)
+
+    store.get_bytes = get_bytes  # type: ignore[method-assign]
+    with pytest.raises(ValueError) as info:
+        fetch_directory(uri, cache, store=store)
+    assert fetched == []
+    return str(info.value)
+
+
 def test_a_model_folder_with_a_file_name_no_file_system_takes_is_refused_up_front_naming_it(
     tmp_path: Path, s3_endpoint: str
 ) -> None:
@@ -256,21 +272,10 @@ def test_a_model_folder_with_a_file_name_no_file_system_takes_is_refused_up_fron
     uri = _model_folder(store, "blip")
     long_name = "z" * 300 + ".safetensors"
     client.put_object(Bucket=bucket, Key=f"blip/unet/{long_name}", Body=b"w")
-    fetched: list[str] = []
-    real_get_bytes = store.get_bytes
-
-    def get_bytes(uri_or_key: str) -> bytes:
-        fetched.append(uri_or_key)
-        return real_get_bytes(uri_or_key)
-
-    store.get_bytes = get_bytes  # type: ignore[method-assign]
-    with pytest.raises(ValueError) as info:
-        fetch_directory(uri, tmp_path / "cache", store=store)
-    assert str(info.value) == (
+    assert _refused_before_any_download(store, uri, tmp_path / "cache") == (
         f"{uri}/ holds unet/{long_name}, with a name of 312 bytes: no file system takes a name over 255 "
         "bytes, and the model's files are read by name; rename it in the store"
     )
-    assert fetched == []
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
@@ -282,18 +287,7 @@ def test_a_model_folder_with_a_file_name_the_store_cannot_read_is_refused_up_fro
     store = FileStore(tmp_path / "models")
     uri = _model_folder(store, "blip")
     (tmp_path / "models" / "blip" / "z\\b.bin").write_bytes(b"w")
-    fetched: list[str] = []
-    real_get_bytes = store.get_bytes
-
-    def get_bytes(uri_or_key: str) -> bytes:
-        fetched.append(uri_or_key)
-        return real_get_bytes(uri_or_key)
-
-    store.get_bytes = get_bytes  # type: ignore[method-assign]
-    with pytest.raises(ValueError) as info:
-        fetch_directory(uri, tmp_path / "cache", store=store)
-    assert str(info.value) == (
+    assert _refused_before_any_download(store, uri, tmp_path / "cache") == (
         f"{uri}/ holds 'z\\\\b.bin', which the store cannot read (key 'blip/z\\\\b.bin' contains a "
         "backslash); rename it in the store"
     )
-    assert fetched == []
