@@ -33,8 +33,12 @@ SKU = "SKU-001"
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 
 
-def _context(store: FileStore) -> Context:
-    return Context("trainstore", store, Settings(), StageMetrics("trainstore"), logging.getLogger("test"))
+def _stage(tmp_path: Path, compact_after_parts: int) -> tuple[FileStore, ManifestStore, Trainstore, Context]:
+    """A trainstore on a fresh store under ``tmp_path``: the store, its manifests, the stage, a context."""
+    store = FileStore(tmp_path / "store")
+    manifests = ManifestStore(store, PREFIX)
+    ctx = Context("trainstore", store, Settings(), StageMetrics("trainstore"), logging.getLogger("test"))
+    return store, manifests, Trainstore(manifests, compact_after_parts=compact_after_parts), ctx
 
 
 def _envelope(topic: Any, payload: Any, event_id: str, minute: int) -> Envelope[Any]:
@@ -60,10 +64,7 @@ def _parts(store: FileStore) -> list[str]:
 def test_an_old_acceptance_delivered_after_a_newer_approval_leaves_the_approval_and_its_image(
     tmp_path: Path,
 ) -> None:
-    store = FileStore(tmp_path / "store")
-    manifests = ManifestStore(store, PREFIX)
-    trainstore = Trainstore(manifests, compact_after_parts=2)
-    ctx = _context(store)
+    store, manifests, trainstore, ctx = _stage(tmp_path, compact_after_parts=2)
     first, second = _renders(store)
     old_acceptance = _envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0)
     trainstore.accepted(old_acceptance, ctx)
@@ -90,10 +91,7 @@ def test_an_old_acceptance_delivered_after_a_newer_approval_leaves_the_approval_
 
 
 def test_an_old_captioning_replayed_after_a_newer_one_changes_no_photo(tmp_path: Path) -> None:
-    store = FileStore(tmp_path / "store")
-    manifests = ManifestStore(store, PREFIX)
-    trainstore = Trainstore(manifests, compact_after_parts=16)
-    ctx = _context(store)
+    store, manifests, trainstore, ctx = _stage(tmp_path, compact_after_parts=16)
     older = captioned(store, 1, photos=2)
     # The newer captioning found p0 unusable and p1 without a product mask.
     newer = older.model_copy(
@@ -127,10 +125,7 @@ def test_an_old_captioning_replayed_after_a_newer_one_changes_no_photo(tmp_path:
 def test_an_old_captioning_replayed_after_a_newer_one_deletes_no_photo_it_found_unusable(
     tmp_path: Path,
 ) -> None:
-    store = FileStore(tmp_path / "store")
-    manifests = ManifestStore(store, PREFIX)
-    trainstore = Trainstore(manifests, compact_after_parts=16)
-    ctx = _context(store)
+    store, manifests, trainstore, ctx = _stage(tmp_path, compact_after_parts=16)
     newer = captioned(store, 1, photos=2)
     older: SkuCaptioned = newer.model_copy(
         update={
@@ -175,10 +170,7 @@ def test_two_writers_of_one_sku_keep_the_newer_event_in_any_order(tmp_path: Path
 
 def test_an_old_acceptance_of_one_render_stands_after_a_newer_rejection_of_another(tmp_path: Path) -> None:
     """The rejection judged other pixels: the acceptance stands in either order (as when it came first)."""
-    store = FileStore(tmp_path / "store")
-    manifests = ManifestStore(store, PREFIX)
-    trainstore = Trainstore(manifests, compact_after_parts=16)
-    ctx = _context(store)
+    store, manifests, trainstore, ctx = _stage(tmp_path, compact_after_parts=16)
     first, second = _renders(store)
     trainstore.resolved(_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "b", 60), ctx)
     acceptance = _envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0)
