@@ -28,14 +28,8 @@ from shared.lora_training.dataset import InstanceSource, TrainingRecipe, build_t
 from shared.lora_training.train import LORA_TARGETS, TrainingError, adapter_weights, train_lora
 from shared.store import FileStore, sha256_hex
 from tests.support.diffusion import build_tiny_inpaint_pipeline, product_photo
-from tests.test_lora_review import (
-    gate_accepted,
-    generator_settings,
-    model_folder,
-    open_on,
-    record_accepted_event,
-    trainer_on,
-)
+from tests.support.lora import gate_accepted, model_folder, record_accepted_event, trainer_on
+from tests.test_lora_review import generator_settings, open_on
 
 
 @pytest.fixture(scope="module")

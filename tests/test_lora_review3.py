@@ -12,23 +12,13 @@ from pathlib import Path
 import pytest
 
 from services.lora_trainer.config import LoraTrainerSettings
-from services.lora_trainer.stage import PREFIX, LoraTrainer, adapter_base_model
+from services.lora_trainer.stage import PREFIX, adapter_base_model
 from shared.config import ConfigError, load_settings
-from shared.generation.adapters import AdapterRegistry, resolve_adapter
 from shared.generation.diffusion import DiffusionSettings
 from shared.store import FileStore
-from tests.test_generator_stage import captioned_sku
+from tests.support.lora import model_folder, one_series, served
 from tests.test_lora_plan_review import _class_images, _trainer
-from tests.test_lora_review import (
-    generator_settings,
-    model_folder,
-    open_on,
-    record,
-    stub_training,
-    trainer_on,
-)
-
-__all__ = ["stub_training"]  # the fixture, imported for the tests below
+from tests.test_lora_review import generator_settings, open_on
 
 
 def test_a_roll_back_to_an_adapter_whose_job_folder_expired_makes_it_current_again(
@@ -37,26 +27,17 @@ def test_a_roll_back_to_an_adapter_whose_job_folder_expired_makes_it_current_aga
     """docs/ops.md lets ``lora-trainer/jobs/`` expire once a job is published. A roll-back to that job
     then read its result from the expired folder: ObjectMissing at every poll, and the generator kept
     serving the newer adapter."""
-    store = FileStore(tmp_path / "store")
-    model = model_folder(tmp_path, "m")
-    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
-
-    def trainer(rank: int) -> LoraTrainer:
-        return trainer_on(store, model, lora_rank=rank, lora_class_images=0)
-
-    def served() -> str | None:
-        choice = resolve_adapter(AdapterRegistry(store).list(), series="cola", base_model="sd15-inpaint")
-        return choice.adapter.adapter_id if choice.adapter else None
+    store, trainer = one_series(tmp_path)
 
     [first] = trainer(4).run_pending()
     for key in [*store.list_keys(f"{PREFIX}/jobs/"), *store.list_keys(f"{PREFIX}/sets/")]:
         store.delete(key)  # expired, as the retention table allows
     [second] = trainer(8).run_pending()
-    assert served() == second.adapter_id
+    assert served(store) == second.adapter_id
 
     [again] = trainer(4).run_pending()  # rolled back
 
-    assert served() == first.adapter_id and len(stub_training) == 2  # current again, not trained again
+    assert served(store) == first.adapter_id and len(stub_training) == 2  # current again, not trained again
     assert again.model_dump(include={"weights_sha256", "steps", "sku_ids", "training_prompts"}) == (
         first.model_dump(include={"weights_sha256", "steps", "sku_ids", "training_prompts"})
     )

@@ -17,20 +17,17 @@ from schemas.events import AdapterPublished
 from services.lora_trainer import stage as lora_stage
 from services.lora_trainer.stage import PREFIX, LoraTrainer, kafka_publisher
 from shared.config import Settings
-from shared.generation.adapters import AdapterRegistry, resolve_adapter
+from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
-from tests.test_generator_stage import captioned_sku
-from tests.test_lora_plan_review import _class_images
-from tests.test_lora_review import (
+from tests.support.lora import (
     gate_accepted,
     model_folder,
-    record,
+    one_series,
     record_accepted_event,
-    stub_training,
+    served,
     trainer_on,
 )
-
-__all__ = ["stub_training"]  # the fixture, imported for the tests below
+from tests.test_lora_plan_review import _class_images
 
 
 class _Broker:
@@ -52,9 +49,7 @@ def test_a_roll_back_is_published_under_a_new_event_id_and_a_retried_one_under_t
     a consumer de-duplicating by event id (every skuforge stage does) dropped as a redelivery."""
     monkeypatch.setattr(lora_stage, "Publisher", _Broker)
     monkeypatch.setattr(_Broker, "event_ids", [])
-    store = FileStore(tmp_path / "store")
-    model = model_folder(tmp_path, "m")
-    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    _, trainer_at = one_series(tmp_path)
     to_kafka = kafka_publisher(Settings())
     ack_lost = {"once": False}
 
@@ -65,7 +60,7 @@ def test_a_roll_back_is_published_under_a_new_event_id_and_a_retried_one_under_t
             raise TimeoutError("no ack")
 
     def trainer(rank: int) -> LoraTrainer:
-        trainer = trainer_on(store, model, lora_rank=rank, lora_class_images=0)
+        trainer = trainer_at(rank)
         trainer.publish = publish
         return trainer
 
@@ -87,17 +82,8 @@ def test_a_roll_back_to_an_adapter_an_operator_removed_leaves_it_removed(
 ) -> None:
     """`skuforge adapters remove` takes out an adapter that paints the wrong thing; a roll-back to its
     training set registered it again, and the generator served it once more."""
-    store = FileStore(tmp_path / "store")
-    model = model_folder(tmp_path, "m")
+    store, trainer = one_series(tmp_path)
     registry = AdapterRegistry(store)
-    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
-
-    def trainer(rank: int) -> LoraTrainer:
-        return trainer_on(store, model, lora_rank=rank, lora_class_images=0)
-
-    def served() -> str | None:
-        choice = resolve_adapter(registry.list(), series="cola", base_model="sd15-inpaint")
-        return choice.adapter.adapter_id if choice.adapter else None
 
     [first] = trainer(4).run_pending()
     registry.remove(first.adapter_id)  # paints the wrong thing
@@ -109,7 +95,7 @@ def test_a_roll_back_to_an_adapter_an_operator_removed_leaves_it_removed(
     # two runs above log "adapter published" with an adapter_id too.
     warned = [record for record in caplog.records if record.levelno >= logging.WARNING]
     assert [record.adapter_id for record in warned] == [first.adapter_id]  # type: ignore[attr-defined]
-    assert served() == second.adapter_id and len(stub_training) == 2
+    assert served(store) == second.adapter_id and len(stub_training) == 2
     assert [adapter.adapter_id for adapter in registry.list()] == [second.adapter_id]
     assert trainer(4).run_pending() == []  # and it stays so at the next polls
 

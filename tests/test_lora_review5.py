@@ -13,20 +13,19 @@ import pytest
 
 from schemas.events import AdapterPublished
 from services.lora_trainer.stage import GENERAL_STATE_KEY, JOB_MAX_ATTEMPTS, PREFIX, LoraTrainer
-from shared.generation.adapters import AdapterRegistry, resolve_adapter
+from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
 from tests.support.diffusion import build_tiny_inpaint_pipeline
-from tests.test_generator_stage import captioned_sku
-from tests.test_lora_review import (
+from tests.support.lora import (
     gate_accepted,
     model_folder,
+    one_series,
     record,
     record_accepted_event,
-    stub_training,
+    served,
     trainer_on,
 )
-
-__all__ = ["stub_training"]  # the fixture, imported for the tests below
+from tests.test_generator_stage import captioned_sku
 
 
 @pytest.mark.parametrize(
@@ -73,10 +72,8 @@ def test_a_roll_back_retried_after_a_lost_ack_registers_the_adapter_once(
 ) -> None:
     """A roll-back re-registers its adapter so it is the newest; the retry after a lost ack registered
     it a second time (weights and metadata written again, a new created_at) though it already was."""
-    store = FileStore(tmp_path / "store")
-    model = model_folder(tmp_path, "m")
+    store, trainer_at = one_series(tmp_path)
     registry = AdapterRegistry(store)
-    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
     ack_lost = {"once": False}
 
     def publish(event: AdapterPublished) -> None:
@@ -85,7 +82,7 @@ def test_a_roll_back_retried_after_a_lost_ack_registers_the_adapter_once(
             raise TimeoutError("no ack")
 
     def trainer(rank: int) -> LoraTrainer:
-        trainer = trainer_on(store, model, lora_rank=rank, lora_class_images=0)
+        trainer = trainer_at(rank)
         trainer.publish = publish
         return trainer
 
@@ -97,7 +94,7 @@ def test_a_roll_back_retried_after_a_lost_ack_registers_the_adapter_once(
     registered = registry.get(first.adapter_id)
     [again] = trainer(4).run_pending()
 
-    assert again.publication == 2 and served(registry) == first.adapter_id
+    assert again.publication == 2 and served(store) == first.adapter_id
     assert registry.get(first.adapter_id) == registered  # not registered a second time
 
 
@@ -107,13 +104,7 @@ def test_a_roll_back_to_an_adapter_whose_published_marker_was_deleted_makes_it_c
     """Without its ``published/`` marker (deleted, though docs/ops.md says to keep it) a rolled-back
     adapter was taken for a first publication: found registered, it was not registered again, and the
     generator kept serving the later adapter the trainer had just replaced."""
-    store = FileStore(tmp_path / "store")
-    model = model_folder(tmp_path, "m")
-    registry = AdapterRegistry(store)
-    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
-
-    def trainer(rank: int) -> LoraTrainer:
-        return trainer_on(store, model, lora_rank=rank, lora_class_images=0)
+    store, trainer = one_series(tmp_path)
 
     [first] = trainer(4).run_pending()
     [second] = trainer(8).run_pending()
@@ -121,12 +112,7 @@ def test_a_roll_back_to_an_adapter_whose_published_marker_was_deleted_makes_it_c
     [again] = trainer(4).run_pending()  # rolled back
 
     assert again.adapter_id == first.adapter_id and len(stub_training) == 2  # not trained again
-    assert served(registry) == first.adapter_id != second.adapter_id
-
-
-def served(registry: AdapterRegistry) -> str | None:
-    """The adapter the generator picks for the series "cola"."""
-    return resolve_adapter(registry.list(), series="cola", base_model="sd15-inpaint").adapter_id
+    assert served(store) == first.adapter_id != second.adapter_id
 
 
 @pytest.mark.parametrize("gone", ["unet/config.json", "text_encoder"])

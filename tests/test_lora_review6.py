@@ -14,18 +14,11 @@ from pathlib import Path
 import pytest
 
 from services.lora_trainer import stage as lora_stage
-from services.lora_trainer.stage import JOB_MAX_ATTEMPTS, PREFIX, LoraTrainer
-from shared.generation.adapters import METADATA_FILE, AdapterRegistry, resolve_adapter
+from services.lora_trainer.stage import JOB_MAX_ATTEMPTS, PREFIX
+from shared.generation.adapters import METADATA_FILE
 from shared.store import FileStore
+from tests.support.lora import model_folder, one_series, record, served, trainer_on
 from tests.test_generator_stage import captioned_sku
-from tests.test_lora_review import model_folder, record, stub_training, trainer_on
-
-__all__ = ["stub_training"]  # the fixture, imported for the tests below
-
-
-def served(store: FileStore, series: str = "cola") -> str | None:
-    """The adapter the generator picks for ``series``."""
-    return resolve_adapter(AdapterRegistry(store).list(), series=series, base_model="sd15-inpaint").adapter_id
 
 
 def damaged_current(store: FileStore, first: str, second: str) -> str:
@@ -61,12 +54,7 @@ def test_a_damaged_record_of_a_published_adapter_is_reported_and_the_other_serie
     """A ``current/`` pointer or ``published/`` marker cut short or mistyped, or the registry's metadata
     of an adapter rolled back to unreadable, raised out of that series' job at every poll, for ever:
     seen only as the ``retried`` count and the last error, with nothing saying which file or what to do."""
-    store = FileStore(tmp_path / "store")
-    model = model_folder(tmp_path, "m")
-    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
-
-    def trainer(rank: int) -> LoraTrainer:
-        return trainer_on(store, model, lora_rank=rank, lora_class_images=0)
+    store, trainer = one_series(tmp_path)
 
     [first] = trainer(4).run_pending()
     [second] = trainer(8).run_pending()

@@ -14,16 +14,13 @@ from pathlib import Path
 import pytest
 
 from schemas.events import AdapterPublished
-from services.lora_trainer.stage import PREFIX, LoraTrainer
+from services.lora_trainer.stage import PREFIX
 from shared.errors import TransientError
 from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
+from tests.support.lora import model_folder, one_series, record, served, trainer_on
 from tests.test_generation_review import lora_weights
 from tests.test_generator_stage import captioned_sku
-from tests.test_lora_review import model_folder, record, stub_training, trainer_on
-from tests.test_lora_review6 import served
-
-__all__ = ["stub_training"]  # the fixture, imported for the tests below
 
 
 def _cut_short(data: bytes) -> bytes:
@@ -102,12 +99,7 @@ def test_a_roll_back_whose_registry_weights_are_lost_or_altered_is_reported_and_
     """A roll-back to an adapter whose ``jobs/`` folder has expired reads its weights from the registry:
     missing there, or failing their checksum, they raised at every poll, for ever, seen only as
     ``retried``, with nothing naming the file or saying what to do."""
-    store = FileStore(tmp_path / "store")
-    model = model_folder(tmp_path, "m")
-    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
-
-    def trainer(rank: int) -> LoraTrainer:
-        return trainer_on(store, model, lora_rank=rank, lora_class_images=0)
+    store, trainer = one_series(tmp_path)
 
     [first] = trainer(4).run_pending()
     weights_key = _weights_key(store, first.adapter_id)
@@ -148,12 +140,7 @@ def test_a_deleted_current_pointer_is_rebuilt_from_the_generators_choice_and_the
     """Deleting a damaged ``current/`` pointer, as the error offered, made the trainer take the series'
     training set now as current: a real roll-back was missed, and the generator kept serving the later
     adapter, trained on SKUs that have left the series."""
-    store = FileStore(tmp_path / "store")
-    model = model_folder(tmp_path, "m")
-    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
-
-    def trainer(rank: int) -> LoraTrainer:
-        return trainer_on(store, model, lora_rank=rank, lora_class_images=0)
+    store, trainer = one_series(tmp_path)
 
     [first] = trainer(4).run_pending()
     [second] = trainer(8).run_pending()

@@ -1,0 +1,131 @@
+"""The LoRA trainer's tests' arrangements: a model folder, a trainer on a store, events recorded through
+the stage's real handlers, and training stubbed (``stub_training``, a fixture of the whole suite) where
+what is trained is not the point, so those tests run on CPU in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from schemas.envelope import derive_id
+from schemas.events import GateAccepted, GateCheck, SkuCaptioned
+from schemas.topics import GATE_ACCEPTED, SKU_CAPTIONED
+from services.lora_trainer import stage as lora_stage
+from services.lora_trainer.config import LoraTrainerSettings
+from services.lora_trainer.stage import LoraTrainer, LoraTrainerMetrics, record_accepted, record_captioned
+from shared.bus import make_envelope
+from shared.config import Settings, load_settings
+from shared.generation.adapters import AdapterRegistry, resolve_adapter
+from shared.lora_training.train import TrainingResult
+from shared.observability import StageMetrics
+from shared.runtime import Context, Emit
+from shared.store import FileStore, ObjectStore
+
+
+def model_folder(root: Path, name: str, *, unet_channels: int = 32, in_channels: int = 9) -> Path:
+    """A pipeline folder as far as start-up and the job hash read it (no weights: nothing trains);
+    ``in_channels`` 9 is an inpainting UNet's (latents, mask, masked-image latents)."""
+    folder = root / name
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionInpaintPipeline"}))
+    (folder / "unet" / "config.json").write_text(
+        json.dumps({"block_out_channels": [unet_channels], "in_channels": in_channels})
+    )
+    return folder
+
+
+def trainer_on(store: FileStore, model_dir: Path, **overrides: Any) -> LoraTrainer:
+    return LoraTrainer(
+        store=store,
+        registry=AdapterRegistry(store),
+        settings=load_settings(LoraTrainerSettings, **overrides),
+        model_dir=model_dir,
+        base_model="sd15-inpaint",
+        min_plain_background=0.7,
+        publish=lambda event: None,
+        metrics=LoraTrainerMetrics(CollectorRegistry()),
+    )
+
+
+def record(store: ObjectStore, captioned: SkuCaptioned) -> None:
+    """What the stage's handler does with a ``sku.captioned`` event, through the real handler."""
+    ctx = Context("lora-trainer", store, Settings(), StageMetrics("lora-trainer"), logging.getLogger("test"))
+    event = make_envelope(
+        SKU_CAPTIONED,
+        captioned,
+        event_id=derive_id("test", captioned.sku.sku_id, captioned.sku.series),
+        sku_id=captioned.sku.sku_id,
+        trace_id="t",
+        producer="test",
+    )
+    ctx._handling = event
+    record_captioned(event, ctx, metrics=LoraTrainerMetrics(CollectorRegistry()))
+
+
+def gate_accepted(store: ObjectStore, variant: int) -> GateAccepted:
+    """Variant ``variant`` of SKU-001 as the gate accepts it (its image and mask in ``store``)."""
+    from tests.support.gate import matted_item
+
+    check = GateCheck(code="iou_below_threshold", passed=True, value=1.0, threshold=0.9)
+    return GateAccepted(matted=matted_item(store, 1, variant), iou=1.0, checks=[check])
+
+
+def record_accepted_event(store: ObjectStore, accepted: GateAccepted) -> list[Emit]:
+    """What the stage's handler does with a ``gate.accepted`` event, through the real handler."""
+    ctx = Context("lora-trainer", store, Settings(), StageMetrics("lora-trainer"), logging.getLogger("test"))
+    item_id = accepted.matted.generated.item_id
+    event = make_envelope(
+        GATE_ACCEPTED,
+        accepted,
+        event_id=derive_id("test", item_id),
+        sku_id="SKU-001",
+        trace_id="t",
+        producer="t",
+    )
+    ctx._handling = event
+    return record_accepted(event, ctx, metrics=LoraTrainerMetrics(CollectorRegistry()))
+
+
+@pytest.fixture
+def stub_training(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
+    """Training replaced by a stand-in that records the model folder it was asked to train."""
+    from tests.test_generation_review import lora_weights
+
+    trained_on: list[Path] = []
+
+    def train_lora(model_dir: Path, *_: Any, **__: Any) -> TrainingResult:
+        trained_on.append(model_dir)
+        return TrainingResult(
+            weights=lora_weights(), steps=1, final_loss=0.1, resumed_from_step=0, stopped_early=False
+        )
+
+    monkeypatch.setattr(lora_stage, "train_lora", train_lora)
+    yield trained_on
+
+
+def one_series(tmp_path: Path) -> tuple[FileStore, Callable[[int], LoraTrainer]]:
+    """A store holding SKU-001 of the series "cola" (one usable photo), and a trainer on it at a LoRA
+    rank, with no class images: two ranks are two recipes of the series, so training the first again
+    after the second rolls the series back to its first adapter."""
+    from tests.test_generator_stage import captioned_sku
+
+    store = FileStore(tmp_path / "store")
+    model = model_folder(tmp_path, "m")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+
+    def trainer(rank: int) -> LoraTrainer:
+        return trainer_on(store, model, lora_rank=rank, lora_class_images=0)
+
+    return store, trainer
+
+
+def served(store: ObjectStore, series: str = "cola") -> str | None:
+    """The adapter the generator picks for ``series``."""
+    return resolve_adapter(AdapterRegistry(store).list(), series=series, base_model="sd15-inpaint").adapter_id
