@@ -682,6 +682,33 @@ def test_colour_nouns_stay_and_produce_sheds_its_packaging_word(
 
 
 @pytest.mark.parametrize(
+    ("sentence", "colours", "noun", "merged"),
+    [
+        # A colour word that names what is in the pack stays: "a bottle of orange juice" of a red box
+        # read "a box of juice", a green bottle's "red wine" plain "wine".
+        ("a bottle of orange juice", ["red"], "", "a box of orange juice"),
+        ("a bottle of red wine on a table", ["green"], "", "a box of red wine on a table"),
+        ("a box of green tea", ["red"], "", "a box of green tea"),
+        (
+            "a bag of brown rice and a loaf of white bread",
+            ["red"],
+            "",
+            "a box of brown rice and a loaf of white bread",
+        ),
+        # So does one the class noun has with the next word ("white asparagus"), wherever it stands.
+        ("a jar of white asparagus", ["yellow"], "white asparagus", "a box of white asparagus"),
+        # Said of the pack, it is a colour still, and goes when not measured.
+        ("a black box of green tea", ["red"], "", "a box of green tea"),
+        ("a white jar of asparagus", ["yellow"], "white asparagus", "a box of asparagus"),
+    ],
+)
+def test_a_colour_word_that_names_a_food_or_drink_is_part_of_its_name(
+    sentence: str, colours: list[str], noun: str, merged: str
+) -> None:
+    assert merge_sentence("C", sentence, colours, "box", noun=noun) == f"C, {merged}"
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         [],  # --out is required: the default replaced the committed tree

@@ -68,6 +68,7 @@ from shared.captioning.attributes import (
     shape_tree_id,
 )
 from shared.captioning.prompts import (
+    class_noun,
     compose_caption,
     compose_tags,
     declared_shape,
@@ -450,7 +451,7 @@ def _caption_photo(
         mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST), dtype=np.uint8)
     caption = compose_caption(sku, colours, shape, view)
     if sentence is not None:
-        caption = merge_sentence(caption, sentence, colours, shape)
+        caption = merge_sentence(caption, sentence, colours, shape, noun=class_noun(sku.category))
     return CaptionedPhoto(
         photo_id=photo.photo_id,
         image=photo.image,

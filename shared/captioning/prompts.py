@@ -329,17 +329,31 @@ _NOT_MODIFIED: Final = frozenset(
 
 # Colour words that are also things a sentence may be about.
 _COLOUR_NOUNS: Final = frozenset({"orange", "cream", "gold", "silver", "navy", "tan"})
+# Foods and drinks a colour word before names a kind of ("orange juice", "red wine", "black beans"), not
+# the colour of the pack: "a bottle of orange juice" of a red box lost its juice's name. Not produce,
+# whose colour is the product's own and measured ("a red apple").
+_NAMED_BY_COLOUR: Final = frozenset(
+    {
+        *("juice", "juices", "wine", "wines", "tea", "teas", "coffee", "bread", "rice", "sugar", "vinegar"),
+        *("chocolate", "chocolates", "bean", "beans", "lentil", "lentils", "olive", "olives", "pesto"),
+        *("curry", "pudding"),
+    }
+)
 
 
-def _modifies(words: Sequence[str], index: int) -> bool:
+def _modifies(words: Sequence[str], index: int, name: str = "") -> bool:
     """Whether the colour word at ``index`` says a colour ("a red box", "red and white box", a cut-off
-    "a photo of a blue"), not names a thing: an orange or cream at the end of the sentence, before a
-    preposition, or after "sour"/"ice" is the fruit or the dairy product."""
+    "a photo of a blue"), not names a thing: before a food or drink it names a kind of ("orange juice",
+    "red wine") or with the next word as the class noun has them ("white asparagus"); an orange or
+    cream at the end of the sentence, before a preposition, or after "sour"/"ice" is the fruit or the
+    dairy product."""
+    following = words[index + 1] if index + 1 < len(words) else None
+    if following in _NAMED_BY_COLOUR or f" {words[index]} {following} " in f" {name} ":
+        return False
     if words[index] not in _COLOUR_NOUNS:
         return True
     if index > 0 and words[index - 1] in ("sour", "ice", "whipped"):
         return False  # cream
-    following = words[index + 1] if index + 1 < len(words) else None
     if following is None:
         return False
     if following in ("and", "or"):
@@ -367,12 +381,13 @@ def _sentence_words(sentence: str, measured: set[str]) -> list[str]:
     return words
 
 
-def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: str) -> str:
+def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: str, *, noun: str = "") -> str:
     """Append a vision-language model's sentence to a caption, minus any claim the measurements refute.
 
     Colour words not among the measured colours are dropped where they say a colour ("a red box", the
     "blue" of "a blue-and-white box"), not where they are a noun ("sour cream", "an orange on a
-    table"); a packaging word naming another shape becomes the measured one, plural if it was ("two
+    table") or part of a name ("orange juice", "red wine", "white asparagus" when the class ``noun``
+    says so); a packaging word naming another shape becomes the measured one, plural if it was ("two
     tins" of a box are "two boxes"; "product" when the shape is unknown; dropped with its article and
     "of" for loose produce; not before a tool: "a bottle opener"): the attribute captioner is
     authoritative for both. An article before a
@@ -397,7 +412,7 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
             lower in _COLOUR_WORDS
             and lower not in measured
             and not (lower == "gray" and "grey" in measured)
-            and _modifies(words, index)
+            and _modifies(words, index, noun)
         ):
             if kept and kept[-1] in ("a", "an"):
                 retold.add(len(kept) - 1)
