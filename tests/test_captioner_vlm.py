@@ -151,3 +151,18 @@ def test_a_vlm_cache_that_cannot_be_written_is_a_start_up_error_naming_the_setti
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "SKUFORGE_CAPTIONER_VLM_CACHE_DIR" in err and str(tmp_path / "a-file" / "cache") in err
+
+
+def test_the_prompt_is_taken_off_the_sentence_only_as_whole_words(blip_dir: Path) -> None:
+    # The prompt "a photo" cut "a photograph of a can" to "graph of a can"; the echo of "a photo" goes.
+    captioner = open_vlm(
+        str(blip_dir), cache_dir=None, threads=1, use_gpu=False, prompt="a photo", max_new_tokens=4
+    )
+    decoded = ["a photograph of a red can", "a photo of a red can", "a photos of cans"]
+    captioner.processor.batch_decode = lambda ids, skip_special_tokens: decoded
+    photo = render_photo(make_product(0, seed=2026), 0, seed=2026, size_px=96).image
+    assert captioner.describe([photo] * 3) == [
+        "a photograph of a red can",
+        "of a red can",
+        "a photos of cans",
+    ]

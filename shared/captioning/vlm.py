@@ -163,10 +163,17 @@ class VlmCaptioner:
 
 
 def _without_prompt(sentence: str, prompt: str) -> str:
-    """BLIP echoes a conditional prompt; the caption already says 'a photo of', so drop it."""
-    if prompt and sentence.lower().startswith(prompt.lower()):
-        return sentence[len(prompt) :].strip()
-    return sentence
+    """BLIP echoes a conditional prompt; the caption already says 'a photo of', so drop it.
+
+    Only as whole words: the prompt "a photo" cut "a photograph of a can" to "graph of a can".
+    """
+    prompt = " ".join(prompt.split())  # as the sentence's spaces are
+    if not prompt or not sentence.lower().startswith(prompt.lower()):
+        return sentence
+    rest = sentence[len(prompt) :]
+    if prompt[-1].isalnum() and rest[:1].isalnum():
+        return sentence  # the prompt ends inside the sentence's first words: no echo
+    return rest.strip()
 
 
 def open_vlm(
