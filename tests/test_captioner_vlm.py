@@ -166,3 +166,25 @@ def test_the_prompt_is_taken_off_the_sentence_only_as_whole_words(blip_dir: Path
         "of a red can",
         "a photos of cans",
     ]
+
+
+def test_blip_settings_under_the_attributes_backend_are_refused_naming_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # They were read by nothing: an operator who set the BLIP model but not the backend got
+    # attribute-only captions, with no word that the model was never loaded.
+    monkeypatch.setenv("SKUFORGE_CAPTIONER_VLM_MODEL", "s3://models/blip-base")
+    with pytest.raises(
+        ConfigError, match="SKUFORGE_CAPTIONER_VLM_MODEL set but SKUFORGE_CAPTIONER_BACKEND is attributes"
+    ):
+        load_settings(CaptionerSettings)
+    with pytest.raises(
+        ConfigError, match="VLM_MAX_NEW_TOKENS, SKUFORGE_CAPTIONER_VLM_MODEL, SKUFORGE_CAPTIONER_VLM_PROMPT"
+    ):
+        load_settings(CaptionerSettings, captioner_vlm_prompt="a picture of", captioner_vlm_max_new_tokens=9)
+    assert (
+        load_settings(CaptionerSettings, captioner_backend="vlm").captioner_vlm_model
+        == "s3://models/blip-base"
+    )
+    monkeypatch.delenv("SKUFORGE_CAPTIONER_VLM_MODEL")
+    assert load_settings(CaptionerSettings).captioner_backend == "attributes"

@@ -103,6 +103,13 @@ class CaptionerSettings(BaseSettings):
             raise ValueError(
                 "SKUFORGE_CAPTIONER_BACKEND=vlm needs SKUFORGE_CAPTIONER_VLM_MODEL (a BLIP directory or URI)"
             )
+        # Set for BLIP, the attributes backend never reads them: the operator meant vlm, or stale config.
+        unread = sorted(name for name in self.model_fields_set if name.startswith("captioner_vlm_"))
+        if self.captioner_backend == "attributes" and unread:
+            raise ValueError(
+                f"{', '.join('SKUFORGE_' + name.upper() for name in unread)} set but "
+                "SKUFORGE_CAPTIONER_BACKEND is attributes, which runs no BLIP: set it to vlm, or unset them"
+            )
         if self.captioner_min_mask_fraction >= self.captioner_max_mask_fraction:
             raise ValueError(
                 "SKUFORGE_CAPTIONER_MIN_MASK_FRACTION must be below SKUFORGE_CAPTIONER_MAX_MASK_FRACTION"
