@@ -141,6 +141,44 @@ def test_a_variant_with_an_empty_reference_or_mask_is_refused_alone(triton: Trit
     ]
 
 
+def raw_request(text_inputs: dict[str, bytes]) -> list[object]:
+    """One row as a third-party tritonclient would send it (our client only sends UTF-8 text)."""
+    import tritonclient.grpc as grpcclient
+
+    request = variant(12)
+    values: dict[str, np.ndarray] = {
+        "reference": request.reference[None],
+        "mask": request.mask[None],
+        "seed": np.array([[12]], dtype=np.int64),
+        "size": np.array([[SIZE_PX]], dtype=np.int32),
+    }
+    texts = {"prompt": b"a can", "negative_prompt": b"", "parameters": b"{}", "adapter_id": b""}
+    texts |= {"series": b"", "own_names": b"[]", **text_inputs}
+    values |= {name: np.array([[text]], dtype=object) for name, text in texts.items()}
+    inputs = []
+    for name, value in values.items():
+        dtype = {np.dtype(np.uint8): "UINT8", np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32"}
+        tensor = grpcclient.InferInput(name, list(value.shape), dtype.get(value.dtype, "BYTES"))
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    return inputs
+
+
+@pytest.mark.parametrize(
+    "name", ["prompt", "negative_prompt", "parameters", "adapter_id", "series", "own_names"]
+)
+def test_text_that_is_not_utf8_is_refused_naming_its_input(triton: TritonServerProcess, name: str) -> None:
+    # Before, the row's error was a bare "UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff...":
+    # the client that sent it could not tell which of its six text inputs to fix.
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    answer = client.infer("skuforge_generator_composite", raw_request({name: b"caf\xe9 \xff"}))
+    (error,) = answer.as_numpy("error").reshape(-1)
+    assert error.decode() == f"ValueError: {name} is not UTF-8 text: invalid continuation byte at byte 3"
+    assert not answer.as_numpy("image").any()
+
+
 def test_concurrent_requests_are_batched(triton: TritonServerProcess) -> None:
     before = max_batch_executed(triton.statistics())
     client = TritonGenerator(triton.grpc_url, concurrency=8)

@@ -252,7 +252,7 @@ class GenerationModel:
 def _row_request(request: Mapping[str, npt.NDArray[Any]], row: int, size: int) -> GenerationRequest:
     """Row ``row`` of a Triton request as one variant (n=1) for the backend."""
     try:
-        parameters = json.loads(_text(request["parameters"][row]) or "{}")
+        parameters = json.loads(_text(request, "parameters", row) or "{}")
     except json.JSONDecodeError as exc:
         raise ValueError(f"parameters are not JSON: {exc}") from None
     except RecursionError:  # '[[[[...' deeper than the parser recurses: raised, it failed the whole batch
@@ -262,13 +262,13 @@ def _row_request(request: Mapping[str, npt.NDArray[Any]], row: int, size: int) -
     return GenerationRequest(
         reference=np.ascontiguousarray(request["reference"][row]),
         mask=np.ascontiguousarray(request["mask"][row]),
-        prompt=_text(request["prompt"][row]),
-        negative_prompt=_text(request["negative_prompt"][row]),
+        prompt=_text(request, "prompt", row),
+        negative_prompt=_text(request, "negative_prompt", row),
         seed=int(np.asarray(request["seed"][row]).reshape(-1)[0]),
         n=1,
         parameters=parameters,
-        adapter_id=_text(request["adapter_id"][row]) or None,
-        series=_text(request["series"][row]) or None,
+        adapter_id=_text(request, "adapter_id", row) or None,
+        series=_text(request, "series", row) or None,
         own_names=_own_names(request, row),
         size=size,
     )
@@ -278,7 +278,7 @@ def _own_names(request: Mapping[str, npt.NDArray[Any]], row: int) -> tuple[str, 
     """The row's optional ``own_names`` (a JSON list of strings); () when the request has none."""
     if "own_names" not in request:
         return ()
-    text = _text(request["own_names"][row]) or "[]"
+    text = _text(request, "own_names", row) or "[]"
     try:
         names = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -290,9 +290,16 @@ def _own_names(request: Mapping[str, npt.NDArray[Any]], row: int) -> tuple[str, 
     return tuple(names)
 
 
-def _text(cell: npt.NDArray[Any]) -> str:
-    value = np.asarray(cell).reshape(-1)[0]
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+def _text(request: Mapping[str, npt.NDArray[Any]], name: str, row: int) -> str:
+    """Row ``row`` of the BYTES input ``name`` as text; a ``ValueError`` naming it when not UTF-8
+    (another client's bytes: a bare ``UnicodeDecodeError`` left it to guess which input was wrong)."""
+    value = np.asarray(request[name][row]).reshape(-1)[0]
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{name} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
 
 
 def _bytes_column(values: list[bytes]) -> npt.NDArray[Any]:
