@@ -179,6 +179,32 @@ def test_text_that_is_not_utf8_is_refused_naming_its_input(triton: TritonServerP
     assert not answer.as_numpy("image").any()
 
 
+def test_a_reference_over_the_pixel_limit_is_refused_before_the_backend_paints_it(tmp_path: Path) -> None:
+    # Before, the server painted any reference gRPC could carry: a 12000 x 12000 one (another client's,
+    # our stage shrinks them) took 12 s and 2.4 GB for one row, and a batch of them took the server down.
+    server = TritonServerProcess(tmp_path, extra_env={"SKUFORGE_MAX_IMAGE_PIXELS": str(SIZE_PX * SIZE_PX)})
+    server.start()
+    big = VariantRequest(
+        **{
+            **variant(8).__dict__,
+            "reference": np.full((SIZE_PX, SIZE_PX + 1, 3), 90, np.uint8),
+            "mask": np.full((SIZE_PX, SIZE_PX + 1), 255, np.uint8),
+        }
+    )
+    client = TritonGenerator(server.grpc_url, concurrency=2)
+    try:
+        served, refused = client.generate("composite", [variant(7), big])
+    finally:
+        client.close()
+        server.stop()
+    assert isinstance(served, VariantResult)
+    assert isinstance(refused, BadInput) and refused.reason == "generation_refused"
+    assert str(refused).endswith(
+        "refused variant seed 8: ValueError: reference is 257x256 px, more than "
+        "SKUFORGE_MAX_IMAGE_PIXELS (65536): shrink it first"
+    ), str(refused)
+
+
 def test_concurrent_requests_are_batched(triton: TritonServerProcess) -> None:
     before = max_batch_executed(triton.statistics())
     client = TritonGenerator(triton.grpc_url, concurrency=8)

@@ -95,8 +95,16 @@ class GenerationModel:
     the stage retries it a few times and then dead-letters it, replayable once the settings allow.
     """
 
-    def __init__(self, backend: GenerationBackend) -> None:
+    def __init__(
+        self,
+        backend: GenerationBackend,
+        *,
+        max_pixels: int = Settings.model_fields["max_image_pixels"].default,
+    ) -> None:
         self.backend = backend
+        # SKUFORGE_MAX_IMAGE_PIXELS: the stage shrinks its references well below; another client's
+        # larger one (any size gRPC carries) took seconds and gigabytes a row to paint.
+        self.max_pixels = max_pixels
         # What other processes held once the backend was loaded (CUDA contexts, Triton's own pool, an
         # idle trainer's context): a row waits only for what they took beyond it.
         self.others_at_start = gpu_memory_held_by_others()
@@ -185,7 +193,8 @@ class GenerationModel:
         """The request's size and its rows as backend requests (or why a row cannot be one).
 
         A size the request cannot have (its rows asking for different sizes, or one out of 1 to
-        ``MAX_SIZE_PX``) refuses each of its rows, answered with 1 x 1 images. Raised, it failed every
+        ``MAX_SIZE_PX``) refuses each of its rows, answered with 1 x 1 images; so does a reference of more
+        than ``max_pixels`` pixels (its images are of the size asked). Raised, it failed every
         request Triton had batched with this one, as did the 0 x 0 images of size 0 (PyTriton cannot
         send an empty tensor: "memoryview: cannot cast view with zeros in shape"); and a huge size
         allocated its zero images first.
@@ -198,6 +207,13 @@ class GenerationModel:
         (size,) = sizes
         if not 1 <= size <= MAX_SIZE_PX:
             return 1, [ValueError(f"size must be from 1 to {MAX_SIZE_PX} px, got {size}")] * rows
+        height, width = request["reference"].shape[1:3]
+        if height * width > self.max_pixels:
+            refused = ValueError(
+                f"reference is {width}x{height} px, more than SKUFORGE_MAX_IMAGE_PIXELS "
+                f"({self.max_pixels}): shrink it first"
+            )
+            return size, [refused] * rows
         parsed: list[GenerationRequest | ValueError] = []
         for row in range(rows):
             try:
@@ -423,7 +439,8 @@ def build_triton(
                         shared=shared,
                         scenes=scenes,
                         photo_share=generation.scenes_photo_share,
-                    )
+                    ),
+                    max_pixels=shared.max_image_pixels,
                 )
                 for _ in range(generation.generation_instances)
             ]
