@@ -330,6 +330,25 @@ def test_diffusion_backend_on_triton_keeps_the_product_and_picks_the_adapter(
     assert max_batch_executed(stats) >= 1
 
 
+def test_parameters_with_nan_or_infinity_are_refused_not_echoed(
+    diffusion_triton: TritonServerProcess,
+) -> None:
+    # Python's json reads NaN and Infinity, which JSON has not: the diffusion backend ignored the unknown
+    # key and echoed it into parameters_used, an answer no strict JSON parser reads.
+    client = TritonGenerator(diffusion_triton.grpc_url, concurrency=2)
+    asked = [
+        VariantRequest(**{**small_variant(5, None).__dict__, "parameters_json": f'{{"note": {constant}}}'})
+        for constant in ("NaN", "-Infinity")
+    ]
+    try:
+        refusals = client.generate("diffusion", asked)
+    finally:
+        client.close()
+    for constant, refusal in zip(("NaN", "-Infinity"), refusals, strict=True):
+        assert isinstance(refusal, BadInput) and refusal.reason == "generation_refused", refusal
+        assert str(refusal).endswith(f"ValueError: parameters are not JSON: {constant} is no JSON number")
+
+
 def test_concurrent_diffusion_rows_are_painted_in_one_pipeline_call(
     diffusion_triton: TritonServerProcess,
 ) -> None:

@@ -268,7 +268,7 @@ class GenerationModel:
 def _row_request(request: Mapping[str, npt.NDArray[Any]], row: int, size: int) -> GenerationRequest:
     """Row ``row`` of a Triton request as one variant (n=1) for the backend."""
     try:
-        parameters = json.loads(_text(request, "parameters", row) or "{}")
+        parameters = json.loads(_text(request, "parameters", row) or "{}", parse_constant=_no_json_number)
     except json.JSONDecodeError as exc:
         raise ValueError(f"parameters are not JSON: {exc}") from None
     except RecursionError:  # '[[[[...' deeper than the parser recurses: raised, it failed the whole batch
@@ -288,6 +288,12 @@ def _row_request(request: Mapping[str, npt.NDArray[Any]], row: int, size: int) -
         own_names=_own_names(request, row),
         size=size,
     )
+
+
+def _no_json_number(constant: str) -> NoReturn:
+    # Python's json reads NaN and Infinity, which JSON has not: a backend echoing an unknown key into
+    # parameters_used answered with text no strict JSON parser reads.
+    raise ValueError(f"parameters are not JSON: {constant} is no JSON number")
 
 
 def _own_names(request: Mapping[str, npt.NDArray[Any]], row: int) -> tuple[str, ...]:
