@@ -141,26 +141,29 @@ def test_a_variant_with_an_empty_reference_or_mask_is_refused_alone(triton: Trit
     ]
 
 
-def raw_request(text_inputs: dict[str, bytes]) -> list[object]:
-    """One row as a third-party tritonclient would send it (our client only sends UTF-8 text)."""
+def raw_request(text_inputs: dict[str, bytes] | None = None, **tensors: np.ndarray | None) -> list[object]:
+    """One row as a third-party tritonclient would send it (ours sends only UTF-8 text and images with
+    pixels): ``text_inputs`` and ``tensors`` replace inputs, a tensor of None leaves its input out."""
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
 
     request = variant(12)
-    values: dict[str, np.ndarray] = {
+    values: dict[str, np.ndarray | None] = {
         "reference": request.reference[None],
         "mask": request.mask[None],
         "seed": np.array([[12]], dtype=np.int64),
         "size": np.array([[SIZE_PX]], dtype=np.int32),
     }
     texts = {"prompt": b"a can", "negative_prompt": b"", "parameters": b"{}", "adapter_id": b""}
-    texts |= {"series": b"", "own_names": b"[]", **text_inputs}
+    texts |= {"series": b"", "own_names": b"[]", **(text_inputs or {})}
     values |= {name: np.array([[text]], dtype=object) for name, text in texts.items()}
+    values |= tensors
     inputs = []
     for name, value in values.items():
-        dtype = {np.dtype(np.uint8): "UINT8", np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32"}
-        tensor = grpcclient.InferInput(name, list(value.shape), dtype.get(value.dtype, "BYTES"))
-        tensor.set_data_from_numpy(value)
-        inputs.append(tensor)
+        if value is not None:
+            tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
     return inputs
 
 
@@ -177,6 +180,20 @@ def test_text_that_is_not_utf8_is_refused_naming_its_input(triton: TritonServerP
     (error,) = answer.as_numpy("error").reshape(-1)
     assert error.decode() == f"ValueError: {name} is not UTF-8 text: invalid continuation byte at byte 3"
     assert not answer.as_numpy("image").any()
+
+
+@pytest.mark.parametrize("name", ["reference", "series", "size"])
+def test_a_required_input_left_out_beside_an_optional_one_is_refused_naming_it(
+    triton: TritonServerProcess, name: str
+) -> None:
+    # Triton counts a request's inputs, not their names: own_names in place of a required input passed,
+    # and the model's KeyError was answered INTERNAL, which a client retries for ever.
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    answer = client.infer("skuforge_generator_composite", raw_request(**{name: None}))
+    (error,) = answer.as_numpy("error").reshape(-1)
+    assert error.decode() == f"ValueError: the request has no {name} input: send every input of the model"
 
 
 def test_a_reference_over_the_pixel_limit_is_refused_before_the_backend_paints_it(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ parameters actually used, the adapter actually used and an error message (empty 
 succeeded) come out. Rows fail alone: a row the backend refuses gets its message in ``error`` and
 zero images, and the other rows of the batch are unaffected; so does every row of a request whose
 size is out of 1 to ``MAX_SIZE_PX`` (2048) or differs between its rows (its images are 1 x 1), or
-whose reference has more pixels than the server's ``SKUFORGE_MAX_IMAGE_PIXELS``. A row
+whose reference has more pixels than the server's ``SKUFORGE_MAX_IMAGE_PIXELS``, or that lacks a
+required input (Triton counts inputs: an optional one in its place passes). A row
 the backend fails on (raises) is served again alone; if it fails alone too, ``error`` says so after
 ``BACKEND_ERROR_PREFIX``, or after ``BACKEND_UNAVAILABLE_PREFIX`` when what failed is a store it
 reads, or the GPU memory another process took (transient). A row out of GPU memory alone on a GPU no

@@ -192,14 +192,22 @@ class GenerationModel:
     ) -> tuple[int, list[GenerationRequest | ValueError]]:
         """The request's size and its rows as backend requests (or why a row cannot be one).
 
-        A size the request cannot have (its rows asking for different sizes, or one out of 1 to
-        ``MAX_SIZE_PX``) refuses each of its rows, answered with 1 x 1 images; so does a reference of more
-        than ``max_pixels`` pixels (its images are of the size asked). Raised, it failed every
-        request Triton had batched with this one, as did the 0 x 0 images of size 0 (PyTriton cannot
-        send an empty tensor: "memoryview: cannot cast view with zeros in shape"); and a huge size
-        allocated its zero images first.
+        A request without a required input, or with a size it cannot have (its rows asking for different
+        sizes, or one out of 1 to ``MAX_SIZE_PX``), refuses each of its rows, answered with 1 x 1 images;
+        so does a reference of more than ``max_pixels`` pixels (its images are of the size asked).
+        Raised, it failed every request Triton had batched with this one, as did the 0 x 0 images of
+        size 0 (PyTriton cannot send an empty tensor: "memoryview: cannot cast view with zeros in
+        shape"); and a huge size allocated its zero images first.
         """
-        rows = int(request["reference"].shape[0])
+        rows = int(next(iter(request.values())).shape[0])  # Triton checked every input has as many
+        missing = [name for name, _, _ in INPUTS if name not in request]
+        if missing:
+            # Triton counts the inputs, not their names: an optional one sent in place of a required
+            # one got here, and its KeyError was answered INTERNAL, which clients retry for ever.
+            refused = ValueError(
+                f"the request has no {', '.join(missing)} input: send every input of the model"
+            )
+            return 1, [refused] * rows
         sizes = sorted({int(s) for s in np.asarray(request["size"]).reshape(-1)})
         if len(sizes) != 1:
             refused = ValueError(f"every row of one request must ask for the same size, got {sizes}")
