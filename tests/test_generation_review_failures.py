@@ -28,7 +28,7 @@ from services.generator.stage import GeneratorMetrics, handle_batch, variant_see
 from shared.bus import make_envelope
 from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
-from shared.generation.backend import GenerationRequest
+from shared.generation.backend import GenerationBackend, GenerationRequest
 from shared.generation.composite import CompositeBackend
 from shared.generation.settings import GenerationSettings
 from shared.observability import StageMetrics

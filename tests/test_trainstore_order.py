@@ -199,9 +199,7 @@ def test_a_replayed_gate_decision_never_overrides_a_reviewers_decision_of_the_sa
     """The gate replayed after a threshold change accepts an item a reviewer had rejected, or approved
     with a corrected mask: the person's decision stands, whatever the times, in either arrival order
     and after a restart and a compaction."""
-    store = FileStore(tmp_path / "store")
-    manifests = ManifestStore(store, PREFIX)
-    ctx = _context(store)
+    store, manifests, _, ctx = _stage(tmp_path, compact_after_parts=2)
     rejected_item = matted_item(store, 1, 0)
     approved_item = matted_item(store, 1, 1, predicted="shifted")  # the reviewer corrected its mask
     human_mask = approved_item.generated.expected_mask
@@ -233,10 +231,7 @@ def test_a_replayed_gate_decision_never_overrides_a_reviewers_decision_of_the_sa
 
 def test_a_reviewers_decision_delivered_after_a_newer_gate_replay_still_stands(tmp_path: Path) -> None:
     """The console's relay published the rejection late: the replayed acceptance got there first."""
-    store = FileStore(tmp_path / "store")
-    manifests = ManifestStore(store, PREFIX)
-    trainstore = Trainstore(manifests, compact_after_parts=16)
-    ctx = _context(store)
+    store, manifests, trainstore, ctx = _stage(tmp_path, compact_after_parts=16)
     matted = matted_item(store, 1, 0)
     trainstore.pending(_envelope(CORRECTION_PENDING, pending_of(matted), "a", 0), ctx)
     replay = _envelope(GATE_ACCEPTED, GateAccepted(matted=matted, iou=0.97, checks=[]), "a", 120)
