@@ -188,3 +188,6 @@ def test_blip_settings_under_the_attributes_backend_are_refused_naming_them(
     )
     monkeypatch.delenv("SKUFORGE_CAPTIONER_VLM_MODEL")
     assert load_settings(CaptionerSettings).captioner_backend == "attributes"
+    # The cache folder is a place, not a choice of captions: set for every stage alike, no contradiction.
+    monkeypatch.setenv("SKUFORGE_CAPTIONER_VLM_CACHE_DIR", "/var/cache/skuforge-models")
+    assert load_settings(CaptionerSettings).captioner_backend == "attributes"

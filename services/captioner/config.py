@@ -104,7 +104,12 @@ class CaptionerSettings(BaseSettings):
                 "SKUFORGE_CAPTIONER_BACKEND=vlm needs SKUFORGE_CAPTIONER_VLM_MODEL (a BLIP directory or URI)"
             )
         # Set for BLIP, the attributes backend never reads them: the operator meant vlm, or stale config.
-        unread = sorted(name for name in self.model_fields_set if name.startswith("captioner_vlm_"))
+        # Not the cache folder: a place, not a choice of captions, often set for every stage alike.
+        unread = sorted(
+            name
+            for name in self.model_fields_set
+            if name.startswith("captioner_vlm_") and name != "captioner_vlm_cache_dir"
+        )
         if self.captioner_backend == "attributes" and unread:
             raise ValueError(
                 f"{', '.join('SKUFORGE_' + name.upper() for name in unread)} set but "
