@@ -8,6 +8,8 @@ each use (the object store has no digest to ask for; our model files are a few M
 the cache only when no whole copy of those bytes is there. Every copy is written under a temporary
 name and renamed into place, so a concurrent reader never loads half a model, with the modes the
 process's umask gives (mkstemp's 0600 kept a cache shared with another user's process unreadable).
+The cache folder is made with mode 0700, and one another user owns or may write to is refused
+(``UnsafeCache``), as ssh refuses such a ``~/.ssh``: loading model weights can run code.
 A URI inside the caller's own object store is read through that store (its client and
 credentials); any other through ``open_store``.
 
@@ -36,10 +38,13 @@ from shared.store import ObjectStore, S3Store, check_key, open_store
 __all__ = [
     "COMPLETE_MARKER",
     "DEFAULT_UNUSED_DAYS",
+    "UnsafeCache",
     "cache_dir",
+    "check_owner",
     "fetch_directory",
     "fetch_file",
     "hold",
+    "open_cache",
     "prune_unused",
     "write_atomically",
 ]
@@ -54,9 +59,49 @@ DEFAULT_UNUSED_DAYS = 30.0
 _HELD: dict[Path, int] = {}
 
 
+class UnsafeCache(PermissionError):
+    """The model cache, or a copy in it, is one another user could change: its files are not loaded."""
+
+
 def cache_dir(configured: Path | str | None = None) -> Path:
     """Where models are copied: ``configured``, else ``<system temp>/skuforge-models``."""
     return Path(configured) if configured else Path(tempfile.gettempdir()) / "skuforge-models"
+
+
+def open_cache(configured: Path | str | None = None) -> Path:
+    """The cache folder (``cache_dir``), made with mode 0700 when missing.
+
+    Raises ``UnsafeCache`` when another user (root excepted) owns it or its group or everyone may write
+    to it: in a shared ``/tmp``, where its name is known, another user could make it first or plant a
+    copy whose marker and checksums match, and torch/pickle weights run code when loaded.
+    """
+    base = cache_dir(configured)
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_owner(base)
+    mode = base.stat().st_mode
+    if mode & 0o022:
+        writers = "everyone" if mode & 0o002 else "its group"
+        raise UnsafeCache(
+            f"the model cache {base} is writable by {writers} (mode {mode & 0o7777:04o}): another user could "
+            f"plant model files there, and loading weights can run code; run 'chmod go-w {base}', or use a "
+            "cache folder of this user's"
+        )
+    return base
+
+
+def check_owner(path: Path) -> None:
+    """Raise ``UnsafeCache`` when ``path`` (the cache, or a copy in it) exists and belongs to another
+    user than this process's (root excepted, who can change anything anyway)."""
+    try:
+        owner = path.stat().st_uid
+    except FileNotFoundError:
+        return
+    if owner not in (os.geteuid(), 0):
+        raise UnsafeCache(
+            f"{path} (the model cache or a copy in it) belongs to uid {owner}, not to this user "
+            f"(uid {os.geteuid()}): its owner could plant model files there, and loading weights can run "
+            "code; remove it, or use a cache folder of this user's"
+        )
 
 
 def _shortened(name: str, max_bytes: int) -> str:
@@ -133,8 +178,9 @@ def fetch_file(
     else:
         data = open_store(parent, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region).get_bytes(file_name)
     digest = hashlib.sha256(data).hexdigest()
-    base = cache_dir(cache)
+    base = open_cache(cache)
     target = base / f"{digest[:16]}-{_shortened(file_name, NAME_MAX_BYTES - 17)}"
+    check_owner(target)
     for _attempt in range(5):
         # Compare contents, not sizes: a cached copy damaged in place keeps its size and would
         # otherwise be loaded (and fail) at every start until someone empties the cache by hand.
@@ -214,9 +260,10 @@ def fetch_directory(
                 f"{root}/ holds {key!r}, which the store cannot read ({exc}); rename it in the store"
             ) from None
     location = _location(source, prefix)
-    base = cache_dir(cache)
+    base = open_cache(cache)
     label = _shortened(root.rpartition("/")[2] or "root", NAME_MAX_BYTES - 17)
     target = base / f"{label}-{hashlib.sha256(location.encode()).hexdigest()[:16]}"
+    check_owner(target)
     for _attempt in range(5):
         if not _is_complete(target, keys):
             _download(source, prefix, keys, {"uri": root, "location": location}, target)

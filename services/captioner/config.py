@@ -32,7 +32,9 @@ class CaptionerSettings(BaseSettings):
         description="BLIP model directory (save_pretrained layout): a local path, or an s3:// or file:// URI",
     )
     captioner_vlm_cache_dir: str | None = Field(
-        default=None, description="where a BLIP directory given as a URI is downloaded; unset = system temp"
+        default=None,
+        description="where a BLIP directory given as a URI is downloaded; unset = system temp"
+        "; made for this user alone (0700), refused when another user owns it or may write to it",
     )
     captioner_vlm_prompt: str = Field(
         default="a photo of", description="text the BLIP sentence starts from ('' = unconditional)"

@@ -38,7 +38,7 @@ from typing import Any, Literal, TypeGuard
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing
-from shared.model_cache import file_sha256, hold, write_atomically
+from shared.model_cache import check_owner, file_sha256, hold, write_atomically
 from shared.store import ObjectStore, sha256_hex
 
 __all__ = [
@@ -386,6 +386,7 @@ class AdapterRegistry:
         the cache while this process lives (``shared/model_cache.py:hold``), so no pruning deletes it.
         """
         target = cache_dir / f"lora-{metadata.weights_sha256[:16]}"
+        check_owner(target)  # its owner could swap the file between our check and the load
         path = target / metadata.weight_name
         # A cached copy is checked as a fetched one is: one damaged (or planted) at the same size was
         # loaded as it was.

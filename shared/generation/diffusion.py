@@ -52,8 +52,7 @@ from shared.config import SETTINGS_CONFIG, ConfigError, Settings, describe_valid
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, TransientError
 from shared.generation.adapters import AdapterChoice, AdapterMetadata, AdapterRegistry, resolve_adapter
 from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome, seed_entropy
-from shared.model_cache import cache_dir as model_cache_dir
-from shared.model_cache import fetch_directory
+from shared.model_cache import UnsafeCache, fetch_directory, open_cache
 from shared.store import open_store
 
 if TYPE_CHECKING:
@@ -105,7 +104,8 @@ class DiffusionSettings(BaseSettings):
     )
     diffusion_cache_dir: str | None = Field(
         default=None,
-        description="where models and adapters from URIs are copied; unset = <system temp>/skuforge-models",
+        description="where models and adapters from URIs are copied; unset = <system temp>/skuforge-models"
+        "; made for this user alone (0700), refused when another user owns it or may write to it",
     )
     diffusion_device: Literal["auto", "cuda", "cpu"] = Field(
         default="auto", description="'auto' = CUDA when available, else CPU"
@@ -745,7 +745,13 @@ class DiffusionBackend:
         # Device, dtype and offload settings first: refused before gigabytes of weights are fetched
         # (again at every restart of a pod without a persistent cache).
         device, dtype = _torch_setup(diffusion)
-        cache_dir = model_cache_dir(diffusion.diffusion_cache_dir)
+        try:
+            # Checked even for a local model: adapters' weights are copied there later.
+            cache_dir = open_cache(diffusion.diffusion_cache_dir)
+        except OSError as exc:  # one another user could write to, or none this user can make
+            raise DiffusionModelError(
+                f"cannot use the model cache: {exc} (SKUFORGE_DIFFUSION_CACHE_DIR)"
+            ) from exc
         model = diffusion.diffusion_model
         if "://" in model:
             try:
@@ -756,7 +762,7 @@ class DiffusionBackend:
                     s3_region=shared.s3_region,
                     unused_days=shared.model_cache_unused_days,
                 )
-            except (ValueError, BadInput) as exc:
+            except (ValueError, BadInput, UnsafeCache) as exc:
                 raise DiffusionModelError(f"cannot fetch the diffusion model {model!r}: {exc}") from exc
         else:
             directory = Path(model)

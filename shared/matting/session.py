@@ -44,7 +44,7 @@ from shared.errors import BadInput, ObjectMissing
 from shared.images import to_rgb
 from shared.matting import MODELS_DIR
 from shared.matting.roi import Box, paste
-from shared.model_cache import DEFAULT_UNUSED_DAYS, fetch_file
+from shared.model_cache import DEFAULT_UNUSED_DAYS, UnsafeCache, fetch_file
 from shared.store import ObjectStore
 
 log = logging.getLogger("skuforge.matting")
@@ -778,6 +778,10 @@ def open_session(
         # A scheme no store serves (https://...), a malformed URI, a key in ``store`` that escapes it.
         except (ValueError, BadInput) as exc:
             raise MattingModelError(f"cannot fetch the matting model {name}: {exc}; {help_text}") from exc
+        except UnsafeCache as exc:  # another user could plant a model there: not "make it writable"
+            raise MattingModelError(
+                f"cannot fetch the matting model {name}: {exc} (TMPDIR moves it)"
+            ) from exc
         except OSError as exc:  # the cache cannot be written: a read-only /tmp, a folder another user made
             raise MattingModelError(
                 f"cannot copy the matting model {name} into the model cache (<system temp>/skuforge-models): "

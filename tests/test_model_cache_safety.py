@@ -1,0 +1,95 @@
+"""The model cache is refused when another local user could plant model files in it.
+
+Its default place, <system temp>/skuforge-models, is in a world-writable /tmp under a known name, and
+torch/pickle weights run code when loaded: like ssh with ``~/.ssh``, a stage makes the folder for its
+user alone and refuses one another user owns or may write to, at start-up, naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from shared.model_cache import fetch_directory, fetch_file
+
+# Another user than the one running the tests (as root, files can be given to it).
+NOBODY_UID = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+
+
+def _model_file(tmp_path: Path) -> str:
+    path = tmp_path / "store" / "u2netp.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"weights " * 100)
+    return path.as_uri()
+
+
+def _model_folder(tmp_path: Path) -> str:
+    folder = tmp_path / "store" / "blip"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_bytes(b'{"model_type": "blip"}')
+    (folder / "model.safetensors").write_bytes(b"weights " * 100)
+    return folder.as_uri()
+
+
+def test_a_missing_cache_folder_is_made_for_this_user_alone(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+
+    fetch_file(_model_file(tmp_path), cache)
+
+    assert cache.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_cache_everyone_may_write_to_stops_the_matting_stage_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from services.matting.config import MattingSettings
+    from services.matting.stage import open_matting_session
+    from shared.config import ConfigError, load_settings
+
+    cache = tmp_path / "skuforge-models"
+    cache.mkdir()
+    cache.chmod(0o1777)  # as another user (or a careless setup) may have made it in /tmp
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    settings = load_settings()
+
+    with pytest.raises(ConfigError) as refused:
+        open_matting_session(load_settings(MattingSettings, matting_model=_model_file(tmp_path)), settings)
+
+    message = str(refused.value)
+    assert f"{cache} is writable by everyone (mode 1777)" in message
+    assert "\n" not in message
+    assert list(cache.iterdir()) == []  # nothing was copied into it
+
+
+def test_a_cache_its_group_may_write_to_is_refused(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o770)
+
+    with pytest.raises(PermissionError, match=rf"{cache} is writable by its group .*chmod go-w"):
+        fetch_directory(_model_folder(tmp_path), cache)
+
+
+@needs_root
+def test_a_cache_another_user_owns_is_refused(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o755)
+    os.chown(cache, NOBODY_UID, NOBODY_UID)
+
+    with pytest.raises(PermissionError, match=rf"{cache} .*belongs to uid {NOBODY_UID}, not to this user"):
+        fetch_file(_model_file(tmp_path), cache)
+
+
+@needs_root
+def test_a_model_folder_another_user_planted_is_refused_however_complete(tmp_path: Path) -> None:
+    uri, cache = _model_folder(tmp_path), tmp_path / "cache"
+    copy = fetch_directory(uri, cache)  # stands for the one planted, marker and checksums matching
+    for path in [copy, *copy.rglob("*")]:
+        os.chown(path, NOBODY_UID, NOBODY_UID)
+
+    with pytest.raises(PermissionError, match=rf"{copy} .*belongs to uid {NOBODY_UID}"):
+        fetch_directory(uri, cache)
