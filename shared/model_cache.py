@@ -8,8 +8,9 @@ each use (the object store has no digest to ask for; our model files are a few M
 the cache only when no whole copy of those bytes is there. Every copy is written under a temporary
 name and renamed into place, so a concurrent reader never loads half a model, with the modes the
 process's umask gives (mkstemp's 0600 kept a cache shared with another user's process unreadable).
-The cache folder is made with mode 0700, and one another user owns or may write to is refused
-(``UnsafeCache``), as ssh refuses such a ``~/.ssh``: loading model weights can run code.
+The cache folder is made with mode 0700; one everyone may write to is refused (``UnsafeCache``), and
+at the default place, a known name in a shared ``/tmp``, so is one another user owns or its group may
+write to, as ssh refuses such a ``~/.ssh``: loading model weights can run code.
 A URI inside the caller's own object store is read through that store (its client and
 credentials); any other through ``open_store``.
 
@@ -71,15 +72,17 @@ def cache_dir(configured: Path | str | None = None) -> Path:
 def open_cache(configured: Path | str | None = None) -> Path:
     """The cache folder (``cache_dir``), made with mode 0700 when missing.
 
-    Raises ``UnsafeCache`` when another user (root excepted) owns it or its group or everyone may write
-    to it: in a shared ``/tmp``, where its name is known, another user could make it first or plant a
-    copy whose marker and checksums match, and torch/pickle weights run code when loaded.
+    Raises ``UnsafeCache`` when everyone may write to it, and, at its default place (a known name in a
+    shared ``/tmp``), when another user (root excepted) owns it or its group may write to it: another
+    user could make it first or plant a copy whose marker and checksums match, and torch/pickle weights
+    run code when loaded. A folder configured on purpose may be shared by the users (or the pod's
+    ``fsGroup``) the operator chose.
     """
     base = cache_dir(configured)
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     check_owner(base)
     mode = base.stat().st_mode
-    if mode & 0o022:
+    if mode & 0o002 or (mode & 0o020 and _is_default(base)):
         writers = "everyone" if mode & 0o002 else "its group"
         raise UnsafeCache(
             f"the model cache {base} is writable by {writers} (mode {mode & 0o7777:04o}): another user could "
@@ -89,9 +92,17 @@ def open_cache(configured: Path | str | None = None) -> Path:
     return base
 
 
+def _is_default(base: Path) -> bool:
+    """Whether ``base`` is the cache's default place, ``<system temp>/skuforge-models``."""
+    return base == cache_dir(None)
+
+
 def check_owner(path: Path) -> None:
-    """Raise ``UnsafeCache`` when ``path`` (the cache, or a copy in it) exists and belongs to another
-    user than this process's (root excepted, who can change anything anyway)."""
+    """Raise ``UnsafeCache`` when ``path`` (the default cache, or a copy in it) exists and belongs to
+    another user than this process's (root excepted, who can change anything anyway). A cache folder
+    configured on purpose may be shared with other users: not checked."""
+    if not (_is_default(path) or _is_default(path.parent)):
+        return
     try:
         owner = path.stat().st_uid
     except FileNotFoundError:

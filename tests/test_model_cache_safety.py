@@ -2,7 +2,8 @@
 
 Its default place, <system temp>/skuforge-models, is in a world-writable /tmp under a known name, and
 torch/pickle weights run code when loaded: like ssh with ``~/.ssh``, a stage makes the folder for its
-user alone and refuses one another user owns or may write to, at start-up, naming it.
+user alone and refuses, there, one another user owns or may write to, at start-up, naming it. A folder
+configured on purpose may be shared with a group; one everyone may write to is refused anywhere.
 """
 
 from __future__ import annotations
@@ -65,28 +66,50 @@ def test_a_cache_everyone_may_write_to_stops_the_matting_stage_naming_it(
     assert list(cache.iterdir()) == []  # nothing was copied into it
 
 
-def test_a_cache_its_group_may_write_to_is_refused(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
+def test_the_default_cache_its_group_may_write_to_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cache = tmp_path / "skuforge-models"
     cache.mkdir()
     cache.chmod(0o770)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     with pytest.raises(PermissionError, match=rf"{cache} is writable by its group .*chmod go-w"):
-        fetch_directory(_model_folder(tmp_path), cache)
+        fetch_directory(_model_folder(tmp_path), None)
 
 
-@needs_root
-def test_a_cache_another_user_owns_is_refused(tmp_path: Path) -> None:
+def test_a_cache_folder_configured_for_a_group_is_shared_as_configured(tmp_path: Path) -> None:
+    # A folder the operator chose (a volume the pod's fsGroup may write to, stages of several users) is
+    # theirs to share; only one everyone may write to is refused there.
     cache = tmp_path / "cache"
-    cache.mkdir(mode=0o755)
-    os.chown(cache, NOBODY_UID, NOBODY_UID)
+    cache.mkdir()
+    cache.chmod(0o2770)
 
-    with pytest.raises(PermissionError, match=rf"{cache} .*belongs to uid {NOBODY_UID}, not to this user"):
+    assert (fetch_directory(_model_folder(tmp_path), cache) / "config.json").is_file()
+    cache.chmod(0o777)
+    with pytest.raises(PermissionError, match=rf"{cache} is writable by everyone"):
         fetch_file(_model_file(tmp_path), cache)
 
 
 @needs_root
-def test_a_model_folder_another_user_planted_is_refused_however_complete(tmp_path: Path) -> None:
-    uri, cache = _model_folder(tmp_path), tmp_path / "cache"
+def test_the_default_cache_another_user_owns_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cache = tmp_path / "skuforge-models"
+    cache.mkdir(mode=0o755)
+    os.chown(cache, NOBODY_UID, NOBODY_UID)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    with pytest.raises(PermissionError, match=rf"{cache} .*belongs to uid {NOBODY_UID}, not to this user"):
+        fetch_file(_model_file(tmp_path), None)
+
+
+@needs_root
+def test_a_model_folder_another_user_planted_is_refused_however_complete(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    uri, cache = _model_folder(tmp_path), None
     copy = fetch_directory(uri, cache)  # stands for the one planted, marker and checksums matching
     for path in [copy, *copy.rglob("*")]:
         os.chown(path, NOBODY_UID, NOBODY_UID)

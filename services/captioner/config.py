@@ -34,7 +34,8 @@ class CaptionerSettings(BaseSettings):
     captioner_vlm_cache_dir: str | None = Field(
         default=None,
         description="where a BLIP directory given as a URI is downloaded; unset = system temp"
-        "; made for this user alone (0700), refused when another user owns it or may write to it",
+        "; made for this user alone (0700) when missing; refused when everyone may write to it (unset: also"
+        " when another user owns it or its group may write to it)",
     )
     captioner_vlm_prompt: str = Field(
         default="a photo of", description="text the BLIP sentence starts from ('' = unconditional)"

@@ -105,7 +105,8 @@ class DiffusionSettings(BaseSettings):
     diffusion_cache_dir: str | None = Field(
         default=None,
         description="where models and adapters from URIs are copied; unset = <system temp>/skuforge-models"
-        "; made for this user alone (0700), refused when another user owns it or may write to it",
+        "; made for this user alone (0700) when missing; refused when everyone may write to it (unset: also"
+        " when another user owns it or its group may write to it)",
     )
     diffusion_device: Literal["auto", "cuda", "cpu"] = Field(
         default="auto", description="'auto' = CUDA when available, else CPU"
