@@ -12,7 +12,8 @@ the train-split photos ``split.json`` reserves.
 
 Every model runs through the same session code the matting stage uses (resize to 320, predict,
 min-max, resize back, threshold 0.5, clean-up), on the whole photo. Also recomputes the renderer
-held-out IoU (200 renderer photos, seed 9001) of each model. Writes bench/results/matting_real.json.
+held-out IoU (200 renderer photos, seed 9001) of each model. Writes bench/results/matting_real.json;
+another ``--ours``/``--ours-int8`` model, or ``--renderer`` other than 200, needs ``--out``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from shared.argtypes import file_problem, non_negative_int, positive_int
 DATA = Path(__file__).parent / "data" / "matting_real"
 RESULTS = Path(__file__).parent / "results"
 MODELS = Path(__file__).resolve().parents[1] / "shared" / "matting" / "models"
+OURS = MODELS / "u2netp-skuforge.onnx"
+OURS_INT8 = MODELS / "u2netp-skuforge-int8.onnx"
+RENDERER_HELDOUT = 200
 MANIFESTS = ("catalogue.json", "instore_fruitveg.json", "instore_packages.json", "instore_reserved.json")
 # Masks made after the model was final: photos no recipe decision ever looked at (see the README there).
 PRISTINE = "instore_pristine.json"
@@ -129,17 +133,26 @@ def summarise(items: list[dict[str, Any]], ious: dict[str, list[float]]) -> dict
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.matting_real", description=__doc__)
     parser.add_argument("--dataset", type=Path, default=os.environ.get("SKUFORGE_GROCERY_DATASET"))
-    parser.add_argument("--ours", type=Path, default=MODELS / "u2netp-skuforge.onnx")
-    parser.add_argument("--ours-int8", type=Path, default=MODELS / "u2netp-skuforge-int8.onnx")
+    parser.add_argument("--ours", type=Path, default=OURS, help="default: the committed model")
+    parser.add_argument("--ours-int8", type=Path, default=OURS_INT8, help="default: the committed model")
     parser.add_argument("--official", type=Path, default=None, help="default: set-up's checked copy")
     parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument(
-        "--renderer", type=non_negative_int, default=200, help="renderer held-out photos (0: skip)"
+        "--renderer",
+        type=non_negative_int,
+        default=RENDERER_HELDOUT,
+        help=f"renderer held-out photos (0: skip; other than {RENDERER_HELDOUT}: needs --out)",
     )
     parser.add_argument(
         "--sheet", type=Path, default=None, help="write a contact sheet of every mask here (.png, .jpg, ...)"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS / "matting_real.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "matting_real.json",
+        help="results JSON (default bench/results/matting_real.json, the committed models' figures; "
+        "other models need another)",
+    )
     args = parser.parse_args(argv)
     if args.dataset is None or not (args.dataset / "val.txt").is_file():
         parser.error("--dataset (or SKUFORGE_GROCERY_DATASET) must be GroceryStoreDataset's dataset folder")
@@ -152,6 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in models.items():
         if not path.is_file():
             parser.error(f"{name}: {path} is not a file (the official model: make setup fetches it)")
+    # The committed file is the committed models' full run, which docs/matting.md cites: a candidate's
+    # figures (or a run without the renderer's) went over it. The official model is md5-checked below.
+    if (
+        args.ours.resolve() != OURS.resolve()
+        or args.ours_int8.resolve() != OURS_INT8.resolve()
+        or args.renderer != RENDERER_HELDOUT
+    ) and args.out.resolve() == (RESULTS / "matting_real.json").resolve():
+        parser.error(
+            "--ours, --ours-int8 or --renderer differs from the committed run: give --out, so that its "
+            "figures do not replace the committed bench/results/matting_real.json"
+        )
     # Checked before minutes of scoring, not found in a traceback after them; a missing folder is made.
     for option, path, example in (
         ("--out", args.out, "matting_real.json"),

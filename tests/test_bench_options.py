@@ -45,7 +45,8 @@ def _matting_real_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[
         model.write_bytes(b"onnx")
         models += [option, str(model)]
     monkeypatch.setattr(shared.matting.official, "verify_md5", lambda *args, **kwargs: None)
-    return ["--dataset", str(tmp_path / "dataset"), *models, "--renderer", "0"]
+    out = ["--out", str(tmp_path / "real.json")]
+    return ["--dataset", str(tmp_path / "dataset"), *models, "--renderer", "0", *out]
 
 
 @pytest.mark.parametrize(
@@ -89,6 +90,28 @@ def test_matting_real_makes_a_missing_out_folder(tmp_path: Path, monkeypatch: py
     out = tmp_path / "tries" / "real.json"
     assert matting_real.main([*argv, "--out", str(out)]) == 0
     assert json.loads(out.read_text())["real_iou_ours"] == 0.85
+
+
+@pytest.mark.parametrize("options", [["--ours", "{tmp}/candidate.onnx"], ["--renderer", "0"]])
+def test_a_matting_real_run_of_another_model_does_not_replace_the_committed_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], options: list[str]
+) -> None:
+    # `--ours var/matting/candidate.onnx` (how a candidate is scored) or `--renderer 0` scored every
+    # photo, then wrote over the committed bench/results/matting_real.json that docs/matting.md cites.
+    from bench import matting_real
+
+    _matting_real_argv(tmp_path, monkeypatch)  # the stand-in dataset and official model
+    (tmp_path / "candidate.onnx").write_bytes(b"onnx")
+    monkeypatch.setattr(matting_real, "load_items", _refuse_to_run)
+    documented = ["--dataset", str(tmp_path / "dataset"), "--official", str(tmp_path / "official.onnx")]
+    with pytest.raises(_RunStarted):  # the committed models, every figure: the committed file's run
+        matting_real.main(documented)
+    argv = [*documented, *(option.format(tmp=tmp_path) for option in options)]
+    with pytest.raises(SystemExit) as refused:
+        matting_real.main(argv)
+    assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
+    with pytest.raises(_RunStarted):  # its own --out: the run goes ahead
+        matting_real.main([*argv, "--out", str(tmp_path / "candidate.json")])
 
 
 @pytest.mark.parametrize(
