@@ -43,7 +43,7 @@ from kafka.structs import TopicPartition
 
 from devstack.broker import LocalKafka, free_port
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
-from shared.argtypes import file_problem, positive_int
+from shared.argtypes import file_problem, int_between, positive_int
 from shared.config import Settings, load_settings
 from shared.store import open_store
 from tests.support.bus import create_topics, produce
@@ -52,6 +52,9 @@ from tests.support.replicas import Member, count_records, generated_images, grou
 RESULTS = Path(__file__).parent / "results"
 PARTITIONS = 6
 MEMBER_ENV = {"SKUFORGE_MATTING_THREADS": "1", "SKUFORGE_MATTING_MAX_BATCH": "4"}
+# The members' own bounds (Settings'), checked at parse time: only the kill round, the last, uses it.
+_TIMEOUT_RULES = {type(rule).__name__: rule for rule in Settings.model_fields["session_timeout_ms"].metadata}
+SESSION_TIMEOUT_MS = int_between(_TIMEOUT_RULES["Ge"].ge, _TIMEOUT_RULES["Le"].le)
 
 
 def _settings(bootstrap: str, store_uri: str, session_timeout_ms: int) -> Settings:
@@ -300,7 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         "--pause-images", type=positive_int, default=60, help="backlog of the join and kill runs"
     )
     parser.add_argument(
-        "--session-timeout-ms", type=int, default=Settings.model_fields["session_timeout_ms"].default
+        "--session-timeout-ms",
+        type=SESSION_TIMEOUT_MS,
+        default=Settings.model_fields["session_timeout_ms"].default,
+        help="the kill round's members' SKUFORGE_SESSION_TIMEOUT_MS (at least 6000, the broker's minimum)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
     parser.add_argument("--workdir", type=Path, default=Path("var/bench-scale"), help="member logs and store")

@@ -184,6 +184,23 @@ def test_scale_store_and_matting_memory_benches_check_out_before_they_run(
         bench.main(["--out", str(tmp_path / "new" / "figures.json")])
 
 
+@pytest.mark.parametrize("timeout_ms", ["3000", "0", "-1"])
+def test_the_scale_bench_refuses_a_session_timeout_its_members_would_refuse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], timeout_ms: str
+) -> None:
+    # Only the kill round, the last, uses it: the members' settings refused it (at least 6000, the
+    # broker's minimum) after minutes of throughput and join rounds, in a ConfigError traceback.
+    from bench import scale
+
+    monkeypatch.setattr(scale, "machine", _refuse_to_run)
+    argv = ["--out", str(tmp_path / "scale.json"), "--session-timeout-ms"]
+    with pytest.raises(SystemExit) as refused:
+        scale.main([*argv, timeout_ms])
+    assert refused.value.code == 2 and "--session-timeout-ms: must be from 6000" in capsys.readouterr().err
+    with pytest.raises(_RunStarted):  # the broker's minimum: the run goes ahead
+        scale.main([*argv, "6000"])
+
+
 @pytest.mark.parametrize("out", ["{tmp}", "{tmp}/in-the-way/captioner.json"])
 def test_the_captioner_bench_checks_its_out_before_it_scores(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], out: str
