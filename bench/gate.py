@@ -24,9 +24,11 @@ second photo of the same product the reference), the fallback when the composite
 by default a composite run is followed by a second composite run at another seed, kept under
 ``other_seed`` (at n=100 one image is one point, so the figure's spread matters), and by a renderer
 run, kept under ``renderer`` for comparison (the committed U2-NetP was trained on renderer photos).
+A run with any option other than its default (a smoke ``--n``, another ``--model``...) needs
+``--out FILE``: the committed file is the default run's.
 
     python -m bench.gate [--n 100] [--seed 2026] [--size 512] [--source composite|renderer]
-                         [--roi-margin 0.25|off] [--other-seed 7]
+                         [--roi-margin 0.25|off] [--other-seed 7] [--out FILE]
 """
 
 from __future__ import annotations
@@ -340,8 +342,26 @@ def main(argv: list[str] | None = None) -> int:
         help="mat the box around the expected mask, this much wider per side (the stage's default); "
         "'off': whole images",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS / "gate.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "gate.json",
+        help="results JSON (default bench/results/gate.json, the committed run's; a run with any other "
+        "option needs another)",
+    )
     args = parser.parse_args(argv)
+    # The committed file is the documented run's (`make bench`: every option at its default), which
+    # docs/gate-and-trainstore.md cites: a smoke run or another model's figures went over it.
+    changed = [
+        "--" + name.replace("_", "-")
+        for name, value in vars(args).items()
+        if name != "out" and value != parser.get_default(name)
+    ]
+    if changed and args.out.resolve() == (RESULTS / "gate.json").resolve():
+        parser.error(
+            f"{', '.join(changed)}: not the committed run: give --out, so that its figures do not replace "
+            "the committed bench/results/gate.json"
+        )
     # Checked before minutes of generating and matting, not found in a traceback after them.
     if problem := file_problem(args.out, "gate.json"):
         parser.error(f"--out {args.out}: {problem}")

@@ -136,6 +136,26 @@ def test_the_gate_bench_refuses_what_would_fail_only_after_it_started(
     assert refused.value.code == 2
 
 
+@pytest.mark.parametrize(
+    "options", [["--n", "3"], ["--model", "var/matting/candidate.onnx"], ["--source", "renderer"]]
+)
+def test_a_gate_bench_run_other_than_the_documented_one_does_not_replace_the_committed_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], options: list[str]
+) -> None:
+    # A smoke run (--n 3), another matting model or a renderer-only run wrote over the committed
+    # bench/results/gate.json, whose 100-image composite figures docs/gate-and-trainstore.md cites.
+    from bench import gate
+
+    monkeypatch.setattr(gate, "open_session", _refuse_to_run)
+    with pytest.raises(_RunStarted):  # `python -m bench.gate`, as `make bench` runs it: the committed file
+        gate.main([])
+    with pytest.raises(SystemExit) as refused:
+        gate.main(options)
+    assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
+    with pytest.raises(_RunStarted):  # its own --out: the run goes ahead
+        gate.main([*options, "--out", str(tmp_path / "gate.json")])
+
+
 def test_the_matting_bench_keeps_another_models_figures_apart_and_checks_its_files_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
