@@ -11,9 +11,10 @@ registered adapters, on the tiny config-built inpainting pipeline (no downloads,
 Per configuration, medians over ``--repeats``: ``hit_switch_s`` (``LoraSlots.activate`` to another
 adapter that is already loaded: ``set_adapters``), ``miss_switch_s`` (to one that is not: evict,
 delete, load from the local cache; ``lru`` only), ``generate_s`` (one 64 px image, 2 steps, with
-the adapter active) and the adapters left in the UNet. Writes ``bench/results/adapters.json``.
+the adapter active) and the adapters left in the UNet. Writes ``bench/results/adapters.json``; a run
+with any option other than its default (a smoke ``--rounds 1``) needs ``--out FILE``.
 
-    python -m bench.adapters [--repeats 15] [--lru 4]
+    python -m bench.adapters [--repeats 15] [--lru 4] [--rounds 3] [--out FILE]
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.argtypes import positive_int
+from shared.argtypes import file_problem, positive_int
 from shared.config import load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "adapters.json"
@@ -129,7 +130,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=positive_int, default=3, help="rounds of both configurations, order alternating"
     )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help="results JSON (default bench/results/adapters.json, the committed run's; a run with any "
+        "other option needs another)",
+    )
     args = parser.parse_args(argv)
+    # The committed file is the default run's, which docs/diffusion.md cites: a smoke run went over it.
+    changed = [
+        "--" + name
+        for name, value in vars(args).items()
+        if name != "out" and value != parser.get_default(name)
+    ]
+    if changed and args.out.resolve() == RESULTS.resolve():
+        parser.error(
+            f"{', '.join(changed)}: not the committed run: give --out, so that its figures do not replace "
+            "the committed bench/results/adapters.json"
+        )
+    # Checked before minutes of rounds, not found in a traceback after them.
+    if problem := file_problem(args.out, "adapters.json"):
+        parser.error(f"--out {args.out}: {problem}")
 
     import torch
 
@@ -175,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "registered": results,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(figures, indent=2))
     return 0
 

@@ -238,6 +238,28 @@ def test_the_captioner_bench_checks_its_out_before_it_scores(
         captioner.main(["--out", str(tmp_path / "new" / "captioner.json")])
 
 
+def test_an_adapters_smoke_run_does_not_replace_the_committed_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # bench.adapters had no --out: `--rounds 1 --repeats 2` to try a change wrote over the committed
+    # bench/results/adapters.json, whose three-round figures docs/diffusion.md cites.
+    import tests.support.diffusion
+    from bench import adapters
+
+    monkeypatch.setattr(tests.support.diffusion, "build_tiny_inpaint_pipeline", _refuse_to_run)
+    smoke = ["--rounds", "1", "--repeats", "2"]
+    with pytest.raises(SystemExit) as refused:
+        adapters.main(smoke)
+    assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # a folder: IsADirectoryError after the whole run
+        adapters.main([*smoke, "--out", str(tmp_path)])
+    assert refused.value.code == 2
+    with pytest.raises(_RunStarted):  # its own --out: the smoke run goes ahead
+        adapters.main([*smoke, "--out", str(tmp_path / "adapters.json")])
+    with pytest.raises(_RunStarted):  # `python -m bench.adapters`, as `make bench` runs it
+        adapters.main([])
+
+
 def test_a_composite_only_generation_run_does_not_replace_the_committed_figures(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
