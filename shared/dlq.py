@@ -47,6 +47,7 @@ from schemas.topics import ALL_TOPICS, DLQ_SUFFIX, PASSTHROUGH_OUT
 from shared.bus import READ_EXTRA, kafka_connection, listed_topics, make_producer
 from shared.config import Settings
 from shared.errors import BadInput, TransientError
+from shared.observability import escape_control_characters
 from shared.signals import signal_number, stopped_how
 from shared.store import ObjectStore
 
@@ -338,7 +339,8 @@ def _sample(stored: StoredLetter) -> dict[str, Any]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The summary for a terminal."""
+    """The summary for a terminal. A letter's fields are another writer's text: their control characters
+    are escaped (``\\x1b``), so no escape sequence or forged line reaches the operator's terminal."""
     lines = [
         f"{summary['dlq_topic']}: {summary['dead_letters']} dead letters of {summary['topic']} "
         f"({summary['replayed']} replayed)"
@@ -347,11 +349,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  and {summary['unreadable_records']} records that are not dead letters (skipped)")
     for reason, entry in summary["reasons"].items():
         permanent = "; permanent: a replay without --reason leaves it" if entry["permanent"] else ""
-        lines.append(f"  {reason}: {entry['count']} ({entry['replayed']} replayed{permanent})")
+        line = f"  {reason}: {entry['count']} ({entry['replayed']} replayed{permanent})"
+        lines.append(escape_control_characters(line))
         for sample in entry["samples"]:
             lines.append(
-                f"    {sample['at']}  sku {sample['sku_id'] or '-'}  event {sample['event_id'] or '-'}  "
-                f"{sample['failed_at']}  {sample['stage']}: {sample['detail']}"
+                escape_control_characters(
+                    f"    {sample['at']}  sku {sample['sku_id'] or '-'}  event {sample['event_id'] or '-'}  "
+                    f"{sample['failed_at']}  {sample['stage']}: {sample['detail']}"
+                )
             )
     return "\n".join(lines)
 
@@ -522,7 +527,8 @@ def _write_markers(
 
 def format_replay(dead: DeadLetterTopic, report: ReplayReport, *, dry_run: bool) -> str:
     """The replay run for a terminal."""
-    by_reason = Counter(stored.letter.reason for stored in report.republished)
+    # A reason is the letter writer's text: escaped, as in format_summary.
+    by_reason = Counter(escape_control_characters(stored.letter.reason) for stored in report.republished)
     reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(by_reason.items()))
     verb = "would replay" if dry_run else "replayed"
     head = f"{verb} {len(report.republished)} dead letters from {dead.dlq_topic} to {dead.original_topic}"
@@ -534,7 +540,7 @@ def format_replay(dead: DeadLetterTopic, report: ReplayReport, *, dry_run: bool)
     )
     if not report.permanent:
         return line
-    left = Counter(stored.letter.reason for stored in report.permanent)
+    left = Counter(escape_control_characters(stored.letter.reason) for stored in report.permanent)
     return (
         f"{line}\nleft {len(report.permanent)} with a permanent reason "
         f"({', '.join(f'{reason}: {count}' for reason, count in sorted(left.items()))}): their events "
@@ -554,7 +560,7 @@ def format_unreadable(report: ReplayReport, *, dry_run: bool = False) -> str | N
         verdict = f"{letters} would not be replayed, the others would"
     else:
         verdict = f"{letters} {'was' if count == 1 else 'were'} not replayed, the others were"
-    shown = "; ".join(why for _, why in report.unreadable[:3])
+    shown = "; ".join(escape_control_characters(why) for _, why in report.unreadable[:3])
     more = f" (and {count - 3} more)" if count > 3 else ""
     return (
         f"{verdict}: {shown}{more}. They stay unmarked; leave them out "
@@ -569,7 +575,7 @@ def format_other_topic(dead: DeadLetterTopic, report: ReplayReport) -> str | Non
     topics = Counter(stored.letter.original_topic for stored in report.other_topic)
     count = len(report.other_topic)
     letters = "1 dead letter" if count == 1 else f"{count} dead letters"
-    listed = ", ".join(f"{topic} ({n})" for topic, n in sorted(topics.items()))
+    listed = ", ".join(f"{escape_control_characters(topic)} ({n})" for topic, n in sorted(topics.items()))
     return (
         f"{letters} of {dead.dlq_topic} came from another topic than {dead.original_topic}: {listed}; "
         "not replayed (neither here nor there: a mirrored or shared DLQ crosses environments). Replay "

@@ -371,9 +371,10 @@ class JsonFormatter(logging.Formatter):
 _LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def _one_line(value: object) -> str:
+def escape_control_characters(value: object) -> str:
     """``value`` as text, its control characters escaped (``\\n``): a value read from input (a file
-    name, an error's detail) must not start a line of its own, which a reader takes for another record."""
+    name, an error's detail) must not start a line of its own, which a reader takes for another record,
+    nor reach a terminal as an escape sequence."""
     return _LINE_BREAKING.sub(
         lambda match: match.group().encode("unicode_escape").decode("ascii"), str(value)
     )
@@ -388,7 +389,7 @@ class TextFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         """The line before its fields, the message's control characters escaped (not a traceback's)."""
-        return _one_line(super().formatMessage(record))
+        return escape_control_characters(super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
         fields = {
@@ -400,7 +401,7 @@ class TextFormatter(logging.Formatter):
             if var.get():
                 fields[name] = var.get()
         line = super().format(record)
-        return line + "".join(f" {key}={_one_line(value)}" for key, value in fields.items())
+        return line + "".join(f" {key}={escape_control_characters(value)}" for key, value in fields.items())
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:

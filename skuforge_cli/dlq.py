@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         "list",
         help="dead letters by reason, with counts and samples",
         description="Read TOPIC's .dlq from the start and print, per reason, how many dead letters it holds, "
-        "how many were replayed, and a few samples (event_id, sku_id, detail).",
+        "how many were replayed, and a few samples (event_id, sku_id, detail; control characters "
+        "escaped).",
     )
     again = sub.add_parser(
         "replay",

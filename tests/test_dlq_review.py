@@ -473,3 +473,36 @@ def test_a_replay_stopped_while_it_flushes_marks_what_was_delivered(
     assert exited == code
     assert f"{said}: 3 of 3 records were acknowledged and are marked" in err
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # left as it was
+
+
+@pytest.mark.kafka
+def test_dlq_list_escapes_control_characters_an_outside_writer_put_in_a_letter(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A letter's fields come from whoever wrote to the DLQ: `dlq list` printed them as they were, so an
+    escape sequence (clear the screen, retitle the terminal) or a forged line reached the operator."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    _write_letters(
+        settings,
+        _letter(
+            settings,
+            reason="object_missing\x1b[2J",
+            detail="gone\r\nobject_missing: 0 (0 replayed)\x1b]0;owned\x07",
+            stage="passthrough\x9b31m",
+            event_id="e1\u2028forged",
+        ),
+    )
+    code = dlq_main(["list", settings.topic_name(SKU_INGESTED)], settings=settings)
+    out = capsys.readouterr().out
+    assert code == 0
+    assert not any(ch in out for ch in "\x1b\x07\r\x9b\u2028")
+    assert len(out.splitlines()) == 3  # the head, the reason, the sample: no forged line
+    assert "object_missing\\x1b[2J" in out
+    assert "gone\\r\\nobject_missing: 0 (0 replayed)\\x1b]0;owned\\x07" in out
+    # The replay names the letter's reason too (a reason it does not know is permanent, and left).
+    code = dlq_main(["replay", settings.topic_name(SKU_INGESTED), "--dry-run"], settings=settings)
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "\x1b" not in out
+    assert "(object_missing\\x1b[2J: 1)" in out
