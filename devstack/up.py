@@ -359,7 +359,9 @@ def build_config(
     # console's bookmarked one too) with those of a stack that never started.
     users, _ = console_login(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / PORTS_FILE).write_text(json.dumps(ports, indent=2) + "\n")
+    # Replaced, not rewritten in place: a write cut short (a full disk, a crash) left a damaged file, and
+    # the next run moved every service, the console's bookmarked port too.
+    _replace_file(workdir / PORTS_FILE, json.dumps(ports, indent=2) + "\n")
     for stage, count in (replicas or {}).items():
         for index in range(2, count + 1):
             port = free_port()
@@ -635,14 +637,18 @@ def write_state(config: StackConfig, supervisor: Supervisor, state: str) -> None
         },
         "updated_at": time.time(),
     }
-    path = config.workdir / STATE_FILE
+    _replace_file(config.workdir / STATE_FILE, json.dumps(document, indent=2) + "\n")
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: to ``<name>.tmp`` beside it, renamed over it."""
     tmp = path.with_suffix(".tmp")
     try:
-        tmp.write_text(json.dumps(document, indent=2) + "\n")
+        tmp.write_text(text)
         tmp.replace(path)
     except OSError:
-        # A stack.json that cannot be replaced (a directory, another user's, a full disk) stops `up`:
-        # it leaves no stack.tmp behind, nor a partial one.
+        # A file that cannot be replaced (a directory, another user's, a full disk) stops `up`: it
+        # leaves no .tmp behind, nor a partial one.
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise

@@ -8,6 +8,7 @@ stage's /metrics does), the port tests bind the port themselves, and the demo te
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -841,4 +842,34 @@ def test_a_state_file_up_cannot_write_stops_it_with_one_line_starting_nothing(
     assert err.startswith("skuforge up: cannot write the stack's ") and err.count("\n") == 1
     assert str(tmp_path / blocked) in err
     assert not (tmp_path / "stack.tmp").exists(), "the refused run left its stack.tmp behind"
+    os.close(devstack.up._held_locks.pop())
+
+
+def test_a_run_that_fails_writing_ports_json_keeps_the_saved_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ports.json was rewritten in place: a disk that filled up (or a crash) mid-write left it cut
+    short, and the next run warned and moved every service, the console's bookmarked port too."""
+    real_write_text = Path.write_text
+
+    def disk_full_half_way(self: Path, data: str, *args: Any, **kwargs: Any) -> int:
+        if not self.name.startswith("ports."):
+            return real_write_text(self, data, *args, **kwargs)
+        real_write_text(self, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    def runs_the_stack(self: object, **kwargs: object) -> int:
+        raise AssertionError("started a stack whose ports could not be saved")
+
+    monkeypatch.setattr(devstack.up.Supervisor, "run", runs_the_stack)
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+    saved = json.dumps({"console": 18087, "kafka": 19092}, indent=2) + "\n"
+    (tmp_path / "ports.json").write_text(saved)
+    monkeypatch.setattr(Path, "write_text", disk_full_half_way)
+    code = main(["--workdir", str(tmp_path), "--ports", "free", "--kafka-bootstrap", "127.0.0.1:9"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("skuforge up: cannot write the stack's ") and err.count("\n") == 1
+    assert (tmp_path / "ports.json").read_text() == saved
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith("ports.")] == ["ports.json"]
     os.close(devstack.up._held_locks.pop())
