@@ -479,6 +479,34 @@ def test_a_running_stacks_damaged_stack_json_is_one_line_naming_it_before_anythi
     assert not (tmp_path / "out" / "catalogue").exists(), "the SKUs were rendered before the check"
 
 
+def test_a_stack_json_damaged_while_the_skus_render_is_one_line_naming_it_not_used(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    stand_in_up: list[StandInUp],
+) -> None:
+    """The stack was checked before the SKUs were rendered, then its stack.json read again unchecked
+    when it was used: one restarted (or edited) in between went into the run, which failed once the
+    SKUs had gone through it."""
+    workdir = tmp_path / "up"
+    write_running_stack(workdir)
+    render = demo_module.render_synthetic
+
+    def render_while_the_stack_restarts(catalogue: Path, args: Any) -> Path:
+        skus = render(catalogue, args)
+        write_running_stack(workdir, console_url=8087)
+        return skus
+
+    monkeypatch.setattr(demo_module, "render_synthetic", render_while_the_stack_restarts)
+    monkeypatch.setattr(demo_module, "run_flow", lambda *_args, **_kwargs: pytest.fail("ran the flow"))
+    code = demo_main([*SMALL_SYNTHETIC, "--out", str(tmp_path / "out"), "--workdir", str(workdir)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"skuforge demo: {workdir / 'stack.json'}: console_url: not text")
+    assert err.count("\n") == 1 and f"kill -INT {os.getpid()}" in err
+    assert stand_in_up == [], "no stack was started beside the running one"
+
+
 def test_ctrl_c_leaves_a_stack_that_was_running_before_the_demo_running(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],

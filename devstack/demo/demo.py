@@ -99,19 +99,42 @@ def _say(line: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+class DamagedStack(Exception):
+    """A running stack's stack.json the demo cannot use (``stack_problem``); the message says what to do."""
+
+
+def running_stack(workdir: Path) -> dict[str, Any] | None:
+    """The state of the stack ready in ``workdir``, checked (``stack_problem``); None when none is ready.
+
+    Raises:
+        DamagedStack: its stack.json is damaged or hand-edited.
+    """
+    state = read_state(workdir)
+    if state is None or state.get("state") != "ready":
+        return None
+    if problem := stack_problem(state):
+        raise DamagedStack(
+            f"{workdir / STATE_FILE}: {problem}; the file is damaged: stop that stack "
+            f"({how_to_stop(state)}) and start it again, which writes it afresh"
+        )
+    return state
+
+
 @contextlib.contextmanager
-def stack(workdir: Path, *, variants: int | None, keep_running: bool) -> Iterator[dict[str, Any]]:
-    """The running stack of ``workdir``, or one started here for the duration of the block.
+def stack(
+    workdir: Path, *, variants: int | None, keep_running: bool, running: dict[str, Any] | None = None
+) -> Iterator[dict[str, Any]]:
+    """``running`` (the stack ready in ``workdir``, as ``running_stack`` read and checked it), or one
+    started in ``workdir`` for the duration of the block.
 
     A stack started here makes ``variants`` images per SKU when given (``--variants``), else what
     ``SKUFORGE_GENERATION_VARIANTS_PER_SKU`` says, else ``DEFAULT_VARIANTS``. It is stopped at the end
     of the block, and on Ctrl-C, SIGTERM or SIGHUP within it (those two raise KeyboardInterrupt there);
     its supervisor gets SIGINT, and SIGKILL if it has not stopped after ``STACK_STOP_TIMEOUT_S``.
     """
-    state = read_state(workdir)
-    if state is not None and state.get("state") == "ready":
-        _say(f"using the stack already running from {workdir} (pid {state['supervisor_pid']})")
-        yield state
+    if running is not None:
+        _say(f"using the stack already running from {workdir} (pid {running['supervisor_pid']})")
+        yield running
         return
     env = {
         **os.environ,
@@ -417,7 +440,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         parser.error(f"--skus {args.skus}: not a directory of SKU folders{hint}")
     # Found now, not in a traceback when the report is written at the end of the run.
-    # The workdir may be a stack another user started, whose state the demo only reads.
     # The workdir may be a stack another user started, whose state the demo only reads; with no stack
     # running there, the demo starts one in it, so it must be writable.
     running_before = read_state(args.workdir.resolve())
@@ -437,16 +459,10 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = args.workdir.resolve()
     # A running stack's damaged stack.json is named now, before anything is rendered or ingested.
-    if (
-        running_before is not None
-        and running_before.get("state") == "ready"
-        and (problem := stack_problem(running_before))
-    ):
-        print(
-            f"skuforge demo: {workdir / STATE_FILE}: {problem}; the file is damaged: stop that "
-            f"stack ({how_to_stop(running_before)}) and start it again, which writes it afresh",
-            file=sys.stderr,
-        )
+    try:
+        running_stack(workdir)
+    except DamagedStack as exc:
+        print(f"skuforge demo: {exc}", file=sys.stderr)
         return 2
     stack_entered = stack_was_running = False
     try:
@@ -465,8 +481,10 @@ def main(argv: list[str] | None = None) -> int:
         photos = sum(count for _, count in surveyed)
         _say(f"{len(sku_ids)} SKUs, {photos} photos, from {_shown(skus_dir)}")
 
-        running_state = read_state(workdir)
-        if running_state is not None and running_state.get("state") == "ready":
+        # Read again (the stack may have stopped or restarted while the SKUs rendered) and checked again;
+        # stack() uses this state as it was checked, not a read of its own.
+        running_state = running_stack(workdir)
+        if running_state is not None:
             stack_was_running = True
             # Variants and scenes are the generator's start-up settings: a running stack keeps its own.
             made = stack_variants(running_state)
@@ -484,9 +502,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"scenes: the sample store photos in {_shown(SAMPLE_SCENES)} (SKUFORGE_SCENES_URI sets yours)"
             )
         stack_entered = True
-        with stack(workdir, variants=args.variants, keep_running=args.keep_running) as running:
+        with stack(
+            workdir, variants=args.variants, keep_running=args.keep_running, running=running_state
+        ) as running:
             os.environ.update(running["env"])  # the stack's Kafka, store, topics, console database
             return run_flow(args, running, skus_dir, sku_ids, started, stack_was_running=stack_was_running)
+    except DamagedStack as exc:
+        print(f"skuforge demo: {exc}", file=sys.stderr)
+        return 2
     except (IngestError, TransientError, BadInput) as exc:
         # The stack's own limits or its broker, met at ingest, or a stored object the report reads
         # gone or changed (the stack is stopped by then).
