@@ -16,7 +16,7 @@ import pytest
 
 from devstack.broker import free_port
 from services.generator.client import GeneratorUnavailable, TritonGenerator
-from services.generator.protocol import VariantRequest, VariantResult
+from services.generator.protocol import MAX_TEXT_BYTES, VariantRequest, VariantResult
 from shared.errors import BadInput, TransientError
 from shared.generation.backend import GenerationRequest, RowOutcome
 from shared.generation.composite import CompositeBackend
@@ -180,6 +180,22 @@ def test_text_that_is_not_utf8_is_refused_naming_its_input(triton: TritonServerP
     (error,) = answer.as_numpy("error").reshape(-1)
     assert error.decode() == f"ValueError: {name} is not UTF-8 text: invalid continuation byte at byte 3"
     assert not answer.as_numpy("image").any()
+
+
+@pytest.mark.parametrize("name", ["prompt", "negative_prompt", "own_names"])
+def test_text_over_the_byte_limit_is_refused_naming_its_input(triton: TritonServerProcess, name: str) -> None:
+    # Before, any text gRPC carries was accepted: a megabyte prompt from another client tied the diffusion
+    # tokenizer up for seconds a row (CLIP reads 77 tokens of it). A text at the limit is still served.
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    at_limit = b'["' + b"a" * (MAX_TEXT_BYTES - 4) + b'"]' if name == "own_names" else b"a" * MAX_TEXT_BYTES
+    served = client.infer("skuforge_generator_composite", raw_request({name: at_limit}))
+    assert served.as_numpy("error").reshape(-1)[0] == b""
+    over = client.infer("skuforge_generator_composite", raw_request({name: b"a" * 1_000_000}))
+    (error,) = over.as_numpy("error").reshape(-1)
+    assert error.decode() == f"ValueError: {name} is 1000000 bytes, more than {MAX_TEXT_BYTES}: shorten it"
+    assert not over.as_numpy("image").any()
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ succeeded) come out. Rows fail alone: a row the backend refuses gets its message
 zero images, and the other rows of the batch are unaffected; so does every row of a request whose
 size is out of 1 to ``MAX_SIZE_PX`` (2048) or differs between its rows (its images are 1 x 1), or
 whose reference has more pixels than the server's ``SKUFORGE_MAX_IMAGE_PIXELS``, or that lacks a
-required input (Triton counts inputs: an optional one in its place passes). A row
+required input (Triton counts inputs: an optional one in its place passes); so is a row with a text
+input (prompt, own_names...) of more than ``MAX_TEXT_BYTES``. A row
 the backend fails on (raises) is served again alone; if it fails alone too, ``error`` says so after
 ``BACKEND_ERROR_PREFIX``, or after ``BACKEND_UNAVAILABLE_PREFIX`` when what failed is a store it
 reads, or the GPU memory another process took (transient). A row out of GPU memory alone on a GPU no
@@ -23,6 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 MODEL_PREFIX = "skuforge_generator_"
+
+# The most bytes of one text input of one row. CLIP reads 77 tokens of a prompt and the stage sends a
+# few hundred bytes; a megabyte prompt from another client tied the tokenizer up for seconds a row.
+MAX_TEXT_BYTES = 8192
 
 # name, dtype, shape without the batch dimension (-1 = any)
 INPUTS: tuple[tuple[str, type, tuple[int, ...]], ...] = (

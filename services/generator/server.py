@@ -40,6 +40,7 @@ from services.generator.protocol import (
     BACKEND_ERROR_PREFIX,
     BACKEND_UNAVAILABLE_PREFIX,
     INPUTS,
+    MAX_TEXT_BYTES,
     OPTIONAL_INPUTS,
     OUTPUTS,
     model_name,
@@ -322,10 +323,13 @@ def _own_names(request: Mapping[str, npt.NDArray[Any]], row: int) -> tuple[str, 
 
 def _text(request: Mapping[str, npt.NDArray[Any]], name: str, row: int) -> str:
     """Row ``row`` of the BYTES input ``name`` as text; a ``ValueError`` naming it when not UTF-8
-    (another client's bytes: a bare ``UnicodeDecodeError`` left it to guess which input was wrong)."""
+    (another client's bytes: a bare ``UnicodeDecodeError`` left it to guess which input was wrong)
+    or longer than ``MAX_TEXT_BYTES``."""
     value = np.asarray(request[name][row]).reshape(-1)[0]
     if not isinstance(value, bytes):
-        return str(value)
+        value = str(value).encode()
+    if len(value) > MAX_TEXT_BYTES:
+        raise ValueError(f"{name} is {len(value)} bytes, more than {MAX_TEXT_BYTES}: shorten it")
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError as exc:
