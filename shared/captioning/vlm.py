@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -162,16 +164,29 @@ class VlmCaptioner:
         return [_without_prompt(" ".join(str(s).split()), self.prompt) for s in sentences]
 
 
+# A prompt's words, and each other mark on its own ("_" too), as BLIP's tokenizer splits them.
+_PROMPT_TOKEN = re.compile(r"[^\W_]+|\S")
+
+
 def _without_prompt(sentence: str, prompt: str) -> str:
     """BLIP echoes a conditional prompt; the caption already says 'a photo of', so drop it.
 
-    Only as whole words: the prompt "a photo" cut "a photograph of a can" to "graph of a can".
+    Only as whole words: the prompt "a photo" cut "a photograph of a can" to "graph of a can". Space
+    beside punctuation does not count: BLIP's tokenizer decodes "a close-up photo," as
+    "a close - up photo ,", and the echo stayed in the caption.
     """
-    prompt = " ".join(prompt.split())  # as the sentence's spaces are
-    if not prompt or not sentence.lower().startswith(prompt.lower()):
+    tokens = _PROMPT_TOKEN.findall(prompt)
+    if not tokens:
         return sentence
-    rest = sentence[len(prompt) :]
-    if prompt[-1].isalnum() and rest[:1].isalnum():
+    pattern = re.escape(tokens[0])
+    for before, token in pairwise(tokens):
+        between_words = before[-1].isalnum() and token[0].isalnum()
+        pattern += (r"\s+" if between_words else r"\s*") + re.escape(token)
+    echo = re.match(pattern, sentence, re.IGNORECASE)
+    if echo is None:
+        return sentence
+    rest = sentence[echo.end() :]
+    if tokens[-1][-1].isalnum() and rest[:1].isalnum():
         return sentence  # the prompt ends inside the sentence's first words: no echo
     return rest.strip()
 
