@@ -709,6 +709,27 @@ def test_a_colour_word_that_names_a_food_or_drink_is_part_of_its_name(
 
 
 @pytest.mark.parametrize(
+    ("sentence", "colours", "shape", "merged"),
+    [
+        # A colour joined by "and" to one that names a drink names a kind too: "red" was dropped, and
+        # a bottle of red and of white wine read "white wine bottles".
+        ("red and white wine bottles", ["white"], "bottle", "red and white wine bottles"),
+        ("a shelf of red or white wine", ["green"], "bottle", "a shelf of red or white wine"),
+        # A noun shading the colour after it is one colour with it: "a lemon yellow box" of a red box
+        # read "a lemon box", which says what is in it.
+        ("a lemon yellow box on a table", ["red"], "box", "a box on a table"),
+        ("a sky-blue can", ["red"], "can", "a can"),
+        ("a lemon yellow box", ["yellow"], "box", "a lemon yellow box"),
+        ("a lemon yellow", ["green"], "produce", "a lemon"),
+    ],
+)
+def test_a_colour_is_read_whole_before_it_is_judged(
+    sentence: str, colours: list[str], shape: str, merged: str
+) -> None:
+    assert merge_sentence("C", sentence, colours, shape) == f"C, {merged}"
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         [],  # --out is required: the default replaced the committed tree

@@ -348,8 +348,11 @@ def _modifies(words: Sequence[str], index: int, name: str = "") -> bool:
     cream at the end of the sentence, before a preposition, or after "sour"/"ice" is the fruit or the
     dairy product."""
     following = words[index + 1] if index + 1 < len(words) else None
-    if following in _NAMED_BY_COLOUR or f" {words[index]} {following} " in f" {name} ":
+    if _names_a_kind(words, index, name):
         return False
+    joined = words[index + 2] if following in ("and", "or") and index + 2 < len(words) else None
+    if joined in _COLOUR_WORDS and _names_a_kind(words, index + 2, name):
+        return False  # "red and white wine": red wine and white wine
     if words[index] not in _COLOUR_NOUNS:
         return True
     if index > 0 and words[index - 1] in ("sour", "ice", "whipped"):
@@ -357,11 +360,22 @@ def _modifies(words: Sequence[str], index: int, name: str = "") -> bool:
     if following is None:
         return False
     if following in ("and", "or"):
-        after = words[index + 2] if index + 2 < len(words) else None
-        return after in _COLOUR_WORDS
+        return joined in _COLOUR_WORDS
     return following not in _NOT_MODIFIED
 
 
+def _names_a_kind(words: Sequence[str], index: int, name: str) -> bool:
+    """Whether the colour word at ``index`` is part of a food's or drink's name with the next word
+    ("red wine"; "white asparagus" when the class noun says so)."""
+    following = words[index + 1] if index + 1 < len(words) else None
+    return following in _NAMED_BY_COLOUR or f" {words[index]} {following} " in f" {name} "
+
+
+# Words that name something else on their own but one colour with the colour after them ("lemon
+# yellow", "sky blue"): dropped with that colour, or "a lemon yellow box" was left "a lemon box".
+_SHADE_NOUNS: Final = frozenset(
+    {"lemon", "lime", "sky", "forest", "mint", "olive", "sea", "ice", "blood", "cherry", "rose", "brick"}
+)
 # Words that join or shade colours in a hyphenated compound: "blue-and-white", "dark-red".
 _COLOUR_JOINERS: Final = frozenset({"and", "or", "dark", "light", "pale", "bright", "deep"})
 
@@ -374,7 +388,11 @@ def _sentence_words(sentence: str, measured: set[str]) -> list[str]:
     for word in re.findall(r"[A-Za-z0-9'&-]+", sentence.lower()):
         parts = [part for part in word.split("-") if part]
         colours = {part for part in parts if part in _COLOUR_WORDS}
-        if len(parts) > 1 and colours - measured and set(parts) <= _COLOUR_WORDS | _COLOUR_JOINERS:
+        if (
+            len(parts) > 1
+            and colours - measured
+            and set(parts) <= _COLOUR_WORDS | _COLOUR_JOINERS | _SHADE_NOUNS
+        ):
             words.extend(parts)
         elif parts:
             words.append(word)
@@ -385,7 +403,8 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     """Append a vision-language model's sentence to a caption, minus any claim the measurements refute.
 
     Colour words not among the measured colours are dropped where they say a colour ("a red box", the
-    "blue" of "a blue-and-white box"), not where they are a noun ("sour cream", "an orange on a
+    "blue" of "a blue-and-white box"), with a shading noun before them ("a lemon yellow box" is "a
+    box"), not where they are a noun ("sour cream", "an orange on a
     table") or part of a name ("orange juice", "red wine", "white asparagus" when the class ``noun``
     says so); a packaging word naming another shape becomes the measured one, plural if it was ("two
     tins" of a box are "two boxes"; "product" when the shape is unknown; dropped with its article and
@@ -414,6 +433,13 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
             and not (lower == "gray" and "grey" in measured)
             and _modifies(words, index, noun)
         ):
+            if (
+                following is not None
+                and index > 0
+                and words[index - 1] in _SHADE_NOUNS
+                and kept[-1:] == [words[index - 1]]
+            ):
+                kept.pop()  # "lemon yellow" is one colour
             if kept and kept[-1] in ("a", "an"):
                 retold.add(len(kept) - 1)
             skip = following if following in ("and", "or") else None  # "red and white box"
