@@ -26,6 +26,7 @@ from pathlib import Path
 from services.console.config import ConsoleSettings
 from services.console.labelstudio import (
     LABEL_CONFIG,
+    MASKS_AGREE_IOU,
     ImportOutcome,
     check_image_url,
     export_tasks,
@@ -45,9 +46,10 @@ EXPORT_EXIT_STATUS = (
 )
 IMPORT_EXIT_STATUS = (
     "exit status: 0 every annotation recorded (tasks nobody annotated are listed, not counted); 1 some "
-    "annotations were skipped (each listed with its reason, annotators who disagree included; the others "
-    "are recorded, and running the same export again is safe: decided tasks are skipped); 2 the export "
-    "or the table could not be read"
+    "annotations were skipped (each listed with its reason, annotators who disagree included: one "
+    f"approving and one rejecting, or approved masks that overlap at an IoU below {MASKS_AGREE_IOU:.2f}; "
+    "the others are recorded, and running the same export again is safe: decided tasks are skipped); 2 "
+    "the export or the table could not be read"
 )
 
 

@@ -8,7 +8,8 @@ than the web page takes is cut, ending in ``CUT_MARK``), one with brush results 
 its strokes as an edited mask (the ``mask`` control's ``product`` strokes only: other brushes are
 ignored; strokes that are exactly the predicted mask approve the prediction), one whose ``decision``
 is ``approve`` without a stroke approves the predicted mask. Of several annotations the latest is
-taken; annotators who disagree (one approves, another rejects) are skipped, not settled. All go
+taken; annotators who disagree (one approves, another rejects, or two approve masks that overlap at
+an IoU below ``MASKS_AGREE_IOU``) are skipped, not settled. All go
 through the same task table, audit and outbox as the web page's decisions, under the reviewer
 ``labelstudio:<annotator>``.
 
@@ -21,6 +22,7 @@ words, or ``1`` + size index + (count-1) + one repeated word; padded to whole by
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Iterable
@@ -42,6 +44,7 @@ from services.console.decisions import (
 )
 from services.console.tasks import PENDING, Task, TaskConflict, TaskFilter, TaskNotFound, TaskStore
 from shared.errors import BadInput, TransientError
+from shared.gate.checks import mask_iou
 from shared.store import ObjectStore
 
 log = logging.getLogger("skuforge.console.labelstudio")
@@ -54,6 +57,9 @@ LABEL = "product"
 DECISION_NAME = "decision"
 REASON_NAME = "reason"
 CUT_MARK = "… [cut]"  # ends a reject reason longer than the table takes
+# Approving annotators whose masks overlap less than this disagree (the gate's default iou_min: masks
+# that would fail the gate against each other cannot both be the corrected mask).
+MASKS_AGREE_IOU = 0.90
 # A labeling config matching the exported tasks (``--config-out`` writes it).
 LABEL_CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
@@ -501,10 +507,12 @@ def _import_one(
             " Studio and export again, or decide it on the web page"
         )
         return ImportOutcome(task.task_id, "skipped", why)
-    # The latest annotation (its time is read only when there are several to choose from).
-    annotation = annotations[0] if len(annotations) == 1 else max(annotations, key=_annotated_at)
-    reviewer = _annotator(annotation)
     image = task.pending.matted.generated.image
+    disagreement = _masks_disagree(store, task, annotations, verdicts, image.width, image.height)
+    if disagreement:
+        return ImportOutcome(task.task_id, "skipped", disagreement)
+    annotation = _latest(annotations)
+    reviewer = _annotator(annotation)
     # Everything is checked before the claim, so a refused annotation leaves no stray claim behind.
     decision, value = _decision_of(annotation, image.width, image.height)
     if decision == "skipped":
@@ -517,6 +525,47 @@ def _import_one(
     except BaseException:
         _release(tasks, task.task_id, reviewer)
         raise
+
+
+def _latest(annotations: list[dict[str, Any]]) -> dict[str, Any]:
+    """The latest annotation (its time is read only when there are several to choose from)."""
+    return annotations[0] if len(annotations) == 1 else max(annotations, key=_annotated_at)
+
+
+def _masks_disagree(
+    store: ObjectStore,
+    task: Task,
+    annotations: list[dict[str, Any]],
+    verdicts: list[str | None],
+    width: int,
+    height: int,
+) -> str | None:
+    """Why the approving annotators' masks cannot stand for one another (two of them overlap less
+    than ``MASKS_AGREE_IOU``), or None. Each annotator counts once, with their latest annotation: one
+    person saving twice is a draft and its revision, not a disagreement."""
+    by_annotator: dict[str, list[dict[str, Any]]] = {}
+    for annotation, verdict in zip(annotations, verdicts, strict=True):
+        if verdict == "approve":
+            by_annotator.setdefault(_annotator(annotation), []).append(annotation)
+    if len(by_annotator) < 2:
+        return None
+    masks: dict[str, npt.NDArray[np.uint8]] = {}
+    for who, theirs in sorted(by_annotator.items()):
+        decision, value = _decision_of(_latest(theirs), width, height)
+        if decision == "approve_edited":
+            masks[who] = value
+        elif decision == "approve_predicted":
+            masks[who] = mask_from_ref(store, task.pending.matted.predicted_mask)
+    worst = min(
+        ((mask_iou(masks[a], masks[b]), a, b) for a, b in itertools.combinations(masks, 2)), default=None
+    )
+    if worst is None or worst[0] >= MASKS_AGREE_IOU:
+        return None
+    iou, first, second = worst
+    return (
+        f"annotators' masks disagree ({first} and {second} overlap at IoU {iou:.2f}, below"
+        f" {MASKS_AGREE_IOU:.2f}); settle it in Label Studio and export again, or decide it on the web page"
+    )
 
 
 def _decide(

@@ -1,0 +1,106 @@
+"""Conflicts the console settles by rule, not by arrival: annotators who approve different masks are
+skipped for someone to settle, and two copies of one flagged item give the same task whichever
+arrives last."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from services.console.labelstudio import import_annotations, mask_to_rle
+from tests.support.console import ConsoleParts, build_console, with_flagged
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> ConsoleParts:
+    return with_flagged(build_console(tmp_path), 2)
+
+
+def _painted(mask: npt.NDArray[np.uint8], *, by: int, at: str) -> dict[str, Any]:
+    """One annotator's approval by painting ``mask`` (the ``mask`` control's ``product`` brush)."""
+    value = {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": ["product"]}
+    brush = {"type": "brushlabels", "from_name": "mask", "to_name": "image", "value": value}
+    return {"completed_by": by, "created_at": at, "updated_at": at, "result": [brush]}
+
+
+def _box(top: int, left: int, bottom: int, right: int) -> npt.NDArray[np.uint8]:
+    mask = np.zeros((128, 128), np.uint8)
+    mask[top:bottom, left:right] = 255
+    return mask
+
+
+def test_annotators_who_approve_different_masks_are_skipped_not_settled_by_the_latest(
+    parts: ConsoleParts,
+) -> None:
+    """Two annotators approve, each painting a mask of their own: the later mask went into the
+    training set as "corrected" and the other was dropped without a word. Masks that overlap less
+    than the agreement IoU are now a disagreement like approve/reject: skipped with both names and
+    the IoU, the task left pending. Masks that nearly coincide still give the latest annotation."""
+    disputed, agreed = [task.task_id for task in parts.tasks.query()]
+    left, right = _box(10, 10, 100, 60), _box(10, 50, 100, 110)  # IoU 10/100
+    export = [
+        {
+            "data": {"skuforge_task_id": disputed},
+            "annotations": [
+                _painted(left, by=7, at="2026-01-01T09:00:00Z"),
+                _painted(right, by=8, at="2026-01-01T10:00:00Z"),
+            ],
+        },
+        {
+            "data": {"skuforge_task_id": agreed},
+            "annotations": [
+                _painted(_box(10, 10, 100, 60), by=7, at="2026-01-01T09:00:00Z"),
+                _painted(_box(10, 10, 100, 61), by=8, at="2026-01-01T10:00:00Z"),  # one column more
+            ],
+        },
+    ]
+
+    outcomes = {outcome.task_id: outcome for outcome in import_annotations(parts.tasks, parts.store, export)}
+
+    skipped = outcomes[disputed]
+    assert skipped.outcome == "skipped" and skipped.annotation_lost
+    assert "masks disagree" in skipped.detail
+    assert "labelstudio:7" in skipped.detail and "labelstudio:8" in skipped.detail
+    assert "IoU 0.10" in skipped.detail
+    assert parts.tasks.get(disputed).state == "pending"
+    assert parts.tasks.outbox(disputed) is None
+    assert outcomes[agreed].outcome == "approve_edited"
+    decided = parts.tasks.get(agreed)
+    assert (decided.state, decided.decided_by) == ("approved", "labelstudio:8")
+
+
+def test_one_annotator_saving_twice_is_no_disagreement(parts: ConsoleParts) -> None:
+    """The same annotator's annotations are drafts of one opinion: the latest is recorded."""
+    task_id = parts.tasks.query()[0].task_id
+    export = [
+        {
+            "data": {"skuforge_task_id": task_id},
+            "annotations": [
+                _painted(_box(10, 10, 100, 60), by=7, at="2026-01-01T09:00:00Z"),
+                _painted(_box(10, 50, 100, 110), by=7, at="2026-01-01T10:00:00Z"),
+            ],
+        }
+    ]
+    [outcome] = import_annotations(parts.tasks, parts.store, export)
+    assert outcome.outcome == "approve_edited"
+    assert parts.tasks.get(task_id).state == "approved"
+
+
+def test_an_approval_of_the_prediction_is_compared_as_the_predicted_mask(parts: ConsoleParts) -> None:
+    """One annotator approves the prediction untouched, another paints a mask far from it."""
+    task_id = parts.tasks.query()[0].task_id
+    approve = {"type": "choices", "from_name": "decision", "value": {"choices": ["approve"]}}
+    untouched = {"completed_by": 7, "created_at": "2026-01-01T09:00:00Z", "result": [approve]}
+    export = [
+        {
+            "data": {"skuforge_task_id": task_id},
+            "annotations": [untouched, _painted(_box(0, 0, 20, 20), by=8, at="2026-01-01T10:00:00Z")],
+        }
+    ]
+    [outcome] = import_annotations(parts.tasks, parts.store, export)
+    assert outcome.outcome == "skipped" and "masks disagree" in outcome.detail
+    assert parts.tasks.get(task_id).state == "pending"
