@@ -12,7 +12,7 @@ import numpy.typing as npt
 import pytest
 
 from services.console.labelstudio import import_annotations, mask_to_rle
-from tests.support.console import ConsoleParts, build_console, with_flagged
+from tests.support.console import ConsoleParts, build_console, flagged_item, pending_envelope, with_flagged
 
 
 @pytest.fixture
@@ -104,3 +104,26 @@ def test_an_approval_of_the_prediction_is_compared_as_the_predicted_mask(parts: 
     [outcome] = import_annotations(parts.tasks, parts.store, export)
     assert outcome.outcome == "skipped" and "masks disagree" in outcome.detail
     assert parts.tasks.get(task_id).state == "pending"
+
+
+@pytest.mark.parametrize("order", ["a_then_b", "b_then_a"])
+def test_two_copies_produced_at_the_same_time_give_the_same_task_in_either_order(
+    tmp_path: Path, order: str
+) -> None:
+    """Two copies of one flagged item with the same ``produced_at`` and other content (the gate run
+    twice in one instant, or one replayed copy restamped): whichever arrived last was shown and
+    decided on, so a redelivery after a restart switched the task to the other copy's reasons. The
+    same copy is now kept in either order, also when the first is delivered again."""
+    parts = build_console(tmp_path)
+    copy_a = pending_envelope(flagged_item(parts.store, 0))
+    payload_b = copy_a.payload.model_copy(update={"reasons": ["mask_touches_border"], "iou": 0.5})
+    copy_b = copy_a.model_copy(update={"payload": payload_b})
+    first, second = (copy_a, copy_b) if order == "a_then_b" else (copy_b, copy_a)
+
+    parts.tasks.add_pending(first)
+    parts.tasks.add_pending(second)
+    parts.tasks.add_pending(first)  # redelivered after a restart
+
+    task = parts.tasks.get(copy_a.event_id)
+    kept = max((copy_a, copy_b), key=lambda copy: copy.payload.model_dump_json())
+    assert (task.reasons, task.pending) == (kept.payload.reasons, kept.payload)

@@ -5,7 +5,8 @@ Tables:
 * ``tasks``   one row per ``correction.pending`` event, keyed by that event's id, so a redelivered
               event is ignored (``INSERT OR IGNORE``) instead of becoming a second task; a copy with
               other reasons (the gate replayed) updates an open task's, unless it was produced
-              before the copy the task holds (``add_pending``).
+              before the copy the task holds (at the same time: the payload sorting last is kept;
+              ``add_pending``).
               States: ``pending`` → ``claimed`` (a reviewer holds a lease) → ``approved`` | ``rejected``.
               An expired lease sends the task back to ``pending``. A task whose reference photo its
               owner withdrew (``skuforge ingest --withdraw-missing``) is closed as ``withdrawn``
@@ -285,7 +286,8 @@ class TaskStore:
         kept), so a reviewer sees, and decides on, the gate's newest verdict; a decided task stays
         as it was decided. A copy produced before the one the task holds (an old copy replayed from
         the dead-letter topic after a newer one arrived) is ignored, so it cannot bring back reasons
-        the gate no longer gives."""
+        the gate no longer gives. Of two copies produced at the same time, the one whose payload
+        JSON sorts last is kept, in whichever order they arrive."""
         pending = event.payload
         now = self.clock()
         reasons, pending_json = json.dumps(pending.reasons), pending.model_dump_json()
@@ -311,9 +313,16 @@ class TaskStore:
                 row = db.execute(
                     "SELECT state, pending_json, produced_at FROM tasks WHERE task_id = ?", (event.event_id,)
                 ).fetchone()
-                # A row from before produced_at was stored (NULL) takes the copy, as it did then.
-                older = row["produced_at"] is not None and produced_at < row["produced_at"]
-                changed = row["pending_json"] != pending_json and not older
+                # A row from before produced_at was stored (NULL) takes the copy, as it did then. Of
+                # two copies produced at the same time, the one whose payload sorts last is kept: the
+                # last to arrive won, and a redelivery after a restart switched the task between them.
+                held_at = row["produced_at"]
+                newer = (
+                    held_at is None
+                    or produced_at > held_at
+                    or (produced_at == held_at and pending_json > row["pending_json"])
+                )
+                changed = row["pending_json"] != pending_json and newer
                 if row["state"] in ("pending", "claimed") and changed:
                     db.execute(
                         "UPDATE tasks SET iou = ?, reasons = ?, pending_json = ?, produced_at = ?"
