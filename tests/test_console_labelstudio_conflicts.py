@@ -4,6 +4,7 @@ arrives last."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,15 @@ import numpy.typing as npt
 import pytest
 
 from services.console.labelstudio import import_annotations, mask_to_rle
-from tests.support.console import ConsoleParts, build_console, flagged_item, pending_envelope, with_flagged
+from skuforge_cli.main import main as cli_main
+from tests.support.console import (
+    ConsoleParts,
+    build_console,
+    flagged_item,
+    pending_envelope,
+    use_cli_on,
+    with_flagged,
+)
 
 
 @pytest.fixture
@@ -127,3 +136,32 @@ def test_two_copies_produced_at_the_same_time_give_the_same_task_in_either_order
     task = parts.tasks.get(copy_a.event_id)
     kept = max((copy_a, copy_b), key=lambda copy: copy.payload.model_dump_json())
     assert (task.reasons, task.pending) == (kept.payload.reasons, kept.payload)
+
+
+def test_two_label_studio_tasks_for_one_item_are_one_items_annotations(
+    parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The tasks file imported twice into a project gives each item two Label Studio tasks. One
+    annotator approved it in one, another rejected it in the other: the first was recorded and the
+    second skipped as "already decided", which counts as nothing lost (exit 0), and the rejection
+    vanished. Their annotations are now read together: annotators who disagree, exit 1."""
+    task_id = parts.tasks.query()[0].task_id
+
+    def chose(decision: str, by: int) -> dict[str, Any]:
+        choice = {"type": "choices", "from_name": "decision", "value": {"choices": [decision]}}
+        return {"completed_by": by, "created_at": "2026-01-01T10:00:00Z", "result": [choice]}
+
+    export = [
+        {"data": {"skuforge_task_id": task_id}, "annotations": [chose("approve", by=7)]},
+        {"data": {"skuforge_task_id": task_id}, "annotations": [chose("reject", by=8)]},
+    ]
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(export))
+    use_cli_on(parts, monkeypatch)
+
+    assert cli_main(["console", "import-labelstudio", "--no-publish", str(path)]) == 1
+
+    out, err = capsys.readouterr()
+    assert "annotators disagree" in out and "labelstudio:8" in out
+    assert "1 annotation(s) skipped" in err
+    assert parts.tasks.get(task_id).state == "pending"

@@ -446,9 +446,15 @@ def import_annotations(
 
     A task that cannot be used (unknown, decided, held by a reviewer, unreadable, malformed, its mask
     not storable, the table or store unavailable) is skipped with the reason and left as it was, and
-    the import goes on with the next one.
+    the import goes on with the next one. The annotations of Label Studio tasks that name the same
+    item are read together (one outcome for the item).
     """
-    outcomes: list[ImportOutcome] = []
+    # One step per Label Studio task, in the export's order: a skip known from the task alone, or an
+    # item's annotations. The tasks file imported twice into a project gives an item two tasks: the
+    # first one's annotation was recorded and the other's skipped as "already decided" (nothing lost,
+    # exit 0), though another annotator may have rejected the item there. They are now read together.
+    steps: list[ImportOutcome | tuple[str, list[dict[str, Any]]]] = []
+    annotations_of: dict[str, list[dict[str, Any]]] = {}
     for entry in export:
         data = entry.get("data")
         task_id = str(data.get("skuforge_task_id", "")) if isinstance(data, dict) else ""
@@ -463,12 +469,22 @@ def import_annotations(
         unclear = [value for value in cancelled if value is not None and not isinstance(value, bool)]
         if unclear:
             why = f"an annotation's 'was_cancelled' is {unclear[0]!r:.40}, not true or false"
-            outcomes.append(ImportOutcome(task_id, "skipped", why))
+            steps.append(ImportOutcome(task_id, "skipped", why))
             continue
         annotations = [a for a in annotations if not a.get("was_cancelled")]
         if not annotations:
-            outcomes.append(ImportOutcome(task_id, "skipped", NO_ANNOTATION))
+            steps.append(ImportOutcome(task_id, "skipped", NO_ANNOTATION))
+        elif task_id and task_id in annotations_of:
+            annotations_of[task_id].extend(annotations)
+        else:
+            annotations_of[task_id] = annotations
+            steps.append((task_id, annotations))
+    outcomes: list[ImportOutcome] = []
+    for step in steps:
+        if isinstance(step, ImportOutcome):
+            outcomes.append(step)
             continue
+        task_id, annotations = step
         try:
             outcomes.append(_import_one(tasks, store, tasks.get(task_id), annotations, lease_s))
         except _SKIPPABLE as exc:
