@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -167,8 +168,10 @@ def make_envelope(
     sku_id: str,
     trace_id: str,
     producer: str,
+    produced_at: datetime | None = None,
 ) -> Envelope[Any]:
-    """Wrap a payload in the common envelope, checking it is the topic's model."""
+    """Wrap a payload in the common envelope, checking it is the topic's model; ``produced_at`` is now
+    unless given (an event sent again from a record keeps its first time)."""
     if not isinstance(payload, topic.payload):
         raise TypeError(f"{topic.name} carries {topic.payload.__name__}, not {type(payload).__name__}")
     return Envelope[topic.payload](  # type: ignore[name-defined]
@@ -177,7 +180,7 @@ def make_envelope(
         schema_version=topic.version,
         sku_id=sku_id,
         trace_id=trace_id,
-        produced_at=utc_now(),
+        produced_at=produced_at or utc_now(),
         producer=producer,
         payload=payload,
     )
@@ -234,8 +237,12 @@ class Publisher:
         sku_id: str,
         event_id: str | None = None,
         trace_id: str | None = None,
+        produced_at: datetime | None = None,
     ) -> Envelope[Any]:
-        """Send one event and wait until the broker has it (acks=all); raises TransientError otherwise."""
+        """Send one event and wait until the broker has it (acks=all); raises TransientError otherwise.
+
+        ``produced_at`` (default: now) is for an event sent again from a record, such as the console's
+        outbox: with the same id and time, every send of it is the same message."""
         event_id = event_id or derive_id(self.producer_name, topic.name, payload.model_dump_json())
         envelope = make_envelope(
             topic,
@@ -244,6 +251,7 @@ class Publisher:
             sku_id=sku_id,
             trace_id=trace_id or event_id,
             producer=self.producer_name,
+            produced_at=produced_at,
         )
         topic_name = self._settings.topic_name(topic)
         if self._producer is None:  # the last one stopped for good

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,14 @@ class RecordingBroker:
         pass
 
     def publish(
-        self, topic: Topic[Any], payload: object, *, sku_id: str, event_id: str, trace_id: str
+        self,
+        topic: Topic[Any],
+        payload: object,
+        *,
+        sku_id: str,
+        event_id: str,
+        trace_id: str,
+        produced_at: datetime,
     ) -> None:
         RecordingBroker.sent.append(event_id)
 

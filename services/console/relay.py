@@ -2,10 +2,12 @@
 
 The web request records the decision, its audit entry and its event in one SQLite transaction
 and nudges the relay; the relay sends each unpublished event (acks=all, deterministic event id
-``derive_id(task_id, "console", "decision")``) and marks it published. A broker outage delays
-events, never loses them: they wait in the outbox and the relay retries with back-off. Once the
-broker is back, one round sends the whole backlog, a page at a time. A crash between send and mark
-re-sends the same event id, which consumers de-duplicate.
+``derive_id(task_id, "console", "decision")``, ``produced_at`` the time the decision was recorded)
+and marks it published. A broker outage delays events, never loses them: they wait in the outbox
+and the relay retries with back-off. Once the broker is back, one round sends the whole backlog, a
+page at a time. A crash between send and mark re-sends the same message, byte for byte, which
+consumers de-duplicate (a new ``produced_at`` let a late resend outrank the item's newer events in
+the trainstore).
 
 At shutdown the relay keeps sending for ``SHUTDOWN_DRAIN_S``, then lets the send in hand finish
 (up to ``flush_timeout_s``): ``stop_timeout_s`` is what a deployment's grace period must allow.
@@ -93,6 +95,7 @@ class DecisionRelay:
                     sku_id=event.sku_id,
                     event_id=event.event_id,
                     trace_id=event.trace_id,
+                    produced_at=event.produced_at,  # every send of a decision is the same message
                 )
                 self._tasks.mark_published(event.event_id)
                 sent += 1

@@ -14,8 +14,8 @@ Tables:
 * ``audit``   every state change: task, reviewer, time, action, previous and new state, detail.
 * ``outbox``  the ``correction.resolved`` event of each decision, written in the same transaction
               as the decision and published afterwards by ``services.console.relay`` (at least
-              once, with a deterministic event id), so a decision is never lost between SQLite
-              and Kafka.
+              once, with a deterministic event id and ``produced_at``: ``OutboxEvent.produced_at``),
+              so a decision is never lost between SQLite and Kafka.
 
 Every method opens its own short connection, so the web server's threads, the intake thread
 and the relay thread never share one. Time comes from ``clock`` (epoch seconds) so tests can
@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -176,6 +177,13 @@ class OutboxEvent:
     payload: CorrectionResolved
     created_at: float
     published_at: float | None
+
+    @property
+    def produced_at(self) -> datetime:
+        """The envelope's ``produced_at``: when the decision was recorded (its ``decided_at``), not when
+        it is sent, so a resend is the same message and outranks nothing the item's events said since.
+        Rows written by earlier versions have the same ``created_at``, so their sends agree too."""
+        return datetime.fromtimestamp(self.created_at, UTC)
 
 
 def decision_event_id(task_id: str) -> str:
