@@ -276,3 +276,24 @@ def test_a_composite_only_generation_run_does_not_replace_the_committed_figures(
     assert refused.value.code == 2
     with pytest.raises(_RunStarted):  # its own --out: the composite run goes ahead
         generation.main(["--no-diffusion", "--out", str(tmp_path / "composite.json")])
+
+
+def test_a_bus_smoke_run_does_not_replace_the_committed_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # bench.bus had no --out: `--events 1000` to try a change wrote over the committed
+    # bench/results/bus.json, the 20,000-event, three-round run of `make bench`.
+    from bench import bus
+
+    monkeypatch.setattr(bus, "LocalKafka", _refuse_to_run)
+    smoke = ["--events", "1000", "--rounds", "1"]
+    with pytest.raises(SystemExit) as refused:
+        bus.main(smoke)
+    assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # a folder: IsADirectoryError after the whole run
+        bus.main([*smoke, "--out", str(tmp_path)])
+    assert refused.value.code == 2
+    with pytest.raises(_RunStarted):  # its own --out: the smoke run goes ahead
+        bus.main([*smoke, "--out", str(tmp_path / "bus.json")])
+    with pytest.raises(_RunStarted):  # `python -m bench.bus`, as `make bench` runs it
+        bus.main([])
