@@ -10,7 +10,8 @@ original size, including its own pre- and post-processing:
 - ``rembg``: rembg's ``u2net_custom`` session on the same ONNX file (one image per call: rembg has
   no batch API). rembg is installed only for this benchmark, in a venv of its own (var/bench-rembg).
 
-Also recomputes the held-out IoU/MAE of both committed models. Writes bench/results/matting.json.
+Also recomputes the held-out IoU/MAE of both committed models. Writes bench/results/matting.json;
+a run with other models or any other option (a smoke ``--rounds 1 --images 8``) needs ``--out FILE``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.rounds import median_round_ratio
-from shared.argtypes import positive_int
+from shared.argtypes import file_problem, positive_int
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = Path(__file__).resolve().parents[1] / "shared" / "matting" / "models"
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=RESULTS / "matting.json",
         help="results JSON (default bench/results/matting.json, the committed models' figures; "
-        "other models need another)",
+        "other models, or any other option, need another)",
     )
     args = parser.parse_args(argv)
     models = {"fp32": args.fp32, "int8": args.int8, "weights": args.weights}
@@ -175,14 +176,21 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in models.items():
         if not path.is_file():
             parser.error(f"--{name} {path} is not a file")
+    # A smoke run (fewer --images or --rounds) went over the committed figures as well.
     committed = {"fp32": FP32, "int8": INT8, "weights": WEIGHTS}
-    if any(path.resolve() != committed[name].resolve() for name, path in models.items()) and (
-        args.out.resolve() == (RESULTS / "matting.json").resolve()
-    ):
+    changed = [f"--{name}" for name, path in models.items() if path.resolve() != committed[name].resolve()]
+    changed += [
+        f"--{name}"
+        for name in ("images", "threads", "rounds", "heldout")
+        if getattr(args, name) != parser.get_default(name)
+    ]
+    if changed and args.out.resolve() == (RESULTS / "matting.json").resolve():
         parser.error(
-            "--fp32, --int8 or --weights names another model: give --out, so that its figures do not "
-            "replace the committed bench/results/matting.json"
+            f"{', '.join(changed)}: not the committed run (its models, every other option at its default): "
+            "give --out, so that its figures do not replace the committed bench/results/matting.json"
         )
+    if problem := file_problem(args.out, "matting.json"):
+        parser.error(f"--out {args.out}: {problem}")
 
     rembg_python = os.environ.get("REMBG_PYTHON", sys.executable)
     try:

@@ -15,7 +15,8 @@ batch adds on a warm stage, not the set-up. ``baseline_rss_mb`` is the RSS at th
 ``--before DIR``: a checkout of the code before a change; each configuration then also runs
 against it (PYTHONPATH), rounds interleaved, and the masks' sha256s of the two are compared.
 ``--speed-rounds N``: also time ``session.predict`` as ``bench/matting.py`` does (32 renderer photos
-of 512 px, batch 8), N interleaved rounds per code tree. Writes bench/results/matting_memory.json.
+of 512 px, batch 8), N interleaved rounds per code tree. Writes bench/results/matting_memory.json;
+a run of some ``--config`` only, or other ``--threads``, needs ``--out FILE``.
 """
 
 from __future__ import annotations
@@ -201,7 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--before", type=Path, default=None, help="a checkout of the code before a change")
     parser.add_argument("--speed-rounds", type=non_negative_int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS / "matting_memory.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "matting_memory.json",
+        help="results JSON (default bench/results/matting_memory.json, the committed run's; a run of "
+        "some --config only, or other --threads, needs another)",
+    )
     args = parser.parse_args(argv)
     if args.worker == "memory" and not args.config:
         parser.error(f"--worker memory needs --config (one of {', '.join(CONFIGS)})")
@@ -213,6 +220,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(speed_worker(args.threads)))
         return 0
 
+    # The committed file has every configuration at 2 threads, which docs/matting.md cites: a run of
+    # one --config went over it, the others' figures gone.
+    changed = [
+        f"--{name}" for name in ("config", "threads") if getattr(args, name) != parser.get_default(name)
+    ]
+    if changed and args.out.resolve() == (RESULTS / "matting_memory.json").resolve():
+        parser.error(
+            f"{', '.join(changed)}: not the committed run (every configuration, 2 threads): give --out, so "
+            "that its figures do not replace the committed bench/results/matting_memory.json"
+        )
     # Checked before minutes of matting in child processes, not found in a traceback after them.
     if problem := file_problem(args.out, "matting_memory.json"):
         parser.error(f"--out {args.out}: {problem}")

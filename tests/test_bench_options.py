@@ -297,3 +297,39 @@ def test_a_bus_smoke_run_does_not_replace_the_committed_figures(
         bus.main([*smoke, "--out", str(tmp_path / "bus.json")])
     with pytest.raises(_RunStarted):  # `python -m bench.bus`, as `make bench` runs it
         bus.main([])
+
+
+@pytest.mark.parametrize(
+    ("module", "long_work", "smoke"),
+    [
+        ("matting", "_run_worker", ["--rounds", "1", "--images", "8"]),
+        ("matting", "_run_worker", ["--heldout", "10"]),
+        ("matting_memory", "_child", ["--config", "1mp_x1"]),
+        ("matting_memory", "_child", ["--threads", "1"]),
+    ],
+)
+def test_a_matting_smoke_run_does_not_replace_the_committed_figures(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    module: str,
+    long_work: str,
+    smoke: list[str],
+) -> None:
+    # Fewer rounds, images or configurations wrote over the committed bench/results/matting.json and
+    # matting_memory.json, whose figures docs/matting.md cites; matting.py's --out a folder failed after
+    # every round.
+    import importlib
+    import subprocess
+
+    bench = importlib.import_module(f"bench.{module}")
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0))
+    monkeypatch.setattr(bench, long_work, _refuse_to_run)
+    with pytest.raises(SystemExit) as refused:
+        bench.main(smoke)
+    assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # a folder: IsADirectoryError after the whole run
+        bench.main([*smoke, "--out", str(tmp_path)])
+    assert refused.value.code == 2
+    with pytest.raises(_RunStarted):  # its own --out: the smoke run goes ahead
+        bench.main([*smoke, "--out", str(tmp_path / "figures.json")])
