@@ -37,7 +37,8 @@ from bench.rounds import median_round_ratio
 from services.generator.client import TritonGenerator
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import crop_to_product
-from shared.argtypes import file_problem, positive_int
+from shared.argtypes import file_problem, int_between, positive_int
+from shared.generation.backend import MAX_SIZE_PX
 from shared.synth import make_product, render_photo
 from tests.support.triton import TritonServerProcess, max_batch_executed
 
@@ -198,10 +199,13 @@ def _cpu_model() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=positive_int, default=512, help="composite output side (px)")
+    # Sides a request may ask for: the server refused others in a traceback, a --diffusion-size only
+    # after the composite rounds had run.
+    side_px = int_between(1, MAX_SIZE_PX)
+    parser.add_argument("--size", type=side_px, default=512, help="composite output side (px)")
     parser.add_argument("--images", type=positive_int, default=40, help="images per measurement")
     parser.add_argument(
-        "--diffusion-size", type=int, default=64, help="diffusion output side (tiny model: 64)"
+        "--diffusion-size", type=side_px, default=64, help="diffusion output side (tiny model: 64)"
     )
     parser.add_argument("--diffusion-images", type=positive_int, default=16)
     parser.add_argument(

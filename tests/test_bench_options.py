@@ -333,3 +333,25 @@ def test_a_matting_smoke_run_does_not_replace_the_committed_figures(
     assert refused.value.code == 2
     with pytest.raises(_RunStarted):  # its own --out: the smoke run goes ahead
         bench.main([*smoke, "--out", str(tmp_path / "figures.json")])
+
+
+@pytest.mark.parametrize("option", ["--diffusion-size", "--size"])
+@pytest.mark.parametrize("side_px", ["0", "4096"])
+def test_the_generation_bench_refuses_a_size_the_server_would_refuse(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    option: str,
+    side_px: str,
+) -> None:
+    # --diffusion-size 0 ran the composite rounds, then ended in RuntimeError "some variants were
+    # refused" (size must be from 1 to 2048 px), nothing written.
+    from bench import generation
+
+    monkeypatch.setattr(generation, "bench_backend", _refuse_to_run)
+    argv = ["--out", str(tmp_path / "generation.json")]
+    with pytest.raises(SystemExit) as refused:
+        generation.main([*argv, option, side_px])
+    assert refused.value.code == 2 and "must be from 1 to 2048" in capsys.readouterr().err
+    with pytest.raises(_RunStarted):  # the largest side a request may ask for: the run goes ahead
+        generation.main([*argv, option, "2048"])
