@@ -9,8 +9,10 @@ statistics give the largest batch it executed. ``diffusion_rows_per_call_max``: 
 diffusion pipeline call painted (each image's ``pipeline_batch_rows``).
 
 ``lora_switch_s``: with N adapters registered and loaded (LRU large enough to keep them), the
-median seconds of a request that switches to another adapter and of one that keeps the same
-adapter (tiny model, CPU), by N: switching cost should stay flat as adapters accumulate.
+median seconds of a request that switches to another adapter and of one that keeps the adapter of
+the request before it (tiny model, CPU), the two interleaved in rounds (which runs first alternating),
+and the median of the rounds' switch/same ratios, by N (2 or more: one adapter has nothing to switch
+to): switching cost should stay flat as adapters accumulate.
 
 Writes ``bench/results/generation.json`` (``--out``: another file). ``--no-diffusion`` measures the
 composite backend only: it needs ``--out``, so that it does not replace the committed diffusion and
@@ -131,9 +133,12 @@ def bench_backend(
 
 
 def lora_switch_seconds(
-    model_dir: Path, work: Path, counts: tuple[int, ...] = (1, 2, 4, 8)
+    model_dir: Path, work: Path, counts: tuple[int, ...] = (2, 4, 8), rounds: int = 3
 ) -> dict[str, dict[str, float]]:
-    """Seconds of a request that switches adapter vs one that keeps it, by adapters loaded (in-process)."""
+    """Seconds of a request that switches adapter vs one that keeps it, by adapters loaded (in-process):
+    medians of ``rounds`` rounds, each timing one of either kind, and of the rounds' ratios."""
+    if min(counts) < 2:
+        raise ValueError(f"a switch needs at least 2 adapters loaded, got counts {counts}")
     from shared.config import load_settings
     from shared.generation.adapters import AdapterRegistry
     from shared.generation.backend import GenerationRequest
@@ -176,14 +181,27 @@ def lora_switch_seconds(
         return time.perf_counter() - started
 
     out: dict[str, dict[str, float]] = {}
-    loaded = 0
+    loaded = current = 0  # current: the adapter of the last request
     for count in counts:
         while loaded < count:  # load adapters 0..count-1 (first use loads them)
             timed(f"s{loaded}")
-            loaded += 1
-        same = statistics.median(timed(f"s{count - 1}") for _ in range(3))
-        switch = statistics.median(timed(f"s{index % count}") for index in range(3))
-        out[str(count)] = {"switch_request_s": round(switch, 4), "same_adapter_request_s": round(same, 4)}
+            current, loaded = loaded, loaded + 1
+        same: list[float] = []
+        switch: list[float] = []
+        # Interleaved, which runs first alternating, so a neighbour's load on the shared machine hits
+        # both alike: all the "same" requests ran first, then all the "switch" ones.
+        for round_index in range(rounds):
+            for kind in ("same", "switch") if round_index % 2 == 0 else ("switch", "same"):
+                if kind == "switch":
+                    current = (current + 1) % count
+                    switch.append(timed(f"s{current}"))
+                else:
+                    same.append(timed(f"s{current}"))
+        out[str(count)] = {
+            "switch_request_s": round(statistics.median(switch), 4),
+            "same_adapter_request_s": round(statistics.median(same), 4),
+            "switch_over_same": median_round_ratio(switch, same),
+        }
     return out
 
 

@@ -355,3 +355,53 @@ def test_the_generation_bench_refuses_a_size_the_server_would_refuse(
     assert refused.value.code == 2 and "must be from 1 to 2048" in capsys.readouterr().err
     with pytest.raises(_RunStarted):  # the largest side a request may ask for: the run goes ahead
         generation.main([*argv, option, "2048"])
+
+
+def test_the_lora_switch_figures_time_requests_that_switch_adapter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With one adapter loaded, every "switch" request asked for the adapter already active: the
+    # committed lora_switch_s "1" compared two timings of the same request (0.63 s against 0.73 s).
+    import time
+
+    import shared.generation.adapters
+    import shared.generation.diffusion
+    import tests.support.diffusion
+    from bench import generation
+    from shared.generation.backend import GenerationRequest
+
+    switch_s = 0.05
+
+    class SwitchingCostsTime:
+        """A backend whose only cost is changing adapter: a switch takes ``switch_s``, a request on
+        the adapter of the one before it nothing."""
+
+        series: str | None = None
+
+        def generate(self, request: GenerationRequest) -> None:
+            if request.series != self.series:
+                time.sleep(switch_s)
+            self.series = request.series
+
+    class Registry:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def register(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    for key in ("LORA_CACHE_SIZE", "ADAPTER_REFRESH_S"):  # restored after the test
+        monkeypatch.setenv(f"SKUFORGE_DIFFUSION_{key}", "1")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path}")
+    monkeypatch.setattr(tests.support.diffusion, "make_tiny_lora", lambda *args, **kwargs: tmp_path)
+    monkeypatch.setattr(shared.generation.adapters, "AdapterRegistry", Registry)
+    monkeypatch.setattr(
+        shared.generation.diffusion.DiffusionBackend,
+        "from_settings",
+        classmethod(lambda cls, *args: SwitchingCostsTime()),
+    )
+    figures = generation.lora_switch_seconds(tmp_path, tmp_path)
+    assert figures  # by adapters loaded
+    for count, timings in figures.items():
+        assert timings["switch_request_s"] >= switch_s * 0.9, count
+        assert timings["same_adapter_request_s"] < switch_s / 2, count
