@@ -20,6 +20,19 @@ Backend = Literal["composite", "diffusion"]
 # captioner decodes every photo of an event at once, so an unbounded list is an unbounded allocation.
 MAX_PHOTOS_PER_EVENT = 64
 _PHOTOS_DESCRIPTION = f"at most {MAX_PHOTOS_PER_EVENT}; each photo_id at most once"
+# Free text is bounded far above what any skuforge producer writes, so an oversized event is refused once,
+# as schema_invalid naming the field, when it is read, not variant by variant at the generator's server
+# (MAX_TEXT_BYTES, 8 KiB): an instance prompt, ", " and a caption, all in 4-byte characters, fit it. A
+# caption is the attribute template over SkuMetadata's bounded fields (~700 characters at most) plus a
+# BLIP sentence (at most 200 tokens); a generated image's prompt is an instance prompt and a caption.
+MAX_CAPTION_CHARS = 1800
+MAX_PROMPT_CHARS = 2500
+MAX_PHRASE_CHARS = 200  # a word or phrase: a tag, a colour, a view, a class noun, a check's code
+MAX_MESSAGE_CHARS = 1000  # a sentence for people: why a photo is unusable, a check's message, a reject reason
+MAX_MODEL_ID_CHARS = 1000  # model ids and registry URIs, which may hold a path
+MAX_TRAINING_PROMPT_CHARS = 8192
+MAX_TAGS = 64
+Phrase = Annotated[str, Field(max_length=MAX_PHRASE_CHARS)]
 
 
 def _refuse_non_finite(value: JsonValue, where: str) -> None:
@@ -78,12 +91,14 @@ class CaptionedPhoto(Contract):
     image: ImageRef
     mask: ImageRef | None = Field(default=None, description="product mask (U2-Net); None if unusable")
     usable: bool
-    unusable_reason: str | None = None
-    caption: str = ""
-    tags: list[str] = Field(default_factory=list)
-    colours: list[str] = Field(default_factory=list, description="dominant colour names, most dominant first")
+    unusable_reason: str | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
+    caption: str = Field(default="", max_length=MAX_CAPTION_CHARS)
+    tags: list[Phrase] = Field(default_factory=list, max_length=MAX_TAGS)
+    colours: list[Phrase] = Field(
+        default_factory=list, max_length=MAX_TAGS, description="dominant colour names, most dominant first"
+    )
     shape: Shape = "other"
-    view: str = ""
+    view: str = Field(default="", max_length=MAX_PHRASE_CHARS)
     plain_background: float | None = Field(
         default=None,
         ge=0.0,
@@ -100,12 +115,24 @@ class SkuCaptioned(Contract):
     photos: list[CaptionedPhoto] = Field(
         min_length=1, max_length=MAX_PHOTOS_PER_EVENT, description=_PHOTOS_DESCRIPTION
     )
-    instance_token: str = Field(min_length=1, description="rare token unique to this SKU, stable across runs")
-    class_noun: str = Field(min_length=1)
-    instance_prompt: str = Field(min_length=1, description="e.g. 'a photo of <token> <class>'")
-    class_prompt: str = Field(min_length=1, description="regularisation prompt, e.g. 'a photo of a <class>'")
-    negative_prompt: str = ""
-    captioner: str = Field(description="backend and model id that wrote the captions")
+    instance_token: str = Field(
+        min_length=1,
+        max_length=MAX_PHRASE_CHARS,
+        description="rare token unique to this SKU, stable across runs",
+    )
+    class_noun: str = Field(min_length=1, max_length=MAX_PHRASE_CHARS)
+    instance_prompt: str = Field(
+        min_length=1, max_length=MAX_PHRASE_CHARS, description="e.g. 'a photo of <token> <class>'"
+    )
+    class_prompt: str = Field(
+        min_length=1,
+        max_length=MAX_PHRASE_CHARS,
+        description="regularisation prompt, e.g. 'a photo of a <class>'",
+    )
+    negative_prompt: str = Field(default="", max_length=MAX_CAPTION_CHARS)
+    captioner: str = Field(
+        max_length=MAX_MODEL_ID_CHARS, description="backend and model id that wrote the captions"
+    )
 
     @field_validator("photos")
     @classmethod
@@ -130,10 +157,12 @@ class ImageGenerated(Contract):
     image: ImageRef
     expected_mask: ImageRef = Field(description="where the product's own pixels are in the output")
     backend: Backend
-    model_id: str
-    adapter_id: str | None = Field(default=None, description="LoRA adapter used, None for the base model")
-    prompt: str = ""
-    negative_prompt: str = ""
+    model_id: str = Field(max_length=MAX_MODEL_ID_CHARS)
+    adapter_id: str | None = Field(
+        default=None, max_length=MAX_MODEL_ID_CHARS, description="LoRA adapter used, None for the base model"
+    )
+    prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field(default="", max_length=MAX_CAPTION_CHARS)
     seed: int = Field(ge=MIN_SEED, le=MAX_SEED, description="an int64, as the Triton protocol carries it")
     variant_index: int = Field(ge=0)
     parameters: dict[str, JsonValue] = Field(default_factory=dict, description="variant parameters used")
@@ -186,17 +215,20 @@ class ImageMatted(Contract):
     cutout: ImageRef = Field(description="RGBA PNG: the image with the predicted mask as alpha")
     foreground_fraction: float = Field(ge=0.0, le=1.0)
     mean_confidence: float = Field(ge=0.0, le=1.0)
-    matting_model_id: str
+    matting_model_id: str = Field(max_length=MAX_MODEL_ID_CHARS)
 
 
 class GateCheck(Contract):
     """One measured check of the gate, with its figure and the threshold it was held to."""
 
-    code: str = Field(description="e.g. iou_below_threshold, mask_empty, mask_full_frame, product_drift")
+    code: str = Field(
+        max_length=MAX_PHRASE_CHARS,
+        description="e.g. iou_below_threshold, mask_empty, mask_full_frame, product_drift",
+    )
     passed: bool
     value: float = Field(allow_inf_nan=False)
     threshold: float = Field(allow_inf_nan=False)
-    message: str = ""
+    message: str = Field(default="", max_length=MAX_MESSAGE_CHARS)
 
 
 class GateAccepted(Contract):
@@ -213,7 +245,7 @@ class CorrectionPending(Contract):
     matted: ImageMatted
     iou: float = Field(ge=0.0, le=1.0)
     checks: list[GateCheck]
-    reasons: list[str] = Field(min_length=1, description="codes of the failed checks")
+    reasons: list[Phrase] = Field(min_length=1, description="codes of the failed checks")
 
 
 Decision = Literal["approve_predicted", "approve_expected", "approve_edited", "reject"]
@@ -225,8 +257,8 @@ class CorrectionResolved(Contract):
     pending: CorrectionPending
     decision: Decision
     final_mask: ImageRef | None = Field(default=None, description="the mask to train with; None if rejected")
-    reject_reason: str | None = None
-    reviewer: str = Field(min_length=1)
+    reject_reason: str | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
+    reviewer: str = Field(min_length=1, max_length=MAX_PHRASE_CHARS)
     decided_at: UtcDatetime = Field(description="with an offset; a naive time is read as UTC")
 
 
@@ -238,9 +270,13 @@ class AdapterPublished(Contract):
 
     adapter_id: SafeId = Field(description="registry id: '<series or general>-<training set sha256[:12]>'")
     kind: Literal["general", "specialized"]
-    series: str | None = Field(default=None, description="the series a specialised adapter is for")
-    base_model: str = Field(min_length=1)
-    registry_uri: str = Field(min_length=1, description="the adapter's folder in the registry")
+    series: str | None = Field(
+        default=None, max_length=MAX_PHRASE_CHARS, description="the series a specialised adapter is for"
+    )
+    base_model: str = Field(min_length=1, max_length=MAX_MODEL_ID_CHARS)
+    registry_uri: str = Field(
+        min_length=1, max_length=MAX_MODEL_ID_CHARS, description="the adapter's folder in the registry"
+    )
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     training_set_sha256: str = Field(
         pattern=r"^[0-9a-f]{64}$",
@@ -254,7 +290,10 @@ class AdapterPublished(Contract):
     resumed_from_step: int = Field(
         default=0, ge=0, description="the checkpoint step a restarted job began at"
     )
-    training_prompts: list[str] = Field(default_factory=list)
+    # The trainer's first 50 distinct prompts, each an instance prompt with its tags appended.
+    training_prompts: list[Annotated[str, Field(max_length=MAX_TRAINING_PROMPT_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_TAGS
+    )
     publication: int = Field(
         default=1,
         ge=1,

@@ -16,7 +16,14 @@ from pydantic import BaseModel
 
 from schemas.common import ImageRef, SkuMetadata
 from schemas.envelope import DeadLetter
-from schemas.events import AdapterPublished, SkuIngested
+from schemas.events import (
+    MAX_CAPTION_CHARS,
+    MAX_PHRASE_CHARS,
+    AdapterPublished,
+    SkuCaptioned,
+    SkuIngested,
+    subject_sku_id,
+)
 from schemas.jsonschema import JSON_DIR
 from schemas.topics import (
     ADAPTER_PUBLISHED,
@@ -24,10 +31,14 @@ from schemas.topics import (
     DLQ_SUFFIX,
     IMAGE_GENERATED,
     PASSTHROUGH_OUT,
+    SKU_CAPTIONED,
     SKU_INGESTED,
     Topic,
 )
+from services.generator.protocol import MAX_TEXT_BYTES
+from services.generator.stage import prompt_for
 from shared.bus import make_envelope, read_envelope
+from shared.captioning.prompts import compose_caption, compose_tags, sku_prompts
 from shared.config import ConfigError, load_settings
 from shared.runtime import Emit, Stage
 from shared.store import open_store
@@ -231,3 +242,64 @@ def test_a_trace_id_or_producer_that_would_forge_log_lines_is_dead_lettered_nami
     with pytest.raises(jsonschema.ValidationError) as refused:
         jsonschema.Draft202012Validator(schema).validate(written)
     assert list(refused.value.absolute_path) == [field]
+
+
+@pytest.mark.parametrize(
+    ("topic", "where", "field"),
+    [
+        (SKU_CAPTIONED, (), "instance_prompt"),
+        (SKU_CAPTIONED, (), "negative_prompt"),
+        (SKU_CAPTIONED, ("photos", 0), "caption"),
+        (IMAGE_GENERATED, (), "prompt"),
+    ],
+    ids=["instance_prompt", "negative_prompt", "caption", "generated_prompt"],
+)
+def test_oversized_free_text_is_dead_lettered_once_naming_the_field(
+    tmp_path: Path, topic: Topic[Any], where: tuple[str | int, ...], field: str
+) -> None:
+    """Before, captions and prompts had no length limit but Kafka's record size: a sku.captioned with a
+    100 kB caption was taken, and the generator's server refused each of its variants (text over 8 KiB)
+    one by one. Now the event is refused once, when it is read, naming the field."""
+    store = open_store(f"file://{tmp_path}/in")
+    payload: BaseModel = (
+        gate.captioned(store, 1) if topic is SKU_CAPTIONED else gate.matted_item(store, 1, 0).generated
+    )
+    written = make_envelope(
+        topic, payload, event_id="c" * 32, sku_id=str(subject_sku_id(payload)), trace_id="t", producer="test"
+    ).model_dump(mode="json")
+    parent = written["payload"]
+    for step in where:
+        parent = parent[step]
+    parent[field] = "a photo of a red soda can, " * 4_000
+
+    letter = _dead_letter_for(tmp_path, written, topic)
+    assert letter.reason == "schema_invalid" and field in letter.detail
+
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(_committed(topic)).validate(written)
+    assert list(refused.value.absolute_path) == ["payload", *where, field]
+
+
+def test_what_the_captioner_writes_from_the_longest_metadata_stays_well_within_the_bounds() -> None:
+    """The bounds on captions and prompts refuse only text no skuforge producer writes: from metadata at
+    its own limits the template caption leaves half the bound to BLIP's sentence (200 tokens at most)."""
+    sku = SkuMetadata(sku_id="S" * 64, name="N" * 200, category="c" * 100, brand="B" * 100, series="S" * 100)
+    prompts = sku_prompts(sku)
+    colours = ["light yellow"] * 8
+    caption = compose_caption(sku, colours, "produce", "tilted three-quarter view")
+    assert len(caption) <= MAX_CAPTION_CHARS // 2
+    assert all(len(tag) <= MAX_PHRASE_CHARS for tag in compose_tags(sku, colours, "produce", "front"))
+    assert max(map(len, (prompts.instance_prompt, prompts.class_prompt))) <= MAX_PHRASE_CHARS // 1.5
+    assert len(prompts.negative_prompt) <= MAX_CAPTION_CHARS // 4
+
+
+def test_a_sku_captioned_the_schema_takes_makes_prompts_the_generator_server_takes(tmp_path: Path) -> None:
+    """The server refuses a text input over MAX_TEXT_BYTES variant by variant: a sku.captioned at its
+    bounds, in 4-byte characters, still makes prompts it takes, so the schema is where one is refused."""
+    data = gate.captioned(open_store(f"file://{tmp_path}"), 1).model_dump()
+    data["instance_prompt"] = "\N{GRINNING FACE}" * MAX_PHRASE_CHARS
+    data["negative_prompt"] = "\N{GRINNING FACE}" * MAX_CAPTION_CHARS
+    data["photos"][0]["caption"] = "\N{GRINNING FACE}" * MAX_CAPTION_CHARS
+    at_bounds = SkuCaptioned.model_validate(data)
+    for text in (prompt_for(at_bounds, at_bounds.photos[0]), at_bounds.negative_prompt):
+        assert len(text.encode()) <= MAX_TEXT_BYTES
