@@ -32,7 +32,7 @@ from shared.generation.settings import GenerationSettings
 from shared.lora_training.dataset import slug
 from shared.lora_training.train import TrainingResult
 from shared.store import FileStore
-from tests.test_generator_stage import captioned_sku
+from tests.support.captioning import captioned_sku
 
 
 def lora_weights(rank: int = 4) -> bytes:

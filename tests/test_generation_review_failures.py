@@ -34,9 +34,9 @@ from shared.generation.settings import GenerationSettings
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore, ObjectStore
+from tests.support.captioning import captioned_sku
 from tests.support.generation import RefusingGenerator
 from tests.support.triton import TritonServerProcess
-from tests.test_generator_stage import captioned_sku
 from tests.test_generator_triton import variant as triton_variant
 
 

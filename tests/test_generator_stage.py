@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from devstack.demo.demo import SAMPLE_SCENES
-from schemas.common import SkuMetadata
 from schemas.envelope import DeadLetter, Envelope, derive_id
 from schemas.events import CaptionedPhoto, ImageGenerated, SkuCaptioned
 from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
@@ -39,61 +38,14 @@ from shared.images import decode_image, decode_mask
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore, ObjectStore
-from shared.synth import make_product, render_photo
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, read_topic, running
+from tests.support.captioning import captioned_sku
 from tests.support.diffusion import build_tiny_inpaint_pipeline
 from tests.support.generation import InProcessGenerator
 from tests.support.triton import TritonServerProcess, tiny_diffusion_env
 
 VARIANTS = 3
 SIZE_PX = 128
-
-
-def captioned_sku(
-    store: ObjectStore,
-    index: int,
-    *,
-    usable_photos: int = 2,
-    unusable_photos: int = 0,
-    series: str | None = None,
-) -> SkuCaptioned:
-    """A captioned SKU whose photos and masks are rendered products stored in ``store``."""
-    spec = make_product(index, seed=21)
-    photos = []
-    for photo_index in range(usable_photos + unusable_photos):
-        photo = render_photo(spec, photo_index, seed=21, size_px=192)
-        image = store.put_image(f"images/{spec.sku_id}/real/p{photo_index}.png", photo.image)
-        usable = photo_index < usable_photos
-        mask = (
-            store.put_image(f"masks/reference/{spec.sku_id}/p{photo_index}.png", photo.mask)
-            if usable
-            else None
-        )
-        photos.append(
-            CaptionedPhoto(
-                photo_id=f"p{photo_index}",
-                image=image,
-                mask=mask,
-                usable=usable,
-                unusable_reason=None if usable else "blank_photo",
-                caption=f"a {spec.main_colour} {spec.shape}" if usable else "",
-            )
-        )
-    return SkuCaptioned(
-        sku=SkuMetadata(
-            sku_id=spec.sku_id,
-            name=spec.name,
-            category=spec.category,
-            series=spec.series if series is None else series,
-        ),
-        photos=photos,
-        instance_token="sks",
-        class_noun=spec.shape,
-        instance_prompt=f"a photo of sks {spec.shape}",
-        class_prompt=f"a photo of a {spec.shape}",
-        negative_prompt="blurry",
-        captioner="test",
-    )
 
 
 def generation_settings(triton: TritonServerProcess) -> GenerationSettings:

@@ -12,31 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
-from prometheus_client import CollectorRegistry
 
 from schemas.common import ImageRef, SkuMetadata
 from schemas.events import CaptionedPhoto, SkuCaptioned
-from services.lora_trainer.config import LoraTrainerSettings
-from services.lora_trainer.stage import PREFIX, LoraTrainer, LoraTrainerMetrics
-from shared.config import ConfigError, load_settings
+from services.lora_trainer.stage import PREFIX, LoraTrainer
+from shared.config import ConfigError
 from shared.errors import TransientError
-from shared.generation.adapters import AdapterRegistry
 from shared.lora_training.dataset import slug
 from shared.store import FileStore
-
-
-def _trainer(store: FileStore, **overrides: object) -> LoraTrainer:
-    return LoraTrainer(
-        store=store,
-        registry=AdapterRegistry(store),
-        settings=load_settings(LoraTrainerSettings, **overrides),
-        model_dir=store.root,
-        base_model="sd15-test",
-        min_plain_background=0.7,
-        publish=lambda event: None,
-        metrics=LoraTrainerMetrics(CollectorRegistry()),
-    )
+from tests.support.lora import _class_images, _trainer
 
 
 def _captioned(store: FileStore, sku_id: str, series: str) -> SkuCaptioned:
@@ -188,13 +172,6 @@ def test_a_poll_that_fails_is_counted_as_retried_not_as_a_failed_job(tmp_path: P
     }
     assert samples == {"published": 0, "interrupted": 0, "failed": 0, "retried": 2}
     assert isinstance(trainer.last_error, TransientError)
-
-
-def _class_images(root: Path, name: str, count: int, value: int = 0) -> None:
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in range(count):
-        Image.new("RGB", (120, 80), (value + index, 0, 0)).save(folder / f"{value}-{index}.png")
 
 
 def test_a_class_folder_changes_only_the_jobs_of_its_own_class(tmp_path: Path) -> None:

@@ -16,8 +16,7 @@ from services.lora_trainer.stage import PREFIX, adapter_base_model
 from shared.config import ConfigError, load_settings
 from shared.generation.diffusion import DiffusionSettings
 from shared.store import FileStore
-from tests.support.lora import model_folder, one_series, served
-from tests.test_lora_plan_review import _class_images, _trainer
+from tests.support.lora import _class_images, _trainer, model_folder, one_series, served
 from tests.test_lora_review import generator_settings, open_on
 
 

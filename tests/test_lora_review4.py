@@ -20,6 +20,7 @@ from shared.config import Settings
 from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
 from tests.support.lora import (
+    _class_images,
     gate_accepted,
     model_folder,
     one_series,
@@ -27,7 +28,6 @@ from tests.support.lora import (
     served,
     trainer_on,
 )
-from tests.test_lora_plan_review import _class_images
 
 
 class _Broker:

@@ -15,6 +15,7 @@ from schemas.events import AdapterPublished
 from services.lora_trainer.stage import GENERAL_STATE_KEY, JOB_MAX_ATTEMPTS, PREFIX, LoraTrainer
 from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
+from tests.support.captioning import captioned_sku
 from tests.support.diffusion import build_tiny_inpaint_pipeline
 from tests.support.lora import (
     gate_accepted,
@@ -25,7 +26,6 @@ from tests.support.lora import (
     served,
     trainer_on,
 )
-from tests.test_generator_stage import captioned_sku
 
 
 @pytest.mark.parametrize(

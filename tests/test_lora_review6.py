@@ -17,8 +17,8 @@ from services.lora_trainer import stage as lora_stage
 from services.lora_trainer.stage import JOB_MAX_ATTEMPTS, PREFIX
 from shared.generation.adapters import METADATA_FILE
 from shared.store import FileStore
+from tests.support.captioning import captioned_sku
 from tests.support.lora import model_folder, one_series, record, served, trainer_on
-from tests.test_generator_stage import captioned_sku
 
 
 def damaged_current(store: FileStore, first: str, second: str) -> str:

@@ -53,8 +53,8 @@ from shared.lora_training.dataset import (
 )
 from shared.store import open_store
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, read_topic, running
+from tests.support.captioning import captioned_sku
 from tests.support.diffusion import build_tiny_inpaint_pipeline, product_photo
-from tests.test_generator_stage import captioned_sku
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,5 @@
-"""Helpers for the captioner tests: the committed matting model, synthetic SKU events, a tiny BLIP.
+"""Helpers for the captioner tests: the committed matting model, synthetic SKU events, a tiny BLIP;
+and ``captioned_sku``, the captioner's output as the generator and LoRA trainer tests take it in.
 
 The captioner's tests that look at masks use the committed U2-NetP: a random-weight model's masks
 decide nothing (on a flat photo it lights up almost the whole frame, or a quarter of it, by chance),
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from schemas.common import SkuMetadata
-from schemas.events import ReferencePhoto, SkuCaptioned, SkuIngested
+from schemas.events import CaptionedPhoto, ReferencePhoto, SkuCaptioned, SkuIngested
 from shared.config import Settings
 from shared.matting import MODELS_DIR
 from shared.matting.session import REGISTRY, MattingSession, open_session
@@ -115,6 +116,53 @@ def blank_sku(store: ObjectStore, sku_id: str, colours: tuple[str, ...] = ("whit
         )
     return SkuIngested(
         sku=SkuMetadata(sku_id=sku_id, name="Nothing", category="soda can", brand="Nobody"), photos=references
+    )
+
+
+def captioned_sku(
+    store: ObjectStore,
+    index: int,
+    *,
+    usable_photos: int = 2,
+    unusable_photos: int = 0,
+    series: str | None = None,
+) -> SkuCaptioned:
+    """A captioned SKU whose photos and masks are rendered products stored in ``store``."""
+    spec = make_product(index, seed=21)
+    photos = []
+    for photo_index in range(usable_photos + unusable_photos):
+        photo = render_photo(spec, photo_index, seed=21, size_px=192)
+        image = store.put_image(f"images/{spec.sku_id}/real/p{photo_index}.png", photo.image)
+        usable = photo_index < usable_photos
+        mask = (
+            store.put_image(f"masks/reference/{spec.sku_id}/p{photo_index}.png", photo.mask)
+            if usable
+            else None
+        )
+        photos.append(
+            CaptionedPhoto(
+                photo_id=f"p{photo_index}",
+                image=image,
+                mask=mask,
+                usable=usable,
+                unusable_reason=None if usable else "blank_photo",
+                caption=f"a {spec.main_colour} {spec.shape}" if usable else "",
+            )
+        )
+    return SkuCaptioned(
+        sku=SkuMetadata(
+            sku_id=spec.sku_id,
+            name=spec.name,
+            category=spec.category,
+            series=spec.series if series is None else series,
+        ),
+        photos=photos,
+        instance_token="sks",
+        class_noun=spec.shape,
+        instance_prompt=f"a photo of sks {spec.shape}",
+        class_prompt=f"a photo of a {spec.shape}",
+        negative_prompt="blurry",
+        captioner="test",
     )
 
 

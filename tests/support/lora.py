@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from schemas.envelope import derive_id
@@ -27,6 +28,7 @@ from shared.lora_training.train import TrainingResult
 from shared.observability import StageMetrics
 from shared.runtime import Context, Emit
 from shared.store import FileStore, ObjectStore
+from tests.support.captioning import captioned_sku
 
 
 def model_folder(root: Path, name: str, *, unet_channels: int = 32, in_channels: int = 9) -> Path:
@@ -52,6 +54,28 @@ def trainer_on(store: FileStore, model_dir: Path, **overrides: Any) -> LoraTrain
         publish=lambda event: None,
         metrics=LoraTrainerMetrics(CollectorRegistry()),
     )
+
+
+def _trainer(store: FileStore, **overrides: object) -> LoraTrainer:
+    """A trainer on ``store`` whose model folder is the store's root (plans only: nothing trains)."""
+    return LoraTrainer(
+        store=store,
+        registry=AdapterRegistry(store),
+        settings=load_settings(LoraTrainerSettings, **overrides),
+        model_dir=store.root,
+        base_model="sd15-test",
+        min_plain_background=0.7,
+        publish=lambda event: None,
+        metrics=LoraTrainerMetrics(CollectorRegistry()),
+    )
+
+
+def _class_images(root: Path, name: str, count: int, value: int = 0) -> None:
+    """``count`` class images of the class ``name`` under ``root``, told apart by ``value``."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        Image.new("RGB", (120, 80), (value + index, 0, 0)).save(folder / f"{value}-{index}.png")
 
 
 def record(store: ObjectStore, captioned: SkuCaptioned) -> None:
@@ -114,8 +138,6 @@ def one_series(tmp_path: Path) -> tuple[FileStore, Callable[[int], LoraTrainer]]
     """A store holding SKU-001 of the series "cola" (one usable photo), and a trainer on it at a LoRA
     rank, with no class images: two ranks are two recipes of the series, so training the first again
     after the second rolls the series back to its first adapter."""
-    from tests.test_generator_stage import captioned_sku
-
     store = FileStore(tmp_path / "store")
     model = model_folder(tmp_path, "m")
     record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
