@@ -12,9 +12,7 @@ does to the image is ``tests/test_generation_diffusion.py``'s subject.
 
 from __future__ import annotations
 
-import json
 import shutil
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +26,7 @@ from shared.generation.backend import GeneratedSample, GenerationRequest
 from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
 from shared.generation.settings import GenerationSettings
 from shared.store import FileStore
-
-
-def lora_weights(fill: int, rank: int = 4) -> bytes:
-    """A safetensors file ``lora_rank`` reads as LoRA weights; ``fill`` tells versions apart."""
-    header = json.dumps(
-        {"unet.to_q.lora_A.weight": {"dtype": "F32", "shape": [rank, 8], "data_offsets": [0, rank * 32]}}
-    ).encode()
-    return struct.pack("<Q", len(header)) + header + bytes([fill]) * (rank * 32)
+from tests.support.lora import lora_weights
 
 
 class RecordingPipe:

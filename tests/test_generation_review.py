@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import socket
-import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,15 +32,7 @@ from shared.lora_training.dataset import slug
 from shared.lora_training.train import TrainingResult
 from shared.store import FileStore
 from tests.support.captioning import captioned_sku
-
-
-def lora_weights(rank: int = 4) -> bytes:
-    """The smallest safetensors file ``lora_rank`` reads as LoRA weights."""
-    header = json.dumps(
-        {"unet.to_q.lora_A.weight": {"dtype": "F32", "shape": [rank, 8], "data_offsets": [0, rank * 32]}}
-    ).encode()
-    return struct.pack("<Q", len(header)) + header + bytes(rank * 32)
-
+from tests.support.lora import lora_weights
 
 # --- generator settings ---------------------------------------------------------------------------
 

@@ -41,8 +41,14 @@ from shared.lora_training.dataset import (
 from shared.lora_training.train import TrainingResult
 from shared.store import FileStore
 from tests.support.captioning import captioned_sku
-from tests.support.lora import gate_accepted, model_folder, record, record_accepted_event, trainer_on
-from tests.test_generation_review import lora_weights
+from tests.support.lora import (
+    gate_accepted,
+    lora_weights,
+    model_folder,
+    record,
+    record_accepted_event,
+    trainer_on,
+)
 
 # --- helpers --------------------------------------------------------------------------------------
 

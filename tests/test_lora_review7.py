@@ -19,8 +19,7 @@ from shared.errors import TransientError
 from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
 from tests.support.captioning import captioned_sku
-from tests.support.lora import model_folder, one_series, record, served, trainer_on
-from tests.test_generation_review import lora_weights
+from tests.support.lora import lora_weights, model_folder, one_series, record, served, trainer_on
 
 
 def _cut_short(data: bytes) -> bytes:

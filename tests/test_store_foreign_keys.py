@@ -15,7 +15,7 @@ import pytest
 from shared.generation.adapters import AdapterRegistry
 from shared.store import ObjectStore
 from shared.trainstore.manifest import ManifestStore
-from tests.test_adapters_review import lora_weights
+from tests.support.lora import lora_weights
 from tests.test_trainstore_manifest import row
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,14 @@ from shared.observability import StageMetrics
 from shared.runtime import Context, Emit
 from shared.store import FileStore, ObjectStore
 from tests.support.captioning import captioned_sku
+
+
+def lora_weights(fill: int = 0, rank: int = 4) -> bytes:
+    """The smallest safetensors file ``lora_rank`` reads as LoRA weights; ``fill`` tells versions apart."""
+    header = json.dumps(
+        {"unet.to_q.lora_A.weight": {"dtype": "F32", "shape": [rank, 8], "data_offsets": [0, rank * 32]}}
+    ).encode()
+    return struct.pack("<Q", len(header)) + header + bytes([fill]) * (rank * 32)
 
 
 def model_folder(root: Path, name: str, *, unet_channels: int = 32, in_channels: int = 9) -> Path:
@@ -120,8 +129,6 @@ def record_accepted_event(store: ObjectStore, accepted: GateAccepted) -> list[Em
 @pytest.fixture
 def stub_training(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
     """Training replaced by a stand-in that records the model folder it was asked to train."""
-    from tests.test_generation_review import lora_weights
-
     trained_on: list[Path] = []
 
     def train_lora(model_dir: Path, *_: Any, **__: Any) -> TrainingResult:
