@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -23,24 +22,22 @@ from services.trainstore.stage import Trainstore
 from shared.bus import make_envelope
 from shared.config import Settings
 from shared.errors import BadInput
-from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore
 from shared.synth import make_product, render_photo
 from shared.trainstore.dataset import export_dataset, sku_stats
-from shared.trainstore.manifest import ManifestStore, object_keys
+from shared.trainstore.manifest import object_keys
 from tests.support.gate import captioned
+from tests.support.trainstore import trainstore_stage
 
-PREFIX = "trainstore"
 SKU = "SKU-001"
 
 
-def _write(writer: Trainstore, store: FileStore, event: SkuCaptioned, event_id: str) -> None:
+def _write(writer: Trainstore, ctx: Context, event: SkuCaptioned, event_id: str) -> None:
     envelope = make_envelope(
         SKU_CAPTIONED, event, event_id=event_id * 32, sku_id=SKU, trace_id="t" * 32, producer="test"
     )
-    context = Context("trainstore", store, Settings(), StageMetrics("trainstore"), logging.getLogger("test"))
-    writer.captioned(envelope, context)
+    writer.captioned(envelope, ctx)
 
 
 def _with_pile(store: FileStore, event: SkuCaptioned, reason: str) -> SkuCaptioned:
@@ -56,10 +53,8 @@ def _with_pile(store: FileStore, event: SkuCaptioned, reason: str) -> SkuCaption
 
 
 def test_a_photo_whose_mask_found_no_product_is_stored_and_exported_without_a_mask(tmp_path: Path) -> None:
-    store = FileStore(tmp_path / "store")
-    manifests = ManifestStore(store, PREFIX)
-    writer = Trainstore(manifests, compact_after_parts=16)
-    _write(writer, store, _with_pile(store, captioned(store, 1, photos=1), "no_product_found"), "a")
+    store, manifests, writer, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
+    _write(writer, ctx, _with_pile(store, captioned(store, 1, photos=1), "no_product_found"), "a")
 
     rows = manifests.read_sku(SKU)
     pile = rows["p-pile"]
@@ -85,11 +80,9 @@ def test_a_photo_whose_mask_found_no_product_is_stored_and_exported_without_a_ma
 def test_a_photo_captioned_again_with_no_product_found_keeps_its_image_and_loses_its_old_mask(
     tmp_path: Path,
 ) -> None:
-    store = FileStore(tmp_path / "store")
-    manifests = ManifestStore(store, PREFIX)
-    writer = Trainstore(manifests, compact_after_parts=16)
+    store, manifests, writer, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
     first = captioned(store, 1, photos=2)
-    _write(writer, store, first, "a")
+    _write(writer, ctx, first, "a")
     _, mask_key = object_keys(SKU, "real", "p1")
     assert store.exists(manifests.key(mask_key))
     # A re-run with another matting model finds no product in p1.
@@ -103,7 +96,7 @@ def test_a_photo_captioned_again_with_no_product_found_keeps_its_image_and_loses
             ]
         }
     )
-    _write(writer, store, again, "b")
+    _write(writer, ctx, again, "b")
     p1 = manifests.read_sku(SKU)["p1"]
     assert (p1.status, p1.mask, p1.reasons) == ("reference", None, ["mask_full_frame"])
     assert store.exists(manifests.key(p1.image or "")) and not store.exists(manifests.key(mask_key))
@@ -113,10 +106,8 @@ def test_a_maskless_jpeg_over_the_pixel_limit_is_too_many_pixels_not_a_lying_eve
     # decode_image decodes a baseline JPEG over SKUFORGE_MAX_IMAGE_PIXELS at 1/2, 1/4 or 1/8 of its
     # size; the maskless photo was then dead-lettered as dimension_mismatch ("is 200x200, the event
     # says 400x400"), blaming a truthful event, where the same photo as PNG is too_many_pixels.
-    store = FileStore(tmp_path / "store")
-    writer = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16)
     settings = Settings(max_image_pixels=100_000, min_photo_side_px=64)
-    context = Context("trainstore", store, settings, StageMetrics("trainstore"), logging.getLogger("test"))
+    store, _, writer, context = trainstore_stage(tmp_path, compact_after_parts=16, settings=settings)
     photo = render_photo(make_product(1, 5), 7, 5, size_px=400).image
     for fmt, event_id in (("JPEG", "a"), ("PNG", "b")):
         buffer = io.BytesIO()

@@ -11,7 +11,6 @@ captioning found unusable. Each row now records when its event was produced (the
 from __future__ import annotations
 
 import json
-import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,24 +20,13 @@ from schemas.events import GateAccepted, ImageMatted, SkuCaptioned
 from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.trainstore.stage import Trainstore
 from shared.bus import make_envelope
-from shared.config import Settings
-from shared.observability import StageMetrics
-from shared.runtime import Context
 from shared.store import FileStore, sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore, decode_columns, encode_columns, object_keys
 from tests.support.gate import captioned, matted_item, pending_of, resolved
+from tests.support.trainstore import PREFIX, trainstore_stage
 
-PREFIX = "trainstore"
 SKU = "SKU-001"
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
-
-
-def _stage(tmp_path: Path, compact_after_parts: int) -> tuple[FileStore, ManifestStore, Trainstore, Context]:
-    """A trainstore on a fresh store under ``tmp_path``: the store, its manifests, the stage, a context."""
-    store = FileStore(tmp_path / "store")
-    manifests = ManifestStore(store, PREFIX)
-    ctx = Context("trainstore", store, Settings(), StageMetrics("trainstore"), logging.getLogger("test"))
-    return store, manifests, Trainstore(manifests, compact_after_parts=compact_after_parts), ctx
 
 
 def _envelope(topic: Any, payload: Any, event_id: str, minute: int) -> Envelope[Any]:
@@ -64,7 +52,7 @@ def _parts(store: FileStore) -> list[str]:
 def test_an_old_acceptance_delivered_after_a_newer_approval_leaves_the_approval_and_its_image(
     tmp_path: Path,
 ) -> None:
-    store, manifests, trainstore, ctx = _stage(tmp_path, compact_after_parts=2)
+    store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=2)
     first, second = _renders(store)
     old_acceptance = _envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0)
     trainstore.accepted(old_acceptance, ctx)
@@ -91,7 +79,7 @@ def test_an_old_acceptance_delivered_after_a_newer_approval_leaves_the_approval_
 
 
 def test_an_old_captioning_replayed_after_a_newer_one_changes_no_photo(tmp_path: Path) -> None:
-    store, manifests, trainstore, ctx = _stage(tmp_path, compact_after_parts=16)
+    store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
     older = captioned(store, 1, photos=2)
     # The newer captioning found p0 unusable and p1 without a product mask.
     newer = older.model_copy(
@@ -125,7 +113,7 @@ def test_an_old_captioning_replayed_after_a_newer_one_changes_no_photo(tmp_path:
 def test_an_old_captioning_replayed_after_a_newer_one_deletes_no_photo_it_found_unusable(
     tmp_path: Path,
 ) -> None:
-    store, manifests, trainstore, ctx = _stage(tmp_path, compact_after_parts=16)
+    store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
     newer = captioned(store, 1, photos=2)
     older: SkuCaptioned = newer.model_copy(
         update={
@@ -170,7 +158,7 @@ def test_two_writers_of_one_sku_keep_the_newer_event_in_any_order(tmp_path: Path
 
 def test_an_old_acceptance_of_one_render_stands_after_a_newer_rejection_of_another(tmp_path: Path) -> None:
     """The rejection judged other pixels: the acceptance stands in either order (as when it came first)."""
-    store, manifests, trainstore, ctx = _stage(tmp_path, compact_after_parts=16)
+    store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
     first, second = _renders(store)
     trainstore.resolved(_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "b", 60), ctx)
     acceptance = _envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0)
@@ -199,7 +187,7 @@ def test_a_replayed_gate_decision_never_overrides_a_reviewers_decision_of_the_sa
     """The gate replayed after a threshold change accepts an item a reviewer had rejected, or approved
     with a corrected mask: the person's decision stands, whatever the times, in either arrival order
     and after a restart and a compaction."""
-    store, manifests, _, ctx = _stage(tmp_path, compact_after_parts=2)
+    store, manifests, _, ctx = trainstore_stage(tmp_path, compact_after_parts=2)
     rejected_item = matted_item(store, 1, 0)
     approved_item = matted_item(store, 1, 1, predicted="shifted")  # the reviewer corrected its mask
     human_mask = approved_item.generated.expected_mask
@@ -231,7 +219,7 @@ def test_a_replayed_gate_decision_never_overrides_a_reviewers_decision_of_the_sa
 
 def test_a_reviewers_decision_delivered_after_a_newer_gate_replay_still_stands(tmp_path: Path) -> None:
     """The console's relay published the rejection late: the replayed acceptance got there first."""
-    store, manifests, trainstore, ctx = _stage(tmp_path, compact_after_parts=16)
+    store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
     matted = matted_item(store, 1, 0)
     trainstore.pending(_envelope(CORRECTION_PENDING, pending_of(matted), "a", 0), ctx)
     replay = _envelope(GATE_ACCEPTED, GateAccepted(matted=matted, iou=0.97, checks=[]), "a", 120)
