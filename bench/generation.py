@@ -14,11 +14,11 @@ the request before it (tiny model, CPU), the two interleaved in rounds (which ru
 and the median of the rounds' switch/same ratios, by N (2 or more: one adapter has nothing to switch
 to): switching cost should stay flat as adapters accumulate.
 
-Writes ``bench/results/generation.json`` (``--out``: another file). ``--no-diffusion`` measures the
-composite backend only: it needs ``--out``, so that it does not replace the committed diffusion and
-LoRA-switch figures.
+Writes ``bench/results/generation.json`` (``--out``: another file). A run with any option other than
+its default (``--no-diffusion``, which measures the composite backend only, or a smoke ``--images 2
+--rounds 1``) needs ``--out``, so that it does not replace the committed figures.
 
-    python -m bench.generation [--size 512] [--images 40] [--diffusion-size 64] [--no-diffusion --out FILE]
+    python -m bench.generation [--size 512] [--images 40] [--diffusion-size 64] [--no-diffusion] [--out FILE]
 """
 
 from __future__ import annotations
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-diffusion",
         action="store_true",
-        help="composite only; needs --out (the committed file keeps its diffusion figures)",
+        help="composite only; needs --out, as any other option does (the committed file keeps its diffusion "
+        "figures)",
     )
     parser.add_argument(
         "--rounds", type=positive_int, default=3, help="interleaved rounds per backend (median)"
@@ -238,14 +239,21 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=RESULTS,
-        help="results JSON (default bench/results/generation.json, the committed figures)",
+        help="results JSON (default bench/results/generation.json, the committed run's; a run with any "
+        "other option needs another)",
     )
     args = parser.parse_args(argv)
-    if args.no_diffusion and args.out.resolve() == RESULTS.resolve():
-        # A composite-only file replaced the committed one, its diffusion and LoRA-switch figures gone.
+    # The committed file is the default run's (`make bench`): a composite-only file replaced it, its
+    # diffusion and LoRA-switch figures gone, and a smoke run (`--images 2 --rounds 1`) went over it.
+    changed = [
+        "--" + name.replace("_", "-")
+        for name, value in vars(args).items()
+        if name != "out" and value != parser.get_default(name)
+    ]
+    if changed and args.out.resolve() == RESULTS.resolve():
         parser.error(
-            "--no-diffusion measures the composite backend only: give --out, so that it does not "
-            "replace the committed bench/results/generation.json"
+            f"{', '.join(changed)}: not the committed run: give --out, so that its figures do not replace "
+            "the committed bench/results/generation.json"
         )
     # Checked before minutes of Triton rounds, not found in a traceback after them.
     if problem := file_problem(args.out, "generation.json"):

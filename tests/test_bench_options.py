@@ -278,6 +278,27 @@ def test_a_composite_only_generation_run_does_not_replace_the_committed_figures(
         generation.main(["--no-diffusion", "--out", str(tmp_path / "composite.json")])
 
 
+def test_a_generation_smoke_run_does_not_replace_the_committed_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Only --no-diffusion needed --out: `--images 2 --rounds 1` to try a change wrote over the committed
+    # bench/results/generation.json, the three-round run of `make bench` that docs/diffusion.md cites.
+    from bench import generation
+
+    monkeypatch.setattr(generation, "bench_backend", _refuse_to_run)
+    smoke = ["--images", "2", "--rounds", "1"]
+    with pytest.raises(SystemExit) as refused:
+        generation.main(smoke)
+    assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        generation.main(["--diffusion-images", "2"])
+    assert refused.value.code == 2 and "--diffusion-images" in capsys.readouterr().err
+    with pytest.raises(_RunStarted):  # its own --out: the smoke run goes ahead
+        generation.main([*smoke, "--out", str(tmp_path / "generation.json")])
+    with pytest.raises(_RunStarted):  # `python -m bench.generation`, as `make bench` runs it
+        generation.main([])
+
+
 def test_a_bus_smoke_run_does_not_replace_the_committed_figures(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
