@@ -15,8 +15,12 @@ batch adds on a warm stage, not the set-up. ``baseline_rss_mb`` is the RSS at th
 ``--before DIR``: a checkout of the code before a change; each configuration then also runs
 against it (PYTHONPATH), rounds interleaved, and the masks' sha256s of the two are compared.
 ``--speed-rounds N``: also time ``session.predict`` as ``bench/matting.py`` does (32 renderer photos
-of 512 px, batch 8), N interleaved rounds per code tree. Writes bench/results/matting_memory.json;
-a run of some ``--config`` only, or other ``--threads``, needs ``--out FILE``.
+of 512 px, batch 8), N interleaved rounds per code tree. Writes bench/results/matting_memory.json,
+whose figures docs/matting.md cites, only from a run of the committed kind (``--before DIR
+--speed-rounds 3``, every configuration, 2 threads); any other run (a plain one, some ``--config``
+only, other ``--threads``) needs ``--out FILE``.
+
+    python -m bench.matting_memory --before DIR --speed-rounds 3 [--out FILE]
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from shared.argtypes import file_problem, non_negative_int
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 MB = 2**20
+# The committed file's speed figures: three interleaved rounds per code tree.
+COMMITTED_SPEED_ROUNDS = 3
 # (name, images, width, height): the limit is SKUFORGE_MAX_IMAGE_PIXELS (40 MP = 8000x5000 by default).
 CONFIGS = {
     "1mp_x1": (1, 1250, 800),
@@ -206,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=RESULTS / "matting_memory.json",
-        help="results JSON (default bench/results/matting_memory.json, the committed run's; a run of "
-        "some --config only, or other --threads, needs another)",
+        help="results JSON (default bench/results/matting_memory.json, the committed run's: --before "
+        f"DIR --speed-rounds {COMMITTED_SPEED_ROUNDS}, every configuration, 2 threads; any other run "
+        "needs another)",
     )
     args = parser.parse_args(argv)
     if args.worker == "memory" and not args.config:
@@ -220,15 +227,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(speed_worker(args.threads)))
         return 0
 
-    # The committed file has every configuration at 2 threads, which docs/matting.md cites: a run of
-    # one --config went over it, the others' figures gone.
+    # The committed file compares every configuration before and after a change, at 2 threads, with
+    # speed figures, which docs/matting.md cites: a run of one --config went over it, the others' figures
+    # gone, and a plain run (no --before, no --speed-rounds) left "after" figures alone.
     changed = [
         f"--{name}" for name in ("config", "threads") if getattr(args, name) != parser.get_default(name)
     ]
+    if args.before is None:
+        changed.append("no --before")
+    if args.speed_rounds != COMMITTED_SPEED_ROUNDS:
+        changed.append(f"--speed-rounds {args.speed_rounds}")
     if changed and args.out.resolve() == (RESULTS / "matting_memory.json").resolve():
         parser.error(
-            f"{', '.join(changed)}: not the committed run (every configuration, 2 threads): give --out, so "
-            "that its figures do not replace the committed bench/results/matting_memory.json"
+            f"{', '.join(changed)}: not the committed run (--before DIR --speed-rounds "
+            f"{COMMITTED_SPEED_ROUNDS}, every configuration, 2 threads): give --out, so that its figures "
+            "do not replace the committed bench/results/matting_memory.json"
         )
     # Checked before minutes of matting in child processes, not found in a traceback after them.
     if problem := file_problem(args.out, "matting_memory.json"):

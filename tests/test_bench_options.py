@@ -204,6 +204,25 @@ def test_scale_store_and_matting_memory_benches_check_out_before_they_run(
         bench.main(["--out", str(tmp_path / "new" / "figures.json")])
 
 
+def test_a_plain_matting_memory_run_does_not_replace_the_committed_comparison(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The committed bench/results/matting_memory.json is a `--before DIR --speed-rounds 3` run: its
+    # before/after figures and speed are what docs/matting.md cites. A plain run replaced it with
+    # "after" figures alone.
+    from bench import matting_memory
+
+    monkeypatch.setattr(matting_memory, "_child", _refuse_to_run)
+    for other_kind in ([], ["--speed-rounds", "3"], ["--before", str(tmp_path), "--speed-rounds", "1"]):
+        with pytest.raises(SystemExit) as refused:
+            matting_memory.main(other_kind)
+        assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
+    with pytest.raises(_RunStarted):  # its own --out: the plain run goes ahead
+        matting_memory.main(["--out", str(tmp_path / "memory.json")])
+    with pytest.raises(_RunStarted):  # the committed run's kind: it may replace the committed file
+        matting_memory.main(["--before", str(tmp_path), "--speed-rounds", "3"])
+
+
 @pytest.mark.parametrize("timeout_ms", ["3000", "0", "-1"])
 def test_the_scale_bench_refuses_a_session_timeout_its_members_would_refuse(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], timeout_ms: str
