@@ -223,6 +223,23 @@ def test_a_plain_matting_memory_run_does_not_replace_the_committed_comparison(
         matting_memory.main(["--before", str(tmp_path), "--speed-rounds", "3"])
 
 
+def test_a_full_matting_run_refuses_a_batch_it_would_not_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `python -m bench.matting --batch 4` ran every configuration at batches 1 and 8, as without it.
+    import subprocess
+
+    from bench import matting
+
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0))
+    monkeypatch.setattr(matting, "_run_worker", _refuse_to_run)
+    with pytest.raises(SystemExit) as refused:
+        matting.main(["--batch", "4", "--out", str(tmp_path / "matting.json")])
+    assert refused.value.code == 2 and "batches 1 and 8" in capsys.readouterr().err
+    with pytest.raises(_RunStarted):  # without it: the rounds go ahead
+        matting.main(["--out", str(tmp_path / "matting.json")])
+
+
 @pytest.mark.parametrize("timeout_ms", ["3000", "0", "-1"])
 def test_the_scale_bench_refuses_a_session_timeout_its_members_would_refuse(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], timeout_ms: str
