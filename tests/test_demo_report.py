@@ -507,6 +507,38 @@ def test_a_stack_json_damaged_while_the_skus_render_is_one_line_naming_it_not_us
     assert stand_in_up == [], "no stack was started beside the running one"
 
 
+def test_a_read_only_workdir_whose_stack_is_not_ready_is_refused_before_anything_runs(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    stand_in_up: list[StandInUp],
+) -> None:
+    """The demo starts its own stack where none is ready, but asked for a writable workdir only when
+    stack.json named no live supervisor at all: beside a stack still starting (or stopping) in a
+    read-only workdir, it rendered the SKUs and then tried to start a stack there."""
+    import errno
+
+    import shared.argtypes
+
+    workdir = tmp_path / "up"
+    write_running_stack(workdir, state="starting")
+    mkstemp = shared.argtypes.tempfile.mkstemp
+
+    def read_only_workdir(*args: Any, **kwargs: Any) -> Any:
+        if Path(kwargs["dir"]) == workdir:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(shared.argtypes.tempfile, "mkstemp", read_only_workdir)
+    monkeypatch.setattr(demo_module, "run_flow", lambda *_args, **_kwargs: pytest.fail("ran the flow"))
+    with pytest.raises(SystemExit) as refused:
+        demo_main([*SMALL_SYNTHETIC, "--out", str(tmp_path / "out"), "--workdir", str(workdir)])
+    assert refused.value.code == 2
+    assert f"--workdir {workdir}: " in capsys.readouterr().err
+    assert stand_in_up == [], "no stack was started in the read-only workdir"
+    assert not (tmp_path / "out" / "catalogue").exists(), "the SKUs were rendered before the check"
+
+
 def test_ctrl_c_leaves_a_stack_that_was_running_before_the_demo_running(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],

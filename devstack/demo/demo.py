@@ -439,14 +439,20 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )
         parser.error(f"--skus {args.skus}: not a directory of SKU folders{hint}")
+    workdir = args.workdir.resolve()
+    # A running stack's damaged stack.json is named now, before anything is rendered or ingested.
+    try:
+        running_before = running_stack(workdir)
+    except DamagedStack as exc:
+        print(f"skuforge demo: {exc}", file=sys.stderr)
+        return 2
     # Found now, not in a traceback when the report is written at the end of the run.
     # The workdir may be a stack another user started, whose state the demo only reads; with no stack
-    # running there, the demo starts one in it, so it must be writable.
-    running_before = read_state(args.workdir.resolve())
-    workdir_writable = running_before is None
+    # ready there (one still starting or stopping included: stack() starts its own), the demo starts
+    # one in it, so it must be writable.
     for option, folder, writable in (
         ("--out", args.out, True),
-        ("--workdir", args.workdir, workdir_writable),
+        ("--workdir", args.workdir, running_before is None),
     ):
         if problem := folder_problem(folder, writable=writable):
             parser.error(f"{option} {folder}: {problem}")
@@ -456,14 +462,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--out {args.out}: {problem}")
     if problem := report_problem(args.out):
         parser.error(f"--out {args.out}: {problem}")
-
-    workdir = args.workdir.resolve()
-    # A running stack's damaged stack.json is named now, before anything is rendered or ingested.
-    try:
-        running_stack(workdir)
-    except DamagedStack as exc:
-        print(f"skuforge demo: {exc}", file=sys.stderr)
-        return 2
     stack_entered = stack_was_running = False
     try:
         if args.synthetic:
