@@ -13,14 +13,15 @@ from prometheus_client import CollectorRegistry
 
 from schemas.common import ObjectRef
 from schemas.events import ImageMatted
-from schemas.topics import CORRECTION_PENDING, IMAGE_MATTED
+from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED, IMAGE_MATTED
 from services.gate.config import GateSettings
 from services.gate.stage import GateMetrics, handle
 from services.gate.stage import build_stage as build_gate
 from shared.bus import make_envelope
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput
-from shared.gate.checks import CHECK_CODES
+from shared.gate.checks import CHECK_CODES, evaluate, failed_reasons
+from shared.images import decode_image, decode_mask
 from shared.observability import StageMetrics
 from shared.runtime import Context, Emit
 from shared.store import FileStore
@@ -204,3 +205,72 @@ def test_an_object_the_event_says_is_over_the_limits_is_refused_before_any_objec
     assert refused.value.reason == reason
     assert refused.value.detail.startswith(f"reference image {reference.uri}: ")
     assert store.read == []
+
+
+def _with(matted: ImageMatted, **generated: object) -> ImageMatted:
+    return matted.model_copy(update={"generated": matted.generated.model_copy(update=generated)})
+
+
+@pytest.mark.parametrize("refused_by", ["unreadable reference mask", "masks of different sizes"])
+def test_an_item_refused_for_a_mask_never_decodes_an_image(tmp_path: Path, refused_by: str) -> None:
+    # Before, the image and the reference photo were read and decoded (about 0.25 GB at 40 MP) ahead
+    # of the reference mask, and the masks' sizes were compared only once all five were held.
+    store = _ReadRecordingStore(tmp_path / "store")
+    matted = matted_item(store, 1, 0)
+    if refused_by == "unreadable reference mask":
+        broken = store.put_bytes("fixtures/broken.png", b"not an image")
+        matted = _with(
+            matted, reference_mask=matted.generated.reference_mask.model_copy(update=broken.model_dump())
+        )
+        reason = "not_an_image"
+    else:
+        half = store.put_image("fixtures/half.png", np.full((48, 48), 255, dtype=np.uint8))
+        matted = matted.model_copy(update={"predicted_mask": half})
+        reason = "dimension_mismatch"
+    store.read.clear()
+    with pytest.raises(BadInput) as refused:
+        _gate(store, matted)
+    assert refused.value.reason == reason
+    images = {matted.generated.image.uri, matted.generated.reference_image.uri}
+    assert images.isdisjoint(store.read)
+
+
+def test_the_gate_decides_as_the_checks_do_on_the_whole_item_at_once(tmp_path: Path) -> None:
+    # The stage measures the masks first and then each image on its own, so as not to hold all five
+    # decoded objects at once; every check's figure and message must be those of ``evaluate``.
+    store = FileStore(tmp_path / "store")
+    exact = matted_item(store, 1, 0)
+    photo = np.asarray(decode_image(store.read_verified(exact.generated.image)))
+    painted = photo.copy()
+    painted[decode_mask(store.read_verified(exact.generated.expected_mask)) > 0] = (20, 200, 40)
+    blank = store.put_image("fixtures/blank.png", np.zeros((96, 96), dtype=np.uint8))
+    full = store.put_image("fixtures/full.png", np.full((96, 96), 255, dtype=np.uint8))
+    items = [
+        exact,
+        matted_item(store, 2, 1, predicted="shifted"),
+        matted_item(store, 3, 2, predicted="empty"),
+        _with(exact, image=store.put_image("fixtures/painted.png", painted)),
+        _with(exact, reference_mask=blank),
+        exact.model_copy(update={"predicted_mask": full}),
+        _with(exact, colour_gain=(1.3, 1.1, 0.8)),
+        _with(exact, colour_gain=(3.0, 1.0, 1.0)),
+    ]
+    decisions = set()
+    for matted in items:
+        (emit,) = _gate(store, matted)
+        generated = matted.generated
+        iou, checks = evaluate(
+            predicted_mask=decode_mask(store.read_verified(matted.predicted_mask)),
+            expected_mask=decode_mask(store.read_verified(generated.expected_mask)),
+            image=np.asarray(decode_image(store.read_verified(generated.image))),
+            reference_image=np.asarray(decode_image(store.read_verified(generated.reference_image))),
+            reference_mask=decode_mask(store.read_verified(generated.reference_mask)),
+            thresholds=GateSettings().thresholds_for(generated.sku.category),
+            colour_gain=generated.colour_gain,
+        )
+        assert (emit.payload.iou, emit.payload.checks) == (iou, checks)  # type: ignore[attr-defined]
+        assert emit.topic == (CORRECTION_PENDING if failed_reasons(checks) else GATE_ACCEPTED)
+        decisions.add((emit.topic.name, tuple(failed_reasons(checks))))
+    # The items between them fail every check (and pass them all once).
+    assert {reason for _, reasons in decisions for reason in reasons} == set(CHECK_CODES)
+    assert (GATE_ACCEPTED.name, ()) in decisions

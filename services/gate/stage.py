@@ -19,7 +19,7 @@ that are not an image (``not_an_image``, ``corrupt``...), more pixels than ``SKU
 own figures (refused before any of the item's objects is read), or an image or mask whose size is
 not the one the event states, or masks and images whose sizes disagree (``dimension_mismatch``). The
 detail names the object refused (``predicted mask``, ``expected mask``, ``image``, ``reference image``
-or ``reference mask``, and its uri).
+or ``reference mask``, and its uri). The masks are read first, and the two images one at a time.
 
 Metrics beside the runtime's: ``skuforge_gate_iou`` (histogram of IoU), ``skuforge_gate_decisions_total``
 (by decision) and ``skuforge_gate_flags_total`` (failed checks, by reason).
@@ -37,13 +37,21 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from schemas.common import ImageRef
 from schemas.envelope import Envelope
-from schemas.events import CorrectionPending, GateAccepted, ImageMatted
+from schemas.events import CorrectionPending, GateAccepted, ImageGenerated, ImageMatted
 from schemas.flow import GATE
 from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED, IMAGE_MATTED
 from services.gate.config import GateSettings
 from shared.config import load_settings
 from shared.errors import BadInput
-from shared.gate.checks import CHECK_CODES, evaluate, failed_reasons
+from shared.gate.checks import (
+    CHECK_CODES,
+    ColourStats,
+    colour_stats,
+    drift_check,
+    failed_reasons,
+    mask_checks,
+    product_stats,
+)
 from shared.images import UInt8Array, refuse_oversized, refuse_too_many_pixels
 from shared.runtime import Context, Emit, Stage, run_stage
 
@@ -99,23 +107,27 @@ def handle(
     ):
         with _naming(name, ref):
             _refuse_unread(ctx, ref)
+    # The masks, and every check that needs only them, before either image is decoded: an item
+    # refused for a mask never decodes one, and the images (each 120 MB at 40 MP, as many again
+    # while decoding) are decoded one at a time, each freed once its colours are measured.
     predicted_mask = _read(ctx, "predicted mask", matted.predicted_mask, mask=True)
     expected_mask = _read(ctx, "expected mask", generated.expected_mask, mask=True)
-    image = _read(ctx, "image", generated.image, mask=False)
-    reference_image = _read(ctx, "reference image", generated.reference_image, mask=False)
     reference_mask = _read(ctx, "reference mask", generated.reference_mask, mask=True)
-    _same_size(("image", image), ("predicted mask", predicted_mask), ("expected mask", expected_mask))
-    _same_size(("reference image", reference_image), ("reference mask", reference_mask))
-
-    iou, checks = evaluate(
+    _same_size(("predicted mask", predicted_mask), ("expected mask", expected_mask))
+    thresholds = gate.thresholds_for(generated.sku.category)
+    iou, checks = mask_checks(
         predicted_mask=predicted_mask,
         expected_mask=expected_mask,
-        image=image,
-        reference_image=reference_image,
         reference_mask=reference_mask,
-        thresholds=gate.thresholds_for(generated.sku.category),
+        thresholds=thresholds,
+    )
+    drift = drift_check(
+        reference=_reference_colours(ctx, generated, reference_mask),
+        product=_product_colours(ctx, generated, expected_mask, predicted_mask),
+        thresholds=thresholds,
         colour_gain=generated.colour_gain,
     )
+    checks.append(drift)
     reasons = failed_reasons(checks)
 
     def count() -> None:
@@ -132,6 +144,25 @@ def handle(
     ctx.log.info("flagged for correction", extra={"item_id": generated.item_id, "reasons": reasons})
     pending = CorrectionPending(matted=matted, iou=iou, checks=checks, reasons=reasons)
     return [Emit(CORRECTION_PENDING, pending, key="decision")]
+
+
+def _reference_colours(
+    ctx: Context, generated: ImageGenerated, reference_mask: UInt8Array
+) -> ColourStats | None:
+    """The reference photo's product colours, the declared colour gain applied; the photo is freed
+    on return."""
+    reference_image = _read(ctx, "reference image", generated.reference_image, mask=False)
+    _same_size(("reference image", reference_image), ("reference mask", reference_mask))
+    return colour_stats(reference_image, reference_mask, generated.colour_gain)
+
+
+def _product_colours(
+    ctx: Context, generated: ImageGenerated, expected_mask: UInt8Array, predicted_mask: UInt8Array
+) -> ColourStats | None:
+    """The generated image's product colours; the image is freed on return."""
+    image = _read(ctx, "image", generated.image, mask=False)
+    _same_size(("image", image), ("predicted mask", predicted_mask), ("expected mask", expected_mask))
+    return product_stats(image, expected_mask, predicted_mask)
 
 
 def _refuse_unread(ctx: Context, ref: ImageRef) -> None:

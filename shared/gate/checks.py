@@ -44,10 +44,13 @@ __all__ = [
     "borders_touched",
     "colour_drift",
     "colour_stats",
+    "drift_check",
     "evaluate",
     "failed_reasons",
     "foreground_fraction",
+    "mask_checks",
     "mask_iou",
+    "product_stats",
 ]
 
 UInt8Array = npt.NDArray[np.uint8]
@@ -225,7 +228,33 @@ def evaluate(
     The product region of the generated image is where the expected mask says the product's own
     pixels are; a shifted expected mask therefore also shows up as drift. ``colour_gain`` is what the
     generator declares it applied to the product's colours on purpose (``ImageGenerated.colour_gain``).
+    ``mask_checks`` and ``drift_check`` are its two halves, for a caller that decodes the item's
+    images one at a time.
     """
+    iou, checks = mask_checks(
+        predicted_mask=predicted_mask,
+        expected_mask=expected_mask,
+        reference_mask=reference_mask,
+        thresholds=thresholds,
+    )
+    drift = drift_check(
+        product=product_stats(image, expected_mask, predicted_mask),
+        reference=colour_stats(reference_image, reference_mask, colour_gain),
+        thresholds=thresholds,
+        colour_gain=colour_gain,
+    )
+    return iou, [*checks, drift]
+
+
+def mask_checks(
+    *,
+    predicted_mask: UInt8Array,
+    expected_mask: UInt8Array,
+    reference_mask: UInt8Array,
+    thresholds: GateThresholds,
+) -> tuple[float, list[GateCheck]]:
+    """The IoU and every check but ``product_drift``, in ``CHECK_CODES`` order: all they read is the
+    item's three masks."""
     iou = mask_iou(predicted_mask, expected_mask)
     fraction = foreground_fraction(predicted_mask)
     touched = borders_touched(predicted_mask)
@@ -262,9 +291,6 @@ def evaluate(
             message=f"predicted mask runs along {touched} of 4 borders",
         ),
         _region_check(expected_mask, predicted_mask, reference_mask),
-        _drift_check(
-            image, expected_mask, predicted_mask, reference_image, reference_mask, thresholds, colour_gain
-        ),
     ]
     return iou, checks
 
@@ -278,7 +304,7 @@ def _region_check(
     was accepted with no colour check at all.
     """
     reference_px = int(np.count_nonzero(_on(reference_mask)))
-    # As ``_drift_check`` reads the generated image: under the expected mask, else the predicted one.
+    # As ``product_stats`` reads the generated image: under the expected mask, else the predicted one.
     product_px = int(np.count_nonzero(_on(expected_mask)))
     if product_px < MIN_REGION_PIXELS:
         product_px = int(np.count_nonzero(_on(predicted_mask)))
@@ -298,15 +324,24 @@ def _region_check(
     )
 
 
-def _drift_check(
-    image: UInt8Array,
-    expected_mask: UInt8Array,
-    predicted_mask: UInt8Array,
-    reference_image: UInt8Array,
-    reference_mask: UInt8Array,
+def product_stats(
+    image: UInt8Array, expected_mask: UInt8Array, predicted_mask: UInt8Array
+) -> ColourStats | None:
+    """Colour statistics of the generated image's product: under the expected mask, else (an empty
+    expected mask is already an IoU failure) under the predicted one."""
+    return colour_stats(image, expected_mask) or colour_stats(image, predicted_mask)
+
+
+def drift_check(
+    *,
+    product: ColourStats | None,
+    reference: ColourStats | None,
     thresholds: GateThresholds,
     colour_gain: tuple[float, float, float] | None,
 ) -> GateCheck:
+    """``product_drift`` from the two regions' statistics: ``product_stats`` of the generated image,
+    and ``colour_stats`` of the reference photo under its mask with ``colour_gain`` applied (like
+    with like: the reference as the declared, deliberate change leaves it)."""
     tolerance = thresholds.drift_tolerance
     if colour_gain is not None and not all(
         1 / MAX_DECLARED_GAIN <= g <= MAX_DECLARED_GAIN for g in colour_gain
@@ -321,10 +356,6 @@ def _drift_check(
             message=f"the generator declares a colour gain of ({shown}) on the product, "
             f"beyond x{MAX_DECLARED_GAIN:g} either way",
         )
-    # Like with like: the reference as the declared, deliberate change leaves it.
-    reference = colour_stats(reference_image, reference_mask, colour_gain)
-    # An empty expected mask is already an IoU failure; fall back to the predicted region.
-    product = colour_stats(image, expected_mask) or colour_stats(image, predicted_mask)
     if reference is None or product is None:
         where = "reference photo" if reference is None else "generated image"
         return GateCheck(
