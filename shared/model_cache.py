@@ -31,6 +31,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -192,20 +193,28 @@ def fetch_file(
     base = open_cache(cache)
     target = base / f"{digest[:16]}-{_shortened(file_name, NAME_MAX_BYTES - 17)}"
     check_owner(target)
-    for _attempt in range(5):
+    _copied_and_held(
+        target,
         # Compare contents, not sizes: a cached copy damaged in place keeps its size and would
         # otherwise be loaded (and fail) at every start until someone empties the cache by hand.
-        if not (target.is_file() and target.stat().st_size == len(data) and file_sha256(target) == digest):
-            write_atomically(target, data)
-        if hold(target):
-            break
-        # Another process pruned the copy between our check and our hold: write it again.
-    else:
-        raise OSError(
-            errno.EBUSY, f"could not keep the model copy at {target}: other processes keep pruning it"
-        )
+        whole=lambda: (
+            target.is_file() and target.stat().st_size == len(data) and file_sha256(target) == digest
+        ),
+        copy=lambda: write_atomically(target, data),
+    )
     prune_unused(base, unused_days)
     return target
+
+
+def _copied_and_held(target: Path, *, whole: Callable[[], bool], copy: Callable[[], None]) -> None:
+    """Copy ``target`` (``copy``) unless it is ``whole``, then hold it (``hold``); copied again when
+    another process pruned it between the check and the hold."""
+    for _attempt in range(5):
+        if not whole():
+            copy()
+        if hold(target):
+            return
+    raise OSError(errno.EBUSY, f"could not keep the model copy at {target}: other processes keep pruning it")
 
 
 def file_sha256(path: Path) -> str:
@@ -275,16 +284,11 @@ def fetch_directory(
     label = _shortened(root.rpartition("/")[2] or "root", NAME_MAX_BYTES - 17)
     target = base / f"{label}-{hashlib.sha256(location.encode()).hexdigest()[:16]}"
     check_owner(target)
-    for _attempt in range(5):
-        if not _is_complete(target, keys):
-            _download(source, prefix, keys, {"uri": root, "location": location}, target)
-        if hold(target):
-            break
-        # Another process pruned the copy between our check and our hold: copy it again.
-    else:
-        raise OSError(
-            errno.EBUSY, f"could not keep the model copy at {target}: other processes keep pruning it"
-        )
+    _copied_and_held(
+        target,
+        whole=lambda: _is_complete(target, keys),
+        copy=lambda: _download(source, prefix, keys, {"uri": root, "location": location}, target),
+    )
     prune_unused(base, unused_days)
     return target
 
