@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.argtypes import file_problem, non_negative_int
+from shared.argtypes import file_problem, non_negative_int, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--worker", choices=["memory", "speed"], default=None)
     parser.add_argument("--config", choices=list(CONFIGS), action="append")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--before", type=Path, default=None, help="a checkout of the code before a change")
     parser.add_argument("--speed-rounds", type=non_negative_int, default=0)
     parser.add_argument(

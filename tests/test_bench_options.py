@@ -223,6 +223,20 @@ def test_a_plain_matting_memory_run_does_not_replace_the_committed_comparison(
         matting_memory.main(["--before", str(tmp_path), "--speed-rounds", "3"])
 
 
+@pytest.mark.parametrize("threads", ["0", "-1"])
+def test_matting_memory_refuses_threads_below_one_before_any_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], threads: str
+) -> None:
+    # `--threads 0` started the first child, which failed in load_settings: a RuntimeError with the
+    # child's traceback, not a usage error.
+    from bench import matting_memory
+
+    monkeypatch.setattr(matting_memory, "_child", _refuse_to_run)
+    with pytest.raises(SystemExit) as refused:
+        matting_memory.main(["--threads", threads, "--out", str(tmp_path / "memory.json")])
+    assert refused.value.code == 2 and f"must be at least 1, got {threads}" in capsys.readouterr().err
+
+
 def test_a_full_matting_run_refuses_a_batch_it_would_not_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
