@@ -12,7 +12,8 @@ after the session is opened and has run a full batch of small images, and the in
 written, so the figure is what one
 batch adds on a warm stage, not the set-up. ``baseline_rss_mb`` is the RSS at that reset.
 
-``--before DIR``: a checkout of the code before a change; each configuration then also runs
+``--before DIR``: a checkout of the code before a change (checked up front: it must hold
+``services/matting/stage.py``); each configuration then also runs
 against it (PYTHONPATH), rounds interleaved, and the masks' sha256s of the two are compared.
 ``--speed-rounds N``: also time ``session.predict`` as ``bench/matting.py`` does (32 renderer photos
 of 512 px, batch 8), N interleaved rounds per code tree. Writes bench/results/matting_memory.json,
@@ -46,6 +47,8 @@ RESULTS = Path(__file__).parent / "results"
 MB = 2**20
 # The committed file's speed figures: three interleaved rounds per code tree.
 COMMITTED_SPEED_ROUNDS = 3
+# What a --before checkout must hold: the stage whose handle_batch is measured.
+BEFORE_STAGE = Path("services/matting/stage.py")
 # (name, images, width, height): the limit is SKUFORGE_MAX_IMAGE_PIXELS (40 MP = 8000x5000 by default).
 CONFIGS = {
     "1mp_x1": (1, 1250, 800),
@@ -206,7 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", choices=["memory", "speed"], default=None)
     parser.add_argument("--config", choices=list(CONFIGS), action="append")
     parser.add_argument("--threads", type=positive_int, default=2)
-    parser.add_argument("--before", type=Path, default=None, help="a checkout of the code before a change")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help=f"a checkout of the code before a change (holds {BEFORE_STAGE})",
+    )
     parser.add_argument("--speed-rounds", type=non_negative_int, default=0)
     parser.add_argument(
         "--out",
@@ -246,6 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     # Checked before minutes of matting in child processes, not found in a traceback after them.
     if problem := file_problem(args.out, "matting_memory.json"):
         parser.error(f"--out {args.out}: {problem}")
+    # A missing folder failed as the first child started; one without the stage's code ran, silently,
+    # whatever `shared` the interpreter found (an installed checkout) and called that "before".
+    if args.before is not None and not (args.before / BEFORE_STAGE).is_file():
+        parser.error(
+            f"--before {args.before}: no {BEFORE_STAGE} there; give a checkout of the code before the "
+            "change, e.g. `git worktree add DIR HEAD~1`"
+        )
 
     trees = {"after": ROOT} if args.before is None else {"before": args.before.resolve(), "after": ROOT}
     memory: dict[str, dict[str, Any]] = {name: {} for name in trees}

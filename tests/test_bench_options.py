@@ -219,8 +219,28 @@ def test_a_plain_matting_memory_run_does_not_replace_the_committed_comparison(
         assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
     with pytest.raises(_RunStarted):  # its own --out: the plain run goes ahead
         matting_memory.main(["--out", str(tmp_path / "memory.json")])
+    (tmp_path / "services" / "matting").mkdir(parents=True)
+    (tmp_path / "services" / "matting" / "stage.py").write_text("")
     with pytest.raises(_RunStarted):  # the committed run's kind: it may replace the committed file
         matting_memory.main(["--before", str(tmp_path), "--speed-rounds", "3"])
+
+
+@pytest.mark.parametrize("before", ["{tmp}/missing", "{tmp}/empty", "{tmp}/a-file"])
+def test_matting_memory_refuses_a_before_that_is_no_checkout_before_any_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], before: str
+) -> None:
+    # A missing folder was a FileNotFoundError as the first child started; an empty one ran, and its
+    # "before" figures were those of whatever checkout the interpreter had installed.
+    from bench import matting_memory
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("mine\n")
+    monkeypatch.setattr(matting_memory, "_child", _refuse_to_run)
+    folder = before.format(tmp=tmp_path)
+    with pytest.raises(SystemExit) as refused:
+        matting_memory.main(["--before", folder, "--out", str(tmp_path / "memory.json")])
+    assert refused.value.code == 2
+    assert f"--before {folder}: no services/matting/stage.py there" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("threads", ["0", "-1"])
