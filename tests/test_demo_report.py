@@ -507,21 +507,24 @@ def test_a_stack_json_damaged_while_the_skus_render_is_one_line_naming_it_not_us
     assert stand_in_up == [], "no stack was started beside the running one"
 
 
+@pytest.mark.parametrize("state", ["starting", "stopping"])
 def test_a_read_only_workdir_whose_stack_is_not_ready_is_refused_before_anything_runs(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     stand_in_up: list[StandInUp],
+    state: str,
 ) -> None:
     """The demo starts its own stack where none is ready, but asked for a writable workdir only when
     stack.json named no live supervisor at all: beside a stack still starting (or stopping) in a
-    read-only workdir, it rendered the SKUs and then tried to start a stack there."""
+    read-only workdir, it rendered the SKUs and then tried to start a stack there. The refusal then
+    said only that the workdir was not writable, though a stack runs there: it says why too."""
     import errno
 
     import shared.argtypes
 
     workdir = tmp_path / "up"
-    write_running_stack(workdir, state="starting")
+    write_running_stack(workdir, state=state)
     mkstemp = shared.argtypes.tempfile.mkstemp
 
     def read_only_workdir(*args: Any, **kwargs: Any) -> Any:
@@ -534,7 +537,9 @@ def test_a_read_only_workdir_whose_stack_is_not_ready_is_refused_before_anything
     with pytest.raises(SystemExit) as refused:
         demo_main([*SMALL_SYNTHETIC, "--out", str(tmp_path / "out"), "--workdir", str(workdir)])
     assert refused.value.code == 2
-    assert f"--workdir {workdir}: " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--workdir {workdir}: " in err
+    assert f"the stack there is not ready yet (it is {state}): run the demo again once" in err
     assert stand_in_up == [], "no stack was started in the read-only workdir"
     assert not (tmp_path / "out" / "catalogue").exists(), "the SKUs were rendered before the check"
 

@@ -266,6 +266,18 @@ def how_to_stop(state: Mapping[str, Any]) -> str:
     return f"Ctrl-C where skuforge up runs, or kill -INT {pid}"
 
 
+def _not_ready_hint(workdir: Path) -> str:
+    """Why a read-only ``workdir`` with a live stack must still be writable: that stack is not ready
+    (still starting or stopping), so the demo would start its own there; empty when none runs."""
+    state = read_state(workdir)
+    if state is None:
+        return ""
+    return (
+        f"; the stack there is not ready yet (it is {state.get('state')}): run the demo again once a "
+        "stack there is ready, or give a --workdir you can write in"
+    )
+
+
 def interrupted_line(workdir: Path, *, stack_entered: bool, stack_was_running: bool) -> str:
     """What a Ctrl-C of the demo left behind, in one line: the stack stopped, still running, or none.
 
@@ -455,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
         ("--workdir", args.workdir, running_before is None),
     ):
         if problem := folder_problem(folder, writable=writable):
-            parser.error(f"{option} {folder}: {problem}")
+            hint = _not_ready_hint(workdir) if option == "--workdir" else ""
+            parser.error(f"{option} {folder}: {problem}{hint}")
     # The report's pictures (and --synthetic's catalogue) replace an earlier run's: never someone's files.
     for owned in [args.out / "images", *([args.out / "catalogue"] if args.synthetic else [])]:
         if problem := not_owned_problem(owned):
