@@ -32,7 +32,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from schemas.common import ImageRef
@@ -52,7 +51,7 @@ from shared.gate.checks import (
     mask_checks,
     product_stats,
 )
-from shared.images import UInt8Array, refuse_oversized, refuse_too_many_pixels
+from shared.images import UInt8Array, pixel_array, refuse_oversized, refuse_too_many_pixels
 from shared.runtime import Context, Emit, Stage, run_stage
 
 IOU_BUCKETS = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
@@ -190,7 +189,7 @@ def _read(ctx: Context, name: str, ref: ImageRef, *, mask: bool) -> UInt8Array:
     """The image or mask ``ref`` points at, refused unless it is the size the event states: passed
     on, such an item reached a reviewer and only then was refused by the trainstore."""
     with _naming(name, ref):
-        pixels = ctx.read_mask(ref) if mask else np.asarray(ctx.read_image(ref), dtype=np.uint8)
+        pixels = ctx.read_mask(ref) if mask else pixel_array(ctx.read_image(ref))
     height, width = pixels.shape[:2]
     if (width, height) != (ref.width, ref.height):
         raise BadInput(

@@ -1,0 +1,40 @@
+"""Pixels read a strip at a time: the gate's images and every mask get the values np.asarray gave."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import shared.images
+from shared.images import decode_image, pixel_array
+
+
+def _image(mode: str, width: int, height: int) -> Image.Image:
+    values = np.random.default_rng(7).integers(0, 256, (height, width, 4), dtype=np.uint8)
+    return Image.fromarray(values, "RGBA").convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "1", "P", "I", "I;16", "F", "CMYK"])
+@pytest.mark.parametrize(("width", "height"), [(13, 11), (1, 9), (40, 1)])
+def test_pixel_array_is_what_asarray_gives(
+    monkeypatch: pytest.MonkeyPatch, mode: str, width: int, height: int
+) -> None:
+    # A few pixels a strip, so an image is many strips and the last is a short one.
+    monkeypatch.setattr(shared.images, "_STRIP_PIXELS", 30)
+    image = _image(mode, width, height)
+    expected = np.asarray(image)
+    pixels = pixel_array(image)
+    assert pixels.dtype == expected.dtype
+    assert pixels.shape == expected.shape
+    assert np.array_equal(pixels, expected)
+    assert pixels.flags.writeable
+
+
+def test_a_decoded_photo_reads_as_it_did() -> None:
+    buffer = io.BytesIO()
+    _image("RGB", 700, 301).save(buffer, format="PNG")
+    image = decode_image(buffer.getvalue())
+    assert np.array_equal(pixel_array(image), np.asarray(image, dtype=np.uint8))
