@@ -124,7 +124,11 @@ def decode_mask(
     """
     image = _open_and_load(data, max_pixels=max_pixels, max_bytes=max_bytes, allowed_formats=allowed_formats)
     gray = _to_gray8(image, data)
-    mask = np.where(gray >= 128, np.uint8(255), np.uint8(0)).astype(np.uint8)
+    # Thresholded in place: np.where and astype made two more mask-sized arrays (115 MiB traced
+    # for a 38 MiB mask at 40 MP).
+    mask = gray if gray.flags.writeable else gray.copy()
+    np.greater_equal(mask, 128, out=mask)
+    mask *= 255
     if not mask.any():
         labels = _label_mask(image)
         if labels is not None:
@@ -586,7 +590,8 @@ def _to_gray8(image: Image.Image, data: bytes) -> UInt8Array:
         la = np.asarray(image.convert("LA"), dtype=np.uint16)
         return _composite(la[..., 0], la[..., 1], background=0)
     try:
-        return np.asarray(image.convert("L"), dtype=np.uint8)
+        # An L image is read as it is: convert would copy it first.
+        return pixel_array(image if mode == "L" else image.convert("L"))
     except (ValueError, OSError) as exc:
         raise ImageRejected("unsupported_mode", f"cannot convert mode {mode} to a mask") from exc
 
