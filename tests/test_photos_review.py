@@ -27,7 +27,7 @@ from shared.matting.session import U2NetPSession
 from shared.runtime import Emit, Stage
 from shared.store import FileStore
 from tests.support.captioning import blank_sku, context
-from tests.test_runtime_review import _record, _wired
+from tests.support.runtime import _record, _wired
 from tests.test_stage_model_calls import matting_calls
 
 

@@ -19,11 +19,10 @@ import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import (
     GroupAuthorizationFailedError,
-    KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
 )
-from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
+from kafka.structs import MemberState, TopicPartition
 from prometheus_client import Counter
 
 from devstack.broker import free_port
@@ -39,59 +38,7 @@ from shared.observability import StageMetrics
 from shared.runtime import Context, Emit, Stage, stale_after_s
 from shared.store import FileStore
 from tests.support.bus import file_store_uri, sku_ingested_payloads
-
-
-class _Consumer:
-    """What ``_process_batch`` touches of a KafkaConsumer: seek, pause, commit."""
-
-    def __init__(self, commit_error: KafkaError | None = None) -> None:
-        self.positions: dict[TopicPartition, int] = {}
-        self.paused: set[TopicPartition] = set()
-        self.committed: dict[TopicPartition, int] = {}
-        self.commit_error = commit_error
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.positions[tp] = offset
-
-    def pause(self, *partitions: TopicPartition) -> None:
-        self.paused.update(partitions)
-
-    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        if self.commit_error is not None:
-            raise self.commit_error
-        self.committed.update({tp: meta.offset for tp, meta in offsets.items()})
-
-
-class _Acked:
-    def get(self, timeout: float | None = None) -> None:
-        return None
-
-
-class _Producer:
-    """Acknowledges everything sent on flush, or loses it all with a timeout when ``fail_flush``."""
-
-    def __init__(self) -> None:
-        self.fail_flush = False
-        self.acked: list[tuple[str, bytes]] = []
-        self._pending: list[tuple[str, bytes]] = []
-
-    def send(self, topic: str, key: bytes, value: bytes) -> _Acked:
-        self._pending.append((topic, value))
-        return _Acked()
-
-    def flush(self, timeout: float | None = None) -> None:
-        pending, self._pending = self._pending, []
-        if self.fail_flush:
-            raise KafkaTimeoutError("the broker did not acknowledge in time")
-        self.acked.extend(pending)
-
-
-def _wired(stage: Stage, consumer: _Consumer | None = None) -> tuple[_Consumer, _Producer]:
-    consumer = consumer or _Consumer()
-    producer = _Producer()
-    stage._consumer = consumer  # type: ignore[assignment]
-    stage._producer = producer  # type: ignore[assignment]
-    return consumer, producer
+from tests.support.runtime import _Acked, _Consumer, _Producer, _record, _wired
 
 
 def _stage(tmp_path: Path, **settings: Any) -> Stage:
@@ -113,10 +60,6 @@ def _records(stage: Stage, count: int, first_offset: int = 0) -> tuple[TopicPart
         )
         records.append(_record(topic, first_offset + index, envelope.model_dump_json().encode()))
     return TopicPartition(topic, 0), records
-
-
-def _record(topic: str, offset: int, value: bytes) -> ConsumerRecord:
-    return ConsumerRecord(topic, 0, -1, offset, 0, 0, b"key", value, [], None, 3, len(value), -1)
 
 
 def _forward(event: Envelope[SkuIngested]) -> list[Emit]:

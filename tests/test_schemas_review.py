@@ -43,7 +43,7 @@ from shared.config import ConfigError, load_settings
 from shared.runtime import Emit, Stage
 from shared.store import open_store
 from tests.support import gate
-from tests.test_runtime_review import _record, _wired
+from tests.support.runtime import _record, _wired
 
 
 def _committed(topic: Topic[Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from shared.runtime import Emit, Stage
 from shared.store import FileStore
 from tests.support.bus import sku_ingested_payloads
 from tests.support.gate import matted_item, resolved
-from tests.test_runtime_review import _record, _wired
+from tests.support.runtime import _record, _wired
 
 
 def _payloads(store: FileStore) -> list[tuple[Topic[object], BaseModel]]:

@@ -25,7 +25,7 @@ from shared.store import FileStore
 from shared.trainstore.manifest import ManifestStore, object_keys
 from shared.trainstore.settings import TrainstoreSettings
 from tests.support.gate import matted_item, resolved
-from tests.test_runtime_review import _record, _wired
+from tests.support.runtime import _record, _wired
 
 
 def _deliver(

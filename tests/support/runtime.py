@@ -1,0 +1,71 @@
+"""A fake consumer and producer for driving ``Stage._process_batch`` without a broker, and ``_record``,
+the ``ConsumerRecord`` they feed it.
+
+``_wired`` puts both on a stage: the consumer records seeks, pauses and commits, the producer
+acknowledges sends on flush unless told to fail, so a test sets up exactly the failure it is about.
+"""
+
+from __future__ import annotations
+
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from shared.runtime import Stage
+
+
+class _Consumer:
+    """What ``_process_batch`` touches of a KafkaConsumer: seek, pause, commit."""
+
+    def __init__(self, commit_error: KafkaError | None = None) -> None:
+        self.positions: dict[TopicPartition, int] = {}
+        self.paused: set[TopicPartition] = set()
+        self.committed: dict[TopicPartition, int] = {}
+        self.commit_error = commit_error
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.positions[tp] = offset
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.paused.update(partitions)
+
+    def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        if self.commit_error is not None:
+            raise self.commit_error
+        self.committed.update({tp: meta.offset for tp, meta in offsets.items()})
+
+
+class _Acked:
+    def get(self, timeout: float | None = None) -> None:
+        return None
+
+
+class _Producer:
+    """Acknowledges everything sent on flush, or loses it all with a timeout when ``fail_flush``."""
+
+    def __init__(self) -> None:
+        self.fail_flush = False
+        self.acked: list[tuple[str, bytes]] = []
+        self._pending: list[tuple[str, bytes]] = []
+
+    def send(self, topic: str, key: bytes, value: bytes) -> _Acked:
+        self._pending.append((topic, value))
+        return _Acked()
+
+    def flush(self, timeout: float | None = None) -> None:
+        pending, self._pending = self._pending, []
+        if self.fail_flush:
+            raise KafkaTimeoutError("the broker did not acknowledge in time")
+        self.acked.extend(pending)
+
+
+def _wired(stage: Stage, consumer: _Consumer | None = None) -> tuple[_Consumer, _Producer]:
+    consumer = consumer or _Consumer()
+    producer = _Producer()
+    stage._consumer = consumer  # type: ignore[assignment]
+    stage._producer = producer  # type: ignore[assignment]
+    return consumer, producer
+
+
+def _record(topic: str, offset: int, value: bytes) -> ConsumerRecord:
+    return ConsumerRecord(topic, 0, -1, offset, 0, 0, b"key", value, [], None, 3, len(value), -1)
