@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from shared.errors import ChecksumMismatch, ObjectMissing
-from shared.store import FileStore, sha256_hex
+from shared.store import FileStore
 from shared.trainstore.dataset import (
     ExportFit,
     export_dataset,
@@ -19,47 +19,10 @@ from shared.trainstore.dataset import (
     sku_stats,
     synthetic_left_out_by_evaluation,
 )
-from shared.trainstore.manifest import ManifestRow, ManifestStore
+from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.withdrawals import Withdrawals
 from skuforge_cli.main import main as cli_main
-
-PREFIX = "trainstore"
-
-
-def add_item(
-    manifests: ManifestStore, sku_id: str, item_id: str, source: str, status: str, *, size_px: int = 80
-) -> ManifestRow:
-    """Store an image and mask the way the trainstore does, and append the item's row."""
-    rng = np.random.default_rng(int(sha256_hex(f"{sku_id}/{item_id}".encode())[:8], 16))
-    stored = status in ("reference", "accepted", "approved")
-    objects = {}
-    if stored:
-        image = rng.integers(0, 256, (size_px, size_px + 20, 3), dtype=np.uint8)
-        mask = np.zeros((size_px, size_px + 20), dtype=np.uint8)
-        mask[20:60, 20:60] = 255
-        image_key, mask_key = f"images/{sku_id}/{source}/{item_id}.png", f"masks/{sku_id}/{item_id}.png"
-        image_ref = manifests.store.put_image(manifests.key(image_key), image)
-        mask_ref = manifests.store.put_image(manifests.key(mask_key), mask)
-        objects = {
-            "image": image_key,
-            "image_sha256": image_ref.sha256,
-            "mask": mask_key,
-            "mask_sha256": mask_ref.sha256,
-            "width": size_px + 20,
-            "height": size_px,
-        }
-    row = ManifestRow(
-        item_id=item_id,
-        sku_id=sku_id,
-        category="soda can",
-        source=source,  # type: ignore[arg-type]
-        status=status,  # type: ignore[arg-type]
-        iou=None if source == "real" else 0.95,
-        caption=f"{sku_id} {item_id}",
-        **objects,
-    )
-    manifests.append(sku_id, [row])
-    return row
+from tests.support.trainstore import PREFIX, add_item
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from shared.store import FileStore
 from shared.trainstore.dataset import export_dataset
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from skuforge_cli.main import main as cli_main
-from tests.test_dataset_export import PREFIX, add_item
+from tests.support.trainstore import PREFIX, add_item
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT = ["dataset", "export", "--format", "imagefolder", "--max-synthetic-per-real", "1"]

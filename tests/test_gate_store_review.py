@@ -32,7 +32,7 @@ from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
 from skuforge_cli.main import main as cli_main
 from tests.support.gate import matted_item, resolved
-from tests.test_dataset_export import PREFIX, add_item
+from tests.support.trainstore import PREFIX, add_item
 
 # -- gate settings ------------------------------------------------------------------------------
 

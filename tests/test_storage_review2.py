@@ -19,7 +19,7 @@ from shared.errors import ObjectMissing, TransientError
 from shared.store import FileStore, S3Store
 from shared.trainstore.manifest import ManifestStore, ManifestUnreadable
 from skuforge_cli.main import main as cli_main
-from tests.test_dataset_export import PREFIX, add_item
+from tests.support.trainstore import PREFIX, add_item
 
 
 def _sku_folder(root: Path, name: str = "oat-drink") -> Path:

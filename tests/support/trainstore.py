@@ -1,17 +1,20 @@
 """The trainstore's tests' arrangement: a trainstore stage on a fresh file store, with a context to
-call its handlers with directly (no broker)."""
+call its handlers with directly (no broker); and ``add_item``, a manifest row with its stored image and
+mask, as the dataset export and storage tests arrange a store."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from services.trainstore.stage import Trainstore
 from shared.config import Settings
 from shared.observability import StageMetrics
 from shared.runtime import Context
-from shared.store import FileStore
-from shared.trainstore.manifest import ManifestStore
+from shared.store import FileStore, sha256_hex
+from shared.trainstore.manifest import ManifestRow, ManifestStore
 
 PREFIX = "trainstore"
 
@@ -27,3 +30,39 @@ def trainstore_stage(
         "trainstore", store, settings or Settings(), StageMetrics("trainstore"), logging.getLogger("test")
     )
     return store, manifests, Trainstore(manifests, compact_after_parts=compact_after_parts), ctx
+
+
+def add_item(
+    manifests: ManifestStore, sku_id: str, item_id: str, source: str, status: str, *, size_px: int = 80
+) -> ManifestRow:
+    """Store an image and mask the way the trainstore does, and append the item's row."""
+    rng = np.random.default_rng(int(sha256_hex(f"{sku_id}/{item_id}".encode())[:8], 16))
+    stored = status in ("reference", "accepted", "approved")
+    objects = {}
+    if stored:
+        image = rng.integers(0, 256, (size_px, size_px + 20, 3), dtype=np.uint8)
+        mask = np.zeros((size_px, size_px + 20), dtype=np.uint8)
+        mask[20:60, 20:60] = 255
+        image_key, mask_key = f"images/{sku_id}/{source}/{item_id}.png", f"masks/{sku_id}/{item_id}.png"
+        image_ref = manifests.store.put_image(manifests.key(image_key), image)
+        mask_ref = manifests.store.put_image(manifests.key(mask_key), mask)
+        objects = {
+            "image": image_key,
+            "image_sha256": image_ref.sha256,
+            "mask": mask_key,
+            "mask_sha256": mask_ref.sha256,
+            "width": size_px + 20,
+            "height": size_px,
+        }
+    row = ManifestRow(
+        item_id=item_id,
+        sku_id=sku_id,
+        category="soda can",
+        source=source,  # type: ignore[arg-type]
+        status=status,  # type: ignore[arg-type]
+        iou=None if source == "real" else 0.95,
+        caption=f"{sku_id} {item_id}",
+        **objects,
+    )
+    manifests.append(sku_id, [row])
+    return row
