@@ -385,7 +385,7 @@ def test_the_test_split_is_scored_with_the_committed_export_only(tmp_path: Path,
 def _grocery(root: Path, train: dict[str, Image.Image], test: dict[str, Image.Image]) -> Path:
     """A one-class GroceryStoreDataset folder: its iconic photo, and the train and test photos given."""
     from shared.evaluation.experiment import encode_jpeg
-    from tests.test_evaluate import shelf_photo
+    from tests.support.evaluation import shelf_photo
 
     iconic = "iconic-images-and-descriptions/Fruit/Kiwi/Kiwi_Iconic.jpg"
     (root / iconic).parent.mkdir(parents=True)
@@ -412,7 +412,7 @@ def test_a_scene_letterboxed_from_a_test_photo_is_refused_before_the_run(
     from PIL import ImageOps
 
     from shared.evaluation.leakage import LeakageError
-    from tests.test_evaluate import shelf_photo
+    from tests.support.evaluation import shelf_photo
 
     held = shelf_photo(1)
     padded = ImageOps.pad(held, (320, round(240 * 1.25)), color="black")
@@ -520,7 +520,7 @@ def test_reuse_stack_refuses_another_dataset_than_the_stored_runs(
 ) -> None:
     # --reuse-stack checked the options, not --dataset: another dataset folder (here: the same file
     # names, other photos) was scored against the images the stored stack made from the first one.
-    from tests.test_evaluate import shelf_photo
+    from tests.support.evaluation import shelf_photo
 
     first = _grocery(tmp_path / "first", {"a.jpg": shelf_photo(2)}, {"held.jpg": shelf_photo(1)})
     other = _grocery(tmp_path / "other", {"a.jpg": shelf_photo(3)}, {"held.jpg": shelf_photo(1)})
@@ -578,7 +578,7 @@ def test_reuse_stack_refuses_a_dataset_whose_classes_csv_gives_other_series_tags
     # the stored stack made under the old tags as if made under the new ones.
     from shared.evaluation.experiment import encode_jpeg
     from shared.store import sha256_hex
-    from tests.test_evaluate import shelf_photo
+    from tests.support.evaluation import shelf_photo
 
     dataset = _grocery(tmp_path / "data", {"a.jpg": shelf_photo(2)}, {"held.jpg": shelf_photo(1)})
     work = tmp_path / "work"
@@ -766,7 +766,7 @@ def test_a_fresh_stack_run_in_a_used_workdir_leaves_its_scene_library_as_it_was(
 ) -> None:
     # A fresh stack run was refused a used stack folder only after it had written its own scenes over
     # the scene library the stored stack was started with, and after the backbone load.
-    from tests.test_evaluate import shelf_photo
+    from tests.support.evaluation import shelf_photo
 
     dataset = _grocery(tmp_path / "dataset", {"a.jpg": shelf_photo(2)}, {"held.jpg": shelf_photo(1)})
     work = tmp_path / "work"

@@ -51,6 +51,7 @@ from shared.images import encode_png
 from shared.store import FileStore, ObjectStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore, Source, Status
 from skuforge_cli.main import main as cli_main
+from tests.support.evaluation import shelf_photo
 
 PREFIX = "trainstore"  # TrainstoreSettings' default
 COLOURS = {"SKU-RED": (200, 30, 30), "SKU-GREEN": (30, 170, 40), "SKU-BLUE": (30, 40, 200)}
@@ -1085,24 +1086,6 @@ def test_histogram_bins_edges_and_range() -> None:
     # The page says so: a SKU that went from 0 to 100% is in the last bin, which holds its top edge.
     page = histogram_svg({"gain": [1.0, 0.95, 0.0]}, colours=["#000"], x_label="gain")
     assert "gain in [+0.9, +1.0]: 2 SKU(s)" in page and "gain in [+0.0, +0.1): 1 SKU(s)" in page
-
-
-def shelf_photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
-    """A photo with structure at every scale (waves of light, boxes), unlike the flat colour photos:
-    what a perceptual hash is made for."""
-    rng = np.random.default_rng(seed)
-    width, height = size
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    wx, wy, phase = rng.uniform(8, 30), rng.uniform(8, 30), rng.uniform(0, 6.3)
-    grey = 128 + 50 * np.sin(x / wx + phase) * np.cos(y / wy) + 30 * np.sin((x + y) / rng.uniform(15, 40))
-    pixels = np.repeat(grey[..., None], 3, axis=2)
-    for _ in range(4):
-        x0, y0 = int(rng.integers(0, width - 40)), int(rng.integers(0, height - 40))
-        pixels[y0 : y0 + int(rng.integers(20, 80)), x0 : x0 + int(rng.integers(20, 80))] *= rng.uniform(
-            0.5, 1.2, 3
-        )
-    pixels += rng.normal(0, 3, pixels.shape)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
 def test_perceptual_hash_sees_resized_copies_and_tells_photos_apart() -> None:
