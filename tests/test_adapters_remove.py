@@ -17,9 +17,9 @@ from shared.errors import ObjectMissing
 from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
+from tests.support.adapters import backend_on, served_adapter
 from tests.support.bus import file_store_uri
 from tests.support.lora import lora_weights
-from tests.test_adapters_review import backend_on, served_adapter
 
 
 @pytest.fixture

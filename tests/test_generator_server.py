@@ -250,7 +250,7 @@ def test_both_backends_serve_every_seed_the_protocol_carries_and_refuse_the_same
     from shared.config import load_settings
     from shared.generation.composite import CompositeBackend
     from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
-    from tests.test_adapters_review import RecordingPipe
+    from tests.support.adapters import RecordingPipe
 
     diffusion = DiffusionBackend(
         RecordingPipe(),

@@ -1,0 +1,81 @@
+"""The diffusion backend on a stand-in pipeline, for the tests of which adapter it serves.
+
+``RecordingPipe`` stands in for diffusers: it records the bytes of every adapter file it is asked to
+load and paints grey. ``backend_on`` puts it behind a ``DiffusionBackend`` on a registry, and
+``served_adapter`` says which adapter that backend used for a Cola request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.config import load_settings
+from shared.generation.adapters import AdapterRegistry
+from shared.generation.backend import GeneratedSample, GenerationRequest
+from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
+
+
+class RecordingPipe:
+    """Stands in for diffusers: ``loaded`` is the bytes of every adapter file it was asked to load."""
+
+    def __init__(self) -> None:
+        self.loaded: list[bytes] = []
+
+    def load_lora_weights(self, directory: str, *, weight_name: str, **_: Any) -> None:
+        self.loaded.append((Path(directory) / weight_name).read_bytes())
+
+    def delete_adapters(self, *_: Any) -> None:
+        pass
+
+    def enable_lora(self) -> None:
+        pass
+
+    def disable_lora(self) -> None:
+        pass
+
+    def set_adapters(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def __call__(self, *, image: list[Any], height: int, width: int, **_: Any) -> Any:
+        images = [np.full((height, width, 3), 0.5, np.float32) for _ in image]
+        return type("Output", (), {"images": images})()
+
+
+def backend_on(registry: AdapterRegistry, tmp_path: Path, refresh_s: float = 30.0) -> DiffusionBackend:
+    settings = load_settings(DiffusionSettings, diffusion_adapter_refresh_s=refresh_s)
+    return DiffusionBackend(
+        RecordingPipe(),
+        model_id="m",
+        registry=registry,
+        settings=settings,
+        cache_dir=tmp_path / "cache",
+        device="cpu",  # type: ignore[arg-type]
+    )
+
+
+def cola_request() -> GenerationRequest:
+    reference = np.full((64, 64, 3), 200, np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    return GenerationRequest(
+        reference=reference,
+        mask=mask,
+        prompt="a photo of shs can",
+        negative_prompt="",
+        seed=1,
+        n=1,
+        parameters={},
+        series="Cola",
+        size=64,
+    )
+
+
+def served_adapter(backend: DiffusionBackend) -> str | None:
+    (outcome,) = backend.generate_many([cola_request()])
+    assert isinstance(outcome, list), outcome
+    (sample,) = outcome
+    assert isinstance(sample, GeneratedSample)
+    return sample.adapter_id
