@@ -19,7 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.common import ImageRef
-from schemas.envelope import derive_id
+from schemas.envelope import Envelope, derive_id
 from schemas.events import ImageGenerated, SkuCaptioned
 from schemas.topics import SKU_CAPTIONED
 from services.generator.client import GeneratorUnavailable, TritonGenerator
@@ -50,6 +50,34 @@ def with_mask(store: ObjectStore, captioned: SkuCaptioned, photo_id: str, mask: 
     return captioned.model_copy(update={"photos": photos})
 
 
+def arrange_generator(
+    tmp_path: Path, *, variants_per_sku: int, size_px: int, min_plain_background: float | None = 0.0
+) -> tuple[FileStore, Context, GenerationSettings]:
+    """A store in ``tmp_path``, the generator's context over it, and its generation settings:
+    ``variants_per_sku`` images of ``size_px`` per SKU, drawn from the photos whose background is at
+    least ``min_plain_background`` plain (0: every usable photo; None: the setting's own)."""
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
+    plain = {} if min_plain_background is None else {"generation_min_plain_background": min_plain_background}
+    generation = load_settings(
+        GenerationSettings, generation_variants_per_sku=variants_per_sku, generation_size_px=size_px, **plain
+    )
+    return store, ctx, generation
+
+
+def captioned_event(captioned: SkuCaptioned, *id_parts: str) -> Envelope[SkuCaptioned]:
+    """``captioned`` on the captioner's topic, its event id derived from ``id_parts``."""
+    return make_envelope(
+        SKU_CAPTIONED,
+        captioned,
+        event_id=derive_id("test", *id_parts),
+        sku_id=captioned.sku.sku_id,
+        trace_id="t",
+        producer="test",
+    )
+
+
 def speckles() -> np.ndarray:
     """A cut-out's transparency of isolated pixels, 1 in 16 of a square: the captioner takes it as the
     photo's mask (2% of the photo, over its no_product_found 0.5%), and most placements of it cover no
@@ -62,24 +90,9 @@ def speckles() -> np.ndarray:
 def test_one_photo_the_compositor_cannot_place_leaves_the_other_photos_variants(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = FileStore(tmp_path / "store")
-    settings = load_settings(store_uri=store.base_uri)
-    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
-    generation = load_settings(
-        GenerationSettings,
-        generation_variants_per_sku=4,
-        generation_size_px=128,
-        generation_min_plain_background=0.0,
-    )
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=4, size_px=128)
     captioned = with_mask(store, captioned_sku(store, 3), "p1", speckles())
-    event = make_envelope(
-        SKU_CAPTIONED,
-        captioned,
-        event_id=derive_id("test", "speckled"),
-        sku_id=captioned.sku.sku_id,
-        trace_id="t",
-        producer="test",
-    )
+    event = captioned_event(captioned, "speckled")
     metrics = GeneratorMetrics(CollectorRegistry(), ["skuforge_generator_composite"])
     generator = RefusingGenerator(CompositeBackend(None))
     with caplog.at_level(logging.WARNING):
@@ -141,15 +154,7 @@ def test_one_photo_that_cannot_be_read_for_good_leaves_the_other_photos_variants
     """A mask of another size than its photo, a photo whose bytes are not the ones its sha256 names, a
     mask that is no image: a replay cannot cure any of them, yet the whole SKU was dead-lettered, its
     other photo's variants with it."""
-    store = FileStore(tmp_path / "store")
-    settings = load_settings(store_uri=store.base_uri)
-    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
-    generation = load_settings(
-        GenerationSettings,
-        generation_variants_per_sku=4,
-        generation_size_px=64,
-        generation_min_plain_background=0.0,
-    )
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=4, size_px=64)
     captioned = captioned_sku(store, 3)
     if fault == "dimension_mismatch":
         captioned = with_mask(store, captioned, "p1", np.full((100, 120), 255, np.uint8))
@@ -164,14 +169,7 @@ def test_one_photo_that_cannot_be_read_for_good_leaves_the_other_photos_variants
             for photo in captioned.photos
         ]
         captioned = captioned.model_copy(update={"photos": photos})
-    event = make_envelope(
-        SKU_CAPTIONED,
-        captioned,
-        event_id=derive_id("test", "unreadable", fault),
-        sku_id=captioned.sku.sku_id,
-        trace_id="t",
-        producer="test",
-    )
+    event = captioned_event(captioned, "unreadable", fault)
     metrics = GeneratorMetrics(CollectorRegistry(), ["skuforge_generator_composite"])
     generator = RefusingGenerator(CompositeBackend(None))
     with caplog.at_level(logging.WARNING):
@@ -206,24 +204,9 @@ def test_a_photo_beyond_the_variants_asked_for_takes_the_turn_of_one_that_cannot
 ) -> None:
     # Two variants, three photos, the first altered in the store: the third, never read when every
     # photo is fine, draws the variant, rather than the SKU getting one image.
-    store = FileStore(tmp_path / "store")
-    settings = load_settings(store_uri=store.base_uri)
-    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
-    generation = load_settings(
-        GenerationSettings,
-        generation_variants_per_sku=2,
-        generation_size_px=64,
-        generation_min_plain_background=0.0,
-    )
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=2, size_px=64)
     captioned = with_image(captioned_sku(store, 3, usable_photos=3), "p0", sha256="0" * 64)
-    event = make_envelope(
-        SKU_CAPTIONED,
-        captioned,
-        event_id=derive_id("test", "third-photo"),
-        sku_id=captioned.sku.sku_id,
-        trace_id="t",
-        producer="test",
-    )
+    event = captioned_event(captioned, "third-photo")
     generator = RefusingGenerator(CompositeBackend(None))
     [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
     assert isinstance(outputs, list), outputs
@@ -236,25 +219,10 @@ def test_a_photo_beyond_the_variants_asked_for_takes_the_turn_of_one_that_cannot
 def test_a_letter_for_every_variant_refused_names_the_photo_that_could_not_be_read(tmp_path: Path) -> None:
     # p1 cannot be read for good and the model refuses every variant of p0: the letter said only
     # generation_refused, and whoever fixed p0's mask and replayed it lost p1's variants unawares.
-    store = FileStore(tmp_path / "store")
-    settings = load_settings(store_uri=store.base_uri)
-    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
-    generation = load_settings(
-        GenerationSettings,
-        generation_variants_per_sku=4,
-        generation_size_px=64,
-        generation_min_plain_background=0.0,
-    )
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=4, size_px=64)
     captioned = with_mask(store, captioned_sku(store, 3), "p0", np.zeros((192, 192), np.uint8))
     captioned = with_image(captioned, "p1", sha256="0" * 64)
-    event = make_envelope(
-        SKU_CAPTIONED,
-        captioned,
-        event_id=derive_id("test", "refused-and-unreadable"),
-        sku_id=captioned.sku.sku_id,
-        trace_id="t",
-        producer="test",
-    )
+    event = captioned_event(captioned, "refused-and-unreadable")
     generator = RefusingGenerator(CompositeBackend(None))
     [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
     assert isinstance(outputs, BadInput) and outputs.reason == "generation_refused"
@@ -265,26 +233,11 @@ def test_a_letter_for_every_variant_refused_names_the_photo_that_could_not_be_re
 def test_a_photo_refused_for_every_variant_spreads_them_over_the_other_photos(tmp_path: Path) -> None:
     # p0's mask is empty: the model refuses every variant drawn from it. Its variants 0 and 4 both went
     # to p1, the next photo in turn, which drew 4 of the 8 images while p2 and p3 drew 2 each.
-    store = FileStore(tmp_path / "store")
-    settings = load_settings(store_uri=store.base_uri)
-    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
-    generation = load_settings(
-        GenerationSettings,
-        generation_variants_per_sku=8,
-        generation_size_px=64,
-        generation_min_plain_background=0.0,
-    )
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=8, size_px=64)
     captioned = with_mask(
         store, captioned_sku(store, 3, usable_photos=4), "p0", np.zeros((192, 192), np.uint8)
     )
-    event = make_envelope(
-        SKU_CAPTIONED,
-        captioned,
-        event_id=derive_id("test", "spread"),
-        sku_id=captioned.sku.sku_id,
-        trace_id="t",
-        producer="test",
-    )
+    event = captioned_event(captioned, "spread")
     generator = RefusingGenerator(CompositeBackend(None))
     [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
     assert isinstance(outputs, list), outputs
@@ -309,31 +262,13 @@ class CountingGenerator(RefusingGenerator):
 def test_a_batch_asks_triton_again_at_most_once_per_photo_of_its_skus(tmp_path: Path) -> None:
     # Each round of redraws is another round trip to Triton, one after the other: a SKU whose photos
     # are all refused must stop once every photo was tried, and the batch's SKUs share the rounds.
-    store = FileStore(tmp_path / "store")
-    settings = load_settings(store_uri=store.base_uri)
-    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
-    generation = load_settings(
-        GenerationSettings,
-        generation_variants_per_sku=4,
-        generation_size_px=64,
-        generation_min_plain_background=0.0,
-    )
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=4, size_px=64)
     empty = np.zeros((192, 192), np.uint8)
     all_refused = captioned_sku(store, 1, usable_photos=3)
     for photo_id in ("p0", "p1", "p2"):
         all_refused = with_mask(store, all_refused, photo_id, empty)
     skus = [all_refused, with_mask(store, captioned_sku(store, 2), "p0", empty), captioned_sku(store, 3)]
-    events = [
-        make_envelope(
-            SKU_CAPTIONED,
-            captioned,
-            event_id=derive_id("test", "rounds", captioned.sku.sku_id),
-            sku_id=captioned.sku.sku_id,
-            trace_id="t",
-            producer="test",
-        )
-        for captioned in skus
-    ]
+    events = [captioned_event(captioned, "rounds", captioned.sku.sku_id) for captioned in skus]
     generator = CountingGenerator(CompositeBackend(None))
     outputs = handle_batch(events, ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
 
@@ -347,27 +282,12 @@ def test_a_batch_asks_triton_again_at_most_once_per_photo_of_its_skus(tmp_path: 
 
 def test_a_photo_missing_from_the_store_still_dead_letters_the_whole_sku(tmp_path: Path) -> None:
     # Left out, its variants would be lost once the photo is put back; the letter's replay makes them.
-    store = FileStore(tmp_path / "store")
-    settings = load_settings(store_uri=store.base_uri)
-    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
-    generation = load_settings(
-        GenerationSettings,
-        generation_variants_per_sku=4,
-        generation_size_px=64,
-        generation_min_plain_background=0.0,
-    )
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=4, size_px=64)
     captioned = captioned_sku(store, 3)
     # p0 cannot be read for good, p1 is missing: the replayable reason is the letter's.
     captioned = with_image(captioned, "p0", sha256="0" * 64)
     captioned = with_image(captioned, "p1", uri=store.uri_for("images/gone.png"))
-    event = make_envelope(
-        SKU_CAPTIONED,
-        captioned,
-        event_id=derive_id("test", "missing"),
-        sku_id=captioned.sku.sku_id,
-        trace_id="t",
-        producer="test",
-    )
+    event = captioned_event(captioned, "missing")
     generator = RefusingGenerator(CompositeBackend(None))
     [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
     assert isinstance(outputs, BadInput) and outputs.reason == "object_missing"
@@ -387,19 +307,11 @@ class AdapterMissingGenerator:
 
 def test_a_refusal_a_replay_may_cure_still_dead_letters_the_whole_sku(tmp_path: Path) -> None:
     # Left out, the variant of an adapter registered later would be lost; the letter brings it back.
-    store = FileStore(tmp_path / "store")
-    settings = load_settings(store_uri=store.base_uri)
-    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
-    generation = load_settings(GenerationSettings, generation_variants_per_sku=3, generation_size_px=64)
-    captioned = captioned_sku(store, 4)
-    event = make_envelope(
-        SKU_CAPTIONED,
-        captioned,
-        event_id=derive_id("test", "curable"),
-        sku_id=captioned.sku.sku_id,
-        trace_id="t",
-        producer="test",
+    store, ctx, generation = arrange_generator(
+        tmp_path, variants_per_sku=3, size_px=64, min_plain_background=None
     )
+    captioned = captioned_sku(store, 4)
+    event = captioned_event(captioned, "curable")
     [outputs] = handle_batch([event], ctx, generator=AdapterMissingGenerator(), generation=generation)  # type: ignore[arg-type]
     assert isinstance(outputs, BadInput) and outputs.reason == "unknown_adapter"
 
@@ -508,14 +420,7 @@ def test_a_diffusion_image_records_its_sample_index_not_a_variant_index_that_con
         generation_size_px=64,
     )
     captioned = captioned_sku(store, 6)
-    event = make_envelope(
-        SKU_CAPTIONED,
-        captioned,
-        event_id=derive_id("test", "sample-index"),
-        sku_id=captioned.sku.sku_id,
-        trace_id="t",
-        producer="test",
-    )
+    event = captioned_event(captioned, "sample-index")
     [outputs] = handle_batch([event], ctx, generator=RefusingGenerator(diffusion), generation=generation)  # type: ignore[arg-type]
     assert isinstance(outputs, list), outputs
     generated = [emit.payload for emit in outputs if isinstance(emit.payload, ImageGenerated)]
