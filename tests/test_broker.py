@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -107,14 +112,22 @@ def test_a_foreground_broker_stopped_while_it_starts_leaves_no_jvm(tmp_path: Pat
     # skuforge up runs `python -m devstack.broker start --foreground` under its supervisor, which sends
     # SIGTERM when it stops (or dies: the parent-death signal). The launcher took SIGTERM only once the
     # broker was ready; before that it died at once, and its JVM, in a session of its own, ran on.
-    import os
-    import signal
-    import subprocess
-    import sys
+    with _foreground_launcher(tmp_path, stderr=subprocess.PIPE) as (launcher, jvm):
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _alive(jvm):
+            time.sleep(0.2)
+        assert not _alive(jvm), f"the broker's JVM (pid {jvm}) outlived its stopped launcher"
+        assert b"Traceback" not in (launcher.stderr.read() if launcher.stderr else b"")
 
-    port, controller_port = free_port(), free_port()
-    while controller_port == port:
-        controller_port = free_port()
+
+@contextmanager
+def _foreground_launcher(tmp_path: Path, *, stderr: int) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``python -m devstack.broker start --foreground`` on two free ports, held until its JVM is spawned
+    (seconds before the broker is ready); yields the launcher and the JVM's pid, and kills whichever of
+    the two is still alive on the way out."""
+    port, controller_port = free_ports(2)
     data_dir = tmp_path / "kafka"
     launcher = subprocess.Popen(
         [
@@ -133,7 +146,7 @@ def test_a_foreground_broker_stopped_while_it_starts_leaves_no_jvm(tmp_path: Pat
             "384",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
     )
     broker = LocalKafka(data_dir, port=port, controller_port=controller_port)
     jvm = None
@@ -143,13 +156,7 @@ def test_a_foreground_broker_stopped_while_it_starts_leaves_no_jvm(tmp_path: Pat
             jvm = broker.pid  # the pid file appears once the JVM is spawned, seconds before it is ready
             time.sleep(0.05)
         assert jvm is not None, "the broker's JVM never started"
-        launcher.send_signal(signal.SIGTERM)
-        launcher.wait(timeout=60)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _alive(jvm):
-            time.sleep(0.2)
-        assert not _alive(jvm), f"the broker's JVM (pid {jvm}) outlived its stopped launcher"
-        assert b"Traceback" not in (launcher.stderr.read() if launcher.stderr else b"")
+        yield launcher, jvm
     finally:
         if launcher.poll() is None:
             launcher.kill()
@@ -177,48 +184,10 @@ def test_a_foreground_broker_whose_launcher_is_killed_outright_leaves_no_jvm(tmp
     # The supervisor SIGKILLs a launcher that was not ready in time (and the OOM killer may pick it):
     # its JVM, in a session of its own, ran on holding the ports and the pid file, so every restart of
     # the launcher failed with "a broker is already running" for the rest of the stack's life.
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    port, controller_port = free_ports(2)
-    data_dir = tmp_path / "kafka"
-    launcher = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "devstack.broker",
-            "start",
-            "--foreground",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(port),
-            "--controller-port",
-            str(controller_port),
-            "--heap-mb",
-            "384",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    broker = LocalKafka(data_dir, port=port, controller_port=controller_port)
-    jvm = None
-    try:
-        deadline = time.monotonic() + 60
-        while jvm is None and time.monotonic() < deadline and launcher.poll() is None:
-            jvm = broker.pid
-            time.sleep(0.05)
-        assert jvm is not None, "the broker's JVM never started"
+    with _foreground_launcher(tmp_path, stderr=subprocess.DEVNULL) as (launcher, jvm):
         launcher.kill()
         launcher.wait(timeout=10)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and _alive(jvm):
             time.sleep(0.2)
         assert not _alive(jvm), f"the broker's JVM (pid {jvm}) outlived its killed launcher"
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-        if jvm is not None and _alive(jvm):
-            os.kill(jvm, signal.SIGKILL)

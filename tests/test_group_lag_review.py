@@ -28,6 +28,22 @@ def _produce(bootstrap: str, topic: str, count: int) -> None:
     producer.close()
 
 
+def _lag_watcher(
+    connection: dict[str, Any], groups: dict[str, set[str]]
+) -> tuple[StageMetrics, GroupLagWatcher]:
+    """A watcher of ``groups``' lag through ``connection`` (read as the test calls ``read_once``), and
+    the metrics it sets."""
+    metrics = StageMetrics("upstream")
+    watcher = GroupLagWatcher(
+        connection,
+        groups,
+        metrics.group_lag,
+        interval_s=60,
+        read_failures=metrics.group_lag_read_failures,
+    )
+    return metrics, watcher
+
+
 @pytest.mark.kafka
 def test_records_retention_deleted_are_not_lag(kafka_bootstrap: str, new_topic: NewTopic) -> None:
     """A group resumes at the earliest record still kept; counting from offset 0 (or from a committed
@@ -42,13 +58,8 @@ def test_records_retention_deleted_are_not_lag(kafka_bootstrap: str, new_topic: 
     consumer.close()
     session_admin(kafka_bootstrap).delete_records({TopicPartition(topic, 0): 8})  # as retention would
 
-    metrics = StageMetrics("upstream")
-    watcher = GroupLagWatcher(
-        {"bootstrap_servers": [kafka_bootstrap]},
-        {committed_group: {topic}, new_group: {topic}},
-        metrics.group_lag,
-        interval_s=60,
-        read_failures=metrics.group_lag_read_failures,
+    _, watcher = _lag_watcher(
+        {"bootstrap_servers": [kafka_bootstrap]}, {committed_group: {topic}, new_group: {topic}}
     )
     try:
         assert watcher.read_once() == {committed_group: {topic: 2}, new_group: {topic: 2}}
@@ -65,14 +76,7 @@ def test_the_lag_of_a_deleted_topic_is_no_longer_reported(kafka_bootstrap: str) 
     admin.wait_for_topics([topic], timeout_ms=30_000)
     _produce(kafka_bootstrap, topic, 3)
     group = f"g-{topic}"
-    metrics = StageMetrics("upstream")
-    watcher = GroupLagWatcher(
-        {"bootstrap_servers": [kafka_bootstrap]},
-        {group: {topic}},
-        metrics.group_lag,
-        interval_s=60,
-        read_failures=metrics.group_lag_read_failures,
-    )
+    metrics, watcher = _lag_watcher({"bootstrap_servers": [kafka_bootstrap]}, {group: {topic}})
     try:
         watcher.read_once()
         assert metrics.registry.get_sample_value(LAG, {"group": group, "topic": topic}) == 3
@@ -110,13 +114,8 @@ def test_a_group_the_broker_refuses_leaves_the_others_read_and_is_counted(
         return list_group_offsets(admin, group_specs)
 
     monkeypatch.setattr(KafkaAdminClient, "list_group_offsets", under_acls)
-    metrics = StageMetrics("upstream")
-    watcher = GroupLagWatcher(
-        {"bootstrap_servers": [kafka_bootstrap]},
-        {readable: {topic}, refused: {topic}},
-        metrics.group_lag,
-        interval_s=60,
-        read_failures=metrics.group_lag_read_failures,
+    metrics, watcher = _lag_watcher(
+        {"bootstrap_servers": [kafka_bootstrap]}, {readable: {topic}, refused: {topic}}
     )
     failures = "skuforge_consumer_group_lag_read_failures_total"
     try:
@@ -142,14 +141,7 @@ def test_a_lag_that_can_no_longer_be_read_is_not_shown_as_fresh(
     _produce(kafka_bootstrap, topic, 3)
     group = f"g-{topic}"
     connection: dict[str, Any] = {"bootstrap_servers": [kafka_bootstrap]}
-    metrics = StageMetrics("upstream")
-    watcher = GroupLagWatcher(
-        connection,
-        {group: {topic}},
-        metrics.group_lag,
-        interval_s=60,
-        read_failures=metrics.group_lag_read_failures,
-    )
+    metrics, watcher = _lag_watcher(connection, {group: {topic}})
     try:
         watcher.read_once()
         assert metrics.registry.get_sample_value(LAG, {"group": group, "topic": topic}) == 3

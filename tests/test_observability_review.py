@@ -47,6 +47,20 @@ def test_a_collector_that_raises_gets_a_500_and_a_log_line_not_a_dropped_connect
         server.stop()
 
 
+def _run_passthrough(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``skuforge run passthrough`` in a child process with ``env`` set, its store in ``tmp_path`` and
+    its broker an address where none listens (the tests end before it is asked)."""
+    env = {**os.environ, "SKUFORGE_KAFKA_BOOTSTRAP": "127.0.0.1:1", **env}
+    env["SKUFORGE_STORE_URI"] = f"file://{tmp_path}"
+    return subprocess.run(
+        [sys.executable, "-m", "skuforge_cli", "run", "passthrough"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_a_metrics_port_in_use_is_one_line_naming_the_setting(tmp_path: Path) -> None:
     """A second copy of a stage on one machine (or another program on the port) ended in socketserver's
     "Address already in use" traceback, which named no setting to change."""
@@ -55,15 +69,7 @@ def test_a_metrics_port_in_use_is_one_line_naming_the_setting(tmp_path: Path) ->
         holder.listen()
         port = holder.getsockname()[1]
         # Through the CLI: a stage binds its port before it asks Kafka anything.
-        env = {**os.environ, "SKUFORGE_METRICS_PORT": str(port), "SKUFORGE_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
-        env["SKUFORGE_STORE_URI"] = f"file://{tmp_path}"
-        run = subprocess.run(
-            [sys.executable, "-m", "skuforge_cli", "run", "passthrough"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        run = _run_passthrough(tmp_path, SKUFORGE_METRICS_PORT=str(port))
         assert run.returncode == 2
         assert run.stderr.strip().splitlines() == [
             f"skuforge run: cannot serve /metrics, /healthz and /readyz on 127.0.0.1:{port} (Address already "
@@ -77,15 +83,7 @@ def test_a_metrics_port_in_use_is_one_line_naming_the_setting(tmp_path: Path) ->
 def test_a_metrics_host_that_is_no_address_here_is_named_not_blamed_on_the_port(tmp_path: Path) -> None:
     """A host given as host:port (or a URL) failed to resolve, and the one line said another process may
     hold the port and to change SKUFORGE_METRICS_PORT: the wrong setting."""
-    env = {**os.environ, "SKUFORGE_METRICS_HOST": "0.0.0.0:9100", "SKUFORGE_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
-    env["SKUFORGE_STORE_URI"] = f"file://{tmp_path}"
-    run = subprocess.run(
-        [sys.executable, "-m", "skuforge_cli", "run", "passthrough"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = _run_passthrough(tmp_path, SKUFORGE_METRICS_HOST="0.0.0.0:9100")
     assert run.returncode == 2
     [line] = run.stderr.strip().splitlines()
     assert line.startswith("skuforge run: cannot serve /metrics, /healthz and /readyz on 0.0.0.0:9100:9190 (")
