@@ -18,15 +18,12 @@ from tests.support.console import (
     ConsoleParts,
     build_console,
     flagged_item,
+    flagged_parts_fixture,
     pending_envelope,
     use_cli_on,
-    with_flagged,
 )
 
-
-@pytest.fixture
-def parts(tmp_path: Path) -> ConsoleParts:
-    return with_flagged(build_console(tmp_path), 2)
+parts = flagged_parts_fixture(2)
 
 
 def _painted(mask: npt.NDArray[np.uint8], *, by: int, at: str) -> dict[str, Any]:

@@ -19,15 +19,13 @@ from tests.support.console import (
     ConsoleParts,
     build_console,
     flagged_item,
+    flagged_parts_fixture,
     pending_envelope,
     use_cli_on,
     with_flagged,
 )
 
-
-@pytest.fixture
-def parts(tmp_path: Path) -> ConsoleParts:
-    return with_flagged(build_console(tmp_path), 3)
+parts = flagged_parts_fixture(3)
 
 
 def rejected(task_id: str) -> dict[str, Any]:

@@ -21,16 +21,13 @@ from tests.support.console import (
     build_console,
     decide_as_alice,
     flagged_item,
+    flagged_parts_fixture,
     login,
     pending_envelope,
     use_cli_on,
-    with_flagged,
 )
 
-
-@pytest.fixture
-def parts(tmp_path: Path) -> ConsoleParts:
-    return with_flagged(build_console(tmp_path), 2)
+parts = flagged_parts_fixture(2)
 
 
 def test_a_json_min_export_is_refused_not_imported_as_nothing_annotated(

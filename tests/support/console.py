@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from schemas.common import SkuMetadata
 from schemas.envelope import Envelope, derive_id
@@ -149,6 +150,17 @@ def with_flagged(parts: ConsoleParts, count: int) -> ConsoleParts:
     for index in range(count):
         parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index)))
         parts.clock.advance(1.0)
+    return parts
+
+
+def flagged_parts_fixture(count: int) -> Any:
+    """A ``parts`` fixture for a test module (``parts = flagged_parts_fixture(2)``): a console in the
+    test's ``tmp_path`` with ``count`` flagged items pending."""
+
+    @pytest.fixture
+    def parts(tmp_path: Path) -> ConsoleParts:
+        return with_flagged(build_console(tmp_path), count)
+
     return parts
 
 
