@@ -32,19 +32,28 @@ MAX_MESSAGE_CHARS = 1000  # a sentence for people: why a photo is unusable, a ch
 MAX_MODEL_ID_CHARS = 1000  # model ids and registry URIs, which may hold a path
 MAX_TRAINING_PROMPT_CHARS = 8192
 MAX_TAGS = 64
+# The counts of the other lists (and of a generated image's parameters) for the same reason: an event
+# with a million checks, reasons or SKU ids was read into memory whole, handled, and forwarded embedded
+# in every later event of its item. Each bound is far above what its producer writes.
+MAX_CHECKS = 64  # the gate runs 6 checks (shared/gate/checks.py: CHECK_CODES); a reason is a failed one
+MAX_ADAPTER_SKUS = 50_000  # one per instance image at most: a general adapter takes 2000 by default
+MAX_PARAMETERS = 256  # backend knobs: the composite backend knows 24, the diffusion backend records 21
+MAX_PARAMETER_VALUES = 1024  # every value inside them, a list's items each (a colour gain is 3)
 Phrase = Annotated[str, Field(max_length=MAX_PHRASE_CHARS)]
 
 
-def _refuse_non_finite(value: JsonValue, where: str) -> None:
-    """Refuse NaN and infinity anywhere in free-form JSON: the float fields' ``allow_inf_nan=False``."""
+def _check_parameter(value: JsonValue, where: str) -> int:
+    """Refuse NaN and infinity anywhere in free-form JSON (the float fields' ``allow_inf_nan=False``),
+    and a string longer than a model id; returns how many values ``value`` holds, itself included."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where} is {value}; JSON has no NaN or infinity, give a finite number")
+    if isinstance(value, str) and len(value) > MAX_MODEL_ID_CHARS:
+        raise ValueError(f"{where} is {len(value)} characters long; at most {MAX_MODEL_ID_CHARS} are allowed")
     if isinstance(value, dict):
-        for key, item in value.items():
-            _refuse_non_finite(item, f"{where}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _refuse_non_finite(item, f"{where}[{index}]")
+        return 1 + sum(_check_parameter(item, f"{where}.{key}") for key, item in value.items())
+    if isinstance(value, list):
+        return 1 + sum(_check_parameter(item, f"{where}[{index}]") for index, item in enumerate(value))
+    return 1
 
 
 def _unique_photo_ids(photo_ids: list[str]) -> None:
@@ -165,7 +174,12 @@ class ImageGenerated(Contract):
     negative_prompt: str = Field(default="", max_length=MAX_CAPTION_CHARS)
     seed: int = Field(ge=MIN_SEED, le=MAX_SEED, description="an int64, as the Triton protocol carries it")
     variant_index: int = Field(ge=0)
-    parameters: dict[str, JsonValue] = Field(default_factory=dict, description="variant parameters used")
+    parameters: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        max_length=MAX_PARAMETERS,
+        description=f"variant parameters used: at most {MAX_PARAMETERS} knobs, {MAX_PARAMETER_VALUES} values "
+        f"in all (a list's items each), strings of at most {MAX_MODEL_ID_CHARS} characters",
+    )
     colour_gain: Annotated[
         tuple[float, float, float] | None,
         # The validator's (0, 16) in the JSON Schema too: it showed plain numbers.
@@ -192,9 +206,13 @@ class ImageGenerated(Contract):
 
     @field_validator("parameters")
     @classmethod
-    def _finite_parameters(cls, parameters: dict[str, JsonValue]) -> dict[str, JsonValue]:
-        for name, value in parameters.items():
-            _refuse_non_finite(value, name)
+    def _bounded_finite_parameters(cls, parameters: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        values = sum(_check_parameter(value, name) for name, value in parameters.items())
+        if values > MAX_PARAMETER_VALUES:
+            raise ValueError(
+                f"the parameters hold {values} values (a list's items each); at most "
+                f"{MAX_PARAMETER_VALUES} are allowed"
+            )
         return parameters
 
     @field_validator("colour_gain")
@@ -236,7 +254,7 @@ class GateAccepted(Contract):
 
     matted: ImageMatted
     iou: float = Field(ge=0.0, le=1.0)
-    checks: list[GateCheck]
+    checks: list[GateCheck] = Field(max_length=MAX_CHECKS)
 
 
 class CorrectionPending(Contract):
@@ -244,8 +262,10 @@ class CorrectionPending(Contract):
 
     matted: ImageMatted
     iou: float = Field(ge=0.0, le=1.0)
-    checks: list[GateCheck]
-    reasons: list[Phrase] = Field(min_length=1, description="codes of the failed checks")
+    checks: list[GateCheck] = Field(max_length=MAX_CHECKS)
+    reasons: list[Phrase] = Field(
+        min_length=1, max_length=MAX_CHECKS, description="codes of the failed checks"
+    )
 
 
 Decision = Literal["approve_predicted", "approve_expected", "approve_edited", "reject"]
@@ -282,7 +302,9 @@ class AdapterPublished(Contract):
         pattern=r"^[0-9a-f]{64}$",
         description="content hash of the training set and recipe: the job's identity",
     )
-    sku_ids: list[SafeId] = Field(default_factory=list, description="SKUs whose photos it was trained on")
+    sku_ids: list[SafeId] = Field(
+        default_factory=list, max_length=MAX_ADAPTER_SKUS, description="SKUs whose photos it was trained on"
+    )
     instance_images: int = Field(ge=0)
     class_images: int = Field(ge=0)
     steps: int = Field(ge=0, description="optimiser steps run (early stop may end before the cap)")

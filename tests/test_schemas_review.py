@@ -11,7 +11,6 @@ from typing import Any
 
 import jsonschema
 import pytest
-from kafka.structs import TopicPartition
 from pydantic import BaseModel
 
 from schemas.common import ImageRef, SkuMetadata
@@ -40,10 +39,9 @@ from services.generator.stage import prompt_for
 from shared.bus import make_envelope, read_envelope
 from shared.captioning.prompts import compose_caption, compose_tags, sku_prompts
 from shared.config import ConfigError, load_settings
-from shared.runtime import Emit, Stage
 from shared.store import open_store
 from tests.support import gate
-from tests.support.runtime import _record, _wired
+from tests.support.runtime import dead_letter_for
 
 
 def _committed(topic: Topic[Any]) -> dict[str, Any]:
@@ -63,18 +61,6 @@ def _ingested_envelope() -> dict[str, Any]:
     return envelope.model_dump(mode="json")
 
 
-def _dead_letter_for(tmp_path: Path, written: dict[str, Any], topic: Topic[Any] = SKU_INGESTED) -> DeadLetter:
-    """The one dead letter a stage consuming ``topic`` (sku.ingested) writes for the record ``written``."""
-    stage = Stage("review", settings=load_settings(store_uri=f"file://{tmp_path}"))
-    stage.handler(topic)(lambda event, ctx: list[Emit]())
-    _, producer = _wired(stage)
-    tp = TopicPartition(stage.settings.topic_name(topic), 0)
-    stage._process_batch({tp: [_record(tp.topic, 0, json.dumps(written).encode())]})
-    [(topic, value)] = producer.acked
-    assert topic == tp.topic + DLQ_SUFFIX
-    return DeadLetter.model_validate_json(value)
-
-
 @pytest.mark.parametrize(
     ("field", "value"),
     [("schema_name", SKU_INGESTED.name), ("schema_name", "SkuIngested"), ("schema_version", 2)],
@@ -87,7 +73,7 @@ def test_the_topic_schema_refuses_a_header_its_consumers_dead_letter(
     schema: an event naming its topic ("sku.ingested.v1", the schema's own x-topic) passed the schema
     and every consumer dead-lettered it (schema_mismatch)."""
     written = _ingested_envelope() | {field: value}
-    assert _dead_letter_for(tmp_path, written).reason.startswith("schema_")  # mismatch, or unsupported
+    assert dead_letter_for(tmp_path, written).reason.startswith("schema_")  # mismatch, or unsupported
 
     schema = _committed(SKU_INGESTED)
     jsonschema.Draft202012Validator(schema).validate(_ingested_envelope())  # what our producers write
@@ -117,7 +103,7 @@ def test_a_letter_for_a_payload_that_does_not_validate_names_the_event_its_heade
     written = _ingested_envelope()
     written["payload"]["photos"] = []
 
-    letter = _dead_letter_for(tmp_path, written)
+    letter = dead_letter_for(tmp_path, written)
     assert letter.reason == "schema_invalid" and "photos" in letter.detail
     assert (letter.event_id, letter.sku_id, letter.trace_id) == ("c" * 32, "SKU-1", "t")
 
@@ -137,7 +123,7 @@ def test_a_newer_version_is_refused_as_such_even_when_its_envelope_changed_too(
     if value is None:
         del written[change]
 
-    letter = _dead_letter_for(tmp_path, written)
+    letter = dead_letter_for(tmp_path, written)
     assert letter.reason == "schema_version_unsupported"
     assert "v2" in letter.detail and "sku.ingested.v2" in letter.detail
 
@@ -215,7 +201,7 @@ def test_nan_or_infinity_in_an_event_is_dead_lettered_not_forwarded_as_null(
     ).model_dump(mode="json")
     written["payload"][field] = float("inf") if field == "final_loss" else {"scale": [1.0, float("nan")]}
 
-    letter = _dead_letter_for(tmp_path, written, topic)
+    letter = dead_letter_for(tmp_path, written, topic)
     assert letter.reason == "schema_invalid" and field in letter.detail
 
 
@@ -235,7 +221,7 @@ def test_a_trace_id_or_producer_that_would_forge_log_lines_is_dead_lettered_nami
     """Before, ``producer`` had no length limit and ``trace_id`` took any character: both went unescaped
     into the text log format (``key=value``), so a producer could forge log lines or fields."""
     written = _ingested_envelope() | {field: value}
-    letter = _dead_letter_for(tmp_path, written)
+    letter = dead_letter_for(tmp_path, written)
     assert letter.reason == "schema_invalid" and letter.detail.startswith(f"{field}: ")
 
     schema = _committed(SKU_INGESTED)
@@ -272,7 +258,7 @@ def test_oversized_free_text_is_dead_lettered_once_naming_the_field(
         parent = parent[step]
     parent[field] = "a photo of a red soda can, " * 4_000
 
-    letter = _dead_letter_for(tmp_path, written, topic)
+    letter = dead_letter_for(tmp_path, written, topic)
     assert letter.reason == "schema_invalid" and field in letter.detail
 
     with pytest.raises(jsonschema.ValidationError) as refused:

@@ -7,11 +7,18 @@ acknowledges sends on flush unless told to fail, so a test sets up exactly the f
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from shared.runtime import Stage
+from schemas.envelope import DeadLetter
+from schemas.topics import DLQ_SUFFIX, SKU_INGESTED, Topic
+from shared.config import load_settings
+from shared.runtime import Emit, Stage
 
 
 class _Consumer:
@@ -69,3 +76,15 @@ def _wired(stage: Stage, consumer: _Consumer | None = None) -> tuple[_Consumer, 
 
 def _record(topic: str, offset: int, value: bytes) -> ConsumerRecord:
     return ConsumerRecord(topic, 0, -1, offset, 0, 0, b"key", value, [], None, 3, len(value), -1)
+
+
+def dead_letter_for(tmp_path: Path, written: dict[str, Any], topic: Topic[Any] = SKU_INGESTED) -> DeadLetter:
+    """The one dead letter a stage consuming ``topic`` (sku.ingested) writes for the record ``written``."""
+    stage = Stage("review", settings=load_settings(store_uri=f"file://{tmp_path}"))
+    stage.handler(topic)(lambda event, ctx: list[Emit]())
+    _, producer = _wired(stage)
+    tp = TopicPartition(stage.settings.topic_name(topic), 0)
+    stage._process_batch({tp: [_record(tp.topic, 0, json.dumps(written).encode())]})
+    [(topic_name, value)] = producer.acked
+    assert topic_name == tp.topic + DLQ_SUFFIX
+    return DeadLetter.model_validate_json(value)
