@@ -9,6 +9,7 @@ from typing import Annotated, Generic, TypeVar
 from pydantic import BaseModel, Field
 
 from schemas.common import Contract, ObjectRef, SafeId, UtcDatetime
+from schemas.topics import KAFKA_TOPIC_NAME_MAX_LEN
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -65,21 +66,56 @@ class Envelope(EnvelopeHeader, Generic[P]):
     payload: P
 
 
+# A dead letter must fit in one Kafka record (the producer's max_request_size, 1 MiB by default): an
+# original key or value larger than this is kept in the object store and the letter points at it, so
+# neither base64 copy is longer than DLQ_INLINE_MAX_B64_CHARS. Both at most, with the letter's own key
+# (the original's, up to this size), come to about 0.96 MB.
+DLQ_INLINE_MAX_BYTES = 256 * 1024
+DLQ_INLINE_MAX_B64_CHARS = 4 * -(-DLQ_INLINE_MAX_BYTES // 3)
+# The letter's own text is bounded too: a reason or detail of any length made a letter Kafka refused,
+# and its partition stalled at every retry. The runtime cuts a longer one to fit, with a visible mark
+# (``clipped``); the bounds are far above what it writes (a detail was cut at 2,000 characters before).
+MAX_DEAD_LETTER_REASON_CHARS = 200
+MAX_DEAD_LETTER_DETAIL_CHARS = 4000
+MAX_ERROR_CLASS_CHARS = 200
+MAX_STAGE_NAME_CHARS = 200
+
+
+def clipped(text: str, limit: int) -> str:
+    """``text``, or when longer than ``limit`` (at least 64) its start and a mark saying how many
+    characters were cut, ``limit`` in all: a dead letter is written whatever its reason's length."""
+    cut = len(text) - limit
+    if cut <= 0:
+        return text
+    while True:  # the count's digits change the mark's length: at most twice round
+        mark = f"... [{cut} more characters cut]"
+        kept = limit - len(mark)
+        if len(text) - kept == cut:
+            return text[:kept] + mark
+        cut = len(text) - kept
+
+
 class DeadLetter(Contract):
     """What a stage could not process, with why; written to ``<topic>.dlq``.
 
-    Not enveloped: the original may not even be JSON, so its bytes travel base64-encoded.
+    Not enveloped: the original may not even be JSON, so its bytes travel base64-encoded, or, over
+    ``DLQ_INLINE_MAX_BYTES``, in the object store (``original_key_ref``, ``original_value_ref``).
     """
 
-    reason: str = Field(description="short machine-readable code, e.g. schema_invalid, object_missing")
-    detail: str = Field(default="", description="human-readable explanation")
-    error_class: str
-    stage: str
-    original_topic: str
+    reason: str = Field(
+        max_length=MAX_DEAD_LETTER_REASON_CHARS,
+        description="short machine-readable code, e.g. schema_invalid, object_missing",
+    )
+    detail: str = Field(
+        default="", max_length=MAX_DEAD_LETTER_DETAIL_CHARS, description="human-readable explanation"
+    )
+    error_class: str = Field(max_length=MAX_ERROR_CLASS_CHARS)
+    stage: str = Field(max_length=MAX_STAGE_NAME_CHARS)
+    original_topic: str = Field(max_length=KAFKA_TOPIC_NAME_MAX_LEN)
     original_partition: int
     original_offset: int
-    original_key_b64: str | None = None
-    original_value_b64: str
+    original_key_b64: str | None = Field(default=None, max_length=DLQ_INLINE_MAX_B64_CHARS)
+    original_value_b64: str = Field(max_length=DLQ_INLINE_MAX_B64_CHARS)
     original_key_ref: ObjectRef | None = Field(
         default=None,
         description="the original key in the object store, when too large to carry here (then no key_b64)",
@@ -88,7 +124,10 @@ class DeadLetter(Contract):
         default=None,
         description="the original value in the object store, when too large to carry here (value_b64 empty)",
     )
-    event_id: str | None = Field(default=None, description="the original's event_id, when it could be read")
+    # Lengths only: a letter another writer put in the DLQ is still listed, its text escaped (shared/dlq.py).
+    event_id: str | None = Field(
+        default=None, max_length=64, description="the original's event_id, when it could be read"
+    )
     sku_id: SafeId | None = None
-    trace_id: str | None = None
+    trace_id: str | None = Field(default=None, max_length=64)
     failed_at: UtcDatetime = Field(description="with an offset; a naive time is read as UTC")

@@ -56,7 +56,20 @@ from prometheus_client import CollectorRegistry, Gauge
 from pydantic import BaseModel, ValidationError
 
 from schemas.common import ObjectRef
-from schemas.envelope import DeadLetter, Envelope, EnvelopeHeader, SchemaClaim, derive_id, utc_now
+from schemas.envelope import (
+    DLQ_INLINE_MAX_BYTES,
+    MAX_DEAD_LETTER_DETAIL_CHARS,
+    MAX_DEAD_LETTER_REASON_CHARS,
+    MAX_ERROR_CLASS_CHARS,
+    MAX_STAGE_NAME_CHARS,
+    DeadLetter,
+    Envelope,
+    EnvelopeHeader,
+    SchemaClaim,
+    clipped,
+    derive_id,
+    utc_now,
+)
 from schemas.events import subject_sku_id
 from schemas.topics import DLQ_SUFFIX, Topic
 from shared.bus import (
@@ -208,9 +221,8 @@ class _Outcome:
 # dead-lettered as ``output_too_large`` instead of being retried forever.
 MAX_OUTPUT_RECORD_BYTES = 1_000_000
 
-# A dead letter must fit in one Kafka record (the producer's max_request_size, 1 MiB by default) after
-# base64 (x4/3): a larger original key or value is kept in the object store and the letter points at it.
-DLQ_INLINE_MAX_BYTES = 256 * 1024
+# A dead letter must fit in one Kafka record: an original key or value over DLQ_INLINE_MAX_BYTES
+# (schemas/envelope.py) is kept in the object store under this prefix and the letter points at it.
 DLQ_ORIGINALS_PREFIX = "dlq-originals"
 
 
@@ -238,6 +250,9 @@ class Stage:
         ready: Callable[[], bool] = lambda: True,
         dedupe_window: int = 10_000,
     ) -> None:
+        if not name or len(name) > MAX_STAGE_NAME_CHARS:
+            # Every dead letter names its stage, and a replay finds it by that name: cut, it would not.
+            raise ValueError(f"a stage's name takes 1 to {MAX_STAGE_NAME_CHARS} characters, got {len(name)}")
         self.name = name
         self.settings = settings or load_settings()
         self.store = store or open_store(
@@ -827,10 +842,14 @@ class Stage:
                     extra={"stage": self.name, "topic": record.topic, "offset": record.offset},
                 )
             return _Retry(exc)
+        # The reason and detail may hold the input's own text (a handler's BadInput, an exception's
+        # message): cut to the letter's bounds with a mark, the reason for the DLQ metric's label too.
+        # Before, a long one made a letter Kafka refused, and the partition stalled at every retry.
+        reason = clipped(reason, MAX_DEAD_LETTER_REASON_CHARS)
         letter = DeadLetter(
             reason=reason,
-            detail=detail[:2000],
-            error_class=type(error).__name__ if error else "",
+            detail=clipped(detail, MAX_DEAD_LETTER_DETAIL_CHARS),
+            error_class=clipped(type(error).__name__, MAX_ERROR_CLASS_CHARS) if error else "",
             stage=self.name,
             original_topic=record.topic,
             original_partition=record.partition,

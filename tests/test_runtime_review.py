@@ -26,10 +26,17 @@ from kafka.structs import MemberState, TopicPartition
 from prometheus_client import Counter
 
 from devstack.broker import free_port
-from schemas.envelope import DeadLetter, Envelope
+from schemas.envelope import (
+    DLQ_INLINE_MAX_BYTES,
+    MAX_DEAD_LETTER_DETAIL_CHARS,
+    MAX_DEAD_LETTER_REASON_CHARS,
+    MAX_STAGE_NAME_CHARS,
+    DeadLetter,
+    Envelope,
+)
 from schemas.events import SkuIngested
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
-from shared import runtime
+from shared import dlq, runtime
 from shared.bus import make_envelope
 from shared.config import Settings, load_settings
 from shared.errors import BadInput, TransientError
@@ -684,3 +691,68 @@ def test_an_input_whose_outputs_are_refused_runs_none_of_its_after_commit_action
     stage._process_batch({tp: records})
     assert [topic for topic, _ in producer.acked] == [tp.topic + ".dlq"]
     assert stage.metrics.registry.get_sample_value("accepted_total") == 0.0
+
+
+def test_a_dead_letter_whose_reason_is_too_long_is_written_cut_with_a_mark(tmp_path: Path) -> None:
+    """A reason or detail may hold the input's own text (a handler's BadInput, an exception's message):
+    a 2 MB one made a letter Kafka refused (MessageSizeTooLargeError), so the partition was rewound and
+    paused at every retry, and nothing after the record was handled. A detail was cut at 2,000
+    characters without a word. Now both are cut to the letter's bounds with a mark."""
+    stage = _stage(tmp_path)
+    long_reason, long_detail = "r" * 2_000_000, "d" * 2_000_000
+
+    @stage.handler(SKU_INGESTED)
+    def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        if event.sku_id == "SKU-00001":
+            raise BadInput(long_reason, long_detail)
+        return _forward(event)
+
+    tp, records = _records(stage, 3)
+    consumer = _Consumer()
+    stage._consumer = consumer  # type: ignore[assignment]
+    producer = _SizeLimitedProducer()
+    stage._producer = producer  # type: ignore[assignment]
+    stage._process_batch({tp: records})
+    assert consumer.committed == {tp: 3} and not consumer.paused
+    letter = DeadLetter.model_validate_json(producer.acked[1][1])
+    assert len(letter.reason) == MAX_DEAD_LETTER_REASON_CHARS
+    assert letter.reason.startswith("rrr") and letter.reason.endswith("more characters cut]")
+    assert len(letter.detail) == MAX_DEAD_LETTER_DETAIL_CHARS
+    assert letter.detail.startswith("rrr") and letter.detail.endswith("more characters cut]")
+    assert _sample(stage, "skuforge_dlq_total", topic=tp.topic, reason=letter.reason) == 1
+
+
+def test_an_original_at_the_inline_limit_rides_whole_in_its_letter_and_one_byte_more_goes_to_the_store(
+    tmp_path: Path,
+) -> None:
+    """The letter's bounds hold the design's rule: key and value up to DLQ_INLINE_MAX_BYTES each ride in
+    the letter (with its own key, the original's, the record stays under Kafka's 1 MiB), larger ones are
+    kept in the store; either way the original's bytes come back whole."""
+    stage = _forwarding_stage(tmp_path)
+    topic = stage.settings.topic_name(SKU_INGESTED)
+    at_limit = b"\xff" * DLQ_INLINE_MAX_BYTES  # not JSON
+    over = b"\xfe" * (DLQ_INLINE_MAX_BYTES + 1)
+    tp = TopicPartition(topic, 0)
+    records = [
+        ConsumerRecord(topic, 0, -1, 0, 0, 0, at_limit, at_limit, [], None, -1, -1, -1),
+        ConsumerRecord(topic, 0, -1, 1, 0, 0, over, over, [], None, -1, -1, -1),
+    ]
+    consumer = _Consumer()
+    stage._consumer = consumer  # type: ignore[assignment]
+    producer = _SizeLimitedProducer()
+    stage._producer = producer  # type: ignore[assignment]
+    stage._process_batch({tp: records})
+    assert consumer.committed == {tp: 2}
+    inline, stored = (DeadLetter.model_validate_json(value) for _, value in producer.acked)
+    assert dlq.original_record(inline, stage.store) == (at_limit, at_limit)
+    assert inline.original_value_ref is None and inline.original_key_ref is None
+    assert dlq.original_record(stored, stage.store) == (over, over)
+    assert stored.original_value_ref is not None and stored.original_key_ref is not None
+
+
+def test_a_stage_name_a_dead_letter_cannot_carry_is_refused_when_the_stage_is_made(tmp_path: Path) -> None:
+    """A letter names its stage, and a replay finds the stage by that name: a name over the letter's
+    bound would make every dead letter of the stage fail to build, so the stage is refused at once."""
+    settings = load_settings(store_uri=file_store_uri(tmp_path))
+    with pytest.raises(ValueError, match=f"1 to {MAX_STAGE_NAME_CHARS} characters"):
+        Stage("s" * (MAX_STAGE_NAME_CHARS + 1), settings=settings)
