@@ -802,6 +802,13 @@ class Stage:
         outputs = []
         for emit in emits:
             sku_id = emit.sku_id or event.sku_id
+            # produced_at is now, also when a redelivered, rewound or replayed input makes an output again
+            # under its first event_id: the copy is dated later, and where consumers order an item's events
+            # by that time it outranks what was dated between (the trainstore takes a re-emitted
+            # gate.accepted of an item's first render over a reviewer's approval of its second render).
+            # Left so on purpose: a time derived from the input would date a gate run again after a
+            # threshold change like the first run, and the console keeps an open task's newest copy by
+            # this time (docs/console.md). Which of the two should win is a design decision.
             envelope = make_envelope(
                 emit.topic,
                 emit.payload,
