@@ -470,12 +470,9 @@ def _past_other_render(current: ManifestRow | None, row: ManifestRow) -> Manifes
         or current.status != "rejected"
         or not row.trainable
         or current.image_sha256 in (None, row.image_sha256)
-        or current.produced_at is None
-        or row.produced_at is None
-        or row.produced_at >= current.produced_at
     ):
         return row
-    return row.model_copy(update={"produced_at": current.produced_at})
+    return _no_earlier_than(current, row)
 
 
 def _dated(current: ManifestRow | None, row: ManifestRow) -> ManifestRow:
@@ -513,10 +510,16 @@ def _past_gate_decision(current: ManifestRow | None, row: ManifestRow) -> Manife
         or current.status != "accepted"
         or row.status not in _REVIEWED
         or not _same_render(current, row)
-        or current.produced_at is None
-        or row.produced_at is None
-        or row.produced_at >= current.produced_at
     ):
+        return row
+    return _no_earlier_than(current, row)
+
+
+def _no_earlier_than(current: ManifestRow, row: ManifestRow) -> ManifestRow:
+    """``row``, dated ``current``'s time where that is later, so it stands against ``current``
+    (``stands``: the later event wins, and a tie goes to the later write). A row without a time, or
+    against a row without one, is left as it is."""
+    if current.produced_at is None or row.produced_at is None or row.produced_at >= current.produced_at:
         return row
     return row.model_copy(update={"produced_at": current.produced_at})
 
