@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from schemas.envelope import DeadLetter, utc_now
 from schemas.events import GateAccepted
-from schemas.topics import CORRECTION_RESOLVED, GATE_ACCEPTED, Topic
+from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED, Topic
 from services.trainstore.stage import build_stage
 from shared.bus import make_envelope
 from shared.config import load_settings
@@ -24,7 +24,7 @@ from shared.runtime import Stage
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestStore, object_keys
 from shared.trainstore.settings import TrainstoreSettings
-from tests.support.gate import matted_item, resolved
+from tests.support.gate import captioned, matted_item, pending_of, resolved
 from tests.support.runtime import _record, _wired
 
 
@@ -81,3 +81,29 @@ def test_an_event_within_the_allowed_skew_is_stored(tmp_path: Path) -> None:
     assert producer.acked == []
     rows = ManifestStore(store, "trainstore").read_sku(sku_id)
     assert rows[matted.generated.item_id].status == "accepted"
+
+
+def test_every_event_the_stage_consumes_is_refused_when_dated_ahead(tmp_path: Path) -> None:
+    # One event of each input topic, each one the stage would store (or record) were it dated now.
+    store = FileStore(tmp_path / "store")
+    stage = build_stage(
+        trainstore=load_settings(TrainstoreSettings),
+        settings=load_settings(store_uri=f"file://{tmp_path / 'store'}"),
+    )
+    _, producer = _wired(stage)
+    matted = matted_item(store, 1, 0)
+    events: dict[Topic[Any], BaseModel] = {
+        GATE_ACCEPTED: GateAccepted(matted=matted, iou=0.97, checks=[]),
+        CORRECTION_RESOLVED: resolved(store, matted, "approve_expected"),
+        CORRECTION_PENDING: pending_of(matted),
+        SKU_CAPTIONED: captioned(store, 1),
+    }
+    # A topic the stage takes up later needs its event here: this test then covers it too.
+    assert sorted(stage.settings.topic_name(topic) for topic in events) == sorted(stage.topics)
+
+    for event_id, (topic, payload) in zip("abcd", events.items(), strict=True):
+        _deliver(stage, topic, payload, "SKU-001", event_id, timedelta(days=1))
+
+    letters = [(dlq, DeadLetter.model_validate_json(value).reason) for dlq, value in producer.acked]
+    assert letters == [(stage.settings.topic_name(topic) + ".dlq", "clock_skew") for topic in events]
+    assert list(store.list_keys("trainstore/")) == []

@@ -52,6 +52,7 @@ stage's clock: its time orders the item's rows, so it would outrank every later 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -63,12 +64,12 @@ from schemas.common import ImageRef
 from schemas.envelope import Envelope, utc_now
 from schemas.events import CorrectionPending, CorrectionResolved, GateAccepted, ImageGenerated, SkuCaptioned
 from schemas.flow import TRAINSTORE
-from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED
+from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED, Topic
 from shared.captioning.attributes import MASK_PROBLEMS
 from shared.config import load_settings
 from shared.errors import BadInput
 from shared.images import decode_image, decode_mask, encode_png, refuse_too_many_pixels
-from shared.runtime import Context, Emit, Stage, run_stage
+from shared.runtime import Context, Emit, Handler, Stage, run_stage
 from shared.store import sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore, Status, object_keys, stands
 from shared.trainstore.settings import TrainstoreSettings
@@ -130,9 +131,20 @@ class Trainstore:
 
     # -- one method per input topic -------------------------------------------------------------
 
+    def handlers(self) -> dict[Topic[Any], Handler]:
+        """Each input topic with its method, behind ``_refuse_clock_skew``: an event's time orders its
+        item's rows whatever its topic, so the check is here, once, not in each method (where a new
+        one could leave it out). The stage registers these; a method called directly is not checked."""
+        methods: dict[Topic[Any], Handler] = {
+            GATE_ACCEPTED: self.accepted,
+            CORRECTION_RESOLVED: self.resolved,
+            CORRECTION_PENDING: self.pending,
+            SKU_CAPTIONED: self.captioned,
+        }
+        return {topic: self._refusing_clock_skew(handle) for topic, handle in methods.items()}
+
     def accepted(self, event: Envelope[GateAccepted], ctx: Context) -> list[Emit]:
         """A gate-accepted synthetic item: store the image and the predicted mask."""
-        self._refuse_clock_skew(event)
         accepted = event.payload
         generated = accepted.matted.generated
         item = self._stage_pair(ctx, generated.image, accepted.matted.predicted_mask)
@@ -142,7 +154,6 @@ class Trainstore:
 
     def resolved(self, event: Envelope[CorrectionResolved], ctx: Context) -> list[Emit]:
         """A person's decision: an approval is stored with its final mask, a rejection only recorded."""
-        self._refuse_clock_skew(event)
         resolved = event.payload
         pending = resolved.pending
         generated = pending.matted.generated
@@ -177,7 +188,6 @@ class Trainstore:
 
     def pending(self, event: Envelope[CorrectionPending], ctx: Context) -> list[Emit]:
         """An item waiting for review: a row without objects, for the stats."""
-        self._refuse_clock_skew(event)
         pending = event.payload
         generated = pending.matted.generated
         row = _synthetic_row(
@@ -188,7 +198,6 @@ class Trainstore:
 
     def captioned(self, event: Envelope[SkuCaptioned], ctx: Context) -> list[Emit]:
         """The SKU's real photos: every usable one with its mask; all verified before any is written."""
-        self._refuse_clock_skew(event)
         captioned = event.payload
         sku = captioned.sku
         # A withdrawn photo's file is gone from incoming/: its row is written as withdrawn (by _write)
@@ -247,6 +256,15 @@ class Trainstore:
         return []
 
     # -- reading and verifying ------------------------------------------------------------------
+
+    def _refusing_clock_skew(self, handle: Handler) -> Handler:
+        """``handle``, called only for an event ``_refuse_clock_skew`` lets through."""
+
+        def checked(event: Envelope[Any], ctx: Context) -> Sequence[Emit]:
+            self._refuse_clock_skew(event)
+            return handle(event, ctx)
+
+        return checked
 
     def _refuse_clock_skew(self, event: Envelope[Any]) -> None:
         """Refuse an event dated further ahead of this stage's clock than ``max_clock_ahead_s``.
@@ -581,10 +599,8 @@ def build_stage(*, trainstore: TrainstoreSettings | None = None, **kwargs: Any) 
         stage.metrics.registry,
         trainstore.trainstore_max_clock_ahead_s,
     )
-    stage.handler(GATE_ACCEPTED)(writer.accepted)
-    stage.handler(CORRECTION_RESOLVED)(writer.resolved)
-    stage.handler(CORRECTION_PENDING)(writer.pending)
-    stage.handler(SKU_CAPTIONED)(writer.captioned)
+    for topic, handle in writer.handlers().items():
+        stage.handler(topic)(handle)
     return stage
 
 
