@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from schemas.common import ObjectRef
 from schemas.events import ImageMatted
 from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED, IMAGE_MATTED
 from services.gate.config import GateSettings
@@ -25,7 +24,7 @@ from shared.images import decode_image, decode_mask
 from shared.observability import StageMetrics
 from shared.runtime import Context, Emit
 from shared.store import FileStore
-from tests.support.gate import matted_item
+from tests.support.gate import ReadRecordingStore, matted_item
 
 
 def _gate(store: FileStore, matted: ImageMatted) -> list[Emit]:
@@ -171,18 +170,6 @@ def test_an_item_whose_reference_has_no_product_pixels_goes_to_a_reviewer_not_ac
     assert registry.get_sample_value("skuforge_gate_flags_total", {"reason": "drift_unchecked"}) == 1.0
 
 
-class _ReadRecordingStore(FileStore):
-    """A file store that remembers the uri of every object read from it."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.read: list[str] = []
-
-    def read_verified(self, ref: ObjectRef) -> bytes:
-        self.read.append(ref.uri)
-        return super().read_verified(ref)
-
-
 @pytest.mark.parametrize(
     ("stated", "reason"),
     [({"width": 100_000, "height": 100_000}, "too_many_pixels"), ({"bytes": 10**12}, "too_large_bytes")],
@@ -192,7 +179,7 @@ def test_an_object_the_event_says_is_over_the_limits_is_refused_before_any_objec
 ) -> None:
     # Before, the predicted and expected masks and the image were read and decoded first (about
     # 0.5 GB at 40 MP) and only then was the reference image refused on the event's own figures.
-    store = _ReadRecordingStore(tmp_path / "store")
+    store = ReadRecordingStore(tmp_path / "store")
     matted = matted_item(store, 1, 0)
     generated = matted.generated
     reference = generated.reference_image.model_copy(update=stated)
@@ -215,7 +202,7 @@ def _with(matted: ImageMatted, **generated: object) -> ImageMatted:
 def test_an_item_refused_for_a_mask_never_decodes_an_image(tmp_path: Path, refused_by: str) -> None:
     # Before, the image and the reference photo were read and decoded (about 0.25 GB at 40 MP) ahead
     # of the reference mask, and the masks' sizes were compared only once all five were held.
-    store = _ReadRecordingStore(tmp_path / "store")
+    store = ReadRecordingStore(tmp_path / "store")
     matted = matted_item(store, 1, 0)
     if refused_by == "unreadable reference mask":
         broken = store.put_bytes("fixtures/broken.png", b"not an image")

@@ -43,8 +43,9 @@ threshold change leaves a rejection (or an approval and its corrected mask) as i
 Bad input goes to the DLQ and nothing of the event is written: every object the event points at
 is read, checked against its sha256 and decoded *before* the first write. Reasons:
 ``object_missing``, ``checksum_mismatch``, ``foreign_uri``, the image refusals of
-``shared/images.py`` (``corrupt``, ``not_an_image``...; ``too_many_pixels`` also for an image the event
-says is over ``SKUFORGE_MAX_IMAGE_PIXELS``, before it is read), ``dimension_mismatch`` (mask and image
+``shared/images.py`` (``corrupt``, ``not_an_image``...; ``too_many_pixels`` and ``too_large_bytes``
+also for an image or mask the event says is over ``SKUFORGE_MAX_IMAGE_PIXELS`` or
+``SKUFORGE_MAX_IMAGE_BYTES``, before it or its pair is read), ``dimension_mismatch`` (mask and image
 sizes differ, or image and event), ``final_mask_missing`` (an approval without a mask) and
 ``clock_skew`` (an event produced more than ``SKUFORGE_TRAINSTORE_MAX_CLOCK_AHEAD_S`` ahead of this
 stage's clock: its time orders the item's rows, so it would outrank every later event of the item).
@@ -68,7 +69,7 @@ from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTE
 from shared.captioning.attributes import MASK_PROBLEMS
 from shared.config import load_settings
 from shared.errors import BadInput
-from shared.images import decode_image, decode_mask, encode_png, refuse_too_many_pixels
+from shared.images import decode_image, decode_mask, encode_png, refuse_oversized, refuse_too_many_pixels
 from shared.runtime import Context, Emit, Handler, Stage, run_stage
 from shared.store import sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore, Status, object_keys, stands
@@ -282,7 +283,10 @@ class Trainstore:
             )
 
     def _stage_pair(self, ctx: Context, image_ref: ImageRef, mask_ref: ImageRef) -> tuple[bytes, bytes]:
-        """Read, verify and decode an image and its mask; returns the PNG bytes to store."""
+        """Read, verify and decode an image and its mask; returns the PNG bytes to store. Both are
+        refused on the event's figures (``_refuse_unread``) before either is read."""
+        _refuse_unread(ctx, image_ref)
+        _refuse_unread(ctx, mask_ref)
         max_pixels, max_bytes = ctx.settings.max_image_pixels, ctx.settings.max_image_bytes
         image_bytes = ctx.store.read_verified(image_ref)
         mask_bytes = ctx.store.read_verified(mask_ref)
@@ -299,12 +303,7 @@ class Trainstore:
     def _stage_image(self, ctx: Context, image_ref: ImageRef) -> bytes:
         """Read, verify and decode an image without a mask; returns the PNG bytes to store."""
         settings = ctx.settings
-        refuse_too_many_pixels(
-            image_ref.width,
-            image_ref.height,
-            settings.max_image_pixels,
-            "it is stored at the size the event says",
-        )
+        _refuse_unread(ctx, image_ref)
         image_bytes = ctx.store.read_verified(image_ref)
         image = decode_image(
             image_bytes, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
@@ -450,6 +449,17 @@ def _produced_at(event: Envelope[Any]) -> datetime:
     (every producer writes UTC), since naive and aware times do not compare."""
     produced_at = event.produced_at
     return produced_at if produced_at.tzinfo is not None else produced_at.replace(tzinfo=UTC)
+
+
+def _refuse_unread(ctx: Context, ref: ImageRef) -> None:
+    """Refuse an image or mask on the event's figures alone, before it is read: more pixels than
+    ``SKUFORGE_MAX_IMAGE_PIXELS`` (``decode_image`` would decode a baseline JPEG that large scaled down,
+    and ``_image_png`` then blame a truthful event as ``dimension_mismatch``) or more bytes than
+    ``SKUFORGE_MAX_IMAGE_BYTES`` (read, they are held in memory whole only to be refused)."""
+    refuse_too_many_pixels(
+        ref.width, ref.height, ctx.settings.max_image_pixels, "it is stored at the size the event says"
+    )
+    refuse_oversized(ref.bytes, ctx.settings.max_image_bytes)
 
 
 def _image_png(image_ref: ImageRef, image_bytes: bytes, image: Image.Image) -> bytes:

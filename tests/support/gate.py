@@ -8,13 +8,14 @@ and the predicted mask is whatever the test asks for: exact (a good item), shift
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from kafka import KafkaProducer
 from pydantic import BaseModel
 
-from schemas.common import ImageRef, SkuMetadata
+from schemas.common import ImageRef, ObjectRef, SkuMetadata
 from schemas.envelope import derive_id
 from schemas.events import (
     CaptionedPhoto,
@@ -30,11 +31,24 @@ from schemas.events import (
 from schemas.topics import Topic
 from shared.bus import make_envelope
 from shared.config import Settings
-from shared.store import ObjectStore
+from shared.store import FileStore, ObjectStore
 from shared.synth import make_product, render_photo
 
 SIZE_PX = 96
 SEED = 5
+
+
+class ReadRecordingStore(FileStore):
+    """A file store that remembers the uri of every object read from it (``read_verified``): what a
+    stage read of an event before refusing it."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.read: list[str] = []
+
+    def read_verified(self, ref: ObjectRef) -> bytes:
+        self.read.append(ref.uri)
+        return super().read_verified(ref)
 
 
 def sku(sku_index: int) -> SkuMetadata:

@@ -20,11 +20,14 @@ PREFIX = "trainstore"
 
 
 def trainstore_stage(
-    tmp_path: Path, compact_after_parts: int, settings: Settings | None = None
+    tmp_path: Path,
+    compact_after_parts: int,
+    settings: Settings | None = None,
+    store: FileStore | None = None,
 ) -> tuple[FileStore, ManifestStore, Trainstore, Context]:
-    """A trainstore on a fresh store under ``tmp_path``: the store, its manifests, the stage, a context
-    (with ``settings``, default ``Settings()``)."""
-    store = FileStore(tmp_path / "store")
+    """A trainstore on a fresh store under ``tmp_path`` (or on ``store``): the store, its manifests,
+    the stage, a context (with ``settings``, default ``Settings()``)."""
+    store = FileStore(tmp_path / "store") if store is None else store
     manifests = ManifestStore(store, PREFIX)
     ctx = Context(
         "trainstore", store, settings or Settings(), StageMetrics("trainstore"), logging.getLogger("test")
