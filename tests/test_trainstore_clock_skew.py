@@ -7,6 +7,7 @@ was left out as "older" for as long as the skew lasted.
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -107,3 +108,33 @@ def test_every_event_the_stage_consumes_is_refused_when_dated_ahead(tmp_path: Pa
     letters = [(dlq, DeadLetter.model_validate_json(value).reason) for dlq, value in producer.acked]
     assert letters == [(stage.settings.topic_name(topic) + ".dlq", "clock_skew") for topic in events]
     assert list(store.list_keys("trainstore/")) == []
+
+
+def test_a_replayed_skewed_acceptance_leaves_a_reviewers_decision_of_the_same_render(tmp_path: Path) -> None:
+    # docs/gate-and-trainstore.md: replayed once the clock has caught up, a clock_skew letter is ordered
+    # by the time it carries, later than the reviewer's rejection made meanwhile; only the rule that a
+    # person's decision beats the gate's for the same render keeps the rejection.
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=f"file://{tmp_path / 'store'}")
+    stage = build_stage(trainstore=load_settings(TrainstoreSettings), settings=settings)
+    _, producer = _wired(stage)
+    matted = matted_item(store, 1, 0)
+    sku_id, item_id = matted.generated.sku.sku_id, matted.generated.item_id
+    accepted = GateAccepted(matted=matted, iou=0.97, checks=[])
+    _deliver(stage, GATE_ACCEPTED, accepted, sku_id, "a", timedelta(hours=1))
+    _deliver(stage, CORRECTION_RESOLVED, resolved(store, matted, "reject"), sku_id, "b", timedelta(0))
+    [(_, value)] = producer.acked
+    original = DeadLetter.model_validate_json(value).original_value_b64
+
+    # The clock caught up: to this stage (a clock an hour on), the letter's time is no longer ahead.
+    caught_up = build_stage(
+        trainstore=load_settings(TrainstoreSettings, trainstore_max_clock_ahead_s=2 * 3600), settings=settings
+    )
+    _, replay_producer = _wired(caught_up)
+    tp = TopicPartition(caught_up.settings.topic_name(GATE_ACCEPTED), 0)
+    caught_up._process_batch({tp: [_record(tp.topic, 1, base64.b64decode(original))]})
+
+    assert replay_producer.acked == []
+    rows = ManifestStore(store, "trainstore").read_sku(sku_id)
+    assert rows[item_id].status == "rejected"
+    assert not store.exists(f"trainstore/{object_keys(sku_id, 'synthetic', item_id)[0]}")

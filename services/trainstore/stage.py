@@ -49,6 +49,9 @@ also for an image or mask the event says is over ``SKUFORGE_MAX_IMAGE_PIXELS`` o
 sizes differ, or image and event), ``final_mask_missing`` (an approval without a mask) and
 ``clock_skew`` (an event produced more than ``SKUFORGE_TRAINSTORE_MAX_CLOCK_AHEAD_S`` ahead of this
 stage's clock: its time orders the item's rows, so it would outrank every later event of the item).
+Replayed once the clock has caught up (``skuforge dlq replay --reason clock_skew``), such an event is
+ordered by the time it carries, still later than it was made: it beats what was decided for its item
+in between, except a reviewer's decision of the same render against the gate's (docs/gate-and-trainstore.md).
 """
 
 from __future__ import annotations
