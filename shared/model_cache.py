@@ -7,7 +7,10 @@ unless configured) and reused while the store lists the same keys; a file is rea
 each use (the object store has no digest to ask for; our model files are a few MB) and written to
 the cache only when no whole copy of those bytes is there. Every copy is written under a temporary
 name and renamed into place, so a concurrent reader never loads half a model, with the modes the
-process's umask gives (mkstemp's 0600 kept a cache shared with another user's process unreadable).
+process's umask gives (mkstemp's 0600 kept a cache shared with another user's process unreadable) but
+never writable by everyone, whatever the umask. A new copy of a folder is swapped with an outdated one
+in one step, so the name always holds a whole model, and never replaces a whole copy another process
+has just put there.
 The cache folder is made with mode 0700; one everyone may write to is refused (``UnsafeCache``), and
 at the default place, a known name in a shared ``/tmp``, so is one another user owns or its group may
 write to, as ssh refuses such a ``~/.ssh``: loading model weights can run code.
@@ -23,6 +26,7 @@ is locked the same way: neither is deleted, however old.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -139,14 +143,21 @@ def _umask() -> int:
     return mask
 
 
+def _mode(mode: int) -> int:
+    """``mode`` as the umask leaves it, less the write bit for everyone: under umask 000 (some
+    containers, a careless shell) any local user could otherwise change weights that run code."""
+    return mode & ~_umask() & ~0o002
+
+
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, renamed into place."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder, renamed into place;
+    the file gets the mode ``open`` would give it, never writable by everyone."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)  # being written: prune_unused leaves it
         _write_durably(Path(partial), data)
-        os.chmod(partial, 0o666 & ~_umask())  # as open() would have made it, not mkstemp's 0600
+        os.chmod(partial, _mode(0o666))  # as open() would have made it, not mkstemp's 0600
         os.replace(partial, path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
@@ -302,12 +313,16 @@ def _download(
     partial_fd = os.open(partial, os.O_RDONLY)
     try:
         fcntl.flock(partial_fd, fcntl.LOCK_SH)  # being written: prune_unused leaves it
-        os.chmod(partial, 0o777 & ~_umask())  # as mkdir would have made it, not mkdtemp's 0700
+        os.chmod(partial, _mode(0o777))  # as mkdir would have made it, not mkdtemp's 0700
         sizes: dict[str, int] = {}
         digests: dict[str, str] = {}
         for key in keys:
-            path = partial.joinpath(*key.split("/"))
-            path.parent.mkdir(parents=True, exist_ok=True)
+            *folders, name = key.split("/")
+            path = partial
+            for folder in folders:  # one by one: mkdir(parents=True) gives the parents the umask's mode
+                path = path / folder
+                path.mkdir(mode=_mode(0o777), exist_ok=True)
+            path = path / name
             data = source.get_bytes(prefix + key)
             _write_durably(path, data)
             sizes[key] = len(data)
@@ -317,7 +332,7 @@ def _download(
         _install(partial, target, keys)
     finally:
         os.close(partial_fd)
-        shutil.rmtree(partial, ignore_errors=True)
+        _delete(partial)  # ours when another copy was kept, else the outdated copy ours replaced
 
 
 def hold(path: Path) -> bool:
@@ -367,10 +382,7 @@ def prune_unused(cache: Path | str | None, unused_days: float, *, now: float | N
         aside = _move_aside_if_unused(entry, cutoff)
         if aside is None:
             continue
-        if aside.is_dir():
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            aside.unlink(missing_ok=True)
+        _delete(aside)
         pruned.append(entry.name)
     return pruned
 
@@ -420,10 +432,20 @@ def _s3_server(endpoint_url: str | None) -> str | None:
     return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
+def _delete(path: Path) -> None:
+    """Delete the cache entry ``path``, a folder or a file, as far as we may."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
 def _write_durably(path: Path, data: bytes) -> None:
     """Write and fsync: renamed into place later, the name must not point at a file of the right
-    size whose bytes never reached the disk (zeros on XFS after a power cut)."""
-    with path.open("wb") as handle:
+    size whose bytes never reached the disk (zeros on XFS after a power cut). A new file gets the mode
+    ``open`` would give it, never writable by everyone."""
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _mode(0o666)), "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -455,30 +477,51 @@ def _is_complete(target: Path, keys: list[str]) -> bool:
 
 
 def _install(partial: Path, target: Path, keys: list[str]) -> None:
-    """Rename the finished copy ``partial`` into place unless another process finished one first.
+    """Put the finished copy ``partial`` at ``target`` unless a whole copy of ``keys`` is there already;
+    what is left at ``partial`` (our copy, or the outdated one ours replaced) is the caller's to delete.
 
-    A rename cannot replace a non-empty folder, and deleting ``target`` first would pull files from
-    under a process loading them; so a complete copy is kept, and an outdated or broken one is
-    renamed aside (its open files stay readable) before ours takes its name.
+    The check and the swap happen under the cache's install lock (an exclusive ``flock`` on the cache
+    folder), so a whole copy another process has just installed, and may be loading, is found and kept,
+    never replaced. A rename cannot replace a non-empty folder, and renaming the old copy aside first
+    left no model under the name until ours took it (none at all when the process died in between):
+    an outdated or broken copy is exchanged with ours in one step, its open files staying readable.
     """
-    for _attempt in range(5):
+    lock_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
         if _is_complete(target, keys):
             return
-        if target.exists():
-            stale = Path(tempfile.mkdtemp(dir=target.parent, prefix=".stale-"))
-            try:
-                os.replace(target, stale)
-            except FileNotFoundError:
-                pass  # another process moved it first
-            finally:
-                shutil.rmtree(stale, ignore_errors=True)
         try:
-            os.replace(partial, target)
+            os.rename(partial, target)  # nothing there (or an empty folder)
             return
         except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
                 raise
-            # Another process installed its copy between our check and our rename: look again.
-    raise OSError(
-        errno.EBUSY, f"could not install the model copy at {target}: other processes keep replacing it"
-    )
+        _exchange(partial, target)
+    finally:
+        os.close(lock_fd)  # releases the lock
+
+
+# renameat2(2)'s flag that swaps two names atomically (Linux 3.15; ext4, XFS, btrfs, tmpfs, overlayfs).
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(new: Path, old: Path) -> None:
+    """Swap the entries ``new`` and ``old`` in one step (``renameat2`` with ``RENAME_EXCHANGE``).
+
+    Where the system or the file system cannot (another libc, NFS), ``old`` is renamed aside to
+    ``new``'s name and ``new``'s entry into place: a moment with no entry at ``old``.
+    """
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is not None:
+        renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        if renameat2(_AT_FDCWD, os.fsencode(new), _AT_FDCWD, os.fsencode(old), _RENAME_EXCHANGE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(code, f"could not put the model copy at {old}: {os.strerror(code)}", str(old))
+    aside = new.with_name(f"{new.name}-aside")
+    os.rename(new, aside)
+    os.rename(old, new)
+    os.rename(aside, old)

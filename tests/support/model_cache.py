@@ -1,0 +1,74 @@
+"""The model cache's tests' arrangements: models published in a ``file://`` store, and another stage
+sharing the cache for real (a Python child that fetches, says 'ready', and keeps its copy until told)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+FORTY_DAYS_S = 40 * 86_400
+# A save_pretrained folder's files, as BLIP's: the loader reads them by name.
+BLIP_FILES = {"config.json": b'{"model_type": "blip"}', "model.safetensors": b"weights " * 100}
+
+
+def publish(store: Path, name: str, data: bytes) -> str:
+    """Put ``data`` at ``name`` in the folder store ``store``; returns its ``file://`` URI."""
+    path = store / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path.as_uri()
+
+
+def publish_folder(store: Path, name: str, files: dict[str, bytes] = BLIP_FILES) -> str:
+    """Put a model folder ``name`` holding ``files`` (key -> bytes) in ``store``; returns its URI."""
+    for key, data in files.items():
+        publish(store / name, key, data)
+    return (store / name).as_uri()
+
+
+def child(script: str) -> subprocess.Popen[str]:
+    """A Python process in the repo that prints 'ready' once it has done its part, then waits for a line."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def fetching_child(uri: str, cache: Path) -> subprocess.Popen[str]:
+    """Another stage that has fetched the file ``uri`` into ``cache`` (ready) and holds it until told."""
+    process = child(f"""
+        from shared.model_cache import fetch_file
+        fetch_file({uri!r}, {str(cache)!r})
+        print("ready", flush=True)
+        input()
+    """)
+    wait_ready(process)
+    return process
+
+
+def wait_ready(process: subprocess.Popen[str]) -> None:
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "ready"
+
+
+def finish(process: subprocess.Popen[str]) -> None:
+    process.communicate("go\n", timeout=60)
+    assert process.returncode == 0
+
+
+def age(path: Path) -> None:
+    """Make ``path`` look last used forty days ago."""
+    old = time.time() - FORTY_DAYS_S
+    os.utime(path, (old, old))
+
+
+def copies(cache: Path) -> list[str]:
+    return sorted(path.name for path in cache.iterdir())

@@ -1,0 +1,137 @@
+"""A new copy of a model folder takes the place of an outdated one without a moment with no model there,
+never replaces a whole copy another process has just put there, and no copy comes out world-writable."""
+
+from __future__ import annotations
+
+import fcntl
+import inspect
+import os
+import stat
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from shared import model_cache
+from shared.model_cache import fetch_directory, fetch_file
+from tests.support.model_cache import BLIP_FILES, publish, publish_folder
+
+# The folder republished under the same URI with one more file: the cached copy is outdated.
+BLIP_FILES_V2 = {**BLIP_FILES, "processor/tokenizer.json": b'{"version": 2}'}
+
+
+def _outdated_copy(tmp_path: Path) -> tuple[str, Path, Path]:
+    """A model folder's URI, the cache, and the cache's copy of it, outdated by a republished file."""
+    store, cache = tmp_path / "store", tmp_path / "cache"
+    uri = publish_folder(store, "blip")
+    copy = fetch_directory(uri, cache)
+    publish_folder(store, "blip", BLIP_FILES_V2)
+    return uri, cache, copy
+
+
+def _holds(copy: Path, files: dict[str, bytes]) -> bool:
+    return copy.is_dir() and all(
+        (copy / key).is_file() and (copy / key).read_bytes() == data for key, data in files.items()
+    )
+
+
+def test_a_process_killed_while_it_removes_the_outdated_copy_leaves_a_whole_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The outdated copy was renamed aside and deleted before the new one took its name: killed in
+    # between (a SIGKILL, an OOM kill, a pod evicted), the stage left no model at all under that name,
+    # and every stage loading it meanwhile failed with FileNotFoundError.
+    uri, cache, copy = _outdated_copy(tmp_path)
+    seen_while_deleting: list[bool] = []
+
+    def killed_while_deleting(path: object, *args: object, **kwargs: object) -> None:
+        seen_while_deleting.append(_holds(copy, BLIP_FILES) or _holds(copy, BLIP_FILES_V2))
+        raise KeyboardInterrupt  # stands for the kill: nothing after it runs
+
+    monkeypatch.setattr(model_cache.shutil, "rmtree", killed_while_deleting)
+    with pytest.raises(KeyboardInterrupt):
+        fetch_directory(uri, cache)
+
+    assert seen_while_deleting, "the outdated copy was never deleted"
+    assert all(seen_while_deleting), "no whole model under the copy's name while the old one was deleted"
+    assert _holds(copy, BLIP_FILES_V2)
+
+
+def test_where_names_cannot_be_exchanged_the_new_copy_still_replaces_the_outdated_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # renameat2's RENAME_EXCHANGE is refused (EINVAL) by some file systems (NFS) and older kernels.
+    uri, cache, copy = _outdated_copy(tmp_path)
+    monkeypatch.setattr(model_cache, "_RENAME_EXCHANGE", 1 << 30)  # a flag no kernel knows: EINVAL
+
+    assert fetch_directory(uri, cache) == copy
+    assert _holds(copy, BLIP_FILES_V2)
+    assert [name for name in os.listdir(cache) if name.startswith(".")] == []
+
+
+def test_a_copy_another_process_installs_meanwhile_is_kept_not_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Between finding the cached copy outdated and renaming it aside, another stage installed a whole new
+    # copy and began loading it: that fresh copy was renamed aside and deleted under it.
+    uri, cache, copy = _outdated_copy(tmp_path)
+    is_complete: Callable[[Path, list[str]], bool] = model_cache._is_complete
+    flock = fcntl.flock
+    other_stage_waits_or_is_done = threading.Event()
+    other_stage_got: list[int] = []
+    main_thread = threading.current_thread()
+
+    def other_stage() -> None:
+        try:
+            fetch_directory(uri, cache)
+            other_stage_got.append(copy.stat().st_ino)
+        finally:
+            other_stage_waits_or_is_done.set()
+
+    def flock_noting_a_wait(fd: int, operation: int) -> None:
+        if threading.current_thread() is not main_thread and operation == fcntl.LOCK_EX:
+            other_stage_waits_or_is_done.set()  # about to wait for this stage: it cannot go further
+        flock(fd, operation)
+
+    def other_stage_installs_meanwhile(target: Path, keys: list[str]) -> bool:
+        complete = is_complete(target, keys)
+        if threading.current_thread() is main_thread and inspect.stack()[1].function == "_install":
+            monkeypatch.setattr(model_cache, "_is_complete", is_complete)
+            installing = threading.Thread(target=other_stage)
+            installing.start()
+            other_stage_waits_or_is_done.wait()
+            installs.append(installing)
+        return complete
+
+    installs: list[threading.Thread] = []
+    monkeypatch.setattr(fcntl, "flock", flock_noting_a_wait)
+    monkeypatch.setattr(model_cache, "_is_complete", other_stage_installs_meanwhile)
+    fetch_directory(uri, cache)
+    for installing in installs:
+        installing.join()
+
+    assert installs and other_stage_got, "the other stage never ran"
+    assert copy.stat().st_ino == other_stage_got[0], "the copy the other stage got was replaced under it"
+    assert _holds(copy, BLIP_FILES_V2)
+    assert [name for name in os.listdir(cache) if name.startswith(".")] == []
+
+
+def test_under_a_permissive_umask_no_cached_file_or_folder_is_world_writable(tmp_path: Path) -> None:
+    # The copies took the process's umask as it was: under umask 000 (some containers, a careless
+    # shell) every model file was 0666 and every folder 0777, so any local user could change the
+    # weights a stage loads, and loading weights can run code.
+    store, cache = tmp_path / "store", tmp_path / "cache"
+    file_uri = publish(store, "u2netp.onnx", b"weights " * 100)
+    folder_uri = publish_folder(store, "blip", BLIP_FILES_V2)
+    previous = os.umask(0)
+    try:
+        fetch_file(file_uri, cache)
+        fetch_directory(folder_uri, cache)
+    finally:
+        os.umask(previous)
+
+    paths = [cache, *cache.rglob("*")]
+    assert len(paths) > 5
+    modes = {str(path): stat.filemode(path.stat().st_mode) for path in paths}
+    assert {path: mode for path, mode in modes.items() if mode[-2] == "w"} == {}
