@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from shared.model_cache import fetch_directory, fetch_file
+from tests.support.model_cache import publish, publish_folder
 
 # Another user than the one running the tests (as root, files can be given to it).
 NOBODY_UID = 65534
@@ -22,18 +23,11 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to anot
 
 
 def _model_file(tmp_path: Path) -> str:
-    path = tmp_path / "store" / "u2netp.onnx"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"weights " * 100)
-    return path.as_uri()
+    return publish(tmp_path / "store", "u2netp.onnx", b"weights " * 100)
 
 
 def _model_folder(tmp_path: Path) -> str:
-    folder = tmp_path / "store" / "blip"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_bytes(b'{"model_type": "blip"}')
-    (folder / "model.safetensors").write_bytes(b"weights " * 100)
-    return folder.as_uri()
+    return publish_folder(tmp_path / "store", "blip")
 
 
 def test_a_missing_cache_folder_is_made_for_this_user_alone(tmp_path: Path) -> None:
