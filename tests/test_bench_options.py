@@ -3,9 +3,13 @@ are refused up front. Cheap: no dataset, no model run (the long work is replaced
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+Main = Callable[[list[str]], int]
 
 
 class _RunStarted(Exception):
@@ -14,6 +18,36 @@ class _RunStarted(Exception):
 
 def _refuse_to_run(*args: object, **kwargs: object) -> None:
     raise _RunStarted
+
+
+def _refused(main: Main, argv: list[str], capsys: pytest.CaptureFixture[str], says: str = "") -> None:
+    """``main(argv)`` stops with a usage error (exit 2) whose message holds ``says``."""
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    assert refused.value.code == 2 and says in capsys.readouterr().err
+
+
+def _goes_ahead(main: Main, argv: list[str]) -> None:
+    """``main(argv)`` accepts the options: the long work (a stub) begins."""
+    with pytest.raises(_RunStarted):
+        main(argv)
+
+
+def _needs_its_own_out(
+    main: Main, argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``argv`` is not the committed run: refused without ``--out`` (its figures would replace the
+    committed file) and with a folder as ``--out`` (IsADirectoryError after the whole run); with a file
+    of its own it goes ahead."""
+    _refused(main, argv, capsys, "give --out")
+    _refused(main, [*argv, "--out", str(tmp_path)], capsys)
+    _goes_ahead(main, [*argv, "--out", str(tmp_path / "figures.json")])
+
+
+@pytest.fixture
+def no_subprocess(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``subprocess.run`` succeeds without running anything (bench.matting checks rembg's venv with it)."""
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0))
 
 
 def test_an_edge_recolour_smoke_run_does_not_replace_the_committed_figures(
@@ -26,11 +60,8 @@ def test_an_edge_recolour_smoke_run_does_not_replace_the_committed_figures(
     (tmp_path / "train.txt").write_text("")
     monkeypatch.setattr(augment, "read_grocery", _refuse_to_run)
     argv = ["--dataset", str(tmp_path), "--classes", "2"]
-    with pytest.raises(SystemExit) as refused:
-        edge_recolour.main(argv)
-    assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
-    with pytest.raises(_RunStarted):  # its own --out: the smoke run goes ahead
-        edge_recolour.main([*argv, "--out", str(tmp_path / "smoke.json")])
+    _refused(edge_recolour.main, argv, capsys, "give --out")
+    _goes_ahead(edge_recolour.main, [*argv, "--out", str(tmp_path / "smoke.json")])  # its own --out
 
 
 def _matting_real_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -60,7 +91,7 @@ def _matting_real_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[
     ],
 )
 def test_matting_real_refuses_what_would_fail_only_after_the_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: list[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], options: list[str]
 ) -> None:
     # Each was a traceback after every model had scored every photo (the --threads one after the
     # photos were read): FileNotFoundError, IsADirectoryError, Pillow's "unknown file extension".
@@ -69,9 +100,7 @@ def test_matting_real_refuses_what_would_fail_only_after_the_run(
     (tmp_path / "in-the-way").write_text("mine\n")
     argv = _matting_real_argv(tmp_path, monkeypatch)
     monkeypatch.setattr(matting_real, "load_items", _refuse_to_run)
-    with pytest.raises(SystemExit) as refused:
-        matting_real.main([*argv, *(option.format(tmp=tmp_path) for option in options)])
-    assert refused.value.code == 2
+    _refused(matting_real.main, [*argv, *(option.format(tmp=tmp_path) for option in options)], capsys)
 
 
 def test_matting_real_makes_a_missing_out_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,14 +133,9 @@ def test_a_matting_real_run_of_another_model_does_not_replace_the_committed_figu
     (tmp_path / "candidate.onnx").write_bytes(b"onnx")
     monkeypatch.setattr(matting_real, "load_items", _refuse_to_run)
     documented = ["--dataset", str(tmp_path / "dataset"), "--official", str(tmp_path / "official.onnx")]
-    with pytest.raises(_RunStarted):  # the committed models, every figure: the committed file's run
-        matting_real.main(documented)
+    _goes_ahead(matting_real.main, documented)  # the committed models, every figure: the committed file's run
     argv = [*documented, *(option.format(tmp=tmp_path) for option in options)]
-    with pytest.raises(SystemExit) as refused:
-        matting_real.main(argv)
-    assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
-    with pytest.raises(_RunStarted):  # its own --out: the run goes ahead
-        matting_real.main([*argv, "--out", str(tmp_path / "candidate.json")])
+    _needs_its_own_out(matting_real.main, argv, tmp_path, capsys)
 
 
 @pytest.mark.parametrize(
@@ -124,16 +148,14 @@ def test_a_matting_real_run_of_another_model_does_not_replace_the_committed_figu
     ],
 )
 def test_the_gate_bench_refuses_what_would_fail_only_after_it_started(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: list[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], options: list[str]
 ) -> None:
     from bench import gate
 
     (tmp_path / "in-the-way").write_text("mine\n")
     monkeypatch.setattr(gate, "open_session", _refuse_to_run)
     argv = ["--source", "renderer", "--out", str(tmp_path / "gate.json")]
-    with pytest.raises(SystemExit) as refused:
-        gate.main([*argv, *(option.format(tmp=tmp_path) for option in options)])
-    assert refused.value.code == 2
+    _refused(gate.main, [*argv, *(option.format(tmp=tmp_path) for option in options)], capsys)
 
 
 @pytest.mark.parametrize(
@@ -147,39 +169,25 @@ def test_a_gate_bench_run_other_than_the_documented_one_does_not_replace_the_com
     from bench import gate
 
     monkeypatch.setattr(gate, "open_session", _refuse_to_run)
-    with pytest.raises(_RunStarted):  # `python -m bench.gate`, as `make bench` runs it: the committed file
-        gate.main([])
-    with pytest.raises(SystemExit) as refused:
-        gate.main(options)
-    assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
-    with pytest.raises(_RunStarted):  # its own --out: the run goes ahead
-        gate.main([*options, "--out", str(tmp_path / "gate.json")])
+    _goes_ahead(gate.main, [])  # `python -m bench.gate`, as `make bench` runs it: the committed file
+    _needs_its_own_out(gate.main, options, tmp_path, capsys)
 
 
+@pytest.mark.usefixtures("no_subprocess")
 def test_the_matting_bench_keeps_another_models_figures_apart_and_checks_its_files_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # --fp32 var/matting/u2netp-trained.onnx ran every round, then wrote its figures over the
     # committed bench/results/matting.json, which named no model; a missing --weights failed in
     # round 1's torch worker, after the ONNX Runtime workers had run.
-    import subprocess
-
     from bench import matting
 
-    monkeypatch.setattr(
-        matting.subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0)
-    )
     monkeypatch.setattr(matting, "_run_worker", _refuse_to_run)
     trained = tmp_path / "trained.onnx"
     trained.write_bytes(b"onnx")
-    with pytest.raises(SystemExit) as refused:
-        matting.main(["--fp32", str(trained)])
-    assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as refused:
-        matting.main(["--weights", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "m.json")])
-    assert refused.value.code == 2 and "missing.pth is not a file" in capsys.readouterr().err
-    with pytest.raises(_RunStarted):  # its own --out: the rounds go ahead
-        matting.main(["--fp32", str(trained), "--out", str(tmp_path / "m.json")])
+    _needs_its_own_out(matting.main, ["--fp32", str(trained)], tmp_path, capsys)
+    missing_weights = ["--weights", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "m.json")]
+    _refused(matting.main, missing_weights, capsys, "missing.pth is not a file")
 
 
 @pytest.mark.parametrize(
@@ -188,7 +196,12 @@ def test_the_matting_bench_keeps_another_models_figures_apart_and_checks_its_fil
 )
 @pytest.mark.parametrize("out", ["{tmp}", "{tmp}/in-the-way/figures.json"])
 def test_scale_store_and_matting_memory_benches_check_out_before_they_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str, long_work: str, out: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    module: str,
+    long_work: str,
+    out: str,
 ) -> None:
     # A folder, or a file where its folder goes: IsADirectoryError / FileExistsError after the whole
     # run (minutes of Kafka rounds, store loads or matting children), nothing written.
@@ -197,11 +210,8 @@ def test_scale_store_and_matting_memory_benches_check_out_before_they_run(
     bench = importlib.import_module(f"bench.{module}")
     (tmp_path / "in-the-way").write_text("mine\n")
     monkeypatch.setattr(bench, long_work, _refuse_to_run)
-    with pytest.raises(SystemExit) as refused:
-        bench.main(["--out", out.format(tmp=tmp_path)])
-    assert refused.value.code == 2
-    with pytest.raises(_RunStarted):  # a file in a folder yet to be made: the run goes ahead
-        bench.main(["--out", str(tmp_path / "new" / "figures.json")])
+    _refused(bench.main, ["--out", out.format(tmp=tmp_path)], capsys)
+    _goes_ahead(bench.main, ["--out", str(tmp_path / "new" / "figures.json")])  # a folder yet to be made
 
 
 def test_a_plain_matting_memory_run_does_not_replace_the_committed_comparison(
@@ -213,16 +223,13 @@ def test_a_plain_matting_memory_run_does_not_replace_the_committed_comparison(
     from bench import matting_memory
 
     monkeypatch.setattr(matting_memory, "_child", _refuse_to_run)
-    for other_kind in ([], ["--speed-rounds", "3"], ["--before", str(tmp_path), "--speed-rounds", "1"]):
-        with pytest.raises(SystemExit) as refused:
-            matting_memory.main(other_kind)
-        assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
-    with pytest.raises(_RunStarted):  # its own --out: the plain run goes ahead
-        matting_memory.main(["--out", str(tmp_path / "memory.json")])
-    (tmp_path / "services" / "matting").mkdir(parents=True)
-    (tmp_path / "services" / "matting" / "stage.py").write_text("")
-    with pytest.raises(_RunStarted):  # the committed run's kind: it may replace the committed file
-        matting_memory.main(["--before", str(tmp_path), "--speed-rounds", "3"])
+    before = tmp_path / "before"
+    (before / "services" / "matting").mkdir(parents=True)
+    (before / "services" / "matting" / "stage.py").write_text("")
+    for other_kind in ([], ["--speed-rounds", "3"], ["--before", str(before), "--speed-rounds", "1"]):
+        _needs_its_own_out(matting_memory.main, other_kind, tmp_path, capsys)
+    # The committed run's kind: it may replace the committed file.
+    _goes_ahead(matting_memory.main, ["--before", str(before), "--speed-rounds", "3"])
 
 
 @pytest.mark.parametrize("before", ["{tmp}/missing", "{tmp}/empty", "{tmp}/a-file"])
@@ -237,10 +244,8 @@ def test_matting_memory_refuses_a_before_that_is_no_checkout_before_any_child(
     (tmp_path / "a-file").write_text("mine\n")
     monkeypatch.setattr(matting_memory, "_child", _refuse_to_run)
     folder = before.format(tmp=tmp_path)
-    with pytest.raises(SystemExit) as refused:
-        matting_memory.main(["--before", folder, "--out", str(tmp_path / "memory.json")])
-    assert refused.value.code == 2
-    assert f"--before {folder}: no services/matting/stage.py there" in capsys.readouterr().err
+    argv = ["--before", folder, "--out", str(tmp_path / "memory.json")]
+    _refused(matting_memory.main, argv, capsys, f"--before {folder}: no services/matting/stage.py there")
 
 
 @pytest.mark.parametrize("threads", ["0", "-1"])
@@ -252,26 +257,21 @@ def test_matting_memory_refuses_threads_below_one_before_any_child(
     from bench import matting_memory
 
     monkeypatch.setattr(matting_memory, "_child", _refuse_to_run)
-    with pytest.raises(SystemExit) as refused:
-        matting_memory.main(["--threads", threads, "--out", str(tmp_path / "memory.json")])
-    assert refused.value.code == 2 and f"must be at least 1, got {threads}" in capsys.readouterr().err
+    argv = ["--threads", threads, "--out", str(tmp_path / "memory.json")]
+    _refused(matting_memory.main, argv, capsys, f"must be at least 1, got {threads}")
 
 
+@pytest.mark.usefixtures("no_subprocess")
 def test_a_full_matting_run_refuses_a_batch_it_would_not_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # `python -m bench.matting --batch 4` ran every configuration at batches 1 and 8, as without it.
-    import subprocess
-
     from bench import matting
 
-    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0))
     monkeypatch.setattr(matting, "_run_worker", _refuse_to_run)
-    with pytest.raises(SystemExit) as refused:
-        matting.main(["--batch", "4", "--out", str(tmp_path / "matting.json")])
-    assert refused.value.code == 2 and "batches 1 and 8" in capsys.readouterr().err
-    with pytest.raises(_RunStarted):  # without it: the rounds go ahead
-        matting.main(["--out", str(tmp_path / "matting.json")])
+    out = ["--out", str(tmp_path / "matting.json")]
+    _refused(matting.main, ["--batch", "4", *out], capsys, "batches 1 and 8")
+    _goes_ahead(matting.main, out)  # without it: the rounds go ahead
 
 
 @pytest.mark.parametrize("timeout_ms", ["3000", "0", "-1"])
@@ -284,11 +284,8 @@ def test_the_scale_bench_refuses_a_session_timeout_its_members_would_refuse(
 
     monkeypatch.setattr(scale, "machine", _refuse_to_run)
     argv = ["--out", str(tmp_path / "scale.json"), "--session-timeout-ms"]
-    with pytest.raises(SystemExit) as refused:
-        scale.main([*argv, timeout_ms])
-    assert refused.value.code == 2 and "--session-timeout-ms: must be from 6000" in capsys.readouterr().err
-    with pytest.raises(_RunStarted):  # the broker's minimum: the run goes ahead
-        scale.main([*argv, "6000"])
+    _refused(scale.main, [*argv, timeout_ms], capsys, "--session-timeout-ms: must be from 6000")
+    _goes_ahead(scale.main, [*argv, "6000"])  # the broker's minimum
 
 
 @pytest.mark.parametrize("out", ["{tmp}", "{tmp}/in-the-way/captioner.json"])
@@ -301,11 +298,10 @@ def test_the_captioner_bench_checks_its_out_before_it_scores(
 
     (tmp_path / "in-the-way").write_text("mine\n")
     monkeypatch.setattr(shared.matting.session, "open_session", _refuse_to_run)
-    with pytest.raises(SystemExit) as refused:
-        captioner.main(["--out", out.format(tmp=tmp_path)])
-    assert refused.value.code == 2 and "--out" in capsys.readouterr().err
-    with pytest.raises(_RunStarted):  # a file in a folder yet to be made: the run goes ahead
-        captioner.main(["--out", str(tmp_path / "new" / "captioner.json")])
+    _refused(captioner.main, ["--out", out.format(tmp=tmp_path)], capsys, "--out")
+    _goes_ahead(
+        captioner.main, ["--out", str(tmp_path / "new" / "captioner.json")]
+    )  # a folder yet to be made
 
 
 def test_an_adapters_smoke_run_does_not_replace_the_committed_figures(
@@ -317,17 +313,8 @@ def test_an_adapters_smoke_run_does_not_replace_the_committed_figures(
     from bench import adapters
 
     monkeypatch.setattr(tests.support.diffusion, "build_tiny_inpaint_pipeline", _refuse_to_run)
-    smoke = ["--rounds", "1", "--repeats", "2"]
-    with pytest.raises(SystemExit) as refused:
-        adapters.main(smoke)
-    assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as refused:  # a folder: IsADirectoryError after the whole run
-        adapters.main([*smoke, "--out", str(tmp_path)])
-    assert refused.value.code == 2
-    with pytest.raises(_RunStarted):  # its own --out: the smoke run goes ahead
-        adapters.main([*smoke, "--out", str(tmp_path / "adapters.json")])
-    with pytest.raises(_RunStarted):  # `python -m bench.adapters`, as `make bench` runs it
-        adapters.main([])
+    _needs_its_own_out(adapters.main, ["--rounds", "1", "--repeats", "2"], tmp_path, capsys)
+    _goes_ahead(adapters.main, [])  # `python -m bench.adapters`, as `make bench` runs it
 
 
 def test_a_composite_only_generation_run_does_not_replace_the_committed_figures(
@@ -338,14 +325,7 @@ def test_a_composite_only_generation_run_does_not_replace_the_committed_figures(
     from bench import generation
 
     monkeypatch.setattr(generation, "bench_backend", _refuse_to_run)
-    with pytest.raises(SystemExit) as refused:
-        generation.main(["--no-diffusion"])
-    assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as refused:  # a folder: IsADirectoryError after the whole run
-        generation.main(["--no-diffusion", "--out", str(tmp_path)])
-    assert refused.value.code == 2
-    with pytest.raises(_RunStarted):  # its own --out: the composite run goes ahead
-        generation.main(["--no-diffusion", "--out", str(tmp_path / "composite.json")])
+    _needs_its_own_out(generation.main, ["--no-diffusion"], tmp_path, capsys)
 
 
 def test_a_generation_smoke_run_does_not_replace_the_committed_figures(
@@ -356,17 +336,9 @@ def test_a_generation_smoke_run_does_not_replace_the_committed_figures(
     from bench import generation
 
     monkeypatch.setattr(generation, "bench_backend", _refuse_to_run)
-    smoke = ["--images", "2", "--rounds", "1"]
-    with pytest.raises(SystemExit) as refused:
-        generation.main(smoke)
-    assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as refused:
-        generation.main(["--diffusion-images", "2"])
-    assert refused.value.code == 2 and "--diffusion-images" in capsys.readouterr().err
-    with pytest.raises(_RunStarted):  # its own --out: the smoke run goes ahead
-        generation.main([*smoke, "--out", str(tmp_path / "generation.json")])
-    with pytest.raises(_RunStarted):  # `python -m bench.generation`, as `make bench` runs it
-        generation.main([])
+    _needs_its_own_out(generation.main, ["--images", "2", "--rounds", "1"], tmp_path, capsys)
+    _refused(generation.main, ["--diffusion-images", "2"], capsys, "--diffusion-images")
+    _goes_ahead(generation.main, [])  # `python -m bench.generation`, as `make bench` runs it
 
 
 def test_a_bus_smoke_run_does_not_replace_the_committed_figures(
@@ -377,19 +349,11 @@ def test_a_bus_smoke_run_does_not_replace_the_committed_figures(
     from bench import bus
 
     monkeypatch.setattr(bus, "LocalKafka", _refuse_to_run)
-    smoke = ["--events", "1000", "--rounds", "1"]
-    with pytest.raises(SystemExit) as refused:
-        bus.main(smoke)
-    assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as refused:  # a folder: IsADirectoryError after the whole run
-        bus.main([*smoke, "--out", str(tmp_path)])
-    assert refused.value.code == 2
-    with pytest.raises(_RunStarted):  # its own --out: the smoke run goes ahead
-        bus.main([*smoke, "--out", str(tmp_path / "bus.json")])
-    with pytest.raises(_RunStarted):  # `python -m bench.bus`, as `make bench` runs it
-        bus.main([])
+    _needs_its_own_out(bus.main, ["--events", "1000", "--rounds", "1"], tmp_path, capsys)
+    _goes_ahead(bus.main, [])  # `python -m bench.bus`, as `make bench` runs it
 
 
+@pytest.mark.usefixtures("no_subprocess")
 @pytest.mark.parametrize(
     ("module", "long_work", "smoke"),
     [
@@ -411,19 +375,10 @@ def test_a_matting_smoke_run_does_not_replace_the_committed_figures(
     # matting_memory.json, whose figures docs/matting.md cites; matting.py's --out a folder failed after
     # every round.
     import importlib
-    import subprocess
 
     bench = importlib.import_module(f"bench.{module}")
-    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0))
     monkeypatch.setattr(bench, long_work, _refuse_to_run)
-    with pytest.raises(SystemExit) as refused:
-        bench.main(smoke)
-    assert refused.value.code == 2 and "give --out" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as refused:  # a folder: IsADirectoryError after the whole run
-        bench.main([*smoke, "--out", str(tmp_path)])
-    assert refused.value.code == 2
-    with pytest.raises(_RunStarted):  # its own --out: the smoke run goes ahead
-        bench.main([*smoke, "--out", str(tmp_path / "figures.json")])
+    _needs_its_own_out(bench.main, smoke, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("option", ["--diffusion-size", "--size"])
@@ -441,11 +396,8 @@ def test_the_generation_bench_refuses_a_size_the_server_would_refuse(
 
     monkeypatch.setattr(generation, "bench_backend", _refuse_to_run)
     argv = ["--out", str(tmp_path / "generation.json")]
-    with pytest.raises(SystemExit) as refused:
-        generation.main([*argv, option, side_px])
-    assert refused.value.code == 2 and "must be from 1 to 2048" in capsys.readouterr().err
-    with pytest.raises(_RunStarted):  # the largest side a request may ask for: the run goes ahead
-        generation.main([*argv, option, "2048"])
+    _refused(generation.main, [*argv, option, side_px], capsys, "must be from 1 to 2048")
+    _goes_ahead(generation.main, [*argv, option, "2048"])  # the largest side a request may ask for
 
 
 def test_the_lora_switch_figures_time_requests_that_switch_adapter(
