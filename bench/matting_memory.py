@@ -14,7 +14,9 @@ batch adds on a warm stage, not the set-up. ``baseline_rss_mb`` is the RSS at th
 
 ``--before DIR``: a checkout of the code before a change (checked up front: it must hold
 ``services/matting/stage.py``); each configuration then also runs
-against it (PYTHONPATH), rounds interleaved, and the masks' sha256s of the two are compared.
+against it (PYTHONPATH), rounds interleaved, and the masks' sha256s of the two are compared. Each
+child reports the files its project modules came from: one that imported any from outside its tree
+(a partial checkout falls back on the installed one) fails the run, its figures not that tree's.
 ``--speed-rounds N``: also time ``session.predict`` as ``bench/matting.py`` does (32 renderer photos
 of 512 px, batch 8), N interleaved rounds per code tree. Writes bench/results/matting_memory.json,
 whose figures docs/matting.md cites, only from a run of the committed kind (``--before DIR
@@ -49,6 +51,8 @@ MB = 2**20
 COMMITTED_SPEED_ROUNDS = 3
 # What a --before checkout must hold: the stage whose handle_batch is measured.
 BEFORE_STAGE = Path("services/matting/stage.py")
+# The project's top-level packages: a child imports every module of theirs from the tree it measures.
+PACKAGES = ("bench", "schemas", "services", "shared")
 # (name, images, width, height): the limit is SKUFORGE_MAX_IMAGE_PIXELS (40 MP = 8000x5000 by default).
 CONFIGS = {
     "1mp_x1": (1, 1250, 800),
@@ -93,7 +97,6 @@ def memory_worker(images: int | None, width: int | None, height: int | None, thr
 
     from PIL import Image
 
-    import shared
     from schemas.common import SkuMetadata
     from schemas.envelope import derive_id
     from schemas.events import ImageGenerated, ImageMatted
@@ -177,7 +180,6 @@ def memory_worker(images: int | None, width: int | None, height: int | None, thr
         "batch_adds_mb": round((peak_kb - baseline_kb) / 1024, 1),
         "seconds": round(elapsed, 2),
         "mask_sha256": digests,
-        "code": str(Path(shared.__file__).resolve().parents[1]),
     }
 
 
@@ -188,7 +190,20 @@ def speed_worker(threads: int) -> dict[str, Any]:
     return {"images_per_s": round(worker("ort_fp32", 8, 32, threads, {"fp32": FP32})["images_per_s"], 3)}
 
 
+def _modules_loaded() -> dict[str, str]:
+    """The project's modules this process has imported (``PACKAGES``), each with the file it came from."""
+    return {
+        name: str(Path(file).resolve())
+        for name, module in sorted(sys.modules.items())
+        if name.partition(".")[0] in PACKAGES and (file := getattr(module, "__file__", None))
+    }
+
+
 def _child(code: Path, args: list[str]) -> dict[str, Any]:
+    """Run this file's ``--worker`` ``args`` in a child process on the tree ``code``; its result.
+
+    Raises ``RuntimeError`` when the child fails, or imported a project module from outside ``code``.
+    """
     env = {**os.environ, "PYTHONPATH": str(code)}
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), *args],
@@ -200,6 +215,14 @@ def _child(code: Path, args: list[str]) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"worker {args} in {code} failed:\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    modules: dict[str, str] = result.pop("modules")
+    outside = {name: file for name, file in modules.items() if not Path(file).is_relative_to(code.resolve())}
+    if outside:
+        # The import system looks past a tree for what it lacks (the installed checkout's modules).
+        raise RuntimeError(
+            f"worker {args} in {code} imported {', '.join(outside)} from outside it (e.g. "
+            f"{next(iter(outside.values()))}): its figures would not be that tree's; give a whole checkout"
+        )
     return result
 
 
@@ -229,10 +252,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--worker memory needs --config (one of {', '.join(CONFIGS)})")
     if args.worker == "memory":
         images, width, height = CONFIGS[args.config[0]]
-        print(json.dumps(memory_worker(images, width, height, args.threads)))
+        print(
+            json.dumps({**memory_worker(images, width, height, args.threads), "modules": _modules_loaded()})
+        )
         return 0
     if args.worker == "speed":
-        print(json.dumps(speed_worker(args.threads)))
+        print(json.dumps({**speed_worker(args.threads), "modules": _modules_loaded()}))
         return 0
 
     # The committed file compares every configuration before and after a change, at 2 threads, with
@@ -300,8 +325,6 @@ def main(argv: list[str] | None = None) -> int:
         "measured_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     for name in trees:
-        for result in memory[name].values():
-            result.pop("code", None)
         report[name] = memory[name]
     if "before" in trees:
         report["masks_identical"] = all(

@@ -448,3 +448,31 @@ def test_the_lora_switch_figures_time_requests_that_switch_adapter(
     for count, timings in figures.items():
         assert timings["switch_request_s"] >= switch_s * 0.9, count
         assert timings["same_adapter_request_s"] < switch_s / 2, count
+
+
+def test_matting_memory_refuses_figures_of_code_from_outside_the_tree_it_measures(tmp_path: Path) -> None:
+    # A child measures the tree on its PYTHONPATH, but what that tree lacks was imported, silently, from
+    # the installed checkout: the "before" figures of a partial checkout were partly the after code's,
+    # and nothing said so (the memory worker's "code" was recorded, then dropped unread).
+    import shutil
+
+    from bench import matting_memory
+
+    before = tmp_path / "before"
+    (before / "bench").mkdir(parents=True)
+    (before / "bench" / "__init__.py").write_text("")
+    (before / "bench" / "matting.py").write_text(
+        "from pathlib import Path\n\n"
+        "import shared.argtypes\n\n"
+        "FP32 = Path('u2netp.onnx')\n\n\n"
+        "def worker(*args: object) -> dict[str, float]:\n"
+        "    return {'images_per_s': 12.5}\n"
+    )
+    speed = ["--worker", "speed", "--threads", "1"]
+    with pytest.raises(RuntimeError, match=rf"in {before} imported .*shared\.argtypes.* from outside it"):
+        matting_memory._child(before, speed)
+
+    shutil.copytree(
+        matting_memory.ROOT / "shared", before / "shared", ignore=shutil.ignore_patterns("models")
+    )
+    assert matting_memory._child(before, speed) == {"images_per_s": 12.5}
