@@ -137,7 +137,12 @@ def _shortened(name: str, max_bytes: int) -> str:
 
 
 def _umask() -> int:
-    """The process's umask (read by setting it and setting it back)."""
+    """The process's umask, read from ``/proc/self/status`` (Linux 4.7); elsewhere by setting it and
+    setting it back, which gives a thread creating a file in between 022 instead."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -488,7 +493,10 @@ def _install(partial: Path, target: Path, keys: list[str]) -> None:
     """
     lock_fd = os.open(target.parent, os.O_RDONLY)
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        # NFS emulates flock with POSIX locks, which an exclusive one on a read-only descriptor cannot
+        # take (EBADF): there installs go unlocked, as they did before the lock.
+        with contextlib.suppress(OSError):
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
         if _is_complete(target, keys):
             return
         try:

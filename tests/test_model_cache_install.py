@@ -135,3 +135,26 @@ def test_under_a_permissive_umask_no_cached_file_or_folder_is_world_writable(tmp
     assert len(paths) > 5
     modes = {str(path): stat.filemode(path.stat().st_mode) for path in paths}
     assert {path: mode for path, mode in modes.items() if mode[-2] == "w"} == {}
+
+
+def test_the_cache_reads_the_umask_without_changing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was read by setting it to 022 and back: a thread of the same stage creating a file in between
+    # (stages fetch models and write files from several threads) got 022, not the umask it runs under.
+    store, cache = tmp_path / "store", tmp_path / "cache"
+    uri = publish(store, "u2netp.onnx", b"weights " * 100)
+    umask = os.umask
+
+    def umask_changed(mask: int) -> int:
+        raise AssertionError(f"the process's umask was set to {mask:03o}")
+
+    previous = umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", umask_changed)
+        copy = fetch_file(uri, cache)
+        monkeypatch.undo()
+    finally:
+        umask(previous)
+
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o640
