@@ -3,6 +3,7 @@ never replaces a whole copy another process has just put there, and no copy come
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import inspect
 import os
@@ -158,3 +159,20 @@ def test_the_cache_reads_the_umask_without_changing_it(
         umask(previous)
 
     assert stat.S_IMODE(copy.stat().st_mode) == 0o640
+
+
+def test_where_the_install_lock_cannot_be_taken_the_copy_is_still_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NFS emulates flock with POSIX locks: an exclusive one on a read-only descriptor is EBADF there.
+    uri, cache, copy = _outdated_copy(tmp_path)
+    flock = fcntl.flock
+
+    def nfs_flock(fd: int, operation: int) -> None:
+        if operation == fcntl.LOCK_EX:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    assert fetch_directory(uri, cache) == copy
+    assert _holds(copy, BLIP_FILES_V2)
