@@ -154,10 +154,22 @@ def _mode(mode: int) -> int:
     return mode & ~_umask() & ~0o002
 
 
+def _make_folders(folder: Path) -> None:
+    """Make ``folder`` and its missing parents, each with ``_mode(0o777)`` (``mkdir(parents=True)``
+    gives the parents the umask's mode, everyone's write bit included)."""
+    missing = []
+    while not folder.is_dir() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for each in reversed(missing):
+        each.mkdir(mode=_mode(0o777), exist_ok=True)
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, renamed into place;
-    the file gets the mode ``open`` would give it, never writable by everyone."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    the file, and the folders it needs, get the modes ``open`` and ``mkdir`` would give them, never
+    writable by everyone."""
+    _make_folders(path.parent)
     fd, partial = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)  # being written: prune_unused leaves it
@@ -322,12 +334,8 @@ def _download(
         sizes: dict[str, int] = {}
         digests: dict[str, str] = {}
         for key in keys:
-            *folders, name = key.split("/")
-            path = partial
-            for folder in folders:  # one by one: mkdir(parents=True) gives the parents the umask's mode
-                path = path / folder
-                path.mkdir(mode=_mode(0o777), exist_ok=True)
-            path = path / name
+            path = partial.joinpath(*key.split("/"))
+            _make_folders(path.parent)
             data = source.get_bytes(prefix + key)
             _write_durably(path, data)
             sizes[key] = len(data)

@@ -176,3 +176,21 @@ def test_where_the_install_lock_cannot_be_taken_the_copy_is_still_installed(
     monkeypatch.setattr(fcntl, "flock", nfs_flock)
     assert fetch_directory(uri, cache) == copy
     assert _holds(copy, BLIP_FILES_V2)
+
+
+def test_under_a_permissive_umask_the_folders_a_written_file_needs_are_not_world_writable(
+    tmp_path: Path,
+) -> None:
+    # write_atomically made the missing folders with the umask as it was: an adapter's weights went into
+    # a cache folder everyone could write to (lora-<sha256>/, 0777 under umask 000).
+    weights = tmp_path / "cache" / "lora-0123456789abcdef" / "adapter_model.safetensors"
+    previous = os.umask(0)
+    try:
+        model_cache.write_atomically(weights, b"weights")
+    finally:
+        os.umask(previous)
+
+    modes = {str(path): stat.filemode(path.stat().st_mode) for path in (weights, *weights.parents)}
+    made = {path: mode for path, mode in modes.items() if tmp_path in Path(path).parents}
+    assert len(made) == 3
+    assert {path: mode for path, mode in made.items() if mode[-2] == "w"} == {}
