@@ -513,6 +513,10 @@ def _install(partial: Path, target: Path, keys: list[str]) -> None:
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
                 raise
+        # Something is there: the outdated or broken copy, or, where the lock could not be taken,
+        # a whole one another process has installed since we looked, which it may be loading.
+        if _is_complete(target, keys):
+            return
         _exchange(partial, target)
     finally:
         os.close(lock_fd)  # releases the lock

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
 import os
@@ -178,21 +180,33 @@ def test_fetch_directory_two_processes_renaming_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The other process renames its copy into place just before ours: the rename of a folder
-    # onto a non-empty one failed with "Directory not empty" and the service did not start.
+    # onto a non-empty one failed with "Directory not empty" and the service did not start. Processes
+    # that take the cache's install lock cannot meet so; one that could not take it (NFS refuses an
+    # exclusive flock on a read-only descriptor) still can.
     uri = _model_folder(FileStore(tmp_path / "models"), "blip")
     cache = tmp_path / "cache"
-    real_replace = os.replace
+    real_rename, real_flock = os.rename, fcntl.flock
     other: list[Path] = []
+    other_inode: list[int] = []
 
-    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    def flock_refused(fd: int, operation: int) -> None:
+        if operation == fcntl.LOCK_EX:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        real_flock(fd, operation)
+
+    def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
         if not other and Path(src).name.startswith(".partial-") and Path(src).is_dir():
-            monkeypatch.setattr(model_cache.os, "replace", real_replace)
-            other.append(fetch_directory(uri, cache))
-        real_replace(src, dst)
+            monkeypatch.setattr(model_cache.os, "rename", real_rename)
+            with pytest.MonkeyPatch.context() as on_nfs:
+                on_nfs.setattr(fcntl, "flock", flock_refused)
+                other.append(fetch_directory(uri, cache))
+                other_inode.append(other[0].stat().st_ino)
+        real_rename(src, dst)
 
-    monkeypatch.setattr(model_cache.os, "replace", replace)
+    monkeypatch.setattr(model_cache.os, "rename", rename)
     ours = fetch_directory(uri, cache)
     assert other == [ours]
+    assert [ours.stat().st_ino] == other_inode, "the whole copy the other process holds was replaced"
     assert (ours / "weights.bin").read_bytes() == b"w" * 1000
     assert sorted(p.name for p in cache.iterdir()) == [ours.name]
 
