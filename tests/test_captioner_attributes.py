@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -758,3 +759,66 @@ def test_fit_shape_checks_its_out_before_fitting_and_makes_a_missing_folder(tmp_
     tiny = ["--products", "8", "--eval-products", "0", "--cartons", "0", "--mask-source", "truth"]
     assert fit_shape.main([*tiny, "--min-leaf", "1", "--out", str(out)]) == 0
     assert "Tree sha256" in out.read_text()
+
+
+@pytest.mark.parametrize(
+    ("category", "noun", "prior_prompt"),
+    [
+        # Letters NFKD leaves whole were cut out: "a photo of an sm rrebr d", "a photo of a r cheese".
+        ("Smørrebrød", "smorrebrod", "a photo of a smorrebrod"),
+        ("Ærø cheese", "aero cheese", "a photo of an aero cheese"),
+        ("Æbleskiver", "aebleskiver", "a photo of an aebleskiver"),
+        ("Bœuf bourguignon", "boeuf bourguignon", "a photo of a boeuf bourguignon"),
+        ("Masło", "maslo", "a photo of a maslo"),
+        ("Þorramatur", "thorramatur", "a photo of a thorramatur"),
+        ("Äppelmust", "appelmust", "a photo of an appelmust"),
+    ],
+)
+def test_letters_without_an_accent_to_drop_are_spelled_plainly_too(
+    category: str, noun: str, prior_prompt: str
+) -> None:
+    sku = SkuMetadata(sku_id="SKU-1", name="x", category=category)
+    assert class_noun(category) == noun
+    assert sku_prompts(sku).class_prompt == prior_prompt
+    assert compose_caption(sku, [], "other", "").startswith(prior_prompt)
+
+
+@pytest.mark.parametrize("form", ["NFC", "NFD"])
+def test_a_name_that_is_the_accented_category_is_not_said_twice_and_text_stays_composed(form: str) -> None:
+    # "Crème Fraîche" is the class noun "creme fraiche" spelled by the retailer: it was said again
+    # ("a photo of a white creme fraiche by Président, Crème Fraîche, ..."), while "Soda Can" of a soda
+    # can was not. A name as macOS writes it (decomposed, NFD) reached captions and tags decomposed, so
+    # "président" was two different tags.
+    def spelled(text: str) -> str:
+        return unicodedata.normalize(form, text)
+
+    sku = SkuMetadata(
+        sku_id="SKU-1",
+        name=spelled("Crème Fraîche"),
+        category=spelled("Crème fraîche"),
+        brand=spelled("Président"),
+        series=spelled("Crémerie"),
+    )
+    caption = compose_caption(sku, ["white"], "jar", "front view")
+    assert caption == (
+        "a photo of a white creme fraiche by Président, Crémerie series, wide jar with a lid, front view"
+    )
+    tags = compose_tags(sku, ["white"], "jar", "front view")
+    assert {"président", "crémerie", "crème fraîche"} <= set(tags)
+    assert all(tag == unicodedata.normalize("NFC", tag) for tag in tags)
+    other = sku.model_copy(update={"name": spelled("Äppelmust Original")})
+    assert ", Äppelmust Original," in compose_caption(other, ["white"], "jar", "")
+
+
+@pytest.mark.parametrize(
+    ("sentence", "merged"),
+    [
+        # Letters outside A-Z cut a VLM's words into pieces: "a bottle of cr me fra che", "ppelmust".
+        ("a bottle of crème fraîche on a table", "a bottle of crème fraîche on a table"),
+        ("a blue bottle of äppelmust", "a bottle of äppelmust"),
+        # An article redone for an accented word goes by its sound: "an éclair", not "a éclair".
+        ("a red éclair on a plate", "an éclair on a plate"),
+    ],
+)
+def test_a_vlm_sentence_keeps_its_accented_words_whole(sentence: str, merged: str) -> None:
+    assert merge_sentence("C", sentence, ["white"], "bottle") == f"C, {merged}"

@@ -208,3 +208,20 @@ def test_blip_settings_under_the_attributes_backend_are_refused_naming_them(
     # The cache folder is a place, not a choice of captions: set for every stage alike, no contradiction.
     monkeypatch.setenv("SKUFORGE_CAPTIONER_VLM_CACHE_DIR", "/var/cache/skuforge-models")
     assert load_settings(CaptionerSettings).captioner_backend == "attributes"
+
+
+def test_an_accented_prompt_is_taken_off_as_blip_spells_it(blip_dir: Path) -> None:
+    # BLIP's uncased BertTokenizer lowercases and strips accents, so "une photo de crème fraîche" came
+    # back "une photo de creme fraiche ...": the prompt did not match, and the echo stayed in the caption.
+    prompt = "Une photo de crème fraîche, Smørrebrød"
+    captioner = open_vlm(
+        str(blip_dir), cache_dir=None, threads=1, use_gpu=False, prompt=prompt, max_new_tokens=4
+    )
+    tokenizer = captioner.processor.tokenizer.backend_tokenizer  # its words, as decode spaces them
+    words = tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(prompt))
+    echoed = " ".join(word for word, _ in words)
+    assert echoed == "une photo de creme fraiche , smørrebrød"
+    decoded = [f"{echoed} dans un pot", f"{prompt} in a jar", f"{echoed}ene on a plate"]
+    captioner.processor.batch_decode = lambda ids, skip_special_tokens: decoded
+    photo = render_photo(make_product(0, seed=2026), 0, seed=2026, size_px=96).image
+    assert captioner.describe([photo] * 3) == ["dans un pot", "in a jar", decoded[2]]

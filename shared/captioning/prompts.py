@@ -11,8 +11,8 @@ Decisions (see also ``services/captioner/stage.py``):
 * **Class noun**: the SKU's category as a noun phrase ("soda can", "energy drink can"), not
   reduced to the packaging word ("can"): class-prior images of "a photo of a soda can" are what
   the LoRA must stay close to, and they differ from "a can" (paint, tin). Lowercased, leading
-  article dropped, accents spelled plainly ("crème" → "creme"), an apostrophe inside a word dropped
-  ("men's" → "mens"), only ASCII letters, digits, spaces, '-' and '&' kept. A plural noun ("soft
+  article dropped, accents spelled plainly ("crème" → "creme", "ø" → "o"), an apostrophe inside a
+  word dropped ("men's" → "mens"), only ASCII letters, digits, spaces, '-' and '&' kept. A plural noun ("soft
   drinks") takes no article in the class prompt and the captions: "a photo of soft drinks".
 * **Captions** say only what was measured (colours, packaging shape, view) plus the retailer's
   metadata; the instance token stays in the prompts, so a caption reads as plain English.
@@ -41,6 +41,7 @@ __all__ = [
     "declared_shape",
     "instance_token",
     "merge_sentence",
+    "plain_spelling",
     "sku_prompts",
     "with_article",
 ]
@@ -153,6 +154,24 @@ def instance_token(sku_id: str) -> str:
     return "".join(reversed(letters))
 
 
+# Letters NFKD does not take apart into a plain letter and an accent: spelled as they are read in
+# English text, not cut out ("smørrebrød" read "sm rrebr d", "Ærø cheese" "r cheese").
+_PLAIN_LETTERS: Final = str.maketrans(
+    {
+        **{"æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O", "ł": "l", "Ł": "L"},
+        **{"đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "þ": "th", "Þ": "TH", "ħ": "h", "Ħ": "H"},
+        **{"\u0131": "i", "ŧ": "t", "Ŧ": "T", "ß": "ss"},  # the dotless i
+    }
+)
+
+
+def plain_spelling(text: str) -> str:
+    """``text`` with its accented letters spelled plainly: "Crème" → "Creme", "Smørrebrød" →
+    "Smorrebrod", "Æ" → "AE" (case kept; other characters left as they are)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(char for char in decomposed if not unicodedata.combining(char)).translate(_PLAIN_LETTERS)
+
+
 # An apostrophe (typed or typographic) inside a word: a possessive or a contraction, dropped, not a space.
 _INNER_APOSTROPHE: Final = re.compile(r"(?<=[a-z0-9])['\u2019\u2018\u02bc](?=[a-z])")
 
@@ -160,13 +179,11 @@ _INNER_APOSTROPHE: Final = re.compile(r"(?<=[a-z0-9])['\u2019\u2018\u02bc](?=[a-
 def class_noun(category: str, *, fallback: str = "product") -> str:
     """The class noun phrase of a category: lowercased, leading article dropped, plain characters only.
 
-    Accented letters are spelled plainly ("crème fraîche" → "creme fraiche", "ß" → "ss") rather than
-    cut out, which would split a word into fragments ("cr me fra che"); so is a possessive ("men's
-    deodorant" → "mens deodorant", not "men s deodorant").
+    Accented letters are spelled plainly ("crème fraîche" → "creme fraiche", "ß" → "ss", "ø" → "o":
+    ``plain_spelling``) rather than cut out, which would split a word into fragments ("cr me fra
+    che"); so is a possessive ("men's deodorant" → "mens deodorant", not "men s deodorant").
     """
-    decomposed = unicodedata.normalize("NFKD", category.casefold())
-    plain = "".join(char for char in decomposed if not unicodedata.combining(char))
-    plain = _INNER_APOSTROPHE.sub("", plain)
+    plain = _INNER_APOSTROPHE.sub("", plain_spelling(category.casefold()))
     words = re.sub(r"[^a-z0-9&\- ]+", " ", plain).split()
     if words and words[0] in ("a", "an", "the"):
         words = words[1:]
@@ -204,7 +221,8 @@ def article(phrase: str) -> str:
     """'a' or 'an' for ``phrase``, by how its first word is said: "an apple", "a unicorn-shaped cake",
     "a one-litre bottle", "an hour", "a UHT milk", "an SD card", "an 8-pack", "an x-ray" (the cases that
     occur in categories, colours and a VLM's sentences; no pronouncing dictionary)."""
-    first = phrase.split()[0] if phrase.split() else ""
+    # Said as its plain spelling: "an éclair", "an Ærø cheese" (the accented letter was no letter here).
+    first = plain_spelling(phrase.split()[0]) if phrase.split() else ""
     digits = re.match(r"\d+", first)
     if digits:
         return "an" if _reads_as_an(digits.group()) else "a"
@@ -279,11 +297,14 @@ def compose_caption(sku: SkuMetadata, colours: Sequence[str], shape: str, view: 
     "by  ," and "  series"), and a series that says so itself ("Pro Series") is not "Pro Series series".
     """
     noun = class_noun(sku.category)
-    # metadata.json is the retailer's: padding and inner runs of spaces are not part of the words.
-    brand, name, series = (" ".join(text.split()) for text in (sku.brand, sku.name, sku.series))
+    # metadata.json is the retailer's: padding and inner runs of spaces are not part of the words, and
+    # an accent typed apart from its letter (NFD, as macOS writes names) is one character with it.
+    brand, name, series = (_composed(text) for text in (sku.brand, sku.name, sku.series))
     described = " ".join(part for part in (_colour_phrase(colours), noun) if part)
     parts = [f"a photo of {with_article(described)}" + (f" by {brand}" if brand else "")]
-    if name and name.lower() not in (noun, brand.lower()):
+    # A name that is the category ("Crème Fraîche" of crème fraîche, the noun "creme fraiche") or the
+    # brand says nothing new.
+    if name and class_noun(name, fallback="") != noun and name.casefold() != brand.casefold():
         parts.append(name)
     if series:
         parts.append(series if series.split()[-1].lower() == "series" else f"{series} series")
@@ -294,9 +315,14 @@ def compose_caption(sku: SkuMetadata, colours: Sequence[str], shape: str, view: 
     return ", ".join(parts)
 
 
+def _composed(text: str) -> str:
+    """``text`` in composed form (NFC: "é" one character, however it was typed), single-spaced."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
 def _tag(text: str) -> str:
-    """One auto-tagger style tag: lowercase words, no commas."""
-    return " ".join(re.sub(r"[,\n\r\t]+", " ", text.lower()).split())
+    """One auto-tagger style tag: lowercase words (composed, ``_composed``), no commas."""
+    return _composed(re.sub(r"[,\n\r\t]+", " ", text.lower()))
 
 
 def compose_tags(sku: SkuMetadata, colours: Sequence[str], shape: str, view: str) -> list[str]:
@@ -385,7 +411,8 @@ def _sentence_words(sentence: str, measured: set[str]) -> list[str]:
     colour ("blue-and-white", "dark-red") split into its words, so each colour is judged on its own;
     a bare hyphen (BLIP's decoder spaces them out: "blue - and - white") is left out."""
     words: list[str] = []
-    for word in re.findall(r"[A-Za-z0-9'&-]+", sentence.lower()):
+    # Letters of any alphabet: "[A-Za-z]" cut "crème fraîche" into "cr me fra che".
+    for word in re.findall(r"(?:[^\W_]|['&-])+", unicodedata.normalize("NFC", sentence).lower()):
         parts = [part for part in word.split("-") if part]
         colours = {part for part in parts if part in _COLOUR_WORDS}
         if (

@@ -15,9 +15,12 @@ stay those measured on the mask.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import json
 import re
+import unicodedata
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
@@ -25,6 +28,7 @@ from typing import Any
 
 from PIL import Image
 
+from shared.captioning.prompts import plain_spelling
 from shared.errors import BadInput
 from shared.model_cache import COMPLETE_MARKER, DEFAULT_UNUSED_DAYS, fetch_directory
 from shared.model_cache import cache_dir as cache_path
@@ -173,19 +177,28 @@ def _without_prompt(sentence: str, prompt: str) -> str:
 
     Only as whole words: the prompt "a photo" cut "a photograph of a can" to "graph of a can". Space
     beside punctuation does not count: BLIP's tokenizer decodes "a close-up photo," as
-    "a close - up photo ,", and the echo stayed in the caption.
+    "a close - up photo ,", and the echo stayed in the caption. Nor do accents: its uncased tokenizer
+    strips them, and "une photo de crème" came back "une photo de creme".
     """
-    tokens = _PROMPT_TOKEN.findall(prompt)
+    tokens = _PROMPT_TOKEN.findall(plain_spelling(unicodedata.normalize("NFC", prompt)))
     if not tokens:
         return sentence
     pattern = re.escape(tokens[0])
     for before, token in pairwise(tokens):
         between_words = before[-1].isalnum() and token[0].isalnum()
         pattern += (r"\s+" if between_words else r"\s*") + re.escape(token)
-    echo = re.match(pattern, sentence, re.IGNORECASE)
+    # Matched on the sentence spelled plainly, character by character, so that where the echo ends
+    # there is where it ends in the sentence itself.
+    sentence = unicodedata.normalize("NFC", sentence)
+    plain = [plain_spelling(char) for char in sentence]
+    echo = re.match(pattern, "".join(plain), re.IGNORECASE)
     if echo is None:
         return sentence
-    rest = sentence[echo.end() :]
+    ends = list(itertools.accumulate(len(spelled) for spelled in plain))
+    last = bisect.bisect_left(ends, echo.end())  # the sentence's character the echo ends in
+    if ends[last] != echo.end():
+        return sentence  # inside a letter spelled with two ("a" of "æ"): inside a word, no echo
+    rest = sentence[last + 1 :]
     if tokens[-1][-1].isalnum() and rest[:1].isalnum():
         return sentence  # the prompt ends inside the sentence's first words: no echo
     return rest.strip()
