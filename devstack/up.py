@@ -605,6 +605,8 @@ def write_state(config: StackConfig, supervisor: Supervisor, state: str) -> None
     document: dict[str, Any] = {
         "state": state,
         "supervisor_pid": os.getpid(),
+        # Whose pid it is: in a container `up` may be pid 1, which only there names this stack.
+        "pid_namespace": pid_namespace(),
         "supervisor_id": supervisor.supervisor_id,
         "started_at": config.started_at,
         "workdir": str(config.workdir),
@@ -669,16 +671,51 @@ def process_started_at(pid: int) -> float | None:
     return boot_s + ticks / os.sysconf("SC_CLK_TCK")
 
 
+def pid_namespace() -> str | None:
+    """This process's pid namespace as /proc names it ("pid:[4026531836]"); None where it cannot tell."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def runs_skuforge_up(pid: int) -> bool:
+    """Whether process ``pid`` was started as ``skuforge up`` (the console script, or
+    ``python -m skuforge_cli up``), by its /proc/<pid>/cmdline."""
+    try:
+        argv = [os.fsdecode(word) for word in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if word]
+    except OSError:
+        return False
+    for index, word in enumerate(argv):
+        if Path(word).name == "skuforge" or (word == "skuforge_cli" and argv[index - 1 : index] == ["-m"]):
+            return "up" in argv[index + 1 :]
+    return False
+
+
+def _supervises_a_stack(pid: int, state: Mapping[str, Any]) -> bool:
+    """Whether ``pid`` may be the supervisor ``state`` names (``read_state`` asks /proc whether it runs).
+
+    A damaged or hand-edited 0 or -1 passed kill(pid, 0) (which signals a group and succeeds), and the
+    refusal of `up` then told the user to `kill 0`, their own group; JSON's true is 1 in Python, and
+    int() made 1 of 1.9 and "1": `up` writes its pid as a JSON integer. 1 is init, started before any
+    stack, so it passed the pid-reuse check too; but in a container `skuforge up` may be pid 1 itself.
+    So 1 is the stack's only where the file was written in this pid namespace and pid 1 here is
+    `skuforge up`: seen from the host (or another container), pid 1 is that machine's init.
+    """
+    if type(pid) is not int or pid < 1:
+        return False
+    if pid > 1:
+        return True
+    namespace = pid_namespace()
+    return namespace is not None and state.get("pid_namespace") == namespace and runs_skuforge_up(1)
+
+
 def read_state(workdir: Path) -> dict[str, Any] | None:
     """The state of the stack of ``workdir`` if its supervisor still runs, else None."""
     try:
         state: dict[str, Any] = json.loads((workdir / STATE_FILE).read_text())
         pid = state["supervisor_pid"]
-        # A damaged or hand-edited 0 or -1 passed the check below (kill(0 or -1, 0) signals a group
-        # and succeeds), and the refusal of `up` then told the user to `kill 0`, their own group. 1 is
-        # init, started before any stack, so it passed the pid-reuse check too; JSON's true is 1 in
-        # Python, and int() made 1 of 1.9 and "1". `up` writes its pid as a JSON integer above 1.
-        if type(pid) is not int or pid <= 1:
+        if not _supervises_a_stack(pid, state):  # checked before kill(pid, 0): 0 and -1 are groups
             raise ValueError(f"supervisor_pid {pid!r} is not a stack's supervisor")
         # PermissionError: alive, another user's; the stack runs (a demo only reads its state).
         with contextlib.suppress(PermissionError):

@@ -777,6 +777,71 @@ def test_a_stack_json_naming_no_process_is_no_stack_and_no_group_is_signalled(
     os.close(devstack.up._held_locks.pop())
 
 
+# Stands in for `skuforge up` running as a container's pid 1: writes stack.json as `up` does, then,
+# as another shell in the container would, asks whether a stack runs there (``PROBE``).
+UP_AS_PID_1 = """
+import subprocess, sys
+from pathlib import Path
+from devstack.supervisor import Supervisor
+from devstack.up import build_config, write_state
+
+workdir = Path(sys.argv[sys.argv.index("--workdir") + 1])
+config = build_config(workdir, kafka_bootstrap="127.0.0.1:9", backends=["composite"], with_trainer=False)
+write_state(config, Supervisor([], report=lambda line: None), "ready")
+probe = subprocess.run([sys.executable, "-c", sys.argv[-1], str(workdir)], capture_output=True, text=True)
+(workdir / "probe.out").write_text(probe.stdout + probe.stderr)
+"""
+PROBE = """
+import sys
+from pathlib import Path
+from devstack.up import read_state
+state = read_state(Path(sys.argv[1]))
+print("running" if state is not None else "no stack", state and state["supervisor_pid"])
+"""
+
+
+def _pid_namespaces_available() -> bool:
+    try:
+        unshared = subprocess.run(["unshare", "-Urpf", "--mount-proc", "true"], capture_output=True)
+    except OSError:
+        return False
+    return unshared.returncode == 0
+
+
+@pytest.mark.skipif(not _pid_namespaces_available(), reason="needs unshare into a new pid namespace")
+@pytest.mark.parametrize(
+    ("command", "seen_inside"),
+    [(["-m", "skuforge_cli", "up"], "running 1"), (["skuforge_cli/__main__.py"], "no stack None")],
+    ids=["skuforge-up-is-pid-1", "another-program-is-pid-1"],
+)
+def test_a_stack_whose_up_is_pid_1_of_a_container_runs_there_and_nowhere_else(
+    tmp_path: Path, command: list[str], seen_inside: str
+) -> None:
+    """In a container `skuforge up` may be pid 1 itself: its stack.json said supervisor_pid 1, which
+    read as init, so a second `up` or a demo from another shell there said no stack runs (and started
+    one beside it). Pid 1 is the stack's where it is `skuforge up` in the namespace that wrote the file;
+    seen from the host, or where pid 1 is another program, it is still no stack (nobody is told to
+    `kill 1`)."""
+    fake_root = tmp_path / "fake-root"
+    (fake_root / "skuforge_cli").mkdir(parents=True)
+    (fake_root / "skuforge_cli" / "__init__.py").write_text("")
+    (fake_root / "skuforge_cli" / "__main__.py").write_text(textwrap.dedent(UP_AS_PID_1))
+    workdir = tmp_path / "stack"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "SKUFORGE_CONSOLE_USERS": "demo:pw"}
+    run = subprocess.run(
+        ["unshare", "-Urpf", "--mount-proc", sys.executable, *command, "--workdir", str(workdir), PROBE],
+        cwd=fake_root,  # `python -m skuforge_cli` finds the fake first
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads((workdir / "stack.json").read_text())["supervisor_pid"] == 1
+    assert (workdir / "probe.out").read_text().strip() == seen_inside
+    assert devstack.up.read_state(workdir) is None  # the host's pid 1 is its init
+
+
 def test_a_run_refused_for_a_damaged_console_login_keeps_the_saved_ports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
