@@ -296,6 +296,9 @@ def test_a_photo_missing_from_the_store_still_dead_letters_the_whole_sku(tmp_pat
 class AdapterMissingGenerator:
     """Draws nothing useful: refuses the second variant as an adapter not registered yet."""
 
+    def batch_done(self) -> None:
+        """Nothing is kept between calls here."""
+
     def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
         image, mask = np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.uint8)
         drawn = VariantResult(image, mask, "{}", None, "composite-v1")
@@ -346,6 +349,38 @@ def test_more_requests_in_flight_than_triton_holds_still_get_every_variant_drawn
     assert "SKUFORGE_GENERATION_MAX_QUEUE_SIZE" in str(refusals[0]), refusals[0]
     images = [result.image.tobytes() for result in results if isinstance(result, VariantResult)]
     assert len(set(images)) == len(requests)  # each its own variant, in order of the requests
+
+
+@pytest.mark.slow
+def test_a_batch_that_redraws_with_more_requests_than_triton_holds_still_gets_every_variant(
+    tmp_path: Path,
+) -> None:
+    # Triton holds 2 requests; the batch's first round sends 16 variants, its second the 4 of p0 (whose
+    # empty mask the compositor refuses) from the other photos. The client kept the answers a refused
+    # call had drawn only until its next call of the model: on the retry the first round, sent again,
+    # threw the second round's away, so the second round never had its 4 answered: retried for ever.
+    server = TritonServerProcess(tmp_path, max_batch_size=1, batch_delay_us=0, max_queue_size=1).start()
+    client = TritonGenerator(server.grpc_url, concurrency=8)
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=16, size_px=512)
+    captioned = with_mask(
+        store, captioned_sku(store, 3, usable_photos=4), "p0", np.zeros((192, 192), np.uint8)
+    )
+    event = captioned_event(captioned, "redraws-overloaded")
+    outputs: list[object] | BadInput | None = None
+    retries = 0
+    try:
+        while outputs is None and retries < 40:  # a retry of the whole batch, as the runtime makes
+            try:
+                [outputs] = handle_batch([event], ctx, generator=client, generation=generation)
+            except GeneratorUnavailable:
+                retries += 1
+    finally:
+        client.close()
+        server.stop()
+    assert retries, "16 requests in flight against a queue of 1 were never refused"
+    assert isinstance(outputs, list), f"still refused after {retries} retries of the batch"
+    drawn_from = {emit.payload.variant_index: emit.payload.reference_photo_id for emit in outputs}  # type: ignore[attr-defined]
+    assert sorted(drawn_from) == list(range(16)) and "p0" not in drawn_from.values()
 
 
 @pytest.mark.parametrize(

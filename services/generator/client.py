@@ -2,8 +2,9 @@
 
 Triton down, a model not loaded yet, a full queue (overload) or a timeout raise
 ``GeneratorUnavailable``, a ``TransientError``: the runtime pauses the partition, backs off and
-retries, and commits nothing meanwhile. The variants that call did draw are kept, and the retry
-sends only the others (``CONCURRENCY_LIMIT``: more in flight than Triton holds is turned away).
+retries, and commits nothing meanwhile. The variants that call did draw are kept, until asked for
+again or the stage is done with its batch (``batch_done``), and the retry sends only the others
+(``CONCURRENCY_LIMIT``: more in flight than Triton holds is turned away).
 A variant the model refuses (its ``error`` output) comes back as a ``BadInput`` for its SKU, as does
 one with an empty reference or mask, refused before it is sent. A malformed request (our bug) raises
 ``RuntimeError``.
@@ -76,14 +77,21 @@ class TritonGenerator:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="triton")
         self.last_call_ok = True  # readiness: the last call reached the model
         self._told_missing: set[str] = set()  # optional inputs an older model lacked, logged once
-        # Per backend, the answers of its last call that Triton did not serve whole, by request: the
-        # retry sends only the rest. Before, one overload refusal threw away every variant drawn, and
-        # with more requests in flight than Triton holds, every retry was refused again, for ever.
+        # Per backend, the answers of calls Triton did not serve whole, by request: the retry sends only
+        # the rest. Before, one overload refusal threw away every variant drawn, and with more requests
+        # in flight than Triton holds, every retry was refused again, for ever. Kept until asked for
+        # again or the stage is done with the batch (``batch_done``), not just until the model's next
+        # call: a batch's first round, sent again on the retry, threw its redraw round's answers away,
+        # and that round was refused again, for ever.
         self._kept: dict[str, dict[str, VariantResult | BadInput]] = {}
 
     def close(self) -> None:
         """Stop the worker threads."""
         self._pool.shutdown(wait=True)
+
+    def batch_done(self) -> None:
+        """The stage is done with its batch: no retry will ask for the answers kept for one."""
+        self._kept.clear()
 
     def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
         """All ``variants`` from ``backend``'s model, in order; GeneratorUnavailable if any was not served."""
@@ -92,7 +100,7 @@ class TritonGenerator:
         except GeneratorUnavailable:
             self.last_call_ok = False
             raise
-        kept = self._kept.pop(backend, {})
+        kept = self._kept.setdefault(backend, {})
         keys = [_request_key(variant) for variant in variants]
         futures = {
             key: self._pool.submit(self._infer_one, backend, variant, optional)
@@ -110,7 +118,7 @@ class TritonGenerator:
                 refused += 1
         self.last_call_ok = unavailable is None
         if unavailable is not None:
-            self._kept[backend] = answered
+            kept.update(answered)
             if unavailable.kind == "overloaded":
                 log.warning(
                     "Triton turned %d of %d requests to %s away as overloaded; the %d answered are kept "
@@ -122,6 +130,8 @@ class TritonGenerator:
                     CONCURRENCY_LIMIT,
                 )
             raise unavailable
+        for key in keys:  # asked for and answered: the call that will not be retried has them
+            kept.pop(key, None)
         return [answered[key] for key in keys]
 
     def _client(self) -> Any:

@@ -408,6 +408,7 @@ def handle_batch(
                 },
             )
         outputs.append([_store_variant(event, *draw.drawn[index], ctx) for index in sorted(draw.drawn)])
+    generator.batch_done()  # what the client kept for a retry of this batch is not asked for again
     return outputs
 
 
