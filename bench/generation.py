@@ -75,6 +75,7 @@ def images_per_s(
     client = TritonGenerator(server.grpc_url, concurrency=concurrency, timeout_s=600)
     try:
         client.generate(backend, variants[: max(2, concurrency)])  # warm-up: connections, first calls
+        client.batch_done()  # else the timed call would take the warm-up's answers, not draw them
         started = time.perf_counter()
         results = client.generate(backend, variants)
         elapsed = time.perf_counter() - started

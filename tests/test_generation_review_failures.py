@@ -374,6 +374,7 @@ def test_a_batch_that_redraws_with_more_requests_than_triton_holds_still_gets_ev
                 [outputs] = handle_batch([event], ctx, generator=client, generation=generation)
             except GeneratorUnavailable:
                 retries += 1
+        [model] = server.statistics()["model_stats"]
     finally:
         client.close()
         server.stop()
@@ -381,6 +382,9 @@ def test_a_batch_that_redraws_with_more_requests_than_triton_holds_still_gets_ev
     assert isinstance(outputs, list), f"still refused after {retries} retries of the batch"
     drawn_from = {emit.payload.variant_index: emit.payload.reference_photo_id for emit in outputs}  # type: ignore[attr-defined]
     assert sorted(drawn_from) == list(range(16)) and "p0" not in drawn_from.values()
+    # Each variant was drawn once: a retry asks Triton for none of those a call before it answered
+    # (the first round's 16 were drawn again on every retry that a refused redraw round caused).
+    assert int(model["inference_count"]) == 16 + 4
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,8 @@
 
 Triton down, a model not loaded yet, a full queue (overload) or a timeout raise
 ``GeneratorUnavailable``, a ``TransientError``: the runtime pauses the partition, backs off and
-retries, and commits nothing meanwhile. The variants that call did draw are kept, until asked for
-again or the stage is done with its batch (``batch_done``), and the retry sends only the others
+retries, and commits nothing meanwhile. Every variant drawn is kept until the stage is done with its
+batch (``batch_done``), and the retry sends only the others, in every round of the batch
 (``CONCURRENCY_LIMIT``: more in flight than Triton holds is turned away).
 A variant the model refuses (its ``error`` output) comes back as a ``BadInput`` for its SKU, as does
 one with an empty reference or mask, refused before it is sent. A malformed request (our bug) raises
@@ -77,12 +77,12 @@ class TritonGenerator:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="triton")
         self.last_call_ok = True  # readiness: the last call reached the model
         self._told_missing: set[str] = set()  # optional inputs an older model lacked, logged once
-        # Per backend, the answers of calls Triton did not serve whole, by request: the retry sends only
-        # the rest. Before, one overload refusal threw away every variant drawn, and with more requests
-        # in flight than Triton holds, every retry was refused again, for ever. Kept until asked for
-        # again or the stage is done with the batch (``batch_done``), not just until the model's next
-        # call: a batch's first round, sent again on the retry, threw its redraw round's answers away,
-        # and that round was refused again, for ever.
+        # Per backend, every answer by request, until the stage is done with its batch (``batch_done``):
+        # a retry of the batch sends only the rest. Before, one overload refusal threw away every variant
+        # drawn, and with more requests in flight than Triton holds, every retry was refused again, for
+        # ever; then answers were kept only until the model's next call: a batch's first round, sent
+        # again on the retry, threw its redraw round's answers away (and was drawn again itself, GPU
+        # time and all), and that round was refused again, for ever.
         self._kept: dict[str, dict[str, VariantResult | BadInput]] = {}
 
     def close(self) -> None:
@@ -90,7 +90,8 @@ class TritonGenerator:
         self._pool.shutdown(wait=True)
 
     def batch_done(self) -> None:
-        """The stage is done with its batch: no retry will ask for the answers kept for one."""
+        """The stage is done with its batch: no retry will ask for the answers kept for one. (Until
+        then the same request is answered from what was kept, not drawn again.)"""
         self._kept.clear()
 
     def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
@@ -116,9 +117,9 @@ class TritonGenerator:
             except GeneratorUnavailable as exc:
                 unavailable = unavailable or exc
                 refused += 1
+        kept.update(answered)
         self.last_call_ok = unavailable is None
         if unavailable is not None:
-            kept.update(answered)
             if unavailable.kind == "overloaded":
                 log.warning(
                     "Triton turned %d of %d requests to %s away as overloaded; the %d answered are kept "
@@ -130,8 +131,6 @@ class TritonGenerator:
                     CONCURRENCY_LIMIT,
                 )
             raise unavailable
-        for key in keys:  # asked for and answered: the call that will not be retried has them
-            kept.pop(key, None)
         return [answered[key] for key in keys]
 
     def _client(self) -> Any:

@@ -38,7 +38,8 @@ others draw its variants, logged ("photo unreadable, its variants drawn from the
 counted (``skuforge_generator_photos_left_out_total{reason}``); a photo ``object_missing`` (which a
 replay may cure) or none readable still sends the SKU to the DLQ, and a letter for the variants of the
 readable photos (all refused) names the unreadable ones in its detail too. Triton down, loading,
-overloaded or slow is transient: the partition is paused and retried, nothing is committed.
+overloaded or slow is transient: the partition is paused and retried, nothing is committed, and the
+variants Triton did draw are not drawn again (the client keeps them until the batch is done).
 
 The model: served by ``skuforge serve generator`` (``services/generator/server.py``); this
 stage only calls it (``services/generator/client.py``). Knobs: ``shared/generation/settings.py``.
