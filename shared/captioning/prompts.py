@@ -12,8 +12,8 @@ Decisions (see also ``services/captioner/stage.py``):
   reduced to the packaging word ("can"): class-prior images of "a photo of a soda can" are what
   the LoRA must stay close to, and they differ from "a can" (paint, tin). Lowercased, leading
   article dropped, accents spelled plainly ("crème" → "creme", "ø" → "o"), an apostrophe inside a
-  word dropped ("men's" → "mens"), only ASCII letters, digits, spaces, '-' and '&' kept. A plural noun ("soft
-  drinks") takes no article in the class prompt and the captions: "a photo of soft drinks".
+  word dropped ("men's" → "mens"), only ASCII letters, digits, spaces, '-' and '&' kept. A plural
+  noun ("soft drinks") takes no article in the class prompt and the captions: "a photo of soft drinks".
 * **Captions** say only what was measured (colours, packaging shape, view) plus the retailer's
   metadata; the instance token stays in the prompts, so a caption reads as plain English.
 """

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import itertools
 import json
 import re
 import unicodedata
 from collections.abc import Sequence
-from itertools import pairwise
+from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +193,7 @@ def _without_prompt(sentence: str, prompt: str) -> str:
     echo = re.match(pattern, "".join(plain), re.IGNORECASE)
     if echo is None:
         return sentence
-    ends = list(itertools.accumulate(len(spelled) for spelled in plain))
+    ends = list(accumulate(len(spelled) for spelled in plain))
     last = bisect.bisect_left(ends, echo.end())  # the sentence's character the echo ends in
     if ends[last] != echo.end():
         return sentence  # inside a letter spelled with two ("a" of "æ"): inside a word, no echo
