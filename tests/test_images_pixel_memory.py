@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from PIL import Image
 
 import shared.images
-from shared.images import decode_image, decode_mask, pixel_array
+from shared.images import decode_image, decode_mask, photo_and_transparency, pixel_array
+from tests.support.memory import peak_traced_bytes
 
 
 def _image(mode: str, width: int, height: int) -> Image.Image:
@@ -68,3 +70,76 @@ def test_a_mask_marks_the_pixels_at_or_above_half_brightness(
     assert mask.dtype == np.uint8
     assert np.array_equal(mask, np.where(brightness >= 128, 255, 0))
     assert mask.any() and not mask.all()
+
+
+def _rgb_over_white(image: Image.Image) -> npt.NDArray[np.int64]:
+    """What decode_image made of an image with alpha: RGB composited over white, rounded to nearest."""
+    rgba = np.asarray(image.convert("RGBA")).astype(np.int64)
+    colour, alpha = rgba[..., :3], rgba[..., 3:]
+    return (colour * alpha + 255 * (255 - alpha) + 127) // 255
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "PA", "P"])
+def test_a_photo_with_alpha_is_composited_over_white_strip_by_strip(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    monkeypatch.setattr(shared.images, "_STRIP_PIXELS", 30)
+    source = _image("RGBA", 17, 9)
+    if mode == "P":
+        # A palette with a transparent entry.
+        image = source.convert("RGB").convert("P")
+        image.info["transparency"] = int(np.asarray(image)[4, 5])
+    else:
+        image = source.convert(mode)
+    photo = decode_image(_png(image)) if mode != "PA" else shared.images.to_rgb(image)
+    assert photo.mode == "RGB"
+    assert np.array_equal(np.asarray(photo), _rgb_over_white(image))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "PA", "P"])
+def test_the_transparency_mask_is_the_opaque_pixels(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    monkeypatch.setattr(shared.images, "_STRIP_PIXELS", 30)
+    source = _image("RGBA", 17, 9)
+    if mode == "P":
+        image = source.convert("RGB").convert("P")
+        image.info["transparency"] = int(np.asarray(image)[4, 5])
+    else:
+        image = source.convert(mode)
+    alpha = np.asarray(image.convert("RGBA"))[..., 3]
+    assert np.array_equal(shared.images.transparency_mask(image), np.where(alpha >= 128, 255, 0))
+
+
+# --- memory: a 40 MP image must not cost several copies of itself -------------------------------
+# Measured on a smaller image with small strips, so a strip is a sliver of the image as it is at 40 MP.
+_SIDE = 1200
+
+
+def _cut_out(mode: str) -> bytes:
+    """A product cut-out: noise inside an opaque square, transparent around it."""
+    values = np.random.default_rng(3).integers(0, 256, (_SIDE, _SIDE, 4), dtype=np.uint8)
+    values[..., 3] = 0
+    values[_SIDE // 4 : 3 * _SIDE // 4, _SIDE // 4 : 3 * _SIDE // 4, 3] = 255
+    return _png(Image.fromarray(values, "RGBA").convert(mode))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_decoding_a_big_cut_out_holds_little_more_than_its_rgb(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    # Compositing went through np.asarray of the whole RGBA image as uint16 and four image-sized
+    # temporaries: 22 bytes a pixel traced (880 MiB at 40 MP) for a 3-byte-a-pixel result.
+    monkeypatch.setattr(shared.images, "_STRIP_PIXELS", 2**14)
+    data = _cut_out(mode)
+    rgb_bytes = _SIDE * _SIDE * 3
+    assert peak_traced_bytes(lambda: decode_image(data)) < 1.5 * rgb_bytes
+    assert peak_traced_bytes(lambda: photo_and_transparency(data)) < 1.5 * rgb_bytes
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_a_big_mask_with_alpha_holds_little_more_than_the_mask(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    # The LA array as uint16 and the blend's temporaries: 8 bytes a pixel for a 1-byte-a-pixel mask.
+    monkeypatch.setattr(shared.images, "_STRIP_PIXELS", 2**14)
+    data = _cut_out(mode)
+    assert peak_traced_bytes(lambda: decode_mask(data)) < 1.5 * _SIDE * _SIDE
