@@ -30,7 +30,7 @@ from schemas.common import ImageRef
 from schemas.events import CorrectionResolved, Decision
 from services.console.tasks import OutboxEvent, Task, TaskStore
 from shared.errors import ImageRejected
-from shared.images import apply_exif_orientation, decode_mask, to_rgb, transparency_mask
+from shared.images import apply_exif_orientation, decode_mask, pixel_array, to_rgb, transparency_mask
 from shared.store import ObjectStore
 
 DECISIONS: tuple[Decision, ...] = ("approve_predicted", "approve_expected", "approve_edited", "reject")
@@ -136,7 +136,7 @@ def _alpha_and_labels(
         by_label = None
         labels_first = False
         if upright.mode in ("L", "P", "I", "I;16"):
-            values = np.asarray(upright)
+            values = pixel_array(upright)
             present = set(np.unique(values).tolist()) if values.size else set()
             labels_first = upright.mode == "P" and present == {0, 1, 255}
             if present == {0, 1} or labels_first:
@@ -148,7 +148,7 @@ def _black_and_white_where_opaque(image: Image.Image, opaque: npt.NDArray[np.uin
     """Whether the opaque pixels are all pure black or pure white, and both occur (a mask, not a cut-out)."""
     # Through to_rgb, as decoding does: Pillow has no conversion of some alpha modes (a premultiplied
     # grey TIFF, "La") straight to RGB, and a mask in one was a 500.
-    rgb = np.asarray(to_rgb(image))[opaque > 0]
+    rgb = pixel_array(to_rgb(image))[opaque > 0]
     black = (rgb == 0).all(axis=1)
     white = (rgb == 255).all(axis=1)
     return bool((black | white).all() and black.any() and white.any())

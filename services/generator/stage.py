@@ -73,7 +73,7 @@ from shared.generation.backend import BACKEND_NAMES, COLOUR_GAIN_KEY, cutout_sou
 from shared.generation.composite import COMPOSITE_PARAMETERS, product_framing
 from shared.generation.diffusion import DIFFUSION_PARAMETERS
 from shared.generation.settings import GenerationSettings
-from shared.images import decode_image, decode_mask
+from shared.images import decode_image, decode_mask, pixel_array
 from shared.runtime import Context, Emit, Stage, run_stage_loading
 
 STAGE_NAME = GENERATOR.name
@@ -227,7 +227,7 @@ def _read_reference(
         image = image.resize(size, Image.Resampling.LANCZOS)
         mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
     binary = np.where(mask >= 128, 255, 0).astype(np.uint8)
-    return (*crop_to_product(np.asarray(image, dtype=np.uint8), binary), product_framing(binary))
+    return (*crop_to_product(pixel_array(image), binary), product_framing(binary))
 
 
 def crop_to_product(

@@ -65,6 +65,7 @@ last poll left out, a record of their publication or their registry weights unre
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import json
 import logging
@@ -103,7 +104,7 @@ from shared.generation.adapters import (
 from shared.generation.backend import cutout_sources
 from shared.generation.diffusion import DiffusionSettings, model_digest, paint_finite, release_memory
 from shared.generation.settings import GenerationSettings
-from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, UInt8Array, decode_image
+from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, UInt8Array, decode_image, pixel_array
 from shared.lora_training.dataset import (
     InstanceSource,
     TrainingRecipe,
@@ -1110,14 +1111,15 @@ def _read_class_folder(
             )
         for path in files:
             try:
-                pixels = np.asarray(
-                    decode_image(path.read_bytes(), max_pixels=max_pixels, max_bytes=max_bytes), np.uint8
+                pixels = pixel_array(
+                    decode_image(path.read_bytes(), max_pixels=max_pixels, max_bytes=max_bytes)
                 )
             except (BadInput, OSError) as exc:
                 raise ConfigError(
                     f"SKUFORGE_LORA_CLASS_IMAGES_DIR: {path} cannot be used ({exc}); fix or remove it"
                 ) from None
-            digests.setdefault(class_dir.name, []).append(sha256_hex(pixels.tobytes()))
+            # The array's own buffer, not a tobytes copy of it: the same digest without a second image.
+            digests.setdefault(class_dir.name, []).append(hashlib.sha256(pixels.data).hexdigest())
             images.setdefault(class_dir.name, []).append(square_image(pixels, resolution))
     return ClassFolder(images, digests)
 

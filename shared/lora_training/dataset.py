@@ -43,7 +43,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.errors import BadInput
 from shared.generation.backend import GenerationRequest
 from shared.generation.composite import CompositeBackend
-from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, UInt8Array, decode_image, decode_mask
+from shared.images import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    UInt8Array,
+    decode_image,
+    decode_mask,
+    pixel_array,
+)
 from shared.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -304,7 +311,7 @@ def _scenes(
     must not be trained on under it."""
     size = recipe.resolution
     image_bytes = store.read_checked(source.image_uri, source.image_sha256)
-    photo = np.asarray(decode_image(image_bytes, max_pixels=max_pixels, max_bytes=max_bytes), np.uint8)
+    photo = pixel_array(decode_image(image_bytes, max_pixels=max_pixels, max_bytes=max_bytes))
     mask_bytes = store.read_checked(source.mask_uri, source.mask_sha256)
     mask = decode_mask(mask_bytes, max_pixels=max_pixels, max_bytes=max_bytes)
     if not source.composite:

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from shared.generation.adapters import safetensors_header
-from shared.images import decode_image, decode_mask
+from shared.images import decode_image, decode_mask, pixel_array
 from shared.lora_training.dataset import TrainingItem, TrainingRecipe, TrainingSet
 from shared.store import ObjectStore
 
@@ -287,6 +288,17 @@ class _Encoded:
     text: torch.Tensor
 
 
+def vae_pixels(data: bytes) -> npt.NDArray[np.float32]:
+    """A training image decoded (``decode_image``) as the VAE takes it: HxWx3 float32 in -1..1.
+
+    Read a strip at a time (``pixel_array``, as every stage reads a decoded image), then scaled in
+    place."""
+    pixels = pixel_array(decode_image(data)).astype(np.float32)
+    pixels /= 127.5
+    pixels -= 1.0
+    return pixels
+
+
 def _encode(
     item: TrainingItem, store: ObjectStore, tokenizer: Any, text_encoder: Any, vae: Any, device: Any
 ) -> _Encoded:
@@ -294,7 +306,7 @@ def _encode(
     import torch
     import torch.nn.functional as F
 
-    image = np.asarray(decode_image(store.get_bytes(item.image)), dtype=np.float32) / 127.5 - 1.0
+    image = vae_pixels(store.get_bytes(item.image))
     pixels = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).to(device)
     if item.mask is not None:
         # Paint the background (what the generator repaints); keep the product.

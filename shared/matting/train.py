@@ -30,7 +30,7 @@ from PIL import Image
 
 from shared.config import ConfigError
 from shared.errors import ImageRejected
-from shared.images import decode_image, decode_mask
+from shared.images import decode_image, decode_mask, pixel_array
 from shared.matting import RENDERER_HELDOUT_SEED
 from shared.matting.session import MaskOptions, U2NetPSession, U2NetSession, u2net_preprocess
 from shared.matting.u2net import (
@@ -183,7 +183,8 @@ def _is_colour_picture(data: bytes) -> bool:
     with Image.open(io.BytesIO(data)) as opened:
         if opened.mode not in ("RGB", "RGBA"):
             return False
-    pixels = np.asarray(decode_image(data), dtype=np.int16)
+    # uint8 as decoded: max - min of a pixel cannot go below 0, so no wider copy is needed.
+    pixels = pixel_array(decode_image(data))
     spread = pixels.max(axis=-1) - pixels.min(axis=-1)
     return float((spread > 32).mean()) > 0.01
 
