@@ -16,6 +16,7 @@ from services.generator.stage import _read_reference, crop_to_product
 from services.lora_trainer.stage import _read_class_folder
 from shared.config import Settings
 from shared.generation.composite import CompositeBackend
+from shared.generation.scenes import SceneLibrary
 from shared.images import decode_image, decode_mask
 from shared.lora_training.dataset import InstanceSource, TrainingRecipe, _scenes, square_image
 from shared.lora_training.train import vae_pixels
@@ -188,3 +189,19 @@ def test_telling_a_big_colour_picture_holds_little_more_than_it(small_strips: No
     side = 1200
     data = _png(_photo(side, side))
     assert peak_traced_bytes(lambda: _is_colour_picture(data)) < 2.5 * side * side * 3
+
+
+# --- generator: the scene photos ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_a_scene_is_the_decoded_photo_shrunk(tmp_path: Path, small_strips: None, mode: str) -> None:
+    data = _png(_photo(401, 263, mode))
+    (tmp_path / "scenes").mkdir()
+    (tmp_path / "scenes" / "shelf.png").write_bytes(data)
+    library = SceneLibrary.load(FileStore(tmp_path / "scenes"), max_side_px=300)
+    expected = decode_image(data)
+    expected.thumbnail((300, 300), Image.Resampling.LANCZOS)
+    pixels = library.get("shelf.png").pixels
+    assert pixels.dtype == np.uint8
+    assert np.array_equal(pixels, np.asarray(expected, dtype=np.uint8))

@@ -79,7 +79,7 @@ from shared.captioning.vlm import VlmCaptioner, VlmModelError, open_vlm
 from shared.config import ConfigError, Settings, load_settings
 from shared.dlq import is_permanent
 from shared.errors import BadInput
-from shared.images import refuse_too_many_pixels
+from shared.images import pixel_array, refuse_too_many_pixels
 from shared.matting.session import (
     MaskOptions,
     MattingModelError,
@@ -329,7 +329,7 @@ def _transparency_mask(
         )
         return None
     if mask.shape != (image.height, image.width):  # the photo is worked on at WORKING_SIDE_PX
-        mask = np.asarray(Image.fromarray(mask).resize(image.size, Image.Resampling.NEAREST), dtype=np.uint8)
+        mask = pixel_array(Image.fromarray(mask).resize(image.size, Image.Resampling.NEAREST))
     if mask_problem(
         mask,
         min_fraction=options.captioner_min_mask_fraction,
@@ -448,7 +448,8 @@ def _caption_photo(
         mask = np.where(ctx.read_mask(photo.mask) >= 128, np.uint8(255), np.uint8(0))
     if mask.shape != (photo.image.height, photo.image.width):  # found at the working size
         size = (photo.image.width, photo.image.height)
-        mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST), dtype=np.uint8)
+        # Back at the photo's own size (40 MP, maybe): read a strip at a time, not held twice.
+        mask = pixel_array(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
     caption = compose_caption(sku, colours, shape, view)
     if sentence is not None:
         caption = merge_sentence(caption, sentence, colours, shape, noun=class_noun(sku.category))

@@ -37,7 +37,7 @@ from PIL import Image
 from prometheus_client import Counter
 
 from shared.errors import BadInput, ImageRejected, TransientError
-from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
+from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image, pixel_array
 from shared.photos import PHOTO_FILE_SUFFIXES, key_left_out_quietly
 from shared.store import FileStore, ObjectStore, check_key
 
@@ -109,7 +109,7 @@ class SceneLibrary:
                 continue
             image.thumbnail((max_side_px, max_side_px), Image.Resampling.LANCZOS)
             tag = series_tag(key.split("/", 1)[0]) if "/" in key else ""
-            scenes.append(Scene(key, tag, np.asarray(image, dtype=np.uint8)))
+            scenes.append(Scene(key, tag, pixel_array(image)))
         if not scenes:
             raise NoScenePhotos(
                 f"no usable scene photo under {store.base_uri} ({len(skipped)} skipped); "
