@@ -36,7 +36,7 @@ import io
 import logging
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -145,10 +145,9 @@ def _label_mask(image: Image.Image) -> UInt8Array | None:
     """
     if image.mode not in ("L", "P", "I", *_SIXTEEN_BIT_MODES) or "transparency" in image.info:
         return None
-    values = np.asarray(image)
-    if values.size == 0 or int(values.min()) != 0 or int(values.max()) != 1:
+    if image.width == 0 or image.height == 0 or _extrema(image) != (0, 1):
         return None
-    return np.where(values == 1, np.uint8(255), np.uint8(0)).astype(np.uint8)
+    return _converted(image, lambda values, _top, _bottom: np.where(values == 1, np.uint8(255), np.uint8(0)))
 
 
 def pixel_array(image: Image.Image) -> npt.NDArray[Any]:
@@ -156,15 +155,38 @@ def pixel_array(image: Image.Image) -> npt.NDArray[Any]:
     dtype and values, copied a strip of rows at a time. ``np.asarray`` goes through ``Image.tobytes``,
     which holds the whole image twice (its chunks and their join): 229 MiB traced for a 40 MP RGB
     image whose array is 114 MiB."""
+    return _converted(image, lambda pixels, _top, _bottom: pixels)
+
+
+# What _converted applies to each strip: its pixels (as np.asarray gives them) and its top and bottom row.
+_StripConversion = Callable[[npt.NDArray[Any], int, int], npt.NDArray[Any]]
+
+
+def _converted(image: Image.Image, convert: _StripConversion) -> npt.NDArray[Any]:
+    """``convert`` applied to the image's pixels a strip of rows at a time, the strips' results joined
+    top to bottom into a new array: for a conversion pixel by pixel, what it gives the whole image,
+    holding one strip's pixels at a time besides the result."""
     width, height = image.size
     strips = _strips(width, height)
     top, bottom = next(strips)
-    first = np.asarray(image.crop((0, top, width, bottom)))
-    pixels = np.empty((height, *first.shape[1:]), dtype=first.dtype)
-    pixels[top:bottom] = first
+    first = convert(np.asarray(image.crop((0, top, width, bottom))), top, bottom)
+    converted = np.empty((height, *first.shape[1:]), dtype=first.dtype)
+    converted[top:bottom] = first
     for top, bottom in strips:
-        pixels[top:bottom] = np.asarray(image.crop((0, top, width, bottom)))
-    return pixels
+        converted[top:bottom] = convert(np.asarray(image.crop((0, top, width, bottom))), top, bottom)
+    return converted
+
+
+def _extrema(image: Image.Image) -> tuple[Any, Any]:
+    """The smallest and largest value of a single-band image (a palette image's indices), read a strip
+    at a time (Pillow's ``getextrema`` refuses some 16-bit modes). The image must have pixels."""
+    width, height = image.size
+    lows, highs = [], []
+    for top, bottom in _strips(width, height):
+        values = np.asarray(image.crop((0, top, width, bottom)))
+        lows.append(values.min())
+        highs.append(values.max())
+    return min(lows), max(highs)
 
 
 def _strips(width: int, height: int) -> Iterator[tuple[int, int]]:
@@ -176,22 +198,23 @@ def _strips(width: int, height: int) -> Iterator[tuple[int, int]]:
         yield top, min(top + rows, height)
 
 
-def _composited(image: Image.Image, *, background: int) -> UInt8Array:
-    """The colour bands of ``image`` (``LA`` or ``RGBA``: alpha last) blended over a flat
-    ``background`` by its alpha (``_composite``), HxW for ``LA``, HxWx3 for ``RGBA``, a strip of rows
-    at a time: blended whole, the uint16 copy and the blend's temporaries held 22 bytes a pixel
-    (880 MiB at 40 MP) for a 3-byte-a-pixel result."""
-    width, height = image.size
-    colours = len(image.getbands()) - 1
-    blended = np.empty((height, width) if colours == 1 else (height, width, colours), dtype=np.uint8)
-    for top, bottom in _strips(width, height):
-        values = np.asarray(image.crop((0, top, width, bottom)), dtype=np.uint16)
-        if colours == 1:
-            blended[top:bottom] = _composite(values[..., 0], values[..., 1], background=background)
+def _composited(image: Image.Image, *, background: int, alpha: UInt8Array | None = None) -> UInt8Array:
+    """``image``'s colour bands blended over a flat ``background`` (``_composite``) by its alpha: its
+    last band (``LA``, ``RGBA``), or ``alpha`` (HxW) when given (then every band is colour; ``L``,
+    ``RGB``). HxW for one colour band, HxWx3 for three. Blended a strip of rows at a time: blended
+    whole, the uint16 copies and the blend's temporaries held 22 bytes a pixel (880 MiB at 40 MP) for
+    a 3-byte-a-pixel result."""
+
+    def blend(pixels: npt.NDArray[Any], top: int, bottom: int) -> UInt8Array:
+        values = pixels.astype(np.uint16).reshape(*pixels.shape[:2], -1)
+        if alpha is None:
+            colour, weight = values[..., :-1], values[..., -1:]
         else:
-            colour, alpha = values[..., :colours], values[..., colours:]
-            blended[top:bottom] = _composite(colour, alpha, background=background)
-    return blended
+            colour, weight = values, alpha[top:bottom, :, None].astype(np.uint16)
+        blended = _composite(colour, weight, background=background)
+        return blended[..., 0] if blended.shape[2] == 1 else blended
+
+    return _converted(image, blend)
 
 
 def refuse_oversized(size_bytes: int, max_bytes: int) -> None:
@@ -517,8 +540,9 @@ def _to_rgb(image: Image.Image, data: bytes) -> Image.Image:
     composited over white. ``data`` is the file."""
     keyed = _colour_key_alpha(image, data)
     if keyed is not None:
-        rgb = np.asarray(_to_rgb(_without_colour_key(image), data), dtype=np.uint16)
-        return Image.fromarray(_composite(rgb, keyed[..., None], background=255))
+        return Image.fromarray(
+            _composited(_to_rgb(_without_colour_key(image), data), background=255, alpha=keyed)
+        )
     image = _to_srgb(image)
     mode = image.mode
     if mode == "RGB":
@@ -599,23 +623,23 @@ def _to_gray8(image: Image.Image, data: bytes) -> UInt8Array:
     ``data`` is the file."""
     keyed = _colour_key_alpha(image, data)
     if keyed is not None:
-        gray = _to_gray8(_without_colour_key(image), data).astype(np.uint16)
-        return _composite(gray, keyed, background=0)
+        gray = Image.fromarray(_to_gray8(_without_colour_key(image), data))
+        return _composited(gray, background=0, alpha=keyed)
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES or mode == "I":
-        values = np.asarray(image)
-        if values.size and int(values.min()) >= 0 and int(values.max()) <= 255:
+        low, high = _extrema(image) if image.width and image.height else (-1, -1)
+        if low >= 0 and high <= 255:
             # 8-bit values in a 16- or 32-bit file: an 8-bit mask saved as uint16 (OpenCV, numpy).
             # Rescaled from 0..65535 its 255 is 1, and the whole mask read as background.
-            return values.astype(np.uint8)
+            return _converted(image, lambda values, _top, _bottom: values.astype(np.uint8))
         return _scale_to_uint8(image)
     if mode == "F":
         return _scale_to_uint8(image)
-    if mode == "RGB" and _png_bit_depth(data) == 16 and not np.asarray(image).any():
+    if mode == "RGB" and _png_bit_depth(data) == 16 and not any(high for _, high in image.getextrema()):
         # A 16-bit RGB PNG decodes to each sample's high byte; all 0 means 8-bit values in 16 bits
         # (an 8-bit mask saved as uint16 by OpenCV), which are the low bytes. Read high, it was empty.
-        low = _png_rgb16_low_bytes(data, np.asarray(image).shape)
-        return np.asarray(Image.fromarray(low, "RGB").convert("L"), dtype=np.uint8)
+        low = _png_rgb16_low_bytes(data, (image.height, image.width, 3))
+        return pixel_array(Image.fromarray(low, "RGB").convert("L"))
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
         mode = image.mode
@@ -628,7 +652,7 @@ def _to_gray8(image: Image.Image, data: bytes) -> UInt8Array:
         raise ImageRejected("unsupported_mode", f"cannot convert mode {mode} to a mask") from exc
 
 
-def _colour_key_alpha(image: Image.Image, data: bytes) -> npt.NDArray[np.uint16] | None:
+def _colour_key_alpha(image: Image.Image, data: bytes) -> UInt8Array | None:
     """The alpha (0 or 255, HxW) of an image made transparent by a colour key, else None.
 
     A grayscale or RGB PNG may mark one colour transparent (tRNS) instead of carrying an alpha
@@ -637,28 +661,38 @@ def _colour_key_alpha(image: Image.Image, data: bytes) -> npt.NDArray[np.uint16]
     Palette images are left to Pillow's own conversion, which already applies their key.
     The key is in the file's bit depth (``data``'s IHDR), which is not always the pixels' depth:
     Pillow scales 2- and 4-bit grayscale up to 8 bits and keeps only the high byte of 16-bit RGB.
+    Compared a strip of rows at a time.
     """
     key = image.info.get("transparency")
     if key is None or image.mode not in ("1", "L", "RGB", "I", *_SIXTEEN_BIT_MODES):
         return None
     bit_depth = _png_bit_depth(data)
-    values = np.asarray(image)
+    transparent: Callable[[npt.NDArray[Any], int, int], npt.NDArray[np.bool_]]
     if image.mode == "RGB":
         if not (isinstance(key, tuple) and len(key) == 3 and all(isinstance(k, int) for k in key)):
             return None
         depth = bit_depth if bit_depth == 16 else 8
         if not all(0 <= k < 2**depth for k in key):
             return None  # a key no pixel can have: nothing is transparent
+        rgb_key: tuple[int, int, int] = key
         if depth == 16:
             # The pixels hold each sample's high byte; matching that alone would also hide every
             # colour within 1/256 of the key, so the low bytes must match too.
-            low = _png_rgb16_low_bytes(data, values.shape)
-            transparent = np.ones(values.shape[:2], dtype=np.bool_)
-            for channel, sample in enumerate(key):
-                transparent &= values[..., channel] == sample >> 8
-                transparent &= low[..., channel] == sample & 0xFF
+            low = _png_rgb16_low_bytes(data, (image.height, image.width, 3))
+
+            def transparent(values: npt.NDArray[Any], top: int, bottom: int) -> npt.NDArray[np.bool_]:
+                hidden = np.ones(values.shape[:2], dtype=np.bool_)
+                for channel, sample in enumerate(rgb_key):
+                    hidden &= values[..., channel] == sample >> 8
+                    hidden &= low[top:bottom, :, channel] == sample & 0xFF
+                return hidden
+
         else:
-            transparent = (values[..., 0] == key[0]) & (values[..., 1] == key[1]) & (values[..., 2] == key[2])
+
+            def transparent(values: npt.NDArray[Any], top: int, bottom: int) -> npt.NDArray[np.bool_]:
+                red, green, blue = rgb_key
+                return (values[..., 0] == red) & (values[..., 1] == green) & (values[..., 2] == blue)
+
     else:
         if not isinstance(key, int):
             return None
@@ -667,9 +701,16 @@ def _colour_key_alpha(image: Image.Image, data: bytes) -> npt.NDArray[np.uint16]
                 return None  # a key no pixel can have: nothing is transparent
             # Pillow stretches 2- and 4-bit samples onto 0..255 by exact multiples (85, 17).
             key = key * 255 // (2**bit_depth - 1)
-        # Mode "1" arrays are bool: the key 0/1 (or 0/255) compares as black/white.
-        transparent = values == (bool(key) if values.dtype == np.bool_ else key)
-    return np.where(transparent, np.uint16(0), np.uint16(255)).astype(np.uint16)
+        scalar_key: int = key
+
+        def transparent(values: npt.NDArray[Any], top: int, bottom: int) -> npt.NDArray[np.bool_]:
+            # Mode "1" arrays are bool: the key 0/1 (or 0/255) compares as black/white.
+            return np.asarray(values == (bool(scalar_key) if values.dtype == np.bool_ else scalar_key))
+
+    return _converted(
+        image,
+        lambda values, top, bottom: np.where(transparent(values, top, bottom), np.uint8(0), np.uint8(255)),
+    )
 
 
 def _png_bit_depth(data: bytes) -> int | None:
@@ -699,7 +740,7 @@ def _png_rgb16_low_bytes(data: bytes, shape: tuple[int, ...]) -> UInt8Array:
         again.load()
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
         raise ImageRejected("corrupt", f"PNG pixel data: {exc}") from exc
-    low = np.asarray(apply_exif_orientation(again), dtype=np.uint8)
+    low = pixel_array(apply_exif_orientation(again))
     if low.shape != shape:
         raise ImageRejected("corrupt", "PNG pixel data decodes to two different sizes")
     return low
@@ -728,10 +769,16 @@ def _scale_to_uint8(image: Image.Image) -> UInt8Array:
     is stretched over its actual range otherwise. Mode "F" (float) maps 0..1 onto 0..255,
     keeps values already in 0..255 and stretches anything else; NaN becomes 0.
     """
-    values = np.asarray(image)
     if image.mode in _SIXTEEN_BIT_MODES:
-        # Integer rounding keeps a 40-megapixel image at 4 bytes a pixel instead of float64's 8.
-        return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        # Integer rounding, a strip at a time: the whole image as uint32 was 4 bytes a pixel, and
+        # float64 would be 8.
+        return _converted(
+            image,
+            lambda values, _top, _bottom: ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(
+                np.uint8
+            ),
+        )
+    values = np.asarray(image)
     if image.mode == "F":
         floats = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         low, high = (float(floats.min()), float(floats.max())) if floats.size else (0.0, 1.0)

@@ -143,3 +143,65 @@ def test_a_big_mask_with_alpha_holds_little_more_than_the_mask(
     monkeypatch.setattr(shared.images, "_STRIP_PIXELS", 2**14)
     data = _cut_out(mode)
     assert peak_traced_bytes(lambda: decode_mask(data)) < 1.5 * _SIDE * _SIDE
+
+
+def _keyed_rgb(side: int) -> bytes:
+    """An RGB PNG cut-out made transparent by a colour key (tRNS), as optimisers write them."""
+    values = np.random.default_rng(4).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    values[: side // 3] = (1, 2, 3)
+    buffer = io.BytesIO()
+    Image.fromarray(values, "RGB").save(buffer, format="PNG", transparency=(1, 2, 3), compress_level=1)
+    return buffer.getvalue()
+
+
+def _grey16(side: int) -> bytes:
+    values = np.random.default_rng(6).integers(0, 65536, (side, side)).astype(np.uint16)
+    return _png(Image.fromarray(values))
+
+
+def test_decoding_a_big_colour_keyed_cut_out_holds_little_more_than_its_rgb(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The whole image through np.asarray, a uint16 alpha and a uint16 copy of the RGB to blend:
+    # 22 bytes a pixel traced for a 3-byte-a-pixel result, 8 for a 1-byte mask. Now the result, the
+    # 1-byte alpha and (for a mask) the brightness blended.
+    monkeypatch.setattr(shared.images, "_STRIP_PIXELS", 2**14)
+    data = _keyed_rgb(_SIDE)
+    rgb_bytes = _SIDE * _SIDE * 3
+    assert peak_traced_bytes(lambda: decode_image(data)) < 2 * rgb_bytes
+    assert peak_traced_bytes(lambda: decode_mask(data)) < 4 * _SIDE * _SIDE
+
+
+def test_decoding_a_big_16_bit_grey_image_holds_little_more_than_its_8_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The 16-bit pixels twice (np.asarray), then as uint32 to rescale: 7 bytes a pixel for a photo
+    # (whose array is 1 byte a pixel before it becomes RGB) and 9 for a mask.
+    monkeypatch.setattr(shared.images, "_STRIP_PIXELS", 2**14)
+    data = _grey16(_SIDE)
+    assert peak_traced_bytes(lambda: decode_image(data)) < 2 * _SIDE * _SIDE
+    assert peak_traced_bytes(lambda: decode_mask(data)) < 2 * _SIDE * _SIDE
+
+
+@pytest.mark.parametrize("values", ["8-bit", "16-bit"])
+def test_a_16_bit_grey_image_reads_as_before(monkeypatch: pytest.MonkeyPatch, values: str) -> None:
+    monkeypatch.setattr(shared.images, "_STRIP_PIXELS", 30)
+    grey = (
+        np.random.default_rng(8).integers(0, 256 if values == "8-bit" else 65536, (9, 17)).astype(np.uint16)
+    )
+    data = _png(Image.fromarray(grey))
+    scaled = ((grey.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+    assert np.array_equal(np.asarray(decode_image(data))[..., 0], scaled)
+    brightness = grey if values == "8-bit" else scaled
+    assert np.array_equal(decode_mask(data), np.where(brightness >= 128, 255, 0))
+
+
+def test_a_colour_keyed_image_reads_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shared.images, "_STRIP_PIXELS", 30)
+    data = _keyed_rgb(17)
+    rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int64)
+    hidden = (rgb == (1, 2, 3)).all(axis=-1)
+    assert np.array_equal(np.asarray(decode_image(data)), np.where(hidden[..., None], 255, rgb))
+    grey = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+    assert np.array_equal(decode_mask(data), np.where(~hidden & (grey >= 128), 255, 0))
+    assert np.array_equal(photo_and_transparency(data)[2], np.where(hidden, 0, 255))
