@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from PIL import Image
 
@@ -20,6 +21,7 @@ from shared.generation.scenes import SceneLibrary
 from shared.images import decode_image, decode_mask
 from shared.lora_training.dataset import InstanceSource, TrainingRecipe, _scenes, square_image
 from shared.lora_training.train import vae_pixels
+from shared.matting.session import resize_confidence
 from shared.matting.train import _is_colour_picture
 from shared.observability import StageMetrics
 from shared.runtime import Context
@@ -205,3 +207,35 @@ def test_a_scene_is_the_decoded_photo_shrunk(tmp_path: Path, small_strips: None,
     pixels = library.get("shelf.png").pixels
     assert pixels.dtype == np.uint8
     assert np.array_equal(pixels, np.asarray(expected, dtype=np.uint8))
+
+
+# --- matting: the confidence map at the image's size ---------------------------------------------
+
+
+def _model_map() -> npt.NDArray[np.float32]:
+    """A model's map: 96x96, min-max normalised into 0..1."""
+    values = np.random.default_rng(9).random((96, 96))
+    return ((values - values.min()) / (values.max() - values.min())).astype(np.float32)
+
+
+@pytest.mark.parametrize("size", [(301, 203), (97, 311), (96, 96)])
+def test_a_confidence_map_at_the_image_size_is_the_bilinear_resize_kept_in_0_1(
+    small_strips: None, size: tuple[int, int]
+) -> None:
+    model_map = _model_map()
+    expected = np.clip(
+        np.asarray(Image.fromarray(model_map).resize(size, Image.Resampling.BILINEAR), dtype=np.float32),
+        0.0,
+        1.0,
+    )
+    confidence = resize_confidence(model_map, size)
+    assert confidence.dtype == np.float32 and confidence.shape == (size[1], size[0])
+    assert np.array_equal(confidence, expected)
+
+
+def test_a_confidence_map_at_a_big_image_size_is_held_once(small_strips: None) -> None:
+    # np.asarray of the resized map held it twice (Image.tobytes), and np.clip made a third copy:
+    # 12 bytes a pixel for a 4-byte-a-pixel map, per 40 MP photo of a chunk being matted.
+    model_map = _model_map()
+    side = 1500
+    assert peak_traced_bytes(lambda: resize_confidence(model_map, (side, side))) < 1.5 * side * side * 4

@@ -41,7 +41,7 @@ from PIL import Image
 
 from shared.arith.masks import clean_mask
 from shared.errors import BadInput, ObjectMissing
-from shared.images import to_rgb
+from shared.images import pixel_array, to_rgb
 from shared.matting import MODELS_DIR
 from shared.matting.roi import Box, paste
 from shared.model_cache import DEFAULT_UNUSED_DAYS, UnsafeCache, fetch_file
@@ -260,10 +260,10 @@ def resize_confidence(confidence: F32Array, size: tuple[int, int]) -> F32Array:
     """Bilinear resize of an HxW float32 map to ``size`` = (width, height), kept in [0, 1]."""
     if (confidence.shape[1], confidence.shape[0]) == size:
         return confidence.copy()
-    resized = np.asarray(
-        Image.fromarray(confidence).resize(size, Image.Resampling.BILINEAR), dtype=np.float32
-    )
-    return np.clip(resized, 0.0, 1.0)
+    # Read a strip at a time and clipped in place: np.asarray and np.clip held the map three times
+    # (12 bytes a pixel of a 40 MP photo).
+    resized: F32Array = pixel_array(Image.fromarray(confidence).resize(size, Image.Resampling.BILINEAR))
+    return np.clip(resized, 0.0, 1.0, out=resized)
 
 
 def threshold_mask(confidence: F32Array, threshold: float, options: MaskOptions) -> UInt8Array:
