@@ -234,8 +234,8 @@ def test_a_confidence_map_at_the_image_size_is_the_bilinear_resize_kept_in_0_1(
 
 
 def test_a_confidence_map_at_a_big_image_size_is_held_once(small_strips: None) -> None:
-    # np.asarray of the resized map held it twice (Image.tobytes), and np.clip made a third copy:
-    # 12 bytes a pixel for a 4-byte-a-pixel map, per 40 MP photo of a chunk being matted.
+    # np.asarray of the resized map (Image.tobytes) and np.clip's copy held it twice at once: 8 bytes
+    # a pixel for a 4-byte-a-pixel map, per 40 MP photo of a chunk being matted.
     model_map = _model_map()
     side = 1500
     assert peak_traced_bytes(lambda: resize_confidence(model_map, (side, side))) < 1.5 * side * side * 4
