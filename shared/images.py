@@ -177,13 +177,16 @@ def _converted(image: Image.Image, convert: _StripConversion) -> npt.NDArray[Any
     return converted
 
 
-def _extrema(image: Image.Image) -> tuple[Any, Any]:
+def _extrema(
+    image: Image.Image, prepare: Callable[[npt.NDArray[Any]], npt.NDArray[Any]] = np.asarray
+) -> tuple[Any, Any]:
     """The smallest and largest value of a single-band image (a palette image's indices), read a strip
-    at a time (Pillow's ``getextrema`` refuses some 16-bit modes). The image must have pixels."""
+    at a time (Pillow's ``getextrema`` refuses some 16-bit modes), each strip's values passed through
+    ``prepare`` first. The image must have pixels."""
     width, height = image.size
     lows, highs = [], []
     for top, bottom in _strips(width, height):
-        values = np.asarray(image.crop((0, top, width, bottom)))
+        values = prepare(np.asarray(image.crop((0, top, width, bottom))))
         lows.append(values.min())
         highs.append(values.max())
     return min(lows), max(highs)
@@ -778,20 +781,27 @@ def _scale_to_uint8(image: Image.Image) -> UInt8Array:
                 np.uint8
             ),
         )
-    values = np.asarray(image)
-    if image.mode == "F":
-        floats = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        low, high = (float(floats.min()), float(floats.max())) if floats.size else (0.0, 1.0)
-        if low >= 0.0 and high <= 1.0:
-            return _scale_range(floats, 0.0, 1.0)
-        if low >= 0.0 and high <= 255.0:
-            return _scale_range(floats, 0.0, 255.0)
-        return _scale_range(floats, low, high)
-    ints = values.astype(np.float64)
-    low, high = (float(ints.min()), float(ints.max())) if ints.size else (0.0, 0.0)
-    if low >= 0.0 and high <= 65535.0:
-        return _scale_range(ints, 0.0, 65535.0)
-    return _scale_range(ints, low, high)
+    if image.width == 0 or image.height == 0:
+        return np.zeros((image.height, image.width), dtype=np.uint8)
+
+    # The range is found in one pass and the values mapped in a second, both a strip at a time: the
+    # whole image as float64, cleaned and scaled, was about 30 bytes a pixel for a 1-byte result.
+    def as_floats(values: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        floats = values.astype(np.float64)
+        return (
+            np.nan_to_num(floats, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            if image.mode == "F"
+            else floats
+        )
+
+    low, high = (float(extreme) for extreme in _extrema(image, as_floats))
+    if image.mode == "F" and low >= 0.0 and high <= 1.0:
+        low, high = 0.0, 1.0
+    elif image.mode == "F" and low >= 0.0 and high <= 255.0:
+        low, high = 0.0, 255.0
+    elif image.mode != "F" and low >= 0.0 and high <= 65535.0:
+        low, high = 0.0, 65535.0
+    return _converted(image, lambda values, _top, _bottom: _scale_range(as_floats(values), low, high))
 
 
 def _scale_range(values: npt.NDArray[np.float64], low: float, high: float) -> UInt8Array:

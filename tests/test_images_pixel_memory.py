@@ -205,3 +205,45 @@ def test_a_colour_keyed_image_reads_as_before(monkeypatch: pytest.MonkeyPatch) -
     grey = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
     assert np.array_equal(decode_mask(data), np.where(~hidden & (grey >= 128), 255, 0))
     assert np.array_equal(photo_and_transparency(data)[2], np.where(hidden, 0, 255))
+
+
+def _scaled(values: npt.NDArray[np.float64], low: float, high: float) -> npt.NDArray[np.uint8]:
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.clip(np.rint((values - low) * (255.0 / (high - low))), 0, 255).astype(np.uint8)
+
+
+_WIDE_GREYS = {
+    "I within 16 bits": ("I", np.arange(9 * 17).reshape(9, 17) * 400.0, (0.0, 65535.0)),
+    "I stretched": ("I", np.arange(9 * 17).reshape(9, 17) * 1000.0 - 5000.0, (-5000.0, 147000.0)),
+    "I flat": ("I", np.full((9, 17), 70000.0), (70000.0, 70000.0)),
+    "F within 0..1": ("F", np.linspace(0.0, 1.0, 9 * 17).reshape(9, 17), (0.0, 1.0)),
+    "F within 0..255": ("F", np.linspace(0.0, 200.0, 9 * 17).reshape(9, 17), (0.0, 255.0)),
+    "F stretched": ("F", np.linspace(-3.0, 700.0, 9 * 17).reshape(9, 17), None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_WIDE_GREYS))
+def test_32_bit_grey_reads_as_before(monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    monkeypatch.setattr(shared.images, "_STRIP_PIXELS", 30)
+    mode, values, scale = _WIDE_GREYS[case]
+    if mode == "F":
+        values = values.astype(np.float32)
+        values[2, 3], values[5, 6], values[7, 1] = np.nan, np.inf, -np.inf  # read as 0
+        image = Image.fromarray(values)
+    else:
+        image = Image.fromarray(values.astype(np.int32))
+    assert image.mode == mode
+    floats = np.nan_to_num(np.asarray(image).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = scale if scale is not None else (float(floats.min()), float(floats.max()))
+    expected = _scaled(floats, low, high)
+    assert np.array_equal(np.asarray(shared.images.to_rgb(image))[..., 0], expected)
+
+
+def test_a_big_32_bit_float_image_holds_little_more_than_its_8_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    # np.asarray of the whole float image (twice), then three float64 copies to clean and scale it:
+    # 30 bytes a pixel traced for what becomes a 1-byte grey.
+    monkeypatch.setattr(shared.images, "_STRIP_PIXELS", 2**14)
+    values = np.random.default_rng(2).random((_SIDE, _SIDE)).astype(np.float32) * np.float32(300.0)
+    image = Image.fromarray(values)
+    assert peak_traced_bytes(lambda: shared.images.to_rgb(image)) < 2 * _SIDE * _SIDE
