@@ -76,7 +76,9 @@ LORA_TRAINER = Service(
 )
 # The console's intake alone (``skuforge run console-intake``), beside a console serving with
 # SKUFORGE_CONSOLE_INTAKE=false; inside ``serve console`` the same stage runs as a thread.
-CONSOLE_INTAKE = Service("console-intake", "services.console.intake", (CORRECTION_PENDING,), (), 9107)
+CONSOLE_INTAKE = Service(
+    "console-intake", "services.console.intake", (CORRECTION_PENDING, GATE_ACCEPTED), (), 9107
+)
 # The runtime's reference stage: a deployment smoke test and the bus benchmark; not in the pipeline.
 PASSTHROUGH = Service("passthrough", "services.passthrough.stage", (SKU_INGESTED,), (PASSTHROUGH_OUT,), 9190)
 
@@ -84,7 +86,7 @@ PASSTHROUGH = Service("passthrough", "services.passthrough.stage", (SKU_INGESTED
 CONSOLE = Service(
     "console",
     "services.console.server",
-    (CORRECTION_PENDING,),
+    (CORRECTION_PENDING, GATE_ACCEPTED),
     (CORRECTION_RESOLVED,),
     CONSOLE_INTAKE.metrics_port,
     command="serve",

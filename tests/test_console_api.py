@@ -133,7 +133,14 @@ def test_every_state_changing_request_needs_the_csrf_token(parts: ConsoleParts, 
         for response in (missing, wrong, wrong_form, cross_site):
             assert response.status_code == 403, (url, response.status_code, response.text)
     # Nothing changed: no claim, no decision.
-    assert parts.tasks.counts() == {"pending": 3, "claimed": 0, "approved": 0, "rejected": 0, "withdrawn": 0}
+    assert parts.tasks.counts() == {
+        "pending": 3,
+        "claimed": 0,
+        "approved": 0,
+        "rejected": 0,
+        "withdrawn": 0,
+        "accepted": 0,
+    }
     assert all(entry.action == "intake" for entry in parts.tasks.audit())
     # And the same request with the token works (the form field or the header).
     ok = client.post(f"/tasks/{task_id}/claim", data={"csrf_token": token}, follow_redirects=False)
@@ -442,7 +449,14 @@ def test_redelivered_event_does_not_make_a_second_task(tmp_path: Path) -> None:
     # Even after a decision, a late copy does not reopen the item.
     reopened.claim(envelope.event_id, "alice", 60)
     assert reopened.add_pending(envelope) is False
-    assert reopened.counts() == {"pending": 0, "claimed": 1, "approved": 0, "rejected": 0, "withdrawn": 0}
+    assert reopened.counts() == {
+        "pending": 0,
+        "claimed": 1,
+        "approved": 0,
+        "rejected": 0,
+        "withdrawn": 0,
+        "accepted": 0,
+    }
 
 
 def test_a_replayed_gate_decision_shows_its_newest_reasons_on_an_open_task_only(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaProducer
@@ -20,7 +22,7 @@ from starlette.testclient import TestClient
 from devstack.broker import free_port
 from schemas.envelope import Envelope
 from schemas.events import CorrectionPending, CorrectionResolved
-from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED
+from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, Topic
 from services.console.config import ConsoleSettings
 from services.console.relay import DecisionRelay
 from services.console.server import ConsoleService
@@ -28,15 +30,23 @@ from services.console.tasks import decision_event_id
 from shared.config import Settings
 from shared.store import FileStore
 from tests.support.bus import create_topics, isolated_settings, read_topic
-from tests.support.console import USERS, build_console, decided, flagged_item, login, pending_envelope
+from tests.support.console import (
+    USERS,
+    accepted_envelope,
+    build_console,
+    decided,
+    flagged_item,
+    login,
+    pending_envelope,
+)
 
 pytestmark = pytest.mark.kafka
 
 
-def send(settings: Settings, values: list[bytes], key: bytes) -> None:
+def send(settings: Settings, values: list[bytes], key: bytes, topic: Topic[Any] = CORRECTION_PENDING) -> None:
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     for value in values:
-        producer.send(settings.topic_name(CORRECTION_PENDING), key=key, value=value)
+        producer.send(settings.topic_name(topic), key=key, value=value)
     producer.flush()
     producer.close()
 
@@ -53,7 +63,7 @@ def wait_for(condition: object, timeout_s: float = 60.0) -> None:
 @pytest.fixture
 def service(kafka_bootstrap: str, tmp_path: Path) -> Iterator[ConsoleService]:
     settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path / 'store'}")
-    create_topics(settings, CORRECTION_PENDING, CORRECTION_RESOLVED)
+    create_topics(settings, CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED)
     console = ConsoleSettings(
         console_users=USERS,
         console_db_path=str(tmp_path / "console.sqlite3"),
@@ -112,13 +122,35 @@ def test_redelivered_pending_event_makes_one_task_and_the_decision_is_published(
         sample.labels["outcome"]: sample.value
         for family in text_string_to_metric_families(metrics)
         for sample in family.samples
-        if sample.name == "skuforge_messages_total" and sample.labels["stage"] == "console-intake"
+        if sample.name == "skuforge_messages_total"
+        and sample.labels["stage"] == "console-intake"
+        and sample.labels["topic"] == settings.topic_name(CORRECTION_PENDING)  # gate.accepted's are 0
     }
     # Both copies were consumed ("duplicate" when the runtime saw the first one committed) and one DLQ'd.
     assert intake.get("ok", 0) + intake.get("duplicate", 0) == 2 and intake["dlq"] == 1
     assert 'skuforge_console_decisions_total{action="approve_expected"} 1.0' in metrics
     assert 'skuforge_console_tasks{state="approved"} 1.0' in metrics
     assert "skuforge_console_published_total 1.0" in metrics
+
+
+def test_the_gate_replayed_accepting_a_flagged_item_closes_its_waiting_task(
+    service: ConsoleService, kafka_bootstrap: str
+) -> None:
+    """After a threshold change the gate accepts on replay an item it had flagged: the trainstore stores
+    it, and the console's task of it closes as ``accepted`` instead of waiting for a reviewer."""
+    settings = service.settings
+    flagged, waiting = (pending_envelope(flagged_item(service.store, index)) for index in (0, 1))
+    for envelope in (flagged, waiting):
+        send(settings, [envelope.model_dump_json().encode()], key=envelope.sku_id.encode())
+    wait_for(lambda: service.tasks.counts()["pending"] == 2)
+
+    replayed = accepted_envelope(flagged, produced_at=flagged.produced_at + timedelta(seconds=60))
+    send(settings, [replayed.model_dump_json().encode()], key=replayed.sku_id.encode(), topic=GATE_ACCEPTED)
+
+    wait_for(lambda: service.tasks.get(flagged.event_id).state == "accepted")
+    assert [task.task_id for task in service.tasks.query()] == [waiting.event_id]
+    assert service.tasks.get(flagged.event_id).decided_by == "gate"
+    assert service.tasks.unpublished_count() == 0  # no correction.resolved: the gate's event decided it
 
 
 def test_a_backlog_of_several_pages_is_published_in_one_round_and_by_stop(

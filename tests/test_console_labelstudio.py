@@ -169,7 +169,14 @@ def test_export_then_import_round_trips_the_mask_exactly(tmp_path: Path) -> None
     # Importing the same export again decides nothing twice.
     again = import_annotations(parts.tasks, parts.store, exported)
     assert [o.outcome for o in again] == ["skipped", "skipped"]
-    assert parts.tasks.counts() == {"pending": 0, "claimed": 0, "approved": 1, "rejected": 1, "withdrawn": 0}
+    assert parts.tasks.counts() == {
+        "pending": 0,
+        "claimed": 0,
+        "approved": 1,
+        "rejected": 1,
+        "withdrawn": 0,
+        "accepted": 0,
+    }
     # The console's /metrics counts the imported decisions (the import runs as its own process, so a
     # counter the web page increments never saw them); every action is there, zero included.
     metrics = generate_latest(parts.console.metrics.registry).decode()

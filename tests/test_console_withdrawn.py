@@ -71,7 +71,14 @@ def test_the_sweep_closes_the_waiting_tasks_of_a_withdrawn_photo_only(parts: Con
     assert sorted(closed) == sorted([ids[0], ids[1]])
     assert state_list(parts.tasks) == ["withdrawn", "withdrawn", "pending", "rejected", "pending"]
     assert sweep.sweep() == []  # run again: nothing more
-    assert parts.tasks.counts() == {"pending": 2, "claimed": 0, "approved": 0, "rejected": 1, "withdrawn": 2}
+    assert parts.tasks.counts() == {
+        "pending": 2,
+        "claimed": 0,
+        "approved": 0,
+        "rejected": 1,
+        "withdrawn": 2,
+        "accepted": 0,
+    }
     assert [task.task_id for task in parts.tasks.query()] == [ids[2], ids[4]]  # the queue
     # No decision event for them: the trainstore withdrew the items itself.
     assert [event.task_id for event in parts.tasks.unpublished()] == [ids[3]]

@@ -45,7 +45,7 @@ def test_a_stage_watches_its_own_group_and_the_groups_that_consume_what_it_produ
     assert watched == {"skuforge.matting": {"image.generated.v1"}, "skuforge.gate": {"image.matted.v1"}}
     gate = watched_groups(GATE.name, ["image.matted.v1"], lambda stage: f"p.{stage}", settings.topic_name)
     assert gate["p.trainstore"] == {"gate.accepted.v1", "correction.pending.v1"}
-    assert gate["p.console-intake"] == {"correction.pending.v1"}
+    assert gate["p.console-intake"] == {"correction.pending.v1", "gate.accepted.v1"}
     # The console publishes its decisions from the process that serves its intake's /metrics: a stopped
     # trainstore's lag on correction.resolved was reported by no one.
     console = watched_groups(CONSOLE_INTAKE.name, ["p"], lambda stage: f"p.{stage}", settings.topic_name)

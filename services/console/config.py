@@ -100,7 +100,8 @@ class ConsoleSettings(BaseSettings):
     )
     console_intake: bool = Field(
         default=True,
-        description="consume correction.pending into the task table inside `serve console` (a thread)",
+        description="consume correction.pending into the task table, and gate.accepted (closing the tasks "
+        "of items the gate accepts on a replay), inside `serve console` (a thread)",
     )
     console_metrics_port: int | None = Field(
         default=None,

@@ -68,7 +68,7 @@ def queue_filter(
     iou_min: Annotated[str | None, Query(max_length=32)] = None,
     iou_max: Annotated[str | None, Query(max_length=32)] = None,
     state: Annotated[
-        Literal["pending", "claimed", "approved", "rejected", "withdrawn", "all"], Query()
+        Literal["pending", "claimed", "approved", "rejected", "withdrawn", "accepted", "all"], Query()
     ] = "pending",
 ) -> TaskFilter:
     """The queue's filters from the query string; a malformed SKU or an empty IoU range is a 422.

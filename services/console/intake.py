@@ -1,15 +1,19 @@
-"""Intake: ``correction.pending`` → the console's task table.
+"""Intake: ``correction.pending`` → the console's task table; ``gate.accepted`` closes waiting tasks.
 
-A stage on the shared runtime (``shared/runtime.py``) whose handler inserts the event into
-SQLite and emits nothing; the runtime commits the offset only after the insert returned, so a
-crash redelivers and the insert (keyed by the event id) ignores the copy; a copy with other reasons
-(the gate replayed) updates a task still open, never a decided one, and an older copy delivered
-late changes nothing (``TaskStore.add_pending``). It runs as a thread inside ``skuforge serve
-console`` (``SKUFORGE_CONSOLE_INTAKE=true``, the default), or alone with ``skuforge run
-console-intake`` beside a console started with the intake turned off: both share the SQLite file.
+A stage on the shared runtime (``shared/runtime.py``) whose handlers write to SQLite and emit
+nothing; the runtime commits the offset only after the write returned, so a crash redelivers and
+the insert (keyed by the event id) ignores the copy; a copy with other reasons (the gate replayed)
+updates a task still open, never a decided one, and an older copy delivered late changes nothing
+(``TaskStore.add_pending``). A ``gate.accepted`` of a render a task waits on (the gate replayed after
+a threshold change accepts what it flagged) closes that task as ``accepted``: the trainstore stores
+the item (``TaskStore.close_accepted``); every other acceptance changes nothing. It runs as a thread
+inside ``skuforge serve console`` (``SKUFORGE_CONSOLE_INTAKE=true``, the default), or alone with
+``skuforge run console-intake`` beside a console started with the intake turned off: both share the
+SQLite file.
 
-Bad input: what the runtime refuses (not JSON, wrong schema) goes to ``correction.pending.v1.dlq``.
-A locked or unwritable table is a ``TransientError``: the partition pauses and retries.
+Bad input: what the runtime refuses (not JSON, wrong schema) goes to the topic's dead-letter topic
+(``correction.pending.v1.dlq``, ``gate.accepted.v1.dlq``). A locked or unwritable table is a
+``TransientError``: the partition pauses and retries.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.envelope import Envelope
-from schemas.events import CorrectionPending
+from schemas.events import CorrectionPending, GateAccepted
 from schemas.flow import CONSOLE_INTAKE
-from schemas.topics import CORRECTION_PENDING
+from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED
 from services.console.config import ConsoleSettings
 from services.console.tasks import TaskStore
 from shared.config import load_settings
@@ -33,6 +37,21 @@ def handle(event: Envelope[CorrectionPending], ctx: Context, *, tasks: TaskStore
     return []
 
 
+def handle_accepted(event: Envelope[GateAccepted], ctx: Context, *, tasks: TaskStore) -> list[Emit]:
+    """Close the waiting tasks of the render the gate accepted (most acceptances have none)."""
+    closed = tasks.close_accepted(event)
+    if closed:
+        ctx.log.info(
+            "tasks closed: the gate accepted their item",
+            extra={
+                "sku_id": event.sku_id,
+                "item_id": event.payload.matted.generated.item_id,
+                "tasks": closed,
+            },
+        )
+    return []
+
+
 def build_intake_stage(tasks: TaskStore, **kwargs: Any) -> Stage:
     """The intake stage writing into ``tasks`` (kwargs go to Stage: settings, store...)."""
     kwargs.setdefault("default_metrics_port", CONSOLE_INTAKE.default_metrics_port)
@@ -41,6 +60,10 @@ def build_intake_stage(tasks: TaskStore, **kwargs: Any) -> Stage:
     @stage.handler(CORRECTION_PENDING)
     def _handle(event: Envelope[Any], ctx: Context) -> list[Emit]:
         return handle(event, ctx, tasks=tasks)
+
+    @stage.handler(GATE_ACCEPTED)
+    def _handle_accepted(event: Envelope[Any], ctx: Context) -> list[Emit]:
+        return handle_accepted(event, ctx, tasks=tasks)
 
     return stage
 

@@ -296,7 +296,12 @@ class ImportOutcome:
     @property
     def annotation_lost(self) -> bool:
         """Skipped although it held an annotation: what was done in Label Studio was not recorded."""
-        return self.outcome == "skipped" and self.detail not in (NO_ANNOTATION, ALREADY_DECIDED, WITHDRAWN)
+        return self.outcome == "skipped" and self.detail not in (
+            NO_ANNOTATION,
+            ALREADY_DECIDED,
+            WITHDRAWN,
+            GATE_ACCEPTED,
+        )
 
 
 # The skips that lose nothing: Label Studio exports tasks nobody annotated too, and an export imported
@@ -304,6 +309,7 @@ class ImportOutcome:
 NO_ANNOTATION = "no annotation"
 ALREADY_DECIDED = "already decided"
 WITHDRAWN = "withdrawn: its reference photo was withdrawn by its owner"
+GATE_ACCEPTED = "accepted: the gate accepted the item when replayed, and it is stored"
 
 
 def _annotator(annotation: dict[str, Any]) -> str:
@@ -509,6 +515,9 @@ def _import_one(
         # Its photo's owner withdrew it: nothing to record. Before, the claim's refusal counted it as
         # an annotation lost, and every import of that export exited 1 asking to fix it.
         return ImportOutcome(task.task_id, "skipped", WITHDRAWN)
+    if task.state == "accepted":
+        # Closed since the export: the gate, replayed, accepted the item (TaskStore.close_accepted).
+        return ImportOutcome(task.task_id, "skipped", GATE_ACCEPTED)
     verdicts = [_verdict_of(annotation) for annotation in annotations]
     if "approve" in verdicts and "reject" in verdicts:
         # Annotators disagree: the latest one silently won. Someone has to settle it.

@@ -3,7 +3,8 @@
 One process, four threads besides the web server's:
 
 * **intake** (``intake.py``, unless ``SKUFORGE_CONSOLE_INTAKE=false``): the shared stage runtime
-  consuming ``correction.pending`` into the SQLite task table; restarted with back-off if it fails
+  consuming ``correction.pending`` into the SQLite task table (and ``gate.accepted``, which closes
+  the tasks of items the gate accepts on a replay); restarted with back-off if it fails
   (for example when the broker is unreachable at start), while the pages keep working.
 * **relay** (``relay.py``): publishes recorded decisions to ``correction.resolved``.
 * **withdrawn** (``withdrawn.py``): closes the waiting tasks of photos their owner withdrew.
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="skuforge serve console",
         description="Serve the correction console (pages, API) with its intake of correction.pending "
-        "and its publisher of correction.resolved. Settings: SKUFORGE_CONSOLE_*.",
+        "(and of gate.accepted, closing the tasks of items the gate accepts on a replay) and its "
+        "publisher of correction.resolved. Settings: SKUFORGE_CONSOLE_*.",
     )
     parser.add_argument("--host", default=None, help="bind address (default SKUFORGE_CONSOLE_HOST)")
     parser.add_argument(

@@ -11,6 +11,8 @@ Tables:
               An expired lease sends the task back to ``pending``. A task whose reference photo its
               owner withdrew (``skuforge ingest --withdraw-missing``) is closed as ``withdrawn``
               (``withdraw_photos``), with no decision event: the trainstore has withdrawn the item.
+              A waiting task whose render the gate, replayed, accepts is closed as ``accepted``
+              (``close_accepted``), with no decision event either: the trainstore stores the item.
 * ``audit``   every state change: task, reviewer, time, action, previous and new state, detail.
 * ``outbox``  the ``correction.resolved`` event of each decision, written in the same transaction
               as the decision and published afterwards by ``services.console.relay`` (at least
@@ -37,17 +39,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 from schemas.envelope import Envelope, derive_id
-from schemas.events import CorrectionPending, CorrectionResolved, Decision
+from schemas.events import CorrectionPending, CorrectionResolved, Decision, GateAccepted
 from shared.errors import BadInput, TransientError
 
 log = logging.getLogger("skuforge.console.tasks")
 
-TaskState = Literal["pending", "claimed", "approved", "rejected", "withdrawn"]
-STATES: tuple[TaskState, ...] = ("pending", "claimed", "approved", "rejected", "withdrawn")
+TaskState = Literal["pending", "claimed", "approved", "rejected", "withdrawn", "accepted"]
+STATES: tuple[TaskState, ...] = ("pending", "claimed", "approved", "rejected", "withdrawn", "accepted")
 # States no one acts on any more.
-CLOSED: tuple[TaskState, ...] = ("approved", "rejected", "withdrawn")
+CLOSED: tuple[TaskState, ...] = ("approved", "rejected", "withdrawn", "accepted")
 # Who closes a task whose photo was withdrawn, in the task and its audit entry.
 WITHDRAWN_BY = "skuforge"
+# Who closes a task whose item the gate accepted on a replay.
+ACCEPTED_BY = "gate"
 PRODUCER = "console"
 
 _SCHEMA = """
@@ -60,7 +64,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     reasons          TEXT NOT NULL,
     pending_json     TEXT NOT NULL,
     state            TEXT NOT NULL
-                     CHECK (state IN ('pending', 'claimed', 'approved', 'rejected', 'withdrawn')),
+                     CHECK (state IN ('pending', 'claimed', 'approved', 'rejected', 'withdrawn', 'accepted')),
     received_at      REAL NOT NULL,
     claimed_by       TEXT,
     claimed_at       REAL,
@@ -202,11 +206,11 @@ class TaskStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
         self._add_produced_at()
-        self._allow_withdrawn()
+        self._allow_every_state()
 
     def _add_produced_at(self) -> None:
         """Give a table created before ``produced_at`` the column (NULL: the time is unknown). It is the
-        last column in ``_SCHEMA`` as well, so ``_allow_withdrawn``'s row-for-row copy still lines up."""
+        last column in ``_SCHEMA`` as well, so ``_allow_every_state``'s row-for-row copy still lines up."""
         with self._write() as db:
             columns = {row["name"] for row in db.execute("PRAGMA table_info(tasks)")}
             if "produced_at" in columns:
@@ -214,25 +218,27 @@ class TaskStore:
             db.execute("ALTER TABLE tasks ADD COLUMN produced_at REAL")
             log.info("task table %s now stores each event's produced_at", self.path)
 
-    def _allow_withdrawn(self) -> None:
-        """Let a table created before the ``withdrawn`` state hold it: SQLite cannot change a CHECK
-        constraint in place, so the table is copied into one with the new constraint, rows unchanged."""
+    def _allow_every_state(self) -> None:
+        """Let a table created before a state (``withdrawn``, ``accepted``) hold it: SQLite cannot change
+        a CHECK constraint in place, so the table is copied into one with the new constraint, rows
+        unchanged."""
         with self._write() as db:
             row = db.execute(
                 "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'tasks'"
             ).fetchone()
-            if "'withdrawn'" in row["sql"]:
+            missing = [state for state in STATES if f"'{state}'" not in row["sql"]]
+            if not missing:
                 return
             start = _SCHEMA.index("CREATE TABLE IF NOT EXISTS tasks (")
             table = _SCHEMA[start : _SCHEMA.index("\n);", start) + 3]
-            db.execute(table.replace("IF NOT EXISTS tasks", "tasks_with_withdrawn"))
-            db.execute("INSERT INTO tasks_with_withdrawn SELECT * FROM tasks")
+            db.execute(table.replace("IF NOT EXISTS tasks", "tasks_with_every_state"))
+            db.execute("INSERT INTO tasks_with_every_state SELECT * FROM tasks")
             db.execute("DROP TABLE tasks")  # its indexes go with it
-            db.execute("ALTER TABLE tasks_with_withdrawn RENAME TO tasks")
+            db.execute("ALTER TABLE tasks_with_every_state RENAME TO tasks")
             db.execute("CREATE INDEX tasks_by_state ON tasks (state, received_at)")
             db.execute("CREATE INDEX tasks_by_item ON tasks (sku_id, item_id)")
             db.execute("CREATE INDEX tasks_by_decision ON tasks (state, decided_at)")
-            log.info("task table %s now allows the state 'withdrawn'", self.path)
+            log.info("task table %s now allows the states %s", self.path, ", ".join(missing))
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -295,7 +301,9 @@ class TaskStore:
         as it was decided. A copy produced before the one the task holds (an old copy replayed from
         the dead-letter topic after a newer one arrived) is ignored, so it cannot bring back reasons
         the gate no longer gives. Of two copies produced at the same time, the one whose payload
-        JSON sorts last is kept, in whichever order they arrive."""
+        JSON sorts last is kept, in whichever order they arrive. A task the gate accepted on a replay
+        (``close_accepted``) is opened again, pending, by a copy produced after that acceptance (the
+        gate replayed once more, with a tighter threshold): the gate's newest verdict wants a person."""
         pending = event.payload
         now = self.clock()
         reasons, pending_json = json.dumps(pending.reasons), pending.model_dump_json()
@@ -331,16 +339,26 @@ class TaskStore:
                     or (produced_at == held_at and pending_json > row["pending_json"])
                 )
                 changed = row["pending_json"] != pending_json and newer
+                detail = ",".join(pending.reasons)
                 if row["state"] in ("pending", "claimed") and changed:
                     db.execute(
                         "UPDATE tasks SET iou = ?, reasons = ?, pending_json = ?, produced_at = ?"
                         " WHERE task_id = ?",
                         (pending.iou, reasons, pending_json, produced_at, event.event_id),
                     )
-                    detail = ",".join(pending.reasons)
                     self._audit(
                         db, event.event_id, None, "intake_update", row["state"], row["state"], now, detail
                     )
+                elif row["state"] == "accepted" and held_at is not None and produced_at > held_at:
+                    # Flagged after the acceptance that closed it (which set produced_at): waiting again,
+                    # since arriving now.
+                    db.execute(
+                        "UPDATE tasks SET state = 'pending', iou = ?, reasons = ?, pending_json = ?,"
+                        " produced_at = ?, received_at = ?, claimed_by = NULL, claimed_at = NULL,"
+                        " lease_expires_at = NULL, decided_by = NULL, decided_at = NULL WHERE task_id = ?",
+                        (pending.iou, reasons, pending_json, produced_at, now, event.event_id),
+                    )
+                    self._audit(db, event.event_id, None, "intake_update", "accepted", "pending", now, detail)
                 return False
             self._audit(db, event.event_id, None, "intake", None, "pending", now, ",".join(pending.reasons))
             return True
@@ -626,6 +644,52 @@ class TaskStore:
                 closed.append(row["task_id"])
         return closed
 
+    # -- the gate's acceptances ----------------------------------------------------------------
+
+    def close_accepted(self, event: Envelope[GateAccepted]) -> list[str]:
+        """Close every waiting task (pending or claimed) of the render the gate accepted in ``event``
+        (the gate replayed after a threshold change) as ``accepted``; returns their ids.
+
+        The trainstore stores the item, so no reviewer should spend time on it; no decision event is
+        written. As in the trainstore, a task already decided stays decided (a person's decision stands
+        against the gate's), and so does one of another render of the item (same item id, other pixels:
+        its image's sha256 differs). Among the gate's verdicts the newest counts: an acceptance produced
+        before the flag a task shows (the gate then flagged the item it had accepted) leaves the task
+        open, and a flag produced after the acceptance opens it again (``add_pending``). A reviewer
+        holding one finds it closed when they save."""
+        generated = event.payload.matted.generated
+        accepted_at = event.produced_at.timestamp()
+        now = self.clock()
+        closed: list[str] = []
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT task_id, state, claimed_by, pending_json, produced_at FROM tasks"
+                " WHERE sku_id = ? AND item_id = ? AND state IN ('pending', 'claimed')",
+                (event.sku_id, generated.item_id),
+            ).fetchall()
+            for row in rows:
+                if row["produced_at"] is not None and row["produced_at"] > accepted_at:
+                    continue  # flagged since: the gate's newer verdict
+                try:
+                    pending = CorrectionPending.model_validate_json(row["pending_json"])
+                except ValueError:
+                    continue  # unreadable: the queue already leaves it out and logs it
+                if pending.matted.generated.image.sha256 != generated.image.sha256:
+                    continue  # another render of the item, which nobody has judged
+                db.execute(
+                    "UPDATE tasks SET state = 'accepted', decided_by = ?, decided_at = ?,"
+                    " lease_expires_at = NULL, produced_at = ? WHERE task_id = ?",
+                    (ACCEPTED_BY, now, accepted_at, row["task_id"]),
+                )
+                detail = f"the gate accepted it (IoU {event.payload.iou:.3f}) in event {event.event_id}"
+                if row["state"] == "claimed":
+                    detail += f" while {row['claimed_by']} held it"
+                self._audit(
+                    db, row["task_id"], ACCEPTED_BY, "gate_accepted", row["state"], "accepted", now, detail
+                )
+                closed.append(row["task_id"])
+        return closed
+
     # -- decisions ----------------------------------------------------------------------------
 
     def decide(
@@ -817,6 +881,8 @@ def _closed(task_id: str, state: str) -> str:
     """Why a closed task cannot be claimed or decided."""
     if state == "withdrawn":
         return f"task {task_id} is closed: its reference photo was withdrawn by its owner"
+    if state == "accepted":
+        return f"task {task_id} is closed: the gate accepted its item when replayed, and it is stored"
     return f"task {task_id} is already {state}"
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from schemas.common import SkuMetadata
 from schemas.envelope import Envelope, derive_id
-from schemas.events import CorrectionPending, Decision, GateCheck, ImageGenerated, ImageMatted
-from schemas.topics import CORRECTION_PENDING
+from schemas.events import CorrectionPending, Decision, GateAccepted, GateCheck, ImageGenerated, ImageMatted
+from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED
 from services.console.app import create_app
 from services.console.config import ConsoleSettings
 from services.console.context import Console, make_signer
@@ -108,6 +108,24 @@ def pending_envelope(pending: CorrectionPending) -> Envelope[Any]:
         sku_id=pending.matted.generated.sku.sku_id,
         trace_id=event_id,
         producer="gate",
+    )
+
+
+def accepted_envelope(
+    pending: Envelope[Any], *, produced_at: datetime | None = None, matted: ImageMatted | None = None
+) -> Envelope[Any]:
+    """The gate's acceptance of ``pending``'s item under the same event id, as the gate publishes it
+    when replayed after a threshold change (``matted``: another render or matting of the item)."""
+    flagged: CorrectionPending = pending.payload
+    passed = [check.model_copy(update={"passed": True, "threshold": 0.0}) for check in flagged.checks]
+    return make_envelope(
+        GATE_ACCEPTED,
+        GateAccepted(matted=matted or flagged.matted, iou=flagged.iou, checks=passed),
+        event_id=pending.event_id,
+        sku_id=pending.sku_id,
+        trace_id=pending.trace_id,
+        producer="gate",
+        produced_at=produced_at,
     )
 
 

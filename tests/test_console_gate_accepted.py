@@ -1,0 +1,207 @@
+"""A flagged item the gate accepts when it is replayed (after a threshold change) leaves the console's
+queue as ``accepted``: the trainstore stores it, so no reviewer should spend time on it.
+
+The rules follow the trainstore's (``services/trainstore/stage.py``): a reviewer's decision stands
+against the gate's, so a decided task stays decided; among the gate's own verdicts of a render the
+newest counts, so an acceptance older than the copy a task shows leaves it open, and a newer flag
+opens a task the gate had accepted again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from schemas.envelope import Envelope
+from services.console.labelstudio import import_annotations
+from services.console.tasks import _SCHEMA, TaskConflict, TaskFilter, TaskStore
+from tests.support.console import (
+    ConsoleParts,
+    accepted_envelope,
+    app_for,
+    build_console,
+    decide_as_alice,
+    flagged_item,
+    login,
+    pending_envelope,
+)
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> ConsoleParts:
+    return build_console(tmp_path, lease_s=60.0)
+
+
+def flag(parts: ConsoleParts, index: int) -> Envelope[Any]:
+    """Queue flagged item ``index``; returns the gate's correction.pending event."""
+    envelope = pending_envelope(flagged_item(parts.store, index))
+    parts.tasks.add_pending(envelope)
+    parts.clock.advance(1.0)
+    return envelope
+
+
+def later(envelope: Envelope[Any], seconds: float = 60.0) -> Any:
+    return envelope.produced_at + timedelta(seconds=seconds)
+
+
+def test_a_replayed_acceptance_closes_the_waiting_task_of_the_item_held_or_not(parts: ConsoleParts) -> None:
+    waiting, held, other = flag(parts, 0), flag(parts, 1), flag(parts, 2)
+    parts.tasks.claim(held.event_id, "alice", 60.0)
+
+    for envelope in (waiting, held):
+        closed = parts.tasks.close_accepted(accepted_envelope(envelope, produced_at=later(envelope)))
+        assert closed == [envelope.event_id]
+
+    assert [parts.tasks.get(e.event_id).state for e in (waiting, held, other)] == [
+        "accepted",
+        "accepted",
+        "pending",
+    ]
+    task = parts.tasks.get(held.event_id)
+    assert task.decided_by == "gate" and task.decision is None and task.lease_expires_at is None
+    (entry,) = [e for e in parts.tasks.audit(held.event_id) if e.action == "gate_accepted"]
+    assert (entry.previous_state, entry.new_state) == ("claimed", "accepted")
+    assert "alice" in entry.detail
+    assert parts.tasks.counts()["accepted"] == 2
+    assert [t.task_id for t in parts.tasks.query()] == [other.event_id]  # the queue: what waits
+    # The reviewer who held it finds it closed, and why, when they save; nobody can claim it again.
+    with pytest.raises(TaskConflict, match="the gate accepted"):
+        decide_as_alice(parts, held.event_id)
+    with pytest.raises(TaskConflict, match="the gate accepted"):
+        parts.tasks.claim(waiting.event_id, "bob", 60.0)
+    assert parts.tasks.unpublished_count() == 0  # no decision event: the gate's event is the verdict
+
+
+def test_the_reviewer_holding_it_gets_a_409_with_the_reason_and_the_item_page_says_so(
+    parts: ConsoleParts,
+) -> None:
+    held = flag(parts, 0)
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+    assert (
+        client.post(f"/api/tasks/{held.event_id}/claim", headers={"X-CSRF-Token": token}).status_code == 200
+    )
+    parts.tasks.close_accepted(accepted_envelope(held, produced_at=later(held)))
+
+    saved = client.post(
+        f"/api/tasks/{held.event_id}/decision",
+        data={"decision": "approve_expected"},
+        headers={"X-CSRF-Token": token},
+    )
+    assert saved.status_code == 409 and "the gate accepted" in saved.json()["detail"]
+    page = client.get(f"/tasks/{held.event_id}")
+    assert page.status_code == 200 and "accepted by the gate" in page.text
+    listed = client.get("/api/tasks", params={"state": "accepted"})
+    assert listed.status_code == 200, listed.text
+    assert [t["task_id"] for t in listed.json()["tasks"]] == [held.event_id]
+
+
+def test_a_decided_task_stays_as_the_reviewer_decided(parts: ConsoleParts) -> None:
+    approved, rejected = flag(parts, 0), flag(parts, 1)
+    decide_as_alice(parts, approved.event_id)
+    decide_as_alice(parts, rejected.event_id, "reject", "wrong_product")
+
+    for envelope in (approved, rejected):
+        assert parts.tasks.close_accepted(accepted_envelope(envelope, produced_at=later(envelope))) == []
+
+    assert [parts.tasks.get(e.event_id).state for e in (approved, rejected)] == ["approved", "rejected"]
+
+
+def test_an_acceptance_older_than_the_flag_the_task_shows_leaves_it_open(parts: ConsoleParts) -> None:
+    # The gate accepted the item, then, replayed with a tighter threshold, flagged it: the flag is its
+    # newest verdict (the first acceptance delivered late, say on the intake's first run, changes nothing).
+    envelope = flag(parts, 0)
+    older = accepted_envelope(envelope, produced_at=envelope.produced_at - timedelta(seconds=60))
+
+    assert parts.tasks.close_accepted(older) == []
+    assert parts.tasks.get(envelope.event_id).state == "pending"
+
+
+def test_an_acceptance_of_another_render_of_the_item_leaves_the_task_open(parts: ConsoleParts) -> None:
+    envelope = flag(parts, 0)
+    # The same item id rendered again (a changed scene library): other pixels, which no one has judged.
+    other = flagged_item(parts.store, 1).matted
+    rerendered = other.model_copy(
+        update={"generated": other.generated.model_copy(update={"item_id": "item-0000"})}
+    )
+    assert rerendered.generated.image.sha256 != envelope.payload.matted.generated.image.sha256
+
+    accepted = accepted_envelope(envelope, produced_at=later(envelope), matted=rerendered)
+    assert parts.tasks.close_accepted(accepted) == []
+    assert parts.tasks.get(envelope.event_id).state == "pending"
+
+
+def test_a_newer_flag_opens_the_task_again_and_an_older_one_does_not(parts: ConsoleParts) -> None:
+    envelope = flag(parts, 0)
+    parts.tasks.close_accepted(accepted_envelope(envelope, produced_at=later(envelope, 60)))
+
+    # The first flag delivered again (a redelivery, a replay from the dead-letter topic): still accepted.
+    assert parts.tasks.add_pending(envelope) is False
+    assert parts.tasks.get(envelope.event_id).state == "accepted"
+
+    # The gate replayed again with a tighter threshold flags it anew: a reviewer is wanted again.
+    tighter = envelope.payload.model_copy(update={"reasons": ["product_drift"]})
+    flagged_again = envelope.model_copy(update={"payload": tighter, "produced_at": later(envelope, 120)})
+    assert parts.tasks.add_pending(flagged_again) is False
+    task = parts.tasks.get(envelope.event_id)
+    assert (task.state, task.reasons, task.decided_by, task.decided_at) == (
+        "pending",
+        ["product_drift"],
+        None,
+        None,
+    )
+    entry = parts.tasks.audit(envelope.event_id)[-1]
+    assert (entry.action, entry.previous_state, entry.new_state) == ("intake_update", "accepted", "pending")
+    decide_as_alice(parts, envelope.event_id, "reject", "wrong_product")
+    assert parts.tasks.get(envelope.event_id).state == "rejected"
+
+
+def test_a_task_table_from_before_the_accepted_state_is_migrated_with_its_rows(
+    tmp_path: Path, parts: ConsoleParts
+) -> None:
+    envelope = flag(parts, 0)
+    old = tmp_path / "old.sqlite3"
+    before = _SCHEMA.replace(", 'accepted'", "")
+    assert before != _SCHEMA
+    db = sqlite3.connect(old)
+    db.executescript(before)
+    db.execute("ATTACH DATABASE ? AS current", (str(parts.tasks.path),))
+    db.execute("INSERT INTO tasks SELECT * FROM current.tasks")
+    db.commit()
+    with pytest.raises(sqlite3.IntegrityError):  # what the old table refused
+        db.execute("UPDATE tasks SET state = 'accepted'")
+    db.close()
+
+    tasks = TaskStore(old)
+
+    assert [task.state for task in tasks.query(TaskFilter(state=None))] == ["pending"]
+    assert tasks.close_accepted(accepted_envelope(envelope, produced_at=later(envelope))) == [
+        envelope.event_id
+    ]
+    assert TaskStore(old).get(envelope.event_id).state == "accepted"  # opened again: no second copy
+
+
+def test_the_label_studio_import_skips_an_accepted_task_without_calling_the_annotation_lost(
+    parts: ConsoleParts,
+) -> None:
+    envelope = flag(parts, 0)
+    parts.tasks.close_accepted(accepted_envelope(envelope, produced_at=later(envelope)))
+    choice = {"type": "choices", "from_name": "decision", "value": {"choices": ["reject"]}}
+    export = [
+        {
+            "data": {"skuforge_task_id": envelope.event_id},
+            "annotations": [{"completed_by": 7, "result": [choice]}],
+        }
+    ]
+
+    (outcome,) = import_annotations(parts.tasks, parts.store, export)
+
+    assert outcome.outcome == "skipped" and "the gate accepted" in outcome.detail
+    assert not outcome.annotation_lost
+    assert parts.tasks.get(envelope.event_id).state == "accepted"
+    assert parts.tasks.audit(envelope.event_id)[-1].action == "gate_accepted"  # no stray claim
