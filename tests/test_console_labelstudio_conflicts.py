@@ -162,3 +162,68 @@ def test_two_label_studio_tasks_for_one_item_are_one_items_annotations(
     assert "annotators disagree" in out and "labelstudio:8" in out
     assert "1 annotation(s) skipped" in err
     assert parts.tasks.get(task_id).state == "pending"
+
+
+def _disputed_export(task_id: str) -> list[dict[str, Any]]:
+    """Two annotators approve masks that overlap at an IoU of 0.10."""
+    left, right = _box(10, 10, 100, 60), _box(10, 50, 100, 110)
+    annotations = [
+        _painted(left, by=7, at="2026-01-01T09:00:00Z"),
+        _painted(right, by=8, at="2026-01-01T10:00:00Z"),
+    ]
+    return [{"data": {"skuforge_task_id": task_id}, "annotations": annotations}]
+
+
+def test_the_agreement_iou_is_an_option_of_the_import(
+    parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A project whose annotators paint coarse strokes agrees at a lower IoU than the gate's 0.90;
+    one for fine masks at a higher one. The default stays 0.90."""
+    disputed, other = [task.task_id for task in parts.tasks.query()]
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(_disputed_export(disputed) + _disputed_export(other)))
+    use_cli_on(parts, monkeypatch)
+
+    assert cli_main(["console", "import-labelstudio", "--no-publish", str(path)]) == 1  # default 0.90
+    out, _ = capsys.readouterr()
+    assert "IoU 0.10, below 0.90" in out
+    # Stricter than the masks' overlap, named in the reason:
+    outcome = import_annotations(parts.tasks, parts.store, _disputed_export(disputed), agree_iou=0.55)[0]
+    assert outcome.outcome == "skipped" and "below 0.55" in outcome.detail
+
+    assert cli_main(["console", "import-labelstudio", "--no-publish", "--agree-iou", "0.05", str(path)]) == 0
+    assert [parts.tasks.get(task_id).state for task_id in (disputed, other)] == ["approved", "approved"]
+    assert parts.tasks.get(disputed).decided_by == "labelstudio:8"  # agreed: the latest annotation
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan", "inf", "high"])
+def test_an_agreement_iou_outside_0_to_1_is_refused_with_the_reason(
+    parts: ConsoleParts,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    value: str,
+) -> None:
+    task_id = parts.tasks.query()[0].task_id
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(_disputed_export(task_id)))
+    use_cli_on(parts, monkeypatch)
+
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["console", "import-labelstudio", "--agree-iou", value, str(path)])
+
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --agree-iou: must be a number from 0 to 1, got {value}" in err or (
+        f"argument --agree-iou: invalid number from 0 to 1 value: '{value}'" in err
+    )
+    assert parts.tasks.get(task_id).state == "pending"  # nothing was read or recorded
+
+
+def test_the_import_help_names_the_agreement_option_and_its_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["console", "import-labelstudio", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--agree-iou" in text and "default 0.90" in text

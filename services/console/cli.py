@@ -36,6 +36,7 @@ from services.console.labelstudio import (
 from services.console.relay import DecisionRelay
 from services.console.security import MAX_PASSWORD_CHARS, hash_password
 from services.console.tasks import TaskFilter, TaskStore
+from shared.argtypes import float_between
 from shared.config import load_settings
 from shared.errors import TransientError
 from shared.store import open_store
@@ -47,7 +48,7 @@ EXPORT_EXIT_STATUS = (
 IMPORT_EXIT_STATUS = (
     "exit status: 0 every annotation recorded (tasks nobody annotated are listed, not counted); 1 some "
     "annotations were skipped (each listed with its reason, annotators who disagree included: one "
-    f"approving and one rejecting, or approved masks that overlap at an IoU below {MASKS_AGREE_IOU:.2f}; "
+    "approving and one rejecting, or approved masks that overlap at an IoU below --agree-iou; "
     "the others are recorded, and running the same export again is safe: decided tasks are skipped); 2 "
     "the export or the table could not be read"
 )
@@ -82,6 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("export", type=Path, help="Label Studio's JSON export (a list of tasks; UTF-8)")
     imp.add_argument(
         "--no-publish", action="store_true", help="record only; the console's relay publishes them later"
+    )
+    imp.add_argument(
+        "--agree-iou",
+        type=float_between(0.0, 1.0),
+        default=MASKS_AGREE_IOU,
+        metavar="IOU",
+        help="annotators who approve masks overlapping at an IoU below this (0 to 1) disagree, and the "
+        f"task is skipped for someone to settle (default {MASKS_AGREE_IOU:.2f}, the gate's default iou_min)",
     )
     sub.add_parser(
         "hash-password",
@@ -168,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"skuforge console import-labelstudio: cannot read {args.export}: {exc}", file=sys.stderr)
         return 2
-    outcomes = import_annotations(tasks, store, export_data, lease_s=console.console_lease_s)
+    outcomes = import_annotations(
+        tasks, store, export_data, lease_s=console.console_lease_s, agree_iou=args.agree_iou
+    )
     published = 0
     if not args.no_publish:
         relay = DecisionRelay(tasks, settings)

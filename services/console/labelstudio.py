@@ -9,7 +9,7 @@ its strokes as an edited mask (the ``mask`` control's ``product`` strokes only: 
 ignored; strokes that are exactly the predicted mask approve the prediction), one whose ``decision``
 is ``approve`` without a stroke approves the predicted mask. Of several annotations the latest is
 taken; annotators who disagree (one approves, another rejects, or two approve masks that overlap at
-an IoU below ``MASKS_AGREE_IOU``) are skipped, not settled. All go
+an IoU below ``agree_iou``, by default ``MASKS_AGREE_IOU``) are skipped, not settled. All go
 through the same task table, audit and outbox as the web page's decisions, under the reviewer
 ``labelstudio:<annotator>``.
 
@@ -57,8 +57,9 @@ LABEL = "product"
 DECISION_NAME = "decision"
 REASON_NAME = "reason"
 CUT_MARK = "… [cut]"  # ends a reject reason longer than the table takes
-# Approving annotators whose masks overlap less than this disagree (the gate's default iou_min: masks
-# that would fail the gate against each other cannot both be the corrected mask).
+# Approving annotators whose masks overlap less than this disagree, by default (the gate's default
+# iou_min: masks that would fail the gate against each other cannot both be the corrected mask);
+# ``import-labelstudio --agree-iou`` sets another.
 MASKS_AGREE_IOU = 0.90
 # A labeling config matching the exported tasks (``--config-out`` writes it).
 LABEL_CONFIG = """<View>
@@ -446,9 +447,16 @@ def _value(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def import_annotations(
-    tasks: TaskStore, store: ObjectStore, export: list[dict[str, Any]], *, lease_s: float = 300.0
+    tasks: TaskStore,
+    store: ObjectStore,
+    export: list[dict[str, Any]],
+    *,
+    lease_s: float = 300.0,
+    agree_iou: float = MASKS_AGREE_IOU,
 ) -> list[ImportOutcome]:
     """Record Label Studio's annotations as decisions (table, audit, outbox); publish them afterwards.
+
+    Approving annotators whose masks overlap at an IoU below ``agree_iou`` (0 to 1) disagree.
 
     A task that cannot be used (unknown, decided, held by a reviewer, unreadable, malformed, its mask
     not storable, the table or store unavailable) is skipped with the reason and left as it was, and
@@ -485,6 +493,8 @@ def import_annotations(
         else:
             annotations_of[task_id] = annotations
             steps.append((task_id, annotations))
+    if not 0.0 <= agree_iou <= 1.0:  # also refuses nan
+        raise ValueError(f"agree_iou must be a number from 0 to 1, got {agree_iou}")
     outcomes: list[ImportOutcome] = []
     for step in steps:
         if isinstance(step, ImportOutcome):
@@ -492,7 +502,7 @@ def import_annotations(
             continue
         task_id, annotations = step
         try:
-            outcomes.append(_import_one(tasks, store, tasks.get(task_id), annotations, lease_s))
+            outcomes.append(_import_one(tasks, store, tasks.get(task_id), annotations, lease_s, agree_iou))
         except _SKIPPABLE as exc:
             outcomes.append(ImportOutcome(task_id, "skipped", _why(exc)))
     return outcomes
@@ -507,7 +517,12 @@ def _why(exc: Exception) -> str:
 
 
 def _import_one(
-    tasks: TaskStore, store: ObjectStore, task: Task, annotations: list[dict[str, Any]], lease_s: float
+    tasks: TaskStore,
+    store: ObjectStore,
+    task: Task,
+    annotations: list[dict[str, Any]],
+    lease_s: float,
+    agree_iou: float,
 ) -> ImportOutcome:
     if task.state in ("approved", "rejected"):
         return ImportOutcome(task.task_id, "skipped", ALREADY_DECIDED)
@@ -533,7 +548,7 @@ def _import_one(
         )
         return ImportOutcome(task.task_id, "skipped", why)
     image = task.pending.matted.generated.image
-    disagreement = _masks_disagree(store, task, annotations, verdicts, image.width, image.height)
+    disagreement = _masks_disagree(store, task, annotations, verdicts, image.width, image.height, agree_iou)
     if disagreement:
         return ImportOutcome(task.task_id, "skipped", disagreement)
     annotation = _latest(annotations)
@@ -564,9 +579,10 @@ def _masks_disagree(
     verdicts: list[str | None],
     width: int,
     height: int,
+    agree_iou: float,
 ) -> str | None:
     """Why the approving annotators' masks cannot stand for one another (two of them overlap less
-    than ``MASKS_AGREE_IOU``), or None. Each annotator counts once, with their latest annotation: one
+    than ``agree_iou``), or None. Each annotator counts once, with their latest annotation: one
     person saving twice is a draft and its revision, not a disagreement."""
     by_annotator: dict[str, list[dict[str, Any]]] = {}
     for annotation, verdict in zip(annotations, verdicts, strict=True):
@@ -584,12 +600,12 @@ def _masks_disagree(
     worst = min(
         ((mask_iou(masks[a], masks[b]), a, b) for a, b in itertools.combinations(masks, 2)), default=None
     )
-    if worst is None or worst[0] >= MASKS_AGREE_IOU:
+    if worst is None or worst[0] >= agree_iou:
         return None
     iou, first, second = worst
     return (
         f"annotators' masks disagree ({first} and {second} overlap at IoU {iou:.2f}, below"
-        f" {MASKS_AGREE_IOU:.2f}); settle it in Label Studio and export again, or decide it on the web page"
+        f" {agree_iou:.2f}); settle it in Label Studio and export again, or decide it on the web page"
     )
 
 
