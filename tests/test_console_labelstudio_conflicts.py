@@ -227,3 +227,63 @@ def test_the_import_help_names_the_agreement_option_and_its_default(
         cli_main(["console", "import-labelstudio", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--agree-iou" in text and "default 0.90" in text
+
+
+def _chose(decision: str, *, by: int, at: str) -> dict[str, Any]:
+    """One annotator's ``decision`` choice (a rejection with a reason)."""
+    results: list[dict[str, Any]] = [
+        {"type": "choices", "from_name": "decision", "value": {"choices": [decision]}}
+    ]
+    if decision == "reject":
+        results.append({"type": "textarea", "from_name": "reason", "value": {"text": ["wrong product"]}})
+    return {"completed_by": by, "created_at": at, "updated_at": at, "result": results}
+
+
+def test_an_annotator_who_changed_their_mind_is_no_disagreement(parts: ConsoleParts) -> None:
+    """An annotator rejected, then approved in a later annotation: their earlier one is a draft, as for
+    masks. It was "annotators disagree (approved by labelstudio:7, rejected by labelstudio:7)", and
+    every import of the export skipped the task and exited 1 until someone settled it with themselves."""
+    alone, with_other = [task.task_id for task in parts.tasks.query()]
+    box = _box(10, 10, 100, 60)
+    export = [
+        {
+            "data": {"skuforge_task_id": alone},
+            "annotations": [
+                _chose("reject", by=7, at="2026-01-01T09:00:00Z"),
+                _painted(box, by=7, at="2026-01-01T10:00:00Z"),
+            ],
+        },
+        {
+            # 7 rejected, 8 approved, then 7 approved too: they agree now.
+            "data": {"skuforge_task_id": with_other},
+            "annotations": [
+                _chose("reject", by=7, at="2026-01-01T09:00:00Z"),
+                _painted(box, by=8, at="2026-01-01T10:00:00Z"),
+                _painted(box, by=7, at="2026-01-01T11:00:00Z"),
+            ],
+        },
+    ]
+
+    outcomes = import_annotations(parts.tasks, parts.store, export)
+
+    assert [outcome.outcome for outcome in outcomes] == ["approve_edited", "approve_edited"], outcomes
+    assert parts.tasks.get(alone).decided_by == "labelstudio:7"
+    assert parts.tasks.get(with_other).decided_by == "labelstudio:7"
+
+
+def test_an_annotator_who_still_rejects_disagrees_with_one_who_approves(parts: ConsoleParts) -> None:
+    task_id = parts.tasks.query()[0].task_id
+    export = [
+        {
+            "data": {"skuforge_task_id": task_id},
+            "annotations": [
+                _painted(_box(10, 10, 100, 60), by=7, at="2026-01-01T09:00:00Z"),
+                _chose("reject", by=8, at="2026-01-01T10:00:00Z"),
+                _chose("approve", by=8, at="2026-01-01T08:00:00Z"),  # 8's earlier draft
+            ],
+        }
+    ]
+    [outcome] = import_annotations(parts.tasks, parts.store, export)
+    assert outcome.outcome == "skipped" and outcome.annotation_lost
+    assert "approved by labelstudio:7, rejected by labelstudio:8" in outcome.detail
+    assert parts.tasks.get(task_id).state == "pending"

@@ -533,6 +533,10 @@ def _import_one(
     if task.state == "accepted":
         # Closed since the export: the gate, replayed, accepted the item (TaskStore.close_accepted).
         return ImportOutcome(task.task_id, "skipped", GATE_ACCEPTED)
+    # Each annotator with their latest annotation: one person's earlier ones are drafts of it, not a
+    # disagreement (an annotator who rejected and then approved disagreed with themselves, and every
+    # import skipped the task). The latest of these is the latest annotation of all.
+    annotations = _latest_by_annotator(annotations)
     verdicts = [_verdict_of(annotation) for annotation in annotations]
     if "approve" in verdicts and "reject" in verdicts:
         # Annotators disagree: the latest one silently won. Someone has to settle it.
@@ -570,6 +574,14 @@ def _import_one(
 def _latest(annotations: list[dict[str, Any]]) -> dict[str, Any]:
     """The latest annotation (its time is read only when there are several to choose from)."""
     return annotations[0] if len(annotations) == 1 else max(annotations, key=_annotated_at)
+
+
+def _latest_by_annotator(annotations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each annotator's latest annotation, in the order the annotators first appear."""
+    by_annotator: dict[str, list[dict[str, Any]]] = {}
+    for annotation in annotations:
+        by_annotator.setdefault(_annotator(annotation), []).append(annotation)
+    return [_latest(theirs) for theirs in by_annotator.values()]
 
 
 def _masks_disagree(
