@@ -25,7 +25,7 @@ from kafka import KafkaProducer
 from devstack.broker import free_port
 from schemas.envelope import Envelope
 from schemas.events import CorrectionResolved
-from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED
+from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED
 from services.console.config import ConsoleSettings
 from services.console.decisions import mask_from_ref
 from services.console.server import ConsoleService
@@ -65,7 +65,7 @@ def console(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Running]:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver (see .ci/run)")
     settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path / 'store'}")
-    create_topics(settings, CORRECTION_PENDING, CORRECTION_RESOLVED)
+    create_topics(settings, CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED)  # what the intake reads
     store = FileStore(tmp_path / "store")
     service = ConsoleService(
         settings,

@@ -187,7 +187,7 @@ def test_serve_console_stops_its_intake_and_relay_on_sigterm(kafka_bootstrap: st
     back in place that killed the process (exit -15) before the intake committed or the relay sent
     what waited in the outbox."""
     settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path / 'store'}")
-    create_topics(settings, CORRECTION_PENDING, CORRECTION_RESOLVED)
+    create_topics(settings, CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED)
     web_port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
