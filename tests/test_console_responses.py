@@ -1,10 +1,15 @@
-"""What the console answers when its table is unavailable at the login gate, and what content type
-it serves an event's image with."""
+"""What the console answers when its table is unavailable at the login gate, what content type it
+serves an event's image with, and how long a browser may keep it."""
 
 from __future__ import annotations
 
+import html
+import json
+import re
+from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
@@ -88,3 +93,53 @@ def test_an_image_is_served_only_as_an_image_type(tmp_path: Path, media_type: st
     assert response.status_code == 200
     assert response.headers["content-type"] == served_as
     assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def _page_images(client: TestClient, task_id: str) -> dict[str, str]:
+    page = client.get(f"/tasks/{task_id}")
+    assert page.status_code == 200, page.text
+    data = re.search(r'<script type="application/json" id="task-data">(.*?)</script>', page.text, re.S)
+    assert data, page.text
+    images: dict[str, str] = json.loads(html.unescape(data.group(1)))["images"]
+    return images
+
+
+def test_an_item_image_replaced_by_a_replay_is_not_served_from_the_browser_cache(parts: ConsoleParts) -> None:
+    """The gate's replay of a re-matted item (a new matting model) updates an open task's predicted mask.
+    The image's address stayed the same and was served ``immutable``: a reviewer's browser kept
+    showing the old mask for an hour, reloads included, while "approve predicted" sent the new one."""
+    (task,) = parts.tasks.query()
+    envelope = pending_envelope(task.pending)
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    login(client)
+    before = _page_images(client, envelope.event_id)
+    first = client.get(before["predicted"])
+    assert first.status_code == 200
+
+    # Matted again: another predicted mask (stored under its digest, as the matting stage does).
+    matted = envelope.payload.matted
+    other_mask = np.zeros((matted.predicted_mask.height, matted.predicted_mask.width), np.uint8)
+    other_mask[10:60, 10:60] = 255
+    new_ref = parts.store.put_image(
+        f"masks/predicted/{envelope.sku_id}/item-0000.png", other_mask, digest_in_key=True
+    )
+    rematted = envelope.payload.model_copy(
+        update={"matted": matted.model_copy(update={"predicted_mask": new_ref})}
+    )
+    parts.tasks.add_pending(
+        envelope.model_copy(
+            update={"payload": rematted, "produced_at": envelope.produced_at + timedelta(seconds=60)}
+        )
+    )
+
+    after = _page_images(client, envelope.event_id)
+    assert after["predicted"] != before["predicted"]  # a new address: no cached copy answers for it
+    assert after["generated"] == before["generated"]  # unchanged images keep theirs (and their cache)
+    second = client.get(after["predicted"])
+    assert second.status_code == 200 and second.content == parts.store.read_verified(new_ref)
+    assert "immutable" in second.headers["cache-control"]
+    # An address without the digest (an old bookmark, a script) is checked again each time.
+    bare = client.get(f"/tasks/{envelope.event_id}/images/predicted")
+    assert bare.status_code == 200 and "immutable" not in bare.headers["cache-control"]
+    stale = client.get(before["predicted"])  # the old address now names other bytes: not cached for good
+    assert stale.status_code == 200 and "immutable" not in stale.headers["cache-control"]

@@ -5,10 +5,10 @@ page's JavaScript to the API (``api.py``).
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations at runtime.
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from schemas.common import ImageRef
@@ -90,13 +90,17 @@ def item_page(request: Request, task_id: TaskId, console: ConsoleDep) -> Respons
     outbox = console.tasks.outbox(task_id)
     image = task.pending.matted.generated.image
     held = task.state == "claimed" and task.claimed_by == session.reviewer
-    images = {
-        kind: f"/tasks/{task.task_id}/images/{kind}"
-        for kind in ("generated", "predicted", "expected", "reference")
+    matted = task.pending.matted
+    refs = {
+        "generated": matted.generated.image,
+        "predicted": matted.predicted_mask,
+        "expected": matted.generated.expected_mask,
+        "reference": matted.generated.reference_image,
     }
-    if outbox is not None and outbox.payload.decision == "approve_edited":
+    if outbox is not None and outbox.payload.decision == "approve_edited" and outbox.payload.final_mask:
         # The mask that was saved, so the "edited" overlay of a decided item shows it, not the model's.
-        images["corrected"] = f"/tasks/{task.task_id}/images/corrected"
+        refs["corrected"] = outbox.payload.final_mask
+    images = {kind: _image_address(task.task_id, kind, ref) for kind, ref in refs.items()}
     page = {
         "taskId": task.task_id,
         "width": image.width,
@@ -125,17 +129,31 @@ def item_page(request: Request, task_id: TaskId, console: ConsoleDep) -> Respons
     )
 
 
+def _image_address(task_id: str, kind: str, ref: ImageRef) -> str:
+    """Where the item page loads one of a task's images: the address names the bytes (``v``, their
+    sha256 prefix), so an image a replay of the gate replaced (a new predicted mask) has a new address,
+    and a browser's cached copy of the old one is not shown in its place."""
+    return f"/tasks/{task_id}/images/{kind}?v={ref.sha256[:16]}"
+
+
 @router.get("/tasks/{task_id}/images/{kind}")
-def task_image(task_id: TaskId, kind: ImageKind, console: ConsoleDep) -> Response:
+def task_image(
+    task_id: TaskId,
+    kind: ImageKind,
+    console: ConsoleDep,
+    v: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
     task = console.tasks.get(task_id)
     ref = _image_ref(console, task, kind)
     if ref is None:
         raise HTTPException(404, f"task {task_id} has no {kind} image")
     data = console.store.read_verified(ref)
     media_type = ref.media_type if ref.media_type in IMAGE_MEDIA_TYPES else "application/octet-stream"
-    return Response(
-        data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600, immutable"}
-    )
+    # Cached for good only under the address that names these bytes: the same address without it
+    # served another image after a replay updated the task, and "immutable" kept the old one on screen.
+    named = v == ref.sha256[:16]
+    cache = "private, max-age=3600, immutable" if named else "private, no-cache"
+    return Response(data, media_type=media_type, headers={"Cache-Control": cache})
 
 
 @router.get("/static/{name}")
