@@ -8,12 +8,14 @@ import json
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
 from schemas.common import ImageRef
+from schemas.envelope import Envelope
 from shared.errors import BadInput, TransientError
 from tests.support.console import ConsoleParts, app_for, build_console, flagged_item, login, pending_envelope
 
@@ -95,28 +97,19 @@ def test_an_image_is_served_only_as_an_image_type(tmp_path: Path, media_type: st
     assert response.headers["x-content-type-options"] == "nosniff"
 
 
-def _page_images(client: TestClient, task_id: str) -> dict[str, str]:
+def _page_data(client: TestClient, task_id: str) -> dict[str, Any]:
+    """The item page's data for its script (image addresses, what it shows)."""
     page = client.get(f"/tasks/{task_id}")
     assert page.status_code == 200, page.text
     data = re.search(r'<script type="application/json" id="task-data">(.*?)</script>', page.text, re.S)
     assert data, page.text
-    images: dict[str, str] = json.loads(html.unescape(data.group(1)))["images"]
-    return images
+    loaded: dict[str, Any] = json.loads(html.unescape(data.group(1)))
+    return loaded
 
 
-def test_an_item_image_replaced_by_a_replay_is_not_served_from_the_browser_cache(parts: ConsoleParts) -> None:
-    """The gate's replay of a re-matted item (a new matting model) updates an open task's predicted mask.
-    The image's address stayed the same and was served ``immutable``: a reviewer's browser kept
-    showing the old mask for an hour, reloads included, while "approve predicted" sent the new one."""
-    (task,) = parts.tasks.query()
-    envelope = pending_envelope(task.pending)
-    client = TestClient(app_for(parts), base_url="http://console.test")
-    login(client)
-    before = _page_images(client, envelope.event_id)
-    first = client.get(before["predicted"])
-    assert first.status_code == 200
-
-    # Matted again: another predicted mask (stored under its digest, as the matting stage does).
+def _matted_again(parts: ConsoleParts, envelope: Envelope[Any]) -> ImageRef:
+    """The gate replayed after the item was matted again (a new matting model): the same event id, a
+    new predicted mask (stored under its digest, as the matting stage does); returns the mask."""
     matted = envelope.payload.matted
     other_mask = np.zeros((matted.predicted_mask.height, matted.predicted_mask.width), np.uint8)
     other_mask[10:60, 10:60] = 255
@@ -126,13 +119,25 @@ def test_an_item_image_replaced_by_a_replay_is_not_served_from_the_browser_cache
     rematted = envelope.payload.model_copy(
         update={"matted": matted.model_copy(update={"predicted_mask": new_ref})}
     )
-    parts.tasks.add_pending(
-        envelope.model_copy(
-            update={"payload": rematted, "produced_at": envelope.produced_at + timedelta(seconds=60)}
-        )
-    )
+    later = envelope.produced_at + timedelta(seconds=60)
+    parts.tasks.add_pending(envelope.model_copy(update={"payload": rematted, "produced_at": later}))
+    return new_ref
 
-    after = _page_images(client, envelope.event_id)
+
+def test_an_item_image_replaced_by_a_replay_is_not_served_from_the_browser_cache(parts: ConsoleParts) -> None:
+    """The gate's replay of a re-matted item updates an open task's predicted mask. The image's address
+    stayed the same and was served ``immutable``: a reviewer's browser kept showing the old mask for
+    an hour, reloads included, while "approve predicted" sent the new one."""
+    (task,) = parts.tasks.query()
+    envelope = pending_envelope(task.pending)
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    login(client)
+    before = _page_data(client, envelope.event_id)["images"]
+    assert client.get(before["predicted"]).status_code == 200
+
+    new_ref = _matted_again(parts, envelope)
+
+    after = _page_data(client, envelope.event_id)["images"]
     assert after["predicted"] != before["predicted"]  # a new address: no cached copy answers for it
     assert after["generated"] == before["generated"]  # unchanged images keep theirs (and their cache)
     second = client.get(after["predicted"])
@@ -143,3 +148,38 @@ def test_an_item_image_replaced_by_a_replay_is_not_served_from_the_browser_cache
     assert bare.status_code == 200 and "immutable" not in bare.headers["cache-control"]
     stale = client.get(before["predicted"])  # the old address now names other bytes: not cached for good
     assert stale.status_code == 200 and "immutable" not in stale.headers["cache-control"]
+
+
+def test_a_decision_on_pixels_a_replay_replaced_while_the_page_was_open_is_refused(
+    parts: ConsoleParts,
+) -> None:
+    """A reviewer opened the item, then the replay replaced its predicted mask; their "approve predicted"
+    recorded and published the new mask, which they had never seen. The page sends what it showed
+    (``shown``), and a decision on pixels no longer the task's is a 409 that says to reload."""
+    (task,) = parts.tasks.query()
+    envelope = pending_envelope(task.pending)
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+    headers = {"X-CSRF-Token": token}
+    assert client.post(f"/api/tasks/{task.task_id}/claim", headers=headers).status_code == 200
+    shown_before = _page_data(client, task.task_id)["shown"]
+
+    new_ref = _matted_again(parts, envelope)
+
+    stale = client.post(
+        f"/api/tasks/{task.task_id}/decision",
+        data={"decision": "approve_predicted", "shown": shown_before},
+        headers=headers,
+    )
+    assert stale.status_code == 409 and "reload" in stale.json()["detail"], stale.text
+    assert parts.tasks.get(task.task_id).state == "claimed" and parts.tasks.outbox(task.task_id) is None
+    # Reloaded, the page shows the new mask and the decision is on it.
+    shown_now = _page_data(client, task.task_id)["shown"]
+    assert shown_now != shown_before
+    fresh = client.post(
+        f"/api/tasks/{task.task_id}/decision",
+        data={"decision": "approve_predicted", "shown": shown_now},
+        headers=headers,
+    )
+    assert fresh.status_code == 200, fresh.text
+    assert fresh.json()["resolved"]["final_mask"]["uri"] == new_ref.uri

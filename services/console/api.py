@@ -79,6 +79,7 @@ def api_decision(
     decision: Annotated[Decision, Form()],
     reject_reason: Annotated[str | None, Form(max_length=1000)] = None,
     mask: Annotated[UploadFile | None, File()] = None,
+    shown: Annotated[str | None, Form(max_length=64)] = None,
 ) -> dict[str, Any]:
     # The form was capped by its Content-Length before it was spooled (auth.limit_bodies); one byte
     # past the image limit is read, so a mask over it is refused by the size check that names it.
@@ -93,6 +94,7 @@ def api_decision(
         mask_bytes=mask_bytes,
         max_pixels=console.settings.max_image_pixels,
         max_bytes=console.settings.max_image_bytes,
+        shown=shown,
     )
     if task.claimed_at is not None:
         console.metrics.decision_seconds.observe(max(0.0, event.created_at - task.claimed_at))

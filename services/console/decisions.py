@@ -12,12 +12,15 @@ The final mask of each decision:
 * ``reject``            no mask; a reason is required
 
 ``record_decision`` is the whole rule for one request: the reviewer must hold the task's claim, only
-a rejection takes a reason, only ``approve_edited`` takes a mask (and needs one); the decision and
-its ``correction.resolved`` event are then committed together (``TaskStore.decide``, an outbox).
+a rejection takes a reason, only ``approve_edited`` takes a mask (and needs one), and a decision made
+on pixels the task no longer holds (``shown``: a replay of the gate replaced them while the page was
+open) is refused; the decision and its ``correction.resolved`` event are then committed together
+(``TaskStore.decide``, an outbox).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from datetime import UTC, datetime
@@ -28,7 +31,7 @@ from PIL import Image
 
 from schemas.common import ImageRef
 from schemas.events import CorrectionResolved, Decision
-from services.console.tasks import OutboxEvent, Task, TaskStore
+from services.console.tasks import OutboxEvent, Task, TaskConflict, TaskStore
 from shared.errors import ImageRejected
 from shared.images import apply_exif_orientation, decode_mask, pixel_array, to_rgb, transparency_mask
 from shared.store import ObjectStore
@@ -50,6 +53,24 @@ _PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$")
 
 class DecisionInvalid(ValueError):
     """The request does not describe a valid decision; the message says what to change."""
+
+
+def shown_pixels(task: Task) -> str:
+    """What a reviewer decides on, as a short digest: the generated image and the predicted and expected
+    masks (their sha256). The item page sends it with a decision; the gate's reasons and figures are
+    left out, since a replay that changes only those leaves the reviewer's judgement of the pixels."""
+    matted = task.pending.matted
+    refs = (matted.generated.image, matted.predicted_mask, matted.generated.expected_mask)
+    return hashlib.sha256("\0".join(ref.sha256 for ref in refs).encode()).hexdigest()[:16]
+
+
+def _check_shown(task: Task, shown: str | None) -> None:
+    """TaskConflict when ``shown`` (if given) is not the task's pixels any more."""
+    if shown is not None and shown != shown_pixels(task):
+        raise TaskConflict(
+            f"task {task.task_id} changed since this page showed it (the gate was replayed with another "
+            "image or mask): reload the page and decide on what it holds now"
+        )
 
 
 def corrected_mask_key(task: Task) -> str:
@@ -207,16 +228,19 @@ def record_decision(
     mask_bytes: bytes | None,
     max_pixels: int,
     max_bytes: int,
+    shown: str | None = None,
 ) -> tuple[Task, OutboxEvent]:
     """Check and record ``reviewer``'s ``decision`` on a task they hold; returns the task as it was
     held and the recorded event.
 
     ``mask_bytes`` is the uploaded mask file (``approve_edited`` only), checked first and stored
-    before the decision's transaction (under a key with its sha256). Raises ``TaskConflict`` when the
-    reviewer does not hold the task, ``DecisionInvalid`` when the request breaks a rule (the message
-    says which).
+    before the decision's transaction (under a key with its sha256). ``shown`` is ``shown_pixels`` of
+    the task as the reviewer's page showed it (None: not checked, for scripts). Raises ``TaskConflict``
+    when the reviewer does not hold the task or it holds other pixels than ``shown``,
+    ``DecisionInvalid`` when the request breaks a rule (the message says which).
     """
     task = tasks.check_held(task_id, reviewer)
+    _check_shown(task, shown)
     if decision != "reject" and reject_reason:
         raise DecisionInvalid("only a rejection takes a reason")
     pixels: npt.NDArray[np.uint8] | None = None
@@ -244,6 +268,7 @@ def record_decision(
     edited = None if pixels is None else store_edited_mask(store, task, pixels)
 
     def payload(held: Task, at: float) -> CorrectionResolved:
+        _check_shown(held, shown)  # again under the table's lock: the intake may have replaced them since
         return resolve(
             held,
             decision=decision,

@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from schemas.common import ImageRef
 from services.console.auth import Reviewer, current_session
 from services.console.context import HERE, Console, ConsoleDep, Filters, TaskId, templates
-from services.console.decisions import REJECT_REASONS
+from services.console.decisions import REJECT_REASONS, shown_pixels
 from services.console.tasks import STATES, Task
 
 STATIC_FILES = {"console.css": "text/css", "item.js": "text/javascript", "queue.js": "text/javascript"}
@@ -111,6 +111,8 @@ def item_page(request: Request, task_id: TaskId, console: ConsoleDep) -> Respons
         "idleS": console.console.console_idle_s,
         "csrfToken": session.csrf_token,
         "images": images,
+        # Sent with a decision: one on pixels a replay replaced since is refused (reload).
+        "shown": shown_pixels(task),
     }
     return templates.TemplateResponse(
         request,

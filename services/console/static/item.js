@@ -252,6 +252,7 @@
       await reclaim;
       const form = new FormData();
       form.append("decision", decision);
+      form.append("shown", page.shown); // what this page shows: refused if a replay replaced it since
       if (decision === "reject") form.append("reject_reason", rejectReason);
       if (decision === "approve_edited") {
         if (!edited) return say("paint on the mask first (or approve the predicted mask with p)", true);
