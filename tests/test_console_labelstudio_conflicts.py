@@ -5,6 +5,7 @@ arrives last."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from services.console.labelstudio import import_annotations, mask_to_rle
+from services.console.labelstudio import export_tasks, import_annotations, mask_to_rle
 from skuforge_cli.main import main as cli_main
 from tests.support.console import (
     ConsoleParts,
@@ -287,3 +288,39 @@ def test_an_annotator_who_still_rejects_disagrees_with_one_who_approves(parts: C
     assert outcome.outcome == "skipped" and outcome.annotation_lost
     assert "approved by labelstudio:7, rejected by labelstudio:8" in outcome.detail
     assert parts.tasks.get(task_id).state == "pending"
+
+
+def test_an_annotation_of_pixels_a_replay_replaced_since_the_export_is_skipped(parts: ConsoleParts) -> None:
+    """Exported, then the gate replayed the item matted again (another predicted mask, same event id):
+    an annotator's "approve" of the prediction they saw was recorded as an approval of the new mask,
+    which no one had seen. The export names the pixels it sent; the import skips an annotation of
+    other pixels (lost: export the item again), as the web page refuses such a decision."""
+    exported = export_tasks(parts.tasks, parts.store).tasks
+    replaced = exported[0]
+    approve = {"type": "choices", "from_name": "decision", "value": {"choices": ["approve"]}}
+    for entry in exported:
+        entry["annotations"] = [{"completed_by": 7, "result": [approve]}]
+    task = parts.tasks.get(replaced["data"]["skuforge_task_id"])
+    envelope = pending_envelope(task.pending)
+    new_mask = parts.store.put_image(
+        f"masks/predicted/{task.sku_id}/{task.item_id}.png", _box(10, 10, 60, 60), digest_in_key=True
+    )
+    matted = task.pending.matted.model_copy(update={"predicted_mask": new_mask})
+    later = envelope.produced_at + timedelta(seconds=60)
+    parts.tasks.add_pending(
+        envelope.model_copy(
+            update={"payload": task.pending.model_copy(update={"matted": matted}), "produced_at": later}
+        )
+    )
+
+    first, second = import_annotations(parts.tasks, parts.store, exported)
+
+    assert first.outcome == "skipped" and first.annotation_lost
+    assert "export it again" in first.detail
+    assert parts.tasks.get(task.task_id).state == "pending"
+    assert second.outcome == "approve_predicted"  # its pixels are as exported
+    # An export made before exports named their pixels is imported as it was.
+    del replaced["data"]["skuforge_shown"]
+    (again,) = import_annotations(parts.tasks, parts.store, [replaced])
+    assert again.outcome == "approve_predicted"
+    assert parts.tasks.outbox(task.task_id).payload.final_mask == new_mask  # type: ignore[union-attr]

@@ -40,6 +40,7 @@ from services.console.decisions import (
     check_reject_reason,
     mask_from_ref,
     resolve,
+    shown_pixels,
     store_edited_mask,
 )
 from services.console.tasks import PENDING, Task, TaskConflict, TaskFilter, TaskNotFound, TaskStore
@@ -254,6 +255,9 @@ def export_tasks(
                 "data": {
                     TO_NAME: url,
                     "skuforge_task_id": task.task_id,
+                    # The pixels sent (decisions.shown_pixels): an annotation of them is not recorded
+                    # once a replay of the gate has replaced them.
+                    "skuforge_shown": shown_pixels(task),
                     "sku_id": task.sku_id,
                     "item_id": task.item_id,
                     "iou": task.iou,
@@ -469,9 +473,12 @@ def import_annotations(
     # exit 0), though another annotator may have rejected the item there. They are now read together.
     steps: list[ImportOutcome | tuple[str, list[dict[str, Any]]]] = []
     annotations_of: dict[str, list[dict[str, Any]]] = {}
+    shown_of: dict[str, set[str]] = {}  # the pixels each item's Label Studio tasks were exported with
     for entry in export:
         data = entry.get("data")
         task_id = str(data.get("skuforge_task_id", "")) if isinstance(data, dict) else ""
+        if isinstance(data, dict) and data.get("skuforge_shown") is not None:
+            shown_of.setdefault(task_id, set()).add(str(data["skuforge_shown"]))
         annotations = entry.get("annotations") or []
         if not isinstance(annotations, list):
             annotations = []
@@ -502,7 +509,10 @@ def import_annotations(
             continue
         task_id, annotations = step
         try:
-            outcomes.append(_import_one(tasks, store, tasks.get(task_id), annotations, lease_s, agree_iou))
+            task = tasks.get(task_id)
+            outcomes.append(
+                _import_one(tasks, store, task, annotations, lease_s, agree_iou, shown_of.get(task_id, set()))
+            )
         except _SKIPPABLE as exc:
             outcomes.append(ImportOutcome(task_id, "skipped", _why(exc)))
     return outcomes
@@ -523,6 +533,7 @@ def _import_one(
     annotations: list[dict[str, Any]],
     lease_s: float,
     agree_iou: float,
+    shown: set[str],
 ) -> ImportOutcome:
     if task.state in ("approved", "rejected"):
         return ImportOutcome(task.task_id, "skipped", ALREADY_DECIDED)
@@ -533,6 +544,14 @@ def _import_one(
     if task.state == "accepted":
         # Closed since the export: the gate, replayed, accepted the item (TaskStore.close_accepted).
         return ImportOutcome(task.task_id, "skipped", GATE_ACCEPTED)
+    if shown - {shown_pixels(task)}:
+        # Exported before a replay of the gate replaced the image or a mask (the item matted again): an
+        # approval of the prediction would have recorded a mask no annotator saw.
+        why = (
+            "the item's image or masks changed since the export (the gate was replayed): export it again"
+            " and annotate what it holds now, or decide it on the web page"
+        )
+        return ImportOutcome(task.task_id, "skipped", why)
     # Each annotator with their latest annotation: one person's earlier ones are drafts of it, not a
     # disagreement (an annotator who rejected and then approved disagreed with themselves, and every
     # import skipped the task). The latest of these is the latest annotation of all.
