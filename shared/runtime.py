@@ -55,7 +55,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry, Gauge
 from pydantic import BaseModel, ValidationError
 
-from schemas.common import ObjectRef
+from schemas.common import ImageRef, ObjectRef
 from schemas.envelope import (
     DLQ_INLINE_MAX_BYTES,
     MAX_DEAD_LETTER_DETAIL_CHARS,
@@ -89,7 +89,7 @@ from shared.config import ConfigError, Settings, load_settings
 from shared.dlq import REPLAY_STAGE_HEADER
 from shared.errors import BadInput, TransientError
 from shared.group_lag import GroupLagWatcher, watched_groups
-from shared.images import UInt8Array, decode_image, decode_mask, refuse_oversized
+from shared.images import UInt8Array, decode_image, decode_mask, refuse_oversized, refuse_too_many_pixels
 from shared.observability import HealthServer, StageMetrics, configure_logging, log_context
 from shared.store import ObjectStore, open_store
 
@@ -158,6 +158,19 @@ class Context:
 
     def _take_actions(self, event: Envelope[Any]) -> list[Callable[[], None]]:
         return self._actions.pop(id(event), [])
+
+    def refuse_unread(self, ref: ImageRef, why: str) -> None:
+        """Refuse ``ref`` on the event's figures alone, before it is read: more pixels than
+        ``max_image_pixels`` (``why`` says what the stage needs the image at its stated size for) or
+        more bytes than ``max_image_bytes``.
+
+        For a stage that reads several objects of one event: each is refused before any is read (read,
+        they are held in memory whole only to be refused). ``decode_image`` would decode a baseline JPEG
+        over the pixel limit scaled down, and the stage's size check then blame a truthful event as
+        ``dimension_mismatch``.
+        """
+        refuse_too_many_pixels(ref.width, ref.height, self.settings.max_image_pixels, why)
+        refuse_oversized(ref.bytes, self.settings.max_image_bytes)
 
     def read_image(self, ref: ObjectRef) -> Image.Image:
         """The stored image ``ref`` points at, checked against its sha256, decoded within the limits.

@@ -26,6 +26,7 @@ from kafka.structs import MemberState, TopicPartition
 from prometheus_client import Counter
 
 from devstack.broker import free_port
+from schemas.common import ImageRef
 from schemas.envelope import (
     DLQ_INLINE_MAX_BYTES,
     MAX_DEAD_LETTER_DETAIL_CHARS,
@@ -309,6 +310,32 @@ def test_an_image_reference_over_the_byte_limit_is_refused_before_it_is_read(tmp
     with pytest.raises(ImageRejected):
         context.read_mask(ref)
     assert store.bytes_read == 0
+
+
+@pytest.mark.parametrize(
+    ("figures", "reason", "said"),
+    [
+        ({"width": 100_000, "height": 100_000}, "too_many_pixels", "it is compared pixel by pixel"),
+        ({"bytes": 10**12}, "too_large_bytes", "at most 1024 are allowed"),
+    ],
+)
+def test_an_image_reference_is_refused_on_its_own_figures_before_it_is_read(
+    tmp_path: Path, figures: dict[str, int], reason: str, said: str
+) -> None:
+    """The gate and the trainstore refuse an image an event says is over the pixel or byte limit
+    without reading it (one function for both: ``Context.refuse_unread``); the detail says why the
+    stage needs the image at its stated size."""
+    store = _ReadCountingStore(tmp_path / "store")
+    stored = store.put_bytes("images/huge.png", b"\0" * 512, content_type="image/png")
+    ref = ImageRef(**{**stored.model_dump(), "width": 64, "height": 64, **figures})
+    context = Context(
+        "gate", store, Settings(max_image_bytes=1024), StageMetrics("gate"), logging.getLogger("test")
+    )
+    with pytest.raises(ImageRejected) as refused:
+        context.refuse_unread(ref, "it is compared pixel by pixel")
+    assert (refused.value.reason, store.bytes_read) == (reason, 0)
+    assert said in (refused.value.detail or "")
+    context.refuse_unread(ImageRef(**{**stored.model_dump(), "width": 64, "height": 64}), "why")
 
 
 class _SizeLimitedProducer(_Producer):

@@ -51,7 +51,7 @@ from shared.gate.checks import (
     mask_checks,
     product_stats,
 )
-from shared.images import UInt8Array, pixel_array, refuse_oversized, refuse_too_many_pixels
+from shared.images import UInt8Array, pixel_array
 from shared.runtime import Context, Emit, Stage, run_stage
 
 IOU_BUCKETS = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
@@ -105,7 +105,7 @@ def handle(
         ("reference mask", generated.reference_mask),
     ):
         with _naming(name, ref):
-            _refuse_unread(ctx, ref)
+            ctx.refuse_unread(ref, "it is compared pixel by pixel")
     # The masks, and every check that needs only them, before either image is decoded: an item
     # refused for a mask never decodes one, and the images (each 120 MB at 40 MP, as many again
     # while decoding) are decoded one at a time, each freed once its colours are measured.
@@ -162,15 +162,6 @@ def _product_colours(
     image = _read(ctx, "image", generated.image, mask=False)
     _same_size(("image", image), ("predicted mask", predicted_mask), ("expected mask", expected_mask))
     return product_stats(image, expected_mask, predicted_mask)
-
-
-def _refuse_unread(ctx: Context, ref: ImageRef) -> None:
-    """Refuse ``ref`` on the event's figures alone: more pixels or bytes than the limits allow."""
-    # A baseline JPEG over the limit would be decoded scaled down and then blamed as misstated.
-    refuse_too_many_pixels(
-        ref.width, ref.height, ctx.settings.max_image_pixels, "it is compared pixel by pixel"
-    )
-    refuse_oversized(ref.bytes, ctx.settings.max_image_bytes)
 
 
 @contextmanager

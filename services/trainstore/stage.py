@@ -72,7 +72,7 @@ from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTE
 from shared.captioning.attributes import MASK_PROBLEMS
 from shared.config import load_settings
 from shared.errors import BadInput
-from shared.images import decode_image, decode_mask, encode_png, refuse_oversized, refuse_too_many_pixels
+from shared.images import decode_image, decode_mask, encode_png
 from shared.runtime import Context, Emit, Handler, Stage, run_stage
 from shared.store import sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore, Status, object_keys, stands
@@ -80,6 +80,9 @@ from shared.trainstore.settings import TrainstoreSettings
 from shared.trainstore.withdrawals import Withdrawals, photo_of, withdrawable, withdrawn_row, withdrawn_rows
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Why an image or mask over the pixel limit is refused unread (``Context.refuse_unread``): the manifest
+# records the event's size, and ``_image_png`` refuses an image decoded at another.
+_STORED_AS_STATED = "it is stored at the size the event says"
 # A reviewer's decisions (correction.resolved); the gate's are accepted and pending.
 _REVIEWED: frozenset[str] = frozenset({"approved", "rejected"})
 
@@ -287,9 +290,9 @@ class Trainstore:
 
     def _stage_pair(self, ctx: Context, image_ref: ImageRef, mask_ref: ImageRef) -> tuple[bytes, bytes]:
         """Read, verify and decode an image and its mask; returns the PNG bytes to store. Both are
-        refused on the event's figures (``_refuse_unread``) before either is read."""
-        _refuse_unread(ctx, image_ref)
-        _refuse_unread(ctx, mask_ref)
+        refused on the event's figures (``Context.refuse_unread``) before either is read."""
+        ctx.refuse_unread(image_ref, _STORED_AS_STATED)
+        ctx.refuse_unread(mask_ref, _STORED_AS_STATED)
         max_pixels, max_bytes = ctx.settings.max_image_pixels, ctx.settings.max_image_bytes
         image_bytes = ctx.store.read_verified(image_ref)
         mask_bytes = ctx.store.read_verified(mask_ref)
@@ -306,7 +309,7 @@ class Trainstore:
     def _stage_image(self, ctx: Context, image_ref: ImageRef) -> bytes:
         """Read, verify and decode an image without a mask; returns the PNG bytes to store."""
         settings = ctx.settings
-        _refuse_unread(ctx, image_ref)
+        ctx.refuse_unread(image_ref, _STORED_AS_STATED)
         image_bytes = ctx.store.read_verified(image_ref)
         image = decode_image(
             image_bytes, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
@@ -452,17 +455,6 @@ def _produced_at(event: Envelope[Any]) -> datetime:
     (every producer writes UTC), since naive and aware times do not compare."""
     produced_at = event.produced_at
     return produced_at if produced_at.tzinfo is not None else produced_at.replace(tzinfo=UTC)
-
-
-def _refuse_unread(ctx: Context, ref: ImageRef) -> None:
-    """Refuse an image or mask on the event's figures alone, before it is read: more pixels than
-    ``SKUFORGE_MAX_IMAGE_PIXELS`` (``decode_image`` would decode a baseline JPEG that large scaled down,
-    and ``_image_png`` then blame a truthful event as ``dimension_mismatch``) or more bytes than
-    ``SKUFORGE_MAX_IMAGE_BYTES`` (read, they are held in memory whole only to be refused)."""
-    refuse_too_many_pixels(
-        ref.width, ref.height, ctx.settings.max_image_pixels, "it is stored at the size the event says"
-    )
-    refuse_oversized(ref.bytes, ctx.settings.max_image_bytes)
 
 
 def _image_png(image_ref: ImageRef, image_bytes: bytes, image: Image.Image) -> bytes:
