@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import positive_int
+from shared.argtypes import file_problem, positive_int
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--classes is a smoke run: give --out, so that it does not replace bench/results/")
     if not (args.dataset / "train.txt").is_file():
         parser.error(f"--dataset {args.dataset}: no train.txt (GroceryStoreDataset's dataset/ folder)")
+    # Checked before every class is composited, matted and gated twice, not found in a traceback after.
+    if problem := file_problem(args.out, "edge_recolour.json"):
+        parser.error(f"--out {args.out}: {problem}")
 
     from bench.augment import (
         _cached_masks,

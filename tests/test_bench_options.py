@@ -64,6 +64,22 @@ def test_an_edge_recolour_smoke_run_does_not_replace_the_committed_figures(
     _goes_ahead(edge_recolour.main, [*argv, "--out", str(tmp_path / "smoke.json")])  # its own --out
 
 
+@pytest.mark.parametrize("out", ["{tmp}", "{tmp}/in-the-way/edge_recolour.json"])
+def test_the_edge_recolour_bench_checks_out_before_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], out: str
+) -> None:
+    # A folder, or a file where its folder goes: IsADirectoryError / FileExistsError after every class
+    # was composited, matted and gated twice, nothing written.
+    from bench import augment, edge_recolour
+
+    (tmp_path / "train.txt").write_text("")
+    (tmp_path / "in-the-way").write_text("mine\n")
+    monkeypatch.setattr(augment, "read_grocery", _refuse_to_run)
+    argv = ["--dataset", str(tmp_path), "--out"]
+    _refused(edge_recolour.main, [*argv, out.format(tmp=tmp_path)], capsys, "--out")
+    _goes_ahead(edge_recolour.main, [*argv, str(tmp_path / "new" / "edge_recolour.json")])
+
+
 def _matting_real_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """bench.matting_real's arguments with a stand-in dataset and models, its checksum check off."""
     import shared.matting.official
