@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from schemas.events import SkuCaptioned
+from schemas.events import MAX_ADAPTER_SKUS, SkuCaptioned
 from services.lora_trainer import stage as lora_stage
 from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import (
@@ -370,6 +370,15 @@ def test_a_sku_recaptioned_with_no_usable_photo_leaves_its_series(tmp_path: Path
 def test_a_training_resolution_diffusers_cannot_paint_is_a_settings_error() -> None:
     with pytest.raises(ConfigError, match="multiple of 8"):
         load_settings(LoraTrainerSettings, lora_resolution=500)
+
+
+def test_a_general_adapter_cap_its_published_event_cannot_name_is_a_settings_error() -> None:
+    # Above 50,000 the general adapter trained for hours on one SKU per image, then its
+    # AdapterPublished (sku_ids, at most MAX_ADAPTER_SKUS) failed to build: nothing was published.
+    with pytest.raises(ConfigError, match="SKUFORGE_LORA_GENERAL_MAX_IMAGES"):
+        load_settings(LoraTrainerSettings, lora_general_max_images=MAX_ADAPTER_SKUS + 1)
+    settings = load_settings(LoraTrainerSettings, lora_general_max_images=MAX_ADAPTER_SKUS)
+    assert settings.lora_general_max_images == MAX_ADAPTER_SKUS
 
 
 # --- an accepted image that cannot be read --------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
+from schemas.events import MAX_ADAPTER_SKUS
 from shared.config import SETTINGS_CONFIG, empty_is_unset
 from shared.lora_training.dataset import TrainingRecipe
 
@@ -99,11 +100,15 @@ class LoraTrainerSettings(BaseSettings):
         description="also train it on this schedule when new images came (the clock starts when the "
         "trainer first sees an accepted image); 0 = off",
     )
+    # Each image may be of another SKU, and AdapterPublished names at most MAX_ADAPTER_SKUS: above it the
+    # adapter trained for hours, then its event failed to build and nothing was published.
     lora_general_max_images: int = Field(
         default=2000,
         ge=1,
+        le=MAX_ADAPTER_SKUS,
         description="the general adapter trains on at most this many accepted images, spread evenly "
-        "over all of them (each is copied into the job's set and encoded on the training device)",
+        "over all of them (each is copied into the job's set and encoded on the training device); "
+        f"at most {MAX_ADAPTER_SKUS}, the SKUs its AdapterPublished event may name",
     )
     # Each poll lists and reads the training requests in the store: 1e-300 passed "> 0", a busy loop of reads.
     lora_poll_s: float = Field(
