@@ -9,6 +9,11 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 SKU_ID_MAX_LEN = 64
+# Far above what a store writes (a file store's root as long as a Linux path, 4,096 bytes, and a key at
+# most 1,024 bytes, S3's limit): unbounded, a 100 kB uri was taken and looked up in the store.
+MAX_URI_CHARS = 8192
+# RFC 6838 allows 127 characters on each side of the slash; skuforge writes image/png.
+MAX_MEDIA_TYPE_CHARS = 255
 # Letters, digits and a few separators that are safe in object keys, file names and Kafka keys.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -84,7 +89,7 @@ class Contract(BaseModel):
 class ObjectRef(Contract):
     """A claim check: where an object lives and how to verify it when read."""
 
-    uri: str = Field(description="file:// or s3:// URI of the object")
+    uri: str = Field(max_length=MAX_URI_CHARS, description="file:// or s3:// URI of the object")
     sha256: Sha256Hex = Field(description="hex sha256 of the stored bytes, checked on read")
     bytes: int = Field(ge=0, description="size of the stored object in bytes")
 
@@ -94,7 +99,9 @@ class ImageRef(ObjectRef):
 
     width: int = Field(gt=0, description="width in pixels")
     height: int = Field(gt=0, description="height in pixels")
-    media_type: str = Field(default="image/png", description="MIME type of the stored bytes")
+    media_type: str = Field(
+        default="image/png", max_length=MAX_MEDIA_TYPE_CHARS, description="MIME type of the stored bytes"
+    )
 
 
 class SkuMetadata(Contract):

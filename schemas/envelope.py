@@ -16,6 +16,8 @@ P = TypeVar("P", bound=BaseModel)
 # Both go into every log line of the event (``key=value`` in the text format): a control character or a
 # space let a producer forge lines or fields, and an unbounded ``producer`` bloated every one.
 LogToken = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[!-~]+$")]
+# A topic's name is ``<schema_name>.v<version>``, which Kafka caps: no topic carries a longer schema name.
+MAX_SCHEMA_NAME_CHARS = KAFKA_TOPIC_NAME_MAX_LEN
 
 
 def derive_id(*parts: str) -> str:
@@ -40,7 +42,7 @@ class SchemaClaim(Contract):
     such an event's header at all, but still reads its claim, and refuses it as a version it does not know.
     """
 
-    schema_name: str
+    schema_name: str = Field(max_length=MAX_SCHEMA_NAME_CHARS)
     schema_version: int
 
 
@@ -52,7 +54,9 @@ class EnvelopeHeader(Contract):
     """
 
     event_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="deterministic id, see derive_id")
-    schema_name: str = Field(description="payload schema name, e.g. 'sku.ingested'")
+    schema_name: str = Field(
+        max_length=MAX_SCHEMA_NAME_CHARS, description="payload schema name, e.g. 'sku.ingested'"
+    )
     schema_version: int = Field(ge=1)
     sku_id: SafeId = Field(description="also the Kafka key, so one SKU's events stay ordered")
     trace_id: LogToken = Field(description="follows the SKU end to end; printable ASCII, no spaces")

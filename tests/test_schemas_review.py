@@ -13,8 +13,8 @@ import jsonschema
 import pytest
 from pydantic import BaseModel
 
-from schemas.common import ImageRef, SkuMetadata
-from schemas.envelope import DeadLetter
+from schemas.common import MAX_MEDIA_TYPE_CHARS, MAX_URI_CHARS, ImageRef, SkuMetadata
+from schemas.envelope import MAX_SCHEMA_NAME_CHARS, DeadLetter
 from schemas.events import (
     MAX_CAPTION_CHARS,
     MAX_PHRASE_CHARS,
@@ -39,7 +39,7 @@ from services.generator.stage import prompt_for
 from shared.bus import make_envelope, read_envelope
 from shared.captioning.prompts import compose_caption, compose_tags, sku_prompts
 from shared.config import ConfigError, load_settings
-from shared.store import open_store
+from shared.store import MAX_KEY_BYTES, open_store
 from tests.support import gate
 from tests.support.runtime import dead_letter_for
 
@@ -264,6 +264,43 @@ def test_oversized_free_text_is_dead_lettered_once_naming_the_field(
     with pytest.raises(jsonschema.ValidationError) as refused:
         jsonschema.Draft202012Validator(_committed(topic)).validate(written)
     assert list(refused.value.absolute_path) == ["payload", *where, field]
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("payload", "photos", 0, "image", "uri"), "file:///store/" + "k/" * 50_000 + "p.png"),
+        (("payload", "photos", 0, "image", "media_type"), "image/" + "x" * 100_000),
+        (("schema_name",), "sku." * 25_000 + "ingested"),
+    ],
+    ids=["uri", "media_type", "schema_name"],
+)
+def test_an_oversized_uri_media_type_or_schema_name_is_dead_lettered_naming_the_field(
+    tmp_path: Path, path: tuple[str | int, ...], value: str
+) -> None:
+    """Before, an object's uri and media type and the envelope's schema name took any length Kafka
+    carries: a 100 kB uri was looked up in the store, and a 100 kB schema name was quoted whole in a
+    ``schema_mismatch`` letter. Now each is refused when the event is read, naming the field."""
+    written = _ingested_envelope()
+    parent = written
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = value
+
+    letter = dead_letter_for(tmp_path, written)
+    assert letter.reason == "schema_invalid" and letter.detail.startswith(".".join(map(str, path)))
+
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(_committed(SKU_INGESTED)).validate(written)
+    assert tuple(refused.value.absolute_path) == path
+
+
+def test_the_uri_and_media_type_bounds_are_far_above_what_a_store_writes() -> None:
+    # A file store's root may be as long as a Linux path (PATH_MAX, 4,096 bytes), its keys MAX_KEY_BYTES.
+    longest_uri = len("file://") + 4_096 + len("/") + MAX_KEY_BYTES
+    assert longest_uri * 1.5 <= MAX_URI_CHARS
+    assert len("image/png") * 20 <= MAX_MEDIA_TYPE_CHARS
+    assert len(max((topic.schema_name for topic in ALL_TOPICS), key=len)) * 10 <= MAX_SCHEMA_NAME_CHARS
 
 
 def test_what_the_captioner_writes_from_the_longest_metadata_stays_well_within_the_bounds() -> None:
