@@ -35,7 +35,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -173,7 +173,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     fd, partial = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)  # being written: prune_unused leaves it
-        _write_durably(Path(partial), data)
+        _write_durably(Path(partial), (data,))
         os.chmod(partial, _mode(0o666))  # as open() would have made it, not mkstemp's 0600
         os.replace(partial, path)
     except BaseException:
@@ -336,12 +336,10 @@ def _download(
         for key in keys:
             path = partial.joinpath(*key.split("/"))
             _make_folders(path.parent)
-            data = source.get_bytes(prefix + key)
-            _write_durably(path, data)
-            sizes[key] = len(data)
-            digests[key] = hashlib.sha256(data).hexdigest()
+            # In blocks: a diffusion pipeline's UNet is gigabytes, which read whole needed as much memory.
+            sizes[key], digests[key] = _write_durably(path, source.iter_bytes(prefix + key))
         complete = {**marker, "keys": keys, "sizes": sizes, "sha256": digests}
-        _write_durably(partial / COMPLETE_MARKER, json.dumps(complete).encode("utf-8"))
+        _write_durably(partial / COMPLETE_MARKER, (json.dumps(complete).encode("utf-8"),))
         _install(partial, target, keys)
     finally:
         os.close(partial_fd)
@@ -454,14 +452,20 @@ def _delete(path: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write and fsync: renamed into place later, the name must not point at a file of the right
-    size whose bytes never reached the disk (zeros on XFS after a power cut). A new file gets the mode
-    ``open`` would give it, never writable by everyone."""
+def _write_durably(path: Path, blocks: Iterable[bytes]) -> tuple[int, str]:
+    """Write ``blocks`` and fsync; returns the size and sha256 of what was written. Renamed into place
+    later, the name must not point at a file of the right size whose bytes never reached the disk
+    (zeros on XFS after a power cut). A new file gets the mode ``open`` would give it, never writable
+    by everyone."""
+    digest, size = hashlib.sha256(), 0
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _mode(0o666)), "wb") as handle:
-        handle.write(data)
+        for block in blocks:
+            handle.write(block)
+            digest.update(block)
+            size += len(block)
         handle.flush()
         os.fsync(handle.fileno())
+    return size, digest.hexdigest()
 
 
 def _is_complete(target: Path, keys: list[str]) -> bool:

@@ -239,6 +239,16 @@ class ObjectStore(ABC):
             raise _ObjectTooLarge(f"{len(data)} bytes")
         return data
 
+    def _read_blocks(self, key: str) -> Iterator[bytes]:
+        """The object's bytes in blocks of at most ``_READ_CHUNK_BYTES``, for copying a file of any size.
+
+        Backends override this to read the body as it comes; this fallback (for stores that only
+        implement ``_read``) reads it whole first.
+        """
+        data = self._read(key)
+        for start in range(0, len(data), _READ_CHUNK_BYTES):
+            yield data[start : start + _READ_CHUNK_BYTES]
+
     @abstractmethod
     def _exists(self, key: str) -> bool: ...
 
@@ -300,6 +310,11 @@ class ObjectStore(ABC):
     def get_bytes(self, uri_or_key: str) -> bytes:
         """Return the bytes stored at a URI of this store or at a key (no verification)."""
         return self._read(self._to_key(uri_or_key))
+
+    def iter_bytes(self, uri_or_key: str) -> Iterator[bytes]:
+        """The bytes stored at a URI of this store or at a key, in blocks of at most 1 MiB (no
+        verification): a model file of gigabytes is copied without holding it in memory."""
+        return self._read_blocks(self._to_key(uri_or_key))
 
     def read_verified(self, ref: ObjectRef) -> bytes:
         """Fetch the object ``ref`` points at and check its size and sha256.
@@ -454,6 +469,10 @@ class FileStore(ObjectStore):
             if size > max_bytes:
                 raise _ObjectTooLarge(f"{size} bytes")
             return _read_within(handle, size, max_bytes)
+
+    def _read_blocks(self, key: str) -> Iterator[bytes]:
+        with self._mapped_read_errors(key), self._path(key).open("rb") as handle:
+            yield from iter(lambda: handle.read(_READ_CHUNK_BYTES), b"")
 
     @contextlib.contextmanager
     def _mapped_read_errors(self, key: str) -> Iterator[None]:
@@ -619,6 +638,14 @@ class S3Store(ObjectStore):
                     # Refused unread: closing the body drops its connection instead of downloading it.
                     raise _ObjectTooLarge(f"{size} bytes")
                 return _read_within(body, size, max_bytes)
+            finally:
+                body.close()
+
+    def _read_blocks(self, key: str) -> Iterator[bytes]:
+        with self._mapped_errors(self.uri_for(key)):
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key_prefix + key)["Body"]
+            try:
+                yield from body.iter_chunks(_READ_CHUNK_BYTES)
             finally:
                 body.close()
 

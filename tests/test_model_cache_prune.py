@@ -69,11 +69,12 @@ def test_a_download_in_progress_is_kept_and_one_a_crash_left_is_deleted(tmp_path
     downloader = child(f"""
         import shared.model_cache as model_cache
         write = model_cache._write_durably
-        def slow_write(path, data):
-            write(path, data)
+        def slow_write(path, blocks):
+            written = write(path, blocks)
             model_cache._write_durably = write
             print("ready", flush=True)
             input()
+            return written
         model_cache._write_durably = slow_write
         model_cache.fetch_directory({folder!r}, {str(cache)!r})
     """)

@@ -77,6 +77,18 @@ def test_read_verified_missing_object(store: ObjectStore) -> None:
         store.get_bytes("never/was.bin")
 
 
+def test_an_object_read_in_blocks_is_the_object(store: ObjectStore) -> None:
+    # How the model cache copies weights of gigabytes: block by block, never the whole object at once.
+    data = bytes(range(256)) * 9000  # over two 1 MiB blocks
+    ref = store.put_bytes("model/weights.bin", data)
+    blocks = list(store.iter_bytes(ref.uri))
+    assert b"".join(blocks) == data
+    assert max(len(block) for block in blocks) <= 1 << 20
+    assert b"".join(store.iter_bytes("model/weights.bin")) == data
+    with pytest.raises(ObjectMissing):
+        list(store.iter_bytes("never/was.bin"))
+
+
 def test_overwrite_is_idempotent(store: ObjectStore) -> None:
     first = store.put_bytes("same/key.json", b'{"a":1}', "application/json")
     second = store.put_bytes("same/key.json", b'{"a":1}', "application/json")
