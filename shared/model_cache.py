@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from shared.store import ObjectStore, S3Store, check_key, open_store
+from shared.store import ObjectStore, S3Store, check_key, fsync_dir, open_store
 
 __all__ = [
     "COMPLETE_MARKER",
@@ -156,19 +156,21 @@ def _mode(mode: int) -> int:
 
 def _make_folders(folder: Path) -> None:
     """Make ``folder`` and its missing parents, each with ``_mode(0o777)`` (``mkdir(parents=True)``
-    gives the parents the umask's mode, everyone's write bit included)."""
+    gives the parents the umask's mode, everyone's write bit included), each entry made durable."""
     missing = []
     while not folder.is_dir() and folder != folder.parent:
         missing.append(folder)
         folder = folder.parent
     for each in reversed(missing):
         each.mkdir(mode=_mode(0o777), exist_ok=True)
+        fsync_dir(each.parent)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, renamed into place;
     the file, and the folders it needs, get the modes ``open`` and ``mkdir`` would give them, never
-    writable by everyone."""
+    writable by everyone. Durable on return: the bytes are synced before the rename, the folder after
+    (else a power cut could leave the old file, or none, under the name)."""
     _make_folders(path.parent)
     fd, partial = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
     try:
@@ -181,6 +183,7 @@ def write_atomically(path: Path, data: bytes) -> None:
         raise
     finally:
         os.close(fd)
+    fsync_dir(path.parent)
 
 
 def _source(
@@ -340,7 +343,11 @@ def _download(
             sizes[key], digests[key] = _write_durably(path, source.iter_bytes(prefix + key))
         complete = {**marker, "keys": keys, "sizes": sizes, "sha256": digests}
         _write_durably(partial / COMPLETE_MARKER, (json.dumps(complete).encode("utf-8"),))
+        # The folders' entries too, deepest first: synced files are lost if the names leading to them are.
+        for folder, _, _ in sorted(os.walk(partial), key=lambda walked: -len(Path(walked[0]).parts)):
+            fsync_dir(Path(folder))
         _install(partial, target, keys)
+        fsync_dir(target.parent)
     finally:
         os.close(partial_fd)
         _delete(partial)  # ours when another copy was kept, else the outdated copy ours replaced

@@ -59,6 +59,7 @@ __all__ = [
     "ObjectStore",
     "S3Store",
     "check_key",
+    "fsync_dir",
     "open_store",
     "sha256_hex",
 ]
@@ -164,6 +165,20 @@ def _read_within(stream: _Readable, size: int, max_bytes: int) -> bytes:
 def sha256_hex(data: bytes) -> str:
     """Return the lowercase hex sha256 of ``data``, as carried in ``ObjectRef.sha256``."""
     return hashlib.sha256(data).hexdigest()
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the entries of ``directory`` (a file renamed into it) durable; not every platform/filesystem
+    can fsync a directory."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def check_key(key: str) -> str:
@@ -439,24 +454,11 @@ class FileStore(ObjectStore):
                 with contextlib.suppress(OSError):
                     os.unlink(tmp_name)
                 raise
-            self._fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as exc:
             if exc.errno in _KEY_CONFLICT_ERRNOS:
                 raise BadInput("key_conflict", f"cannot write {uri}: {exc}") from exc
             raise TransientError(f"cannot write {uri}: {exc}") from exc
-
-    @staticmethod
-    def _fsync_dir(directory: Path) -> None:
-        """Make the rename itself durable; not every platform/filesystem can fsync a directory."""
-        try:
-            dir_fd = os.open(directory, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            with contextlib.suppress(OSError):
-                os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
     def _read(self, key: str) -> bytes:
         with self._mapped_read_errors(key):

@@ -1,5 +1,6 @@
 """A new copy of a model folder takes the place of an outdated one without a moment with no model there,
-never replaces a whole copy another process has just put there, and no copy comes out world-writable."""
+never replaces a whole copy another process has just put there, no copy comes out world-writable, and
+a copy is on disk, the names leading to it included, before it is used."""
 
 from __future__ import annotations
 
@@ -194,3 +195,74 @@ def test_under_a_permissive_umask_the_folders_a_written_file_needs_are_not_world
     made = {path: mode for path, mode in modes.items() if tmp_path in Path(path).parents}
     assert len(made) == 3
     assert {path: mode for path, mode in made.items() if mode[-2] == "w"} == {}
+
+
+def _inode(path: Path) -> str:
+    return str(path.stat().st_ino)
+
+
+def _recording_fsyncs_and_renames(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Record, in order, each fsync (of a 'file' or 'folder', by inode) and each rename into place."""
+    events: list[tuple[str, str]] = []
+    fsync, replace, rename = os.fsync, os.replace, os.rename
+
+    def recording_fsync(fd: int) -> None:
+        status = os.fstat(fd)
+        events.append(("fsync " + ("folder" if stat.S_ISDIR(status.st_mode) else "file"), str(status.st_ino)))
+        fsync(fd)
+
+    def recording_rename(source: str | Path, target: str | Path) -> None:
+        events.append(("rename", str(os.stat(source).st_ino)))
+        rename(source, target)
+
+    def recording_replace(source: str | Path, target: str | Path) -> None:
+        events.append(("rename", str(os.stat(source).st_ino)))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "rename", recording_rename)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    return events
+
+
+def test_a_written_file_and_its_name_reach_the_disk_before_it_is_relied_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The rename was never fsynced in its folder: after a power cut the name could be the old file, or
+    # none, though the writer (a trained model, an adapter's weights) had returned.
+    weights = tmp_path / "cache" / "lora-0123456789abcdef" / "adapter_model.safetensors"
+    events = _recording_fsyncs_and_renames(monkeypatch)
+
+    model_cache.write_atomically(weights, b"weights")
+
+    assert events == [
+        ("fsync folder", _inode(tmp_path)),  # the cache folder made there
+        ("fsync folder", _inode(tmp_path / "cache")),  # the adapter's folder made there
+        ("fsync file", _inode(weights)),
+        ("rename", _inode(weights)),
+        ("fsync folder", _inode(weights.parent)),
+    ]
+
+
+def test_a_copied_folder_and_its_name_reach_the_disk_before_it_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its files were fsynced, but not the folders naming them, nor the cache folder after the rename:
+    # after a power cut the copy could lack a file its marker lists, or be missing.
+    files = {"model_index.json": b"{}", "unet/weights.bin": b"w"}
+    uri = publish_folder(tmp_path / "store", "pipeline", files)
+    cache = tmp_path / "cache"
+    events = _recording_fsyncs_and_renames(monkeypatch)
+
+    copy = fetch_directory(uri, cache)
+
+    renamed = events.index(("rename", _inode(copy)))
+    before, after = events[:renamed], events[renamed + 1 :]
+    for name in (*files, model_cache.COMPLETE_MARKER):
+        path = copy / name
+        assert ("fsync file", _inode(path)) in before, path
+    assert before.index(("fsync folder", _inode(copy / "unet"))) > before.index(
+        ("fsync file", _inode(copy / "unet" / "weights.bin"))
+    )
+    assert before[-1] == ("fsync folder", _inode(copy)), "the copy's own entries were not synced last"
+    assert after == [("fsync folder", _inode(cache))]
