@@ -19,8 +19,9 @@ credentials); any other through ``open_store``.
 
 The cache is shared by every stage on the host and each new model version adds a copy, so a fetch
 also deletes the copies not used for ``unused_days`` (``SKUFORGE_MODEL_CACHE_UNUSED_DAYS``). A copy a
-process fetched stays locked (a shared ``flock``) while that process lives, and a download in progress
-is locked the same way: neither is deleted, however old.
+process fetched stays locked (a shared ``flock``, one open descriptor) until that process releases it
+(``release``: a generator evicting an adapter) or exits, and a download in progress is locked the
+same way: neither is deleted, however old.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -52,6 +54,7 @@ __all__ = [
     "hold",
     "open_cache",
     "prune_unused",
+    "release",
     "write_atomically",
 ]
 
@@ -61,8 +64,10 @@ COMPLETE_MARKER = ".skuforge-complete.json"
 NAME_MAX_BYTES = 255
 # Copies not used for this many days are deleted at the next fetch (0 keeps every copy).
 DEFAULT_UNUSED_DAYS = 30.0
-# Cache entries this process holds (a shared flock, kept until it exits), by path.
-_HELD: dict[Path, int] = {}
+# Cache entries this process holds, by path: the descriptor carrying the shared flock, and how many
+# holds it stands for (each ``hold`` is undone by one ``release``; the lock goes with the last).
+_HELD: dict[Path, tuple[int, int]] = {}
+_HELD_LOCK = threading.Lock()
 
 
 class UnsafeCache(PermissionError):
@@ -208,8 +213,8 @@ def fetch_file(
     name over 238 bytes shortened, its suffix kept, so the cache name fits a file system's 255).
 
     The name carries the content's digest, so a model replaced under the same URI is a new file.
-    The copy is held (``hold``) while this process lives, and copies not used for ``unused_days`` are
-    deleted (``prune_unused``).
+    The copy is held (``hold``) until this process releases it (``release``) or exits, and copies not
+    used for ``unused_days`` are deleted (``prune_unused``).
     Raises ``ValueError`` for a URI that names no file, ``ObjectMissing`` when nothing is stored there,
     ``BadInput('unsafe_key')`` for a URI inside ``store`` whose key would leave it (a '..' segment).
     """
@@ -276,8 +281,8 @@ def fetch_directory(
     store lists, each file with the sha256 it was copied with: model folders are treated as immutable,
     so publish a changed model under a new URI. Processes sharing the cache may fetch at once: a
     copy another one completed meanwhile is used as it is, never deleted under its readers. The copy
-    is held (``hold``) while this process lives, and copies not used for ``unused_days`` are deleted
-    (``prune_unused``).
+    is held (``hold``) until this process releases it (``release``) or exits, and copies not used for
+    ``unused_days`` are deleted (``prune_unused``).
     Raises ``ValueError`` when nothing is stored under ``uri``, when ``required_file``
     (e.g. ``config.json``) is not among what is, when a name in the folder is over 255 bytes (S3
     takes it, no file system does; the files keep their names, which their loader reads them by), or
@@ -354,9 +359,9 @@ def _download(
 
 
 def hold(path: Path) -> bool:
-    """Mark the cache entry ``path`` (a file or folder) used now and in use while this process lives:
-    a shared ``flock`` that ``prune_unused`` in any process respects. False when the entry is gone
-    (another process pruned it meanwhile): fetch it again."""
+    """Mark the cache entry ``path`` (a file or folder) used now and in use until this process releases
+    it (``release``, once per ``hold``) or exits: a shared ``flock`` that ``prune_unused`` in any process
+    respects. False when the entry is gone (another process pruned it meanwhile): fetch it again."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -375,11 +380,30 @@ def hold(path: Path) -> bool:
     # read-only volume, keeps its time (we may not set it), and the lock protects it all the same.
     with contextlib.suppress(OSError):
         os.utime(path)
-    previous = _HELD.pop(path, None)
-    _HELD[path] = fd
-    if previous is not None:
-        os.close(previous)
+    # One descriptor per entry, however often it is held: the newest, on what the name is now.
+    with _HELD_LOCK:
+        previous_fd, holds = _HELD.get(path, (None, 0))
+        _HELD[path] = (fd, holds + 1)
+    if previous_fd is not None:
+        os.close(previous_fd)
     return True
+
+
+def release(path: Path) -> None:
+    """Undo one ``hold`` of the cache entry ``path`` (what a fetch returned), for a copy this process
+    no longer reads (an evicted adapter, already in memory). With the last one its lock and descriptor
+    go: ``prune_unused`` may then delete the copy once it is unused for its days. Nothing when not held.
+
+    A long-running process fetching one copy after another would otherwise keep a descriptor for each,
+    and run out of them.
+    """
+    with _HELD_LOCK:
+        fd, holds = _HELD.pop(path, (None, 0))
+        if fd is not None and holds > 1:
+            _HELD[path] = (fd, holds - 1)
+            return
+    if fd is not None:
+        os.close(fd)
 
 
 def prune_unused(cache: Path | str | None, unused_days: float, *, now: float | None = None) -> list[str]:

@@ -8,14 +8,27 @@ process holds.
 from __future__ import annotations
 
 import json
+import os
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
-from shared.model_cache import COMPLETE_MARKER, fetch_directory
-from shared.store import sha256_hex
-from tests.support.model_cache import publish_folder
+import pytest
+
+from shared.errors import BadInput
+from shared.generation.adapters import AdapterRegistry
+from shared.generation.diffusion import LoraSlots
+from shared.model_cache import COMPLETE_MARKER, fetch_directory, fetch_file, open_cache, release
+from shared.store import FileStore, sha256_hex
+from tests.support.adapters import RecordingPipe
+from tests.support.lora import lora_weights
+from tests.support.model_cache import age, copies, publish, publish_folder
 
 WEIGHTS_BYTES = 32 << 20
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 def test_a_folder_copy_takes_a_few_blocks_of_memory_whatever_its_files_size(tmp_path: Path) -> None:
@@ -37,3 +50,76 @@ def test_a_folder_copy_takes_a_few_blocks_of_memory_whatever_its_files_size(tmp_
     marker = json.loads((copy / COMPLETE_MARKER).read_text())
     assert marker["sizes"]["unet/model.safetensors"] == WEIGHTS_BYTES
     assert marker["sha256"]["unet/model.safetensors"] == sha256_hex(weights)
+
+
+def test_a_generator_serving_many_adapters_keeps_a_handle_only_on_those_loaded(tmp_path: Path) -> None:
+    # Every adapter fetched kept an open handle (its prune lock) for the life of the process, evicted
+    # or not: a generator cycling through its registry ran out of file descriptors.
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    adapters = [
+        registry.register(f"sku-{n}", lora_weights(n), kind="specialized", series=f"S{n}", base_model="sd15")
+        for n in range(24)
+    ]
+    cache = open_cache(tmp_path / "cache")
+    slots = LoraSlots(RecordingPipe(), 2, lambda adapter: registry.fetch_weights(adapter, cache))
+    before = _open_fds()
+
+    for adapter in adapters:
+        slots.activate(adapter)
+
+    assert slots.loaded == ["sku-22", "sku-23"]
+    assert _open_fds() - before <= 2, "copies of evicted adapters are still held open"
+
+
+def test_an_adapter_that_fails_to_load_keeps_no_handle(tmp_path: Path) -> None:
+    class RefusingPipe(RecordingPipe):
+        def load_lora_weights(self, directory: str, *, weight_name: str, **_: Any) -> None:
+            raise ValueError("no module named unet.to_q in this model")
+
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    adapter = registry.register("sku-0", lora_weights(0), kind="specialized", series="S0", base_model="sd15")
+    cache = open_cache(tmp_path / "cache")
+    slots = LoraSlots(RefusingPipe(), 2, lambda adapter: registry.fetch_weights(adapter, cache))
+    before = _open_fds()
+
+    with pytest.raises(BadInput, match="does not fit this model"):
+        slots.activate(adapter)
+
+    assert slots.loaded == []
+    assert _open_fds() == before
+
+
+def test_a_copy_this_process_released_is_pruned_when_unused(tmp_path: Path) -> None:
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    old = fetch_file(publish(store, "v1/model.onnx", b"version one"), cache)
+    release(old)
+    age(old)
+
+    new = fetch_file(publish(store, "v2/model.onnx", b"version two"), cache)
+
+    assert copies(cache) == [new.name]
+
+
+def test_a_copy_fetched_twice_stays_held_until_released_twice(tmp_path: Path) -> None:
+    # Two users of one copy in a process (two sessions on the same model): the first to let go must not
+    # leave the other's copy to a pruner.
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    uri = publish(store, "v1/model.onnx", b"version one")
+    copy = fetch_file(uri, cache)
+    assert fetch_file(uri, cache) == copy
+    release(copy)
+    age(copy)
+
+    fetch_file(publish(store, "v2/model.onnx", b"version two"), cache)
+    assert copy.exists(), "a copy still in use was pruned"
+
+    release(copy)
+    age(copy)
+    fetch_file(publish(store, "v3/model.onnx", b"version three"), cache)
+    assert not copy.exists()
+
+
+def test_releasing_a_copy_not_held_does_nothing(tmp_path: Path) -> None:
+    before = _open_fds()
+    release(tmp_path / "never-fetched")
+    assert _open_fds() == before

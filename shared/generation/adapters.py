@@ -383,7 +383,8 @@ class AdapterRegistry:
         """A local directory holding the adapter's weights file, checked against its sha256.
 
         Cached by sha256, so a re-registered adapter (new weights, same id) is fetched again; held in
-        the cache while this process lives (``shared/model_cache.py:hold``), so no pruning deletes it.
+        the cache (``shared/model_cache.py:hold``), so no pruning deletes it, until this process exits
+        or releases it (``shared/model_cache.py:release``, as ``LoraSlots`` does on eviction).
         """
         target = cache_dir / f"lora-{metadata.weights_sha256[:16]}"
         check_owner(target)  # its owner could swap the file between our check and the load

@@ -53,6 +53,7 @@ from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, TransientEr
 from shared.generation.adapters import AdapterChoice, AdapterMetadata, AdapterRegistry, resolve_adapter
 from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome, seed_entropy
 from shared.model_cache import UnsafeCache, fetch_directory, open_cache
+from shared.model_cache import release as release_copy
 from shared.store import open_store
 
 if TYPE_CHECKING:
@@ -335,6 +336,10 @@ class LoraSlots:
     ``offload`` and ``device`` are the pipeline's memory saver (``apply_offload``): diffusers takes
     the offload hooks off to load an adapter and puts them back only when the load succeeds, so a
     failed load puts them back here.
+
+    The folder ``fetch`` returned stays held in the model cache while its adapter is loaded, and is
+    given back (``release``) when the adapter is evicted or fails to load: each held copy keeps a file
+    descriptor open, and a generator serving a large registry for days ran out of them.
     """
 
     def __init__(
@@ -343,6 +348,7 @@ class LoraSlots:
         capacity: int,
         fetch: Callable[[AdapterMetadata], Path],
         *,
+        release: Callable[[Path], None] = release_copy,
         scale: float = 1.0,
         offload: str = "off",
         device: torch.device | None = None,
@@ -352,10 +358,12 @@ class LoraSlots:
         self.pipe = pipe
         self.capacity = capacity
         self.fetch = fetch
+        self.release = release
         self.scale = scale
         self.offload = offload
         self.device = device
         self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter_id -> weights sha256, oldest first
+        self._folders: dict[str, Path] = {}  # adapter_id -> the cached copy it was loaded from
         self.active: str | None = None
         # The last ids deleted, oldest first (for metrics and tests); bounded, as a list it grew with every
         # eviction for the life of the server.
@@ -402,21 +410,24 @@ class LoraSlots:
                         local_files_only=True,
                     )
             except (torch.OutOfMemoryError, torch.AcceleratorError):
-                self._undo_failed_load(adapter_id)
+                self._undo_failed_load(adapter_id, directory)
                 raise
             except (ValueError, RuntimeError, KeyError, OSError) as exc:
-                self._undo_failed_load(adapter_id)
+                self._undo_failed_load(adapter_id, directory)
                 raise BadInput(
                     "adapter_unloadable",
                     f"adapter {adapter_id!r} does not fit this model (base {adapter.base_model!r}): {exc}",
                 ) from exc
             self._loaded[adapter_id] = adapter.weights_sha256
+            self._folders[adapter_id] = directory
         self.pipe.enable_lora()
         self.pipe.set_adapters([adapter_id], adapter_weights=[self.scale])
         self.active = adapter_id
 
-    def _undo_failed_load(self, adapter_id: str) -> None:
-        """After a failed load: remove what did get into the UNet, and put the offload hooks back."""
+    def _undo_failed_load(self, adapter_id: str, directory: Path) -> None:
+        """After a failed load: remove what did get into the UNet, put the offload hooks back, and let go
+        of the cached copy."""
+        self.release(directory)
         # Half-injected layers would stay in the UNet: remove whatever did get in.
         with contextlib.suppress(Exception), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -430,6 +441,9 @@ class LoraSlots:
     def _delete(self, adapter_id: str) -> None:
         self.pipe.delete_adapters([adapter_id])
         del self._loaded[adapter_id]
+        directory = self._folders.pop(adapter_id, None)
+        if directory is not None:
+            self.release(directory)
         self.evicted.append(adapter_id)
         if self.active == adapter_id:
             self.active = None
