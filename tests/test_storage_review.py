@@ -10,6 +10,7 @@ import os
 import struct
 import uuid
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -156,12 +157,12 @@ class _OtherProcessFinishesFirst(FileStore):
         self.uri, self.cache = uri, cache
         self.other: Path | None = None
 
-    def get_bytes(self, uri_or_key: str) -> bytes:
+    def iter_bytes(self, uri_or_key: str) -> Iterator[bytes]:
         if self.other is None:
             self.other = fetch_directory(self.uri, self.cache)
             # Stands for the other process's state in its copy (a model it is loading from it).
             (self.other / "in-use").write_bytes(b"")
-        return super().get_bytes(uri_or_key)
+        return super().iter_bytes(uri_or_key)
 
 
 def test_fetch_directory_keeps_a_copy_another_process_finished(tmp_path: Path) -> None:
@@ -260,13 +261,18 @@ def test_fetch_directory_file_source_keeps_its_cache_name(tmp_path: Path) -> Non
 def _refused_before_any_download(store: ObjectStore, uri: str, cache: Path) -> str:
     """Why ``fetch_directory`` refuses the folder at ``uri``, checked to have downloaded none of its files."""
     fetched: list[str] = []
-    real_get_bytes = store.get_bytes
+    real_get_bytes, real_iter_bytes = store.get_bytes, store.iter_bytes
 
     def get_bytes(uri_or_key: str) -> bytes:
         fetched.append(uri_or_key)
         return real_get_bytes(uri_or_key)
 
+    def iter_bytes(uri_or_key: str) -> Iterator[bytes]:
+        fetched.append(uri_or_key)
+        return real_iter_bytes(uri_or_key)
+
     store.get_bytes = get_bytes  # type: ignore[method-assign]
+    store.iter_bytes = iter_bytes  # type: ignore[method-assign]
     with pytest.raises(ValueError) as info:
         fetch_directory(uri, cache, store=store)
     assert fetched == []
