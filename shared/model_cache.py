@@ -8,9 +8,9 @@ each use (the object store has no digest to ask for; our model files are a few M
 the cache only when no whole copy of those bytes is there. Every copy is written under a temporary
 name and renamed into place, so a concurrent reader never loads half a model, with the modes the
 process's umask gives (mkstemp's 0600 kept a cache shared with another user's process unreadable) but
-never writable by everyone, whatever the umask. A new copy of a folder is swapped with an outdated one
-in one step, so the name always holds a whole model, and never replaces a whole copy another process
-has just put there.
+never writable by everyone, whatever the umask; a copy that is (made before that rule) is copied
+again, never reused. A new copy of a folder is swapped with an outdated one in one step, so the name
+always holds a whole model, and never replaces a whole copy another process has just put there.
 The cache folder is made with mode 0700; one everyone may write to is refused (``UnsafeCache``), and
 at the default place, a known name in a shared ``/tmp``, so is one another user owns or its group may
 write to, as ssh refuses such a ``~/.ssh``: loading model weights can run code.
@@ -55,6 +55,8 @@ __all__ = [
     "open_cache",
     "prune_unused",
     "release",
+    "repair_folder_mode",
+    "writable_by_everyone",
     "write_atomically",
 ]
 
@@ -171,6 +173,30 @@ def _make_folders(folder: Path) -> None:
         fsync_dir(each.parent)
 
 
+def writable_by_everyone(path: Path) -> bool:
+    """Whether everyone may write to ``path`` (a copy made before the cache masked that bit, under umask
+    000): such a copy is not reused, since any local user could have changed it, marker and all, and a
+    chmod alone would leave them a handle opened while they could. False when ``path`` is missing."""
+    try:
+        return bool(path.stat().st_mode & 0o002)
+    except OSError:
+        return False
+
+
+def repair_folder_mode(folder: Path) -> None:
+    """Take everyone's write bit off the cache folder ``folder`` when it has it, before the files in it
+    are written again; ``UnsafeCache`` when it is another user's, whose mode we may not change."""
+    if not writable_by_everyone(folder):
+        return
+    try:
+        os.chmod(folder, folder.stat().st_mode & 0o7775)
+    except PermissionError:
+        raise UnsafeCache(
+            f"the model copy {folder} is writable by everyone and belongs to another user: its files could "
+            "have been changed, and loading weights can run code; remove it"
+        ) from None
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, renamed into place;
     the file, and the folders it needs, get the modes ``open`` and ``mkdir`` would give them, never
@@ -234,7 +260,10 @@ def fetch_file(
         # Compare contents, not sizes: a cached copy damaged in place keeps its size and would
         # otherwise be loaded (and fail) at every start until someone empties the cache by hand.
         whole=lambda: (
-            target.is_file() and target.stat().st_size == len(data) and file_sha256(target) == digest
+            target.is_file()
+            and not writable_by_everyone(target)
+            and target.stat().st_size == len(data)
+            and file_sha256(target) == digest
         ),
         copy=lambda: write_atomically(target, data),
     )
@@ -507,6 +536,13 @@ def _is_complete(target: Path, keys: list[str]) -> bool:
     except (OSError, ValueError):
         return False
     if not isinstance(marker, dict) or marker.get("keys") != keys:
+        return False
+    # Anyone could have rewritten the files and the marker in a copy everyone may write to.
+    names = {COMPLETE_MARKER, *keys}
+    entries = {
+        target.joinpath(*name.split("/")[:end]) for name in names for end in range(1, name.count("/") + 2)
+    }
+    if any(writable_by_everyone(entry) for entry in (target, *entries)):
         return False
     # Sizes alone passed a file damaged in place (or replaced) at its size: it was loaded, and failed,
     # at every start until someone emptied the cache. A copy made before digests were recorded is

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.model_cache import fetch_directory, fetch_file
+from shared.generation.adapters import AdapterRegistry
+from shared.model_cache import fetch_directory, fetch_file, open_cache
+from shared.store import FileStore
+from tests.support.lora import lora_weights
 from tests.support.model_cache import publish, publish_folder
 
 # Another user than the one running the tests (as root, files can be given to it).
@@ -110,3 +113,55 @@ def test_a_model_folder_another_user_planted_is_refused_however_complete(
 
     with pytest.raises(PermissionError, match=rf"{copy} .*belongs to uid {NOBODY_UID}"):
         fetch_directory(uri, cache)
+
+
+def _writable_by_everyone(paths: list[Path]) -> list[str]:
+    return [str(path) for path in paths if path.stat().st_mode & 0o002]
+
+
+def test_a_cached_file_left_world_writable_is_replaced_not_reused(tmp_path: Path) -> None:
+    # A copy made before the cache masked everyone's write bit (under umask 000) was reused as it was:
+    # any local user could change the weights a stage loads, at their size, between two starts.
+    uri, cache = _model_file(tmp_path), tmp_path / "cache"
+    copy = fetch_file(uri, cache)
+    copy.chmod(0o666)
+    # Another user opened it while everyone could: a chmod alone would leave them this handle.
+    with copy.open("r+b") as other_users_handle:
+        assert fetch_file(uri, cache) == copy
+        other_users_handle.write(b"planted!")
+
+    assert _writable_by_everyone([copy]) == []
+    assert copy.read_bytes() == b"weights " * 100
+
+
+def test_a_cached_folder_left_world_writable_is_replaced_not_reused(tmp_path: Path) -> None:
+    # Its files' digests are checked against its own marker, which anyone could rewrite in such a folder.
+    uri, cache = _model_folder(tmp_path), tmp_path / "cache"
+    copy = fetch_directory(uri, cache)
+    for path in [copy, *copy.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    with (copy / "config.json").open("r+b") as other_users_handle:
+        assert fetch_directory(uri, cache) == copy
+        other_users_handle.write(b"planted!")
+
+    assert _writable_by_everyone([copy, *copy.rglob("*")]) == []
+    assert (copy / "config.json").read_bytes() == b'{"model_type": "blip"}'
+    assert sorted(path.name for path in cache.iterdir()) == [copy.name]
+
+
+def test_a_cached_adapter_left_world_writable_is_replaced_not_reused(tmp_path: Path) -> None:
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    adapter = registry.register(
+        "cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15"
+    )
+    cache = open_cache(tmp_path / "cache")
+    copy = registry.fetch_weights(adapter, cache)
+    weights = copy / adapter.weight_name
+    copy.chmod(0o777)
+    weights.chmod(0o666)
+    with weights.open("r+b") as other_users_handle:
+        assert registry.fetch_weights(adapter, cache) == copy
+        other_users_handle.write(b"planted!")
+
+    assert _writable_by_everyone([copy, weights]) == []
+    assert weights.read_bytes() == lora_weights(1)

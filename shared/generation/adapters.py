@@ -38,7 +38,14 @@ from typing import Any, Literal, TypeGuard
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing
-from shared.model_cache import check_owner, file_sha256, hold, write_atomically
+from shared.model_cache import (
+    check_owner,
+    file_sha256,
+    hold,
+    repair_folder_mode,
+    writable_by_everyone,
+    write_atomically,
+)
 from shared.store import ObjectStore, sha256_hex
 
 __all__ = [
@@ -389,10 +396,14 @@ class AdapterRegistry:
         target = cache_dir / f"lora-{metadata.weights_sha256[:16]}"
         check_owner(target)  # its owner could swap the file between our check and the load
         path = target / metadata.weight_name
+        # A folder made before the cache masked everyone's write bit keeps no planted file from now on;
+        # a file so made is written again below.
+        repair_folder_mode(target)
         # A cached copy is checked as a fetched one is: one damaged (or planted) at the same size was
         # loaded as it was.
         if (
             path.is_file()
+            and not writable_by_everyone(path)
             and path.stat().st_size == metadata.weights_bytes
             and file_sha256(path) == metadata.weights_sha256
             and hold(target)
