@@ -660,6 +660,111 @@ def stack_training(k: int, classes: list[str], args: argparse.Namespace, export_
 
 
 # --------------------------------------------------------------------------------------------------
+# the export policy's try: choose on one half of the held-out set, measure on the other
+# --------------------------------------------------------------------------------------------------
+
+
+HALVES = ("a", "b")
+# --drop-by: which per-SKU figure of the earlier result chooses (its "per_sku" field), and its name.
+DROP_BY = {"gain": ("gain", "B - A"), "gain-over-classic": ("gain_over_classic", "B' - A'")}
+
+
+def heldout_halves(heldout: list[Photo], seed: int) -> dict[str, list[Photo]]:
+    """The held-out photos in two halves per class, by a draw seeded with the class and ``seed``: half
+    "a" gets the first ceil(n/2) of a class's n photos in that draw, "b" the rest; both keep the given
+    order. One half chooses (which SKUs' synthetic images to leave out), the other measures what the
+    choice does: a choice scored on the photos it was made on reads better than it is."""
+    by_class: dict[str, list[int]] = {}
+    for index, photo in enumerate(heldout):
+        by_class.setdefault(photo.sku_id, []).append(index)
+    in_a: set[int] = set()
+    for name, indices in by_class.items():
+        draw = int(hashlib.sha256(f"heldout-half|{name}|{seed}".encode()).hexdigest()[:16], 16)
+        order = np.random.default_rng(draw).permutation(len(indices))
+        in_a.update(indices[i] for i in order[: (len(indices) + 1) // 2])
+    return {
+        "a": [photo for index, photo in enumerate(heldout) if index in in_a],
+        "b": [photo for index, photo in enumerate(heldout) if index not in in_a],
+    }
+
+
+def heldout_fingerprint(heldout: list[Photo], root: Path) -> str:
+    """The whole held-out set (both halves): each photo's class, path in the dataset and content hash.
+    Two runs with the same fingerprint and seed split it into the same halves."""
+    lines = sorted(
+        json.dumps([photo.sku_id, Path(photo.name).relative_to(root).as_posix(), photo.sha256])
+        for photo in heldout
+    )
+    return sha256_hex("\n".join(lines).encode())
+
+
+def read_choice(path: Path, *, by: str, ks: list[int]) -> dict[str, Any]:
+    """The results JSON ``--drop-synthetic-from`` names, checked to hold what the choice reads: the
+    held-out half it was measured on and, at each k of this run, the per-SKU ``--drop-by`` figure.
+    ``ValueError`` says what is missing."""
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(
+            f"{path}: no such file (the --out of a bench.augment run with --heldout-half)"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(document, dict):
+        raise ValueError(
+            f"{path}: expected a JSON object of bench.augment results, got {type(document).__name__}"
+        )
+    heldout = document.get("heldout")
+    if not isinstance(heldout, dict) or heldout.get("half") not in HALVES:
+        raise ValueError(
+            f"{path}: does not say which held-out half it was measured on (no heldout.half): "
+            "choose from a run with --heldout-half"
+        )
+    field, _ = DROP_BY[by]
+    per_sku = document.get("per_sku")
+    for k in ks:
+        figures = per_sku.get(f"k{k}") if isinstance(per_sku, dict) else None
+        if not isinstance(figures, dict) or not isinstance(figures.get(field), dict):
+            raise ValueError(
+                f"{path}: no per-SKU {field!r} at k={k} (per_sku.k{k}.{field}): run it with --k {k}"
+            )
+    return document
+
+
+def choice_problem(document: dict[str, Any], args: argparse.Namespace, fingerprint: str) -> str | None:
+    """Why the choice's result cannot choose for this run (None if it can): it must have been measured
+    on the other half of this very held-out set, split by the same seed."""
+    heldout = document["heldout"]
+    if heldout.get("fingerprint") != fingerprint or document.get("seed") != args.seed:
+        return (
+            f"it was measured on another held-out set (or split it with another --seed) than this run's "
+            f"{args.split}{'+spare-train' if args.with_spare_train else ''} with --seed {args.seed}: "
+            "give it the same --dataset, --split, --with-spare-train, --k and --seed"
+        )
+    if heldout["half"] == args.heldout_half:
+        return (
+            f"it was measured on half {args.heldout_half}, the half this run scores: a choice is measured "
+            f"on the other half (--heldout-half {'b' if args.heldout_half == 'a' else 'a'})"
+        )
+    return None
+
+
+def synthetic_to_leave_out(
+    document: dict[str, Any], source: str, *, by: str, min_gain: float, k: int
+) -> dict[str, float]:
+    """SKU -> its figure, for the SKUs whose synthetic images the product's export policy
+    (``synthetic_left_out_by_evaluation``) leaves out by the result's per-SKU ``--drop-by`` figure at k.
+    ``ValueError`` for a figure that is not a number."""
+    from shared.trainstore.dataset import synthetic_left_out_by_evaluation
+
+    field, _ = DROP_BY[by]
+    figures = document["per_sku"][f"k{k}"]
+    evaluation = {"gain": figures[field], "train_counts": figures.get("train_counts")}
+    left_out = synthetic_left_out_by_evaluation(evaluation, min_gain=min_gain, source=source)
+    return {sku: figures[field][sku] for sku in left_out}
+
+
+# --------------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------------
 
@@ -710,6 +815,8 @@ def try_name(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from services.trainstore.cli import gain_fraction  # --min-gain as the export's: a fraction, -1 to 1
+
     parser = argparse.ArgumentParser(prog="python -m bench.augment", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", type=Path, required=True, help="GroceryStoreDataset's dataset/ folder")
     parser.add_argument(
@@ -720,6 +827,36 @@ def main(argv: list[str] | None = None) -> int:
         "--with-spare-train",
         action="store_true",
         help="with --split val: also score on the train photos no SKU and no scene uses (less noise)",
+    )
+    parser.add_argument(
+        "--heldout-half",
+        choices=HALVES,
+        default=None,
+        help="with --split val: score on one half of each class's held-out photos (drawn by --seed); "
+        "choose on one half, measure the choice on the other",
+    )
+    parser.add_argument(
+        "--drop-synthetic-from",
+        type=Path,
+        default=None,
+        metavar="RESULT.json",
+        help="in-process, with --heldout-half: leave out the synthetic images of the SKUs whose per-SKU "
+        "figure (--drop-by) in RESULT.json, measured on the other half, is below --min-gain (the export "
+        "policy of 'skuforge dataset export --evaluation'); their classic augmentation stays",
+    )
+    parser.add_argument(
+        "--drop-by",
+        choices=tuple(DROP_BY),
+        default="gain",
+        help="with --drop-synthetic-from: the per-SKU B - A (gain, the export policy's) or B' - A' "
+        "(gain-over-classic)",
+    )
+    parser.add_argument(
+        "--min-gain",
+        type=gain_fraction,
+        default=None,
+        help="with --drop-synthetic-from: least per-SKU figure that keeps a SKU's synthetic images, a "
+        "fraction of top-1 from -1 to 1 (default 0.0)",
     )
     parser.add_argument(
         "--k", type=k_values, default="0,1,3", help="real in-store photos per SKU, comma-separated"
@@ -830,6 +967,23 @@ def main(argv: list[str] | None = None) -> int:
         "--tag", type=try_name, default="", help="name of this try, on val (letters, digits, ._-)"
     )
     args = parser.parse_args(argv)
+    if args.heldout_half is not None and args.split != "val":
+        parser.error("--heldout-half splits the held-out set to choose on one half: only with --split val")
+    if args.drop_synthetic_from is None and (args.min_gain is not None or args.drop_by != "gain"):
+        parser.error("--min-gain and --drop-by need --drop-synthetic-from RESULT.json")
+    choice = None
+    if args.drop_synthetic_from is not None:
+        if args.mode != "in-process" or args.heldout_half is None:
+            parser.error(
+                "--drop-synthetic-from is an in-process try measured on one held-out half: give "
+                "--mode in-process --split val --heldout-half a|b"
+            )
+        try:
+            choice = read_choice(
+                args.drop_synthetic_from, by=args.drop_by, ks=[int(k) for k in args.k.split(",")]
+            )
+        except ValueError as exc:
+            parser.error(f"--drop-synthetic-from {exc}")
     if problem := parameters_problem(args.parameters, pile=args.pile_share > 0):
         parser.error(f"--parameters {args.parameters}: {problem}")
     if args.with_spare_train and args.split != "val":
@@ -898,6 +1052,33 @@ def main(argv: list[str] | None = None) -> int:
             for path in data.splits["train"][name]
             if path not in used and path not in scene_paths
         ]
+    whole_set = heldout_fingerprint(heldout, data.root)
+    whole_set_photos = len(heldout)
+    if args.heldout_half is not None:
+        heldout = heldout_halves(heldout, args.seed)[args.heldout_half]
+    left_out: dict[int, dict[str, float]] = {}
+    if choice is not None:
+        if problem := choice_problem(choice, args, whole_set):
+            parser.error(f"--drop-synthetic-from {args.drop_synthetic_from}: {problem}")
+        try:
+            left_out = {
+                k: synthetic_to_leave_out(
+                    choice,
+                    str(args.drop_synthetic_from),
+                    by=args.drop_by,
+                    min_gain=0.0 if args.min_gain is None else args.min_gain,
+                    k=k,
+                )
+                for k in ks
+            }
+        except ValueError as exc:
+            parser.error(f"--drop-synthetic-from {exc}")
+        if choice.get("generation") != generation_options(args):
+            print(
+                f"note: {args.drop_synthetic_from} was measured on images of other generation options: "
+                "its per-SKU figures describe those images",
+                file=sys.stderr,
+            )
     check_disjoint(
         [(photo.name, photo.sha256) for photo in heldout],
         reference=[(str(path), sha256_file(path)) for path in used],
@@ -950,6 +1131,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     evaluations = {}
     for k in ks:
+        classic_per_sku: dict[str, int] | None = None
         if args.mode == "stack":
             training = stack_training(k, classes, args, args.workdir / "export")
             # The photos actually exported as real, not only the references this run meant to ingest.
@@ -957,13 +1139,18 @@ def main(argv: list[str] | None = None) -> int:
             check_no_near_duplicates(heldout_hashes, exported_real=_hashed(exported))
         else:
             made = generate_in_process(all_refs[k], scenes_dir, args, generated_dir(args, k), k=k)
+            if k in left_out:
+                # The SKUs keep as many classic augmentations as they had synthetic images (A' and B').
+                classic_per_sku = {name: len(paths) for name, paths in made.items()}
+                made = {name: [] if name in left_out[k] else paths for name, paths in made.items()}
+                print(f"k={k}: synthetic images left out for {len(left_out[k])} SKUs", flush=True)
             training = [
                 file_photo(name, "real", path) for name, paths in all_refs[k].items() for path in paths
             ]
             training += [
                 file_photo(name, "synthetic", path) for name, paths in made.items() for path in paths
             ]
-        evaluation = run_evaluation(training, heldout, featurizer, config)
+        evaluation = run_evaluation(training, heldout, featurizer, config, classic_per_sku=classic_per_sku)
         evaluations[k] = evaluation
         results[f"k{k}"] = evaluation.summary()
         print(f"k={k}: " + json.dumps(results[f"k{k}"]), flush=True)
@@ -974,7 +1161,32 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         **results,
         "by_group": {f"k{k}": by_group(evaluation, groups) for k, evaluation in evaluations.items()},
+        # Per SKU, what --drop-synthetic-from chooses by (the fields of skuforge evaluate's evaluation.json).
+        "per_sku": {
+            f"k{k}": {
+                "gain": evaluation.gain,
+                "gain_over_classic": evaluation.gain_over_classic,
+                "train_counts": evaluation.train_counts,
+            }
+            for k, evaluation in evaluations.items()
+        },
         "split": args.split + ("+spare-train" if args.with_spare_train else ""),
+        # The half scored (null: all of it), and the whole set it is half of (--drop-synthetic-from
+        # checks that a choice was made on the other half of this set).
+        "heldout": {
+            "half": args.heldout_half,
+            "whole_set_photos": whole_set_photos,
+            "fingerprint": whole_set,
+        },
+        "synthetic_left_out": None
+        if choice is None
+        else {
+            "from": str(args.drop_synthetic_from),
+            "measured_on_half": choice["heldout"]["half"],
+            "by": DROP_BY[args.drop_by][1],
+            "min_gain": 0.0 if args.min_gain is None else args.min_gain,
+            "skus": {f"k{k}": skus for k, skus in left_out.items()},
+        },
         "mode": args.mode,
         # --reuse-stack scores again what the last stack run stored: wall_s is then this scoring's only.
         "reused_stack": bool(args.mode == "stack" and args.reuse_stack),
@@ -1019,8 +1231,13 @@ def evaluation_name(args: argparse.Namespace) -> str:
     """Stem of the per-k evaluation files under --workdir: runs on another held-out set or with another
     classifier (val alone or val + spare train; a fine-tuned tail) must not overwrite each other's."""
     spare = "-spare" if args.with_spare_train else ""
+    half = f"-half{args.heldout_half}" if getattr(args, "heldout_half", None) else ""
     tune = f"-tune{args.tune_stages}" if args.tune_stages else ""
-    return f"evaluation-{args.split}{spare}-{args.mode}-{args.tag}{tune}"
+    drop = ""
+    if getattr(args, "drop_synthetic_from", None) is not None:  # which choice, by its file and rule
+        rule = f"{args.drop_synthetic_from.resolve()}|{args.drop_by}|{args.min_gain}"
+        drop = f"-drop{hashlib.sha256(rule.encode()).hexdigest()[:8]}"
+    return f"evaluation-{args.split}{spare}{half}-{args.mode}-{args.tag}{tune}{drop}"
 
 
 def _cpus() -> int:

@@ -966,6 +966,29 @@ def test_synthetic_images_of_the_wrong_look_hurt_and_are_counted(featurizer: Fea
     assert page.count("<svg") == 4 and "photo not readable" in page and ">k3<" in page
 
 
+def test_a_sku_whose_synthetic_images_are_left_out_keeps_the_classic_augmentation_asked_for(
+    featurizer: Featurizer,
+) -> None:
+    # The export policy's try (bench.augment --drop-synthetic-from) leaves a SKU's synthetic images out.
+    # Its classic augmentation followed the synthetic count, so A' lost it too: the baseline fell with
+    # the policy and B' - A' read part of that fall as skuforge's gain.
+    config = EvaluationConfig(seed=3, classic_px=32, real_weight=1.0)
+    training, heldout = wrong_look_photos(real=2, held_out=4)
+    full = run_evaluation(training, heldout, featurizer, config)
+    dropped = next(iter(COLOURS))
+    kept = [photo for photo in training if not (photo.sku_id == dropped and photo.source == "synthetic")]
+    policy = run_evaluation(kept, heldout, featurizer, config, classic_per_sku=dict.fromkeys(COLOURS, 8))
+    assert policy.train_counts[dropped] == {"real": 2, "synthetic": 0, "classic": 8}
+    # A and A' are the same classifiers as without the policy, per SKU too: only B, B' and C move.
+    for condition in ("A", "A'"):
+        assert policy.top1[condition] == full.top1[condition]
+        assert {sku: v[condition] for sku, v in policy.per_sku.items()} == {
+            sku: v[condition] for sku, v in full.per_sku.items()
+        }
+    # Without it, as many classic augmentations as synthetic images (skuforge evaluate's rule).
+    assert run_evaluation(kept, heldout, featurizer, config).train_counts[dropped]["classic"] == 0
+
+
 def test_the_report_shows_a_held_out_photo_the_settings_let_through(featurizer: Featurizer) -> None:
     """The report's thumbnails are decoded under the limits the evaluation ran under: a 42-megapixel
     PNG that SKUFORGE_MAX_IMAGE_PIXELS=50000000 let through was "(photo not readable)" on the page."""

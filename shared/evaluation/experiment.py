@@ -22,7 +22,7 @@ import functools
 import hashlib
 import io
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -230,8 +230,15 @@ def run_evaluation(
     heldout: Sequence[Photo],
     featurizer: Featurizer,
     config: EvaluationConfig | None = None,
+    *,
+    classic_per_sku: Mapping[str, int] | None = None,
 ) -> EvaluationResult:
-    """Train A, A', B, B', C on ``training`` and score them on ``heldout`` (see the module docstring)."""
+    """Train A, A', B, B', C on ``training`` and score them on ``heldout`` (see the module docstring).
+
+    ``classic_per_sku``: how many classic augmentations each SKU gets in A' and B' (default: as many
+    as its synthetic images). A policy that leaves a SKU's synthetic images out leaves its classic
+    augmentation as it was: a user who drops the composites still augments the real photos.
+    """
     config = config or EvaluationConfig()
     # At --image-px 384 the 256 px augmentations were upscaled to 384 while the real photos and the
     # synthetic images kept their detail: A' and B' were handicapped by their resolution alone.
@@ -251,8 +258,12 @@ def run_evaluation(
     index = {sku: i for i, sku in enumerate(skus)}
 
     # Classic augmentation: per SKU as many images as it has synthetic ones, from its real photos in turn.
+    classic_count = {
+        sku: len(synthetic[sku]) if classic_per_sku is None else classic_per_sku.get(sku, len(synthetic[sku]))
+        for sku in skus
+    }
     classic_sources = {
-        sku: [real[sku][i % len(real[sku])] for i in range(len(synthetic[sku]))] for sku in skus
+        sku: [real[sku][i % len(real[sku])] for i in range(classic_count[sku])] for sku in skus
     }
     tune = config.tune_stages
     feats_real = {sku: featurizer.of(real[sku], tune) for sku in skus}
