@@ -20,6 +20,13 @@ train-split photos, each in a folder named after its class, and the composite ba
 SKU a scene of its own series (its class; with ``--series coarse``, its coarse class: no apple on a
 photo of any apple).
 
+The export policy's try (``skuforge dataset export --evaluation --min-gain``), on val only:
+``--heldout-half a|b`` scores one half of each class's held-out photos (a seeded draw), and
+``--drop-synthetic-from RESULT.json --min-gain G`` leaves out the synthetic images of the SKUs whose
+per-SKU B - A (``--drop-by gain-over-classic``: B' - A') in a run on the other half is below G; they
+keep their classic augmentation. Choose on half a, measure on half b: a choice scored on the photos it
+was made on reads better than it is.
+
 Writes ``bench/results/augment.json`` (``--split test``) or ``bench/results/augment-val.json``, and an
 HTML report beside the evaluation outputs under ``--workdir``.
 """
