@@ -50,7 +50,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import float_between, int_between, non_negative_int, positive_float, positive_int
+from shared.argtypes import (
+    file_problem,
+    float_between,
+    int_between,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from shared.evaluation import L2, REAL_WEIGHT, TUNE_EPOCHS, TUNE_LR
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
@@ -1039,6 +1046,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{out} exists (a kept record the docs cite): name this try with --tag, or give --out "
             "outside bench/results/"
         )
+    # Checked before the generation and every evaluation, not found in a traceback when the results
+    # are written after them.
+    if problem := file_problem(out, default_out.name):
+        parser.error(f"--out {out}: {problem}")
     ks = [int(k) for k in args.k.split(",")]
     started = time.time()
     data = read_grocery(args.dataset)
@@ -1229,6 +1240,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": _cpus()},
         "wall_s": round(time.time() - started, 1),
     }
+    out.parent.mkdir(parents=True, exist_ok=True)  # a folder file_problem found could be made
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

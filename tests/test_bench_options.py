@@ -80,6 +80,21 @@ def test_the_edge_recolour_bench_checks_out_before_it_runs(
     _goes_ahead(edge_recolour.main, [*argv, str(tmp_path / "new" / "edge_recolour.json")])
 
 
+@pytest.mark.parametrize("out", ["{tmp}", "{tmp}/in-the-way/augment.json"])
+def test_the_augment_bench_checks_out_before_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], out: str
+) -> None:
+    # A folder, or a file where its folder goes: IsADirectoryError / FileNotFoundError when the results
+    # were written, after the generation and every evaluation (an hour's run), nothing written.
+    from bench import augment
+
+    (tmp_path / "in-the-way").write_text("mine\n")
+    monkeypatch.setattr(augment, "read_grocery", _refuse_to_run)
+    argv = ["--dataset", str(tmp_path), "--split", "val", "--out"]
+    _refused(augment.main, [*argv, out.format(tmp=tmp_path)], capsys, f"--out {out.format(tmp=tmp_path)}: ")
+    _goes_ahead(augment.main, [*argv, str(tmp_path / "new" / "augment.json")])  # a folder yet to be made
+
+
 def _matting_real_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """bench.matting_real's arguments with a stand-in dataset and models, its checksum check off."""
     import shared.matting.official
