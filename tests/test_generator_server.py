@@ -20,30 +20,7 @@ from services.generator.protocol import BACKEND_ERROR_PREFIX, BACKEND_UNAVAILABL
 from services.generator.server import GenerationModel
 from shared.errors import BadInput
 from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome
-
-SIZE = 64
-
-
-def triton_request(seeds: list[int]) -> dict[str, Any]:
-    """One Triton request with a row per seed, as PyTriton hands it to the model."""
-    rows = len(seeds)
-
-    def text(value: str) -> np.ndarray:
-        return np.array([[value.encode()]] * rows, dtype=object)
-
-    mask = np.zeros((rows, SIZE, SIZE), np.uint8)
-    mask[:, 16:48, 16:48] = 255
-    return {
-        "reference": np.full((rows, SIZE, SIZE, 3), 200, np.uint8),
-        "mask": mask,
-        "prompt": text("a can"),
-        "negative_prompt": text(""),
-        "seed": np.array([[seed] for seed in seeds], dtype=np.int64),
-        "parameters": text("{}"),
-        "adapter_id": text(""),
-        "series": text(""),
-        "size": np.full((rows, 1), SIZE, np.int32),
-    }
+from tests.support.generation import SIZE, triton_request
 
 
 class _Tensors:

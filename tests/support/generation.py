@@ -2,18 +2,47 @@
 
 ``InProcessGenerator`` draws each variant as the Triton client would have the server draw it; a
 backend's refusal raises. ``RefusingGenerator`` returns a refusal as the client does instead, for the
-tests of what the stage does with the variants a backend refuses.
+tests of what the stage does with the variants a backend refuses. ``triton_request`` is a request as
+PyTriton hands it to the Triton model (``services/generator/server.py:GenerationModel``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 
 from services.generator.client import refusal
 from services.generator.protocol import VariantRequest, VariantResult
 from shared.errors import BadInput
 from shared.generation.backend import GenerationBackend, GenerationRequest
+
+SIZE = 64
+
+
+def triton_request(seeds: list[int], *, series: str = "") -> dict[str, Any]:
+    """One Triton request with a row per seed, as PyTriton hands it to the model (``series``: the
+    adapter is chosen by it)."""
+    rows = len(seeds)
+
+    def text(value: str) -> np.ndarray:
+        return np.array([[value.encode()]] * rows, dtype=object)
+
+    mask = np.zeros((rows, SIZE, SIZE), np.uint8)
+    mask[:, 16:48, 16:48] = 255
+    return {
+        "reference": np.full((rows, SIZE, SIZE, 3), 200, np.uint8),
+        "mask": mask,
+        "prompt": text("a can"),
+        "negative_prompt": text(""),
+        "seed": np.array([[seed] for seed in seeds], dtype=np.int64),
+        "parameters": text("{}"),
+        "adapter_id": text(""),
+        "series": text(series),
+        "size": np.full((rows, 1), SIZE, np.int32),
+    }
 
 
 def generation_request(variant: VariantRequest) -> GenerationRequest:
