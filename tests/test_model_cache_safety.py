@@ -8,7 +8,9 @@ configured on purpose may be shared with a group; one everyone may write to is r
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -113,6 +115,43 @@ def test_a_model_folder_another_user_planted_is_refused_however_complete(
 
     with pytest.raises(PermissionError, match=rf"{copy} .*belongs to uid {NOBODY_UID}"):
         fetch_directory(uri, cache)
+
+
+@needs_root
+def test_an_adapter_copy_another_user_planted_is_retried_naming_it_not_dead_lettered(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its UnsafeCache (a PermissionError) reached the Triton model unmapped: logged with a traceback and
+    # answered backend_error, so the stage dead-lettered good variants for an operator's fault. Now the
+    # variant waits (backend_unavailable: retried, never dead-lettered) with a line naming the copy.
+    from services.generator.protocol import BACKEND_UNAVAILABLE_PREFIX
+    from services.generator.server import GenerationModel
+    from tests.support.adapters import backend_on
+    from tests.support.generation import triton_request
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    adapter = registry.register(
+        "cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15"
+    )
+    cache = open_cache(None)
+    planted = cache / f"lora-{adapter.weights_sha256[:16]}"  # another user made it first
+    planted.mkdir()
+    os.chown(planted, NOBODY_UID, NOBODY_UID)
+    model = GenerationModel(backend_on(registry, tmp_path, cache_dir=cache))
+
+    with caplog.at_level(logging.WARNING):
+        (answer,) = model([triton_request([11], series="Cola")])
+
+    (error,) = (cell[0].decode() for cell in answer["error"])
+    assert error.startswith(BACKEND_UNAVAILABLE_PREFIX)
+    assert f"{planted} " in error and "SKUFORGE_DIFFUSION_CACHE_DIR" in error
+    assert any(str(planted) in record.getMessage() for record in caplog.records)
+    assert [record.getMessage() for record in caplog.records if record.exc_info] == []  # no traceback
+    # Once the operator removes it, the variant is served with its adapter.
+    shutil.rmtree(planted)
+    (answer,) = model([triton_request([11], series="Cola")])
+    assert answer["error"][0][0] == b"" and answer["adapter_used"][0][0] == b"cola-v"
 
 
 def _writable_by_everyone(paths: list[Path]) -> list[str]:

@@ -11,7 +11,8 @@ required input (Triton counts inputs: an optional one in its place passes); so i
 input (prompt, own_names...) of more than ``MAX_TEXT_BYTES``. A row
 the backend fails on (raises) is served again alone; if it fails alone too, ``error`` says so after
 ``BACKEND_ERROR_PREFIX``, or after ``BACKEND_UNAVAILABLE_PREFIX`` when what failed is a store it
-reads, or the GPU memory another process took (transient). A row out of GPU memory alone on a GPU no
+reads, an adapter's copy its model cache refuses (the operator's to remove), or the GPU memory another
+process took (transient). A row out of GPU memory alone on a GPU no
 one else took is a ``BACKEND_ERROR_PREFIX`` failure: retried a few times, then dead-lettered. An
 empty reference or mask (a side of 0 px) never reaches the model: PyTriton fails on an empty tensor
 and Triton answers the request INTERNAL, so the client refuses such a variant without sending it.
@@ -60,8 +61,9 @@ OUTPUTS: tuple[tuple[str, type, tuple[int, ...]], ...] = (
 # ``error`` of a row the backend failed on (an exception, not a refusal), even when served alone: the
 # client raises it as a handler error, which the stage retries a few times and then dead-letters.
 BACKEND_ERROR_PREFIX = "backend_error: "
-# The backend could not serve the row *now* (its adapter registry or object store away): the stage
-# retries it like Triton being away, never dead-letters it.
+# The backend could not serve the row *now* (its adapter registry or object store away, an adapter's
+# cached copy another user could change): the stage retries it like Triton being away, never
+# dead-letters it.
 BACKEND_UNAVAILABLE_PREFIX = "backend_unavailable: "
 
 

@@ -88,8 +88,9 @@ class GenerationModel:
     (a bug on that input) fails alone, its ``error`` prefixed ``backend_error:``; only a fault of
     this code (an answer of the wrong shape) is raised, and Triton reports it to the whole batch.
     Only a ``BadInput`` the backend raises is the row's own fault (a ``ValueError`` from inside torch
-    or diffusers is the backend's); a store away (``TransientError``) is ``backend_unavailable:``,
-    which the stage retries without dead-lettering. The GPU out of memory even for one row is
+    or diffusers is the backend's); a store away, or an adapter's copy the model cache refuses
+    (``TransientError``), is ``backend_unavailable:``, logged in a line without a traceback, which
+    the stage retries without dead-lettering. The GPU out of memory even for one row is
     ``backend_unavailable:`` while other processes hold ``OTHERS_HOLD_SHARE`` of its memory more than
     they did when the backend had loaded (the LoRA trainer beside it: wait for it), else
     ``backend_error:``: a row too big for the GPU on its own would hold its partition forever, so
@@ -123,6 +124,13 @@ class GenerationModel:
         served: list[RowOutcome | BackendFailed] | None = None
         try:
             served = list(self.backend.generate_many(valid))
+        except TransientError as exc:  # a store or cache the operator must see to: a line, no traceback
+            log.warning(
+                "the %s backend cannot serve a batch of %d rows now (%s); serving them one by one",
+                self.backend.name,
+                len(valid),
+                exc,
+            )
         except Exception as exc:
             # One row the backend cannot serve (a bug on some input) would fail every request of
             # every batch it lands in, and the stage would retry it forever: serve the rows alone.

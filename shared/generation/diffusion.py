@@ -810,9 +810,18 @@ class DiffusionBackend:
     # -- adapters --
 
     def _fetch_adapter(self, adapter: AdapterMetadata) -> Path:
+        """The adapter's copy in the model cache. A copy the cache refuses (``UnsafeCache``: another user
+        could change it) is the operator's to remove, not the request's fault: a ``TransientError``
+        naming it, so the variant waits for the fix instead of being dead-lettered."""
         if self.registry is None:
             raise BadInput("no_adapter_registry", "this backend has no adapter registry")
-        return self.registry.fetch_weights(adapter, self.cache_dir)
+        try:
+            return self.registry.fetch_weights(adapter, self.cache_dir)
+        except UnsafeCache as exc:
+            raise TransientError(
+                f"cannot use the model cache for adapter {adapter.adapter_id!r}: {exc} "
+                "(SKUFORGE_DIFFUSION_CACHE_DIR)"
+            ) from exc
 
     def adapters(self, *, refresh: bool = False) -> list[AdapterMetadata]:
         """The registry's listing, reused for ``SKUFORGE_DIFFUSION_ADAPTER_REFRESH_S``."""

@@ -44,14 +44,17 @@ class RecordingPipe:
         return type("Output", (), {"images": images})()
 
 
-def backend_on(registry: AdapterRegistry, tmp_path: Path, refresh_s: float = 30.0) -> DiffusionBackend:
+def backend_on(
+    registry: AdapterRegistry, tmp_path: Path, refresh_s: float = 30.0, *, cache_dir: Path | None = None
+) -> DiffusionBackend:
+    """A backend on ``registry`` that copies adapters into ``cache_dir`` (default ``tmp_path/cache``)."""
     settings = load_settings(DiffusionSettings, diffusion_adapter_refresh_s=refresh_s)
     return DiffusionBackend(
         RecordingPipe(),
         model_id="m",
         registry=registry,
         settings=settings,
-        cache_dir=tmp_path / "cache",
+        cache_dir=cache_dir or tmp_path / "cache",
         device="cpu",  # type: ignore[arg-type]
     )
 
