@@ -9,6 +9,7 @@ import json
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -455,27 +456,32 @@ def test_concurrent_diffusion_rows_are_painted_in_one_pipeline_call(
 
 
 class _PoisonedComposite(CompositeBackend):
-    """The real composite backend, with a bug on one input: any batch holding seed 13 raises."""
+    """The real composite backend, with a bug on one input: any batch holding seed 13 raises. The
+    seeds of the rows it painted are in ``painted``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.painted: list[int] = []
 
     def generate_many(self, requests: list[GenerationRequest]) -> list[RowOutcome]:
         if any(request.seed == 13 for request in requests):
             raise ZeroDivisionError("a bug on this input")
         if any(request.seed == 17 for request in requests):
             raise TransientError("S3 unreachable: the adapter registry is away")
-        return super().generate_many(requests)
+        outcomes = super().generate_many(requests)
+        self.painted.extend(request.seed for request in requests)
+        return outcomes
 
 
-def test_a_row_the_backend_fails_on_fails_alone_and_is_not_called_transient(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Before: the exception failed the whole Triton batch, the client called it "unavailable" and the
-    # stage retried it forever, stalling the partition (and failing the rows batched with it).
+@contextmanager
+def _poisoned_triton(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, _PoisonedComposite]]:
+    """A Triton server in this process serving ``_PoisonedComposite``: its gRPC address, and the backend."""
     from services.generator import server as server_module
-    from services.generator.client import GeneratorFailed
     from shared.config import Settings
     from shared.generation.settings import GenerationSettings
 
-    monkeypatch.setattr(server_module, "open_backend", lambda name, **_: _PoisonedComposite())
+    backend = _PoisonedComposite()
+    monkeypatch.setattr(server_module, "open_backend", lambda name, **_: backend)
     generation = GenerationSettings(
         generation_server_address="127.0.0.1",
         generation_server_http_port=free_port(),
@@ -487,29 +493,61 @@ def test_a_row_the_backend_fails_on_fails_alone_and_is_not_called_transient(
     workspace = str(Path(tempfile.mkdtemp(prefix="tw", dir="/tmp")) / "w")
     triton = server_module.build_triton(generation, ["composite"], shared=Settings(), workspace=workspace)
     triton.run()
-    client = TritonGenerator(f"127.0.0.1:{generation.generation_server_grpc_port}", concurrency=3)
-    good = TritonGenerator(f"127.0.0.1:{generation.generation_server_grpc_port}", concurrency=2)
     try:
-        poisoned: list[BaseException] = []
-        thread = threading.Thread(
-            target=lambda: poisoned.extend(_raised(lambda: client.generate("composite", [variant(13)])))
-        )
-        thread.start()
-        served = good.generate("composite", [variant(11), variant(12)])
-        thread.join(timeout=120)
-        # A store the backend reads being away is transient: before, it came back as a backend
-        # error, and the stage dead-lettered a good SKU after a few quick attempts.
-        away = _raised(lambda: good.generate("composite", [variant(17)]))
+        yield f"127.0.0.1:{generation.generation_server_grpc_port}", backend
     finally:
-        client.close()
-        good.close()
         triton.stop()
+
+
+def test_a_row_the_backend_fails_on_fails_alone_and_is_not_called_transient(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before: the exception failed the whole Triton batch, the client called it "unavailable" and the
+    # stage retried it forever, stalling the partition (and failing the rows batched with it).
+    from services.generator.client import GeneratorFailed
+
+    with _poisoned_triton(monkeypatch) as (url, _):
+        client = TritonGenerator(url, concurrency=3)
+        good = TritonGenerator(url, concurrency=2)
+        try:
+            poisoned: list[BaseException] = []
+            thread = threading.Thread(
+                target=lambda: poisoned.extend(_raised(lambda: client.generate("composite", [variant(13)])))
+            )
+            thread.start()
+            served = good.generate("composite", [variant(11), variant(12)])
+            thread.join(timeout=120)
+            # A store the backend reads being away is transient: before, it came back as a backend
+            # error, and the stage dead-lettered a good SKU after a few quick attempts.
+            away = _raised(lambda: good.generate("composite", [variant(17)]))
+        finally:
+            client.close()
+            good.close()
     assert all(isinstance(result, VariantResult) for result in served)
     (error,) = poisoned
     assert isinstance(error, GeneratorFailed) and not isinstance(error, GeneratorUnavailable)
     assert "seed 13" in str(error) and "ZeroDivisionError: a bug on this input" in str(error)
     (unavailable,) = away
     assert isinstance(unavailable, GeneratorUnavailable) and "adapter registry is away" in str(unavailable)
+
+
+def test_the_answers_beside_a_failed_row_are_kept_for_the_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's call fails on one row (``GeneratorFailed``) and the stage tries it again. Before, the
+    client raised at the first failed request: the answers of the others, still being drawn, were
+    thrown away, and the retry drew them again."""
+    from services.generator.client import GeneratorFailed
+
+    with _poisoned_triton(monkeypatch) as (url, backend):
+        client = TritonGenerator(url, concurrency=3)
+        try:
+            failed = _raised(lambda: client.generate("composite", [variant(11), variant(13), variant(12)]))
+            retried = client.generate("composite", [variant(11), variant(12)])
+        finally:
+            client.close()  # waits for every request sent, answered or not
+    (error,) = failed
+    assert isinstance(error, GeneratorFailed) and "seed 13" in str(error)
+    assert all(isinstance(result, VariantResult) for result in retried)
+    assert sorted(backend.painted) == [11, 12]  # each drawn once: the retry was answered from what was kept
 
 
 def _raised(call: Callable[[], object]) -> list[BaseException]:

@@ -4,7 +4,8 @@ Triton down, a model not loaded yet, a full queue (overload) or a timeout raise
 ``GeneratorUnavailable``, a ``TransientError``: the runtime pauses the partition, backs off and
 retries, and commits nothing meanwhile. Every variant drawn is kept until the stage is done with its
 batch (``batch_done``), and the retry sends only the others, in every round of the batch
-(``CONCURRENCY_LIMIT``: more in flight than Triton holds is turned away).
+(``CONCURRENCY_LIMIT``: more in flight than Triton holds is turned away). Any error is raised once
+every request of the call is answered, so the answers beside it are kept too.
 A variant the model refuses (its ``error`` output) comes back as a ``BadInput`` for its SKU, as does
 one with an empty reference or mask, refused before it is sent. A malformed request (our bug) raises
 ``RuntimeError``.
@@ -95,7 +96,9 @@ class TritonGenerator:
         self._kept.clear()
 
     def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
-        """All ``variants`` from ``backend``'s model, in order; GeneratorUnavailable if any was not served."""
+        """All ``variants`` from ``backend``'s model, in order; GeneratorUnavailable if any was not served,
+        and a variant's failure (``GeneratorFailed``, a malformed request's RuntimeError) before that.
+        Either is raised once every request sent is answered, and the answers are kept for the retry."""
         try:
             optional = self._optional_inputs(backend)
         except GeneratorUnavailable:
@@ -110,6 +113,7 @@ class TritonGenerator:
         }
         answered: dict[str, VariantResult | BadInput] = {key: kept[key] for key in keys if key in kept}
         unavailable: GeneratorUnavailable | None = None
+        failed: Exception | None = None
         refused = 0
         for key, future in futures.items():
             try:
@@ -117,19 +121,25 @@ class TritonGenerator:
             except GeneratorUnavailable as exc:
                 unavailable = unavailable or exc
                 refused += 1
+            except Exception as exc:
+                # Raised only once the others are in: before, the first failure left them drawing on,
+                # their answers thrown away, and the stage's retry (each SKU alone) drew them again.
+                failed = failed or exc
         kept.update(answered)
         self.last_call_ok = unavailable is None
+        if unavailable is not None and unavailable.kind == "overloaded":
+            log.warning(
+                "Triton turned %d of %d requests to %s away as overloaded; the %d answered are kept "
+                "for the retry. %s",
+                refused,
+                len(futures),
+                model_name(backend),
+                len(answered),
+                CONCURRENCY_LIMIT,
+            )
+        if failed is not None:
+            raise failed
         if unavailable is not None:
-            if unavailable.kind == "overloaded":
-                log.warning(
-                    "Triton turned %d of %d requests to %s away as overloaded; the %d answered are kept "
-                    "for the retry. %s",
-                    refused,
-                    len(futures),
-                    model_name(backend),
-                    len(answered),
-                    CONCURRENCY_LIMIT,
-                )
             raise unavailable
         return [answered[key] for key in keys]
 
