@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from schemas.common import ImageRef, SkuMetadata
@@ -25,6 +26,7 @@ from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore, ObjectStore
 from tests.support.matting import stand_in_onnx_bytes
+from tests.support.store import ReadCountingStore
 
 
 def stored(store: ObjectStore, key: str, image: Image.Image, fmt: str) -> ImageRef:
@@ -71,3 +73,30 @@ def test_a_jpeg_over_the_pixel_limit_is_refused_for_its_pixels_not_as_a_lying_ev
         reasons = [result.reason if isinstance(result, BadInput) else "matted" for result in results]
         assert reasons == ["too_many_pixels", "too_many_pixels"]
         assert "SKUFORGE_MAX_IMAGE_PIXELS" in str(results[0])
+
+
+@pytest.mark.parametrize(
+    ("side_px", "figures", "reason"),
+    [(400, {}, "too_many_pixels"), (200, {"bytes": 10**9}, "too_large_bytes")],
+)
+def test_an_expected_mask_over_a_limit_is_refused_before_the_image_is_read(
+    tmp_path: Path, side_px: int, figures: dict[str, int], reason: str
+) -> None:
+    """Matting inside the box around the expected mask needs both; an event whose expected mask its own
+    figures put over a limit is refused before either is read. Before, the image (up to
+    SKUFORGE_MAX_IMAGE_BYTES, decoded whole) was read and decoded first, and a mask over the pixel limit
+    was read too, only for decoding to refuse it."""
+    store = ReadCountingStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri, max_image_pixels=100_000)
+    ctx = Context("matting", store, settings, StageMetrics("matting"), logging.getLogger("test"))
+    session = U2NetPSession(stand_in_onnx_bytes(), threads=1, use_gpu=False)
+    event = generated(store, stored(store, "generated/ok.png", Image.new("RGB", (200, 200), "white"), "PNG"))
+    mask = store.put_image("fixtures/big-mask.png", np.full((side_px, side_px), 255, np.uint8))
+    expected = ImageRef(**{**mask.model_dump(), **figures})
+    event = event.model_copy(update={"payload": event.payload.model_copy(update={"expected_mask": expected})})
+
+    (result,) = handle_batch([event], ctx, session=session, roi_margin=0.25)
+
+    assert isinstance(result, BadInput) and result.reason == reason
+    assert (result.detail or "").startswith("expected mask: ")
+    assert store.keys_read == []

@@ -26,7 +26,9 @@ store (``object_missing``), bytes that do not match the event's sha256 (``checks
 or bytes that are not an acceptable image (``empty``, ``not_an_image``, ``corrupt``,
 ``truncated``, ``too_many_pixels``, ``too_large_bytes``... see ``shared/images.py``). An image the
 event says is over ``SKUFORGE_MAX_IMAGE_PIXELS`` is ``too_many_pixels`` before it is read, a JPEG
-too: its mask must be at its own size, so it is not decoded scaled down here. Odd but
+too: its mask must be at its own size, so it is not decoded scaled down here. An image, or (matting
+in a box) an expected mask, the event says is over that or ``SKUFORGE_MAX_IMAGE_BYTES`` is refused
+before either is read. Odd but
 valid images (16-bit, CMYK, palette, grayscale) are converted and matted.
 
 The model: ``SKUFORGE_MATTING_MODEL`` (a path, an s3:// or file:// URI, or a registered name;
@@ -53,7 +55,6 @@ from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
 from services.matting.config import MattingSettings
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput
-from shared.images import refuse_too_many_pixels
 from shared.matting.roi import Box, product_box
 from shared.matting.session import (
     MaskOptions,
@@ -187,13 +188,26 @@ def handle_batch(
 def _read_input(
     event: Envelope[ImageGenerated], ctx: Context, roi_margin: float | None
 ) -> tuple[Image.Image, Box | None] | BadInput:
-    """The event's image, and the box to mat (None: all of it)."""
+    """The event's image, and the box to mat (None: all of it).
+
+    The image, and the expected mask when there is a box to find, are refused on the event's figures
+    before either is read (``Context.refuse_unread``).
+    """
+    ref = event.payload.expected_mask
+    try:
+        ctx.refuse_unread(event.payload.image, "its mask must be at its own size")
+    except BadInput as refusal:
+        return refusal
+    if roi_margin is not None:
+        try:
+            ctx.refuse_unread(ref, "it must be its image's size")
+        except BadInput as refusal:
+            return BadInput(refusal.reason, f"expected mask: {refusal.detail or refusal.reason}")
     image = _read_image(event, ctx)
     if isinstance(image, BadInput):
         return image
     if roi_margin is None:
         return image, None
-    ref = event.payload.expected_mask
     try:
         expected = ctx.read_mask(ref)
     except BadInput as refusal:
@@ -211,9 +225,6 @@ def _read_image(event: Envelope[ImageGenerated], ctx: Context) -> Image.Image | 
     """The event's image, checked against its sha256 and dimensions, decoded within the limits."""
     ref = event.payload.image
     try:
-        refuse_too_many_pixels(
-            ref.width, ref.height, ctx.settings.max_image_pixels, "its mask must be at its own size"
-        )
         image = ctx.read_image(ref)
     except BadInput as refusal:
         return refusal
