@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -25,6 +26,7 @@ from shared.store import FileStore
 from shared.synth import make_product, render_photo
 from tests.support.bus import ingested_envelope
 from tests.support.captioning import committed_session, context, random_models
+from tests.support.store import ReadCountingStore
 from tests.test_stage_model_calls import matting_calls
 
 SEED = 2026
@@ -135,3 +137,22 @@ def test_a_jpeg_over_the_pixel_limit_is_too_many_pixels_not_a_lying_event(
     assert "jpeg: too_many_pixels" in refused.value.detail, refused.value.detail
     assert "png: too_many_pixels" in refused.value.detail
     assert "SKUFORGE_MAX_IMAGE_PIXELS" in refused.value.detail
+
+
+def test_a_transparency_mask_over_the_pixel_limit_is_not_read(
+    random_u2netp_onnx: Path, tmp_path: Path
+) -> None:
+    """A cut-out's transparency mask the event says is over SKUFORGE_MAX_IMAGE_PIXELS is left for the
+    matting model without being read, as the photo itself would be. Before, it was read whole, only for
+    decoding to refuse it."""
+    store = ReadCountingStore(tmp_path / "store")
+    event = _event(store, "SKU-CUT", {"p1": _product(192)})
+    mask = store.put_image("incoming/SKU-CUT/p1-mask.png", np.full((256, 256), 255, np.uint8))
+    photo = event.payload.photos[0].model_copy(update={"mask": mask})
+    event = event.model_copy(update={"payload": event.payload.model_copy(update={"photos": [photo]})})
+    ctx = context(store, load_settings(store_uri=store.base_uri, max_image_pixels=40_000))
+    try:
+        handle(event, ctx, models=random_models(random_u2netp_onnx))
+    except BadInput as refused:  # the random model may find no product: the photo was still masked
+        assert refused.reason == "no_usable_photo"
+    assert store.keys_read == ["incoming/SKU-CUT/p1.png"]

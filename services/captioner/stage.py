@@ -79,7 +79,7 @@ from shared.captioning.vlm import VlmCaptioner, VlmModelError, open_vlm
 from shared.config import ConfigError, Settings, load_settings
 from shared.dlq import is_permanent
 from shared.errors import BadInput
-from shared.images import pixel_array, refuse_too_many_pixels
+from shared.images import pixel_array
 from shared.matting.session import (
     MaskOptions,
     MattingModelError,
@@ -279,9 +279,7 @@ def _read_photo(photo: ReferencePhoto, ctx: Context) -> Image.Image | _Unusable:
     """
     ref = photo.image
     try:
-        refuse_too_many_pixels(
-            ref.width, ref.height, ctx.settings.max_image_pixels, "its mask is stored at its own size"
-        )
+        ctx.refuse_unread(ref, "its mask is stored at its own size")
         image = ctx.read_image(ref)
     except BadInput as refusal:
         return _Unusable(refusal.reason, refusal.detail)
@@ -311,10 +309,12 @@ def _transparency_mask(
     """The photo file's own transparency as its mask, at the working size, when ingest stored one
     (``ReferencePhoto.mask``) and it is a plausible product outline; else None, and the matting
     model masks the photo. A cut-out's alpha is exact where the model only estimates: a white
-    product composited over white loses its edges to the model."""
+    product composited over white loses its edges to the model. A mask the event says is over the
+    pixel or byte limit is left unread (``Context.refuse_unread``)."""
     if photo.mask is None or not isinstance(image, Image.Image):
         return None
     try:
+        ctx.refuse_unread(photo.mask, "it must be its photo's size")
         mask = ctx.read_mask(photo.mask)
     except BadInput as refusal:
         ctx.log.warning(
