@@ -25,24 +25,10 @@ from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
 from shared.matting.session import U2NetPSession
 from shared.runtime import Emit, Stage
-from shared.store import FileStore
 from tests.support.captioning import blank_sku, context
 from tests.support.runtime import _record, _wired
+from tests.support.store import ReadCountingStore
 from tests.test_stage_model_calls import matting_calls
-
-
-class _ReadCountingStore(FileStore):
-    """A FileStore that counts the objects it reads."""
-
-    reads = 0
-
-    def _read_at_most(self, key: str, max_bytes: int) -> bytes:
-        self.reads += 1
-        return super()._read_at_most(key, max_bytes)
-
-    def _read(self, key: str) -> bytes:
-        self.reads += 1
-        return super()._read(key)
 
 
 def _captioner(random_u2netp_onnx: Path) -> CaptionerModels:
@@ -59,7 +45,7 @@ def _ingested_event(payload: SkuIngested) -> object:
 def test_the_captioner_refuses_more_photos_than_allowed_before_reading_any(
     random_u2netp_onnx: Path, tmp_path: Path
 ) -> None:
-    store = _ReadCountingStore(tmp_path / "store")
+    store = ReadCountingStore(tmp_path / "store")
     settings = load_settings(store_uri=store.base_uri, max_photos_per_sku=3)
     payload = blank_sku(store, "SKU-MANY", colours=("white", "grey", "black", "red"))
     ctx = context(store, settings)
@@ -69,13 +55,13 @@ def test_the_captioner_refuses_more_photos_than_allowed_before_reading_any(
 
     assert refused.value.reason == "too_many_photos"
     assert "4 photos" in refused.value.detail and "SKUFORGE_MAX_PHOTOS_PER_SKU" in refused.value.detail
-    assert store.reads == 0 and matting_calls(ctx.metrics) == 0
+    assert store.keys_read == [] and matting_calls(ctx.metrics) == 0
 
 
 def test_the_captioner_reads_a_sku_with_as_many_photos_as_allowed(
     random_u2netp_onnx: Path, tmp_path: Path
 ) -> None:
-    store = _ReadCountingStore(tmp_path / "store")
+    store = ReadCountingStore(tmp_path / "store")
     settings = load_settings(store_uri=store.base_uri, max_photos_per_sku=2)
     payload = blank_sku(store, "SKU-TWO", colours=("white", "grey"))
 
@@ -83,7 +69,7 @@ def test_the_captioner_reads_a_sku_with_as_many_photos_as_allowed(
         handle(_ingested_event(payload), context(store, settings), models=_captioner(random_u2netp_onnx))  # type: ignore[arg-type]
 
     assert refused.value.reason == "no_usable_photo"
-    assert store.reads == 2
+    assert len(store.keys_read) == 2
 
 
 def _photo(photo_id: str) -> ReferencePhoto:

@@ -44,9 +44,9 @@ from shared.errors import BadInput, TransientError
 from shared.images import ImageRejected
 from shared.observability import StageMetrics
 from shared.runtime import Context, Emit, Stage, stale_after_s
-from shared.store import FileStore
 from tests.support.bus import file_store_uri, sku_ingested_payloads
 from tests.support.runtime import _Acked, _Consumer, _Producer, _record, _wired
+from tests.support.store import ReadCountingStore
 
 
 def _stage(tmp_path: Path, **settings: Any) -> Stage:
@@ -285,21 +285,10 @@ def test_a_stage_reports_its_input_topics_at_zero_before_the_first_message(tmp_p
     assert messages("ok") == 1.0 and messages("dlq") == 0.0
 
 
-class _ReadCountingStore(FileStore):
-    """A FileStore that counts the bytes it reads."""
-
-    bytes_read = 0
-
-    def _read_at_most(self, key: str, max_bytes: int) -> bytes:
-        data = super()._read_at_most(key, max_bytes)
-        self.bytes_read += len(data)
-        return data
-
-
 def test_an_image_reference_over_the_byte_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
     """An event may point at an object as large as it says; over max_image_bytes it is refused by the
     reference's size, without reading the object (before, it was read whole and then refused)."""
-    store = _ReadCountingStore(tmp_path / "store")
+    store = ReadCountingStore(tmp_path / "store")
     ref = store.put_bytes("images/huge.png", b"\0" * 4096, content_type="image/png")
     context = Context(
         "matting", store, Settings(max_image_bytes=1024), StageMetrics("matting"), logging.getLogger("test")
@@ -325,7 +314,7 @@ def test_an_image_reference_is_refused_on_its_own_figures_before_it_is_read(
     """The gate and the trainstore refuse an image an event says is over the pixel or byte limit
     without reading it (one function for both: ``Context.refuse_unread``); the detail says why the
     stage needs the image at its stated size."""
-    store = _ReadCountingStore(tmp_path / "store")
+    store = ReadCountingStore(tmp_path / "store")
     stored = store.put_bytes("images/huge.png", b"\0" * 512, content_type="image/png")
     ref = ImageRef(**{**stored.model_dump(), "width": 64, "height": 64, **figures})
     context = Context(
