@@ -23,13 +23,14 @@ like an unreadable image (the gate could not judge it either).
 
 Bad input goes to the DLQ with its reason, and the stream goes on: an image missing from the
 store (``object_missing``), bytes that do not match the event's sha256 (``checksum_mismatch``),
-or bytes that are not an acceptable image (``empty``, ``not_an_image``, ``corrupt``,
-``truncated``, ``too_many_pixels``, ``too_large_bytes``... see ``shared/images.py``). An image the
-event says is over ``SKUFORGE_MAX_IMAGE_PIXELS`` is ``too_many_pixels`` before it is read, a JPEG
-too: its mask must be at its own size, so it is not decoded scaled down here. An image, or (matting
-in a box) an expected mask, the event says is over that or ``SKUFORGE_MAX_IMAGE_BYTES`` is refused
-before either is read. Odd but
-valid images (16-bit, CMYK, palette, grayscale) are converted and matted.
+bytes that are not an acceptable image (``empty``, ``not_an_image``, ``corrupt``, ``truncated``,
+``too_many_pixels``, ``too_large_bytes``... see ``shared/images.py``), or an image of another size
+than the event says (``dimension_mismatch``); docs/matting.md lists them all. An image the event
+says is over ``SKUFORGE_MAX_IMAGE_PIXELS`` is ``too_many_pixels`` before it is read, a JPEG too: its
+mask must be at its own size, so it is not decoded scaled down here. An image, or (matting in a
+box) its expected mask, the event says is over that or ``SKUFORGE_MAX_IMAGE_BYTES`` is refused
+before either is read. Odd but valid images (16-bit, CMYK, palette, grayscale) are converted and
+matted.
 
 The model: ``SKUFORGE_MATTING_MODEL`` (a path, an s3:// or file:// URI, or a registered name;
 unset = the project's U2-NetP, ``shared/matting/models/u2netp-skuforge.onnx``), run on CUDA when
