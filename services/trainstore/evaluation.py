@@ -124,6 +124,12 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
     return photos, notes
 
 
+def heldout_sku_folders(root: Path) -> list[str]:
+    """The SKU ids ``root``'s folders name (hidden ones left out, as ``heldout_photos`` does), sorted:
+    with photos in them or not."""
+    return sorted(entry.name for entry in root.iterdir() if not entry.name.startswith(".") and entry.is_dir())
+
+
 def _printable(text: str) -> str:
     """``text`` printable on any stdout: a file name that is not UTF-8 (surrogate escapes) crashed a
     strict UTF-8 stdout; its bytes are shown with replacement characters instead."""
@@ -449,7 +455,9 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     if not in_store:
         raise EvaluateRefused(no_skus_problem(manifests))
     heldout_skus = sorted({photo.sku_id for photo in heldout})
-    unknown = [sku for sku in heldout_skus if sku not in in_store]
+    # Every SKU folder, photos or not: a mistyped folder not filled yet was left out without a word
+    # (the same folder with a photo in it was refused), and the SKU meant went unevaluated.
+    unknown = [sku for sku in heldout_sku_folders(args.heldout) if sku not in in_store]
     if unknown:
         raise EvaluateRefused(
             f"held-out folder(s) name SKUs the store does not have: {', '.join(unknown)} "
