@@ -772,6 +772,22 @@ def test_an_out_that_is_a_file_is_refused_before_the_run(
     assert out.read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("name", ["evaluation.json", "report.html"])
+def test_an_out_whose_result_file_is_a_folder_is_refused_before_the_run(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    # Before: the whole run, then "Is a directory" (exit 1) when the result was written.
+    out = tmp_path / "eval"
+    (out / name).mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(evaluate_args(heldout, out, tmp_path))
+    assert exit_info.value.code == 2
+    assert f"--out {out}: {out / name} is a folder; it is where the run writes its {name}" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "features").exists()  # refused before any photo was read
+
+
 def test_a_cache_dir_that_is_a_file_is_refused_before_the_run(
     colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

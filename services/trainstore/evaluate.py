@@ -22,7 +22,8 @@ held-out SKUs without a usable real image in the store or left out by the export
 photo that does not decode, an unusable
 ``--scenes`` (malformed, or no files), a weights file that does not load, an ``--out`` or
 ``--cache-dir`` that is a file or cannot be made and written in (tried before the run, and left as
-it was), and a store with no SKUs. A disk that fills, or a file that goes away, during the run is
+it was), an ``--out`` with a folder named evaluation.json or report.html in it, and a store with no
+SKUs. A disk that fills, or a file that goes away, during the run is
 named (exit 1) and evaluation.json is not written.
 
 Writes ``--out DIR/evaluation.json`` (the ``EvaluationResult`` and its headline ``summary``; what
@@ -45,7 +46,15 @@ from shared.argtypes import (
     non_negative_int,
     positive_int,
 )
-from shared.evaluation import BACKBONES, L2, REAL_WEIGHT, TUNE_EPOCHS, TUNE_LR
+from shared.evaluation import (
+    BACKBONES,
+    EVALUATION_FILE,
+    L2,
+    REAL_WEIGHT,
+    REPORT_FILE,
+    TUNE_EPOCHS,
+    TUNE_LR,
+)
 
 DEFAULT_CACHE_DIR = Path("var/evaluate/features")
 # --tune-epochs and --tune-lr when --tune-stages is given without them.
@@ -198,11 +207,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--backbone-weights {args.backbone_weights}: no such file")
     if problem := folder_problem(args.out):
         parser.error(f"--out {args.out}: {problem}")
+    for name in (EVALUATION_FILE, REPORT_FILE):
+        # A writable --out with a folder in a result's place failed only when written, after the run.
+        if (args.out / name).is_dir():
+            parser.error(
+                f"--out {args.out}: {args.out / name} is a folder; it is where the run writes its {name}"
+            )
     if not args.no_cache and (problem := folder_problem(args.cache_dir)):
         parser.error(f"--cache-dir {args.cache_dir}: {problem}")
     # torch and the store come in only now, so that --help and usage errors answer at once.
     try:
-        from services.trainstore.evaluation import EVALUATION_FILE, REFUSALS, evaluate, summary_lines
+        from services.trainstore.evaluation import REFUSALS, evaluate, summary_lines
     except ImportError as exc:
         if exc.name not in ("torch", "torchvision"):
             raise
@@ -229,5 +244,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     print("\n".join(summary_lines(result)))
-    print(f"wrote {args.out / EVALUATION_FILE} and {args.out / 'report.html'}")
+    print(f"wrote {args.out / EVALUATION_FILE} and {args.out / REPORT_FILE}")
     return 0

@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from services.trainstore.cli import no_skus_problem, open_manifests, store_root
 from shared.config import load_settings
 from shared.errors import BadInput, ChecksumMismatch, ImageRejected
+from shared.evaluation import EVALUATION_FILE
 from shared.evaluation.backbone import BackboneMissing, BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     CONDITION_NAMES,
@@ -53,8 +54,6 @@ from shared.store import FileStore, ObjectStore, open_store, sha256_hex
 from shared.trainstore.dataset import ExportPlan, plan_export, read_checked
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.withdrawals import Withdrawals
-
-EVALUATION_FILE = "evaluation.json"
 
 
 class EvaluateRefused(ValueError):

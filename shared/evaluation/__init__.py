@@ -4,6 +4,11 @@ from typing import Literal
 
 from shared.argtypes import float_between, non_negative_int
 
+# The files ``skuforge evaluate`` writes in its --out (report.html: ``report.write_report``, which
+# bench/augment.py calls too), named here, without torch, so the command checks them before a run.
+EVALUATION_FILE = "evaluation.json"
+REPORT_FILE = "report.html"
+
 BackboneName = Literal["efficientnet-lite0", "tiny"]
 # The backbones ``backbone.open_backbone`` builds, named here, without torch, for command-line parsers.
 BACKBONES: tuple[BackboneName, ...] = ("efficientnet-lite0", "tiny")

@@ -23,10 +23,10 @@ from typing import Any
 from PIL import Image
 
 from shared.errors import BadInput
+from shared.evaluation import REPORT_FILE
 from shared.evaluation.experiment import CONDITION_NAMES, CONDITIONS, EvaluationResult, describe_classifier
 from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
 
-REPORT_FILE = "report.html"
 COLOURS = {"A": "#9e9e9e", "A'": "#616161", "B": "#42a5f5", "B'": "#1565c0", "C": "#ef6c00"}
 THUMB_PX = 128
 MINUS = "\u2212"
