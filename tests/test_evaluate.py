@@ -1022,6 +1022,29 @@ def test_a_sku_whose_synthetic_images_are_left_out_keeps_the_classic_augmentatio
     assert run_evaluation(kept, heldout, featurizer, config).train_counts[dropped]["classic"] == 0
 
 
+def test_the_report_escapes_sku_ids_and_photo_names(featurizer: Featurizer) -> None:
+    # SKU ids and held-out file names are the user's: on the page they must be text, never markup.
+    hostile = {sku: f"<script>alert('{sku}')</script>" for sku in COLOURS}
+    training, heldout = wrong_look_photos(real=2, held_out=4)
+
+    def renamed(photo: Photo) -> Photo:
+        name = f"held/<img src=x onerror=alert(1)>/{photo.name}'\"<b>.png"
+        return dataclasses.replace(photo, sku_id=hostile[photo.sku_id], name=name)
+
+    result = run_evaluation(
+        [dataclasses.replace(photo, sku_id=hostile[photo.sku_id]) for photo in training],
+        [renamed(photo) for photo in heldout],
+        featurizer,
+        EvaluationConfig(seed=3, classic_px=32, real_weight=1.0),
+    )
+    assert result.misclassified  # the page shows true and predicted ids and the file names
+    page = render_report(result, lambda name: encode_png(colour_photo((9, 9, 9), 1)))
+    assert "<script" not in page and "<img src=x" not in page and "<b>.png" not in page
+    assert "<b>&lt;script&gt;alert(&#x27;SKU-RED&#x27;)&lt;/script&gt;</b>" in page  # its true label
+    assert "alt='held/&lt;img src=x onerror=alert(1)&gt;/" in page  # the thumbnail's full name
+    assert "&#x27;&quot;&lt;b&gt;.png</small>" in page  # and the file name under it
+
+
 def test_the_report_shows_a_held_out_photo_the_settings_let_through(featurizer: Featurizer) -> None:
     """The report's thumbnails are decoded under the limits the evaluation ran under: a 42-megapixel
     PNG that SKUFORGE_MAX_IMAGE_PIXELS=50000000 let through was "(photo not readable)" on the page."""
