@@ -125,7 +125,7 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
 
 def heldout_sku_folders(root: Path) -> list[str]:
     """The SKU ids ``root``'s folders name (hidden ones left out, as ``heldout_photos`` does), sorted:
-    with photos in them or not."""
+    with photos in them or not (``heldout_photos`` gives only the SKUs that have some)."""
     return sorted(entry.name for entry in root.iterdir() if not entry.name.startswith(".") and entry.is_dir())
 
 
@@ -454,9 +454,13 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     if not in_store:
         raise EvaluateRefused(no_skus_problem(manifests))
     heldout_skus = sorted({photo.sku_id for photo in heldout})
-    # Every SKU folder, photos or not: a mistyped folder not filled yet was left out without a word
-    # (the same folder with a photo in it was refused), and the SKU meant went unevaluated.
-    unknown = [sku for sku in heldout_sku_folders(args.heldout) if sku not in in_store]
+    unknown = [sku for sku in heldout_skus if sku not in in_store]
+    # A mistyped folder not filled yet was left out without a word, and the SKU meant went
+    # unevaluated. Noted, not refused: it changes no figure, and an unzipped __MACOSX folder (its
+    # files all hidden) is one too.
+    for sku in heldout_sku_folders(args.heldout):
+        if sku not in in_store and sku not in heldout_skus:
+            notes.append(f"{args.heldout / sku} has no photos, and the store has no SKU {sku}: not used")
     if unknown:
         raise EvaluateRefused(
             f"held-out folder(s) name SKUs the store does not have: {', '.join(unknown)} "
