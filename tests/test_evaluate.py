@@ -339,15 +339,26 @@ def test_an_empty_folder_naming_a_sku_the_store_lacks_is_noted(
     (heldout / "SKU-BLUE").rename(heldout / "SKU-BLEU")
     for photo in (heldout / "SKU-BLEU").iterdir():
         photo.unlink()
-    # An unzipped archive's __MACOSX folder holds hidden files only: noted the same way, not refused.
-    (heldout / "__MACOSX" / "SKU-RED").mkdir(parents=True)
-    (heldout / "__MACOSX" / "SKU-RED" / "._test-0.jpg").write_bytes(b"\x00\x05\x16\x07")
     assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 0
     printed = capsys.readouterr().out
-    for folder in ("SKU-BLEU", "__MACOSX"):
-        note = f"note: {heldout / folder} has no photos, and the store has no SKU {folder}: not used"
-        assert note in printed
+    note = f"note: {heldout / 'SKU-BLEU'} has no photos, and the store has no SKU SKU-BLEU: not used"
+    assert note in printed
     assert "have no held-out photos, not evaluated: SKU-BLUE, SKU-EXTRA" in printed  # the SKU meant
+
+
+def test_what_ingest_leaves_out_quietly_is_left_out_quietly_here_too(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # shared/photos.py is the one answer for every reader of a folder of photos; the held-out reader
+    # skipped hidden names only, and named an unzipped __MACOSX folder or a Thumbs.db in a note.
+    (heldout / "__MACOSX" / "SKU-RED").mkdir(parents=True)
+    (heldout / "__MACOSX" / "SKU-RED" / "._test-0.jpg").write_bytes(b"\x00\x05\x16\x07")
+    (heldout / "SKU-RED" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (heldout / "SKU-GREEN" / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 0
+    printed = capsys.readouterr().out
+    assert "notes.txt is not a photo" in printed  # a file of the user's is still named
+    assert "__MACOSX" not in printed and "Thumbs.db" not in printed and "desktop.ini" not in printed
 
 
 def test_help_and_usage_errors_answer_without_loading_torch_or_the_store() -> None:

@@ -49,7 +49,7 @@ from shared.evaluation.report import write_report
 from shared.generation.scenes import scene_file_bytes
 from shared.images import photo_as_stored
 from shared.model_cache import write_atomically
-from shared.photos import PHOTO_FILE_SUFFIXES
+from shared.photos import PHOTO_FILE_SUFFIXES, is_left_out_quietly
 from shared.store import FileStore, ObjectStore, open_store, sha256_hex
 from shared.trainstore.dataset import ExportPlan, plan_export, read_checked
 from shared.trainstore.manifest import ManifestRow, ManifestStore
@@ -69,8 +69,9 @@ def heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
 
     Photos are the files ``skuforge ingest`` takes as photos (``shared/photos.py``: a ``.jfif`` held
     out is a photo here as it is there). Files that are not photos by suffix and files directly under
-    ``root`` are noted and left out, hidden files and folders are left out; a file with a photo suffix
-    that is not an image is refused (it would fail later, less clearly).
+    ``root`` are noted and left out; hidden files and folders, ``__MACOSX`` and desktop leftovers
+    (``Thumbs.db``) are left out quietly, as ingest leaves them (``shared.photos.is_left_out_quietly``);
+    a file with a photo suffix that is not an image is refused (it would fail later, less clearly).
     """
     try:
         return _heldout_photos(root)
@@ -88,7 +89,7 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
     photos: list[Photo] = []
     notes: list[str] = []
     first_of: dict[tuple[str, str], Path] = {}  # (SKU, sha256) -> the file scored
-    entries = [entry for entry in sorted(root.iterdir()) if not entry.name.startswith(".")]
+    entries = [entry for entry in sorted(root.iterdir()) if not is_left_out_quietly(entry.name)]
     sku_folders = {_folder_id(entry): entry for entry in entries if entry.is_dir()}
     for entry in entries:
         if not entry.is_dir():
@@ -124,9 +125,11 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
 
 
 def heldout_sku_folders(root: Path) -> list[str]:
-    """The SKU ids ``root``'s folders name (hidden ones left out, as ``heldout_photos`` does), sorted:
-    with photos in them or not (``heldout_photos`` gives only the SKUs that have some)."""
-    return sorted(entry.name for entry in root.iterdir() if not entry.name.startswith(".") and entry.is_dir())
+    """The SKU ids ``root``'s folders name, sorted, with photos in them or not (``heldout_photos`` gives
+    only the SKUs that have some); a folder ingest leaves out quietly (``__MACOSX``) names none."""
+    return sorted(
+        entry.name for entry in root.iterdir() if not is_left_out_quietly(entry.name) and entry.is_dir()
+    )
 
 
 def _printable(text: str) -> str:
@@ -159,8 +162,9 @@ def _folder_id(folder: Path) -> tuple[int, int]:
 
 
 def _files_under(folder: Path, elsewhere: set[tuple[int, int]], notes: list[str]) -> list[Path]:
-    """The files in ``folder`` and its sub-folders (links followed, each folder once), sorted; hidden
-    files and everything in hidden folders (thumbnails, checkpoints) left out, and so are the folders
+    """The files in ``folder`` and its sub-folders (links followed, each folder once), sorted; what
+    ingest leaves out quietly (hidden files, everything in hidden folders such as thumbnails and
+    checkpoints, ``__MACOSX``, ``Thumbs.db``) left out, and so are the folders
     ``elsewhere`` names (other SKUs' folders, reached by a link), with a note. A folder that cannot be
     read is refused: its photos would be missing from the evaluation without a word."""
 
@@ -184,8 +188,8 @@ def _files_under(folder: Path, elsewhere: set[tuple[int, int]], notes: list[str]
             folders[:] = []
             continue
         seen.add(here)
-        folders[:] = [name for name in folders if not name.startswith(".")]
-        found.extend(Path(top) / name for name in names if not name.startswith("."))
+        folders[:] = [name for name in folders if not is_left_out_quietly(name)]
+        found.extend(Path(top) / name for name in names if not is_left_out_quietly(name))
     return sorted(found)
 
 
@@ -456,8 +460,7 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     heldout_skus = sorted({photo.sku_id for photo in heldout})
     unknown = [sku for sku in heldout_skus if sku not in in_store]
     # A mistyped folder not filled yet was left out without a word, and the SKU meant went
-    # unevaluated. Noted, not refused: it changes no figure, and an unzipped __MACOSX folder (its
-    # files all hidden) is one too.
+    # unevaluated. Noted, not refused: it changes no figure.
     for sku in heldout_sku_folders(args.heldout):
         if sku not in in_store and sku not in heldout_skus:
             notes.append(f"{args.heldout / sku} has no photos, and the store has no SKU {sku}: not used")
