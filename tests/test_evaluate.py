@@ -698,6 +698,22 @@ def test_a_single_heldout_sku_is_refused(
     assert not (tmp_path / "eval").exists()
 
 
+def test_the_notes_that_explain_too_few_heldout_skus_come_with_the_refusal(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An iPhone's held-out photos, HEIC, are not read: before, the refusal came alone, and the notes
+    # that said why the SKU had no photos were never printed.
+    shutil.rmtree(heldout / "SKU-GREEN")
+    for photo in (heldout / "SKU-BLUE").iterdir():
+        photo.rename(photo.with_suffix(".heic"))
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 2
+    captured = capsys.readouterr()
+    assert "only SKU-RED has held-out photos" in captured.err
+    assert f"note: {heldout / 'SKU-BLUE' / 'test-0.heic'} is not a photo" in captured.out
+    assert "have no held-out photos, not evaluated: SKU-BLUE, SKU-EXTRA, SKU-GREEN" in captured.out
+    assert not (tmp_path / "eval").exists()
+
+
 def test_an_empty_malformed_or_fileless_scene_library_is_refused(
     colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

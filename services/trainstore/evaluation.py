@@ -464,6 +464,14 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     for sku in heldout_sku_folders(args.heldout):
         if sku not in in_store and sku not in heldout_skus:
             notes.append(f"{args.heldout / sku} has no photos, and the store has no SKU {sku}: not used")
+    without = sorted(in_store - set(heldout_skus))
+    if without:
+        shown = ", ".join(without[:10]) + (f" and {len(without) - 10} more" if len(without) > 10 else "")
+        notes.append(f"{len(without)} SKU(s) of the store have no held-out photos, not evaluated: {shown}")
+    # Before the refusals below: the notes say why a SKU has no photos (a HEIC file, a mistyped
+    # folder), and the refusal of too few SKUs came alone.
+    for note in notes:
+        print(f"note: {_printable(note)}")
     if unknown:
         raise EvaluateRefused(
             f"held-out folder(s) name SKUs the store does not have: {', '.join(unknown)} "
@@ -477,12 +485,6 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
             f"--heldout {args.heldout}: only {heldout_skus[0]} has held-out photos; at least 2 SKUs "
             "with held-out photos are needed (with one, every condition scores 100%)"
         )
-    without = sorted(in_store - set(heldout_skus))
-    if without:
-        shown = ", ".join(without[:10]) + (f" and {len(without) - 10} more" if len(without) > 10 else "")
-        notes.append(f"{len(without)} SKU(s) of the store have no held-out photos, not evaluated: {shown}")
-    for note in notes:
-        print(f"note: {_printable(note)}")
 
     rows = list(manifests.iter_rows())  # every SKU's: a held-out photo may not be anywhere in the store
     wanted = set(heldout_skus)
