@@ -649,15 +649,24 @@ class LoraTrainer:
             # Published before: redelivery, restart, or nothing new in the series. No retraining; but a
             # recipe, model or membership rolled back to this training set finds a later adapter of the
             # series newest in the registry, which the generator kept serving: made current again.
-            current = self._current(job)
-            if current is None:
+            pointer = self._current(job)
+            if pointer is None:
                 # Published before the current pointers, or a damaged pointer deleted: the adapter the
                 # generator serves is the one last published. Taking this job's as current instead
                 # missed a real roll-back, and the generator kept serving the later adapter.
-                current = self._served_by_trainer(job) or job.adapter_id
+                current, under_way = self._served_by_trainer(job) or job.adapter_id, None
                 self.store.put_json(self._current_key(job), {"adapter_id": current})
+            else:
+                current, under_way = pointer
             if current == job.adapter_id:
-                return None
+                if under_way is None or self._last_publication(job, marker) >= under_way:
+                    if under_way is not None:
+                        self.store.put_json(self._current_key(job), {"adapter_id": current})
+                    return None
+                # A roll-back sent, its pointer written, and the store away before its marker: the
+                # marker counts one publication fewer, and the next roll-back to it took that one's
+                # event id, which consumers drop. Published again (a duplicate they drop), then recorded.
+                return self._publish(job, job_prefix, marker, publication=under_way)
             if not self.registry.store.exists(f"{job.adapter_id}/{METADATA_FILE}"):
                 # Registered before its marker was written, so gone means `skuforge adapters remove`:
                 # an operator took it out as painting the wrong thing, and it stays out. Recorded as
@@ -676,16 +685,7 @@ class LoraTrainer:
             )
             # One more publication than the marker records: a retry (the marker not yet rewritten)
             # counts the same, so it keeps the event id, and the roll-back is not taken for a duplicate.
-            try:
-                last = AdapterPublished.model_validate_json(self.store.get_bytes(marker), extra=READ_EXTRA)
-            except ValidationError as exc:
-                raise UnreadableRecord(
-                    marker,
-                    exc,
-                    "fix it, or delete it: the adapter is then published again as a first publication "
-                    "(trained again if its jobs/ folder has expired)",
-                ) from None
-            return self._publish(job, job_prefix, marker, publication=last.publication + 1)
+            return self._publish(job, job_prefix, marker, publication=self._last_publication(job, marker) + 1)
         failed_key = f"{job_prefix}/failed.json"
         if self.store.exists(failed_key):
             if job.kind == "general":
@@ -732,8 +732,9 @@ class LoraTrainer:
         series = (job.series or "").strip().casefold()
         return f"{PREFIX}/current/series-{slug(series)}-{sha256_hex(series.encode())[:16]}.json"
 
-    def _current(self, job: Job) -> str | None:
-        """The adapter last published for ``job``'s series; None before the current pointers.
+    def _current(self, job: Job) -> tuple[str, int | None] | None:
+        """The adapter last published for ``job``'s series, and the publication of it under way (a
+        roll-back whose marker may not be written yet; None: none); None before the current pointers.
         ``UnreadableRecord`` when the pointer is cut short, not JSON or names no adapter."""
         key = self._current_key(job)
         try:
@@ -744,6 +745,9 @@ class LoraTrainer:
             pointer = json.loads(data)
             if not (isinstance(pointer, dict) and isinstance(pointer.get("adapter_id"), str)):
                 raise ValueError('not {"adapter_id": "<the adapter last published for the series>"}')
+            under_way = pointer.get("publication")
+            if under_way is not None and (isinstance(under_way, bool) or not isinstance(under_way, int)):
+                raise ValueError(f"publication is {under_way!r:.40}, not a number")
         except ValueError as exc:
             raise UnreadableRecord(
                 key,
@@ -751,7 +755,21 @@ class LoraTrainer:
                 'fix it ({"adapter_id": "<the newest of the series in `skuforge adapters list`>"}), or '
                 "delete it: it is then rebuilt from the adapter the generator serves for the series",
             ) from None
-        return str(pointer["adapter_id"])
+        return str(pointer["adapter_id"]), under_way
+
+    def _last_publication(self, job: Job, marker: str) -> int:
+        """The publication count the adapter's ``published/`` marker records (``UnreadableRecord`` if
+        it cannot be read)."""
+        try:
+            last = AdapterPublished.model_validate_json(self.store.get_bytes(marker), extra=READ_EXTRA)
+        except ValidationError as exc:
+            raise UnreadableRecord(
+                marker,
+                exc,
+                "fix it, or delete it: the adapter is then published again as a first publication "
+                "(trained again if its jobs/ folder has expired)",
+            ) from None
+        return last.publication
 
     def _served_by_trainer(self, job: Job) -> str | None:
         """The adapter the generator picks for ``job``'s series (``resolve_adapter``, the general one for
@@ -767,7 +785,8 @@ class LoraTrainer:
     def _publish(self, job: Job, job_prefix: str, marker: str, *, publication: int = 1) -> AdapterPublished:
         """Register the trained job's weights (unless the generator already picks them, their registry
         copy whole: registered again for a roll-back), publish, then record it: the general schedule,
-        the series' current adapter, and last the published marker."""
+        the series' current adapter, and last the published marker (a roll-back's pointer names its
+        publication until the marker is written, and is then written again without it)."""
         result, weights = self._trained(job, job_prefix, marker)
         # Registered and the newest (a retry after a lost ack or a crash), its weights there whole: not
         # written again. Else (a roll-back; a marker deleted, so a roll-back taken for a first
@@ -816,8 +835,16 @@ class LoraTrainer:
             self.store.put_json(
                 GENERAL_STATE_KEY, {"accepted_count": job.accepted_count, "trained_at": time.time()}
             )
-        self.store.put_json(self._current_key(job), {"adapter_id": job.adapter_id})
-        self.store.put_json(marker, event)
+        if publication == 1:
+            self.store.put_json(self._current_key(job), {"adapter_id": job.adapter_id})
+            self.store.put_json(marker, event)
+        else:
+            # A roll-back: the pointer names its publication until the marker records it, so that the
+            # store away between the two does not lose the count (``run_job`` finishes it).
+            pointer = {"adapter_id": job.adapter_id, "publication": publication}
+            self.store.put_json(self._current_key(job), pointer)
+            self.store.put_json(marker, event)
+            self.store.put_json(self._current_key(job), {"adapter_id": job.adapter_id})
         self.metrics.jobs.labels("published").inc()
         log.info("adapter published", extra={"adapter_id": job.adapter_id, "steps": result["steps"]})
         return event

@@ -1,0 +1,63 @@
+"""The LoRA trainer, eighth review: a store fault half-way through recording a publication.
+
+Training is stubbed where what is trained is not the point (``stub_training``), so this file runs on
+CPU in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas.events import AdapterPublished
+from services.lora_trainer.stage import PREFIX, LoraTrainer
+from shared.errors import TransientError
+from shared.store import FileStore
+from tests.support.captioning import captioned_sku
+from tests.support.lora import model_folder, record, served, trainer_on
+
+
+class _MarkerWriteFails(FileStore):
+    """A store whose next write of a ``published/`` marker fails, as S3 away for a moment does."""
+
+    fail_next_marker = False
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        if self.fail_next_marker and key.startswith(f"{PREFIX}/published/"):
+            self.fail_next_marker = False
+            raise TransientError(f"cannot write {key}: the store is away")
+        super()._write(key, data, content_type)
+
+
+def test_a_roll_back_whose_marker_was_not_written_is_counted_and_the_next_roll_back_gets_a_new_id(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    """The series' current pointer is written before the published marker: the store away between
+    the two left the pointer naming the rolled-back adapter and its marker one publication behind.
+    The next polls found the adapter current and did nothing, and the next roll-back to it was
+    published under the count (so the event id) of the one before, which consumers drop."""
+    store = _MarkerWriteFails(tmp_path / "store")
+    model = model_folder(tmp_path, "m")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    events: list[AdapterPublished] = []
+
+    def trainer(rank: int) -> LoraTrainer:
+        trainer = trainer_on(store, model, lora_rank=rank, lora_class_images=0)
+        trainer.publish = events.append
+        return trainer
+
+    [first] = trainer(4).run_pending()
+    trainer(8).run_pending()
+    store.fail_next_marker = True
+    with pytest.raises(TransientError):
+        trainer(4).run_pending()  # rolled back: published, its pointer written, its marker not
+    assert served(store) == first.adapter_id
+    trainer(4).run_pending()  # the next poll
+    trainer(8).run_pending()  # rolled forward again
+    trainer(4).run_pending()  # and back again
+
+    publications = [event.publication for event in events if event.adapter_id == first.adapter_id]
+    assert publications[0] == 1 and publications[-1] == 3, publications
+    assert set(publications) == {1, 2, 3}  # the failed roll-back's is published again at most
+    assert served(store) == first.adapter_id and len(stub_training) == 2
