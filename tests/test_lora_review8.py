@@ -6,12 +6,15 @@ CPU in seconds.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 
 from schemas.events import AdapterPublished
+from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import PREFIX, LoraTrainer
+from shared.config import ConfigError, load_settings
 from shared.errors import TransientError
 from shared.store import FileStore
 from tests.support.captioning import captioned_sku
@@ -61,3 +64,12 @@ def test_a_roll_back_whose_marker_was_not_written_is_counted_and_the_next_roll_b
     assert publications[0] == 1 and publications[-1] == 3, publications
     assert set(publications) == {1, 2, 3}  # the failed roll-back's is published again at most
     assert served(store) == first.adapter_id and len(stub_training) == 2
+
+
+def test_a_poll_interval_a_thread_cannot_wait_is_refused_at_start_up() -> None:
+    """SKUFORGE_LORA_POLL_S=1e10 passed "at least 0.5", and the worker's first wait between polls raised
+    OverflowError (past threading.TIMEOUT_MAX): the worker thread died, and the stage never went ready."""
+    assert threading.TIMEOUT_MAX < 1e10
+    with pytest.raises(ConfigError, match="SKUFORGE_LORA_POLL_S"):
+        load_settings(LoraTrainerSettings, lora_poll_s=1e10)
+    assert load_settings(LoraTrainerSettings, lora_poll_s=3600).lora_poll_s == 3600

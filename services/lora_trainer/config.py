@@ -111,8 +111,12 @@ class LoraTrainerSettings(BaseSettings):
         f"at most {MAX_ADAPTER_SKUS}, the SKUs its AdapterPublished event may name",
     )
     # Each poll lists and reads the training requests in the store: 1e-300 passed "> 0", a busy loop of reads.
+    # At most a day: past threading.TIMEOUT_MAX (about 292 years) the worker's wait raised and it died.
     lora_poll_s: float = Field(
-        default=5.0, ge=0.5, description="how often the worker looks for work (s, at least 0.5)"
+        default=5.0,
+        ge=0.5,
+        le=86400.0,
+        description="how often the worker looks for work (s, at least 0.5, at most a day)",
     )
 
     @field_validator("lora_model", "lora_base_model", "lora_class_images_dir", mode="before")
