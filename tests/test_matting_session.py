@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections import deque
 from pathlib import Path
@@ -426,6 +427,35 @@ def test_open_refusals_are_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(MattingModelError, match="cannot load"):
         open_session(str(tmp_path / "junk.onnx"), threads=1, use_gpu=False, store=None)
+
+
+@pytest.mark.parametrize(
+    "error", [PermissionError(13, "Permission denied"), OSError(5, "Input/output error")]
+)
+def test_a_model_file_that_cannot_be_read_is_a_config_error_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, random_u2netp_onnx: Path, error: OSError
+) -> None:
+    """A model file the stage's user may not read (a mounted file of another owner, mode 0600), or one on
+    a failing disk, passed the is-a-file check and ended the stage at start-up in an OSError traceback
+    instead of the ConfigError line naming the file."""
+    from services.matting.config import MattingSettings
+    from services.matting.stage import open_matting_session
+    from shared.config import ConfigError, load_settings
+
+    model = tmp_path / "u2netp-mine.onnx"
+    model.write_bytes(random_u2netp_onnx.read_bytes())
+    read_bytes = Path.read_bytes
+
+    def unreadable(path: Path) -> bytes:
+        if path == model:
+            raise error
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    matting_settings = load_settings(MattingSettings, matting_model=str(model), matting_use_gpu=False)
+    said = rf"cannot read the matting model {re.escape(str(model))}: .*{error.strerror}"
+    with pytest.raises(ConfigError, match=said):
+        open_matting_session(matting_settings, load_settings())
 
 
 def test_a_model_cache_that_cannot_be_written_is_named_not_a_traceback(

@@ -361,7 +361,7 @@ class MattingSession(ABC):
         else:
             # Read once: the sessions of other batch sizes open later, and must open this model even
             # if the file is replaced meanwhile (a training run writing its output, a redeploy).
-            source = Path(model).read_bytes()
+            source = _read_model_file(Path(model))
             model_name = model_name or Path(model).name
         self.mask_options = mask or MaskOptions()
         self._threads = threads
@@ -612,6 +612,17 @@ class U2NetPSession(U2NetSession):
     name = "u2netp"
 
 
+def _read_model_file(path: Path) -> bytes:
+    """The model file's bytes; ``MattingModelError`` naming it when it cannot be read (another user's
+    file, a failing disk: an OSError traceback at start-up), ``MattingModelMissing`` when it is gone."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise MattingModelMissing(f"no matting model file at {path}") from exc
+    except OSError as exc:
+        raise MattingModelError(f"cannot read the matting model {path}: {exc}") from exc
+
+
 def _inline_external_data(path: Path, model_id: str) -> bytes:
     """The model at ``path`` with the weights it keeps in files beside it (ONNX external data) taken
     in, as one serialised model. Needs the ``onnx`` package (the diffusion extra); without it, or
@@ -755,7 +766,7 @@ def open_session(
             from shared.matting.official import OfficialWeightsError, verify_md5
 
             try:
-                verify_md5(path.read_bytes(), source=str(path))
+                verify_md5(_read_model_file(path), source=str(path))
             except OfficialWeightsError as exc:
                 raise MattingModelError(str(exc)) from None
         return session(entry.session_class, path)
