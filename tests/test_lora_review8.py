@@ -6,16 +6,19 @@ CPU in seconds.
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from schemas.events import AdapterPublished
 from services.lora_trainer.config import LoraTrainerSettings
-from services.lora_trainer.stage import PREFIX, LoraTrainer
+from services.lora_trainer.stage import PREFIX, LoraTrainer, LoraTrainerMetrics, open_trainer
 from shared.config import ConfigError, load_settings
 from shared.errors import TransientError
+from shared.generation.diffusion import DiffusionSettings
 from shared.store import FileStore
 from tests.support.captioning import captioned_sku
 from tests.support.lora import model_folder, record, served, trainer_on
@@ -73,3 +76,21 @@ def test_a_poll_interval_a_thread_cannot_wait_is_refused_at_start_up() -> None:
     with pytest.raises(ConfigError, match="SKUFORGE_LORA_POLL_S"):
         load_settings(LoraTrainerSettings, lora_poll_s=1e10)
     assert load_settings(LoraTrainerSettings, lora_poll_s=3600).lora_poll_s == 3600
+
+
+@pytest.mark.parametrize("uri", ["ftp://models.example/adapters", "s3://x/adapters"])
+def test_an_adapter_registry_uri_no_store_opens_is_refused_at_start_up_naming_the_setting(
+    tmp_path: Path, uri: str
+) -> None:
+    """SKUFORGE_DIFFUSION_ADAPTERS_URI with a scheme no store serves, or an S3 bucket name too short,
+    ended the trainer's start-up in a ValueError traceback instead of the ConfigError line."""
+    model = model_folder(tmp_path, "sd15-inpaint")
+    diffusion = load_settings(DiffusionSettings, diffusion_model=str(model), diffusion_adapters_uri=uri)
+    with pytest.raises(ConfigError, match=rf"SKUFORGE_DIFFUSION_ADAPTERS_URI={re.escape(uri)}: "):
+        open_trainer(
+            load_settings(store_uri=f"file://{tmp_path / 'store'}"),
+            metrics=LoraTrainerMetrics(CollectorRegistry()),
+            publish=lambda event: None,
+            trainer=load_settings(LoraTrainerSettings, lora_device="cpu"),
+            diffusion=diffusion,
+        )

@@ -1250,11 +1250,14 @@ def open_trainer(
     paint_dtype = painter_dtype(diffusion.diffusion_dtype, _device(trainer))
     torch.set_num_threads(trainer.lora_threads)
     store = open_store(shared.store_uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region)
-    registry = AdapterRegistry(
-        open_store(
-            diffusion.adapters_uri(shared), s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region
+    adapters_uri = diffusion.adapters_uri(shared)
+    try:
+        registry_store = open_store(
+            adapters_uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region
         )
-    )
+    except ValueError as exc:  # a scheme no store serves, a bucket name S3 refuses: a traceback before
+        raise ConfigError(f"SKUFORGE_DIFFUSION_ADAPTERS_URI={adapters_uri}: {exc}") from None
+    registry = AdapterRegistry(registry_store)
     return LoraTrainer(
         store=store,
         registry=registry,
