@@ -66,6 +66,18 @@ def test_a_checkpoint_that_is_a_folder_is_refused_before_training(
     )
 
 
+def test_a_thread_count_past_the_stages_bound_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--threads took any positive number: after torch.set_num_threads(100000) the process ended in a
+    segmentation fault, and 99999999999 was a traceback ("Overflow when unpacking long").
+    SKUFORGE_MATTING_THREADS, the stage's thread count, is at most 256. (The checkpoint folder, refused
+    after parsing, shows the thread count is refused first.)"""
+    argv = ["train", "--out", str(tmp_path / "m.onnx"), "--checkpoint", str(tmp_path)]
+    line = _refused([*argv, "--threads", "100000"], capsys)
+    assert "--threads" in line and "from 1 to 256, got 100000" in line
+
+
 @pytest.mark.parametrize("action", ["export", "official"])
 def test_a_pth_that_cannot_be_written_is_refused_up_front(
     action: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

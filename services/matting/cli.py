@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the renderer catalogue trained on and the batch order (not {RENDERER_HELDOUT_SEED}, the "
         "held-out one)",
     )
-    train.add_argument("--threads", type=positive_int, default=2)
+    # The stage's bound (SKUFORGE_MATTING_THREADS): torch.set_num_threads(100000) ends in a segfault.
+    train.add_argument("--threads", type=int_between(1, 256), default=2, help="torch CPU threads (1-256)")
     train.add_argument(
         "--device",
         choices=["cpu", "cuda"],
