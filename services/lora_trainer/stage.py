@@ -658,15 +658,11 @@ class LoraTrainer:
                 self.store.put_json(self._current_key(job), {"adapter_id": current})
             else:
                 current, under_way = pointer
+                if under_way is not None:  # a roll-back's records cut short: its marker's count first
+                    self._count_publication(current, under_way)
+                    self.store.put_json(self._current_key(job), {"adapter_id": current})
             if current == job.adapter_id:
-                if under_way is None or self._last_publication(job, marker) >= under_way:
-                    if under_way is not None:
-                        self.store.put_json(self._current_key(job), {"adapter_id": current})
-                    return None
-                # A roll-back sent, its pointer written, and the store away before its marker: the
-                # marker counts one publication fewer, and the next roll-back to it took that one's
-                # event id, which consumers drop. Published again (a duplicate they drop), then recorded.
-                return self._publish(job, job_prefix, marker, publication=under_way)
+                return None
             if not self.registry.store.exists(f"{job.adapter_id}/{METADATA_FILE}"):
                 # Registered before its marker was written, so gone means `skuforge adapters remove`:
                 # an operator took it out as painting the wrong thing, and it stays out. Recorded as
@@ -685,7 +681,7 @@ class LoraTrainer:
             )
             # One more publication than the marker records: a retry (the marker not yet rewritten)
             # counts the same, so it keeps the event id, and the roll-back is not taken for a duplicate.
-            return self._publish(job, job_prefix, marker, publication=self._last_publication(job, marker) + 1)
+            return self._publish(job, job_prefix, marker, publication=self._marker(marker).publication + 1)
         failed_key = f"{job_prefix}/failed.json"
         if self.store.exists(failed_key):
             if job.kind == "general":
@@ -757,11 +753,11 @@ class LoraTrainer:
             ) from None
         return str(pointer["adapter_id"]), under_way
 
-    def _last_publication(self, job: Job, marker: str) -> int:
-        """The publication count the adapter's ``published/`` marker records (``UnreadableRecord`` if
-        it cannot be read)."""
+    def _marker(self, marker: str) -> AdapterPublished:
+        """The event an adapter's ``published/`` marker records (``UnreadableRecord`` if it cannot be
+        read)."""
         try:
-            last = AdapterPublished.model_validate_json(self.store.get_bytes(marker), extra=READ_EXTRA)
+            return AdapterPublished.model_validate_json(self.store.get_bytes(marker), extra=READ_EXTRA)
         except ValidationError as exc:
             raise UnreadableRecord(
                 marker,
@@ -769,7 +765,19 @@ class LoraTrainer:
                 "fix it, or delete it: the adapter is then published again as a first publication "
                 "(trained again if its jobs/ folder has expired)",
             ) from None
-        return last.publication
+
+    def _count_publication(self, adapter_id: str, publication: int) -> None:
+        """Have ``adapter_id``'s marker count ``publication``, a roll-back its series' pointer says was
+        published (the event is sent before the pointer is written) when the store went away before the
+        marker was rewritten: counting one fewer, the next roll-back to it took that event's id, which
+        consumers drop. A marker deleted since is left so (its count starts again, docs/ops.md)."""
+        marker = f"{PREFIX}/published/{adapter_id}.json"
+        try:
+            last = self._marker(marker)
+        except ObjectMissing:
+            return
+        if last.publication < publication:
+            self.store.put_json(marker, last.model_copy(update={"publication": publication}))
 
     def _served_by_trainer(self, job: Job) -> str | None:
         """The adapter the generator picks for ``job``'s series (``resolve_adapter``, the general one for
@@ -835,12 +843,18 @@ class LoraTrainer:
             self.store.put_json(
                 GENERAL_STATE_KEY, {"accepted_count": job.accepted_count, "trained_at": time.time()}
             )
+        try:
+            replaced = self._current(job)
+            if replaced is not None and replaced[1] is not None and replaced[0] != job.adapter_id:
+                self._count_publication(replaced[0], replaced[1])  # a roll-back cut short: counted first
+        except UnreadableRecord:
+            pass  # the pointer is rewritten below; a damaged marker is reported when its job is planned
         if publication == 1:
             self.store.put_json(self._current_key(job), {"adapter_id": job.adapter_id})
             self.store.put_json(marker, event)
         else:
-            # A roll-back: the pointer names its publication until the marker records it, so that the
-            # store away between the two does not lose the count (``run_job`` finishes it).
+            # A roll-back: the pointer names its publication until the marker counts it, so that the
+            # store away between the two does not lose the count (``_count_publication``).
             pointer = {"adapter_id": job.adapter_id, "publication": publication}
             self.store.put_json(self._current_key(job), pointer)
             self.store.put_json(marker, event)
