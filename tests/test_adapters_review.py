@@ -4,7 +4,8 @@ A generator reuses its registry listing for ``SKUFORGE_DIFFUSION_ADAPTER_REFRESH
 adapter registered again in that window had its weights overwritten in place: the generator's old
 listing failed their checksum and every SKU of the series went to the DLQ. Now each registration's
 weights have their own file, and weights gone from under a stale listing are a retry, not bad input.
-Also: an adapter id with a trailing newline is refused at start-up and by the registry.
+Also: an adapter id with a trailing newline is refused at start-up and by the registry; an adapter
+that cannot be fetched unloads none of those loaded.
 
 The pipeline is a stand-in that records which weights were loaded and paints grey: what the adapter
 does to the image is ``tests/test_generation_diffusion.py``'s subject.
@@ -12,6 +13,8 @@ does to the image is ``tests/test_generation_diffusion.py``'s subject.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,12 @@ import pytest
 
 from shared.config import ConfigError, load_settings
 from shared.errors import BadInput, ChecksumMismatch, TransientError
+from shared.generation import adapters as adapters_module
 from shared.generation.adapters import AdapterRegistry
+from shared.generation.diffusion import LoraSlots
 from shared.generation.settings import GenerationSettings
 from shared.store import FileStore
-from tests.support.adapters import backend_on, cola_request, served_adapter
+from tests.support.adapters import RecordingPipe, backend_on, cola_request, served_adapter
 from tests.support.lora import lora_weights
 
 
@@ -123,3 +128,36 @@ def test_an_adapter_removed_while_the_registry_is_listed_is_left_out(tmp_path: P
     racing = RemovedMidway(tmp_path / "adapters")
     registry.remove("a-general")
     assert [adapter.adapter_id for adapter in AdapterRegistry(racing).list()] == ["b-general"]
+
+
+# --- adapter slots ----------------------------------------------------------------------------------
+
+
+def _full_volume(path: Path, data: bytes) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as os.write says it: no file name
+
+
+def test_an_adapter_that_cannot_be_fetched_unloads_none_of_those_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The least recently used adapter was deleted before the new one was fetched: a fetch that then
+    # failed (the cache full, the store away) had unloaded it for nothing, to be loaded again next time.
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    cola = registry.register("cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15")
+    fanta = registry.register(
+        "fanta-v", lora_weights(2), kind="specialized", series="Fanta", base_model="sd15"
+    )
+    pipe = RecordingPipe()
+    slots = LoraSlots(pipe, 1, lambda adapter: registry.fetch_weights(adapter, tmp_path / "cache"))
+    slots.activate(cola)
+
+    monkeypatch.setattr(adapters_module, "write_atomically", _full_volume)
+    with pytest.raises(OSError, match="No space left"):
+        slots.activate(fanta)
+
+    assert pipe.deleted == [] and slots.loaded == ["cola-v"]
+    slots.activate(cola)  # the next Cola variant: no second load
+    assert pipe.loaded == [lora_weights(1)]
+    monkeypatch.undo()  # room on the volume again: Fanta's takes the slot as before
+    slots.activate(fanta)
+    assert pipe.deleted == ["cola-v"] and slots.loaded == ["fanta-v"] and slots.active == "fanta-v"

@@ -378,7 +378,8 @@ class LoraSlots:
         """Make ``adapter`` the only active one (``None``: the base model), loading it if needed.
 
         An adapter that does not fit the model is refused (``BadInput`` ``adapter_unloadable``) and
-        leaves nothing in the UNet. Running out of GPU memory (``torch.OutOfMemoryError``) or a CUDA
+        leaves nothing in the UNet. One that cannot be fetched leaves the adapters loaded as they were.
+        Running out of GPU memory (``torch.OutOfMemoryError``) or a CUDA
         fault (``torch.AcceleratorError``) is the backend's, not the adapter's: raised as it is.
         """
         if adapter is None:
@@ -387,14 +388,20 @@ class LoraSlots:
             self.active = None
             return
         adapter_id = adapter.adapter_id
-        if self._loaded.get(adapter_id) not in (None, adapter.weights_sha256):
-            self._delete(adapter_id)  # re-registered with new weights: load those instead
-        if adapter_id in self._loaded:
+        if self._loaded.get(adapter_id) == adapter.weights_sha256:
             self._loaded.move_to_end(adapter_id)
         else:
-            while len(self._loaded) >= self.capacity:
-                self._delete(next(iter(self._loaded)))
+            # Fetched before anything is unloaded: a fetch that fails (the store away, the cache full)
+            # used to have evicted an adapter for nothing, to be loaded again by the next request.
             directory = self.fetch(adapter)
+            try:
+                if adapter_id in self._loaded:
+                    self._delete(adapter_id)  # re-registered with new weights: load those instead
+                while len(self._loaded) >= self.capacity:
+                    self._delete(next(iter(self._loaded)))
+            except BaseException:
+                self.release(directory)
+                raise
             import torch
 
             try:

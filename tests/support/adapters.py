@@ -1,8 +1,9 @@
 """The diffusion backend on a stand-in pipeline, for the tests of which adapter it serves.
 
 ``RecordingPipe`` stands in for diffusers: it records the bytes of every adapter file it is asked to
-load and paints grey. ``backend_on`` puts it behind a ``DiffusionBackend`` on a registry, and
-``served_adapter`` says which adapter that backend used for a Cola request.
+load, and the adapters it is asked to delete, and paints grey. ``backend_on`` puts it behind a
+``DiffusionBackend`` on a registry, and ``served_adapter`` says which adapter that backend used for a
+Cola request.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
 
 
 class RecordingPipe:
-    """Stands in for diffusers: ``loaded`` is the bytes of every adapter file it was asked to load."""
+    """Stands in for diffusers: ``loaded`` is the bytes of every adapter file it was asked to load,
+    ``deleted`` the adapter names it was asked to delete (unload)."""
 
     def __init__(self) -> None:
         self.loaded: list[bytes] = []
+        self.deleted: list[str] = []
 
     def load_lora_weights(self, directory: str, *, weight_name: str, **_: Any) -> None:
         self.loaded.append((Path(directory) / weight_name).read_bytes())
 
-    def delete_adapters(self, *_: Any) -> None:
-        pass
+    def delete_adapters(self, adapter_names: list[str] | str) -> None:
+        self.deleted.extend([adapter_names] if isinstance(adapter_names, str) else adapter_names)
 
     def enable_lora(self) -> None:
         pass
