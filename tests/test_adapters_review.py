@@ -5,7 +5,8 @@ adapter registered again in that window had its weights overwritten in place: th
 listing failed their checksum and every SKU of the series went to the DLQ. Now each registration's
 weights have their own file, and weights gone from under a stale listing are a retry, not bad input.
 Also: an adapter id with a trailing newline is refused at start-up and by the registry; an adapter
-that cannot be fetched unloads none of those loaded.
+that cannot be fetched unloads none of those loaded, and one the model cache has no room for (or may
+not write) is retried, not dead-lettered.
 
 The pipeline is a stand-in that records which weights were loaded and paints grey: what the adapter
 does to the image is ``tests/test_generation_diffusion.py``'s subject.
@@ -14,6 +15,7 @@ does to the image is ``tests/test_generation_diffusion.py``'s subject.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -21,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from services.generator.protocol import BACKEND_UNAVAILABLE_PREFIX
+from services.generator.server import GenerationModel
 from shared.config import ConfigError, load_settings
 from shared.errors import BadInput, ChecksumMismatch, TransientError
 from shared.generation import adapters as adapters_module
@@ -29,6 +33,7 @@ from shared.generation.diffusion import LoraSlots
 from shared.generation.settings import GenerationSettings
 from shared.store import FileStore
 from tests.support.adapters import RecordingPipe, backend_on, cola_request, served_adapter
+from tests.support.generation import triton_request
 from tests.support.lora import lora_weights
 
 
@@ -161,3 +166,35 @@ def test_an_adapter_that_cannot_be_fetched_unloads_none_of_those_loaded(
     monkeypatch.undo()  # room on the volume again: Fanta's takes the slot as before
     slots.activate(fanta)
     assert pipe.deleted == ["cola-v"] and slots.loaded == ["fanta-v"] and slots.active == "fanta-v"
+
+
+@pytest.mark.parametrize(
+    "code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES], ids=errno.errorcode.__getitem__
+)
+def test_an_adapter_copy_the_cache_cannot_hold_is_retried_naming_the_cache_not_dead_lettered(
+    code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The OSError of a full or read-only cache volume reached the Triton model bare: a traceback per
+    # row and backend_error, so the stage dead-lettered good variants for an operator's problem. Now
+    # they wait (backend_unavailable: retried, never dead-lettered) with a line naming the cache.
+    def refused(path: Path, data: bytes) -> None:
+        raise OSError(code, os.strerror(code))
+
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    registry.register("cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15")
+    model = GenerationModel(backend_on(registry, tmp_path))
+    monkeypatch.setattr(adapters_module, "write_atomically", refused)
+
+    with caplog.at_level(logging.WARNING):
+        (answer,) = model([triton_request([11, 12], series="Cola")])
+
+    for (error,) in answer["error"]:
+        assert error.decode().startswith(BACKEND_UNAVAILABLE_PREFIX)
+        assert f"{tmp_path / 'cache'} " in error.decode() and "SKUFORGE_DIFFUSION_CACHE_DIR" in error.decode()
+    assert any(str(tmp_path / "cache") in record.getMessage() for record in caplog.records)
+    assert [record.getMessage() for record in caplog.records if record.exc_info] == []  # no traceback
+    # Once the volume has room (or is writable) again, the variants are served with their adapter.
+    monkeypatch.undo()
+    (answer,) = model([triton_request([11, 12], series="Cola")])
+    assert [cell[0] for cell in answer["error"]] == [b"", b""]
+    assert [cell[0] for cell in answer["adapter_used"]] == [b"cola-v", b"cola-v"]

@@ -11,9 +11,9 @@ required input (Triton counts inputs: an optional one in its place passes); so i
 input (prompt, own_names...) of more than ``MAX_TEXT_BYTES``. A row
 the backend fails on (raises) is served again alone; if it fails alone too, ``error`` says so after
 ``BACKEND_ERROR_PREFIX``, or after ``BACKEND_UNAVAILABLE_PREFIX`` when what failed is a store it
-reads, an adapter's copy its model cache refuses (the operator's to remove), or the GPU memory another
-process took (transient). A row out of GPU memory alone on a GPU no
-one else took is a ``BACKEND_ERROR_PREFIX`` failure: retried a few times, then dead-lettered. An
+reads, an adapter's copy its model cache refuses or cannot hold (the operator's to fix), or the GPU
+memory another process took (transient). A row out of GPU memory alone on a GPU no one else took
+is a ``BACKEND_ERROR_PREFIX`` failure: retried a few times, then dead-lettered. An
 empty reference or mask (a side of 0 px) never reaches the model: PyTriton fails on an empty tensor
 and Triton answers the request INTERNAL, so the client refuses such a variant without sending it.
 """
@@ -62,8 +62,8 @@ OUTPUTS: tuple[tuple[str, type, tuple[int, ...]], ...] = (
 # client raises it as a handler error, which the stage retries a few times and then dead-letters.
 BACKEND_ERROR_PREFIX = "backend_error: "
 # The backend could not serve the row *now* (its adapter registry or object store away, an adapter's
-# cached copy another user could change): the stage retries it like Triton being away, never
-# dead-letters it.
+# cached copy another user could change, a model cache full or read-only): the stage retries it like
+# Triton being away, never dead-letters it.
 BACKEND_UNAVAILABLE_PREFIX = "backend_unavailable: "
 
 

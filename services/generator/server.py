@@ -75,7 +75,8 @@ class BackendFailed(Exception):
 
 
 class BackendUnavailable(BackendFailed):
-    """The backend could not serve the row now (a ``TransientError``: its registry or store away)."""
+    """The backend could not serve the row now (a ``TransientError``: its registry or store away, or the
+    model cache refusing or unable to hold an adapter's copy)."""
 
 
 class GenerationModel:
@@ -88,8 +89,8 @@ class GenerationModel:
     (a bug on that input) fails alone, its ``error`` prefixed ``backend_error:``; only a fault of
     this code (an answer of the wrong shape) is raised, and Triton reports it to the whole batch.
     Only a ``BadInput`` the backend raises is the row's own fault (a ``ValueError`` from inside torch
-    or diffusers is the backend's); a store away, or an adapter's copy the model cache refuses
-    (``TransientError``), is ``backend_unavailable:``, logged in a line without a traceback, which
+    or diffusers is the backend's); a store away, or an adapter's copy the model cache refuses or
+    cannot hold (``TransientError``), is ``backend_unavailable:``, logged in a line without a traceback, which
     the stage retries without dead-lettering. The GPU out of memory even for one row is
     ``backend_unavailable:`` while other processes hold ``OTHERS_HOLD_SHARE`` of its memory more than
     they did when the backend had loaded (the LoRA trainer beside it: wait for it), else

@@ -27,6 +27,7 @@ copied into a local cache first. Loading never touches the internet (``local_fil
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import hashlib
 import json
@@ -458,6 +459,10 @@ class LoraSlots:
 
 # --- the backend --------------------------------------------------------------------------------
 
+# A model cache that cannot take an adapter's copy: its volume full, over quota or read-only, or a
+# folder in it this user may not write. The operator's to fix; the variants wait meanwhile.
+_CACHE_UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
 
 def _torch_setup(settings: DiffusionSettings) -> tuple[torch.device, torch.dtype]:
     import torch
@@ -818,8 +823,10 @@ class DiffusionBackend:
 
     def _fetch_adapter(self, adapter: AdapterMetadata) -> Path:
         """The adapter's copy in the model cache. A copy the cache refuses (``UnsafeCache``: another user
-        could change it) is the operator's to remove, not the request's fault: a ``TransientError``
-        naming it, so the variant waits for the fix instead of being dead-lettered."""
+        could change it), or a cache that cannot hold it (its volume full, over quota or read-only, or
+        not this user's to write), is the operator's to see to, not the request's fault: a
+        ``TransientError`` naming the folder, so the variant waits for the fix instead of being
+        dead-lettered."""
         if self.registry is None:
             raise BadInput("no_adapter_registry", "this backend has no adapter registry")
         try:
@@ -828,6 +835,16 @@ class DiffusionBackend:
             raise TransientError(
                 f"cannot use the model cache for adapter {adapter.adapter_id!r}: {exc} "
                 "(SKUFORGE_DIFFUSION_CACHE_DIR)"
+            ) from exc
+        except OSError as exc:
+            # The store's own faults arrive mapped (TransientError, ObjectMissing): an OSError here is
+            # the cache's. os.write's ENOSPC names no file, so the folder is named here.
+            if exc.errno not in _CACHE_UNWRITABLE_ERRNOS:
+                raise
+            raise TransientError(
+                f"cannot copy adapter {adapter.adapter_id!r} into the model cache {self.cache_dir} "
+                f"({exc}): free room there, make it writable by this user, or point "
+                "SKUFORGE_DIFFUSION_CACHE_DIR at a folder that is"
             ) from exc
 
     def adapters(self, *, refresh: bool = False) -> list[AdapterMetadata]:
