@@ -676,3 +676,35 @@ def test_a_path_that_is_no_folder_says_what_it_is(
     err = capsys.readouterr().err
     assert said in err and "Traceback" not in err
     assert not (tmp_path / "store").exists()
+
+
+def test_a_batch_folder_that_can_be_listed_but_not_entered_is_named_not_a_traceback(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    publisher: type[_Publisher],
+) -> None:
+    """`chmod -R 644 batch`: its entries can be listed but not looked at. Ingest's warning of links
+    and archives in the batch folder looked at each and was a PermissionError traceback (exit 1),
+    before the check that names the folder. Root looks at anything, so the refusal is raised here as
+    the OS raises it for another user: for every path inside the batch folder."""
+    batch = tmp_path / "batch"
+    _sku(batch, "A", "A-1")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    real_stat, real_lstat = os.stat, os.lstat
+
+    def searched(real: Any) -> Any:
+        def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+            if Path(os.fsdecode(path)).parent == batch:
+                raise PermissionError(13, "Permission denied", os.fsdecode(path))
+            return real(path, *args, **kwargs)
+
+        return stat
+
+    monkeypatch.setattr(os, "stat", searched(real_stat))
+    monkeypatch.setattr(os, "lstat", searched(real_lstat))
+    assert cli_main(["ingest", str(batch)]) == 2
+    err = capsys.readouterr().err
+    assert f"{batch / 'A'}: cannot be read (Permission denied); check its permissions" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert publisher.published == []

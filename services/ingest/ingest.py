@@ -244,13 +244,18 @@ def _warn_of_skipped_entries(path: Path, warn: Callable[[str], None]) -> None:
     if not path.is_dir() or _has_metadata_entry(path):
         return
     broken, archives = [], []
-    for child in sorted(_listed(path)):
-        if is_left_out_quietly(child.name):
-            continue
-        if child.is_symlink() and not child.exists():
-            broken.append(child.name)
-        elif child.is_file() and child.name.lower().endswith(ARCHIVE_SUFFIXES):
-            archives.append(child.name)
+    try:
+        for child in sorted(_listed(path)):
+            if is_left_out_quietly(child.name):
+                continue
+            if child.is_symlink() and not child.exists():
+                broken.append(child.name)
+            elif child.is_file() and child.name.lower().endswith(ARCHIVE_SUFFIXES):
+                archives.append(child.name)
+    except OSError as exc:
+        # Listed but not entered (`chmod -R 644`): looking at an entry was a traceback, before the
+        # check that names the folder.
+        raise IngestError(_unreadable(exc, path)) from None
     if broken:
         warn(
             f"{len(broken)} link(s) in {path} lead nowhere (a target that is gone, not mounted, or a "
