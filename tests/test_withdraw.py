@@ -698,3 +698,37 @@ def test_a_withdrawal_stopped_says_what_it_was_doing_not_publishing(
     assert (
         "withdrawn: A-1" if stopped_by == "store" else "run the same command again to finish the withdrawal"
     ) in err
+
+
+class _RefusesWithdrawals(FileStore):
+    """A store that goes away when the withdrawal markers are written, after the photos went in."""
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> Any:
+        if "/withdrawals/" in key:
+            raise ingest.TransientError(f"S3 unreachable for {key}")
+        return super().put_bytes(key, data, content_type)
+
+
+def test_a_withdrawal_that_fails_after_every_publish_says_so_not_that_nothing_is_left(
+    tmp_path: Path, publisher: type[_Publisher]
+) -> None:
+    # The store failing at --withdraw-missing's markers, after the last SKU went out, read "stopped
+    # after publishing 1 of 1 SKUs (...); published: A-1; not published: . Run the same command again":
+    # all published, nothing said of the withdrawal the rerun is for.
+    folder = tmp_path / "skus" / "one"
+    folder.mkdir(parents=True)
+    (folder / "metadata.json").write_text(json.dumps({"sku_id": "A-1", "name": "Oat", "category": "carton"}))
+    shutil.copy(SAMPLE_SKUS / "GROCERY-AUBERGINE-001" / "Aubergine_Iconic.jpg", folder / "a.jpg")
+    store = _RefusesWithdrawals(tmp_path / "store")
+    settings = isolated_settings("localhost:1", store.base_uri)
+    store.put_bytes("incoming/A-1/0123456789abcdef.png", b"an earlier photo", "image/png")
+    with pytest.raises(ingest.IngestIncomplete) as stopped:
+        ingest_path(folder.parent, settings, store=store, withdraw_missing=True)
+    message = str(stopped.value)
+    assert "published: A-1; not published: none" in message, message
+    assert (
+        "the withdrawal of SKU A-1's photos no longer in its folder did not finish (0123456789abcdef)"
+        in message
+    )
+    assert "Run the same command again to finish" in message
+    assert store.exists("incoming/A-1/0123456789abcdef.png"), "left for the rerun to find"

@@ -723,9 +723,10 @@ def ingest_path(
         event_ids: list[str] = []
         failing = "store"  # which system the step under way talks to, for the error's hint
         owners: dict[str, set[str]] | None = None  # read once, and only when a SKU id is new
+        withdrawing = ""  # the withdrawal under way, for the error: its SKU went out already
         try:
             for sku in spooled:
-                failing = "store"
+                failing, withdrawing = "store", ""
                 unspooled = _unspool(sku, Path(spool_dir))
                 # One listing of the SKU's folder serves both: is the id new, and what left the folder.
                 stored = list(store.list_addressable(f"incoming/{sku.metadata.sku_id}/"))
@@ -758,6 +759,10 @@ def ingest_path(
                 if withdraw_missing and stale:
                     failing = "store"
                     sku_id = sku.metadata.sku_id
+                    withdrawing = (
+                        f"; the withdrawal of SKU {sku_id}'s photos no longer in its folder did not "
+                        f"finish ({', '.join(stale)})"
+                    )
                     generated = _withdraw(sku_id, sku.metadata.category, stale, withdrawals, store)
                     tell(
                         f"SKU {sku_id}: withdrew {len(stale)} photo(s) no longer in "
@@ -788,7 +793,7 @@ def ingest_path(
             raise IngestIncomplete(
                 f"stopped after publishing {len(done)} of {len(spooled)} SKUs "
                 f"({type(exc).__name__}: {str(exc)[:300]}); published: {', '.join(done) or 'none'}; "
-                f"not published: {', '.join(left)}. {again}"
+                f"not published: {', '.join(left) or 'none'}{withdrawing}. {again}"
             ) from exc
         finally:
             publisher.close()
