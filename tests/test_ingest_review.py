@@ -708,3 +708,17 @@ def test_a_batch_folder_that_can_be_listed_but_not_entered_is_named_not_a_traceb
     assert f"{batch / 'A'}: cannot be read (Permission denied); check its permissions" in err
     assert "Traceback" not in err and err.count("\n") == 1
     assert publisher.published == []
+
+
+def test_a_field_given_twice_in_metadata_is_named_not_the_last_one_taken(tmp_path: Path) -> None:
+    # {"sku_id": "A-1", ..., "sku_id": "A-2"} (a line pasted in, the old one left) was ingested as A-2:
+    # the parser keeps the last value, and nothing said that the file had two.
+    folder = _sku(tmp_path, "A", "A-1")
+    metadata = folder / "metadata.json"
+    metadata.write_text('{"sku_id": "A-1", "name": "Oat drink", "category": "carton", "sku_id": "A-2"}')
+    with pytest.raises(IngestError) as refused:
+        prepare_all(tmp_path, load_settings())
+    assert f"{metadata}: sku_id: given 2 times ('A-1', 'A-2'); keep one" in str(refused.value)
+    metadata.write_text('{"sku_id": "A-1", "name": "Oat drink", "category": "carton", "brand": ""}')
+    [sku] = prepare_all(tmp_path, load_settings())
+    assert sku.metadata.sku_id == "A-1"

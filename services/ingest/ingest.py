@@ -315,6 +315,29 @@ def _as_utf8(data: bytes) -> bytes:
     return data
 
 
+def _fields_given_twice(text: bytes) -> list[str]:
+    """A problem for each field that metadata.json gives more than once. JSON parsers keep the last
+    value: ``{"sku_id": "A-1", ..., "sku_id": "A-2"}`` (a line pasted in, the old one left) was ingested
+    as A-2 without a word. None for text that is no JSON: the schema's check names that."""
+    repeated: dict[str, list[object]] = {}
+
+    def pairs_kept(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        values: dict[str, list[object]] = {}
+        for key, value in pairs:
+            values.setdefault(key, []).append(value)
+        repeated.update({key: given for key, given in values.items() if len(given) > 1})
+        return dict(pairs)
+
+    try:
+        json.loads(text, object_pairs_hook=pairs_kept)
+    except (ValueError, RecursionError):
+        return []
+    return [
+        f"{key}: given {len(given)} times ({', '.join(repr(value)[:80] for value in given)}); keep one"
+        for key, given in repeated.items()
+    ]
+
+
 def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, list[str]]:
     """Check one SKU folder; returns the prepared SKU or the list of problems."""
     held = [] if _has_metadata_entry(folder) else _sku_folders_in(folder)
@@ -329,8 +352,10 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     problems: list[str] = []
     metadata: SkuMetadata | None = None
     metadata_path = folder / "metadata.json"
+    text: bytes | None = None
     try:
-        metadata = SkuMetadata.model_validate_json(_as_utf8(_read_metadata(metadata_path)))
+        text = _as_utf8(_read_metadata(metadata_path))
+        metadata = SkuMetadata.model_validate_json(text)
     except _MetadataNotAFile as exc:
         problems.append(str(exc))
     except _NotUtf8 as exc:
@@ -349,6 +374,8 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"]) or "(file)"
             problems.append(f"{metadata_path}: {field}: {error['msg']}")
+    if text is not None:
+        problems.extend(f"{metadata_path}: {problem}" for problem in _fields_given_twice(text))
     if metadata is not None:
         # min_length lets "  " through; a blank name or category is no product to caption or prompt.
         problems.extend(
