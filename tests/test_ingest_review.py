@@ -722,3 +722,27 @@ def test_a_field_given_twice_in_metadata_is_named_not_the_last_one_taken(tmp_pat
     metadata.write_text('{"sku_id": "A-1", "name": "Oat drink", "category": "carton", "brand": ""}')
     [sku] = prepare_all(tmp_path, load_settings())
     assert sku.metadata.sku_id == "A-1"
+
+
+def test_a_huge_metadata_file_is_refused_by_its_size_without_reading_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As photos are refused by their size before they are read, metadata.json was read whole, whatever
+    # its size: a multi-gigabyte file saved under that name (an export, a log) filled the memory.
+    folder = _sku(tmp_path, "A", "A-1")
+    metadata = folder / "metadata.json"
+    with metadata.open("r+b") as handle:
+        handle.truncate(3 * 2**30)  # 3 GiB, sparse: nothing is written to disk
+    read_bytes = Path.read_bytes
+
+    def guarded(path: Path) -> bytes:
+        assert path != metadata, "the huge metadata.json was read into memory"
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", guarded)
+    with pytest.raises(IngestError) as refused:
+        prepare_all(tmp_path, load_settings())
+    assert (
+        f"{metadata}: 3221225472 bytes; a SKU's metadata (sku_id, name, category, brand, series) is a "
+        "few hundred, at most 1048576 are read: is it the right file?" in str(refused.value)
+    )

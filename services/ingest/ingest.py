@@ -96,6 +96,9 @@ T = TypeVar("T")
 _PHOTO_OBJECT = re.compile(r"[0-9a-f]{16}\.png")
 # HEIC/HEIF: an iPhone's photos by default; named with what to do, in a SKU folder or beside them.
 HEIC_SUFFIXES = frozenset({".heic", ".heif"})
+# metadata.json's fields are bounded (SkuMetadata): a few hundred characters, a few kB even escaped
+# and indented. A larger file is not a SKU's metadata, and is refused before it is read.
+MAX_METADATA_BYTES = 2**20
 # Archives: named in a batch folder, and when given as the path, with the advice to unpack them.
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
 
@@ -356,7 +359,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     try:
         text = _as_utf8(_read_metadata(metadata_path))
         metadata = SkuMetadata.model_validate_json(text)
-    except _MetadataNotAFile as exc:
+    except _MetadataRefused as exc:
         problems.append(str(exc))
     except _NotUtf8 as exc:
         problems.append(
@@ -551,20 +554,28 @@ def check_folders(path: Path, settings: Settings) -> Iterator[tuple[PreparedSku 
         del sku  # not kept while the next folder is read
 
 
-class _MetadataNotAFile(Exception):
-    """metadata.json is there but is no file to read; the message says what it is instead."""
+class _MetadataRefused(Exception):
+    """metadata.json is there but is not read: no file to read, or far too large; the message says
+    why."""
 
 
 def _read_metadata(path: Path) -> bytes:
-    """The bytes of a SKU's metadata.json; ``_MetadataNotAFile`` for a dangling link or a pipe, socket
-    or device (read_bytes on a pipe waited forever for a writer), ``OSError`` as read_bytes raises it."""
+    """The bytes of a SKU's metadata.json; ``_MetadataRefused`` for a dangling link or a pipe, socket
+    or device (read_bytes on a pipe waited forever for a writer) or a file over ``MAX_METADATA_BYTES``
+    (read whole, a multi-gigabyte file filled the memory), ``OSError`` as read_bytes raises it."""
     if path.is_symlink() and not path.exists():
-        raise _MetadataNotAFile(
+        raise _MetadataRefused(
             f"{path}: a link to {path.readlink()}, which does not exist; put the file itself here or fix "
             "the link"
         )
     if path.exists() and not path.is_file() and not path.is_dir():
-        raise _MetadataNotAFile(f"{path}: not a regular file (a pipe, socket or device); replace it")
+        raise _MetadataRefused(f"{path}: not a regular file (a pipe, socket or device); replace it")
+    size = path.stat().st_size
+    if size > MAX_METADATA_BYTES:
+        raise _MetadataRefused(
+            f"{path}: {size} bytes; a SKU's metadata (sku_id, name, category, brand, series) is a few "
+            f"hundred, at most {MAX_METADATA_BYTES} are read: is it the right file?"
+        )
     return path.read_bytes()
 
 
@@ -572,7 +583,7 @@ def _declared_sku_id(folder: Path) -> str | None:
     """The sku_id of ``folder``'s metadata.json when that file is valid, else None."""
     try:
         return SkuMetadata.model_validate_json(_as_utf8(_read_metadata(folder / "metadata.json"))).sku_id
-    except (OSError, UnicodeDecodeError, ValidationError, _MetadataNotAFile):
+    except (OSError, UnicodeDecodeError, ValidationError, _MetadataRefused):
         return None
 
 
