@@ -746,3 +746,28 @@ def test_a_huge_metadata_file_is_refused_by_its_size_without_reading_it(
         f"{metadata}: 3221225472 bytes; a SKU's metadata (sku_id, name, category, brand, series) is a "
         "few hundred, at most 1048576 are read: is it the right file?" in str(refused.value)
     )
+
+
+def test_a_broker_that_cannot_be_reached_is_told_what_to_check_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The first thing a new user meets read "cannot reach Kafka at localhost:9092 (...); is it running?
+    # (`make kafka-up`, or set SKUFORGE_KAFKA_BOOTSTRAP) (is Kafka at SKUFORGE_KAFKA_BOOTSTRAP running?)";
+    # over SASL, "...; if it is, check SASL_SSL ..." and then the question again.
+    from kafka.errors import KafkaTimeoutError
+
+    from shared.bus import unreachable
+
+    _sku(tmp_path / "batch", "A", "A-1")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+
+    class NoBroker:
+        def __init__(self, settings: Settings, producer: str) -> None:
+            # What shared.bus.Publisher raises when no broker answers its bootstrap.
+            raise TransientError(unreachable(settings, KafkaTimeoutError("Unable to bootstrap")))
+
+    monkeypatch.setattr(ingest, "Publisher", NoBroker)
+    assert cli_main(["ingest", str(tmp_path / "batch")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach Kafka at" in err and "set SKUFORGE_KAFKA_BOOTSTRAP" in err
+    assert err.count("running?") == 1, err

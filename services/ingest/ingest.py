@@ -1066,7 +1066,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     except TransientError as exc:
-        print(f"skuforge ingest: {exc} (is Kafka at SKUFORGE_KAFKA_BOOTSTRAP running?)", file=sys.stderr)
+        # A bootstrap that failed says what to check already (shared.bus.unreachable); a send does not.
+        hint = (
+            ""
+            if "SKUFORGE_KAFKA_BOOTSTRAP" in str(exc)
+            else " (is Kafka at SKUFORGE_KAFKA_BOOTSTRAP running?)"
+        )
+        print(f"skuforge ingest: {exc}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         # A traceback out of whatever PIL or the producer was doing said nothing a user could act on.
