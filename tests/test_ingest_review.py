@@ -771,3 +771,19 @@ def test_a_broker_that_cannot_be_reached_is_told_what_to_check_once(
     err = capsys.readouterr().err
     assert "cannot reach Kafka at" in err and "set SKUFORGE_KAFKA_BOOTSTRAP" in err
     assert err.count("running?") == 1, err
+
+
+def test_a_copy_of_a_photo_in_a_folder_is_named_in_a_warning(
+    batch: Path, capsys: pytest.CaptureFixture[str], publisher: type[_Publisher]
+) -> None:
+    # A copy ("photo_0 copy.png", "IMG_1 (1).jpg") is ingested once, which is right, but without a
+    # word: its owner counted one photo more than the SKU got, and nothing said which file was left out.
+    folder = batch / "A"
+    (folder / "photo_0 copy.png").write_bytes((folder / "photo_0.png").read_bytes())
+    assert cli_main(["ingest", str(batch)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"skuforge ingest: warning: SKU A-1: {folder / 'photo_0.png'} is the same picture as "
+        f"{folder / 'photo_0 copy.png'} and is not ingested a second time" in err
+    ), err
+    assert err.count("warning:") == 1 and publisher.published == ["A-1"]

@@ -24,7 +24,8 @@ a subfolder (its photos are not read), a broken link. A folder that holds SKU fo
 metadata.json (a batch given one level too high) is named with the folder to ingest instead. Skipped
 are hidden files and folders (names starting with "."), ``__MACOSX`` (the resource forks macOS puts in
 a zip it makes), and the files Windows and macOS leave in any folder (``Thumbs.db``, ``desktop.ini``,
-``Icon\\r``). Two SKU ids of a batch may not differ only in case (``ABC-1``, ``abc-1``): on a
+``Icon\\r``). A copy of a photo in its folder (the same picture) is ingested once, and named in a
+warning. Two SKU ids of a batch may not differ only in case (``ABC-1``, ``abc-1``): on a
 case-insensitive file system their store folders would be one. A name or category that is only
 whitespace is refused.
 
@@ -138,6 +139,8 @@ class PreparedSku:
     folder: Path
     metadata: SkuMetadata
     photos: list[PreparedPhoto]
+    # (a file, the file before it in the folder with the same picture): ingested once, and warned of.
+    copies: tuple[tuple[Path, Path], ...] = ()
 
     @property
     def event_id(self) -> str:
@@ -393,7 +396,8 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     if not files:
         problems.append(f"{folder}: no photos ({', '.join(sorted(PHOTO_FILE_SUFFIXES))})")
     photos: list[PreparedPhoto] = []
-    seen: set[str] = set()
+    seen: dict[str, Path] = {}  # each picture's first file
+    copies: list[tuple[Path, Path]] = []
     # Every file is checked, even past the limit: a user who removes photos should not find the next
     # problem only on the next run. One at a time; the photos past the limit are checked, counted and
     # let go, never held. The limit counts distinct pictures: a copy of one adds nothing (it was
@@ -426,8 +430,9 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
             continue
         photo_id = sha256_hex(png)[:16]
         if photo_id in seen:
-            continue  # the same picture twice adds nothing
-        seen.add(photo_id)
+            copies.append((file, seen[photo_id]))  # the same picture twice adds nothing
+            continue
+        seen[photo_id] = file
         if len(seen) > limit:
             continue
         # A name that is not UTF-8 on disk (Latin-1 from an old camera or zip) is kept readable: as
@@ -445,7 +450,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         )
     if problems or metadata is None:
         return None, problems
-    return PreparedSku(folder=folder, metadata=metadata, photos=photos), []
+    return PreparedSku(folder=folder, metadata=metadata, photos=photos, copies=tuple(copies)), []
 
 
 def _sku_folders_in(folder: Path) -> list[str]:
@@ -620,12 +625,24 @@ def _check_all(
     problems: list[str] = []
     for sku, sku_problems in check_folders(path, settings):
         problems.extend(sku_problems)
+        if warn is not None and sku is not None:
+            _warn_of_copies(sku, warn)
         if sku is not None and not problems:
             kept.append(keep(sku))
         del sku
     if problems:
         raise IngestError(_nothing_ingested(problems))
     return kept
+
+
+def _warn_of_copies(sku: PreparedSku, warn: Callable[[str], None]) -> None:
+    """Warn, not refuse: a copy of a photo in its folder ("IMG_1 (1).jpg") adds nothing and is ingested
+    once, but saying nothing left its owner counting a photo more than the SKU got."""
+    for copy, first in sku.copies:
+        warn(
+            f"SKU {sku.metadata.sku_id}: {copy} is the same picture as {first} and is not ingested a "
+            "second time"
+        )
 
 
 def _nothing_ingested(problems: list[str]) -> str:
