@@ -787,3 +787,24 @@ def test_a_copy_of_a_photo_in_a_folder_is_named_in_a_warning(
         f"{folder / 'photo_0 copy.png'} and is not ingested a second time" in err
     ), err
     assert err.count("warning:") == 1 and publisher.published == ["A-1"]
+
+
+def test_a_photo_link_that_loops_is_named_for_what_it_is(tmp_path: Path) -> None:
+    # A link to itself, or two links to each other, read "a link to A/loop.jpg, which does not exist":
+    # its owner looked, and there it was.
+    folder = _sku(tmp_path, "A", "A-1")
+    os.symlink(folder / "loop.jpg", folder / "loop.jpg")
+    with pytest.raises(IngestError) as refused:
+        prepare_all(tmp_path, load_settings())
+    assert (
+        f"{folder / 'loop.jpg'}: a link that leads back to itself ({folder / 'loop.jpg'}), never to a "
+        "file; put the photo itself here or remove the link" in str(refused.value)
+    )
+    (folder / "metadata.json").unlink()
+    os.symlink(folder / "metadata.json", folder / "metadata.json")
+    with pytest.raises(IngestError) as refused:
+        prepare_all(tmp_path, load_settings())
+    assert (
+        f"{folder / 'metadata.json'}: a link that leads back to itself ({folder / 'metadata.json'}), "
+        "never to a file; put the file itself here or fix the link" in str(refused.value)
+    )

@@ -59,6 +59,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -499,10 +500,15 @@ def _sort_entry(folder: Path, entry: Path, photos: list[Path], problems: list[st
         return
     suffix = entry.suffix.lower()
     if entry.is_symlink() and not entry.exists():
-        problems.append(
-            f"{entry}: a link to {entry.readlink()}, which does not exist; "
-            "put the photo itself here or remove the link"
+        target = entry.readlink()
+        # A loop (a link to itself, two to each other) read "a link to X, which does not exist",
+        # where X was there to see.
+        missing = (
+            f"a link that leads back to itself ({target}), never to a file"
+            if _loops(entry)
+            else f"a link to {target}, which does not exist"
         )
+        problems.append(f"{entry}: {missing}; put the photo itself here or remove the link")
     elif entry.is_dir() and _has_metadata_entry(entry):
         problems.append(
             f"{entry}: a SKU folder (it has a metadata.json) inside the SKU folder {folder}; nothing in "
@@ -525,6 +531,15 @@ def _sort_entry(folder: Path, entry: Path, photos: list[Path], problems: list[st
             f"{entry}: not a photo ingest reads ({accepted}); export it as JPEG or PNG, "
             "or move it out of the SKU folder"
         )
+
+
+def _loops(link: Path) -> bool:
+    """Whether following ``link`` goes round in circles (ELOOP) rather than to a missing file."""
+    try:
+        os.stat(link)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def check_folders(path: Path, settings: Settings) -> Iterator[tuple[PreparedSku | None, list[str]]]:
@@ -569,10 +584,12 @@ def _read_metadata(path: Path) -> bytes:
     or device (read_bytes on a pipe waited forever for a writer) or a file over ``MAX_METADATA_BYTES``
     (read whole, a multi-gigabyte file filled the memory), ``OSError`` as read_bytes raises it."""
     if path.is_symlink() and not path.exists():
-        raise _MetadataRefused(
-            f"{path}: a link to {path.readlink()}, which does not exist; put the file itself here or fix "
-            "the link"
+        missing = (
+            f"a link that leads back to itself ({path.readlink()}), never to a file"
+            if _loops(path)
+            else f"a link to {path.readlink()}, which does not exist"
         )
+        raise _MetadataRefused(f"{path}: {missing}; put the file itself here or fix the link")
     if path.exists() and not path.is_file() and not path.is_dir():
         raise _MetadataRefused(f"{path}: not a regular file (a pipe, socket or device); replace it")
     size = path.stat().st_size
