@@ -620,7 +620,8 @@ def survey_folders(
 ) -> list[tuple[str, int]]:
     """(sku_id, photos) of every SKU folder under ``path``, checked as ``skuforge ingest`` checks them
     (IngestError naming all problems if any), holding one SKU's photos at a time. ``warn``, if given,
-    is told of photos lying in ``path`` itself, which no SKU reads (``ingest_path`` tells its own)."""
+    is told of photos lying in ``path`` itself, which no SKU reads, and of copies of a photo in its
+    folder, ingested once (``ingest_path`` tells its own)."""
     return _check_all(path, settings, lambda sku: (sku.metadata.sku_id, len(sku.photos)), warn=warn)
 
 
@@ -634,7 +635,8 @@ def _check_all(
     """``keep`` of every SKU folder under ``path`` that passes its checks, in order, or IngestError
     naming every problem. Once a problem is found only the checks go on; each prepared SKU is let go
     before the next folder is read, so what stays is what ``keep`` returns. ``warn`` is told of photos
-    lying beside the SKU folders, first, so a refused run names them too."""
+    lying beside the SKU folders, first, so a refused run names them too, and of copies of a photo in
+    its folder."""
     if warn is not None:
         _warn_of_loose_photos(path, warn)
         _warn_of_skipped_entries(path, warn)
@@ -768,8 +770,9 @@ def ingest_path(
     are tens of gigabytes. Should a publish fail later (a topic missing), the photos already stored
     stay under their content keys and the next run writes the same keys. A store failure before
     anything is published is ``StoreUnavailable``; ``warn`` is told of photos lying in ``path`` beside
-    its SKU folders (no SKU reads them), of each SKU whose store folder holds photos its folder no
-    longer has (they stay), and of a new SKU id whose photos another SKU holds (a changed sku_id).
+    its SKU folders (no SKU reads them), of copies of a photo in its folder (ingested once), of each
+    SKU whose store folder holds photos its folder no longer has (they stay), and of a new SKU id whose
+    photos another SKU holds (a changed sku_id).
     With ``withdraw_missing`` the photos a folder no longer has are withdrawn instead (module
     docstring), in the retraining store ``trainstore`` names (default: the ``SKUFORGE_TRAINSTORE_*``
     settings); ``tell`` is told of each SKU's withdrawals and reinstatements.
