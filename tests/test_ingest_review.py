@@ -808,3 +808,22 @@ def test_a_photo_link_that_loops_is_named_for_what_it_is(tmp_path: Path) -> None
         f"{folder / 'metadata.json'}: a link that leads back to itself ({folder / 'metadata.json'}), "
         "never to a file; put the file itself here or fix the link" in str(refused.value)
     )
+
+
+def test_of_a_cut_out_and_its_copy_flattened_on_white_the_cut_out_is_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Stored over white, a cut-out and the same picture flattened on white are one photo, and the file
+    # first by name was kept: the flattened one, and with it no mask, so the cut-out's exact outline,
+    # which the captioner takes instead of the matting model's, was dropped.
+    folder = _sku(tmp_path, "A", "A-1", colours=(10,))
+    cut_out = Image.new("RGBA", (96, 96), (0, 0, 0, 0))
+    cut_out.paste((200, 30, 30, 255), (20, 20, 76, 76))
+    flattened = Image.new("RGB", (96, 96), (255, 255, 255))
+    flattened.paste((200, 30, 30), (20, 20, 76, 76))
+    flattened.save(folder / "a-flattened.png")
+    cut_out.save(folder / "b-cut-out.png")
+    [sku] = prepare_all(tmp_path, load_settings())
+    [photo] = [photo for photo in sku.photos if photo.original_filename != "photo_0.png"]
+    assert photo.original_filename == "b-cut-out.png" and photo.mask_png is not None
+    assert sku.copies == ((folder / "a-flattened.png", folder / "b-cut-out.png"),)

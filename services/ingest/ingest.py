@@ -25,9 +25,9 @@ metadata.json (a batch given one level too high) is named with the folder to ing
 are hidden files and folders (names starting with "."), ``__MACOSX`` (the resource forks macOS puts in
 a zip it makes), and the files Windows and macOS leave in any folder (``Thumbs.db``, ``desktop.ini``,
 ``Icon\\r``). A copy of a photo in its folder (the same picture) is ingested once, and named in a
-warning. Two SKU ids of a batch may not differ only in case (``ABC-1``, ``abc-1``): on a
-case-insensitive file system their store folders would be one. A name or category that is only
-whitespace is refused.
+warning; of a cut-out and its copy flattened on white, the cut-out, for its outline. Two SKU ids of a
+batch may not differ only in case (``ABC-1``, ``abc-1``): on a case-insensitive file system their
+store folders would be one. A name or category that is only whitespace is refused.
 
 A photo file with transparency (a cut-out on a transparent background) is stored over white, as
 every photo, and its transparency beside it as a mask (``masks/transparency/<sku>/<photo>.png``,
@@ -430,19 +430,25 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
             problems.append(f"{file}: cannot be read ({exc.strerror or exc})")
             continue
         photo_id = sha256_hex(png)[:16]
-        if photo_id in seen:
+        if photo_id in seen and not _outline_of_a_copy(photo_id, transparency is not None, photos):
             copies.append((file, seen[photo_id]))  # the same picture twice adds nothing
-            continue
-        seen[photo_id] = file
-        if len(seen) > limit:
             continue
         # A name that is not UTF-8 on disk (Latin-1 from an old camera or zip) is kept readable: as
         # it came, it failed the event's schema after earlier SKUs were already published.
         name = file.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:255]
         mask_png = None if transparency is None else encode_png(transparency)
-        photos.append(
-            PreparedPhoto(photo_id, name, png, width=image.width, height=image.height, mask_png=mask_png)
-        )
+        photo = PreparedPhoto(photo_id, name, png, width=image.width, height=image.height, mask_png=mask_png)
+        if photo_id in seen:
+            # A cut-out, and the file kept before it is the same picture flattened on white (one
+            # photo over white): the cut-out takes its place, as its outline is the captioner's mask.
+            copies.append((seen[photo_id], file))
+            seen[photo_id] = file
+            photos = [photo if kept.photo_id == photo_id else kept for kept in photos]
+            continue
+        seen[photo_id] = file
+        if len(seen) > limit:
+            continue
+        photos.append(photo)
     if len(seen) > limit:
         problems.append(
             f"{folder}: {len(seen)} photos; at most {limit} "
@@ -452,6 +458,12 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     if problems or metadata is None:
         return None, problems
     return PreparedSku(folder=folder, metadata=metadata, photos=photos, copies=tuple(copies)), []
+
+
+def _outline_of_a_copy(photo_id: str, has_outline: bool, photos: list[PreparedPhoto]) -> bool:
+    """Whether a file whose picture ``photo_id`` is already among ``photos`` brings what the one kept
+    lacks: its own transparency (a cut-out, where the one kept is the picture flattened on white)."""
+    return has_outline and any(photo.photo_id == photo_id and photo.mask_png is None for photo in photos)
 
 
 def _sku_folders_in(folder: Path) -> list[str]:
