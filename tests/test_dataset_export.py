@@ -408,8 +408,7 @@ def test_sku_ids_that_differ_only_in_case_are_refused_as_imagefolder_classes(
         manifests, tmp_path / "one", fmt="imagefolder", max_synthetic_per_real=2, sku_ids=["milk", "Oats"]
     )
     assert sorted(p.name for p in (tmp_path / "one").iterdir() if p.is_dir()) == ["Oats", "milk"]
-    summary = export_dataset(manifests, tmp_path / "jsonl", fmt="jsonl", max_synthetic_per_real=2)
-    assert sorted(summary.classes) == ["Milk", "Oats", "milk"]
+    # jsonl keeps them apart where their images have file names of their own (the test below).
 
 
 @pytest.mark.parametrize("size", ["1", "15", "4097", "100000"])
@@ -560,3 +559,28 @@ def test_an_export_error_shows_the_export_usage_and_a_blank_evaluated_sku_id_quo
     assert "it has gains of SKUs this store does not have ('', 'SKU-A '); they are not used" in (
         capsys.readouterr().err
     )
+
+
+def test_jsonl_images_of_case_twins_that_would_share_a_file_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Labels are strings in jsonl, but the images are files: images/Milk/real-front.png and
+    # images/milk/real-front.png are one file on macOS or Windows, so one SKU's line named the other's image.
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    add_item(manifests, "Milk", "front", "real", "reference")
+    add_item(manifests, "milk", "front", "real", "reference")
+    add_item(manifests, "milk", "side", "real", "reference")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["dataset", "export", str(out), "--format", "jsonl", "--max-synthetic-per-real", "1"])
+    assert exit_info.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "images/Milk/real-front.png and images/milk/real-front.png" in err and "--sku" in err
+    # Case twins whose images have file names of their own are kept apart in jsonl.
+    add_item(manifests, "Oat", "front", "real", "reference")
+    add_item(manifests, "OAT", "back", "real", "reference")
+    summary = export_dataset(
+        manifests, tmp_path / "twins", fmt="jsonl", max_synthetic_per_real=1, sku_ids=["Oat", "OAT"]
+    )
+    assert sorted(summary.classes) == ["OAT", "Oat"]

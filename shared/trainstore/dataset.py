@@ -450,6 +450,8 @@ def _export_into(
     if fmt == "imagefolder":
         _refuse_case_only_twins([plan_class.sku_id for plan_class in plan.classes])
         _refuse_summary_name([plan_class.sku_id for plan_class in plan.classes])
+    else:
+        _refuse_shared_image_files(plan.classes)
     # Written in a staging folder and renamed into place at the end: an export that fails half-way
     # (a tampered or missing object) leaves neither a partial training set nor a folder to clean up.
     target = out_dir.resolve()
@@ -560,7 +562,29 @@ def _refuse_case_only_twins(sku_ids: Sequence[str]) -> None:
         raise ValueError(
             f"SKU ids that differ only in case: {named}. As imagefolder class folders they merge into one "
             "class on a case-insensitive file system (macOS, Windows); export with --format jsonl (labels "
-            "are strings there), or export one of them on its own with --sku"
+            "are strings there; their images need file names of their own), or export one of them on its "
+            "own with --sku"
+        )
+
+
+def _refuse_shared_image_files(classes: Sequence[ClassPlan]) -> None:
+    """Refuse a jsonl export where two SKUs that differ only in case have an image of the same file
+    name: ``images/Milk/real-front.png`` and ``images/milk/real-front.png`` are one file on a
+    case-insensitive file system (macOS, Windows), and one SKU's line would name the other's image."""
+    by_folded: dict[str, list[str]] = defaultdict(list)
+    for plan_class in classes:
+        for row in [*plan_class.real, *plan_class.synthetic]:
+            path = f"images/{row.sku_id}/{row.source}-{row.item_id}.png"
+            by_folded[path.casefold()].append(path)
+    shared = sorted(
+        sorted(paths) for paths in by_folded.values() if len({path.split("/")[1] for path in paths}) > 1
+    )
+    if shared:
+        named = "; ".join(" and ".join(paths) for paths in shared[:3])
+        more = f" (and {len(shared) - 3} more)" if len(shared) > 3 else ""
+        raise ValueError(
+            f"images of SKU ids that differ only in case would share a file on a case-insensitive file "
+            f"system (macOS, Windows): {named}{more}; export one of those SKUs at a time with --sku"
         )
 
 
