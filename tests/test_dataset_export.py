@@ -584,3 +584,24 @@ def test_jsonl_images_of_case_twins_that_would_share_a_file_are_refused(
         manifests, tmp_path / "twins", fmt="jsonl", max_synthetic_per_real=1, sku_ids=["Oat", "OAT"]
     )
     assert sorted(summary.classes) == ["OAT", "Oat"]
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "jsonl"])
+@pytest.mark.parametrize("sku_id", ["CON", "nul", "Com1.v2", "Milk."])
+def test_a_sku_id_windows_cannot_hold_as_a_folder_is_refused(
+    fmt: str, sku_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each SKU is a folder in both formats: Windows cannot make one named CON (COM1.v2 neither), and
+    # makes "Milk." as "Milk": an export copied there to train failed half-way or renamed a class.
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    for sku in (sku_id, "CONSOLE"):
+        add_item(manifests, sku, "real-0", "real", "reference")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["dataset", "export", str(out), "--format", fmt, "--max-synthetic-per-real", "1"])
+    assert exit_info.value.code == 2 and not out.exists()
+    assert f"SKU id {sku_id!r} cannot be a folder name on Windows" in capsys.readouterr().err
+    # A name that only starts like a reserved one is fine.
+    summary = export_dataset(manifests, out, fmt=fmt, max_synthetic_per_real=1, sku_ids=["CONSOLE"])  # type: ignore[arg-type]
+    assert list(summary.classes) == ["CONSOLE"]

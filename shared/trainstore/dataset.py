@@ -447,6 +447,7 @@ def _export_into(
     if not plan.classes:
         # An empty training set and success would let `export && train` go on with nothing.
         raise ValueError(_nothing_to_export(rows, plan))
+    _refuse_unportable_folders([plan_class.sku_id for plan_class in plan.classes])
     if fmt == "imagefolder":
         _refuse_case_only_twins([plan_class.sku_id for plan_class in plan.classes])
         _refuse_summary_name([plan_class.sku_id for plan_class in plan.classes])
@@ -564,6 +565,37 @@ def _refuse_case_only_twins(sku_ids: Sequence[str]) -> None:
             "class on a case-insensitive file system (macOS, Windows); export with --format jsonl (labels "
             "are strings there; their images need file names of their own), or export one of them on its "
             "own with --sku"
+        )
+
+
+# Names Windows keeps for devices, with or without an extension ("CON", "nul.v2"): no folder can have one.
+_WINDOWS_RESERVED = frozenset(
+    {
+        "CON",
+        "PRN",
+        "AUX",
+        "NUL",
+        *(f"COM{digit}" for digit in range(1, 10)),
+        *(f"LPT{digit}" for digit in range(1, 10)),
+    }
+)
+
+
+def _refuse_unportable_folders(sku_ids: Sequence[str]) -> None:
+    """Refuse SKU ids that Windows cannot hold as folder names, where exports are often copied to train:
+    a reserved device name (``CON``, ``com1.v2``) cannot be made at all, and a trailing '.' is dropped
+    (``Milk.`` becomes ``Milk``, another class's folder or a renamed one). Each SKU is a folder in both
+    formats (``<sku_id>/`` or ``images/<sku_id>/``)."""
+    unportable = sorted(
+        sku_id
+        for sku_id in sku_ids
+        if sku_id.endswith(".") or sku_id.partition(".")[0].upper() in _WINDOWS_RESERVED
+    )
+    if unportable:
+        named = ", ".join(repr(sku_id) for sku_id in unportable)
+        raise ValueError(
+            f"SKU id {named} cannot be a folder name on Windows (a reserved device name, or a trailing '.', "
+            "which Windows drops), where an export is often copied to train; export the others with --sku"
         )
 
 
