@@ -18,8 +18,10 @@ import pytest
 from PIL import Image
 
 from shared.store import FileStore
+from shared.trainstore import dataset
 from shared.trainstore.dataset import export_dataset
 from shared.trainstore.manifest import ManifestRow, ManifestStore
+from shared.trainstore.withdrawals import Withdrawals
 from skuforge_cli.main import main as cli_main
 from tests.support.trainstore import PREFIX, add_item
 
@@ -472,3 +474,32 @@ def test_a_class_left_out_during_the_export_is_not_counted_in_the_summary(
     assert written["synthetic_left_out"] == summary.synthetic_left_out == {}
     assert written["changed_during_export"] == 1
     assert not any("longer than" in line for line in summary.lines())
+
+
+def test_a_photo_withdrawn_after_its_image_was_copied_is_not_in_the_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A photo withdrawn while the export ran was left out only if its objects were gone when the export
+    read them: one withdrawn after its image was copied (the export reading another class) went out in
+    the training set, its owner's withdrawal notwithstanding."""
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    for index in range(2):
+        add_item(manifests, "SKU-A", f"real-{index}", "real", "reference")
+        add_item(manifests, "SKU-A", f"gen-{index}", "synthetic", "accepted")
+    add_item(manifests, "SKU-B", "real-0", "real", "reference")
+    read_checked = dataset.read_checked
+
+    def withdrawn_meanwhile(store: ManifestStore, key: str | None, sha256: str | None) -> bytes:
+        if key == "images/SKU-B/real/real-0.png":  # SKU-A's images are copied by now
+            Withdrawals(store).withdraw("SKU-A", "soda can", ["real-1"], by="test")
+        return read_checked(store, key, sha256)
+
+    monkeypatch.setattr(dataset, "read_checked", withdrawn_meanwhile)
+    out = tmp_path / "out"
+    summary = export_dataset(manifests, out, fmt="imagefolder", max_synthetic_per_real=1)
+    assert sorted(path.name for path in (out / "SKU-A").iterdir())[0] == "real-real-0.png"
+    assert not (out / "SKU-A" / "real-real-1.png").exists()
+    # The cap is of the real images left: one synthetic image per real one.
+    assert summary.classes["SKU-A"] == {"real": 1, "synthetic": 1, "dropped": 1}
+    assert len(list((out / "SKU-A").iterdir())) == 2 and summary.changed_during_export == 1
+    assert json.loads((out / "export.json").read_text())["classes"]["SKU-A"]["real"] == 1

@@ -23,7 +23,9 @@ their manifest row while exporting. An object missing or not matching its row is
 the SKU's manifest: a row the live store changed since the export read it (a photo withdrawn, an item
 rendered again or rejected) leaves that image out, counted (``changed_during_export``), and a class
 left with fewer than ``min_real`` real images out; a row that still names the bad bytes stops the export
-(``ChecksumMismatch``, ``ObjectMissing``) and leaves nothing in the output directory. A policy that
+(``ChecksumMismatch``, ``ObjectMissing``) and leaves nothing in the output directory. The withdrawal
+markers are read again once the images are written: a class with an image of a photo withdrawn after it
+was copied is written anew without it, before the index and the summary. A policy that
 leaves no class at all is a ``ValueError`` naming why each SKU was left out, not an empty training set.
 An ``imagefolder`` export reads no mask (it writes none): a mask lost from the store does not stop it.
 """
@@ -632,6 +634,17 @@ def _refuse_summary_name(sku_ids: Sequence[str]) -> None:
         )
 
 
+@dataclass
+class _WrittenClass:
+    """What ``_write_class`` wrote of one class into the staging folder."""
+
+    rows: list[ManifestRow]  # written, in order
+    lines: list[str]  # its dataset.jsonl lines (jsonl)
+    over_cap: int  # synthetic rows the cap of the real images written left out
+    long_side_capped: int
+    changed: int  # rows left out: the store changed them while the export ran
+
+
 def _write_export(
     manifests: ManifestStore,
     plan: ExportPlan,
@@ -646,88 +659,65 @@ def _write_export(
     max_synthetic_per_real: int,
 ) -> ExportSummary:
     """Write the images, dataset.jsonl and export.json into ``staging``; the summary names ``out_dir``.
-    The real images are written first, so that the synthetic cap is of the real images written: a real
-    photo withdrawn while the export ran lowers it (the plan's cap counted that photo)."""
+    A photo withdrawn while the export ran after its image was copied is taken out again before the
+    index and the summary are written: its class is written anew without it."""
+
+    def write(plan_class: ClassPlan) -> _WrittenClass:
+        return _write_class(
+            manifests,
+            plan_class,
+            staging,
+            fmt=fmt,
+            size_px=size_px,
+            fit=fit,
+            limits=limits,
+            max_synthetic_per_real=max_synthetic_per_real,
+        )
+
+    plans = {plan_class.sku_id: plan_class for plan_class in plan.classes}
+    written = {sku_id: write(plan_class) for sku_id, plan_class in plans.items()}
+    withdrawn_meanwhile: Counter[str] = Counter()  # per class: planned rows of photos withdrawn since
+    # Only a missing object told the export of a withdrawal: a photo withdrawn after its image was read
+    # (hours before the end, in another class) went out. The markers are written first: read again
+    # until no class written has an image of a withdrawn photo (one listing when none was withdrawn).
+    while affected := _with_withdrawn_photos(written, Withdrawals(manifests).by_sku()):
+        for sku_id, photo_ids in affected.items():
+            _remove_class(staging, fmt, sku_id)
+            old = plans[sku_id]
+            kept = [row for row in [*old.real, *old.synthetic] if photo_of(row) not in photo_ids]
+            withdrawn_meanwhile[sku_id] += len(old.real) + len(old.synthetic) - len(kept)
+            plans[sku_id] = ClassPlan(
+                sku_id,
+                [row for row in kept if row.source == "real"],
+                [row for row in kept if row.source == "synthetic"],
+                old.synthetic_dropped,
+                old.synthetic_left_out,
+            )
+            written[sku_id] = write(plans[sku_id])
     lines: list[str] = []
     classes: dict[str, dict[str, int]] = {}
     skipped = dict(plan.skipped)
     long_side_capped = changed = 0
-    for plan_class in plan.classes:
-        class_lines: list[str] = []
-        written = {"real": 0, "synthetic": 0}
-        over_cap = class_capped = 0
-        for row in [*plan_class.real, *plan_class.synthetic]:
-            if row.source == "synthetic" and written["synthetic"] >= max_synthetic_per_real * written["real"]:
-                over_cap += 1
-                continue
-            try:
-                image = _decoded(manifests, row.image, row.image_sha256, limits, decode_image)
-                # Only jsonl writes masks: an imagefolder export neither reads them nor fails on one lost.
-                mask = (
-                    _decoded(manifests, row.mask, row.mask_sha256, limits, decode_mask)
-                    if row.mask and fmt == "jsonl"
-                    else None
-                )
-            except (ObjectMissing, ChecksumMismatch):
-                if manifests.read_sku(row.sku_id).get(row.item_id) == row:
-                    raise  # the manifest still names these bytes: a missing or tampered object
-                log.warning(
-                    "%s/%s changed in the store while the export ran: left out", row.sku_id, row.item_id
-                )
-                changed += 1
-                continue
-            if fit == "keep" and max(image.size) > MAX_ASPECT * min(image.size):
-                class_capped += 1
-            image = _resized(image, size_px, fit)
-            name = f"{row.source}-{row.item_id}.png"
-            written["real" if row.source == "real" else "synthetic"] += 1
-            if fmt == "imagefolder":
-                _write(staging / row.sku_id / name, encode_png(image))
-                continue
-            image_path = Path("images") / row.sku_id / name
-            _write(staging / image_path, encode_png(image))
-            mask_path = None
-            if mask is not None:
-                mask_path = Path("masks") / row.sku_id / name
-                _write(staging / mask_path, encode_png(_resized(Image.fromarray(mask), size_px, fit, fill=0)))
-            class_lines.append(
-                json.dumps(
-                    {
-                        "image": image_path.as_posix(),
-                        "mask": mask_path.as_posix() if mask_path else None,
-                        "label": row.sku_id,
-                        "source": row.source,
-                        "item_id": row.item_id,
-                        "caption": row.caption,
-                        "category": row.category,
-                    },
-                    sort_keys=True,
-                )
-            )
-        if written["real"] < min_real:
+    for sku_id, plan_class in plans.items():
+        result = written[sku_id]
+        changed += result.changed + withdrawn_meanwhile[sku_id]
+        real = sum(1 for row in result.rows if row.source == "real")
+        if real < min_real:
             # Its real photos were withdrawn while the export ran: a class of synthetic images only is
-            # what the policy never exports. Only this class's folders: in jsonl, staging/<SKU> of a SKU
-            # named "images" was every class's images.
-            sku_id = plan_class.sku_id
-            folders = (
-                [staging / sku_id]
-                if fmt == "imagefolder"
-                else [staging / "images" / sku_id, staging / "masks" / sku_id]
-            )
-            for folder in folders:
-                shutil.rmtree(folder, ignore_errors=True)
-            skipped[plan_class.sku_id] = (
-                f"{written['real']} real image(s) left after the store changed while the export ran, "
+            # what the policy never exports.
+            _remove_class(staging, fmt, sku_id)
+            skipped[sku_id] = (
+                f"{real} real image(s) left after the store changed while the export ran, "
                 f"need at least {min_real}"
             )
             continue
         # Counted only now: the summary describes what was written, not a class removed above.
-        lines += class_lines
-        long_side_capped += class_capped
-        classes[plan_class.sku_id] = {
-            "real": written["real"],
-            "synthetic": written["synthetic"],
-            "dropped": plan_class.synthetic_dropped + over_cap,
+        lines += result.lines
+        long_side_capped += result.long_side_capped
+        classes[sku_id] = {
+            "real": real,
+            "synthetic": len(result.rows) - real,
+            "dropped": plan_class.synthetic_dropped + result.over_cap,
         }
     if fmt == "jsonl":
         (staging / "dataset.jsonl").write_text("".join(line + "\n" for line in lines))
@@ -755,6 +745,100 @@ def _write_export(
         )
     (staging / SUMMARY_FILE).write_text(summary.to_json() + "\n")
     return summary
+
+
+def _write_class(
+    manifests: ManifestStore,
+    plan_class: ClassPlan,
+    staging: Path,
+    *,
+    fmt: ExportFormat,
+    size_px: int,
+    fit: ExportFit,
+    limits: tuple[int, int],
+    max_synthetic_per_real: int,
+) -> _WrittenClass:
+    """Write one class's images (and masks, jsonl) into ``staging``. The real images are written first,
+    so that the synthetic cap is of the real images written: a real photo withdrawn while the export
+    ran lowers it (the plan's cap counted that photo)."""
+    result = _WrittenClass(rows=[], lines=[], over_cap=0, long_side_capped=0, changed=0)
+    real = synthetic = 0
+    for row in [*plan_class.real, *plan_class.synthetic]:
+        if row.source == "synthetic" and synthetic >= max_synthetic_per_real * real:
+            result.over_cap += 1
+            continue
+        try:
+            image = _decoded(manifests, row.image, row.image_sha256, limits, decode_image)
+            # Only jsonl writes masks: an imagefolder export neither reads them nor fails on one lost.
+            mask = (
+                _decoded(manifests, row.mask, row.mask_sha256, limits, decode_mask)
+                if row.mask and fmt == "jsonl"
+                else None
+            )
+        except (ObjectMissing, ChecksumMismatch):
+            if manifests.read_sku(row.sku_id).get(row.item_id) == row:
+                raise  # the manifest still names these bytes: a missing or tampered object
+            log.warning("%s/%s changed in the store while the export ran: left out", row.sku_id, row.item_id)
+            result.changed += 1
+            continue
+        if fit == "keep" and max(image.size) > MAX_ASPECT * min(image.size):
+            result.long_side_capped += 1
+        image = _resized(image, size_px, fit)
+        name = f"{row.source}-{row.item_id}.png"
+        if row.source == "real":
+            real += 1
+        else:
+            synthetic += 1
+        result.rows.append(row)
+        if fmt == "imagefolder":
+            _write(staging / row.sku_id / name, encode_png(image))
+            continue
+        image_path = Path("images") / row.sku_id / name
+        _write(staging / image_path, encode_png(image))
+        mask_path = None
+        if mask is not None:
+            mask_path = Path("masks") / row.sku_id / name
+            _write(staging / mask_path, encode_png(_resized(Image.fromarray(mask), size_px, fit, fill=0)))
+        result.lines.append(
+            json.dumps(
+                {
+                    "image": image_path.as_posix(),
+                    "mask": mask_path.as_posix() if mask_path else None,
+                    "label": row.sku_id,
+                    "source": row.source,
+                    "item_id": row.item_id,
+                    "caption": row.caption,
+                    "category": row.category,
+                },
+                sort_keys=True,
+            )
+        )
+    return result
+
+
+def _remove_class(staging: Path, fmt: ExportFormat, sku_id: str) -> None:
+    """Remove what ``_write_class`` wrote of one class. Only this class's folders: in jsonl,
+    staging/<SKU> of a SKU named "images" was every class's images."""
+    folders = (
+        [staging / sku_id]
+        if fmt == "imagefolder"
+        else [staging / "images" / sku_id, staging / "masks" / sku_id]
+    )
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _with_withdrawn_photos(
+    written: Mapping[str, _WrittenClass], withdrawn: Mapping[str, set[str]]
+) -> dict[str, set[str]]:
+    """The classes that wrote an image of a photo ``withdrawn`` (``Withdrawals.by_sku``) names, with
+    their withdrawn photos (pure)."""
+    affected = {}
+    for sku_id, result in written.items():
+        photo_ids = withdrawn.get(sku_id, set())
+        if any(photo_of(row) in photo_ids for row in result.rows):
+            affected[sku_id] = photo_ids
+    return affected
 
 
 def read_checked(manifests: ManifestStore, key: str | None, sha256: str | None) -> bytes:
