@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -503,3 +504,27 @@ def test_a_photo_withdrawn_after_its_image_was_copied_is_not_in_the_export(
     assert summary.classes["SKU-A"] == {"real": 1, "synthetic": 1, "dropped": 1}
     assert len(list((out / "SKU-A").iterdir())) == 2 and summary.changed_during_export == 1
     assert json.loads((out / "export.json").read_text())["classes"]["SKU-A"]["real"] == 1
+
+
+def test_an_export_stopped_by_sigterm_half_way_leaves_nothing(store: ManifestStore, tmp_path: Path) -> None:
+    """`kill`, `timeout`, a cancelled CI job or `docker stop` end an export with SIGTERM: before, it died
+    where it stood, its staging folder (gigabytes, perhaps) left until the next export into the same OUT,
+    and one stopped while moving its classes into an existing OUT left a training set without some."""
+    image = tmp_path / "store" / PREFIX / "images" / "SKU-B" / "real" / "real-0.png"
+    image.unlink()
+    os.mkfifo(image)  # the export stops at it, reading, until this test writes into it
+    out = tmp_path / "out"
+    export = subprocess.Popen(
+        [sys.executable, "-m", "skuforge_cli", *EXPORT[:2], str(out), *EXPORT[2:]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=os.environ,
+        text=True,
+    )
+    with open(image, "wb"):  # opens once the export opened it to read: SKU-A is staged by now
+        export.send_signal(signal.SIGTERM)
+        _, err = export.communicate(timeout=120)
+    assert export.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))

@@ -26,6 +26,7 @@ from typing import Any
 from shared.argtypes import folder_problem, int_between, non_negative_int, positive_int
 from shared.config import load_settings
 from shared.errors import BadInput, TransientError
+from shared.signals import stopped_as_interrupt
 from shared.store import open_store
 from shared.trainstore.dataset import (
     EXPORT_FITS,
@@ -338,18 +339,24 @@ def main(argv: list[str] | None = None) -> int:
                     mismatches += evaluation_outdated(evaluation, plan)
                 for mismatch in mismatches:
                     print(f"note: --evaluation {args.evaluation}: {mismatch}", file=sys.stderr)
-            summary = export_dataset(
-                manifests,
-                args.out,
-                fmt=args.format,
-                size_px=args.size,
-                fit=args.fit,
-                max_synthetic_per_real=args.max_synthetic_per_real,
-                min_real=args.min_real,
-                sku_ids=args.sku,
-                no_synthetic=no_synthetic,
-                limits=(settings.max_image_pixels, settings.max_image_bytes),  # the stage stored under these
-            )
+            # SIGTERM (kill, timeout, docker stop) and SIGHUP unwind it as Ctrl-C does: its staging folder
+            # is removed, and the classes already moved into an existing OUT are taken out again.
+            with stopped_as_interrupt():
+                summary = export_dataset(
+                    manifests,
+                    args.out,
+                    fmt=args.format,
+                    size_px=args.size,
+                    fit=args.fit,
+                    max_synthetic_per_real=args.max_synthetic_per_real,
+                    min_real=args.min_real,
+                    sku_ids=args.sku,
+                    no_synthetic=no_synthetic,
+                    limits=(
+                        settings.max_image_pixels,
+                        settings.max_image_bytes,
+                    ),  # the stage stored under these
+                )
         except (FileExistsError, ValueError) as exc:
             export.error(str(exc))  # its usage, not the one of every `skuforge dataset` action
         except OSError as exc:  # the disk filled, or the folder went away meanwhile
