@@ -587,7 +587,7 @@ def test_jsonl_images_of_case_twins_that_would_share_a_file_are_refused(
 
 
 @pytest.mark.parametrize("fmt", ["imagefolder", "jsonl"])
-@pytest.mark.parametrize("sku_id", ["CON", "nul", "Com1.v2", "Milk."])
+@pytest.mark.parametrize("sku_id", ["CON", "nul", "Com1.v2", "LPT0", "Milk."])
 def test_a_sku_id_windows_cannot_hold_as_a_folder_is_refused(
     fmt: str, sku_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

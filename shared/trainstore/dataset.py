@@ -577,8 +577,8 @@ _WINDOWS_RESERVED = frozenset(
         "PRN",
         "AUX",
         "NUL",
-        *(f"COM{digit}" for digit in range(1, 10)),
-        *(f"LPT{digit}" for digit in range(1, 10)),
+        *(f"COM{digit}" for digit in range(10)),
+        *(f"LPT{digit}" for digit in range(10)),
     }
 )
 
