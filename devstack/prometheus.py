@@ -13,11 +13,13 @@ The binaries come from the Debian packages ``prometheus`` (``prometheus``, ``pro
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -223,12 +225,40 @@ class PrometheusServer:
 
 
 def api_get(url: str, path: str, **params: str) -> Any:
-    """``GET <url>/api/v1/<path>``; raises with Prometheus's error when the status is not success."""
+    """``GET <url>/api/v1/<path>``; the ``data`` of a successful answer.
+
+    Raises:
+        RuntimeError: Prometheus refused the query (its error type and reason in the message, one
+            line), or what answered is no Prometheus; the caller names ``url``.
+        OSError: nothing answered at ``url``.
+    """
     query = urllib.parse.urlencode(params)
-    with urllib.request.urlopen(f"{url}/api/v1/{path}?{query}", timeout=10) as response:
-        body = json.loads(response.read())
-    if body.get("status") != "success":
-        raise RuntimeError(f"prometheus answered {body}")
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/{path}?{query}", timeout=10) as response:
+            status, content_type, raw = (
+                int(response.status),
+                response.headers.get_content_type(),
+                response.read(),
+            )
+    except urllib.error.HTTPError as exc:
+        # Prometheus answers a refused query with 4xx/5xx and its reason in the body; urllib's own
+        # message ("HTTP Error 400: Bad Request") left the reason unread.
+        status, content_type, raw = exc.code, exc.headers.get_content_type(), exc.read()
+    except http.client.HTTPException as exc:  # another protocol on the port: not OSError, so uncaught
+        raise RuntimeError(
+            f"what answered /api/v1/{path} is no Prometheus (not HTTP: {type(exc).__name__} {exc})"
+        ) from exc
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or body.get("status") not in ("success", "error"):
+        raise RuntimeError(
+            f"what answered /api/v1/{path} is no Prometheus ({status}, {content_type}, not its JSON)"
+        )
+    if body["status"] != "success":
+        reason = " ".join(str(body.get("error", "no reason given")).split())
+        raise RuntimeError(f"Prometheus refused the query ({body.get('errorType', 'error')}): {reason}")
     return body["data"]
 
 
