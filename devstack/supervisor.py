@@ -326,9 +326,7 @@ class Supervisor:
             state.log = None
         if state.log is None:
             state.log = open_log(spec.log_path, self.log_max_bytes)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        state.log.write(f"--- {stamp} skuforge up: starting {' '.join(spec.argv)}\n".encode())
-        state.log.flush()
+        self._log_line(state, f"starting {' '.join(spec.argv)}")
         env = {**os.environ, **spec.env, SUPERVISOR_ID_ENV: self.supervisor_id}
         state.process = subprocess.Popen(
             spec.argv,
@@ -345,6 +343,15 @@ class Supervisor:
         self._set(state, "starting")
         self.report(f"{spec.name}: started (pid {state.process.pid}), log {spec.log_path}")
 
+    def _log_line(self, state: ServiceState, text: str) -> None:
+        """Append ``--- <time> skuforge up: <text>`` to the service's log (a full disk drops it)."""
+        if state.log is None:
+            return
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        with contextlib.suppress(OSError, ValueError):  # ValueError: the log was closed
+            state.log.write(f"--- {stamp} skuforge up: {text}\n".encode())
+            state.log.flush()
+
     def _await_ready(self, state: ServiceState) -> bool:
         spec = state.spec
         assert state.process is not None
@@ -358,8 +365,9 @@ class Supervisor:
             if code is not None:
                 state.last_exit_code = code
                 self._set(state, "exited")
+                self._log_line(state, f"{spec.name} {exit_reason(code)} while starting")
                 raise SupervisorError(
-                    f"{spec.name} exited with code {code} while starting; "
+                    f"{spec.name} {exit_reason(code)} while starting; "
                     f"last lines of {spec.log_path}:\n{log_tail(spec.log_path)}"
                 )
             if not spec.oneshot and (spec.ready is None or spec.ready()):
@@ -415,14 +423,17 @@ class Supervisor:
                     state.backoff_s = self.backoff_initial_s
                 else:
                     state.backoff_s = min(self.backoff_max_s, state.backoff_s * 2)
+                # In its log too, which the report points to: a service the OOM killer took leaves no
+                # line of its own there, and the next start's line followed its last as if nothing happened.
+                self._log_line(state, f"{spec.name} {exit_reason(code)} after {up_s:.0f}s")
                 if not spec.restart:
                     self._set(state, "exited")
-                    self.report(f"{spec.name}: exited with code {code} after {up_s:.0f}s (not restarted)")
+                    self.report(f"{spec.name}: {exit_reason(code)} after {up_s:.0f}s (not restarted)")
                     continue
                 state.next_start_at = now + state.backoff_s
                 self._set(state, "backing-off")
                 self.report(
-                    f"{spec.name}: exited with code {code} after {up_s:.0f}s; restarting in "
+                    f"{spec.name}: {exit_reason(code)} after {up_s:.0f}s; restarting in "
                     f"{state.backoff_s:.1f}s (restart {state.restarts + 1}); see {spec.log_path}"
                 )
             elif state.status == "starting" and (spec.ready is None or spec.ready()):
@@ -542,6 +553,18 @@ class Supervisor:
                 if not self._change_failed:
                     self.report(f"cannot record the stack's state: {exc}")
                 self._change_failed = True
+
+
+def exit_reason(code: int) -> str:
+    """``exited with code 3``, or for a death by signal (Popen's negative code) which one:
+    ``exited with code -9 (killed by SIGKILL)``."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"exited with code {code} (killed by {name})"
 
 
 def log_tail(path: Path, lines: int = 20) -> str:

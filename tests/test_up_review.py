@@ -938,3 +938,29 @@ def test_a_run_that_fails_writing_ports_json_keeps_the_saved_ports(
     assert (tmp_path / "ports.json").read_text() == saved
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith("ports.")] == ["ports.json"]
     os.close(devstack.up._held_locks.pop())
+
+
+def test_a_service_killed_by_a_signal_is_reported_so_and_its_log_records_the_exit(tmp_path: Path) -> None:
+    """A service the OOM killer took said only "exited with code -9", and its log (which the report points to)
+    ended at its last own line: nothing there said it died, or why, before the next start's."""
+    lines: list[str] = []
+    supervisor = Supervisor(
+        [_sleeper(tmp_path, "stage")], grace_s=5, backoff_initial_s=0.1, report=lines.append
+    )
+    try:
+        assert supervisor.start()
+        os.kill(supervisor["stage"].pid or 0, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and supervisor["stage"].status != "backing-off":
+            supervisor.check_once()
+            time.sleep(0.1)
+        exited = next(line for line in lines if "restarting in" in line)
+        assert exited.startswith("stage: exited with code -9 (killed by SIGKILL) after ")
+        log = (tmp_path / "stage.log").read_text().splitlines()
+        assert (
+            log[-1].startswith("--- ")
+            and "skuforge up: stage exited with code -9 (killed by SIGKILL) after " in log[-1]
+        )
+    finally:
+        supervisor.stop()
+    assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
