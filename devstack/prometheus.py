@@ -314,16 +314,28 @@ def stack_prometheus(
     rules_file: Path = ALERTS_FILE,
     scrape_interval_s: float = 5.0,
     stage_members: Mapping[str, Sequence[str]] | None = None,
+    prefer_default_port: bool = True,
 ) -> PrometheusServer:
     """The Prometheus of a ``skuforge up`` stack: every stage, the console, the generator server and
     Triton on ``ports`` (the stack's port names, as in ``devstack.up.DEFAULT_PORTS``), ``rules_file`` as
-    its rules, data in ``workdir``. ``port`` None: 9090 when free, else any free port.
+    its rules, data in ``workdir``. ``port`` None: 9090 when free (and ``prefer_default_port``), else any
+    free port; never one of ``ports``, which the stack's services (started first) will hold.
     ``stage_members``: the stages the stack runs and their members' port names (replicas are targets of
     their stage's job); default one member per pipeline stage."""
     from devstack.broker import port_in_use
 
     if port is None:
-        port = DEFAULT_PROMETHEUS_PORT if not port_in_use(DEFAULT_PROMETHEUS_PORT) else free_port()
+        # The services are not running yet, so their ports still look free: 9090 given to one of them
+        # in ports.json, or a free port the OS hands out again, was Prometheus's too until they started.
+        taken = set(ports.values())
+        if (
+            prefer_default_port
+            and DEFAULT_PROMETHEUS_PORT not in taken
+            and not port_in_use(DEFAULT_PROMETHEUS_PORT)
+        ):
+            port = DEFAULT_PROMETHEUS_PORT
+        else:
+            port = next(candidate for candidate in iter(free_port, None) if candidate not in taken)
     members = stage_members or {stage.name: [stage.name] for stage in PIPELINE}
     jobs: dict[str, int | list[int]] = {
         **{stage: [ports[name] for name in names] for stage, names in members.items()},

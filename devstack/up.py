@@ -909,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
             prometheus = stack_prometheus(
                 config.workdir / "prometheus",
                 config.ports,
-                port=free_port() if args.ports == "free" else None,
+                prefer_default_port=args.ports != "free",
                 rules_file=args.prometheus_rules,
                 scrape_interval_s=args.scrape_interval_s,
                 stage_members={stage.name: config.replica_names(stage.name) for stage in config.stages},

@@ -39,3 +39,29 @@ def test_up_with_prometheus_but_no_binary_says_what_to_install(
     code = main(["--workdir", str(tmp_path / "stack"), "--ports", "free", "--with-prometheus"])
     assert code == 2
     assert "apt-get install prometheus" in capsys.readouterr().err
+
+
+def test_the_stack_prometheus_never_takes_a_port_the_stack_gave_a_service(tmp_path: Path) -> None:
+    # 9090 was taken whenever nothing listened there yet: a stack whose ports.json gives it to a service
+    # (the services start first, so 9090 was still free) saw Prometheus exit "address already in use"
+    # after the whole stack had started, and the start-up failed.
+    from devstack.broker import port_in_use
+    from devstack.prometheus import DEFAULT_PROMETHEUS_PORT
+
+    if port_in_use(DEFAULT_PROMETHEUS_PORT):
+        pytest.skip("9090 is taken on this machine: the stack's Prometheus would not try it")
+    ports = {**build_config(tmp_path / "stack", ports_mode="free").ports, "console_metrics": 9090}
+    prometheus = stack_prometheus(tmp_path / "prometheus", ports)
+    assert prometheus.port not in ports.values()
+
+
+def test_a_free_port_the_os_hands_out_again_is_not_the_stack_prometheuss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--ports free` chose the stack's ports, released them, then asked the OS for one more: it may hand
+    # out one of those again (they are not bound until the services start).
+    ports = build_config(tmp_path / "stack", ports_mode="free").ports
+    handed_out = iter([ports["gate"], ports["console_metrics"], 45999])
+    monkeypatch.setattr("devstack.prometheus.free_port", lambda: next(handed_out))
+    prometheus = stack_prometheus(tmp_path / "prometheus", ports, prefer_default_port=False)
+    assert prometheus.port == 45999
