@@ -277,6 +277,20 @@ def promtool(
     )
 
 
+def config_problem(config_path: Path) -> str | None:
+    """What ``promtool check config`` finds wrong with ``config_path`` and the rule files it names, in
+    one line; None when Prometheus would load them. PrometheusMissing without promtool."""
+    try:
+        checked = promtool("check", "config", str(config_path), cwd=config_path.parent)
+    except subprocess.TimeoutExpired:
+        return "promtool check config did not finish in 120s"
+    if checked.returncode == 0:
+        return None
+    # promtool writes "FAILED:" and then each reason, indented, to stderr (some twice).
+    reasons = [line.strip() for line in checked.stderr.splitlines() if line.strip() not in ("", "FAILED:")]
+    return "; ".join(dict.fromkeys(reasons)) or f"promtool check config exited {checked.returncode}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """``skuforge prometheus config``: print (or ``--write``) the scrape config of the documented ports."""
     parser = argparse.ArgumentParser(

@@ -65,7 +65,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic_settings import BaseSettings
 
 from devstack.broker import DEFAULT_CONTROLLER_PORT, DEFAULT_PORT, LocalKafka, free_port, port_in_use
-from devstack.prometheus import ALERTS_FILE, GENERATOR_SERVER_JOB, PrometheusMissing, stack_prometheus
+from devstack.prometheus import (
+    ALERTS_FILE,
+    GENERATOR_SERVER_JOB,
+    PrometheusMissing,
+    config_problem,
+    stack_prometheus,
+)
 from devstack.supervisor import ServiceSpec, Supervisor, SupervisorError, http_ok
 from schemas.flow import CONSOLE, LORA_TRAINER, PIPELINE, TRITON, Service
 from services.console.config import ConsoleSettings, parse_users
@@ -917,6 +923,18 @@ def main(argv: list[str] | None = None) -> int:
             argv_prometheus = prometheus.argv()
         except (PrometheusMissing, OSError) as exc:
             print(f"skuforge up: --with-prometheus: {exc}", file=sys.stderr)
+            return 2
+        # Prometheus starts last: rules it cannot load were found once every service had started.
+        try:
+            rules_problem = config_problem(prometheus.config_path)
+        except PrometheusMissing:  # a prometheus without its promtool: it says so itself, when it starts
+            rules_problem = None
+        if rules_problem is not None:
+            rules = args.prometheus_rules
+            print(
+                f"skuforge up: --prometheus-rules {rules}: promtool refuses it: {rules_problem}",
+                file=sys.stderr,
+            )
             return 2
         config.prometheus_url = prometheus.url
         specs.append(

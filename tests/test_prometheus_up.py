@@ -65,3 +65,26 @@ def test_a_free_port_the_os_hands_out_again_is_not_the_stack_prometheuss(
     monkeypatch.setattr("devstack.prometheus.free_port", lambda: next(handed_out))
     prometheus = stack_prometheus(tmp_path / "prometheus", ports, prefer_default_port=False)
     assert prometheus.port == 45999
+
+
+def test_up_with_rules_prometheus_cannot_load_is_refused_before_anything_starts(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    promtool_bin: str,
+) -> None:
+    # Prometheus starts last: a rules file it cannot load was found only after every service had
+    # started, when it exited and the whole stack was stopped again.
+    def starts_the_stack(*args: object, **kwargs: object) -> None:
+        raise AssertionError("started the stack with rules Prometheus cannot load")
+
+    monkeypatch.setattr("devstack.up.Supervisor", starts_the_stack)
+    rules = tmp_path / "my-alerts.yml"
+    rules.write_text("groups:\n  - name: mine\n    rules:\n      - alert: Broken\n        expr: sum(\n")
+    argv = ["--workdir", str(tmp_path / "stack"), "--ports", "free", "--with-prometheus"]
+    code = main([*argv, "--prometheus-rules", str(rules)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"skuforge up: --prometheus-rules {rules}: promtool refuses it: ")
+    assert '"Broken": could not parse expression' in err and "unclosed left parenthesis" in err
+    assert err.count("\n") == 1
