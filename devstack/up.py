@@ -954,9 +954,17 @@ def main(argv: list[str] | None = None) -> int:
 
     supervisor = Supervisor(specs, grace_s=args.grace_s, report=_say, on_change=on_change)
 
+    def record(now: str) -> None:
+        # A disk full once the stack runs went out of Supervisor.run (stopping every service) and of
+        # `up` as a traceback: said instead, and the stack runs on, as on_change's failures do.
+        try:
+            write_state(config, supervisor, now)
+        except OSError as exc:
+            _say(f"cannot record the stack's state: {exc}")
+
     def on_ready() -> None:
         state["now"] = "ready"
-        write_state(config, supervisor, "ready")
+        record("ready")
         name, password = first_console_user(config.console_users)
         login = f"login {name} / {password}" if generated_login else "login: SKUFORGE_CONSOLE_USERS"
         lines = [
@@ -990,6 +998,6 @@ def main(argv: list[str] | None = None) -> int:
     except SupervisorError as exc:  # pragma: no cover - run() reports start-up errors itself
         _say(str(exc))
         code = 1
-    write_state(config, supervisor, "stopped")
+    record("stopped")
     _say("stopped" if code == 0 else "start-up failed; everything started was stopped")
     return code

@@ -964,3 +964,32 @@ def test_a_service_killed_by_a_signal_is_reported_so_and_its_log_records_the_exi
     finally:
         supervisor.stop()
     assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
+
+
+def test_a_state_file_that_cannot_be_written_once_ready_is_said_and_up_stops_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stack.json written at start, then the disk full: the write of the ready state went out of
+    Supervisor.run (stopping every service) and of `skuforge up` as a traceback, as did the last one."""
+    real_write_state = devstack.up.write_state
+    written: list[str] = []
+
+    def disk_full_once_started(config: Any, supervisor: Supervisor, state: str) -> None:
+        if state == "starting":
+            real_write_state(config, supervisor, state)
+            return
+        written.append(state)
+        if state == "ready":
+            supervisor.stopping.set()  # what Ctrl-C does: the test's end of the run
+        raise OSError(errno.ENOSPC, "No space left on device", str(config.workdir / "stack.json"))
+
+    monkeypatch.setattr(devstack.up, "build_specs", lambda config: [_sleeper(tmp_path, "stage")])
+    monkeypatch.setattr(devstack.up, "write_state", disk_full_once_started)
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+    code = main(["--workdir", str(tmp_path), "--ports", "free", "--kafka-bootstrap", "127.0.0.1:9"])
+    os.close(devstack.up._held_locks.pop())
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "ready" in written and written[-1] == "stopped"
+    assert "cannot record the stack's state: [Errno 28] No space left on device" in out
+    assert "the stack is ready:" in out
