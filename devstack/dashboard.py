@@ -21,7 +21,7 @@ from typing import Any
 
 from devstack.prometheus import REPO_ROOT, api_get, default_targets
 from schemas.flow import LORA_TRAINER
-from shared.argtypes import positive_float
+from shared.argtypes import file_problem, positive_float
 
 DASHBOARD_FILE = REPO_ROOT / "deploy" / "grafana" / "skuforge.json"
 # Grafana's own window for rate(); the checks and the plot put a concrete window in its place.
@@ -392,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.action == "render":
+        # Now, not at savefig after every panel's queries (and said then under the Prometheus address).
+        if problem := file_problem(args.out, "panels.png"):
+            plot.error(f"--out {args.out}: {problem}")
         try:  # now, not after asking Prometheus for every panel
             import matplotlib  # noqa: F401
         except ImportError:

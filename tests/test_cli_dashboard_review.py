@@ -39,3 +39,19 @@ def test_render_refuses_a_window_that_is_not_a_positive_number(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert err.endswith(f"argument --minutes: must be a number above 0, got {minutes}\n")
+
+
+@pytest.mark.parametrize("out", ["{tmp}", "{tmp}/in-the-way/panels.png"])
+def test_render_checks_out_before_it_asks_prometheus(
+    out: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A folder, or a file where its folder goes, failed only at savefig, after every panel's queries,
+    # as exit 1 under the Prometheus address: "skuforge dashboard render: http://...: [Errno 21] ...".
+    (tmp_path / "in-the-way").write_text("mine\n")
+    monkeypatch.setattr("devstack.dashboard.api_get", _no_prometheus)
+    path = out.format(tmp=tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["dashboard", "render", "--prometheus", "http://127.0.0.1:1", "--out", path])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"skuforge dashboard render: error: --out {path}: ")
