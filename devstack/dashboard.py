@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -310,13 +311,18 @@ def metric_names(expr: str) -> set[str]:
     return set(re.findall(r"\b(?:skuforge|nv)_[a-z_]+\b", expr))
 
 
-def _legend(template: str, labels: dict[str, str]) -> str:
-    """Grafana's ``{{label}}`` legend filled from a series' labels."""
-    return re.sub(r"\{\{(\w+)\}\}", lambda match: labels.get(match.group(1), ""), template)
+def _legend(template: str, labels: dict[str, str], max_chars: int = 60) -> str:
+    """Grafana's ``{{label}}`` legend filled from a series' labels (cut at ``max_chars``), as matplotlib
+    shows it literally: text between two ``$`` is mathtext there (a label value with an unknown
+    ``\\command`` in it failed the whole render), and a label that starts with ``_`` is left out."""
+    text = re.sub(r"\{\{(\w+)\}\}", lambda match: labels.get(match.group(1), ""), template)[:max_chars]
+    text = text.replace("$", r"\$")
+    return f" {text}" if text.startswith("_") else text
 
 
-def render(prometheus_url: str, out: Path, start: float, end: float, window: str = "30s") -> None:
-    """Plot every panel's queries over [start, end] from ``prometheus_url`` into ``out`` (a PNG)."""
+def render(prometheus_url: str, out: Path, start: float, end: float, window: str = "30s") -> list[str]:
+    """Plot every panel's queries over [start, end] from ``prometheus_url`` into ``out`` (a PNG); the
+    titles of the panels with no data to draw, which say so in the picture."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -326,6 +332,7 @@ def render(prometheus_url: str, out: Path, start: float, end: float, window: str
     rows = (len(PANELS) + columns - 1) // columns
     figure, axes = plt.subplots(rows, columns, figsize=(14, 2.6 * rows), squeeze=False)
     step = max(1.0, (end - start) / 200)
+    no_data = []
     for index, panel in enumerate(PANELS):
         axis = axes[index // columns][index % columns]
         for query in panel.queries:
@@ -340,13 +347,17 @@ def render(prometheus_url: str, out: Path, start: float, end: float, window: str
             for series in data["result"][:8]:
                 times = [float(t) - start for t, _ in series["values"]]
                 values = [float(v) for _, v in series["values"]]
-                label = _legend(query.legend, series["metric"])
-                axis.plot(times, values, label=label[:60])
+                if not any(math.isfinite(value) for value in values):
+                    # NaN only (a quantile of no observations, 0/0 while idle): nothing to draw. It was an
+                    # empty plot under a legend, where an empty result says "no data".
+                    continue
+                axis.plot(times, values, label=_legend(query.legend, series["metric"]))
         axis.set_title(panel.title, fontsize=9)
         axis.tick_params(labelsize=7)
         if axis.lines:
             axis.legend(fontsize=6, loc="upper left")
         else:
+            no_data.append(panel.title)
             axis.text(0.5, 0.5, "no data in this run", ha="center", va="center", transform=axis.transAxes)
     for index in range(len(PANELS), rows * columns):
         axes[index // columns][index % columns].axis("off")
@@ -355,6 +366,7 @@ def render(prometheus_url: str, out: Path, start: float, end: float, window: str
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=80)
     plt.close(figure)
+    return no_data
 
 
 def prometheus_address(text: str) -> str:
@@ -406,11 +418,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         end = time.time()
         try:
-            render(args.prometheus, args.out, end - 60 * args.minutes, end)
+            no_data = render(args.prometheus, args.out, end - 60 * args.minutes, end)
         except (OSError, ValueError, RuntimeError) as exc:  # nothing there, or an error answer
             print(f"skuforge dashboard render: {args.prometheus}: {exc}", file=sys.stderr)
             return 1
         print(f"wrote {args.out}")
+        if no_data:
+            print(f"no data in this run: {'; '.join(no_data)}")
         return 0
     if getattr(args, "write", False):
         DASHBOARD_FILE.parent.mkdir(parents=True, exist_ok=True)

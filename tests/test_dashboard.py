@@ -146,3 +146,13 @@ def test_every_series_a_panel_reads_is_scoped_to_the_chosen_namespace_and_releas
     for name, matchers in selectors:
         assert matchers.startswith('namespace=~"$namespace",release=~"$release"'), (name, matchers)
     assert all("$" not in concrete(expr).replace("$__rate_interval", "") for expr in all_exprs())
+
+
+def test_a_legend_shows_label_values_as_written_not_as_matplotlib_reads_them() -> None:
+    """A value between two `$` was mathtext in the rendered panels (an unknown `\\command` failed the
+    whole render), and a legend starting with `_` was left out of the panel's legend."""
+    from devstack.dashboard import _legend
+
+    assert _legend("{{group}} on {{topic}}", {"group": "team$\\ENV$", "topic": "t"}) == "team\\$\\ENV\\$ on t"
+    assert _legend("{{reason}}", {"reason": "_price"}) == " _price"
+    assert _legend("{{stage}}", {"stage": "x" * 80}) == "x" * 60

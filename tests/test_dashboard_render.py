@@ -1,0 +1,61 @@
+"""``skuforge dashboard render`` against a real Prometheus: a label value is drawn as written, and a panel
+whose queries return only NaN (a quantile of nothing) says it has no data, as an empty one does."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+
+from devstack.broker import free_port
+from devstack.dashboard import main
+from devstack.prometheus import PrometheusServer, scrape_config
+
+pytest.importorskip("matplotlib", reason="the docs extra (pip install 'skuforge[docs]') draws the panels")
+
+# What a stage's /metrics says: the lag of a group whose name holds `$` and a backslash (the consumer
+# group prefix is free text), and a gate that has decided nothing yet (its IoU histogram empty).
+ODD_GROUP = r"team$\ENV$.gate"
+
+
+@pytest.fixture
+def prometheus(prometheus_bin: str, tmp_path: Path) -> Iterator[PrometheusServer]:
+    registry = CollectorRegistry()
+    lag = Gauge("skuforge_consumer_group_lag_messages", "lag", ["group", "topic"], registry=registry)
+    lag.labels(ODD_GROUP, "image.matted").set(3)
+    Histogram("skuforge_gate_iou", "IoU", buckets=(0.5, 0.9, 1.0), registry=registry)
+    port = free_port()
+    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    config = scrape_config({"gate": port}, scrape_interval_s=0.5, rule_files=[])
+    prometheus = PrometheusServer(tmp_path / "prometheus", config).start()
+    try:
+        # Three scrapes, so the rate() of the IoU buckets has samples to work on.
+        deadline = time.monotonic() + 30
+        while (
+            time.monotonic() < deadline
+            and (prometheus.value("count_over_time(skuforge_gate_iou_count[1m])") or 0) < 3
+        ):
+            time.sleep(0.5)
+        yield prometheus
+    finally:
+        prometheus.stop()
+        server.shutdown()
+
+
+def test_render_draws_odd_label_values_and_says_which_panels_have_no_data(
+    prometheus: PrometheusServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: a label value between two `$` was read as matplotlib mathtext, and `\ENV` failed the
+    # whole render ("skuforge dashboard render: ...: Unknown symbol", exit 1); the gate's NaN-only
+    # quantiles were drawn as an empty plot with a legend, not as "no data".
+    out = tmp_path / "panels.png"
+    assert main(["render", "--prometheus", prometheus.url, "--out", str(out), "--minutes", "2"]) == 0
+    assert out.stat().st_size > 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == f"wrote {out}"
+    no_data = said[1].removeprefix("no data in this run: ").split("; ")
+    assert "Gate IoU distribution" in no_data
+    assert "Consumer group lag" not in no_data and "Dead letters" in no_data
