@@ -88,3 +88,25 @@ def test_up_with_rules_prometheus_cannot_load_is_refused_before_anything_starts(
     assert err.startswith(f"skuforge up: --prometheus-rules {rules}: promtool refuses it: ")
     assert '"Broken": could not parse expression' in err and "unclosed left parenthesis" in err
     assert err.count("\n") == 1
+
+
+def test_the_stack_prometheus_config_passes_promtool_as_up_writes_it(
+    tmp_path: Path, promtool_bin: str
+) -> None:
+    # The check `up` runs before anything starts, on what it runs: replicas and the trainer included.
+    from devstack.prometheus import config_problem
+    from devstack.up import parse_replicas
+
+    config = build_config(
+        tmp_path / "stack", ports_mode="free", with_trainer=True, replicas=parse_replicas("matting=2")
+    )
+    prometheus = stack_prometheus(
+        tmp_path / "prometheus",
+        config.ports,
+        scrape_interval_s=0.5,
+        stage_members={stage.name: config.replica_names(stage.name) for stage in config.stages},
+    )
+    assert config_problem(prometheus.config_path) is None
+    written = yaml.safe_load(prometheus.config_path.read_text())
+    matting = next(job for job in written["scrape_configs"] if job["job_name"] == "matting")
+    assert len(matting["static_configs"][0]["targets"]) == 2
