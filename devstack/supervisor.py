@@ -307,13 +307,19 @@ class Supervisor:
                         return False
                     break
                 except _NotReadyInTime:
-                    if attempt == state.spec.start_attempts:
-                        raise
                     spec = state.spec
-                    self.report(
-                        f"{spec.name}: not ready within {spec.ready_timeout_s:.0f}s; killing it and starting "
-                        f"it again (attempt {attempt + 1} of {spec.start_attempts}); see {spec.log_path}"
+                    if attempt == spec.start_attempts:
+                        self._log_line(
+                            state, f"not ready within {spec.ready_timeout_s:.0f}s; start-up failed"
+                        )
+                        raise
+                    # In its log too, where the SIGKILL's exit would otherwise read as a death of its own.
+                    again = (
+                        f"not ready within {spec.ready_timeout_s:.0f}s; killing it and starting it again "
+                        f"(attempt {attempt + 1} of {spec.start_attempts})"
                     )
+                    self._log_line(state, again)
+                    self.report(f"{spec.name}: {again}; see {spec.log_path}")
                     self._kill(state)
                     state.restarts += 1
         return True
@@ -442,6 +448,7 @@ class Supervisor:
             elif state.status == "starting" and now - state.started_at > spec.ready_timeout_s:
                 # Alive but never ready (stuck without partitions, say): treat it as dead.
                 self.report(f"{spec.name}: not ready within {spec.ready_timeout_s:.0f}s; killing it")
+                self._log_line(state, f"not ready within {spec.ready_timeout_s:.0f}s; killing it")
                 self._kill(state)
         self._reap_orphans()
 

@@ -993,3 +993,23 @@ def test_a_state_file_that_cannot_be_written_once_ready_is_said_and_up_stops_wit
     assert "ready" in written and written[-1] == "stopped"
     assert "cannot record the stack's state: [Errno 28] No space left on device" in out
     assert "the stack is ready:" in out
+
+
+def test_a_service_killed_for_not_being_ready_has_that_said_in_its_log(tmp_path: Path) -> None:
+    """Its log read "exited with code -9 (killed by SIGKILL)" with nothing to say the supervisor did it."""
+    spec = ServiceSpec(
+        name="stuck",
+        argv=[sys.executable, "-c", "import time; time.sleep(120)"],
+        log_path=tmp_path / "stuck.log",
+        ready=lambda: False,
+        ready_timeout_s=1,
+        start_attempts=2,
+    )
+    supervisor = Supervisor([spec], grace_s=2, report=lambda _: None)
+    try:
+        with pytest.raises(devstack.supervisor.SupervisorError):
+            supervisor.start()
+    finally:
+        supervisor.stop()
+    log = (tmp_path / "stuck.log").read_text()
+    assert "skuforge up: not ready within 1s; killing it and starting it again (attempt 2 of 2)" in log
