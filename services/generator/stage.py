@@ -90,8 +90,9 @@ class GeneratorMetrics:
         self.triton_errors = Counter(
             "skuforge_triton_errors_total",
             "Triton calls that did not bring an image, by model and kind: overloaded (Triton's queue was "
-            "full and turned the request away), timeout, unavailable (Triton away, or a store the model "
-            "reads, such as the adapter registry: retried, never dead-lettered), malformed (our request), "
+            "full and turned the request away), timeout, unavailable (Triton away, a store the model reads, "
+            "such as the adapter registry, or a model cache that refuses or cannot hold an adapter's copy: "
+            "retried, never dead-lettered), malformed (our request), "
             "refused (the model refused the variant), backend_error (the model raised on the variant even "
             "when served alone: retried as a handler error, then dead-lettered).",
             ["model", "kind"],
