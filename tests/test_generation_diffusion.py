@@ -8,6 +8,8 @@ size in the pipeline; a model published to S3 generates the same images as the l
 
 from __future__ import annotations
 
+import errno
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from shared import model_cache
 from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
 from shared.generation.adapters import (
@@ -506,6 +509,29 @@ def test_a_model_that_is_not_there_is_named(
     monkeypatch.setenv("SKUFORGE_DIFFUSION_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(DiffusionModelError, match="nothing is stored under"):
         backend_from_env()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES], ids=errno.errorcode.__getitem__)
+def test_a_model_the_cache_cannot_hold_is_one_line_naming_the_cache_setting(
+    code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full, read-only or foreign cache volume met while copying the model at start-up was an OSError
+    that no handler caught: the generator died in a traceback, not the line naming the setting."""
+
+    def refused(path: Path, blocks: object) -> tuple[int, str]:
+        raise OSError(code, os.strerror(code))  # as os.write says it: no file name
+
+    published = tmp_path / "published" / "tiny-sd-inpaint"
+    published.mkdir(parents=True)
+    (published / "model_index.json").write_text('{"_class_name": "StableDiffusionInpaintPipeline"}')
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_MODEL", f"file://{published}")
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_DEVICE", "cpu")
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(model_cache, "_write_durably", refused)
+    with pytest.raises(DiffusionModelError, match="SKUFORGE_DIFFUSION_CACHE_DIR") as refusal:
+        backend_from_env()
+    assert str(tmp_path / "cache") in str(refusal.value) and os.strerror(code) in str(refusal.value)
+    assert "\n" not in str(refusal.value)
 
 
 # Batched rows may differ from single rows by float rounding in batched kernels (BLAS blocking);

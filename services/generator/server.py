@@ -471,7 +471,7 @@ def build_triton(
                 )
                 for _ in range(generation.generation_instances)
             ]
-        except DiffusionModelError as exc:  # SKUFORGE_DIFFUSION_MODEL wrong: one line, not a traceback
+        except DiffusionModelError as exc:  # the model or its cache unusable: one line, not a traceback
             raise ConfigError(str(exc)) from None
         triton.bind(
             model_name=model_name(name),

@@ -179,7 +179,7 @@ class DiffusionSettings(BaseSettings):
 
 
 class DiffusionModelError(Exception):
-    """The configured pipeline folder is missing, incomplete or not loadable."""
+    """The configured pipeline folder is missing, incomplete or not loadable, or the cache cannot hold it."""
 
 
 class NonFiniteOutput(RuntimeError):
@@ -791,6 +791,16 @@ class DiffusionBackend:
                 )
             except (ValueError, BadInput, UnsafeCache) as exc:
                 raise DiffusionModelError(f"cannot fetch the diffusion model {model!r}: {exc}") from exc
+            except OSError as exc:
+                # The store's faults arrive mapped: an OSError here is the cache's (full, read-only, not
+                # this user's). os.write's ENOSPC names no file, so the folder is named here.
+                if exc.errno not in _CACHE_UNWRITABLE_ERRNOS:
+                    raise
+                raise DiffusionModelError(
+                    f"cannot copy the diffusion model {model!r} into the model cache {cache_dir} ({exc}): "
+                    "free room there, make it writable by this user, or point SKUFORGE_DIFFUSION_CACHE_DIR "
+                    "at a folder that is"
+                ) from exc
         else:
             directory = Path(model)
         _pipeline_index(directory)  # before torch loads: a wrong path fails in milliseconds
