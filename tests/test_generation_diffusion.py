@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -457,6 +458,22 @@ def test_missing_model_and_bad_values_are_named(monkeypatch: pytest.MonkeyPatch)
         load_settings(DiffusionSettings)
     with pytest.raises(ConfigError, match="SKUFORGE_DIFFUSION_SCALE_MIN"):
         load_settings(DiffusionSettings, diffusion_steps=2, diffusion_scale_min=0.9, diffusion_scale_max=0.5)
+
+
+@pytest.mark.parametrize("uri", ["ftp://models.example/adapters", "s3://x/adapters"])
+def test_an_adapter_registry_uri_no_store_opens_is_refused_at_start_up_naming_the_setting(
+    diffusion_env: Path, uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheme no store serves, or an S3 bucket name too short, loaded the whole pipeline and then ended
+    the generator's start-up in a ValueError traceback; the LoRA trainer refused it with a line."""
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_ADAPTERS_URI", uri)
+    with pytest.raises(ConfigError, match=r"SKUFORGE_DIFFUSION_ADAPTERS_URI: .*" + re.escape(repr(uri))):
+        backend_from_env()
+    # Compose and Helm pass an unset variable as an empty one: the default registry, not a refusal.
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_ADAPTERS_URI", "")
+    assert (
+        load_settings(DiffusionSettings).adapters_uri(load_settings()) == f"file://{diffusion_env}/adapters"
+    )
 
 
 def test_adapters_cli_registers_and_lists(

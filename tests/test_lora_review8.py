@@ -18,7 +18,6 @@ from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import PREFIX, LoraTrainer, LoraTrainerMetrics, open_trainer
 from shared.config import ConfigError, load_settings
 from shared.errors import TransientError
-from shared.generation.diffusion import DiffusionSettings
 from shared.store import FileStore
 from tests.support.captioning import captioned_sku
 from tests.support.lora import model_folder, record, served, trainer_on
@@ -82,17 +81,17 @@ def test_a_poll_interval_a_thread_cannot_wait_is_refused_at_start_up() -> None:
 
 @pytest.mark.parametrize("uri", ["ftp://models.example/adapters", "s3://x/adapters"])
 def test_an_adapter_registry_uri_no_store_opens_is_refused_at_start_up_naming_the_setting(
-    tmp_path: Path, uri: str
+    tmp_path: Path, uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SKUFORGE_DIFFUSION_ADAPTERS_URI with a scheme no store serves, or an S3 bucket name too short,
-    ended the trainer's start-up in a ValueError traceback instead of the ConfigError line."""
-    model = model_folder(tmp_path, "sd15-inpaint")
-    diffusion = load_settings(DiffusionSettings, diffusion_model=str(model), diffusion_adapters_uri=uri)
-    with pytest.raises(ConfigError, match=rf"SKUFORGE_DIFFUSION_ADAPTERS_URI={re.escape(uri)}: "):
+    ended the trainer's start-up in a ValueError traceback instead of the ConfigError line. The setting
+    refuses it (as the generator does), before the trainer opens anything."""
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_MODEL", str(model_folder(tmp_path, "sd15-inpaint")))
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_ADAPTERS_URI", uri)
+    with pytest.raises(ConfigError, match=r"SKUFORGE_DIFFUSION_ADAPTERS_URI: .*" + re.escape(repr(uri))):
         open_trainer(
             load_settings(store_uri=f"file://{tmp_path / 'store'}"),
             metrics=LoraTrainerMetrics(CollectorRegistry()),
             publish=lambda event: None,
             trainer=load_settings(LoraTrainerSettings, lora_device="cpu"),
-            diffusion=diffusion,
         )

@@ -1269,7 +1269,7 @@ def open_trainer(
         registry_store = open_store(
             adapters_uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region
         )
-    except ValueError as exc:  # a scheme no store serves, a bucket name S3 refuses: a traceback before
+    except ValueError as exc:  # the setting checks its own URI; this one may be <SKUFORGE_STORE_URI>/adapters
         raise ConfigError(f"SKUFORGE_DIFFUSION_ADAPTERS_URI={adapters_uri}: {exc}") from None
     registry = AdapterRegistry(registry_store)
     return LoraTrainer(

@@ -46,16 +46,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFilter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
-from shared.config import SETTINGS_CONFIG, ConfigError, Settings, describe_validation_error
+from shared.config import SETTINGS_CONFIG, ConfigError, Settings, describe_validation_error, empty_is_unset
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, TransientError
 from shared.generation.adapters import AdapterChoice, AdapterMetadata, AdapterRegistry, resolve_adapter
 from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome, seed_entropy
 from shared.model_cache import UnsafeCache, fetch_directory, open_cache
 from shared.model_cache import release as release_copy
-from shared.store import open_store
+from shared.store import check_store_uri, open_store
 
 if TYPE_CHECKING:
     import torch
@@ -166,6 +166,20 @@ class DiffusionSettings(BaseSettings):
     diffusion_adapter_refresh_s: float = Field(
         default=30.0, ge=0.0, description="how long the registry listing is reused; 0 = list every request"
     )
+
+    @field_validator("diffusion_adapters_uri", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return empty_is_unset(value)  # Compose and Helm pass an unset variable as an empty one
+
+    @field_validator("diffusion_adapters_uri")
+    @classmethod
+    def _adapters_uri_opens(cls, value: str | None) -> str | None:
+        # A scheme no store serves, or a bucket name S3 refuses, was a traceback in the generator only
+        # once the pipeline had loaded; checked here, the generator and the LoRA trainer refuse it alike.
+        if value is not None:
+            check_store_uri(value)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> DiffusionSettings:
