@@ -16,6 +16,9 @@ from shared.images import PHOTO_SUFFIXES
 # with (.jfif, .jpe): photos are identified by content, so these decode as any .jpg. Skipped, they left
 # a SKU a photo short, or a held-out photo unused, without a word.
 PHOTO_FILE_SUFFIXES: frozenset[str] = PHOTO_SUFFIXES | {".jfif", ".jpe"}
+# HEIC/HEIF: an iPhone's photos by default; named with what to do (``HEIC_ADVICE``), not "not a photo".
+HEIC_SUFFIXES = frozenset({".heic", ".heif"})
+HEIC_ADVICE = "HEIC/HEIF is not read here; export it as JPEG or PNG"
 # Not folders of photos, though folders: a zip made on a Mac unpacks with one beside the real
 # folders, full of "._NAME" resource forks.
 MACOS_ZIP_FOLDERS = frozenset({"__MACOSX"})

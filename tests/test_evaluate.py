@@ -709,7 +709,10 @@ def test_the_notes_that_explain_too_few_heldout_skus_come_with_the_refusal(
     assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 2
     captured = capsys.readouterr()
     assert "only SKU-RED has held-out photos" in captured.err
-    assert f"note: {heldout / 'SKU-BLUE' / 'test-0.heic'} is not a photo" in captured.out
+    # Named with what to do, as ingest names it: before, a HEIC photo was "not a photo".
+    heic = heldout / "SKU-BLUE" / "test-0.heic"
+    assert f"note: {heic}: HEIC/HEIF is not read here; export it as JPEG or PNG (not used)" in captured.out
+    assert f"{heic} is not a photo" not in captured.out
     assert "have no held-out photos, not evaluated: SKU-BLUE, SKU-EXTRA, SKU-GREEN" in captured.out
     assert not (tmp_path / "eval").exists()
 

@@ -81,6 +81,8 @@ from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ImageRejected, TransientError
 from shared.images import encode_png, photo_and_transparency, refuse_oversized
 from shared.photos import (
+    HEIC_ADVICE,
+    HEIC_SUFFIXES,
     MACOS_ZIP_FOLDERS,
     PHOTO_FILE_SUFFIXES,
     is_left_out_quietly,
@@ -96,8 +98,6 @@ PRODUCER = "ingest"
 T = TypeVar("T")
 # What ``photo_key`` names a stored photo: the first 16 hex digits of its PNG's sha256.
 _PHOTO_OBJECT = re.compile(r"[0-9a-f]{16}\.png")
-# HEIC/HEIF: an iPhone's photos by default; named with what to do, in a SKU folder or beside them.
-HEIC_SUFFIXES = frozenset({".heic", ".heif"})
 # metadata.json's fields are bounded (SkuMetadata): a few hundred characters, a few kB even escaped
 # and indented. A larger file is not a SKU's metadata, and is refused before it is read.
 MAX_METADATA_BYTES = 2**20
@@ -535,7 +535,7 @@ def _sort_entry(folder: Path, entry: Path, photos: list[Path], problems: list[st
         problems.append(f"{entry}: not a regular file (a pipe, socket or device); remove it")
     elif suffix in HEIC_SUFFIXES:
         # An iPhone's photos are HEIC by default: say what to do, not just "not a photo".
-        problems.append(f"{entry}: HEIC/HEIF is not read here; export it as JPEG or PNG")
+        problems.append(f"{entry}: {HEIC_ADVICE}")
     elif suffix in PHOTO_FILE_SUFFIXES:
         photos.append(entry)
     else:

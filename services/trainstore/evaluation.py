@@ -49,7 +49,7 @@ from shared.evaluation.report import write_report
 from shared.generation.scenes import scene_file_bytes
 from shared.images import photo_as_stored
 from shared.model_cache import write_atomically
-from shared.photos import PHOTO_FILE_SUFFIXES, is_left_out_quietly
+from shared.photos import HEIC_ADVICE, HEIC_SUFFIXES, PHOTO_FILE_SUFFIXES, is_left_out_quietly
 from shared.store import FileStore, ObjectStore, open_store, sha256_hex
 from shared.trainstore.dataset import ExportPlan, plan_export, read_checked
 from shared.trainstore.manifest import ManifestRow, ManifestStore
@@ -101,6 +101,9 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
         for path in _files_under(entry, elsewhere, notes):
             if not path.is_file():
                 notes.append(f"{path} is a link to nothing: not used")
+                continue
+            if path.suffix.lower() in HEIC_SUFFIXES:  # an iPhone's: what to do, as ingest says it
+                notes.append(f"{path}: {HEIC_ADVICE} (not used)")
                 continue
             if path.suffix.lower() not in PHOTO_FILE_SUFFIXES:
                 notes.append(f"{path} is not a photo ({', '.join(sorted(PHOTO_FILE_SUFFIXES))}): not used")
