@@ -7,6 +7,7 @@ carries the same metadata; topics are created deliberately (auto-creation is off
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -85,7 +86,14 @@ def unreachable(settings: Settings, exc: Exception) -> str:
 
 
 def make_producer(settings: Settings, client_id: str) -> KafkaProducer:
-    """An idempotent producer that waits for every in-sync replica (acks=all)."""
+    """An idempotent producer that waits for every in-sync replica (acks=all); it bootstraps off the
+    main thread (``bootstrapped_off_the_main_thread``), so a stop while it connects stops the caller."""
+    return bootstrapped_off_the_main_thread(
+        lambda: _new_producer(settings, client_id), _close_unused_producer, f"Kafka producer {client_id}"
+    )
+
+
+def _new_producer(settings: Settings, client_id: str) -> KafkaProducer:
     return KafkaProducer(
         **kafka_connection(settings),
         client_id=client_id,
@@ -100,6 +108,69 @@ def make_producer(settings: Settings, client_id: str) -> KafkaProducer:
         # bound that by the same budget as the acknowledgement instead of kafka-python's 60 s.
         max_block_ms=int(settings.flush_timeout_s * 1000),
     )
+
+
+def _close_unused_producer(producer: KafkaProducer) -> None:
+    try:
+        producer.close(timeout=0)  # nothing was sent: nothing to wait for
+    except KafkaError as exc:
+        log.warning("closing an unused Kafka producer: %s: %s", type(exc).__name__, exc)
+
+
+_Client = TypeVar("_Client")
+
+
+def bootstrapped_off_the_main_thread(
+    bootstrap: Callable[[], _Client], close: Callable[[_Client], None], what: str
+) -> _Client:
+    """``bootstrap()``, run on a thread of its own while the calling thread waits for it.
+
+    kafka-python's producer bootstraps by running its event loop on the calling thread, and the loop
+    logs and drops whatever one of its tasks raises (``except BaseException`` in
+    ``kafka/net/selector.py:NetworkSelector._poll_once``), the ``KeyboardInterrupt`` of Ctrl-C and the
+    ``Stopped`` of ``shared.signals`` included. A stop that came while a task made the connection (a
+    slow DNS lookup) was lost: the command waited out the 30 s bootstrap and said "cannot reach Kafka"
+    (exit 1), or carried on with a broker that answered. Python runs signal handlers on the main thread
+    only, and here that thread only waits, so the interrupt is raised to the caller at once; a client
+    that bootstraps after it is closed unused. (The consumer and the admin client need none of this:
+    they run their loop on an IO thread of their own from the start.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return bootstrap()  # no signal handler runs here to be lost
+    done = threading.Event()
+    lock = threading.Lock()
+    outcome: dict[str, Any] = {}  # "client" or "error", once bootstrapped; "abandoned" once stopped
+
+    def run() -> None:
+        try:
+            client = bootstrap()
+        except BaseException as exc:  # raised again on the waiting thread
+            outcome["error"] = exc
+            done.set()
+            return
+        with lock:
+            abandoned = "abandoned" in outcome
+            if not abandoned:
+                outcome["client"] = client
+        if abandoned:
+            close(client)
+        done.set()
+
+    try:
+        # A daemon: a stopped command does not wait out the bootstrap to exit. Started inside the try:
+        # start() waits for the thread to run, and a stop there must abandon the client too.
+        threading.Thread(target=run, name=f"bootstrap {what}", daemon=True).start()
+        done.wait()
+    except BaseException:
+        with lock:
+            outcome["abandoned"] = True
+            bootstrapped = "client" in outcome
+        if bootstrapped:  # just as the stop came
+            close(outcome["client"])
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["client"]
 
 
 # How long closing a producer that stopped for good may wait for the sender to fail its last batches.

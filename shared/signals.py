@@ -6,6 +6,10 @@ photos from TMPDIR; ``skuforge dlq replay`` marks the records Kafka acknowledged
 would otherwise send again). Inside ``stopped_as_interrupt`` they raise ``Stopped``, a
 ``KeyboardInterrupt``, so the same ``except KeyboardInterrupt`` handles all three; ``signal_number``
 gives the exit status's signal (128 + it, 130 for Ctrl-C).
+
+The exception is raised in whatever Python code runs on the main thread when the signal comes, and
+code that catches ``BaseException`` there loses it: kafka-python's event loop does so for its tasks,
+which is why ``shared.bus.make_producer`` bootstraps the producer off the main thread.
 """
 
 from __future__ import annotations

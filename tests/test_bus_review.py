@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from schemas.topics import SKU_INGESTED
-from shared.bus import Publisher
+from shared.bus import Publisher, bootstrapped_off_the_main_thread
 from shared.errors import TransientError
 from shared.store import open_store
 from tests.support.bus import file_store_uri, isolated_settings, sku_ingested_payloads
@@ -68,3 +70,34 @@ def test_topics_created_with_three_replicas_keep_two_in_sync(replication: int, m
     topic = topic_to_create("skuforge.sku.ingested.v1", 6, replication)
     assert (topic.num_partitions, topic.replication_factor) == (6, replication)
     assert (topic.topic_configs or {}).get("min.insync.replicas") == min_isr
+
+
+def test_a_client_that_bootstraps_after_the_stop_is_closed_unused() -> None:
+    """``make_producer`` bootstraps on a thread of its own, so that a stop while it connects reaches the
+    command at once (tests/test_ingest_review.py); the producer that bootstraps after the stop must not
+    be left running (its sender thread, its connection) in a command that goes on after it."""
+    stop_seen = threading.Event()
+    closed: list[str] = []
+    close_done = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        stop_seen.set()
+        raise KeyboardInterrupt
+
+    def bootstrap() -> str:
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)  # the stop, as it connects
+        stop_seen.wait()
+        return "client"
+
+    def close(client: str) -> None:
+        closed.append(client)
+        close_done.set()
+
+    previous = signal.signal(signal.SIGUSR1, stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            bootstrapped_off_the_main_thread(bootstrap, close, "stand-in client")
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert close_done.wait(timeout=30), "the client bootstrapped after the stop was never closed"
+    assert closed == ["client"]
