@@ -100,3 +100,24 @@ def test_an_expected_mask_over_a_limit_is_refused_before_the_image_is_read(
     assert isinstance(result, BadInput) and result.reason == reason
     assert (result.detail or "").startswith("expected mask: ")
     assert store.keys_read == []
+
+
+def test_an_expected_mask_stated_at_another_size_than_its_image_is_refused_before_either_is_read(
+    tmp_path: Path,
+) -> None:
+    """The event states both sizes; an expected mask stated at a size other than its image's cannot
+    be matted against, so it is refused on those figures. Before, the image and the mask were both
+    read and decoded first, and only their decoded sizes compared."""
+    store = ReadCountingStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    ctx = Context("matting", store, settings, StageMetrics("matting"), logging.getLogger("test"))
+    session = U2NetPSession(stand_in_onnx_bytes(), threads=1, use_gpu=False)
+    event = generated(store, stored(store, "generated/ok.png", Image.new("RGB", (200, 200), "white"), "PNG"))
+    mask = store.put_image("fixtures/wide-mask.png", np.full((200, 240), 255, np.uint8))
+    event = event.model_copy(update={"payload": event.payload.model_copy(update={"expected_mask": mask})})
+
+    (result,) = handle_batch([event], ctx, session=session, roi_margin=0.25)
+
+    assert isinstance(result, BadInput) and result.reason == "dimension_mismatch"
+    assert result.detail == f"expected mask {mask.uri} is 240x200, the image 200x200"
+    assert store.keys_read == []

@@ -49,6 +49,7 @@ from typing import Any
 from PIL import Image
 from prometheus_client import CollectorRegistry, Histogram
 
+from schemas.common import ImageRef
 from schemas.envelope import Envelope
 from schemas.events import ImageGenerated, ImageMatted
 from schemas.flow import MATTING
@@ -192,7 +193,8 @@ def _read_input(
     """The event's image, and the box to mat (None: all of it).
 
     The image, and the expected mask when there is a box to find, are refused on the event's figures
-    before either is read (``Context.refuse_unread``).
+    before either is read (``Context.refuse_unread``), and so is a mask the event states at a size
+    other than its image's.
     """
     ref = event.payload.expected_mask
     try:
@@ -204,6 +206,8 @@ def _read_input(
             ctx.refuse_unread(ref, "it must be its image's size")
         except BadInput as refusal:
             return BadInput(refusal.reason, f"expected mask: {refusal.detail or refusal.reason}")
+        if (ref.width, ref.height) != (event.payload.image.width, event.payload.image.height):
+            return _mask_mismatch(ref, ref.width, ref.height, event.payload.image)
     image = _read_image(event, ctx)
     if isinstance(image, BadInput):
         return image
@@ -214,12 +218,16 @@ def _read_input(
     except BadInput as refusal:
         return BadInput(refusal.reason, f"expected mask: {refusal.detail or refusal.reason}")
     if expected.shape != (image.height, image.width):
-        return BadInput(
-            "dimension_mismatch",
-            f"expected mask {ref.uri} is {expected.shape[1]}x{expected.shape[0]}, "
-            f"the image {image.width}x{image.height}",
-        )
+        return _mask_mismatch(ref, expected.shape[1], expected.shape[0], event.payload.image)
     return image, product_box(expected, roi_margin)
+
+
+def _mask_mismatch(ref: ImageRef, width: int, height: int, image: ImageRef) -> BadInput:
+    """The refusal of an expected mask ``width`` x ``height`` (stated or decoded) for ``image``."""
+    return BadInput(
+        "dimension_mismatch",
+        f"expected mask {ref.uri} is {width}x{height}, the image {image.width}x{image.height}",
+    )
 
 
 def _read_image(event: Envelope[ImageGenerated], ctx: Context) -> Image.Image | BadInput:
