@@ -156,3 +156,26 @@ def test_a_transparency_mask_over_the_pixel_limit_is_not_read(
     except BadInput as refused:  # the random model may find no product: the photo was still masked
         assert refused.reason == "no_usable_photo"
     assert store.keys_read == ["incoming/SKU-CUT/p1.png"]
+
+
+def test_a_transparency_mask_stated_at_another_size_than_its_photo_is_not_read(
+    random_u2netp_onnx: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A transparency mask the event states at a size other than its photo's cannot outline the
+    product; it is skipped on the event's figures (the matting model masks the photo) without being
+    read. Before, it was read and decoded, only for its size to be compared and the mask ignored."""
+    store = ReadCountingStore(tmp_path / "store")
+    event = _event(store, "SKU-CUT", {"p1": _product(192)})
+    mask = store.put_image("incoming/SKU-CUT/p1-mask.png", np.full((160, 192), 255, np.uint8))
+    photo = event.payload.photos[0].model_copy(update={"mask": mask})
+    event = event.model_copy(update={"payload": event.payload.model_copy(update={"photos": [photo]})})
+    ctx = context(store, load_settings(store_uri=store.base_uri))
+    with caplog.at_level("WARNING", logger=ctx.log.name):
+        try:
+            handle(event, ctx, models=random_models(random_u2netp_onnx))
+        except BadInput as refused:  # the random model may find no product: the photo was still masked
+            assert refused.reason == "no_usable_photo"
+    assert store.keys_read == ["incoming/SKU-CUT/p1.png"]
+    assert [record.getMessage() for record in caplog.records if record.name == ctx.log.name] == [
+        "transparency mask is not the photo's size; the matting model masks the photo"
+    ]

@@ -310,8 +310,12 @@ def _transparency_mask(
     (``ReferencePhoto.mask``) and it is a plausible product outline; else None, and the matting
     model masks the photo. A cut-out's alpha is exact where the model only estimates: a white
     product composited over white loses its edges to the model. A mask the event says is over the
-    pixel or byte limit is left unread (``Context.refuse_unread``)."""
+    pixel or byte limit (``Context.refuse_unread``), or at a size other than its photo's, is left
+    unread."""
     if photo.mask is None or not isinstance(image, Image.Image):
+        return None
+    if (photo.mask.width, photo.mask.height) != (photo.image.width, photo.image.height):
+        _log_mask_size_mismatch(photo, ctx)
         return None
     try:
         ctx.refuse_unread(photo.mask, "it must be its photo's size")
@@ -322,11 +326,8 @@ def _transparency_mask(
             extra={"photo_id": photo.photo_id, "reason": refusal.reason},
         )
         return None
-    if mask.shape != (photo.image.height, photo.image.width):
-        ctx.log.warning(
-            "transparency mask is not the photo's size; the matting model masks the photo",
-            extra={"photo_id": photo.photo_id},
-        )
+    if mask.shape != (photo.image.height, photo.image.width):  # the mask's own figures were wrong
+        _log_mask_size_mismatch(photo, ctx)
         return None
     if mask.shape != (image.height, image.width):  # the photo is worked on at WORKING_SIDE_PX
         mask = pixel_array(Image.fromarray(mask).resize(image.size, Image.Resampling.NEAREST))
@@ -338,6 +339,14 @@ def _transparency_mask(
         # A few transparent corners of a rectangular shot are not an outline of the product.
         return None
     return mask
+
+
+def _log_mask_size_mismatch(photo: ReferencePhoto, ctx: Context) -> None:
+    """Log that ``photo``'s transparency mask is ignored for its size."""
+    ctx.log.warning(
+        "transparency mask is not the photo's size; the matting model masks the photo",
+        extra={"photo_id": photo.photo_id},
+    )
 
 
 def _find_products(
