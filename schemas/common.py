@@ -59,6 +59,36 @@ SafeId = Annotated[
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
+# Unicode's control characters (category Cc): C0 (NUL, tab, newline, ESC...), DEL and C1. One
+# character class that Python, ECMA-262 and RE2 read alike, for the committed JSON Schemas.
+_CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"
+_CONTROL_CHARACTER = re.compile(f"[{_CONTROL_CHARACTERS}]")
+
+
+def check_plain_text(value: str) -> str:
+    """Refuse text holding a control character; the character is named (``U+001B``), never echoed.
+
+    A retailer's text goes into captions, prompts, tags, log lines and the console's pages: a NUL, a
+    terminal escape or a newline there corrupts or forges them. A tab is refused too: it is no part
+    of a product's name, and a space says the same.
+    """
+    found = _CONTROL_CHARACTER.search(value)
+    if found:
+        raise ValueError(
+            f"contains a control character (U+{ord(found.group()):04X} at character {found.start() + 1}); "
+            "write it without newlines, tabs or escape codes"
+        )
+    return value
+
+
+# Free text from outside (SkuMetadata's fields): any characters but control characters.
+PlainText = Annotated[
+    str,
+    AfterValidator(check_plain_text),
+    Field(json_schema_extra={"pattern": f"^[^{_CONTROL_CHARACTERS}]*$"}),
+]
+
+
 def naive_as_utc(value: datetime) -> datetime:
     """Read a time without an offset as UTC, the only zone skuforge writes; aware times are kept as given.
 
@@ -108,7 +138,11 @@ class SkuMetadata(Contract):
     """What the retailer tells us about a product."""
 
     sku_id: SafeId
-    name: str = Field(min_length=1, max_length=200)
-    category: str = Field(min_length=1, max_length=100, description="class noun source, e.g. 'soda can'")
-    brand: str = Field(default="", max_length=100)
-    series: str = Field(default="", max_length=100, description="product series; picks the Specialized LoRA")
+    name: PlainText = Field(min_length=1, max_length=200)
+    category: PlainText = Field(
+        min_length=1, max_length=100, description="class noun source, e.g. 'soda can'"
+    )
+    brand: PlainText = Field(default="", max_length=100)
+    series: PlainText = Field(
+        default="", max_length=100, description="product series; picks the Specialized LoRA"
+    )

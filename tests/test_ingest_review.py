@@ -326,12 +326,35 @@ def test_a_photo_whose_stored_png_is_over_the_byte_limit_is_refused_at_ingest(tm
 
 @pytest.mark.parametrize("field", ["name", "category"])
 def test_a_name_or_category_of_only_whitespace_is_refused(tmp_path: Path, field: str) -> None:
-    folder = _sku(tmp_path, "A", "A-1", (10, 20), **{field: " \t "})
+    # A tab is a control character, refused as one (below); a no-break space is whitespace.
+    folder = _sku(tmp_path, "A", "A-1", (10, 20), **{field: " \u00a0 "})
     with pytest.raises(IngestError) as refused:
         prepare_all(tmp_path, load_settings())
     assert f"{folder / 'metadata.json'}: {field}: is only whitespace; give the product's {field}" in str(
         refused.value
     )
+
+
+@pytest.mark.parametrize("field", ["name", "category", "brand", "series"])
+def test_a_control_character_in_the_metadata_is_one_line_naming_the_field(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    publisher: type[_Publisher],
+    field: str,
+) -> None:
+    """Before, a NUL, a terminal escape or a newline in metadata.json went on into captions, prompts,
+    logs and the console. The problem is one line naming the field; the escape is named, not echoed
+    (nor is the value, which holds a newline)."""
+    batch = tmp_path / "batch"
+    folder = _sku(batch, "A", "A-1", **{field: "Oat\x1b[2J\ndrink"})
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    assert cli_main(["ingest", str(batch)]) == 2
+    err = capsys.readouterr().err
+    [problem] = [line for line in err.splitlines() if "metadata.json" in line]
+    assert f"{folder / 'metadata.json'}: {field}: " in problem and "U+001B" in problem
+    assert "\x1b" not in err and "drink" not in err, err
+    assert publisher.published == [] and not (tmp_path / "store").exists()
 
 
 # Finding 6: a photo too small to caption, cut out or learn from is refused, naming its size.

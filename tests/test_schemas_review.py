@@ -326,3 +326,42 @@ def test_a_sku_captioned_the_schema_takes_makes_prompts_the_generator_server_tak
     at_bounds = SkuCaptioned.model_validate(data)
     for text in (prompt_for(at_bounds, at_bounds.photos[0]), at_bounds.negative_prompt):
         assert len(text.encode()) <= MAX_TEXT_BYTES
+
+
+@pytest.mark.parametrize("field", ["name", "category", "brand", "series"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Cola\x00",
+        "Cola \x1b[31mZero\x1b[0m",
+        "Cola\nsku_id=SKU-OTHER",
+        "Cola\tZero",
+        "Cola\x85Zero",
+        "Cola\x7f",
+    ],
+    ids=["nul", "escape", "newline", "tab", "c1_next_line", "delete"],
+)
+def test_a_control_character_in_sku_metadata_is_dead_lettered_naming_the_field(
+    tmp_path: Path, field: str, value: str
+) -> None:
+    """Before, a SKU's name, category, brand and series took any character: a NUL, a terminal colour
+    code or a newline went into captions, prompts, tags, logs and the console's pages. No skuforge
+    producer writes one (nor do the GroceryStore classes the benches ingest)."""
+    written = _ingested_envelope()
+    written["payload"]["sku"][field] = value
+
+    letter = dead_letter_for(tmp_path, written)
+    assert letter.reason == "schema_invalid" and letter.detail.startswith(f"payload.sku.{field}: ")
+    assert "control character" in letter.detail
+
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(_committed(SKU_INGESTED)).validate(written)
+    assert list(refused.value.absolute_path) == ["payload", "sku", field]
+
+
+def test_sku_metadata_without_control_characters_is_taken_as_written() -> None:
+    """Accents, non-breaking spaces and scripts other than Latin are text, not control characters."""
+    sku = SkuMetadata(sku_id="SKU-1", name="Crème Fraîche\u00a0Léger", category="ヨーグルト", brand="Ōatly™")
+    written = _ingested_envelope()
+    written["payload"]["sku"] = sku.model_dump(mode="json")
+    jsonschema.Draft202012Validator(_committed(SKU_INGESTED)).validate(written)

@@ -27,7 +27,8 @@ a zip it makes), and the files Windows and macOS leave in any folder (``Thumbs.d
 ``Icon\\r``). A copy of a photo in its folder (the same picture) is ingested once, and named in a
 warning; of a cut-out and its copy flattened on white, the cut-out, for its outline. Two SKU ids of a
 batch may not differ only in case (``ABC-1``, ``abc-1``): on a case-insensitive file system their
-store folders would be one. A name or category that is only whitespace is refused.
+store folders would be one. A name or category that is only whitespace is refused, and so is a
+control character (a tab, newline, NUL or terminal escape) in the name, category, brand or series.
 
 A photo file with transparency (a cut-out on a transparent background) is stored over white, as
 every photo, and its transparency beside it as a mask (``masks/transparency/<sku>/<photo>.png``,
