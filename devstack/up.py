@@ -828,13 +828,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prometheus-rules",
         type=Path,
-        default=ALERTS_FILE,
+        default=None,
         help="rules file for that Prometheus (default deploy/prometheus/alerts.yml)",
     )
     parser.add_argument(
         "--scrape-interval-s",
         type=float_between(0.5, 3600.0),
-        default=5.0,
+        default=None,
         help="that Prometheus's scrape interval (default 5)",
     )
     parser.add_argument(
@@ -845,6 +845,16 @@ def main(argv: list[str] | None = None) -> int:
         "they share its partitions",
     )
     args = parser.parse_args(argv)
+    # Without --with-prometheus these were ignored and the stack came up with no Prometheus at all.
+    if not args.with_prometheus:
+        for option, value in (
+            ("--prometheus-rules", args.prometheus_rules),
+            ("--scrape-interval-s", args.scrape_interval_s),
+        ):
+            if value is not None:
+                parser.error(f"{option} is for --with-prometheus's Prometheus; add --with-prometheus")
+    rules_file: Path = args.prometheus_rules or ALERTS_FILE
+    scrape_interval_s: float = 5.0 if args.scrape_interval_s is None else args.scrape_interval_s
     try:
         replicas = parse_replicas(args.replicas)
     except ValueError as exc:
@@ -916,8 +926,8 @@ def main(argv: list[str] | None = None) -> int:
                 config.workdir / "prometheus",
                 config.ports,
                 prefer_default_port=args.ports != "free",
-                rules_file=args.prometheus_rules,
-                scrape_interval_s=args.scrape_interval_s,
+                rules_file=rules_file,
+                scrape_interval_s=scrape_interval_s,
                 stage_members={stage.name: config.replica_names(stage.name) for stage in config.stages},
             )
             argv_prometheus = prometheus.argv()
@@ -930,9 +940,8 @@ def main(argv: list[str] | None = None) -> int:
         except PrometheusMissing:  # a prometheus without its promtool: it says so itself, when it starts
             rules_problem = None
         if rules_problem is not None:
-            rules = args.prometheus_rules
             print(
-                f"skuforge up: --prometheus-rules {rules}: promtool refuses it: {rules_problem}",
+                f"skuforge up: --prometheus-rules {rules_file}: promtool refuses it: {rules_problem}",
                 file=sys.stderr,
             )
             return 2

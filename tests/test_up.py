@@ -552,3 +552,29 @@ def test_a_service_that_exits_takes_what_it_left_in_its_group_with_it(tmp_path: 
             time.sleep(0.1)
     finally:
         supervisor.stop()
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--prometheus-rules", "my-alerts.yml"], "--prometheus-rules"),
+        (["--scrape-interval-s", "1"], "--scrape-interval-s"),
+    ],
+)
+def test_a_prometheus_option_without_with_prometheus_is_a_usage_error(
+    argv: list[str],
+    option: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before: the option was ignored and the stack started with no Prometheus at all.
+    def starts_the_stack(*args: object, **kwargs: object) -> None:
+        raise AssertionError("started the stack without the Prometheus asked for")
+
+    monkeypatch.setattr("devstack.up.Supervisor", starts_the_stack)
+    with pytest.raises(SystemExit) as exited:
+        main(["--workdir", str(tmp_path / "stack"), "--ports", "free", *argv])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"skuforge up: error: {option} is for --with-prometheus's Prometheus; add --with-prometheus" in err
