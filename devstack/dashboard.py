@@ -18,7 +18,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from devstack.prometheus import REPO_ROOT, api_get, default_targets
 from schemas.flow import LORA_TRAINER
@@ -320,9 +320,21 @@ def _legend(template: str, labels: dict[str, str], max_chars: int = 60) -> str:
     return f" {text}" if text.startswith("_") else text
 
 
-def render(prometheus_url: str, out: Path, start: float, end: float, window: str = "30s") -> list[str]:
+# A panel draws at most this many series of each query; more made its legend unreadable.
+MAX_SERIES_PER_QUERY = 8
+
+
+class Rendered(NamedTuple):
+    """What ``render`` could not draw: the panels with no data (the picture says so too), and for each
+    panel that had more series than ``MAX_SERIES_PER_QUERY`` a query, how many it left out."""
+
+    no_data: list[str]
+    left_out: dict[str, int]
+
+
+def render(prometheus_url: str, out: Path, start: float, end: float, window: str = "30s") -> Rendered:
     """Plot every panel's queries over [start, end] from ``prometheus_url`` into ``out`` (a PNG); the
-    titles of the panels with no data to draw, which say so in the picture."""
+    panels with no data to draw and the series left out of the others."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -333,6 +345,7 @@ def render(prometheus_url: str, out: Path, start: float, end: float, window: str
     figure, axes = plt.subplots(rows, columns, figsize=(14, 2.6 * rows), squeeze=False)
     step = max(1.0, (end - start) / 200)
     no_data = []
+    left_out: dict[str, int] = {}
     for index, panel in enumerate(PANELS):
         axis = axes[index // columns][index % columns]
         for query in panel.queries:
@@ -344,7 +357,10 @@ def render(prometheus_url: str, out: Path, start: float, end: float, window: str
                 end=str(end),
                 step=str(step),
             )
-            for series in data["result"][:8]:
+            if len(data["result"]) > MAX_SERIES_PER_QUERY:
+                more = len(data["result"]) - MAX_SERIES_PER_QUERY
+                left_out[panel.title] = left_out.get(panel.title, 0) + more
+            for series in data["result"][:MAX_SERIES_PER_QUERY]:
                 times = [float(t) - start for t, _ in series["values"]]
                 values = [float(v) for _, v in series["values"]]
                 if not any(math.isfinite(value) for value in values):
@@ -366,7 +382,7 @@ def render(prometheus_url: str, out: Path, start: float, end: float, window: str
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=80)
     plt.close(figure)
-    return no_data
+    return Rendered(no_data, left_out)
 
 
 def prometheus_address(text: str) -> str:
@@ -418,13 +434,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         end = time.time()
         try:
-            no_data = render(args.prometheus, args.out, end - 60 * args.minutes, end)
+            rendered = render(args.prometheus, args.out, end - 60 * args.minutes, end)
         except (OSError, ValueError, RuntimeError) as exc:  # nothing there, or an error answer
             print(f"skuforge dashboard render: {args.prometheus}: {exc}", file=sys.stderr)
             return 1
         print(f"wrote {args.out}")
-        if no_data:
-            print(f"no data in this run: {'; '.join(no_data)}")
+        if rendered.no_data:
+            print(f"no data in this run: {'; '.join(rendered.no_data)}")
+        if rendered.left_out:
+            panels = "; ".join(f"{title}: {count} series" for title, count in rendered.left_out.items())
+            print(f"left out ({MAX_SERIES_PER_QUERY} series a query at most): {panels}")
         return 0
     if getattr(args, "write", False):
         DASHBOARD_FILE.parent.mkdir(parents=True, exist_ok=True)

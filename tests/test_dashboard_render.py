@@ -59,3 +59,39 @@ def test_render_draws_odd_label_values_and_says_which_panels_have_no_data(
     no_data = said[1].removeprefix("no data in this run: ").split("; ")
     assert "Gate IoU distribution" in no_data
     assert "Consumer group lag" not in no_data and "Dead letters" in no_data
+
+
+@pytest.fixture
+def prometheus_of_many_groups(prometheus_bin: str, tmp_path: Path) -> Iterator[PrometheusServer]:
+    """A Prometheus scraping the lag of 11 consumer groups: more series than a panel draws."""
+    registry = CollectorRegistry()
+    lag = Gauge("skuforge_consumer_group_lag_messages", "lag", ["group", "topic"], registry=registry)
+    for number in range(11):
+        lag.labels(f"group-{number}", "image.matted").set(number)
+    port = free_port()
+    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    config = scrape_config({"gate": port}, scrape_interval_s=0.5, rule_files=[])
+    prometheus = PrometheusServer(tmp_path / "prometheus", config).start()
+    try:
+        deadline = time.monotonic() + 30
+        while (
+            time.monotonic() < deadline
+            and (prometheus.value("count(skuforge_consumer_group_lag_messages)") or 0) < 11
+        ):
+            time.sleep(0.5)
+        yield prometheus
+    finally:
+        prometheus.stop()
+        server.shutdown()
+
+
+def test_render_says_which_panel_left_series_out_and_how_many(
+    prometheus_of_many_groups: PrometheusServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: a panel drew the first 8 series of each query and dropped the rest without a word.
+    out = tmp_path / "panels.png"
+    url = prometheus_of_many_groups.url
+    assert main(["render", "--prometheus", url, "--out", str(out), "--minutes", "2"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == f"wrote {out}"
+    assert "left out (8 series a query at most): Consumer group lag: 3 series" in said
