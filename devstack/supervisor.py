@@ -14,7 +14,8 @@ Kafka or Triton. Each service runs as a child process
   session) by reading ``/proc/<pid>/environ``.
 
 Start: services start one after the other; each must pass its ready check (or, for a ``oneshot``,
-exit 0) before the next starts. Watch: a service that exits is reported and started again after an
+exit 0) before the next starts; a ready check that raises counts as "not ready" (its reason said once).
+Watch: a service that exits is reported and started again after an
 exponential back-off (reset once it has stayed up for ``stable_after_s``). Stop: in reverse order,
 SIGTERM to the process group, SIGKILL after ``grace_s``; then every process still carrying the
 supervisor's id gets the same treatment. SIGINT, SIGTERM and SIGHUP (the terminal or the ssh session
@@ -95,6 +96,7 @@ class ServiceState:
     backoff_s: float = 0.0
     last_exit_code: int | None = None
     log: IO[bytes] | None = None
+    ready_error: str | None = None  # why its ready check last raised, said once until it is ready
 
     @property
     def pid(self) -> int | None:
@@ -376,7 +378,7 @@ class Supervisor:
                     f"{spec.name} {exit_reason(code)} while starting; "
                     f"last lines of {spec.log_path}:\n{log_tail(spec.log_path)}"
                 )
-            if not spec.oneshot and (spec.ready is None or spec.ready()):
+            if not spec.oneshot and self._is_ready(state):
                 self._set(state, "ready")
                 self.report(f"{spec.name}: ready ({time.monotonic() - state.started_at:.1f}s)")
                 return True
@@ -387,6 +389,26 @@ class Supervisor:
                 )
             self.stopping.wait(0.25)
         return False
+
+    def _is_ready(self, state: ServiceState) -> bool:
+        """The service's ready check; one that raises counts as "not ready", its reason said once, and
+        the usual not-ready timeout applies (it went out of start-up or the watch loop and stopped the
+        whole stack)."""
+        spec = state.spec
+        if spec.ready is None:
+            return True
+        try:
+            ready = spec.ready()
+        except Exception as exc:
+            reason = f"its ready check failed ({type(exc).__name__}: {exc}); not ready yet"
+            if reason != state.ready_error:
+                state.ready_error = reason
+                self.report(f"{spec.name}: {reason}")
+                self._log_line(state, reason)
+            return False
+        if ready:
+            state.ready_error = None
+        return ready
 
     # -- watch --------------------------------------------------------------------------------
 
@@ -442,7 +464,7 @@ class Supervisor:
                     f"{spec.name}: {exit_reason(code)} after {up_s:.0f}s; restarting in "
                     f"{state.backoff_s:.1f}s (restart {state.restarts + 1}); see {spec.log_path}"
                 )
-            elif state.status == "starting" and (spec.ready is None or spec.ready()):
+            elif state.status == "starting" and self._is_ready(state):
                 self._set(state, "ready")
                 self.report(f"{spec.name}: ready again (restart {state.restarts})")
             elif state.status == "starting" and now - state.started_at > spec.ready_timeout_s:

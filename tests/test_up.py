@@ -300,6 +300,42 @@ def test_a_dead_service_is_reported_and_restarted_with_growing_back_off(tmp_path
     assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
 
 
+def test_a_ready_check_that_raises_counts_as_not_ready_and_is_said_once(tmp_path: Path) -> None:
+    # Before: the exception went out of start() (start-up failed) or out of the watch loop, which
+    # stopped the whole stack.
+    raises_left = [3]
+
+    def ready() -> bool:
+        if raises_left[0] > 0:
+            raises_left[0] -= 1
+            raise ValueError("the answer was not JSON")
+        return True
+
+    spec = python_child(tmp_path, "odd", "import time; time.sleep(600)", ready=ready)
+    lines: list[str] = []
+    supervisor = Supervisor([spec], grace_s=2, backoff_initial_s=0.2, report=lines.append)
+    said = "odd: its ready check failed (ValueError: the answer was not JSON); not ready yet"
+    try:
+        assert supervisor.start()
+        state = supervisor["odd"]
+        assert state.status == "ready" and lines.count(said) == 1
+        first_pid = state.pid
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)
+        raises_left[0] = 3
+
+        def ready_again() -> bool:
+            supervisor.check_once()
+            return state.restarts == 1 and state.status == "ready"
+
+        wait_for(ready_again, 30, "the restarted service to be ready")
+        assert raises_left[0] == 0 and lines.count(said) == 2  # once more, for the restarted one
+        assert "its ready check failed (ValueError: the answer was not JSON)" in spec.log_path.read_text()
+    finally:
+        supervisor.stop()
+    assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
+
+
 def test_a_service_stuck_unready_at_start_is_killed_and_started_again(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     spec = python_child(
