@@ -363,6 +363,18 @@ def test_corrupt_scene_files_are_skipped_with_a_logged_reason_and_a_metric(
     assert sample.parameters["scene_key"] == "shelves/good.png"
 
 
+def test_a_heic_scene_is_skipped_with_what_to_do(tmp_path: Path) -> None:
+    # Before: "not_a_photo_suffix: .heic (scene photos are ...)", where ingest and evaluate say to
+    # export an iPhone's photo as JPEG or PNG.
+    Image.fromarray(textured_scene(30, 40, (40, 150, 60))).save(tmp_path / "shelf.png")
+    (tmp_path / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    scenes = SceneLibrary.load(FileStore(tmp_path))
+    assert scenes.keys_for(None) == ["shelf.png"]
+    assert scenes.skipped == {
+        "IMG_0001.HEIC": "not_a_photo_suffix: .heic: HEIC/HEIF is not read here; export it as JPEG or PNG"
+    }
+
+
 def test_scene_photos_are_what_ingest_reads_and_hidden_files_are_left_out_quietly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

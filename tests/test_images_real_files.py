@@ -603,3 +603,15 @@ def test_load_pairs_reads_every_photo_suffix_ingest_takes_and_names_other_files(
     (folder / "images" / "notes.txt").write_text("masks drawn by hand")
     with pytest.raises(ConfigError, match=r"notes\.txt: not an image training reads"):
         load_pairs(folder, 64)
+
+
+def test_load_pairs_names_a_heic_image_with_what_to_do(tmp_path: Path) -> None:
+    """A .heic image was refused as "not an image training reads", without ingest's advice."""
+    from shared.matting.train import load_pairs
+
+    folder = extra_folder(tmp_path / "extra")
+    (folder / "images" / "IMG_0001.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    with pytest.raises(ConfigError) as refused:
+        load_pairs(folder, 64)
+    heic = folder / "images" / "IMG_0001.heic"
+    assert f"{heic}: HEIC/HEIF is not read here; export it as JPEG or PNG" in str(refused.value)

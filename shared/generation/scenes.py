@@ -38,7 +38,7 @@ from prometheus_client import Counter
 
 from shared.errors import BadInput, ImageRejected, TransientError
 from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image, pixel_array
-from shared.photos import PHOTO_FILE_SUFFIXES, key_left_out_quietly
+from shared.photos import HEIC_ADVICE, HEIC_SUFFIXES, PHOTO_FILE_SUFFIXES, key_left_out_quietly
 from shared.store import FileStore, ObjectStore, check_key
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,8 @@ def _read_scene(store: ObjectStore, key: str, *, max_pixels: int, max_bytes: int
     if bad_key is not None:
         return bad_key
     suffix = PurePosixPath(key).suffix.lower()
+    if suffix in HEIC_SUFFIXES:  # an iPhone's: what to do, as ingest says it
+        return f"not_a_photo_suffix: {suffix}: {HEIC_ADVICE}"
     if suffix not in PHOTO_FILE_SUFFIXES:
         # Named, not ignored: .tif and .jfif scenes once loaded as nothing, without a word.
         accepted = ", ".join(sorted(PHOTO_FILE_SUFFIXES))

@@ -42,7 +42,7 @@ from shared.matting.u2net import (
     read_weights,
 )
 from shared.model_cache import write_atomically
-from shared.photos import PHOTO_FILE_SUFFIXES
+from shared.photos import HEIC_ADVICE, HEIC_SUFFIXES, PHOTO_FILE_SUFFIXES
 from shared.synth import render_dataset
 
 log = logging.getLogger("skuforge.matting.train")
@@ -127,6 +127,9 @@ def load_pairs(folder: Path, size_px: int) -> tuple[list[Image.Image], npt.NDArr
     mask_dir = folder / "masks"
     for image_path in sorted((folder / "images").iterdir()):
         if image_path.name.startswith(".") or image_path.name == "__MACOSX" or not image_path.is_file():
+            continue
+        if image_path.suffix.lower() in HEIC_SUFFIXES:  # an iPhone's: what to do, as ingest says it
+            problems.append(f"{image_path}: {HEIC_ADVICE}; or move it out of images/")
             continue
         if image_path.suffix.lower() not in IMAGE_SUFFIXES:
             # Skipped without a word before: a .tif or .jfif pair (photo suffixes ingest takes) was
