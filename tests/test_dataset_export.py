@@ -605,3 +605,13 @@ def test_a_sku_id_windows_cannot_hold_as_a_folder_is_refused(
     # A name that only starts like a reserved one is fine.
     summary = export_dataset(manifests, out, fmt=fmt, max_synthetic_per_real=1, sku_ids=["CONSOLE"])  # type: ignore[arg-type]
     assert list(summary.classes) == ["CONSOLE"]
+
+
+def test_export_help_states_the_min_real_default(capsys: pytest.CaptureFixture[str]) -> None:
+    # Before: "classes with fewer real images are left out", without its default of 1.
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["dataset", "export", "--help"])
+    assert exit_info.value.code == 0
+    assert "classes with fewer real images are left out (default 1)" in " ".join(
+        capsys.readouterr().out.split()
+    )

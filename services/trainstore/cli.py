@@ -1,8 +1,8 @@
 """``skuforge dataset``: look into the retraining store and export training sets from it.
 
     skuforge dataset stats [--json]
-    skuforge dataset export OUT --format imagefolder|jsonl --size 256 --max-synthetic-per-real K \
-        [--min-real 1] [--evaluation evaluation.json [--min-gain 0.0]]
+    skuforge dataset export OUT --format imagefolder|jsonl --max-synthetic-per-real K [--size 256] \
+        [--fit keep|pad] [--min-real 1] [--sku SKU ...] [--evaluation evaluation.json [--min-gain 0.0]]
     skuforge dataset compact
 
 The store is ``SKUFORGE_STORE_URI`` (and ``SKUFORGE_S3_ENDPOINT_URL``), the retraining store's root
@@ -250,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         help="synthetic images per real one, at most",
     )
     export.add_argument(
-        "--min-real", type=positive_int, default=1, help="classes with fewer real images are left out"
+        "--min-real",
+        type=positive_int,
+        default=1,
+        help="classes with fewer real images are left out (default 1)",
     )
     export.add_argument("--sku", action="append", default=None, help="export only this SKU (repeatable)")
     export.add_argument(
