@@ -630,17 +630,8 @@ class TaskStore:
                 photo_id = pending.matted.generated.reference_photo_id
                 if photo_id not in withdrawn[row["sku_id"]]:
                     continue
-                db.execute(
-                    "UPDATE tasks SET state = 'withdrawn', decided_by = ?, decided_at = ?,"
-                    " lease_expires_at = NULL WHERE task_id = ?",
-                    (WITHDRAWN_BY, now, row["task_id"]),
-                )
                 detail = f"reference photo {photo_id} withdrawn by its owner"
-                if row["state"] == "claimed":
-                    detail += f" while {row['claimed_by']} held it"
-                self._audit(
-                    db, row["task_id"], WITHDRAWN_BY, "withdrawn", row["state"], "withdrawn", now, detail
-                )
+                self._close_waiting(db, row, "withdrawn", WITHDRAWN_BY, "withdrawn", now, detail)
                 closed.append(row["task_id"])
         return closed
 
@@ -676,19 +667,36 @@ class TaskStore:
                     continue  # unreadable: the queue already leaves it out and logs it
                 if pending.matted.generated.image.sha256 != generated.image.sha256:
                     continue  # another render of the item, which nobody has judged
-                db.execute(
-                    "UPDATE tasks SET state = 'accepted', decided_by = ?, decided_at = ?,"
-                    " lease_expires_at = NULL, produced_at = ? WHERE task_id = ?",
-                    (ACCEPTED_BY, now, accepted_at, row["task_id"]),
-                )
                 detail = f"the gate accepted it (IoU {event.payload.iou:.3f}) in event {event.event_id}"
-                if row["state"] == "claimed":
-                    detail += f" while {row['claimed_by']} held it"
-                self._audit(
-                    db, row["task_id"], ACCEPTED_BY, "gate_accepted", row["state"], "accepted", now, detail
+                self._close_waiting(
+                    db, row, "accepted", ACCEPTED_BY, "gate_accepted", now, detail, produced_at=accepted_at
                 )
                 closed.append(row["task_id"])
         return closed
+
+    def _close_waiting(
+        self,
+        db: sqlite3.Connection,
+        row: sqlite3.Row,
+        state: TaskState,
+        by: str,
+        action: str,
+        now: float,
+        detail: str,
+        *,
+        produced_at: float | None = None,
+    ) -> None:
+        """Close the waiting task ``row`` (pending or claimed) as ``state``, decided by ``by``, with
+        its audit entry; the detail names the reviewer who held it, if one did. ``produced_at``, when
+        given, replaces the task's (the verdict that closed it); else the task keeps its own."""
+        db.execute(
+            "UPDATE tasks SET state = ?, decided_by = ?, decided_at = ?, lease_expires_at = NULL,"
+            " produced_at = COALESCE(?, produced_at) WHERE task_id = ?",
+            (state, by, now, produced_at, row["task_id"]),
+        )
+        if row["state"] == "claimed":
+            detail += f" while {row['claimed_by']} held it"
+        self._audit(db, row["task_id"], by, action, row["state"], state, now, detail)
 
     # -- decisions ----------------------------------------------------------------------------
 
