@@ -9,7 +9,6 @@ opens a task the gate had accepted again.
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,22 +18,20 @@ from starlette.testclient import TestClient
 
 from schemas.envelope import Envelope
 from services.console.labelstudio import import_annotations
-from services.console.tasks import _SCHEMA, TaskConflict, TaskFilter, TaskStore
+from services.console.tasks import TaskConflict, TaskFilter, TaskStore
 from tests.support.console import (
     ConsoleParts,
     accepted_envelope,
     app_for,
-    build_console,
     decide_as_alice,
     flagged_item,
+    flagged_parts_fixture,
     login,
     pending_envelope,
+    task_table_before,
 )
 
-
-@pytest.fixture
-def parts(tmp_path: Path) -> ConsoleParts:
-    return build_console(tmp_path, lease_s=60.0)
+parts = flagged_parts_fixture(0)
 
 
 def flag(parts: ConsoleParts, index: int) -> Envelope[Any]:
@@ -166,18 +163,7 @@ def test_a_task_table_from_before_the_accepted_state_is_migrated_with_its_rows(
 ) -> None:
     envelope = flag(parts, 0)
     old = tmp_path / "old.sqlite3"
-    before = _SCHEMA.replace(", 'accepted'", "")
-    assert before != _SCHEMA
-    db = sqlite3.connect(old)
-    db.executescript(before)
-    db.execute("ATTACH DATABASE ? AS current", (str(parts.tasks.path),))
-    db.execute("INSERT INTO tasks SELECT * FROM current.tasks")
-    db.commit()
-    with pytest.raises(sqlite3.IntegrityError):  # what the old table refused
-        db.execute("UPDATE tasks SET state = 'accepted'")
-    db.close()
-
-    tasks = TaskStore(old)
+    tasks = task_table_before("accepted", old, parts.tasks)
 
     assert [task.state for task in tasks.query(TaskFilter(state=None))] == ["pending"]
     assert tasks.close_accepted(accepted_envelope(envelope, produced_at=later(envelope))) == [

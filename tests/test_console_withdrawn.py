@@ -16,11 +16,19 @@ from prometheus_client import generate_latest
 from starlette.testclient import TestClient
 
 from schemas.events import CorrectionPending, CorrectionResolved
-from services.console.tasks import _SCHEMA, Task, TaskConflict, TaskFilter, TaskStore
+from services.console.tasks import Task, TaskConflict, TaskFilter, TaskStore
 from services.console.withdrawn import WithdrawalSweep
 from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.withdrawals import Withdrawals
-from tests.support.console import ConsoleParts, app_for, build_console, flagged_item, login, pending_envelope
+from tests.support.console import (
+    ConsoleParts,
+    app_for,
+    build_console,
+    flagged_item,
+    login,
+    pending_envelope,
+    task_table_before,
+)
 
 PHOTOS = [("SKU-A", "p1"), ("SKU-A", "p1"), ("SKU-A", "p2"), ("SKU-A", "p1"), ("SKU-B", "p1")]
 
@@ -133,18 +141,7 @@ def test_a_task_table_from_before_the_withdrawn_state_is_migrated_with_its_rows(
     tmp_path: Path, parts: ConsoleParts
 ) -> None:
     old = tmp_path / "old.sqlite3"
-    before = _SCHEMA.replace(", 'withdrawn'", "")
-    assert before != _SCHEMA
-    db = sqlite3.connect(old)
-    db.executescript(before)
-    db.execute("ATTACH DATABASE ? AS current", (str(parts.tasks.path),))
-    db.execute("INSERT INTO tasks SELECT * FROM current.tasks ORDER BY received_at LIMIT 1")
-    db.commit()
-    with pytest.raises(sqlite3.IntegrityError):  # what the old table refused
-        db.execute("UPDATE tasks SET state = 'withdrawn'")
-    db.close()
-
-    tasks = TaskStore(old)
+    tasks = task_table_before("withdrawn", old, parts.tasks, oldest=1)
 
     assert [task.state for task in tasks.query(TaskFilter(state=None))] == ["pending"]
     schema = sqlite3.connect(old).execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from services.console.config import ConsoleSettings
 from services.console.context import Console, make_signer
 from services.console.decisions import record_decision
 from services.console.metrics import ConsoleMetrics
-from services.console.tasks import TaskStore
+from services.console.tasks import _SCHEMA, TaskStore
 from shared.bus import make_envelope
 from shared.config import Settings, load_settings
 from shared.store import FileStore, ObjectStore
@@ -180,6 +181,24 @@ def flagged_parts_fixture(count: int) -> Any:
         return with_flagged(build_console(tmp_path), count)
 
     return parts
+
+
+def task_table_before(state: str, path: Path, current: TaskStore, *, oldest: int | None = None) -> TaskStore:
+    """A task table at ``path`` as it was before ``state`` existed (its CHECK refuses it), holding
+    ``current``'s rows (the ``oldest`` of them, if given), opened as today's TaskStore: the migration
+    under test."""
+    before = _SCHEMA.replace(f", '{state}'", "")
+    assert before != _SCHEMA
+    db = sqlite3.connect(path)
+    db.executescript(before)
+    db.execute("ATTACH DATABASE ? AS current", (str(current.path),))
+    rows = "SELECT * FROM current.tasks" + (" ORDER BY received_at LIMIT ?" if oldest is not None else "")
+    db.execute(f"INSERT INTO tasks {rows}", () if oldest is None else (oldest,))
+    db.commit()
+    with pytest.raises(sqlite3.IntegrityError):  # what the old table refused
+        db.execute("UPDATE tasks SET state = ?", (state,))
+    db.close()
+    return TaskStore(path)
 
 
 def use_cli_on(parts: ConsoleParts, monkeypatch: Any) -> None:
