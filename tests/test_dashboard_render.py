@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,28 +22,35 @@ pytest.importorskip("matplotlib", reason="the docs extra (pip install 'skuforge[
 ODD_GROUP = r"team$\ENV$.gate"
 
 
+@contextmanager
+def scraping(
+    registry: CollectorRegistry, tmp_path: Path, ready: str, at_least: int
+) -> Iterator[PrometheusServer]:
+    """A Prometheus scraping ``registry`` (served as the gate's /metrics), once the query ``ready``
+    reaches ``at_least`` (or 30 s pass)."""
+    port = free_port()
+    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    config = scrape_config({"gate": port}, scrape_interval_s=0.5, rule_files=[])
+    prometheus = PrometheusServer(tmp_path / "prometheus", config).start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (prometheus.value(ready) or 0) < at_least:
+            time.sleep(0.5)
+        yield prometheus
+    finally:
+        prometheus.stop()
+        server.shutdown()
+
+
 @pytest.fixture
 def prometheus(prometheus_bin: str, tmp_path: Path) -> Iterator[PrometheusServer]:
     registry = CollectorRegistry()
     lag = Gauge("skuforge_consumer_group_lag_messages", "lag", ["group", "topic"], registry=registry)
     lag.labels(ODD_GROUP, "image.matted").set(3)
     Histogram("skuforge_gate_iou", "IoU", buckets=(0.5, 0.9, 1.0), registry=registry)
-    port = free_port()
-    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
-    config = scrape_config({"gate": port}, scrape_interval_s=0.5, rule_files=[])
-    prometheus = PrometheusServer(tmp_path / "prometheus", config).start()
-    try:
-        # Three scrapes, so the rate() of the IoU buckets has samples to work on.
-        deadline = time.monotonic() + 30
-        while (
-            time.monotonic() < deadline
-            and (prometheus.value("count_over_time(skuforge_gate_iou_count[1m])") or 0) < 3
-        ):
-            time.sleep(0.5)
+    # Three scrapes, so the rate() of the IoU buckets has samples to work on.
+    with scraping(registry, tmp_path, "count_over_time(skuforge_gate_iou_count[1m])", 3) as prometheus:
         yield prometheus
-    finally:
-        prometheus.stop()
-        server.shutdown()
 
 
 def test_render_draws_odd_label_values_and_says_which_panels_have_no_data(
@@ -68,21 +76,8 @@ def prometheus_of_many_groups(prometheus_bin: str, tmp_path: Path) -> Iterator[P
     lag = Gauge("skuforge_consumer_group_lag_messages", "lag", ["group", "topic"], registry=registry)
     for number in range(11):
         lag.labels(f"group-{number}", "image.matted").set(number)
-    port = free_port()
-    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
-    config = scrape_config({"gate": port}, scrape_interval_s=0.5, rule_files=[])
-    prometheus = PrometheusServer(tmp_path / "prometheus", config).start()
-    try:
-        deadline = time.monotonic() + 30
-        while (
-            time.monotonic() < deadline
-            and (prometheus.value("count(skuforge_consumer_group_lag_messages)") or 0) < 11
-        ):
-            time.sleep(0.5)
+    with scraping(registry, tmp_path, "count(skuforge_consumer_group_lag_messages)", 11) as prometheus:
         yield prometheus
-    finally:
-        prometheus.stop()
-        server.shutdown()
 
 
 def test_render_says_which_panel_left_series_out_and_how_many(
