@@ -5,28 +5,17 @@ earlier result measured them to hurt). Cheap: a tiny dataset, a tiny backbone, s
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from bench import augment
 from shared.evaluation.backbone import BackboneSpec, open_backbone
 from shared.evaluation.experiment import Photo, encode_jpeg, photo_from_bytes
-from tests.support.evaluation import shelf_photo
+from tests.support.evaluation import one_torch_thread, shelf_photo  # noqa: F401 (one_torch_thread: autouse)
 
 CLASSES = ("Kiwi", "Lemon", "Lime")
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """The linear heads here are tiny: on a shared 2-core machine, threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _photos(counts: dict[str, int]) -> list[Photo]:

@@ -13,7 +13,7 @@ import struct
 import subprocess
 import sys
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,20 +51,11 @@ from shared.images import encode_png
 from shared.store import FileStore, ObjectStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore, Source, Status
 from skuforge_cli.main import main as cli_main
-from tests.support.evaluation import shelf_photo
+from tests.support.evaluation import one_torch_thread, shelf_photo  # noqa: F401 (one_torch_thread: autouse)
 
 PREFIX = "trainstore"  # TrainstoreSettings' default
 COLOURS = {"SKU-RED": (200, 30, 30), "SKU-GREEN": (30, 170, 40), "SKU-BLUE": (30, 40, 200)}
 TINY = ["--backbone", "tiny", "--image-px", "48"]
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """The linear heads here are tiny: on a shared 2-core machine, threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def colour_photo(rgb: tuple[int, int, int], seed: int, size_px: int = 48) -> Image.Image:

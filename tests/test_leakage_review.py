@@ -7,12 +7,10 @@ word; and where the frame did hash, it said more about the product's outline tha
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageOps
 
 from shared.evaluation.experiment import encode_jpeg
@@ -28,15 +26,8 @@ from shared.images import encode_png
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestStore
 from skuforge_cli.main import main as cli_main
+from tests.support.evaluation import one_torch_thread  # noqa: F401 (autouse)
 from tests.test_evaluate import PREFIX, evaluate_args, fill_colour_store, store_photo
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
