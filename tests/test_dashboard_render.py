@@ -42,6 +42,17 @@ def scraping(
         server.shutdown()
 
 
+def render(prometheus: PrometheusServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """Run ``skuforge dashboard render`` on the last 2 minutes of ``prometheus``; checks it wrote the
+    image and said so, and returns what it said after that, line by line."""
+    out = tmp_path / "panels.png"
+    assert main(["render", "--prometheus", prometheus.url, "--out", str(out), "--minutes", "2"]) == 0
+    assert out.stat().st_size > 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == f"wrote {out}"
+    return said[1:]
+
+
 @pytest.fixture
 def prometheus(prometheus_bin: str, tmp_path: Path) -> Iterator[PrometheusServer]:
     registry = CollectorRegistry()
@@ -59,12 +70,8 @@ def test_render_draws_odd_label_values_and_says_which_panels_have_no_data(
     # Before: a label value between two `$` was read as matplotlib mathtext, and `\ENV` failed the
     # whole render ("skuforge dashboard render: ...: Unknown symbol", exit 1); the gate's NaN-only
     # quantiles were drawn as an empty plot with a legend, not as "no data".
-    out = tmp_path / "panels.png"
-    assert main(["render", "--prometheus", prometheus.url, "--out", str(out), "--minutes", "2"]) == 0
-    assert out.stat().st_size > 0
-    said = capsys.readouterr().out.splitlines()
-    assert said[0] == f"wrote {out}"
-    no_data = said[1].removeprefix("no data in this run: ").split("; ")
+    said = render(prometheus, tmp_path, capsys)
+    no_data = said[0].removeprefix("no data in this run: ").split("; ")
     assert "Gate IoU distribution" in no_data
     assert "Consumer group lag" not in no_data and "Dead letters" in no_data
 
@@ -84,9 +91,5 @@ def test_render_says_which_panel_left_series_out_and_how_many(
     prometheus_of_many_groups: PrometheusServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Before: a panel drew the first 8 series of each query and dropped the rest without a word.
-    out = tmp_path / "panels.png"
-    url = prometheus_of_many_groups.url
-    assert main(["render", "--prometheus", url, "--out", str(out), "--minutes", "2"]) == 0
-    said = capsys.readouterr().out.splitlines()
-    assert said[0] == f"wrote {out}"
+    said = render(prometheus_of_many_groups, tmp_path, capsys)
     assert "left out (8 series a query at most): Consumer group lag: 3 series" in said
