@@ -22,6 +22,15 @@ pytest.importorskip("matplotlib", reason="the docs extra (pip install 'skuforge[
 ODD_GROUP = r"team$\ENV$.gate"
 
 
+def lag_registry(lag_by_group: dict[str, int]) -> CollectorRegistry:
+    """What a stage's /metrics says of each consumer group's lag (messages behind on image.matted)."""
+    registry = CollectorRegistry()
+    lag = Gauge("skuforge_consumer_group_lag_messages", "lag", ["group", "topic"], registry=registry)
+    for group, messages in lag_by_group.items():
+        lag.labels(group, "image.matted").set(messages)
+    return registry
+
+
 @contextmanager
 def scraping(
     registry: CollectorRegistry, tmp_path: Path, ready: str, at_least: int
@@ -55,9 +64,7 @@ def render(prometheus: PrometheusServer, tmp_path: Path, capsys: pytest.CaptureF
 
 @pytest.fixture
 def prometheus(prometheus_bin: str, tmp_path: Path) -> Iterator[PrometheusServer]:
-    registry = CollectorRegistry()
-    lag = Gauge("skuforge_consumer_group_lag_messages", "lag", ["group", "topic"], registry=registry)
-    lag.labels(ODD_GROUP, "image.matted").set(3)
+    registry = lag_registry({ODD_GROUP: 3})
     Histogram("skuforge_gate_iou", "IoU", buckets=(0.5, 0.9, 1.0), registry=registry)
     # Three scrapes, so the rate() of the IoU buckets has samples to work on.
     with scraping(registry, tmp_path, "count_over_time(skuforge_gate_iou_count[1m])", 3) as prometheus:
@@ -79,10 +86,7 @@ def test_render_draws_odd_label_values_and_says_which_panels_have_no_data(
 @pytest.fixture
 def prometheus_of_many_groups(prometheus_bin: str, tmp_path: Path) -> Iterator[PrometheusServer]:
     """A Prometheus scraping the lag of 11 consumer groups: more series than a panel draws."""
-    registry = CollectorRegistry()
-    lag = Gauge("skuforge_consumer_group_lag_messages", "lag", ["group", "topic"], registry=registry)
-    for number in range(11):
-        lag.labels(f"group-{number}", "image.matted").set(number)
+    registry = lag_registry({f"group-{number}": number for number in range(11)})
     with scraping(registry, tmp_path, "count(skuforge_consumer_group_lag_messages)", 11) as prometheus:
         yield prometheus
 
