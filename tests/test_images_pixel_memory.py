@@ -81,18 +81,23 @@ def _rgb_over_white(image: Image.Image) -> npt.NDArray[np.int64]:
     return (colour * alpha + 255 * (255 - alpha) + 127) // 255
 
 
+def _image_with_alpha(mode: str) -> Image.Image:
+    """A small noisy image in `mode` with some transparent pixels; for "P", a palette with a
+    transparent entry."""
+    source = _image("RGBA", 17, 9)
+    if mode != "P":
+        return source.convert(mode)
+    image = source.convert("RGB").convert("P")
+    image.info["transparency"] = int(np.asarray(image)[4, 5])
+    return image
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "PA", "P"])
 def test_a_photo_with_alpha_is_composited_over_white_strip_by_strip(
     monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     monkeypatch.setattr(shared.images, "_STRIP_PIXELS", 30)
-    source = _image("RGBA", 17, 9)
-    if mode == "P":
-        # A palette with a transparent entry.
-        image = source.convert("RGB").convert("P")
-        image.info["transparency"] = int(np.asarray(image)[4, 5])
-    else:
-        image = source.convert(mode)
+    image = _image_with_alpha(mode)
     photo = decode_image(_png(image)) if mode != "PA" else shared.images.to_rgb(image)
     assert photo.mode == "RGB"
     assert np.array_equal(np.asarray(photo), _rgb_over_white(image))
@@ -101,12 +106,7 @@ def test_a_photo_with_alpha_is_composited_over_white_strip_by_strip(
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "PA", "P"])
 def test_the_transparency_mask_is_the_opaque_pixels(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     monkeypatch.setattr(shared.images, "_STRIP_PIXELS", 30)
-    source = _image("RGBA", 17, 9)
-    if mode == "P":
-        image = source.convert("RGB").convert("P")
-        image.info["transparency"] = int(np.asarray(image)[4, 5])
-    else:
-        image = source.convert(mode)
+    image = _image_with_alpha(mode)
     alpha = np.asarray(image.convert("RGBA"))[..., 3]
     assert np.array_equal(shared.images.transparency_mask(image), np.where(alpha >= 128, 255, 0))
 
