@@ -26,7 +26,19 @@ from shared.store import FileStore
 from shared.trainstore.manifest import ManifestStore, object_keys
 from shared.trainstore.settings import TrainstoreSettings
 from tests.support.gate import captioned, matted_item, pending_of, resolved
-from tests.support.runtime import _record, _wired
+from tests.support.runtime import _Producer, _record, _wired
+
+
+def _trainstore(tmp_path: Path, **trainstore: Any) -> tuple[FileStore, Stage, _Producer]:
+    """A trainstore stage on a file store under ``tmp_path``, wired to a recording producer;
+    ``trainstore`` overrides its TrainstoreSettings."""
+    store = FileStore(tmp_path / "store")
+    stage = build_stage(
+        trainstore=load_settings(TrainstoreSettings, **trainstore),
+        settings=load_settings(store_uri=f"file://{tmp_path / 'store'}"),
+    )
+    _, producer = _wired(stage)
+    return store, stage, producer
 
 
 def _deliver(
@@ -43,12 +55,7 @@ def _deliver(
 def test_an_event_from_a_clock_a_day_ahead_is_dead_lettered_and_later_events_are_stored(
     tmp_path: Path,
 ) -> None:
-    store = FileStore(tmp_path / "store")
-    stage = build_stage(
-        trainstore=load_settings(TrainstoreSettings),
-        settings=load_settings(store_uri=f"file://{tmp_path / 'store'}"),
-    )
-    _, producer = _wired(stage)
+    store, stage, producer = _trainstore(tmp_path)
     matted = matted_item(store, 1, 0)
     sku_id, item_id = matted.generated.sku.sku_id, matted.generated.item_id
 
@@ -67,12 +74,7 @@ def test_an_event_from_a_clock_a_day_ahead_is_dead_lettered_and_later_events_are
 
 
 def test_an_event_within_the_allowed_skew_is_stored(tmp_path: Path) -> None:
-    store = FileStore(tmp_path / "store")
-    stage = build_stage(
-        trainstore=load_settings(TrainstoreSettings, trainstore_max_clock_ahead_s=120),
-        settings=load_settings(store_uri=f"file://{tmp_path / 'store'}"),
-    )
-    _, producer = _wired(stage)
+    store, stage, producer = _trainstore(tmp_path, trainstore_max_clock_ahead_s=120)
     matted = matted_item(store, 1, 0)
     sku_id = matted.generated.sku.sku_id
 
@@ -86,12 +88,7 @@ def test_an_event_within_the_allowed_skew_is_stored(tmp_path: Path) -> None:
 
 def test_every_event_the_stage_consumes_is_refused_when_dated_ahead(tmp_path: Path) -> None:
     # One event of each input topic, each one the stage would store (or record) were it dated now.
-    store = FileStore(tmp_path / "store")
-    stage = build_stage(
-        trainstore=load_settings(TrainstoreSettings),
-        settings=load_settings(store_uri=f"file://{tmp_path / 'store'}"),
-    )
-    _, producer = _wired(stage)
+    store, stage, producer = _trainstore(tmp_path)
     matted = matted_item(store, 1, 0)
     events: dict[Topic[Any], BaseModel] = {
         GATE_ACCEPTED: GateAccepted(matted=matted, iou=0.97, checks=[]),
@@ -114,10 +111,7 @@ def test_a_replayed_skewed_acceptance_leaves_a_reviewers_decision_of_the_same_re
     # docs/gate-and-trainstore.md: replayed once the clock has caught up, a clock_skew letter is ordered
     # by the time it carries, later than the reviewer's rejection made meanwhile; only the rule that a
     # person's decision beats the gate's for the same render keeps the rejection.
-    store = FileStore(tmp_path / "store")
-    settings = load_settings(store_uri=f"file://{tmp_path / 'store'}")
-    stage = build_stage(trainstore=load_settings(TrainstoreSettings), settings=settings)
-    _, producer = _wired(stage)
+    store, stage, producer = _trainstore(tmp_path)
     matted = matted_item(store, 1, 0)
     sku_id, item_id = matted.generated.sku.sku_id, matted.generated.item_id
     accepted = GateAccepted(matted=matted, iou=0.97, checks=[])
@@ -128,7 +122,8 @@ def test_a_replayed_skewed_acceptance_leaves_a_reviewers_decision_of_the_same_re
 
     # The clock caught up: to this stage (a clock an hour on), the letter's time is no longer ahead.
     caught_up = build_stage(
-        trainstore=load_settings(TrainstoreSettings, trainstore_max_clock_ahead_s=2 * 3600), settings=settings
+        trainstore=load_settings(TrainstoreSettings, trainstore_max_clock_ahead_s=2 * 3600),
+        settings=stage.settings,
     )
     _, replay_producer = _wired(caught_up)
     tp = TopicPartition(caught_up.settings.topic_name(GATE_ACCEPTED), 0)
