@@ -336,6 +336,19 @@ class _SizeLimitedProducer(_Producer):
         return super().send(topic, key, value)
 
 
+def _process_under_kafkas_size_limit(
+    stage: Stage, tp: TopicPartition, records: list[ConsumerRecord]
+) -> tuple[_Consumer, _SizeLimitedProducer]:
+    """Handles one batch of ``records`` with a producer that refuses what Kafka would; returns the
+    consumer (its commits) and the producer (what it acked)."""
+    consumer = _Consumer()
+    stage._consumer = consumer  # type: ignore[assignment]
+    producer = _SizeLimitedProducer()
+    stage._producer = producer  # type: ignore[assignment]
+    stage._process_batch({tp: records})
+    return consumer, producer
+
+
 @pytest.mark.parametrize("batched", [False, True])
 def test_an_output_too_large_for_kafka_is_dead_lettered_not_retried_forever(
     tmp_path: Path, batched: bool
@@ -364,11 +377,7 @@ def test_an_output_too_large_for_kafka_is_dead_lettered_not_retried_forever(
             return forward_large(event) if event.sku_id == "SKU-00001" else _forward(event)
 
     tp, records = _records(stage, 3)
-    consumer = _Consumer()
-    stage._consumer = consumer  # type: ignore[assignment]
-    producer = _SizeLimitedProducer()
-    stage._producer = producer  # type: ignore[assignment]
-    stage._process_batch({tp: records})
+    consumer, producer = _process_under_kafkas_size_limit(stage, tp, records)
     assert consumer.committed == {tp: 3} and not consumer.paused
     topics = [topic for topic, _ in producer.acked]
     assert topics == [
@@ -724,11 +733,7 @@ def test_a_dead_letter_whose_reason_is_too_long_is_written_cut_with_a_mark(tmp_p
         return _forward(event)
 
     tp, records = _records(stage, 3)
-    consumer = _Consumer()
-    stage._consumer = consumer  # type: ignore[assignment]
-    producer = _SizeLimitedProducer()
-    stage._producer = producer  # type: ignore[assignment]
-    stage._process_batch({tp: records})
+    consumer, producer = _process_under_kafkas_size_limit(stage, tp, records)
     assert consumer.committed == {tp: 3} and not consumer.paused
     letter = DeadLetter.model_validate_json(producer.acked[1][1])
     assert len(letter.reason) == MAX_DEAD_LETTER_REASON_CHARS
@@ -753,11 +758,7 @@ def test_an_original_at_the_inline_limit_rides_whole_in_its_letter_and_one_byte_
         ConsumerRecord(topic, 0, -1, 0, 0, 0, at_limit, at_limit, [], None, -1, -1, -1),
         ConsumerRecord(topic, 0, -1, 1, 0, 0, over, over, [], None, -1, -1, -1),
     ]
-    consumer = _Consumer()
-    stage._consumer = consumer  # type: ignore[assignment]
-    producer = _SizeLimitedProducer()
-    stage._producer = producer  # type: ignore[assignment]
-    stage._process_batch({tp: records})
+    consumer, producer = _process_under_kafkas_size_limit(stage, tp, records)
     assert consumer.committed == {tp: 2}
     inline, stored = (DeadLetter.model_validate_json(value) for _, value in producer.acked)
     assert dlq.original_record(inline, stage.store) == (at_limit, at_limit)
