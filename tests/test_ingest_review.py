@@ -45,6 +45,13 @@ def _sku(root: Path, folder: str, sku_id: str, colours: tuple[int, ...] = (10, 2
     return path
 
 
+def _refusal(root: Path, settings: Settings | None = None) -> str:
+    """What the IngestError says that prepare_all raises for the SKU folders under ``root``."""
+    with pytest.raises(IngestError) as refused:
+        prepare_all(root, settings or load_settings())
+    return str(refused.value)
+
+
 class _Publisher:
     """Stands in for Kafka: records what would be published, or fails as a broker does."""
 
@@ -260,9 +267,7 @@ def test_ingest_path_hands_the_warning_to_its_caller(tmp_path: Path, publisher: 
 def test_sku_ids_equal_but_for_case_are_refused_naming_both_folders(tmp_path: Path) -> None:
     first = _sku(tmp_path, "first", "ABC-1")
     second = _sku(tmp_path, "second", "abc-1", colours=(50,))
-    with pytest.raises(IngestError) as refused:
-        prepare_all(tmp_path, load_settings())
-    message = str(refused.value)
+    message = _refusal(tmp_path)
     assert "nothing was ingested" in message
     assert f"{second}: sku_id 'abc-1' differs only in case from 'ABC-1' of {first}" in message
 
@@ -272,9 +277,7 @@ def test_a_duplicate_sku_id_is_named_though_its_first_folder_has_other_problems(
     first = _sku(tmp_path, "first", "ABC-1")
     (first / "photo_9.png").write_bytes(b"not a picture")
     second = _sku(tmp_path, "second", "ABC-1", colours=(50,))
-    with pytest.raises(IngestError) as refused:
-        prepare_all(tmp_path, load_settings())
-    message = str(refused.value)
+    message = _refusal(tmp_path)
     assert f"{first / 'photo_9.png'}" in message
     assert f"{second}: sku_id 'ABC-1' is also used by {first}" in message
 
@@ -316,23 +319,17 @@ def test_a_photo_whose_stored_png_is_over_the_byte_limit_is_refused_at_ingest(tm
     Image.fromarray(noise).save(folder / "noisy.jpg", quality=60)
     jpeg_size = (folder / "noisy.jpg").stat().st_size
     limit = 2 * jpeg_size  # the file passes; its PNG (about 360 kB of noise) does not
-    with pytest.raises(IngestError) as refused:
-        prepare_all(tmp_path, load_settings(max_image_bytes=limit))
-    assert f"{folder / 'noisy.jpg'}: refused" in str(refused.value)
-    assert "stored as PNG it would be" in str(refused.value) and "SKUFORGE_MAX_IMAGE_BYTES" in str(
-        refused.value
-    )
+    message = _refusal(tmp_path, load_settings(max_image_bytes=limit))
+    assert f"{folder / 'noisy.jpg'}: refused" in message
+    assert "stored as PNG it would be" in message and "SKUFORGE_MAX_IMAGE_BYTES" in message
 
 
 @pytest.mark.parametrize("field", ["name", "category"])
 def test_a_name_or_category_of_only_whitespace_is_refused(tmp_path: Path, field: str) -> None:
     # A tab is a control character, refused as one (below); a no-break space is whitespace.
     folder = _sku(tmp_path, "A", "A-1", (10, 20), **{field: " \u00a0 "})
-    with pytest.raises(IngestError) as refused:
-        prepare_all(tmp_path, load_settings())
-    assert f"{folder / 'metadata.json'}: {field}: is only whitespace; give the product's {field}" in str(
-        refused.value
-    )
+    message = _refusal(tmp_path)
+    assert f"{folder / 'metadata.json'}: {field}: is only whitespace; give the product's {field}" in message
 
 
 @pytest.mark.parametrize("field", ["name", "category", "brand", "series"])
@@ -411,9 +408,7 @@ def test_a_folder_over_the_photo_limit_names_every_other_problem_too(
         return image, png, transparency
 
     monkeypatch.setattr(ingest, "photo_and_transparency", decode_and_count)
-    with pytest.raises(IngestError) as refused:
-        prepare_all(tmp_path, load_settings(max_photos_per_sku=10))
-    message = str(refused.value)
+    message = _refusal(tmp_path, load_settings(max_photos_per_sku=10))
     # 11: the photos ingest could take (the corrupt and the tiny one are refused by name).
     assert f"{folder}: 11 photos; at most 10 (SKUFORGE_MAX_PHOTOS_PER_SKU) are accepted" in message
     assert f"{folder / 'photo_9.png'}: refused (" in message
@@ -604,9 +599,7 @@ def test_a_batch_given_one_level_too_high_says_which_folder_to_ingest(
 
     outer = _sku(tmp_path / "nested", "outer", "O-1")
     _sku(outer, "inner", "I-1", colours=(50,))
-    with pytest.raises(IngestError) as refused:
-        prepare_all(outer, load_settings())
-    message = str(refused.value)
+    message = _refusal(outer)
     assert (
         f"{outer / 'inner'}: a SKU folder (it has a metadata.json) inside the SKU folder {outer}; "
         f"nothing in it is read: move it out, beside {outer}" in message
@@ -620,11 +613,10 @@ def test_metadata_saved_as_windows_1252_says_to_save_it_as_utf8(tmp_path: Path) 
     folder = _sku(tmp_path, "A", "A-1")
     metadata = folder / "metadata.json"
     metadata.write_bytes('{"sku_id": "A-1",\r\n "name": "Café", "category": "carton"}'.encode("cp1252"))
-    with pytest.raises(IngestError) as refused:
-        prepare_all(tmp_path, load_settings())
+    message = _refusal(tmp_path)
     assert (
         f"{metadata}: not UTF-8 (byte 0xe9 at line 2 column 14; saved as Windows-1252 or Latin-1?); "
-        "save it as UTF-8" in str(refused.value)
+        "save it as UTF-8" in message
     )
 
 
@@ -803,9 +795,8 @@ def test_a_field_given_twice_in_metadata_is_named_not_the_last_one_taken(tmp_pat
     folder = _sku(tmp_path, "A", "A-1")
     metadata = folder / "metadata.json"
     metadata.write_text('{"sku_id": "A-1", "name": "Oat drink", "category": "carton", "sku_id": "A-2"}')
-    with pytest.raises(IngestError) as refused:
-        prepare_all(tmp_path, load_settings())
-    assert f"{metadata}: sku_id: given 2 times ('A-1', 'A-2'); keep one" in str(refused.value)
+    message = _refusal(tmp_path)
+    assert f"{metadata}: sku_id: given 2 times ('A-1', 'A-2'); keep one" in message
     metadata.write_text('{"sku_id": "A-1", "name": "Oat drink", "category": "carton", "brand": ""}')
     [sku] = prepare_all(tmp_path, load_settings())
     assert sku.metadata.sku_id == "A-1"
@@ -827,11 +818,10 @@ def test_a_huge_metadata_file_is_refused_by_its_size_without_reading_it(
         return read_bytes(path)
 
     monkeypatch.setattr(Path, "read_bytes", guarded)
-    with pytest.raises(IngestError) as refused:
-        prepare_all(tmp_path, load_settings())
+    message = _refusal(tmp_path)
     assert (
         f"{metadata}: 3221225472 bytes; a SKU's metadata (sku_id, name, category, brand, series) is a "
-        "few hundred, at most 1048576 are read: is it the right file?" in str(refused.value)
+        "few hundred, at most 1048576 are read: is it the right file?" in message
     )
 
 
@@ -881,19 +871,17 @@ def test_a_photo_link_that_loops_is_named_for_what_it_is(tmp_path: Path) -> None
     # its owner looked, and there it was.
     folder = _sku(tmp_path, "A", "A-1")
     os.symlink(folder / "loop.jpg", folder / "loop.jpg")
-    with pytest.raises(IngestError) as refused:
-        prepare_all(tmp_path, load_settings())
+    message = _refusal(tmp_path)
     assert (
         f"{folder / 'loop.jpg'}: a link that leads back to itself ({folder / 'loop.jpg'}), never to a "
-        "file; put the photo itself here or remove the link" in str(refused.value)
+        "file; put the photo itself here or remove the link" in message
     )
     (folder / "metadata.json").unlink()
     os.symlink(folder / "metadata.json", folder / "metadata.json")
-    with pytest.raises(IngestError) as refused:
-        prepare_all(tmp_path, load_settings())
+    message = _refusal(tmp_path)
     assert (
         f"{folder / 'metadata.json'}: a link that leads back to itself ({folder / 'metadata.json'}), "
-        "never to a file; put the file itself here or fix the link" in str(refused.value)
+        "never to a file; put the file itself here or fix the link" in message
     )
 
 
