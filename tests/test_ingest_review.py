@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -50,6 +52,28 @@ def _refusal(root: Path, settings: Settings | None = None) -> str:
     with pytest.raises(IngestError) as refused:
         prepare_all(root, settings or load_settings())
     return str(refused.value)
+
+
+@contextmanager
+def _ingest_env_with_a_silent_broker(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
+    """A batch of one SKU at ``tmp_path / "batch"``, and the environment for an ingest of it whose broker
+    accepts and never answers, so ingest waits on it with its photos spooled; yields the environment
+    and its TMPDIR."""
+    _sku(tmp_path / "batch", "A", "A-1")
+    spool_root = tmp_path / "tmp"
+    spool_root.mkdir()
+    with socket.socket() as silent_broker:
+        silent_broker.bind(("127.0.0.1", 0))
+        silent_broker.listen()
+        yield (
+            {
+                **os.environ,
+                "TMPDIR": str(spool_root),
+                "SKUFORGE_STORE_URI": file_store_uri(tmp_path / "store"),
+                "SKUFORGE_KAFKA_BOOTSTRAP": f"127.0.0.1:{silent_broker.getsockname()[1]}",
+            },
+            spool_root,
+        )
 
 
 class _Publisher:
@@ -626,18 +650,7 @@ def test_a_stopped_ingest_removes_the_checked_photos_and_says_so(
 ) -> None:
     # `kill`, `timeout` or an SSH session that dropped ended ingest where it stood: the checked photos,
     # tens of gigabytes as PNG for a large batch, stayed in TMPDIR, and nothing was said.
-    _sku(tmp_path / "batch", "A", "A-1")
-    spool_root = tmp_path / "tmp"
-    spool_root.mkdir()
-    with socket.socket() as silent_broker:  # accepts, never answers: ingest waits on it, photos spooled
-        silent_broker.bind(("127.0.0.1", 0))
-        silent_broker.listen()
-        env = {
-            **os.environ,
-            "TMPDIR": str(spool_root),
-            "SKUFORGE_STORE_URI": file_store_uri(tmp_path / "store"),
-            "SKUFORGE_KAFKA_BOOTSTRAP": f"127.0.0.1:{silent_broker.getsockname()[1]}",
-        }
+    with _ingest_env_with_a_silent_broker(tmp_path) as (env, spool_root):
         command = [sys.executable, "-m", "skuforge_cli", "ingest", str(tmp_path / "batch")]
         run = subprocess.Popen(
             command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell
@@ -683,18 +696,7 @@ sys.exit(main(["ingest", sys.argv[1]]))
 def test_a_stop_while_kafka_connects_stops_ingest(tmp_path: Path, stop: signal.Signals) -> None:
     # The stop was lost: ingest waited out kafka-python's 30 s bootstrap and said "cannot reach Kafka"
     # (exit 1), or carried on with a broker that answered; ~1 run in 5 of the test above, under load.
-    _sku(tmp_path / "batch", "A", "A-1")
-    spool_root = tmp_path / "tmp"
-    spool_root.mkdir()
-    with socket.socket() as silent_broker:  # accepts, never answers
-        silent_broker.bind(("127.0.0.1", 0))
-        silent_broker.listen()
-        env = {
-            **os.environ,
-            "TMPDIR": str(spool_root),
-            "SKUFORGE_STORE_URI": file_store_uri(tmp_path / "store"),
-            "SKUFORGE_KAFKA_BOOTSTRAP": f"127.0.0.1:{silent_broker.getsockname()[1]}",
-        }
+    with _ingest_env_with_a_silent_broker(tmp_path) as (env, spool_root):
         command = [sys.executable, "-c", INGEST_HELD_IN_THE_CONNECTION, str(tmp_path / "batch")]
         run = subprocess.Popen(
             command,
