@@ -21,6 +21,7 @@ from shared.store import open_store
 from shared.synth import write_sku_folders
 from skuforge_cli.main import main as cli_main
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
+from tests.support.memory import make_huge_and_unreadable
 
 
 @pytest.fixture(scope="module")
@@ -200,15 +201,7 @@ def test_an_oversized_photo_is_refused_by_its_size_without_reading_it(
 ) -> None:
     root = _copy(synth_skus, tmp_path / "skus")
     huge = root / "SYN-7-0001" / "photo_01.png"
-    with huge.open("r+b") as handle:
-        handle.truncate(3 * 2**30)  # 3 GiB, sparse: nothing is written to disk
-    read_bytes = Path.read_bytes
-
-    def guarded(path: Path) -> bytes:
-        assert path != huge, "the oversized file was read into memory"
-        return read_bytes(path)
-
-    monkeypatch.setattr(Path, "read_bytes", guarded)
+    make_huge_and_unreadable(huge, monkeypatch)
     with pytest.raises(IngestError, match=r"photo_01\.png: refused \(.*3221225472 bytes; at most"):
         prepare_all(root, load_settings())
 

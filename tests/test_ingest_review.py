@@ -30,6 +30,7 @@ from shared.errors import BadInput, StoreMisconfigured, TransientError
 from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
 from tests.support.bus import file_store_uri, isolated_settings
+from tests.support.memory import make_huge_and_unreadable
 from tests.support.signals import as_from_a_shell
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -811,15 +812,7 @@ def test_a_huge_metadata_file_is_refused_by_its_size_without_reading_it(
     # its size: a multi-gigabyte file saved under that name (an export, a log) filled the memory.
     folder = _sku(tmp_path, "A", "A-1")
     metadata = folder / "metadata.json"
-    with metadata.open("r+b") as handle:
-        handle.truncate(3 * 2**30)  # 3 GiB, sparse: nothing is written to disk
-    read_bytes = Path.read_bytes
-
-    def guarded(path: Path) -> bytes:
-        assert path != metadata, "the huge metadata.json was read into memory"
-        return read_bytes(path)
-
-    monkeypatch.setattr(Path, "read_bytes", guarded)
+    make_huge_and_unreadable(metadata, monkeypatch)
     message = _refusal(tmp_path)
     assert (
         f"{metadata}: 3221225472 bytes; a SKU's metadata (sku_id, name, category, brand, series) is a "
