@@ -16,7 +16,7 @@ from kafka.structs import TopicPartition
 from pydantic import BaseModel
 
 from schemas.envelope import DeadLetter, utc_now
-from schemas.events import GateAccepted
+from schemas.events import GateAccepted, ImageMatted
 from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED, Topic
 from services.trainstore.stage import build_stage
 from shared.bus import make_envelope
@@ -52,16 +52,22 @@ def _deliver(
     stage._process_batch({tp: [_record(tp.topic, 0, envelope.model_dump_json().encode())]})
 
 
+def _accepted_ahead_then_rejected(store: FileStore, stage: Stage, ahead: timedelta) -> ImageMatted:
+    """Delivers the gate's acceptance of a render dated ``ahead`` of now, then a reviewer's rejection of
+    it dated now; returns the render."""
+    matted = matted_item(store, 1, 0)
+    sku_id = matted.generated.sku.sku_id
+    _deliver(stage, GATE_ACCEPTED, GateAccepted(matted=matted, iou=0.97, checks=[]), sku_id, "a", ahead)
+    _deliver(stage, CORRECTION_RESOLVED, resolved(store, matted, "reject"), sku_id, "b", timedelta(0))
+    return matted
+
+
 def test_an_event_from_a_clock_a_day_ahead_is_dead_lettered_and_later_events_are_stored(
     tmp_path: Path,
 ) -> None:
     store, stage, producer = _trainstore(tmp_path)
-    matted = matted_item(store, 1, 0)
+    matted = _accepted_ahead_then_rejected(store, stage, timedelta(days=1))
     sku_id, item_id = matted.generated.sku.sku_id, matted.generated.item_id
-
-    accepted = GateAccepted(matted=matted, iou=0.97, checks=[])
-    _deliver(stage, GATE_ACCEPTED, accepted, sku_id, "a", timedelta(days=1))
-    _deliver(stage, CORRECTION_RESOLVED, resolved(store, matted, "reject"), sku_id, "b", timedelta(0))
 
     [(dlq, value)] = producer.acked
     letter = DeadLetter.model_validate_json(value)
@@ -112,11 +118,8 @@ def test_a_replayed_skewed_acceptance_leaves_a_reviewers_decision_of_the_same_re
     # by the time it carries, later than the reviewer's rejection made meanwhile; only the rule that a
     # person's decision beats the gate's for the same render keeps the rejection.
     store, stage, producer = _trainstore(tmp_path)
-    matted = matted_item(store, 1, 0)
+    matted = _accepted_ahead_then_rejected(store, stage, timedelta(hours=1))
     sku_id, item_id = matted.generated.sku.sku_id, matted.generated.item_id
-    accepted = GateAccepted(matted=matted, iou=0.97, checks=[])
-    _deliver(stage, GATE_ACCEPTED, accepted, sku_id, "a", timedelta(hours=1))
-    _deliver(stage, CORRECTION_RESOLVED, resolved(store, matted, "reject"), sku_id, "b", timedelta(0))
     [(_, value)] = producer.acked
     original = DeadLetter.model_validate_json(value).original_value_b64
 
