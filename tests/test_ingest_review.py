@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -645,6 +645,38 @@ def test_metadata_saved_as_windows_1252_says_to_save_it_as_utf8(tmp_path: Path) 
     )
 
 
+def _stopped(
+    command: list[str],
+    env: dict[str, str],
+    stop: signal.Signals,
+    once: Callable[[subprocess.Popen[str]], None],
+) -> str:
+    """Runs the ingest ``command`` as a shell would, sends it ``stop`` once ``once`` has returned, and
+    gives what it wrote to stderr; fails unless it ended by that signal within 20 s."""
+    run = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_from_a_shell,
+    )
+    try:
+        once(run)
+        run.send_signal(stop)
+        try:
+            _, err = run.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{stop.name} was lost: ingest still ran 20 s later, waiting on the broker")
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 128 + stop, err
+    return err
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
 def test_a_stopped_ingest_removes_the_checked_photos_and_says_so(
     tmp_path: Path, stop: signal.Signals
@@ -652,22 +684,15 @@ def test_a_stopped_ingest_removes_the_checked_photos_and_says_so(
     # `kill`, `timeout` or an SSH session that dropped ended ingest where it stood: the checked photos,
     # tens of gigabytes as PNG for a large batch, stayed in TMPDIR, and nothing was said.
     with _ingest_env_with_a_silent_broker(tmp_path) as (env, spool_root):
-        command = [sys.executable, "-m", "skuforge_cli", "ingest", str(tmp_path / "batch")]
-        run = subprocess.Popen(
-            command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell
-        )
-        try:
+
+        def spooled(run: subprocess.Popen[str]) -> None:
             deadline = time.monotonic() + 60
             while not any(spool_root.glob("skuforge-ingest-*/*.png")):
                 assert run.poll() is None and time.monotonic() < deadline, "ingest never spooled a photo"
                 time.sleep(0.05)
-            run.send_signal(stop)
-            _, err = run.communicate(timeout=20)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.wait()
-    assert run.returncode == 128 + stop, err
+
+        command = [sys.executable, "-m", "skuforge_cli", "ingest", str(tmp_path / "batch")]
+        err = _stopped(command, env, stop, once=spooled)
     assert list(spool_root.iterdir()) == [], "the checked photos were left in TMPDIR"
     assert err.count("\n") == 1 and f"skuforge ingest: stopped by {stop.name};" in err
     assert "run the same command again" in err
@@ -698,29 +723,13 @@ def test_a_stop_while_kafka_connects_stops_ingest(tmp_path: Path, stop: signal.S
     # The stop was lost: ingest waited out kafka-python's 30 s bootstrap and said "cannot reach Kafka"
     # (exit 1), or carried on with a broker that answered; ~1 run in 5 of the test above, under load.
     with _ingest_env_with_a_silent_broker(tmp_path) as (env, spool_root):
-        command = [sys.executable, "-c", INGEST_HELD_IN_THE_CONNECTION, str(tmp_path / "batch")]
-        run = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=as_from_a_shell,
-        )
-        try:
+
+        def connecting(run: subprocess.Popen[str]) -> None:
             assert run.stdout is not None
             assert run.stdout.readline() == "connecting\n", run.communicate()
-            run.send_signal(stop)
-            try:
-                _, err = run.communicate(timeout=20)
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"{stop.name} was lost: ingest still ran 20 s later, waiting on the broker")
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.wait()
-    assert run.returncode == 128 + stop, err
+
+        command = [sys.executable, "-c", INGEST_HELD_IN_THE_CONNECTION, str(tmp_path / "batch")]
+        err = _stopped(command, env, stop, once=connecting)
     assert list(spool_root.iterdir()) == [], "the checked photos were left in TMPDIR"
     how = "interrupted" if stop == signal.SIGINT else f"stopped by {stop.name}"
     assert err.count("\n") == 1 and f"skuforge ingest: {how};" in err, err
