@@ -57,6 +57,7 @@ from shared.argtypes import (
     non_negative_int,
     positive_float,
     positive_int,
+    read_json_object,
 )
 from shared.evaluation import L2, REAL_WEIGHT, TUNE_EPOCHS, TUNE_LR
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
@@ -716,18 +717,12 @@ def read_choice(path: Path, *, by: str, ks: list[int]) -> dict[str, Any]:
     """The results JSON ``--drop-synthetic-from`` names, checked to hold what the choice reads: the
     held-out half it was measured on and, at each k of this run, the per-SKU ``--drop-by`` figure.
     ``ValueError`` says what is missing."""
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(
-            f"{path}: no such file (the --out of a bench.augment run with --heldout-half)"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
-    if not isinstance(document, dict):
-        raise ValueError(
-            f"{path}: expected a JSON object of bench.augment results, got {type(document).__name__}"
-        )
+    document = read_json_object(
+        path,
+        label=str(path),
+        missing="the --out of a bench.augment run with --heldout-half",
+        kind="a JSON object of bench.augment results",
+    )
     heldout = document.get("heldout")
     if not isinstance(heldout, dict) or heldout.get("half") not in HALVES:
         raise ValueError(

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def positive_int(text: str) -> int:
@@ -95,6 +97,21 @@ def folder_problem(path: Path, *, writable: bool = True) -> str | None:
     if not writable:
         return None
     return _write_problem(path, existing)
+
+
+def read_json_object(path: Path, *, label: str, missing: str, kind: str = "a JSON object") -> dict[str, Any]:
+    """The JSON object in the file an argument names; ``ValueError`` says why it cannot be read, each
+    message starting ``label`` (the argument as the user gave it) and a missing file's ending ``missing``
+    (what makes the file)."""
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{label}: no such file ({missing})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{label}: not a readable JSON file ({exc})") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"{label}: expected {kind}, got {type(document).__name__}")
+    return document
 
 
 def file_problem(path: Path, example: str) -> str | None:

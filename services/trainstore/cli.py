@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from shared.argtypes import folder_problem, int_between, non_negative_int, positive_int
+from shared.argtypes import folder_problem, int_between, non_negative_int, positive_int, read_json_object
 from shared.config import load_settings
 from shared.errors import BadInput, TransientError
 from shared.signals import stopped_as_interrupt
@@ -46,17 +46,9 @@ from shared.trainstore.withdrawals import Withdrawals
 
 def _read_evaluation(path: Path) -> dict[str, Any]:
     """The JSON document ``skuforge evaluate`` wrote; ``ValueError`` says why it cannot be used."""
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(
-            f"--evaluation {path}: no such file (run skuforge evaluate --out DIR first)"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"--evaluation {path}: not a readable JSON file ({exc})") from None
-    if not isinstance(document, dict):
-        raise ValueError(f"--evaluation {path}: expected a JSON object, got {type(document).__name__}")
-    return document
+    return read_json_object(
+        path, label=f"--evaluation {path}", missing="run skuforge evaluate --out DIR first"
+    )
 
 
 def store_root(manifests: ManifestStore) -> str:
