@@ -21,7 +21,14 @@ from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTE
 from services.trainstore.stage import Trainstore
 from shared.bus import make_envelope
 from shared.store import FileStore, sha256_hex
-from shared.trainstore.manifest import ManifestRow, ManifestStore, decode_columns, encode_columns, object_keys
+from shared.trainstore.manifest import (
+    ManifestRow,
+    ManifestStore,
+    decode_columns,
+    decode_rows,
+    encode_columns,
+    object_keys,
+)
 from tests.support.gate import captioned, matted_item, pending_of, resolved
 from tests.support.trainstore import PREFIX, trainstore_stage
 
@@ -233,3 +240,50 @@ def test_a_reviewers_decision_delivered_after_a_newer_gate_replay_still_stands(t
     assert not any(
         store.exists(manifests.key(key)) for key in object_keys(SKU, "synthetic", matted.generated.item_id)
     )
+
+
+def test_of_two_reviewers_decisions_the_later_made_wins_after_the_first_was_dated_past_a_gate_replay(
+    tmp_path: Path,
+) -> None:
+    """A rejection (minute 60) delivered after a replayed acceptance (minute 120) is ordered after the
+    acceptance. Before, its row carried only that later time, so a second reviewer's approval made at
+    minute 90, after the rejection, was taken for the older decision and left out. The row now keeps the
+    rejection's own time beside the time it is ordered by, and reviewers' decisions are compared by theirs."""
+    store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
+    matted = matted_item(store, 1, 0)
+    item_id = matted.generated.item_id
+    trainstore.pending(_envelope(CORRECTION_PENDING, pending_of(matted), "a", 0), ctx)
+    trainstore.accepted(
+        _envelope(GATE_ACCEPTED, GateAccepted(matted=matted, iou=0.97, checks=[]), "a", 120), ctx
+    )
+    trainstore.resolved(_envelope(CORRECTION_RESOLVED, resolved(store, matted, "reject"), "b", 60), ctx)
+    rejected_row = manifests.read_sku(SKU)[item_id]
+    assert (rejected_row.status, rejected_row.produced_at) == ("rejected", T0 + timedelta(minutes=120))
+    assert rejected_row.event_time == T0 + timedelta(minutes=60)
+
+    approval = _envelope(CORRECTION_RESOLVED, resolved(store, matted, "approve_expected"), "c", 90)
+    trainstore.resolved(approval, ctx)
+
+    for attempt in range(2):  # and so it stays after a compaction, read by a restarted stage
+        row = manifests.read_sku(SKU)[item_id]
+        assert (row.status, row.event_time) == ("approved", T0 + timedelta(minutes=90)), attempt
+        assert sha256_hex(store.get_bytes(manifests.key(str(row.image)))) == matted.generated.image.sha256
+        restarted = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16)
+        # A reviewer's decision made before the approval (a redelivery of the first) still loses.
+        older = _envelope(CORRECTION_RESOLVED, resolved(store, matted, "reject"), "b", 60)
+        restarted.resolved(older, ctx)
+        assert manifests.read_sku(SKU)[item_id].status == "approved", attempt
+        manifests.compact(SKU)
+
+
+def test_a_row_written_before_rows_kept_their_events_own_time_reads_and_is_ordered_by_its_time() -> None:
+    old_row = ManifestRow(
+        item_id="gen-1", sku_id="SKU-1", category="can", source="synthetic", status="rejected", produced_at=T0
+    )
+    line = old_row.model_dump_json(exclude_defaults=True).encode()
+    assert b"event_produced_at" not in line
+    [read] = decode_rows(line)
+    assert (read.event_produced_at, read.event_time) == (None, T0)
+    document = json.loads(encode_columns([old_row]))
+    del document["common"]["event_produced_at"]
+    assert decode_columns(json.dumps(document).encode())["event_produced_at"] == [None]

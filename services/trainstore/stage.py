@@ -38,7 +38,9 @@ render, replayed after a reviewer approved a second render of the item, leaves t
 image; an old ``sku.captioned`` leaves the photos a newer one stored or found unusable). A reviewer's
 decision beats the gate's for the same render whatever the times: a replay of the gate after a
 threshold change leaves a rejection (or an approval and its corrected mask) as it is
-(``_overrides_review``, ``_past_gate_decision``); between two reviewers' decisions the later wins.
+(``_overrides_review``, ``_past_gate_decision``). Between two reviewers' decisions the later made
+wins, by their events' own times (``_past_review``; a row dated past the gate's keeps its own in
+``event_produced_at``).
 
 Bad input goes to the DLQ and nothing of the event is written: every object the event points at
 is read, checked against its sha256 and decoded *before* the first write. Reasons:
@@ -500,8 +502,8 @@ def _past_other_render(current: ManifestRow | None, row: ManifestRow) -> Manifes
 
 def _dated(current: ManifestRow | None, row: ManifestRow) -> ManifestRow:
     """``row`` with the time it is ordered by against ``current`` (``_past_other_render``,
-    ``_past_gate_decision``)."""
-    return _past_gate_decision(current, _past_other_render(current, row))
+    ``_past_gate_decision``, ``_past_review``)."""
+    return _past_review(current, _past_gate_decision(current, _past_other_render(current, row)))
 
 
 def _same_render(row: ManifestRow, other: ManifestRow) -> bool:
@@ -538,13 +540,32 @@ def _past_gate_decision(current: ManifestRow | None, row: ManifestRow) -> Manife
     return _no_earlier_than(current, row)
 
 
+def _past_review(current: ManifestRow | None, row: ManifestRow) -> ManifestRow:
+    """``row``, a reviewer's decision, dated no earlier than ``current`` when that is a reviewer's
+    decision made no later than ``row``'s (their events' own times, ``ManifestRow.event_time``).
+
+    ``current`` may be dated past a gate's acceptance (``_past_gate_decision``): a second reviewer's
+    decision made after it but before that acceptance's time is still the later decision. By the
+    time ``current`` is ordered by, it was left out as the older one."""
+    if (
+        current is None
+        or current.status not in _REVIEWED
+        or row.status not in _REVIEWED
+        or current.event_time is None
+        or row.event_time is None
+        or row.event_time < current.event_time
+    ):
+        return row
+    return _no_earlier_than(current, row)
+
+
 def _no_earlier_than(current: ManifestRow, row: ManifestRow) -> ManifestRow:
     """``row``, dated ``current``'s time where that is later, so it stands against ``current``
-    (``stands``: the later event wins, and a tie goes to the later write). A row without a time, or
-    against a row without one, is left as it is."""
+    (``stands``: the later event wins, and a tie goes to the later write); its event's own time is
+    kept in ``event_produced_at``. A row without a time, or against a row without one, is left as it is."""
     if current.produced_at is None or row.produced_at is None or row.produced_at >= current.produced_at:
         return row
-    return row.model_copy(update={"produced_at": current.produced_at})
+    return row.model_copy(update={"produced_at": current.produced_at, "event_produced_at": row.event_time})
 
 
 def _object_fields(

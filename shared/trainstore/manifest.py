@@ -14,7 +14,9 @@ row's stamp). A SKU's manifest is every part there, in any order: per item, a de
 different topics, so they may arrive in either order), then the row of the later event (its
 ``produced_at``, the envelope's: a redelivered, rewound or DLQ-replayed old event arrives after newer
 ones and must not undo them; a row from before rows recorded it loses to any row that has one), then
-the row with the later stamp (copies). Because the result does not depend on the order parts are
+the row with the later stamp (copies). The trainstore stage may date a row later than its event, so
+that it outranks a row it has to beat (``services/trainstore/stage.py``, ``_dated``); such a row keeps
+its event's own time in ``event_produced_at``. Because the result does not depend on the order parts are
 read in, two writers of one SKU cannot undo each other: all the stage's topics are keyed by
 ``sku_id`` with one partition count, but the group's assignor may give one partition number of two
 topics to two members, and a member past its poll interval may still be writing. Both may number
@@ -125,9 +127,22 @@ class ManifestRow(Contract):
     trace_id: str | None = None
     produced_at: AwareDatetime | None = Field(
         default=None,
-        description="when the event that wrote the row was produced (its envelope's produced_at): of two "
-        "rows of an item, the later event's wins; None in rows written before rows recorded it",
+        description="the time the row is ordered by: when the event that wrote the row was produced (its "
+        "envelope's produced_at), or a later time where the row had to outrank a row dated later (a "
+        "reviewer's decision against the gate's replayed acceptance); of two rows of an item, the later "
+        "wins; None in rows written before rows recorded it",
     )
+    event_produced_at: AwareDatetime | None = Field(
+        default=None,
+        description="when the event that wrote the row was produced, where produced_at was moved later; "
+        "None where the two are the same (most rows, and rows written before rows kept it): event_time",
+    )
+
+    @property
+    def event_time(self) -> datetime | None:
+        """When the event that wrote the row was produced, whatever time the row is ordered by: what
+        two reviewers' decisions of an item are compared by (the later one made wins)."""
+        return self.event_produced_at or self.produced_at
 
     @property
     def trainable(self) -> bool:
@@ -253,7 +268,8 @@ def decode_columns(data: bytes) -> dict[str, list[Any]]:
             for index, other in others.items():
                 column[int(index)] = other
             columns[name] = column
-        # A field added since the copy was written (produced_at) holds its default in every row.
+        # A field added since the copy was written (produced_at, event_produced_at) holds its default
+        # in every row.
         return {
             name: columns[name] if name in columns or field.default is not None else [None] * count
             for name, field in ManifestRow.model_fields.items()
