@@ -287,3 +287,36 @@ def test_a_row_written_before_rows_kept_their_events_own_time_reads_and_is_order
     document = json.loads(encode_columns([old_row]))
     del document["common"]["event_produced_at"]
     assert decode_columns(json.dumps(document).encode())["event_produced_at"] == [None]
+
+
+def test_a_re_emitted_acceptance_of_a_first_render_leaves_a_reviewers_approval_of_the_second(
+    tmp_path: Path,
+) -> None:
+    """The gate's stage, restarted, makes the first render's ``gate.accepted`` again under its event id
+    with a new ``produced_at`` (shared/runtime.py ``_encode_outputs``), later than a reviewer's approval
+    of the second render. Before, that copy replaced the approval and its image (the reviewer guard
+    covered the same render only). A reviewer's decision now stands against the gate's acceptance of any
+    render of the item, in either arrival order; only another reviewer's decision replaces it."""
+    for re_emitted_first in (False, True):
+        store, manifests, trainstore, ctx = trainstore_stage(
+            tmp_path / str(re_emitted_first), compact_after_parts=16
+        )
+        first, second = _renders(store)
+        acceptance = GateAccepted(matted=first, iou=0.97, checks=[])
+        re_emitted = _envelope(GATE_ACCEPTED, acceptance, "a", 120)
+        approval = _envelope(CORRECTION_RESOLVED, resolved(store, second, "approve_expected"), "c", 60)
+        if re_emitted_first:
+            trainstore.accepted(re_emitted, ctx)
+            trainstore.resolved(approval, ctx)
+        else:
+            trainstore.accepted(_envelope(GATE_ACCEPTED, acceptance, "a", 0), ctx)
+            trainstore.pending(_envelope(CORRECTION_PENDING, pending_of(second), "b", 5), ctx)
+            trainstore.resolved(approval, ctx)
+            trainstore.accepted(re_emitted, ctx)
+        manifests.compact(SKU)
+        trainstore.accepted(re_emitted, ctx)  # redelivered after a compaction
+
+        row = manifests.read_sku(SKU)[first.generated.item_id]
+        assert (row.status, row.image_sha256) == ("approved", second.generated.image.sha256), re_emitted_first
+        image = store.get_bytes(manifests.key(str(row.image)))
+        assert sha256_hex(image) == second.generated.image.sha256, re_emitted_first

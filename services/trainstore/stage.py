@@ -36,11 +36,12 @@ undoes a newer one: each row records its event's ``produced_at``, and a row of a
 the item's stored row is neither written nor are its objects (an old ``gate.accepted`` of a first
 render, replayed after a reviewer approved a second render of the item, leaves the approval and its
 image; an old ``sku.captioned`` leaves the photos a newer one stored or found unusable). A reviewer's
-decision beats the gate's for the same render whatever the times: a replay of the gate after a
-threshold change leaves a rejection (or an approval and its corrected mask) as it is
-(``_overrides_review``, ``_past_gate_decision``). Between two reviewers' decisions the later made
-wins, by their events' own times (``_past_review``; a row dated past the gate's keeps its own in
-``event_produced_at``).
+decision beats the gate's acceptance whatever the times, a rejection of the same render, an approval
+of any render: a replay of the gate after a threshold change leaves a rejection (or an approval and
+its corrected mask) as it is, and a first render's acceptance made again leaves the approval of a
+second (``_overrides_review``, ``_past_gate_decision``). Between two reviewers' decisions the later
+made wins, by their events' own times (``_past_review``; a row dated past the gate's keeps its own
+in ``event_produced_at``).
 
 Bad input goes to the DLQ and nothing of the event is written: every object the event points at
 is read, checked against its sha256 and decoded *before* the first write. Reasons:
@@ -53,7 +54,7 @@ sizes differ, or image and event), ``final_mask_missing`` (an approval without a
 stage's clock: its time orders the item's rows, so it would outrank every later event of the item).
 Replayed once the clock has caught up (``skuforge dlq replay --reason clock_skew``), such an event is
 ordered by the time it carries, still later than it was made: it beats what was decided for its item
-in between, except a reviewer's decision of the same render against the gate's (docs/gate-and-trainstore.md).
+in between, except a reviewer's decision against the gate's acceptance (docs/gate-and-trainstore.md).
 """
 
 from __future__ import annotations
@@ -512,29 +513,35 @@ def _same_render(row: ManifestRow, other: ManifestRow) -> bool:
 
 
 def _overrides_review(current: ManifestRow | None, row: ManifestRow) -> bool:
-    """Whether ``row``, the gate's acceptance, would replace a reviewer's decision of the same render.
+    """Whether ``row``, the gate's acceptance, would replace a reviewer's decision: an approval of any
+    render of the item, a rejection of the same render.
 
     A person's decision stands against the gate's whatever the times: the gate replayed after a
-    threshold change accepts, later, an item a reviewer rejected (or approved with a corrected mask).
-    Between two reviewers' decisions the later wins, between two of the gate's too (``stands``).
+    threshold change accepts, later, an item a reviewer rejected (or approved with a corrected mask),
+    and a restarted gate makes a first render's acceptance again, dated now (shared/runtime.py,
+    ``_encode_outputs``), after a reviewer approved the second render. A rejection of another render
+    judged other pixels: an acceptance stands over it (``_past_other_render``, ``_kept_render``).
+    Between two reviewers' decisions the later made wins (``_past_review``), between two of the gate's
+    the later event (``stands``).
     """
     return (
         current is not None
         and current.status in _REVIEWED
         and row.status == "accepted"
-        and _same_render(current, row)
+        and (current.status == "approved" or _same_render(current, row))
     )
 
 
 def _past_gate_decision(current: ManifestRow | None, row: ManifestRow) -> ManifestRow:
     """``row``, a reviewer's decision, dated no earlier than ``current`` when that is the gate's
-    acceptance of the same render (a replay of the gate that got here first): the person's decision
-    wins, and its row then keeps winning after restarts and compactions (``_overrides_review``)."""
+    acceptance that the decision replaces (``_overrides_review``: of the same render, or of any render
+    for an approval), such as a replay of the gate that got here first: the person's decision wins,
+    and its row then keeps winning after restarts and compactions."""
     if (
         current is None
         or current.status != "accepted"
         or row.status not in _REVIEWED
-        or not _same_render(current, row)
+        or not (row.status == "approved" or _same_render(current, row))
     ):
         return row
     return _no_earlier_than(current, row)
