@@ -59,6 +59,7 @@ __all__ = [
     "ObjectStore",
     "S3Store",
     "check_key",
+    "digest_key",
     "fsync_dir",
     "open_store",
     "sha256_hex",
@@ -165,6 +166,13 @@ def _read_within(stream: _Readable, size: int, max_bytes: int) -> bytes:
 def sha256_hex(data: bytes) -> str:
     """Return the lowercase hex sha256 of ``data``, as carried in ``ObjectRef.sha256``."""
     return hashlib.sha256(data).hexdigest()
+
+
+def digest_key(key: str, sha256: str) -> str:
+    """``key`` with the bytes' sha256 in it: ``<key without .png>-<sha256[:16]>.png``. The same bytes
+    get the same key, and other bytes never replace bytes a reference (an event, a manifest row)
+    already names."""
+    return f"{key.removesuffix('.png')}-{sha256[:16]}.png"
 
 
 def fsync_dir(directory: Path) -> None:
@@ -292,12 +300,12 @@ class ObjectStore(ABC):
     ) -> ImageRef:
         """Encode ``image`` as deterministic PNG, store it under ``key`` and return its ``ImageRef``.
 
-        ``digest_in_key``: store it under ``<key without .png>-<sha256[:16]>.png`` instead, so the
-        same pixels get the same key and other pixels never replace bytes an event already names.
+        ``digest_in_key``: store it under ``digest_key(key, ...)`` instead, so the same pixels get the
+        same key and other pixels never replace bytes an event already names.
         """
         data = encode_png(image)
         if digest_in_key:
-            key = f"{key.removesuffix('.png')}-{sha256_hex(data)[:16]}.png"
+            key = digest_key(key, sha256_hex(data))
         if isinstance(image, np.ndarray):
             height, width = int(image.shape[0]), int(image.shape[1])
         else:

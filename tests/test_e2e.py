@@ -182,7 +182,10 @@ def test_every_generated_image_lands_once_in_the_store_or_the_console_queue(
         assert real_keys == {manifests.key(r.image) for r in real if r.status == "reference" and r.image}
         synthetic_keys = set(s3_store.list_keys(f"{prefix}/images/{sku_id}/synthetic/"))
         sku_accepted = {r.item_id for r in rows if r.sku_id == sku_id and r.item_id in accepted}
-        assert synthetic_keys == {f"{prefix}/images/{sku_id}/synthetic/{item}.png" for item in sku_accepted}
+        assert synthetic_keys == {
+            manifests.key(str(r.image)) for r in rows if r.sku_id == sku_id and r.item_id in accepted
+        }
+        assert {key.split("/")[-2] for key in synthetic_keys} == sku_accepted  # a folder per item
         for row in rows:
             if row.sku_id == sku_id and row.item_id in accepted:
                 assert row.mask and s3_store.exists(manifests.key(row.mask))

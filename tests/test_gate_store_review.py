@@ -378,8 +378,8 @@ def test_a_photo_captioned_again_as_unusable_loses_its_stored_copies(tmp_path: P
     """Stored as a reference, then found unusable by a replayed or re-run captioning: the row said "no
     objects" (docs/gate-and-trainstore.md) while its image and mask stayed in the store."""
     from schemas.topics import SKU_CAPTIONED
-    from shared.trainstore.manifest import object_keys
     from tests.support.gate import captioned
+    from tests.support.trainstore import stored
 
     store = FileStore(tmp_path / "store")
     writer = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16)
@@ -398,10 +398,13 @@ def test_a_photo_captioned_again_as_unusable_loses_its_stored_copies(tmp_path: P
         )
         writer.captioned(event, _context(store))  # type: ignore[arg-type]
         if index == 0:
-            assert all(store.exists(writer.manifests.key(key)) for key in object_keys(sku_id, "real", "p0"))
+            assert all(stored(writer.manifests, sku_id, "p0", "real"))  # an image and a mask
     rows = writer.manifests.read_sku(sku_id)
     assert rows["p0"].status == "unusable" and rows["p0"].image is None
-    assert not any(store.exists(writer.manifests.key(key)) for key in object_keys(sku_id, "real", "p0"))
+    assert stored(writer.manifests, sku_id, "p0", "real") == ([], [])
     # The other photo keeps its copies.
     assert rows["p1"].status == "reference"
-    assert all(store.exists(writer.manifests.key(key)) for key in object_keys(sku_id, "real", "p1"))
+    assert stored(writer.manifests, sku_id, "p1", "real") == (
+        [writer.manifests.key(str(rows["p1"].image))],
+        [writer.manifests.key(str(rows["p1"].mask))],
+    )

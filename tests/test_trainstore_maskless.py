@@ -26,9 +26,8 @@ from shared.runtime import Context
 from shared.store import FileStore
 from shared.synth import make_product, render_photo
 from shared.trainstore.dataset import export_dataset, sku_stats
-from shared.trainstore.manifest import object_keys
 from tests.support.gate import captioned
-from tests.support.trainstore import trainstore_stage
+from tests.support.trainstore import stored, trainstore_stage
 
 SKU = "SKU-001"
 
@@ -64,8 +63,7 @@ def test_a_photo_whose_mask_found_no_product_is_stored_and_exported_without_a_ma
         ["no_product_found"],
         None,
     )
-    image_key, mask_key = object_keys(SKU, "real", "p-pile")
-    assert store.exists(manifests.key(image_key)) and not store.exists(manifests.key(mask_key))
+    assert stored(manifests, SKU, "p-pile", "real") == ([manifests.key(str(pile.image))], [])
     assert rows["p-blurry"].status == "unusable"  # not a mask problem: still never trained on
     (stats,) = sku_stats(rows.values())
     assert (stats.real, stats.unusable) == (2, 1)
@@ -83,8 +81,8 @@ def test_a_photo_captioned_again_with_no_product_found_keeps_its_image_and_loses
     store, manifests, writer, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
     first = captioned(store, 1, photos=2)
     _write(writer, ctx, first, "a")
-    _, mask_key = object_keys(SKU, "real", "p1")
-    assert store.exists(manifests.key(mask_key))
+    mask_key = manifests.key(str(manifests.read_sku(SKU)["p1"].mask))
+    assert stored(manifests, SKU, "p1", "real")[1] == [mask_key]
     # A re-run with another matting model finds no product in p1.
     again = first.model_copy(
         update={
@@ -99,7 +97,7 @@ def test_a_photo_captioned_again_with_no_product_found_keeps_its_image_and_loses
     _write(writer, ctx, again, "b")
     p1 = manifests.read_sku(SKU)["p1"]
     assert (p1.status, p1.mask, p1.reasons) == ("reference", None, ["mask_full_frame"])
-    assert store.exists(manifests.key(p1.image or "")) and not store.exists(manifests.key(mask_key))
+    assert stored(manifests, SKU, "p1", "real") == ([manifests.key(str(p1.image))], [])
 
 
 def test_a_maskless_jpeg_over_the_pixel_limit_is_too_many_pixels_not_a_lying_event(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ captioning found unusable. Each row now records when its event was produced (the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,9 @@ from shared.trainstore.manifest import (
     decode_columns,
     decode_rows,
     encode_columns,
-    object_keys,
 )
 from tests.support.gate import captioned, matted_item, pending_of, resolved
-from tests.support.trainstore import PREFIX, trainstore_stage
+from tests.support.trainstore import PREFIX, stored, trainstore_stage
 
 SKU = "SKU-001"
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
@@ -67,8 +67,9 @@ def test_an_old_acceptance_delivered_after_a_newer_approval_leaves_the_approval_
     approval = _envelope(CORRECTION_RESOLVED, resolved(store, second, "approve_expected"), "c", 60)
     trainstore.resolved(approval, ctx)
     item_id = second.generated.item_id
-    image_key = manifests.key(object_keys(SKU, "synthetic", item_id)[0])
+    image_key = manifests.key(str(manifests.read_sku(SKU)[item_id].image))
     assert sha256_hex(store.get_bytes(image_key)) == second.generated.image.sha256
+    assert stored(manifests, SKU, item_id)[0] == [image_key]  # the first render's image is gone
 
     # Redelivered, replayed from the DLQ, by a restarted stage (a fresh instance), after compaction.
     for attempt in range(2):
@@ -77,6 +78,7 @@ def test_an_old_acceptance_delivered_after_a_newer_approval_leaves_the_approval_
         row = manifests.read_sku(SKU)[item_id]
         assert (row.status, row.image_sha256) == ("approved", second.generated.image.sha256), attempt
         assert sha256_hex(store.get_bytes(image_key)) == second.generated.image.sha256, attempt
+        assert stored(manifests, SKU, item_id)[0] == [image_key], attempt
         manifests.compact(SKU)
 
     # A copy of the current event writes nothing at all.
@@ -111,10 +113,9 @@ def test_an_old_captioning_replayed_after_a_newer_one_changes_no_photo(tmp_path:
     rows = manifests.read_sku(SKU)
     assert rows == before
     assert (rows["p0"].status, rows["p0"].image) == ("unusable", None)
-    assert not any(store.exists(manifests.key(key)) for key in object_keys(SKU, "real", "p0"))
-    p1_image, p1_mask = object_keys(SKU, "real", "p1")
-    assert (rows["p1"].mask, store.exists(manifests.key(p1_mask))) == (None, False)
-    assert store.exists(manifests.key(p1_image))
+    assert stored(manifests, SKU, "p0", "real") == ([], [])
+    assert rows["p1"].mask is None
+    assert stored(manifests, SKU, "p1", "real") == ([manifests.key(str(rows["p1"].image))], [])
 
 
 def test_an_old_captioning_replayed_after_a_newer_one_deletes_no_photo_it_found_unusable(
@@ -137,7 +138,11 @@ def test_an_old_captioning_replayed_after_a_newer_one_deletes_no_photo_it_found_
     rows = manifests.read_sku(SKU)
     for photo_id in ("p0", "p1"):
         assert (rows[photo_id].status, rows[photo_id].mask is not None) == ("reference", True)
-        assert all(store.exists(manifests.key(key)) for key in object_keys(SKU, "real", photo_id))
+        row = rows[photo_id]
+        assert stored(manifests, SKU, photo_id, "real") == (
+            [manifests.key(str(row.image))],
+            [manifests.key(str(row.mask))],
+        )
 
 
 def test_two_writers_of_one_sku_keep_the_newer_event_in_any_order(tmp_path: Path) -> None:
@@ -215,12 +220,12 @@ def test_a_replayed_gate_decision_never_overrides_a_reviewers_decision_of_the_sa
         rows = manifests.read_sku(SKU)
         rejected_row = rows[rejected_item.generated.item_id]
         assert (rejected_row.status, rejected_row.image) == ("rejected", None), attempt
-        image_key, mask_key = object_keys(SKU, "synthetic", rejected_item.generated.item_id)
-        assert not store.exists(manifests.key(image_key)), attempt
+        assert stored(manifests, SKU, rejected_item.generated.item_id) == ([], []), attempt
         approved_row = rows[approved_item.generated.item_id]
         assert (approved_row.status, approved_row.mask_sha256) == ("approved", human_mask.sha256), attempt
-        _, mask_key = object_keys(SKU, "synthetic", approved_item.generated.item_id)
-        assert sha256_hex(store.get_bytes(manifests.key(mask_key))) == human_mask.sha256, attempt
+        mask_key = manifests.key(str(approved_row.mask))
+        assert sha256_hex(store.get_bytes(mask_key)) == human_mask.sha256, attempt
+        assert stored(manifests, SKU, approved_item.generated.item_id)[1] == [mask_key], attempt
         manifests.compact(SKU)
 
 
@@ -237,9 +242,7 @@ def test_a_reviewers_decision_delivered_after_a_newer_gate_replay_still_stands(t
 
     row = manifests.read_sku(SKU)[matted.generated.item_id]
     assert (row.status, row.image) == ("rejected", None)
-    assert not any(
-        store.exists(manifests.key(key)) for key in object_keys(SKU, "synthetic", matted.generated.item_id)
-    )
+    assert stored(manifests, SKU, matted.generated.item_id) == ([], [])
 
 
 def test_of_two_reviewers_decisions_the_later_made_wins_after_the_first_was_dated_past_a_gate_replay(
@@ -320,3 +323,41 @@ def test_a_re_emitted_acceptance_of_a_first_render_leaves_a_reviewers_approval_o
         assert (row.status, row.image_sha256) == ("approved", second.generated.image.sha256), re_emitted_first
         image = store.get_bytes(manifests.key(str(row.image)))
         assert sha256_hex(image) == second.generated.image.sha256, re_emitted_first
+
+
+class ApprovesBeforeTheAcceptancesImage(FileStore):
+    """A store where another trainstore member stores a reviewer's approval of the item's second render
+    (its objects and its row) after this member read the manifest for its acceptance of the first
+    render, just before it puts that render's image (two members may hold one partition number of
+    gate.accepted and correction.resolved)."""
+
+    meanwhile: Callable[[], None] | None = None
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        if self.meanwhile is not None and f"/images/{SKU}/synthetic/" in key:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+        super()._write(key, data, content_type)
+
+
+def test_two_members_writing_one_item_at_once_leave_a_row_whose_objects_are_its_own(tmp_path: Path) -> None:
+    """Before, objects were keyed by the item id: the acceptance's image and mask, put last, overwrote
+    the approval's, whose row (the later event's) stayed the item's, so the row named bytes that were
+    not its own and every export failed on their sha256. Keys now carry the bytes' sha256."""
+    store = ApprovesBeforeTheAcceptancesImage(tmp_path / "store")
+    manifests = ManifestStore(store, PREFIX)
+    accepting = Trainstore(manifests, compact_after_parts=16)
+    _, _, approving, ctx = trainstore_stage(
+        tmp_path, compact_after_parts=16, store=FileStore(tmp_path / "store")
+    )
+    first, second = _renders(store)
+    approval = _envelope(CORRECTION_RESOLVED, resolved(store, second, "approve_edited"), "c", 60)
+    store.meanwhile = lambda: approving.resolved(approval, ctx)
+    accepting.accepted(_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx)
+    assert store.meanwhile is None  # the approval did come in between
+
+    row = manifests.read_sku(SKU)[first.generated.item_id]
+    assert (row.status, row.image_sha256) == ("approved", second.generated.image.sha256)
+    assert row.image is not None and row.mask is not None
+    store.read_checked(manifests.key(row.image), row.image_sha256)
+    store.read_checked(manifests.key(row.mask), row.mask_sha256)

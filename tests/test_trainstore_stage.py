@@ -39,6 +39,7 @@ from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
 from tests.support.bus import create_topics, isolated_settings, read_topic, running
 from tests.support.gate import captioned, matted_item, pending_of, produce_events, resolved
+from tests.support.trainstore import stored as stored_keys
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -151,25 +152,31 @@ def test_gate_and_trainstore_store_exactly_the_expected_items_once(
     assert figures["iou_below_threshold"].value == 0.0 and figures["iou_below_threshold"].threshold == 0.9
 
     # Exactly the expected objects: real photos, accepted and approved items; nothing for the rejected one.
+    # Each is keyed by its item and the first 16 hex digits of its sha256.
     objects = snapshot(s3_store)
-    images = sorted(k.removeprefix(f"{PREFIX}/") for k in objects if k.startswith(f"{PREFIX}/images/"))
-    masks = sorted(k.removeprefix(f"{PREFIX}/") for k in objects if k.startswith(f"{PREFIX}/masks/"))
+    stored = {
+        key.removeprefix(f"{PREFIX}/").removesuffix(f"-{sha256[:16]}.png"): sha256
+        for key, sha256 in objects.items()
+        if key.startswith((f"{PREFIX}/images/", f"{PREFIX}/masks/"))
+    }
+    images = sorted(key for key in stored if key.startswith("images/"))
     assert images == [
-        "images/SKU-001/real/p0.png",
-        "images/SKU-001/real/p1.png",
-        "images/SKU-001/synthetic/gen-001-00.png",
-        "images/SKU-001/synthetic/gen-001-01.png",
-        "images/SKU-001/synthetic/gen-001-02.png",
-        "images/SKU-001/synthetic/gen-001-03.png",
-        "images/SKU-002/real/p0.png",
-        "images/SKU-002/synthetic/gen-002-00.png",
-        "images/SKU-002/synthetic/gen-002-01.png",
+        "images/SKU-001/real/p0",
+        "images/SKU-001/real/p1",
+        "images/SKU-001/synthetic/gen-001-00",
+        "images/SKU-001/synthetic/gen-001-01",
+        "images/SKU-001/synthetic/gen-001-02",
+        "images/SKU-001/synthetic/gen-001-03",
+        "images/SKU-002/real/p0",
+        "images/SKU-002/synthetic/gen-002-00",
+        "images/SKU-002/synthetic/gen-002-01",
     ]
+    masks = sorted(key for key in stored if key.startswith("masks/"))
     assert masks == sorted(f"masks/{k.split('/')[1]}/{k.rsplit('/', 1)[1]}" for k in images)
     # Images are kept byte for byte; the approved item carries the human's mask, accepted ones the model's.
-    assert objects[f"{PREFIX}/images/SKU-001/synthetic/gen-001-00.png"] == good[0].generated.image.sha256
-    assert objects[f"{PREFIX}/masks/SKU-001/gen-001-03.png"] == shifted.generated.expected_mask.sha256
-    assert objects[f"{PREFIX}/masks/SKU-001/gen-001-00.png"] == good[0].predicted_mask.sha256
+    assert stored["images/SKU-001/synthetic/gen-001-00"] == good[0].generated.image.sha256
+    assert stored["masks/SKU-001/gen-001-03"] == shifted.generated.expected_mask.sha256
+    assert stored["masks/SKU-001/gen-001-00"] == good[0].predicted_mask.sha256
 
     # Exactly the expected manifest rows, one per item.
     rows = load_manifest(s3_store, prefix=PREFIX, trainable_only=False)
@@ -190,7 +197,8 @@ def test_gate_and_trainstore_store_exactly_the_expected_items_once(
     by_item = {(r["sku_id"], r["item_id"]): r for r in rows}
     assert by_item[("SKU-001", "gen-001-03")]["reviewed_by"] == "alice"
     assert by_item[("SKU-001", "gen-001-00")]["iou"] == 1.0
-    assert by_item[("SKU-001", "p0")]["image_uri"] == s3_store.uri_for(f"{PREFIX}/images/SKU-001/real/p0.png")
+    p0_image = next(key for key in objects if key.startswith(f"{PREFIX}/images/SKU-001/real/p0-"))
+    assert by_item[("SKU-001", "p0")]["image_uri"] == s3_store.uri_for(p0_image)
     trainable = load_manifest(s3_store, prefix=PREFIX)
     assert len(trainable) == 9  # the objects above, and nothing else
 
@@ -252,10 +260,9 @@ def test_missing_or_corrupt_objects_go_to_the_dlq_and_nothing_partial_is_written
     assert [DeadLetter.model_validate_json(r.value).reason for r in real_letters] == ["object_missing"]
     # Only the good event reached the store: its two objects and one manifest part.
     stored = sorted(key.removeprefix(f"{PREFIX}/") for key in s3_store.list_keys(f"{PREFIX}/"))
-    assert [key for key in stored if not key.startswith("manifests/")] == [
-        "images/SKU-006/synthetic/gen-006-00.png",
-        "masks/SKU-006/gen-006-00.png",
-    ]
+    [good_image, good_mask] = [key for key in stored if not key.startswith("manifests/")]
+    assert good_image.startswith("images/SKU-006/synthetic/gen-006-00-")
+    assert good_mask.startswith("masks/SKU-006/gen-006-00-")
     assert [key.split("/")[1] for key in stored if key.startswith("manifests/")] == ["SKU-006"]
 
 
@@ -274,7 +281,7 @@ def test_a_pending_row_never_replaces_a_decision(kafka_bootstrap: str, tmp_path:
         wait_consumed(settings, "trainstore", (CORRECTION_PENDING,))
     rows = load_manifest(stage.store, prefix=PREFIX, trainable_only=False)
     assert [(r["item_id"], r["status"]) for r in rows] == [("gen-007-00", "approved")]
-    assert stage.store.exists(f"{PREFIX}/masks/SKU-007/gen-007-00.png")
+    assert stored_keys(ManifestStore(stage.store, PREFIX), "SKU-007", "gen-007-00")[1] != []
 
 
 def test_rejecting_a_re_render_keeps_the_accepted_render_of_the_same_item(
@@ -292,7 +299,7 @@ def test_rejecting_a_re_render_keeps_the_accepted_render_of_the_same_item(
     second = first.matted.model_copy(
         update={"generated": first.matted.generated.model_copy(update={"image": other_look})}
     )
-    image_key = f"{PREFIX}/images/SKU-009/synthetic/gen-009-00.png"
+    manifests = ManifestStore(stage.store, PREFIX)
     produce_events(settings, GATE_ACCEPTED, [first])
     with running(stage):
         wait_consumed(settings, "trainstore", (GATE_ACCEPTED,))
@@ -300,12 +307,13 @@ def test_rejecting_a_re_render_keeps_the_accepted_render_of_the_same_item(
         wait_consumed(settings, "trainstore", (CORRECTION_RESOLVED,))
         rows = load_manifest(stage.store, prefix=PREFIX, trainable_only=False)
         assert [(r["item_id"], r["status"]) for r in rows] == [("gen-009-00", "accepted")]
+        [image_key] = stored_keys(manifests, "SKU-009", "gen-009-00")[0]
         assert sha256_hex(stage.store.get_bytes(image_key)) == first.matted.generated.image.sha256
         # A rejection of the render that is stored still removes it.
         produce_events(settings, CORRECTION_RESOLVED, [resolved(stage.store, first.matted, "reject")])
         wait_consumed(settings, "trainstore", (CORRECTION_RESOLVED,))
     rows = load_manifest(stage.store, prefix=PREFIX, trainable_only=False)
-    assert [(r["item_id"], r["status"]) for r in rows] == [("gen-009-00", "rejected")]
+    assert stored_keys(manifests, "SKU-009", "gen-009-00") == ([], [])
     assert not stage.store.exists(image_key)
 
 

@@ -42,6 +42,7 @@ from skuforge_cli.main import main as cli_main
 from tests.support.bus import file_store_uri, isolated_settings
 from tests.support.captioning import context
 from tests.support.gate import captioned, matted_item, pending_of, resolved
+from tests.support.trainstore import stored
 
 PREFIX = "trainstore"
 SKU = "SKU-001"  # the SKU of tests.support.gate's sku(1)
@@ -186,7 +187,7 @@ def test_a_replayed_older_captioned_event_does_not_bring_a_withdrawn_photo_back(
     rows = trainstore.manifests.read_sku(SKU)
     assert (rows["p0"].status, rows["p0"].image) == ("withdrawn", None)
     assert rows[pending.generated.item_id].status == "withdrawn"
-    assert not store.exists(f"{PREFIX}/images/{SKU}/real/p0.png")
+    assert stored(trainstore.manifests, SKU, "p0", "real") == ([], [])
 
 
 def test_a_row_a_concurrent_writer_stored_is_withdrawn_by_the_next_write(
@@ -312,7 +313,7 @@ def test_a_replayed_image_of_a_reinstated_photo_stays_withdrawn(
     for item in (accepted, pending):
         item_id = item.generated.item_id
         assert rows[item_id].status == "withdrawn"
-        assert not store.exists(trainstore.manifests.key(f"images/{SKU}/synthetic/{item_id}.png"))
+        assert stored(trainstore.manifests, SKU, item_id) == ([], [])
 
 
 def test_a_photo_withdrawn_before_the_store_knew_it_stays_out(

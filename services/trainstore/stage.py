@@ -26,16 +26,18 @@ with its photo stays withdrawn after the photo is reinstated (a replayed ``gate.
 kept out; the photo's new images have new item ids).
 
 Produces no events. Writes, under ``SKUFORGE_TRAINSTORE_PREFIX`` (layout in docs/architecture.md and
-``shared/trainstore/manifest.py``): ``images/<sku_id>/<real|synthetic>/<item_id>.png``,
-``masks/<sku_id>/<item_id>.png`` and the SKU's manifest parts, compacted every
+``shared/trainstore/manifest.py``): ``images/<sku_id>/<real|synthetic>/<item_id>-<sha256[:16]>.png``,
+``masks/<sku_id>/<item_id>-<sha256[:16]>.png`` and the SKU's manifest parts, compacted every
 ``SKUFORGE_TRAINSTORE_COMPACT_AFTER_PARTS`` deltas.
 
-Idempotent by item id: object keys come from the item id, and a row equal to the one the manifest
-already has is not written again, so a redelivered event writes nothing at all. An older event never
-undoes a newer one: each row records its event's ``produced_at``, and a row of an event older than
-the item's stored row is neither written nor are its objects (an old ``gate.accepted`` of a first
-render, replayed after a reviewer approved a second render of the item, leaves the approval and its
-image; an old ``sku.captioned`` leaves the photos a newer one stored or found unusable). A reviewer's
+Idempotent by item id and content: object keys come from the item id and the bytes' sha256 (so the
+row that stands names its own bytes, also when two members write one item at once), and a row equal
+to the one the manifest already has is not written again, so a redelivered event writes nothing at
+all. Objects a replaced row named (an earlier render) are deleted once no row names them. An older
+event never undoes a newer one: each row records its event's ``produced_at``, and a row of an event
+older than the item's stored row is neither written nor are its objects (an old ``gate.accepted`` of
+a first render, replayed after a reviewer approved a second render of the item, leaves the approval
+and its image; an old ``sku.captioned`` leaves the photos a newer one stored or found unusable). A reviewer's
 decision beats the gate's acceptance whatever the times, a rejection of the same render, an approval
 of any render: a replay of the gate after a threshold change leaves a rejection (or an approval and
 its corrected mask) as it is, and a first render's acceptance made again leaves the approval of a
@@ -78,7 +80,7 @@ from shared.errors import BadInput
 from shared.images import decode_image, decode_mask, encode_png
 from shared.runtime import Context, Emit, Handler, Stage, run_stage
 from shared.store import sha256_hex
-from shared.trainstore.manifest import ManifestRow, ManifestStore, Status, object_keys, stands
+from shared.trainstore.manifest import ManifestRow, ManifestStore, Status, content_keys, stands
 from shared.trainstore.settings import TrainstoreSettings
 from shared.trainstore.withdrawals import Withdrawals, photo_of, withdrawable, withdrawn_row, withdrawn_rows
 
@@ -260,9 +262,10 @@ class Trainstore:
         # A photo now stored without a mask whose mask an earlier captioning stored: that mask goes.
         for item in staged:
             if item.row.status == "reference" and item.row.image is not None and item.row.mask is None:
-                _, mask_key = object_keys(sku.sku_id, "real", item.row.item_id)
-                if self.manifests.store.exists(self.manifests.key(mask_key)):
-                    self.manifests.store.delete(self.manifests.key(mask_key))
+                for mask_key in self.manifests.stored_objects(
+                    sku.sku_id, "real", item.row.item_id, images=False
+                ):
+                    self.manifests.store.delete(mask_key)
         return []
 
     # -- reading and verifying ------------------------------------------------------------------
@@ -373,6 +376,7 @@ class Trainstore:
                 self.manifests.store.put_bytes(self.manifests.key(row.mask), item.mask_png, "image/png")
         written = self.manifests.append(sku_id, [item.row for item in changed], current=current)
         if written:
+            self._delete_replaced_objects(sku_id, changed, current)
             # Counted once the rows are durable: a retried event (the manifest write failed) puts
             # its images again, and would otherwise count them again.
             for item in changed:
@@ -413,11 +417,31 @@ class Trainstore:
             self.manifests.delete_objects(sku_id, left)
 
     def _stored(self, sku_id: str, source: str, item_id: str) -> bool:
-        """Whether the item's image or mask is still in the store."""
-        return any(
-            self.manifests.store.exists(self.manifests.key(relative))
-            for relative in object_keys(sku_id, source, item_id)
-        )
+        """Whether an image or mask of the item is still in the store."""
+        return bool(self.manifests.stored_objects(sku_id, source, item_id))
+
+    def _delete_replaced_objects(
+        self, sku_id: str, changed: list[StagedItem], current: dict[str, ManifestRow]
+    ) -> None:
+        """Delete the objects that rows ``changed`` replaced named and their new rows, which store
+        objects of their own, do not (an earlier render, a mask a reviewer corrected), once no row of
+        the SKU names them: the SKU is read again just before, since another member may have stored
+        a row naming one meanwhile (which narrows that race, as ``ManifestStore.delete_objects`` does).
+        A row that stores nothing (rejected, withdrawn, unusable) has its item's objects deleted by
+        its own path, which also finds what a writer whose row lost left (``stored_objects``). Cut
+        short (the store away), the event delivered again writes no row and deletes none of them:
+        they stay until the item's objects are deleted."""
+        replaced: set[str] = set()
+        for item in changed:
+            before, row = current.get(item.row.item_id), item.row
+            if before is not None and row.image is not None:
+                replaced |= {key for key in (before.image, before.mask) if key} - {row.image, row.mask}
+        if not replaced:
+            return
+        rows = self.manifests.read_sku(sku_id).values()
+        named = {key for row in rows for key in (row.image, row.mask) if key}
+        for key in sorted(replaced - named):
+            self.manifests.store.delete(self.manifests.key(key))
 
 
 def _withdraw(
@@ -578,17 +602,19 @@ def _no_earlier_than(current: ManifestRow, row: ManifestRow) -> ManifestRow:
 def _object_fields(
     sku_id: str, source: str, item_id: str, image_ref: ImageRef, image_png: bytes, mask_png: bytes | None
 ) -> dict[str, Any]:
-    """Where an item's objects go (keys from the item id, so redelivery overwrites) and their sha256;
-    no mask fields for an item stored without one."""
-    image, mask = object_keys(sku_id, source, item_id)
+    """Where an item's objects go (keys from the item id and the bytes' sha256: ``content_keys``) and
+    their sha256; no mask fields for an item stored without one."""
+    image_sha256 = sha256_hex(image_png)
+    mask_sha256 = sha256_hex(mask_png) if mask_png is not None else ""
+    image, mask = content_keys(sku_id, source, item_id, image_sha256, mask_sha256)
     fields: dict[str, Any] = {
         "image": image,
-        "image_sha256": sha256_hex(image_png),
+        "image_sha256": image_sha256,
         "width": image_ref.width,
         "height": image_ref.height,
     }
     if mask_png is not None:
-        fields |= {"mask": mask, "mask_sha256": sha256_hex(mask_png)}
+        fields |= {"mask": mask, "mask_sha256": mask_sha256}
     return fields
 
 

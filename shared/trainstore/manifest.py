@@ -2,8 +2,8 @@
 
 Layout under the store's root (``SKUFORGE_TRAINSTORE_PREFIX``, see docs/architecture.md)::
 
-    images/<sku_id>/<source: real|synthetic>/<item_id>.png
-    masks/<sku_id>/<item_id>.png
+    images/<sku_id>/<source: real|synthetic>/<item_id>-<sha256[:16]>.png   (``content_keys``)
+    masks/<sku_id>/<item_id>-<sha256[:16]>.png
     manifests/<sku_id>/part-d-<seq>-<id>.jsonl     a delta: the rows of one event
     manifests/<sku_id>/part-c-<seq>-<id>.jsonl     a compacted part: every item of the SKU, once
     manifests/<sku_id>/columns-c-<seq>-<id>.json   that compacted part again, column by column
@@ -32,6 +32,12 @@ seconds). Only the trainstore stage writes here, ``skuforge dataset compact``, a
 --withdraw-missing`` (``shared/trainstore/withdrawals.py``). Parts written
 before the content-named layout (``part-c-<seq>.jsonl``, no stamps) still read: their rows are
 stamped as written just before any delta of their number.
+
+An object's key names its bytes (their sha256), so a row always names bytes that match it: keyed by
+the item id, two members writing one item at once could leave one's bytes under the other's row.
+Rows written before keep naming ``images/<sku_id>/<source>/<item_id>.png`` and
+``masks/<sku_id>/<item_id>.png`` (``object_keys``), which still read, and are deleted with the item's
+other objects (``ManifestStore.stored_objects``).
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from pydantic import AwareDatetime, Field, ValidationError
 from schemas.common import Contract, SafeId, Sha256Hex
 from schemas.envelope import derive_id
 from shared.errors import BadInput, ObjectMissing, TransientError
-from shared.store import ObjectStore
+from shared.store import ObjectStore, digest_key
 
 __all__ = [
     "TRAINABLE",
@@ -57,11 +63,13 @@ __all__ = [
     "ManifestStore",
     "Source",
     "Status",
+    "content_keys",
     "decode_columns",
     "decode_rows",
     "encode_columns",
     "encode_rows",
     "merge_rows",
+    "object_keys",
     "rows_to_columns",
     "stands",
 ]
@@ -93,6 +101,8 @@ _NO_TIME = datetime.min.replace(tzinfo=UTC)
 # newer one's rows (they were all manifest_unreadable to it) and writes them back, compacted or
 # withdrawn, with the field: dropped, a compaction would lose what the newer version decides by.
 _READ_EXTRA: Literal["allow"] = "allow"
+# What ``digest_key`` adds to an object's key (``content_keys``).
+_DIGEST_SUFFIX = re.compile(r"-[0-9a-f]{16}\.png")
 
 
 class ManifestRow(Contract):
@@ -419,25 +429,54 @@ class ManifestStore:
         for sku_id in self.sku_ids() if sku_ids is None else dict.fromkeys(sku_ids):
             yield from self.read_sku(sku_id).values()
 
+    def stored_objects(self, sku_id: str, source: str, item_id: str, *, images: bool = True) -> list[str]:
+        """The store's keys of every object of one item: each content stored (``content_keys``) and the
+        keys rows named before (``object_keys``); its masks only when ``images`` is False. An item whose
+        id goes on after this one's (``p1-b`` of ``p1``) is another; one whose id is this one's and 16
+        hex digits would be taken for it (the ids the stack makes, hex digests, have no ``-``)."""
+        found = []
+        for relative in object_keys(sku_id, source, item_id)[0 if images else 1 :]:
+            key = self.key(relative)
+            stem = key.removesuffix(".png")
+            if self.store.exists(key):
+                found.append(key)
+            found += [
+                listed
+                for listed in self.store.list_addressable(stem + "-")
+                if _DIGEST_SUFFIX.fullmatch(listed.removeprefix(stem))
+            ]
+        return found
+
     def delete_objects(self, sku_id: str, items: Iterable[tuple[str, str]]) -> None:
-        """Delete the image and mask of each ``(source, item_id)`` of a SKU (rejected or withdrawn),
-        unless the item is trainable again by now: another writer may have stored an acceptance of it
-        (a newer row) since. The SKU is read once, just before. (This narrows that race to the moment
-        between the read and the delete; closing it would need a conditional delete, which not every
-        object store offers.)"""
+        """Delete every image and mask of each ``(source, item_id)`` of a SKU (rejected or withdrawn;
+        ``stored_objects``), unless the item is trainable again by now: another writer may have stored
+        an acceptance of it (a newer row) since. The SKU is read once, just before. (This narrows that
+        race to the moment between the read and the delete; closing it would need a conditional
+        delete, which not every object store offers.)"""
         current = self.read_sku(sku_id)
         for source, item_id in items:
             row = current.get(item_id)
             if row is not None and row.trainable:
                 continue
-            for relative in object_keys(sku_id, source, item_id):
-                self.store.delete(self.key(relative))
+            for key in self.stored_objects(sku_id, source, item_id):
+                self.store.delete(key)
 
 
 def object_keys(sku_id: str, source: str, item_id: str) -> tuple[str, str]:
-    """Where an item's image and mask are, relative to the prefix (the keys come from the item id, so
-    redelivery overwrites)."""
+    """Where an item's image and mask were stored before keys named their bytes, relative to the
+    prefix: rows written then name them (``content_keys``)."""
     return f"images/{sku_id}/{source}/{item_id}.png", f"masks/{sku_id}/{item_id}.png"
+
+
+def content_keys(
+    sku_id: str, source: str, item_id: str, image_sha256: str, mask_sha256: str
+) -> tuple[str, str]:
+    """Where an item's image and mask with these sha256 go, relative to the prefix: the keys of
+    ``object_keys`` with the bytes' sha256 in them (``shared.store.digest_key``, as the generator
+    names its images). A redelivery puts the same bytes under the same key; two members writing one
+    item at once put theirs under two keys, and whichever row stands names its own bytes."""
+    image, mask = object_keys(sku_id, source, item_id)
+    return digest_key(image, image_sha256), digest_key(mask, mask_sha256)
 
 
 @dataclass(frozen=True)

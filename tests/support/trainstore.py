@@ -69,3 +69,13 @@ def add_item(
     )
     manifests.append(sku_id, [row])
     return row
+
+
+def stored(
+    manifests: ManifestStore, sku_id: str, item_id: str, source: str = "synthetic"
+) -> tuple[list[str], list[str]]:
+    """The store keys of the item's images and of its masks, every one there (``stored_objects``:
+    each content stored, and the keys of the layout before keys named the bytes)."""
+    everything = manifests.stored_objects(sku_id, source, item_id)
+    masks = manifests.stored_objects(sku_id, source, item_id, images=False)
+    return [key for key in everything if key not in masks], masks
