@@ -4,8 +4,8 @@ No model is fetched from a hub: a model is one file (an ONNX matting model, a Lo
 folder in ``save_pretrained`` layout (BLIP, a diffusion pipeline) in an object store (``s3://``,
 ``file://``). A folder is copied once under the cache directory (``<system temp>/skuforge-models``
 unless configured) and reused while the store lists the same keys; a file is read from the store at
-each use (the object store has no digest to ask for; our model files are a few MB) and written to
-the cache only when no whole copy of those bytes is there. Every copy is written under a temporary
+each use (the object store has no digest to ask for), into a partial file in the cache, and put in
+place only when no whole copy of those bytes is there. Every copy is written under a temporary
 name and renamed into place, so a concurrent reader never loads half a model, with the modes the
 process's umask gives (mkstemp's 0600 kept a cache shared with another user's process unreadable) but
 never writable by everyone, whatever the umask; a copy that is (made before that rule) is copied
@@ -22,6 +22,9 @@ also deletes the copies not used for ``unused_days`` (``SKUFORGE_MODEL_CACHE_UNU
 process fetched stays locked (a shared ``flock``, one open descriptor) until that process releases it
 (``release``: a generator evicting an adapter) or exits, and a download in progress is locked the
 same way: neither is deleted, however old.
+
+Every copy is streamed in blocks of at most 1 MiB, hashed as it is written: a model's size never sets
+the memory its fetch takes.
 """
 
 from __future__ import annotations
@@ -37,10 +40,11 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from shared.errors import ChecksumMismatch
 from shared.store import ObjectStore, S3Store, check_key, fsync_dir, open_store
 
 __all__ = [
@@ -58,6 +62,7 @@ __all__ = [
     "repair_folder_mode",
     "writable_by_everyone",
     "write_atomically",
+    "write_blocks_atomically",
 ]
 
 # Written last into a copied folder: the keys it holds. A folder without it is incomplete.
@@ -198,22 +203,44 @@ def repair_folder_mode(folder: Path) -> None:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, renamed into place;
+    """Write ``data`` to ``path`` as ``write_blocks_atomically`` writes blocks."""
+    write_blocks_atomically(path, (data,))
+
+
+def write_blocks_atomically(
+    path: Path, blocks: Iterable[bytes], *, check: Callable[[int, str], None] | None = None
+) -> None:
+    """Write ``blocks`` to ``path`` through a temporary file in the same folder, renamed into place;
     the file, and the folders it needs, get the modes ``open`` and ``mkdir`` would give them, never
     writable by everyone. Durable on return: the bytes are synced before the rename, the folder after
-    (else a power cut could leave the old file, or none, under the name)."""
+    (else a power cut could leave the old file, or none, under the name). ``check``, given the size
+    and sha256 of what was written, may refuse it by raising before the rename: nothing is left then.
+    One block at a time is held, so a file of any size takes the memory of its largest block."""
     _make_folders(path.parent)
-    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
+    with _partial_file(path.parent) as partial:
+        size, digest = _write_durably(partial, blocks)
+        if check is not None:
+            check(size, digest)
+        _put_in_place(partial, path)
+
+
+@contextlib.contextmanager
+def _partial_file(folder: Path) -> Iterator[Path]:
+    """A new file in ``folder`` to write a copy into, locked as being written (``prune_unused`` leaves
+    it) until the block ends, and deleted then unless it was put in place (``_put_in_place``)."""
+    fd, partial = tempfile.mkstemp(dir=folder, prefix=".partial-")
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)  # being written: prune_unused leaves it
-        _write_durably(Path(partial), (data,))
-        os.chmod(partial, _mode(0o666))  # as open() would have made it, not mkstemp's 0600
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield Path(partial)
     finally:
+        Path(partial).unlink(missing_ok=True)
         os.close(fd)
+
+
+def _put_in_place(partial: Path, path: Path) -> None:
+    """Rename the written and synced ``partial`` to ``path``, with the mode ``open`` would give it."""
+    os.chmod(partial, _mode(0o666))  # not mkstemp's 0600
+    os.replace(partial, path)
     fsync_dir(path.parent)
 
 
@@ -241,6 +268,8 @@ def fetch_file(
     The name carries the content's digest, so a model replaced under the same URI is a new file.
     The copy is held (``hold``) until this process releases it (``release``) or exits, and copies not
     used for ``unused_days`` are deleted (``prune_unused``).
+    The object is streamed into a partial file in the cache, hashed as it is written (read whole, a
+    model of hundreds of MB took as much memory), and renamed to its name once the digest is known.
     Raises ``ValueError`` for a URI that names no file, ``ObjectMissing`` when nothing is stored there,
     ``BadInput('unsafe_key')`` for a URI inside ``store`` whose key would leave it (a '..' segment).
     """
@@ -248,25 +277,37 @@ def fetch_file(
     if not file_name or "://" not in parent:
         raise ValueError(f"{uri!r} names no file")
     if store is not None and uri.startswith(store.base_uri + "/"):
-        data = store.get_bytes(uri)
+        source, key = store, uri
     else:
-        data = open_store(parent, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region).get_bytes(file_name)
-    digest = hashlib.sha256(data).hexdigest()
+        source, key = open_store(parent, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region), file_name
     base = open_cache(cache)
-    target = base / f"{digest[:16]}-{_shortened(file_name, NAME_MAX_BYTES - 17)}"
-    check_owner(target)
-    _copied_and_held(
-        target,
-        # Compare contents, not sizes: a cached copy damaged in place keeps its size and would
-        # otherwise be loaded (and fail) at every start until someone empties the cache by hand.
-        whole=lambda: (
-            target.is_file()
-            and not writable_by_everyone(target)
-            and target.stat().st_size == len(data)
-            and file_sha256(target) == digest
-        ),
-        copy=lambda: write_atomically(target, data),
-    )
+    with _partial_file(base) as partial:
+        size, digest = _write_durably(partial, source.iter_bytes(key))
+        target = base / f"{digest[:16]}-{_shortened(file_name, NAME_MAX_BYTES - 17)}"
+        check_owner(target)
+
+        def same_bytes(copied_size: int, copied_digest: str) -> None:
+            if copied_digest != digest:
+                raise ChecksumMismatch(uri, digest, copied_digest)
+
+        _copied_and_held(
+            target,
+            # Compare contents, not sizes: a cached copy damaged in place keeps its size and would
+            # otherwise be loaded (and fail) at every start until someone empties the cache by hand.
+            whole=lambda: (
+                target.is_file()
+                and not writable_by_everyone(target)
+                and target.stat().st_size == size
+                and file_sha256(target) == digest
+            ),
+            # Our partial file, or, when another process pruned the copy it became before we held it,
+            # the object read again (the same bytes, or it changed meanwhile: refused).
+            copy=lambda: (
+                _put_in_place(partial, target)
+                if partial.exists()
+                else write_blocks_atomically(target, source.iter_bytes(key), check=same_bytes)
+            ),
+        )
     prune_unused(base, unused_days)
     return target
 

@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,7 @@ def test_an_adapter_removed_while_the_registry_is_listed_is_left_out(tmp_path: P
 # --- adapter slots ----------------------------------------------------------------------------------
 
 
-def _full_volume(path: Path, data: bytes) -> None:
+def _full_volume(path: Path, blocks: Iterable[bytes], **_: object) -> None:
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as os.write says it: no file name
 
 
@@ -156,7 +157,7 @@ def test_an_adapter_that_cannot_be_fetched_unloads_none_of_those_loaded(
     slots = LoraSlots(pipe, 1, lambda adapter: registry.fetch_weights(adapter, tmp_path / "cache"))
     slots.activate(cola)
 
-    monkeypatch.setattr(adapters_module, "write_atomically", _full_volume)
+    monkeypatch.setattr(adapters_module, "write_blocks_atomically", _full_volume)
     with pytest.raises(OSError, match="No space left"):
         slots.activate(fanta)
 
@@ -177,13 +178,13 @@ def test_an_adapter_copy_the_cache_cannot_hold_is_retried_naming_the_cache_not_d
     # The OSError of a full or read-only cache volume reached the Triton model bare: a traceback per
     # row and backend_error, so the stage dead-lettered good variants for an operator's problem. Now
     # they wait (backend_unavailable: retried, never dead-lettered) with a line naming the cache.
-    def refused(path: Path, data: bytes) -> None:
+    def refused(path: Path, blocks: Iterable[bytes], **_: object) -> None:
         raise OSError(code, os.strerror(code))
 
     registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
     registry.register("cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15")
     model = GenerationModel(backend_on(registry, tmp_path))
-    monkeypatch.setattr(adapters_module, "write_atomically", refused)
+    monkeypatch.setattr(adapters_module, "write_blocks_atomically", refused)
 
     with caplog.at_level(logging.WARNING):
         (answer,) = model([triton_request([11, 12], series="Cola")])

@@ -15,13 +15,14 @@ from typing import Any
 
 import pytest
 
-from shared.errors import BadInput
+from shared.errors import BadInput, ChecksumMismatch
 from shared.generation.adapters import AdapterRegistry
 from shared.generation.diffusion import LoraSlots
 from shared.model_cache import COMPLETE_MARKER, fetch_directory, fetch_file, open_cache, release
 from shared.store import FileStore, sha256_hex
 from tests.support.adapters import RecordingPipe
 from tests.support.lora import lora_weights
+from tests.support.memory import peak_traced_bytes
 from tests.support.model_cache import age, copies, publish, publish_folder
 
 WEIGHTS_BYTES = 32 << 20
@@ -123,3 +124,42 @@ def test_releasing_a_copy_not_held_does_nothing(tmp_path: Path) -> None:
     before = _open_fds()
     release(tmp_path / "never-fetched")
     assert _open_fds() == before
+
+
+def test_a_file_copy_takes_a_few_blocks_of_memory_whatever_its_size(tmp_path: Path) -> None:
+    # A model file was read whole into memory to name its copy by its digest: an ONNX model of
+    # hundreds of MB needed as much again.
+    weights = bytes(range(256)) * (WEIGHTS_BYTES // 256)
+    uri = publish(tmp_path / "store", "v1/model.onnx", weights)
+
+    peak = peak_traced_bytes(lambda: fetch_file(uri, tmp_path / "cache"))
+
+    assert peak < WEIGHTS_BYTES // 8, f"copying a {WEIGHTS_BYTES >> 20} MiB file took {peak >> 20} MiB"
+    [copy] = (tmp_path / "cache").iterdir()
+    assert copy.name == f"{sha256_hex(weights)[:16]}-model.onnx"
+    assert copy.read_bytes() == weights
+
+
+def test_an_adapters_weights_are_copied_in_blocks_and_checked(tmp_path: Path) -> None:
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    weights = lora_weights(0, rank=WEIGHTS_BYTES // 32)  # a safetensors file of 32 MiB
+    adapter = registry.register("sku-0", weights, kind="specialized", series="S0", base_model="sd15")
+    cache = open_cache(tmp_path / "cache")
+
+    copies_made: list[Path] = []
+    peak = peak_traced_bytes(lambda: copies_made.append(registry.fetch_weights(adapter, cache)))
+
+    assert peak < WEIGHTS_BYTES // 8, f"copying {len(weights) >> 20} MiB of weights took {peak >> 20} MiB"
+    assert (copies_made[0] / adapter.weight_name).read_bytes() == weights
+
+
+def test_weights_changed_in_the_store_are_refused_and_leave_nothing_in_the_cache(tmp_path: Path) -> None:
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    adapter = registry.register("sku-0", lora_weights(0), kind="specialized", series="S0", base_model="sd15")
+    registry.store.put_bytes(f"sku-0/{adapter.weight_name}", lora_weights(1))  # changed behind its metadata
+    cache = open_cache(tmp_path / "cache")
+
+    with pytest.raises(ChecksumMismatch):
+        registry.fetch_weights(adapter, cache)
+
+    assert [path.name for path in cache.rglob("*") if path.is_file()] == []

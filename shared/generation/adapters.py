@@ -44,7 +44,7 @@ from shared.model_cache import (
     hold,
     repair_folder_mode,
     writable_by_everyone,
-    write_atomically,
+    write_blocks_atomically,
 )
 from shared.store import ObjectStore, sha256_hex
 
@@ -410,12 +410,14 @@ class AdapterRegistry:
         ):
             return target
         key = f"{metadata.adapter_id}/{metadata.weight_name}"
-        data = self.store.get_bytes(key)
-        actual = sha256_hex(data)
-        if actual != metadata.weights_sha256:
-            raise ChecksumMismatch(self.store.uri_for(key), metadata.weights_sha256, actual)
-        # Renamed into place: concurrent fetchers never see half a file.
-        write_atomically(path, data)
+
+        def registered_weights(size: int, sha256: str) -> None:
+            if sha256 != metadata.weights_sha256:
+                raise ChecksumMismatch(self.store.uri_for(key), metadata.weights_sha256, sha256)
+
+        # In blocks, checked before renamed into place: concurrent fetchers never see half a file, and
+        # weights of hundreds of MB are not held in memory (read whole, they were, twice over at load).
+        write_blocks_atomically(path, self.store.iter_bytes(key), check=registered_weights)
         hold(target)
         return target
 
