@@ -20,8 +20,8 @@ credentials); any other through ``open_store``.
 The cache is shared by every stage on the host and each new model version adds a copy, so a fetch
 also deletes the copies not used for ``unused_days`` (``SKUFORGE_MODEL_CACHE_UNUSED_DAYS``). A copy a
 process fetched stays locked (a shared ``flock``, one open descriptor) until that process releases it
-(``release``: a generator evicting an adapter) or exits, and a download in progress is locked the
-same way: neither is deleted, however old.
+(``release``, by any path naming it: a generator evicting an adapter) or exits, and a download in
+progress is locked the same way: neither is deleted, however old.
 
 Every copy is streamed in blocks of at most 1 MiB, hashed as it is written: a model's size never sets
 the memory its fetch takes.
@@ -71,8 +71,9 @@ COMPLETE_MARKER = ".skuforge-complete.json"
 NAME_MAX_BYTES = 255
 # Copies not used for this many days are deleted at the next fetch (0 keeps every copy).
 DEFAULT_UNUSED_DAYS = 30.0
-# Cache entries this process holds, by path: the descriptor carrying the shared flock, and how many
-# holds it stands for (each ``hold`` is undone by one ``release``; the lock goes with the last).
+# Cache entries this process holds, by their real path (``_held_key``): the descriptor carrying the
+# shared flock, and how many holds it stands for (each ``hold`` is undone by one ``release``; the lock
+# goes with the last).
 _HELD: dict[Path, tuple[int, int]] = {}
 _HELD_LOCK = threading.Lock()
 
@@ -451,29 +452,40 @@ def hold(path: Path) -> bool:
     with contextlib.suppress(OSError):
         os.utime(path)
     # One descriptor per entry, however often it is held: the newest, on what the name is now.
+    key = _held_key(path)
     with _HELD_LOCK:
-        previous_fd, holds = _HELD.get(path, (None, 0))
-        _HELD[path] = (fd, holds + 1)
+        previous_fd, holds = _HELD.get(key, (None, 0))
+        _HELD[key] = (fd, holds + 1)
     if previous_fd is not None:
         os.close(previous_fd)
     return True
 
 
 def release(path: Path) -> None:
-    """Undo one ``hold`` of the cache entry ``path`` (what a fetch returned), for a copy this process
-    no longer reads (an evicted adapter, already in memory). With the last one its lock and descriptor
-    go: ``prune_unused`` may then delete the copy once it is unused for its days. Nothing when not held.
+    """Undo one ``hold`` of the cache entry ``path`` (what a fetch returned, or any path naming the
+    same entry: relative, or through a link), for a copy this process no longer reads (an evicted
+    adapter, already in memory). With the last one its lock and descriptor go: ``prune_unused`` may
+    then delete the copy once it is unused for its days. Nothing when not held.
 
     A long-running process fetching one copy after another would otherwise keep a descriptor for each,
     and run out of them.
     """
+    key = _held_key(path)
     with _HELD_LOCK:
-        fd, holds = _HELD.pop(path, (None, 0))
+        fd, holds = _HELD.pop(key, (None, 0))
         if fd is not None and holds > 1:
-            _HELD[path] = (fd, holds - 1)
+            _HELD[key] = (fd, holds - 1)
             return
     if fd is not None:
         os.close(fd)
+
+
+def _held_key(path: Path) -> Path:
+    """The entry ``path`` names, as ``_HELD`` keys it: absolute, links resolved. Keyed as given, a hold
+    was released only by the very path the fetch returned, and a copy released by a relative path or
+    through a link stayed held (its descriptor open) for the life of the process. By its name, not its
+    inode: a folder copy exchanged for a newer one under the name is still released by that name."""
+    return Path(os.path.realpath(path))
 
 
 def prune_unused(cache: Path | str | None, unused_days: float, *, now: float | None = None) -> list[str]:

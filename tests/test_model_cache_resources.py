@@ -163,3 +163,23 @@ def test_weights_changed_in_the_store_are_refused_and_leave_nothing_in_the_cache
         registry.fetch_weights(adapter, cache)
 
     assert [path.name for path in cache.rglob("*") if path.is_file()] == []
+
+
+def test_a_copy_is_released_by_any_path_that_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the exact path the fetch returned released a hold: a relative path, or one through a
+    # link to the cache, left the copy held (and its descriptor open) for the life of the process.
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    (tmp_path / "models").symlink_to(cache)
+    first = fetch_file(publish(store, "v1/model.onnx", b"version one"), cache)
+    second = fetch_file(publish(store, "v2/model.onnx", b"version two"), cache)
+    monkeypatch.chdir(tmp_path)
+
+    release(Path("cache") / first.name)
+    release(tmp_path / "models" / second.name)
+    age(first)
+    age(second)
+    newest = fetch_file(publish(store, "v3/model.onnx", b"version three"), cache)
+
+    assert copies(cache) == [newest.name]
