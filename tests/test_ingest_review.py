@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from schemas.common import ObjectRef
+from schemas.envelope import derive_id
 from services.ingest import ingest
 from services.ingest.ingest import IngestError, ingest_path, prepare_all
 from shared.config import Settings, load_settings
@@ -906,3 +907,44 @@ def test_of_a_cut_out_and_its_copy_flattened_on_white_the_cut_out_is_kept(
     [photo] = [photo for photo in sku.photos if photo.original_filename != "photo_0.png"]
     assert photo.original_filename == "b-cut-out.png" and photo.mask_png is not None
     assert sku.copies == ((folder / "a-flattened.png", folder / "b-cut-out.png"),)
+
+
+def _red_square(outline: tuple[int, int, int, int] | None) -> Image.Image:
+    """A red square on white, 96x96; with ``outline`` (a box), a cut-out whose opaque part is that box:
+    the white around the square inside it stays, and every such cut-out is the same photo over white."""
+    if outline is None:
+        flattened = Image.new("RGB", (96, 96), (255, 255, 255))
+        flattened.paste((200, 30, 30), (20, 20, 76, 76))
+        return flattened
+    cut_out = Image.new("RGBA", (96, 96), (0, 0, 0, 0))
+    cut_out.paste((255, 255, 255, 255), outline)
+    cut_out.paste((200, 30, 30, 255), (20, 20, 76, 76))
+    return cut_out
+
+
+def test_a_photo_whose_cut_out_was_swapped_makes_a_new_event(tmp_path: Path) -> None:
+    # The event id covered the photos over white, not their transparency: a flattened photo replaced by
+    # its cut-out, or a cut-out whose outline was redrawn, was the same event, which every stage skipped
+    # as already seen, so the captioner never took the new outline.
+    settings = load_settings()
+    folder = _sku(tmp_path, "A", "A-1", colours=(10,))
+    ids = []
+    for outline in (None, (20, 20, 76, 76), (10, 10, 86, 86)):
+        _red_square(outline).save(folder / "red.png")
+        [sku] = prepare_all(tmp_path, settings)
+        assert len({photo.photo_id for photo in sku.photos}) == 2  # the same picture every time
+        ids.append(sku.event_id)
+    assert len(set(ids)) == 3, "a swapped cut-out made an event already seen"
+
+    # And again the same: the same id, so re-ingesting stays idempotent.
+    [sku] = prepare_all(tmp_path, settings)
+    assert sku.event_id == ids[-1]
+
+
+def test_a_sku_without_cut_outs_keeps_the_event_id_it_always_had(tmp_path: Path) -> None:
+    # Ids published before masks counted must not change: a re-ingest would make every SKU again.
+    _sku(tmp_path, "A", "A-1")
+    [sku] = prepare_all(tmp_path, load_settings())
+    assert sku.event_id == derive_id(
+        "ingest", sku.metadata.model_dump_json(), *sorted(photo.photo_id for photo in sku.photos)
+    )

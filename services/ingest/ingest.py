@@ -33,7 +33,8 @@ control character (a tab, newline, NUL or terminal escape) in the name, category
 A photo file with transparency (a cut-out on a transparent background) is stored over white, as
 every photo, and its transparency beside it as a mask (``masks/transparency/<sku>/<photo>.png``,
 ``ReferencePhoto.mask``): the product's exact outline, which the captioner takes instead of the
-matting model's.
+matting model's. A changed mask (a flattened photo swapped for its cut-out, a redrawn outline) makes
+a new event for the SKU, as a changed photo does.
 
 Re-ingesting a SKU adds and replaces photos. By default it removes none: a photo stored by an
 earlier ingest that is no longer in the folder stays in the store, and it and the images generated
@@ -133,6 +134,15 @@ class PreparedPhoto:
     # The file's own transparency (a cut-out's outline), stored beside it for the captioner.
     mask_png: bytes | None = None
 
+    @property
+    def content_id(self) -> str:
+        """What the photo brings, for the SKU's event id: its picture over white (``photo_id``), and
+        its transparency mask's sha256 when it has one. A photo without a mask is its ``photo_id``
+        alone, as before masks counted, so those SKUs keep the event ids they were published under."""
+        if self.mask_png is None:
+            return self.photo_id
+        return f"{self.photo_id}+mask:{sha256_hex(self.mask_png)[:16]}"
+
 
 @dataclass(frozen=True)
 class PreparedSku:
@@ -148,9 +158,12 @@ class PreparedSku:
     def event_id(self) -> str:
         """Same folder content → same event id, so re-ingesting is idempotent downstream. The photos
         count by content, not by file name: in name order, renaming a photo made a new event, and
-        the stack generated the whole SKU again and sent its flagged images to people twice."""
+        the stack generated the whole SKU again and sent its flagged images to people twice. Their
+        transparency masks count too (``PreparedPhoto.content_id``): a flattened photo replaced by its
+        cut-out, or a cut-out with a redrawn outline, is the same picture over white, and was an event
+        every stage skipped as already seen, so the captioner never took the new outline."""
         return derive_id(
-            PRODUCER, self.metadata.model_dump_json(), *sorted(photo.photo_id for photo in self.photos)
+            PRODUCER, self.metadata.model_dump_json(), *sorted(photo.content_id for photo in self.photos)
         )
 
 
