@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, JsonValue, WithJsonSchema, field_validator
 
-from schemas.common import Contract, ImageRef, SafeId, SkuMetadata, UtcDatetime
+from schemas.common import Contract, ImageRef, PlainText, SafeId, SkuMetadata, UtcDatetime
 
 Shape = Literal["can", "bottle", "box", "pouch", "jar", "produce", "other"]
 Backend = Literal["composite", "diffusion"]
@@ -70,7 +70,9 @@ class ReferencePhoto(Contract):
 
     photo_id: SafeId
     image: ImageRef
-    original_filename: str = Field(max_length=255)
+    # No control characters (``skuforge ingest`` escapes them in a file name on disk): a newline or a
+    # terminal escape here went on into the console, the demo's report and log lines.
+    original_filename: PlainText = Field(max_length=255)
     mask: ImageRef | None = Field(
         default=None,
         description="the photo file's own transparency (white = opaque), when it had some: a cut-out's "

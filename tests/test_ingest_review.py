@@ -948,3 +948,17 @@ def test_a_sku_without_cut_outs_keeps_the_event_id_it_always_had(tmp_path: Path)
     assert sku.event_id == derive_id(
         "ingest", sku.metadata.model_dump_json(), *sorted(photo.photo_id for photo in sku.photos)
     )
+
+
+def test_a_control_character_in_a_photos_file_name_is_escaped_not_a_refusal(tmp_path: Path) -> None:
+    # A file name on disk may hold any byte but '/' and NUL: a newline or a terminal escape went on,
+    # as it was, into the event's original_filename and from there into the console and logs. Refusing
+    # it would fail a whole batch over a name its owner may not see; it is written visibly instead.
+    folder = _sku(tmp_path, "A", "A-1", colours=(10,))
+    Image.new("RGB", (64, 64), (90, 40, 80)).save(folder / "shelf\nphoto\x1b[2J\x85.png")
+    [sku] = prepare_all(tmp_path, load_settings())
+
+    names = sorted(photo.original_filename for photo in sku.photos)
+    assert names == ["photo_0.png", "shelf\\x0aphoto\\x1b[2J\\x85.png"]
+    ingested = ingest.upload_sku(sku, FileStore(tmp_path / "store"))
+    assert sorted(photo.original_filename for photo in ingested.photos) == names

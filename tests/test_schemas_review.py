@@ -359,6 +359,28 @@ def test_a_control_character_in_sku_metadata_is_dead_lettered_naming_the_field(
     assert list(refused.value.absolute_path) == ["payload", "sku", field]
 
 
+@pytest.mark.parametrize(
+    "value", ['p\n{"forged": 1}.png', "p\x1b[2J.png", "p\x00.png"], ids=["newline", "escape", "nul"]
+)
+def test_a_control_character_in_a_photos_file_name_is_dead_lettered_naming_the_field(
+    tmp_path: Path, value: str
+) -> None:
+    """A photo's ``original_filename`` took any character, as the SKU's name did before: a newline or a
+    terminal escape went on into the console, the demo's report and log lines. ``skuforge ingest``
+    escapes one in a file name on disk (``escape_control_characters``); any other producer's is refused."""
+    written = _ingested_envelope()
+    written["payload"]["photos"][0]["original_filename"] = value
+
+    letter = dead_letter_for(tmp_path, written)
+    assert letter.reason == "schema_invalid"
+    assert letter.detail.startswith("payload.photos.0.original_filename: ")
+    assert "control character" in letter.detail
+
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(_committed(SKU_INGESTED)).validate(written)
+    assert list(refused.value.absolute_path) == ["payload", "photos", 0, "original_filename"]
+
+
 def test_sku_metadata_without_control_characters_is_taken_as_written() -> None:
     """Accents, non-breaking spaces and scripts other than Latin are text, not control characters."""
     sku = SkuMetadata(sku_id="SKU-1", name="Crème Fraîche\u00a0Léger", category="ヨーグルト", brand="Ōatly™")

@@ -29,6 +29,8 @@ warning; of a cut-out and its copy flattened on white, the cut-out, for its outl
 batch may not differ only in case (``ABC-1``, ``abc-1``): on a case-insensitive file system their
 store folders would be one. A name or category that is only whitespace is refused, and so is a
 control character (a tab, newline, NUL or terminal escape) in the name, category, brand or series.
+One in a photo's file name is not refused but written as ``\\xNN`` (a newline as ``\\x0a``) in the
+event's ``original_filename``, which takes no control character either.
 
 A photo file with transparency (a cut-out on a transparent background) is stored over white, as
 every photo, and its transparency beside it as a mask (``masks/transparency/<sku>/<photo>.png``,
@@ -74,7 +76,7 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
-from schemas.common import ImageRef, SkuMetadata, check_safe_id
+from schemas.common import ImageRef, SkuMetadata, check_safe_id, escape_control_characters
 from schemas.envelope import derive_id
 from schemas.events import ReferencePhoto, SkuIngested
 from schemas.topics import SKU_INGESTED
@@ -448,8 +450,12 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
             copies.append((file, seen[photo_id]))  # the same picture twice adds nothing
             continue
         # A name that is not UTF-8 on disk (Latin-1 from an old camera or zip) is kept readable: as
-        # it came, it failed the event's schema after earlier SKUs were already published.
-        name = file.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:255]
+        # it came, it failed the event's schema after earlier SKUs were already published. A control
+        # character in it (a newline, a terminal escape), which the schema refuses, is written as
+        # \xNN: refused, it would fail the batch over a byte its owner cannot see.
+        name = escape_control_characters(
+            file.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        )[:255]
         mask_png = None if transparency is None else encode_png(transparency)
         photo = PreparedPhoto(photo_id, name, png, width=image.width, height=image.height, mask_png=mask_png)
         if photo_id in seen:
