@@ -80,7 +80,7 @@ def test_a_cut_out_keeps_its_outline_from_ingest_to_the_reference_mask(tmp_path:
     assert photos["cutout.png"].image.sha256 == _sha256(photo_as_stored(cut_out)[1])
     mask_ref = photos["cutout.png"].mask
     assert mask_ref is not None and mask_ref.uri.endswith(
-        f"masks/transparency/SKU-MILK/{photos['cutout.png'].photo_id}.png"
+        f"masks/transparency/SKU-MILK/{photos['cutout.png'].photo_id}-{mask_ref.sha256[:16]}.png"
     )
     assert np.array_equal(decode_mask(store.read_verified(mask_ref)) > 0, outline)
     assert photos["shelf.jpg"].mask is None

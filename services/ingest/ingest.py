@@ -33,10 +33,11 @@ One in a photo's file name is not refused but written as ``\\xNN`` (a newline as
 event's ``original_filename``, which takes no control character either.
 
 A photo file with transparency (a cut-out on a transparent background) is stored over white, as
-every photo, and its transparency beside it as a mask (``masks/transparency/<sku>/<photo>.png``,
-``ReferencePhoto.mask``): the product's exact outline, which the captioner takes instead of the
-matting model's. A changed mask (a flattened photo swapped for its cut-out, a redrawn outline) makes
-a new event for the SKU, as a changed photo does.
+every photo, and its transparency beside it as a mask (``ReferencePhoto.mask``, at
+``masks/transparency/<sku>/<photo>-<16 hex of the mask's sha256>.png``): the product's exact outline,
+which the captioner takes instead of the matting model's. A changed mask (a flattened photo swapped
+for its cut-out, a redrawn outline) makes a new event for the SKU, as a changed photo does, and is
+stored beside the one an earlier event names.
 
 Re-ingesting a SKU adds and replaces photos. By default it removes none: a photo stored by an
 earlier ingest that is no longer in the folder stays in the store, and it and the images generated
@@ -707,8 +708,13 @@ def photo_key(sku: PreparedSku, photo: PreparedPhoto) -> str:
 
 def photo_mask_key(sku: PreparedSku, photo: PreparedPhoto) -> str:
     """Where a photo's own transparency is stored: beside the other masks, not under ``incoming/``,
-    whose keys are the SKU's photos (``stale_photo_keys``)."""
-    return f"masks/transparency/{sku.metadata.sku_id}/{photo.photo_id}.png"
+    whose keys are the SKU's photos (``stale_photo_keys``), named by the photo and the mask's own
+    content. A redrawn outline keeps the photo's id: under that alone it replaced the bytes an earlier
+    event names, which then failed its checksum when read (unread yet, or replayed)."""
+    if photo.mask_png is None:
+        raise ValueError(f"photo {photo.photo_id} has no transparency: no mask to store")
+    mask_id = sha256_hex(photo.mask_png)[:16]
+    return f"masks/transparency/{sku.metadata.sku_id}/{photo.photo_id}-{mask_id}.png"
 
 
 def withdrawable_photo_ids(stale_keys: list[str]) -> list[str]:
