@@ -234,7 +234,9 @@ def _partial_file(folder: Path) -> Iterator[Path]:
         fcntl.flock(fd, fcntl.LOCK_SH)
         yield Path(partial)
     finally:
-        Path(partial).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # put in place, or gone: the name is not ours to delete
+            if os.path.samestat(os.fstat(fd), os.lstat(partial)):
+                os.unlink(partial)
         os.close(fd)
 
 

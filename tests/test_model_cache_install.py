@@ -266,3 +266,19 @@ def test_a_copied_folder_and_its_name_reach_the_disk_before_it_is_used(
     )
     assert before[-1] == ("fsync folder", _inode(copy)), "the copy's own entries were not synced last"
     assert after == [("fsync folder", _inode(cache))]
+
+
+def test_a_partial_file_put_in_place_leaves_its_old_name_to_whoever_takes_it(tmp_path: Path) -> None:
+    # The partial file's name was deleted when the copy ended, whatever it named by then: once ours
+    # was renamed into place, a file another process had since made under that name.
+    with model_cache._partial_file(tmp_path) as partial:
+        partial.write_bytes(b"ours")
+        model_cache._put_in_place(partial, tmp_path / "model.onnx")
+        partial.write_bytes(b"another process's download")
+
+    assert (tmp_path / "model.onnx").read_bytes() == b"ours"
+    assert partial.read_bytes() == b"another process's download"
+
+    with model_cache._partial_file(tmp_path) as abandoned:
+        abandoned.write_bytes(b"half a model")
+    assert not abandoned.exists(), "a partial file never put in place is deleted"
