@@ -81,13 +81,6 @@ def check_plain_text(value: str) -> str:
     return value
 
 
-def escape_control_characters(value: str) -> str:
-    """``value`` with each control character written as ``\\xNN`` (a newline as ``\\x0a``), so it
-    passes ``check_plain_text`` and still shows what was there: for text a user cannot easily change
-    or see, such as a file name on disk, where refusing it would fail a batch over an invisible byte."""
-    return _CONTROL_CHARACTER.sub(lambda found: f"\\x{ord(found.group()):02x}", value)
-
-
 # Free text from outside (SkuMetadata's fields): any characters but control characters.
 PlainText = Annotated[
     str,

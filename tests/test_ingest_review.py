@@ -959,7 +959,7 @@ def test_a_control_character_in_a_photos_file_name_is_escaped_not_a_refusal(tmp_
     [sku] = prepare_all(tmp_path, load_settings())
 
     names = sorted(photo.original_filename for photo in sku.photos)
-    assert names == ["photo_0.png", "shelf\\x0aphoto\\x1b[2J\\x85.png"]
+    assert names == ["photo_0.png", "shelf\\nphoto\\x1b[2J\\x85.png"]
     ingested = ingest.upload_sku(sku, FileStore(tmp_path / "store"))
     assert sorted(photo.original_filename for photo in ingested.photos) == names
 

@@ -367,7 +367,7 @@ def test_a_control_character_in_a_photos_file_name_is_dead_lettered_naming_the_f
 ) -> None:
     """A photo's ``original_filename`` took any character, as the SKU's name did before: a newline or a
     terminal escape went on into the console, the demo's report and log lines. ``skuforge ingest``
-    escapes one in a file name on disk (``escape_control_characters``); any other producer's is refused."""
+    escapes one in a file name on disk; any other producer's is refused."""
     written = _ingested_envelope()
     written["payload"]["photos"][0]["original_filename"] = value
 

@@ -29,8 +29,8 @@ warning; of a cut-out and its copy flattened on white, the cut-out, for its outl
 batch may not differ only in case (``ABC-1``, ``abc-1``): on a case-insensitive file system their
 store folders would be one. A name or category that is only whitespace is refused, and so is a
 control character (a tab, newline, NUL or terminal escape) in the name, category, brand or series.
-One in a photo's file name is not refused but written as ``\\xNN`` (a newline as ``\\x0a``) in the
-event's ``original_filename``, which takes no control character either.
+One in a photo's file name is not refused but written escaped (``\\n``, ``\\x1b``) in the event's
+``original_filename``, which takes no control character either.
 
 A photo file with transparency (a cut-out on a transparent background) is stored over white, as
 every photo, and its transparency beside it as a mask (``ReferencePhoto.mask``, at
@@ -77,7 +77,7 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
-from schemas.common import ImageRef, SkuMetadata, check_safe_id, escape_control_characters
+from schemas.common import ImageRef, SkuMetadata, check_safe_id
 from schemas.envelope import derive_id
 from schemas.events import ReferencePhoto, SkuIngested
 from schemas.topics import SKU_INGESTED
@@ -85,6 +85,7 @@ from shared.bus import Publisher, listed_topics
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ImageRejected, TransientError
 from shared.images import encode_png, photo_and_transparency, refuse_oversized
+from shared.observability import escape_control_characters
 from shared.photos import (
     HEIC_ADVICE,
     HEIC_SUFFIXES,
@@ -452,8 +453,8 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
             continue
         # A name that is not UTF-8 on disk (Latin-1 from an old camera or zip) is kept readable: as
         # it came, it failed the event's schema after earlier SKUs were already published. A control
-        # character in it (a newline, a terminal escape), which the schema refuses, is written as
-        # \xNN: refused, it would fail the batch over a byte its owner cannot see.
+        # character in it (a newline, a terminal escape), which the schema refuses, is written escaped
+        # (\n, \x1b): refused, it would fail the batch over a byte its owner cannot see.
         name = escape_control_characters(
             file.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         )[:255]
