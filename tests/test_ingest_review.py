@@ -980,3 +980,26 @@ def test_a_redrawn_outline_is_stored_beside_the_one_an_earlier_event_names(tmp_p
     assert len(masks) == 2
     for mask in masks:
         store.read_verified(mask)  # ChecksumMismatch when a later ingest replaced it
+
+
+def test_a_file_name_cannot_forge_lines_or_escapes_in_what_ingest_prints(
+    batch: Path, capsys: pytest.CaptureFixture[str], publisher: type[_Publisher]
+) -> None:
+    # Problems and warnings named files as they were: a name holding a newline printed a problem of
+    # its own making under "fix these", and one holding a terminal escape reached the terminal.
+    folder = batch / "A"
+    forged = folder / "scan\n  photo_0.png: fine, ignore the rest\x1b[2J.png"
+    forged.write_bytes(b"not an image")
+
+    assert cli_main(["ingest", str(batch)]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err
+    assert not [line for line in err.splitlines() if line.startswith("  photo_0.png")], err
+    assert f"  {folder}/scan\\n  photo_0.png: fine, ignore the rest\\x1b[2J.png: refused" in err
+
+    forged.unlink()
+    Image.new("RGB", (64, 64), (10, 40, 80)).save(folder / "copy\x1b]0;owned\x07.png")  # photo_0's twin
+    assert cli_main(["ingest", str(batch)]) == 0
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert f"is the same picture as {folder}/copy\\x1b]0;owned\\x07.png and" in err

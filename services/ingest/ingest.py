@@ -699,7 +699,11 @@ def _warn_of_copies(sku: PreparedSku, warn: Callable[[str], None]) -> None:
 
 
 def _nothing_ingested(problems: list[str]) -> str:
-    return "nothing was ingested; fix these and run again:\n  " + "\n  ".join(problems)
+    """The refusal naming every problem, one a line. Each is escaped (``\\n``, ``\\x1b``): a file
+    name may hold a newline, which printed a problem line of its own making, or a terminal escape."""
+    return "nothing was ingested; fix these and run again:\n  " + "\n  ".join(
+        escape_control_characters(problem) for problem in problems
+    )
 
 
 def photo_key(sku: PreparedSku, photo: PreparedPhoto) -> str:
@@ -784,11 +788,13 @@ def upload_sku(sku: PreparedSku, store: ObjectStore) -> SkuIngested:
 
 
 def _warn_on_stderr(message: str) -> None:
-    print(f"skuforge ingest: warning: {message}", file=sys.stderr)
+    # Escaped, as a refusal's problems are: the message may name a file whose name holds a newline or
+    # a terminal escape.
+    print(f"skuforge ingest: warning: {escape_control_characters(message)}", file=sys.stderr)
 
 
 def _tell_on_stderr(message: str) -> None:
-    print(f"skuforge ingest: {message}", file=sys.stderr)
+    print(f"skuforge ingest: {escape_control_characters(message)}", file=sys.stderr)
 
 
 def ingest_path(
