@@ -615,3 +615,28 @@ def test_export_help_states_the_min_real_default(capsys: pytest.CaptureFixture[s
     assert "classes with fewer real images are left out (default 1)" in " ".join(
         capsys.readouterr().out.split()
     )
+
+
+@pytest.mark.parametrize(("fmt", "folder"), [("imagefolder", ""), ("jsonl", "images/")])
+def test_images_of_one_sku_whose_item_ids_differ_only_in_case_are_refused(
+    fmt: str, folder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Milk/real-Front.png and Milk/real-front.png are one file on macOS or Windows: the second image
+    # written over the first, and the summary (and in jsonl, two lines) counting both.
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    for item_id in ("Front", "front", "side"):
+        add_item(manifests, "Milk", item_id, "real", "reference")
+    add_item(manifests, "Oats", "front", "real", "reference")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["dataset", "export", str(out), "--format", fmt, "--max-synthetic-per-real", "1"])
+    assert exit_info.value.code == 2 and not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+    err = capsys.readouterr().err
+    assert f"{folder}Milk/real-Front.png and {folder}Milk/real-front.png" in err
+    assert "leave out SKU 'Milk'" in err and "--sku" in err
+    # The other SKUs export.
+    summary = export_dataset(
+        manifests, tmp_path / "oats", fmt=fmt, max_synthetic_per_real=1, sku_ids=["Oats"]
+    )
+    assert sorted(summary.classes) == ["Oats"]

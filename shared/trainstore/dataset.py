@@ -453,8 +453,7 @@ def _export_into(
     if fmt == "imagefolder":
         _refuse_case_only_twins([plan_class.sku_id for plan_class in plan.classes])
         _refuse_summary_name([plan_class.sku_id for plan_class in plan.classes])
-    else:
-        _refuse_shared_image_files(plan.classes)
+    _refuse_shared_image_files(plan.classes, fmt)
     # Written in a staging folder and renamed into place at the end: an export that fails half-way
     # (a tampered or missing object) leaves neither a partial training set nor a folder to clean up.
     target = out_dir.resolve()
@@ -601,25 +600,40 @@ def _refuse_unportable_folders(sku_ids: Sequence[str]) -> None:
         )
 
 
-def _refuse_shared_image_files(classes: Sequence[ClassPlan]) -> None:
-    """Refuse a jsonl export where two SKUs that differ only in case have an image of the same file
-    name: ``images/Milk/real-front.png`` and ``images/milk/real-front.png`` are one file on a
-    case-insensitive file system (macOS, Windows), and one SKU's line would name the other's image."""
+def _refuse_shared_image_files(classes: Sequence[ClassPlan], fmt: ExportFormat) -> None:
+    """Refuse an export where two images would have file names that differ only in case: one file on a
+    case-insensitive file system (macOS, Windows), where exports are often copied to train, so one
+    image overwrote the other while the summary (and dataset.jsonl) counted both. In jsonl they are two
+    SKUs' (``images/Milk/real-front.png`` and ``images/milk/real-front.png``: one SKU's line named the
+    other's image) or one SKU's items (``real-Front.png`` and ``real-front.png``); an imagefolder export
+    has refused the SKUs already (``_refuse_case_only_twins``), leaving one SKU's items."""
+    folder = "images/" if fmt == "jsonl" else ""
     by_folded: dict[str, list[str]] = defaultdict(list)
     for plan_class in classes:
         for row in [*plan_class.real, *plan_class.synthetic]:
-            path = f"images/{row.sku_id}/{row.source}-{row.item_id}.png"
+            path = f"{folder}{row.sku_id}/{row.source}-{row.item_id}.png"
             by_folded[path.casefold()].append(path)
-    shared = sorted(
-        sorted(paths) for paths in by_folded.values() if len({path.split("/")[1] for path in paths}) > 1
-    )
-    if shared:
-        named = "; ".join(" and ".join(paths) for paths in shared[:3])
-        more = f" (and {len(shared) - 3} more)" if len(shared) > 3 else ""
-        raise ValueError(
-            f"images of SKU ids that differ only in case would share a file on a case-insensitive file "
-            f"system (macOS, Windows): {named}{more}; export one of those SKUs at a time with --sku"
+    shared = sorted(sorted(paths) for paths in by_folded.values() if len(paths) > 1)
+    if not shared:
+        return
+    named = "; ".join(" and ".join(paths) for paths in shared[:3])
+    more = f" (and {len(shared) - 3} more)" if len(shared) > 3 else ""
+    # The SKU folder of each path: one for twin items of a SKU, two for twin SKUs.
+    sku_of = {path: path.removeprefix(folder).rsplit("/", 1)[0] for paths in shared for path in paths}
+    in_one_sku = [paths for paths in shared if len({sku_of[path] for path in paths}) == 1]
+    twin_items = sorted({sku_of[paths[0]] for paths in in_one_sku})
+    advice: list[str] = []
+    if twin_items:
+        advice.append(
+            f"leave out SKU {', '.join(repr(sku_id) for sku_id in twin_items)} (item ids that differ only "
+            "in case; export the other SKUs with --sku)"
         )
+    if len(in_one_sku) < len(shared):
+        advice.append("export SKU ids that differ only in case one at a time with --sku")
+    raise ValueError(
+        f"images whose file names differ only in case would share a file on a case-insensitive file "
+        f"system (macOS, Windows): {named}{more}; {'; '.join(advice)}"
+    )
 
 
 def _refuse_summary_name(sku_ids: Sequence[str]) -> None:
