@@ -22,7 +22,7 @@ from shared.trainstore.dataset import (
 from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.withdrawals import Withdrawals
 from skuforge_cli.main import main as cli_main
-from tests.support.trainstore import PREFIX, add_item
+from tests.support.trainstore import PREFIX, add_item, as_mount_point
 
 
 @pytest.fixture
@@ -451,13 +451,14 @@ def test_export_decodes_under_the_settings_limits(
     assert not (tmp_path / "out").exists()
 
 
-def test_into_an_existing_folder_the_index_and_summary_are_moved_last(
+def test_into_a_mount_point_the_index_and_summary_are_moved_last(
     small_store: ManifestStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Moved one by one into an existing OUT (a mounted volume), dataset.jsonl and export.json went
     first: a kill between two renames left them beside images not yet moved, a set that looks whole."""
     out = tmp_path / "mounted"
     out.mkdir()
+    as_mount_point(out, monkeypatch)
     moved: list[str] = []
     rename = Path.rename
 

@@ -24,7 +24,7 @@ from shared.trainstore.dataset import export_dataset
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.withdrawals import Withdrawals
 from skuforge_cli.main import main as cli_main
-from tests.support.trainstore import PREFIX, add_item
+from tests.support.trainstore import PREFIX, add_item, as_mount_point
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT = ["dataset", "export", "--format", "imagefolder", "--max-synthetic-per-real", "1"]
@@ -48,24 +48,6 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ManifestStore:
 # -- 1. OUT is a mount point --------------------------------------------------------------------
 
 
-def _mount(out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make ``out`` behave as a mount point (a Docker volume, an NFS disk): a rename between a path
-    inside it and one outside fails with EXDEV, as the kernel does across file systems."""
-
-    def inside(path: Any) -> bool:
-        return Path(os.path.abspath(path)).is_relative_to(out)
-
-    for name in ("rename", "replace"):
-        real = getattr(os, name)
-
-        def crossing(src: Any, dst: Any, *args: Any, _real: Any = real, **kwargs: Any) -> None:
-            if inside(src) != inside(dst):
-                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
-            _real(src, dst, *args, **kwargs)
-
-        monkeypatch.setattr(os, name, crossing)
-
-
 def test_an_export_into_an_empty_mount_point_stages_inside_it(
     store: ManifestStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -73,7 +55,7 @@ def test_an_export_into_an_empty_mount_point_stages_inside_it(
     # volume or NFS mount failed with "Invalid cross-device link" after doing all the work.
     out = tmp_path / "out"
     out.mkdir()
-    _mount(out, monkeypatch)
+    as_mount_point(out, monkeypatch)
     assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0, capsys.readouterr().err
     assert sorted(path.name for path in out.iterdir()) == ["SKU-A", "SKU-B", "export.json"]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "store"]
@@ -81,7 +63,7 @@ def test_an_export_into_an_empty_mount_point_stages_inside_it(
     # Still all or nothing: a tampered object leaves the mount point as it was, empty.
     mounted = tmp_path / "mounted"
     mounted.mkdir()
-    _mount(mounted, monkeypatch)
+    as_mount_point(mounted, monkeypatch)
     key = store.key("images/SKU-B/real/real-0.png")
     store.store.put_bytes(key, store.store.get_bytes(key) + b"x")
     capsys.readouterr()
@@ -528,3 +510,82 @@ def test_an_export_stopped_by_sigterm_half_way_leaves_nothing(store: ManifestSto
     assert export.returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM" in err
     assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+# -- killed while moving into an existing OUT ---------------------------------------------------------
+
+# Runs `skuforge ARGS...` with a rename that SIGKILLs the process right after the first rename into OUT
+# (or onto it) succeeds: a kill at the worst moment of the move. "mounted" makes OUT behave as a mount
+# point, as as_mount_point does.
+_KILLED_WHILE_MOVING = """
+import errno, os, signal, sys
+from pathlib import Path
+
+out, mounted = Path(sys.argv[1]).resolve(), sys.argv[2] == "mounted"
+real_rename = os.rename
+
+
+def inside(path):
+    return Path(os.path.abspath(path)).is_relative_to(out)
+
+
+def rename(src, dst, *args, **kwargs):
+    if mounted and inside(src) != inside(dst):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+    real_rename(src, dst, *args, **kwargs)
+    if Path(os.path.abspath(dst)) in (out, *[out / name for name in os.listdir(out)]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+os.rename = rename
+from skuforge_cli.main import main
+
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _export_killed_while_moving(out: Path, mounted: bool) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _KILLED_WHILE_MOVING,
+            str(out),
+            "mounted" if mounted else "plain",
+            *EXPORT[:2],
+            str(out),
+            *EXPORT[2:],
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=os.environ,
+        timeout=120,
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+
+
+def test_an_export_killed_while_moving_into_an_existing_out_leaves_it_empty_or_whole(
+    store: ManifestStore, tmp_path: Path
+) -> None:
+    """An existing empty OUT was filled class by class: a SIGKILL between two moves left class folders
+    without export.json, which ImageFolder reads as a (smaller) training set."""
+    out = tmp_path / "out"
+    out.mkdir()
+    _export_killed_while_moving(out, mounted=False)
+    assert sorted(path.name for path in out.iterdir()) in ([], ["SKU-A", "SKU-B", "export.json"])
+    assert not list(tmp_path.glob(".out.partial-*/SKU-*"))
+
+
+def test_the_export_after_one_killed_while_moving_into_a_mount_point_takes_the_moved_classes_out(
+    store: ManifestStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Into a mount point the classes are moved one by one; a SIGKILL between two moves left some in OUT,
+    and every later export into it was refused as "not empty", the half training set left there."""
+    out = tmp_path / "out"
+    out.mkdir()
+    _export_killed_while_moving(out, mounted=True)
+    assert "export.json" not in [path.name for path in out.iterdir()]  # killed half-way: not whole
+    as_mount_point(out, monkeypatch)
+    assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0, capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == ["SKU-A", "SKU-B", "export.json"]

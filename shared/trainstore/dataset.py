@@ -41,6 +41,7 @@ import math
 import os
 import shutil
 import socket
+import stat
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -370,7 +371,7 @@ def export_dataset(
         raise FileExistsError(f"{out_dir} is not empty{held}; export into a new directory")
     writing_beside = [entry.name for entry in _staging_beside(out_dir.resolve()) if not _abandoned(entry)]
     if writing_beside:
-        # OUT does not exist yet and another export is writing it beside: both would do the whole work,
+        # Another export is writing OUT beside it (OUT new, or empty): both would do the whole work,
         # and the second would fail at its last rename ("Directory not empty"), hours in.
         raise FileExistsError(
             f"an export into {out_dir} is running ({', '.join(sorted(writing_beside))} beside it; remove "
@@ -400,20 +401,34 @@ def export_dataset(
 
 def _staging_for(target: Path) -> tuple[Path, int]:
     """The export's staging folder, created and locked (``_hold``) before any slow step, so that from
-    the start a second export into ``target`` sees it: inside ``target`` when it exists (empty, and
-    perhaps a mount point: a rename from beside it into it would cross file systems, EXDEV), else
-    beside it."""
+    the start a second export into ``target`` sees it.
+
+    Beside ``target`` wherever one rename can put it in ``target``'s place at the end: a new ``target``,
+    or an empty one of ours, which the rename replaces in one step (a reader sees it empty or whole).
+    Inside an existing ``target`` where a rename from beside cannot reach it: a mount point (the rename
+    would cross file systems, EXDEV), a folder above it that cannot be written in, another user's
+    ``target``. Made inside first and moved beside, so that the move itself tells which.
+    """
+    name = f"partial-{uuid.uuid4().hex}"
     if target.exists():
-        staging = target / f".partial-{uuid.uuid4().hex}"
+        staging = target / f".{name}"
     else:
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex}"
+        staging = target.parent / f".{target.name}.{name}"
     staging.mkdir()
     try:
-        return staging, _hold(staging)
+        owner = _hold(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if staging.parent == target and target.stat().st_uid == os.geteuid():
+        beside = target.parent / f".{target.name}.{name}"
+        try:
+            os.rename(staging, beside)
+            staging = beside
+        except OSError:  # moved into place entry by entry at the end (``_move_into``)
+            pass
+    return staging, owner
 
 
 def _export_into(
@@ -472,17 +487,11 @@ def _export_into(
             max_synthetic_per_real=max_synthetic_per_real,
         )
         if staging.parent == target:
-            # The index and the summary last: a kill between two renames must not leave them beside
-            # images not yet moved, a set that looks complete.
-            last = {"dataset.jsonl": 1, SUMMARY_FILE: 2}
-            entries = [entry for entry in staging.iterdir() if entry.name != STAGING_OWNER]
-            for entry in sorted(entries, key=lambda path: (last.get(path.name, 0), path.name)):
-                entry.rename(target / entry.name)
-                moved.append(target / entry.name)
-            (staging / STAGING_OWNER).unlink()
-            staging.rmdir()
+            _move_into(staging, target, moved)
         else:
             (staging / STAGING_OWNER).unlink()
+            if target.exists():  # empty: replaced as it is renamed over, its permissions kept
+                os.chmod(staging, stat.S_IMODE(target.stat().st_mode))
             staging.rename(target)
     except BaseException:
         for path in moved:  # out_dir is left as it was: empty
@@ -494,11 +503,33 @@ def _export_into(
     return summary
 
 
+def _move_into(staging: Path, target: Path, moved: list[Path]) -> None:
+    """Move the staging folder's entries into ``target`` (which it is in), appending each to ``moved``.
+
+    Not one step: a SIGKILL between two moves leaves some classes in ``target``. The index and the summary
+    go last, so that a set without ``export.json`` is never taken for whole; and the entries about to move
+    are written down first (``STAGING_MOVING``), so that the next export takes the moved ones out again
+    (``_remove_abandoned_staging``): before, they stayed, and every later export was refused as "not empty".
+    """
+    last = {"dataset.jsonl": 1, SUMMARY_FILE: 2}
+    entries = [entry for entry in staging.iterdir() if entry.name != STAGING_OWNER]
+    entries.sort(key=lambda path: (last.get(path.name, 0), path.name))
+    (staging / STAGING_MOVING).write_text(json.dumps([entry.name for entry in entries]))
+    for entry in entries:
+        entry.rename(target / entry.name)
+        moved.append(target / entry.name)
+    (staging / STAGING_MOVING).unlink()  # all moved: from here on the export is whole
+    (staging / STAGING_OWNER).unlink()
+    staging.rmdir()
+
+
 # In an export's staging folder, locked (flock) by the export writing it for as long as it runs: a
 # later export tells a folder abandoned by a killed one (the lock went with its process: removed) from
 # one still being written (left alone). A lock, not a pid: a container's next run has another hostname
 # and pid namespace, and pids are reused.
 STAGING_OWNER = ".skuforge-export-owner"
+# In a staging folder inside OUT while its entries are moved into OUT: their names, a JSON list.
+STAGING_MOVING = ".skuforge-export-moving"
 
 
 def _hold(staging: Path) -> int:
@@ -527,12 +558,39 @@ def _abandoned(staging: Path) -> bool:
 def _remove_abandoned_staging(target: Path) -> None:
     """Remove the staging folders that a killed export (SIGKILL, a lost pod) left for ``target``:
     inside it (before, it then read as not empty, and every later export into it was refused) or
-    beside it."""
+    beside it; and what one killed while moving its entries into ``target`` had moved there already."""
     inside = target.glob(".partial-*") if target.is_dir() else iter(())
     for entry in [*inside, *_staging_beside(target)]:
         if entry.is_dir() and _abandoned(entry):
+            for name in _moved_before_the_kill(entry):
+                path = target / name
+                log.warning("removing %s, moved there by an export that was killed while moving", path)
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
             log.warning("removing %s, left by an export that was killed", entry)
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _moved_before_the_kill(staging: Path) -> list[str]:
+    """The entries ``_move_into`` had moved out of ``staging`` (inside OUT) when its export was killed:
+    those its list names that are no longer in it. None where it was not moving (or had not listed them)."""
+    try:
+        names = json.loads((staging / STAGING_MOVING).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(names, list):
+        return []
+    return [
+        name
+        for name in names
+        if isinstance(name, str)
+        and name not in ("", ".", "..", STAGING_OWNER)
+        and "/" not in name
+        and not (staging / name).exists()
+        and (staging.parent / name).exists()
+    ]
 
 
 def _staging_beside(target: Path) -> list[Path]:

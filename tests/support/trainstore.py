@@ -1,13 +1,18 @@
 """The trainstore's tests' arrangement: a trainstore stage on a fresh file store, with a context to
-call its handlers with directly (no broker); and ``add_item``, a manifest row with its stored image and
-mask, as the dataset export and storage tests arrange a store."""
+call its handlers with directly (no broker); ``add_item``, a manifest row with its stored image and
+mask, as the dataset export and storage tests arrange a store; and ``as_mount_point``, an export's OUT
+on a file system of its own."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 from services.trainstore.stage import Trainstore
 from shared.config import Settings
@@ -79,3 +84,21 @@ def stored(
     everything = manifests.stored_objects(sku_id, source, item_id)
     masks = manifests.stored_objects(sku_id, source, item_id, images=False)
     return [key for key in everything if key not in masks], masks
+
+
+def as_mount_point(out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``out`` behave as a mount point (a Docker volume, an NFS disk): a rename between a path
+    inside it and one outside fails with EXDEV, as the kernel does across file systems."""
+
+    def inside(path: Any) -> bool:
+        return Path(os.path.abspath(path)).is_relative_to(out)
+
+    for name in ("rename", "replace"):
+        real = getattr(os, name)
+
+        def crossing(src: Any, dst: Any, *args: Any, _real: Any = real, **kwargs: Any) -> None:
+            if inside(src) != inside(dst):
+                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+            _real(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, crossing)
