@@ -28,6 +28,16 @@ DESKTOP_LEFTOVERS = frozenset(
     {"thumbs.db", "desktop.ini", "icon\r", *(name.casefold() for name in MACOS_ZIP_FOLDERS)}
 )
 
+# Folders a NAS keeps its thumbnails and index in, inside every folder it shares, compared casefolded:
+# Synology's "@eaDir" holds a few resized copies of each photo. Never anyone's photos, but a user who
+# copied the share with them (rsync, NFS) may not know, so a reader that leaves them out says so.
+NAS_THUMBNAIL_FOLDERS = frozenset({"@eadir"})
+
+
+def is_nas_thumbnail_folder(name: str) -> bool:
+    """Whether a folder called ``name`` is a NAS's thumbnails (``NAS_THUMBNAIL_FOLDERS``)."""
+    return name.casefold() in NAS_THUMBNAIL_FOLDERS
+
 
 def is_left_out_quietly(name: str) -> bool:
     """Whether a file or folder called ``name`` is no one's content: hidden (macOS writes an invisible

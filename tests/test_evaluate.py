@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from services.ingest.ingest import prepare_sku
 from services.trainstore.cli import evaluation_mismatches
-from services.trainstore.evaluation import EvaluateRefused, heldout_photos, summary_lines
+from services.trainstore.evaluation import EvaluateRefused, heldout_photos, heldout_sku_folders, summary_lines
 from shared.config import load_settings
 from shared.errors import ImageRejected
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
@@ -470,6 +470,28 @@ def test_photos_in_a_linked_sub_folder_are_held_out_once_and_a_link_loop_ends(tm
         ("SKU-RED", "b.jpg"),
     ]
     assert sum("a link to another SKU's folder or the held-out root" in note for note in notes) == 2
+
+
+def test_a_nas_thumbnail_folder_is_not_held_out_photos_and_is_noted(tmp_path: Path) -> None:
+    """A Synology share keeps "@eaDir" in every folder, with a few resized copies of each photo: each
+    held-out photo was scored again at every thumbnail size, and one beside the SKU folders was read
+    as a SKU of its own ("@eaDir", which the store does not have)."""
+    sku = tmp_path / "SKU-RED"
+    sku.mkdir()
+    Image.new("RGB", (64, 48), COLOURS["SKU-RED"]).save(sku / "a.jpg", format="JPEG")
+    for folder in (sku / "@eaDir" / "a.jpg", tmp_path / "@eaDir" / "SKU-RED"):
+        folder.mkdir(parents=True)
+        for size in (16, 32):
+            Image.new("RGB", (size, size * 3 // 4), COLOURS["SKU-RED"]).save(
+                folder / f"SYNOPHOTO_THUMB_{size}.jpg", format="JPEG"
+            )
+    photos, notes = heldout_photos(tmp_path)
+    assert [(photo.sku_id, Path(photo.name).name) for photo in photos] == [("SKU-RED", "a.jpg")]
+    assert notes == [
+        f"2 NAS thumbnail folder(s) (@eaDir) are not photos: not used: {tmp_path / '@eaDir'}, "
+        f"{sku / '@eaDir'}"
+    ]
+    assert heldout_sku_folders(tmp_path) == ["SKU-RED"]
 
 
 def test_an_unreadable_heldout_photo_or_folder_is_refused_by_name(

@@ -49,7 +49,13 @@ from shared.evaluation.report import write_report
 from shared.generation.scenes import scene_file_bytes
 from shared.images import photo_as_stored
 from shared.model_cache import write_atomically
-from shared.photos import HEIC_ADVICE, HEIC_SUFFIXES, PHOTO_FILE_SUFFIXES, is_left_out_quietly
+from shared.photos import (
+    HEIC_ADVICE,
+    HEIC_SUFFIXES,
+    PHOTO_FILE_SUFFIXES,
+    is_left_out_quietly,
+    is_nas_thumbnail_folder,
+)
 from shared.store import FileStore, ObjectStore, open_store, sha256_hex
 from shared.trainstore.dataset import ExportPlan, plan_export, read_checked
 from shared.trainstore.manifest import ManifestRow, ManifestStore
@@ -71,6 +77,8 @@ def heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
     out is a photo here as it is there). Files that are not photos by suffix and files directly under
     ``root`` are noted and left out; hidden files and folders, ``__MACOSX`` and desktop leftovers
     (``Thumbs.db``) are left out quietly, as ingest leaves them (``shared.photos.is_left_out_quietly``);
+    a NAS's thumbnail folders (Synology's ``@eaDir``), in SKU folders or beside them, are left out with
+    one note;
     a file with a photo suffix that is not an image is refused (it would fail later, less clearly).
     """
     try:
@@ -89,7 +97,10 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
     photos: list[Photo] = []
     notes: list[str] = []
     first_of: dict[tuple[str, str], Path] = {}  # (SKU, sha256) -> the file scored
+    thumbnails: list[Path] = []  # a NAS's thumbnail folders: noted once, not one note per SKU
     entries = [entry for entry in sorted(root.iterdir()) if not is_left_out_quietly(entry.name)]
+    thumbnails += [entry for entry in entries if _is_thumbnail_folder(entry)]
+    entries = [entry for entry in entries if entry not in thumbnails]
     sku_folders = {_folder_id(entry): entry for entry in entries if entry.is_dir()}
     for entry in entries:
         if not entry.is_dir():
@@ -98,7 +109,7 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
         # A link inside a SKU's folder to another SKU's folder, or to the root, would hold that SKU's
         # photos out under this one too.
         elsewhere = {_folder_id(root)} | (set(sku_folders) - {_folder_id(entry)})
-        for path in _files_under(entry, elsewhere, notes):
+        for path in _files_under(entry, elsewhere, notes, thumbnails):
             if not path.is_file():
                 notes.append(f"{path} is a link to nothing: not used")
                 continue
@@ -123,15 +134,27 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
                 continue
             first_of[(entry.name, sha256)] = path
             photos.append(Photo(entry.name, "real", str(path.absolute()), sha256, path.read_bytes))
+    if thumbnails:
+        names = ", ".join(sorted({path.name for path in thumbnails}))
+        notes.append(
+            f"{len(thumbnails)} NAS thumbnail folder(s) ({names}) are not photos: not used: "
+            f"{_shown(str(path) for path in sorted(thumbnails))}"
+        )
     _refuse_one_photo_under_two_skus(photos)
     return photos, notes
+
+
+def _is_thumbnail_folder(path: Path) -> bool:
+    return is_nas_thumbnail_folder(path.name) and path.is_dir()
 
 
 def heldout_sku_folders(root: Path) -> list[str]:
     """The SKU ids ``root``'s folders name, sorted, with photos in them or not (``heldout_photos`` gives
     only the SKUs that have some); a folder ingest leaves out quietly (``__MACOSX``) names none."""
     return sorted(
-        entry.name for entry in root.iterdir() if not is_left_out_quietly(entry.name) and entry.is_dir()
+        entry.name
+        for entry in root.iterdir()
+        if not is_left_out_quietly(entry.name) and entry.is_dir() and not is_nas_thumbnail_folder(entry.name)
     )
 
 
@@ -164,12 +187,15 @@ def _folder_id(folder: Path) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
-def _files_under(folder: Path, elsewhere: set[tuple[int, int]], notes: list[str]) -> list[Path]:
+def _files_under(
+    folder: Path, elsewhere: set[tuple[int, int]], notes: list[str], thumbnails: list[Path]
+) -> list[Path]:
     """The files in ``folder`` and its sub-folders (links followed, each folder once), sorted; what
     ingest leaves out quietly (hidden files, everything in hidden folders such as thumbnails and
     checkpoints, ``__MACOSX``, ``Thumbs.db``) left out, and so are the folders
-    ``elsewhere`` names (other SKUs' folders, reached by a link), with a note. A folder that cannot be
-    read is refused: its photos would be missing from the evaluation without a word."""
+    ``elsewhere`` names (other SKUs' folders, reached by a link), with a note, and a NAS's thumbnail
+    folders (``@eaDir``), added to ``thumbnails``. A folder that cannot be read is refused: its photos
+    would be missing from the evaluation without a word."""
 
     def refuse(exc: OSError) -> None:
         raise EvaluateRefused(
@@ -191,7 +217,10 @@ def _files_under(folder: Path, elsewhere: set[tuple[int, int]], notes: list[str]
             folders[:] = []
             continue
         seen.add(here)
-        folders[:] = [name for name in folders if not is_left_out_quietly(name)]
+        thumbnails += [Path(top) / name for name in folders if is_nas_thumbnail_folder(name)]
+        folders[:] = [
+            name for name in folders if not is_left_out_quietly(name) and not is_nas_thumbnail_folder(name)
+        ]
         found.extend(Path(top) / name for name in names if not is_left_out_quietly(name))
     return sorted(found)
 
