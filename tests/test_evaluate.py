@@ -52,6 +52,7 @@ from shared.store import FileStore, ObjectStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore, Source, Status
 from skuforge_cli.main import main as cli_main
 from tests.support.evaluation import one_torch_thread, shelf_photo  # noqa: F401 (one_torch_thread: autouse)
+from tests.support.memory import HUGE_FILE_BYTES, make_huge_and_unreadable
 
 PREFIX = "trainstore"  # TrainstoreSettings' default
 COLOURS = {"SKU-RED": (200, 30, 30), "SKU-GREEN": (30, 170, 40), "SKU-BLUE": (30, 40, 200)}
@@ -492,6 +493,25 @@ def test_a_nas_thumbnail_folder_is_not_held_out_photos_and_is_noted(tmp_path: Pa
         f"{sku / '@eaDir'}"
     ]
     assert heldout_sku_folders(tmp_path) == ["SKU-RED"]
+
+
+def test_a_heldout_file_over_the_byte_limit_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A held-out file was read whole before anything looked at it: a 3 GiB scan (or a video named .jpg)
+    took 3 GiB of memory, to be refused by the byte limit ingest refuses it by, unread, after."""
+    sku = tmp_path / "SKU-RED"
+    sku.mkdir()
+    Image.new("RGB", (8, 8), COLOURS["SKU-RED"]).save(sku / "a.jpg", format="JPEG")
+    (sku / "scan.tif").touch()
+    make_huge_and_unreadable(sku / "scan.tif", monkeypatch)
+    limit = load_settings().max_image_bytes
+    with pytest.raises(EvaluateRefused) as refused:
+        heldout_photos(tmp_path)
+    assert str(refused.value) == (
+        f"held-out {sku / 'scan.tif'} cannot be used ({HUGE_FILE_BYTES} bytes; at most {limit} are allowed, "
+        "SKUFORGE_MAX_IMAGE_BYTES); remove it or replace it"
+    )
 
 
 def test_an_unreadable_heldout_photo_or_folder_is_refused_by_name(

@@ -47,7 +47,7 @@ from shared.evaluation.leakage import (
 )
 from shared.evaluation.report import write_report
 from shared.generation.scenes import scene_file_bytes
-from shared.images import photo_as_stored
+from shared.images import photo_as_stored, refuse_oversized
 from shared.model_cache import write_atomically
 from shared.photos import (
     HEIC_ADVICE,
@@ -94,6 +94,7 @@ def heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
 def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
     if not root.is_dir():
         raise EvaluateRefused(f"--heldout {root}: not a directory (one folder per SKU id, photos inside)")
+    max_bytes = load_settings().max_image_bytes  # the limit ingest refuses a photo file by, unread
     photos: list[Photo] = []
     notes: list[str] = []
     first_of: dict[tuple[str, str], Path] = {}  # (SKU, sha256) -> the file scored
@@ -120,7 +121,14 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
                 notes.append(f"{path} is not a photo ({', '.join(sorted(PHOTO_FILE_SUFFIXES))}): not used")
                 continue
             try:
+                # By its size first: a 3 GiB scan (or a video named .jpg) was read whole, then refused.
+                refuse_oversized(path.stat().st_size, max_bytes)
                 data = path.read_bytes()
+            except ImageRejected as exc:
+                raise EvaluateRefused(
+                    f"held-out {path} cannot be used ({exc.detail}, SKUFORGE_MAX_IMAGE_BYTES); remove it or "
+                    "replace it"
+                ) from None
             except OSError as exc:
                 raise EvaluateRefused(
                     f"held-out {path} cannot be read ({exc.strerror or exc}); fix it or remove it"
