@@ -319,8 +319,23 @@ def test_unknown_sku_folders_are_named(
     (heldout / "SKU-NOPE").mkdir()
     (heldout / "SKU-NOPE" / "a.jpg").write_bytes(encode_jpeg(colour_photo((1, 2, 3), 1)))
     assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 2
-    assert "SKUs the store does not have: SKU-NOPE" in capsys.readouterr().err
+    assert "SKUs the store does not have: 'SKU-NOPE' (store " in capsys.readouterr().err
     assert not (tmp_path / "eval").exists()
+
+
+def test_a_sku_folder_named_but_for_case_or_spaces_is_refused_naming_the_store_id(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder "SKU-BLUE " (a trailing space) was refused as "SKUs the store does not have: SKU-BLUE",
+    the very id the store has, as it read; and "sku-green" as if no SKU were like it."""
+    (heldout / "SKU-BLUE").rename(heldout / "SKU-BLUE ")
+    (heldout / "SKU-GREEN").rename(heldout / "sku-green")
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert (
+        "SKUs the store does not have: 'SKU-BLUE ' (the store has 'SKU-BLUE'), 'sku-green' (the store" in err
+    )
+    assert "has 'SKU-GREEN') (store " in err and "folder names are SKU ids exactly" in err
 
 
 def test_an_empty_folder_naming_a_sku_the_store_lacks_is_noted(

@@ -513,9 +513,18 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     for note in notes:
         print(f"note: {_printable(note)}")
     if unknown:
+        # Quoted, with the store's id a folder names but for case or spaces: "SKU-BLUE " read as the id
+        # the store has, and "sku-blue" as if no SKU were like it.
+        like = {sku.strip().casefold(): sku for sku in in_store}
+        meant = {sku: like.get(sku.strip().casefold()) for sku in unknown}
+        named = ", ".join(
+            repr(sku) if store_id is None else f"{sku!r} (the store has {store_id!r})"
+            for sku, store_id in meant.items()
+        )
+        exactly = " (folder names are SKU ids exactly)" if any(meant.values()) else ""
         raise EvaluateRefused(
-            f"held-out folder(s) name SKUs the store does not have: {', '.join(unknown)} "
-            f"(store {store_root(manifests)}); rename or remove them"
+            f"held-out folder(s) name SKUs the store does not have: {named} "
+            f"(store {store_root(manifests)}); rename{exactly} or remove them"
         )
     if not heldout:
         raise EvaluateRefused(f"--heldout {args.heldout}: no photos in SKU folders")
