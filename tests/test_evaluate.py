@@ -529,6 +529,17 @@ def test_a_heldout_file_over_the_byte_limit_is_refused_unread(
     )
 
 
+def test_a_pipe_named_like_a_photo_is_noted_as_what_it_is(tmp_path: Path) -> None:
+    """A named pipe (or socket) in a SKU folder was noted as "a link to nothing", which it is not."""
+    sku = tmp_path / "SKU-RED"
+    sku.mkdir()
+    Image.new("RGB", (8, 8), COLOURS["SKU-RED"]).save(sku / "a.jpg", format="JPEG")
+    os.mkfifo(sku / "b.jpg")
+    photos, notes = heldout_photos(tmp_path)
+    assert [Path(photo.name).name for photo in photos] == ["a.jpg"]
+    assert notes == [f"{sku / 'b.jpg'} is not a regular file (a pipe, socket or device): not used"]
+
+
 def test_an_unreadable_heldout_photo_or_folder_is_refused_by_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

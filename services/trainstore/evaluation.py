@@ -112,7 +112,13 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
         elsewhere = {_folder_id(root)} | (set(sku_folders) - {_folder_id(entry)})
         for path in _files_under(entry, elsewhere, notes, thumbnails):
             if not path.is_file():
-                notes.append(f"{path} is a link to nothing: not used")
+                # As ingest words it: a pipe was "a link to nothing" here.
+                what = (
+                    "a link to nothing"
+                    if not path.exists()
+                    else "not a regular file (a pipe, socket or device)"
+                )
+                notes.append(f"{path} is {what}: not used")
                 continue
             if path.suffix.lower() in HEIC_SUFFIXES:  # an iPhone's: what to do, as ingest says it
                 notes.append(f"{path}: {HEIC_ADVICE} (not used)")
