@@ -589,3 +589,15 @@ def test_the_export_after_one_killed_while_moving_into_a_mount_point_takes_the_m
     as_mount_point(out, monkeypatch)
     assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0, capsys.readouterr().err
     assert sorted(path.name for path in out.iterdir()) == ["SKU-A", "SKU-B", "export.json"]
+
+
+def test_an_export_into_the_working_folder_is_seen_there(
+    store: ManifestStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mkdir out && cd out && skuforge dataset export .`: an OUT replaced by a rename would leave the
+    shell in the folder replaced, empty, while the export is in a new folder of the same name."""
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    assert cli_main([*EXPORT[:2], ".", *EXPORT[2:]]) == 0
+    assert sorted(os.listdir(".")) == ["SKU-A", "SKU-B", "export.json"]

@@ -407,7 +407,9 @@ def _staging_for(target: Path) -> tuple[Path, int]:
     or an empty one of ours, which the rename replaces in one step (a reader sees it empty or whole).
     Inside an existing ``target`` where a rename from beside cannot reach it: a mount point (the rename
     would cross file systems, EXDEV), a folder above it that cannot be written in, another user's
-    ``target``. Made inside first and moved beside, so that the move itself tells which.
+    ``target``; and where ``target`` is the working folder, which the shell that started the export is
+    in: replaced, it would show that shell the old folder, empty. Made inside first and moved beside,
+    so that the move itself tells which.
     """
     name = f"partial-{uuid.uuid4().hex}"
     if target.exists():
@@ -421,7 +423,7 @@ def _staging_for(target: Path) -> tuple[Path, int]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if staging.parent == target and target.stat().st_uid == os.geteuid():
+    if staging.parent == target and target.stat().st_uid == os.geteuid() and target != Path.cwd().resolve():
         beside = target.parent / f".{target.name}.{name}"
         try:
             os.rename(staging, beside)
