@@ -564,7 +564,8 @@ def _remove_abandoned_staging(target: Path) -> None:
     inside = target.glob(".partial-*") if target.is_dir() else iter(())
     for entry in [*inside, *_staging_beside(target)]:
         if entry.is_dir() and _abandoned(entry):
-            for name in _moved_before_the_kill(entry):
+            # Only a staging folder inside OUT moves its entries one by one (beside, the folder itself).
+            for name in _moved_before_the_kill(entry) if entry.parent == target else []:
                 path = target / name
                 log.warning("removing %s, moved there by an export that was killed while moving", path)
                 if path.is_dir() and not path.is_symlink():
