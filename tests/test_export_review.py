@@ -601,3 +601,17 @@ def test_an_export_into_the_working_folder_is_seen_there(
     monkeypatch.chdir(out)
     assert cli_main([*EXPORT[:2], ".", *EXPORT[2:]]) == 0
     assert sorted(os.listdir(".")) == ["SKU-A", "SKU-B", "export.json"]
+
+
+def test_an_export_run_from_a_removed_folder_still_exports(
+    store: ManifestStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether OUT is the working folder was asked of a working folder that no longer exists."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    export_dataset(store, out, fmt="imagefolder", max_synthetic_per_real=1)
+    assert sorted(path.name for path in out.iterdir()) == ["SKU-A", "SKU-B", "export.json"]

@@ -423,7 +423,7 @@ def _staging_for(target: Path) -> tuple[Path, int]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if staging.parent == target and target.stat().st_uid == os.geteuid() and target != Path.cwd().resolve():
+    if staging.parent == target and target.stat().st_uid == os.geteuid() and not _is_working_folder(target):
         beside = target.parent / f".{target.name}.{name}"
         try:
             os.rename(staging, beside)
@@ -431,6 +431,13 @@ def _staging_for(target: Path) -> tuple[Path, int]:
         except OSError:  # moved into place entry by entry at the end (``_move_into``)
             pass
     return staging, owner
+
+
+def _is_working_folder(folder: Path) -> bool:
+    try:
+        return folder == Path.cwd().resolve()
+    except OSError:  # the working folder was removed: it is not ``folder``, which exists
+        return False
 
 
 def _export_into(
