@@ -1,7 +1,7 @@
 """The trainstore's tests' arrangement: a trainstore stage on a fresh file store, with a context to
 call its handlers with directly (no broker); ``add_item``, a manifest row with its stored image and
-mask, as the dataset export and storage tests arrange a store; and ``as_mount_point``, an export's OUT
-on a file system of its own."""
+mask, as the dataset export and storage tests arrange a store; ``stored``, the keys an item's images
+and masks are stored under; and ``as_mount_point``, an export's OUT on a file system of its own."""
 
 from __future__ import annotations
 
