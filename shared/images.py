@@ -17,15 +17,15 @@ silently repairing:
 ``corrupt``             the pixel data is damaged (bad checksum, broken stream...)
 ``unsupported_mode``    a pixel layout that cannot be turned into RGB / a mask
 
-Odd but valid images are converted, never refused: 16-bit and 32-bit grayscale are
-rescaled (not clipped) to 8 bits (a mask whose values all fit in 0..255 is read as those
-8-bit values, and a 0/1 label mask by its labels), CMYK / palette / grayscale / bilevel become RGB, images
-with alpha (an alpha channel, or a transparent colour key: PNG tRNS) are composited over
-white (product photos are shot and sold on white), an embedded ICC colour profile (Display P3,
-an iPhone's default; Adobe RGB; a CMYK press profile) is converted to sRGB, EXIF orientation is
-applied and animated images yield their first frame. A JPEG with more pixels than ``max_pixels``
-(a 48 or 108 MP phone photo) is decoded at 1/2, 1/4 or 1/8 of its size, the largest that fits,
-rather than refused.
+Odd but valid images are converted, never refused: 16-bit and 32-bit grayscale are rescaled (not
+clipped) to 8 bits (a mask whose values all fit in 0..255 is read as those 8-bit values, a 0/1 label
+mask by its labels, and a Lab mask by its lightness), CMYK / palette / grayscale / bilevel become
+RGB, images with alpha (an alpha channel, or a transparent colour key: PNG tRNS) are composited over
+white (product photos are shot and sold on white), an embedded ICC colour profile (Display P3, an
+iPhone's default; Adobe RGB; a CMYK press profile) is converted to sRGB, EXIF orientation is applied
+and animated images yield their first frame. A JPEG with more pixels than ``max_pixels`` (a 48, 108
+or 200 MP phone photo, even past Pillow's own decompression-bomb limit) is decoded at 1/2, 1/4 or
+1/8 of its size, the largest that fits, rather than refused.
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left off: a half image is not a photo.
 """
 
@@ -113,14 +113,14 @@ def decode_mask(
 ) -> UInt8Array:
     """Decode an untrusted mask image into a ``uint8`` HxW array of 0 (background) and 255 (object).
 
-    The image is reduced to luminance (16-bit masks rescaled, not clipped) and thresholded
-    at 128. A 16- or 32-bit greyscale (or 16-bit RGB PNG) mask whose values all lie in 0..255 holds
-    8-bit values (an 8-bit mask saved as uint16, as OpenCV and numpy do) and is read as those, not
-    rescaled: rescaled, its 255 would be 1 and the whole mask background. A mask that marks nothing
-    that way but is a 0/1 label image (greyscale or palette, only the values 0 and 1: a segmentation
-    dataset's class mask) marks its label-1 pixels. Transparent pixels count as background: alpha is
-    composited over black. EXIF orientation is applied, as ``decode_image`` does, so a mask stays
-    aligned with its photo. Refusals are the same ``ImageRejected`` reasons as ``decode_image``.
+    The image is reduced to luminance (16-bit masks rescaled, not clipped; a Lab mask's lightness) and
+    thresholded at 128. A 16- or 32-bit greyscale (or 16-bit RGB PNG) mask whose values all lie in
+    0..255 holds 8-bit values (an 8-bit mask saved as uint16, as OpenCV and numpy do) and is read as
+    those, not rescaled: rescaled, its 255 would be 1 and the whole mask background. A mask that marks
+    nothing that way but is a 0/1 label image (greyscale or palette, only the values 0 and 1: a
+    segmentation dataset's class mask) marks its label-1 pixels. Transparent pixels count as background:
+    alpha is composited over black. EXIF orientation is applied, as ``decode_image`` does, so a mask
+    stays aligned with its photo. Refusals are the same ``ImageRejected`` reasons as ``decode_image``.
     """
     image = _open_and_load(data, max_pixels=max_pixels, max_bytes=max_bytes, allowed_formats=allowed_formats)
     gray = _to_gray8(image, data)
@@ -347,11 +347,14 @@ def _open_and_load(
         # Image.open reads only the header; pixels are decoded by load() below.
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ImageRejected(
-            "too_many_pixels",
-            f"{exc} That is Pillow's own decompression-bomb limit (twice PIL.Image.MAX_IMAGE_PIXELS); "
-            "SKUFORGE_MAX_IMAGE_PIXELS cannot raise it",
-        ) from exc
+        opened = _jpeg_past_pillows_limit(data) if scale_jpeg else None
+        if opened is None:
+            raise ImageRejected(
+                "too_many_pixels",
+                f"{exc} That is Pillow's own decompression-bomb limit (twice PIL.Image.MAX_IMAGE_PIXELS); "
+                "SKUFORGE_MAX_IMAGE_PIXELS cannot raise it",
+            ) from exc
+        image = opened
     except UnidentifiedImageError as exc:
         if _png_declares_zero_size(data):
             raise ImageRejected("zero_size", "PNG header declares a zero width or height") from exc
@@ -390,6 +393,20 @@ def _open_and_load(
         raise ImageRejected(reason, f"{image_format} pixel data: {exc}") from exc
 
     return apply_exif_orientation(image)
+
+
+def _jpeg_past_pillows_limit(data: bytes) -> Image.Image | None:
+    """A JPEG whose header Image.open refused as a decompression bomb, opened (its header only) so
+    that it can be decoded scaled down to fit (``_scale_jpeg_to_fit``, which still refuses it when it
+    cannot be): Pillow checks the size at open, before ``draft`` can be asked for, and a 200 MP phone
+    photo is past twice ``PIL.Image.MAX_IMAGE_PIXELS`` though 1/4 of it fits. None for anything else.
+    The plugin's own constructor reads the header without that check; nothing is decoded here."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    try:
+        return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error):
+        return None
 
 
 def _refuse_misread_tiff(image: Image.Image) -> None:
@@ -648,6 +665,10 @@ def _to_gray8(image: Image.Image, data: bytes) -> UInt8Array:
         mode = image.mode
     if mode in _ALPHA_MODES:
         return _composited(image.convert("LA"), background=0)
+    if mode == "LAB":
+        # A Lab mask (Photoshop's Lab mode, a CIELab TIFF): its lightness is the white-on-black drawn;
+        # Pillow has no LAB to L conversion.
+        return pixel_array(image.getchannel("L"))
     try:
         # An L image is read as it is: convert would copy it first.
         return pixel_array(image if mode == "L" else image.convert("L"))

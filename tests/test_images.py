@@ -300,6 +300,17 @@ def test_mask_from_rgb_bilevel_and_rgba() -> None:
     assert decode_mask(save(Image.fromarray(rgba), "PNG")).tolist() == [[255, 0, 0]]
 
 
+def test_a_lab_mask_is_read_by_its_lightness() -> None:
+    """A mask saved as a CIELab TIFF (Photoshop's Lab mode) was ``unsupported_mode``; its L channel is
+    the white-on-black a person drew, as the same mask in greyscale is read."""
+    lab = np.zeros((4, 6, 3), dtype=np.uint8)
+    lab[1:3, 2:5, 0] = 255  # L* 100 (white) on L* 0 (black); a* and b* neutral
+    mask = decode_mask(save(Image.fromarray(lab, "LAB"), "TIFF"))
+    expected = np.zeros((4, 6), dtype=np.uint8)
+    expected[1:3, 2:5] = 255
+    assert mask.tolist() == expected.tolist()
+
+
 def test_mask_refusals() -> None:
     for data, reason in [(b"", "empty"), (b"not a png", "not_an_image")]:
         with pytest.raises(ImageRejected) as info:

@@ -297,6 +297,31 @@ def jpeg_claiming(width: int, height: int, *, progressive: bool = False) -> byte
     return bytes(data)
 
 
+def test_a_jpeg_past_pillows_own_bomb_limit_is_decoded_scaled_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 200 MP phone photo (16320x12240) is past twice PIL.Image.MAX_IMAGE_PIXELS, where Image.open
+    itself raises: it was refused as ``too_many_pixels`` before the scaled decode, at 1/4 well within
+    the limit, could be asked for. Still only ever decoded within the limit."""
+    loaded: list[tuple[int, int]] = []
+    real_load = ImageFile.ImageFile.load
+
+    def recording_load(self: ImageFile.ImageFile) -> Any:
+        loaded.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", recording_load)
+    assert Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < 16320 * 12240
+    photo = jpeg_claiming(16320, 12240)
+    assert decode_image(photo).size == (4080, 3060)  # 1/2 is 50 MP, over the 40 MP default
+    assert loaded and all(width * height <= 40_000_000 for width, height in loaded)
+    # A progressive one is still refused from its header, and says why; a mask is never scaled.
+    progressive = rejected(jpeg_claiming(16320, 12240, progressive=True))
+    assert progressive.reason == "too_many_pixels" and "progressive" in str(progressive)
+    with pytest.raises(ImageRejected) as mask:
+        decode_mask(photo, allowed_formats=("JPEG",))
+    assert mask.value.reason == "too_many_pixels"
+    assert "Pillow's own decompression-bomb limit" in str(mask.value)
+
+
 def png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width`` x ``height`` RGB but whose pixel data is one tiny row."""
 
