@@ -565,6 +565,23 @@ def test_calibration_photos_are_the_folders_photos_decoded_as_inference_decodes_
         calibration_photos(0, 1, [folder], n_real=8)
 
 
+def test_calibration_reads_the_photos_ingest_reads_and_names_the_heic_it_cannot(tmp_path: Path) -> None:
+    """.jfif and .jpe (JPEG as Chrome and Windows save it), photos ingest takes, and an iPhone's .heic
+    were all skipped without a word: the int8 model was calibrated on fewer real photos than asked."""
+    from PIL import Image
+
+    from shared.matting.quantize import CalibrationPhotoError, calibration_photos
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("chrome.jfif", "windows.jpe"):
+        Image.new("RGB", (40, 30), (200, 30, 30)).save(folder / name, "JPEG")
+    assert len(calibration_photos(0, 1, [folder], n_real=8)) == 2
+    (folder / "iphone.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    with pytest.raises(CalibrationPhotoError, match=r"iphone\.HEIC: HEIC/HEIF is not read here; export it"):
+        calibration_photos(0, 1, [folder], n_real=8)
+
+
 def test_a_torn_or_foreign_checkpoint_is_a_clear_refusal(tmp_path: Path) -> None:
     """A run killed mid-save left a torn file (torch.save wrote in place), and a plain .pth given as
     --checkpoint: both were tracebacks (RuntimeError, KeyError 'step'), the CLI catching only ValueError."""
