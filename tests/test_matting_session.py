@@ -560,6 +560,35 @@ def test_a_model_exported_with_a_fixed_batch_of_two_runs_any_number_of_images(tm
         assert np.array_equal(ours.mask, theirs.mask)
 
 
+@pytest.mark.parametrize("height, width", [(192, 256), (192, "width")])
+def test_a_model_with_a_fixed_non_square_input_mats_at_its_own_size(
+    tmp_path: Path, height: int, width: int | str
+) -> None:
+    """A file exported at 256x192 (input N x 3 x 192 x 256) was given 256x256 inputs and refused at
+    warm-up (ORT: "Got: 256 Expected: 192"): each image is resized to the model's H x W, the map back to
+    the image's size. A free width takes the fixed height (a model trained square)."""
+    import onnx
+
+    model = _stand_in_model()
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        dims[2].dim_value = height
+        if isinstance(width, int):
+            dims[3].dim_value = width
+        else:
+            dims[3].dim_param = width
+    onnx.save(model, str(tmp_path / "wide.onnx"))
+    session = open_session(str(tmp_path / "wide.onnx"), threads=1, use_gpu=False, store=None)
+    session.warm_up()
+    image = Image.new("RGB", (240, 120), "white")
+    image.paste((200, 0, 0), (0, 0, 120, 60))  # the stand-in calls red product, white background
+    (result,) = session.predict([image])
+    expected = np.zeros((120, 240), dtype=bool)
+    expected[:60, :120] = True
+    predicted = result.mask > 0
+    assert (predicted & expected).sum() / (predicted | expected).sum() > 0.95
+
+
 def test_a_local_model_with_its_weights_in_a_separate_file_opens(tmp_path: Path) -> None:
     """Read into memory, ORT had no folder to find ``model.onnx.data`` in: "model_path must not be
     empty". The weights are taken into the model in memory, so they are part of its id, and a

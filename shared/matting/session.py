@@ -15,8 +15,8 @@ fine-tuned on GroceryStoreDataset photos and renderer data, mixed back with the 
 its model card beside it), ``u2netp-official`` (the official weights as set-up checked them),
 ``u2netp-int8`` (its quantised copy) and ``u2net-custom`` (any
 U2-Net-compatible ONNX file, given as a path or URI). A model is compatible when its input takes
-Nx3xSxS float32 (S = 320 unless the file says otherwise) and its output ``d0`` (or, failing that,
-its first output) is the fused Nx1xSxS saliency map.
+Nx3xHxW float32 (320x320 unless the file fixes its size, square or not) and its output ``d0`` (or,
+failing that, its first output) is the fused Nx1xHxW saliency map.
 
 Pre- and post-processing are plain functions (``u2net_preprocess``, ``normalise_min_max``,
 ``otsu_thresholds``, and ``shared.arith.masks.clean_mask``) so they are tested, and reused by
@@ -103,7 +103,7 @@ class DeferredConfidence:
     """A confidence map kept at the model's size, and where it belongs: in ``box`` (None: the whole
     image) of an image of ``size`` (width, height)."""
 
-    model_map: F32Array  # SxS in [0, 1], min-max normalised
+    model_map: F32Array  # HxW of the model's input size, in [0, 1], min-max normalised
     size: tuple[int, int]
     box: Box | None = None
 
@@ -190,8 +190,9 @@ class MaskOptions:
 # --- pre-processing --------------------------------------------------------------------------
 
 
-def u2net_preprocess(images: Sequence[Image.Image], size_px: int = 320) -> F32Array:
-    """The U2-Net reference input for a batch: Nx3xsizexsize float32.
+def u2net_preprocess(images: Sequence[Image.Image], size_px: int | tuple[int, int] = 320) -> F32Array:
+    """The U2-Net reference input for a batch: Nx3xsizexsize float32 (Nx3xHxW for a ``size_px`` of
+    (W, H), a model exported at a fixed non-square size).
 
     Per image: RGB, resized to sizexsize, divided by its own brightest value, then normalised
     with the ImageNet mean and std. Bilinear resizing, because the reference resizes with
@@ -199,12 +200,11 @@ def u2net_preprocess(images: Sequence[Image.Image], size_px: int = 320) -> F32Ar
     taken, converted as ``shared.images.decode_image`` converts (``to_rgb``: 16-bit grey rescaled,
     alpha over white), so the model sees what the pipeline's decoded photos look like.
     """
+    size = (size_px, size_px) if isinstance(size_px, int) else size_px
     pixels = np.stack(
         [
             np.asarray(
-                (image if image.mode == "RGB" else to_rgb(image)).resize(
-                    (size_px, size_px), Image.Resampling.BILINEAR
-                )
+                (image if image.mode == "RGB" else to_rgb(image)).resize(size, Image.Resampling.BILINEAR)
             )
             for image in images
         ]
@@ -408,7 +408,16 @@ class MattingSession(ABC):
                 f"{self.model_id} takes input {model_input.name!r} {model_input.shape}, not 3 colour "
                 "channels second; a U2-Net model takes N x 3 x H x W (export it channels-first)"
             )
-        self.size_px = size_dim if isinstance(size_dim, int) else self.default_size_px
+        # A free side takes the other side's fixed size (a model trained square), else the default; a
+        # file exported at a fixed non-square size (N x 3 x 192 x 256) is fed and read at its H x W.
+        fixed_sides = [dim for dim in (size_dim, height_dim) if isinstance(dim, int)]
+        free_side = fixed_sides[0] if fixed_sides else self.default_size_px
+        #: The model's input (width, height); ``size_px`` is its width (its side, for square models).
+        self.input_size: tuple[int, int] = (
+            size_dim if isinstance(size_dim, int) else free_side,
+            height_dim if isinstance(height_dim, int) else free_side,
+        )
+        self.size_px = self.input_size[0]
         # A file exported with a fixed batch size takes exactly that many images a call: fewer are
         # padded (``_run``), more are split.
         self._fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 1 else None
@@ -416,7 +425,11 @@ class MattingSession(ABC):
         # The batch dimension's name, where calls get shape-fixed sessions (``_session_for``).
         on_cpu = self.providers == [CPU_PROVIDER]
         self._batch_dim = batch_dim if isinstance(batch_dim, str) and on_cpu else None
-        self._size_dims = {dim: self.size_px for dim in (height_dim, size_dim) if isinstance(dim, str)}
+        self._size_dims = {
+            dim: side
+            for dim, side in ((size_dim, self.input_size[0]), (height_dim, self.input_size[1]))
+            if isinstance(dim, str)
+        }
         self._by_batch: dict[int, ort.InferenceSession] = {}
         self._ready = False
 
@@ -460,7 +473,7 @@ class MattingSession(ABC):
         shape arithmetic away and keeps the convolutions' blocked (NCHWc) layout through the
         upsampling and concatenations: 13 layout reorders instead of 107, and 12-15% less time
         per image on the 2-core CPU (``bench/results/matting.json``). The height and width are
-        always ``size_px`` here, so only the batch size varies: one session per batch size seen
+        always ``input_size`` here, so only the batch size varies: one session per batch size seen
         (at most ``CPU_CALL_IMAGES``), made on first use. Other providers keep the one free session.
         """
         if self._batch_dim is None:
@@ -517,7 +530,7 @@ class MattingSession(ABC):
     def warm_up(self) -> None:
         """Run one blank image, so a model with the wrong inputs or outputs fails now, clearly."""
         try:
-            self.predict([Image.new("RGB", (self.size_px, self.size_px))])
+            self.predict([Image.new("RGB", self.input_size)])
         except Exception as exc:
             raise MattingModelError(
                 f"{self.model_id} does not run as a {self.name} model "
@@ -578,8 +591,8 @@ class U2NetSession(MattingSession):
     name = "u2net-custom"
 
     def preprocess(self, images: Sequence[Image.Image]) -> F32Array:
-        """Resize, divide by the brightest value, ImageNet-normalise: Nx3xSxS float32."""
-        return u2net_preprocess(images, self.size_px)
+        """Resize, divide by the brightest value, ImageNet-normalise: Nx3xHxW float32."""
+        return u2net_preprocess(images, self.input_size)
 
     def postprocess(
         self,
