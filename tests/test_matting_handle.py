@@ -25,7 +25,7 @@ from shared.matting.session import U2NetPSession
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore, ObjectStore
-from tests.support.matting import stand_in_onnx_bytes
+from tests.support.matting import green_with_a_red_tinge, nan_where_red_onnx_bytes, stand_in_onnx_bytes
 from tests.support.store import ReadCountingStore
 
 
@@ -121,3 +121,28 @@ def test_an_expected_mask_stated_at_another_size_than_its_image_is_refused_befor
     assert isinstance(result, BadInput) and result.reason == "dimension_mismatch"
     assert result.detail == f"expected mask {mask.uri} is 240x200, the image 200x200"
     assert store.keys_read == []
+
+
+@pytest.mark.parametrize("nan_first", [False, True])
+def test_an_image_the_model_gives_nan_for_is_refused_alone_and_the_stage_stays_ready(
+    tmp_path: Path, nan_first: bool
+) -> None:
+    """One image whose map came out NaN failed the model call of its whole chunk (MattingModelError),
+    was retried and dead-lettered as ``handler_error``, and left /readyz down when it was the last one
+    run, until the next batch: one input's fault read as the model's. The model still mats its blank
+    warm-up image, so the image is refused with its reason and the rest are matted."""
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    ctx = Context("matting", store, settings, StageMetrics("matting"), logging.getLogger("test"))
+    session = U2NetPSession(nan_where_red_onnx_bytes(), threads=1, use_gpu=False, max_batch=2)
+    session.warm_up()
+    good = generated(store, stored(store, "generated/green.png", green_with_a_red_tinge(), "PNG"))
+    white = generated(store, stored(store, "generated/white.png", Image.new("RGB", (64, 48), "white"), "PNG"))
+    events = [white, good] if nan_first else [good, white]
+    results = handle_batch(events, ctx, session=session, roi_margin=0.25)
+    by_image = dict(zip(("white", "good") if nan_first else ("good", "white"), results, strict=True))
+    refusal = by_image["white"]
+    assert isinstance(refusal, BadInput) and refusal.reason == "model_output_not_finite", refusal
+    assert session.model_id in str(refusal)
+    assert not isinstance(by_image["good"], BadInput)
+    assert session.ready

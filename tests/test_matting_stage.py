@@ -28,6 +28,7 @@ from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
 from shared.store import ObjectStore
 from shared.synth import make_product, render_photo
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, read_topic, running
+from tests.support.matting import green_with_a_red_tinge, nan_where_red_onnx_bytes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -182,6 +183,40 @@ def test_every_image_is_matted_or_dead_lettered(
         f"SKU-{name}": reason for name, (_, reason) in bad.items()
     }
     assert all(letter.stage == "matting" for letter in dead)
+
+
+def test_an_image_the_model_gives_nan_for_is_dead_lettered_alone_and_the_stage_stays_ready(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Before, the image failed its batch's model call, was retried and dead-lettered as
+    ``handler_error``, and /readyz stayed down after it until the next batch came: one input's fault
+    taken for the model's. The model still mats its blank warm-up image, so it is healthy."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    model = tmp_path / "nan-where-red.onnx"
+    model.write_bytes(nan_where_red_onnx_bytes())
+    matting = load_settings(
+        MattingSettings, matting_model=str(model), matting_use_gpu=False, matting_max_batch=3
+    )
+    create_topics(settings, IMAGE_GENERATED, IMAGE_MATTED)
+    stage = build_stage(settings=settings, matting=matting)
+    store = stage.store
+    whole = store.put_image("fixtures/whole-mask.png", np.full((48, 64), 255, np.uint8))
+    green = store.put_image("generated/green.png", green_with_a_red_tinge())
+    white = store.put_image("generated/white.png", Image.new("RGB", (64, 48), "white"))
+    events = [
+        generated_event(store, "green", green, 1, expected=whole),
+        generated_event(store, "white", white, 2, expected=whole),  # the last of its batch
+    ]
+    produce(settings, IMAGE_GENERATED, events)
+    with running(stage):
+        outputs = read_topic(kafka_bootstrap, settings.topic_name(IMAGE_MATTED), expect=1, timeout_s=60)
+        letters = read_topic(kafka_bootstrap, settings.dlq_name(IMAGE_GENERATED), expect=1, timeout_s=60)
+        assert stage.ready()
+    (matted,) = (Envelope[ImageMatted].model_validate_json(record.value).payload for record in outputs)
+    assert matted.generated.item_id == "item-green"
+    (letter,) = (DeadLetter.model_validate_json(record.value) for record in letters)
+    assert (letter.sku_id, letter.reason) == ("SKU-white", "model_output_not_finite")
+    assert "nan-where-red.onnx" in (letter.detail or "")
 
 
 def check_matted(store: ObjectStore, matted: ImageMatted) -> None:

@@ -24,8 +24,10 @@ like an unreadable image (the gate could not judge it either).
 Bad input goes to the DLQ with its reason, and the stream goes on: an image missing from the
 store (``object_missing``), bytes that do not match the event's sha256 (``checksum_mismatch``),
 bytes that are not an acceptable image (``empty``, ``not_an_image``, ``corrupt``, ``truncated``,
-``too_many_pixels``, ``too_large_bytes``... see ``shared/images.py``), or an image of another size
-than the event says (``dimension_mismatch``); docs/matting.md lists them all. An image the event
+``too_many_pixels``, ``too_large_bytes``... see ``shared/images.py``), an image of another size
+than the event says (``dimension_mismatch``), or one the model gives NaN or infinity for while it
+still mats its blank warm-up image (``model_output_not_finite``: the image, not the model, so
+/readyz stays up); docs/matting.md lists them all. An image the event
 says is over ``SKUFORGE_MAX_IMAGE_PIXELS`` is ``too_many_pixels`` before it is read, a JPEG too: its
 mask must be at its own size, so it is not decoded scaled down here. An image, or (matting in a
 box) its expected mask, the event says is over that or ``SKUFORGE_MAX_IMAGE_BYTES`` is refused
@@ -135,7 +137,8 @@ def handle_batch(
     roi_margin: float | None = None,
     metrics: MattingMetrics | None = None,
 ) -> list[list[Emit] | BadInput]:
-    """Mat each event's image; an image that cannot be read or decoded refuses only its own event.
+    """Mat each event's image; an image that cannot be read or decoded, or that the model gives NaN
+    for (``model_output_not_finite``, ``MattingSession.predict_each``), refuses only its own event.
 
     Events are taken ``session.max_batch`` at a time, so one ``predict`` serves a chunk (one ORT
     call, or on CPU calls of at most ``CPU_CALL_IMAGES``) and only one chunk of decoded images is
@@ -147,11 +150,11 @@ def handle_batch(
         chunk = events[first : first + session.max_batch]
         inputs = [_read_input(event, ctx, roi_margin) for event in chunk]
         accepted = [read for read in inputs if not isinstance(read, BadInput)]
-        predictions: Iterator[MattingResult] = iter([])
+        predictions: Iterator[MattingResult | BadInput] = iter([])
         if accepted:  # a chunk refused whole makes no model call, so none is counted
             with ctx.metrics.model_call("matting", len(accepted)):
                 predictions = iter(
-                    session.predict([image for image, _ in accepted], boxes=[box for _, box in accepted])
+                    session.predict_each([image for image, _ in accepted], boxes=[box for _, box in accepted])
                 )
         for event, read in zip(chunk, inputs, strict=True):
             if isinstance(read, BadInput):
@@ -159,6 +162,9 @@ def handle_batch(
                 continue
             image = read[0]
             prediction = next(predictions)
+            if isinstance(prediction, BadInput):  # the model gave NaN for this image alone
+                results.append(prediction)
+                continue
             generated = event.payload
             file_key = f"{event.sku_id}/{generated.item_id}.png"
             matted = ImageMatted(

@@ -158,6 +158,11 @@ def mask_figures(confidence: F32Array, mask: UInt8Array, image_pixels: int) -> t
     return pixels / image_pixels, min(1.0, max(0.0, mean_confidence))
 
 
+def _finite_maps(maps: F32Array) -> npt.NDArray[np.bool_]:
+    """Per map of a batch, whether every value in it is finite."""
+    return np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
+
+
 def box_problem(box: Box, size: tuple[int, int]) -> str | None:
     """Why ``box`` (left, top, right, bottom) is no region of an image of ``size`` (w, h); None if it is."""
     left, top, right, bottom = box
@@ -486,7 +491,8 @@ class MattingSession(ABC):
 
     @property
     def ready(self) -> bool:
-        """A run has succeeded and the latest run did not fail (for the stage's /readyz)."""
+        """A run has succeeded and the latest run did not fail (for the stage's /readyz); an image the
+        model gives NaN for while it still mats the blank warm-up image is not a failed run."""
         return self._ready
 
     def predict(
@@ -497,7 +503,30 @@ class MattingSession(ABC):
         ``boxes``: per image, a region to mat (``shared.matting.roi.product_box``) or None for the
         whole image. A boxed image is matted as its crop; its result is at the image's full size,
         zero outside the box. An image without pixels (0xN) or a box that is no region of its image
-        is refused (``ValueError`` naming its index) before any image is matted.
+        is refused (``ValueError`` naming its index) before any image is matted. A map with NaN or
+        infinity in it is a ``MattingModelError`` (``predict_each`` refuses such an image alone).
+        """
+        results = self.predict_each(images, boxes)
+        refused = [index for index, result in enumerate(results) if isinstance(result, BadInput)]
+        if refused:
+            raise MattingModelError(
+                f"{self.model_id} returned NaN or infinite values for {len(refused)} of {len(images)} "
+                f"images (images{refused}); it mats its blank warm-up image, so it is those images it "
+                "cannot mat"
+            )
+        return [result for result in results if not isinstance(result, BadInput)]
+
+    def predict_each(
+        self, images: Sequence[Image.Image], boxes: Sequence[Box | None] | None = None
+    ) -> list[MattingResult | BadInput]:
+        """``predict``, with an image whose map the model gives with NaN or infinity in it refused alone
+        (``BadInput('model_output_not_finite')``) and the others matted.
+
+        One NaN makes a whole min-max normalised map NaN, and NaN is never >= the threshold: its mask
+        would be silently empty. Whose fault it is, the image's or the model's, is asked of the blank
+        warm-up image (``_run``): a model that cannot mat that either is broken (an fp16 overflow, a
+        bad export), and that is a ``MattingModelError`` for the whole chunk and ``ready`` False; one
+        that can is healthy, so ``ready`` is not put down by one input (the stage's /readyz).
         """
         if boxes is None:
             boxes = [None] * len(images)
@@ -511,7 +540,7 @@ class MattingSession(ABC):
                 raise ValueError(f"images[{index}] is {image.width}x{image.height}: it has no pixels to mat")
             if box is not None and (problem := box_problem(box, image.size)):
                 raise ValueError(f"boxes[{index}] {tuple(box)}: {problem}")
-        results: list[MattingResult] = []
+        results: list[MattingResult | BadInput] = []
         for first in range(0, len(images), self.max_batch):
             chunk = images[first : first + self.max_batch]
             chunk_boxes = boxes[first : first + self.max_batch]
@@ -524,7 +553,25 @@ class MattingSession(ABC):
                 ]
             )
             predictions = self._run(batch)
-            results.extend(self.postprocess(predictions, [image.size for image in chunk], chunk_boxes))
+            finite = _finite_maps(predictions)
+            kept = [index for index, ok in enumerate(finite) if ok]
+            matted = iter(
+                self.postprocess(
+                    predictions[finite], [chunk[i].size for i in kept], [chunk_boxes[i] for i in kept]
+                )
+                if kept
+                else []
+            )
+            results.extend(
+                next(matted)
+                if ok
+                else BadInput(
+                    "model_output_not_finite",
+                    f"{self.model_id} gave NaN or infinite confidences for this image, which would be "
+                    "an empty mask; it mats its blank warm-up image, so the model is running",
+                )
+                for ok in finite
+            )
         return results
 
     def warm_up(self) -> None:
@@ -538,34 +585,45 @@ class MattingSession(ABC):
             ) from exc
 
     def _run(self, batch: F32Array) -> F32Array:
+        """The model's maps for ``batch``, and ``ready`` by how that went: False when the call failed
+        or the model is broken (``MattingModelError``), True otherwise."""
         try:
-            step = len(batch) if self._batch_dim is None else CPU_CALL_IMAGES
-            outputs = []
-            fixed = self._fixed_batch
-            if fixed is not None:
-                step = fixed
-            for first in range(0, len(batch), max(step, 1)):
-                part = batch[first : first + step]
-                count = len(part)
-                if fixed is not None and count < fixed:  # blank images fill the call; their maps dropped
-                    part = np.concatenate([part, np.zeros((fixed - count, *part.shape[1:]), part.dtype)])
-                (predictions,) = self._session_for(len(part)).run([self.output_name], {self.input_name: part})
-                outputs.append(np.asarray(predictions, dtype=np.float32)[:count])
-            maps = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
-            # One NaN makes a whole min-max normalised map NaN, and NaN is never >= the threshold: the
-            # mask would be silently empty. A model that outputs NaN or inf is broken (an fp16 overflow,
-            # a bad export); say so instead of passing empty masks on to the gate.
-            broken = ~np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
-            if broken.any():
+            maps = self._call(batch)
+            # A map with NaN or inf in it is one image's fault only if the model still mats the blank
+            # warm-up image (``predict_each`` refuses that image); if not, the model is broken (an fp16
+            # overflow, a bad export): say so instead of passing empty masks on to the gate.
+            broken = ~_finite_maps(maps)
+            if broken.any() and not self._mats_the_blank_image():
                 raise MattingModelError(
                     f"{self.model_id} returned NaN or infinite values for {int(broken.sum())} of "
-                    f"{len(maps)} images"
+                    f"{len(maps)} images, and for its blank warm-up image: the model is broken"
                 )
         except Exception:
             self._ready = False
             raise
         self._ready = True
         return maps
+
+    def _call(self, batch: F32Array) -> F32Array:
+        """The model's output for ``batch``, in calls of the sizes the session takes."""
+        step = len(batch) if self._batch_dim is None else CPU_CALL_IMAGES
+        outputs = []
+        fixed = self._fixed_batch
+        if fixed is not None:
+            step = fixed
+        for first in range(0, len(batch), max(step, 1)):
+            part = batch[first : first + step]
+            count = len(part)
+            if fixed is not None and count < fixed:  # blank images fill the call; their maps dropped
+                part = np.concatenate([part, np.zeros((fixed - count, *part.shape[1:]), part.dtype)])
+            (predictions,) = self._session_for(len(part)).run([self.output_name], {self.input_name: part})
+            outputs.append(np.asarray(predictions, dtype=np.float32)[:count])
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    def _mats_the_blank_image(self) -> bool:
+        """Whether the model's map of the warm-up's blank image is finite: the model's health, asked
+        when some image's map is not."""
+        return bool(_finite_maps(self._call(self.preprocess([Image.new("RGB", self.input_size)]))).all())
 
     @abstractmethod
     def preprocess(self, images: Sequence[Image.Image]) -> F32Array:

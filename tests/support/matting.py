@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 SIZE_PX = 320
 
@@ -63,6 +64,38 @@ def stand_in_onnx_bytes(*, size_px: int = SIZE_PX, opset: int = 17, ir_version: 
     model.ir_version = ir_version  # 8: readable by every onnxruntime the project supports
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def nan_where_red_onnx_bytes(*, size_px: int = SIZE_PX) -> bytes:
+    """A model that outputs NaN for some images only: the square root of minus the normalised red
+    channel, finite where red is under about half the image's brightest value (the warm-up's blank
+    black image, a green product) and NaN where it is over (a white or red image): a healthy model
+    that one input breaks, as an fp16 overflow on one photo does."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    minus_red = numpy_helper.from_array(np.array([-1.0, 0.0, 0.0], np.float32).reshape(1, 3, 1, 1), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "w"], ["minus_red"]),
+            helper.make_node("Sqrt", ["minus_red"], ["d0"]),
+        ],
+        "nan_where_red",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size_px, size_px])],
+        [helper.make_tensor_value_info("d0", TensorProto.FLOAT, ["batch", 1, size_px, size_px])],
+        initializer=[minus_red],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def green_with_a_red_tinge() -> Image.Image:
+    """An image ``nan_where_red_onnx_bytes`` mats: green, its left half with some red (under half)."""
+    image = Image.new("RGB", (64, 48), (0, 200, 0))
+    image.paste((80, 200, 0), (0, 0, 32, 48))
+    return image
 
 
 @pytest.fixture(scope="session")
