@@ -613,6 +613,8 @@ def write_state(config: StackConfig, supervisor: Supervisor, state: str) -> None
         "supervisor_pid": os.getpid(),
         # Whose pid it is: in a container `up` may be pid 1, which only there names this stack.
         "pid_namespace": pid_namespace(),
+        # And which process: a pid reused after a SIGKILL or a reboot names a later one.
+        "supervisor_start_ticks": process_start_ticks(os.getpid()),
         "supervisor_id": supervisor.supervisor_id,
         "started_at": config.started_at,
         "workdir": str(config.workdir),
@@ -662,6 +664,18 @@ def _replace_file(path: Path, text: str) -> None:
         raise
 
 
+def process_start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (/proc's starttime); None if unknown.
+
+    Exact and never nudged by the wall clock: with the pid, it names one process for the machine's
+    uptime (a pid reused by a later process has a later start)."""
+    try:
+        # "pid (comm) S ppid ...": comm may hold spaces, so count after the last ")"; starttime is the 22nd.
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def process_started_at(pid: int) -> float | None:
     """When process ``pid`` started, epoch seconds (to about a second), from /proc; None if unknown."""
     try:
@@ -670,11 +684,10 @@ def process_started_at(pid: int) -> float | None:
             for line in Path("/proc/stat").read_text().splitlines()
             if line.startswith("btime ")
         )
-        # "pid (comm) S ppid ...": comm may hold spaces, so count after the last ")"; starttime is the 22nd.
-        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
     except (OSError, StopIteration, IndexError, ValueError):
         return None
-    return boot_s + ticks / os.sysconf("SC_CLK_TCK")
+    ticks = process_start_ticks(pid)
+    return None if ticks is None else boot_s + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def pid_namespace() -> str | None:
@@ -706,13 +719,17 @@ def _supervises_a_stack(pid: int, state: Mapping[str, Any]) -> bool:
     int() made 1 of 1.9 and "1": `up` writes its pid as a JSON integer. 1 is init, started before any
     stack, so it passed the pid-reuse check too; but in a container `skuforge up` may be pid 1 itself.
     So 1 is the stack's only where the file was written in this pid namespace and pid 1 here is
-    `skuforge up`: seen from the host (or another container), pid 1 is that machine's init.
+    `skuforge up`: seen from the host (or another container), pid 1 is that machine's init. Any other
+    pid is the stack's only where it was written in this namespace too (or the file does not say).
     """
     if type(pid) is not int or pid < 1:
         return False
-    if pid > 1:
-        return True
     namespace = pid_namespace()
+    if pid > 1:
+        # Written in another pid namespace (a container's, seen from the host or another container):
+        # the same number here names some other process. A file without the field is read as before.
+        written_in = state.get("pid_namespace")
+        return written_in is None or namespace is None or written_in == namespace
     return namespace is not None and state.get("pid_namespace") == namespace and runs_skuforge_up(1)
 
 
@@ -730,7 +747,11 @@ def read_state(workdir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, TypeError, OverflowError):  # Overflow: a pid past C's long
         return None
     # A stack killed with SIGKILL, or by a reboot, leaves its state behind; its pid may since name a
-    # process started after the stack was (the supervisor starts a moment before it writes started_at).
+    # process started after the stack was. The supervisor's start in ticks tells exactly; a file
+    # without it has the wall-clock started_at (written a moment after the supervisor starts), with slack.
+    recorded_ticks = state.get("supervisor_start_ticks")
+    if type(recorded_ticks) is int and (ticks := process_start_ticks(pid)) is not None:
+        return state if ticks == recorded_ticks else None
     started_at = process_started_at(pid)
     if started_at is not None and started_at > stack_started_at + STALE_PID_SLACK_S:
         return None

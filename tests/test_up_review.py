@@ -1013,3 +1013,58 @@ def test_a_service_killed_for_not_being_ready_has_that_said_in_its_log(tmp_path:
         supervisor.stop()
     log = (tmp_path / "stuck.log").read_text()
     assert "skuforge up: not ready within 1s; killing it and starting it again (attempt 2 of 2)" in log
+
+
+def test_a_stack_json_written_in_another_pid_namespace_is_not_ours(tmp_path: Path) -> None:
+    """A stack.json written in a container (another pid namespace) names a pid of that namespace;
+    here the same number may be any process (this test's, below), which read_state took for the stack:
+    `up` refused to start, telling the user to kill it, and a demo used a stack that was not there. A
+    file without the field (written before it was recorded) is read as it was."""
+    state: dict[str, Any] = {"state": "ready", "supervisor_pid": os.getpid(), "started_at": time.time()}
+    (tmp_path / "stack.json").write_text(json.dumps(state))
+    assert devstack.up.read_state(tmp_path) == state  # no namespace recorded: today's reading
+    state["pid_namespace"] = devstack.up.pid_namespace()
+    (tmp_path / "stack.json").write_text(json.dumps(state))
+    assert devstack.up.read_state(tmp_path) == state
+    state["pid_namespace"] = "pid:[1]"  # no namespace has that inode: another machine's, or a container's
+    (tmp_path / "stack.json").write_text(json.dumps(state))
+    assert devstack.up.read_state(tmp_path) is None
+
+
+def test_a_stack_json_whose_pid_was_reused_within_a_minute_is_stale(tmp_path: Path) -> None:
+    """A stack killed soon after it started leaves a pid that the next process may take at once; the
+    start-time check allowed a minute's slack (started_at is written a moment after the supervisor
+    starts, and clocks get nudged), so that process passed for the stack. The supervisor's own start
+    time, as /proc counts it, tells them apart."""
+    newcomer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start_ticks = devstack.up.process_start_ticks(newcomer.pid)
+        assert start_ticks is not None
+        state = {
+            "state": "ready",
+            "supervisor_pid": newcomer.pid,
+            "supervisor_start_ticks": start_ticks - 1,  # the dead supervisor's, a tick earlier
+            "started_at": time.time(),
+        }
+        (tmp_path / "stack.json").write_text(json.dumps(state))
+        assert devstack.up.read_state(tmp_path) is None
+        state["supervisor_start_ticks"] = start_ticks  # written by that very process
+        (tmp_path / "stack.json").write_text(json.dumps(state))
+        assert devstack.up.read_state(tmp_path) == state
+    finally:
+        newcomer.kill()
+        newcomer.wait()
+
+
+def test_stack_json_records_whose_pid_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`up` writes its pid namespace and its start time beside its pid, so a reader can tell its own
+    stack from a pid that names another process."""
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+    config = build_config(tmp_path, kafka_bootstrap="127.0.0.1:9", backends=["composite"], with_trainer=False)
+    devstack.up.write_state(config, Supervisor([], report=lambda line: None), "ready")
+    written = json.loads((tmp_path / "stack.json").read_text())
+    assert written["pid_namespace"] == os.readlink("/proc/self/ns/pid")
+    # starttime, the 22nd field of /proc/<pid>/stat (counted after the comm's last ")").
+    own_start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    assert written["supervisor_start_ticks"] == own_start_ticks
+    assert devstack.up.read_state(tmp_path) == written
