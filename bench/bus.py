@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from kafka.structs import OffsetAndMetadata
 
 from bench.rounds import median_round_ratio
@@ -31,7 +31,7 @@ from schemas.envelope import Envelope
 from schemas.events import SkuIngested
 from schemas.topics import SKU_INGESTED, Topic
 from shared.argtypes import file_problem, positive_int
-from shared.bus import ensure_topics
+from shared.bus import ensure_topics, make_producer
 from shared.config import Settings, load_settings
 from shared.runtime import Context, Emit, Stage
 from tests.support.bus import produce, sku_ingested_payloads
@@ -66,7 +66,7 @@ def _count(bootstrap: str, topic: str) -> int:
 
 
 def run_raw(settings: Settings, events: int) -> float:
-    """Plain kafka-python: poll, produce, flush, commit; returns events/s."""
+    """Plain kafka-python, with the runtime's producer: poll, produce, flush, commit; returns events/s."""
     source, sink = settings.topic_name(SKU_INGESTED), settings.topic_name(BENCH_OUT)
     consumer = KafkaConsumer(
         source,
@@ -76,9 +76,10 @@ def run_raw(settings: Settings, events: int) -> float:
         auto_offset_reset="earliest",
         max_poll_records=settings.max_poll_records,
     )
-    producer = KafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=5
-    )
+    # The runtime's producer (acks=all, idempotent, linger 5 ms), so the ratio is the runtime's overhead
+    # alone; and built as the runtime builds it, off the main thread, where kafka-python's bootstrap
+    # dropped a Ctrl-C that came while it connected.
+    producer = make_producer(settings, client_id="bench-raw")
     done, started = 0, None
     while done < events:
         batch = consumer.poll(timeout_ms=200)
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         broker = LocalKafka(Path(tmp) / "kafka", port=free_port(), controller_port=free_port())
         broker.start()
         try:
+            assert broker.cold_start_s is not None  # set once start() returns
             cold_start_s = broker.cold_start_s
             raw, runtime = [], []
             for _ in range(args.rounds):

@@ -8,7 +8,6 @@ import gc
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
 from tests.support.bus import file_store_uri, isolated_settings
 from tests.support.memory import make_huge_and_unreadable
-from tests.support.signals import as_from_a_shell
+from tests.support.signals import HELD_IN_THE_CONNECTION, as_from_a_shell, silent_broker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,15 +63,13 @@ def _ingest_env_with_a_silent_broker(tmp_path: Path) -> Iterator[tuple[dict[str,
     _sku(tmp_path / "batch", "A", "A-1")
     spool_root = tmp_path / "tmp"
     spool_root.mkdir()
-    with socket.socket() as silent_broker:
-        silent_broker.bind(("127.0.0.1", 0))
-        silent_broker.listen()
+    with silent_broker() as bootstrap:
         yield (
             {
                 **os.environ,
                 "TMPDIR": str(spool_root),
                 "SKUFORGE_STORE_URI": file_store_uri(tmp_path / "store"),
-                "SKUFORGE_KAFKA_BOOTSTRAP": f"127.0.0.1:{silent_broker.getsockname()[1]}",
+                "SKUFORGE_KAFKA_BOOTSTRAP": bootstrap,
             },
             spool_root,
         )
@@ -702,21 +699,13 @@ def test_a_stopped_ingest_removes_the_checked_photos_and_says_so(
 # kafka-python's producer bootstraps by running its event loop on the calling thread, and the loop logs
 # and drops whatever a task raises, KeyboardInterrupt included. This ingest holds the loop inside the
 # task that makes the connection (as a slow DNS lookup there does) and says so; the stop then comes.
-INGEST_HELD_IN_THE_CONNECTION = """
-import logging, sys, time
+INGEST_HELD_IN_THE_CONNECTION = (
+    HELD_IN_THE_CONNECTION
+    + """
 from skuforge_cli.main import main
-
-def holds_the_connection(record):  # a filter: a handler's lock held on would stop logging's exit
-    if record.getMessage().endswith(": Connection made"):
-        print("connecting", flush=True)
-        time.sleep(60)
-    return False
-
-connection_log = logging.getLogger("kafka.net.connection")
-connection_log.setLevel(logging.DEBUG)
-connection_log.addFilter(holds_the_connection)
 sys.exit(main(["ingest", sys.argv[1]]))
 """
+)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)

@@ -2,7 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import socket
+from collections.abc import Iterator
+
+# A child script's first lines: kafka-python's event loop logs "Connection made" from inside the task
+# that makes a connection, and this holds the loop there (as a slow DNS lookup does) after printing
+# "connecting", so a test can send its stop just then. The loop logs and drops what a task raises,
+# KeyboardInterrupt included: a producer bootstrapping on the main thread loses the stop. Only a loop
+# run by its caller's thread is held (a producer's bootstrap), not a client's own IO thread (a
+# consumer's, an admin client's: ``kafka-io-<client id>``), whose caller waits where a stop reaches it.
+HELD_IN_THE_CONNECTION = """
+import logging, sys, threading, time
+
+def holds_the_connection(record):  # a filter: a handler's lock held on would stop logging's exit
+    on_an_io_thread = threading.current_thread().name.startswith("kafka-io-")
+    if record.getMessage().endswith(": Connection made") and not on_an_io_thread:
+        print("connecting", flush=True)
+        time.sleep(60)
+    return False
+
+connection_log = logging.getLogger("kafka.net.connection")
+connection_log.setLevel(logging.DEBUG)
+connection_log.addFilter(holds_the_connection)
+"""
+
+
+@contextlib.contextmanager
+def silent_broker() -> Iterator[str]:
+    """``host:port`` of a listener that accepts connections and never answers, as a Kafka broker that
+    hangs does: a client bootstrapping from it waits."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
 
 
 def as_from_a_shell() -> None:

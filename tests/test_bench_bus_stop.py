@@ -1,0 +1,61 @@
+"""bench/bus.py stops on Ctrl-C while its Kafka producer connects (the round's consumer, on the real
+broker, has joined by then)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.bus import file_store_uri
+from tests.support.signals import HELD_IN_THE_CONNECTION, as_from_a_shell
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The raw side of the bus benchmark, held inside the task that makes its producer's connection.
+RAW_ROUND_HELD_IN_THE_CONNECTION = (
+    HELD_IN_THE_CONNECTION
+    + """
+from bench.bus import run_raw
+from tests.support.bus import isolated_settings
+
+run_raw(isolated_settings(sys.argv[1], sys.argv[2]), 1)
+"""
+)
+
+
+@pytest.mark.kafka
+def test_ctrl_c_while_the_raw_producer_connects_stops_the_bus_benchmark(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    # The raw round built its KafkaProducer on the main thread, where kafka-python's bootstrap runs its
+    # event loop and drops the KeyboardInterrupt a task raises: Ctrl-C was lost, and the benchmark
+    # held on in the connection, then went on with the round.
+    command = [sys.executable, "-c", RAW_ROUND_HELD_IN_THE_CONNECTION]
+    run = subprocess.Popen(
+        [*command, kafka_bootstrap, file_store_uri(tmp_path / "store")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_from_a_shell,
+    )
+    try:
+        assert run.stdout is not None
+        assert run.stdout.readline() == "connecting\n", run.communicate()
+        run.send_signal(signal.SIGINT)
+        try:
+            _, err = run.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("Ctrl-C was lost: the bench still ran 20 s later, waiting on the broker")
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == -signal.SIGINT, err  # an uncaught KeyboardInterrupt ends Python by SIGINT
+    assert "KeyboardInterrupt" in err
