@@ -153,6 +153,7 @@ class PrometheusServer:
             (workdir / name).write_text(text)
         self.config_path.write_text(config_yaml(config))
         self._process: subprocess.Popen[bytes] | None = None
+        self._binary: str | None = None  # found by the first argv()
 
     @property
     def url(self) -> str:
@@ -160,9 +161,11 @@ class PrometheusServer:
         return f"http://127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
-        """The command line (also what ``skuforge up`` runs under its supervisor)."""
+        """The command line (also what ``skuforge up`` runs under its supervisor); the first call finds
+        the binary (PrometheusMissing), later ones reuse it (the port may have moved in between)."""
+        self._binary = self._binary or find_binary("prometheus")
         return [
-            find_binary("prometheus"),
+            self._binary,
             f"--config.file={self.config_path}",
             f"--storage.tsdb.path={self.workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
@@ -336,20 +339,8 @@ def stack_prometheus(
     free port; never one of ``ports``, which the stack's services (started first) will hold.
     ``stage_members``: the stages the stack runs and their members' port names (replicas are targets of
     their stage's job); default one member per pipeline stage."""
-    from devstack.broker import port_in_use
-
     if port is None:
-        # The services are not running yet, so their ports still look free: 9090 given to one of them
-        # in ports.json, or a free port the OS hands out again, was Prometheus's too until they started.
-        taken = set(ports.values())
-        if (
-            prefer_default_port
-            and DEFAULT_PROMETHEUS_PORT not in taken
-            and not port_in_use(DEFAULT_PROMETHEUS_PORT)
-        ):
-            port = DEFAULT_PROMETHEUS_PORT
-        else:
-            port = next(candidate for candidate in iter(free_port, None) if candidate not in taken)
+        port = stack_prometheus_port(ports, prefer_default_port=prefer_default_port)
     members = stage_members or {stage.name: [stage.name] for stage in PIPELINE}
     jobs: dict[str, int | list[int]] = {
         **{stage: [ports[name] for name in names] for stage, names in members.items()},
@@ -359,3 +350,20 @@ def stack_prometheus(
     }
     config = scrape_config(jobs, scrape_interval_s=scrape_interval_s, rule_files=[ALERTS_FILE.name])
     return PrometheusServer(workdir, config, rules={ALERTS_FILE.name: rules_file.read_text()}, port=port)
+
+
+def stack_prometheus_port(ports: Mapping[str, int], *, prefer_default_port: bool = True) -> int:
+    """A port for the stack's Prometheus: 9090 when free (and ``prefer_default_port``), else any free
+    port; never one of ``ports``, the stack's services' (free-looking while they are not running)."""
+    from devstack.broker import port_in_use
+
+    # The services are not running yet, so their ports still look free: 9090 given to one of them
+    # in ports.json, or a free port the OS hands out again, was Prometheus's too until they started.
+    taken = set(ports.values())
+    if (
+        prefer_default_port
+        and DEFAULT_PROMETHEUS_PORT not in taken
+        and not port_in_use(DEFAULT_PROMETHEUS_PORT)
+    ):
+        return DEFAULT_PROMETHEUS_PORT
+    return next(candidate for candidate in iter(free_port, None) if candidate not in taken)

@@ -81,6 +81,9 @@ class ServiceSpec:
     oneshot: bool = False
     restart: bool = True
     cwd: Path | None = None
+    # Called at each start for the command line to run then, in place of ``argv``: a port checked as the
+    # service starts, not when the stack's start-up began, minutes before the last service starts.
+    argv_at_start: Callable[[], list[str]] | None = None
 
 
 @dataclass
@@ -334,10 +337,11 @@ class Supervisor:
             state.log = None
         if state.log is None:
             state.log = open_log(spec.log_path, self.log_max_bytes)
-        self._log_line(state, f"starting {' '.join(spec.argv)}")
+        argv = spec.argv_at_start() if spec.argv_at_start is not None else spec.argv
+        self._log_line(state, f"starting {' '.join(argv)}")
         env = {**os.environ, **spec.env, SUPERVISOR_ID_ENV: self.supervisor_id}
         state.process = subprocess.Popen(
-            spec.argv,
+            argv,
             env=env,
             cwd=spec.cwd,
             stdin=subprocess.DEVNULL,

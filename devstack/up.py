@@ -69,8 +69,10 @@ from devstack.prometheus import (
     ALERTS_FILE,
     GENERATOR_SERVER_JOB,
     PrometheusMissing,
+    PrometheusServer,
     config_problem,
     stack_prometheus,
+    stack_prometheus_port,
 )
 from devstack.supervisor import ServiceSpec, Supervisor, SupervisorError, http_ok
 from schemas.flow import CONSOLE, LORA_TRAINER, PIPELINE, TRITON, Service
@@ -549,6 +551,40 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
     return specs
 
 
+def prometheus_service(
+    config: StackConfig,
+    prometheus: PrometheusServer,
+    *,
+    report: Callable[[str], None],
+    prefer_default_port: bool = True,
+) -> ServiceSpec:
+    """``--with-prometheus``'s Prometheus as the stack's last service; sets ``config.prometheus_url``.
+
+    Its port was chosen before the stack started, and it starts last, minutes later: a port taken in
+    between made it exit ("bind: address already in use") and failed the whole start-up. So the port is
+    checked as Prometheus (re)starts, and a taken one is said and replaced (``stack_prometheus_port``);
+    the address printed and written to stack.json follows it.
+    """
+    config.prometheus_url = prometheus.url
+
+    def argv_at_start() -> list[str]:
+        if port_in_use(prometheus.port):
+            taken = prometheus.port
+            prometheus.port = stack_prometheus_port(config.ports, prefer_default_port=prefer_default_port)
+            config.prometheus_url = prometheus.url
+            report(f"prometheus: port {taken} was taken since it was chosen; using {prometheus.port}")
+        return prometheus.argv()
+
+    return ServiceSpec(
+        name="prometheus",
+        argv=prometheus.argv(),
+        argv_at_start=argv_at_start,
+        log_path=config.logs / "prometheus.log",
+        ready=lambda: http_ok(f"{prometheus.url}/-/ready")(),  # at its address of the moment
+        ready_timeout_s=60,
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # the state file
 # --------------------------------------------------------------------------------------------------
@@ -951,7 +987,7 @@ def main(argv: list[str] | None = None) -> int:
                 scrape_interval_s=scrape_interval_s,
                 stage_members={stage.name: config.replica_names(stage.name) for stage in config.stages},
             )
-            argv_prometheus = prometheus.argv()
+            prometheus.argv()  # finds the binary: PrometheusMissing here, before anything starts
         except (PrometheusMissing, OSError) as exc:
             print(f"skuforge up: --with-prometheus: {exc}", file=sys.stderr)
             return 2
@@ -966,15 +1002,8 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        config.prometheus_url = prometheus.url
         specs.append(
-            ServiceSpec(
-                name="prometheus",
-                argv=argv_prometheus,
-                log_path=config.logs / "prometheus.log",
-                ready=http_ok(f"{prometheus.url}/-/ready"),
-                ready_timeout_s=60,
-            )
+            prometheus_service(config, prometheus, report=_say, prefer_default_port=args.ports != "free")
         )
 
     state = {"now": "starting"}

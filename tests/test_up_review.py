@@ -1068,3 +1068,31 @@ def test_stack_json_records_whose_pid_it_is(tmp_path: Path, monkeypatch: pytest.
     own_start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
     assert written["supervisor_start_ticks"] == own_start_ticks
     assert devstack.up.read_state(tmp_path) == written
+
+
+def test_a_prometheus_port_taken_while_the_stack_starts_moves_prometheus_not_the_stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prometheus's port is chosen before the stack starts, and Prometheus starts last, minutes later: a
+    port taken meanwhile ("bind: address already in use") failed the whole start-up and stopped every
+    service. Its port is checked as it starts; a taken one is said and another chosen, and the address
+    up prints and writes to stack.json is the one it serves on."""
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+    config = build_config(tmp_path, ports_mode="free", kafka_bootstrap="127.0.0.1:9", with_trainer=False)
+    prometheus = stack_prometheus(tmp_path / "prometheus", config.ports, prefer_default_port=False)
+    reported: list[str] = []
+    spec = devstack.up.prometheus_service(config, prometheus, report=reported.append)
+    chosen_port = prometheus.port
+    with socket.socket() as taken_meanwhile:  # listens, never answers: not a Prometheus
+        taken_meanwhile.bind(("127.0.0.1", chosen_port))
+        taken_meanwhile.listen()
+        supervisor = Supervisor([spec], grace_s=10, report=reported.append)
+        try:
+            assert supervisor.start(), reported
+            assert supervisor["prometheus"].status == "ready"
+            served_at = config.prometheus_url
+            assert served_at == prometheus.url != f"http://127.0.0.1:{chosen_port}"
+            assert prometheus.ready()  # the ready check asked the new address, not the taken one
+        finally:
+            supervisor.stop()
+    assert any(f"port {chosen_port} was taken" in line for line in reported), reported
