@@ -91,6 +91,7 @@ from shared.errors import BadInput, TransientError
 from shared.group_lag import GroupLagWatcher, watched_groups
 from shared.images import UInt8Array, decode_image, decode_mask, refuse_oversized, refuse_too_many_pixels
 from shared.observability import HealthServer, StageMetrics, configure_logging, log_context
+from shared.signals import Stopped
 from shared.store import ObjectStore, open_store
 
 P = TypeVar("P", bound=BaseModel)
@@ -357,14 +358,26 @@ class Stage:
         return self._joined and not self._stop.is_set() and self._stage_ready()
 
     def run(self, *, install_signal_handlers: bool | None = None, serve_health: bool = True) -> int:
-        """Consume until stopped (SIGTERM, SIGINT or ``stop()``); returns the exit code (0)."""
+        """Consume until stopped (SIGTERM, SIGINT or ``stop()``); returns the exit code (0). A second
+        SIGTERM or SIGINT while it stops raises ``Stopped`` or ``KeyboardInterrupt`` where it stands."""
         if not self._routes:
             raise RuntimeError(f"stage {self.name} has no handler: register one with @stage.handler(topic)")
         if install_signal_handlers is None:
             install_signal_handlers = threading.current_thread() is threading.main_thread()
         if install_signal_handlers:
+            stops: list[int] = []
+
+            def request_stop(signum: int, _frame: object) -> None:
+                # The first stop finishes the batch, commits and closes the clients, which waits up to
+                # SKUFORGE_FLUSH_TIMEOUT_S for a broker that is away; a second one, as Ctrl-C again
+                # means, ends it where it stands (what is not committed is redone on the next run).
+                if stops:
+                    raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signum)
+                stops.append(signum)
+                self.stop()
+
             for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: self.stop())
+                signal.signal(signum, request_stop)
         if serve_health:
             self.health = HealthServer(
                 self.metrics.registry,
