@@ -19,8 +19,9 @@ Watch: a service that exits is reported and started again after an
 exponential back-off (reset once it has stayed up for ``stable_after_s``). Stop: in reverse order,
 SIGTERM to the process group, SIGKILL after ``grace_s``; then every process still carrying the
 supervisor's id gets the same treatment. SIGINT, SIGTERM and SIGHUP (the terminal or the ssh session
-closed) all stop the stack that way. On Linux the supervisor is a child subreaper, so orphaned
-grandchildren are re-parented to it (and reaped by it) rather than to init.
+closed) all stop the stack that way; a second one while it stops kills what is left at once. On Linux
+the supervisor is a child subreaper, so orphaned grandchildren are re-parented to it (and reaped by it)
+rather than to init.
 """
 
 from __future__ import annotations
@@ -272,6 +273,8 @@ class Supervisor:
         self.log_max_bytes = log_max_bytes
         self.supervisor_id = uuid.uuid4().hex
         self.stopping = threading.Event()
+        # Set by a second stop signal: what is still running is killed now, its grace cut short.
+        self.hurrying = threading.Event()
         self._stopped = False
         self._change_failed = False
 
@@ -501,10 +504,9 @@ class Supervisor:
                 continue
             self.report(f"{state.spec.name}: stopping (pid {process.pid})")
             _signal_group(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=self.grace_s)
-            except subprocess.TimeoutExpired:
-                self.report(f"{state.spec.name}: still running after {self.grace_s:.0f}s; killing it")
+            if not self._exits_in_grace(process):
+                if not self.hurrying.is_set():
+                    self.report(f"{state.spec.name}: still running after {self.grace_s:.0f}s; killing it")
                 _signal_group(process.pid, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(timeout=10)
@@ -517,6 +519,15 @@ class Supervisor:
                 state.log.close()
                 state.log = None
 
+    def _exits_in_grace(self, process: subprocess.Popen[bytes]) -> bool:
+        """Whether ``process`` exits within ``grace_s`` (given up on at once once ``hurrying``)."""
+        deadline = time.monotonic() + self.grace_s
+        while process.poll() is None:
+            if self.hurrying.is_set() or time.monotonic() >= deadline:
+                return False
+            self.hurrying.wait(0.1)
+        return True
+
     def _sweep(self) -> None:
         """Terminate every process still carrying our id (grandchildren in sessions of their own)."""
         leftovers = processes_with_env(SUPERVISOR_ID_ENV, self.supervisor_id)
@@ -524,7 +535,7 @@ class Supervisor:
             self.report(f"stopping {len(leftovers)} leftover process(es): {leftovers}")
             _signal_all(leftovers, signal.SIGTERM)
             deadline = time.monotonic() + self.grace_s
-            while time.monotonic() < deadline and leftovers:
+            while time.monotonic() < deadline and leftovers and not self.hurrying.is_set():
                 time.sleep(0.2)
                 self._reap_orphans()
                 leftovers = processes_with_env(SUPERVISOR_ID_ENV, self.supervisor_id)
@@ -553,9 +564,18 @@ class Supervisor:
         Must be called from the main thread (it installs the signal handlers).
         """
 
+        stops: list[int] = []
+
         def request_stop(signum: int, _frame: object) -> None:
-            if not self.stopping.is_set():
-                self.report(f"received {signal.Signals(signum).name}; stopping everything")
+            name = signal.Signals(signum).name
+            if not stops:
+                self.report(f"received {name}; stopping everything")
+            elif not self.hurrying.is_set():
+                # Ctrl-C again: the user will not wait out each service's grace (nor kill us outright,
+                # which would leave a service deaf to SIGTERM running, holding its port).
+                self.report(f"received {name} again; killing what is left now")
+                self.hurrying.set()
+            stops.append(signum)
             self.stopping.set()
 
         # SIGHUP too: a closed terminal or ssh session would otherwise kill us without a stop.

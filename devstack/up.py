@@ -32,11 +32,12 @@ console               ``skuforge serve console``             ``/readyz`` (intake
 one takes its own back without a rebalance (docs/deploy.md, "Scaling").
 
 A stage that dies is reported and restarted with back-off; Ctrl-C, SIGTERM or SIGHUP (the terminal
-closed) stops everything, console first, Kafka last; if ``skuforge up`` is killed outright, each service
-gets SIGTERM from the kernel (a parent-death signal). ``--ports default`` refuses to start, naming
-them, when any of the documented ports is taken. ``--with-prometheus`` starts a real Prometheus last
-(``devstack/prometheus.py``, the Debian package's binary) scraping every stage, the console and Triton, with
-``deploy/prometheus/alerts.yml``, and prints its address. ``<workdir>/stack.json`` describes the
+closed) stops everything, console first, Kafka last (a second one kills what is left at once); if
+``skuforge up`` is killed outright, each service gets SIGTERM from the kernel (a parent-death signal).
+``--ports default`` refuses to start, naming them, when any of the documented ports is taken.
+``--with-prometheus`` starts a real Prometheus last (``devstack/prometheus.py``, the Debian package's
+binary) scraping every stage, the console and Triton, with ``deploy/prometheus/alerts.yml``, and prints
+its address. ``<workdir>/stack.json`` describes the
 running stack (ports, pids, console and Prometheus addresses) for ``skuforge demo`` and for people; the
 object store defaults to ``<workdir>/store`` and the console's task table to ``<workdir>/console``, unless
 ``SKUFORGE_STORE_URI`` / ``SKUFORGE_CONSOLE_DB_PATH`` say otherwise. Without

@@ -1096,3 +1096,58 @@ def test_a_prometheus_port_taken_while_the_stack_starts_moves_prometheus_not_the
         finally:
             supervisor.stop()
     assert any(f"port {chosen_port} was taken" in line for line in reported), reported
+
+
+# The supervisor above, its service deaf to SIGTERM (stuck in a close that waits on a broker away, say)
+# and the grace before SIGKILL long.
+STUBBORN_SERVICE_SUPERVISOR_SCRIPT = SUPERVISOR_SCRIPT.replace(
+    '"import os, socket, time\\n"',
+    '"import os, signal, socket, time\\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\\n"',
+).replace("grace_s=2", "grace_s=300")
+
+
+def test_a_second_ctrl_c_while_up_stops_kills_what_is_left_at_once(tmp_path: Path) -> None:
+    """The first Ctrl-C gives each service --grace-s (20 s) to stop, one after the other; a second one
+    only said nothing, and the user waited out every grace or killed `up` outright, which left a service
+    deaf to SIGTERM (its parent-death signal) running, holding its port. Now it kills what is left."""
+    assert (
+        "SIG_IGN" in STUBBORN_SERVICE_SUPERVISOR_SCRIPT
+        and "grace_s=300" in STUBBORN_SERVICE_SUPERVISOR_SCRIPT
+    )
+    port = free_port()
+    script = tmp_path / "supervise.py"
+    script.write_text(STUBBORN_SERVICE_SUPERVISOR_SCRIPT)
+    out_path = tmp_path / "supervisor.out"
+    with out_path.open("wb") as out:
+        supervisor = subprocess.Popen(
+            [sys.executable, str(script), str(port), str(tmp_path)],
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # our own signals stay ours
+            preexec_fn=as_from_a_shell,
+        )
+    listener_pid: int | None = None
+    try:
+        wait_for(
+            lambda: (tmp_path / "ready").exists() or supervisor.poll() is not None,
+            60,
+            "the supervisor's service to be ready",
+        )
+        assert (tmp_path / "ready").exists(), out_path.read_text()
+        listener_pid = read_pid(tmp_path / "listener.pid")
+        os.kill(supervisor.pid, signal.SIGINT)
+        wait_for(lambda: "listener: stopping" in out_path.read_text(), 30, "the stop to begin")
+        os.kill(supervisor.pid, signal.SIGINT)
+        try:
+            supervisor.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the second Ctrl-C was lost: the supervisor waited on:\n{out_path.read_text()}")
+        assert supervisor.returncode == 0, out_path.read_text()
+        assert "received SIGINT again; killing what is left now" in out_path.read_text()
+        assert listener_pid is not None and not alive(listener_pid) and not port_in_use(port)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+        kill_if_alive(listener_pid)
