@@ -390,6 +390,43 @@ def test_ctrl_c_twice_says_the_stack_it_started_was_left_running_and_how_to_stop
     )
 
 
+def test_a_stack_that_does_not_stop_in_time_gets_a_second_sigint_before_its_supervisor_is_killed(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    stand_in_up: list[StandInUp],
+) -> None:
+    """A stack not stopped within STACK_STOP_TIMEOUT_S had its supervisor killed: the kernel then sends
+    each service SIGTERM (its parent-death signal), which those still running had had already and did
+    not heed, so they ran on, holding their ports. A second SIGINT makes `skuforge up` kill them."""
+    killed: list[int] = []
+
+    def wait(up: StandInUp, timeout: float | None = None) -> int | None:
+        if up.returncode is not None:  # killed
+            return up.returncode
+        if up.signals.count(signal.SIGINT) < 2:  # a service deaf to SIGTERM holds the first stop up
+            raise subprocess.TimeoutExpired("skuforge up", timeout or 0)
+        (up.workdir / "stack.json").unlink(missing_ok=True)
+        up.returncode = 0
+        return up.returncode
+
+    monkeypatch.setattr(StandInUp, "send_signal", lambda up, sig: up.signals.append(sig))
+    monkeypatch.setattr(StandInUp, "wait", wait)
+
+    def kill(up: StandInUp) -> None:
+        killed.append(up.pid)
+        up.returncode = -signal.SIGKILL
+
+    monkeypatch.setattr(StandInUp, "kill", kill, raising=False)
+    monkeypatch.setattr(demo_module, "run_flow", ctrl_c)
+    workdir = tmp_path / "up"
+    code = demo_after_ctrl_c([*SMALL_SYNTHETIC, "--out", str(tmp_path / "out"), "--workdir", str(workdir)])
+    assert code == 130
+    [up] = stand_in_up
+    assert up.signals == [signal.SIGINT, signal.SIGINT] and killed == []
+    assert "the stack did not stop within" in capsys.readouterr().out
+
+
 def test_ctrl_c_before_any_stack_says_none_was_started(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, no_stack: None
 ) -> None:

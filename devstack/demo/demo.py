@@ -70,6 +70,8 @@ from skuforge_cli.synth import CATALOGUE_SEED, photo_size_px
 STACK_START_TIMEOUT_S = 600.0
 # How long a stack started here gets to stop after SIGINT before its supervisor is killed.
 STACK_STOP_TIMEOUT_S = 180.0
+# And how long after a second SIGINT (which has it kill what is left) before it is killed itself.
+STACK_KILL_TIMEOUT_S = 30.0
 DEFAULT_VARIANTS = 6  # generated images per SKU of a stack the demo starts
 # Text fields of a running stack's stack.json that the demo reads (skuforge up writes them all).
 STACK_TEXT_FIELDS = ("workdir", "console_url", "console_user", "console_login_file", "console_db")
@@ -130,7 +132,7 @@ def stack(
     A stack started here makes ``variants`` images per SKU when given (``--variants``), else what
     ``SKUFORGE_GENERATION_VARIANTS_PER_SKU`` says, else ``DEFAULT_VARIANTS``. It is stopped at the end
     of the block, and on Ctrl-C, SIGTERM or SIGHUP within it (those two raise KeyboardInterrupt there);
-    its supervisor gets SIGINT, and SIGKILL if it has not stopped after ``STACK_STOP_TIMEOUT_S``.
+    its supervisor gets SIGINT, and another if it has not stopped after ``STACK_STOP_TIMEOUT_S``.
     """
     if running is not None:
         _say(f"using the stack already running from {workdir} (pid {running['supervisor_pid']})")
@@ -199,18 +201,25 @@ def stack(
 
 
 def _stop_stack(process: subprocess.Popen[bytes]) -> None:
-    """SIGINT to the stack's supervisor (``skuforge up``), as Ctrl-C; SIGKILL to it alone if it has
-    not stopped within ``STACK_STOP_TIMEOUT_S``."""
+    """SIGINT to the stack's supervisor (``skuforge up``), as Ctrl-C; a second SIGINT if it has not
+    stopped within ``STACK_STOP_TIMEOUT_S`` (it kills what is left), and SIGKILL to it alone if that
+    has not ended it within ``STACK_KILL_TIMEOUT_S``."""
     _say("stopping the stack")
     process.send_signal(signal.SIGINT)
     try:
         process.wait(timeout=STACK_STOP_TIMEOUT_S)
+        return
     except subprocess.TimeoutExpired:
-        # The supervisor is stopping already, so another SIGINT or a SIGTERM would change nothing.
-        # Once it is dead the kernel sends SIGTERM to each service it still runs (their parent-death
-        # signal); killing its process group would reach no more, as every service has a session
-        # of its own.
-        _say(f"the stack did not stop within {STACK_STOP_TIMEOUT_S:.0f}s; killing its supervisor")
+        # Killing the supervisor left the services still running as they were: the kernel sends them
+        # SIGTERM (their parent-death signal), which they had had already and did not heed. Ctrl-C
+        # again has it kill them.
+        _say(f"the stack did not stop within {STACK_STOP_TIMEOUT_S:.0f}s; killing what is left of it")
+        process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=STACK_KILL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        # Killing its process group would reach no more: every service has a session of its own.
+        _say(f"the stack's supervisor did not end within {STACK_KILL_TIMEOUT_S:.0f}s more; killing it")
         process.kill()
         process.wait()
 
