@@ -116,11 +116,14 @@ def run_runtime(settings: Settings, events: int) -> float:
     )
     thread.start()
     sink = settings.topic_name(BENCH_OUT)
-    while _count(settings.kafka_bootstrap, sink) < events:
-        time.sleep(0.05)
-    finished = time.perf_counter()
-    stage.stop()
-    thread.join()
+    try:
+        while _count(settings.kafka_bootstrap, sink) < events:
+            time.sleep(0.05)
+        finished = time.perf_counter()
+    finally:
+        # Also on Ctrl-C: the stage's thread is no daemon, and the interpreter waited for it for ever.
+        stage.stop()
+        thread.join()
     return events / (finished - first_seen[0])
 
 

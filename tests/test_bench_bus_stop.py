@@ -59,3 +59,54 @@ def test_ctrl_c_while_the_raw_producer_connects_stops_the_bus_benchmark(
             run.wait()
     assert run.returncode == -signal.SIGINT, err  # an uncaught KeyboardInterrupt ends Python by SIGINT
     assert "KeyboardInterrupt" in err
+
+
+# The runtime side of the bus benchmark, waiting for outputs that never come (no input was produced),
+# saying when its stage has started.
+RUNTIME_ROUND_WAITING = """
+import logging, sys
+from bench.bus import BENCH_OUT, run_runtime
+from schemas.topics import SKU_INGESTED
+from tests.support.bus import create_topics, isolated_settings
+
+def says_it_started(record):
+    if record.getMessage() == "stage started":
+        print("started", flush=True)
+    return False
+
+logging.getLogger("skuforge.runtime").setLevel(logging.INFO)
+logging.getLogger("skuforge.runtime").addFilter(says_it_started)
+settings = isolated_settings(sys.argv[1], sys.argv[2])
+create_topics(settings, SKU_INGESTED, BENCH_OUT)
+run_runtime(settings, 1)
+"""
+
+
+@pytest.mark.kafka
+def test_ctrl_c_during_the_runtime_round_stops_the_bus_benchmark(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    # The round's stage runs on a thread of its own, not a daemon, and only a round that finished
+    # stopped it: after Ctrl-C the interpreter waited for that thread for ever, the stage polling on.
+    run = subprocess.Popen(
+        [sys.executable, "-c", RUNTIME_ROUND_WAITING, kafka_bootstrap, file_store_uri(tmp_path / "store")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_from_a_shell,
+    )
+    try:
+        assert run.stdout is not None
+        assert run.stdout.readline() == "started\n", run.communicate()
+        run.send_signal(signal.SIGINT)
+        try:
+            _, err = run.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("Ctrl-C did not end the bench: its stage thread ran on 30 s later")
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == -signal.SIGINT, err
