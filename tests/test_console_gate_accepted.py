@@ -172,22 +172,67 @@ def test_a_task_table_from_before_the_accepted_state_is_migrated_with_its_rows(
     assert TaskStore(old).get(envelope.event_id).state == "accepted"  # opened again: no second copy
 
 
-def test_the_label_studio_import_skips_an_accepted_task_without_calling_the_annotation_lost(
+def label_studio_export(task_id: str, verdict: str) -> list[dict[str, Any]]:
+    """Label Studio's export of one task that annotator 7 approved or rejected (no brush stroke)."""
+    choice = {"type": "choices", "from_name": "decision", "value": {"choices": [verdict]}}
+    return [{"data": {"skuforge_task_id": task_id}, "annotations": [{"completed_by": 7, "result": [choice]}]}]
+
+
+def test_the_label_studio_import_skips_an_approval_of_an_accepted_task_without_calling_it_lost(
     parts: ConsoleParts,
 ) -> None:
     envelope = flag(parts, 0)
     parts.tasks.close_accepted(accepted_envelope(envelope, produced_at=later(envelope)))
-    choice = {"type": "choices", "from_name": "decision", "value": {"choices": ["reject"]}}
-    export = [
-        {
-            "data": {"skuforge_task_id": envelope.event_id},
-            "annotations": [{"completed_by": 7, "result": [choice]}],
-        }
-    ]
 
+    export = label_studio_export(envelope.event_id, "approve")
     (outcome,) = import_annotations(parts.tasks, parts.store, export)
 
     assert outcome.outcome == "skipped" and "the gate accepted" in outcome.detail
     assert not outcome.annotation_lost
     assert parts.tasks.get(envelope.event_id).state == "accepted"
     assert parts.tasks.audit(envelope.event_id)[-1].action == "gate_accepted"  # no stray claim
+
+
+def test_a_label_studio_rejection_of_a_task_the_gate_accepted_since_is_recorded(parts: ConsoleParts) -> None:
+    # The annotator rejected the item; the gate, replayed, accepted it before the export was imported.
+    # The trainstore lets a reviewer's rejection of a render stand against the gate's acceptance of it,
+    # so the import records the rejection, as it would have before the acceptance. It was skipped as
+    # "accepted" (not counted lost), and the item, which a person had rejected, stayed in the store.
+    envelope = flag(parts, 0)
+    parts.tasks.close_accepted(accepted_envelope(envelope, produced_at=later(envelope)))
+
+    export = label_studio_export(envelope.event_id, "reject")
+    (outcome,) = import_annotations(parts.tasks, parts.store, export)
+
+    assert outcome.outcome == "reject", outcome
+    task = parts.tasks.get(envelope.event_id)
+    assert (task.state, task.decision, task.decided_by) == ("rejected", "reject", "labelstudio:7")
+    entry = parts.tasks.audit(envelope.event_id)[-1]
+    assert (entry.action, entry.previous_state, entry.new_state) == ("reject", "accepted", "rejected")
+    (event,) = parts.tasks.unpublished()
+    assert event.task_id == envelope.event_id and event.payload.decision == "reject"
+    # A newer acceptance changes nothing now: the person's rejection stands.
+    assert parts.tasks.close_accepted(accepted_envelope(envelope, produced_at=later(envelope, 120))) == []
+
+
+def test_the_reviewer_who_held_it_may_still_reject_it_and_not_approve_it(parts: ConsoleParts) -> None:
+    held = flag(parts, 0)
+    parts.tasks.claim(held.event_id, "alice", 60.0)
+    parts.tasks.close_accepted(accepted_envelope(held, produced_at=later(held)))
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+
+    approved = client.post(
+        f"/api/tasks/{held.event_id}/decision",
+        data={"decision": "approve_predicted"},
+        headers={"X-CSRF-Token": token},
+    )
+    assert approved.status_code == 409 and "the gate accepted" in approved.json()["detail"]
+    rejected = client.post(
+        f"/api/tasks/{held.event_id}/decision",
+        data={"decision": "reject", "reject_reason": "wrong_product"},
+        headers={"X-CSRF-Token": token},
+    )
+    assert rejected.status_code == 200, rejected.text
+    assert parts.tasks.get(held.event_id).state == "rejected"
+    assert parts.tasks.unpublished()[0].payload.reject_reason == "wrong_product"

@@ -11,7 +11,8 @@ The final mask of each decision:
                         transaction, so only the decision that is recorded writes it)
 * ``reject``            no mask; a reason is required
 
-``record_decision`` is the whole rule for one request: the reviewer must hold the task's claim, only
+``record_decision`` is the whole rule for one request: the reviewer must hold the task's claim (a
+rejection of a task the gate accepted needs none: a person's rejection stands, as in the trainstore), only
 a rejection takes a reason, only ``approve_edited`` takes a mask (and needs one), and a decision made
 on pixels the task no longer holds (``shown``: a replay of the gate replaced them while the page was
 open) is refused; the decision and its ``correction.resolved`` event are then committed together
@@ -236,10 +237,11 @@ def record_decision(
     ``mask_bytes`` is the uploaded mask file (``approve_edited`` only), checked first and stored
     before the decision's transaction (under a key with its sha256). ``shown`` is ``shown_pixels`` of
     the task as the reviewer's page showed it (None: not checked, for scripts). Raises ``TaskConflict``
-    when the reviewer does not hold the task or it holds other pixels than ``shown``,
+    when the reviewer does not hold the task (a rejection of a task the gate accepted is recorded all
+    the same: ``TaskStore.decide``) or it holds other pixels than ``shown``,
     ``DecisionInvalid`` when the request breaks a rule (the message says which).
     """
-    task = tasks.check_held(task_id, reviewer)
+    task = tasks.check_held(task_id, reviewer, rejecting=decision == "reject")
     _check_shown(task, shown)
     if decision != "reject" and reject_reason:
         raise DecisionInvalid("only a rejection takes a reason")

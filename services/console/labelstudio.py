@@ -541,8 +541,16 @@ def _import_one(
         # Its photo's owner withdrew it: nothing to record. Before, the claim's refusal counted it as
         # an annotation lost, and every import of that export exited 1 asking to fix it.
         return ImportOutcome(task.task_id, "skipped", WITHDRAWN)
-    if task.state == "accepted":
-        # Closed since the export: the gate, replayed, accepted the item (TaskStore.close_accepted).
+    # Each annotator with their latest annotation: one person's earlier ones are drafts of it, not a
+    # disagreement (an annotator who rejected and then approved disagreed with themselves, and every
+    # import skipped the task). The latest of these is the latest annotation of all.
+    annotations = _latest_by_annotator(annotations)
+    verdicts = [_verdict_of(annotation) for annotation in annotations]
+    if task.state == "accepted" and "reject" not in verdicts:
+        # Closed since the export: the gate, replayed, accepted the item (TaskStore.close_accepted), and
+        # the trainstore stores it. A rejection is recorded all the same (below): as in the trainstore, a
+        # person's rejection stands against the gate's acceptance; it was skipped here, and the item a
+        # person had rejected stayed in the store.
         return ImportOutcome(task.task_id, "skipped", GATE_ACCEPTED)
     if shown - {shown_pixels(task)}:
         # Exported before a replay of the gate replaced the image or a mask (the item matted again): an
@@ -552,11 +560,6 @@ def _import_one(
             " and annotate what it holds now, or decide it on the web page"
         )
         return ImportOutcome(task.task_id, "skipped", why)
-    # Each annotator with their latest annotation: one person's earlier ones are drafts of it, not a
-    # disagreement (an annotator who rejected and then approved disagreed with themselves, and every
-    # import skipped the task). The latest of these is the latest annotation of all.
-    annotations = _latest_by_annotator(annotations)
-    verdicts = [_verdict_of(annotation) for annotation in annotations]
     if "approve" in verdicts and "reject" in verdicts:
         # Annotators disagree: the latest one silently won. Someone has to settle it.
         approving = ", ".join(
@@ -580,6 +583,10 @@ def _import_one(
     decision, value = _decision_of(annotation, image.width, image.height)
     if decision == "skipped":
         return ImportOutcome(task.task_id, "skipped", str(value))
+    if task.state == "accepted":
+        # A rejection (the only decision left here): recorded without a claim, as nobody is handed a
+        # task the gate accepted (TaskStore.decide).
+        return _decide(tasks, store, task, reviewer, decision, value)
     tasks.claim(task.task_id, reviewer, lease_s)
     try:
         return _decide(tasks, store, task, reviewer, decision, value)

@@ -12,7 +12,8 @@ Tables:
               owner withdrew (``skuforge ingest --withdraw-missing``) is closed as ``withdrawn``
               (``withdraw_photos``), with no decision event: the trainstore has withdrawn the item.
               A waiting task whose render the gate, replayed, accepts is closed as ``accepted``
-              (``close_accepted``), with no decision event either: the trainstore stores the item.
+              (``close_accepted``), with no decision event either: the trainstore stores the item. A
+              person may still reject it (``decide``): their rejection stands, in the trainstore too.
 * ``audit``   every state change: task, reviewer, time, action, previous and new state, detail.
 * ``outbox``  the ``correction.resolved`` event of each decision, written in the same transaction
               as the decision and published afterwards by ``services.console.relay`` (at least
@@ -582,12 +583,20 @@ class TaskStore:
         now: float,
         *,
         lease_may_have_run_out: bool = False,
+        rejecting: bool = False,
     ) -> sqlite3.Row:
         """The task's row if ``reviewer`` holds it (with an unexpired lease, unless
-        ``lease_may_have_run_out``: a release), else TaskNotFound or TaskConflict saying why."""
+        ``lease_may_have_run_out``: a release), else TaskNotFound or TaskConflict saying why.
+
+        ``rejecting``: a task the gate accepted (``close_accepted``) is the row too, held or not: as in
+        the trainstore, a person's rejection of a render stands against the gate's acceptance of it, so
+        it is recorded (the reviewer holding it when the gate accepted it, or a Label Studio annotator).
+        Nobody is handed such a task, so no lease guards it; the first decision closes it for good."""
         row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         if row is None:
             raise TaskNotFound(task_id)
+        if rejecting and row["state"] == "accepted":
+            return row
         if row["state"] in CLOSED:
             raise TaskConflict(_closed(task_id, row["state"]))
         if row["state"] != "claimed" or row["claimed_by"] != reviewer:
@@ -596,10 +605,11 @@ class TaskStore:
             raise TaskConflict(f"the lease on task {task_id} expired: claim it again")
         return row
 
-    def check_held(self, task_id: str, reviewer: str) -> Task:
-        """The task if ``reviewer`` holds an unexpired lease on it, else TaskConflict."""
+    def check_held(self, task_id: str, reviewer: str, *, rejecting: bool = False) -> Task:
+        """The task if ``reviewer`` holds an unexpired lease on it (or, ``rejecting``, the gate accepted
+        it: ``_held``), else TaskConflict."""
         with self._connect() as db:
-            return _task_of(self._held(db, task_id, reviewer, self.clock()))
+            return _task_of(self._held(db, task_id, reviewer, self.clock(), rejecting=rejecting))
 
     # -- withdrawn photos ---------------------------------------------------------------------
 
@@ -711,11 +721,12 @@ class TaskStore:
 
         ``resolved(task, decided_at)`` builds the event payload; it runs under the table's write lock
         after the hold is checked, so it must be quick (no object-store write: the caller writes an
-        edited mask before). TaskConflict unless the reviewer holds an unexpired lease on the task.
+        edited mask before). TaskConflict unless the reviewer holds an unexpired lease on the task, or
+        rejects a task the gate accepted (a person's rejection stands against the gate's acceptance).
         """
         now = self.clock()
         with self._write() as db:
-            row = self._held(db, task_id, reviewer, now)
+            row = self._held(db, task_id, reviewer, now, rejecting=decision == "reject")
             task = _task_of(row)
             payload = resolved(task, now)
             new_state: TaskState = "rejected" if decision == "reject" else "approved"
@@ -725,7 +736,7 @@ class TaskStore:
                 (new_state, decision, reviewer, now, task_id),
             )
             detail = payload.reject_reason or (payload.final_mask.uri if payload.final_mask else "")
-            self._audit(db, task_id, reviewer, decision, "claimed", new_state, now, detail)
+            self._audit(db, task_id, reviewer, decision, row["state"], new_state, now, detail)
             event = OutboxEvent(
                 event_id=decision_event_id(task_id),
                 task_id=task_id,
