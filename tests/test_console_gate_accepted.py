@@ -236,3 +236,41 @@ def test_the_reviewer_who_held_it_may_still_reject_it_and_not_approve_it(parts: 
     assert rejected.status_code == 200, rejected.text
     assert parts.tasks.get(held.event_id).state == "rejected"
     assert parts.tasks.unpublished()[0].payload.reject_reason == "wrong_product"
+
+
+def test_a_flag_older_than_an_acceptance_that_closed_nothing_makes_no_task(parts: ConsoleParts) -> None:
+    # The gate accepted the item (nothing waited on it); then an older flag of the same render arrives
+    # (replayed from the dead-letter topic): the newer acceptance wins, as it would over an open task.
+    # Before, the console kept no record of such acceptances and queued the item for review.
+    envelope = pending_envelope(flagged_item(parts.store, 0))
+    assert parts.tasks.close_accepted(accepted_envelope(envelope, produced_at=later(envelope))) == []
+
+    assert parts.tasks.add_pending(envelope) is False
+    task = parts.tasks.get(envelope.event_id)
+    assert (task.state, task.decided_by) == ("accepted", "gate")
+    assert parts.tasks.query() == []  # nothing waits for a reviewer
+    assert [e.action for e in parts.tasks.audit(envelope.event_id)] == ["gate_accepted"]
+
+    # A flag produced after the acceptance (the gate replayed with a tighter threshold) wants a person.
+    flagged_again = envelope.model_copy(update={"produced_at": later(envelope, 120)})
+    parts.tasks.add_pending(flagged_again)
+    assert parts.tasks.get(envelope.event_id).state == "pending"
+
+
+def test_an_acceptance_that_closed_nothing_leaves_newer_flags_and_other_renders_queued(
+    parts: ConsoleParts,
+) -> None:
+    envelope = pending_envelope(flagged_item(parts.store, 0))
+    # An acceptance produced before the flag (the gate then flagged what it had accepted)...
+    older = accepted_envelope(envelope, produced_at=envelope.produced_at - timedelta(seconds=60))
+    # ...and a newer one of another render of the item (same item id, other pixels: nobody judged these).
+    other = flagged_item(parts.store, 1).matted
+    rerendered = other.model_copy(
+        update={"generated": other.generated.model_copy(update={"item_id": "item-0000"})}
+    )
+    assert rerendered.generated.image.sha256 != envelope.payload.matted.generated.image.sha256
+    for acceptance in (older, accepted_envelope(envelope, produced_at=later(envelope), matted=rerendered)):
+        assert parts.tasks.close_accepted(acceptance) == []
+
+    assert parts.tasks.add_pending(envelope) is True
+    assert parts.tasks.get(envelope.event_id).state == "pending"

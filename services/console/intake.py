@@ -6,7 +6,8 @@ the insert (keyed by the event id) ignores the copy; a copy with other reasons (
 updates a task still open, never a decided one, and an older copy delivered late changes nothing
 (``TaskStore.add_pending``). A ``gate.accepted`` of a render a task waits on (the gate replayed after
 a threshold change accepts what it flagged) closes that task as ``accepted``: the trainstore stores
-the item (``TaskStore.close_accepted``); every other acceptance changes nothing. It runs as a thread
+the item (``TaskStore.close_accepted``); every acceptance is remembered, so an older flag of the
+render delivered after it makes no task to review (``TaskStore.add_pending``). It runs as a thread
 inside ``skuforge serve console`` (``SKUFORGE_CONSOLE_INTAKE=true``, the default), or alone with
 ``skuforge run console-intake`` beside a console started with the intake turned off: both share the
 SQLite file.
@@ -31,14 +32,19 @@ from shared.runtime import Context, Emit, Stage, run_stage
 
 
 def handle(event: Envelope[CorrectionPending], ctx: Context, *, tasks: TaskStore) -> list[Emit]:
-    """Queue the flagged item for review (a redelivered event is already queued and is ignored)."""
+    """Queue the flagged item for review (a redelivered event is already queued and is ignored, and one
+    the gate has accepted since is recorded closed)."""
     added = tasks.add_pending(event)
-    ctx.log.info("task queued" if added else "task already queued", extra={"task_id": event.event_id})
+    ctx.log.info(
+        "task queued" if added else "task not queued: queued already, or the gate accepted the item since",
+        extra={"task_id": event.event_id},
+    )
     return []
 
 
 def handle_accepted(event: Envelope[GateAccepted], ctx: Context, *, tasks: TaskStore) -> list[Emit]:
-    """Close the waiting tasks of the render the gate accepted (most acceptances have none)."""
+    """Close the waiting tasks of the render the gate accepted (most acceptances have none), and
+    remember the acceptance for flags of the render delivered after it."""
     closed = tasks.close_accepted(event)
     if closed:
         ctx.log.info(

@@ -15,6 +15,9 @@ Tables:
               (``close_accepted``), with no decision event either: the trainstore stores the item. A
               person may still reject it (``decide``): their rejection stands, in the trainstore too.
 * ``audit``   every state change: task, reviewer, time, action, previous and new state, detail.
+* ``gate_acceptances``  the newest ``gate.accepted`` of each render (SKU, item id, image sha256), so
+              a flag of it produced no later, delivered after the acceptance (replayed from the
+              dead-letter topic), makes no task to review: it is written ``accepted`` (``add_pending``).
 * ``outbox``  the ``correction.resolved`` event of each decision, written in the same transaction
               as the decision and published afterwards by ``services.console.relay`` (at least
               once, with a deterministic event id and ``produced_at``: ``OutboxEvent.produced_at``),
@@ -97,6 +100,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload_json TEXT NOT NULL,
     created_at   REAL NOT NULL,
     published_at REAL
+);
+CREATE TABLE IF NOT EXISTS gate_acceptances (
+    sku_id       TEXT NOT NULL,
+    item_id      TEXT NOT NULL,
+    image_sha256 TEXT NOT NULL,
+    produced_at  REAL NOT NULL,
+    event_id     TEXT NOT NULL,
+    iou          REAL NOT NULL,
+    PRIMARY KEY (sku_id, item_id, image_sha256)
 );
 CREATE TABLE IF NOT EXISTS revoked_sessions (
     csrf_token TEXT PRIMARY KEY,
@@ -304,26 +316,39 @@ class TaskStore:
         the gate no longer gives. Of two copies produced at the same time, the one whose payload
         JSON sorts last is kept, in whichever order they arrive. A task the gate accepted on a replay
         (``close_accepted``) is opened again, pending, by a copy produced after that acceptance (the
-        gate replayed once more, with a tighter threshold): the gate's newest verdict wants a person."""
+        gate replayed once more, with a tighter threshold): the gate's newest verdict wants a person.
+        Likewise a new task of a render the gate accepted no earlier than this copy was produced (an
+        old flag replayed after a newer acceptance that closed nothing) is written closed, ``accepted``,
+        as ``close_accepted`` would have closed it: no reviewer is asked, and False is returned."""
         pending = event.payload
+        generated = pending.matted.generated
         now = self.clock()
         reasons, pending_json = json.dumps(pending.reasons), pending.model_dump_json()
         produced_at = event.produced_at.timestamp()
         with self._write() as db:
+            # The rule close_accepted applies to a waiting task: the acceptance wins unless the flag is newer.
+            acceptance = db.execute(
+                "SELECT produced_at, event_id, iou FROM gate_acceptances"
+                " WHERE sku_id = ? AND item_id = ? AND image_sha256 = ? AND produced_at >= ?",
+                (event.sku_id, generated.item_id, generated.image.sha256, produced_at),
+            ).fetchone()
             cursor = db.execute(
                 "INSERT OR IGNORE INTO tasks (task_id, sku_id, item_id, trace_id, iou, reasons,"
-                " pending_json, state, received_at, produced_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                " pending_json, state, received_at, produced_at, decided_by, decided_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     event.event_id,
                     event.sku_id,
-                    pending.matted.generated.item_id,
+                    generated.item_id,
                     event.trace_id,
                     pending.iou,
                     reasons,
                     pending_json,
+                    "pending" if acceptance is None else "accepted",
                     now,
-                    produced_at,
+                    produced_at if acceptance is None else acceptance["produced_at"],
+                    None if acceptance is None else ACCEPTED_BY,
+                    None if acceptance is None else now,
                 ),
             )
             if cursor.rowcount == 0:
@@ -360,6 +385,13 @@ class TaskStore:
                         (pending.iou, reasons, pending_json, produced_at, now, event.event_id),
                     )
                     self._audit(db, event.event_id, None, "intake_update", "accepted", "pending", now, detail)
+                return False
+            if acceptance is not None:
+                detail = (
+                    f"the gate accepted it (IoU {acceptance['iou']:.3f}) in event {acceptance['event_id']},"
+                    " produced no earlier than this flag"
+                )
+                self._audit(db, event.event_id, ACCEPTED_BY, "gate_accepted", None, "accepted", now, detail)
                 return False
             self._audit(db, event.event_id, None, "intake", None, "pending", now, ",".join(pending.reasons))
             return True
@@ -657,12 +689,29 @@ class TaskStore:
         its image's sha256 differs). Among the gate's verdicts the newest counts: an acceptance produced
         before the flag a task shows (the gate then flagged the item it had accepted) leaves the task
         open, and a flag produced after the acceptance opens it again (``add_pending``). A reviewer
-        holding one finds it closed when they save."""
+        holding one finds it closed when they save.
+
+        The acceptance is remembered (the newest of each render), so an older flag of the render
+        delivered later makes no task to review (``add_pending``)."""
         generated = event.payload.matted.generated
         accepted_at = event.produced_at.timestamp()
         now = self.clock()
         closed: list[str] = []
         with self._write() as db:
+            db.execute(
+                "INSERT INTO gate_acceptances (sku_id, item_id, image_sha256, produced_at, event_id, iou)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sku_id, item_id, image_sha256) DO UPDATE SET"
+                " produced_at = excluded.produced_at, event_id = excluded.event_id, iou = excluded.iou"
+                " WHERE excluded.produced_at > gate_acceptances.produced_at",
+                (
+                    event.sku_id,
+                    generated.item_id,
+                    generated.image.sha256,
+                    accepted_at,
+                    event.event_id,
+                    event.payload.iou,
+                ),
+            )
             rows = db.execute(
                 "SELECT task_id, state, claimed_by, pending_json, produced_at FROM tasks"
                 " WHERE sku_id = ? AND item_id = ? AND state IN ('pending', 'claimed')",
