@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.console.config import parse_users
 from services.console.decisions import mask_from_ref
 from services.console.labelstudio import rle_to_mask
 from services.console.tasks import TaskStore
@@ -180,3 +181,25 @@ def test_hash_password_refuses_a_password_that_is_not_utf8(
     assert cli_main(["console", "hash-password"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "not valid UTF-8" in captured.err and len(captured.err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["gate", "skuforge", "Gate", "SKUFORGE"])
+def test_a_reviewer_named_as_the_system_that_closes_tasks_is_refused(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # The gate closes tasks it accepted as "gate" and withdrawals close them as "skuforge" (decided_by,
+    # audit): a reviewer of either name made their decisions indistinguishable from the system's.
+    users = f"alice:a-long-password,{name}:another-password"
+    with pytest.raises(ValueError, match=f"reviewer {name!r}: the console itself decides as"):
+        parse_users(users)
+    # The same refusal stops `serve console` at start-up and the Label Studio commands.
+    store = FileStore(tmp_path / "store")
+    TaskStore(tmp_path / "tasks.sqlite3").add_pending(pending_envelope(flagged_item(store, 0)))
+    (tmp_path / "export.json").write_text("[]")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    monkeypatch.setenv("SKUFORGE_CONSOLE_DB_PATH", str(tmp_path / "tasks.sqlite3"))
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", users)
+    assert cli_main(["console", "import-labelstudio", "--no-publish", str(tmp_path / "export.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"SKUFORGE_CONSOLE_USERS: Value error, reviewer {name!r}: the console itself" in err, err
+    assert "another-password" not in err and "Traceback" not in err

@@ -15,10 +15,14 @@ from pydantic_settings import BaseSettings
 
 from schemas.flow import CONSOLE
 from services.console.security import MAX_PASSWORD_CHARS, SCRYPT_PREFIX, parse_scrypt
+from services.console.tasks import ACCEPTED_BY, WITHDRAWN_BY
 from shared.argtypes import file_problem
 from shared.config import SETTINGS_CONFIG
 
 _REVIEWER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+# The names the console itself decides under (``decided_by`` and the audit): a reviewer of one of them, in
+# any case, would have decisions that read as the gate's acceptance or a withdrawal.
+SYSTEM_DECIDERS = (ACCEPTED_BY, WITHDRAWN_BY)
 _USERS_HELP = "expected 'name:password[,name:password...]' (names: letters, digits, '.', '_', '@', '-')"
 
 
@@ -37,6 +41,11 @@ def parse_users(text: str) -> dict[str, str]:
             raise ValueError(_USERS_HELP)
         if name in users:
             raise ValueError(f"reviewer {name!r} is listed twice")
+        if name.lower() in SYSTEM_DECIDERS:
+            raise ValueError(
+                f"reviewer {name!r}: the console itself decides as {' and '.join(map(repr, SYSTEM_DECIDERS))}"
+                " (tasks the gate accepted, photos withdrawn); give the reviewer another name"
+            )
         if password.startswith(SCRYPT_PREFIX):
             try:
                 parse_scrypt(password)
