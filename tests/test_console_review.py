@@ -143,8 +143,8 @@ def test_a_losing_decision_does_not_overwrite_the_recorded_mask(
     parts.tasks.claim(task.task_id, "alice", 60.0)
     check_held = parts.tasks.check_held
 
-    def slow_check(task_id: str, reviewer: str) -> Task:
-        held = check_held(task_id, reviewer)
+    def slow_check(task_id: str, reviewer: str, **kwargs: bool) -> Task:
+        held = check_held(task_id, reviewer, **kwargs)
         if reviewer == "alice":
             parts.clock.advance(61.0)
             parts.tasks.claim(task.task_id, "bob", 60.0)
