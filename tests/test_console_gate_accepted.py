@@ -274,3 +274,32 @@ def test_an_acceptance_that_closed_nothing_leaves_newer_flags_and_other_renders_
 
     assert parts.tasks.add_pending(envelope) is True
     assert parts.tasks.get(envelope.event_id).state == "pending"
+
+
+def test_a_copy_showing_a_render_the_gate_accepted_since_closes_the_open_task(parts: ConsoleParts) -> None:
+    # The item was re-rendered under its item id; the gate flagged the new render, then (replayed with a
+    # looser threshold) accepted it. The acceptance arrives first and closes nothing (the task still
+    # shows the first render); the flag of the new render, older than the acceptance, arrives late.
+    envelope = flag(parts, 0)
+    other = flagged_item(parts.store, 1).matted
+    rerendered = other.model_copy(
+        update={"generated": other.generated.model_copy(update={"item_id": "item-0000"})}
+    )
+    parts.tasks.close_accepted(
+        accepted_envelope(envelope, produced_at=later(envelope, 120), matted=rerendered)
+    )
+    assert parts.tasks.get(envelope.event_id).state == "pending"
+
+    copy = envelope.payload.model_copy(update={"matted": rerendered})
+    late = envelope.model_copy(update={"payload": copy, "produced_at": later(envelope, 60)})
+    parts.tasks.add_pending(late)
+
+    # As if the two had come in order: the acceptance, newer, closes the task of the render it accepted.
+    task = parts.tasks.get(envelope.event_id)
+    assert (task.state, task.decided_by) == ("accepted", "gate")
+    assert task.pending.matted.generated.image.sha256 == rerendered.generated.image.sha256
+    assert parts.tasks.audit(envelope.event_id)[-1].action == "gate_accepted"
+    # A flag of it produced after the acceptance opens it again.
+    newest = late.model_copy(update={"produced_at": later(envelope, 180)})
+    parts.tasks.add_pending(newest)
+    assert parts.tasks.get(envelope.event_id).state == "pending"

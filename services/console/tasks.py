@@ -317,9 +317,11 @@ class TaskStore:
         JSON sorts last is kept, in whichever order they arrive. A task the gate accepted on a replay
         (``close_accepted``) is opened again, pending, by a copy produced after that acceptance (the
         gate replayed once more, with a tighter threshold): the gate's newest verdict wants a person.
-        Likewise a new task of a render the gate accepted no earlier than this copy was produced (an
-        old flag replayed after a newer acceptance that closed nothing) is written closed, ``accepted``,
-        as ``close_accepted`` would have closed it: no reviewer is asked, and False is returned."""
+        Likewise a copy of a render the gate accepted no earlier than this copy was produced (an old
+        flag replayed after a newer acceptance that closed nothing: the item had no task, or its task
+        showed another render) closes its task, or writes it closed, ``accepted``, as
+        ``close_accepted`` would have closed it had they come in order: no reviewer is asked, and
+        False is returned."""
         pending = event.payload
         generated = pending.matted.generated
         now = self.clock()
@@ -375,7 +377,30 @@ class TaskStore:
                     self._audit(
                         db, event.event_id, None, "intake_update", row["state"], row["state"], now, detail
                     )
-                elif row["state"] == "accepted" and held_at is not None and produced_at > held_at:
+                    if acceptance is not None:
+                        # The copy shows a render (the item rendered again) that the gate accepted after
+                        # flagging it; that acceptance came first and closed nothing, as the task showed
+                        # other pixels then. In order, it would have closed the task: closed now.
+                        waiting = db.execute(
+                            "SELECT task_id, state, claimed_by FROM tasks WHERE task_id = ?",
+                            (event.event_id,),
+                        ).fetchone()
+                        self._close_waiting(
+                            db,
+                            waiting,
+                            "accepted",
+                            ACCEPTED_BY,
+                            "gate_accepted",
+                            now,
+                            _accepted_since(acceptance),
+                            produced_at=acceptance["produced_at"],
+                        )
+                elif (
+                    row["state"] == "accepted"
+                    and held_at is not None
+                    and produced_at > held_at
+                    and acceptance is None  # else the gate accepted this render since: that stands
+                ):
                     # Flagged after the acceptance that closed it (which set produced_at): waiting again,
                     # since arriving now.
                     db.execute(
@@ -387,10 +412,7 @@ class TaskStore:
                     self._audit(db, event.event_id, None, "intake_update", "accepted", "pending", now, detail)
                 return False
             if acceptance is not None:
-                detail = (
-                    f"the gate accepted it (IoU {acceptance['iou']:.3f}) in event {acceptance['event_id']},"
-                    " produced no earlier than this flag"
-                )
+                detail = _accepted_since(acceptance)
                 self._audit(db, event.event_id, ACCEPTED_BY, "gate_accepted", None, "accepted", now, detail)
                 return False
             self._audit(db, event.event_id, None, "intake", None, "pending", now, ",".join(pending.reasons))
@@ -943,6 +965,14 @@ def _task_of(row: sqlite3.Row) -> Task:
         raise BadInput(
             "task_unreadable", f"task {row['task_id']} no longer reads: {str(exc)[:300]}"
         ) from None
+
+
+def _accepted_since(acceptance: sqlite3.Row) -> str:
+    """The audit detail of a task closed by an acceptance (``gate_acceptances``) newer than its flag."""
+    return (
+        f"the gate accepted it (IoU {acceptance['iou']:.3f}) in event {acceptance['event_id']}, produced"
+        " no earlier than this flag"
+    )
 
 
 def _closed(task_id: str, state: str) -> str:
