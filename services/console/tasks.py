@@ -105,7 +105,7 @@ CREATE TABLE IF NOT EXISTS gate_acceptances (
     sku_id       TEXT NOT NULL,
     item_id      TEXT NOT NULL,
     image_sha256 TEXT NOT NULL,
-    produced_at  REAL NOT NULL,
+    accepted_at  REAL NOT NULL,
     event_id     TEXT NOT NULL,
     iou          REAL NOT NULL,
     PRIMARY KEY (sku_id, item_id, image_sha256)
@@ -330,8 +330,8 @@ class TaskStore:
         with self._write() as db:
             # The rule close_accepted applies to a waiting task: the acceptance wins unless the flag is newer.
             acceptance = db.execute(
-                "SELECT produced_at, event_id, iou FROM gate_acceptances"
-                " WHERE sku_id = ? AND item_id = ? AND image_sha256 = ? AND produced_at >= ?",
+                "SELECT accepted_at, event_id, iou FROM gate_acceptances"
+                " WHERE sku_id = ? AND item_id = ? AND image_sha256 = ? AND accepted_at >= ?",
                 (event.sku_id, generated.item_id, generated.image.sha256, produced_at),
             ).fetchone()
             cursor = db.execute(
@@ -348,7 +348,7 @@ class TaskStore:
                     pending_json,
                     "pending" if acceptance is None else "accepted",
                     now,
-                    produced_at if acceptance is None else acceptance["produced_at"],
+                    produced_at if acceptance is None else acceptance["accepted_at"],
                     None if acceptance is None else ACCEPTED_BY,
                     None if acceptance is None else now,
                 ),
@@ -393,7 +393,7 @@ class TaskStore:
                             "gate_accepted",
                             now,
                             _accepted_since(acceptance),
-                            produced_at=acceptance["produced_at"],
+                            produced_at=acceptance["accepted_at"],
                         )
                 elif (
                     row["state"] == "accepted"
@@ -721,10 +721,10 @@ class TaskStore:
         closed: list[str] = []
         with self._write() as db:
             db.execute(
-                "INSERT INTO gate_acceptances (sku_id, item_id, image_sha256, produced_at, event_id, iou)"
+                "INSERT INTO gate_acceptances (sku_id, item_id, image_sha256, accepted_at, event_id, iou)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sku_id, item_id, image_sha256) DO UPDATE SET"
-                " produced_at = excluded.produced_at, event_id = excluded.event_id, iou = excluded.iou"
-                " WHERE excluded.produced_at > gate_acceptances.produced_at",
+                " accepted_at = excluded.accepted_at, event_id = excluded.event_id, iou = excluded.iou"
+                " WHERE excluded.accepted_at > gate_acceptances.accepted_at",
                 (
                     event.sku_id,
                     generated.item_id,
