@@ -7,8 +7,9 @@ The final mask of each decision:
 * ``approve_edited``    the reviewer's mask, checked (a PNG/BMP/TIFF/WebP at the generated image's
                         size, marking some product and some background; ``read_edited_mask``),
                         thresholded to 0/255 and stored as
-                        ``masks/corrected/<sku_id>/<item_id>-<sha16>.png`` (written inside the decision's
-                        transaction, so only the decision that is recorded writes it)
+                        ``masks/corrected/<sku_id>/<item_id>-<sha16>.png`` (written before the decision's
+                        transaction, under its PNG's sha256: a decision that loses a race leaves an
+                        object nothing points at, never other pixels under the recorded one's key)
 * ``reject``            no mask; a reason is required
 
 ``record_decision`` is the whole rule for one request: the reviewer must hold the task's claim (a
