@@ -74,8 +74,9 @@ def images_per_s(
     and the most rows one pipeline call painted (``pipeline_batch_rows``; 0 if the backend has none)."""
     client = TritonGenerator(server.grpc_url, concurrency=concurrency, timeout_s=600)
     try:
-        client.generate(backend, variants[: max(2, concurrency)])  # warm-up: connections, first calls
-        client.batch_done()  # else the timed call would take the warm-up's answers, not draw them
+        warm_up = variants[: max(2, concurrency)]
+        client.generate(backend, warm_up)  # warm-up: connections, first calls
+        client.forget(backend, warm_up)  # else the timed call would take the warm-up's answers, not draw them
         started = time.perf_counter()
         results = client.generate(backend, variants)
         elapsed = time.perf_counter() - started

@@ -22,9 +22,9 @@ from schemas.common import ImageRef
 from schemas.envelope import Envelope, derive_id
 from schemas.events import ImageGenerated, SkuCaptioned
 from schemas.topics import SKU_CAPTIONED
-from services.generator.client import GeneratorUnavailable, TritonGenerator
+from services.generator.client import GeneratorFailed, GeneratorUnavailable, TritonGenerator
 from services.generator.protocol import VariantRequest, VariantResult
-from services.generator.stage import GeneratorMetrics, handle_batch, variant_seed
+from services.generator.stage import GeneratorMetrics, handle_batch, plan_variants, variant_seed
 from shared.bus import make_envelope
 from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
@@ -36,7 +36,7 @@ from shared.runtime import Context
 from shared.store import FileStore, ObjectStore
 from tests.support.captioning import captioned_sku
 from tests.support.generation import RefusingGenerator
-from tests.support.triton import TritonServerProcess
+from tests.support.triton import PoisonedComposite, TritonServerProcess, poisoned_triton
 from tests.test_generator_triton import variant as triton_variant
 
 
@@ -296,7 +296,7 @@ def test_a_photo_missing_from_the_store_still_dead_letters_the_whole_sku(tmp_pat
 class AdapterMissingGenerator:
     """Draws nothing useful: refuses the second variant as an adapter not registered yet."""
 
-    def batch_done(self) -> None:
+    def forget(self, backend: str, variants: Sequence[VariantRequest]) -> None:
         """Nothing is kept between calls here."""
 
     def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
@@ -385,6 +385,61 @@ def test_a_batch_that_redraws_with_more_requests_than_triton_holds_still_gets_ev
     # Each variant was drawn once: a retry asks Triton for none of those a call before it answered
     # (the first round's 16 were drawn again on every retry that a refused redraw round caused).
     assert int(model["inference_count"]) == 16 + 4
+
+
+def test_a_sku_retried_alone_after_its_batch_failed_is_not_drawn_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One variant of the second SKU fails (a backend bug): the batch fails, and the runtime runs each
+    # SKU alone (``Stage._single``). The first SKU alone was done and cleared every answer the client
+    # kept, the second's too: its retry drew its good variants again, GPU time and all.
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=3, size_px=64)
+    first, second = (captioned_event(captioned_sku(store, index), "alone", str(index)) for index in (1, 2))
+    seeds = [
+        planned.seed for event in (first, second) for planned in plan_variants(event.payload, generation)
+    ]
+    failing = seeds[4]  # the second SKU's variant 1
+    with poisoned_triton(monkeypatch, PoisonedComposite(failing={failing}, away=())) as (url, backend):
+        client = TritonGenerator(url, concurrency=4)
+        try:
+            with pytest.raises(GeneratorFailed):
+                handle_batch([first, second], ctx, generator=client, generation=generation)
+            [served] = handle_batch([first], ctx, generator=client, generation=generation)
+            with pytest.raises(GeneratorFailed, match=f"seed {failing}"):
+                handle_batch([second], ctx, generator=client, generation=generation)
+        finally:
+            client.close()
+    assert isinstance(served, list) and len(served) == 3
+    # Each variant drawn once: the second SKU's alone was answered from what its batch had drawn.
+    assert sorted(backend.painted) == sorted(seed for seed in seeds if seed != failing)
+
+
+def test_a_batch_retried_after_another_partitions_batch_is_not_drawn_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A variant of the first SKU cannot be served now (the store its model reads is away): its
+    # partition backs off while the others go on. The next batch, of another partition, was done and
+    # cleared every answer kept, so the retry of the first drew its good variants again.
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=3, size_px=64)
+    waiting, other = (
+        captioned_event(captioned_sku(store, index), "partitions", str(index)) for index in (1, 2)
+    )
+    seeds = [
+        planned.seed for event in (waiting, other) for planned in plan_variants(event.payload, generation)
+    ]
+    away = seeds[1]  # the waiting SKU's variant 1
+    with poisoned_triton(monkeypatch, PoisonedComposite(failing=(), away={away})) as (url, backend):
+        client = TritonGenerator(url, concurrency=4)
+        try:
+            with pytest.raises(GeneratorUnavailable):
+                handle_batch([waiting], ctx, generator=client, generation=generation)
+            [served] = handle_batch([other], ctx, generator=client, generation=generation)
+            backend.away = frozenset()  # the store is back
+            [retried] = handle_batch([waiting], ctx, generator=client, generation=generation)
+        finally:
+            client.close()
+    assert isinstance(served, list) and isinstance(retried, list) and len(retried) == 3
+    assert sorted(backend.painted) == sorted(seeds)  # each variant drawn once
 
 
 @pytest.mark.parametrize(

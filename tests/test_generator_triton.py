@@ -6,10 +6,8 @@ No mocks: ``skuforge serve generator`` runs in its own process, as in production
 from __future__ import annotations
 
 import json
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +16,12 @@ import pytest
 from devstack.broker import free_port
 from services.generator.client import GeneratorUnavailable, TritonGenerator
 from services.generator.protocol import MAX_TEXT_BYTES, VariantRequest, VariantResult
-from shared.errors import BadInput, TransientError
-from shared.generation.backend import GenerationRequest, RowOutcome
+from shared.errors import BadInput
+from shared.generation.backend import GenerationRequest
 from shared.generation.composite import CompositeBackend
 from shared.synth import make_product, render_photo
 from tests.support.diffusion import product_photo
-from tests.support.triton import TritonServerProcess, max_batch_executed, tiny_diffusion_env
+from tests.support.triton import TritonServerProcess, max_batch_executed, poisoned_triton, tiny_diffusion_env
 
 pytestmark = pytest.mark.slow
 
@@ -455,50 +453,6 @@ def test_concurrent_diffusion_rows_are_painted_in_one_pipeline_call(
     assert max(rows) <= 4  # SKUFORGE_DIFFUSION_MAX_BATCH (default 4) bounds a call
 
 
-class _PoisonedComposite(CompositeBackend):
-    """The real composite backend, with a bug on one input: any batch holding seed 13 raises. The
-    seeds of the rows it painted are in ``painted``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.painted: list[int] = []
-
-    def generate_many(self, requests: list[GenerationRequest]) -> list[RowOutcome]:
-        if any(request.seed == 13 for request in requests):
-            raise ZeroDivisionError("a bug on this input")
-        if any(request.seed == 17 for request in requests):
-            raise TransientError("S3 unreachable: the adapter registry is away")
-        outcomes = super().generate_many(requests)
-        self.painted.extend(request.seed for request in requests)
-        return outcomes
-
-
-@contextmanager
-def _poisoned_triton(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, _PoisonedComposite]]:
-    """A Triton server in this process serving ``_PoisonedComposite``: its gRPC address, and the backend."""
-    from services.generator import server as server_module
-    from shared.config import Settings
-    from shared.generation.settings import GenerationSettings
-
-    backend = _PoisonedComposite()
-    monkeypatch.setattr(server_module, "open_backend", lambda name, **_: backend)
-    generation = GenerationSettings(
-        generation_server_address="127.0.0.1",
-        generation_server_http_port=free_port(),
-        generation_server_grpc_port=free_port(),
-        generation_server_metrics_port=free_port(),
-        generation_batch_delay_us=200_000,  # so the poisoned row and the good ones share a batch
-    )
-    # A short workspace: PyTriton's sockets live under it, and AF_UNIX paths are limited to 108 bytes.
-    workspace = str(Path(tempfile.mkdtemp(prefix="tw", dir="/tmp")) / "w")
-    triton = server_module.build_triton(generation, ["composite"], shared=Settings(), workspace=workspace)
-    triton.run()
-    try:
-        yield f"127.0.0.1:{generation.generation_server_grpc_port}", backend
-    finally:
-        triton.stop()
-
-
 def test_a_row_the_backend_fails_on_fails_alone_and_is_not_called_transient(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -506,7 +460,7 @@ def test_a_row_the_backend_fails_on_fails_alone_and_is_not_called_transient(
     # stage retried it forever, stalling the partition (and failing the rows batched with it).
     from services.generator.client import GeneratorFailed
 
-    with _poisoned_triton(monkeypatch) as (url, _):
+    with poisoned_triton(monkeypatch) as (url, _):
         client = TritonGenerator(url, concurrency=3)
         good = TritonGenerator(url, concurrency=2)
         try:
@@ -537,7 +491,7 @@ def test_the_answers_beside_a_failed_row_are_kept_for_the_retry(monkeypatch: pyt
     thrown away, and the retry drew them again."""
     from services.generator.client import GeneratorFailed
 
-    with _poisoned_triton(monkeypatch) as (url, backend):
+    with poisoned_triton(monkeypatch) as (url, backend):
         client = TritonGenerator(url, concurrency=3)
         try:
             failed = _raised(lambda: client.generate("composite", [variant(11), variant(13), variant(12)]))
@@ -548,6 +502,25 @@ def test_the_answers_beside_a_failed_row_are_kept_for_the_retry(monkeypatch: pyt
     assert isinstance(error, GeneratorFailed) and "seed 13" in str(error)
     assert all(isinstance(result, VariantResult) for result in retried)
     assert sorted(backend.painted) == [11, 12]  # each drawn once: the retry was answered from what was kept
+
+
+def test_the_answers_kept_are_bounded_and_let_go_when_their_input_is_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Answers are kept until the stage lets go of them (its input committed): past ``keep_at_most`` the
+    oldest go first, never those of the call in hand, whose retry would otherwise draw them again."""
+    with poisoned_triton(monkeypatch) as (url, backend):
+        client = TritonGenerator(url, concurrency=3, keep_at_most=2)
+        try:
+            client.generate("composite", [variant(1)])  # an input never committed: kept until the bound
+            client.generate("composite", [variant(2), variant(3), variant(4)])  # over the bound: all kept
+            client.generate("composite", [variant(2), variant(3), variant(4), variant(1)])
+            client.forget("composite", [variant(2)])  # its input committed
+            client.generate("composite", [variant(2), variant(3)])
+        finally:
+            client.close()
+    # 1 was let go for the 3 of the second call, 2 once forgotten; 3 and 4 were drawn once.
+    assert sorted(backend.painted) == [1, 1, 2, 2, 3, 4]
 
 
 def _raised(call: Callable[[], object]) -> list[BaseException]:

@@ -2,10 +2,13 @@
 
 Triton down, a model not loaded yet, a full queue (overload) or a timeout raise
 ``GeneratorUnavailable``, a ``TransientError``: the runtime pauses the partition, backs off and
-retries, and commits nothing meanwhile. Every variant drawn is kept until the stage is done with its
-batch (``batch_done``), and the retry sends only the others, in every round of the batch
-(``CONCURRENCY_LIMIT``: more in flight than Triton holds is turned away). Any error is raised once
-every request of the call is answered, so the answers beside it are kept too.
+retries, and commits nothing meanwhile. Every variant drawn is kept until the stage hands it back
+(``forget``, once the input it was drawn for is committed), and a retry sends only the others, in
+every round of the batch (``CONCURRENCY_LIMIT``: more in flight than Triton holds is turned away),
+whichever batch comes first: another partition's, or each SKU of a failed batch alone. Any error is
+raised once every request of the call is answered, so the answers beside it are kept too. At most
+``keep_at_most`` answers are kept: past that the oldest, of inputs never committed here (dead-lettered
+after a handler error, or whose partition went to another replica), are let go first.
 A variant the model refuses (its ``error`` output) comes back as a ``BadInput`` for its SKU, as does
 one with an empty reference or mask, refused before it is sent. A malformed request (our bug) raises
 ``RuntimeError``.
@@ -13,11 +16,11 @@ one with an empty reference or mask, refused before it is sent. A malformed requ
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPException
@@ -69,31 +72,43 @@ class TritonGenerator:
     """A tritonclient (gRPC or HTTP) for the generation models, one connection per worker thread."""
 
     def __init__(
-        self, url: str, *, protocol: str = "grpc", timeout_s: float = 300.0, concurrency: int = 8
+        self,
+        url: str,
+        *,
+        protocol: str = "grpc",
+        timeout_s: float = 300.0,
+        concurrency: int = 8,
+        keep_at_most: int = 256,
     ) -> None:
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+        if keep_at_most < 1:
+            raise ValueError(f"keep_at_most must be at least 1, got {keep_at_most}")
         self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="triton")
         self.last_call_ok = True  # readiness: the last call reached the model
         self._told_missing: set[str] = set()  # optional inputs an older model lacked, logged once
-        # Per backend, every answer by request, until the stage is done with its batch (``batch_done``):
-        # a retry of the batch sends only the rest. Before, one overload refusal threw away every variant
+        # Every answer by (backend, request digest), oldest first, until the stage hands it back
+        # (``forget``): a retry sends only the rest. Before, one overload refusal threw away every variant
         # drawn, and with more requests in flight than Triton holds, every retry was refused again, for
         # ever; then answers were kept only until the model's next call: a batch's first round, sent
         # again on the retry, threw its redraw round's answers away (and was drawn again itself, GPU
-        # time and all), and that round was refused again, for ever.
-        self._kept: dict[str, dict[str, VariantResult | BadInput]] = {}
+        # time and all), and that round was refused again, for ever; then until the stage was done with
+        # any batch: the first SKU of a failed batch, retried alone, threw away the answers of the next
+        # one (and another partition's batch those of a partition backing off), which drew them again.
+        self._kept: OrderedDict[tuple[str, str], VariantResult | BadInput] = OrderedDict()
+        self.keep_at_most = keep_at_most
 
     def close(self) -> None:
         """Stop the worker threads."""
         self._pool.shutdown(wait=True)
 
-    def batch_done(self) -> None:
-        """The stage is done with its batch: no retry will ask for the answers kept for one. (Until
-        then the same request is answered from what was kept, not drawn again.)"""
-        self._kept.clear()
+    def forget(self, backend: str, variants: Sequence[VariantRequest]) -> None:
+        """Let go of the answers kept for ``variants``: no retry will ask for them (their input is
+        committed). Until then the same request is answered from what was kept, not drawn again."""
+        for variant in variants:
+            self._kept.pop((backend, variant.digest), None)
 
     def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
         """All ``variants`` from ``backend``'s model, in order; GeneratorUnavailable if any was not served,
@@ -104,14 +119,17 @@ class TritonGenerator:
         except GeneratorUnavailable:
             self.last_call_ok = False
             raise
-        kept = self._kept.setdefault(backend, {})
-        keys = [_request_key(variant) for variant in variants]
+        keys = [variant.digest for variant in variants]
+        answered: dict[str, VariantResult | BadInput] = {}
+        for key in keys:
+            if (backend, key) in self._kept:
+                answered[key] = self._kept[backend, key]
+                self._kept.move_to_end((backend, key))  # wanted still: let go last
         futures = {
             key: self._pool.submit(self._infer_one, backend, variant, optional)
             for key, variant in zip(keys, variants, strict=True)
-            if key not in kept
+            if key not in answered
         }
-        answered: dict[str, VariantResult | BadInput] = {key: kept[key] for key in keys if key in kept}
         unavailable: GeneratorUnavailable | None = None
         failed: Exception | None = None
         refused = 0
@@ -125,7 +143,10 @@ class TritonGenerator:
                 # Raised only once the others are in: before, the first failure left them drawing on,
                 # their answers thrown away, and the stage's retry (each SKU alone) drew them again.
                 failed = failed or exc
-        kept.update(answered)
+        for key in futures:
+            if key in answered:
+                self._kept[backend, key] = answered[key]
+        self._let_go_past_bound(backend, keys)
         self.last_call_ok = unavailable is None
         if unavailable is not None and unavailable.kind == "overloaded":
             log.warning(
@@ -142,6 +163,22 @@ class TritonGenerator:
         if unavailable is not None:
             raise unavailable
         return [answered[key] for key in keys]
+
+    def _let_go_past_bound(self, backend: str, keys: Sequence[str]) -> None:
+        """Past ``keep_at_most`` answers, let go of the oldest, never those of this call (its retry
+        would draw them again, and could be refused again, for ever)."""
+        excess = len(self._kept) - self.keep_at_most
+        if excess <= 0:
+            return
+        this_call = {(backend, key) for key in keys}
+        oldest = [kept for kept in self._kept if kept not in this_call][:excess]
+        for kept in oldest:
+            del self._kept[kept]
+        log.info(
+            "let go of %d answers kept for a retry: over %d kept, their inputs are drawn again if asked",
+            len(oldest),
+            self.keep_at_most,
+        )
 
     def _client(self) -> Any:
         client = getattr(self._local, "client", None)
@@ -285,26 +322,6 @@ def _explain(status: str, message: str, url: str, backend: str) -> tuple[str, st
     if "deadline" in lowered or "timeout" in lowered or "DEADLINE" in status:
         return f"Triton at {url} timed out on {model_name(backend)}: {message}", "timeout"
     return f"Triton at {url} unavailable for {model_name(backend)} ({status}): {message}", "unavailable"
-
-
-def _request_key(variant: VariantRequest) -> str:
-    """A digest of everything a request sends: equal for the same variant asked again."""
-    digest = hashlib.sha256()
-    for text in (
-        variant.prompt,
-        variant.negative_prompt,
-        str(variant.seed),
-        variant.parameters_json,
-        variant.adapter_id or "",
-        variant.series or "",
-        str(variant.size),
-        json.dumps(list(variant.own_names)),
-    ):
-        digest.update(text.encode("utf-8") + b"\0")
-    for array in (variant.reference, variant.mask):
-        digest.update(f"{array.shape}{array.dtype}".encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
 
 
 def _bytes_cell(text: str) -> np.ndarray:

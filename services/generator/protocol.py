@@ -20,6 +20,9 @@ and Triton answers the request INTERNAL, so the client refuses such a variant wi
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +89,27 @@ class VariantRequest:
     series: str | None
     size: int
     own_names: tuple[str, ...] = ()  # category, product name: sent when the model declares own_names
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """A digest of everything the request sends: equal for the same variant asked again. Taken once
+        per request: the client keys the answers it keeps by it, and the stage hands them back by it."""
+        digest = hashlib.sha256()
+        for text in (
+            self.prompt,
+            self.negative_prompt,
+            str(self.seed),
+            self.parameters_json,
+            self.adapter_id or "",
+            self.series or "",
+            str(self.size),
+            json.dumps(list(self.own_names)),
+        ):
+            digest.update(text.encode("utf-8") + b"\0")
+        for array in (self.reference, self.mask):
+            digest.update(f"{array.shape}{array.dtype}".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ counted (``skuforge_generator_photos_left_out_total{reason}``); a photo ``object
 replay may cure) or none readable still sends the SKU to the DLQ, and a letter for the variants of the
 readable photos (all refused) names the unreadable ones in its detail too. Triton down, loading,
 overloaded or slow is transient: the partition is paused and retried, nothing is committed, and the
-variants Triton did draw are not drawn again (the client keeps them until the batch is done).
+variants Triton did draw are not drawn again (the client keeps them until their input is committed,
+``TritonGenerator.forget``, and a failed batch's SKUs retried alone each find theirs).
 
 The model: served by ``skuforge serve generator`` (``services/generator/server.py``); this
 stage only calls it (``services/generator/client.py``). Knobs: ``shared/generation/settings.py``.
@@ -260,6 +261,7 @@ class SkuDraws:
         self.unreadable: dict[str, BadInput] = {}  # photo_id -> why it cannot be read
         self.drawn: dict[int, tuple[PlannedVariant, VariantResult]] = {}  # by variant index
         self.refusals: list[tuple[PlannedVariant, BadInput]] = []
+        self.sent: list[tuple[str, VariantRequest]] = []  # (backend, request): what Triton was asked
         self._tried: dict[int, set[str]] = {}  # variant index -> photos refused for it
         for photo in self.turn:
             if len(self.references) == generation.generation_variants_per_sku:
@@ -410,8 +412,18 @@ def handle_batch(
                 },
             )
         outputs.append([_store_variant(event, *draw.drawn[index], ctx) for index in sorted(draw.drawn)])
-    generator.batch_done()  # what the client kept for a retry of this batch is not asked for again
+    for position, draw in draws.items():
+        # What the client kept for a retry is let go once the input is committed, not when this call
+        # is done: a retry may still come (a failed produce rewinds the batch), and the client keeps
+        # the answers of the SKUs not handled yet (those of a failed batch, each retried alone next).
+        ctx.after_commit(functools.partial(_forget, generator, draw.sent), events[position])
     return outputs
+
+
+def _forget(generator: TritonGenerator, sent: list[tuple[str, VariantRequest]]) -> None:
+    """Let go of what ``generator`` kept of ``sent``, each request with its backend."""
+    for backend in dict.fromkeys(backend for backend, _ in sent):
+        generator.forget(backend, [request for sent_to, request in sent if sent_to == backend])
 
 
 def _generate(
@@ -427,11 +439,12 @@ def _generate(
     for backend in dict.fromkeys(planned.backend for _, planned in pending):
         mine = [place for place, (_, planned) in enumerate(pending) if planned.backend == backend]
         model = model_name(backend)
+        requests = [draws[pending[place][0]].request(pending[place][1]) for place in mine]
+        for place, request in zip(mine, requests, strict=True):
+            draws[pending[place][0]].sent.append((backend, request))
         try:
             with ctx.metrics.model_call(model, len(mine)):
-                results = generator.generate(
-                    backend, [draws[pending[place][0]].request(pending[place][1]) for place in mine]
-                )
+                results = generator.generate(backend, requests)
         except GeneratorUnavailable as exc:
             if metrics is not None:
                 metrics.triton_errors.labels(model, exc.kind).inc()
@@ -519,6 +532,9 @@ def build_stage(
         protocol=generation.generation_triton_protocol,
         timeout_s=generation.generation_triton_timeout_s,
         concurrency=generation.generation_triton_concurrency,
+        # The answers of two full batches: the one in hand with its redraw rounds, and those of a
+        # partition backing off or of a failed batch's SKUs not yet retried alone.
+        keep_at_most=2 * settings.max_poll_records * generation.generation_variants_per_sku,
     )
     stage = Stage(
         STAGE_NAME,

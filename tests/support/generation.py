@@ -72,8 +72,8 @@ class InProcessGenerator:
         served = self.backends[backend]
         return [self.draw(served, generation_request(variant)) for variant in variants]
 
-    def batch_done(self) -> None:
-        """Nothing is kept between calls here (``TritonGenerator.batch_done``)."""
+    def forget(self, backend: str, variants: Sequence[VariantRequest]) -> None:
+        """Nothing is kept between calls here (``TritonGenerator.forget``)."""
 
     def draw(self, served: GenerationBackend, request: GenerationRequest) -> VariantResult | BadInput:
         """The one sample ``served`` draws for ``request``."""

@@ -4,6 +4,8 @@
 ``start()`` let a test take it down and bring it back mid-run. The ``triton`` fixture is one server
 (composite backend) for the whole test session, started by the first test that asks for it; tests
 that need another configuration (diffusion, a tiny queue) start their own ``TritonServerProcess``.
+``poisoned_triton`` serves, in the test's own process, a composite backend that fails on given seeds
+and records the seeds it painted: how many times Triton drew each variant.
 """
 
 from __future__ import annotations
@@ -12,16 +14,21 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devstack.broker import free_ports
+from devstack.broker import free_port, free_ports
 from services.generator.protocol import model_name
+from shared.errors import TransientError
+from shared.generation.backend import GenerationRequest, RowOutcome
+from shared.generation.composite import CompositeBackend
 
 START_TIMEOUT_S = 180.0
 
@@ -166,3 +173,52 @@ def tiny_diffusion_env(work: Path, *, adapters: dict[str, int] | None = None) ->
         "SKUFORGE_DIFFUSION_CACHE_DIR": str(work / "cache"),
         "SKUFORGE_STORE_URI": f"file://{store_root}",
     }
+
+
+class PoisonedComposite(CompositeBackend):
+    """The real composite backend, with a bug on some inputs: any batch holding a seed of ``failing``
+    raises, one holding a seed of ``away`` raises as if the store it reads were away. The seeds of the
+    rows it painted are in ``painted``."""
+
+    def __init__(self, failing: Collection[int] = (13,), away: Collection[int] = (17,)) -> None:
+        super().__init__()
+        self.failing, self.away = frozenset(failing), frozenset(away)
+        self.painted: list[int] = []
+
+    def generate_many(self, requests: list[GenerationRequest]) -> list[RowOutcome]:
+        if any(request.seed in self.failing for request in requests):
+            raise ZeroDivisionError("a bug on this input")
+        if any(request.seed in self.away for request in requests):
+            raise TransientError("S3 unreachable: the adapter registry is away")
+        outcomes = super().generate_many(requests)
+        self.painted.extend(request.seed for request in requests)
+        return outcomes
+
+
+@contextmanager
+def poisoned_triton(
+    monkeypatch: pytest.MonkeyPatch, backend: PoisonedComposite | None = None
+) -> Iterator[tuple[str, PoisonedComposite]]:
+    """A Triton server in this process serving ``backend`` (default: failing on seed 13, away on 17) as
+    the composite model: its gRPC address, and the backend."""
+    from services.generator import server as server_module
+    from shared.config import Settings
+    from shared.generation.settings import GenerationSettings
+
+    served = backend or PoisonedComposite()
+    monkeypatch.setattr(server_module, "open_backend", lambda name, **_: served)
+    generation = GenerationSettings(
+        generation_server_address="127.0.0.1",
+        generation_server_http_port=free_port(),
+        generation_server_grpc_port=free_port(),
+        generation_server_metrics_port=free_port(),
+        generation_batch_delay_us=200_000,  # so the poisoned row and the good ones share a batch
+    )
+    # A short workspace: PyTriton's sockets live under it, and AF_UNIX paths are limited to 108 bytes.
+    workspace = str(Path(tempfile.mkdtemp(prefix="tw", dir="/tmp")) / "w")
+    triton = server_module.build_triton(generation, ["composite"], shared=Settings(), workspace=workspace)
+    triton.run()
+    try:
+        yield f"127.0.0.1:{generation.generation_server_grpc_port}", served
+    finally:
+        triton.stop()
