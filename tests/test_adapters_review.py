@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from services.generator.protocol import BACKEND_UNAVAILABLE_PREFIX
 from services.generator.server import GenerationModel
@@ -167,6 +168,55 @@ def test_an_adapter_that_cannot_be_fetched_unloads_none_of_those_loaded(
     monkeypatch.undo()  # room on the volume again: Fanta's takes the slot as before
     slots.activate(fanta)
     assert pipe.deleted == ["cola-v"] and slots.loaded == ["fanta-v"] and slots.active == "fanta-v"
+
+
+class _MisfitPipe(RecordingPipe):
+    """A pipeline on which the adapter of weights ``misfit`` fails half-way through its load, as one
+    trained for another model does (diffusers raises on the first layer whose shape differs), or as
+    one that runs the GPU out of memory does."""
+
+    def __init__(self, misfit: bytes, error: BaseException) -> None:
+        super().__init__()
+        self.misfit, self.error = misfit, error
+
+    def load_lora_weights(self, directory: str, *, weight_name: str, **kwargs: Any) -> None:
+        super().load_lora_weights(directory, weight_name=weight_name, **kwargs)
+        if self.loaded[-1] == self.misfit:
+            raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [
+        (ValueError("size mismatch for down_blocks.0.attentions.0: lora_A"), BadInput),
+        (torch.OutOfMemoryError("CUDA out of memory"), torch.OutOfMemoryError),
+    ],
+    ids=["does_not_fit", "out_of_gpu_memory"],
+)
+def test_an_adapter_that_fails_to_load_unloads_none_of_those_loaded(
+    tmp_path: Path, error: BaseException, raised: type[BaseException]
+) -> None:
+    # The least recently used adapter was deleted to make room before the new one was loaded: a load
+    # that then failed had unloaded it for nothing, and its next variant loaded it again.
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    cola = registry.register("cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15")
+    fanta = registry.register(
+        "fanta-v", lora_weights(2), kind="specialized", series="Fanta", base_model="sd15"
+    )
+    pipe = _MisfitPipe(lora_weights(2), error)
+    slots = LoraSlots(pipe, 1, lambda adapter: registry.fetch_weights(adapter, tmp_path / "cache"))
+    slots.activate(cola)
+
+    with pytest.raises(raised):
+        slots.activate(fanta)
+
+    assert pipe.deleted == ["fanta-v"]  # what did get into the UNet of Fanta's, and nothing else
+    assert slots.loaded == ["cola-v"]
+    slots.activate(cola)  # the next Cola variant: no second load
+    assert pipe.loaded == [lora_weights(1), lora_weights(2)] and slots.active == "cola-v"
+    pipe.misfit = b""  # Fanta's fits now (its retrained weights, say): it takes the slot as before
+    slots.activate(fanta)
+    assert pipe.deleted == ["fanta-v", "cola-v"] and slots.loaded == ["fanta-v"] and slots.active == "fanta-v"
 
 
 @pytest.mark.parametrize(

@@ -393,7 +393,9 @@ class LoraSlots:
         """Make ``adapter`` the only active one (``None``: the base model), loading it if needed.
 
         An adapter that does not fit the model is refused (``BadInput`` ``adapter_unloadable``) and
-        leaves nothing in the UNet. One that cannot be fetched leaves the adapters loaded as they were.
+        leaves nothing in the UNet. One that cannot be fetched or loaded leaves the adapters loaded as
+        they were: the least recently used is evicted only once the new one is in, so for the length of
+        a load ``capacity + 1`` adapters are in the pipeline (a LoRA is megabytes beside the UNet).
         Running out of GPU memory (``torch.OutOfMemoryError``) or a CUDA
         fault (``torch.AcceleratorError``) is the backend's, not the adapter's: raised as it is.
         """
@@ -412,8 +414,6 @@ class LoraSlots:
             try:
                 if adapter_id in self._loaded:
                     self._delete(adapter_id)  # re-registered with new weights: load those instead
-                while len(self._loaded) >= self.capacity:
-                    self._delete(next(iter(self._loaded)))
             except BaseException:
                 self.release(directory)
                 raise
@@ -442,6 +442,10 @@ class LoraSlots:
                 ) from exc
             self._loaded[adapter_id] = adapter.weights_sha256
             self._folders[adapter_id] = directory
+            # Only now, with the new one in, the least recently used make room: a load that failed (an
+            # adapter that does not fit, the GPU out of memory) had evicted one for nothing.
+            while len(self._loaded) > self.capacity:
+                self._delete(next(iter(self._loaded)))
         self.pipe.enable_lora()
         self.pipe.set_adapters([adapter_id], adapter_weights=[self.scale])
         self.active = adapter_id
