@@ -22,7 +22,7 @@ from schemas.common import ImageRef
 from schemas.envelope import Envelope, derive_id
 from schemas.events import ImageGenerated, SkuCaptioned
 from schemas.topics import SKU_CAPTIONED
-from services.generator.client import GeneratorFailed, GeneratorUnavailable, TritonGenerator
+from services.generator.client import GeneratorFailed, GeneratorUnavailable, TritonGenerator, refusal
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import GeneratorMetrics, handle_batch, plan_variants, variant_seed
 from shared.bus import make_envelope
@@ -35,7 +35,7 @@ from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore, ObjectStore
 from tests.support.captioning import captioned_sku
-from tests.support.generation import RefusingGenerator
+from tests.support.generation import InProcessGenerator, RefusingGenerator
 from tests.support.triton import PoisonedComposite, TritonServerProcess, poisoned_triton
 from tests.test_generator_triton import variant as triton_variant
 
@@ -319,6 +319,45 @@ def test_a_refusal_a_replay_may_cure_still_dead_letters_the_whole_sku(tmp_path: 
     assert isinstance(outputs, BadInput) and outputs.reason == "unknown_adapter"
 
 
+class UnloadableAdapterGenerator(InProcessGenerator):
+    """Composites drawn in this process; every diffusion variant refused as the Triton client returns
+    the refusal of an adapter that does not fit the model. ``calls`` counts the variants of each call."""
+
+    def __init__(self) -> None:
+        super().__init__(CompositeBackend(None))
+        self.calls: list[tuple[str, int]] = []
+
+    def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
+        self.calls.append((backend, len(variants)))
+        if backend == "composite":
+            return super().generate(backend, variants)
+        unfit = "BadInput: adapter_unloadable: adapter 'cola-v' does not fit this model (base 'sdxl')"
+        return [refusal(unfit, f"diffusion refused variant seed {variant.seed}") for variant in variants]
+
+
+def test_a_variant_refused_for_its_adapter_is_not_drawn_from_the_other_photos_and_keeps_its_letter(
+    tmp_path: Path,
+) -> None:
+    # The adapter the SKU's series gets does not fit the model: any photo draws the same refusal. Each
+    # was tried in turn (a round trip and an adapter load per photo), then the diffusion variants were
+    # left out and the composites committed: once the adapter was fixed, no letter brought them back.
+    store, ctx, _ = arrange_generator(tmp_path, variants_per_sku=4, size_px=64)
+    generation = load_settings(
+        GenerationSettings,
+        generation_variants_per_sku=4,
+        generation_size_px=64,
+        generation_min_plain_background=0.0,
+        generation_backend_mix={"composite": 1, "diffusion": 1},
+    )
+    event = captioned_event(captioned_sku(store, 5, usable_photos=3), "unfit-adapter")
+    generator = UnloadableAdapterGenerator()
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+
+    assert isinstance(outputs, BadInput) and outputs.reason == "adapter_unloadable", outputs
+    assert "does not fit this model" in outputs.detail
+    assert generator.calls == [("composite", 2), ("diffusion", 2)]  # one round: no photo would do
+
+
 @pytest.mark.slow
 def test_more_requests_in_flight_than_triton_holds_still_get_every_variant_drawn(tmp_path: Path) -> None:
     # Triton holds 2 requests of a model (1 executing, 1 queued) and turns the rest away as overloaded.
@@ -387,6 +426,7 @@ def test_a_batch_that_redraws_with_more_requests_than_triton_holds_still_gets_ev
     assert int(model["inference_count"]) == 16 + 4
 
 
+@pytest.mark.slow
 def test_a_sku_retried_alone_after_its_batch_failed_is_not_drawn_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -414,6 +454,7 @@ def test_a_sku_retried_alone_after_its_batch_failed_is_not_drawn_again(
     assert sorted(backend.painted) == sorted(seed for seed in seeds if seed != failing)
 
 
+@pytest.mark.slow
 def test_a_batch_retried_after_another_partitions_batch_is_not_drawn_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,13 +24,14 @@ always gets the same images.
 
 Bad input goes to the DLQ with its reason: no usable photo (``no_usable_photo``), a photo or mask
 missing or altered in the store (``object_missing``, ``checksum_mismatch``), not a readable image
-(``corrupt``...), a refusal a replay may cure (``unknown_adapter``...), or every variant refused
-from every photo (``generation_refused``...). A variant the model refuses for good (a photo whose
-mask it cannot place) is asked for again from another of the SKU's photos, with that photo's seed
-(of the photos after it in turn not refused for it, variant ``i`` takes the ``i``-th, so a photo
-refused for every variant spreads them over the others, and the same SKU still gets the same
-images, each event naming the photo and seed it came from):
-logged ("variant refused, drawn from another photo", with the photo and reason) and counted
+(``corrupt``...), a refusal a replay may cure (``unknown_adapter``...) or one of the adapter the SKU
+gets (``adapter_unloadable``, ``adapter_base_mismatch``: every photo would draw it again), or every
+variant refused from every photo (``generation_refused``...). A variant the model refuses for good
+(a photo whose mask it cannot place) is asked for again from another of the SKU's photos, with that
+photo's seed (of the photos after it in turn not refused for it, variant ``i`` takes the ``i``-th,
+so a photo refused for every variant spreads them over the others, and the same SKU still gets the
+same images, each event naming the photo and seed it came from): logged ("variant refused, drawn
+from another photo", with the photo and reason) and counted
 (``skuforge_triton_errors_total{kind="refused"}``); refused from every photo, it is left out
 ("variant refused, left out"). A photo that cannot be read for good (``dimension_mismatch``,
 ``not_an_image``, ``checksum_mismatch``...) while another photo of the SKU can takes no turn: the
@@ -80,6 +81,8 @@ from shared.runtime import Context, Emit, Stage, run_stage_loading
 STAGE_NAME = GENERATOR.name
 # The kinds of skuforge_triton_errors_total (its help text says what each means).
 TRITON_ERROR_KINDS = ("overloaded", "timeout", "unavailable", "malformed", "refused", "backend_error")
+# Refusals of the adapter the SKU gets, not of the photo drawn from: another photo draws them again.
+ADAPTER_REFUSALS = frozenset({"adapter_unloadable", "adapter_base_mismatch"})
 
 
 class GeneratorMetrics:
@@ -368,9 +371,10 @@ def handle_batch(
                 draw.drawn[planned.variant_index] = (planned, result)
                 continue
             draw.refusals.append((planned, result))
-            if not is_permanent(result.reason):
+            if not is_permanent(result.reason) or result.reason in ADAPTER_REFUSALS:
                 # A refusal a replay may cure (unknown_adapter) refuses the SKU, so the letter brings
-                # back every variant.
+                # back every variant; so does one of its adapter (which every photo met in turn, then
+                # its variants were left out, and no letter brought them back once it was fixed).
                 refused[position] = _naming_photos_left_out(result, draw.unreadable)
                 continue
             try:
