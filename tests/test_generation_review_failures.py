@@ -10,6 +10,7 @@ for the retry, and the refusal names the settings to change.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -356,6 +357,45 @@ def test_a_variant_refused_for_its_adapter_is_not_drawn_from_the_other_photos_an
     assert isinstance(outputs, BadInput) and outputs.reason == "adapter_unloadable", outputs
     assert "does not fit this model" in outputs.detail
     assert generator.calls == [("composite", 2), ("diffusion", 2)]  # one round: no photo would do
+
+
+class MeetingGenerator(InProcessGenerator):
+    """Draws every variant with the composite backend, in this process (only the calls are on trial):
+    the call of each backend waits, up to ``wait_s``, for the other's to begin. ``met`` names the
+    backends whose call saw the other's begin."""
+
+    def __init__(self, wait_s: float = 30.0) -> None:
+        super().__init__(CompositeBackend(None))
+        self.wait_s = wait_s
+        self.begun = {"composite": threading.Event(), "diffusion": threading.Event()}
+        self.met: list[str] = []
+
+    def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
+        self.begun[backend].set()
+        other = "diffusion" if backend == "composite" else "composite"
+        if self.begun[other].wait(timeout=self.wait_s):
+            self.met.append(backend)
+        return super().generate("composite", variants)
+
+
+def test_the_backends_of_a_round_are_called_together(tmp_path: Path) -> None:
+    # The composite model (CPU) and the diffusion model (GPU) were called one after the other: the
+    # round took the sum of both, the GPU idle while the composites were drawn.
+    store, ctx, _ = arrange_generator(tmp_path, variants_per_sku=4, size_px=64)
+    generation = load_settings(
+        GenerationSettings,
+        generation_variants_per_sku=4,
+        generation_size_px=64,
+        generation_min_plain_background=0.0,
+        generation_backend_mix={"composite": 1, "diffusion": 1},
+    )
+    event = captioned_event(captioned_sku(store, 6), "together")
+    generator = MeetingGenerator()
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+
+    assert sorted(generator.met) == ["composite", "diffusion"]  # each call began before the other ended
+    assert isinstance(outputs, list)
+    assert Counter(emit.payload.backend for emit in outputs) == {"composite": 2, "diffusion": 2}  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow

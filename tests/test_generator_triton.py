@@ -17,11 +17,17 @@ from devstack.broker import free_port
 from services.generator.client import GeneratorUnavailable, TritonGenerator
 from services.generator.protocol import MAX_TEXT_BYTES, VariantRequest, VariantResult
 from shared.errors import BadInput
-from shared.generation.backend import GenerationRequest
+from shared.generation.backend import GenerationRequest, RowOutcome
 from shared.generation.composite import CompositeBackend
 from shared.synth import make_product, render_photo
 from tests.support.diffusion import product_photo
-from tests.support.triton import TritonServerProcess, max_batch_executed, poisoned_triton, tiny_diffusion_env
+from tests.support.triton import (
+    PoisonedComposite,
+    TritonServerProcess,
+    max_batch_executed,
+    poisoned_triton,
+    tiny_diffusion_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -521,6 +527,47 @@ def test_the_answers_kept_are_bounded_and_let_go_when_their_input_is_done(
             client.close()
     # 1 was let go for the 3 of the second call, 2 once forgotten; 3 and 4 were drawn once.
     assert sorted(backend.painted) == [1, 1, 2, 2, 3, 4]
+
+
+class _DiffusionAwaitsComposite(PoisonedComposite):
+    """Serves both models: a row of seed 99 waits, up to 60 s, for a row of another seed to be painted
+    (``in_vain`` says whether it waited that long); ``waiting`` is set once it waits."""
+
+    def __init__(self) -> None:
+        super().__init__(failing=(), away=())
+        self.waiting, self.other_painted = threading.Event(), threading.Event()
+        self.in_vain = False
+
+    def generate_many(self, requests: list[GenerationRequest]) -> list[RowOutcome]:
+        if any(request.seed == 99 for request in requests):
+            self.waiting.set()
+            self.in_vain = not self.other_painted.wait(timeout=60)
+        outcomes = super().generate_many(requests)
+        if any(request.seed != 99 for request in requests):
+            self.other_painted.set()
+        return outcomes
+
+
+def test_one_models_requests_do_not_wait_behind_anothers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage calls a round's backends together. The client's workers were one pool for every model:
+    a composite request sent while diffusion requests held every worker waited for them to end."""
+    served = _DiffusionAwaitsComposite()
+    with poisoned_triton(monkeypatch, served, models=("composite", "diffusion")) as (url, backend):
+        client = TritonGenerator(url, concurrency=1)
+        diffusion: list[VariantResult | BadInput] = []
+        try:
+            thread = threading.Thread(
+                target=lambda: diffusion.extend(client.generate("diffusion", [variant(99)]))
+            )
+            thread.start()
+            assert backend.waiting.wait(timeout=120), "the diffusion request never reached the model"
+            composite = client.generate("composite", [variant(1)])
+            thread.join(timeout=120)
+        finally:
+            client.close()
+    assert not backend.in_vain  # the composite request was served while the diffusion one was
+    assert all(isinstance(result, VariantResult) for result in [*composite, *diffusion])
+    assert sorted(backend.painted) == [1, 99]
 
 
 def _raised(call: Callable[[], object]) -> list[BaseException]:

@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPException
@@ -69,7 +69,12 @@ class GeneratorFailed(RuntimeError):
 
 
 class TritonGenerator:
-    """A tritonclient (gRPC or HTTP) for the generation models, one connection per worker thread."""
+    """A tritonclient (gRPC or HTTP) for the generation models, one connection per worker thread.
+
+    Each model has its own ``concurrency`` workers, and ``generate`` may be called for several models
+    at once (the stage calls a round's backends together): one model's requests never wait behind
+    another's in the queue of a shared pool.
+    """
 
     def __init__(
         self,
@@ -86,7 +91,9 @@ class TritonGenerator:
             raise ValueError(f"keep_at_most must be at least 1, got {keep_at_most}")
         self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
         self._local = threading.local()
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="triton")
+        self.concurrency = concurrency
+        self._pools: dict[str, ThreadPoolExecutor] = {}  # by backend, made on its first call
+        self._lock = threading.Lock()  # the pools and the answers kept: calls for several models at once
         self.last_call_ok = True  # readiness: the last call reached the model
         self._told_missing: set[str] = set()  # optional inputs an older model lacked, logged once
         # Every answer by (backend, request digest), oldest first, until the stage hands it back
@@ -98,17 +105,33 @@ class TritonGenerator:
         # any batch: the first SKU of a failed batch, retried alone, threw away the answers of the next
         # one (and another partition's batch those of a partition backing off), which drew them again.
         self._kept: OrderedDict[tuple[str, str], VariantResult | BadInput] = OrderedDict()
+        self._asked: Counter[tuple[str, str]] = Counter()  # the requests of the calls in hand
         self.keep_at_most = keep_at_most
 
     def close(self) -> None:
         """Stop the worker threads."""
-        self._pool.shutdown(wait=True)
+        with self._lock:
+            pools = list(self._pools.values())
+        for pool in pools:
+            pool.shutdown(wait=True)
 
     def forget(self, backend: str, variants: Sequence[VariantRequest]) -> None:
         """Let go of the answers kept for ``variants``: no retry will ask for them (their input is
         committed). Until then the same request is answered from what was kept, not drawn again."""
-        for variant in variants:
-            self._kept.pop((backend, variant.digest), None)
+        with self._lock:
+            for variant in variants:
+                self._kept.pop((backend, variant.digest), None)
+
+    def _pool(self, backend: str) -> ThreadPoolExecutor:
+        """``backend``'s workers: ``concurrency`` requests in flight to its model."""
+        with self._lock:
+            pool = self._pools.get(backend)
+            if pool is None:
+                pool = ThreadPoolExecutor(
+                    max_workers=self.concurrency, thread_name_prefix=f"triton-{backend}"
+                )
+                self._pools[backend] = pool
+            return pool
 
     def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
         """All ``variants`` from ``backend``'s model, in order; GeneratorUnavailable if any was not served,
@@ -120,13 +143,33 @@ class TritonGenerator:
             self.last_call_ok = False
             raise
         keys = [variant.digest for variant in variants]
+        asked = [(backend, key) for key in keys]
         answered: dict[str, VariantResult | BadInput] = {}
-        for key in keys:
-            if (backend, key) in self._kept:
-                answered[key] = self._kept[backend, key]
-                self._kept.move_to_end((backend, key))  # wanted still: let go last
+        with self._lock:
+            self._asked.update(asked)
+            for key in keys:
+                if (backend, key) in self._kept:
+                    answered[key] = self._kept[backend, key]
+                    self._kept.move_to_end((backend, key))  # wanted still: let go last
+        try:
+            return self._draw(backend, variants, keys, answered, optional)
+        finally:
+            with self._lock:
+                self._asked.subtract(asked)
+                self._asked = +self._asked  # without the calls done
+
+    def _draw(
+        self,
+        backend: str,
+        variants: Sequence[VariantRequest],
+        keys: list[str],
+        answered: dict[str, VariantResult | BadInput],
+        optional: frozenset[str],
+    ) -> list[VariantResult | BadInput]:
+        """``generate`` once the answers kept are in ``answered``: the other variants drawn, and kept."""
+        pool = self._pool(backend)
         futures = {
-            key: self._pool.submit(self._infer_one, backend, variant, optional)
+            key: pool.submit(self._infer_one, backend, variant, optional)
             for key, variant in zip(keys, variants, strict=True)
             if key not in answered
         }
@@ -143,10 +186,11 @@ class TritonGenerator:
                 # Raised only once the others are in: before, the first failure left them drawing on,
                 # their answers thrown away, and the stage's retry (each SKU alone) drew them again.
                 failed = failed or exc
-        for key in futures:
-            if key in answered:
-                self._kept[backend, key] = answered[key]
-        self._let_go_past_bound(backend, keys)
+        with self._lock:
+            for key in futures:
+                if key in answered:
+                    self._kept[backend, key] = answered[key]
+            self._let_go_past_bound()
         self.last_call_ok = unavailable is None
         if unavailable is not None and unavailable.kind == "overloaded":
             log.warning(
@@ -164,14 +208,13 @@ class TritonGenerator:
             raise unavailable
         return [answered[key] for key in keys]
 
-    def _let_go_past_bound(self, backend: str, keys: Sequence[str]) -> None:
-        """Past ``keep_at_most`` answers, let go of the oldest, never those of this call (its retry
-        would draw them again, and could be refused again, for ever)."""
+    def _let_go_past_bound(self) -> None:
+        """Past ``keep_at_most`` answers, let go of the oldest, never those of a call in hand (its
+        retry would draw them again, and could be refused again, for ever). Under ``_lock``."""
         excess = len(self._kept) - self.keep_at_most
         if excess <= 0:
             return
-        this_call = {(backend, key) for key in keys}
-        oldest = [kept for kept in self._kept if kept not in this_call][:excess]
+        oldest = [kept for kept in self._kept if kept not in self._asked][:excess]
         for kept in oldest:
             del self._kept[kept]
         log.info(

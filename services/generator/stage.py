@@ -55,6 +55,7 @@ import functools
 import itertools
 import json
 from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +71,7 @@ from services.generator.client import GeneratorFailed, GeneratorUnavailable, Tri
 from services.generator.protocol import VariantRequest, VariantResult, model_name
 from shared.config import Settings, load_settings
 from shared.dlq import is_permanent
-from shared.errors import BadInput
+from shared.errors import BadInput, TransientError
 from shared.generation.backend import BACKEND_NAMES, COLOUR_GAIN_KEY, cutout_sources, is_pile
 from shared.generation.composite import COMPOSITE_PARAMETERS, product_framing
 from shared.generation.diffusion import DIFFUSION_PARAMETERS
@@ -438,17 +439,21 @@ def _generate(
     metrics: GeneratorMetrics | None,
 ) -> list[VariantResult | BadInput]:
     """Triton's answer to each of ``pending`` (position in the batch, variant), in order; one call per
-    backend."""
-    answers: dict[int, VariantResult | BadInput] = {}  # by place in pending
+    backend, the backends' calls made together. A fault is raised once every call is done (a variant's
+    failure before Triton being unavailable, as the client does), so the others' answers are kept."""
+    calls: dict[str, tuple[list[int], list[VariantRequest]]] = {}
     for backend in dict.fromkeys(planned.backend for _, planned in pending):
         mine = [place for place, (_, planned) in enumerate(pending) if planned.backend == backend]
-        model = model_name(backend)
         requests = [draws[pending[place][0]].request(pending[place][1]) for place in mine]
         for place, request in zip(mine, requests, strict=True):
             draws[pending[place][0]].sent.append((backend, request))
+        calls[backend] = (mine, requests)
+
+    def call(backend: str) -> list[VariantResult | BadInput]:
+        model, (mine, requests) = model_name(backend), calls[backend]
         try:
             with ctx.metrics.model_call(model, len(mine)):
-                results = generator.generate(backend, requests)
+                return generator.generate(backend, requests)
         except GeneratorUnavailable as exc:
             if metrics is not None:
                 metrics.triton_errors.labels(model, exc.kind).inc()
@@ -458,7 +463,18 @@ def _generate(
                 kind = "backend_error" if isinstance(exc, GeneratorFailed) else "malformed"
                 metrics.triton_errors.labels(model, kind).inc()
             raise
-        for place, result in zip(mine, results, strict=True):
+
+    # Together: one after the other, the GPU's diffusion model idled while the composite model drew
+    # on the CPU, and a round took the sum of both.
+    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="generate") as pool:
+        futures = {backend: pool.submit(call, backend) for backend in calls}
+    faults = [fault for future in futures.values() if (fault := future.exception()) is not None]
+    if faults:
+        raise next((fault for fault in faults if not isinstance(fault, TransientError)), faults[0])
+    answers: dict[int, VariantResult | BadInput] = {}  # by place in pending
+    for backend, future in futures.items():
+        model, (mine, _) = model_name(backend), calls[backend]
+        for place, result in zip(mine, future.result(), strict=True):
             answers[place] = result
             if isinstance(result, BadInput) and metrics is not None:
                 metrics.triton_errors.labels(model, "refused").inc()

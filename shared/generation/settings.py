@@ -101,8 +101,8 @@ class GenerationSettings(BaseSettings):
         default=8,
         ge=1,
         le=256,
-        description="requests the stage keeps in flight (one request per variant); over all replicas at "
-        "most what Triton holds per model, about SKUFORGE_GENERATION_MAX_QUEUE_SIZE + "
+        description="requests the stage keeps in flight per model (one request per variant); over all "
+        "replicas at most what Triton holds per model, about SKUFORGE_GENERATION_MAX_QUEUE_SIZE + "
         "SKUFORGE_GENERATION_MAX_BATCH_SIZE x SKUFORGE_GENERATION_INSTANCES: beyond it the rest is "
         "turned away as overloaded and retried",
     )

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -197,10 +197,13 @@ class PoisonedComposite(CompositeBackend):
 
 @contextmanager
 def poisoned_triton(
-    monkeypatch: pytest.MonkeyPatch, backend: PoisonedComposite | None = None
+    monkeypatch: pytest.MonkeyPatch,
+    backend: PoisonedComposite | None = None,
+    *,
+    models: Sequence[str] = ("composite",),
 ) -> Iterator[tuple[str, PoisonedComposite]]:
     """A Triton server in this process serving ``backend`` (default: failing on seed 13, away on 17) as
-    the composite model: its gRPC address, and the backend."""
+    the composite model (and as each other backend of ``models``): its gRPC address, and the backend."""
     from services.generator import server as server_module
     from shared.config import Settings
     from shared.generation.settings import GenerationSettings
@@ -216,7 +219,7 @@ def poisoned_triton(
     )
     # A short workspace: PyTriton's sockets live under it, and AF_UNIX paths are limited to 108 bytes.
     workspace = str(Path(tempfile.mkdtemp(prefix="tw", dir="/tmp")) / "w")
-    triton = server_module.build_triton(generation, ["composite"], shared=Settings(), workspace=workspace)
+    triton = server_module.build_triton(generation, list(models), shared=Settings(), workspace=workspace)
     triton.run()
     try:
         yield f"127.0.0.1:{generation.generation_server_grpc_port}", served
