@@ -52,17 +52,28 @@ def with_mask(store: ObjectStore, captioned: SkuCaptioned, photo_id: str, mask: 
 
 
 def arrange_generator(
-    tmp_path: Path, *, variants_per_sku: int, size_px: int, min_plain_background: float | None = 0.0
+    tmp_path: Path,
+    *,
+    variants_per_sku: int,
+    size_px: int,
+    min_plain_background: float | None = 0.0,
+    backend_mix: dict[str, float] | None = None,
 ) -> tuple[FileStore, Context, GenerationSettings]:
     """A store in ``tmp_path``, the generator's context over it, and its generation settings:
     ``variants_per_sku`` images of ``size_px`` per SKU, drawn from the photos whose background is at
-    least ``min_plain_background`` plain (0: every usable photo; None: the setting's own)."""
+    least ``min_plain_background`` plain (0: every usable photo; None: the setting's own), from the
+    backends of ``backend_mix`` (None: the setting's own)."""
     store = FileStore(tmp_path / "store")
     settings = load_settings(store_uri=store.base_uri)
     ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
     plain = {} if min_plain_background is None else {"generation_min_plain_background": min_plain_background}
+    mix = {} if backend_mix is None else {"generation_backend_mix": backend_mix}
     generation = load_settings(
-        GenerationSettings, generation_variants_per_sku=variants_per_sku, generation_size_px=size_px, **plain
+        GenerationSettings,
+        generation_variants_per_sku=variants_per_sku,
+        generation_size_px=size_px,
+        **plain,
+        **mix,
     )
     return store, ctx, generation
 
@@ -342,13 +353,8 @@ def test_a_variant_refused_for_its_adapter_is_not_drawn_from_the_other_photos_an
     # The adapter the SKU's series gets does not fit the model: any photo draws the same refusal. Each
     # was tried in turn (a round trip and an adapter load per photo), then the diffusion variants were
     # left out and the composites committed: once the adapter was fixed, no letter brought them back.
-    store, ctx, _ = arrange_generator(tmp_path, variants_per_sku=4, size_px=64)
-    generation = load_settings(
-        GenerationSettings,
-        generation_variants_per_sku=4,
-        generation_size_px=64,
-        generation_min_plain_background=0.0,
-        generation_backend_mix={"composite": 1, "diffusion": 1},
+    store, ctx, generation = arrange_generator(
+        tmp_path, variants_per_sku=4, size_px=64, backend_mix={"composite": 1, "diffusion": 1}
     )
     event = captioned_event(captioned_sku(store, 5, usable_photos=3), "unfit-adapter")
     generator = UnloadableAdapterGenerator()
@@ -381,13 +387,8 @@ class MeetingGenerator(InProcessGenerator):
 def test_the_backends_of_a_round_are_called_together(tmp_path: Path) -> None:
     # The composite model (CPU) and the diffusion model (GPU) were called one after the other: the
     # round took the sum of both, the GPU idle while the composites were drawn.
-    store, ctx, _ = arrange_generator(tmp_path, variants_per_sku=4, size_px=64)
-    generation = load_settings(
-        GenerationSettings,
-        generation_variants_per_sku=4,
-        generation_size_px=64,
-        generation_min_plain_background=0.0,
-        generation_backend_mix={"composite": 1, "diffusion": 1},
+    store, ctx, generation = arrange_generator(
+        tmp_path, variants_per_sku=4, size_px=64, backend_mix={"composite": 1, "diffusion": 1}
     )
     event = captioned_event(captioned_sku(store, 6), "together")
     generator = MeetingGenerator()
