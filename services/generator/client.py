@@ -155,8 +155,7 @@ class TritonGenerator:
             return self._draw(backend, variants, keys, answered, optional)
         finally:
             with self._lock:
-                self._asked.subtract(asked)
-                self._asked = +self._asked  # without the calls done
+                self._asked -= Counter(asked)
 
     def _draw(
         self,
