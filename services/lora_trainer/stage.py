@@ -585,6 +585,17 @@ class LoraTrainer:
                 state["in_flight"] = wanted
             self.store.put_json(GENERAL_STATE_KEY, state)
 
+    def _general_in_flight_now(self) -> bool:
+        """Whether ``general.json`` records a general job under way."""
+        return (self._general_state() or {}).get("in_flight") is not None
+
+    def _general_published(self, job: Job) -> None:
+        """Record ``job`` (the general job) as published in ``general.json``: its accepted images
+        counted, the schedule's clock started again, no job under way."""
+        self.store.put_json(
+            GENERAL_STATE_KEY, {"accepted_count": job.accepted_count, "trained_at": time.time()}
+        )
+
     def _hash(self, kind: str, series: str | None, sources: list[InstanceSource]) -> str:
         # The class-folder images this job trains on (its classes' first recipe.class_images): a
         # folder of another class must not change, so retrain, every adapter.
@@ -646,6 +657,10 @@ class LoraTrainer:
         marker = f"{PREFIX}/published/{job.adapter_id}.json"
         job_prefix = f"{PREFIX}/jobs/{job.sha256}"
         if self.store.exists(marker):
+            if job.kind == "general" and self._general_in_flight_now():
+                # Its schedule is written after its marker (``_publish``): the store away between the
+                # two left it under way, planned again at every poll and never counted.
+                self._general_published(job)
             # Published before: redelivery, restart, or nothing new in the series. No retraining; but a
             # recipe, model or membership rolled back to this training set finds a later adapter of the
             # series newest in the registry, which the generator kept serving: made current again.
@@ -836,13 +851,9 @@ class LoraTrainer:
             publication=publication,
         )
         self.publish(event)
-        # Only after the broker has the event, and the marker last: a crash before it publishes again
-        # (the same event id), where a marker written first left general.json behind for good and the
-        # next single accepted image trained the general adapter again.
-        if job.kind == "general":
-            self.store.put_json(
-                GENERAL_STATE_KEY, {"accepted_count": job.accepted_count, "trained_at": time.time()}
-            )
+        # Only after the broker has the event: a crash before the marker is written publishes again (the
+        # same event id). The general schedule last: written before the pointer and the marker, the store
+        # away in between left the job counted and no longer under way, and no poll came back to them.
         try:
             replaced = self._current(job)
             if replaced is not None and replaced[1] is not None and replaced[0] != job.adapter_id:
@@ -859,6 +870,8 @@ class LoraTrainer:
             self.store.put_json(self._current_key(job), pointer)
             self.store.put_json(marker, event)
             self.store.put_json(self._current_key(job), {"adapter_id": job.adapter_id})
+        if job.kind == "general":
+            self._general_published(job)
         self.metrics.jobs.labels("published").inc()
         log.info("adapter published", extra={"adapter_id": job.adapter_id, "steps": result["steps"]})
         return event

@@ -1,10 +1,12 @@
 """``ReadCountingStore``: a FileStore that records what is read from it, for tests that prove an object
-is refused on its event's figures before anything is read."""
+is refused on its event's figures before anything is read; ``WriteFailsOnce``: a FileStore whose next
+write under a prefix fails, for tests of a store fault half-way through a sequence of writes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from shared.errors import TransientError
 from shared.store import FileStore
 
 
@@ -27,3 +29,16 @@ class ReadCountingStore(FileStore):
         self.keys_read.append(key)
         self.bytes_read += len(data)
         return data
+
+
+class WriteFailsOnce(FileStore):
+    """A FileStore whose next write of a key starting with ``fail_next_write`` fails once, as S3 away
+    for a moment does (set it to a key prefix; it is cleared when the write fails)."""
+
+    fail_next_write: str | None = None
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        if self.fail_next_write is not None and key.startswith(self.fail_next_write):
+            self.fail_next_write = None
+            raise TransientError(f"cannot write {key}: the store is away")
+        super()._write(key, data, content_type)
