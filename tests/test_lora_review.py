@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from schemas.events import MAX_ADAPTER_SKUS, SkuCaptioned
 from services.lora_trainer import stage as lora_stage
-from services.lora_trainer.config import LoraTrainerSettings
+from services.lora_trainer.config import MAX_LORA_RESOLUTION, LoraTrainerSettings
 from services.lora_trainer.stage import (
     PREFIX,
     LoraTrainer,
@@ -370,6 +370,18 @@ def test_a_sku_recaptioned_with_no_usable_photo_leaves_its_series(tmp_path: Path
 def test_a_training_resolution_diffusers_cannot_paint_is_a_settings_error() -> None:
     with pytest.raises(ConfigError, match="multiple of 8"):
         load_settings(LoraTrainerSettings, lora_resolution=500)
+
+
+def test_an_absurd_training_resolution_is_refused_at_start_up_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only "at least 64, a multiple of 8": SKUFORGE_LORA_RESOLUTION=100000 started, squared every class
+    # image to 100000 px at start-up, and on a GPU ran every job out of memory, retried uncounted for ever.
+    monkeypatch.setenv("SKUFORGE_LORA_RESOLUTION", "100000")
+    with pytest.raises(ConfigError, match=r"\n  SKUFORGE_LORA_RESOLUTION: .*2048 \(got '100000'\)$"):
+        load_settings(LoraTrainerSettings)  # its line in the start-up error, as every setting's
+    monkeypatch.setenv("SKUFORGE_LORA_RESOLUTION", str(MAX_LORA_RESOLUTION))  # SD's sizes fit
+    assert load_settings(LoraTrainerSettings).lora_resolution == MAX_LORA_RESOLUTION == 2048
 
 
 def test_a_general_adapter_cap_its_published_event_cannot_name_is_a_settings_error() -> None:

@@ -21,6 +21,10 @@ from shared.config import SETTINGS_CONFIG, empty_is_unset
 from shared.lora_training.dataset import TrainingRecipe
 
 _RECIPE = TrainingRecipe()
+# The largest training image side: Stable Diffusion's own sizes (512, 768) fit with room to spare. Above
+# it, each class image was squared to that size at start-up and every job ran out of GPU memory, which is
+# retried without counting: for ever.
+MAX_LORA_RESOLUTION = 2048
 
 
 class LoraTrainerSettings(BaseSettings):
@@ -64,8 +68,9 @@ class LoraTrainerSettings(BaseSettings):
     lora_resolution: int = Field(
         default=_RECIPE.resolution,
         ge=64,
+        le=MAX_LORA_RESOLUTION,
         multiple_of=8,
-        description="training image side (px), a multiple of 8",
+        description=f"training image side (px), a multiple of 8 from 64 to {MAX_LORA_RESOLUTION}",
     )
     lora_scenes_per_photo: int = Field(
         default=_RECIPE.scenes_per_photo, ge=1, le=200, description="composites per reference photo"
