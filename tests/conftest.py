@@ -1,6 +1,7 @@
 """Fixtures shared by the whole suite, each started once per session: the real Kafka broker, a moto S3
 server on loopback, a Triton server with the generation model, a U2-NetP ONNX. And per test: the
-logging set-up a test leaves behind is undone; LoRA training stubbed for the tests that ask for it."""
+logging set-up and the torch thread count a test leaves behind are undone; LoRA training stubbed for
+the tests that ask for it."""
 
 import logging
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from tests.support.lora import stub_training  # noqa: F401
 from tests.support.matting import random_u2netp_onnx  # noqa: F401
 from tests.support.prometheus import amtool_bin, prometheus_bin, promtool_bin  # noqa: F401
 from tests.support.s3 import other_s3_endpoint, s3_endpoint, s3_store  # noqa: F401
+from tests.support.threads import torch_threads_as_before  # noqa: F401 (autouse)
 from tests.support.triton import triton  # noqa: F401
 
 

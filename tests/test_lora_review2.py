@@ -29,6 +29,7 @@ from shared.lora_training.train import LORA_TARGETS, TrainingError, adapter_weig
 from shared.store import FileStore, sha256_hex
 from tests.support.diffusion import build_tiny_inpaint_pipeline, product_photo
 from tests.support.lora import gate_accepted, model_folder, record_accepted_event, trainer_on
+from tests.support.threads import one_torch_thread  # noqa: F401 (autouse: the tiny model trains on one thread)
 from tests.test_lora_review import generator_settings, open_on
 
 
@@ -64,7 +65,6 @@ def test_an_adapter_trained_with_alpha_above_its_rank_is_served_at_alpha_over_ra
 ) -> None:
     # Before, the weights carried no LoraConfig and diffusers' load_lora_weights took alpha = rank:
     # an adapter trained at scale 16/4 = 4 was painted by the generator at scale 1.
-    torch.set_num_threads(1)
     store = FileStore(tmp_path / "store")
     recipe = TrainingRecipe(rank=4, alpha=16, resolution=64, scenes_per_photo=1, class_images=0, max_steps=1)
     training_set = build_training_set(store, "set", "0" * 64, [one_photo_source(store)], recipe)

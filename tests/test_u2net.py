@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +23,10 @@ from shared.matting.u2net import (
     load_reference_state_dict,
 )
 from tests.support import u2net_reference as reference
+from tests.support.threads import one_torch_thread  # noqa: F401 (autouse)
 
 # The transcribed reference keeps its original, deprecated F.upsample calls.
 pytestmark = pytest.mark.filterwarnings("ignore:`nn.functional.upsample` is deprecated:UserWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    # On the 2-core CI machine, shared with ONNX Runtime's thread pool and the Kafka broker, OpenMP
-    # spin-waiting made these small-tensor workloads 5-10x slower with two threads than with one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 VARIANTS: list[tuple[type[nn.Module], Callable[[], nn.Module]]] = [

@@ -1,24 +1,14 @@
 """Photos for the evaluation and bench tests: ``shelf_photo``, a photo with structure at every scale,
 the kind the leakage checks' perceptual hash is made for (the flat colour photos give it nothing); and
-``one_torch_thread``, an autouse fixture a test module takes by importing it."""
+``one_torch_thread`` (from ``tests/support/threads.py``), an autouse fixture a test module takes by
+importing it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """The linear heads here are tiny: on a shared 2-core machine, threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.support.threads import one_torch_thread  # noqa: F401 (re-exported: autouse where imported)
 
 
 def shelf_photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
