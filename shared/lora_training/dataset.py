@@ -337,11 +337,26 @@ def load_training_set(store: ObjectStore, prefix: str, sha256: str) -> TrainingS
 
     The items come back exactly as ``build_training_set`` returned them, in its order; a set whose
     indexes do not hold exactly the items ``complete.json`` lists (one written before class keys
-    had a hash, where two classes overwrote each other's index) is None, so it is built again.
+    had a hash, where two classes overwrote each other's index), or whose records cannot be read (cut
+    short, not JSON, a field mistyped: logged), is None, so it is built again.
     """
     complete_key = f"{prefix}/complete.json"
     if not store.exists(complete_key):
         return None
+    try:
+        return _read_training_set(store, prefix, sha256, complete_key)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # Raised, a ValueError read as the job's own refusal: the job was failed for good, though the
+        # set is only a step on the way, built again from the photos its hash names.
+        log.warning(
+            "training set records cannot be read: the set is built again",
+            extra={"prefix": prefix, "reason": f"{type(exc).__name__}: {exc}"[:300]},
+        )
+        return None
+
+
+def _read_training_set(store: ObjectStore, prefix: str, sha256: str, complete_key: str) -> TrainingSet | None:
+    """``load_training_set``'s reading, which raises when a record is not what it wrote."""
     complete = json.loads(store.get_bytes(complete_key))
     item_ids = complete.get("item_ids")
     if complete.get("training_set_sha256") != sha256 or not isinstance(item_ids, list):
