@@ -24,11 +24,17 @@ from shared.config import ConfigError, load_settings
 from shared.generation.adapters import AdapterRegistry, safetensors_header
 from shared.generation.diffusion import LoraSlots, load_inpaint_pipeline
 from shared.images import encode_png
-from shared.lora_training.dataset import InstanceSource, TrainingRecipe, build_training_set, slug
+from shared.lora_training.dataset import TrainingRecipe, build_training_set, slug
 from shared.lora_training.train import LORA_TARGETS, TrainingError, adapter_weights, train_lora
-from shared.store import FileStore, sha256_hex
+from shared.store import FileStore
 from tests.support.diffusion import build_tiny_inpaint_pipeline, product_photo
-from tests.support.lora import gate_accepted, model_folder, record_accepted_event, trainer_on
+from tests.support.lora import (
+    gate_accepted,
+    model_folder,
+    one_photo_source,
+    record_accepted_event,
+    trainer_on,
+)
 from tests.support.threads import one_torch_thread  # noqa: F401 (autouse: the tiny model trains on one thread)
 from tests.test_lora_review import generator_settings, open_on
 
@@ -36,25 +42,6 @@ from tests.test_lora_review import generator_settings, open_on
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_inpaint_pipeline(tmp_path_factory.mktemp("lora-review2") / "tiny-sd-inpaint")
-
-
-def one_photo_source(store: FileStore) -> InstanceSource:
-    """One product photo and its mask in ``store``, as a series request records them."""
-    photo, mask = product_photo(96)
-    image_png, mask_png = encode_png(photo), encode_png(mask)
-    store.put_bytes("photo.png", image_png)
-    store.put_bytes("mask.png", mask_png)
-    return InstanceSource(
-        sku_id="SKU-001",
-        photo_id="p1",
-        image_uri=store.uri_for("photo.png"),
-        image_sha256=sha256_hex(image_png),
-        mask_uri=store.uri_for("mask.png"),
-        mask_sha256=sha256_hex(mask_png),
-        instance_prompt="a photo of sks soda can",
-        class_noun="soda can",
-        class_prompt="a photo of a soda can",
-    )
 
 
 # --- 1. the served strength -----------------------------------------------------------------------

@@ -13,8 +13,12 @@ from pathlib import Path
 import pytest
 
 from services.lora_trainer.stage import PREFIX
-from shared.lora_training.dataset import build_training_set, load_training_set
-from tests.support.lora import one_series, served
+from shared.lora_training.dataset import TrainingRecipe, build_training_set, load_training_set
+from shared.lora_training.train import TrainingInterrupted, checkpoint_key, train_lora
+from shared.store import FileStore
+from tests.support.diffusion import build_tiny_inpaint_pipeline
+from tests.support.lora import one_photo_source, one_series, served
+from tests.support.threads import one_torch_thread  # noqa: F401 (autouse: the tiny model trains on one thread)
 
 
 def _cut_short(data: bytes) -> bytes:
@@ -41,3 +45,30 @@ def test_a_training_set_whose_records_are_cut_short_is_built_again_and_the_job_p
     assert event.adapter_id == job.adapter_id and served(store) == job.adapter_id
     assert not store.exists(f"{PREFIX}/jobs/{job.sha256}/failed.json")
     assert json.loads(store.get_bytes(f"{set_prefix}/complete.json"))["training_set_sha256"] == job.sha256
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_inpaint_pipeline(tmp_path_factory.mktemp("lora-review9") / "tiny-sd-inpaint")
+
+
+def test_a_checkpoint_that_cannot_be_read_starts_the_job_again_and_a_whole_one_resumes(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """``torch.load`` of a checkpoint cut short raised a RuntimeError: counted as the job's fault, the
+    job was failed for good after three polls, though the checkpoint only saves time (a job started
+    again from step 0 ends with the weights an uninterrupted one ends with)."""
+    store = FileStore(tmp_path / "store")
+    recipe = TrainingRecipe(
+        resolution=64, scenes_per_photo=1, class_images=0, max_steps=3, checkpoint_every=1
+    )
+    training_set = build_training_set(store, "set", "0" * 64, [one_photo_source(store)], recipe)
+    with pytest.raises(TrainingInterrupted):
+        train_lora(tiny_model, training_set, recipe, store, "job", should_stop=lambda: True)
+    resumed = train_lora(tiny_model, training_set, recipe, store, "job")
+    assert (resumed.resumed_from_step, resumed.steps) == (1, 3)  # a whole checkpoint is resumed
+
+    key = checkpoint_key("job")
+    store.put_bytes(key, _cut_short(store.get_bytes(key)))
+    again = train_lora(tiny_model, training_set, recipe, store, "job")
+    assert (again.resumed_from_step, again.steps) == (0, 3)

@@ -22,7 +22,8 @@ with (``adapter_base_model``: a model other than the generator's needs ``SKUFORG
 **Restarts.** A job's id is its training set's content hash (``shared/lora_training/dataset.py``).
 Training checkpoints to ``lora-trainer/jobs/<hash>/checkpoint.pt`` every
 ``SKUFORGE_LORA_CHECKPOINT_EVERY`` steps and on SIGTERM; after SIGKILL the next start resumes from
-it. A job whose adapter is published (``lora-trainer/published/<adapter_id>.json``) is never trained
+it (from step 0 if it cannot be read; a set whose records cannot be read is built again). A job
+whose adapter is published (``lora-trainer/published/<adapter_id>.json``) is never trained
 again: a redelivered ``sku.captioned`` finds the same hash and does nothing. A recorded photo since
 deleted or altered, or one the compositor refuses, is left out of the set (logged; the adapter's
 ``sku_ids`` then leave its SKU out). A job that cannot train as configured (an SDXL or

@@ -182,8 +182,8 @@ def train_lora(
 
     progress = _Progress()
     key = checkpoint_key(checkpoint_prefix)
-    if store.exists(key):
-        state = torch.load(io.BytesIO(store.get_bytes(key)), map_location=torch_device, weights_only=False)
+    state = _read_checkpoint(store, key, torch_device) if store.exists(key) else None
+    if state is not None:
         set_peft_model_state_dict(unet, state["lora"])
         optimizer.load_state_dict(state["optimizer"])
         progress = _Progress(**state["progress"])
@@ -327,6 +327,30 @@ def _encode(
     ).input_ids.to(device)
     text = text_encoder(ids)[0]
     return _Encoded(latents=latents, mask=mask, masked_latents=masked_latents, text=text)
+
+
+def _read_checkpoint(store: ObjectStore, key: str, device: Any) -> dict[str, Any] | None:
+    """The checkpoint at ``key``, or None (a warning names it) when it cannot be read: cut short, not
+    torch's, or without the fields ``_checkpoint`` writes. The job then starts again from step 0 and
+    ends with the weights an uninterrupted one ends with; raised, it was counted as the job's fault and
+    the job failed for good after its attempts. Tensors and plain values only (``weights_only``): an
+    object in the store is not code to run."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(io.BytesIO(store.get_bytes(key)), map_location=device, weights_only=True)
+        if not (isinstance(state, dict) and {"lora", "optimizer", "progress"} <= state.keys()):
+            raise ValueError("not a dict of lora, optimizer and progress")
+        _Progress(**state["progress"])
+    except (RuntimeError, ValueError, TypeError, EOFError, pickle.UnpicklingError) as exc:
+        log.warning(
+            "checkpoint cannot be read: the job starts again from step 0",
+            extra={"checkpoint": key, "reason": " ".join(f"{type(exc).__name__}: {exc}".split())[:300]},
+        )
+        return None
+    return state
 
 
 def _checkpoint(

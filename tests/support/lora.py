@@ -25,11 +25,14 @@ from services.lora_trainer.stage import LoraTrainer, LoraTrainerMetrics, record_
 from shared.bus import make_envelope
 from shared.config import Settings, load_settings
 from shared.generation.adapters import AdapterRegistry, resolve_adapter
+from shared.images import encode_png
+from shared.lora_training.dataset import InstanceSource
 from shared.lora_training.train import TrainingResult
 from shared.observability import StageMetrics
 from shared.runtime import Context, Emit
-from shared.store import FileStore, ObjectStore
+from shared.store import FileStore, ObjectStore, sha256_hex
 from tests.support.captioning import captioned_sku
+from tests.support.diffusion import product_photo
 
 
 def lora_weights(fill: int = 0, rank: int = 4) -> bytes:
@@ -76,6 +79,26 @@ def _trainer(store: FileStore, **overrides: object) -> LoraTrainer:
         min_plain_background=0.7,
         publish=lambda event: None,
         metrics=LoraTrainerMetrics(CollectorRegistry()),
+    )
+
+
+def one_photo_source(store: FileStore) -> InstanceSource:
+    """One product photo and its mask in ``store``, as a series request records them (the training
+    loop's tests train the tiny model on it)."""
+    photo, mask = product_photo(96)
+    image_png, mask_png = encode_png(photo), encode_png(mask)
+    store.put_bytes("photo.png", image_png)
+    store.put_bytes("mask.png", mask_png)
+    return InstanceSource(
+        sku_id="SKU-001",
+        photo_id="p1",
+        image_uri=store.uri_for("photo.png"),
+        image_sha256=sha256_hex(image_png),
+        mask_uri=store.uri_for("mask.png"),
+        mask_sha256=sha256_hex(mask_png),
+        instance_prompt="a photo of sks soda can",
+        class_noun="soda can",
+        class_prompt="a photo of a soda can",
     )
 
 
