@@ -52,6 +52,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_inpaint_pipeline(tmp_path_factory.mktemp("lora-review9") / "tiny-sd-inpaint")
 
 
+@pytest.mark.slow  # trains the tiny model three times
 def test_a_checkpoint_that_cannot_be_read_starts_the_job_again_and_a_whole_one_resumes(
     tiny_model: Path, tmp_path: Path
 ) -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Collected after the tests it follows, before any of them runs: it sets a count none of them asks for.
@@ -22,6 +24,7 @@ def test_torch_threads_are_as_the_earlier_tests_found_them():
 """
 
 
+@pytest.mark.slow  # two pytest runs, one training the tiny model
 def test_tests_that_change_torch_threads_leave_them_as_they_found_them(tmp_path: Path) -> None:
     """One set one thread for its tiny model and left it so (its module now takes ``one_torch_thread``);
     one opened the trainer, which sets SKUFORGE_LORA_THREADS (undone by the suite's
