@@ -68,7 +68,7 @@ class BittenSession:
     def __init__(self) -> None:
         self.calls = 0
 
-    def predict(self, images: Sequence[Image.Image]) -> list[MattingResult]:
+    def predict_each(self, images: Sequence[Image.Image]) -> list[MattingResult]:
         self.calls += len(images)
         mask = _bitten_mask()
         return [

@@ -31,9 +31,9 @@ class SizeRecordingSession:
         self.session = committed_session()
         self.sizes: list[tuple[int, int]] = []
 
-    def predict(self, images: Sequence[Image.Image]) -> Any:
+    def predict_each(self, images: Sequence[Image.Image]) -> Any:
         self.sizes += [image.size for image in images]
-        return self.session.predict(images)
+        return self.session.predict_each(images)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.session, name)

@@ -20,8 +20,10 @@ not match its sha256 (``checksum_mismatch``), not an acceptable image (``corrupt
 ``SKUFORGE_MAX_IMAGE_PIXELS`` is ``too_many_pixels`` before it is read, a JPEG too: its mask is stored at
 its own size), dimensions other than the event says (``dimension_mismatch``), a shorter side below
 ``SKUFORGE_MIN_PHOTO_SIDE_PX`` (``too_small``: ingest refuses those, but not every event comes from
-``skuforge ingest``), a uniform picture (``blank_photo``), or a mask that finds no product
-(``no_product_found``: almost empty; ``mask_full_frame``: almost everything). A SKU with no usable
+``skuforge ingest``), a uniform picture (``blank_photo``), a photo the matting model gives NaN or
+infinite confidences for while it still mats its blank warm-up image (``model_output_not_finite``, as
+the matting stage refuses it), or a mask that finds no product (``no_product_found``: almost empty;
+``mask_full_frame``: almost everything). A SKU with no usable
 photo at all goes to the DLQ as ``no_usable_photo``, with each photo's reason in the detail (as
 ``object_missing`` when a photo is missing from the store, so a plain DLQ replay retries it once the
 object is back). A SKU with
@@ -356,7 +358,8 @@ def _find_products(
     provided: Sequence[npt.NDArray[np.uint8] | None] | None = None,
 ) -> list[_Found | _Unusable]:
     """Mask every readable photo that has no ``provided`` mask (its transparency) in one matting call,
-    refuse masks that find no product, measure the rest."""
+    refuse a photo the model gives NaN for (``model_output_not_finite``) and masks that find no
+    product, measure the rest."""
     options = models.options
     provided = provided if provided is not None else [None] * len(images)
     readable = [
@@ -364,16 +367,25 @@ def _find_products(
         for image, given in zip(images, provided, strict=True)
         if isinstance(image, Image.Image) and given is None
     ]
-    predictions: Iterator[MattingResult] = iter([])
+    predictions: Iterator[MattingResult | BadInput] = iter([])
     if readable:  # no photo to mask makes no model call, so none is counted
         with ctx.metrics.model_call("matting", len(readable)):
-            predictions = iter(models.session.predict(readable))
+            # Per photo: one the model gives NaN for is unusable alone, as the matting stage refuses it
+            # (``predict`` failed the whole SKU, retried and dead-lettered as handler_error).
+            predictions = iter(models.session.predict_each(readable))
     found: list[_Found | _Unusable] = []
     for image, given in zip(images, provided, strict=True):
         if isinstance(image, _Unusable):
             found.append(image)
             continue
-        mask = given if given is not None else next(predictions).mask
+        if given is not None:
+            mask = given
+        else:
+            prediction = next(predictions)
+            if isinstance(prediction, BadInput):
+                found.append(_Unusable(prediction.reason, prediction.detail))
+                continue
+            mask = prediction.mask
         problem = mask_problem(
             mask,
             min_fraction=options.captioner_min_mask_fraction,
