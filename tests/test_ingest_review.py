@@ -162,6 +162,28 @@ def test_what_desktops_leave_in_a_folder_is_skipped_not_named(tmp_path: Path) ->
     assert [photo.original_filename for photo in sku.photos] == ["photo_0.png", "photo_1.png"]
 
 
+def test_a_nas_thumbnail_folder_is_left_out_with_one_note_not_a_refusal(tmp_path: Path) -> None:
+    """A Synology NAS keeps "@eaDir" (resized copies of each photo) in every folder it shares, and a
+    copy of the share (rsync, NFS) brings them along: the batch was refused, "a folder inside a SKU
+    folder" for each SKU and "metadata.json: missing" for the one beside the SKU folders. They are left
+    out, as ``skuforge evaluate`` leaves them out, with one note for the batch."""
+    # Compared casefolded, as evaluate compares them.
+    for folder, sku_id, name in (("A", "A-1", "@eaDir"), ("B", "B-1", "@EADIR")):
+        thumbnails = _sku(tmp_path, folder, sku_id) / name / "photo_0.png"
+        thumbnails.mkdir(parents=True)
+        Image.new("RGB", (64, 64), "red").save(thumbnails / "SYNOPHOTO_THUMB_M.jpg")
+    (tmp_path / "@eaDir" / "A").mkdir(parents=True)
+    notes: list[str] = []
+    surveyed = ingest.survey_folders(tmp_path, load_settings(), warn=notes.append)
+    assert surveyed == [("A-1", 2), ("B-1", 2)]
+    assert notes == [
+        "3 NAS thumbnail folder(s) (@EADIR, @eaDir) hold the copies a NAS makes, not photos: not "
+        f"ingested: {tmp_path / '@eaDir'}, {tmp_path / 'A' / '@eaDir'}, {tmp_path / 'B' / '@EADIR'}"
+    ]
+    [sku] = prepare_all(tmp_path / "A", load_settings())
+    assert [photo.original_filename for photo in sku.photos] == ["photo_0.png", "photo_1.png"]
+
+
 # Finding 2: a store failure before anything is published names the store, not Kafka.
 
 

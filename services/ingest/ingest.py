@@ -24,13 +24,14 @@ a subfolder (its photos are not read), a broken link. A folder that holds SKU fo
 metadata.json (a batch given one level too high) is named with the folder to ingest instead. Skipped
 are hidden files and folders (names starting with "."), ``__MACOSX`` (the resource forks macOS puts in
 a zip it makes), and the files Windows and macOS leave in any folder (``Thumbs.db``, ``desktop.ini``,
-``Icon\\r``). A copy of a photo in its folder (the same picture) is ingested once, and named in a
-warning; of a cut-out and its copy flattened on white, the cut-out, for its outline. Two SKU ids of a
-batch may not differ only in case (``ABC-1``, ``abc-1``): on a case-insensitive file system their
-store folders would be one. A name or category that is only whitespace is refused, and so is a
-control character (a tab, newline, NUL or terminal escape) in the name, category, brand or series.
-One in a photo's file name is not refused but written escaped (``\\n``, ``\\x1b``) in the event's
-``original_filename``, which takes no control character either.
+``Icon\\r``); a NAS's thumbnail folders (Synology's ``@eaDir``, resized copies of each photo) are
+left out with one warning for the batch. A copy of a photo in its folder (the same picture) is
+ingested once, and named in a warning; of a cut-out and its copy flattened on white, the cut-out,
+for its outline. Two SKU ids of a batch may not differ only in case (``ABC-1``, ``abc-1``): on a
+case-insensitive file system their store folders would be one. A name or category that is only
+whitespace is refused, and so is a control character (a tab, newline, NUL or terminal escape) in
+the name, category, brand or series. One in a photo's file name is not refused but written escaped
+(``\\n``, ``\\x1b``) in the event's ``original_filename``, which takes no control character either.
 
 A photo file with transparency (a cut-out on a transparent background) is stored over white, as
 every photo, and its transparency beside it as a mask (``ReferencePhoto.mask``, at
@@ -92,6 +93,7 @@ from shared.photos import (
     MACOS_ZIP_FOLDERS,
     PHOTO_FILE_SUFFIXES,
     is_left_out_quietly,
+    is_nas_thumbnail_folder,
     refuse_too_small,
 )
 from shared.signals import signal_number, stopped_as_interrupt, stopped_how
@@ -201,7 +203,10 @@ def _find_sku_folders(path: Path) -> list[Path]:
     folders = sorted(
         child
         for child in _listed(path)
-        if child.is_dir() and not child.name.startswith(".") and child.name not in MACOS_ZIP_FOLDERS
+        if child.is_dir()
+        and not child.name.startswith(".")
+        and child.name not in MACOS_ZIP_FOLDERS
+        and not is_nas_thumbnail_folder(child.name)  # noted once by _warn_of_nas_thumbnails
     )
     if not folders:
         loose = loose_photos(path)
@@ -290,6 +295,30 @@ def _warn_of_skipped_entries(path: Path, warn: Callable[[str], None]) -> None:
         warn(
             f"{len(archives)} archive(s) in {path} are not opened and not ingested: "
             f"{', '.join(archives[:10])}; unpack each SKU folder and run again"
+        )
+
+
+def _warn_of_nas_thumbnails(path: Path, warn: Callable[[str], None]) -> None:
+    """Note, once for the batch, the NAS thumbnail folders (``@eaDir``) beside and inside the SKU
+    folders: left out, as ``skuforge evaluate`` leaves them out. A copy of a Synology share brings one
+    into every folder, and each refused the batch ("a folder inside a SKU folder", or
+    "metadata.json: missing" for the one beside the SKU folders)."""
+    try:
+        folders = [path] if _has_metadata_entry(path) else [path, *find_sku_folders(path)]
+        thumbnails = [
+            child
+            for folder in folders
+            for child in sorted(_listed(folder))
+            if is_nas_thumbnail_folder(child.name) and child.is_dir()
+        ]
+    except (IngestError, OSError):  # the checks name a folder that cannot be read
+        return
+    if thumbnails:
+        names = ", ".join(sorted({child.name for child in thumbnails}))
+        shown = ", ".join(str(child) for child in thumbnails[:10]) + (" ..." if len(thumbnails) > 10 else "")
+        warn(
+            f"{len(thumbnails)} NAS thumbnail folder(s) ({names}) hold the copies a NAS makes, not "
+            f"photos: not ingested: {shown}"
         )
 
 
@@ -503,8 +532,9 @@ def _sku_folders_in(folder: Path) -> list[str]:
 
 def photo_files(folder: Path) -> tuple[list[Path], list[str]]:
     """The photo files of a SKU folder, sorted, and a problem for everything else in it that is neither
-    metadata.json, hidden, nor a desktop's leftover file. Whatever a folder holds either is read or
-    is named: skipped quietly, a GIF, a photo in a subfolder or a broken link left the SKU short."""
+    metadata.json, hidden, a desktop's leftover file, nor a NAS's thumbnail folder. Whatever a folder
+    holds either is read or is named: skipped quietly, a GIF, a photo in a subfolder or a broken link
+    left the SKU short."""
     photos: list[Path] = []
     problems: list[str] = []
     accepted = ", ".join(sorted(PHOTO_FILE_SUFFIXES))
@@ -543,6 +573,8 @@ def _sort_entry(folder: Path, entry: Path, photos: list[Path], problems: list[st
             else f"a link to {target}, which does not exist"
         )
         problems.append(f"{entry}: {missing}; put the photo itself here or remove the link")
+    elif entry.is_dir() and is_nas_thumbnail_folder(entry.name):
+        return  # a NAS's copies of the photos beside it: noted once by _warn_of_nas_thumbnails
     elif entry.is_dir() and _has_metadata_entry(entry):
         problems.append(
             f"{entry}: a SKU folder (it has a metadata.json) inside the SKU folder {folder}; nothing in "
@@ -669,11 +701,12 @@ def _check_all(
     """``keep`` of every SKU folder under ``path`` that passes its checks, in order, or IngestError
     naming every problem. Once a problem is found only the checks go on; each prepared SKU is let go
     before the next folder is read, so what stays is what ``keep`` returns. ``warn`` is told of photos
-    lying beside the SKU folders, first, so a refused run names them too, and of copies of a photo in
-    its folder."""
+    lying beside the SKU folders, first, so a refused run names them too, of the NAS thumbnail folders
+    left out, and of copies of a photo in its folder."""
     if warn is not None:
         _warn_of_loose_photos(path, warn)
         _warn_of_skipped_entries(path, warn)
+        _warn_of_nas_thumbnails(path, warn)
     kept: list[T] = []
     problems: list[str] = []
     for sku, sku_problems in check_folders(path, settings):
