@@ -334,6 +334,15 @@ class ObjectStore(ABC):
         """Return the bytes stored at a URI of this store or at a key (no verification)."""
         return self._read(self._to_key(uri_or_key))
 
+    def get_bytes_at_most(self, uri_or_key: str, max_bytes: int) -> bytes:
+        """``get_bytes``, or ``BadInput('too_large_bytes')`` for an object of more than ``max_bytes``:
+        refused by its stored size before its body is read (a file's size, S3's ContentLength), so a
+        huge object costs no memory."""
+        try:
+            return self._read_at_most(self._to_key(uri_or_key), max_bytes)
+        except _ObjectTooLarge as exc:
+            raise BadInput("too_large_bytes", f"{exc.found}; at most {max_bytes} are allowed") from None
+
     def iter_bytes(self, uri_or_key: str) -> Iterator[bytes]:
         """The bytes stored at a URI of this store or at a key, in blocks of at most 1 MiB (no
         verification): a model file of gigabytes is copied without holding it in memory."""

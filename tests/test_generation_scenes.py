@@ -31,6 +31,7 @@ from shared.generation.scenes import SCENES_SKIPPED, Scene, SceneLibrary
 from shared.generation.settings import GenerationSettings
 from shared.images import encode_png
 from shared.store import FileStore, ObjectStore, S3Store
+from tests.support.store import ReadCountingStore
 from tests.support.triton import TritonServerProcess
 from tests.test_generation_composite import NEUTRAL_LIGHT, marker_pixels, marker_reference, request
 
@@ -515,6 +516,49 @@ def test_unreadable_and_badly_named_scene_files_are_skipped_and_the_rest_load(
         assert any(shown in line and reason in line for line in logged), (key, logged)
 
 
+def test_a_nas_thumbnail_folder_is_no_scene(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Synology keeps "@eaDir" (resized copies of each photo) in every folder it shares: they loaded as
+    # scenes, the top-level one under the tag "eadir", each shelf photo then drawn two or three times
+    # as often and at thumbnail resolution. Left out as skuforge evaluate leaves them out, said once.
+    write_scenes(
+        tmp_path,
+        "shelves/good.png",
+        "shelves/@eaDir/good.png/SYNOPHOTO_THUMB_M.png",
+        "@eaDir/top.png/SYNOPHOTO_THUMB_S.jpg",
+        "top.png",
+    )
+    before = skipped_total()
+    with caplog.at_level(logging.INFO, logger="shared.generation.scenes"):
+        scenes = SceneLibrary.load(FileStore(tmp_path))
+    assert scenes.keys_for(None) == ["shelves/good.png", "top.png"]
+    assert scenes.skipped == {} and skipped_total() == before, "no file of the library is bad"
+    [said] = [record.getMessage() for record in caplog.records if "@eaDir" in record.getMessage()]
+    assert said.startswith("scene library: 2 file(s) in NAS thumbnail folders (@eaDir) left out")
+
+
+def test_a_scene_over_the_byte_limit_is_skipped_by_its_size_unread(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It was read whole (get_bytes), and only then refused by decode_image: a 3 GB file in the
+    # library was 3 GB in the generator's memory at start-up, past SKUFORGE_MAX_IMAGE_BYTES.
+    write_scenes(tmp_path, "shelves/good.png")
+    big = encode_png(textured_scene(300, 400, (40, 150, 60)))
+    (tmp_path / "shelves" / "huge.png").write_bytes(big)
+    limit = (tmp_path / "shelves" / "good.png").stat().st_size + 1
+    assert len(big) > limit
+    store = ReadCountingStore(tmp_path)
+    before = skipped_total("too_large_bytes")
+    with caplog.at_level(logging.WARNING, logger="shared.generation.scenes"):
+        scenes = SceneLibrary.load(store, max_bytes=limit)
+    assert scenes.keys_for(None) == ["shelves/good.png"]
+    assert scenes.skipped == {
+        "shelves/huge.png": f"too_large_bytes: {len(big)} bytes; at most {limit} are allowed"
+    }
+    assert store.keys_read == ["shelves/good.png"], "the large file is refused by its size, unread"
+    assert skipped_total("too_large_bytes") - before == 1
+    assert any("shelves/huge.png" in record.getMessage() for record in caplog.records)
+
+
 def test_an_s3_key_the_store_refuses_is_skipped(s3_store: ObjectStore) -> None:
     assert isinstance(s3_store, S3Store)
     photo = encode_png(textured_scene(30, 40, (40, 150, 60)))
@@ -527,6 +571,18 @@ def test_an_s3_key_the_store_refuses_is_skipped(s3_store: ObjectStore) -> None:
     assert list(scenes.skipped) == ["shelves//a.png"]
     assert scenes.skipped["shelves//a.png"].startswith("bad_key: key 'shelves//a.png' has an empty segment")
     assert skipped_total("bad_key") - before == 1
+
+
+def test_an_s3_scene_over_the_byte_limit_is_skipped_by_its_size(s3_store: ObjectStore) -> None:
+    small = encode_png(textured_scene(30, 40, (40, 150, 60)))
+    big = encode_png(textured_scene(300, 400, (40, 150, 60)))
+    s3_store.put_bytes("shelves/good.png", small, "image/png")
+    s3_store.put_bytes("shelves/huge.png", big, "image/png")
+    scenes = SceneLibrary.load(s3_store, max_bytes=len(small))
+    assert scenes.keys_for(None) == ["shelves/good.png"]
+    assert scenes.skipped == {
+        "shelves/huge.png": f"too_large_bytes: {len(big)} bytes; at most {len(small)} are allowed"
+    }
 
 
 class RemoteStoreGoingDown(ObjectStore):

@@ -3,14 +3,17 @@
 A folder or object-store prefix of photos (shelves, counters, baskets, hands). Photos are the files
 ``skuforge ingest`` takes as photos (``shared/photos.py``: .png .jpg .jpeg .jpe .jfif .webp .bmp .tif
 .tiff). Each is decoded once at start-up, shrunk to ``max_side_px`` and kept in memory as uint8. A file
-that does not decode (corrupt, truncated, not an image, too large) is skipped, and so is one with
-another suffix (``not_a_photo_suffix``: a GIF, a README): the reason is logged and counted in
+that does not decode (corrupt, truncated, not an image, too many pixels) is skipped, and so is one of
+more than ``max_bytes`` (``SKUFORGE_MAX_IMAGE_BYTES``: ``too_large_bytes``, refused by its size, unread)
+and one with another suffix (``not_a_photo_suffix``: a GIF, a README): the reason is logged and counted in
 ``skuforge_generator_scenes_skipped_total{reason}``; the library never fails because of one file.
 So is a key the store refuses (``shelves//a.jpg`` in S3, a file name with a backslash or a newline)
 and, in a local folder, a file the OS will not read (permission denied, a symlink loop). Only a
 remote store that fails mid-load fails start-up: then the store is down, not one file. Hidden files
 and folders (macOS's "._NAME" beside each photo), ``__MACOSX`` and the files desktops leave
-(``Thumbs.db``) are no one's scenes: they are left out without a word, and not counted.
+(``Thumbs.db``) are no one's scenes: they are left out without a word, and not counted. Neither are a
+NAS's thumbnail folders (Synology's ``@eaDir``, resized copies of each photo): left out, not counted,
+and said in one log line, as ``skuforge evaluate`` notes them.
 
 A scene's *tag* is the first folder of its key (``shelves/a.jpg`` → ``shelves``; top level → no tag).
 A SKU never gets a scene tagged like its series, its category or its product name, compared on the
@@ -38,7 +41,13 @@ from prometheus_client import Counter
 
 from shared.errors import BadInput, ImageRejected, TransientError
 from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image, pixel_array
-from shared.photos import HEIC_ADVICE, HEIC_SUFFIXES, PHOTO_FILE_SUFFIXES, key_left_out_quietly
+from shared.photos import (
+    HEIC_ADVICE,
+    HEIC_SUFFIXES,
+    PHOTO_FILE_SUFFIXES,
+    is_nas_thumbnail_folder,
+    key_left_out_quietly,
+)
 from shared.store import FileStore, ObjectStore, check_key
 
 log = logging.getLogger(__name__)
@@ -82,8 +91,9 @@ class SceneLibrary:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> SceneLibrary:
-        """Every photo under ``store`` (by suffix); bad keys, other suffixes and unusable files are
-        skipped, reason logged; hidden files, ``__MACOSX`` and desktop leftovers are left out quietly.
+        """Every photo under ``store`` (by suffix); bad keys, other suffixes and unusable files (one of
+        more than ``max_bytes`` refused by its size, unread) are skipped, reason logged; hidden files,
+        ``__MACOSX`` and desktop leftovers are left out quietly, NAS thumbnail folders with one log line.
 
         Raises ``TransientError`` when a remote store fails mid-load, ``NoScenePhotos`` (a ``ValueError``)
         when a local folder does not exist or no photo is usable.
@@ -96,8 +106,13 @@ class SceneLibrary:
             )
         scenes: list[Scene] = []
         skipped: dict[str, str] = {}
+        thumbnails = 0
         for key in sorted(store.list_keys()):
-            if key_left_out_quietly(key.split("/")):
+            parts = key.split("/")
+            if key_left_out_quietly(parts):
+                continue
+            if any(is_nas_thumbnail_folder(folder) for folder in parts[:-1]):
+                thumbnails += 1
                 continue
             image = _read_scene(store, key, max_pixels=max_pixels, max_bytes=max_bytes)
             if isinstance(image, str):
@@ -110,6 +125,12 @@ class SceneLibrary:
             image.thumbnail((max_side_px, max_side_px), Image.Resampling.LANCZOS)
             tag = series_tag(key.split("/", 1)[0]) if "/" in key else ""
             scenes.append(Scene(key, tag, pixel_array(image)))
+        if thumbnails:
+            log.info(
+                "scene library: %d file(s) in NAS thumbnail folders (@eaDir) left out: a NAS's copies of "
+                "the photos, not scenes",
+                thumbnails,
+            )
         if not scenes:
             raise NoScenePhotos(
                 f"no usable scene photo under {store.base_uri} ({len(skipped)} skipped); "
@@ -170,7 +191,7 @@ def _read_scene(store: ObjectStore, key: str, *, max_pixels: int, max_bytes: int
         # Named, not ignored: .tif and .jfif scenes once loaded as nothing, without a word.
         accepted = ", ".join(sorted(PHOTO_FILE_SUFFIXES))
         return f"not_a_photo_suffix: {suffix or 'no suffix'} (scene photos are {accepted})"
-    data = _scene_bytes(store, key)
+    data = _scene_bytes(store, key, max_bytes)
     if isinstance(data, str):
         return data
     try:
@@ -198,10 +219,13 @@ def _bad_key(key: str) -> str | None:
     return None
 
 
-def _scene_bytes(store: ObjectStore, key: str) -> bytes | str:
-    """The bytes under a valid ``key``, or why they cannot be read (``unreadable: ...``)."""
+def _scene_bytes(store: ObjectStore, key: str, max_bytes: int | None = None) -> bytes | str:
+    """The bytes under a valid ``key``, or why they cannot be read (``unreadable: ...``, and past
+    ``max_bytes`` ``too_large_bytes: ...``, refused by the stored size before any byte is read)."""
     try:
-        return store.get_bytes(key)
+        if max_bytes is None:
+            return store.get_bytes(key)
+        return store.get_bytes_at_most(key, max_bytes)
     except TransientError as exc:
         if not isinstance(store, FileStore):
             # The store is down, not the file: fail start-up rather than silently lose scenes.
@@ -209,7 +233,11 @@ def _scene_bytes(store: ObjectStore, key: str) -> bytes | str:
         # A folder whose listing just worked is not down: this one file is unreadable (permission
         # denied, a symlink loop), which FileStore reports, like any OSError but "not found", as transient.
         return f"unreadable: {_os_error_detail(exc)}"
-    except (BadInput, OSError) as exc:
+    except BadInput as exc:
+        if exc.reason == "too_large_bytes":
+            return f"{exc.reason}: {exc.detail}"
+        return f"unreadable: {type(exc).__name__}"
+    except OSError as exc:
         return f"unreadable: {type(exc).__name__}"
 
 
