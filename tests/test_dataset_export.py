@@ -213,6 +213,34 @@ def test_a_min_gain_in_points_is_refused_as_not_a_fraction(
     assert count_tree(tmp_path / "export")["SKU-A"] == {"real": 2, "synthetic": 4}
 
 
+def test_an_evaluation_folder_is_read_as_the_evaluation_json_in_it(
+    small_store: ManifestStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``skuforge evaluate --out DIR`` writes DIR/evaluation.json; ``--evaluation DIR`` was refused as
+    "not a readable JSON file ([Errno 21] Is a directory)". The folder's evaluation.json is read; a
+    folder without one is refused, naming the file it looked for."""
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "evaluation.json").write_text(json.dumps({"gain": {"SKU-A": -0.12, "SKU-B": 0.05}}))
+    argv = ["dataset", "export", "--format", "imagefolder", "--size", "64", "--max-synthetic-per-real", "2"]
+    assert cli_main([*argv, "--evaluation", str(tmp_path / "eval"), str(tmp_path / "out")]) == 0
+    assert count_tree(tmp_path / "out")["SKU-A"] == {"real": 2, "synthetic": 0}  # B-A < 0: left out
+    capsys.readouterr()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exited:
+        cli_main([*argv, "--evaluation", str(tmp_path / "empty"), str(tmp_path / "refused")])
+    assert exited.value.code == 2
+    [error] = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert error == (
+        f"skuforge dataset export: error: --evaluation {tmp_path / 'empty'}: a folder with no "
+        "evaluation.json in it (run skuforge evaluate --out DIR first)"
+    )
+    assert not (tmp_path / "refused").exists()
+
+
 @pytest.mark.parametrize(("fit", "size"), [("keep", (40, 32)), ("pad", (32, 32))])
 def test_jsonl_export_writes_rows_images_and_masks(
     small_store: ManifestStore, tmp_path: Path, fit: ExportFit, size: tuple[int, int]

@@ -2,13 +2,14 @@
 
     skuforge dataset stats [--json]
     skuforge dataset export OUT --format imagefolder|jsonl --max-synthetic-per-real K [--size 256] \
-        [--fit keep|pad] [--min-real 1] [--sku SKU ...] [--evaluation evaluation.json [--min-gain 0.0]]
+        [--fit keep|pad] [--min-real 1] [--sku SKU ...] [--evaluation evaluation.json|DIR [--min-gain 0.0]]
     skuforge dataset compact
 
 The store is ``SKUFORGE_STORE_URI`` (and ``SKUFORGE_S3_ENDPOINT_URL``), the retraining store's root
 inside it ``SKUFORGE_TRAINSTORE_PREFIX``. Only manifests are read, except by ``export``, which reads
-(and checks) the images it writes out. ``--evaluation`` takes what ``skuforge evaluate`` wrote and
-leaves out the synthetic images of SKUs where they were measured to hurt (B - A below ``--min-gain``).
+(and checks) the images it writes out. ``--evaluation`` takes what ``skuforge evaluate`` wrote (its
+evaluation.json, or the ``--out`` folder that holds it) and leaves out the synthetic images of SKUs
+where they were measured to hurt (B - A below ``--min-gain``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from shared.argtypes import folder_problem, int_between, non_negative_int, positive_int, read_json_object
 from shared.config import load_settings
 from shared.errors import BadInput, TransientError
+from shared.evaluation import EVALUATION_FILE
 from shared.signals import stopped_as_interrupt
 from shared.store import open_store
 from shared.trainstore.dataset import (
@@ -42,6 +44,19 @@ from shared.trainstore.dataset import (
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
 from shared.trainstore.withdrawals import Withdrawals
+
+
+def _evaluation_file(path: Path) -> Path:
+    """The evaluation.json ``--evaluation`` names: ``path``, or the one in it when it is a folder (what
+    ``skuforge evaluate --out DIR`` was given); ``ValueError`` for a folder without one."""
+    if not path.is_dir():
+        return path
+    if not (path / EVALUATION_FILE).is_file():
+        raise ValueError(
+            f"--evaluation {path}: a folder with no {EVALUATION_FILE} in it (run skuforge evaluate "
+            "--out DIR first)"
+        )
+    return path / EVALUATION_FILE
 
 
 def _read_evaluation(path: Path) -> dict[str, Any]:
@@ -253,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         metavar="PATH",
-        help="evaluation.json written by 'skuforge evaluate': SKUs whose synthetic images lowered "
-        "held-out top-1 (per-SKU B-A below --min-gain) are exported with their real images only; "
-        "SKUs it did not evaluate, or evaluated with none of their synthetic images, are exported as usual",
+        help="evaluation.json written by 'skuforge evaluate' (or the --out folder it is in): SKUs whose "
+        "synthetic images lowered held-out top-1 (per-SKU B-A below --min-gain) are exported with their "
+        "real images only; SKUs it did not evaluate, or evaluated with none of their synthetic images, "
+        "are exported as usual",
     )
     export.add_argument(
         "--min-gain",
@@ -295,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "export":
         if args.min_gain is not None and args.evaluation is None:
             export.error("--min-gain needs --evaluation PATH (the evaluation.json of skuforge evaluate)")
+        if args.evaluation is not None:
+            try:
+                args.evaluation = _evaluation_file(args.evaluation)
+            except ValueError as exc:
+                export.error(str(exc))
         if (problem := folder_problem(args.out)) is not None:
             export.error(f"OUT {args.out}: {problem}")
         try:
