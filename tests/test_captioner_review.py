@@ -5,56 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from schemas.common import SkuMetadata
-from schemas.events import ReferencePhoto, SkuCaptioned, SkuIngested
-from services.captioner.config import CaptionerSettings
-from services.captioner.stage import CaptionerModels, handle
+from schemas.events import SkuCaptioned
+from services.captioner.stage import handle
 from shared.config import load_settings
 from shared.errors import BadInput
-from shared.matting.session import U2NetPSession
-from shared.store import FileStore, ObjectStore
+from shared.store import FileStore
 from tests.support.bus import ingested_envelope
-from tests.support.captioning import context
-from tests.support.matting import nan_where_red_onnx_bytes
-
-
-def _nan_where_red_models() -> CaptionerModels:
-    """Captioner models around a matting model that gives NaN for a photo with much red in it."""
-    session = U2NetPSession(nan_where_red_onnx_bytes(), threads=1, use_gpu=False)
-    session.warm_up()
-    return CaptionerModels(
-        session=session, vlm=None, options=load_settings(CaptionerSettings, captioner_use_gpu=False)
-    )
-
-
-def _green_product() -> Image.Image:
-    """A photo the NaN model mats: green, its left half with some red (under half the brightest)."""
-    image = Image.new("RGB", (128, 96), (0, 200, 0))
-    image.paste((80, 200, 0), (0, 0, 64, 96))
-    return image
-
-
-def _blue_box_on_white() -> Image.Image:
-    """A product photo on a white backdrop: not blank, but its red backdrop gives the model NaN."""
-    image = Image.new("RGB", (128, 96), "white")
-    image.paste((20, 40, 200), (32, 16, 96, 80))
-    return image
-
-
-def _event(store: ObjectStore, sku_id: str, photos: dict[str, Image.Image]) -> SkuIngested:
-    references = [
-        ReferencePhoto(
-            photo_id=photo_id,
-            image=store.put_image(f"incoming/{sku_id}/{photo_id}.png", image),
-            original_filename=f"{photo_id}.png",
-        )
-        for photo_id, image in photos.items()
-    ]
-    return SkuIngested(
-        sku=SkuMetadata(sku_id=sku_id, name="Fizz", category="soda can", brand="Acme"), photos=references
-    )
+from tests.support.captioning import (
+    blue_box_on_white,
+    context,
+    green_product,
+    nan_where_red_models,
+    photos_sku,
+)
 
 
 @pytest.mark.parametrize("nan_first", [False, True])
@@ -65,11 +29,11 @@ def test_a_photo_the_matting_model_gives_nan_for_is_unusable_alone(tmp_path: Pat
     matting stage refuses it, and the SKU is captioned from the others."""
     store = FileStore(tmp_path / "store")
     ctx = context(store, load_settings(store_uri=store.base_uri))
-    models = _nan_where_red_models()
-    photos = {"white": _blue_box_on_white(), "green": _green_product()}
+    models = nan_where_red_models()
+    photos = {"white": blue_box_on_white(), "green": green_product()}
     if not nan_first:
         photos = dict(reversed(photos.items()))
-    [emit] = handle(ingested_envelope(_event(store, "SKU-NAN", photos)), ctx, models=models)
+    [emit] = handle(ingested_envelope(photos_sku(store, "SKU-NAN", photos)), ctx, models=models)
     assert isinstance(emit.payload, SkuCaptioned)
     captioned = {photo.photo_id: photo for photo in emit.payload.photos}
     assert (captioned["white"].usable, captioned["white"].unusable_reason) == (
@@ -85,7 +49,7 @@ def test_a_photo_the_matting_model_gives_nan_for_is_unusable_alone(tmp_path: Pat
 def test_a_sku_whose_only_photo_the_model_gives_nan_for_is_refused_with_that_reason(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "store")
     ctx = context(store, load_settings(store_uri=store.base_uri))
-    event = ingested_envelope(_event(store, "SKU-NAN", {"white": _blue_box_on_white()}))
+    event = ingested_envelope(photos_sku(store, "SKU-NAN", {"white": blue_box_on_white()}))
     with pytest.raises(BadInput, match="no_usable_photo") as refused:
-        handle(event, ctx, models=_nan_where_red_models())
+        handle(event, ctx, models=nan_where_red_models())
     assert "white: model_output_not_finite" in refused.value.detail, refused.value.detail

@@ -22,7 +22,15 @@ from shared.images import decode_mask
 from shared.store import ObjectStore
 from shared.synth import write_sku_folders
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, read_topic, running
-from tests.support.captioning import blank_sku, committed_matting_model, synthetic_sku
+from tests.support.captioning import (
+    blank_sku,
+    blue_box_on_white,
+    committed_matting_model,
+    green_product,
+    nan_where_red_models,
+    photos_sku,
+    synthetic_sku,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -83,6 +91,30 @@ def test_skus_are_captioned_and_a_sku_without_a_product_is_dead_lettered(
     assert (letter.sku_id, letter.reason, letter.stage) == ("BLANK-0001", "no_usable_photo", "captioner")
     assert "blank-0: blank_photo" in letter.detail and "blank-1: blank_photo" in letter.detail
     assert not list(store.list_keys("masks/reference/BLANK-0001/"))
+
+
+def test_a_photo_the_matting_model_gives_nan_for_is_unusable_and_the_stage_stays_ready(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """On the broker: that photo failed its whole SKU, retried and dead-lettered as handler_error."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
+    create_topics(settings, SKU_INGESTED, SKU_CAPTIONED)
+    stage = build_stage(settings=settings, models=nan_where_red_models())
+    store = stage.store
+    mixed = photos_sku(store, "SKU-MIXED", {"white": blue_box_on_white(), "green": green_product()})
+    only_nan = photos_sku(store, "SKU-NAN", {"white": blue_box_on_white()})
+    produce(settings, SKU_INGESTED, [mixed, only_nan])
+    with running(stage):
+        (output,) = read_topic(kafka_bootstrap, settings.topic_name(SKU_CAPTIONED), expect=1, timeout_s=120)
+        (letter,) = read_topic(kafka_bootstrap, settings.dlq_name(SKU_INGESTED), expect=1, timeout_s=60)
+        assert stage.ready()
+    captioned = Envelope[SkuCaptioned].model_validate_json(output.value).payload
+    photos = {photo.photo_id: photo for photo in captioned.photos}
+    assert (photos["white"].usable, photos["white"].unusable_reason) == (False, "model_output_not_finite")
+    assert photos["green"].usable and photos["green"].mask is not None
+    dead = DeadLetter.model_validate_json(letter.value)
+    assert (dead.sku_id, dead.reason) == ("SKU-NAN", "no_usable_photo")
+    assert "white: model_output_not_finite" in dead.detail
 
 
 def check_captioned(store: ObjectStore, payload: SkuCaptioned) -> None:

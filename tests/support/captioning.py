@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from PIL import Image
 
 from schemas.common import SkuMetadata
 from schemas.events import CaptionedPhoto, ReferencePhoto, SkuCaptioned, SkuIngested
@@ -79,6 +80,53 @@ def random_models(onnx: Path) -> CaptionerModels:
 
     session = U2NetPSession(onnx, threads=1, use_gpu=False)
     return CaptionerModels(session=session, vlm=None, options=load_settings(CaptionerSettings))
+
+
+def nan_where_red_models() -> CaptionerModels:
+    """Captioner models around a matting model that gives NaN for a photo with much red in it
+    (``nan_where_red_onnx_bytes``; it mats its blank warm-up image and ``green_product``)."""
+    from services.captioner.config import CaptionerSettings
+    from services.captioner.stage import CaptionerModels
+    from shared.config import load_settings
+    from shared.matting.session import U2NetPSession
+    from tests.support.matting import nan_where_red_onnx_bytes
+
+    session = U2NetPSession(nan_where_red_onnx_bytes(), threads=1, use_gpu=False)
+    session.warm_up()
+    return CaptionerModels(
+        session=session, vlm=None, options=load_settings(CaptionerSettings, captioner_use_gpu=False)
+    )
+
+
+def green_product() -> Image.Image:
+    """A photo ``nan_where_red_models`` mats: green, its left half with some red (under half the
+    brightest value); its mask is the right half."""
+    image = Image.new("RGB", (128, 96), (0, 200, 0))
+    image.paste((80, 200, 0), (0, 0, 64, 96))
+    return image
+
+
+def blue_box_on_white() -> Image.Image:
+    """A product photo on a white backdrop: not blank, but its backdrop's red makes
+    ``nan_where_red_models`` give NaN for it."""
+    image = Image.new("RGB", (128, 96), "white")
+    image.paste((20, 40, 200), (32, 16, 96, 80))
+    return image
+
+
+def photos_sku(store: ObjectStore, sku_id: str, photos: dict[str, Image.Image]) -> SkuIngested:
+    """An ``sku.ingested`` payload of a soda can with ``photos`` (by photo id), stored."""
+    references = [
+        ReferencePhoto(
+            photo_id=photo_id,
+            image=store.put_image(f"incoming/{sku_id}/{photo_id}.png", image),
+            original_filename=f"{photo_id}.png",
+        )
+        for photo_id, image in photos.items()
+    ]
+    return SkuIngested(
+        sku=SkuMetadata(sku_id=sku_id, name="Fizz", category="soda can", brand="Acme"), photos=references
+    )
 
 
 def context(store: ObjectStore, settings: Settings) -> Context:
