@@ -1,17 +1,21 @@
-"""The user-facing docs say only what the code has: every ``skuforge ...`` command they show parses
-with the real command-line parsers, and every relative link and image they carry resolves.
+"""The user-facing docs say only what the code has: every ``skuforge ...`` command they show, and every
+``python -m <module>`` command of this repository they or the Makefile run, parses with the real
+command-line parsers, and every relative link and image they carry resolves.
 
 Nothing here needs Kafka, the network or a dataset: a command is dispatched through
-``skuforge_cli.main.main`` until the parser that would run it has parsed, and stops there.
+``skuforge_cli.main.main`` (or the module's ``main``) until the parser that would run it has parsed,
+and stops there.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import itertools
 import re
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -21,6 +25,7 @@ from skuforge_cli.main import main as skuforge_main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+MAKEFILE = (ROOT / "Makefile").read_text(encoding="utf-8")
 
 # Placeholders the docs write for a value, and a value of that kind the parsers accept.
 PLACEHOLDERS = {
@@ -34,6 +39,7 @@ PLACEHOLDERS = {
     "OUT": "out",
     "R": "object_missing",
     "X": "0",
+    "WHAT": "a-try",
 }
 COMMAND_PREFIXES = (".venv/bin/skuforge ", "skuforge ", ".venv/bin/python -m skuforge_cli ")
 
@@ -104,9 +110,11 @@ def _argv(command: str) -> list[str]:
     return argv
 
 
-def _find_parser(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> _Parsed:
-    """Dispatch ``skuforge argv`` up to the parser of the command it names (the dispatchers,
-    ``skuforge`` and ``skuforge serve``, parse for real; the first other parser stops it)."""
+def _find_parser(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, entry: Callable[[list[str]], object] = skuforge_main
+) -> _Parsed:
+    """Dispatch ``skuforge argv`` (or ``entry(argv)``) up to the parser of the command it names (the
+    dispatchers, ``skuforge`` and ``skuforge serve``, parse for real; the first other parser stops it)."""
 
     def parse_args(
         self: argparse.ArgumentParser, args: list[str] | None = None, namespace: object = None
@@ -117,7 +125,7 @@ def _find_parser(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> _Parsed:
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
     with pytest.raises(_Parsed) as found:
-        skuforge_main(argv)
+        entry(argv)
     return found.value
 
 
@@ -151,28 +159,127 @@ INCOMPLETE = (
 )
 
 
-@pytest.mark.parametrize(("where", "command", "whole"), DOC_COMMANDS, ids=[w for w, _, _ in DOC_COMMANDS])
-def test_a_documented_command_parses(
-    where: str, command: str, whole: bool, monkeypatch: pytest.MonkeyPatch
+def _check_parses(
+    where: str,
+    shown: str,
+    argv: list[str],
+    whole: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    entry: Callable[[list[str]], object] = skuforge_main,
 ) -> None:
-    argv = _argv(command)
+    """``shown`` (the command as the doc writes it) names only options its parser has, and parses;
+    a ``whole`` command must parse as given, one quoted in prose may leave out what it needs."""
     monkeypatch.setattr(argparse.ArgumentParser, "error", _raise)
     try:
-        found = _find_parser(argv, monkeypatch)
+        found = _find_parser(argv, monkeypatch, entry)
     except _ParseError as exc:
-        pytest.fail(f"{where}: `skuforge {command}` is not a skuforge command ({exc})")
+        pytest.fail(f"{where}: `{shown}` is not a command ({exc})")
     leaf, words = _leaf(found.parser, found.argv)
     known = set(leaf._option_string_actions)
     unknown = [
         word.split("=")[0] for word in words if word.startswith("--") and word.split("=")[0] not in known
     ]
-    assert not unknown, f"{where}: `skuforge {command}`: {leaf.prog} has no option {unknown}"
+    assert not unknown, f"{where}: `{shown}`: {leaf.prog} has no option {unknown}"
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", REAL_PARSE_ARGS)
     try:
         found.parser.parse_args(found.argv)
     except _ParseError as exc:
         if whole or not any(reason in str(exc) for reason in INCOMPLETE):
-            pytest.fail(f"{where}: `skuforge {command}` does not parse ({exc})")
+            pytest.fail(f"{where}: `{shown}` does not parse ({exc})")
+
+
+@pytest.mark.parametrize(("where", "command", "whole"), DOC_COMMANDS, ids=[w for w, _, _ in DOC_COMMANDS])
+def test_a_documented_command_parses(
+    where: str, command: str, whole: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _check_parses(where, f"skuforge {command}", _argv(command), whole, monkeypatch)
+
+
+# ``python -m MODULE ...`` of this repository's packages (skuforge_cli is the skuforge command, above).
+MODULE_COMMAND = re.compile(r"python3? -m ((?:bench|devstack|schemas|services|shared)(?:\.\w+)+)(.*)")
+# What the Makefile passes for its variables: a value of that kind the parsers accept.
+MAKE_VALUES = {
+    "$(GROCERY)": "some/dir",
+    "$(KAFKA_DATA)": "var/kafka",
+    "$(KAFKA_PORT)": "9092",
+    "$(KAFKA_CONTROLLER_PORT)": "9093",
+}
+
+
+def module_commands(text: str, where: str) -> Iterator[tuple[str, str, str, bool]]:
+    """(``file:line``, module, its arguments, whether a whole command line) of every ``python -m``
+    command of this repository in ``text``: on a line of a fenced block, or of a Makefile (a whole
+    command, continuations joined), or quoted inline in prose, where a quote may run onto the next
+    line and may name only part of a command."""
+    lines = text.splitlines()
+    prose = [""] * len(lines)  # the text outside fenced blocks, at the same line numbers
+    fenced = False
+    index = 0
+    while index < len(lines):
+        line, number = lines[index].strip(), index + 1
+        index += 1
+        if line.startswith("```"):
+            fenced = not fenced
+        elif fenced or not where.endswith(".md"):
+            while line.endswith("\\") and index < len(lines):
+                line = line[:-1] + " " + lines[index].strip()
+                index += 1
+            found = MODULE_COMMAND.search(line.split(" #")[0])
+            if found:
+                yield f"{where}:{number}", found.group(1), found.group(2), True
+        else:
+            prose[number - 1] = lines[number - 1]
+    joined = "\n".join(prose)
+    for quote in re.finditer(r"`([^`]+)`", joined):
+        found = MODULE_COMMAND.search(" ".join(quote.group(1).split()))
+        if found and "\n\n" not in quote.group(1):
+            number = joined.count("\n", 0, quote.start()) + 1
+            yield f"{where}:{number}", found.group(1), found.group(2), False
+
+
+def _module_commands() -> Iterator[tuple[str, str, str, bool]]:
+    for doc in DOCS:
+        yield from module_commands(doc.read_text(encoding="utf-8"), f"{doc.relative_to(ROOT)}")
+    yield from module_commands(MAKEFILE, "Makefile")
+
+
+MODULE_COMMANDS = list(_module_commands())
+
+
+def check_module_command(
+    where: str, module: str, arguments: str, whole: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The module exists and has a ``main``, and ``arguments`` parse with its parser."""
+    shown = f"python -m {module}{arguments}".strip()
+    try:
+        imported = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        pytest.fail(f"{where}: `{shown}`: no module {module} ({exc})")
+    main = getattr(imported, "main", None)
+    assert callable(main), f"{where}: `{shown}`: {module} has no main()"
+    argv = _argv(" ".join(MAKE_VALUES.get(word, word) for word in arguments.split()))
+    if not inspect.signature(main).parameters:  # it parses no arguments (and running it would act)
+        assert not argv, f"{where}: `{shown}`: {module} takes no arguments"
+        return
+    _check_parses(where, shown, argv, whole, monkeypatch, entry=main)
+
+
+@pytest.mark.parametrize(
+    ("where", "module", "arguments", "whole"), MODULE_COMMANDS, ids=[w for w, *_ in MODULE_COMMANDS]
+)
+def test_a_documented_module_command_parses(
+    where: str, module: str, arguments: str, whole: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check_module_command(where, module, arguments, whole, monkeypatch)
+
+
+def test_a_module_command_with_an_option_its_parser_lacks_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above can fail: a flag the benchmark does not have, quoted across a line break."""
+    text = "Run `python -m bench.store --items 10\n--skus 2 --no-such-flag` to see.\n"
+    (command,) = module_commands(text, "docs/planted.md")
+    assert command == ("docs/planted.md:1", "bench.store", " --items 10 --skus 2 --no-such-flag", False)
+    with pytest.raises(AssertionError, match=r"has no option \[.--no-such-flag.\]"):
+        check_module_command(*command, monkeypatch)
 
 
 def _relative_links() -> Iterator[tuple[str, Path, str]]:
@@ -192,7 +299,6 @@ def test_a_relative_link_or_image_resolves(where: str, target: Path, link: str) 
     assert target.exists(), f"{where}: ({link}) points at {target.relative_to(ROOT)}, which does not exist"
 
 
-MAKEFILE = (ROOT / "Makefile").read_text(encoding="utf-8")
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
