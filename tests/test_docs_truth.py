@@ -376,3 +376,88 @@ def test_the_architecture_map_names_every_module_of_the_platform_and_the_local_s
     missing = modules_missing_from(ARCHITECTURE, package)
     named = ", ".join(f"{package}/{name}" for name in missing)
     assert not missing, f"docs/architecture.md's 'Where the code lives' does not name {named}"
+
+
+# Where the code reads a ``SKUFORGE_*`` variable outside the settings models: Python (an
+# ``os.environ`` read, or the name in the message or docstring that goes with it), the compose files'
+# ``${SKUFORGE_...}``, the Makefile's ``$(SKUFORGE_...)``. Tests read a few knobs of their own.
+VARIABLE = re.compile(r"SKUFORGE_[A-Z0-9_]*[A-Z0-9](?![A-Za-z0-9_{])")
+CODE_PACKAGES = ("schemas", "shared", "services", "devstack", "skuforge_cli", "bench")
+# Set by the local stack's supervisor on the processes it starts, to find them again: not a setting.
+NOT_SETTINGS = {"SKUFORGE_SUPERVISOR_ID"}
+
+
+def _settings_variables() -> set[str]:
+    from shared.config import ENV_PREFIX
+    from skuforge_cli.main import SETTINGS_MODELS
+
+    return {ENV_PREFIX + name.upper() for model in SETTINGS_MODELS for name in model.model_fields}
+
+
+def _variables_in(paths: Iterator[Path]) -> set[str]:
+    return {name for path in paths for name in VARIABLE.findall(path.read_text(encoding="utf-8"))}
+
+
+def _code_files() -> Iterator[Path]:
+    for package in CODE_PACKAGES:
+        yield from (ROOT / package).rglob("*.py")
+    yield from (ROOT / "deploy").glob("compose*.yaml")
+    yield ROOT / "Makefile"
+
+
+def variables_not_read(text: str) -> list[str]:
+    """``SKUFORGE_*`` variables ``text`` names that no settings model, code or test reads (a name
+    ending in ``_`` or ``_*`` is a family: some variable must start with it)."""
+    tests = (path for path in (ROOT / "tests").rglob("*.py") if path != Path(__file__).resolve())
+    read = _settings_variables() | _variables_in(_code_files()) | _variables_in(tests)
+    named = set(VARIABLE.findall(text))
+    families = {match.rstrip("*") for match in re.findall(r"SKUFORGE_[A-Z0-9_]*_\*?", text)}
+    unknown = {name for name in named if name not in read}
+    unknown |= {family for family in families if not any(name.startswith(family) for name in read)}
+    return sorted(unknown)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[f"{doc.relative_to(ROOT)}" for doc in DOCS])
+def test_every_variable_a_doc_names_is_read(doc: Path) -> None:
+    unknown = variables_not_read(doc.read_text(encoding="utf-8"))
+    assert not unknown, f"{doc.relative_to(ROOT)} names variables nothing reads: {unknown}"
+
+
+def test_a_variable_nothing_reads_is_caught() -> None:
+    text = "Set `SKUFORGE_MATTING_GPU=1` (or any `SKUFORGE_MATING_*`); `SKUFORGE_KAFKA_SASL_*` exists."
+    assert variables_not_read(text) == ["SKUFORGE_MATING_", "SKUFORGE_MATTING_GPU"]
+
+
+def variables_missing_from_configuration(readme: str) -> list[str]:
+    """``SKUFORGE_*`` variables the code reads that README's Configuration section does not name."""
+    section = _readme_section(readme, "Configuration")
+    read = _settings_variables() | _variables_in(_code_files())
+    return sorted(name for name in read - NOT_SETTINGS if f"`{name}`" not in section)
+
+
+def test_readme_configuration_names_every_variable_the_code_reads() -> None:
+    missing = variables_missing_from_configuration(README)
+    assert not missing, f"README's Configuration section does not name {missing}, which the code reads"
+
+
+def settings_table_in(readme: str) -> str:
+    """README's settings table: the lines from its header to the first line that is no table row."""
+    header = "| variable | default | meaning |"
+    section = _readme_section(readme, "Configuration")
+    assert header in section, "README's Configuration section has no settings table"
+    below = section.split(header, 1)[1].splitlines()[1:]
+    rows = itertools.takewhile(lambda line: line.startswith("|"), below)
+    return "\n".join([header, *rows])
+
+
+def test_readme_settings_table_is_the_generated_one_and_no_more() -> None:
+    """tests/test_config.py finds the generated table in README; a stale row after it would pass there."""
+    from shared.config import settings_table_markdown
+    from skuforge_cli.main import SETTINGS_MODELS
+
+    generated = settings_table_markdown(SETTINGS_MODELS)
+    assert settings_table_in(README) == generated, (
+        "README's settings table is not `skuforge config --markdown`'s: paste that over it"
+    )
+    planted = README.replace(generated, generated + "\n| `SKUFORGE_OLD` | `1` | gone |")
+    assert settings_table_in(planted) != generated
