@@ -329,7 +329,8 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "synth": (_cmd_synth, "render synthetic SKU folders with exact masks (test and demo data)"),
     "matting": (
         _cmd_matting,
-        "make (official, real-pairs, pairs, train, export), evaluate or quantise the U2-Net matting model",
+        "make (official, real-pairs, pairs, train, export), measure (eval) or shrink to int8 (tune-ranges, "
+        "quantize) the U2-Net matting model",
     ),
     "dataset": (_cmd_dataset, "retraining store: per-SKU stats, export a training set, compact manifests"),
     "evaluate": (
@@ -340,7 +341,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "topics": (_cmd_topics, "create or list the Kafka topics"),
     "flow": (_cmd_flow, "the flow: what each service consumes and produces, its metrics port"),
     "dlq": (_cmd_dlq, "dead letters of a topic: list them by reason, replay them once each"),
-    "kafka": (_cmd_kafka, "start, stop or check the local single-node Kafka broker"),
+    "kafka": (_cmd_kafka, "start, stop or ask the status of the local single-node Kafka broker"),
     "adapters": (_cmd_adapters, "list, register or remove LoRA adapters (diffusion backend)"),
     "config": (_cmd_config, "validate and print the configuration (SKUFORGE_* variables)"),
     "serve": (_cmd_serve, "serve an HTTP service: " + ", ".join(sorted(SERVERS))),

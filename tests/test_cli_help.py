@@ -1,0 +1,41 @@
+"""``skuforge --help`` and the commands' own help agree: a command's line in the top-level list that
+names some of its subcommands names all of them, so a subcommand added later is not left out."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from skuforge_cli.main import COMMANDS
+from skuforge_cli.main import main as skuforge_main
+
+
+def _subcommands(command: str, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """The subcommands ``skuforge COMMAND --help`` lists in its usage line (``{a,b} ...``)."""
+    with pytest.raises(SystemExit):
+        skuforge_main([command, "--help"])
+    usage = capsys.readouterr().out.split("\n\n", 1)[0]
+    found = re.search(r"\{([a-z,-]+)\}\s+\.\.\.", usage)
+    return found.group(1).split(",") if found else []
+
+
+def unnamed_subcommands(summary: str, subcommands: list[str]) -> list[str]:
+    """The subcommands ``summary`` leaves out, when it names any ("pairs" inside "real-pairs" is not
+    "pairs")."""
+    named = [name for name in subcommands if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", summary)]
+    return [name for name in subcommands if name not in named] if named else []
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_commands_summary_names_all_its_subcommands_or_none(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    summary = COMMANDS[command][1]
+    missing = unnamed_subcommands(summary, _subcommands(command, capsys))
+    assert not missing, f"`skuforge --help` says of {command} {summary!r}, leaving out {missing}"
+
+
+def test_a_summary_naming_some_subcommands_is_caught() -> None:
+    assert unnamed_subcommands("make (real-pairs, train)", ["train", "pairs", "real-pairs"]) == ["pairs"]
+    assert unnamed_subcommands("plot its panels", ["json", "render"]) == []
