@@ -9,10 +9,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, overload
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, overload
 from urllib.parse import urlsplit
 
+import annotated_types
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.events import MAX_PHOTOS_PER_EVENT
@@ -359,12 +362,66 @@ def secret_variables(models: Sequence[type[BaseSettings]]) -> frozenset[str]:
     )
 
 
+# How the settings table writes a number's declared bounds.
+_BOUND_WORDS = {
+    ("ge", "le"): "[{}, {}]",
+    ("gt", "lt"): "({}, {})",
+    ("ge", "lt"): "[{}, {})",
+    ("gt", "le"): "({}, {}]",
+    ("ge",): "at least {}",
+    ("gt",): "above {}",
+    ("le",): "at most {}",
+    ("lt",): "below {}",
+}
+
+
+def _declared(metadata: Sequence[Any]) -> list[str]:
+    """A field's (or an ``Annotated`` member's) constraints in words: bounds, a multiple, a length."""
+    items = [part for item in metadata for part in (item.metadata if isinstance(item, FieldInfo) else [item])]
+    bounds = {
+        key: getattr(item, key)
+        for item in items
+        for key in ("ge", "gt", "le", "lt")
+        if getattr(item, key, None) is not None
+    }
+    kinds = tuple(key for key in ("ge", "gt", "le", "lt") if key in bounds)  # the lower bound first
+    said = []
+    if words := _BOUND_WORDS.get(kinds):
+        said.append(words.format(*(bounds[key] for key in kinds)))
+    for item in items:
+        if isinstance(item, annotated_types.MultipleOf):
+            said.append(f"a multiple of {item.multiple_of}")
+        elif isinstance(item, annotated_types.MinLen) and item.min_length == 1:
+            said.append("not empty")
+        elif isinstance(item, annotated_types.MaxLen):
+            said.append(f"at most {item.max_length} characters")
+    return said
+
+
+def allowed_values(field: FieldInfo) -> str:
+    """What a setting declares it takes beyond its type: a number's bounds, the choices of a literal,
+    a text's length; '' where nothing more is declared (a validator may still refuse a value, and the
+    meaning says so)."""
+    members = get_args(field.annotation) if get_origin(field.annotation) in (Union, UnionType) else ()
+    alternatives = []
+    for member in members or (field.annotation,):
+        if get_origin(member) is Literal:
+            alternatives.append(", ".join(f"`{choice}`" for choice in get_args(member)))
+        elif get_origin(member) is Annotated:
+            alternatives.append(", ".join(_declared(member.__metadata__)))
+        elif get_origin(member) is dict and get_origin(key := get_args(member)[0]) is Literal:
+            alternatives.append("keys " + ", ".join(f"`{choice}`" for choice in get_args(key)))
+    own = ", ".join(_declared(field.metadata))
+    return " or ".join(part for part in (own, *alternatives) if part)
+
+
 def settings_table_markdown(models: Sequence[type[BaseSettings]] = (Settings,)) -> str:
     """The configuration table for README.md, generated from the models so it cannot go stale."""
-    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    rows = ["| variable | default | allowed | meaning |", "| --- | --- | --- | --- |"]
     fields = [item for model in models for item in model.model_fields.items()]
     for name, field in fields:
         default = field.default
         shown = "(unset)" if default is None else f"`{default}`"
-        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description or ''} |")
+        variable = f"`{ENV_PREFIX}{name.upper()}`"
+        rows.append(f"| {variable} | {shown} | {allowed_values(field)} | {field.description or ''} |")
     return "\n".join(rows)

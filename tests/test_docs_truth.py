@@ -442,7 +442,7 @@ def test_readme_configuration_names_every_variable_the_code_reads() -> None:
 
 def settings_table_in(readme: str) -> str:
     """README's settings table: the lines from its header to the first line that is no table row."""
-    header = "| variable | default | meaning |"
+    header = "| variable | default | allowed | meaning |"
     section = _readme_section(readme, "Configuration")
     assert header in section, "README's Configuration section has no settings table"
     below = section.split(header, 1)[1].splitlines()[1:]
@@ -461,3 +461,54 @@ def test_readme_settings_table_is_the_generated_one_and_no_more() -> None:
     )
     planted = README.replace(generated, generated + "\n| `SKUFORGE_OLD` | `1` | gone |")
     assert settings_table_in(planted) != generated
+
+
+# A setting's declared bounds, and the words the settings table gives them.
+BOUND_WORDS = [
+    ("ge", "le", "[{}, {}]"),
+    ("gt", "lt", "({}, {})"),
+    ("ge", "lt", "[{}, {})"),
+    ("gt", "le", "({}, {}]"),
+    ("ge", None, "at least {}"),
+    ("gt", None, "above {}"),
+    (None, "le", "at most {}"),
+    (None, "lt", "below {}"),
+]
+
+
+def test_the_settings_table_gives_every_declared_bound_and_choice() -> None:
+    """A variable's row says the numbers it may take and, for a fixed set of values, which: a bound
+    found only at start-up, as an error, is a bound the table hides."""
+    from typing import Literal, get_args, get_origin
+
+    from shared.config import ENV_PREFIX, settings_table_markdown
+    from skuforge_cli.main import SETTINGS_MODELS
+
+    rows = {
+        row.split(" | ")[0].strip("|` "): row for row in settings_table_markdown(SETTINGS_MODELS).splitlines()
+    }
+    hidden = []
+    for model in SETTINGS_MODELS:
+        for name, field in model.model_fields.items():
+            row = rows[ENV_PREFIX + name.upper()]
+            bounds = {
+                key: getattr(item, key)
+                for item in field.metadata
+                for key in ("ge", "gt", "le", "lt")
+                if getattr(item, key, None) is not None
+            }
+            for low, high, words in BOUND_WORDS:
+                if set(bounds) == {key for key in (low, high) if key}:
+                    said = words.format(*(bounds[key] for key in (low, high) if key))
+                    if said not in row:
+                        hidden.append(f"{ENV_PREFIX}{name.upper()}: {said}")
+            choices = [
+                arg for arg in (field.annotation, *get_args(field.annotation)) if get_origin(arg) is Literal
+            ]
+            hidden += [
+                f"{ENV_PREFIX}{name.upper()}: {value}"
+                for choice in choices
+                for value in get_args(choice)
+                if f"`{value}`" not in row
+            ]
+    assert not hidden, f"the settings table does not give {hidden}"
