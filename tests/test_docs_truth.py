@@ -345,6 +345,27 @@ def test_every_make_target_the_docs_name_exists() -> None:
     assert not unknown, f"the docs name Makefile targets that do not exist: {unknown}"
 
 
+def make_variables_unknown_in(text: str) -> list[str]:
+    """Variables ``make TARGET VAR=value`` sets in ``text`` that the Makefile never reads."""
+    read = set(re.findall(r"\$\(([A-Z][A-Z0-9_]*)\)", MAKEFILE))
+    given = {
+        name
+        for assignments in re.findall(r"\bmake [a-z-]+((?:\s+[A-Z][A-Z0-9_]*=\S*)+)", text)
+        for name in re.findall(r"([A-Z][A-Z0-9_]*)=", assignments)
+    }
+    return sorted(given - read)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[f"{doc.relative_to(ROOT)}" for doc in DOCS])
+def test_every_make_variable_a_doc_sets_is_read_by_the_makefile(doc: Path) -> None:
+    unknown = make_variables_unknown_in(doc.read_text(encoding="utf-8"))
+    assert not unknown, f"{doc.relative_to(ROOT)} sets variables the Makefile does not read: {unknown}"
+
+
+def test_a_make_variable_the_makefile_does_not_read_is_caught() -> None:
+    assert make_variables_unknown_in("`make bench-real GROCERY_DIR=x KAFKA_PORT=1`") == ["GROCERY_DIR"]
+
+
 def test_readme_says_what_make_setup_installs() -> None:
     assert setup_extras_misstated_in(README) is None, setup_extras_misstated_in(README)
 
