@@ -1,5 +1,6 @@
 """``skuforge --help`` and the commands' own help agree: a command's line in the top-level list that
-names some of its subcommands names all of them, so a subcommand added later is not left out."""
+names some of its subcommands names all of them, so a subcommand added later is not left out; and
+every help reads as text, without the docstring markup of the module it came from."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ from skuforge_cli.main import COMMANDS
 from skuforge_cli.main import main as skuforge_main
 
 
+def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What ``skuforge ARGV --help`` prints."""
+    with pytest.raises(SystemExit):
+        skuforge_main([*argv, "--help"])
+    return capsys.readouterr().out
+
+
 def _subcommands(command: str, capsys: pytest.CaptureFixture[str]) -> list[str]:
     """The subcommands ``skuforge COMMAND --help`` lists in its usage line (``{a,b} ...``)."""
-    with pytest.raises(SystemExit):
-        skuforge_main([command, "--help"])
-    usage = capsys.readouterr().out.split("\n\n", 1)[0]
+    usage = _help([command], capsys).split("\n\n", 1)[0]
     found = re.search(r"\{([a-z,-]+)\}\s+\.\.\.", usage)
     return found.group(1).split(",") if found else []
 
@@ -39,3 +45,13 @@ def test_a_commands_summary_names_all_its_subcommands_or_none(
 def test_a_summary_naming_some_subcommands_is_caught() -> None:
     assert unnamed_subcommands("make (real-pairs, train)", ["train", "pairs", "real-pairs"]) == ["pairs"]
     assert unnamed_subcommands("plot its panels", ["json", "render"]) == []
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_commands_help_has_no_docstring_markup(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A module docstring given as a parser's description printed ``skuforge matting ...`` with its
+    reStructuredText quotes."""
+    shown = {command: _help([command], capsys)}
+    shown |= {f"{command} {sub}": _help([command, sub], capsys) for sub in _subcommands(command, capsys)}
+    marked = [name for name, text in shown.items() if "``" in text]
+    assert not marked, f"the help of {marked} prints docstring markup (``)"

@@ -33,7 +33,11 @@ COMMITTED_INT8 = "u2netp-skuforge-int8.onnx"
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch the matting subcommands."""
-    parser = argparse.ArgumentParser(prog="skuforge matting", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="skuforge matting",
+        description="Make (official, real-pairs, pairs, train, export), measure (eval) and shrink to int8 "
+        "(tune-ranges, quantize) the U2-Net matting model.",
+    )
     sub = parser.add_subparsers(dest="action", required=True)
 
     train = sub.add_parser(
