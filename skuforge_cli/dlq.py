@@ -7,6 +7,7 @@ import json
 import sys
 from datetime import datetime
 
+from shared.argtypes import non_negative_int
 from shared.config import Settings, load_settings
 from shared.dlq import (
     REPLAY_PREFIX,
@@ -85,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="accept a topic outside SKUFORGE_TOPIC_NAMESPACE (another environment's); without it, "
             "TOPIC is looked up in this environment's namespace first and another's is refused",
         )
-    listing.add_argument("--samples", type=int, default=SAMPLES_PER_REASON, help="samples per reason")
+    listing.add_argument(
+        "--samples",
+        type=non_negative_int,
+        default=SAMPLES_PER_REASON,
+        help=f"samples per reason, 0 or more (default {SAMPLES_PER_REASON})",
+    )
     listing.add_argument("--json", action="store_true", help="print the summary as JSON")
     again.add_argument(
         "--include-permanent",
@@ -110,7 +116,7 @@ def main(
         dead = read_dead_letters(settings, args.topic, any_namespace=args.any_namespace)
         if args.action == "list":
             letters = select(dead.letters, reason=args.reason, since=args.since)
-            summary = summarise(dead, letters, replayed_markers(store, dead.dlq_topic), max(0, args.samples))
+            summary = summarise(dead, letters, replayed_markers(store, dead.dlq_topic), args.samples)
             print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
             return 0
         with stopped_as_interrupt():  # a SIGTERM or SIGHUP also lets the replay mark what was delivered

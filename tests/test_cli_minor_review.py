@@ -113,3 +113,11 @@ def test_kafka_start_refuses_one_port_for_both_listeners_as_a_usage_error(
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith("skuforge kafka: error: --port and --controller-port are both ")
     assert recording_kafka.asked == {} and not (tmp_path / "kafka").exists()
+
+
+def test_dlq_list_refuses_a_negative_sample_count(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--samples -1` listed no samples and said nothing (it was read as 0)."""
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["dlq", "list", "sku.ingested.v1", "--samples", "-1"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.endswith("argument --samples: must be 0 or more, got -1\n")
