@@ -366,6 +366,34 @@ def test_a_make_variable_the_makefile_does_not_read_is_caught() -> None:
     assert make_variables_unknown_in("`make bench-real GROCERY_DIR=x KAFKA_PORT=1`") == ["GROCERY_DIR"]
 
 
+def extras_unknown_in(text: str) -> list[str]:
+    """Extras ``text`` names (``skuforge[cpu,console]``, or README's ``[gpu]``) that pyproject.toml
+    does not declare."""
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    named = {
+        extra
+        for group in re.findall(r"skuforge\[([a-z,-]+)\]|`\[([a-z-]+)\]`", text)
+        for extra in ",".join(group).split(",")
+        if extra
+    }
+    return sorted(named - set(declared["optional-dependencies"]))
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[f"{doc.relative_to(ROOT)}" for doc in DOCS])
+def test_every_extra_a_doc_names_is_declared(doc: Path) -> None:
+    unknown = extras_unknown_in(doc.read_text(encoding="utf-8"))
+    assert not unknown, f"{doc.relative_to(ROOT)} names extras pyproject.toml does not declare: {unknown}"
+
+
+def test_an_extra_pyproject_does_not_declare_is_caught() -> None:
+    assert extras_unknown_in("`pip install 'skuforge[cpu,cuda]'`; `[plots]` adds matplotlib") == [
+        "cuda",
+        "plots",
+    ]
+
+
 def test_readme_says_what_make_setup_installs() -> None:
     assert setup_extras_misstated_in(README) is None, setup_extras_misstated_in(README)
 
