@@ -1,6 +1,8 @@
 """The user-facing docs say only what the code has: every ``skuforge ...`` command they show, and every
 ``python -m <module>`` command of this repository they or the Makefile run, parses with the real
-command-line parsers, and every relative link and image they carry resolves.
+command-line parsers; every relative link and image they carry resolves; the ``SKUFORGE_*``
+variables, Makefile targets and variables and pip extras they name exist; and README's
+Configuration names every variable the code reads, with each setting's declared bounds.
 
 Nothing here needs Kafka, the network or a dataset: a command is dispatched through
 ``skuforge_cli.main.main`` (or the module's ``main``) until the parser that would run it has parsed,
@@ -24,7 +26,14 @@ import pytest
 from skuforge_cli.main import main as skuforge_main
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# README, docs/ and the READMEs beside the files they explain (Triton's, the samples', the bench data's).
+DOCS = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "deploy").glob("*/README.md")),
+    *sorted((ROOT / "samples").glob("*/README.md")),
+    *sorted((ROOT / "bench" / "data").glob("*/README.md")),
+]
 MAKEFILE = (ROOT / "Makefile").read_text(encoding="utf-8")
 
 # Placeholders the docs write for a value, and a value of that kind the parsers accept.
