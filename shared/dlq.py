@@ -72,6 +72,7 @@ REPLAYABLE_REASONS: dict[str, str] = {
     "handler_error": "the stage is fixed, or the outage that outlasted its retries is over",
     "too_many_photos": "SKUFORGE_MAX_PHOTOS_PER_SKU was raised",
     "unknown_adapter": "the adapter the event names is registered",
+    "adapter_checksum_mismatch": "the adapter whose weights were damaged in the registry is registered again",
     "no_adapter_registry": "the generator was given its adapter registry",
     "manifest_unreadable": "the manifest part it names was restored",
 }

@@ -27,8 +27,10 @@ import torch
 
 from services.generator.protocol import BACKEND_UNAVAILABLE_PREFIX
 from services.generator.server import GenerationModel
+from services.generator.stage import ADAPTER_REFUSALS
 from shared.config import ConfigError, load_settings
-from shared.errors import BadInput, ChecksumMismatch, TransientError
+from shared.dlq import is_permanent
+from shared.errors import BadInput, TransientError
 from shared.generation import adapters as adapters_module
 from shared.generation.adapters import AdapterRegistry
 from shared.generation.diffusion import LoraSlots
@@ -87,14 +89,26 @@ def test_weights_gone_from_under_a_stale_listing_are_a_retry_that_then_succeeds(
 
 
 def test_an_adapter_whose_listed_weights_are_damaged_is_still_refused(tmp_path: Path) -> None:
-    # Not a registration race: the registry lists it unchanged, so retrying would fail forever.
+    # Not a registration race: the registry lists it unchanged, so retrying would fail forever. Before,
+    # the refusal was checksum_mismatch, a damaged photo's reason: the stage drew the variant again from
+    # every photo of the SKU, then left it out, and no letter brought it back once the registry was fixed.
     registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
     metadata = registry.register(
         "cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15"
     )
     (tmp_path / "adapters" / "cola-v" / metadata.weight_name).write_bytes(lora_weights(9))
-    (outcome,) = backend_on(registry, tmp_path).generate_many([cola_request()])
-    assert isinstance(outcome, ChecksumMismatch)
+    backend = backend_on(registry, tmp_path)
+    (outcome,) = backend.generate_many([cola_request()])
+    assert isinstance(outcome, BadInput) and outcome.reason == "adapter_checksum_mismatch"
+    assert "cola-v" in outcome.detail and "register it again" in outcome.detail
+    # The SKU's letter goes to the DLQ once (ADAPTER_REFUSALS), and a bare replay sends it once the
+    # adapter is registered again: then it is served with the new weights.
+    assert outcome.reason in ADAPTER_REFUSALS and not is_permanent(outcome.reason)
+    registry.register("cola-v", lora_weights(2), kind="specialized", series="Cola", base_model="sd15")
+    with pytest.raises(TransientError, match="cola-v"):  # its listing still names the damaged weights
+        backend.generate_many([cola_request()])
+    assert served_adapter(backend) == "cola-v"
+    assert backend.pipe.loaded == [lora_weights(2)]
 
 
 # --- adapter ids ----------------------------------------------------------------------------------

@@ -333,22 +333,31 @@ def test_a_refusal_a_replay_may_cure_still_dead_letters_the_whole_sku(tmp_path: 
 
 class UnloadableAdapterGenerator(InProcessGenerator):
     """Composites drawn in this process; every diffusion variant refused as the Triton client returns
-    the refusal of an adapter that does not fit the model. ``calls`` counts the variants of each call."""
+    the refusal of the adapter the SKU gets (``error``, the server's text). ``calls`` counts the variants
+    of each call."""
 
-    def __init__(self) -> None:
+    def __init__(self, error: str) -> None:
         super().__init__(CompositeBackend(None))
+        self.error = error
         self.calls: list[tuple[str, int]] = []
 
     def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
         self.calls.append((backend, len(variants)))
         if backend == "composite":
             return super().generate(backend, variants)
-        unfit = "BadInput: adapter_unloadable: adapter 'cola-v' does not fit this model (base 'sdxl')"
-        return [refusal(unfit, f"diffusion refused variant seed {variant.seed}") for variant in variants]
+        return [refusal(self.error, f"diffusion refused variant seed {variant.seed}") for variant in variants]
 
 
+@pytest.mark.parametrize(
+    ("reason", "detail"),
+    [
+        ("adapter_unloadable", "adapter 'cola-v' does not fit this model (base 'sdxl')"),
+        # Its weights damaged in the registry: before, checksum_mismatch, a photo's reason.
+        ("adapter_checksum_mismatch", "adapter 'cola-v' is damaged in the registry: register it again"),
+    ],
+)
 def test_a_variant_refused_for_its_adapter_is_not_drawn_from_the_other_photos_and_keeps_its_letter(
-    tmp_path: Path,
+    tmp_path: Path, reason: str, detail: str
 ) -> None:
     # The adapter the SKU's series gets does not fit the model: any photo draws the same refusal. Each
     # was tried in turn (a round trip and an adapter load per photo), then the diffusion variants were
@@ -357,11 +366,11 @@ def test_a_variant_refused_for_its_adapter_is_not_drawn_from_the_other_photos_an
         tmp_path, variants_per_sku=4, size_px=64, backend_mix={"composite": 1, "diffusion": 1}
     )
     event = captioned_event(captioned_sku(store, 5, usable_photos=3), "unfit-adapter")
-    generator = UnloadableAdapterGenerator()
+    generator = UnloadableAdapterGenerator(f"BadInput: {reason}: {detail}")
     [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
 
-    assert isinstance(outputs, BadInput) and outputs.reason == "adapter_unloadable", outputs
-    assert "does not fit this model" in outputs.detail
+    assert isinstance(outputs, BadInput) and outputs.reason == reason, outputs
+    assert detail in outputs.detail
     assert generator.calls == [("composite", 2), ("diffusion", 2)]  # one round: no photo would do
 
 

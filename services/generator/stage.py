@@ -25,7 +25,8 @@ always gets the same images.
 Bad input goes to the DLQ with its reason: no usable photo (``no_usable_photo``), a photo or mask
 missing or altered in the store (``object_missing``, ``checksum_mismatch``), not a readable image
 (``corrupt``...), a refusal a replay may cure (``unknown_adapter``...) or one of the adapter the SKU
-gets (``adapter_unloadable``, ``adapter_base_mismatch``: every photo would draw it again), or every
+gets (``adapter_unloadable``, ``adapter_base_mismatch``, ``adapter_checksum_mismatch``: every photo
+would draw it again), or every
 variant refused from every photo (``generation_refused``...). A variant the model refuses for good
 (a photo whose mask it cannot place) is asked for again from another of the SKU's photos, with that
 photo's seed (of the photos after it in turn not refused for it, variant ``i`` takes the ``i``-th,
@@ -83,7 +84,7 @@ STAGE_NAME = GENERATOR.name
 # The kinds of skuforge_triton_errors_total (its help text says what each means).
 TRITON_ERROR_KINDS = ("overloaded", "timeout", "unavailable", "malformed", "refused", "backend_error")
 # Refusals of the adapter the SKU gets, not of the photo drawn from: another photo draws them again.
-ADAPTER_REFUSALS = frozenset({"adapter_unloadable", "adapter_base_mismatch"})
+ADAPTER_REFUSALS = frozenset({"adapter_unloadable", "adapter_base_mismatch", "adapter_checksum_mismatch"})
 
 
 class GeneratorMetrics:

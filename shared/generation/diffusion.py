@@ -885,12 +885,15 @@ class DiffusionBackend:
             self._listed_at = now
         return self._listing
 
-    def _raise_if_registration_changed(self, adapter: AdapterMetadata, exc: BadInput) -> None:
-        """``TransientError`` when the registry no longer lists ``adapter`` as it was when chosen.
+    def _registry_refusal(self, adapter: AdapterMetadata, exc: BadInput) -> BadInput:
+        """Why ``adapter``'s weights could not be fetched: ``TransientError`` raised when the registry no
+        longer lists it as it was when chosen, else the refusal of the request.
 
         The registry keeps the replaced registration's weights, but a listing older than that (or an
         adapter removed) points at bytes that are gone: a retry chooses from the fresh listing. An
-        adapter listed unchanged whose weights fail is broken in the registry: ``exc`` stands.
+        adapter listed unchanged whose weights fail is broken in the registry: missing weights stay
+        ``object_missing``; damaged ones are ``adapter_checksum_mismatch``, not the ``checksum_mismatch``
+        of a damaged photo, so the stage refuses the SKU once instead of drawing from its other photos.
         """
         current = next((a for a in self.adapters(refresh=True) if a.adapter_id == adapter.adapter_id), None)
         if current != adapter:
@@ -898,6 +901,13 @@ class DiffusionBackend:
                 f"adapter {adapter.adapter_id!r} changed in the registry since it was listed ({exc}); "
                 "the listing is read again, retry the request"
             ) from exc
+        if isinstance(exc, ChecksumMismatch):
+            return BadInput(
+                "adapter_checksum_mismatch",
+                f"adapter {adapter.adapter_id!r} is damaged in the registry ({exc.detail}): register it "
+                "again (skuforge adapters register), then replay",
+            )
+        return exc
 
     def choose_adapter(self, request: GenerationRequest) -> AdapterChoice:
         """The adapter ``request`` gets (explicit id, else series, else general, else none)."""
@@ -935,7 +945,8 @@ class DiffusionBackend:
         rounding in batched kernels). A request refused for its input or its adapter fails alone.
         An adapter whose weights are gone or altered because it was registered again (or removed)
         since the listing was read is not the request's fault: the listing is read again and
-        ``TransientError`` raised, so the request is retried with the current adapter, not dead-lettered.
+        ``TransientError`` raised, so the request is retried with the current adapter, not dead-lettered;
+        one whose weights fail their checksum while listed unchanged is ``adapter_checksum_mismatch``.
         """
         outcomes: list[RowOutcome | None] = [None] * len(requests)
         plans: dict[int, _Plan] = {}
@@ -963,10 +974,11 @@ class DiffusionBackend:
                 try:
                     self.lora.activate(adapter)
                 except BadInput as exc:
+                    refused = exc
                     if adapter is not None and isinstance(exc, (ObjectMissing, ChecksumMismatch)):
-                        self._raise_if_registration_changed(adapter, exc)
+                        refused = self._registry_refusal(adapter, exc)
                     for position, _ in variants:
-                        outcomes[position] = exc
+                        outcomes[position] = refused
                         plans.pop(position, None)
                     continue
                 step = self.settings.diffusion_max_batch
