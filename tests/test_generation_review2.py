@@ -10,6 +10,7 @@ and per request, instead of being truncated into another image than the one aske
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import struct
@@ -98,6 +99,30 @@ def test_adapters_register_exits_2_naming_a_damaged_file_and_writes_nothing(
     not_objects.write_bytes(safetensors_with_header({"lora_A.weight": [1, 2]}))
     assert cli_main([*argv[:3], str(not_objects), *argv[4:]]) == 2
     assert "tensor 'lora_A.weight' is not an object" in capsys.readouterr().err
+    assert not (tmp_path / "store" / "adapters" / "cola-v1").exists()
+
+
+def test_adapters_register_exits_2_naming_weights_it_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A file this user may not read (root reads a chmod 000 file, so the refusal is made here), or one
+    # gone between the check and the read: before, a PermissionError traceback.
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    monkeypatch.delenv("SKUFORGE_DIFFUSION_ADAPTERS_URI", raising=False)
+    weights = tmp_path / "lora.safetensors"
+    weights.write_bytes(lora_file())
+    read_bytes = Path.read_bytes
+
+    def unreadable(path: Path) -> bytes:
+        if path == weights:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    argv = ["adapters", "register", "cola-v1", str(weights), "--kind", "general", "--base-model", "m"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"skuforge adapters register: cannot read {weights}: Permission denied\n"
     assert not (tmp_path / "store" / "adapters" / "cola-v1").exists()
 
 

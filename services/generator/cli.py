@@ -72,9 +72,16 @@ def main(argv: list[str]) -> int:
     if not args.weights.is_file():
         parser.error(f"{args.weights} is not a file")
     try:
+        weights = args.weights.read_bytes()
+    except OSError as exc:  # not this user's to read, or gone since the check: a line, not a traceback
+        print(
+            f"skuforge adapters register: cannot read {args.weights}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 2
+    try:
         metadata = registry.register(
             args.adapter_id,
-            args.weights,
+            weights,
             kind=args.kind,
             base_model=args.base_model,
             series=args.series,
