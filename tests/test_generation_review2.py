@@ -126,6 +126,33 @@ def test_adapters_register_exits_2_naming_weights_it_cannot_read(
     assert not (tmp_path / "store" / "adapters" / "cola-v1").exists()
 
 
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        (["--kind", "general", "--series", "Cola"], "a general adapter has no series"),
+        (["--kind", "specialized"], "a specialized adapter needs the series it was trained on"),
+        (["--kind", "general", "--base-model", ""], "base_model: String should have at least 1 character"),
+    ],
+)
+def test_adapters_register_refuses_bad_metadata_in_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    problem: str,
+) -> None:
+    # Before, pydantic's whole report: several lines, the metadata's dict and a URL to its docs.
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    monkeypatch.delenv("SKUFORGE_DIFFUSION_ADAPTERS_URI", raising=False)
+    weights = tmp_path / "lora.safetensors"
+    weights.write_bytes(lora_file())
+    assert cli_main(["adapters", "register", "cola-v1", str(weights), "--base-model", "m", *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skuforge adapters register: cannot register adapter 'cola-v1': ")
+    assert problem in err and err.count("\n") == 1 and "pydantic" not in err
+    assert not (tmp_path / "store" / "adapters" / "cola-v1").exists()
+
+
 # --- generator settings --------------------------------------------------------------------------
 
 

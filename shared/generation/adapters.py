@@ -274,6 +274,12 @@ def _checked_rank(weights: bytes, rank: int | None) -> int:
     return rank
 
 
+def _field_problem(location: tuple[int | str, ...], message: str) -> str:
+    """One problem pydantic found in ``AdapterMetadata``: ``field: message``, or the message alone
+    when it is about the whole metadata (a series for a general adapter)."""
+    return f"{'.'.join(map(str, location))}: {message}" if location else message
+
+
 class AdapterRegistry:
     """Adapters stored under one object-store root: list, register, get, remove, fetch weights."""
 
@@ -344,7 +350,10 @@ class AdapterRegistry:
                 training_set_sha256=training_set_sha256,
             )
         except ValidationError as exc:
-            raise ValueError(f"cannot register adapter {adapter_id!r}: {exc}") from None
+            # In one line (the CLI prints it): pydantic's own report spans lines, echoes the whole
+            # metadata and links its docs.
+            problems = "; ".join(_field_problem(error["loc"], error["msg"]) for error in exc.errors())
+            raise ValueError(f"cannot register adapter {adapter_id!r}: {problems}") from None
         replaced = self._registered(adapter_id)
         self.store.put_bytes(f"{adapter_id}/{metadata.weight_name}", data)
         self.store.put_json(f"{adapter_id}/{METADATA_FILE}", metadata.model_dump(mode="json"))
