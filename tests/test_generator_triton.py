@@ -5,6 +5,7 @@ No mocks: ``skuforge serve generator`` runs in its own process, as in production
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -489,6 +490,45 @@ def test_a_row_the_backend_fails_on_fails_alone_and_is_not_called_transient(
     assert "seed 13" in str(error) and "ZeroDivisionError: a bug on this input" in str(error)
     (unavailable,) = away
     assert isinstance(unavailable, GeneratorUnavailable) and "adapter registry is away" in str(unavailable)
+
+
+class MisshapenComposite(PoisonedComposite):
+    """The composite backend with a bug of its own answer: the rows of a seed of ``misshapen`` get an
+    image half the size asked, the others are painted as usual."""
+
+    def __init__(self, misshapen: frozenset[int]) -> None:
+        super().__init__(failing=(), away=())
+        self.misshapen = misshapen
+
+    def generate_many(self, requests: list[GenerationRequest]) -> list[RowOutcome]:
+        outcomes = super().generate_many(requests)
+        for request, outcome in zip(requests, outcomes, strict=True):
+            if request.seed in self.misshapen and isinstance(outcome, list):
+                (sample,) = outcome
+                half = request.size // 2
+                outcome[0] = dataclasses.replace(sample, image=sample.image[:half, :half])
+        return outcomes
+
+
+def test_an_answer_of_the_wrong_shape_fails_its_row_alone_and_is_not_called_transient(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before: the server's RuntimeError failed the whole Triton batch as INTERNAL, which the client reads
+    # as Triton being away: the stage retried it, and the good rows batched with it, for ever.
+    from services.generator.client import GeneratorFailed
+
+    with poisoned_triton(monkeypatch, MisshapenComposite(frozenset({19}))) as (url, backend):
+        client = TritonGenerator(url, concurrency=3)
+        try:
+            failed = _raised(lambda: client.generate("composite", [variant(11), variant(19), variant(12)]))
+            retried = client.generate("composite", [variant(11), variant(12)])
+        finally:
+            client.close()
+    (error,) = failed
+    assert isinstance(error, GeneratorFailed) and not isinstance(error, GeneratorUnavailable)
+    assert "seed 19" in str(error) and f"for size {SIZE_PX}" in str(error)
+    assert all(isinstance(result, VariantResult) for result in retried)
+    assert sorted(backend.painted) == [11, 12, 19]  # the good rows were answered, and kept for the retry
 
 
 def test_the_answers_beside_a_failed_row_are_kept_for_the_retry(monkeypatch: pytest.MonkeyPatch) -> None:

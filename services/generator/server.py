@@ -49,6 +49,7 @@ from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, TransientError
 from shared.generation.backend import (
     MAX_SIZE_PX,
+    GeneratedSample,
     GenerationBackend,
     GenerationRequest,
     RowOutcome,
@@ -86,8 +87,8 @@ class GenerationModel:
     zero images; the rest of the batch is served. All rows of all requests in a batch reach the
     backend together (``generate_many``), so the diffusion backend can paint them in one call.
     A backend that raises on the batch gets its rows again one at a time, so a row it cannot serve
-    (a bug on that input) fails alone, its ``error`` prefixed ``backend_error:``; only a fault of
-    this code (an answer of the wrong shape) is raised, and Triton reports it to the whole batch.
+    (a bug on that input) fails alone, its ``error`` prefixed ``backend_error:``; so does a row the
+    backend answers wrongly (not one sample, or one of another size than asked).
     Only a ``BadInput`` the backend raises is the row's own fault (a ``ValueError`` from inside torch
     or diffusers is the backend's); a store away, or an adapter's copy the model cache refuses or
     cannot hold (``TransientError``), is ``backend_unavailable:``, logged in a line without a traceback, which
@@ -262,14 +263,14 @@ class GenerationModel:
                 kind = BadInput.__name__ if isinstance(outcome, BadInput) else type(outcome).__name__
                 errors[row] = f"{kind}: {outcome}".encode()
                 continue
-            if len(outcome) != 1:
-                raise RuntimeError(f"backend {self.backend.name} returned {len(outcome)} samples for n=1")
+            misshapen = _misshapen(outcome, size)
+            if misshapen is not None:
+                # The backend's bug, on this row: raised, it failed every request of the batch as
+                # INTERNAL, which the client reads as Triton away and retries for ever.
+                log.error("the %s backend %s", self.backend.name, misshapen)
+                errors[row] = f"{BACKEND_ERROR_PREFIX}the {self.backend.name} backend {misshapen}".encode()
+                continue
             sample = outcome[0]
-            if sample.image.shape != (size, size, 3) or sample.expected_mask.shape != (size, size):
-                raise RuntimeError(
-                    f"backend {self.backend.name} returned {sample.image.shape}/{sample.expected_mask.shape} "
-                    f"for size {size}"
-                )
             images[row], masks[row] = sample.image, sample.expected_mask
             used[row] = json.dumps(sample.parameters, sort_keys=True).encode()
             adapters[row] = (sample.adapter_id or "").encode()
@@ -281,6 +282,17 @@ class GenerationModel:
             "model_id": _bytes_column(model_ids),
             "error": _bytes_column(errors),
         }
+
+
+def _misshapen(samples: list[GeneratedSample], size: int) -> str | None:
+    """What is wrong with a backend's answer to one row of ``size`` px (one sample, its image and mask
+    that size); None when nothing is."""
+    if len(samples) != 1:
+        return f"returned {len(samples)} samples for n=1"
+    image, mask = samples[0].image.shape, samples[0].expected_mask.shape
+    if image != (size, size, 3) or mask != (size, size):
+        return f"returned an image of {image} and a mask of {mask} for size {size}"
+    return None
 
 
 def _row_request(request: Mapping[str, npt.NDArray[Any]], row: int, size: int) -> GenerationRequest:
