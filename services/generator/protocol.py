@@ -11,8 +11,9 @@ required input (Triton counts inputs: an optional one in its place passes); so i
 input (prompt, own_names...) of more than ``MAX_TEXT_BYTES``. A row
 the backend fails on (raises) is served again alone; if it fails alone too, or the backend answers it
 wrongly (an image of another size than asked), ``error`` says so after ``BACKEND_ERROR_PREFIX``, or
-after ``BACKEND_UNAVAILABLE_PREFIX`` when what failed is a store it reads, an adapter's copy its model cache refuses or cannot hold (the operator's to fix), or the GPU
-memory another process took (transient). A row out of GPU memory alone on a GPU no one else took
+after ``BACKEND_UNAVAILABLE_PREFIX`` when what failed is a store it reads, an adapter's copy its
+model cache refuses or cannot hold (the operator's to fix), or the GPU memory another process took
+(transient). A row out of GPU memory alone on a GPU no one else took
 is a ``BACKEND_ERROR_PREFIX`` failure: retried a few times, then dead-lettered. An
 empty reference or mask (a side of 0 px) never reaches the model: PyTriton fails on an empty tensor
 and Triton answers the request INTERNAL, so the client refuses such a variant without sending it.
