@@ -15,6 +15,7 @@ import json
 import re
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -102,23 +103,25 @@ def test_adapters_register_exits_2_naming_a_damaged_file_and_writes_nothing(
     assert not (tmp_path / "store" / "adapters" / "cola-v1").exists()
 
 
+@pytest.mark.parametrize("refused", ["read_bytes", "stat"])
 def test_adapters_register_exits_2_naming_weights_it_cannot_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], refused: str
 ) -> None:
-    # A file this user may not read (root reads a chmod 000 file, so the refusal is made here), or one
-    # gone between the check and the read: before, a PermissionError traceback.
+    # A file this user may not read, or one in a folder this user may not enter (its stat is refused;
+    # Path.is_file raises PermissionError): root may do both, so the refusal is made here. Before, a
+    # PermissionError traceback.
     monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
     monkeypatch.delenv("SKUFORGE_DIFFUSION_ADAPTERS_URI", raising=False)
     weights = tmp_path / "lora.safetensors"
     weights.write_bytes(lora_file())
-    read_bytes = Path.read_bytes
+    allowed = getattr(Path, refused)
 
-    def unreadable(path: Path) -> bytes:
+    def unreadable(path: Path, *args: Any, **kwargs: Any) -> Any:
         if path == weights:
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return read_bytes(path)
+        return allowed(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    monkeypatch.setattr(Path, refused, unreadable)
     argv = ["adapters", "register", "cola-v1", str(weights), "--kind", "general", "--base-model", "m"]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err

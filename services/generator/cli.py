@@ -69,11 +69,11 @@ def main(argv: list[str]) -> int:
         return 0
     if args.action == "remove":
         return _remove(registry, args.adapter_id, uri)
-    if not args.weights.is_file():
-        parser.error(f"{args.weights} is not a file")
     try:
+        if not args.weights.is_file():  # a folder, or a FIFO that read_bytes would wait on for ever
+            parser.error(f"{args.weights} is not a file")
         weights = args.weights.read_bytes()
-    except OSError as exc:  # not this user's to read, or gone since the check: a line, not a traceback
+    except OSError as exc:  # not this user's to read (or in a folder not theirs), gone since the check
         print(
             f"skuforge adapters register: cannot read {args.weights}: {exc.strerror or exc}", file=sys.stderr
         )
