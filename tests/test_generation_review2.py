@@ -85,6 +85,16 @@ def test_a_header_entry_that_is_not_a_tensor_description_is_refused_not_a_traceb
             registry.register("cola-v1", weights, kind="general", base_model="m", rank=rank)
 
 
+def test_a_header_nested_too_deeply_to_read_is_refused_as_not_safetensors(tmp_path: Path) -> None:
+    # Before, json's RecursionError: a traceback from `skuforge adapters register`.
+    header = b"[" * 100_000
+    nested = struct.pack("<Q", len(header)) + header
+    registry = AdapterRegistry(FileStore(tmp_path))
+    for rank in (None, 4):
+        with pytest.raises(ValueError, match="not a safetensors file: its header is nested too deeply"):
+            registry.register("cola-v1", nested, kind="general", base_model="m", rank=rank)
+
+
 def test_adapters_register_exits_2_naming_a_damaged_file_and_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -202,6 +202,8 @@ def safetensors_header(weights: bytes) -> dict[str, Any]:
         header = json.loads(weights[8 : 8 + header_len])
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"not a safetensors file: {exc}") from None
+    except RecursionError:  # '[[[[...' deeper than the parser recurses: a traceback from the CLI
+        raise ValueError("not a safetensors file: its header is nested too deeply to read") from None
     if not isinstance(header, dict):
         raise ValueError("not a safetensors file: its header is not a JSON object")
     data_end = max(
