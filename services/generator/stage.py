@@ -26,8 +26,8 @@ Bad input goes to the DLQ with its reason: no usable photo (``no_usable_photo``)
 missing or altered in the store (``object_missing``, ``checksum_mismatch``), not a readable image
 (``corrupt``...), a refusal a replay may cure (``unknown_adapter``...) or one of the adapter the SKU
 gets (``adapter_unloadable``, ``adapter_base_mismatch``, ``adapter_checksum_mismatch``: every photo
-would draw it again), or every
-variant refused from every photo (``generation_refused``...). A variant the model refuses for good
+would draw it again), or every variant refused from every photo (``generation_refused``...). A
+variant the model refuses for good
 (a photo whose mask it cannot place) is asked for again from another of the SKU's photos, with that
 photo's seed (of the photos after it in turn not refused for it, variant ``i`` takes the ``i``-th,
 so a photo refused for every variant spreads them over the others, and the same SKU still gets the
