@@ -37,10 +37,19 @@ def parse_users(text: str) -> dict[str, str]:
         if not entry:
             continue
         name, sep, password = entry.partition(":")
-        if not sep or not _REVIEWER.match(name) or not password:
+        # fullmatch: match's `$` also matched before a final newline, and "alice\n" was another reviewer.
+        if not sep or not _REVIEWER.fullmatch(name) or not password:
             raise ValueError(_USERS_HELP)
         if name in users:
             raise ValueError(f"reviewer {name!r} is listed twice")
+        # Names are ASCII (_REVIEWER), so no Unicode form of one is another; case is what is left. Login
+        # keeps case, but the audit, the queue's "claimed (alice)" and Label Studio show both as one person.
+        same = next((known for known in users if known.lower() == name.lower()), None)
+        if same is not None:
+            raise ValueError(
+                f"reviewer {name!r} differs from reviewer {same!r} only in case; a person reads both as"
+                " one reviewer: give one of them another name"
+            )
         if name.lower() in SYSTEM_DECIDERS:
             raise ValueError(
                 f"reviewer {name!r}: the console itself decides as {' and '.join(map(repr, SYSTEM_DECIDERS))}"
