@@ -6,8 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from schemas.envelope import derive_id
 from services.console.config import parse_users
+from services.console.tasks import TaskFilter, TaskStore
+from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
+from tests.support.console import Clock, flagged_item, pending_envelope
 
 
 @pytest.mark.parametrize(
@@ -43,3 +47,40 @@ def test_names_are_ascii_so_no_unicode_form_of_a_reviewer_is_a_second_one() -> N
     with pytest.raises(ValueError, match="expected 'name:password"):
         parse_users("alice:a-long-password,\uff41\uff4c\uff49\uff43\uff45:another-password")
     assert parse_users("alice:pw1,bob:pw2") == {"alice": "pw1", "bob": "pw2"}
+
+
+class _RivalReviewers:
+    """Alice's clock: each time her task table reads it, bob (another connection to the same file)
+    claims the oldest pending task, as a crowd of reviewers faster than her would."""
+
+    def __init__(self, rival: TaskStore, now: float) -> None:
+        self.rival, self.now, self.taken = rival, now, 0
+
+    def __call__(self) -> float:
+        oldest = self.rival.query(limit=1)
+        if oldest:
+            self.rival.claim(oldest[0].task_id, "bob", 600.0)
+            self.taken += 1
+        return self.now
+
+
+def test_claim_next_keeps_looking_when_others_claim_what_it_listed(tmp_path: Path) -> None:
+    """claim_next listed the 20 oldest pending tasks and tried each; when others claimed all 20 first it
+    answered "nothing left to claim" though 40 more were pending."""
+    store = FileStore(tmp_path / "store")
+    flagged = pending_envelope(flagged_item(store, 0))
+    clock = Clock()
+    table = tmp_path / "tasks.sqlite3"
+    setup = TaskStore(table, clock=clock)
+    for index in range(60):
+        setup.add_pending(flagged.model_copy(update={"event_id": derive_id("rival-test", str(index))}))
+        clock.advance(1.0)
+    rivals = _RivalReviewers(TaskStore(table, clock=clock), clock.now)
+    alice = TaskStore(table, clock=rivals)
+    task = alice.claim_next("alice", 60.0)
+    assert task is not None, f"nothing claimed, with {setup.count()} tasks still pending"
+    assert (task.state, task.claimed_by) == ("claimed", "alice")
+    # The oldest pending one when she claimed it: every task before it is bob's.
+    held = {t.task_id: t.claimed_by for t in setup.query(TaskFilter(state="claimed"), limit=100)}
+    older = [t for t in setup.query(TaskFilter(state=None), limit=100) if t.received_at < task.received_at]
+    assert older and all(held[t.task_id] == "bob" for t in older)

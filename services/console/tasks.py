@@ -561,23 +561,33 @@ class TaskStore:
             _task_of(
                 row
             )  # a task that no longer reads is not claimed: it would stay held until its lease ran out
-            db.execute(
-                "UPDATE tasks SET state = 'claimed', claimed_by = ?, claimed_at = COALESCE(?, ?),"
-                " lease_expires_at = ? WHERE task_id = ?",
-                (
-                    reviewer,
-                    row["claimed_at"] if row["state"] == "claimed" else None,
-                    now,
-                    now + lease_s,
-                    task_id,
-                ),
-            )
-            if row["state"] == "pending":
-                self._audit(db, task_id, reviewer, "claim", "pending", "claimed", now)
+            self._take(db, row, reviewer, lease_s, now)
         return self.get(task_id)
 
+    def _take(
+        self, db: sqlite3.Connection, row: sqlite3.Row, reviewer: str, lease_s: float, now: float
+    ) -> None:
+        """Give ``reviewer`` the pending task ``row``, or renew their claim on it, for ``lease_s`` seconds."""
+        db.execute(
+            "UPDATE tasks SET state = 'claimed', claimed_by = ?, claimed_at = COALESCE(?, ?),"
+            " lease_expires_at = ? WHERE task_id = ?",
+            (
+                reviewer,
+                row["claimed_at"] if row["state"] == "claimed" else None,
+                now,
+                now + lease_s,
+                row["task_id"],
+            ),
+        )
+        if row["state"] == "pending":
+            self._audit(db, row["task_id"], reviewer, "claim", "pending", "claimed", now)
+
     def claim_next(self, reviewer: str, lease_s: float, filters: TaskFilter = PENDING) -> Task | None:
-        """Claim the oldest pending task matching ``filters`` (the reviewer's own claim first)."""
+        """Claim the oldest pending task matching ``filters`` (the reviewer's own claim first).
+
+        The oldest pending task that reads is found and claimed in one write transaction, so nobody
+        takes it in between. Before, the 20 oldest were listed and claimed one by one: when other
+        reviewers took all 20 first, the answer was "nothing left" though more were pending."""
         self.expire_leases()
         with self._connect() as db:
             own = db.execute(
@@ -592,12 +602,26 @@ class TaskStore:
                 return self.claim(own["task_id"], reviewer, lease_s)
             except TaskConflict:
                 pass  # it expired and someone else took it meanwhile: take the next one
-        for task in self.query(dataclasses.replace(filters, state="pending"), limit=20):
-            try:
-                return self.claim(task.task_id, reviewer, lease_s)
-            except TaskConflict:
-                continue  # someone was faster; try the next one
-        return None
+        clauses, params = _where(dataclasses.replace(filters, state="pending"))
+        now = self.clock()
+        with self._write() as db:
+            # One that no longer reads is passed over (logged), as the queue does: claimed, it would
+            # stay held until its lease ran out.
+            oldest = _read_past_unreadable(
+                db,
+                "tasks",
+                clauses,
+                params,
+                keys=("received_at", "task_id"),
+                newest_first=False,
+                limit=1,
+                read=_row_that_reads,
+                what="task",
+            )
+            if not oldest:
+                return None
+            self._take(db, oldest[0], reviewer, lease_s, now)
+        return self.get(oldest[0]["task_id"])
 
     def release(self, task_id: str, reviewer: str) -> Task:
         """Give a claimed task back to the queue; only its holder may. One's own claim whose lease ran
@@ -965,6 +989,12 @@ def _task_of(row: sqlite3.Row) -> Task:
         raise BadInput(
             "task_unreadable", f"task {row['task_id']} no longer reads: {str(exc)[:300]}"
         ) from None
+
+
+def _row_that_reads(row: sqlite3.Row) -> sqlite3.Row:
+    """The row itself, once it reads as a task (else ValueError, as ``Task.from_row``)."""
+    Task.from_row(row)
+    return row
 
 
 def _accepted_since(acceptance: sqlite3.Row) -> str:
