@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 
 from schemas.envelope import derive_id
 from services.console.config import parse_users
+from services.console.labelstudio import import_annotations, mask_to_rle
 from services.console.tasks import TaskFilter, TaskStore
 from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
-from tests.support.console import Clock, flagged_item, pending_envelope
+from tests.support.console import SIZE_PX, Clock, build_console, flagged_item, pending_envelope, with_flagged
 
 
 @pytest.mark.parametrize(
@@ -84,3 +88,75 @@ def test_claim_next_keeps_looking_when_others_claim_what_it_listed(tmp_path: Pat
     held = {t.task_id: t.claimed_by for t in setup.query(TaskFilter(state="claimed"), limit=100)}
     older = [t for t in setup.query(TaskFilter(state=None), limit=100) if t.received_at < task.received_at]
     assert older and all(held[t.task_id] == "bob" for t in older)
+
+
+def _anonymous(decision: str, *, at: str, number: int | None, reason: str = "") -> dict[str, Any]:
+    """A Label Studio annotation that names no annotator (no ``completed_by``), with id ``number``."""
+    result: list[dict[str, Any]] = [
+        {"type": "choices", "from_name": "decision", "value": {"choices": [decision]}}
+    ]
+    if reason:
+        result.append({"type": "textarea", "from_name": "reason", "value": {"text": [reason]}})
+    annotation: dict[str, Any] = {"created_at": at, "updated_at": at, "result": result}
+    if number is not None:
+        annotation["id"] = number
+    return annotation
+
+
+def _painted_anonymously(mask: npt.NDArray[np.uint8], *, at: str, number: int) -> dict[str, Any]:
+    value = {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": ["product"]}
+    brush = {"type": "brushlabels", "from_name": "mask", "to_name": "image", "value": value}
+    return {"id": number, "created_at": at, "updated_at": at, "result": [brush]}
+
+
+@pytest.mark.parametrize(("first", "second"), [(11, 12), (None, None)])
+def test_annotations_that_name_no_annotator_are_not_one_persons_drafts(
+    tmp_path: Path, first: int | None, second: int | None
+) -> None:
+    """Every annotation with no ``completed_by`` was ``labelstudio:unknown``: two people's approval and
+    rejection read as one person's draft and revision, and the later one was recorded without a word.
+    Each is now an annotator of its own (named by its annotation id), so they disagree and are skipped."""
+    parts = with_flagged(build_console(tmp_path), 1)
+    (task_id,) = [task.task_id for task in parts.tasks.query()]
+    annotations = [
+        _anonymous("reject", at="2026-01-01T09:00:00Z", number=first, reason="not the product"),
+        _anonymous("approve", at="2026-01-01T10:00:00Z", number=second),
+    ]
+    export = [{"data": {"skuforge_task_id": task_id}, "annotations": annotations}]
+    (outcome,) = import_annotations(parts.tasks, parts.store, export)
+    assert outcome.outcome == "skipped" and "annotators disagree" in outcome.detail, outcome
+    if first is not None:
+        assert "approved by labelstudio:anonymous-12, rejected by labelstudio:anonymous-11" in outcome.detail
+    assert parts.tasks.get(task_id).state == "pending"
+
+
+def test_anonymous_annotators_who_agree_give_the_latest_under_its_own_name(tmp_path: Path) -> None:
+    parts = with_flagged(build_console(tmp_path), 1)
+    (task_id,) = [task.task_id for task in parts.tasks.query()]
+    annotations = [
+        _anonymous("reject", at="2026-01-01T10:00:00Z", number=12, reason="dented"),
+        _anonymous("reject", at="2026-01-01T09:00:00Z", number=11, reason="blurry"),
+    ]
+    export = [{"data": {"skuforge_task_id": task_id}, "annotations": annotations}]
+    (outcome,) = import_annotations(parts.tasks, parts.store, export)
+    assert outcome.outcome == "reject", outcome
+    task = parts.tasks.get(task_id)
+    assert (task.state, task.decided_by) == ("rejected", "labelstudio:anonymous-12")
+
+
+def test_anonymous_annotators_who_paint_different_masks_disagree(tmp_path: Path) -> None:
+    parts = with_flagged(build_console(tmp_path), 1)
+    (task_id,) = [task.task_id for task in parts.tasks.query()]
+    left = np.zeros((SIZE_PX, SIZE_PX), np.uint8)
+    right = left.copy()
+    left[10:100, 10:60] = 255
+    right[10:100, 50:110] = 255
+    annotations = [
+        _painted_anonymously(left, at="2026-01-01T09:00:00Z", number=11),
+        _painted_anonymously(right, at="2026-01-01T10:00:00Z", number=12),
+    ]
+    export = [{"data": {"skuforge_task_id": task_id}, "annotations": annotations}]
+    (outcome,) = import_annotations(parts.tasks, parts.store, export)
+    assert outcome.outcome == "skipped" and "annotators' masks disagree" in outcome.detail, outcome
+    assert "labelstudio:anonymous-11 and labelstudio:anonymous-12" in outcome.detail
+    assert parts.tasks.get(task_id).state == "pending"

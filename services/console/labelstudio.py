@@ -318,11 +318,24 @@ GATE_ACCEPTED = "accepted: the gate accepted the item when replayed, and it is s
 
 
 def _annotator(annotation: dict[str, Any]) -> str:
+    """The reviewer an annotation's decision is recorded under: ``labelstudio:`` and its annotator (the
+    user's email, else id). One that names nobody (no ``completed_by``) is an annotator of its own,
+    ``labelstudio:anonymous-<annotation id>`` (``labelstudio:unknown`` with no id either, told apart by
+    ``_latest_by_annotator``): as one ``labelstudio:unknown``, two people's annotations read as one
+    person's drafts, and a disagreement between them was settled by the latest without a word."""
     who = annotation.get("completed_by")
     if isinstance(who, dict):
         who = who.get("email") or who.get("id")
-    text = str(who) if who not in (None, "") else "unknown"
+    if who not in (None, ""):
+        text = str(who)
+    elif annotation.get("id") not in (None, ""):
+        text = f"anonymous-{annotation['id']}"
+    else:
+        text = _UNKNOWN
     return "labelstudio:" + "".join(ch for ch in text if ch.isprintable())[:64]
+
+
+_UNKNOWN = "unknown"
 
 
 def _decision_of(annotation: dict[str, Any], width: int, height: int) -> tuple[str, Any]:
@@ -603,10 +616,12 @@ def _latest(annotations: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _latest_by_annotator(annotations: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each annotator's latest annotation, in the order the annotators first appear."""
-    by_annotator: dict[str, list[dict[str, Any]]] = {}
-    for annotation in annotations:
-        by_annotator.setdefault(_annotator(annotation), []).append(annotation)
+    """Each annotator's latest annotation, in the order the annotators first appear. An annotation that
+    names neither its annotator nor itself (``labelstudio:unknown``) is nobody's draft: each counts."""
+    by_annotator: dict[str | int, list[dict[str, Any]]] = {}
+    for position, annotation in enumerate(annotations):
+        who = _annotator(annotation)
+        by_annotator.setdefault(position if who == f"labelstudio:{_UNKNOWN}" else who, []).append(annotation)
     return [_latest(theirs) for theirs in by_annotator.values()]
 
 
@@ -622,21 +637,22 @@ def _masks_disagree(
     """Why the approving annotators' masks cannot stand for one another (two of them overlap less
     than ``agree_iou``), or None. Each annotator counts once, with their latest annotation: one
     person saving twice is a draft and its revision, not a disagreement."""
-    by_annotator: dict[str, list[dict[str, Any]]] = {}
-    for annotation, verdict in zip(annotations, verdicts, strict=True):
-        if verdict == "approve":
-            by_annotator.setdefault(_annotator(annotation), []).append(annotation)
-    if len(by_annotator) < 2:
+    approving = [
+        annotation for annotation, verdict in zip(annotations, verdicts, strict=True) if verdict == "approve"
+    ]
+    approving = _latest_by_annotator(approving)
+    if len(approving) < 2:
         return None
-    masks: dict[str, npt.NDArray[np.uint8]] = {}
-    for who, theirs in sorted(by_annotator.items()):
-        decision, value = _decision_of(_latest(theirs), width, height)
+    # A list, not a dict by name: two annotations naming nobody are both labelstudio:unknown.
+    masks: list[tuple[str, npt.NDArray[np.uint8]]] = []
+    for annotation in sorted(approving, key=_annotator):
+        decision, value = _decision_of(annotation, width, height)
         if decision == "approve_edited":
-            masks[who] = value
+            masks.append((_annotator(annotation), value))
         elif decision == "approve_predicted":
-            masks[who] = mask_from_ref(store, task.pending.matted.predicted_mask)
+            masks.append((_annotator(annotation), mask_from_ref(store, task.pending.matted.predicted_mask)))
     worst = min(
-        ((mask_iou(masks[a], masks[b]), a, b) for a, b in itertools.combinations(masks, 2)), default=None
+        ((mask_iou(a[1], b[1]), a[0], b[0]) for a, b in itertools.combinations(masks, 2)), default=None
     )
     if worst is None or worst[0] >= agree_iou:
         return None
