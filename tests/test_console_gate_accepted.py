@@ -9,6 +9,7 @@ opens a task the gate had accepted again.
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from schemas.envelope import Envelope
+from services.console.decisions import record_decision
 from services.console.labelstudio import import_annotations
 from services.console.tasks import TaskConflict, TaskFilter, TaskStore
 from tests.support.console import (
@@ -303,3 +305,51 @@ def test_a_copy_showing_a_render_the_gate_accepted_since_closes_the_open_task(pa
     newest = late.model_copy(update={"produced_at": later(envelope, 180)})
     parts.tasks.add_pending(newest)
     assert parts.tasks.get(envelope.event_id).state == "pending"
+
+
+def remembered_acceptances(parts: ConsoleParts) -> set[str]:
+    """The event ids of the acceptances the task table's file remembers (``gate_acceptances``)."""
+    with sqlite3.connect(parts.tasks.path) as db:
+        return {row[0] for row in db.execute("SELECT event_id FROM gate_acceptances")}
+
+
+def test_an_acceptance_is_forgotten_once_its_task_is_settled_for_good(parts: ConsoleParts) -> None:
+    """Every acceptance was kept for good, a row per accepted render. A row decides only what a flag of
+    its render does to the item's task (the flag and the acceptance of one matted item share the event
+    id); once that task is approved, rejected or withdrawn, no flag changes it: the row goes, and an
+    acceptance arriving after that is not written."""
+    approved, rejected, still_open = flag(parts, 0), flag(parts, 1), flag(parts, 2)
+    withdrawn = pending_envelope(flagged_item(parts.store, 3, sku_id="SKU-00002"))
+    parts.tasks.add_pending(withdrawn)
+    for envelope in (approved, still_open, withdrawn):  # older than the flags: the tasks stay open
+        older = envelope.produced_at - timedelta(seconds=60)
+        assert parts.tasks.close_accepted(accepted_envelope(envelope, produced_at=older)) == []
+    assert parts.tasks.close_accepted(accepted_envelope(rejected, produced_at=later(rejected))) == [
+        rejected.event_id
+    ]
+    every = {e.event_id for e in (approved, rejected, still_open, withdrawn)}
+    assert remembered_acceptances(parts) == every
+
+    decide_as_alice(parts, approved.event_id)
+    record_decision(  # a person's rejection stands against the gate's acceptance
+        parts.tasks,
+        parts.store,
+        task_id=rejected.event_id,
+        reviewer="alice",
+        decision="reject",
+        reject_reason="wrong_product",
+        mask_bytes=None,
+        max_pixels=10_000_000,
+        max_bytes=10_000_000,
+    )
+    photo_id = withdrawn.payload.matted.generated.reference_photo_id
+    assert parts.tasks.withdraw_photos({"SKU-00002": {photo_id}}) == [withdrawn.event_id]
+    assert remembered_acceptances(parts) == {still_open.event_id}
+
+    # A later acceptance of a settled task is not written, and the old flags still change nothing.
+    assert parts.tasks.close_accepted(accepted_envelope(approved, produced_at=later(approved, 300))) == []
+    assert remembered_acceptances(parts) == {still_open.event_id}
+    for envelope in (approved, rejected, withdrawn):
+        assert parts.tasks.add_pending(envelope) is False
+    states = [parts.tasks.get(e.event_id).state for e in (approved, rejected, withdrawn, still_open)]
+    assert states == ["approved", "rejected", "withdrawn", "pending"]

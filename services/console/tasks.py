@@ -18,6 +18,8 @@ Tables:
 * ``gate_acceptances``  the newest ``gate.accepted`` of each render (SKU, item id, image sha256), so
               a flag of it produced no later, delivered after the acceptance (replayed from the
               dead-letter topic), makes no task to review: it is written ``accepted`` (``add_pending``).
+              Rows go when the item's task is approved, rejected or withdrawn (``_forget_acceptances``);
+              those of items never settled so stay (docs/console.md gives their size).
 * ``outbox``  the ``correction.resolved`` event of each decision, written in the same transaction
               as the decision and published afterwards by ``services.console.relay`` (at least
               once, with a deterministic event id and ``produced_at``: ``OutboxEvent.produced_at``),
@@ -52,6 +54,8 @@ TaskState = Literal["pending", "claimed", "approved", "rejected", "withdrawn", "
 STATES: tuple[TaskState, ...] = ("pending", "claimed", "approved", "rejected", "withdrawn", "accepted")
 # States no one acts on any more.
 CLOSED: tuple[TaskState, ...] = ("approved", "rejected", "withdrawn", "accepted")
+# Closed states no event changes any more (``accepted`` opens again on a newer flag).
+SETTLED: tuple[TaskState, ...] = ("approved", "rejected", "withdrawn")
 # Who closes a task whose photo was withdrawn, in the task and its audit entry.
 WITHDRAWN_BY = "skuforge"
 # Who closes a task whose item the gate accepted on a replay.
@@ -720,6 +724,7 @@ class TaskStore:
                     continue
                 detail = f"reference photo {photo_id} withdrawn by its owner"
                 self._close_waiting(db, row, "withdrawn", WITHDRAWN_BY, "withdrawn", now, detail)
+                _forget_acceptances(db, row["task_id"])
                 closed.append(row["task_id"])
         return closed
 
@@ -744,20 +749,28 @@ class TaskStore:
         now = self.clock()
         closed: list[str] = []
         with self._write() as db:
-            db.execute(
-                "INSERT INTO gate_acceptances (sku_id, item_id, image_sha256, accepted_at, event_id, iou)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sku_id, item_id, image_sha256) DO UPDATE SET"
-                " accepted_at = excluded.accepted_at, event_id = excluded.event_id, iou = excluded.iou"
-                " WHERE excluded.accepted_at > gate_acceptances.accepted_at",
-                (
-                    event.sku_id,
-                    generated.item_id,
-                    generated.image.sha256,
-                    accepted_at,
-                    event.event_id,
-                    event.payload.iou,
-                ),
-            )
+            settled = db.execute(
+                "SELECT 1 FROM tasks WHERE task_id = ? AND sku_id = ? AND item_id = ? AND state IN"
+                f" ({', '.join('?' * len(SETTLED))})",
+                (event.event_id, event.sku_id, generated.item_id, *SETTLED),
+            ).fetchone()
+            # Not remembered once its task is decided for good: no flag of the item changes it (see
+            # _forget_acceptances).
+            if settled is None:
+                db.execute(
+                    "INSERT INTO gate_acceptances (sku_id, item_id, image_sha256, accepted_at, event_id, iou)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sku_id, item_id, image_sha256) DO UPDATE SET"
+                    " accepted_at = excluded.accepted_at, event_id = excluded.event_id, iou = excluded.iou"
+                    " WHERE excluded.accepted_at > gate_acceptances.accepted_at",
+                    (
+                        event.sku_id,
+                        generated.item_id,
+                        generated.image.sha256,
+                        accepted_at,
+                        event.event_id,
+                        event.payload.iou,
+                    ),
+                )
             rows = db.execute(
                 "SELECT task_id, state, claimed_by, pending_json, produced_at FROM tasks"
                 " WHERE sku_id = ? AND item_id = ? AND state IN ('pending', 'claimed')",
@@ -832,6 +845,7 @@ class TaskStore:
             )
             detail = payload.reject_reason or (payload.final_mask.uri if payload.final_mask else "")
             self._audit(db, task_id, reviewer, decision, row["state"], new_state, now, detail)
+            _forget_acceptances(db, task_id)
             event = OutboxEvent(
                 event_id=decision_event_id(task_id),
                 task_id=task_id,
@@ -989,6 +1003,19 @@ def _task_of(row: sqlite3.Row) -> Task:
         raise BadInput(
             "task_unreadable", f"task {row['task_id']} no longer reads: {str(exc)[:300]}"
         ) from None
+
+
+def _forget_acceptances(db: sqlite3.Connection, task_id: str) -> None:
+    """Drop the remembered acceptances (``gate_acceptances``) of the item of ``task_id``, settled now.
+
+    The gate's flag and acceptance of one matted item share its event id (``derive_id``), the task's
+    id: a flag of the item is a copy of this task, which ``add_pending`` leaves as it was settled, so
+    the rows would never be read again. Rows of acceptances with another event id stay."""
+    db.execute(
+        "DELETE FROM gate_acceptances WHERE event_id = ?"
+        " AND (sku_id, item_id) = (SELECT sku_id, item_id FROM tasks WHERE task_id = ?)",
+        (task_id, task_id),
+    )
 
 
 def _row_that_reads(row: sqlite3.Row) -> sqlite3.Row:
