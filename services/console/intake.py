@@ -6,8 +6,9 @@ the insert (keyed by the event id) ignores the copy; a copy with other reasons (
 updates a task still open, never a decided one, and an older copy delivered late changes nothing
 (``TaskStore.add_pending``). A ``gate.accepted`` of a render a task waits on (the gate replayed after
 a threshold change accepts what it flagged) closes that task as ``accepted``: the trainstore stores
-the item (``TaskStore.close_accepted``); every acceptance is remembered, so an older flag of the
-render delivered after it makes no task to review (``TaskStore.add_pending``). It runs as a thread
+the item (``TaskStore.close_accepted``); the acceptance is remembered until the item's task is
+settled (approved, rejected, withdrawn), so an older flag of the render delivered after it makes no
+task to review (``TaskStore.add_pending``). It runs as a thread
 inside ``skuforge serve console`` (``SKUFORGE_CONSOLE_INTAKE=true``, the default), or alone with
 ``skuforge run console-intake`` beside a console started with the intake turned off: both share the
 SQLite file.
