@@ -743,7 +743,8 @@ class TaskStore:
         holding one finds it closed when they save.
 
         The acceptance is remembered (the newest of each render), so an older flag of the render
-        delivered later makes no task to review (``add_pending``)."""
+        delivered later makes no task to review (``add_pending``); not when the item's task is settled
+        (approved, rejected, withdrawn), which no flag changes (``_forget_acceptances``)."""
         generated = event.payload.matted.generated
         accepted_at = event.produced_at.timestamp()
         now = self.clock()
