@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from services.generator.protocol import BACKEND_ERROR_PREFIX, BACKEND_UNAVAILABLE_PREFIX
-from services.generator.server import GenerationModel
+from services.generator.server import GenerationModel, served_backends
 from shared.errors import BadInput
 from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome
+from shared.generation.settings import GenerationSettings
 from tests.support.generation import SIZE, triton_request
 
 
@@ -248,3 +249,18 @@ def test_both_backends_serve_every_seed_the_protocol_carries_and_refuse_the_same
         outcomes = backend.generate_many([replace(good, seed=2**64), good])
         assert str(outcomes[0]) == f"seed must be from -2^63 to 2^63-1 (an int64), got {2**64}", backend.name
         assert isinstance(outcomes[1], list), outcomes[1]
+
+
+def test_without_backend_flags_triton_serves_every_backend_the_mix_uses() -> None:
+    """``skuforge serve generator`` with no ``--backend`` serves what the stage will ask for: each
+    backend of the mix with a share, or the one backend when there is no mix."""
+    mixed = GenerationSettings(
+        generation_backend="composite", generation_backend_mix={"composite": 0.7, "diffusion": 0.3}
+    )
+    assert served_backends(None, mixed) == ["composite", "diffusion"]
+    assert served_backends(None, GenerationSettings(generation_backend="composite")) == ["composite"]
+    only = GenerationSettings(
+        generation_backend="composite", generation_backend_mix={"composite": 1.0, "diffusion": 0}
+    )
+    assert served_backends(None, only) == ["composite"]
+    assert served_backends(["diffusion"], mixed) == ["diffusion"]  # what the flags name, as before

@@ -515,6 +515,14 @@ def _interrupt(*_: object) -> NoReturn:
     raise KeyboardInterrupt
 
 
+def served_backends(requested: Sequence[str] | None, generation: GenerationSettings) -> list[str]:
+    """The backends ``serve generator`` serves: those ``--backend`` names, else every backend the
+    stage asks for (``SKUFORGE_GENERATION_BACKEND_MIX``'s with a share, or ``SKUFORGE_GENERATION_BACKEND``
+    without a mix). Serving only ``SKUFORGE_GENERATION_BACKEND`` under a mix left the other backend's
+    share refused as an unknown model at every SKU."""
+    return list(requested) if requested else list(generation.shares())
+
+
 def main(argv: list[str] | None = None) -> int:
     """``skuforge serve generator``: run Triton with the generation model(s) until SIGTERM/SIGINT."""
     parser = argparse.ArgumentParser(
@@ -525,13 +533,16 @@ def main(argv: list[str] | None = None) -> int:
         "--backend",
         action="append",
         choices=("composite", "diffusion"),
-        help="backend to serve (repeat for several); default SKUFORGE_GENERATION_BACKEND",
+        help=(
+            "backend to serve (repeat for several); default: those SKUFORGE_GENERATION_BACKEND_MIX gives a"
+            " share, else SKUFORGE_GENERATION_BACKEND"
+        ),
     )
     args = parser.parse_args(argv)
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     generation = load_settings(GenerationSettings)
-    backends = args.backend or [generation.generation_backend]
+    backends = served_backends(args.backend, generation)
     diffusion = load_settings(DiffusionSettings) if "diffusion" in backends else None
     triton: Any = None
     # Bound before the models load, so a taken port fails at once; ready once Triton serves the models.
