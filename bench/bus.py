@@ -25,6 +25,7 @@ from typing import Any
 from kafka import KafkaConsumer
 from kafka.structs import OffsetAndMetadata
 
+from bench.events import produce, sku_ingested_payloads
 from bench.rounds import median_round_ratio
 from devstack.broker import LocalKafka, free_port
 from schemas.envelope import Envelope
@@ -34,7 +35,6 @@ from shared.argtypes import file_problem, positive_int
 from shared.bus import ensure_topics, make_producer
 from shared.config import Settings, load_settings
 from shared.runtime import Context, Emit, Stage
-from tests.support.bus import produce, sku_ingested_payloads
 
 RESULTS = Path(__file__).parent / "results"
 BENCH_OUT = Topic("bench.out", 1, SkuIngested)

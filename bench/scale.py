@@ -41,13 +41,14 @@ from typing import Any, NamedTuple
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
+from bench.events import produce
+from bench.replicas import Member, count_records, generated_images, group_assignment, wait_until
 from devstack.broker import LocalKafka, free_port
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
 from shared.argtypes import file_problem, int_between, positive_int
+from shared.bus import ensure_topics
 from shared.config import Settings, load_settings
 from shared.store import open_store
-from tests.support.bus import create_topics, produce
-from tests.support.replicas import Member, count_records, generated_images, group_assignment, wait_until
 
 RESULTS = Path(__file__).parent / "results"
 PARTITIONS = 6
@@ -156,7 +157,7 @@ class _Round:
         self.workdir = workdir
         self.workdir.mkdir(parents=True)
         self.settings = _settings(bootstrap, f"file://{workdir / 'store'}", session_timeout_ms)
-        create_topics(self.settings, IMAGE_GENERATED, IMAGE_MATTED, partitions=PARTITIONS)
+        ensure_topics(self.settings, [IMAGE_GENERATED, IMAGE_MATTED], partitions=PARTITIONS)
         self.payloads = generated_images(open_store(self.settings.store_uri), images, tag=workdir.name)
         self.group = f"{self.settings.consumer_group_prefix}.matting"
         self.members: list[Member] = []

@@ -61,6 +61,63 @@ def test_ctrl_c_while_the_raw_producer_connects_stops_the_bus_benchmark(
     assert "KeyboardInterrupt" in err
 
 
+# The benches' input step (bench/bus.py's rounds, bench/scale.py's backlog), held inside the task that
+# makes its producer's connection.
+INPUT_HELD_IN_THE_CONNECTION = (
+    HELD_IN_THE_CONNECTION
+    + """
+import importlib
+from schemas.topics import SKU_INGESTED
+from shared.store import open_store
+from tests.support.bus import isolated_settings, sku_ingested_payloads
+
+bench = importlib.import_module(sys.argv[3])  # the producing the bench itself does
+settings = isolated_settings(sys.argv[1], sys.argv[2])
+bench.produce(settings, SKU_INGESTED, sku_ingested_payloads(open_store(settings.store_uri), 1))
+"""
+)
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("bench", ["bench.bus", "bench.scale"])
+def test_ctrl_c_while_the_input_producer_connects_stops_the_benchmark(
+    tmp_path: Path, kafka_bootstrap: str, bench: str
+) -> None:
+    # The input of each round was produced by a KafkaProducer built on the main thread (the tests'
+    # helper), where kafka-python's bootstrap drops the KeyboardInterrupt a task raises: Ctrl-C while
+    # it connected was lost, and the benchmark went on with the round.
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            INPUT_HELD_IN_THE_CONNECTION,
+            kafka_bootstrap,
+            file_store_uri(tmp_path / "store"),
+            bench,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_from_a_shell,
+    )
+    try:
+        assert run.stdout is not None
+        assert run.stdout.readline() == "connecting\n", run.communicate()
+        run.send_signal(signal.SIGINT)
+        try:
+            _, err = run.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("Ctrl-C was lost: the bench still ran 20 s later, waiting on the broker")
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == -signal.SIGINT, err
+    assert "KeyboardInterrupt" in err
+
+
 # The runtime side of the bus benchmark, waiting for outputs that never come (no input was produced),
 # saying when its stage has started.
 RUNTIME_ROUND_WAITING = """

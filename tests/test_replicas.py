@@ -22,10 +22,10 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.replicas import Member, count_records, generated_images, group_assignment, wait_until
 from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED, IMAGE_GENERATED, IMAGE_MATTED
 from shared.store import open_store
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce
-from tests.support.replicas import Member, count_records, generated_images, group_assignment, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

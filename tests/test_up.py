@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import devstack.up
+from bench.replicas import group_assignment
 from devstack.supervisor import (
     SUPERVISOR_ID_ENV,
     ServiceSpec,
@@ -30,7 +31,6 @@ from devstack.supervisor import (
 )
 from devstack.up import DEFAULT_PORTS, build_config, build_specs, main, parse_replicas, read_state
 from schemas.flow import PIPELINE
-from tests.support.replicas import group_assignment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAGES = [stage.name for stage in PIPELINE]

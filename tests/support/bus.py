@@ -1,4 +1,7 @@
-"""Helpers for tests on the real broker: isolated settings, producing, reading topics, running stages."""
+"""Helpers for tests on the real broker: isolated settings, producing, reading topics, running stages.
+
+Producing (``produce``, ``sku_ingested_payloads``) is bench/events.py's, which the benches use too.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +13,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
-from pydantic import BaseModel
 
+from bench.events import produce as produce
+from bench.events import sku_ingested_payloads as sku_ingested_payloads
 from schemas.envelope import Envelope, derive_id
-from schemas.events import ReferencePhoto, SkuIngested
+from schemas.events import SkuIngested
 from schemas.topics import SKU_INGESTED, Topic
 from shared.bus import ensure_topics, make_envelope
 from shared.config import Settings, load_settings
 from shared.runtime import Stage
-from shared.store import ObjectStore
 
 
 def isolated_settings(bootstrap: str, store_uri: str, **overrides: Any) -> Settings:
@@ -56,46 +59,6 @@ def ingested_envelope(payload: SkuIngested) -> Envelope[SkuIngested]:
         trace_id="t",
         producer="test",
     )
-
-
-def sku_ingested_payloads(store: ObjectStore, count: int, prefix: str = "SKU") -> list[SkuIngested]:
-    """``count`` sku.ingested payloads sharing one small stored photo."""
-    import numpy as np
-
-    from schemas.common import SkuMetadata
-
-    pixels = np.zeros((8, 8, 3), dtype=np.uint8)
-    pixels[2:6, 2:6] = (200, 30, 30)
-    image = store.put_image("fixtures/photo.png", pixels)
-    return [
-        SkuIngested(
-            sku=SkuMetadata(sku_id=f"{prefix}-{index:05d}", name=f"Product {index}", category="soda can"),
-            photos=[ReferencePhoto(photo_id="p1", image=image, original_filename="photo.png")],
-        )
-        for index in range(count)
-    ]
-
-
-def produce(
-    settings: Settings, topic: Topic[Any], payloads: list[BaseModel], *, raw: list[bytes] | None = None
-) -> list[str]:
-    """Produce enveloped payloads (and optional raw byte messages); returns the event ids in order."""
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
-    name = settings.topic_name(topic)
-    event_ids = []
-    for payload in payloads:
-        sku_id = payload.sku.sku_id  # type: ignore[attr-defined]
-        event_id = derive_id("test", name, sku_id, payload.model_dump_json())
-        envelope = make_envelope(
-            topic, payload, event_id=event_id, sku_id=sku_id, trace_id=event_id, producer="test"
-        )
-        producer.send(name, key=sku_id.encode(), value=envelope.model_dump_json().encode())
-        event_ids.append(event_id)
-    for value in raw or []:
-        producer.send(name, key=b"raw", value=value)
-    producer.flush()
-    producer.close()
-    return event_ids
 
 
 # Errors of stages running in background threads; read_topic fails fast on them instead of timing out.

@@ -1,6 +1,7 @@
-"""Several members of one consumer group as real processes, for the replica test and ``bench/scale.py``.
+"""Several members of one consumer group as real processes, for ``bench/scale.py`` and the replica test
+(tests/test_replicas.py imports them from here: a bench does not import the test tree).
 
-A member is ``python -m skuforge_cli run <stage>`` with the test's settings in its environment and its
+A member is ``python -m skuforge_cli run <stage>`` with the caller's settings in its environment and its
 own ``SKUFORGE_GROUP_INSTANCE_ID``, so it can be killed with SIGKILL like a crashed pod. Who holds
 which partition is read from the broker (DescribeGroups), not from the members' own metrics.
 """
@@ -27,7 +28,7 @@ from shared.config import Settings
 from shared.store import ObjectStore
 from shared.synth import make_product, render_photo
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def generated_images(

@@ -1,0 +1,73 @@
+"""Input events for the benchmarks on a real broker (bench/bus.py, bench/scale.py): payloads, and
+producing them the way a service does.
+
+The tests produce with the same helpers (``tests/support/bus.py``): a shipped bench does not import
+the test tree, the tests may import bench.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from kafka.errors import KafkaTimeoutError
+from pydantic import BaseModel
+
+from schemas.envelope import derive_id
+from schemas.events import ReferencePhoto, SkuIngested
+from schemas.topics import Topic
+from shared.bus import make_envelope, make_producer
+from shared.config import Settings
+from shared.store import ObjectStore
+
+
+def sku_ingested_payloads(store: ObjectStore, count: int, prefix: str = "SKU") -> list[SkuIngested]:
+    """``count`` sku.ingested payloads sharing one small stored photo."""
+    import numpy as np
+
+    from schemas.common import SkuMetadata
+
+    pixels = np.zeros((8, 8, 3), dtype=np.uint8)
+    pixels[2:6, 2:6] = (200, 30, 30)
+    image = store.put_image("fixtures/photo.png", pixels)
+    return [
+        SkuIngested(
+            sku=SkuMetadata(sku_id=f"{prefix}-{index:05d}", name=f"Product {index}", category="soda can"),
+            photos=[ReferencePhoto(photo_id="p1", image=image, original_filename="photo.png")],
+        )
+        for index in range(count)
+    ]
+
+
+def produce(
+    settings: Settings, topic: Topic[Any], payloads: list[BaseModel], *, raw: list[bytes] | None = None
+) -> list[str]:
+    """Produce enveloped payloads (and optional raw byte messages); returns the event ids in order.
+
+    The producer is the services' own (``make_producer``): it bootstraps off the main thread, so a
+    Ctrl-C while it connects stops the caller; kafka-python's bootstrap on the main thread dropped it.
+    """
+    producer = make_producer(settings, client_id="skuforge-bench-input")
+    name = settings.topic_name(topic)
+    event_ids = []
+    try:
+        for payload in payloads:
+            sku_id = payload.sku.sku_id  # type: ignore[attr-defined]
+            event_id = derive_id("bench", name, sku_id, payload.model_dump_json())
+            envelope = make_envelope(
+                topic, payload, event_id=event_id, sku_id=sku_id, trace_id=event_id, producer="bench"
+            )
+            producer.send(name, key=sku_id.encode(), value=envelope.model_dump_json().encode())
+            event_ids.append(event_id)
+        for value in raw or []:
+            producer.send(name, key=b"raw", value=value)
+        producer.flush(timeout=settings.flush_timeout_s)
+    except BaseException:
+        # A send that failed, a Ctrl-C: the producer's connections and sender thread are not left
+        # behind, and what is still pending is given up, not waited for. close() flushes first, and
+        # with records pending a flush of 0 s raises, which must not replace the error on its way out.
+        with contextlib.suppress(KafkaTimeoutError):
+            producer.close(timeout=0)
+        raise
+    producer.close()
+    return event_ids
