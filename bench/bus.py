@@ -25,7 +25,7 @@ from typing import Any
 from kafka import KafkaConsumer
 from kafka.structs import OffsetAndMetadata
 
-from bench.events import produce, sku_ingested_payloads
+from bench.events import abandon, produce, sku_ingested_payloads
 from bench.rounds import median_round_ratio
 from devstack.broker import LocalKafka, free_port
 from schemas.envelope import Envelope
@@ -76,27 +76,35 @@ def run_raw(settings: Settings, events: int) -> float:
         auto_offset_reset="earliest",
         max_poll_records=settings.max_poll_records,
     )
-    # The runtime's producer (acks=all, idempotent, linger 5 ms), so the ratio is the runtime's overhead
-    # alone; and built as the runtime builds it, off the main thread, where kafka-python's bootstrap
-    # dropped a Ctrl-C that came while it connected.
-    producer = make_producer(settings, client_id="bench-raw")
-    done, started = 0, None
-    while done < events:
-        batch = consumer.poll(timeout_ms=200)
-        if not batch:
-            continue
-        started = started or time.perf_counter()
-        offsets = {}
-        for tp, records in batch.items():
-            for record in records:
-                producer.send(sink, key=record.key, value=record.value)
-            offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
-            done += len(records)
-        producer.flush()
-        consumer.commit(offsets)
-    elapsed = time.perf_counter() - (started or time.perf_counter())
-    consumer.close()
-    producer.close()
+    try:
+        # The runtime's producer (acks=all, idempotent, linger 5 ms), so the ratio is the runtime's
+        # overhead alone; and built as the runtime builds it, off the main thread, where kafka-python's
+        # bootstrap dropped a Ctrl-C that came while it connected.
+        producer = make_producer(settings, client_id="bench-raw")
+        try:
+            done, started = 0, None
+            while done < events:
+                batch = consumer.poll(timeout_ms=200)
+                if not batch:
+                    continue
+                started = started or time.perf_counter()
+                offsets = {}
+                for tp, records in batch.items():
+                    for record in records:
+                        producer.send(sink, key=record.key, value=record.value)
+                    offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+                    done += len(records)
+                producer.flush()
+                consumer.commit(offsets)
+            elapsed = time.perf_counter() - (started or time.perf_counter())
+        except BaseException:
+            abandon(producer)
+            raise
+        producer.close()
+    finally:
+        # Also when the round fails or is stopped: a consumer left open stayed in its group,
+        # heartbeating, for as long as the process ran.
+        consumer.close()
     return events / elapsed
 
 

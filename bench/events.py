@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 from pydantic import BaseModel
 
@@ -63,11 +64,16 @@ def produce(
             producer.send(name, key=b"raw", value=value)
         producer.flush(timeout=settings.flush_timeout_s)
     except BaseException:
-        # A send that failed, a Ctrl-C: the producer's connections and sender thread are not left
-        # behind, and what is still pending is given up, not waited for. close() flushes first, and
-        # with records pending a flush of 0 s raises, which must not replace the error on its way out.
-        with contextlib.suppress(KafkaTimeoutError):
-            producer.close(timeout=0)
+        abandon(producer)
         raise
     producer.close()
     return event_ids
+
+
+def abandon(producer: KafkaProducer) -> None:
+    """Close ``producer`` after a failure (a send that failed, a Ctrl-C): its connections and sender
+    thread are not left behind, and what is still pending is given up, not waited for."""
+    # close() flushes first, and with records pending a flush of 0 s raises: that must not replace the
+    # error on its way out.
+    with contextlib.suppress(KafkaTimeoutError):
+        producer.close(timeout=0)

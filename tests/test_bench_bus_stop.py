@@ -7,11 +7,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+from kafka.errors import KafkaTimeoutError
 
-from tests.support.bus import file_store_uri
+from bench.bus import run_raw
+from bench.replicas import group_assignment
+from schemas.topics import SKU_INGESTED
+from shared.store import open_store
+from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, sku_ingested_payloads
 from tests.support.signals import HELD_IN_THE_CONNECTION, as_from_a_shell
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,3 +173,21 @@ def test_ctrl_c_during_the_runtime_round_stops_the_bus_benchmark(
             run.kill()
             run.wait()
     assert run.returncode == -signal.SIGINT, err
+
+
+@pytest.mark.kafka
+def test_a_raw_round_that_fails_leaves_its_group_and_closes_its_producer(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    # The raw round closed its consumer and producer only when it finished: one that raised (here the
+    # output topic is missing, and the send gives up on its metadata) left its consumer in the group,
+    # heartbeating, and its producer's sender thread running in the process that goes on.
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"), flush_timeout_s=1.0)
+    create_topics(settings, SKU_INGESTED)  # and not BENCH_OUT
+    produce(settings, SKU_INGESTED, sku_ingested_payloads(open_store(settings.store_uri), 1))
+    with pytest.raises(KafkaTimeoutError):
+        run_raw(settings, 1)
+    group = settings.consumer_group_prefix + ".raw"
+    assert group_assignment(kafka_bootstrap, group) == {}, "the raw consumer is still in its group"
+    senders = [t.name for t in threading.enumerate() if t.name == "bench-raw-network-thread" and t.is_alive()]
+    assert senders == [], "the raw round's producer was never closed"
