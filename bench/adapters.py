@@ -42,11 +42,11 @@ def _median_s(samples: list[float]) -> float:
 
 def measure(work: Path, registered: int, capacity: int, repeats: int) -> dict[str, Any]:
     """Time switches on a fresh backend whose registry holds ``registered`` adapters."""
+    from bench.tiny_diffusion import product_photo
     from shared.generation.adapters import AdapterRegistry
     from shared.generation.backend import GenerationRequest
     from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
     from shared.store import FileStore
-    from tests.support.diffusion import product_photo
 
     store_root = work / f"store-{registered}"
     registry = AdapterRegistry(FileStore(store_root / "adapters"))
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from tests.support.diffusion import build_tiny_inpaint_pipeline, make_tiny_lora
+    from bench.tiny_diffusion import build_tiny_inpaint_pipeline, make_tiny_lora
 
     with tempfile.TemporaryDirectory(prefix="skuforge-bench-adapters-") as scratch:
         work = Path(scratch)

@@ -2,7 +2,7 @@
 
 Starts ``skuforge serve generator`` (PyTriton, CPU here) with the ``composite`` backend and, when
 torch and diffusers are installed, the ``diffusion`` backend on the tiny config-built inpainting
-pipeline of ``tests/support/diffusion.py`` (no downloads). Each backend is called through
+pipeline of ``bench/tiny_diffusion.py`` (no downloads). Each backend is called through
 tritonclient (gRPC), one request per image, at concurrency 1 and 8, in interleaved rounds (median
 reported, each round's figure kept); Triton's dynamic batcher merges concurrent requests, and its
 statistics give the largest batch it executed. ``diffusion_rows_per_call_max``: the most rows one
@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 
 from bench.rounds import median_round_ratio
+from bench.triton import TritonServerProcess, max_batch_executed
 from services.generator.client import TritonGenerator
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import crop_to_product
 from shared.argtypes import file_problem, int_between, positive_int
 from shared.generation.backend import MAX_SIZE_PX
 from shared.synth import make_product, render_photo
-from tests.support.triton import TritonServerProcess, max_batch_executed
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generation.json"
 CONCURRENCIES = (1, 8)
@@ -141,12 +141,12 @@ def lora_switch_seconds(
     medians of ``rounds`` rounds, each timing one of either kind, and of the rounds' ratios."""
     if min(counts) < 2:
         raise ValueError(f"a switch needs at least 2 adapters loaded, got counts {counts}")
+    from bench.tiny_diffusion import TINY_BASE_MODEL, make_tiny_lora, product_photo
     from shared.config import load_settings
     from shared.generation.adapters import AdapterRegistry
     from shared.generation.backend import GenerationRequest
     from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
     from shared.store import FileStore
-    from tests.support.diffusion import TINY_BASE_MODEL, make_tiny_lora, product_photo
 
     store_root = work / "lora-store"
     registry = AdapterRegistry(FileStore(store_root / "adapters"))
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(json.dumps(results), flush=True)
         if not args.no_diffusion:
-            from tests.support.diffusion import build_tiny_inpaint_pipeline
+            from bench.tiny_diffusion import build_tiny_inpaint_pipeline
 
             model_dir = build_tiny_inpaint_pipeline(work / "tiny-sd-inpaint")
             env = {
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             results["diffusion_model"] = (
                 "tiny config-built SD inpainting pipeline, 2 steps, up to 8 rows per pipeline call "
-                "(tests/support/diffusion.py)"
+                "(bench/tiny_diffusion.py)"
             )
             results["diffusion_speedup_c8_over_c1"] = median_round_ratio(
                 results["diffusion_images_per_s_rounds"]["c8"], results["diffusion_images_per_s_rounds"]["c1"]

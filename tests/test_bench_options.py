@@ -340,10 +340,10 @@ def test_an_adapters_smoke_run_does_not_replace_the_committed_figures(
 ) -> None:
     # bench.adapters had no --out: `--rounds 1 --repeats 2` to try a change wrote over the committed
     # bench/results/adapters.json, whose three-round figures docs/diffusion.md cites.
-    import tests.support.diffusion
+    import bench.tiny_diffusion
     from bench import adapters
 
-    monkeypatch.setattr(tests.support.diffusion, "build_tiny_inpaint_pipeline", _refuse_to_run)
+    monkeypatch.setattr(bench.tiny_diffusion, "build_tiny_inpaint_pipeline", _refuse_to_run)
     _needs_its_own_out(adapters.main, ["--rounds", "1", "--repeats", "2"], tmp_path, capsys)
     _goes_ahead(adapters.main, [])  # `python -m bench.adapters`, as `make bench` runs it
 
@@ -438,9 +438,9 @@ def test_the_lora_switch_figures_time_requests_that_switch_adapter(
     # committed lora_switch_s "1" compared two timings of the same request (0.63 s against 0.73 s).
     import time
 
+    import bench.tiny_diffusion
     import shared.generation.adapters
     import shared.generation.diffusion
-    import tests.support.diffusion
     from bench import generation
     from shared.generation.backend import GenerationRequest
 
@@ -467,7 +467,7 @@ def test_the_lora_switch_figures_time_requests_that_switch_adapter(
     for key in ("LORA_CACHE_SIZE", "ADAPTER_REFRESH_S"):  # restored after the test
         monkeypatch.setenv(f"SKUFORGE_DIFFUSION_{key}", "1")
     monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path}")
-    monkeypatch.setattr(tests.support.diffusion, "make_tiny_lora", lambda *args, **kwargs: tmp_path)
+    monkeypatch.setattr(bench.tiny_diffusion, "make_tiny_lora", lambda *args, **kwargs: tmp_path)
     monkeypatch.setattr(shared.generation.adapters, "AdapterRegistry", Registry)
     monkeypatch.setattr(
         shared.generation.diffusion.DiffusionBackend,

@@ -18,6 +18,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from bench.tiny_diffusion import (
+    TINY_BASE_MODEL,
+    build_tiny_inpaint_pipeline,
+    build_tiny_sdxl_inpaint_pipeline,
+    make_tiny_lora,
+    model_files,
+    product_photo,
+)
 from shared import model_cache
 from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
@@ -39,14 +47,6 @@ from shared.generation.diffusion import (
     variant_seeds,
 )
 from shared.store import FileStore, ObjectStore, open_store
-from tests.support.diffusion import (
-    TINY_BASE_MODEL,
-    build_tiny_inpaint_pipeline,
-    build_tiny_sdxl_inpaint_pipeline,
-    make_tiny_lora,
-    model_files,
-    product_photo,
-)
 
 SIZE = 64
 

@@ -583,8 +583,8 @@ def test_a_diffusion_image_records_its_sample_index_not_a_variant_index_that_con
 ) -> None:
     # The backend recorded parameters.variant_index, its index among the request's samples: always 0
     # from the stage (one sample per request), beside the event's own variant_index 1, 2, 3...
+    from bench.tiny_diffusion import build_tiny_inpaint_pipeline
     from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
-    from tests.support.diffusion import build_tiny_inpaint_pipeline
 
     store = FileStore(tmp_path / "store")
     settings = load_settings(store_uri=store.base_uri)

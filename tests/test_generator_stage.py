@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.tiny_diffusion import build_tiny_inpaint_pipeline
 from devstack.demo.demo import SAMPLE_SCENES
 from schemas.envelope import DeadLetter, Envelope, derive_id
 from schemas.events import CaptionedPhoto, ImageGenerated, SkuCaptioned
@@ -40,7 +41,6 @@ from shared.runtime import Context
 from shared.store import FileStore, ObjectStore
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, read_topic, running
 from tests.support.captioning import captioned_sku
-from tests.support.diffusion import build_tiny_inpaint_pipeline
 from tests.support.generation import InProcessGenerator
 from tests.support.triton import TritonServerProcess, tiny_diffusion_env
 

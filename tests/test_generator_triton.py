@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.tiny_diffusion import product_photo
 from devstack.broker import free_port
 from services.generator.client import GeneratorUnavailable, TritonGenerator
 from services.generator.protocol import MAX_TEXT_BYTES, VariantRequest, VariantResult
@@ -21,7 +22,6 @@ from shared.errors import BadInput
 from shared.generation.backend import GenerationRequest, RowOutcome
 from shared.generation.composite import CompositeBackend
 from shared.synth import make_product, render_photo
-from tests.support.diffusion import product_photo
 from tests.support.triton import (
     PoisonedComposite,
     TritonServerProcess,

@@ -128,3 +128,24 @@ def test_a_model_library_reaches_another_only_through_its_entry_points() -> None
             "a model library reaches into another one; move shared arithmetic to shared/arith/, or name "
             "the entry point in docs/architecture.md and ENTRY_POINTS:\n  " + "\n  ".join(crossings)
         )
+
+
+# Code that ships or runs outside the test suite: the benches (`make bench`) and everything the image holds.
+OUTSIDE_THE_TESTS = ("bench", "devstack", "schemas", "services", "shared", "skuforge_cli")
+
+
+def test_nothing_outside_the_tests_imports_the_test_tree() -> None:
+    # bench/bus.py, bench/scale.py, bench/generation.py and bench/adapters.py took their Kafka, Triton
+    # and tiny-model helpers from tests/support/: a shipped bench depended on the test tree. The tests
+    # may import bench/, not the other way.
+    crossings = []
+    for top in OUTSIDE_THE_TESTS:
+        for path in sorted((ROOT / top).rglob("*.py")):
+            for line, module in imported_modules(path.read_text(encoding="utf-8")):
+                if module == "tests" or module.startswith("tests."):
+                    crossings.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    if crossings:
+        pytest.fail(
+            "code outside tests/ imports the test tree; move the helper to bench/ (or shared/ when a "
+            "service needs it too) and have tests/support/ import it from there:\n  " + "\n  ".join(crossings)
+        )

@@ -338,8 +338,8 @@ def test_one_skus_altered_photo_leaves_it_out_and_its_series_still_trains(
 ) -> None:
     """It failed the series' job for good, and every later job of the series (each still holding that
     SKU): the series never got an adapter until the photo was fixed."""
+    from bench.tiny_diffusion import product_photo
     from shared.images import encode_png
-    from tests.support.diffusion import product_photo
 
     store = FileStore(tmp_path / "store")
     good, altered = (captioned_sku(store, index, usable_photos=1, series="cola") for index in (1, 2))

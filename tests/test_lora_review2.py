@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.tiny_diffusion import build_tiny_inpaint_pipeline, product_photo
 from schemas.events import GateAccepted
 from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import PREFIX
@@ -27,7 +28,6 @@ from shared.images import encode_png
 from shared.lora_training.dataset import TrainingRecipe, build_training_set, slug
 from shared.lora_training.train import LORA_TARGETS, TrainingError, adapter_weights, train_lora
 from shared.store import FileStore
-from tests.support.diffusion import build_tiny_inpaint_pipeline, product_photo
 from tests.support.lora import (
     gate_accepted,
     model_folder,

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.tiny_diffusion import build_tiny_inpaint_pipeline
 from schemas.events import AdapterPublished
 from services.lora_trainer.stage import GENERAL_STATE_KEY, JOB_MAX_ATTEMPTS, PREFIX, LoraTrainer
 from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
 from tests.support.captioning import captioned_sku
-from tests.support.diffusion import build_tiny_inpaint_pipeline
 from tests.support.lora import (
     gate_accepted,
     model_folder,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.tiny_diffusion import build_tiny_inpaint_pipeline
 from services.lora_trainer.stage import PREFIX
 from shared.lora_training.dataset import TrainingRecipe, build_training_set, load_training_set
 from shared.lora_training.train import TrainingInterrupted, checkpoint_key, train_lora
 from shared.store import FileStore
-from tests.support.diffusion import build_tiny_inpaint_pipeline
 from tests.support.lora import one_photo_source, one_series, served
 from tests.support.threads import one_torch_thread  # noqa: F401 (autouse: the tiny model trains on one thread)
 

@@ -25,6 +25,7 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
+from bench.tiny_diffusion import build_tiny_inpaint_pipeline, product_photo
 from schemas.envelope import Envelope
 from schemas.events import AdapterPublished, ImageGenerated, SkuCaptioned
 from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, IMAGE_GENERATED, SKU_CAPTIONED
@@ -54,7 +55,6 @@ from shared.lora_training.dataset import (
 from shared.store import open_store
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, read_topic, running
 from tests.support.captioning import captioned_sku
-from tests.support.diffusion import build_tiny_inpaint_pipeline, product_photo
 
 pytestmark = pytest.mark.slow
 
@@ -554,7 +554,7 @@ def test_the_general_adapter_trains_after_m_accepted_images(
 def test_an_untrainable_model_is_refused_at_start_up_and_a_job_that_fails_is_not_retried(
     tiny_model: Path, tmp_path: Path
 ) -> None:
-    from tests.support.diffusion import build_tiny_sdxl_inpaint_pipeline
+    from bench.tiny_diffusion import build_tiny_sdxl_inpaint_pipeline
 
     sdxl = build_tiny_sdxl_inpaint_pipeline(tmp_path / "tiny-sdxl-inpaint")
     shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))

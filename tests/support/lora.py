@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
+from bench.tiny_diffusion import product_photo
 from schemas.envelope import derive_id
 from schemas.events import GateAccepted, GateCheck, SkuCaptioned
 from schemas.topics import GATE_ACCEPTED, SKU_CAPTIONED
@@ -32,7 +33,6 @@ from shared.observability import StageMetrics
 from shared.runtime import Context, Emit
 from shared.store import FileStore, ObjectStore, sha256_hex
 from tests.support.captioning import captioned_sku
-from tests.support.diffusion import product_photo
 
 
 def lora_weights(fill: int = 0, rank: int = 4) -> bytes:

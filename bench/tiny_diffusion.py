@@ -3,7 +3,8 @@
 Every part is the real diffusers / transformers class (9-channel UNet, VAE, CLIP text encoder, a
 CLIP BPE tokenizer over a 74-token vocabulary, PNDM scheduler) at toy sizes, with weights drawn
 from a fixed torch seed, so the pipeline behaves the same on every run and generates 64 px images
-in about a second on a CPU.
+in about a second on a CPU. bench/generation.py and bench/adapters.py measure on them, and the tests
+build theirs with the same functions (a bench does not import the test tree).
 """
 
 from __future__ import annotations
