@@ -71,9 +71,9 @@ def produce(
 
 
 def abandon(producer: KafkaProducer) -> None:
-    """Close ``producer`` after a failure (a send that failed, a Ctrl-C): its connections and sender
-    thread are not left behind, and what is still pending is given up, not waited for."""
-    # close() flushes first, and with records pending a flush of 0 s raises: that must not replace the
-    # error on its way out.
+    """Close ``producer`` after a failure (a send that failed, a Ctrl-C) without waiting: what is still
+    pending is given up, and the error on its way out is not held up or replaced."""
+    # close() flushes first, and with records pending a flush of 0 s raises before the sender thread
+    # is stopped: that thread, a daemon, is then left to end with the process.
     with contextlib.suppress(KafkaTimeoutError):
         producer.close(timeout=0)
