@@ -23,6 +23,7 @@ from shared.trainstore.manifest import (
     merge_rows,
     rows_to_columns,
 )
+from tests.support.trainstore import add_item, stored
 
 
 def row(item_id: str, status: str = "accepted", sku_id: str = "SKU-1", **fields: object) -> ManifestRow:
@@ -429,3 +430,26 @@ def test_a_change_to_a_loaded_column_leaves_the_manifest_as_loaded(manifests: Ma
     labels.sort(reverse=True)
     assert loaded.column("item_id") == ["a", "b"]
     assert [item["item_id"] for item in loaded] == ["a", "b"]
+
+
+def test_deleting_an_items_objects_leaves_those_of_an_item_whose_id_is_its_own_and_16_hex(
+    manifests: ManifestStore,
+) -> None:
+    """Ids come from events: ``p1`` and ``p1-0123456789abcdef`` are two items. The second's key of the
+    layout before keys named their bytes (``p1-0123456789abcdef.png``) reads as a content key of the
+    first (``p1-<sha256[:16]>.png``): deleting the first's objects deleted the second's image and mask,
+    while its row still named them."""
+    other = "p1-0123456789abcdef"
+    add_item(manifests, "SKU-1", "p1", "real", "reference")
+    kept = add_item(manifests, "SKU-1", other, "real", "reference")
+    assert stored(manifests, "SKU-1", "p1", "real") == (
+        [manifests.key("images/SKU-1/real/p1.png")],
+        [manifests.key("masks/SKU-1/p1.png")],
+    )
+    manifests.append("SKU-1", [row("p1", "withdrawn", source="real")])
+    manifests.delete_objects("SKU-1", [("real", "p1")])
+    assert stored(manifests, "SKU-1", "p1", "real") == ([], [])
+    assert stored(manifests, "SKU-1", other, "real") == (
+        [manifests.key(str(kept.image))],
+        [manifests.key(str(kept.mask))],
+    )

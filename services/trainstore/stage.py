@@ -411,14 +411,17 @@ class Trainstore:
             for row in rows.values()
             if row.status == "withdrawn"
             and photo_of(row) in marked
-            and self._stored(sku_id, row.source, row.item_id)
+            and self._stored(sku_id, row.source, row.item_id, rows)
         ]
         if left:
             self.manifests.delete_objects(sku_id, left)
 
-    def _stored(self, sku_id: str, source: str, item_id: str) -> bool:
-        """Whether an image or mask of the item is still in the store."""
-        return bool(self.manifests.stored_objects(sku_id, source, item_id))
+    def _stored(
+        self, sku_id: str, source: str, item_id: str, current: dict[str, ManifestRow] | None = None
+    ) -> bool:
+        """Whether an image or mask of the item is still in the store (``current``: the SKU's rows, when
+        the caller has them)."""
+        return bool(self.manifests.stored_objects(sku_id, source, item_id, current=current))
 
     def _delete_replaced_objects(
         self, sku_id: str, changed: list[StagedItem], current: dict[str, ManifestRow]

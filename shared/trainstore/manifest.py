@@ -45,7 +45,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -429,22 +429,34 @@ class ManifestStore:
         for sku_id in self.sku_ids() if sku_ids is None else dict.fromkeys(sku_ids):
             yield from self.read_sku(sku_id).values()
 
-    def stored_objects(self, sku_id: str, source: str, item_id: str, *, images: bool = True) -> list[str]:
+    def stored_objects(
+        self,
+        sku_id: str,
+        source: str,
+        item_id: str,
+        *,
+        images: bool = True,
+        current: Mapping[str, ManifestRow] | None = None,
+    ) -> list[str]:
         """The store's keys of every object of one item: each content stored (``content_keys``) and the
         keys rows named before (``object_keys``); its masks only when ``images`` is False. An item whose
-        id goes on after this one's (``p1-b`` of ``p1``) is another; one whose id is this one's and 16
-        hex digits would be taken for it (the ids the stack makes, hex digests, have no ``-``)."""
+        id goes on after this one's (``p1-b`` of ``p1``) is another. So is the SKU's item whose id is
+        this one's, ``-`` and 16 hex digits (ids come from events): its key of the layout before
+        (``p1-0123456789abcdef.png``) reads as a content key of this one, so the SKU's rows
+        (``current``, read here when not given and needed) tell it apart."""
         found = []
         for relative in object_keys(sku_id, source, item_id)[0 if images else 1 :]:
             key = self.key(relative)
             stem = key.removesuffix(".png")
             if self.store.exists(key):
                 found.append(key)
-            found += [
-                listed
-                for listed in self.store.list_addressable(stem + "-")
-                if _DIGEST_SUFFIX.fullmatch(listed.removeprefix(stem))
-            ]
+            for listed in self.store.list_addressable(stem + "-"):
+                suffix = listed.removeprefix(stem)
+                if not _DIGEST_SUFFIX.fullmatch(suffix):
+                    continue
+                current = self.read_sku(sku_id) if current is None else current
+                if f"{item_id}{suffix.removesuffix('.png')}" not in current:
+                    found.append(listed)
         return found
 
     def delete_objects(self, sku_id: str, items: Iterable[tuple[str, str]]) -> None:
@@ -458,7 +470,7 @@ class ManifestStore:
             row = current.get(item_id)
             if row is not None and row.trainable:
                 continue
-            for key in self.stored_objects(sku_id, source, item_id):
+            for key in self.stored_objects(sku_id, source, item_id, current=current):
                 self.store.delete(key)
 
 
