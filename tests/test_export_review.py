@@ -303,6 +303,53 @@ def test_an_export_into_an_out_another_export_is_writing_beside_is_refused_at_on
     assert not staging.exists() and (out / "export.json").is_file()
 
 
+@pytest.mark.parametrize("beside", [True, False], ids=["beside", "inside"])
+def test_a_staging_folder_left_without_its_owner_file_blocks_no_export_for_long(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str], beside: bool
+) -> None:
+    """An export removes its owner file just before its last rename (beside OUT), or its staging folder
+    just after it (inside OUT), and makes it just after the folder: killed in that instant, it left a
+    folder without one, which never counted as abandoned, and every later export into OUT was refused
+    ("is running", "not empty") until someone removed it. Unchanged for minutes, it is abandoned."""
+    out = tmp_path / "out"
+    if not beside:
+        out.mkdir()
+    name = f"partial-{'0123456789abcdef' * 2}"
+    staging = tmp_path / f".out.{name}" if beside else out / f".{name}"
+    (staging / "SKU-A").mkdir(parents=True)
+    (staging / "SKU-A" / "real-0.png").write_bytes(b"half")
+    # Just left: the export may be renaming it into place this instant.
+    with pytest.raises(SystemExit) as refused:
+        cli_main([*EXPORT[:2], str(out), *EXPORT[2:]])
+    assert refused.value.code == 2
+    assert (".out." if beside else ".") + name in capsys.readouterr().err
+    left_at = staging.stat().st_mtime - dataset.STAGING_UNOWNED_S - 1
+    os.utime(staging, (left_at, left_at))
+    assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0, capsys.readouterr().err
+    assert not staging.exists() and sorted(path.name for path in out.iterdir()) == [
+        "SKU-A",
+        "SKU-B",
+        "export.json",
+    ]
+    assert b"half" not in [path.read_bytes() for path in out.rglob("*.png")]
+
+
+def test_an_old_folder_named_like_a_staging_folder_but_not_of_an_export_is_not_removed(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only a folder of the name an export gives its staging folder counts as abandoned without an owner
+    file: someone's own ``.out.partial-notes`` is named, not removed."""
+    out = tmp_path / "out"
+    mine = tmp_path / ".out.partial-notes"
+    mine.mkdir()
+    os.utime(mine, (0, 0))
+    with pytest.raises(SystemExit) as refused:
+        cli_main([*EXPORT[:2], str(out), *EXPORT[2:]])
+    assert refused.value.code == 2
+    assert ".out.partial-notes" in capsys.readouterr().err
+    assert mine.is_dir()
+
+
 def test_the_staging_folder_is_there_before_the_manifests_are_read(
     store: ManifestStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

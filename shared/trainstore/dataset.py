@@ -39,9 +39,11 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import stat
+import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -539,6 +541,13 @@ def _move_into(staging: Path, target: Path, moved: list[Path]) -> None:
 STAGING_OWNER = ".skuforge-export-owner"
 # In a staging folder inside OUT while its entries are moved into OUT: their names, a JSON list.
 STAGING_MOVING = ".skuforge-export-moving"
+# A staging folder is without its owner file only for an instant: just made (not locked yet), or just
+# before its last rename (beside OUT) or removal (inside OUT). One still without it this long after its
+# last change was left by an export killed in that instant; before, it blocked every later export.
+STAGING_UNOWNED_S = 600.0
+# The last part of the name ``_staging_for`` gives a staging folder (``.partial-<uuid>``,
+# ``.<OUT>.partial-<uuid>``): only such a folder counts as abandoned without an owner file.
+_STAGING_NAME = re.compile(r"partial-[0-9a-f]{32}")
 
 
 def _hold(staging: Path) -> int:
@@ -550,10 +559,15 @@ def _hold(staging: Path) -> int:
 
 
 def _abandoned(staging: Path) -> bool:
-    """Whether the export that wrote ``staging`` is gone: its owner file is there and unlocked."""
+    """Whether the export that wrote ``staging`` is gone: its owner file is there and unlocked, or an
+    export's folder has had none for ``STAGING_UNOWNED_S``."""
     try:
         fd = os.open(staging / STAGING_OWNER, os.O_RDWR)
-    except OSError:  # no owner file: being renamed into place, or not an export's folder
+    except FileNotFoundError:  # being made or renamed into place, killed then, or not an export's folder
+        return _STAGING_NAME.fullmatch(staging.name.rsplit(".", 1)[-1]) is not None and _unchanged_for(
+            staging, STAGING_UNOWNED_S
+        )
+    except OSError:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -562,6 +576,14 @@ def _abandoned(staging: Path) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def _unchanged_for(folder: Path, seconds: float) -> bool:
+    """Whether no entry of ``folder`` was made or removed for ``seconds`` (its modification time)."""
+    try:
+        return time.time() - folder.stat().st_mtime > seconds
+    except OSError:  # removed meanwhile
+        return False
 
 
 def _remove_abandoned_staging(target: Path) -> None:
