@@ -4,13 +4,14 @@ and ``stats`` piped into ``head``."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -272,7 +273,7 @@ def test_an_export_into_an_out_another_export_is_writing_beside_is_refused_at_on
     """OUT does not exist yet and a running export stages it beside: before, the second export did
     the whole work too and failed at its last rename ("Directory not empty"), hours in."""
     out = tmp_path / "out"
-    staging = tmp_path / ".out.partial-0123456789abcdef"
+    staging = tmp_path / f".out.partial-{'0123456789abcdef' * 2}"
     staging.mkdir()
     (staging / ".skuforge-export-owner").write_text("4f2a9c1be7d0 1\n")
     holder = subprocess.Popen(
@@ -292,7 +293,7 @@ def test_an_export_into_an_out_another_export_is_writing_beside_is_refused_at_on
         with pytest.raises(SystemExit) as refused:
             cli_main([*EXPORT[:2], str(out), *EXPORT[2:]])
         assert refused.value.code == 2
-        assert f"an export into {out} is running (.out.partial-0123456789abcdef" in capsys.readouterr().err
+        assert f"an export into {out} is running ({staging.name} beside it" in capsys.readouterr().err
         assert not out.exists() and sorted(path.name for path in tmp_path.glob(".out.partial-*")) == [
             staging.name
         ]
@@ -334,20 +335,54 @@ def test_a_staging_folder_left_without_its_owner_file_blocks_no_export_for_long(
     assert b"half" not in [path.read_bytes() for path in out.rglob("*.png")]
 
 
-def test_an_old_folder_named_like_a_staging_folder_but_not_of_an_export_is_not_removed(
+def test_an_old_folder_named_like_a_staging_folder_but_not_of_an_export_is_left_alone(
     store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Only a folder of the name an export gives its staging folder counts as abandoned without an owner
-    file: someone's own ``.out.partial-notes`` is named, not removed."""
+    """Only a folder of the name an export gives its staging folder is one: someone's own
+    ``.out.partial-notes`` is neither removed nor taken for a running export."""
     out = tmp_path / "out"
     mine = tmp_path / ".out.partial-notes"
     mine.mkdir()
     os.utime(mine, (0, 0))
-    with pytest.raises(SystemExit) as refused:
-        cli_main([*EXPORT[:2], str(out), *EXPORT[2:]])
-    assert refused.value.code == 2
-    assert ".out.partial-notes" in capsys.readouterr().err
+    assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0, capsys.readouterr().err
     assert mine.is_dir()
+
+
+@contextlib.contextmanager
+def _locked(owner: Path) -> Iterator[None]:
+    """``owner`` locked by another process (a running export's) while the block runs."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX);"
+            " print('locked', flush=True); sys.stdin.read()",
+            str(owner),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.communicate("")
+
+
+def test_an_export_running_into_another_out_whose_name_goes_on_is_not_taken_for_one_into_out(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``out.partial-v2`` stages beside itself as ``.out.partial-v2.partial-<uuid>``, which the glob of
+    ``out``'s staging folders (``.out.partial-*``) matched: an export into ``out`` was refused as
+    "running" while one into ``out.partial-v2`` ran."""
+    other = tmp_path / f".out.partial-v2.partial-{'0123456789abcdef' * 2}"
+    other.mkdir()
+    (other / ".skuforge-export-owner").write_text("4f2a9c1be7d0 1\n")
+    with _locked(other / ".skuforge-export-owner"):
+        out = tmp_path / "out"
+        assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0, capsys.readouterr().err
+        assert (out / "export.json").is_file() and other.is_dir()
 
 
 def test_the_staging_folder_is_there_before_the_manifests_are_read(

@@ -626,8 +626,15 @@ def _moved_before_the_kill(staging: Path) -> list[str]:
 
 
 def _staging_beside(target: Path) -> list[Path]:
-    """The staging folders of exports into ``target`` that do not exist yet (beside it)."""
-    return [entry for entry in target.parent.glob(f".{glob.escape(target.name)}.partial-*") if entry.is_dir()]
+    """The staging folders of exports into ``target`` that do not exist yet (beside it). Of that name
+    exactly: ``.out.partial-*`` also matched ``.out.partial-v2.partial-<uuid>``, an export's into
+    ``out.partial-v2``, which then refused every export into ``out`` as running."""
+    prefix = f".{target.name}."
+    return [
+        entry
+        for entry in target.parent.glob(f"{glob.escape(prefix)}partial-*")
+        if _STAGING_NAME.fullmatch(entry.name.removeprefix(prefix)) and entry.is_dir()
+    ]
 
 
 def _nothing_to_export(rows: Sequence[ManifestRow], plan: ExportPlan, shown: int = 10) -> str:
