@@ -18,13 +18,14 @@ from pydantic_settings import BaseSettings
 
 from schemas.events import MAX_ADAPTER_SKUS
 from shared.config import SETTINGS_CONFIG, empty_is_unset
-from shared.lora_training.dataset import TrainingRecipe
+from shared.lora_training.dataset import (
+    MAX_EARLY_STOP_MIN_DELTA,
+    MAX_LORA_RESOLUTION,
+    MAX_PRIOR_LOSS_WEIGHT,
+    TrainingRecipe,
+)
 
 _RECIPE = TrainingRecipe()
-# The largest training image side: Stable Diffusion's own sizes (512, 768) fit with room to spare. Above
-# it, each class image was squared to that size at start-up and every job ran out of GPU memory, which is
-# retried without counting: for ever.
-MAX_LORA_RESOLUTION = 2048
 
 
 class LoraTrainerSettings(BaseSettings):
@@ -60,8 +61,14 @@ class LoraTrainerSettings(BaseSettings):
         ge=0,
         description="stop when the loss average has not improved for this many steps; 0 = never",
     )
+    # The bounds below are TrainingRecipe's (shared/lora_training/dataset.py says why), so a recipe built
+    # elsewhere holds the same rules.
     lora_early_stop_min_delta: float = Field(
-        default=_RECIPE.early_stop_min_delta, ge=0.0, description="smallest improvement that counts"
+        default=_RECIPE.early_stop_min_delta,
+        ge=0.0,
+        le=MAX_EARLY_STOP_MIN_DELTA,
+        description="smallest improvement of the loss's moving average that counts, at most "
+        f"{MAX_EARLY_STOP_MIN_DELTA} (the loss is a noise MSE, below 1)",
     )
     # A multiple of 8 (the VAE's factor): diffusers refused any other size when painting class images,
     # a ValueError that failed every job for good.
@@ -86,7 +93,11 @@ class LoraTrainerSettings(BaseSettings):
         description="real class images, <dir>/<class slug>/*.png|jpg; unset = painted by the base model",
     )
     lora_prior_loss_weight: float = Field(
-        default=_RECIPE.prior_loss_weight, ge=0.0, description="weight of the class-image loss"
+        default=_RECIPE.prior_loss_weight,
+        ge=0.0,
+        le=MAX_PRIOR_LOSS_WEIGHT,
+        description=f"weight of the class-image loss, at most {MAX_PRIOR_LOSS_WEIGHT:g} (above it the "
+        "product barely trains)",
     )
     lora_checkpoint_every: int = Field(
         default=_RECIPE.checkpoint_every,

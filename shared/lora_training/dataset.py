@@ -57,6 +57,18 @@ log = logging.getLogger(__name__)
 
 ItemKind = Literal["instance", "class"]
 
+# The largest training image side: Stable Diffusion's own sizes (512, 768) fit with room to spare. Above
+# it, each class image was squared to that size at start-up and every job ran out of GPU memory, which is
+# retried without counting: for ever.
+MAX_LORA_RESOLUTION = 2048
+# The class-image loss's weight: DreamBooth's is 1. Far above it the product barely trains, and past
+# float32's range (1e308 was accepted) the loss was inf at the first step: every job failed for good as
+# "diverged", with advice to lower the learning rate or alpha.
+MAX_PRIOR_LOSS_WEIGHT = 10.0
+# The loss is a noise MSE, below 1 for any model worth training: a larger smallest improvement is never
+# reached, and every job stopped "early" after its patience, an adapter that had barely trained.
+MAX_EARLY_STOP_MIN_DELTA = 1.0
+
 
 class TrainingRecipe(BaseModel):
     """The knobs of a LoRA job (``SKUFORGE_LORA_*`` in ``services/lora_trainer/config.py``)."""
@@ -68,11 +80,12 @@ class TrainingRecipe(BaseModel):
     learning_rate: float = Field(default=1e-4, gt=0.0, le=0.1)
     max_steps: int = Field(default=800, ge=1, description="step cap: too many steps copy the training images")
     early_stop_patience: int = Field(default=100, ge=0, description="0 = never stop early")
-    early_stop_min_delta: float = Field(default=1e-4, ge=0.0)
-    resolution: int = Field(default=512, ge=64)
+    early_stop_min_delta: float = Field(default=1e-4, ge=0.0, le=MAX_EARLY_STOP_MIN_DELTA)
+    # A multiple of 8 (the VAE's factor): diffusers refused any other size when painting class images.
+    resolution: int = Field(default=512, ge=64, le=MAX_LORA_RESOLUTION, multiple_of=8)
     scenes_per_photo: int = Field(default=10, ge=1, le=200)
     class_images: int = Field(default=20, ge=0, le=2000)
-    prior_loss_weight: float = Field(default=1.0, ge=0.0)
+    prior_loss_weight: float = Field(default=1.0, ge=0.0, le=MAX_PRIOR_LOSS_WEIGHT)
     checkpoint_every: int = Field(default=50, ge=1)
     seed: int = Field(default=0, ge=0, lt=2**32)  # SeedSequence takes no negative seed
 
