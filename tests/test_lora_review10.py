@@ -1,22 +1,29 @@
 """The LoRA trainer, tenth review: knobs whose out-of-range values were accepted (each refused at
-start-up now, naming its variable).
+start-up now, naming its variable), and a stop request (SIGTERM) while a job builds or encodes its
+training set, which the worker did not see until the first training step.
+
+Training is stubbed where what is trained is not the point (``stub_training``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from services.lora_trainer import stage as lora_stage
 from services.lora_trainer.config import LoraTrainerSettings
+from services.lora_trainer.stage import PREFIX
 from shared.config import ConfigError, load_settings
 from shared.images import UInt8Array, decode_image, pixel_array
 from shared.lora_training.dataset import TrainingRecipe, build_training_set
-from shared.lora_training.train import TrainingError, train_lora
+from shared.lora_training.train import TrainingError, TrainingInterrupted, checkpoint_key, train_lora
 from shared.store import FileStore
+from tests.support.captioning import captioned_sku
 from tests.support.diffusion import build_tiny_inpaint_pipeline
-from tests.support.lora import one_photo_source
+from tests.support.lora import model_folder, one_photo_source, record, trainer_on
 from tests.support.threads import one_torch_thread  # noqa: F401 (autouse: the tiny model trains on one thread)
 
 
@@ -79,3 +86,102 @@ def test_a_recipe_holds_the_settings_rule_for_the_resolution(resolution: int) ->
     with pytest.raises(ValidationError, match="resolution"):
         TrainingRecipe(resolution=resolution)
     assert TrainingRecipe(resolution=2048).resolution == 2048
+
+
+# --- a stop request while the set is built or encoded -----------------------------------------------
+
+
+def _stop_after(calls: int) -> Callable[[], bool]:
+    """A ``should_stop`` that answers True from its ``calls + 1``-th call on (a SIGTERM arriving then)."""
+    asked: list[int] = []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return len(asked) > calls
+
+    return should_stop
+
+
+@pytest.mark.slow  # trains the tiny model two steps
+def test_a_stop_while_the_set_is_encoded_ends_the_job_before_training_and_it_resumes_whole(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Encoding every item (VAE and text encoder, one item at a time) never looked at the stop flag: on
+    a large general set SIGTERM waited out the worker's 120 s and the job was killed. It stops between
+    items now, before any step: nothing is written, and the job encodes again when it resumes."""
+    store = FileStore(tmp_path / "store")
+    recipe = TrainingRecipe(resolution=64, scenes_per_photo=3, class_images=0, max_steps=2)
+    training_set = build_training_set(store, "set", "0" * 64, [one_photo_source(store)], recipe)
+    assert len(training_set.items) == 3
+    one_item_encoded = _stop_after(1)
+    with pytest.raises(TrainingInterrupted, match="encoding the training set: 1 of 3 items"):
+        train_lora(tiny_model, training_set, recipe, store, "job", should_stop=one_item_encoded)
+    assert not store.exists(checkpoint_key("job"))  # no step was taken
+
+    resumed = train_lora(tiny_model, training_set, recipe, store, "job")
+    assert (resumed.resumed_from_step, resumed.steps) == (0, 2)
+
+
+def test_a_stop_while_the_set_is_composited_leaves_no_set_and_the_restart_builds_it_whole(
+    tmp_path: Path,
+) -> None:
+    """Compositing each photo onto its scenes (up to 200 a photo) never looked at the stop flag either.
+    It stops between photos now; the set is not marked complete, so the restart builds it again."""
+    store = FileStore(tmp_path / "store")
+    recipe = TrainingRecipe(resolution=64, scenes_per_photo=2, class_images=0)
+    first, second = one_photo_source(store), one_photo_source(store)
+    second = type(second)(**{**second.__dict__, "photo_id": "p2"})
+    with pytest.raises(TrainingInterrupted, match="building the training set: 1 of 2 photos"):
+        build_training_set(store, "set", "0" * 64, [first, second], recipe, should_stop=_stop_after(1))
+    assert not store.exists("set/complete.json")
+    assert len(list(store.list_keys("set/images/instance/"))) == 2  # the first photo's scenes only
+
+    whole = build_training_set(store, "set", "0" * 64, [first, second], recipe)
+    assert len(whole.items) == 4 and store.exists("set/complete.json")
+
+
+@pytest.mark.slow  # paints with the tiny model
+def test_a_stop_while_class_images_are_painted_ends_the_job_and_the_restart_paints_them_again(
+    tiny_model: Path, tmp_path: Path, stub_training: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Painting class images (25 denoising steps each, up to 2000 a class) never looked at the stop flag:
+    SIGTERM waited out the 120 s and the worker was killed mid-set. It stops between images now: the job
+    counts as interrupted, the set is not marked complete, and a restart paints it whole."""
+    store = FileStore(tmp_path / "store")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    small = {"lora_class_images": 3, "lora_resolution": 64, "lora_scenes_per_photo": 1}
+    trainer = trainer_on(store, tiny_model, **small)
+    painted: list[int] = []
+    paint = lora_stage.paint_finite
+
+    def sigterm_during_the_first_image(*args: object, **kwargs: object) -> object:
+        painted.append(1)
+        if len(painted) == 1:
+            trainer.stop()  # what SIGTERM does: main() stops the worker
+        return paint(*args, **kwargs)
+
+    monkeypatch.setattr(lora_stage, "paint_finite", sigterm_during_the_first_image)
+    with pytest.raises(TrainingInterrupted, match="painting class images: 1 of 3"):
+        trainer.run_pending()
+    assert len(painted) == 1 and stub_training == []
+    assert not [key for key in store.list_keys(f"{PREFIX}/sets/") if key.endswith("complete.json")]
+    assert trainer.metrics.jobs.labels("interrupted")._value.get() == 1
+    assert trainer._painter is None  # the pipeline is let go
+
+    restarted = trainer_on(store, tiny_model, **small)
+    (event,) = restarted.run_pending()
+    assert event.class_images == 3 and len(painted) == 4 and len(stub_training) == 1
+
+
+def test_a_stop_between_jobs_starts_no_other_job(tmp_path: Path, stub_training: list[Path]) -> None:
+    """After a job published, the next series' job began (its set built, composited and painted) though
+    the worker had been asked to stop: each job now checks the flag before it starts."""
+    store = FileStore(tmp_path / "store")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    record(store, captioned_sku(store, 2, usable_photos=1, series="lemonade"))
+    trainer = trainer_on(store, model_folder(tmp_path, "m"), lora_class_images=0)
+    trainer.publish = lambda event: trainer.stop()  # SIGTERM while the first adapter is published
+
+    published = trainer.run_pending()
+    assert len(published) == 1 and len(stub_training) == 1
+    assert len(trainer.plan()) == 2  # the other series is still there for the restart

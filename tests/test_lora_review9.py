@@ -64,8 +64,12 @@ def test_a_checkpoint_that_cannot_be_read_starts_the_job_again_and_a_whole_one_r
         resolution=64, scenes_per_photo=1, class_images=0, max_steps=3, checkpoint_every=1
     )
     training_set = build_training_set(store, "set", "0" * 64, [one_photo_source(store)], recipe)
+    stepped: list[int] = []  # SIGTERM after the first step
     with pytest.raises(TrainingInterrupted):
-        train_lora(tiny_model, training_set, recipe, store, "job", should_stop=lambda: True)
+        train_lora(
+            tiny_model, training_set, recipe, store, "job",
+            on_step=lambda step, loss: stepped.append(step), should_stop=lambda: bool(stepped),
+        )  # fmt: skip
     resumed = train_lora(tiny_model, training_set, recipe, store, "job")
     assert (resumed.resumed_from_step, resumed.steps) == (1, 3)  # a whole checkpoint is resumed
 

@@ -490,10 +490,15 @@ def test_early_stop_and_a_stop_request_end_the_loop_with_a_checkpoint(
         ]["step"]
         == 3
     )
-    # SIGTERM: the worker asks the loop to stop; it checkpoints the step it reached, then raises.
+    # SIGTERM after a step: the worker asks the loop to stop; it checkpoints the step it reached, then
+    # raises (a stop before any step ends the job while it encodes: test_lora_review10).
     patient = impatient.model_copy(update={"early_stop_patience": 0})
+    stepped: list[int] = []
     with pytest.raises(TrainingInterrupted, match="step 1"):
-        train_lora(tiny_model, training_set, patient, trainer.store, "stopped", should_stop=lambda: True)
+        train_lora(
+            tiny_model, training_set, patient, trainer.store, "stopped",
+            on_step=lambda step, loss: stepped.append(step), should_stop=lambda: bool(stepped),
+        )  # fmt: skip
     state = torch.load(io.BytesIO(trainer.store.get_bytes(checkpoint_key("stopped"))), weights_only=False)
     assert state["progress"]["step"] == 1
     # A run that stopped early and died before its result was written resumes as stopped: before,

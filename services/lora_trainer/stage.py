@@ -21,7 +21,8 @@ with (``adapter_base_model``: a model other than the generator's needs ``SKUFORG
 
 **Restarts.** A job's id is its training set's content hash (``shared/lora_training/dataset.py``).
 Training checkpoints to ``lora-trainer/jobs/<hash>/checkpoint.pt`` every
-``SKUFORGE_LORA_CHECKPOINT_EVERY`` steps and on SIGTERM; after SIGKILL the next start resumes from
+``SKUFORGE_LORA_CHECKPOINT_EVERY`` steps and on SIGTERM (heard too between the images of a set being
+built or encoded: the next start builds or encodes it again); after SIGKILL the next start resumes from
 it (from step 0 if it cannot be read; a set whose records cannot be read is built again). A job
 whose adapter is published (``lora-trainer/published/<adapter_id>.json``) is never trained
 again: a redelivered ``sku.captioned`` finds the same hash and does nothing. A recorded photo since
@@ -623,6 +624,10 @@ class LoraTrainer:
         failure: Exception | None = None
         unreadable = 0
         for job in self.plan():
+            if self._stop.is_set():
+                # Asked to stop (SIGTERM) while an earlier job published: no other job begins (building
+                # a set composites and paints for minutes); the next start plans them again.
+                break
             # One job's fault (a store hiccup while building its set) must not hold back the others:
             # they run, and the first fault is raised at the end (logged, retried at the next poll).
             try:
@@ -1005,6 +1010,14 @@ class LoraTrainer:
         return attempts
 
     def _train(self, job: Job, job_prefix: str, result_key: str) -> None:
+        try:
+            self._train_uncounted(job, job_prefix, result_key)
+        except TrainingInterrupted:
+            # Stopped while building, encoding or training the set: resumed (or built again) next start.
+            self.metrics.jobs.labels("interrupted").inc()
+            raise
+
+    def _train_uncounted(self, job: Job, job_prefix: str, result_key: str) -> None:
         set_prefix = f"{PREFIX}/sets/{job.sha256}"
         training_set = load_training_set(self.store, set_prefix, job.sha256)
         if training_set is None:  # built once; a resumed job reads its index, not the images
@@ -1019,6 +1032,7 @@ class LoraTrainer:
                     max_pixels=self.max_image_pixels,
                     max_bytes=self.max_image_bytes,
                     paint_class_images=self._paint_class_images,
+                    should_stop=self._stop.is_set,
                 )
             finally:
                 # The painter is a whole pipeline on the training device: not kept beside the
@@ -1033,20 +1047,16 @@ class LoraTrainer:
                 "class_images": len(training_set.class_items),
             },
         )
-        try:
-            result = train_lora(
-                self.model_dir,
-                training_set,
-                self.recipe,
-                self.store,
-                job_prefix,
-                device=_device(self.settings),
-                on_step=lambda step, loss: self.metrics.steps.inc(),
-                should_stop=self._stop.is_set,
-            )
-        except TrainingInterrupted:
-            self.metrics.jobs.labels("interrupted").inc()
-            raise
+        result = train_lora(
+            self.model_dir,
+            training_set,
+            self.recipe,
+            self.store,
+            job_prefix,
+            device=_device(self.settings),
+            on_step=lambda step, loss: self.metrics.steps.inc(),
+            should_stop=self._stop.is_set,
+        )
         self.store.put_bytes(f"{job_prefix}/weights.safetensors", result.weights)
         prompts = sorted({item.prompt for item in training_set.items})
         self.store.put_json(
@@ -1069,6 +1079,8 @@ class LoraTrainer:
 
         The pipeline is loaded at the first call and kept until the job's set is built (``_train``).
         An image that comes out NaN even decoded in float32 raises ``NonFiniteOutput`` (``paint_finite``).
+        A stop request (SIGTERM) is heard between images: ``TrainingInterrupted``, and the set, not
+        marked complete, is built again when the job runs next.
         """
         import torch
         from PIL import Image
@@ -1085,6 +1097,12 @@ class LoraTrainer:
         everything = Image.new("L", (size, size), 255)
         images = []
         for index in range(count):
+            # 25 denoising steps an image, up to 2000 images a class: the worker's stop() waits 120 s.
+            if self._stop.is_set():
+                raise TrainingInterrupted(
+                    f"stopped painting class images: {index} of {count} for {prompt!r}; they are painted "
+                    "again when the job runs next"
+                )
             # A CPU generator: the same noise, so the same class images, on a GPU as on a CPU.
             generator = torch.Generator(device="cpu").manual_seed(seed * 7919 + index)
             output = paint_finite(

@@ -70,6 +70,11 @@ MAX_PRIOR_LOSS_WEIGHT = 10.0
 MAX_EARLY_STOP_MIN_DELTA = 1.0
 
 
+class TrainingInterrupted(Exception):
+    """A stop was requested (SIGTERM) while the job built, encoded or trained its set: what it wrote is
+    resumed or built again when the job runs next (``shared/lora_training/train.py``)."""
+
+
 class TrainingRecipe(BaseModel):
     """The knobs of a LoRA job (``SKUFORGE_LORA_*`` in ``services/lora_trainer/config.py``)."""
 
@@ -224,6 +229,7 @@ def build_training_set(
     paint_class_images: ClassPainter | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> TrainingSet:
     """Write the set under ``prefix`` (images, masks, one index per class) and return it.
 
@@ -231,13 +237,20 @@ def build_training_set(
     else from ``paint_class_images``; with neither, or ``recipe.class_images == 0``, there are none.
     Photos and masks are decoded under ``max_pixels`` / ``max_bytes`` (the shared settings' limits,
     which ingest held them to: the library defaults refused photos a raised limit let through).
+    ``should_stop`` is asked before each photo: True raises ``TrainingInterrupted``, the set left
+    without ``complete.json`` (built again when the job runs next).
     """
     size = recipe.resolution
     compositor = CompositeBackend()
     training_set = TrainingSet(prefix=prefix, sha256=sha256)
     classes: dict[str, str] = {}  # class noun -> class prompt
     refused: list[Exception] = []
-    for source in sources:
+    for done, source in enumerate(sources):
+        # Up to 200 scenes a photo and 2000 photos a general set: SIGTERM must not wait for them all.
+        if should_stop():
+            raise TrainingInterrupted(
+                f"stopped building the training set: {done} of {len(sources)} photos; it is built again"
+            )
         base_id = f"{source.sku_id}-{source.photo_id}"
         try:
             scenes = _scenes(store, source, base_id, recipe, compositor, max_pixels, max_bytes)

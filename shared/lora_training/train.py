@@ -12,7 +12,9 @@ restartable:
 - early stop: when an exponential moving average of the loss has not improved by ``min_delta`` for
   ``patience`` steps; ``max_steps`` caps it anyway (too many steps copy the training images);
 - a checkpoint (LoRA weights, optimiser state, step, early-stop state) goes to the object store every
-  ``checkpoint_every`` steps; a job started again resumes from the newest one.
+  ``checkpoint_every`` steps; a job started again resumes from the newest one;
+- ``should_stop`` (SIGTERM) is asked between the items it encodes and after each step: the loop raises
+  ``TrainingInterrupted``, after a checkpoint once a step was taken.
 
 Only SD 1.x-style inpainting folders are trained here (one text encoder); SDXL is refused by name,
 and so are a UNet that is not an inpainting one and a model that does not predict the noise
@@ -37,7 +39,9 @@ import numpy.typing as npt
 
 from shared.generation.adapters import safetensors_header
 from shared.images import decode_image, decode_mask, pixel_array
-from shared.lora_training.dataset import TrainingItem, TrainingRecipe, TrainingSet
+
+# TrainingInterrupted lives with the set, whose building stops too; it is imported from here as well.
+from shared.lora_training.dataset import TrainingInterrupted, TrainingItem, TrainingRecipe, TrainingSet
 from shared.store import ObjectStore
 
 if TYPE_CHECKING:
@@ -52,10 +56,6 @@ INPAINT_IN_CHANNELS = 9  # latents (4) + paint mask (1) + masked-image latents (
 
 class TrainingError(Exception):
     """The job cannot train (an SDXL folder, an empty set): the message says what to change."""
-
-
-class TrainingInterrupted(Exception):
-    """``should_stop`` asked the loop to end (SIGTERM): the checkpoint is written, the job resumes later."""
 
 
 @dataclass(frozen=True)
@@ -171,14 +171,18 @@ def train_lora(
     trainable = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=recipe.learning_rate)
 
-    # Everything but the UNet is frozen: encode every item once.
+    # Everything but the UNet is frozen: encode every item once. A stop request is heard between items
+    # (a general set holds up to 2000): nothing is written yet, the job encodes again when it resumes.
+    encoded: list[_Encoded] = []
     with torch.no_grad():
-        encoded_instances = [
-            _encode(item, store, tokenizer, text_encoder, vae, torch_device) for item in instances
-        ]
-        encoded_classes = [
-            _encode(item, store, tokenizer, text_encoder, vae, torch_device) for item in classes
-        ]
+        for item in (*instances, *classes):
+            if should_stop():
+                raise TrainingInterrupted(
+                    f"stopped encoding the training set: {len(encoded)} of {len(instances) + len(classes)} "
+                    "items; it is encoded again when the job resumes"
+                )
+            encoded.append(_encode(item, store, tokenizer, text_encoder, vae, torch_device))
+    encoded_instances, encoded_classes = encoded[: len(instances)], encoded[len(instances) :]
 
     progress = _Progress()
     key = checkpoint_key(checkpoint_prefix)
