@@ -18,12 +18,12 @@ from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import PREFIX
 from shared.config import ConfigError, load_settings
 from shared.images import UInt8Array, decode_image, pixel_array
-from shared.lora_training.dataset import TrainingRecipe, build_training_set
+from shared.lora_training.dataset import TrainingRecipe, build_training_set, slug
 from shared.lora_training.train import TrainingError, TrainingInterrupted, checkpoint_key, train_lora
 from shared.store import FileStore
 from tests.support.captioning import captioned_sku
 from tests.support.diffusion import build_tiny_inpaint_pipeline
-from tests.support.lora import model_folder, one_photo_source, record, trainer_on
+from tests.support.lora import _class_images, model_folder, one_photo_source, record, trainer_on
 from tests.support.threads import one_torch_thread  # noqa: F401 (autouse: the tiny model trains on one thread)
 
 
@@ -185,3 +185,45 @@ def test_a_stop_between_jobs_starts_no_other_job(tmp_path: Path, stub_training: 
     published = trainer.run_pending()
     assert len(published) == 1 and len(stub_training) == 1
     assert len(trainer.plan()) == 2  # the other series is still there for the restart
+
+
+# --- a prior loss weight of 0 ------------------------------------------------------------------------
+
+
+def test_with_a_prior_loss_weight_of_0_no_class_image_is_painted_and_the_event_counts_none(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    """A class item is never drawn when SKUFORGE_LORA_PRIOR_LOSS_WEIGHT is 0, yet the set was given
+    SKUFORGE_LORA_CLASS_IMAGES of them per class (painted by the base model: 25 steps each, minutes on a
+    GPU, then encoded), and ``adapter.published`` said the adapter trained on them."""
+    store = FileStore(tmp_path / "store")
+    recipe = TrainingRecipe(resolution=64, scenes_per_photo=1, class_images=2, prior_loss_weight=0.0)
+    painted: list[str] = []
+
+    def paint(prompt: str, count: int, seed: int, size: int) -> list[UInt8Array]:
+        painted.append(prompt)
+        return [source_pixels(store)] * count
+
+    training_set = build_training_set(
+        store, "set", "0" * 64, [one_photo_source(store)], recipe, paint_class_images=paint
+    )
+    assert painted == [] and training_set.class_items == []
+
+    captioned = captioned_sku(store, 1, usable_photos=1, series="cola")
+    record(store, captioned)
+    classes = tmp_path / "class-images"
+    _class_images(classes, slug(captioned.class_noun), 2)
+    trainer = trainer_on(
+        store, model_folder(tmp_path, "m"), lora_class_images=2, lora_prior_loss_weight=0.0,
+        lora_class_images_dir=str(classes),
+    )  # fmt: skip
+    (job,) = trainer.plan()
+    # A set built by an earlier release for this job (same hash) holds class items: not counted either.
+    with_classes = trainer.recipe.model_copy(update={"prior_loss_weight": 1.0})
+    old = build_training_set(
+        store, f"{PREFIX}/sets/{job.sha256}", job.sha256, job.sources, with_classes,
+        class_folder=trainer._class_folder.images,
+    )  # fmt: skip
+    assert len(old.class_items) == 2
+    (event,) = trainer.run_pending()
+    assert event.class_images == 0 and captioned.class_prompt not in event.training_prompts

@@ -86,7 +86,8 @@ class LoraTrainerSettings(BaseSettings):
         default=_RECIPE.class_images,
         ge=0,
         le=2000,
-        description="prior-preservation images per class; 0 = none",
+        description="prior-preservation images per class; 0 = none (none either when "
+        "SKUFORGE_LORA_PRIOR_LOSS_WEIGHT is 0)",
     )
     lora_class_images_dir: str | None = Field(
         default=None,

@@ -116,7 +116,13 @@ from shared.lora_training.dataset import (
     square_image,
     training_set_sha256,
 )
-from shared.lora_training.train import TrainingError, TrainingInterrupted, check_trainable, train_lora
+from shared.lora_training.train import (
+    TrainingError,
+    TrainingInterrupted,
+    check_trainable,
+    train_lora,
+    trained_class_items,
+)
 from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import ObjectStore, open_store, sha256_hex
 
@@ -1039,12 +1045,13 @@ class LoraTrainer:
                 # models about to train (reloaded if another job paints; sets are built once).
                 self._painter = None
             release_memory()
+        class_items = trained_class_items(training_set, self.recipe)
         log.info(
             "training",
             extra={
                 "adapter_id": job.adapter_id,
                 "instance_images": len(training_set.instance_items),
-                "class_images": len(training_set.class_items),
+                "class_images": len(class_items),
             },
         )
         result = train_lora(
@@ -1058,7 +1065,7 @@ class LoraTrainer:
             should_stop=self._stop.is_set,
         )
         self.store.put_bytes(f"{job_prefix}/weights.safetensors", result.weights)
-        prompts = sorted({item.prompt for item in training_set.items})
+        prompts = sorted({item.prompt for item in [*training_set.instance_items, *class_items]})
         self.store.put_json(
             result_key,
             {
@@ -1067,7 +1074,7 @@ class LoraTrainer:
                 "resumed_from_step": result.resumed_from_step,
                 "stopped_early": result.stopped_early,
                 "instance_images": len(training_set.instance_items),
-                "class_images": len(training_set.class_items),
+                "class_images": len(class_items),
                 "training_prompts": prompts[:50],
                 # The SKUs it trained on: a SKU whose photo was left out of the set is not one of them.
                 "sku_ids": sorted({item.sku_id for item in training_set.instance_items if item.sku_id}),

@@ -234,7 +234,8 @@ def build_training_set(
     """Write the set under ``prefix`` (images, masks, one index per class) and return it.
 
     Class images come from ``class_folder`` (class slug -> real images) when it has the class,
-    else from ``paint_class_images``; with neither, or ``recipe.class_images == 0``, there are none.
+    else from ``paint_class_images``; with neither, or ``recipe.class_images`` or
+    ``recipe.prior_loss_weight`` 0, there are none.
     Photos and masks are decoded under ``max_pixels`` / ``max_bytes`` (the shared settings' limits,
     which ingest held them to: the library defaults refused photos a raised limit let through).
     ``should_stop`` is asked before each photo: True raises ``TrainingInterrupted``, the set left
@@ -409,8 +410,8 @@ def _class_images(
     class_folder: dict[str, list[UInt8Array]] | None,
     paint: ClassPainter | None,
 ) -> list[UInt8Array]:
-    if recipe.class_images == 0:
-        return []
+    if recipe.class_images == 0 or recipe.prior_loss_weight == 0:
+        return []  # weight 0: a class item is never drawn, so none is painted (minutes on a GPU)
     real = (class_folder or {}).get(slug(class_noun))
     if real:
         return real[: recipe.class_images]

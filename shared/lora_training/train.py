@@ -112,6 +112,12 @@ def check_trainable(model_dir: Path) -> None:
         )
 
 
+def trained_class_items(training_set: TrainingSet, recipe: TrainingRecipe) -> list[TrainingItem]:
+    """The set's class items the loop draws from: none when ``prior_loss_weight`` is 0 (a set built by an
+    earlier release for such a job holds some: they are neither encoded nor counted as trained on)."""
+    return training_set.class_items if recipe.prior_loss_weight > 0 else []
+
+
 def checkpoint_key(prefix: str) -> str:
     """Where a job's newest checkpoint lives (one object, replaced in place)."""
     return f"{prefix}/checkpoint.pt"
@@ -137,7 +143,7 @@ def train_lora(
     from transformers import CLIPTextModel, CLIPTokenizer
 
     check_trainable(model_dir)  # checked at start-up too; this is for a folder changed since
-    instances, classes = training_set.instance_items, training_set.class_items
+    instances, classes = training_set.instance_items, trained_class_items(training_set, recipe)
     if not instances:
         raise TrainingError(f"training set {training_set.sha256[:12]} has no instance images")
     torch_device = torch.device(device)
@@ -200,7 +206,7 @@ def train_lora(
     while progress.step < recipe.max_steps and not stopped_early:
         draw = torch.Generator().manual_seed(recipe.seed * 1_000_003 + progress.step)
         batch = [encoded_instances[int(torch.randint(len(encoded_instances), (1,), generator=draw))]]
-        if encoded_classes and recipe.prior_loss_weight > 0:
+        if encoded_classes:
             batch.append(encoded_classes[int(torch.randint(len(encoded_classes), (1,), generator=draw))])
         latents = torch.cat([b.latents for b in batch])
         noise = torch.randn(latents.shape, generator=draw).to(torch_device)
