@@ -458,7 +458,8 @@ class LoraTrainer:
         return self
 
     def stop(self, timeout_s: float = 120.0) -> None:
-        """Ask the worker to stop (a running job checkpoints at its next step) and wait for it."""
+        """Ask the worker to stop and wait for it: a running job stops at its next class image, photo or
+        item it encodes (built or encoded again next start), or checkpoints at its next step."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
