@@ -212,6 +212,19 @@ def test_claim_next_takes_the_oldest_matching_item(parts: ConsoleParts, client: 
     assert "product_drift" in drift["reasons"] and drift["item_id"] == "item-0001"
 
 
+def test_claim_next_hands_back_ones_own_claim_only_when_it_matches_the_filters(
+    parts: ConsoleParts, client: TestClient
+) -> None:
+    # Before, the own claim came first whatever the filters: claim-next?sku=SKU-1 answered a SKU-0 item.
+    headers = {"X-CSRF-Token": login(client)}
+    sku0, sku1 = (parts.tasks.query(TaskFilter(sku_id=sku))[0].task_id for sku in ("SKU-0", "SKU-1"))
+    assert client.post("/api/claim-next?sku=SKU-0", headers=headers).json()["task"]["task_id"] == sku0
+    other = client.post("/api/claim-next?sku=SKU-1", headers=headers).json()["task"]
+    assert other["task_id"] == sku1 and other["sku_id"] == "SKU-1"
+    assert parts.tasks.get(sku0).claimed_by == "alice", "the other claim stays theirs"
+    assert client.post("/api/claim-next?sku=SKU-0", headers=headers).json()["task"]["task_id"] == sku0
+
+
 def test_queue_filters_and_order(parts: ConsoleParts, client: TestClient) -> None:
     login(client)
     everything = client.get("/api/tasks").json()

@@ -160,3 +160,22 @@ def test_a_task_that_no_longer_reads_is_not_claimed_and_answers_502(tmp_path: Pa
     ):
         assert response.status_code == 502, response.text
         assert f"task {held} no longer reads" in response.json()["detail"]
+
+
+def test_ones_own_claim_that_no_longer_reads_does_not_stop_claim_next(tmp_path: Path) -> None:
+    """claim-next hands a reviewer their own claim first: when it was spoiled while held, claim-next
+    answered 502 "no longer reads", again and again until its lease ran out, and the reviewer was
+    handed nothing. It is passed over as the queue passes over one that does not read."""
+    parts = build_console(tmp_path, lease_s=600.0)
+    for index in range(2):
+        parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index, sku_id=f"SKU-{index}")))
+        parts.clock.advance(1.0)
+    held, following = (task.task_id for task in parts.tasks.query())
+    client = TestClient(app_for(parts), base_url="http://console.test", raise_server_exceptions=False)
+    headers = {"X-CSRF-Token": login(client)}
+    assert client.post(f"/api/tasks/{held}/claim", headers=headers).status_code == 200
+    spoil(parts, "tasks", held)
+    for _ in range(2):  # the next claim-next renews the readable one: still not the spoiled one
+        claimed = client.post("/api/claim-next", headers=headers)
+        assert claimed.status_code == 200, claimed.text
+        assert claimed.json()["task"]["task_id"] == following

@@ -587,45 +587,43 @@ class TaskStore:
             self._audit(db, row["task_id"], reviewer, "claim", "pending", "claimed", now)
 
     def claim_next(self, reviewer: str, lease_s: float, filters: TaskFilter = PENDING) -> Task | None:
-        """Claim the oldest pending task matching ``filters`` (the reviewer's own claim first).
+        """Claim the oldest pending task matching ``filters``; the reviewer's own claim matching them
+        comes first (renewed), so "next" does not strand it. A claim of theirs that does not match stays
+        theirs until its lease runs out: a reviewer filtering by SKU B was handed their SKU A item.
 
-        The oldest pending task that reads is found and claimed in one write transaction, so nobody
-        takes it in between. Before, the 20 oldest were listed and claimed one by one: when other
-        reviewers took all 20 first, the answer was "nothing left" though more were pending."""
+        The task is found and claimed in one write transaction, so nobody takes it in between. One that
+        no longer reads is passed over (logged), as the queue does, own claims included: before, one
+        spoiled while held answered 502 to every claim-next until its lease ran out."""
         self.expire_leases()
-        with self._connect() as db:
-            own = db.execute(
-                "SELECT task_id FROM tasks WHERE state = 'claimed' AND claimed_by = ?"
-                " ORDER BY received_at LIMIT 1",
-                (reviewer,),
-            ).fetchone()
-        if own is not None:
-            # Renewed: the reviewer is sent to its page, whose first renewal comes a third of a
-            # lease later; with what was left of the old lease, the save could find it expired.
-            try:
-                return self.claim(own["task_id"], reviewer, lease_s)
-            except TaskConflict:
-                pass  # it expired and someone else took it meanwhile: take the next one
-        clauses, params = _where(dataclasses.replace(filters, state="pending"))
         now = self.clock()
+        own_clauses, own_params = _where(dataclasses.replace(filters, state="claimed"))
+        pending_clauses, pending_params = _where(dataclasses.replace(filters, state="pending"))
+        taken: str | None = None
         with self._write() as db:
-            # One that no longer reads is passed over (logged), as the queue does: claimed, it would
-            # stay held until its lease ran out.
-            oldest = _read_past_unreadable(
-                db,
-                "tasks",
-                clauses,
-                params,
-                keys=("received_at", "task_id"),
-                newest_first=False,
-                limit=1,
-                read=_row_that_reads,
-                what="task",
-            )
-            if not oldest:
-                return None
-            self._take(db, oldest[0], reviewer, lease_s, now)
-        return self.get(oldest[0]["task_id"])
+            # An own claim is renewed: the reviewer is sent to its page, whose first renewal comes a
+            # third of a lease later; with what was left of the old lease, the save could find it expired.
+            for clauses, params in (
+                ([*own_clauses, "claimed_by = ?"], (*own_params, reviewer)),
+                (pending_clauses, pending_params),
+            ):
+                # One that does not read is passed over: claimed, it would stay held until its lease ran out.
+                oldest = _read_past_unreadable(
+                    db,
+                    "tasks",
+                    clauses,
+                    params,
+                    keys=("received_at", "task_id"),
+                    newest_first=False,
+                    limit=1,
+                    read=_row_that_reads,
+                    what="task",
+                )
+                if oldest:
+                    self._take(db, oldest[0], reviewer, lease_s, now)
+                    taken = oldest[0]["task_id"]
+                    break
+        # Read after the transaction: ``get`` sweeps expired leases, which takes the write lock itself.
+        return None if taken is None else self.get(taken)
 
     def release(self, task_id: str, reviewer: str) -> Task:
         """Give a claimed task back to the queue; only its holder may. One's own claim whose lease ran
