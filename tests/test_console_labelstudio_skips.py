@@ -309,3 +309,30 @@ def test_export_hands_off_every_pending_item_not_the_first_ten_thousand(tmp_path
     export = export_tasks(parts.tasks, parts.store)
     assert len(export.tasks) == 10_001 and not export.skipped
     assert len(export_tasks(parts.tasks, parts.store, limit=3).tasks) == 3
+
+
+def test_a_product_stroke_in_a_format_other_than_rle_is_skipped_naming_the_format(
+    parts: ConsoleParts,
+) -> None:
+    # Before, such a stroke counted as an approval among the annotators (so a rejection by another one
+    # was a "disagreement") but was dropped when the decision was read: with the approve choice the
+    # predicted mask was recorded, though the annotator had painted another one.
+    ids = [task.task_id for task in parts.tasks.query()]
+    stroke = {
+        "type": "brushlabels",
+        "from_name": "mask",
+        "to_name": "image",
+        "value": {"format": "png", "png": "iVBORw0KGgo=", "brushlabels": ["product"]},
+    }
+    approve = {"type": "choices", "from_name": "decision", "value": {"choices": ["approve"]}}
+    alone = {
+        "data": {"skuforge_task_id": ids[0]},
+        "annotations": [{"completed_by": 7, "result": [stroke, approve]}],
+    }
+    beside_a_rejection = rejected(ids[1])
+    beside_a_rejection["annotations"].append({"completed_by": 8, "result": [stroke]})
+    outcomes = import_annotations(parts.tasks, parts.store, [alone, beside_a_rejection])
+    assert [outcome.outcome for outcome in outcomes] == ["skipped", "skipped"]
+    for outcome in outcomes:
+        assert "format is 'png'" in outcome.detail and "disagree" not in outcome.detail, outcome.detail
+    assert [parts.tasks.get(task_id).state for task_id in ids[:2]] == ["pending", "pending"]

@@ -5,8 +5,9 @@ console's ids in ``data``, and the predicted mask as a ``brushlabels`` predictio
 ``rle`` format. ``import_annotations`` reads Label Studio's JSON export: an annotation whose
 ``decision`` choice is ``reject`` rejects the item (reason from the ``reason`` text area; one longer
 than the web page takes is cut, ending in ``CUT_MARK``), one with brush results approves the union of
-its strokes as an edited mask (the ``mask`` control's ``product`` strokes only: other brushes are
-ignored; strokes that are exactly the predicted mask approve the prediction), one whose ``decision``
+its strokes as an edited mask (the ``mask`` control's ``product`` strokes only, in the ``rle`` format:
+other brushes are ignored, a product stroke in another format skips the item with the reason; strokes
+that are exactly the predicted mask approve the prediction), one whose ``decision``
 is ``approve`` without a stroke approves the predicted mask. Of several annotations the latest is
 taken; annotators who disagree (one approves, another rejects, or two approve masks that overlap at
 an IoU below ``agree_iou``, by default ``MASKS_AGREE_IOU``) are skipped, not settled. All go
@@ -342,7 +343,8 @@ def _decision_of(annotation: dict[str, Any], width: int, height: int) -> tuple[s
     """('reject', reason), ('approve_edited', mask), ('approve_predicted', None) or ('skipped', why)
     for one annotation.
 
-    ValueError when the annotation is not shaped like Label Studio's (the import skips it).
+    ValueError when the annotation is not shaped like Label Studio's or has a product stroke in a
+    format other than ``rle`` (the import skips it).
     """
     results = _results(annotation)
     choices = _decision_choices(results)
@@ -365,13 +367,7 @@ def _decision_of(annotation: dict[str, Any], width: int, height: int) -> tuple[s
     # Only the product mask's control and label, as ``LABEL_CONFIG`` names them: before, every brush
     # counted, and a project's other brush control (defects, say) was painted into the product mask.
     brush_results = [item for item in results if item.get("type") == "brushlabels"]
-    brushes = [
-        item
-        for item in brush_results
-        if item.get("from_name") == FROM_NAME
-        and LABEL in _strings(item, "brushlabels")
-        and _value(item).get("format") == "rle"
-    ]
+    brushes = _product_strokes(results)
     if not brushes and "approve" in choices:
         # Approved without a stroke: the prediction was not copied into the annotation (Label Studio
         # does that only when the project uses predictions to pre-label), and the annotator judged the
@@ -403,18 +399,33 @@ def _decision_of(annotation: dict[str, Any], width: int, height: int) -> tuple[s
 
 def _verdict_of(annotation: dict[str, Any]) -> str | None:
     """'reject', 'approve' (a product stroke or the approve choice) or None (neither), as
-    ``_decision_of`` would decide; ValueError when the annotation is not shaped like Label Studio's."""
+    ``_decision_of`` would decide; ValueError when the annotation is not shaped like Label Studio's or
+    has a product stroke in a format other than ``rle`` (as ``_decision_of``)."""
     results = _results(annotation)
     choices = _decision_choices(results)
     if "reject" in choices:
         return "reject"
-    painted = any(
-        item.get("type") == "brushlabels"
+    return "approve" if _product_strokes(results) or "approve" in choices else None
+
+
+def _product_strokes(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The product mask's brush results (the ``mask`` control's ``product`` label); ValueError for one
+    in a format other than ``rle``. Such a stroke counted as an approval among the annotators but was
+    dropped from the mask: with the approve choice, the predicted mask was recorded instead."""
+    strokes = [
+        item
+        for item in results
+        if item.get("type") == "brushlabels"
         and item.get("from_name") == FROM_NAME
         and LABEL in _strings(item, "brushlabels")
-        for item in results
-    )
-    return "approve" if painted or "approve" in choices else None
+    ]
+    for item in strokes:
+        if _value(item).get("format") != "rle":
+            raise ValueError(
+                f"a {LABEL!r} brush result's format is {_value(item).get('format')!r:.40}, not 'rle':"
+                " the import reads Label Studio's rle brushes only"
+            )
+    return strokes
 
 
 def _annotated_at(annotation: dict[str, Any]) -> datetime:
