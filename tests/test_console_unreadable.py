@@ -179,3 +179,20 @@ def test_ones_own_claim_that_no_longer_reads_does_not_stop_claim_next(tmp_path: 
         claimed = client.post("/api/claim-next", headers=headers)
         assert claimed.status_code == 200, claimed.text
         assert claimed.json()["task"]["task_id"] == following
+
+
+def test_releasing_a_held_task_that_no_longer_reads_answers_502_and_changes_nothing(tmp_path: Path) -> None:
+    """Releasing one spoiled while held committed the release and then answered 502: the reviewer was
+    told it failed, and trying again answered 409 "not claimed by alice: claim it first". As a claim,
+    renewal or decision of it, the release is now refused with the reason and nothing changes."""
+    parts = with_flagged(build_console(tmp_path, lease_s=600.0), 1)
+    (held,) = (task.task_id for task in parts.tasks.query())
+    client = TestClient(app_for(parts), base_url="http://console.test", raise_server_exceptions=False)
+    headers = {"X-CSRF-Token": login(client)}
+    assert client.post(f"/api/tasks/{held}/claim", headers=headers).status_code == 200
+    spoil(parts, "tasks", held)
+    for _ in range(2):
+        response = client.post(f"/api/tasks/{held}/release", headers=headers)
+        assert response.status_code == 502, response.text
+        assert f"task {held} no longer reads" in response.json()["detail"]
+    assert parts.tasks.counts()["claimed"] == 1, "still held, as the answer says"

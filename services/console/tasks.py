@@ -627,7 +627,10 @@ class TaskStore:
 
     def release(self, task_id: str, reviewer: str) -> Task:
         """Give a claimed task back to the queue; only its holder may. One's own claim whose lease ran
-        out is released all the same (before: "expired: claim it again", to give it back)."""
+        out is released all the same (before: "expired: claim it again", to give it back).
+
+        One that no longer reads is BadInput and stays held until its lease runs out (claim-next passes
+        it over): released first, the answer was a 502 for a release that was done, and a retry a 409."""
         now = self.clock()
         with self._write() as db:
             try:
@@ -638,6 +641,7 @@ class TaskStore:
                     # Its lease ran out and a sweep (any page view) gave it back already: released.
                     return _task_of(swept)
                 raise
+            _task_of(row)
             db.execute(
                 "UPDATE tasks SET state = 'pending', claimed_by = NULL, claimed_at = NULL,"
                 " lease_expires_at = NULL WHERE task_id = ?",
