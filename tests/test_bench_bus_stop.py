@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -18,7 +17,7 @@ from bench.replicas import group_assignment
 from schemas.topics import SKU_INGESTED
 from shared.store import open_store
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, sku_ingested_payloads
-from tests.support.signals import HELD_IN_THE_CONNECTION, as_from_a_shell
+from tests.support.signals import HELD_IN_THE_CONNECTION, stopped
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,29 +66,16 @@ def test_ctrl_c_while_a_producer_connects_stops_the_benchmark(
     tmp_path: Path, kafka_bootstrap: str, held: list[str]
 ) -> None:
     script, *args = held
-    run = subprocess.Popen(
+    ended = stopped(
         [sys.executable, "-c", script, kafka_bootstrap, file_store_uri(tmp_path / "store"), *args],
-        cwd=ROOT,
+        [("connecting", signal.SIGINT)],
+        lost="Ctrl-C was lost: the bench still ran 20 s later, waiting on the broker",
         env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=as_from_a_shell,
+        cwd=ROOT,
     )
-    try:
-        assert run.stdout is not None
-        assert run.stdout.readline() == "connecting\n", run.communicate()
-        run.send_signal(signal.SIGINT)
-        try:
-            _, err = run.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            pytest.fail("Ctrl-C was lost: the bench still ran 20 s later, waiting on the broker")
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-    assert run.returncode == -signal.SIGINT, err  # an uncaught KeyboardInterrupt ends Python by SIGINT
-    assert "KeyboardInterrupt" in err
+    # An uncaught KeyboardInterrupt ends Python by SIGINT.
+    assert ended.returncode == -signal.SIGINT, ended.err
+    assert "KeyboardInterrupt" in ended.err
 
 
 # The runtime side of the bus benchmark, waiting for outputs that never come (no input was produced),
@@ -119,28 +105,15 @@ def test_ctrl_c_during_the_runtime_round_stops_the_bus_benchmark(
 ) -> None:
     # The round's stage runs on a thread of its own, not a daemon, and only a round that finished
     # stopped it: after Ctrl-C the interpreter waited for that thread for ever, the stage polling on.
-    run = subprocess.Popen(
+    ended = stopped(
         [sys.executable, "-c", RUNTIME_ROUND_WAITING, kafka_bootstrap, file_store_uri(tmp_path / "store")],
-        cwd=ROOT,
+        [("started", signal.SIGINT)],
+        lost="Ctrl-C did not end the bench: its stage thread ran on 30 s later",
         env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=as_from_a_shell,
+        cwd=ROOT,
+        within_s=30,
     )
-    try:
-        assert run.stdout is not None
-        assert run.stdout.readline() == "started\n", run.communicate()
-        run.send_signal(signal.SIGINT)
-        try:
-            _, err = run.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            pytest.fail("Ctrl-C did not end the bench: its stage thread ran on 30 s later")
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-    assert run.returncode == -signal.SIGINT, err
+    assert ended.returncode == -signal.SIGINT, ended.err
 
 
 @pytest.mark.kafka

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 
-from tests.support.signals import as_from_a_shell
+from tests.support.signals import stopped
 
 # `skuforge topics create` waits up to 30 s for an unreachable Kafka; Ctrl-C there printed kafka-python's
 # threading internals as a 30-line traceback. The command here stands in for such a wait and says when
@@ -26,24 +25,15 @@ sys.exit(cli.main(["topics", "create"]))
 
 
 def test_ctrl_c_while_a_command_waits_is_one_line_and_130() -> None:
-    command = subprocess.Popen(
+    # As Ctrl-C in a terminal finds it (``stopped`` starts it as a shell would): the full suite's run
+    # passed SIGINT on ignored or blocked (the fresh-clone run failed this test twice; alone it passed).
+    ended = stopped(
         [sys.executable, "-c", WAITING_COMMAND],
+        [("waiting", signal.SIGINT)],
+        lost="Ctrl-C was lost: the command still waited 30 s later",
         env={"PATH": "/usr/bin:/bin"},
-        # As Ctrl-C in a terminal finds it: the full suite's run passed SIGINT on ignored or blocked
-        # (the fresh-clone run failed this test twice; alone it passed).
-        preexec_fn=as_from_a_shell,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        within_s=30,
     )
-    try:
-        assert command.stdout is not None
-        assert command.stdout.readline() == "waiting\n", command.communicate()
-        command.send_signal(signal.SIGINT)
-        out, err = command.communicate(timeout=30)
-    finally:
-        if command.poll() is None:
-            command.kill()
-    assert command.returncode == 130
-    assert out == ""
-    assert err == "skuforge topics: interrupted\n"
+    assert ended.returncode == 130
+    assert ended.out == ""
+    assert ended.err == "skuforge topics: interrupted\n"

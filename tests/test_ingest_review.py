@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,7 +31,7 @@ from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
 from tests.support.bus import file_store_uri, isolated_settings
 from tests.support.memory import make_huge_and_unreadable
-from tests.support.signals import HELD_IN_THE_CONNECTION, as_from_a_shell, silent_broker
+from tests.support.signals import HELD_IN_THE_CONNECTION, Ready, silent_broker, stopped
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -665,36 +665,18 @@ def test_metadata_saved_as_windows_1252_says_to_save_it_as_utf8(tmp_path: Path) 
     )
 
 
-def _stopped(
-    command: list[str],
-    env: dict[str, str],
-    stop: signal.Signals,
-    once: Callable[[subprocess.Popen[str]], None],
-) -> str:
-    """Runs the ingest ``command`` as a shell would, sends it ``stop`` once ``once`` has returned, and
+def _stopped(command: list[str], env: dict[str, str], stop: signal.Signals, once: Ready) -> str:
+    """Runs the ingest ``command`` as a shell would, sends it ``stop`` once it is ready (``once``), and
     gives what it wrote to stderr; fails unless it ended by that signal within 20 s."""
-    run = subprocess.Popen(
+    ended = stopped(
         command,
-        cwd=ROOT,
+        [(once, stop)],
+        lost=f"{stop.name} was lost: ingest still ran 20 s later, waiting on the broker",
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=as_from_a_shell,
+        cwd=ROOT,
     )
-    try:
-        once(run)
-        run.send_signal(stop)
-        try:
-            _, err = run.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{stop.name} was lost: ingest still ran 20 s later, waiting on the broker")
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-    assert run.returncode == 128 + stop, err
-    return err
+    assert ended.returncode == 128 + stop, ended.err
+    return ended.err
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
@@ -735,13 +717,8 @@ def test_a_stop_while_kafka_connects_stops_ingest(tmp_path: Path, stop: signal.S
     # The stop was lost: ingest waited out kafka-python's 30 s bootstrap and said "cannot reach Kafka"
     # (exit 1), or carried on with a broker that answered; ~1 run in 5 of the test above, under load.
     with _ingest_env_with_a_silent_broker(tmp_path) as (env, spool_root):
-
-        def connecting(run: subprocess.Popen[str]) -> None:
-            assert run.stdout is not None
-            assert run.stdout.readline() == "connecting\n", run.communicate()
-
         command = [sys.executable, "-c", INGEST_HELD_IN_THE_CONNECTION, str(tmp_path / "batch")]
-        err = _stopped(command, env, stop, once=connecting)
+        err = _stopped(command, env, stop, once="connecting")
     assert list(spool_root.iterdir()) == [], "the checked photos were left in TMPDIR"
     how = "interrupted" if stop == signal.SIGINT else f"stopped by {stop.name}"
     assert err.count("\n") == 1 and f"skuforge ingest: {how};" in err, err

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.bus import file_store_uri
-from tests.support.signals import as_from_a_shell
+from tests.support.signals import stopped
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,27 +53,12 @@ def test_a_second_stop_while_the_stage_closes_its_producer_ends_it(
 ) -> None:
     # The second stop only set the stop flag again: the stage waited out its producer's close (up to
     # SKUFORGE_FLUSH_TIMEOUT_S with the broker away), with the user pressing Ctrl-C in vain.
-    run = subprocess.Popen(
+    ended = stopped(
         [sys.executable, "-c", STAGE_HELD_IN_THE_CLOSE, kafka_bootstrap, file_store_uri(tmp_path / "store")],
-        cwd=ROOT,
+        # The first: finish, commit, close; the second: now.
+        [("started", stop), ("closing", stop)],
+        lost=f"the second {stop.name} was lost: the stage still closed its producer 20 s later",
         env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=as_from_a_shell,
+        cwd=ROOT,
     )
-    try:
-        assert run.stdout is not None
-        assert run.stdout.readline() == "started\n", run.communicate()
-        run.send_signal(stop)  # the first: finish, commit, close
-        assert run.stdout.readline() == "closing\n", run.communicate()
-        run.send_signal(stop)  # the second: now
-        try:
-            _, err = run.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the second {stop.name} was lost: the stage still closed its producer 20 s later")
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-    assert run.returncode != 0, err  # not the 0 of a stop that finished
+    assert ended.returncode != 0, ended.err  # not the 0 of a stop that finished

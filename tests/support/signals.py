@@ -5,7 +5,12 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
 
 # A child script's first lines: kafka-python's event loop logs "Connection made" from inside the task
 # that makes a connection, and this holds the loop there (as a slow DNS lookup does) after printing
@@ -47,3 +52,58 @@ def as_from_a_shell() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
+
+
+# When a child is ready for a stop: the line it prints then (without its newline), or a function that
+# returns once it is (and fails the test if it never will be).
+Ready = str | Callable[[subprocess.Popen[str]], None]
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How a stopped child ended: its exit status (``-N`` where signal N ended it) and what it wrote."""
+
+    returncode: int
+    out: str
+    err: str
+
+
+def stopped(
+    command: Sequence[str],
+    stops: Sequence[tuple[Ready, signal.Signals]],
+    *,
+    lost: str,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    within_s: float = 20,
+) -> Ended:
+    """Runs ``command`` as a shell would (``as_from_a_shell``) and, for each ``(ready, stop)`` of
+    ``stops`` in turn, waits until it is ``ready`` and sends it ``stop``; gives how it ended, failing the
+    test with ``lost`` unless it ended within ``within_s`` of the last stop. A child the test leaves any
+    other way is killed."""
+    run = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_from_a_shell,
+    )
+    try:
+        for ready, stop in stops:
+            if isinstance(ready, str):
+                assert run.stdout is not None
+                assert run.stdout.readline() == ready + "\n", run.communicate()
+            else:
+                ready(run)
+            run.send_signal(stop)
+        try:
+            out, err = run.communicate(timeout=within_s)
+        except subprocess.TimeoutExpired:
+            pytest.fail(lost)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    return Ended(run.returncode, out, err)
