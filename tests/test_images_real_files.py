@@ -297,10 +297,9 @@ def jpeg_claiming(width: int, height: int, *, progressive: bool = False) -> byte
     return bytes(data)
 
 
-def test_a_jpeg_past_pillows_own_bomb_limit_is_decoded_scaled_down(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 200 MP phone photo (16320x12240) is past twice PIL.Image.MAX_IMAGE_PIXELS, where Image.open
-    itself raises: it was refused as ``too_many_pixels`` before the scaled decode, at 1/4 well within
-    the limit, could be asked for. Still only ever decoded within the limit."""
+@pytest.fixture
+def loaded_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The size of each image Pillow decodes the pixels of (``ImageFile.load``) during the test, in order."""
     loaded: list[tuple[int, int]] = []
     real_load = ImageFile.ImageFile.load
 
@@ -309,10 +308,19 @@ def test_a_jpeg_past_pillows_own_bomb_limit_is_decoded_scaled_down(monkeypatch: 
         return real_load(self)
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", recording_load)
+    return loaded
+
+
+def test_a_jpeg_past_pillows_own_bomb_limit_is_decoded_scaled_down(
+    loaded_sizes: list[tuple[int, int]],
+) -> None:
+    """A 200 MP phone photo (16320x12240) is past twice PIL.Image.MAX_IMAGE_PIXELS, where Image.open
+    itself raises: it was refused as ``too_many_pixels`` before the scaled decode, at 1/4 well within
+    the limit, could be asked for. Still only ever decoded within the limit."""
     assert Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < 16320 * 12240
     photo = jpeg_claiming(16320, 12240)
     assert decode_image(photo).size == (4080, 3060)  # 1/2 is 50 MP, over the 40 MP default
-    assert loaded and all(width * height <= 40_000_000 for width, height in loaded)
+    assert loaded_sizes and all(width * height <= 40_000_000 for width, height in loaded_sizes)
     # A progressive one is still refused from its header, and says why; a mask is never scaled.
     progressive = rejected(jpeg_claiming(16320, 12240, progressive=True))
     assert progressive.reason == "too_many_pixels" and "progressive" in str(progressive)
@@ -340,33 +348,25 @@ def png_claiming(width: int, height: int) -> bytes:
 
 
 def test_a_tiny_jpeg_claiming_a_huge_size_is_never_allocated_at_that_size(
-    monkeypatch: pytest.MonkeyPatch,
+    loaded_sizes: list[tuple[int, int]],
 ) -> None:
     # The decompression-bomb protection stays real with scaling: the decoder is only ever asked for an
     # image within the limit, and a file without the pixels it claims is refused.
-    loaded: list[tuple[int, int]] = []
-    real_load = ImageFile.ImageFile.load
-
-    def recording_load(self: ImageFile.ImageFile) -> Any:
-        loaded.append(self.size)
-        return real_load(self)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", recording_load)
     bomb = jpeg_claiming(8064, 6048)  # 48 MP claimed
     assert len(bomb) < 10_000
     assert rejected(bomb[:-2], max_pixels=1_000_000).reason == "truncated"  # no end-of-image marker
     # With its end-of-image marker, libjpeg fills in what is missing: a grey picture, within the limit.
     assert decode_image(bomb, max_pixels=1_000_000).size == (1008, 756)
-    assert loaded and all(width * height <= 1_000_000 for width, height in loaded)
+    assert loaded_sizes and all(width * height <= 1_000_000 for width, height in loaded_sizes)
     # A progressive one (whose coefficients libjpeg would hold at the full size) and a PNG are refused
     # from their headers, before anything is decoded.
-    loaded.clear()
+    loaded_sizes.clear()
     assert (
         rejected(jpeg_claiming(8064, 6048, progressive=True), max_pixels=1_000_000).reason
         == "too_many_pixels"
     )
     assert rejected(png_claiming(8064, 6048), max_pixels=1_000_000).reason == "too_many_pixels"
-    assert loaded == []
+    assert loaded_sizes == []
 
 
 # --- 3. HEIC named .jpg ----------------------------------------------------------------------
