@@ -56,6 +56,13 @@ def _parts(store: FileStore) -> list[str]:
     return sorted(store.list_keys(f"{PREFIX}/manifests/{SKU}/"))
 
 
+def _read_without(row: ManifestRow, column: str) -> list[Any]:
+    """``column`` as read from a columnar copy of ``row`` written before rows had that column."""
+    document = json.loads(encode_columns([row]))
+    del document["common"][column]
+    return decode_columns(json.dumps(document).encode())[column]
+
+
 def test_an_old_acceptance_delivered_after_a_newer_approval_leaves_the_approval_and_its_image(
     tmp_path: Path,
 ) -> None:
@@ -188,9 +195,7 @@ def test_a_columnar_copy_written_before_rows_had_their_event_time_still_reads() 
     old_row = ManifestRow(
         item_id="gen-1", sku_id="SKU-1", category="can", source="synthetic", status="accepted"
     )
-    document = json.loads(encode_columns([old_row]))
-    del document["common"]["produced_at"]
-    assert decode_columns(json.dumps(document).encode())["produced_at"] == [None]
+    assert _read_without(old_row, "produced_at") == [None]
 
 
 def test_a_replayed_gate_decision_never_overrides_a_reviewers_decision_of_the_same_render(
@@ -287,9 +292,7 @@ def test_a_row_written_before_rows_kept_their_events_own_time_reads_and_is_order
     assert b"event_produced_at" not in line
     [read] = decode_rows(line)
     assert (read.event_produced_at, read.event_time) == (None, T0)
-    document = json.loads(encode_columns([old_row]))
-    del document["common"]["event_produced_at"]
-    assert decode_columns(json.dumps(document).encode())["event_produced_at"] == [None]
+    assert _read_without(old_row, "event_produced_at") == [None]
 
 
 def test_a_re_emitted_acceptance_of_a_first_render_leaves_a_reviewers_approval_of_the_second(
