@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from bench.tiny_diffusion import build_tiny_inpaint_pipeline
 from services.lora_trainer import stage as lora_stage
 from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import PREFIX
@@ -22,7 +23,6 @@ from shared.lora_training.dataset import TrainingRecipe, build_training_set, slu
 from shared.lora_training.train import TrainingError, TrainingInterrupted, checkpoint_key, train_lora
 from shared.store import FileStore
 from tests.support.captioning import captioned_sku
-from tests.support.diffusion import build_tiny_inpaint_pipeline
 from tests.support.lora import _class_images, model_folder, one_photo_source, record, trainer_on
 from tests.support.threads import one_torch_thread  # noqa: F401 (autouse: the tiny model trains on one thread)
 
