@@ -856,6 +856,7 @@ def main(argv: list[str] | None = None) -> int:
         "--kafka-bootstrap",
         default=None,
         type=_bootstrap,
+        metavar="HOST:PORT",
         help="use this running Kafka instead of starting one (host:port[,host:port...])",
     )
     parser.add_argument(
@@ -863,9 +864,12 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=("composite", "diffusion"),
         help=(
-            "generation backend(s) Triton serves (default: those of SKUFORGE_GENERATION_BACKEND_MIX; else "
-            "SKUFORGE_GENERATION_BACKEND; else diffusion when SKUFORGE_DIFFUSION_MODEL is set and a GPU is "
-            "present; else composite)"
+            "a generation backend Triton serves; repeat it for several (--backend composite --backend "
+            "diffusion). With SKUFORGE_GENERATION_BACKEND_MIX set it must name every backend of "
+            "SKUFORGE_GENERATION_BACKEND_MIX with a share, or up stops (exit 2); given once, it is also "
+            "the backend the generator stage asks for, in place of SKUFORGE_GENERATION_BACKEND. Default: "
+            "the backends of SKUFORGE_GENERATION_BACKEND_MIX; else SKUFORGE_GENERATION_BACKEND; else "
+            "diffusion when SKUFORGE_DIFFUSION_MODEL is set and a GPU is present; else composite"
         ),
     )
     parser.add_argument(
@@ -887,6 +891,7 @@ def main(argv: list[str] | None = None) -> int:
         "--prometheus-rules",
         type=Path,
         default=None,
+        metavar="FILE",
         help="rules file for that Prometheus (default deploy/prometheus/alerts.yml)",
     )
     parser.add_argument(

@@ -81,12 +81,12 @@ INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
 SAMPLE_SKUS = Path(__file__).resolve().parents[2] / "samples" / "grocerystore"
 # The scenes real SKUs are composited onto unless SKUFORGE_SCENES_URI names others (not --synthetic).
 SAMPLE_SCENES = Path(__file__).resolve().parents[2] / "samples" / "grocerystore-scenes"
-# --synthetic's options: flag, default, type (the checks `skuforge synth` makes), help.
-SYNTHETIC_OPTIONS: tuple[tuple[str, int, Callable[[str], int], str], ...] = (
-    ("--synthetic-skus", 3, positive_int, "synthetic SKUs"),
-    ("--photos-per-sku", 3, positive_int, "photos per synthetic SKU"),
-    ("--seed", 7, CATALOGUE_SEED, "catalogue seed"),
-    ("--size", 384, photo_size_px, "side of the rendered photos, px"),
+# --synthetic's options: flag, default, type (the checks `skuforge synth` makes), placeholder, help.
+SYNTHETIC_OPTIONS: tuple[tuple[str, int, Callable[[str], int], str, str], ...] = (
+    ("--synthetic-skus", 3, positive_int, "N", "synthetic SKUs"),
+    ("--photos-per-sku", 3, positive_int, "N", "photos per synthetic SKU"),
+    ("--seed", 7, CATALOGUE_SEED, "N", "catalogue seed"),
+    ("--size", 384, photo_size_px, "PX", "side of the rendered photos, px"),
 )
 
 
@@ -414,8 +414,9 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         type=positive_int,
         default=None,
-        help=f"generated images per SKU of a stack the demo starts (default {DEFAULT_VARIANTS}); "
-        "a stack already running keeps its own",
+        help="generated images per SKU of a stack the demo starts (default: "
+        f"SKUFORGE_GENERATION_VARIANTS_PER_SKU when set, else {DEFAULT_VARIANTS}); a stack already "
+        "running keeps its own",
     )
     parser.add_argument(
         "--timeout-s",
@@ -442,8 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         "--synthetic", action="store_true", help="render synthetic SKUs instead (options below)"
     )
     synthetic = parser.add_argument_group("synthetic SKUs (only with --synthetic)")
-    for flag, default, number, text in SYNTHETIC_OPTIONS:
-        synthetic.add_argument(flag, type=number, metavar="N", help=f"{text} (default {default})")
+    for flag, default, number, placeholder, text in SYNTHETIC_OPTIONS:
+        synthetic.add_argument(flag, type=number, metavar=placeholder, help=f"{text} (default {default})")
     args = parser.parse_args(argv)
     started = time.monotonic()
 
