@@ -385,7 +385,9 @@ def build_config(
         console_users=users,
         kafka_bootstrap=kafka_bootstrap or f"127.0.0.1:{ports['kafka']}",
         start_kafka=kafka_bootstrap is None,
-        backends=list(backends or default_backends()),
+        # Once each: `--backend composite --backend composite` was two backends, so the generator was
+        # left asking the shell's SKUFORGE_GENERATION_BACKEND, which Triton may not serve.
+        backends=list(dict.fromkeys(backends or default_backends())),
         extra_env=dict(extra_env or {}),
         with_trainer=default_with_trainer() if with_trainer is None else with_trainer,
         replicas=dict(replicas or {}),

@@ -195,6 +195,23 @@ def test_triton_serves_every_backend_of_the_generators_mix(
     assert [triton.argv[i + 1] for i, arg in enumerate(triton.argv) if arg == "--backend"] == expected
 
 
+def test_a_backend_given_twice_is_served_once_and_is_what_the_generator_asks_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--backend composite --backend composite` gave Triton the model twice and, two backends, left the
+    generator asking the shell's SKUFORGE_GENERATION_BACKEND (diffusion), a model Triton did not serve:
+    "unknown model", a transient error, retried for ever on a stack that said it was ready."""
+    monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND", "diffusion")
+    monkeypatch.delenv("SKUFORGE_GENERATION_BACKEND_MIX", raising=False)
+    config = build_config(
+        tmp_path, ports_mode="free", kafka_bootstrap="127.0.0.1:1", backends=["composite", "composite"]
+    )
+    assert config.backends == ["composite"]
+    assert config.env()["SKUFORGE_GENERATION_BACKEND"] == "composite"
+    (triton,) = [spec for spec in build_specs(config) if spec.name == "triton"]
+    assert [triton.argv[i + 1] for i, arg in enumerate(triton.argv) if arg == "--backend"] == ["composite"]
+
+
 def test_a_backend_option_that_leaves_out_one_of_the_mix_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
