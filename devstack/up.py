@@ -247,7 +247,8 @@ def saved_ports(path: Path) -> dict[str, int]:
         return {}
     saved: dict[str, int] = {}
     for name, port in document.items():
-        number = int(port) if isinstance(port, str) and port.strip().isdigit() else port  # "9092" as ever
+        # "9092" as ever; isdecimal, not isdigit: "²" is a digit that int() refuses (a traceback).
+        number = int(port) if isinstance(port, str) and port.strip().isdecimal() else port
         if isinstance(number, int) and not isinstance(number, bool) and 1 <= number <= 65535:
             saved[name] = number
         else:
@@ -336,7 +337,8 @@ def parse_replicas(text: str) -> dict[str, int]:
     replicas: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, count = item.partition("=")
-        if not sep or name not in known or not count.isdigit() or int(count) < 1:
+        # isdecimal, not isdigit: "matting=²" was int()'s message, not this one.
+        if not sep or name not in known or not count.isdecimal() or int(count) < 1:
             raise ValueError(
                 f"--replicas: {item!r} is not STAGE=COUNT with STAGE one of {', '.join(known)} and COUNT >= 1"
             )

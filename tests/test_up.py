@@ -120,7 +120,10 @@ def test_replicas_are_distinct_static_members_of_one_group_each_with_its_own_por
     assert specs["matting-2"].log_path.name == "matting-2.log"
 
 
-@pytest.mark.parametrize("text", ["matting", "matting=0", "nosuch=2", "matting=two", "console=2"])
+# "matting=²": str.isdigit() takes a superscript two, int() does not (a message of int()'s, not ours).
+@pytest.mark.parametrize(
+    "text", ["matting", "matting=0", "nosuch=2", "matting=two", "console=2", "matting=²"]
+)
 def test_a_bad_replicas_option_is_refused_naming_the_stages(
     text: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

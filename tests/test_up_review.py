@@ -522,16 +522,24 @@ def test_ports_auto_warns_of_and_rechooses_ports_out_of_range_in_a_hand_edited_p
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A port out of 1-65535 was an OverflowError traceback from the check whether it is taken, and 0
-    (the kernel's "any port") was given to the service as it stood."""
+    (the kernel's "any port") was given to the service as it stood; "²" (a digit to str.isdigit(), not
+    to int()) was a ValueError traceback."""
     matting, captioner = free_port(), free_port()
-    saved = {"kafka": 70000, "gate": -5, "console": 0, "matting": str(matting), "captioner": captioner}
+    saved = {
+        "kafka": 70000,
+        "gate": -5,
+        "console": 0,
+        "trainstore": "²",
+        "matting": str(matting),
+        "captioner": captioner,
+    }
     (tmp_path / "ports.json").write_text(json.dumps(saved))
     ports = resolve_ports(tmp_path, "auto")
     assert ports["matting"] == matting and ports["captioner"] == captioner  # the usable ones are kept
     assert all(1 <= port <= 65535 for port in ports.values())
     assert len(set(ports.values())) == len(ports)
     warnings = capsys.readouterr().err.splitlines()
-    for name in ("kafka 70000", "gate -5", "console 0"):
+    for name in ("kafka 70000", "gate -5", "console 0", "trainstore '²'"):
         assert any(str(tmp_path / "ports.json") in line and name in line for line in warnings), name
 
 
