@@ -213,6 +213,21 @@ def test_demo_refuses_a_bad_number_before_rendering_or_starting_anything(
     assert not (tmp_path / "out").exists(), "nothing may be rendered for arguments that are refused"
 
 
+def test_a_bad_setting_for_the_stack_the_demo_would_start_is_refused_before_rendering(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, no_stack: None
+) -> None:
+    """The stack's `skuforge up` refused it (exit 2), but only after the SKUs were rendered and the
+    stack's start had begun; the demo then said "skuforge up exited with 2" and exited 1."""
+    monkeypatch.setenv("SKUFORGE_GENERATION_VARIANTS_PER_SKU", "abc")
+    out = tmp_path / "out"
+    argv = ["--synthetic", "--photos-per-sku", "1", "--size", "64", "--out", str(out)]
+    assert demo_main([*argv, "--workdir", str(tmp_path / "up")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skuforge demo: invalid configuration:")
+    assert "SKUFORGE_GENERATION_VARIANTS_PER_SKU" in err
+    assert not out.exists(), "nothing may be rendered for a setting the stack would refuse"
+
+
 @pytest.mark.parametrize("option", ["--out", "--workdir"])
 def test_demo_refuses_a_file_where_its_folders_go_before_starting_anything(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], no_stack: None, option: str

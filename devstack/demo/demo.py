@@ -61,7 +61,7 @@ from schemas.topics import (
 )
 from services.ingest.ingest import IngestError, survey_folders
 from shared.argtypes import folder_problem, positive_float, positive_int
-from shared.config import Settings, load_settings
+from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, TransientError
 from shared.signals import stopped_as_interrupt
 from shared.store import ObjectStore, open_store
@@ -485,6 +485,16 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--out {args.out}: {problem}")
     if problem := report_problem(args.out):
         parser.error(f"--out {args.out}: {problem}")
+    if running_before is None:
+        # The stack the demo starts would refuse a bad SKUFORGE_* variable (exit 2), but only once the
+        # SKUs were rendered, and the demo then exited 1 with "skuforge up exited with 2".
+        from skuforge_cli.main import load_all_settings
+
+        try:
+            load_all_settings()
+        except ConfigError as exc:
+            print(f"skuforge demo: {exc}", file=sys.stderr)
+            return 2
     stack_entered = stack_was_running = False
     try:
         if args.synthetic:
