@@ -884,7 +884,10 @@ def main(argv: list[str] | None = None) -> int:
         "or SKUFORGE_LORA_MODEL are present)",
     )
     parser.add_argument(
-        "--grace-s", type=positive_float, default=20.0, help="seconds a service has to stop before SIGKILL"
+        "--grace-s",
+        type=positive_float,
+        default=20.0,
+        help="seconds a service has to stop before SIGKILL (default %(default)g)",
     )
     parser.add_argument(
         "--with-prometheus",

@@ -79,3 +79,10 @@ def test_an_option_the_doc_writes_with_a_placeholder_shows_the_same_one_in_its_h
         assert f"{option} {placeholder}" in shown[command], (
             f"docs/up-and-demo.md writes `{option} {placeholder}`; `{command} --help` shows it otherwise"
         )
+
+
+def test_ups_grace_help_names_its_default(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The doc says SIGKILL after `--grace-s` (20 s); the help named no default."""
+    assert "(default 20)" in option_help("skuforge up", "--grace-s", capsys, monkeypatch)
