@@ -342,6 +342,8 @@ def parse_replicas(text: str) -> dict[str, int]:
             raise ValueError(
                 f"--replicas: {item!r} is not STAGE=COUNT with STAGE one of {', '.join(known)} and COUNT >= 1"
             )
+        if name in replicas:  # else the last count silently beat the first
+            raise ValueError(f"--replicas: {name} is named twice ({text!r}); give each stage once")
         replicas[name] = int(count)
     return replicas
 

@@ -135,6 +135,16 @@ def test_a_bad_replicas_option_is_refused_naming_the_stages(
     assert "--replicas" in capsys.readouterr().err
 
 
+def test_a_stage_named_twice_in_replicas_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """`matting=2,matting=3` ran 3 members, the last count silently beating the first."""
+    with pytest.raises(ValueError, match="matting is named twice"):
+        parse_replicas("matting=2,matting=3")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--replicas", "matting=2,matting=3"])
+    assert exit_info.value.code == 2
+    assert "--replicas: matting is named twice" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("backend_env", "model_env", "gpu", "expected"),
     [
