@@ -52,7 +52,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from devstack.supervisor import parent_death_signal
-from shared.argtypes import int_between, positive_float
+from shared.argtypes import folder_problem, int_between, positive_float
 from shared.signals import raise_stopped
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -742,6 +742,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m devstack.brok
     names it); returns the exit status."""
     parser = _parser(prog)
     args = parser.parse_args(argv)
+    # A file there was "[Errno 17] File exists" from start (exit 1), and from stop "no broker running"
+    # followed by "[Errno 20] Not a directory"; start must also be able to write there.
+    if problem := folder_problem(args.data_dir, writable=args.command == "start"):
+        parser.error(f"--data-dir {args.data_dir}: {problem}")
     if args.command == "start":
         _apply_env_defaults(parser, args)
         if args.port == args.controller_port:  # here, not LocalKafka's ValueError: a usage error, exit 2

@@ -15,6 +15,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from devstack.broker import LocalKafka, free_port, free_ports
+from devstack.broker import main as broker_main
 
 pytestmark = pytest.mark.kafka
 
@@ -178,6 +179,23 @@ def test_free_ports_are_distinct_where_free_port_in_a_row_may_repeat() -> None:
     # and the generator server now refuses two of its servers on one port.
     ports = free_ports(64)
     assert len(set(ports)) == 64 and all(0 < port < 65536 for port in ports)
+
+
+@pytest.mark.parametrize("command", ["start", "stop", "status"])
+def test_a_data_dir_that_is_a_file_is_a_usage_error_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """`start` said "error: [Errno 17] File exists" (exit 1); `stop` said "no broker running" and then
+    "error: [Errno 20] Not a directory" (exit 1); `status` said "not running" (exit 3)."""
+    in_the_way = tmp_path / "notes.txt"
+    in_the_way.write_text("mine\n")
+    with pytest.raises(SystemExit) as exited:
+        broker_main([command, "--data-dir", str(in_the_way)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"error: --data-dir {in_the_way}: {in_the_way} is a file, not a folder")
+    assert not any(line.startswith(("no broker", "not running", "error: [")) for line in err)
+    assert in_the_way.read_text() == "mine\n"
 
 
 def test_a_foreground_broker_whose_launcher_is_killed_outright_leaves_no_jvm(tmp_path: Path) -> None:
