@@ -25,7 +25,13 @@ from PIL import Image, ImageDraw, ImageOps
 
 from services.ingest.ingest import prepare_sku
 from services.trainstore.cli import evaluation_mismatches
-from services.trainstore.evaluation import EvaluateRefused, heldout_photos, heldout_sku_folders, summary_lines
+from services.trainstore.evaluation import (
+    EvaluateRefused,
+    heldout_photos,
+    heldout_sku_folders,
+    scene_files,
+    summary_lines,
+)
 from shared.config import load_settings
 from shared.errors import ImageRejected
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
@@ -48,6 +54,7 @@ from shared.evaluation.leakage import (
 from shared.evaluation.report import histogram, histogram_svg, render_report, thumbnail_data_uri, write_report
 from shared.evaluation.tune import fit_predict_tuned, tail_features
 from shared.images import encode_png
+from shared.photos import PHOTO_FILE_SUFFIXES
 from shared.store import FileStore, ObjectStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore, Source, Status
 from skuforge_cli.main import main as cli_main
@@ -645,6 +652,39 @@ def test_scene_files_the_generator_skips_are_noted_not_a_traceback_or_a_refusal(
     assert any("a\\\\b.jpg" in note and "backslash" in note for note in notes), notes
     assert any("gone.jpg not checked: unreadable" in note for note in notes), notes
     assert any("loop.jpg not checked: unreadable" in note for note in notes), notes
+
+
+def test_the_scene_check_covers_the_files_the_scene_library_loads_and_no_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check read every file whole, whatever it was: a NAS's @eaDir thumbnails and macOS's hidden
+    "._NAME" files, which the library leaves out, were checked (and a copy of a held-out photo there
+    refused an evaluation it could not spoil), and a 3 GiB file was read into memory, though the
+    library refuses it by its size, unread."""
+    scenes = scene_library(tmp_path)
+    shelf_photo(3).save(scenes / "shelves" / "aisle.jpg")  # one with a perceptual hash
+    held = encode_jpeg(shelf_photo(1))
+    thumbnails = scenes / "shelves" / "@eaDir" / "aisle.jpg"
+    thumbnails.mkdir(parents=True)
+    (thumbnails / "SYNOPHOTO_THUMB_XL.jpg").write_bytes(held)
+    (scenes / "shelves" / "._aisle.jpg").write_bytes(held)
+    (scenes / "README.txt").write_bytes(held)
+    (scenes / "shelves" / "scan.jpg").touch()
+    make_huge_and_unreadable(scenes / "shelves" / "scan.jpg", monkeypatch)
+    files, hashes, notes = scene_files(f"file://{scenes}")
+    aisle = str(scenes / "shelves" / "aisle.jpg")
+    assert [name for name, _ in files] == [aisle] and [name for name, _ in hashes] == [aisle]
+    limit = load_settings().max_image_bytes
+    assert sorted(notes) == sorted(
+        [
+            f"scene file {scenes / 'README.txt'} not checked: not_a_photo_suffix: .txt (scene photos are "
+            f"{', '.join(sorted(PHOTO_FILE_SUFFIXES))}) (the generator skips it too)",
+            f"scene file {scenes / 'shelves' / 'scan.jpg'} not checked: too_large_bytes: {HUGE_FILE_BYTES} "
+            f"bytes; at most {limit} are allowed (the generator skips it too)",
+            "1 scene file(s) in NAS thumbnail folders (@eaDir) not checked: a NAS's copies of the photos, "
+            "not scenes (the generator leaves them out too)",
+        ]
+    )
 
 
 def test_a_heldout_photo_that_is_a_store_reference_is_refused(

@@ -46,7 +46,7 @@ from shared.evaluation.leakage import (
     heldout_hash,
 )
 from shared.evaluation.report import write_report
-from shared.generation.scenes import scene_file_bytes
+from shared.generation.scenes import library_keys, scene_file_bytes
 from shared.images import photo_as_stored, refuse_oversized
 from shared.model_cache import write_atomically
 from shared.photos import (
@@ -413,14 +413,16 @@ def stored_images(manifests: ManifestStore, rows: Iterable[ManifestRow]) -> list
 
 
 def scene_files(uri: str) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]], list[str]]:
-    """(name, sha256) of every file of the scene library at ``uri``, whatever its suffix, (name,
-    perceptual hash) of those that open as images (one download each), and notes on the files that
-    cannot be read. A malformed URI or a library with no files is refused: the check would pass on
-    nothing.
+    """(name, sha256) of every file the scene library at ``uri`` reads at load, (name, perceptual hash)
+    of those that open as images (one download each), and notes on the files it skips. A malformed URI
+    or a library with no files is refused: the check would pass on nothing.
 
-    A file the generator skips at load (a key the store will not read, such as ``a\\b.jpg`` or S3's
-    ``a//b.jpg``; a dangling link or a link loop in a folder) can never be in a scene, so it is noted and
-    left out, as there: it was a traceback, or a refusal that blamed the store or the bootstrap."""
+    The files are the library's own (``library_keys``, ``scene_file_bytes``): a file the generator skips
+    at load can never be in a scene, so it is noted and left out, as there. That is a key the store will
+    not read (``a\\b.jpg``, S3's ``a//b.jpg``: once a traceback), a dangling link or a link loop (once a
+    refusal that blamed the store or the bootstrap), a file that is not a photo by its suffix, and one
+    over ``SKUFORGE_MAX_IMAGE_BYTES``, refused by its size, unread (once read whole, however big). Hidden
+    files are left out without a word, a NAS's thumbnail folders (``@eaDir``) with one note."""
     if not uri.strip():
         raise EvaluateRefused(
             "--scenes is empty (is SKUFORGE_SCENES_URI set?): give the scene library's URI, or leave "
@@ -432,8 +434,14 @@ def scene_files(uri: str) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]
     except ValueError as exc:
         raise EvaluateRefused(f"--scenes {uri}: {exc}") from None
     files, hashes, notes = [], [], []
-    for key in store.list_keys():
-        data = scene_file_bytes(store, key)
+    keys, thumbnails = library_keys(store)
+    if thumbnails:
+        notes.append(
+            f"{thumbnails} scene file(s) in NAS thumbnail folders (@eaDir) not checked: a NAS's copies of "
+            "the photos, not scenes (the generator leaves them out too)"
+        )
+    for key in keys:
+        data = scene_file_bytes(store, key, max_bytes=settings.max_image_bytes)
         if isinstance(data, str):
             # S3's bad keys have no URI (uri_for refuses them); their repr shows what is odd in them.
             shown = f"{store.base_uri}/{key!r}" if data.startswith("bad_key") else object_name(store, key)

@@ -106,14 +106,8 @@ class SceneLibrary:
             )
         scenes: list[Scene] = []
         skipped: dict[str, str] = {}
-        thumbnails = 0
-        for key in sorted(store.list_keys()):
-            parts = key.split("/")
-            if key_left_out_quietly(parts):
-                continue
-            if any(is_nas_thumbnail_folder(folder) for folder in parts[:-1]):
-                thumbnails += 1
-                continue
+        keys, thumbnails = library_keys(store)
+        for key in keys:
             image = _read_scene(store, key, max_pixels=max_pixels, max_bytes=max_bytes)
             if isinstance(image, str):
                 skipped[key] = reason = image
@@ -179,19 +173,27 @@ def series_tag(name: str) -> str:
     return tag or unicodedata.normalize("NFKC", name.casefold()).strip()
 
 
+def library_keys(store: ObjectStore) -> tuple[list[str], int]:
+    """The keys under ``store`` that the library reads at load, sorted, and how many it leaves out as a
+    NAS's thumbnails; hidden files and folders, ``__MACOSX`` and desktop leftovers are left out uncounted.
+    One listing for the library and for ``skuforge evaluate``'s scene check, so the check covers what
+    can be in a scene."""
+    keys: list[str] = []
+    thumbnails = 0
+    for key in sorted(store.list_keys()):
+        parts = key.split("/")
+        if key_left_out_quietly(parts):
+            continue
+        if any(is_nas_thumbnail_folder(folder) for folder in parts[:-1]):
+            thumbnails += 1
+            continue
+        keys.append(key)
+    return keys, thumbnails
+
+
 def _read_scene(store: ObjectStore, key: str, *, max_pixels: int, max_bytes: int) -> Image.Image | str:
     """The decoded photo under ``key``, or why it is skipped (``reason`` or ``reason: detail``)."""
-    bad_key = _bad_key(key)
-    if bad_key is not None:
-        return bad_key
-    suffix = PurePosixPath(key).suffix.lower()
-    if suffix in HEIC_SUFFIXES:  # an iPhone's: what to do, as ingest says it
-        return f"not_a_photo_suffix: {suffix}: {HEIC_ADVICE}"
-    if suffix not in PHOTO_FILE_SUFFIXES:
-        # Named, not ignored: .tif and .jfif scenes once loaded as nothing, without a word.
-        accepted = ", ".join(sorted(PHOTO_FILE_SUFFIXES))
-        return f"not_a_photo_suffix: {suffix or 'no suffix'} (scene photos are {accepted})"
-    data = _scene_bytes(store, key, max_bytes)
+    data = scene_file_bytes(store, key, max_bytes=max_bytes)
     if isinstance(data, str):
         return data
     try:
@@ -202,11 +204,22 @@ def _read_scene(store: ObjectStore, key: str, *, max_pixels: int, max_bytes: int
         return f"unreadable: {type(exc).__name__}"
 
 
-def scene_file_bytes(store: ObjectStore, key: str) -> bytes | str:
-    """The bytes of the scene-library file under ``key``, whatever its suffix, or why the library skips
-    it at load (``bad_key: ...``, ``unreadable: ...``): what ``skuforge evaluate`` checks the library by.
-    ``TransientError`` when an object store (not a folder) is away."""
-    return _bad_key(key) or _scene_bytes(store, key)
+def scene_file_bytes(store: ObjectStore, key: str, *, max_bytes: int) -> bytes | str:
+    """The bytes of the scene-library file under ``key``, undecoded, or why the library skips it at load
+    before decoding (``bad_key: ...``, ``not_a_photo_suffix: ...``, ``unreadable: ...``, and past
+    ``max_bytes`` ``too_large_bytes: ...``, refused by its size, unread): what ``skuforge evaluate``
+    checks the library by. ``TransientError`` when an object store (not a folder) is away."""
+    bad_key = _bad_key(key)
+    if bad_key is not None:
+        return bad_key
+    suffix = PurePosixPath(key).suffix.lower()
+    if suffix in HEIC_SUFFIXES:  # an iPhone's: what to do, as ingest says it
+        return f"not_a_photo_suffix: {suffix}: {HEIC_ADVICE}"
+    if suffix not in PHOTO_FILE_SUFFIXES:
+        # Named, not ignored: .tif and .jfif scenes once loaded as nothing, without a word.
+        accepted = ", ".join(sorted(PHOTO_FILE_SUFFIXES))
+        return f"not_a_photo_suffix: {suffix or 'no suffix'} (scene photos are {accepted})"
+    return _scene_bytes(store, key, max_bytes)
 
 
 def _bad_key(key: str) -> str | None:
@@ -219,12 +232,10 @@ def _bad_key(key: str) -> str | None:
     return None
 
 
-def _scene_bytes(store: ObjectStore, key: str, max_bytes: int | None = None) -> bytes | str:
+def _scene_bytes(store: ObjectStore, key: str, max_bytes: int) -> bytes | str:
     """The bytes under a valid ``key``, or why they cannot be read (``unreadable: ...``, and past
     ``max_bytes`` ``too_large_bytes: ...``, refused by the stored size before any byte is read)."""
     try:
-        if max_bytes is None:
-            return store.get_bytes(key)
         return store.get_bytes_at_most(key, max_bytes)
     except TransientError as exc:
         if not isinstance(store, FileStore):
