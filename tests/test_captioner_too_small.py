@@ -179,3 +179,23 @@ def test_a_transparency_mask_stated_at_another_size_than_its_photo_is_not_read(
     assert [record.getMessage() for record in caplog.records if record.name == ctx.log.name] == [
         "transparency mask is not the photo's size; the matting model masks the photo"
     ]
+
+
+def test_a_long_thin_photo_too_thin_at_the_working_size_is_too_small_before_the_model(
+    random_u2netp_onnx: Path, tmp_path: Path
+) -> None:
+    """A 20000x64 photo passes the minimum side, but the captioner works at 2048 px on the longer side,
+    where its shorter side is 7 px: the model was asked to mask a thread of pixels, and the photo was
+    captioned from that mask (or, by another model, ended ``no_product_found``, which blamed the product
+    for the photo's shape)."""
+    store = FileStore(tmp_path / "store")
+    strip = _product(64).resize((20000, 64), Image.Resampling.NEAREST)
+    event = _event(store, "SKU-STRIP", {"strip": strip})
+    ctx = context(store, load_settings(store_uri=store.base_uri))
+    with pytest.raises(BadInput, match="no_usable_photo") as refused:
+        handle(event, ctx, models=random_models(random_u2netp_onnx))
+    assert (
+        "strip: too_small (20000x64 px, masked at most 2048 px long: its shorter side would be 7 px; "
+        "it must be at least 64 px there (SKUFORGE_MIN_PHOTO_SIDE_PX): crop it"
+    ) in refused.value.detail
+    assert matting_calls(ctx.metrics) == 0

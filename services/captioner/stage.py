@@ -20,10 +20,11 @@ not match its sha256 (``checksum_mismatch``), not an acceptable image (``corrupt
 ``SKUFORGE_MAX_IMAGE_PIXELS`` is ``too_many_pixels`` before it is read, a JPEG too: its mask is stored at
 its own size), dimensions other than the event says (``dimension_mismatch``), a shorter side below
 ``SKUFORGE_MIN_PHOTO_SIDE_PX`` (``too_small``: ingest refuses those, but not every event comes from
-``skuforge ingest``), a uniform picture (``blank_photo``), a photo the matting model gives NaN or
-infinite confidences for while it still mats its blank warm-up image (``model_output_not_finite``, as
-the matting stage refuses it), or a mask that finds no product (``no_product_found``: almost empty;
-``mask_full_frame``: almost everything). A SKU with no usable
+``skuforge ingest``; so is a long thin photo whose shorter side falls below it once shrunk to
+``WORKING_SIDE_PX`` on its longer side, a 20000x64 strip), a uniform picture (``blank_photo``), a
+photo the matting model gives NaN or infinite confidences for while it still mats its blank warm-up
+image (``model_output_not_finite``, as the matting stage refuses it), or a mask that finds no product
+(``no_product_found``: almost empty; ``mask_full_frame``: almost everything). A SKU with no usable
 photo at all goes to the DLQ as ``no_usable_photo``, with each photo's reason in the detail (as
 ``object_missing`` when a photo is missing from the store, so a plain DLQ replay retries it once the
 object is back). A SKU with
@@ -295,6 +296,14 @@ def _read_photo(photo: ReferencePhoto, ctx: Context) -> Image.Image | _Unusable:
         return _Unusable(refusal.reason, refusal.detail)
     if max(image.size) > WORKING_SIDE_PX:
         image.thumbnail((WORKING_SIDE_PX, WORKING_SIDE_PX), Image.Resampling.BILINEAR)  # frees the full size
+        if min(image.size) < ctx.settings.min_photo_side_px:
+            # A long thin photo (20000x64) is a thread of pixels at the working size: too small there.
+            return _Unusable(
+                "too_small",
+                f"{ref.width}x{ref.height} px, masked at most {WORKING_SIDE_PX} px long: its shorter side "
+                f"would be {min(image.size)} px; it must be at least {ctx.settings.min_photo_side_px} px "
+                "there (SKUFORGE_MIN_PHOTO_SIDE_PX): crop it",
+            )
     return image
 
 
