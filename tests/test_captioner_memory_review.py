@@ -70,3 +70,60 @@ def test_a_large_photo_is_matted_at_the_working_size_and_its_mask_stored_at_its_
     small_mask = decode_mask(store.read_verified(small_entry.mask))
     scaled = np.asarray(Image.fromarray(small_mask).resize((3000, 2400), Image.Resampling.NEAREST))
     assert np.mean((mask >= 128) == (scaled >= 128)) > 0.97
+
+
+class MaskReplacedAfterRead(FileStore):
+    """A FileStore whose object under ``replaced_key`` is overwritten with other bytes once read: a
+    cut-out's mask re-uploaded while its SKU is captioned."""
+
+    replaced_key = ""
+    mask_reads = 0
+
+    def _read_at_most(self, key: str, max_bytes: int) -> bytes:
+        return self._replaced_after(key, super()._read_at_most(key, max_bytes))
+
+    def _read(self, key: str) -> bytes:
+        return self._replaced_after(key, super()._read(key))
+
+    def _replaced_after(self, key: str, data: bytes) -> bytes:
+        if key == self.replaced_key:
+            self.mask_reads += 1
+            self._write(key, data + b"\0", "image/png")  # a PNG still, with other bytes
+        return data
+
+
+def test_a_cut_out_over_the_working_size_reads_its_mask_once(tmp_path: Path) -> None:
+    """The transparency mask of a cut-out over WORKING_SIDE_PX was read a second time to be stored at
+    full size; an object changed between the reads failed that read's checksum, and with it the whole
+    SKU (every photo, to the DLQ) rather than the one photo. Read once, the SKU is captioned with the
+    mask as first read."""
+    width, height = 2400, 1800
+    yy, xx = np.mgrid[0:height, 0:width]
+    outline = ((xx - 1200) / 900.0) ** 2 + ((yy - 900) / 700.0) ** 2 <= 1.0
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[..., 0], pixels[..., 1], pixels[..., 2] = 200, (40 + xx % 50).astype(np.uint8), 40
+    store = MaskReplacedAfterRead(tmp_path / "store")
+    mask = store.put_image("in/cut-mask.png", np.where(outline, np.uint8(255), np.uint8(0)))
+    store.replaced_key = store.key_for(mask.uri)
+    spec = make_product(3, 11)
+    photo = ReferencePhoto(
+        photo_id="cut", image=store.put_image("in/cut.png", pixels), mask=mask, original_filename="cut.png"
+    )
+    event = make_envelope(
+        SKU_INGESTED,
+        SkuIngested(sku=SkuMetadata(**spec.metadata()), photos=[photo]),
+        event_id="b" * 32,
+        sku_id=spec.sku_id,
+        trace_id="t",
+        producer="test",
+    )
+    models = CaptionerModels(
+        session=committed_session(),
+        vlm=None,
+        options=load_settings(CaptionerSettings, captioner_use_gpu=False),
+    )
+    (emit,) = handle(event, context(store, load_settings(store_uri=store.base_uri)), models=models)
+    (reference,) = emit.payload.photos
+    assert reference.usable and reference.mask is not None
+    assert np.array_equal(decode_mask(store.read_verified(reference.mask)) > 0, outline)
+    assert store.mask_reads == 1

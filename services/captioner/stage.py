@@ -193,6 +193,24 @@ class _Found:
     plain_background: float
 
 
+@dataclass(frozen=True)
+class _Transparency:
+    """A cut-out's own transparency, read once: its mask at the working size, to measure the photo by,
+    and, for a photo shrunk to that size, the full-size outline ingest stored, 1 bit a pixel (a 40 MP
+    mask in 5 MB), to store as its reference mask. Read again to be stored, an object changed between
+    the reads failed the whole SKU on its checksum."""
+
+    mask: npt.NDArray[np.uint8]
+    full_size_bits: npt.NDArray[np.uint8] | None = None  # np.packbits of the full-size mask >= 128
+
+    def full_size_mask(self, height: int, width: int) -> npt.NDArray[np.uint8]:
+        """The mask at the photo's own size, 0 or 255."""
+        if self.full_size_bits is None:
+            return self.mask
+        product = np.unpackbits(self.full_size_bits, count=height * width).reshape(height, width)
+        return product * np.uint8(255)
+
+
 def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModels) -> list[Emit]:
     """Mask, measure and caption every photo of the SKU; emit one ``sku.captioned``."""
     sku = event.payload.sku
@@ -206,10 +224,11 @@ def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModel
             f"at most {limit} (SKUFORGE_MAX_PHOTOS_PER_SKU) are captioned",
         )
     images = [_read_photo(photo, ctx) for photo in photos]
-    provided = [
+    transparencies = [
         _transparency_mask(photo, image, ctx, models.options)
         for photo, image in zip(photos, images, strict=True)
     ]
+    provided = [None if transparency is None else transparency.mask for transparency in transparencies]
     # Blank only matters where the model must find the product: a near-white cut-out is near-white
     # over white, but its own outline says where it is (it was refused as blank_photo).
     images = [
@@ -257,8 +276,10 @@ def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModel
         ]
     sentences = _sentences(found, models.vlm, ctx)
     captioned = [
-        _caption_photo(photo, outcome, sentence, shape, sku, ctx, models.options, exact=given is not None)
-        for photo, outcome, sentence, given in zip(photos, found, sentences, provided, strict=True)
+        _caption_photo(photo, outcome, sentence, shape, sku, ctx, models.options, transparency=transparency)
+        for photo, outcome, sentence, transparency in zip(
+            photos, found, sentences, transparencies, strict=True
+        )
     ]
     prompts = sku_prompts(sku)
     payload = SkuCaptioned(
@@ -316,7 +337,7 @@ def _not_blank(image: Image.Image | _Unusable, options: CaptionerSettings) -> Im
 
 def _transparency_mask(
     photo: ReferencePhoto, image: Image.Image | _Unusable, ctx: Context, options: CaptionerSettings
-) -> npt.NDArray[np.uint8] | None:
+) -> _Transparency | None:
     """The photo file's own transparency as its mask, at the working size, when ingest stored one
     (``ReferencePhoto.mask``) and it is a plausible product outline; else None, and the matting
     model masks the photo. A cut-out's alpha is exact where the model only estimates: a white
@@ -340,7 +361,9 @@ def _transparency_mask(
     if mask.shape != (photo.image.height, photo.image.width):  # the mask's own figures were wrong
         _log_mask_size_mismatch(photo, ctx)
         return None
+    full_size_bits = None
     if mask.shape != (image.height, image.width):  # the photo is worked on at WORKING_SIDE_PX
+        full_size_bits = np.packbits(mask >= 128)
         mask = pixel_array(Image.fromarray(mask).resize(image.size, Image.Resampling.NEAREST))
     if mask_problem(
         mask,
@@ -349,7 +372,7 @@ def _transparency_mask(
     ):
         # A few transparent corners of a rectangular shot are not an outline of the product.
         return None
-    return mask
+    return _Transparency(mask, full_size_bits)
 
 
 def _log_mask_size_mismatch(photo: ReferencePhoto, ctx: Context) -> None:
@@ -462,11 +485,11 @@ def _caption_photo(
     ctx: Context,
     options: CaptionerSettings,
     *,
-    exact: bool = False,
+    transparency: _Transparency | None = None,
 ) -> CaptionedPhoto:
-    """The event's entry for one photo; a usable one's mask is stored first. ``exact``: the mask is
-    the photo's own transparency, stored full size as ingest read it (not the working-size copy
-    scaled back up, which moved the outline of a cut-out over WORKING_SIDE_PX)."""
+    """The event's entry for one photo; a usable one's mask is stored first. ``transparency``: the
+    photo's own, its mask, stored full size as ingest read it (not the working-size copy scaled back
+    up, which moved the outline of a cut-out over WORKING_SIDE_PX)."""
     if isinstance(outcome, _Unusable):
         return CaptionedPhoto(
             photo_id=photo.photo_id, image=photo.image, usable=False, unusable_reason=outcome.reason
@@ -474,8 +497,8 @@ def _caption_photo(
     view = outcome.attributes.view
     colours = outcome.attributes.colour_names[: options.captioner_max_colour_names]
     mask = outcome.mask
-    if exact and photo.mask is not None and mask.shape != (photo.image.height, photo.image.width):
-        mask = np.where(ctx.read_mask(photo.mask) >= 128, np.uint8(255), np.uint8(0))
+    if transparency is not None:
+        mask = transparency.full_size_mask(photo.image.height, photo.image.width)
     if mask.shape != (photo.image.height, photo.image.width):  # found at the working size
         size = (photo.image.width, photo.image.height)
         # Back at the photo's own size (40 MP, maybe): read a strip at a time, not held twice.
