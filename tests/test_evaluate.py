@@ -831,6 +831,23 @@ def test_an_empty_malformed_or_fileless_scene_library_is_refused(
     assert not out.exists()
 
 
+def test_a_scene_library_of_only_files_the_generator_skips_is_refused_saying_so(tmp_path: Path) -> None:
+    """Files the generator skips are not checked; a library of nothing else (an iPhone's HEIC photos, a
+    NAS's thumbnails) holds no scene, as the generator says at start-up, and the check would pass on
+    nothing: refused, naming what it holds, not as a library with "no files"."""
+    scenes = tmp_path / "scenes"
+    (scenes / "@eaDir" / "a.jpg").mkdir(parents=True)
+    (scenes / "@eaDir" / "a.jpg" / "SYNOPHOTO_THUMB_S.jpg").write_bytes(encode_jpeg(shelf_photo(1)))
+    (scenes / "a.heic").write_bytes(b"not read")
+    with pytest.raises(EvaluateRefused) as refused:
+        scene_files(f"file://{scenes}")
+    assert str(refused.value) == (
+        f"--scenes file://{scenes}: no scene photo the generator loads under {scenes} (1 file(s) it skips: "
+        f"{scenes / 'a.heic'}: not_a_photo_suffix: .heic: HEIC/HEIF is not read here; export it as JPEG "
+        "or PNG; 1 in NAS thumbnail folders); is it the scene library (SKUFORGE_SCENES_URI)?"
+    )
+
+
 def test_weights_files_that_do_not_load_are_refused_by_name(
     colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

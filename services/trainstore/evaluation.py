@@ -414,8 +414,8 @@ def stored_images(manifests: ManifestStore, rows: Iterable[ManifestRow]) -> list
 
 def scene_files(uri: str) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]], list[str]]:
     """(name, sha256) of every file the scene library at ``uri`` reads at load, (name, perceptual hash)
-    of those that open as images (one download each), and notes on the files it skips. A malformed URI
-    or a library with no files is refused: the check would pass on nothing.
+    of those that open as images (one download each), and notes on the files it skips. A malformed URI,
+    or a library with no files or none the generator loads, is refused: the check would pass on nothing.
 
     The files are the library's own (``library_keys``, ``scene_file_bytes``): a file the generator skips
     at load can never be in a scene, so it is noted and left out, as there. That is a key the store will
@@ -434,6 +434,7 @@ def scene_files(uri: str) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]
     except ValueError as exc:
         raise EvaluateRefused(f"--scenes {uri}: {exc}") from None
     files, hashes, notes = [], [], []
+    skipped = []  # (file, why the generator skips it)
     keys, thumbnails = library_keys(store)
     if thumbnails:
         notes.append(
@@ -446,6 +447,7 @@ def scene_files(uri: str) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]
             # S3's bad keys have no URI (uri_for refuses them); their repr shows what is odd in them.
             shown = f"{store.base_uri}/{key!r}" if data.startswith("bad_key") else object_name(store, key)
             notes.append(f"scene file {shown} not checked: {data} (the generator skips it too)")
+            skipped.append(f"{shown}: {data}")
             continue
         name = object_name(store, key)
         files.append((name, sha256_hex(data)))
@@ -454,8 +456,16 @@ def scene_files(uri: str) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]
             hashes.append((name, value))
     if not files:
         where = store.root if isinstance(store, FileStore) else store.base_uri
+        if not skipped and not thumbnails:
+            raise EvaluateRefused(
+                f"--scenes {uri}: no files under {where}; is it the scene library (SKUFORGE_SCENES_URI)?"
+            )
+        # Files there are, and none a scene (HEIC photos, a NAS's thumbnails): "no files" was untrue.
+        held = [f"{len(skipped)} file(s) it skips: {_shown(skipped, 3)}"] if skipped else []
+        held += [f"{thumbnails} in NAS thumbnail folders"] if thumbnails else []
         raise EvaluateRefused(
-            f"--scenes {uri}: no files under {where}; is it the scene library (SKUFORGE_SCENES_URI)?"
+            f"--scenes {uri}: no scene photo the generator loads under {where} ({'; '.join(held)}); "
+            "is it the scene library (SKUFORGE_SCENES_URI)?"
         )
     return files, hashes, notes
 
