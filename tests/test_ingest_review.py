@@ -991,3 +991,18 @@ def test_a_file_name_cannot_forge_lines_or_escapes_in_what_ingest_prints(
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err
     assert f"is the same picture as {folder}/copy\\x1b]0;owned\\x07.png and" in err
+
+
+def test_a_long_file_name_is_cut_between_escapes_never_inside_one(tmp_path: Path) -> None:
+    # The 255-character cut came after the escaping, so a name whose escapes reach past it ended in
+    # half an escape ("\x1"): a name that reads as another byte, and no longer as its file's.
+    folder = _sku(tmp_path, "A", "A-1", colours=(10,))
+    raw_name = "\t" * 126 + "\x1b.png"  # 131 bytes on disk; escaped, 252 characters before the \x1b
+    Image.new("RGB", (64, 64), (90, 40, 80)).save(folder / raw_name)
+    [sku] = prepare_all(tmp_path, load_settings())
+
+    [name] = [photo.original_filename for photo in sku.photos if photo.original_filename != "photo_0.png"]
+    assert name == "\\t" * 126  # the \x1b did not fit whole: left out, not cut in half
+    ingested = ingest.upload_sku(sku, FileStore(tmp_path / "store"))  # within the schema's 255
+    assert name in [photo.original_filename for photo in ingested.photos]
+

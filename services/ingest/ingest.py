@@ -103,6 +103,7 @@ from shared.trainstore.settings import TrainstoreSettings
 from shared.trainstore.withdrawals import Withdrawals, photo_of, withdrawable
 
 PRODUCER = "ingest"
+ORIGINAL_FILENAME_MAX = 255  # ReferencePhoto.original_filename's max_length (schemas/events.py)
 T = TypeVar("T")
 # What ``photo_key`` names a stored photo: the first 16 hex digits of its PNG's sha256.
 _PHOTO_OBJECT = re.compile(r"[0-9a-f]{16}\.png")
@@ -392,6 +393,20 @@ def _fields_given_twice(text: bytes) -> list[str]:
     ]
 
 
+def _escaped_within(name: str, limit: int) -> str:
+    """``name`` with its control characters escaped, cut to at most ``limit`` characters between two
+    characters: cut after the escaping, a name ended in half an escape (``\\x1`` of ``\\x1b``)."""
+    kept: list[str] = []
+    length = 0
+    for char in name:
+        escaped = escape_control_characters(char)
+        length += len(escaped)
+        if length > limit:
+            break
+        kept.append(escaped)
+    return "".join(kept)
+
+
 def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, list[str]]:
     """Check one SKU folder; returns the prepared SKU or the list of problems."""
     held = [] if _has_metadata_entry(folder) else _sku_folders_in(folder)
@@ -484,9 +499,9 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         # it came, it failed the event's schema after earlier SKUs were already published. A control
         # character in it (a newline, a terminal escape), which the schema refuses, is written escaped
         # (\n, \x1b): refused, it would fail the batch over a byte its owner cannot see.
-        name = escape_control_characters(
-            file.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        )[:255]
+        name = _escaped_within(
+            file.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), ORIGINAL_FILENAME_MAX
+        )
         mask_png = None if transparency is None else encode_png(transparency)
         photo = PreparedPhoto(photo_id, name, png, width=image.width, height=image.height, mask_png=mask_png)
         if photo_id in seen:
