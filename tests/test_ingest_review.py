@@ -1006,3 +1006,20 @@ def test_a_long_file_name_is_cut_between_escapes_never_inside_one(tmp_path: Path
     ingested = ingest.upload_sku(sku, FileStore(tmp_path / "store"))  # within the schema's 255
     assert name in [photo.original_filename for photo in ingested.photos]
 
+
+def test_the_publisher_is_closed_when_the_topic_listing_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, publisher: type[_Publisher]
+) -> None:
+    # Only a topic found missing closed it: a listing that failed (the broker went away after the
+    # producer bootstrapped) left the producer and its sender thread open in a demo or bench process.
+    closed: list[_Publisher] = []
+    monkeypatch.setattr(_Publisher, "close", lambda self: closed.append(self))
+
+    def broker_gone(settings: Settings, client_id: str = "") -> set[str]:
+        raise TransientError("no broker answered the topic listing")
+
+    monkeypatch.setattr(ingest, "listed_topics", broker_gone)
+    _sku(tmp_path / "batch", "A", "A-1")
+    with pytest.raises(TransientError, match="no broker answered"):
+        ingest_path(tmp_path / "batch", load_settings(), store=FileStore(tmp_path / "store"))
+    assert len(closed) == 1 and publisher.published == []
