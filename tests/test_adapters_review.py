@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,7 +37,9 @@ from shared.generation.adapters import AdapterRegistry
 from shared.generation.diffusion import LoraSlots
 from shared.generation.settings import GenerationSettings
 from shared.store import FileStore
+from skuforge_cli.main import main as cli_main
 from tests.support.adapters import RecordingPipe, backend_on, cola_request, served_adapter
+from tests.support.bus import file_store_uri
 from tests.support.generation import triton_request
 from tests.support.lora import lora_weights
 
@@ -263,3 +266,37 @@ def test_an_adapter_copy_the_cache_cannot_hold_is_retried_naming_the_cache_not_d
     (answer,) = model([triton_request([11, 12], series="Cola")])
     assert [cell[0] for cell in answer["error"]] == [b"", b""]
     assert [cell[0] for cell in answer["adapter_used"]] == [b"cola-v", b"cola-v"]
+
+
+@pytest.mark.parametrize(
+    "tensors",
+    [{"unet.conv_in.weight": (8, 4)}, {}],  # a base model's checkpoint; a file of no tensors at all
+    ids=["model-weights", "empty"],
+)
+def test_a_file_with_no_lora_tensors_is_refused_whatever_rank_is_given(
+    tensors: dict[str, tuple[int, ...]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A given --rank stood where the weights state none: a file with no LoRA tensor at all registered
+    # (as a general adapter, chosen for every SKU without a series one), and the generator loaded
+    # nothing from it, or refused it, for each of them.
+    from safetensors.numpy import save
+
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    monkeypatch.delenv("SKUFORGE_DIFFUSION_ADAPTERS_URI", raising=False)
+    weights = tmp_path / "unet.safetensors"
+    weights.write_bytes(save({name: np.zeros(shape, np.float32) for name, shape in tensors.items()}))
+    general = ["--kind", "general", "--base-model", "sd15", "--rank", "4"]
+
+    assert cli_main(["adapters", "register", "not-lora", str(weights), *general]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"skuforge adapters register: {weights}: ") and err.count("\n") == 1
+    assert "no LoRA tensors" in err
+    assert not (tmp_path / "store" / "adapters" / "not-lora").exists()
+    # The tiny LoRA files the tests register, with or without a rank, still register.
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    for rank in (None, 4):
+        registered = registry.register("tiny", lora_weights(1), kind="general", base_model="sd15", rank=rank)
+        assert registered.rank == 4

@@ -14,7 +14,7 @@ from pathlib import Path
 from shared.argtypes import positive_int
 from shared.config import load_settings
 from shared.errors import BadInput, ObjectMissing
-from shared.generation.adapters import AdapterRegistry
+from shared.generation.adapters import AdapterRegistry, NotLoraWeights
 from shared.generation.diffusion import DiffusionSettings
 from shared.store import open_store
 
@@ -88,6 +88,9 @@ def main(argv: list[str]) -> int:
             rank=args.rank,
             training_prompts=args.prompt,
         )
+    except NotLoraWeights as exc:
+        print(f"skuforge adapters register: {args.weights}: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, BadInput) as exc:
         print(f"skuforge adapters register: {exc}", file=sys.stderr)
         return 2

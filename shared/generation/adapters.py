@@ -57,6 +57,7 @@ __all__ = [
     "AdapterKind",
     "AdapterMetadata",
     "AdapterRegistry",
+    "NotLoraWeights",
     "lora_rank",
     "resolve_adapter",
     "weights_file_name",
@@ -243,6 +244,11 @@ def _whole_numbers(value: Any) -> TypeGuard[list[int]]:
     )
 
 
+class NotLoraWeights(ValueError):
+    """A safetensors file that holds no LoRA weights the registry can take (``skuforge adapters
+    register`` names the file)."""
+
+
 def lora_rank(weights: bytes) -> int:
     """The LoRA rank of a safetensors file: the smallest dimension of its down-projection tensors.
 
@@ -250,7 +256,7 @@ def lora_rank(weights: bytes) -> int:
     """
     rank = _header_rank(safetensors_header(weights))
     if rank is None:
-        raise ValueError("no lora_A / lora.down tensors in the file: not LoRA weights")
+        raise NotLoraWeights("no lora_A / lora.down tensors in the file: not LoRA weights")
     return rank
 
 
@@ -267,10 +273,16 @@ def _header_rank(header: dict[str, Any]) -> int | None:
 def _checked_rank(weights: bytes, rank: int | None) -> int:
     """``rank``, or the weights' own; a given rank is checked against them where they say one. Given
     without a check, a text file registered (as a general adapter, chosen for every SKU without a
-    series one) and the generator refused it for each of them."""
+    series one) and the generator refused it for each of them.
+
+    A given rank stands for weights whose down-projections are named in a way not read here, but not
+    for a file with no LoRA tensor at all (a base model's weights, none): no loader takes that."""
     if rank is None:
         return lora_rank(weights)
-    found = _header_rank(safetensors_header(weights))  # ValueError: not a safetensors file
+    header = safetensors_header(weights)  # ValueError: not a safetensors file
+    if not any("lora" in name.lower() for name in header if name != "__metadata__"):
+        raise NotLoraWeights("no LoRA tensors in the file (no tensor name holds 'lora'): not LoRA weights")
+    found = _header_rank(header)
     if found is not None and found != rank:
         raise ValueError(f"rank {rank} was given, but the weights' rank is {found}")
     return rank
