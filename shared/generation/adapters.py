@@ -324,7 +324,9 @@ class AdapterRegistry:
         return sorted(adapters, key=lambda a: a.adapter_id)
 
     def get(self, adapter_id: str) -> AdapterMetadata:
-        """The metadata of one adapter; ``ObjectMissing`` if it is not registered."""
+        """The metadata of one adapter; ``ObjectMissing`` if it is not registered, pydantic's
+        ``ValidationError`` if its ``metadata.json`` does not read (not JSON, written by hand or by a
+        newer version): ``list`` skips such an adapter, ``remove`` removes it all the same."""
         self._check_id(adapter_id)
         return AdapterMetadata.model_validate_json(self.store.get_bytes(f"{adapter_id}/{METADATA_FILE}"))
 
