@@ -16,9 +16,9 @@ restartable:
 - ``should_stop`` (SIGTERM) is asked between the items it encodes and after each step: the loop raises
   ``TrainingInterrupted``, after a checkpoint once a step was taken.
 
-Only SD 1.x-style inpainting folders are trained here (one text encoder); SDXL is refused by name,
-and so are a UNet that is not an inpainting one and a model that does not predict the noise
-(``check_trainable``).
+Only SD 1.x-style inpainting folders are trained here (one text encoder); SDXL is refused (told by
+its pipeline class or its second text encoder), and so are a UNet that is not an inpainting one and a
+model that does not predict the noise (``check_trainable``).
 """
 
 from __future__ import annotations
@@ -84,10 +84,17 @@ def check_trainable(model_dir: Path) -> None:
     predict the noise (a scheduler whose ``prediction_type`` is ``v_prediction`` or ``sample``).
     A file that cannot be read raises its ``OSError``: a folder being copied or a mount away is the
     machine's fault, not the model's, and a trainer retries it."""
-    index = (model_dir / "model_index.json").read_text()
-    if "XL" in index:
+    try:
+        index = json.loads((model_dir / "model_index.json").read_text())
+        pipeline_class = str(index.get("_class_name", ""))
+    except (ValueError, AttributeError) as exc:
+        raise TrainingError(f"{model_dir}/model_index.json cannot be read ({exc})") from None
+    # Told by the pipeline class (StableDiffusionXL*, the generator's own test) or SDXL's second text
+    # encoder, not by "XL" anywhere in the text: a recorded name ("_name_or_path") may hold it.
+    if "XL" in pipeline_class or "text_encoder_2" in index:
         raise TrainingError(
-            f"{model_dir} is an SDXL pipeline: the trainer trains SD 1.x-style inpainting only"
+            f"{model_dir} is an SDXL pipeline ({pipeline_class or 'text_encoder_2'}): the trainer trains "
+            "SD 1.x-style inpainting only"
         )
     try:
         in_channels = json.loads((model_dir / "unet" / "config.json").read_text()).get("in_channels")
