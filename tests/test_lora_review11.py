@@ -8,9 +8,21 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from shared.lora_training.train import TrainingError, check_trainable
-from tests.support.lora import model_folder
+from bench.tiny_diffusion import build_tiny_inpaint_pipeline
+from services.lora_trainer.stage import PREFIX
+from shared.generation.diffusion import load_inpaint_pipeline
+from shared.lora_training.train import TrainingError, TrainingInterrupted, check_trainable
+from shared.store import FileStore
+from tests.support.captioning import captioned_sku
+from tests.support.lora import model_folder, record, trainer_on
+from tests.support.threads import one_torch_thread  # noqa: F401 (autouse: the tiny model paints on one thread)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_inpaint_pipeline(tmp_path_factory.mktemp("lora-review11") / "tiny-sd-inpaint")
 
 
 @pytest.mark.parametrize(
@@ -47,3 +59,36 @@ def test_a_model_index_that_is_no_json_object_is_refused_naming_it(tmp_path: Pat
 
     with pytest.raises(TrainingError, match=r"model_index\.json cannot be read"):
         check_trainable(model)
+
+
+# --- a stop while a class image is painted ------------------------------------------------------------
+
+
+@pytest.mark.slow  # paints with the tiny model
+def test_a_stop_during_a_class_image_ends_its_painting_at_that_step(tiny_model: Path, tmp_path: Path) -> None:
+    """A stop was heard between class images only, and one image is 25 denoising steps: a 2048-px one
+    on a CPU outlasts stop()'s 120 s, and the worker was killed mid-set. The flag is read after every
+    step now: the painting ends there, and the job counts as interrupted."""
+    store = FileStore(tmp_path / "store")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    trainer = trainer_on(store, tiny_model, lora_class_images=2, lora_resolution=64, lora_scenes_per_photo=1)
+    steps_reached = 0
+
+    def count_steps(*_: object) -> None:
+        nonlocal steps_reached
+        steps_reached += 1
+        if steps_reached == 1:
+            trainer.stop()  # what SIGTERM does: main() stops the worker
+
+    # The painter the job would load, loaded first, so each step's one UNet call is counted.
+    trainer._painter = load_inpaint_pipeline(
+        tiny_model, architecture="sd", device=torch.device("cpu"), dtype=torch.float32
+    )
+    trainer._painter.unet.register_forward_pre_hook(count_steps)
+
+    with pytest.raises(TrainingInterrupted, match="painting class images: 0 of 2"):
+        trainer.run_pending()
+
+    assert steps_reached == 1  # not the image's 25
+    assert trainer.metrics.jobs.labels("interrupted")._value.get() == 1
+    assert not [key for key in store.list_keys(f"{PREFIX}/sets/") if key.endswith("complete.json")]

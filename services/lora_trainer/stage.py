@@ -132,6 +132,8 @@ GENERAL_STATE_KEY = f"{PREFIX}/general.json"
 # Attempts of a job whose training raises something unexpected (not a refusal, not a store away)
 # before it is marked failed: a bug or an out-of-memory on the same inputs fails the same way.
 JOB_MAX_ATTEMPTS = 3
+# Denoising steps a painted class image takes.
+PAINT_STEPS = 25
 log = logging.getLogger("skuforge.lora-trainer")
 _E = TypeVar("_E", bound=BaseException)
 
@@ -458,8 +460,9 @@ class LoraTrainer:
         return self
 
     def stop(self, timeout_s: float = 120.0) -> None:
-        """Ask the worker to stop and wait for it: a running job stops at its next class image, photo or
-        item it encodes (built or encoded again next start), or checkpoints at its next step."""
+        """Ask the worker to stop and wait for it: a running job stops at the next denoising step of a
+        class image it paints, or its next photo or item it encodes (built or encoded again next start),
+        or checkpoints at its next training step."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -1087,8 +1090,8 @@ class LoraTrainer:
 
         The pipeline is loaded at the first call and kept until the job's set is built (``_train``).
         An image that comes out NaN even decoded in float32 raises ``NonFiniteOutput`` (``paint_finite``).
-        A stop request (SIGTERM) is heard between images: ``TrainingInterrupted``, and the set, not
-        marked complete, is built again when the job runs next.
+        A stop request (SIGTERM) is heard after each denoising step: ``TrainingInterrupted``, and the
+        set, not marked complete, is built again when the job runs next.
         """
         import torch
         from PIL import Image
@@ -1103,19 +1106,25 @@ class LoraTrainer:
             )
         canvas = Image.new("RGB", (size, size), (127, 127, 127))
         everything = Image.new("L", (size, size), 255)
-        images = []
-        for index in range(count):
-            # 25 denoising steps an image, up to 2000 images a class: the worker's stop() waits 120 s.
+        images: list[UInt8Array] = []
+
+        def stop_if_asked(step: int | None = None) -> None:
+            # Heard after every denoising step, not only between images: the worker's stop() waits
+            # 120 s, and one 2048-px image's 25 steps on a CPU take longer.
             if self._stop.is_set():
+                within = "" if step is None else f" (the next one after step {step + 1} of {PAINT_STEPS})"
                 raise TrainingInterrupted(
-                    f"stopped painting class images: {index} of {count} for {prompt!r}; they are painted "
-                    "again when the job runs next"
+                    f"stopped painting class images: {len(images)} of {count} for {prompt!r}{within}; "
+                    "they are painted again when the job runs next"
                 )
+
+        for index in range(count):
+            stop_if_asked()
             # A CPU generator: the same noise, so the same class images, on a GPU as on a CPU.
             generator = torch.Generator(device="cpu").manual_seed(seed * 7919 + index)
             output = paint_finite(
                 self._painter, prompt=prompt, image=canvas, mask_image=everything, height=size, width=size,
-                strength=1.0, num_inference_steps=25, generator=generator,
+                strength=1.0, num_inference_steps=PAINT_STEPS, generator=generator, after_step=stop_if_asked,
             )[0]  # fmt: skip
             images.append(np.clip(np.rint(output * 255.0), 0, 255).astype(np.uint8))
         return images

@@ -649,8 +649,13 @@ def gpu_memory_held_by_others() -> float:
     return max(0.0, float(total - free - ours)) / float(total) if total else 0.0
 
 
-def paint_finite(pipe: Any, **call: Any) -> npt.NDArray[np.float32]:
+def paint_finite(
+    pipe: Any, *, after_step: Callable[[int], None] | None = None, **call: Any
+) -> npt.NDArray[np.float32]:
     """``pipe(**call)`` with ``output_type="np"``: its images (rows x H x W x 3, 0..1), every one finite.
+
+    ``after_step`` is called with each denoising step's index (0-based) once the step is done; what it
+    raises ends the painting there (a stop request need not wait out the remaining steps).
 
     A float16 VAE can overflow and decode NaN, which becomes black pixels once converted to uint8: a
     plain background the product would be pasted onto, which the gate would accept. So the final
@@ -664,6 +669,8 @@ def paint_finite(pipe: Any, **call: Any) -> npt.NDArray[np.float32]:
 
     def keep_latents(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         final["latents"] = tensors["latents"]
+        if after_step is not None:
+            after_step(step)
         return tensors
 
     with torch.inference_mode():
