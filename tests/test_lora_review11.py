@@ -12,11 +12,18 @@ import torch
 
 from bench.tiny_diffusion import build_tiny_inpaint_pipeline
 from services.lora_trainer.stage import PREFIX
+from shared.errors import BadInput
 from shared.generation.diffusion import load_inpaint_pipeline
 from shared.lora_training.train import TrainingError, TrainingInterrupted, check_trainable
 from shared.store import FileStore
 from tests.support.captioning import captioned_sku
-from tests.support.lora import model_folder, record, trainer_on
+from tests.support.lora import (
+    gate_accepted,
+    model_folder,
+    record,
+    record_accepted_event,
+    trainer_on,
+)
 from tests.support.threads import one_torch_thread  # noqa: F401 (autouse: the tiny model paints on one thread)
 
 
@@ -92,3 +99,34 @@ def test_a_stop_during_a_class_image_ends_its_painting_at_that_step(tiny_model: 
     assert steps_reached == 1  # not the image's 25
     assert trainer.metrics.jobs.labels("interrupted")._value.get() == 1
     assert not [key for key in store.list_keys(f"{PREFIX}/sets/") if key.endswith("complete.json")]
+
+
+# --- accepted images deleted after a general job ------------------------------------------------------
+
+
+def test_accepted_images_deleted_after_a_general_job_do_not_hold_back_the_next(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    """New images were counted as the accepted ones now recorded less the number the last job covered: one
+    it covered and a replay then found unreadable (its record deleted) took one off every later count, so
+    the next general job waited for more new images than SKUFORGE_LORA_GENERAL_AFTER_ACCEPTED."""
+    store = FileStore(tmp_path / "store")
+    for variant in range(3):
+        record_accepted_event(store, gate_accepted(store, variant))
+    trainer = trainer_on(
+        store, model_folder(tmp_path, "m"), lora_class_images=0, lora_general_after_accepted=3
+    )
+    [first] = trainer.run_pending()
+    assert first.kind == "general"
+
+    replayed = gate_accepted(store, 0)
+    store.delete(store.key_for(replayed.matted.generated.image.uri))  # gone before a replay
+    with pytest.raises(BadInput):
+        record_accepted_event(store, replayed)  # its record is deleted
+    for variant in (3, 4):
+        record_accepted_event(store, gate_accepted(store, variant))
+    assert trainer.plan() == []  # two new: below the 3 that start one
+
+    record_accepted_event(store, gate_accepted(store, 5))
+    [job] = trainer.plan()  # three new
+    assert job.kind == "general" and len(job.sources) == 5

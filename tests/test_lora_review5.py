@@ -37,6 +37,8 @@ from tests.support.lora import (
         b'{"accepted_count": "3", "trained_at": 0}',
         b'{"accepted_count": 0, "trained_at": null}',
         b'{"in_flight": {"keys": ["lora-trainer/accepted/x.json"], "accepted_count": "x"}}',
+        b'{"accepted_count": 1, "trained_at": 0, "covered": [1]}',
+        b'{"in_flight": {"keys": [], "accepted_count": 0, "covered": "lora-trainer/accepted/x.json"}}',
     ],
 )
 def test_a_damaged_general_schedule_leaves_the_general_adapter_out_and_the_series_train(

@@ -127,7 +127,8 @@ from shared.runtime import Context, Emit, Stage, run_stage
 from shared.store import ObjectStore, open_store, sha256_hex
 
 PREFIX = "lora-trainer"
-# The general adapter's schedule (accepted_count, trained_at) and the general job under way (in_flight).
+# The general adapter's schedule (accepted_count, covered, trained_at) and the general job under way
+# (in_flight).
 GENERAL_STATE_KEY = f"{PREFIX}/general.json"
 # Attempts of a job whose training raises something unexpected (not a refusal, not a store away)
 # before it is marked failed: a bug or an out-of-memory on the same inputs fails the same way.
@@ -272,6 +273,9 @@ class Job:
     sha256: str
     accepted_count: int = 0  # general jobs: how many accepted images it covers
     accepted_keys: tuple[str, ...] = ()  # general jobs: the request files its sources were read from
+    # General jobs: the request files it covers (every one recorded when it was planned; None for a job
+    # under way that an earlier release recorded without them), so the next counts new ones by name.
+    covered_keys: tuple[str, ...] | None = None
 
     @property
     def adapter_id(self) -> str:
@@ -323,6 +327,12 @@ def _checked_general_state(data: bytes) -> dict[str, Any]:
         and all(isinstance(key, str) for key in in_flight["keys"])
     ):
         raise ValueError("in_flight is not an object with a list of request keys")
+    for where, name in ((state, "covered"), (in_flight or {}, "in_flight.covered")):
+        covered = where.get("covered")
+        if "covered" in where and not (
+            isinstance(covered, list) and all(isinstance(key, str) for key in covered)
+        ):
+            raise ValueError(f"{name} is not a list of request keys")
     for where, name, field, types in (
         (state, "accepted_count", "accepted_count", (int,)),
         (state, "trained_at", "trained_at", (int, float)),
@@ -553,12 +563,21 @@ class LoraTrainer:
             # one more arriving meanwhile made it another job, and training began again from step 0.
             picked = [str(key) for key in in_flight["keys"] if self.store.exists(str(key))]
             accepted_count = int(in_flight.get("accepted_count", len(picked)))
+            covered = in_flight.get("covered")
+            covered_keys = None if covered is None else tuple(covered)
         else:
-            new = len(keys) - int(state.get("accepted_count", 0))
+            covered = state.get("covered")
+            if covered is None:  # a schedule an earlier release wrote: only a number
+                new = len(keys) - int(state.get("accepted_count", 0))
+            else:
+                # By name, not by number: a covered image whose record was deleted since (a replay found
+                # it unreadable) took one off every later count, and the next job waited for more.
+                new = len(set(keys).difference(covered))
             scheduled = every > 0 and new > 0 and time.time() - float(state.get("trained_at", 0.0)) >= every
             if new < self.settings.lora_general_after_accepted and not scheduled:
                 return None
             picked, accepted_count = _spread(keys, self.settings.lora_general_max_images), len(keys)
+            covered_keys = tuple(keys)
         sources = []
         unreadable = 0
         for key in picked:
@@ -575,6 +594,7 @@ class LoraTrainer:
             self._hash("general", None, sources),
             accepted_count=accepted_count,
             accepted_keys=tuple(picked),
+            covered_keys=covered_keys,
         )
 
     def _general_state(self) -> dict[str, Any] | None:
@@ -587,9 +607,11 @@ class LoraTrainer:
     def _general_in_flight(self, job: Job | None) -> None:
         """Record ``job`` as the general job under way (None: none is), in ``general.json``."""
         state = self._general_state() or {}
-        wanted = (
-            None if job is None else {"keys": list(job.accepted_keys), "accepted_count": job.accepted_count}
-        )
+        wanted: dict[str, Any] | None = None
+        if job is not None:
+            wanted = {"keys": list(job.accepted_keys), "accepted_count": job.accepted_count}
+            if job.covered_keys is not None:
+                wanted["covered"] = list(job.covered_keys)
         if state.get("in_flight") != wanted:
             if wanted is None:
                 state.pop("in_flight", None)
@@ -604,9 +626,10 @@ class LoraTrainer:
     def _general_published(self, job: Job) -> None:
         """Record ``job`` (the general job) as published in ``general.json``: its accepted images
         counted, the schedule's clock started again, no job under way."""
-        self.store.put_json(
-            GENERAL_STATE_KEY, {"accepted_count": job.accepted_count, "trained_at": time.time()}
-        )
+        state: dict[str, Any] = {"accepted_count": job.accepted_count, "trained_at": time.time()}
+        if job.covered_keys is not None:
+            state["covered"] = list(job.covered_keys)
+        self.store.put_json(GENERAL_STATE_KEY, state)
 
     def _hash(self, kind: str, series: str | None, sources: list[InstanceSource]) -> str:
         # The class-folder images this job trains on (its classes' first recipe.class_images): a
