@@ -93,6 +93,9 @@ LOGIN_FILE = "console-login"
 # (process start times are read to the second; wall clocks get nudged).
 STALE_PID_SLACK_S = 60.0
 CONSOLE_USER = "demo"
+# The most members of one stage's group `--replicas` runs: each is a process (its model loaded) and a
+# port on this one machine, and members beyond a topic's partitions (6 by default) only wait idle.
+MAX_REPLICAS = 32
 
 
 def _default(model: type[BaseSettings], field: str) -> int:
@@ -332,7 +335,8 @@ def default_with_trainer() -> bool:
 
 
 def parse_replicas(text: str) -> dict[str, int]:
-    """``"matting=2,generator=2"`` -> ``{"matting": 2, "generator": 2}``; names must be pipeline stages."""
+    """``"matting=2,generator=2"`` -> ``{"matting": 2, "generator": 2}``; names must be pipeline stages,
+    counts 1 to ``MAX_REPLICAS``."""
     known = [stage.name for stage in PIPELINE]
     replicas: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -341,6 +345,11 @@ def parse_replicas(text: str) -> dict[str, int]:
         if not sep or name not in known or not count.isdecimal() or int(count) < 1:
             raise ValueError(
                 f"--replicas: {item!r} is not STAGE=COUNT with STAGE one of {', '.join(known)} and COUNT >= 1"
+            )
+        if int(count) > MAX_REPLICAS:  # 100000 chose as many ports and started as many processes
+            raise ValueError(
+                f"--replicas: {item} is more than {MAX_REPLICAS} members of {name}, the most up runs "
+                "of one stage (each is a process and a port on this machine)"
             )
         if name in replicas:  # else the last count silently beat the first
             raise ValueError(f"--replicas: {name} is named twice ({text!r}); give each stage once")
@@ -914,7 +923,8 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         metavar="STAGE=N,...",
         help="run N members of a stage's consumer group, e.g. matting=2,generator=2 (default: one each); "
-        "they share its partitions",
+        f"they share its partitions. N is at most {MAX_REPLICAS}: each member is a process and a port on "
+        "this machine, and members beyond a topic's partitions wait idle",
     )
     args = parser.parse_args(argv)
     # Without --with-prometheus these were ignored and the stack came up with no Prometheus at all.

@@ -145,6 +145,17 @@ def test_a_stage_named_twice_in_replicas_is_refused(capsys: pytest.CaptureFixtur
     assert "--replicas: matting is named twice" in capsys.readouterr().err
 
 
+def test_replicas_above_the_cap_are_refused_naming_the_stage(capsys: pytest.CaptureFixture[str]) -> None:
+    """`matting=100000` had no bound: up chose 100,000 ports and started as many processes."""
+    assert parse_replicas("matting=32") == {"matting": 32}
+    with pytest.raises(ValueError, match="--replicas: matting=33 is more than 32 members of matting"):
+        parse_replicas("generator=2,matting=33")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--replicas", "matting=100000"])
+    assert exit_info.value.code == 2
+    assert "skuforge up: error: --replicas: matting=100000 is more than 32" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("backend_env", "model_env", "gpu", "expected"),
     [
