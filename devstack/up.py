@@ -55,6 +55,7 @@ import json
 import os
 import secrets
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -68,6 +69,7 @@ from pydantic_settings import BaseSettings
 from devstack.broker import DEFAULT_CONTROLLER_PORT, DEFAULT_PORT, LocalKafka, free_port, port_in_use
 from devstack.prometheus import (
     ALERTS_FILE,
+    DEFAULT_PROMETHEUS_PORT,
     GENERATOR_SERVER_JOB,
     PrometheusMissing,
     PrometheusServer,
@@ -120,6 +122,16 @@ DEFAULT_PORTS: dict[str, int] = {
 }
 
 
+def stack_stages(with_trainer: bool) -> list[Service]:
+    """The stages a stack runs, in start order: the pipeline's, then the lora-trainer if it runs."""
+    return [*PIPELINE, *([LORA_TRAINER] if with_trainer else [])]
+
+
+def replica_names(stage: str, count: int) -> list[str]:
+    """Service names of ``count`` replicas of ``stage``: its own name, then ``<stage>-2``, ``-3``..."""
+    return [stage] + [f"{stage}-{index}" for index in range(2, count + 1)]
+
+
 @dataclass
 class StackConfig:
     """Everything that differs between two stacks on one machine."""
@@ -139,7 +151,7 @@ class StackConfig:
     @property
     def stages(self) -> list[Service]:
         """The stages this stack runs, in start order."""
-        return [*PIPELINE, *([LORA_TRAINER] if self.with_trainer else [])]
+        return stack_stages(self.with_trainer)
 
     # Stage -> how many members of its consumer group to run (1 when absent).
     replicas: dict[str, int] = field(default_factory=dict)
@@ -148,8 +160,7 @@ class StackConfig:
 
     def replica_names(self, stage: str) -> list[str]:
         """Service names of ``stage``'s replicas: the stage's own name, then ``<stage>-2``, ``-3``..."""
-        count = self.replicas.get(stage, 1)
-        return [stage] + [f"{stage}-{index}" for index in range(2, count + 1)]
+        return replica_names(stage, self.replicas.get(stage, 1))
 
     @property
     def logs(self) -> Path:
@@ -839,6 +850,43 @@ def first_console_user(users: str) -> tuple[str, str]:
     return next(iter(parse_users(users).items()))
 
 
+def prometheus_problem(
+    rules_file: Path, scrape_interval_s: float, *, with_trainer: bool, replicas: Mapping[str, int]
+) -> str | None:
+    """What stops ``--with-prometheus``'s Prometheus (no binary, a rules file unreadable or refused by
+    promtool), in one line for ``skuforge up``; None when it would run.
+
+    Checked on its config as ``up`` writes it (the stages and replicas it runs, the documented ports),
+    in a folder of its own, before the workdir is touched: a start refused here wrote ports.json and a
+    console login first. Prometheus starts last: rules it cannot load were once found only after every
+    service had started.
+    """
+    stages = stack_stages(with_trainer)
+    members = {stage.name: replica_names(stage.name, replicas.get(stage.name, 1)) for stage in stages}
+    # A replica's port is chosen only when the stack starts; any port makes the same config for promtool.
+    ports = {**DEFAULT_PORTS, **{name: 1 for names in members.values() for name in names[1:]}}
+    with tempfile.TemporaryDirectory(prefix="skuforge-up-prometheus-") as scratch:
+        try:
+            trial = stack_prometheus(
+                Path(scratch),
+                ports,
+                port=DEFAULT_PROMETHEUS_PORT,
+                rules_file=rules_file,
+                scrape_interval_s=scrape_interval_s,
+                stage_members=members,
+            )
+            trial.argv()  # finds the binary: PrometheusMissing
+        except (PrometheusMissing, OSError) as exc:
+            return f"--with-prometheus: {exc}"
+        try:
+            rules_problem = config_problem(trial.config_path)
+        except PrometheusMissing:  # a prometheus without its promtool: it says so itself, when it starts
+            return None
+    if rules_problem is not None:
+        return f"--prometheus-rules {rules_file}: promtool refuses it: {rules_problem}"
+    return None
+
+
 def _bootstrap(text: str) -> str:
     """An argparse type: a non-blank bootstrap list (``--kafka-bootstrap "$KAFKA"`` with KAFKA unset
     was a KeyError traceback: no broker started, none given)."""
@@ -959,6 +1007,15 @@ def main(argv: list[str] | None = None) -> int:
             "of the mix, or leave --backend out"
         )
 
+    with_trainer = default_with_trainer() if args.with_trainer is None else args.with_trainer
+    if args.with_prometheus and (
+        problem := prometheus_problem(
+            rules_file, scrape_interval_s, with_trainer=with_trainer, replicas=replicas
+        )
+    ):
+        print(f"skuforge up: {problem}", file=sys.stderr)
+        return 2
+
     workdir = args.workdir.resolve()
     try:
         held = hold_workdir(workdir)
@@ -988,7 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
             ports_mode=args.ports,
             kafka_bootstrap=args.kafka_bootstrap,
             backends=args.backend,
-            with_trainer=args.with_trainer,
+            with_trainer=with_trainer,
             replicas=replicas,
         )
     except PortsInUse as exc:
@@ -1012,20 +1069,9 @@ def main(argv: list[str] | None = None) -> int:
                 scrape_interval_s=scrape_interval_s,
                 stage_members={stage.name: config.replica_names(stage.name) for stage in config.stages},
             )
-            prometheus.argv()  # finds the binary: PrometheusMissing here, before anything starts
-        except (PrometheusMissing, OSError) as exc:
+            prometheus.argv()
+        except (PrometheusMissing, OSError) as exc:  # checked above; here if gone or unwritable since
             print(f"skuforge up: --with-prometheus: {exc}", file=sys.stderr)
-            return 2
-        # Prometheus starts last: rules it cannot load were found once every service had started.
-        try:
-            rules_problem = config_problem(prometheus.config_path)
-        except PrometheusMissing:  # a prometheus without its promtool: it says so itself, when it starts
-            rules_problem = None
-        if rules_problem is not None:
-            print(
-                f"skuforge up: --prometheus-rules {rules_file}: promtool refuses it: {rules_problem}",
-                file=sys.stderr,
-            )
             return 2
         specs.append(
             prometheus_service(config, prometheus, report=_say, prefer_default_port=args.ports != "free")

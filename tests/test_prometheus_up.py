@@ -67,27 +67,62 @@ def test_a_free_port_the_os_hands_out_again_is_not_the_stack_prometheuss(
     assert prometheus.port == 45999
 
 
+def folder_contents(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` with a file's bytes (None for a folder): what a refused start must
+    leave as it was."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+@pytest.fixture
+def refused_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The workdir of a previous run (its saved ports), and `up` failing the test if it starts the stack;
+    no SKUFORGE_CONSOLE_USERS, so `up` would make a login of its own (a console-login file)."""
+
+    def starts_the_stack(*args: object, **kwargs: object) -> None:
+        raise AssertionError("started the stack after refusing its input")
+
+    monkeypatch.setattr("devstack.up.Supervisor", starts_the_stack)
+    monkeypatch.delenv("SKUFORGE_CONSOLE_USERS", raising=False)
+    workdir = tmp_path / "stack"
+    workdir.mkdir()
+    (workdir / "ports.json").write_text('{"console": 8080}\n')
+    return workdir
+
+
+def test_up_with_a_missing_rules_file_is_refused_leaving_the_stack_folder_as_it_was(
+    tmp_path: Path, refused_stack: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The refusal came after ports.json (with the ports of a stack that never ran) and the login were
+    # written, and the workdir's lock made.
+    before = folder_contents(refused_stack)
+    missing = tmp_path / "missing.yml"
+    argv = ["--workdir", str(refused_stack), "--ports", "free", "--with-prometheus"]
+    assert main([*argv, "--prometheus-rules", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skuforge up: --with-prometheus: ") and str(missing) in err
+    assert err.count("\n") == 1
+    assert folder_contents(refused_stack) == before
+
+
 def test_up_with_rules_prometheus_cannot_load_is_refused_before_anything_starts(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    promtool_bin: str,
+    tmp_path: Path, refused_stack: Path, capsys: pytest.CaptureFixture[str], promtool_bin: str
 ) -> None:
     # Prometheus starts last: a rules file it cannot load was found only after every service had
     # started, when it exited and the whole stack was stopped again.
-    def starts_the_stack(*args: object, **kwargs: object) -> None:
-        raise AssertionError("started the stack with rules Prometheus cannot load")
-
-    monkeypatch.setattr("devstack.up.Supervisor", starts_the_stack)
+    before = folder_contents(refused_stack)
     rules = tmp_path / "my-alerts.yml"
     rules.write_text("groups:\n  - name: mine\n    rules:\n      - alert: Broken\n        expr: sum(\n")
-    argv = ["--workdir", str(tmp_path / "stack"), "--ports", "free", "--with-prometheus"]
+    argv = ["--workdir", str(refused_stack), "--ports", "free", "--with-prometheus"]
     code = main([*argv, "--prometheus-rules", str(rules)])
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"skuforge up: --prometheus-rules {rules}: promtool refuses it: ")
     assert '"Broken": could not parse expression' in err and "unclosed left parenthesis" in err
     assert err.count("\n") == 1
+    assert folder_contents(refused_stack) == before
 
 
 def test_the_stack_prometheus_config_passes_promtool_as_up_writes_it(
