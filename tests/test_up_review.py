@@ -18,6 +18,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,21 +101,31 @@ sys.exit(supervisor.run(on_ready=lambda: (workdir / "ready").write_text("ready")
 """
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGHUP, signal.SIGKILL], ids=["SIGHUP", "SIGKILL"])
-def test_a_supervisor_hung_up_or_killed_leaves_no_service_holding_its_port(
-    tmp_path: Path, stop_signal: signal.Signals
-) -> None:
+@dataclass
+class SupervisedListener:
+    """A supervisor script run by a test, its one service ready: what the test stops and checks."""
+
+    supervisor: subprocess.Popen[bytes]
+    out_path: Path  # the supervisor's stdout and stderr
+    port: int  # the service's
+    listener_pid: int
+
+
+@contextlib.contextmanager
+def supervised_listener(tmp_path: Path, script: str, **popen: Any) -> Iterator[SupervisedListener]:
+    """Runs ``script`` (``SUPERVISOR_SCRIPT`` or a variant) in a session of its own, so the test's
+    signals stay its own, and yields once its listener holds its port; then kills what is left."""
     port = free_port()
-    script = tmp_path / "supervise.py"
-    script.write_text(SUPERVISOR_SCRIPT)
+    (tmp_path / "supervise.py").write_text(script)
     out_path = tmp_path / "supervisor.out"
     with out_path.open("wb") as out:
         supervisor = subprocess.Popen(
-            [sys.executable, str(script), str(port), str(tmp_path)],
+            [sys.executable, str(tmp_path / "supervise.py"), str(port), str(tmp_path)],
             cwd=REPO_ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # our own signals stay ours
+            start_new_session=True,
+            **popen,
         )
     listener_pid: int | None = None
     try:
@@ -126,24 +137,31 @@ def test_a_supervisor_hung_up_or_killed_leaves_no_service_holding_its_port(
         assert (tmp_path / "ready").exists(), out_path.read_text()
         listener_pid = read_pid(tmp_path / "listener.pid")
         assert listener_pid is not None and alive(listener_pid) and port_in_use(port)
-
-        os.kill(supervisor.pid, stop_signal)
-        supervisor.wait(timeout=60)
-
-        wait_for(
-            lambda: listener_pid is not None and not alive(listener_pid) and not port_in_use(port),
-            30,
-            f"the service (pid {listener_pid}) to be gone and port {port} free after {stop_signal.name} "
-            "to its supervisor",
-        )
-        if stop_signal == signal.SIGHUP:  # a clean stop, said as such, not a death by signal
-            assert supervisor.returncode == 0, out_path.read_text()
-            assert "received SIGHUP; stopping everything" in out_path.read_text()
+        yield SupervisedListener(supervisor, out_path, port, listener_pid)
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
             supervisor.wait()
         kill_if_alive(listener_pid)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGHUP, signal.SIGKILL], ids=["SIGHUP", "SIGKILL"])
+def test_a_supervisor_hung_up_or_killed_leaves_no_service_holding_its_port(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    with supervised_listener(tmp_path, SUPERVISOR_SCRIPT) as run:
+        os.kill(run.supervisor.pid, stop_signal)
+        run.supervisor.wait(timeout=60)
+
+        wait_for(
+            lambda: not alive(run.listener_pid) and not port_in_use(run.port),
+            30,
+            f"the service (pid {run.listener_pid}) to be gone and port {run.port} free after "
+            f"{stop_signal.name} to its supervisor",
+        )
+        if stop_signal == signal.SIGHUP:  # a clean stop, said as such, not a death by signal
+            assert run.supervisor.returncode == 0, run.out_path.read_text()
+            assert "received SIGHUP; stopping everything" in run.out_path.read_text()
 
 
 def test_a_report_to_a_hung_up_terminal_does_not_cut_the_stop_short(tmp_path: Path) -> None:
@@ -1122,40 +1140,14 @@ def test_a_second_ctrl_c_while_up_stops_kills_what_is_left_at_once(tmp_path: Pat
         "SIG_IGN" in STUBBORN_SERVICE_SUPERVISOR_SCRIPT
         and "grace_s=300" in STUBBORN_SERVICE_SUPERVISOR_SCRIPT
     )
-    port = free_port()
-    script = tmp_path / "supervise.py"
-    script.write_text(STUBBORN_SERVICE_SUPERVISOR_SCRIPT)
-    out_path = tmp_path / "supervisor.out"
-    with out_path.open("wb") as out:
-        supervisor = subprocess.Popen(
-            [sys.executable, str(script), str(port), str(tmp_path)],
-            cwd=REPO_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # our own signals stay ours
-            preexec_fn=as_from_a_shell,
-        )
-    listener_pid: int | None = None
-    try:
-        wait_for(
-            lambda: (tmp_path / "ready").exists() or supervisor.poll() is not None,
-            60,
-            "the supervisor's service to be ready",
-        )
-        assert (tmp_path / "ready").exists(), out_path.read_text()
-        listener_pid = read_pid(tmp_path / "listener.pid")
-        os.kill(supervisor.pid, signal.SIGINT)
-        wait_for(lambda: "listener: stopping" in out_path.read_text(), 30, "the stop to begin")
-        os.kill(supervisor.pid, signal.SIGINT)
+    with supervised_listener(tmp_path, STUBBORN_SERVICE_SUPERVISOR_SCRIPT, preexec_fn=as_from_a_shell) as run:
+        os.kill(run.supervisor.pid, signal.SIGINT)
+        wait_for(lambda: "listener: stopping" in run.out_path.read_text(), 30, "the stop to begin")
+        os.kill(run.supervisor.pid, signal.SIGINT)
         try:
-            supervisor.wait(timeout=30)
+            run.supervisor.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"the second Ctrl-C was lost: the supervisor waited on:\n{out_path.read_text()}")
-        assert supervisor.returncode == 0, out_path.read_text()
-        assert "received SIGINT again; killing what is left now" in out_path.read_text()
-        assert listener_pid is not None and not alive(listener_pid) and not port_in_use(port)
-    finally:
-        if supervisor.poll() is None:
-            supervisor.kill()
-            supervisor.wait()
-        kill_if_alive(listener_pid)
+            pytest.fail(f"the second Ctrl-C was lost: the supervisor waited on:\n{run.out_path.read_text()}")
+        assert run.supervisor.returncode == 0, run.out_path.read_text()
+        assert "received SIGINT again; killing what is left now" in run.out_path.read_text()
+        assert not alive(run.listener_pid) and not port_in_use(run.port)
