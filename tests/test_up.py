@@ -135,25 +135,28 @@ def test_a_bad_replicas_option_is_refused_naming_the_stages(
     assert "--replicas" in capsys.readouterr().err
 
 
-def test_a_stage_named_twice_in_replicas_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    """`matting=2,matting=3` ran 3 members, the last count silently beating the first."""
-    with pytest.raises(ValueError, match="matting is named twice"):
-        parse_replicas("matting=2,matting=3")
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # The last count silently beat the first: 3 members.
+        ("matting=2,matting=3", "--replicas: matting is named twice"),
+        # No bound: up chose 100,000 ports and started as many processes.
+        ("generator=2,matting=100000", "--replicas: matting=100000 is more than 32 members of matting"),
+    ],
+)
+def test_replicas_up_cannot_run_are_refused_naming_the_stage(
+    text: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_replicas(text)
     with pytest.raises(SystemExit) as exit_info:
-        main(["--replicas", "matting=2,matting=3"])
+        main(["--replicas", text])
     assert exit_info.value.code == 2
-    assert "--replicas: matting is named twice" in capsys.readouterr().err
+    assert f"skuforge up: error: {message}" in capsys.readouterr().err
 
 
-def test_replicas_above_the_cap_are_refused_naming_the_stage(capsys: pytest.CaptureFixture[str]) -> None:
-    """`matting=100000` had no bound: up chose 100,000 ports and started as many processes."""
+def test_replicas_up_to_the_cap_are_run() -> None:
     assert parse_replicas("matting=32") == {"matting": 32}
-    with pytest.raises(ValueError, match="--replicas: matting=33 is more than 32 members of matting"):
-        parse_replicas("generator=2,matting=33")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--replicas", "matting=100000"])
-    assert exit_info.value.code == 2
-    assert "skuforge up: error: --replicas: matting=100000 is more than 32" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
