@@ -82,7 +82,7 @@ from schemas.flow import CONSOLE, LORA_TRAINER, PIPELINE, TRITON, Service
 from services.console.config import ConsoleSettings, parse_users
 from services.generator.protocol import model_name
 from shared.argtypes import float_between, folder_problem, positive_float
-from shared.config import ConfigError, load_settings, secret_variables
+from shared.config import ConfigError, is_host_port, load_settings, secret_variables
 from shared.generation.backend import BACKEND_NAMES
 from shared.generation.settings import GenerationSettings
 from shared.observability import topics_held
@@ -889,9 +889,14 @@ def prometheus_problem(
 
 def _bootstrap(text: str) -> str:
     """An argparse type: a non-blank bootstrap list (``--kafka-bootstrap "$KAFKA"`` with KAFKA unset
-    was a KeyError traceback: no broker started, none given)."""
+    was a KeyError traceback: no broker started, none given) of host:port entries, as
+    SKUFORGE_KAFKA_BOOTSTRAP is checked (``localhost`` started the stack, and its first service
+    failed in its log)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("is empty: give host:port of a running Kafka, or leave it out")
+    for entry in text.split(","):
+        if not is_host_port(entry.strip()):
+            raise argparse.ArgumentTypeError(f"{entry.strip()!r} is not host:port (a port from 1 to 65535)")
     return text.strip()
 
 

@@ -496,15 +496,32 @@ def test_the_first_console_user_is_the_first_entry_the_console_reads() -> None:
     assert first_console_user("carol:p:w") == ("carol", "p:w")
 
 
-def test_an_empty_kafka_bootstrap_is_a_usage_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("bootstrap", "message"),
+    [
+        # `--kafka-bootstrap "$KAFKA"` with KAFKA unset was a KeyError traceback: no broker started
+        # (one was given) and none given ("" is no address).
+        (" ", "--kafka-bootstrap: is empty"),
+        # Passed on to every service: the stack started, and its first service failed in its log.
+        ("localhost", "--kafka-bootstrap: 'localhost' is not host:port (a port from 1 to 65535)"),
+        ("127.0.0.1:9092,broker:99999", "--kafka-bootstrap: 'broker:99999' is not host:port"),
+    ],
+)
+def test_a_kafka_bootstrap_that_is_no_address_is_a_usage_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    bootstrap: str,
+    message: str,
 ) -> None:
-    """`--kafka-bootstrap "$KAFKA"` with KAFKA unset was a KeyError traceback: no broker started
-    (one was given) and none given ("" is no address)."""
+    def starts_the_stack(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"started the stack with --kafka-bootstrap {bootstrap!r}")
+
+    monkeypatch.setattr(devstack.up, "Supervisor", starts_the_stack)
     with pytest.raises(SystemExit) as exited:
-        main(["--workdir", str(tmp_path), "--kafka-bootstrap", " "])
+        main(["--workdir", str(tmp_path), "--kafka-bootstrap", bootstrap])
     assert exited.value.code == 2
-    assert "--kafka-bootstrap: is empty" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_ports_auto_moves_only_the_taken_port(tmp_path: Path, held_console_port: int) -> None:
