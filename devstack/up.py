@@ -345,6 +345,36 @@ def default_with_trainer() -> bool:
     return bool(model) and _cuda_available()
 
 
+def model_problem(backend_options: list[str] | None, with_trainer: bool) -> str | None:
+    """What model the stack would run without, in one line; None when none is missing.
+
+    Triton's diffusion backend without SKUFORGE_DIFFUSION_MODEL, or the lora-trainer without that or
+    SKUFORGE_LORA_MODEL, failed only in its log, once every service before it had started (minutes),
+    and the whole stack was stopped again. Whether the model is usable is the service's to say.
+    """
+    backends = backend_options or default_backends()
+    if "diffusion" in backends and not os.environ.get("SKUFORGE_DIFFUSION_MODEL", "").strip():
+        if backend_options:
+            source = "--backend diffusion"
+        elif mix_backends():
+            source = "SKUFORGE_GENERATION_BACKEND_MIX's diffusion share"
+        else:
+            source = "SKUFORGE_GENERATION_BACKEND=diffusion"
+        return (
+            f"{source} needs SKUFORGE_DIFFUSION_MODEL: a save_pretrained inpainting pipeline folder, or an "
+            "s3:// or file:// URI of one; set it, or use the composite backend"
+        )
+    models = (
+        os.environ.get(name, "").strip() for name in ("SKUFORGE_LORA_MODEL", "SKUFORGE_DIFFUSION_MODEL")
+    )
+    if with_trainer and not any(models):
+        return (
+            "--with-trainer: the lora-trainer needs SKUFORGE_LORA_MODEL or SKUFORGE_DIFFUSION_MODEL, a local "
+            "save_pretrained inpainting folder; set one, or leave --with-trainer out"
+        )
+    return None
+
+
 def parse_replicas(text: str) -> dict[str, int]:
     """``"matting=2,generator=2"`` -> ``{"matting": 2, "generator": 2}``; names must be pipeline stages,
     counts 1 to ``MAX_REPLICAS``."""
@@ -937,7 +967,8 @@ def main(argv: list[str] | None = None) -> int:
             "SKUFORGE_GENERATION_BACKEND_MIX with a share, or up stops (exit 2); given once, it is also "
             "the backend the generator stage asks for, in place of SKUFORGE_GENERATION_BACKEND. Default: "
             "the backends of SKUFORGE_GENERATION_BACKEND_MIX; else SKUFORGE_GENERATION_BACKEND; else "
-            "diffusion when SKUFORGE_DIFFUSION_MODEL is set and a GPU is present; else composite"
+            "diffusion when SKUFORGE_DIFFUSION_MODEL is set and a GPU is present; else composite. "
+            "Diffusion without SKUFORGE_DIFFUSION_MODEL stops up (exit 2)"
         ),
     )
     parser.add_argument(
@@ -945,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         default=None,
         help="also run the lora-trainer stage (default: only when a GPU and SKUFORGE_DIFFUSION_MODEL "
-        "or SKUFORGE_LORA_MODEL are present)",
+        "or SKUFORGE_LORA_MODEL are present); without either model up stops (exit 2)",
     )
     parser.add_argument(
         "--grace-s",
@@ -1011,8 +1042,10 @@ def main(argv: list[str] | None = None) -> int:
             "SKUFORGE_GENERATION_BACKEND_MIX asks the generator for; give --backend for each backend "
             "of the mix, or leave --backend out"
         )
-
     with_trainer = default_with_trainer() if args.with_trainer is None else args.with_trainer
+    if problem := model_problem(args.backend, with_trainer):
+        parser.error(problem)
+
     if args.with_prometheus and (
         problem := prometheus_problem(
             rules_file, scrape_interval_s, with_trainer=with_trainer, replicas=replicas

@@ -256,6 +256,46 @@ def test_a_backend_option_that_leaves_out_one_of_the_mix_is_refused(
     assert not (tmp_path / "up").exists()  # nothing started, nothing written
 
 
+@pytest.mark.parametrize(
+    ("argv", "backend_env", "message"),
+    [
+        (
+            ["--with-trainer", "--backend", "composite"],
+            None,
+            "--with-trainer: the lora-trainer needs SKUFORGE_LORA_MODEL or SKUFORGE_DIFFUSION_MODEL",
+        ),
+        (["--backend", "diffusion"], None, "--backend diffusion needs SKUFORGE_DIFFUSION_MODEL"),
+        ([], "diffusion", "SKUFORGE_GENERATION_BACKEND=diffusion needs SKUFORGE_DIFFUSION_MODEL"),
+    ],
+)
+def test_a_stack_whose_model_is_not_set_is_refused_before_anything_starts(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    backend_env: str | None,
+    message: str,
+) -> None:
+    # Every service started first (minutes with Kafka and Triton); then Triton, or the trainer last of
+    # the stages, failed in its log for want of a model, and the whole stack was stopped again.
+    for name in ("SKUFORGE_LORA_MODEL", "SKUFORGE_DIFFUSION_MODEL", "SKUFORGE_GENERATION_BACKEND_MIX"):
+        monkeypatch.delenv(name, raising=False)
+    if backend_env is None:
+        monkeypatch.delenv("SKUFORGE_GENERATION_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND", backend_env)
+
+    def starts_the_stack(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("started a stack with no model to run")
+
+    monkeypatch.setattr(devstack.up, "build_config", starts_the_stack)
+    with pytest.raises(SystemExit) as exited:
+        main(["--workdir", str(tmp_path / "up"), *argv])
+    assert exited.value.code == 2
+    assert f"skuforge up: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "up").exists()  # nothing started, nothing written
+
+
 def test_stop_kills_grandchildren_that_left_the_group_and_ignore_sigterm(tmp_path: Path) -> None:
     # The child starts a grandchild in a new session (as PyTriton and the broker launcher do) that
     # ignores SIGTERM, writes its pid, then waits to be told to stop.
