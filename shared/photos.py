@@ -2,12 +2,14 @@
 
 One answer for every reader of a folder of photos (``skuforge ingest``, the scene library,
 ``skuforge evaluate``'s held-out photos), so a photo one of them takes is never skipped by another;
-and one minimum size (``SKUFORGE_MIN_PHOTO_SIDE_PX``) for ingest and the captioner.
+and one minimum size (``SKUFORGE_MIN_PHOTO_SIDE_PX``, at the captioner's working size too) for ingest
+and the captioner.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 
 from shared.errors import ImageRejected
 from shared.images import PHOTO_SUFFIXES
@@ -27,6 +29,12 @@ MACOS_ZIP_FOLDERS = frozenset({"__MACOSX"})
 DESKTOP_LEFTOVERS = frozenset(
     {"thumbs.db", "desktop.ini", "icon\r", *(name.casefold() for name in MACOS_ZIP_FOLDERS)}
 )
+
+# The captioner masks and measures a photo at most this long on its longer side. U2-Net sees 320 px
+# whatever it is given, so nothing is lost; ten 40-megapixel photos of one SKU, decoded and matted at
+# full size at once, took 2.7 GB (over the stage's 2 GiB pod limit: an OOM crash loop on redelivery).
+# A stored mask is scaled back to its photo's own size.
+WORKING_SIDE_PX = 2048
 
 # Folders a NAS keeps its thumbnails and index in, inside every folder it shares, compared casefolded:
 # Synology's "@eaDir" holds a few resized copies of each photo. Never anyone's photos, but a user who
@@ -52,15 +60,42 @@ def key_left_out_quietly(parts: Iterable[str]) -> bool:
     return any(is_left_out_quietly(part) for part in parts)
 
 
+def working_size(width: int, height: int) -> tuple[int, int]:
+    """The size the captioner masks and measures a ``width`` x ``height`` photo at: as it is when no
+    side is over ``WORKING_SIDE_PX``, else its longer side scaled down to that, rounded as Pillow's
+    ``Image.thumbnail`` (which the captioner shrinks it with) rounds, so ingest's answer is its."""
+    if width <= WORKING_SIDE_PX and height <= WORKING_SIDE_PX:
+        return width, height
+    aspect = width / height
+
+    def nearest(number: float, error: Callable[[int], float]) -> int:
+        return max(min(math.floor(number), math.ceil(number), key=error), 1)
+
+    side = WORKING_SIDE_PX
+    if aspect <= 1:  # taller than wide (or square): the height is the working side
+        return nearest(side * aspect, lambda n: abs(aspect - n / side)), side
+    return side, nearest(side / aspect, lambda n: 0 if n == 0 else abs(aspect - side / n))
+
+
 def refuse_too_small(width: int, height: int, min_side_px: int) -> None:
-    """``ImageRejected('too_small')`` for a photo whose shorter side is below ``min_side_px``.
+    """``ImageRejected('too_small')`` for a photo whose shorter side is below ``min_side_px``, as it is
+    or at the captioner's ``working_size`` (a 20000x64 strip is 7 px high at 2048 px long).
 
     Such a photo decodes, but U2-Net masks at 320 px and the generator composites at hundreds: a
     few pixels blown up to that are flat blocks of colour, a product no one can caption, cut out or
-    learn from, and every image made from them would teach the classifier blur."""
+    learn from, and every image made from them would teach the classifier blur. One rule for ingest
+    and the captioner, so a photo ingest takes is never one the captioner calls too small."""
     if min(width, height) < min_side_px:
         raise ImageRejected(
             "too_small",
             f"{width}x{height} px; the shorter side must be at least {min_side_px} px "
             "(SKUFORGE_MIN_PHOTO_SIDE_PX)",
+        )
+    working_side_px = min(working_size(width, height))
+    if working_side_px < min_side_px:
+        raise ImageRejected(
+            "too_small",
+            f"{width}x{height} px, masked at most {WORKING_SIDE_PX} px long: its shorter side would be "
+            f"{working_side_px} px; it must be at least {min_side_px} px there "
+            "(SKUFORGE_MIN_PHOTO_SIDE_PX): crop it",
         )

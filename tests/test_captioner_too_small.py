@@ -22,6 +22,7 @@ from services.captioner.stage import CaptionerModels, handle
 from shared.config import load_settings
 from shared.dlq import is_permanent
 from shared.errors import BadInput
+from shared.photos import WORKING_SIDE_PX, working_size
 from shared.store import FileStore
 from shared.synth import make_product, render_photo
 from tests.support.bus import ingested_envelope
@@ -199,3 +200,15 @@ def test_a_long_thin_photo_too_thin_at_the_working_size_is_too_small_before_the_
         "it must be at least 64 px there (SKUFORGE_MIN_PHOTO_SIDE_PX): crop it"
     ) in refused.value.detail
     assert matting_calls(ctx.metrics) == 0
+
+
+@pytest.mark.parametrize("height", [1, 7, 64, 65, 97, 333, 2047])
+def test_the_working_size_ingest_checks_is_the_size_the_captioner_shrinks_a_photo_to(height: int) -> None:
+    """``skuforge ingest`` refuses a photo too thin at ``working_size`` without shrinking it; the
+    captioner shrinks it with ``Image.thumbnail``: the two must agree to the pixel, either way round,
+    or ingest takes a photo the captioner then calls too small."""
+    for width in [*range(WORKING_SIDE_PX - 2, 40_000, 997), 20_000]:
+        for size in ((width, height), (height, width)):
+            photo = Image.new("1", size)
+            photo.thumbnail((WORKING_SIDE_PX, WORKING_SIDE_PX), Image.Resampling.BILINEAR)
+            assert working_size(*size) == photo.size, size

@@ -429,6 +429,38 @@ def test_a_photo_smaller_than_the_minimum_side_is_refused_naming_its_size_and_th
     assert sorted(photo.original_filename for photo in sku.photos) == ["photo_0.png", "strip.jpg", "tiny.png"]
 
 
+def test_a_long_thin_photo_too_thin_at_the_captioners_working_size_is_refused_with_its_advice(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    publisher: type[_Publisher],
+) -> None:
+    # Before, a 20000x64 strip passed (its shorter side is 64 px) and the captioner, which works at
+    # 2048 px on the longer side where that side is 7 px, marked it too_small: its owner heard of it
+    # only from a dead letter. The same rule (shared.photos.refuse_too_small) now refuses it here.
+    batch = tmp_path / "batch"
+    folder = _sku(batch, "A", "A-1", colours=(10,))
+    Image.new("RGB", (20000, 64), (30, 200, 30)).save(folder / "strip.png")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    assert cli_main(["ingest", str(batch)]) == 2
+    err = capsys.readouterr().err
+    [line] = [line for line in err.splitlines() if "strip.png" in line]
+    assert line.endswith(
+        f"{folder / 'strip.png'}: refused (too_small: 20000x64 px, masked at most 2048 px long: its "
+        "shorter side would be 7 px; it must be at least 64 px there (SKUFORGE_MIN_PHOTO_SIDE_PX): crop it)"
+    ), line
+    assert publisher.published == [] and not (tmp_path / "store").exists()
+
+    # At 2048 px long it is not scaled, and 64 px is enough; the setting decides, as for any photo.
+    Image.new("RGB", (2048, 64), (30, 200, 30)).save(folder / "strip.png")
+    [sku] = prepare_all(batch, load_settings())
+    assert sorted(photo.original_filename for photo in sku.photos) == ["photo_0.png", "strip.png"]
+    Image.new("RGB", (20000, 64), (30, 200, 30)).save(folder / "strip.png")
+    monkeypatch.setenv("SKUFORGE_MIN_PHOTO_SIDE_PX", "7")
+    [sku] = prepare_all(batch, load_settings())
+    assert sorted(photo.original_filename for photo in sku.photos) == ["photo_0.png", "strip.png"]
+
+
 # Finding 7: a folder with too many photos has every photo checked, one at a time.
 
 

@@ -90,16 +90,11 @@ from shared.matting.session import (
     MattingSession,
     open_session,
 )
-from shared.photos import refuse_too_small
+from shared.photos import WORKING_SIDE_PX, refuse_too_small
 from shared.runtime import Context, Emit, Stage, run_stage_loading
 from shared.store import ObjectStore
 
 ATTRIBUTES_BACKEND = "attributes/1"
-# The captioner masks and measures a photo at most this long on its longer side. U2-Net sees 320 px
-# whatever it is given, so nothing is lost; ten 40-megapixel photos of one SKU, decoded and matted at
-# full size at once, took 2.7 GB (over the stage's 2 GiB pod limit: an OOM crash loop on redelivery).
-# A stored mask is scaled back to its photo's own size.
-WORKING_SIDE_PX = 2048
 # Packaging whose outline is convex from every side (a box or carton, a can): dents in its mask are
 # parts the model dropped. Filled only on photos at least this plain (``plain_background_share``,
 # the generator's default for a cut-out source): there the dropped part is a face the colour of the
@@ -316,15 +311,8 @@ def _read_photo(photo: ReferencePhoto, ctx: Context) -> Image.Image | _Unusable:
     except BadInput as refusal:
         return _Unusable(refusal.reason, refusal.detail)
     if max(image.size) > WORKING_SIDE_PX:
+        # At shared.photos.working_size: refuse_too_small has checked the shorter side there too.
         image.thumbnail((WORKING_SIDE_PX, WORKING_SIDE_PX), Image.Resampling.BILINEAR)  # frees the full size
-        if min(image.size) < ctx.settings.min_photo_side_px:
-            # A long thin photo (20000x64) is a thread of pixels at the working size: too small there.
-            return _Unusable(
-                "too_small",
-                f"{ref.width}x{ref.height} px, masked at most {WORKING_SIDE_PX} px long: its shorter side "
-                f"would be {min(image.size)} px; it must be at least {ctx.settings.min_photo_side_px} px "
-                "there (SKUFORGE_MIN_PHOTO_SIDE_PX): crop it",
-            )
     return image
 
 
