@@ -9,6 +9,7 @@ and a generator falls back to the next choice once it lists again.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,19 @@ def test_an_adapter_with_unreadable_metadata_can_be_removed(
     assert list(registry.store.list_keys("cola-v/")) == []
     with pytest.raises(ObjectMissing):
         registry.remove("cola-v")
+
+
+def test_a_folder_whose_metadata_names_another_adapter_is_not_registered_to_get_either(
+    registry: AdapterRegistry, tmp_path: Path
+) -> None:
+    # A folder copied by hand keeps its source's metadata.json. list() skips it, but get() answered with
+    # the metadata it holds (cola-v's), so get returned an adapter list says is not registered.
+    shutil.copytree(tmp_path / "adapters" / "cola-v", tmp_path / "adapters" / "cola-copy")
+    assert [adapter.adapter_id for adapter in registry.list()] == ["cola-v", "shelf-general"]
+    with pytest.raises(ObjectMissing, match="names adapter 'cola-v'") as refused:
+        registry.get("cola-copy")
+    assert refused.value.reason == "object_missing"
+    # Removed as any adapter never listed is, and the one it was copied from stays.
+    assert registry.remove("cola-copy") is None
+    assert not (tmp_path / "adapters" / "cola-copy" / "metadata.json").exists()
+    assert registry.get("cola-v").adapter_id == "cola-v"

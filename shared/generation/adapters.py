@@ -244,6 +244,19 @@ def _whole_numbers(value: Any) -> TypeGuard[list[int]]:
     )
 
 
+class _NamesAnotherAdapter(ObjectMissing):
+    """A ``metadata.json`` that names another adapter than its folder: none is registered there."""
+
+    def __init__(self, uri: str, named: str) -> None:
+        # ObjectMissing's own detail ("no object at ...") would deny a file its owner can see.
+        BadInput.__init__(
+            self,
+            "object_missing",
+            f"{uri} names adapter {named!r}, not its folder's: no adapter is registered there "
+            "(a folder copied by hand? register the adapter under its own id)",
+        )
+
+
 class NotLoraWeights(ValueError):
     """A safetensors file that holds no LoRA weights the registry can take (``skuforge adapters
     register`` names the file)."""
@@ -324,11 +337,16 @@ class AdapterRegistry:
         return sorted(adapters, key=lambda a: a.adapter_id)
 
     def get(self, adapter_id: str) -> AdapterMetadata:
-        """The metadata of one adapter; ``ObjectMissing`` if it is not registered, pydantic's
-        ``ValidationError`` if its ``metadata.json`` does not read (not JSON, written by hand or by a
-        newer version): ``list`` skips such an adapter, ``remove`` removes it all the same."""
+        """The metadata of one adapter; ``ObjectMissing`` if it is not registered (no ``metadata.json``,
+        or one that names another adapter, as a folder copied by hand holds: ``list`` skips it too),
+        pydantic's ``ValidationError`` if its ``metadata.json`` does not read (not JSON, written by hand
+        or by a newer version): ``list`` skips such an adapter, ``remove`` removes it all the same."""
         self._check_id(adapter_id)
-        return AdapterMetadata.model_validate_json(self.store.get_bytes(f"{adapter_id}/{METADATA_FILE}"))
+        metadata_key = f"{adapter_id}/{METADATA_FILE}"
+        metadata = AdapterMetadata.model_validate_json(self.store.get_bytes(metadata_key))
+        if metadata.adapter_id != adapter_id:
+            raise _NamesAnotherAdapter(self.store.uri_for(metadata_key), metadata.adapter_id)
+        return metadata
 
     def register(
         self,
