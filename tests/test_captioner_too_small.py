@@ -26,7 +26,7 @@ from shared.photos import WORKING_SIDE_PX, working_size
 from shared.store import FileStore
 from shared.synth import make_product, render_photo
 from tests.support.bus import ingested_envelope
-from tests.support.captioning import committed_session, context, random_models
+from tests.support.captioning import committed_session, context, random_models, stored_photos
 from tests.support.store import ReadCountingStore
 from tests.test_stage_model_calls import matting_calls
 
@@ -34,17 +34,8 @@ SEED = 2026
 
 
 def _event(store: FileStore, sku_id: str, photos: dict[str, Image.Image]) -> Envelope[SkuIngested]:
-    spec = make_product(0, SEED)
-    references = [
-        ReferencePhoto(
-            photo_id=photo_id,
-            image=store.put_image(f"incoming/{sku_id}/{photo_id}.png", image),
-            original_filename=f"{photo_id}.png",
-        )
-        for photo_id, image in photos.items()
-    ]
-    payload = SkuIngested(sku=SkuMetadata(**{**spec.metadata(), "sku_id": sku_id}), photos=references)
-    return ingested_envelope(payload)
+    sku = SkuMetadata(**{**make_product(0, SEED).metadata(), "sku_id": sku_id})
+    return ingested_envelope(SkuIngested(sku=sku, photos=stored_photos(store, sku_id, photos)))
 
 
 def _product(size_px: int) -> Image.Image:

@@ -18,6 +18,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from schemas.envelope import Envelope
+from schemas.events import ImageMatted
 from services.console.decisions import record_decision
 from services.console.labelstudio import import_annotations
 from services.console.tasks import TaskConflict, TaskFilter, TaskStore
@@ -46,6 +47,15 @@ def flag(parts: ConsoleParts, index: int) -> Envelope[Any]:
 
 def later(envelope: Envelope[Any], seconds: float = 60.0) -> Any:
     return envelope.produced_at + timedelta(seconds=seconds)
+
+
+def rerendered(parts: ConsoleParts, envelope: Envelope[Any]) -> ImageMatted:
+    """The item ``envelope`` flags rendered again under its item id (a changed scene library): flagged
+    item 1's pixels, which no one has judged."""
+    other = flagged_item(parts.store, 1).matted
+    generated = other.generated.model_copy(update={"item_id": envelope.payload.matted.generated.item_id})
+    assert generated.image.sha256 != envelope.payload.matted.generated.image.sha256
+    return other.model_copy(update={"generated": generated})
 
 
 def test_a_replayed_acceptance_closes_the_waiting_task_of_the_item_held_or_not(parts: ConsoleParts) -> None:
@@ -124,13 +134,9 @@ def test_an_acceptance_older_than_the_flag_the_task_shows_leaves_it_open(parts: 
 def test_an_acceptance_of_another_render_of_the_item_leaves_the_task_open(parts: ConsoleParts) -> None:
     envelope = flag(parts, 0)
     # The same item id rendered again (a changed scene library): other pixels, which no one has judged.
-    other = flagged_item(parts.store, 1).matted
-    rerendered = other.model_copy(
-        update={"generated": other.generated.model_copy(update={"item_id": "item-0000"})}
-    )
-    assert rerendered.generated.image.sha256 != envelope.payload.matted.generated.image.sha256
+    rerender = rerendered(parts, envelope)
 
-    accepted = accepted_envelope(envelope, produced_at=later(envelope), matted=rerendered)
+    accepted = accepted_envelope(envelope, produced_at=later(envelope), matted=rerender)
     assert parts.tasks.close_accepted(accepted) == []
     assert parts.tasks.get(envelope.event_id).state == "pending"
 
@@ -266,12 +272,8 @@ def test_an_acceptance_that_closed_nothing_leaves_newer_flags_and_other_renders_
     # An acceptance produced before the flag (the gate then flagged what it had accepted)...
     older = accepted_envelope(envelope, produced_at=envelope.produced_at - timedelta(seconds=60))
     # ...and a newer one of another render of the item (same item id, other pixels: nobody judged these).
-    other = flagged_item(parts.store, 1).matted
-    rerendered = other.model_copy(
-        update={"generated": other.generated.model_copy(update={"item_id": "item-0000"})}
-    )
-    assert rerendered.generated.image.sha256 != envelope.payload.matted.generated.image.sha256
-    for acceptance in (older, accepted_envelope(envelope, produced_at=later(envelope), matted=rerendered)):
+    rerender = rerendered(parts, envelope)
+    for acceptance in (older, accepted_envelope(envelope, produced_at=later(envelope), matted=rerender)):
         assert parts.tasks.close_accepted(acceptance) == []
 
     assert parts.tasks.add_pending(envelope) is True
@@ -283,23 +285,18 @@ def test_a_copy_showing_a_render_the_gate_accepted_since_closes_the_open_task(pa
     # looser threshold) accepted it. The acceptance arrives first and closes nothing (the task still
     # shows the first render); the flag of the new render, older than the acceptance, arrives late.
     envelope = flag(parts, 0)
-    other = flagged_item(parts.store, 1).matted
-    rerendered = other.model_copy(
-        update={"generated": other.generated.model_copy(update={"item_id": "item-0000"})}
-    )
-    parts.tasks.close_accepted(
-        accepted_envelope(envelope, produced_at=later(envelope, 120), matted=rerendered)
-    )
+    rerender = rerendered(parts, envelope)
+    parts.tasks.close_accepted(accepted_envelope(envelope, produced_at=later(envelope, 120), matted=rerender))
     assert parts.tasks.get(envelope.event_id).state == "pending"
 
-    copy = envelope.payload.model_copy(update={"matted": rerendered})
+    copy = envelope.payload.model_copy(update={"matted": rerender})
     late = envelope.model_copy(update={"payload": copy, "produced_at": later(envelope, 60)})
     parts.tasks.add_pending(late)
 
     # As if the two had come in order: the acceptance, newer, closes the task of the render it accepted.
     task = parts.tasks.get(envelope.event_id)
     assert (task.state, task.decided_by) == ("accepted", "gate")
-    assert task.pending.matted.generated.image.sha256 == rerendered.generated.image.sha256
+    assert task.pending.matted.generated.image.sha256 == rerender.generated.image.sha256
     assert parts.tasks.audit(envelope.event_id)[-1].action == "gate_accepted"
     # A flag of it produced after the acceptance opens it again.
     newest = late.model_copy(update={"produced_at": later(envelope, 180)})

@@ -114,9 +114,9 @@ def blue_box_on_white() -> Image.Image:
     return image
 
 
-def photos_sku(store: ObjectStore, sku_id: str, photos: dict[str, Image.Image]) -> SkuIngested:
-    """An ``sku.ingested`` payload of a soda can with ``photos`` (by photo id), stored."""
-    references = [
+def stored_photos(store: ObjectStore, sku_id: str, photos: dict[str, Image.Image]) -> list[ReferencePhoto]:
+    """``photos`` (by photo id) stored where ingest puts them, as an ``sku.ingested`` event names them."""
+    return [
         ReferencePhoto(
             photo_id=photo_id,
             image=store.put_image(f"incoming/{sku_id}/{photo_id}.png", image),
@@ -124,8 +124,13 @@ def photos_sku(store: ObjectStore, sku_id: str, photos: dict[str, Image.Image]) 
         )
         for photo_id, image in photos.items()
     ]
+
+
+def photos_sku(store: ObjectStore, sku_id: str, photos: dict[str, Image.Image]) -> SkuIngested:
+    """An ``sku.ingested`` payload of a soda can with ``photos`` (by photo id), stored."""
     return SkuIngested(
-        sku=SkuMetadata(sku_id=sku_id, name="Fizz", category="soda can", brand="Acme"), photos=references
+        sku=SkuMetadata(sku_id=sku_id, name="Fizz", category="soda can", brand="Acme"),
+        photos=stored_photos(store, sku_id, photos),
     )
 
 
