@@ -408,11 +408,15 @@ def test_a_photo_smaller_than_the_minimum_side_is_refused_naming_its_size_and_th
     capsys: pytest.CaptureFixture[str],
     publisher: type[_Publisher],
 ) -> None:
-    # Before, a 2x2 or 8x8 photo went all the way to the training store as flat quads of colour.
+    # Before, a 2x2 or 8x8 photo went all the way to the training store as flat quads of colour; and a
+    # 20000x64 strip passed (its shorter side is 64 px), though the captioner, at 2048 px on the longer
+    # side where that side is 7 px, marks it too_small: its owner heard of it only from a dead letter.
     batch = tmp_path / "batch"
     folder = _sku(batch, "A", "A-1", colours=(10,))  # 64x64: the smallest side accepted by default
     Image.new("RGB", (8, 8), (200, 30, 30)).save(folder / "tiny.png")
     Image.new("RGB", (300, 2), (30, 200, 30)).save(folder / "strip.jpg", "JPEG")
+    Image.new("RGB", (20000, 64), (30, 30, 200)).save(folder / "long.png")
+    Image.new("RGB", (2048, 64), (200, 200, 30)).save(folder / "not-scaled.png")  # 64 px at 2048: taken
     monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
     assert cli_main(["ingest", str(batch)]) == 2
     err = capsys.readouterr().err
@@ -421,44 +425,23 @@ def test_a_photo_smaller_than_the_minimum_side_is_refused_naming_its_size_and_th
         "(SKUFORGE_MIN_PHOTO_SIDE_PX))" in err
     )
     assert f"{folder / 'strip.jpg'}: refused (too_small: 300x2 px;" in err
-    assert "photo_0.png" not in err and publisher.published == []
+    [long_line] = [line for line in err.splitlines() if "long.png" in line]
+    assert long_line.endswith(
+        f"{folder / 'long.png'}: refused (too_small: 20000x64 px, masked at most 2048 px long: its "
+        "shorter side would be 7 px; it must be at least 64 px there (SKUFORGE_MIN_PHOTO_SIDE_PX): crop it)"
+    ), long_line
+    assert "photo_0.png" not in err and "not-scaled.png" not in err and publisher.published == []
     assert not (tmp_path / "store").exists()
 
     monkeypatch.setenv("SKUFORGE_MIN_PHOTO_SIDE_PX", "2")  # the setting decides
     [sku] = prepare_all(batch, load_settings())
-    assert sorted(photo.original_filename for photo in sku.photos) == ["photo_0.png", "strip.jpg", "tiny.png"]
-
-
-def test_a_long_thin_photo_too_thin_at_the_captioners_working_size_is_refused_with_its_advice(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    publisher: type[_Publisher],
-) -> None:
-    # Before, a 20000x64 strip passed (its shorter side is 64 px) and the captioner, which works at
-    # 2048 px on the longer side where that side is 7 px, marked it too_small: its owner heard of it
-    # only from a dead letter. The same rule (shared.photos.refuse_too_small) now refuses it here.
-    batch = tmp_path / "batch"
-    folder = _sku(batch, "A", "A-1", colours=(10,))
-    Image.new("RGB", (20000, 64), (30, 200, 30)).save(folder / "strip.png")
-    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
-    assert cli_main(["ingest", str(batch)]) == 2
-    err = capsys.readouterr().err
-    [line] = [line for line in err.splitlines() if "strip.png" in line]
-    assert line.endswith(
-        f"{folder / 'strip.png'}: refused (too_small: 20000x64 px, masked at most 2048 px long: its "
-        "shorter side would be 7 px; it must be at least 64 px there (SKUFORGE_MIN_PHOTO_SIDE_PX): crop it)"
-    ), line
-    assert publisher.published == [] and not (tmp_path / "store").exists()
-
-    # At 2048 px long it is not scaled, and 64 px is enough; the setting decides, as for any photo.
-    Image.new("RGB", (2048, 64), (30, 200, 30)).save(folder / "strip.png")
-    [sku] = prepare_all(batch, load_settings())
-    assert sorted(photo.original_filename for photo in sku.photos) == ["photo_0.png", "strip.png"]
-    Image.new("RGB", (20000, 64), (30, 200, 30)).save(folder / "strip.png")
-    monkeypatch.setenv("SKUFORGE_MIN_PHOTO_SIDE_PX", "7")
-    [sku] = prepare_all(batch, load_settings())
-    assert sorted(photo.original_filename for photo in sku.photos) == ["photo_0.png", "strip.png"]
+    assert sorted(photo.original_filename for photo in sku.photos) == [
+        "long.png",
+        "not-scaled.png",
+        "photo_0.png",
+        "strip.jpg",
+        "tiny.png",
+    ]
 
 
 # Finding 7: a folder with too many photos has every photo checked, one at a time.
