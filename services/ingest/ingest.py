@@ -5,8 +5,9 @@ Produces: one ``sku.ingested`` event per SKU, after its photos are stored.
 Bad input: every SKU folder is checked first (metadata, safe sku_id, photo count, each photo
 decodes within the limits and is at least ``SKUFORGE_MIN_PHOTO_SIDE_PX`` on its shorter side, there and
 at the captioner's working size: ``shared/photos.py:refuse_too_small``); if any is bad, the command
-names every problem and uploads and publishes nothing, so bad input never half-publishes a batch. Every photo of a folder is checked, one at a time, even in a folder with more
-than ``SKUFORGE_MAX_PHOTOS_PER_SKU``: one run names all there is to fix. Should the broker or the
+names every problem and uploads and publishes nothing, so bad input never half-publishes a batch.
+Every photo of a folder is checked, one at a time, even in a folder with more than
+``SKUFORGE_MAX_PHOTOS_PER_SKU``: one run names all there is to fix. Should the broker or the
 store fail after the checks, the command says which SKUs were published and which not (exit 1);
 running it again finishes the batch under the same keys and event ids. Checked photos wait as PNG files in a
 temporary folder, not in memory (``ingest_path``).
