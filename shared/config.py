@@ -151,8 +151,9 @@ class Settings(BaseSettings):
     min_photo_side_px: int = Field(
         default=64,
         ge=1,
-        description="reference photos whose shorter side is shorter are refused by ingest and unusable to "
-        "the captioner: matting works at 320 px, and below 64 px a product is a few blocks of colour",
+        description="reference photos whose shorter side is shorter, as taken or once the longer side is "
+        "brought to 2048 px, are refused by ingest and unusable to the captioner: matting works at 320 px, "
+        "and below 64 px a product is a few blocks of colour",
     )
     # At most what one sku.ingested event may carry: more would pass start-up and fail every ingest.
     max_photos_per_sku: int = Field(
