@@ -1,7 +1,7 @@
 """Fixtures shared by the whole suite, each started once per session: the real Kafka broker, a moto S3
 server on loopback, a Triton server with the generation model, a U2-NetP ONNX. And per test: the
 logging set-up and the torch thread count a test leaves behind are undone; LoRA training stubbed for
-the tests that ask for it."""
+the tests that ask for it; a tiny SD inpainting pipeline per test module that asks for one."""
 
 import logging
 from collections.abc import Iterator
@@ -10,7 +10,7 @@ import pytest
 
 from shared.observability import JsonFormatter, TextFormatter
 from tests.support.kafka import kafka_bootstrap, new_topic  # noqa: F401
-from tests.support.lora import stub_training  # noqa: F401
+from tests.support.lora import stub_training, tiny_model  # noqa: F401
 from tests.support.matting import random_u2netp_onnx  # noqa: F401
 from tests.support.prometheus import amtool_bin, prometheus_bin, promtool_bin  # noqa: F401
 from tests.support.s3 import other_s3_endpoint, s3_endpoint, s3_store  # noqa: F401

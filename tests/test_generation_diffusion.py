@@ -20,7 +20,6 @@ import pytest
 
 from bench.tiny_diffusion import (
     TINY_BASE_MODEL,
-    build_tiny_inpaint_pipeline,
     build_tiny_sdxl_inpaint_pipeline,
     make_tiny_lora,
     model_files,
@@ -49,11 +48,6 @@ from shared.generation.diffusion import (
 from shared.store import FileStore, ObjectStore, open_store
 
 SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_inpaint_pipeline(tmp_path_factory.mktemp("diffusion") / "tiny-sd-inpaint")
 
 
 @pytest.fixture(scope="module")

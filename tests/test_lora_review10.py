@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from bench.tiny_diffusion import build_tiny_inpaint_pipeline
 from services.lora_trainer import stage as lora_stage
 from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import PREFIX
@@ -25,12 +24,6 @@ from shared.store import FileStore
 from tests.support.captioning import captioned_sku
 from tests.support.lora import _class_images, model_folder, one_photo_source, record, trainer_on
 from tests.support.threads import one_torch_thread  # noqa: F401 (autouse: the tiny model trains on one thread)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_inpaint_pipeline(tmp_path_factory.mktemp("lora-review10") / "tiny-sd-inpaint")
-
 
 # --- knobs out of range -----------------------------------------------------------------------------
 

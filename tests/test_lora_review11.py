@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.tiny_diffusion import build_tiny_inpaint_pipeline
 from services.lora_trainer.stage import PREFIX
 from shared.errors import BadInput
 from shared.generation.diffusion import load_inpaint_pipeline
@@ -25,11 +24,6 @@ from tests.support.lora import (
     trainer_on,
 )
 from tests.support.threads import one_torch_thread  # noqa: F401 (autouse: the tiny model paints on one thread)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_inpaint_pipeline(tmp_path_factory.mktemp("lora-review11") / "tiny-sd-inpaint")
 
 
 @pytest.mark.parametrize(

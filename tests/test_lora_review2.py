@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.tiny_diffusion import build_tiny_inpaint_pipeline, product_photo
+from bench.tiny_diffusion import product_photo
 from schemas.events import GateAccepted
 from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import PREFIX
@@ -37,12 +37,6 @@ from tests.support.lora import (
 )
 from tests.support.threads import one_torch_thread  # noqa: F401 (autouse: the tiny model trains on one thread)
 from tests.test_lora_review import generator_settings, open_on
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_inpaint_pipeline(tmp_path_factory.mktemp("lora-review2") / "tiny-sd-inpaint")
-
 
 # --- 1. the served strength -----------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from bench.tiny_diffusion import build_tiny_inpaint_pipeline
 from services.lora_trainer.stage import PREFIX
 from shared.lora_training.dataset import TrainingRecipe, build_training_set, load_training_set
 from shared.lora_training.train import TrainingInterrupted, checkpoint_key, train_lora
@@ -45,11 +44,6 @@ def test_a_training_set_whose_records_are_cut_short_is_built_again_and_the_job_p
     assert event.adapter_id == job.adapter_id and served(store) == job.adapter_id
     assert not store.exists(f"{PREFIX}/jobs/{job.sha256}/failed.json")
     assert json.loads(store.get_bytes(f"{set_prefix}/complete.json"))["training_set_sha256"] == job.sha256
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_inpaint_pipeline(tmp_path_factory.mktemp("lora-review9") / "tiny-sd-inpaint")
 
 
 @pytest.mark.slow  # trains the tiny model three times

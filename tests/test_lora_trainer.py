@@ -25,7 +25,7 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from bench.tiny_diffusion import build_tiny_inpaint_pipeline, product_photo
+from bench.tiny_diffusion import product_photo
 from schemas.envelope import Envelope
 from schemas.events import AdapterPublished, ImageGenerated, SkuCaptioned
 from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, IMAGE_GENERATED, SKU_CAPTIONED
@@ -70,11 +70,6 @@ TINY_TRAINING = {
     "lora_rank": 4,
     "lora_alpha": 4,
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_inpaint_pipeline(tmp_path_factory.mktemp("lora-trainer") / "tiny-sd-inpaint")
 
 
 def diffusion_settings(tiny_model: Path, tmp_path: Path, **overrides: Any) -> DiffusionSettings:

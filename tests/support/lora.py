@@ -1,6 +1,8 @@
 """The LoRA trainer's tests' arrangements: a model folder, a trainer on a store, events recorded through
 the stage's real handlers, and training stubbed (``stub_training``, a fixture of the whole suite) where
-what is trained is not the point, so those tests run on CPU in seconds.
+what is trained is not the point, so those tests run on CPU in seconds; ``tiny_model``, a tiny SD
+inpainting pipeline built from config once per test module that asks for it (a fixture of the whole
+suite).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from bench.tiny_diffusion import product_photo
+from bench.tiny_diffusion import build_tiny_inpaint_pipeline, product_photo
 from schemas.envelope import derive_id
 from schemas.events import GateAccepted, GateCheck, SkuCaptioned
 from schemas.topics import GATE_ACCEPTED, SKU_CAPTIONED
@@ -147,6 +149,13 @@ def record_accepted_event(store: ObjectStore, accepted: GateAccepted) -> list[Em
     )
     ctx._handling = event
     return record_accepted(event, ctx, metrics=LoraTrainerMetrics(CollectorRegistry()))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """A tiny SD inpainting pipeline built from config (no weights downloaded), one per test module."""
+    module = request.module.__name__.rpartition(".")[2]
+    return build_tiny_inpaint_pipeline(tmp_path_factory.mktemp(module) / "tiny-sd-inpaint")
 
 
 @pytest.fixture
