@@ -65,8 +65,14 @@ def _count(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-def run_raw(settings: Settings, events: int) -> float:
-    """Plain kafka-python, with the runtime's producer: poll, produce, flush, commit; returns events/s."""
+# A raw round waits this long for its next event before it gives up: it looped for ever when its input
+# never came (a consumer that never got its records; seen once in CI on a loaded 2-core machine).
+RAW_IDLE_TIMEOUT_S = 60.0
+
+
+def run_raw(settings: Settings, events: int, *, idle_timeout_s: float = RAW_IDLE_TIMEOUT_S) -> float:
+    """Plain kafka-python, with the runtime's producer: poll, produce, flush, commit; returns events/s.
+    Raises ``TimeoutError`` when no event arrives for ``idle_timeout_s``."""
     source, sink = settings.topic_name(SKU_INGESTED), settings.topic_name(BENCH_OUT)
     consumer = KafkaConsumer(
         source,
@@ -82,11 +88,17 @@ def run_raw(settings: Settings, events: int) -> float:
         # bootstrap dropped a Ctrl-C that came while it connected.
         producer = make_producer(settings, client_id="bench-raw")
         try:
-            done, started = 0, None
+            done, started, last = 0, None, time.monotonic()
             while done < events:
                 batch = consumer.poll(timeout_ms=200)
                 if not batch:
+                    if time.monotonic() - last > idle_timeout_s:
+                        raise TimeoutError(
+                            f"the raw round had {done} of {events} events and no other came on {source} for "
+                            f"{idle_timeout_s:g} s"
+                        )
                     continue
+                last = time.monotonic()
                 started = started or time.perf_counter()
                 offsets = {}
                 for tp, records in batch.items():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kafka.errors import KafkaTimeoutError
 
-from bench.bus import run_raw
+from bench.bus import BENCH_OUT, run_raw
 from bench.replicas import group_assignment
 from schemas.topics import SKU_INGESTED
 from shared.store import open_store
@@ -126,9 +126,25 @@ def test_a_raw_round_that_fails_leaves_its_group_and_closes_its_producer(
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"), flush_timeout_s=1.0)
     create_topics(settings, SKU_INGESTED)  # and not BENCH_OUT
     produce(settings, SKU_INGESTED, sku_ingested_payloads(open_store(settings.store_uri), 1))
-    with pytest.raises(KafkaTimeoutError):
-        run_raw(settings, 1)
+    # Its send gives up on the missing topic; or, should its consumer not get the record in time (once
+    # in CI, under load, it polled for ten minutes), the round gives up waiting: either way it raises
+    # with both clients open.
+    with pytest.raises((KafkaTimeoutError, TimeoutError)):
+        run_raw(settings, 1, idle_timeout_s=30)
     group = settings.consumer_group_prefix + ".raw"
     assert group_assignment(kafka_bootstrap, group) == {}, "the raw consumer is still in its group"
+    senders = [t.name for t in threading.enumerate() if t.name == "bench-raw-network-thread" and t.is_alive()]
+    assert senders == [], "the raw round's producer was never closed"
+
+
+def test_a_raw_round_whose_input_never_comes_gives_up_and_leaves_its_group(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    # It polled for ever: no event ever came, and the bench hung with its consumer in the group.
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
+    create_topics(settings, SKU_INGESTED, BENCH_OUT)  # and nothing produced
+    with pytest.raises(TimeoutError, match="0 of 1 events and no other came"):
+        run_raw(settings, 1, idle_timeout_s=3)
+    assert group_assignment(kafka_bootstrap, settings.consumer_group_prefix + ".raw") == {}
     senders = [t.name for t in threading.enumerate() if t.name == "bench-raw-network-thread" and t.is_alive()]
     assert senders == [], "the raw round's producer was never closed"
