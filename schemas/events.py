@@ -32,6 +32,7 @@ MAX_MESSAGE_CHARS = 1000  # a sentence for people: why a photo is unusable, a ch
 MAX_MODEL_ID_CHARS = 1000  # model ids and registry URIs, which may hold a path
 MAX_TRAINING_PROMPT_CHARS = 8192
 MAX_TAGS = 64
+MAX_FILENAME_CHARS = 255  # a photo's original file name (a file system's 255)
 # The counts of the other lists (and of a generated image's parameters) for the same reason: an event
 # with a million checks, reasons or SKU ids was read into memory whole, handled, and forwarded embedded
 # in every later event of its item. Each bound is far above what its producer writes.
@@ -72,7 +73,7 @@ class ReferencePhoto(Contract):
     image: ImageRef
     # No control characters (``skuforge ingest`` escapes them in a file name on disk): a newline or a
     # terminal escape here went on into the console, the demo's report and log lines.
-    original_filename: PlainText = Field(max_length=255)
+    original_filename: PlainText = Field(max_length=MAX_FILENAME_CHARS)
     mask: ImageRef | None = Field(
         default=None,
         description="the photo file's own transparency (white = opaque), when it had some: a cut-out's "

@@ -81,7 +81,7 @@ from pydantic import ValidationError
 
 from schemas.common import ImageRef, SkuMetadata, check_safe_id
 from schemas.envelope import derive_id
-from schemas.events import ReferencePhoto, SkuIngested
+from schemas.events import MAX_FILENAME_CHARS, ReferencePhoto, SkuIngested
 from schemas.topics import SKU_INGESTED
 from shared.bus import Publisher, listed_topics
 from shared.config import ConfigError, Settings, load_settings
@@ -98,13 +98,12 @@ from shared.photos import (
     refuse_too_small,
 )
 from shared.signals import signal_number, stopped_as_interrupt, stopped_how
-from shared.store import ObjectStore, open_store, sha256_hex
+from shared.store import ObjectStore, digest_key, open_store, sha256_hex
 from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
 from shared.trainstore.withdrawals import Withdrawals, photo_of, withdrawable
 
 PRODUCER = "ingest"
-ORIGINAL_FILENAME_MAX = 255  # ReferencePhoto.original_filename's max_length (schemas/events.py)
 T = TypeVar("T")
 # What ``photo_key`` names a stored photo: the first 16 hex digits of its PNG's sha256.
 _PHOTO_OBJECT = re.compile(r"[0-9a-f]{16}\.png")
@@ -501,7 +500,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         # character in it (a newline, a terminal escape), which the schema refuses, is written escaped
         # (\n, \x1b): refused, it would fail the batch over a byte its owner cannot see.
         name = _escaped_within(
-            file.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), ORIGINAL_FILENAME_MAX
+            file.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), MAX_FILENAME_CHARS
         )
         mask_png = None if transparency is None else encode_png(transparency)
         photo = PreparedPhoto(photo_id, name, png, width=image.width, height=image.height, mask_png=mask_png)
@@ -767,8 +766,8 @@ def photo_mask_key(sku: PreparedSku, photo: PreparedPhoto) -> str:
     event names, which then failed its checksum when read (unread yet, or replayed)."""
     if photo.mask_png is None:
         raise ValueError(f"photo {photo.photo_id} has no transparency: no mask to store")
-    mask_id = sha256_hex(photo.mask_png)[:16]
-    return f"masks/transparency/{sku.metadata.sku_id}/{photo.photo_id}-{mask_id}.png"
+    key = f"masks/transparency/{sku.metadata.sku_id}/{photo.photo_id}.png"
+    return digest_key(key, sha256_hex(photo.mask_png))
 
 
 def withdrawable_photo_ids(stale_keys: list[str]) -> list[str]:
