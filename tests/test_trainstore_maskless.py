@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from schemas.common import ImageRef
+from schemas.envelope import utc_now
 from schemas.events import CaptionedPhoto, SkuCaptioned
 from schemas.topics import SKU_CAPTIONED
 from services.trainstore.stage import Trainstore
@@ -125,3 +128,70 @@ def test_a_maskless_jpeg_over_the_pixel_limit_is_too_many_pixels_not_a_lying_eve
             writer.captioned(envelope, context)
         assert refused.value.reason == "too_many_pixels", (fmt, str(refused.value))
         assert "SKUFORGE_MAX_IMAGE_PIXELS" in refused.value.detail
+
+
+class CaptionsAgainDuringTheDelta(FileStore):
+    """A store where another trainstore member stores a newer captioning of the SKU (its objects and its
+    row) while this member writes its manifest delta (two members may hold one partition number of
+    sku.captioned during a rebalance, and one past its poll interval still writes)."""
+
+    meanwhile: Callable[[], None] | None = None
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        if self.meanwhile is not None and f"/manifests/{SKU}/part-d-" in key:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+        super()._write(key, data, content_type)
+
+
+def test_a_photo_stored_without_a_mask_leaves_the_mask_of_a_newer_captioning_written_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """The mask-less path deleted every stored mask of the photo after its own write, without reading
+    the manifest again: a newer captioning another member stored meanwhile, with a mask, kept its row,
+    which then named a mask that was gone (its export failed on the missing object)."""
+    store = CaptionsAgainDuringTheDelta(tmp_path / "store")
+    _, manifests, writer, ctx = trainstore_stage(tmp_path, compact_after_parts=16, store=store)
+    _, _, other_member, other_ctx = trainstore_stage(
+        tmp_path, compact_after_parts=16, store=FileStore(tmp_path / "store")
+    )
+    first = captioned(store, 1, photos=2)
+    _write(writer, ctx, first, "a")
+    maskless = first.model_copy(
+        update={
+            "photos": [
+                photo.model_copy(update={"usable": False, "mask": None, "unusable_reason": "mask_full_frame"})
+                if photo.photo_id == "p1"
+                else photo
+                for photo in first.photos
+            ]
+        }
+    )
+    made_at = utc_now()
+    newer = make_envelope(
+        SKU_CAPTIONED,
+        first,
+        event_id="c" * 32,
+        sku_id=SKU,
+        trace_id="t" * 32,
+        producer="test",
+        produced_at=made_at + timedelta(seconds=60),
+    )
+    store.meanwhile = lambda: other_member.captioned(newer, other_ctx)
+    writer.captioned(
+        make_envelope(
+            SKU_CAPTIONED,
+            maskless,
+            event_id="b" * 32,
+            sku_id=SKU,
+            trace_id="t" * 32,
+            producer="test",
+            produced_at=made_at,
+        ),
+        ctx,
+    )
+    assert store.meanwhile is None  # the newer captioning did come in between
+
+    p1 = manifests.read_sku(SKU)["p1"]
+    assert p1.status == "reference" and p1.mask is not None and p1.mask_sha256 is not None
+    store.read_checked(manifests.key(p1.mask), p1.mask_sha256)

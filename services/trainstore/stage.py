@@ -259,13 +259,23 @@ class Trainstore:
                 "objects of photos now unusable deleted",
                 extra={"sku_id": sku.sku_id, "photos": [photo_id for _, photo_id in stale]},
             )
-        # A photo now stored without a mask whose mask an earlier captioning stored: that mask goes.
-        for item in staged:
-            if item.row.status == "reference" and item.row.image is not None and item.row.mask is None:
+        # A photo now stored without a mask whose mask an earlier captioning stored: that mask goes,
+        # unless a row names it by now (a newer captioning another member stored meanwhile, with its
+        # mask): the SKU is read again just before, as ``_delete_replaced_objects`` does.
+        maskless = [
+            item.row.item_id
+            for item in staged
+            if item.row.status == "reference" and item.row.image is not None and item.row.mask is None
+        ]
+        if maskless:
+            rows = self.manifests.read_sku(sku.sku_id)
+            named = self._named_keys(rows)
+            for photo_id in maskless:
                 for mask_key in self.manifests.stored_objects(
-                    sku.sku_id, "real", item.row.item_id, images=False
+                    sku.sku_id, "real", photo_id, images=False, current=rows
                 ):
-                    self.manifests.store.delete(mask_key)
+                    if mask_key not in named:
+                        self.manifests.store.delete(mask_key)
         return []
 
     # -- reading and verifying ------------------------------------------------------------------
@@ -441,10 +451,13 @@ class Trainstore:
                 replaced |= {key for key in (before.image, before.mask) if key} - {row.image, row.mask}
         if not replaced:
             return
-        rows = self.manifests.read_sku(sku_id).values()
-        named = {key for row in rows for key in (row.image, row.mask) if key}
-        for key in sorted(replaced - named):
-            self.manifests.store.delete(self.manifests.key(key))
+        named = self._named_keys(self.manifests.read_sku(sku_id))
+        for key in sorted({self.manifests.key(key) for key in replaced} - named):
+            self.manifests.store.delete(key)
+
+    def _named_keys(self, rows: dict[str, ManifestRow]) -> set[str]:
+        """The store's keys of every image and mask ``rows`` name."""
+        return {self.manifests.key(key) for row in rows.values() for key in (row.image, row.mask) if key}
 
 
 def _withdraw(
