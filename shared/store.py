@@ -27,6 +27,7 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -281,6 +282,10 @@ class ObjectStore(ABC):
     @abstractmethod
     def _delete(self, key: str) -> None: ...
 
+    def _modified_at(self, key: str) -> datetime:
+        """When the object was last written; backends override it (this fallback knows no time)."""
+        raise NotImplementedError(f"{type(self).__name__} does not record when an object was written")
+
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectRef:
         """Store ``data`` under ``key`` (replacing any previous object) and return its reference."""
         check_key(key)
@@ -400,6 +405,12 @@ class ObjectStore(ABC):
     def delete(self, key: str) -> None:
         """Remove the object under ``key``; deleting a missing object is not an error."""
         self._delete(check_key(key))
+
+    def modified_at(self, key: str) -> datetime:
+        """When the object under ``key`` was last written, by the store's own clock (S3's
+        LastModified, a file's modification time), in UTC; ``ObjectMissing`` when there is none.
+        Two objects' times compare on one clock, which the clock of the process asking may not be."""
+        return self._modified_at(check_key(key))
 
     def uri_for(self, key: str) -> str:
         """The URI events carry for ``key``."""
@@ -553,6 +564,10 @@ class FileStore(ObjectStore):
         # Sorted like S3 lists (by code point), not in directory-walk order.
         yield from sorted(keys)
 
+    def _modified_at(self, key: str) -> datetime:
+        with self._mapped_read_errors(key):
+            return datetime.fromtimestamp(self._path(key).stat().st_mtime, UTC)
+
     def _inside(self, path: str) -> bool:
         """Whether ``path``, symlinks resolved, is under the store's root."""
         real = os.path.realpath(path)
@@ -689,6 +704,11 @@ class S3Store(ObjectStore):
     def _delete(self, key: str) -> None:
         with self._mapped_errors(self.uri_for(key)):
             self.client.delete_object(Bucket=self.bucket, Key=self._key_prefix + key)
+
+    def _modified_at(self, key: str) -> datetime:
+        with self._mapped_errors(self.uri_for(key)):
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key_prefix + key)
+        return head["LastModified"].astimezone(UTC)
 
 
 def open_store(uri: str, *, s3_endpoint_url: str | None = None, s3_region: str = "us-east-1") -> ObjectStore:

@@ -33,7 +33,9 @@ Produces no events. Writes, under ``SKUFORGE_TRAINSTORE_PREFIX`` (layout in docs
 Idempotent by item id and content: object keys come from the item id and the bytes' sha256 (so the
 row that stands names its own bytes, also when two members write one item at once), and a row equal
 to the one the manifest already has is not written again, so a redelivered event writes nothing at
-all. Objects a replaced row named (an earlier render) are deleted once no row names them. An older
+all. Objects a replaced row named (an earlier render) are deleted once no row names them; when an
+item is replaced, its objects no row names that are older than ``SKUFORGE_TRAINSTORE_SWEEP_GRACE_S``
+(a deletion cut short, a writer whose row lost) are swept too. An older
 event never undoes a newer one: each row records its event's ``produced_at``, and a row of an event
 older than the item's stored row is neither written nor are its objects (an old ``gate.accepted`` of
 a first render, replayed after a reviewer approved a second render of the item, leaves the approval
@@ -76,7 +78,7 @@ from schemas.flow import TRAINSTORE
 from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED, Topic
 from shared.captioning.attributes import MASK_PROBLEMS
 from shared.config import load_settings
-from shared.errors import BadInput
+from shared.errors import BadInput, ObjectMissing
 from shared.images import decode_image, decode_mask, encode_png
 from shared.runtime import Context, Emit, Handler, Stage, run_stage
 from shared.store import sha256_hex
@@ -134,11 +136,13 @@ class Trainstore:
         compact_after_parts: int,
         registry: CollectorRegistry | None = None,
         max_clock_ahead_s: float = 300.0,
+        sweep_grace_s: float = 86_400.0,
     ) -> None:
         self.manifests = manifests
         self.withdrawals = Withdrawals(manifests)
         self.compact_after_parts = compact_after_parts
         self.max_clock_ahead_s = max_clock_ahead_s
+        self.sweep_grace_s = sweep_grace_s
         self.metrics = TrainstoreMetrics(registry or CollectorRegistry())
 
     # -- one method per input topic -------------------------------------------------------------
@@ -386,7 +390,7 @@ class Trainstore:
                 self.manifests.store.put_bytes(self.manifests.key(row.mask), item.mask_png, "image/png")
         written = self.manifests.append(sku_id, [item.row for item in changed], current=current)
         if written:
-            self._delete_replaced_objects(sku_id, changed, current)
+            self._delete_replaced_objects(ctx, sku_id, changed, current, written)
             # Counted once the rows are durable: a retried event (the manifest write failed) puts
             # its images again, and would otherwise count them again.
             for item in changed:
@@ -434,7 +438,12 @@ class Trainstore:
         return bool(self.manifests.stored_objects(sku_id, source, item_id, current=current))
 
     def _delete_replaced_objects(
-        self, sku_id: str, changed: list[StagedItem], current: dict[str, ManifestRow]
+        self,
+        ctx: Context,
+        sku_id: str,
+        changed: list[StagedItem],
+        current: dict[str, ManifestRow],
+        written: str,
     ) -> None:
         """Delete the objects that rows ``changed`` replaced named and their new rows, which store
         objects of their own, do not (an earlier render, a mask a reviewer corrected), once no row of
@@ -443,17 +452,60 @@ class Trainstore:
         A row that stores nothing (rejected, withdrawn, unusable) has its item's objects deleted by
         its own path, which also finds what a writer whose row lost left (``stored_objects``). Cut
         short (the store away), the event delivered again writes no row and deletes none of them:
-        they stay until the item's objects are deleted."""
+        ``_sweep`` deletes them when the item is replaced again. ``written``: the delta just written."""
         replaced: set[str] = set()
+        renders: list[ManifestRow] = []
         for item in changed:
             before, row = current.get(item.row.item_id), item.row
-            if before is not None and row.image is not None:
+            if before is not None and before.image is not None and row.image is not None:
                 replaced |= {key for key in (before.image, before.mask) if key} - {row.image, row.mask}
-        if not replaced:
+                renders.append(row)
+        if not renders:
             return
-        named = self._named_keys(self.manifests.read_sku(sku_id))
+        rows = self.manifests.read_sku(sku_id)
+        named = self._named_keys(rows)
         for key in sorted({self.manifests.key(key) for key in replaced} - named):
             self.manifests.store.delete(key)
+        self._sweep(ctx, sku_id, renders, rows, named, written)
+
+    def _sweep(
+        self,
+        ctx: Context,
+        sku_id: str,
+        renders: list[ManifestRow],
+        rows: dict[str, ManifestRow],
+        named: set[str],
+        written: str,
+    ) -> None:
+        """Delete the objects of the items of ``renders`` (rows that replaced a row) that no row of the
+        SKU (``rows``, just read) names and that were written ``sweep_grace_s`` or more before the delta
+        ``written``: what a deletion cut short left (``_delete_replaced_objects``), or a writer whose row
+        lost. Both times are the store's (S3's LastModified), so this stage's clock does not matter. A
+        younger object may be another member's whose row is still on its way (it puts objects, then
+        its row): every put refreshes the time, so only a writer stalled between the two for longer
+        than the grace period could lose one."""
+        left = [
+            key
+            for row in renders
+            for key in self.manifests.stored_objects(sku_id, row.source, row.item_id, current=rows)
+            if key not in named
+        ]
+        if not left:
+            return
+        now = self.manifests.store.modified_at(written)
+        swept = []
+        for key in left:
+            try:
+                age_s = (now - self.manifests.store.modified_at(key)).total_seconds()
+            except ObjectMissing:
+                continue  # deleted meanwhile (another member's sweep)
+            if age_s >= self.sweep_grace_s:
+                self.manifests.store.delete(key)
+                swept.append(key)
+        if swept:
+            ctx.log.info(
+                "unnamed objects of replaced items swept", extra={"sku_id": sku_id, "objects": swept}
+            )
 
     def _named_keys(self, rows: dict[str, ManifestRow]) -> set[str]:
         """The store's keys of every image and mask ``rows`` name."""
@@ -673,6 +725,7 @@ def build_stage(*, trainstore: TrainstoreSettings | None = None, **kwargs: Any) 
         trainstore.trainstore_compact_after_parts,
         stage.metrics.registry,
         trainstore.trainstore_max_clock_ahead_s,
+        trainstore.trainstore_sweep_grace_s,
     )
     for topic, handle in writer.handlers().items():
         stage.handler(topic)(handle)

@@ -35,6 +35,15 @@ class TrainstoreSettings(BaseSettings):
         description="an event produced more than this far ahead of the stage's clock is dead-lettered "
         "(clock_skew): the event's time orders an item's rows, so it would outrank every later event",
     )
+    trainstore_sweep_grace_s: float = Field(
+        default=86_400.0,
+        ge=0,
+        le=31_536_000,
+        description="objects of a replaced item that no manifest row names (left by a writer whose row "
+        "lost, or a deletion cut short) are deleted when the item is replaced again, once written this "
+        "long before (the store's times: S3's LastModified); younger ones may be a writer's whose row is "
+        "on its way",
+    )
 
     @field_validator("trainstore_prefix")
     @classmethod
