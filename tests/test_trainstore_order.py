@@ -364,3 +364,46 @@ def test_two_members_writing_one_item_at_once_leave_a_row_whose_objects_are_its_
     assert row.image is not None and row.mask is not None
     store.read_checked(manifests.key(row.image), row.image_sha256)
     store.read_checked(manifests.key(row.mask), row.mask_sha256)
+
+
+class RejectsBeforeTheApprovalsRow(FileStore):
+    """A store where another trainstore member stores a reviewer's rejection of the item's first render
+    (its row, then the deletion of the item's objects) after this member put the objects of an approval
+    of the second render and before it writes that approval's row."""
+
+    meanwhile: Callable[[], None] | None = None
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        if self.meanwhile is not None and f"/manifests/{SKU}/part-d-" in key:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+        super()._write(key, data, content_type)
+
+
+def test_an_approval_whose_objects_another_members_rejection_deleted_before_its_row_puts_them_back(
+    tmp_path: Path,
+) -> None:
+    """The rejection read the manifest before the approval's row was there and deleted every object of
+    the item, the approval's too (put, but not named yet); the approval, the later decision, then stood
+    and named an image and a mask that were gone (every export failed on them). The writer now looks for
+    its objects once its row is written and puts back those its row still names."""
+    store = RejectsBeforeTheApprovalsRow(tmp_path / "store")
+    manifests = ManifestStore(store, PREFIX)
+    approving = Trainstore(manifests, compact_after_parts=16)
+    _, _, rejecting, ctx = trainstore_stage(
+        tmp_path, compact_after_parts=16, store=FileStore(tmp_path / "store")
+    )
+    first, second = _renders(store)
+    rejecting.accepted(_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx)
+    rejection = _envelope(CORRECTION_RESOLVED, resolved(store, first, "reject"), "b", 30)
+    store.meanwhile = lambda: rejecting.resolved(rejection, ctx)
+    approving.resolved(
+        _envelope(CORRECTION_RESOLVED, resolved(store, second, "approve_edited"), "c", 60), ctx
+    )
+    assert store.meanwhile is None  # the rejection did come in between
+
+    row = manifests.read_sku(SKU)[first.generated.item_id]
+    assert (row.status, row.image_sha256) == ("approved", second.generated.image.sha256)
+    assert row.image is not None and row.mask is not None
+    store.read_checked(manifests.key(row.image), str(row.image_sha256))
+    store.read_checked(manifests.key(row.mask), str(row.mask_sha256))

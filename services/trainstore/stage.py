@@ -390,6 +390,7 @@ class Trainstore:
                 self.manifests.store.put_bytes(self.manifests.key(row.mask), item.mask_png, "image/png")
         written = self.manifests.append(sku_id, [item.row for item in changed], current=current)
         if written:
+            self._put_back_deleted(ctx, sku_id, changed)
             self._delete_replaced_objects(ctx, sku_id, changed, current, written)
             # Counted once the rows are durable: a retried event (the manifest write failed) puts
             # its images again, and would otherwise count them again.
@@ -505,6 +506,31 @@ class Trainstore:
         if swept:
             ctx.log.info(
                 "unnamed objects of replaced items swept", extra={"sku_id": sku_id, "objects": swept}
+            )
+
+    def _put_back_deleted(self, ctx: Context, sku_id: str, changed: list[StagedItem]) -> None:
+        """Put back the objects of ``changed`` that are gone now that their rows are written, where a
+        row of the SKU still names them: another member deleting the item's objects (a rejection, a
+        withdrawal, a photo found unusable) read the manifest before these rows were there and took
+        the objects put for them; the row, a later event's, then named objects that were gone. This
+        narrows that race to the moment between such a deleter's read and its delete."""
+        gone = [
+            (key, data)
+            for item in changed
+            for key, data in ((item.row.image, item.image_png), (item.row.mask, item.mask_png))
+            if key and data is not None and not self.manifests.store.exists(self.manifests.key(key))
+        ]
+        if not gone:
+            return
+        named = self._named_keys(self.manifests.read_sku(sku_id))
+        put_back = [key for key, _ in gone if self.manifests.key(key) in named]
+        for key, data in gone:
+            if key in put_back:
+                self.manifests.store.put_bytes(self.manifests.key(key), data, "image/png")
+        if put_back:
+            ctx.log.warning(
+                "objects another member deleted meanwhile put back",
+                extra={"sku_id": sku_id, "keys": put_back},
             )
 
     def _named_keys(self, rows: dict[str, ManifestRow]) -> set[str]:
