@@ -10,7 +10,9 @@ member's whose row is still on its way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +26,7 @@ from shared.config import Settings
 from shared.errors import TransientError
 from shared.observability import StageMetrics
 from shared.runtime import Context
-from shared.store import ObjectStore, S3Store
+from shared.store import FileStore, ObjectStore, S3Store
 from shared.trainstore.manifest import ManifestStore
 from tests.support.gate import matted_item
 from tests.support.trainstore import PREFIX, stored
@@ -102,4 +104,50 @@ def test_an_image_left_by_a_deletion_cut_short_is_swept_once_older_than_the_grac
     assert row.image_sha256 == renders[3].generated.image.sha256
     image, mask = manifests.key(str(row.image)), manifests.key(str(row.mask))
     assert stored(manifests, SKU, item_id) == ([image], [mask])
+    store.read_checked(manifests.key(str(row.image)), str(row.image_sha256))
+
+
+class CutShortThenCompacted(FileStore):
+    """A file store whose first delete of a synthetic image fails as an outage does; once armed, the
+    next delta written is compacted at once, as another member or ``skuforge dataset compact`` may."""
+
+    failed = False
+    compact: Callable[[], None] | None = None
+
+    def _delete(self, key: str) -> None:
+        if not self.failed and f"/images/{SKU}/synthetic/" in key:
+            self.failed = True
+            raise TransientError(f"cannot delete {self.uri_for(key)}")
+        super()._delete(key)
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        super()._write(key, data, content_type)
+        if self.compact is not None and f"/manifests/{SKU}/part-d-" in key:
+            compact, self.compact = self.compact, None
+            compact()
+
+
+def test_a_sweep_whose_delta_another_compaction_took_leaves_the_event_stored(tmp_path: Path) -> None:
+    """The sweep measures ages against the delta just written; a compaction running meanwhile deletes
+    that delta, and its time was read as ObjectMissing: the event, stored, went to the DLQ as
+    object_missing. The sweep is left to the item's next replacement instead."""
+    store = CutShortThenCompacted(tmp_path / "store")
+    manifests = ManifestStore(store, PREFIX)
+    ctx = Context("trainstore", store, Settings(), StageMetrics("trainstore"), logging.getLogger("test"))
+    trainstore = Trainstore(manifests, compact_after_parts=16, sweep_grace_s=0)
+    renders = _renders(store, 3)
+    item_id = renders[0].generated.item_id
+    trainstore.accepted(_accepted(renders[0], 0), ctx)
+    with pytest.raises(TransientError):
+        trainstore.accepted(_accepted(renders[1], 1), ctx)
+    trainstore.accepted(_accepted(renders[1], 1), ctx)
+    left = stored(manifests, SKU, item_id)[0]
+    assert len(left) == 2  # the second render's image, and the first's that the deletion left
+
+    store.compact = lambda: manifests.compact(SKU)
+    trainstore.accepted(_accepted(renders[2], 2), ctx)
+    assert store.compact is None  # the compaction did run in between
+
+    row = manifests.read_sku(SKU)[item_id]
+    assert row.image_sha256 == renders[2].generated.image.sha256
     store.read_checked(manifests.key(str(row.image)), str(row.image_sha256))

@@ -493,7 +493,12 @@ class Trainstore:
         ]
         if not left:
             return
-        now = self.manifests.store.modified_at(written)
+        try:
+            now = self.manifests.store.modified_at(written)
+        except ObjectMissing:
+            # Compacted meanwhile (another member, ``skuforge dataset compact``): its time is not the
+            # event's fault, and what is left is swept at the item's next replacement.
+            return
         swept = []
         for key in left:
             try:
