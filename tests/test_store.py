@@ -8,6 +8,7 @@ import os
 import time
 import tracemalloc
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,18 @@ def test_overwrite_is_idempotent(store: ObjectStore) -> None:
     assert first == second
     assert store.read_verified(second) == b'{"a":1}'
     assert list(store.list_keys("same/")) == ["same/key.json"]
+
+
+def test_modified_at_is_the_stores_utc_time_of_the_last_write(store: ObjectStore) -> None:
+    # The trainstore's sweep compares two objects' times (S3's LastModified, a file's mtime).
+    store.put_bytes("times/older.bin", b"a")
+    store.put_bytes("times/newer.bin", b"b")
+    older, newer = store.modified_at("times/older.bin"), store.modified_at("times/newer.bin")
+    assert older.utcoffset() == timedelta(0) and older <= newer
+    store.put_bytes("times/older.bin", b"a")  # written again: its time moves on
+    assert store.modified_at("times/older.bin") >= newer
+    with pytest.raises(ObjectMissing):
+        store.modified_at("times/missing.bin")
 
 
 def test_list_keys_by_prefix(store: ObjectStore) -> None:
