@@ -35,9 +35,10 @@ row that stands names its own bytes, also when two members write one item at onc
 to the one the manifest already has is not written again, so a redelivered event writes nothing at
 all. Objects a replaced row named (an earlier render) are deleted once no row names them; when an
 item is replaced, its objects no row names that are older than ``SKUFORGE_TRAINSTORE_SWEEP_GRACE_S``
-(a deletion cut short, a writer whose row lost) are swept too. An older
-event never undoes a newer one: each row records its event's ``produced_at``, and a row of an event
-older than the item's stored row is neither written nor are its objects (an old ``gate.accepted`` of
+(a deletion cut short, a writer whose row lost) are swept too; objects a written row names that
+another member's deletion took meanwhile are put back (``_put_back_deleted``). An older event never
+undoes a newer one: each row records its event's ``produced_at``, and a row of an event older than the
+item's stored row is neither written nor are its objects (an old ``gate.accepted`` of
 a first render, replayed after a reviewer approved a second render of the item, leaves the approval
 and its image; an old ``sku.captioned`` leaves the photos a newer one stored or found unusable). A reviewer's
 decision beats the gate's acceptance whatever the times, a rejection of the same render, an approval
