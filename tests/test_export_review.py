@@ -697,3 +697,74 @@ def test_an_export_run_from_a_removed_folder_still_exports(
     out.mkdir()
     export_dataset(store, out, fmt="imagefolder", max_synthetic_per_real=1)
     assert sorted(path.name for path in out.iterdir()) == ["SKU-A", "SKU-B", "export.json"]
+
+
+# -- an empty OUT replaced keeps who may use it ----------------------------------------------------
+
+
+def _posix_acl(*entries: tuple[int, int, int]) -> bytes:
+    """A POSIX ACL as the kernel stores it in ``system.posix_acl_access``: version 2, then (tag, perm, id)."""
+    undefined = 0xFFFFFFFF
+    return (2).to_bytes(4, "little") + b"".join(
+        tag.to_bytes(2, "little")
+        + perm.to_bytes(2, "little")
+        + (undefined if qualifier < 0 else qualifier).to_bytes(4, "little")
+        for tag, perm, qualifier in entries
+    )
+
+
+def _another_group() -> int:
+    """A group OUT can be given other than the exporter's own; skips where there is none."""
+    team = 4242 if os.geteuid() == 0 else next((gid for gid in os.getgroups() if gid != os.getegid()), None)
+    if team is None:
+        pytest.skip("needs root or a second group to give OUT")
+    return team
+
+
+def test_an_empty_out_replaced_keeps_its_group_and_its_acl(store: ManifestStore, tmp_path: Path) -> None:
+    """`mkdir out; chgrp team out; setfacl -m g:reviewers:rx out`, then an export: OUT was replaced by the
+    staging folder with only its mode copied, so the team and the reviewers lost it (the folder's group
+    became the exporter's, its ACL went)."""
+    if not hasattr(os, "setxattr"):
+        pytest.skip("extended attributes (POSIX ACLs) are Linux's")
+    team = _another_group()
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chown(out, -1, team)
+    # user::rwx, group::r-x, group reviewers (4343): r-x, mask::r-x, other::---
+    acl = _posix_acl((0x01, 7, -1), (0x04, 5, -1), (0x08, 5, 4343), (0x10, 5, -1), (0x20, 0, -1))
+    try:
+        os.setxattr(out, "system.posix_acl_access", acl)
+    except OSError as exc:
+        pytest.skip(f"this file system takes no POSIX ACL ({exc.strerror})")
+    before = out.stat()
+    assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["SKU-A", "SKU-B", "export.json"]
+    after = out.stat()
+    assert after.st_ino != before.st_ino  # replaced in one rename, as the docs say
+    assert (after.st_gid, oct(after.st_mode)) == (team, oct(before.st_mode))
+    assert os.getxattr(out, "system.posix_acl_access") == acl
+
+
+def test_an_empty_out_whose_group_the_exporter_cannot_give_is_kept_and_filled(
+    store: ManifestStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OUT of a group its owner is not in (an admin's `chgrp`): replacing it would lose that group, so the
+    export stages inside it and moves its entries there, as into a mount point."""
+    out = tmp_path / "out"
+    out.mkdir()
+    chown = os.chown
+
+    def not_a_member(path: Any, uid: int, gid: int, **kwargs: Any) -> None:
+        if gid != -1 and gid != os.stat(path).st_gid:  # as the kernel answers a user outside the group
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(path))
+        chown(path, uid, gid, **kwargs)
+
+    monkeypatch.setattr(os, "chown", not_a_member)
+    chown(out, -1, _another_group())
+    before = out.stat()
+    assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["SKU-A", "SKU-B", "export.json"]
+    after = out.stat()
+    assert (after.st_ino, after.st_gid) == (before.st_ino, before.st_gid)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "store"]

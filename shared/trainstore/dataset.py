@@ -32,6 +32,7 @@ An ``imagefolder`` export reads no mask (it writes none): a mask lost from the s
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import glob
 import hashlib
@@ -409,9 +410,10 @@ def _staging_for(target: Path) -> tuple[Path, int]:
     or an empty one of ours, which the rename replaces in one step (a reader sees it empty or whole).
     Inside an existing ``target`` where a rename from beside cannot reach it: a mount point (the rename
     would cross file systems, EXDEV), a folder above it that cannot be written in, another user's
-    ``target``; and where ``target`` is the working folder, which the shell that started the export is
-    in: replaced, it would show that shell the old folder, empty. Made inside first and moved beside,
-    so that the move itself tells which.
+    ``target``, one of a group its user is not in (the folder replacing it could not have that group);
+    and where ``target`` is the working folder, which the shell that started the export is in:
+    replaced, it would show that shell the old folder, empty. Made inside first, given ``target``'s
+    group and moved beside, so that the chown and the move themselves tell which.
     """
     name = f"partial-{uuid.uuid4().hex}"
     if target.exists():
@@ -428,6 +430,8 @@ def _staging_for(target: Path) -> tuple[Path, int]:
     if staging.parent == target and target.stat().st_uid == os.geteuid() and not _is_working_folder(target):
         beside = target.parent / f".{target.name}.{name}"
         try:
+            # Its group now, so that a group we cannot give (``chgrp`` by an admin) keeps it inside.
+            os.chown(staging, -1, target.stat().st_gid)
             os.rename(staging, beside)
             staging = beside
         except OSError:  # moved into place entry by entry at the end (``_move_into``)
@@ -501,8 +505,8 @@ def _export_into(
             _move_into(staging, target, moved)
         else:
             (staging / STAGING_OWNER).unlink()
-            if target.exists():  # empty: replaced as it is renamed over, its permissions kept
-                os.chmod(staging, stat.S_IMODE(target.stat().st_mode))
+            if target.exists():  # empty: replaced as it is renamed over, who may use it kept
+                _take_permissions(staging, target)
             staging.rename(target)
     except BaseException:
         for path in moved:  # out_dir is left as it was: empty
@@ -512,6 +516,31 @@ def _export_into(
                 path.unlink()
         raise  # the staging folder is removed by export_dataset
     return summary
+
+
+# POSIX ACLs: who else may use a folder (``setfacl``), and what its new entries inherit.
+_ACL_ATTRIBUTES = ("system.posix_acl_access", "system.posix_acl_default")
+
+
+def _take_permissions(staging: Path, target: Path) -> None:
+    """Give ``staging`` what says who may use ``target``, the empty OUT it is about to replace: its
+    ACLs and other extended attributes, then its mode (the ACL's mask with it); its group it has had
+    since ``_staging_for``. Only the mode was copied: a group's or a reviewer's access (``setfacl``)
+    went with the folder replaced. Set at the end: an ACL or mode without write access would have
+    refused the export its own staging folder."""
+    if hasattr(os, "listxattr"):  # Linux's; elsewhere the mode is what there is
+        names = os.listxattr(target)
+        for name in set(os.listxattr(staging)) & (set(_ACL_ATTRIBUTES) - set(names)):
+            os.removexattr(staging, name)  # inherited from a default ACL the folder's own lacks
+        for name in names:
+            try:
+                os.setxattr(staging, name, os.getxattr(target, name))
+            except OSError as exc:
+                # A label the kernel keeps (security.selinux) or only root sets (trusted.*) is not who
+                # may use the folder: as shutil.copystat, left as it is. An ACL's failure is not.
+                if name in _ACL_ATTRIBUTES or exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
+                    raise
+    os.chmod(staging, stat.S_IMODE(target.stat().st_mode))
 
 
 def _move_into(staging: Path, target: Path, moved: list[Path]) -> None:
