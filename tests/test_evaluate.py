@@ -1545,3 +1545,20 @@ def test_a_hash_cache_from_before_turned_copies_is_not_read_as_the_new_hashes(tm
     old.write_text(bytes(64).hex())
     value = _cached_hash(tmp_path, "abc", lambda: data, heldout=True)
     assert value == heldout_hash(data)
+
+
+@pytest.mark.parametrize(
+    "left", [b"", b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, 'shape': (4,), }"]
+)
+def test_a_cached_feature_file_cut_short_is_computed_again(tmp_path: Path, left: bytes) -> None:
+    """The cache's file is renamed into place unsynced: after a power cut it can be empty or cut short,
+    and every later run that needed it stopped in a traceback from numpy (EOFError, ValueError)."""
+    backbone = open_backbone(BackboneSpec(name="tiny", image_px=32))
+    photo = photo_from_bytes("SKU-RED", "real", "red.png", encode_png(Image.new("RGB", (32, 32), "red")))
+    fresh = Featurizer(backbone, FeatureCache(None)).of([photo])
+    cache = FeatureCache(tmp_path / "features")
+    Featurizer(backbone, cache).of([photo])
+    (stored,) = (tmp_path / "features").rglob("*.npy")
+    stored.write_bytes(left)
+    assert np.array_equal(Featurizer(backbone, cache).of([photo]), fresh)
+    assert np.array_equal(np.load(stored), fresh[0])  # written again whole

@@ -310,7 +310,12 @@ class FeatureCache:
         if self.root is None:
             return None
         path = self.root / representation / f"{sha256}.npy"
-        return np.load(path).astype(np.float32) if path.exists() else None
+        try:
+            return np.load(path).astype(np.float32)
+        except (OSError, ValueError, EOFError):
+            # Not cached; or renamed into place unsynced (``put``), then cut short by a power cut: such
+            # a file is computed again and written over, where every run needing it stopped in numpy.
+            return None
 
     def put(self, representation: str, sha256: str, vector: npt.NDArray[np.floating[Any]]) -> None:
         if self.root is None:
