@@ -186,3 +186,30 @@ def test_hash_caches_of_the_frame_only_kinds_are_not_read(tmp_path: Path) -> Non
     plain = encode_png(plain_product(90, 300))
     assert _cached_hash(tmp_path, "plain", lambda: plain) is None
     assert _cached_hash(tmp_path, "plain", lambda: pytest.fail("decoded again")) is None
+
+
+@pytest.mark.parametrize("max_bits", [0, 2, NEAR_DUPLICATE_MAX_BITS, 31, 40])
+def test_the_near_duplicate_check_finds_every_pair_it_would_find_comparing_all(max_bits: int) -> None:
+    """The check compares only pairs equal in one band of the hash (``_pairs_within``): it must find
+    every pair within ``max_bits`` that comparing each with each finds, copies a few bits off a
+    held-out variant and hashes sharing long runs of bits (a band's worth of equal bits) included."""
+    from shared.evaluation.leakage import _pairs_within
+
+    rng = np.random.default_rng(max_bits)
+    held = rng.integers(0, 256, (40 * 16, 32), dtype=np.uint8)
+    near = held[rng.integers(0, len(held), 150)].copy()
+    for part in near:  # each a few bits off a held-out variant, around max_bits
+        flipped = rng.choice(256, int(rng.integers(0, max_bits + 4)), replace=False)
+        np.bitwise_xor.at(part, flipped // 8, (1 << (7 - flipped % 8)).astype(np.uint8))
+    alike = rng.integers(0, 256, (60, 32), dtype=np.uint8)
+    alike[:, 8:24] = held[0, 8:24]  # half their bits those of one variant, the rest random
+    parts = np.concatenate([near, alike, rng.integers(0, 256, (50, 32), dtype=np.uint8)])
+
+    all_distances = np.unpackbits(held[:, None, :] ^ parts[None, :, :], axis=2).sum(axis=2)
+    expected = {
+        (int(h), int(p), int(all_distances[h, p]))
+        for h, p in zip(*np.nonzero(all_distances <= max_bits), strict=True)
+    }
+    found = set(zip(*(column.tolist() for column in _pairs_within(held, parts, max_bits)), strict=True))
+    assert found == expected
+    assert len(expected) >= 30  # the near copies are there to be found (a quarter of them, at least)
