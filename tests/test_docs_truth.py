@@ -570,3 +570,42 @@ def test_the_settings_table_gives_every_declared_bound_and_choice() -> None:
                 if f"`{value}`" not in row
             ]
     assert not hidden, f"the settings table does not give {hidden}"
+
+
+def service_rows_misstating_the_flow(readme: str) -> list[str]:
+    """Rows of README's service table (``| `NAME` | `in`, ... → ... `out` ... |``) whose topics are not
+    what ``schemas/flow.py`` declares the service consumes (before the first ``→``) and produces (the
+    flow's topic names after it)."""
+    from schemas.flow import SERVERS, STAGES
+    from schemas.topics import ALL_TOPICS, PASSTHROUGH_OUT
+
+    names = {
+        name: topic.name
+        for topic in (*ALL_TOPICS, PASSTHROUGH_OUT)
+        for name in (topic.schema_name, topic.name)
+    }
+    wrong = []
+    for command, text in re.findall(r"^\| `((?:serve )?[a-z-]+)` \| ([^|]*) \|", readme, flags=re.MULTILINE):
+        service = SERVERS[command[len("serve ") :]] if command.startswith("serve ") else STAGES[command]
+        before, _, after = text.partition("→")
+        said = [
+            sorted({names[name] for name in re.findall(r"`([^`]+)`", part) if name in names})
+            for part in (before, after)
+        ]
+        declared = [sorted(topic.name for topic in topics) for topics in (service.consumes, service.produces)]
+        if said != declared:
+            wrong.append(f"{command}: says {said[0]} → {said[1]}, the flow {declared[0]} → {declared[1]}")
+    return wrong
+
+
+def test_readme_service_table_says_what_each_service_consumes_and_produces() -> None:
+    wrong = service_rows_misstating_the_flow(README)
+    assert not wrong, f"README's service table misstates the flow (schemas/flow.py): {wrong}"
+
+
+def test_a_service_row_missing_a_topic_is_caught() -> None:
+    row = "| `gate` | `image.matted` → `gate.accepted`: the good ones | [docs](docs/gate-and-trainstore.md) |"
+    assert service_rows_misstating_the_flow(row) == [
+        "gate: says ['image.matted.v1'] → ['gate.accepted.v1'], the flow "
+        "['image.matted.v1'] → ['correction.pending.v1', 'gate.accepted.v1']"
+    ]
