@@ -609,3 +609,25 @@ def test_a_service_row_missing_a_topic_is_caught() -> None:
         "gate: says ['image.matted.v1'] → ['gate.accepted.v1'], the flow "
         "['image.matted.v1'] → ['correction.pending.v1', 'gate.accepted.v1']"
     ]
+
+
+def console_metrics_missing_from(console_doc: str) -> list[str]:
+    """Metrics the console's own registry serves (``ConsoleMetrics``) that docs/console.md's Metrics
+    table does not name."""
+    from devstack.metrics_doc import catalogue
+
+    section = console_doc.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"^\| `([a-z_]+)(?:\{[^}]*\})?` \|", section, flags=re.MULTILINE))
+    return [doc.name for doc in catalogue() if doc.services == "console" and doc.name not in named]
+
+
+def test_the_console_doc_names_every_console_metric() -> None:
+    missing = console_metrics_missing_from((ROOT / "docs" / "console.md").read_text(encoding="utf-8"))
+    assert not missing, f"docs/console.md's Metrics table does not name {missing}"
+
+
+def test_a_console_metric_missing_from_its_doc_is_caught() -> None:
+    doc = "\n## Metrics\n\n| metric | type | meaning |\n| --- | --- | --- |\n"
+    doc += "| `skuforge_console_tasks{state}` | gauge | queue depth by state |\n"
+    assert "skuforge_console_published_total" in console_metrics_missing_from(doc)
+    assert "skuforge_console_tasks" not in console_metrics_missing_from(doc)
