@@ -631,3 +631,46 @@ def test_a_console_metric_missing_from_its_doc_is_caught() -> None:
     doc += "| `skuforge_console_tasks{state}` | gauge | queue depth by state |\n"
     assert "skuforge_console_published_total" in console_metrics_missing_from(doc)
     assert "skuforge_console_tasks" not in console_metrics_missing_from(doc)
+
+
+COUNT_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+
+
+def chart_alerts_misstated_in(ops: str) -> list[str]:
+    """What docs/ops.md says wrong of the alerts the Helm chart adds beside the pipeline's (its
+    ``rules/*.yml`` but ``skuforge.yml``, a link to deploy/prometheus/alerts.yml): how many there are
+    ("The Helm chart adds three alerts of its own"), and a runbook section (``### Name``) for each."""
+    import yaml
+
+    rules = sorted(
+        path for path in (ROOT / "deploy/helm/skuforge/rules").glob("*.yml") if not path.is_symlink()
+    )
+    names = [
+        rule["alert"]
+        for path in rules
+        for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
+    said = re.search(r"The Helm chart adds (\w+) alerts? of its own", ops)
+    assert said, "docs/ops.md no longer says how many alerts the Helm chart adds"
+    wrong = (
+        []
+        if COUNT_WORDS.get(said.group(1)) == len(names)
+        else [f"says {said.group(1)}, the chart has {names}"]
+    )
+    return wrong + [f"no runbook section for {name}" for name in names if f"\n### {name}\n" not in ops]
+
+
+def test_ops_says_which_alerts_the_chart_adds() -> None:
+    wrong = chart_alerts_misstated_in((ROOT / "docs" / "ops.md").read_text(encoding="utf-8"))
+    assert not wrong, f"docs/ops.md misstates the Helm chart's own alerts: {wrong}"
+
+
+def test_a_miscounted_chart_alert_is_caught() -> None:
+    ops = (ROOT / "docs" / "ops.md").read_text(encoding="utf-8")
+    assert chart_alerts_misstated_in(ops.replace("### SkuforgePodsUnavailable\n", "### Gone\n")) == [
+        "no runbook section for SkuforgePodsUnavailable"
+    ]
+    miscounted = re.sub(r"The Helm chart adds \w+ alerts", "The Helm chart adds six alerts", ops)
+    assert chart_alerts_misstated_in(miscounted)[0].startswith("says six, the chart has ")
