@@ -149,3 +149,64 @@ def test_nothing_outside_the_tests_imports_the_test_tree() -> None:
             "code outside tests/ imports the test tree; move the helper to bench/ (or shared/ when a "
             "service needs it too) and have tests/support/ import it from there:\n  " + "\n  ".join(crossings)
         )
+
+
+# docs/architecture.md's "may import" words for the folders at the bottom of the tree, and the imports
+# they stand for.
+MAY_IMPORT_WORDS = {
+    "pydantic": "pydantic",
+    "numpy": "numpy",
+    "PIL": "PIL",
+    "`arith/`": "shared.arith",
+    "`schemas/`": "schemas",
+}
+
+
+def may_import(architecture: str, folder: str) -> set[str]:
+    """What the "Where the code lives" table says ``folder`` (``shared/synth/``) may import."""
+    row = next(line for line in architecture.splitlines() if line.startswith(f"| `{folder}` |"))
+    cell = row.rstrip(" |").rsplit(" | ", 1)[1]
+    return {module for word, module in MAY_IMPORT_WORDS.items() if word in cell}
+
+
+def imports_beyond_stdlib(folder: str) -> dict[str, set[str]]:
+    """What the files of ``folder`` import outside the standard library and the folder itself: a
+    package's name, or ``shared.arith`` and ``schemas`` for those parts of this tree → the files."""
+    import sys
+
+    own = folder.rstrip("/").replace("/", ".")
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                root = name.split(".")[0]
+                if root in sys.stdlib_module_names or root == "__future__" or name.startswith(own):
+                    continue
+                module = "shared.arith" if name.startswith("shared.arith") else root
+                found.setdefault(module, set()).add(f"{path.relative_to(ROOT)}")
+    return found
+
+
+@pytest.mark.parametrize("folder", ["schemas/", "shared/arith/", "shared/synth/"])
+def test_the_bottom_of_the_tree_imports_what_the_architecture_says(folder: str) -> None:
+    architecture = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    beyond = {
+        module: sorted(files)
+        for module, files in imports_beyond_stdlib(folder).items()
+        if module not in may_import(architecture, folder)
+    }
+    assert not beyond, f"{folder} imports what docs/architecture.md's table does not allow it: {beyond}"
+
+
+def test_an_import_the_architecture_does_not_allow_is_caught() -> None:
+    table = (
+        "| `shared/arith/` | small shared arithmetic | numpy |\n| `shared/synth/` | the renderer | numpy |"
+    )
+    assert may_import(table, "shared/synth/") == {"numpy"}
+    assert "PIL" in imports_beyond_stdlib("shared/synth/")
