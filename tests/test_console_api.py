@@ -225,6 +225,34 @@ def test_claim_next_hands_back_ones_own_claim_only_when_it_matches_the_filters(
     assert client.post("/api/claim-next?sku=SKU-0", headers=headers).json()["task"]["task_id"] == sku0
 
 
+def test_claim_next_honours_the_state_filter(parts: ConsoleParts, client: TestClient) -> None:
+    """claim-next read the SKU, reason and IoU filters but not the state: a reviewer looking through
+    the accepted (or approved...) items was handed, and given a lease on, the oldest pending item of
+    the queue; one looking at the claimed items, a pending one too."""
+    token = login(client)
+    headers = {"X-CSRF-Token": token}
+    oldest, middle, newest = (task.task_id for task in parts.tasks.query())
+    parts.tasks.claim(newest, "bob", 60.0)
+    for state in ("approved", "rejected", "withdrawn", "accepted", "claimed"):
+        answer = client.post(f"/api/claim-next?state={state}", headers=headers)
+        assert answer.status_code == 200 and answer.json() == {"task": None}, (state, answer.text)
+    assert parts.tasks.get(oldest).state == "pending" and parts.tasks.get(middle).state == "pending"
+    # The queue page's button: back to the filtered queue, which says why nothing was claimed.
+    form = client.post("/claim-next?state=accepted", data={"csrf_token": token}, follow_redirects=False)
+    assert form.status_code == 303 and form.headers["location"] == "/?state=accepted&empty=1"
+    note = client.get(form.headers["location"]).text
+    assert "nothing left to claim with these filters: accepted items are closed" in note
+    assert parts.tasks.counts()["claimed"] == 1  # bob's, nothing of alice's
+    # Filtered by claimed, claim-next hands back one's own claim (renewed), never someone else's.
+    client.post(f"/api/tasks/{middle}/claim", headers=headers)
+    own = client.post("/api/claim-next?state=claimed", headers=headers).json()["task"]
+    assert own["task_id"] == middle and own["claimed_by"] == "alice"
+    # Every state: one's own claim first, then the oldest pending, as with the default (pending).
+    assert client.post("/api/claim-next?state=all", headers=headers).json()["task"]["task_id"] == middle
+    client.post(f"/api/tasks/{middle}/release", headers=headers)
+    assert client.post("/api/claim-next?state=all", headers=headers).json()["task"]["task_id"] == oldest
+
+
 def test_queue_filters_and_order(parts: ConsoleParts, client: TestClient) -> None:
     login(client)
     everything = client.get("/api/tasks").json()

@@ -15,7 +15,7 @@ from schemas.common import ImageRef
 from services.console.auth import Reviewer, current_session
 from services.console.context import HERE, Console, ConsoleDep, Filters, TaskId, templates
 from services.console.decisions import REJECT_REASONS, shown_pixels
-from services.console.tasks import STATES, Task
+from services.console.tasks import CLOSED, STATES, Task
 
 STATIC_FILES = {"console.css": "text/css", "item.js": "text/javascript", "queue.js": "text/javascript"}
 # An image's media type comes from an event: anything else (text/html, image/svg+xml with its scripts)
@@ -38,6 +38,7 @@ def queue_page(request: Request, console: ConsoleDep, filters: Filters) -> Respo
             "session": session,
             "counts": console.tasks.counts(),
             "states": STATES,
+            "closed": CLOSED,
             "tasks": console.tasks.query(filters, limit=QUEUE_PAGE_LIMIT),
             "matching": console.tasks.count(filters),
             "filters": filters,

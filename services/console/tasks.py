@@ -591,21 +591,28 @@ class TaskStore:
         comes first (renewed), so "next" does not strand it. A claim of theirs that does not match stays
         theirs until its lease runs out: a reviewer filtering by SKU B was handed their SKU A item.
 
+        The state filter holds too: ``claimed`` hands back only one's own claim, and a closed state
+        (approved, rejected, withdrawn, accepted) nothing, as no such task can be claimed; before, the
+        state was ignored and a reviewer looking through the accepted items was handed a pending one.
+        ``pending`` and every state (None) take one's own claim, then a pending task.
+
         The task is found and claimed in one write transaction, so nobody takes it in between. One that
         no longer reads is passed over (logged), as the queue does, own claims included: before, one
         spoiled while held answered 502 to every claim-next until its lease ran out."""
+        if filters.state in CLOSED:
+            return None
         self.expire_leases()
         now = self.clock()
         own_clauses, own_params = _where(dataclasses.replace(filters, state="claimed"))
         pending_clauses, pending_params = _where(dataclasses.replace(filters, state="pending"))
+        sources = [([*own_clauses, "claimed_by = ?"], (*own_params, reviewer))]
+        if filters.state != "claimed":
+            sources.append((pending_clauses, pending_params))
         taken: str | None = None
         with self._write() as db:
             # An own claim is renewed: the reviewer is sent to its page, whose first renewal comes a
             # third of a lease later; with what was left of the old lease, the save could find it expired.
-            for clauses, params in (
-                ([*own_clauses, "claimed_by = ?"], (*own_params, reviewer)),
-                (pending_clauses, pending_params),
-            ):
+            for clauses, params in sources:
                 # One that does not read is passed over: claimed, it would stay held until its lease ran out.
                 oldest = _read_past_unreadable(
                     db,
