@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from services.console.server import ConsoleService
 from shared.images import decode_mask
 from shared.store import FileStore
 from tests.support.bus import create_topics, isolated_settings, read_topic
-from tests.support.console import USERS, flagged_item, pending_envelope
+from tests.support.console import USERS, accepted_envelope, flagged_item, pending_envelope
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
 
@@ -228,6 +229,40 @@ def test_reject_with_the_keyboard(console: Running, page: Any) -> None:
     assert console.service.tasks.get(oldest.event_id).state == "rejected"
     # After a decision the page moves on to the next item by itself.
     page.wait_for_url(f"{console.base_url}/tasks/{console.envelopes[1].event_id}")
+
+
+def test_reject_an_item_the_gate_accepted_from_its_page(console: Running, page: Any) -> None:
+    """An item the gate accepted on a replay had no reject button on its page (the API took the
+    rejection): a reviewer who saw it was wrong could not take it out of the store from the console."""
+    log_in(page, console, "bob")
+    flagged = console.envelopes[0]
+    acceptance = accepted_envelope(flagged, produced_at=flagged.produced_at + timedelta(seconds=60))
+    producer = KafkaProducer(bootstrap_servers=console.bootstrap, acks="all")
+    producer.send(
+        console.service.settings.topic_name(GATE_ACCEPTED),
+        key=acceptance.sku_id.encode(),
+        value=acceptance.model_dump_json().encode(),
+    )
+    producer.flush()
+    producer.close()
+    deadline = time.monotonic() + 60
+    while console.service.tasks.get(flagged.event_id).state != "accepted":
+        assert time.monotonic() < deadline, "the intake did not close the task of the accepted item"
+        time.sleep(0.2)
+
+    page.goto(f"{console.base_url}/tasks/{flagged.event_id}")
+    page.wait_for_selector("body[data-ready='1']")
+    page.click("#reject")
+    page.wait_for_selector("#reject-dialog[open]")
+    page.keyboard.type("label cut off")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("body[data-decided='reject']")
+
+    [event] = resolved_events(console, expect=1)
+    assert event.payload.decision == "reject" and event.payload.reviewer == "bob"
+    assert event.payload.reject_reason == "wrong_product: label cut off"
+    assert console.service.tasks.get(flagged.event_id).state == "rejected"
+    page.wait_for_url(f"{console.base_url}/tasks/{console.envelopes[1].event_id}")  # then the next item
 
 
 def test_the_queues_filters_follow_the_reviewer_from_item_to_item(console: Running, page: Any) -> None:

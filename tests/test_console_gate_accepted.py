@@ -9,6 +9,8 @@ opens a task the gate had accepted again.
 
 from __future__ import annotations
 
+import json
+import re
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -244,6 +246,35 @@ def test_the_reviewer_who_held_it_may_still_reject_it_and_not_approve_it(parts: 
     assert rejected.status_code == 200, rejected.text
     assert parts.tasks.get(held.event_id).state == "rejected"
     assert parts.tasks.unpublished()[0].payload.reject_reason == "wrong_product"
+
+
+def test_the_page_of_an_item_the_gate_accepted_offers_a_rejection(parts: ConsoleParts) -> None:
+    """The API records a person's rejection of an item the gate accepted, but the item's page had no
+    reject button (its text pointed to Label Studio or the API): from the console, no one could."""
+    envelope = flag(parts, 0)
+    parts.tasks.close_accepted(accepted_envelope(envelope, produced_at=later(envelope)))
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client, "bob")  # who never held it: nobody is handed an accepted task
+    page = client.get(f"/tasks/{envelope.event_id}")
+    assert page.status_code == 200 and 'id="reject"' in page.text
+    found = re.search(r'<script type="application/json" id="task-data">(.*?)</script>', page.text)
+    assert found
+    shown = json.loads(found.group(1))
+    assert (shown["held"], shown["rejectable"]) == (False, True)
+
+    # What the page's reject dialog sends.
+    rejected = client.post(
+        f"/api/tasks/{envelope.event_id}/decision",
+        data={"decision": "reject", "reject_reason": "wrong_product: label cut off", "shown": shown["shown"]},
+        headers={"X-CSRF-Token": token},
+    )
+    assert rejected.status_code == 200, rejected.text
+    task = parts.tasks.get(envelope.event_id)
+    assert (task.state, task.decided_by) == ("rejected", "bob")
+    [event] = parts.tasks.unpublished()
+    assert event.payload.reject_reason == "wrong_product: label cut off"
+    decided = client.get(f"/tasks/{envelope.event_id}").text
+    assert 'id="reject"' not in decided and '"rejectable": false' in decided
 
 
 def test_a_flag_older_than_an_acceptance_that_closed_nothing_makes_no_task(parts: ConsoleParts) -> None:

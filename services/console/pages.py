@@ -107,6 +107,8 @@ def item_page(request: Request, task_id: TaskId, console: ConsoleDep) -> Respons
         "width": image.width,
         "height": image.height,
         "held": held,
+        # A task the gate accepted takes a rejection unclaimed (a person's rejection stands against it).
+        "rejectable": task.state == "accepted",
         "state": task.state,
         "leaseS": console.console.console_lease_s,
         "idleS": console.console.console_idle_s,

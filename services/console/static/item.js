@@ -242,8 +242,11 @@
     }
   }
 
+  // Whether this page may send the decision: a held item takes any, an item the gate accepted a rejection.
+  const mayDecide = (decision) => page.held || (decision === "reject" && page.rejectable);
+
   async function decide(decision, rejectReason) {
-    if (!page.held) return say("claim the item first (c)", true);
+    if (!mayDecide(decision)) return say("claim the item first (c)", true);
     if (busy) return;
     busy = true;
     // Everything up to the answer inside the try: a mask the browser failed to encode threw before it,
@@ -261,6 +264,7 @@
       say("saving " + decision + "…");
       const result = await post("/api/tasks/" + page.taskId + "/decision", form);
       page.held = false;
+      page.rejectable = false;
       clearInterval(renewal); // decided: a renewal now would read "lease lost" beside the saved decision
       $("state").textContent = result.state;
       say(result.state + " (" + decision + "); event " + result.event_id);
@@ -361,7 +365,7 @@
   // -- the reject dialog ------------------------------------------------------------------
   const dialog = $("reject-dialog");
   function openReject() {
-    if (!page.held) return say("claim the item first (c)", true);
+    if (!mayDecide("reject")) return say("claim the item first (c)", true);
     dialog.showModal();
     $("reject-note").focus();
   }
