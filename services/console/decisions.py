@@ -16,8 +16,8 @@ The final mask of each decision:
 rejection of a task the gate accepted needs none: a person's rejection stands, as in the trainstore), only
 a rejection takes a reason, only ``approve_edited`` takes a mask (and needs one), and a decision made
 on pixels the task no longer holds (``shown``: a replay of the gate replaced them while the page was
-open) is refused; the decision and its ``correction.resolved`` event are then committed together
-(``TaskStore.decide``, an outbox).
+open, or while the request was checked) is refused; the decision and its ``correction.resolved``
+event are then committed together (``TaskStore.decide``, an outbox).
 """
 
 from __future__ import annotations
@@ -237,9 +237,10 @@ def record_decision(
 
     ``mask_bytes`` is the uploaded mask file (``approve_edited`` only), checked first and stored
     before the decision's transaction (under a key with its sha256). ``shown`` is ``shown_pixels`` of
-    the task as the reviewer's page showed it (None: not checked, for scripts). Raises ``TaskConflict``
-    when the reviewer does not hold the task (a rejection of a task the gate accepted is recorded all
-    the same: ``TaskStore.decide``) or it holds other pixels than ``shown``,
+    the task as the reviewer's page showed it (None, for scripts: no page to check). Raises
+    ``TaskConflict`` when the reviewer does not hold the task (a rejection of a task the gate accepted
+    is recorded all the same: ``TaskStore.decide``) or it holds other pixels than ``shown``, or, when
+    the decision is recorded, than it held when the request was checked,
     ``DecisionInvalid`` when the request breaks a rule (the message says which).
     """
     task = tasks.check_held(task_id, reviewer, rejecting=decision == "reject")
@@ -270,8 +271,13 @@ def record_decision(
     # object, and the same pixels the same bytes. At worst it leaves an object nothing points at.
     edited = None if pixels is None else store_edited_mask(store, task, pixels)
 
+    checked = shown_pixels(task)  # what the mask and the stored images were checked against (= shown)
+
     def payload(held: Task, at: float) -> CorrectionResolved:
-        _check_shown(held, shown)  # again under the table's lock: the intake may have replaced them since
+        # Again under the table's lock, against the pixels checked above, ``shown`` or not: the intake may
+        # have replaced them since, and a script's mask checked against the old render was recorded
+        # on the new one (another size: dead-lettered by the trainstore, the item decided here).
+        _check_shown(held, checked)
         return resolve(
             held,
             decision=decision,
