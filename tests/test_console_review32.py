@@ -1,8 +1,10 @@
-"""The console after review 32: a decision is recorded on the pixels it was checked against."""
+"""The console after review 32: a decision, from the web page, a script or a Label Studio export, is
+recorded on the pixels it was checked against."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -10,7 +12,10 @@ import pytest
 from starlette.testclient import TestClient
 
 import services.console.decisions as decisions
+import services.console.labelstudio as labelstudio
 from schemas.common import ImageRef
+from schemas.envelope import Envelope
+from services.console.labelstudio import export_tasks, import_annotations, mask_to_rle
 from services.console.tasks import Task
 from shared.images import encode_png
 from shared.store import ObjectStore
@@ -26,37 +31,73 @@ from tests.support.console import (
 parts = flagged_parts_fixture(1)
 
 
+def rerendered_replay(parts: ConsoleParts, task: Task) -> Envelope[Any]:
+    """The gate's replay of ``task``'s item rendered again at 96x96 (same event id, produced later)."""
+    envelope = pending_envelope(task.pending)
+    other = flagged_item(parts.store, 1, size_px=96).matted
+    assert (other.generated.image.width, task.pending.matted.generated.image.width) == (96, 128)
+    generated = other.generated.model_copy(update={"item_id": task.item_id})
+    return envelope.model_copy(
+        update={
+            "payload": envelope.payload.model_copy(
+                update={"matted": other.model_copy(update={"generated": generated})}
+            ),
+            "produced_at": envelope.produced_at + timedelta(seconds=60),
+        }
+    )
+
+
+def replayed_while_the_mask_is_stored(
+    parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch, module: Any, replay: Envelope[Any]
+) -> None:
+    """``module``'s mask writes deliver ``replay`` to the task table once the mask is stored, as the
+    intake (another thread or process) may."""
+    store_edited_mask = module.store_edited_mask
+
+    def stored_while_the_gate_replays(
+        store: ObjectStore, held: Task, mask: npt.NDArray[np.uint8]
+    ) -> ImageRef:
+        ref: ImageRef = store_edited_mask(store, held, mask)
+        parts.tasks.add_pending(replay)
+        return ref
+
+    monkeypatch.setattr(module, "store_edited_mask", stored_while_the_gate_replays)
+
+
+def test_a_label_studio_mask_checked_against_a_render_a_replay_replaced_before_the_save_is_skipped(
+    parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import checks an annotation against the task as it read it (the pixels the export named,
+    the mask's size) and stores the mask, then records the decision on the task as the table holds it
+    then: a replay in between had the 128x128 mask recorded for the 96x96 render that replaced it."""
+    (task,) = parts.tasks.query()
+    replayed_while_the_mask_is_stored(parts, monkeypatch, labelstudio, rerendered_replay(parts, task))
+    (exported,) = export_tasks(parts.tasks, parts.store).tasks
+    mask = np.zeros((128, 128), np.uint8)
+    mask[20:80, 20:80] = 255
+    value = {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": ["product"]}
+    brush = {"type": "brushlabels", "from_name": "mask", "to_name": "image", "value": value}
+    exported["annotations"] = [{"completed_by": 7, "result": [brush]}]
+
+    (outcome,) = import_annotations(parts.tasks, parts.store, [exported])
+
+    assert outcome.outcome == "skipped" and outcome.annotation_lost, outcome
+    assert "export it again" in outcome.detail
+    held = parts.tasks.get(task.task_id)
+    assert held.state == "pending" and parts.tasks.outbox(task.task_id) is None
+    assert held.pending.matted.generated.image.width == 96
+
+
 def test_a_mask_checked_against_a_render_a_replay_replaced_before_the_save_is_refused(
     parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A decision's mask was checked against the task as first read (its size, some product), written
     to the store, and the decision recorded on the task as the table held it by then. When the gate's
     replay replaced the render in between (here with one of another size), a decision without
-    ``shown`` (a script, a Label Studio export without it) was recorded with a 128x128 mask for a 96x96
+    ``shown`` (a script) was recorded with a 128x128 mask for a 96x96
     image: the trainstore dead-letters that, and the console showed the item decided."""
     (task,) = parts.tasks.query()
-    envelope = pending_envelope(task.pending)
-    other = flagged_item(parts.store, 1, size_px=96).matted
-    assert (other.generated.image.width, task.pending.matted.generated.image.width) == (96, 128)
-    rerender = other.model_copy(
-        update={"generated": other.generated.model_copy(update={"item_id": task.item_id})}
-    )
-    replay = envelope.model_copy(
-        update={
-            "payload": envelope.payload.model_copy(update={"matted": rerender}),
-            "produced_at": envelope.produced_at + timedelta(seconds=60),
-        }
-    )
-    store_edited_mask = decisions.store_edited_mask
-
-    def stored_while_the_gate_replays(
-        store: ObjectStore, held: Task, mask: npt.NDArray[np.uint8]
-    ) -> ImageRef:
-        ref = store_edited_mask(store, held, mask)
-        parts.tasks.add_pending(replay)  # the intake, meanwhile
-        return ref
-
-    monkeypatch.setattr(decisions, "store_edited_mask", stored_while_the_gate_replays)
+    replayed_while_the_mask_is_stored(parts, monkeypatch, decisions, rerendered_replay(parts, task))
     client = TestClient(app_for(parts), base_url="http://console.test")
     headers = {"X-CSRF-Token": login(client)}
     assert client.post(f"/api/tasks/{task.task_id}/claim", headers=headers).status_code == 200

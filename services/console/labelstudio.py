@@ -316,6 +316,11 @@ NO_ANNOTATION = "no annotation"
 ALREADY_DECIDED = "already decided"
 WITHDRAWN = "withdrawn: its reference photo was withdrawn by its owner"
 GATE_ACCEPTED = "accepted: the gate accepted the item when replayed, and it is stored"
+# A skip that loses the annotation: it is of pixels the task no longer holds.
+CHANGED_SINCE_EXPORT = (
+    "the item's image or masks changed since the export (the gate was replayed): export it again"
+    " and annotate what it holds now, or decide it on the web page"
+)
 
 
 def _annotator(annotation: dict[str, Any]) -> str:
@@ -579,11 +584,7 @@ def _import_one(
     if shown - {shown_pixels(task)}:
         # Exported before a replay of the gate replaced the image or a mask (the item matted again): an
         # approval of the prediction would have recorded a mask no annotator saw.
-        why = (
-            "the item's image or masks changed since the export (the gate was replayed): export it again"
-            " and annotate what it holds now, or decide it on the web page"
-        )
-        return ImportOutcome(task.task_id, "skipped", why)
+        return ImportOutcome(task.task_id, "skipped", CHANGED_SINCE_EXPORT)
     if "approve" in verdicts and "reject" in verdicts:
         # Annotators disagree: the latest one silently won. Someone has to settle it.
         approving = ", ".join(
@@ -674,6 +675,15 @@ def _masks_disagree(
     )
 
 
+def _unchanged(held: Task, task: Task) -> Task:
+    """``held`` (the task as its decision is recorded, under the table's lock) when it holds the pixels of
+    ``task`` (as the annotation was checked against), else TaskConflict: the intake may have taken a
+    replay of the gate in between, and a mask checked for the old render was recorded on the new one."""
+    if shown_pixels(held) != shown_pixels(task):
+        raise TaskConflict(CHANGED_SINCE_EXPORT)
+    return held
+
+
 def _decide(
     tasks: TaskStore, store: ObjectStore, task: Task, reviewer: str, decision: str, value: Any
 ) -> ImportOutcome:
@@ -689,7 +699,11 @@ def _decide(
             reviewer,
             "reject",
             lambda held, at: resolve(
-                held, decision="reject", reviewer=reviewer, decided_at=at, reject_reason=reason
+                _unchanged(held, task),
+                decision="reject",
+                reviewer=reviewer,
+                decided_at=at,
+                reject_reason=reason,
             ),
         )
         return ImportOutcome(task.task_id, "reject", reason)
@@ -701,7 +715,9 @@ def _decide(
             task.task_id,
             reviewer,
             "approve_predicted",
-            lambda held, at: resolve(held, decision="approve_predicted", reviewer=reviewer, decided_at=at),
+            lambda held, at: resolve(
+                _unchanged(held, task), decision="approve_predicted", reviewer=reviewer, decided_at=at
+            ),
         )
         final_mask = event.payload.final_mask
         return ImportOutcome(task.task_id, "approve_predicted", final_mask.uri if final_mask else "")
@@ -717,7 +733,11 @@ def _decide(
         reviewer,
         "approve_edited",
         lambda held, at: resolve(
-            held, decision="approve_edited", reviewer=reviewer, decided_at=at, edited_mask=edited
+            _unchanged(held, task),
+            decision="approve_edited",
+            reviewer=reviewer,
+            decided_at=at,
+            edited_mask=edited,
         ),
     )
     final_mask = event.payload.final_mask
