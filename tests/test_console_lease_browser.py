@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,14 @@ from devstack.broker import free_port
 from services.console.decisions import mask_from_ref
 from shared.errors import TransientError
 from shared.images import decode_mask
-from tests.support.console import ConsoleParts, app_for, build_console, flagged_item, pending_envelope
+from tests.support.console import (
+    ConsoleParts,
+    accepted_envelope,
+    app_for,
+    build_console,
+    flagged_item,
+    pending_envelope,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -166,6 +174,26 @@ def test_someone_else_holding_the_item_ends_the_hold_and_says_so(served: Served,
     page.keyboard.press("p")
     assert "claim the item first" in page.inner_text("#status")
     assert served.parts.tasks.get(served.task_id).claimed_by == "bob"
+
+
+def test_a_held_item_the_gate_accepts_can_still_be_rejected_from_its_page(served: Served, page: Any) -> None:
+    """The gate, replayed, accepted the item while alice held it: the next renewal ended the hold with
+    "lease lost ... can no longer be saved from this page", and her rejection, which the console still
+    records (a person's rejection stands against the gate's acceptance), was refused by the page."""
+    open_held_item(page, served)
+    flagged = pending_envelope(served.parts.tasks.get(served.task_id).pending)
+    acceptance = accepted_envelope(flagged, produced_at=flagged.produced_at + timedelta(seconds=60))
+    assert served.parts.tasks.close_accepted(acceptance) == [served.task_id]
+    page.wait_for_selector("#status:has-text('the gate accepted this item')")
+    assert "reject it (r)" in page.inner_text("#status")
+    page.keyboard.press("p")  # an approval is not offered: the item is stored already
+    assert "only a rejection" in page.inner_text("#status")
+    page.keyboard.press("r")
+    page.wait_for_selector("#reject-dialog[open]")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("body[data-decided='reject']")
+    task = served.parts.tasks.get(served.task_id)
+    assert (task.state, task.decided_by) == ("rejected", "alice")
 
 
 def test_an_idle_page_lets_its_lease_run_out_and_a_key_press_takes_the_item_back(

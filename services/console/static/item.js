@@ -245,8 +245,20 @@
   // Whether this page may send the decision: a held item takes any, an item the gate accepted a rejection.
   const mayDecide = (decision) => page.held || (decision === "reject" && page.rejectable);
 
+  // Whether the task is now closed as accepted by the gate (a replay), asked after a renewal is refused.
+  async function acceptedByTheGate() {
+    try {
+      const response = await fetch("/api/tasks/" + page.taskId, { credentials: "same-origin" });
+      return response.ok && (await response.json()).state === "accepted";
+    } catch (_) {
+      return false;
+    }
+  }
+
   async function decide(decision, rejectReason) {
-    if (!mayDecide(decision)) return say("claim the item first (c)", true);
+    if (!mayDecide(decision)) {
+      return say(page.rejectable ? "the gate accepted this item: only a rejection (r) is recorded" : "claim the item first (c)", true);
+    }
     if (busy) return;
     busy = true;
     // Everything up to the answer inside the try: a mask the browser failed to encode threw before it,
@@ -341,7 +353,13 @@
         if (error.status === 409) {
           page.held = false;
           clearInterval(renewal);
-          say("lease lost: " + error.message + " — this item can no longer be saved from this page", true);
+          if (await acceptedByTheGate()) {
+            // A person's rejection still stands against the gate's acceptance (as on the accepted item's page).
+            page.rejectable = true;
+            say("the gate accepted this item meanwhile, so it is stored: reject it (r) if it should not be", true);
+          } else {
+            say("lease lost: " + error.message + " — this item can no longer be saved from this page", true);
+          }
         } else {
           troubled = true;
           say("could not renew the lease (" + error.message + "); trying again", true);
