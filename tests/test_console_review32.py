@@ -115,3 +115,22 @@ def test_a_mask_checked_against_a_render_a_replay_replaced_before_the_save_is_re
     held = parts.tasks.get(task.task_id)
     assert held.state == "claimed" and parts.tasks.outbox(task.task_id) is None
     assert held.pending.matted.generated.image.width == 96  # what a decision is on now
+
+
+@pytest.mark.parametrize("media_type", ["Application/X-WWW-Form-Urlencoded", "MULTIPART/FORM-DATA"])
+def test_a_form_whose_media_type_is_not_lower_case_is_read_for_its_csrf_token(
+    parts: ConsoleParts, media_type: str
+) -> None:
+    """Media types are case-insensitive (RFC 9110), and the body limits read them so: the CSRF check
+    looked for the token in the form only under a lower-case type, and answered 403 "missing or wrong
+    CSRF token" to a form that carried the right one."""
+    (task,) = parts.tasks.query()
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+    files = {"f": b""} if media_type.lower().startswith("multipart") else None
+    request = client.build_request("POST", "/claim-next", data={"csrf_token": token}, files=files)
+    original = request.headers["content-type"]
+    request.headers["content-type"] = media_type + original[len(media_type) :]
+    response = client.send(request, follow_redirects=False)
+    assert response.status_code == 303, response.text
+    assert response.headers["location"] == f"/tasks/{task.task_id}"

@@ -190,7 +190,9 @@ async def require_csrf(request: Request) -> Session:
     if not from_console_origin(request, request.app.state.console):
         raise HTTPException(403, "cross-origin request refused")
     token = request.headers.get(CSRF_HEADER)
-    if token is None and request.headers.get("content-type", "").startswith(
+    # Media types are case-insensitive, as ``limit_bodies`` reads them: a form sent as
+    # "Application/X-WWW-Form-Urlencoded" was parsed, but its token never looked for (a 403).
+    if token is None and request.headers.get("content-type", "").lower().startswith(
         ("application/x-www-form-urlencoded", "multipart/form-data")
     ):
         value = (await request.form()).get(CSRF_FIELD)
