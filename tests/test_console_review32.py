@@ -1,5 +1,6 @@
 """The console after review 32: a decision, from the web page, a script or a Label Studio export, is
-recorded on the pixels it was checked against."""
+recorded on the pixels it was checked against; a form's CSRF token is read whatever the case of its
+media type; the time to decision counts from the decider's own claim only."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from shared.images import encode_png
 from shared.store import ObjectStore
 from tests.support.console import (
     ConsoleParts,
+    accepted_envelope,
     app_for,
     flagged_item,
     flagged_parts_fixture,
@@ -134,3 +136,28 @@ def test_a_form_whose_media_type_is_not_lower_case_is_read_for_its_csrf_token(
     response = client.send(request, follow_redirects=False)
     assert response.status_code == 303, response.text
     assert response.headers["location"] == f"/tasks/{task.task_id}"
+
+
+def test_a_rejection_of_an_accepted_item_by_someone_who_never_claimed_it_is_no_time_to_decision(
+    parts: ConsoleParts,
+) -> None:
+    """The time-to-decision histogram (claim to decision) took the claim a task kept when the gate
+    closed it: bob rejecting, two hours on, an item alice had held was counted as a decision two hours
+    after a claim, his, that he never made."""
+    (task,) = parts.tasks.query()
+    parts.tasks.claim(task.task_id, "alice", 60.0)
+    flagged = pending_envelope(task.pending)
+    parts.tasks.close_accepted(
+        accepted_envelope(flagged, produced_at=flagged.produced_at + timedelta(seconds=60))
+    )
+    parts.clock.advance(7200.0)
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    rejected = client.post(
+        f"/api/tasks/{task.task_id}/decision",
+        data={"decision": "reject", "reject_reason": "wrong_product"},
+        headers={"X-CSRF-Token": login(client, "bob")},
+    )
+    assert rejected.status_code == 200, rejected.text
+    registry = parts.console.metrics.registry
+    assert registry.get_sample_value("skuforge_console_decision_seconds_count") == 0.0
+    assert registry.get_sample_value("skuforge_console_task_age_seconds_count") == 1.0  # still decided

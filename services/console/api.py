@@ -96,7 +96,9 @@ def api_decision(
         max_bytes=console.settings.max_image_bytes,
         shown=shown,
     )
-    if task.claimed_at is not None:
+    if task.claimed_at is not None and task.claimed_by == session.reviewer:
+        # Their own claim's time to decision: a task the gate accepted keeps the claim it had then, and
+        # another reviewer's rejection of it was counted from that claim.
         console.metrics.decision_seconds.observe(max(0.0, event.created_at - task.claimed_at))
     console.metrics.task_age_seconds.observe(max(0.0, event.created_at - task.received_at))
     if console.relay is not None:
