@@ -81,7 +81,7 @@ from devstack.supervisor import ServiceSpec, Supervisor, SupervisorError, http_o
 from schemas.flow import CONSOLE, LORA_TRAINER, PIPELINE, TRITON, Service
 from services.console.config import ConsoleSettings, parse_users
 from services.generator.protocol import model_name
-from shared.argtypes import float_between, folder_problem, positive_float
+from shared.argtypes import float_between, folder_problem
 from shared.config import ConfigError, is_host_port, load_settings, secret_variables
 from shared.generation.backend import BACKEND_NAMES
 from shared.generation.settings import GenerationSettings
@@ -98,6 +98,10 @@ CONSOLE_USER = "demo"
 # The most members of one stage's group `--replicas` runs: each is a process (its model loaded) and a
 # port on this one machine, and members beyond a topic's partitions (6 by default) only wait idle.
 MAX_REPLICAS = 32
+# --grace-s's bounds: under a second no service can commit and close its Kafka clients (SIGKILL all but
+# follows SIGTERM); past an hour a service deaf to SIGTERM holds the stop, and its ports, all but for ever.
+MIN_GRACE_S = 1.0
+MAX_GRACE_S = 3600.0
 
 
 def _default(model: type[BaseSettings], field: str) -> int:
@@ -980,9 +984,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--grace-s",
-        type=positive_float,
+        type=float_between(MIN_GRACE_S, MAX_GRACE_S),
         default=20.0,
-        help="seconds a service has to stop before SIGKILL (default %(default)g)",
+        help=f"seconds a service has to stop before SIGKILL, {MIN_GRACE_S:g} to {MAX_GRACE_S:g} "
+        "(default %(default)g)",
     )
     parser.add_argument(
         "--with-prometheus",

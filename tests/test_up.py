@@ -615,14 +615,21 @@ def test_another_users_running_stack_is_running(tmp_path: Path, monkeypatch: pyt
             "--scrape-interval-s: must be a number from 0.5",
         ),
         # Before: -1 killed every service at once with SIGKILL; nan never fell back to it.
-        (["--grace-s", "-1"], "--grace-s: must be a number above 0"),
+        (["--grace-s", "-1"], "--grace-s: must be a number from 1 to 3600, got -1"),
+        # Before: accepted; a service deaf to SIGTERM then held the stop (and its ports) for ever.
+        (["--grace-s", "1e9"], "--grace-s: must be a number from 1 to 3600, got 1e9"),
+        # Before: accepted; SIGTERM and SIGKILL came together, no stop was graceful.
+        (["--grace-s", "0.001"], "--grace-s: must be a number from 1 to 3600, got 0.001"),
     ],
 )
 def test_up_refuses_numbers_it_cannot_use(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # A workdir `up` refuses too, once it has read its options: a number it wrongly accepts fails the
+    # test there, rather than starting a whole stack.
+    (tmp_path / "a-file").write_text("")
     with pytest.raises(SystemExit) as exited:
-        main(argv)
+        main([*argv, "--workdir", str(tmp_path / "a-file" / "up")])
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
 
