@@ -28,7 +28,8 @@ Delivery (docs/architecture.md, "Delivery"):
   partition is processed or committed meanwhile, so per-SKU order holds. Other partitions go on.
 * **Unexpected handler errors** are retried like transient ones, up to ``handler_max_attempts``,
   then dead-lettered with reason ``handler_error``, so one poison message cannot stall a partition.
-* **SIGTERM/SIGINT** finish the batch in hand, commit and return 0.
+* **SIGTERM/SIGINT/SIGHUP** finish the batch in hand, commit and return 0 (SIGHUP: the terminal of a
+  ``skuforge run`` closed; left ignored where it was, as under ``nohup``).
 """
 
 from __future__ import annotations
@@ -358,8 +359,8 @@ class Stage:
         return self._joined and not self._stop.is_set() and self._stage_ready()
 
     def run(self, *, install_signal_handlers: bool | None = None, serve_health: bool = True) -> int:
-        """Consume until stopped (SIGTERM, SIGINT or ``stop()``); returns the exit code (0). A second
-        SIGTERM or SIGINT while it stops raises ``Stopped`` or ``KeyboardInterrupt`` where it stands."""
+        """Consume until stopped (SIGTERM, SIGINT, SIGHUP or ``stop()``); returns the exit code (0). A
+        second one while it stops raises ``Stopped`` or ``KeyboardInterrupt`` where it stands."""
         if not self._routes:
             raise RuntimeError(f"stage {self.name} has no handler: register one with @stage.handler(topic)")
         if install_signal_handlers is None:
@@ -376,8 +377,11 @@ class Stage:
                 stops.append(signum)
                 self.stop()
 
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, request_stop)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                # SIGHUP's default ended the stage where it stood, its batch in hand uncommitted and
+                # its clients not closed; one already ignored (`nohup skuforge run`) stays ignored.
+                if signum != signal.SIGHUP or signal.getsignal(signum) != signal.SIG_IGN:
+                    signal.signal(signum, request_stop)
         if serve_health:
             self.health = HealthServer(
                 self.metrics.registry,

@@ -1,16 +1,20 @@
 """A stage stopping gracefully (its last commit, closing its Kafka clients) ends at once on a second
-Ctrl-C or SIGTERM, as a user who will not wait expects; on the real broker, the stage in a child process."""
+Ctrl-C or SIGTERM, as a user who will not wait expects; a hang-up (SIGHUP: the terminal of `skuforge run`
+closed) stops it as gracefully as SIGTERM does. On the real broker, the stage in a child process."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from kafka.structs import TopicPartition
 
 from tests.support.bus import file_store_uri
+from tests.support.kafka import session_admin
 from tests.support.signals import stopped
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,3 +66,59 @@ def test_a_second_stop_while_the_stage_closes_its_producer_ends_it(
         cwd=ROOT,
     )
     assert ended.returncode != 0, ended.err  # not the 0 of a stop that finished
+
+
+# A stage with one record to handle, which says when it handles it (naming its topic and group) and
+# finishes it only once it has heard the stop, which therefore comes while the record is in hand.
+STAGE_HANDLING_A_RECORD = """
+import sys, threading, time
+from schemas.topics import SKU_INGESTED
+from shared.runtime import Stage
+from shared.store import open_store
+from tests.support.bus import create_topics, isolated_settings, produce, sku_ingested_payloads
+
+settings = isolated_settings(sys.argv[1], sys.argv[2])
+create_topics(settings, SKU_INGESTED, partitions=1)
+produce(settings, SKU_INGESTED, sku_ingested_payloads(open_store(settings.store_uri), 1))
+stage = Stage("hangup", settings=settings)
+group = f"{settings.consumer_group_prefix}.{stage.name}"
+stop_heard = threading.Event()
+stop = stage.stop
+stage.stop = lambda: (stop_heard.set(), stop())[1]
+
+@stage.handler(SKU_INGESTED)
+def handle(event, ctx):
+    print("handling", settings.topic_name(SKU_INGESTED), group, flush=True)
+    while not stop_heard.is_set():
+        time.sleep(0.05)
+    return []
+
+sys.exit(stage.run(serve_health=False))
+"""
+
+
+@pytest.mark.kafka
+def test_a_hang_up_stops_a_stage_as_sigterm_does_committing_the_record_in_hand(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    # SIGHUP kept its default: the stage died where it stood (exit -1), its record in hand uncommitted
+    # (redone by the next run) and its Kafka clients never closed (its group waited out the session).
+    handling: list[str] = []
+
+    def handling_the_record(run: subprocess.Popen[str]) -> None:
+        assert run.stdout is not None
+        line = run.stdout.readline().split()
+        assert line[:1] == ["handling"], (line, run.communicate())
+        handling.extend(line[1:])
+
+    ended = stopped(
+        [sys.executable, "-c", STAGE_HANDLING_A_RECORD, kafka_bootstrap, file_store_uri(tmp_path / "store")],
+        [(handling_the_record, signal.SIGHUP)],
+        lost="the stage did not stop within 20 s of SIGHUP",
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    assert ended.returncode == 0, ended.err
+    topic, group = handling
+    committed = session_admin(kafka_bootstrap).list_group_offsets(group).get(group, {})
+    assert committed[TopicPartition(topic, 0)].offset == 1, committed
