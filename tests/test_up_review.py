@@ -318,53 +318,134 @@ with stack(workdir, variants=1, keep_running=False):
 """
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-def test_the_demo_stops_the_stack_it_started_when_terminated_or_hung_up(
-    tmp_path: Path, stop_signal: signal.Signals
-) -> None:
+@dataclass
+class DemoWithFakeUp:
+    """A demo driver in a child process whose ``skuforge up`` is ``FAKE_UP``; its output in ``out_path``."""
+
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    out_path: Path
+
+    def entered(self) -> int:
+        """Waits until the driver is inside the stack; the fake stack's pid."""
+        wait_for(
+            lambda: (self.workdir / "entered").exists() or self.process.poll() is not None,
+            60,
+            "the demo to enter the stack",
+        )
+        assert (self.workdir / "entered").exists(), self.out_path.read_text()
+        return int(json.loads((self.workdir / "stack.json").read_text())["supervisor_pid"])
+
+
+@contextlib.contextmanager
+def demo_with_fake_up(tmp_path: Path, driver_text: str) -> Iterator[DemoWithFakeUp]:
+    """Runs ``driver_text`` (given the workdir as its argument) as a shell would, with ``FAKE_UP`` found
+    for ``python -m skuforge_cli up``; kills what is left of both at the end."""
     fake_root = tmp_path / "fake-root"
     (fake_root / "skuforge_cli").mkdir(parents=True)
     (fake_root / "skuforge_cli" / "__init__.py").write_text("")
     (fake_root / "skuforge_cli" / "__main__.py").write_text(textwrap.dedent(FAKE_UP))
     driver = tmp_path / "driver" / "demo_driver.py"
     driver.parent.mkdir()
-    driver.write_text(DEMO_DRIVER)
+    driver.write_text(driver_text)
     workdir = tmp_path / "stack"
     out_path = tmp_path / "demo.out"
     with out_path.open("wb") as out:
         demo = subprocess.Popen(
             [sys.executable, str(driver), str(workdir)],
             cwd=fake_root,  # the demo's `python -m skuforge_cli up` finds the fake first
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},  # this checkout's demo, not the installed one
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=as_from_a_shell,
         )
-    fake_up_pid: int | None = None
     try:
-        wait_for(
-            lambda: (workdir / "entered").exists() or demo.poll() is not None,
-            60,
-            "the demo to enter the stack",
-        )
-        assert (workdir / "entered").exists(), out_path.read_text()
-        fake_up_pid = int(json.loads((workdir / "stack.json").read_text())["supervisor_pid"])
-
-        os.kill(demo.pid, stop_signal)
-        demo.wait(timeout=60)
-
-        assert (workdir / "fake-up.stopped").exists(), (
-            f"the stack the demo started was left running after {stop_signal.name} to the demo; "
-            f"demo output:\n{out_path.read_text()}"
-        )
-        assert (workdir / "fake-up.stopped").read_text() == "SIGINT"
-        wait_for(lambda: fake_up_pid is not None and not alive(fake_up_pid), 30, "the fake stack to exit")
-        assert "stopping the stack" in out_path.read_text()
+        yield DemoWithFakeUp(demo, workdir, out_path)
     finally:
         if demo.poll() is None:
             demo.kill()
             demo.wait()
-        kill_if_alive(fake_up_pid)
+        kill_if_alive(read_pid_in_state(workdir))
+
+
+def read_pid_in_state(workdir: Path) -> int | None:
+    """The supervisor pid the (fake) stack wrote in stack.json; None before it did."""
+    try:
+        return int(json.loads((workdir / "stack.json").read_text())["supervisor_pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_the_demo_stops_the_stack_it_started_when_terminated_or_hung_up(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    with demo_with_fake_up(tmp_path, DEMO_DRIVER) as demo:
+        fake_up_pid = demo.entered()
+
+        os.kill(demo.process.pid, stop_signal)
+        demo.process.wait(timeout=60)
+
+        assert (demo.workdir / "fake-up.stopped").exists(), (
+            f"the stack the demo started was left running after {stop_signal.name} to the demo; "
+            f"demo output:\n{demo.out_path.read_text()}"
+        )
+        assert (demo.workdir / "fake-up.stopped").read_text() == "SIGINT"
+        wait_for(lambda: not alive(fake_up_pid), 30, "the fake stack to exit")
+        assert "stopping the stack" in demo.out_path.read_text()
+
+
+# The demo's main with --keep-running, but for its flow: the run's own exit code is 0 (every image decided).
+KEEP_RUNNING_DRIVER = """
+import sys
+from pathlib import Path
+from devstack.demo.demo import stack
+
+def demo() -> int:
+    workdir = Path(sys.argv[1])
+    with stack(workdir, variants=1, keep_running=True):
+        (workdir / "entered").write_text("yes")
+        return 0
+
+sys.exit(demo())
+"""
+
+
+def kept_running(demo: DemoWithFakeUp) -> int:
+    """Waits until the driver keeps the fake stack running after its run; the stack's pid."""
+    fake_up_pid = demo.entered()
+    wait_for(
+        lambda: "keeps running" in demo.out_path.read_text() or demo.process.poll() is not None,
+        60,
+        "the demo to keep the stack running",
+    )
+    assert demo.process.poll() is None, demo.out_path.read_text()
+    return fake_up_pid
+
+
+@pytest.mark.parametrize(
+    "stop_signal", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["Ctrl-C", "SIGTERM", "SIGHUP"]
+)
+def test_a_requested_stop_of_a_kept_stack_exits_with_the_runs_own_code(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    with demo_with_fake_up(tmp_path, KEEP_RUNNING_DRIVER) as demo:
+        kept_running(demo)
+        os.kill(demo.process.pid, stop_signal)
+        assert demo.process.wait(timeout=60) == 0, demo.out_path.read_text()
+        assert (demo.workdir / "fake-up.stopped").read_text() == "SIGINT"  # the stack was stopped
+
+
+def test_a_kept_stack_that_dies_by_itself_fails_the_demo(tmp_path: Path) -> None:
+    """The demo exited 0, saying nothing, when the stack it kept running for the console was killed (the
+    OOM killer) or failed: as if the user had stopped it."""
+    with demo_with_fake_up(tmp_path, KEEP_RUNNING_DRIVER) as demo:
+        os.kill(kept_running(demo), signal.SIGKILL)
+        assert demo.process.wait(timeout=60) == 1, demo.out_path.read_text()
+        said = demo.out_path.read_text()
+        assert "skuforge up exited with code -9 (killed by SIGKILL)" in said, said
+        assert str(demo.workdir / "up.out") in said, said
 
 
 def test_signals_as_interrupt_raises_keyboard_interrupt_and_puts_the_handlers_back() -> None:

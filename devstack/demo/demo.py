@@ -7,7 +7,8 @@
    checked before anything starts;
 2. uses the stack of ``--workdir`` if ``skuforge up`` runs there (it keeps its own scenes and images per
    SKU; a ``--variants`` that differs is noted on stderr), else starts one (and stops it at the end,
-   unless ``--keep-running``, which keeps it up after the report until Ctrl-C; on Ctrl-C during the
+   unless ``--keep-running``, which keeps it up after the report until Ctrl-C, and then exits with the
+   run's own code, or 1 when the stack ended by itself with a failure meanwhile; on Ctrl-C during the
    run too, then says so in one line and exits 130);
 3. ingests the SKUs, then shows per stage how far they got, until every generated image is decided:
    accepted into the retraining store or queued in the correction console (or dead-lettered);
@@ -48,7 +49,7 @@ from devstack.demo.report import (
     write_report,
 )
 from devstack.demo.tracker import FOLLOWED, FlowState, FlowTracker
-from devstack.supervisor import open_log
+from devstack.supervisor import exit_reason, open_log
 from devstack.up import DEFAULT_WORKDIR, STATE_FILE, read_state
 from schemas.events import CorrectionPending, GateAccepted, ImageGenerated, SkuCaptioned, SkuIngested
 from schemas.topics import (
@@ -195,9 +196,25 @@ def stack(
                 _say("the stack keeps running (--keep-running): Ctrl-C stops it")
                 with contextlib.suppress(KeyboardInterrupt):
                     process.wait()
+                _stack_ended_by_itself(process, log_path)
         finally:
             if process is not None and process.poll() is None:
                 _stop_stack(process)
+
+
+def _stack_ended_by_itself(process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """After ``--keep-running``'s wait: a stack that ended with a failure (killed, crashed) fails the
+    demo, where it exited with the run's code as if the user had stopped it; one stopped by a request
+    of its own (``kill``: it exits 0) is said. A stack still running was stopped by Ctrl-C here."""
+    code = process.poll()
+    if code is None:
+        return
+    if code != 0:
+        raise SystemExit(
+            f"the stack kept running for --keep-running ended by itself: skuforge up {exit_reason(code)}; "
+            f"see {log_path}"
+        )
+    _say("the stack was stopped (skuforge up exited 0)")
 
 
 def _stop_stack(process: subprocess.Popen[bytes]) -> None:
@@ -391,7 +408,8 @@ def handler_ms(metrics_url: str | None, stage: str) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     """``skuforge demo``; 0 when every generated image was decided, 1 on time-out or when no image was
-    generated at all, 2 on bad input, 130 on Ctrl-C (the stack it started is stopped first)."""
+    generated at all, 2 on bad input, 130 on Ctrl-C (the stack it started is stopped first). With
+    ``--keep-running``, a stop after the report is the run's own code; 1 if the stack failed meanwhile."""
     parser = argparse.ArgumentParser(
         prog="skuforge demo",
         description=(
@@ -427,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep-running",
         action="store_true",
-        help="keep a stack started here up after the report (to look at the console), until Ctrl-C",
+        help="keep a stack started here up after the report (to look at the console), until Ctrl-C, "
+        "SIGTERM or SIGHUP stops it; the exit status is then the run's own (0 when every image was "
+        "decided), or 1 if the stack ended by itself with a failure meanwhile (killed, crashed)",
     )
     source = parser.add_argument_group(
         "which SKUs", "default: the real sample photos in samples/grocerystore (3 SKUs x 3 photos)"
