@@ -338,13 +338,13 @@ class DemoWithFakeUp:
 
 
 @contextlib.contextmanager
-def demo_with_fake_up(tmp_path: Path, driver_text: str) -> Iterator[DemoWithFakeUp]:
-    """Runs ``driver_text`` (given the workdir as its argument) as a shell would, with ``FAKE_UP`` found
+def demo_with_fake_up(tmp_path: Path, driver_text: str, fake_up: str = FAKE_UP) -> Iterator[DemoWithFakeUp]:
+    """Runs ``driver_text`` (given the workdir as its argument) as a shell would, with ``fake_up`` found
     for ``python -m skuforge_cli up``; kills what is left of both at the end."""
     fake_root = tmp_path / "fake-root"
     (fake_root / "skuforge_cli").mkdir(parents=True)
     (fake_root / "skuforge_cli" / "__init__.py").write_text("")
-    (fake_root / "skuforge_cli" / "__main__.py").write_text(textwrap.dedent(FAKE_UP))
+    (fake_root / "skuforge_cli" / "__main__.py").write_text(textwrap.dedent(fake_up))
     driver = tmp_path / "driver" / "demo_driver.py"
     driver.parent.mkdir()
     driver.write_text(driver_text)
@@ -394,6 +394,45 @@ def test_the_demo_stops_the_stack_it_started_when_terminated_or_hung_up(
         assert (demo.workdir / "fake-up.stopped").read_text() == "SIGINT"
         wait_for(lambda: not alive(fake_up_pid), 30, "the fake stack to exit")
         assert "stopping the stack" in demo.out_path.read_text()
+
+
+# A stack slow to stop, as `skuforge up` is while a service waits out its --grace-s: the first SIGINT
+# only starts its stop; a second one (which has `up` kill what is left) ends it.
+FAKE_UP_SLOW_TO_STOP = """
+import json, os, signal, sys, time
+workdir = sys.argv[sys.argv.index("--workdir") + 1]
+
+def stop(signum, frame):
+    if os.path.exists(os.path.join(workdir, "fake-up.stopping")):
+        open(os.path.join(workdir, "fake-up.hurried"), "w").write("yes")
+        sys.exit(0)
+    open(os.path.join(workdir, "fake-up.stopping"), "w").write("yes")
+
+signal.signal(signal.SIGINT, stop)
+state = {"state": "ready", "supervisor_pid": os.getpid(), "started_at": time.time(), "env": {}}
+open(os.path.join(workdir, "stack.tmp"), "w").write(json.dumps(state))
+os.replace(os.path.join(workdir, "stack.tmp"), os.path.join(workdir, "stack.json"))
+while True:
+    time.sleep(600)
+"""
+
+
+def test_a_second_ctrl_c_while_the_demo_stops_its_stack_has_the_stack_kill_what_is_left(
+    tmp_path: Path,
+) -> None:
+    """The second Ctrl-C ended the demo's wait and the demo, and the stack it started was left stopping
+    in the background, every service waiting out its grace, with no terminal to Ctrl-C again: not what
+    a second Ctrl-C does to `skuforge up` itself."""
+    with demo_with_fake_up(tmp_path, DEMO_DRIVER, FAKE_UP_SLOW_TO_STOP) as demo:
+        fake_up_pid = demo.entered()
+        os.kill(demo.process.pid, signal.SIGINT)
+        wait_for(lambda: (demo.workdir / "fake-up.stopping").exists(), 60, "the demo to stop the stack")
+        os.kill(demo.process.pid, signal.SIGINT)
+        demo.process.wait(timeout=60)
+        assert (demo.workdir / "fake-up.hurried").exists(), (
+            f"the stack got no second SIGINT; demo output:\n{demo.out_path.read_text()}"
+        )
+        wait_for(lambda: not alive(fake_up_pid), 30, "the fake stack to exit")
 
 
 # The demo's main with --keep-running, but for its flow: the run's own exit code is 0 (every image decided).

@@ -219,11 +219,12 @@ def _stack_ended_by_itself(process: subprocess.Popen[bytes], log_path: Path) -> 
 
 def _stop_stack(process: subprocess.Popen[bytes]) -> None:
     """SIGINT to the stack's supervisor (``skuforge up``), as Ctrl-C; a second SIGINT if it has not
-    stopped within ``STACK_STOP_TIMEOUT_S`` (it kills what is left), and SIGKILL to it alone if that
-    has not ended it within ``STACK_KILL_TIMEOUT_S``."""
+    stopped within ``STACK_STOP_TIMEOUT_S``, or at once on the demo's own second Ctrl-C (SIGTERM,
+    SIGHUP) meanwhile (it kills what is left), and SIGKILL to it alone if that has not ended it within
+    ``STACK_KILL_TIMEOUT_S``."""
     _say("stopping the stack")
-    process.send_signal(signal.SIGINT)
     try:
+        process.send_signal(signal.SIGINT)
         process.wait(timeout=STACK_STOP_TIMEOUT_S)
         return
     except subprocess.TimeoutExpired:
@@ -231,7 +232,11 @@ def _stop_stack(process: subprocess.Popen[bytes]) -> None:
         # SIGTERM (their parent-death signal), which they had had already and did not heed. Ctrl-C
         # again has it kill them.
         _say(f"the stack did not stop within {STACK_STOP_TIMEOUT_S:.0f}s; killing what is left of it")
-        process.send_signal(signal.SIGINT)
+    except KeyboardInterrupt:
+        # Passed on, as `skuforge up` in a terminal would get it: it ended this wait and the demo, and
+        # left the stack stopping in the background, each service waiting out its grace.
+        _say("interrupted again; killing what is left of the stack")
+    process.send_signal(signal.SIGINT)
     try:
         process.wait(timeout=STACK_KILL_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -307,7 +312,7 @@ def _not_ready_hint(workdir: Path) -> str:
 def interrupted_line(workdir: Path, *, stack_entered: bool, stack_was_running: bool) -> str:
     """What a Ctrl-C of the demo left behind, in one line: the stack stopped, still running, or none.
 
-    Asked of the workdir, not assumed: a second Ctrl-C while the stack stops can leave it running.
+    Asked of the workdir, not assumed: a third Ctrl-C while the stack stops can leave it running.
     """
     state = read_state(workdir)
     if state is not None and stack_was_running:
