@@ -19,7 +19,8 @@ Watch: a service that exits is reported and started again after an
 exponential back-off (reset once it has stayed up for ``stable_after_s``). Stop: in reverse order,
 SIGTERM to the process group, SIGKILL after ``grace_s``; then every process still carrying the
 supervisor's id gets the same treatment. SIGINT, SIGTERM and SIGHUP (the terminal or the ssh session
-closed) all stop the stack that way; a second one while it stops kills what is left at once. On Linux
+closed; unless ignored, as under ``nohup``) all stop the stack that way; a second one while it stops
+kills what is left at once. On Linux
 the supervisor is a child subreaper, so orphaned grandchildren are re-parented to it (and reaped by it)
 rather than to init.
 """
@@ -578,8 +579,14 @@ class Supervisor:
             stops.append(signum)
             self.stopping.set()
 
-        # SIGHUP too: a closed terminal or ssh session would otherwise kill us without a stop.
-        previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
+        # SIGHUP too: a closed terminal or ssh session would otherwise kill us without a stop; but not
+        # where it is ignored (`nohup skuforge up &`), which asks the stack to outlive the terminal.
+        # SIGINT is taken even then: it is how `skuforge demo` stops the stack it started.
+        previous = {
+            sig: signal.signal(sig, request_stop)
+            for sig in STOP_SIGNALS
+            if sig != signal.SIGHUP or signal.getsignal(sig) != signal.SIG_IGN
+        }
         try:
             try:
                 started = self.start()

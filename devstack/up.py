@@ -32,8 +32,9 @@ console               ``skuforge serve console``             ``/readyz`` (intake
 one takes its own back without a rebalance (docs/deploy.md, "Scaling").
 
 A stage that dies is reported and restarted with back-off; Ctrl-C, SIGTERM or SIGHUP (the terminal
-closed) stops everything, console first, Kafka last (a second one kills what is left at once); if
-``skuforge up`` is killed outright, each service gets SIGTERM from the kernel (a parent-death signal).
+closed, unless ``nohup`` ignores it) stops everything, console first, Kafka last (a second one kills
+what is left at once); if ``skuforge up`` is killed outright, each service gets SIGTERM from the
+kernel (a parent-death signal).
 ``--ports default`` refuses to start, naming them, when any of the documented ports is taken.
 ``--with-prometheus`` starts a real Prometheus last (``devstack/prometheus.py``, the Debian package's
 binary) scraping every stage, the console and Triton, with ``deploy/prometheus/alerts.yml``, and prints

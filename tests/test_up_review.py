@@ -122,6 +122,7 @@ def supervised_listener(tmp_path: Path, script: str, **popen: Any) -> Iterator[S
         supervisor = subprocess.Popen(
             [sys.executable, str(tmp_path / "supervise.py"), str(port), str(tmp_path)],
             cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},  # this checkout's supervisor
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -149,7 +150,8 @@ def supervised_listener(tmp_path: Path, script: str, **popen: Any) -> Iterator[S
 def test_a_supervisor_hung_up_or_killed_leaves_no_service_holding_its_port(
     tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
-    with supervised_listener(tmp_path, SUPERVISOR_SCRIPT) as run:
+    # SIGHUP as a shell gives it: a test runner under nohup would pass its ignored SIGHUP on.
+    with supervised_listener(tmp_path, SUPERVISOR_SCRIPT, preexec_fn=as_from_a_shell) as run:
         os.kill(run.supervisor.pid, stop_signal)
         run.supervisor.wait(timeout=60)
 
@@ -162,6 +164,24 @@ def test_a_supervisor_hung_up_or_killed_leaves_no_service_holding_its_port(
         if stop_signal == signal.SIGHUP:  # a clean stop, said as such, not a death by signal
             assert run.supervisor.returncode == 0, run.out_path.read_text()
             assert "received SIGHUP; stopping everything" in run.out_path.read_text()
+
+
+def under_nohup() -> None:
+    """A ``preexec_fn``: signals as a shell gives them, SIGHUP ignored, as `nohup skuforge up &` starts it."""
+    as_from_a_shell()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def test_a_supervisor_started_under_nohup_keeps_its_stack_when_hung_up(tmp_path: Path) -> None:
+    """The supervisor put its stop over the SIGHUP nohup ignores: `nohup skuforge up &`, then logging
+    out, stopped the whole stack nohup was there to keep."""
+    with supervised_listener(tmp_path, SUPERVISOR_SCRIPT, preexec_fn=under_nohup) as run:
+        os.kill(run.supervisor.pid, signal.SIGHUP)
+        os.kill(run.supervisor.pid, signal.SIGTERM)  # an ignored SIGHUP is dropped; this one stops it
+        run.supervisor.wait(timeout=60)
+        said = run.out_path.read_text()
+        assert "received SIGHUP" not in said, said
+        assert "received SIGTERM; stopping everything" in said, said
 
 
 def test_a_report_to_a_hung_up_terminal_does_not_cut_the_stop_short(tmp_path: Path) -> None:
