@@ -70,13 +70,16 @@ def test_a_second_stop_while_the_stage_closes_its_producer_ends_it(
 
 # A stage with one record to handle, which says when it handles it (naming its topic and group) and
 # finishes it only once it has heard the stop, which therefore comes while the record is in hand.
+# With --nohup it starts with SIGHUP ignored, as `nohup` starts a command.
 STAGE_HANDLING_A_RECORD = """
-import sys, threading, time
+import signal, sys, threading, time
 from schemas.topics import SKU_INGESTED
 from shared.runtime import Stage
 from shared.store import open_store
 from tests.support.bus import create_topics, isolated_settings, produce, sku_ingested_payloads
 
+if "--nohup" in sys.argv:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 settings = isolated_settings(sys.argv[1], sys.argv[2])
 create_topics(settings, SKU_INGESTED, partitions=1)
 produce(settings, SKU_INGESTED, sku_ingested_payloads(open_store(settings.store_uri), 1))
@@ -98,11 +101,14 @@ sys.exit(stage.run(serve_health=False))
 
 
 @pytest.mark.kafka
+@pytest.mark.parametrize("under_nohup", [False, True], ids=["hang-up", "hang-up under nohup, then SIGTERM"])
 def test_a_hang_up_stops_a_stage_as_sigterm_does_committing_the_record_in_hand(
-    tmp_path: Path, kafka_bootstrap: str
+    tmp_path: Path, kafka_bootstrap: str, under_nohup: bool
 ) -> None:
     # SIGHUP kept its default: the stage died where it stood (exit -1), its record in hand uncommitted
     # (redone by the next run) and its Kafka clients never closed (its group waited out the session).
+    # Under nohup it stays ignored: the SIGTERM after it is the stop, heard as the first (a second one
+    # would end the stage where it stands, its record uncommitted).
     handling: list[str] = []
 
     def handling_the_record(run: subprocess.Popen[str]) -> None:
@@ -111,10 +117,21 @@ def test_a_hang_up_stops_a_stage_as_sigterm_does_committing_the_record_in_hand(
         assert line[:1] == ["handling"], (line, run.communicate())
         handling.extend(line[1:])
 
+    store_uri = file_store_uri(tmp_path / "store")
     ended = stopped(
-        [sys.executable, "-c", STAGE_HANDLING_A_RECORD, kafka_bootstrap, file_store_uri(tmp_path / "store")],
-        [(handling_the_record, signal.SIGHUP)],
-        lost="the stage did not stop within 20 s of SIGHUP",
+        [
+            sys.executable,
+            "-c",
+            STAGE_HANDLING_A_RECORD,
+            kafka_bootstrap,
+            store_uri,
+            *(["--nohup"] if under_nohup else []),
+        ],
+        [
+            (handling_the_record, signal.SIGHUP),
+            *([(lambda run: None, signal.SIGTERM)] if under_nohup else []),
+        ],
+        lost="the stage did not stop within 20 s of its stop",
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
     )
