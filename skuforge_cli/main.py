@@ -332,7 +332,10 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
         "make (official, real-pairs, pairs, train, export), measure (eval) or shrink to int8 (tune-ranges, "
         "quantize) the U2-Net matting model",
     ),
-    "dataset": (_cmd_dataset, "retraining store: per-SKU stats, export a training set, compact manifests"),
+    "dataset": (
+        _cmd_dataset,
+        "retraining store: per-SKU stats, export a training set, compact manifests, sweep orphans",
+    ),
     "evaluate": (
         _cmd_evaluate,
         "does the store's synthetic data help a classifier? top-1 on held-out real photos",

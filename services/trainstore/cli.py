@@ -4,10 +4,13 @@
     skuforge dataset export OUT --format imagefolder|jsonl --max-synthetic-per-real K [--size 256] \
         [--fit keep|pad] [--min-real 1] [--sku SKU ...] [--evaluation evaluation.json|DIR [--min-gain 0.0]]
     skuforge dataset compact
+    skuforge dataset sweep [--delete]
 
 The store is ``SKUFORGE_STORE_URI`` (and ``SKUFORGE_S3_ENDPOINT_URL``), the retraining store's root
 inside it ``SKUFORGE_TRAINSTORE_PREFIX``. Only manifests are read, except by ``export``, which reads
-(and checks) the images it writes out. ``--evaluation`` takes what ``skuforge evaluate`` wrote (its
+(and checks) the images it writes out, and ``sweep``, which lists each SKU's objects and deletes (with
+``--delete``) those no row names that are ``SKUFORGE_TRAINSTORE_SWEEP_GRACE_S`` old
+(``shared/trainstore/sweep.py``). ``--evaluation`` takes what ``skuforge evaluate`` wrote (its
 evaluation.json, or the ``--out`` folder that holds it) and leaves out the synthetic images of SKUs
 where they were measured to hurt (B - A below ``--min-gain``).
 """
@@ -43,6 +46,7 @@ from shared.trainstore.dataset import (
 )
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
+from shared.trainstore.sweep import SkuSweep, skus_without_manifest, sweep_sku
 from shared.trainstore.withdrawals import Withdrawals
 
 
@@ -282,11 +286,28 @@ def main(argv: list[str] | None = None) -> int:
         "top-1 from -1 to 1 (-0.05 for -5 points; default 0.0: leave them out where they hurt)",
     )
     sub.add_parser("compact", help="merge every SKU's manifest deltas into one file now")
+    sweep = sub.add_parser(
+        "sweep",
+        help="list every SKU's images and masks that no manifest row names (left by a deletion cut short, "
+        "or a writer whose row lost) and were written SKUFORGE_TRAINSTORE_SWEEP_GRACE_S or more before "
+        "the SKU's newest manifest part (the store's times); a dry run unless --delete",
+        description="Find the retraining store's images and masks that no manifest row names and that "
+        "were written SKUFORGE_TRAINSTORE_SWEEP_GRACE_S (default a day) or more before their SKU's newest "
+        "manifest part, both times the store's (S3's LastModified), and print them. Nothing is deleted "
+        "without --delete: a dry run is the default, as a deletion cannot be undone. A younger object may "
+        "be a writer's whose row is on its way, and is kept. Manifests, withdrawal markers, files not of "
+        "the store's layout and SKUs with no manifest (named) are never touched.",
+    )
+    sweep.add_argument(
+        "--delete",
+        action="store_true",
+        help="delete the objects found (default: a dry run that only prints them)",
+    )
     args = parser.parse_args(argv)
     manifests = open_manifests()
     settings = load_settings()
 
-    if args.action in ("stats", "compact") and not (sku_ids := manifests.sku_ids()):
+    if args.action in ("stats", "compact", "sweep") and not (sku_ids := manifests.sku_ids()):
         # An empty table or {"compacted": []} and exit 0 would hide a mistyped store URI.
         print(f"skuforge dataset {args.action}: {no_skus_problem(manifests)}", file=sys.stderr)
         return 1
@@ -384,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("\n".join(summary.lines()))
         return 0
+    if args.action == "sweep":
+        return _sweep(manifests, sku_ids, delete=args.delete)
     compacted = []
     for sku_id in sku_ids:
         try:
@@ -396,5 +419,43 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"compacted": compacted, "unreadable": sorted(unreadable)}))
     if unreadable:
         report_unreadable("compact", unreadable, len(sku_ids), "were not compacted")
+        return 1
+    return 0
+
+
+def _sweep(manifests: ManifestStore, sku_ids: list[str], *, delete: bool) -> int:
+    """``skuforge dataset sweep``: each SKU's unnamed objects past the grace period, deleted with
+    ``delete``, printed either way; a SKU that does not read is named on stderr (exit 1), the others
+    are still swept."""
+    grace_s = load_settings(TrainstoreSettings).trainstore_sweep_grace_s
+    unreadable: dict[str, str] = {}
+    sweeps: list[SkuSweep] = []
+    for sku_id in sku_ids:
+        try:
+            sweeps.append(sweep_sku(manifests, sku_id, grace_s=grace_s, delete=delete))
+        except BadInput as exc:
+            unreadable[sku_id] = str(exc)
+        except TransientError as exc:  # as in readable_rows: the others are still swept
+            unreadable[sku_id] = f"{exc} (run the command again)"
+    done = "deleted" if delete else "would delete"
+    for sku_sweep in sweeps:
+        for key in sku_sweep.swept:
+            print(f"{sku_sweep.sku_id}: {done} {manifests.store.uri_for(key)}")
+        if young := len(sku_sweep.young):
+            print(
+                f"{sku_sweep.sku_id}: {young} unnamed object{'s' if young != 1 else ''} younger than "
+                f"SKUFORGE_TRAINSTORE_SWEEP_GRACE_S ({grace_s:g} s) kept"
+            )
+    for sku_id in skus_without_manifest(manifests):
+        print(f"{sku_id}: no manifest: its objects are left alone")
+    objects = sum(len(sku_sweep.swept) for sku_sweep in sweeps)
+    skus = sum(1 for sku_sweep in sweeps if sku_sweep.swept)
+    counted = f"{objects} object{'s' if objects != 1 else ''} of {skus} SKU{'s' if skus != 1 else ''}"
+    if delete:
+        print(f"{counted} deleted")
+    else:
+        print(f"dry run: {counted} would be deleted; run again with --delete to delete them")
+    if unreadable:
+        report_unreadable("sweep", unreadable, len(sku_ids), "were not swept")
         return 1
     return 0

@@ -46,7 +46,8 @@ of any render: a replay of the gate after a threshold change leaves a rejection 
 its corrected mask) as it is, and a first render's acceptance made again leaves the approval of a
 second (``_overrides_review``, ``_past_gate_decision``). Between two reviewers' decisions the later
 made wins, by their events' own times (``_past_review``; a row dated past the gate's keeps its own
-in ``event_produced_at``).
+in ``event_produced_at``). The unnamed objects of an item never replaced again are left to ``skuforge
+dataset sweep`` (``shared/trainstore/sweep.py``, which ``_sweep`` shares).
 
 Bad input goes to the DLQ and nothing of the event is written: every object the event points at
 is read, checked against its sha256 and decoded *before* the first write. Reasons:
@@ -85,6 +86,7 @@ from shared.runtime import Context, Emit, Handler, Stage, run_stage
 from shared.store import sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore, Status, content_keys, stands
 from shared.trainstore.settings import TrainstoreSettings
+from shared.trainstore.sweep import past_grace
 from shared.trainstore.withdrawals import Withdrawals, photo_of, withdrawable, withdrawn_row, withdrawn_rows
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -274,7 +276,7 @@ class Trainstore:
         ]
         if maskless:
             rows = self.manifests.read_sku(sku.sku_id)
-            named = self._named_keys(rows)
+            named = self.manifests.named_keys(rows)
             for photo_id in maskless:
                 for mask_key in self.manifests.stored_objects(
                     sku.sku_id, "real", photo_id, images=False, current=rows
@@ -465,7 +467,7 @@ class Trainstore:
         if not renders:
             return
         rows = self.manifests.read_sku(sku_id)
-        named = self._named_keys(rows)
+        named = self.manifests.named_keys(rows)
         for key in sorted({self.manifests.key(key) for key in replaced} - named):
             self.manifests.store.delete(key)
         self._sweep(ctx, sku_id, renders, rows, named, written)
@@ -500,15 +502,9 @@ class Trainstore:
             # Compacted meanwhile (another member, ``skuforge dataset compact``): its time is not the
             # event's fault, and what is left is swept at the item's next replacement.
             return
-        swept = []
-        for key in left:
-            try:
-                age_s = (now - self.manifests.store.modified_at(key)).total_seconds()
-            except ObjectMissing:
-                continue  # deleted meanwhile (another member's sweep)
-            if age_s >= self.sweep_grace_s:
-                self.manifests.store.delete(key)
-                swept.append(key)
+        swept = past_grace(self.manifests.store, left, now=now, grace_s=self.sweep_grace_s)
+        for key in swept:
+            self.manifests.store.delete(key)
         if swept:
             ctx.log.info(
                 "unnamed objects of replaced items swept", extra={"sku_id": sku_id, "objects": swept}
@@ -528,7 +524,7 @@ class Trainstore:
         ]
         if not gone:
             return
-        named = self._named_keys(self.manifests.read_sku(sku_id))
+        named = self.manifests.named_keys(self.manifests.read_sku(sku_id))
         put_back = [key for key, _ in gone if self.manifests.key(key) in named]
         for key, data in gone:
             if key in put_back:
@@ -538,10 +534,6 @@ class Trainstore:
                 "objects another member deleted meanwhile put back",
                 extra={"sku_id": sku_id, "keys": put_back},
             )
-
-    def _named_keys(self, rows: dict[str, ManifestRow]) -> set[str]:
-        """The store's keys of every image and mask ``rows`` name."""
-        return {self.manifests.key(key) for row in rows.values() for key in (row.image, row.mask) if key}
 
 
 def _withdraw(

@@ -29,7 +29,8 @@ Training code reads manifests only (``load_manifest``), never lists or opens ima
 per class after compaction, the columnar copy (one JSON object of per-field arrays: parsing it is
 several times cheaper than parsing one object per line, which is what lets two million items load in
 seconds). Only the trainstore stage writes here, ``skuforge dataset compact``, and ``skuforge ingest
---withdraw-missing`` (``shared/trainstore/withdrawals.py``). Parts written
+--withdraw-missing`` (``shared/trainstore/withdrawals.py``); ``skuforge dataset sweep`` deletes objects
+no row names (``shared/trainstore/sweep.py``). Parts written
 before the content-named layout (``part-c-<seq>.jsonl``, no stamps) still read: their rows are
 stamped as written just before any delta of their number.
 
@@ -458,6 +459,10 @@ class ManifestStore:
                 if f"{item_id}{suffix.removesuffix('.png')}" not in current:
                     found.append(listed)
         return found
+
+    def named_keys(self, rows: Mapping[str, ManifestRow]) -> set[str]:
+        """The store's keys of every image and mask ``rows`` (a SKU's, ``read_sku``) name."""
+        return {self.key(key) for row in rows.values() for key in (row.image, row.mask) if key}
 
     def delete_objects(self, sku_id: str, items: Iterable[tuple[str, str]]) -> None:
         """Delete every image and mask of each ``(source, item_id)`` of a SKU (rejected or withdrawn;

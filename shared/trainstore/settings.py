@@ -40,9 +40,9 @@ class TrainstoreSettings(BaseSettings):
         ge=0,
         le=31_536_000,
         description="objects of a replaced item that no manifest row names (left by a writer whose row "
-        "lost, or a deletion cut short) are deleted when the item is replaced again, once written this "
-        "long before (the store's times: S3's LastModified); younger ones may be a writer's whose row is "
-        "on its way",
+        "lost, or a deletion cut short) are deleted when the item is replaced again, or by skuforge "
+        "dataset sweep --delete, once written this long before (the store's times: S3's LastModified); "
+        "younger ones may be a writer's whose row is on its way",
     )
 
     @field_validator("trainstore_prefix")
