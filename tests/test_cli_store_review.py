@@ -9,7 +9,9 @@ import pytest
 from skuforge_cli.main import main as cli_main
 
 
-@pytest.mark.parametrize("argv", [["stats"], ["stats", "--json"], ["compact"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "argv", [["stats"], ["stats", "--json"], ["compact"], ["sweep"], ["sweep", "--delete"]], ids=" ".join
+)
 @pytest.mark.parametrize("created", [True, False], ids=["empty-store", "no-store"])
 def test_dataset_stats_and_compact_on_a_store_with_no_skus_say_so_and_exit_1(
     argv: list[str],

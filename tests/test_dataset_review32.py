@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.errors import TransientError
 from shared.store import FileStore, ObjectStore, digest_key, sha256_hex
 from shared.trainstore.manifest import ManifestStore
 from skuforge_cli.main import main as cli_main
@@ -164,3 +165,33 @@ def test_ages_are_measured_against_the_skus_newest_manifest_part_not_this_machin
     assert cli_main(["dataset", "sweep", "--delete"]) == 0
     assert f"SKU-A: deleted {file_store.uri_for(orphan)}" in capsys.readouterr().out
     assert orphan not in _keys(file_store)
+
+
+def test_a_deletion_that_fails_names_its_sku_after_what_it_did_delete_and_the_others_are_swept(
+    file_store: FileStore, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifests = ManifestStore(file_store, PREFIX)
+    orphans = {}
+    for sku_id in ("SKU-A", "SKU-B"):
+        add_item(manifests, sku_id, "real-0", "real", "reference")
+        orphans[sku_id] = [_orphan(manifests, f"images/{sku_id}/real/real-{n}.png") for n in (1, 2)]
+        for key in orphans[sku_id]:
+            _age(file_store, key, days=2)
+    first, failing = orphans["SKU-A"]
+    delete = FileStore._delete
+
+    def unreachable_once(store: FileStore, key: str) -> None:
+        if key == failing:
+            raise TransientError(f"cannot delete {store.uri_for(key)}: the disk went away")
+        delete(store, key)
+
+    monkeypatch.setattr(FileStore, "_delete", unreachable_once)
+    assert cli_main(["dataset", "sweep", "--delete"]) == 1
+    out, err = capsys.readouterr()
+    assert f"SKU-A: deleted {file_store.uri_for(first)}" in out
+    assert f"SKU-A: deleted {file_store.uri_for(failing)}" not in out
+    assert "3 objects of 2 SKUs deleted" in out
+    assert f"SKU 'SKU-A': cannot delete {file_store.uri_for(failing)}" in err
+    assert "1 of 2 SKUs could not be read (named above) and were not swept, or not wholly" in err
+    left = _keys(file_store)
+    assert failing in left and first not in left and not set(orphans["SKU-B"]) & left

@@ -46,7 +46,7 @@ from shared.trainstore.dataset import (
 )
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
-from shared.trainstore.sweep import SkuSweep, skus_without_manifest, sweep_sku
+from shared.trainstore.sweep import find_orphans, skus_without_manifest
 from shared.trainstore.withdrawals import Withdrawals
 
 
@@ -425,37 +425,40 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sweep(manifests: ManifestStore, sku_ids: list[str], *, delete: bool) -> int:
     """``skuforge dataset sweep``: each SKU's unnamed objects past the grace period, deleted with
-    ``delete``, printed either way; a SKU that does not read is named on stderr (exit 1), the others
-    are still swept."""
+    ``delete``, each printed as it goes (so a run cut short has said what it deleted); a SKU that does
+    not read, or whose deletion failed, is named on stderr (exit 1), the others are still swept."""
     grace_s = load_settings(TrainstoreSettings).trainstore_sweep_grace_s
+    done = "deleted" if delete else "would delete"
     unreadable: dict[str, str] = {}
-    sweeps: list[SkuSweep] = []
+    swept: list[str] = []  # the SKU of each object deleted (or that would be)
     for sku_id in sku_ids:
         try:
-            sweeps.append(sweep_sku(manifests, sku_id, grace_s=grace_s, delete=delete))
+            orphans = find_orphans(manifests, sku_id, grace_s=grace_s)
+            for key in orphans.past_grace:
+                if delete:
+                    manifests.store.delete(key)
+                print(f"{sku_id}: {done} {manifests.store.uri_for(key)}", flush=True)
+                swept.append(sku_id)
         except BadInput as exc:
             unreadable[sku_id] = str(exc)
+            continue
         except TransientError as exc:  # as in readable_rows: the others are still swept
             unreadable[sku_id] = f"{exc} (run the command again)"
-    done = "deleted" if delete else "would delete"
-    for sku_sweep in sweeps:
-        for key in sku_sweep.swept:
-            print(f"{sku_sweep.sku_id}: {done} {manifests.store.uri_for(key)}")
-        if young := len(sku_sweep.young):
+            continue
+        if young := len(orphans.young):
             print(
-                f"{sku_sweep.sku_id}: {young} unnamed object{'s' if young != 1 else ''} younger than "
+                f"{sku_id}: {young} unnamed object{'s' if young != 1 else ''} younger than "
                 f"SKUFORGE_TRAINSTORE_SWEEP_GRACE_S ({grace_s:g} s) kept"
             )
     for sku_id in skus_without_manifest(manifests):
         print(f"{sku_id}: no manifest: its objects are left alone")
-    objects = sum(len(sku_sweep.swept) for sku_sweep in sweeps)
-    skus = sum(1 for sku_sweep in sweeps if sku_sweep.swept)
+    objects, skus = len(swept), len(set(swept))
     counted = f"{objects} object{'s' if objects != 1 else ''} of {skus} SKU{'s' if skus != 1 else ''}"
     if delete:
         print(f"{counted} deleted")
     else:
         print(f"dry run: {counted} would be deleted; run again with --delete to delete them")
     if unreadable:
-        report_unreadable("sweep", unreadable, len(sku_ids), "were not swept")
+        report_unreadable("sweep", unreadable, len(sku_ids), "were not swept, or not wholly")
         return 1
     return 0

@@ -2,11 +2,11 @@
 
 Such objects are what a deletion cut short left (an earlier render's image, a corrected mask), or a
 writer whose row lost. The trainstore stage sweeps an item's when it replaces the item again
-(``services/trainstore/stage.py``, ``_sweep``); ``sweep_sku`` sweeps a whole SKU, for ``skuforge
-dataset sweep``, which finds those of items never written again. Both go through ``past_grace``.
+(``services/trainstore/stage.py``, ``_sweep``); ``find_orphans`` finds a whole SKU's, for ``skuforge
+dataset sweep``, which so deletes those of items never written again. Both go through ``past_grace``.
 
 Ages are measured on the store's own clock (S3's LastModified, a file's modification time), against a
-manifest object's time, never the clock of the process asking. An object younger than the grace period
+manifest part's time, never the clock of the process asking. An object younger than the grace period
 (``SKUFORGE_TRAINSTORE_SWEEP_GRACE_S``) may be a writer's whose row is still on its way: a writer puts
 its objects, then its row. Only ``images/<sku_id>/<real|synthetic>/*.png`` and ``masks/<sku_id>/*.png``
 are ever swept: never a manifest part, a withdrawal marker, or anything outside the store's prefix.
@@ -23,7 +23,7 @@ from shared.errors import ObjectMissing, TransientError
 from shared.store import ObjectStore
 from shared.trainstore.manifest import ManifestStore
 
-__all__ = ["SkuSweep", "past_grace", "skus_without_manifest", "sweep_sku"]
+__all__ = ["SkuOrphans", "find_orphans", "past_grace", "skus_without_manifest"]
 
 # The keys the trainstore writes an item's objects under, after images/<sku_id>/ and masks/<sku_id>/
 # (``object_keys``, ``content_keys``): another file there (a note, a .DS_Store) is not the store's to delete.
@@ -47,35 +47,31 @@ def past_grace(store: ObjectStore, keys: Iterable[str], *, now: datetime, grace_
 
 
 @dataclass
-class SkuSweep:
-    """What a sweep of one SKU found: the unnamed objects past the grace period (deleted, unless it was
-    a dry run) and those younger (kept)."""
+class SkuOrphans:
+    """A SKU's objects that no row of its manifest names: those past the grace period (to delete) and
+    those younger (to keep)."""
 
     sku_id: str
-    swept: list[str] = field(default_factory=list)
+    past_grace: list[str] = field(default_factory=list)
     young: list[str] = field(default_factory=list)
 
 
-def sweep_sku(manifests: ManifestStore, sku_id: str, *, grace_s: float, delete: bool) -> SkuSweep:
-    """Find, and with ``delete`` delete, the SKU's objects that no row of its manifest names and that
-    were written ``grace_s`` or more before its newest manifest object.
+def find_orphans(manifests: ManifestStore, sku_id: str, *, grace_s: float) -> SkuOrphans:
+    """The SKU's objects that no row of its manifest names, split by whether they were written
+    ``grace_s`` or more before its newest manifest part.
 
     The objects are listed before the manifest is read, so an object a writer puts meanwhile is not
     looked at, and one whose row lands meanwhile is named. ``BadInput`` (``manifest_unreadable``) or
-    ``TransientError`` (parts kept changing) for a SKU whose manifest does not read: nothing deleted.
+    ``TransientError`` (parts kept changing) for a SKU whose manifest does not read.
     """
     owned = _owned_objects(manifests, sku_id)
     named = manifests.named_keys(manifests.read_sku(sku_id))
     unnamed = [key for key in owned if key not in named]
     if not unnamed:
-        return SkuSweep(sku_id)
-    swept = past_grace(
-        manifests.store, unnamed, now=_newest_manifest_time(manifests, sku_id), grace_s=grace_s
-    )
-    if delete:
-        for key in swept:
-            manifests.store.delete(key)
-    return SkuSweep(sku_id, swept, [key for key in unnamed if key not in swept])
+        return SkuOrphans(sku_id)
+    now = _newest_manifest_time(manifests, sku_id)
+    old = past_grace(manifests.store, unnamed, now=now, grace_s=grace_s)
+    return SkuOrphans(sku_id, old, [key for key in unnamed if key not in old])
 
 
 def skus_without_manifest(manifests: ManifestStore) -> list[str]:
