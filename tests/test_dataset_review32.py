@@ -10,6 +10,8 @@ store's; on the file store and on S3 (moto's server).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -195,3 +197,30 @@ def test_a_deletion_that_fails_names_its_sku_after_what_it_did_delete_and_the_ot
     assert "1 of 2 SKUs could not be read (named above) and were not swept, or not wholly" in err
     left = _keys(file_store)
     assert failing in left and first not in left and not set(orphans["SKU-B"]) & left
+
+
+def test_sweep_into_a_closed_pipe_stops_quietly(file_store: FileStore) -> None:
+    """`skuforge dataset sweep | head -1`, as `stats` does: no BrokenPipeError traceback once head has
+    gone, and exit 1."""
+    manifests = ManifestStore(file_store, PREFIX)
+    add_item(manifests, "SKU-A", "real-0", "real", "reference")
+    orphan = _orphan(manifests, "images/SKU-A/real/real-1.png")
+    _age(file_store, orphan, days=2)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone, as head does after its line
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "skuforge_cli", "dataset", "sweep"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parents[1],
+            env=os.environ,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""
+    assert done.returncode == 1
+    assert orphan in _keys(file_store)  # a dry run

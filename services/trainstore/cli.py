@@ -321,10 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
             sys.stdout.flush()
         except BrokenPipeError:
-            # The reader went away (`| head -1`): stop quietly, as Python's docs advise ("Note on
-            # SIGPIPE"); stdout to devnull so the interpreter's last flush does not raise again.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 1
+            return _reader_gone()
         if unreadable:
             report_unreadable("stats", unreadable, len(sku_ids), "are not in the table")
             return 1
@@ -406,7 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(summary.lines()))
         return 0
     if args.action == "sweep":
-        return _sweep(manifests, sku_ids, delete=args.delete)
+        try:
+            return _sweep(manifests, sku_ids, delete=args.delete)
+        except BrokenPipeError:  # `sweep | head -1`; with --delete, the objects printed were deleted
+            return _reader_gone()
     compacted = []
     for sku_id in sku_ids:
         try:
@@ -421,6 +421,13 @@ def main(argv: list[str] | None = None) -> int:
         report_unreadable("compact", unreadable, len(sku_ids), "were not compacted")
         return 1
     return 0
+
+
+def _reader_gone() -> int:
+    """Stop quietly when the reader of stdout went away (`| head -1`), as Python's docs advise ("Note
+    on SIGPIPE"): stdout to devnull so the interpreter's last flush does not raise again; exit 1."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 def _sweep(manifests: ManifestStore, sku_ids: list[str], *, delete: bool) -> int:
