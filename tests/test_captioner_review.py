@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from schemas.events import SkuCaptioned
+from schemas.envelope import MAX_DEAD_LETTER_DETAIL_CHARS, clipped
+from schemas.events import MAX_PHOTOS_PER_EVENT, SkuCaptioned
 from services.captioner.stage import handle
 from shared.config import load_settings
 from shared.errors import BadInput
@@ -53,3 +54,22 @@ def test_a_sku_whose_only_photo_the_model_gives_nan_for_is_refused_with_that_rea
     with pytest.raises(BadInput, match="no_usable_photo") as refused:
         handle(event, ctx, models=nan_where_red_models())
     assert "white: model_output_not_finite" in refused.value.detail, refused.value.detail
+
+
+def test_a_sku_of_many_photos_the_model_gives_nan_for_says_why_of_each_in_its_letter(tmp_path: Path) -> None:
+    """Each photo's reason came with the model's whole sentence about NaN, once per photo: with the
+    most photos an event carries the detail was about four times what a dead letter holds
+    (``MAX_DEAD_LETTER_DETAIL_CHARS``), and the runtime cut the reasons of all but the first photos.
+    Photos refused alike are named together, the sentence said once."""
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri, max_photos_per_sku=MAX_PHOTOS_PER_EVENT)
+    photos = {f"photo-{index:02d}": blue_box_on_white() for index in range(MAX_PHOTOS_PER_EVENT)}
+    event = ingested_envelope(photos_sku(store, "SKU-NAN", photos))
+    with pytest.raises(BadInput) as refused:
+        handle(event, context(store, settings), models=nan_where_red_models())
+    assert refused.value.reason == "no_usable_photo"
+    detail = refused.value.detail
+    assert clipped(detail, MAX_DEAD_LETTER_DETAIL_CHARS) == detail, f"cut in the dead letter: {len(detail)}"
+    every = f"all {len(photos)} photos ({', '.join(photos)}): model_output_not_finite ("
+    assert every in detail, detail
+    assert detail.count("gave NaN or infinite confidences") == 1, detail

@@ -89,7 +89,7 @@ def test_skus_are_captioned_and_a_sku_without_a_product_is_dead_lettered(
 
     (letter,) = [DeadLetter.model_validate_json(record.value) for record in letters]
     assert (letter.sku_id, letter.reason, letter.stage) == ("BLANK-0001", "no_usable_photo", "captioner")
-    assert "blank-0: blank_photo" in letter.detail and "blank-1: blank_photo" in letter.detail
+    assert "all 2 photos (blank-0, blank-1): blank_photo" in letter.detail, letter.detail
     assert not list(store.list_keys("masks/reference/BLANK-0001/"))
 
 

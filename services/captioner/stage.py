@@ -25,9 +25,10 @@ its own size), dimensions other than the event says (``dimension_mismatch``), a 
 photo the matting model gives NaN or infinite confidences for while it still mats its blank warm-up
 image (``model_output_not_finite``, as the matting stage refuses it), or a mask that finds no product
 (``no_product_found``: almost empty; ``mask_full_frame``: almost everything). A SKU with no usable
-photo at all goes to the DLQ as ``no_usable_photo``, with each photo's reason in the detail (as
+photo at all goes to the DLQ as ``no_usable_photo``, with each photo's reason in the detail, photos
+refused alike named together (``all 3 photos (p1, p2, p3): model_output_not_finite (...)``); as
 ``object_missing`` when a photo is missing from the store, so a plain DLQ replay retries it once the
-object is back). A SKU with
+object is back. A SKU with
 more photos than ``SKUFORGE_MAX_PHOTOS_PER_SKU`` (what ingest accepts) goes to the DLQ as
 ``too_many_photos`` before any photo is read: all of a SKU's photos are decoded at once.
 
@@ -238,11 +239,7 @@ def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModel
                 extra={"photo_id": photo.photo_id, "reason": outcome.reason, "detail": outcome.detail[:300]},
             )
     if not any(isinstance(outcome, _Found) for outcome in found):
-        reasons = "; ".join(
-            f"{photo.photo_id}: {outcome.reason}" + (f" ({outcome.detail})" if outcome.detail else "")
-            for photo, outcome in zip(photos, found, strict=True)
-            if isinstance(outcome, _Unusable)
-        )
+        reasons = _why_unusable([photo.photo_id for photo in photos], found)
         # A photo missing from the store may come back: then the letter must be one a plain DLQ replay
         # retries (no_usable_photo is permanent), named by that photo's reason.
         curable = next(
@@ -288,6 +285,23 @@ def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModel
         captioner=models.captioner_id,
     )
     return [Emit(SKU_CAPTIONED, payload, key="captioned")]
+
+
+def _why_unusable(photo_ids: Sequence[str], found: Sequence[_Found | _Unusable]) -> str:
+    """Why each unusable photo was, those with the same reason and detail named together:
+    ``all 3 photos (p1, p2, p3): model_output_not_finite (...)``, ``p1, p2: blank_photo (...); p3: ...``.
+    Repeated per photo, one model's sentence about NaN filled the dead letter's detail, and those of
+    the photos after the 15th or so were cut."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for photo_id, outcome in zip(photo_ids, found, strict=True):
+        if isinstance(outcome, _Unusable):
+            groups.setdefault((outcome.reason, outcome.detail), []).append(photo_id)
+    parts = []
+    for (reason, detail), ids in groups.items():
+        every = len(groups) == 1 and len(ids) == len(photo_ids) > 1
+        named = f"all {len(ids)} photos ({', '.join(ids)})" if every else ", ".join(ids)
+        parts.append(f"{named}: {reason}" + (f" ({detail})" if detail else ""))
+    return "; ".join(parts)
 
 
 def _read_photo(photo: ReferencePhoto, ctx: Context) -> Image.Image | _Unusable:
