@@ -26,13 +26,14 @@ from kafka import KafkaConsumer
 from kafka.structs import OffsetAndMetadata
 
 from bench.events import abandon, produce, sku_ingested_payloads
+from bench.replicas import count_records
 from bench.rounds import median_round_ratio
 from devstack.broker import LocalKafka, free_port
 from schemas.envelope import Envelope
 from schemas.events import SkuIngested
 from schemas.topics import SKU_INGESTED, Topic
 from shared.argtypes import file_problem, positive_int
-from shared.bus import ensure_topics, make_producer
+from shared.bus import ensure_topics, kafka_connection, make_producer
 from shared.config import Settings, load_settings
 from shared.runtime import Context, Emit, Stage
 
@@ -40,10 +41,11 @@ RESULTS = Path(__file__).parent / "results"
 BENCH_OUT = Topic("bench.out", 1, SkuIngested)
 
 
-def _settings(bootstrap: str, store_uri: str, batch: int) -> Settings:
+def _settings(broker: LocalKafka, store_uri: str, batch: int) -> Settings:
+    """A round's settings: ``broker`` (the bench's own), a fresh namespace and group."""
     tag = uuid.uuid4().hex[:8]
     return load_settings(
-        kafka_bootstrap=bootstrap,
+        **broker.connection,
         topic_namespace=f"b{tag}.",
         consumer_group_prefix=f"bench{tag}",
         store_uri=store_uri,
@@ -51,18 +53,6 @@ def _settings(bootstrap: str, store_uri: str, batch: int) -> Settings:
         max_poll_records=batch,
         log_level="WARNING",
     )
-
-
-def _count(bootstrap: str, topic: str) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    try:
-        partitions = [p for p in consumer.partitions_for_topic(topic) or ()]
-        from kafka.structs import TopicPartition
-
-        tps = [TopicPartition(topic, p) for p in partitions]
-        return sum(consumer.end_offsets(tps).values())
-    finally:
-        consumer.close()
 
 
 # A raw round waits this long for its next event before it gives up: it looped for ever when its input
@@ -76,7 +66,7 @@ def run_raw(settings: Settings, events: int, *, idle_timeout_s: float = RAW_IDLE
     source, sink = settings.topic_name(SKU_INGESTED), settings.topic_name(BENCH_OUT)
     consumer = KafkaConsumer(
         source,
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_connection(settings),
         group_id=settings.consumer_group_prefix + ".raw",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -137,7 +127,7 @@ def run_runtime(settings: Settings, events: int) -> float:
     thread.start()
     sink = settings.topic_name(BENCH_OUT)
     try:
-        while _count(settings.kafka_bootstrap, sink) < events:
+        while count_records(settings, [sink]) < events:
             time.sleep(0.05)
         finished = time.perf_counter()
     finally:
@@ -186,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             raw, runtime = [], []
             for _ in range(args.rounds):
                 for kind in ("raw", "runtime"):
-                    settings = _settings(broker.bootstrap, f"file://{tmp}/store", args.batch)
+                    settings = _settings(broker, f"file://{tmp}/store", args.batch)
                     ensure_topics(settings, [SKU_INGESTED, BENCH_OUT], partitions=args.partitions)
                     from shared.store import open_store
 

@@ -24,6 +24,7 @@ from kafka.structs import TopicPartition
 from devstack.broker import free_port
 from schemas.common import SkuMetadata
 from schemas.events import ImageGenerated
+from shared.bus import kafka_connection, kafka_connection_env
 from shared.config import Settings
 from shared.store import ObjectStore
 from shared.synth import make_product, render_photo
@@ -66,12 +67,13 @@ def generated_images(
 def member_env(
     settings: Settings, *, instance_id: str | None, metrics_port: int, **extra: str
 ) -> dict[str, str]:
-    """The environment of a member process: the caller's, then ``settings`` as ``SKUFORGE_*`` variables."""
+    """The environment of a member process: the caller's, then ``settings`` as ``SKUFORGE_*`` variables
+    (its Kafka connection whole: a member given the bootstrap alone could not reach a secured cluster)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKUFORGE_")}
     env.update(
         {
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-            "SKUFORGE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            **kafka_connection_env(settings),
             "SKUFORGE_TOPIC_NAMESPACE": settings.topic_namespace,
             "SKUFORGE_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
             "SKUFORGE_STORE_URI": settings.store_uri,
@@ -139,12 +141,13 @@ class Member:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def group_assignment(bootstrap: str, group_id: str) -> dict[str, set[TopicPartition]]:
-    """group_instance_id (or member_id) -> partitions it holds, as the group coordinator says.
+def group_assignment(settings: Settings, group_id: str) -> dict[str, set[TopicPartition]]:
+    """group_instance_id (or member_id) -> partitions it holds, as the group coordinator of
+    ``settings``' cluster says (asked with its Kafka connection, security settings included).
 
     Empty while the group has no coordinator yet (a fresh broker creates its offsets topic on first use).
     """
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="skuforge-tests-groups")
+    admin = KafkaAdminClient(**kafka_connection(settings), client_id="skuforge-tests-groups")
     try:
         description: dict[str, Any] = admin.describe_groups([group_id])[group_id]
     except CoordinatorNotAvailableError:
@@ -175,9 +178,10 @@ def wait_until(predicate: Any, timeout_s: float, what: str, *, every_s: float = 
         time.sleep(every_s)
 
 
-def count_records(bootstrap: str, topics: list[str]) -> int:
-    """How many records the topics hold (sum of end offsets; nothing is compacted or deleted here)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None)
+def count_records(settings: Settings, topics: list[str]) -> int:
+    """How many records the topics of ``settings``' cluster hold (sum of end offsets; nothing is
+    compacted or deleted here)."""
+    consumer = KafkaConsumer(**kafka_connection(settings), group_id=None)
     try:
         partitions = [
             TopicPartition(topic, p) for topic in topics for p in consumer.partitions_for_topic(topic) or ()

@@ -18,8 +18,9 @@ until the first output on one of them, and until the new owner had produced on e
 adds its working through them one batch at a time). ``steady_max_partition_gap_s`` is the longest
 ordinary gap between two outputs of one partition in the r2 rounds, for comparison.
 
-Uses the broker of ``SKUFORGE_KAFKA_BOOTSTRAP`` when set, else starts one. Writes
-bench/results/scale.json.
+Uses the cluster of ``SKUFORGE_KAFKA_BOOTSTRAP`` when set, reached as the services reach it (its
+``SKUFORGE_KAFKA_SECURITY_PROTOCOL``, SASL login and CA, given to the members too), else starts a broker
+of its own. Writes bench/results/scale.json.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -46,7 +47,7 @@ from bench.replicas import Member, count_records, generated_images, group_assign
 from devstack.broker import LocalKafka, free_port
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
 from shared.argtypes import file_problem, int_between, positive_int
-from shared.bus import ensure_topics
+from shared.bus import ensure_topics, kafka_connection
 from shared.config import Settings, load_settings
 from shared.store import open_store
 
@@ -58,10 +59,12 @@ _TIMEOUT_RULES = {type(rule).__name__: rule for rule in Settings.model_fields["s
 SESSION_TIMEOUT_MS = int_between(_TIMEOUT_RULES["Ge"].ge, _TIMEOUT_RULES["Le"].le)
 
 
-def _settings(bootstrap: str, store_uri: str, session_timeout_ms: int) -> Settings:
+def _settings(cluster: Mapping[str, Any], store_uri: str, session_timeout_ms: int) -> Settings:
+    """A round's settings: the Kafka connection ``cluster`` gives (none: the shell's), a fresh
+    namespace and group."""
     tag = os.urandom(4).hex()
     return load_settings(
-        kafka_bootstrap=bootstrap,
+        **cluster,
         topic_namespace=f"s{tag}.",
         consumer_group_prefix=f"scale{tag}",
         store_uri=store_uri,
@@ -70,12 +73,12 @@ def _settings(bootstrap: str, store_uri: str, session_timeout_ms: int) -> Settin
     )
 
 
-def _outputs(bootstrap: str, topic: str, expect: int, timeout_s: float) -> list[tuple[bytes, float]]:
+def _outputs(settings: Settings, topic: str, expect: int, timeout_s: float) -> list[tuple[bytes, float]]:
     """(key, timestamp_s) of every record of ``topic``, read until ``expect`` distinct keys are there.
 
     A member killed before its commit makes the survivor redo some images: their outputs come twice.
     """
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = KafkaConsumer(**kafka_connection(settings), group_id=None, enable_auto_commit=False)
     try:
         consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()])
         consumer.seek_to_beginning()
@@ -94,9 +97,9 @@ def _outputs(bootstrap: str, topic: str, expect: int, timeout_s: float) -> list[
         consumer.close()
 
 
-def _input_partitions(bootstrap: str, topic: str) -> dict[bytes, int]:
+def _input_partitions(settings: Settings, topic: str) -> dict[bytes, int]:
     """key -> partition of the input topic (the outputs carry the same key)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = KafkaConsumer(**kafka_connection(settings), group_id=None, enable_auto_commit=False)
     try:
         consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()])
         consumer.seek_to_beginning()
@@ -133,11 +136,11 @@ def _resumed(by_partition: dict[int, list[float]], partitions: set[int], at: flo
     return min(firsts), max(firsts)
 
 
-def _wait_for_owner(bootstrap: str, group: str, owner: str, partitions: set[int]) -> float:
+def _wait_for_owner(settings: Settings, group: str, owner: str, partitions: set[int]) -> float:
     """Poll the group (about every 0.1 s) until ``owner`` holds ``partitions``; returns the time.time()."""
     deadline = time.monotonic() + 180
     while True:
-        held = {tp.partition for tp in group_assignment(bootstrap, group).get(owner, set())}
+        held = {tp.partition for tp in group_assignment(settings, group).get(owner, set())}
         if partitions and partitions <= held:
             return time.time()
         if time.monotonic() > deadline:
@@ -152,11 +155,12 @@ class MembersStuck(AssertionError):
 class _Round:
     """One fresh namespace and store, a backlog of ``images`` rendered images ready to produce."""
 
-    def __init__(self, bootstrap: str, workdir: Path, images: int, session_timeout_ms: int) -> None:
-        self.bootstrap = bootstrap
+    def __init__(
+        self, cluster: Mapping[str, Any], workdir: Path, images: int, session_timeout_ms: int
+    ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True)
-        self.settings = _settings(bootstrap, f"file://{workdir / 'store'}", session_timeout_ms)
+        self.settings = _settings(cluster, f"file://{workdir / 'store'}", session_timeout_ms)
         ensure_topics(self.settings, [IMAGE_GENERATED, IMAGE_MATTED], partitions=PARTITIONS)
         self.payloads = generated_images(open_store(self.settings.store_uri), images, tag=workdir.name)
         self.group = f"{self.settings.consumer_group_prefix}.matting"
@@ -169,7 +173,7 @@ class _Round:
 
     def wait_for_members(self, names: list[str]) -> dict[str, set[TopicPartition]]:
         def shared() -> bool:
-            held = group_assignment(self.bootstrap, self.group)
+            held = group_assignment(self.settings, self.group)
             return all(held.get(name) for name in names) and sum(map(len, held.values())) == PARTITIONS
 
         try:
@@ -177,18 +181,18 @@ class _Round:
         except AssertionError:
             raise MembersStuck(
                 f"{names} did not share the partitions within 120 s: "
-                f"{group_assignment(self.bootstrap, self.group)}"
+                f"{group_assignment(self.settings, self.group)}"
             ) from None
-        return group_assignment(self.bootstrap, self.group)
+        return group_assignment(self.settings, self.group)
 
     def produce(self) -> None:
         produce(self.settings, IMAGE_GENERATED, list(self.payloads))
 
     def outputs(self, timeout_s: float = 900) -> list[tuple[bytes, float]]:
-        return _outputs(self.bootstrap, self.settings.topic_name(IMAGE_MATTED), len(self.payloads), timeout_s)
+        return _outputs(self.settings, self.settings.topic_name(IMAGE_MATTED), len(self.payloads), timeout_s)
 
     def partitions_of_outputs(self) -> dict[int, list[float]]:
-        keys = _input_partitions(self.bootstrap, self.settings.topic_name(IMAGE_GENERATED))
+        keys = _input_partitions(self.settings, self.settings.topic_name(IMAGE_GENERATED))
         return _by_partition(self.outputs(), keys)
 
     def close(self) -> None:
@@ -197,9 +201,9 @@ class _Round:
                 member.stop()
 
 
-def throughput(bootstrap: str, workdir: Path, replicas: int, images: int) -> tuple[float, float]:
+def throughput(cluster: Mapping[str, Any], workdir: Path, replicas: int, images: int) -> tuple[float, float]:
     """Images/min of ``replicas`` members on a backlog, and the longest gap of one partition meanwhile."""
-    run = _Round(bootstrap, workdir, images, 10_000)
+    run = _Round(cluster, workdir, images, 10_000)
     try:
         names = [f"matting-{index}" for index in range(1, replicas + 1)]
         for name in names:
@@ -226,30 +230,30 @@ class Pause(NamedTuple):
     every_partition_s: float
 
 
-def join_pause(bootstrap: str, workdir: Path, images: int) -> Pause:
+def join_pause(cluster: Mapping[str, Any], workdir: Path, images: int) -> Pause:
     """A second member joins while the first works through a backlog."""
-    run = _Round(bootstrap, workdir, images, 10_000)
+    run = _Round(cluster, workdir, images, 10_000)
     try:
         run.start("matting-1")
         run.wait_for_members(["matting-1"])
         run.produce()
         matted = run.settings.topic_name(IMAGE_MATTED)
-        wait_until(lambda: count_records(bootstrap, [matted]) >= images // 5, 600, "the first outputs")
+        wait_until(lambda: count_records(run.settings, [matted]) >= images // 5, 600, "the first outputs")
         run.start("matting-2")
         # The new member's JoinGroup starts the rebalance: from then on the partitions that move are
         # revoked from the old owner and wait for the new one.
         deadline = time.monotonic() + 180
-        while "matting-2" not in group_assignment(bootstrap, run.group):
+        while "matting-2" not in group_assignment(run.settings, run.group):
             if time.monotonic() > deadline:
                 raise MembersStuck("matting-2 never joined the group")
             time.sleep(0.1)
         joined_at = time.time()
-        while not group_assignment(bootstrap, run.group).get("matting-2"):
+        while not group_assignment(run.settings, run.group).get("matting-2"):
             if time.monotonic() > deadline:
                 raise MembersStuck("matting-2 joined but never got partitions")
             time.sleep(0.1)
-        moved = {tp.partition for tp in group_assignment(bootstrap, run.group)["matting-2"]}
-        assigned_at = _wait_for_owner(bootstrap, run.group, "matting-2", moved)
+        moved = {tp.partition for tp in group_assignment(run.settings, run.group)["matting-2"]}
+        assigned_at = _wait_for_owner(run.settings, run.group, "matting-2", moved)
         # Outputs from the join until the assignment are the old owner's (finishing what it held
         # before the revocation): counted from joined_at they read as the new owner's, 2.7 s after
         # the join when the partitions were only assigned at 6.0 s. Counted from the assignment, the
@@ -261,9 +265,9 @@ def join_pause(bootstrap: str, workdir: Path, images: int) -> Pause:
         run.close()
 
 
-def kill_pause(bootstrap: str, workdir: Path, images: int, session_timeout_ms: int) -> Pause:
+def kill_pause(cluster: Mapping[str, Any], workdir: Path, images: int, session_timeout_ms: int) -> Pause:
     """One of two members working through a backlog is killed with SIGKILL."""
-    run = _Round(bootstrap, workdir, images, session_timeout_ms)
+    run = _Round(cluster, workdir, images, session_timeout_ms)
     try:
         run.start("matting-1")
         victim = run.start("matting-2")
@@ -271,10 +275,10 @@ def kill_pause(bootstrap: str, workdir: Path, images: int, session_timeout_ms: i
         orphaned = {tp.partition for tp in held["matting-2"]}
         run.produce()
         matted = run.settings.topic_name(IMAGE_MATTED)
-        wait_until(lambda: count_records(bootstrap, [matted]) >= images // 5, 600, "the first outputs")
+        wait_until(lambda: count_records(run.settings, [matted]) >= images // 5, 600, "the first outputs")
         killed_at = time.time()
         victim.kill()
-        assigned_at = _wait_for_owner(bootstrap, run.group, "matting-1", orphaned)
+        assigned_at = _wait_for_owner(run.settings, run.group, "matting-1", orphaned)
         first, every = _resumed(run.partitions_of_outputs(), orphaned, killed_at)
         return Pause(assigned_at - killed_at, first, every)
     finally:
@@ -335,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         if not external:
             broker = LocalKafka(Path(tmp) / "kafka", port=free_port(), controller_port=free_port())
             broker.start()
-        bootstrap = external or broker.bootstrap  # type: ignore[union-attr]
+        # The shell's cluster, with its security settings; or the bench's own broker, without them.
+        cluster = broker.connection if broker is not None else {}
         try:
             rates: dict[int, list[float]] = {1: [], 2: []}
             gaps: list[float] = []
@@ -343,16 +348,16 @@ def main(argv: list[str] | None = None) -> int:
                 for replicas in (1, 2):
                     rate, gap = attempt(
                         f"r{replicas}-{round_index}",
-                        lambda path, replicas=replicas: throughput(bootstrap, path, replicas, args.images),  # type: ignore[misc]
+                        lambda path, replicas=replicas: throughput(cluster, path, replicas, args.images),  # type: ignore[misc]
                     )
                     rates[replicas].append(rate)
                     if replicas == 2:
                         gaps.append(gap)
                     print(f"r{replicas}: {rate:.1f} images/min", flush=True)
-            join = attempt("join", lambda path: join_pause(bootstrap, path, args.pause_images))
+            join = attempt("join", lambda path: join_pause(cluster, path, args.pause_images))
             print(f"join: {join}", flush=True)
             kill = attempt(
-                "kill", lambda path: kill_pause(bootstrap, path, args.pause_images, args.session_timeout_ms)
+                "kill", lambda path: kill_pause(cluster, path, args.pause_images, args.session_timeout_ms)
             )
             print(f"kill: {kill}", flush=True)
         finally:

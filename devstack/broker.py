@@ -359,6 +359,19 @@ class LocalKafka:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def connection(self) -> dict[str, Any]:
+        """The settings that reach this broker (``load_settings(**broker.connection, ...)``): its
+        PLAINTEXT listener, whatever protocol, SASL login or CA the shell's ``SKUFORGE_KAFKA_*`` give
+        for another cluster."""
+        return {
+            "kafka_bootstrap": self.bootstrap,
+            "kafka_security_protocol": "PLAINTEXT",
+            "kafka_sasl_username": None,
+            "kafka_sasl_password": None,
+            "kafka_ssl_cafile": None,
+        }
+
+    @property
     def config_path(self) -> Path:
         """The rendered ``server.properties`` in the data dir."""
         return self.data_dir / CONFIG_FILE

@@ -23,11 +23,11 @@ from kafka.errors import (
     ReassignmentInProgressError,
     TopicAlreadyExistsError,
 )
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from schemas.envelope import Envelope, EnvelopeHeader, SchemaClaim, derive_id, utc_now
 from schemas.topics import ALL_TOPICS, DLQ_SUFFIX, Topic
-from shared.config import Settings
+from shared.config import ENV_PREFIX, Settings
 from shared.errors import TransientError
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,30 @@ def kafka_connection(settings: Settings) -> dict[str, Any]:
     if settings.kafka_ssl_cafile is not None:
         options["ssl_cafile"] = settings.kafka_ssl_cafile
     return options
+
+
+# The settings ``kafka_connection`` is made of.
+KAFKA_CONNECTION_SETTINGS = (
+    "kafka_bootstrap",
+    "kafka_security_protocol",
+    "kafka_sasl_mechanism",
+    "kafka_sasl_username",
+    "kafka_sasl_password",
+    "kafka_ssl_cafile",
+)
+
+
+def kafka_connection_env(settings: Settings) -> dict[str, str]:
+    """The ``SKUFORGE_*`` variables that give a process started from here ``settings``' Kafka
+    connection (``kafka_connection``): the same cluster, protocol, login and CA; unset ones left out."""
+    env = {}
+    for name in KAFKA_CONNECTION_SETTINGS:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is not None:
+            env[ENV_PREFIX + name.upper()] = str(value)
+    return env
 
 
 def retriable_kafka_error(exc: KafkaError) -> bool:

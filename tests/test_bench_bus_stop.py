@@ -132,7 +132,7 @@ def test_a_raw_round_that_fails_leaves_its_group_and_closes_its_producer(
     with pytest.raises((KafkaTimeoutError, TimeoutError)):
         run_raw(settings, 1, idle_timeout_s=30)
     group = settings.consumer_group_prefix + ".raw"
-    assert group_assignment(kafka_bootstrap, group) == {}, "the raw consumer is still in its group"
+    assert group_assignment(settings, group) == {}, "the raw consumer is still in its group"
     senders = [t.name for t in threading.enumerate() if t.name == "bench-raw-network-thread" and t.is_alive()]
     assert senders == [], "the raw round's producer was never closed"
 
@@ -145,6 +145,6 @@ def test_a_raw_round_whose_input_never_comes_gives_up_and_leaves_its_group(
     create_topics(settings, SKU_INGESTED, BENCH_OUT)  # and nothing produced
     with pytest.raises(TimeoutError, match="0 of 1 events and no other came"):
         run_raw(settings, 1, idle_timeout_s=3)
-    assert group_assignment(kafka_bootstrap, settings.consumer_group_prefix + ".raw") == {}
+    assert group_assignment(settings, settings.consumer_group_prefix + ".raw") == {}
     senders = [t.name for t in threading.enumerate() if t.name == "bench-raw-network-thread" and t.is_alive()]
     assert senders == [], "the raw round's producer was never closed"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,12 +23,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kafka import KafkaProducer
+from kafka.structs import TopicPartition
 
+from bench import bus as bench_bus
+from bench import scale
+from bench.replicas import count_records, group_assignment, member_env
 from devstack.broker import LocalKafka, free_port
 from schemas.common import ImageRef
 from schemas.events import ReferencePhoto, SkuIngested, SkuMetadata
 from schemas.topics import SKU_INGESTED
-from shared.bus import Publisher, ensure_topics, make_consumer, read_envelope
+from shared.bus import Publisher, ensure_topics, kafka_connection, make_consumer, read_envelope
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import TransientError
 
@@ -234,3 +239,71 @@ def test_empty_variables_are_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.kafka_sasl_username, settings.kafka_sasl_password, settings.kafka_ssl_cafile) == (
         None,
     ) * 3
+
+
+def test_the_benches_read_a_secured_cluster_with_the_services_settings(secure_broker: SecureBroker) -> None:
+    """bench/replicas.py, bench/scale.py and bench/bus.py counted records, read topics and asked the
+    group coordinator with clients given the bootstrap servers alone: against a cluster that asks for
+    SASL over TLS they could not bootstrap, so no bench ran there. They take the settings now."""
+    settings = _settings(
+        kafka_bootstrap=secure_broker.sasl_ssl,
+        kafka_security_protocol="SASL_SSL",
+        kafka_ssl_cafile=str(secure_broker.cafile),
+        kafka_sasl_username=USER,
+        kafka_sasl_password=PASSWORD,
+    )
+    _round_trip(settings)
+    topic = settings.topic_name(SKU_INGESTED)
+    assert count_records(settings, [topic]) == 1
+    assert scale._input_partitions(settings, topic) == {b"SKU-TLS": 0}
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    consumer = make_consumer(settings, group, "security-test")
+    try:
+        consumer.subscribe([topic])
+        for _ in range(60):
+            consumer.poll(timeout_ms=500)
+            if consumer.assignment():
+                break
+        held = group_assignment(settings, group)
+    finally:
+        consumer.close()
+    assert list(held.values()) == [{TopicPartition(topic, 0)}]
+
+
+def test_a_bench_member_process_gets_the_whole_kafka_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bench's member process (bench/replicas.py) was given SKUFORGE_KAFKA_BOOTSTRAP alone, every
+    other SKUFORGE_* of the shell taken away: on a secured cluster it could not join its group."""
+    settings = load_settings(
+        kafka_bootstrap="broker-1:9096,broker-2:9096",
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username=USER,
+        kafka_sasl_password=PASSWORD,
+        kafka_ssl_cafile=__file__,
+    )
+    env = member_env(settings, instance_id="matting-1", metrics_port=free_port())
+    for name in [name for name in os.environ if name.startswith("SKUFORGE_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert kafka_connection(load_settings()) == kafka_connection(settings)
+
+
+def test_a_bench_with_a_broker_of_its_own_reaches_it_whatever_the_shell_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench/bus.py, and bench/scale.py without SKUFORGE_KAFKA_BOOTSTRAP, start a PLAINTEXT broker of
+    their own; their settings took the shell's protocol and SASL login, set for the services' cluster,
+    and every client of theirs failed to bootstrap from that broker."""
+    for name, value in {
+        "SECURITY_PROTOCOL": "SASL_SSL",
+        "SASL_USERNAME": USER,
+        "SASL_PASSWORD": PASSWORD,
+    }.items():
+        monkeypatch.setenv(f"SKUFORGE_KAFKA_{name}", value)
+    monkeypatch.setenv("SKUFORGE_KAFKA_SSL_CAFILE", __file__)
+    broker = LocalKafka(tmp_path / "kafka", port=free_port(), controller_port=free_port())  # never started
+    own = {"bootstrap_servers": [broker.bootstrap], "security_protocol": "PLAINTEXT"}
+    assert kafka_connection(bench_bus._settings(broker, "file:///store", 10)) == own
+    assert kafka_connection(scale._settings(broker.connection, "file:///store", 10_000)) == own
+    assert kafka_connection(scale._settings({}, "file:///store", 10_000))["security_protocol"] == "SASL_SSL"

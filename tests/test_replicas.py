@@ -100,7 +100,7 @@ def test_killing_one_of_two_matting_replicas_mid_stream_decides_every_image_exac
     try:
         # The first replica holds everything; the second one's join moves half of it (cooperative).
         wait_until(
-            lambda: len(group_assignment(kafka_bootstrap, matting_group).get("matting-1", ())) == PARTITIONS,
+            lambda: len(group_assignment(settings, matting_group).get("matting-1", ())) == PARTITIONS,
             120,
             "the first matting replica to hold every partition",
         )
@@ -108,18 +108,18 @@ def test_killing_one_of_two_matting_replicas_mid_stream_decides_every_image_exac
         members.append(victim)
 
         def both_replicas_hold_partitions() -> bool:
-            held = group_assignment(kafka_bootstrap, matting_group)
+            held = group_assignment(settings, matting_group)
             return all(held.get(name) for name in ("matting-1", "matting-2")) and (
                 sum(len(parts) for parts in held.values()) == PARTITIONS
             )
 
         wait_until(both_replicas_hold_partitions, 120, "both matting replicas to share the partitions")
         wait_until(
-            lambda: len(group_assignment(kafka_bootstrap, gate_group).get("gate-1", ())) == PARTITIONS,
+            lambda: len(group_assignment(settings, gate_group).get("gate-1", ())) == PARTITIONS,
             120,
             "the gate to hold its partitions",
         )
-        shares = group_assignment(kafka_bootstrap, matting_group)
+        shares = group_assignment(settings, matting_group)
         victim_partitions = shares["matting-2"]
         # Each replica's lag gauge names exactly the partitions it holds now: the first one dropped
         # those it gave away (a stale sample would count their lag twice).
@@ -132,18 +132,14 @@ def test_killing_one_of_two_matting_replicas_mid_stream_decides_every_image_exac
 
         produce(settings, IMAGE_GENERATED, list(payloads))
         matted_topic = settings.topic_name(IMAGE_MATTED)
-        wait_until(
-            lambda: count_records(kafka_bootstrap, [matted_topic]) >= 8, 180, "the first matted images"
-        )
+        wait_until(lambda: count_records(settings, [matted_topic]) >= 8, 180, "the first matted images")
         victim.kill()
-        matted_at_kill = count_records(kafka_bootstrap, [matted_topic])
+        matted_at_kill = count_records(settings, [matted_topic])
         assert matted_at_kill < IMAGES, "the stream was over before the kill: nothing tested"
 
         # The dead static member's partitions wait for the session timeout, then go to the survivor.
         wait_until(
-            lambda: (
-                group_assignment(kafka_bootstrap, matting_group).get("matting-1", set()) >= victim_partitions
-            ),
+            lambda: group_assignment(settings, matting_group).get("matting-1", set()) >= victim_partitions,
             SESSION_TIMEOUT_MS / 1000 + 60,
             "the survivor to take over the dead member's partitions",
         )
@@ -164,7 +160,5 @@ def test_killing_one_of_two_matting_replicas_mid_stream_decides_every_image_exac
     assert not decided_twice, f"decided more than once: {decided_twice}"
     assert len({event_id for _, event_id in seen}) == IMAGES
     # Nothing was dead-lettered on the way.
-    dead = count_records(
-        kafka_bootstrap, [settings.dlq_name(IMAGE_GENERATED), settings.dlq_name(IMAGE_MATTED)]
-    )
+    dead = count_records(settings, [settings.dlq_name(IMAGE_GENERATED), settings.dlq_name(IMAGE_MATTED)])
     assert dead == 0

@@ -31,6 +31,7 @@ from devstack.supervisor import (
 )
 from devstack.up import DEFAULT_PORTS, build_config, build_specs, main, parse_replicas, read_state
 from schemas.flow import PIPELINE
+from shared.config import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAGES = [stage.name for stage in PIPELINE]
@@ -527,7 +528,9 @@ def test_up_starts_everything_with_replicas_restarts_a_killed_stage_and_ctrl_c_l
 
         # The two matting replicas are two static members of one group, sharing its partitions.
         def replicas_share_matting() -> bool:
-            held = group_assignment(stack["kafka_bootstrap"], "skuforge.matting")
+            held = group_assignment(
+                load_settings(kafka_bootstrap=stack["kafka_bootstrap"]), "skuforge.matting"
+            )
             return sorted(held) == ["matting-1", "matting-2"] and all(held.values())
 
         wait_for(replicas_share_matting, 60, "matting-1 and matting-2 to share the matting partitions")
