@@ -224,7 +224,13 @@ def refuse_oversized(size_bytes: int, max_bytes: int) -> None:
     """``ImageRejected('too_large_bytes')`` for more than ``max_bytes``; a caller holding a file can
     ask with its size before reading it."""
     if size_bytes > max_bytes:
-        raise ImageRejected("too_large_bytes", f"{size_bytes} bytes; at most {max_bytes} are allowed")
+        raise too_large_bytes(f"{size_bytes} bytes", max_bytes)
+
+
+def too_large_bytes(found: str, max_bytes: int) -> ImageRejected:
+    """The ``too_large_bytes`` refusal of what holds ``found`` (``"123 bytes"``, or ``"more than 100
+    bytes"`` from a read that stopped there), over ``max_bytes``."""
+    return ImageRejected("too_large_bytes", f"{found}; at most {max_bytes} are allowed")
 
 
 def refuse_too_many_pixels(width: int, height: int, max_pixels: int, why: str) -> None:

@@ -50,7 +50,7 @@ from pydantic import BaseModel
 
 from schemas.common import ImageRef, ObjectRef
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, StoreMisconfigured, TransientError
-from shared.images import encode_png
+from shared.images import encode_png, too_large_bytes
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -340,13 +340,13 @@ class ObjectStore(ABC):
         return self._read(self._to_key(uri_or_key))
 
     def get_bytes_at_most(self, uri_or_key: str, max_bytes: int) -> bytes:
-        """``get_bytes``, or ``BadInput('too_large_bytes')`` for an object of more than ``max_bytes``:
-        refused by its stored size before its body is read (a file's size, S3's ContentLength), so a
-        huge object costs no memory."""
+        """``get_bytes``, or ``refuse_oversized``'s refusal (``ImageRejected('too_large_bytes')``) of
+        an object of more than ``max_bytes``: refused by its stored size before its body is read (a
+        file's size, S3's ContentLength), so a huge object costs no memory."""
         try:
             return self._read_at_most(self._to_key(uri_or_key), max_bytes)
         except _ObjectTooLarge as exc:
-            raise BadInput("too_large_bytes", f"{exc.found}; at most {max_bytes} are allowed") from None
+            raise too_large_bytes(exc.found, max_bytes) from None
 
     def iter_bytes(self, uri_or_key: str) -> Iterator[bytes]:
         """The bytes stored at a URI of this store or at a key, in blocks of at most 1 MiB (no

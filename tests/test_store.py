@@ -20,7 +20,7 @@ from PIL import Image
 
 from schemas.common import ObjectRef
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, StoreMisconfigured, TransientError
-from shared.images import decode_image
+from shared.images import decode_image, refuse_oversized
 from shared.store import FileStore, ObjectStore, S3Store, open_store, sha256_hex
 from tests.support.s3 import free_port
 
@@ -383,6 +383,19 @@ def test_read_verified_refuses_an_oversized_object_unread(
     assert _peak_bytes_while(lambda: store.read_verified(wrong)) < big_bytes // 8
     with pytest.raises(ChecksumMismatch, match=f"{small.bytes} bytes.*found {big_bytes} bytes"):
         store.read_verified(wrong)
+
+
+def test_an_object_over_a_byte_limit_is_refused_as_any_oversized_image(store: ObjectStore) -> None:
+    # get_bytes_at_most wrote refuse_oversized's words again, as a plain BadInput: a scene over the
+    # limit was refused as another kind of error than an image over it everywhere else.
+    store.put_bytes("scenes/huge.png", b"\x00" * 100)
+    with pytest.raises(BadInput) as refused:
+        store.get_bytes_at_most("scenes/huge.png", 99)
+    with pytest.raises(BadInput) as oversized:
+        refuse_oversized(100, 99)
+    found, expected = refused.value, oversized.value
+    assert (type(found), found.reason, found.detail) == (type(expected), expected.reason, expected.detail)
+    assert store.get_bytes_at_most("scenes/huge.png", 100) == b"\x00" * 100
 
 
 def test_file_store_object_grown_after_its_size_was_taken(
