@@ -55,12 +55,12 @@ def _settings(broker: LocalKafka, store_uri: str, batch: int) -> Settings:
     )
 
 
-# A raw round waits this long for its next event before it gives up: it looped for ever when its input
+# A round waits this long for its next event before it gives up: it looped for ever when its input
 # never came (a consumer that never got its records; seen once in CI on a loaded 2-core machine).
-RAW_IDLE_TIMEOUT_S = 60.0
+ROUND_IDLE_TIMEOUT_S = 60.0
 
 
-def run_raw(settings: Settings, events: int, *, idle_timeout_s: float = RAW_IDLE_TIMEOUT_S) -> float:
+def run_raw(settings: Settings, events: int, *, idle_timeout_s: float = ROUND_IDLE_TIMEOUT_S) -> float:
     """Plain kafka-python, with the runtime's producer: poll, produce, flush, commit; returns events/s.
     Raises ``TimeoutError`` when no event arrives for ``idle_timeout_s``."""
     source, sink = settings.topic_name(SKU_INGESTED), settings.topic_name(BENCH_OUT)
@@ -110,8 +110,9 @@ def run_raw(settings: Settings, events: int, *, idle_timeout_s: float = RAW_IDLE
     return events / elapsed
 
 
-def run_runtime(settings: Settings, events: int) -> float:
-    """The skuforge runtime with a forwarding handler; returns events/s."""
+def run_runtime(settings: Settings, events: int, *, idle_timeout_s: float = ROUND_IDLE_TIMEOUT_S) -> float:
+    """The skuforge runtime with a forwarding handler; returns events/s. Raises ``TimeoutError`` when
+    no output comes for ``idle_timeout_s``, ``RuntimeError`` when the stage stops before the last."""
     stage = Stage("bench", settings=settings)
     first_seen: list[float] = []
 
@@ -127,8 +128,22 @@ def run_runtime(settings: Settings, events: int) -> float:
     thread.start()
     sink = settings.topic_name(BENCH_OUT)
     try:
-        while count_records(settings, [sink]) < events:
-            time.sleep(0.05)
+        # As the raw round: it waited for ever for outputs that never came (an input never read, a
+        # stage that had died on its thread).
+        done, last = 0, time.monotonic()
+        while done < events:
+            counted = count_records(settings, [sink])
+            if counted > done:
+                done, last = counted, time.monotonic()
+            elif not thread.is_alive():
+                raise RuntimeError(f"the runtime round's stage stopped with {done} of {events} events done")
+            elif time.monotonic() - last > idle_timeout_s:
+                raise TimeoutError(
+                    f"the runtime round had {done} of {events} events and no other came on {sink} for "
+                    f"{idle_timeout_s:g} s"
+                )
+            else:
+                time.sleep(0.05)
         finished = time.perf_counter()
     finally:
         # Also on Ctrl-C: the stage's thread is no daemon, and the interpreter waited for it for ever.

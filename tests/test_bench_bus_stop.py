@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kafka.errors import KafkaTimeoutError
 
-from bench.bus import BENCH_OUT, run_raw
+from bench.bus import BENCH_OUT, run_raw, run_runtime
 from bench.replicas import group_assignment
 from schemas.topics import SKU_INGESTED
 from shared.store import open_store
@@ -148,3 +148,15 @@ def test_a_raw_round_whose_input_never_comes_gives_up_and_leaves_its_group(
     assert group_assignment(settings, settings.consumer_group_prefix + ".raw") == {}
     senders = [t.name for t in threading.enumerate() if t.name == "bench-raw-network-thread" and t.is_alive()]
     assert senders == [], "the raw round's producer was never closed"
+
+
+@pytest.mark.kafka
+def test_a_runtime_round_whose_input_never_comes_gives_up_and_leaves_its_group(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    # As the raw round did: no output ever came, and the bench waited for ever, its stage polling on.
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
+    create_topics(settings, SKU_INGESTED, BENCH_OUT)  # and nothing produced
+    with pytest.raises(TimeoutError, match="0 of 1 events and no other came"):
+        run_runtime(settings, 1, idle_timeout_s=3)
+    assert group_assignment(settings, f"{settings.consumer_group_prefix}.bench") == {}
