@@ -285,8 +285,9 @@ def kill_pause(cluster: Mapping[str, Any], workdir: Path, images: int, session_t
         run.close()
 
 
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
+def machine(*, external: bool) -> dict[str, Any]:
+    """What the figures were measured on; ``external``: on the cluster of ``SKUFORGE_KAFKA_BOOTSTRAP``,
+    not a broker of the bench's own."""
     return {
         "host": platform.node(),
         "cpu": platform.processor() or platform.machine(),
@@ -295,7 +296,9 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "kafka_python": version("kafka-python"),
         "onnxruntime": version("onnxruntime"),
-        "broker": "single-node Kafka (KRaft) on loopback",
+        "broker": "the cluster of SKUFORGE_KAFKA_BOOTSTRAP"
+        if external
+        else "single-node Kafka (KRaft) on loopback",
     }
 
 
@@ -319,8 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     # Checked before minutes of Kafka rounds, not found in a traceback after them; a missing folder is made.
     if problem := file_problem(args.out, "scale.json"):
         parser.error(f"--out {args.out}: {problem}")
-    info = machine()
     external = os.environ.get("SKUFORGE_KAFKA_BOOTSTRAP", "").strip()
+    # A run on another cluster was recorded as on a broker of its own, on loopback.
+    info = machine(external=bool(external))
     # Member logs stay in var/bench-scale/<time>/ (evidence when a member misbehaves).
     work = args.workdir / time.strftime("%Y%m%dT%H%M%S")
     incidents: list[dict[str, str]] = []

@@ -507,3 +507,12 @@ def test_matting_memory_refuses_figures_of_code_from_outside_the_tree_it_measure
         matting_memory.ROOT / "shared", before / "shared", ignore=shutil.ignore_patterns("models")
     )
     assert matting_memory._child(before, speed) == {"images_per_s": 12.5}
+
+
+def test_a_scale_run_on_the_shells_cluster_does_not_say_it_ran_on_a_broker_of_its_own() -> None:
+    # machine() said "single-node Kafka (KRaft) on loopback" of every run, one on the cluster of
+    # SKUFORGE_KAFKA_BOOTSTRAP too, whose figures then read as a loopback broker's.
+    from bench import scale
+
+    assert scale.machine(external=False)["broker"] == "single-node Kafka (KRaft) on loopback"
+    assert scale.machine(external=True)["broker"] == "the cluster of SKUFORGE_KAFKA_BOOTSTRAP"
