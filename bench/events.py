@@ -11,7 +11,7 @@ import contextlib
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError
 from pydantic import BaseModel
 
 from schemas.envelope import derive_id
@@ -44,6 +44,7 @@ def produce(
     settings: Settings, topic: Topic[Any], payloads: list[BaseModel], *, raw: list[bytes] | None = None
 ) -> list[str]:
     """Produce enveloped payloads (and optional raw byte messages); returns the event ids in order.
+    Raises ``KafkaError`` when the broker refused any of them.
 
     The producer is the services' own (``make_producer``): it bootstraps off the main thread, so a
     Ctrl-C while it connects stops the caller; kafka-python's bootstrap on the main thread dropped it.
@@ -51,6 +52,7 @@ def produce(
     producer = make_producer(settings, client_id="skuforge-bench-input")
     name = settings.topic_name(topic)
     event_ids = []
+    sent = []
     try:
         for payload in payloads:
             sku_id = payload.sku.sku_id  # type: ignore[attr-defined]
@@ -58,11 +60,19 @@ def produce(
             envelope = make_envelope(
                 topic, payload, event_id=event_id, sku_id=sku_id, trace_id=event_id, producer="bench"
             )
-            producer.send(name, key=sku_id.encode(), value=envelope.model_dump_json().encode())
+            sent.append(producer.send(name, key=sku_id.encode(), value=envelope.model_dump_json().encode()))
             event_ids.append(event_id)
         for value in raw or []:
-            producer.send(name, key=b"raw", value=value)
+            sent.append(producer.send(name, key=b"raw", value=value))
         producer.flush(timeout=settings.flush_timeout_s)
+        # flush() only logs a record the broker refused (over the topic's max.message.bytes): its id
+        # was returned as produced, and the bench's round waited for input that was never there.
+        if refused := [future.exception for future in sent if future.failed()]:
+            first = refused[0]
+            raise KafkaError(
+                f"{len(refused)} of {len(sent)} records to {name} were not delivered: "
+                f"{type(first).__name__}: {first}"
+            ) from first
     except BaseException:
         abandon(producer)
         raise
