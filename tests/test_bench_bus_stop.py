@@ -1,5 +1,6 @@
 """bench/bus.py and bench/scale.py stop on Ctrl-C while a Kafka producer of theirs connects (the raw
-round's consumer, on the real broker, has joined by then), and a raw round that fails cleans up."""
+round's consumer, on the real broker, has joined by then), and a round that fails, or whose input never
+comes, cleans up."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -137,26 +139,24 @@ def test_a_raw_round_that_fails_leaves_its_group_and_closes_its_producer(
     assert senders == [], "the raw round's producer was never closed"
 
 
-def test_a_raw_round_whose_input_never_comes_gives_up_and_leaves_its_group(
-    tmp_path: Path, kafka_bootstrap: str
-) -> None:
-    # It polled for ever: no event ever came, and the bench hung with its consumer in the group.
-    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
-    create_topics(settings, SKU_INGESTED, BENCH_OUT)  # and nothing produced
-    with pytest.raises(TimeoutError, match="0 of 1 events and no other came"):
-        run_raw(settings, 1, idle_timeout_s=3)
-    assert group_assignment(settings, settings.consumer_group_prefix + ".raw") == {}
-    senders = [t.name for t in threading.enumerate() if t.name == "bench-raw-network-thread" and t.is_alive()]
-    assert senders == [], "the raw round's producer was never closed"
-
-
 @pytest.mark.kafka
-def test_a_runtime_round_whose_input_never_comes_gives_up_and_leaves_its_group(
-    tmp_path: Path, kafka_bootstrap: str
+@pytest.mark.parametrize(
+    ("run_round", "member"),
+    [
+        # It polled for ever: no event ever came, and the bench hung with its consumer in the group.
+        pytest.param(run_raw, "raw", id="raw"),
+        # The runtime round counted the output for ever, its stage polling on.
+        pytest.param(run_runtime, "bench", id="runtime"),
+    ],
+)
+def test_a_round_whose_input_never_comes_gives_up_and_leaves_its_group(
+    tmp_path: Path, kafka_bootstrap: str, run_round: Callable[..., float], member: str
 ) -> None:
-    # As the raw round did: no output ever came, and the bench waited for ever, its stage polling on.
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
     create_topics(settings, SKU_INGESTED, BENCH_OUT)  # and nothing produced
     with pytest.raises(TimeoutError, match="0 of 1 events and no other came"):
-        run_runtime(settings, 1, idle_timeout_s=3)
-    assert group_assignment(settings, f"{settings.consumer_group_prefix}.bench") == {}
+        run_round(settings, 1, idle_timeout_s=3)
+    assert group_assignment(settings, f"{settings.consumer_group_prefix}.{member}") == {}
+    client = "bench-raw" if member == "raw" else "bench"
+    senders = [t.name for t in threading.enumerate() if t.name == f"{client}-network-thread" and t.is_alive()]
+    assert senders == [], f"the {member} round's producer was never closed"
