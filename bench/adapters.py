@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.argtypes import file_problem, positive_int
+from bench.committed import check_out
+from shared.argtypes import positive_int
 from shared.config import load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "adapters.json"
@@ -139,19 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     # The committed file is the default run's, which docs/diffusion.md cites: a smoke run went over it.
-    changed = [
-        "--" + name
-        for name, value in vars(args).items()
-        if name != "out" and value != parser.get_default(name)
-    ]
-    if changed and args.out.resolve() == RESULTS.resolve():
-        parser.error(
-            f"{', '.join(changed)}: not the committed run: give --out, so that its figures do not replace "
-            "the committed bench/results/adapters.json"
-        )
-    # Checked before minutes of rounds, not found in a traceback after them.
-    if problem := file_problem(args.out, "adapters.json"):
-        parser.error(f"--out {args.out}: {problem}")
+    check_out(parser, args, RESULTS)
 
     import torch
 

@@ -25,6 +25,7 @@ from typing import Any
 from kafka import KafkaConsumer
 from kafka.structs import OffsetAndMetadata
 
+from bench.committed import check_out
 from bench.events import abandon, produce, sku_ingested_payloads
 from bench.replicas import count_records
 from bench.rounds import median_round_ratio
@@ -32,7 +33,7 @@ from devstack.broker import LocalKafka, free_port
 from schemas.envelope import Envelope
 from schemas.events import SkuIngested
 from schemas.topics import SKU_INGESTED, Topic
-from shared.argtypes import file_problem, positive_int
+from shared.argtypes import positive_int
 from shared.bus import ensure_topics, kafka_connection, make_producer
 from shared.config import Settings, load_settings
 from shared.runtime import Context, Emit, Stage
@@ -168,19 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     # The committed file is the default run's (`make bench`): a smoke run (`--events 1000`) went over it.
-    changed = [
-        "--" + name
-        for name, value in vars(args).items()
-        if name != "out" and value != parser.get_default(name)
-    ]
-    if changed and args.out.resolve() == (RESULTS / "bus.json").resolve():
-        parser.error(
-            f"{', '.join(changed)}: not the committed run: give --out, so that its figures do not replace "
-            "the committed bench/results/bus.json"
-        )
-    # Checked before minutes of Kafka rounds, not found in a traceback after them.
-    if problem := file_problem(args.out, "bus.json"):
-        parser.error(f"--out {args.out}: {problem}")
+    check_out(parser, args, RESULTS / "bus.json")
 
     with tempfile.TemporaryDirectory() as tmp:
         broker = LocalKafka(Path(tmp) / "kafka", port=free_port(), controller_port=free_port())

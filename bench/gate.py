@@ -49,7 +49,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from shared.argtypes import file_problem, non_negative_int, positive_int
+from bench.committed import check_out
+from shared.argtypes import non_negative_int, positive_int
 from shared.gate.checks import GateThresholds, evaluate, failed_reasons
 from shared.generation.backend import COLOUR_GAIN_KEY
 from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
@@ -352,19 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # The committed file is the documented run's (`make bench`: every option at its default), which
     # docs/gate-and-trainstore.md cites: a smoke run or another model's figures went over it.
-    changed = [
-        "--" + name.replace("_", "-")
-        for name, value in vars(args).items()
-        if name != "out" and value != parser.get_default(name)
-    ]
-    if changed and args.out.resolve() == (RESULTS / "gate.json").resolve():
-        parser.error(
-            f"{', '.join(changed)}: not the committed run: give --out, so that its figures do not replace "
-            "the committed bench/results/gate.json"
-        )
-    # Checked before minutes of generating and matting, not found in a traceback after them.
-    if problem := file_problem(args.out, "gate.json"):
-        parser.error(f"--out {args.out}: {problem}")
+    check_out(parser, args, RESULTS / "gate.json")
     session = open_session(args.model, threads=2, use_gpu=False, store=None, max_batch=8)
     bench = functools.partial(
         run_bench, args.n, size_px=args.size, session=session, roi_margin=args.roi_margin

@@ -35,12 +35,13 @@ from typing import Any
 
 import numpy as np
 
+from bench.committed import check_out
 from bench.rounds import median_round_ratio
 from bench.triton import TritonServerProcess, max_batch_executed
 from services.generator.client import TritonGenerator
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import crop_to_product
-from shared.argtypes import file_problem, int_between, positive_int
+from shared.argtypes import int_between, positive_int
 from shared.generation.backend import MAX_SIZE_PX
 from shared.synth import make_product, render_photo
 
@@ -247,19 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # The committed file is the default run's (`make bench`): a composite-only file replaced it, its
     # diffusion and LoRA-switch figures gone, and a smoke run (`--images 2 --rounds 1`) went over it.
-    changed = [
-        "--" + name.replace("_", "-")
-        for name, value in vars(args).items()
-        if name != "out" and value != parser.get_default(name)
-    ]
-    if changed and args.out.resolve() == RESULTS.resolve():
-        parser.error(
-            f"{', '.join(changed)}: not the committed run: give --out, so that its figures do not replace "
-            "the committed bench/results/generation.json"
-        )
-    # Checked before minutes of Triton rounds, not found in a traceback after them.
-    if problem := file_problem(args.out, "generation.json"):
-        parser.error(f"--out {args.out}: {problem}")
+    check_out(parser, args, RESULTS)
     results: dict[str, Any] = {
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}",
         "cpu_model": _cpu_model(),
