@@ -42,11 +42,12 @@ from typing import Any, NamedTuple
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
+from bench.committed import check_out
 from bench.events import produce
 from bench.replicas import Member, count_records, generated_images, group_assignment, wait_until
 from devstack.broker import LocalKafka, free_port
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
-from shared.argtypes import file_problem, int_between, positive_int
+from shared.argtypes import int_between, positive_int
 from shared.bus import ensure_topics, kafka_connection
 from shared.config import Settings, load_settings
 from shared.store import open_store
@@ -316,12 +317,18 @@ def main(argv: list[str] | None = None) -> int:
         default=Settings.model_fields["session_timeout_ms"].default,
         help="the kill round's members' SKUFORGE_SESSION_TIMEOUT_MS (at least 6000, the broker's minimum)",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "scale.json",
+        help="results JSON (default bench/results/scale.json, the committed run's; a run with any other "
+        "option than --workdir needs another)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("var/bench-scale"), help="member logs and store")
     args = parser.parse_args(argv)
-    # Checked before minutes of Kafka rounds, not found in a traceback after them; a missing folder is made.
-    if problem := file_problem(args.out, "scale.json"):
-        parser.error(f"--out {args.out}: {problem}")
+    # The committed file is the default run's, which docs/deploy.md cites: a smoke run (`--images 4`)
+    # went over it. Checked before minutes of Kafka rounds; a missing folder is made.
+    check_out(parser, args, RESULTS / "scale.json", not_in_figures=["workdir"])
     external = os.environ.get("SKUFORGE_KAFKA_BOOTSTRAP", "").strip()
     # A run on another cluster was recorded as on a broker of its own, on loopback.
     info = machine(external=bool(external))

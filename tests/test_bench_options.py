@@ -392,9 +392,13 @@ def test_a_bus_smoke_run_does_not_replace_the_committed_figures(
         ("matting", "_run_worker", ["--heldout", "10"]),
         ("matting_memory", "_child", ["--config", "1mp_x1"]),
         ("matting_memory", "_child", ["--threads", "1"]),
+        # bench/results/scale.json and store.json, which docs/deploy.md, docs/ops.md and
+        # docs/gate-and-trainstore.md cite, were written over by any run.
+        ("scale", "machine", ["--images", "4"]),
+        ("store", "build_store", ["--items", "1000"]),
     ],
 )
-def test_a_matting_smoke_run_does_not_replace_the_committed_figures(
+def test_a_smoke_run_does_not_replace_the_committed_figures(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -516,3 +520,10 @@ def test_a_scale_run_on_the_shells_cluster_does_not_say_it_ran_on_a_broker_of_it
 
     assert scale.machine(external=False)["broker"] == "single-node Kafka (KRaft) on loopback"
     assert scale.machine(external=True)["broker"] == "the cluster of SKUFORGE_KAFKA_BOOTSTRAP"
+
+
+def test_the_scale_benchs_log_folder_changes_no_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import scale
+
+    monkeypatch.setattr(scale, "machine", _refuse_to_run)
+    _goes_ahead(scale.main, ["--workdir", "var/elsewhere"])  # the committed run's figures, its logs elsewhere
