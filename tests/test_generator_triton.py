@@ -10,6 +10,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -632,3 +633,54 @@ def test_a_backends_own_refusal_reason_reaches_the_dead_letter() -> None:
     )
     for drawn_badly in ("ValueError: the mask is empty", "BadInput: Not A Reason: x", "something else"):
         assert refusal(drawn_badly, "composite refused variant seed 1").reason == "generation_refused"
+
+
+class WrongAnswerComposite(PoisonedComposite):
+    """The composite backend with bugs of its answer on some seeds, each once the row is painted: a row
+    of ``numpy_parameters`` reports a numpy number (no JSON holds it), one of ``not_a_list`` is answered
+    with a bare sample instead of a list of them, and a batch holding a row of ``one_short`` gets one
+    outcome fewer than it has rows."""
+
+    def __init__(self, *, numpy_parameters: int = -1, not_a_list: int = -1, one_short: int = -1) -> None:
+        super().__init__(failing=(), away=())
+        self.numpy_parameters, self.not_a_list, self.one_short = numpy_parameters, not_a_list, one_short
+
+    def generate_many(self, requests: list[GenerationRequest]) -> list[RowOutcome]:
+        outcomes: list[Any] = super().generate_many(requests)
+        for place, (request, outcome) in enumerate(zip(requests, outcomes, strict=True)):
+            if request.seed == self.numpy_parameters and isinstance(outcome, list):
+                (sample,) = outcome
+                outcome[0] = dataclasses.replace(sample, parameters={"scale": np.float32(0.5)})
+            if request.seed == self.not_a_list and isinstance(outcome, list):
+                outcomes[place] = outcome[0]
+        if any(request.seed == self.one_short for request in requests):
+            outcomes = outcomes[:-1]
+        return outcomes
+
+
+@pytest.mark.parametrize(
+    ("bug", "said"),
+    [
+        ("numpy_parameters", "not JSON serializable"),
+        ("not_a_list", "instead of a list of samples"),
+        ("one_short", "0 outcomes for 1 rows"),
+    ],
+)
+def test_a_backend_answer_the_server_cannot_send_fails_its_row_alone_and_is_not_called_transient(
+    monkeypatch: pytest.MonkeyPatch, bug: str, said: str
+) -> None:
+    # Before, the fault was raised from the model: Triton answered the whole batch INTERNAL, which the
+    # client reads as Triton being away, and the stage retried the variant (and its batch) for ever.
+    from services.generator.client import GeneratorFailed
+
+    with poisoned_triton(monkeypatch, WrongAnswerComposite(**{bug: 19})) as (url, _):
+        client = TritonGenerator(url, concurrency=3)
+        try:
+            failed = _raised(lambda: client.generate("composite", [variant(11), variant(19), variant(12)]))
+            retried = client.generate("composite", [variant(11), variant(12)])
+        finally:
+            client.close()
+    (error,) = failed
+    assert isinstance(error, GeneratorFailed) and not isinstance(error, GeneratorUnavailable), error
+    assert "seed 19" in str(error) and said in str(error)
+    assert all(isinstance(result, VariantResult) for result in retried)

@@ -10,7 +10,8 @@ whose reference has more pixels than the server's ``SKUFORGE_MAX_IMAGE_PIXELS``,
 required input (Triton counts inputs: an optional one in its place passes); so is a row with a text
 input (prompt, own_names...) of more than ``MAX_TEXT_BYTES``. A row
 the backend fails on (raises) is served again alone; if it fails alone too, or the backend answers it
-wrongly (an image of another size than asked), ``error`` says so after ``BACKEND_ERROR_PREFIX``, or
+wrongly (an image of another size than asked, parameters no JSON holds), ``error`` says so after
+``BACKEND_ERROR_PREFIX``, or
 after ``BACKEND_UNAVAILABLE_PREFIX`` when what failed is a store it reads, an adapter's copy its
 model cache refuses or cannot hold (the operator's to fix), or the GPU memory another process took
 (transient). A row out of GPU memory alone on a GPU no one else took

@@ -49,7 +49,6 @@ from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, TransientError
 from shared.generation.backend import (
     MAX_SIZE_PX,
-    GeneratedSample,
     GenerationBackend,
     GenerationRequest,
     RowOutcome,
@@ -88,7 +87,10 @@ class GenerationModel:
     backend together (``generate_many``), so the diffusion backend can paint them in one call.
     A backend that raises on the batch gets its rows again one at a time, so a row it cannot serve
     (a bug on that input) fails alone, its ``error`` prefixed ``backend_error:``; so does a row the
-    backend answers wrongly (not one sample, or one of another size than asked).
+    backend answers wrongly (not a list of one sample, one of another size than asked, parameters no
+    JSON holds), and a batch answered with another number of outcomes than it has rows is served again
+    one row at a time. Nothing the backend answers is raised: Triton answers that INTERNAL for the
+    whole batch, which the client reads as Triton away and retries for ever.
     Only a ``BadInput`` the backend raises is the row's own fault (a ``ValueError`` from inside torch
     or diffusers is the backend's); a store away, or an adapter's copy the model cache refuses or
     cannot hold (``TransientError``), is ``backend_unavailable:``, logged in a line without a traceback, which
@@ -125,7 +127,7 @@ class GenerationModel:
         valid = [row for _, rows in parsed for row in rows if isinstance(row, GenerationRequest)]
         served: list[RowOutcome | BackendFailed] | None = None
         try:
-            served = list(self.backend.generate_many(valid))
+            served = list(self._generated(valid))
         except TransientError as exc:  # a store or cache the operator must see to: a line, no traceback
             log.warning(
                 "the %s backend cannot serve a batch of %d rows now (%s); serving them one by one",
@@ -162,12 +164,22 @@ class GenerationModel:
             )
         return answers
 
+    def _generated(self, rows: list[GenerationRequest]) -> list[RowOutcome]:
+        """The backend's outcomes for ``rows``, one each; ``RuntimeError`` when it answers another number
+        (its bug: one too few ended the batch in a ``StopIteration``, answered INTERNAL)."""
+        outcomes = list(self.backend.generate_many(rows))
+        if len(outcomes) != len(rows):
+            raise RuntimeError(
+                f"the {self.backend.name} backend answered {len(outcomes)} outcomes for {len(rows)} rows"
+            )
+        return outcomes
+
     def _serve_alone(self, row: GenerationRequest) -> RowOutcome | BackendFailed:
         """One row on its own: its outcome, or what the backend raised on it."""
         failure: BackendFailed
         out_of_memory = False
         try:
-            (outcome,) = self.backend.generate_many([row])
+            (outcome,) = self._generated([row])
             return outcome
         except BadInput as exc:
             return exc  # the project's own refusal: the row's fault
@@ -271,9 +283,18 @@ class GenerationModel:
                 errors[row] = f"{BACKEND_ERROR_PREFIX}the {self.backend.name} backend {misshapen}".encode()
                 continue
             sample = outcome[0]
-            images[row], masks[row] = sample.image, sample.expected_mask
-            used[row] = json.dumps(sample.parameters, sort_keys=True).encode()
-            adapters[row] = (sample.adapter_id or "").encode()
+            try:
+                used[row] = json.dumps(sample.parameters, sort_keys=True, allow_nan=False).encode()
+                adapters[row] = (sample.adapter_id or "").encode()
+                images[row], masks[row] = sample.image, sample.expected_mask
+            except Exception as exc:
+                # As above: parameters no JSON holds (a numpy number), an adapter id that is no text...
+                log.exception("the %s backend's answer to a row cannot be sent", self.backend.name)
+                used[row], adapters[row], images[row], masks[row] = b"{}", b"", 0, 0
+                errors[row] = (
+                    f"{BACKEND_ERROR_PREFIX}the {self.backend.name} backend's answer cannot be sent: "
+                    f"{type(exc).__name__}: {exc}"
+                ).encode()
         return {
             "image": images,
             "expected_mask": masks,
@@ -284,9 +305,11 @@ class GenerationModel:
         }
 
 
-def _misshapen(samples: list[GeneratedSample], size: int) -> str | None:
+def _misshapen(samples: object, size: int) -> str | None:
     """What is wrong with a backend's answer to one row of ``size`` px (one sample, its image and mask
     that size); None when nothing is."""
+    if not isinstance(samples, list):  # a bare sample, an exception other than a refusal
+        return f"returned {type(samples).__name__} instead of a list of samples"
     if len(samples) != 1:
         return f"returned {len(samples)} samples for n=1"
     image, mask = samples[0].image.shape, samples[0].expected_mask.shape
