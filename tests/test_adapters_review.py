@@ -26,9 +26,8 @@ import numpy as np
 import pytest
 import torch
 
-from services.generator.protocol import BACKEND_UNAVAILABLE_PREFIX
+from services.generator.protocol import ADAPTER_REFUSALS, BACKEND_UNAVAILABLE_PREFIX
 from services.generator.server import GenerationModel
-from services.generator.stage import ADAPTER_REFUSALS
 from shared.config import ConfigError, load_settings
 from shared.dlq import is_permanent
 from shared.errors import BadInput, TransientError

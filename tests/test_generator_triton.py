@@ -19,7 +19,7 @@ from bench.tiny_diffusion import product_photo
 from devstack.broker import free_port
 from services.generator.client import GeneratorUnavailable, TritonGenerator
 from services.generator.protocol import MAX_TEXT_BYTES, VariantRequest, VariantResult
-from shared.errors import BadInput
+from shared.errors import BadInput, TransientError
 from shared.generation.backend import GenerationRequest, RowOutcome
 from shared.generation.composite import CompositeBackend
 from shared.synth import make_product, render_photo
@@ -684,3 +684,49 @@ def test_a_backend_answer_the_server_cannot_send_fails_its_row_alone_and_is_not_
     assert isinstance(error, GeneratorFailed) and not isinstance(error, GeneratorUnavailable), error
     assert "seed 19" in str(error) and said in str(error)
     assert all(isinstance(result, VariantResult) for result in retried)
+
+
+class RegistryComposite(PoisonedComposite):
+    """The composite backend behind an adapter registry that a test changes: a row asking for adapter
+    ``cola-1`` is refused ``unknown_adapter`` until ``registered`` is set, and its registry is away (a
+    ``TransientError``) while ``away`` is. Fails on seed 13 as ``PoisonedComposite`` does."""
+
+    def __init__(self) -> None:
+        super().__init__(failing=(13,), away=())
+        self.registered = self.away_now = False
+
+    def generate_many(self, requests: list[GenerationRequest]) -> list[RowOutcome]:
+        if self.away_now and any(request.adapter_id == "cola-1" for request in requests):
+            raise TransientError("S3 unreachable: the adapter registry is away")
+        asked = [dataclasses.replace(request, adapter_id=None) for request in requests]
+        outcomes = super().generate_many(asked)
+        return [
+            BadInput("unknown_adapter", "no adapter 'cola-1' in the registry (registered: none)")
+            if request.adapter_id == "cola-1" and not self.registered
+            else outcome
+            for request, outcome in zip(requests, outcomes, strict=True)
+        ]
+
+
+def test_a_refusal_the_registry_may_lift_is_asked_again_on_the_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answers of a failed call are kept for its retry; an `unknown_adapter` refusal among them was
+    too, and the retry, once the adapter was registered, dead-lettered the SKU as `unknown_adapter` all
+    the same. Asked again, it is served; while it cannot be asked again, the refusal kept stands."""
+    from services.generator.client import GeneratorFailed
+
+    with_adapter = dataclasses.replace(variant(21), adapter_id="cola-1")
+    served = RegistryComposite()
+    with poisoned_triton(monkeypatch, served) as (url, backend):
+        client = TritonGenerator(url, concurrency=3)
+        try:
+            failed = _raised(lambda: client.generate("composite", [with_adapter, variant(13)]))
+            backend.away_now = True
+            (still_refused,) = client.generate("composite", [with_adapter])
+            backend.away_now, backend.registered = False, True
+            (retried,) = client.generate("composite", [with_adapter])
+        finally:
+            client.close()
+    (error,) = failed
+    assert isinstance(error, GeneratorFailed) and "seed 13" in str(error)
+    assert isinstance(still_refused, BadInput) and still_refused.reason == "unknown_adapter"
+    assert isinstance(retried, VariantResult), retried

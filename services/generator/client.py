@@ -10,7 +10,9 @@ raised once every request of the call is answered, so the answers beside it are 
 ``keep_at_most`` answers are kept: past that the oldest, of inputs never committed here (dead-lettered
 after a handler error, or whose partition went to another replica), are let go first.
 A variant the model refuses (its ``error`` output) comes back as a ``BadInput`` for its SKU, as does
-one with an empty reference or mask, refused before it is sent. A malformed request (our bug) raises
+one with an empty reference or mask, refused before it is sent. A refusal the registry may lift
+(``may_be_lifted``: an adapter not registered yet) is kept too, but asked again at the next call;
+it stands only while Triton cannot answer. A malformed request (our bug) raises
 ``RuntimeError``.
 """
 
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from services.generator.protocol import (
+    ADAPTER_REFUSALS,
     BACKEND_ERROR_PREFIX,
     BACKEND_UNAVAILABLE_PREFIX,
     INPUTS,
@@ -37,6 +40,7 @@ from services.generator.protocol import (
     VariantResult,
     model_name,
 )
+from shared.dlq import is_permanent
 from shared.errors import BadInput, TransientError
 
 log = logging.getLogger(__name__)
@@ -145,14 +149,19 @@ class TritonGenerator:
         keys = [variant.digest for variant in variants]
         asked = [(backend, key) for key in keys]
         answered: dict[str, VariantResult | BadInput] = {}
+        lifted: dict[str, BadInput] = {}  # refusals the registry may have lifted since: asked again
         with self._lock:
             self._asked.update(asked)
             for key in keys:
                 if (backend, key) in self._kept:
-                    answered[key] = self._kept[backend, key]
+                    kept = self._kept[backend, key]
                     self._kept.move_to_end((backend, key))  # wanted still: let go last
+                    if isinstance(kept, BadInput) and may_be_lifted(kept):
+                        lifted[key] = kept
+                    else:
+                        answered[key] = kept
         try:
-            return self._draw(backend, variants, keys, answered, optional)
+            return self._draw(backend, variants, keys, answered, optional, lifted)
         finally:
             with self._lock:
                 self._asked -= Counter(asked)
@@ -164,8 +173,11 @@ class TritonGenerator:
         keys: list[str],
         answered: dict[str, VariantResult | BadInput],
         optional: frozenset[str],
+        lifted: dict[str, BadInput],
     ) -> list[VariantResult | BadInput]:
-        """``generate`` once the answers kept are in ``answered``: the other variants drawn, and kept."""
+        """``generate`` once the answers kept are in ``answered``: the other variants drawn, and kept. A
+        refusal of ``lifted`` that Triton cannot answer again now stands: asked again at every retry and
+        turned away as overloaded, such refusals would hold their batch back for ever."""
         pool = self._pool(backend)
         futures = {
             key: pool.submit(self._infer_one, backend, variant, optional)
@@ -179,6 +191,9 @@ class TritonGenerator:
             try:
                 answered[key] = future.result()
             except GeneratorUnavailable as exc:
+                if key in lifted:
+                    answered[key] = lifted[key]
+                    continue
                 unavailable = unavailable or exc
                 refused += 1
             except Exception as exc:
@@ -368,6 +383,14 @@ def _explain(status: str, message: str, url: str, backend: str) -> tuple[str, st
 
 def _bytes_cell(text: str) -> np.ndarray:
     return np.array([[text.encode("utf-8")]], dtype=object)
+
+
+def may_be_lifted(refusal: BadInput) -> bool:
+    """Whether ``refusal`` may be lifted by the registry or store rather than by another input (an adapter
+    not registered yet, ``unknown_adapter``; one that did not load, registered again): the client asks
+    such a variant again at the next call instead of answering it from what it kept. Kept, a retry once
+    the adapter was registered dead-lettered the SKU as ``unknown_adapter`` all the same."""
+    return not is_permanent(refusal.reason) or refusal.reason in ADAPTER_REFUSALS
 
 
 def refusal(error: str, what: str) -> BadInput:

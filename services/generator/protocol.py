@@ -72,6 +72,11 @@ BACKEND_ERROR_PREFIX = "backend_error: "
 BACKEND_UNAVAILABLE_PREFIX = "backend_unavailable: "
 
 
+# Refusals of the adapter a request gets (the backend's ``BadInput`` reasons), not of its photo: another
+# photo would meet them again, and registering the adapter again may lift them.
+ADAPTER_REFUSALS = frozenset({"adapter_unloadable", "adapter_base_mismatch", "adapter_checksum_mismatch"})
+
+
 def model_name(backend: str) -> str:
     """The Triton model that serves ``backend`` (e.g. ``skuforge_generator_composite``)."""
     return MODEL_PREFIX + backend

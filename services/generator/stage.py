@@ -69,7 +69,7 @@ from schemas.events import CaptionedPhoto, ImageGenerated, SkuCaptioned
 from schemas.flow import GENERATOR
 from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
 from services.generator.client import GeneratorFailed, GeneratorUnavailable, TritonGenerator
-from services.generator.protocol import VariantRequest, VariantResult, model_name
+from services.generator.protocol import ADAPTER_REFUSALS, VariantRequest, VariantResult, model_name
 from shared.config import Settings, load_settings
 from shared.dlq import is_permanent
 from shared.errors import BadInput, TransientError
@@ -83,8 +83,6 @@ from shared.runtime import Context, Emit, Stage, run_stage_loading
 STAGE_NAME = GENERATOR.name
 # The kinds of skuforge_triton_errors_total (its help text says what each means).
 TRITON_ERROR_KINDS = ("overloaded", "timeout", "unavailable", "malformed", "refused", "backend_error")
-# Refusals of the adapter the SKU gets, not of the photo drawn from: another photo draws them again.
-ADAPTER_REFUSALS = frozenset({"adapter_unloadable", "adapter_base_mismatch", "adapter_checksum_mismatch"})
 
 
 class GeneratorMetrics:
