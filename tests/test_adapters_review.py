@@ -299,3 +299,54 @@ def test_a_file_with_no_lora_tensors_is_refused_whatever_rank_is_given(
     for rank in (None, 4):
         registered = registry.register("tiny", lora_weights(1), kind="general", base_model="sd15", rank=rank)
         assert registered.rank == 4
+
+
+def test_weights_register_cannot_take_are_refused_naming_the_adapter_and_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "not a safetensors file: shorter than its header length" named neither the adapter nor the file:
+    # a trainer's log, or a script registering several, left the operator to guess which was refused.
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    monkeypatch.delenv("SKUFORGE_DIFFUSION_ADAPTERS_URI", raising=False)
+    general = ["--kind", "general", "--base-model", "sd15"]
+    notes, cut = tmp_path / "notes.txt", tmp_path / "cut.safetensors"
+    notes.write_text("not LoRA weights\n")
+    cut.write_bytes(lora_weights(1)[:-10])
+    for weights, said in ((notes, "not a safetensors file"), (cut, "damaged safetensors file")):
+        assert cli_main(["adapters", "register", "cola-v", str(weights), *general]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"skuforge adapters register: {weights}: cannot register adapter 'cola-v': ")
+        assert said in err and err.count("\n") == 1
+    assert cli_main(["adapters", "register", "cola-v", str(cut), *general, "--rank", "4"]) == 2
+    assert f"{cut}: cannot register adapter 'cola-v': damaged" in capsys.readouterr().err
+    # Registered from a program, its bytes or its file: the adapter is named, and the file when given.
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    with pytest.raises(ValueError, match=r"^cannot register adapter 'cola-v': not a safetensors file"):
+        registry.register("cola-v", b"short", kind="general", base_model="sd15")
+    with pytest.raises(
+        ValueError, match=rf"^cannot register adapter 'cola-v' from {notes}: not a safetensors"
+    ):
+        registry.register("cola-v", notes, kind="general", base_model="sd15")
+    assert not (tmp_path / "adapters" / "cola-v").exists()
+
+
+class _UnfitPipe(RecordingPipe):
+    """Refuses every adapter as diffusers refuses one trained for another model (its words name no file)."""
+
+    def load_lora_weights(self, directory: str, *, weight_name: str, **_: Any) -> None:
+        raise ValueError("size mismatch for down_blocks.0.attentions.0: lora_A")
+
+
+def test_an_adapter_that_does_not_fit_is_refused_naming_the_adapter_and_its_file(tmp_path: Path) -> None:
+    # "adapter 'cola-v' does not fit this model (base 'sd15'): size mismatch ..." named no file: which of
+    # the adapter's registrations (each its own weights file) did not fit was left to guess.
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    metadata = registry.register(
+        "cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15"
+    )
+    backend = backend_on(registry, tmp_path)
+    backend.pipe = backend.lora.pipe = _UnfitPipe()
+    (outcome,) = backend.generate_many([cola_request()])
+    assert isinstance(outcome, BadInput) and outcome.reason == "adapter_unloadable", outcome
+    assert "adapter 'cola-v'" in outcome.detail and "size mismatch" in outcome.detail
+    assert registry.store.uri_for(f"cola-v/{metadata.weight_name}") in outcome.detail

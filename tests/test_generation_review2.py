@@ -105,7 +105,10 @@ def test_adapters_register_exits_2_naming_a_damaged_file_and_writes_nothing(
     argv = ["adapters", "register", "cola-v1", str(cut), "--kind", "general", "--base-model", "m"]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("skuforge adapters register: damaged safetensors file") and "Traceback" not in err
+    assert err.startswith(
+        f"skuforge adapters register: {cut}: cannot register adapter 'cola-v1': damaged safetensors"
+    )
+    assert "Traceback" not in err
     not_objects = tmp_path / "odd.safetensors"
     not_objects.write_bytes(safetensors_with_header({"lora_A.weight": [1, 2]}))
     assert cli_main([*argv[:3], str(not_objects), *argv[4:]]) == 2

@@ -14,7 +14,7 @@ from pathlib import Path
 from shared.argtypes import positive_int
 from shared.config import load_settings
 from shared.errors import BadInput, ObjectMissing
-from shared.generation.adapters import AdapterRegistry, NotLoraWeights
+from shared.generation.adapters import AdapterRegistry, WeightsRefused
 from shared.generation.diffusion import DiffusionSettings
 from shared.store import open_store
 
@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
             rank=args.rank,
             training_prompts=args.prompt,
         )
-    except NotLoraWeights as exc:
+    except WeightsRefused as exc:  # its words name the adapter; the file is named here
         print(f"skuforge adapters register: {args.weights}: {exc}", file=sys.stderr)
         return 2
     except (ValueError, BadInput) as exc:

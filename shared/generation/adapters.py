@@ -58,6 +58,7 @@ __all__ = [
     "AdapterMetadata",
     "AdapterRegistry",
     "NotLoraWeights",
+    "WeightsRefused",
     "lora_rank",
     "resolve_adapter",
     "weights_file_name",
@@ -257,6 +258,12 @@ class _NamesAnotherAdapter(ObjectMissing):
         )
 
 
+class WeightsRefused(ValueError):
+    """Weights ``AdapterRegistry.register`` cannot take (not a safetensors file, cut short, no LoRA
+    tensors, another rank than given): the message names the adapter, and the file when one was given;
+    ``skuforge adapters register`` names its file before it."""
+
+
 class NotLoraWeights(ValueError):
     """A safetensors file that holds no LoRA weights the registry can take (``skuforge adapters
     register`` names the file)."""
@@ -363,19 +370,25 @@ class AdapterRegistry:
         """Upload LoRA weights and their metadata (metadata last); replaces an adapter of the same id.
 
         ``rank`` defaults to the one read from the weights. Invalid metadata raises ``ValueError``
-        before anything is written. The weights go to a file named by their sha256, so the
+        before anything is written, weights it cannot take ``WeightsRefused`` (naming the adapter, and
+        ``weights`` when a path). The weights go to a file named by their sha256, so the
         replaced registration's weights stay readable for generators that have not listed again.
         """
         self._check_id(adapter_id)
         data = weights.read_bytes() if isinstance(weights, Path) else weights
         weights_sha256 = sha256_hex(data)
         try:
+            checked_rank = _checked_rank(data, rank)
+        except ValueError as exc:
+            source = f" from {weights}" if isinstance(weights, Path) else ""
+            raise WeightsRefused(f"cannot register adapter {adapter_id!r}{source}: {exc}") from None
+        try:
             metadata = AdapterMetadata(
                 adapter_id=adapter_id,
                 kind=kind,
                 series=series,
                 base_model=base_model,
-                rank=_checked_rank(data, rank),
+                rank=checked_rank,
                 training_prompts=list(training_prompts),
                 weight_name=weights_file_name(weights_sha256),
                 weights_sha256=weights_sha256,
@@ -456,13 +469,17 @@ class AdapterRegistry:
 
         def registered_weights(size: int, sha256: str) -> None:
             if sha256 != metadata.weights_sha256:
-                raise ChecksumMismatch(self.store.uri_for(key), metadata.weights_sha256, sha256)
+                raise ChecksumMismatch(self.weights_uri(metadata), metadata.weights_sha256, sha256)
 
         # In blocks, checked before renamed into place: concurrent fetchers never see half a file, and
         # weights of hundreds of MB are not held in memory (read whole, they were, twice over at load).
         write_blocks_atomically(path, self.store.iter_bytes(key), check=registered_weights)
         hold(target)
         return target
+
+    def weights_uri(self, metadata: AdapterMetadata) -> str:
+        """Where the adapter's weights file lies in the registry: what a refusal of them names."""
+        return self.store.uri_for(f"{metadata.adapter_id}/{metadata.weight_name}")
 
     @staticmethod
     def _check_id(adapter_id: str) -> None:

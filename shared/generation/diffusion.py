@@ -984,6 +984,14 @@ class DiffusionBackend:
                     refused = exc
                     if adapter is not None and isinstance(exc, (ObjectMissing, ChecksumMismatch)):
                         refused = self._registry_refusal(adapter, exc)
+                    elif (
+                        adapter is not None
+                        and self.registry is not None
+                        and exc.reason == "adapter_unloadable"
+                    ):
+                        # diffusers' words name no file: which registration did not fit is named here.
+                        weights = self.registry.weights_uri(adapter)
+                        refused = BadInput(exc.reason, f"{exc.detail} (its weights: {weights})")
                     for position, _ in variants:
                         outcomes[position] = refused
                         plans.pop(position, None)
