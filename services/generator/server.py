@@ -321,7 +321,9 @@ def _misshapen(samples: object, size: int) -> str | None:
 def _row_request(request: Mapping[str, npt.NDArray[Any]], row: int, size: int) -> GenerationRequest:
     """Row ``row`` of a Triton request as one variant (n=1) for the backend."""
     try:
-        parameters = json.loads(_text(request, "parameters", row) or "{}", parse_constant=_no_json_number)
+        parameters = json.loads(
+            _text(request, "parameters", row) or "{}", parse_constant=_no_json_number, parse_float=_finite
+        )
     except json.JSONDecodeError as exc:
         raise ValueError(f"parameters are not JSON: {exc}") from None
     except RecursionError:  # '[[[[...' deeper than the parser recurses: raised, it failed the whole batch
@@ -347,6 +349,14 @@ def _no_json_number(constant: str) -> NoReturn:
     # Python's json reads NaN and Infinity, which JSON has not: a backend echoing an unknown key into
     # parameters_used answered with text no strict JSON parser reads.
     raise ValueError(f"parameters are not JSON: {constant} is no JSON number")
+
+
+def _finite(number: str) -> float:
+    # 1e400 is JSON, but no float holds it: read as inf, it was echoed as Infinity, as NaN was above.
+    value = float(number)
+    if not math.isfinite(value):
+        raise ValueError(f"parameters are not JSON: {number} is too large for a number")
+    return value
 
 
 def _own_names(request: Mapping[str, npt.NDArray[Any]], row: int) -> tuple[str, ...]:
