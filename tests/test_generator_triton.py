@@ -729,6 +729,7 @@ def test_a_refusal_the_registry_may_lift_is_asked_again_on_the_retry(monkeypatch
             failed = _raised(lambda: client.generate("composite", [with_adapter, variant(13)]))
             backend.away_now = True
             (still_refused,) = client.generate("composite", [with_adapter])
+            reached_when_away = client.last_call_ok  # readiness: the model was not reached
             backend.away_now, backend.registered = False, True
             (retried,) = client.generate("composite", [with_adapter])
         finally:
@@ -736,4 +737,6 @@ def test_a_refusal_the_registry_may_lift_is_asked_again_on_the_retry(monkeypatch
     (error,) = failed
     assert isinstance(error, GeneratorFailed) and "seed 13" in str(error)
     assert isinstance(still_refused, BadInput) and still_refused.reason == "unknown_adapter"
+    assert not reached_when_away
     assert isinstance(retried, VariantResult), retried
+    assert client.last_call_ok

@@ -187,12 +187,13 @@ class TritonGenerator:
         unavailable: GeneratorUnavailable | None = None
         failed: Exception | None = None
         refused = 0
+        stood_in = False  # a refusal kept stood in for a model not reached: not ready
         for key, future in futures.items():
             try:
                 answered[key] = future.result()
             except GeneratorUnavailable as exc:
                 if key in lifted:
-                    answered[key] = lifted[key]
+                    answered[key], stood_in = lifted[key], True
                     continue
                 unavailable = unavailable or exc
                 refused += 1
@@ -205,7 +206,7 @@ class TritonGenerator:
                 if key in answered:
                     self._kept[backend, key] = answered[key]
             self._let_go_past_bound()
-        self.last_call_ok = unavailable is None
+        self.last_call_ok = unavailable is None and not stood_in
         if unavailable is not None and unavailable.kind == "overloaded":
             log.warning(
                 "Triton turned %d of %d requests to %s away as overloaded; the %d answered are kept "
