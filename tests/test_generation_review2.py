@@ -85,6 +85,38 @@ def test_a_header_entry_that_is_not_a_tensor_description_is_refused_not_a_traceb
             registry.register("cola-v1", weights, kind="general", base_model="m", rank=rank)
 
 
+@pytest.mark.parametrize(
+    ("entry", "data_bytes", "said"),
+    [
+        ({"dtype": "F32", "shape": [4, 8], "data_offsets": [0, 10]}, 10, "holds 10 bytes, its shape"),
+        ({"dtype": "F32", "shape": [4, 8], "data_offsets": [0, 256]}, 256, "holds 256 bytes, its shape"),
+        ({"dtype": "XYZ", "shape": [4, 8], "data_offsets": [0, 128]}, 128, "dtype 'XYZ'"),
+        ({"shape": [4, 8], "data_offsets": [0, 128]}, 128, "dtype None"),
+    ],
+    ids=["too-few-bytes", "too-many-bytes", "unknown-dtype", "no-dtype"],
+)
+def test_a_tensor_safetensors_cannot_read_is_refused_at_registration(
+    tmp_path: Path, entry: dict[str, Any], data_bytes: int, said: str
+) -> None:
+    # Its bytes filled the file, so it registered; safetensors refuses it ("invalid shape, data type, or
+    # offset"), so every SKU of its series was then refused as adapter_unloadable, as the docs say a
+    # file that is not safetensors never is.
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    weights = safetensors_with_header({"unet.to_q.lora_A.weight": entry}, bytes(data_bytes))
+    with pytest.raises(SafetensorError):
+        load(weights)
+    registry = AdapterRegistry(FileStore(tmp_path))
+    for rank in (None, 4):
+        with pytest.raises(
+            ValueError, match=r"not a safetensors file: tensor 'unet\.to_q\.lora_A\.weight'"
+        ) as refused:
+            registry.register("cola-v1", weights, kind="general", base_model="m", rank=rank)
+        assert said in str(refused.value)
+    assert not (tmp_path / "cola-v1").exists()
+
+
 def test_a_header_nested_too_deeply_to_read_is_refused_as_not_safetensors(tmp_path: Path) -> None:
     # Before, json's RecursionError: a traceback from `skuforge adapters register`.
     header = b"[" * 100_000

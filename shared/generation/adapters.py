@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import struct
 from collections.abc import Sequence
@@ -220,9 +221,19 @@ def safetensors_header(weights: bytes) -> dict[str, Any]:
     return header
 
 
+# Bits per element of each dtype the safetensors format names (its Dtype enum).
+_DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+    "I64": 64, "U64": 64, "F64": 64, "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}  # fmt: skip
+
+
 def _tensor_data_end(name: str, info: Any) -> int:
     """Where a header entry's tensor ends in the data after the header; ``ValueError`` for an entry
-    that is not a tensor description (before, ``[1, 2]`` was an AttributeError traceback)."""
+    that is not a tensor description (before, ``[1, 2]`` was an AttributeError traceback), or one whose
+    bytes are not its dtype and shape's: safetensors refuses such a file at load, so it registered and
+    every SKU of its series was then refused as ``adapter_unloadable``."""
     if isinstance(info, dict):
         shape, offsets = info.get("shape"), info.get("data_offsets")
         if (
@@ -231,6 +242,17 @@ def _tensor_data_end(name: str, info: Any) -> int:
             and len(offsets) == 2
             and offsets[0] <= offsets[1]
         ):
+            dtype = info.get("dtype")
+            if not isinstance(dtype, str) or dtype not in _DTYPE_BITS:
+                raise ValueError(
+                    f"not a safetensors file: tensor {name!r} has dtype {dtype!r}, none safetensors reads"
+                )
+            held, bits = offsets[1] - offsets[0], math.prod(shape) * _DTYPE_BITS[dtype]
+            if held != bits / 8:
+                raise ValueError(
+                    f"not a safetensors file: tensor {name!r} holds {held} bytes, its shape {shape} "
+                    f"of {dtype} needs {bits / 8:g}"
+                )
             return offsets[1]
     raise ValueError(
         f"not a safetensors file: tensor {name!r} is not an object with a list 'shape' of sizes "
