@@ -30,10 +30,11 @@ deleted or altered, or one the compositor refuses, is left out of the set (logge
 ``sku_ids`` then leave its SKU out). A job that cannot train as configured (an SDXL or
 non-inpainting base model swapped in under a running trainer, an empty set, every photo left out)
 is marked failed with its reason (``lora-trainer/jobs/<hash>/failed.json``) and not retried until
-its inputs change; the other jobs go on. A job whose training raises anything else (a bug, NaN paint) is tried
-again at the next polls, ``JOB_MAX_ATTEMPTS`` times in all (counted in
-``lora-trainer/jobs/<hash>/attempts.json``, so a restart does not reset them; one that cannot be read
-starts the count again, with a warning naming it), then marked failed with the last reason; a store
+its inputs change; the other jobs go on. A job whose training raises anything else (a bug, NaN paint,
+a ``ValueError`` of torch's) is tried again at the next polls, ``JOB_MAX_ATTEMPTS`` times in all
+(counted in ``lora-trainer/jobs/<hash>/attempts.json``, so a restart does not reset them; one that
+cannot be read starts the count again, with a warning naming it), then marked failed with the last
+reason, its type and the training step or item it was raised at; a store
 away (``TransientError``), a setting met mid-job (``ConfigError``), a file that cannot be read
 (``OSError``: the model folder being copied again) or the GPU out of memory (a Triton on the same GPU
 at its peak) is retried without counting, and ``SKUFORGE_LORA_DEVICE=cuda`` without CUDA is refused
@@ -388,8 +389,10 @@ class UnreadableRecord(Exception):
 
 
 def _one_line(exc: BaseException) -> str:
-    """A one-line reason for a log line (a ValidationError's str runs over many lines)."""
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    """A one-line reason for a log line (a ValidationError's str runs over many lines), with the notes that
+    say where it was raised ("at training step 3 of 800")."""
+    notes = "".join(f" ({note})" for note in getattr(exc, "__notes__", ()))
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[: 300 - len(notes)] + notes
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -985,14 +988,14 @@ class LoraTrainer:
         """Mark the job failed, or count the attempt and raise ``error`` (retried at the next poll).
 
         Not transient, so failed at once: the job's own fault (a ``TrainingError``; every photo of
-        the set deleted or altered since it was recorded, ``BadInput``, or refused by the compositor,
-        ``ValueError``):
+        the set deleted, altered since it was recorded or refused by the compositor, ``BadInput``):
         the same inputs would fail the same way at every poll. A store away (``TransientError``), a
         setting met mid-job (``ConfigError``: the deployment's fault) or a file that cannot be read
         (``OSError``: the model folder being copied again, a mount away) is retried, uncounted, and so
         is the GPU out of memory: the generator's Triton may share the GPU (deploy/gpu), and a job failed
         for a neighbour's peak would stay failed. Anything else (a bug, NaN paint) is retried until
-        ``JOB_MAX_ATTEMPTS`` attempts have failed, then failed with the last reason.
+        ``JOB_MAX_ATTEMPTS`` attempts have failed, then failed with the last reason, its type and where
+        it was raised (a ``ValueError`` of torch's at a training step is such a fault, not a refusal).
         """
         if isinstance(error, (TransientError, ConfigError, OSError)):
             # A store away, or the deployment's fault (a setting met mid-job, a model folder unreadable
@@ -1007,7 +1010,7 @@ class LoraTrainer:
             )
             raise error
         reason = str(error)  # a refusal's reason, as the failed.json of earlier releases hold it
-        if not isinstance(error, (TrainingError, BadInput, ValueError)):
+        if not isinstance(error, (TrainingError, BadInput)):
             reason = _one_line(error)  # its type says more than its message alone
             attempts_key = f"{job_prefix}/attempts.json"
             attempts = 1 + self._attempts_before(job, attempts_key)

@@ -284,7 +284,15 @@ def build_training_set(
                 )
             )
     if refused and not training_set.items:
-        raise refused[0]  # nothing left to train on: the job's own fault, as before
+        # Nothing left to train on: the job's own fault, a refusal (BadInput). A ValueError is the
+        # compositor's word for a mask it cannot cut from; raised as it is, a trainer could not tell it
+        # from a ValueError of torch's mid-training, a fault tried again.
+        first = refused[0]
+        if isinstance(first, BadInput):
+            raise first
+        raise BadInput(
+            "photo_refused", f"every photo of the set was refused, the first with: {first}"
+        ) from first
     for class_noun, class_prompt in classes.items():
         images = _class_images(class_noun, class_prompt, recipe, class_folder, paint_class_images)
         for index, image in enumerate(images):

@@ -143,7 +143,6 @@ def train_lora(
 ) -> TrainingResult:
     """Train a LoRA on ``training_set`` (resuming from ``checkpoint_prefix`` if a checkpoint is there)."""
     import torch
-    import torch.nn.functional as F
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
@@ -194,7 +193,11 @@ def train_lora(
                     f"stopped encoding the training set: {len(encoded)} of {len(instances) + len(classes)} "
                     "items; it is encoded again when the job resumes"
                 )
-            encoded.append(_encode(item, store, tokenizer, text_encoder, vae, torch_device))
+            try:
+                encoded.append(_encode(item, store, tokenizer, text_encoder, vae, torch_device))
+            except Exception as exc:
+                exc.add_note(f"while encoding training item {item.item_id}")
+                raise
     encoded_instances, encoded_classes = encoded[: len(instances)], encoded[len(instances) :]
 
     progress = _Progress()
@@ -211,28 +214,16 @@ def train_lora(
     stopped_early = bool(recipe.early_stop_patience) and progress.since_best >= recipe.early_stop_patience
     unet.train()
     while progress.step < recipe.max_steps and not stopped_early:
-        draw = torch.Generator().manual_seed(recipe.seed * 1_000_003 + progress.step)
-        batch = [encoded_instances[int(torch.randint(len(encoded_instances), (1,), generator=draw))]]
-        if encoded_classes:
-            batch.append(encoded_classes[int(torch.randint(len(encoded_classes), (1,), generator=draw))])
-        latents = torch.cat([b.latents for b in batch])
-        noise = torch.randn(latents.shape, generator=draw).to(torch_device)
-        steps_t = torch.randint(scheduler.config.num_train_timesteps, (len(batch),), generator=draw).to(
-            torch_device
-        )
-        noisy = scheduler.add_noise(latents, noise, steps_t)
-        model_input = torch.cat(
-            [noisy, torch.cat([b.mask for b in batch]), torch.cat([b.masked_latents for b in batch])], dim=1
-        )
-        hidden = torch.cat([b.text for b in batch])
-        prediction = unet(model_input, steps_t, encoder_hidden_states=hidden).sample
-        losses = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
-        loss = losses[0] + (recipe.prior_loss_weight * losses[1] if len(batch) > 1 else 0.0)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        try:
+            value = _step(
+                encoded_instances, encoded_classes, unet, scheduler, optimizer, recipe, progress.step
+            )
+        except Exception as exc:
+            # A fault of torch's (a shape or dtype problem) says what failed, not where: the job's failure
+            # record names the step (the trainer reads the notes into it).
+            exc.add_note(f"at training step {progress.step + 1} of {recipe.max_steps}")
+            raise
         progress.step += 1
-        value = float(loss.detach())
         if not math.isfinite(value):
             # Diverged (a learning rate or alpha too high): its weights would paint black or noise.
             raise TrainingError(
@@ -265,6 +256,41 @@ def train_lora(
         resumed_from_step=resumed_from,
         stopped_early=stopped_early,
     )
+
+
+def _step(
+    instances: list[_Encoded],
+    classes: list[_Encoded],
+    unet: Any,
+    scheduler: Any,
+    optimizer: Any,
+    recipe: TrainingRecipe,
+    step: int,
+) -> float:
+    """Optimiser step ``step + 1`` (its batch and noise drawn from ``(recipe.seed, step)``): its loss."""
+    import torch
+    import torch.nn.functional as F
+
+    device = instances[0].latents.device  # where the set was encoded: the training device
+    draw = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
+    batch = [instances[int(torch.randint(len(instances), (1,), generator=draw))]]
+    if classes:
+        batch.append(classes[int(torch.randint(len(classes), (1,), generator=draw))])
+    latents = torch.cat([b.latents for b in batch])
+    noise = torch.randn(latents.shape, generator=draw).to(device)
+    steps_t = torch.randint(scheduler.config.num_train_timesteps, (len(batch),), generator=draw).to(device)
+    noisy = scheduler.add_noise(latents, noise, steps_t)
+    model_input = torch.cat(
+        [noisy, torch.cat([b.mask for b in batch]), torch.cat([b.masked_latents for b in batch])], dim=1
+    )
+    hidden = torch.cat([b.text for b in batch])
+    prediction = unet(model_input, steps_t, encoder_hidden_states=hidden).sample
+    losses = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    loss = losses[0] + (recipe.prior_loss_weight * losses[1] if len(batch) > 1 else 0.0)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
 
 
 def adapter_weights(unet: Any) -> bytes:

@@ -1,0 +1,60 @@
+"""The LoRA trainer, review 32: a ValueError from inside torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.lora_trainer.stage import JOB_MAX_ATTEMPTS, PREFIX
+from shared.store import FileStore
+from tests.support.captioning import captioned_sku
+from tests.support.lora import record, trainer_on
+from tests.support.threads import one_torch_thread  # noqa: F401 (autouse: the tiny model trains on one thread)
+
+# --- a ValueError from inside torch ---------------------------------------------------------------
+
+
+@pytest.mark.slow  # trains the tiny model two steps, three times
+def test_a_value_error_inside_a_training_step_is_retried_and_its_failure_names_the_step(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any ValueError failed the job for good at once, as if the job's inputs were refused, with the bare
+    message as its reason ("Expected ... size"): one from torch in a step (a shape or dtype problem, a
+    bug like any other) is tried again like any other fault, and the failure names the step, the
+    error's type and its message."""
+    import torch.nn.functional
+
+    mse_loss = torch.nn.functional.mse_loss
+    calls = 0
+
+    def mse_loss_failing_at_each_second_step(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls % 2 == 0:  # no checkpoint before step 2: each attempt starts at step 1
+            raise ValueError("Expected input batch_size (1) to match target batch_size (2).")
+        return mse_loss(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "mse_loss", mse_loss_failing_at_each_second_step)
+    store = FileStore(tmp_path / "store")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    trainer = trainer_on(
+        store, tiny_model, lora_class_images=0, lora_resolution=64, lora_scenes_per_photo=1,
+        lora_max_steps=2, lora_checkpoint_every=100, lora_early_stop_patience=0,
+    )  # fmt: skip
+    (job,) = trainer.plan()
+    job_prefix = f"{PREFIX}/jobs/{job.sha256}"
+
+    for attempt in range(1, JOB_MAX_ATTEMPTS):
+        with pytest.raises(ValueError, match="batch_size"):
+            trainer.run_pending()
+        assert not store.exists(f"{job_prefix}/failed.json")
+        attempts = json.loads(store.get_bytes(f"{job_prefix}/attempts.json"))
+        assert attempts["attempts"] == attempt and "training step 2 of 2" in attempts["last_reason"]
+    assert trainer.run_pending() == []
+
+    reason = json.loads(store.get_bytes(f"{job_prefix}/failed.json"))["reason"]
+    assert reason.startswith(f"{JOB_MAX_ATTEMPTS} attempts failed, the last with ValueError: Expected input")
+    assert "training step 2 of 2" in reason
