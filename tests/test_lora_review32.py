@@ -1,4 +1,8 @@
-"""The LoRA trainer, review 32: a ValueError from inside torch."""
+"""The LoRA trainer, review 32: a ValueError from inside torch, and a general job equal to the published
+one.
+
+Training is stubbed where what is trained is not the point (``stub_training``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,14 @@ import pytest
 from services.lora_trainer.stage import JOB_MAX_ATTEMPTS, PREFIX
 from shared.store import FileStore
 from tests.support.captioning import captioned_sku
-from tests.support.lora import record, trainer_on
+from tests.support.lora import (
+    gate_accepted,
+    model_folder,
+    record,
+    record_accepted_event,
+    served,
+    trainer_on,
+)
 from tests.support.threads import one_torch_thread  # noqa: F401 (autouse: the tiny model trains on one thread)
 
 # --- a ValueError from inside torch ---------------------------------------------------------------
@@ -58,3 +69,35 @@ def test_a_value_error_inside_a_training_step_is_retried_and_its_failure_names_t
     reason = json.loads(store.get_bytes(f"{job_prefix}/failed.json"))["reason"]
     assert reason.startswith(f"{JOB_MAX_ATTEMPTS} attempts failed, the last with ValueError: Expected input")
     assert "training step 2 of 2" in reason
+
+
+# --- a general job that equals the published one --------------------------------------------------
+
+
+def test_a_general_job_equal_to_the_published_one_is_not_planned_again_at_every_poll(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    """With SKUFORGE_LORA_GENERAL_MAX_IMAGES below the accepted images, new ones may leave the spread
+    the published adapter trained on unchanged: the job planned is the published one. It was not trained
+    again, but the schedule never counted the new images as covered: every poll read every picked
+    request file again (S3 reads every few seconds), for ever."""
+    store = FileStore(tmp_path / "store")
+    for variant in (0, 2, 4):
+        record_accepted_event(store, gate_accepted(store, variant))
+    trainer = trainer_on(
+        store, model_folder(tmp_path, "m"), lora_class_images=0, lora_general_after_accepted=1,
+        lora_general_max_images=2,
+    )  # fmt: skip
+    [first] = trainer.run_pending()  # on the first and the last accepted image
+    assert first.kind == "general" and trainer.plan() == []
+
+    published = trainer.store.get_bytes(f"{PREFIX}/general.json")
+    record_accepted_event(store, gate_accepted(store, 1))  # sorts between the first and the last
+    [same] = trainer.plan()
+    assert same.adapter_id == first.adapter_id  # the spread did not change
+    assert trainer.run_pending() == [] and len(stub_training) == 1  # not trained again
+
+    assert trainer.plan() == []  # the new image is covered: not planned again at the next poll
+    state = json.loads(trainer.store.get_bytes(f"{PREFIX}/general.json"))
+    assert state["trained_at"] == json.loads(published)["trained_at"]  # its clock is the last training's
+    assert served(store, "any") == first.adapter_id

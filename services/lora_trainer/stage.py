@@ -634,6 +634,20 @@ class LoraTrainer:
             state["covered"] = list(job.covered_keys)
         self.store.put_json(GENERAL_STATE_KEY, state)
 
+    def _general_up_to_date(self, job: Job) -> None:
+        """Record in ``general.json`` that the general adapter already published covers ``job``'s images
+        (planned from every accepted image, it is the adapter current): new images that left the spread
+        unchanged (``SKUFORGE_LORA_GENERAL_MAX_IMAGES``) were never counted as covered, and every poll
+        planned the job again, reading each of its request files. The clock stays the last training's."""
+        if job.kind != "general" or job.covered_keys is None:
+            return
+        state = self._general_state() or {}
+        if state.get("covered") != list(job.covered_keys):
+            self.store.put_json(
+                GENERAL_STATE_KEY,
+                {**state, "accepted_count": job.accepted_count, "covered": list(job.covered_keys)},
+            )
+
     def _hash(self, kind: str, series: str | None, sources: list[InstanceSource]) -> str:
         # The class-folder images this job trains on (its classes' first recipe.class_images): a
         # folder of another class must not change, so retrain, every adapter.
@@ -719,6 +733,7 @@ class LoraTrainer:
                     self._count_publication(current, under_way)
                     self.store.put_json(self._current_key(job), {"adapter_id": current})
             if current == job.adapter_id:
+                self._general_up_to_date(job)
                 return None
             if not self.registry.store.exists(f"{job.adapter_id}/{METADATA_FILE}"):
                 # Registered before its marker was written, so gone means `skuforge adapters remove`:
@@ -731,6 +746,7 @@ class LoraTrainer:
                     extra={"adapter_id": job.adapter_id, "last_published": current},
                 )
                 self.store.put_json(self._current_key(job), {"adapter_id": job.adapter_id})
+                self._general_up_to_date(job)
                 return None
             log.info(
                 "training set rolled back to an adapter published before; it is made current again",
