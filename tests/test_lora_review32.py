@@ -1,5 +1,5 @@
-"""The LoRA trainer, review 32: a ValueError from inside torch, and a general job equal to the published
-one.
+"""The LoRA trainer, review 32: a ValueError from inside torch, a general job equal to the published
+one, class-image folders held in memory, and a roll-back to an adapter no longer registered.
 
 Training is stubbed where what is trained is not the point (``stub_training``).
 """
@@ -7,17 +7,20 @@ Training is stubbed where what is trained is not the point (``stub_training``).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services.lora_trainer.stage import JOB_MAX_ATTEMPTS, PREFIX
+from shared.generation.adapters import METADATA_FILE
 from shared.store import FileStore
 from tests.support.captioning import captioned_sku
 from tests.support.lora import (
     gate_accepted,
     model_folder,
+    one_series,
     record,
     record_accepted_event,
     served,
@@ -101,3 +104,38 @@ def test_a_general_job_equal_to_the_published_one_is_not_planned_again_at_every_
     state = json.loads(trainer.store.get_bytes(f"{PREFIX}/general.json"))
     assert state["trained_at"] == json.loads(published)["trained_at"]  # its clock is the last training's
     assert served(store, "any") == first.adapter_id
+
+
+# --- a roll-back to an adapter no longer registered ------------------------------------------------
+
+
+def test_a_roll_back_to_an_adapter_whose_metadata_names_another_is_reported_and_the_others_train(
+    tmp_path: Path, stub_training: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A roll-back whose job folder has expired reads the adapter's metadata from the registry; one that
+    names another adapter (a folder copied by hand: ``get`` says not registered, ``ObjectMissing``)
+    raised out of the series' job at every poll, seen only as ``retried``, naming no file."""
+    store, trainer = one_series(tmp_path)
+    [first] = trainer(4).run_pending()
+    [second] = trainer(8).run_pending()
+    for key in [*store.list_keys(f"{PREFIX}/jobs/"), *store.list_keys(f"{PREFIX}/sets/")]:
+        store.delete(key)  # expired, as docs/ops.md allows once published
+    metadata_key = f"{first.adapter_id}/{METADATA_FILE}"
+    copied = json.loads(store.get_bytes(f"{second.adapter_id}/{METADATA_FILE}"))
+    store.put_json(metadata_key, copied)  # names the second adapter
+    record(store, captioned_sku(store, 2, usable_photos=1, series="fanta"))
+    rolled_back = trainer(4)  # the series "cola" is rolled back to its first adapter
+
+    with caplog.at_level(logging.ERROR, logger="skuforge.lora-trainer"):
+        rolled_back.poll()
+
+    assert rolled_back.last_error is None and rolled_back.metrics.jobs.labels("retried")._value.get() == 0
+    assert served(store, "fanta") is not None and served(store) == second.adapter_id
+    [error] = [r for r in caplog.records if r.name == "skuforge.lora-trainer" and r.levelno >= logging.ERROR]
+    assert error.key == store.uri_for(metadata_key)  # type: ignore[attr-defined]
+    assert "not registered" in error.getMessage() and "delete its published marker" in error.getMessage()
+    assert rolled_back.metrics.unreadable.labels("published")._value.get() == 1
+
+    store.delete(f"{PREFIX}/published/{first.adapter_id}.json")  # what the log says to do
+    rolled_back.run_pending()
+    assert served(store) == first.adapter_id

@@ -956,21 +956,28 @@ class LoraTrainer:
         and the generator kept serving the adapter trained on the SKUs that had left the series."""
         try:
             return self._folder_output(job_prefix)  # an unpublished job's is checked first (run_job)
-        except (ObjectMissing, UnreadableRecord):
-            if not self.store.exists(marker):
-                raise
+        except (ObjectMissing, UnreadableRecord) as unpublished:
+            try:
+                # Read, not asked for: deleted between a look and the read, it raised ObjectMissing.
+                published = self._marker(marker)
+            except ObjectMissing:
+                raise unpublished from None
         fix = (
             f"delete its published marker ({marker}) to train it again (it is then registered again), "
             f"or take it out with `skuforge adapters remove {job.adapter_id}`"
         )
+        metadata_uri = self.registry.store.uri_for(f"{job.adapter_id}/{METADATA_FILE}")
         try:
             metadata = self.registry.get(job.adapter_id)
         except ValidationError as exc:
             raise UnreadableRecord(
-                self.registry.store.uri_for(f"{job.adapter_id}/{METADATA_FILE}"),
-                exc,
-                fix,
-                "its metadata in the registry cannot be read",
+                metadata_uri, exc, fix, "its metadata in the registry cannot be read"
+            ) from None
+        except ObjectMissing as exc:
+            # Its metadata names another adapter (a folder copied by hand), or it was removed since run_job
+            # looked: raised, it failed the poll, at every poll for the first, naming no file.
+            raise UnreadableRecord(
+                metadata_uri, exc, fix, "it is not registered (its metadata is gone or names another adapter)"
             ) from None
         weights_key = f"{job.adapter_id}/{metadata.weight_name}"
         try:
@@ -982,8 +989,7 @@ class LoraTrainer:
             raise UnreadableRecord(
                 self.registry.store.uri_for(weights_key), exc, fix, f"its weights in the registry {cause}"
             ) from None
-        published: dict[str, Any] = json.loads(self.store.get_bytes(marker))
-        return published, weights
+        return published.model_dump(mode="json"), weights
 
     def _folder_output(self, job_prefix: str) -> tuple[dict[str, Any], bytes]:
         """The result record and weights training wrote to the job's folder. ``ObjectMissing`` without
