@@ -1,5 +1,6 @@
 """The LoRA trainer, review 32: a ValueError from inside torch, a general job equal to the published
-one, class-image folders held in memory, and a roll-back to an adapter no longer registered.
+one, class-image folders held in memory at start-up, and a roll-back to an adapter no longer
+registered.
 
 Training is stubbed where what is trained is not the point (``stub_training``).
 """
@@ -8,16 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
-from services.lora_trainer.stage import JOB_MAX_ATTEMPTS, PREFIX
+from services.lora_trainer.stage import JOB_MAX_ATTEMPTS, PREFIX, _read_class_folder
+from shared.config import ConfigError
 from shared.generation.adapters import METADATA_FILE
+from shared.lora_training.dataset import slug
 from shared.store import FileStore
 from tests.support.captioning import captioned_sku
 from tests.support.lora import (
+    _class_images,
     gate_accepted,
     model_folder,
     one_series,
@@ -104,6 +110,56 @@ def test_a_general_job_equal_to_the_published_one_is_not_planned_again_at_every_
     state = json.loads(trainer.store.get_bytes(f"{PREFIX}/general.json"))
     assert state["trained_at"] == json.loads(published)["trained_at"]  # its clock is the last training's
     assert served(store, "any") == first.adapter_id
+
+
+# --- a class-image folder --------------------------------------------------------------------------
+
+
+def test_a_class_folder_is_not_held_in_memory_at_start_up(tmp_path: Path) -> None:
+    """Start-up read the images a job uses (SKUFORGE_LORA_CLASS_IMAGES of each class, up to 2000) and
+    kept them all at the training resolution for the process's life: 2000 at 2048 px is 25 GB a class.
+    Only their digests (the job's identity) are kept; the pixels are read when a set is built."""
+    classes = tmp_path / "class-images"
+    _class_images(classes, "can", 40)
+    resolution = 256
+    tracemalloc.start()
+    try:
+        folder = _read_class_folder(str(classes), resolution, most=40, max_pixels=10**8, max_bytes=2**26)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+
+    assert held < 3 * resolution * resolution * 3  # before: the pixels of all 40 images, 7.9 MB
+    assert len(folder.digests["can"]) == 40 and len(folder.images["can"]) == 40
+    assert folder.images["can"][39].shape == (resolution, resolution, 3)  # read when asked for
+
+
+def test_a_class_image_changed_since_start_up_stops_its_job_naming_it(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    """The job's identity names the class images as start-up read them: one rewritten since is not
+    trained on under it. The job stops naming the file (a setting's fault: retried, not failed), and a
+    restarted trainer trains on the folder as it is."""
+    store = FileStore(tmp_path / "store")
+    captioned = captioned_sku(store, 1, usable_photos=1, series="cola")
+    record(store, captioned)
+    classes = tmp_path / "class-images"
+    _class_images(classes, slug(captioned.class_noun), 2)
+    settings: dict[str, Any] = {
+        "lora_class_images_dir": str(classes), "lora_class_images": 2, "lora_resolution": 64,
+        "lora_scenes_per_photo": 1,
+    }  # fmt: skip
+    trainer = trainer_on(store, model_folder(tmp_path, "m"), **settings)
+    changed = sorted((classes / slug(captioned.class_noun)).iterdir())[1]
+    Image.new("RGB", (120, 80), (0, 200, 0)).save(changed)
+
+    with pytest.raises(ConfigError, match=f"{changed} changed since the trainer started"):
+        trainer.run_pending()
+    (job,) = trainer.plan()
+    assert not store.exists(f"{PREFIX}/jobs/{job.sha256}/failed.json") and stub_training == []
+
+    (event,) = trainer_on(store, model_folder(tmp_path, "m2"), **settings).run_pending()
+    assert event.class_images == 2
 
 
 # --- a roll-back to an adapter no longer registered ------------------------------------------------

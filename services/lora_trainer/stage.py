@@ -78,10 +78,10 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -1206,30 +1206,80 @@ def _instance_sources(captioned: SkuCaptioned, min_plain_background: float) -> l
     return sources
 
 
+class ClassImages(Sequence[UInt8Array]):
+    """The images of one class folder a job trains on, each read when it is asked for (a set being
+    built writes one at a time), at the training resolution, and checked against the digest start-up
+    took of it: held all at once, as read at start-up, SKUFORGE_LORA_CLASS_IMAGES=2000 at 2048 px was
+    25 GB a class for the process's life. A file changed or gone since start-up is a ``ConfigError``
+    naming it (retried until the trainer is restarted: the job's identity names what start-up read)."""
+
+    def __init__(
+        self, files: list[Path], digests: list[str], *, resolution: int, max_pixels: int, max_bytes: int
+    ) -> None:
+        self.files, self.digests = files, digests
+        self.resolution, self.max_pixels, self.max_bytes = resolution, max_pixels, max_bytes
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @overload
+    def __getitem__(self, index: int) -> UInt8Array: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> ClassImages: ...
+
+    def __getitem__(self, index: int | slice) -> UInt8Array | ClassImages:
+        if isinstance(index, slice):
+            return ClassImages(
+                self.files[index], self.digests[index], resolution=self.resolution,
+                max_pixels=self.max_pixels, max_bytes=self.max_bytes,
+            )  # fmt: skip
+        path = self.files[index]
+        pixels, digest = _read_class_image(path, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
+        if digest != self.digests[index]:
+            raise ConfigError(
+                f"SKUFORGE_LORA_CLASS_IMAGES_DIR: {path} changed since the trainer started; restart it to "
+                "train on the folder as it is now"
+            )
+        return square_image(pixels, self.resolution)
+
+
 @dataclass(frozen=True)
 class ClassFolder:
-    """Real class images by class slug, at the training resolution, and the sha256 of each as read
-    (a job's identity names the ones it uses)."""
+    """Real class images by class slug (read when a set is built), and the sha256 of each as read at
+    start-up (a job's identity names the ones it uses)."""
 
-    images: dict[str, list[UInt8Array]]
+    images: dict[str, ClassImages]
     digests: dict[str, list[str]]
+
+
+def _read_class_image(path: Path, *, max_pixels: int, max_bytes: int) -> tuple[UInt8Array, str]:
+    """A class image's pixels and their sha256; ``ConfigError`` naming the file when it cannot be used."""
+    try:
+        pixels = pixel_array(decode_image(path.read_bytes(), max_pixels=max_pixels, max_bytes=max_bytes))
+    except (BadInput, OSError) as exc:
+        raise ConfigError(
+            f"SKUFORGE_LORA_CLASS_IMAGES_DIR: {path} cannot be used ({exc}); fix or remove it"
+        ) from None
+    # The array's own buffer, not a tobytes copy of it: the same digest without a second image.
+    return pixels, hashlib.sha256(pixels.data).hexdigest()
 
 
 def _read_class_folder(
     directory: str | None, resolution: int, *, most: int, max_pixels: int, max_bytes: int
 ) -> ClassFolder:
     """``<dir>/<class slug>/*.png|jpg``, the first ``most`` of each class (SKUFORGE_LORA_CLASS_IMAGES,
-    by name: the ones a job trains on), read once at start-up, kept at ``resolution`` (a hundred phone
-    photos at full size held gigabytes; every file of a large folder was read, however few were used).
-    A file that does not decode is a ``ConfigError`` naming it; a folder whose name is no class slug
-    (``Soda Can/``: the class "soda can" looks in ``soda-can/``) is never used, and a warning says so,
-    as it names a folder with fewer than ``most`` images (its class trains on those)."""
+    by name: the ones a job trains on), each read once at start-up for its digest and not kept
+    (``ClassImages`` reads it again when a set is built; every file of a large folder was read, however
+    few were used). A file that does not decode is a ``ConfigError`` naming it; a folder whose name is
+    no class slug (``Soda Can/``: the class "soda can" looks in ``soda-can/``) is never used, and a
+    warning says so, as it names a folder with fewer than ``most`` images (its class trains on those)."""
     if directory is None:
         return ClassFolder({}, {})
     root = Path(directory)
     if not root.is_dir():
         raise ConfigError(f"SKUFORGE_LORA_CLASS_IMAGES_DIR={directory} is not a folder")
-    images: dict[str, list[UInt8Array]] = {}
+    images: dict[str, ClassImages] = {}
     digests: dict[str, list[str]] = {}
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         if not _SLUG.fullmatch(class_dir.name):
@@ -1247,18 +1297,14 @@ def _read_class_folder(
                 "on the ones it has (none: painted by the base model); add images or lower the setting",
                 extra={"folder": str(class_dir), "images": len(files), "wanted": most},
             )
-        for path in files:
-            try:
-                pixels = pixel_array(
-                    decode_image(path.read_bytes(), max_pixels=max_pixels, max_bytes=max_bytes)
-                )
-            except (BadInput, OSError) as exc:
-                raise ConfigError(
-                    f"SKUFORGE_LORA_CLASS_IMAGES_DIR: {path} cannot be used ({exc}); fix or remove it"
-                ) from None
-            # The array's own buffer, not a tobytes copy of it: the same digest without a second image.
-            digests.setdefault(class_dir.name, []).append(hashlib.sha256(pixels.data).hexdigest())
-            images.setdefault(class_dir.name, []).append(square_image(pixels, resolution))
+        if not files:
+            continue
+        digests[class_dir.name] = [
+            _read_class_image(path, max_pixels=max_pixels, max_bytes=max_bytes)[1] for path in files
+        ]
+        images[class_dir.name] = ClassImages(
+            files, digests[class_dir.name], resolution=resolution, max_pixels=max_pixels, max_bytes=max_bytes
+        )
     return ClassFolder(images, digests)
 
 

@@ -33,7 +33,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -225,7 +225,7 @@ def build_training_set(
     sources: Sequence[InstanceSource],
     recipe: TrainingRecipe,
     *,
-    class_folder: dict[str, list[UInt8Array]] | None = None,
+    class_folder: Mapping[str, Sequence[UInt8Array]] | None = None,
     paint_class_images: ClassPainter | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
@@ -233,7 +233,8 @@ def build_training_set(
 ) -> TrainingSet:
     """Write the set under ``prefix`` (images, masks, one index per class) and return it.
 
-    Class images come from ``class_folder`` (class slug -> real images) when it has the class,
+    Class images come from ``class_folder`` (class slug -> real images, each read as it is written:
+    a lazy sequence holds one at a time) when it has the class,
     else from ``paint_class_images``; with neither, or ``recipe.class_images`` or
     ``recipe.prior_loss_weight`` 0, there are none.
     Photos and masks are decoded under ``max_pixels`` / ``max_bytes`` (the shared settings' limits,
@@ -415,9 +416,9 @@ def _class_images(
     class_noun: str,
     class_prompt: str,
     recipe: TrainingRecipe,
-    class_folder: dict[str, list[UInt8Array]] | None,
+    class_folder: Mapping[str, Sequence[UInt8Array]] | None,
     paint: ClassPainter | None,
-) -> list[UInt8Array]:
+) -> Sequence[UInt8Array]:
     if recipe.class_images == 0 or recipe.prior_loss_weight == 0:
         return []  # weight 0: a class item is never drawn, so none is painted (minutes on a GPU)
     real = (class_folder or {}).get(slug(class_noun))
