@@ -162,6 +162,29 @@ def test_a_class_image_changed_since_start_up_stops_its_job_naming_it(
     assert event.class_images == 2
 
 
+def test_a_class_folder_changes_no_job_when_the_prior_loss_weight_is_0(tmp_path: Path) -> None:
+    """With SKUFORGE_LORA_PRIOR_LOSS_WEIGHT 0 no class image is drawn (none is put in the set), yet the
+    folder's images were in every job's identity: editing the folder retrained every series of its class
+    on the same images."""
+    store = FileStore(tmp_path / "store")
+    captioned = captioned_sku(store, 1, usable_photos=1, series="cola")
+    record(store, captioned)
+    classes = tmp_path / "class-images"
+    _class_images(classes, slug(captioned.class_noun), 2)
+    model = model_folder(tmp_path, "m")
+
+    def job_hash() -> str:
+        trainer = trainer_on(
+            store, model, lora_class_images_dir=str(classes), lora_class_images=2, lora_prior_loss_weight=0.0
+        )
+        (job,) = trainer.plan()
+        return job.sha256
+
+    first = job_hash()
+    Image.new("RGB", (120, 80), (0, 200, 0)).save(sorted((classes / slug(captioned.class_noun)).iterdir())[0])
+    assert job_hash() == first
+
+
 # --- a roll-back to an adapter no longer registered ------------------------------------------------
 
 

@@ -652,7 +652,9 @@ class LoraTrainer:
         # The class-folder images this job trains on (its classes' first recipe.class_images): a
         # folder of another class must not change, so retrain, every adapter.
         used = sorted({slug(source.class_noun) for source in sources})
-        count = self.recipe.class_images
+        # None when the class loss is off (prior_loss_weight 0): none is drawn or put in the set, and
+        # editing the folder retrained every series of its class on the same images.
+        count = self.recipe.class_images if self.recipe.prior_loss_weight > 0 else 0
         folder = [
             (name, digest) for name in used for digest in self._class_folder.digests.get(name, [])[:count]
         ]
