@@ -134,6 +134,27 @@ def test_a_class_folder_is_not_held_in_memory_at_start_up(tmp_path: Path) -> Non
     assert folder.images["can"][39].shape == (resolution, resolution, 3)  # read when asked for
 
 
+@pytest.mark.slow  # paints with the tiny model
+def test_class_images_are_painted_one_at_a_time_not_all_held(tiny_model: Path, tmp_path: Path) -> None:
+    """The painter returned the whole class's images in a list, held until the last was painted and
+    written: SKUFORGE_LORA_CLASS_IMAGES=2000 at 2048 px is 25 GB. Each is handed on as it is painted."""
+    trainer = trainer_on(FileStore(tmp_path / "store"), tiny_model, lora_class_images=1, lora_resolution=64)
+    for _ in trainer._paint_class_images("a photo of a can", 1, 0, 64):
+        pass  # loads the painter
+    size, count = 96, 8
+    held = 0
+    tracemalloc.start()
+    try:
+        for image in trainer._paint_class_images("a photo of a can", count, 0, size):
+            assert image.shape == (size, size, 3)
+            held = max(held, tracemalloc.get_traced_memory()[0])
+            del image
+    finally:
+        tracemalloc.stop()
+
+    assert held < 4 * size * size * 3  # before: the last image and the 7 before it
+
+
 def test_a_class_image_changed_since_start_up_stops_its_job_naming_it(
     tmp_path: Path, stub_training: list[Path]
 ) -> None:

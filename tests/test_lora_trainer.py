@@ -792,7 +792,7 @@ def test_a_class_image_painted_nan_is_not_trained_on(
 
     shared = load_settings(store_uri=file_store_uri(tmp_path / "store"))
     trainer = trainer_for(shared, tiny_model, tmp_path, publish=lambda event: None, lora_class_images=1)
-    trainer._paint_class_images("a photo of a can", 1, 0, 64)  # loads the painter
+    list(trainer._paint_class_images("a photo of a can", 1, 0, 64))  # loads the painter
     vae = trainer._painter.vae
     decode = vae.decode
 
@@ -803,4 +803,4 @@ def test_a_class_image_painted_nan_is_not_trained_on(
 
     monkeypatch.setattr(vae, "decode", overflowing)
     with pytest.raises(NonFiniteOutput):
-        trainer._paint_class_images("a photo of a can", 1, 0, 64)
+        list(trainer._paint_class_images("a photo of a can", 1, 0, 64))

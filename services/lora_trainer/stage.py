@@ -78,7 +78,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -1135,10 +1135,12 @@ class LoraTrainer:
             },
         )
 
-    def _paint_class_images(self, prompt: str, count: int, seed: int, size: int) -> list[UInt8Array]:
-        """Class images from the base model: its inpainting pipeline with the whole canvas masked.
+    def _paint_class_images(self, prompt: str, count: int, seed: int, size: int) -> Iterator[UInt8Array]:
+        """Class images from the base model: its inpainting pipeline with the whole canvas masked, each
+        handed on as it is painted (returned in a list, SKUFORGE_LORA_CLASS_IMAGES=2000 at 2048 px held
+        25 GB until the last was painted).
 
-        The pipeline is loaded at the first call and kept until the job's set is built (``_train``).
+        The pipeline is loaded at the first image and kept until the job's set is built (``_train``).
         An image that comes out NaN even decoded in float32 raises ``NonFiniteOutput`` (``paint_finite``).
         A stop request (SIGTERM) is heard after each denoising step: ``TrainingInterrupted``, and the
         set, not marked complete, is built again when the job runs next.
@@ -1156,7 +1158,7 @@ class LoraTrainer:
             )
         canvas = Image.new("RGB", (size, size), (127, 127, 127))
         everything = Image.new("L", (size, size), 255)
-        images: list[UInt8Array] = []
+        painted = 0
 
         def stop_if_asked(step: int | None = None) -> None:
             # Heard after every denoising step, not only between images: the worker's stop() waits
@@ -1164,7 +1166,7 @@ class LoraTrainer:
             if self._stop.is_set():
                 within = "" if step is None else f" (the next one after step {step + 1} of {PAINT_STEPS})"
                 raise TrainingInterrupted(
-                    f"stopped painting class images: {len(images)} of {count} for {prompt!r}{within}; "
+                    f"stopped painting class images: {painted} of {count} for {prompt!r}{within}; "
                     "they are painted again when the job runs next"
                 )
 
@@ -1176,8 +1178,8 @@ class LoraTrainer:
                 self._painter, prompt=prompt, image=canvas, mask_image=everything, height=size, width=size,
                 strength=1.0, num_inference_steps=PAINT_STEPS, generator=generator, after_step=stop_if_asked,
             )[0]  # fmt: skip
-            images.append(np.clip(np.rint(output * 255.0), 0, 255).astype(np.uint8))
-        return images
+            painted += 1
+            yield np.clip(np.rint(output * 255.0), 0, 255).astype(np.uint8)
 
 
 def _instance_sources(captioned: SkuCaptioned, min_plain_background: float) -> list[InstanceSource]:

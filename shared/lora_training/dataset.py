@@ -33,7 +33,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -215,7 +215,7 @@ def training_set_sha256(
 
 
 # Paints ``count`` class images for ``class_prompt`` (the base model): (prompt, count, seed, size) -> images.
-ClassPainter = Callable[[str, int, int, int], list[UInt8Array]]
+ClassPainter = Callable[[str, int, int, int], Iterable[UInt8Array]]
 
 
 def build_training_set(
@@ -418,7 +418,7 @@ def _class_images(
     recipe: TrainingRecipe,
     class_folder: Mapping[str, Sequence[UInt8Array]] | None,
     paint: ClassPainter | None,
-) -> Sequence[UInt8Array]:
+) -> Iterable[UInt8Array]:
     if recipe.class_images == 0 or recipe.prior_loss_weight == 0:
         return []  # weight 0: a class item is never drawn, so none is painted (minutes on a GPU)
     real = (class_folder or {}).get(slug(class_noun))
