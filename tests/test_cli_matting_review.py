@@ -158,3 +158,31 @@ def test_the_vlm_captioner_without_transformers_is_a_model_error(
         VlmModelError, match=r"needs torch and transformers: pip install 'skuforge\[diffusion\]'"
     ):
         VlmCaptioner(tmp_path)
+
+
+@pytest.mark.parametrize("clash", ["out_is_the_weights", "pth_is_the_weights", "pth_is_the_out"])
+def test_export_refuses_to_write_over_its_own_input_or_output(
+    clash: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``export W --out W`` wrote the ONNX model over the weights it was made from, and ``--pth W`` the
+    (averaged) weights over a checkpoint it averaged, both reported as a success; ``--pth`` naming the
+    ``--out`` file replaced the ONNX model with a state dict, and the line printed called it the model.
+    Refused up front, as quantize and tune-ranges refuse an output that is their input."""
+    torch = pytest.importorskip("torch")
+    from shared.matting.u2net import build_model
+
+    weights = tmp_path / "u2netp.pth"
+    torch.save(build_model("u2netp").state_dict(), weights)
+    before = weights.read_bytes()
+    onnx_out = tmp_path / "u2netp.onnx"
+    argv = {
+        "out_is_the_weights": ["export", str(weights), "--out", str(weights)],
+        "pth_is_the_weights": ["export", str(weights), "--out", str(onnx_out), "--pth", str(weights)],
+        "pth_is_the_out": ["export", str(weights), "--out", str(onnx_out), "--pth", str(onnx_out)],
+    }[clash]
+
+    line = _refused(argv, capsys)
+
+    assert f"error: {argv[-2]} {argv[-1]} is " in line and line.endswith("own file"), line
+    assert weights.read_bytes() == before
+    assert not onnx_out.exists()

@@ -376,6 +376,19 @@ def main(argv: list[str] | None = None) -> int:
         for weights in args.weights:
             if not weights.is_file():
                 parser.error(f"{weights}: no such file")
+        # Written over an input, the weights exported from were gone (a checkpoint being averaged, too);
+        # --pth over --out left a state dict where the printed line named the ONNX model.
+        inputs = {weights.resolve() for weights in args.weights}
+        if args.out.resolve() in inputs:
+            parser.error(f"--out {args.out} is weights being exported: give the ONNX model its own file")
+        if args.pth is not None and args.pth.resolve() in inputs:
+            parser.error(
+                f"--pth {args.pth} is weights being exported: give the exported weights their own file"
+            )
+        if args.pth is not None and args.pth.resolve() == args.out.resolve():
+            parser.error(
+                f"--pth {args.pth} is the --out file: give the ONNX model and the weights each its own file"
+            )
         import torch
 
         from shared.matting.u2net import average_weights, build_model, export_onnx, load_reference_state_dict
