@@ -186,3 +186,34 @@ def test_export_refuses_to_write_over_its_own_input_or_output(
     assert f"error: {argv[-2]} {argv[-1]} is " in line and line.endswith("own file"), line
     assert weights.read_bytes() == before
     assert not onnx_out.exists()
+
+
+@pytest.mark.parametrize("clash", ["init", "checkpoint"])
+def test_train_refuses_an_init_or_checkpoint_that_its_output_weights_would_replace(
+    clash: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train writes its weights beside --out (OUT.pth) and its card (OUT.json) once the run is done. An
+    --init there (fine-tuning var/matting/u2netp-trained.pth with the default --out) lost the weights
+    the run started from; a --checkpoint there was replaced by a plain state dict, and the rerun that
+    was to resume an interrupted run was refused as "not a checkpoint". Refused before any work."""
+    torch = pytest.importorskip("torch")
+    from shared.matting.u2net import build_model
+
+    out = tmp_path / "trained.onnx"
+    beside = out.with_suffix(".pth")  # where the run's own weights go
+    if clash == "init":
+        init, checkpoint = beside, tmp_path / "checkpoint.pt"
+    else:
+        init, checkpoint = tmp_path / "official.pth", beside
+    torch.save(build_model("u2netp").state_dict(), init)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    argv = [
+        "train", "--out", str(out), "--checkpoint", str(checkpoint), "--init", str(init),
+        "--freeze-batchnorm", "--steps", "1", "--batch", "1", "--train-images", "1", "--heldout", "1",
+        "--low-res-px", "32", "--checkpoint-every", "1", "--threads", "1",
+    ]  # fmt: skip
+
+    line = _refused(argv, capsys)
+
+    assert f"error: --{clash} {beside}: train writes " in line, line
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before

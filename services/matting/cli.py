@@ -327,6 +327,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"--out {args.out}: that is the committed models folder (the served model and its card); "
                 "train elsewhere, check the model, then `skuforge matting export` it there"
             )
+        # What the run writes when it ends: over --init, the weights it started from were gone; over
+        # --checkpoint, a plain state dict replaced it and the rerun meant to resume it was refused.
+        results = {args.out.with_suffix(suffix).resolve() for suffix in (".onnx", ".pth", ".json")}
+        for option, path in (("--init", args.init), ("--checkpoint", args.checkpoint)):
+            if path is not None and path.resolve() in results:
+                parser.error(
+                    f"{option} {path}: train writes its model there when the run ends ({args.out}, and its "
+                    ".pth and .json beside it); give --out another name"
+                )
         if args.init is not None and not args.init.is_file():
             parser.error(f"--init {args.init}: no such file")
         for folder in args.extra:
