@@ -217,3 +217,25 @@ def test_train_refuses_an_init_or_checkpoint_that_its_output_weights_would_repla
 
     assert f"error: --{clash} {beside}: train writes " in line, line
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("clash", ["out", "onnx"])
+def test_official_refuses_a_pth_that_is_its_onnx_file(
+    clash: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``official --pth`` naming the --out file (set-up's checked official model, by default) replaced
+    the ONNX model it had just checked with the converted state dict, and naming the --onnx source
+    replaced that: the next open of u2netp-official failed its md5 check. Refused before any work."""
+    pytest.importorskip("torch")
+    official = default_official_onnx()
+    if not official.is_file():
+        pytest.fail(f"{official} is missing: `make setup` fetches and checks the official U2-NetP")
+    source, out = tmp_path / "u2netp.onnx", tmp_path / "checked.onnx"
+    source.write_bytes(official.read_bytes())
+    pth = out if clash == "out" else source
+
+    line = _refused(["official", "--onnx", str(source), "--out", str(out), "--pth", str(pth)], capsys)
+
+    assert f"error: --pth {pth} is the --{clash} file" in line, line
+    assert source.read_bytes() == official.read_bytes()
+    assert not out.exists()

