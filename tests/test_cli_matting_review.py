@@ -239,3 +239,29 @@ def test_official_refuses_a_pth_that_is_its_onnx_file(
     assert f"error: --pth {pth} is the --{clash} file" in line, line
     assert source.read_bytes() == official.read_bytes()
     assert not out.exists()
+
+
+@pytest.mark.parametrize("clash", ["model_is_the_candidate", "out_is_the_ranges", "candidate_is_the_ranges"])
+def test_quantize_refuses_an_out_that_would_replace_its_model_or_ranges(
+    clash: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """quantize writes its int8 model to OUT.candidate.onnx and deletes that file when it is done: a
+    model named so was written over and then deleted. An --out (or its candidate) that is the --ranges
+    file replaced the ranges JSON. Refused before any work: neither file is read (nor a model), and
+    both are left as they were."""
+    model, out, ranges = tmp_path / "u2netp.onnx", tmp_path / "u2netp-int8.onnx", tmp_path / "ranges.json"
+    if clash == "model_is_the_candidate":
+        model = tmp_path / "u2netp-int8.candidate.onnx"
+    elif clash == "out_is_the_ranges":
+        ranges = out
+    else:
+        ranges = tmp_path / "u2netp-int8.candidate.onnx"
+    model.write_bytes(b"not read: the --out check comes first")
+    ranges.write_text("not read either")
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+
+    line = _refused(["quantize", str(model), "--out", str(out), "--ranges", str(ranges)], capsys)
+
+    expected = "the model being quantised" if clash == "model_is_the_candidate" else "the --ranges file"
+    assert f"error: --out {out} " in line and expected in line, line
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before

@@ -429,6 +429,23 @@ def main(argv: list[str] | None = None) -> int:
     from shared.matting.quantize import CalibrationPhotoError, judge_int8, quantize_u2net
     from shared.matting.ranges import RangesMismatch, read_ranges
 
+    # Quantise beside --out and replace it only once accepted: --out defaults to the committed int8
+    # model, which a rejected run must leave in service, not delete.
+    candidate = args.out.with_name(f"{args.out.stem}.candidate{args.out.suffix}")
+    if args.out.resolve() == args.model_path.resolve():
+        # Once accepted, the int8 model replaced the fp32 one it was made from, which was then gone.
+        parser.error(f"--out {args.out} is the model being quantised: give the int8 model its own file")
+    if candidate.resolve() == args.model_path.resolve():
+        # The int8 candidate was written over the model being quantised, then deleted with it.
+        parser.error(
+            f"--out {args.out} puts the int8 candidate at {candidate}, the model being quantised: "
+            "give the int8 model another name"
+        )
+    if args.ranges is not None and args.ranges.resolve() in (args.out.resolve(), candidate.resolve()):
+        # The int8 model replaced the ranges file it was quantised with.
+        parser.error(
+            f"--out {args.out} writes over the --ranges file {args.ranges}: give the int8 model its own file"
+        )
     _check_onnx(parser, args.model_path)
     ranges = calibrated = None
     if args.ranges is not None:
@@ -437,9 +454,6 @@ def main(argv: list[str] | None = None) -> int:
             calibrated = read_ranges(args.ranges, part="calibrated_ranges")
         except RangesMismatch as exc:
             parser.error(f"--ranges: {exc}")
-    if args.out.resolve() == args.model_path.resolve():
-        # Once accepted, the int8 model replaced the fp32 one it was made from, which was then gone.
-        parser.error(f"--out {args.out} is the model being quantised: give the int8 model its own file")
     committed_fp32, committed_int8 = MODELS_DIR / COMMITTED_FP32, MODELS_DIR / COMMITTED_INT8
     if args.out.resolve() == committed_int8.resolve() and not (
         committed_fp32.is_file() and filecmp.cmp(args.model_path, committed_fp32, shallow=False)
@@ -453,9 +467,6 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.calibration_photos:
         if not folder.is_dir():
             parser.error(f"--calibration-photos {folder}: not a folder")
-    # Quantise beside --out and replace it only once accepted: --out defaults to the committed int8
-    # model, which a rejected run must leave in service, not delete.
-    candidate = args.out.with_name(f"{args.out.stem}.candidate{args.out.suffix}")
     try:
         limits = load_settings()
     except ConfigError as exc:
