@@ -45,12 +45,24 @@ def _gate(store: FileStore, matted: ImageMatted) -> list[Emit]:
 def test_an_event_that_misstates_its_image_size_is_refused_not_passed_on(tmp_path: Path) -> None:
     # Before, the gate compared the masks with the image but not with the sizes the event states:
     # the item was accepted (or sent to a reviewer) and only the trainstore refused it, afterwards.
+    # The image and its masks all stated 4000 wide, so the stated sizes agree and only reading tells.
     store = FileStore(tmp_path / "store")
     matted = matted_item(store, 1, 0)
     generated = matted.generated
-    lying = generated.model_copy(update={"image": generated.image.model_copy(update={"width": 4000})})
-    with pytest.raises(BadInput, match=r"dimension_mismatch: image .* is 96x96, the event says 4000x96"):
-        _gate(store, matted.model_copy(update={"generated": lying}))
+    wide = {"width": 4000}
+    lying = generated.model_copy(
+        update={
+            "image": generated.image.model_copy(update=wide),
+            "expected_mask": generated.expected_mask.model_copy(update=wide),
+        }
+    )
+    matted = matted.model_copy(
+        update={"generated": lying, "predicted_mask": matted.predicted_mask.model_copy(update=wide)}
+    )
+    with pytest.raises(
+        BadInput, match=r"dimension_mismatch: predicted mask .* is 96x96, the event says 4000x96"
+    ):
+        _gate(store, matted)
 
 
 @pytest.mark.parametrize(
@@ -220,6 +232,29 @@ def test_an_item_refused_for_a_mask_never_decodes_an_image(tmp_path: Path, refus
     assert refused.value.reason == reason
     images = {matted.generated.image.uri, matted.generated.reference_image.uri}
     assert images.isdisjoint(store.read)
+
+
+@pytest.mark.parametrize(
+    ("field", "beside"), [("image", "predicted mask"), ("reference_image", "reference mask")]
+)
+def test_an_image_the_event_says_is_not_its_masks_size_is_refused_before_any_object_is_read(
+    tmp_path: Path, field: str, beside: str
+) -> None:
+    # Before, the masks were read and decoded and then the image too, and only then were their sizes
+    # compared. The image here is bytes that would not even decode: refused as dimension_mismatch,
+    # not not_an_image, and with nothing read, it was refused on the event's own figures.
+    store = ReadRecordingStore(tmp_path / "store")
+    matted = matted_item(store, 1, 0)
+    broken = store.put_bytes("fixtures/broken.png", b"not an image")
+    image = getattr(matted.generated, field).model_copy(update={**broken.model_dump(), "width": 48})
+    matted = _with(matted, **{field: image})
+    store.read.clear()
+    with pytest.raises(BadInput) as refused:
+        _gate(store, matted)
+    assert refused.value.reason == "dimension_mismatch"
+    assert f"{field.replace('_', ' ')} 96x48 (HxW)" in refused.value.detail
+    assert f"{beside} 96x96 (HxW)" in refused.value.detail
+    assert store.read == []
 
 
 def test_the_gate_decides_as_the_checks_do_on_the_whole_item_at_once(tmp_path: Path) -> None:

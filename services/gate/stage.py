@@ -106,13 +106,20 @@ def handle(
     ):
         with _naming(name, ref):
             ctx.refuse_unread(ref, "it is compared pixel by pixel")
+    # Masks are compared pixel by pixel with their image, and each object is read only at the size the
+    # event states (``_read``): stated sizes that differ refuse the item before any object is decoded.
+    _same_size(
+        ("image", generated.image),
+        ("predicted mask", matted.predicted_mask),
+        ("expected mask", generated.expected_mask),
+    )
+    _same_size(("reference image", generated.reference_image), ("reference mask", generated.reference_mask))
     # The masks, and every check that needs only them, before either image is decoded: an item
     # refused for a mask never decodes one, and the images (each 120 MB at 40 MP, as many again
     # while decoding) are decoded one at a time, each freed once its colours are measured.
     predicted_mask = _read(ctx, "predicted mask", matted.predicted_mask, mask=True)
     expected_mask = _read(ctx, "expected mask", generated.expected_mask, mask=True)
     reference_mask = _read(ctx, "reference mask", generated.reference_mask, mask=True)
-    _same_size(("predicted mask", predicted_mask), ("expected mask", expected_mask))
     thresholds = gate.thresholds_for(generated.sku.category)
     iou, checks = mask_checks(
         predicted_mask=predicted_mask,
@@ -151,7 +158,6 @@ def _reference_colours(
     """The reference photo's product colours, the declared colour gain applied; the photo is freed
     on return."""
     reference_image = _read(ctx, "reference image", generated.reference_image, mask=False)
-    _same_size(("reference image", reference_image), ("reference mask", reference_mask))
     return colour_stats(reference_image, reference_mask, generated.colour_gain)
 
 
@@ -160,7 +166,6 @@ def _product_colours(
 ) -> ColourStats | None:
     """The generated image's product colours; the image is freed on return."""
     image = _read(ctx, "image", generated.image, mask=False)
-    _same_size(("image", image), ("predicted mask", predicted_mask), ("expected mask", expected_mask))
     return product_stats(image, expected_mask, predicted_mask)
 
 
@@ -190,12 +195,12 @@ def _read(ctx: Context, name: str, ref: ImageRef, *, mask: bool) -> UInt8Array:
     return pixels
 
 
-def _same_size(*named: tuple[str, UInt8Array]) -> None:
-    """Masks are compared pixel by pixel, so they must be the size of their image."""
-    sizes = {name: pixels.shape[:2] for name, pixels in named}
+def _same_size(*named: tuple[str, ImageRef]) -> None:
+    """Masks are compared pixel by pixel, so the event must state them the size of their image."""
+    sizes = {name: (ref.height, ref.width) for name, ref in named}
     if len(set(sizes.values())) > 1:
         shown = ", ".join(f"{name} {height}x{width} (HxW)" for name, (height, width) in sizes.items())
-        raise BadInput("dimension_mismatch", f"sizes differ: {shown}")
+        raise BadInput("dimension_mismatch", f"the event states sizes that differ: {shown}")
 
 
 def build_stage(*, gate: GateSettings | None = None, **kwargs: Any) -> Stage:
