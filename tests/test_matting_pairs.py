@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from services.matting.cli import main
+from shared.matting.pairs import composite_pairs
 
 
 def test_pairs_are_deterministic_binary_and_resumable(tmp_path: Path, capsys: object) -> None:
@@ -54,3 +55,37 @@ def test_roi_pairs_are_the_scene_cropped_around_the_product(tmp_path: Path) -> N
         assert hits
         assert np.count_nonzero(crop_mask) == np.count_nonzero(scene_mask)
     assert cropped  # (a box as large as the scene is the scene)
+
+
+def test_a_pair_a_killed_run_left_half_written_is_written_again(tmp_path: Path, capsys: object) -> None:
+    # A run killed while saving a mask left it truncated under its own name, and its index line was
+    # still in the buffer: the rerun took the pair as done, and train --extra then refused the mask.
+    # A leftover temporary file is no pair either.
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert main(["pairs", "--n", "2", "--out", str(whole)]) == 0
+    assert main(["pairs", "--n", "2", "--out", str(killed)]) == 0
+    index = killed / "index.jsonl"
+    # Pair 1's line never left the buffer; a line cut off by the kill is no pair either.
+    index.write_text(index.read_text().splitlines(keepends=True)[0] + '{"name": "c57_00')
+    mask = killed / "masks" / "c57_0001.png"
+    mask.write_bytes(mask.read_bytes()[:100])
+    (killed / "masks" / ".partial-c57_0001").write_bytes(b"a temporary file the kill left")
+
+    assert main(["pairs", "--n", "2", "--out", str(killed)]) == 0
+
+    for name in ("c57_0000.png", "c57_0001.png"):
+        for part in ("images", "masks"):
+            assert (killed / part / name).read_bytes() == (whole / part / name).read_bytes(), (part, name)
+    listed = (whole / "index.jsonl").read_text().splitlines()
+    assert index.read_text().splitlines() == [listed[0], '{"name": "c57_00', listed[1]]
+
+
+def test_each_pair_is_in_the_index_once_it_is_written(tmp_path: Path) -> None:
+    # The index was written through a buffer: a killed run lost the lines of pairs it had written.
+    pairs = composite_pairs(tmp_path, 2)
+    first = next(pairs)
+    try:
+        rows = [json.loads(line) for line in (tmp_path / "index.jsonl").read_text().splitlines()]
+        assert [row["name"] for row in rows] == [first.name]
+    finally:
+        pairs.close()

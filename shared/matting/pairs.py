@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from shared.generation.backend import GenerationRequest
 from shared.generation.composite import CompositeBackend
+from shared.images import encode_png
 from shared.matting.roi import product_box
+from shared.model_cache import write_atomically
 from shared.synth import make_product, render_photo
 
 CATALOGUE_SEED = 57
@@ -63,16 +64,21 @@ def composite_pairs(
 ) -> Iterator[PairInfo]:
     """Write ``out/images/NAME.png`` and ``out/masks/NAME.png`` (0/255) for pairs 0..n-1.
 
-    Pairs already on disk are skipped, so an interrupted run continues; ``out/index.jsonl``
-    lists every pair with its scene. ``roi``: crop each pair to a jittered product box.
+    ``out/index.jsonl`` lists every pair with its scene, a line written once the pair's files are in
+    place; the pairs it lists are skipped, so an interrupted (even killed) run continues. ``roi``:
+    crop each pair to a jittered product box.
     """
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     backend = CompositeBackend()
-    with (out / "index.jsonl").open("a") as index:
+    index_path = out / "index.jsonl"
+    done = _indexed_names(index_path)
+    with index_path.open("a") as index:
         for i in range(n):
             name = f"{'r' if roi else 'c'}{catalogue_seed}_{i:04d}"
-            if (out / "masks" / f"{name}.png").is_file():
+            # Listed, not merely on disk: a run killed while saving a mask left it truncated under its
+            # own name (older runs did), and one killed before its index line left the pair unlisted.
+            if name in done and (out / "masks" / f"{name}.png").is_file():
                 continue
             size = 384 if i % 3 == 2 else 512
             reference = render_photo(make_product(i, catalogue_seed), i % 4, catalogue_seed, size_px=size)
@@ -101,8 +107,8 @@ def composite_pairs(
                 if box is not None:
                     left, top, right, bottom = box
                     image, mask = image[top:bottom, left:right], mask[top:bottom, left:right]
-            Image.fromarray(image).save(out / "images" / f"{name}.png")
-            Image.fromarray(mask).save(out / "masks" / f"{name}.png")
+            write_atomically(out / "images" / f"{name}.png", encode_png(image))
+            write_atomically(out / "masks" / f"{name}.png", encode_png(mask))
             info = PairInfo(
                 name=name,
                 size_px=max(mask.shape),
@@ -111,4 +117,22 @@ def composite_pairs(
                 mask_fraction=round(float((mask >= 128).mean()), 4),
             )
             index.write(json.dumps(info.__dict__) + "\n")
+            index.flush()  # on disk before the next pair: a killed run's buffer held written pairs' lines
             yield info
+
+
+def _indexed_names(index_path: Path) -> set[str]:
+    """The pairs ``index_path`` lists; a line a killed run left unfinished is ended, not read."""
+    if not index_path.is_file():
+        return set()
+    text = index_path.read_text()
+    if text and not text.endswith("\n"):
+        with index_path.open("a") as index:  # the next line must start a line of its own
+            index.write("\n")
+    names = set()
+    for line in text.splitlines():
+        try:
+            names.add(str(json.loads(line)["name"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # unfinished: its pair is written again
+    return names
