@@ -231,6 +231,15 @@ class _Outcome:
     after_commit: list[Callable[[], None]] = field(default_factory=list)
 
 
+def _duplicate() -> _Outcome:
+    """The outcome of a copy of an event completed here or handled earlier in the batch: committed and
+    counted, and no event id, so its commit does not mark the event completed. Only the first copy's
+    own outcome does that, once its outputs are durable: the copy's, committed beside a first copy
+    that was rewound (its partition backed off) or dead-lettered, made the rewound copy, and a later
+    replay of the letter, duplicates too, and the event's outputs were never produced."""
+    return _Outcome(counted="duplicate")
+
+
 # An output record larger than this cannot be produced (the producer's max_request_size and the
 # broker's message.max.bytes are both about 1 MiB by default, record overhead included): the input is
 # dead-lettered as ``output_too_large`` instead of being retried forever.
@@ -623,7 +632,7 @@ class Stage:
         if isinstance(decoded, (_Outcome, _Retry)):
             return decoded
         if self._seen(tp, decoded.event_id):
-            return _Outcome(event_id=decoded.event_id, counted="duplicate")
+            return _duplicate()
         assert route.handle is not None
         with log_context(decoded.trace_id, decoded.sku_id):
             started = time.monotonic()
@@ -674,7 +683,7 @@ class Stage:
             for record in records:
                 decoded = self._decode(route, record)
                 if isinstance(decoded, Envelope) and self._seen(tp, decoded.event_id):
-                    decoded = _Outcome(event_id=decoded.event_id, counted="duplicate")
+                    decoded = _duplicate()
                 if isinstance(decoded, Envelope):
                     # A second copy later in this batch is a duplicate; should this one be retried
                     # instead, its partition is rewound and it is handled then: nothing is lost.

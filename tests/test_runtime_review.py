@@ -773,3 +773,58 @@ def test_a_stage_name_a_dead_letter_cannot_carry_is_refused_when_the_stage_is_ma
     settings = load_settings(store_uri=file_store_uri(tmp_path))
     with pytest.raises(ValueError, match=f"1 to {MAX_STAGE_NAME_CHARS} characters"):
         Stage("s" * (MAX_STAGE_NAME_CHARS + 1), settings=settings)
+
+
+def test_a_copy_beside_an_event_that_is_rewound_does_not_mark_the_event_done(tmp_path: Path) -> None:
+    """Two copies of one event in one poll, on two partitions (a key's partition changes when the
+    topic grows): the batch handler's transient fault rewound the first copy's partition, while the
+    second, a duplicate of it, was committed and marked the event done, so the rewound copy came
+    back as a duplicate too and the event's outputs were never produced."""
+    stage = _stage(tmp_path)
+    calls: list[list[str]] = []
+
+    @stage.batch_handler(SKU_INGESTED)
+    def handle_batch(events: Sequence[Envelope[SkuIngested]], ctx: Context) -> list[list[Emit]]:
+        calls.append([event.event_id for event in events])
+        if len(calls) == 1:
+            raise TransientError("the model server is restarting")
+        return [_forward(event) for event in events]
+
+    tp, [record] = _records(stage, 1)
+    other = TopicPartition(tp.topic, 1)
+    copy = ConsumerRecord(tp.topic, 1, -1, 0, 0, 0, b"key", record.value, [], None, 3, -1, -1)
+    consumer, producer = _wired(stage)
+    stage._process_batch({tp: [record], other: [copy]})
+    assert consumer.positions[tp] == 0 and tp in consumer.paused and not producer.acked
+    assert consumer.committed == {other: 1}  # the copy: nothing of its own to do
+    stage._process_batch({tp: [record]})  # the rewound partition, after its back-off
+    assert calls == [[f"{1:032x}"], [f"{1:032x}"]]
+    assert [topic for topic, _ in producer.acked] == [stage.settings.topic_name(PASSTHROUGH_OUT)]
+    assert consumer.committed == {tp: 1, other: 1}
+    assert _sample(stage, "skuforge_messages_total", topic=tp.topic, outcome="ok") == 1
+
+
+def test_a_replay_of_an_event_whose_copy_rode_beside_its_dead_letter_is_handled(tmp_path: Path) -> None:
+    """An event dead-lettered with a copy of it in the same poll: the copy, a duplicate, marked the
+    event done, so replaying the letter once the cause was fixed was taken for a duplicate and
+    committed unhandled (its replay marker written: the event was lost)."""
+    stage = _stage(tmp_path)
+    object_back = False
+
+    @stage.handler(SKU_INGESTED)
+    def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        if not object_back:
+            raise BadInput("object_missing", "no object at file://photo")
+        return _forward(event)
+
+    tp, [record] = _records(stage, 1)
+    consumer, producer = _wired(stage)
+    stage._process_batch({tp: [record, _record(tp.topic, 1, record.value)]})
+    [(letter_topic, letter)] = producer.acked  # one letter for the event, not one per copy
+    assert letter_topic == tp.topic + ".dlq" and consumer.committed == {tp: 2}
+    assert DeadLetter.model_validate_json(letter).reason == "object_missing"
+    object_back = True
+    stage._process_batch({tp: [_record(tp.topic, 2, record.value)]})  # `skuforge dlq replay`
+    assert producer.acked[1:] and producer.acked[1][0] == stage.settings.topic_name(PASSTHROUGH_OUT)
+    assert consumer.committed == {tp: 3}
+    assert _sample(stage, "skuforge_messages_total", topic=tp.topic, outcome="ok") == 1
