@@ -620,10 +620,10 @@ class Stage:
                 if parts:
                     outcomes.update(self._process_micro_batch(route, parts))
 
-        if not self._produce_and_flush(outcomes, batch):
-            return
-        self._commit(outcomes)
-        self.metrics.batch_seconds.labels(self.name).observe(time.monotonic() - started)
+        durable = self._produce_and_flush(outcomes, batch)
+        self._commit({tp: done for tp, done in outcomes.items() if tp in durable})
+        if durable == set(batch):
+            self.metrics.batch_seconds.labels(self.name).observe(time.monotonic() - started)
 
     def _process_one(
         self, route: _Route[Any], tp: TopicPartition, record: ConsumerRecord
@@ -970,38 +970,60 @@ class Stage:
         self,
         outcomes: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]],
         batch: dict[TopicPartition, list[ConsumerRecord]],
-    ) -> bool:
-        """Send every output and wait for acks=all; on any failure, rewind the whole batch."""
+    ) -> set[TopicPartition]:
+        """Send every output and wait for acks=all; returns the partitions of ``batch`` whose outputs
+        were all acknowledged, and rewinds each other one to its first record of the batch.
+
+        Per partition, as the module says transient faults are: before, one partition's failed send
+        (its dead letter's DLQ topic missing) rewound and backed off every partition of the poll, whose
+        outputs then went again, and whose back-off grew with each of that partition's retries."""
         assert self._consumer is not None
-        futures: list[tuple[str, FutureRecordMetadata]] = []
+        futures: dict[TopicPartition, list[tuple[str, FutureRecordMetadata]]] = {}
+        failed: dict[TopicPartition, KafkaError] = {}
         producer = self._producer
         try:
             if producer is None:  # the last one stopped for good and no broker answered its successor
                 producer = self._producer = make_producer(self.settings, client_id=self.name)
-            for done in outcomes.values():
-                for _, outcome in done:
-                    for topic_name, key, value in outcome.outputs:
-                        futures.append((topic_name, producer.send(topic_name, key=key, value=value)))
-            producer.flush(timeout=self.settings.flush_timeout_s)
-            for _, future in futures:
-                future.get(timeout=0)
         except KafkaError as exc:
-            if producer is not None and producer_stopped_for_good(producer):
+            failed = dict.fromkeys(batch, exc)
+        if producer is not None:
+            for tp, done in outcomes.items():
+                sent = futures.setdefault(tp, [])
+                try:
+                    for _, outcome in done:
+                        for topic_name, key, value in outcome.outputs:
+                            sent.append((topic_name, producer.send(topic_name, key=key, value=value)))
+                except KafkaError as exc:  # send() waits for a topic's metadata at most max_block_ms
+                    failed[tp] = exc
+            try:
+                producer.flush(timeout=self.settings.flush_timeout_s)
+            except KafkaError as exc:  # the broker is away, or the producer stopped: all go again
+                for tp in batch:
+                    failed.setdefault(tp, exc)
+            for tp, sent in futures.items():
+                try:
+                    for _, future in sent:
+                        future.get(timeout=0)
+                except KafkaError as exc:
+                    failed.setdefault(tp, exc)
+            if failed and producer_stopped_for_good(producer):
                 # Before, the stage kept it: every later batch, of every partition, failed with the
                 # first refusal's error until a restart, while /healthz said the stage was fine.
-                close_stopped_producer(producer, f"stage {self.name}", exc)
+                close_stopped_producer(producer, f"stage {self.name}", next(iter(failed.values())))
                 self._producer = None
-            for tp, records in batch.items():
-                if tp in self._resume_at:
-                    # Backed off mid-batch at a later record: the outputs of the records before it
-                    # went with this failed send, so it must restart from its first record too.
-                    self._consumer.seek(tp, records[0].offset)
-                else:
-                    self._back_off(tp, records[0].offset, exc)
-            return False
-        for topic_name, _ in futures:
-            self.metrics.produced.labels(self.name, topic_name).inc()
-        return True
+        for tp, error in failed.items():
+            records = batch[tp]
+            if tp in self._resume_at:
+                # Backed off mid-batch at a later record: the outputs of the records before it
+                # went with this failed send, so it must restart from its first record too.
+                self._consumer.seek(tp, records[0].offset)
+            else:
+                self._back_off(tp, records[0].offset, error)
+        for tp, sent in futures.items():
+            if tp not in failed:
+                for topic_name, _ in sent:
+                    self.metrics.produced.labels(self.name, topic_name).inc()
+        return set(batch) - set(failed)
 
     def _commit(self, outcomes: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]]) -> None:
         assert self._consumer is not None

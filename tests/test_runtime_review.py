@@ -828,3 +828,32 @@ def test_a_replay_of_an_event_whose_copy_rode_beside_its_dead_letter_is_handled(
     assert producer.acked[1:] and producer.acked[1][0] == stage.settings.topic_name(PASSTHROUGH_OUT)
     assert consumer.committed == {tp: 3}
     assert _sample(stage, "skuforge_messages_total", topic=tp.topic, outcome="ok") == 1
+
+
+class _NoDeadLetterTopic(_Producer):
+    """A producer for a cluster without the DLQ topic: kafka-python's send() waits max_block_ms for
+    the topic's metadata, then raises KafkaTimeoutError."""
+
+    def send(self, topic: str, key: bytes, value: bytes) -> _Acked:
+        if topic.endswith(".dlq"):
+            raise KafkaTimeoutError(f"Failed to update metadata after 2.0 secs for {topic}")
+        return super().send(topic, key, value)
+
+
+def test_a_partition_whose_dead_letter_cannot_be_sent_does_not_hold_back_the_others(tmp_path: Path) -> None:
+    """One partition's dead letter could not be sent (its DLQ topic missing): every partition of the
+    poll was rewound and backed off with it, its outputs sent again later, and the others' back-off grew
+    with each of that partition's retries, though the docstring says other partitions go on."""
+    stage = _forwarding_stage(tmp_path)
+    tp, [record] = _records(stage, 1)
+    good = TopicPartition(tp.topic, 1)
+    good_record = ConsumerRecord(tp.topic, 1, -1, 7, 0, 0, b"key", record.value, [], None, 3, -1, -1)
+    consumer, _ = _wired(stage)
+    producer = _NoDeadLetterTopic()
+    stage._producer = producer  # type: ignore[assignment]
+    stage._process_batch({tp: [_record(tp.topic, 0, b"not json")], good: [good_record]})
+    assert consumer.paused == {tp} and consumer.positions == {tp: 0}  # the letter waits, nothing lost
+    assert consumer.committed == {good: 8}
+    assert [topic for topic, _ in producer.acked] == [stage.settings.topic_name(PASSTHROUGH_OUT)]
+    assert _sample(stage, "skuforge_messages_total", topic=tp.topic, outcome="ok") == 1
+    assert _sample(stage, "skuforge_messages_total", topic=tp.topic, outcome="retry") == 1
