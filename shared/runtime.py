@@ -987,13 +987,22 @@ class Stage:
         except KafkaError as exc:
             failed = dict.fromkeys(batch, exc)
         if producer is not None:
+            # send() waits up to max_block_ms for a topic's metadata: a topic that did not come is not
+            # waited for again in this batch, by each partition with an output to it.
+            unsendable: dict[str, KafkaError] = {}
             for tp, done in outcomes.items():
                 sent = futures.setdefault(tp, [])
                 try:
                     for _, outcome in done:
                         for topic_name, key, value in outcome.outputs:
-                            sent.append((topic_name, producer.send(topic_name, key=key, value=value)))
-                except KafkaError as exc:  # send() waits for a topic's metadata at most max_block_ms
+                            if topic_name in unsendable:
+                                raise unsendable[topic_name]
+                            try:
+                                sent.append((topic_name, producer.send(topic_name, key=key, value=value)))
+                            except KafkaError as exc:
+                                unsendable[topic_name] = exc
+                                raise
+                except KafkaError as exc:
                     failed[tp] = exc
             try:
                 producer.flush(timeout=self.settings.flush_timeout_s)

@@ -834,8 +834,13 @@ class _NoDeadLetterTopic(_Producer):
     """A producer for a cluster without the DLQ topic: kafka-python's send() waits max_block_ms for
     the topic's metadata, then raises KafkaTimeoutError."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0  # sends that waited out max_block_ms
+
     def send(self, topic: str, key: bytes, value: bytes) -> _Acked:
         if topic.endswith(".dlq"):
+            self.waits += 1
             raise KafkaTimeoutError(f"Failed to update metadata after 2.0 secs for {topic}")
         return super().send(topic, key, value)
 
@@ -851,9 +856,15 @@ def test_a_partition_whose_dead_letter_cannot_be_sent_does_not_hold_back_the_oth
     consumer, _ = _wired(stage)
     producer = _NoDeadLetterTopic()
     stage._producer = producer  # type: ignore[assignment]
-    stage._process_batch({tp: [_record(tp.topic, 0, b"not json")], good: [good_record]})
-    assert consumer.paused == {tp} and consumer.positions == {tp: 0}  # the letter waits, nothing lost
+    also_bad = TopicPartition(tp.topic, 2)
+    bad_record = ConsumerRecord(tp.topic, 2, -1, 3, 0, 0, b"key", b"not json", [], None, 3, -1, -1)
+    stage._process_batch(
+        {tp: [_record(tp.topic, 0, b"not json")], good: [good_record], also_bad: [bad_record]}
+    )
+    # The letters wait, nothing is lost; and the DLQ topic's metadata was waited for once, not per letter.
+    assert consumer.paused == {tp, also_bad} and consumer.positions == {tp: 0, also_bad: 3}
+    assert producer.waits == 1
     assert consumer.committed == {good: 8}
     assert [topic for topic, _ in producer.acked] == [stage.settings.topic_name(PASSTHROUGH_OUT)]
     assert _sample(stage, "skuforge_messages_total", topic=tp.topic, outcome="ok") == 1
-    assert _sample(stage, "skuforge_messages_total", topic=tp.topic, outcome="retry") == 1
+    assert _sample(stage, "skuforge_messages_total", topic=tp.topic, outcome="retry") == 2
