@@ -394,3 +394,48 @@ def test_a_session_timeout_the_broker_refuses_is_one_line_naming_the_setting(
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("skuforge run: the Kafka broker refused SKUFORGE_SESSION_TIMEOUT_MS=3600000"), last
     assert "group.max.session.timeout.ms" in last
+
+
+def test_a_dead_letter_with_no_dlq_topic_waits_while_the_other_partitions_go_on(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The DLQ topic is missing: the bad record's partition waits (nothing lost, no spin), the other
+    partition's events are forwarded once each, and the letter is written once the topic exists."""
+    from kafka import KafkaProducer
+
+    from shared.bus import ensure_topics
+
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path), flush_timeout_s=2.0)
+    ensure_topics(settings, [SKU_INGESTED], partitions=2, with_dlq=False)
+    create_topics(settings, PASSTHROUGH_OUT, partitions=1)
+    stage = build_stage(settings=settings)
+    good = [
+        make_envelope(
+            SKU_INGESTED,
+            payload,
+            event_id=f"{n + 1:032x}",
+            sku_id=payload.sku.sku_id,
+            trace_id="t",
+            producer="test",
+        )
+        for n, payload in enumerate(sku_ingested_payloads(stage.store, 3))
+    ]
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    topic = settings.topic_name(SKU_INGESTED)
+    producer.send(topic, key=b"BAD", value=b"\x00\xffgarbage", partition=0)
+    for envelope in good:
+        producer.send(
+            topic, key=envelope.sku_id.encode(), value=envelope.model_dump_json().encode(), partition=1
+        )
+    producer.flush()
+    producer.close()
+
+    with running(stage):
+        outputs = read_topic(kafka_bootstrap, settings.topic_name(PASSTHROUGH_OUT), expect=3, timeout_s=60)
+        ensure_topics(settings, [SKU_INGESTED], partitions=2)  # the operator creates the DLQ topic
+        letters = read_topic(kafka_bootstrap, settings.dlq_name(SKU_INGESTED), expect=1, timeout_s=60)
+
+    assert sorted(_event_ids(outputs)) == sorted(_expected_outputs(settings, [e.event_id for e in good]))
+    [letter] = [DeadLetter.model_validate_json(record.value) for record in letters]
+    assert letter.reason == "not_json" and (letter.original_partition, letter.original_offset) == (0, 0)
+    assert base64.b64decode(letter.original_value_b64) == b"\x00\xffgarbage"
