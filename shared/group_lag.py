@@ -61,12 +61,16 @@ def lag_by_topic(
 
     A partition the group never committed counts from its earliest offset (stages start there), and
     so does one whose committed offset retention has since deleted: the group resumes at the earliest
-    record still kept, so deleted records are not lag. ``starts`` missing a partition means offset 0.
+    record still kept, so deleted records are not lag. So does one whose committed offset lies past its
+    end (the topic deleted and created again): the consumer finds it out of range and starts over at the
+    earliest record. ``starts`` missing a partition means offset 0. ``ends`` must be read after
+    ``committed``, or a group that commits meanwhile reads as out of range.
     """
     starts = starts or {}
     lag: dict[str, int] = {}
     for tp, end in ends.items():
-        done = max(committed.get(tp) or 0, starts.get(tp, 0))
+        offset = committed.get(tp) or 0
+        done = max(offset if offset <= end else 0, starts.get(tp, 0))
         lag[tp.topic] = lag.get(tp.topic, 0) + max(0, end - done)
     return lag
 
@@ -137,13 +141,17 @@ class GroupLagWatcher:
                 try:
                     # One request per group: the admin client raises for all of them on one group's error.
                     committed = self._admin_client().list_group_offsets({group: None}).get(group, {})
+                    offsets = {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
+                    group_ends = {tp: end for tp, end in ends.items() if tp.topic in wanted}
+                    # The ends were read before the group's offsets: one it committed past them since
+                    # is read against its partition's end now, not taken for one out of range.
+                    ahead = [tp for tp, end in group_ends.items() if offsets.get(tp, 0) > end]
+                    if ahead:
+                        group_ends |= self._read_offsets(ahead, OffsetSpec.LATEST)
                 except Exception as exc:
                     self._failed(group, exc)
                     continue
-                offsets = {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
-                lag = lag_by_topic(
-                    offsets, {tp: end for tp, end in ends.items() if tp.topic in wanted}, starts
-                )
+                lag = lag_by_topic(offsets, group_ends, starts)
                 result[group] = lag
                 self._warned_at.pop(group, None)
         reported: set[tuple[str, str]] = set()
@@ -180,19 +188,13 @@ class GroupLagWatcher:
             if not entry.get("error_code")
             for part in entry["partitions"]
         ]
-        ends = {
-            tp: int(found.offset)
-            for tp, found in admin.list_partition_offsets(
-                dict.fromkeys(partitions, OffsetSpec.LATEST)
-            ).items()
-        }
-        starts = {
-            tp: int(found.offset)
-            for tp, found in admin.list_partition_offsets(
-                dict.fromkeys(partitions, OffsetSpec.EARLIEST)
-            ).items()
-        }
-        return ends, starts
+        ends = self._read_offsets(partitions, OffsetSpec.LATEST)
+        return ends, self._read_offsets(partitions, OffsetSpec.EARLIEST)
+
+    def _read_offsets(self, partitions: list[TopicPartition], spec: OffsetSpec) -> dict[TopicPartition, int]:
+        """The end (``OffsetSpec.LATEST``) or earliest offset of each of ``partitions``."""
+        found = self._admin_client().list_partition_offsets(dict.fromkeys(partitions, spec))
+        return {tp: int(offset.offset) for tp, offset in found.items()}
 
     def _failed(self, group: str, exc: Exception) -> None:
         self.read_failures.labels(group).inc()

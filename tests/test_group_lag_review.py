@@ -68,6 +68,28 @@ def test_records_retention_deleted_are_not_lag(kafka_bootstrap: str, new_topic: 
 
 
 @pytest.mark.kafka
+def test_a_committed_offset_past_the_end_of_a_recreated_topic_counts_its_records(
+    kafka_bootstrap: str, new_topic: NewTopic
+) -> None:
+    """A topic deleted and created again (offsets from 0) while its group was stopped: the group's
+    committed offset lies past the new end, so its consumer starts over at the earliest record, but the
+    lag read 0 (end minus committed, floored) until the new topic outgrew the old offset, and the lag
+    alert stayed silent while the group was down."""
+    topic = new_topic("lag-recreated")
+    _produce(kafka_bootstrap, topic, 3)
+    group = f"recreated-{topic}"
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(500, "", -1)})  # of the topic before
+    consumer.close()
+
+    _, watcher = _lag_watcher({"bootstrap_servers": [kafka_bootstrap]}, {group: {topic}})
+    try:
+        assert watcher.read_once() == {group: {topic: 3}}
+    finally:
+        watcher.stop()
+
+
+@pytest.mark.kafka
 def test_the_lag_of_a_deleted_topic_is_no_longer_reported(kafka_bootstrap: str) -> None:
     """The gauge kept the deleted topic's last lag for good, and the lag alert kept firing on it."""
     admin = session_admin(kafka_bootstrap)
