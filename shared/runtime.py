@@ -374,6 +374,7 @@ class Stage:
             raise RuntimeError(f"stage {self.name} has no handler: register one with @stage.handler(topic)")
         if install_signal_handlers is None:
             install_signal_handlers = threading.current_thread() is threading.main_thread()
+        previous: dict[int, Any] = {}  # the signal handlers to put back when the stage returns
         if install_signal_handlers:
             stops: list[int] = []
 
@@ -390,7 +391,17 @@ class Stage:
                 # SIGHUP's default ended the stage where it stood, its batch in hand uncommitted and
                 # its clients not closed; one already ignored (`nohup skuforge run`) stays ignored.
                 if signum != signal.SIGHUP or signal.getsignal(signum) != signal.SIG_IGN:
-                    signal.signal(signum, request_stop)
+                    previous[signum] = signal.signal(signum, request_stop)
+        try:
+            return self._run(serve_health)
+        finally:
+            # Before, they stayed: a SIGTERM after the stage returned only asked it to stop again, and
+            # the process (a test run, a command run after the stage) was not stopped by it.
+            for stopping, handler in previous.items():
+                signal.signal(stopping, handler if handler is not None else signal.SIG_DFL)
+
+    def _run(self, serve_health: bool) -> int:
+        """``run`` once its signal handlers are in place."""
         if serve_health:
             self.health = HealthServer(
                 self.metrics.registry,

@@ -439,3 +439,18 @@ def test_a_dead_letter_with_no_dlq_topic_waits_while_the_other_partitions_go_on(
     [letter] = [DeadLetter.model_validate_json(record.value) for record in letters]
     assert letter.reason == "not_json" and (letter.original_partition, letter.original_offset) == (0, 0)
     assert base64.b64decode(letter.original_value_b64) == b"\x00\xffgarbage"
+
+
+def test_a_stage_that_returned_leaves_the_signal_handlers_as_they_were(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """run() installed its SIGTERM and SIGINT handlers and left them: a later SIGTERM in the process
+    only asked the finished stage to stop, and was lost (a `dlq replay` run after it in the same process
+    found SIGTERM handled, kept that handler, and was not stopped by it)."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT, partitions=1)
+    stage = build_stage(settings=settings)
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    stage.stop()  # before it starts: it joins, finds itself stopped, and returns
+    assert stage.run() == 0
+    assert {signum: signal.getsignal(signum) for signum in before} == before
