@@ -19,7 +19,14 @@ import signal
 import threading
 from collections.abc import Iterator
 
-__all__ = ["Stopped", "raise_stopped", "signal_number", "stopped_as_interrupt", "stopped_how"]
+__all__ = [
+    "Stopped",
+    "hang_up_as_sigterm",
+    "raise_stopped",
+    "signal_number",
+    "stopped_as_interrupt",
+    "stopped_how",
+]
 
 
 class Stopped(KeyboardInterrupt):
@@ -49,6 +56,19 @@ def stopped_as_interrupt() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def hang_up_as_sigterm() -> None:
+    """From now on SIGHUP (the terminal or ssh session closed) does what SIGTERM does when it comes: a
+    server whose graceful stop is its SIGTERM handler (uvicorn's, PyTriton's) stops so on a hang-up too,
+    which by default ended it where it stood. One already ignored (``nohup``) stays ignored."""
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _as_sigterm)
+
+
+def _as_sigterm(signum: int, frame: object) -> None:
+    # Raised, not called: SIGTERM's handler may change meanwhile (uvicorn sets its own while it serves).
+    signal.raise_signal(signal.SIGTERM)
 
 
 def signal_number(exc: KeyboardInterrupt) -> int:

@@ -39,6 +39,7 @@ from tests.support.console import (
     login,
     pending_envelope,
 )
+from tests.support.signals import as_from_a_shell
 
 pytestmark = pytest.mark.kafka
 
@@ -180,12 +181,16 @@ def test_a_backlog_of_several_pages_is_published_in_one_round_and_by_stop(
     assert sorted(published) == sorted(decision_event_id(task_id) for task_id in backlog + at_shutdown)
 
 
-def test_serve_console_stops_its_intake_and_relay_on_sigterm(kafka_bootstrap: str, tmp_path: Path) -> None:
-    """SIGTERM: uvicorn stops, then the intake and the relay do, and the process exits 0.
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_serve_console_stops_its_intake_and_relay_on_sigterm(
+    kafka_bootstrap: str, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """SIGTERM, or SIGHUP (its terminal closed): uvicorn stops, then the intake and the relay do, and
+    the process exits 0.
 
     uvicorn re-raises the SIGTERM it caught once it has shut down; with Python's default handler
     back in place that killed the process (exit -15) before the intake committed or the relay sent
-    what waited in the outbox."""
+    what waited in the outbox. uvicorn hears no SIGHUP: its default killed the process (exit -1)."""
     settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path / 'store'}")
     create_topics(settings, CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED)
     web_port, metrics_port = free_port(), free_port()
@@ -202,13 +207,15 @@ def test_serve_console_stops_its_intake_and_relay_on_sigterm(kafka_bootstrap: st
         "SKUFORGE_CONSOLE_PORT": str(web_port),
         "SKUFORGE_CONSOLE_METRICS_PORT": str(metrics_port),
     }
-    skuforge = Path(sys.executable).with_name("skuforge")
     process = subprocess.Popen(
-        [str(skuforge), "serve", "console"],
+        # The checkout under test: the venv's `skuforge` script imports the package it was installed from.
+        [sys.executable, "-m", "skuforge_cli", "serve", "console"],
+        cwd=Path(__file__).resolve().parent.parent,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=as_from_a_shell,  # SIGHUP not ignored, as under a test runner started by nohup
     )
     try:
         deadline = time.monotonic() + 60
@@ -222,7 +229,7 @@ def test_serve_console_stops_its_intake_and_relay_on_sigterm(kafka_bootstrap: st
                 pass
             assert time.monotonic() < deadline, "the console's intake never joined its group"
             time.sleep(0.5)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop)
         output, _ = process.communicate(timeout=120)
     finally:
         if process.poll() is None:

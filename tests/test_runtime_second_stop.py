@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from kafka.structs import TopicPartition
 
+from shared.signals import hang_up_as_sigterm
 from tests.support.bus import file_store_uri
 from tests.support.kafka import session_admin
 from tests.support.signals import stopped
@@ -139,3 +140,14 @@ def test_a_hang_up_stops_a_stage_as_sigterm_does_committing_the_record_in_hand(
     topic, group = handling
     committed = session_admin(kafka_bootstrap).list_group_offsets(group).get(group, {})
     assert committed[TopicPartition(topic, 0)].offset == 1, committed
+
+
+def test_a_server_under_nohup_still_ignores_hang_ups() -> None:
+    # `skuforge serve console` and `serve generator` hear SIGHUP as SIGTERM (tests/test_console_kafka.py,
+    # tests/test_generator_triton.py), but not one `nohup` started them to ignore.
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        hang_up_as_sigterm()
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)

@@ -43,6 +43,7 @@ from shared.config import ConfigError, Settings, load_settings
 from shared.errors import TransientError
 from shared.observability import HealthServer, configure_logging
 from shared.runtime import Stage
+from shared.signals import hang_up_as_sigterm
 from shared.store import ObjectStore, open_store
 from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
@@ -174,7 +175,7 @@ class ConsoleService:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the console until SIGTERM/SIGINT."""
+    """Run the console until SIGTERM/SIGINT/SIGHUP."""
     parser = argparse.ArgumentParser(
         prog="skuforge serve console",
         description="Serve the correction console (pages, API) with its intake of correction.pending "
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     # signal again: with Python's default handler that killed the process before the intake and the
     # relay stopped. This one lets the stop below run; the deployment's grace period bounds it.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
+    hang_up_as_sigterm()  # a closed terminal: uvicorn hears only SIGINT and SIGTERM
     try:
         server.run()
     finally:
