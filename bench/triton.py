@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +66,18 @@ class TritonServerProcess:
             text: str = response.read().decode()
         return text
 
-    def start(self) -> TritonServerProcess:
-        """Start the server and wait until every model is ready."""
+    def start(self, *, preexec_fn: Callable[[], None] | None = None) -> TritonServerProcess:
+        """Start the server (``preexec_fn`` run in the child before it does) and wait until every model
+        is ready."""
         import tritonclient.grpc as grpcclient
 
         command = [sys.executable, "-m", "skuforge_cli", "serve", "generator"]
         for backend in self.backends:
             command += ["--backend", backend]
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn
+            )
         client = grpcclient.InferenceServerClient(self.grpc_url)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:

@@ -5,8 +5,11 @@ No mocks: ``skuforge serve generator`` runs in its own process, as in production
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from bench.tiny_diffusion import product_photo
 from devstack.broker import free_port
@@ -23,6 +28,7 @@ from shared.errors import BadInput, TransientError
 from shared.generation.backend import GenerationRequest, RowOutcome
 from shared.generation.composite import CompositeBackend
 from shared.synth import make_product, render_photo
+from tests.support.signals import as_from_a_shell
 from tests.support.triton import (
     PoisonedComposite,
     TritonServerProcess,
@@ -352,6 +358,30 @@ def test_triton_down_is_a_transient_error() -> None:
     finally:
         client.close()
     assert client.last_call_ok is False
+
+
+def _descendants(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [descendant for child in map(int, children) for descendant in (child, *_descendants(child))]
+
+
+def test_a_hang_up_stops_triton_as_sigterm_does(tmp_path: Path) -> None:
+    # SIGHUP (the terminal of `skuforge serve generator` closed) kept its default: the process died
+    # where it stood (exit -1), leaving the Triton server it had started without its stop.
+    server = TritonServerProcess(tmp_path).start(preexec_fn=as_from_a_shell)  # SIGHUP not ignored
+    assert server.process is not None
+    started = _descendants(server.process.pid)  # Triton and its model backends
+    try:
+        server.process.send_signal(signal.SIGHUP)
+        assert server.process.wait(timeout=120) == 0, server.log_tail()
+        # PyTriton's stop waits for Triton to end: its ports are closed by then.
+        with pytest.raises(InferenceServerException):
+            grpcclient.InferenceServerClient(server.grpc_url).is_server_live()
+    finally:
+        server.stop()
+        for pid in started:  # what a process killed where it stood left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

@@ -65,6 +65,7 @@ from shared.generation.diffusion import (
 from shared.generation.scenes import NoScenePhotos, SceneLibrary
 from shared.generation.settings import GenerationSettings
 from shared.observability import HealthServer, configure_logging
+from shared.signals import hang_up_as_sigterm
 from shared.store import open_store
 
 log = logging.getLogger("skuforge.generator.server")
@@ -557,7 +558,7 @@ def served_backends(requested: Sequence[str] | None, generation: GenerationSetti
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``skuforge serve generator``: run Triton with the generation model(s) until SIGTERM/SIGINT."""
+    """``skuforge serve generator``: run Triton with the generation model(s) until SIGTERM/SIGINT/SIGHUP."""
     parser = argparse.ArgumentParser(
         prog="skuforge serve generator",
         description="Serve the generation model on Triton (PyTriton). Settings: SKUFORGE_GENERATION_*.",
@@ -585,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         triton = build_triton(generation, backends, shared=settings, diffusion=diffusion)
         signal.signal(signal.SIGTERM, _interrupt)
+        hang_up_as_sigterm()  # a closed terminal stops Triton too, not only this process
         address = generation.generation_server_address
         log.info(
             "serving",
