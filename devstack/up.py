@@ -83,7 +83,7 @@ from schemas.flow import CONSOLE, LORA_TRAINER, PIPELINE, TRITON, Service
 from services.console.config import ConsoleSettings, parse_users
 from services.generator.protocol import model_name
 from shared.argtypes import float_between, folder_problem
-from shared.config import ConfigError, is_host_port, load_settings, secret_variables
+from shared.config import ENV_PREFIX, ConfigError, is_host_port, load_settings, secret_variables
 from shared.generation.backend import BACKEND_NAMES
 from shared.generation.settings import GenerationSettings
 from shared.observability import topics_held
@@ -177,11 +177,26 @@ class StackConfig:
         """The console's address in a browser."""
         return f"http://127.0.0.1:{self.ports['console']}/"
 
+    def kafka_env(self) -> dict[str, str]:
+        """How services reach the stack's Kafka: the bootstrap of ``--kafka-bootstrap``'s cluster, with
+        the caller's protocol and login for it; or the PLAINTEXT connection of the stack's own broker,
+        every protocol, SASL and CA setting of the caller's overridden (an empty one is unset), since
+        they are for another cluster: with only the bootstrap replaced, every stage failed to reach it."""
+        if not self.start_kafka:
+            return {"SKUFORGE_KAFKA_BOOTSTRAP": self.kafka_bootstrap}
+        broker = LocalKafka(
+            self.workdir / "kafka", port=self.ports["kafka"], controller_port=self.ports["kafka_controller"]
+        )
+        return {
+            ENV_PREFIX + name.upper(): "" if value is None else str(value)
+            for name, value in broker.connection.items()
+        }
+
     def env(self) -> dict[str, str]:
         """Environment every service gets (on top of the caller's)."""
         ports = self.ports
         return {
-            "SKUFORGE_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            **self.kafka_env(),
             "SKUFORGE_STORE_URI": self.store_uri,
             "SKUFORGE_GENERATION_TRITON_URL": f"127.0.0.1:{ports['triton_grpc']}",
             "SKUFORGE_GENERATION_TRITON_PROTOCOL": "grpc",
@@ -729,8 +744,9 @@ def write_state(config: StackConfig, supervisor: Supervisor, state: str) -> None
             k: v
             for k, v in {**_inherited_env(), **config.env()}.items()
             # Readable by whoever may use the stack (another user's demo reads it): no secret. A
-            # client brings its own Kafka password, as it would to any cluster.
-            if k not in _secrets()
+            # client brings its own Kafka password, as it would to any cluster. An empty one is kept:
+            # it unsets the client's own, which its stack's own PLAINTEXT broker would refuse.
+            if k not in _secrets() or not v
         },
         "services": {
             s.spec.name: {

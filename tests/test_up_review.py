@@ -601,6 +601,43 @@ def test_stack_json_carries_no_kafka_password(tmp_path: Path, monkeypatch: pytes
     assert "hunter2-hunter2" not in (tmp_path / STATE_FILE).read_text()
 
 
+def test_services_and_clients_of_a_stack_with_its_own_broker_reach_it_whatever_the_shell_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The shell's protocol, SASL login and CA (set for a cluster elsewhere) went on to every service
+    # with only the bootstrap replaced: each one failed to bootstrap from the stack's PLAINTEXT broker.
+    from devstack.up import STATE_FILE, write_state
+    from shared.bus import kafka_connection
+    from shared.config import load_settings
+
+    shell = {
+        "SKUFORGE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "SKUFORGE_KAFKA_SASL_USERNAME": "cluster-user",
+        "SKUFORGE_KAFKA_SASL_PASSWORD": "hunter2-hunter2",
+        "SKUFORGE_KAFKA_SSL_CAFILE": __file__,
+    }
+    for name, value in shell.items():
+        monkeypatch.setenv(name, value)
+    config = build_config(tmp_path, ports_mode="free", backends=["composite"], with_trainer=False)
+    assert config.start_kafka
+    own = {"bootstrap_servers": [config.kafka_bootstrap], "security_protocol": "PLAINTEXT"}
+
+    def connection_under(env: dict[str, str]) -> dict[str, Any]:
+        with monkeypatch.context() as process:
+            for name, value in env.items():
+                process.setenv(name, value)
+            return kafka_connection(load_settings())
+
+    # What the supervisor starts each service with: the shell's environment, then the service's.
+    for spec in build_specs(config):
+        assert connection_under(spec.env) == own, spec.name
+    # A client of the stack (`skuforge demo`) takes stack.json's settings over its shell's.
+    write_state(config, Supervisor([], report=lambda line: None), "starting")
+    state = json.loads((tmp_path / STATE_FILE).read_text())
+    assert connection_under(state["env"]) == own
+    assert "hunter2-hunter2" not in (tmp_path / STATE_FILE).read_text()
+
+
 def test_a_second_up_in_a_workdir_another_up_holds_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
