@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from shared.store import FileStore
 from shared.synth import make_product, render_photo
 from shared.trainstore.dataset import export_dataset, sku_stats
 from tests.support.gate import captioned
-from tests.support.trainstore import stored, trainstore_stage
+from tests.support.trainstore import WritesMeanwhile, stored, trainstore_stage
 
 SKU = "SKU-001"
 
@@ -52,6 +51,20 @@ def _with_pile(store: FileStore, event: SkuCaptioned, reason: str) -> SkuCaption
         unusable_reason=reason,
     )
     return event.model_copy(update={"photos": [*event.photos, pile]})
+
+
+def _p1_without_a_mask(event: SkuCaptioned) -> SkuCaptioned:
+    """``event`` captioned again by a matting model that finds no product in photo p1."""
+    return event.model_copy(
+        update={
+            "photos": [
+                photo.model_copy(update={"usable": False, "mask": None, "unusable_reason": "mask_full_frame"})
+                if photo.photo_id == "p1"
+                else photo
+                for photo in event.photos
+            ]
+        }
+    )
 
 
 def test_a_photo_whose_mask_found_no_product_is_stored_and_exported_without_a_mask(tmp_path: Path) -> None:
@@ -87,16 +100,7 @@ def test_a_photo_captioned_again_with_no_product_found_keeps_its_image_and_loses
     mask_key = manifests.key(str(manifests.read_sku(SKU)["p1"].mask))
     assert stored(manifests, SKU, "p1", "real")[1] == [mask_key]
     # A re-run with another matting model finds no product in p1.
-    again = first.model_copy(
-        update={
-            "photos": [
-                photo.model_copy(update={"usable": False, "mask": None, "unusable_reason": "mask_full_frame"})
-                if photo.photo_id == "p1"
-                else photo
-                for photo in first.photos
-            ]
-        }
-    )
+    again = _p1_without_a_mask(first)
     _write(writer, ctx, again, "b")
     p1 = manifests.read_sku(SKU)["p1"]
     assert (p1.status, p1.mask, p1.reasons) == ("reference", None, ["mask_full_frame"])
@@ -130,43 +134,22 @@ def test_a_maskless_jpeg_over_the_pixel_limit_is_too_many_pixels_not_a_lying_eve
         assert "SKUFORGE_MAX_IMAGE_PIXELS" in refused.value.detail
 
 
-class CaptionsAgainDuringTheDelta(FileStore):
-    """A store where another trainstore member stores a newer captioning of the SKU (its objects and its
-    row) while this member writes its manifest delta (two members may hold one partition number of
-    sku.captioned during a rebalance, and one past its poll interval still writes)."""
-
-    meanwhile: Callable[[], None] | None = None
-
-    def _write(self, key: str, data: bytes, content_type: str) -> None:
-        if self.meanwhile is not None and f"/manifests/{SKU}/part-d-" in key:
-            meanwhile, self.meanwhile = self.meanwhile, None
-            meanwhile()
-        super()._write(key, data, content_type)
-
-
 def test_a_photo_stored_without_a_mask_leaves_the_mask_of_a_newer_captioning_written_meanwhile(
     tmp_path: Path,
 ) -> None:
     """The mask-less path deleted every stored mask of the photo after its own write, without reading
     the manifest again: a newer captioning another member stored meanwhile, with a mask, kept its row,
     which then named a mask that was gone (its export failed on the missing object)."""
-    store = CaptionsAgainDuringTheDelta(tmp_path / "store")
+    # Another member stores a newer captioning of the SKU (its objects and its row) while this member
+    # writes its manifest delta.
+    store = WritesMeanwhile(tmp_path / "store", marker=f"/manifests/{SKU}/part-d-")
     _, manifests, writer, ctx = trainstore_stage(tmp_path, compact_after_parts=16, store=store)
     _, _, other_member, other_ctx = trainstore_stage(
         tmp_path, compact_after_parts=16, store=FileStore(tmp_path / "store")
     )
     first = captioned(store, 1, photos=2)
     _write(writer, ctx, first, "a")
-    maskless = first.model_copy(
-        update={
-            "photos": [
-                photo.model_copy(update={"usable": False, "mask": None, "unusable_reason": "mask_full_frame"})
-                if photo.photo_id == "p1"
-                else photo
-                for photo in first.photos
-            ]
-        }
-    )
+    maskless = _p1_without_a_mask(first)
     made_at = utc_now()
     newer = make_envelope(
         SKU_CAPTIONED,

@@ -11,7 +11,6 @@ captioning found unusable. Each row now records when its event was produced (the
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from shared.trainstore.manifest import (
     encode_columns,
 )
 from tests.support.gate import captioned, matted_item, pending_of, resolved
-from tests.support.trainstore import PREFIX, stored, trainstore_stage
+from tests.support.trainstore import PREFIX, WritesMeanwhile, stored, trainstore_stage
 
 SKU = "SKU-001"
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
@@ -328,26 +327,14 @@ def test_a_re_emitted_acceptance_of_a_first_render_leaves_a_reviewers_approval_o
         assert sha256_hex(image) == second.generated.image.sha256, re_emitted_first
 
 
-class ApprovesBeforeTheAcceptancesImage(FileStore):
-    """A store where another trainstore member stores a reviewer's approval of the item's second render
-    (its objects and its row) after this member read the manifest for its acceptance of the first
-    render, just before it puts that render's image (two members may hold one partition number of
-    gate.accepted and correction.resolved)."""
-
-    meanwhile: Callable[[], None] | None = None
-
-    def _write(self, key: str, data: bytes, content_type: str) -> None:
-        if self.meanwhile is not None and f"/images/{SKU}/synthetic/" in key:
-            meanwhile, self.meanwhile = self.meanwhile, None
-            meanwhile()
-        super()._write(key, data, content_type)
-
-
 def test_two_members_writing_one_item_at_once_leave_a_row_whose_objects_are_its_own(tmp_path: Path) -> None:
     """Before, objects were keyed by the item id: the acceptance's image and mask, put last, overwrote
     the approval's, whose row (the later event's) stayed the item's, so the row named bytes that were
     not its own and every export failed on their sha256. Keys now carry the bytes' sha256."""
-    store = ApprovesBeforeTheAcceptancesImage(tmp_path / "store")
+    # Another member stores a reviewer's approval of the item's second render (its objects and its row)
+    # after this member read the manifest for its acceptance of the first render, just before it puts
+    # that render's image.
+    store = WritesMeanwhile(tmp_path / "store", marker=f"/images/{SKU}/synthetic/")
     manifests = ManifestStore(store, PREFIX)
     accepting = Trainstore(manifests, compact_after_parts=16)
     _, _, approving, ctx = trainstore_stage(
@@ -366,20 +353,6 @@ def test_two_members_writing_one_item_at_once_leave_a_row_whose_objects_are_its_
     store.read_checked(manifests.key(row.mask), row.mask_sha256)
 
 
-class RejectsBeforeTheApprovalsRow(FileStore):
-    """A store where another trainstore member stores a reviewer's rejection of the item's first render
-    (its row, then the deletion of the item's objects) after this member put the objects of an approval
-    of the second render and before it writes that approval's row."""
-
-    meanwhile: Callable[[], None] | None = None
-
-    def _write(self, key: str, data: bytes, content_type: str) -> None:
-        if self.meanwhile is not None and f"/manifests/{SKU}/part-d-" in key:
-            meanwhile, self.meanwhile = self.meanwhile, None
-            meanwhile()
-        super()._write(key, data, content_type)
-
-
 def test_an_approval_whose_objects_another_members_rejection_deleted_before_its_row_puts_them_back(
     tmp_path: Path,
 ) -> None:
@@ -387,7 +360,10 @@ def test_an_approval_whose_objects_another_members_rejection_deleted_before_its_
     the item, the approval's too (put, but not named yet); the approval, the later decision, then stood
     and named an image and a mask that were gone (every export failed on them). The writer now looks for
     its objects once its row is written and puts back those its row still names."""
-    store = RejectsBeforeTheApprovalsRow(tmp_path / "store")
+    # Another member stores a reviewer's rejection of the item's first render (its row, then the deletion
+    # of the item's objects) after this member put the objects of an approval of the second render and
+    # before it writes that approval's row.
+    store = WritesMeanwhile(tmp_path / "store", marker=f"/manifests/{SKU}/part-d-")
     manifests = ManifestStore(store, PREFIX)
     approving = Trainstore(manifests, compact_after_parts=16)
     _, _, rejecting, ctx = trainstore_stage(

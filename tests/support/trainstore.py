@@ -1,13 +1,15 @@
 """The trainstore's tests' arrangement: a trainstore stage on a fresh file store, with a context to
 call its handlers with directly (no broker); ``add_item``, a manifest row with its stored image and
 mask, as the dataset export and storage tests arrange a store; ``stored``, the keys an item's images
-and masks are stored under; and ``as_mount_point``, an export's OUT on a file system of its own."""
+and masks are stored under; ``as_mount_point``, an export's OUT on a file system of its own; and
+``WritesMeanwhile``, a store in which another member's write comes in between this member's steps."""
 
 from __future__ import annotations
 
 import errno
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,23 @@ from shared.store import FileStore, sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 
 PREFIX = "trainstore"
+
+
+class WritesMeanwhile(FileStore):
+    """A file store that runs ``meanwhile`` once, just before the first write of a key containing
+    ``marker``: another trainstore member (two may hold one partition number during a rebalance) doing
+    its work between this member's read of the manifest and its write. ``meanwhile`` is None once run."""
+
+    def __init__(self, root: Path, marker: str) -> None:
+        super().__init__(root)
+        self.marker = marker
+        self.meanwhile: Callable[[], None] | None = None
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        if self.meanwhile is not None and self.marker in key:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+        super()._write(key, data, content_type)
 
 
 def trainstore_stage(
