@@ -10,8 +10,6 @@ store's; on the file store and on S3 (moto's server).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from shared.errors import TransientError
 from shared.store import FileStore, ObjectStore, digest_key, sha256_hex
 from shared.trainstore.manifest import ManifestStore
 from skuforge_cli.main import main as cli_main
-from tests.support.trainstore import PREFIX, add_item
+from tests.support.trainstore import PREFIX, add_item, dataset_cli_into_closed_pipe
 
 ORPHAN_PNG = b"\x89PNG\r\n\x1a\n an earlier render"
 
@@ -206,21 +204,7 @@ def test_sweep_into_a_closed_pipe_stops_quietly(file_store: FileStore) -> None:
     add_item(manifests, "SKU-A", "real-0", "real", "reference")
     orphan = _orphan(manifests, "images/SKU-A/real/real-1.png")
     _age(file_store, orphan, days=2)
-    read_end, write_end = os.pipe()
-    os.close(read_end)  # the reader has gone, as head does after its line
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "skuforge_cli", "dataset", "sweep"],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            cwd=Path(__file__).resolve().parents[1],
-            env=os.environ,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    finally:
-        os.close(write_end)
+    done = dataset_cli_into_closed_pipe("sweep")
     assert done.stderr == ""
     assert done.returncode == 1
     assert orphan in _keys(file_store)  # a dry run

@@ -25,7 +25,7 @@ from shared.trainstore.dataset import export_dataset
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.withdrawals import Withdrawals
 from skuforge_cli.main import main as cli_main
-from tests.support.trainstore import PREFIX, add_item, as_mount_point
+from tests.support.trainstore import PREFIX, add_item, as_mount_point, dataset_cli_into_closed_pipe
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT = ["dataset", "export", "--format", "imagefolder", "--max-synthetic-per-real", "1"]
@@ -187,21 +187,7 @@ def test_the_long_side_of_an_extreme_aspect_ratio_is_capped(
 @pytest.mark.parametrize("as_json", [True, False])
 def test_stats_into_a_closed_pipe_stops_quietly(store: ManifestStore, as_json: bool) -> None:
     # `skuforge dataset stats --json | head -1`: before, a BrokenPipeError traceback once head had gone.
-    read_end, write_end = os.pipe()
-    os.close(read_end)  # the reader has gone, as head does after its line
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "skuforge_cli", "dataset", "stats", *(["--json"] if as_json else [])],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            cwd=ROOT,
-            env=os.environ,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    finally:
-        os.close(write_end)
+    done = dataset_cli_into_closed_pipe("stats", *(["--json"] if as_json else []))
     assert done.stderr == ""
     assert done.returncode == 1
 

@@ -2,13 +2,16 @@
 call its handlers with directly (no broker); ``add_item``, a manifest row with its stored image and
 mask, as the dataset export and storage tests arrange a store; ``stored``, the keys an item's images
 and masks are stored under; ``as_mount_point``, an export's OUT on a file system of its own; and
-``WritesMeanwhile``, a store in which another member's write comes in between this member's steps."""
+``WritesMeanwhile``, a store in which another member's write comes in between this member's steps; and
+``dataset_cli_into_closed_pipe``, a ``skuforge dataset`` command whose reader has gone."""
 
 from __future__ import annotations
 
 import errno
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,26 @@ from shared.store import FileStore, sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 
 PREFIX = "trainstore"
+
+
+def dataset_cli_into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """Runs ``skuforge dataset *args`` (in a child, on this process's environment) with its stdout a
+    pipe whose reader has gone, as ``| head -1`` leaves it once head has its line."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "skuforge_cli", "dataset", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parents[2],
+            env=os.environ,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
 
 
 class WritesMeanwhile(FileStore):
