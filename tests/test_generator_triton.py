@@ -556,12 +556,7 @@ def test_an_answer_of_the_wrong_shape_fails_its_row_alone_and_is_not_called_tran
     from services.generator.client import GeneratorFailed
 
     with poisoned_triton(monkeypatch, MisshapenComposite(frozenset({19}))) as (url, backend):
-        client = TritonGenerator(url, concurrency=3)
-        try:
-            failed = _raised(lambda: client.generate("composite", [variant(11), variant(19), variant(12)]))
-            retried = client.generate("composite", [variant(11), variant(12)])
-        finally:
-            client.close()
+        failed, retried = _fail_one_then_retry_the_rest(url, failing_seed=19)
     (error,) = failed
     assert isinstance(error, GeneratorFailed) and not isinstance(error, GeneratorUnavailable)
     assert "seed 19" in str(error) and f"for size {SIZE_PX}" in str(error)
@@ -576,12 +571,7 @@ def test_the_answers_beside_a_failed_row_are_kept_for_the_retry(monkeypatch: pyt
     from services.generator.client import GeneratorFailed
 
     with poisoned_triton(monkeypatch) as (url, backend):
-        client = TritonGenerator(url, concurrency=3)
-        try:
-            failed = _raised(lambda: client.generate("composite", [variant(11), variant(13), variant(12)]))
-            retried = client.generate("composite", [variant(11), variant(12)])
-        finally:
-            client.close()  # waits for every request sent, answered or not
+        failed, retried = _fail_one_then_retry_the_rest(url, failing_seed=13)
     (error,) = failed
     assert isinstance(error, GeneratorFailed) and "seed 13" in str(error)
     assert all(isinstance(result, VariantResult) for result in retried)
@@ -656,6 +646,23 @@ def _raised(call: Callable[[], object]) -> list[BaseException]:
     return []
 
 
+def _fail_one_then_retry_the_rest(
+    url: str, failing_seed: int
+) -> tuple[list[BaseException], list[VariantResult | BadInput]]:
+    """Seeds 11, ``failing_seed`` and 12 in one call (three requests at once), then 11 and 12 again, as
+    the stage retries; returns what the first call raised and what the retry answered. The client is
+    closed before it returns, which waits for every request sent, answered or not."""
+    client = TritonGenerator(url, concurrency=3)
+    try:
+        failed = _raised(
+            lambda: client.generate("composite", [variant(11), variant(failing_seed), variant(12)])
+        )
+        retried = client.generate("composite", [variant(11), variant(12)])
+    finally:
+        client.close()
+    return failed, retried
+
+
 def test_a_backends_own_refusal_reason_reaches_the_dead_letter() -> None:
     """Every refusal was `generation_refused`, which `dlq replay` leaves as permanent: the letters of an
     adapter not registered yet (`unknown_adapter`) were never replayed once it was."""
@@ -711,12 +718,7 @@ def test_a_backend_answer_the_server_cannot_send_fails_its_row_alone_and_is_not_
     from services.generator.client import GeneratorFailed
 
     with poisoned_triton(monkeypatch, WrongAnswerComposite(**{bug: 19})) as (url, _):
-        client = TritonGenerator(url, concurrency=3)
-        try:
-            failed = _raised(lambda: client.generate("composite", [variant(11), variant(19), variant(12)]))
-            retried = client.generate("composite", [variant(11), variant(12)])
-        finally:
-            client.close()
+        failed, retried = _fail_one_then_retry_the_rest(url, failing_seed=19)
     (error,) = failed
     assert isinstance(error, GeneratorFailed) and not isinstance(error, GeneratorUnavailable), error
     assert "seed 19" in str(error) and said in str(error)
