@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from schemas.common import ImageRef
-from schemas.envelope import utc_now
+from schemas.envelope import Envelope, utc_now
 from schemas.events import CaptionedPhoto, SkuCaptioned
 from schemas.topics import SKU_CAPTIONED
 from services.trainstore.stage import Trainstore
@@ -34,11 +34,24 @@ from tests.support.trainstore import WritesMeanwhile, stored, trainstore_stage
 SKU = "SKU-001"
 
 
-def _write(writer: Trainstore, ctx: Context, event: SkuCaptioned, event_id: str) -> None:
-    envelope = make_envelope(
-        SKU_CAPTIONED, event, event_id=event_id * 32, sku_id=SKU, trace_id="t" * 32, producer="test"
+def _envelope(
+    event: SkuCaptioned, event_id: str, produced_at: datetime | None = None
+) -> Envelope[SkuCaptioned]:
+    """``event`` as the captioner publishes it, with event id ``event_id`` * 32, produced now unless
+    ``produced_at`` is given."""
+    return make_envelope(
+        SKU_CAPTIONED,
+        event,
+        event_id=event_id * 32,
+        sku_id=SKU,
+        trace_id="t" * 32,
+        producer="test",
+        produced_at=produced_at,
     )
-    writer.captioned(envelope, ctx)
+
+
+def _write(writer: Trainstore, ctx: Context, event: SkuCaptioned, event_id: str) -> None:
+    writer.captioned(_envelope(event, event_id), ctx)
 
 
 def _with_pile(store: FileStore, event: SkuCaptioned, reason: str) -> SkuCaptioned:
@@ -125,11 +138,8 @@ def test_a_maskless_jpeg_over_the_pixel_limit_is_too_many_pixels_not_a_lying_eve
             unusable_reason="no_product_found",
         )
         event = captioned(store, 1, photos=1).model_copy(update={"photos": [pile]})
-        envelope = make_envelope(
-            SKU_CAPTIONED, event, event_id=event_id * 32, sku_id=SKU, trace_id="t" * 32, producer="test"
-        )
         with pytest.raises(BadInput) as refused:
-            writer.captioned(envelope, context)
+            writer.captioned(_envelope(event, event_id), context)
         assert refused.value.reason == "too_many_pixels", (fmt, str(refused.value))
         assert "SKUFORGE_MAX_IMAGE_PIXELS" in refused.value.detail
 
@@ -151,28 +161,9 @@ def test_a_photo_stored_without_a_mask_leaves_the_mask_of_a_newer_captioning_wri
     _write(writer, ctx, first, "a")
     maskless = _p1_without_a_mask(first)
     made_at = utc_now()
-    newer = make_envelope(
-        SKU_CAPTIONED,
-        first,
-        event_id="c" * 32,
-        sku_id=SKU,
-        trace_id="t" * 32,
-        producer="test",
-        produced_at=made_at + timedelta(seconds=60),
-    )
+    newer = _envelope(first, "c", produced_at=made_at + timedelta(seconds=60))
     store.meanwhile = lambda: other_member.captioned(newer, other_ctx)
-    writer.captioned(
-        make_envelope(
-            SKU_CAPTIONED,
-            maskless,
-            event_id="b" * 32,
-            sku_id=SKU,
-            trace_id="t" * 32,
-            producer="test",
-            produced_at=made_at,
-        ),
-        ctx,
-    )
+    writer.captioned(_envelope(maskless, "b", produced_at=made_at), ctx)
     assert store.meanwhile is None  # the newer captioning did come in between
 
     p1 = manifests.read_sku(SKU)["p1"]

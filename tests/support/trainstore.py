@@ -57,7 +57,7 @@ class WritesMeanwhile(FileStore):
     def __init__(self, root: Path, marker: str) -> None:
         super().__init__(root)
         self.marker = marker
-        self.meanwhile: Callable[[], None] | None = None
+        self.meanwhile: Callable[[], object] | None = None
 
     def _write(self, key: str, data: bytes, content_type: str) -> None:
         if self.meanwhile is not None and self.marker in key:
