@@ -161,3 +161,57 @@ def test_a_rejection_of_an_accepted_item_by_someone_who_never_claimed_it_is_no_t
     registry = parts.console.metrics.registry
     assert registry.get_sample_value("skuforge_console_decision_seconds_count") == 0.0
     assert registry.get_sample_value("skuforge_console_task_age_seconds_count") == 1.0  # still decided
+
+
+def test_a_queue_page_claim_someone_else_holds_lands_back_on_the_queue_with_the_reason(
+    parts: ConsoleParts,
+) -> None:
+    """The queue page's claim button posts a form: when bob had claimed the item first, the browser
+    was shown a bare JSON 409 body instead of the queue. It lands back on the queue (a 303, the
+    filters kept) with the reason shown, escaped; the API still answers 409."""
+    (task,) = parts.tasks.query()
+    bob = TestClient(app_for(parts), base_url="http://console.test")
+    assert bob.post(
+        f"/api/tasks/{task.task_id}/claim", headers={"X-CSRF-Token": login(bob, "bob")}
+    ).is_success
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+
+    refused = client.post(
+        f"/tasks/{task.task_id}/claim?state=claimed", data={"csrf_token": token}, follow_redirects=False
+    )
+
+    assert refused.status_code == 303, refused.text
+    location = refused.headers["location"]
+    assert location.startswith("/?state=claimed&refused="), location
+    page = client.get(location)
+    assert page.status_code == 200
+    assert f"could not claim: task {task.task_id} is claimed by bob" in page.text
+    assert 'action="/claim-next?state=claimed"' in page.text  # the note is not carried on
+    crafted = client.get("/", params={"refused": "<script>alert(1)</script>"})
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in crafted.text and "<script>alert" not in crafted.text
+    api = client.post(f"/api/tasks/{task.task_id}/claim", headers={"X-CSRF-Token": token})
+    assert api.status_code == 409 and "claimed by bob" in api.json()["detail"]
+
+
+def test_a_queue_page_release_of_a_lease_that_is_gone_lands_back_on_the_queue_with_the_reason(
+    parts: ConsoleParts,
+) -> None:
+    """A release form posted after the lease ran out and bob claimed the item: the browser got a bare
+    JSON 409 body; it lands back on the queue with the reason."""
+    (task,) = parts.tasks.query()
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+    assert client.post(f"/tasks/{task.task_id}/claim", data={"csrf_token": token}).status_code == 200
+    parts.clock.advance(parts.console.console.console_lease_s + 1.0)
+    parts.tasks.claim(task.task_id, "bob", 60.0)
+
+    refused = client.post(
+        f"/tasks/{task.task_id}/release", data={"csrf_token": token}, follow_redirects=False
+    )
+
+    assert refused.status_code == 303, refused.text
+    page = client.get(refused.headers["location"])
+    assert page.status_code == 200
+    assert f"could not release: task {task.task_id} is not claimed by alice" in page.text, page.text
+    assert parts.tasks.get(task.task_id).claimed_by == "bob"

@@ -14,7 +14,8 @@ Pages (HTML, ``pages.py``)                 API (JSON, ``api.py``; JavaScript and
 Every route but the login form needs a session (pages redirect to /login, the rest answer 401);
 every POST needs the session's CSRF token (``auth.py``, ``security.py``). Errors are JSON
 ``{"detail": ...}`` with 404 (no such task), 409 (lease or state conflict), 422 (invalid input, with
-the reason), 502 (a stored object is unusable), 503 (task table or store unavailable; retry).
+the reason), 502 (a stored object is unusable), 503 (task table or store unavailable; retry); the
+queue page's claim and release forms answer a conflict with a 303 to the queue showing the reason.
 """
 
 from __future__ import annotations

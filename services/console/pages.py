@@ -1,7 +1,8 @@
 """The console's pages (server-rendered HTML): the queue, the item page, its images, static files.
 
-Form posts (claim, claim the next, release) redirect back to a page; decisions are sent by the item
-page's JavaScript to the API (``api.py``).
+Form posts (claim, claim the next, release) redirect back to a page, a refused one (someone else
+claimed the item first, the lease is gone) to the queue with the reason; decisions are sent by the
+item page's JavaScript to the API (``api.py``), which answers a conflict with a 409.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations at runtime.
@@ -15,7 +16,7 @@ from schemas.common import ImageRef
 from services.console.auth import Reviewer, current_session
 from services.console.context import HERE, Console, ConsoleDep, Filters, TaskId, templates
 from services.console.decisions import REJECT_REASONS, shown_pixels
-from services.console.tasks import CLOSED, STATES, Task
+from services.console.tasks import CLOSED, STATES, Task, TaskConflict
 
 STATIC_FILES = {"console.css": "text/css", "item.js": "text/javascript", "queue.js": "text/javascript"}
 # An image's media type comes from an event: anything else (text/html, image/svg+xml with its scripts)
@@ -23,6 +24,10 @@ STATIC_FILES = {"console.css": "text/css", "item.js": "text/javascript", "queue.
 IMAGE_MEDIA_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff"})
 # Rows the queue page shows; it says "showing N of M" when more match.
 QUEUE_PAGE_LIMIT = 200
+# The queue page's notes to the person (not filters): nothing left to claim, a form post refused.
+NOTES = frozenset({"empty", "refused"})
+# The longest refusal the queue page shows: the note is a query parameter anyone can put in a link.
+REFUSAL_CHARS = 300
 ImageKind = Literal["generated", "predicted", "expected", "reference", "corrected"]
 
 router = APIRouter()
@@ -44,16 +49,17 @@ def queue_page(request: Request, console: ConsoleDep, filters: Filters) -> Respo
             "filters": filters,
             "reasons": console.tasks.reasons(),
             "now": console.tasks.clock(),
-            # The filters without the "nothing left" note, for the links and forms that carry them on.
+            # The filters without the page's notes, for the links and forms that carry them on.
             "query": _filters_query(request),
             "nothing_to_claim": request.query_params.get("empty") == "1",
+            "refused": request.query_params.get("refused", "")[:REFUSAL_CHARS],
         },
     )
 
 
 def _filters_query(request: Request) -> str:
-    """The request's query string without the "nothing left to claim" note: the queue's filters."""
-    return urlencode([(key, value) for key, value in request.query_params.multi_items() if key != "empty"])
+    """The request's query string without the queue page's notes: the queue's filters."""
+    return urlencode([(key, value) for key, value in request.query_params.multi_items() if key not in NOTES])
 
 
 def _with_filters(path: str, request: Request) -> str:
@@ -74,14 +80,28 @@ def claim_next_form(request: Request, console: ConsoleDep, session: Reviewer, fi
 
 @router.post("/tasks/{task_id}/claim")
 def claim_form(request: Request, task_id: TaskId, console: ConsoleDep, session: Reviewer) -> Response:
-    console.tasks.claim(task_id, session.reviewer, console.console.console_lease_s)
+    try:
+        console.tasks.claim(task_id, session.reviewer, console.console.console_lease_s)
+    except TaskConflict as exc:
+        return _refused("could not claim", exc, request)
     return RedirectResponse(_with_filters(f"/tasks/{task_id}", request), status_code=303)
 
 
 @router.post("/tasks/{task_id}/release")
 def release_form(request: Request, task_id: TaskId, console: ConsoleDep, session: Reviewer) -> Response:
-    console.tasks.release(task_id, session.reviewer)
+    try:
+        console.tasks.release(task_id, session.reviewer)
+    except TaskConflict as exc:
+        return _refused("could not release", exc, request)
     return RedirectResponse(_with_filters("/", request), status_code=303)
+
+
+def _refused(what: str, exc: TaskConflict, request: Request) -> Response:
+    """Back to the queue (its filters kept) with why a form post was refused: the API's 409, a bare
+    JSON body, was what a person clicking the queue's claim button was shown."""
+    query = _filters_query(request)
+    note = urlencode({"refused": f"{what}: {exc}"})
+    return RedirectResponse(f"/?{query}&{note}" if query else f"/?{note}", status_code=303)
 
 
 @router.get("/tasks/{task_id}")
