@@ -7,10 +7,15 @@ Training is stubbed where what is trained is not the point (``stub_training``).
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from services.lora_trainer.stage import PREFIX
 from shared.lora_training.dataset import TrainingRecipe, build_training_set, load_training_set
@@ -71,3 +76,49 @@ def test_a_checkpoint_that_cannot_be_read_starts_the_job_again_and_a_whole_one_r
     store.put_bytes(key, _cut_short(store.get_bytes(key)))
     again = train_lora(tiny_model, training_set, recipe, store, "job")
     assert (again.resumed_from_step, again.steps) == (0, 3)
+
+
+def _optimizer_of_another_job(state: dict[str, Any]) -> None:
+    """AdamW's state of a job with half the parameters (another job's checkpoint copied in by hand)."""
+    [group] = state["optimizer"]["param_groups"]
+    group["params"] = group["params"][: len(group["params"]) // 2]
+
+
+def _lora_of_another_rank(state: dict[str, Any]) -> None:
+    state["lora"] = {
+        name: torch.zeros(tensor.shape[0] + 1, *tensor.shape[1:]) for name, tensor in state["lora"].items()
+    }
+
+
+@pytest.mark.slow  # trains the tiny model two steps, twice
+@pytest.mark.parametrize("damage", [_optimizer_of_another_job, _lora_of_another_rank])
+def test_a_checkpoint_that_does_not_fit_the_model_starts_the_job_again_from_step_0(
+    tiny_model: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    damage: Callable[[dict[str, Any]], None],
+) -> None:
+    """A checkpoint torch.load reads whole but whose optimizer state or LoRA weights do not fit the job's
+    model (copied from another job, damaged in a way torch accepts) raised ValueError or RuntimeError
+    outside the guard that restarts a job whose checkpoint cannot be read: the job was retried and
+    failed for good. It starts again from step 0, from the job's own initial weights (none the
+    checkpoint loaded before the mismatch was found), and ends as an uninterrupted run ends."""
+    store = FileStore(tmp_path / "store")
+    recipe = TrainingRecipe(
+        resolution=64, scenes_per_photo=1, class_images=0, max_steps=2, checkpoint_every=1
+    )
+    training_set = build_training_set(store, "set", "0" * 64, [one_photo_source(store)], recipe)
+    uninterrupted = train_lora(tiny_model, training_set, recipe, store, "job")
+
+    key = checkpoint_key("job")
+    state = torch.load(io.BytesIO(store.get_bytes(key)), weights_only=True)
+    damage(state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    store.put_bytes(key, buffer.getvalue())
+    with caplog.at_level(logging.WARNING, logger="skuforge.lora_training"):
+        again = train_lora(tiny_model, training_set, recipe, store, "job")
+    assert (again.resumed_from_step, again.steps) == (0, 2)
+    assert again.weights == uninterrupted.weights
+    [warning] = [r for r in caplog.records if r.getMessage().startswith("checkpoint cannot be read")]
+    assert warning.checkpoint == key  # type: ignore[attr-defined]

@@ -203,9 +203,9 @@ def train_lora(
     progress = _Progress()
     key = checkpoint_key(checkpoint_prefix)
     state = _read_checkpoint(store, key, torch_device) if store.exists(key) else None
-    if state is not None:
-        set_peft_model_state_dict(unet, state["lora"])
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None and _resume(
+        state, key, unet, optimizer, get_peft_model_state_dict, set_peft_model_state_dict
+    ):
         progress = _Progress(**state["progress"])
         log.info("resuming from checkpoint", extra={"step": progress.step, "checkpoint": key})
     resumed_from = progress.step
@@ -388,12 +388,43 @@ def _read_checkpoint(store: ObjectStore, key: str, device: Any) -> dict[str, Any
             raise ValueError("not a dict of lora, optimizer and progress")
         _Progress(**state["progress"])
     except (RuntimeError, ValueError, TypeError, EOFError, pickle.UnpicklingError) as exc:
-        log.warning(
-            "checkpoint cannot be read: the job starts again from step 0",
-            extra={"checkpoint": key, "reason": " ".join(f"{type(exc).__name__}: {exc}".split())[:300]},
-        )
+        _starting_again(key, exc)
         return None
     return state
+
+
+def _resume(
+    state: dict[str, Any],
+    key: str,
+    unet: Any,
+    optimizer: Any,
+    lora_state: Callable[[Any], Any],
+    set_lora_state: Callable[[Any, Any], Any],
+) -> bool:
+    """Load a read checkpoint's LoRA weights and optimizer state into ``unet`` and ``optimizer``; False
+    (the warning of a checkpoint that cannot be read) when they do not fit the job's model: another
+    job's copied in, or damaged in a way ``torch.load`` accepts (a parameter group of another size, a
+    LoRA of another rank). Raised, it was counted as the job's fault and the job failed for good after
+    its attempts. The weights loaded before the mismatch showed are put back to the job's initial
+    ones, so that the job started again ends as an uninterrupted one ends."""
+    initial_lora = {name: tensor.detach().clone() for name, tensor in lora_state(unet).items()}
+    initial_optimizer = optimizer.state_dict()  # a fresh optimizer's: no moments yet
+    try:
+        set_lora_state(unet, state["lora"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        set_lora_state(unet, initial_lora)
+        optimizer.load_state_dict(initial_optimizer)
+        _starting_again(key, exc)
+        return False
+    return True
+
+
+def _starting_again(key: str, exc: Exception) -> None:
+    log.warning(
+        "checkpoint cannot be read: the job starts again from step 0",
+        extra={"checkpoint": key, "reason": " ".join(f"{type(exc).__name__}: {exc}".split())[:300]},
+    )
 
 
 def _checkpoint(
