@@ -15,9 +15,11 @@ does to the image is ``tests/test_generation_diffusion.py``'s subject.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from shared.config import ConfigError, load_settings
 from shared.dlq import is_permanent
 from shared.errors import BadInput, TransientError
 from shared.generation import adapters as adapters_module
-from shared.generation.adapters import AdapterRegistry
+from shared.generation.adapters import AdapterRegistry, WeightsRefused
 from shared.generation.diffusion import LoraSlots
 from shared.generation.settings import GenerationSettings
 from shared.store import FileStore
@@ -328,6 +330,83 @@ def test_weights_register_cannot_take_are_refused_naming_the_adapter_and_the_fil
     ):
         registry.register("cola-v", notes, kind="general", base_model="sd15")
     assert not (tmp_path / "adapters" / "cola-v").exists()
+
+
+def _laid_out(offsets: dict[str, tuple[int, int]], data_bytes: int) -> bytes:
+    """A safetensors file of F32 LoRA tensors at the given byte ranges of its data (4 floats a tensor,
+    or none where a range is empty), written byte by byte as no saver would write it."""
+    header = {
+        name: {"dtype": "F32", "shape": [1, (end - start) // 4], "data_offsets": [start, end]}
+        for name, (start, end) in offsets.items()
+    }
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + bytes(data_bytes)
+
+
+_A, _B = "unet.to_q.lora_A.weight", "unet.to_q.lora_B.weight"
+
+
+@pytest.mark.parametrize(
+    ("offsets", "data_bytes", "said"),
+    [
+        (
+            {_A: (0, 16), _B: (20, 36)},
+            36,
+            rf"tensor '{_B}' starts at byte 20 of the data, where the tensor before it \('{_A}'\) ends at 16",
+        ),
+        (
+            {_A: (0, 16), _B: (8, 24)},
+            24,
+            rf"tensor '{_B}' starts at byte 8 of the data, where the tensor before it \('{_A}'\) ends at 16",
+        ),
+        (
+            {_A: (0, 16), _B: (0, 16)},
+            16,
+            rf"tensor '{_B}' starts at byte 0 of the data, where the tensor before it \('{_A}'\) ends at 16",
+        ),
+        (
+            {_A: (4, 20)},
+            20,
+            rf"tensor '{_A}' starts at byte 4 of the data, where the first tensor starts at 0",
+        ),
+        ({_A: (0, 16), "unet.empty.lora_B": (8, 8)}, 16, r"tensor 'unet.empty.lora_B' starts at byte 8"),
+    ],
+    ids=["gap", "overlap", "same-bytes", "not-from-0", "empty-inside-another"],
+)
+def test_weights_whose_tensors_are_not_laid_end_to_end_are_refused_at_registration(
+    offsets: dict[str, tuple[int, int]], data_bytes: int, said: str, tmp_path: Path
+) -> None:
+    # Each tensor's byte count was checked against its dtype and shape, but not where its bytes lie:
+    # safetensors refuses a file whose tensors leave a gap, overlap, or do not start at byte 0 ("invalid
+    # offset"), so such weights registered and every SKU of their series was refused as adapter_unloadable.
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    weights = tmp_path / "laid-out.safetensors"
+    weights.write_bytes(_laid_out(offsets, data_bytes))
+    with pytest.raises(SafetensorError, match="invalid offset"):
+        load(weights.read_bytes())
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    with pytest.raises(WeightsRefused, match=rf"^cannot register adapter 'cola-v' from {weights}: .*{said}"):
+        registry.register("cola-v", weights, kind="general", base_model="sd15")
+    assert not (tmp_path / "adapters" / "cola-v").exists()
+
+
+def test_weights_safetensors_loads_register_whatever_order_their_header_names_tensors_in(
+    tmp_path: Path,
+) -> None:
+    # safetensors reads the tensors in the order of their offsets, not the header's; empty tensors may
+    # share the byte where the one before them ends. Refusing these would refuse weights that load.
+    from safetensors.numpy import load
+
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    for offsets in (
+        {_B: (16, 32), _A: (0, 16)},
+        {"unet.empty.lora_B": (0, 0), _A: (0, 16), "unet.other.lora_B": (16, 16), _B: (16, 32)},
+    ):
+        weights = _laid_out(offsets, 32)
+        assert set(load(weights)) == set(offsets)
+        assert registry.register("cola-v", weights, kind="general", base_model="sd15").rank == 1
 
 
 class _UnfitPipe(RecordingPipe):

@@ -192,7 +192,8 @@ def weights_file_name(weights_sha256: str) -> str:
 def safetensors_header(weights: bytes) -> dict[str, Any]:
     """The JSON header of a safetensors file (8-byte length, then JSON); ``ValueError`` for anything
     else. Reads no tensor, so no torch is needed, but checks that the tensors the header names fill
-    the rest of the file: a copy cut short registered and then every SKU of its series failed."""
+    the rest of the file, laid end to end as safetensors loads them: a copy cut short registered and
+    then every SKU of its series failed."""
     if len(weights) < 8:
         raise ValueError("not a safetensors file: shorter than its header length")
     (header_len,) = struct.unpack("<Q", weights[:8])
@@ -209,8 +210,8 @@ def safetensors_header(weights: bytes) -> dict[str, Any]:
         raise ValueError("not a safetensors file: its header is nested too deeply to read") from None
     if not isinstance(header, dict):
         raise ValueError("not a safetensors file: its header is not a JSON object")
-    data_end = max(
-        (_tensor_data_end(name, info) for name, info in header.items() if name != "__metadata__"), default=0
+    data_end = _tensors_end(
+        {name: _tensor_offsets(name, info) for name, info in header.items() if name != "__metadata__"}
     )
     data_bytes = len(weights) - 8 - header_len
     if data_end != data_bytes:
@@ -229,8 +230,30 @@ _DTYPE_BITS = {
 }  # fmt: skip
 
 
-def _tensor_data_end(name: str, info: Any) -> int:
-    """Where a header entry's tensor ends in the data after the header; ``ValueError`` for an entry
+def _tensors_end(offsets: dict[str, tuple[int, int]]) -> int:
+    """Where the last tensor ends in the data after the header; ``ValueError`` unless, taken in the
+    order of their offsets, the tensors start at byte 0 and each starts where the one before it ends.
+    safetensors refuses any other file at load ("invalid offset"): a gap or an overlap registered,
+    and every SKU of its series was then refused as ``adapter_unloadable``."""
+    end, before = 0, None
+    # Sorted as safetensors sorts them (by start, then end); the name only makes ties reproducible.
+    for name, (start, stop) in sorted(offsets.items(), key=lambda item: (item[1], item[0])):
+        if start != end:
+            where = (
+                f"the tensor before it ({before!r}) ends at {end}"
+                if before is not None
+                else "the first tensor starts at 0"
+            )
+            raise ValueError(
+                f"not a safetensors file: tensor {name!r} starts at byte {start} of the data, where {where} "
+                "(safetensors loads only tensors laid end to end, without gaps or overlaps)"
+            )
+        end, before = stop, name
+    return end
+
+
+def _tensor_offsets(name: str, info: Any) -> tuple[int, int]:
+    """Where a header entry's tensor starts and ends in the data after the header; ``ValueError`` for an entry
     that is not a tensor description (before, ``[1, 2]`` was an AttributeError traceback), or one whose
     bytes are not its dtype and shape's: safetensors refuses such a file at load, so it registered and
     every SKU of its series was then refused as ``adapter_unloadable``."""
@@ -253,7 +276,7 @@ def _tensor_data_end(name: str, info: Any) -> int:
                     f"not a safetensors file: tensor {name!r} holds {held} bytes, its shape {shape} "
                     f"of {dtype} needs {bits / 8:g}"
                 )
-            return offsets[1]
+            return offsets[0], offsets[1]
     raise ValueError(
         f"not a safetensors file: tensor {name!r} is not an object with a list 'shape' of sizes "
         "and two 'data_offsets'"
