@@ -409,6 +409,38 @@ def test_weights_safetensors_loads_register_whatever_order_their_header_names_te
         assert registry.register("cola-v", weights, kind="general", base_model="sd15").rank == 1
 
 
+@pytest.mark.parametrize("metadata", [{"format": 1}, ["pt"]], ids=["number-value", "not-an-object"])
+def test_weights_whose_header_metadata_is_not_text_by_name_are_refused_at_registration(
+    metadata: object, tmp_path: Path
+) -> None:
+    # safetensors reads "__metadata__" as names to strings and refuses the file at load otherwise
+    # ("invalid JSON in header"): such weights registered and were then adapter_unloadable.
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    good = lora_weights(1)
+    (length,) = struct.unpack("<Q", good[:8])
+    header = {"__metadata__": metadata, **json.loads(good[8 : 8 + length])}
+    text = json.dumps(header).encode()
+    weights = tmp_path / "metadata.safetensors"
+    weights.write_bytes(struct.pack("<Q", len(text)) + text + good[8 + length :])
+    with pytest.raises(SafetensorError, match="invalid JSON in header"):
+        load(weights.read_bytes())
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    with pytest.raises(
+        WeightsRefused,
+        match=rf"^cannot register adapter 'cola-v' from {weights}: not a safetensors file: "
+        r"its '__metadata__' is",
+    ):
+        registry.register("cola-v", weights, kind="general", base_model="sd15")
+    assert not (tmp_path / "adapters" / "cola-v").exists()
+    # A null one safetensors reads as none, and so does the registry.
+    text = json.dumps({**header, "__metadata__": None}).encode()
+    loadable = struct.pack("<Q", len(text)) + text + good[8 + length :]
+    assert set(load(loadable)) == {"unet.to_q.lora_A.weight"}
+    assert registry.register("cola-v", loadable, kind="general", base_model="sd15").rank == 4
+
+
 class _UnfitPipe(RecordingPipe):
     """Refuses every adapter as diffusers refuses one trained for another model (its words name no file)."""
 

@@ -210,6 +210,16 @@ def safetensors_header(weights: bytes) -> dict[str, Any]:
         raise ValueError("not a safetensors file: its header is nested too deeply to read") from None
     if not isinstance(header, dict):
         raise ValueError("not a safetensors file: its header is not a JSON object")
+    metadata = header.get("__metadata__")
+    # safetensors reads it as names to strings, or none (null), and refuses any other at load ("invalid
+    # JSON in header"): such weights registered and were then adapter_unloadable.
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(text, str) for text in metadata.values())
+    ):
+        raise ValueError(
+            f"not a safetensors file: its '__metadata__' is {json.dumps(metadata)[:80]}, not an object "
+            "of strings by name"
+        )
     data_end = _tensors_end(
         {name: _tensor_offsets(name, info) for name, info in header.items() if name != "__metadata__"}
     )
