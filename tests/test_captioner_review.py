@@ -73,3 +73,24 @@ def test_a_sku_of_many_photos_the_model_gives_nan_for_says_why_of_each_in_its_le
     every = f"all {len(photos)} photos ({', '.join(photos)}): model_output_not_finite ("
     assert every in detail, detail
     assert detail.count("gave NaN or infinite confidences") == 1, detail
+
+
+def test_a_sku_of_many_photos_missing_from_the_store_says_why_of_each_in_its_letter(tmp_path: Path) -> None:
+    """Photos refused with one reason but each with its own detail (``object_missing`` names each
+    photo's URI) were named one by one, each with its detail: with the most photos an event carries the
+    detail was about twice what a dead letter holds, and the runtime cut the later photos' reasons.
+    Photos refused for one reason are named together, with the first detail and how many more."""
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri, max_photos_per_sku=MAX_PHOTOS_PER_EVENT)
+    photos = {f"photo-{index:02d}": blue_box_on_white() for index in range(MAX_PHOTOS_PER_EVENT)}
+    event = ingested_envelope(photos_sku(store, "SKU-GONE", photos))
+    for photo_id in photos:
+        store.delete(f"incoming/SKU-GONE/{photo_id}.png")
+    with pytest.raises(BadInput) as refused:
+        handle(event, context(store, settings), models=nan_where_red_models())
+    assert refused.value.reason == "object_missing"
+    detail = refused.value.detail
+    assert clipped(detail, MAX_DEAD_LETTER_DETAIL_CHARS) == detail, f"cut in the dead letter: {len(detail)}"
+    every = f"all {len(photos)} photos ({', '.join(photos)}): object_missing (no object at "
+    assert every in detail, detail
+    assert detail.endswith("photo-00.png; and 63 more))"), detail

@@ -26,7 +26,9 @@ photo the matting model gives NaN or infinite confidences for while it still mat
 image (``model_output_not_finite``, as the matting stage refuses it), or a mask that finds no product
 (``no_product_found``: almost empty; ``mask_full_frame``: almost everything). A SKU with no usable
 photo at all goes to the DLQ as ``no_usable_photo``, with each photo's reason in the detail, photos
-refused alike named together (``all 3 photos (p1, p2, p3): model_output_not_finite (...)``); as
+refused alike named together (``all 3 photos (p1, p2, p3): model_output_not_finite (...)``), or, when
+that would not fit in a dead letter, those refused for one reason, with the first detail and how many
+more (``... object_missing (...; and 2 more)``); as
 ``object_missing`` when a photo is missing from the store, so a plain DLQ replay retries it once the
 object is back. A SKU with
 more photos than ``SKUFORGE_MAX_PHOTOS_PER_SKU`` (what ingest accepts) goes to the DLQ as
@@ -56,7 +58,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from schemas.common import SkuMetadata
-from schemas.envelope import Envelope
+from schemas.envelope import MAX_DEAD_LETTER_DETAIL_CHARS, Envelope
 from schemas.events import CaptionedPhoto, ReferencePhoto, Shape, SkuCaptioned, SkuIngested
 from schemas.flow import CAPTIONER
 from schemas.topics import SKU_CAPTIONED, SKU_INGESTED
@@ -290,17 +292,44 @@ def handle(event: Envelope[SkuIngested], ctx: Context, *, models: CaptionerModel
 def _why_unusable(photo_ids: Sequence[str], found: Sequence[_Found | _Unusable]) -> str:
     """Why each unusable photo was, those with the same reason and detail named together:
     ``all 3 photos (p1, p2, p3): model_output_not_finite (...)``, ``p1, p2: blank_photo (...); p3: ...``.
-    Repeated per photo, one model's sentence about NaN filled the dead letter's detail, and those of
-    the photos after the 15th or so were cut."""
-    groups: dict[tuple[str, str], list[str]] = {}
-    for photo_id, outcome in zip(photo_ids, found, strict=True):
-        if isinstance(outcome, _Unusable):
-            groups.setdefault((outcome.reason, outcome.detail), []).append(photo_id)
+    When that would not fit in a dead letter, those with the same reason are named together with the
+    first detail and how many other details there were: ``p1, p2: object_missing (...p1.png; and 1 more)``.
+    Repeated per photo, one model's sentence about NaN, or each missing photo's URI, filled the dead
+    letter's detail, and the reasons of the photos after the 15th or so were cut."""
+    unusable = [
+        (photo_id, outcome)
+        for photo_id, outcome in zip(photo_ids, found, strict=True)
+        if isinstance(outcome, _Unusable)
+    ]
+    alike: dict[tuple[str, str], list[str]] = {}
+    for photo_id, outcome in unusable:
+        alike.setdefault((outcome.reason, outcome.detail), []).append(photo_id)
+    each = _named_groups(len(photo_ids), [(reason, ids, [detail]) for (reason, detail), ids in alike.items()])
+    if len(each) <= _WHY_UNUSABLE_CHARS:
+        return each
+    by_reason: dict[str, tuple[list[str], list[str]]] = {}
+    for photo_id, outcome in unusable:
+        ids, details = by_reason.setdefault(outcome.reason, ([], []))
+        ids.append(photo_id)
+        if outcome.detail[:300] not in details:
+            details.append(outcome.detail[:300])
+    return _named_groups(len(photo_ids), [(reason, *group) for reason, group in by_reason.items()])
+
+
+# Room left in a dead letter's detail (MAX_DEAD_LETTER_DETAIL_CHARS) for the SKU's id and the sentence.
+_WHY_UNUSABLE_CHARS = MAX_DEAD_LETTER_DETAIL_CHARS - 400
+
+
+def _named_groups(photo_count: int, groups: Sequence[tuple[str, list[str], list[str]]]) -> str:
+    """``ids: reason (first detail; and N more)`` per (reason, photo ids, details) group, ``all N
+    photos (...)`` when one group holds every photo of several."""
     parts = []
-    for (reason, detail), ids in groups.items():
-        every = len(groups) == 1 and len(ids) == len(photo_ids) > 1
+    for reason, ids, details in groups:
+        every = len(groups) == 1 and len(ids) == photo_count > 1
         named = f"all {len(ids)} photos ({', '.join(ids)})" if every else ", ".join(ids)
-        parts.append(f"{named}: {reason}" + (f" ({detail})" if detail else ""))
+        said = [detail for detail in details if detail]
+        sample = said[0] + (f"; and {len(said) - 1} more" if len(said) > 1 else "") if said else ""
+        parts.append(f"{named}: {reason}" + (f" ({sample})" if sample else ""))
     return "; ".join(parts)
 
 
