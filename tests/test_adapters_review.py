@@ -18,8 +18,10 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import struct
+import tracemalloc
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -461,3 +463,51 @@ def test_an_adapter_that_does_not_fit_is_refused_naming_the_adapter_and_its_file
     assert isinstance(outcome, BadInput) and outcome.reason == "adapter_unloadable", outcome
     assert "adapter 'cola-v'" in outcome.detail and "size mismatch" in outcome.detail
     assert registry.store.uri_for(f"cola-v/{metadata.weight_name}") in outcome.detail
+
+
+def _with_header_of(header_bytes: int) -> bytes:
+    """``lora_weights(1)`` with its header padded with spaces (as safetensors pads it) to ``header_bytes``."""
+    good = lora_weights(1)
+    (length,) = struct.unpack("<Q", good[:8])
+    header = good[8 : 8 + length] + b" " * (header_bytes - length)
+    return struct.pack("<Q", header_bytes) + header + good[8 + length :]
+
+
+def test_weights_whose_header_is_longer_than_safetensors_reads_are_refused_before_they_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # safetensors refuses a header of more than 100,000,000 bytes at load (HeaderTooLarge): such weights
+    # registered, were uploaded whole, and every SKU of their series was then adapter_unloadable.
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    limit = 100_000_000
+    weights = tmp_path / "padded.safetensors"
+    weights.write_bytes(_with_header_of(limit + 1))
+    with pytest.raises(SafetensorError, match="header too large"):
+        load_file(weights)
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    said = rf"its header is {limit + 1} bytes, more than the {limit} safetensors reads"
+    tracemalloc.start()
+    try:
+        with pytest.raises(
+            WeightsRefused, match=rf"^cannot register adapter 'cola-v' from {weights}: .*{said}"
+        ):
+            registry.register("cola-v", weights, kind="general", base_model="sd15")
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak_bytes < 1_000_000  # its 8-byte length was read, not the 100 MB after it
+    assert not (tmp_path / "adapters" / "cola-v").exists()
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    monkeypatch.delenv("SKUFORGE_DIFFUSION_ADAPTERS_URI", raising=False)
+    general = ["--kind", "general", "--base-model", "sd15"]
+    assert cli_main(["adapters", "register", "cola-v", str(weights), *general]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"skuforge adapters register: {weights}: cannot register adapter 'cola-v': ")
+    assert re.search(said, err) and err.count("\n") == 1
+    assert not (tmp_path / "store" / "adapters" / "cola-v").exists()
+    # A header of exactly the limit loads, and registers.
+    weights.write_bytes(_with_header_of(limit))
+    assert set(load_file(weights)) == {"unet.to_q.lora_A.weight"}
+    assert registry.register("cola-v", weights, kind="general", base_model="sd15").rank == 4

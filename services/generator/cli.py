@@ -14,7 +14,7 @@ from pathlib import Path
 from shared.argtypes import positive_int
 from shared.config import load_settings
 from shared.errors import BadInput, ObjectMissing
-from shared.generation.adapters import AdapterRegistry, WeightsRefused
+from shared.generation.adapters import AdapterRegistry, WeightsRefused, read_weights
 from shared.generation.diffusion import DiffusionSettings
 from shared.store import open_store
 
@@ -72,10 +72,16 @@ def main(argv: list[str]) -> int:
     try:
         if not args.weights.is_file():  # a folder, or a FIFO that read_bytes would wait on for ever
             parser.error(f"{args.weights} is not a file")
-        weights = args.weights.read_bytes()
+        weights = read_weights(args.weights)
     except OSError as exc:  # not this user's to read (or in a folder not theirs), gone since the check
         print(
             f"skuforge adapters register: cannot read {args.weights}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 2
+    except ValueError as exc:  # a header safetensors would not read: refused before the rest was read
+        print(
+            f"skuforge adapters register: {args.weights}: cannot register adapter {args.adapter_id!r}: {exc}",
+            file=sys.stderr,
         )
         return 2
     try:

@@ -61,6 +61,7 @@ __all__ = [
     "NotLoraWeights",
     "WeightsRefused",
     "lora_rank",
+    "read_weights",
     "resolve_adapter",
     "weights_file_name",
 ]
@@ -189,6 +190,30 @@ def weights_file_name(weights_sha256: str) -> str:
     return f"{WEIGHTS_FILE.removesuffix(_WEIGHTS_SUFFIX)}-{weights_sha256}{_WEIGHTS_SUFFIX}"
 
 
+# The longest header safetensors reads (its MAX_HEADER_SIZE); a longer one is HeaderTooLarge at load.
+_MAX_HEADER_BYTES = 100_000_000
+
+
+def _check_header_length(header_len: int) -> None:
+    """``ValueError`` for a header length safetensors refuses at load ("header too large")."""
+    if header_len > _MAX_HEADER_BYTES:
+        raise ValueError(
+            f"not a safetensors file safetensors loads: its header is {header_len} bytes, more than the "
+            f"{_MAX_HEADER_BYTES} safetensors reads"
+        )
+
+
+def read_weights(path: Path) -> bytes:
+    """The bytes of a weights file, read once its 8-byte header length is one safetensors loads;
+    ``ValueError`` before the rest is read otherwise: a header of hundreds of MB was read whole, and
+    registered, though no generator could load it."""
+    with path.open("rb") as file:
+        length = file.read(8)
+        if len(length) == 8:
+            _check_header_length(struct.unpack("<Q", length)[0])
+        return length + file.read()
+
+
 def safetensors_header(weights: bytes) -> dict[str, Any]:
     """The JSON header of a safetensors file (8-byte length, then JSON); ``ValueError`` for anything
     else. Reads no tensor, so no torch is needed, but checks that the tensors the header names fill
@@ -197,6 +222,7 @@ def safetensors_header(weights: bytes) -> dict[str, Any]:
     if len(weights) < 8:
         raise ValueError("not a safetensors file: shorter than its header length")
     (header_len,) = struct.unpack("<Q", weights[:8])
+    _check_header_length(header_len)
     if header_len > len(weights) - 8:
         raise ValueError(
             f"not a safetensors file, or one cut short: its header says {header_len} bytes, "
@@ -430,13 +456,13 @@ class AdapterRegistry:
         replaced registration's weights stay readable for generators that have not listed again.
         """
         self._check_id(adapter_id)
-        data = weights.read_bytes() if isinstance(weights, Path) else weights
-        weights_sha256 = sha256_hex(data)
         try:
+            data = read_weights(weights) if isinstance(weights, Path) else weights
             checked_rank = _checked_rank(data, rank)
         except ValueError as exc:
             source = f" from {weights}" if isinstance(weights, Path) else ""
             raise WeightsRefused(f"cannot register adapter {adapter_id!r}{source}: {exc}") from None
+        weights_sha256 = sha256_hex(data)
         try:
             metadata = AdapterMetadata(
                 adapter_id=adapter_id,
