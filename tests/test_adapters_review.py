@@ -22,6 +22,7 @@ import re
 import shutil
 import struct
 import tracemalloc
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -511,3 +512,60 @@ def test_weights_whose_header_is_longer_than_safetensors_reads_are_refused_befor
     weights.write_bytes(_with_header_of(limit))
     assert set(load_file(weights)) == {"unet.to_q.lora_A.weight"}
     assert registry.register("cola-v", weights, kind="general", base_model="sd15").rank == 4
+
+
+# Every dtype the installed safetensors reads (its Dtype enum), with its bits per element.
+_SAFETENSORS_DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+    "I64": 64, "U64": 64, "F64": 64, "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}  # fmt: skip
+
+
+def _generator_loads(weights: Path) -> bool:
+    """Whether the generator's load takes the file's tensors: diffusers reads them with safetensors'
+    ``load_file``, and peft copies each into its LoRA layer, of the header's shape, in the model's dtype."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        tensors = load_file(weights)
+    except SafetensorError:
+        return False
+    with safe_open(weights, framework="pt") as header:
+        shapes = {name: header.get_slice(name).get_shape() for name in header.keys()}  # noqa: SIM118
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore"
+            )  # C64: "Casting complex values to real discards the imaginary part"
+            for name, tensor in tensors.items():
+                torch.empty(shapes[name], dtype=torch.float32).copy_(tensor)
+    except RuntimeError:  # NotImplementedError: torch has no conversion for it
+        return False
+    return True
+
+
+@pytest.mark.parametrize("dtype", sorted(_SAFETENSORS_DTYPE_BITS))
+def test_weights_of_a_dtype_the_generator_cannot_load_are_refused_at_registration_naming_it(
+    dtype: str, tmp_path: Path
+) -> None:
+    # safetensors reads F4 and the F6 formats, so they registered, but torch has no dtype for F6 (load_file:
+    # "Dtype not understood") and holds F4 two to a byte, which it cannot copy into a LoRA layer: every SKU
+    # of the series was then adapter_unloadable.
+    data_bytes = 32 * _SAFETENSORS_DTYPE_BITS[dtype] // 8  # a rank-4 lora_A of 4 x 8
+    text = json.dumps({_A: {"dtype": dtype, "shape": [4, 8], "data_offsets": [0, data_bytes]}}).encode()
+    weights = tmp_path / f"{dtype}.safetensors"
+    weights.write_bytes(struct.pack("<Q", len(text)) + text + bytes(data_bytes))
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    if dtype in ("F4", "F6_E2M3", "F6_E3M2"):
+        assert not _generator_loads(weights)
+        with pytest.raises(
+            WeightsRefused,
+            match=rf"^cannot register adapter 'cola-v' from {weights}: .*'{_A}' has dtype '{dtype}'",
+        ):
+            registry.register("cola-v", weights, kind="general", base_model="sd15")
+        assert not (tmp_path / "adapters" / "cola-v").exists()
+    else:
+        assert _generator_loads(weights)
+        assert registry.register("cola-v", weights, kind="general", base_model="sd15").rank == 4

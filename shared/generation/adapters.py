@@ -264,6 +264,10 @@ _DTYPE_BITS = {
     "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
     "I64": 64, "U64": 64, "F64": 64, "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
 }  # fmt: skip
+# Dtypes safetensors reads but the generator cannot load (torch 2.15, safetensors 0.8): torch has no F6
+# dtype (safetensors.torch: "Dtype not understood"), and holds F4 two to a byte (float4_e2m1fn_x2, of
+# half the shape the header gives), which it cannot convert into a LoRA layer of the model's dtype.
+_UNLOADABLE_DTYPES = frozenset({"F4", "F6_E2M3", "F6_E3M2"})
 
 
 def _tensors_end(offsets: dict[str, tuple[int, int]]) -> int:
@@ -305,6 +309,11 @@ def _tensor_offsets(name: str, info: Any) -> tuple[int, int]:
             if not isinstance(dtype, str) or dtype not in _DTYPE_BITS:
                 raise ValueError(
                     f"not a safetensors file: tensor {name!r} has dtype {dtype!r}, none safetensors reads"
+                )
+            if dtype in _UNLOADABLE_DTYPES:
+                raise ValueError(
+                    f"tensor {name!r} has dtype {dtype!r}, which the generator's torch cannot load into a "
+                    "LoRA layer (save the weights as F32, F16 or BF16)"
                 )
             held, bits = offsets[1] - offsets[0], math.prod(shape) * _DTYPE_BITS[dtype]
             if held != bits / 8:
