@@ -272,6 +272,27 @@ def test_an_adapter_copy_the_cache_cannot_hold_is_retried_naming_the_cache_not_d
     assert [cell[0] for cell in answer["adapter_used"]] == [b"cola-v", b"cola-v"]
 
 
+def test_an_adapter_copy_the_cache_cannot_hold_names_its_weights_file_and_their_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "cannot copy adapter 'cola-v' into the model cache <dir> ([Errno 28] No space left on device)" named
+    # neither which registration's weights (each its own file) nor how much room they need: the operator
+    # freeing room looked both up in the registry.
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    metadata = registry.register(
+        "cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15"
+    )
+    backend = backend_on(registry, tmp_path)
+    monkeypatch.setattr(adapters_module, "write_blocks_atomically", _full_volume)
+
+    with pytest.raises(TransientError) as refused:
+        backend.generate_many([cola_request()])
+
+    said = str(refused.value)
+    assert "adapter 'cola-v'" in said and f"into the model cache {tmp_path / 'cache'} " in said
+    assert f"{metadata.weight_name}, {len(lora_weights(1))} bytes" in said
+
+
 @pytest.mark.parametrize(
     "tensors",
     [{"unet.conv_in.weight": (8, 4)}, {}],  # a base model's checkpoint; a file of no tensors at all

@@ -873,11 +873,13 @@ class DiffusionBackend:
             ) from exc
         except OSError as exc:
             # The store's own faults arrive mapped (TransientError, ObjectMissing): an OSError here is
-            # the cache's. os.write's ENOSPC names no file, so the folder is named here.
+            # the cache's. os.write's ENOSPC names no file, so the folder is named here, and the weights
+            # file with its size: which registration's it is, and the room it needs.
             if exc.errno not in _CACHE_UNWRITABLE_ERRNOS:
                 raise
             raise TransientError(
-                f"cannot copy adapter {adapter.adapter_id!r} into the model cache {self.cache_dir} "
+                f"cannot copy adapter {adapter.adapter_id!r} ({adapter.weight_name}, {adapter.weights_bytes} "
+                f"bytes) into the model cache {self.cache_dir} "
                 f"({exc}): free room there, make it writable by this user, or point "
                 "SKUFORGE_DIFFUSION_CACHE_DIR at a folder that is"
             ) from exc
