@@ -360,6 +360,23 @@ def test_triton_down_is_a_transient_error() -> None:
     assert client.last_call_ok is False
 
 
+def test_a_model_that_raises_is_retried_and_counted_apart_from_triton_being_away(
+    triton: TritonServerProcess,
+) -> None:
+    # PyTriton answers INTERNAL for whatever the model raises (here an empty tensor it cannot pass on,
+    # which TritonGenerator never sends; an older generator server raised on some inputs). It was
+    # counted "unavailable", as if Triton were down, so an alert could not tell the two apart.
+    from services.generator.client import _explain
+
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("skuforge_generator_composite", raw_request(mask=np.zeros((1, SIZE_PX, 0), np.uint8)))
+    status = str(raised.value.status())
+    message, kind = _explain(status, raised.value.message() or "", triton.grpc_url, "composite")
+    assert kind == "internal", (status, message)
+    assert "skuforge_generator_composite raised" in message and "upgrade it" in message, message
+
+
 def _descendants(pid: int) -> list[int]:
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return [descendant for child in map(int, children) for descendant in (child, *_descendants(child))]

@@ -52,14 +52,17 @@ CONCURRENCY_LIMIT = (
     "Triton holds per model (about SKUFORGE_GENERATION_MAX_QUEUE_SIZE + SKUFORGE_GENERATION_MAX_BATCH_SIZE "
     "x SKUFORGE_GENERATION_INSTANCES, the server's settings): lower it, or raise those"
 )
-# gRPC status codes of a request Triton could not serve but may serve later.
+# gRPC and HTTP status codes of a request Triton refused as malformed: not retried.
 _CLIENT_ERRORS = ("StatusCode.INVALID_ARGUMENT", "400")
+# ... of a model that raised: retried, counted apart from Triton being away.
+_INTERNAL = ("StatusCode.INTERNAL", "500")
 
 
 class GeneratorUnavailable(TransientError):
     """Triton could not take the request now (down, loading, overloaded, slow); retry later.
 
-    ``kind`` says which, for the metrics: ``overloaded`` (queue full), ``timeout`` or ``unavailable``.
+    ``kind`` says which, for the metrics: ``overloaded`` (queue full), ``timeout``, ``internal`` (the model
+    raised) or ``unavailable``.
     """
 
     def __init__(self, message: str, kind: str = "unavailable") -> None:
@@ -379,6 +382,15 @@ def _explain(status: str, message: str, url: str, backend: str) -> tuple[str, st
         )
     if "deadline" in lowered or "timeout" in lowered or "DEADLINE" in status:
         return f"Triton at {url} timed out on {model_name(backend)}: {message}", "timeout"
+    if status in _INTERNAL:
+        # The model raised. Today's server answers every refusal and failure in its error column and
+        # raises for none, so this is a server fault, retried like Triton being away; an older server
+        # raised on some inputs (one such variant then holds its partition) and is told apart here.
+        return (
+            f"Triton at {url}: {model_name(backend)} raised ({status}): {message}; retried. If it persists, "
+            "the generator server may predate the one that answers refusals in its error column: upgrade it",
+            "internal",
+        )
     return f"Triton at {url} unavailable for {model_name(backend)} ({status}): {message}", "unavailable"
 
 

@@ -82,7 +82,15 @@ from shared.runtime import Context, Emit, Stage, run_stage_loading
 
 STAGE_NAME = GENERATOR.name
 # The kinds of skuforge_triton_errors_total (its help text says what each means).
-TRITON_ERROR_KINDS = ("overloaded", "timeout", "unavailable", "malformed", "refused", "backend_error")
+TRITON_ERROR_KINDS = (
+    "overloaded",
+    "timeout",
+    "unavailable",
+    "internal",
+    "malformed",
+    "refused",
+    "backend_error",
+)
 
 
 class GeneratorMetrics:
@@ -96,7 +104,8 @@ class GeneratorMetrics:
             "Triton calls that did not bring an image, by model and kind: overloaded (Triton's queue was "
             "full and turned the request away), timeout, unavailable (Triton away, a store the model reads, "
             "such as the adapter registry, or a model cache that refuses or cannot hold an adapter's copy: "
-            "retried, never dead-lettered), malformed (our request), "
+            "retried, never dead-lettered), internal (the model raised: a server fault, or an older "
+            "generator server raising on a variant; retried), malformed (our request), "
             "refused (the model refused the variant), backend_error (the model raised on the variant even "
             "when served alone: retried as a handler error, then dead-lettered).",
             ["model", "kind"],
