@@ -16,6 +16,7 @@ from schemas.common import ImageRef
 from services.console.auth import Reviewer, current_session
 from services.console.context import HERE, Console, ConsoleDep, Filters, TaskId, templates
 from services.console.decisions import REJECT_REASONS, shown_pixels
+from services.console.security import Session
 from services.console.tasks import CLOSED, STATES, Task, TaskConflict
 
 STATIC_FILES = {"console.css": "text/css", "item.js": "text/javascript", "queue.js": "text/javascript"}
@@ -24,10 +25,9 @@ STATIC_FILES = {"console.css": "text/css", "item.js": "text/javascript", "queue.
 IMAGE_MEDIA_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff"})
 # Rows the queue page shows; it says "showing N of M" when more match.
 QUEUE_PAGE_LIMIT = 200
-# The queue page's notes to the person (not filters): nothing left to claim, a form post refused.
-NOTES = frozenset({"empty", "refused"})
-# The longest refusal the queue page shows: the note is a query parameter anyone can put in a link.
-REFUSAL_CHARS = 300
+# The queue page's notes to the person (not filters): nothing left to claim, a form post refused
+# (with the tag that shows the server wrote it for this session: ``SessionSigner.note_tag``).
+NOTES = frozenset({"empty", "refused", "refused_tag"})
 ImageKind = Literal["generated", "predicted", "expected", "reference", "corrected"]
 
 router = APIRouter()
@@ -52,9 +52,18 @@ def queue_page(request: Request, console: ConsoleDep, filters: Filters) -> Respo
             # The filters without the page's notes, for the links and forms that carry them on.
             "query": _filters_query(request),
             "nothing_to_claim": request.query_params.get("empty") == "1",
-            "refused": request.query_params.get("refused", "")[:REFUSAL_CHARS],
+            "refused": _refusal(request, console, session),
         },
     )
+
+
+def _refusal(request: Request, console: Console, session: Session) -> str:
+    """The refusal the address carries, if the server made it for this session; else nothing. The
+    address is a link anyone can send: shown as it came, a crafted one put its own text ("your session
+    expired, log in at ...") in the console's status line."""
+    note = request.query_params.get("refused", "")
+    tag = request.query_params.get("refused_tag", "")
+    return note if note and console.signer.is_note_for(session, note, tag) else ""
 
 
 def _filters_query(request: Request) -> str:
@@ -83,7 +92,7 @@ def claim_form(request: Request, task_id: TaskId, console: ConsoleDep, session: 
     try:
         console.tasks.claim(task_id, session.reviewer, console.console.console_lease_s)
     except TaskConflict as exc:
-        return _refused("could not claim", exc, request)
+        return _refused("could not claim", exc, request, console, session)
     return RedirectResponse(_with_filters(f"/tasks/{task_id}", request), status_code=303)
 
 
@@ -92,15 +101,16 @@ def release_form(request: Request, task_id: TaskId, console: ConsoleDep, session
     try:
         console.tasks.release(task_id, session.reviewer)
     except TaskConflict as exc:
-        return _refused("could not release", exc, request)
+        return _refused("could not release", exc, request, console, session)
     return RedirectResponse(_with_filters("/", request), status_code=303)
 
 
-def _refused(what: str, exc: TaskConflict, request: Request) -> Response:
-    """Back to the queue (its filters kept) with why a form post was refused: the API's 409, a bare
-    JSON body, was what a person clicking the queue's claim button was shown."""
+def _refused(what: str, exc: TaskConflict, request: Request, console: Console, session: Session) -> Response:
+    """Back to the queue (its filters kept) with why a form post was refused, tagged for this session:
+    the API's 409, a bare JSON body, was what a person clicking the queue's claim button was shown."""
     query = _filters_query(request)
-    note = urlencode({"refused": f"{what}: {exc}"})
+    reason = f"{what}: {exc}"
+    note = urlencode({"refused": reason, "refused_tag": console.signer.note_tag(session, reason)})
     return RedirectResponse(f"/?{query}&{note}" if query else f"/?{note}", status_code=303)
 
 

@@ -161,6 +161,17 @@ class SessionSigner:
         """A short keyed digest of a reviewer's current credential (no use without the secret)."""
         return self._mac(f"credential\0{reviewer}\0{password}".encode())[:32]
 
+    def note_tag(self, session: Session, note: str) -> str:
+        """A keyed digest that binds a note the server puts in a link (the queue page's refusal) to
+        ``session``: a page shows a note only beside its tag, so the text of a crafted link is not
+        shown as the console's, nor a note made for one session in another."""
+        return self._mac(f"note\0{session.csrf_token}\0{note}".encode())[:32]
+
+    def is_note_for(self, session: Session, note: str, tag: str) -> bool:
+        """Whether ``tag`` is the server's ``note_tag`` of ``note`` for ``session``."""
+        # Bytes, not str: compare_digest raises TypeError on a non-ASCII str (a crafted tag).
+        return hmac.compare_digest(tag.encode("utf-8", "replace"), self.note_tag(session, note).encode())
+
     def issue(self, reviewer: str, now: float | None = None, *, credential: str = "") -> tuple[str, Session]:
         """A new cookie value and the session it carries (with a fresh CSRF token)."""
         session = Session(
