@@ -1,13 +1,15 @@
 """The console after review 33: the queue page shows only the refusals the server made for the
-session it shows them to."""
+session it shows them to; a claim is judged at the time it holds the task table, so one made as a
+lease runs out takes the task."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from starlette.testclient import TestClient
 
-from tests.support.console import ConsoleParts, app_for, flagged_parts_fixture, login
+from tests.support.console import ConsoleParts, app_for, flagged_parts_fixture, login, table_is_busy
 
 parts = flagged_parts_fixture(1)
 
@@ -49,3 +51,47 @@ def test_a_refusal_is_shown_to_the_session_it_was_made_for_only(parts: ConsolePa
     bob = TestClient(app_for(parts), base_url="http://console.test")
     login(bob, "bob")
     assert reason not in bob.get(location).text
+
+
+class LeaseRunsOutWhileTheTableIsBusy:
+    """A clock that reads half a second before ``lease_end`` while nobody writes to the task table at
+    ``path``, and half a second after it while a write transaction holds the table: the lease runs out
+    while a claim waits for the table (another claim, the intake, the relay writing)."""
+
+    def __init__(self, path: Path, lease_end: float) -> None:
+        self.path = path
+        self.lease_end = lease_end
+
+    def __call__(self) -> float:
+        return self.lease_end + (0.5 if table_is_busy(self.path) else -0.5)
+
+
+def held_by_bob_until_the_table_is_busy(parts: ConsoleParts) -> str:
+    """The task bob holds, with a clock under which his lease runs out once a writer holds the table."""
+    (task,) = parts.tasks.query()
+    held = parts.tasks.claim(task.task_id, "bob", 60.0)
+    assert held.lease_expires_at is not None
+    parts.tasks.clock = LeaseRunsOutWhileTheTableIsBusy(parts.tasks.path, held.lease_expires_at)
+    return task.task_id
+
+
+def test_a_claim_made_as_the_lease_runs_out_takes_the_task(parts: ConsoleParts) -> None:
+    """The claim returned expired leases at one reading of the clock and judged the task at another,
+    both before it held the table: bob's lease, over by the time the claim held the table, still
+    refused it (409 "claimed by bob"), and the same claim a moment later took it."""
+    task_id = held_by_bob_until_the_table_is_busy(parts)
+
+    claimed = parts.tasks.claim(task_id, "alice", 60.0)
+
+    assert (claimed.state, claimed.claimed_by) == ("claimed", "alice")
+    actions = [(entry.action, entry.reviewer) for entry in parts.tasks.audit(task_id)][-2:]
+    assert actions == [("lease_expired", "bob"), ("claim", "alice")]
+
+
+def test_claim_next_made_as_the_lease_runs_out_takes_the_task(parts: ConsoleParts) -> None:
+    """As a claim: "nothing left to claim", while the only task's lease was over."""
+    task_id = held_by_bob_until_the_table_is_busy(parts)
+
+    claimed = parts.tasks.claim_next("alice", 60.0)
+
+    assert claimed is not None and (claimed.task_id, claimed.claimed_by) == (task_id, "alice")

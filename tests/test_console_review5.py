@@ -15,7 +15,15 @@ from services.console.labelstudio import import_annotations, mask_to_rle
 from services.console.tasks import TaskFilter, TaskStore
 from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
-from tests.support.console import SIZE_PX, Clock, build_console, flagged_item, pending_envelope, with_flagged
+from tests.support.console import (
+    SIZE_PX,
+    Clock,
+    build_console,
+    flagged_item,
+    pending_envelope,
+    table_is_busy,
+    with_flagged,
+)
 
 
 @pytest.mark.parametrize(
@@ -55,13 +63,14 @@ def test_names_are_ascii_so_no_unicode_form_of_a_reviewer_is_a_second_one() -> N
 
 class _RivalReviewers:
     """Alice's clock: each time her task table reads it, bob (another connection to the same file)
-    claims the oldest pending task, as a crowd of reviewers faster than her would."""
+    claims the oldest pending task, as a crowd of reviewers faster than her would; not while her write
+    transaction holds the table, which he would wait for."""
 
     def __init__(self, rival: TaskStore, now: float) -> None:
         self.rival, self.now, self.taken = rival, now, 0
 
     def __call__(self) -> float:
-        oldest = self.rival.query(limit=1)
+        oldest = [] if table_is_busy(self.rival.path) else self.rival.query(limit=1)
         if oldest:
             self.rival.claim(oldest[0].task_id, "bob", 600.0)
             self.taken += 1
@@ -81,6 +90,7 @@ def test_claim_next_keeps_looking_when_others_claim_what_it_listed(tmp_path: Pat
         clock.advance(1.0)
     rivals = _RivalReviewers(TaskStore(table, clock=clock), clock.now)
     alice = TaskStore(table, clock=rivals)
+    alice.query(limit=20)  # her queue page, then "claim next"
     task = alice.claim_next("alice", 60.0)
     assert task is not None, f"nothing claimed, with {setup.count()} tasks still pending"
     assert (task.state, task.claimed_by) == ("claimed", "alice")

@@ -534,27 +534,33 @@ class TaskStore:
         if expired is None:
             return 0
         with self._write() as db:
-            rows = db.execute(
-                "SELECT task_id, claimed_by FROM tasks WHERE state = 'claimed' AND lease_expires_at <= ?",
-                (now,),
-            ).fetchall()
-            for row in rows:
-                db.execute(
-                    "UPDATE tasks SET state = 'pending', claimed_by = NULL, claimed_at = NULL,"
-                    " lease_expires_at = NULL WHERE task_id = ?",
-                    (row["task_id"],),
-                )
-                self._audit(db, row["task_id"], row["claimed_by"], "lease_expired", "claimed", "pending", now)
-            return len(rows)
+            return self._return_expired(db, now)
+
+    def _return_expired(self, db: sqlite3.Connection, now: float) -> int:
+        """In the write transaction ``db``, return every task whose lease ran out by ``now``."""
+        rows = db.execute(
+            "SELECT task_id, claimed_by FROM tasks WHERE state = 'claimed' AND lease_expires_at <= ?",
+            (now,),
+        ).fetchall()
+        for row in rows:
+            db.execute(
+                "UPDATE tasks SET state = 'pending', claimed_by = NULL, claimed_at = NULL,"
+                " lease_expires_at = NULL WHERE task_id = ?",
+                (row["task_id"],),
+            )
+            self._audit(db, row["task_id"], row["claimed_by"], "lease_expired", "claimed", "pending", now)
+        return len(rows)
 
     def claim(self, task_id: str, reviewer: str, lease_s: float) -> Task:
         """Give ``reviewer`` the task for ``lease_s`` seconds; claiming one's own claim renews it.
 
-        TaskConflict when another reviewer holds it or it is decided.
+        TaskConflict when another reviewer holds it or it is decided. It is judged at the time it holds
+        the table (leases returned then): with leases returned and the clock read before, a lease that
+        ran out while the claim waited for the table still refused it, and a retry a moment later took it.
         """
-        self.expire_leases()
-        now = self.clock()
         with self._write() as db:
+            now = self.clock()
+            self._return_expired(db, now)
             row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
             if row is None:
                 raise TaskNotFound(task_id)
@@ -601,8 +607,6 @@ class TaskStore:
         spoiled while held answered 502 to every claim-next until its lease ran out."""
         if filters.state in CLOSED:
             return None
-        self.expire_leases()
-        now = self.clock()
         own_clauses, own_params = _where(dataclasses.replace(filters, state="claimed"))
         pending_clauses, pending_params = _where(dataclasses.replace(filters, state="pending"))
         sources = [([*own_clauses, "claimed_by = ?"], (*own_params, reviewer))]
@@ -610,6 +614,9 @@ class TaskStore:
             sources.append((pending_clauses, pending_params))
         taken: str | None = None
         with self._write() as db:
+            # Judged when it holds the table, as ``claim``: a lease that ran out meanwhile is returned.
+            now = self.clock()
+            self._return_expired(db, now)
             # An own claim is renewed: the reviewer is sent to its page, whose first renewal comes a
             # third of a lease later; with what was left of the old lease, the save could find it expired.
             for clauses, params in sources:

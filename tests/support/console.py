@@ -46,6 +46,19 @@ class Clock:
         self.now += seconds
 
 
+def table_is_busy(path: Path) -> bool:
+    """Whether a write transaction holds the task table at ``path`` (another writer would wait)."""
+    probe = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        probe.close()
+
+
 def iou(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
     """IoU of two 0/255 masks."""
     union = np.logical_or(a > 0, b > 0).sum()
