@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 from shared.arith.masks import hull_mask
-from shared.matting.grocery import catalogue_mask, with_reflection
+from shared.matting import MODELS_DIR
+from shared.matting.grocery import RealPairsConfig, catalogue_mask, with_reflection
 
 
 def carton_on_white() -> tuple[Image.Image, np.ndarray]:
@@ -59,18 +63,11 @@ def test_a_floor_reflection_is_drawn_under_the_product_and_left_out_of_its_mask(
     assert np.array_equal(after[118], before[118])
 
 
-def test_real_pairs_are_built_from_the_colours_inference_sees(tmp_path: Path) -> None:
-    """The pair builder read photos with Image.open: an Adobe RGB catalogue photo (56 of the 81 iconic
-    photos) trained the model on colours up to 47 levels off the sRGB ones decode_image gives it."""
-    import shutil
-
-    from shared.images import decode_image
-    from shared.matting import MODELS_DIR
-    from shared.matting.grocery import RealPairsConfig, write_real_pairs
-
+def _one_catalogue_photo(tmp_path: Path) -> tuple[RealPairsConfig, Path]:
+    """A dataset of one iconic photo (the Oatly sample's, with its colour profile) and a config that
+    makes one 64 px catalogue pair of it, and the photo."""
     sample = Path(__file__).resolve().parents[1] / "samples" / "grocerystore" / "GROCERY-OATLY-001"
     photo = sample / "Oatly-Oat-Milk_Iconic.jpg"
-    assert Image.open(photo).info.get("icc_profile"), "the sample carries its colour profile"
     dataset = tmp_path / "dataset"
     iconic = dataset / "iconic-images-and-descriptions" / "Packages" / "Oat-Milk"
     iconic.mkdir(parents=True)
@@ -84,6 +81,17 @@ def test_real_pairs_are_built_from_the_colours_inference_sees(tmp_path: Path) ->
         catalogue_copies=1,
         composites=0,
     )
+    return config, photo
+
+
+def test_real_pairs_are_built_from_the_colours_inference_sees(tmp_path: Path) -> None:
+    """The pair builder read photos with Image.open: an Adobe RGB catalogue photo (56 of the 81 iconic
+    photos) trained the model on colours up to 47 levels off the sRGB ones decode_image gives it."""
+    from shared.images import decode_image
+    from shared.matting.grocery import write_real_pairs
+
+    config, photo = _one_catalogue_photo(tmp_path)
+    assert Image.open(photo).info.get("icc_profile"), "the sample carries its colour profile"
     write_real_pairs(config, tmp_path / "pairs")
     written = np.asarray(
         Image.open(tmp_path / "pairs" / "images" / "catalogue-000-0.png").convert("RGB"), np.int16
@@ -92,3 +100,30 @@ def test_real_pairs_are_built_from_the_colours_inference_sees(tmp_path: Path) ->
     unconverted = Image.open(photo).convert("RGB").resize((64, 64), Image.Resampling.BILINEAR)
     assert np.array_equal(written, np.asarray(expected, np.int16))
     assert not np.array_equal(written, np.asarray(unconverted, np.int16))
+
+
+def test_a_real_pairs_run_stopped_while_writing_a_mask_leaves_no_truncated_mask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while Pillow wrote a mask into its file left a truncated PNG under the pair's name (Pillow
+    removes its file on errors, not on KeyboardInterrupt), and `train --extra` then refused the folder."""
+    from shared.matting.grocery import write_real_pairs
+
+    config, _photo = _one_catalogue_photo(tmp_path)
+    save_png = Image.SAVE["PNG"]
+    calls = []
+
+    def stopped_on_the_mask(image: Image.Image, fp: Any, filename: Any) -> None:
+        calls.append(image.mode)
+        if len(calls) == 2:  # the pair's image, then its mask
+            fp.write(b"\x89PNG\r\n\x1a\n" + b"\0" * 16)  # the mask's first bytes, then the key press
+            raise KeyboardInterrupt
+        save_png(image, fp, filename)
+
+    monkeypatch.setitem(Image.SAVE, "PNG", stopped_on_the_mask)
+    with pytest.raises(KeyboardInterrupt):
+        write_real_pairs(config, tmp_path / "pairs")
+    assert calls == ["RGB", "L"]
+    assert not (tmp_path / "pairs" / "masks" / "catalogue-000-0.png").exists()
+    assert Image.open(tmp_path / "pairs" / "images" / "catalogue-000-0.png").size == (64, 64)
+    assert not (tmp_path / "pairs" / "pairs.json").exists()

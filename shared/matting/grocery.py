@@ -39,8 +39,9 @@ import numpy.typing as npt
 from PIL import Image, ImageFilter
 
 from shared.arith.masks import clean_mask, connected_components, hull_mask, paint_runs
-from shared.images import decode_image
+from shared.images import decode_image, encode_png
 from shared.matting.session import MaskOptions, U2NetPSession
+from shared.model_cache import write_atomically
 
 __all__ = [
     "CONVEX_CATALOGUE",
@@ -161,10 +162,14 @@ def confident_mask(confidence: npt.NDArray[np.float32]) -> BoolArray | None:
 
 
 def _save_pair(out: Path, name: str, image: Image.Image, mask: BoolArray, size_px: int) -> None:
+    """Write ``images/NAME.png`` and ``masks/NAME.png`` at ``size_px``, each whole or not at all: a run
+    stopped while Pillow wrote into the file (Ctrl-C; Pillow removes its file on errors only) left a
+    truncated PNG under the pair's name, and ``train --extra`` on the folder refused it."""
     size = (size_px, size_px)
-    image.convert("RGB").resize(size, Image.Resampling.BILINEAR).save(out / "images" / f"{name}.png")
+    resized = image.convert("RGB").resize(size, Image.Resampling.BILINEAR)
     mask_image = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BILINEAR)
-    mask_image.point(lambda value: 255 if value >= 128 else 0).save(out / "masks" / f"{name}.png")
+    write_atomically(out / "images" / f"{name}.png", encode_png(resized))
+    write_atomically(out / "masks" / f"{name}.png", encode_png(np.asarray(mask_image) >= 128))
 
 
 def _square_on(
@@ -378,5 +383,5 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
         "seed": config.seed,
         "reflection_share": config.reflection_share,
     }
-    (out / "pairs.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomically(out / "pairs.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary
