@@ -253,6 +253,38 @@ def test_a_checkpoint_resumes_only_its_own_run_and_only_when_steps_are_left(tmp_
         start_state(with_extra, checkpoint)
 
 
+def test_a_resume_is_not_refused_for_files_training_does_not_read(tmp_path: Path) -> None:
+    """A ``.partial-*`` file an interrupted atomic write left in an --extra folder (``matting pairs``,
+    ``real-pairs``), or macOS's ``._NAME`` and ``__MACOSX``, changed the folder's fingerprint: the run
+    resumed after they were cleaned away (or after one appeared) was refused as another run's."""
+    import torch
+
+    from shared.matting.train import TrainConfig, _fingerprint, start_state
+
+    extra = tmp_path / "extra"
+    (extra / "images").mkdir(parents=True)
+    (extra / "masks").mkdir()
+    (extra / "images" / "a.png").write_bytes(b"image")
+    (extra / "masks" / "a.png").write_bytes(b"mask")
+    config = TrainConfig(steps=10, seed=1, train_images=4, batch=2, extra_pairs=[extra])
+    model, _ = start_state(config, None)
+    checkpoint = tmp_path / "ck.pt"
+    torch.save(
+        {"model": model.state_dict(), "optimiser": {}, "step": 3, "config": _fingerprint(config)}, checkpoint
+    )
+
+    (extra / "masks" / ".partial-k2j4x9").write_bytes(b"half a mask")
+    (extra / "images" / "._a.png").write_bytes(b"Finder's")
+    (extra / "images" / "__MACOSX").mkdir()
+    (extra / "images" / "__MACOSX" / "a.png").write_bytes(b"Finder's")
+    _, saved = start_state(config, checkpoint)
+    assert saved is not None and saved["step"] == 3
+    # What training reads still counts.
+    (extra / "masks" / "a.png").write_bytes(b"a corrected mask")
+    with pytest.raises(ValueError, match=r"its extra_pairs differ"):
+        start_state(config, checkpoint)
+
+
 def test_the_matting_commands_refuse_bad_files_and_numbers_without_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

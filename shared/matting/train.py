@@ -234,11 +234,16 @@ def _fingerprint(config: TrainConfig) -> dict[str, Any]:
 
 
 def _folder_listing(folder: Path) -> str:
-    """The folder and a digest of its files' relative names and sizes (cheap: no file is read)."""
+    """The folder and a digest of its files' relative names and sizes (cheap: no file is read).
+
+    Without what ``load_pairs`` skips, hidden files and ``__MACOSX``: a ``.partial-*`` file an
+    interrupted atomic write left (``matting pairs``, ``real-pairs``), or one cleaned away, made a
+    resume of the same data refused as another run's."""
+    relative = (path.relative_to(folder) for path in folder.rglob("*") if path.is_file())
     entries = sorted(
-        f"{path.relative_to(folder).as_posix()}:{path.stat().st_size}"
-        for path in folder.rglob("*")
-        if path.is_file()
+        f"{name.as_posix()}:{(folder / name).stat().st_size}"
+        for name in relative
+        if not any(part.startswith(".") or part == "__MACOSX" for part in name.parts)
     )
     return f"{folder.resolve()}#{hashlib.sha256(chr(10).join(entries).encode()).hexdigest()[:16]}"
 
