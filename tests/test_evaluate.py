@@ -976,6 +976,40 @@ def test_a_disk_that_fills_during_the_run_is_said_not_a_traceback(
     assert not (out / "evaluation.json").exists()
 
 
+def test_a_failed_write_of_evaluation_json_leaves_the_earlier_report_beside_it(
+    colour_store: ManifestStore,
+    heldout: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # report.html was written first, in place: a disk that filled on evaluation.json left the new
+    # report beside the earlier run's figures, which `dataset export --evaluation` goes on reading.
+    import services.trainstore.evaluation as evaluation_module
+
+    out = tmp_path / "eval"
+    assert cli_main(evaluate_args(heldout, out, tmp_path)) == 0
+    earlier = {name: (out / name).read_bytes() for name in ("evaluation.json", "report.html")}
+    (heldout / "SKU-BLUE" / "test-0.jpg").unlink()  # another run: 8 held-out photos, not 9
+    write = evaluation_module.write_atomically
+
+    def full_on_the_results(path: Path, data: bytes) -> None:
+        if path.name == "evaluation.json":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        write(path, data)
+
+    monkeypatch.setattr(evaluation_module, "write_atomically", full_on_the_results)
+    assert cli_main(evaluate_args(heldout, out, tmp_path)) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert {name: (out / name).read_bytes() for name in ("evaluation.json", "report.html")} == earlier
+    assert sorted(path.name for path in out.iterdir()) == ["evaluation.json", "report.html"]
+
+    monkeypatch.setattr(evaluation_module, "write_atomically", write)
+    assert cli_main(evaluate_args(heldout, out, tmp_path)) == 0
+    assert json.loads((out / "evaluation.json").read_text())["n_heldout"] == 8
+    assert "8 held-out photos" in (out / "report.html").read_text()
+
+
 def test_a_misclassified_photo_removed_during_the_run_loses_its_thumbnail_not_the_run(
     colour_store: ManifestStore,
     heldout: Path,

@@ -237,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OSError as exc:
         # The disk filled (the feature cache, the report), or a file went away during a long run:
-        # was a traceback. evaluation.json is written last and whole, so it was not written.
+        # was a traceback. evaluation.json and report.html are written last, whole and together
+        # (``write_results``), so neither was.
         where = f"{exc.filename}: " if exc.filename else ""
         print(
             f"skuforge evaluate: {where}{exc.strerror or exc}; {args.out / EVALUATION_FILE} was not written",

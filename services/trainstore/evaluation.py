@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from services.trainstore.cli import no_skus_problem, open_manifests, store_root
 from shared.config import load_settings
 from shared.errors import BadInput, ChecksumMismatch, ImageRejected
-from shared.evaluation import EVALUATION_FILE
+from shared.evaluation import EVALUATION_FILE, REPORT_FILE
 from shared.evaluation.backbone import BackboneMissing, BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     CONDITION_NAMES,
@@ -45,10 +45,10 @@ from shared.evaluation.leakage import (
     copy_hashes,
     heldout_hash,
 )
-from shared.evaluation.report import write_report
+from shared.evaluation.report import render_report
 from shared.generation.scenes import library_keys, scene_file_bytes
 from shared.images import photo_as_stored, refuse_oversized
-from shared.model_cache import write_atomically
+from shared.model_cache import write_atomically, write_blocks_atomically
 from shared.photos import (
     HEIC_ADVICE,
     HEIC_SUFFIXES,
@@ -502,6 +502,22 @@ def summary_lines(result: EvaluationResult) -> list[str]:
     return lines
 
 
+def write_results(out: Path, document: dict[str, Any], page: str) -> None:
+    """Write ``out/evaluation.json`` (``document``) and ``out/report.html`` (``page``), both or neither.
+
+    `dataset export --evaluation` reads the JSON and people read the report, so one must not be newer
+    than the other: the report was written first (and in place, so a killed run left it truncated), and
+    a JSON write that failed then (a full disk) left the new report beside the old figures. Now the
+    report is written whole beside its name, then the JSON is renamed into place, then the report.
+    """
+    data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+    def json_first(_size: int, _sha256: str) -> None:  # raising leaves the old report as it was
+        write_atomically(out / EVALUATION_FILE, data)
+
+    write_blocks_atomically(out / REPORT_FILE, (page.encode("utf-8"),), check=json_first)
+
+
 def evaluate(args: argparse.Namespace) -> EvaluationResult:
     """Run the experiment ``skuforge evaluate`` was asked for (its parsed ``args``) and write its
     results; raises one of ``REFUSALS`` when the inputs cannot give a meaningful evaluation."""
@@ -646,15 +662,10 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
         except OSError:
             return None
 
-    write_report(
+    page = render_report(
         result,
-        args.out,
         read_heldout,
         limits=(settings.max_image_pixels, settings.max_image_bytes),  # those the photos passed above
     )
-    # Last, and whole or not at all: `dataset export --evaluation` reads it, and a run killed while
-    # writing it left a truncated file in place of the last good one.
-    write_atomically(
-        args.out / EVALUATION_FILE, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
-    )
+    write_results(args.out, document, page)
     return result
