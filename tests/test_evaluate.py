@@ -634,6 +634,40 @@ def test_a_heldout_photo_copied_into_the_scene_library_is_refused(
     assert cli_main(args) == 0
 
 
+def test_scene_files_are_hashed_once_per_cache_as_the_store_images_are(
+    colour_store: ManifestStore,
+    heldout: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Every run decoded and hashed every scene file again; the store's images' hashes were cached by
+    # their sha256 in --cache-dir. The scene files' are now too (their bytes are still read: the
+    # exact-copy check needs their sha256).
+    import services.trainstore.evaluation as evaluation_module
+
+    scenes = Path(__file__).resolve().parents[1] / "samples" / "grocerystore-scenes"
+    args = evaluate_args(heldout, tmp_path / "eval", tmp_path, "--scenes", f"file://{scenes}")
+    assert cli_main(args) == 0
+    files, uncached, _notes = scene_files(f"file://{scenes}")
+    assert len(files) == len(uncached) == 12  # the sample's photos, each with a hash
+
+    def no_decoding(data: bytes) -> bytes | None:
+        raise AssertionError("a scene file was decoded and hashed again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(evaluation_module, "copy_hashes", no_decoding)
+        assert cli_main(args) == 0
+        assert scene_files(f"file://{scenes}", tmp_path / "features") == (files, uncached, _notes)
+    # A copy of a held-out photo among them is still refused: the exact check reads every file.
+    capsys.readouterr()
+    copy = tmp_path / "scenes"
+    shutil.copytree(scenes, copy)
+    shutil.copy(heldout / "SKU-BLUE" / "test-1.jpg", copy / "Banana" / "renamed.jpg")
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path, "--scenes", f"file://{copy}")) == 2
+    assert "renamed.jpg has the same content as held-out" in capsys.readouterr().err
+
+
 def test_scene_files_the_generator_skips_are_noted_not_a_traceback_or_a_refusal(
     colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

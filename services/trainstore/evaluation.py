@@ -412,9 +412,13 @@ def stored_images(manifests: ManifestStore, rows: Iterable[ManifestRow]) -> list
     return items
 
 
-def scene_files(uri: str) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]], list[str]]:
+def scene_files(
+    uri: str, cache_dir: Path | None = None
+) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]], list[str]]:
     """(name, sha256) of every file the scene library at ``uri`` reads at load, (name, perceptual hash)
-    of those that open as images (one download each), and notes on the files it skips. A malformed URI,
+    of those that open as images (one download each; the hash cached under ``cache_dir`` by the
+    file's sha256, as the store's images are: it was a decode per scene file on every run), and notes
+    on the files it skips. A malformed URI,
     or a library with no files or none the generator loads, is refused: the check would pass on nothing.
 
     The files are the library's own (``library_keys``, ``scene_file_bytes``): a file the generator skips
@@ -450,8 +454,9 @@ def scene_files(uri: str) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]
             skipped.append(f"{shown}: {data}")
             continue
         name = object_name(store, key)
-        files.append((name, sha256_hex(data)))
-        value = copy_hashes(data)
+        sha256 = sha256_hex(data)
+        files.append((name, sha256))
+        value = _cached_hash(cache_dir, sha256, lambda: data)  # noqa: B023 (read here, not later)
         if value is not None:
             hashes.append((name, value))
     if not files:
@@ -607,10 +612,12 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
         )
     training = training_photos(manifests, plan)
 
-    scenes, scene_hashes, scene_notes = ([], [], []) if args.scenes is None else scene_files(args.scenes)
+    cache_dir = None if args.no_cache else args.cache_dir
+    scenes, scene_hashes, scene_notes = (
+        ([], [], []) if args.scenes is None else scene_files(args.scenes, cache_dir)
+    )
     for note in scene_notes:
         print(f"note: {_printable(note)}")
-    cache_dir = None if args.no_cache else args.cache_dir
     check_disjoint(
         [(photo.name, photo.sha256) for photo in heldout] + as_ingested(heldout, cache_dir),
         training=stored_images(manifests, rows),
