@@ -141,14 +141,20 @@ class StageMetrics:
         )
         self.model_seconds = Histogram(
             "skuforge_model_seconds",
-            "Seconds per model call (one batch of inputs), by model; a call that raised counts too.",
+            "Seconds per model call (one batch of inputs, as skuforge_model_batch_size counts them), by "
+            "model; a call that raised counts too.",
             ["stage", "model"],
             buckets=HANDLER_SECONDS_BUCKETS,
             registry=self.registry,
         )
         self.model_batch_size = Histogram(
             "skuforge_model_batch_size",
-            "Inputs per model call, by model.",
+            # The matting stage's call is its chunk, several ONNX Runtime calls on the CPU: the help
+            # said "per model call" and left it to be read as the latter.
+            "Inputs per model call, by model: what a stage hands its model at once (the generator's "
+            "variants sent in one go, the matting stage's chunk of up to SKUFORGE_MATTING_MAX_BATCH "
+            "images, the captioner's photos of one SKU; ONNX Runtime on the CPU runs images at most 4 "
+            "at a time).",
             ["stage", "model"],
             buckets=BATCH_SIZE_BUCKETS,
             registry=self.registry,

@@ -23,7 +23,7 @@ from services.matting.stage import handle_batch
 from shared.bus import make_envelope
 from shared.config import load_settings
 from shared.errors import BadInput
-from shared.matting.session import U2NetPSession
+from shared.matting.session import CPU_CALL_IMAGES, U2NetPSession
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore
@@ -38,6 +38,37 @@ def matting_calls(metrics: StageMetrics) -> float:
         if family.name == "skuforge_model_batch_size"
         for sample in family.samples
         if sample.name.endswith("_count") and sample.labels.get("model") == "matting"
+    )
+
+
+def generated_event(store: FileStore, index: int, *, missing: bool = False) -> Envelope[ImageGenerated]:
+    """An image.generated event of a white 64 px image (``missing``: one deleted from the store)."""
+    photo = store.put_image("generated/a.png", Image.new("RGB", (64, 64), "white"))
+    mask = store.put_image("generated/a-mask.png", np.full((64, 64), 255, np.uint8))
+    image = photo
+    if missing:
+        image = store.put_image(f"generated/gone-{index}.png", Image.new("RGB", (64, 64), "red"))
+        store.delete(store.key_for(image.uri))
+    payload = ImageGenerated(
+        item_id=f"item-{index}",
+        sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
+        reference_photo_id="p1",
+        reference_image=photo,
+        reference_mask=mask,
+        image=image,
+        expected_mask=mask,
+        backend="composite",
+        model_id="synth",
+        seed=index,
+        variant_index=index,
+    )
+    return make_envelope(
+        IMAGE_GENERATED,
+        payload,
+        event_id=derive_id("t", str(index)),
+        sku_id="SKU-1",
+        trace_id="t",
+        producer="t",
     )
 
 
@@ -67,38 +98,31 @@ def test_a_batch_of_refused_images_adds_no_matting_call(random_u2netp_onnx: Path
     settings = load_settings(store_uri=store.base_uri)
     ctx = Context("matting", store, settings, StageMetrics("matting"), logging.getLogger("test"))
     session = U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=False, max_batch=4)
-    photo = store.put_image("generated/a.png", Image.new("RGB", (64, 64), "white"))
-    mask = store.put_image("generated/a-mask.png", np.full((64, 64), 255, np.uint8))
-
-    def event(index: int, *, missing: bool) -> Envelope[ImageGenerated]:
-        image = photo
-        if missing:
-            image = store.put_image(f"generated/gone-{index}.png", Image.new("RGB", (64, 64), "red"))
-            store.delete(store.key_for(image.uri))
-        payload = ImageGenerated(
-            item_id=f"item-{index}",
-            sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
-            reference_photo_id="p1",
-            reference_image=photo,
-            reference_mask=mask,
-            image=image,
-            expected_mask=mask,
-            backend="composite",
-            model_id="synth",
-            seed=index,
-            variant_index=index,
-        )
-        return make_envelope(
-            IMAGE_GENERATED,
-            payload,
-            event_id=derive_id("t", str(index)),
-            sku_id="SKU-1",
-            trace_id="t",
-            producer="t",
-        )
-
     # Two chunks of max_batch 4: the first has one readable image, the second none.
-    events = [event(index, missing=index != 0) for index in range(8)]
+    events = [generated_event(store, index, missing=index != 0) for index in range(8)]
     results = handle_batch(events, ctx, session=session, roi_margin=0.25)
     assert [isinstance(result, BadInput) for result in results] == [False] + [True] * 7
     assert matting_calls(ctx.metrics) == 1
+
+
+def test_a_matting_call_is_a_chunk_of_max_batch_images_as_the_metric_help_says(
+    random_u2netp_onnx: Path, tmp_path: Path
+) -> None:
+    # The help said "Inputs per model call": ONNX Runtime on the CPU runs a chunk of max_batch images
+    # as calls of at most CPU_CALL_IMAGES, and the stage counts the chunk, one predict, as the call.
+    # That is what the dashboard's "stage micro-batches" panel means; the help now says so.
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    ctx = Context("matting", store, settings, StageMetrics("matting"), logging.getLogger("test"))
+    session = U2NetPSession(random_u2netp_onnx, threads=1, use_gpu=False, max_batch=6)
+    events = [generated_event(store, index) for index in range(9)]  # chunks of 6 and 3; ORT: 4, 2, 3
+    results = handle_batch(events, ctx, session=session)
+    assert not any(isinstance(result, BadInput) for result in results)
+    (family,) = [f for f in ctx.metrics.registry.collect() if f.name == "skuforge_model_batch_size"]
+    observed = {
+        sample.name: sample.value for sample in family.samples if sample.labels.get("model") == "matting"
+    }
+    assert observed["skuforge_model_batch_size_count"] == 2
+    assert observed["skuforge_model_batch_size_sum"] == 9
+    assert "SKUFORGE_MATTING_MAX_BATCH" in family.documentation
+    assert f"at most {CPU_CALL_IMAGES} at a time" in family.documentation
