@@ -4,8 +4,9 @@ from typing import Literal
 
 from shared.argtypes import float_between, non_negative_int
 
-# The files ``skuforge evaluate`` writes in its --out (report.html: ``report.write_report``, which
-# bench/augment.py calls too), named here, without torch, so the command checks them before a run.
+# The files ``skuforge evaluate`` writes in its --out, both or neither (report.html is
+# ``report.render_report``'s page; ``services/trainstore/evaluation.write_results`` writes them),
+# named here, without torch, so the command checks them before a run.
 EVALUATION_FILE = "evaluation.json"
 REPORT_FILE = "report.html"
 
