@@ -25,7 +25,8 @@ size, unread), an unusable
 ``--cache-dir`` that is a file or cannot be made and written in (tried before the run, and left as
 it was), an ``--out`` with a folder named evaluation.json or report.html in it, and a store with no
 SKUs. A disk that fills, or a file that goes away, during the run is
-named (exit 1) and evaluation.json is not written.
+named (exit 1), and neither evaluation.json nor report.html is written (an earlier run's stay as they
+were: the two are written both or neither).
 
 Writes ``--out DIR/evaluation.json`` (the ``EvaluationResult`` and its headline ``summary``; what
 ``skuforge dataset export --evaluation`` reads) and ``report.html`` (``shared/evaluation/report.py``),
