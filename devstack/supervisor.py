@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
+from shared.signals import heard
+
 SUPERVISOR_ID_ENV = "SKUFORGE_SUPERVISOR_ID"
 # A log over this size is moved to <name>.1 (replacing the previous one) before it is written again.
 LOG_MAX_BYTES = 50 * 1024 * 1024
@@ -582,11 +584,7 @@ class Supervisor:
         # SIGHUP too: a closed terminal or ssh session would otherwise kill us without a stop; but not
         # where it is ignored (`nohup skuforge up &`), which asks the stack to outlive the terminal.
         # SIGINT is taken even then: it is how `skuforge demo` stops the stack it started.
-        previous = {
-            sig: signal.signal(sig, request_stop)
-            for sig in STOP_SIGNALS
-            if sig != signal.SIGHUP or signal.getsignal(sig) != signal.SIG_IGN
-        }
+        previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS if heard(sig)}
         try:
             try:
                 started = self.start()

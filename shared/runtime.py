@@ -92,7 +92,7 @@ from shared.errors import BadInput, TransientError
 from shared.group_lag import GroupLagWatcher, watched_groups
 from shared.images import UInt8Array, decode_image, decode_mask, refuse_oversized, refuse_too_many_pixels
 from shared.observability import HealthServer, StageMetrics, configure_logging, log_context
-from shared.signals import Stopped
+from shared.signals import Stopped, heard
 from shared.store import ObjectStore, open_store
 
 P = TypeVar("P", bound=BaseModel)
@@ -390,7 +390,7 @@ class Stage:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 # SIGHUP's default ended the stage where it stood, its batch in hand uncommitted and
                 # its clients not closed; one already ignored (`nohup skuforge run`) stays ignored.
-                if signum != signal.SIGHUP or signal.getsignal(signum) != signal.SIG_IGN:
+                if heard(signum):
                     previous[signum] = signal.signal(signum, request_stop)
         try:
             return self._run(serve_health)

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 __all__ = [
     "Stopped",
     "hang_up_as_sigterm",
+    "heard",
     "raise_stopped",
     "signal_number",
     "stopped_as_interrupt",
@@ -40,6 +41,14 @@ class Stopped(KeyboardInterrupt):
 def raise_stopped(signum: int, frame: object) -> None:
     """A signal handler that raises ``Stopped``, so ``finally`` clauses run as on Ctrl-C."""
     raise Stopped(signum)
+
+
+def heard(signum: int) -> bool:
+    """Whether a server or stage that stops on ``signum`` should set its handler for it: False only for a
+    SIGHUP ignored now (``nohup``, which asks the process to outlive its terminal); any other signal,
+    even one ignored, is heard. (``stopped_as_interrupt`` replaces only default handlers: a command
+    leaves a caller's handler, and any signal it ignores, alone.)"""
+    return signum != signal.SIGHUP or signal.getsignal(signum) != signal.SIG_IGN
 
 
 @contextlib.contextmanager
@@ -62,7 +71,7 @@ def hang_up_as_sigterm() -> None:
     """From now on SIGHUP (the terminal or ssh session closed) does what SIGTERM does when it comes: a
     server whose graceful stop is its SIGTERM handler (uvicorn's, PyTriton's) stops so on a hang-up too,
     which by default ended it where it stood. One already ignored (``nohup``) stays ignored."""
-    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+    if heard(signal.SIGHUP):
         signal.signal(signal.SIGHUP, _as_sigterm)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kafka.structs import TopicPartition
 
-from shared.signals import hang_up_as_sigterm
+from shared.signals import hang_up_as_sigterm, heard
 from tests.support.bus import file_store_uri
 from tests.support.kafka import session_admin
 from tests.support.signals import stopped
@@ -151,3 +151,24 @@ def test_a_server_under_nohup_still_ignores_hang_ups() -> None:
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+@pytest.mark.parametrize(
+    ("signum", "handler", "expected"),
+    [
+        (signal.SIGHUP, signal.SIG_IGN, False),  # nohup: the stack, stage or server outlives its terminal
+        (signal.SIGHUP, signal.SIG_DFL, True),
+        (signal.SIGTERM, signal.SIG_IGN, True),  # only a hang-up may be ignored: SIGTERM is how they stop
+        (signal.SIGTERM, signal.SIG_DFL, True),
+    ],
+)
+def test_only_a_hang_up_left_ignored_is_not_heard(
+    signum: signal.Signals, handler: signal.Handlers, expected: bool
+) -> None:
+    # The one rule of the stage (shared/runtime.py), the supervisor (devstack/supervisor.py) and the
+    # servers (hang_up_as_sigterm), spelled once.
+    previous = signal.signal(signum, handler)
+    try:
+        assert heard(signum) is expected
+    finally:
+        signal.signal(signum, previous)
