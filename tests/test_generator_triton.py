@@ -10,6 +10,8 @@ import dataclasses
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +30,7 @@ from shared.errors import BadInput, TransientError
 from shared.generation.backend import GenerationRequest, RowOutcome
 from shared.generation.composite import CompositeBackend
 from shared.synth import make_product, render_photo
-from tests.support.signals import as_from_a_shell
+from tests.support.signals import as_from_a_shell, stopped
 from tests.support.triton import (
     PoisonedComposite,
     TritonServerProcess,
@@ -399,6 +401,93 @@ def test_a_hang_up_stops_triton_as_sigterm_does(tmp_path: Path) -> None:
         for pid in started:  # what a process killed where it stood left behind
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# `skuforge serve generator`, held in its start-up once it says so: in the copy of its diffusion model
+# into the model cache (gigabytes from S3 at each start of a pod without a persistent cache) after the
+# first file, or in PyTriton's wait for the Triton server it started.
+HELD_IN_THE_START = """
+import sys, time
+from pytriton.triton import TritonBase
+from shared import model_cache
+
+def held(say, then):
+    def holding(*args):
+        done = then(*args)
+        print(say, flush=True)
+        time.sleep(60)
+        return done
+    return holding
+
+model_cache._write_durably = held("downloading", model_cache._write_durably)
+TritonBase._wait_for_server = held("starting", TritonBase._wait_for_server)
+from skuforge_cli.main import main
+sys.exit(main(["serve", "generator", *sys.argv[1:]]))
+"""
+
+
+def test_a_stop_while_the_model_downloads_removes_its_partial_copy_and_exits_0(tmp_path: Path) -> None:
+    # SIGTERM (a pod deleted while it starts, `skuforge up` stopping) had its default until the models
+    # were bound: the process died where it stood, the half-copied model left in the cache (kept 30 days
+    # by SKUFORGE_MODEL_CACHE_UNUSED_DAYS) beside PyTriton's workspace.
+    env = tiny_diffusion_env(tmp_path)
+    cache, pytriton_home = tmp_path / "cache", tmp_path / "pytriton"
+    env["SKUFORGE_DIFFUSION_MODEL"] = Path(env["SKUFORGE_DIFFUSION_MODEL"]).as_uri()
+    server = TritonServerProcess(tmp_path, backends=("diffusion",), extra_env=env)
+    ended = stopped(
+        [sys.executable, "-c", HELD_IN_THE_START, "--backend", "diffusion"],
+        [("downloading", signal.SIGTERM)],
+        lost="serve generator did not stop within 60 s of its stop",
+        env={**server.env, "PYTRITON_HOME": str(pytriton_home), "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        within_s=60,
+    )
+    assert not [entry.name for entry in cache.iterdir() if entry.name.startswith(".partial-")]
+    assert not list(pytriton_home.iterdir())
+    assert ended.returncode == 0, ended.err
+
+
+def test_a_hang_up_while_triton_starts_stops_it_and_exits_0(tmp_path: Path) -> None:
+    # PyTriton's serve() stops Triton on a KeyboardInterrupt only once its models are ready: one while
+    # Triton started left serve() and the command, exit 130 "interrupted", for a SIGTERM or SIGHUP.
+    pytriton_home = tmp_path / "pytriton"
+    server = TritonServerProcess(tmp_path)
+    started: list[int] = []
+
+    def starting(run: subprocess.Popen[str]) -> None:
+        assert run.stdout is not None
+        for line in run.stdout:  # Triton's own log comes there too
+            if line == "starting\n":
+                started.extend(_descendants(run.pid))  # Triton and its model backends
+                return
+        pytest.fail(f"serve generator ended before Triton started:\n{run.communicate()}")
+
+    try:
+        ended = stopped(
+            [sys.executable, "-c", HELD_IN_THE_START],
+            [(starting, signal.SIGHUP)],
+            lost="serve generator did not stop within 60 s of its hang-up",
+            env={**server.env, "PYTRITON_HOME": str(pytriton_home), "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            within_s=60,
+        )
+        assert ended.returncode == 0, ended.err
+        assert started
+        assert not [pid for pid in started if _running(pid)], "Triton outlived serve generator"
+        assert not list(pytriton_home.iterdir())
+    finally:
+        for pid in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
 import sysconfig
 from collections.abc import Callable, Mapping, Sequence
@@ -65,7 +64,7 @@ from shared.generation.diffusion import (
 from shared.generation.scenes import NoScenePhotos, SceneLibrary
 from shared.generation.settings import GenerationSettings
 from shared.observability import HealthServer, configure_logging
-from shared.signals import hang_up_as_sigterm
+from shared.signals import stopped_as_interrupt
 from shared.store import open_store
 
 log = logging.getLogger("skuforge.generator.server")
@@ -544,11 +543,6 @@ def build_triton(
     return triton
 
 
-def _interrupt(*_: object) -> NoReturn:
-    # PyTriton's serve() loop stops Triton cleanly on KeyboardInterrupt.
-    raise KeyboardInterrupt
-
-
 def served_backends(requested: Sequence[str] | None, generation: GenerationSettings) -> list[str]:
     """The backends ``serve generator`` serves: those ``--backend`` names, else every backend the
     stage asks for (``SKUFORGE_GENERATION_BACKEND_MIX``'s with a share, or ``SKUFORGE_GENERATION_BACKEND``
@@ -578,15 +572,37 @@ def main(argv: list[str] | None = None) -> int:
     generation = load_settings(GenerationSettings)
     backends = served_backends(args.backend, generation)
     diffusion = load_settings(DiffusionSettings) if "diffusion" in backends else None
+    # SIGTERM and SIGHUP raise KeyboardInterrupt from here on, as Ctrl-C does, and PyTriton's serve()
+    # stops Triton on one. Set before the models load: by default a stop meanwhile (a diffusion model's
+    # copy into the cache takes minutes) killed the process, its half-copied model left in the cache.
+    with stopped_as_interrupt():
+        return _serve(generation, backends, shared=settings, diffusion=diffusion)
+
+
+def _serve(
+    generation: GenerationSettings,
+    backends: Sequence[str],
+    *,
+    shared: Settings,
+    diffusion: DiffusionSettings | None,
+) -> int:
+    """``main`` once its settings are read: load the models, start Triton and serve until stopped (0)."""
     triton: Any = None
     # Bound before the models load, so a taken port fails at once; ready once Triton serves the models.
     health = metrics_server(
-        generation, settings, ready=lambda: triton is not None and bool(triton.is_connected())
+        generation, shared, ready=lambda: triton is not None and bool(triton.is_connected())
     ).start()
     try:
-        triton = build_triton(generation, backends, shared=settings, diffusion=diffusion)
-        signal.signal(signal.SIGTERM, _interrupt)
-        hang_up_as_sigterm()  # a closed terminal stops Triton too, not only this process
+        try:
+            triton = build_triton(generation, backends, shared=shared, diffusion=diffusion)
+            triton.run()  # Triton started, its models ready
+        except KeyboardInterrupt:
+            # A stop before serving is a stop all the same: PyTriton's serve() stops Triton on one only
+            # while it serves, and one before left the command with exit 130 (Triton stopped at exit).
+            log.info("stopped while starting")
+            if triton is not None:
+                triton.stop()
+            return 0
         address = generation.generation_server_address
         log.info(
             "serving",
