@@ -181,6 +181,25 @@ def test_a_backlog_of_several_pages_is_published_in_one_round_and_by_stop(
     assert sorted(published) == sorted(decision_event_id(task_id) for task_id in backlog + at_shutdown)
 
 
+def _serve_console_env(kafka_bootstrap: str, tmp_path: Path, *, metrics_port: int) -> dict[str, str]:
+    """The environment of a `skuforge serve console` child on the session's broker, its topics made."""
+    settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path / 'store'}")
+    create_topics(settings, CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED)
+    return {
+        **os.environ,
+        "SKUFORGE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "SKUFORGE_TOPIC_NAMESPACE": settings.topic_namespace,
+        "SKUFORGE_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
+        "SKUFORGE_STORE_URI": settings.store_uri,
+        "SKUFORGE_CONSOLE_DB_PATH": str(tmp_path / "tasks.sqlite3"),
+        "SKUFORGE_CONSOLE_USERS": "alice:change-me",
+        "SKUFORGE_CONSOLE_SESSION_SECRET": "a-test-secret-of-some-length",
+        "SKUFORGE_CONSOLE_HOST": "127.0.0.1",
+        "SKUFORGE_CONSOLE_PORT": str(free_port()),
+        "SKUFORGE_CONSOLE_METRICS_PORT": str(metrics_port),
+    }
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_serve_console_stops_its_intake_and_relay_on_sigterm(
     kafka_bootstrap: str, tmp_path: Path, stop: signal.Signals
@@ -191,22 +210,8 @@ def test_serve_console_stops_its_intake_and_relay_on_sigterm(
     uvicorn re-raises the SIGTERM it caught once it has shut down; with Python's default handler
     back in place that killed the process (exit -15) before the intake committed or the relay sent
     what waited in the outbox. uvicorn hears no SIGHUP: its default killed the process (exit -1)."""
-    settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path / 'store'}")
-    create_topics(settings, CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED)
-    web_port, metrics_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "SKUFORGE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "SKUFORGE_TOPIC_NAMESPACE": settings.topic_namespace,
-        "SKUFORGE_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
-        "SKUFORGE_STORE_URI": settings.store_uri,
-        "SKUFORGE_CONSOLE_DB_PATH": str(tmp_path / "tasks.sqlite3"),
-        "SKUFORGE_CONSOLE_USERS": "alice:change-me",
-        "SKUFORGE_CONSOLE_SESSION_SECRET": "a-test-secret-of-some-length",
-        "SKUFORGE_CONSOLE_HOST": "127.0.0.1",
-        "SKUFORGE_CONSOLE_PORT": str(web_port),
-        "SKUFORGE_CONSOLE_METRICS_PORT": str(metrics_port),
-    }
+    metrics_port = free_port()
+    env = _serve_console_env(kafka_bootstrap, tmp_path, metrics_port=metrics_port)
     process = subprocess.Popen(
         # The checkout under test: the venv's `skuforge` script imports the package it was installed from.
         [sys.executable, "-m", "skuforge_cli", "serve", "console"],
@@ -237,3 +242,54 @@ def test_serve_console_stops_its_intake_and_relay_on_sigterm(
             process.communicate()
     assert process.returncode == 0, output
     assert "console stopped" in output
+
+
+# `skuforge serve console` held where its SIGTERM handler is set and uvicorn's not yet: it says "held",
+# then waits for a line on its stdin (sent once the test has sent its stop).
+HELD_BEFORE_UVICORN = """
+import sys
+from services.console import server
+
+def held(then=server.hang_up_as_sigterm):
+    print("held", flush=True)
+    sys.stdin.readline()
+    then()
+
+server.hang_up_as_sigterm = held
+from skuforge_cli.main import main
+sys.exit(main(["serve", "console"]))
+"""
+
+
+def test_a_sigterm_before_uvicorn_hears_signals_still_stops_the_console(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    # The handler set for after uvicorn (which re-raises the SIGTERM it caught) did nothing: a SIGTERM
+    # before uvicorn set its own was dropped, and the console served on, to be killed after the grace.
+    env = _serve_console_env(kafka_bootstrap, tmp_path, metrics_port=free_port())
+    process = subprocess.Popen(
+        [sys.executable, "-c", HELD_BEFORE_UVICORN],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_from_a_shell,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        assert process.stdout.readline() == "held\n", process.communicate()
+        process.send_signal(signal.SIGTERM)
+        process.stdin.write("go on\n")
+        process.stdin.flush()
+        try:
+            _, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the console served on after its SIGTERM")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert "console stopped" in err

@@ -205,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     # uvicorn handles SIGTERM while it runs, then puts back the handler it found and raises the
     # signal again: with Python's default handler that killed the process before the intake and the
-    # relay stopped. This one lets the stop below run; the deployment's grace period bounds it.
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
+    # relay stopped. This one lets the stop below run; the deployment's grace period bounds it. It is
+    # uvicorn's own: one that did nothing dropped a SIGTERM that came before uvicorn set its handler,
+    # and the console served on.
+    signal.signal(signal.SIGTERM, server.handle_exit)
     hang_up_as_sigterm()  # a closed terminal: uvicorn hears only SIGINT and SIGTERM
     try:
         server.run()
