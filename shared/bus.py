@@ -211,7 +211,7 @@ def producer_stopped_for_good(producer: KafkaProducer) -> bool:
     return bool(manager is not None and manager.has_fatal_error())
 
 
-def close_stopped_producer(producer: KafkaProducer, who: str, exc: Exception) -> None:
+def close_stopped_producer(producer: KafkaProducer, who: str, exc: BaseException) -> None:
     """Log and close a producer that ``producer_stopped_for_good`` says is finished; its pending
     batches have already failed, so nothing is waited for."""
     log.error(

@@ -49,7 +49,13 @@ from typing import Any, Generic, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import InvalidSessionTimeoutError, KafkaError
+from kafka.errors import (
+    InvalidRecordError,
+    InvalidSessionTimeoutError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 from PIL import Image
@@ -244,6 +250,11 @@ def _duplicate() -> _Outcome:
 # broker's message.max.bytes are both about 1 MiB by default, record overhead included): the input is
 # dead-lettered as ``output_too_large`` instead of being retried forever.
 MAX_OUTPUT_RECORD_BYTES = 1_000_000
+
+# The broker's refusals of one record that no retry changes: a record over its topic's max.message.bytes
+# (kafka-python splits a refused batch of several records first, so the refusal is the record's own) or
+# failing its validation. An authorisation refusal is the deployment's, not the record's: it backs off.
+RECORD_REFUSALS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
 
 # A dead letter must fit in one Kafka record: an original key or value over DLQ_INLINE_MAX_BYTES
 # (schemas/envelope.py) is kept in the object store under this prefix and the letter points at it.
@@ -631,9 +642,9 @@ class Stage:
                 if parts:
                     outcomes.update(self._process_micro_batch(route, parts))
 
-        durable = self._produce_and_flush(outcomes, batch)
-        self._commit({tp: done for tp, done in outcomes.items() if tp in durable})
-        if durable == set(batch):
+        delivered_all = self._produce_and_flush(outcomes, batch)
+        self._commit(outcomes)
+        if delivered_all:
             self.metrics.batch_seconds.labels(self.name).observe(time.monotonic() - started)
 
     def _process_one(
@@ -981,16 +992,16 @@ class Stage:
         self,
         outcomes: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]],
         batch: dict[TopicPartition, list[ConsumerRecord]],
-    ) -> set[TopicPartition]:
-        """Send every output and wait for acks=all; returns the partitions of ``batch`` whose outputs
-        were all acknowledged, and rewinds each other one to its first record of the batch.
+    ) -> bool:
+        """Send every output and wait for acks=all; leaves in ``outcomes`` the inputs whose outputs were
+        all acknowledged, rewinds each partition to its first input left out, and returns whether none was.
 
         Per partition, as the module says transient faults are: before, one partition's failed send
         (its dead letter's DLQ topic missing) rewound and backed off every partition of the poll, whose
         outputs then went again, and whose back-off grew with each of that partition's retries."""
         assert self._consumer is not None
         futures: dict[TopicPartition, list[tuple[str, FutureRecordMetadata]]] = {}
-        failed: dict[TopicPartition, KafkaError] = {}
+        failed: dict[TopicPartition, BaseException] = {}
         producer = self._producer
         try:
             if producer is None:  # the last one stopped for good and no broker answered its successor
@@ -1015,15 +1026,20 @@ class Stage:
                                 raise
                 except KafkaError as exc:
                     failed[tp] = exc
+            deadline = time.monotonic() + self.settings.flush_timeout_s
             try:
                 producer.flush(timeout=self.settings.flush_timeout_s)
-            except KafkaError as exc:  # the broker is away, or the producer stopped: all go again
-                for tp in batch:
-                    failed.setdefault(tp, exc)
+            except KafkaError as exc:  # the broker is away, or the producer stopped: each send says
+                log.debug("flush failed: %s: %s", type(exc).__name__, exc, extra={"stage": self.name})
             for tp, sent in futures.items():
                 try:
                     for _, future in sent:
-                        future.get(timeout=0)
+                        # Each send's own result, waited for until the flush's deadline: flush() does not
+                        # wait for the halves of a batch the broker refused as too large (kafka-python
+                        # splits it and sends them again; its flush returns, or raises "Future not
+                        # done"), so outputs that then went failed as unacknowledged, and the partition
+                        # backed off and sent them again.
+                        future.get(timeout=max(0.0, deadline - time.monotonic()))
                 except KafkaError as exc:
                     failed.setdefault(tp, exc)
             if failed and producer_stopped_for_good(producer):
@@ -1031,19 +1047,100 @@ class Stage:
                 # first refusal's error until a restart, while /healthz said the stage was fine.
                 close_stopped_producer(producer, f"stage {self.name}", next(iter(failed.values())))
                 self._producer = None
+        # A partition whose outputs a topic refused for good goes again input by input, so that only
+        # the input whose output was refused is dead-lettered: the refusal stopped the producer, which
+        # failed the other outputs in flight with the same error. Before, the partition backed off at
+        # the cap for ever, and nothing after the input moved.
+        delivered: dict[TopicPartition, int] = {}  # of a failed partition, its inputs that went
+        for tp, error in list(failed.items()):
+            if isinstance(error, RECORD_REFUSALS):
+                acked = [future.succeeded() for _, future in futures.get(tp, [])]
+                delivered[tp], stopped_by = self._deliver_one_by_one(outcomes[tp], acked)
+                if stopped_by is None:
+                    del failed[tp]
+                    continue
+                failed[tp] = stopped_by
+                if not isinstance(stopped_by, RECORD_REFUSALS):
+                    break  # the broker is away: the other partitions back off without a try each
         for tp, error in failed.items():
-            records = batch[tp]
+            went = delivered.get(tp, 0)
+            done = outcomes.get(tp, [])
+            resume_at = done[went][0].offset if went else batch[tp][0].offset
+            del done[went:]
             if tp in self._resume_at:
                 # Backed off mid-batch at a later record: the outputs of the records before it
                 # went with this failed send, so it must restart from its first record too.
-                self._consumer.seek(tp, records[0].offset)
+                self._consumer.seek(tp, resume_at)
             else:
-                self._back_off(tp, records[0].offset, error)
+                self._back_off(tp, resume_at, error)
         for tp, sent in futures.items():
-            if tp not in failed:
-                for topic_name, _ in sent:
-                    self.metrics.produced.labels(self.name, topic_name).inc()
-        return set(batch) - set(failed)
+            # Of a partition sent again one by one, those acknowledged the first time (the others are
+            # counted as they go).
+            if tp in delivered or tp not in failed:
+                for topic_name, future in sent:
+                    if tp not in delivered or future.succeeded():
+                        self.metrics.produced.labels(self.name, topic_name).inc()
+        return not failed
+
+    def _deliver_one_by_one(
+        self, done: list[tuple[ConsumerRecord, _Outcome]], acked: list[bool]
+    ) -> tuple[int, BaseException | None]:
+        """Send the outputs of ``done`` that are not ``acked`` yet (a flag per output, in order) one at a
+        time; an input with an output refused for good (``RECORD_REFUSALS``) is dead-lettered in ``done``
+        instead. Returns how many inputs went, and the error that stopped the next one (a letter that
+        is refused in turn waits, as for a transient fault: there is nothing to dead-letter it to)."""
+        first_output = 0
+        for input_index, (record, outcome) in enumerate(done):
+            flags = acked[first_output : first_output + len(outcome.outputs)]
+            first_output += len(outcome.outputs)
+            for output_index, (topic_name, key, value) in enumerate(outcome.outputs):
+                if output_index < len(flags) and flags[output_index]:
+                    continue
+                error = self._send_alone(topic_name, key, value)
+                if error is None:
+                    continue
+                if outcome.dead_reason is not None or not isinstance(error, RECORD_REFUSALS):
+                    return input_index, error
+                letter = self._output_refused(record, topic_name, error)
+                if isinstance(letter, _Retry):
+                    return input_index, letter.error
+                error = self._send_alone(*letter.outputs[0])
+                if error is not None:
+                    return input_index, error
+                done[input_index] = (record, letter)
+                break
+        return len(done), None
+
+    def _send_alone(self, topic_name: str, key: bytes, value: bytes) -> KafkaError | None:
+        """Send one record and wait for its acknowledgement: None once acknowledged, else the error
+        (a producer it stopped for good is closed; the next send makes a new one)."""
+        try:
+            if self._producer is None:
+                self._producer = make_producer(self.settings, client_id=self.name)
+            future = self._producer.send(topic_name, key=key, value=value)
+            self._producer.flush(timeout=self.settings.flush_timeout_s)
+            future.get(timeout=self.settings.flush_timeout_s)
+        except KafkaError as exc:
+            if self._producer is not None and producer_stopped_for_good(self._producer):
+                close_stopped_producer(self._producer, f"stage {self.name}", exc)
+                self._producer = None
+            return exc
+        self.metrics.produced.labels(self.name, topic_name).inc()
+        return None
+
+    def _output_refused(
+        self, record: ConsumerRecord, topic_name: str, error: KafkaError
+    ) -> _Outcome | _Retry:
+        """The dead letter of an input whose output to ``topic_name`` the broker refused for good."""
+        try:
+            header: EnvelopeHeader | None = read_header(record.value)
+        except ValidationError:
+            header = None
+        detail = (
+            f"the broker refused its output to {topic_name} for good ({type(error).__name__}: {error}); "
+            "a record over the topic's max.message.bytes is refused so: raise it, then replay this letter"
+        )
+        return self._dead_letter(record, "output_refused", detail, error, header)
 
     def _commit(self, outcomes: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]]) -> None:
         assert self._consumer is not None

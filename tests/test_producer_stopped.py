@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
+from schemas.envelope import DeadLetter, Envelope
+from schemas.events import SkuIngested
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
 from services.passthrough.stage import build_stage
 from shared.bus import Publisher
@@ -36,6 +38,8 @@ pytestmark = pytest.mark.kafka
 # Far below one envelope (about 700 bytes): every record to the topic is refused.
 TOO_SMALL = "300"
 BROKER_DEFAULT = "1048588"
+# Above one small envelope, below one with 40 photos (about 10 kB).
+FITS_ONE_SMALL_EVENT = "3000"
 
 
 def _limit(bootstrap: str, topic_name: str, max_message_bytes: str, *, create: bool = False) -> None:
@@ -79,22 +83,31 @@ def test_the_publisher_sends_again_once_the_refusal_is_lifted(kafka_bootstrap: s
     assert len(read_topic(kafka_bootstrap, limited, expect=1, timeout_s=10)) == 1
 
 
-def test_a_stage_delivers_once_its_output_topic_takes_the_record_again(
+def test_a_stage_dead_letters_an_input_whose_output_the_topic_refuses_and_delivers_the_rest(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
+    """An output over its topic's ``max.message.bytes`` is refused for good: before, the partition backed
+    off at the retry cap for ever, and nothing after the input moved. Now the input is dead-lettered,
+    naming the topic and the broker's error, and the inputs after it are delivered (by a new producer:
+    the refusal stopped the first)."""
     settings = _settings(kafka_bootstrap, tmp_path)
     create_topics(settings, SKU_INGESTED, partitions=1)
     limited = settings.topic_name(PASSTHROUGH_OUT)
-    _limit(kafka_bootstrap, limited, TOO_SMALL, create=True)
+    _limit(kafka_bootstrap, limited, FITS_ONE_SMALL_EVENT, create=True)
     stage = build_stage(settings=settings)
-    input_ids = produce(settings, SKU_INGESTED, list(sku_ingested_payloads(stage.store, 2)))
+    small = sku_ingested_payloads(stage.store, 3)
+    photo = small[0].photos[0]
+    many_photos = [photo.model_copy(update={"photo_id": f"p{index}"}) for index in range(40)]
+    large = small[1].model_copy(update={"photos": many_photos})
+    input_ids = produce(settings, SKU_INGESTED, [small[0], large, small[2]])
     with running(stage):
-        # Refused and retried (the partition backs off), nothing dead-lettered: the input is fine.
-        deadline = time.monotonic() + 30
-        while stage.metrics.retries.labels(stage.name, "MessageSizeTooLargeError")._value.get() < 2:
-            assert time.monotonic() < deadline, "the stage never tried to send the output"
-            time.sleep(0.2)
-        _limit(kafka_bootstrap, limited, BROKER_DEFAULT)
-        outputs = read_topic(kafka_bootstrap, limited, expect=len(input_ids), timeout_s=60)
-    assert len(outputs) == len(input_ids)
-    assert read_topic(kafka_bootstrap, settings.dlq_name(SKU_INGESTED), expect=0, timeout_s=2) == []
+        outputs = read_topic(kafka_bootstrap, limited, expect=2, timeout_s=60)
+        letters = read_topic(kafka_bootstrap, settings.dlq_name(SKU_INGESTED), expect=1, timeout_s=30)
+    assert sorted(Envelope[SkuIngested].model_validate_json(r.value).sku_id for r in outputs) == [
+        "SKU-00000",
+        "SKU-00002",
+    ]
+    [letter] = [DeadLetter.model_validate_json(record.value) for record in letters]
+    assert (letter.reason, letter.event_id, letter.sku_id) == ("output_refused", input_ids[1], "SKU-00001")
+    assert limited in letter.detail and "MessageSizeTooLargeError" in letter.detail
+    assert letter.original_offset == 1

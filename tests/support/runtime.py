@@ -43,8 +43,17 @@ class _Consumer:
 
 
 class _Acked:
+    """A send's result: acknowledged once a flush that did not fail took it (kafka-python's future)."""
+
+    def __init__(self) -> None:
+        self.error: KafkaError | None = KafkaTimeoutError("not flushed")
+
+    def succeeded(self) -> bool:
+        return self.error is None
+
     def get(self, timeout: float | None = None) -> None:
-        return None
+        if self.error is not None:
+            raise self.error
 
 
 class _Producer:
@@ -53,17 +62,20 @@ class _Producer:
     def __init__(self) -> None:
         self.fail_flush = False
         self.acked: list[tuple[str, bytes]] = []
-        self._pending: list[tuple[str, bytes]] = []
+        self._pending: list[tuple[str, bytes, _Acked]] = []
 
     def send(self, topic: str, key: bytes, value: bytes) -> _Acked:
-        self._pending.append((topic, value))
-        return _Acked()
+        future = _Acked()
+        self._pending.append((topic, value, future))
+        return future
 
     def flush(self, timeout: float | None = None) -> None:
         pending, self._pending = self._pending, []
         if self.fail_flush:
             raise KafkaTimeoutError("the broker did not acknowledge in time")
-        self.acked.extend(pending)
+        for topic, value, future in pending:
+            future.error = None
+            self.acked.append((topic, value))
 
 
 def _wired(stage: Stage, consumer: _Consumer | None = None) -> tuple[_Consumer, _Producer]:

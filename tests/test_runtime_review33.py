@@ -1,0 +1,103 @@
+"""Review items of the stage runtime, driven through its consumer/producer seams: outputs the broker
+refuses for good.
+
+The real broker's refusal (an output topic's ``max.message.bytes``) is in tests/test_producer_stopped.py;
+here a fake producer refuses what a test names and, as kafka-python's idempotent producer does, fails
+every other send of the same flush with the same error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import MessageSizeTooLargeError
+from kafka.structs import TopicPartition
+
+from schemas.envelope import DeadLetter, Envelope
+from schemas.events import SkuIngested
+from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
+from shared.config import load_settings
+from shared.runtime import Context, Emit, Stage
+from tests.support.bus import file_store_uri, ingested_envelope, sku_ingested_payloads
+from tests.support.runtime import _Consumer, _Producer, _record
+
+
+class _RefusingProducer(_Producer):
+    """Refuses for good the output about ``refused_sku`` (and every dead letter, ``dlq_too``); the other
+    sends of a flush with a refused one fail with the same error."""
+
+    def __init__(self, refused_sku: str, dlq_too: bool = False) -> None:
+        super().__init__()
+        self.refused_sku = refused_sku.encode()
+        self.dlq_too = dlq_too
+
+    def _refuses(self, topic: str, value: bytes) -> bool:
+        if topic.endswith(".dlq"):
+            return self.dlq_too
+        return self.refused_sku in value
+
+    def flush(self, timeout: float | None = None) -> None:
+        pending, self._pending = self._pending, []
+        refused = [(topic, value) for topic, value, _ in pending if self._refuses(topic, value)]
+        for topic, value, future in pending:
+            if refused:
+                future.error = MessageSizeTooLargeError(f"{topic}: over max.message.bytes")
+            else:
+                future.error = None
+                self.acked.append((topic, value))
+
+
+def _stage_of_three(tmp_path: Path) -> tuple[Stage, TopicPartition, list[ConsumerRecord]]:
+    stage = Stage("review", settings=load_settings(store_uri=file_store_uri(tmp_path)))
+
+    @stage.handler(SKU_INGESTED)
+    def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        return [Emit(PASSTHROUGH_OUT, event.payload, key="out")]
+
+    topic = stage.settings.topic_name(SKU_INGESTED)
+    records = [
+        _record(topic, offset, ingested_envelope(payload).model_dump_json().encode())
+        for offset, payload in enumerate(sku_ingested_payloads(stage.store, 3))
+    ]
+    return stage, TopicPartition(topic, 0), records
+
+
+def _wired_with(stage: Stage, producer: _Producer) -> _Consumer:
+    consumer = _Consumer()
+    stage._consumer = consumer  # type: ignore[assignment]
+    stage._producer = producer  # type: ignore[assignment]
+    return consumer
+
+
+def test_an_input_whose_output_is_refused_for_good_is_dead_lettered_and_the_others_go_once(
+    tmp_path: Path,
+) -> None:
+    stage, tp, records = _stage_of_three(tmp_path)
+    producer = _RefusingProducer("SKU-00001")
+    consumer = _wired_with(stage, producer)
+    stage._process_batch({tp: records})
+    out = stage.settings.topic_name(PASSTHROUGH_OUT)
+    assert [topic for topic, _ in producer.acked] == [out, tp.topic + ".dlq", out]
+    letter = DeadLetter.model_validate_json(producer.acked[1][1])
+    assert (letter.reason, letter.sku_id, letter.original_offset) == ("output_refused", "SKU-00001", 1)
+    assert out in letter.detail and "MessageSizeTooLargeError" in letter.detail
+    assert consumer.committed == {tp: 3} and not consumer.paused
+    dlq_total = stage.metrics.registry.get_sample_value(
+        "skuforge_dlq_total", {"stage": "review", "topic": tp.topic, "reason": "output_refused"}
+    )
+    assert dlq_total == 1
+
+
+def test_a_refused_output_whose_dead_letter_is_refused_too_waits_after_committing_the_inputs_before_it(
+    tmp_path: Path,
+) -> None:
+    """Nothing to dead-letter the letter to: the partition backs off at the input (nothing is lost), and
+    the input before it, whose output went, is committed rather than sent again."""
+    stage, tp, records = _stage_of_three(tmp_path)
+    producer = _RefusingProducer("SKU-00001", dlq_too=True)
+    consumer = _wired_with(stage, producer)
+    stage._process_batch({tp: records})
+    assert [topic for topic, _ in producer.acked] == [stage.settings.topic_name(PASSTHROUGH_OUT)]
+    assert consumer.committed == {tp: 1}
+    assert consumer.positions == {tp: 1} and consumer.paused == {tp}
