@@ -588,8 +588,12 @@ class Stage:
             "holding no partition of a topic that has some; subscribing again to rejoin the group",
             extra={"stage": self.name, "topics": missing, "waited_s": round(now - self._missing_since, 1)},
         )
+        # Offsets are committed after every batch, but not those of a commit that failed: left to
+        # _forget_partitions, their inputs were handled again by the partition's next holder, and their
+        # outputs sent twice.
+        self._commit_left_over(now=True)
         self._forget_partitions(list(self._consumer.assignment()))
-        self._consumer.unsubscribe()  # leaves the group; offsets are committed after every batch
+        self._consumer.unsubscribe()  # leaves the group
         self._joined = False
         self._consumer.subscribe(self.topics, listener=_RebalanceListener(self))
         self._missing_since = None

@@ -1,5 +1,5 @@
 """Review items of the stage runtime, driven through its consumer/producer seams: outputs the broker
-refuses for good.
+refuses for good, inputs a failed commit left when the watchdog rejoins.
 
 The real broker's refusal (an output topic's ``max.message.bytes``) is in tests/test_producer_stopped.py;
 here a fake producer refuses what a test names and, as kafka-python's idempotent producer does, fails
@@ -9,14 +9,17 @@ every other send of the same flush with the same error.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import MessageSizeTooLargeError
+from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.structs import TopicPartition
 
 from schemas.envelope import DeadLetter, Envelope
 from schemas.events import SkuIngested
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
+from shared import runtime
 from shared.config import load_settings
 from shared.runtime import Context, Emit, Stage
 from tests.support.bus import file_store_uri, ingested_envelope, sku_ingested_payloads
@@ -101,3 +104,52 @@ def test_a_refused_output_whose_dead_letter_is_refused_too_waits_after_committin
     assert [topic for topic, _ in producer.acked] == [stage.settings.topic_name(PASSTHROUGH_OUT)]
     assert consumer.committed == {tp: 1}
     assert consumer.positions == {tp: 1} and consumer.paused == {tp}
+
+
+class _RejoiningConsumer(_Consumer):
+    """The fake consumer, plus what the watchdog's rejoin touches: assignment, metadata, (un)subscribe."""
+
+    def __init__(self, held: set[TopicPartition]) -> None:
+        super().__init__(commit_error=KafkaTimeoutError("commit timed out"))
+        self.held = held
+        self.calls: list[str] = []
+        self.config = {"group_id": "g.review"}
+        self._cluster = SimpleNamespace(partitions_for_topic=lambda topic: {0, 1})
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.held)
+
+    def unsubscribe(self) -> None:
+        self.calls.append(f"unsubscribe, committed {self.committed}")
+        self.held = set()
+
+    def subscribe(self, topics: list[str], listener: object = None) -> None:
+        self.calls.append("subscribe")
+
+
+def test_inputs_whose_commit_failed_are_committed_before_the_watchdog_leaves_the_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the rejoin dropped them: their outputs had gone, but the group's offset stayed before
+    them, so whoever held the partition next handled them again and sent their outputs twice."""
+    monkeypatch.setattr(runtime, "REJOIN_FIRST_S", 0.0)
+    monkeypatch.setattr(runtime, "topics_held_in_group", lambda *args: set())
+    stage, tp, records = _stage_of_three(tmp_path)
+    stage.handler(PASSTHROUGH_OUT)(lambda event, ctx: [])  # a second input topic, of which it holds none
+    consumer = _RejoiningConsumer(held={tp})
+    stage._consumer = consumer  # type: ignore[assignment]
+    stage._producer = _Producer()  # type: ignore[assignment]
+    stage._process_batch({tp: records})
+    assert consumer.committed == {}  # the broker did not answer the commit
+    consumer.commit_error = None  # and answers again
+    stage._joined = True
+    for _ in range(2):  # first seen without the topic, then rejoin
+        stage._last_assignment_check = 0.0
+        stage._check_assignment()
+    assert consumer.calls == [f"unsubscribe, committed { ({tp: 3}) }", "subscribe"]
+    assert _sample(stage, "skuforge_messages_total", topic=tp.topic, outcome="ok") == 3
+
+
+def _sample(stage: Stage, name: str, **labels: str) -> float:
+    value = stage.metrics.registry.get_sample_value(name, {"stage": stage.name, **labels})
+    return value or 0.0
