@@ -716,6 +716,10 @@ class Stage:
                     self._in_batch.add((tp.topic, decoded.event_id))
                     events.append(decoded)
                 slots[tp].append((record, decoded))
+                if isinstance(decoded, _Retry):
+                    # Its partition is rewound to it: the records after it would be handled (model work
+                    # included) only to be thrown away, and handled again after the back-off.
+                    break
 
         results: Sequence[Sequence[Emit] | BadInput | BaseException] = []
         if events:

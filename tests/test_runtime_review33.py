@@ -1,5 +1,6 @@
 """Review items of the stage runtime, driven through its consumer/producer seams: outputs the broker
-refuses for good, inputs a failed commit left when the watchdog rejoins.
+refuses for good, inputs a failed commit left when the watchdog rejoins, a micro-batch's record that
+must wait.
 
 The real broker's refusal (an output topic's ``max.message.bytes``) is in tests/test_producer_stopped.py;
 here a fake producer refuses what a test names and, as kafka-python's idempotent producer does, fails
@@ -8,6 +9,8 @@ every other send of the same flush with the same error.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -153,3 +156,32 @@ def test_inputs_whose_commit_failed_are_committed_before_the_watchdog_leaves_the
 def _sample(stage: Stage, name: str, **labels: str) -> float:
     value = stage.metrics.registry.get_sample_value(name, {"stage": stage.name, **labels})
     return value or 0.0
+
+
+def test_a_micro_batch_leaves_out_the_records_after_one_that_must_wait(tmp_path: Path) -> None:
+    """A record whose dead letter cannot be written yet rewinds its partition to it: before, the records
+    after it went to the batch handler all the same (model work thrown away, and done again after the
+    back-off); the other partitions' records still go."""
+    stage = Stage("review", settings=load_settings(store_uri=file_store_uri(tmp_path)))
+    handled: list[str] = []
+
+    @stage.batch_handler(SKU_INGESTED)
+    def handle(events: Sequence[Envelope[SkuIngested]], ctx: Context) -> list[list[Emit]]:
+        handled.extend(event.sku_id for event in events)
+        return [[Emit(PASSTHROUGH_OUT, event.payload, key="out")] for event in events]
+
+    topic = stage.settings.topic_name(SKU_INGESTED)
+    values = [
+        ingested_envelope(payload).model_dump_json().encode()
+        for payload in sku_ingested_payloads(stage.store, 3)
+    ]
+    huge = b"x" * (runtime.DLQ_INLINE_MAX_BYTES + 1)  # not JSON, and kept in the store for its letter
+    digest = hashlib.sha256(huge).hexdigest()[:16]
+    in_the_way = tmp_path / runtime.DLQ_ORIGINALS_PREFIX / topic / f"0-1-{digest}.value" / "a folder"
+    in_the_way.mkdir(parents=True)
+    tp, other = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    waiting = [_record(topic, 0, values[0]), _record(topic, 1, huge), _record(topic, 2, values[1])]
+    consumer = _wired_with(stage, _Producer())
+    stage._process_batch({tp: waiting, other: [_record(topic, 5, values[2])._replace(partition=1)]})
+    assert handled == ["SKU-00000", "SKU-00002"]
+    assert consumer.committed == {tp: 1, other: 6} and consumer.positions == {tp: 1}
