@@ -69,6 +69,7 @@ _PLAIN_FLOW_TOPICS = frozenset(topic.name for topic in (*ALL_TOPICS, PASSTHROUGH
 # world can put back, and handler_error is a stage fault or an outage that outlasted the retries).
 REPLAYABLE_REASONS: dict[str, str] = {
     "object_missing": "the object is back in the store",
+    "output_refused": "the output topic takes the record: its max.message.bytes was raised",
     "handler_error": "the stage is fixed, or the outage that outlasted its retries is over",
     "too_many_photos": "SKUFORGE_MAX_PHOTOS_PER_SKU was raised",
     "unknown_adapter": "the adapter the event names is registered",

@@ -22,6 +22,7 @@ from shared.bus import Publisher
 from shared.config import Settings
 from shared.errors import TransientError
 from shared.store import open_store
+from skuforge_cli.dlq import main as dlq_main
 from tests.support.bus import (
     create_topics,
     file_store_uri,
@@ -103,11 +104,45 @@ def test_a_stage_dead_letters_an_input_whose_output_the_topic_refuses_and_delive
     with running(stage):
         outputs = read_topic(kafka_bootstrap, limited, expect=2, timeout_s=60)
         letters = read_topic(kafka_bootstrap, settings.dlq_name(SKU_INGESTED), expect=1, timeout_s=30)
+        assert sorted(Envelope[SkuIngested].model_validate_json(r.value).sku_id for r in outputs) == [
+            "SKU-00000",
+            "SKU-00002",
+        ]
+        [letter] = [DeadLetter.model_validate_json(record.value) for record in letters]
+        assert (letter.reason, letter.event_id) == ("output_refused", input_ids[1])
+        assert limited in letter.detail and "MessageSizeTooLargeError" in letter.detail
+        assert (letter.sku_id, letter.original_offset) == ("SKU-00001", 1)
+
+        # Nothing accepted is lost: the limit raised, a replay (without --reason: a fix outside the event
+        # helps this letter) delivers the input's output.
+        _limit(kafka_bootstrap, limited, BROKER_DEFAULT)
+        probe = large.model_copy(update={"sku": large.sku.model_copy(update={"sku_id": "PROBE-00001"})})
+        _publish_once_taken(settings, probe)
+        replayed = dlq_main(
+            ["replay", settings.topic_name(SKU_INGESTED)], settings=settings, store=stage.store
+        )
+        assert replayed == 0
+        outputs = read_topic(kafka_bootstrap, limited, expect=4, timeout_s=60)
     assert sorted(Envelope[SkuIngested].model_validate_json(r.value).sku_id for r in outputs) == [
+        "PROBE-00001",
         "SKU-00000",
+        "SKU-00001",
         "SKU-00002",
     ]
-    [letter] = [DeadLetter.model_validate_json(record.value) for record in letters]
-    assert (letter.reason, letter.event_id, letter.sku_id) == ("output_refused", input_ids[1], "SKU-00001")
-    assert limited in letter.detail and "MessageSizeTooLargeError" in letter.detail
-    assert letter.original_offset == 1
+
+
+def _publish_once_taken(settings: Settings, payload: SkuIngested) -> None:
+    """Publish ``payload`` to the output topic, again until its raised limit takes it."""
+    publisher = Publisher(settings, "probe")
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # the broker applies a changed topic config within moments
+            try:
+                publisher.publish(PASSTHROUGH_OUT, payload, sku_id=payload.sku.sku_id)
+                return
+            except TransientError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        publisher.close()
