@@ -282,6 +282,14 @@ class Job:
     def adapter_id(self) -> str:
         return f"{slug(self.series) if self.series else 'general'}-{self.sha256[:12]}"
 
+    def coverage(self) -> dict[str, Any]:
+        """What ``general.json`` records of the accepted images this general job covers: how many, and
+        the request files by name when the job has them (in its schedule and in its ``in_flight``)."""
+        coverage: dict[str, Any] = {"accepted_count": self.accepted_count}
+        if self.covered_keys is not None:
+            coverage["covered"] = list(self.covered_keys)
+        return coverage
+
 
 def _accepted_source(data: bytes) -> InstanceSource:
     """The training source an ``accepted/`` request file records (``ValueError``, ``KeyError`` or
@@ -612,9 +620,7 @@ class LoraTrainer:
         state = self._general_state() or {}
         wanted: dict[str, Any] | None = None
         if job is not None:
-            wanted = {"keys": list(job.accepted_keys), "accepted_count": job.accepted_count}
-            if job.covered_keys is not None:
-                wanted["covered"] = list(job.covered_keys)
+            wanted = {"keys": list(job.accepted_keys), **job.coverage()}
         if state.get("in_flight") != wanted:
             if wanted is None:
                 state.pop("in_flight", None)
@@ -629,10 +635,7 @@ class LoraTrainer:
     def _general_published(self, job: Job) -> None:
         """Record ``job`` (the general job) as published in ``general.json``: its accepted images
         counted, the schedule's clock started again, no job under way."""
-        state: dict[str, Any] = {"accepted_count": job.accepted_count, "trained_at": time.time()}
-        if job.covered_keys is not None:
-            state["covered"] = list(job.covered_keys)
-        self.store.put_json(GENERAL_STATE_KEY, state)
+        self.store.put_json(GENERAL_STATE_KEY, {**job.coverage(), "trained_at": time.time()})
 
     def _general_up_to_date(self, job: Job) -> None:
         """Record in ``general.json`` that the general adapter already published covers ``job``'s images
@@ -642,11 +645,9 @@ class LoraTrainer:
         if job.kind != "general" or job.covered_keys is None:
             return
         state = self._general_state() or {}
-        if state.get("covered") != list(job.covered_keys):
-            self.store.put_json(
-                GENERAL_STATE_KEY,
-                {**state, "accepted_count": job.accepted_count, "covered": list(job.covered_keys)},
-            )
+        coverage = job.coverage()
+        if state.get("covered") != coverage["covered"]:
+            self.store.put_json(GENERAL_STATE_KEY, {**state, **coverage})
 
     def _hash(self, kind: str, series: str | None, sources: list[InstanceSource]) -> str:
         # The class-folder images this job trains on (its classes' first recipe.class_images): a
