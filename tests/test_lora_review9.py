@@ -122,3 +122,54 @@ def test_a_checkpoint_that_does_not_fit_the_model_starts_the_job_again_from_step
     assert again.weights == uninterrupted.weights
     [warning] = [r for r in caplog.records if r.getMessage().startswith("checkpoint cannot be read")]
     assert warning.checkpoint == key  # type: ignore[attr-defined]
+
+
+def _moments_of_another_rank(state: dict[str, Any]) -> None:
+    """AdamW's moments one row longer than their parameters (a LoRA of another rank), as many of them."""
+    for moments in state["optimizer"]["state"].values():
+        for name in ("exp_avg", "exp_avg_sq"):
+            moments[name] = torch.zeros(moments[name].shape[0] + 1, *moments[name].shape[1:])
+
+
+def _moments_missing(state: dict[str, Any]) -> None:
+    for moments in state["optimizer"]["state"].values():
+        del moments["exp_avg_sq"]
+
+
+@pytest.mark.slow  # trains the tiny model two steps, then one, then two
+@pytest.mark.parametrize("damage", [_moments_of_another_rank, _moments_missing])
+def test_a_checkpoint_whose_optimizer_moments_do_not_fit_starts_the_job_again_from_step_0(
+    tiny_model: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    damage: Callable[[dict[str, Any]], None],
+) -> None:
+    """``optimizer.load_state_dict`` checks the parameter groups' sizes, not the moments' shapes: a
+    checkpoint with as many moments as parameters but of other shapes (or without one) loaded, and
+    AdamW raised at the next step, counted as the job's fault, so the job failed for good after its
+    attempts. It starts again from step 0, as a checkpoint that does not fit otherwise does."""
+    store = FileStore(tmp_path / "store")
+    recipe = TrainingRecipe(
+        resolution=64, scenes_per_photo=1, class_images=0, max_steps=2, checkpoint_every=1
+    )
+    training_set = build_training_set(store, "set", "0" * 64, [one_photo_source(store)], recipe)
+    uninterrupted = train_lora(tiny_model, training_set, recipe, store, "whole")
+    stepped: list[int] = []  # SIGTERM after the first step: the checkpoint holds step 1 of 2
+    with pytest.raises(TrainingInterrupted):
+        train_lora(
+            tiny_model, training_set, recipe, store, "job",
+            on_step=lambda step, loss: stepped.append(step), should_stop=lambda: bool(stepped),
+        )  # fmt: skip
+
+    key = checkpoint_key("job")
+    state = torch.load(io.BytesIO(store.get_bytes(key)), weights_only=True)
+    damage(state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    store.put_bytes(key, buffer.getvalue())
+    with caplog.at_level(logging.WARNING, logger="skuforge.lora_training"):
+        again = train_lora(tiny_model, training_set, recipe, store, "job")
+    assert (again.resumed_from_step, again.steps) == (0, 2)
+    assert again.weights == uninterrupted.weights
+    [warning] = [r for r in caplog.records if r.getMessage().startswith("checkpoint cannot be read")]
+    assert warning.checkpoint == key  # type: ignore[attr-defined]

@@ -404,20 +404,49 @@ def _resume(
     """Load a read checkpoint's LoRA weights and optimizer state into ``unet`` and ``optimizer``; False
     (the warning of a checkpoint that cannot be read) when they do not fit the job's model: another
     job's copied in, or damaged in a way ``torch.load`` accepts (a parameter group of another size, a
-    LoRA of another rank). Raised, it was counted as the job's fault and the job failed for good after
-    its attempts. The weights loaded before the mismatch showed are put back to the job's initial
-    ones, so that the job started again ends as an uninterrupted one ends."""
+    LoRA of another rank, AdamW moments of another shape). Raised, it was counted as the job's fault
+    and the job failed for good after its attempts. The weights loaded before the mismatch showed are
+    put back to the job's initial ones, so that the job started again ends as an uninterrupted one ends."""
     initial_lora = {name: tensor.detach().clone() for name, tensor in lora_state(unet).items()}
     initial_optimizer = optimizer.state_dict()  # a fresh optimizer's: no moments yet
     try:
         set_lora_state(unet, state["lora"])
         optimizer.load_state_dict(state["optimizer"])
+        _check_moments(optimizer)
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
         set_lora_state(unet, initial_lora)
         optimizer.load_state_dict(initial_optimizer)
         _starting_again(key, exc)
         return False
     return True
+
+
+def _check_moments(optimizer: Any) -> None:
+    """``ValueError`` unless each parameter's AdamW state, where it has one, holds its step and moments
+    of the parameter's shape. ``load_state_dict`` checks only how many parameters each group has: a
+    moment of another shape, or one missing, loaded and raised at the next step, as the job's fault."""
+    import torch
+
+    for group in optimizer.param_groups:
+        names = ("exp_avg", "exp_avg_sq", *(("max_exp_avg_sq",) if group.get("amsgrad") else ()))
+        for param in group["params"]:
+            moments = optimizer.state.get(param)
+            if not moments:
+                continue  # not stepped yet: AdamW makes its moments at its first step
+            step = moments.get("step")
+            if not (isinstance(step, torch.Tensor) and step.numel() == 1):
+                raise ValueError(f"the optimizer's step of a parameter is {step!r:.80}, not one number")
+            for name in names:
+                moment = moments.get(name)
+                if isinstance(moment, torch.Tensor) and moment.shape == param.shape:
+                    continue
+                found = (
+                    f"of shape {tuple(moment.shape)}" if isinstance(moment, torch.Tensor)
+                    else "missing" if moment is None else f"a {type(moment).__name__}"
+                )  # fmt: skip
+                raise ValueError(
+                    f"the optimizer's {name} of a parameter of shape {tuple(param.shape)} is {found}"
+                )
 
 
 def _starting_again(key: str, exc: Exception) -> None:
