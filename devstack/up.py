@@ -177,19 +177,21 @@ class StackConfig:
         """The console's address in a browser."""
         return f"http://127.0.0.1:{self.ports['console']}/"
 
-    def kafka_env(self) -> dict[str, str]:
-        """How services reach the stack's Kafka: the bootstrap of ``--kafka-bootstrap``'s cluster, with
-        the caller's protocol and login for it; or the PLAINTEXT connection of the stack's own broker,
-        every protocol, SASL and CA setting of the caller's overridden (an empty one is unset), since
-        they are for another cluster: with only the bootstrap replaced, every stage failed to reach it."""
+    def kafka_settings(self) -> dict[str, Any]:
+        """The Kafka settings (by field name) services get in place of the caller's:
+        :func:`stack_kafka_settings` of this stack's broker."""
         if not self.start_kafka:
-            return {"SKUFORGE_KAFKA_BOOTSTRAP": self.kafka_bootstrap}
-        broker = LocalKafka(
-            self.workdir / "kafka", port=self.ports["kafka"], controller_port=self.ports["kafka_controller"]
+            return stack_kafka_settings(self.workdir, self.kafka_bootstrap)
+        return stack_kafka_settings(
+            self.workdir, None, port=self.ports["kafka"], controller_port=self.ports["kafka_controller"]
         )
+
+    def kafka_env(self) -> dict[str, str]:
+        """How services reach the stack's Kafka: :meth:`kafka_settings` as variables (an empty one is
+        unset)."""
         return {
             ENV_PREFIX + name.upper(): "" if value is None else str(value)
-            for name, value in broker.connection.items()
+            for name, value in self.kafka_settings().items()
         }
 
     def env(self) -> dict[str, str]:
@@ -211,6 +213,23 @@ class StackConfig:
             **({"SKUFORGE_GENERATION_BACKEND": self.backends[0]} if len(self.backends) == 1 else {}),
             **self.extra_env,
         }
+
+
+def stack_kafka_settings(
+    workdir: Path,
+    kafka_bootstrap: str | None,
+    *,
+    port: int = DEFAULT_PORT,
+    controller_port: int = DEFAULT_CONTROLLER_PORT,
+) -> dict[str, Any]:
+    """The Kafka settings (by field name) a stack's services get in place of the caller's: the
+    bootstrap of ``--kafka-bootstrap``'s cluster, with the caller's protocol and login for it; or,
+    with no ``kafka_bootstrap``, the PLAINTEXT connection of the stack's own broker, every protocol,
+    SASL and CA setting of the caller's overridden, since they are for another cluster: with only the
+    bootstrap replaced, every stage failed to reach it. ``port`` only changes the bootstrap."""
+    if kafka_bootstrap is not None:
+        return {"kafka_bootstrap": kafka_bootstrap}
+    return LocalKafka(workdir / "kafka", port=port, controller_port=controller_port).connection
 
 
 # --------------------------------------------------------------------------------------------------
@@ -581,7 +600,7 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
             ready_timeout_s=300,
         )
     )
-    settings = load_settings()
+    settings = load_settings(**config.kafka_settings())  # the services', not the shell's
     for stage in config.stages:
         names = config.replica_names(stage.name)
         for index, name in enumerate(names, start=1):
@@ -1052,7 +1071,10 @@ def main(argv: list[str] | None = None) -> int:
     from skuforge_cli.main import load_all_settings
 
     try:
-        load_all_settings()  # a bad SKUFORGE_* variable of any service stops us here, not in its log file
+        # A bad SKUFORGE_* variable of any service stops us here, not in its log file; but not one of
+        # the shell's Kafka settings the services do not get (for another cluster, where up starts
+        # its own broker): a half-configured SASL login there stopped a stack that never uses it.
+        load_all_settings(**stack_kafka_settings(args.workdir, args.kafka_bootstrap))
     except ConfigError as exc:
         print(f"skuforge up: {exc}", file=sys.stderr)
         return 2

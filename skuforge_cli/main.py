@@ -47,14 +47,18 @@ SETTINGS_MODELS: tuple[type[BaseSettings], ...] = (
 )
 
 
-def load_all_settings() -> list[BaseSettings]:
+def load_all_settings(**overrides: object) -> list[BaseSettings]:
     """Every settings model read from the environment, so one bad ``SKUFORGE_*`` variable of any
-    service is found before anything starts; raises ConfigError naming every bad variable."""
+    service is found before anything starts; raises ConfigError naming every bad variable.
+
+    ``overrides`` (settings by field name) replace the environment's in the models that have them:
+    what ``skuforge up`` gives its services in place of the shell's."""
     loaded: list[BaseSettings] = []
     problems: list[str] = []
     for model in SETTINGS_MODELS:
+        own = {name: value for name, value in overrides.items() if name in model.model_fields}
         try:
-            loaded.append(load_settings(model))
+            loaded.append(load_settings(model, **own))
         except ConfigError as exc:
             problems.extend(line for line in str(exc).splitlines()[1:] if line not in problems)
     if problems:

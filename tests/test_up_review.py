@@ -638,6 +638,58 @@ def test_services_and_clients_of_a_stack_with_its_own_broker_reach_it_whatever_t
     assert "hunter2-hunter2" not in (tmp_path / STATE_FILE).read_text()
 
 
+@pytest.mark.parametrize(
+    ("shell", "kafka_bootstrap"),
+    [
+        ({"SKUFORGE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, None),  # its login left out
+        ({"SKUFORGE_KAFKA_SASL_USERNAME": "cluster-user"}, None),  # its protocol left out
+        ({"SKUFORGE_KAFKA_BOOTSTRAP": "kafka.elsewhere"}, None),
+        ({"SKUFORGE_KAFKA_BOOTSTRAP": "kafka.elsewhere"}, "127.0.0.1:9"),
+    ],
+)
+def test_up_does_not_refuse_kafka_settings_of_the_shell_its_services_do_not_get(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    shell: dict[str, str],
+    kafka_bootstrap: str | None,
+) -> None:
+    """A shell half set up for another cluster (a SASL protocol without its login, a bootstrap with no
+    port) stopped `skuforge up` with exit 2, although a stack with its own broker gives its services
+    that broker's PLAINTEXT connection, and --kafka-bootstrap replaces the shell's bootstrap."""
+    started: list[str] = []
+
+    def runs_the_stack(self: Supervisor, **kwargs: object) -> int:
+        started.extend(state.spec.name for state in self.services)
+        return 0
+
+    monkeypatch.setattr(devstack.up.Supervisor, "run", runs_the_stack)
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+    for name, value in shell.items():
+        monkeypatch.setenv(name, value)
+    argv = ["--workdir", str(tmp_path), "--ports", "free"]
+    code = main([*argv, *(["--kafka-bootstrap", kafka_bootstrap] if kafka_bootstrap else [])])
+    while devstack.up._held_locks:  # held by a run that got past the check
+        os.close(devstack.up._held_locks.pop())
+    assert "invalid configuration" not in capsys.readouterr().err
+    assert code == 0 and "topics" in started
+
+
+def test_up_still_refuses_the_kafka_login_its_services_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --kafka-bootstrap the services take the shell's protocol and login: half of one stops up."""
+
+    def runs_the_stack(self: Supervisor, **kwargs: object) -> int:
+        raise AssertionError("started a stack whose services cannot log in to Kafka")
+
+    monkeypatch.setattr(devstack.up.Supervisor, "run", runs_the_stack)
+    monkeypatch.setenv("SKUFORGE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    code = main(["--workdir", str(tmp_path), "--ports", "free", "--kafka-bootstrap", "127.0.0.1:9"])
+    assert code == 2
+    assert "SKUFORGE_KAFKA_SASL_USERNAME" in capsys.readouterr().err
+
+
 def test_a_second_up_in_a_workdir_another_up_holds_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
