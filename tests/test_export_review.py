@@ -754,3 +754,60 @@ def test_an_empty_out_whose_group_the_exporter_cannot_give_is_kept_and_filled(
     after = out.stat()
     assert (after.st_ino, after.st_gid) == (before.st_ino, before.st_gid)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "store"]
+
+
+# -- OUT a freshly formatted volume: only its lost+found ---------------------------------------
+
+
+@pytest.mark.parametrize("mounted", [True, False], ids=["mount-point", "plain-folder"])
+@pytest.mark.parametrize("recovered", [[], ["#1234"]], ids=["empty", "holding-a-file"])
+def test_an_out_holding_only_lost_and_found_is_exported_into_and_lost_and_found_left_as_it_was(
+    store: ManifestStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    mounted: bool,
+    recovered: list[str],
+) -> None:
+    """A freshly formatted volume (mkfs.ext4) mounted as OUT holds lost+found: it was refused as "not
+    empty", so no export could go onto a new disk without removing the file system's own folder."""
+    out = tmp_path / "out"
+    (out / "lost+found").mkdir(parents=True)
+    for name in recovered:
+        (out / "lost+found" / name).write_text("a block fsck found")
+    if mounted:
+        as_mount_point(out, monkeypatch)
+    assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0, capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == ["SKU-A", "SKU-B", "export.json", "lost+found"]
+    assert sorted(path.name for path in (out / "lost+found").iterdir()) == recovered
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "store"]
+    summary = json.loads((out / "export.json").read_text())
+    assert sorted(summary["classes"]) == ["SKU-A", "SKU-B"]
+
+
+@pytest.mark.parametrize("other", ["notes.txt", "lost+found.txt", "old-export"])
+def test_an_out_holding_anything_beside_lost_and_found_is_still_refused(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str], other: str
+) -> None:
+    out = tmp_path / "out"
+    (out / "lost+found").mkdir(parents=True)
+    if other == "old-export":
+        (out / other).mkdir()
+    else:
+        (out / other).write_text("someone's")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*EXPORT[:2], str(out), *EXPORT[2:]])
+    assert exit_info.value.code == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == sorted(["lost+found", other])
+
+
+def test_a_lost_and_found_that_is_a_file_is_not_a_file_systems_and_is_refused(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "lost+found").write_text("not a file system's folder")
+    with pytest.raises(SystemExit):
+        cli_main([*EXPORT[:2], str(out), *EXPORT[2:]])
+    assert "is not empty" in capsys.readouterr().err

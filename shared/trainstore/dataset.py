@@ -348,7 +348,8 @@ def export_dataset(
     no_synthetic: Mapping[str, str] | None = None,
     limits: tuple[int, int] = (DEFAULT_MAX_PIXELS, DEFAULT_MAX_BYTES),
 ) -> ExportSummary:
-    """Write a training set to ``out_dir`` (which must not exist or be empty) and return its summary.
+    """Write a training set to ``out_dir`` (which must not exist, or be empty but for a file system's
+    ``lost+found``, left as it is) and return its summary.
 
     ``no_synthetic``: SKUs exported without synthetic images, with the reason (``plan_export``).
     ``limits``: the (pixels, bytes) decode limits the stage stored the images under (the settings').
@@ -364,7 +365,7 @@ def export_dataset(
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} is a file; export into a new directory")
     _remove_abandoned_staging(out_dir.resolve())
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and any(not _is_lost_and_found(entry) for entry in out_dir.iterdir()):
         writing = sorted(entry.name for entry in out_dir.glob(".partial-*"))
         held = (
             f" ({', '.join(writing)}: an export may be writing into it; remove it if none runs)"
@@ -402,6 +403,15 @@ def export_dataset(
         os.close(owner)
 
 
+# The folder mkfs (ext2/3/4) makes at a file system's root, where fsck puts what it recovers: a freshly
+# formatted volume mounted as OUT holds it, so OUT is empty but for it, which is left as it is.
+LOST_AND_FOUND = "lost+found"
+
+
+def _is_lost_and_found(entry: Path) -> bool:
+    return entry.name == LOST_AND_FOUND and entry.is_dir() and not entry.is_symlink()
+
+
 def _staging_for(target: Path) -> tuple[Path, int]:
     """The export's staging folder, created and locked (``_hold``) before any slow step, so that from
     the start a second export into ``target`` sees it.
@@ -412,8 +422,9 @@ def _staging_for(target: Path) -> tuple[Path, int]:
     would cross file systems, EXDEV), a folder above it that cannot be written in, another user's
     ``target``, one of a group its user is not in (the folder replacing it could not have that group);
     and where ``target`` is the working folder, which the shell that started the export is in:
-    replaced, it would show that shell the old folder, empty. Made inside first, given ``target``'s
-    group and moved beside, so that the chown and the move themselves tell which.
+    replaced, it would show that shell the old folder, empty; and where ``target`` holds a
+    ``lost+found``, which a rename over it would not replace (not empty). Made inside first, given
+    ``target``'s group and moved beside, so that the chown and the move themselves tell which.
     """
     name = f"partial-{uuid.uuid4().hex}"
     if target.exists():
@@ -427,7 +438,12 @@ def _staging_for(target: Path) -> tuple[Path, int]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if staging.parent == target and target.stat().st_uid == os.geteuid() and not _is_working_folder(target):
+    if (
+        staging.parent == target
+        and target.stat().st_uid == os.geteuid()
+        and not _is_working_folder(target)
+        and not (target / LOST_AND_FOUND).exists()
+    ):
         beside = target.parent / f".{target.name}.{name}"
         try:
             # Its group now, so that a group we cannot give (``chgrp`` by an admin) keeps it inside.
