@@ -208,3 +208,52 @@ def test_sweep_into_a_closed_pipe_stops_quietly(file_store: FileStore) -> None:
     assert done.stderr == ""
     assert done.returncode == 1
     assert orphan in _keys(file_store)  # a dry run
+
+
+def test_sweep_with_sku_sweeps_only_the_skus_named(
+    file_store: FileStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`skuforge dataset sweep` went through every SKU of the store: one SKU's leftovers could not be
+    looked at, or deleted, without those of the whole store. SKU-AB shares SKU-A's name as a prefix."""
+    manifests = ManifestStore(file_store, PREFIX)
+    orphans = {}
+    for sku_id in ("SKU-A", "SKU-AB", "SKU-B"):
+        add_item(manifests, sku_id, "real-0", "real", "reference")
+        orphans[sku_id] = _orphan(manifests, f"images/{sku_id}/real/real-1.png")
+        _age(file_store, orphans[sku_id], days=2)
+    for sku_id in ("SKU-Y", "SKU-Z"):  # objects but no manifest
+        _orphan(manifests, f"images/{sku_id}/real/photo.png")
+    before = _keys(file_store)
+
+    assert cli_main(["dataset", "sweep", "--sku", "SKU-A"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        f"SKU-A: would delete {file_store.uri_for(orphans['SKU-A'])}",
+        "dry run: 1 object of 1 SKU would be deleted; run again with --delete to delete them",
+    ]
+    assert _keys(file_store) == before
+
+    assert cli_main(["dataset", "sweep", "--sku", "SKU-A", "--sku", "SKU-Z", "--delete"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        f"SKU-A: deleted {file_store.uri_for(orphans['SKU-A'])}",
+        "SKU-Z: no manifest: its objects are left alone",
+        "1 object of 1 SKU deleted",
+    ]
+    assert _keys(file_store) == before - {orphans["SKU-A"]}
+
+
+@pytest.mark.parametrize("sku_id", ["SKU-NONE", "SKU-", "../SKU-A", "SKU-A/real", ""])
+def test_sweep_with_a_sku_the_store_does_not_hold_is_refused_and_nothing_is_deleted(
+    file_store: FileStore, capsys: pytest.CaptureFixture[str], sku_id: str
+) -> None:
+    manifests = ManifestStore(file_store, PREFIX)
+    add_item(manifests, "SKU-A", "real-0", "real", "reference")
+    _age(file_store, _orphan(manifests, "images/SKU-A/real/real-1.png"), days=2)
+    before = _keys(file_store)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["dataset", "sweep", "--sku", "SKU-A", "--sku", sku_id, "--delete"])
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert f"--sku {sku_id!r}:" in err and out == ""
+    assert _keys(file_store) == before

@@ -4,7 +4,7 @@
     skuforge dataset export OUT --format imagefolder|jsonl --max-synthetic-per-real K [--size 256] \
         [--fit keep|pad] [--min-real 1] [--sku SKU ...] [--evaluation evaluation.json|DIR [--min-gain 0.0]]
     skuforge dataset compact
-    skuforge dataset sweep [--delete]
+    skuforge dataset sweep [--sku SKU ...] [--delete]
 
 The store is ``SKUFORGE_STORE_URI`` (and ``SKUFORGE_S3_ENDPOINT_URL``), the retraining store's root
 inside it ``SKUFORGE_TRAINSTORE_PREFIX``. Only manifests are read, except by ``export``, which reads
@@ -27,6 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from schemas.common import check_safe_id
 from shared.argtypes import folder_problem, int_between, non_negative_int, positive_int, read_json_object
 from shared.config import load_settings
 from shared.errors import BadInput, TransientError
@@ -301,6 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         "the store's layout and SKUs with no manifest (named) are never touched.",
     )
     sweep.add_argument(
+        "--sku",
+        action="append",
+        default=None,
+        help="sweep only this SKU (repeatable); one the store has no manifest or objects of is refused",
+    )
+    sweep.add_argument(
         "--delete",
         action="store_true",
         help="delete the objects found (default: a dry run that only prints them)",
@@ -405,8 +412,25 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(summary.lines()))
         return 0
     if args.action == "sweep":
+        unmanaged = None  # the store's every SKU with objects but no manifest
+        if args.sku is not None:
+            wanted = list(dict.fromkeys(args.sku))
+            for sku_id in wanted:
+                try:
+                    check_safe_id(sku_id)  # it names the folders listed: never '..' or a path
+                except ValueError as exc:
+                    sweep.error(f"--sku {sku_id!r}: not a SKU id ({exc})")
+            unmanaged = skus_without_manifest(manifests, only=wanted)
+            for sku_id in wanted:
+                if sku_id not in sku_ids and sku_id not in unmanaged:
+                    # A typo would otherwise sweep nothing and report success.
+                    sweep.error(
+                        f"--sku {sku_id!r}: no SKU of that id in the store (skuforge dataset stats lists "
+                        "them)"
+                    )
+            sku_ids = [sku_id for sku_id in sku_ids if sku_id in wanted]
         try:
-            return _sweep(manifests, sku_ids, delete=args.delete)
+            return _sweep(manifests, sku_ids, delete=args.delete, unmanaged=unmanaged)
         except BrokenPipeError:  # `sweep | head -1`; with --delete, the objects printed were deleted
             return _reader_gone()
     compacted = []
@@ -432,10 +456,13 @@ def _reader_gone() -> int:
     return 1
 
 
-def _sweep(manifests: ManifestStore, sku_ids: list[str], *, delete: bool) -> int:
+def _sweep(
+    manifests: ManifestStore, sku_ids: list[str], *, delete: bool, unmanaged: list[str] | None = None
+) -> int:
     """``skuforge dataset sweep``: each SKU's unnamed objects past the grace period, deleted with
     ``delete``, each printed as it goes (so a run cut short has said what it deleted); a SKU that does
-    not read, or whose deletion failed, is named on stderr (exit 1), the others are still swept."""
+    not read, or whose deletion failed, is named on stderr (exit 1), the others are still swept.
+    ``unmanaged``: the SKUs with objects but no manifest to name (default: the store's every one)."""
     grace_s = load_settings(TrainstoreSettings).trainstore_sweep_grace_s
     done = "deleted" if delete else "would delete"
     unreadable: dict[str, str] = {}
@@ -459,7 +486,7 @@ def _sweep(manifests: ManifestStore, sku_ids: list[str], *, delete: bool) -> int
                 f"{sku_id}: {young} unnamed object{'s' if young != 1 else ''} younger than "
                 f"SKUFORGE_TRAINSTORE_SWEEP_GRACE_S ({grace_s:g} s) kept"
             )
-    for sku_id in skus_without_manifest(manifests):
+    for sku_id in skus_without_manifest(manifests) if unmanaged is None else unmanaged:
         print(f"{sku_id}: no manifest: its objects are left alone")
     objects, skus = len(swept), len(set(swept))
     counted = f"{objects} object{'s' if objects != 1 else ''} of {skus} SKU{'s' if skus != 1 else ''}"

@@ -15,7 +15,7 @@ are ever swept: never a manifest part, a withdrawal marker, or anything outside 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -74,10 +74,20 @@ def find_orphans(manifests: ManifestStore, sku_id: str, *, grace_s: float) -> Sk
     return SkuOrphans(sku_id, old, [key for key in unnamed if key not in old])
 
 
-def skus_without_manifest(manifests: ManifestStore) -> list[str]:
+def skus_without_manifest(manifests: ManifestStore, only: Collection[str] | None = None) -> list[str]:
     """SKUs with objects under images/ or masks/ but no manifest part, sorted: a sweep leaves them alone
-    (with no row to say which objects are named, every one would look orphaned)."""
+    (with no row to say which objects are named, every one would look orphaned). With ``only`` (valid
+    SKU ids, ``check_safe_id``), those of them, each looked for under its own folders."""
     with_manifest = set(manifests.sku_ids())
+    if only is not None:
+        return sorted(
+            sku_id
+            for sku_id in set(only) - with_manifest
+            if any(
+                next(manifests.store.list_addressable(manifests.key(f"{folder}{sku_id}/")), None)
+                for folder in ("images/", "masks/")
+            )
+        )
     found = set()
     for folder in ("images/", "masks/"):
         root = manifests.key(folder)
