@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from schemas.common import SKU_ID_MAX_LEN
 from schemas.envelope import MAX_DEAD_LETTER_DETAIL_CHARS, clipped
 from schemas.events import MAX_PHOTOS_PER_EVENT, SkuCaptioned
 from services.captioner.stage import handle
@@ -94,3 +96,38 @@ def test_a_sku_of_many_photos_missing_from_the_store_says_why_of_each_in_its_let
     every = f"all {len(photos)} photos ({', '.join(photos)}): object_missing (no object at "
     assert every in detail, detail
     assert detail.endswith("photo-00.png; and 63 more))"), detail
+
+
+_NAMED = re.compile(r"(?:all \d+ photos \()?((?:[\w.-]+, )*[\w.-]+)(?: and (\d+) more)?\)?: (\w+) \(")
+
+
+@pytest.mark.parametrize("missing", [64, 32], ids=["all-missing", "half-missing-half-nan"])
+def test_a_letter_naming_64_photo_ids_of_64_characters_fits_in_a_dead_letter(
+    tmp_path: Path, missing: int
+) -> None:
+    """64 photo ids of 64 characters (the longest ids an event carries, as many as it carries) are
+    4,224 characters named alone, past the 4,000 of a dead letter's detail even when grouped by
+    reason: the runtime cut the letter, and the reasons said last with it. The first ids of each
+    reason are named and the others counted ("and 50 more"), every reason said."""
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri, max_photos_per_sku=MAX_PHOTOS_PER_EVENT)
+    photos = {
+        f"photo-{index:02d}-".ljust(SKU_ID_MAX_LEN, "x"): blue_box_on_white()
+        for index in range(MAX_PHOTOS_PER_EVENT)
+    }
+    event = ingested_envelope(photos_sku(store, "SKU-LONG-IDS", photos))
+    for photo_id in list(photos)[:missing]:
+        store.delete(f"incoming/SKU-LONG-IDS/{photo_id}.png")
+    with pytest.raises(BadInput) as refused:
+        handle(event, context(store, settings), models=nan_where_red_models())
+    assert refused.value.reason == "object_missing"  # curable: a replay retries it once they are back
+    detail = refused.value.detail
+    assert clipped(detail, MAX_DEAD_LETTER_DETAIL_CHARS) == detail, f"cut in the dead letter: {len(detail)}"
+    counted = {
+        reason: len(named.split(", ")) + int(more or 0) for named, more, reason in _NAMED.findall(detail)
+    }
+    expected = {"object_missing": missing}
+    if missing < len(photos):
+        expected["model_output_not_finite"] = len(photos) - missing
+    assert counted == expected, detail
+    assert f"{next(iter(photos))}" in detail

@@ -28,7 +28,8 @@ image (``model_output_not_finite``, as the matting stage refuses it), or a mask 
 photo at all goes to the DLQ as ``no_usable_photo``, with each photo's reason in the detail, photos
 refused alike named together (``all 3 photos (p1, p2, p3): model_output_not_finite (...)``), or, when
 that would not fit in a dead letter, those refused for one reason, with the first detail and how many
-more (``... object_missing (...; and 2 more)``); as
+more (``... object_missing (...; and 2 more)``), the first ids of each reason only where the ids
+alone would not fit (``p1 and 63 more: object_missing (...)``); as
 ``object_missing`` when a photo is missing from the store, so a plain DLQ replay retries it once the
 object is back. A SKU with
 more photos than ``SKUFORGE_MAX_PHOTOS_PER_SKU`` (what ingest accepts) goes to the DLQ as
@@ -293,7 +294,8 @@ def _why_unusable(photo_ids: Sequence[str], found: Sequence[_Found | _Unusable])
     """Why each unusable photo was, those with the same reason and detail named together:
     ``all 3 photos (p1, p2, p3): model_output_not_finite (...)``, ``p1, p2: blank_photo (...); p3: ...``.
     When that would not fit in a dead letter, those with the same reason are named together with the
-    first detail and how many other details there were: ``p1, p2: object_missing (...p1.png; and 1 more)``.
+    first detail and how many other details there were: ``p1, p2: object_missing (...p1.png; and 1 more)``,
+    and if their ids still do not fit, the first ids of each reason: ``p1 and 63 more: object_missing``.
     Repeated per photo, one model's sentence about NaN, or each missing photo's URI, filled the dead
     letter's detail, and the reasons of the photos after the 15th or so were cut."""
     unusable = [
@@ -313,20 +315,33 @@ def _why_unusable(photo_ids: Sequence[str], found: Sequence[_Found | _Unusable])
         ids.append(photo_id)
         if outcome.detail[:300] not in details:
             details.append(outcome.detail[:300])
-    return _named_groups(len(photo_ids), [(reason, *group) for reason, group in by_reason.items()])
+    groups = [(reason, *group) for reason, group in by_reason.items()]
+    shown = [len(ids) for _, ids, _ in groups]
+    said = _named_groups(len(photo_ids), groups, shown)
+    # The ids alone may not fit (64 of 64 characters are 4,224): the group naming the most names one
+    # fewer, counting the others ("and 50 more"), until the letter fits; each reason keeps its first.
+    while len(said) > _WHY_UNUSABLE_CHARS and max(shown) > 1:
+        shown[shown.index(max(shown))] -= 1
+        said = _named_groups(len(photo_ids), groups, shown)
+    return said
 
 
 # Room left in a dead letter's detail (MAX_DEAD_LETTER_DETAIL_CHARS) for the SKU's id and the sentence.
 _WHY_UNUSABLE_CHARS = MAX_DEAD_LETTER_DETAIL_CHARS - 400
 
 
-def _named_groups(photo_count: int, groups: Sequence[tuple[str, list[str], list[str]]]) -> str:
+def _named_groups(
+    photo_count: int, groups: Sequence[tuple[str, list[str], list[str]]], shown: Sequence[int] | None = None
+) -> str:
     """``ids: reason (first detail; and N more)`` per (reason, photo ids, details) group, ``all N
-    photos (...)`` when one group holds every photo of several."""
+    photos (...)`` when one group holds every photo of several; with ``shown``, each group names its
+    first that many ids and counts the others (``p1, p2 and 5 more: blank_photo (...)``)."""
     parts = []
-    for reason, ids, details in groups:
+    for index, (reason, ids, details) in enumerate(groups):
+        count = len(ids) if shown is None else shown[index]
+        listed = ", ".join(ids[:count]) + (f" and {len(ids) - count} more" if count < len(ids) else "")
         every = len(groups) == 1 and len(ids) == photo_count > 1
-        named = f"all {len(ids)} photos ({', '.join(ids)})" if every else ", ".join(ids)
+        named = f"all {len(ids)} photos ({listed})" if every else listed
         said = [detail for detail in details if detail]
         sample = said[0] + (f"; and {len(said) - 1} more" if len(said) > 1 else "") if said else ""
         parts.append(f"{named}: {reason}" + (f" ({sample})" if sample else ""))
