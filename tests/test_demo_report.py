@@ -228,6 +228,27 @@ def test_a_bad_setting_for_the_stack_the_demo_would_start_is_refused_before_rend
     assert not out.exists(), "nothing may be rendered for a setting the stack would refuse"
 
 
+def test_a_kafka_login_of_the_shell_the_stack_does_not_use_does_not_stop_the_demo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stack the demo starts runs its own PLAINTEXT broker, its services given its connection in
+    place of the shell's: a half-configured SASL login for another cluster stopped the demo (exit 2)
+    before it rendered a SKU, as it stopped `skuforge up`."""
+
+    class ReachedTheStack(Exception):
+        pass
+
+    def reached(*_args: object, **_kwargs: object) -> None:
+        raise ReachedTheStack
+
+    monkeypatch.setattr(demo_module, "stack", reached)
+    monkeypatch.setenv("SKUFORGE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")  # its login left out
+    argv = ["--synthetic", "--synthetic-skus", "1", "--photos-per-sku", "1", "--size", "64"]
+    with pytest.raises(ReachedTheStack):
+        demo_main([*argv, "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "up")])
+    assert "invalid configuration" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("option", ["--out", "--workdir"])
 def test_demo_refuses_a_file_where_its_folders_go_before_starting_anything(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], no_stack: None, option: str
