@@ -148,7 +148,7 @@ def test_adapters_register_exits_2_naming_a_damaged_file_and_writes_nothing(
     assert not (tmp_path / "store" / "adapters" / "cola-v1").exists()
 
 
-@pytest.mark.parametrize("refused", ["read_bytes", "stat"])
+@pytest.mark.parametrize("refused", ["open", "stat"])
 def test_adapters_register_exits_2_naming_weights_it_cannot_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], refused: str
 ) -> None:
