@@ -1,9 +1,9 @@
 """The evaluation as one self-contained HTML page: tables, inline SVG plots, thumbnails.
 
 No plotting library: the plots are a few rectangles and polylines, drawn here, so the page has no
-dependency and opens anywhere (it is a single file, images inlined as base64 JPEG). ``write_report``
-is what ``skuforge evaluate`` and ``bench/augment.py`` call; the bench adds its per-k summaries
-(``by_k``), which become one more table and plot.
+dependency and opens anywhere (it is a single file, images inlined as base64 JPEG). ``render_report``
+gives the page; ``skuforge evaluate`` writes it beside evaluation.json, both or neither
+(services/trainstore/evaluation.write_results). ``by_k``: per-k summaries, one more table and plot.
 
 The page: top-1 per condition (A, A', B, B', C), top-1 against the number of real photos per SKU
 (A, B, C; only when the evaluation computed the curve), histograms of the per-SKU differences
@@ -23,7 +23,6 @@ from typing import Any
 from PIL import Image
 
 from shared.errors import BadInput
-from shared.evaluation import REPORT_FILE
 from shared.evaluation.experiment import CONDITION_NAMES, CONDITIONS, EvaluationResult, describe_classifier
 from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
 
@@ -40,29 +39,6 @@ _BY_K_TOP1 = (
 )
 
 
-def write_report(
-    result: EvaluationResult,
-    out_dir: Path,
-    read_photo: Callable[[str], bytes | None],
-    *,
-    by_k: Sequence[tuple[str, Mapping[str, Any]]] = (),
-    title: str = "skuforge evaluate",
-    limits: tuple[int, int] = (DEFAULT_MAX_PIXELS, DEFAULT_MAX_BYTES),
-) -> Path:
-    """Write ``out_dir/report.html`` and return its path.
-
-    ``read_photo(name)`` gives the bytes of a held-out photo named in ``result.misclassified`` (None
-    when it is not at hand: the photo is listed without a thumbnail). ``by_k``: optional rows of
-    (label, ``EvaluationResult.summary()``-like dict), e.g. one per number of real photos.
-    ``limits``: the (pixels, bytes) decode limits the photos were evaluated under (the settings').
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / REPORT_FILE
-    page = render_report(result, read_photo, by_k=by_k, title=title, limits=limits)
-    path.write_text(page, encoding="utf-8")
-    return path
-
-
 def render_report(
     result: EvaluationResult,
     read_photo: Callable[[str], bytes | None],
@@ -71,7 +47,13 @@ def render_report(
     title: str = "skuforge evaluate",
     limits: tuple[int, int] = (DEFAULT_MAX_PIXELS, DEFAULT_MAX_BYTES),
 ) -> str:
-    """The page ``write_report`` writes, as a string."""
+    """The page, as a string.
+
+    ``read_photo(name)`` gives the bytes of a held-out photo named in ``result.misclassified`` (None
+    when it is not at hand: the photo is listed without a thumbnail). ``by_k``: optional rows of
+    (label, ``EvaluationResult.summary()``-like dict), e.g. one per number of real photos.
+    ``limits``: the (pixels, bytes) decode limits the photos were evaluated under (the settings').
+    """
     summary = result.summary()
     parts = [
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>",
