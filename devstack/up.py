@@ -186,31 +186,31 @@ class StackConfig:
             self.workdir, None, port=self.ports["kafka"], controller_port=self.ports["kafka_controller"]
         )
 
-    def kafka_env(self) -> dict[str, str]:
-        """How services reach the stack's Kafka: :meth:`kafka_settings` as variables (an empty one is
-        unset)."""
+    def settings(self) -> dict[str, Any]:
+        """The settings (by field name) every service gets in place of the caller's: the stack's Kafka
+        (:meth:`kafka_settings`), store, Triton (:func:`triton_settings`), console and login, and the
+        backend when Triton serves one. What ``skuforge up`` checks, not the caller's values of them."""
+        ports = self.ports
         return {
-            ENV_PREFIX + name.upper(): "" if value is None else str(value)
-            for name, value in self.kafka_settings().items()
+            **self.kafka_settings(),
+            "store_uri": self.store_uri,
+            **triton_settings(ports),
+            "console_db_path": self.console_db,
+            "console_port": ports["console"],
+            "console_metrics_port": ports["console_metrics"],
+            "console_users": self.console_users,
+            # The generator stage asks Triton for the backend the server was started with.
+            **({"generation_backend": self.backends[0]} if len(self.backends) == 1 else {}),
         }
 
     def env(self) -> dict[str, str]:
-        """Environment every service gets (on top of the caller's)."""
-        ports = self.ports
+        """Environment every service gets (on top of the caller's): :meth:`settings` as variables (an
+        empty one is unset), and ``extra_env``."""
         return {
-            **self.kafka_env(),
-            "SKUFORGE_STORE_URI": self.store_uri,
-            "SKUFORGE_GENERATION_TRITON_URL": f"127.0.0.1:{ports['triton_grpc']}",
-            "SKUFORGE_GENERATION_TRITON_PROTOCOL": "grpc",
-            "SKUFORGE_GENERATION_SERVER_HTTP_PORT": str(ports["triton_http"]),
-            "SKUFORGE_GENERATION_SERVER_GRPC_PORT": str(ports["triton_grpc"]),
-            "SKUFORGE_GENERATION_SERVER_METRICS_PORT": str(ports["triton_metrics"]),
-            "SKUFORGE_CONSOLE_DB_PATH": self.console_db,
-            "SKUFORGE_CONSOLE_PORT": str(ports["console"]),
-            "SKUFORGE_CONSOLE_METRICS_PORT": str(ports["console_metrics"]),
-            "SKUFORGE_CONSOLE_USERS": self.console_users,
-            # The generator stage asks Triton for the backend the server was started with.
-            **({"SKUFORGE_GENERATION_BACKEND": self.backends[0]} if len(self.backends) == 1 else {}),
+            **{
+                ENV_PREFIX + name.upper(): "" if value is None else str(value)
+                for name, value in self.settings().items()
+            },
             **self.extra_env,
         }
 
@@ -230,6 +230,18 @@ def stack_kafka_settings(
     if kafka_bootstrap is not None:
         return {"kafka_bootstrap": kafka_bootstrap}
     return LocalKafka(workdir / "kafka", port=port, controller_port=controller_port).connection
+
+
+def triton_settings(ports: Mapping[str, int]) -> dict[str, Any]:
+    """The Triton settings (by field name) a stack's services get in place of the caller's: the gRPC
+    address of the stack's own server, and the ports it serves on."""
+    return {
+        "generation_triton_url": f"127.0.0.1:{ports['triton_grpc']}",
+        "generation_triton_protocol": "grpc",
+        "generation_server_http_port": ports["triton_http"],
+        "generation_server_grpc_port": ports["triton_grpc"],
+        "generation_server_metrics_port": ports["triton_metrics"],
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -356,10 +368,19 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def mix_backends() -> list[str]:
+def mix_backends(backend_options: list[str] | None = None) -> list[str]:
     """The backends of SKUFORGE_GENERATION_BACKEND_MIX with a share above 0 (empty when no mix is set):
-    the generator asks each of them, and SKUFORGE_GENERATION_BACKEND then not at all."""
-    shares = load_settings(GenerationSettings).generation_backend_mix
+    the generator asks each of them, and SKUFORGE_GENERATION_BACKEND then not at all.
+
+    Read with what a stack gives its services in place of the caller's: its Triton (at the documented
+    ports: which ports does not change the mix) and the backend of ``backend_options`` given once.
+    The caller's values of those may be another deployment's, which the stack's services never see."""
+    backends = list(dict.fromkeys(backend_options or []))
+    replaced = {
+        **triton_settings(DEFAULT_PORTS),
+        **({"generation_backend": backends[0]} if len(backends) == 1 else {}),
+    }
+    shares = load_settings(GenerationSettings, **replaced).generation_backend_mix
     return [backend for backend in BACKEND_NAMES if shares.get(backend, 0) > 0]  # type: ignore[call-overload]
 
 
@@ -449,21 +470,18 @@ def build_config(
 ) -> StackConfig:
     """The stack for ``workdir``: ports, store, console database and login decided once, here.
 
-    Replicas after a stage's first serve their /metrics on free ports, chosen here.
+    Replicas after a stage's first serve their /metrics on free ports, chosen here. The ports are
+    not saved: :func:`save_ports` does that once the run is not refused.
 
     Raises:
         PortsInUse: ``ports_mode`` is ``default`` and a documented port is taken.
-        ConfigError: the workdir's saved console login is damaged (:func:`console_login`).
+        ConfigError: the workdir's saved console login is damaged (:func:`console_login`), or
+            SKUFORGE_GENERATION_BACKEND_MIX cannot be read (:func:`mix_backends`).
     """
     workdir = workdir.resolve()
     ports = resolve_ports(workdir, ports_mode, with_kafka=kafka_bootstrap is None)
-    # Before ports.json is written: a run refused for a damaged login replaced the saved ports (the
-    # console's bookmarked one too) with those of a stack that never started.
     users, _ = console_login(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    # Replaced, not rewritten in place: a write cut short (a full disk, a crash) left a damaged file, and
-    # the next run moved every service, the console's bookmarked port too.
-    _replace_file(workdir / PORTS_FILE, json.dumps(ports, indent=2) + "\n")
     for stage, count in (replicas or {}).items():
         for index in range(2, count + 1):
             port = free_port()
@@ -485,6 +503,15 @@ def build_config(
         with_trainer=default_with_trainer() if with_trainer is None else with_trainer,
         replicas=dict(replicas or {}),
     )
+
+
+def save_ports(config: StackConfig) -> None:
+    """Keep the stack's ports in ``<workdir>/ports.json`` for ``--ports auto``'s next run (a stage's
+    replicas after its first get fresh ones each run)."""
+    ports = {name: port for name, port in config.ports.items() if name in DEFAULT_PORTS}
+    # Replaced, not rewritten in place: a write cut short (a full disk, a crash) left a damaged file, and
+    # the next run moved every service, the console's bookmarked port too.
+    _replace_file(config.workdir / PORTS_FILE, json.dumps(ports, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -600,7 +627,7 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
             ready_timeout_s=300,
         )
     )
-    settings = load_settings(**config.kafka_settings())  # the services', not the shell's
+    settings = load_settings(**config.settings())  # the services', not the shell's
     for stage in config.stages:
         names = config.replica_names(stage.name)
         for index, name in enumerate(names, start=1):
@@ -1071,23 +1098,21 @@ def main(argv: list[str] | None = None) -> int:
     from skuforge_cli.main import load_all_settings
 
     try:
-        # A bad SKUFORGE_* variable of any service stops us here, not in its log file; but not one of
-        # the shell's Kafka settings the services do not get (for another cluster, where up starts
-        # its own broker): a half-configured SASL login there stopped a stack that never uses it.
-        load_all_settings(**stack_kafka_settings(args.workdir, args.kafka_bootstrap))
-    except ConfigError as exc:
+        # A model the generator asks for and Triton does not serve is "unknown model", a transient
+        # error: the generator would hold its partitions retrying for ever.
+        left_out = [b for b in mix_backends(args.backend) if b not in args.backend] if args.backend else []
+        with_trainer = default_with_trainer() if args.with_trainer is None else args.with_trainer
+        problem = model_problem(args.backend, with_trainer)
+    except ConfigError as exc:  # SKUFORGE_GENERATION_* the services would refuse; the rest is checked below
         print(f"skuforge up: {exc}", file=sys.stderr)
         return 2
-    # A model the generator asks for and Triton does not serve is "unknown model", a transient error:
-    # the generator would hold its partitions retrying for ever.
-    if args.backend and (left_out := [b for b in mix_backends() if b not in args.backend]):
+    if left_out:
         parser.error(
             f"--backend {' --backend '.join(args.backend)} leaves out {', '.join(left_out)}, which "
             "SKUFORGE_GENERATION_BACKEND_MIX asks the generator for; give --backend for each backend "
             "of the mix, or leave --backend out"
         )
-    with_trainer = default_with_trainer() if args.with_trainer is None else args.with_trainer
-    if problem := model_problem(args.backend, with_trainer):
+    if problem:
         parser.error(problem)
 
     if args.with_prometheus and (
@@ -1136,7 +1161,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:  # a damaged <workdir>/console-login
         print(f"skuforge up: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # ports.json or the login cannot be written (a directory, not ours, disk full)
+    except OSError as exc:  # the login cannot be written (a directory, not ours, disk full)
+        print(f"skuforge up: cannot write the stack's files: {exc}", file=sys.stderr)
+        return 1
+    try:
+        # A bad SKUFORGE_* variable of any service stops us here, not in its log file: checked as the
+        # services get them, up's own ports, Triton, store and login in place of the shell's (another
+        # deployment's SKUFORGE_CONSOLE_PORT or Triton protocol stopped a stack that never uses them).
+        # Before the ports are saved, so a refused run leaves the last run's (the console's bookmarked one).
+        load_all_settings(**config.settings())
+    except ConfigError as exc:
+        print(f"skuforge up: {exc}", file=sys.stderr)
+        return 2
+    try:
+        save_ports(config)
+    except OSError as exc:  # a directory, not ours, disk full
         print(f"skuforge up: cannot write the stack's files: {exc}", file=sys.stderr)
         return 1
     _, generated_login = console_login(workdir)

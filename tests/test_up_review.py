@@ -690,6 +690,90 @@ def test_up_still_refuses_the_kafka_login_its_services_use(
     assert "SKUFORGE_KAFKA_SASL_USERNAME" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("shell", "options"),
+    [
+        ({"SKUFORGE_CONSOLE_PORT": "99999"}, []),
+        ({"SKUFORGE_CONSOLE_METRICS_PORT": "-1"}, []),
+        ({"SKUFORGE_GENERATION_TRITON_PROTOCOL": "ftp"}, []),
+        ({"SKUFORGE_GENERATION_TRITON_URL": "http://triton.elsewhere:8000"}, []),
+        ({"SKUFORGE_GENERATION_SERVER_HTTP_PORT": "0"}, []),
+        ({"SKUFORGE_GENERATION_SERVER_GRPC_PORT": "8000"}, []),  # the documented HTTP port
+        ({"SKUFORGE_GENERATION_BACKEND": "dall-e"}, ["--backend", "composite"]),
+        ({"SKUFORGE_STORE_URI": ""}, []),  # up's own store
+        ({"SKUFORGE_CONSOLE_DB_PATH": ""}, []),  # up's own task table
+        ({"SKUFORGE_CONSOLE_USERS": ""}, []),  # up's own login
+    ],
+)
+def test_up_does_not_refuse_settings_of_the_shell_it_replaces_for_its_services(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    shell: dict[str, str],
+    options: list[str],
+) -> None:
+    """up gives every service its own console ports, Triton address, protocol and ports, store, task
+    table and login (and the backend, given once), yet checked the shell's: another deployment's
+    SKUFORGE_CONSOLE_PORT=99999 or SKUFORGE_GENERATION_TRITON_PROTOCOL=ftp stopped it (exit 2)."""
+    started: list[str] = []
+
+    def runs_the_stack(self: Supervisor, **kwargs: object) -> int:
+        started.extend(state.spec.name for state in self.services)
+        return 0
+
+    monkeypatch.setattr(devstack.up.Supervisor, "run", runs_the_stack)
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+    for name, value in shell.items():
+        monkeypatch.setenv(name, value)
+    code = main(["--workdir", str(tmp_path), "--ports", "free", "--kafka-bootstrap", "127.0.0.1:9", *options])
+    while devstack.up._held_locks:
+        os.close(devstack.up._held_locks.pop())
+    assert "invalid configuration" not in capsys.readouterr().err
+    assert code == 0 and "console" in started
+    assert set(json.loads((tmp_path / "ports.json").read_text())) >= {"console", "triton_grpc"}
+
+
+@pytest.mark.parametrize(
+    ("shell", "options", "variable"),
+    [
+        ({"SKUFORGE_MAX_IMAGE_PIXELS": "0"}, [], "SKUFORGE_MAX_IMAGE_PIXELS"),
+        # The generator stage asks for diffusion, which paints multiples of 8 px; the shell's composite
+        # backend does not care, and the check passed it.
+        (
+            {"SKUFORGE_GENERATION_SIZE_PX": "516", "SKUFORGE_DIFFUSION_MODEL": "/models/inpaint"},
+            ["--backend", "diffusion"],
+            "SKUFORGE_GENERATION_SIZE_PX",
+        ),
+    ],
+)
+def test_up_refuses_settings_its_services_get_keeping_the_saved_ports(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    shell: dict[str, str],
+    options: list[str],
+    variable: str,
+) -> None:
+    """A setting that reaches a service as the shell gave it, or as up gives it (the one --backend), and
+    that the service refuses, stops up (exit 2) before anything starts, the last run's ports kept."""
+
+    def runs_the_stack(self: Supervisor, **kwargs: object) -> int:
+        raise AssertionError(f"started a stack whose services refuse {variable}")
+
+    monkeypatch.setattr(devstack.up.Supervisor, "run", runs_the_stack)
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+    for name, value in shell.items():
+        monkeypatch.setenv(name, value)
+    saved = json.dumps({"console": 18087}) + "\n"
+    (tmp_path / "ports.json").write_text(saved)
+    code = main(["--workdir", str(tmp_path), "--ports", "free", "--kafka-bootstrap", "127.0.0.1:9", *options])
+    while devstack.up._held_locks:
+        os.close(devstack.up._held_locks.pop())
+    assert code == 2
+    assert variable in capsys.readouterr().err
+    assert (tmp_path / "ports.json").read_text() == saved
+
+
 def test_a_second_up_in_a_workdir_another_up_holds_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
