@@ -198,7 +198,7 @@ class StackConfig:
             "console_db_path": self.console_db,
             "console_port": ports["console"],
             "console_metrics_port": ports["console_metrics"],
-            "console_users": self.console_users,
+            "console_users": self.console_users or None,  # None: not read yet (stack_settings_before_start)
             # The generator stage asks Triton for the backend the server was started with.
             **({"generation_backend": self.backends[0]} if len(self.backends) == 1 else {}),
         }
@@ -488,6 +488,31 @@ def build_config(
             while port in ports.values():
                 port = free_port()
             ports[f"{stage}-{index}"] = port
+    return _stack_config(
+        workdir,
+        ports,
+        users,
+        kafka_bootstrap=kafka_bootstrap,
+        backends=backends,
+        extra_env=extra_env,
+        with_trainer=default_with_trainer() if with_trainer is None else with_trainer,
+        replicas=replicas,
+    )
+
+
+def _stack_config(
+    workdir: Path,
+    ports: dict[str, int],
+    users: str,
+    *,
+    kafka_bootstrap: str | None,
+    backends: list[str] | None,
+    extra_env: Mapping[str, str] | None = None,
+    with_trainer: bool = False,
+    replicas: Mapping[str, int] | None = None,
+) -> StackConfig:
+    """The stack of ``workdir`` on ``ports`` with console login ``users``: the rest from the caller's
+    settings, as :func:`build_config` decides it."""
     return StackConfig(
         workdir=workdir,
         ports=ports,
@@ -500,9 +525,24 @@ def build_config(
         # left asking the shell's SKUFORGE_GENERATION_BACKEND, which Triton may not serve.
         backends=list(dict.fromkeys(backends or default_backends())),
         extra_env=dict(extra_env or {}),
-        with_trainer=default_with_trainer() if with_trainer is None else with_trainer,
+        with_trainer=with_trainer,
         replicas=dict(replicas or {}),
     )
+
+
+def stack_settings_before_start(workdir: Path) -> dict[str, Any]:
+    """:meth:`StackConfig.settings` of the stack ``skuforge up --workdir workdir`` would start, as far
+    as is known before it chooses its ports and reads its login: for checking the caller's settings
+    before then (``skuforge demo``, before it renders the SKUs). The documented ports stand in for the
+    ones up will choose (free ones in their place change no setting's validity), and a login that is
+    not the caller's is left unset (up checks the one it keeps itself, :func:`console_login`).
+
+    Raises:
+        ConfigError: SKUFORGE_GENERATION_BACKEND_MIX cannot be read (:func:`mix_backends`).
+    """
+    users = os.environ.get("SKUFORGE_CONSOLE_USERS", "").strip()
+    ports = dict(DEFAULT_PORTS)
+    return _stack_config(workdir.resolve(), ports, users, kafka_bootstrap=None, backends=None).settings()
 
 
 def save_ports(config: StackConfig) -> None:

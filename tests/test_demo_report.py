@@ -249,6 +249,38 @@ def test_a_kafka_login_of_the_shell_the_stack_does_not_use_does_not_stop_the_dem
     assert "invalid configuration" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "shell",
+    [
+        {"SKUFORGE_CONSOLE_PORT": "99999"},
+        {"SKUFORGE_GENERATION_TRITON_PROTOCOL": "ftp"},
+        {"SKUFORGE_GENERATION_SERVER_HTTP_PORT": "0"},
+        {"SKUFORGE_STORE_URI": ""},  # the stack's own store
+        {"SKUFORGE_CONSOLE_USERS": ""},  # the stack's own login
+    ],
+)
+def test_a_setting_of_the_shell_the_stack_replaces_does_not_stop_the_demo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, shell: dict[str, str]
+) -> None:
+    """`skuforge up` gives its services its own console ports, Triton address and ports, store and login,
+    and does not check the shell's: the demo did, and another deployment's SKUFORGE_CONSOLE_PORT=99999
+    stopped it (exit 2) before it rendered a SKU, for a stack that would have started."""
+
+    class ReachedTheStack(Exception):
+        pass
+
+    def reached(*_args: object, **_kwargs: object) -> None:
+        raise ReachedTheStack
+
+    monkeypatch.setattr(demo_module, "stack", reached)
+    for name, value in shell.items():
+        monkeypatch.setenv(name, value)
+    argv = ["--synthetic", "--synthetic-skus", "1", "--photos-per-sku", "1", "--size", "64"]
+    with pytest.raises(ReachedTheStack):
+        demo_main([*argv, "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "up")])
+    assert "invalid configuration" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("option", ["--out", "--workdir"])
 def test_demo_refuses_a_file_where_its_folders_go_before_starting_anything(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], no_stack: None, option: str

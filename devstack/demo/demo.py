@@ -50,7 +50,13 @@ from devstack.demo.report import (
 )
 from devstack.demo.tracker import FOLLOWED, FlowState, FlowTracker
 from devstack.supervisor import exit_reason, open_log
-from devstack.up import DEFAULT_WORKDIR, STATE_FILE, read_state, stack_kafka_settings
+from devstack.up import (
+    DEFAULT_WORKDIR,
+    STATE_FILE,
+    read_state,
+    stack_kafka_settings,
+    stack_settings_before_start,
+)
 from schemas.events import CorrectionPending, GateAccepted, ImageGenerated, SkuCaptioned, SkuIngested
 from schemas.topics import (
     CORRECTION_PENDING,
@@ -510,17 +516,19 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--out {args.out}: {problem}")
     if problem := report_problem(args.out):
         parser.error(f"--out {args.out}: {problem}")
-    # The stack the demo starts (`skuforge up`, its own broker) gives its services that broker's
-    # connection, and the demo takes it from stack.json: the shell's Kafka settings, for another
-    # cluster, are not checked here, as up does not check them (a half-made SASL login stopped both).
-    own_broker = stack_kafka_settings(workdir, None)
+    # The stack the demo starts (`skuforge up`) gives its services its own broker's connection, Triton,
+    # console ports, store and login in place of the shell's, and the demo takes them from stack.json:
+    # the shell's values of those, for another deployment, are not checked here, as up does not check
+    # them (a half-made SASL login or SKUFORGE_CONSOLE_PORT=99999 stopped the demo, not up).
+    own_stack = stack_kafka_settings(workdir, None)
     if running_before is None:
         # The stack the demo starts would refuse a bad SKUFORGE_* variable (exit 2), but only once the
         # SKUs were rendered, and the demo then exited 1 with "skuforge up exited with 2".
         from skuforge_cli.main import load_all_settings
 
         try:
-            load_all_settings(**own_broker)
+            own_stack = stack_settings_before_start(workdir)
+            load_all_settings(**own_stack)
         except ConfigError as exc:
             print(f"skuforge demo: {exc}", file=sys.stderr)
             return 2
@@ -531,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             skus_dir = args.skus if args.skus is not None else SAMPLE_SKUS
         try:
-            surveyed = survey_folders(skus_dir, load_settings(**own_broker))  # it reads no Kafka setting
+            surveyed = survey_folders(skus_dir, load_settings(**own_stack))  # it reads no Kafka setting
         except IngestError as exc:
             missing_samples = args.skus is None and not args.synthetic and not SAMPLE_SKUS.is_dir()
             hint = " (the sample photos ship with the repository; use --skus DIR or --synthetic)"
