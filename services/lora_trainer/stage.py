@@ -30,11 +30,12 @@ deleted or altered, or one the compositor refuses, is left out of the set (logge
 ``sku_ids`` then leave its SKU out). A job that cannot train as configured (an SDXL or
 non-inpainting base model swapped in under a running trainer, an empty set, every photo left out)
 is marked failed with its reason (``lora-trainer/jobs/<hash>/failed.json``) and not retried until
-its inputs change; the other jobs go on. A job whose training raises anything else (a bug, NaN paint,
-a ``ValueError`` of torch's) is tried again at the next polls, ``JOB_MAX_ATTEMPTS`` times in all
-(counted in ``lora-trainer/jobs/<hash>/attempts.json``, so a restart does not reset them; one that
-cannot be read starts the count again, with a warning naming it), then marked failed with the last
-reason, its type and the training step or item it was raised at; a store
+its inputs change or the file is deleted (a general one is not planned again, nor its request files
+read, while the accepted images are the same); the other jobs go on. A job whose training raises
+anything else (a bug, NaN paint, a ``ValueError`` of torch's) is tried again at the next polls,
+``JOB_MAX_ATTEMPTS`` times in all (counted in ``lora-trainer/jobs/<hash>/attempts.json``, so a
+restart does not reset them; one that cannot be read starts the count again, with a warning naming
+it), then marked failed with the last reason, its type and the training step or item it was raised at; a store
 away (``TransientError``), a setting met mid-job (``ConfigError``), a file that cannot be read
 (``OSError``: the model folder being copied again) or the GPU out of memory (a Triton on the same GPU
 at its peak) is retried without counting, and ``SKUFORGE_LORA_DEVICE=cuda`` without CUDA is refused
@@ -471,6 +472,10 @@ class LoraTrainer:
             max_bytes=max_image_bytes,
         )
         self._painter: Any = None  # the base model's pipeline while a job paints its class images
+        # The general job last found failed for good: not planned again while the same request files
+        # would plan it (``_general_failed_again``). Kept in memory: its hash's other inputs (recipe,
+        # model, class folder) are fixed for the process's life, and a restart plans it once more.
+        self._general_failed: Job | None = None
         self.paint_dtype = paint_dtype
 
     # -- thread --
@@ -589,6 +594,8 @@ class LoraTrainer:
                 return None
             picked, accepted_count = _spread(keys, self.settings.lora_general_max_images), len(keys)
             covered_keys = tuple(keys)
+            if self._general_failed_again(covered_keys, tuple(picked)):
+                return None
         sources = []
         unreadable = 0
         for key in picked:
@@ -607,6 +614,17 @@ class LoraTrainer:
             accepted_keys=tuple(picked),
             covered_keys=covered_keys,
         )
+
+    def _general_failed_again(self, covered_keys: tuple[str, ...], picked: tuple[str, ...]) -> bool:
+        """Whether these request files (every one recorded, and the spread picked of them) plan the general
+        job last found failed for good, its ``failed.json`` still there. Planned again, every poll read
+        each picked request file (up to SKUFORGE_LORA_GENERAL_MAX_IMAGES) only to find it failed, until
+        new images came. Told by name, as new images are: a new one, or one deleted, plans a new job, and
+        deleting ``failed.json`` (an operator's retry) plans this one again."""
+        failed = self._general_failed
+        if failed is None or failed.covered_keys != covered_keys or failed.accepted_keys != picked:
+            return False
+        return self.store.exists(f"{PREFIX}/jobs/{failed.sha256}/failed.json")
 
     def _general_state(self) -> dict[str, Any] | None:
         """``general.json`` as stored; None before the first accepted image started its clock.
@@ -762,6 +780,7 @@ class LoraTrainer:
         if self.store.exists(failed_key):
             if job.kind == "general":
                 self._general_in_flight(None)  # not finished first for ever: new images plan a new job
+                self._general_failed = job
             return None  # cannot train as configured; new inputs (a new hash) or a new recipe retry
         result_key = f"{job_prefix}/result.json"
         if self.store.exists(result_key):
@@ -793,6 +812,7 @@ class LoraTrainer:
                 self._after_failure(job, job_prefix, error)  # raises unless the job failed for good
                 if job.kind == "general":
                     self._general_in_flight(None)
+                    self._general_failed = job
                 return None
         return self._publish(job, job_prefix, marker)
 
