@@ -265,3 +265,68 @@ def test_quantize_refuses_an_out_that_would_replace_its_model_or_ranges(
     expected = "the model being quantised" if clash == "model_is_the_candidate" else "the --ranges file"
     assert f"error: --out {out} " in line and expected in line, line
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
+def test_train_refuses_an_unfinished_real_pairs_folder_and_real_pairs_finishes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupted `real-pairs` left whole pairs and no pairs.json: `train --extra` trained on that
+    part of the set without a word, and `real-pairs` refused the folder, so it had to be deleted."""
+    import shutil
+
+    from PIL import Image
+
+    sample = Path(__file__).resolve().parents[1] / "samples" / "grocerystore" / "GROCERY-OATLY-001"
+    dataset = tmp_path / "dataset"
+    iconic = dataset / "iconic-images-and-descriptions" / "Packages" / "Oat-Milk"
+    iconic.mkdir(parents=True)
+    shutil.copy(sample / "Oatly-Oat-Milk_Iconic.jpg", iconic / "Oatly-Oat-Milk_Iconic.jpg")
+    (dataset / "train.txt").write_text("")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"bench_catalogue": [], "reserved_train": []}))
+    pairs = tmp_path / "pairs"
+    argv = ["real-pairs", "--dataset", str(dataset), "--held-out", str(split), "--composites", "0"]
+
+    Image.init()
+    save_png = Image.SAVE["PNG"]
+    saved: list[str] = []
+
+    def stopped_at_the_third_pair(image: Image.Image, fp: object, filename: object) -> None:
+        if len(saved) == 4:
+            raise KeyboardInterrupt
+        saved.append(image.mode)
+        save_png(image, fp, filename)
+
+    with monkeypatch.context() as patched:
+        patched.setitem(Image.SAVE, "PNG", stopped_at_the_third_pair)
+        with pytest.raises(KeyboardInterrupt):
+            matting_cli([*argv, "--out", str(pairs)])
+    assert len(list((pairs / "masks").glob("*.png"))) == 2
+    capsys.readouterr()
+
+    # A quick run, should it start: one step on two photos, nothing written outside tmp_path.
+    quick = ["--steps", "1", "--batch", "2", "--train-images", "2", "--heldout", "1"]
+    train = [
+        "train",
+        *quick,
+        "--checkpoint",
+        str(tmp_path / "checkpoint.pt"),
+        "--out",
+        str(tmp_path / "m.onnx"),
+    ]
+    line = _refused([*train, "--extra", str(pairs)], capsys)
+    assert f"--extra {pairs}: a `skuforge matting real-pairs` run stopped before it finished" in line
+    assert f"--out {pairs}" in line
+    assert not (tmp_path / "m.onnx").exists()
+
+    # A rerun with other options would mix two sets of pairs: refused, the folder as it was.
+    assert matting_cli([*argv, "--seed", "13", "--out", str(pairs)]) == 2
+    assert "(seed 12, not 13); rerun with its options to finish it" in capsys.readouterr().err
+    assert len(list((pairs / "masks").glob("*.png"))) == 2
+
+    assert matting_cli([*argv, "--out", str(pairs)]) == 0
+    assert json.loads(capsys.readouterr().out)["catalogue_pairs"] == 6
+    assert len(list((pairs / "masks").glob("*.png"))) == 6
+    assert (pairs / "pairs.json").is_file()
+    # Finished, the folder is an earlier run's again: a second run into it is refused as before.
+    assert "holds pairs of an earlier run" in _refused([*argv, "--out", str(pairs)], capsys)

@@ -127,3 +127,65 @@ def test_a_real_pairs_run_stopped_while_writing_a_mask_leaves_no_truncated_mask(
     assert not (tmp_path / "pairs" / "masks" / "catalogue-000-0.png").exists()
     assert Image.open(tmp_path / "pairs" / "images" / "catalogue-000-0.png").size == (64, 64)
     assert not (tmp_path / "pairs" / "pairs.json").exists()
+
+
+def _stop_at_png(number: int) -> Any:
+    """A PNG writer that presses Ctrl-C before the ``number``-th PNG (1-based) is written."""
+    Image.init()  # the PNG plugin, when no earlier test has loaded it
+    save_png = Image.SAVE["PNG"]
+    saved: list[str] = []
+
+    def stopped(image: Image.Image, fp: Any, filename: Any) -> None:
+        if len(saved) == number - 1:
+            raise KeyboardInterrupt
+        saved.append(image.mode)
+        save_png(image, fp, filename)
+
+    return stopped
+
+
+def _pair_files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and not path.name.startswith(".")
+    }
+
+
+def test_a_stopped_real_pairs_folder_is_refused_for_training_and_a_rerun_finishes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped after some whole pairs left a folder without pairs.json that `train --extra` read
+    as the whole set without a word; and a rerun into it was refused as an earlier run's."""
+    from dataclasses import replace
+
+    from shared.config import ConfigError
+    from shared.matting.grocery import write_real_pairs
+    from shared.matting.train import load_pairs
+
+    config, _photo = _one_catalogue_photo(tmp_path)
+    config = replace(config, catalogue_copies=3)
+    pairs = tmp_path / "pairs"
+    with monkeypatch.context() as patched:
+        patched.setitem(Image.SAVE, "PNG", _stop_at_png(3))  # the first pair whole, then Ctrl-C
+        with pytest.raises(KeyboardInterrupt):
+            write_real_pairs(config, pairs)
+    stopped = _pair_files(pairs)
+    assert sorted(stopped) == ["images/catalogue-000-0.png", "masks/catalogue-000-0.png"]
+
+    with pytest.raises(ConfigError) as refused:
+        load_pairs(pairs, 64)
+    message = str(refused.value)
+    assert f"--extra {pairs}:" in message and "stopped before it finished" in message
+    assert "seed 12" in message and f"--out {pairs}" in message
+
+    # Another run's options would mix two sets: refused before a pair is written.
+    with pytest.raises(ValueError, match="seed 12, not 13"):
+        write_real_pairs(replace(config, seed=13), pairs)
+    assert _pair_files(pairs) == stopped
+
+    summary = write_real_pairs(config, pairs)
+    assert write_real_pairs(config, tmp_path / "uninterrupted") == summary
+    assert _pair_files(pairs) == _pair_files(tmp_path / "uninterrupted")
+    assert sorted(path.name for path in pairs.iterdir()) == ["images", "masks", "pairs.json"]
+    assert len(load_pairs(pairs, 64)[0]) == 3

@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=Path("var/matting/real-pairs"),
-        help="a new or empty folder: images/ and masks/ for `train --extra`",
+        help="a new or empty folder (or one a stopped run with the same options left: finished): "
+        "images/ and masks/ for `train --extra`",
     )
 
     evaluate = sub.add_parser("eval", help="held-out mean IoU and MAE of an ONNX model")
@@ -338,9 +339,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
         if args.init is not None and not args.init.is_file():
             parser.error(f"--init {args.init}: no such file")
+        from shared.matting.grocery import unfinished_problem
+
         for folder in args.extra:
             if not (folder / "images").is_dir() or not (folder / "masks").is_dir():
                 parser.error(f"--extra {folder}: expected {folder}/images and {folder}/masks")
+            if (unfinished := unfinished_problem(folder)) is not None:
+                parser.error(f"--extra {folder}: {unfinished}")
         if args.train_images < args.batch:  # --steps and --batch are positive by their types
             parser.error("--train-images must be at least --batch")
         if args.device == "cuda":
@@ -626,7 +631,7 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
     )
 
     if args.action == "real-pairs":
-        from shared.matting.grocery import RealPairsConfig, write_real_pairs
+        from shared.matting.grocery import RealPairsConfig, unfinished_run, write_real_pairs
 
         if not (args.dataset / "train.txt").is_file():
             parser.error(f"--dataset {args.dataset}: no train.txt there; give the dataset's 'dataset' folder")
@@ -644,7 +649,7 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
             for folder in (args.out / "images", args.out / "masks")
             if folder.is_dir() and any(folder.iterdir())
         ]
-        if left:
+        if left and unfinished_run(args.out) is None:  # a stopped run's: finished if the options match
             # Pairs are named by index: a smaller run (fewer pseudo-labels, a longer --held-out list)
             # left the earlier run's extra pairs beside it, and `train --extra` trained on them, photos
             # since held out included.

@@ -23,13 +23,16 @@ Photos the real-photo benchmark keeps (``bench/data/matting_real/split.json``) a
   front of real shelves, which is what the matting stage sees in a product box.
 
 Pairs are written as ``images/NAME.png`` + ``masks/NAME.png`` at ``size_px``, the layout
-``skuforge matting train --extra DIR`` reads.
+``skuforge matting train --extra DIR`` reads. A run that stops leaves ``UNFINISHED_MARKER`` beside
+them: training refuses that folder, and a rerun with the same options finishes it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +48,13 @@ from shared.model_cache import write_atomically
 
 __all__ = [
     "CONVEX_CATALOGUE",
+    "UNFINISHED_MARKER",
     "RealPairsConfig",
     "catalogue_mask",
     "confident_mask",
     "dataset_split",
+    "unfinished_problem",
+    "unfinished_run",
     "with_reflection",
     "write_real_pairs",
 ]
@@ -57,6 +63,14 @@ log = logging.getLogger("skuforge.matting.grocery")
 
 UInt8Array = npt.NDArray[np.uint8]
 BoolArray = npt.NDArray[np.bool_]
+
+# Written before the first pair and removed once pairs.json is in place: a folder holding it is a run
+# that stopped (Ctrl-C, a crash, a full disk) with part of its set written, which `train --extra` read
+# as the whole set without a word. It holds the run's options, so that a rerun with them finishes it.
+# Hidden, so that neither load_pairs nor a checkpoint's fingerprint of the folder counts it.
+UNFINISHED_MARKER = ".real-pairs-unfinished.json"
+# The options of the marker that `skuforge matting real-pairs` takes, in the order its rerun names them.
+RERUN_OPTIONS = ("dataset", "instore", "composites", "seed", "reflection_share")
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,54 @@ class RealPairsConfig:
     # under the product, labelled background. No training catalogue photo has one, and the
     # benchmark's Bravo cartons (held out) do: every model took their reflection as product.
     reflection_share: float = 0.0
+
+    def options(self) -> dict[str, object]:
+        """What decides the pairs a run writes, as JSON values (not the pseudo-labeller's path or the
+        threads: its weights are checked by their md5). ``held_out``: a digest of the list."""
+        held_out = hashlib.sha256("\n".join(sorted(self.held_out)).encode()).hexdigest()[:16]
+        return {
+            "dataset": str(self.dataset.resolve()),
+            "held_out": held_out,
+            "size_px": self.size_px,
+            "catalogue_copies": self.catalogue_copies,
+            "instore": self.instore,
+            "instore_prefixes": list(self.instore_prefixes),
+            "composites": self.composites,
+            "seed": self.seed,
+            "reflection_share": self.reflection_share,
+        }
+
+
+def unfinished_run(folder: Path) -> dict[str, object] | None:
+    """The options of the ``write_real_pairs`` run that stopped before finishing ``folder``; None when
+    no run did (a finished run's folder, or one made by hand)."""
+    marker = folder / UNFINISHED_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        recorded = json.loads(marker.read_text())
+    except (OSError, ValueError):  # written atomically: only a hand edit; unfinished all the same
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def unfinished_problem(folder: Path) -> str | None:
+    """Why ``folder`` is not a whole set of pairs to train on and how to finish it, in a line; None when
+    no real-pairs run stopped in it."""
+    options = unfinished_run(folder)
+    if options is None:
+        return None
+    rerun = " ".join(
+        f"--{key.replace('_', '-')} {shlex.quote(str(options[key]))}"
+        for key in RERUN_OPTIONS
+        if key in options
+    )
+    command = f"skuforge matting real-pairs {rerun} --out {shlex.quote(str(folder))}"
+    return (
+        "a `skuforge matting real-pairs` run stopped before it finished here (no pairs.json), so it holds "
+        f"part of the set: finish it with `{command}` (and the --held-out it was given), or train on "
+        "another folder"
+    )
 
 
 def dataset_split(dataset: Path, split: str) -> list[str]:
@@ -308,7 +370,24 @@ def _nothing_to_composite(config: RealPairsConfig, *, cutouts: bool) -> None:
 
 
 def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
-    """Write the pairs under ``out`` (images/, masks/, pairs.json) and return the summary."""
+    """Write the pairs under ``out`` (images/, masks/, pairs.json) and return the summary.
+
+    An ``out`` that a run with the same options stopped in is finished: every pair is made again, as
+    each one's random draws follow the ones before, and the earlier run's are written over. Raises
+    ``ValueError`` for one that a run with other options stopped in, before writing anything.
+    """
+    options = json.loads(json.dumps(config.options()))
+    recorded = unfinished_run(out)
+    if recorded is not None and recorded != options:
+        differ = ", ".join(
+            f"{key.replace('_', ' ')} {recorded.get(key)}, not {options.get(key)}"
+            for key in sorted(recorded.keys() | options.keys())
+            if recorded.get(key) != options.get(key)
+        )
+        raise ValueError(
+            f"{out}: a run with other options stopped before it finished this folder ({differ}); rerun "
+            "with its options to finish it, or give another folder"
+        )
     rng = np.random.default_rng(config.seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -319,6 +398,7 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
     if config.composites and not (train and (iconic or config.instore)):
         # Checked again below, where the in-store cut-outs are known; this one before any work.
         _nothing_to_composite(config, cutouts=bool(iconic or config.instore))
+    write_atomically(out / UNFINISHED_MARKER, (json.dumps(options, indent=2) + "\n").encode())
     cutouts: list[tuple[Image.Image, BoolArray]] = []
     for index, path in enumerate(iconic):
         image = _photo(config.dataset / path)
@@ -384,4 +464,5 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
         "reflection_share": config.reflection_share,
     }
     write_atomically(out / "pairs.json", (json.dumps(summary, indent=2) + "\n").encode())
+    (out / UNFINISHED_MARKER).unlink()
     return summary
