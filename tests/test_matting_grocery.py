@@ -184,6 +184,10 @@ def test_a_stopped_real_pairs_folder_is_refused_for_training_and_a_rerun_finishe
         write_real_pairs(replace(config, seed=13), pairs)
     assert _pair_files(pairs) == stopped
 
+    # A pair the stopped run made and this one does not (its photo since taken out of the dataset):
+    # left beside the finished set, it was trained on with it.
+    for kind in ("images", "masks"):
+        shutil.copy(pairs / kind / "catalogue-000-0.png", pairs / kind / "catalogue-001-0.png")
     summary = write_real_pairs(config, pairs)
     assert write_real_pairs(config, tmp_path / "uninterrupted") == summary
     assert _pair_files(pairs) == _pair_files(tmp_path / "uninterrupted")

@@ -373,7 +373,8 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
     """Write the pairs under ``out`` (images/, masks/, pairs.json) and return the summary.
 
     An ``out`` that a run with the same options stopped in is finished: every pair is made again, as
-    each one's random draws follow the ones before, and the earlier run's are written over. Raises
+    each one's random draws follow the ones before, the earlier run's are written over and those this
+    run does not make are removed. Raises
     ``ValueError`` for one that a run with other options stopped in, before writing anything.
     """
     options = json.loads(json.dumps(config.options()))
@@ -399,18 +400,24 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
         # Checked again below, where the in-store cut-outs are known; this one before any work.
         _nothing_to_composite(config, cutouts=bool(iconic or config.instore))
     write_atomically(out / UNFINISHED_MARKER, (json.dumps(options, indent=2) + "\n").encode())
+    written: set[str] = set()
+
+    def save(name: str, image: Image.Image, mask: BoolArray) -> None:
+        _save_pair(out, name, image, mask, size)
+        written.add(name)
+
     cutouts: list[tuple[Image.Image, BoolArray]] = []
     for index, path in enumerate(iconic):
         image = _photo(config.dataset / path)
         mask = catalogue_mask(image, tolerance=8.0, convex=Path(path).parent.name in CONVEX_CATALOGUE)
         cutouts.append((image, mask))
-        _save_pair(out, f"catalogue-{index:03d}-0", image, mask, size)
+        save(f"catalogue-{index:03d}-0", image, mask)
         white = Image.new("RGB", (size, size), (255, 255, 255))
         for copy in range(1, config.catalogue_copies):
             scene, scene_mask = _square_on(white, image, mask, float(rng.uniform(0.35, 0.95)), rng)
             if config.reflection_share > 0 and rng.random() < config.reflection_share:
                 scene = with_reflection(scene, scene_mask, rng)
-            _save_pair(out, f"catalogue-{index:03d}-{copy}", scene, scene_mask, size)
+            save(f"catalogue-{index:03d}-{copy}", scene, scene_mask)
 
     order = rng.permutation(len(train))
     labelled = [train[i] for i in order if train[i].startswith(config.instore_prefixes)]
@@ -423,7 +430,7 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
     ):
         if confident is None:
             continue
-        _save_pair(out, f"instore-{instore_written:04d}", image, confident, size)
+        save(f"instore-{instore_written:04d}", image, confident)
         cutouts.append((image, confident))
         instore_written += 1
         if instore_written >= config.instore:
@@ -449,7 +456,7 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
         scene, scene_mask = _square_on(
             background, product, mask, float(rng.uniform(0.45, 0.95)), rng, angle_deg=angle
         )
-        _save_pair(out, f"composite-{index:04d}", _finish(scene, rng), scene_mask, size)
+        save(f"composite-{index:04d}", _finish(scene, rng), scene_mask)
 
     summary: dict[str, object] = {
         "dataset": "GroceryStoreDataset (MIT), train split and iconic photos only",
@@ -463,6 +470,18 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
         "seed": config.seed,
         "reflection_share": config.reflection_share,
     }
+    if recorded is not None:
+        # Pairs the stopped run made and this one did not (a photo since taken out of the dataset, fewer
+        # confident pseudo-labels): left beside the set, they were trained on with it.
+        stale = [
+            pair_file
+            for kind in ("images", "masks")
+            for pair_file in (out / kind).glob("*.png")
+            if not pair_file.name.startswith(".") and pair_file.stem not in written
+        ]
+        for pair_file in stale:
+            pair_file.unlink()
+        log.info("finished a stopped run", extra={"out": str(out), "stale_files_removed": len(stale)})
     write_atomically(out / "pairs.json", (json.dumps(summary, indent=2) + "\n").encode())
     (out / UNFINISHED_MARKER).unlink()
     return summary
