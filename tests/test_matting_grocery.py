@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from shared.arith.masks import hull_mask
 from shared.matting import MODELS_DIR
 from shared.matting.grocery import RealPairsConfig, catalogue_mask, with_reflection
+from tests.support.matting import stop_at_png
 
 
 def carton_on_white() -> tuple[Image.Image, np.ndarray]:
@@ -129,21 +130,6 @@ def test_a_real_pairs_run_stopped_while_writing_a_mask_leaves_no_truncated_mask(
     assert not (tmp_path / "pairs" / "pairs.json").exists()
 
 
-def _stop_at_png(number: int) -> Any:
-    """A PNG writer that presses Ctrl-C before the ``number``-th PNG (1-based) is written."""
-    Image.init()  # the PNG plugin, when no earlier test has loaded it
-    save_png = Image.SAVE["PNG"]
-    saved: list[str] = []
-
-    def stopped(image: Image.Image, fp: Any, filename: Any) -> None:
-        if len(saved) == number - 1:
-            raise KeyboardInterrupt
-        saved.append(image.mode)
-        save_png(image, fp, filename)
-
-    return stopped
-
-
 def _pair_files(folder: Path) -> dict[str, bytes]:
     return {
         str(path.relative_to(folder)): path.read_bytes()
@@ -167,7 +153,7 @@ def test_a_stopped_real_pairs_folder_is_refused_for_training_and_a_rerun_finishe
     config = replace(config, catalogue_copies=3)
     pairs = tmp_path / "pairs"
     with monkeypatch.context() as patched:
-        patched.setitem(Image.SAVE, "PNG", _stop_at_png(3))  # the first pair whole, then Ctrl-C
+        patched.setitem(Image.SAVE, "PNG", stop_at_png(3))  # the first pair whole, then Ctrl-C
         with pytest.raises(KeyboardInterrupt):
             write_real_pairs(config, pairs)
     stopped = _pair_files(pairs)

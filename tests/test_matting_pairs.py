@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from services.matting.cli import main
 from shared.matting.pairs import composite_pairs
+from tests.support.matting import stop_at_png
 
 
 def test_pairs_are_deterministic_binary_and_resumable(tmp_path: Path, capsys: object) -> None:
@@ -89,3 +91,42 @@ def test_each_pair_is_in_the_index_once_it_is_written(tmp_path: Path) -> None:
         assert [row["name"] for row in rows] == [first.name]
     finally:
         pairs.close()
+
+
+def test_a_stopped_pairs_folder_is_refused_for_training_until_a_rerun_finishes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped after some whole pairs left index.jsonl listing only those: `train --extra` read
+    that part of the set as the whole of it without a word."""
+    from shared.config import ConfigError
+    from shared.matting.train import load_pairs
+
+    pairs = tmp_path / "pairs"
+    with monkeypatch.context() as patched:
+        patched.setitem(Image.SAVE, "PNG", stop_at_png(3))  # the first pair whole, then Ctrl-C
+        with pytest.raises(KeyboardInterrupt):
+            main(["pairs", "--n", "3", "--roi", "--out", str(pairs)])
+    assert sorted(path.name for path in (pairs / "masks").iterdir()) == ["r57_0000.png"]
+
+    with pytest.raises(ConfigError) as refused:
+        load_pairs(pairs, 64)
+    message = str(refused.value)
+    assert f"--extra {pairs}: a `skuforge matting pairs` run stopped before it finished" in message
+    assert f"`skuforge matting pairs --n 3 --catalogue-seed 57 --roi --out {pairs}`" in message
+    quick = ["--steps", "1", "--batch", "2", "--train-images", "2", "--out", str(tmp_path / "m.onnx")]
+    with pytest.raises(SystemExit) as exited:  # refused before a step is trained
+        main(["train", *quick, "--checkpoint", str(tmp_path / "checkpoint.pt"), "--extra", str(pairs)])
+    assert exited.value.code == 2
+    assert "a `skuforge matting pairs` run stopped before it finished" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+    # Another catalogue or crop would leave the stopped run's part of a set beside the new one.
+    assert main(["pairs", "--n", "3", "--out", str(pairs)]) == 2
+    assert "(roi True, not False)" in capsys.readouterr().err
+    assert sorted(path.name for path in (pairs / "masks").iterdir()) == ["r57_0000.png"]
+
+    # Any --n finishes it: pair i is the same whatever the count.
+    assert main(["pairs", "--n", "2", "--roi", "--out", str(pairs)]) == 0
+    assert json.loads(capsys.readouterr().out)["written"] == 1
+    assert sorted(path.name for path in pairs.iterdir()) == ["images", "index.jsonl", "masks"]
+    assert len(load_pairs(pairs, 64)[0]) == 2

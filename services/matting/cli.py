@@ -123,7 +123,13 @@ def main(argv: list[str] | None = None) -> int:
 
     pairs = sub.add_parser("pairs", help="composite scenes with their expected masks, for 'train --extra'")
     pairs.add_argument("--n", type=positive_int, default=900)
-    pairs.add_argument("--out", type=Path, default=Path("var/matting/composite-pairs"))
+    pairs.add_argument(
+        "--out",
+        type=Path,
+        default=Path("var/matting/composite-pairs"),
+        help="images/, masks/ and index.jsonl for `train --extra`; the pairs it lists are kept, so a run "
+        "into a folder a stopped run left (same --catalogue-seed and --roi, any --n) finishes it",
+    )
     pairs.add_argument(
         "--catalogue-seed",
         type=int_between(0, 2**63 - 1),
@@ -289,7 +295,13 @@ def main(argv: list[str] | None = None) -> int:
 
         from shared.matting.pairs import composite_pairs
 
-        written = list(composite_pairs(args.out, args.n, catalogue_seed=args.catalogue_seed, roi=args.roi))
+        try:
+            written = list(
+                composite_pairs(args.out, args.n, catalogue_seed=args.catalogue_seed, roi=args.roi)
+            )
+        except ValueError as exc:  # a run with another --catalogue-seed or --roi stopped in --out
+            print(f"skuforge matting pairs: {exc}", file=sys.stderr)
+            return 2
         scenes = Counter(info.scene for info in written)
         print(json.dumps({"out": str(args.out), "written": len(written), "scenes": dict(scenes)}))
         return 0
@@ -339,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         if args.init is not None and not args.init.is_file():
             parser.error(f"--init {args.init}: no such file")
-        from shared.matting.grocery import unfinished_problem
+        from shared.matting.unfinished import unfinished_problem
 
         for folder in args.extra:
             if not (folder / "images").is_dir() or not (folder / "masks").is_dir():
@@ -631,7 +643,8 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
     )
 
     if args.action == "real-pairs":
-        from shared.matting.grocery import RealPairsConfig, unfinished_run, write_real_pairs
+        from shared.matting.grocery import RealPairsConfig, write_real_pairs
+        from shared.matting.unfinished import REAL_PAIRS, unfinished_run
 
         if not (args.dataset / "train.txt").is_file():
             parser.error(f"--dataset {args.dataset}: no train.txt there; give the dataset's 'dataset' folder")
@@ -649,7 +662,7 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
             for folder in (args.out / "images", args.out / "masks")
             if folder.is_dir() and any(folder.iterdir())
         ]
-        if left and unfinished_run(args.out) is None:  # a stopped run's: finished if the options match
+        if left and unfinished_run(args.out, REAL_PAIRS) is None:  # a stopped run's: finished if the same
             # Pairs are named by index: a smaller run (fewer pseudo-labels, a longer --held-out list)
             # left the earlier run's extra pairs beside it, and `train --extra` trained on them, photos
             # since held out included.

@@ -23,8 +23,9 @@ Photos the real-photo benchmark keeps (``bench/data/matting_real/split.json``) a
   front of real shelves, which is what the matting stage sees in a product box.
 
 Pairs are written as ``images/NAME.png`` + ``masks/NAME.png`` at ``size_px``, the layout
-``skuforge matting train --extra DIR`` reads. A run that stops leaves ``UNFINISHED_MARKER`` beside
-them: training refuses that folder, and a rerun with the same options finishes it.
+``skuforge matting train --extra DIR`` reads. A run that stops leaves its marker beside them
+(``shared.matting.unfinished``): training refuses that folder, and a rerun with the same options
+finishes it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,17 +44,15 @@ from PIL import Image, ImageFilter
 from shared.arith.masks import clean_mask, connected_components, hull_mask, paint_runs
 from shared.images import decode_image, encode_png
 from shared.matting.session import MaskOptions, U2NetPSession
+from shared.matting.unfinished import REAL_PAIRS, mark_finished, mark_unfinished, resumed_run
 from shared.model_cache import write_atomically
 
 __all__ = [
     "CONVEX_CATALOGUE",
-    "UNFINISHED_MARKER",
     "RealPairsConfig",
     "catalogue_mask",
     "confident_mask",
     "dataset_split",
-    "unfinished_problem",
-    "unfinished_run",
     "with_reflection",
     "write_real_pairs",
 ]
@@ -63,14 +61,6 @@ log = logging.getLogger("skuforge.matting.grocery")
 
 UInt8Array = npt.NDArray[np.uint8]
 BoolArray = npt.NDArray[np.bool_]
-
-# Written before the first pair and removed once pairs.json is in place: a folder holding it is a run
-# that stopped (Ctrl-C, a crash, a full disk) with part of its set written, which `train --extra` read
-# as the whole set without a word. It holds the run's options, so that a rerun with them finishes it.
-# Hidden, so that neither load_pairs nor a checkpoint's fingerprint of the folder counts it.
-UNFINISHED_MARKER = ".real-pairs-unfinished.json"
-# The options of the marker that `skuforge matting real-pairs` takes, in the order its rerun names them.
-RERUN_OPTIONS = ("dataset", "instore", "composites", "seed", "reflection_share")
 
 
 @dataclass(frozen=True)
@@ -109,38 +99,6 @@ class RealPairsConfig:
             "seed": self.seed,
             "reflection_share": self.reflection_share,
         }
-
-
-def unfinished_run(folder: Path) -> dict[str, object] | None:
-    """The options of the ``write_real_pairs`` run that stopped before finishing ``folder``; None when
-    no run did (a finished run's folder, or one made by hand)."""
-    marker = folder / UNFINISHED_MARKER
-    if not marker.is_file():
-        return None
-    try:
-        recorded = json.loads(marker.read_text())
-    except (OSError, ValueError):  # written atomically: only a hand edit; unfinished all the same
-        return {}
-    return recorded if isinstance(recorded, dict) else {}
-
-
-def unfinished_problem(folder: Path) -> str | None:
-    """Why ``folder`` is not a whole set of pairs to train on and how to finish it, in a line; None when
-    no real-pairs run stopped in it."""
-    options = unfinished_run(folder)
-    if options is None:
-        return None
-    rerun = " ".join(
-        f"--{key.replace('_', '-')} {shlex.quote(str(options[key]))}"
-        for key in RERUN_OPTIONS
-        if key in options
-    )
-    command = f"skuforge matting real-pairs {rerun} --out {shlex.quote(str(folder))}"
-    return (
-        "a `skuforge matting real-pairs` run stopped before it finished here (no pairs.json), so it holds "
-        f"part of the set: finish it with `{command}` (and the --held-out it was given), or train on "
-        "another folder"
-    )
 
 
 def dataset_split(dataset: Path, split: str) -> list[str]:
@@ -377,18 +335,8 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
     run does not make are removed. Raises
     ``ValueError`` for one that a run with other options stopped in, before writing anything.
     """
-    options = json.loads(json.dumps(config.options()))
-    recorded = unfinished_run(out)
-    if recorded is not None and recorded != options:
-        differ = ", ".join(
-            f"{key.replace('_', ' ')} {recorded.get(key)}, not {options.get(key)}"
-            for key in sorted(recorded.keys() | options.keys())
-            if recorded.get(key) != options.get(key)
-        )
-        raise ValueError(
-            f"{out}: a run with other options stopped before it finished this folder ({differ}); rerun "
-            "with its options to finish it, or give another folder"
-        )
+    options = config.options()
+    recorded = resumed_run(out, REAL_PAIRS, options)
     rng = np.random.default_rng(config.seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -399,7 +347,7 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
     if config.composites and not (train and (iconic or config.instore)):
         # Checked again below, where the in-store cut-outs are known; this one before any work.
         _nothing_to_composite(config, cutouts=bool(iconic or config.instore))
-    write_atomically(out / UNFINISHED_MARKER, (json.dumps(options, indent=2) + "\n").encode())
+    mark_unfinished(out, REAL_PAIRS, options)
     written: set[str] = set()
 
     def save(name: str, image: Image.Image, mask: BoolArray) -> None:
@@ -483,5 +431,5 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
             pair_file.unlink()
         log.info("finished a stopped run", extra={"out": str(out), "stale_files_removed": len(stale)})
     write_atomically(out / "pairs.json", (json.dumps(summary, indent=2) + "\n").encode())
-    (out / UNFINISHED_MARKER).unlink()
+    mark_finished(out, REAL_PAIRS)
     return summary

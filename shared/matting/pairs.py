@@ -19,6 +19,9 @@ up to 8% of the side, so the model learns to keep the product that fills the box
 the neighbours cut by its edges::
 
     skuforge matting pairs --roi --n 900 --out var/matting/roi-pairs
+
+A run that stops leaves its marker beside the pairs (``shared.matting.unfinished``): training
+refuses that folder until a rerun with the same catalogue seed and crop finishes it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from shared.generation.backend import GenerationRequest
 from shared.generation.composite import CompositeBackend
 from shared.images import encode_png
 from shared.matting.roi import product_box
+from shared.matting.unfinished import COMPOSITE_PAIRS, mark_finished, mark_unfinished, resumed_run
 from shared.model_cache import write_atomically
 from shared.synth import make_product, render_photo
 
@@ -65,11 +69,19 @@ def composite_pairs(
     """Write ``out/images/NAME.png`` and ``out/masks/NAME.png`` (0/255) for pairs 0..n-1.
 
     ``out/index.jsonl`` lists every pair with its scene, a line written once the pair's files are in
-    place; the pairs it lists are skipped, so an interrupted (even killed) run continues. ``roi``:
-    crop each pair to a jittered product box.
+    place; the pairs it lists are skipped, so an interrupted (even killed) run continues. Until the
+    last pair is written the folder holds the run's marker, which training refuses: a rerun with any
+    ``n`` finishes it (pair ``i`` is the same whatever the count). ``roi``: crop each pair to a
+    jittered product box. Raises ``ValueError`` for an ``out`` that a run with another catalogue
+    seed, seed base or crop stopped in (its part of a set would stay beside this one's), before
+    writing anything.
     """
+    options: dict[str, object] = {"n": n, "catalogue_seed": catalogue_seed, "roi": roi}
+    options["seed_base"] = seed_base  # not a command option: the rerun names the others
+    resumed_run(out, COMPOSITE_PAIRS, options, any_value={"n"})
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
+    mark_unfinished(out, COMPOSITE_PAIRS, options)
     backend = CompositeBackend()
     index_path = out / "index.jsonl"
     done = _indexed_names(index_path)
@@ -119,6 +131,7 @@ def composite_pairs(
             index.write(json.dumps(info.__dict__) + "\n")
             index.flush()  # on disk before the next pair: a killed run's buffer held written pairs' lines
             yield info
+    mark_finished(out, COMPOSITE_PAIRS)
 
 
 def _indexed_names(index_path: Path) -> set[str]:

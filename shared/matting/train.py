@@ -32,7 +32,6 @@ from shared.config import ConfigError
 from shared.errors import ImageRejected
 from shared.images import decode_image, decode_mask, pixel_array
 from shared.matting import RENDERER_HELDOUT_SEED
-from shared.matting.grocery import unfinished_problem
 from shared.matting.session import MaskOptions, U2NetPSession, U2NetSession, u2net_preprocess
 from shared.matting.u2net import (
     ModelName,
@@ -42,6 +41,7 @@ from shared.matting.u2net import (
     load_reference_state_dict,
     read_weights,
 )
+from shared.matting.unfinished import unfinished_problem
 from shared.model_cache import write_atomically
 from shared.photos import HEIC_ADVICE, HEIC_SUFFIXES, PHOTO_FILE_SUFFIXES
 from shared.synth import render_dataset
@@ -122,7 +122,7 @@ def load_pairs(folder: Path, size_px: int) -> tuple[list[Image.Image], npt.NDArr
     lines up with a mask drawn on it upright; alpha over white; 16-bit rescaled), and checked: each
     mask has its image's size, marks some product and is not a colour picture. Hidden files (macOS's
     ``._NAME``) and ``__MACOSX`` are skipped. Raises ``ConfigError`` naming every file that is missing
-    or refused, before any of them is used, and for a folder a ``real-pairs`` run stopped in.
+    or refused, before any of them is used, and for a folder a ``pairs`` or ``real-pairs`` run stopped in.
     """
     if (unfinished := unfinished_problem(folder)) is not None:
         raise ConfigError(f"--extra {folder}: {unfinished}")

@@ -12,6 +12,7 @@ import functools
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,3 +105,18 @@ def random_u2netp_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("matting") / "u2netp-random.onnx"
     path.write_bytes(random_u2netp_onnx_bytes())
     return path
+
+
+def stop_at_png(number: int) -> Any:
+    """A PNG writer that presses Ctrl-C before the ``number``-th PNG (1-based) is written."""
+    Image.init()  # the PNG plugin, when no earlier test has loaded it
+    save_png = Image.SAVE["PNG"]
+    saved: list[str] = []
+
+    def stopped(image: Image.Image, fp: Any, filename: Any) -> None:
+        if len(saved) == number - 1:
+            raise KeyboardInterrupt
+        saved.append(image.mode)
+        save_png(image, fp, filename)
+
+    return stopped
