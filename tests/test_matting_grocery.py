@@ -179,3 +179,28 @@ def test_a_stopped_real_pairs_folder_is_refused_for_training_and_a_rerun_finishe
     assert _pair_files(pairs) == _pair_files(tmp_path / "uninterrupted")
     assert sorted(path.name for path in pairs.iterdir()) == ["images", "masks", "pairs.json"]
     assert len(load_pairs(pairs, 64)[0]) == 3
+
+
+def test_pairs_into_a_folder_a_real_pairs_run_stopped_in_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pairs` wrote its composites beside the stopped real-pairs run's pairs, and the real-pairs rerun
+    that finished the folder deleted them as pairs it had not made."""
+    from dataclasses import replace
+
+    from services.matting.cli import main
+    from shared.matting.grocery import write_real_pairs
+
+    config, _photo = _one_catalogue_photo(tmp_path)
+    config = replace(config, catalogue_copies=3)
+    pairs = tmp_path / "pairs"
+    with monkeypatch.context() as patched:
+        patched.setitem(Image.SAVE, "PNG", stop_at_png(3))  # the first pair whole, then Ctrl-C
+        with pytest.raises(KeyboardInterrupt):
+            write_real_pairs(config, pairs)
+    stopped = _pair_files(pairs)
+
+    assert main(["pairs", "--n", "1", "--out", str(pairs)]) == 2
+    err = capsys.readouterr().err
+    assert "a `skuforge matting real-pairs` run stopped before it finished this folder" in err, err
+    assert _pair_files(pairs) == stopped

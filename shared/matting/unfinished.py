@@ -84,7 +84,14 @@ def resumed_run(
 ) -> dict[str, object] | None:
     """The options of the ``command`` run that stopped in ``folder`` (None if none did), which a run
     with ``options`` finishes; ``ValueError`` when they differ (but in ``any_value``), as the two runs'
-    pairs would be mixed. Checked before anything is written."""
+    pairs would be mixed, and when another command's run stopped there (its rerun removes the pairs it
+    does not make). Checked before anything is written."""
+    for other in COMMANDS:
+        if other != command and unfinished_run(folder, other) is not None:
+            raise ValueError(
+                f"{folder}: a `skuforge matting {other.name}` run stopped before it finished this folder "
+                f"({other.marker}); finish it there, or give another folder"
+            )
     recorded = unfinished_run(folder, command)
     if recorded is None:
         return None
