@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from services.lora_trainer.stage import PREFIX
-from shared.lora_training.dataset import TrainingRecipe, build_training_set, load_training_set
-from shared.lora_training.train import TrainingInterrupted, checkpoint_key, train_lora
+from shared.lora_training.dataset import TrainingRecipe, TrainingSet, build_training_set, load_training_set
+from shared.lora_training.train import TrainingInterrupted, TrainingResult, checkpoint_key, train_lora
 from shared.store import FileStore
 from tests.support.lora import one_photo_source, one_series, served
 from tests.support.threads import one_torch_thread  # noqa: F401 (autouse: the tiny model trains on one thread)
@@ -78,6 +78,31 @@ def test_a_checkpoint_that_cannot_be_read_starts_the_job_again_and_a_whole_one_r
     assert (again.resumed_from_step, again.steps) == (0, 3)
 
 
+def _damage_and_resume(
+    store: FileStore,
+    damage: Callable[[dict[str, Any]], None],
+    tiny_model: Path,
+    training_set: TrainingSet,
+    recipe: TrainingRecipe,
+    uninterrupted: TrainingResult,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Damage job "job"'s checkpoint with ``damage``, train again: it starts from step 0, says so, and
+    ends as the uninterrupted run ended."""
+    key = checkpoint_key("job")
+    state = torch.load(io.BytesIO(store.get_bytes(key)), weights_only=True)
+    damage(state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    store.put_bytes(key, buffer.getvalue())
+    with caplog.at_level(logging.WARNING, logger="skuforge.lora_training"):
+        again = train_lora(tiny_model, training_set, recipe, store, "job")
+    assert (again.resumed_from_step, again.steps) == (0, 2)
+    assert again.weights == uninterrupted.weights
+    [warning] = [r for r in caplog.records if r.getMessage().startswith("checkpoint cannot be read")]
+    assert warning.checkpoint == key  # type: ignore[attr-defined]
+
+
 def _optimizer_of_another_job(state: dict[str, Any]) -> None:
     """AdamW's state of a job with half the parameters (another job's checkpoint copied in by hand)."""
     [group] = state["optimizer"]["param_groups"]
@@ -110,18 +135,7 @@ def test_a_checkpoint_that_does_not_fit_the_model_starts_the_job_again_from_step
     training_set = build_training_set(store, "set", "0" * 64, [one_photo_source(store)], recipe)
     uninterrupted = train_lora(tiny_model, training_set, recipe, store, "job")
 
-    key = checkpoint_key("job")
-    state = torch.load(io.BytesIO(store.get_bytes(key)), weights_only=True)
-    damage(state)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    store.put_bytes(key, buffer.getvalue())
-    with caplog.at_level(logging.WARNING, logger="skuforge.lora_training"):
-        again = train_lora(tiny_model, training_set, recipe, store, "job")
-    assert (again.resumed_from_step, again.steps) == (0, 2)
-    assert again.weights == uninterrupted.weights
-    [warning] = [r for r in caplog.records if r.getMessage().startswith("checkpoint cannot be read")]
-    assert warning.checkpoint == key  # type: ignore[attr-defined]
+    _damage_and_resume(store, damage, tiny_model, training_set, recipe, uninterrupted, caplog)
 
 
 def _moments_of_another_rank(state: dict[str, Any]) -> None:
@@ -161,15 +175,4 @@ def test_a_checkpoint_whose_optimizer_moments_do_not_fit_starts_the_job_again_fr
             on_step=lambda step, loss: stepped.append(step), should_stop=lambda: bool(stepped),
         )  # fmt: skip
 
-    key = checkpoint_key("job")
-    state = torch.load(io.BytesIO(store.get_bytes(key)), weights_only=True)
-    damage(state)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    store.put_bytes(key, buffer.getvalue())
-    with caplog.at_level(logging.WARNING, logger="skuforge.lora_training"):
-        again = train_lora(tiny_model, training_set, recipe, store, "job")
-    assert (again.resumed_from_step, again.steps) == (0, 2)
-    assert again.weights == uninterrupted.weights
-    [warning] = [r for r in caplog.records if r.getMessage().startswith("checkpoint cannot be read")]
-    assert warning.checkpoint == key  # type: ignore[attr-defined]
+    _damage_and_resume(store, damage, tiny_model, training_set, recipe, uninterrupted, caplog)
