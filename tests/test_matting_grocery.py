@@ -111,6 +111,7 @@ def test_a_real_pairs_run_stopped_while_writing_a_mask_leaves_no_truncated_mask(
     from shared.matting.grocery import write_real_pairs
 
     config, _photo = _one_catalogue_photo(tmp_path)
+    Image.init()  # the PNG plugin, when no earlier test has loaded it
     save_png = Image.SAVE["PNG"]
     calls = []
 
@@ -138,6 +139,25 @@ def _pair_files(folder: Path) -> dict[str, bytes]:
     }
 
 
+def _stopped_real_pairs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, Path, dict[str, bytes]]:
+    """A real-pairs run of 3 copies of one catalogue photo into tmp_path/pairs, stopped (Ctrl-C) once its
+    first pair is whole: its config, the folder, and the pair files it left."""
+    from dataclasses import replace
+
+    from shared.matting.grocery import write_real_pairs
+
+    config, _photo = _one_catalogue_photo(tmp_path)
+    config = replace(config, catalogue_copies=3)
+    pairs = tmp_path / "pairs"
+    with monkeypatch.context() as patched:
+        patched.setitem(Image.SAVE, "PNG", stop_at_png(3))  # the first pair whole, then Ctrl-C
+        with pytest.raises(KeyboardInterrupt):
+            write_real_pairs(config, pairs)
+    return config, pairs, _pair_files(pairs)
+
+
 def test_a_stopped_real_pairs_folder_is_refused_for_training_and_a_rerun_finishes_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -149,14 +169,7 @@ def test_a_stopped_real_pairs_folder_is_refused_for_training_and_a_rerun_finishe
     from shared.matting.grocery import write_real_pairs
     from shared.matting.train import load_pairs
 
-    config, _photo = _one_catalogue_photo(tmp_path)
-    config = replace(config, catalogue_copies=3)
-    pairs = tmp_path / "pairs"
-    with monkeypatch.context() as patched:
-        patched.setitem(Image.SAVE, "PNG", stop_at_png(3))  # the first pair whole, then Ctrl-C
-        with pytest.raises(KeyboardInterrupt):
-            write_real_pairs(config, pairs)
-    stopped = _pair_files(pairs)
+    config, pairs, stopped = _stopped_real_pairs(tmp_path, monkeypatch)
     assert sorted(stopped) == ["images/catalogue-000-0.png", "masks/catalogue-000-0.png"]
 
     with pytest.raises(ConfigError) as refused:
@@ -186,19 +199,9 @@ def test_pairs_into_a_folder_a_real_pairs_run_stopped_in_is_refused(
 ) -> None:
     """`pairs` wrote its composites beside the stopped real-pairs run's pairs, and the real-pairs rerun
     that finished the folder deleted them as pairs it had not made."""
-    from dataclasses import replace
-
     from services.matting.cli import main
-    from shared.matting.grocery import write_real_pairs
 
-    config, _photo = _one_catalogue_photo(tmp_path)
-    config = replace(config, catalogue_copies=3)
-    pairs = tmp_path / "pairs"
-    with monkeypatch.context() as patched:
-        patched.setitem(Image.SAVE, "PNG", stop_at_png(3))  # the first pair whole, then Ctrl-C
-        with pytest.raises(KeyboardInterrupt):
-            write_real_pairs(config, pairs)
-    stopped = _pair_files(pairs)
+    _, pairs, stopped = _stopped_real_pairs(tmp_path, monkeypatch)
 
     assert main(["pairs", "--n", "1", "--out", str(pairs)]) == 2
     err = capsys.readouterr().err

@@ -638,6 +638,27 @@ def test_services_and_clients_of_a_stack_with_its_own_broker_reach_it_whatever_t
     assert "hunter2-hunter2" not in (tmp_path / STATE_FILE).read_text()
 
 
+def _up_in_shell(
+    monkeypatch: pytest.MonkeyPatch, shell: dict[str, str], argv: list[str], started: list[str]
+) -> int:
+    """Run `skuforge up argv` (its real main, the supervisor's run replaced) in a shell with ``shell``'s
+    variables and a console login; the services it would start are added to ``started``."""
+
+    def runs_the_stack(self: Supervisor, **kwargs: object) -> int:
+        started.extend(state.spec.name for state in self.services)
+        return 0
+
+    monkeypatch.setattr(devstack.up.Supervisor, "run", runs_the_stack)
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+    for name, value in shell.items():
+        monkeypatch.setenv(name, value)
+    try:
+        return main(argv)
+    finally:
+        while devstack.up._held_locks:  # held by a run that got past the check
+            os.close(devstack.up._held_locks.pop())
+
+
 @pytest.mark.parametrize(
     ("shell", "kafka_bootstrap"),
     [
@@ -658,19 +679,9 @@ def test_up_does_not_refuse_kafka_settings_of_the_shell_its_services_do_not_get(
     port) stopped `skuforge up` with exit 2, although a stack with its own broker gives its services
     that broker's PLAINTEXT connection, and --kafka-bootstrap replaces the shell's bootstrap."""
     started: list[str] = []
-
-    def runs_the_stack(self: Supervisor, **kwargs: object) -> int:
-        started.extend(state.spec.name for state in self.services)
-        return 0
-
-    monkeypatch.setattr(devstack.up.Supervisor, "run", runs_the_stack)
-    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
-    for name, value in shell.items():
-        monkeypatch.setenv(name, value)
     argv = ["--workdir", str(tmp_path), "--ports", "free"]
-    code = main([*argv, *(["--kafka-bootstrap", kafka_bootstrap] if kafka_bootstrap else [])])
-    while devstack.up._held_locks:  # held by a run that got past the check
-        os.close(devstack.up._held_locks.pop())
+    bootstrap = ["--kafka-bootstrap", kafka_bootstrap] if kafka_bootstrap else []
+    code = _up_in_shell(monkeypatch, shell, [*argv, *bootstrap], started)
     assert "invalid configuration" not in capsys.readouterr().err
     assert code == 0 and "topics" in started
 
@@ -716,18 +727,8 @@ def test_up_does_not_refuse_settings_of_the_shell_it_replaces_for_its_services(
     table and login (and the backend, given once), yet checked the shell's: another deployment's
     SKUFORGE_CONSOLE_PORT=99999 or SKUFORGE_GENERATION_TRITON_PROTOCOL=ftp stopped it (exit 2)."""
     started: list[str] = []
-
-    def runs_the_stack(self: Supervisor, **kwargs: object) -> int:
-        started.extend(state.spec.name for state in self.services)
-        return 0
-
-    monkeypatch.setattr(devstack.up.Supervisor, "run", runs_the_stack)
-    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
-    for name, value in shell.items():
-        monkeypatch.setenv(name, value)
-    code = main(["--workdir", str(tmp_path), "--ports", "free", "--kafka-bootstrap", "127.0.0.1:9", *options])
-    while devstack.up._held_locks:
-        os.close(devstack.up._held_locks.pop())
+    argv = ["--workdir", str(tmp_path), "--ports", "free", "--kafka-bootstrap", "127.0.0.1:9", *options]
+    code = _up_in_shell(monkeypatch, shell, argv, started)
     assert "invalid configuration" not in capsys.readouterr().err
     assert code == 0 and "console" in started
     assert set(json.loads((tmp_path / "ports.json").read_text())) >= {"console", "triton_grpc"}
@@ -756,20 +757,12 @@ def test_up_refuses_settings_its_services_get_keeping_the_saved_ports(
 ) -> None:
     """A setting that reaches a service as the shell gave it, or as up gives it (the one --backend), and
     that the service refuses, stops up (exit 2) before anything starts, the last run's ports kept."""
-
-    def runs_the_stack(self: Supervisor, **kwargs: object) -> int:
-        raise AssertionError(f"started a stack whose services refuse {variable}")
-
-    monkeypatch.setattr(devstack.up.Supervisor, "run", runs_the_stack)
-    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
-    for name, value in shell.items():
-        monkeypatch.setenv(name, value)
     saved = json.dumps({"console": 18087}) + "\n"
     (tmp_path / "ports.json").write_text(saved)
-    code = main(["--workdir", str(tmp_path), "--ports", "free", "--kafka-bootstrap", "127.0.0.1:9", *options])
-    while devstack.up._held_locks:
-        os.close(devstack.up._held_locks.pop())
-    assert code == 2
+    started: list[str] = []
+    argv = ["--workdir", str(tmp_path), "--ports", "free", "--kafka-bootstrap", "127.0.0.1:9", *options]
+    code = _up_in_shell(monkeypatch, shell, argv, started)
+    assert code == 2 and not started, f"started a stack whose services refuse {variable}"
     assert variable in capsys.readouterr().err
     assert (tmp_path / "ports.json").read_text() == saved
 
