@@ -264,7 +264,9 @@ def mask_checks(
             passed=iou >= thresholds.iou_min,
             value=iou,
             threshold=thresholds.iou_min,
-            message=f"IoU of predicted and expected mask {iou:.3f} (need >= {thresholds.iou_min:.3f})",
+            message="IoU of predicted and expected mask {} (need >= {})".format(
+                *_figures(iou, thresholds.iou_min, 3, "f")
+            ),
         ),
         GateCheck(
             code="mask_empty",
@@ -272,16 +274,20 @@ def mask_checks(
             passed=fraction > 0 and fraction >= thresholds.min_foreground_fraction,
             value=fraction,
             threshold=thresholds.min_foreground_fraction,
-            message=f"predicted mask covers {fraction:.2%} of the frame "
-            f"(need >= {thresholds.min_foreground_fraction:.2%})",
+            message="predicted mask covers {} of the frame (need >= {})".format(
+                *_figures(fraction, thresholds.min_foreground_fraction, 2, "%")
+            )
+            if fraction > 0
+            else "predicted mask is empty: it covers none of the frame",
         ),
         GateCheck(
             code="mask_full_frame",
             passed=fraction <= thresholds.max_foreground_fraction,
             value=fraction,
             threshold=thresholds.max_foreground_fraction,
-            message=f"predicted mask covers {fraction:.2%} of the frame "
-            f"(need <= {thresholds.max_foreground_fraction:.2%})",
+            message="predicted mask covers {} of the frame (need <= {})".format(
+                *_figures(fraction, thresholds.max_foreground_fraction, 2, "%")
+            ),
         ),
         GateCheck(
             code="mask_touches_all_borders",
@@ -372,9 +378,21 @@ def drift_check(
         passed=drift <= tolerance,
         value=drift,
         threshold=tolerance,
-        message=f"product colours moved {drift:.1f} Lab units from the reference (tolerance {tolerance:.1f})"
+        message="product colours moved {} Lab units from the reference (tolerance {})".format(
+            *_figures(drift, tolerance, 1, "f")
+        )
         + (" with the declared colour gain applied to the reference" if colour_gain is not None else ""),
     )
+
+
+def _figures(value: float, threshold: float, digits: int, kind: str) -> tuple[str, str]:
+    """``value`` and ``threshold`` at ``digits`` decimals (``kind`` "f" or "%"), or at as many more
+    as tell them apart: rounded alike, a flagged IoU of 0.8996 read "0.900 (need >= 0.900)"."""
+    while True:
+        shown = f"{value:.{digits}{kind}}", f"{threshold:.{digits}{kind}}"
+        if value == threshold or shown[0] != shown[1] or digits >= 17:
+            return shown
+        digits += 1
 
 
 def failed_reasons(checks: list[GateCheck]) -> list[str]:
