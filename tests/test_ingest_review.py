@@ -374,7 +374,22 @@ def test_a_name_or_category_of_only_whitespace_is_refused(tmp_path: Path, field:
     # A tab is a control character, refused as one (below); a no-break space is whitespace.
     folder = _sku(tmp_path, "A", "A-1", (10, 20), **{field: " \u00a0 "})
     message = _refusal(tmp_path)
-    assert f"{folder / 'metadata.json'}: {field}: is only whitespace; give the product's {field}" in message
+    blank_problem = f"{field}: is only whitespace or invisible characters; give the product's {field}"
+    assert f"{folder / 'metadata.json'}: {blank_problem}" in message
+
+
+@pytest.mark.parametrize("field", ["name", "category"])
+@pytest.mark.parametrize("blank", ["\u200b", "\ufeff", " \u2060\u200d "])
+def test_a_name_or_category_of_only_invisible_characters_is_refused(
+    tmp_path: Path, field: str, blank: str
+) -> None:
+    # A zero-width space, a byte-order mark or a word joiner (a spreadsheet's "empty" cell) shows
+    # nothing, as whitespace shows nothing; it is not whitespace to str.strip, and was ingested as the
+    # product's name or category, which captions and prompts were then made of.
+    folder = _sku(tmp_path, "A", "A-1", (10, 20), **{field: blank})
+    message = _refusal(tmp_path)
+    blank_problem = f"{field}: is only whitespace or invisible characters; give the product's {field}"
+    assert f"{folder / 'metadata.json'}: {blank_problem}" in message
 
 
 @pytest.mark.parametrize("field", ["name", "category", "brand", "series"])

@@ -30,9 +30,10 @@ left out with one warning for the batch. A copy of a photo in its folder (the sa
 ingested once, and named in a warning; of a cut-out and its copy flattened on white, the cut-out,
 for its outline. Two SKU ids of a batch may not differ only in case (``ABC-1``, ``abc-1``): on a
 case-insensitive file system their store folders would be one. A name or category that is only
-whitespace is refused, and so is a control character (a tab, newline, NUL or terminal escape) in
-the name, category, brand or series. One in a photo's file name is not refused but written escaped
-(``\\n``, ``\\x1b``) in the event's ``original_filename``, which takes no control character either.
+whitespace or invisible characters (a zero-width space) is refused, and so is a control character
+(a tab, newline, NUL or terminal escape) in the name, category, brand or series. One in a photo's
+file name is not refused but written escaped (``\\n``, ``\\x1b``) in the event's
+``original_filename``, which takes no control character either.
 
 A photo file with transparency (a cut-out on a transparent background) is stored over white, as
 every photo, and its transparency beside it as a mask (``ReferencePhoto.mask``, at
@@ -72,6 +73,7 @@ import os
 import re
 import sys
 import tempfile
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -448,9 +450,10 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     if metadata is not None:
         # min_length lets "  " through; a blank name or category is no product to caption or prompt.
         problems.extend(
-            f"{metadata_path}: {field}: is only whitespace; give the product's {field}"
+            f"{metadata_path}: {field}: is only whitespace or invisible characters; give the "
+            f"product's {field}"
             for field in ("name", "category")
-            if not getattr(metadata, field).strip()
+            if _shows_nothing(getattr(metadata, field))
         )
 
     files, folder_problems = photo_files(folder)
@@ -524,6 +527,13 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     if problems or metadata is None:
         return None, problems
     return PreparedSku(folder=folder, metadata=metadata, photos=photos, copies=tuple(copies)), []
+
+
+def _shows_nothing(text: str) -> bool:
+    """Whether ``text`` is only whitespace and invisible format characters (a zero-width space, a
+    byte-order mark, a word joiner: Unicode's Cf), as a spreadsheet's "empty" cell can be: str.strip
+    keeps those, and such a name was ingested as the product's."""
+    return all(char.isspace() or unicodedata.category(char) == "Cf" for char in text)
 
 
 def _outline_of_a_copy(photo_id: str, has_outline: bool, photos: list[PreparedPhoto]) -> bool:
