@@ -354,6 +354,18 @@ def test_metadata_saved_as_utf16_or_utf32_with_its_mark_is_read(tmp_path: Path, 
         prepare_all(tmp_path, load_settings())
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
+def test_metadata_saved_as_utf16_or_utf32_without_a_mark_is_read(tmp_path: Path, encoding: str) -> None:
+    """Node's writeFileSync(..., "utf16le"), Java's UTF_16LE and Python's "utf-16-le" write no mark;
+    JSON's first characters are ASCII, so the NULs beside them say the encoding (RFC 4627). Refused
+    before as "Invalid JSON: key must be a string at line 1 column 2", of a file an editor shows whole."""
+    folder = _sku(tmp_path, "A", "A-1", name="Smör")
+    metadata = folder / "metadata.json"
+    metadata.write_bytes(metadata.read_text().encode(encoding))
+    [sku] = prepare_all(tmp_path, load_settings())
+    assert sku.metadata.sku_id == "A-1" and sku.metadata.name == "Smör"
+
+
 def test_a_photo_whose_stored_png_is_over_the_byte_limit_is_refused_at_ingest(tmp_path: Path) -> None:
     """Only the file was held to SKUFORGE_MAX_IMAGE_BYTES: a JPEG of a few MB can be a PNG over it,
     which ingest stored and every stage then refused (the SKU dead-lettered as no_usable_photo)."""

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import dataclasses
 import errno
 import json
@@ -352,7 +353,8 @@ class _NotUtf8(UnicodeDecodeError):
 def _as_utf8(data: bytes) -> bytes:
     """``metadata.json``'s bytes as UTF-8 without a byte-order mark. Windows Notepad and Excel save
     UTF-8 with one, and PowerShell 5.1's ``>`` and ``Out-File`` write UTF-16: JSON parsers refuse both
-    ("Invalid JSON at line 1 column 1"), though the mark only says how the text is encoded.
+    ("Invalid JSON at line 1 column 1"), though the mark only says how the text is encoded. UTF-16 and
+    UTF-32 without a mark are told by their NULs, as RFC 4627 says.
     ``UnicodeDecodeError`` when the bytes are not what their mark says, ``_NotUtf8`` when there is no
     mark and they are not UTF-8."""
     for mark, encoding in (
@@ -365,6 +367,13 @@ def _as_utf8(data: bytes) -> bytes:
         if data.startswith(mark):
             text = data.decode(encoding)
             return text.removeprefix("\ufeff").encode("utf-8")
+    unmarked = json.detect_encoding(data)
+    if unmarked in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"):
+        # No mark (Node's "utf16le", Java's UTF_16LE): JSON opens with ASCII, so the NULs beside its
+        # first characters say the encoding (RFC 4627). UTF-8 JSON holds no NUL. Bytes that are not
+        # that encoding after all are left to the JSON check, which names where they fail.
+        with contextlib.suppress(UnicodeDecodeError):
+            return data.decode(unmarked).encode("utf-8")
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
