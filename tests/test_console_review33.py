@@ -95,3 +95,24 @@ def test_claim_next_made_as_the_lease_runs_out_takes_the_task(parts: ConsolePart
     claimed = parts.tasks.claim_next("alice", 60.0)
 
     assert claimed is not None and (claimed.task_id, claimed.claimed_by) == (task_id, "alice")
+
+
+def test_the_check_table_tells_a_flagged_figure_from_its_threshold(tmp_path: Path) -> None:
+    """The item page's check table showed value and threshold at 3 decimals: a flagged IoU of 0.8996
+    read "0.900 / 0.900 ✗", as if it met its threshold (the gate's own message had the same fault)."""
+    from services.console.tasks import TaskFilter
+    from shared.gate.checks import GateCheck
+    from tests.support.console import build_console, flagged_item, pending_envelope
+
+    parts = build_console(tmp_path)
+    pending = flagged_item(parts.store, 0)
+    just_under = GateCheck(code="iou_below_threshold", passed=False, value=0.8996, threshold=0.9)
+    far_under = GateCheck(code="product_drift", passed=False, value=31.25, threshold=20.0)
+    parts.tasks.add_pending(pending_envelope(pending.model_copy(update={"checks": [just_under, far_under]})))
+    (task,) = parts.tasks.query(TaskFilter())
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    login(client)
+    page = client.get(f"/tasks/{task.task_id}")
+    assert page.status_code == 200
+    assert "<td>0.8996</td><td>0.9000</td>" in page.text, page.text
+    assert "<td>31.250</td><td>20.000</td>" in page.text  # figures apart keep their 3 decimals

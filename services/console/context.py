@@ -19,10 +19,13 @@ from services.console.relay import DecisionRelay
 from services.console.security import LoginThrottle, SessionSigner
 from services.console.tasks import TaskFilter, TaskStore
 from shared.config import Settings
+from shared.gate.checks import figures
 from shared.store import ObjectStore
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
+# A check's value and threshold, with the digits that tell them apart (a flagged 0.8996 read "0.900 / 0.900").
+templates.env.globals["figures"] = figures
 TaskId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="task id (32 hex)")]
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "drift_check",
     "evaluate",
     "failed_reasons",
+    "figures",
     "foreground_fraction",
     "mask_checks",
     "mask_iou",
@@ -265,7 +266,7 @@ def mask_checks(
             value=iou,
             threshold=thresholds.iou_min,
             message="IoU of predicted and expected mask {} (need >= {})".format(
-                *_figures(iou, thresholds.iou_min, 3, "f")
+                *figures(iou, thresholds.iou_min, 3, "f")
             ),
         ),
         GateCheck(
@@ -275,7 +276,7 @@ def mask_checks(
             value=fraction,
             threshold=thresholds.min_foreground_fraction,
             message="predicted mask covers {} of the frame (need >= {})".format(
-                *_figures(fraction, thresholds.min_foreground_fraction, 2, "%")
+                *figures(fraction, thresholds.min_foreground_fraction, 2, "%")
             )
             if fraction > 0
             else "predicted mask is empty: it covers none of the frame",
@@ -286,7 +287,7 @@ def mask_checks(
             value=fraction,
             threshold=thresholds.max_foreground_fraction,
             message="predicted mask covers {} of the frame (need <= {})".format(
-                *_figures(fraction, thresholds.max_foreground_fraction, 2, "%")
+                *figures(fraction, thresholds.max_foreground_fraction, 2, "%")
             ),
         ),
         GateCheck(
@@ -379,15 +380,16 @@ def drift_check(
         value=drift,
         threshold=tolerance,
         message="product colours moved {} Lab units from the reference (tolerance {})".format(
-            *_figures(drift, tolerance, 1, "f")
+            *figures(drift, tolerance, 1, "f")
         )
         + (" with the declared colour gain applied to the reference" if colour_gain is not None else ""),
     )
 
 
-def _figures(value: float, threshold: float, digits: int, kind: str) -> tuple[str, str]:
+def figures(value: float, threshold: float, digits: int = 3, kind: str = "f") -> tuple[str, str]:
     """``value`` and ``threshold`` at ``digits`` decimals (``kind`` "f" or "%"), or at as many more
-    as tell them apart: rounded alike, a flagged IoU of 0.8996 read "0.900 (need >= 0.900)"."""
+    as tell them apart: rounded alike, a flagged IoU of 0.8996 read "0.900 (need >= 0.900)". The
+    console's check table shows them so too."""
     while True:
         shown = f"{value:.{digits}{kind}}", f"{threshold:.{digits}{kind}}"
         if value == threshold or shown[0] != shown[1] or digits >= 17:
