@@ -297,6 +297,18 @@ def replayed_markers(store: ObjectStore, dlq_topic: str) -> set[str]:
     return set(store.list_addressable(f"{REPLAY_PREFIX}/{dlq_topic}/"))
 
 
+def replayed_keys(letters: Sequence[StoredLetter], markers: set[str]) -> set[str]:
+    """The marker keys of ``letters`` that count as replayed: those of ``markers``, and those of the
+    other letters of a marked letter's record and stage (``_origin``: dead-lettered twice). Before, a
+    run that picked one of them (``--since``, ``--reason``) sent the record, and a later run sent it again."""
+    origins = {_origin(stored.letter) for stored in letters if stored.marker_key in markers}
+    return {
+        stored.marker_key
+        for stored in letters
+        if stored.marker_key in markers or _origin(stored.letter) in origins
+    }
+
+
 # -- list -------------------------------------------------------------------------------------
 
 
@@ -383,14 +395,15 @@ def replay(
     ``dead.original_topic`` is never sent: it came from another topic than the one this DLQ belongs to
     (a mirrored or shared DLQ), and sending it to either would cross environments. Both are reported.
 
-    Letters of one original record and stage (dead-lettered twice) are sent once. Each acknowledged
-    record's letters are marked, and only those: a failed send leaves its letters unmarked for the next
-    run, which sends nothing twice. The one window left is a crash between the acknowledgement and the
-    markers: the next run republishes those letters once more, with the same event_ids, which stages
-    handle idempotently (docs/delivery.md).
+    Letters of one original record and stage (dead-lettered twice) are sent once, by one run or by runs
+    that picked them apart (``replayed_keys``). Each acknowledged record's letters are marked, and only
+    those: a failed send leaves its letters unmarked for the next run, which sends nothing twice. The
+    one window left is a crash between the acknowledgement and the markers: the next run republishes
+    those letters once more, with the same event_ids, which stages handle idempotently
+    (docs/delivery.md).
     """
     chosen = select(dead.letters, reason=reason, since=since)
-    done = replayed_markers(store, dead.dlq_topic)
+    done = replayed_keys(dead.letters, replayed_markers(store, dead.dlq_topic))
     not_done = [stored for stored in chosen if stored.marker_key not in done]
     leave_permanent = reason is None and not include_permanent
     permanent = [s for s in not_done if leave_permanent and is_permanent(s.letter.reason)]

@@ -22,6 +22,7 @@ from shared.dlq import (
     parse_since,
     read_dead_letters,
     replay,
+    replayed_keys,
     replayed_markers,
     select,
     summarise,
@@ -116,7 +117,8 @@ def main(
         dead = read_dead_letters(settings, args.topic, any_namespace=args.any_namespace)
         if args.action == "list":
             letters = select(dead.letters, reason=args.reason, since=args.since)
-            summary = summarise(dead, letters, replayed_markers(store, dead.dlq_topic), args.samples)
+            replayed = replayed_keys(dead.letters, replayed_markers(store, dead.dlq_topic))
+            summary = summarise(dead, letters, replayed, args.samples)
             print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
             return 0
         with stopped_as_interrupt():  # a SIGTERM or SIGHUP also lets the replay mark what was delivered

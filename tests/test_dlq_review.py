@@ -506,3 +506,36 @@ def test_dlq_list_escapes_control_characters_an_outside_writer_put_in_a_letter(
     assert code == 0
     assert "\x1b" not in out
     assert "(object_missing\\x1b[2J: 1)" in out
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize(
+    ("first", "twin"),
+    [
+        (["--since", "1h"], {"failed_at": (datetime.now(UTC) - timedelta(hours=2)).isoformat()}),
+        (["--reason", "handler_error"], {"reason": "object_missing"}),
+    ],
+    ids=["since", "reason"],
+)
+def test_a_record_dead_lettered_twice_is_replayed_once_across_runs_that_pick_one_letter_each(
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    first: list[str],
+    twin: dict[str, Any],
+) -> None:
+    """Letters of one record were sent once only when one run picked both: a run with --since (or
+    --reason) that picked the later letter replayed the record, and a plain run after it replayed the
+    earlier letter, the same record, again; the stage handled it twice."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    topic = settings.topic_name(SKU_INGESTED)
+    _write_letters(settings, _letter(settings, **twin), _letter(settings, reason="handler_error"))
+    assert dlq_main(["replay", topic, *first], settings=settings) == 0
+    assert "replayed 1 dead letters" in capsys.readouterr().out
+    assert dlq_main(["replay", topic], settings=settings) == 0
+    assert "replayed 0 dead letters" in capsys.readouterr().out
+    assert len(read_topic(kafka_bootstrap, topic, expect=1, timeout_s=10)) == 1
+    # `dlq list` counts the twin replayed too: the record is.
+    assert dlq_main(["list", topic, "--json"], settings=settings) == 0
+    assert json.loads(capsys.readouterr().out)["replayed"] == 2
