@@ -48,7 +48,7 @@ from shared.bus import READ_EXTRA, kafka_connection, listed_topics, make_produce
 from shared.config import Settings
 from shared.errors import BadInput, TransientError
 from shared.observability import escape_control_characters
-from shared.signals import signal_number, stopped_how
+from shared.signals import held_signals, signal_number, stopped_how
 from shared.store import ObjectStore
 
 REPLAY_PREFIX = "dlq-replays"
@@ -460,11 +460,14 @@ def replay(
     finally:
         # Closed before the futures are read: close() flushes, and what it delivers is marked too.
         # Before, a failed run said "nothing marked" while close() then delivered the records sent
-        # before the failure, and the next run republished them.
-        try:
-            producer.close(timeout=settings.flush_timeout_s)
-        except KafkaError as exc:
-            failure = failure or exc
+        # before the failure, and the next run republished them. From here a stop waits until the
+        # markers are written: before, a (second) Ctrl-C or a SIGTERM there ended the command with the
+        # records delivered and (some) unmarked, and the next run republished them.
+        with held_signals() as held_closing:
+            try:
+                producer.close(timeout=settings.flush_timeout_s)
+            except KafkaError as exc:
+                failure = failure or exc
     acknowledged = [
         (member, future.value)
         for stored, future in sends
@@ -473,13 +476,16 @@ def replay(
     ]
     sent = sum(1 for _, future in sends if future.is_done and future.succeeded())
     replayed_at = utc_now().isoformat()
-    try:
-        _write_markers(store, acknowledged, replayed_at)
-    except (TransientError, BadInput) as exc:
-        raise DlqError(
-            f"republished {sent} dead letters to {dead.original_topic}, but could not write their "
-            f"replay markers ({exc}); a later replay would republish those without a marker again"
-        ) from exc
+    with held_signals() as held_marking:
+        try:
+            _write_markers(store, acknowledged, replayed_at)
+        except (TransientError, BadInput) as exc:
+            raise DlqError(
+                f"republished {sent} dead letters to {dead.original_topic}, but could not write their "
+                f"replay markers ({exc}); a later replay would republish those without a marker again"
+            ) from exc
+    if interrupted is None and (held_closing or held_marking):
+        interrupted = (held_closing + held_marking)[0]
     if interrupted is not None:
         raise ReplayInterrupted(
             f"{stopped_how(interrupted)}: {sent} of {len(firsts)} records were acknowledged and are "

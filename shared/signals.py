@@ -5,7 +5,8 @@ session that dropped skipped whatever a command does on Ctrl-C (``skuforge inges
 photos from TMPDIR; ``skuforge dlq replay`` marks the records Kafka acknowledged, which a later replay
 would otherwise send again). Inside ``stopped_as_interrupt`` they raise ``Stopped``, a
 ``KeyboardInterrupt``, so the same ``except KeyboardInterrupt`` handles all three; ``signal_number``
-gives the exit status's signal (128 + it, 130 for Ctrl-C).
+gives the exit status's signal (128 + it, 130 for Ctrl-C). ``held_signals`` holds all three off a step
+that must finish (the replay's markers), for the caller to stop after it.
 
 The exception is raised in whatever Python code runs on the main thread when the signal comes, and
 code that catches ``BaseException`` there loses it: kafka-python's event loop does so for its tasks,
@@ -23,6 +24,7 @@ __all__ = [
     "Stopped",
     "hang_up_as_sigterm",
     "heard",
+    "held_signals",
     "raise_stopped",
     "signal_number",
     "stopped_as_interrupt",
@@ -62,6 +64,29 @@ def stopped_as_interrupt() -> Iterator[None]:
                 previous[signum] = signal.signal(signum, raise_stopped)
     try:
         yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[list[int]]:
+    """Ctrl-C, SIGTERM and SIGHUP do not interrupt the block: each that comes is added to the list it
+    gives, for the caller to stop once the block is done. For a step an interrupt must not cut short
+    (``skuforge dlq replay`` marking the records Kafka acknowledged). A signal ignored stays ignored,
+    and outside the main thread (where no handler can be set) nothing changes."""
+    came: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        came.append(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) not in (signal.SIG_IGN, None):  # None: not set from Python
+                previous[signum] = signal.signal(signum, hold)
+    try:
+        yield came
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

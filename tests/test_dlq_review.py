@@ -539,3 +539,75 @@ def test_a_record_dead_lettered_twice_is_replayed_once_across_runs_that_pick_one
     # `dlq list` counts the twin replayed too: the record is.
     assert dlq_main(["list", topic, "--json"], settings=settings) == 0
     assert json.loads(capsys.readouterr().out)["replayed"] == 2
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("when", ["closing", "marking"])
+@pytest.mark.parametrize(
+    ("signum", "said"),
+    [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM")],
+    ids=["int", "term"],
+)
+def test_a_replay_stopped_after_its_flush_still_marks_what_was_delivered(
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    when: str,
+    signum: int,
+    said: str,
+) -> None:
+    """Ctrl-C (a second one, or the first) or SIGTERM while the producer closed or the markers were
+    written: the records were acknowledged, the interrupt ended the command before (some of) their
+    markers, and the next replay republished them. Writing thousands of markers to S3 is the longest
+    part of a large replay, the one an operator stops."""
+    from schemas.common import ObjectRef
+    from shared import dlq as dlq_module
+    from shared.bus import make_producer
+    from shared.store import FileStore
+
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    original = settings.topic_name(SKU_INGESTED)
+    _write_letters(settings, *(_letter(settings, original_offset=offset) for offset in range(3)))
+    sent: list[int] = []
+
+    def stop_once() -> None:
+        if not sent:
+            sent.append(signum)
+            os.kill(os.getpid(), signum)  # its handler runs in this thread, at once
+
+    class StoppedStore(FileStore):
+        def put_json(self, key: str, obj: Any) -> ObjectRef:
+            if when == "marking" and key.startswith("dlq-replays/"):
+                stop_once()
+            return super().put_json(key, obj)
+
+    def stopped_producer(settings: Settings, client_id: str) -> Any:
+        producer = make_producer(settings, client_id)
+        real_close = producer.close
+
+        def close(timeout: float | None = None, **more: Any) -> None:
+            if when == "closing":
+                stop_once()
+            real_close(timeout=timeout, **more)
+
+        producer.close = close
+        return producer
+
+    store = StoppedStore(tmp_path)
+    monkeypatch.setattr(dlq_module, "make_producer", stopped_producer)
+    try:
+        exited = dlq_main(["replay", original], settings=settings, store=store)
+    except KeyboardInterrupt:
+        exited = None  # a traceback, as before; what matters is what the next run sends
+    err = capsys.readouterr().err
+    assert sent == [signum]
+    monkeypatch.setattr(dlq_module, "make_producer", make_producer)
+    again = dlq_main(["replay", original], settings=settings, store=store)
+    assert len(read_topic(kafka_bootstrap, original, expect=3, timeout_s=10)) == 3  # each once
+    assert again == 0 and "replayed 0 dead letters" in capsys.readouterr().out
+    assert exited == 128 + signum
+    assert f"{said}: 3 of 3 records were acknowledged and are marked" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # left as they were
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
