@@ -275,7 +275,10 @@ def select(
     if reason is not None:
         present = Counter(stored.letter.reason for stored in letters)
         if reason not in present:
-            listed = ", ".join(f"{name} ({count})" for name, count in sorted(present.items()))
+            # A reason is the letter writer's text: escaped, as in format_summary.
+            listed = escape_control_characters(
+                ", ".join(f"{name} ({count})" for name, count in sorted(present.items()))
+            )
             raise DlqError(
                 f"no dead letter has reason {reason!r}; reasons present: {listed or '(no dead letters)'}"
             )

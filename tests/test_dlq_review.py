@@ -611,3 +611,19 @@ def test_a_replay_stopped_after_its_flush_still_marks_what_was_delivered(
     assert f"{said}: 3 of 3 records were acknowledged and are marked" in err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # left as they were
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+@pytest.mark.kafka
+def test_a_reason_no_letter_has_names_the_reasons_present_escaped(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The refusal of an unknown --reason listed the letters' reasons as their writer put them: an
+    escape sequence in one (clear the screen) or a forged line reached the operator's terminal."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    _write_letters(settings, _letter(settings, reason="object_missing\x1b[2J\nskuforge dlq list: all fine"))
+    for action in ("list", "replay"):
+        code = dlq_main([action, settings.topic_name(SKU_INGESTED), "--reason", "nope"], settings=settings)
+        err = capsys.readouterr().err
+        assert code == 1 and "\x1b" not in err and len(err.splitlines()) == 1
+        assert "reasons present: object_missing\\x1b[2J\\nskuforge dlq list: all fine (1)" in err
