@@ -644,3 +644,50 @@ def test_a_relative_official_model_path_is_the_working_directorys(
     monkeypatch.setenv("SKUFORGE_OFFICIAL_U2NETP", "models/official.onnx")
     assert matting.REGISTRY["u2netp-official"].path() == tmp_path / "models" / "official.onnx"
     assert matting.official_onnx_path() == tmp_path / "models" / "official.onnx"
+
+
+def _nan_past_four_images_model(batch: str | None) -> bytes:
+    """A 1x1 convolution and a sigmoid, plus sqrt(4 - N), N the images in the call: NaN for a call of
+    more than CPU_CALL_IMAGES. ``batch``: the batch dimension's name, None for a free one without one."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    most = float(matting.CPU_CALL_IMAGES)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "w"], ["logits"]),
+            helper.make_node("Sigmoid", ["logits"], ["mask"]),
+            helper.make_node("Shape", ["input"], ["shape"]),
+            helper.make_node("Gather", ["shape", "first"], ["count"]),
+            helper.make_node("Cast", ["count"], ["images"], to=TensorProto.FLOAT),
+            helper.make_node("Sub", ["most", "images"], ["room"]),
+            helper.make_node("Sqrt", ["room"], ["nan_past_most"]),
+            helper.make_node("Add", ["mask", "nan_past_most"], ["d0"]),
+        ],
+        "nan_past_four_images",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 320, 320])],
+        [helper.make_tensor_value_info("d0", TensorProto.FLOAT, [batch, 1, 320, 320])],
+        initializer=[
+            numpy_helper.from_array(np.array([0.8, -0.5, 0.3], np.float32).reshape(1, 3, 1, 1), "w"),
+            numpy_helper.from_array(np.array([0], np.int64), "first"),
+            numpy_helper.from_array(np.array([most], np.float32), "most"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+@pytest.mark.parametrize("batch", ["batch", None])
+def test_on_the_cpu_a_call_takes_at_most_cpu_call_images_whatever_the_batch_is_named(
+    batch: str | None,
+) -> None:
+    """On the CPU provider a chunk is run as calls of at most CPU_CALL_IMAGES images (the setting's
+    help: "on CPU, calls of at most 4"): a call of 8 held 1.5 GB of activations. A model whose free
+    batch dimension has no name (None in ORT's shape) got the whole chunk in one call, up to
+    SKUFORGE_MATTING_MAX_BATCH (256) images."""
+    session = U2NetSession(_nan_past_four_images_model(batch), threads=1, use_gpu=False, max_batch=8)
+    session.warm_up()
+    results = session.predict(photos(2, size_px=64) * 4)
+    assert len(results) == 8

@@ -427,8 +427,11 @@ class MattingSession(ABC):
         # padded (``_run``), more are split.
         self._fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 1 else None
         self.max_batch = min(max_batch, batch_dim) if isinstance(batch_dim, int) else max_batch
-        # The batch dimension's name, where calls get shape-fixed sessions (``_session_for``).
+        # On the CPU provider a free batch is run in calls of at most CPU_CALL_IMAGES (``_call``), named
+        # or not; the batch dimension's name, where it has one, gets them shape-fixed sessions
+        # (``_session_for``).
         on_cpu = self.providers == [CPU_PROVIDER]
+        self._cpu_calls = on_cpu and not isinstance(batch_dim, int)
         self._batch_dim = batch_dim if isinstance(batch_dim, str) and on_cpu else None
         self._size_dims = {
             dim: side
@@ -606,7 +609,8 @@ class MattingSession(ABC):
 
     def _call(self, batch: F32Array) -> F32Array:
         """The model's output for ``batch``, in calls of the sizes the session takes."""
-        step = len(batch) if self._batch_dim is None else CPU_CALL_IMAGES
+        # A free batch without a name (None in ORT's shape) was given the whole chunk in one call.
+        step = CPU_CALL_IMAGES if self._cpu_calls else len(batch)
         outputs = []
         fixed = self._fixed_batch
         if fixed is not None:
