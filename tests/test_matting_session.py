@@ -458,6 +458,37 @@ def test_a_model_file_that_cannot_be_read_is_a_config_error_not_a_traceback(
         open_matting_session(matting_settings, load_settings())
 
 
+def test_a_model_path_that_cannot_be_looked_up_is_a_config_error_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Path.is_file() answers False only for a missing file; a folder on the way this user may not enter
+    (EACCES: another user's home, a volume mounted 0700) or a name over 255 bytes raises. The stage
+    died at start-up in an OSError traceback before the is-a-file check could name the setting."""
+    from services.matting.config import MattingSettings
+    from services.matting.stage import open_matting_session
+    from shared.config import ConfigError, load_settings
+
+    too_long = tmp_path / ("u2netp-" + "x" * 300 + ".onnx")
+    locked = tmp_path / "locked" / "u2netp.onnx"
+    stat = Path.stat
+
+    def refused(path: Path, **kwargs: Any) -> Any:
+        if path == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return stat(path, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", refused)  # as root the folder's mode alone would not refuse
+    for model, said in ((too_long, "File name too long"), (locked, "Permission denied")):
+        matting_settings = load_settings(MattingSettings, matting_model=str(model), matting_use_gpu=False)
+        with pytest.raises(
+            ConfigError, match=rf"cannot read the matting model {re.escape(str(model))}: .*{said}"
+        ):
+            open_matting_session(matting_settings, load_settings())
+    monkeypatch.setenv("SKUFORGE_OFFICIAL_U2NETP", str(locked))
+    with pytest.raises(MattingModelError, match=rf"cannot read the matting model {re.escape(str(locked))}"):
+        open_session("u2netp-official", threads=1, use_gpu=False, store=None)
+
+
 def test_a_model_cache_that_cannot_be_written_is_named_not_a_traceback(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, random_u2netp_onnx: Path
 ) -> None:

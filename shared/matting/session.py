@@ -698,6 +698,16 @@ def _read_model_file(path: Path) -> bytes:
         raise MattingModelError(f"cannot read the matting model {path}: {exc}") from exc
 
 
+def _is_model_file(path: Path) -> bool:
+    """Whether ``path`` is a file; ``MattingModelError`` naming it when that cannot be told: ``is_file``
+    answers False only for a missing file, and raised for a folder on the way this user may not enter
+    (another user's home) or a name too long, an OSError traceback at start-up."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise MattingModelError(f"cannot read the matting model {path}: {exc}") from exc
+
+
 def _inline_external_data(path: Path, model_id: str) -> bytes:
     """The model at ``path`` with the weights it keeps in files beside it (ONNX external data) taken
     in, as one serialised model. Needs the ``onnx`` package (the diffusion extra); without it, or
@@ -830,7 +840,7 @@ def open_session(
         path = entry.path()
         if path is None:
             raise MattingModelError(f"model {name!r} needs its file: {help_text}")
-        if not path.is_file():
+        if not _is_model_file(path):
             raise MattingModelMissing(
                 f"the matting model {name!r} is missing: {path} does not exist. "
                 f"{entry.how_to_make}. Or point elsewhere: {help_text}"
@@ -875,6 +885,6 @@ def open_session(
             ) from exc
         return session(U2NetSession, path, file_name)
     path = Path(name)
-    if not path.is_file():
+    if not _is_model_file(path):
         raise MattingModelMissing(f"no matting model file at {path}: {help_text}")
     return session(U2NetSession, path)
