@@ -1,16 +1,18 @@
 """All configuration, in one place: environment variables with the ``SKUFORGE_`` prefix.
 
 Every setting has a documented default; ``skuforge config`` prints the table that README.md
-carries. An invalid value stops the service at start-up with a message naming the variable.
+carries. An invalid value stops the service at start-up with a message naming the variable; a
+``SKUFORGE_*`` variable that is no setting is named with the closest one (``unknown_variables``).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, overload
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar, Union, get_args, get_origin, overload
 from urllib.parse import urlsplit
 
 import annotated_types
@@ -361,6 +363,67 @@ def secret_variables(models: Sequence[type[BaseSettings]]) -> frozenset[str]:
         for name, field in model.model_fields.items()
         if field.annotation is SecretStr or SecretStr in get_args(field.annotation)
     )
+
+
+# The SKUFORGE_* variables read outside the settings models: the tools' (README's second table), the
+# mark the local stack's supervisor sets on the processes it starts, and the tests' own knobs (CI exports
+# SKUFORGE_REQUIRE_HELM). Known, so a service never calls them misspelt.
+OTHER_VARIABLES = frozenset(
+    {
+        "SKUFORGE_KAFKA_DATA_DIR",
+        "SKUFORGE_KAFKA_PORT",
+        "SKUFORGE_KAFKA_CONTROLLER_PORT",
+        "SKUFORGE_KAFKA_HEAP_MB",
+        "SKUFORGE_OFFICIAL_U2NETP",
+        "SKUFORGE_PROMETHEUS_BIN",
+        "SKUFORGE_PROMTOOL_BIN",
+        "SKUFORGE_GROCERY_DATASET",
+        "SKUFORGE_IMAGE",
+        "SKUFORGE_CUDA_IMAGE",
+        "SKUFORGE_SUPERVISOR_ID",
+        "SKUFORGE_HELM",
+        "SKUFORGE_REQUIRE_HELM",
+        "SKUFORGE_DASHBOARD_PNG",
+        "SKUFORGE_UPDATE_SCREENSHOTS",
+    }
+)
+
+
+def settings_variables(models: Sequence[type[BaseSettings]]) -> frozenset[str]:
+    """The ``SKUFORGE_*`` variable of every field of ``models``."""
+    return frozenset(ENV_PREFIX + name.upper() for model in models for name in model.model_fields)
+
+
+class UnknownVariable(NamedTuple):
+    """A ``SKUFORGE_*`` variable in the environment that skuforge does not read, and the known name
+    closest to it (None when none is close)."""
+
+    name: str
+    closest: str | None
+
+    def __str__(self) -> str:
+        if self.closest is None:
+            return f"{self.name} is not a skuforge setting (ignored; `skuforge config --markdown` lists them)"
+        return f"{self.name} is not a skuforge setting (ignored): did you mean {self.closest}?"
+
+
+def unknown_variables(
+    models: Sequence[type[BaseSettings]], environ: Mapping[str, str]
+) -> list[UnknownVariable]:
+    """The ``SKUFORGE_*`` variables of ``environ`` that neither ``models`` nor the tools read, each
+    with its closest known name. Settings ignore variables they do not declare, so a misspelt one
+    left its setting at the default without a word."""
+    known = settings_variables(models) | OTHER_VARIABLES
+    # The names are compared without the prefix they share, which would make any two look alike.
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}
+    unknown = []
+    for name in sorted(environ):
+        upper = name.upper()  # pydantic-settings reads the variables whatever their case
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), suffixes, n=1)
+        unknown.append(UnknownVariable(name, suffixes[close[0]] if close else None))
+    return unknown
 
 
 # How the settings table writes a number's declared bounds.

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -23,10 +25,11 @@ from services.console.config import ConsoleSettings
 from services.gate.config import GateSettings
 from services.lora_trainer.config import LoraTrainerSettings
 from services.matting.config import MattingSettings
-from shared.config import ConfigError, Settings, load_settings, settings_table_markdown
+from shared.config import ConfigError, Settings, load_settings, settings_table_markdown, unknown_variables
 from shared.errors import BadInput, TransientError
 from shared.generation.diffusion import DiffusionSettings
 from shared.generation.settings import GenerationSettings
+from shared.observability import configure_logging
 from shared.signals import signal_number, stopped_how
 from shared.trainstore.settings import TrainstoreSettings
 
@@ -64,6 +67,25 @@ def load_all_settings(**overrides: object) -> list[BaseSettings]:
     if problems:
         raise ConfigError("\n".join(["invalid configuration:", *problems]))
     return loaded
+
+
+def warn_of_unknown_variables() -> None:
+    """Log one WARNING naming each ``SKUFORGE_*`` variable no service reads, with the setting it
+    probably meant, in the service's log format: a misspelt setting is ignored, and its default runs.
+
+    Not a refusal: a deployment may set variables of a newer version."""
+    unknown = unknown_variables(SETTINGS_MODELS, os.environ)
+    if not unknown:
+        return
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level, settings.log_format)
+    except ConfigError:  # the service stops on it next, naming the variable: say this in the default format
+        configure_logging()
+    logging.getLogger("skuforge").warning(
+        "; ".join(str(variable) for variable in unknown),
+        extra={"variables": [variable.name for variable in unknown]},
+    )
 
 
 def _cmd_ingest(rest: list[str]) -> int:
@@ -230,13 +252,18 @@ def _cmd_dlq(rest: list[str]) -> int:
 def _cmd_config(rest: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="skuforge config",
-        description="Validate the configuration of every service and print it, or print the README table.",
+        description="Validate the configuration of every service and print it, or print the README table. "
+        "A SKUFORGE_* variable that is no setting (misspelt: ignored) is named on stderr with the closest "
+        "setting; a warning, the exit status is the values'.",
     )
     parser.add_argument("--markdown", action="store_true", help="print the documented settings table")
     args = parser.parse_args(rest)
     if args.markdown:
         print(settings_table_markdown(SETTINGS_MODELS))
         return 0
+    # A warning, not a refusal: the exit status is the values' (a deployment may set a newer version's).
+    for variable in unknown_variables(SETTINGS_MODELS, os.environ):
+        print(f"skuforge config: warning: {variable}", file=sys.stderr)
     effective: dict[str, object] = {}
     for settings in load_all_settings():
         effective.update(settings.model_dump(mode="json"))
@@ -250,6 +277,7 @@ def _cmd_run(rest: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="skuforge run", description="Run one stage until SIGTERM.")
     parser.add_argument("stage", choices=sorted(STAGES), help="the stage to run")
     args = parser.parse_args(rest)
+    warn_of_unknown_variables()
     module = importlib.import_module(STAGES[args.stage].module)
     try:
         return int(module.main())
@@ -263,6 +291,7 @@ def _cmd_serve(rest: list[str]) -> int:
     parser.add_argument("server", choices=sorted(SERVERS), help="the service to serve")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args(rest)
+    warn_of_unknown_variables()
     module = importlib.import_module(SERVERS[args.server].module)
     return int(module.main(args.args))
 
