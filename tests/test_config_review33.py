@@ -138,3 +138,16 @@ def test_a_stage_logs_one_warning_naming_the_misspelt_variable_and_still_starts(
     assert warnings[0]["level"] == "WARNING"
     assert "did you mean SKUFORGE_MAX_POLL_RECORDS?" in warnings[0]["message"]
     assert warnings[0]["variables"] == ["SKUFORGE_MAX_POLL_RECORD"]
+
+
+def test_a_stage_stopped_by_an_invalid_value_still_names_the_misspelt_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], restore_signal_handlers: None
+) -> None:
+    # The stage stops on the invalid value; the warning comes first all the same, in the default format.
+    monkeypatch.setenv("SKUFORGE_LOG_LEVEL", "LOUD")
+    monkeypatch.setenv("SKUFORGE_LOG_LEVL", "INFO")
+    assert cli_main(["run", "passthrough"]) == 2
+    err = capsys.readouterr().err
+    (warning,) = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert warning["level"] == "WARNING" and "did you mean SKUFORGE_LOG_LEVEL?" in warning["message"]
+    assert "skuforge run: invalid configuration:" in err and "SKUFORGE_LOG_LEVEL:" in err
