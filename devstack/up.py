@@ -530,19 +530,24 @@ def _stack_config(
     )
 
 
-def stack_settings_before_start(workdir: Path) -> dict[str, Any]:
-    """:meth:`StackConfig.settings` of the stack ``skuforge up --workdir workdir`` would start, as far
-    as is known before it chooses its ports and reads its login: for checking the caller's settings
-    before then (``skuforge demo``, before it renders the SKUs). The documented ports stand in for the
-    ones up will choose (free ones in their place change no setting's validity), and a login that is
-    not the caller's is left unset (up checks the one it keeps itself, :func:`console_login`).
+def stack_settings_before_start(
+    workdir: Path, *, kafka_bootstrap: str | None = None, backends: list[str] | None = None
+) -> dict[str, Any]:
+    """:meth:`StackConfig.settings` of the stack ``skuforge up --workdir workdir`` (``--kafka-bootstrap``,
+    ``--backend``) would start, as far as is known before it chooses its ports and reads its login: for
+    checking the caller's settings before then (``skuforge up`` before it makes, locks or stops anything;
+    ``skuforge demo``, before it renders the SKUs). The documented ports stand in for the ones up will
+    choose (free ones in their place change no setting's validity), and a login that is not the caller's
+    is left unset (up checks the one it keeps itself, :func:`console_login`).
 
     Raises:
         ConfigError: SKUFORGE_GENERATION_BACKEND_MIX cannot be read (:func:`mix_backends`).
     """
     users = os.environ.get("SKUFORGE_CONSOLE_USERS", "").strip()
     ports = dict(DEFAULT_PORTS)
-    return _stack_config(workdir.resolve(), ports, users, kafka_bootstrap=None, backends=None).settings()
+    return _stack_config(
+        workdir.resolve(), ports, users, kafka_bootstrap=kafka_bootstrap, backends=backends
+    ).settings()
 
 
 def save_ports(config: StackConfig) -> None:
@@ -1161,6 +1166,17 @@ def main(argv: list[str] | None = None) -> int:
         )
     ):
         print(f"skuforge up: {problem}", file=sys.stderr)
+        return 2
+
+    try:
+        # Before the workdir is made or locked and an old broker stopped: a setting the services would
+        # refuse, as far as is known before the ports are chosen (checked again with them, below).
+        known = stack_settings_before_start(
+            args.workdir, kafka_bootstrap=args.kafka_bootstrap, backends=args.backend
+        )
+        load_all_settings(**known)
+    except ConfigError as exc:
+        print(f"skuforge up: {exc}", file=sys.stderr)
         return 2
 
     workdir = args.workdir.resolve()

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -541,6 +542,20 @@ def test_a_record_dead_lettered_twice_is_replayed_once_across_runs_that_pick_one
     assert json.loads(capsys.readouterr().out)["replayed"] == 2
 
 
+@pytest.fixture
+def signals_as_from_a_shell() -> Iterator[None]:
+    """Ctrl-C and SIGTERM handled as in a command typed at a shell, whatever the runner left: a runner
+    started in the background (CI's) ignores SIGINT, which the command rightly leaves ignored."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 @pytest.mark.kafka
 @pytest.mark.parametrize("when", ["closing", "marking"])
 @pytest.mark.parametrize(
@@ -553,6 +568,7 @@ def test_a_replay_stopped_after_its_flush_still_marks_what_was_delivered(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    signals_as_from_a_shell: None,
     when: str,
     signum: int,
     said: str,
