@@ -276,6 +276,8 @@ def test_train_refuses_an_unfinished_real_pairs_folder_and_real_pairs_finishes_i
 
     from PIL import Image
 
+    from tests.support.matting import stop_at_png
+
     sample = Path(__file__).resolve().parents[1] / "samples" / "grocerystore" / "GROCERY-OATLY-001"
     dataset = tmp_path / "dataset"
     iconic = dataset / "iconic-images-and-descriptions" / "Packages" / "Oat-Milk"
@@ -287,18 +289,8 @@ def test_train_refuses_an_unfinished_real_pairs_folder_and_real_pairs_finishes_i
     pairs = tmp_path / "pairs"
     argv = ["real-pairs", "--dataset", str(dataset), "--held-out", str(split), "--composites", "0"]
 
-    Image.init()
-    save_png = Image.SAVE["PNG"]
-    saved: list[str] = []
-
-    def stopped_at_the_third_pair(image: Image.Image, fp: object, filename: object) -> None:
-        if len(saved) == 4:
-            raise KeyboardInterrupt
-        saved.append(image.mode)
-        save_png(image, fp, filename)
-
     with monkeypatch.context() as patched:
-        patched.setitem(Image.SAVE, "PNG", stopped_at_the_third_pair)
+        patched.setitem(Image.SAVE, "PNG", stop_at_png(5))  # two pairs whole, then Ctrl-C
         with pytest.raises(KeyboardInterrupt):
             matting_cli([*argv, "--out", str(pairs)])
     assert len(list((pairs / "masks").glob("*.png"))) == 2

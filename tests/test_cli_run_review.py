@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Iterator
-
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from devstack.broker import free_port
 from skuforge_cli.main import main as cli_main
-
-
-@pytest.fixture
-def restore_signal_handlers() -> Iterator[None]:
-    # A stage run in the main thread installs its own SIGTERM/SIGINT handlers; give pytest its own back.
-    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
 
 
 @pytest.mark.parametrize("client", [KafkaConsumer, KafkaProducer], ids=["consumer", "producer"])

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -110,14 +108,6 @@ def test_skuforge_config_warns_beside_an_invalid_value(
     assert cli_main(["config"]) == 2
     err = capsys.readouterr().err
     assert "did you mean SKUFORGE_GATE_IOU_MIN?" in err and "SKUFORGE_LOG_LEVEL" in err
-
-
-@pytest.fixture
-def restore_signal_handlers() -> Iterator[None]:
-    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
 
 
 def test_a_stage_logs_one_warning_naming_the_misspelt_variable_and_still_starts(

@@ -107,3 +107,13 @@ def stopped(
             run.kill()
             run.wait()
     return Ended(run.returncode, out, err)
+
+
+@pytest.fixture
+def restore_signal_handlers() -> Iterator[None]:
+    """A stage run in the test's main thread installs its own SIGTERM/SIGINT handlers: give pytest its
+    own back afterwards."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
