@@ -22,8 +22,9 @@ clipped) to 8 bits (a mask whose values all fit in 0..255 is read as those 8-bit
 mask by its labels, and a Lab mask by its lightness), CMYK / palette / grayscale / bilevel become
 RGB, images with alpha (an alpha channel, or a transparent colour key: PNG tRNS) are composited over
 white (product photos are shot and sold on white), an embedded ICC colour profile (Display P3, an
-iPhone's default; Adobe RGB; a CMYK press profile) is converted to sRGB, EXIF orientation is applied
-and animated images yield their first frame. A JPEG with more pixels than ``max_pixels`` (a 48, 108
+iPhone's default; Adobe RGB; a CMYK press profile; a grey one, on grey with or without alpha at any
+depth) is converted to sRGB, EXIF orientation is applied and animated images yield their first
+frame. A JPEG with more pixels than ``max_pixels`` (a 48, 108
 or 200 MP phone photo, even past Pillow's own decompression-bomb limit) is decoded at 1/2, 1/4 or
 1/8 of its size, the largest that fits, rather than refused.
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left off: a half image is not a photo.
@@ -61,7 +62,8 @@ _PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "P", "RGB
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 # The modes an ICC profile is applied to, the colour space its profile must have, and the mode it
-# becomes in sRGB (alpha is carried through).
+# becomes in sRGB (alpha is carried through). Grey with alpha and high-bit-depth grey are brought to
+# L first (``_to_srgb``).
 _ICC_MODES = {"RGB": ("RGB", "RGB"), "RGBA": ("RGB", "RGBA"), "CMYK": ("CMYK", "RGB"), "L": ("GRAY", "RGB")}
 # ISO-BMFF ``ftyp`` brands of HEIC/HEIF and AVIF files: what an iPhone writes, often named .jpg.
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"heim", b"heis", b"avif"})
@@ -596,13 +598,21 @@ def _to_srgb(image: Image.Image) -> Image.Image:
     The pixels of a Display P3 or Adobe RGB photo mean other colours than the same numbers in sRGB
     (up to 63 levels apart), and the profile is gone once the photo is stored as PNG. A broken or
     mismatched profile only loses that correction: the pixels decoded fine, as with broken EXIF.
-    A palette image is expanded first; alpha is carried through.
+    A palette image is expanded first, 16- and 32-bit grey rescaled to 8 bits (``_scale_to_uint8``);
+    alpha is carried through.
     """
     profile = image.info.get("icc_profile")
     if not profile or not isinstance(profile, bytes):
         return image
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("LA", "La"):
+        return _grey_and_alpha_to_srgb(image, profile)
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        # Rescaled to 8 bits as without a profile, then converted as an 8-bit grey photo is: lcms
+        # reads Pillow's 32-bit modes as other numbers.
+        image = Image.fromarray(_scale_to_uint8(image))
+        image.info["icc_profile"] = profile
     if image.mode not in _ICC_MODES:
         return image
     colour_space, output_mode = _ICC_MODES[image.mode]
@@ -616,6 +626,20 @@ def _to_srgb(image: Image.Image) -> Image.Image:
         log.debug("embedded ICC profile ignored: %s", exc)
         return image
     assert converted is not None  # profileToProfile returns None only with inPlace=True
+    return converted
+
+
+def _grey_and_alpha_to_srgb(image: Image.Image, profile: bytes) -> Image.Image:
+    """A grey + alpha image (``LA``, premultiplied ``La``) as ``RGBA`` in sRGB: its grey converted by
+    the grey ``profile`` as an ``L`` photo's is, its alpha untouched; as it is when the profile cannot
+    be applied. lcms has no grey + alpha layout that Pillow hands it correctly, so the bands go apart."""
+    grey_and_alpha = image.convert("LA") if image.mode == "La" else image
+    grey = grey_and_alpha.getchannel("L")
+    grey.info["icc_profile"] = profile
+    converted = _to_srgb(grey)
+    if converted.mode != "RGB":
+        return image
+    converted.putalpha(grey_and_alpha.getchannel("A"))
     return converted
 
 

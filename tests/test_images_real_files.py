@@ -185,6 +185,36 @@ def test_transparent_pixels_of_a_profiled_cutout_still_go_over_white() -> None:
     assert np.abs(means[0, 1:] - PATCHES[0, 1:]).max() <= 3
 
 
+def grey_profile(gamma: float) -> bytes:
+    """A greyscale display profile: one gamma curve (kTRC), as Gray Gamma 2.2 and scanners' are."""
+    curve = b"curv" + b"\0" * 4 + struct.pack(">IH", 1, round(gamma * 256))
+    return icc_profile(b"mntr", b"GRAY", b"XYZ ", [(b"kTRC", curve)])
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_grey_with_alpha_and_16_bit_grey_are_converted_by_their_grey_profile_as_8_bit_grey_is(
+    fmt: str,
+) -> None:
+    # Before, only an 8-bit grey (L) photo went through its grey profile: the same photo saved with
+    # an alpha channel (LA) or at 16 bits (I;16) kept its raw numbers, up to 73 levels darker here.
+    linear = grey_profile(1.0)
+    ramp = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (16, 1))
+    as_grey = np.asarray(decode_image(save(Image.fromarray(ramp, "L"), fmt, icc_profile=linear)))
+    assert np.abs(as_grey[..., 0].astype(int) - ramp).max() > 60  # the profile really moves them
+
+    alpha = np.full(ramp.shape, 255, np.uint8)
+    alpha[:4] = 0  # the top rows transparent
+    with_alpha = decode_image(save(Image.fromarray(np.dstack([ramp, alpha]), "LA"), fmt, icc_profile=linear))
+    pixels = np.asarray(with_alpha)
+    assert np.array_equal(pixels[4:], as_grey[4:])
+    assert (pixels[:4] == 255).all()  # transparent still goes over white
+
+    sixteen = Image.fromarray(ramp.astype(np.uint16) * 257)
+    assert sixteen.mode == "I;16"
+    deep = np.asarray(decode_image(save(sixteen, fmt, icc_profile=linear)))
+    assert np.abs(deep.astype(int) - as_grey).max() <= 1
+
+
 def cmyk_profile(cyan_as_srgb: tuple[int, int, int]) -> bytes:
     """A CMYK press profile (lut8 A2B0 to Lab) that prints full cyan as ``cyan_as_srgb``, not as
     (0, 255, 255): what a real press profile does, and Pillow's own CMYK conversion cannot know."""
