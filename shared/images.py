@@ -21,12 +21,13 @@ Odd but valid images are converted, never refused: 16-bit and 32-bit grayscale a
 clipped) to 8 bits (a mask whose values all fit in 0..255 is read as those 8-bit values, a 0/1 label
 mask by its labels, and a Lab mask by its lightness), CMYK / palette / grayscale / bilevel become
 RGB, images with alpha (an alpha channel, or a transparent colour key: PNG tRNS) are composited over
-white (product photos are shot and sold on white), an embedded ICC colour profile (Display P3, an
-iPhone's default; Adobe RGB; a CMYK press profile; a grey one, on grey with or without alpha at any
-depth) is converted to sRGB, EXIF orientation is applied and animated images yield their first
-frame. A JPEG with more pixels than ``max_pixels`` (a 48, 108
-or 200 MP phone photo, even past Pillow's own decompression-bomb limit) is decoded at 1/2, 1/4 or
-1/8 of its size, the largest that fits, rather than refused.
+white (product photos are shot and sold on white; a 32-bit BMP whose alpha bytes are all 0 is
+opaque, as Windows reads it), an embedded ICC colour profile (Display P3, an iPhone's default; Adobe
+RGB; a CMYK press profile; a grey one, on grey with or without alpha at any depth) is converted to
+sRGB, EXIF orientation is applied and animated images yield their first frame. A JPEG with more
+pixels than ``max_pixels`` (a 48, 108 or 200 MP phone photo, even past Pillow's own
+decompression-bomb limit) is decoded at 1/2, 1/4 or 1/8 of its size, the largest that fits, rather
+than refused.
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left off: a half image is not a photo.
 """
 
@@ -400,7 +401,19 @@ def _open_and_load(
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise ImageRejected(reason, f"{image_format} pixel data: {exc}") from exc
 
+    if image_format == "BMP":
+        image = _without_unused_bmp_alpha(image)
     return apply_exif_orientation(image)
+
+
+def _without_unused_bmp_alpha(image: Image.Image) -> Image.Image:
+    """A 32-bit BMP whose fourth byte Pillow reads as alpha, as ``RGB`` when every alpha byte is 0.
+
+    Windows writes 0 there for "unused" (its own viewers, Chrome and Firefox then show the image
+    opaque); read as alpha, the photo was a plain white picture, refused as ``blank_photo``."""
+    if image.mode != "RGBA" or image.getextrema()[3] != (0, 0):
+        return image
+    return image.convert("RGB")
 
 
 def _jpeg_past_pillows_limit(data: bytes) -> Image.Image | None:

@@ -1,7 +1,9 @@
-"""Image decoding review: a PNG colour key (tRNS) is in the file's bit depth, not the decoded pixels'."""
+"""Image decoding review: a PNG colour key (tRNS) is in the file's bit depth, not the decoded pixels';
+a BMP's fourth byte all 0 is no alpha."""
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
@@ -11,7 +13,7 @@ import pytest
 from PIL import Image
 
 from shared.errors import ImageRejected
-from shared.images import decode_image, decode_mask
+from shared.images import decode_image, decode_mask, photo_and_transparency
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
@@ -204,3 +206,40 @@ def test_a_16_bit_tiff_pillow_would_misread_is_refused_and_its_readable_twin_is_
     assert np.abs(interleaved.astype(int) - expected).max() <= 1
     with pytest.raises(ImageRejected, match="MinIsWhite"):
         decode_image(_baseline_tiff(planes[:1], planar=False, photometric=0))
+
+
+def _bmp_v5_bgra(pixels: npt.NDArray[np.uint8]) -> bytes:
+    """A 32-bit BMP (BITMAPV5HEADER, BI_BITFIELDS) whose masks give the fourth byte as alpha: what
+    Windows' clipboard and some editors write, often with every alpha byte 0. ``pixels`` is HxWx4 RGBA."""
+    height, width = pixels.shape[:2]
+    rows = np.ascontiguousarray(pixels[::-1][..., [2, 1, 0, 3]]).tobytes()  # bottom-up BGRA
+    header = struct.pack("<IiiHHIIiiII", 124, width, height, 1, 32, 3, len(rows), 2835, 2835, 0, 0)
+    header += struct.pack("<IIII", 0x00FF0000, 0x0000FF00, 0x000000FF, 0xFF000000)
+    header += b"BGRs" + b"\0" * 48 + struct.pack("<I", 4) + b"\0" * 12
+    offset = 14 + len(header)
+    return b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset) + header + rows
+
+
+def test_a_bmp_whose_alpha_bytes_are_all_zero_is_read_opaque_as_browsers_read_it() -> None:
+    # Before, such a BMP (alpha 0 meaning "unused", as Windows treats it) decoded as a plain white
+    # picture, and ingest refused it as blank_photo ("every pixel is transparent"); Chrome, Firefox
+    # and Windows show the photo.
+    pixels = np.zeros((32, 48, 4), np.uint8)
+    pixels[..., :3] = (200, 30, 40)
+    pixels[8:24, 12:36, :3] = (20, 160, 60)
+    data = _bmp_v5_bgra(pixels)
+    assert Image.open(io.BytesIO(data)).mode == "RGBA"  # Pillow reads the fourth byte as alpha
+    assert np.array_equal(np.asarray(decode_image(data)), pixels[..., :3])
+    image, _, transparency = photo_and_transparency(data, refuse_empty=True)
+    assert np.array_equal(np.asarray(image), pixels[..., :3]) and transparency is None
+    drawn = np.zeros((32, 48, 4), np.uint8)
+    drawn[8:24, 12:36, :3] = 255  # a white-on-black mask saved so
+    expected = np.where(drawn[..., 0] == 255, np.uint8(255), np.uint8(0))
+    assert np.array_equal(decode_mask(_bmp_v5_bgra(drawn)), expected)  # was all background
+
+    # One that uses its alpha keeps it: the transparent pixels go over white.
+    pixels[..., 3] = 255
+    pixels[:8, :, 3] = 0
+    cutout = decode_image(_bmp_v5_bgra(pixels))
+    assert (np.asarray(cutout)[:8] == 255).all()
+    assert np.array_equal(np.asarray(cutout)[8:], pixels[8:, :, :3])
