@@ -374,13 +374,32 @@ def mix_backends(backend_options: list[str] | None = None) -> list[str]:
 
     Read with what a stack gives its services in place of the caller's: its Triton (at the documented
     ports: which ports does not change the mix) and the backend of ``backend_options`` given once.
-    The caller's values of those may be another deployment's, which the stack's services never see."""
+    The caller's values of those may be another deployment's, which the stack's services never see;
+    so is the caller's SKUFORGE_GENERATION_BACKEND where the mix has one backend, which up gives every
+    service in its place (:meth:`StackConfig.settings`).
+
+    Raises:
+        ConfigError: a SKUFORGE_GENERATION_* setting the stack's services would get and refuse.
+    """
     backends = list(dict.fromkeys(backend_options or []))
     replaced = {
         **triton_settings(DEFAULT_PORTS),
         **({"generation_backend": backends[0]} if len(backends) == 1 else {}),
     }
-    shares = load_settings(GenerationSettings, **replaced).generation_backend_mix
+    try:
+        shares = load_settings(GenerationSettings, **replaced).generation_backend_mix
+    except ConfigError as refused:
+        if "generation_backend" in replaced:
+            raise
+        # Read again with a backend that stands in for the caller's: with a mix set, the backend takes
+        # no part in any other setting's check. Refused only when the caller's one reaches the services.
+        try:
+            stand_in = load_settings(GenerationSettings, **replaced, generation_backend=BACKEND_NAMES[0])
+        except ConfigError:
+            raise refused from None
+        shares = stand_in.generation_backend_mix
+        if sum(share > 0 for share in shares.values()) != 1:
+            raise refused from None
     return [backend for backend in BACKEND_NAMES if shares.get(backend, 0) > 0]  # type: ignore[call-overload]
 
 

@@ -711,6 +711,19 @@ def test_up_still_refuses_the_kafka_login_its_services_use(
         ({"SKUFORGE_GENERATION_SERVER_HTTP_PORT": "0"}, []),
         ({"SKUFORGE_GENERATION_SERVER_GRPC_PORT": "8000"}, []),  # the documented HTTP port
         ({"SKUFORGE_GENERATION_BACKEND": "dall-e"}, ["--backend", "composite"]),
+        # A mix of one backend is also the backend every service is given: up stopped (exit 2) on the
+        # shell's SKUFORGE_GENERATION_BACKEND when it read the mix, a value no service would see.
+        (
+            {"SKUFORGE_GENERATION_BACKEND": "dall-e", "SKUFORGE_GENERATION_BACKEND_MIX": '{"composite": 1}'},
+            [],
+        ),
+        (
+            {
+                "SKUFORGE_GENERATION_BACKEND": "dall-e",
+                "SKUFORGE_GENERATION_BACKEND_MIX": '{"composite": 1, "diffusion": 0}',
+            },
+            [],
+        ),
         ({"SKUFORGE_STORE_URI": ""}, []),  # up's own store
         ({"SKUFORGE_CONSOLE_DB_PATH": ""}, []),  # up's own task table
         ({"SKUFORGE_CONSOLE_USERS": ""}, []),  # up's own login
@@ -744,6 +757,17 @@ def test_up_does_not_refuse_settings_of_the_shell_it_replaces_for_its_services(
             {"SKUFORGE_GENERATION_SIZE_PX": "516", "SKUFORGE_DIFFUSION_MODEL": "/models/inpaint"},
             ["--backend", "diffusion"],
             "SKUFORGE_GENERATION_SIZE_PX",
+        ),
+        # A mix of two backends leaves every service the shell's SKUFORGE_GENERATION_BACKEND, which
+        # each refuses.
+        (
+            {
+                "SKUFORGE_GENERATION_BACKEND": "dall-e",
+                "SKUFORGE_GENERATION_BACKEND_MIX": '{"composite": 1, "diffusion": 1}',
+                "SKUFORGE_DIFFUSION_MODEL": "/models/inpaint",
+            },
+            [],
+            "SKUFORGE_GENERATION_BACKEND: ",
         ),
     ],
 )
