@@ -198,6 +198,8 @@ def no_stack(monkeypatch: pytest.MonkeyPatch) -> None:
         # Before: no top; 100000 was a MemoryError traceback after the stack had started.
         (["--synthetic", "--size", "100000"], "--size: must be at most 4096"),
         (["--variants", "0"], "--variants: must be at least 1"),
+        # Before: the stack's `skuforge up` refused it (exit 2) once the SKUs were surveyed or rendered.
+        (["--variants", "10001"], "--variants: must be at most 10000 (the generator's most per SKU)"),
         (["--timeout-s", "0"], "--timeout-s: must be a number above 0, got 0"),
         (["--timeout-s", "-5"], "--timeout-s: must be a number above 0, got -5"),
         (["--timeout-s", "nan"], "--timeout-s: must be a number above 0, got nan"),
@@ -276,6 +278,34 @@ def test_a_setting_of_the_shell_the_stack_replaces_does_not_stop_the_demo(
     for name, value in shell.items():
         monkeypatch.setenv(name, value)
     argv = ["--synthetic", "--synthetic-skus", "1", "--photos-per-sku", "1", "--size", "64"]
+    with pytest.raises(ReachedTheStack):
+        demo_main([*argv, "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "up")])
+    assert "invalid configuration" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("in_shell", "option"), [("abc", ["--variants", "3"]), ("0", ["--variants", "3"]), ("", [])]
+)
+def test_a_variants_setting_of_the_shell_the_stack_does_not_get_does_not_stop_the_demo(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    in_shell: str,
+    option: list[str],
+) -> None:
+    """A stack the demo starts makes --variants, else the shell's SKUFORGE_GENERATION_VARIANTS_PER_SKU
+    when not empty, else 6: the demo checked the shell's value all the same, and stopped (exit 2) on one
+    that --variants replaced, or on an empty one that it took as unset."""
+
+    class ReachedTheStack(Exception):
+        pass
+
+    def reached(*_args: object, **_kwargs: object) -> None:
+        raise ReachedTheStack
+
+    monkeypatch.setattr(demo_module, "stack", reached)
+    monkeypatch.setenv("SKUFORGE_GENERATION_VARIANTS_PER_SKU", in_shell)
+    argv = ["--synthetic", "--synthetic-skus", "1", "--photos-per-sku", "1", "--size", "64", *option]
     with pytest.raises(ReachedTheStack):
         demo_main([*argv, "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "up")])
     assert "invalid configuration" not in capsys.readouterr().err

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import annotated_types
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.demo.report import (
@@ -70,6 +71,7 @@ from services.ingest.ingest import IngestError, survey_folders
 from shared.argtypes import folder_problem, positive_float, positive_int
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, TransientError
+from shared.generation.settings import GenerationSettings
 from shared.signals import stopped_as_interrupt
 from shared.store import ObjectStore, open_store
 from skuforge_cli.synth import CATALOGUE_SEED, photo_size_px
@@ -80,6 +82,13 @@ STACK_STOP_TIMEOUT_S = 180.0
 # And how long after a second SIGINT (which has it kill what is left) before it is killed itself.
 STACK_KILL_TIMEOUT_S = 30.0
 DEFAULT_VARIANTS = 6  # generated images per SKU of a stack the demo starts
+# The most the generator takes (SKUFORGE_GENERATION_VARIANTS_PER_SKU's bound), so --variants is refused
+# before anything is rendered.
+MOST_VARIANTS = next(
+    bound.le
+    for bound in GenerationSettings.model_fields["generation_variants_per_sku"].metadata
+    if isinstance(bound, annotated_types.Le) and isinstance(bound.le, int)
+)
 # Text fields of a running stack's stack.json that the demo reads (skuforge up writes them all).
 STACK_TEXT_FIELDS = ("workdir", "console_url", "console_user", "console_login_file", "console_db")
 # The exit status of a command ended by Ctrl-C (128 + SIGINT), as shells report it.
@@ -145,12 +154,7 @@ def stack(
         _say(f"using the stack already running from {workdir} (pid {running['supervisor_pid']})")
         yield running
         return
-    env = {
-        **os.environ,
-        "SKUFORGE_GENERATION_VARIANTS_PER_SKU": str(variants)
-        if variants is not None
-        else os.environ.get("SKUFORGE_GENERATION_VARIANTS_PER_SKU") or str(DEFAULT_VARIANTS),
-    }
+    env = {**os.environ, "SKUFORGE_GENERATION_VARIANTS_PER_SKU": started_stack_variants(variants)}
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "up.out"
     process: subprocess.Popen[bytes] | None = None
@@ -206,6 +210,28 @@ def stack(
         finally:
             if process is not None and process.poll() is None:
                 _stop_stack(process)
+
+
+def started_stack_variants(variants: int | None) -> str:
+    """SKUFORGE_GENERATION_VARIANTS_PER_SKU of a stack the demo starts: ``variants`` (``--variants``)
+    when given, else the shell's when set and not empty, else ``DEFAULT_VARIANTS``."""
+    if variants is not None:
+        return str(variants)
+    return os.environ.get("SKUFORGE_GENERATION_VARIANTS_PER_SKU") or str(DEFAULT_VARIANTS)
+
+
+@contextlib.contextmanager
+def _environ_with(name: str, value: str) -> Iterator[None]:
+    """``os.environ`` with ``name`` set to ``value`` within the block, and as it was after it."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _stack_ended_by_itself(process: subprocess.Popen[bytes], log_path: Path) -> None:
@@ -443,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         type=positive_int,
         default=None,
-        help="generated images per SKU of a stack the demo starts (default: "
+        help=f"generated images per SKU of a stack the demo starts, at most {MOST_VARIANTS} (default: "
         f"SKUFORGE_GENERATION_VARIANTS_PER_SKU when set, else {DEFAULT_VARIANTS}); a stack already "
         "running keeps its own",
     )
@@ -479,6 +505,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
 
+    if args.variants is not None and args.variants > MOST_VARIANTS:
+        # Else the stack's `skuforge up` refused it (exit 2), once the SKUs were surveyed or rendered.
+        parser.error(
+            f"argument --variants: must be at most {MOST_VARIANTS} (the generator's most per SKU), "
+            f"got {args.variants}"
+        )
     given = [flag for flag, *_ in SYNTHETIC_OPTIONS if getattr(args, _dest(flag)) is not None]
     if given and not args.synthetic:
         parser.error(f"{', '.join(given)}: only with --synthetic")
@@ -527,8 +559,11 @@ def main(argv: list[str] | None = None) -> int:
         from skuforge_cli.main import load_all_settings
 
         try:
-            own_stack = stack_settings_before_start(workdir)
-            load_all_settings(**own_stack)
+            # With the variants the stack is given: the shell's are replaced by --variants, and empty
+            # ones by the demo's default, and those stopped the demo (exit 2) for a stack that would run.
+            with _environ_with("SKUFORGE_GENERATION_VARIANTS_PER_SKU", started_stack_variants(args.variants)):
+                own_stack = stack_settings_before_start(workdir)
+                load_all_settings(**own_stack)
         except ConfigError as exc:
             print(f"skuforge demo: {exc}", file=sys.stderr)
             return 2
