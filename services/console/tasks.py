@@ -848,9 +848,12 @@ class TaskStore:
         after the hold is checked, so it must be quick (no object-store write: the caller writes an
         edited mask before). TaskConflict unless the reviewer holds an unexpired lease on the task, or
         rejects a task the gate accepted (a person's rejection stands against the gate's acceptance).
+
+        It is judged, and dated, at the time it holds the table, as ``claim``: with the clock read before,
+        a lease that ran out while the decision waited for the table let it through, dated early.
         """
-        now = self.clock()
         with self._write() as db:
+            now = self.clock()
             row = self._held(db, task_id, reviewer, now, rejecting=decision == "reject")
             task = _task_of(row)
             payload = resolved(task, now)

@@ -1,0 +1,80 @@
+"""The console after review 34: a decision is judged, and dated, at the time it holds the task table, so
+one whose lease ran out while it waited for the table is refused."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from services.console.decisions import record_decision
+from services.console.tasks import TaskConflict
+from tests.support.console import ConsoleParts, flagged_parts_fixture, table_is_busy
+
+parts = flagged_parts_fixture(1)
+
+
+class BusyTableClock:
+    """A clock that reads ``idle`` while nobody writes to the task table at ``path`` and ``busy`` while a
+    write transaction holds it: the time moves on while a decision waits for the table."""
+
+    def __init__(self, path: Path, *, idle: float, busy: float) -> None:
+        self.path = path
+        self.idle = idle
+        self.busy = busy
+
+    def __call__(self) -> float:
+        return self.busy if table_is_busy(self.path) else self.idle
+
+
+def held_by_bob(parts: ConsoleParts) -> tuple[str, float]:
+    """The task bob holds, and when his lease runs out."""
+    (task,) = parts.tasks.query()
+    held = parts.tasks.claim(task.task_id, "bob", 60.0)
+    assert held.lease_expires_at is not None
+    return task.task_id, held.lease_expires_at
+
+
+def bob_approves(parts: ConsoleParts, task_id: str) -> None:
+    record_decision(
+        parts.tasks,
+        parts.store,
+        task_id=task_id,
+        reviewer="bob",
+        decision="approve_expected",
+        reject_reason=None,
+        mask_bytes=None,
+        max_pixels=10_000_000,
+        max_bytes=10_000_000,
+    )
+
+
+def test_a_decision_whose_lease_ran_out_while_it_waited_for_the_table_is_refused(parts: ConsoleParts) -> None:
+    """``decide`` read the clock before it held the table: bob's lease, over by the time his decision held
+    the table (a claim, the intake or the relay writing meanwhile), still let it through, recorded on a
+    lease that had run out (a claim then would have taken the task, as ``claim`` judges it in the table)."""
+    task_id, lease_end = held_by_bob(parts)
+    parts.tasks.clock = BusyTableClock(parts.tasks.path, idle=lease_end - 0.5, busy=lease_end + 0.5)
+
+    with pytest.raises(TaskConflict, match="expired"):
+        bob_approves(parts, task_id)
+
+    assert parts.tasks.outbox(task_id) is None
+    assert [entry.action for entry in parts.tasks.audit(task_id)] == ["intake", "claim"]
+
+
+def test_a_decision_is_dated_when_it_holds_the_table(parts: ConsoleParts) -> None:
+    """Its decided_at (in the task, the audit trail and the event) was the time before it waited."""
+    task_id, lease_end = held_by_bob(parts)
+    parts.tasks.clock = BusyTableClock(parts.tasks.path, idle=lease_end - 20.0, busy=lease_end - 10.0)
+
+    bob_approves(parts, task_id)
+
+    event = parts.tasks.outbox(task_id)
+    assert event is not None
+    assert event.created_at == lease_end - 10.0
+    assert event.payload.decided_at == datetime.fromtimestamp(lease_end - 10.0, UTC)
+    parts.tasks.clock = lambda: lease_end - 10.0
+    assert parts.tasks.get(task_id).decided_at == lease_end - 10.0
+    assert parts.tasks.audit(task_id)[-1].at == lease_end - 10.0
