@@ -1,16 +1,28 @@
 """The console after review 34: a decision is judged, and dated, at the time it holds the task table, so
-one whose lease ran out while it waited for the table is refused."""
+one whose lease ran out while it waited for the table is refused; the queue dates a closed item by when
+it closed."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
 from services.console.decisions import record_decision
 from services.console.tasks import TaskConflict
-from tests.support.console import ConsoleParts, flagged_parts_fixture, table_is_busy
+from tests.support.console import (
+    ConsoleParts,
+    app_for,
+    build_console,
+    decide_as_alice,
+    flagged_parts_fixture,
+    login,
+    table_is_busy,
+    with_flagged,
+)
 
 parts = flagged_parts_fixture(1)
 
@@ -78,3 +90,31 @@ def test_a_decision_is_dated_when_it_holds_the_table(parts: ConsoleParts) -> Non
     parts.tasks.clock = lambda: lease_end - 10.0
     assert parts.tasks.get(task_id).decided_at == lease_end - 10.0
     assert parts.tasks.audit(task_id)[-1].at == lease_end - 10.0
+
+
+def test_the_queue_dates_a_closed_item_by_when_it_closed(tmp_path: Path) -> None:
+    """A decided list is ordered by decision time, newest first, but its first column, "waiting since",
+    gave each item's age since it arrived: an item decided a minute ago after waiting ten read "11 min"
+    waiting, as if nobody had decided it, and the list looked out of order."""
+    parts = with_flagged(build_console(tmp_path), 2)
+    waiting, decided = parts.tasks.query()
+    parts.clock.advance(600.0)
+    decide_as_alice(parts, decided.task_id)
+    parts.clock.advance(60.0)
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    login(client)
+
+    closed = client.get("/", params={"state": "approved"})
+    every = client.get("/", params={"state": "all"})
+
+    assert closed.status_code == every.status_code == 200
+    assert _first_cell(closed.text, decided.task_id) == "closed 1 min ago"
+    assert _first_cell(every.text, decided.task_id) == "closed 1 min ago"
+    assert _first_cell(every.text, waiting.task_id) == "waiting 11 min"
+
+
+def _first_cell(page: str, task_id: str) -> str:
+    """The text of the first cell of the queue row of ``task_id``."""
+    row = re.search(rf'<tr data-task-id="{task_id}">\s*<td>([^<]*)</td>', page)
+    assert row, page
+    return row.group(1)
