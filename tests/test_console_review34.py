@@ -1,6 +1,6 @@
 """The console after review 34: a decision is judged, and dated, at the time it holds the task table, so
 one whose lease ran out while it waited for the table is refused; the queue dates a closed item by when
-it closed."""
+it closed; an IoU just under its threshold is not shown as the threshold."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from schemas.events import GateCheck
 from services.console.decisions import record_decision
 from services.console.tasks import TaskConflict
 from tests.support.console import (
@@ -18,8 +19,10 @@ from tests.support.console import (
     app_for,
     build_console,
     decide_as_alice,
+    flagged_item,
     flagged_parts_fixture,
     login,
+    pending_envelope,
     table_is_busy,
     with_flagged,
 )
@@ -118,3 +121,28 @@ def _first_cell(page: str, task_id: str) -> str:
     row = re.search(rf'<tr data-task-id="{task_id}">\s*<td>([^<]*)</td>', page)
     assert row, page
     return row.group(1)
+
+
+def test_an_iou_just_under_its_threshold_is_not_shown_as_the_threshold(tmp_path: Path) -> None:
+    """The queue's IoU column and the item page's IoU showed 3 decimals: an item flagged for an IoU of
+    0.8996 under a threshold of 0.9 read "0.900" beside its reason iou_below_threshold (the item page's
+    check table, fixed before, said 0.8996 below it)."""
+    parts = build_console(tmp_path)
+    pending = flagged_item(parts.store, 0)
+    just_under = GateCheck(code="iou_below_threshold", passed=False, value=0.8996, threshold=0.9)
+    parts.tasks.add_pending(
+        pending_envelope(pending.model_copy(update={"iou": 0.8996, "checks": [just_under]}))
+    )
+    far_under = flagged_item(parts.store, 1)  # its own IoU, far under the threshold: 3 decimals
+    parts.tasks.add_pending(pending_envelope(far_under))
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    login(client)
+    flagged, other = parts.tasks.query()
+
+    queue = client.get("/")
+    item = client.get(f"/tasks/{flagged.task_id}")
+
+    assert queue.status_code == item.status_code == 200
+    assert "<td>0.8996</td>" in queue.text and "0.900<" not in queue.text, queue.text
+    assert '<dd id="iou">0.8996</dd>' in item.text, item.text
+    assert f"<td>{other.iou:.3f}</td>" in queue.text
