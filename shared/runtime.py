@@ -1172,7 +1172,7 @@ class Stage:
             self._consumer.commit(offsets)
         except KafkaError as exc:
             # CommitFailedError: the group rebalanced under us; a partition that moved is revoked at the
-            # next poll (its inputs are dropped from here, and its new owner redelivers and counts them).
+            # next poll, and the rebalance listener sends these offsets on then (_commit_revoked).
             # KafkaTimeoutError: the coordinator did not answer within request_timeout_ms (the broker
             # is away); the outputs are durable, so the loop goes on and the next commit covers these
             # offsets (or a restart redelivers them).
@@ -1183,6 +1183,10 @@ class Stage:
             self._uncommitted = merged
             return
         self._uncommitted = {}
+        self._count_committed(merged)
+
+    def _count_committed(self, merged: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]]) -> None:
+        """Count inputs whose offsets the broker took, mark their events completed, run their actions."""
         for tp, done in merged.items():
             if done:
                 self._failures.pop(tp, None)
@@ -1197,6 +1201,38 @@ class Stage:
                     self._run_after_commit(action)
         while len(self._completed) > self._dedupe_window:
             self._completed.popitem(last=False)
+
+    def _commit_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        """Send the offsets a failed commit left for partitions being revoked, before they move on.
+
+        Every batch is committed before the next poll, and the broker takes it while the group prepares
+        a rebalance, so only inputs whose commit failed (a coordinator that did not answer in time) are
+        left here. Dropped, their partition's next holder handled them all again and sent their outputs
+        twice. This runs in the rebalance listener, on kafka-python's I/O thread, which refuses a
+        blocking ``commit()``; ``commit_async`` goes out ahead of this member's next JoinGroup, and a
+        cooperative rebalance hands a revoked partition on only in that follow-up round. The inputs are
+        counted once the broker answers (the callback runs in the loop's next poll); if it refuses, the
+        next holder redoes them, as before.
+        """
+        left = {tp: self._uncommitted[tp] for tp in revoked if self._uncommitted.get(tp)}
+        if not left:
+            return
+        assert self._consumer is not None
+        offsets = {tp: OffsetAndMetadata(done[-1][0].offset + 1, "", -1) for tp, done in left.items()}
+
+        def answered(_offsets: object, result: object) -> None:
+            if isinstance(result, BaseException):
+                log.warning(
+                    "committing revoked partitions failed; their next holder redoes these records",
+                    extra={"stage": self.name, "error": f"{type(result).__name__}: {result}"},
+                )
+                return
+            self._count_committed(left)
+
+        try:
+            self._consumer.commit_async(offsets, callback=answered)
+        except KafkaError as exc:
+            answered(offsets, exc)
 
     def _commit_left_over(self, *, now: bool = False) -> None:
         """Commit the offsets a failed commit left, when no batch comes to carry them (an idle stage,
@@ -1271,7 +1307,9 @@ class Stage:
         for tp in partitions:
             self._resume_at.pop(tp, None)
             self._failures.pop(tp, None)
-            self._uncommitted.pop(tp, None)  # its next owner redelivers and counts them
+            # Sent on by _commit_revoked when revoked; lost (evicted) or at a stop, its next owner
+            # redelivers and counts them.
+            self._uncommitted.pop(tp, None)
             # A partition that moved to another member is its lag now: a stale sample here would count
             # it twice, and make this member look as if it still held it (skuforge up's ready check).
             with contextlib.suppress(KeyError):
@@ -1298,10 +1336,11 @@ class Stage:
 
 
 class _RebalanceListener(ConsumerRebalanceListener):
-    """Counts rebalances and drops back-off state of revoked partitions.
+    """Counts rebalances, sends the offsets a failed commit left for revoked partitions, and drops
+    their back-off state.
 
-    Nothing needs committing here: offsets are committed at the end of every batch, and the
-    listener runs inside poll(), never in the middle of one.
+    Offsets are committed at the end of every batch, and the listener runs inside poll(), never in the
+    middle of one: only the inputs of a commit that failed are left for it (``Stage._commit_revoked``).
     """
 
     def __init__(self, stage: Stage) -> None:
@@ -1311,7 +1350,14 @@ class _RebalanceListener(ConsumerRebalanceListener):
         # The first join revokes nothing and a clean stop revokes everything; neither is a rebalance.
         if revoked and not self._stage._stop.is_set():
             self._stage.metrics.rebalances.labels(self._stage.name).inc()
+        self._stage._commit_revoked(revoked)
         self._stage._forget_partitions(revoked)
+
+    def on_partitions_lost(self, lost: Sequence[TopicPartition]) -> None:
+        # Evicted from the group: a commit could only fail, and the partitions' next holder redoes them.
+        if lost and not self._stage._stop.is_set():
+            self._stage.metrics.rebalances.labels(self._stage.name).inc()
+        self._stage._forget_partitions(lost)
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self._stage._joined = True

@@ -1,0 +1,109 @@
+"""The runtime on the real broker: inputs finished but left uncommitted when their partition moves."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka.errors import KafkaTimeoutError
+
+from schemas.envelope import Envelope
+from schemas.events import SkuIngested
+from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
+from shared.runtime import Context, Emit, Stage
+from tests.support.bus import (
+    create_topics,
+    file_store_uri,
+    isolated_settings,
+    produce,
+    read_topic,
+    running,
+    sku_ingested_payloads,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+def _wait_for(what: str, condition: Any, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_moved_partition_takes_its_finished_inputs_offsets_with_it(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The first member's commits time out (its coordinator did not answer), so the inputs it finished
+    wait uncommitted; a second member then joins and takes some of its partitions. The revoked
+    partitions' offsets go to the broker from the rebalance listener, so the new holder starts after
+    them. They were dropped: the new holder handled every one of them again and sent its outputs twice.
+    """
+    # No idle retry of the failed commits within the test: only the listener can carry them.
+    settings = isolated_settings(
+        kafka_bootstrap,
+        file_store_uri(tmp_path),
+        max_poll_records=5,
+        retry_backoff_initial_s=600.0,
+        retry_backoff_max_s=600.0,
+    )
+    create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT, partitions=4)
+    handled: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def member(label: str) -> Stage:
+        stage = Stage("moved", settings=settings)
+
+        @stage.handler(SKU_INGESTED)
+        def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+            with lock:
+                handled.append((label, event.event_id))
+            return [Emit(PASSTHROUGH_OUT, event.payload, key="out")]
+
+        return stage
+
+    first, second = member("first"), member("second")
+    with running(first):
+        _wait_for("the first member's consumer", lambda: first._consumer is not None)
+        consumer = first._consumer
+        assert consumer is not None
+
+        def coordinator_away(*_args: Any, **_kwargs: Any) -> None:
+            raise KafkaTimeoutError("the coordinator did not answer the offset commit")
+
+        consumer.commit = coordinator_away  # type: ignore[method-assign]
+        earlier = produce(settings, SKU_INGESTED, list(sku_ingested_payloads(first.store, 40)))
+        _wait_for("the first member to finish every input", lambda: len(handled) == len(earlier))
+        assert first._uncommitted, "the inputs wait for a commit"
+
+        with running(second):
+            _wait_for(
+                "the second member to hold partitions",
+                lambda: bool(second._consumer and second._consumer.assignment()),
+            )
+            assert second._consumer is not None
+            moved = {tp.partition for tp in second._consumer.assignment()}
+            # Inputs after the move: once each is handled, each member has read past what came before
+            # it in its partitions.
+            later = produce(
+                settings, SKU_INGESTED, list(sku_ingested_payloads(first.store, 40, prefix="LATER"))
+            )
+            _wait_for("every later input", lambda: set(later) <= {event_id for _, event_id in handled})
+
+    twice = {event_id for event_id, count in Counter(e for _, e in handled).items() if count > 1}
+    assert any(label == "second" for label, _ in handled), "the second member took partitions"
+    assert not twice & set(earlier), f"{len(twice & set(earlier))} finished inputs were handled again"
+    assert not twice
+    # Counted by the member that handled them once the listener's commit was answered: the inputs of the
+    # partitions that stayed never had a commit go through.
+    inputs = read_topic(kafka_bootstrap, settings.topic_name(SKU_INGESTED), expect=len(earlier) + len(later))
+    on_moved = [r for r in inputs if r.partition in moved and json.loads(r.value)["event_id"] in set(earlier)]
+    counted = first.metrics.messages.labels("moved", settings.topic_name(SKU_INGESTED), "ok")._value.get()
+    assert on_moved and counted == len(on_moved)
