@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 from pydantic import ValidationError
@@ -391,7 +391,9 @@ def replay(
     include_permanent: bool = False,
     dry_run: bool = False,
 ) -> ReplayReport:
-    """Republish the selected letters not yet replayed, then write their markers.
+    """Republish the selected letters not yet replayed, then write their markers. The originals are
+    read one at a time, each sent before the next is read, so a DLQ of any size replays in bounded
+    memory.
 
     Without ``reason`` (or ``include_permanent``), letters of a permanent reason (``is_permanent``) are
     left: their replay would only be dead-lettered again. A letter whose ``original_topic`` is not
@@ -424,36 +426,48 @@ def replay(
     groups: dict[tuple[str, int, int, str, str], list[StoredLetter]] = {}
     for stored in pending:
         groups.setdefault(_origin(stored.letter), []).append(stored)
-    firsts: list[StoredLetter] = []
-    originals: list[tuple[bytes | None, bytes]] = []
-    for members in groups.values():
-        try:
-            originals.append(original_record(members[0].letter, store))
-        except OriginalUnreadable as exc:
-            report.unreadable.extend((member, str(exc)) for member in members)
-            continue
-        firsts.append(members[0])
-    if report.unreadable:
-        left_out = {id(stored) for stored, _ in report.unreadable}
-        report = replace(report, republished=[s for s in pending if id(s) not in left_out])
-    # A dry run reads the originals too (the store only): it said "would replay 2" of which one could
-    # not be sent.
-    if dry_run or not firsts:
-        return report
-    if dead.original_topic not in _list_topics(settings):
-        raise DlqError(f"cannot replay: original topic {dead.original_topic} does not exist; create it first")
-    producer = make_producer(settings, client_id="skuforge-dlq-replay")
+    if dry_run:
+        # A dry run reads the originals too (the store only, one at a time): it said "would replay 2"
+        # of which one could not be sent.
+        for members in groups.values():
+            try:
+                original_record(members[0].letter, store)
+            except OriginalUnreadable as exc:
+                report.unreadable.extend((member, str(exc)) for member in members)
+        return _without_unreadable(report)
+    producer: KafkaProducer | None = None
     sends: list[tuple[StoredLetter, Any]] = []
-    failure: KafkaError | None = None
+    unsendable = 0  # records whose original cannot be read
+    failure: KafkaError | DlqError | None = None
     interrupted: int | None = None  # the signal that stopped the replay
     try:
-        for stored, (key, value) in zip(firsts, originals, strict=True):
+        # Each original is sent before the next is read: one of up to 1 MB (from dlq-originals/) at a
+        # time, and the producer's bounded buffer. Before, every selected original was read first,
+        # and a large DLQ was held in memory whole.
+        for members in groups.values():
+            try:
+                key, value = original_record(members[0].letter, store)
+            except OriginalUnreadable as exc:
+                report.unreadable.extend((member, str(exc)) for member in members)
+                unsendable += 1
+                continue
+            if producer is None:  # the first original that can be sent
+                if dead.original_topic not in _list_topics(settings):
+                    raise DlqError(
+                        f"cannot replay: original topic {dead.original_topic} does not exist; create it first"
+                    )
+                producer = make_producer(settings, client_id="skuforge-dlq-replay")
             future = producer.send(
-                dead.original_topic, key=key, value=value, headers=replay_headers(stored.letter)
+                dead.original_topic, key=key, value=value, headers=replay_headers(members[0].letter)
             )
-            sends.append((stored, future))
-        producer.flush(timeout=settings.flush_timeout_s)
+            sends.append((members[0], future))
+        if producer is not None:
+            producer.flush(timeout=settings.flush_timeout_s)
     except KafkaError as exc:
+        failure = exc
+    except DlqError as exc:  # the store went away while an original was read (or the topic check)
+        if producer is None:
+            raise  # nothing was sent
         failure = exc
     except KeyboardInterrupt as exc:
         # Ctrl-C (or SIGTERM, SIGHUP) while the sends were on their way: close() below still delivers
@@ -468,9 +482,11 @@ def replay(
         # records delivered and (some) unmarked, and the next run republished them.
         with held_signals() as held_closing:
             try:
-                producer.close(timeout=settings.flush_timeout_s)
+                if producer is not None:
+                    producer.close(timeout=settings.flush_timeout_s)
             except KafkaError as exc:
                 failure = failure or exc
+    records = len(groups) - unsendable  # to send, as far as this run got to know
     acknowledged = [
         (member, future.value)
         for stored, future in sends
@@ -491,18 +507,31 @@ def replay(
         interrupted = (held_closing + held_marking)[0]
     if interrupted is not None:
         raise ReplayInterrupted(
-            f"{stopped_how(interrupted)}: {sent} of {len(firsts)} records were acknowledged and are "
+            f"{stopped_how(interrupted)}: {sent} of {records} records were acknowledged and are "
             "marked; a later replay sends only the others",
             interrupted,
         )
-    if sent < len(firsts):
+    if isinstance(failure, DlqError):
+        raise DlqError(
+            f"replay stopped: {failure}; the {sent} records acknowledged before are marked, and a later "
+            "replay sends only the others"
+        ) from failure
+    if sent < records:
         errors = {str(future.exception) for _, future in sends if future.is_done and future.failed()}
         why = failure or "; ".join(sorted(errors)) or "not acknowledged"
         raise DlqError(
-            f"replay failed: {len(firsts) - sent} of {len(firsts)} records were not acknowledged ({why}); "
+            f"replay failed: {records - sent} of {records} records were not acknowledged ({why}); "
             f"the {sent} acknowledged are marked, and a later replay sends only the others"
         )
-    return report
+    return _without_unreadable(report)
+
+
+def _without_unreadable(report: ReplayReport) -> ReplayReport:
+    """``report`` whose ``republished`` leaves out the letters whose original could not be read."""
+    if not report.unreadable:
+        return report
+    left_out = {id(stored) for stored, _ in report.unreadable}
+    return replace(report, republished=[s for s in report.republished if id(s) not in left_out])
 
 
 def replay_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:

@@ -643,3 +643,62 @@ def test_a_reason_no_letter_has_names_the_reasons_present_escaped(
         err = capsys.readouterr().err
         assert code == 1 and "\x1b" not in err and len(err.splitlines()) == 1
         assert "reasons present: object_missing\\x1b[2J\\nskuforge dlq list: all fine (1)" in err
+
+
+@pytest.mark.kafka
+def test_a_replay_sends_each_original_kept_in_the_store_before_it_reads_the_next(
+    kafka_bootstrap: str, s3_store: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The replay read every selected letter's original (up to 1 MB each, from dlq-originals/) into
+    memory before it sent the first: a large DLQ held them all at once. Each is sent before the next
+    is read now; the record dead-lettered twice is still sent once, and every letter marked."""
+    from shared import dlq as dlq_module
+    from shared.bus import make_producer
+    from shared.store import S3Store
+
+    assert isinstance(s3_store, S3Store)
+    fetched: list[str] = []
+    held_at_send: list[int] = []  # originals read and not yet handed to the producer, at each send
+
+    class CountingStore(S3Store):
+        def read_verified(self, ref: Any) -> bytes:
+            fetched.append(ref.uri)
+            return super().read_verified(ref)
+
+    def counting_producer(settings: Settings, client_id: str) -> Any:
+        producer = make_producer(settings, client_id)
+        real_send = producer.send
+
+        def send(topic: str, *args: Any, **kwargs: Any) -> Any:
+            held_at_send.append(len(fetched) - len(held_at_send))
+            return real_send(topic, *args, **kwargs)
+
+        producer.send = send
+        return producer
+
+    store = CountingStore(s3_store.bucket, s3_store.prefix, client=s3_store.client)
+    settings = isolated_settings(kafka_bootstrap, store.base_uri)
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    topic = settings.topic_name(SKU_INGESTED)
+    originals = [bytes([offset]) * 300_000 for offset in range(4)]
+    letters = []
+    for offset, value in enumerate(originals):
+        ref = store.put_bytes(f"dlq-originals/{topic}/0-{offset}-x.value", value)
+        letters.append(
+            _letter(
+                settings, original_offset=offset, original_value_b64="", original_value_ref=ref.model_dump()
+            )
+        )
+    twice = dict(letters[0], failed_at=(datetime.now(UTC) + timedelta(seconds=1)).isoformat())
+    _write_letters(settings, *letters, twice)
+    monkeypatch.setattr(dlq_module, "make_producer", counting_producer)
+
+    assert dlq_main(["replay", topic], settings=settings, store=store) == 0
+    assert "replayed 5 dead letters" in capsys.readouterr().out
+    assert len(fetched) == 4  # one read per record: the twin is not read again
+    assert held_at_send == [1, 1, 1, 1], "originals were read ahead of their sends"
+    replayed = read_topic(kafka_bootstrap, topic, expect=4, timeout_s=30)
+    assert sorted(record.value for record in replayed) == originals  # each once, whole
+    assert len(list(store.list_keys(f"dlq-replays/{topic}.dlq/"))) == 5
+    assert dlq_main(["replay", topic], settings=settings, store=store) == 0
+    assert "replayed 0 dead letters" in capsys.readouterr().out and len(fetched) == 4
