@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from datetime import datetime
 
+from schemas.topics import DLQ_SUFFIX
 from shared.argtypes import non_negative_int
 from shared.config import Settings, load_settings
 from shared.dlq import (
@@ -30,6 +32,23 @@ from shared.dlq import (
 from shared.errors import TransientError
 from shared.signals import stopped_as_interrupt
 from shared.store import ObjectStore, open_store
+
+# The characters Kafka allows in a topic name (org.apache.kafka.common.internals.Topic).
+_KAFKA_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _topic_arg(text: str) -> str:
+    """TOPIC, with or without .dlq: an empty name, or one no Kafka topic can have, is a usage error
+    (exit 2). Before, ``dlq replay ''`` looked the topic '.dlq' up on the broker and exited 1."""
+    if not text.removesuffix(DLQ_SUFFIX):
+        raise argparse.ArgumentTypeError(
+            "is empty; give the topic as `skuforge topics list` prints it, with or without .dlq"
+        )
+    if not _KAFKA_TOPIC_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Kafka topic name (letters, digits, '.', '_' and '-' only)"
+        )
+    return text
 
 
 def _since_arg(text: str) -> datetime:
@@ -69,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for action in (listing, again):
         action.add_argument(
-            "topic", metavar="TOPIC", help="the topic, or its .dlq (as `skuforge topics list` prints)"
+            "topic",
+            metavar="TOPIC",
+            type=_topic_arg,
+            help="the topic, or its .dlq (as `skuforge topics list` prints)",
         )
         action.add_argument(
             "--reason",

@@ -168,3 +168,21 @@ def test_since_takes_an_iso_time_or_a_duration() -> None:
     # Before, OverflowError: a traceback from `skuforge dlq replay ... --since 99999999d`.
     with pytest.raises(ValueError, match="before the year 1"):
         parse_since("99999999d", now=now)
+
+
+@pytest.mark.parametrize(
+    "topic", ["", ".dlq", "sku ingested.v1", "sku.ingested.v1\n", "sku.ingested.v1\x1b[2J"]
+)
+def test_a_topic_that_is_no_kafka_name_is_a_usage_error(
+    topic: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`skuforge dlq replay ''` looked up the topic '.dlq' on the broker: exit 1 after a broker round
+    trip ("does not exist"), or half a minute later "cannot reach Kafka". It is a usage error, before
+    any setting or broker is looked at: exit 2, naming the argument."""
+    for action in ("list", "replay"):
+        with pytest.raises(SystemExit) as exit_info:
+            skuforge(["dlq", action, topic])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1].startswith(f"skuforge dlq {action}: error: argument TOPIC: ")
+        assert "Traceback" not in err and "\x1b" not in err
