@@ -702,3 +702,32 @@ def test_a_replay_sends_each_original_kept_in_the_store_before_it_reads_the_next
     assert len(list(store.list_keys(f"dlq-replays/{topic}.dlq/"))) == 5
     assert dlq_main(["replay", topic], settings=settings, store=store) == 0
     assert "replayed 0 dead letters" in capsys.readouterr().out and len(fetched) == 4
+
+
+@pytest.mark.kafka
+def test_an_original_too_large_for_the_producer_does_not_stop_the_letters_after_it(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An original over the producer's 1 MiB request limit (read off a topic whose max.message.bytes
+    was raised, kept under dlq-originals/) made send() raise at once: the replay stopped there, and no
+    letter after it was ever sent, at every run. It is one record not acknowledged now; the others go."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    topic = settings.topic_name(SKU_INGESTED)
+    store = open_store(settings.store_uri)
+    large = store.put_bytes(f"dlq-originals/{topic}/0-0-x.value", b"z" * (1024 * 1024 + 1000))
+    _write_letters(
+        settings,
+        _letter(settings, original_value_b64="", original_value_ref=large.model_dump(mode="json")),
+        _letter(settings, original_offset=1),
+    )
+    assert dlq_main(["replay", topic], settings=settings, store=store) == 1
+    err = capsys.readouterr().err
+    assert "1 of 2 records were not acknowledged" in err and "MessageSizeTooLargeError" in err
+    assert [record.value for record in read_topic(kafka_bootstrap, topic, expect=1, timeout_s=30)] == [
+        b'{"x": 1}'
+    ]
+    # The one sent is marked; the next run tries only the large one again.
+    assert dlq_main(["replay", topic], settings=settings, store=store) == 1
+    assert "1 of 1 records were not acknowledged" in capsys.readouterr().err
+    assert len(read_topic(kafka_bootstrap, topic, expect=1, timeout_s=5)) == 1
