@@ -731,3 +731,54 @@ def test_an_original_too_large_for_the_producer_does_not_stop_the_letters_after_
     assert dlq_main(["replay", topic], settings=settings, store=store) == 1
     assert "1 of 1 records were not acknowledged" in capsys.readouterr().err
     assert len(read_topic(kafka_bootstrap, topic, expect=1, timeout_s=5)) == 1
+
+
+@pytest.mark.kafka
+def test_a_store_that_goes_away_mid_replay_stops_it_with_what_was_sent_marked(
+    kafka_bootstrap: str, s3_store: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The originals are read as the replay goes: the store away at the second one stops the replay
+    there, and the first, already acknowledged, is marked (not sent again by the next run)."""
+    from shared.store import S3Store
+    from tests.support.s3 import restart_s3_server, stop_s3_server
+
+    assert isinstance(s3_store, S3Store)
+    reads: list[str] = []
+
+    class FlakyStore(S3Store):
+        def read_verified(self, ref: Any) -> bytes:
+            reads.append(ref.uri)
+            if len(reads) != 2:
+                return super().read_verified(ref)
+            stop_s3_server()
+            try:
+                return super().read_verified(ref)
+            finally:
+                restart_s3_server()
+
+    store = FlakyStore(s3_store.bucket, s3_store.prefix, client=s3_store.client, max_attempts=1)
+    settings = isolated_settings(kafka_bootstrap, store.base_uri)
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    topic = settings.topic_name(SKU_INGESTED)
+    originals = [bytes([offset]) * 300_000 for offset in range(2)]
+    letters = []
+    for offset, value in enumerate(originals):
+        ref = store.put_bytes(f"dlq-originals/{topic}/0-{offset}-x.value", value)
+        letters.append(
+            _letter(
+                settings, original_offset=offset, original_value_b64="", original_value_ref=ref.model_dump()
+            )
+        )
+    _write_letters(settings, *letters)
+
+    assert dlq_main(["replay", topic], settings=settings, store=store) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(
+        "skuforge dlq replay: replay stopped: cannot replay"
+    )
+    assert "the 1 records acknowledged before are marked" in captured.err
+    assert [r.value for r in read_topic(kafka_bootstrap, topic, expect=1, timeout_s=30)] == originals[:1]
+    assert dlq_main(["replay", topic], settings=settings, store=store) == 0
+    assert "replayed 1 dead letters" in capsys.readouterr().out
+    replayed = read_topic(kafka_bootstrap, topic, expect=2, timeout_s=30)
+    assert sorted(r.value for r in replayed) == originals  # each once
