@@ -770,19 +770,55 @@ def test_an_out_holding_only_lost_and_found_is_exported_into_and_lost_and_found_
     recovered: list[str],
 ) -> None:
     """A freshly formatted volume (mkfs.ext4) mounted as OUT holds lost+found: it was refused as "not
-    empty", so no export could go onto a new disk without removing the file system's own folder."""
+    empty", so no export could go onto a new disk without removing the file system's own folder. In
+    jsonl, where the classes are dataset.jsonl's labels (an imagefolder export is refused, below)."""
     out = tmp_path / "out"
     (out / "lost+found").mkdir(parents=True)
     for name in recovered:
         (out / "lost+found" / name).write_text("a block fsck found")
     if mounted:
         as_mount_point(out, monkeypatch)
-    assert cli_main([*EXPORT[:2], str(out), *EXPORT[2:]]) == 0, capsys.readouterr().err
-    assert sorted(path.name for path in out.iterdir()) == ["SKU-A", "SKU-B", "export.json", "lost+found"]
+    jsonl = ["dataset", "export", str(out), "--format", "jsonl", "--max-synthetic-per-real", "1"]
+    assert cli_main(jsonl) == 0, capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == [
+        "dataset.jsonl",
+        "export.json",
+        "images",
+        "lost+found",
+        "masks",
+    ]
     assert sorted(path.name for path in (out / "lost+found").iterdir()) == recovered
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "store"]
     summary = json.loads((out / "export.json").read_text())
     assert sorted(summary["classes"]) == ["SKU-A", "SKU-B"]
+
+
+@pytest.mark.parametrize("mounted", [True, False], ids=["mount-point", "plain-folder"])
+def test_an_imagefolder_export_into_an_out_holding_lost_and_found_is_refused(
+    store: ManifestStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    mounted: bool,
+) -> None:
+    """Every folder of an imagefolder export is a class to torchvision's ImageFolder: beside the SKUs'
+    folders lost+found was one more, with no image (ImageFolder: "Found no valid file for the classes
+    lost+found"; with allow_empty, a class of its own that moved the labels of the SKUs after it)."""
+    out = tmp_path / "out"
+    (out / "lost+found").mkdir(parents=True)
+    if mounted:
+        as_mount_point(out, monkeypatch)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*EXPORT[:2], str(out), *EXPORT[2:]])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "lost+found" in err and "would be read as a class" in err
+    assert f"{out / 'train'}" in err and "--format jsonl" in err
+    assert sorted(path.name for path in out.iterdir()) == ["lost+found"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "store"]
+    # Into a folder inside it, as the refusal advises: every folder of OUT/train is a SKU.
+    assert cli_main([*EXPORT[:2], str(out / "train"), *EXPORT[2:]]) == 0, capsys.readouterr().err
+    assert sorted(path.name for path in (out / "train").iterdir() if path.is_dir()) == ["SKU-A", "SKU-B"]
 
 
 @pytest.mark.parametrize("other", ["notes.txt", "lost+found.txt", "old-export"])

@@ -241,7 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     stats.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     export = sub.add_parser("export", help="write a training set honouring the real:synthetic policy")
     export.add_argument(
-        "out", type=Path, help="output directory (new, or empty but for a lost+found folder, left as it is)"
+        "out",
+        type=Path,
+        help="output directory: new, or empty (with --format jsonl, but for a lost+found folder, left as it "
+        "is; an imagefolder export's every folder is a class)",
     )
     export.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="imagefolder or jsonl")
     export.add_argument(

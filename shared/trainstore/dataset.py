@@ -349,7 +349,8 @@ def export_dataset(
     limits: tuple[int, int] = (DEFAULT_MAX_PIXELS, DEFAULT_MAX_BYTES),
 ) -> ExportSummary:
     """Write a training set to ``out_dir`` (which must not exist, or be empty but for a file system's
-    ``lost+found``, left as it is) and return its summary.
+    ``lost+found``, left as it is, in ``jsonl``: an ``imagefolder`` export's every folder is a class)
+    and return its summary.
 
     ``no_synthetic``: SKUs exported without synthetic images, with the reason (``plan_export``).
     ``limits``: the (pixels, bytes) decode limits the stage stored the images under (the settings').
@@ -373,6 +374,14 @@ def export_dataset(
             else ""
         )
         raise FileExistsError(f"{out_dir} is not empty{held}; export into a new directory")
+    if fmt == "imagefolder" and out_dir.exists() and any(map(_is_lost_and_found, out_dir.iterdir())):
+        # ImageFolder takes every folder of OUT for a class: this one has no image ("Found no valid
+        # file for the classes lost+found"), or, allowed empty, moves the labels of the SKUs after it.
+        raise FileExistsError(
+            f"{out_dir} holds {LOST_AND_FOUND}, which would be read as a class (an imagefolder export's "
+            f"every folder is one); export into a folder inside it ({out_dir / 'train'}), or with --format "
+            "jsonl"
+        )
     writing_beside = [entry.name for entry in _staging_beside(out_dir.resolve()) if not _abandoned(entry)]
     if writing_beside:
         # Another export is writing OUT beside it (OUT new, or empty): both would do the whole work,
