@@ -847,3 +847,25 @@ def test_a_lost_and_found_that_is_a_file_is_not_a_file_systems_and_is_refused(
     with pytest.raises(SystemExit):
         cli_main([*EXPORT[:2], str(out), *EXPORT[2:]])
     assert "is not empty" in capsys.readouterr().err
+
+
+# -- a refused export makes no folder -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "refused_by",
+    [["--sku", "SKU-TYPO"], ["--sku", "SKU-C"], ["--min-real", "5"]],
+    ids=["unknown-sku", "no-real-image", "policy-leaves-nothing"],
+)
+def test_a_refused_export_leaves_no_folder_it_made_above_out(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str], refused_by: list[str]
+) -> None:
+    """The folders above a new OUT were made before the store was read: an export refused for a
+    mistyped --sku or a policy that leaves no class left them behind, empty."""
+    (tmp_path / "exports").mkdir()  # there before: stays
+    out = tmp_path / "exports" / "2026-12" / "run-1" / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*EXPORT[:2], str(out), *EXPORT[2:], *refused_by])
+    assert exit_info.value.code == 2, capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["exports", "store"]
+    assert list((tmp_path / "exports").iterdir()) == []

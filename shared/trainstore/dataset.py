@@ -32,6 +32,7 @@ An ``imagefolder`` export reads no mask (it writes none): a mask lost from the s
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import glob
@@ -390,6 +391,9 @@ def export_dataset(
             f"an export into {out_dir} is running ({', '.join(sorted(writing_beside))} beside it; remove "
             "it if none runs); export into a new directory"
         )
+    # Made with the staging folder, before the store is read: an export refused then (a mistyped --sku,
+    # a policy that leaves no class) left them behind, empty.
+    made_above = _missing_folders(out_dir.resolve().parent)
     staging, owner = _staging_for(out_dir.resolve())
     try:
         return _export_into(
@@ -407,9 +411,21 @@ def export_dataset(
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in made_above:  # the deepest first; one something was put in meanwhile stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     finally:
         os.close(owner)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and the folders above it that do not exist, the deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 # The folder mkfs (ext2/3/4) makes at a file system's root, where fsck puts what it recovers: a freshly
