@@ -10,8 +10,8 @@ back, the consumer was upgraded). Without ``--reason`` it replays only the lette
 event can help (``REPLAYABLE_REASONS``: ``object_missing``, ``handler_error``); a letter whose reason
 says the event itself is bad (``not_json``, ``corrupt``, ``checksum_mismatch``...) would only be
 dead-lettered again, so it is left and counted, and replayed on purpose with ``--reason R`` or
-``--include-permanent``. Each dead letter is replayed once: after the republished records are
-acknowledged (idempotent producer, acks=all, flushed), a replay marker per dead letter is written to
+``--include-permanent``. Each dead letter is replayed once: as the republished records are
+acknowledged (idempotent producer, acks=all), a replay marker per dead letter is written, in batches, to
 the object store (``dlq-replays/<dlq topic>/<partition>-<offset>-<sha>.json``), and a later replay
 skips every dead letter that has a marker. Markers, not consumer-group offsets, because ``--reason``
 and ``--since`` select letters out of order: an offset would also pass over the letters left behind.
@@ -57,6 +57,12 @@ REPLAY_PREFIX = "dlq-replays"
 REPLAY_STAGE_HEADER = "skuforge-replay-stage"
 SAMPLES_PER_REASON = 3
 READ_TIMEOUT_S = 30.0
+# A replay marks what Kafka acknowledged as it goes, in batches: once this many records wait for their
+# markers, or the first of them was seen this long ago (checked before each original is read). A replay
+# killed (SIGKILL, OOM, a lost machine) sends again at most the records acknowledged since the last
+# batch, not all it had sent.
+MARK_EVERY_RECORDS = 100
+MARK_EVERY_S = 2.0
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 # The flow's topic names without a namespace: such a name is never inside a non-empty namespace, even
@@ -391,9 +397,9 @@ def replay(
     include_permanent: bool = False,
     dry_run: bool = False,
 ) -> ReplayReport:
-    """Republish the selected letters not yet replayed, then write their markers. The originals are
-    read one at a time, each sent before the next is read, so a DLQ of any size replays in bounded
-    memory.
+    """Republish the selected letters not yet replayed, and write their markers as Kafka acknowledges
+    them. The originals are read one at a time, each sent before the next is read, so a DLQ of any size
+    replays in bounded memory.
 
     Without ``reason`` (or ``include_permanent``), letters of a permanent reason (``is_permanent``) are
     left: their replay would only be dead-lettered again. A letter whose ``original_topic`` is not
@@ -403,9 +409,11 @@ def replay(
     Letters of one original record and stage (dead-lettered twice) are sent once, by one run or by runs
     that picked them apart (``replayed_keys``). Each acknowledged record's letters are marked, and only
     those: a failed send leaves its letters unmarked for the next run, which sends nothing twice. The
-    one window left is a crash between the acknowledgement and the markers: the next run republishes
-    those letters once more, with the same event_ids, which stages handle idempotently
-    (docs/delivery.md).
+    markers go out in batches while the replay sends (``MARK_EVERY_RECORDS``, ``MARK_EVERY_S``), and
+    the rest once the producer is closed. The one window left is a crash (SIGKILL) between an
+    acknowledgement and its batch: the next run republishes those letters once more, with the same
+    event_ids, which stages handle idempotently (docs/delivery.md). Before, every marker waited for the
+    end, and a replay killed part-way had the next run send again everything it had delivered.
     """
     chosen = select(dead.letters, reason=reason, since=since)
     done = replayed_keys(dead.letters, replayed_markers(store, dead.dlq_topic))
@@ -436,7 +444,8 @@ def replay(
                 report.unreadable.extend((member, str(exc)) for member in members)
         return _without_unreadable(report)
     producer: KafkaProducer | None = None
-    sends: list[tuple[StoredLetter, Any]] = []
+    sends: list[tuple[StoredLetter, Any]] = []  # every record handed to the producer
+    marking = _Marking(store, groups)
     refused: set[str] = set()  # why send() refused a record outright
     unsendable = 0  # records whose original cannot be read
     failure: KafkaError | DlqError | None = None
@@ -446,6 +455,7 @@ def replay(
         # time, and the producer's bounded buffer. Before, every selected original was read first,
         # and a large DLQ was held in memory whole.
         for members in groups.values():
+            marking.mark_due()
             try:
                 key, value = original_record(members[0].letter, store)
             except OriginalUnreadable as exc:
@@ -469,11 +479,12 @@ def replay(
                 refused.add(str(exc))
                 continue
             sends.append((members[0], future))
+            marking.unmarked.append((members[0], future))
         if producer is not None:
             producer.flush(timeout=settings.flush_timeout_s)
     except KafkaError as exc:
         failure = exc
-    except DlqError as exc:  # the store went away while an original was read (or the topic check)
+    except DlqError as exc:  # the store went away (an original read, a batch of markers), or the topic check
         if producer is None:
             raise  # nothing was sent
         failure = exc
@@ -495,17 +506,10 @@ def replay(
             except KafkaError as exc:
                 failure = failure or exc
     records = len(groups) - unsendable  # to send, as far as this run got to know
-    acknowledged = [
-        (member, future.value)
-        for stored, future in sends
-        if future.is_done and future.succeeded()
-        for member in groups[_origin(stored.letter)]
-    ]
     sent = sum(1 for _, future in sends if future.is_done and future.succeeded())
-    replayed_at = utc_now().isoformat()
     with held_signals() as held_marking:
         try:
-            _write_markers(store, acknowledged, replayed_at)
+            marking.mark_acknowledged()
         except (TransientError, BadInput) as exc:
             raise DlqError(
                 f"republished {sent} dead letters to {dead.original_topic}, but could not write their "
@@ -560,6 +564,48 @@ def _origin(letter: DeadLetter) -> tuple[str, int, int, str, str]:
     ref = letter.original_value_ref
     value = ref.sha256 if ref is not None else hashlib.sha256(letter.original_value_b64.encode()).hexdigest()
     return (letter.original_topic, letter.original_partition, letter.original_offset, letter.stage, value)
+
+
+class _Marking:
+    """The replay markers of the records a replay sent, written as Kafka acknowledges them."""
+
+    def __init__(self, store: ObjectStore, groups: dict[tuple[str, int, int, str, str], list[StoredLetter]]):
+        self.store = store
+        self.groups = groups  # the letters of each record: all are marked with its one copy
+        self.unmarked: list[tuple[StoredLetter, Any]] = []  # sent, and not marked yet
+        self.waiting_since: float | None = None  # when an acknowledged record was first seen unmarked
+
+    def mark_due(self) -> None:
+        """Mark the records acknowledged so far once a batch is due (``MARK_EVERY_RECORDS``,
+        ``MARK_EVERY_S``); ``DlqError`` when the store refuses, which stops the replay."""
+        acknowledged = sum(1 for _, future in self.unmarked if future.is_done and future.succeeded())
+        if not acknowledged:
+            return
+        now = time.monotonic()
+        if self.waiting_since is None:
+            self.waiting_since = now
+        if acknowledged < MARK_EVERY_RECORDS and now - self.waiting_since < MARK_EVERY_S:
+            return
+        try:
+            self.mark_acknowledged()
+        except (TransientError, BadInput) as exc:
+            raise DlqError(f"could not write the replay markers of the records sent so far ({exc})") from exc
+
+    def mark_acknowledged(self) -> None:
+        """Write the markers of every record acknowledged and not marked yet; a record still in flight
+        waits for a later batch, and one that failed is never marked."""
+        done = [(stored, future) for stored, future in self.unmarked if future.is_done]
+        acknowledged = [
+            (member, future.value)
+            for stored, future in done
+            if future.succeeded()
+            for member in self.groups[_origin(stored.letter)]
+        ]
+        # Forgotten only once written: a batch cut short (the store, Ctrl-C) is written whole again.
+        _write_markers(self.store, acknowledged, utc_now().isoformat())
+        written = {id(future) for _, future in done}  # not `is_done` again: one done since is unmarked
+        self.unmarked = [(stored, future) for stored, future in self.unmarked if id(future) not in written]
+        self.waiting_since = None
 
 
 def _write_markers(

@@ -1,0 +1,108 @@
+"""`skuforge dlq replay` killed part-way: what it had sent and marked is not sent again."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
+
+from schemas.topics import SKU_INGESTED
+from shared.store import open_store
+from skuforge_cli.dlq import main as dlq_main
+from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The CLI in a child process, each original read 0.1 s late: a long replay an operator's machine can lose.
+SLOW_REPLAY = textwrap.dedent(
+    """
+    import sys, time
+    import shared.dlq as dlq
+    read = dlq.original_record
+    def slow(letter, store):
+        time.sleep(0.1)
+        return read(letter, store)
+    dlq.original_record = slow
+    from skuforge_cli.main import main
+    sys.exit(main(["dlq", "replay", sys.argv[1]]))
+    """
+)
+
+
+@pytest.mark.kafka
+def test_a_replay_killed_part_way_is_not_sent_again_for_what_it_had_marked(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The markers were written only once the producer was closed, at the very end: a replay killed
+    (SIGKILL, OOM, a lost machine) after hours of sends left none, and the next run republished every
+    record it had delivered. They are written as the acknowledgements arrive now, and the next run sends
+    only what was not marked."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    topic = settings.topic_name(SKU_INGESTED)
+    count = 60
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    for offset in range(count):
+        letter = {
+            "reason": "object_missing",
+            "detail": "photo gone",
+            "error_class": "BadInput",
+            "stage": "passthrough",
+            "original_topic": topic,
+            "original_partition": 0,
+            "original_offset": offset,
+            "original_value_b64": base64.b64encode(f"record-{offset}".encode()).decode(),
+            "failed_at": datetime.now(UTC).isoformat(),
+        }
+        producer.send(settings.dlq_name(SKU_INGESTED), json.dumps(letter).encode())
+    producer.flush()
+    producer.close()
+
+    env = dict(
+        os.environ,
+        SKUFORGE_KAFKA_BOOTSTRAP=kafka_bootstrap,
+        SKUFORGE_TOPIC_NAMESPACE=settings.topic_namespace,
+        SKUFORGE_STORE_URI=settings.store_uri,
+    )
+    child = subprocess.Popen([sys.executable, "-c", SLOW_REPLAY, topic], cwd=REPO, env=env)
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False, group_id=None)
+    arrived: set[bytes] = set()
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        consumer.seek_to_beginning()
+        guard = time.monotonic() + 120  # a hung child fails the test instead of hanging it
+        while len(arrived) < count // 2 and child.poll() is None and time.monotonic() < guard:
+            for records in consumer.poll(timeout_ms=100).values():
+                arrived.update(record.value for record in records)
+    finally:
+        consumer.close()
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL, "the replay ended before it was killed"
+    assert len(arrived) < count
+
+    store = open_store(settings.store_uri)
+    marked = {
+        f"record-{int(key.rsplit('/', 1)[1].split('-')[1])}".encode()
+        for key in store.list_keys("dlq-replays/")
+    }
+    assert marked, f"{len(arrived)} records were delivered, and none was marked when the replay was killed"
+    assert marked <= arrived  # only what was acknowledged
+
+    assert dlq_main(["replay", topic], settings=settings, store=store) == 0
+    assert f"replayed {count - len(marked)} dead letters" in capsys.readouterr().out
+    sends = Counter(record.value for record in read_topic(kafka_bootstrap, topic, expect=count, timeout_s=30))
+    assert set(sends) == {f"record-{offset}".encode() for offset in range(count)}
+    assert {value for value, times in sends.items() if times > 1}.isdisjoint(marked)  # marked: sent once
