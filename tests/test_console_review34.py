@@ -1,12 +1,15 @@
 """The console after review 34: a decision is judged, and dated, at the time it holds the task table, so
 one whose lease ran out while it waited for the table is refused; the queue dates a closed item by when
-it closed; an IoU just under its threshold is not shown as the threshold."""
+it closed; an IoU just under its threshold is not shown as the threshold; a form posted after the session
+ran out goes to the login page, not to a JSON 401."""
 
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from starlette.testclient import TestClient
@@ -146,3 +149,103 @@ def test_an_iou_just_under_its_threshold_is_not_shown_as_the_threshold(tmp_path:
     assert "<td>0.8996</td>" in queue.text and "0.900<" not in queue.text, queue.text
     assert '<dd id="iou">0.8996</dd>' in item.text, item.text
     assert f"<td>{other.iou:.3f}</td>" in queue.text
+
+
+# What Chromium sends with a form it submits (a navigation), and what fetch() sends by default.
+BROWSER_FORM_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+
+
+def _expired_session(parts: ConsoleParts) -> str:
+    """A session cookie of alice's that ran out a second ago."""
+    signer = parts.console.signer
+    cookie, _ = signer.issue(
+        "alice",
+        now=time.time() - signer.ttl_s - 1.0,
+        credential=signer.credential_tag("alice", "alice-password"),
+    )
+    return cookie
+
+
+@pytest.mark.parametrize("cookie", ["expired", "dropped"])
+def test_a_form_posted_after_the_session_ran_out_goes_to_the_login_page(
+    parts: ConsoleParts, cookie: str
+) -> None:
+    """A claim from the queue (or any form) posted once the session had run out answered a bare JSON 401
+    "login required": the person saw raw JSON instead of the login form. The browser either still sends
+    the run-out cookie or has dropped it (its max-age is the session's)."""
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+    client.cookies.delete("skuforge_console")
+    if cookie == "expired":
+        client.cookies.set("skuforge_console", _expired_session(parts))
+    (task,) = parts.tasks.query()
+    queue = "/?sku=SKU-0&state=pending"
+
+    claim = client.post(
+        f"/tasks/{task.task_id}/claim?sku=SKU-0&state=pending",
+        data={"csrf_token": token},
+        headers={"accept": BROWSER_FORM_ACCEPT, "referer": "http://console.test" + queue},
+        follow_redirects=False,
+    )
+
+    assert claim.status_code == 303, claim.text
+    login_page = urlsplit(claim.headers["location"])
+    assert login_page.path == "/login"
+    assert parse_qs(login_page.query) == {"error": ["expired"], "next": [queue]}
+    shown = client.get(claim.headers["location"])
+    assert "your session ran out" in shown.text
+    assert 'name="next" value="/?sku=SKU-0&amp;state=pending"' in shown.text
+    assert parts.tasks.get(task.task_id).state == "pending"  # the claim was not made
+    # Logging in again goes back to the queue the form was posted from.
+    nonce = re.search(r'name="login_nonce" value="([^"]+)"', shown.text)
+    assert nonce
+    fields = {"reviewer": "alice", "password": "alice-password", "login_nonce": nonce.group(1), "next": queue}
+    again = client.post("/login", data=fields, follow_redirects=False)
+    assert again.status_code == 303 and again.headers["location"] == queue
+
+
+def test_a_form_post_without_a_console_referer_goes_back_to_the_queue(parts: ConsoleParts) -> None:
+    """The page to go back to is only taken from a Referer of the console's own origin."""
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    for referer in [{}, {"referer": "http://elsewhere.test/tasks/x"}, {"referer": "not an address"}]:
+        response = client.post(
+            "/claim-next",
+            data={"csrf_token": "t"},
+            headers={"accept": BROWSER_FORM_ACCEPT, **referer},
+            follow_redirects=False,
+        )
+        assert response.status_code == 303, referer
+        assert parse_qs(urlsplit(response.headers["location"]).query) == {"error": ["expired"], "next": ["/"]}
+
+
+def test_logging_out_after_the_session_ran_out_goes_to_the_login_page(parts: ConsoleParts) -> None:
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    client.cookies.set("skuforge_console", _expired_session(parts))
+
+    response = client.post(
+        "/logout", data={"csrf_token": "t"}, headers={"accept": BROWSER_FORM_ACCEPT}, follow_redirects=False
+    )
+
+    assert response.status_code == 303 and response.headers["location"] == "/login"
+
+
+@pytest.mark.parametrize("accept", ["*/*", "application/json", BROWSER_FORM_ACCEPT])
+def test_the_api_still_answers_401_after_the_session_ran_out(parts: ConsoleParts, accept: str) -> None:
+    """The item page's script (decide, release, renew, next) and other API clients read the 401."""
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    client.cookies.set("skuforge_console", _expired_session(parts))
+    (task,) = parts.tasks.query()
+
+    api = [f"/api/tasks/{task.task_id}/claim", f"/api/tasks/{task.task_id}/decision", "/api/claim-next"]
+    for path in api:
+        form = {"csrf_token": "t"}
+        response = client.post(path, data=form, headers={"accept": accept}, follow_redirects=False)
+        assert response.status_code == 401 and response.json() == {"detail": "login required"}, path
+
+
+def test_a_script_posting_a_form_route_still_gets_401(parts: ConsoleParts) -> None:
+    """Only a browser's form (it asks for HTML) is sent to the login page."""
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    json = {"accept": "application/json"}
+    response = client.post("/claim-next", data={"csrf_token": "t"}, headers=json, follow_redirects=False)
+    assert response.status_code == 401 and response.json() == {"detail": "login required"}

@@ -1,8 +1,9 @@
 """The console's login, as HTTP: one gate in front of every route, the CSRF check, the login form.
 
 The primitives (signed sessions, constant-time comparisons, safe redirects) are in ``security.py``.
-Every route but the login form needs a session: pages redirect to ``/login``, everything else
-answers 401. Every POST needs the session's CSRF token (``Reviewer``).
+Every route but the login form needs a session: pages, and forms a browser posts, redirect to
+``/login``; everything else (the API, images, scripts) answers 401. Every POST needs the session's
+CSRF token (``Reviewer``).
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations at runtime.
@@ -10,7 +11,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -58,21 +59,41 @@ async def require_login(request: Request, call_next: CallNext) -> StarletteRespo
     except BadInput as exc:
         return errors.unusable(exc)
     if session is None:
-        # Pages send people to the login form; images, scripts, favicons and the API get a 401.
-        if (
-            request.method == "GET"
-            and "text/html" in request.headers.get("accept", "")
-            and not request.url.path.startswith(("/api/", "/static/"))
-            and ("/images/" not in request.url.path)
-        ):
-            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            # Encoded, so the page's own query ("?sku=A&state=all") survives as one parameter.
-            return RedirectResponse("/login?" + urlencode({"next": safe_next(target)}), status_code=303)
-        return JSONResponse({"detail": "login required"}, status_code=401)
+        return login_required(request, console)
     request.state.session = session
     response = await call_next(request)
     response.headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+def login_required(request: Request, console: Console) -> StarletteResponse:
+    """The answer to a request without a live session. Pages and forms send people to the login form;
+    images, scripts, favicons and the API (the item page's script reads its 401) get a 401."""
+    path = request.url.path
+    if "text/html" not in request.headers.get("accept", "") or path.startswith(("/api/", "/static/")):
+        return JSONResponse({"detail": "login required"}, status_code=401)
+    if request.method == "GET" and "/images/" not in path:
+        target = path + (f"?{request.url.query}" if request.url.query else "")
+        # Encoded, so the page's own query ("?sku=A&state=all") survives as one parameter.
+        return RedirectResponse("/login?" + urlencode({"next": safe_next(target)}), status_code=303)
+    if request.method == "POST":
+        # A form posted from a page whose session ran out meanwhile (claim, claim the next, log out): a
+        # JSON 401 was what the person saw. What the form asked is not done; they log in again and are
+        # back on the page they posted it from.
+        if path == "/logout":
+            return RedirectResponse("/login", status_code=303)
+        query = urlencode({"error": "expired", "next": safe_next(page_posted_from(request, console))})
+        return RedirectResponse(f"/login?{query}", status_code=303)
+    return JSONResponse({"detail": "login required"}, status_code=401)
+
+
+def page_posted_from(request: Request, console: Console) -> str:
+    """The console page a form was posted from: its ``Referer`` if that is of the console's own origin
+    (the console sends same-origin referrers), else the queue."""
+    referer = urlsplit(request.headers.get("referer", ""))
+    if not referer.scheme or not is_console_origin(f"{referer.scheme}://{referer.netloc}", request, console):
+        return "/"
+    return referer.path + (f"?{referer.query}" if referer.query else "")
 
 
 def live_session(console: Console, cookie: str | None) -> Session | None:
@@ -177,7 +198,12 @@ def from_console_origin(request: Request, console: Console) -> bool:
     Behind a TLS-terminating proxy the browser's origin is ``https://`` while the request reaches
     uvicorn as plain HTTP; ``SKUFORGE_CONSOLE_COOKIE_SECURE`` says the console is served over HTTPS.
     """
-    origin = request.headers.get("origin")
+    return is_console_origin(request.headers.get("origin"), request, console)
+
+
+def is_console_origin(origin: str | None, request: Request, console: Console) -> bool:
+    """Whether ``origin`` (``scheme://host``; None: not sent) is the console's own origin, as
+    ``from_console_origin`` reads a request's ``Origin``."""
     host = request.headers.get("host")
     if same_origin(origin, request.url.scheme, host):
         return True
@@ -209,6 +235,7 @@ Reviewer = Annotated[Session, Depends(require_csrf)]
 LOGIN_ERRORS = {
     "credentials": "wrong name or password",
     "throttled": "too many failed logins for this name: wait a minute, then try again",
+    "expired": "your session ran out, and what you sent was not done: log in, then try it again",
 }
 
 
