@@ -249,3 +249,18 @@ def test_a_script_posting_a_form_route_still_gets_401(parts: ConsoleParts) -> No
     json = {"accept": "application/json"}
     response = client.post("/claim-next", data={"csrf_token": "t"}, headers=json, follow_redirects=False)
     assert response.status_code == 401 and response.json() == {"detail": "login required"}
+
+
+@pytest.mark.parametrize("bound", ["0.00001", "0.0000123", "0.5"])
+def test_an_iou_bound_goes_back_into_the_filters_as_a_plain_decimal(parts: ConsoleParts, bound: str) -> None:
+    """A bound below 0.0001 went back into the filter inputs as Python writes the float ("1e-05"), which
+    the queue refuses (a plain decimal only): the next press of "filter" answered a 422."""
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    login(client)
+
+    queue = client.get("/", params={"iou_min": bound, "iou_max": bound})
+
+    assert queue.status_code == 200
+    inputs = dict(re.findall(r'<input name="(iou_m..)" [^>]*value="([^"]*)"', queue.text))
+    assert inputs == {"iou_min": bound, "iou_max": bound}
+    assert client.get("/", params=inputs).status_code == 200  # the form sent again as it is filled in

@@ -5,6 +5,7 @@ session signer, relay) and the request parameters pages and API share (task id, 
 import re
 import secrets
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -35,9 +36,17 @@ def iou_figure(pending: CorrectionPending) -> str:
     return f"{pending.iou:.3f}" if check is None else figures(pending.iou, check.threshold)[0]
 
 
+def plain_decimal(value: float) -> str:
+    """``value`` as the shortest plain decimal that reads back as it, never in exponent form: the
+    queue's filter inputs showed an IoU bound of 0.00001 as Python writes it, "1e-05", which the queue
+    refuses (``_iou_bound`` takes a plain decimal only) when the form is sent again."""
+    return format(Decimal(repr(value)), "f")
+
+
 # A check's value and threshold, with the digits that tell them apart (a flagged 0.8996 read "0.900 / 0.900").
 templates.env.globals["figures"] = figures
 templates.env.globals["iou_figure"] = iou_figure
+templates.env.filters["plain_decimal"] = plain_decimal
 TaskId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="task id (32 hex)")]
 
 
