@@ -311,6 +311,47 @@ def test_a_variants_setting_of_the_shell_the_stack_does_not_get_does_not_stop_th
     assert "invalid configuration" not in capsys.readouterr().err
 
 
+def test_photo_scenes_in_the_shell_do_not_stop_a_real_photo_demo_whose_stack_gets_the_sample_scenes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stack the demo starts for real photos composites them onto the sample scenes when the shell
+    names none: the demo checked the shell's settings before it set them, and a shell's
+    SKUFORGE_GENERATION_PARAMETERS='{"scene": "photo"}' stopped it (exit 2, "without a scene library")
+    for a stack that would have had one."""
+    given: dict[str, str | None] = {}
+
+    class ReachedTheStack(Exception):
+        pass
+
+    def reached(*_args: object, **_kwargs: object) -> None:
+        given["scenes"] = os.environ.get("SKUFORGE_SCENES_URI")
+        raise ReachedTheStack
+
+    monkeypatch.setattr(demo_module, "stack", reached)
+    monkeypatch.setenv("SKUFORGE_GENERATION_PARAMETERS", '{"scene": "photo"}')
+    monkeypatch.setenv("SKUFORGE_SCENES_URI", "")  # so that the demo's own setting is undone after
+    monkeypatch.delenv("SKUFORGE_SCENES_URI")
+    with pytest.raises(ReachedTheStack):
+        demo_main(["--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "up")])
+    assert "invalid configuration" not in capsys.readouterr().err
+    assert given["scenes"] == str(demo_module.SAMPLE_SCENES)
+
+
+def test_photo_scenes_in_the_shell_stop_a_synthetic_demo_whose_stack_gets_no_scenes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, no_stack: None
+) -> None:
+    """Synthetic SKUs get no sample scenes: the stack would refuse the setting, so the demo does at once."""
+    monkeypatch.setenv("SKUFORGE_GENERATION_PARAMETERS", '{"scene": "photo"}')
+    monkeypatch.delenv("SKUFORGE_SCENES_URI", raising=False)
+    out = tmp_path / "out"
+    argv = ["--synthetic", "--synthetic-skus", "1", "--photos-per-sku", "1", "--size", "64"]
+    assert demo_main([*argv, "--out", str(out), "--workdir", str(tmp_path / "up")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skuforge demo: invalid configuration:") and "scene" in err
+    assert "SKUFORGE_SCENES_URI" not in os.environ
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("option", ["--out", "--workdir"])
 def test_demo_refuses_a_file_where_its_folders_go_before_starting_anything(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], no_stack: None, option: str

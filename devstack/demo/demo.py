@@ -220,18 +220,28 @@ def started_stack_variants(variants: int | None) -> str:
     return os.environ.get("SKUFORGE_GENERATION_VARIANTS_PER_SKU") or str(DEFAULT_VARIANTS)
 
 
+def started_stack_scenes(synthetic: bool) -> dict[str, str]:
+    """What a stack the demo starts gets in place of the shell's SKUFORGE_SCENES_URI: for real photos,
+    when the shell names no scenes, the sample store photos (docs/evaluation.md: what real scenes do
+    for a classifier); else nothing (the shell's, or none)."""
+    if synthetic or os.environ.get("SKUFORGE_SCENES_URI") or not SAMPLE_SCENES.is_dir():
+        return {}
+    return {"SKUFORGE_SCENES_URI": str(SAMPLE_SCENES)}
+
+
 @contextlib.contextmanager
-def _environ_with(name: str, value: str) -> Iterator[None]:
-    """``os.environ`` with ``name`` set to ``value`` within the block, and as it was after it."""
-    before = os.environ.get(name)
-    os.environ[name] = value
+def _environ_with(values: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set within the block, and as it was after it."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _stack_ended_by_itself(process: subprocess.Popen[bytes], log_path: Path) -> None:
@@ -559,9 +569,15 @@ def main(argv: list[str] | None = None) -> int:
         from skuforge_cli.main import load_all_settings
 
         try:
-            # With the variants the stack is given: the shell's are replaced by --variants, and empty
-            # ones by the demo's default, and those stopped the demo (exit 2) for a stack that would run.
-            with _environ_with("SKUFORGE_GENERATION_VARIANTS_PER_SKU", started_stack_variants(args.variants)):
+            # With the variants and scenes the stack is given: the shell's variants are replaced by
+            # --variants, and empty ones by the demo's default, and those stopped the demo (exit 2) for a
+            # stack that would run; so did a shell's {"scene": "photo"} for real photos, which the stack
+            # composites onto the sample scenes.
+            stack_gets = {
+                "SKUFORGE_GENERATION_VARIANTS_PER_SKU": started_stack_variants(args.variants),
+                **started_stack_scenes(args.synthetic),
+            }
+            with _environ_with(stack_gets):
                 own_stack = stack_settings_before_start(workdir)
                 load_all_settings(**own_stack)
         except ConfigError as exc:
@@ -598,9 +614,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"({how_to_stop(running_state)}) and run the demo again",
                     file=sys.stderr,
                 )
-        elif not args.synthetic and not os.environ.get("SKUFORGE_SCENES_URI") and SAMPLE_SCENES.is_dir():
-            # Real photos go on real scenes (docs/evaluation.md: what that does for a classifier).
-            os.environ["SKUFORGE_SCENES_URI"] = str(SAMPLE_SCENES)
+        elif scenes := started_stack_scenes(args.synthetic):
+            os.environ.update(scenes)  # real photos go on real scenes
             _say(
                 f"scenes: the sample store photos in {_shown(SAMPLE_SCENES)} (SKUFORGE_SCENES_URI sets yours)"
             )
