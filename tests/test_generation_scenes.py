@@ -640,6 +640,27 @@ def test_a_sku_never_gets_a_scene_tagged_like_its_series() -> None:
     assert {s.parameters["scene"] for s in only_cola.generate(cola)} & {PHOTO_SCENE} == set()
 
 
+def test_a_scene_key_asked_for_that_is_tagged_like_the_sku_is_refused_not_served() -> None:
+    # Drawn keys left out the SKU's own photos, but a key asked for (a replay, or scene_key in
+    # SKUFORGE_GENERATION_PARAMETERS for every SKU) was served as asked: a lemon on a pile of lemons.
+    scenes = library(
+        ("lemon/a.png", textured_scene(40, 40, (150, 150, 40), 1)),
+        ("shelves/b.png", textured_scene(40, 40, (40, 40, 150), 2)),
+    )
+    reference, mask = marker_reference()
+    backend = CompositeBackend(scenes, 1.0)
+    asked = request(reference, mask, seed=4, n=2, size=64, scene_key="lemon/a.png")
+    for own in ({"series": "Lemon"}, {"own_names": ("Fruit", "lemon")}):
+        with pytest.raises(CompositeError, match=r"scene_key 'lemon/a\.png' is tagged like this SKU's"):
+            backend.generate(dataclasses.replace(asked, **own))
+    # Another SKU gets it, and the SKU gets a photo of another kind.
+    assert {s.parameters["scene_key"] for s in backend.generate(asked)} == {"lemon/a.png"}
+    shelves = dataclasses.replace(
+        asked, series="Lemon", parameters={**asked.parameters, "scene_key": "shelves/b.png"}
+    )
+    assert {s.parameters["scene_key"] for s in backend.generate(shelves)} == {"shelves/b.png"}
+
+
 def test_a_sku_never_gets_a_scene_tagged_like_its_category_or_name_even_without_a_series(
     tmp_path: Path,
 ) -> None:

@@ -369,6 +369,14 @@ class CompositeBackend:
                     "series, category or name (a product is never composited onto photos of itself)"
                 )
             plan = drawn.override(asked, self.scenes)
+            # Only a key asked for can be the SKU's own: a drawn one is among its keys_for already.
+            scenes = self.scenes if plan.scene == PHOTO_SCENE else None
+            if scenes is not None and scenes.tagged_like(plan.scene_key, *own_names):
+                raise CompositeError(
+                    f"scene_key {plan.scene_key!r} is tagged like this SKU's series, category or name "
+                    "(a product is never composited onto photos of itself): name a photo of another "
+                    "folder, or leave scene_key out to draw one"
+                )
             # The scene's own randomness comes from the plan, so the reported parameters replay it.
             scene_rng, extra_rng, noise_rng = (
                 np.random.default_rng(s) for s in np.random.SeedSequence(plan.scene_seed).spawn(3)

@@ -154,9 +154,19 @@ class SceneLibrary:
         The whole tag must match (``series_tag``), not a part of it: "Lemon" excludes ``Lemon/`` and
         ``lemon/``, not ``lemons/`` or ``lemon-tea/``.
         """
-        # A blank name ("  ") has an empty tag, which is the top level's: it excludes nothing.
-        own = {series_tag(name) for name in own_names if name} - {""}
+        own = _own_tags(own_names)
         return [key for key, scene in self._by_key.items() if scene.tag not in own]
+
+    def tagged_like(self, key: str, *own_names: str | None) -> bool:
+        """Whether the scene under ``key`` is tagged like any of ``own_names``: one ``keys_for`` leaves
+        out, which a request naming it must not get either."""
+        return self.get(key).tag in _own_tags(own_names)
+
+
+def _own_tags(own_names: tuple[str | None, ...]) -> set[str]:
+    """The tags of a SKU's names; a blank name ("  ") has an empty tag, which is the top level's: it
+    excludes nothing."""
+    return {series_tag(name) for name in own_names if name} - {""}
 
 
 def series_tag(name: str) -> str:
