@@ -705,6 +705,7 @@ def test_the_scene_check_covers_the_files_the_scene_library_loads_and_no_others(
     (scenes / "README.txt").write_bytes(held)
     (scenes / "shelves" / "scan.jpg").touch()
     make_huge_and_unreadable(scenes / "shelves" / "scan.jpg", monkeypatch)
+    os.mkfifo(scenes / "shelves" / "pipe.jpg")  # read, it waited for a writer: the check hung for good
     files, hashes, notes = scene_files(f"file://{scenes}")
     aisle = str(scenes / "shelves" / "aisle.jpg")
     assert [name for name, _ in files] == [aisle] and [name for name, _ in hashes] == [aisle]
@@ -715,6 +716,8 @@ def test_the_scene_check_covers_the_files_the_scene_library_loads_and_no_others(
             f"{', '.join(sorted(PHOTO_FILE_SUFFIXES))}) (the generator skips it too)",
             f"scene file {scenes / 'shelves' / 'scan.jpg'} not checked: too_large_bytes: {HUGE_FILE_BYTES} "
             f"bytes; at most {limit} are allowed (the generator skips it too)",
+            f"scene file {scenes / 'shelves' / 'pipe.jpg'} not checked: unreadable: not a regular file (a "
+            "pipe, socket or device) (the generator skips it too)",
             "1 scene file(s) in NAS thumbnail folders (@eaDir) not checked: a NAS's copies of the photos, "
             "not scenes (the generator leaves them out too)",
         ]

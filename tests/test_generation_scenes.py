@@ -516,6 +516,23 @@ def test_unreadable_and_badly_named_scene_files_are_skipped_and_the_rest_load(
         assert any(shown in line and reason in line for line in logged), (key, logged)
 
 
+def test_a_pipe_named_like_a_scene_photo_is_skipped_not_waited_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Opened to be read, a named pipe waits for a writer that never comes: the generator's start-up
+    # (and evaluate's scene check, which reads the library's files the same way) hung on it for good.
+    write_scenes(tmp_path, "shelves/good.png")
+    os.mkfifo(tmp_path / "shelves" / "pipe.jpg")
+    before = skipped_total("unreadable")
+    with caplog.at_level(logging.WARNING, logger="shared.generation.scenes"):
+        scenes = SceneLibrary.load(FileStore(tmp_path))
+    assert scenes.keys_for() == ["shelves/good.png"]
+    reason = "unreadable: not a regular file (a pipe, socket or device)"
+    assert scenes.skipped == {"shelves/pipe.jpg": reason}
+    assert skipped_total("unreadable") - before == 1
+    assert any(f"{tmp_path}/shelves/pipe.jpg skipped: {reason}" in r.getMessage() for r in caplog.records)
+
+
 def test_a_nas_thumbnail_folder_is_no_scene(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # Synology keeps "@eaDir" (resized copies of each photo) in every folder it shares: they loaded as
     # scenes, the top-level one under the tag "eadir", each shelf photo then drawn two or three times

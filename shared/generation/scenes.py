@@ -8,7 +8,8 @@ more than ``max_bytes`` (``SKUFORGE_MAX_IMAGE_BYTES``: ``too_large_bytes``, refu
 and one with another suffix (``not_a_photo_suffix``: a GIF, a README): the reason is logged and counted in
 ``skuforge_generator_scenes_skipped_total{reason}``; the library never fails because of one file.
 So is a key the store refuses (``shelves//a.jpg`` in S3, a file name with a backslash or a newline)
-and, in a local folder, a file the OS will not read (permission denied, a symlink loop). Only a
+and, in a local folder, a file the OS will not read (permission denied, a symlink loop) or one
+that is no regular file (a named pipe, which would keep the load waiting for a writer). Only a
 remote store that fails mid-load fails start-up: then the store is down, not one file. Hidden files
 and folders (macOS's "._NAME" beside each photo), ``__MACOSX`` and the files desktops leave
 (``Thumbs.db``) are no one's scenes: they are left out without a word, and not counted. Neither are a
@@ -30,9 +31,11 @@ empty.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import unicodedata
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import numpy.typing as npt
@@ -245,6 +248,9 @@ def _bad_key(key: str) -> str | None:
 def _scene_bytes(store: ObjectStore, key: str, max_bytes: int) -> bytes | str:
     """The bytes under a valid ``key``, or why they cannot be read (``unreadable: ...``, and past
     ``max_bytes`` ``too_large_bytes: ...``, refused by the stored size before any byte is read)."""
+    if isinstance(store, FileStore) and _not_a_regular_file(store.root.joinpath(*key.split("/"))):
+        # Opened to be read, a named pipe waits for a writer: start-up hung on it, for good.
+        return "unreadable: not a regular file (a pipe, socket or device)"
     try:
         return store.get_bytes_at_most(key, max_bytes)
     except TransientError as exc:
@@ -260,6 +266,15 @@ def _scene_bytes(store: ObjectStore, key: str, max_bytes: int) -> bytes | str:
         return f"unreadable: {type(exc).__name__}"
     except OSError as exc:
         return f"unreadable: {type(exc).__name__}"
+
+
+def _not_a_regular_file(path: Path) -> bool:
+    """Whether ``path`` (links followed) is there and is no regular file: a pipe, socket or device.
+    One that is not there, or cannot be looked at, is left to the read to name."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _os_error_detail(exc: TransientError) -> str:
