@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import math
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -48,13 +49,14 @@ VARIANTS = 3
 SIZE_PX = 128
 
 
-def generation_settings(triton: TritonServerProcess) -> GenerationSettings:
+def generation_settings(triton: TritonServerProcess, **overrides: object) -> GenerationSettings:
     return load_settings(
         GenerationSettings,
         generation_triton_url=triton.grpc_url,
         generation_variants_per_sku=VARIANTS,
         generation_size_px=SIZE_PX,
         generation_triton_timeout_s=30.0,
+        **overrides,
     )
 
 
@@ -505,6 +507,55 @@ def test_triton_down_mid_run_loses_and_duplicates_nothing(
     check_generated(s3_store, [e.payload for e in envelopes], before + after)
     letters = read_topic(kafka_bootstrap, settings.dlq_name(SKU_CAPTIONED), expect=0, timeout_s=3)
     assert letters == []
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_a_model_triton_does_not_serve_backs_off_as_model_missing_and_loses_nothing(
+    kafka_bootstrap: str, tmp_path: Path, triton: TritonServerProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Triton is up and serves composite only; the stage asks for diffusion (a backend setting out of step
+    # with what `serve generator` serves). It backed off for ever as "unavailable", the kind of Triton
+    # being down, so the alert and its runbook pointed at a Triton that was up.
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
+    create_topics(settings, SKU_CAPTIONED, IMAGE_GENERATED)
+    stage = build_stage(
+        settings=settings, generation=generation_settings(triton, generation_backend="diffusion")
+    )
+    sku = captioned_sku(stage.store, 51)
+    produce(settings, SKU_CAPTIONED, [sku])
+    model = {"model": "skuforge_generator_diffusion"}
+    with caplog.at_level(logging.WARNING), running(stage):
+        deadline = time.monotonic() + 120  # a guard against hanging, not a measure
+        while stage.metrics.retries.labels("generator", "GeneratorUnavailable")._value.get() < 2:
+            assert time.monotonic() < deadline, "the stage never backed off"
+            time.sleep(0.1)
+        assert not stage.ready()
+    missing_calls = stage.metrics.registry.get_sample_value(
+        "skuforge_triton_errors_total", {**model, "kind": "model_missing"}
+    )
+    assert missing_calls is not None and missing_calls >= 2
+    unavailable = stage.metrics.registry.get_sample_value(
+        "skuforge_triton_errors_total", {**model, "kind": "unavailable"}
+    )
+    assert unavailable == 0
+    paused = [r for r in caplog.records if r.getMessage() == "transient fault; partition paused"]
+    assert paused, "no back-off was logged"
+    error = getattr(paused[0], "error", "")
+    assert f"Triton at {triton.grpc_url} does not serve skuforge_generator_diffusion" in error, error
+    assert "not loaded on that server" in error, error
+    assert read_topic(kafka_bootstrap, settings.topic_name(IMAGE_GENERATED), expect=0, timeout_s=2) == []
+    assert read_topic(kafka_bootstrap, settings.dlq_name(SKU_CAPTIONED), expect=0, timeout_s=2) == []
+
+    # Nothing was committed: once the stage asks for a model Triton serves, the SKU gets its images.
+    fixed = build_stage(settings=settings, generation=generation_settings(triton), store=stage.store)
+    with running(fixed):
+        records = read_topic(
+            kafka_bootstrap, settings.topic_name(IMAGE_GENERATED), expect=VARIANTS, timeout_s=120
+        )
+    envelopes = [Envelope[ImageGenerated].model_validate_json(r.value) for r in records]
+    assert len({e.event_id for e in envelopes}) == len(envelopes) == VARIANTS
+    check_generated(stage.store, [e.payload for e in envelopes], [sku])
 
 
 @pytest.mark.kafka

@@ -379,6 +379,28 @@ def test_a_model_that_raises_is_retried_and_counted_apart_from_triton_being_away
     assert "skuforge_generator_composite raised" in message and "upgrade it" in message, message
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_model_triton_does_not_serve_is_told_apart_from_triton_being_away(
+    triton: TritonServerProcess, protocol: str
+) -> None:
+    # This Triton serves composite only (``serve generator --backend composite``); the stage asks for
+    # diffusion. Triton answers NOT_FOUND (HTTP 404), which was counted "unavailable" and read as Triton
+    # being down, while Triton was up and the fault was which models it serves.
+    url = triton.grpc_url if protocol == "grpc" else triton.http_url
+    client = TritonGenerator(url, protocol=protocol, timeout_s=30.0, concurrency=1)
+    try:
+        with pytest.raises(GeneratorUnavailable) as raised:
+            client.generate("diffusion", [variant(1)])
+    finally:
+        client.close()
+    assert raised.value.kind == "model_missing"
+    message = str(raised.value)
+    assert f"Triton at {url} does not serve skuforge_generator_diffusion" in message, message
+    assert "not loaded on that server" in message and "SKUFORGE_GENERATION_BACKEND_MIX" in message, message
+    assert isinstance(raised.value, TransientError)  # backed off and retried, never dead-lettered
+    assert client.last_call_ok is False  # the stage's readiness
+
+
 def _descendants(pid: int) -> list[int]:
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return [descendant for child in map(int, children) for descendant in (child, *_descendants(child))]

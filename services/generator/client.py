@@ -1,7 +1,8 @@
 """The stage's side of the Triton contract: one request per variant, sent concurrently.
 
-Triton down, a model not loaded yet, a full queue (overload) or a timeout raise
-``GeneratorUnavailable``, a ``TransientError``: the runtime pauses the partition, backs off and
+Triton down, a model not loaded yet, a model the server does not serve (``model_missing``: a deployment
+fault, which no input cures), a full queue (overload) or a timeout raise ``GeneratorUnavailable``, a
+``TransientError``: the runtime pauses the partition, backs off and
 retries, and commits nothing meanwhile. Every variant drawn is kept until the stage hands it back
 (``forget``, once the input it was drawn for is committed), and a retry sends only the others, in
 every round of the batch (``CONCURRENCY_LIMIT``: more in flight than Triton holds is turned away),
@@ -56,13 +57,15 @@ CONCURRENCY_LIMIT = (
 _CLIENT_ERRORS = ("StatusCode.INVALID_ARGUMENT", "400")
 # ... of a model that raised: retried, counted apart from Triton being away.
 _INTERNAL = ("StatusCode.INTERNAL", "500")
+# ... of a model this server does not serve (not in its repository, not loaded): retried, counted apart.
+_MODEL_MISSING = ("StatusCode.NOT_FOUND", "404")
 
 
 class GeneratorUnavailable(TransientError):
     """Triton could not take the request now (down, loading, overloaded, slow); retry later.
 
     ``kind`` says which, for the metrics: ``overloaded`` (queue full), ``timeout``, ``internal`` (the model
-    raised) or ``unavailable``.
+    raised), ``model_missing`` (Triton is up but does not serve the model) or ``unavailable``.
     """
 
     def __init__(self, message: str, kind: str = "unavailable") -> None:
@@ -382,6 +385,17 @@ def _explain(status: str, message: str, url: str, backend: str) -> tuple[str, st
         )
     if "deadline" in lowered or "timeout" in lowered or "DEADLINE" in status:
         return f"Triton at {url} timed out on {model_name(backend)}: {message}", "timeout"
+    if status in _MODEL_MISSING:
+        # Triton is up and answered: the model is not among those it serves. Counted "unavailable", it
+        # read as Triton being down. Still retried: fixing the deployment must find the input uncommitted.
+        return (
+            f"Triton at {url} does not serve {model_name(backend)} ({status}): {message}; the model is not "
+            "loaded on that server: check the backends it serves (skuforge serve generator --backend, "
+            "SKUFORGE_GENERATION_BACKEND there) or its model repository against this stage's "
+            "SKUFORGE_GENERATION_BACKEND_MIX / SKUFORGE_GENERATION_BACKEND and "
+            "SKUFORGE_GENERATION_TRITON_URL; retried meanwhile",
+            "model_missing",
+        )
     if status in _INTERNAL:
         # The model raised. Today's server answers every refusal and failure in its error column and
         # raises for none, so this is a server fault, retried like Triton being away; an older server

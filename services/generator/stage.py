@@ -40,9 +40,10 @@ others draw its variants, logged ("photo unreadable, its variants drawn from the
 counted (``skuforge_generator_photos_left_out_total{reason}``); a photo ``object_missing`` (which a
 replay may cure) or none readable still sends the SKU to the DLQ, and a letter for the variants of the
 readable photos (all refused) names the unreadable ones in its detail too. Triton down, loading,
-overloaded or slow is transient: the partition is paused and retried, nothing is committed, and the
-variants Triton did draw are not drawn again (the client keeps them until their input is committed,
-``TritonGenerator.forget``, and a failed batch's SKUs retried alone each find theirs).
+overloaded, slow or not serving the model asked for is transient: the partition is paused and
+retried, nothing is committed, and the variants Triton did draw are not drawn again (the client keeps
+them until their input is committed, ``TritonGenerator.forget``, and a failed batch's SKUs retried
+alone each find theirs).
 
 The model: served by ``skuforge serve generator`` (``services/generator/server.py``); this
 stage only calls it (``services/generator/client.py``). Knobs: ``shared/generation/settings.py``.
@@ -87,6 +88,7 @@ TRITON_ERROR_KINDS = (
     "timeout",
     "unavailable",
     "internal",
+    "model_missing",
     "malformed",
     "refused",
     "backend_error",
@@ -105,7 +107,9 @@ class GeneratorMetrics:
             "full and turned the request away), timeout, unavailable (Triton away, a store the model reads, "
             "such as the adapter registry, or a model cache that refuses or cannot hold an adapter's copy: "
             "retried, never dead-lettered), internal (the model raised: a server fault, or an older "
-            "generator server raising on a variant; retried), malformed (our request), "
+            "generator server raising on a variant; retried), model_missing (Triton is up but does not "
+            "serve the model: a backend it does not serve, or its model repository; retried), "
+            "malformed (our request), "
             "refused (the model refused the variant), backend_error (the model raised on the variant even "
             "when served alone: retried as a handler error, then dead-lettered).",
             ["model", "kind"],
