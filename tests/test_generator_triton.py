@@ -900,3 +900,23 @@ def test_a_refusal_the_registry_may_lift_is_asked_again_on_the_retry(monkeypatch
     assert not reached_when_away
     assert isinstance(retried, VariantResult), retried
     assert client.last_call_ok
+
+
+def test_readiness_stays_false_while_one_models_calls_fail_though_anothers_are_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stage calls a mix's models together, and readiness was whichever call ended last: a model that
+    could not serve (not loaded, its store away) for good, beside one that served, read as ready."""
+    with poisoned_triton(monkeypatch, models=("composite", "diffusion")) as (url, _):
+        client = TritonGenerator(url, concurrency=2)
+        try:
+            with pytest.raises(GeneratorUnavailable):
+                client.generate("diffusion", [variant(17)])  # its store away: not served
+            client.generate("composite", [variant(1)])
+            while_diffusion_fails = client.last_call_ok
+            (served,) = client.generate("diffusion", [variant(2)])
+        finally:
+            client.close()
+    assert not while_diffusion_fails
+    assert isinstance(served, VariantResult)
+    assert client.last_call_ok  # every model's last call reached it

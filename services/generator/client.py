@@ -104,7 +104,10 @@ class TritonGenerator:
         self.concurrency = concurrency
         self._pools: dict[str, ThreadPoolExecutor] = {}  # by backend, made on its first call
         self._lock = threading.Lock()  # the pools and the answers kept: calls for several models at once
-        self.last_call_ok = True  # readiness: the last call reached the model
+        # Readiness, by backend: whether its last call reached its model. One flag for all, the stage's
+        # calls of a mix's models together left it to whichever ended last: a model that could not
+        # serve for good (not loaded), beside one that served, read as ready.
+        self._reached: dict[str, bool] = {}
         self._told_missing: set[str] = set()  # optional inputs an older model lacked, logged once
         # Every answer by (backend, request digest), oldest first, until the stage hands it back
         # (``forget``): a retry sends only the rest. Before, one overload refusal threw away every variant
@@ -117,6 +120,12 @@ class TritonGenerator:
         self._kept: OrderedDict[tuple[str, str], VariantResult | BadInput] = OrderedDict()
         self._asked: Counter[tuple[str, str]] = Counter()  # the requests of the calls in hand
         self.keep_at_most = keep_at_most
+
+    @property
+    def last_call_ok(self) -> bool:
+        """Readiness: the last call for each model reached it (True before any call)."""
+        with self._lock:
+            return all(self._reached.values())
 
     def close(self) -> None:
         """Stop the worker threads."""
@@ -150,7 +159,8 @@ class TritonGenerator:
         try:
             optional = self._optional_inputs(backend)
         except GeneratorUnavailable:
-            self.last_call_ok = False
+            with self._lock:
+                self._reached[backend] = False
             raise
         keys = [variant.digest for variant in variants]
         asked = [(backend, key) for key in keys]
@@ -212,7 +222,7 @@ class TritonGenerator:
                 if key in answered:
                     self._kept[backend, key] = answered[key]
             self._let_go_past_bound()
-        self.last_call_ok = unavailable is None and not stood_in
+            self._reached[backend] = unavailable is None and not stood_in
         if unavailable is not None and unavailable.kind == "overloaded":
             log.warning(
                 "Triton turned %d of %d requests to %s away as overloaded; the %d answered are kept "
