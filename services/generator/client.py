@@ -157,7 +157,10 @@ class TritonGenerator:
         and a variant's failure (``GeneratorFailed``, a malformed request's RuntimeError) before that.
         Either is raised once every request sent is answered, and the answers are kept for the retry."""
         try:
-            optional = self._optional_inputs(backend)
+            # On the backend's own workers, as the requests are: the stage calls from a new thread each
+            # round, and a client made for each such thread stayed open (over HTTP, 4 descriptors each:
+            # gevent's hub and a connection; the stage aborted once it had none left).
+            optional = self._pool(backend).submit(self._optional_inputs, backend).result()
         except GeneratorUnavailable:
             with self._lock:
                 self._reached[backend] = False
