@@ -31,7 +31,8 @@ deleted or altered, or one the compositor refuses, is left out of the set (logge
 non-inpainting base model swapped in under a running trainer, an empty set, every photo left out)
 is marked failed with its reason (``lora-trainer/jobs/<hash>/failed.json``) and not retried until
 its inputs change or the file is deleted (a general one is not planned again, nor its request files
-read, while the accepted images are the same); the other jobs go on. A job whose training raises
+read, while the accepted images are the same, after a restart too: ``general.json`` records it); the
+other jobs go on. A job whose training raises
 anything else (a bug, NaN paint, a ``ValueError`` of torch's) is tried again at the next polls,
 ``JOB_MAX_ATTEMPTS`` times in all (counted in ``lora-trainer/jobs/<hash>/attempts.json``, so a
 restart does not reset them; one that cannot be read starts the count again, with a warning naming
@@ -324,6 +325,12 @@ def _text(record: dict[str, Any], field: str) -> str:
     return value
 
 
+def _requests_digest(covered_keys: Sequence[str], picked: Sequence[str]) -> str:
+    """A short stand-in for a general job's request files (every one recorded, and those it picked), as
+    ``general.json`` records a failed one: listed, they doubled the file's size."""
+    return sha256_hex(json.dumps([list(covered_keys), list(picked)]).encode())
+
+
 def _checked_general_state(data: bytes) -> dict[str, Any]:
     """``general.json``'s object, each field it holds of the type the plan reads (``ValueError`` if not:
     truncated, not JSON, or ``accepted_count`` "3" failed the plan at every poll)."""
@@ -472,10 +479,9 @@ class LoraTrainer:
             max_bytes=max_image_bytes,
         )
         self._painter: Any = None  # the base model's pipeline while a job paints its class images
-        # The general job last found failed for good: not planned again while the same request files
-        # would plan it (``_general_failed_again``). Kept in memory: its hash's other inputs (recipe,
-        # model, class folder) are fixed for the process's life, and a restart plans it once more.
-        self._general_failed: Job | None = None
+        # What a general job's hash holds besides its sources: a failure general.json records under
+        # other inputs (another recipe, model or class folder before a restart) is not this job's.
+        self._general_inputs = self._hash_without_sources("general")
         self.paint_dtype = paint_dtype
 
     # -- thread --
@@ -594,7 +600,7 @@ class LoraTrainer:
                 return None
             picked, accepted_count = _spread(keys, self.settings.lora_general_max_images), len(keys)
             covered_keys = tuple(keys)
-            if self._general_failed_again(covered_keys, tuple(picked)):
+            if self._general_failed_again(state, covered_keys, tuple(picked)):
                 return None
         sources = []
         unreadable = 0
@@ -615,16 +621,43 @@ class LoraTrainer:
             covered_keys=covered_keys,
         )
 
-    def _general_failed_again(self, covered_keys: tuple[str, ...], picked: tuple[str, ...]) -> bool:
+    def _general_failed_again(
+        self, state: dict[str, Any], covered_keys: tuple[str, ...], picked: tuple[str, ...]
+    ) -> bool:
         """Whether these request files (every one recorded, and the spread picked of them) plan the general
-        job last found failed for good, its ``failed.json`` still there. Planned again, every poll read
-        each picked request file (up to SKUFORGE_LORA_GENERAL_MAX_IMAGES) only to find it failed, until
-        new images came. Told by name, as new images are: a new one, or one deleted, plans a new job, and
-        deleting ``failed.json`` (an operator's retry) plans this one again."""
-        failed = self._general_failed
-        if failed is None or failed.covered_keys != covered_keys or failed.accepted_keys != picked:
+        job ``general.json`` records as failed for good (``failed``), under this trainer's other inputs,
+        its ``failed.json`` still there. Planned again, every poll read each picked request file (up to
+        SKUFORGE_LORA_GENERAL_MAX_IMAGES) only to find it failed, until new images came; remembered in
+        the process only, every restart did so once more. Told by name, as new images are: a new one, or
+        one deleted, plans a new job, and deleting ``failed.json`` (an operator's retry) plans this one
+        again. A record this version cannot read is no record: the job is planned, and found failed."""
+        failed = state.get("failed")
+        if not (
+            isinstance(failed, dict)
+            and failed.get("inputs") == self._general_inputs
+            and failed.get("requests") == _requests_digest(covered_keys, picked)
+            and isinstance(failed.get("job"), str)
+            and re.fullmatch(r"[0-9a-f]{64}", failed["job"])
+        ):
             return False
-        return self.store.exists(f"{PREFIX}/jobs/{failed.sha256}/failed.json")
+        return self.store.exists(f"{PREFIX}/jobs/{failed['job']}/failed.json")
+
+    def _general_failed_for_good(self, job: Job) -> None:
+        """Record in ``general.json`` that ``job`` (the general job) failed for good: no longer under way
+        (new images plan a new job), and not planned again while the same request files would plan it
+        (``_general_failed_again``), by this process or the next."""
+        state = self._general_state() or {}
+        wanted = dict(state)
+        wanted.pop("in_flight", None)
+        wanted.pop("failed", None)
+        if job.covered_keys is not None:  # a job an earlier release started is not told by name
+            wanted["failed"] = {
+                "job": job.sha256,
+                "inputs": self._general_inputs,
+                "requests": _requests_digest(job.covered_keys, job.accepted_keys),
+            }
+        if wanted != state:
+            self.store.put_json(GENERAL_STATE_KEY, wanted)
 
     def _general_state(self) -> dict[str, Any] | None:
         """``general.json`` as stored; None before the first accepted image started its clock.
@@ -666,6 +699,25 @@ class LoraTrainer:
         coverage = job.coverage()
         if state.get("covered") != coverage["covered"]:
             self.store.put_json(GENERAL_STATE_KEY, {**state, **coverage})
+
+    def _hash_without_sources(self, kind: str) -> str:
+        """A fingerprint of what a ``kind`` job's hash holds besides its sources and series: the base
+        model, the model folder, the recipe and every class-folder image a job may draw."""
+        count = self.recipe.class_images if self.recipe.prior_loss_weight > 0 else 0
+        folder = [
+            (name, digest)
+            for name, digests in sorted(self._class_folder.digests.items())
+            for digest in digests[:count]
+        ]
+        return training_set_sha256(
+            kind=kind,
+            series=None,
+            base_model=self.base_model,
+            model_digest=self.model_digest,
+            sources=[],
+            recipe=self.recipe,
+            class_folder=folder,
+        )
 
     def _hash(self, kind: str, series: str | None, sources: list[InstanceSource]) -> str:
         # The class-folder images this job trains on (its classes' first recipe.class_images): a
@@ -779,8 +831,7 @@ class LoraTrainer:
         failed_key = f"{job_prefix}/failed.json"
         if self.store.exists(failed_key):
             if job.kind == "general":
-                self._general_in_flight(None)  # not finished first for ever: new images plan a new job
-                self._general_failed = job
+                self._general_failed_for_good(job)
             return None  # cannot train as configured; new inputs (a new hash) or a new recipe retry
         result_key = f"{job_prefix}/result.json"
         if self.store.exists(result_key):
@@ -811,8 +862,7 @@ class LoraTrainer:
             if error is not None:
                 self._after_failure(job, job_prefix, error)  # raises unless the job failed for good
                 if job.kind == "general":
-                    self._general_in_flight(None)
-                    self._general_failed = job
+                    self._general_failed_for_good(job)
                 return None
         return self._publish(job, job_prefix, marker)
 

@@ -1,0 +1,99 @@
+"""The LoRA trainer, review 34: a general job that failed for good stays remembered across a restart.
+
+Training is stubbed where what is trained is not the point (``stub_training``), so this file runs on
+CPU in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from services.lora_trainer.stage import PREFIX
+from shared.store import FileStore
+from tests.support.lora import gate_accepted, model_folder, record_accepted_event, served, trainer_on
+
+
+class _CountingStore(FileStore):
+    """A file store that keeps the keys it was asked to read, in order."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reads: list[str] = []
+
+    def _read(self, key: str) -> bytes:
+        self.reads.append(key)
+        return super()._read(key)
+
+
+def _request_reads(store: _CountingStore) -> list[str]:
+    """The ``accepted/`` request files read since the last look (a general plan reads its picks)."""
+    reads = [key for key in store.reads if key.startswith(f"{PREFIX}/accepted/")]
+    store.reads.clear()
+    return reads
+
+
+def _failed_general_job(tmp_path: Path, store: _CountingStore) -> str:
+    """A general job on three accepted images, each expired since (docs/diffusion.md), marked failed for
+    good by a first trainer; its hash."""
+    for variant in (0, 1, 2):
+        record_accepted_event(store, gate_accepted(store, variant))
+        store.delete(f"fixtures/gen-001-{variant:02d}/image.png")  # expired (the lifecycle rule)
+    trainer = trainer_on(
+        store, model_folder(tmp_path, "m"), lora_class_images=0, lora_general_after_accepted=1
+    )
+    [job] = trainer.plan()
+    assert trainer.run_pending() == []
+    failed = json.loads(store.get_bytes(f"{PREFIX}/jobs/{job.sha256}/failed.json"))
+    assert failed["reason"].startswith("object_missing")
+    _request_reads(store)
+    return job.sha256
+
+
+def test_a_general_job_failed_for_good_is_not_planned_again_after_a_restart(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    """Remembered only in the process, the failure was forgotten at each restart (a redeploy, a node
+    drained): the first poll planned the job again, reading every request file it picked (up to
+    SKUFORGE_LORA_GENERAL_MAX_IMAGES) only to find its failed.json."""
+    store = _CountingStore(tmp_path / "store")
+    sha256 = _failed_general_job(tmp_path, store)
+
+    restarted = trainer_on(store, tmp_path / "m", lora_class_images=0, lora_general_after_accepted=1)
+    assert restarted.plan() == [] and restarted.run_pending() == []
+    assert _request_reads(store) == []
+    assert stub_training == []
+
+    # Deleting failed.json is still how an operator retries it (docs/diffusion.md).
+    store.delete(f"{PREFIX}/jobs/{sha256}/failed.json")
+    [again] = restarted.plan()
+    assert again.sha256 == sha256 and len(_request_reads(store)) == 3
+
+
+def test_a_general_job_failed_for_good_is_planned_again_by_a_trainer_of_another_recipe(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    """A restart with another recipe (or model, or class folder) makes the same images another job, which
+    has not failed: the remembered failure must not hold it back."""
+    store = _CountingStore(tmp_path / "store")
+    sha256 = _failed_general_job(tmp_path, store)
+
+    restarted = trainer_on(
+        store, tmp_path / "m", lora_class_images=0, lora_general_after_accepted=1, lora_max_steps=400
+    )
+    [job] = restarted.plan()
+    assert job.sha256 != sha256 and len(_request_reads(store)) == 3
+
+
+def test_a_new_accepted_image_after_a_restart_plans_a_new_general_job(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    store = _CountingStore(tmp_path / "store")
+    sha256 = _failed_general_job(tmp_path, store)
+
+    restarted = trainer_on(store, tmp_path / "m", lora_class_images=0, lora_general_after_accepted=1)
+    record_accepted_event(store, gate_accepted(store, 3))
+    [new] = restarted.plan()
+    assert new.sha256 != sha256 and new.accepted_count == 4
+    assert [event.adapter_id for event in restarted.run_pending()] == [new.adapter_id]
+    assert served(store, "any") == new.adapter_id
