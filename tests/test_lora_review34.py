@@ -97,3 +97,24 @@ def test_a_new_accepted_image_after_a_restart_plans_a_new_general_job(
     assert new.sha256 != sha256 and new.accepted_count == 4
     assert [event.adapter_id for event in restarted.run_pending()] == [new.adapter_id]
     assert served(store, "any") == new.adapter_id
+
+
+def test_a_failure_record_this_version_cannot_read_plans_the_job_once_and_is_written_again(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    """``failed`` in general.json is only a memo: mangled (an edit, another release), the job is planned
+    and found failed, as before the record, and the record is written anew; the schedule stays readable."""
+    store = _CountingStore(tmp_path / "store")
+    sha256 = _failed_general_job(tmp_path, store)
+    state = json.loads(store.get_bytes(f"{PREFIX}/general.json"))
+    store.put_json(
+        f"{PREFIX}/general.json", {**state, "failed": {**state["failed"], "job": "../published/x"}}
+    )
+
+    restarted = trainer_on(store, tmp_path / "m", lora_class_images=0, lora_general_after_accepted=1)
+    [job] = restarted.plan()
+    assert job.sha256 == sha256 and len(_request_reads(store)) == 3
+    assert restarted.run_pending() == [] and stub_training == []
+    _request_reads(store)  # run_pending planned it too, before the record was written again
+    assert json.loads(store.get_bytes(f"{PREFIX}/general.json"))["failed"] == state["failed"]
+    assert restarted.plan() == [] and _request_reads(store) == []
