@@ -1,4 +1,5 @@
-"""The LoRA trainer, review 34: a general job that failed for good stays remembered across a restart.
+"""The LoRA trainer, review 34: a general job that failed for good stays remembered across a restart;
+an adapter whose training prompts are longer than its event may carry is still published.
 
 Training is stubbed where what is trained is not the point (``stub_training``), so this file runs on
 CPU in seconds.
@@ -9,9 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from schemas.events import MAX_TAGS, MAX_TRAINING_PROMPT_CHARS, AdapterPublished
 from services.lora_trainer.stage import PREFIX
 from shared.store import FileStore
-from tests.support.lora import gate_accepted, model_folder, record_accepted_event, served, trainer_on
+from tests.support.captioning import captioned_sku
+from tests.support.lora import gate_accepted, model_folder, record, record_accepted_event, served, trainer_on
 
 
 class _CountingStore(FileStore):
@@ -118,3 +121,26 @@ def test_a_failure_record_this_version_cannot_read_plans_the_job_once_and_is_wri
     _request_reads(store)  # run_pending planned it too, before the record was written again
     assert json.loads(store.get_bytes(f"{PREFIX}/general.json"))["failed"] == state["failed"]
     assert restarted.plan() == [] and _request_reads(store) == []
+
+
+def test_a_series_whose_training_prompt_is_longer_than_an_event_may_carry_is_published(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    """A photo's tags go into its training prompt whole: a sku.captioned the schema takes (64 tags of 200
+    characters) made a prompt of 13,000 characters, over AdapterPublished's 8,192. The adapter trained
+    and was registered, then its event failed to build, at every poll for ever (only 'retried'), and
+    the series never got an adapter.published."""
+    store = FileStore(tmp_path / "store")
+    captioned = captioned_sku(store, 1, usable_photos=1, series="cola")
+    tags = [f"tag {index:02d} " + "x" * 190 for index in range(MAX_TAGS)]
+    photo = captioned.photos[0].model_copy(update={"tags": tags})
+    record(store, captioned.model_copy(update={"photos": [photo]}))
+    published: list[AdapterPublished] = []
+    trainer = trainer_on(store, model_folder(tmp_path, "m"), lora_class_images=0)
+    trainer.publish = published.append
+
+    [event] = trainer.run_pending()
+    assert published == [event] and served(store) == event.adapter_id
+    assert event.training_prompts and all(len(p) <= MAX_TRAINING_PROMPT_CHARS for p in event.training_prompts)
+    assert event.training_prompts[0].startswith(captioned.instance_prompt)
+    assert trainer.run_pending() == []  # published: nothing left to do

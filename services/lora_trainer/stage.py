@@ -90,7 +90,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from schemas.envelope import Envelope, derive_id
-from schemas.events import AdapterPublished, GateAccepted, SkuCaptioned
+from schemas.events import MAX_TRAINING_PROMPT_CHARS, AdapterPublished, GateAccepted, SkuCaptioned
 from schemas.flow import LORA_TRAINER
 from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.lora_trainer.config import LoraTrainerSettings
@@ -942,6 +942,10 @@ class LoraTrainer:
         the series' current adapter, and last the published marker (a roll-back's pointer names its
         publication until the marker is written, and is then written again without it)."""
         result, weights = self._trained(job, job_prefix, marker)
+        # Cut to what the event may carry, in the registry alike: a photo's tags go into its prompt whole,
+        # and 64 tags of 200 characters (a sku.captioned the schema takes) failed the event at every poll.
+        # Training read the first 77 tokens of each (CLIP's length) anyway.
+        prompts = [prompt[:MAX_TRAINING_PROMPT_CHARS] for prompt in result["training_prompts"]]
         # Registered and the newest (a retry after a lost ack or a crash), its weights there whole: not
         # written again. Else (a roll-back; a marker deleted, so a roll-back taken for a first
         # publication; the registry's weights lost or altered since) registered again: a new
@@ -961,7 +965,7 @@ class LoraTrainer:
                 kind=job.kind,
                 base_model=self.base_model,
                 series=job.series,
-                training_prompts=result["training_prompts"],
+                training_prompts=prompts,
                 training_set_sha256=job.sha256,
             )
         event = AdapterPublished(
@@ -978,7 +982,7 @@ class LoraTrainer:
             steps=result["steps"],
             final_loss=result["final_loss"],
             resumed_from_step=result["resumed_from_step"],
-            training_prompts=result["training_prompts"],
+            training_prompts=prompts,
             publication=publication,
         )
         self.publish(event)
