@@ -139,3 +139,29 @@ def test_installed_as_a_package_the_official_model_is_looked_for_in_the_working_
     monkeypatch.setattr(session_module, "MODELS_DIR", installed)
     monkeypatch.chdir(tmp_path)
     assert session_module.official_onnx_path() == tmp_path / "var" / "models" / "u2netp-official.onnx"
+
+
+def test_the_official_model_runs_the_very_bytes_its_md5_was_checked_on(
+    tmp_path: Path, official_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The md5 was checked on one read of the file and the session opened from another: a file
+    # replaced in between (a copy, a redeploy, another user's write) became the baseline unchecked.
+    import hashlib
+
+    import shared.matting.official as official_module
+    from tests.support.matting import random_u2netp_onnx_bytes
+
+    placed = tmp_path / "u2netp-official.onnx"
+    official_bytes = official_onnx.read_bytes()
+    placed.write_bytes(official_bytes)
+    monkeypatch.setenv("SKUFORGE_OFFICIAL_U2NETP", str(placed))
+    checked = official_module.verify_md5
+
+    def check_then_replace(data: bytes, **kwargs: str) -> None:
+        checked(data, **kwargs)
+        placed.write_bytes(random_u2netp_onnx_bytes())  # replaced right after the check
+
+    monkeypatch.setattr(official_module, "verify_md5", check_then_replace)
+    session = open_session("u2netp-official", threads=1, use_gpu=False, store=None)
+    assert session.sha256 == hashlib.sha256(official_bytes).hexdigest()
+    assert session.model_id.startswith("u2netp-official.onnx@sha256:")

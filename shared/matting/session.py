@@ -830,9 +830,11 @@ def open_session(
     name = DEFAULT_MODEL if model is None else model
     help_text = _MODEL_HELP.format(names=", ".join(REGISTRY))
 
-    def session(cls: type[MattingSession], path: Path, model_name: str | None = None) -> MattingSession:
+    def session(
+        cls: type[MattingSession], model: Path | bytes, model_name: str | None = None
+    ) -> MattingSession:
         return cls(
-            path, threads=threads, use_gpu=use_gpu, max_batch=max_batch, mask=mask, model_name=model_name
+            model, threads=threads, use_gpu=use_gpu, max_batch=max_batch, mask=mask, model_name=model_name
         )
 
     if name in REGISTRY:
@@ -850,10 +852,14 @@ def open_session(
             # SKUFORGE_OFFICIAL_U2NETP names is checked as set-up checked its own (an md5 read of 4 MB).
             from shared.matting.official import OfficialWeightsError, verify_md5
 
+            # The session runs the bytes checked: opened from the path, a file replaced between the
+            # check and the open was loaded unchecked.
+            checked = _read_model_file(path)
             try:
-                verify_md5(_read_model_file(path), source=str(path))
+                verify_md5(checked, source=str(path))
             except OfficialWeightsError as exc:
                 raise MattingModelError(str(exc)) from None
+            return session(entry.session_class, checked, path.name)
         return session(entry.session_class, path)
     if "://" in name:
         parent, _, file_name = name.rpartition("/")
