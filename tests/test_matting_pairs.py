@@ -130,3 +130,23 @@ def test_a_stopped_pairs_folder_is_refused_for_training_until_a_rerun_finishes_i
     assert json.loads(capsys.readouterr().out)["written"] == 1
     assert sorted(path.name for path in pairs.iterdir()) == ["images", "index.jsonl", "masks"]
     assert len(load_pairs(pairs, 64)[0]) == 2
+
+
+def test_pairs_into_a_finished_set_of_another_catalogue_or_crop_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A finished folder has no marker: a run with another --catalogue-seed (or --roi) wrote its set
+    beside the first (c57_* and c58_* pairs in one folder), and `train --extra` trained on both."""
+    pairs = tmp_path / "pairs"
+    assert main(["pairs", "--n", "1", "--out", str(pairs)]) == 0
+    capsys.readouterr()
+    for other in (["--catalogue-seed", "58"], ["--roi"]):
+        assert main(["pairs", "--n", "1", *other, "--out", str(pairs)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert f"{pairs}" in err and "--catalogue-seed 57" in err and "another folder" in err
+        assert sorted(path.name for path in (pairs / "images").iterdir()) == ["c57_0000.png"]
+        assert len((pairs / "index.jsonl").read_text().splitlines()) == 1
+    # The same catalogue and crop still adds to it (a larger --n continues the set).
+    assert main(["pairs", "--n", "2", "--out", str(pairs)]) == 0
+    assert json.loads(capsys.readouterr().out)["written"] == 1

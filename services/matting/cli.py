@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=Path("var/matting/composite-pairs"),
         help="images/, masks/ and index.jsonl for `train --extra`; the pairs it lists are kept, so a run "
-        "into a folder a stopped run left (same --catalogue-seed and --roi, any --n) finishes it",
+        "into a folder a stopped run left (same --catalogue-seed and --roi, any --n) finishes it; a "
+        "folder holding another --catalogue-seed's or --roi's pairs is refused (one folder, one set)",
     )
     pairs.add_argument(
         "--catalogue-seed",

@@ -27,6 +27,7 @@ refuses that folder until a rerun with the same catalogue seed and crop finishes
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,12 +74,13 @@ def composite_pairs(
     last pair is written the folder holds the run's marker, which training refuses: a rerun with any
     ``n`` finishes it (pair ``i`` is the same whatever the count). ``roi``: crop each pair to a
     jittered product box. Raises ``ValueError`` for an ``out`` that a run with another catalogue
-    seed, seed base or crop stopped in (its part of a set would stay beside this one's), before
-    writing anything.
+    seed, seed base or crop stopped in (its part of a set would stay beside this one's), or that
+    holds a set of another catalogue seed or crop (one folder is one set), before writing anything.
     """
     options: dict[str, object] = {"n": n, "catalogue_seed": catalogue_seed, "roi": roi}
     options["seed_base"] = seed_base  # not a command option: the rerun names the others
     resumed_run(out, COMPOSITE_PAIRS, options, any_value={"n"})
+    _refuse_another_set(out, catalogue_seed=catalogue_seed, roi=roi)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     mark_unfinished(out, COMPOSITE_PAIRS, options)
@@ -87,7 +89,7 @@ def composite_pairs(
     done = _indexed_names(index_path)
     with index_path.open("a") as index:
         for i in range(n):
-            name = f"{'r' if roi else 'c'}{catalogue_seed}_{i:04d}"
+            name = _pair_name(roi, catalogue_seed, i)
             # Listed, not merely on disk: a run killed while saving a mask left it truncated under its
             # own name (older runs did), and one killed before its index line left the pair unlisted.
             if name in done and (out / "masks" / f"{name}.png").is_file():
@@ -134,6 +136,30 @@ def composite_pairs(
     mark_finished(out, COMPOSITE_PAIRS)
 
 
+def _pair_name(roi: bool, catalogue_seed: int, index: int) -> str:
+    return f"{'r' if roi else 'c'}{catalogue_seed}_{index:04d}"
+
+
+_PAIR_NAME = re.compile(r"([cr])(\d+)_\d{4,}")
+
+
+def _refuse_another_set(out: Path, *, catalogue_seed: int, roi: bool) -> None:
+    """``ValueError`` when ``out`` holds pairs of another catalogue seed or crop (read off their names):
+    a finished set has no marker, and this run's set was written beside it, both trained on as one."""
+    index_path = out / "index.jsonl"
+    listed = _listed_names(index_path.read_text()) if index_path.is_file() else set()
+    names = listed | {path.stem for path in (out / "images").glob("*.png")}
+    found = {(match[1] == "r", int(match[2])) for name in names if (match := _PAIR_NAME.fullmatch(name))}
+    others = sorted(found - {(roi, catalogue_seed)})
+    if others:
+        other_roi, other_seed = others[0]
+        made_with = f"--catalogue-seed {other_seed}{' --roi' if other_roi else ''}"
+        raise ValueError(
+            f"--out {out}: holds a pairs set made with {made_with}; give another folder for "
+            f"--catalogue-seed {catalogue_seed}{' --roi' if roi else ''}, as one folder is one set"
+        )
+
+
 def _indexed_names(index_path: Path) -> set[str]:
     """The pairs ``index_path`` lists; a line a killed run left unfinished is ended, not read."""
     if not index_path.is_file():
@@ -142,10 +168,15 @@ def _indexed_names(index_path: Path) -> set[str]:
     if text and not text.endswith("\n"):
         with index_path.open("a") as index:  # the next line must start a line of its own
             index.write("\n")
+    return _listed_names(text)
+
+
+def _listed_names(index_text: str) -> set[str]:
+    """The names an index's text lists; an unfinished line is skipped (its pair is written again)."""
     names = set()
-    for line in text.splitlines():
+    for line in index_text.splitlines():
         try:
             names.add(str(json.loads(line)["name"]))
         except (ValueError, KeyError, TypeError):
-            continue  # unfinished: its pair is written again
+            continue
     return names
