@@ -200,23 +200,48 @@ def test_batched_predict_equals_one_by_one(random_u2netp_onnx: Path) -> None:
         assert np.mean(result.mask != alone.mask) < 1e-3
 
 
-def test_shape_specialised_sessions_give_the_free_graphs_answer(random_u2netp_onnx: Path) -> None:
+def test_on_the_cpu_two_shape_fixed_sessions_give_the_free_graphs_answer(random_u2netp_onnx: Path) -> None:
+    """Calls are of CPU_CALL_IMAGES images or of one, each on a session with every shape fixed. One
+    session per call size (1 to 4) and the free one each held a copy of the weights: 2.5 GB resident
+    for a full U2-Net."""
+    import onnxruntime as ort
+
     images = photos(7)
-    session = U2NetPSession(random_u2netp_onnx, threads=2, max_batch=6)
+    session = U2NetPSession(random_u2netp_onnx, threads=2, use_gpu=False, max_batch=6)
     batch = session.preprocess(images)
-    (free,) = session._session.run([session.output_name], {session.input_name: batch})
-    results = session.predict(images)  # chunks of 6 and 1; the 6 run as calls of 4 and 2
-    assert matting.CPU_CALL_IMAGES == 4 and sorted(session._by_batch) == [1, 2, 4]
-    for size, fixed in session._by_batch.items():
-        free_dims = [dim for dim in fixed.get_inputs()[0].shape if not isinstance(dim, int)]
-        assert not free_dims, f"the batch-{size} session still has free dimensions {free_dims}"
-    specialised = session._run(batch)  # all 7 at once: calls of 4 and 3
-    assert specialised.shape == free.shape
-    assert np.abs(specialised - free).max() <= 1e-4
-    assert sorted(session._by_batch) == [1, 2, 3, 4]
-    session.predict(images[:1])
-    assert sorted(session._by_batch) == [1, 2, 3, 4]  # reused, not made again
+    free = ort.InferenceSession(str(random_u2netp_onnx), providers=["CPUExecutionProvider"])
+    (expected,) = free.run([session.output_name], {session.input_name: batch})
+    results = session.predict(images)  # chunks of 6 and 1: calls of 4, 1, 1 and 1
+    maps = session._run(batch)  # all 7 at once: calls of 4, 1, 1 and 1
+    assert matting.CPU_CALL_IMAGES == 4 and sorted(session._by_batch) == [1, 4]
+    held = {id(ort_session): ort_session for ort_session in [session._session, *session._by_batch.values()]}
+    assert len(held) == 2, "the free session is kept beside the shape-fixed ones"
+    for ort_session in held.values():
+        free_dims = [dim for dim in ort_session.get_inputs()[0].shape if not isinstance(dim, int)]
+        assert not free_dims, f"a session still has free dimensions {free_dims}"
+    assert maps.shape == expected.shape
+    assert np.abs(maps - expected).max() <= 1e-4
     assert len(results) == 7
+
+
+def test_the_masks_are_those_of_a_session_per_call_size() -> None:
+    """The committed model's masks are the same, pixel for pixel, as when a chunk of 7 ran as calls of
+    4 and 3 on sessions fixed at those sizes (before two sessions served every call)."""
+    images = photos(7)
+    session = U2NetPSession(matting.MODELS_DIR / "u2netp-skuforge.onnx", threads=2, use_gpu=False)
+    batch = session.preprocess(images)
+    assert session._batch_dim is not None
+    per_size = [
+        session._open(session.providers, {**session._size_dims, session._batch_dim: len(part)}).run(
+            [session.output_name], {session.input_name: part}
+        )[0]
+        for part in (batch[:4], batch[4:])
+    ]
+    before = session.postprocess(np.concatenate(per_size), [image.size for image in images])
+    after = session.predict(images)
+    assert any(result.mask.any() for result in after), "a test of masks needs some product found"
+    for was, now in zip(before, after, strict=True):
+        assert np.array_equal(was.mask, now.mask)
 
 
 def test_outputs_have_each_images_own_size(random_u2netp_onnx: Path) -> None:

@@ -84,6 +84,8 @@ OTSU_BINS = 256
 # On the CPU provider an ORT call takes at most this many images (a chunk of ``max_batch`` is run
 # as several calls). Per image, calls of 4 and of 8 take the same time on the 2-core CPU, and a
 # shape-fixed call of 8 held 1.5 GB of activations (the issue-3 limit) where 4 holds half that.
+# With a named batch the calls are of exactly 4 or of 1 (the rest of a chunk, one image at a time),
+# so two shape-fixed sessions serve every chunk (``_session_for``).
 CPU_CALL_IMAGES = 4
 
 
@@ -336,8 +338,9 @@ def choose_providers(use_gpu: bool, available: Sequence[str] | None = None) -> l
 class MattingSession(ABC):
     """One matting model in ONNX Runtime; ``predict`` runs a batch, one ORT call per chunk.
 
-    On the CPU provider a chunk is run as calls of at most ``CPU_CALL_IMAGES`` images, each on a
-    session whose shapes are all fixed (``_session_for``).
+    On the CPU provider a chunk is run as calls of at most ``CPU_CALL_IMAGES`` images; with a named
+    batch, as calls of exactly that many and of one image, each on a session whose shapes are all
+    fixed (``_session_for``).
 
     ``model`` is an ONNX file path or the file's bytes; ``model_name`` names it in ``model_id``
     (default: the file name). ``model_id`` = name + short sha256 of the bytes, for lineage.
@@ -439,6 +442,10 @@ class MattingSession(ABC):
             if isinstance(dim, str)
         }
         self._by_batch: dict[int, ort.InferenceSession] = {}
+        if self._batch_dim is not None:
+            # The free session is never run here: the one-image session takes its place, so that it
+            # holds no copy of the weights (180 MB for a full U2-Net) beside the shape-fixed ones.
+            self._session = self._session_for(1)
         self._ready = False
 
     def _open(self, providers: list[str], fixed_dims: dict[str, int]) -> ort.InferenceSession:
@@ -480,9 +487,10 @@ class MattingSession(ABC):
         U2-Net exports have a free batch, height and width. With all three known, ORT folds the
         shape arithmetic away and keeps the convolutions' blocked (NCHWc) layout through the
         upsampling and concatenations: 13 layout reorders instead of 107, and 12-15% less time
-        per image on the 2-core CPU (``bench/results/matting.json``). The height and width are
-        always ``input_size`` here, so only the batch size varies: one session per batch size seen
-        (at most ``CPU_CALL_IMAGES``), made on first use. Other providers keep the one free session.
+        per image on the 2-core CPU (``bench/results/matting.json``); fixing the height and width
+        alone folds nothing. The height and width are always ``input_size`` here, so only the batch
+        size varies, and ``_calls`` makes only two: one image and ``CPU_CALL_IMAGES``, the latter
+        made on first use. Other providers keep the one free session.
         """
         if self._batch_dim is None:
             return self._session
@@ -607,17 +615,30 @@ class MattingSession(ABC):
         self._ready = True
         return maps
 
+    def _calls(self, images: int) -> list[tuple[int, int]]:
+        """(first image, images) of each ORT call that runs a batch of ``images``."""
+        # A free batch without a name (None in ORT's shape) was given the whole chunk in one call.
+        step = CPU_CALL_IMAGES if self._cpu_calls else images
+        if self._fixed_batch is not None:
+            step = self._fixed_batch
+        step = max(step, 1)
+        calls: list[tuple[int, int]] = []
+        for first in range(0, images, step):
+            count = min(step, images - first)
+            if self._batch_dim is not None and count < step:
+                # The rest one image at a time: a session per call size (1 to 4) held a copy of the
+                # weights each, 2.5 GB for a full U2-Net; a free one would undo the fixed shapes' speed.
+                calls.extend((image, 1) for image in range(first, images))
+            else:
+                calls.append((first, count))
+        return calls
+
     def _call(self, batch: F32Array) -> F32Array:
         """The model's output for ``batch``, in calls of the sizes the session takes."""
-        # A free batch without a name (None in ORT's shape) was given the whole chunk in one call.
-        step = CPU_CALL_IMAGES if self._cpu_calls else len(batch)
         outputs = []
         fixed = self._fixed_batch
-        if fixed is not None:
-            step = fixed
-        for first in range(0, len(batch), max(step, 1)):
-            part = batch[first : first + step]
-            count = len(part)
+        for first, count in self._calls(len(batch)):
+            part = batch[first : first + count]
             if fixed is not None and count < fixed:  # blank images fill the call; their maps dropped
                 part = np.concatenate([part, np.zeros((fixed - count, *part.shape[1:]), part.dtype)])
             (predictions,) = self._session_for(len(part)).run([self.output_name], {self.input_name: part})
