@@ -322,3 +322,35 @@ def test_train_refuses_an_unfinished_real_pairs_folder_and_real_pairs_finishes_i
     assert (pairs / "pairs.json").is_file()
     # Finished, the folder is an earlier run's again: a second run into it is refused as before.
     assert "holds pairs of an earlier run" in _refused([*argv, "--out", str(pairs)], capsys)
+
+
+def test_real_pairs_labels_with_the_official_bytes_its_md5_was_checked_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The md5 of --official was checked on one read, and the pseudo-labeller opened from the path
+    later: a file replaced in between labelled the in-store pairs unchecked (here: ended the run in
+    a traceback, the file being no model at all)."""
+    import shutil
+
+    import shared.matting.official as official_module
+
+    sample = Path(__file__).resolve().parents[1] / "samples" / "grocerystore" / "GROCERY-OATLY-001"
+    dataset = tmp_path / "dataset"
+    iconic = dataset / "iconic-images-and-descriptions" / "Packages" / "Oat-Milk"
+    iconic.mkdir(parents=True)
+    shutil.copy(sample / "Oatly-Oat-Milk_Iconic.jpg", iconic / "Oatly-Oat-Milk_Iconic.jpg")
+    (dataset / "train.txt").write_text("")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"bench_catalogue": [], "reserved_train": []}))
+    official = tmp_path / "u2netp.onnx"
+    official.write_bytes(default_official_onnx().read_bytes())
+    checked = official_module.verify_md5
+
+    def check_then_replace(data: bytes, **kwargs: str) -> None:
+        checked(data, **kwargs)
+        official.write_bytes(b"replaced after the check")
+
+    monkeypatch.setattr(official_module, "verify_md5", check_then_replace)
+    argv = ["real-pairs", "--dataset", str(dataset), "--held-out", str(split), "--composites", "0"]
+    assert matting_cli([*argv, "--official", str(official), "--out", str(tmp_path / "pairs")]) == 0
+    assert json.loads(capsys.readouterr().out)["catalogue_pairs"] == 6

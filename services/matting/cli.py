@@ -652,8 +652,11 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
         official_onnx = args.official or default_official_onnx()
         if not official_onnx.is_file():
             parser.error(f"no official U2-NetP at {official_onnx}: run `make setup` or give --official")
-        try:  # the pseudo-labeller: another file would label the in-store pairs unchecked
-            verify_md5(official_onnx.read_bytes(), source=str(official_onnx))
+        # The pseudo-labeller: another file would label the in-store pairs unchecked. The run is given
+        # the bytes checked, as the file could be replaced between the check and its use.
+        official_bytes = official_onnx.read_bytes()
+        try:
+            verify_md5(official_bytes, source=str(official_onnx))
         except OfficialWeightsError as exc:
             parser.error(str(exc))
         if not 0.0 <= args.reflection_share <= 1.0:
@@ -678,7 +681,7 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
             )
         config = RealPairsConfig(
             dataset=args.dataset,
-            official_onnx=official_onnx,
+            official_onnx=official_bytes,
             held_out=held_out,
             instore=args.instore,
             composites=args.composites,

@@ -68,7 +68,7 @@ class RealPairsConfig:
     """How many pairs of each kind, and from what."""
 
     dataset: Path
-    official_onnx: Path
+    official_onnx: Path | bytes  # the pseudo-labeller: its file, or the bytes whose md5 was checked
     held_out: frozenset[str]  # dataset-relative paths of photos kept for the benchmark (never read)
     size_px: int = 320
     catalogue_copies: int = 6
@@ -307,7 +307,7 @@ def _photo(path: Path) -> Image.Image:
 
 
 def _official_masks(
-    dataset: Path, paths: Sequence[str], official_onnx: Path, threads: int
+    dataset: Path, paths: Sequence[str], official_onnx: Path | bytes, threads: int
 ) -> Iterable[tuple[str, Image.Image, BoolArray | None]]:
     session = U2NetPSession(
         official_onnx, threads=threads, use_gpu=False, max_batch=1, mask=MaskOptions(threshold=0.5)
