@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,6 +19,7 @@ from services.console.decisions import record_decision
 from services.console.tasks import TaskConflict
 from tests.support.console import (
     ConsoleParts,
+    accepted_envelope,
     app_for,
     build_console,
     decide_as_alice,
@@ -264,3 +265,63 @@ def test_an_iou_bound_goes_back_into_the_filters_as_a_plain_decimal(parts: Conso
     inputs = dict(re.findall(r'<input name="(iou_m..)" [^>]*value="([^"]*)"', queue.text))
     assert inputs == {"iou_min": bound, "iou_max": bound}
     assert client.get("/", params=inputs).status_code == 200  # the form sent again as it is filled in
+
+
+# -- the other writers, dated when they hold the table (as decide and claim) --------------------------
+
+
+def test_a_release_is_dated_when_it_holds_the_table(parts: ConsoleParts) -> None:
+    """``release`` read the clock before it waited for the table: its audit entry was dated early."""
+    task_id, lease_end = held_by_bob(parts)
+    parts.tasks.clock = BusyTableClock(parts.tasks.path, idle=lease_end - 20.0, busy=lease_end - 10.0)
+
+    parts.tasks.release(task_id, "bob")
+
+    released = parts.tasks.audit(task_id)[-1]
+    assert (released.action, released.at) == ("release", lease_end - 10.0)
+
+
+def test_an_intake_is_dated_when_it_holds_the_table(tmp_path: Path) -> None:
+    """``add_pending`` read the clock before it waited for the table: the task's received_at (the queue
+    orders by it and shows "waiting since" from it) and its audit entry were dated early."""
+    parts = build_console(tmp_path)
+    parts.tasks.clock = BusyTableClock(parts.tasks.path, idle=1000.0, busy=1010.0)
+
+    assert parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0)))
+
+    (task,) = parts.tasks.query()
+    assert task.received_at == 1010.0
+    assert [(entry.action, entry.at) for entry in parts.tasks.audit(task.task_id)] == [("intake", 1010.0)]
+
+
+def test_a_gate_acceptance_is_dated_when_it_holds_the_table(tmp_path: Path) -> None:
+    """``close_accepted`` read the clock before it waited for the table: the task's decided_at (the queue
+    orders closed items by it and shows "closed ... ago" from it) was dated early."""
+    parts = build_console(tmp_path)
+    flagged = pending_envelope(flagged_item(parts.store, 0))
+    parts.tasks.add_pending(flagged)
+    now = parts.clock()
+    parts.tasks.clock = BusyTableClock(parts.tasks.path, idle=now + 10.0, busy=now + 20.0)
+
+    accepted = accepted_envelope(flagged, produced_at=flagged.produced_at + timedelta(seconds=60))
+    assert parts.tasks.close_accepted(accepted) == [flagged.event_id]
+
+    parts.tasks.clock = lambda: now + 20.0
+    closed = parts.tasks.get(flagged.event_id)
+    assert (closed.state, closed.decided_at) == ("accepted", now + 20.0)
+    assert parts.tasks.audit(flagged.event_id)[-1].at == now + 20.0
+
+
+def test_a_withdrawal_is_dated_when_it_holds_the_table(parts: ConsoleParts) -> None:
+    """``withdraw_photos`` read the clock before it waited for the table: decided_at was dated early."""
+    (task,) = parts.tasks.query()
+    photo_id = task.pending.matted.generated.reference_photo_id
+    now = parts.clock()
+    parts.tasks.clock = BusyTableClock(parts.tasks.path, idle=now + 10.0, busy=now + 20.0)
+
+    assert parts.tasks.withdraw_photos({task.sku_id: {photo_id}}) == [task.task_id]
+
+    parts.tasks.clock = lambda: now + 20.0
+    closed = parts.tasks.get(task.task_id)
+    assert (closed.state, closed.decided_at) == ("withdrawn", now + 20.0)
+    assert parts.tasks.audit(task.task_id)[-1].at == now + 20.0

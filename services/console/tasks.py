@@ -328,10 +328,10 @@ class TaskStore:
         False is returned."""
         pending = event.payload
         generated = pending.matted.generated
-        now = self.clock()
         reasons, pending_json = json.dumps(pending.reasons), pending.model_dump_json()
         produced_at = event.produced_at.timestamp()
         with self._write() as db:
+            now = self.clock()  # when it holds the table, as ``decide``: received_at orders the queue
             # The rule close_accepted applies to a waiting task: the acceptance wins unless the flag is newer.
             acceptance = db.execute(
                 "SELECT accepted_at, event_id, iou FROM gate_acceptances"
@@ -645,8 +645,8 @@ class TaskStore:
 
         One that no longer reads is BadInput and stays held until its lease runs out (claim-next passes
         it over): released first, the answer was a 502 for a release that was done, and a retry a 409."""
-        now = self.clock()
         with self._write() as db:
+            now = self.clock()  # when it holds the table, as ``decide``: the audit entry's time
             try:
                 row = self._held(db, task_id, reviewer, now, lease_may_have_run_out=True)
             except TaskConflict:
@@ -718,9 +718,9 @@ class TaskStore:
         finds it closed when they save."""
         if not withdrawn:
             return []
-        now = self.clock()
         closed: list[str] = []
         with self._write() as db:
+            now = self.clock()  # when it holds the table, as ``decide``: the queue dates closed tasks by it
             # The waiting tasks, filtered here: one bound variable per SKU that ever had a withdrawal
             # went past SQLite's limit (32766; 999 before 3.32), and then every sweep failed.
             waiting = db.execute(
@@ -763,9 +763,9 @@ class TaskStore:
         (approved, rejected, withdrawn), which no flag changes (``_forget_acceptances``)."""
         generated = event.payload.matted.generated
         accepted_at = event.produced_at.timestamp()
-        now = self.clock()
         closed: list[str] = []
         with self._write() as db:
+            now = self.clock()  # when it holds the table, as ``decide``: the queue dates closed tasks by it
             settled = db.execute(
                 "SELECT 1 FROM tasks WHERE task_id = ? AND sku_id = ? AND item_id = ? AND state IN"
                 f" ({', '.join('?' * len(SETTLED))})",
