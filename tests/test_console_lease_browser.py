@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
@@ -264,6 +265,42 @@ def test_a_renewal_while_the_release_is_answered_does_not_take_the_item_back(
     page.wait_for_url(served.base_url + "/")
     time.sleep(1.0)
     assert tasks.get(served.task_id).state == "pending"
+
+
+@pytest.mark.parametrize(
+    ("button", "not_done"),
+    [
+        ("#approve-expected", "the decision (approve_expected) was not saved"),
+        ("#release", "was not released"),
+    ],
+)
+def test_a_press_after_the_session_ran_out_says_nothing_was_done_and_leads_to_the_login(
+    served: Served, page: Any, button: str, not_done: str
+) -> None:
+    """The item page's script answered a 401 (the session ran out, or was logged out in another tab) with
+    'not saved: "login required"' in the status line, and no way on."""
+    tasks = served.parts.tasks
+    open_held_item(page, served)
+    page.context.clear_cookies()
+
+    page.click(button)
+
+    page.wait_for_selector(f"#status:has-text('{not_done}')")
+    assert "your session ran out" in page.inner_text("#status")
+    assert (tasks.get(served.task_id).state, tasks.outbox(served.task_id)) == ("claimed", None)
+    login = urlsplit(page.get_attribute("#status a", "href") or "")
+    assert login.path == "/login"
+    assert parse_qs(login.query) == {"error": ["expired"], "next": [f"/tasks/{served.task_id}"]}
+    # The link leads to the login page, which says so, and back to the item, still held.
+    page.click("#status a")
+    page.wait_for_selector("text=your session ran out")
+    page.fill("#reviewer", "alice")
+    page.fill("#password", "alice-password")
+    page.click("#login")
+    page.wait_for_url(f"{served.base_url}/tasks/{served.task_id}")
+    page.wait_for_selector("body[data-ready='1']")
+    page.click(button)
+    wait_for(lambda: tasks.get(served.task_id).state != "claimed", f"{button} did nothing after the login")
 
 
 def test_c_on_a_held_item_keeps_the_painted_mask(served: Served, page: Any) -> None:

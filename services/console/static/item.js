@@ -25,6 +25,19 @@
     status.classList.toggle("error", Boolean(isError));
   }
 
+  // A 401: the console session ran out (or was logged out in another tab), and nothing was done. Said
+  // plainly, with a way to log in that comes back to this item: the bare "login required" left no way on.
+  function sayLoggedOut(notDone) {
+    const here = window.location.pathname + window.location.search;
+    const login = document.createElement("a");
+    login.className = "login";
+    login.href = "/login?" + new URLSearchParams({ error: "expired", next: here }).toString();
+    login.textContent = "log in";
+    status.replaceChildren("your session ran out, so " + notDone + ": ", login, " to come back to this item and try again");
+    status.classList.add("error");
+  }
+  const loggedOutSaid = () => status.querySelector("a.login") !== null;
+
   function loadMask(url) {
     return new Promise((resolve, reject) => {
       const img = new Image();
@@ -238,6 +251,7 @@
       const result = await post("/api/claim-next" + filters);
       window.location.assign(result.task ? "/tasks/" + result.task.task_id + filters : emptyQueue);
     } catch (error) {
+      if (error.status === 401) return sayLoggedOut("no next item was claimed");
       say("could not claim the next item: " + error.message, true);
     }
   }
@@ -283,6 +297,7 @@
       document.body.dataset.decided = decision;
       setTimeout(next, 400);
     } catch (error) {
+      if (error.status === 401) return sayLoggedOut("the decision (" + decision + ") was not saved");
       say("not saved: " + error.message, true);
     } finally {
       busy = false;
@@ -302,6 +317,7 @@
     } catch (error) {
       page.held = true;
       startRenewal();
+      if (error.status === 401) return sayLoggedOut("the item was not released");
       say("could not release: " + error.message, true);
     }
   }
@@ -313,6 +329,7 @@
       await post("/api/tasks/" + page.taskId + "/claim");
       window.location.reload();
     } catch (error) {
+      if (error.status === 401) return sayLoggedOut("the item was not claimed");
       say("could not claim: " + error.message, true);
     }
   }
@@ -360,6 +377,11 @@
           } else {
             say("lease lost: " + error.message + " — this item can no longer be saved from this page", true);
           }
+        } else if (error.status === 401) {
+          // Kept trying (a login in another tab brings the session back), without hiding what a
+          // decision or release said it could not do.
+          troubled = true;
+          if (!loggedOutSaid()) sayLoggedOut("the lease on this item is not renewed");
         } else {
           troubled = true;
           say("could not renew the lease (" + error.message + "); trying again", true);
