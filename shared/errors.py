@@ -19,10 +19,10 @@ class BadInput(Exception):
 
 
 class ObjectMissing(BadInput):
-    """An object the event points at does not exist."""
+    """An object the event points at does not exist; ``why`` says what is there instead, if anything."""
 
-    def __init__(self, uri: str) -> None:
-        super().__init__("object_missing", f"no object at {uri}")
+    def __init__(self, uri: str, why: str = "") -> None:
+        super().__init__("object_missing", f"no object at {uri}: {why}" if why else f"no object at {uri}")
 
 
 class ChecksumMismatch(BadInput):

@@ -29,7 +29,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import boto3
 import numpy as np
@@ -443,7 +443,8 @@ class FileStore(ObjectStore):
 
     Writes go to a temporary file in the target directory, are fsynced and then renamed over
     the target, so readers and crashes only ever see a whole old or a whole new object.
-    A missing file is ``ObjectMissing``; any other OS failure (full disk, I/O error,
+    A missing file is ``ObjectMissing``, and so is one that is no regular file (a folder, a named
+    pipe, which is refused unopened rather than waited on); any other OS failure (full disk, I/O error,
     permissions, a vanished mount) is ``TransientError``: it is the machine's fault, never
     the input's, and an operator can fix it while the runtime retries. The exception is a
     key that clashes with the layout on disk (a file where a directory is needed or the
@@ -489,11 +490,11 @@ class FileStore(ObjectStore):
             raise TransientError(f"cannot write {uri}: {exc}") from exc
 
     def _read(self, key: str) -> bytes:
-        with self._mapped_read_errors(key):
-            return self._path(key).read_bytes()
+        with self._mapped_read_errors(key), self._open_object(key) as handle:
+            return handle.read()
 
     def _read_at_most(self, key: str, max_bytes: int) -> bytes:
-        with self._mapped_read_errors(key), self._path(key).open("rb") as handle:
+        with self._mapped_read_errors(key), self._open_object(key) as handle:
             # The size of the file opened, not of whatever the name points at a moment later.
             size = os.fstat(handle.fileno()).st_size
             if size > max_bytes:
@@ -501,8 +502,24 @@ class FileStore(ObjectStore):
             return _read_within(handle, size, max_bytes)
 
     def _read_blocks(self, key: str) -> Iterator[bytes]:
-        with self._mapped_read_errors(key), self._path(key).open("rb") as handle:
+        with self._mapped_read_errors(key), self._open_object(key) as handle:
             yield from iter(lambda: handle.read(_READ_CHUNK_BYTES), b"")
+
+    def _open_object(self, key: str) -> BinaryIO:
+        """The regular file under ``key``, opened to be read; anything else there is no object.
+
+        Opened without waiting: a named pipe under the root, opened as usual, waits for a writer
+        that may never come, and its reader (a stage, a scene load) hung on it for good.
+        """
+        fd = os.open(self._path(key), os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ObjectMissing(self.uri_for(key), "not a regular file (a pipe, socket or device)")
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
 
     @contextlib.contextmanager
     def _mapped_read_errors(self, key: str) -> Iterator[None]:

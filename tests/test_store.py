@@ -420,6 +420,29 @@ def test_file_store_object_grown_after_its_size_was_taken(
         store.read_verified(small)
 
 
+@pytest.mark.timeout(60)  # a guard only: before the fix each read below waited for good
+def test_file_store_refuses_a_named_pipe_unopened_for_reading(tmp_path: Path) -> None:
+    # Opened to be read, a named pipe under the root waits for a writer that never comes: a scene
+    # load, a read_verified in a stage or a model copy hung on it for good. It is no object, as a
+    # folder at the key is none (exists() already said so), and says what is there instead.
+    store = FileStore(tmp_path)
+    os.mkfifo(tmp_path / "pipe.png")
+    ref = ObjectRef(uri=store.uri_for("pipe.png"), sha256=sha256_hex(b""), bytes=0)
+    reads: list[Callable[[], object]] = [
+        lambda: store.get_bytes_at_most("pipe.png", 100),
+        lambda: store.read_verified(ref),
+        lambda: store.get_bytes("pipe.png"),
+        lambda: list(store.iter_bytes("pipe.png")),
+    ]
+    for read in reads:
+        with pytest.raises(ObjectMissing) as info:
+            read()
+        assert info.value.detail == (
+            f"no object at {store.uri_for('pipe.png')}: not a regular file (a pipe, socket or device)"
+        )
+    assert not store.exists("pipe.png")
+
+
 # --- listing and symlinks -----------------------------------------------------------------
 
 
