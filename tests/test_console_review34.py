@@ -325,3 +325,32 @@ def test_a_withdrawal_is_dated_when_it_holds_the_table(parts: ConsoleParts) -> N
     closed = parts.tasks.get(task.task_id)
     assert (closed.state, closed.decided_at) == ("withdrawn", now + 20.0)
     assert parts.tasks.audit(task.task_id)[-1].at == now + 20.0
+
+
+def test_a_lease_sweep_returns_and_dates_the_leases_over_when_it_holds_the_table(tmp_path: Path) -> None:
+    """``expire_leases`` read the clock before it waited for the table and swept by that time: a lease
+    that ran out meanwhile stayed claimed until the next sweep, and the ``lease_expired`` entries of
+    those it returned were dated early."""
+    parts = with_flagged(build_console(tmp_path), 2)
+    first, second = parts.tasks.query()
+    first_end = parts.tasks.claim(first.task_id, "bob", 60.0).lease_expires_at
+    second_end = parts.tasks.claim(second.task_id, "carol", 120.0).lease_expires_at
+    assert first_end is not None and second_end is not None and first_end < second_end
+    parts.tasks.clock = BusyTableClock(parts.tasks.path, idle=first_end + 1.0, busy=second_end + 1.0)
+
+    assert parts.tasks.expire_leases() == 2
+
+    for task in (first, second):
+        returned = parts.tasks.audit(task.task_id)[-1]
+        assert (returned.action, returned.at) == ("lease_expired", second_end + 1.0)
+    assert {task.state for task in parts.tasks.query()} == {"pending"}
+
+
+def test_a_lease_sweep_with_no_lease_over_leaves_the_table_alone(parts: ConsoleParts) -> None:
+    """The sweep's look before it takes the table still spares it a write when no lease has run out."""
+    task_id, lease_end = held_by_bob(parts)
+    parts.tasks.clock = BusyTableClock(parts.tasks.path, idle=lease_end - 1.0, busy=lease_end + 1.0)
+
+    assert parts.tasks.expire_leases() == 0
+
+    assert [entry.action for entry in parts.tasks.audit(task_id)] == ["intake", "claim"]

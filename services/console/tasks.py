@@ -525,16 +525,22 @@ class TaskStore:
     # -- leases -------------------------------------------------------------------------------
 
     def expire_leases(self) -> int:
-        """Return every task whose lease ran out to the queue; returns how many."""
-        now = self.clock()
+        """Return every task whose lease ran out to the queue; returns how many.
+
+        A look without the table first spares it a write when no lease has run out; the sweep itself
+        reads the clock when it holds the table, as every writer does: swept by the time before it
+        waited, a lease that ran out meanwhile stayed claimed until the next sweep, and the
+        ``lease_expired`` entries were dated early.
+        """
         with self._connect() as db:
             expired = db.execute(
-                "SELECT 1 FROM tasks WHERE state = 'claimed' AND lease_expires_at <= ? LIMIT 1", (now,)
+                "SELECT 1 FROM tasks WHERE state = 'claimed' AND lease_expires_at <= ? LIMIT 1",
+                (self.clock(),),
             ).fetchone()
         if expired is None:
             return 0
         with self._write() as db:
-            return self._return_expired(db, now)
+            return self._return_expired(db, self.clock())
 
     def _return_expired(self, db: sqlite3.Connection, now: float) -> int:
         """In the write transaction ``db``, return every task whose lease ran out by ``now``."""
