@@ -957,7 +957,7 @@ def main(argv: list[str] | None = None) -> int:
         help="0: frozen features + linear head (default); n: also fine-tune the backbone's last n stages",
     )
     parser.add_argument(
-        "--tune-epochs", type=TUNE_EPOCHS, default=8, help="epochs of the tuned stages, 0 or more"
+        "--tune-epochs", type=TUNE_EPOCHS, default=8, help="epochs of the tuned stages, 0 to 1000"
     )
     parser.add_argument(
         "--tune-lr", type=TUNE_LR, default=1e-4, help="AdamW learning rate of the tuned stages, 1e-9 to 1"

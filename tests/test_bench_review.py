@@ -488,6 +488,7 @@ def test_a_share_outside_0_to_1_is_refused_before_the_run(
         ["--tune-lr", "-0.0001"],
         ["--tune-stages", "-2"],
         ["--tune-epochs", "-1"],
+        ["--tune-epochs", "80000"],
         ["--timeout-s", "-5"],
         ["--timeout-s", "inf"],
     ],

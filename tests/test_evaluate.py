@@ -1582,6 +1582,9 @@ def test_a_resized_copy_of_a_heldout_photo_is_refused(
         ("--l2", "-0.1", "--l2: must be a number from 0 to 1e+06, got -0.1"),
         ("--real-weight", "nan", "--real-weight: must be a number from 1e-06 to 1e+06, got nan"),
         ("--tune-lr", "inf", "--tune-lr: must be a number from 1e-09 to 1, got inf"),
+        # A typo (80000 for 8) had no bound: the fine-tuning ran for days.
+        ("--tune-epochs", "80000", "--tune-epochs: must be from 0 to 1000, got 80000"),
+        ("--tune-epochs", "-1", "--tune-epochs: must be from 0 to 1000, got -1"),
         ("--seed", "-1", "--seed: must be from 0 to 9223372036854775807, got -1"),
         # Before, these ran the leakage checks and the feature extraction, then failed in a traceback
         # (torch.manual_seed overflow; L-BFGS "cannot be converted to type float"), or ran out of

@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tune-epochs",
         type=TUNE_EPOCHS,
         default=None,  # TUNE_DEFAULTS once parsed: None tells "not given" from "given as 8"
-        help=f"with --tune-stages: epochs (default {TUNE_DEFAULTS['tune_epochs']})",
+        help=f"with --tune-stages: epochs, 0 to 1000 (default {TUNE_DEFAULTS['tune_epochs']})",
     )
     parser.add_argument(
         "--tune-lr",

@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from shared.argtypes import float_between, non_negative_int
+from shared.argtypes import float_between, int_between
 
 # The files ``skuforge evaluate`` writes in its --out, both or neither (report.html is
 # ``report.render_report``'s page; ``services/trainstore/evaluation.write_results`` writes them),
@@ -19,5 +19,6 @@ BACKBONES: tuple[BackboneName, ...] = ("efficientnet-lite0", "tiny")
 L2 = float_between(0.0, 1e6)
 REAL_WEIGHT = float_between(1e-6, 1e6)
 TUNE_LR = float_between(1e-9, 1.0)
-# 0 epochs: the head alone is fitted on the tuned stages' features (a baseline for the tuning).
-TUNE_EPOCHS = non_negative_int
+# 0 epochs: the head alone is fitted on the tuned stages' features (a baseline for the tuning). The
+# default is 8; 1000 leaves room for any experiment and refuses a typo (80000) that would run for days.
+TUNE_EPOCHS = int_between(0, 1000)
