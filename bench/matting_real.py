@@ -72,22 +72,24 @@ def iou(predicted: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(predicted, truth).sum() / union)
 
 
-def score(model_path: Path, items: list[dict[str, Any]], threads: int) -> list[float]:
-    """Per-item IoU of one model through the matting session."""
+def score(model: Path | bytes, label: str, items: list[dict[str, Any]], threads: int) -> list[float]:
+    """Per-item IoU of one model (its file, or bytes already read and checked) through the matting
+    session; each item keeps its mask under ``label`` for the contact sheet."""
     from shared.matting.session import MaskOptions, U2NetPSession
 
-    session = U2NetPSession(model_path, threads=threads, use_gpu=False, max_batch=8, mask=MaskOptions())
+    session = U2NetPSession(model, threads=threads, use_gpu=False, max_batch=8, mask=MaskOptions())
     ious = []
     for start in range(0, len(items), 8):
         chunk = items[start : start + 8]
         for item, result in zip(chunk, session.predict([i["image"] for i in chunk]), strict=True):
             ious.append(iou(result.mask >= 128, item["mask"]))
-            item.setdefault("predicted", {})[model_path.name] = result.mask >= 128
+            item.setdefault("predicted", {})[label] = result.mask >= 128
     return ious
 
 
 def contact_sheet(items: list[dict[str, Any]], models: list[str], path: Path, cell: int = 150) -> None:
-    """Photo with the reference outline, then each model's mask (green = agrees, red = wrong)."""
+    """Photo with the reference outline, then each model's mask (green = agrees, red = wrong);
+    ``models`` are the labels ``score`` kept the masks under."""
     columns = 1 + len(models)
     sheet = Image.new("RGB", (cell * columns * 2, cell * ((len(items) + 1) // 2)), "white")
     for index, item in enumerate(items):
@@ -190,11 +192,15 @@ def main(argv: list[str] | None = None) -> int:
         and Image.registered_extensions().get(args.sheet.suffix.lower()) not in Image.SAVE
     ):
         parser.error(f"--sheet {args.sheet}: name an image file (.png, .jpg, ...); its suffix is the format")
-    verify_md5(official.read_bytes(), source=str(official))
+    official_bytes = official.read_bytes()
+    verify_md5(official_bytes, source=str(official))
+    # The official model runs from the bytes checked: opened by its path again, a file replaced after
+    # the check became the baseline of the figures unchecked.
+    runs: dict[str, Path | bytes] = {**models, "official": official_bytes}
 
     started = time.monotonic()
     items = load_items(args.dataset)
-    ious = {label: score(path, items, args.threads) for label, path in models.items()}
+    ious = {label: score(model, label, items, args.threads) for label, model in runs.items()}
     result = summarise(items, ious)
     result["int8_minus_fp32_real_iou"] = round(result["real_iou_ours_int8"] - result["real_iou_ours"], 4)
     # The mean difference hides photos that move both ways: the paired per-photo differences too.
@@ -203,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     result["int8_fp32_max_abs_diff"] = round(float(paired.max()), 4)
     result["int8_fp32_n_photos_over_005"] = int((paired > 0.05).sum())
     if args.renderer:
-        for label, path in models.items():
-            held_out = evaluate(path, args.renderer, 9001, threads=args.threads)
+        for label, model in runs.items():
+            held_out = evaluate(model, args.renderer, 9001, threads=args.threads)
             result[f"renderer_heldout_iou_{label}"] = held_out.mean_iou
     result["targets"] = {
         "real_iou_ours >= real_iou_official + 0.02": result["real_iou_ours"]
@@ -218,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         {"id": item["id"], "kind": item["kind"], **{label: round(ious[label][i], 4) for label in models}}
         for i, item in enumerate(items)
     ]
-    result["models"] = {label: f"{path.name} ({path.stat().st_size} bytes)" for label, path in models.items()}
+    result["models"] = {
+        label: f"{path.name} ({len(model) if isinstance(model, bytes) else path.stat().st_size} bytes)"
+        for (label, path), model in zip(models.items(), runs.values(), strict=True)
+    }
     result["protocol"] = (
         "whole photo through shared.matting.session.U2NetPSession (resize 320, min-max, resize back, "
         "threshold 0.5, clean-up) for every model; reference masks from bench/data/matting_real"
@@ -229,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     if args.sheet is not None:
         args.sheet.parent.mkdir(parents=True, exist_ok=True)
-        contact_sheet(items, [path.name for path in models.values()], args.sheet)
+        contact_sheet(items, list(runs), args.sheet)
     print(json.dumps({k: v for k, v in result.items() if k != "per_image"}, indent=2))
     return 0
 

@@ -146,10 +146,58 @@ def test_matting_real_makes_a_missing_out_folder(tmp_path: Path, monkeypatch: py
         {"id": "b", "kind": "instore", "pristine": False},
     ]
     monkeypatch.setattr(matting_real, "load_items", lambda dataset: items)
-    monkeypatch.setattr(matting_real, "score", lambda model, items, threads: [0.9, 0.8])
+    monkeypatch.setattr(matting_real, "score", lambda model, label, items, threads: [0.9, 0.8])
     out = tmp_path / "tries" / "real.json"
     assert matting_real.main([*argv, "--out", str(out)]) == 0
     assert json.loads(out.read_text())["real_iou_ours"] == 0.85
+
+
+def test_matting_real_scores_the_official_bytes_whose_md5_was_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The md5 was checked on the bytes read, then each model was opened by its path to be scored: an
+    # official file replaced after the check was the baseline of the committed figures unchecked.
+    import json
+    from types import SimpleNamespace
+
+    import shared.matting.official
+    import shared.matting.train
+    from bench import matting_real
+
+    argv = _matting_real_argv(tmp_path, monkeypatch)
+    official = tmp_path / "official.onnx"
+    checked: list[bytes] = []
+
+    def check_then_replace(data: bytes, **kwargs: object) -> None:
+        checked.append(data)
+        official.write_bytes(b"replaced after the check")
+
+    monkeypatch.setattr(shared.matting.official, "verify_md5", check_then_replace)
+    items = [
+        {"id": "a", "kind": "catalogue", "pristine": False},
+        {"id": "b", "kind": "instore", "pristine": False},
+    ]
+    monkeypatch.setattr(matting_real, "load_items", lambda dataset: items)
+    scored: dict[str, Path | bytes] = {}
+    held_out: list[Path | bytes] = []
+
+    def score(model: Path | bytes, label: str, items: object, threads: int) -> list[float]:
+        scored[label] = model
+        return [0.9, 0.8]
+
+    def evaluate(model: Path | bytes, n: int, seed: int, **kwargs: object) -> SimpleNamespace:
+        held_out.append(model)
+        return SimpleNamespace(mean_iou=0.9)
+
+    monkeypatch.setattr(matting_real, "score", score)
+    monkeypatch.setattr(shared.matting.train, "evaluate", evaluate)
+    out = tmp_path / "real.json"
+    assert matting_real.main([*argv[:-4], "--renderer", "1", "--out", str(out)]) == 0
+
+    assert checked == [b"onnx"]
+    assert scored["official"] == b"onnx"
+    assert held_out[-1] == b"onnx"  # the official runs last, as it is listed
+    assert json.loads(out.read_text())["models"]["official"] == "official.onnx (4 bytes)"
 
 
 @pytest.mark.parametrize("options", [["--ours", "{tmp}/candidate.onnx"], ["--renderer", "0"]])

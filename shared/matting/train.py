@@ -438,7 +438,7 @@ def iou(predicted: npt.NDArray[np.uint8], truth: npt.NDArray[np.uint8]) -> float
 
 
 def evaluate(
-    onnx_path: Path,
+    onnx_path: Path | bytes,
     n: int,
     seed: int,
     *,
@@ -447,7 +447,8 @@ def evaluate(
     threads: int = 2,
     batch: int = 8,
 ) -> Evaluation:
-    """Mean IoU and MAE of ``onnx_path`` on ``n`` held-out renderer photos (different products)."""
+    """Mean IoU and MAE of ``onnx_path`` (a file, or its bytes) on ``n`` held-out renderer photos
+    (different products)."""
     session_class = U2NetPSession if model == "u2netp" else U2NetSession
     session = session_class(onnx_path, threads=threads, use_gpu=False, max_batch=batch, mask=MaskOptions())
     ious: list[float] = []
