@@ -133,6 +133,8 @@ def test_one_photo_the_compositor_cannot_place_leaves_the_other_photos_variants(
         if record.getMessage() == "variant refused, drawn from another photo"
     ]
     assert redrawn == [("p1", 1, "generation_refused", "p0")]
+    for action in ctx._take_actions(event):  # as the runtime does once the input is committed
+        action()
     assert metrics.triton_errors.labels("skuforge_generator_composite", "refused")._value.get() == 1
     # Same SKU, same seed: the same images.
     [again] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]

@@ -110,8 +110,9 @@ class GeneratorMetrics:
             "generator server raising on a variant; retried), model_missing (Triton is up but does not "
             "serve the model: a backend it does not serve, or its model repository; retried), "
             "malformed (our request), "
-            "refused (the model refused the variant), backend_error (the model raised on the variant even "
-            "when served alone: retried as a handler error, then dead-lettered).",
+            "refused (the model refused the variant; counted once per input committed), backend_error (the "
+            "model raised on the variant even when served alone: retried as a handler error, then "
+            "dead-lettered).",
             ["model", "kind"],
             registry=registry,
         )
@@ -377,6 +378,11 @@ def handle_batch(
         answers = _generate(pending, draws, generator, ctx, metrics)
         retries: list[tuple[int, PlannedVariant]] = []
         for (position, planned), result in zip(pending, answers, strict=True):
+            if isinstance(result, BadInput) and metrics is not None:
+                # Once the input is committed: a batch retried after a transient fault has its refusals
+                # answered again (from what the client kept), and counting each attempt counted them again.
+                refused_here = metrics.triton_errors.labels(model_name(planned.backend), "refused")
+                ctx.after_commit(refused_here.inc, events[position])
             if position in refused:
                 continue
             draw = draws[position]
@@ -485,11 +491,9 @@ def _generate(
         raise next((fault for fault in faults if not isinstance(fault, TransientError)), faults[0])
     answers: dict[int, VariantResult | BadInput] = {}  # by place in pending
     for backend, future in futures.items():
-        model, (mine, _) = model_name(backend), calls[backend]
+        mine, _ = calls[backend]
         for place, result in zip(mine, future.result(), strict=True):
             answers[place] = result
-            if isinstance(result, BadInput) and metrics is not None:
-                metrics.triton_errors.labels(model, "refused").inc()
     return [answers[place] for place in range(len(pending))]
 
 
