@@ -6,6 +6,8 @@ counted its refusals again; the client's ``close`` stopped its workers but left 
 
 from __future__ import annotations
 
+import gc
+import os
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,9 @@ from prometheus_client import CollectorRegistry
 from services.generator.client import GeneratorUnavailable, TritonGenerator
 from services.generator.stage import GeneratorMetrics, handle_batch, variant_seed
 from tests.support.captioning import captioned_sku
-from tests.support.triton import PoisonedComposite, poisoned_triton
+from tests.support.triton import PoisonedComposite, TritonServerProcess, poisoned_triton
 from tests.test_generation_review_failures import arrange_generator, captioned_event, speckles, with_mask
+from tests.test_generator_triton import variant
 
 pytestmark = pytest.mark.slow
 
@@ -48,3 +51,23 @@ def test_a_refusal_is_counted_once_per_committed_input_though_its_batch_was_retr
     for action in ctx._take_actions(event):  # as the runtime does once the input is committed
         action()
     assert refused._value.get() == 1
+
+
+def test_closing_the_client_closes_its_workers_triton_clients(triton: TritonServerProcess) -> None:
+    # close() stopped the worker threads and left each one's Triton client open: over HTTP, gevent's
+    # hub and a connection, 4 descriptors a worker, for every client a process opened and closed.
+    def open_call_close() -> None:
+        client = TritonGenerator(triton.http_url, protocol="http", concurrency=4)
+        try:
+            client.generate("composite", [variant(index) for index in range(4)])
+        finally:
+            client.close()
+
+    open_call_close()  # tritonclient's and gevent's own first-use state
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(10):
+        open_call_close()
+    gc.collect()
+    after = len(os.listdir("/proc/self/fd"))
+    assert after - before < 8, f"{after - before} descriptors more after 10 clients were opened and closed"

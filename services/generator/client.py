@@ -103,6 +103,7 @@ class TritonGenerator:
         self._local = threading.local()
         self.concurrency = concurrency
         self._pools: dict[str, ThreadPoolExecutor] = {}  # by backend, made on its first call
+        self._workers: dict[str, int] = {}  # the threads each pool started: each made its own client
         self._lock = threading.Lock()  # the pools and the answers kept: calls for several models at once
         # Readiness, by backend: whether its last call reached its model. One flag for all, the stage's
         # calls of a mix's models together left it to whichever ended last: a model that could not
@@ -128,11 +129,46 @@ class TritonGenerator:
             return all(self._reached.values())
 
     def close(self) -> None:
-        """Stop the worker threads."""
-        with self._lock:
-            pools = list(self._pools.values())
-        for pool in pools:
+        """Close each worker's Triton client, on its own thread, and stop the worker threads.
+
+        Stopping the threads alone left their clients open: over HTTP each held gevent's hub and a
+        connection (4 descriptors), for every worker of every client a process opened and closed."""
+        with self._lock:  # taken, so a second close has nothing left to close
+            pools = [(pool, self._workers.pop(backend, 0)) for backend, pool in self._pools.items()]
+            self._pools.clear()
+        for pool, workers in pools:
+            if workers:
+                # One task per worker, each held at the barrier until all are in: a worker that closed
+                # its client cannot take another's task, so every worker runs exactly one.
+                everyone = threading.Barrier(workers)
+                for _ in range(workers):
+                    pool.submit(self._close_own_client, everyone)
             pool.shutdown(wait=True)
+
+    def _close_own_client(self, everyone: threading.Barrier) -> None:
+        """Close this worker thread's Triton client, if it made one; then wait for the other workers."""
+        client = getattr(self._local, "client", None)
+        self._local.client = None
+        try:
+            if client is not None:
+                client.close()
+                if self.protocol == "http":
+                    # The HTTP client's gevent hub, one per thread, outlives the client and its thread:
+                    # its event loop holds 2 descriptors. Destroyed here, on the thread it runs on.
+                    import gevent
+
+                    gevent.get_hub().destroy(destroy_loop=True)
+        finally:
+            try:
+                # Bounded: a worker stuck on a call to Triton (its timeout is timeout_s) lets the others go.
+                everyone.wait(timeout=self.timeout_s + 5)
+            except threading.BrokenBarrierError:
+                log.warning("a Triton worker did not close its client in time; the others are closed")
+
+    def _count_worker(self, backend: str) -> None:
+        """A worker thread of ``backend``'s pool started (its initializer): ``close`` closes its client."""
+        with self._lock:
+            self._workers[backend] = self._workers.get(backend, 0) + 1
 
     def forget(self, backend: str, variants: Sequence[VariantRequest]) -> None:
         """Let go of the answers kept for ``variants``: no retry will ask for them (their input is
@@ -147,7 +183,10 @@ class TritonGenerator:
             pool = self._pools.get(backend)
             if pool is None:
                 pool = ThreadPoolExecutor(
-                    max_workers=self.concurrency, thread_name_prefix=f"triton-{backend}"
+                    max_workers=self.concurrency,
+                    thread_name_prefix=f"triton-{backend}",
+                    initializer=self._count_worker,
+                    initargs=(backend,),
                 )
                 self._pools[backend] = pool
             return pool
