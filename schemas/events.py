@@ -306,7 +306,10 @@ class AdapterPublished(Contract):
         description="content hash of the training set and recipe: the job's identity",
     )
     sku_ids: list[SafeId] = Field(
-        default_factory=list, max_length=MAX_ADAPTER_SKUS, description="SKUs whose photos it was trained on"
+        default_factory=list,
+        max_length=MAX_ADAPTER_SKUS,
+        description="SKUs whose photos it was trained on, sorted; cut to the first that fit one Kafka "
+        "record (a general adapter of tens of thousands: the job's result.json names them all)",
     )
     instance_images: int = Field(ge=0)
     class_images: int = Field(ge=0)

@@ -1,5 +1,6 @@
 """The LoRA trainer, review 34: a general job that failed for good stays remembered across a restart;
-an adapter whose training prompts are longer than its event may carry is still published.
+an adapter whose training prompts are longer than its event may carry is still published, as is a
+general adapter whose SKU ids are more than one Kafka record holds.
 
 Training is stubbed where what is trained is not the point (``stub_training``), so this file runs on
 CPU in seconds.
@@ -10,9 +11,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from schemas.events import MAX_TAGS, MAX_TRAINING_PROMPT_CHARS, AdapterPublished
-from services.lora_trainer.stage import PREFIX
+import pytest
+
+from schemas.envelope import Envelope
+from schemas.events import MAX_ADAPTER_SKUS, MAX_TAGS, MAX_TRAINING_PROMPT_CHARS, AdapterPublished
+from schemas.topics import ADAPTER_PUBLISHED
+from services.lora_trainer.stage import PREFIX, kafka_publisher, record_bytes
+from shared.errors import TransientError
+from shared.runtime import MAX_OUTPUT_RECORD_BYTES
 from shared.store import FileStore
+from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
 from tests.support.captioning import captioned_sku
 from tests.support.lora import gate_accepted, model_folder, record, record_accepted_event, served, trainer_on
 
@@ -144,3 +152,46 @@ def test_a_series_whose_training_prompt_is_longer_than_an_event_may_carry_is_pub
     assert event.training_prompts and all(len(p) <= MAX_TRAINING_PROMPT_CHARS for p in event.training_prompts)
     assert event.training_prompts[0].startswith(captioned.instance_prompt)
     assert trainer.run_pending() == []  # published: nothing left to do
+
+
+def test_a_general_adapter_of_more_sku_ids_than_a_kafka_record_holds_is_published(
+    tmp_path: Path, stub_training: list[Path], kafka_bootstrap: str
+) -> None:
+    """SKUFORGE_LORA_GENERAL_MAX_IMAGES takes 50,000, one SKU each: 50,000 ids of 20 characters made a
+    1.15 MB adapter.published the producer refused (MessageSizeTooLargeError, a TransientError). The
+    adapter was registered, then its publish failed at every poll for ever, and the general job stayed
+    under way, so new accepted images never started another. Its event names the first SKU ids that
+    fit one record; the job's result.json keeps them all."""
+    store = FileStore(tmp_path / "store")
+    shared = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
+    create_topics(shared, ADAPTER_PUBLISHED, partitions=1)
+    for variant in (0, 1, 2):
+        record_accepted_event(store, gate_accepted(store, variant))
+    trainer = trainer_on(
+        store, model_folder(tmp_path, "m"), lora_class_images=0, lora_general_after_accepted=1
+    )
+
+    def broker_away(event: AdapterPublished) -> None:
+        raise TransientError("broker away")
+
+    trainer.publish = broker_away
+    with pytest.raises(TransientError):
+        trainer.run_pending()  # trained and registered; its result.json as a 50,000-image job writes it
+    [job] = trainer.plan()
+    result_key = f"{PREFIX}/jobs/{job.sha256}/result.json"
+    sku_ids = sorted(f"SKU-{index:016d}" for index in range(MAX_ADAPTER_SKUS))
+    store.put_json(result_key, {**json.loads(store.get_bytes(result_key)), "sku_ids": sku_ids})
+
+    trainer.publish = kafka_publisher(shared)
+    [event] = trainer.run_pending()
+    [envelope] = read_topic(kafka_bootstrap, shared.topic_name(ADAPTER_PUBLISHED), expect=1)
+    on_kafka = Envelope[AdapterPublished].model_validate_json(envelope.value).payload
+    assert on_kafka == event and event.adapter_id == job.adapter_id
+    assert 40_000 < len(event.sku_ids) < MAX_ADAPTER_SKUS and event.sku_ids == sku_ids[: len(event.sku_ids)]
+    assert record_bytes(event) <= MAX_OUTPUT_RECORD_BYTES
+    assert json.loads(store.get_bytes(result_key))["sku_ids"] == sku_ids  # every one, kept
+    assert served(store, "any") == job.adapter_id
+    assert trainer.plan() == [] and trainer.run_pending() == []  # published, no longer under way
+    record_accepted_event(store, gate_accepted(store, 3))
+    [new] = trainer.plan()  # a new accepted image plans a new general job
+    assert new.sha256 != job.sha256 and new.kind == "general"

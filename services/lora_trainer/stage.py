@@ -5,7 +5,8 @@ general adapter, after ``SKUFORGE_LORA_GENERAL_AFTER_ACCEPTED`` new accepted ima
 ``SKUFORGE_LORA_GENERAL_EVERY_S`` schedule).
 Produces: ``adapter.published`` once an adapter's weights and metadata are in the registry the
 generator reads; the generator lists the registry every ``SKUFORGE_DIFFUSION_ADAPTER_REFRESH_S`` and
-uses the new adapter without a restart.
+uses the new adapter without a restart. The event fits one Kafka record: a general adapter of more
+SKUs than that holds names the first (``fitted_to_a_record``); its ``result.json`` names them all.
 
 **Long jobs on a bus.** Training takes minutes to hours, far beyond a consumer's poll interval, so
 the handlers do not train: they write the request to the store (``lora-trainer/series/<series>/
@@ -82,6 +83,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -94,7 +96,7 @@ from schemas.events import MAX_TRAINING_PROMPT_CHARS, AdapterPublished, GateAcce
 from schemas.flow import LORA_TRAINER
 from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.lora_trainer.config import LoraTrainerSettings
-from shared.bus import READ_EXTRA, Publisher
+from shared.bus import READ_EXTRA, Publisher, make_envelope
 from shared.captioning.prompts import class_noun, class_prompt
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ObjectMissing, TransientError
@@ -126,7 +128,7 @@ from shared.lora_training.train import (
     train_lora,
     trained_class_items,
 )
-from shared.runtime import Context, Emit, Stage, run_stage
+from shared.runtime import MAX_OUTPUT_RECORD_BYTES, Context, Emit, Stage, run_stage
 from shared.store import ObjectStore, open_store, sha256_hex
 
 PREFIX = "lora-trainer"
@@ -985,6 +987,7 @@ class LoraTrainer:
             training_prompts=prompts,
             publication=publication,
         )
+        event = fitted_to_a_record(event)
         self.publish(event)
         # Only after the broker has the event: a crash before the marker is written publishes again (the
         # same event id). The general schedule last: written before the pointer and the marker, the store
@@ -1550,6 +1553,61 @@ def _folder_name(model: str) -> str:
     then refused by the registry at every poll) or "..". Symlinks are not followed: a link's name is
     the label it always gave."""
     return Path(os.path.abspath(model)).name
+
+
+# A time as long as any the envelope may carry (microseconds written out), to measure a record by.
+_LONGEST_PRODUCED_AT = datetime(2000, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
+
+
+def record_bytes(event: AdapterPublished) -> int:
+    """The bytes of the Kafka record ``kafka_publisher`` sends for ``event``, key and envelope, at most
+    (its ids are of fixed length; its time is measured at its longest)."""
+    event_id = derive_id(LORA_TRAINER.name, event.adapter_id, str(event.publication))
+    envelope = make_envelope(
+        ADAPTER_PUBLISHED,
+        event,
+        event_id=event_id,
+        sku_id=event.adapter_id,
+        trace_id=event_id,
+        producer=LORA_TRAINER.name,
+        produced_at=_LONGEST_PRODUCED_AT,
+    )
+    return len(event.adapter_id.encode()) + len(envelope.model_dump_json().encode())
+
+
+def fitted_to_a_record(event: AdapterPublished) -> AdapterPublished:
+    """``event``, its ``sku_ids`` cut to the first (sorted) that fit one Kafka record
+    (``MAX_OUTPUT_RECORD_BYTES``), and if it still does not fit, its ``training_prompts`` too.
+
+    The schema takes 50,000 SKU ids of 64 characters (SKUFORGE_LORA_GENERAL_MAX_IMAGES' top): a general
+    adapter of 50,000 ids of 20 characters made a 1.15 MB event the producer refused, at every poll for
+    ever, its adapter registered and its job under way, so no new general job began. The generator
+    finds the adapter in the registry, not in the event; ``instance_images`` counts every image, and the
+    job's ``result.json`` keeps every SKU id."""
+    if record_bytes(event) <= MAX_OUTPUT_RECORD_BYTES:
+        return event
+    sku_ids = list(event.sku_ids)
+    fits, over = 0, len(sku_ids)  # the most ids that fit lie in [fits, over)
+    while over - fits > 1:
+        middle = (fits + over) // 2
+        if record_bytes(event.model_copy(update={"sku_ids": sku_ids[:middle]})) <= MAX_OUTPUT_RECORD_BYTES:
+            fits = middle
+        else:
+            over = middle
+    fitted = event.model_copy(update={"sku_ids": sku_ids[:fits]})
+    while record_bytes(fitted) > MAX_OUTPUT_RECORD_BYTES and fitted.training_prompts:
+        # 50 prompts of 8,192 characters of a script of 3 bytes a character: 1.2 MB on their own.
+        fitted = fitted.model_copy(update={"training_prompts": fitted.training_prompts[:-1]})
+    log.warning(
+        "adapter.published names fewer SKUs (or training prompts) than the adapter was trained on: "
+        "the event must fit one Kafka record; the job's result.json names them all",
+        extra={
+            "adapter_id": event.adapter_id,
+            "sku_ids": f"{len(fitted.sku_ids)} of {len(event.sku_ids)}",
+            "training_prompts": f"{len(fitted.training_prompts)} of {len(event.training_prompts)}",
+        },
+    )
+    return fitted
 
 
 def kafka_publisher(shared: Settings) -> Callable[[AdapterPublished], None]:
