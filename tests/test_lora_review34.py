@@ -1,6 +1,7 @@
 """The LoRA trainer, review 34: a general job that failed for good stays remembered across a restart;
 an adapter whose training prompts are longer than its event may carry is still published, as is a
-general adapter whose SKU ids are more than one Kafka record holds.
+general adapter whose SKU ids are more than one Kafka record holds; two photos whose SKU and photo ids
+join to the same text are two items of a set.
 
 Training is stubbed where what is trained is not the point (``stub_training``), so this file runs on
 CPU in seconds.
@@ -9,6 +10,7 @@ CPU in seconds.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,11 +20,21 @@ from schemas.events import MAX_ADAPTER_SKUS, MAX_TAGS, MAX_TRAINING_PROMPT_CHARS
 from schemas.topics import ADAPTER_PUBLISHED
 from services.lora_trainer.stage import PREFIX, kafka_publisher, record_bytes
 from shared.errors import TransientError
+from shared.images import decode_image, encode_png, pixel_array
+from shared.lora_training.dataset import TrainingRecipe, build_training_set, load_training_set
 from shared.runtime import MAX_OUTPUT_RECORD_BYTES
-from shared.store import FileStore
+from shared.store import FileStore, sha256_hex
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
 from tests.support.captioning import captioned_sku
-from tests.support.lora import gate_accepted, model_folder, record, record_accepted_event, served, trainer_on
+from tests.support.lora import (
+    gate_accepted,
+    model_folder,
+    one_photo_source,
+    record,
+    record_accepted_event,
+    served,
+    trainer_on,
+)
 
 
 class _CountingStore(FileStore):
@@ -195,3 +207,47 @@ def test_a_general_adapter_of_more_sku_ids_than_a_kafka_record_holds_is_publishe
     record_accepted_event(store, gate_accepted(store, 3))
     [new] = trainer.plan()  # a new accepted image plans a new general job
     assert new.sha256 != job.sha256 and new.kind == "general"
+
+
+def test_two_photos_whose_ids_join_to_the_same_text_are_two_items_of_the_set(tmp_path: Path) -> None:
+    """An item's id was '<sku_id>-<photo_id>-<scene>', and both ids may hold '-': SKU 'A-1' photo 'front'
+    and SKU 'A' photo '1-front' (one series, or the general set) were one id and one image key. The
+    second photo overwrote the first, which was trained as the second (twice), and the set, its ids
+    not unique, never loaded: every resume built it again."""
+    store = FileStore(tmp_path / "store")
+    first = one_photo_source(store)
+    store.put_bytes(
+        "inverted.png", inverted := encode_png(255 - pixel_array(decode_image(store.get_bytes("photo.png"))))
+    )
+    sources = [
+        replace(first, sku_id="A-1", photo_id="front", composite=False),
+        replace(
+            first,
+            sku_id="A",
+            photo_id="1-front",
+            image_uri=store.uri_for("inverted.png"),
+            image_sha256=sha256_hex(inverted),
+            composite=False,
+        ),
+    ]
+    recipe = TrainingRecipe(resolution=64, scenes_per_photo=1, class_images=0)
+
+    built = build_training_set(store, "set", "0" * 64, sources, recipe)
+
+    first_item, second_item = built.instance_items
+    assert first_item.item_id != second_item.item_id and first_item.image != second_item.image
+    assert [item.sku_id for item in built.instance_items] == ["A-1", "A"]
+    for item in built.instance_items:  # each image key holds its own photo, not the other's
+        assert sha256_hex(store.get_bytes(item.image)) == item.sha256
+    assert first_item.sha256 != second_item.sha256
+    loaded = load_training_set(store, "set", "0" * 64)
+    assert loaded is not None and loaded.items == built.items  # a resume reads it, not builds it again
+
+
+def test_an_unambiguous_items_id_is_the_one_sets_always_had(tmp_path: Path) -> None:
+    """A set built before keeps its ids; one built now names its items as before unless two collide."""
+    store = FileStore(tmp_path / "store")
+    source = replace(one_photo_source(store), composite=False)
+    recipe = TrainingRecipe(resolution=64, scenes_per_photo=1, class_images=0)
+    [item] = build_training_set(store, "set", "0" * 64, [source], recipe).instance_items
+    assert item.item_id == "SKU-001-p1-000"

@@ -25,6 +25,10 @@ Layout under the set's prefix::
     images/<kind>/<item_id>.png       the training images (RGB, resolution x resolution)
     masks/<item_id>.png               where the product is (instance items only)
     complete.json                     written last: the class keys and every item id, in order
+
+An instance item's id is ``<sku_id>-<photo_id>-<scene>`` (``<sku_id>~<photo_id>-<scene>`` for two photos
+of the set whose ids join to the same text); a class item's ``class-<class key>-<index>``. A set is
+read back by the ids its records hold, so a set built before keeps its own.
 """
 
 from __future__ import annotations
@@ -247,15 +251,15 @@ def build_training_set(
     training_set = TrainingSet(prefix=prefix, sha256=sha256)
     classes: dict[str, str] = {}  # class noun -> class prompt
     refused: list[Exception] = []
+    item_stems = _item_stems(sources)
     for done, source in enumerate(sources):
         # Up to 200 scenes a photo and 2000 photos a general set: SIGTERM must not wait for them all.
         if should_stop():
             raise TrainingInterrupted(
                 f"stopped building the training set: {done} of {len(sources)} photos; it is built again"
             )
-        base_id = f"{source.sku_id}-{source.photo_id}"
         try:
-            scenes = _scenes(store, source, base_id, recipe, compositor, max_pixels, max_bytes)
+            scenes = _scenes(store, source, recipe, compositor, max_pixels, max_bytes)
         except (BadInput, ValueError) as exc:
             # One SKU's photo altered or deleted since it was recorded, or a mask the compositor refuses:
             # left out, not the job failed. Before, it failed the series' job, and every later one
@@ -268,7 +272,7 @@ def build_training_set(
             continue
         classes.setdefault(source.class_noun, source.class_prompt)
         for index, (image, item_mask, tags) in enumerate(scenes):
-            item_id = f"{base_id}-{index:03d}"
+            item_id = f"{item_stems[done]}-{index:03d}"
             image_ref = store.put_image(f"{prefix}/images/instance/{item_id}.png", image)
             mask_key = f"{prefix}/masks/{item_id}.png"
             store.put_image(mask_key, item_mask)
@@ -333,10 +337,25 @@ def build_training_set(
     return training_set
 
 
+def _item_stems(sources: Sequence[InstanceSource]) -> list[str]:
+    """What each source's item ids begin with: ``<sku_id>-<photo_id>``, as sets were always named, unless
+    another source of the set joins to the same text (both ids may hold '-': SKU 'A-1' photo 'front',
+    SKU 'A' photo '1-front'); those are ``<sku_id>~<photo_id>``, '~' being in no safe id. One stem held
+    both: the second photo overwrote the first, trained twice, and the set never loaded again."""
+    pairs: dict[str, set[tuple[str, str]]] = {}
+    for source in sources:
+        pairs.setdefault(f"{source.sku_id}-{source.photo_id}", set()).add((source.sku_id, source.photo_id))
+    return [
+        f"{source.sku_id}-{source.photo_id}"
+        if len(pairs[f"{source.sku_id}-{source.photo_id}"]) == 1
+        else f"{source.sku_id}~{source.photo_id}"
+        for source in sources
+    ]
+
+
 def _scenes(
     store: ObjectStore,
     source: InstanceSource,
-    base_id: str,
     recipe: TrainingRecipe,
     compositor: CompositeBackend,
     max_pixels: int,
@@ -357,7 +376,9 @@ def _scenes(
         mask=mask,
         prompt=source.instance_prompt,
         negative_prompt="",
-        seed=int(hashlib.sha256(base_id.encode()).hexdigest()[:8], 16) ^ recipe.seed,
+        # Of the joined ids, as before item ids were told apart: the scenes of every set stay as they were.
+        seed=int(hashlib.sha256(f"{source.sku_id}-{source.photo_id}".encode()).hexdigest()[:8], 16)
+        ^ recipe.seed,
         n=recipe.scenes_per_photo,
         parameters={},
         size=size,
