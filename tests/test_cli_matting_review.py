@@ -267,16 +267,10 @@ def test_quantize_refuses_an_out_that_would_replace_its_model_or_ranges(
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
 
 
-def test_train_refuses_an_unfinished_real_pairs_folder_and_real_pairs_finishes_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An interrupted `real-pairs` left whole pairs and no pairs.json: `train --extra` trained on that
-    part of the set without a word, and `real-pairs` refused the folder, so it had to be deleted."""
+def _one_iconic_dataset(tmp_path: Path) -> tuple[Path, Path]:
+    """A GroceryStoreDataset-shaped folder holding one iconic photo (the committed Oatly sample) and
+    no in-store photo, and a held-out split that keeps nothing back: (dataset, split file)."""
     import shutil
-
-    from PIL import Image
-
-    from tests.support.matting import stop_at_png
 
     sample = Path(__file__).resolve().parents[1] / "samples" / "grocerystore" / "GROCERY-OATLY-001"
     dataset = tmp_path / "dataset"
@@ -286,6 +280,19 @@ def test_train_refuses_an_unfinished_real_pairs_folder_and_real_pairs_finishes_i
     (dataset / "train.txt").write_text("")
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"bench_catalogue": [], "reserved_train": []}))
+    return dataset, split
+
+
+def test_train_refuses_an_unfinished_real_pairs_folder_and_real_pairs_finishes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupted `real-pairs` left whole pairs and no pairs.json: `train --extra` trained on that
+    part of the set without a word, and `real-pairs` refused the folder, so it had to be deleted."""
+    from PIL import Image
+
+    from tests.support.matting import stop_at_png
+
+    dataset, split = _one_iconic_dataset(tmp_path)
     pairs = tmp_path / "pairs"
     argv = ["real-pairs", "--dataset", str(dataset), "--held-out", str(split), "--composites", "0"]
 
@@ -330,18 +337,9 @@ def test_real_pairs_labels_with_the_official_bytes_its_md5_was_checked_on(
     """The md5 of --official was checked on one read, and the pseudo-labeller opened from the path
     later: a file replaced in between labelled the in-store pairs unchecked (here: ended the run in
     a traceback, the file being no model at all)."""
-    import shutil
-
     import shared.matting.official as official_module
 
-    sample = Path(__file__).resolve().parents[1] / "samples" / "grocerystore" / "GROCERY-OATLY-001"
-    dataset = tmp_path / "dataset"
-    iconic = dataset / "iconic-images-and-descriptions" / "Packages" / "Oat-Milk"
-    iconic.mkdir(parents=True)
-    shutil.copy(sample / "Oatly-Oat-Milk_Iconic.jpg", iconic / "Oatly-Oat-Milk_Iconic.jpg")
-    (dataset / "train.txt").write_text("")
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"bench_catalogue": [], "reserved_train": []}))
+    dataset, split = _one_iconic_dataset(tmp_path)
     official = tmp_path / "u2netp.onnx"
     official.write_bytes(default_official_onnx().read_bytes())
     checked = official_module.verify_md5

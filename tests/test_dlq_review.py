@@ -645,6 +645,23 @@ def test_a_reason_no_letter_has_names_the_reasons_present_escaped(
         assert "reasons present: object_missing\\x1b[2J\\nskuforge dlq list: all fine (1)" in err
 
 
+def _letters_with_stored_originals(
+    settings: Settings, store: Any, topic: str, count: int
+) -> tuple[list[bytes], list[dict[str, Any]]]:
+    """``count`` originals of 300 kB kept under dlq-originals/ (too large to ride in their letters), and
+    a letter for each, at offsets 0, 1, ...; the letters are not written."""
+    originals = [bytes([offset]) * 300_000 for offset in range(count)]
+    letters = []
+    for offset, value in enumerate(originals):
+        ref = store.put_bytes(f"dlq-originals/{topic}/0-{offset}-x.value", value)
+        letters.append(
+            _letter(
+                settings, original_offset=offset, original_value_b64="", original_value_ref=ref.model_dump()
+            )
+        )
+    return originals, letters
+
+
 @pytest.mark.kafka
 def test_a_replay_sends_each_original_kept_in_the_store_before_it_reads_the_next(
     kafka_bootstrap: str, s3_store: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -680,15 +697,7 @@ def test_a_replay_sends_each_original_kept_in_the_store_before_it_reads_the_next
     settings = isolated_settings(kafka_bootstrap, store.base_uri)
     create_topics(settings, SKU_INGESTED, partitions=1)
     topic = settings.topic_name(SKU_INGESTED)
-    originals = [bytes([offset]) * 300_000 for offset in range(4)]
-    letters = []
-    for offset, value in enumerate(originals):
-        ref = store.put_bytes(f"dlq-originals/{topic}/0-{offset}-x.value", value)
-        letters.append(
-            _letter(
-                settings, original_offset=offset, original_value_b64="", original_value_ref=ref.model_dump()
-            )
-        )
+    originals, letters = _letters_with_stored_originals(settings, store, topic, 4)
     twice = dict(letters[0], failed_at=(datetime.now(UTC) + timedelta(seconds=1)).isoformat())
     _write_letters(settings, *letters, twice)
     monkeypatch.setattr(dlq_module, "make_producer", counting_producer)
@@ -760,15 +769,7 @@ def test_a_store_that_goes_away_mid_replay_stops_it_with_what_was_sent_marked(
     settings = isolated_settings(kafka_bootstrap, store.base_uri)
     create_topics(settings, SKU_INGESTED, partitions=1)
     topic = settings.topic_name(SKU_INGESTED)
-    originals = [bytes([offset]) * 300_000 for offset in range(2)]
-    letters = []
-    for offset, value in enumerate(originals):
-        ref = store.put_bytes(f"dlq-originals/{topic}/0-{offset}-x.value", value)
-        letters.append(
-            _letter(
-                settings, original_offset=offset, original_value_b64="", original_value_ref=ref.model_dump()
-            )
-        )
+    originals, letters = _letters_with_stored_originals(settings, store, topic, 2)
     _write_letters(settings, *letters)
 
     assert dlq_main(["replay", topic], settings=settings, store=store) == 1

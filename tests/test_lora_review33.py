@@ -14,27 +14,15 @@ import pytest
 from services.lora_trainer import stage as lora_stage
 from services.lora_trainer.stage import PREFIX
 from shared.lora_training.train import TrainingError
-from shared.store import FileStore
-from tests.support.lora import gate_accepted, model_folder, record_accepted_event, served, trainer_on
-
-
-class _CountingStore(FileStore):
-    """A file store that keeps the keys it was asked to read, in order."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.reads: list[str] = []
-
-    def _read(self, key: str) -> bytes:
-        self.reads.append(key)
-        return super()._read(key)
-
-
-def _request_reads(store: _CountingStore) -> list[str]:
-    """The ``accepted/`` request files read since the last look (a general plan reads its picks)."""
-    reads = [key for key in store.reads if key.startswith(f"{PREFIX}/accepted/")]
-    store.reads.clear()
-    return reads
+from tests.support.lora import (
+    CountingStore,
+    gate_accepted,
+    model_folder,
+    record_accepted_event,
+    request_reads,
+    served,
+    trainer_on,
+)
 
 
 def test_a_general_job_failed_for_good_is_not_planned_again_until_new_images_come(
@@ -43,7 +31,7 @@ def test_a_general_job_failed_for_good_is_not_planned_again_until_new_images_com
     """A general job marked failed (here every picked image has expired, docs/diffusion.md) left the
     schedule as it was: every poll planned it again, reading each of its request files (up to
     SKUFORGE_LORA_GENERAL_MAX_IMAGES, every SKUFORGE_LORA_POLL_S) only to find its failed.json."""
-    store = _CountingStore(tmp_path / "store")
+    store = CountingStore(tmp_path / "store")
     for variant in (0, 1, 2):
         record_accepted_event(store, gate_accepted(store, variant))
         store.delete(f"fixtures/gen-001-{variant:02d}/image.png")  # expired (the lifecycle rule)
@@ -51,17 +39,17 @@ def test_a_general_job_failed_for_good_is_not_planned_again_until_new_images_com
         store, model_folder(tmp_path, "m"), lora_class_images=0, lora_general_after_accepted=1
     )
     [job] = trainer.plan()
-    _request_reads(store)
+    request_reads(store)
 
     assert trainer.run_pending() == []
     failed = json.loads(store.get_bytes(f"{PREFIX}/jobs/{job.sha256}/failed.json"))
     assert failed["reason"].startswith("object_missing")
-    assert len(_request_reads(store)) == 3  # planned from its three request files
+    assert len(request_reads(store)) == 3  # planned from its three request files
     assert trainer.metrics.jobs.labels("failed")._value.get() == 1
 
     for _ in range(2):  # the next polls
         assert trainer.plan() == [] and trainer.run_pending() == []
-        assert _request_reads(store) == []
+        assert request_reads(store) == []
     assert stub_training == []
 
     record_accepted_event(store, gate_accepted(store, 3))  # a new image: a new job
@@ -76,7 +64,7 @@ def test_a_failed_general_job_whose_failed_file_is_deleted_is_tried_again(
 ) -> None:
     """Deleting ``jobs/<hash>/failed.json`` is how an operator retries a failed job (docs/diffusion.md):
     remembering the failure must not hide that."""
-    store = _CountingStore(tmp_path / "store")
+    store = CountingStore(tmp_path / "store")
     for variant in (0, 1):
         record_accepted_event(store, gate_accepted(store, variant))
     trainer = trainer_on(
@@ -92,8 +80,8 @@ def test_a_failed_general_job_whose_failed_file_is_deleted_is_tried_again(
     assert trainer.run_pending() == []
     failed_key = f"{PREFIX}/jobs/{job.sha256}/failed.json"
     assert store.exists(failed_key)
-    _request_reads(store)
-    assert trainer.plan() == [] and _request_reads(store) == []
+    request_reads(store)
+    assert trainer.plan() == [] and request_reads(store) == []
 
     monkeypatch.setattr(lora_stage, "train_lora", stubbed)  # the cause fixed
     store.delete(failed_key)

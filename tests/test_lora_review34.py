@@ -27,36 +27,19 @@ from shared.store import FileStore, sha256_hex
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
 from tests.support.captioning import captioned_sku
 from tests.support.lora import (
+    CountingStore,
     gate_accepted,
     model_folder,
     one_photo_source,
     record,
     record_accepted_event,
+    request_reads,
     served,
     trainer_on,
 )
 
 
-class _CountingStore(FileStore):
-    """A file store that keeps the keys it was asked to read, in order."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.reads: list[str] = []
-
-    def _read(self, key: str) -> bytes:
-        self.reads.append(key)
-        return super()._read(key)
-
-
-def _request_reads(store: _CountingStore) -> list[str]:
-    """The ``accepted/`` request files read since the last look (a general plan reads its picks)."""
-    reads = [key for key in store.reads if key.startswith(f"{PREFIX}/accepted/")]
-    store.reads.clear()
-    return reads
-
-
-def _failed_general_job(tmp_path: Path, store: _CountingStore) -> str:
+def _failed_general_job(tmp_path: Path, store: CountingStore) -> str:
     """A general job on three accepted images, each expired since (docs/diffusion.md), marked failed for
     good by a first trainer; its hash."""
     for variant in (0, 1, 2):
@@ -69,7 +52,7 @@ def _failed_general_job(tmp_path: Path, store: _CountingStore) -> str:
     assert trainer.run_pending() == []
     failed = json.loads(store.get_bytes(f"{PREFIX}/jobs/{job.sha256}/failed.json"))
     assert failed["reason"].startswith("object_missing")
-    _request_reads(store)
+    request_reads(store)
     return job.sha256
 
 
@@ -79,18 +62,18 @@ def test_a_general_job_failed_for_good_is_not_planned_again_after_a_restart(
     """Remembered only in the process, the failure was forgotten at each restart (a redeploy, a node
     drained): the first poll planned the job again, reading every request file it picked (up to
     SKUFORGE_LORA_GENERAL_MAX_IMAGES) only to find its failed.json."""
-    store = _CountingStore(tmp_path / "store")
+    store = CountingStore(tmp_path / "store")
     sha256 = _failed_general_job(tmp_path, store)
 
     restarted = trainer_on(store, tmp_path / "m", lora_class_images=0, lora_general_after_accepted=1)
     assert restarted.plan() == [] and restarted.run_pending() == []
-    assert _request_reads(store) == []
+    assert request_reads(store) == []
     assert stub_training == []
 
     # Deleting failed.json is still how an operator retries it (docs/diffusion.md).
     store.delete(f"{PREFIX}/jobs/{sha256}/failed.json")
     [again] = restarted.plan()
-    assert again.sha256 == sha256 and len(_request_reads(store)) == 3
+    assert again.sha256 == sha256 and len(request_reads(store)) == 3
 
 
 def test_a_general_job_failed_for_good_is_planned_again_by_a_trainer_of_another_recipe(
@@ -98,20 +81,20 @@ def test_a_general_job_failed_for_good_is_planned_again_by_a_trainer_of_another_
 ) -> None:
     """A restart with another recipe (or model, or class folder) makes the same images another job, which
     has not failed: the remembered failure must not hold it back."""
-    store = _CountingStore(tmp_path / "store")
+    store = CountingStore(tmp_path / "store")
     sha256 = _failed_general_job(tmp_path, store)
 
     restarted = trainer_on(
         store, tmp_path / "m", lora_class_images=0, lora_general_after_accepted=1, lora_max_steps=400
     )
     [job] = restarted.plan()
-    assert job.sha256 != sha256 and len(_request_reads(store)) == 3
+    assert job.sha256 != sha256 and len(request_reads(store)) == 3
 
 
 def test_a_new_accepted_image_after_a_restart_plans_a_new_general_job(
     tmp_path: Path, stub_training: list[Path]
 ) -> None:
-    store = _CountingStore(tmp_path / "store")
+    store = CountingStore(tmp_path / "store")
     sha256 = _failed_general_job(tmp_path, store)
 
     restarted = trainer_on(store, tmp_path / "m", lora_class_images=0, lora_general_after_accepted=1)
@@ -127,7 +110,7 @@ def test_a_failure_record_this_version_cannot_read_plans_the_job_once_and_is_wri
 ) -> None:
     """``failed`` in general.json is only a memo: mangled (an edit, another release), the job is planned
     and found failed, as before the record, and the record is written anew; the schedule stays readable."""
-    store = _CountingStore(tmp_path / "store")
+    store = CountingStore(tmp_path / "store")
     sha256 = _failed_general_job(tmp_path, store)
     state = json.loads(store.get_bytes(f"{PREFIX}/general.json"))
     store.put_json(
@@ -136,11 +119,11 @@ def test_a_failure_record_this_version_cannot_read_plans_the_job_once_and_is_wri
 
     restarted = trainer_on(store, tmp_path / "m", lora_class_images=0, lora_general_after_accepted=1)
     [job] = restarted.plan()
-    assert job.sha256 == sha256 and len(_request_reads(store)) == 3
+    assert job.sha256 == sha256 and len(request_reads(store)) == 3
     assert restarted.run_pending() == [] and stub_training == []
-    _request_reads(store)  # run_pending planned it too, before the record was written again
+    request_reads(store)  # run_pending planned it too, before the record was written again
     assert json.loads(store.get_bytes(f"{PREFIX}/general.json"))["failed"] == state["failed"]
-    assert restarted.plan() == [] and _request_reads(store) == []
+    assert restarted.plan() == [] and request_reads(store) == []
 
 
 def test_a_series_whose_training_prompt_is_longer_than_an_event_may_carry_is_published(

@@ -190,3 +190,22 @@ def one_series(tmp_path: Path) -> tuple[FileStore, Callable[[int], LoraTrainer]]
 def served(store: ObjectStore, series: str = "cola") -> str | None:
     """The adapter the generator picks for ``series``."""
     return resolve_adapter(AdapterRegistry(store).list(), series=series, base_model="sd15-inpaint").adapter_id
+
+
+class CountingStore(FileStore):
+    """A file store that keeps the keys it was asked to read, in order."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reads: list[str] = []
+
+    def _read(self, key: str) -> bytes:
+        self.reads.append(key)
+        return super()._read(key)
+
+
+def request_reads(store: CountingStore) -> list[str]:
+    """The ``accepted/`` request files read since the last look (a general plan reads its picks)."""
+    reads = [key for key in store.reads if key.startswith(f"{lora_stage.PREFIX}/accepted/")]
+    store.reads.clear()
+    return reads
