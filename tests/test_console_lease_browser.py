@@ -303,6 +303,100 @@ def test_a_press_after_the_session_ran_out_says_nothing_was_done_and_leads_to_th
     wait_for(lambda: tasks.get(served.task_id).state != "claimed", f"{button} did nothing after the login")
 
 
+def log_in_from_the_status_link(page: Any, served: Served) -> None:
+    """Follow the status line's "log in" link as alice, back to the item page."""
+    page.click("#status a.login")
+    page.wait_for_selector("text=your session ran out")
+    page.fill("#reviewer", "alice")
+    page.fill("#password", "alice-password")
+    page.click("#login")
+    page.wait_for_url(f"{served.base_url}/tasks/{served.task_id}")
+    page.wait_for_selector("body[data-ready='1']")
+
+
+def edited_overlay_at(page: Any, x: int, y: int) -> bool:
+    """Whether the overlay shows the edited (blue) layer at image pixel (x, y), once drawn."""
+    return bool(
+        page.evaluate(
+            "([x, y]) => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(() => {"
+            " const [r, , b, a] = document.getElementById('overlay').getContext('2d')"
+            ".getImageData(x, y, 1, 1).data; done(a > 0 && b > r); })))",
+            [x, y],
+        )
+    )
+
+
+def test_a_mask_painted_before_the_session_ran_out_is_restored_after_the_login(
+    served: Served, page: Any
+) -> None:
+    """A decision met a 401 and the reviewer followed the "log in" link: the page was left, and the mask
+    painted on it was gone when the login came back to the item."""
+    tasks = served.parts.tasks
+    open_held_item(page, served)
+    paint_a_stroke(page, served)
+    page.context.clear_cookies()
+    page.keyboard.press("a")
+    page.wait_for_selector("#status:has-text('the decision (approve_edited) was not saved')")
+    # A stroke painted after the 401, before following the link, is kept too.
+    box = page.locator("#overlay").bounding_box()
+    scale = box["width"] / tasks.get(served.task_id).pending.matted.generated.image.width
+    page.mouse.move(box["x"] + 10 * scale, box["y"] + 40 * scale)
+    page.mouse.down()
+    for x in range(10, 61, 5):
+        page.mouse.move(box["x"] + x * scale, box["y"] + 40 * scale)
+    page.mouse.up()
+
+    log_in_from_the_status_link(page, served)
+
+    page.wait_for_selector("#status:has-text('restored')")
+    said = page.inner_text("#status")
+    assert "not saved" in said and "approve_edited" in said
+    assert edited_overlay_at(page, 35, 20) and edited_overlay_at(page, 35, 40)
+    assert tasks.get(served.task_id).state == "claimed"  # restored, never sent on its own
+    page.keyboard.press("a")
+    page.wait_for_selector("body[data-decided='approve_edited']")
+    outbox = tasks.outbox(served.task_id)
+    assert outbox is not None and outbox.payload.final_mask is not None
+    predicted = mask_from_ref(served.parts.store, tasks.get(served.task_id).pending.matted.predicted_mask)
+    stored = decode_mask(served.parts.store.read_verified(outbox.payload.final_mask))
+    assert np.count_nonzero(stored > predicted) > 100  # the stroke, 50 px long and 8 px wide
+    assert page.evaluate("window.sessionStorage.length") == 0  # saved: kept no longer
+
+
+def test_a_kept_mask_for_other_pixels_or_discarded_is_not_restored(served: Served, page: Any) -> None:
+    """What was kept at a 401 is for the pixels the page showed then: a replay since (another digest) drops
+    it unapplied; and a reviewer who discards it gets the page as the server has it."""
+    open_held_item(page, served)
+    paint_a_stroke(page, served)
+    page.context.clear_cookies()
+    page.keyboard.press("a")
+    page.wait_for_selector("#status:has-text('was not saved')")
+    log_in_from_the_status_link(page, served)
+    page.wait_for_selector("#status:has-text('restored')")
+
+    page.click("#status button.discard")
+    page.wait_for_selector("#status:has-text('discarded')")
+    assert not edited_overlay_at(page, 35, 20)
+    assert page.evaluate("window.sessionStorage.length") == 0
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']")
+    assert "restored" not in page.inner_text("#status")
+
+    # Kept for pixels a replay has replaced since: said, and not applied.
+    kept = page.evaluate(
+        "() => { window.sessionStorage.setItem('skuforge.unsaved.' + JSON.parse("
+        "document.getElementById('task-data').textContent).taskId, JSON.stringify({shown: 'older', "
+        "decision: 'approve_edited', width: 1, height: 1, mask: 'gA=='}));"
+        " return window.sessionStorage.length; }"
+    )
+    assert kept == 1
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']")
+    page.wait_for_selector("#status:has-text('changed since')")
+    assert not edited_overlay_at(page, 35, 20)
+    assert page.evaluate("window.sessionStorage.length") == 0
+
+
 def test_c_on_a_held_item_keeps_the_painted_mask(served: Served, page: Any) -> None:
     """`c` claimed the item again and reloaded the page: the painted mask was lost."""
     open_held_item(page, served)

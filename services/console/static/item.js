@@ -27,16 +27,52 @@
 
   // A 401: the console session ran out (or was logged out in another tab), and nothing was done. Said
   // plainly, with a way to log in that comes back to this item: the bare "login required" left no way on.
-  function sayLoggedOut(notDone) {
+  function sayLoggedOut(notDone, decision) {
+    keepUnsaved(decision);
     const here = window.location.pathname + window.location.search;
     const login = document.createElement("a");
     login.className = "login";
     login.href = "/login?" + new URLSearchParams({ error: "expired", next: here }).toString();
     login.textContent = "log in";
+    login.addEventListener("click", () => keepUnsaved(decision)); // with what was painted since the 401
     status.replaceChildren("your session ran out, so " + notDone + ": ", login, " to come back to this item and try again");
     status.classList.add("error");
   }
   const loggedOutSaid = () => status.querySelector("a.login") !== null;
+
+  // -- what a 401 left unsaved ------------------------------------------------------------
+  // The "log in" link leaves the page, and the painted mask went with it. At a 401 the page keeps the
+  // mask (and the decision pressed) in this tab's sessionStorage, under the pixels it was painted on
+  // (page.shown): a replay since then shows other pixels, and the kept mask is dropped, never applied.
+  const unsavedKey = "skuforge.unsaved." + page.taskId;
+
+  function packMask(mask) {
+    const bytes = new Uint8Array(Math.ceil(mask.length / 8));
+    for (let i = 0; i < mask.length; i++) if (mask[i]) bytes[i >> 3] |= 128 >> (i & 7);
+    let text = "";
+    for (let i = 0; i < bytes.length; i += 8192) text += String.fromCharCode(...bytes.subarray(i, i + 8192));
+    return btoa(text);
+  }
+
+  function unpackMask(packed) {
+    const text = atob(packed);
+    const mask = new Uint8Array(W * H);
+    if (text.length !== Math.ceil(mask.length / 8)) throw new Error("a kept mask of another size");
+    for (let i = 0; i < mask.length; i++) if (text.charCodeAt(i >> 3) & (128 >> (i & 7))) mask[i] = 255;
+    return mask;
+  }
+
+  function keepUnsaved(decision) {
+    if (!page.held || masks.edited === null || (!edited && !decision)) return;
+    const kept = { shown: page.shown, decision: decision || null, width: W, height: H, mask: edited ? packMask(masks.edited) : null };
+    try {
+      sessionStorage.setItem(unsavedKey, JSON.stringify(kept));
+    } catch (_) { /* storage full or off: the status line still says what was not saved */ }
+  }
+
+  function forgetUnsaved() {
+    try { sessionStorage.removeItem(unsavedKey); } catch (_) { /* storage off */ }
+  }
 
   function loadMask(url) {
     return new Promise((resolve, reject) => {
@@ -293,11 +329,12 @@
       page.rejectable = false;
       clearInterval(renewal); // decided: a renewal now would read "lease lost" beside the saved decision
       $("state").textContent = result.state;
+      forgetUnsaved();
       say(result.state + " (" + decision + "); event " + result.event_id);
       document.body.dataset.decided = decision;
       setTimeout(next, 400);
     } catch (error) {
-      if (error.status === 401) return sayLoggedOut("the decision (" + decision + ") was not saved");
+      if (error.status === 401) return sayLoggedOut("the decision (" + decision + ") was not saved", decision);
       say("not saved: " + error.message, true);
     } finally {
       busy = false;
@@ -313,6 +350,7 @@
     clearInterval(renewal);
     try {
       await post("/api/tasks/" + page.taskId + "/release");
+      forgetUnsaved(); // left on purpose: what was kept is not wanted any more
       window.location.assign("/" + filters);
     } catch (error) {
       page.held = true;
@@ -478,6 +516,49 @@
     if (handled) event.preventDefault();
   });
 
+  // Put back what a 401 left unsaved (see keepUnsaved), on a page that holds the item; never sent on its
+  // own: the reviewer looks at it and presses the decision again, or discards it.
+  function restoreUnsaved() {
+    let kept = null;
+    try { kept = JSON.parse(sessionStorage.getItem(unsavedKey) || "null"); } catch (_) { kept = null; }
+    if (kept === null || !page.held) return; // not held: a claim reloads the page, and restores it then
+    if (kept.shown !== page.shown) {
+      forgetUnsaved();
+      return say("this item changed since the session ran out (the gate was replayed): what was painted before is dropped", true);
+    }
+    const before = masks.edited;
+    if (kept.mask) {
+      try {
+        masks.edited = unpackMask(kept.mask);
+      } catch (_) {
+        forgetUnsaved();
+        return say("what was painted before the session ran out could not be read back, and is dropped", true);
+      }
+      edited = true;
+      showEdited();
+    }
+    const discard = document.createElement("button");
+    discard.type = "button";
+    discard.className = "discard";
+    discard.textContent = "discard it";
+    discard.addEventListener("click", () => {
+      forgetUnsaved();
+      masks.edited = before;
+      edited = false;
+      undoStack.length = 0;
+      redoStack.length = 0;
+      $("show-edited").checked = false;
+      $("show-predicted").checked = true;
+      redraw();
+      say("discarded what was painted before the session ran out");
+    });
+    const what = (kept.mask ? "the mask painted" : "the decision pressed") + " before the session ran out";
+    const again = kept.decision ? "press " + kept.decision + " again to save it" : "decide to save it";
+    status.replaceChildren("restored " + what + (kept.mask && kept.decision ? " (" + kept.decision + ")" : "") +
+      "; not saved yet: " + again + ", or ", discard);
+    status.classList.remove("error");
+  }
+
   const loads = [loadMask(page.images.predicted), loadMask(page.images.expected)];
   if (page.images.corrected) loads.push(loadMask(page.images.corrected)); // approved as edited
   Promise.all(loads)
@@ -485,6 +566,7 @@
       masks.predicted = predicted;
       masks.expected = expected;
       masks.edited = corrected ? corrected : predicted.slice();
+      restoreUnsaved();
       document.body.dataset.ready = "1";
       redraw();
     })
