@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import math
 import os
@@ -75,6 +76,24 @@ def non_negative_float(text: str) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text}")
     return value
+
+
+def one_of(choices: list[str]) -> Callable[[str], str]:
+    """A type for one name of ``choices`` (a command, a stage): another is refused with them all, and
+    the closest one when a name is near enough to be a slip (``topic``: did you mean 'topics'?).
+
+    Give ``choices`` to the argument too, for its usage line."""
+
+    def parse(text: str) -> str:
+        if text in choices:
+            return text
+        listed = ", ".join(repr(choice) for choice in choices)
+        close = difflib.get_close_matches(text, choices, n=1)
+        guess = f"; did you mean {close[0]!r}?" if close else ""
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {listed}){guess}")
+
+    parse.__name__ = "choice"
+    return parse
 
 
 def folder_problem(path: Path, *, writable: bool = True) -> str | None:

@@ -25,6 +25,7 @@ from services.console.config import ConsoleSettings
 from services.gate.config import GateSettings
 from services.lora_trainer.config import LoraTrainerSettings
 from services.matting.config import MattingSettings
+from shared.argtypes import one_of
 from shared.config import ConfigError, Settings, load_settings, settings_table_markdown, unknown_variables
 from shared.errors import BadInput, TransientError
 from shared.generation.diffusion import DiffusionSettings
@@ -275,7 +276,7 @@ def _cmd_run(rest: list[str]) -> int:
     from shared.runtime import KafkaUnreachable
 
     parser = argparse.ArgumentParser(prog="skuforge run", description="Run one stage until SIGTERM.")
-    parser.add_argument("stage", choices=sorted(STAGES), help="the stage to run")
+    parser.add_argument("stage", type=one_of(sorted(STAGES)), choices=sorted(STAGES), help="the stage to run")
     args = parser.parse_args(rest)
     warn_of_unknown_variables()
     module = importlib.import_module(STAGES[args.stage].module)
@@ -288,7 +289,9 @@ def _cmd_run(rest: list[str]) -> int:
 
 def _cmd_serve(rest: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="skuforge serve", description="Run one HTTP service until SIGTERM.")
-    parser.add_argument("server", choices=sorted(SERVERS), help="the service to serve")
+    parser.add_argument(
+        "server", type=one_of(sorted(SERVERS)), choices=sorted(SERVERS), help="the service to serve"
+    )
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args(rest)
     warn_of_unknown_variables()
@@ -402,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         + "\n\nRun 'skuforge COMMAND --help' for a command's options. Ctrl-C interrupts a command with one "
         "line on stderr and exit status 130 (up, run and serve stop their services instead).",
     )
-    parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND")
+    parser.add_argument("command", type=one_of(sorted(COMMANDS)), choices=sorted(COMMANDS), metavar="COMMAND")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     if not argv:
         parser.print_help()
