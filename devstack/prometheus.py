@@ -310,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         "--write", action="store_true", help=f"config: write it to {CONFIG_FILE.relative_to(REPO_ROOT)}"
     )
     args = parser.parse_args(argv)
+    if args.action == "metrics" and args.write:  # printed, nothing written, and 0: refused instead
+        parser.error("--write writes the scrape config only (config --write); metrics prints its table")
     if args.action == "metrics":
         from devstack.metrics_doc import metrics_table_markdown
 

@@ -36,3 +36,14 @@ def test_a_name_like_no_command_lists_them_without_a_guess(capsys: pytest.Captur
     err = capsys.readouterr().err
     assert stopped.value.code == 2
     assert "did you mean" not in err and "'topics'" in err
+
+
+def test_prometheus_metrics_refuses_write_it_would_ignore(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--write`` writes the scrape config only: with ``metrics`` it printed the table, wrote no file and
+    said 0, so a user updating docs/ops.md's copy believed it done."""
+    with pytest.raises(SystemExit) as stopped:
+        skuforge_main(["prometheus", "metrics", "--write"])
+    out, err = capsys.readouterr()
+    assert stopped.value.code == 2
+    assert out == ""
+    assert "--write" in err.strip().splitlines()[-1] and "config" in err.strip().splitlines()[-1]
