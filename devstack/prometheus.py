@@ -29,6 +29,7 @@ from typing import Any
 from devstack.broker import free_port
 from devstack.supervisor import open_log
 from schemas.flow import CONSOLE, PIPELINE, TRITON
+from shared.argtypes import one_of
 from shared.generation.settings import GenerationSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -303,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "action",
+        type=one_of(["config", "metrics"]),
         choices=("config", "metrics"),
         help="config: the scrape config; metrics: the markdown table of every metric (docs/ops.md)",
     )

@@ -1,5 +1,5 @@
-"""The command line as a new user meets it (review 34): a misspelt command or stage is answered with
-the name it probably meant, exit 2 and no traceback."""
+"""The command line as a new user meets it (review 34): a misspelt command, stage or prometheus action
+is answered with the name it probably meant, exit 2 and no traceback."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from skuforge_cli.main import main as skuforge_main
         (["run", "gatee"], "'gate'"),
         (["run", "lora_trainer"], "'lora-trainer'"),
         (["serve", "consle"], "'console'"),
+        (["prometheus", "metric"], "'metrics'"),
     ],
 )
 def test_a_misspelt_command_or_stage_names_the_closest_one(
