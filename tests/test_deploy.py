@@ -530,9 +530,29 @@ def test_the_generator_stage_asks_for_the_backend_triton_serves(helm: str) -> No
     mixed = render(
         helm,
         "triton.backends={composite,diffusion}",
-        r'settings.SKUFORGE_GENERATION_BACKEND_MIX={"composite": 1\, "diffusion": 1}',
+        r'settings.SKUFORGE_GENERATION_BACKEND_MIX=\{"composite": 1\, "diffusion": 1\}',
     )
     assert "SKUFORGE_GENERATION_BACKEND" not in of_kind(mixed, "ConfigMap")["rel-skuforge-settings"]["data"]
+
+
+def test_a_backend_mix_asks_only_for_backends_triton_serves(helm: str) -> None:
+    # Before, each rendered: a mix giving composite a share beside Triton's default diffusion sent those
+    # variants to a model nobody serves (model_missing at every retry), an empty mix ("{}", which means
+    # SKUFORGE_GENERATION_BACKEND alone) kept the chart from naming Triton's backend, so the stage asked
+    # for the code default, composite, for every variant, and a mix --set without escaping its braces
+    # (a list to helm) reached the pods as '["composite": 3, ...]', which every pod refused at start.
+    mix = r'settings.SKUFORGE_GENERATION_BACKEND_MIX=\{"composite": 3\, "diffusion": 1\}'
+    message = render_error(helm, mix)
+    assert "SKUFORGE_GENERATION_BACKEND_MIX gives composite a share" in message
+    assert "triton.backends" in message
+    render(helm, mix, "triton.backends={composite,diffusion}")
+    # A share of 0 asks for nothing.
+    render(helm, r'settings.SKUFORGE_GENERATION_BACKEND_MIX=\{"composite": 0\, "diffusion": 1\}')
+    empty = of_kind(render(helm, r"settings.SKUFORGE_GENERATION_BACKEND_MIX=\{\}"), "ConfigMap")
+    assert empty["rel-skuforge-settings"]["data"]["SKUFORGE_GENERATION_BACKEND"] == "diffusion"
+    assert "is not a JSON object of shares" in render_error(
+        helm, r'settings.SKUFORGE_GENERATION_BACKEND_MIX={"composite": 3\, "diffusion": 1}'
+    )
 
 
 def test_the_topics_job_reads_this_releases_settings_not_the_configmap(helm: str) -> None:

@@ -95,13 +95,30 @@ SKUFORGE_METRICS_HOST: "0.0.0.0"
 SKUFORGE_GENERATION_TRITON_URL: {{ printf "%s-triton:%d" $fullname (int .Values.triton.ports.grpc) | quote }}
 SKUFORGE_GENERATION_TRITON_PROTOCOL: "grpc"
 {{- /* The stage asks for the backend Triton serves, unless the values choose (checked in validate). */}}
-{{- if and (eq (len .Values.triton.backends) 1) (not (hasKey .Values.settings "SKUFORGE_GENERATION_BACKEND")) (not (hasKey .Values.settings "SKUFORGE_GENERATION_BACKEND_MIX")) }}
+{{- if and (eq (len .Values.triton.backends) 1) (not (hasKey .Values.settings "SKUFORGE_GENERATION_BACKEND")) (not (include "skuforge.mixedBackends" . | fromJsonArray)) }}
 SKUFORGE_GENERATION_BACKEND: {{ first .Values.triton.backends | quote }}
 {{- end }}
 {{- end }}
 {{- range $key, $value := .Values.settings }}
 {{ $key }}: {{ include "skuforge.text" $value | quote }}
 {{- end }}
+{{- end -}}
+
+{{/* The backends settings.SKUFORGE_GENERATION_BACKEND_MIX gives a share above 0, as a JSON list: empty
+for no mix, or "{}", where the stage asks SKUFORGE_GENERATION_BACKEND for every variant. */}}
+{{- define "skuforge.mixedBackends" -}}
+{{- $mixed := list -}}
+{{- if hasKey .Values.settings "SKUFORGE_GENERATION_BACKEND_MIX" -}}
+{{- $text := include "skuforge.text" (index .Values.settings "SKUFORGE_GENERATION_BACKEND_MIX") -}}
+{{- $mix := fromJson $text -}}
+{{- if hasKey $mix "Error" -}}
+{{- fail (printf "settings.SKUFORGE_GENERATION_BACKEND_MIX=%s is not a JSON object of shares, e.g. '{\"composite\": 3, \"diffusion\": 1}' (with --set, escape its braces and commas: \\{\"composite\": 3\\, \"diffusion\": 1\\}); every pod would refuse it at start" $text) -}}
+{{- end -}}
+{{- range $backend, $share := $mix -}}
+{{- if gt (float64 $share) 0.0 }}{{ $mixed = append $mixed $backend }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $mixed -}}
 {{- end -}}
 
 {{- define "skuforge.envFrom" -}}
@@ -187,6 +204,11 @@ calls 127.0.0.1:8001, its own pod, and retries forever. */ -}}
 {{- $backend := index .Values.settings "SKUFORGE_GENERATION_BACKEND" | default "" -}}
 {{- if and $backend (not (has $backend .Values.triton.backends)) -}}
 {{- fail (printf "settings.SKUFORGE_GENERATION_BACKEND=%s, but Triton serves only %s (triton.backends): the generator stage would call a model nobody serves" $backend (join ", " .Values.triton.backends)) -}}
+{{- end -}}
+{{- range include "skuforge.mixedBackends" . | fromJsonArray -}}
+{{- if not (has . $.Values.triton.backends) -}}
+{{- fail (printf "settings.SKUFORGE_GENERATION_BACKEND_MIX gives %s a share, but Triton serves only %s (triton.backends): those variants would call a model nobody serves; add %s to triton.backends or give it no share" . (join ", " $.Values.triton.backends) .) -}}
+{{- end -}}
 {{- end -}}
 {{- /* `skuforge serve generator --backend diffusion` exits at start without a model (CrashLoopBackOff). */ -}}
 {{- $model := or (hasKey .Values.triton.env "SKUFORGE_DIFFUSION_MODEL") (hasKey .Values.settings "SKUFORGE_DIFFUSION_MODEL") (hasKey .Values.secret.values "SKUFORGE_DIFFUSION_MODEL") .Values.secret.existingSecret -}}
