@@ -728,6 +728,27 @@ def test_every_variable_the_chart_sets_is_refused_in_settings_and_secret_values(
             assert f"{source}.{name}: the chart sets this variable itself; " in message, message
 
 
+def test_every_variable_the_chart_sets_is_refused_in_the_pods_env_maps_too(helm: str) -> None:
+    # Before, each rendered: stages.matting.env.SKUFORGE_METRICS_PORT gave the container that variable
+    # twice, the later one won, and the server listened where neither the probes nor the PodMonitor
+    # looked (the pod restarted for ever); stages.generator.env.SKUFORGE_GENERATION_TRITON_URL sent the
+    # generator past the chart's Triton, and an env SKUFORGE_CONSUMER_GROUP_PREFIX beat the ConfigMap's
+    # while KEDA scaled the stage on the chart's group.
+    for name in sorted(_chart_set_variables(helm)):
+        message = render_error(helm, f"stages.matting.env.{name}=x")
+        assert f"stages.matting.env.{name}: the chart sets this variable itself; " in message, message
+    for source, name in [
+        ("stageDefaults.env", "SKUFORGE_CONSUMER_GROUP_PREFIX"),
+        ("stages.generator.env", "SKUFORGE_GENERATION_TRITON_URL"),
+        ("console.env", "SKUFORGE_CONSOLE_PORT"),
+        ("triton.env", "SKUFORGE_GENERATION_SERVER_GRPC_PORT"),
+    ]:
+        message = render_error(helm, f"{source}.{name}=x")
+        assert f"{source}.{name}: the chart sets this variable itself; " in message, message
+    # Settings the chart leaves alone still go per pod.
+    render(helm, "stages.matting.env.SKUFORGE_MATTING_THREADS=2", "console.env.SKUFORGE_LOG_LEVEL=DEBUG")
+
+
 @pytest.mark.parametrize(
     ("name", "instead"),
     [

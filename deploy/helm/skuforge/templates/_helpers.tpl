@@ -185,7 +185,14 @@ SKUFORGE_GENERATION_TRITON_PROTOCOL: leave it out (the generator calls the chart
 {{- end -}}
 {{- end -}}
 {{- $chartSet := include "skuforge.chartSetVariables" (dict "root" .) | fromYaml -}}
-{{- range $source, $values := dict "settings" .Values.settings "secret.values" .Values.secret.values -}}
+{{- /* The pods' env maps too: an env entry beats the ConfigMap (KEDA kept the chart's group), and one the
+chart writes into the container's env came twice, the later winning (a stage's /metrics moved off the
+port its probes and PodMonitor use, and the pod restarted for ever). */ -}}
+{{- $sources := dict "settings" .Values.settings "secret.values" .Values.secret.values "stageDefaults.env" .Values.stageDefaults.env "console.env" .Values.console.env "triton.env" .Values.triton.env -}}
+{{- range $name, $stage := .Values.stages -}}
+{{- $_ := set $sources (printf "stages.%s.env" $name) ($stage | default dict).env -}}
+{{- end -}}
+{{- range $source, $values := $sources -}}
 {{- range $key, $_ := $values -}}
 {{- with get $chartSet $key -}}
 {{- fail (printf "%s.%s: the chart sets this variable itself; %s" $source $key .) -}}
