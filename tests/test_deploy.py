@@ -780,6 +780,15 @@ def test_another_triton_is_named_in_settings_once_the_charts_is_off(helm: str) -
     )
 
 
+def test_triton_ports_alike_fail_the_render(helm: str) -> None:
+    # Before, each rendered: two of triton.ports alike made a Service the API server refuses (a port
+    # twice), and triton.ports.metrics on the server's own /metrics port (9109, files/flow.json) a pod
+    # that exits at start.
+    for value in ("triton.ports.grpc=8000", "triton.ports.metrics=9109"):
+        assert "each needs a port of its own" in render_error(helm, value)
+    render(helm, "triton.ports.http=9000", "triton.ports.grpc=9001", "triton.ports.metrics=9002")
+
+
 def test_triton_rolls_out_without_a_second_gpu_and_has_the_time_its_exit_takes(helm: str) -> None:
     # Before, Triton had the default rolling update (a surge pod): any settings change (the checksum
     # annotation) asked for a second GPU, and with none free the new pod stayed Pending for good.

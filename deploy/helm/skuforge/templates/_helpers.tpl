@@ -212,6 +212,12 @@ calls 127.0.0.1:8001, its own pod, and retries forever. */ -}}
 {{- if and $backend (not (has $backend .Values.triton.backends)) -}}
 {{- fail (printf "settings.SKUFORGE_GENERATION_BACKEND=%s, but Triton serves only %s (triton.backends): the generator stage would call a model nobody serves" $backend (join ", " .Values.triton.backends)) -}}
 {{- end -}}
+{{- /* Two alike made a Service the API server refuses (a port twice), or a pod that exits at start. */ -}}
+{{- $ports := .Values.triton.ports -}}
+{{- $serverMetricsPort := int $flow.triton.metricsPort -}}
+{{- if lt (len (uniq (list (int $ports.http) (int $ports.grpc) (int $ports.metrics) $serverMetricsPort))) 4 -}}
+{{- fail (printf "triton.ports (http %d, grpc %d, metrics %d) and the generator server's own /metrics (%d, files/flow.json) each needs a port of its own" (int $ports.http) (int $ports.grpc) (int $ports.metrics) $serverMetricsPort) -}}
+{{- end -}}
 {{- range include "skuforge.mixedBackends" . | fromJsonArray -}}
 {{- if not (has . $.Values.triton.backends) -}}
 {{- fail (printf "settings.SKUFORGE_GENERATION_BACKEND_MIX gives %s a share, but Triton serves only %s (triton.backends): those variants would call a model nobody serves; add %s to triton.backends or give it no share" . (join ", " $.Values.triton.backends) .) -}}
