@@ -555,6 +555,38 @@ def test_a_backend_mix_asks_only_for_backends_triton_serves(helm: str) -> None:
     )
 
 
+def test_the_backend_checks_read_what_the_generator_stage_gets(helm: str) -> None:
+    # Before, each rendered: the checks read `settings` alone, while the generator's env map (its own or
+    # stageDefaults') and secret.values reach its container too, and win: a backend or a mix share that
+    # Triton does not serve went to the stage unchecked, and every variant called a model nobody serves.
+    for source in ("stages.generator.env", "stageDefaults.env", "secret.values"):
+        message = render_error(helm, f"{source}.SKUFORGE_GENERATION_BACKEND=composite")
+        assert f"{source}.SKUFORGE_GENERATION_BACKEND=composite, but Triton serves only diffusion" in message
+        mix = source + r'.SKUFORGE_GENERATION_BACKEND_MIX=\{"composite": 3\, "diffusion": 1\}'
+        assert f"{source}.SKUFORGE_GENERATION_BACKEND_MIX gives composite a share" in render_error(helm, mix)
+    # The generator's env beats `settings`: the value it gets is the one checked.
+    message = render_error(
+        helm,
+        "settings.SKUFORGE_GENERATION_BACKEND=diffusion",
+        "stages.generator.env.SKUFORGE_GENERATION_BACKEND=composite",
+    )
+    assert "stages.generator.env.SKUFORGE_GENERATION_BACKEND=composite" in message
+    render(
+        helm,
+        "settings.SKUFORGE_GENERATION_BACKEND=composite",
+        "stages.generator.env.SKUFORGE_GENERATION_BACKEND=diffusion",
+    )
+    # A mix in the generator's env with a share for a backend Triton serves renders, and the stage asks
+    # for what the mix gives.
+    mixed = render(
+        helm,
+        "triton.backends={composite,diffusion}",
+        r'stages.generator.env.SKUFORGE_GENERATION_BACKEND_MIX=\{"composite": 1\, "diffusion": 1\}',
+    )
+    generator = env_of(of_kind(mixed, "Deployment")["rel-skuforge-generator"])
+    assert generator["SKUFORGE_GENERATION_BACKEND_MIX"] == '{"composite": 1, "diffusion": 1}'
+
+
 def test_the_topics_job_reads_this_releases_settings_not_the_configmap(helm: str) -> None:
     # A pre-upgrade hook runs before the ConfigMap is updated: reading it, the Job created topics on
     # the previous kafka.bootstrap, or under the previous topicNamespace.

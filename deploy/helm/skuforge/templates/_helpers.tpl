@@ -104,15 +104,31 @@ SKUFORGE_GENERATION_BACKEND: {{ first .Values.triton.backends | quote }}
 {{- end }}
 {{- end -}}
 
-{{/* The backends settings.SKUFORGE_GENERATION_BACKEND_MIX gives a share above 0, as a JSON list: empty
-for no mix, or "{}", where the stage asks SKUFORGE_GENERATION_BACKEND for every variant. */}}
+{{/* The value the generator stage's container gets for a variable, and where it comes from, as JSON
+{"source": "stages.generator.env", "value": "..."}, or {} where the values set none: its env map beats
+envFrom, and there the Secret (listed last) beats the ConfigMap. (dict "root" $ "key" "SKUFORGE_...") */}}
+{{- define "skuforge.generatorSetting" -}}
+{{- $values := .root.Values -}}
+{{- $stage := (get $values.stages "generator" | default dict).env | default dict -}}
+{{- $found := dict -}}
+{{- range $pair := list (list "stages.generator.env" $stage) (list "stageDefaults.env" ($values.stageDefaults.env | default dict)) (list "secret.values" ($values.secret.values | default dict)) (list "settings" ($values.settings | default dict)) -}}
+{{- if and (not $found) (hasKey (index $pair 1) $.key) -}}
+{{- $found = dict "source" (index $pair 0) "value" (include "skuforge.text" (index (index $pair 1) $.key)) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $found -}}
+{{- end -}}
+
+{{/* The backends the generator stage's SKUFORGE_GENERATION_BACKEND_MIX gives a share above 0, as a JSON
+list: empty for no mix, or "{}", where the stage asks SKUFORGE_GENERATION_BACKEND for every variant. */}}
 {{- define "skuforge.mixedBackends" -}}
 {{- $mixed := list -}}
-{{- if hasKey .Values.settings "SKUFORGE_GENERATION_BACKEND_MIX" -}}
-{{- $text := include "skuforge.text" (index .Values.settings "SKUFORGE_GENERATION_BACKEND_MIX") -}}
+{{- $setting := include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_GENERATION_BACKEND_MIX") | fromJson -}}
+{{- if $setting -}}
+{{- $text := $setting.value -}}
 {{- $mix := fromJson $text -}}
 {{- if hasKey $mix "Error" -}}
-{{- fail (printf "settings.SKUFORGE_GENERATION_BACKEND_MIX=%s is not a JSON object of shares, e.g. '{\"composite\": 3, \"diffusion\": 1}' (with --set, escape its braces and commas: \\{\"composite\": 3\\, \"diffusion\": 1\\}); every pod would refuse it at start" $text) -}}
+{{- fail (printf "%s.SKUFORGE_GENERATION_BACKEND_MIX=%s is not a JSON object of shares, e.g. '{\"composite\": 3, \"diffusion\": 1}' (with --set, escape its braces and commas: \\{\"composite\": 3\\, \"diffusion\": 1\\}); the pods given it would refuse it at start" $setting.source $text) -}}
 {{- end -}}
 {{- range $backend, $share := $mix -}}
 {{- if gt (float64 $share) 0.0 }}{{ $mixed = append $mixed $backend }}{{ end -}}
@@ -208,9 +224,10 @@ calls 127.0.0.1:8001, its own pod, and retries forever. */ -}}
 {{- end -}}
 {{- end -}}
 {{- if .Values.triton.enabled -}}
-{{- $backend := index .Values.settings "SKUFORGE_GENERATION_BACKEND" | default "" -}}
-{{- if and $backend (not (has $backend .Values.triton.backends)) -}}
-{{- fail (printf "settings.SKUFORGE_GENERATION_BACKEND=%s, but Triton serves only %s (triton.backends): the generator stage would call a model nobody serves" $backend (join ", " .Values.triton.backends)) -}}
+{{- /* What the generator stage gets: a stage's env, or secret.values, set past `settings` went unchecked. */ -}}
+{{- $backend := include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_GENERATION_BACKEND") | fromJson -}}
+{{- if and $backend (not (has $backend.value .Values.triton.backends)) -}}
+{{- fail (printf "%s.SKUFORGE_GENERATION_BACKEND=%s, but Triton serves only %s (triton.backends): the generator stage would call a model nobody serves" $backend.source $backend.value (join ", " .Values.triton.backends)) -}}
 {{- end -}}
 {{- /* Two alike made a Service the API server refuses (a port twice), or a pod that exits at start. */ -}}
 {{- $ports := .Values.triton.ports -}}
@@ -220,7 +237,7 @@ calls 127.0.0.1:8001, its own pod, and retries forever. */ -}}
 {{- end -}}
 {{- range include "skuforge.mixedBackends" . | fromJsonArray -}}
 {{- if not (has . $.Values.triton.backends) -}}
-{{- fail (printf "settings.SKUFORGE_GENERATION_BACKEND_MIX gives %s a share, but Triton serves only %s (triton.backends): those variants would call a model nobody serves; add %s to triton.backends or give it no share" . (join ", " $.Values.triton.backends) .) -}}
+{{- fail (printf "%s.SKUFORGE_GENERATION_BACKEND_MIX gives %s a share, but Triton serves only %s (triton.backends): those variants would call a model nobody serves; add %s to triton.backends or give it no share" (include "skuforge.generatorSetting" (dict "root" $ "key" "SKUFORGE_GENERATION_BACKEND_MIX") | fromJson).source . (join ", " $.Values.triton.backends) .) -}}
 {{- end -}}
 {{- end -}}
 {{- /* `skuforge serve generator --backend diffusion` exits at start without a model (CrashLoopBackOff). */ -}}
