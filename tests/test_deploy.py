@@ -284,6 +284,18 @@ def test_triton_gets_a_gpu_its_health_probes_and_shared_memory(helm: str) -> Non
     assert [endpoint["port"] for endpoint in monitor["podMetricsEndpoints"]] == ["metrics", "server-metrics"]
 
 
+@pytest.mark.parametrize(("startup_s", "allowed_s"), [(900, 900), (905, 910), (5, 10), (1, 10)])
+def test_triton_s_startup_probe_allows_at_least_triton_startup_seconds(
+    helm: str, startup_s: int, allowed_s: int
+) -> None:
+    # Before, failureThreshold was startupSeconds / 10 rounded down: 905 s allowed 900 s, and below 10 s
+    # it rendered 0, which Kubernetes replaces by its default 3 (30 s).
+    triton = of_kind(render(helm, f"triton.startupSeconds={startup_s}"), "Deployment")["rel-skuforge-triton"]
+    probe = container(triton)["startupProbe"]
+    assert probe["failureThreshold"] >= 1
+    assert probe["periodSeconds"] * probe["failureThreshold"] == allowed_s
+
+
 def test_the_console_keeps_its_task_table_on_a_volume_and_runs_alone(helm: str) -> None:
     docs = render(helm)
     console = of_kind(docs, "Deployment")["rel-skuforge-console"]
