@@ -296,6 +296,41 @@ def test_triton_s_startup_probe_allows_at_least_triton_startup_seconds(
     assert probe["periodSeconds"] * probe["failureThreshold"] == allowed_s
 
 
+def test_triton_copies_an_s3_model_into_a_volume_it_requested_room_for(helm: str) -> None:
+    # Before, the s3:// model went to the container's temp folder (SKUFORGE_DIFFUSION_CACHE_DIR unset), on
+    # no volume and with no ephemeral storage requested: a model of gigabytes could get the pod evicted.
+    triton = of_kind(render(helm), "Deployment")["rel-skuforge-triton"]
+    main = container(triton)
+    volumes = {v["name"]: v for v in triton["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["model-cache"] == {"name": "model-cache", "emptyDir": {"sizeLimit": "20Gi"}}
+    assert {"name": "model-cache", "mountPath": "/var/cache/skuforge"} in main["volumeMounts"]
+    # A folder in the volume: the server makes it for its user alone (an emptyDir's root is writable by
+    # everyone, which the model cache refuses).
+    assert env_of(triton)["SKUFORGE_DIFFUSION_CACHE_DIR"] == "/var/cache/skuforge/models"
+    assert main["resources"]["requests"]["ephemeral-storage"] == "20Gi"
+    assert main["resources"]["requests"]["cpu"] == "2"  # the values' requests are kept
+    # Another size, or the values' own request; or a claim of the operator's, kept across pods.
+    sized = of_kind(
+        render(helm, "triton.modelCache.sizeLimit=50Gi", "triton.modelCache.mountPath=/models/"), "Deployment"
+    )["rel-skuforge-triton"]
+    assert container(sized)["resources"]["requests"]["ephemeral-storage"] == "50Gi"
+    assert env_of(sized)["SKUFORGE_DIFFUSION_CACHE_DIR"] == "/models/models"
+    own = of_kind(render(helm, "triton.resources.requests.ephemeral-storage=60Gi"), "Deployment")
+    assert container(own["rel-skuforge-triton"])["resources"]["requests"]["ephemeral-storage"] == "60Gi"
+    claimed = of_kind(render(helm, "triton.modelCache.existingClaim=models"), "Deployment")[
+        "rel-skuforge-triton"
+    ]
+    volumes = {v["name"]: v for v in claimed["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["model-cache"] == {"name": "model-cache", "persistentVolumeClaim": {"claimName": "models"}}
+    assert "ephemeral-storage" not in container(claimed)["resources"]["requests"]
+    # The chart sets the folder: one in triton.env would come twice in the container's env.
+    message = render_error(helm, "triton.env.SKUFORGE_DIFFUSION_CACHE_DIR=/tmp/x")
+    assert (
+        "triton.env.SKUFORGE_DIFFUSION_CACHE_DIR: the chart sets this variable itself; use triton.modelCache"
+        in message
+    )
+
+
 def test_the_console_keeps_its_task_table_on_a_volume_and_runs_alone(helm: str) -> None:
     docs = render(helm)
     console = of_kind(docs, "Deployment")["rel-skuforge-console"]
@@ -1554,7 +1589,11 @@ def test_extra_volumes_reach_every_pod_and_triton_follows_the_image_tag(helm: st
         assert only["image"] == wanted, name
     # The console's and Triton's own volumes stay.
     assert {v["name"] for v in pods["rel-skuforge-console"]["spec"]["volumes"]} == {"tasks", "kafka-ca"}
-    assert {v["name"] for v in pods["rel-skuforge-triton"]["spec"]["volumes"]} == {"dshm", "kafka-ca"}
+    assert {v["name"] for v in pods["rel-skuforge-triton"]["spec"]["volumes"]} == {
+        "dshm",
+        "model-cache",
+        "kafka-ca",
+    }
     # Without them no pod of the stages gets an empty volumes list.
     plain = pod_templates(render(helm))
     assert "volumes" not in plain["rel-skuforge-gate"]["spec"]

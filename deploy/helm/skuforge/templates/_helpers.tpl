@@ -179,6 +179,7 @@ SKUFORGE_GENERATION_SERVER_METRICS_PORT: use triton.ports.metrics
 {{- if .root.Values.triton.enabled }}
 SKUFORGE_GENERATION_TRITON_URL: leave it out (the generator calls the chart's Triton; to call another, set triton.enabled=false)
 SKUFORGE_GENERATION_TRITON_PROTOCOL: leave it out (the generator calls the chart's Triton over gRPC; to call another, set triton.enabled=false)
+SKUFORGE_DIFFUSION_CACHE_DIR: use triton.modelCache (the Triton pod's cache volume; the folder is <mountPath>/models)
 {{- end }}
 {{- end -}}
 
