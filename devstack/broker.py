@@ -52,7 +52,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from devstack.supervisor import parent_death_signal
-from shared.argtypes import folder_problem, int_between, positive_float
+from shared.argtypes import CommandParser, folder_problem, int_between, positive_float
 from shared.signals import raise_stopped
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -697,7 +697,7 @@ def _apply_env_defaults(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 def _parser(prog: str) -> argparse.ArgumentParser:
     data_dir = Path(os.environ.get("SKUFORGE_KAFKA_DATA_DIR") or DEFAULT_DATA_DIR)
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=prog,
         description="Run the real single-node Kafka broker (KRaft) used by skuforge tests and local runs.",
     )

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from devstack.prometheus import REPO_ROOT, api_get, default_targets
 from schemas.flow import LORA_TRAINER
-from shared.argtypes import file_problem, positive_float
+from shared.argtypes import CommandParser, file_problem, positive_float
 
 DASHBOARD_FILE = REPO_ROOT / "deploy" / "grafana" / "skuforge.json"
 # Grafana's own window for rate(); the checks and the plot put a concrete window in its place.
@@ -395,7 +395,7 @@ def prometheus_address(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``skuforge dashboard``: print or write the dashboard JSON, or render its panels from a Prometheus."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="skuforge dashboard",
         description="The Grafana dashboard (deploy/grafana/skuforge.json) from its Python definition.",
     )

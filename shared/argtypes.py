@@ -78,6 +78,15 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def invalid_choice(text: str, choices: list[str]) -> str:
+    """The refusal of ``text`` as none of ``choices``: them all, and the closest one when ``text`` is near
+    enough to be a slip (``topic``: did you mean 'topics'?)."""
+    listed = ", ".join(repr(choice) for choice in choices)
+    close = difflib.get_close_matches(text, choices, n=1)
+    guess = f"; did you mean {close[0]!r}?" if close else ""
+    return f"invalid choice: {text!r} (choose from {listed}){guess}"
+
+
 def one_of(choices: list[str]) -> Callable[[str], str]:
     """A type for one name of ``choices`` (a command, a stage): another is refused with them all, and
     the closest one when a name is near enough to be a slip (``topic``: did you mean 'topics'?).
@@ -87,13 +96,32 @@ def one_of(choices: list[str]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text in choices:
             return text
-        listed = ", ".join(repr(choice) for choice in choices)
-        close = difflib.get_close_matches(text, choices, n=1)
-        guess = f"; did you mean {close[0]!r}?" if close else ""
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {listed}){guess}")
+        raise argparse.ArgumentTypeError(invalid_choice(text, choices))
 
     parse.__name__ = "choice"
     return parse
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser whose subcommands (``kafka statsu``: did you mean 'status'?), and any other
+    argument with string ``choices``, are refused as ``one_of`` refuses a name. Its subparsers are
+    CommandParsers too.
+
+    The check has to be argparse's own: it tests a subcommand's name against the choices before the
+    subparsers action is called, and ``one_of`` as the subparsers' type would be applied to the words
+    after the name as well (``kafka status --data-dir X`` refused ``--data-dir``). Python 3.14's
+    ``suggest_on_error`` does the same."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        choices = action.choices
+        if (
+            isinstance(value, str)
+            and choices is not None
+            and value not in choices
+            and all(isinstance(choice, str) for choice in choices)
+        ):
+            raise argparse.ArgumentError(action, invalid_choice(value, list(choices)))
+        super()._check_value(action, value)
 
 
 def folder_problem(path: Path, *, writable: bool = True) -> str | None:

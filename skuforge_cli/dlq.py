@@ -9,7 +9,7 @@ import sys
 from datetime import datetime
 
 from schemas.topics import DLQ_SUFFIX
-from shared.argtypes import non_negative_int
+from shared.argtypes import CommandParser, non_negative_int
 from shared.config import Settings, load_settings
 from shared.dlq import (
     REPLAY_PREFIX,
@@ -60,7 +60,7 @@ def _since_arg(text: str) -> datetime:
 
 def build_parser() -> argparse.ArgumentParser:
     """``skuforge dlq`` and its two actions."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="skuforge dlq",
         description="Inspect dead letters (<topic>.dlq); replay them to their topic once the cause is fixed.",
     )

@@ -25,7 +25,7 @@ from services.console.config import ConsoleSettings
 from services.gate.config import GateSettings
 from services.lora_trainer.config import LoraTrainerSettings
 from services.matting.config import MattingSettings
-from shared.argtypes import one_of
+from shared.argtypes import CommandParser, one_of
 from shared.config import ConfigError, Settings, load_settings, settings_table_markdown, unknown_variables
 from shared.errors import BadInput, TransientError
 from shared.generation.diffusion import DiffusionSettings
@@ -144,7 +144,7 @@ def _cmd_topics(rest: list[str]) -> int:
     from shared.bus import TopicsError, retriable_kafka_error, sync_topics, unreachable
     from shared.errors import TransientError
 
-    parser = argparse.ArgumentParser(prog="skuforge topics", description="Manage skuforge's Kafka topics.")
+    parser = CommandParser(prog="skuforge topics", description="Manage skuforge's Kafka topics.")
     sub = parser.add_subparsers(dest="action", required=True)
     create = sub.add_parser(
         "create",

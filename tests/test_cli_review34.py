@@ -31,6 +31,41 @@ def test_a_misspelt_command_or_stage_names_the_closest_one(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "meant"),
+    [
+        (["topics", "crate"], "'create'"),
+        (["dlq", "lst"], "'list'"),
+        (["dataset", "stat"], "'stats'"),
+        (["kafka", "statsu"], "'status'"),
+        (["matting", "trian"], "'train'"),
+        (["adapters", "regster"], "'register'"),
+        (["console", "export-labelstdio"], "'export-labelstudio'"),
+        (["dashboard", "rendr"], "'render'"),
+    ],
+)
+def test_a_misspelt_subcommand_names_the_closest_one(
+    argv: list[str], meant: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each command's own actions (topics create, kafka status, ...) are answered as a misspelt command
+    is; argparse listed the choices and left the reader to find the slip."""
+    with pytest.raises(SystemExit) as stopped:
+        skuforge_main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    last = err.strip().splitlines()[-1]
+    assert f"did you mean {meant}?" in last, last
+    assert "Traceback" not in err
+
+
+def test_a_subcommand_like_none_lists_them_without_a_guess(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        skuforge_main(["kafka", "xyzzy"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert "did you mean" not in err and "'status'" in err
+
+
 def test_a_name_like_no_command_lists_them_without_a_guess(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
         skuforge_main(["xyzzy"])
@@ -48,3 +83,13 @@ def test_prometheus_metrics_refuses_write_it_would_ignore(capsys: pytest.Capture
     assert stopped.value.code == 2
     assert out == ""
     assert "--write" in err.strip().splitlines()[-1] and "config" in err.strip().splitlines()[-1]
+
+
+def test_options_after_a_subcommand_still_parse() -> None:
+    """The check is of the subcommand's name only: the words after it go to its own parser (``one_of``
+    as the subparsers' type refused ``--data-dir`` here)."""
+    from devstack.broker import _parser
+
+    args = _parser("skuforge kafka").parse_args(["status", "--data-dir", "/tmp/skuforge-kafka-x"])
+    assert args.command == "status"
+    assert str(args.data_dir) == "/tmp/skuforge-kafka-x"

@@ -16,7 +16,6 @@ what counts), 2 when nothing could be read or written.
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import json
 import os
@@ -36,7 +35,7 @@ from services.console.labelstudio import (
 from services.console.relay import DecisionRelay
 from services.console.security import MAX_PASSWORD_CHARS, hash_password
 from services.console.tasks import TaskFilter, TaskStore
-from shared.argtypes import float_between
+from shared.argtypes import CommandParser, float_between
 from shared.config import load_settings
 from shared.errors import TransientError
 from shared.store import open_store
@@ -56,7 +55,7 @@ IMPORT_EXIT_STATUS = (
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``skuforge console <action>``."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="skuforge console", description="Label Studio hand-off, and reviewers' password hashes."
     )
     sub = parser.add_subparsers(dest="action", required=True)

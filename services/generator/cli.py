@@ -6,12 +6,11 @@ The registry (``shared/generation/adapters.py``) is at ``SKUFORGE_DIFFUSION_ADAP
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from shared.argtypes import positive_int
+from shared.argtypes import CommandParser, positive_int
 from shared.config import load_settings
 from shared.errors import BadInput, ObjectMissing
 from shared.generation.adapters import AdapterRegistry, WeightsRefused, read_weights
@@ -21,9 +20,7 @@ from shared.store import open_store
 
 def main(argv: list[str]) -> int:
     """``skuforge adapters list|register|remove``: the registry at SKUFORGE_DIFFUSION_ADAPTERS_URI."""
-    parser = argparse.ArgumentParser(
-        prog="skuforge adapters", description="List, register or remove LoRA adapters."
-    )
+    parser = CommandParser(prog="skuforge adapters", description="List, register or remove LoRA adapters.")
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser(
         "list",

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from shared.argtypes import (
+    CommandParser,
     file_problem,
     float_between,
     folder_problem,
@@ -33,7 +34,7 @@ COMMITTED_INT8 = "u2netp-skuforge-int8.onnx"
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch the matting subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="skuforge matting",
         description="Make (official, real-pairs, pairs, train, export), measure (eval) and shrink to int8 "
         "(tune-ranges, quantize) the U2-Net matting model.",

@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from schemas.common import check_safe_id
-from shared.argtypes import folder_problem, int_between, non_negative_int, positive_int, read_json_object
+from shared.argtypes import (
+    CommandParser,
+    folder_problem,
+    int_between,
+    non_negative_int,
+    positive_int,
+    read_json_object,
+)
 from shared.config import load_settings
 from shared.errors import BadInput, TransientError
 from shared.evaluation import EVALUATION_FILE
@@ -229,9 +236,7 @@ def stats_lines(rows: list[SkuStats], *, as_json: bool) -> Iterator[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``skuforge dataset ...``; returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="skuforge dataset", description="Inspect and export the retraining store."
-    )
+    parser = CommandParser(prog="skuforge dataset", description="Inspect and export the retraining store.")
     sub = parser.add_subparsers(dest="action", required=True)
     stats = sub.add_parser(
         "stats",
