@@ -734,7 +734,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         default=None,
         help="JVM max heap in MiB (default: env SKUFORGE_KAFKA_HEAP_MB, else 512)",
     )
-    start.add_argument("--timeout", type=positive_float, default=90.0, help="seconds to wait for readiness")
+    start.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=90.0,
+        help="seconds to wait for readiness (default %(default)g)",
+    )
     start.add_argument(
         "--foreground",
         action="store_true",
@@ -743,9 +748,17 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
     stop = sub.add_parser("stop", help="stop the broker whose pid file is in the data dir")
     add_data_dir(stop)
-    stop.add_argument("--timeout", type=positive_float, default=30.0, help="seconds before SIGKILL")
+    stop.add_argument(
+        "--timeout", type=positive_float, default=30.0, help="seconds before SIGKILL (default %(default)g)"
+    )
 
-    status = sub.add_parser("status", help="exit 0 and print the bootstrap address if the broker runs")
+    status = sub.add_parser(
+        "status",
+        help="exit 0 and print the bootstrap address if the broker runs, exit 3 if not",
+        description="Print the bootstrap address of the broker whose pid file is in the data dir.",
+        epilog="exit status: 0 the broker runs; 1 its files in the data dir cannot be read; 2 a usage "
+        "error; 3 no broker is running from the data dir",
+    )
     add_data_dir(status)
     return parser
 

@@ -103,6 +103,10 @@ MAX_REPLICAS = 32
 # follows SIGTERM); past an hour a service deaf to SIGTERM holds the stop, and its ports, all but for ever.
 MIN_GRACE_S = 1.0
 MAX_GRACE_S = 3600.0
+# --scrape-interval-s: the interval of the Prometheus --with-prometheus runs, and its bounds.
+DEFAULT_SCRAPE_INTERVAL_S = 5.0
+MIN_SCRAPE_INTERVAL_S = 0.5
+MAX_SCRAPE_INTERVAL_S = 3600.0
 
 
 def _default(model: type[BaseSettings], field: str) -> int:
@@ -1130,9 +1134,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--scrape-interval-s",
-        type=float_between(0.5, 3600.0),
+        type=float_between(MIN_SCRAPE_INTERVAL_S, MAX_SCRAPE_INTERVAL_S),
         default=None,
-        help="that Prometheus's scrape interval (default 5)",
+        help=f"that Prometheus's scrape interval in seconds, {MIN_SCRAPE_INTERVAL_S:g} to "
+        f"{MAX_SCRAPE_INTERVAL_S:g} (default {DEFAULT_SCRAPE_INTERVAL_S:g})",
     )
     parser.add_argument(
         "--replicas",
@@ -1152,7 +1157,9 @@ def main(argv: list[str] | None = None) -> int:
             if value is not None:
                 parser.error(f"{option} is for --with-prometheus's Prometheus; add --with-prometheus")
     rules_file: Path = args.prometheus_rules or ALERTS_FILE
-    scrape_interval_s: float = 5.0 if args.scrape_interval_s is None else args.scrape_interval_s
+    scrape_interval_s: float = (
+        DEFAULT_SCRAPE_INTERVAL_S if args.scrape_interval_s is None else args.scrape_interval_s
+    )
     try:
         replicas = parse_replicas(args.replicas)
     except ValueError as exc:

@@ -4,6 +4,7 @@ every help reads as text, without the docstring markup of the module it came fro
 
 from __future__ import annotations
 
+import argparse
 import re
 
 import pytest
@@ -55,3 +56,30 @@ def test_a_commands_help_has_no_docstring_markup(command: str, capsys: pytest.Ca
     shown |= {f"{command} {sub}": _help([command, sub], capsys) for sub in _subcommands(command, capsys)}
     marked = [name for name, text in shown.items() if "``" in text]
     assert not marked, f"the help of {marked} prints docstring markup (``)"
+
+
+def _flat(text: str) -> str:
+    """Help text with argparse's line wrapping undone."""
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("action", ["start", "stop"])
+def test_kafka_timeouts_say_the_default_the_parser_holds(
+    action: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``kafka start --timeout`` and ``kafka stop --timeout`` waited 90 s and 30 s and said neither."""
+    from devstack.broker import _parser
+
+    sub = next(a for a in _parser("skuforge kafka")._actions if isinstance(a, argparse._SubParsersAction))
+    timeout = next(a for a in sub.choices[action]._actions if "--timeout" in a.option_strings)
+    assert f"(default {timeout.default:g})" in _flat(_help(["kafka", action], capsys))
+
+
+def test_kafka_status_says_its_exit_status_when_no_broker_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "3 no broker is running" in _flat(_help(["kafka", "status"], capsys))
+
+
+def test_up_scrape_interval_says_its_range(capsys: pytest.CaptureFixture[str]) -> None:
+    from devstack.up import MAX_SCRAPE_INTERVAL_S, MIN_SCRAPE_INTERVAL_S
+
+    assert f"{MIN_SCRAPE_INTERVAL_S:g} to {MAX_SCRAPE_INTERVAL_S:g}" in _flat(_help(["up"], capsys))
