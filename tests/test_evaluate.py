@@ -985,9 +985,30 @@ def test_a_cache_dir_that_is_a_file_is_refused_before_the_run(
         cli_main(args)
     assert exit_info.value.code == 2
     assert f"--cache-dir {cache}: {cache} is a file, not a folder" in capsys.readouterr().err
-    # --no-cache reads and writes no cache: the same file is no obstacle then.
-    assert cli_main([*args, "--no-cache"]) == 0
     assert cache.read_text() == "not a folder"
+
+
+def test_no_cache_with_a_cache_dir_is_refused_and_no_cache_alone_makes_none(
+    colour_store: ManifestStore,
+    heldout: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before: --no-cache won and the named --cache-dir was ignored without a word (its default was a
+    # path, so a folder given could not be told from none given).
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path, "--no-cache"))
+    assert exit_info.value.code == 2
+    assert "argument --no-cache: not allowed with argument --cache-dir" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+    # --no-cache alone reads and writes no cache: not even the default folder is made.
+    monkeypatch.chdir(tmp_path)
+    args = evaluate_args(heldout, tmp_path / "eval", tmp_path, "--no-cache")
+    del args[args.index("--cache-dir") : args.index("--cache-dir") + 2]
+    assert cli_main(args) == 0
+    assert (tmp_path / "eval" / "evaluation.json").is_file()
+    assert not (tmp_path / "var").exists() and not (tmp_path / "features").exists()
 
 
 def test_a_disk_that_fills_during_the_run_is_said_not_a_traceback(

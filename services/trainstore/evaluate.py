@@ -23,8 +23,8 @@ export policy, a held-out photo that does not decode or is over ``SKUFORGE_MAX_I
 size, unread), an unusable
 ``--scenes`` (malformed, or no files), a weights file that does not load, an ``--out`` or
 ``--cache-dir`` that is a file or cannot be made and written in (tried before the run, and left as
-it was), an ``--out`` with a folder named evaluation.json or report.html in it, and a store with no
-SKUs. A disk that fills, or a file that goes away, during the run is
+it was), ``--cache-dir`` with ``--no-cache``, an ``--out`` with a folder named evaluation.json or
+report.html in it, and a store with no SKUs. A disk that fills, or a file that goes away, during the run is
 named (exit 1), and neither evaluation.json nor report.html is written (an earlier run's stay as they
 were: the two are written both or neither).
 
@@ -178,13 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --tune-stages: AdamW learning rate of the tuned stages, 1e-9 to 1; the head's is 10x "
         "(default 1e-4)",
     )
-    parser.add_argument(
+    # One or the other: --no-cache with a folder named contradicts itself (it ignored the folder).
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument(
         "--cache-dir",
         type=Path,
-        default=DEFAULT_CACHE_DIR,
+        default=None,  # DEFAULT_CACHE_DIR once parsed: None tells "not given" for the exclusion
         help=f"features cached by image sha256 (default {DEFAULT_CACHE_DIR}); checked like --out",
     )
-    parser.add_argument("--no-cache", action="store_true", help="compute every feature afresh, cache nothing")
+    cache.add_argument("--no-cache", action="store_true", help="compute every feature afresh, cache nothing")
     return parser
 
 
@@ -215,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(
                 f"--out {args.out}: {args.out / name} is a folder; it is where the run writes its {name}"
             )
+    if not args.no_cache and args.cache_dir is None:
+        args.cache_dir = DEFAULT_CACHE_DIR
     if not args.no_cache and (problem := folder_problem(args.cache_dir)):
         parser.error(f"--cache-dir {args.cache_dir}: {problem}")
     # torch and the store come in only now, so that --help and usage errors answer at once.
