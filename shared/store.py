@@ -509,12 +509,19 @@ class FileStore(ObjectStore):
         """The regular file under ``key``, opened to be read; anything else there is no object.
 
         Opened without waiting: a named pipe under the root, opened as usual, waits for a writer
-        that may never come, and its reader (a stage, a scene load) hung on it for good.
+        that may never come, and its reader (a stage, a scene load) hung on it for good. A socket
+        is not opened at all (ENXIO): no object either, not an outage for a stage to retry.
         """
-        fd = os.open(self._path(key), os.O_RDONLY | os.O_NONBLOCK)
+        not_regular = "not a regular file (a pipe, socket or device)"
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a socket (or a device with no driver) is never opened
+                raise ObjectMissing(self.uri_for(key), not_regular) from exc
+            raise
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ObjectMissing(self.uri_for(key), "not a regular file (a pipe, socket or device)")
+                raise ObjectMissing(self.uri_for(key), not_regular)
             os.set_blocking(fd, True)
             return os.fdopen(fd, "rb")
         except BaseException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -420,13 +421,22 @@ def test_file_store_object_grown_after_its_size_was_taken(
         store.read_verified(small)
 
 
-@pytest.mark.timeout(60)  # a guard only: before the fix each read below waited for good
-def test_file_store_refuses_a_named_pipe_unopened_for_reading(tmp_path: Path) -> None:
+def _make_socket(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))  # the file stays when the socket is closed
+
+
+@pytest.mark.timeout(60)  # a guard only: before the fix each read of a pipe waited for good
+@pytest.mark.parametrize("make", [os.mkfifo, _make_socket], ids=["pipe", "socket"])
+def test_file_store_refuses_a_named_pipe_or_socket_unopened_for_reading(
+    tmp_path: Path, make: Callable[[Path], None]
+) -> None:
     # Opened to be read, a named pipe under the root waits for a writer that never comes: a scene
     # load, a read_verified in a stage or a model copy hung on it for good. It is no object, as a
-    # folder at the key is none (exists() already said so), and says what is there instead.
+    # folder at the key is none (exists() already said so), and says what is there instead. A socket
+    # is not opened at all (ENXIO): it was a TransientError, which a stage retried for good.
     store = FileStore(tmp_path)
-    os.mkfifo(tmp_path / "pipe.png")
+    make(tmp_path / "pipe.png")
     ref = ObjectRef(uri=store.uri_for("pipe.png"), sha256=sha256_hex(b""), bytes=0)
     reads: list[Callable[[], object]] = [
         lambda: store.get_bytes_at_most("pipe.png", 100),
