@@ -21,8 +21,11 @@ class BadInput(Exception):
 class ObjectMissing(BadInput):
     """An object the event points at does not exist; ``why`` says what is there instead, if anything."""
 
+    why = ""  # a subclass with its own detail may not call this __init__
+
     def __init__(self, uri: str, why: str = "") -> None:
         super().__init__("object_missing", f"no object at {uri}: {why}" if why else f"no object at {uri}")
+        self.why = why
 
 
 class ChecksumMismatch(BadInput):

@@ -31,18 +31,16 @@ empty.
 from __future__ import annotations
 
 import logging
-import os
-import stat
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 from prometheus_client import Counter
 
-from shared.errors import BadInput, ImageRejected, TransientError
+from shared.errors import BadInput, ImageRejected, ObjectMissing, TransientError
 from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image, pixel_array
 from shared.photos import (
     HEIC_ADVICE,
@@ -248,9 +246,6 @@ def _bad_key(key: str) -> str | None:
 def _scene_bytes(store: ObjectStore, key: str, max_bytes: int) -> bytes | str:
     """The bytes under a valid ``key``, or why they cannot be read (``unreadable: ...``, and past
     ``max_bytes`` ``too_large_bytes: ...``, refused by the stored size before any byte is read)."""
-    if isinstance(store, FileStore) and _not_a_regular_file(store.root.joinpath(*key.split("/"))):
-        # Opened to be read, a named pipe waits for a writer: start-up hung on it, for good.
-        return "unreadable: not a regular file (a pipe, socket or device)"
     try:
         return store.get_bytes_at_most(key, max_bytes)
     except TransientError as exc:
@@ -260,21 +255,16 @@ def _scene_bytes(store: ObjectStore, key: str, max_bytes: int) -> bytes | str:
         # A folder whose listing just worked is not down: this one file is unreadable (permission
         # denied, a symlink loop), which FileStore reports, like any OSError but "not found", as transient.
         return f"unreadable: {_os_error_detail(exc)}"
+    except ObjectMissing as exc:
+        # The file store refuses a named pipe (socket, device) unopened, saying what is there: read, a
+        # pipe waited for a writer, and start-up hung on it for good.
+        return f"unreadable: {exc.why or type(exc).__name__}"
     except BadInput as exc:
         if exc.reason == "too_large_bytes":
             return f"{exc.reason}: {exc.detail}"
         return f"unreadable: {type(exc).__name__}"
     except OSError as exc:
         return f"unreadable: {type(exc).__name__}"
-
-
-def _not_a_regular_file(path: Path) -> bool:
-    """Whether ``path`` (links followed) is there and is no regular file: a pipe, socket or device.
-    One that is not there, or cannot be looked at, is left to the read to name."""
-    try:
-        return not stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
 
 
 def _os_error_detail(exc: TransientError) -> str:
