@@ -17,23 +17,6 @@ from skuforge_cli.main import main as skuforge_main
         (["run", "lora_trainer"], "'lora-trainer'"),
         (["serve", "consle"], "'console'"),
         (["prometheus", "metric"], "'metrics'"),
-    ],
-)
-def test_a_misspelt_command_or_stage_names_the_closest_one(
-    argv: list[str], meant: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as stopped:
-        skuforge_main(argv)
-    err = capsys.readouterr().err
-    assert stopped.value.code == 2
-    last = err.strip().splitlines()[-1]
-    assert f"did you mean {meant}?" in last, last
-    assert "Traceback" not in err
-
-
-@pytest.mark.parametrize(
-    ("argv", "meant"),
-    [
         (["topics", "crate"], "'create'"),
         (["dlq", "lst"], "'list'"),
         (["dataset", "stat"], "'stats'"),
@@ -44,11 +27,11 @@ def test_a_misspelt_command_or_stage_names_the_closest_one(
         (["dashboard", "rendr"], "'render'"),
     ],
 )
-def test_a_misspelt_subcommand_names_the_closest_one(
+def test_a_misspelt_command_or_stage_names_the_closest_one(
     argv: list[str], meant: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Each command's own actions (topics create, kafka status, ...) are answered as a misspelt command
-    is; argparse listed the choices and left the reader to find the slip."""
+    """A command, a stage of run or serve, or a command's own action (topics create, kafka status, ...):
+    argparse listed the choices and left the reader to find the slip."""
     with pytest.raises(SystemExit) as stopped:
         skuforge_main(argv)
     err = capsys.readouterr().err

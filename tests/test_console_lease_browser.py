@@ -292,13 +292,7 @@ def test_a_press_after_the_session_ran_out_says_nothing_was_done_and_leads_to_th
     assert login.path == "/login"
     assert parse_qs(login.query) == {"error": ["expired"], "next": [f"/tasks/{served.task_id}"]}
     # The link leads to the login page, which says so, and back to the item, still held.
-    page.click("#status a")
-    page.wait_for_selector("text=your session ran out")
-    page.fill("#reviewer", "alice")
-    page.fill("#password", "alice-password")
-    page.click("#login")
-    page.wait_for_url(f"{served.base_url}/tasks/{served.task_id}")
-    page.wait_for_selector("body[data-ready='1']")
+    log_in_from_the_status_link(page, served)
     page.click(button)
     wait_for(lambda: tasks.get(served.task_id).state != "claimed", f"{button} did nothing after the login")
 
