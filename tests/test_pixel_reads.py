@@ -104,9 +104,7 @@ def test_a_training_photo_is_the_decoded_photo_squared(
     store = FileStore(tmp_path / "store")
     photo, mask = _png(_photo(width, height)), _mask(width, height)
     recipe = TrainingRecipe(resolution=64)
-    scenes = _scenes(
-        store, _instance(store, photo, mask), "sku-1-p", recipe, CompositeBackend(), 10**8, 2**26
-    )
+    scenes = _scenes(store, _instance(store, photo, mask), recipe, CompositeBackend(), 10**8, 2**26)
     [(image, square_mask, _)] = scenes
     assert np.array_equal(image, square_image(np.asarray(decode_image(photo), np.uint8), 64))
     assert np.array_equal(square_mask, square_image(decode_mask(mask), 64))
@@ -119,9 +117,7 @@ def test_a_big_training_photo_is_not_held_twice(tmp_path: Path, small_strips: No
     store = FileStore(tmp_path / "store")
     source = _instance(store, _png(_photo(side, side)), _mask(side, side))
     recipe = TrainingRecipe(resolution=64)
-    peak = peak_traced_bytes(
-        lambda: _scenes(store, source, "sku-1-p", recipe, CompositeBackend(), 10**8, 2**26)
-    )
+    peak = peak_traced_bytes(lambda: _scenes(store, source, recipe, CompositeBackend(), 10**8, 2**26))
     assert peak < 5 * side * side
 
 
