@@ -556,23 +556,48 @@ def test_a_photo_withdrawn_after_its_image_was_copied_is_not_in_the_export(
     assert json.loads((out / "export.json").read_text())["classes"]["SKU-A"]["real"] == 1
 
 
+# Runs `skuforge ARGS...` with SKU-B's photo read only after the named pipe GATE is written to and
+# closed: the export waits there, SKU-A staged, for the test to stop it. (The photo itself cannot be the
+# pipe: the store refuses a pipe as no object since 4080ead, and the export then failed on its own, racing
+# the test's SIGTERM into its clean-up.)
+_STOPPED_READING = """
+import sys
+from shared.store import FileStore
+
+gate, real_open = sys.argv[1], FileStore._open_object
+
+
+def open_object(self, key):
+    if key.endswith("images/SKU-B/real/real-0.png"):
+        with open(gate, "rb") as waiting:
+            waiting.read()
+    return real_open(self, key)
+
+
+FileStore._open_object = open_object
+from skuforge_cli.main import main
+
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def test_an_export_stopped_by_sigterm_half_way_leaves_nothing(store: ManifestStore, tmp_path: Path) -> None:
     """`kill`, `timeout`, a cancelled CI job or `docker stop` end an export with SIGTERM: before, it died
     where it stood, its staging folder (gigabytes, perhaps) left until the next export into the same OUT,
     and one stopped while moving its classes into an existing OUT left a training set without some."""
-    image = tmp_path / "store" / PREFIX / "images" / "SKU-B" / "real" / "real-0.png"
-    image.unlink()
-    os.mkfifo(image)  # the export stops at it, reading, until this test writes into it
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
     out = tmp_path / "out"
     export = subprocess.Popen(
-        [sys.executable, "-m", "skuforge_cli", *EXPORT[:2], str(out), *EXPORT[2:]],
+        [sys.executable, "-c", _STOPPED_READING, str(gate), *EXPORT[:2], str(out), *EXPORT[2:]],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=ROOT,
         env=os.environ,
         text=True,
     )
-    with open(image, "wb"):  # opens once the export opened it to read: SKU-A is staged by now
+    with open(gate, "wb"):  # opens once the export opened it to read: SKU-A is staged by now
+        assert list(tmp_path.glob(".out.partial-*/SKU-A/*"))
         export.send_signal(signal.SIGTERM)
         _, err = export.communicate(timeout=120)
     assert export.returncode == 128 + signal.SIGTERM, err
