@@ -541,6 +541,28 @@ def test_a_pipe_named_like_a_scene_photo_is_skipped_not_waited_on(
     assert any(f"{tmp_path}/shelves/pipe.jpg skipped: {reason}" in r.getMessage() for r in caplog.records)
 
 
+def test_a_scene_linked_outside_the_library_is_skipped_saying_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The store refuses a symlink leading out of its root; the skip said only "unreadable: BadInput",
+    # the exception's type, which left the reader to guess what was wrong with a photo that opens fine.
+    scenes_folder = tmp_path / "scenes"
+    write_scenes(scenes_folder, "shelves/good.png")
+    write_scenes(tmp_path, "elsewhere.png")
+    os.symlink(tmp_path / "elsewhere.png", scenes_folder / "shelves" / "linked.png")
+    before = skipped_total("unreadable")
+    with caplog.at_level(logging.WARNING, logger="shared.generation.scenes"):
+        scenes = SceneLibrary.load(FileStore(scenes_folder))
+    assert scenes.keys_for() == ["shelves/good.png"]
+    reason = "unreadable: 'shelves/linked.png' resolves outside the store root"
+    assert scenes.skipped == {"shelves/linked.png": reason}
+    assert skipped_total("unreadable") - before == 1
+    assert any(
+        f"{scenes_folder}/shelves/linked.png skipped: {reason}" in record.getMessage()
+        for record in caplog.records
+    )
+
+
 def test_a_nas_thumbnail_folder_is_no_scene(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # Synology keeps "@eaDir" (resized copies of each photo) in every folder it shares: they loaded as
     # scenes, the top-level one under the tag "eadir", each shelf photo then drawn two or three times

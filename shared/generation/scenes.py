@@ -212,7 +212,7 @@ def _read_scene(store: ObjectStore, key: str, *, max_pixels: int, max_bytes: int
     except ImageRejected as exc:
         return exc.reason
     except (BadInput, OSError) as exc:
-        return f"unreadable: {type(exc).__name__}"
+        return f"unreadable: {_why(exc)}"
 
 
 def scene_file_bytes(store: ObjectStore, key: str, *, max_bytes: int) -> bytes | str:
@@ -262,9 +262,19 @@ def _scene_bytes(store: ObjectStore, key: str, max_bytes: int) -> bytes | str:
     except BadInput as exc:
         if exc.reason == "too_large_bytes":
             return f"{exc.reason}: {exc.detail}"
-        return f"unreadable: {type(exc).__name__}"
+        # The store's own words (a symlink "resolves outside the store root"): the type alone,
+        # "unreadable: BadInput", left the reader to guess what is wrong with a photo that opens fine.
+        return f"unreadable: {_why(exc)}"
     except OSError as exc:
-        return f"unreadable: {type(exc).__name__}"
+        return f"unreadable: {_why(exc)}"
+
+
+def _why(exc: BadInput | OSError) -> str:
+    """What ``exc`` says is wrong with the file: a ``BadInput``'s detail (else its reason), an
+    ``OSError``'s ``strerror``; its type's name only where it says nothing."""
+    if isinstance(exc, BadInput):
+        return exc.detail or exc.reason
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def _os_error_detail(exc: TransientError) -> str:
