@@ -6,7 +6,8 @@ photos from TMPDIR; ``skuforge dlq replay`` marks the records Kafka acknowledged
 would otherwise send again). Inside ``stopped_as_interrupt`` they raise ``Stopped``, a
 ``KeyboardInterrupt``, so the same ``except KeyboardInterrupt`` handles all three; ``signal_number``
 gives the exit status's signal (128 + it, 130 for Ctrl-C). ``held_signals`` holds all three off a step
-that must finish (the replay's markers), for the caller to stop after it.
+that must finish (the replay's markers), for the caller to stop after it; ``deferred_signals`` holds
+them so and then delivers the first that came as it would have been (an export's clean-up).
 
 The exception is raised in whatever Python code runs on the main thread when the signal comes, and
 code that catches ``BaseException`` there loses it: kafka-python's event loop does so for its tasks,
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 
 __all__ = [
     "Stopped",
+    "deferred_signals",
     "hang_up_as_sigterm",
     "heard",
     "held_signals",
@@ -90,6 +92,21 @@ def held_signals() -> Iterator[list[int]]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP wait until the block is done (``held_signals``), however it ends; then
+    the first that came is delivered to the handler it would have met: raised as ``Stopped`` or
+    ``KeyboardInterrupt`` (which replaces an exception the block raised), or the process ended where
+    none is set. For a clean-up an interrupt must not cut short (an export's staging folder)."""
+    came: list[int] = []
+    try:
+        with held_signals() as came:
+            yield
+    finally:
+        if came:
+            signal.raise_signal(came[0])  # its handler runs here, on the main thread
 
 
 def hang_up_as_sigterm() -> None:

@@ -605,6 +605,93 @@ def test_an_export_stopped_by_sigterm_half_way_leaves_nothing(store: ManifestSto
     assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
 
 
+# Runs `skuforge SIGNAL OUT HOW ARGS...` with the export's clean-up signalled as it begins: the first
+# shutil.rmtree of the staging folder (beside OUT) or of an entry moved into OUT sends the process SIGNAL,
+# as `kill`, a second Ctrl-C or `docker stop` would, and then removes. HOW "moving" makes OUT behave as a
+# mount point (the staging folder inside it, its entries moved in one by one, as as_mount_point does) and
+# the move of its second entry fail (EIO); "reading" leaves the export to fail on its own.
+_SIGNALLED_CLEANING_UP = """
+import errno, os, shutil, signal, sys
+from pathlib import Path
+
+signum, out, moving = signal.Signals[sys.argv[1]], Path(sys.argv[2]).resolve(), sys.argv[3] == "moving"
+real_rename, real_rmtree = os.rename, shutil.rmtree
+moved_into_out, signalled = [], []
+
+
+def inside(path):
+    return Path(os.path.abspath(path)).is_relative_to(out)
+
+
+def rename(src, dst, *args, **kwargs):
+    if moving and inside(src) != inside(dst):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+    if moving and Path(os.path.abspath(dst)).parent == out:
+        if moved_into_out:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(src), None, str(dst))
+        moved_into_out.append(dst)
+    real_rename(src, dst, *args, **kwargs)
+
+
+def rmtree(path, *args, **kwargs):
+    if not signalled and Path(os.path.abspath(path)).parent in (out, out.parent):
+        signalled.append(path)
+        os.kill(os.getpid(), signum)
+    real_rmtree(path, *args, **kwargs)
+
+
+os.rename, shutil.rmtree = rename, rmtree
+from skuforge_cli.main import main
+
+sys.exit(main(sys.argv[4:]))
+"""
+
+_SIGNALS = [signal.SIGTERM, signal.SIGHUP, signal.SIGINT]
+
+
+def _export_signalled_cleaning_up(signum: signal.Signals, out: Path, how: str) -> None:
+    """Runs the export of ``_SIGNALLED_CLEANING_UP``, which must stop with ``signum``, saying so."""
+    wrapper = [sys.executable, "-c", _SIGNALLED_CLEANING_UP, signum.name, str(out), how]
+    result = subprocess.run(
+        [*wrapper, *EXPORT[:2], str(out), *EXPORT[2:]],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=os.environ,
+        timeout=120,
+    )
+    assert result.returncode == 128 + signum, result.stderr
+    stopped = "interrupted" if signum == signal.SIGINT else f"stopped by {signum.name}"
+    assert f"skuforge dataset: {stopped}" in result.stderr
+
+
+@pytest.mark.parametrize("signum", _SIGNALS, ids=[signum.name for signum in _SIGNALS])
+def test_an_export_that_failed_and_is_stopped_while_cleaning_up_leaves_nothing(
+    store: ManifestStore, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """An export that failed (a tampered object) removes its staging folder and the folders it made for
+    OUT: a SIGTERM, SIGHUP or Ctrl-C then stopped the removal where it stood, the staging folder
+    (gigabytes, perhaps) left until the next export into the same OUT. It stops once the clean-up is done."""
+    key = store.key("images/SKU-B/real/real-0.png")
+    store.store.put_bytes(key, store.store.get_bytes(key) + b"x")
+    _export_signalled_cleaning_up(signum, tmp_path / "new" / "out", "reading")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["store"]
+
+
+@pytest.mark.parametrize("signum", _SIGNALS, ids=[signum.name for signum in _SIGNALS])
+def test_an_export_that_failed_moving_and_is_stopped_while_taking_its_classes_out_leaves_out_empty(
+    store: ManifestStore, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Into a mount point the classes are moved one by one; a move that failed takes those moved back out
+    of OUT. A SIGTERM, SIGHUP or Ctrl-C then left them there: a training set without some classes and
+    without export.json, and every later export into OUT refused as "not empty"."""
+    out = tmp_path / "out"
+    out.mkdir()
+    _export_signalled_cleaning_up(signum, out, "moving")
+    assert list(out.iterdir()) == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "store"]
+
+
 # -- killed while moving into an existing OUT ---------------------------------------------------------
 
 # Runs `skuforge ARGS...` with a rename that SIGKILLs the process right after the first rename into OUT

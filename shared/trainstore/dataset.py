@@ -64,6 +64,7 @@ from shared.images import (
     decode_mask,
     encode_png,
 )
+from shared.signals import deferred_signals
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.withdrawals import Withdrawals, photo_of
 
@@ -410,10 +411,13 @@ def export_dataset(
             limits=limits,
         )
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for folder in made_above:  # the deepest first; one something was put in meanwhile stays
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        # Finished before a Ctrl-C, SIGTERM or SIGHUP that comes meanwhile stops the export: cut short,
+        # the staging folder (gigabytes) stayed until the next export into the same OUT.
+        with deferred_signals():
+            shutil.rmtree(staging, ignore_errors=True)
+            for folder in made_above:  # the deepest first; one something was put in meanwhile stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         raise
     finally:
         os.close(owner)
@@ -550,11 +554,14 @@ def _export_into(
                 _take_permissions(staging, target)
             staging.rename(target)
     except BaseException:
-        for path in moved:  # out_dir is left as it was: empty
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+        # Finished before a signal that comes meanwhile stops the export: cut short, it left some
+        # classes in OUT (a training set without them and without export.json).
+        with deferred_signals():
+            for path in moved:  # out_dir is left as it was: empty
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         raise  # the staging folder is removed by export_dataset
     return summary
 
