@@ -672,6 +672,21 @@ def test_the_topics_job_reads_this_releases_secret_values_not_the_previous_secre
     assert job["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "mine"}}]
 
 
+def test_the_topics_jobs_copy_of_the_secret_values_is_deleted_once_the_job_succeeds(helm: str) -> None:
+    # Before, only the next hook run replaced it (before-hook-creation): a release switched to
+    # secret.existingSecret, or uninstalled, kept <release>-topics-settings and the passwords in it for
+    # good, since Helm deletes a hook's objects only by their delete policy. Helm runs the policy
+    # hook-succeeded once every hook of the event has succeeded, the Job first, so the Job's pods
+    # have had it.
+    docs = render(helm, "secret.values.SKUFORGE_KAFKA_SASL_PASSWORD=s3cret")
+    hook = of_kind(docs, "Secret")["rel-skuforge-topics-settings"]["metadata"]["annotations"]
+    (job,) = of_kind(docs, "Job").values()
+    job_hook = job["metadata"]["annotations"]
+    assert hook["helm.sh/hook"] == job_hook["helm.sh/hook"]  # the same hook runs, so deleted together
+    assert set(hook["helm.sh/hook-delete-policy"].split(",")) == {"before-hook-creation", "hook-succeeded"}
+    assert "hook-succeeded" in job_hook["helm.sh/hook-delete-policy"].split(",")
+
+
 def test_the_topics_job_adds_partitions_only_when_asked(helm: str) -> None:
     # Before, raising topicPartitions failed every `helm upgrade`: the hook ran `topics create`, which
     # exits 1 when an existing topic has fewer partitions than asked, and the chart had no way to pass
