@@ -331,6 +331,72 @@ def test_triton_copies_an_s3_model_into_a_volume_it_requested_room_for(helm: str
     )
 
 
+SHM = "Triton's shared memory (dshm)"
+CA_VOLUME = ("extraVolumes[0].name=kafka-ca", "extraVolumes[0].secret.secretName=kafka-ca")
+
+
+def ca_mounted_at(mount_path: str) -> tuple[str, ...]:
+    """Values mounting a Kafka CA Secret into every pod at ``mount_path``, read-only (docs/deploy.md)."""
+    return (
+        *CA_VOLUME,
+        "extraVolumeMounts[0].name=kafka-ca",
+        f"extraVolumeMounts[0].mountPath={mount_path}",
+        "extraVolumeMounts[0].readOnly=true",
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        # The API server refuses two volumes at one path: the install stopped half-applied.
+        (("triton.modelCache.mountPath=/dev/shm",), f"is also where {SHM} is mounted"),
+        (("triton.modelCache.mountPath=/dev/shm/",), f"is also where {SHM} is mounted"),
+        (
+            ("triton.modelCache.mountPath=/etc/kafka-ca", *ca_mounted_at("/etc/kafka-ca")),
+            "is also where extraVolumeMounts[0] (kafka-ca) is mounted",
+        ),
+        # One inside the other: the CA Secret's volume is read-only (no mount point can be made in it),
+        # and a volume inside the cache hides the cache's own folder.
+        (
+            ("triton.modelCache.mountPath=/etc/kafka-ca/cache", *ca_mounted_at("/etc/kafka-ca")),
+            "is inside extraVolumeMounts[0] (kafka-ca) at /etc/kafka-ca",
+        ),
+        (
+            ("triton.modelCache.mountPath=/mnt", *ca_mounted_at("/mnt/kafka-ca")),
+            "is above extraVolumeMounts[0] (kafka-ca) at /mnt/kafka-ca",
+        ),
+        (("triton.modelCache.mountPath=/dev/shm/models",), f"is inside {SHM} at /dev/shm"),
+        # Over the image's own folders (or its /dev): the container has nothing to start with.
+        (("triton.modelCache.mountPath=/",), "would hide the image's /opt/skuforge"),
+        (("triton.modelCache.mountPath=/opt",), "would hide the image's /opt/skuforge"),
+        (("triton.modelCache.mountPath=/usr",), "would hide the image's /usr"),
+        (("triton.modelCache.mountPath=/dev",), f"is above {SHM} at /dev/shm"),
+        # SKUFORGE_DIFFUSION_CACHE_DIR would be relative to the server's working folder, the mount not.
+        (("triton.modelCache.mountPath=cache",), "triton.modelCache.mountPath=cache is not an absolute path"),
+    ],
+)
+def test_the_model_cache_needs_a_folder_of_its_own_in_the_triton_container(
+    helm: str, values: tuple[str, ...], message: str
+) -> None:
+    # Before, each rendered: a pod the API server refuses (the same path twice), or a cache volume
+    # mounted into or over another volume or the image's own folders.
+    error = render_error(helm, *values)
+    assert message in error
+    assert "mount the model cache at a folder of its own" in error
+
+
+def test_the_model_cache_may_sit_beside_the_other_mounts(helm: str) -> None:
+    for values in (
+        ("triton.modelCache.mountPath=/tmp",),
+        ("triton.modelCache.mountPath=/opt/models",),
+        ("triton.modelCache.mountPath=/etc/kafka-ca-cache", *ca_mounted_at("/etc/kafka-ca")),
+        ("triton.modelCache.mountPath=/var/cache/skuforge/", *ca_mounted_at("/var/cache/kafka-ca")),
+    ):
+        triton = of_kind(render(helm, *values), "Deployment")["rel-skuforge-triton"]
+        cache_path = values[0].split("=", 1)[1]
+        assert {"name": "model-cache", "mountPath": cache_path} in container(triton)["volumeMounts"], values
+
+
 def test_the_console_keeps_its_task_table_on_a_volume_and_runs_alone(helm: str) -> None:
     docs = render(helm)
     console = of_kind(docs, "Deployment")["rel-skuforge-console"]

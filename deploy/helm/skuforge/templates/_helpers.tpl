@@ -241,6 +241,7 @@ calls 127.0.0.1:8001, its own pod, and retries forever. */ -}}
 {{- fail (printf "%s.SKUFORGE_GENERATION_BACKEND_MIX gives %s a share, but Triton serves only %s (triton.backends): those variants would call a model nobody serves; add %s to triton.backends or give it no share" (include "skuforge.generatorSetting" (dict "root" $ "key" "SKUFORGE_GENERATION_BACKEND_MIX") | fromJson).source . (join ", " $.Values.triton.backends) .) -}}
 {{- end -}}
 {{- end -}}
+{{- include "skuforge.checkModelCache" . -}}
 {{- /* `skuforge serve generator --backend diffusion` exits at start without a model (CrashLoopBackOff). */ -}}
 {{- $model := or (hasKey .Values.triton.env "SKUFORGE_DIFFUSION_MODEL") (hasKey .Values.settings "SKUFORGE_DIFFUSION_MODEL") (hasKey .Values.secret.values "SKUFORGE_DIFFUSION_MODEL") .Values.secret.existingSecret -}}
 {{- if and (has "diffusion" .Values.triton.backends) (not $model) -}}
@@ -264,6 +265,43 @@ the generator's images were then missing from matting's pod, and every item was 
 {{- end -}}
 {{- if and .Values.console.enabled (not .Values.secret.existingSecret) (not (hasKey .Values.secret.values "SKUFORGE_CONSOLE_USERS")) -}}
 {{- fail "console.enabled needs reviewers: set secret.values.SKUFORGE_CONSOLE_USERS ('name:password,...') or secret.existingSecret, or console.enabled=false (without them the console pod exits at start)" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* triton.modelCache.mountPath in a folder of its own in the Triton container. Each rendered before: at
+another volume's path the API server refused the pod (the same path twice); inside another volume its
+mount point had to be made there (a read-only one, such as a CA Secret, refuses it); above one, that
+volume hid part of the cache; over the image's own folders the container had no skuforge to start. */}}
+{{- define "skuforge.checkModelCache" -}}
+{{- $given := .Values.triton.modelCache.mountPath | default "" | toString -}}
+{{- $instead := "mount the model cache at a folder of its own, outside the others (e.g. /var/cache/skuforge, the default)" -}}
+{{- if not (isAbs $given) -}}
+{{- fail (printf "triton.modelCache.mountPath=%s is not an absolute path: the cache folder (SKUFORGE_DIFFUSION_CACHE_DIR) would be read from the server's working folder; %s" $given $instead) -}}
+{{- end -}}
+{{- $cache := clean $given -}}
+{{- /* A path is above another when the other starts with it and a "/" ("/" is above every path). */ -}}
+{{- $below := printf "%s/" (trimSuffix "/" $cache) -}}
+{{- range list (list "/opt/skuforge" "skuforge and its Python packages") (list "/usr" "Python and tini") (list "/etc" "the system's settings") (list "/bin" "the system's programs") (list "/lib" "the system's libraries") (list "/proc" "the processes' files") (list "/sys" "the kernel's files") -}}
+{{- $folder := index . 0 -}}
+{{- $what := index . 1 -}}
+{{- if or (eq $cache $folder) (hasPrefix $below $folder) -}}
+{{- fail (printf "triton.modelCache.mountPath=%s would hide the image's %s (%s): the Triton container could not start; %s" $given $folder $what $instead) -}}
+{{- end -}}
+{{- end -}}
+{{- $mounts := list (list "/dev/shm" "Triton's shared memory (dshm)") -}}
+{{- range $index, $mount := .Values.extraVolumeMounts -}}
+{{- $mounts = append $mounts (list ($mount.mountPath | default "" | toString) (printf "extraVolumeMounts[%d] (%s)" $index $mount.name)) -}}
+{{- end -}}
+{{- range $mounts -}}
+{{- $path := clean (index . 0) -}}
+{{- $what := index . 1 -}}
+{{- if eq $path $cache -}}
+{{- fail (printf "triton.modelCache.mountPath=%s is also where %s is mounted: the API server refuses a pod with two volumes at one path; %s" $given $what $instead) -}}
+{{- else if hasPrefix (printf "%s/" (trimSuffix "/" $path)) $cache -}}
+{{- fail (printf "triton.modelCache.mountPath=%s is inside %s at %s: the cache's mount point would be made in that volume (a read-only one refuses it); %s" $given $what $path $instead) -}}
+{{- else if hasPrefix $below $path -}}
+{{- fail (printf "triton.modelCache.mountPath=%s is above %s at %s: that volume would hide part of the cache; %s" $given $what $path $instead) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
