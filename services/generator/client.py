@@ -59,6 +59,8 @@ _CLIENT_ERRORS = ("StatusCode.INVALID_ARGUMENT", "400")
 _INTERNAL = ("StatusCode.INTERNAL", "500")
 # ... of a model this server does not serve (not in its repository, not loaded): retried, counted apart.
 _MODEL_MISSING = ("StatusCode.NOT_FOUND", "404")
+# ... the words of that answer for a model in its repository with no version ready (loading, or failed).
+_NO_VERSION_READY = "has no available versions"
 
 
 class GeneratorUnavailable(TransientError):
@@ -437,6 +439,14 @@ def _explain(status: str, message: str, url: str, backend: str) -> tuple[str, st
         )
     if "deadline" in lowered or "timeout" in lowered or "DEADLINE" in status:
         return f"Triton at {url} timed out on {model_name(backend)}: {message}", "timeout"
+    if status in _MODEL_MISSING and _NO_VERSION_READY in lowered:
+        # In Triton's repository but not ready (Triton answers NOT_FOUND for it too): loading, or its load
+        # failed. Sent to the backend settings, which were right, the operator looked in the wrong place.
+        return (
+            f"Triton at {url} has {model_name(backend)} but no version of it ready ({status}): {message}; "
+            "it is still loading, or it failed to load: Triton's log says which, and why; retried meanwhile",
+            "model_missing",
+        )
     if status in _MODEL_MISSING:
         # Triton is up and answered: the model is not among those it serves. Counted "unavailable", it
         # read as Triton being down. Still retried: fixing the deployment must find the input uncommitted.
