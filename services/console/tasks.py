@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from schemas.envelope import Envelope, derive_id
 from schemas.events import CorrectionPending, CorrectionResolved, Decision, GateAccepted
@@ -212,6 +212,13 @@ def decision_event_id(task_id: str) -> str:
     return derive_id(task_id, PRODUCER, "decision")
 
 
+class Locked(NamedTuple):
+    """A write transaction that holds the task table: its connection, and the clock read once it held it."""
+
+    db: sqlite3.Connection
+    now: float
+
+
 class TaskStore:
     """The task table at ``path`` (created with its parent directory on first use)."""
 
@@ -228,7 +235,7 @@ class TaskStore:
     def _add_produced_at(self) -> None:
         """Give a table created before ``produced_at`` the column (NULL: the time is unknown). It is the
         last column in ``_SCHEMA`` as well, so ``_allow_every_state``'s row-for-row copy still lines up."""
-        with self._write() as db:
+        with self._write() as (db, _):
             columns = {row["name"] for row in db.execute("PRAGMA table_info(tasks)")}
             if "produced_at" in columns:
                 return
@@ -239,7 +246,7 @@ class TaskStore:
         """Let a table created before a state (``withdrawn``, ``accepted``) hold it: SQLite cannot change
         a CHECK constraint in place, so the table is copied into one with the new constraint, rows
         unchanged."""
-        with self._write() as db:
+        with self._write() as (db, _):
             row = db.execute(
                 "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'tasks'"
             ).fetchone()
@@ -279,12 +286,17 @@ class TaskStore:
             db.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that takes the lock up front, so check-then-update is atomic."""
+    def _write(self) -> Iterator[Locked]:
+        """A write transaction that takes the lock up front (``BEGIN IMMEDIATE``), so check-then-update
+        is atomic, with ``now``: the clock read once the lock is held, by which the writer judges leases
+        and dates what it writes. With the clock read before, a lease that ran out while the writer
+        waited for the table was judged unexpired (a decision let through, a claim refused that a retry
+        a moment later took), and the writer's rows were dated before those written while it waited
+        (``received_at`` orders the queue, ``decided_at`` the decided lists, ``at`` the audit)."""
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                yield db
+                yield Locked(db, self.clock())
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -330,8 +342,7 @@ class TaskStore:
         generated = pending.matted.generated
         reasons, pending_json = json.dumps(pending.reasons), pending.model_dump_json()
         produced_at = event.produced_at.timestamp()
-        with self._write() as db:
-            now = self.clock()  # when it holds the table, as ``decide``: received_at orders the queue
+        with self._write() as (db, now):
             # The rule close_accepted applies to a waiting task: the acceptance wins unless the flag is newer.
             acceptance = db.execute(
                 "SELECT accepted_at, event_id, iou FROM gate_acceptances"
@@ -528,9 +539,7 @@ class TaskStore:
         """Return every task whose lease ran out to the queue; returns how many.
 
         A look without the table first spares it a write when no lease has run out; the sweep itself
-        reads the clock when it holds the table, as every writer does: swept by the time before it
-        waited, a lease that ran out meanwhile stayed claimed until the next sweep, and the
-        ``lease_expired`` entries were dated early.
+        goes by the time it holds the table (``_write``).
         """
         with self._connect() as db:
             expired = db.execute(
@@ -539,8 +548,8 @@ class TaskStore:
             ).fetchone()
         if expired is None:
             return 0
-        with self._write() as db:
-            return self._return_expired(db, self.clock())
+        with self._write() as (db, now):
+            return self._return_expired(db, now)
 
     def _return_expired(self, db: sqlite3.Connection, now: float) -> int:
         """In the write transaction ``db``, return every task whose lease ran out by ``now``."""
@@ -560,12 +569,10 @@ class TaskStore:
     def claim(self, task_id: str, reviewer: str, lease_s: float) -> Task:
         """Give ``reviewer`` the task for ``lease_s`` seconds; claiming one's own claim renews it.
 
-        TaskConflict when another reviewer holds it or it is decided. It is judged at the time it holds
-        the table (leases returned then): with leases returned and the clock read before, a lease that
-        ran out while the claim waited for the table still refused it, and a retry a moment later took it.
+        TaskConflict when another reviewer holds it or it is decided; leases that ran out by the time it
+        holds the table (``_write``) are returned first.
         """
-        with self._write() as db:
-            now = self.clock()
+        with self._write() as (db, now):
             self._return_expired(db, now)
             row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
             if row is None:
@@ -619,9 +626,7 @@ class TaskStore:
         if filters.state != "claimed":
             sources.append((pending_clauses, pending_params))
         taken: str | None = None
-        with self._write() as db:
-            # Judged when it holds the table, as ``claim``: a lease that ran out meanwhile is returned.
-            now = self.clock()
+        with self._write() as (db, now):
             self._return_expired(db, now)
             # An own claim is renewed: the reviewer is sent to its page, whose first renewal comes a
             # third of a lease later; with what was left of the old lease, the save could find it expired.
@@ -651,8 +656,7 @@ class TaskStore:
 
         One that no longer reads is BadInput and stays held until its lease runs out (claim-next passes
         it over): released first, the answer was a 502 for a release that was done, and a retry a 409."""
-        with self._write() as db:
-            now = self.clock()  # when it holds the table, as ``decide``: the audit entry's time
+        with self._write() as (db, now):
             try:
                 row = self._held(db, task_id, reviewer, now, lease_may_have_run_out=True)
             except TaskConflict:
@@ -725,8 +729,7 @@ class TaskStore:
         if not withdrawn:
             return []
         closed: list[str] = []
-        with self._write() as db:
-            now = self.clock()  # when it holds the table, as ``decide``: the queue dates closed tasks by it
+        with self._write() as (db, now):
             # The waiting tasks, filtered here: one bound variable per SKU that ever had a withdrawal
             # went past SQLite's limit (32766; 999 before 3.32), and then every sweep failed.
             waiting = db.execute(
@@ -770,8 +773,7 @@ class TaskStore:
         generated = event.payload.matted.generated
         accepted_at = event.produced_at.timestamp()
         closed: list[str] = []
-        with self._write() as db:
-            now = self.clock()  # when it holds the table, as ``decide``: the queue dates closed tasks by it
+        with self._write() as (db, now):
             settled = db.execute(
                 "SELECT 1 FROM tasks WHERE task_id = ? AND sku_id = ? AND item_id = ? AND state IN"
                 f" ({', '.join('?' * len(SETTLED))})",
@@ -854,12 +856,8 @@ class TaskStore:
         after the hold is checked, so it must be quick (no object-store write: the caller writes an
         edited mask before). TaskConflict unless the reviewer holds an unexpired lease on the task, or
         rejects a task the gate accepted (a person's rejection stands against the gate's acceptance).
-
-        It is judged, and dated, at the time it holds the table, as ``claim``: with the clock read before,
-        a lease that ran out while the decision waited for the table let it through, dated early.
         """
-        with self._write() as db:
-            now = self.clock()
+        with self._write() as (db, now):
             row = self._held(db, task_id, reviewer, now, rejecting=decision == "reject")
             task = _task_of(row)
             payload = resolved(task, now)
@@ -934,8 +932,8 @@ class TaskStore:
     def revoke_session(self, csrf_token: str, expires_at: float) -> None:
         """A logged-out session (named by its CSRF token, unique per session): refused from now on,
         also by a restarted console; forgotten once it would have expired anyway."""
-        with self._write() as db:
-            db.execute("DELETE FROM revoked_sessions WHERE expires_at <= ?", (self.clock(),))
+        with self._write() as (db, now):
+            db.execute("DELETE FROM revoked_sessions WHERE expires_at <= ?", (now,))
             db.execute(
                 "INSERT OR IGNORE INTO revoked_sessions (csrf_token, expires_at) VALUES (?, ?)",
                 (csrf_token, expires_at),
@@ -949,10 +947,10 @@ class TaskStore:
 
     def mark_published(self, event_id: str) -> None:
         """The broker acknowledged the event (acks=all)."""
-        with self._write() as db:
+        with self._write() as (db, now):
             db.execute(
                 "UPDATE outbox SET published_at = ? WHERE event_id = ? AND published_at IS NULL",
-                (self.clock(), event_id),
+                (now, event_id),
             )
 
 
