@@ -120,14 +120,7 @@ def test_an_expired_lease_is_claimed_again_in_place_and_the_painted_mask_is_save
 ) -> None:
     tasks = served.parts.tasks
     open_held_item(page, served)
-    box = page.locator("#overlay").bounding_box()
-    scale = box["width"] / served.parts.tasks.get(served.task_id).pending.matted.generated.image.width
-    row, start_x, end_x = 20, 10, 60
-    page.mouse.move(box["x"] + start_x * scale, box["y"] + row * scale)
-    page.mouse.down()
-    for x in range(start_x, end_x + 1, 5):
-        page.mouse.move(box["x"] + x * scale, box["y"] + row * scale)
-    page.mouse.up()
+    paint_a_stroke(page, served)
 
     # The lease runs out (a laptop asleep, a stalled network): the next renewal is refused with a 409.
     served.parts.clock.advance(LEASE_S + 10)
@@ -140,13 +133,7 @@ def test_an_expired_lease_is_claimed_again_in_place_and_the_painted_mask_is_save
         "the page did not claim the item again",
     )
     assert page.evaluate("window.notReloaded === true")
-    page.keyboard.press("a")
-    page.wait_for_selector("body[data-decided='approve_edited']")
-    outbox = tasks.outbox(served.task_id)
-    assert outbox is not None and outbox.payload.final_mask is not None
-    predicted = mask_from_ref(served.parts.store, tasks.get(served.task_id).pending.matted.predicted_mask)
-    stored = decode_mask(served.parts.store.read_verified(outbox.payload.final_mask))
-    assert np.count_nonzero(stored > predicted) > 100  # the stroke, 50 px long and 8 px wide
+    approve_edited_saves_the_stroke(page, served)
 
 
 def test_an_unavailable_table_keeps_the_hold_and_the_page_saves_once_it_is_back(
@@ -237,14 +224,27 @@ def test_an_idle_page_lets_its_lease_run_out_and_a_key_press_takes_the_item_back
     assert tasks.get(served.task_id).state == "pending"
 
 
-def paint_a_stroke(page: Any, served: Served) -> None:
+def paint_a_stroke(page: Any, served: Served, *, row: int = 20) -> None:
+    """Paint a stroke along image row ``row``, from x = 10 to x = 60 (the brush is 8 px wide)."""
     box = page.locator("#overlay").bounding_box()
     scale = box["width"] / served.parts.tasks.get(served.task_id).pending.matted.generated.image.width
-    page.mouse.move(box["x"] + 10 * scale, box["y"] + 20 * scale)
+    page.mouse.move(box["x"] + 10 * scale, box["y"] + row * scale)
     page.mouse.down()
     for x in range(10, 61, 5):
-        page.mouse.move(box["x"] + x * scale, box["y"] + 20 * scale)
+        page.mouse.move(box["x"] + x * scale, box["y"] + row * scale)
     page.mouse.up()
+
+
+def approve_edited_saves_the_stroke(page: Any, served: Served) -> None:
+    """Press `a` (approve as edited) and check the decision's stored mask holds a painted stroke."""
+    tasks = served.parts.tasks
+    page.keyboard.press("a")
+    page.wait_for_selector("body[data-decided='approve_edited']")
+    outbox = tasks.outbox(served.task_id)
+    assert outbox is not None and outbox.payload.final_mask is not None
+    predicted = mask_from_ref(served.parts.store, tasks.get(served.task_id).pending.matted.predicted_mask)
+    stored = decode_mask(served.parts.store.read_verified(outbox.payload.final_mask))
+    assert np.count_nonzero(stored > predicted) > 100  # the stroke, 50 px long and 8 px wide
 
 
 def test_a_renewal_while_the_release_is_answered_does_not_take_the_item_back(
@@ -332,13 +332,7 @@ def test_a_mask_painted_before_the_session_ran_out_is_restored_after_the_login(
     page.keyboard.press("a")
     page.wait_for_selector("#status:has-text('the decision (approve_edited) was not saved')")
     # A stroke painted after the 401, before following the link, is kept too.
-    box = page.locator("#overlay").bounding_box()
-    scale = box["width"] / tasks.get(served.task_id).pending.matted.generated.image.width
-    page.mouse.move(box["x"] + 10 * scale, box["y"] + 40 * scale)
-    page.mouse.down()
-    for x in range(10, 61, 5):
-        page.mouse.move(box["x"] + x * scale, box["y"] + 40 * scale)
-    page.mouse.up()
+    paint_a_stroke(page, served, row=40)
 
     log_in_from_the_status_link(page, served)
 
@@ -347,13 +341,7 @@ def test_a_mask_painted_before_the_session_ran_out_is_restored_after_the_login(
     assert "not saved" in said and "approve_edited" in said
     assert edited_overlay_at(page, 35, 20) and edited_overlay_at(page, 35, 40)
     assert tasks.get(served.task_id).state == "claimed"  # restored, never sent on its own
-    page.keyboard.press("a")
-    page.wait_for_selector("body[data-decided='approve_edited']")
-    outbox = tasks.outbox(served.task_id)
-    assert outbox is not None and outbox.payload.final_mask is not None
-    predicted = mask_from_ref(served.parts.store, tasks.get(served.task_id).pending.matted.predicted_mask)
-    stored = decode_mask(served.parts.store.read_verified(outbox.payload.final_mask))
-    assert np.count_nonzero(stored > predicted) > 100  # the stroke, 50 px long and 8 px wide
+    approve_edited_saves_the_stroke(page, served)
     assert page.evaluate("window.sessionStorage.length") == 0  # saved: kept no longer
 
 
