@@ -379,6 +379,70 @@ def test_a_kept_mask_for_other_pixels_or_discarded_is_not_restored(served: Serve
     assert page.evaluate("window.sessionStorage.length") == 0
 
 
+def reject_after_the_session_ran_out(page: Any, reason: str, note: str) -> None:
+    """Clear the session's cookie, then reject with ``reason`` and ``note``: the page meets a 401."""
+    page.context.clear_cookies()
+    page.keyboard.press("r")
+    page.wait_for_selector("#reject-dialog[open]")
+    page.select_option("#reject-reason", reason)
+    page.fill("#reject-note", note)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#status:has-text('the decision (reject) was not saved')")
+
+
+def confirm_the_rejection(page: Any, served: Served) -> str | None:
+    """Press `r` and confirm the dialog as it opens; returns the recorded reason."""
+    page.keyboard.press("r")
+    page.wait_for_selector("#reject-dialog[open]")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("body[data-decided='reject']")
+    outbox = served.parts.tasks.outbox(served.task_id)
+    assert outbox is not None
+    return outbox.payload.reject_reason
+
+
+def test_a_reject_reason_typed_before_the_session_ran_out_is_restored_after_the_login(
+    served: Served, page: Any
+) -> None:
+    """A rejection met a 401: the page kept the decision pressed but not the reason picked and the note
+    typed, so after the login `r` opened the dialog empty, and Enter rejected for the first reason with
+    no note."""
+    open_held_item(page, served)
+    reject_after_the_session_ran_out(page, "product_cut_off", "the label is cut at the top")
+
+    log_in_from_the_status_link(page, served)
+
+    page.wait_for_selector("#status:has-text('restored')")
+    assert served.parts.tasks.get(served.task_id).state == "claimed"  # restored, never sent on its own
+    assert confirm_the_rejection(page, served) == "product_cut_off: the label is cut at the top"
+    assert page.evaluate("window.sessionStorage.length") == 0  # saved: kept no longer
+
+
+@pytest.mark.parametrize("accepted", ["while the session was out", "before the rejection"])
+def test_a_rejection_kept_for_an_item_the_gate_accepted_is_restored(
+    served: Served, page: Any, accepted: str
+) -> None:
+    """A rejection is still recorded on an item the gate accepted, unheld: the reason kept at the 401 is
+    put back on its page as on a held one. The page kept nothing when it met the 401 on such an item
+    (it did not hold it), and restored nothing on it."""
+    open_held_item(page, served)
+    flagged = pending_envelope(served.parts.tasks.get(served.task_id).pending)
+    acceptance = accepted_envelope(flagged, produced_at=flagged.produced_at + timedelta(seconds=60))
+    if accepted == "before the rejection":
+        assert served.parts.tasks.close_accepted(acceptance) == [served.task_id]
+        page.wait_for_selector("#status:has-text('the gate accepted this item')")
+    reject_after_the_session_ran_out(page, "wrong_product", "a blue mug, not a red one")
+    if accepted == "while the session was out":
+        assert served.parts.tasks.close_accepted(acceptance) == [served.task_id]
+
+    log_in_from_the_status_link(page, served)
+
+    page.wait_for_selector("#status:has-text('restored')")
+    assert "gate accepted" in page.inner_text("#status")
+    assert confirm_the_rejection(page, served) == "wrong_product: a blue mug, not a red one"
+    assert page.evaluate("window.sessionStorage.length") == 0
+
+
 def test_c_on_a_held_item_keeps_the_painted_mask(served: Served, page: Any) -> None:
     """`c` claimed the item again and reloaded the page: the painted mask was lost."""
     open_held_item(page, served)

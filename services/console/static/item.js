@@ -42,8 +42,9 @@
 
   // -- what a 401 left unsaved ------------------------------------------------------------
   // The "log in" link leaves the page, and the painted mask went with it. At a 401 the page keeps the
-  // mask (and the decision pressed) in this tab's sessionStorage, under the pixels it was painted on
-  // (page.shown): a replay since then shows other pixels, and the kept mask is dropped, never applied.
+  // mask (and the decision pressed, with a rejection's reason and note) in this tab's sessionStorage,
+  // under the pixels it was painted on (page.shown): a replay since then shows other pixels, and the
+  // kept mask is dropped, never applied.
   const unsavedKey = "skuforge.unsaved." + page.taskId;
 
   function packMask(mask) {
@@ -63,8 +64,9 @@
   }
 
   function keepUnsaved(decision) {
-    if (!page.held || masks.edited === null || (!edited && !decision)) return;
+    if (!mayDecide(decision) || masks.edited === null || (!edited && !decision)) return;
     const kept = { shown: page.shown, decision: decision || null, width: W, height: H, mask: edited ? packMask(masks.edited) : null };
+    if (decision === "reject") kept.reject = { reason: $("reject-reason").value, note: $("reject-note").value };
     try {
       sessionStorage.setItem(unsavedKey, JSON.stringify(kept));
     } catch (_) { /* storage full or off: the status line still says what was not saved */ }
@@ -516,18 +518,32 @@
     if (handled) event.preventDefault();
   });
 
-  // Put back what a 401 left unsaved (see keepUnsaved), on a page that holds the item; never sent on its
-  // own: the reviewer looks at it and presses the decision again, or discards it.
+  // A kept rejection's reason and note go back into the reject dialog, so `r` and Enter send them.
+  function restoreRejection(reject) {
+    const reasons = Array.from($("reject-reason").options, (option) => option.value);
+    if (!reject || !reasons.includes(reject.reason)) return false;
+    $("reject-reason").value = reject.reason;
+    $("reject-note").value = String(reject.note || "");
+    return true;
+  }
+
+  // Put back what a 401 left unsaved (see keepUnsaved), on a page that holds the item, or a rejection on
+  // an item the gate accepted since (a person's rejection is still recorded); never sent on its own: the
+  // reviewer looks at it and presses the decision again, or discards it.
   function restoreUnsaved() {
     let kept = null;
     try { kept = JSON.parse(sessionStorage.getItem(unsavedKey) || "null"); } catch (_) { kept = null; }
-    if (kept === null || !page.held) return; // not held: a claim reloads the page, and restores it then
+    if (kept === null) return;
+    // Not held: a claim reloads the page, and restores it then.
+    if (!page.held && !(page.rejectable && kept.decision === "reject")) return;
     if (kept.shown !== page.shown) {
       forgetUnsaved();
       return say("this item changed since the session ran out (the gate was replayed): what was painted before is dropped", true);
     }
+    const rejection = kept.decision === "reject" && restoreRejection(kept.reject);
+    if (!page.held && !rejection) return forgetUnsaved(); // only the rejection's reason is of use here
     const before = masks.edited;
-    if (kept.mask) {
+    if (kept.mask && page.held) {
       try {
         masks.edited = unpackMask(kept.mask);
       } catch (_) {
@@ -543,6 +559,7 @@
     discard.textContent = "discard it";
     discard.addEventListener("click", () => {
       forgetUnsaved();
+      $("reject-form").reset();
       masks.edited = before;
       edited = false;
       undoStack.length = 0;
@@ -552,9 +569,11 @@
       redraw();
       say("discarded what was painted before the session ran out");
     });
-    const what = (kept.mask ? "the mask painted" : "the decision pressed") + " before the session ran out";
+    const painted = kept.mask && page.held;
+    const what = (painted ? "the mask painted" : "the decision pressed") + " before the session ran out" +
+      (rejection ? ", with the rejection's reason" : "") + (page.held ? "" : " (the gate accepted this item meanwhile)");
     const again = kept.decision ? "press " + kept.decision + " again to save it" : "decide to save it";
-    status.replaceChildren("restored " + what + (kept.mask && kept.decision ? " (" + kept.decision + ")" : "") +
+    status.replaceChildren("restored " + what + (painted && kept.decision ? " (" + kept.decision + ")" : "") +
       "; not saved yet: " + again + ", or ", discard);
     status.classList.remove("error");
   }
