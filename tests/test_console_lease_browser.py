@@ -26,7 +26,7 @@ import pytest
 import uvicorn
 
 from devstack.broker import free_port
-from services.console.decisions import mask_from_ref
+from services.console.decisions import mask_from_ref, record_decision
 from shared.errors import TransientError
 from shared.images import decode_mask
 from tests.support.console import (
@@ -440,6 +440,37 @@ def test_a_rejection_kept_for_an_item_the_gate_accepted_is_restored(
     page.wait_for_selector("#status:has-text('restored')")
     assert "gate accepted" in page.inner_text("#status")
     assert confirm_the_rejection(page, served) == "wrong_product: a blue mug, not a red one"
+    assert page.evaluate("window.sessionStorage.length") == 0
+
+
+def test_what_was_kept_for_an_item_decided_meanwhile_is_dropped_and_said(served: Served, page: Any) -> None:
+    """alice's session ran out with a painted mask kept; her lease ran out too, and bob claimed and approved
+    the item. Back after the login, the page (not held) said nothing of her mask, and kept it in the
+    tab's storage for good: nothing could restore it, and nothing removed it."""
+    tasks = served.parts.tasks
+    open_held_item(page, served)
+    paint_a_stroke(page, served)
+    page.context.clear_cookies()
+    page.keyboard.press("a")
+    page.wait_for_selector("#status:has-text('was not saved')")
+    served.parts.clock.advance(LEASE_S + 10)
+    tasks.claim(served.task_id, "bob", 60.0)
+    record_decision(
+        tasks,
+        served.parts.store,
+        task_id=served.task_id,
+        reviewer="bob",
+        decision="approve_predicted",
+        reject_reason=None,
+        mask_bytes=None,
+        max_pixels=10_000_000,
+        max_bytes=10_000_000,
+    )
+
+    log_in_from_the_status_link(page, served)
+
+    page.wait_for_selector("#status:has-text('dropped')")
+    assert "approved" in page.inner_text("#status")
     assert page.evaluate("window.sessionStorage.length") == 0
 
 

@@ -44,7 +44,7 @@
   // The "log in" link leaves the page, and the painted mask went with it. At a 401 the page keeps the
   // mask (and the decision pressed, with a rejection's reason and note) in this tab's sessionStorage,
   // under the pixels it was painted on (page.shown): a replay since then shows other pixels, and the
-  // kept mask is dropped, never applied.
+  // kept mask is dropped, never applied; so is what was kept for an item closed since.
   const unsavedKey = "skuforge.unsaved." + page.taskId;
 
   function packMask(mask) {
@@ -534,8 +534,11 @@
     let kept = null;
     try { kept = JSON.parse(sessionStorage.getItem(unsavedKey) || "null"); } catch (_) { kept = null; }
     if (kept === null) return;
-    // Not held: a claim reloads the page, and restores it then.
-    if (!page.held && !(page.rejectable && kept.decision === "reject")) return;
+    if (!page.held && !(page.rejectable && kept.decision === "reject")) {
+      if (!["approved", "rejected", "withdrawn", "accepted"].includes(page.state)) return; // a claim reloads the page, and restores it then
+      forgetUnsaved(); // closed: nothing restores it here, and kept, it stayed in the tab for good
+      return say("this item was " + page.state + " while the session was out, so what was kept from before is dropped", true);
+    }
     if (kept.shown !== page.shown) {
       forgetUnsaved();
       return say("this item changed since the session ran out (the gate was replayed): what was painted before is dropped", true);
