@@ -3,7 +3,8 @@ commands, links, variables, make targets and extras): every repository path they
 folder whose README has a file table has each of its files in it; every test, metric and
 ``SKUFORGE_*`` default they quote is the code's; a ``skuforge`` command in a fenced block's comment
 parses; and the headline figures of README and docs/evaluation.md are the ones their results files
-hold, and a results-file field cited beside a date is of the run that file holds. Each check is shown
+hold, a results-file field cited beside a date is of the run that file holds, and every identifier
+they quote (a reason code, a function, a constant, a results field) exists. Each check is shown
 to fail on a planted mistake.
 """
 
@@ -454,3 +455,63 @@ def test_a_results_field_cited_for_an_earlier_run_is_caught() -> None:
     assert dated_citations_of_other_runs(text) == [
         "['real.packaging_misses'] cited for ['2026-11-30'], a run ['captioner.json'] do not hold"
     ]
+
+
+# Where a name the docs quote may come from: the code, its configuration and templates, the tests,
+# the results files (their field names), the chart.
+CODE_FOLDERS = ("schemas", "shared", "services", "devstack", "skuforge_cli", "bench", "deploy", "tests")
+CODE_SUFFIXES = {".py", ".yaml", ".yml", ".tpl", ".json", ".html", ".js", ".toml", ".template", ".sh"}
+# Names the docs quote from outside the repository, or as an example.
+FOREIGN_NAMES = {
+    "ensure_coordinator_ready",  # kafka-python's coordinator loop (docs/deploy.md, a known client issue)
+    "read_committed",  # Kafka's consumer isolation level
+    "r58_0000",  # an example name of a matting pairs file (`--roi`, catalogue seed 58)
+}
+# A backticked identifier: snake_case, CamelCase or UPPER_CASE (one word or more), perhaps called.
+CODE_NAME = re.compile(
+    r"`([a-z][a-z0-9]*(?:_[a-z0-9]+)+|[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+|[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)"
+    r"(?:\(\))?(?:\{[^}`]*\})?`"
+)
+
+
+def _code_text() -> str:
+    """The text names may come from; not the docs tests, whose planted names would count."""
+    paths = [ROOT / name for name in ("Makefile", "Dockerfile", "pyproject.toml")]
+    for folder in CODE_FOLDERS:
+        paths += [
+            path
+            for path in (ROOT / folder).rglob("*")
+            if path.suffix in CODE_SUFFIXES and not path.name.startswith("test_docs")
+        ]
+    return "\n".join(path.read_text(encoding="utf-8", errors="replace") for path in paths if path.is_file())
+
+
+CODE_WORDS = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", _code_text()))
+
+
+def code_names_unknown_in(text: str) -> list[str]:
+    """Identifiers ``text`` quotes (reason codes, functions, classes, constants, results fields) that
+    are no word of the code, configuration, tests or results files: renamed, or never there. The
+    ``SKUFORGE_*`` variables are test_docs_truth's."""
+    names = dict.fromkeys(name for name in CODE_NAME.findall(text) if not name.startswith("SKUFORGE_"))
+    # A table under a header naming the prefix ("default (`SKUFORGE_GATE_*`)") gives a setting's rest.
+    settings = _setting_defaults()
+    return [
+        name
+        for name in names
+        if name not in CODE_WORDS
+        and name not in FOREIGN_NAMES
+        and not any(setting.endswith(f"_{name}") for setting in settings)
+    ]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=DOC_IDS)
+def test_every_code_name_a_doc_quotes_exists(doc: Path) -> None:
+    unknown = code_names_unknown_in(DOC_TEXTS[doc])
+    assert not unknown, f"{doc.relative_to(ROOT)} quotes names found nowhere in the code: {unknown}"
+
+
+def test_a_renamed_code_name_is_caught() -> None:
+    text = "dead-lettered as `object_missing` or `objects_missing`, by `ObjectStore` or `ObjectStores`, "
+    text += "below `MAX_OUTPUT_RECORD_BYTES` or `MAX_OUTPUT_BYTES`; `skuforge_dlq_total{reason}`; `IOU_MIN`"
+    assert code_names_unknown_in(text) == ["objects_missing", "ObjectStores", "MAX_OUTPUT_BYTES"]
