@@ -316,6 +316,8 @@ class Stage:
         self._completed: OrderedDict[tuple[str, str], None] = OrderedDict()
         # Inputs handled and produced whose offset commit failed, per partition, oldest first (_commit).
         self._uncommitted: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]] = {}
+        # The rebalance listener's commits of those (_commit_revoked) not answered yet, one token each.
+        self._revoked_commits: set[object] = set()
         # Inputs of the batch being handled (and of those awaiting a commit), by (topic, event id):
         # _completed is filled only at the commit, so two copies of one event in one poll (a producer's
         # retry, a replay beside its original) were both handled and both produced their outputs.
@@ -490,6 +492,7 @@ class Stage:
             try:
                 if lag_watcher is not None:
                     lag_watcher.stop()
+                self._await_revoked_commits()
                 self._consumer.close(autocommit=False)
                 if self._producer is not None:
                     try:
@@ -1211,16 +1214,19 @@ class Stage:
         twice. This runs in the rebalance listener, on kafka-python's I/O thread, which refuses a
         blocking ``commit()``; ``commit_async`` goes out ahead of this member's next JoinGroup, and a
         cooperative rebalance hands a revoked partition on only in that follow-up round. The inputs are
-        counted once the broker answers (the callback runs in the loop's next poll); if it refuses, the
-        next holder redoes them, as before.
+        counted once the broker answers (the callback runs in the loop's next poll, or as the stage
+        stops: ``_await_revoked_commits``); if it refuses, the next holder redoes them, as before.
         """
         left = {tp: self._uncommitted[tp] for tp in revoked if self._uncommitted.get(tp)}
         if not left:
             return
         assert self._consumer is not None
         offsets = {tp: OffsetAndMetadata(done[-1][0].offset + 1, "", -1) for tp, done in left.items()}
+        token = object()
+        self._revoked_commits.add(token)
 
         def answered(_offsets: object, result: object) -> None:
+            self._revoked_commits.discard(token)
             if isinstance(result, BaseException):
                 log.warning(
                     "committing revoked partitions failed; their next holder redoes these records",
@@ -1233,6 +1239,40 @@ class Stage:
             self._consumer.commit_async(offsets, callback=answered)
         except KafkaError as exc:
             answered(offsets, exc)
+
+    def _await_revoked_commits(self) -> None:
+        """Wait, as the stage stops, for the broker's answers to the rebalance listener's commits, and
+        count the inputs they took (``_commit_revoked``).
+
+        kafka-python 3.0 runs a ``commit_async`` callback only inside a later ``poll()`` or ``commit()``,
+        and ``close()`` calls neither (the Java client's close waits for pending async commits). A stage
+        stopped in the poll whose rebalance sent them never counted those inputs, nor ran their
+        ``after_commit`` actions, though the broker took their offsets and their next holder did not redo
+        them. Each answer comes within the consumer's ``request_timeout_ms``.
+        """
+        if not self._revoked_commits:
+            return
+        assert self._consumer is not None
+        deadline = time.monotonic() + self._consumer.config["request_timeout_ms"] / 1000
+        try:
+            while True:
+                try:
+                    _run_answered_commit_callbacks(self._consumer)
+                except KafkaError as exc:  # fenced (another member took a static member's id)
+                    log.warning("the commits of revoked partitions: %s: %s", type(exc).__name__, exc)
+                    return
+                if not self._revoked_commits:
+                    return
+                if time.monotonic() >= deadline:
+                    log.warning(
+                        "stopping before the broker answered the commit of revoked partitions: inputs it "
+                        "took are not counted; those it did not, their next holder redoes",
+                        extra={"stage": self.name},
+                    )
+                    return
+                time.sleep(0.05)
+        finally:
+            self._revoked_commits.clear()  # this consumer's: a run again has its own
 
     def _commit_left_over(self, *, now: bool = False) -> None:
         """Commit the offsets a failed commit left, when no batch comes to carry them (an idle stage,
@@ -1381,6 +1421,15 @@ def _drop_parked_records(consumer: KafkaConsumer, tp: TopicPartition) -> None:
         stale = parked.pop(tp, None)
         if stale is not None and hasattr(stale, "drain"):
             stale.drain()
+
+
+def _run_answered_commit_callbacks(consumer: KafkaConsumer) -> None:
+    """Run the callbacks of the ``commit_async`` calls the broker has answered, on this thread.
+
+    kafka-python 3.0.12 queues them for its next ``poll()`` or ``commit()``
+    (``ConsumerCoordinator._invoke_completed_offset_commit_callbacks``); a stopping stage makes neither.
+    """
+    consumer._coordinator._invoke_completed_offset_commit_callbacks()
 
 
 def _replay_stage(record: ConsumerRecord) -> str | None:

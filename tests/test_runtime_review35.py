@@ -1,0 +1,128 @@
+"""The runtime on the real broker: what a stage does on its way out."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka.errors import KafkaTimeoutError
+from kafka.structs import TopicPartition
+
+import shared.runtime
+from schemas.envelope import Envelope
+from schemas.events import SkuIngested
+from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
+from shared.runtime import Context, Emit, Stage
+from tests.support.bus import (
+    create_topics,
+    file_store_uri,
+    isolated_settings,
+    produce,
+    read_topic,
+    running,
+    sku_ingested_payloads,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+def _wait_for(what: str, condition: Any, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _ok(stage: Stage, topic: str) -> float:
+    return float(stage.metrics.messages.labels(stage.name, topic, "ok")._value.get())
+
+
+@pytest.mark.slow
+def test_inputs_a_revoked_partitions_commit_took_are_counted_when_the_stage_stops_before_its_answer(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first member's commits fail, so its finished inputs wait uncommitted; a second member joins,
+    and the rebalance listener sends the offsets of the partitions that move (``commit_async``). The
+    first member then stops before its next poll, which is where kafka-python runs a commit's callback:
+    the broker took the offsets, so the next holder did not redo those inputs, and nobody counted them.
+    """
+    settings = isolated_settings(
+        kafka_bootstrap,
+        file_store_uri(tmp_path),
+        max_poll_records=5,
+        retry_backoff_initial_s=600.0,  # no idle retry of the failed commits: only the listener's goes
+        retry_backoff_max_s=600.0,
+    )
+    create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT, partitions=4)
+    topic = settings.topic_name(SKU_INGESTED)
+    handled: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def member(label: str) -> Stage:
+        stage = Stage("stopping", settings=settings)
+
+        @stage.handler(SKU_INGESTED)
+        def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+            with lock:
+                handled.append((label, event.event_id))
+            return [Emit(PASSTHROUGH_OUT, event.payload, key="out")]
+
+        return stage
+
+    first, second = member("first"), member("second")
+    moved: list[TopicPartition] = []
+    revoke = shared.runtime._RebalanceListener.on_partitions_revoked
+
+    def revoke_then_stop(listener: Any, revoked: Sequence[TopicPartition]) -> None:
+        revoke(listener, revoked)
+        if listener._stage is first and revoked and not first._stop.is_set():
+            moved.extend(revoked)
+            first.stop()  # the loop ends after this poll: the commit's answer comes after it
+
+    monkeypatch.setattr(shared.runtime._RebalanceListener, "on_partitions_revoked", revoke_then_stop)
+    returned: list[int] = []
+    first_run = threading.Thread(target=lambda: returned.append(first.run(install_signal_handlers=False)))
+    first_run.start()
+    try:
+        _wait_for("the first member's consumer", lambda: first._consumer is not None)
+        consumer = first._consumer
+        assert consumer is not None
+
+        def coordinator_away(*_args: Any, **_kwargs: Any) -> None:
+            raise KafkaTimeoutError("the coordinator did not answer the offset commit")
+
+        consumer.commit = coordinator_away  # type: ignore[method-assign]
+        earlier = produce(settings, SKU_INGESTED, list(sku_ingested_payloads(first.store, 40)))
+        _wait_for("the first member to finish every input", lambda: len(handled) == len(earlier))
+        assert first._uncommitted, "the inputs wait for a commit"
+
+        with running(second):
+            first_run.join(timeout=90)
+            assert not first_run.is_alive() and returned == [0]
+            assert moved, "the second member took partitions"
+            later = produce(
+                settings, SKU_INGESTED, list(sku_ingested_payloads(first.store, 8, prefix="LATER"))
+            )
+            _wait_for("every later input", lambda: set(later) <= {event_id for _, event_id in handled})
+    finally:
+        first.stop()
+        first_run.join(timeout=90)
+
+    inputs = read_topic(kafka_bootstrap, topic, expect=len(earlier) + len(later))
+    on_moved = {
+        json.loads(r.value)["event_id"]
+        for r in inputs
+        if TopicPartition(r.topic, r.partition) in moved and json.loads(r.value)["event_id"] in set(earlier)
+    }
+    assert on_moved
+    redone = {event_id for label, event_id in handled if label == "second"}
+    assert not redone & on_moved, "the listener's commit went through: nobody redid those inputs"
+    # Counted where they were finished, once the broker took their offsets: before, the answer came after
+    # the stage's last poll, and nobody counted them.
+    assert _ok(first, topic) == len(on_moved)
