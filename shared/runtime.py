@@ -28,8 +28,9 @@ Delivery (docs/architecture.md, "Delivery"):
   partition is processed or committed meanwhile, so per-SKU order holds. Other partitions go on.
 * **Unexpected handler errors** are retried like transient ones, up to ``handler_max_attempts``,
   then dead-lettered with reason ``handler_error``, so one poison message cannot stall a partition.
-* **SIGTERM/SIGINT/SIGHUP** finish the batch in hand, commit and return 0 (SIGHUP: the terminal of a
-  ``skuforge run`` closed; left ignored where it was, as under ``nohup``).
+* **SIGTERM/SIGINT/SIGHUP** finish the batch in hand, commit, close, run the stage's ``on_stop`` actions
+  and return 0 (SIGHUP: the terminal of a ``skuforge run`` closed; left ignored where it was, as under
+  ``nohup``).
 """
 
 from __future__ import annotations
@@ -303,6 +304,7 @@ class Stage:
             self.settings.metrics_port if self.settings.metrics_port is not None else (default_metrics_port)
         )
         self._stop = threading.Event()
+        self._stop_actions: list[Callable[[], None]] = []  # on_stop's, in the order registered
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self.health: HealthServer | None = None
@@ -376,6 +378,17 @@ class Stage:
         """Ask the loop to finish the batch in hand, commit and return."""
         self._stop.set()
 
+    def on_stop(self, action: Callable[[], None]) -> Callable[[], None]:
+        """Run ``action`` each time ``run`` ends, by a stop (SIGTERM...), a fatal error or a broker it
+        cannot reach: for what the stage's handlers hold (a model server's clients and their threads).
+
+        Actions run once the batch in hand is done and the Kafka clients are closed, the last registered
+        first; one that fails is logged and the others still run. Not after a second stop, which ends
+        the stage where it stands: a handler's calls may still be in flight, and the process is going.
+        """
+        self._stop_actions.append(action)
+        return action
+
     def ready(self) -> bool:
         """Has joined its consumer group, is not stopping, and the stage's own check passes."""
         return self._joined and not self._stop.is_set() and self._stage_ready()
@@ -405,13 +418,26 @@ class Stage:
                 # its clients not closed; one already ignored (`nohup skuforge run`) stays ignored.
                 if heard(signum):
                     previous[signum] = signal.signal(signum, request_stop)
+        ended_where_it_stood = False
         try:
             return self._run(serve_health)
+        except KeyboardInterrupt:  # a second stop (Stopped), or Ctrl-C where no handler hears it
+            ended_where_it_stood = True
+            raise
         finally:
             # Before, they stayed: a SIGTERM after the stage returned only asked it to stop again, and
             # the process (a test run, a command run after the stage) was not stopped by it.
             for stopping, handler in previous.items():
                 signal.signal(stopping, handler if handler is not None else signal.SIG_DFL)
+            if not ended_where_it_stood:
+                self._run_stop_actions()
+
+    def _run_stop_actions(self) -> None:
+        for action in reversed(self._stop_actions):
+            try:
+                action()
+            except Exception:  # the others still run, and run() returns or raises what the loop did
+                log.exception("a stop action failed", extra={"stage": self.name, "action": repr(action)})
 
     def _run(self, serve_health: bool) -> int:
         """``run`` once its signal handlers are in place."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -17,7 +19,8 @@ import shared.runtime
 from schemas.envelope import Envelope
 from schemas.events import SkuIngested
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
-from shared.runtime import Context, Emit, Stage
+from shared.config import ConfigError
+from shared.runtime import Context, Emit, KafkaUnreachable, Stage
 from tests.support.bus import (
     create_topics,
     file_store_uri,
@@ -126,3 +129,58 @@ def test_inputs_a_revoked_partitions_commit_took_are_counted_when_the_stage_stop
     # Counted where they were finished, once the broker took their offsets: before, the answer came after
     # the stage's last poll, and nobody counted them.
     assert _ok(first, topic) == len(on_moved)
+
+
+def _stops_on_sigterm(stage: Stage) -> int:
+    """Run ``stage`` on this (the main) thread, as ``skuforge run`` does, and SIGTERM it once it is ready."""
+
+    def sigterm_once_ready() -> None:
+        _wait_for("the stage to join its group", stage.ready)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=sigterm_once_ready, daemon=True).start()
+    return stage.run(install_signal_handlers=True, serve_health=False)
+
+
+def _stops_by_stop(stage: Stage) -> int:
+    with running(stage):
+        _wait_for("the stage to join its group", stage.ready)
+    return 0
+
+
+@pytest.mark.parametrize("way_out", ["stop", "SIGTERM", "refused session timeout", "no broker"])
+def test_a_stage_runs_its_stop_actions_once_on_every_way_out(
+    kafka_bootstrap: str, tmp_path: Path, way_out: str
+) -> None:
+    """A stage's handlers may hold what must be closed (the generator's Triton clients and worker threads):
+    before, nothing ran when the stage stopped, and nothing closed them."""
+    overrides: dict[str, Any] = {
+        "refused session timeout": {"session_timeout_ms": 3_600_000},  # over the broker's 30 min: fatal
+        "no broker": {"kafka_bootstrap": "127.0.0.1:1"},
+    }.get(way_out, {})
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path), **overrides)
+    if way_out != "no broker":
+        create_topics(settings, SKU_INGESTED, partitions=1)
+    stage = Stage("closer", settings=settings)
+    stage.handler(SKU_INGESTED)(lambda event, ctx: [])
+    closed: list[str] = []
+    stage.on_stop(lambda: closed.append("opened first"))
+
+    @stage.on_stop
+    def fails() -> None:
+        closed.append("fails")
+        raise RuntimeError("a close that fails does not keep the others from running")
+
+    stage.on_stop(lambda: closed.append("opened last"))
+
+    if way_out == "stop":
+        assert _stops_by_stop(stage) == 0
+    elif way_out == "SIGTERM":
+        assert _stops_on_sigterm(stage) == 0
+    elif way_out == "refused session timeout":
+        with pytest.raises(ConfigError, match="SKUFORGE_SESSION_TIMEOUT_MS"):
+            stage.run(install_signal_handlers=False, serve_health=False)
+    else:
+        with pytest.raises(KafkaUnreachable):
+            stage.run(install_signal_handlers=False, serve_health=False)
+    assert closed == ["opened last", "fails", "opened first"]
