@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import math
 import re
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -628,3 +629,22 @@ def test_photo_scene_variants_declare_the_colour_gain_of_their_scene_match(
         assert event.colour_gain is not None and all(0.5 < g < 2.0 for g in event.colour_gain)
     # The match moves colours (scene_match is drawn from 0.2..0.6): not every gain is exactly one.
     assert any(g != 1.0 for event in events for g in event.colour_gain or ())
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_a_stopped_generator_stage_closes_its_triton_clients_and_their_threads(
+    kafka_bootstrap: str, tmp_path: Path, triton: TritonServerProcess
+) -> None:
+    # Before, the stage never closed the client it made: its worker threads (each holding a Triton
+    # client, over HTTP also gevent's hub) lived on after the stage returned.
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
+    create_topics(settings, SKU_CAPTIONED, IMAGE_GENERATED)
+    before = set(threading.enumerate())
+    stage = build_stage(settings=settings, generation=generation_settings(triton))
+    produce(settings, SKU_CAPTIONED, [captioned_sku(stage.store, 1, usable_photos=1)])
+    with running(stage):
+        read_topic(kafka_bootstrap, settings.topic_name(IMAGE_GENERATED), expect=VARIANTS, timeout_s=120)
+        workers = [t for t in threading.enumerate() if t not in before and t.name.startswith("triton-")]
+        assert workers, "the stage's Triton client called its model from worker threads"
+    assert [t.name for t in workers if t.is_alive()] == []

@@ -560,7 +560,9 @@ def build_stage(
 ) -> Stage:
     """The stage, ready to run. kwargs go to Stage (settings, store...).
 
-    Triton need not be up yet: until it is, every batch backs off and retries.
+    Triton need not be up yet: until it is, every batch backs off and retries. The Triton client made
+    here is closed when the stage stops (its connections and worker threads); a ``generator`` passed
+    in is its caller's to close.
     """
     generation = generation or load_settings(GenerationSettings)
     settings: Settings = kwargs.pop("settings", None) or load_settings()
@@ -580,6 +582,8 @@ def build_stage(
         ready=lambda: client.last_call_ok,
         **kwargs,
     )
+    if generator is None:
+        stage.on_stop(client.close)
     # SkuforgeTritonRefusing divides refusals by calls: both start at 0 for every model the mix uses.
     models = [model_name(backend) for backend in generation.shares()]
     for model in models:
