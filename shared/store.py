@@ -518,6 +518,10 @@ class FileStore(ObjectStore):
         except OSError as exc:
             if exc.errno == errno.ENXIO:  # a socket (or a device with no driver) is never opened
                 raise ObjectMissing(self.uri_for(key), not_regular) from exc
+            if exc.errno == errno.ELOOP:
+                # A link loop never resolves (``_exists`` says no object): as an outage, a stage
+                # retried the event for good and its partition stalled behind it.
+                raise ObjectMissing(self.uri_for(key), os.strerror(exc.errno)) from exc
             raise
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
