@@ -8,6 +8,9 @@ pausing the partition, and commits nothing for that message meanwhile.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class BadInput(Exception):
     """The input can never be processed; ``reason`` is a short machine-readable code."""
@@ -37,6 +40,19 @@ class ChecksumMismatch(BadInput):
 
 class ImageRejected(BadInput):
     """The bytes are not an image we accept (corrupt, too large, wrong format...)."""
+
+
+@contextmanager
+def naming(name: str, uri: str) -> Iterator[None]:
+    """A ``BadInput`` raised inside is raised again naming the object it refused (``name`` and its
+    ``uri``): an event points at several objects, and ``truncated`` alone does not say which."""
+    try:
+        yield
+    except BadInput as refusal:
+        detail = refusal.detail or refusal.reason
+        # object_missing and checksum_mismatch name the uri already.
+        where = name if uri in detail else f"{name} {uri}"
+        raise BadInput(refusal.reason, f"{where}: {detail}") from None
 
 
 class TransientError(Exception):

@@ -28,8 +28,6 @@ Metrics beside the runtime's: ``skuforge_gate_iou`` (histogram of IoU), ``skufor
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -41,7 +39,7 @@ from schemas.flow import GATE
 from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED, IMAGE_MATTED
 from services.gate.config import GateSettings
 from shared.config import load_settings
-from shared.errors import BadInput
+from shared.errors import BadInput, naming
 from shared.gate.checks import (
     CHECK_CODES,
     ColourStats,
@@ -104,7 +102,7 @@ def handle(
         ("reference image", generated.reference_image),
         ("reference mask", generated.reference_mask),
     ):
-        with _naming(name, ref):
+        with naming(name, ref.uri):
             ctx.refuse_unread(ref, "it is compared pixel by pixel")
     # Masks are compared pixel by pixel with their image, and each object is read only at the size the
     # event states (``_read``): stated sizes that differ refuse the item before any object is decoded.
@@ -169,22 +167,10 @@ def _product_colours(
     return product_stats(image, expected_mask, predicted_mask)
 
 
-@contextmanager
-def _naming(name: str, ref: ImageRef) -> Iterator[None]:
-    """A refusal inside names the object (``name`` and its uri): an item has five, made by three stages."""
-    try:
-        yield
-    except BadInput as refusal:
-        detail = refusal.detail or refusal.reason
-        # object_missing and checksum_mismatch name the uri already.
-        where = name if ref.uri in detail else f"{name} {ref.uri}"
-        raise BadInput(refusal.reason, f"{where}: {detail}") from None
-
-
 def _read(ctx: Context, name: str, ref: ImageRef, *, mask: bool) -> UInt8Array:
     """The image or mask ``ref`` points at, refused unless it is the size the event states: passed
     on, such an item reached a reviewer and only then was refused by the trainstore."""
-    with _naming(name, ref):
+    with naming(name, ref.uri):
         pixels = ctx.read_mask(ref) if mask else pixel_array(ctx.read_image(ref))
     height, width = pixels.shape[:2]
     if (width, height) != (ref.width, ref.height):

@@ -58,6 +58,8 @@ also for an image or mask the event says is over ``SKUFORGE_MAX_IMAGE_PIXELS`` o
 sizes differ, or image and event), ``final_mask_missing`` (an approval without a mask) and
 ``clock_skew`` (an event produced more than ``SKUFORGE_TRAINSTORE_MAX_CLOCK_AHEAD_S`` ahead of this
 stage's clock: its time orders the item's rows, so it would outrank every later event of the item).
+The detail names the object refused (``image``, ``predicted mask``, ``final mask``, ``photo <id>`` or
+``mask of photo <id>``) and its uri: one SKU's photos are many.
 Replayed once the clock has caught up (``skuforge dlq replay --reason clock_skew``), such an event is
 ordered by the time it carries, still later than it was made: it beats what was decided for its item
 in between, except a reviewer's decision against the gate's acceptance (docs/gate-and-trainstore.md).
@@ -80,7 +82,7 @@ from schemas.flow import TRAINSTORE
 from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED, Topic
 from shared.captioning.attributes import MASK_PROBLEMS
 from shared.config import load_settings
-from shared.errors import BadInput, ObjectMissing
+from shared.errors import BadInput, ObjectMissing, naming
 from shared.images import decode_image, decode_mask, encode_png
 from shared.runtime import Context, Emit, Handler, Stage, run_stage
 from shared.store import sha256_hex
@@ -166,7 +168,9 @@ class Trainstore:
         """A gate-accepted synthetic item: store the image and the predicted mask."""
         accepted = event.payload
         generated = accepted.matted.generated
-        item = self._stage_pair(ctx, generated.image, accepted.matted.predicted_mask)
+        item = self._stage_pair(
+            ctx, generated.image, accepted.matted.predicted_mask, ("image", "predicted mask")
+        )
         row = _synthetic_row(generated, event, status="accepted", iou=accepted.iou, item=item)
         self._write(ctx, generated.sku.sku_id, [StagedItem(row, *item)])
         return []
@@ -200,7 +204,7 @@ class Trainstore:
             return []
         if resolved.final_mask is None:
             raise BadInput("final_mask_missing", f"decision {resolved.decision} carries no final_mask")
-        item = self._stage_pair(ctx, generated.image, resolved.final_mask)
+        item = self._stage_pair(ctx, generated.image, resolved.final_mask, ("image", "final mask"))
         row = _synthetic_row(generated, event, status="approved", item=item, **common)
         self._write(ctx, generated.sku.sku_id, [StagedItem(row, *item)])
         return []
@@ -244,12 +248,14 @@ class Trainstore:
                 # Matting found no single product in it (loose produce filling the frame): a real photo
                 # of the product all the same, which a classifier trains on; stored without a mask.
                 # Left out before: 4 of 162 in-store photos of the few-shot benchmark at k = 1.
-                image_png = self._stage_image(ctx, photo.image)
+                image_png = self._stage_image(ctx, photo.image, f"photo {photo.photo_id}")
                 objects = _object_fields(sku.sku_id, "real", photo.photo_id, photo.image, image_png, None)
                 row = ManifestRow(status="reference", reasons=[str(reason)], **base, **objects)
                 staged.append(StagedItem(row, image_png))
                 continue
-            image_png, mask_png = self._stage_pair(ctx, photo.image, photo.mask)
+            image_png, mask_png = self._stage_pair(
+                ctx, photo.image, photo.mask, (f"photo {photo.photo_id}", f"mask of photo {photo.photo_id}")
+            )
             objects = _object_fields(sku.sku_id, "real", photo.photo_id, photo.image, image_png, mask_png)
             staged.append(StagedItem(ManifestRow(status="reference", **base, **objects), image_png, mask_png))
         older = self._write(ctx, sku.sku_id, staged, marked=marked)
@@ -311,16 +317,22 @@ class Trainstore:
                 f"fix the clock of its producer {event.producer[:64]!r}",
             )
 
-    def _stage_pair(self, ctx: Context, image_ref: ImageRef, mask_ref: ImageRef) -> tuple[bytes, bytes]:
+    def _stage_pair(
+        self, ctx: Context, image_ref: ImageRef, mask_ref: ImageRef, names: tuple[str, str]
+    ) -> tuple[bytes, bytes]:
         """Read, verify and decode an image and its mask; returns the PNG bytes to store. Both are
-        refused on the event's figures (``Context.refuse_unread``) before either is read."""
-        ctx.refuse_unread(image_ref, _STORED_AS_STATED)
-        ctx.refuse_unread(mask_ref, _STORED_AS_STATED)
+        refused on the event's figures (``Context.refuse_unread``) before either is read; a refusal
+        names the object (``names``: the image's, the mask's) and its uri."""
+        image_name, mask_name = names
+        for name, ref in ((image_name, image_ref), (mask_name, mask_ref)):
+            with naming(name, ref.uri):
+                ctx.refuse_unread(ref, _STORED_AS_STATED)
         max_pixels, max_bytes = ctx.settings.max_image_pixels, ctx.settings.max_image_bytes
-        image_bytes = ctx.store.read_verified(image_ref)
-        mask_bytes = ctx.store.read_verified(mask_ref)
-        image = decode_image(image_bytes, max_pixels=max_pixels, max_bytes=max_bytes)
-        mask = decode_mask(mask_bytes, max_pixels=max_pixels, max_bytes=max_bytes)
+        with naming(image_name, image_ref.uri):
+            image_bytes = ctx.store.read_verified(image_ref)
+            image = decode_image(image_bytes, max_pixels=max_pixels, max_bytes=max_bytes)
+        with naming(mask_name, mask_ref.uri):
+            mask = decode_mask(ctx.store.read_verified(mask_ref), max_pixels=max_pixels, max_bytes=max_bytes)
         if mask.shape != (image.height, image.width):
             raise BadInput(
                 "dimension_mismatch",
@@ -329,14 +341,16 @@ class Trainstore:
             )
         return _image_png(image_ref, image_bytes, image), encode_png(mask)
 
-    def _stage_image(self, ctx: Context, image_ref: ImageRef) -> bytes:
-        """Read, verify and decode an image without a mask; returns the PNG bytes to store."""
+    def _stage_image(self, ctx: Context, image_ref: ImageRef, name: str) -> bytes:
+        """Read, verify and decode an image without a mask; returns the PNG bytes to store. A refusal
+        names the image (``name``) and its uri."""
         settings = ctx.settings
-        ctx.refuse_unread(image_ref, _STORED_AS_STATED)
-        image_bytes = ctx.store.read_verified(image_ref)
-        image = decode_image(
-            image_bytes, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
-        )
+        with naming(name, image_ref.uri):
+            ctx.refuse_unread(image_ref, _STORED_AS_STATED)
+            image_bytes = ctx.store.read_verified(image_ref)
+            image = decode_image(
+                image_bytes, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
+            )
         return _image_png(image_ref, image_bytes, image)
 
     # -- writing --------------------------------------------------------------------------------
