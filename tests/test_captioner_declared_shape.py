@@ -57,6 +57,10 @@ from tests.support.captioning import caption, context
         ("box cutter", None),
         ("tin foil", None),
         ("soda can 330ml", "can"),
+        # No Latin word to read (a ValueError ended the handler): the masks decide.
+        ("飲料", None),
+        ("330", None),
+        ("", None),
     ],
 )
 def test_the_packaging_a_category_names(category: str, shape: str | None) -> None:

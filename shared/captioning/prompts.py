@@ -128,6 +128,8 @@ def declared_shape(category: str) -> ShapeName | None:
     their packaging (the masks decide); None when it says nothing about packaging ("sour cream"), or
     names it only as what a tool or accessory is for ("can opener", "bottle brush", "jar lids")."""
     words = re.findall(r"[a-z]+", category.lower())
+    if not words:  # no Latin word ("飲料", "330"): none names a packaging, the masks decide
+        return None
     # The packaging word goes with the tool after it: "can opener" is read as "opener".
     words = [word for word, after in zip(words, [*words[1:], ""], strict=True) if after not in _FOR_PACKAGING]
     head = words[: words.index("of")] if "of" in words else words
