@@ -18,7 +18,7 @@ import pytest
 from schemas.envelope import Envelope
 from schemas.events import MAX_ADAPTER_SKUS, MAX_TAGS, MAX_TRAINING_PROMPT_CHARS, AdapterPublished
 from schemas.topics import ADAPTER_PUBLISHED
-from services.lora_trainer.stage import PREFIX, kafka_publisher, record_bytes
+from services.lora_trainer.stage import PREFIX, PublicationFailed, kafka_publisher, record_bytes
 from shared.errors import TransientError
 from shared.images import decode_image, encode_png, pixel_array
 from shared.lora_training.dataset import TrainingRecipe, build_training_set, load_training_set
@@ -170,7 +170,7 @@ def test_a_general_adapter_of_more_sku_ids_than_a_kafka_record_holds_is_publishe
         raise TransientError("broker away")
 
     trainer.publish = broker_away
-    with pytest.raises(TransientError):
+    with pytest.raises(PublicationFailed, match="broker away"):
         trainer.run_pending()  # trained and registered; its result.json as a 50,000-image job writes it
     [job] = trainer.plan()
     result_key = f"{PREFIX}/jobs/{job.sha256}/result.json"

@@ -15,7 +15,7 @@ import pytest
 
 from schemas.events import AdapterPublished
 from services.lora_trainer import stage as lora_stage
-from services.lora_trainer.stage import PREFIX, LoraTrainer, kafka_publisher
+from services.lora_trainer.stage import PREFIX, LoraTrainer, PublicationFailed, kafka_publisher
 from shared.config import Settings
 from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
@@ -67,7 +67,7 @@ def test_a_roll_back_is_published_under_a_new_event_id_and_a_retried_one_under_t
     trainer(4).run_pending()
     trainer(8).run_pending()
     ack_lost["once"] = True
-    with pytest.raises(TimeoutError):
+    with pytest.raises(PublicationFailed, match="no ack"):
         trainer(4).run_pending()  # rolled back; the ack is lost
     [again] = trainer(4).run_pending()  # the same roll-back, published again
 

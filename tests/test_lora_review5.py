@@ -13,7 +13,13 @@ import pytest
 
 from bench.tiny_diffusion import build_tiny_inpaint_pipeline
 from schemas.events import AdapterPublished
-from services.lora_trainer.stage import GENERAL_STATE_KEY, JOB_MAX_ATTEMPTS, PREFIX, LoraTrainer
+from services.lora_trainer.stage import (
+    GENERAL_STATE_KEY,
+    JOB_MAX_ATTEMPTS,
+    PREFIX,
+    LoraTrainer,
+    PublicationFailed,
+)
 from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
 from tests.support.captioning import captioned_sku
@@ -91,7 +97,7 @@ def test_a_roll_back_retried_after_a_lost_ack_registers_the_adapter_once(
     [first] = trainer(4).run_pending()
     trainer(8).run_pending()
     ack_lost["once"] = True
-    with pytest.raises(TimeoutError):
+    with pytest.raises(PublicationFailed, match="no ack"):
         trainer(4).run_pending()  # rolled back; the ack is lost
     registered = registry.get(first.adapter_id)
     [again] = trainer(4).run_pending()

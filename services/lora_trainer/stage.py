@@ -44,7 +44,9 @@ at its peak) is retried without counting, and ``SKUFORGE_LORA_DEVICE=cuda`` with
 at start-up, as is an install without the diffusion extra (``pip install 'skuforge[diffusion]'``:
 torch, diffusers, peft, transformers). One trainer per GPU. A trained job not yet published whose
 ``result.json`` or weights cannot be read (cut short, mistyped, lost) is trained again, resumed from
-its last checkpoint, with a warning naming the file.
+its last checkpoint, with a warning naming the file. One registered whose ``adapter.published`` the
+broker did not take (away, or the topic refusing the record) is published again at the next poll, not
+trained again; the log says so, naming the adapter, the topic and the broker's reason.
 
 Bad input goes to the DLQ with its reason: a captioned SKU with no usable photo and mask
 (``no_usable_photos``), a photo or mask missing from the store or not matching its sha256
@@ -406,6 +408,16 @@ class UnreadableRecord(Exception):
         super().__init__(f"{key}: {self.reason}")
 
 
+class PublicationFailed(Exception):
+    """A trained job's adapter is registered but its ``adapter.published`` was not sent (the broker
+    away, the topic refusing the record): ``reason`` says why. The next poll publishes it again, from
+    the job's result and the registry's copy, without training again."""
+
+    def __init__(self, adapter_id: str, exc: BaseException) -> None:
+        self.adapter_id, self.topic, self.reason = adapter_id, ADAPTER_PUBLISHED.name, _one_line(exc)
+        super().__init__(f"{self.topic} for adapter {adapter_id} not sent: {self.reason}")
+
+
 def _one_line(exc: BaseException) -> str:
     """A one-line reason for a log line (a ValidationError's str runs over many lines), with the notes that
     say where it was raised ("at training step 3 of 800")."""
@@ -523,6 +535,13 @@ class LoraTrainer:
             self.last_error = None
         except TrainingInterrupted:
             raise
+        except PublicationFailed as exc:  # the adapter is registered; only its event is sent again
+            self.metrics.jobs.labels("retried").inc()
+            log.error(
+                f"{exc.topic} not sent; retried after the poll interval, the adapter not trained again",
+                extra={"adapter_id": exc.adapter_id, "topic": exc.topic, "reason": exc.reason},
+            )
+            self.last_error = _without_frames(exc)
         except Exception as exc:  # a store or broker fault: log, wait, try again (the job resumes)
             self.metrics.jobs.labels("retried").inc()
             log.exception("training job failed; retrying after the poll interval")
@@ -768,6 +787,15 @@ class LoraTrainer:
                     extra={"adapter_id": job.adapter_id, "key": exc.key, "reason": exc.reason},
                 )
                 continue
+            except PublicationFailed as exc:
+                # Trained and registered: the broker is to blame, not the GPU, the model or the photos.
+                log.warning(
+                    f"{exc.topic} not sent; the adapter is registered, and the next poll publishes it "
+                    "(retried, not trained again); the others go on",
+                    extra={"adapter_id": exc.adapter_id, "topic": exc.topic, "reason": exc.reason},
+                )
+                failure = failure or _without_frames(exc)
+                continue
             except Exception as exc:
                 log.warning(
                     "training job failed; the others go on",
@@ -988,7 +1016,10 @@ class LoraTrainer:
             publication=publication,
         )
         event = fitted_to_a_record(event)
-        self.publish(event)
+        try:
+            self.publish(event)
+        except Exception as exc:
+            raise PublicationFailed(job.adapter_id, exc) from exc
         # Only after the broker has the event: a crash before the marker is written publishes again (the
         # same event id). The general schedule last: written before the pointer and the marker, the store
         # away in between left the job counted and no longer under way, and no poll came back to them.

@@ -1,0 +1,71 @@
+"""The LoRA trainer, review 35: an adapter trained and registered whose ``adapter.published`` the broker
+refuses is logged as a publication that failed, not as a training job that failed.
+
+Training is stubbed (``stub_training``); the publication goes to the real broker, through the real
+``kafka_publisher``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+
+from schemas.topics import ADAPTER_PUBLISHED
+from services.lora_trainer.stage import kafka_publisher
+from tests.support.bus import file_store_uri, isolated_settings, read_topic
+from tests.support.kafka import session_admin
+from tests.support.lora import one_series, served
+
+pytestmark = pytest.mark.kafka
+
+# Far below one adapter.published envelope: the topic refuses every record (MessageSizeTooLargeError).
+TOO_SMALL = "300"
+BROKER_DEFAULT = "1048588"
+
+
+def test_a_publication_the_broker_refuses_is_logged_as_one_retried_without_training_again(
+    tmp_path: Path, stub_training: list[Path], kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Trained and registered, an adapter whose adapter.published the topic refused was logged "training
+    job failed", twice: the operator went looking at the GPU, the model and the photos, though only the
+    broker (or the topic's max.message.bytes) was to blame, and the next poll published it without
+    training again. The log says the publication failed and is retried, naming the adapter and topic."""
+    store, trainer_at = one_series(tmp_path)
+    shared = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"), flush_timeout_s=5.0)
+    topic = shared.topic_name(ADAPTER_PUBLISHED)
+    admin = session_admin(kafka_bootstrap)
+    admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": TOO_SMALL})])
+    admin.wait_for_topics([topic], timeout_ms=30_000)
+    trainer = trainer_at(4)
+    trainer.publish = kafka_publisher(shared)
+    [job] = trainer.plan()
+
+    with caplog.at_level(logging.WARNING, logger="skuforge.lora-trainer"):
+        trainer.poll()
+    logged = [r for r in caplog.records if r.name == "skuforge.lora-trainer" and r.levelno >= logging.WARNING]
+    assert logged, "the failed publication was not logged"
+    assert not [r for r in logged if "training job failed" in r.getMessage()]
+    for entry in logged:
+        assert "adapter.published" in entry.getMessage() and "retried" in entry.getMessage()
+        assert getattr(entry, "adapter_id", None) == job.adapter_id
+        assert getattr(entry, "topic", None) == ADAPTER_PUBLISHED.name
+        assert topic in getattr(entry, "reason", "") and "MessageSizeTooLarge" in entry.reason  # type: ignore[attr-defined]
+    assert trainer.metrics.jobs.labels("retried")._value.get() == 1
+    assert trainer.metrics.jobs.labels("failed")._value.get() == 0
+    assert served(store) == job.adapter_id and len(stub_training) == 1  # trained and registered
+
+    # The topic takes it again: the next poll publishes the adapter, not trained again.
+    limit = {"max.message.bytes": BROKER_DEFAULT}
+    admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=limit)])
+    for _ in range(40):  # the broker applies a changed topic config within moments
+        trainer.poll()
+        if trainer.last_error is None:
+            break
+        time.sleep(0.5)
+    assert trainer.last_error is None and len(stub_training) == 1
+    [envelope] = read_topic(kafka_bootstrap, topic, expect=1)
+    assert job.adapter_id.encode() in envelope.value
