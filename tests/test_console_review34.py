@@ -173,7 +173,7 @@ def test_a_form_posted_after_the_session_ran_out_goes_to_the_login_page(
 ) -> None:
     """A claim from the queue (or any form) posted once the session had run out answered a bare JSON 401
     "login required": the person saw raw JSON instead of the login form. The browser either still sends
-    the run-out cookie or has dropped it (its max-age is the session's)."""
+    the run-out cookie or has dropped it (cleared, or kept past its max-age)."""
     client = TestClient(app_for(parts), base_url="http://console.test")
     token = login(client)
     client.cookies.delete("skuforge_console")

@@ -2,8 +2,8 @@
 
 The primitives (signed sessions, constant-time comparisons, safe redirects) are in ``security.py``.
 Every route but the login form needs a session: pages, and forms a browser posts, redirect to
-``/login``; everything else (the API, images, scripts) answers 401. Every POST needs the session's
-CSRF token (``Reviewer``).
+``/login`` (saying the session ran out when its cookie came without a live session); everything else
+(the API, images, scripts) answers 401. Every POST needs the session's CSRF token (``Reviewer``).
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations at runtime.
@@ -35,6 +35,8 @@ from services.console.security import (
 from shared.errors import BadInput, TransientError
 
 PUBLIC_PATHS = frozenset({"/login"})
+# How long a session's cookie is kept after the session ran out: a page opened meanwhile says it ran out.
+SESSION_COOKIE_KEPT_S = 7 * 86400
 CallNext = Callable[[Request], Awaitable[StarletteResponse]]
 
 router = APIRouter()
@@ -75,7 +77,12 @@ def login_required(request: Request, console: Console) -> StarletteResponse:
     if request.method == "GET" and "/images/" not in path:
         target = path + (f"?{request.url.query}" if request.url.query else "")
         # Encoded, so the page's own query ("?sku=A&state=all") survives as one parameter.
-        return RedirectResponse("/login?" + urlencode({"next": safe_next(target)}), status_code=303)
+        fields = {"next": safe_next(target)}
+        if request.cookies.get(SESSION_COOKIE):
+            # A cookie, but no live session in it: it ran out (or was ended elsewhere). Said on the login
+            # form, or the reviewer could not tell it from never having logged in.
+            fields = {"error": "ran_out", **fields}
+        return RedirectResponse("/login?" + urlencode(fields), status_code=303)
     if request.method == "POST":
         # A form posted from a page whose session ran out meanwhile (claim, claim the next, log out): a
         # JSON 401 was what the person saw. What the form asked is not done; they log in again and are
@@ -236,6 +243,7 @@ LOGIN_ERRORS = {
     "credentials": "wrong name or password",
     "throttled": "too many failed logins for this name: wait a minute, then try again",
     "expired": "your session ran out, and what you sent was not done: log in, then try it again",
+    "ran_out": "your session ran out (or was ended elsewhere): log in again",
 }
 
 
@@ -287,7 +295,10 @@ def login(
         reviewer, credential=console.signer.credential_tag(reviewer, users[reviewer])
     )
     response = RedirectResponse(safe_next(next), status_code=303)
-    response.set_cookie(SESSION_COOKIE, cookie, max_age=console.signer.ttl_s, **cookie_flags(console))
+    # The cookie outlives its session (which ends on time: its end is signed into it), so that the
+    # browser still sends it once the session ran out, and the login form can say so.
+    max_age = console.signer.ttl_s + SESSION_COOKIE_KEPT_S
+    response.set_cookie(SESSION_COOKIE, cookie, max_age=max_age, **cookie_flags(console))
     response.delete_cookie(LOGIN_COOKIE)
     return response
 
