@@ -28,11 +28,12 @@ exits 1, until it is left out with ``--since``/``--reason`` or replayed from its
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -104,13 +105,20 @@ class ReplayInterrupted(DlqError):
 
 @dataclass(frozen=True)
 class StoredLetter:
-    """One dead letter as it lies in its ``.dlq`` topic."""
+    """One dead letter as it lies in its ``.dlq`` topic, without the original bytes it carries.
+
+    ``letter`` has no inline original (``original_key_b64`` None, ``original_value_b64`` empty): a
+    letter holds up to ~350 kB of them, and a DLQ of a busy week hundreds of thousands of letters. A
+    replay reads each record again when it sends it (``_letters_again``), one at a time. ``origin`` is
+    ``_origin`` of the whole letter, taken while its bytes were at hand.
+    """
 
     dlq_topic: str
     partition: int
     offset: int
     letter: DeadLetter
     letter_sha256: str  # of the dead-letter record's bytes, so a recreated topic's offset 0 is not "replayed"
+    origin: tuple[str, int, int, str, str]
 
     @property
     def marker_key(self) -> str:
@@ -204,17 +212,11 @@ def read_dead_letters(
 ) -> DeadLetterTopic:
     """Every record of ``topic``'s DLQ from its start to its end when called, read without a group.
 
-    ``topic`` is resolved by ``resolve_topics`` (``any_namespace``: accept another environment's)."""
+    Each letter is kept without its inline original (``StoredLetter``), so the memory this takes grows
+    with the number of letters, not with their bytes. ``topic`` is resolved by ``resolve_topics``
+    (``any_namespace``: accept another environment's)."""
     original, dlq = resolve_topics(settings, topic, any_namespace=any_namespace)
-    consumer = KafkaConsumer(
-        **kafka_connection(settings),
-        client_id="skuforge-dlq",
-        group_id=None,
-        enable_auto_commit=False,
-        # Retention deleting the oldest letters mid-read: kafka-python's default ("latest") jumped to
-        # the end, and the read ended early without a word.
-        auto_offset_reset="earliest",
-    )
+    consumer = _dlq_consumer(settings)
     letters: list[StoredLetter] = []
     unreadable = 0
     try:
@@ -243,13 +245,93 @@ def read_dead_letters(
                         unreadable += 1
                         continue
                     sha = hashlib.sha256(record.value or b"").hexdigest()
-                    letters.append(StoredLetter(dlq, record.partition, record.offset, letter, sha))
+                    without_bytes = letter.model_copy(
+                        update={"original_key_b64": None, "original_value_b64": ""}
+                    )
+                    letters.append(
+                        StoredLetter(
+                            dlq, record.partition, record.offset, without_bytes, sha, _origin(letter)
+                        )
+                    )
             remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
     except KafkaError as exc:
         raise DlqError(f"could not read {dlq}: {exc}") from exc
     finally:
         consumer.close()
     return DeadLetterTopic(original, dlq, letters, unreadable)
+
+
+def _dlq_consumer(settings: Settings) -> KafkaConsumer:
+    return KafkaConsumer(
+        **kafka_connection(settings),
+        client_id="skuforge-dlq",
+        group_id=None,
+        enable_auto_commit=False,
+        # Retention deleting the oldest letters mid-read: kafka-python's default ("latest") jumped to
+        # the end, and the read ended early without a word.
+        auto_offset_reset="earliest",
+    )
+
+
+def _letters_again(
+    settings: Settings,
+    wanted: Sequence[StoredLetter],
+    *,
+    timeout_s: float = READ_TIMEOUT_S,
+) -> Generator[tuple[StoredLetter, DeadLetter | str]]:
+    """``wanted``'s letters read again from their DLQ, whole (inline originals included), one record
+    at a time, each partition in offset order; for a letter that cannot be, why (a ``str``).
+
+    The second pass of a replay: ``read_dead_letters`` kept the letters without their bytes, and this
+    holds what one fetch brings (``max_partition_fetch_bytes`` per partition), never the topic. A
+    letter whose record is gone (retention deleted it since) or holds other bytes (the topic was
+    deleted and created again) is answered with why, not with another record's bytes."""
+    if not wanted:
+        return
+    dlq = wanted[0].dlq_topic
+    left: dict[int, dict[int, StoredLetter]] = {}
+    for stored in wanted:
+        left.setdefault(stored.partition, {})[stored.offset] = stored
+    consumer = _dlq_consumer(settings)
+    try:
+        partitions = {partition: TopicPartition(dlq, partition) for partition in sorted(left)}
+        consumer.assign(list(partitions.values()))
+        for partition, tp in partitions.items():
+            consumer.seek(tp, min(left[partition]))
+        deadline = time.monotonic() + timeout_s
+        while left:
+            if time.monotonic() > deadline:
+                raise DlqError(f"could not read {dlq} again: nothing came for {timeout_s:.0f}s")
+            batch = consumer.poll(timeout_ms=200)
+            if batch:
+                deadline = time.monotonic() + timeout_s
+            for tp, records in batch.items():
+                for record in records:
+                    waiting = left.get(tp.partition, {})
+                    if record.offset in waiting:
+                        stored = waiting.pop(record.offset)
+                        yield stored, _whole_letter(stored, record.value or b"")
+            for partition in list(left):
+                # Offsets below the position that did not come: deleted since (retention, a new topic).
+                position = consumer.position(partitions[partition])
+                for offset in sorted(o for o in left[partition] if o < position):
+                    stored = left[partition].pop(offset)
+                    yield stored, f"its dead letter {partition}@{offset} is no longer in {dlq}"
+                if not left[partition]:
+                    del left[partition]
+                    consumer.pause(partitions[partition])  # nothing more wanted from it
+    except KafkaError as exc:
+        raise DlqError(f"could not read {dlq} again: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def _whole_letter(stored: StoredLetter, value: bytes) -> DeadLetter | str:
+    """The letter ``stored`` lists, read whole from its record's ``value``; why not, when it is not."""
+    where = f"{stored.partition}@{stored.offset} of {stored.dlq_topic}"
+    if hashlib.sha256(value).hexdigest() != stored.letter_sha256:
+        return f"the dead letter at {where} changed since it was listed (the topic was created again?)"
+    return DeadLetter.model_validate_json(value, extra=READ_EXTRA)
 
 
 def parse_since(text: str, *, now: datetime | None = None) -> datetime:
@@ -310,11 +392,9 @@ def replayed_keys(letters: Sequence[StoredLetter], markers: set[str]) -> set[str
     """The marker keys of ``letters`` that count as replayed: those of ``markers``, and those of the
     other letters of a marked letter's record and stage (``_origin``: dead-lettered twice). Before, a
     run that picked one of them (``--since``, ``--reason``) sent the record, and a later run sent it again."""
-    origins = {_origin(stored.letter) for stored in letters if stored.marker_key in markers}
+    origins = {stored.origin for stored in letters if stored.marker_key in markers}
     return {
-        stored.marker_key
-        for stored in letters
-        if stored.marker_key in markers or _origin(stored.letter) in origins
+        stored.marker_key for stored in letters if stored.marker_key in markers or stored.origin in origins
     }
 
 
@@ -398,8 +478,10 @@ def replay(
     dry_run: bool = False,
 ) -> ReplayReport:
     """Republish the selected letters not yet replayed, and write their markers as Kafka acknowledges
-    them. The originals are read one at a time, each sent before the next is read, so a DLQ of any size
-    replays in bounded memory.
+    them. ``dead`` holds the letters without their original bytes; each letter to send is read again
+    from the DLQ (its original from the store, when it is kept there), one at a time, and sent before
+    the next is read. So the memory grows with the number of letters (~2 kB each), not their bytes. A
+    letter deleted from the DLQ since it was listed (retention) is named in ``unreadable``.
 
     Without ``reason`` (or ``include_permanent``), letters of a permanent reason (``is_permanent``) are
     left: their replay would only be dead-lettered again. A letter whose ``original_topic`` is not
@@ -433,15 +515,14 @@ def replay(
     # twice. Every letter of the group is marked with the one copy.
     groups: dict[tuple[str, int, int, str, str], list[StoredLetter]] = {}
     for stored in pending:
-        groups.setdefault(_origin(stored.letter), []).append(stored)
+        groups.setdefault(stored.origin, []).append(stored)
     if dry_run:
-        # A dry run reads the originals too (the store only, one at a time): it said "would replay 2"
-        # of which one could not be sent.
-        for members in groups.values():
-            try:
-                original_record(members[0].letter, store)
-            except OriginalUnreadable as exc:
-                report.unreadable.extend((member, str(exc)) for member in members)
+        # A dry run reads the originals too (one at a time): it said "would replay 2" of which one
+        # could not be sent.
+        with contextlib.closing(_originals(settings, store, groups)) as originals:
+            for members, original in originals:
+                if isinstance(original, str):
+                    report.unreadable.extend((member, original) for member in members)
         return _without_unreadable(report)
     producer: KafkaProducer | None = None
     sends: list[tuple[StoredLetter, Any]] = []  # every record handed to the producer
@@ -450,18 +531,18 @@ def replay(
     unsendable = 0  # records whose original cannot be read
     failure: KafkaError | DlqError | None = None
     interrupted: int | None = None  # the signal that stopped the replay
+    originals = _originals(settings, store, groups)
     try:
-        # Each original is sent before the next is read: one of up to 1 MB (from dlq-originals/) at a
-        # time, and the producer's bounded buffer. Before, every selected original was read first,
-        # and a large DLQ was held in memory whole.
-        for members in groups.values():
+        # Each original is sent before the next is read: one of up to 1 MB (from dlq-originals/, or
+        # its letter read again from the DLQ) at a time, and the producer's bounded buffer. Before,
+        # every letter was held with its inline original, and a large DLQ was held in memory whole.
+        for members, original in originals:
             marking.mark_due()
-            try:
-                key, value = original_record(members[0].letter, store)
-            except OriginalUnreadable as exc:
-                report.unreadable.extend((member, str(exc)) for member in members)
+            if isinstance(original, str):
+                report.unreadable.extend((member, original) for member in members)
                 unsendable += 1
                 continue
+            key, value = original
             if producer is None:  # the first original that can be sent
                 if dead.original_topic not in _list_topics(settings):
                     raise DlqError(
@@ -494,6 +575,7 @@ def replay(
         # and the next replay republished every record this one had delivered.
         interrupted = signal_number(exc)
     finally:
+        originals.close()  # its consumer
         # Closed before the futures are read: close() flushes, and what it delivers is marked too.
         # Before, a failed run said "nothing marked" while close() then delivered the records sent
         # before the failure, and the next run republished them. From here a stop waits until the
@@ -538,6 +620,26 @@ def replay(
             f"the {sent} acknowledged are marked, and a later replay sends only the others"
         )
     return _without_unreadable(report)
+
+
+def _originals(
+    settings: Settings, store: ObjectStore, groups: dict[tuple[str, int, int, str, str], list[StoredLetter]]
+) -> Generator[tuple[list[StoredLetter], tuple[bytes | None, bytes] | str]]:
+    """Each group's original record (key, value), read from its first letter, one at a time; why not
+    (a ``str``), for one whose letter or original cannot be read. ``DlqError`` when the DLQ or the
+    store cannot be read at all."""
+    for stored, whole in _letters_again(settings, [members[0] for members in groups.values()]):
+        members = groups[stored.origin]
+        if isinstance(whole, str):
+            original: tuple[bytes | None, bytes] | str = (
+                f"cannot replay {stored.letter.original_topic}@{stored.letter.original_offset}: {whole}"
+            )
+        else:
+            try:
+                original = original_record(whole, store)
+            except OriginalUnreadable as exc:
+                original = str(exc)
+        yield members, original
 
 
 def _without_unreadable(report: ReplayReport) -> ReplayReport:
@@ -599,7 +701,7 @@ class _Marking:
             (member, future.value)
             for stored, future in done
             if future.succeeded()
-            for member in self.groups[_origin(stored.letter)]
+            for member in self.groups[stored.origin]
         ]
         # Forgotten only once written: a batch cut short (the store, Ctrl-C) is written whole again.
         _write_markers(self.store, acknowledged, utc_now().isoformat())
