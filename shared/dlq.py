@@ -13,8 +13,9 @@ dead-lettered again, so it is left and counted, and replayed on purpose with ``-
 ``--include-permanent``. Each dead letter is replayed once: as the republished records are
 acknowledged (idempotent producer, acks=all), a replay marker per dead letter is written, in batches, to
 the object store (``dlq-replays/<dlq topic>/<partition>-<offset>-<sha>.json``), and a later replay
-skips every dead letter that has a marker. Markers, not consumer-group offsets, because ``--reason``
-and ``--since`` select letters out of order: an offset would also pass over the letters left behind.
+skips every dead letter that has a marker; one replay of a DLQ runs at a time (``_ReplayLock``).
+Markers, not consumer-group offsets, because ``--reason`` and ``--since`` select letters out of
+order: an offset would also pass over the letters left behind.
 A letter that fails again after its replay is a new dead letter, and can be replayed in turn.
 
 A replayed record carries the header ``skuforge-replay-stage`` naming the stage that dead-lettered it;
@@ -30,8 +31,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
+import os
 import re
+import socket
+import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
@@ -47,7 +53,7 @@ from schemas.envelope import DeadLetter, utc_now
 from schemas.topics import ALL_TOPICS, DLQ_SUFFIX, PASSTHROUGH_OUT
 from shared.bus import READ_EXTRA, kafka_connection, listed_topics, make_producer
 from shared.config import Settings
-from shared.errors import BadInput, TransientError
+from shared.errors import BadInput, ObjectMissing, TransientError
 from shared.observability import escape_control_characters
 from shared.signals import held_signals, signal_number, stopped_how
 from shared.store import ObjectStore
@@ -64,6 +70,13 @@ READ_TIMEOUT_S = 30.0
 # batch, not all it had sent.
 MARK_EVERY_RECORDS = 100
 MARK_EVERY_S = 2.0
+# One replay of a DLQ at a time: each takes ``dlq-replay-locks/<dlq topic>.json`` before it reads the
+# markers, and refreshes it while it runs. Two at once each read the markers before the other wrote
+# any, and sent every letter twice. A lock not refreshed for LOCK_STALE_S (its replay killed, on this
+# machine or another), or one of a process that is gone from this machine, is taken over.
+REPLAY_LOCK_PREFIX = "dlq-replay-locks"
+LOCK_REFRESH_S = 10.0
+LOCK_STALE_S = 60.0
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 # The flow's topic names without a namespace: such a name is never inside a non-empty namespace, even
@@ -496,7 +509,30 @@ def replay(
     acknowledgement and its batch: the next run republishes those letters once more, with the same
     event_ids, which stages handle idempotently (docs/delivery.md). Before, every marker waited for the
     end, and a replay killed part-way had the next run send again everything it had delivered.
+    Only one replay of a DLQ runs at a time (``_ReplayLock``); a second is refused with ``DlqError``
+    naming the first. A dry run takes no lock.
     """
+    if dry_run:
+        return _replay(settings, store, dead, reason, since, include_permanent, None)
+    lock = _ReplayLock(store, dead.dlq_topic)
+    lock.acquire()
+    try:
+        return _replay(settings, store, dead, reason, since, include_permanent, lock)
+    finally:
+        lock.release()
+
+
+def _replay(
+    settings: Settings,
+    store: ObjectStore,
+    dead: DeadLetterTopic,
+    reason: str | None,
+    since: datetime | None,
+    include_permanent: bool,
+    lock: _ReplayLock | None,
+) -> ReplayReport:
+    """``replay``, under ``lock`` (None: a dry run, which sends nothing)."""
+    dry_run = lock is None
     chosen = select(dead.letters, reason=reason, since=since)
     done = replayed_keys(dead.letters, replayed_markers(store, dead.dlq_topic))
     not_done = [stored for stored in chosen if stored.marker_key not in done]
@@ -538,6 +574,8 @@ def replay(
         # every letter was held with its inline original, and a large DLQ was held in memory whole.
         for members, original in originals:
             marking.mark_due()
+            if lock is not None and lock.lost is not None:
+                raise DlqError(lock.lost)
             if isinstance(original, str):
                 report.unreadable.extend((member, original) for member in members)
                 unsendable += 1
@@ -708,6 +746,122 @@ class _Marking:
         written = {id(future) for _, future in done}  # not `is_done` again: one done since is unmarked
         self.unmarked = [(stored, future) for stored, future in self.unmarked if id(future) not in written]
         self.waiting_since = None
+
+
+class _ReplayLock:
+    """The one replay of a DLQ that runs: an object created only if none is there (``put_new``), with
+    who holds it, refreshed every ``LOCK_REFRESH_S`` by a thread while the replay runs, removed at its
+    end."""
+
+    def __init__(self, store: ObjectStore, dlq_topic: str) -> None:
+        self.store = store
+        self.key = f"{REPLAY_LOCK_PREFIX}/{dlq_topic}.json"
+        self.dlq_topic = dlq_topic
+        self.holder = {
+            "run": uuid.uuid4().hex,
+            "host": socket.gethostname(),
+            "pid_namespace": _pid_namespace(),
+            "pid": os.getpid(),
+            "started_at": utc_now().isoformat(),
+        }
+        self.lost: str | None = None  # why another replay holds the lock now (taken over as stale)
+        self._stopped = threading.Event()
+        self._refresher: threading.Thread | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or ``DlqError`` naming the replay that holds it."""
+        body = json.dumps(self.holder, sort_keys=True).encode()
+        try:
+            for _ in range(3):  # a stale lock removed, or one released, between the tries
+                if self.store.put_new(self.key, body):
+                    break
+                held = self._held()
+                if held is None:
+                    continue
+                holder, written_at = held
+                age_s = (datetime.now(UTC) - written_at).total_seconds()
+                if not self._stale(holder, age_s):
+                    # The lock's text is whoever wrote it: escaped, as a letter's is.
+                    who = escape_control_characters(
+                        f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('started_at')}"
+                    )
+                    raise DlqError(
+                        f"another replay of {self.dlq_topic} is running: {who} (lock "
+                        f"{self.store.uri_for(self.key)}, refreshed {age_s:.0f}s ago); run one at a "
+                        f"time. A lock not refreshed for {LOCK_STALE_S:.0f}s is taken over"
+                    )
+                if self._held() == held:  # still that stale one, not a lock taken over since
+                    self.store.delete(self.key)
+            else:
+                raise DlqError(f"could not take the replay lock {self.store.uri_for(self.key)}; try again")
+        except (TransientError, BadInput) as exc:
+            raise DlqError(f"could not take the replay lock {self.store.uri_for(self.key)}: {exc}") from exc
+        self._refresher = threading.Thread(target=self._refresh, name="dlq-replay-lock", daemon=True)
+        self._refresher.start()
+
+    def release(self) -> None:
+        """Stop refreshing, and remove the lock if it is still this replay's."""
+        self._stopped.set()
+        if self._refresher is not None:
+            self._refresher.join()
+        with contextlib.suppress(TransientError, BadInput):
+            held = self._held()
+            if held is not None and held[0].get("run") == self.holder["run"]:
+                self.store.delete(self.key)
+
+    def _held(self) -> tuple[dict[str, Any], datetime] | None:
+        """Who holds the lock, and when it was last written; None when there is none."""
+        try:
+            written_at = self.store.modified_at(self.key)
+            text = self.store.get_bytes(self.key)
+        except ObjectMissing:
+            return None
+        try:
+            holder = json.loads(text)
+        except ValueError:  # not JSON: a lock that names nobody, stale once old enough
+            holder = {}
+        return (holder if isinstance(holder, dict) else {}), written_at
+
+    @staticmethod
+    def _stale(holder: dict[str, Any], age_s: float) -> bool:
+        """Whether the replay holding the lock is gone: not refreshed for ``LOCK_STALE_S``, or a process
+        of this machine (same host name and pid namespace) that no longer runs."""
+        if age_s > LOCK_STALE_S:
+            return True
+        here = holder.get("host") == socket.gethostname() and holder.get("pid_namespace") == _pid_namespace()
+        pid = holder.get("pid")
+        if not here or not isinstance(pid, int) or pid <= 0:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # another user's process: it runs
+            return False
+        return False
+
+    def _refresh(self) -> None:
+        body = json.dumps(self.holder, sort_keys=True).encode()
+        while not self._stopped.wait(LOCK_REFRESH_S):
+            try:
+                held = self._held()
+                if held is None or held[0].get("run") != self.holder["run"]:
+                    self.lost = (
+                        f"the replay lock {self.store.uri_for(self.key)} was taken over by another "
+                        f"replay (this one did not refresh it for {LOCK_STALE_S:.0f}s); stopped here"
+                    )
+                    return
+                self.store.put_bytes(self.key, body, "application/json")
+            except (TransientError, BadInput):
+                continue  # the store is away: the markers fail too, and stop the replay
+
+
+def _pid_namespace() -> str:
+    """This process's pid namespace (``pid:[4026531836]``): a pid names a process only within it."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def _write_markers(

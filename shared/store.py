@@ -74,6 +74,8 @@ MAX_SEGMENT_BYTES = 255
 _TMP_PREFIX = ".skuforge-tmp-"
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,254}$")
 _S3_MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+# A conditional write (If-None-Match: *) to a key that exists; 409 when another such write is under way.
+_S3_EXISTS_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 _S3_TRANSIENT_CODES = frozenset(
     {
         "SlowDown",
@@ -286,6 +288,10 @@ class ObjectStore(ABC):
         """When the object was last written; backends override it (this fallback knows no time)."""
         raise NotImplementedError(f"{type(self).__name__} does not record when an object was written")
 
+    def _write_new(self, key: str, data: bytes, content_type: str) -> bool:
+        """Write only when no object is at ``key``, atomically; backends override it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot write an object only if none is there")
+
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectRef:
         """Store ``data`` under ``key`` (replacing any previous object) and return its reference."""
         check_key(key)
@@ -299,6 +305,11 @@ class ObjectStore(ABC):
         if self.on_write is not None:
             self.on_write(time.perf_counter() - started, True)
         return ObjectRef(uri=self.uri_for(key), sha256=sha256_hex(data), bytes=len(data))
+
+    def put_new(self, key: str, data: bytes, content_type: str = "application/json") -> bool:
+        """Store ``data`` under ``key`` only when no object is there; False when one is. Of writers
+        racing for one key, exactly one gets True (a lock: ``shared/dlq.py``)."""
+        return self._write_new(check_key(key), data, content_type)
 
     def put_image(
         self, key: str, image: Image.Image | npt.NDArray[Any], *, digest_in_key: bool = False
@@ -488,6 +499,32 @@ class FileStore(ObjectStore):
             if exc.errno in _KEY_CONFLICT_ERRNOS:
                 raise BadInput("key_conflict", f"cannot write {uri}: {exc}") from exc
             raise TransientError(f"cannot write {uri}: {exc}") from exc
+
+    def _write_new(self, key: str, data: bytes, content_type: str) -> bool:
+        uri = self.uri_for(key)
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.chmod(tmp_name, 0o644)
+                # link(), unlike replace(), fails when the name exists: the whole file or nothing.
+                os.link(tmp_name, path)
+            except FileExistsError:
+                return False
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_name)
+            fsync_dir(path.parent)
+        except OSError as exc:
+            if exc.errno in _KEY_CONFLICT_ERRNOS:
+                raise BadInput("key_conflict", f"cannot write {uri}: {exc}") from exc
+            raise TransientError(f"cannot write {uri}: {exc}") from exc
+        return True
 
     def _read(self, key: str) -> bytes:
         with self._mapped_read_errors(key), self._open_object(key) as handle:
@@ -681,6 +718,22 @@ class S3Store(ObjectStore):
             self.client.put_object(
                 Bucket=self.bucket, Key=self._key_prefix + key, Body=data, ContentType=content_type
             )
+
+    def _write_new(self, key: str, data: bytes, content_type: str) -> bool:
+        try:
+            with self._mapped_errors(self.uri_for(key)):
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self._key_prefix + key,
+                    Body=data,
+                    ContentType=content_type,
+                    IfNoneMatch="*",  # S3's conditional write: 412 when the key exists
+                )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _S3_EXISTS_CODES:
+                return False
+            raise
+        return True
 
     def _read(self, key: str) -> bytes:
         with self._mapped_errors(self.uri_for(key)):

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="republish dead letters' original bytes to their topic, each once",
         description="Republish the selected dead letters' original bytes and key to their original topic. "
         "Each dead letter is replayed once: a marker per replayed letter (in the object store, "
-        f"{REPLAY_PREFIX}/) makes a second run skip it. Fix the cause first (restore the object, "
+        f"{REPLAY_PREFIX}/) makes a second run skip it, and one replay of a topic runs at a time (a second "
+        "exits 1 naming the first). Fix the cause first (restore the object, "
         "upgrade the consumer), or the letters are dead-lettered again. Without --reason, only letters "
         "a fix outside the event can help are replayed: "
         + "; ".join(f"{reason} (once {fix})" for reason, fix in REPLAYABLE_REASONS.items())

@@ -134,9 +134,9 @@ def test_replay_markers_the_store_refuses_are_a_clear_error_that_says_what_was_s
 ) -> None:
     """The sends were acknowledged, then the marker write failed: the operator must learn that the
     letters went out unmarked (a second replay sends them again), not read a traceback."""
-    not_a_folder = tmp_path / "store"
-    not_a_folder.write_bytes(b"")  # every marker write under it fails
-    settings = isolated_settings(kafka_bootstrap, file_store_uri(not_a_folder))
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "dlq-replays").write_bytes(b"")  # every marker write under it fails
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
     create_topics(settings, SKU_INGESTED, partitions=1)
     _write_letters(settings, _letter(settings))
     code = dlq_main(

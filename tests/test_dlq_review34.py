@@ -144,9 +144,9 @@ def test_a_store_that_refuses_a_batch_of_markers_stops_the_replay_there(
 ) -> None:
     """Markers written as the replay goes: when the store refuses a batch, the replay stops instead of
     sending the rest of the DLQ unmarked (which the next run would send again), and says so."""
-    not_a_folder = tmp_path / "store"
-    not_a_folder.write_bytes(b"")  # every marker write under it fails
-    settings = isolated_settings(kafka_bootstrap, file_store_uri(not_a_folder))
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "dlq-replays").write_bytes(b"")  # every marker write under it fails
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
     create_topics(settings, SKU_INGESTED, partitions=1)
     topic = settings.topic_name(SKU_INGESTED)
     _write_letters(settings, 3)

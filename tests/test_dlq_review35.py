@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -170,3 +171,90 @@ def test_a_letter_deleted_from_the_dlq_after_it_was_listed_is_named_and_the_othe
         "3",
         "4",
     ]
+
+
+def _small_letters(settings: Settings, count: int) -> list[bytes]:
+    values = [b'{"n": %d}' % n for n in range(count)]
+    _write_letters(settings, values)
+    return values
+
+
+@pytest.mark.kafka
+def test_a_second_replay_while_one_runs_is_refused_and_no_letter_is_sent_twice(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each replay read the markers once, at its start: a second replay started while the first ran
+    found none of the first's, and every letter was sent twice (once each). The second is refused now,
+    naming the first, and the first sends each letter once."""
+    from shared.store import FileStore
+    from skuforge_cli.dlq import main as dlq_main
+
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    values = _small_letters(settings, 5)
+    topic = settings.topic_name(SKU_INGESTED)
+    second: list[int] = []
+
+    class SecondReplayMeanwhile(FileStore):
+        """The first replay's store: as it reads the markers, a second replay of the topic runs."""
+
+        def list_addressable(self, prefix: str = "") -> Any:
+            keys = list(super().list_addressable(prefix))
+            if prefix.startswith("dlq-replays/") and not second:
+                second.append(dlq_main(["replay", topic], settings=settings, store=FileStore(tmp_path)))
+            return iter(keys)
+
+    assert dlq_main(["replay", topic], settings=settings, store=SecondReplayMeanwhile(tmp_path)) == 0
+    captured = capsys.readouterr()
+    assert second == [1]
+    assert f"another replay of {topic}.dlq is running: pid {os.getpid()}" in captured.err
+    assert "replayed 5 dead letters" in captured.out
+    sent = Counter(record.value for record in read_topic(kafka_bootstrap, topic, expect=5, timeout_s=30))
+    assert sent == Counter(values)  # each once
+    assert not list(FileStore(tmp_path).list_keys("dlq-replay-locks/"))  # released
+
+
+@pytest.mark.kafka
+def test_a_lock_left_by_a_replay_killed_elsewhere_is_taken_over_once_stale(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A replay killed on another machine leaves its lock: while it is fresh (it may be running), a
+    replay here is refused and sends nothing; once it was not refreshed for LOCK_STALE_S it is taken
+    over, and the replay runs."""
+    from shared.dlq import LOCK_STALE_S
+    from shared.store import FileStore
+    from skuforge_cli.dlq import main as dlq_main
+
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    values = _small_letters(settings, 3)
+    topic = settings.topic_name(SKU_INGESTED)
+    store = FileStore(tmp_path)
+    lock = f"dlq-replay-locks/{topic}.dlq.json"
+    elsewhere = {"run": "r1", "host": "another-machine", "pid": 1, "started_at": "2026-12-01T00:00:00+00:00"}
+    assert store.put_new(lock, json.dumps(elsewhere).encode())
+
+    assert dlq_main(["replay", topic], settings=settings, store=store) == 1
+    assert "another replay of" in capsys.readouterr().err
+    assert read_topic(kafka_bootstrap, topic, expect=0, timeout_s=3) == []
+
+    then = time.time() - LOCK_STALE_S - 5  # its replay stopped refreshing it that long ago
+    os.utime(tmp_path / lock, (then, then))
+    assert dlq_main(["replay", topic], settings=settings, store=store) == 0
+    sent = Counter(record.value for record in read_topic(kafka_bootstrap, topic, expect=3, timeout_s=30))
+    assert sent == Counter(values)
+    assert not store.exists(lock)
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_put_new_writes_only_where_no_object_is(backend: str, tmp_path: Path, request: Any) -> None:
+    """The replay lock's write: of two writes to one key, the second finds the first's object and
+    leaves it (FileStore: a link; S3: If-None-Match, here on moto's server)."""
+    from shared.store import FileStore
+
+    store = FileStore(tmp_path) if backend == "file" else request.getfixturevalue("s3_store")
+    assert store.put_new("locks/a.json", b'{"first": 1}')
+    assert not store.put_new("locks/a.json", b'{"second": 1}')
+    assert store.get_bytes("locks/a.json") == b'{"first": 1}'
+    store.delete("locks/a.json")
+    assert store.put_new("locks/a.json", b'{"third": 1}')
