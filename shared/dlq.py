@@ -62,6 +62,10 @@ REPLAY_PREFIX = "dlq-replays"
 # Kafka header on a replayed record: the name of the stage (DeadLetter.stage, the Stage's name) that
 # dead-lettered it, the only one that handles it again (shared/runtime.py; docs/delivery.md).
 REPLAY_STAGE_HEADER = "skuforge-replay-stage"
+# Kafka header on a replayed record: the replay marker key of its dead letter. A replay that takes over
+# the lock of one that was killed reads the records that one sent (from the offsets its lock names) and
+# marks those letters, which it would otherwise send again.
+REPLAY_OF_HEADER = "skuforge-replay-of"
 SAMPLES_PER_REASON = 3
 READ_TIMEOUT_S = 30.0
 # A replay marks what Kafka acknowledged as it goes, in batches: once this many records wait for their
@@ -505,18 +509,19 @@ def replay(
     that picked them apart (``replayed_keys``). Each acknowledged record's letters are marked, and only
     those: a failed send leaves its letters unmarked for the next run, which sends nothing twice. The
     markers go out in batches while the replay sends (``MARK_EVERY_RECORDS``, ``MARK_EVERY_S``), and
-    the rest once the producer is closed. The one window left is a crash (SIGKILL) between an
-    acknowledgement and its batch: the next run republishes those letters once more, with the same
-    event_ids, which stages handle idempotently (docs/delivery.md). Before, every marker waited for the
-    end, and a replay killed part-way had the next run send again everything it had delivered.
-    Only one replay of a DLQ runs at a time (``_ReplayLock``); a second is refused with ``DlqError``
-    naming the first. A dry run takes no lock.
+    the rest once the producer is closed. Only one replay of a DLQ runs at a time (``_ReplayLock``);
+    a second is refused with ``DlqError`` naming the first. A crash (SIGKILL) between an
+    acknowledgement and its batch leaves a stale lock: the next run takes it over and first marks the
+    letters whose records (``REPLAY_OF_HEADER``) the dead run had delivered
+    (``_mark_what_a_killed_replay_sent``). A dry run takes no lock.
     """
     if dry_run:
         return _replay(settings, store, dead, reason, since, include_permanent, None)
-    lock = _ReplayLock(store, dead.dlq_topic)
-    lock.acquire()
+    lock = _ReplayLock(store, dead.dlq_topic, _end_offsets(settings, dead.original_topic))
+    killed = lock.acquire()
     try:
+        if killed is not None:
+            _mark_what_a_killed_replay_sent(settings, store, dead, killed)
         return _replay(settings, store, dead, reason, since, include_permanent, lock)
     finally:
         lock.release()
@@ -588,9 +593,11 @@ def _replay(
                     )
                 producer = make_producer(settings, client_id="skuforge-dlq-replay")
             try:
-                future = producer.send(
-                    dead.original_topic, key=key, value=value, headers=replay_headers(members[0].letter)
-                )
+                headers = [
+                    *replay_headers(members[0].letter),
+                    (REPLAY_OF_HEADER, members[0].marker_key.encode()),
+                ]
+                future = producer.send(dead.original_topic, key=key, value=value, headers=headers)
             except MessageSizeTooLargeError as exc:
                 # This record only (over the producer's request limit: an original of a topic whose
                 # max.message.bytes was raised): before, it stopped the replay, and no letter after it
@@ -753,7 +760,7 @@ class _ReplayLock:
     who holds it, refreshed every ``LOCK_REFRESH_S`` by a thread while the replay runs, removed at its
     end."""
 
-    def __init__(self, store: ObjectStore, dlq_topic: str) -> None:
+    def __init__(self, store: ObjectStore, dlq_topic: str, original_from: dict[int, int]) -> None:
         self.store = store
         self.key = f"{REPLAY_LOCK_PREFIX}/{dlq_topic}.json"
         self.dlq_topic = dlq_topic
@@ -763,14 +770,18 @@ class _ReplayLock:
             "pid_namespace": _pid_namespace(),
             "pid": os.getpid(),
             "started_at": utc_now().isoformat(),
+            # Where the original topic ended before this replay sent anything: its records come after.
+            "original_from": {str(partition): offset for partition, offset in original_from.items()},
         }
         self.lost: str | None = None  # why another replay holds the lock now (taken over as stale)
         self._stopped = threading.Event()
         self._refresher: threading.Thread | None = None
 
-    def acquire(self) -> None:
-        """Take the lock, or ``DlqError`` naming the replay that holds it."""
+    def acquire(self) -> dict[str, Any] | None:
+        """Take the lock, or ``DlqError`` naming the replay that holds it. Returns the holder of a
+        stale lock taken over (a replay killed), None when there was none."""
         body = json.dumps(self.holder, sort_keys=True).encode()
+        killed: dict[str, Any] | None = None
         try:
             for _ in range(3):  # a stale lock removed, or one released, between the tries
                 if self.store.put_new(self.key, body):
@@ -792,12 +803,14 @@ class _ReplayLock:
                     )
                 if self._held() == held:  # still that stale one, not a lock taken over since
                     self.store.delete(self.key)
+                    killed = holder
             else:
                 raise DlqError(f"could not take the replay lock {self.store.uri_for(self.key)}; try again")
         except (TransientError, BadInput) as exc:
             raise DlqError(f"could not take the replay lock {self.store.uri_for(self.key)}: {exc}") from exc
         self._refresher = threading.Thread(target=self._refresh, name="dlq-replay-lock", daemon=True)
         self._refresher.start()
+        return killed
 
     def release(self) -> None:
         """Stop refreshing, and remove the lock if it is still this replay's."""
@@ -854,6 +867,80 @@ class _ReplayLock:
                 self.store.put_bytes(self.key, body, "application/json")
             except (TransientError, BadInput):
                 continue  # the store is away: the markers fail too, and stop the replay
+
+
+@dataclass(frozen=True)
+class _SentTo:
+    """Where a replayed record went (as kafka-python's ``RecordMetadata`` says)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """Each partition's end offset of ``topic``; empty when it does not exist (the replay says so)."""
+    if topic not in _list_topics(settings):
+        return {}
+    consumer = KafkaConsumer(
+        **kafka_connection(settings), client_id="skuforge-dlq", group_id=None, allow_auto_create_topics=False
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
+    except KafkaError as exc:
+        raise DlqError(f"could not read where {topic} ends: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def _mark_what_a_killed_replay_sent(
+    settings: Settings, store: ObjectStore, dead: DeadLetterTopic, killed: dict[str, Any]
+) -> None:
+    """Mark the letters whose records a killed replay had delivered and not marked yet: the records of
+    ``dead.original_topic`` since where its lock says the topic ended, whose ``REPLAY_OF_HEADER``
+    names a letter of ``dead``. Before, the next replay sent those letters again."""
+    original_from = killed.get("original_from")
+    if not isinstance(original_from, dict) or not original_from:
+        return  # a lock of an older replay, or one that had nothing to send to
+    letters = {stored.marker_key: stored for stored in dead.letters}
+    groups: dict[tuple[str, int, int, str, str], list[StoredLetter]] = {}
+    for stored in dead.letters:
+        groups.setdefault(stored.origin, []).append(stored)
+    topic = dead.original_topic
+    consumer = _dlq_consumer(settings)
+    delivered: list[tuple[StoredLetter, Any]] = []
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        end = consumer.end_offsets(partitions)
+        for tp in partitions:
+            start = original_from.get(str(tp.partition), 0)
+            consumer.seek(tp, max(int(start), 0) if isinstance(start, int) else 0)
+        remaining = {tp for tp in partitions if consumer.position(tp) < end[tp]}
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while remaining:
+            if time.monotonic() > deadline:
+                raise DlqError(f"could not read what the killed replay sent to {topic}: nothing came")
+            batch = consumer.poll(timeout_ms=200)
+            if batch:
+                deadline = time.monotonic() + READ_TIMEOUT_S
+            for tp, records in batch.items():
+                for record in records:
+                    marker = dict(record.headers or []).get(REPLAY_OF_HEADER)
+                    sent = letters.get(marker.decode(errors="replace")) if marker else None
+                    if sent is not None and record.offset < end[tp]:
+                        where = _SentTo(tp.topic, tp.partition, record.offset)
+                        delivered.extend((member, where) for member in groups[sent.origin])
+            remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
+    except KafkaError as exc:
+        raise DlqError(f"could not read what the killed replay sent to {topic}: {exc}") from exc
+    finally:
+        consumer.close()
+    try:
+        _write_markers(store, delivered, utc_now().isoformat())
+    except (TransientError, BadInput) as exc:
+        raise DlqError(f"could not mark what the killed replay had sent ({exc})") from exc
 
 
 def _pid_namespace() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -132,7 +133,10 @@ def test_a_replay_killed_part_way_is_not_sent_again_for_what_it_had_marked(
     assert marked <= arrived  # only what was acknowledged
 
     assert dlq_main(["replay", topic], settings=settings, store=store) == 0
-    assert f"replayed {count - len(marked)} dead letters" in capsys.readouterr().out
+    # At most the unmarked: it also marks, and skips, what the killed one delivered after its last batch
+    # (test_dlq_review35.py: test_a_replay_after_one_was_killed_sends_nothing_that_one_had_delivered).
+    replayed = re.search(r"replayed (\d+) dead letters", capsys.readouterr().out)
+    assert replayed is not None and int(replayed.group(1)) <= count - len(marked)
     sends = Counter(record.value for record in read_topic(kafka_bootstrap, topic, expect=count, timeout_s=30))
     assert set(sends) == {f"record-{offset}".encode() for offset in range(count)}
     assert {value for value, times in sends.items() if times > 1}.isdisjoint(marked)  # marked: sent once

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -258,3 +259,51 @@ def test_put_new_writes_only_where_no_object_is(backend: str, tmp_path: Path, re
     assert store.get_bytes("locks/a.json") == b'{"first": 1}'
     store.delete("locks/a.json")
     assert store.put_new("locks/a.json", b'{"third": 1}')
+
+
+@pytest.mark.kafka
+def test_a_replay_after_one_was_killed_sends_nothing_that_one_had_delivered(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A replay killed (SIGKILL) between Kafka's acknowledgements and their batch of markers: the next
+    replay sent those records again. It takes over the killed one's lock now, reads what that one sent
+    (each record names its letter, header skuforge-replay-of) from where its lock says the topic
+    ended, and marks those letters first: every record is sent once in all."""
+    from kafka import KafkaConsumer
+
+    from skuforge_cli.dlq import main as dlq_main
+    from tests.test_dlq_review34 import SLOW_REPLAY
+    from tests.test_dlq_review34 import _write_letters as write_numbered_letters
+
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    topic = settings.topic_name(SKU_INGESTED)
+    count = 40
+    write_numbered_letters(settings, count)
+    env = dict(
+        os.environ,
+        SKUFORGE_KAFKA_BOOTSTRAP=kafka_bootstrap,
+        SKUFORGE_TOPIC_NAMESPACE=settings.topic_namespace,
+        SKUFORGE_STORE_URI=settings.store_uri,
+    )
+    child = subprocess.Popen([sys.executable, "-c", SLOW_REPLAY, topic], cwd=REPO, env=env)
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False, group_id=None)
+    arrived = 0
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        consumer.seek_to_beginning()
+        guard = time.monotonic() + 120  # a hung child fails the test instead of hanging it
+        while arrived < count // 2 and child.poll() is None and time.monotonic() < guard:
+            arrived += sum(len(records) for records in consumer.poll(timeout_ms=100).values())
+    finally:
+        consumer.close()
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL, "the replay ended before it was killed"
+
+    store = open_store(settings.store_uri)
+    assert dlq_main(["replay", topic], settings=settings, store=store) == 0
+    capsys.readouterr()
+    sends = Counter(record.value for record in read_topic(kafka_bootstrap, topic, expect=count, timeout_s=30))
+    assert sends == Counter(f"record-{offset}".encode() for offset in range(count))  # each once
+    assert len(list(store.list_keys("dlq-replays/"))) == count
