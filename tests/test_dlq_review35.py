@@ -307,3 +307,28 @@ def test_a_replay_after_one_was_killed_sends_nothing_that_one_had_delivered(
     sends = Counter(record.value for record in read_topic(kafka_bootstrap, topic, expect=count, timeout_s=30))
     assert sends == Counter(f"record-{offset}".encode() for offset in range(count))  # each once
     assert len(list(store.list_keys("dlq-replays/"))) == count
+
+
+@pytest.mark.kafka
+def test_the_replay_lock_works_on_s3_too(
+    kafka_bootstrap: str, tmp_path: Path, s3_store: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On S3 (moto's server) the lock is a conditional write: a replay is refused while another
+    replay's lock is there, runs once it is gone, and leaves no lock of its own."""
+    from skuforge_cli.dlq import main as dlq_main
+
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    values = _small_letters(settings, 2)
+    topic = settings.topic_name(SKU_INGESTED)
+    lock = f"dlq-replay-locks/{topic}.dlq.json"
+    assert s3_store.put_new(lock, json.dumps({"run": "r1", "host": "another-machine", "pid": 7}).encode())
+
+    assert dlq_main(["replay", topic], settings=settings, store=s3_store) == 1
+    assert "another replay of" in capsys.readouterr().err
+    s3_store.delete(lock)  # that replay ended
+    assert dlq_main(["replay", topic], settings=settings, store=s3_store) == 0
+    sent = Counter(record.value for record in read_topic(kafka_bootstrap, topic, expect=2, timeout_s=30))
+    assert sent == Counter(values)
+    assert not s3_store.exists(lock)
+    assert len(list(s3_store.list_keys("dlq-replays/"))) == 2
