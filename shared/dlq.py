@@ -75,9 +75,10 @@ READ_TIMEOUT_S = 30.0
 MARK_EVERY_RECORDS = 100
 MARK_EVERY_S = 2.0
 # One replay of a DLQ at a time: each takes ``dlq-replay-locks/<dlq topic>.json`` before it reads the
-# markers, and refreshes it while it runs. Two at once each read the markers before the other wrote
-# any, and sent every letter twice. A lock not refreshed for LOCK_STALE_S (its replay killed, on this
-# machine or another), or one of a process that is gone from this machine, is taken over.
+# markers, and writes a heartbeat beside it every LOCK_REFRESH_S while it runs. Two at once each read
+# the markers before the other wrote any, and sent every letter twice. A lock whose heartbeat is
+# LOCK_STALE_S old (its replay killed, on this machine or another), or one of a process that is gone
+# from this machine, is taken over.
 REPLAY_LOCK_PREFIX = "dlq-replay-locks"
 LOCK_REFRESH_S = 10.0
 LOCK_STALE_S = 60.0
@@ -757,8 +758,10 @@ class _Marking:
 
 class _ReplayLock:
     """The one replay of a DLQ that runs: an object created only if none is there (``put_new``), with
-    who holds it, refreshed every ``LOCK_REFRESH_S`` by a thread while the replay runs, removed at its
-    end."""
+    who holds it, and removed at its end. The lock is never written over: while the replay runs, a
+    thread writes its heartbeat, a second object, every ``LOCK_REFRESH_S``, and checks that the lock
+    is still this replay's. (A refresh that rewrote the lock could write over another replay's lock
+    that had taken it over since it was read.)"""
 
     def __init__(self, store: ObjectStore, dlq_topic: str, original_from: dict[int, int]) -> None:
         self.store = store
@@ -790,7 +793,7 @@ class _ReplayLock:
                 if held is None:
                     continue
                 holder, written_at = held
-                age_s = (datetime.now(UTC) - written_at).total_seconds()
+                age_s = (datetime.now(UTC) - self._alive_at(holder, written_at)).total_seconds()
                 if not self._stale(holder, age_s):
                     # The lock's text is whoever wrote it: escaped, as a letter's is.
                     who = escape_control_characters(
@@ -798,11 +801,12 @@ class _ReplayLock:
                     )
                     raise DlqError(
                         f"another replay of {self.dlq_topic} is running: {who} (lock "
-                        f"{self.store.uri_for(self.key)}, refreshed {age_s:.0f}s ago); run one at a "
-                        f"time. A lock not refreshed for {LOCK_STALE_S:.0f}s is taken over"
+                        f"{self.store.uri_for(self.key)}, last alive {age_s:.0f}s ago); run one at a "
+                        f"time. A lock whose replay was not seen alive for {LOCK_STALE_S:.0f}s is taken over"
                     )
                 if self._held() == held:  # still that stale one, not a lock taken over since
                     self.store.delete(self.key)
+                    self.store.delete(self._heartbeat_key(holder.get("run")))
                     killed = holder
             else:
                 raise DlqError(f"could not take the replay lock {self.store.uri_for(self.key)}; try again")
@@ -821,6 +825,17 @@ class _ReplayLock:
             held = self._held()
             if held is not None and held[0].get("run") == self.holder["run"]:
                 self.store.delete(self.key)
+            self.store.delete(self._heartbeat_key(self.holder["run"]))
+
+    def _heartbeat_key(self, run: object) -> str:
+        return f"{self.key}.{run if isinstance(run, str) and run.isalnum() else 'unnamed'}.alive"
+
+    def _alive_at(self, holder: dict[str, Any], written_at: datetime) -> datetime:
+        """When the lock's replay last showed it runs: its heartbeat, or the lock's own writing."""
+        try:
+            return max(written_at, self.store.modified_at(self._heartbeat_key(holder.get("run"))))
+        except ObjectMissing:
+            return written_at
 
     def _held(self) -> tuple[dict[str, Any], datetime] | None:
         """Who holds the lock, and when it was last written; None when there is none."""
@@ -837,7 +852,7 @@ class _ReplayLock:
 
     @staticmethod
     def _stale(holder: dict[str, Any], age_s: float) -> bool:
-        """Whether the replay holding the lock is gone: not refreshed for ``LOCK_STALE_S``, or a process
+        """Whether the replay holding the lock is gone: no heartbeat for ``LOCK_STALE_S``, or a process
         of this machine (same host name and pid namespace) that no longer runs."""
         if age_s > LOCK_STALE_S:
             return True
@@ -854,17 +869,17 @@ class _ReplayLock:
         return False
 
     def _refresh(self) -> None:
-        body = json.dumps(self.holder, sort_keys=True).encode()
+        heartbeat = self._heartbeat_key(self.holder["run"])
         while not self._stopped.wait(LOCK_REFRESH_S):
             try:
                 held = self._held()
                 if held is None or held[0].get("run") != self.holder["run"]:
                     self.lost = (
                         f"the replay lock {self.store.uri_for(self.key)} was taken over by another "
-                        f"replay (this one did not refresh it for {LOCK_STALE_S:.0f}s); stopped here"
+                        f"replay (this one was not seen alive for {LOCK_STALE_S:.0f}s); stopped here"
                     )
                     return
-                self.store.put_bytes(self.key, body, "application/json")
+                self.store.put_bytes(heartbeat, b"", "text/plain")
             except (TransientError, BadInput):
                 continue  # the store is away: the markers fail too, and stop the replay
 

@@ -332,3 +332,46 @@ def test_the_replay_lock_works_on_s3_too(
     assert sent == Counter(values)
     assert not s3_store.exists(lock)
     assert len(list(s3_store.list_keys("dlq-replays/"))) == 2
+
+
+@pytest.mark.kafka
+def test_a_replay_whose_lock_was_taken_over_stops_sending(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay paused longer than LOCK_STALE_S (a suspended machine) has its lock taken over by
+    another: when it goes on, its refresh finds the other's lock, and it stops before its next send
+    instead of sending alongside the other; the other's lock is left in place."""
+    import threading
+
+    from shared import dlq as dlq_module
+    from shared.store import FileStore
+    from skuforge_cli.dlq import main as dlq_main
+
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    values = _small_letters(settings, 3)
+    topic = settings.topic_name(SKU_INGESTED)
+    lock = f"dlq-replay-locks/{topic}.dlq.json"
+    store = FileStore(tmp_path)
+    other = json.dumps({"run": "r2", "host": "another-machine", "pid": 7}).encode()
+    read = dlq_module.original_record
+    reads: list[int] = []
+
+    def refreshing() -> bool:
+        return any(thread.name == "dlq-replay-lock" for thread in threading.enumerate())
+
+    def taken_over_before_the_second(letter: Any, store_: Any) -> Any:
+        reads.append(letter.original_offset)
+        if len(reads) == 2:
+            store.put_bytes(lock, other)  # the other replay took the lock over
+            guard = time.monotonic() + 30  # a refresher that never looks fails the test, not hangs it
+            while refreshing() and time.monotonic() < guard:
+                time.sleep(0.01)  # until this replay's refresher has seen it and stopped
+        return read(letter, store_)
+
+    monkeypatch.setattr(dlq_module, "LOCK_REFRESH_S", 0.01)
+    monkeypatch.setattr(dlq_module, "original_record", taken_over_before_the_second)
+    assert dlq_main(["replay", topic], settings=settings, store=store) == 1
+    assert "was taken over by another replay" in capsys.readouterr().err
+    assert [r.value for r in read_topic(kafka_bootstrap, topic, expect=1, timeout_s=10)] == values[:1]
+    assert store.get_bytes(lock) == other
