@@ -936,3 +936,47 @@ def test_a_demo_that_generated_nothing_does_not_exit_0() -> None:
     assert code == 1 and why is not None and "no image was generated" in why
     assert flow_exit_code([_view("A", 0), _view("B", 6)], complete=True) == (0, None)
     assert flow_exit_code([_view("A", 6)], complete=False) == (1, None)
+
+
+@pytest.mark.parametrize(
+    ("shell_scenes", "stack_env", "argv", "noted"),
+    [
+        ("", {}, [], "samples/grocerystore-scenes"),  # the real sample on a stack started without scenes
+        ("", {"SKUFORGE_SCENES_URI": ""}, [], "samples/grocerystore-scenes"),  # set empty: none either
+        ("/photos/mine", {}, [], "/photos/mine"),  # the shell's scenes do not reach a running stack
+        ("", {"SKUFORGE_SCENES_URI": "/photos/store"}, [], None),
+        ("", {}, SMALL_SYNTHETIC, None),  # renderer SKUs go on the renderer's scenes anyway
+    ],
+    ids=["unset", "empty", "shell-only", "scenes", "synthetic"],
+)
+def test_real_skus_on_a_running_stack_without_scenes_are_said_to_go_on_procedural_scenes(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    stand_in_up: list[StandInUp],
+    stack_env: dict[str, str],
+    shell_scenes: str,
+    argv: list[str],
+    noted: str | None,
+) -> None:
+    """A stack the demo starts puts real photos on the sample store photos; one `skuforge up` started
+    without SKUFORGE_SCENES_URI composites them on the renderer's procedural scenes, which lowered a
+    classifier's accuracy (docs/evaluation.md). The same `skuforge demo --skus DIR` silently made the
+    other kind of training set depending on whether a stack was running."""
+    monkeypatch.setenv("SKUFORGE_SCENES_URI", shell_scenes)
+    workdir = tmp_path / "up"
+    pid = write_running_stack(workdir, stack_env)
+    monkeypatch.setattr(demo_module, "run_flow", lambda *_args, **_kwargs: 0)
+    assert demo_main([*argv, "--out", str(tmp_path / "out"), "--workdir", str(workdir)]) == 0
+    assert stand_in_up == [], "the running stack is used, none started"
+    expected = (
+        [
+            f"skuforge demo: note: the running stack of {workdir} was started without SKUFORGE_SCENES_URI: "
+            "it composites these real photos on procedural scenes, not on store photos as a stack the demo "
+            f"starts does; for those, stop that stack (Ctrl-C where skuforge up runs, or kill -INT {pid}) "
+            f"and run the demo again, or start it with SKUFORGE_SCENES_URI={noted}"
+        ]
+        if noted
+        else []
+    )
+    assert capsys.readouterr().err.splitlines() == expected

@@ -614,6 +614,18 @@ def main(argv: list[str] | None = None) -> int:
                     f"({how_to_stop(running_state)}) and run the demo again",
                     file=sys.stderr,
                 )
+            if not args.synthetic and not (running_state.get("env") or {}).get("SKUFORGE_SCENES_URI"):
+                # Said, as the variants are: the same command made the other kind of training set
+                # depending on whether a stack was running (procedural scenes lowered top-1,
+                # docs/evaluation.md).
+                print(
+                    f"skuforge demo: note: the running stack of {workdir} was started without "
+                    "SKUFORGE_SCENES_URI: it composites these real photos on procedural scenes, not on "
+                    "store photos as a stack the demo starts does; for those, stop that stack "
+                    f"({how_to_stop(running_state)}) and run the demo again, or start it with "
+                    f"SKUFORGE_SCENES_URI={os.environ.get('SKUFORGE_SCENES_URI') or _shown(SAMPLE_SCENES)}",
+                    file=sys.stderr,
+                )
         elif scenes := started_stack_scenes(args.synthetic):
             os.environ.update(scenes)  # real photos go on real scenes
             _say(
