@@ -90,6 +90,9 @@ from shared.observability import topics_held
 
 DEFAULT_WORKDIR = Path("var/up")
 STATE_FILE = "stack.json"
+# Store photos (GroceryStoreDataset, other classes) real products are composited onto: the demo's
+# default, and what the ready summary suggests when SKUFORGE_SCENES_URI is unset.
+SAMPLE_SCENES = Path(__file__).resolve().parents[1] / "samples" / "grocerystore-scenes"
 PORTS_FILE = "ports.json"
 LOGIN_FILE = "console-login"
 # How much later than a stack's started_at its supervisor's pid may have started and still be it
@@ -795,6 +798,22 @@ def metrics_urls(config: StackConfig) -> dict[str, str]:
     return urls
 
 
+def scenes_said() -> str:
+    """The scenes the composite backend places products on, as the ready summary says them: without
+    SKUFORGE_SCENES_URI, the renderer's procedural ones, which lowered a classifier's accuracy on real
+    products (docs/evaluation.md), so the sample store photos are named."""
+    if scenes := os.environ.get("SKUFORGE_SCENES_URI", "").strip():
+        return scenes
+    try:
+        sample: Path | str = SAMPLE_SCENES.relative_to(Path.cwd())
+    except ValueError:
+        sample = SAMPLE_SCENES
+    return (
+        "procedural (SKUFORGE_SCENES_URI unset): real products do better on store photos, "
+        f"e.g. SKUFORGE_SCENES_URI={sample} (docs/evaluation.md)"
+    )
+
+
 def _inherited_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("SKUFORGE_")}
 
@@ -1307,6 +1326,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  triton     grpc 127.0.0.1:{config.ports['triton_grpc']}, "
             f"http 127.0.0.1:{config.ports['triton_http']}",
             f"  console    {config.console_url}  ({login})",
+            *([f"  scenes     {scenes_said()}"] if "composite" in config.backends else []),
             "  metrics    "
             + ", ".join(f"{n} :{u.rsplit(':', 1)[1]}" for n, u in metrics_urls(config).items()),
             *(

@@ -1498,3 +1498,45 @@ def test_a_second_ctrl_c_while_up_stops_kills_what_is_left_at_once(tmp_path: Pat
         assert run.supervisor.returncode == 0, run.out_path.read_text()
         assert "received SIGINT again; killing what is left now" in run.out_path.read_text()
         assert not alive(run.listener_pid) and not port_in_use(run.port)
+
+
+@pytest.mark.parametrize(
+    ("scenes", "said"),
+    [
+        (
+            None,
+            "  scenes     procedural (SKUFORGE_SCENES_URI unset): real products do better on store photos, "
+            "e.g. SKUFORGE_SCENES_URI=samples/grocerystore-scenes (docs/evaluation.md)",
+        ),
+        ("/photos/store", "  scenes     /photos/store"),
+    ],
+    ids=["unset", "set"],
+)
+def test_the_ready_summary_says_which_scenes_composites_go_on(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    scenes: str | None,
+    said: str,
+) -> None:
+    """`skuforge up`, then `skuforge ingest DIR` as its summary says: real photos were composited on the
+    renderer's procedural scenes, which lowered a classifier's accuracy (docs/evaluation.md), and
+    nothing said so (the demo puts them on the sample store photos)."""
+
+    def stop_once_ready(config: Any, supervisor: Supervisor, state: str) -> None:
+        if state == "ready":
+            supervisor.stopping.set()  # what Ctrl-C does: the test's end of the run
+
+    monkeypatch.chdir(Path(devstack.up.__file__).resolve().parents[1])
+    monkeypatch.setattr(devstack.up, "build_specs", lambda config: [_sleeper(tmp_path, "stage")])
+    monkeypatch.setattr(devstack.up, "write_state", stop_once_ready)
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+    if scenes is None:
+        monkeypatch.delenv("SKUFORGE_SCENES_URI", raising=False)
+    else:
+        monkeypatch.setenv("SKUFORGE_SCENES_URI", scenes)
+    code = main(["--workdir", str(tmp_path), "--ports", "free", "--kafka-bootstrap", "127.0.0.1:9"])
+    os.close(devstack.up._held_locks.pop())
+    assert code == 0
+    summary = [line.split(" up  ", 1)[1] for line in capsys.readouterr().out.splitlines() if " up  " in line]
+    assert said in summary

@@ -53,6 +53,7 @@ from devstack.demo.tracker import FOLLOWED, FlowState, FlowTracker
 from devstack.supervisor import exit_reason, open_log
 from devstack.up import (
     DEFAULT_WORKDIR,
+    SAMPLE_SCENES,
     STATE_FILE,
     read_state,
     stack_kafka_settings,
@@ -95,8 +96,8 @@ STACK_TEXT_FIELDS = ("workdir", "console_url", "console_user", "console_login_fi
 INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
 # The real photos the demo runs on by default; where each comes from: samples/grocerystore/README.md.
 SAMPLE_SKUS = Path(__file__).resolve().parents[2] / "samples" / "grocerystore"
-# The scenes real SKUs are composited onto unless SKUFORGE_SCENES_URI names others (not --synthetic).
-SAMPLE_SCENES = Path(__file__).resolve().parents[2] / "samples" / "grocerystore-scenes"
+# The scenes real SKUs are composited onto unless SKUFORGE_SCENES_URI names others (not --synthetic):
+# SAMPLE_SCENES, from devstack.up.
 # --synthetic's options: flag, default, type (the checks `skuforge synth` makes), placeholder, help.
 SYNTHETIC_OPTIONS: tuple[tuple[str, int, Callable[[str], int], str, str], ...] = (
     ("--synthetic-skus", 3, positive_int, "N", "synthetic SKUs"),
