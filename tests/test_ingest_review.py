@@ -1065,3 +1065,26 @@ def test_the_publisher_is_closed_when_the_topic_listing_fails(
     with pytest.raises(TransientError, match="no broker answered"):
         ingest_path(tmp_path / "batch", load_settings(), store=FileStore(tmp_path / "store"))
     assert len(closed) == 1 and publisher.published == []
+
+
+def test_metadata_says_which_fields_it_takes_and_which_are_optional(tmp_path: Path) -> None:
+    """A first user's metadata.json: the GroceryStoreDataset ships a description per product, and a
+    retailer's export has more. 'description: Extra inputs are not permitted' named no field it
+    does take, and a missing file was said to need brand and series, which may be left out."""
+    folder = _sku(tmp_path, "A", "A-1")
+    metadata = folder / "metadata.json"
+    metadata.write_text(
+        '{"sku_id": "A-1", "name": "Granny Smith", "category": "apple", "description": "green"}'
+    )
+    assert (
+        f"{metadata}: description: not a field of metadata.json (sku_id, name, category; optional: "
+        "brand, series); take it out" in _refusal(tmp_path)
+    )
+    metadata.unlink()
+    assert (
+        f"{metadata}: missing (a JSON object with sku_id, name, category; optional: brand, series)"
+        in _refusal(tmp_path)
+    )
+    metadata.write_text('{"sku_id": "A-1", "name": "Granny Smith", "category": "apple"}')
+    [sku] = prepare_all(tmp_path, load_settings())
+    assert (sku.metadata.brand, sku.metadata.series) == ("", "")

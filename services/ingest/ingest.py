@@ -418,6 +418,14 @@ def _escaped_within(name: str, limit: int) -> str:
     return "".join(kept)
 
 
+def _metadata_fields() -> str:
+    """The fields metadata.json takes, as an error says them: ``sku_id, name, category; optional: ...``."""
+    fields = SkuMetadata.model_fields
+    required = [name for name, field in fields.items() if field.is_required()]
+    optional = [name for name, field in fields.items() if not field.is_required()]
+    return ", ".join(required) + (f"; optional: {', '.join(optional)}" if optional else "")
+
+
 def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, list[str]]:
     """Check one SKU folder; returns the prepared SKU or the list of problems."""
     held = [] if _has_metadata_entry(folder) else _sku_folders_in(folder)
@@ -447,13 +455,19 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
             f"{metadata_path}: not readable as its byte-order mark says ({exc.reason}); save it as UTF-8"
         )
     except FileNotFoundError:
-        problems.append(f"{metadata_path}: missing (needs sku_id, name, category, brand, series)")
+        problems.append(f"{metadata_path}: missing (a JSON object with {_metadata_fields()})")
     except OSError as exc:  # a folder named metadata.json, no permission...
         problems.append(f"{metadata_path}: cannot be read ({exc.strerror or exc})")
     except ValidationError as exc:
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"]) or "(file)"
-            problems.append(f"{metadata_path}: {field}: {error['msg']}")
+            if error["type"] == "extra_forbidden":  # pydantic's "Extra inputs are not permitted"
+                problems.append(
+                    f"{metadata_path}: {field}: not a field of metadata.json ({_metadata_fields()}); "
+                    "take it out"
+                )
+            else:
+                problems.append(f"{metadata_path}: {field}: {error['msg']}")
     if text is not None:
         problems.extend(f"{metadata_path}: {problem}" for problem in _fields_given_twice(text))
     if metadata is not None:
