@@ -352,3 +352,16 @@ def test_real_pairs_labels_with_the_official_bytes_its_md5_was_checked_on(
     argv = ["real-pairs", "--dataset", str(dataset), "--held-out", str(split), "--composites", "0"]
     assert matting_cli([*argv, "--official", str(official), "--out", str(tmp_path / "pairs")]) == 0
     assert json.loads(capsys.readouterr().out)["catalogue_pairs"] == 6
+
+
+def test_eval_help_says_its_figures_are_on_renderer_photos_and_where_real_ones_come_from(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """'held-out mean IoU and MAE' read as a figure on held-out real photos; it is measured on renderer
+    photos only (STYLE: a renderer figure says little alone), and --n and --seed said nothing."""
+    with pytest.raises(SystemExit) as exited:
+        matting_cli(["eval", "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "renderer photos" in text and "make bench-real" in text
+    assert "--n N renderer photos" in text and "--seed SEED catalogue seed of the renderer photos" in text

@@ -194,11 +194,25 @@ def main(argv: list[str] | None = None) -> int:
         "images/ and masks/ for `train --extra`",
     )
 
-    evaluate = sub.add_parser("eval", help="held-out mean IoU and MAE of an ONNX model")
-    evaluate.add_argument("model_path", type=Path)
-    evaluate.add_argument("--model", choices=["u2netp", "u2net"], default="u2netp")
-    evaluate.add_argument("--n", type=positive_int, default=200)
-    evaluate.add_argument("--seed", type=non_negative_int, default=RENDERER_HELDOUT_SEED)
+    evaluate = sub.add_parser(
+        "eval",
+        help="mean IoU and MAE of an ONNX model on held-out renderer photos",
+        description="Mean IoU and MAE of an ONNX model on held-out renderer photos (the model card's "
+        "figures), not real ones: a renderer figure says little alone. On real product photos, beside "
+        "the official model: make bench-real GROCERY=DIR (docs/matting.md).",
+    )
+    evaluate.add_argument("model_path", type=Path, help="the ONNX model")
+    evaluate.add_argument(
+        "--model", choices=["u2netp", "u2net"], default="u2netp", help="its architecture (default u2netp)"
+    )
+    evaluate.add_argument("--n", type=positive_int, default=200, help="renderer photos (default 200)")
+    evaluate.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=RENDERER_HELDOUT_SEED,
+        help=f"catalogue seed of the renderer photos (default {RENDERER_HELDOUT_SEED}, which training "
+        "refuses)",
+    )
 
     export = sub.add_parser(
         "export", help="turn a .pth (e.g. the official u2net.pth / u2netp.pth) or checkpoints into ONNX"
