@@ -30,6 +30,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -904,9 +905,22 @@ def sku_views(state: FlowState, store: ObjectStore, sku_ids: list[str]) -> list[
                 accepted=[view(a) for a in accepted if a.matted.generated.sku.sku_id == sku_id],
                 flagged=[view(f) for f in flagged if f.matted.generated.sku.sku_id == sku_id],
                 stored_real=real,
+                cut_from_in_store=sku_id in captioned and cut_from_in_store(captioned[sku_id]),
             )
         )
     return views
+
+
+def cut_from_in_store(captioned: SkuCaptioned) -> bool:
+    """Whether the generator cuts this SKU's products out of in-store photos: it has usable photos,
+    none of them on a plain background (``cutout_sources`` then takes them all)."""
+    from shared.generation.settings import GenerationSettings
+
+    least = load_settings(GenerationSettings).generation_min_plain_background
+    usable = [photo for photo in captioned.photos if photo.usable and photo.mask is not None]
+    return bool(usable) and all(
+        photo.plain_background is not None and photo.plain_background < least for photo in usable
+    )
 
 
 def console_help(running: dict[str, Any]) -> list[str]:
@@ -935,6 +949,8 @@ def print_summary(
             f"{sku.sku_id:<{width}} {len(sku.photos):>5} {sku.stored_real:>11} {sku.generated:>9} "
             f"{len(sku.accepted):>8} {len(sku.flagged):>7} {mean:>8}"
         )
+    for note in [sku.in_store_note for sku in views if sku.in_store_note]:
+        print("\n" + textwrap.fill(f"note: {note} (docs/evaluation.md)", width=100, subsequent_indent="  "))
     print()
     print(f"{'stage':<12} {'items out':>9} {'span s':>8} {'items/min':>10} {'handler ms':>11}")
     for stage in stages:

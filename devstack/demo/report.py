@@ -113,6 +113,21 @@ class SkuView:
     accepted: list[ItemView]
     flagged: list[ItemView]
     stored_real: int
+    # No photo on a plain background: the generator cut the product out of in-store photos
+    # (shared/generation/backend.py: cutout_sources), often wrongly, in a way the gate cannot see.
+    cut_from_in_store: bool = False
+
+    @property
+    def in_store_note(self) -> str | None:
+        """What the summary and the report say of a SKU cut out of in-store photos, or None."""
+        if not self.cut_from_in_store:
+            return None
+        return (
+            f"{self.sku_id}: no photo on a plain background, so its products were cut out of in-store "
+            "photos; such cut-outs are often not the product alone (a hand, several items, a price tag) "
+            "and the gate cannot tell: check its accepted images, and add a product shot on a plain "
+            "background"
+        )
 
     @property
     def mean_iou(self) -> float | None:
@@ -343,6 +358,8 @@ def write_report(
             f'<section id="{esc(slug)}"><h2>{esc(slug)}: {esc(sku.name)} '
             f"<small>({esc(sku.category)})</small></h2>"
         )
+        if note := sku.in_store_note:
+            body.append(f"<p><b>Note</b>: {esc(note)} (docs/evaluation.md).</p>")
         body.append(f"<h3>Reference photos ({len(sku.photos)})</h3><div>")
         for index, photo in enumerate(sku.photos):
             body.append(_reference_figure(store, photo, save, f"{slug}-ref-{index}"))
