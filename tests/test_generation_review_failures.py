@@ -631,3 +631,33 @@ def test_a_diffusion_image_records_its_sample_index_not_a_variant_index_that_con
         size=64,
     )
     assert [sample.parameters["sample_index"] for sample in diffusion.generate(request)] == [0, 1]
+
+
+@pytest.mark.parametrize(("plain_background", "warned"), [(0.3, True), (0.9, False)])
+def test_a_sku_cut_out_of_in_store_photos_is_logged_as_such(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, plain_background: float, warned: bool
+) -> None:
+    """A SKU of in-store photos only (a crate of apples): its products were cut from them, four apples
+    and a price tag pasted on each scene and accepted by the gate (the expected mask is that same
+    cut-out); with `skuforge up` and `skuforge ingest`, nothing said so."""
+    store, ctx, generation = arrange_generator(
+        tmp_path, variants_per_sku=2, size_px=64, min_plain_background=None
+    )
+    captioned = captioned_sku(store, 2)
+    photos = [photo.model_copy(update={"plain_background": plain_background}) for photo in captioned.photos]
+    captioned = captioned.model_copy(update={"photos": photos})
+    event = captioned_event(captioned, "in-store", str(plain_background))
+    with caplog.at_level(logging.WARNING):
+        [outputs] = handle_batch(
+            [event], ctx, generator=InProcessGenerator(CompositeBackend(None)), generation=generation
+        )  # type: ignore[arg-type]
+    assert isinstance(outputs, list) and len(outputs) == 2, outputs
+    said = [
+        record
+        for record in caplog.records
+        if record.getMessage() == "no photo on a plain background: products cut out of in-store photos"
+    ]
+    assert len(said) == (1 if warned else 0)
+    if warned:
+        assert said[0].photos == ["p0", "p1"]  # type: ignore[attr-defined]
+        assert said[0].min_plain_background == 0.7  # type: ignore[attr-defined]

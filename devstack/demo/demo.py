@@ -914,13 +914,12 @@ def sku_views(state: FlowState, store: ObjectStore, sku_ids: list[str]) -> list[
 def cut_from_in_store(captioned: SkuCaptioned) -> bool:
     """Whether the generator cuts this SKU's products out of in-store photos: it has usable photos,
     none of them on a plain background (``cutout_sources`` then takes them all)."""
+    from shared.generation.backend import cut_from_cluttered_photos
     from shared.generation.settings import GenerationSettings
 
     least = load_settings(GenerationSettings).generation_min_plain_background
     usable = [photo for photo in captioned.photos if photo.usable and photo.mask is not None]
-    return bool(usable) and all(
-        photo.plain_background is not None and photo.plain_background < least for photo in usable
-    )
+    return cut_from_cluttered_photos(usable, least)
 
 
 def console_help(running: dict[str, Any]) -> list[str]:

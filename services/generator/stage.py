@@ -74,7 +74,13 @@ from services.generator.protocol import ADAPTER_REFUSALS, VariantRequest, Varian
 from shared.config import Settings, load_settings
 from shared.dlq import is_permanent
 from shared.errors import BadInput, TransientError
-from shared.generation.backend import BACKEND_NAMES, COLOUR_GAIN_KEY, cutout_sources, is_pile
+from shared.generation.backend import (
+    BACKEND_NAMES,
+    COLOUR_GAIN_KEY,
+    cut_from_cluttered_photos,
+    cutout_sources,
+    is_pile,
+)
 from shared.generation.composite import COMPOSITE_PARAMETERS, product_framing
 from shared.generation.diffusion import DIFFUSION_PARAMETERS
 from shared.generation.settings import GenerationSettings
@@ -416,6 +422,18 @@ def handle_batch(
             first = min(draw.refusals, key=lambda refusal: refusal[0].variant_index)[1]
             outputs.append(_naming_photos_left_out(first, draw.unreadable))
             continue
+        usable = [photo for photo in draw.captioned.photos if photo.usable and photo.mask is not None]
+        least = generation.generation_min_plain_background
+        if cut_from_cluttered_photos(usable, least):
+            ctx.log.warning(
+                "no photo on a plain background: products cut out of in-store photos",
+                extra={
+                    "photos": [photo.photo_id for photo in usable],
+                    "min_plain_background": least,
+                    "hint": "such cut-outs are often not the product alone and the gate cannot tell; "
+                    "check the images, add a product shot on a plain background",
+                },
+            )
         for photo_id, left in draw.unreadable.items():
             ctx.log.warning(
                 "photo unreadable, its variants drawn from the other photos",

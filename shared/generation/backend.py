@@ -79,6 +79,16 @@ def cutout_sources(usable: list[CaptionedPhoto], min_plain_background: float) ->
     return plain or usable
 
 
+def cut_from_cluttered_photos(usable: list[CaptionedPhoto], min_plain_background: float) -> bool:
+    """Whether :func:`cutout_sources` falls back to cluttered photos: there are usable ones, and none
+    is on a plain background. The gate cannot see a wrong cut-out (its expected mask is that cut-out),
+    so the generator and the demo say so."""
+    return bool(usable) and all(
+        photo.plain_background is not None and photo.plain_background < min_plain_background
+        for photo in usable
+    )
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One reference photo to turn into ``n`` variants."""
