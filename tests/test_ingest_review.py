@@ -1088,3 +1088,20 @@ def test_metadata_says_which_fields_it_takes_and_which_are_optional(tmp_path: Pa
     metadata.write_text('{"sku_id": "A-1", "name": "Granny Smith", "category": "apple"}')
     [sku] = prepare_all(tmp_path, load_settings())
     assert (sku.metadata.brand, sku.metadata.series) == ("", "")
+
+
+def test_a_text_file_in_a_sku_folder_is_not_told_to_be_exported_as_a_photo(tmp_path: Path) -> None:
+    """The GroceryStoreDataset's product folders hold a description and an information .txt beside the
+    photo; copied as a SKU folder, each was told 'export it as JPEG or PNG'. A file that is no picture
+    is told to move out; one that is a picture in a format ingest does not read still gets the advice."""
+    folder = _sku(tmp_path, "A", "A-1")
+    (folder / "Granny-Smith_Description.txt").write_text("A green apple.\n")
+    (folder / "anim.gif").write_bytes(b"GIF89a")
+    message = _refusal(tmp_path)
+    text_line = next(line for line in message.splitlines() if "Granny-Smith_Description.txt" in line)
+    assert text_line.strip() == (
+        f"{folder / 'Granny-Smith_Description.txt'}: not a photo (a text file); every file in a SKU folder "
+        "is read as a photo: move it out"
+    )
+    gif_line = next(line for line in message.splitlines() if "anim.gif" in line)
+    assert "export it as JPEG or PNG" in gif_line

@@ -70,6 +70,7 @@ import contextlib
 import dataclasses
 import errno
 import json
+import mimetypes
 import os
 import re
 import sys
@@ -640,6 +641,15 @@ def _sort_entry(folder: Path, entry: Path, photos: list[Path], problems: list[st
         problems.append(f"{entry}: {HEIC_ADVICE}")
     elif suffix in PHOTO_FILE_SUFFIXES:
         photos.append(entry)
+    elif (kind := mimetypes.guess_type(entry.name)[0]) is not None and not kind.startswith("image/"):
+        # A product's notes beside its photos (the GroceryStoreDataset's description .txt files) were
+        # told to be exported as JPEG or PNG.
+        what = {"text": "a text file", "video": "a video", "audio": "a sound file"}.get(
+            kind.split("/")[0], kind
+        )
+        problems.append(
+            f"{entry}: not a photo ({what}); every file in a SKU folder is read as a photo: move it out"
+        )
     else:
         problems.append(
             f"{entry}: not a photo ingest reads ({accepted}); export it as JPEG or PNG, "
