@@ -55,6 +55,7 @@ import http.client
 import json
 import os
 import secrets
+import shlex
 import sys
 import tempfile
 import time
@@ -1335,7 +1336,10 @@ def main(argv: list[str] | None = None) -> int:
                 else []
             ),
             f"  logs       {config.logs}/",
-            "  feed it    skuforge ingest DIR   (with SKUFORGE_KAFKA_BOOTSTRAP and SKUFORGE_STORE_URI above)",
+            # The command itself: run with the defaults after --ports auto moved Kafka, ingest published
+            # to whatever broker held 9092 (an old `make kafka-up`), exit 0, and the stack saw nothing.
+            f"  feed it    SKUFORGE_KAFKA_BOOTSTRAP={shlex.quote(config.kafka_bootstrap)} "
+            f"SKUFORGE_STORE_URI={shlex.quote(config.store_uri)} skuforge ingest DIR",
             "Ctrl-C stops everything.",
         ]
         for line in lines:

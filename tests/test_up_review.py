@@ -1540,3 +1540,30 @@ def test_the_ready_summary_says_which_scenes_composites_go_on(
     assert code == 0
     summary = [line.split(" up  ", 1)[1] for line in capsys.readouterr().out.splitlines() if " up  " in line]
     assert said in summary
+
+
+def test_the_ready_summary_gives_the_ingest_command_with_the_stacks_kafka_and_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'skuforge ingest DIR (with SKUFORGE_KAFKA_BOOTSTRAP and SKUFORGE_STORE_URI above)': with a port
+    moved by --ports auto, an ingest run with the defaults published to another broker on 9092 (an old
+    `make kafka-up`), exit 0, and the stack never saw the SKUs. The line is now the command to run."""
+
+    def stop_once_ready(config: Any, supervisor: Supervisor, state: str) -> None:
+        if state == "ready":
+            supervisor.stopping.set()
+
+    workdir = tmp_path / "my stack"  # a space: the command quotes the store's address
+    monkeypatch.setattr(devstack.up, "build_specs", lambda config: [_sleeper(tmp_path, "stage")])
+    monkeypatch.setattr(devstack.up, "write_state", stop_once_ready)
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+    monkeypatch.delenv("SKUFORGE_STORE_URI", raising=False)
+    code = main(["--workdir", str(workdir), "--ports", "free", "--kafka-bootstrap", "127.0.0.1:9"])
+    os.close(devstack.up._held_locks.pop())
+    assert code == 0
+    summary = [line.split(" up  ", 1)[1] for line in capsys.readouterr().out.splitlines() if " up  " in line]
+    store = f"file://{(workdir / 'store').resolve()}"
+    assert (
+        f"  feed it    SKUFORGE_KAFKA_BOOTSTRAP=127.0.0.1:9 SKUFORGE_STORE_URI='{store}' skuforge ingest DIR"
+        in summary
+    )
