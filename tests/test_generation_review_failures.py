@@ -659,5 +659,6 @@ def test_a_sku_cut_out_of_in_store_photos_is_logged_as_such(
     ]
     assert len(said) == (1 if warned else 0)
     if warned:
+        assert said[0].sku_id == captioned.sku.sku_id  # type: ignore[attr-defined]
         assert said[0].photos == ["p0", "p1"]  # type: ignore[attr-defined]
         assert said[0].min_plain_background == 0.7  # type: ignore[attr-defined]

@@ -428,6 +428,7 @@ def handle_batch(
             ctx.log.warning(
                 "no photo on a plain background: products cut out of in-store photos",
                 extra={
+                    "sku_id": event.sku_id,  # a batch handler's log has no SKU of its own
                     "photos": [photo.photo_id for photo in usable],
                     "min_plain_background": least,
                     "hint": "such cut-outs are often not the product alone and the gate cannot tell; "
