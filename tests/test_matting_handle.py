@@ -73,6 +73,40 @@ def test_a_jpeg_over_the_pixel_limit_is_refused_for_its_pixels_not_as_a_lying_ev
         reasons = [result.reason if isinstance(result, BadInput) else "matted" for result in results]
         assert reasons == ["too_many_pixels", "too_many_pixels"]
         assert "SKUFORGE_MAX_IMAGE_PIXELS" in str(results[0])
+        for event, result in zip(events, results, strict=True):
+            assert (result.detail or "").startswith(f"image {event.payload.image.uri}: ")
+
+
+def truncated(store: ObjectStore, key: str, width: int, height: int) -> ImageRef:
+    """A PNG of ``width`` x ``height`` cut in half, referenced with its sha256 and stated size."""
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 255).save(buffer, format="PNG")
+    ref = store.put_bytes(key, buffer.getvalue()[: buffer.tell() // 2], "image/png")
+    return ImageRef(uri=ref.uri, sha256=ref.sha256, bytes=ref.bytes, width=width, height=height)
+
+
+@pytest.mark.parametrize(
+    ("broken", "roi_margin"),
+    [("image", 0.25), ("image", None), ("expected mask", 0.25)],  # with no ROI the mask is not read
+)
+def test_a_refused_image_or_expected_mask_is_named_with_its_uri(
+    tmp_path: Path, broken: str, roi_margin: float | None
+) -> None:
+    """A dead letter said "truncated: ..." alone, unlike the gate's and the trainstore's: an event points
+    at an image and its expected mask, and the letter did not say which to fix, nor where it lies."""
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri, max_image_pixels=100_000)
+    ctx = Context("matting", store, settings, StageMetrics("matting"), logging.getLogger("test"))
+    session = U2NetPSession(stand_in_onnx_bytes(), threads=1, use_gpu=False)
+    event = generated(store, stored(store, "generated/ok.png", Image.new("RGB", (64, 48), "white"), "PNG"))
+    ref = truncated(store, "generated/cut.png", 64, 48)
+    field = {"image": "image", "expected mask": "expected_mask"}[broken]
+    event = event.model_copy(update={"payload": event.payload.model_copy(update={field: ref})})
+
+    (result,) = handle_batch([event], ctx, session=session, roi_margin=roi_margin)
+
+    assert isinstance(result, BadInput) and result.reason == "truncated"
+    assert (result.detail or "").startswith(f"{broken} {ref.uri}: ")
 
 
 @pytest.mark.parametrize(
@@ -98,7 +132,7 @@ def test_an_expected_mask_over_a_limit_is_refused_before_the_image_is_read(
     (result,) = handle_batch([event], ctx, session=session, roi_margin=0.25)
 
     assert isinstance(result, BadInput) and result.reason == reason
-    assert (result.detail or "").startswith("expected mask: ")
+    assert (result.detail or "").startswith(f"expected mask {expected.uri}: ")
     assert store.keys_read == []
 
 

@@ -58,7 +58,7 @@ from schemas.flow import MATTING
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
 from services.matting.config import MattingSettings
 from shared.config import ConfigError, Settings, load_settings
-from shared.errors import BadInput
+from shared.errors import BadInput, naming
 from shared.matting.roi import Box, product_box
 from shared.matting.session import (
     MaskOptions,
@@ -204,25 +204,27 @@ def _read_input(
     """
     ref = event.payload.expected_mask
     try:
-        ctx.refuse_unread(event.payload.image, "its mask must be at its own size")
+        # Named as the gate and the trainstore name them: an event points at both, the letter says which.
+        with naming("image", event.payload.image.uri):
+            ctx.refuse_unread(event.payload.image, "its mask must be at its own size")
+        if roi_margin is not None:
+            with naming("expected mask", ref.uri):
+                ctx.refuse_unread(ref, "it must be its image's size")
     except BadInput as refusal:
         return refusal
-    if roi_margin is not None:
-        try:
-            ctx.refuse_unread(ref, "it must be its image's size")
-        except BadInput as refusal:
-            return BadInput(refusal.reason, f"expected mask: {refusal.detail or refusal.reason}")
-        if (ref.width, ref.height) != (event.payload.image.width, event.payload.image.height):
-            return _mask_mismatch(ref, ref.width, ref.height, event.payload.image)
+    stated = (event.payload.image.width, event.payload.image.height)
+    if roi_margin is not None and (ref.width, ref.height) != stated:
+        return _mask_mismatch(ref, ref.width, ref.height, event.payload.image)
     image = _read_image(event, ctx)
     if isinstance(image, BadInput):
         return image
     if roi_margin is None:
         return image, None
     try:
-        expected = ctx.read_mask(ref)
+        with naming("expected mask", ref.uri):
+            expected = ctx.read_mask(ref)
     except BadInput as refusal:
-        return BadInput(refusal.reason, f"expected mask: {refusal.detail or refusal.reason}")
+        return refusal
     if expected.shape != (image.height, image.width):
         return _mask_mismatch(ref, expected.shape[1], expected.shape[0], event.payload.image)
     return image, product_box(expected, roi_margin)
@@ -240,13 +242,14 @@ def _read_image(event: Envelope[ImageGenerated], ctx: Context) -> Image.Image | 
     """The event's image, checked against its sha256 and dimensions, decoded within the limits."""
     ref = event.payload.image
     try:
-        image = ctx.read_image(ref)
+        with naming("image", ref.uri):
+            image = ctx.read_image(ref)
     except BadInput as refusal:
         return refusal
     if image.size != (ref.width, ref.height):
         return BadInput(
             "dimension_mismatch",
-            f"{ref.uri} is {image.width}x{image.height}, the event says {ref.width}x{ref.height}",
+            f"image {ref.uri} is {image.width}x{image.height}, the event says {ref.width}x{ref.height}",
         )
     return image
 
