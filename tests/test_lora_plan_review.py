@@ -125,6 +125,30 @@ def test_a_store_outage_while_planning_is_retried_not_skipped(tmp_path: Path) ->
     assert _unreadable(trainer, "captioned") == 0
 
 
+def test_a_store_outage_while_planning_is_logged_as_planning_not_as_a_failed_training_job(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store away while the requests were read (nothing trained, nothing begun) was logged "training
+    job failed": the operator went looking at the GPU, the model and the photos. The log says the
+    planning failed reading the store, that nothing was trained, and that the next poll tries again."""
+    FileStore(tmp_path).put_json(f"{PREFIX}/series/cola/SKU-1.json", {"written": "before the outage"})
+    trainer = _trainer(_UnreachableStore(tmp_path))
+
+    with caplog.at_level(logging.WARNING, logger="skuforge.lora-trainer"):
+        trainer.poll()
+
+    logged = [r for r in caplog.records if r.name == "skuforge.lora-trainer" and r.levelno >= logging.WARNING]
+    assert logged, "the failed planning was not logged"
+    assert not [r for r in logged if "training job failed" in r.getMessage()]
+    for entry in logged:
+        message = entry.getMessage()
+        assert "planning" in message and "reading the store" in message
+        assert "nothing was trained" in message and "next poll" in message
+        assert "the store is away" in getattr(entry, "reason", "")
+    assert trainer.metrics.jobs.labels("retried")._value.get() == 1
+    assert isinstance(trainer.last_error, TransientError)
+
+
 def test_the_general_adapter_trains_on_at_most_its_cap_spread_over_every_accepted_image(
     tmp_path: Path,
 ) -> None:

@@ -46,7 +46,9 @@ torch, diffusers, peft, transformers). One trainer per GPU. A trained job not ye
 ``result.json`` or weights cannot be read (cut short, mistyped, lost) is trained again, resumed from
 its last checkpoint, with a warning naming the file. One registered whose ``adapter.published`` the
 broker did not take (away, or the topic refusing the record) is published again at the next poll, not
-trained again; the log says so, naming the adapter, the topic and the broker's reason.
+trained again; the log says so, naming the adapter, the topic and the broker's reason. A poll that
+cannot plan its jobs (the store away while its requests are read) is logged as such: nothing was
+trained, and the next poll plans again.
 
 Bad input goes to the DLQ with its reason: a captioned SKU with no usable photo and mask
 (``no_usable_photos``), a photo or mask missing from the store or not matching its sha256
@@ -418,6 +420,15 @@ class PublicationFailed(Exception):
         super().__init__(f"{self.topic} for adapter {adapter_id} not sent: {self.reason}")
 
 
+class PlanningFailed(Exception):
+    """The jobs could not be planned: reading the store's requests or the general schedule failed (the
+    store away), ``reason`` says why. Nothing was trained; the next poll plans again."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.reason = _one_line(exc)
+        super().__init__(f"planning the jobs (reading the store) failed: {self.reason}")
+
+
 def _one_line(exc: BaseException) -> str:
     """A one-line reason for a log line (a ValidationError's str runs over many lines), with the notes that
     say where it was raised ("at training step 3 of 800")."""
@@ -542,6 +553,13 @@ class LoraTrainer:
                 extra={"adapter_id": exc.adapter_id, "topic": exc.topic, "reason": exc.reason},
             )
             self.last_error = _without_frames(exc)
+        except PlanningFailed as exc:  # no job began: the store is to blame, not the GPU, model or photos
+            self.metrics.jobs.labels("retried").inc()
+            log.error(
+                "planning the jobs failed reading the store; nothing was trained, the next poll tries again",
+                extra={"reason": exc.reason},
+            )
+            self.last_error = _without_frames(exc.__cause__ or exc)
         except Exception as exc:  # a store or broker fault: log, wait, try again (the job resumes)
             self.metrics.jobs.labels("retried").inc()
             log.exception("training job failed; retrying after the poll interval")
@@ -767,7 +785,11 @@ class LoraTrainer:
         published = []
         failure: Exception | None = None
         unreadable = 0
-        for job in self.plan():
+        try:
+            jobs = self.plan()
+        except Exception as exc:
+            raise PlanningFailed(exc) from exc
+        for job in jobs:
             if self._stop.is_set():
                 # Asked to stop (SIGTERM) while an earlier job published: no other job begins (building
                 # a set composites and paints for minutes); the next start plans them again.
