@@ -32,6 +32,7 @@ from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, IMAGE_GENERATED, SK
 from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import (
     PREFIX,
+    AdapterPublisher,
     LoraTrainer,
     LoraTrainerMetrics,
     _instance_sources,
@@ -549,6 +550,32 @@ def test_the_general_adapter_trains_after_m_accepted_images(
     }
     assert event.class_images == 2
     assert worker.registry.get(event.adapter_id).kind == "general"
+
+
+@pytest.mark.kafka
+def test_the_stage_stopping_stops_the_worker_and_closes_its_producer(
+    kafka_bootstrap: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The worker's producer (adapter.published) was never closed: its sender thread and broker
+    connections outlived the stage. The stage's stop stops the worker, then closes the producer."""
+    shared = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
+    create_topics(shared, SKU_CAPTIONED, GATE_ACCEPTED, ADAPTER_PUBLISHED)
+    stage, worker = build_stage(
+        settings=shared,
+        trainer=load_settings(LoraTrainerSettings, **TINY_TRAINING, lora_poll_s=0.5),
+        diffusion=diffusion_settings(tiny_model, tmp_path),
+    )
+    assert isinstance(worker.publish, AdapterPublisher)
+    producer = worker.publish._publisher._producer
+    assert producer is not None and producer._sender.is_alive()
+    worker.start()
+    try:
+        with running(stage):
+            pass
+        assert producer._closed and not producer._sender.is_alive()
+        assert not worker.alive()  # stopped first: it publishes nothing on the closed producer
+    finally:
+        worker.stop()
 
 
 def test_an_untrainable_model_is_refused_at_start_up_and_a_job_that_fails_is_not_retried(

@@ -1663,23 +1663,32 @@ def fitted_to_a_record(event: AdapterPublished) -> AdapterPublished:
     return fitted
 
 
-def kafka_publisher(shared: Settings) -> Callable[[AdapterPublished], None]:
-    """Publish ``adapter.published`` (acks=all, waited for); the event id is the adapter's and its
+class AdapterPublisher:
+    """Publishes ``adapter.published`` (acks=all, waited for); the event id is the adapter's and its
     publication's, so a re-publication after a crash is a duplicate consumers drop, and a roll-back
-    (the adapter published again, ``publication`` 2, 3...) is not."""
-    publisher = Publisher(shared, LORA_TRAINER.name)
+    (the adapter published again, ``publication`` 2, 3...) is not. ``close`` when the worker stops."""
 
-    def publish(event: AdapterPublished) -> None:
+    def __init__(self, shared: Settings) -> None:
+        self._publisher = Publisher(shared, LORA_TRAINER.name)
+
+    def __call__(self, event: AdapterPublished) -> None:
         # The first publication keeps the id it had before publications were counted.
         parts = [event.adapter_id] if event.publication == 1 else [event.adapter_id, str(event.publication)]
-        publisher.publish(
+        self._publisher.publish(
             ADAPTER_PUBLISHED,
             event,
             sku_id=event.adapter_id,
             event_id=derive_id(LORA_TRAINER.name, *parts),
         )
 
-    return publish
+    def close(self) -> None:
+        """Flush and close the Kafka producer (its sender thread and connections)."""
+        self._publisher.close()
+
+
+def kafka_publisher(shared: Settings) -> AdapterPublisher:
+    """The worker's ``publish``: ``adapter.published`` to the broker ``shared`` names."""
+    return AdapterPublisher(shared)
 
 
 def build_stage(
@@ -1698,15 +1707,24 @@ def build_stage(
         **kwargs,
     )
     metrics = LoraTrainerMetrics(stage.metrics.registry)
+    publish = kafka_publisher(stage.settings)
     worker = open_trainer(
         stage.settings,
         metrics=metrics,
-        publish=kafka_publisher(stage.settings),
+        publish=publish,
         trainer=trainer,
         diffusion=diffusion,
         generation=generation,
     )
     workers.append(worker)
+
+    @stage.on_stop
+    def stop_the_worker_then_its_producer() -> None:
+        # The worker first: a job it runs checkpoints and publishes nothing once the producer is closed.
+        # Never closed, the producer's sender thread and broker connections outlived the stage.
+        worker.stop()
+        publish.close()
+
     stage.handler(SKU_CAPTIONED)(functools.partial(record_captioned, metrics=metrics))
     stage.handler(GATE_ACCEPTED)(functools.partial(record_accepted, metrics=metrics))
     return stage, worker
@@ -1719,6 +1737,8 @@ def main() -> int:
     try:
         return run_stage(stage)
     finally:
+        # The stage's stop stopped it already (and closed its producer), unless a second signal ended
+        # the stage where it stood, or the stage never ran.
         worker.stop()
 
 
