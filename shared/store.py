@@ -449,6 +449,21 @@ class ObjectStore(ABC):
         return f"{type(self).__name__}({self.base_uri!r})"
 
 
+def _replace(tmp_name: str, path: Path) -> bool:
+    os.replace(tmp_name, path)
+    return True
+
+
+def _link_new(tmp_name: str, path: Path) -> bool:
+    """Link ``tmp_name`` at ``path`` unless something is there: link(), unlike replace(), fails when the
+    name exists, so an object is created whole or not at all (``put_new``)."""
+    try:
+        os.link(tmp_name, path)
+    except FileExistsError:
+        return False
+    return True
+
+
 class FileStore(ObjectStore):
     """Objects as files under ``root``; URIs are ``file://`` + the absolute root path + '/' + key.
 
@@ -477,6 +492,14 @@ class FileStore(ObjectStore):
         return path
 
     def _write(self, key: str, data: bytes, content_type: str) -> None:
+        self._place(key, data, _replace)
+
+    def _write_new(self, key: str, data: bytes, content_type: str) -> bool:
+        return self._place(key, data, _link_new)
+
+    def _place(self, key: str, data: bytes, put: Callable[[str, Path], bool]) -> bool:
+        """Write ``data`` whole to a temporary file beside ``key``'s path, and ``put`` it at that path
+        (``_replace``; ``_link_new``, which leaves an object already there and says False)."""
         uri = self.uri_for(key)
         path = self._path(key)
         try:
@@ -489,42 +512,16 @@ class FileStore(ObjectStore):
                     os.fsync(handle.fileno())
                 # mkstemp makes 0600 files; other services (other users) read these objects.
                 os.chmod(tmp_name, 0o644)
-                os.replace(tmp_name, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
-                raise
-            fsync_dir(path.parent)
-        except OSError as exc:
-            if exc.errno in _KEY_CONFLICT_ERRNOS:
-                raise BadInput("key_conflict", f"cannot write {uri}: {exc}") from exc
-            raise TransientError(f"cannot write {uri}: {exc}") from exc
-
-    def _write_new(self, key: str, data: bytes, content_type: str) -> bool:
-        uri = self.uri_for(key)
-        path = self._path(key)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.chmod(tmp_name, 0o644)
-                # link(), unlike replace(), fails when the name exists: the whole file or nothing.
-                os.link(tmp_name, path)
-            except FileExistsError:
-                return False
+                placed = put(tmp_name, path)
             finally:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # gone once replaced; left by a link
                     os.unlink(tmp_name)
             fsync_dir(path.parent)
         except OSError as exc:
             if exc.errno in _KEY_CONFLICT_ERRNOS:
                 raise BadInput("key_conflict", f"cannot write {uri}: {exc}") from exc
             raise TransientError(f"cannot write {uri}: {exc}") from exc
-        return True
+        return placed
 
     def _read(self, key: str) -> bytes:
         with self._mapped_read_errors(key), self._open_object(key) as handle:
