@@ -3,7 +3,9 @@
 Consumes: ``sku.captioned``.
 Produces: one ``image.generated`` per variant (``SKUFORGE_GENERATION_VARIANTS_PER_SKU`` per SKU,
 spread round-robin over its usable photos on a plain background, or over all usable ones when none
-is: ``cutout_sources``; while one of them can be drawn from, the SKU gets them all), after writing
+is: ``cutout_sources``; of such in-store photos each mask's largest blob is cut, and those whose blob
+is one solid object are drawn from alone when there are any: ``one_object_photos``; while one of them
+can be drawn from, the SKU gets them all), after writing
 two PNGs per variant to the object store. The item id comes from the input event and the variant
 index, so a redelivered event's events get the same ids; the keys also carry the first 16 hex digits
 of the PNG's sha256, so a re-render that differs (the scene library changed in between) goes beside
@@ -77,9 +79,11 @@ from shared.errors import BadInput, TransientError
 from shared.generation.backend import (
     BACKEND_NAMES,
     COLOUR_GAIN_KEY,
+    cluttered_cutout,
     cut_from_cluttered_photos,
     cutout_sources,
     is_pile,
+    one_object_photos,
 )
 from shared.generation.composite import COMPOSITE_PARAMETERS, product_framing
 from shared.generation.diffusion import DIFFUSION_PARAMETERS
@@ -185,14 +189,20 @@ def photos_in_turn(captioned: SkuCaptioned, generation: GenerationSettings) -> l
 
 
 def plan_variants(
-    captioned: SkuCaptioned, generation: GenerationSettings, left_out: Collection[str] = ()
+    captioned: SkuCaptioned,
+    generation: GenerationSettings,
+    left_out: Collection[str] = (),
+    turn: Sequence[CaptionedPhoto] | None = None,
 ) -> list[PlannedVariant]:
     """The SKU's variants: photos round-robin, backends by share; refuses a SKU with no usable photo.
 
     ``left_out``: ids of photos that cannot be read; the others take their turns, so that the SKU still
     gets ``generation_variants_per_sku`` variants while one photo is left. At least one must be left.
+    ``turn``: the photos to draw from, when chosen by their masks (``SkuDraws``); else
+    ``photos_in_turn``.
     """
-    usable = [photo for photo in photos_in_turn(captioned, generation) if photo.photo_id not in left_out]
+    turn = photos_in_turn(captioned, generation) if turn is None else turn
+    usable = [photo for photo in turn if photo.photo_id not in left_out]
     total = generation.generation_variants_per_sku
     sku_id, base_seed = captioned.sku.sku_id, generation.generation_seed
     backends = assign_backends(generation.shares(), total, share_offset("backends", sku_id, base_seed))
@@ -232,11 +242,12 @@ def prompt_for(captioned: SkuCaptioned, photo: CaptionedPhoto) -> str:
 
 
 def _read_reference(
-    photo: CaptionedPhoto, ctx: Context, max_side_px: int
+    photo: CaptionedPhoto, ctx: Context, max_side_px: int, *, cluttered: bool = False
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """The photo (RGB) and its mask (0/255), verified against their sha256, shrunk to ``max_side_px``
     and cropped around the product, with the share of the whole photo the product fills (its framing,
-    which the crop would otherwise lose)."""
+    which the crop would otherwise lose). ``cluttered``: an in-store photo, whose mask is cut to its
+    largest blob (``cluttered_cutout``) before the crop and framing are measured on it."""
     assert photo.mask is not None
     max_pixels, max_bytes = ctx.settings.max_image_pixels, ctx.settings.max_image_bytes
     image = decode_image(ctx.store.read_verified(photo.image), max_pixels=max_pixels, max_bytes=max_bytes)
@@ -253,6 +264,8 @@ def _read_reference(
         image = image.resize(size, Image.Resampling.LANCZOS)
         mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
     binary = np.where(mask >= 128, 255, 0).astype(np.uint8)
+    if cluttered:
+        binary = cluttered_cutout(binary)
     return (*crop_to_product(pixel_array(image), binary), product_framing(binary))
 
 
@@ -281,6 +294,8 @@ class SkuDraws:
         a replay may bring back (``object_missing``: left out, its variants would be lost once it is)."""
         self.captioned, self._ctx, self._generation = captioned, ctx, generation
         self.turn = photos_in_turn(captioned, generation)
+        usable = [photo for photo in captioned.photos if photo.usable and photo.mask is not None]
+        self.cluttered = cut_from_cluttered_photos(usable, generation.generation_min_plain_background)
         self.references: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
         self.unreadable: dict[str, BadInput] = {}  # photo_id -> why it cannot be read
         self.drawn: dict[int, tuple[PlannedVariant, VariantResult]] = {}  # by variant index
@@ -288,19 +303,26 @@ class SkuDraws:
         self.sent: list[tuple[str, VariantRequest]] = []  # (backend, request): what Triton was asked
         self._tried: dict[int, set[str]] = {}  # variant index -> photos refused for it
         for photo in self.turn:
-            if len(self.references) == generation.generation_variants_per_sku:
+            # In-store photos are all read: which of them are drawn from depends on every one's mask.
+            if not self.cluttered and len(self.references) == generation.generation_variants_per_sku:
                 break
             self._read(photo)
         if not self.references:
             raise next(iter(self.unreadable.values()))
-        self.plan = plan_variants(captioned, generation, left_out=self.unreadable)
+        if self.cluttered:
+            readable = [photo for photo in self.turn if photo.photo_id in self.references]
+            masks = {photo_id: reference[1] for photo_id, reference in self.references.items()}
+            self.turn = one_object_photos(readable, masks)
+            chosen = {photo.photo_id for photo in self.turn}
+            self.references = {key: value for key, value in self.references.items() if key in chosen}
+        self.plan = plan_variants(captioned, generation, left_out=self.unreadable, turn=self.turn)
 
     def _read(self, photo: CaptionedPhoto) -> bool:
         """Whether ``photo`` can be drawn from; raises the ``BadInput`` a replay may cure."""
         if photo.photo_id not in self.references and photo.photo_id not in self.unreadable:
             try:
                 self.references[photo.photo_id] = _read_reference(
-                    photo, self._ctx, self._generation.generation_max_reference_px
+                    photo, self._ctx, self._generation.generation_max_reference_px, cluttered=self.cluttered
                 )
             except BadInput as problem:
                 if not is_permanent(problem.reason):
@@ -430,6 +452,8 @@ def handle_batch(
                 extra={
                     "sku_id": event.sku_id,  # a batch handler's log has no SKU of its own
                     "photos": [photo.photo_id for photo in usable],
+                    # Those whose cut-out is one object, when any is (``one_object_photos``).
+                    "cut_from": [photo.photo_id for photo in draw.turn],
                     "min_plain_background": least,
                     "hint": "such cut-outs are often not the product alone and the gate cannot tell; "
                     "check the images, add a product shot on a plain background",

@@ -1,5 +1,5 @@
 """Mask arithmetic: connected components by runs, painting runs back, blob and hole clean-up, erosion,
-convex hulls.
+convex hulls, solidity.
 
 Masks are boolean HxW arrays (True = product). The matting post-processing (``clean_mask``), the
 captioner's shape features (``largest_component``, ``erode``, the hulls) and the real-photo pair builder
@@ -24,6 +24,7 @@ __all__ = [
     "mask_hull",
     "paint_runs",
     "row_spans",
+    "solidity",
 ]
 
 BoolArray = npt.NDArray[np.bool_]
@@ -211,8 +212,13 @@ def hull_mask(mask: BoolArray) -> BoolArray:
     if not mask.any():
         return mask.copy()
     vertices = (mask_hull(mask) * 2).astype(np.int64)  # doubled pixel corners, counter-clockwise
+    return _fill_hull(mask, vertices, int(vertices[:, 1].min()) // 2, int(vertices[:, 1].max()) // 2)
+
+
+def _fill_hull(mask: BoolArray, vertices: npt.NDArray[np.int64], top: int, bottom: int) -> BoolArray:
+    """``mask`` with every pixel of rows ``top`` to ``bottom - 1`` whose centre is inside the convex
+    polygon ``vertices`` (doubled coordinates, counter-clockwise, at least 3) or on its edge set."""
     starts, ends = vertices, np.roll(vertices, -1, axis=0)
-    top, bottom = int(vertices[:, 1].min()) // 2, int(vertices[:, 1].max()) // 2
     width = mask.shape[1]
     centres_y = (2 * np.arange(top, bottom, dtype=np.int64) + 1)[:, None]  # doubled row centres
     ax, ay = starts[None, :, 0], starts[None, :, 1]
@@ -232,3 +238,26 @@ def hull_mask(mask: BoolArray) -> BoolArray:
     height = mask.shape[0]
     hull |= paint_runs((height, width), rows, first[keep], last[keep])
     return hull
+
+
+def solidity(mask: BoolArray) -> float:
+    """The mask's pixels over those of its convex hull (0 for an empty mask): near 1 for one convex
+    product (an apple, a carton), lower for a chain of products, a heap's ragged edge or a hand across
+    the product. The generator prefers in-store cut-outs that score high (``one_object_photos``).
+
+    The hull is that of the pixel centres, so a digital disc scores 1 at any size; the hull of the
+    pixels' squares (``hull_mask``) adds a rim of half a pixel, which scored a disc of radius 30 px
+    0.96 and of 10 px 0.91, so the score fell with the product's size in the photo.
+    """
+    area = int(np.count_nonzero(mask))
+    if area == 0:
+        return 0.0
+    rows, first, last = row_spans(mask)
+    centres = np.concatenate(
+        [np.stack([2 * first + 1, 2 * rows + 1], axis=1), np.stack([2 * last - 1, 2 * rows + 1], axis=1)]
+    )
+    vertices = convex_hull(centres).astype(np.int64)  # doubled pixel centres, counter-clockwise
+    if vertices.shape[0] < 3:  # a line of pixels: its own hull
+        return 1.0
+    hull = _fill_hull(mask, vertices, int(rows[0]), int(rows[-1]) + 1)
+    return area / int(np.count_nonzero(hull))
