@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings
 
 from shared.config import ENV_PREFIX, SETTINGS_CONFIG, is_host_port
 from shared.generation.adapters import ADAPTER_ID_PATTERN, NO_ADAPTER
-from shared.generation.backend import BACKEND_NAMES, COLOUR_GAIN_KEY, MAX_SIZE_PX
+from shared.generation.backend import BACKEND_NAMES, COLOUR_GAIN_KEY, MAX_SIZE_PX, ONE_OBJECT_MIN_SOLIDITY
 
 BackendName = Literal["composite", "diffusion"]
 
@@ -52,7 +52,9 @@ class GenerationSettings(BaseSettings):
         ge=0.0,
         le=1.0,
         description="photos whose background is at least this plain (the captioner's plain_background) "
-        "are the cut-out sources; a SKU with none uses all its usable photos",
+        "are the cut-out sources; a SKU with none is cut from its usable photos, each mask's largest blob, "
+        f"and only from those whose blob is one solid object when any is (convex hull solidity "
+        f">= {ONE_OBJECT_MIN_SOLIDITY})",
     )
     generation_pile_share: float = Field(
         default=0.0,
