@@ -39,12 +39,13 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.structs import TopicPartition
 from pydantic import ValidationError
@@ -242,41 +243,43 @@ def read_dead_letters(
         consumer.assign(partitions)
         end = consumer.end_offsets(partitions)
         consumer.seek_to_beginning(*partitions)
-        remaining = {tp for tp in partitions if consumer.position(tp) < end[tp]}
-        # A deadline for progress, not for the whole read: a DLQ of thousands of letters (originals of
-        # up to ~350 kB inline) takes longer than one timeout to read, and could never be listed or
-        # replayed. It gives up when nothing has come for timeout_s.
-        deadline = time.monotonic() + timeout_s
-        while remaining:
-            if time.monotonic() > deadline:
-                raise DlqError(f"could not read {dlq} to its end: nothing came for {timeout_s:.0f}s")
-            batch = consumer.poll(timeout_ms=200)
-            if batch:
-                deadline = time.monotonic() + timeout_s
-            for tp, records in batch.items():
-                for record in records:
-                    if record.offset >= end[tp]:
-                        continue
-                    try:
-                        letter = DeadLetter.model_validate_json(record.value or b"", extra=READ_EXTRA)
-                    except ValidationError:
-                        unreadable += 1
-                        continue
-                    sha = hashlib.sha256(record.value or b"").hexdigest()
-                    without_bytes = letter.model_copy(
-                        update={"original_key_b64": None, "original_value_b64": ""}
-                    )
-                    letters.append(
-                        StoredLetter(
-                            dlq, record.partition, record.offset, without_bytes, sha, _origin(letter)
-                        )
-                    )
-            remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
+        for record in _records_to_end(consumer, end, timeout_s=timeout_s, what=f"{dlq} to its end"):
+            try:
+                letter = DeadLetter.model_validate_json(record.value or b"", extra=READ_EXTRA)
+            except ValidationError:
+                unreadable += 1
+                continue
+            sha = hashlib.sha256(record.value or b"").hexdigest()
+            without_bytes = letter.model_copy(update={"original_key_b64": None, "original_value_b64": ""})
+            stored = StoredLetter(dlq, record.partition, record.offset, without_bytes, sha, _origin(letter))
+            letters.append(stored)
     except KafkaError as exc:
         raise DlqError(f"could not read {dlq}: {exc}") from exc
     finally:
         consumer.close()
     return DeadLetterTopic(original, dlq, letters, unreadable)
+
+
+def _records_to_end(
+    consumer: KafkaConsumer, end: dict[TopicPartition, int], *, timeout_s: float, what: str
+) -> Iterator[ConsumerRecord]:
+    """The records of ``end``'s partitions (assigned to ``consumer``) from their positions up to ``end``,
+    their end offsets when the read began.
+
+    A deadline for progress, not for the whole read: a DLQ of thousands of letters (originals of up to
+    ~350 kB inline) takes longer than one timeout to read, and could never be listed or replayed. It
+    gives up (``DlqError``: could not read ``what``) when nothing has come for ``timeout_s``."""
+    remaining = {tp for tp in end if consumer.position(tp) < end[tp]}
+    deadline = time.monotonic() + timeout_s
+    while remaining:
+        if time.monotonic() > deadline:
+            raise DlqError(f"could not read {what}: nothing came for {timeout_s:.0f}s")
+        batch = consumer.poll(timeout_ms=200)
+        if batch:
+            deadline = time.monotonic() + timeout_s
+        for tp, records in batch.items():
+            yield from (record for record in records if record.offset < end[tp])
+        remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
 
 
 def _dlq_consumer(settings: Settings) -> KafkaConsumer:
@@ -932,22 +935,13 @@ def _mark_what_a_killed_replay_sent(
         for tp in partitions:
             start = original_from.get(str(tp.partition), 0)
             consumer.seek(tp, max(int(start), 0) if isinstance(start, int) else 0)
-        remaining = {tp for tp in partitions if consumer.position(tp) < end[tp]}
-        deadline = time.monotonic() + READ_TIMEOUT_S
-        while remaining:
-            if time.monotonic() > deadline:
-                raise DlqError(f"could not read what the killed replay sent to {topic}: nothing came")
-            batch = consumer.poll(timeout_ms=200)
-            if batch:
-                deadline = time.monotonic() + READ_TIMEOUT_S
-            for tp, records in batch.items():
-                for record in records:
-                    marker = dict(record.headers or []).get(REPLAY_OF_HEADER)
-                    sent = letters.get(marker.decode(errors="replace")) if marker else None
-                    if sent is not None and record.offset < end[tp]:
-                        where = _SentTo(tp.topic, tp.partition, record.offset)
-                        delivered.extend((member, where) for member in groups[sent.origin])
-            remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
+        sent_by_it = f"what the killed replay sent to {topic}"
+        for record in _records_to_end(consumer, end, timeout_s=READ_TIMEOUT_S, what=sent_by_it):
+            marker = dict(record.headers or []).get(REPLAY_OF_HEADER)
+            sent = letters.get(marker.decode(errors="replace")) if marker else None
+            if sent is not None:
+                where = _SentTo(record.topic, record.partition, record.offset)
+                delivered.extend((member, where) for member in groups[sent.origin])
     except KafkaError as exc:
         raise DlqError(f"could not read what the killed replay sent to {topic}: {exc}") from exc
     finally:
