@@ -250,6 +250,9 @@ def _generate_all(
             session, images, photos, out_dir.parent / "masks", f"{session.model_id}|{args.max_reference_px}"
         )
         # The generator's rule (shared/generation/backend.py: cutout_sources): plain backgrounds first.
+        # Its fall-back where none is plain (each photo's largest blob, one-object photos first:
+        # cluttered_cutout, 465fe61) came after the committed figures and is not mirrored here; every
+        # SKU of this benchmark has its catalogue photo (the dataset's iconic image, on white).
         plain = [plain_background_share(image, mask) for image, mask in zip(images, masks, strict=True)]
         sources = [
             i
