@@ -25,6 +25,7 @@ from shared.trainstore.dataset import export_dataset
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.withdrawals import Withdrawals
 from skuforge_cli.main import main as cli_main
+from tests.support.signals import as_from_a_shell
 from tests.support.trainstore import PREFIX, add_item, as_mount_point, dataset_cli_into_closed_pipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -659,6 +660,7 @@ def _export_signalled_cleaning_up(signum: signal.Signals, out: Path, how: str) -
         cwd=ROOT,
         env=os.environ,
         timeout=120,
+        preexec_fn=as_from_a_shell,  # a CI runner under nohup, or in the background, ignores SIGHUP, SIGINT
     )
     assert result.returncode == 128 + signum, result.stderr
     stopped = "interrupted" if signum == signal.SIGINT else f"stopped by {signum.name}"
