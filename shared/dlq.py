@@ -279,7 +279,10 @@ def _records_to_end(
             deadline = time.monotonic() + timeout_s
         for tp, records in batch.items():
             yield from (record for record in records if record.offset < end[tp])
-        remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
+        done = {tp for tp in remaining if consumer.position(tp) >= end[tp]}
+        if done:
+            consumer.pause(*done)  # what comes after its end is not wanted: not fetched either
+            remaining -= done
 
 
 def _dlq_consumer(settings: Settings) -> KafkaConsumer:
@@ -319,28 +322,16 @@ def _letters_again(
         consumer.assign(list(partitions.values()))
         for partition, tp in partitions.items():
             consumer.seek(tp, min(left[partition]))
-        deadline = time.monotonic() + timeout_s
-        while left:
-            if time.monotonic() > deadline:
-                raise DlqError(f"could not read {dlq} again: nothing came for {timeout_s:.0f}s")
-            batch = consumer.poll(timeout_ms=200)
-            if batch:
-                deadline = time.monotonic() + timeout_s
-            for tp, records in batch.items():
-                for record in records:
-                    waiting = left.get(tp.partition, {})
-                    if record.offset in waiting:
-                        stored = waiting.pop(record.offset)
-                        yield stored, _whole_letter(stored, record.value or b"")
-            for partition in list(left):
-                # Offsets below the position that did not come: deleted since (retention, a new topic).
-                position = consumer.position(partitions[partition])
-                for offset in sorted(o for o in left[partition] if o < position):
-                    stored = left[partition].pop(offset)
-                    yield stored, f"its dead letter {partition}@{offset} is no longer in {dlq}"
-                if not left[partition]:
-                    del left[partition]
-                    consumer.pause(partitions[partition])  # nothing more wanted from it
+        # Read up to the last letter wanted of each partition, no further.
+        last = {tp: max(left[partition]) + 1 for partition, tp in partitions.items()}
+        for record in _records_to_end(consumer, last, timeout_s=timeout_s, what=f"{dlq} again"):
+            if record.offset in left[record.partition]:
+                stored = left[record.partition].pop(record.offset)
+                yield stored, _whole_letter(stored, record.value or b"")
+        for partition, offsets in left.items():
+            # Those that did not come: deleted since (retention, a new topic).
+            for offset, stored in sorted(offsets.items()):
+                yield stored, f"its dead letter {partition}@{offset} is no longer in {dlq}"
     except KafkaError as exc:
         raise DlqError(f"could not read {dlq} again: {exc}") from exc
     finally:
