@@ -35,7 +35,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -45,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
-from shared.signals import heard
+from shared.signals import SignalSafeEvent, heard
 
 SUPERVISOR_ID_ENV = "SKUFORGE_SUPERVISOR_ID"
 # A log over this size is moved to <name>.1 (replacing the previous one) before it is written again.
@@ -275,17 +274,35 @@ class Supervisor:
         self.on_change = on_change
         self.log_max_bytes = log_max_bytes
         self.supervisor_id = uuid.uuid4().hex
-        self.stopping = threading.Event()
+        # Both are set from a signal handler, so neither may take a lock (threading.Event does: a second
+        # Ctrl-C landing while the main thread was inside hurrying.wait() hung the stop for good).
+        self.stopping = SignalSafeEvent()
         # Set by a second stop signal: what is still running is killed now, its grace cut short.
-        self.hurrying = threading.Event()
+        self.hurrying = SignalSafeEvent()
+        self._stop_signals: list[int] = []  # the stop signals run() has heard, in order
+        self._unsaid: list[str] = []  # what _request_stop could not report (see _report_from_handler)
         self._stopped = False
         self._change_failed = False
 
     def report(self, line: str) -> None:
-        """Pass ``line`` on to the ``report`` callback; an OSError there (EIO from a terminal that was
-        hung up, a closed pipe) must not cut a stop short, so it is dropped."""
+        """Pass ``line`` on to the ``report`` callback, after any a signal handler could not pass on; an
+        OSError there (EIO from a terminal that was hung up, a closed pipe) must not cut a stop short, so
+        it is dropped."""
+        while self._unsaid:
+            with contextlib.suppress(OSError):
+                self._report_to(self._unsaid.pop(0))
         with contextlib.suppress(OSError):
             self._report_to(line)
+
+    def _report_from_handler(self, line: str) -> None:
+        # A signal that lands while the main thread is inside print() runs the handler there, and a
+        # print from it raises "reentrant call" (stdout's buffer is busy): kept for the next report.
+        try:
+            self._report_to(line)
+        except RuntimeError:
+            self._unsaid.append(line)
+        except OSError:
+            pass
 
     def __getitem__(self, name: str) -> ServiceState:
         for state in self.services:
@@ -567,24 +584,10 @@ class Supervisor:
         Must be called from the main thread (it installs the signal handlers).
         """
 
-        stops: list[int] = []
-
-        def request_stop(signum: int, _frame: object) -> None:
-            name = signal.Signals(signum).name
-            if not stops:
-                self.report(f"received {name}; stopping everything")
-            elif not self.hurrying.is_set():
-                # Ctrl-C again: the user will not wait out each service's grace (nor kill us outright,
-                # which would leave a service deaf to SIGTERM running, holding its port).
-                self.report(f"received {name} again; killing what is left now")
-                self.hurrying.set()
-            stops.append(signum)
-            self.stopping.set()
-
         # SIGHUP too: a closed terminal or ssh session would otherwise kill us without a stop; but not
         # where it is ignored (`nohup skuforge up &`), which asks the stack to outlive the terminal.
         # SIGINT is taken even then: it is how `skuforge demo` stops the stack it started.
-        previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS if heard(sig)}
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in STOP_SIGNALS if heard(sig)}
         try:
             try:
                 started = self.start()
@@ -599,6 +602,21 @@ class Supervisor:
             self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _request_stop(self, signum: int, _frame: object) -> None:
+        """``run``'s handler for SIGINT, SIGTERM and SIGHUP: the first stops everything, the second hurries
+        it. It runs on the main thread between any two instructions, even inside a print, so it takes no
+        lock (see ``SignalSafeEvent``) and reports through ``_report_from_handler``."""
+        name = signal.Signals(signum).name
+        if not self._stop_signals:
+            self._report_from_handler(f"received {name}; stopping everything")
+        elif not self.hurrying.is_set():
+            # Ctrl-C again: the user will not wait out each service's grace (nor kill us outright,
+            # which would leave a service deaf to SIGTERM running, holding its port).
+            self._report_from_handler(f"received {name} again; killing what is left now")
+            self.hurrying.set()
+        self._stop_signals.append(signum)
+        self.stopping.set()
 
     def _set(self, state: ServiceState, status: ServiceStatus) -> None:
         state.status = status

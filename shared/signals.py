@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 __all__ = [
+    "SignalSafeEvent",
     "Stopped",
     "deferred_signals",
     "hang_up_as_sigterm",
@@ -40,6 +42,41 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+class SignalSafeEvent:
+    """``threading.Event``'s ``set``, ``clear``, ``is_set`` and ``wait``, for a flag a signal handler sets.
+
+    ``threading.Event.set`` takes the event's lock, a plain ``Lock``, which ``wait`` holds for a few
+    instructions on its way in and out; a handler runs on the main thread between any two of them, so a
+    signal landing while the main thread waits on the same event made the handler wait forever for a lock
+    its own thread held (``skuforge up`` hung on a second Ctrl-C that way). Here ``set`` only stores a
+    bool, and ``wait`` polls it every ``step_s`` (a signal cuts its sleep short: PEP 475 resumes it for
+    what is left of ``step_s`` at most).
+    """
+
+    def __init__(self, step_s: float = 0.02) -> None:
+        self._flag = False
+        self._step_s = step_s
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Until set, or ``timeout`` seconds passed; whether it is set (as ``threading.Event.wait``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._flag:
+            left = self._step_s if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(self._step_s, left))
+        return True
 
 
 def raise_stopped(signum: int, frame: object) -> None:
