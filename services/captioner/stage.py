@@ -6,7 +6,9 @@ the object store, under a key derived from the photo and the first 16 hex digits
 sha256 (a redelivered event with the same mask writes the same key; a mask made again with another
 model goes beside the first, which the ``sku.captioned`` already sent still names):
 
-* ``masks/reference/<sku_id>/<photo_id>-<sha16>.png``  the product mask (0 background, 255 product)
+* ``masks/reference/<sku_id>/<photo_id>-<sha16>.png``  the product mask (0 background, 255 product);
+  of an in-store photo (``plain_background`` below ``PLAIN_BACKGROUND_FROM``) its largest blob only, as
+  the generator cuts it (``cluttered_cutout``): there the other blobs are the neighbouring products
 
 Per photo the event carries the mask, the dominant colour names, the packaging shape, the view,
 a detailed caption and auto-tagger style tags; per SKU the instance token, the class noun, the
@@ -24,7 +26,8 @@ its own size), dimensions other than the event says (``dimension_mismatch``), a 
 ``WORKING_SIDE_PX`` on its longer side, a 20000x64 strip), a uniform picture (``blank_photo``), a
 photo the matting model gives NaN or infinite confidences for while it still mats its blank warm-up
 image (``model_output_not_finite``, as the matting stage refuses it), or a mask that finds no product
-(``no_product_found``: almost empty; ``mask_full_frame``: almost everything). A SKU with no usable
+(``no_product_found``: almost empty, or an in-store photo's largest blob is; ``mask_full_frame``:
+almost everything). A SKU with no usable
 photo at all goes to the DLQ as ``no_usable_photo``, with each photo's reason in the detail, photos
 refused alike named together (``all 3 photos (p1, p2, p3): model_output_not_finite (...)``), or, when
 that would not fit in a dead letter, those refused for one reason, with the first detail and how many
@@ -86,6 +89,7 @@ from shared.captioning.vlm import VlmCaptioner, VlmModelError, open_vlm
 from shared.config import ConfigError, Settings, load_settings
 from shared.dlq import is_permanent
 from shared.errors import BadInput
+from shared.generation.backend import PLAIN_BACKGROUND_FROM, cluttered_cutout
 from shared.images import pixel_array
 from shared.matting.session import (
     MaskOptions,
@@ -100,11 +104,10 @@ from shared.store import ObjectStore
 
 ATTRIBUTES_BACKEND = "attributes/1"
 # Packaging whose outline is convex from every side (a box or carton, a can): dents in its mask are
-# parts the model dropped. Filled only on photos at least this plain (``plain_background_share``,
-# the generator's default for a cut-out source): there the dropped part is a face the colour of the
-# backdrop, while in a store a dent may be a hand or the next product in front.
+# parts the model dropped. Filled only on photos with a plain backdrop (``PLAIN_BACKGROUND_FROM``):
+# there the dropped part is a face the colour of the backdrop, while in a store a dent may be a hand
+# or the next product in front.
 CONVEX_SHAPES: frozenset[Shape] = frozenset({"box", "can"})
-FILL_MIN_PLAIN_BACKGROUND = 0.7
 # More than this share added is not a dropped face but another outline (or a mask gone wrong): left.
 FILL_MAX_ADDED_SHARE = 0.5
 
@@ -464,14 +467,22 @@ def _find_products(
                 found.append(_Unusable(prediction.reason, prediction.detail))
                 continue
             mask = prediction.mask
+        plain_background = plain_background_share(image, mask)
+        cut = given is None and plain_background < PLAIN_BACKGROUND_FROM
+        if cut:
+            # In a store the model's other blobs are rarely the product's (the next apples of a crate, a
+            # price tag): the mask stored is the blob the colours and shape are measured on, the one
+            # the generator cuts. A cut-out's own transparency is exact, and left whole.
+            mask = cluttered_cutout(mask)
         problem = mask_problem(
             mask,
             min_fraction=options.captioner_min_mask_fraction,
             max_fraction=options.captioner_max_mask_fraction,
         )
         if problem:
+            what = "its largest blob" if cut else "the mask"
             found.append(
-                _Unusable(problem, f"the mask covers {np.count_nonzero(mask) / mask.size:.1%} of the photo")
+                _Unusable(problem, f"{what} covers {np.count_nonzero(mask) / mask.size:.1%} of the photo")
             )
             continue
         try:
@@ -481,14 +492,14 @@ def _find_products(
         except ValueError as exc:  # no shape to measure: this photo is unusable, not the whole SKU
             found.append(_Unusable("no_product_found", str(exc)))
             continue
-        found.append(_Found(image, mask, attributes, plain_background_share(image, mask)))
+        found.append(_Found(image, mask, attributes, plain_background))
     return found
 
 
 def _fill_dents(found: _Found, photo: ReferencePhoto, ctx: Context, options: CaptionerSettings) -> _Found:
     """``found`` with the big dents of its predicted mask filled and measured again, on a plain
     background (``CONVEX_SHAPES``); as it was elsewhere, or when nothing was filled."""
-    if found.plain_background < FILL_MIN_PLAIN_BACKGROUND:
+    if found.plain_background < PLAIN_BACKGROUND_FROM:
         return found
     filled, added = fill_concavities(found.mask > 0, options.captioner_fill_dents_share)
     if added == 0.0 or added > FILL_MAX_ADDED_SHARE:

@@ -75,6 +75,10 @@ def is_pile(variant_index: int, share: float, offset: float = 0.0) -> bool:
 # two cartons side by side 0.979): this only picks among a SKU's photos, and a SKU none of whose
 # photos passes is cut from all of them.
 ONE_OBJECT_MIN_SOLIDITY = 0.97
+# ``plain_background_share`` at or above which a photo's backdrop is plain: the default of
+# SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND, and where the captioner cuts a mask to its largest blob
+# (``cluttered_cutout``) and fills a carton's dents. ~1 on a catalogue photo, below 0.6 in a store.
+PLAIN_BACKGROUND_FROM = 0.7
 
 
 def cutout_sources(usable: list[CaptionedPhoto], min_plain_background: float) -> list[CaptionedPhoto]:

@@ -20,7 +20,13 @@ from pydantic_settings import BaseSettings
 
 from shared.config import ENV_PREFIX, SETTINGS_CONFIG, is_host_port
 from shared.generation.adapters import ADAPTER_ID_PATTERN, NO_ADAPTER
-from shared.generation.backend import BACKEND_NAMES, COLOUR_GAIN_KEY, MAX_SIZE_PX, ONE_OBJECT_MIN_SOLIDITY
+from shared.generation.backend import (
+    BACKEND_NAMES,
+    COLOUR_GAIN_KEY,
+    MAX_SIZE_PX,
+    ONE_OBJECT_MIN_SOLIDITY,
+    PLAIN_BACKGROUND_FROM,
+)
 
 BackendName = Literal["composite", "diffusion"]
 
@@ -48,7 +54,7 @@ class GenerationSettings(BaseSettings):
         "one photo can be drawn from (a photo refused or unreadable, the others draw its variants)",
     )
     generation_min_plain_background: float = Field(
-        default=0.7,
+        default=PLAIN_BACKGROUND_FROM,
         ge=0.0,
         le=1.0,
         description="photos whose background is at least this plain (the captioner's plain_background) "
