@@ -8,6 +8,7 @@ the test tree, the tests may import bench.
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any
 
 from kafka import KafkaProducer
@@ -63,7 +64,7 @@ def produce(
             sent.append(producer.send(name, key=sku_id.encode(), value=envelope.model_dump_json().encode()))
             event_ids.append(event_id)
         for value in raw or []:
-            sent.append(producer.send(name, key=b"raw", value=value))
+            sent.append(producer.send(name, key=key_for(value), value=value))
         producer.flush(timeout=settings.flush_timeout_s)
         # flush() only logs a record the broker refused (over the topic's max.message.bytes): its id
         # was returned as produced, and the bench's round waited for input that was never there.
@@ -78,6 +79,17 @@ def produce(
         raise
     producer.close()
     return event_ids
+
+
+def key_for(value: bytes) -> bytes:
+    """The Kafka key a skuforge producer gives a record of ``value``: its envelope's ``sku_id`` (the
+    runtime dead-letters an event keyed by another), or ``b"raw"`` for bytes that name no SKU."""
+    try:
+        envelope = json.loads(value)
+    except ValueError:
+        return b"raw"
+    sku_id = envelope.get("sku_id") if isinstance(envelope, dict) else None
+    return sku_id.encode() if isinstance(sku_id, str) else b"raw"
 
 
 def abandon(producer: KafkaProducer) -> None:

@@ -20,9 +20,10 @@ Delivery (docs/architecture.md, "Delivery"):
   objects and the runtime re-produces outputs with the same ``event_id`` (derived from the
   input's event_id and the output's ``key``). Consumers de-duplicate by ``event_id``; the
   runtime itself skips inputs it has already completed in this process.
-* **Bad input** (not JSON, wrong schema, a ``schema_version`` newer than the topic's, ``BadInput``
-  raised by the handler) goes to ``<topic>.dlq`` with the reason and the original bytes; the stream
-  goes on. Fields the stage does not know are not bad input: they are ignored (tolerant reader).
+* **Bad input** (not JSON, wrong schema, a ``schema_version`` newer than the topic's, a Kafka key
+  other than the envelope's ``sku_id``, ``BadInput`` raised by the handler) goes to ``<topic>.dlq``
+  with the reason and the original bytes; the stream goes on. Fields the stage does not know are not
+  bad input: they are ignored (tolerant reader).
 * **Transient faults** (``TransientError``, Kafka errors) pause the partition and seek back to
   the failed record; it is retried after an exponential back-off. Nothing after it in that
   partition is processed or committed meanwhile, so per-SKU order holds. Other partitions go on.
@@ -859,8 +860,28 @@ class Stage:
         refused = self._refuse_schema(route, record, event, event)
         if refused is not None:
             return refused
-        # The key decides the partition, so the member, that handles a SKU: an event about another SKU
-        # than its key would be handled beside that SKU's own events, and stored under either id.
+        # The key decides the partition, so the member, that handles a SKU: an event keyed by another
+        # SKU (a foreign producer's bug) would be handled on that SKU's partition, racing its own SKU's
+        # events on another member. One with no key is the event it says; only its order is not kept.
+        if record.key is None:
+            with log_context(event.trace_id, event.sku_id):
+                log.warning(
+                    "a record with no Kafka key: handled, but its SKU's events may be handled out of order",
+                    extra={
+                        "stage": self.name,
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                    },
+                )
+        elif record.key != event.sku_id.encode():
+            key = record.key.decode("utf-8", "backslashreplace")
+            detail = (
+                f"Kafka key {key!r} is not the envelope's sku_id {event.sku_id!r}; one SKU's events keep "
+                "their order only keyed by it: produce the event again so keyed"
+            )
+            return self._dead_letter(record, "key_mismatch", detail, None, event)
+        # An event about another SKU than its key would also be stored under either id.
         subject = subject_sku_id(event.payload)
         if subject is not None and subject != event.sku_id:
             detail = f"the event is keyed {event.sku_id!r} but carries SKU {subject!r}"

@@ -792,7 +792,7 @@ def test_a_copy_beside_an_event_that_is_rewound_does_not_mark_the_event_done(tmp
 
     tp, [record] = _records(stage, 1)
     other = TopicPartition(tp.topic, 1)
-    copy = ConsumerRecord(tp.topic, 1, -1, 0, 0, 0, b"key", record.value, [], None, 3, -1, -1)
+    copy = ConsumerRecord(tp.topic, 1, -1, 0, 0, 0, record.key, record.value, [], None, 3, -1, -1)
     consumer, producer = _wired(stage)
     stage._process_batch({tp: [record], other: [copy]})
     assert consumer.positions[tp] == 0 and tp in consumer.paused and not producer.acked
@@ -852,7 +852,7 @@ def test_a_partition_whose_dead_letter_cannot_be_sent_does_not_hold_back_the_oth
     stage = _forwarding_stage(tmp_path)
     tp, [record] = _records(stage, 1)
     good = TopicPartition(tp.topic, 1)
-    good_record = ConsumerRecord(tp.topic, 1, -1, 7, 0, 0, b"key", record.value, [], None, 3, -1, -1)
+    good_record = ConsumerRecord(tp.topic, 1, -1, 7, 0, 0, record.key, record.value, [], None, 3, -1, -1)
     consumer, _ = _wired(stage)
     producer = _NoDeadLetterTopic()
     stage._producer = producer  # type: ignore[assignment]

@@ -15,6 +15,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from bench.events import key_for
 from schemas.envelope import DeadLetter
 from schemas.topics import DLQ_SUFFIX, SKU_INGESTED, Topic
 from shared.config import load_settings
@@ -87,7 +88,8 @@ def _wired(stage: Stage, consumer: _Consumer | None = None) -> tuple[_Consumer, 
 
 
 def _record(topic: str, offset: int, value: bytes) -> ConsumerRecord:
-    return ConsumerRecord(topic, 0, -1, offset, 0, 0, b"key", value, [], None, 3, len(value), -1)
+    key = key_for(value)  # keyed by its SKU, as every skuforge producer keys
+    return ConsumerRecord(topic, 0, -1, offset, 0, 0, key, value, [], None, len(key), len(value), -1)
 
 
 def dead_letter_for(tmp_path: Path, written: dict[str, Any], topic: Topic[Any] = SKU_INGESTED) -> DeadLetter:
