@@ -55,7 +55,8 @@ is read, checked against its sha256 and decoded *before* the first write. Reason
 ``shared/images.py`` (``corrupt``, ``not_an_image``...; ``too_many_pixels`` and ``too_large_bytes``
 also for an image or mask the event says is over ``SKUFORGE_MAX_IMAGE_PIXELS`` or
 ``SKUFORGE_MAX_IMAGE_BYTES``, before it or its pair is read), ``dimension_mismatch`` (mask and image
-sizes differ, or image and event), ``final_mask_missing`` (an approval without a mask) and
+sizes differ, or image and event), ``final_mask_missing`` (an approval without a mask), ``mask_empty``
+(an accepted or approved item whose mask marks no product: an image of the SKU without it) and
 ``clock_skew`` (an event produced more than ``SKUFORGE_TRAINSTORE_MAX_CLOCK_AHEAD_S`` ahead of this
 stage's clock: its time orders the item's rows, so it would outrank every later event of the item).
 The detail names the object refused (``image``, ``predicted mask``, ``final mask``, ``photo <id>`` or
@@ -169,7 +170,7 @@ class Trainstore:
         accepted = event.payload
         generated = accepted.matted.generated
         item = self._stage_pair(
-            ctx, generated.image, accepted.matted.predicted_mask, ("image", "predicted mask")
+            ctx, generated.image, accepted.matted.predicted_mask, ("image", "predicted mask"), product=True
         )
         row = _synthetic_row(generated, event, status="accepted", iou=accepted.iou, item=item)
         self._write(ctx, generated.sku.sku_id, [StagedItem(row, *item)])
@@ -204,7 +205,9 @@ class Trainstore:
             return []
         if resolved.final_mask is None:
             raise BadInput("final_mask_missing", f"decision {resolved.decision} carries no final_mask")
-        item = self._stage_pair(ctx, generated.image, resolved.final_mask, ("image", "final mask"))
+        item = self._stage_pair(
+            ctx, generated.image, resolved.final_mask, ("image", "final mask"), product=True
+        )
         row = _synthetic_row(generated, event, status="approved", item=item, **common)
         self._write(ctx, generated.sku.sku_id, [StagedItem(row, *item)])
         return []
@@ -318,11 +321,18 @@ class Trainstore:
             )
 
     def _stage_pair(
-        self, ctx: Context, image_ref: ImageRef, mask_ref: ImageRef, names: tuple[str, str]
+        self,
+        ctx: Context,
+        image_ref: ImageRef,
+        mask_ref: ImageRef,
+        names: tuple[str, str],
+        *,
+        product: bool = False,
     ) -> tuple[bytes, bytes]:
         """Read, verify and decode an image and its mask; returns the PNG bytes to store. Both are
         refused on the event's figures (``Context.refuse_unread``) before either is read; a refusal
-        names the object (``names``: the image's, the mask's) and its uri."""
+        names the object (``names``: the image's, the mask's) and its uri. ``product``: the mask must
+        mark some product (``mask_empty`` otherwise)."""
         image_name, mask_name = names
         for name, ref in ((image_name, image_ref), (mask_name, mask_ref)):
             with naming(name, ref.uri):
@@ -333,6 +343,12 @@ class Trainstore:
             image = decode_image(image_bytes, max_pixels=max_pixels, max_bytes=max_bytes)
         with naming(mask_name, mask_ref.uri):
             mask = decode_mask(ctx.store.read_verified(mask_ref), max_pixels=max_pixels, max_bytes=max_bytes)
+            if product and not mask.any():
+                # The gate flags an empty mask whatever its thresholds, but an approval of one, or an
+                # event of an older gate, was stored: an image of the SKU with no product marked in it.
+                raise BadInput(
+                    "mask_empty", "marks no product pixels: an image of the SKU with no product in it"
+                )
         if mask.shape != (image.height, image.width):
             raise BadInput(
                 "dimension_mismatch",
