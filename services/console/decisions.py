@@ -3,7 +3,8 @@
 The final mask of each decision:
 
 * ``approve_predicted`` the matting model's mask (``pending.matted.predicted_mask``)
-* ``approve_expected``  the generator's mask (``pending.matted.generated.expected_mask``)
+* ``approve_expected``  the generator's mask (``pending.matted.generated.expected_mask``); either is
+                        refused when it marks no product pixel (``check_model_mask``)
 * ``approve_edited``    the reviewer's mask, checked (a PNG/BMP/TIFF/WebP at the generated image's
                         size, marking some product and some background; ``read_edited_mask``),
                         thresholded to 0/255 and stored as
@@ -35,7 +36,15 @@ from schemas.common import ImageRef
 from schemas.events import CorrectionResolved, Decision
 from services.console.tasks import OutboxEvent, Task, TaskConflict, TaskStore
 from shared.errors import ImageRejected
-from shared.images import apply_exif_orientation, decode_mask, pixel_array, to_rgb, transparency_mask
+from shared.images import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    apply_exif_orientation,
+    decode_mask,
+    pixel_array,
+    to_rgb,
+    transparency_mask,
+)
 from shared.store import ObjectStore
 
 DECISIONS: tuple[Decision, ...] = ("approve_predicted", "approve_expected", "approve_edited", "reject")
@@ -257,12 +266,9 @@ def record_decision(
     if decision != "reject":
         # What an approval sends the trainstore must be there as named: otherwise it would be
         # recorded and published, dead-lettered downstream, and the decided task closed to review.
-        generated = task.pending.matted.generated
-        store.read_verified(generated.image)  # BadInput (502 with the reason) when missing or altered
-        if decision == "approve_predicted":
-            store.read_verified(task.pending.matted.predicted_mask)
-        elif decision == "approve_expected":
-            store.read_verified(generated.expected_mask)
+        store.read_verified(task.pending.matted.generated.image)  # BadInput (502 with the reason)
+        if decision in ("approve_predicted", "approve_expected"):
+            check_model_mask(store, task, decision, max_pixels=max_pixels, max_bytes=max_bytes)
 
     # Written before the decision's transaction, not inside it: an S3 write there (up to minutes with
     # its retries) held the task table's write lock, and every claim, renewal and intake write waited
@@ -291,6 +297,37 @@ def record_decision(
     return task, event
 
 
-def mask_from_ref(store: ObjectStore, ref: ImageRef) -> npt.NDArray[np.uint8]:
+def check_model_mask(
+    store: ObjectStore,
+    task: Task,
+    decision: Decision,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> None:
+    """Check the mask ``approve_predicted`` or ``approve_expected`` would send for training: stored as
+    named (``BadInput`` otherwise) and marking some product (``DecisionInvalid`` otherwise). The gate
+    sends an empty predicted mask to review (``mask_empty``); approved, it was published, and the
+    trainstore dead-letters such an item (an image of the SKU with no product in it), the task closed."""
+    matted = task.pending.matted
+    name, ref = (
+        ("predicted", matted.predicted_mask)
+        if decision == "approve_predicted"
+        else ("expected", matted.generated.expected_mask)
+    )
+    if not mask_from_ref(store, ref, max_pixels=max_pixels, max_bytes=max_bytes).any():
+        raise DecisionInvalid(
+            f"the {name} mask marks no product pixels: approve the other mask or an edited one, "
+            "or reject the item to leave it out"
+        )
+
+
+def mask_from_ref(
+    store: ObjectStore,
+    ref: ImageRef,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> npt.NDArray[np.uint8]:
     """A stored mask as 0/255 uint8, read with its checksum verified (BadInput if it cannot be)."""
-    return decode_mask(store.read_verified(ref))
+    return decode_mask(store.read_verified(ref), max_pixels=max_pixels, max_bytes=max_bytes)

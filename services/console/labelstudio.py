@@ -38,6 +38,7 @@ from schemas.common import ImageRef
 from services.console.decisions import (
     MAX_REASON_CHARS,
     DecisionInvalid,
+    check_model_mask,
     check_reject_reason,
     mask_from_ref,
     resolve,
@@ -708,9 +709,10 @@ def _decide(
         )
         return ImportOutcome(task.task_id, "reject", reason)
     if decision == "approve_predicted":
-        # As the web page's approve: the image and the predicted mask must be there as named.
+        # As the web page's approve: the image and the predicted mask must be there as named, and the
+        # mask must mark some product.
         store.read_verified(task.pending.matted.generated.image)
-        store.read_verified(task.pending.matted.predicted_mask)
+        check_model_mask(store, task, "approve_predicted")
         event = tasks.decide(
             task.task_id,
             reviewer,
