@@ -743,7 +743,9 @@ def test_the_topics_jobs_copy_of_the_secret_values_is_deleted_once_the_job_succe
     # secret.existingSecret, or uninstalled, kept <release>-topics-settings and the passwords in it for
     # good, since Helm deletes a hook's objects only by their delete policy. Helm runs the policy
     # hook-succeeded once every hook of the event has succeeded, the Job first, so the Job's pods
-    # have had it.
+    # have had it; and, since Helm 3.19 (make helm builds 3.22), on the hooks that succeeded before a
+    # later one failed (pkg/action/hooks.go), so a failed Job's copy goes too. hook-failed on the
+    # Secret would change nothing: Helm applies it to the failed hook alone, the Job.
     docs = render(helm, "secret.values.SKUFORGE_KAFKA_SASL_PASSWORD=s3cret")
     hook = of_kind(docs, "Secret")["rel-skuforge-topics-settings"]["metadata"]["annotations"]
     (job,) = of_kind(docs, "Job").values()
