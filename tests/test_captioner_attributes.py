@@ -377,6 +377,15 @@ def test_mask_problem_thresholds() -> None:
     assert mask_problem(mask, min_fraction=0.01, max_fraction=0.95) == "mask_full_frame"
 
 
+def test_an_empty_mask_is_no_product_even_with_the_minimum_set_to_zero() -> None:
+    """SKUFORGE_CAPTIONER_MIN_MASK_FRACTION=0 allows any product, however small; an empty mask passed as
+    "usable", and the real photo was stored with a mask marking nothing (as the gate refuses it)."""
+    mask = np.zeros((100, 100), dtype=np.uint8)
+    assert mask_problem(mask, min_fraction=0.0, max_fraction=0.95) == "no_product_found"
+    mask[50, 50] = 255
+    assert mask_problem(mask, min_fraction=0.0, max_fraction=0.95) is None
+
+
 # --- tokens and prompts ------------------------------------------------------------------------
 
 

@@ -685,12 +685,13 @@ MASK_PROBLEMS: Final = frozenset({"no_product_found", "mask_full_frame"})
 def mask_problem(mask: npt.ArrayLike, *, min_fraction: float, max_fraction: float) -> str | None:
     """Why a predicted mask shows no product, or None when it may: too little, or the whole frame.
 
-    ``no_product_found`` below ``min_fraction`` of the photo, ``mask_full_frame`` above ``max_fraction``
-    (a saliency model that finds nothing salient tends to light up everything).
+    ``no_product_found`` below ``min_fraction`` of the photo (or empty, even where ``min_fraction`` is
+    0), ``mask_full_frame`` above ``max_fraction`` (a saliency model that finds nothing salient tends to
+    light up everything).
     """
     product = np.asarray(mask) > 0
     fraction = float(np.count_nonzero(product)) / max(product.size, 1)
-    if fraction < min_fraction:
+    if fraction == 0 or fraction < min_fraction:
         return "no_product_found"
     if fraction > max_fraction:
         return "mask_full_frame"
