@@ -6,8 +6,9 @@ photos from TMPDIR; ``skuforge dlq replay`` marks the records Kafka acknowledged
 would otherwise send again). Inside ``stopped_as_interrupt`` they raise ``Stopped``, a
 ``KeyboardInterrupt``, so the same ``except KeyboardInterrupt`` handles all three; ``signal_number``
 gives the exit status's signal (128 + it, 130 for Ctrl-C). ``held_signals`` holds all three off a step
-that must finish (the replay's markers), for the caller to stop after it; ``deferred_signals`` holds
-them so and then delivers the first that came as it would have been (an export's clean-up).
+that must finish (the replay's markers), for the caller to stop after it; ``stops_wait_for_clean_up``
+lets them stop a block until it fails, and holds them off its clean-up from the failure's first
+instruction (an export's staging folder).
 
 The exception is raised in whatever Python code runs on the main thread when the signal comes, and
 code that catches ``BaseException`` there loses it: kafka-python's event loop does so for its tasks,
@@ -21,11 +22,13 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from types import FrameType
+from typing import Any
 
 __all__ = [
+    "FailurePath",
     "SignalSafeEvent",
     "Stopped",
-    "deferred_signals",
     "hang_up_as_sigterm",
     "heard",
     "held_signals",
@@ -33,6 +36,7 @@ __all__ = [
     "signal_number",
     "stopped_as_interrupt",
     "stopped_how",
+    "stops_wait_for_clean_up",
 ]
 
 
@@ -131,19 +135,60 @@ def held_signals() -> Iterator[list[int]]:
             signal.signal(signum, handler)
 
 
+class FailurePath:
+    """What ``stops_wait_for_clean_up`` gives its block: ``failing``, which the block's failure path sets
+    as its first statement, and the stops held since."""
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.held: list[int] = []
+
+
 @contextlib.contextmanager
-def deferred_signals() -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP wait until the block is done (``held_signals``), however it ends; then
-    the first that came is delivered to the handler it would have met: raised as ``Stopped`` or
-    ``KeyboardInterrupt`` (which replaces an exception the block raised), or the process ended where
-    none is set. For a clean-up an interrupt must not cut short (an export's staging folder)."""
-    came: list[int] = []
+def stops_wait_for_clean_up() -> Iterator[FailurePath]:
+    """Ctrl-C, SIGTERM and SIGHUP stop the block as they would have (``Stopped`` or ``KeyboardInterrupt``
+    raised, the process ended where no handler is set) until it fails: by one of them, or where its failure
+    path sets ``failing``. From then on they wait until the block is done, however it ends (its clean-up
+    is not cut short); then the first that came is delivered as it would have been, unless a stop ends the
+    block already (one is enough). For a clean-up an interrupt must not cut short (an export's staging
+    folder). A signal ignored stays ignored, and outside the main thread nothing changes.
+
+    The failure path sets ``failing = True`` first, before any call: CPython runs a signal's Python handler
+    only at a call, a function's start or a loop's jump back, so none runs between the exception's arrival
+    and that assignment. Holding the signals from a call there instead (a ``with`` statement) let one that
+    came in those few instructions stop the block before its clean-up began.
+    """
+    path = FailurePath()
+    previous: dict[int, Any] = {}
+
+    def stop_or_hold(signum: int, frame: FrameType | None) -> None:
+        if path.failing:
+            path.held.append(signum)
+            return
+        path.failing = True  # first: a second stop that comes while this one is raised waits too
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, frame)
+            path.failing = False  # the handler did not stop the block (it only logs, say)
+        else:  # SIG_DFL: the process ends where it stands, as it would have
+            signal.signal(signum, handler)
+            signal.raise_signal(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(stop) not in (signal.SIG_IGN, None):  # None: not set from Python
+                previous[stop] = signal.signal(stop, stop_or_hold)
+    stopped = False
     try:
-        with held_signals() as came:
-            yield
+        yield path
+    except KeyboardInterrupt:
+        stopped = True
+        raise
     finally:
-        if came:
-            signal.raise_signal(came[0])  # its handler runs here, on the main thread
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if path.held and not stopped:
+            signal.raise_signal(path.held[0])  # its handler runs here, on the main thread
 
 
 def hang_up_as_sigterm() -> None:

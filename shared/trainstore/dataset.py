@@ -64,7 +64,7 @@ from shared.images import (
     decode_mask,
     encode_png,
 )
-from shared.signals import deferred_signals
+from shared.signals import stops_wait_for_clean_up
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.withdrawals import Withdrawals, photo_of
 
@@ -395,32 +395,44 @@ def export_dataset(
     # Made with the staging folder, before the store is read: an export refused then (a mistyped --sku,
     # a policy that leaves no class) left them behind, empty.
     made_above = _missing_folders(out_dir.resolve().parent)
-    staging, owner = _staging_for(out_dir.resolve())
-    try:
-        return _export_into(
-            manifests,
-            out_dir,
-            staging,
-            fmt=fmt,
-            size_px=size_px,
-            fit=fit,
-            max_synthetic_per_real=max_synthetic_per_real,
-            min_real=min_real,
-            sku_ids=sku_ids,
-            no_synthetic=no_synthetic,
-            limits=limits,
-        )
-    except BaseException:
-        # Finished before a Ctrl-C, SIGTERM or SIGHUP that comes meanwhile stops the export: cut short,
-        # the staging folder (gigabytes) stayed until the next export into the same OUT.
-        with deferred_signals():
-            shutil.rmtree(staging, ignore_errors=True)
-            for folder in made_above:  # the deepest first; one something was put in meanwhile stays
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-        raise
-    finally:
-        os.close(owner)
+    with stops_wait_for_clean_up() as failure:
+        staging, owner = _staging_for(out_dir.resolve())
+        moved: list[Path] = []  # the entries moved into an existing OUT so far (``_move_into``)
+        try:
+            return _export_into(
+                manifests,
+                out_dir,
+                staging,
+                moved,
+                fmt=fmt,
+                size_px=size_px,
+                fit=fit,
+                max_synthetic_per_real=max_synthetic_per_real,
+                min_real=min_real,
+                sku_ids=sku_ids,
+                no_synthetic=no_synthetic,
+                limits=limits,
+            )
+        except BaseException:
+            # First, before any call: a Ctrl-C, SIGTERM or SIGHUP that comes from here on stops the export
+            # once it has cleaned up. Cut short, the staging folder (gigabytes) stayed until the next
+            # export into the same OUT, and the classes moved into OUT stayed in it (a training set
+            # without some, and without export.json).
+            failure.failing = True
+            try:
+                for path in moved:  # out_dir is left as it was: empty
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+                for folder in made_above:  # the deepest first; one something was put in meanwhile stays
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+            raise
+        finally:
+            os.close(owner)
 
 
 def _missing_folders(folder: Path) -> list[Path]:
@@ -495,6 +507,7 @@ def _export_into(
     manifests: ManifestStore,
     out_dir: Path,
     staging: Path,
+    moved: list[Path],
     *,
     fmt: ExportFormat,
     size_px: int,
@@ -505,7 +518,9 @@ def _export_into(
     no_synthetic: Mapping[str, str] | None,
     limits: tuple[int, int],
 ) -> ExportSummary:
-    """``export_dataset``'s work, written into ``staging`` (locked) and moved into ``out_dir`` at the end."""
+    """``export_dataset``'s work, written into ``staging`` (locked) and moved into ``out_dir`` at the end;
+    the entries moved into an existing ``out_dir`` are appended to ``moved`` (for the clean-up, should it
+    fail meanwhile)."""
     if sku_ids is not None:
         sku_ids = list(dict.fromkeys(sku_ids))
         unknown = sorted(set(sku_ids) - set(manifests.sku_ids()))
@@ -532,37 +547,25 @@ def _export_into(
     # Written in a staging folder and renamed into place at the end: an export that fails half-way
     # (a tampered or missing object) leaves neither a partial training set nor a folder to clean up.
     target = out_dir.resolve()
-    moved: list[Path] = []
-    try:
-        summary = _write_export(
-            manifests,
-            plan,
-            staging,
-            out_dir,
-            fmt=fmt,
-            size_px=size_px,
-            fit=fit,
-            limits=limits,
-            min_real=min_real,
-            max_synthetic_per_real=max_synthetic_per_real,
-        )
-        if staging.parent == target:
-            _move_into(staging, target, moved)
-        else:
-            (staging / STAGING_OWNER).unlink()
-            if target.exists():  # empty: replaced as it is renamed over, who may use it kept
-                _take_permissions(staging, target)
-            staging.rename(target)
-    except BaseException:
-        # Finished before a signal that comes meanwhile stops the export: cut short, it left some
-        # classes in OUT (a training set without them and without export.json).
-        with deferred_signals():
-            for path in moved:  # out_dir is left as it was: empty
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-        raise  # the staging folder is removed by export_dataset
+    summary = _write_export(
+        manifests,
+        plan,
+        staging,
+        out_dir,
+        fmt=fmt,
+        size_px=size_px,
+        fit=fit,
+        limits=limits,
+        min_real=min_real,
+        max_synthetic_per_real=max_synthetic_per_real,
+    )
+    if staging.parent == target:
+        _move_into(staging, target, moved)
+    else:
+        (staging / STAGING_OWNER).unlink()
+        if target.exists():  # empty: replaced as it is renamed over, who may use it kept
+            _take_permissions(staging, target)
+        staging.rename(target)
     return summary
 
 

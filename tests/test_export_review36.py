@@ -1,0 +1,162 @@
+"""``skuforge dataset export`` stopped (Ctrl-C, SIGTERM, SIGHUP) just as it fails: the clean-up of its
+staging folder, and of the classes it moved into OUT, is never skipped, and the failure is reported with
+the stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.store import FileStore
+from shared.trainstore.manifest import ManifestStore
+from tests.support.signals import as_from_a_shell
+from tests.support.trainstore import PREFIX, add_item
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPORT = ["dataset", "export", "--format", "imagefolder", "--max-synthetic-per-real", "1"]
+_SIGNALS = [signal.SIGTERM, signal.SIGHUP, signal.SIGINT]
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ManifestStore:
+    """SKU-A and SKU-B, one real photo each; the CLI's store is this one."""
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    add_item(manifests, "SKU-A", "real-0", "real", "reference")
+    add_item(manifests, "SKU-B", "real-0", "real", "reference")
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    return manifests
+
+
+# Runs `skuforge ARGS...` after `SIGNAL OUT HOW FUNCTION`: the export fails (HOW "reading": on its own, the
+# test having tampered with SKU-B's photo; "moving": OUT behaves as a mount point, as as_mount_point makes
+# it, and the move of its second entry into OUT fails with EIO; "stopped": a SIGTERM comes as SKU-B's photo
+# is read), and SIGNAL comes at the first call after the failure reaches FUNCTION of the export, which cleans
+# up after it: a Python signal handler runs at a call (or a function's start, or a loop's jump back), so
+# this is where a signal that lands in the instructions before the clean-up meets the export.
+_SIGNALLED_AS_IT_FAILS = """
+import errno, os, signal, sys
+from pathlib import Path
+
+from shared.store import FileStore
+
+signum, out = signal.Signals[sys.argv[1]], Path(sys.argv[2]).resolve()
+how, function = sys.argv[3], sys.argv[4]
+real_rename, real_open = os.rename, FileStore._open_object
+moved_into_out, failed = [], []
+
+
+def inside(path):
+    return Path(os.path.abspath(path)).is_relative_to(out)
+
+
+def rename(src, dst, *args, **kwargs):
+    if how == "moving" and inside(src) != inside(dst):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+    if how == "moving" and Path(os.path.abspath(dst)).parent == out:
+        if moved_into_out:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(src), None, str(dst))
+        moved_into_out.append(dst)
+    real_rename(src, dst, *args, **kwargs)
+
+
+def open_object(self, key):
+    if how == "stopped" and key.endswith("images/SKU-B/real/real-0.png"):
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real_open(self, key)
+
+
+def in_the_export(frame, event, arg):
+    if event == "exception":
+        failed.append(frame.f_code.co_name)
+    return in_the_export
+
+
+def signalled_after_the_failure(frame, event, arg):
+    if failed:
+        sys.settrace(None)
+        os.kill(os.getpid(), signum)  # its handler runs here, as at any call
+    is_the_export = frame.f_code.co_name == function and frame.f_code.co_filename.endswith("dataset.py")
+    return in_the_export if is_the_export else None
+
+
+os.rename, FileStore._open_object = rename, open_object
+from skuforge_cli.main import main
+
+sys.settrace(signalled_after_the_failure)
+sys.exit(main(sys.argv[5:]))
+"""
+
+
+def _export_signalled_as_it_fails(
+    signum: signal.Signals, out: Path, how: str, function: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _SIGNALLED_AS_IT_FAILS,
+            signum.name,
+            str(out),
+            how,
+            function,
+            *EXPORT[:2],
+            str(out),
+            *EXPORT[2:],
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=os.environ,
+        timeout=120,
+        preexec_fn=as_from_a_shell,  # a CI runner under nohup, or in the background, ignores SIGHUP, SIGINT
+    )
+
+
+def _tamper_with_sku_b(store: ManifestStore) -> None:
+    key = store.key("images/SKU-B/real/real-0.png")
+    store.store.put_bytes(key, store.store.get_bytes(key) + b"x")
+
+
+@pytest.mark.parametrize("signum", _SIGNALS, ids=[signum.name for signum in _SIGNALS])
+def test_an_export_signalled_as_it_fails_removes_its_staging_folder(
+    store: ManifestStore, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """A signal that landed in the few instructions between the failure (a tampered object) and the
+    clean-up stopped the export there: its staging folder (gigabytes, perhaps) and the folders it made
+    for OUT stayed until the next export into the same OUT. It stops once the clean-up is done."""
+    _tamper_with_sku_b(store)
+    result = _export_signalled_as_it_fails(signum, tmp_path / "new" / "out", "reading", "export_dataset")
+    assert result.returncode == 128 + signum, result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["store"]
+
+
+@pytest.mark.parametrize("signum", _SIGNALS, ids=[signum.name for signum in _SIGNALS])
+def test_an_export_signalled_as_its_move_into_out_fails_leaves_out_empty(
+    store: ManifestStore, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Into a mount point the classes are moved one by one; a move that failed takes those moved back
+    out. A signal just after the failure left them in OUT: a training set without some classes and
+    without export.json, and every later export into OUT refused as "not empty"."""
+    out = tmp_path / "out"
+    out.mkdir()
+    result = _export_signalled_as_it_fails(signum, out, "moving", "_export_into")
+    assert result.returncode == 128 + signum, result.stderr
+    assert list(out.iterdir()) == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "store"]
+
+
+@pytest.mark.parametrize("signum", _SIGNALS, ids=[signum.name for signum in _SIGNALS])
+def test_an_export_stopped_twice_removes_its_staging_folder(
+    store: ManifestStore, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """A second stop (Ctrl-C pressed twice, `docker stop` after a `kill`) that came just after the first
+    reached the clean-up skipped it. The first stop is the one reported."""
+    result = _export_signalled_as_it_fails(signum, tmp_path / "new" / "out", "stopped", "export_dataset")
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "skuforge dataset: stopped by SIGTERM"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["store"]
