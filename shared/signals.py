@@ -29,6 +29,7 @@ __all__ = [
     "FailurePath",
     "SignalSafeEvent",
     "Stopped",
+    "failure_before",
     "hang_up_as_sigterm",
     "heard",
     "held_signals",
@@ -149,9 +150,10 @@ def stops_wait_for_clean_up() -> Iterator[FailurePath]:
     """Ctrl-C, SIGTERM and SIGHUP stop the block as they would have (``Stopped`` or ``KeyboardInterrupt``
     raised, the process ended where no handler is set) until it fails: by one of them, or where its failure
     path sets ``failing``. From then on they wait until the block is done, however it ends (its clean-up
-    is not cut short); then the first that came is delivered as it would have been, unless a stop ends the
-    block already (one is enough). For a clean-up an interrupt must not cut short (an export's staging
-    folder). A signal ignored stays ignored, and outside the main thread nothing changes.
+    is not cut short); then the first that came is delivered as it would have been, raised from the
+    failure (``failure_before``), unless a stop ends the block already (one is enough). For a clean-up an
+    interrupt must not cut short (an export's staging folder). A signal ignored stays ignored, and outside
+    the main thread nothing changes.
 
     The failure path sets ``failing = True`` first, before any call: CPython runs a signal's Python handler
     only at a call, a function's start or a loop's jump back, so none runs between the exception's arrival
@@ -178,17 +180,29 @@ def stops_wait_for_clean_up() -> Iterator[FailurePath]:
         for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             if signal.getsignal(stop) not in (signal.SIG_IGN, None):  # None: not set from Python
                 previous[stop] = signal.signal(stop, stop_or_hold)
-    stopped = False
+    failure: BaseException | None = None
     try:
         yield path
-    except KeyboardInterrupt:
-        stopped = True
+    except BaseException as exc:
+        failure = exc
         raise
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if path.held and not stopped:
-            signal.raise_signal(path.held[0])  # its handler runs here, on the main thread
+        if path.held and not isinstance(failure, KeyboardInterrupt):
+            try:
+                signal.raise_signal(path.held[0])  # its handler runs here, on the main thread
+            except KeyboardInterrupt as stop:
+                if failure is None:
+                    raise
+                # Its ``__cause__``, so that a command says both (``failure_before``).
+                raise stop from failure
+
+
+def failure_before(stop: KeyboardInterrupt) -> BaseException | None:
+    """The failure a ``stops_wait_for_clean_up`` block was cleaning up after when ``stop`` came, or None
+    (it came before any): a command reports it, then the stop."""
+    return stop.__cause__
 
 
 def hang_up_as_sigterm() -> None:

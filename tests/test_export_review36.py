@@ -160,3 +160,30 @@ def test_an_export_stopped_twice_removes_its_staging_folder(
     assert result.returncode == 128 + signal.SIGTERM, result.stderr
     assert result.stderr.strip().splitlines()[-1] == "skuforge dataset: stopped by SIGTERM"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["store"]
+
+
+@pytest.mark.parametrize("signum", _SIGNALS, ids=[signum.name for signum in _SIGNALS])
+def test_an_export_stopped_as_it_fails_reports_the_failure_then_the_stop(
+    store: ManifestStore, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """A stop that waited for a failed export's clean-up was all it reported: the reviewer saw "stopped by
+    SIGTERM" and not that SKU-B's photo was tampered with (or that OUT's disk failed), and the next run
+    failed the same way, hours later."""
+    stopped = "interrupted" if signum == signal.SIGINT else f"stopped by {signum.name}"
+    out = tmp_path / "out"
+    out.mkdir()
+    result = _export_signalled_as_it_fails(signum, out, "moving", "_export_into")
+    assert result.returncode == 128 + signum, result.stderr
+    assert result.stderr.strip().splitlines()[-2:] == [
+        f"skuforge dataset export: {out}: Input/output error",
+        f"skuforge dataset: {stopped}",
+    ]
+
+    _tamper_with_sku_b(store)
+    out = tmp_path / "new" / "out"
+    result = _export_signalled_as_it_fails(signum, out, "reading", "export_dataset")
+    assert result.returncode == 128 + signum, result.stderr
+    failure, stop = result.stderr.strip().splitlines()[-2:]
+    assert stop == f"skuforge dataset: {stopped}"
+    assert failure.startswith("skuforge dataset export: ") and "SKU-B" in failure
+    assert failure.endswith(f"; nothing was written to {out}")

@@ -39,7 +39,7 @@ from shared.argtypes import (
 from shared.config import load_settings
 from shared.errors import BadInput, TransientError
 from shared.evaluation import EVALUATION_FILE
-from shared.signals import stopped_as_interrupt
+from shared.signals import failure_before, stopped_as_interrupt
 from shared.store import open_store
 from shared.trainstore.dataset import (
     EXPORT_FITS,
@@ -410,13 +410,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
         except (FileExistsError, ValueError) as exc:
             export.error(str(exc))  # its usage, not the one of every `skuforge dataset` action
-        except OSError as exc:  # the disk filled, or the folder went away meanwhile
-            print(f"skuforge dataset export: {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        except (OSError, BadInput, TransientError) as exc:
+            print(f"skuforge dataset export: {_export_failure(exc, args.out)}", file=sys.stderr)
             return 1
-        except (BadInput, TransientError) as exc:
-            # The store's fault (a tampered or missing object, S3 away), not the command line's.
-            print(f"skuforge dataset export: {exc}; nothing was written to {args.out}", file=sys.stderr)
-            return 1
+        except KeyboardInterrupt as stop:
+            # A stop that waited for a failed export's clean-up: the failure first, then (skuforge's main)
+            # the stop; it alone hid why the export failed.
+            if (failure := failure_before(stop)) is not None:
+                print(f"skuforge dataset export: {_export_failure(failure, args.out)}", file=sys.stderr)
+            raise
         print("\n".join(summary.lines()))
         return 0
     if args.action == "sweep":
@@ -455,6 +457,18 @@ def main(argv: list[str] | None = None) -> int:
         report_unreadable("compact", unreadable, len(sku_ids), "were not compacted")
         return 1
     return 0
+
+
+def _export_failure(exc: BaseException, out: Path) -> str:
+    """What ``skuforge dataset export`` says of a failure, after its name."""
+    if isinstance(exc, (FileExistsError, ValueError)):
+        return f"error: {exc}"  # as its usage error ends
+    if isinstance(exc, OSError):  # the disk filled, or the folder went away meanwhile
+        return f"{out}: {exc.strerror or exc}"
+    if isinstance(exc, (BadInput, TransientError)):
+        # The store's fault (a tampered or missing object, S3 away), not the command line's.
+        return f"{exc}; nothing was written to {out}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _reader_gone() -> int:
