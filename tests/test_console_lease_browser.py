@@ -516,3 +516,73 @@ def test_the_queue_filters_by_an_iou_with_more_than_two_decimals(served: Served,
     assert page.evaluate("document.getElementById('filters').checkValidity()")
     page.click("#filters button[type=submit]")
     page.wait_for_url(re.compile(r".*[?&]iou_max=0\.8996(&|$)"))
+
+
+# Fills this tab's sessionStorage with masks kept (at a 401) for other items, oldest first: COUNT of them,
+# or until the storage is full where COUNT is 0; returns how many it holds.
+_KEPT_ELSEWHERE = """(count) => {
+  const mask = "A".repeat(175000);  // a 1000 x 1400 mask, packed
+  let n = 0;
+  for (; count === 0 || n < count; n++) {
+    try {
+      const kept = JSON.stringify({shown: "x", at: n + 1, mask});
+      window.sessionStorage.setItem("skuforge.unsaved.other-" + n, kept);
+    } catch (_) { break; }
+  }
+  for (let size = 87500; count === 0 && size >= 1; size = Math.floor(size / 2)) {  // full to the last byte
+    try {
+      window.sessionStorage.setItem("filler-" + size, "A".repeat(size));
+    } catch (_) { /* a smaller one next */ }
+  }
+  return n;
+}"""
+
+
+def kept_keys(page: Any) -> list[str]:
+    return sorted(
+        page.evaluate(
+            "() => Array.from({length: window.sessionStorage.length}, (_, i) => window.sessionStorage.key(i))"
+        )
+    )
+
+
+def test_masks_kept_for_items_never_come_back_to_are_bounded(served: Served, page: Any) -> None:
+    """A mask kept at a 401 (about 175 kB) stayed in the tab for as long as its item was not opened again
+    (a login elsewhere, another item next, the item decided by someone else): after about 25 of them the
+    tab's storage (about 5 MB) was full, and the next 401's mask was not kept, silently."""
+    open_held_item(page, served)
+    assert page.evaluate(_KEPT_ELSEWHERE, 20) == 20
+    paint_a_stroke(page, served)
+    page.context.clear_cookies()
+    page.keyboard.press("a")
+    page.wait_for_selector("#status:has-text('was not saved')")
+    assert "could not be kept" not in page.inner_text("#status")
+    kept = kept_keys(page)
+    assert f"skuforge.unsaved.{served.task_id}" in kept
+    assert len(kept) <= 5  # the newest others, besides this item's
+    assert "skuforge.unsaved.other-19" in kept and "skuforge.unsaved.other-0" not in kept
+
+
+def test_a_full_tab_storage_drops_the_oldest_kept_mask_or_says_this_one_is_lost(
+    served: Served, page: Any
+) -> None:
+    """A storage already full (QuotaExceededError) lost the 401's mask without a word: the status line
+    said to log in and come back, and nothing was restored then."""
+    open_held_item(page, served)
+    assert page.evaluate(_KEPT_ELSEWHERE, 0) > 5
+    paint_a_stroke(page, served)
+    page.context.clear_cookies()
+    page.keyboard.press("a")
+    page.wait_for_selector("#status:has-text('was not saved')")
+    assert "could not be kept" not in page.inner_text("#status")
+    assert f"skuforge.unsaved.{served.task_id}" in kept_keys(page)
+
+    # Storage that takes nothing (full of another page's, or off): said, with what it means.
+    page.evaluate(
+        "() => { window.sessionStorage.clear(); Storage.prototype.setItem = function () {"
+        " throw new DOMException('full', 'QuotaExceededError'); }; }"
+    )
+    paint_a_stroke(page, served, row=40)
+    page.keyboard.press("a")
+    page.wait_for_selector("#status:has-text('could not be kept')")
+    assert "lost" in page.inner_text("#status")

@@ -28,14 +28,15 @@
   // A 401: the console session ran out (or was logged out in another tab), and nothing was done. Said
   // plainly, with a way to log in that comes back to this item: the bare "login required" left no way on.
   function sayLoggedOut(notDone, decision) {
-    keepUnsaved(decision);
+    const lost = keepUnsaved(decision) ? "" :
+      "; what was painted could not be kept in this tab (its storage is full or off), so it is lost if you leave this page";
     const here = window.location.pathname + window.location.search;
     const login = document.createElement("a");
     login.className = "login";
     login.href = "/login?" + new URLSearchParams({ error: "expired", next: here }).toString();
     login.textContent = "log in";
     login.addEventListener("click", () => keepUnsaved(decision)); // with what was painted since the 401
-    status.replaceChildren("your session ran out, so " + notDone + ": ", login, " to come back to this item and try again");
+    status.replaceChildren("your session ran out, so " + notDone + ": ", login, " to come back to this item and try again" + lost);
     status.classList.add("error");
   }
   const loggedOutSaid = () => status.querySelector("a.login") !== null;
@@ -45,7 +46,12 @@
   // mask (and the decision pressed, with a rejection's reason and note) in this tab's sessionStorage,
   // under the pixels it was painted on (page.shown): a replay since then shows other pixels, and the
   // kept mask is dropped, never applied; so is what was kept for an item closed since.
-  const unsavedKey = "skuforge.unsaved." + page.taskId;
+  // What was kept for an item not opened again (a login elsewhere, another item next, decided by someone
+  // else) stays in the tab: at about 175 kB a mask, some 25 filled its storage (about 5 MB), and the next
+  // 401's mask was not kept. So a few others are kept at most, the oldest dropped first, also to make room.
+  const unsavedPrefix = "skuforge.unsaved.";
+  const unsavedKey = unsavedPrefix + page.taskId;
+  const MAX_KEPT_ELSEWHERE = 4;
 
   function packMask(mask) {
     const bytes = new Uint8Array(Math.ceil(mask.length / 8));
@@ -63,13 +69,40 @@
     return mask;
   }
 
+  // The keys of what was kept for other items, the oldest first.
+  function keptElsewhere() {
+    const others = [];
+    for (let i = 0; i < sessionStorage.length; i++) {
+      const key = sessionStorage.key(i);
+      if (key === null || !key.startsWith(unsavedPrefix) || key === unsavedKey) continue;
+      let at = 0;
+      try { at = Number(JSON.parse(sessionStorage.getItem(key)).at) || 0; } catch (_) { at = 0; }
+      others.push({ key, at });
+    }
+    return others.sort((a, b) => a.at - b.at).map((other) => other.key);
+  }
+
+  // Whether what is unsaved is kept (or there is nothing to keep); false where the storage is off, or full
+  // of what no other item kept.
   function keepUnsaved(decision) {
-    if (!mayDecide(decision) || masks.edited === null || (!edited && !decision)) return;
-    const kept = { shown: page.shown, decision: decision || null, width: W, height: H, mask: edited ? packMask(masks.edited) : null };
+    if (!mayDecide(decision) || masks.edited === null || (!edited && !decision)) return true;
+    const kept = { shown: page.shown, at: Date.now(), decision: decision || null, width: W, height: H, mask: edited ? packMask(masks.edited) : null };
     if (decision === "reject") kept.reject = { reason: $("reject-reason").value, note: $("reject-note").value };
     try {
-      sessionStorage.setItem(unsavedKey, JSON.stringify(kept));
-    } catch (_) { /* storage full or off: the status line still says what was not saved */ }
+      const others = keptElsewhere();
+      while (others.length > MAX_KEPT_ELSEWHERE) sessionStorage.removeItem(others.shift());
+      for (;;) {
+        try {
+          sessionStorage.setItem(unsavedKey, JSON.stringify(kept));
+          return true;
+        } catch (error) {
+          if (!others.length) throw error;
+          sessionStorage.removeItem(others.shift()); // full (QuotaExceededError): the oldest makes room
+        }
+      }
+    } catch (_) {
+      return false;
+    }
   }
 
   function forgetUnsaved() {
