@@ -83,6 +83,8 @@ MARK_EVERY_S = 2.0
 REPLAY_LOCK_PREFIX = "dlq-replay-locks"
 LOCK_REFRESH_S = 10.0
 LOCK_STALE_S = 60.0
+# The sender reads the lock before a send once it last found it its own this long ago (``_ReplayLock.check``).
+LOCK_CHECK_S = 2.0
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 # The flow's topic names without a namespace: such a name is never inside a non-empty namespace, even
@@ -574,8 +576,6 @@ def _replay(
         # every letter was held with its inline original, and a large DLQ was held in memory whole.
         for members, original in originals:
             marking.mark_due()
-            if lock is not None and lock.lost is not None:
-                raise DlqError(lock.lost)
             if isinstance(original, str):
                 report.unreadable.extend((member, original) for member in members)
                 unsendable += 1
@@ -587,6 +587,8 @@ def _replay(
                         f"cannot replay: original topic {dead.original_topic} does not exist; create it first"
                     )
                 producer = make_producer(settings, client_id="skuforge-dlq-replay")
+            if lock is not None:
+                lock.check()  # right before the send: another replay may have taken this one's lock over
             try:
                 headers = [
                     *replay_headers(members[0].letter),
@@ -752,16 +754,19 @@ class _Marking:
 
 class _ReplayLock:
     """The one replay of a DLQ that runs: an object created only if none is there (``put_new``), with
-    who holds it, and removed at its end. The lock is never written over: while the replay runs, a
-    thread writes its heartbeat, a second object, every ``LOCK_REFRESH_S``, and checks that the lock
-    is still this replay's. (A refresh that rewrote the lock could write over another replay's lock
-    that had taken it over since it was read.)"""
+    who holds it, and removed at its end. The lock is never written over by its holder: while the
+    replay runs, a thread writes its heartbeat, a second object, every ``LOCK_REFRESH_S``, and checks
+    that the lock is still this replay's. (A refresh that rewrote the lock could write over another
+    replay's lock that had taken it over since it was read.) A stale lock is taken over, and the lock
+    released, by a compare-and-swap on the version read (``replace_if``, ``delete_if``): two replays
+    taking one stale lock over at once each removed whatever lock was there and created their own, and
+    both ran. The sender looks at the lock itself before a send (``check``)."""
 
     def __init__(self, store: ObjectStore, dlq_topic: str, original_from: dict[int, int]) -> None:
         self.store = store
         self.key = f"{REPLAY_LOCK_PREFIX}/{dlq_topic}.json"
         self.dlq_topic = dlq_topic
-        self.holder = {
+        self.holder: dict[str, Any] = {
             "run": uuid.uuid4().hex,
             "host": socket.gethostname(),
             "pid_namespace": _pid_namespace(),
@@ -771,6 +776,8 @@ class _ReplayLock:
             "original_from": {str(partition): offset for partition, offset in original_from.items()},
         }
         self.lost: str | None = None  # why another replay holds the lock now (taken over as stale)
+        # When (``_alive_clock``) the last look that found the lock this replay's began.
+        self._seen_held_at = float("-inf")
         self._stopped = threading.Event()
         self._refresher: threading.Thread | None = None
 
@@ -779,14 +786,15 @@ class _ReplayLock:
         stale lock taken over (a replay killed), None when there was none."""
         body = json.dumps(self.holder, sort_keys=True).encode()
         killed: dict[str, Any] | None = None
+        looked_at = _alive_clock()
         try:
-            for _ in range(3):  # a stale lock removed, or one released, between the tries
+            for _ in range(3):  # a lock released, or taken over by another, between the tries
                 if self.store.put_new(self.key, body):
                     break
                 held = self._held()
                 if held is None:
                     continue
-                holder, written_at = held
+                holder, written_at, version = held
                 age_s = (datetime.now(UTC) - self._alive_at(holder, written_at)).total_seconds()
                 if not self._stale(holder, age_s):
                     # The lock's text is whoever wrote it: escaped, as a letter's is.
@@ -798,17 +806,39 @@ class _ReplayLock:
                         f"{self.store.uri_for(self.key)}, last alive {age_s:.0f}s ago); run one at a "
                         f"time. A lock whose replay was not seen alive for {LOCK_STALE_S:.0f}s is taken over"
                     )
-                if self._held() == held:  # still that stale one, not a lock taken over since
-                    self.store.delete(self.key)
+                # Only while it is still the stale lock read: of replays taking it over at once, one
+                # does, and the others find this one's lock when they look again.
+                if self.store.replace_if(self.key, body, version):
                     self.store.delete(self._heartbeat_key(holder.get("run")))
                     killed = holder
+                    break
             else:
                 raise DlqError(f"could not take the replay lock {self.store.uri_for(self.key)}; try again")
         except (TransientError, BadInput) as exc:
             raise DlqError(f"could not take the replay lock {self.store.uri_for(self.key)}: {exc}") from exc
+        self._seen_held_at = looked_at
         self._refresher = threading.Thread(target=self._refresh, name="dlq-replay-lock", daemon=True)
         self._refresher.start()
         return killed
+
+    def check(self) -> None:
+        """``DlqError`` when another replay holds the lock now; called before each send. The lock is
+        read once the last look that found it this replay's began ``LOCK_CHECK_S`` ago or more, on a
+        clock that counts a pause (``_alive_clock``): a replay paused past ``LOCK_STALE_S`` and taken
+        over meanwhile stops before its next send. Before, it sent on until its heartbeat thread next
+        looked, up to ``LOCK_REFRESH_S`` later, alongside the replay that took over."""
+        if self.lost is None:
+            looked_at = _alive_clock()
+            if looked_at - self._seen_held_at < LOCK_CHECK_S:
+                return
+            try:
+                self._look(looked_at)
+            except (TransientError, BadInput) as exc:
+                raise DlqError(
+                    f"could not read the replay lock {self.store.uri_for(self.key)} ({exc})"
+                ) from exc
+        if self.lost is not None:
+            raise DlqError(self.lost)
 
     def release(self) -> None:
         """Stop refreshing, and remove the lock if it is still this replay's."""
@@ -818,7 +848,7 @@ class _ReplayLock:
         with contextlib.suppress(TransientError, BadInput):
             held = self._held()
             if held is not None and held[0].get("run") == self.holder["run"]:
-                self.store.delete(self.key)
+                self.store.delete_if(self.key, held[2])  # never the lock of a replay that took it over
             self.store.delete(self._heartbeat_key(self.holder["run"]))
 
     def _heartbeat_key(self, run: object) -> str:
@@ -831,18 +861,31 @@ class _ReplayLock:
         except ObjectMissing:
             return written_at
 
-    def _held(self) -> tuple[dict[str, Any], datetime] | None:
-        """Who holds the lock, and when it was last written; None when there is none."""
+    def _held(self) -> tuple[dict[str, Any], datetime, str] | None:
+        """Who holds the lock, when it was last written, and its version (``get_versioned``); None when
+        there is none."""
         try:
+            # The version before the time: a lock written in between looks newer, never older.
+            text, version = self.store.get_versioned(self.key)
             written_at = self.store.modified_at(self.key)
-            text = self.store.get_bytes(self.key)
         except ObjectMissing:
             return None
         try:
             holder = json.loads(text)
         except ValueError:  # not JSON: a lock that names nobody, stale once old enough
             holder = {}
-        return (holder if isinstance(holder, dict) else {}), written_at
+        return (holder if isinstance(holder, dict) else {}), written_at, version
+
+    def _look(self, looked_at: float) -> None:
+        """Read the lock: when it is still this replay's, note ``looked_at``; else say it is lost."""
+        held = self._held()
+        if held is None or held[0].get("run") != self.holder["run"]:
+            self.lost = (
+                f"the replay lock {self.store.uri_for(self.key)} was taken over by another "
+                f"replay (this one was not seen alive for {LOCK_STALE_S:.0f}s); stopped here"
+            )
+        else:
+            self._seen_held_at = max(self._seen_held_at, looked_at)
 
     @staticmethod
     def _stale(holder: dict[str, Any], age_s: float) -> bool:
@@ -866,16 +909,19 @@ class _ReplayLock:
         heartbeat = self._heartbeat_key(self.holder["run"])
         while not self._stopped.wait(LOCK_REFRESH_S):
             try:
-                held = self._held()
-                if held is None or held[0].get("run") != self.holder["run"]:
-                    self.lost = (
-                        f"the replay lock {self.store.uri_for(self.key)} was taken over by another "
-                        f"replay (this one was not seen alive for {LOCK_STALE_S:.0f}s); stopped here"
-                    )
+                self._look(_alive_clock())
+                if self.lost is not None:
                     return
                 self.store.put_bytes(heartbeat, b"", "text/plain")
             except (TransientError, BadInput):
                 continue  # the store is away: the markers fail too, and stop the replay
+
+
+def _alive_clock() -> float:
+    """Seconds on a clock that counts the time the machine was suspended too (Linux's CLOCK_BOOTTIME;
+    the monotonic clock elsewhere), so a replay sees that it was paused."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
 
 
 @dataclass(frozen=True)

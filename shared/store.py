@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -74,7 +75,8 @@ MAX_SEGMENT_BYTES = 255
 _TMP_PREFIX = ".skuforge-tmp-"
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,254}$")
 _S3_MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
-# A conditional write (If-None-Match: *) to a key that exists; 409 when another such write is under way.
+# A conditional write to a key that exists (If-None-Match: *) or has changed (If-Match: its ETag); 409
+# when another such write is under way.
 _S3_EXISTS_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 _S3_TRANSIENT_CODES = frozenset(
     {
@@ -292,6 +294,19 @@ class ObjectStore(ABC):
         """Write only when no object is at ``key``, atomically; backends override it."""
         raise NotImplementedError(f"{type(self).__name__} cannot write an object only if none is there")
 
+    def _read_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and version; backends whose version is not the sha256 override it."""
+        data = self._read(key)
+        return data, sha256_hex(data)
+
+    def _replace_if(self, key: str, data: bytes, version: str, content_type: str) -> bool:
+        """Replace the object only while it is ``version``, atomically; backends override it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot replace an object only if it is unchanged")
+
+    def _delete_if(self, key: str, version: str) -> bool:
+        """Delete the object only while it is ``version``, atomically; backends override it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete an object only if it is unchanged")
+
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectRef:
         """Store ``data`` under ``key`` (replacing any previous object) and return its reference."""
         check_key(key)
@@ -310,6 +325,22 @@ class ObjectStore(ABC):
         """Store ``data`` under ``key`` only when no object is there; False when one is. Of writers
         racing for one key, exactly one gets True (a lock: ``shared/dlq.py``)."""
         return self._write_new(check_key(key), data, content_type)
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The bytes under ``key`` and their version (S3's ETag; a FileStore's sha256): what
+        ``replace_if`` and ``delete_if`` compare with. ``ObjectMissing`` when there is none."""
+        return self._read_versioned(check_key(key))
+
+    def replace_if(self, key: str, data: bytes, version: str, content_type: str = "application/json") -> bool:
+        """Store ``data`` under ``key`` only while the object there is still ``version`` (as
+        ``get_versioned`` read it); False when it was replaced or removed since. A compare-and-swap: of
+        writers racing to replace one version, at most one gets True (the replay lock's takeover)."""
+        return self._replace_if(check_key(key), data, version, content_type)
+
+    def delete_if(self, key: str, version: str) -> bool:
+        """Remove the object under ``key`` only while it is still ``version``; False when it was
+        replaced or removed since (a lock released by its holder, never the one that took it over)."""
+        return self._delete_if(check_key(key), version)
 
     def put_image(
         self, key: str, image: Image.Image | npt.NDArray[Any], *, digest_in_key: bool = False
@@ -496,6 +527,43 @@ class FileStore(ObjectStore):
 
     def _write_new(self, key: str, data: bytes, content_type: str) -> bool:
         return self._place(key, data, _link_new)
+
+    def _replace_if(self, key: str, data: bytes, version: str, content_type: str) -> bool:
+        with self._compare_and_swap(key):
+            return self._current_version(key) == version and self._place(key, data, _replace)
+
+    def _delete_if(self, key: str, version: str) -> bool:
+        with self._compare_and_swap(key):
+            if self._current_version(key) != version:
+                return False
+            self._delete(key)
+            return True
+
+    def _current_version(self, key: str) -> str | None:
+        try:
+            return self._read_versioned(key)[1]
+        except ObjectMissing:
+            return None
+
+    @contextlib.contextmanager
+    def _compare_and_swap(self, key: str) -> Iterator[None]:
+        """Hold ``key``'s compare-and-swap lock, an exclusive ``flock`` on a hidden file beside it: the
+        ``replace_if`` and ``delete_if`` of one key run one at a time, so none changes the object between
+        another's compare and its swap. ``put_new`` needs none: its link fails while an object is there,
+        and a swap never leaves the name empty (a rename over it)."""
+        path = self._path(key)
+        # Hashed: the key's own name may already be the longest a folder takes.
+        guard = path.parent / f"{_TMP_PREFIX}cas-{hashlib.sha256(path.name.encode()).hexdigest()[:32]}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise TransientError(f"cannot lock {self.uri_for(key)} to compare and swap it: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # which releases the flock
 
     def _place(self, key: str, data: bytes, put: Callable[[str, Path], bool]) -> bool:
         """Write ``data`` whole to a temporary file beside ``key``'s path, and ``put`` it at that path
@@ -717,20 +785,16 @@ class S3Store(ObjectStore):
             )
 
     def _write_new(self, key: str, data: bytes, content_type: str) -> bool:
-        try:
-            with self._mapped_errors(self.uri_for(key)):
-                self.client.put_object(
-                    Bucket=self.bucket,
-                    Key=self._key_prefix + key,
-                    Body=data,
-                    ContentType=content_type,
-                    IfNoneMatch="*",  # S3's conditional write: 412 when the key exists
-                )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _S3_EXISTS_CODES:
-                return False
-            raise
-        return True
+        return self._conditional(
+            key,
+            lambda: self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._key_prefix + key,
+                Body=data,
+                ContentType=content_type,
+                IfNoneMatch="*",  # S3's conditional write: 412 when the key exists
+            ),
+        )
 
     def _read(self, key: str) -> bytes:
         with self._mapped_errors(self.uri_for(key)):
@@ -739,6 +803,50 @@ class S3Store(ObjectStore):
                 return body.read()
             finally:
                 body.close()
+
+    def _read_versioned(self, key: str) -> tuple[bytes, str]:
+        with self._mapped_errors(self.uri_for(key)):
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key_prefix + key)
+            body = response["Body"]
+            try:
+                return body.read(), response["ETag"]
+            finally:
+                body.close()
+
+    def _replace_if(self, key: str, data: bytes, version: str, content_type: str) -> bool:
+        return self._conditional(
+            key,
+            lambda: self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._key_prefix + key,
+                Body=data,
+                ContentType=content_type,
+                IfMatch=version,
+            ),
+        )
+
+    def _delete_if(self, key: str, version: str) -> bool:
+        return self._conditional(
+            key,
+            lambda: self.client.delete_object(
+                Bucket=self.bucket, Key=self._key_prefix + key, IfMatch=version
+            ),
+        )
+
+    def _conditional(self, key: str, request: Callable[[], object]) -> bool:
+        """``request``, a conditional write (If-None-Match: *, or If-Match: the ETag read): False when S3
+        answers that its condition failed (412: the object is there, or changed), that the object is gone
+        (404, If-Match), or that another conditional write to it is under way (409)."""
+        try:
+            with self._mapped_errors(self.uri_for(key)):
+                request()
+        except ObjectMissing:
+            return False
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _S3_EXISTS_CODES:
+                return False
+            raise
+        return True
 
     def _read_at_most(self, key: str, max_bytes: int) -> bytes:
         with self._mapped_errors(self.uri_for(key)):
