@@ -808,7 +808,9 @@ class _ReplayLock:
                     )
                 # Only while it is still the stale lock read: of replays taking it over at once, one
                 # does, and the others find this one's lock when they look again.
-                if self.store.replace_if(self.key, body, version):
+                taking_over = {**self.holder, "original_from": self._from_the_earlier(holder)}
+                if self.store.replace_if(self.key, json.dumps(taking_over, sort_keys=True).encode(), version):
+                    self.holder = taking_over
                     self.store.delete(self._heartbeat_key(holder.get("run")))
                     killed = holder
                     break
@@ -820,6 +822,18 @@ class _ReplayLock:
         self._refresher = threading.Thread(target=self._refresh, name="dlq-replay-lock", daemon=True)
         self._refresher.start()
         return killed
+
+    def _from_the_earlier(self, killed: dict[str, Any]) -> dict[str, int]:
+        """This replay's ``original_from``, each partition's offset no later than the killed replay's: it
+        has not read what that one sent yet, and should it be killed too before it marks those records,
+        the replay that takes its lock over reads them from there. Before, it read from where this one
+        began, after them, and sent their letters again."""
+        earlier = dict(self.holder["original_from"])
+        theirs = killed.get("original_from")
+        for partition, offset in theirs.items() if isinstance(theirs, dict) else ():
+            if isinstance(offset, int) and not isinstance(offset, bool):
+                earlier[str(partition)] = min(offset, earlier.get(str(partition), offset))
+        return earlier
 
     def check(self) -> None:
         """``DlqError`` when another replay holds the lock now; called before each send. The lock is

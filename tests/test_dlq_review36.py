@@ -159,3 +159,49 @@ def test_replace_if_and_delete_if_change_only_the_version_read(
     assert not store.delete_if(key, second)
     assert not store.exists(key)
     assert list(store.list_keys("locks/")) == []  # the FileStore's flock file is hidden
+
+
+@pytest.mark.kafka
+def test_a_replay_killed_while_it_marks_what_a_killed_one_sent_leaves_that_to_the_next(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Replay A is killed after Kafka took three of its records, unmarked. Replay B takes A's lock over
+    and is killed too, before it has marked A's records (they are read from where A's lock says the
+    topic ended before A sent: a long read when A ran long). B's lock named where the topic ended
+    before B began, after A's records, so replay C read from there, found none of A's, and sent those
+    three letters again. B's lock carries A's start on now: C marks A's records, and every letter is
+    sent once in all."""
+    from kafka import KafkaProducer
+
+    from shared.dlq import read_dead_letters
+    from skuforge_cli.dlq import main as dlq_main
+
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    values = _small_letters(settings, 6)
+    topic = settings.topic_name(SKU_INGESTED)
+    dead = read_dead_letters(settings, topic)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    for stored, value in zip(dead.letters[:3], values, strict=False):  # what A sent before it was killed
+        producer.send(topic, value, headers=[(dlq_module.REPLAY_OF_HEADER, stored.marker_key.encode())])
+    producer.flush()
+    producer.close()
+    store = FileStore(tmp_path)
+    lock = f"dlq-replay-locks/{dead.dlq_topic}.json"
+    assert store.put_new(lock, json.dumps({**_killed_here(_gone_pid()), "original_from": {"0": 0}}).encode())
+
+    b = _ReplayLock(store, dead.dlq_topic, {0: 3})  # where the topic ended when B began
+    assert b.acquire() is not None  # B took A's lock over ...
+    b._stopped.set()  # ... and was killed before it marked A's records: its heartbeat stops
+    assert b._refresher is not None
+    b._refresher.join()
+    then = dlq_module.time.time() - dlq_module.LOCK_STALE_S - 5
+    for lock_file in (tmp_path / "dlq-replay-locks").iterdir():
+        os.utime(lock_file, (then, then))
+
+    assert dlq_main(["replay", topic], settings=settings, store=store) == 0
+    assert "replayed 3 dead letters" in capsys.readouterr().out
+    sent = sorted(record.value for record in read_topic(kafka_bootstrap, topic, expect=6, timeout_s=30))
+    assert sent == sorted(values)  # each once
+    assert len(list(store.list_keys("dlq-replays/"))) == 6
+    assert not store.exists(lock)
