@@ -1708,14 +1708,20 @@ def build_stage(
     )
     metrics = LoraTrainerMetrics(stage.metrics.registry)
     publish = kafka_publisher(stage.settings)
-    worker = open_trainer(
-        stage.settings,
-        metrics=metrics,
-        publish=publish,
-        trainer=trainer,
-        diffusion=diffusion,
-        generation=generation,
-    )
+    try:
+        worker = open_trainer(
+            stage.settings,
+            metrics=metrics,
+            publish=publish,
+            trainer=trainer,
+            diffusion=diffusion,
+            generation=generation,
+        )
+    except BaseException:
+        # Refused settings (ConfigError): left to the garbage collector, the producer's sender thread and
+        # broker connection lived on while the refusal (its traceback holds this frame) was held.
+        publish.close()
+        raise
     workers.append(worker)
 
     @stage.on_stop
