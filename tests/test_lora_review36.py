@@ -6,15 +6,26 @@ store or registry fault in a job is logged naming what failed, not as a training
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from schemas.events import SkuCaptioned
 from services.lora_trainer.config import LoraTrainerSettings
-from services.lora_trainer.stage import build_stage
+from services.lora_trainer.stage import _instance_sources, build_stage
+from shared.arith.masks import largest_component
 from shared.config import ConfigError, load_settings
 from shared.generation.diffusion import DiffusionSettings
+from shared.images import decode_mask
+from shared.lora_training.dataset import TrainingRecipe, build_training_set, training_set_sha256
+from shared.store import FileStore
 from tests.support.bus import file_store_uri, isolated_settings
+from tests.support.captioning import captioned_sku
+
+SIZE_PX = 160
+RECIPE = TrainingRecipe(resolution=128, scenes_per_photo=3, class_images=0)
 
 
 def producer_threads() -> set[threading.Thread]:
@@ -40,3 +51,74 @@ def test_a_worker_that_cannot_open_closes_the_producer_made_for_it(
         )
     assert refused.traceback  # held, as a caller reporting it holds it
     assert producer_threads() - before == set()
+
+
+def disc(radius_px: int, centre: tuple[int, int]) -> np.ndarray:
+    rows, cols = np.mgrid[:SIZE_PX, :SIZE_PX]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius_px**2
+
+
+def on_the_shelf(store: FileStore, blobs_by_photo: list[np.ndarray]) -> SkuCaptioned:
+    """A SKU whose every photo is in a store (plain_background 0.2, below the generator's 0.7), each
+    photo's mask the given blobs, the products red on a grey shelf."""
+    captioned = captioned_sku(store, 1, usable_photos=len(blobs_by_photo), series="apples")
+    photos = []
+    for photo, blobs in zip(captioned.photos, blobs_by_photo, strict=True):
+        pixels = np.full((SIZE_PX, SIZE_PX, 3), 110, np.uint8)
+        pixels[blobs] = (200, 30, 30)
+        mask = np.where(blobs, np.uint8(255), np.uint8(0))
+        image = store.put_image(f"images/shelf/{photo.photo_id}.png", pixels)
+        mask_ref = store.put_image(f"masks/shelf/{photo.photo_id}.png", mask)
+        photos.append(photo.model_copy(update={"image": image, "mask": mask_ref, "plain_background": 0.2}))
+    return captioned.model_copy(update={"photos": photos})
+
+
+def build(store: FileStore, captioned: SkuCaptioned) -> tuple[str, list[np.ndarray], list[str]]:
+    """The SKU's set as the trainer builds it: its hash, each instance item's mask and item id."""
+    sources = _instance_sources(captioned, 0.7)
+    sha = training_set_sha256(
+        kind="series", series="apples", base_model="m", model_digest="d", sources=sources, recipe=RECIPE
+    )
+    built = build_training_set(store, f"sets/{sha}", sha, sources, RECIPE)
+    masks = [decode_mask(store.get_bytes(item.mask or "")) for item in built.instance_items]
+    return sha, masks, [item.item_id for item in built.instance_items]
+
+
+def test_an_in_store_photo_trains_on_its_largest_blob_as_the_generator_cuts_it(tmp_path: Path) -> None:
+    """The generator cuts an in-store photo's largest blob (``cluttered_cutout``): the matting model's
+    other blobs there are a neighbouring product or a price tag. The trainer composited the whole mask,
+    so the SKU's adapter learned the apple with the price tag beside it on every scene."""
+    store = FileStore(tmp_path / "store")
+    apple_and_tag = disc(45, (80, 55))
+    apple_and_tag[60:100, 125:150] = True  # a price tag, well clear of the apple
+    captioned = on_the_shelf(store, [apple_and_tag])
+    sha, masks, _ = build(store, captioned)
+
+    assert masks and all(mask.any() for mask in masks)
+    for mask in masks:
+        assert np.array_equal(largest_component(mask), mask > 0), "a second blob was trained on"
+    # Not the set trained before on whole masks: its hash names it, and its adapter is not this one.
+    whole = [replace(source, cluttered=False) for source in _instance_sources(captioned, 0.7)]
+    assert sha != training_set_sha256(
+        kind="series", series="apples", base_model="m", model_digest="d", sources=whole, recipe=RECIPE
+    )
+
+
+def test_of_in_store_photos_only_those_of_one_object_are_trained_on_when_there_are_some(
+    tmp_path: Path,
+) -> None:
+    """The generator draws from the in-store photos whose cut-out is one solid object when the SKU has
+    any (``one_object_photos``); the trainer trained on a chain of apples as on a single one."""
+    store = FileStore(tmp_path / "store")
+    chain = disc(30, (80, 45)) | disc(30, (80, 95)) | disc(30, (80, 125))
+    one_apple = disc(50, (80, 80))
+    _, masks, item_ids = build(store, on_the_shelf(store, [chain, one_apple]))
+
+    assert item_ids and all("-p1-" in item_id for item_id in item_ids), item_ids
+    assert len(masks) == RECIPE.scenes_per_photo
+
+    # With none of one object, every in-store photo is trained on (each its largest blob), as in the
+    # generator.
+    store = FileStore(tmp_path / "store-2")
+    _, _, item_ids = build(store, on_the_shelf(store, [chain, chain | disc(8, (20, 20))]))
+    assert {item_id.split("-")[-2] for item_id in item_ids} == {"p0", "p1"}

@@ -17,8 +17,10 @@ lost on a crash because the request is durable before its offset is committed. A
 request: re-captioned under another series (or none), its request leaves the old series' folder.
 
 **What it trains on.** The photos the generator cuts products from (``cutout_sources``, with the
-generator's ``SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND``), on the model the adapters are labelled
-with (``adapter_base_model``: a model other than the generator's needs ``SKUFORGE_LORA_BASE_MODEL``).
+generator's ``SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND``; of a SKU with none on a plain background, each
+in-store photo's largest blob, from those whose blob is one object when it has any, as the generator
+cuts them), on the model the adapters are labelled with (``adapter_base_model``: a model other than
+the generator's needs ``SKUFORGE_LORA_BASE_MODEL``).
 
 **Restarts.** A job's id is its training set's content hash (``shared/lora_training/dataset.py``).
 Training checkpoints to ``lora-trainer/jobs/<hash>/checkpoint.pt`` every
@@ -112,7 +114,7 @@ from shared.generation.adapters import (
     lora_rank,
     resolve_adapter,
 )
-from shared.generation.backend import cutout_sources
+from shared.generation.backend import cut_from_cluttered_photos, cutout_sources
 from shared.generation.diffusion import DiffusionSettings, model_digest, paint_finite, release_memory
 from shared.generation.settings import GenerationSettings
 from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, UInt8Array, decode_image, pixel_array
@@ -1317,9 +1319,12 @@ def _instance_sources(captioned: SkuCaptioned, min_plain_background: float) -> l
     """The SKU's training photos: the ones the generator cuts the product from (``cutout_sources``).
 
     A cut-out from a cluttered in-store photo is often a hand or the neighbouring product; the
-    generator does not paste those, and an adapter trained on them would learn the wrong product.
+    generator does not paste those, and an adapter trained on them would learn the wrong product. Of a
+    SKU with no photo on a plain background, the sources are marked ``cluttered``: the set is built,
+    as the generator cuts, from each one's largest blob and from those whose blob is one object.
     """
     usable = [photo for photo in captioned.photos if photo.usable and photo.mask is not None]
+    cluttered = cut_from_cluttered_photos(usable, min_plain_background)
     sources = []
     for photo in cutout_sources(usable, min_plain_background):
         assert photo.mask is not None  # filtered above; for mypy
@@ -1336,6 +1341,7 @@ def _instance_sources(captioned: SkuCaptioned, min_plain_background: float) -> l
                 class_noun=captioned.class_noun,
                 class_prompt=captioned.class_prompt,
                 tags=tuple(t for t in tags if t),
+                cluttered=cluttered,
             )
         )
     return sources

@@ -13,9 +13,9 @@ diffusers inpainting around the placed product, with LoRA adapters). The Triton 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -87,9 +87,9 @@ def cutout_sources(usable: list[CaptionedPhoto], min_plain_background: float) ->
     On a cluttered in-store photo the matting model is often wrong about what the product is (a
     hand, the next item on the shelf); pasted onto new scenes, such a cut-out is a wrong label. The
     photo still reaches the retraining store as a real image. The generator and the LoRA trainer
-    both take their cut-outs from these. Of cluttered photos the generator cuts the largest blob
-    (``cluttered_cutout``) and draws from those whose blob is one object first
-    (``one_object_photos``): both need the masks, which it reads and this does not.
+    both take their cut-outs from these. Of cluttered photos both cut the largest blob
+    (``cluttered_cutout``) and draw from those whose blob is one object first
+    (``one_object_photos``): both need the masks, which they read and this does not.
     """
     plain = [
         photo
@@ -120,22 +120,29 @@ def cluttered_cutout(mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return np.where(largest_component(mask), np.uint8(255), np.uint8(0))
 
 
-def one_object_photos(
-    photos: list[CaptionedPhoto], masks: Mapping[str, npt.NDArray[np.uint8]]
-) -> list[CaptionedPhoto]:
+class _Photo(Protocol):
+    @property
+    def photo_id(self) -> str: ...
+
+
+_PhotoT = TypeVar("_PhotoT", bound=_Photo)
+
+
+def one_object_photos(photos: Sequence[_PhotoT], masks: Mapping[str, npt.NDArray[np.uint8]]) -> list[_PhotoT]:
     """Of cluttered cut-out sources, in their order, those whose mask (by photo id: the cut-out,
     ``cluttered_cutout``) is one solid object (``ONE_OBJECT_MIN_SOLIDITY``); all of them when none is.
 
     A cut-out of a heap, a chain or a product with a hand across it is no one product; where the SKU
     has a photo of one product alone (a single apple, a carton held clear), only that one is drawn
-    from. A photo whose mask is not in ``masks`` does not pass.
+    from. A photo whose mask is not in ``masks`` does not pass. The generator's photos are
+    ``CaptionedPhoto``s, the LoRA trainer's its training sources: anything with a ``photo_id``.
     """
     solid = [
         photo
         for photo in photos
         if photo.photo_id in masks and solidity(masks[photo.photo_id] > 0) >= ONE_OBJECT_MIN_SOLIDITY
     ]
-    return solid or photos
+    return solid or list(photos)
 
 
 @dataclass(frozen=True)

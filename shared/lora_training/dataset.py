@@ -2,7 +2,8 @@
 
 The recipe is what the field reports learned (docs/architecture.md, "Why it exists"):
 
-- **instance images**: each usable reference photo's product, composited onto varied scenes by the
+- **instance images**: each usable reference photo's product (an in-store photo's largest blob, as the
+  generator cuts it: ``InstanceSource.cluttered``), composited onto varied scenes by the
   ``composite`` generation backend (so the adapter does not learn the studio background), with the
   prompt ``"<instance prompt>, <tags>"``: the captioner's rare token + class noun, then tags from the
   caption (colours, shape, view) and the scene's name;
@@ -14,10 +15,10 @@ The recipe is what the field reports learned (docs/architecture.md, "Why it exis
   the other would leave a resumed job a smaller set than the one it started on.
 
 A job's identity is ``training_set_sha256``: a hash of its inputs (photo and mask sha256, prompts,
-tags), of the base model trained on and of the recipe's knobs that change the weights (not
-``checkpoint_every``: a resumed job ends with the weights an uninterrupted one ends with). A
-redelivered request, or a restart, finds the same hash and does not train again; a new SKU in a
-series changes it and trains a new adapter.
+tags, whether a photo is cut as an in-store one), of the base model trained on and of the recipe's
+knobs that change the weights (not ``checkpoint_every``: a resumed job ends with the weights an
+uninterrupted one ends with). A redelivered request, or a restart, finds the same hash and does not
+train again; a new SKU in a series changes it and trains a new adapter.
 
 Layout under the set's prefix::
 
@@ -45,7 +46,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import BadInput
-from shared.generation.backend import GenerationRequest
+from shared.generation.backend import GenerationRequest, cluttered_cutout, one_object_photos
 from shared.generation.composite import CompositeBackend
 from shared.images import (
     DEFAULT_MAX_BYTES,
@@ -122,6 +123,9 @@ class InstanceSource:
     class_prompt: str
     tags: tuple[str, ...] = ()
     composite: bool = True  # False: the image is already a scene (an accepted generated image)
+    # An in-store photo (its SKU has none on a plain background): its mask's largest blob is trained on,
+    # and of the SKU's such photos only those whose blob is one object when any is, as the generator cuts.
+    cluttered: bool = False
 
 
 @dataclass
@@ -210,6 +214,9 @@ def training_set_sha256(
                 s.class_prompt,
                 sorted(s.tags),
                 s.composite,
+                # Only where set: the sets of photos on a plain background keep the hash (and the
+                # adapter) they had before in-store photos were cut to their largest blob.
+                *(["cluttered"] if s.cluttered else []),
             ]
             for s in sources
         ),
@@ -252,12 +259,19 @@ def build_training_set(
     classes: dict[str, str] = {}  # class noun -> class prompt
     refused: list[Exception] = []
     item_stems = _item_stems(sources)
+    not_one_object = _not_one_object(store, sources, max_pixels, max_bytes)
     for done, source in enumerate(sources):
         # Up to 200 scenes a photo and 2000 photos a general set: SIGTERM must not wait for them all.
         if should_stop():
             raise TrainingInterrupted(
                 f"stopped building the training set: {done} of {len(sources)} photos; it is built again"
             )
+        if done in not_one_object:
+            log.info(
+                "an in-store photo is left out of the set: another in-store photo of its SKU is one object",
+                extra={"sku_id": source.sku_id, "photo_id": source.photo_id},
+            )
+            continue
         try:
             scenes = _scenes(store, source, recipe, compositor, max_pixels, max_bytes)
         except (BadInput, ValueError) as exc:
@@ -365,10 +379,7 @@ def _scenes(
     written). Checked against the sha256 the captioner recorded (the job's identity): an altered photo
     must not be trained on under it."""
     size = recipe.resolution
-    image_bytes = store.read_checked(source.image_uri, source.image_sha256)
-    photo = pixel_array(decode_image(image_bytes, max_pixels=max_pixels, max_bytes=max_bytes))
-    mask_bytes = store.read_checked(source.mask_uri, source.mask_sha256)
-    mask = decode_mask(mask_bytes, max_pixels=max_pixels, max_bytes=max_bytes)
+    photo, mask = _read_source(store, source, max_pixels, max_bytes)
     if not source.composite:
         return [(square_image(photo, size), square_image(mask, size), list(source.tags))]
     request = GenerationRequest(
@@ -387,6 +398,50 @@ def _scenes(
         (s.image, s.expected_mask, [*source.tags, f"{s.parameters.get('scene', 'scene')} background"])
         for s in compositor.generate(request)
     ]
+
+
+def _read_source(
+    store: ObjectStore, source: InstanceSource, max_pixels: int, max_bytes: int
+) -> tuple[UInt8Array, UInt8Array]:
+    """The source's photo (RGB) and mask (0/255), checked against the sha256 the captioner recorded (the
+    job's identity: an altered photo must not be trained on under it); an in-store photo's mask cut to
+    its largest blob (``cluttered_cutout``), as the generator cuts it."""
+    image_bytes = store.read_checked(source.image_uri, source.image_sha256)
+    photo = pixel_array(decode_image(image_bytes, max_pixels=max_pixels, max_bytes=max_bytes))
+    mask_bytes = store.read_checked(source.mask_uri, source.mask_sha256)
+    mask = decode_mask(mask_bytes, max_pixels=max_pixels, max_bytes=max_bytes)
+    return photo, cluttered_cutout(mask) if source.cluttered else mask
+
+
+def _not_one_object(
+    store: ObjectStore, sources: Sequence[InstanceSource], max_pixels: int, max_bytes: int
+) -> set[int]:
+    """The positions of in-store sources passed over as the generator passes them over: of a SKU's
+    in-store photos that can be read, those whose cut-out is not one object when another's is
+    (``one_object_photos``). Before, a chain of apples or a crate was trained on beside the SKU's photo
+    of one apple. Those that cannot be read are not passed over here: they are refused, and logged, when
+    the set is built."""
+    by_sku: dict[str, list[int]] = {}
+    for position, source in enumerate(sources):
+        if source.cluttered:
+            by_sku.setdefault(source.sku_id, []).append(position)
+    passed_over: set[int] = set()
+    for positions in by_sku.values():
+        # By photo id, as one_object_photos looks them up: a SKU's photo ids are distinct.
+        masks: dict[str, UInt8Array] = {}
+        for position in positions:
+            try:
+                masks[sources[position].photo_id] = _read_source(
+                    store, sources[position], max_pixels, max_bytes
+                )[1]
+            except (BadInput, ValueError):
+                continue
+        readable = [sources[position] for position in positions if sources[position].photo_id in masks]
+        chosen = {source.photo_id for source in one_object_photos(readable, masks)}
+        passed_over.update(
+            p for p in positions if sources[p].photo_id in masks and sources[p].photo_id not in chosen
+        )
+    return passed_over
 
 
 def load_training_set(store: ObjectStore, prefix: str, sha256: str) -> TrainingSet | None:
