@@ -5,24 +5,36 @@ store or registry fault in a job is logged naming what failed, not as a training
 
 from __future__ import annotations
 
+import logging
 import threading
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from schemas.events import SkuCaptioned
 from services.lora_trainer.config import LoraTrainerSettings
-from services.lora_trainer.stage import _instance_sources, build_stage
+from services.lora_trainer.stage import (
+    PREFIX,
+    LoraTrainer,
+    LoraTrainerMetrics,
+    _instance_sources,
+    build_stage,
+)
 from shared.arith.masks import largest_component
 from shared.config import ConfigError, load_settings
+from shared.errors import StoreMisconfigured, TransientError
+from shared.generation.adapters import AdapterRegistry
 from shared.generation.diffusion import DiffusionSettings
 from shared.images import decode_mask
 from shared.lora_training.dataset import TrainingRecipe, build_training_set, training_set_sha256
-from shared.store import FileStore
+from shared.store import FileStore, ObjectStore, open_store
 from tests.support.bus import file_store_uri, isolated_settings
 from tests.support.captioning import captioned_sku
+from tests.support.lora import model_folder, record
 
 SIZE_PX = 160
 RECIPE = TrainingRecipe(resolution=128, scenes_per_photo=3, class_images=0)
@@ -122,3 +134,71 @@ def test_of_in_store_photos_only_those_of_one_object_are_trained_on_when_there_a
     store = FileStore(tmp_path / "store-2")
     _, _, item_ids = build(store, on_the_shelf(store, [chain, chain | disc(8, (20, 20))]))
     assert {item_id.split("-")[-2] for item_id in item_ids} == {"p0", "p1"}
+
+
+class RefusingJobWrites(FileStore):
+    """A store that refuses every write under the jobs' folder, as a bucket whose policy denies them."""
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        if key.startswith(f"{PREFIX}/jobs/"):
+            raise StoreMisconfigured(f"refused {self.uri_for(key)}: AccessDenied (HTTP 403)")
+        super()._write(key, data, content_type)
+
+
+def trainer_with(store: FileStore, registry_store: ObjectStore, tmp_path: Path) -> LoraTrainer:
+    """A trainer of the series "cola" (SKU-001, one photo) on ``store``, registering into
+    ``registry_store``."""
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    return LoraTrainer(
+        store=store,
+        registry=AdapterRegistry(registry_store),
+        settings=load_settings(LoraTrainerSettings, lora_class_images=0),
+        model_dir=model_folder(tmp_path, "m"),
+        base_model="sd15-inpaint",
+        min_plain_background=0.7,
+        publish=lambda event: None,
+        metrics=LoraTrainerMetrics(CollectorRegistry()),
+    )
+
+
+def store_failure_logged(
+    trainer: LoraTrainer, caplog: pytest.LogCaptureFixture, where: str, uri: str
+) -> None:
+    """One poll logs the job's fault as ``where`` failing, with its uri, never as a failed training job."""
+    with caplog.at_level(logging.WARNING, logger="skuforge.lora-trainer"):
+        trainer.poll()
+    logged = [r for r in caplog.records if r.name == "skuforge.lora-trainer" and r.levelno >= logging.WARNING]
+    assert logged, "the fault was not logged"
+    assert not [r for r in logged if "training job failed" in r.getMessage()], [
+        r.getMessage() for r in logged
+    ]
+    for entry in logged:
+        assert where in entry.getMessage(), entry.getMessage()
+        assert uri in getattr(entry, "reason", ""), getattr(entry, "reason", "")
+    assert trainer.metrics.jobs.labels("retried")._value.get() == 1
+    assert trainer.metrics.jobs.labels("failed")._value.get() == 0
+    assert isinstance(trainer.last_error, TransientError)
+
+
+def test_a_registry_bucket_that_refuses_is_named_not_logged_as_a_failed_training_job(
+    tmp_path: Path, stub_training: list[Path], s3_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Trained, then the adapter registry's S3 bucket refused it (here: no such bucket): logged "training
+    job failed", twice, a user could not tell it from training that diverged. The log names the registry
+    and its uri, and the job is retried."""
+    bucket = f"no-such-bucket-{uuid.uuid4().hex[:12]}"
+    registry = open_store(f"s3://{bucket}/adapters", s3_endpoint_url=s3_endpoint)
+    trainer = trainer_with(FileStore(tmp_path / "store"), registry, tmp_path)
+
+    store_failure_logged(trainer, caplog, "adapter registry", f"s3://{bucket}")
+    assert len(stub_training) == 1  # trained; only its registration failed
+
+
+def test_a_store_that_refuses_the_jobs_writes_is_named_not_logged_as_a_failed_training_job(
+    tmp_path: Path, stub_training: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The object store refusing the trained weights was logged "training job failed" too."""
+    store = RefusingJobWrites(tmp_path / "store")
+    trainer = trainer_with(store, FileStore(tmp_path / "registry"), tmp_path)
+
+    store_failure_logged(trainer, caplog, "object store", f"{store.base_uri}/{PREFIX}/jobs/")

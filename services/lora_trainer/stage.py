@@ -50,7 +50,9 @@ its last checkpoint, with a warning naming the file. One registered whose ``adap
 broker did not take (away, or the topic refusing the record) is published again at the next poll, not
 trained again; the log says so, naming the adapter, the topic and the broker's reason. A poll that
 cannot plan its jobs (the store away while its requests are read) is logged as such: nothing was
-trained, and the next poll plans again.
+trained, and the next poll plans again. A job stopped by the object store or the adapter registry (away,
+or refusing a write) is logged naming which, with the uri it met (``StoreFailed``), not as a training
+job that failed.
 
 Bad input goes to the DLQ with its reason: a captioned SKU with no usable photo and mask
 (``no_usable_photos``), a photo or mask missing from the store or not matching its sha256
@@ -431,6 +433,18 @@ class PlanningFailed(Exception):
         super().__init__(f"planning the jobs (reading the store) failed: {self.reason}")
 
 
+class StoreFailed(TransientError):
+    """A job stopped on the object store or the adapter registry (away, or refusing a read or a write):
+    ``where`` names which and its setting, ``reason`` the store's own words (the uri it met). Not the
+    training's fault: the job is tried again at the next poll, uncounted, resumed from its checkpoint.
+    A ``TransientError`` still, as the store's own was, to a caller of ``run_pending``."""
+
+    def __init__(self, where: str, exc: TransientError) -> None:
+        self.where, self.reason = where, _one_line(exc)
+        super().__init__(f"{where}: {self.reason}")
+        self.__cause__ = exc
+
+
 def _one_line(exc: BaseException) -> str:
     """A one-line reason for a log line (a ValidationError's str runs over many lines), with the notes that
     say where it was raised ("at training step 3 of 800")."""
@@ -555,6 +569,14 @@ class LoraTrainer:
                 extra={"adapter_id": exc.adapter_id, "topic": exc.topic, "reason": exc.reason},
             )
             self.last_error = _without_frames(exc)
+        except StoreFailed as exc:  # a job began: the store or registry is to blame, not its training
+            self.metrics.jobs.labels("retried").inc()
+            log.error(
+                f"{exc.where} failed a job; its training is not at fault, and it is retried after the poll "
+                "interval, resumed",
+                extra={"store": exc.where, "reason": exc.reason},
+            )
+            self.last_error = _without_frames(exc.__cause__ or exc)
         except PlanningFailed as exc:  # no job began: the store is to blame, not the GPU, model or photos
             self.metrics.jobs.labels("retried").inc()
             log.error(
@@ -820,6 +842,17 @@ class LoraTrainer:
                 )
                 failure = failure or _without_frames(exc)
                 continue
+            except TransientError as exc:
+                # "training job failed" sent the operator to the GPU, the model and the photos, where a
+                # bucket refused the weights or the registry was away: its name and uri are said instead.
+                failed = self._store_failed(exc)
+                log.warning(
+                    f"{failed.where} failed the job; its training is not at fault, and it is retried at the "
+                    "next poll, resumed; the others go on",
+                    extra={"adapter_id": job.adapter_id, "store": failed.where, "reason": failed.reason},
+                )
+                failure = failure or _without_frames(failed)
+                continue
             except Exception as exc:
                 log.warning(
                     "training job failed; the others go on",
@@ -834,6 +867,13 @@ class LoraTrainer:
         if failure is not None:
             raise failure
         return published
+
+    def _store_failed(self, exc: TransientError) -> StoreFailed:
+        """``exc`` named by the store it came from, told by the uri the store's errors name: the registry
+        first, as its folder may lie inside the object store's (``<SKUFORGE_STORE_URI>/adapters``)."""
+        if f"{self.registry.store.base_uri}/" in str(exc):
+            return StoreFailed("the adapter registry (SKUFORGE_DIFFUSION_ADAPTERS_URI)", exc)
+        return StoreFailed("the object store (SKUFORGE_STORE_URI)", exc)
 
     def run_job(self, job: Job) -> AdapterPublished | None:
         """Train (or resume), register and publish one job; None if it was already published."""
