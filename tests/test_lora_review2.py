@@ -136,6 +136,17 @@ def test_empty_lora_settings_are_unset_as_compose_and_helm_pass_them(
 # --- 4. a trainer without torch ---------------------------------------------------------------------
 
 
+class _NoBroker:
+    """kafka_publisher's stand-in: publishes nothing, and closes (build_stage closes it when the worker
+    cannot be opened, as here)."""
+
+    def __call__(self, event: object) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 def test_running_the_trainer_without_torch_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -145,7 +156,7 @@ def test_running_the_trainer_without_torch_says_what_to_install(
     from skuforge_cli.main import main as cli_main
 
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ModuleNotFoundError
-    monkeypatch.setattr(lora_stage, "kafka_publisher", lambda shared: lambda event: None)  # no broker
+    monkeypatch.setattr(lora_stage, "kafka_publisher", lambda shared: _NoBroker())  # no broker
     monkeypatch.setenv("SKUFORGE_METRICS_PORT", "0")
     assert cli_main(["run", "lora-trainer"]) == 2
     err = capsys.readouterr().err
