@@ -15,7 +15,6 @@ compared on the same broker. Prints JSON; ``--out FILE`` writes it too.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import subprocess
@@ -23,12 +22,10 @@ import sys
 import tempfile
 import uuid
 from contextlib import ExitStack
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaProducer
-
+from bench.events import dead_letter, numbered_original, write_dead_letters
 from schemas.envelope import DLQ_INLINE_MAX_BYTES
 from schemas.topics import SKU_INGESTED
 from shared.argtypes import positive_int
@@ -48,26 +45,8 @@ def _write_dlq(bootstrap: str, namespace: str, letters: int, size: int) -> int:
         admin.create_topics([NewTopic(name, 1, 1) for name in (topic, topic + ".dlq")])
     finally:
         admin.close()
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    written = 0
-    for offset in range(letters):
-        letter = {
-            "reason": "object_missing",
-            "detail": "photo gone",
-            "error_class": "BadInput",
-            "stage": "passthrough",
-            "original_topic": topic,
-            "original_partition": 0,
-            "original_offset": offset,
-            "original_value_b64": base64.b64encode((b"%08d" % offset) * (size // 8)).decode(),
-            "failed_at": datetime.now(UTC).isoformat(),
-        }
-        record = json.dumps(letter).encode()
-        written += len(record)
-        producer.send(topic + ".dlq", record)
-    producer.flush()
-    producer.close()
-    return written
+    dead = (dead_letter(topic, offset, numbered_original(offset, size)) for offset in range(letters))
+    return write_dead_letters(bootstrap, topic + ".dlq", dead)
 
 
 def _peak_rss_mb(tree: Path, argv: list[str], env: dict[str, str]) -> tuple[float, int]:

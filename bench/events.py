@@ -1,5 +1,5 @@
 """Input events for the benchmarks on a real broker (bench/bus.py, bench/scale.py): payloads, and
-producing them the way a service does.
+producing them the way a service does; dead letters as a stage writes them (bench/dlq_memory.py).
 
 The tests produce with the same helpers (``tests/support/bus.py``): a shipped bench does not import
 the test tree, the tests may import bench.
@@ -7,8 +7,11 @@ the test tree, the tests may import bench.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from kafka import KafkaProducer
@@ -99,3 +102,40 @@ def abandon(producer: KafkaProducer) -> None:
     # is stopped: that thread, a daemon, is then left to end with the process.
     with contextlib.suppress(KafkaTimeoutError):
         producer.close(timeout=0)
+
+
+def dead_letter(original_topic: str, offset: int, value: bytes, **fields: Any) -> dict[str, Any]:
+    """A dead letter's JSON fields as a stage writes them: the passthrough stage refused ``value``, read at
+    ``offset`` of ``original_topic``'s partition 0, as object_missing; ``fields`` replace any of these."""
+    letter: dict[str, Any] = {
+        "reason": "object_missing",
+        "detail": "photo gone",
+        "error_class": "BadInput",
+        "stage": "passthrough",
+        "original_topic": original_topic,
+        "original_partition": 0,
+        "original_offset": offset,
+        "original_value_b64": base64.b64encode(value).decode(),
+        "failed_at": datetime.now(UTC).isoformat(),
+    }
+    letter.update(fields)
+    return letter
+
+
+def numbered_original(offset: int, size_bytes: int) -> bytes:
+    """An original of ``size_bytes`` (rounded down to a multiple of 8) that differs for each ``offset``."""
+    return (b"%08d" % offset) * (size_bytes // 8)
+
+
+def write_dead_letters(bootstrap: str, dlq_topic: str, letters: Iterable[dict[str, Any]]) -> int:
+    """``letters`` (``dead_letter``'s) written to ``dlq_topic`` in order, each acknowledged by every
+    replica; returns the bytes written."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    written = 0
+    for letter in letters:
+        record = json.dumps(letter).encode()
+        written += len(record)
+        producer.send(dlq_topic, record)
+    producer.flush()
+    producer.close()
+    return written

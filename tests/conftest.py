@@ -14,7 +14,7 @@ from tests.support.lora import stub_training, tiny_model  # noqa: F401
 from tests.support.matting import random_u2netp_onnx  # noqa: F401
 from tests.support.prometheus import amtool_bin, prometheus_bin, promtool_bin  # noqa: F401
 from tests.support.s3 import other_s3_endpoint, s3_endpoint, s3_store  # noqa: F401
-from tests.support.signals import restore_signal_handlers  # noqa: F401
+from tests.support.signals import restore_signal_handlers, signals_as_from_a_shell  # noqa: F401
 from tests.support.threads import torch_threads_as_before  # noqa: F401 (autouse)
 from tests.support.triton import triton  # noqa: F401
 

@@ -7,42 +7,24 @@ outage re-sent every corrupt input too, which only dead-lettered again.
 
 from __future__ import annotations
 
-import base64
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaProducer
 
+from bench.events import dead_letter
 from schemas.topics import SKU_INGESTED
 from shared.config import Settings
 from skuforge_cli.dlq import main as dlq_main
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
+from tests.support.dlq import write_letters
 
 
 def _letter(original_topic: str, value: bytes, reason: str = "object_missing") -> dict[str, Any]:
     """A dead letter as a stage writes it, of ``value`` read from ``original_topic``."""
-    return {
-        "reason": reason,
-        "detail": f"{reason} (test)",
-        "error_class": "BadInput",
-        "stage": "passthrough",
-        "original_topic": original_topic,
-        "original_partition": 0,
-        "original_offset": 0,
-        "original_value_b64": base64.b64encode(value).decode(),
-        "failed_at": datetime.now(UTC).isoformat(),
-    }
-
-
-def _write_letters(settings: Settings, *letters: dict[str, Any]) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    for letter in letters:
-        producer.send(settings.dlq_name(SKU_INGESTED), json.dumps(letter).encode())
-    producer.flush()
-    producer.close()
+    return dead_letter(original_topic, 0, value, reason=reason, detail=f"{reason} (test)")
 
 
 def _replay(capsys: pytest.CaptureFixture[str], settings: Settings, *argv: str) -> tuple[int, str, str]:
@@ -69,7 +51,7 @@ def test_a_letter_whose_original_is_another_topic_is_never_replayed_there(
     create_topics(mine, SKU_INGESTED, partitions=1)
     create_topics(other, SKU_INGESTED, partitions=1)
     my_topic, other_topic = mine.topic_name(SKU_INGESTED), other.topic_name(SKU_INGESTED)
-    _write_letters(mine, _letter(my_topic, b'{"own": 1}'), _letter(other_topic, b'{"foreign": 1}'))
+    write_letters(mine, _letter(my_topic, b'{"own": 1}'), _letter(other_topic, b'{"foreign": 1}'))
 
     code, out, err = _replay(capsys, mine)
     assert _values(kafka_bootstrap, other_topic, expect=0) == [], "replayed into another environment"
@@ -99,7 +81,7 @@ def test_a_bare_replay_leaves_permanent_faults_and_says_how_to_replay_them(
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
     topic = settings.topic_name(SKU_INGESTED)
-    _write_letters(
+    write_letters(
         settings,
         _letter(topic, b'{"photo": "back"}', "object_missing"),
         _letter(topic, b'{"stage": "fixed"}', "handler_error"),

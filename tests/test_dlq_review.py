@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaProducer
 
+from bench.events import write_dead_letters
 from devstack.broker import free_port
 from schemas.envelope import Envelope
 from schemas.events import SkuIngested
@@ -36,30 +35,7 @@ from tests.support.bus import (
     running,
     sku_ingested_payloads,
 )
-
-
-def _letter(settings: Settings, **fields: Any) -> dict[str, Any]:
-    letter: dict[str, Any] = {
-        "reason": "object_missing",
-        "detail": "photo gone",
-        "error_class": "BadInput",
-        "stage": "passthrough",
-        "original_topic": settings.topic_name(SKU_INGESTED),
-        "original_partition": 0,
-        "original_offset": 0,
-        "original_value_b64": base64.b64encode(b'{"x": 1}').decode(),
-        "failed_at": datetime.now(UTC).isoformat(),
-    }
-    letter.update(fields)
-    return letter
-
-
-def _write_letters(settings: Settings, *letters: dict[str, Any]) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    for letter in letters:
-        producer.send(settings.dlq_name(SKU_INGESTED), json.dumps(letter).encode())
-    producer.flush()
-    producer.close()
+from tests.support.dlq import ingested_letter, write_letters
 
 
 @pytest.mark.kafka
@@ -71,10 +47,10 @@ def test_letters_with_a_naive_failed_at_are_selected_by_since(
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
     now = datetime.now(UTC).replace(tzinfo=None)
-    _write_letters(
+    write_letters(
         settings,
-        _letter(settings, failed_at=now.isoformat()),
-        _letter(settings, failed_at=(now - timedelta(days=3)).isoformat()),
+        ingested_letter(settings, failed_at=now.isoformat()),
+        ingested_letter(settings, failed_at=(now - timedelta(days=3)).isoformat()),
     )
     code = dlq_main(["list", settings.topic_name(SKU_INGESTED), "--since", "2h", "--json"], settings=settings)
     out = capsys.readouterr().out
@@ -102,10 +78,10 @@ def test_a_letter_whose_original_is_not_base64_is_a_clear_error_and_the_others_r
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
     good = base64.b64encode(b'{"good": 1}').decode()
-    _write_letters(
+    write_letters(
         settings,
-        _letter(settings, original_value_b64=bad_value),
-        _letter(settings, original_offset=1, original_value_b64=good),
+        ingested_letter(settings, original_value_b64=bad_value),
+        ingested_letter(settings, original_offset=1, original_value_b64=good),
     )
     # A dry run reads the originals too: it said "would replay 2" of which one could not be sent.
     code = dlq_main(["replay", settings.topic_name(SKU_INGESTED), "--dry-run"], settings=settings)
@@ -138,7 +114,7 @@ def test_replay_markers_the_store_refuses_are_a_clear_error_that_says_what_was_s
     (tmp_path / "store" / "dlq-replays").write_bytes(b"")  # every marker write under it fails
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
     create_topics(settings, SKU_INGESTED, partitions=1)
-    _write_letters(settings, _letter(settings))
+    write_letters(settings, ingested_letter(settings))
     code = dlq_main(
         ["replay", settings.topic_name(SKU_INGESTED)], settings=settings, store=open_store(settings.store_uri)
     )
@@ -161,21 +137,13 @@ def test_an_unreachable_store_is_a_clear_error(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
-    _write_letters(settings, _letter(settings))
+    write_letters(settings, ingested_letter(settings))
     nobody = f"http://127.0.0.1:{free_port()}"
     store = open_store("s3://skuforge/dlq", s3_endpoint_url=nobody)
     code = dlq_main(["list", settings.topic_name(SKU_INGESTED)], settings=settings, store=store)
     captured = capsys.readouterr()
     assert code == 1 and captured.out == ""
     assert captured.err.startswith("skuforge dlq list: S3 unreachable")
-
-
-def _write_letters_to(settings: Settings, dlq_topic: str, *letters: dict[str, Any]) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    for letter in letters:
-        producer.send(dlq_topic, json.dumps(letter).encode())
-    producer.flush()
-    producer.close()
 
 
 def test_a_topic_name_resolves_to_this_environments_namespace_first(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -230,8 +198,12 @@ def test_replay_reads_this_environments_dlq_and_refuses_another_namespace_unless
     create_topic_names(
         mine, [mine.topic_namespace + other_topic, mine.topic_namespace + other_topic + ".dlq"], partitions=1
     )
-    _write_letters_to(mine, mine.topic_namespace + other_topic + ".dlq", _letter(mine, reason="mine"))
-    _write_letters_to(other, other.dlq_name(SKU_INGESTED), _letter(other, reason="theirs"))
+    write_dead_letters(
+        kafka_bootstrap, mine.topic_namespace + other_topic + ".dlq", [ingested_letter(mine, reason="mine")]
+    )
+    write_dead_letters(
+        kafka_bootstrap, other.dlq_name(SKU_INGESTED), [ingested_letter(other, reason="theirs")]
+    )
 
     assert dlq_main(["list", other_topic, "--json"], settings=mine) == 0
     assert list(json.loads(capsys.readouterr().out)["reasons"]) == ["mine"]
@@ -253,7 +225,12 @@ def test_a_reason_no_letter_has_is_refused_naming_the_reasons_present(
     """`--reason object-missing` (for object_missing) replayed 0 letters and exited 0."""
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
-    _write_letters(settings, _letter(settings), _letter(settings), _letter(settings, reason="not_json"))
+    write_letters(
+        settings,
+        ingested_letter(settings),
+        ingested_letter(settings),
+        ingested_letter(settings, reason="not_json"),
+    )
     topic = settings.topic_name(SKU_INGESTED)
     for action in ("replay", "list"):
         code = dlq_main([action, topic, "--reason", "object-missing"], settings=settings)
@@ -340,7 +317,7 @@ def test_a_record_dead_lettered_twice_is_replayed_once(kafka_bootstrap: str, tmp
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
     later = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
-    _write_letters(settings, _letter(settings), _letter(settings, failed_at=later))
+    write_letters(settings, ingested_letter(settings), ingested_letter(settings, failed_at=later))
     store = open_store(settings.store_uri)
     assert dlq_main(["replay", settings.topic_name(SKU_INGESTED)], settings=settings, store=store) == 0
     assert len(read_topic(kafka_bootstrap, settings.topic_name(SKU_INGESTED), expect=1, timeout_s=10)) == 1
@@ -371,8 +348,10 @@ def test_a_replay_that_fails_part_way_marks_what_was_sent(
         time.sleep(1.0)  # the broker applies a topic's config within moments
 
     large = base64.b64encode(b"y" * 3000).decode()
-    _write_letters(
-        settings, _letter(settings), _letter(settings, original_offset=1, original_value_b64=large)
+    write_letters(
+        settings,
+        ingested_letter(settings),
+        ingested_letter(settings, original_offset=1, original_value_b64=large),
     )
     store = open_store(settings.store_uri)
     limit("1000")
@@ -398,7 +377,7 @@ def test_a_dlq_that_takes_longer_than_the_timeout_to_read_is_read_while_letters_
 
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
-    _write_letters(settings, *(_letter(settings, original_offset=offset) for offset in range(10)))
+    write_letters(settings, *(ingested_letter(settings, original_offset=offset) for offset in range(10)))
 
     class SlowConsumer(KafkaConsumer):  # type: ignore[misc]
         def poll(
@@ -447,7 +426,7 @@ def test_a_replay_stopped_while_it_flushes_marks_what_was_delivered(
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
     original = settings.topic_name(SKU_INGESTED)
-    _write_letters(settings, *(_letter(settings, original_offset=offset) for offset in range(3)))
+    write_letters(settings, *(ingested_letter(settings, original_offset=offset) for offset in range(3)))
 
     def stopped_producer(settings: Settings, client_id: str) -> Any:
         producer = make_producer(settings, client_id)
@@ -484,9 +463,9 @@ def test_dlq_list_escapes_control_characters_an_outside_writer_put_in_a_letter(
     escape sequence (clear the screen, retitle the terminal) or a forged line reached the operator."""
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
-    _write_letters(
+    write_letters(
         settings,
-        _letter(
+        ingested_letter(
             settings,
             reason="object_missing\x1b[2J",
             detail="gone\r\nobject_missing: 0 (0 replayed)\x1b]0;owned\x07",
@@ -531,7 +510,9 @@ def test_a_record_dead_lettered_twice_is_replayed_once_across_runs_that_pick_one
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
     topic = settings.topic_name(SKU_INGESTED)
-    _write_letters(settings, _letter(settings, **twin), _letter(settings, reason="handler_error"))
+    write_letters(
+        settings, ingested_letter(settings, **twin), ingested_letter(settings, reason="handler_error")
+    )
     assert dlq_main(["replay", topic, *first], settings=settings) == 0
     assert "replayed 1 dead letters" in capsys.readouterr().out
     assert dlq_main(["replay", topic], settings=settings) == 0
@@ -540,20 +521,6 @@ def test_a_record_dead_lettered_twice_is_replayed_once_across_runs_that_pick_one
     # `dlq list` counts the twin replayed too: the record is.
     assert dlq_main(["list", topic, "--json"], settings=settings) == 0
     assert json.loads(capsys.readouterr().out)["replayed"] == 2
-
-
-@pytest.fixture
-def signals_as_from_a_shell() -> Iterator[None]:
-    """Ctrl-C and SIGTERM handled as in a command typed at a shell, whatever the runner left: a runner
-    started in the background (CI's) ignores SIGINT, which the command rightly leaves ignored."""
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 @pytest.mark.kafka
@@ -585,7 +552,7 @@ def test_a_replay_stopped_after_its_flush_still_marks_what_was_delivered(
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
     original = settings.topic_name(SKU_INGESTED)
-    _write_letters(settings, *(_letter(settings, original_offset=offset) for offset in range(3)))
+    write_letters(settings, *(ingested_letter(settings, original_offset=offset) for offset in range(3)))
     sent: list[int] = []
 
     def stop_once() -> None:
@@ -637,7 +604,9 @@ def test_a_reason_no_letter_has_names_the_reasons_present_escaped(
     escape sequence in one (clear the screen) or a forged line reached the operator's terminal."""
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
-    _write_letters(settings, _letter(settings, reason="object_missing\x1b[2J\nskuforge dlq list: all fine"))
+    write_letters(
+        settings, ingested_letter(settings, reason="object_missing\x1b[2J\nskuforge dlq list: all fine")
+    )
     for action in ("list", "replay"):
         code = dlq_main([action, settings.topic_name(SKU_INGESTED), "--reason", "nope"], settings=settings)
         err = capsys.readouterr().err
@@ -655,7 +624,7 @@ def _letters_with_stored_originals(
     for offset, value in enumerate(originals):
         ref = store.put_bytes(f"dlq-originals/{topic}/0-{offset}-x.value", value)
         letters.append(
-            _letter(
+            ingested_letter(
                 settings, original_offset=offset, original_value_b64="", original_value_ref=ref.model_dump()
             )
         )
@@ -699,7 +668,7 @@ def test_a_replay_sends_each_original_kept_in_the_store_before_it_reads_the_next
     topic = settings.topic_name(SKU_INGESTED)
     originals, letters = _letters_with_stored_originals(settings, store, topic, 4)
     twice = dict(letters[0], failed_at=(datetime.now(UTC) + timedelta(seconds=1)).isoformat())
-    _write_letters(settings, *letters, twice)
+    write_letters(settings, *letters, twice)
     monkeypatch.setattr(dlq_module, "make_producer", counting_producer)
 
     assert dlq_main(["replay", topic], settings=settings, store=store) == 0
@@ -725,10 +694,10 @@ def test_an_original_too_large_for_the_producer_does_not_stop_the_letters_after_
     topic = settings.topic_name(SKU_INGESTED)
     store = open_store(settings.store_uri)
     large = store.put_bytes(f"dlq-originals/{topic}/0-0-x.value", b"z" * (1024 * 1024 + 1000))
-    _write_letters(
+    write_letters(
         settings,
-        _letter(settings, original_value_b64="", original_value_ref=large.model_dump(mode="json")),
-        _letter(settings, original_offset=1),
+        ingested_letter(settings, original_value_b64="", original_value_ref=large.model_dump(mode="json")),
+        ingested_letter(settings, original_offset=1),
     )
     assert dlq_main(["replay", topic], settings=settings, store=store) == 1
     err = capsys.readouterr().err
@@ -770,7 +739,7 @@ def test_a_store_that_goes_away_mid_replay_stops_it_with_what_was_sent_marked(
     create_topics(settings, SKU_INGESTED, partitions=1)
     topic = settings.topic_name(SKU_INGESTED)
     originals, letters = _letters_with_stored_originals(settings, store, topic, 2)
-    _write_letters(settings, *letters)
+    write_letters(settings, *letters)
 
     assert dlq_main(["replay", topic], settings=settings, store=store) == 1
     captured = capsys.readouterr()

@@ -2,67 +2,21 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import textwrap
-import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.structs import TopicPartition
 
 from schemas.topics import SKU_INGESTED
 from shared.config import Settings
 from shared.store import open_store
 from skuforge_cli.dlq import main as dlq_main
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
-from tests.test_dlq_review import signals_as_from_a_shell  # noqa: F401 (a fixture)
-
-REPO = Path(__file__).resolve().parent.parent
-
-# The CLI in a child process, each original read 0.1 s late: a long replay an operator's machine can lose.
-SLOW_REPLAY = textwrap.dedent(
-    """
-    import sys, time
-    import shared.dlq as dlq
-    read = dlq.original_record
-    def slow(letter, store):
-        time.sleep(0.1)
-        return read(letter, store)
-    dlq.original_record = slow
-    from skuforge_cli.main import main
-    sys.exit(main(["dlq", "replay", sys.argv[1]]))
-    """
-)
-
-
-def _write_letters(settings: Settings, count: int) -> None:
-    topic = settings.topic_name(SKU_INGESTED)
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    for offset in range(count):
-        letter = {
-            "reason": "object_missing",
-            "detail": "photo gone",
-            "error_class": "BadInput",
-            "stage": "passthrough",
-            "original_topic": topic,
-            "original_partition": 0,
-            "original_offset": offset,
-            "original_value_b64": base64.b64encode(f"record-{offset}".encode()).decode(),
-            "failed_at": datetime.now(UTC).isoformat(),
-        }
-        producer.send(settings.dlq_name(SKU_INGESTED), json.dumps(letter).encode())
-    producer.flush()
-    producer.close()
+from tests.support.dlq import numbered_records, replay_killed_part_way, write_values
 
 
 @pytest.fixture
@@ -100,28 +54,8 @@ def test_a_replay_killed_part_way_is_not_sent_again_for_what_it_had_marked(
     create_topics(settings, SKU_INGESTED, partitions=1)
     topic = settings.topic_name(SKU_INGESTED)
     count = 60
-    _write_letters(settings, count)
-    env = dict(
-        os.environ,
-        SKUFORGE_KAFKA_BOOTSTRAP=kafka_bootstrap,
-        SKUFORGE_TOPIC_NAMESPACE=settings.topic_namespace,
-        SKUFORGE_STORE_URI=settings.store_uri,
-    )
-    child = subprocess.Popen([sys.executable, "-c", SLOW_REPLAY, topic], cwd=REPO, env=env)
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False, group_id=None)
-    arrived: set[bytes] = set()
-    try:
-        consumer.assign([TopicPartition(topic, 0)])
-        consumer.seek_to_beginning()
-        guard = time.monotonic() + 120  # a hung child fails the test instead of hanging it
-        while len(arrived) < count // 2 and child.poll() is None and time.monotonic() < guard:
-            for records in consumer.poll(timeout_ms=100).values():
-                arrived.update(record.value for record in records)
-    finally:
-        consumer.close()
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    assert child.returncode == -signal.SIGKILL, "the replay ended before it was killed"
+    write_values(settings, numbered_records(count))
+    arrived = replay_killed_part_way(settings, count)
     assert len(arrived) < count
 
     store = open_store(settings.store_uri)
@@ -138,7 +72,7 @@ def test_a_replay_killed_part_way_is_not_sent_again_for_what_it_had_marked(
     replayed = re.search(r"replayed (\d+) dead letters", capsys.readouterr().out)
     assert replayed is not None and int(replayed.group(1)) <= count - len(marked)
     sends = Counter(record.value for record in read_topic(kafka_bootstrap, topic, expect=count, timeout_s=30))
-    assert set(sends) == {f"record-{offset}".encode() for offset in range(count)}
+    assert set(sends) == set(numbered_records(count))
     assert {value for value, times in sends.items() if times > 1}.isdisjoint(marked)  # marked: sent once
 
 
@@ -153,7 +87,7 @@ def test_a_store_that_refuses_a_batch_of_markers_stops_the_replay_there(
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
     create_topics(settings, SKU_INGESTED, partitions=1)
     topic = settings.topic_name(SKU_INGESTED)
-    _write_letters(settings, 3)
+    write_values(settings, numbered_records(3))
     assert dlq_main(["replay", topic], settings=settings, store=open_store(settings.store_uri)) == 1
     err = capsys.readouterr().err
     assert "republished 1 dead letters" in err and "could not write their replay markers" in err
@@ -173,7 +107,7 @@ def test_a_ctrl_c_while_a_batch_of_markers_is_written_still_marks_the_batch(
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
     topic = settings.topic_name(SKU_INGESTED)
-    _write_letters(settings, 3)
+    write_values(settings, numbered_records(3))
     stopped: list[str] = []
 
     class InterruptedStore(FileStore):
@@ -190,4 +124,4 @@ def test_a_ctrl_c_while_a_batch_of_markers_is_written_still_marks_the_batch(
     assert dlq_main(["replay", topic], settings=settings, store=store) == 0
     assert "replayed 2 dead letters" in capsys.readouterr().out
     sends = Counter(r.value for r in read_topic(kafka_bootstrap, topic, expect=3, timeout_s=10))
-    assert sends == Counter(f"record-{offset}".encode() for offset in range(3))  # each once
+    assert sends == Counter(numbered_records(3))  # each once

@@ -6,32 +6,30 @@ anything was listed or replayed, so the memory grew with the topic's bytes.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaAdminClient
 from kafka.structs import TopicPartition
 
+from bench.events import numbered_original
 from schemas.envelope import DLQ_INLINE_MAX_BYTES
 from schemas.topics import SKU_INGESTED
 from shared.config import Settings
 from shared.dlq import read_dead_letters, replay
 from shared.store import open_store
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
+from tests.support.dlq import REPO, cli_env, numbered_records, replay_killed_part_way, write_values
 
 MB = 2**20
-REPO = Path(__file__).resolve().parent.parent
 # read_dead_letters in a process of its own: the RSS before the read (imports done, the topic looked
 # up) and the high-water mark over the read (reset before it: /proc/self/clear_refs), in kB.
 READ_IN_A_CHILD = textwrap.dedent(
@@ -57,37 +55,9 @@ READ_IN_A_CHILD = textwrap.dedent(
 )
 
 
-def _letter(settings: Settings, offset: int, value: bytes) -> dict[str, Any]:
-    """A dead letter as a stage writes it, carrying ``value`` inline."""
-    return {
-        "reason": "object_missing",
-        "detail": "photo gone",
-        "error_class": "BadInput",
-        "stage": "passthrough",
-        "original_topic": settings.topic_name(SKU_INGESTED),
-        "original_partition": 0,
-        "original_offset": offset,
-        "original_value_b64": base64.b64encode(value).decode(),
-        "failed_at": datetime.now(UTC).isoformat(),
-    }
-
-
-def _write_letters(settings: Settings, values: list[bytes]) -> int:
-    """Dead letters of ``values`` in the DLQ of sku.ingested; the bytes written."""
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    written = 0
-    for offset, value in enumerate(values):
-        record = json.dumps(_letter(settings, offset, value)).encode()
-        written += len(record)
-        producer.send(settings.dlq_name(SKU_INGESTED), record)
-    producer.flush()
-    producer.close()
-    return written
-
-
 def _large_value(offset: int) -> bytes:
     """An original as large as a letter carries inline, different for each letter."""
-    return (b"%06d" % offset) * (DLQ_INLINE_MAX_BYTES // 6)
+    return numbered_original(offset, DLQ_INLINE_MAX_BYTES)
 
 
 @pytest.mark.kafka
@@ -100,19 +70,13 @@ def test_reading_a_dlq_holds_what_one_fetch_brings_not_every_letters_original(
     child process of its own) is what the consumer fetches at a time (1 MB a partition), not the topic."""
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
-    written = _write_letters(settings, [_large_value(offset) for offset in range(120)])
+    written = write_values(settings, [_large_value(offset) for offset in range(120)])
     assert written > 40 * MB
 
-    env = dict(
-        os.environ,
-        SKUFORGE_KAFKA_BOOTSTRAP=kafka_bootstrap,
-        SKUFORGE_TOPIC_NAMESPACE=settings.topic_namespace,
-        SKUFORGE_STORE_URI=settings.store_uri,
-    )
     child = subprocess.run(
         [sys.executable, "-c", READ_IN_A_CHILD, settings.topic_name(SKU_INGESTED)],
         cwd=REPO,
-        env=env,
+        env=cli_env(settings),
         capture_output=True,
         text=True,
         check=True,
@@ -134,7 +98,7 @@ def test_a_replay_sends_each_original_whole_from_the_letter_read_again(
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=3)
     values = [_large_value(offset) for offset in range(6)] + [b'{"small": %d}' % n for n in range(6)]
-    _write_letters(settings, values)
+    write_values(settings, values)
     topic = settings.topic_name(SKU_INGESTED)
     assert dlq_main(["replay", topic], settings=settings) == 0
     assert "replayed 12 dead letters" in capsys.readouterr().out
@@ -152,7 +116,7 @@ def test_a_letter_deleted_from_the_dlq_after_it_was_listed_is_named_and_the_othe
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
     values = [b'{"n": %d}' % n for n in range(5)]
-    _write_letters(settings, values)
+    write_values(settings, values)
     store = open_store(settings.store_uri)
     dead = read_dead_letters(settings, settings.topic_name(SKU_INGESTED))
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
@@ -176,7 +140,7 @@ def test_a_letter_deleted_from_the_dlq_after_it_was_listed_is_named_and_the_othe
 
 def _small_letters(settings: Settings, count: int) -> list[bytes]:
     values = [b'{"n": %d}' % n for n in range(count)]
-    _write_letters(settings, values)
+    write_values(settings, values)
     return values
 
 
@@ -269,43 +233,20 @@ def test_a_replay_after_one_was_killed_sends_nothing_that_one_had_delivered(
     replay sent those records again. It takes over the killed one's lock now, reads what that one sent
     (each record names its letter, header skuforge-replay-of) from where its lock says the topic
     ended, and marks those letters first: every record is sent once in all."""
-    from kafka import KafkaConsumer
-
     from skuforge_cli.dlq import main as dlq_main
-    from tests.test_dlq_review34 import SLOW_REPLAY
-    from tests.test_dlq_review34 import _write_letters as write_numbered_letters
 
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
     topic = settings.topic_name(SKU_INGESTED)
     count = 40
-    write_numbered_letters(settings, count)
-    env = dict(
-        os.environ,
-        SKUFORGE_KAFKA_BOOTSTRAP=kafka_bootstrap,
-        SKUFORGE_TOPIC_NAMESPACE=settings.topic_namespace,
-        SKUFORGE_STORE_URI=settings.store_uri,
-    )
-    child = subprocess.Popen([sys.executable, "-c", SLOW_REPLAY, topic], cwd=REPO, env=env)
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False, group_id=None)
-    arrived = 0
-    try:
-        consumer.assign([TopicPartition(topic, 0)])
-        consumer.seek_to_beginning()
-        guard = time.monotonic() + 120  # a hung child fails the test instead of hanging it
-        while arrived < count // 2 and child.poll() is None and time.monotonic() < guard:
-            arrived += sum(len(records) for records in consumer.poll(timeout_ms=100).values())
-    finally:
-        consumer.close()
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    assert child.returncode == -signal.SIGKILL, "the replay ended before it was killed"
+    write_values(settings, numbered_records(count))
+    replay_killed_part_way(settings, count)
 
     store = open_store(settings.store_uri)
     assert dlq_main(["replay", topic], settings=settings, store=store) == 0
     capsys.readouterr()
     sends = Counter(record.value for record in read_topic(kafka_bootstrap, topic, expect=count, timeout_s=30))
-    assert sends == Counter(f"record-{offset}".encode() for offset in range(count))  # each once
+    assert sends == Counter(numbered_records(count))  # each once
     assert len(list(store.list_keys("dlq-replays/"))) == count
 
 

@@ -117,3 +117,18 @@ def restore_signal_handlers() -> Iterator[None]:
     yield
     for signum, handler in saved.items():
         signal.signal(signum, handler)
+
+
+@pytest.fixture
+def signals_as_from_a_shell() -> Iterator[None]:
+    """Ctrl-C and SIGTERM handled in this process as in a command typed at a shell, whatever the runner
+    left: a runner started in the background (CI's) ignores SIGINT, which a command rightly leaves
+    ignored."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
