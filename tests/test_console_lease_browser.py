@@ -26,7 +26,7 @@ import pytest
 import uvicorn
 
 from devstack.broker import free_port
-from services.console.decisions import mask_from_ref, record_decision
+from services.console.decisions import mask_from_ref
 from shared.errors import TransientError
 from shared.images import decode_mask
 from tests.support.console import (
@@ -36,6 +36,7 @@ from tests.support.console import (
     build_console,
     flagged_item,
     pending_envelope,
+    record_as,
 )
 
 pytestmark = pytest.mark.slow
@@ -455,17 +456,7 @@ def test_what_was_kept_for_an_item_decided_meanwhile_is_dropped_and_said(served:
     page.wait_for_selector("#status:has-text('was not saved')")
     served.parts.clock.advance(LEASE_S + 10)
     tasks.claim(served.task_id, "bob", 60.0)
-    record_decision(
-        tasks,
-        served.parts.store,
-        task_id=served.task_id,
-        reviewer="bob",
-        decision="approve_predicted",
-        reject_reason=None,
-        mask_bytes=None,
-        max_pixels=10_000_000,
-        max_bytes=10_000_000,
-    )
+    record_as(served.parts, "bob", served.task_id, "approve_predicted")
 
     log_in_from_the_status_link(page, served)
 

@@ -6,7 +6,6 @@ ran out goes to the login page, not to a JSON 401."""
 from __future__ import annotations
 
 import re
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -15,9 +14,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from schemas.events import GateCheck
-from services.console.decisions import record_decision
 from services.console.tasks import TaskConflict
 from tests.support.console import (
+    BROWSER_ACCEPT,
     ConsoleParts,
     accepted_envelope,
     app_for,
@@ -27,6 +26,8 @@ from tests.support.console import (
     flagged_parts_fixture,
     login,
     pending_envelope,
+    ran_out_session,
+    record_as,
     table_is_busy,
     with_flagged,
 )
@@ -55,20 +56,6 @@ def held_by_bob(parts: ConsoleParts) -> tuple[str, float]:
     return task.task_id, held.lease_expires_at
 
 
-def bob_approves(parts: ConsoleParts, task_id: str) -> None:
-    record_decision(
-        parts.tasks,
-        parts.store,
-        task_id=task_id,
-        reviewer="bob",
-        decision="approve_expected",
-        reject_reason=None,
-        mask_bytes=None,
-        max_pixels=10_000_000,
-        max_bytes=10_000_000,
-    )
-
-
 def test_a_decision_whose_lease_ran_out_while_it_waited_for_the_table_is_refused(parts: ConsoleParts) -> None:
     """``decide`` read the clock before it held the table: bob's lease, over by the time his decision held
     the table (a claim, the intake or the relay writing meanwhile), still let it through, recorded on a
@@ -77,7 +64,7 @@ def test_a_decision_whose_lease_ran_out_while_it_waited_for_the_table_is_refused
     parts.tasks.clock = BusyTableClock(parts.tasks.path, idle=lease_end - 0.5, busy=lease_end + 0.5)
 
     with pytest.raises(TaskConflict, match="expired"):
-        bob_approves(parts, task_id)
+        record_as(parts, "bob", task_id)
 
     assert parts.tasks.outbox(task_id) is None
     assert [entry.action for entry in parts.tasks.audit(task_id)] == ["intake", "claim"]
@@ -88,7 +75,7 @@ def test_a_decision_is_dated_when_it_holds_the_table(parts: ConsoleParts) -> Non
     task_id, lease_end = held_by_bob(parts)
     parts.tasks.clock = BusyTableClock(parts.tasks.path, idle=lease_end - 20.0, busy=lease_end - 10.0)
 
-    bob_approves(parts, task_id)
+    record_as(parts, "bob", task_id)
 
     event = parts.tasks.outbox(task_id)
     assert event is not None
@@ -152,21 +139,6 @@ def test_an_iou_just_under_its_threshold_is_not_shown_as_the_threshold(tmp_path:
     assert f"<td>{other.iou:.3f}</td>" in queue.text
 
 
-# What Chromium sends with a form it submits (a navigation), and what fetch() sends by default.
-BROWSER_FORM_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
-
-
-def _expired_session(parts: ConsoleParts) -> str:
-    """A session cookie of alice's that ran out a second ago."""
-    signer = parts.console.signer
-    cookie, _ = signer.issue(
-        "alice",
-        now=time.time() - signer.ttl_s - 1.0,
-        credential=signer.credential_tag("alice", "alice-password"),
-    )
-    return cookie
-
-
 @pytest.mark.parametrize("cookie", ["expired", "dropped"])
 def test_a_form_posted_after_the_session_ran_out_goes_to_the_login_page(
     parts: ConsoleParts, cookie: str
@@ -178,14 +150,14 @@ def test_a_form_posted_after_the_session_ran_out_goes_to_the_login_page(
     token = login(client)
     client.cookies.delete("skuforge_console")
     if cookie == "expired":
-        client.cookies.set("skuforge_console", _expired_session(parts))
+        client.cookies.set("skuforge_console", ran_out_session(parts))
     (task,) = parts.tasks.query()
     queue = "/?sku=SKU-0&state=pending"
 
     claim = client.post(
         f"/tasks/{task.task_id}/claim?sku=SKU-0&state=pending",
         data={"csrf_token": token},
-        headers={"accept": BROWSER_FORM_ACCEPT, "referer": "http://console.test" + queue},
+        headers={"accept": BROWSER_ACCEPT, "referer": "http://console.test" + queue},
         follow_redirects=False,
     )
 
@@ -212,7 +184,7 @@ def test_a_form_post_without_a_console_referer_goes_back_to_the_queue(parts: Con
         response = client.post(
             "/claim-next",
             data={"csrf_token": "t"},
-            headers={"accept": BROWSER_FORM_ACCEPT, **referer},
+            headers={"accept": BROWSER_ACCEPT, **referer},
             follow_redirects=False,
         )
         assert response.status_code == 303, referer
@@ -221,20 +193,20 @@ def test_a_form_post_without_a_console_referer_goes_back_to_the_queue(parts: Con
 
 def test_logging_out_after_the_session_ran_out_goes_to_the_login_page(parts: ConsoleParts) -> None:
     client = TestClient(app_for(parts), base_url="http://console.test")
-    client.cookies.set("skuforge_console", _expired_session(parts))
+    client.cookies.set("skuforge_console", ran_out_session(parts))
 
     response = client.post(
-        "/logout", data={"csrf_token": "t"}, headers={"accept": BROWSER_FORM_ACCEPT}, follow_redirects=False
+        "/logout", data={"csrf_token": "t"}, headers={"accept": BROWSER_ACCEPT}, follow_redirects=False
     )
 
     assert response.status_code == 303 and response.headers["location"] == "/login"
 
 
-@pytest.mark.parametrize("accept", ["*/*", "application/json", BROWSER_FORM_ACCEPT])
+@pytest.mark.parametrize("accept", ["*/*", "application/json", BROWSER_ACCEPT])
 def test_the_api_still_answers_401_after_the_session_ran_out(parts: ConsoleParts, accept: str) -> None:
     """The item page's script (decide, release, renew, next) and other API clients read the 401."""
     client = TestClient(app_for(parts), base_url="http://console.test")
-    client.cookies.set("skuforge_console", _expired_session(parts))
+    client.cookies.set("skuforge_console", ran_out_session(parts))
     (task,) = parts.tasks.query()
 
     api = [f"/api/tasks/{task.task_id}/claim", f"/api/tasks/{task.task_id}/decision", "/api/claim-next"]

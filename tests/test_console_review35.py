@@ -11,28 +11,22 @@ from starlette.requests import cookie_parser
 from starlette.testclient import TestClient
 
 from services.console.security import SESSION_COOKIE
-from tests.support.console import ConsoleParts, app_for, flagged_parts_fixture, login
+from tests.support.console import (
+    BROWSER_ACCEPT,
+    ConsoleParts,
+    app_for,
+    flagged_parts_fixture,
+    login,
+    ran_out_session,
+)
 
 parts = flagged_parts_fixture(1)
 
-# What Chromium sends when it navigates to a page (a link, the address bar, a reload).
-BROWSER_PAGE_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
 RAN_OUT = "your session ran out"
 
 
 def _client(parts: ConsoleParts) -> TestClient:
     return TestClient(app_for(parts), base_url="http://console.test")
-
-
-def _ran_out(parts: ConsoleParts) -> str:
-    """A session cookie of alice's that ran out a second ago."""
-    signer = parts.console.signer
-    cookie, _ = signer.issue(
-        "alice",
-        now=time.time() - signer.ttl_s - 1.0,
-        credential=signer.credential_tag("alice", "alice-password"),
-    )
-    return cookie
 
 
 def _ended_elsewhere(parts: ConsoleParts) -> str:
@@ -43,7 +37,7 @@ def _ended_elsewhere(parts: ConsoleParts) -> str:
     return cookie
 
 
-@pytest.mark.parametrize("ended", [_ran_out, _ended_elsewhere])
+@pytest.mark.parametrize("ended", [ran_out_session, _ended_elsewhere])
 def test_an_item_page_opened_after_the_session_ended_says_so_on_the_login_form(
     parts: ConsoleParts, ended: object
 ) -> None:
@@ -56,7 +50,7 @@ def test_an_item_page_opened_after_the_session_ended_says_so_on_the_login_form(
     (task,) = parts.tasks.query()
     item = f"/tasks/{task.task_id}"
 
-    response = client.get(item, headers={"accept": BROWSER_PAGE_ACCEPT}, follow_redirects=False)
+    response = client.get(item, headers={"accept": BROWSER_ACCEPT}, follow_redirects=False)
 
     assert response.status_code == 303, response.text
     login_page = urlsplit(response.headers["location"])
@@ -73,7 +67,7 @@ def test_a_page_opened_without_a_session_cookie_goes_to_a_plain_login_form(parts
     client = _client(parts)
     (task,) = parts.tasks.query()
 
-    response = client.get("/?sku=SKU-0", headers={"accept": BROWSER_PAGE_ACCEPT}, follow_redirects=False)
+    response = client.get("/?sku=SKU-0", headers={"accept": BROWSER_ACCEPT}, follow_redirects=False)
 
     assert response.status_code == 303
     assert parse_qs(urlsplit(response.headers["location"]).query) == {"next": ["/?sku=SKU-0"]}
@@ -81,10 +75,10 @@ def test_a_page_opened_without_a_session_cookie_goes_to_a_plain_login_form(parts
 
     token = login(client)
     logout = client.post(
-        "/logout", data={"csrf_token": token}, headers={"accept": BROWSER_PAGE_ACCEPT}, follow_redirects=False
+        "/logout", data={"csrf_token": token}, headers={"accept": BROWSER_ACCEPT}, follow_redirects=False
     )
     assert logout.status_code == 303 and SESSION_COOKIE not in client.cookies
-    after = client.get(f"/tasks/{task.task_id}", headers={"accept": BROWSER_PAGE_ACCEPT})
+    after = client.get(f"/tasks/{task.task_id}", headers={"accept": BROWSER_ACCEPT})
     assert after.url.path == "/login" and RAN_OUT not in after.text
 
 

@@ -3,38 +3,26 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
-from kafka.errors import KafkaTimeoutError
 
-from schemas.envelope import Envelope
-from schemas.events import SkuIngested
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
-from shared.runtime import Context, Emit, Stage
 from tests.support.bus import (
     create_topics,
     file_store_uri,
+    finished_uncommitted,
     isolated_settings,
+    passthrough_members,
     produce,
     read_topic,
     running,
     sku_ingested_payloads,
+    wait_for,
 )
 
 pytestmark = pytest.mark.kafka
-
-
-def _wait_for(what: str, condition: Any, timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -55,36 +43,12 @@ def test_a_moved_partition_takes_its_finished_inputs_offsets_with_it(
         retry_backoff_max_s=600.0,
     )
     create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT, partitions=4)
-    handled: list[tuple[str, str]] = []
-    lock = threading.Lock()
-
-    def member(label: str) -> Stage:
-        stage = Stage("moved", settings=settings)
-
-        @stage.handler(SKU_INGESTED)
-        def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
-            with lock:
-                handled.append((label, event.event_id))
-            return [Emit(PASSTHROUGH_OUT, event.payload, key="out")]
-
-        return stage
-
-    first, second = member("first"), member("second")
+    first, second, handled = passthrough_members(settings, "moved")
     with running(first):
-        _wait_for("the first member's consumer", lambda: first._consumer is not None)
-        consumer = first._consumer
-        assert consumer is not None
-
-        def coordinator_away(*_args: Any, **_kwargs: Any) -> None:
-            raise KafkaTimeoutError("the coordinator did not answer the offset commit")
-
-        consumer.commit = coordinator_away  # type: ignore[method-assign]
-        earlier = produce(settings, SKU_INGESTED, list(sku_ingested_payloads(first.store, 40)))
-        _wait_for("the first member to finish every input", lambda: len(handled) == len(earlier))
-        assert first._uncommitted, "the inputs wait for a commit"
+        earlier = finished_uncommitted(first, handled)
 
         with running(second):
-            _wait_for(
+            wait_for(
                 "the second member to hold partitions",
                 lambda: bool(second._consumer and second._consumer.assignment()),
             )
@@ -95,7 +59,7 @@ def test_a_moved_partition_takes_its_finished_inputs_offsets_with_it(
             later = produce(
                 settings, SKU_INGESTED, list(sku_ingested_payloads(first.store, 40, prefix="LATER"))
             )
-            _wait_for("every later input", lambda: set(later) <= {event_id for _, event_id in handled})
+            wait_for("every later input", lambda: set(later) <= {event_id for _, event_id in handled})
 
     twice = {event_id for event_id, count in Counter(e for _, e in handled).items() if count > 1}
     assert any(label == "second" for label, _ in handled), "the second member took partitions"

@@ -6,40 +6,31 @@ import json
 import os
 import signal
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka.errors import KafkaTimeoutError
 from kafka.structs import TopicPartition
 
 import shared.runtime
-from schemas.envelope import Envelope
-from schemas.events import SkuIngested
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
 from shared.config import ConfigError
-from shared.runtime import Context, Emit, KafkaUnreachable, Stage
+from shared.runtime import KafkaUnreachable, Stage
 from tests.support.bus import (
     create_topics,
     file_store_uri,
+    finished_uncommitted,
     isolated_settings,
+    passthrough_members,
     produce,
     read_topic,
     running,
     sku_ingested_payloads,
+    wait_for,
 )
 
 pytestmark = pytest.mark.kafka
-
-
-def _wait_for(what: str, condition: Any, timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _ok(stage: Stage, topic: str) -> float:
@@ -64,21 +55,7 @@ def test_inputs_a_revoked_partitions_commit_took_are_counted_when_the_stage_stop
     )
     create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT, partitions=4)
     topic = settings.topic_name(SKU_INGESTED)
-    handled: list[tuple[str, str]] = []
-    lock = threading.Lock()
-
-    def member(label: str) -> Stage:
-        stage = Stage("stopping", settings=settings)
-
-        @stage.handler(SKU_INGESTED)
-        def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
-            with lock:
-                handled.append((label, event.event_id))
-            return [Emit(PASSTHROUGH_OUT, event.payload, key="out")]
-
-        return stage
-
-    first, second = member("first"), member("second")
+    first, second, handled = passthrough_members(settings, "stopping")
     moved: list[TopicPartition] = []
     revoke = shared.runtime._RebalanceListener.on_partitions_revoked
 
@@ -93,17 +70,7 @@ def test_inputs_a_revoked_partitions_commit_took_are_counted_when_the_stage_stop
     first_run = threading.Thread(target=lambda: returned.append(first.run(install_signal_handlers=False)))
     first_run.start()
     try:
-        _wait_for("the first member's consumer", lambda: first._consumer is not None)
-        consumer = first._consumer
-        assert consumer is not None
-
-        def coordinator_away(*_args: Any, **_kwargs: Any) -> None:
-            raise KafkaTimeoutError("the coordinator did not answer the offset commit")
-
-        consumer.commit = coordinator_away  # type: ignore[method-assign]
-        earlier = produce(settings, SKU_INGESTED, list(sku_ingested_payloads(first.store, 40)))
-        _wait_for("the first member to finish every input", lambda: len(handled) == len(earlier))
-        assert first._uncommitted, "the inputs wait for a commit"
+        earlier = finished_uncommitted(first, handled)
 
         with running(second):
             first_run.join(timeout=90)
@@ -112,7 +79,7 @@ def test_inputs_a_revoked_partitions_commit_took_are_counted_when_the_stage_stop
             later = produce(
                 settings, SKU_INGESTED, list(sku_ingested_payloads(first.store, 8, prefix="LATER"))
             )
-            _wait_for("every later input", lambda: set(later) <= {event_id for _, event_id in handled})
+            wait_for("every later input", lambda: set(later) <= {event_id for _, event_id in handled})
     finally:
         first.stop()
         first_run.join(timeout=90)
@@ -135,7 +102,7 @@ def _stops_on_sigterm(stage: Stage) -> int:
     """Run ``stage`` on this (the main) thread, as ``skuforge run`` does, and SIGTERM it once it is ready."""
 
     def sigterm_once_ready() -> None:
-        _wait_for("the stage to join its group", stage.ready)
+        wait_for("the stage to join its group", stage.ready)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=sigterm_once_ready, daemon=True).start()
@@ -144,7 +111,7 @@ def _stops_on_sigterm(stage: Stage) -> int:
 
 def _stops_by_stop(stage: Stage) -> int:
     with running(stage):
-        _wait_for("the stage to join its group", stage.ready)
+        wait_for("the stage to join its group", stage.ready)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Helpers for tests on the real broker: isolated settings, producing, reading topics, running stages.
+"""Helpers for tests on the real broker: isolated settings, producing, reading topics, running stages,
+waiting for them, two members of one group.
 
 Producing (``produce``, ``sku_ingested_payloads``) is bench/events.py's, which the benches use too.
 """
@@ -8,22 +9,23 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer
+from kafka.errors import KafkaTimeoutError
 from kafka.structs import TopicPartition
 
 from bench.events import produce as produce
 from bench.events import sku_ingested_payloads as sku_ingested_payloads
 from schemas.envelope import Envelope, derive_id
 from schemas.events import SkuIngested
-from schemas.topics import SKU_INGESTED, Topic
+from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED, Topic
 from shared.bus import ensure_topics, make_envelope
 from shared.config import Settings, load_settings
-from shared.runtime import Stage
+from shared.runtime import Context, Emit, Stage
 
 
 def isolated_settings(bootstrap: str, store_uri: str, **overrides: Any) -> Settings:
@@ -125,3 +127,50 @@ def running(stage: Stage) -> Iterator[Stage]:
 def file_store_uri(path: Path) -> str:
     """A file:// URI for a temp directory."""
     return f"file://{path}"
+
+
+def wait_for(what: str, condition: Callable[[], object], timeout_s: float = 90.0) -> None:
+    """Returns once ``condition()`` holds; fails the test, naming ``what``, if it does not in time."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def passthrough_members(settings: Settings, name: str) -> tuple[Stage, Stage, list[tuple[str, str]]]:
+    """Two members of stage ``name``'s group, each passing sku.ingested on to passthrough.out, and the
+    list of (``"first"`` or ``"second"``, event id) they append to as each handles an input."""
+    handled: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def member(label: str) -> Stage:
+        stage = Stage(name, settings=settings)
+
+        @stage.handler(SKU_INGESTED)
+        def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+            with lock:
+                handled.append((label, event.event_id))
+            return [Emit(PASSTHROUGH_OUT, event.payload, key="out")]
+
+        return stage
+
+    return member("first"), member("second"), handled
+
+
+def finished_uncommitted(stage: Stage, handled: list[tuple[str, str]], count: int = 40) -> list[str]:
+    """On ``stage``, running: its commits time out from now on (its coordinator does not answer), and
+    ``count`` inputs are produced and handled (``handled``: ``passthrough_members``'); returns their event
+    ids, which wait uncommitted."""
+    wait_for(f"{stage.name}'s consumer", lambda: stage._consumer is not None)
+    consumer = stage._consumer
+    assert consumer is not None
+
+    def coordinator_away(*_args: Any, **_kwargs: Any) -> None:
+        raise KafkaTimeoutError("the coordinator did not answer the offset commit")
+
+    consumer.commit = coordinator_away
+    inputs = produce(stage.settings, SKU_INGESTED, list(sku_ingested_payloads(stage.store, count)))
+    wait_for("every input to be handled", lambda: len(handled) == len(inputs))
+    assert stage._uncommitted, "the inputs wait for a commit"
+    return inputs

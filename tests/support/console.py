@@ -31,6 +31,8 @@ from shared.synth import make_product, render_photo
 
 USERS = "alice:alice-password,bob:bob-password"
 SIZE_PX = 128
+# What Chromium sends as Accept when it navigates: a link, the address bar, a reload, a form it submits.
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
 
 
 class Clock:
@@ -240,11 +242,22 @@ def decide_as_alice(
 ) -> None:
     """alice claims the pending task and records ``decision`` (no mask file) on it."""
     parts.tasks.claim(task_id, "alice", 60.0)
+    record_as(parts, "alice", task_id, decision, reject_reason)
+
+
+def record_as(
+    parts: ConsoleParts,
+    reviewer: str,
+    task_id: str,
+    decision: Decision = "approve_expected",
+    reject_reason: str | None = None,
+) -> None:
+    """``reviewer``'s ``decision`` (no mask file) on the task they hold, recorded."""
     record_decision(
         parts.tasks,
         parts.store,
         task_id=task_id,
-        reviewer="alice",
+        reviewer=reviewer,
         decision=decision,
         reject_reason=reject_reason,
         mask_bytes=None,
@@ -273,6 +286,17 @@ def login(client: Any, reviewer: str = "alice", password: str | None = None) -> 
     token = re.search(r'name="csrf-token" content="([^"]+)"', queue.text)
     assert token, queue.text
     return token.group(1)
+
+
+def ran_out_session(parts: ConsoleParts) -> str:
+    """A session cookie of alice's that ran out a second ago."""
+    signer = parts.console.signer
+    cookie, _ = signer.issue(
+        "alice",
+        now=time.time() - signer.ttl_s - 1.0,
+        credential=signer.credential_tag("alice", "alice-password"),
+    )
+    return cookie
 
 
 def app_for(parts: ConsoleParts) -> Any:
