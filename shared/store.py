@@ -797,12 +797,7 @@ class S3Store(ObjectStore):
         )
 
     def _read(self, key: str) -> bytes:
-        with self._mapped_errors(self.uri_for(key)):
-            body = self.client.get_object(Bucket=self.bucket, Key=self._key_prefix + key)["Body"]
-            try:
-                return body.read()
-            finally:
-                body.close()
+        return self._read_versioned(key)[0]
 
     def _read_versioned(self, key: str) -> tuple[bytes, str]:
         with self._mapped_errors(self.uri_for(key)):
