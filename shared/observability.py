@@ -80,6 +80,14 @@ class StageMetrics:
             buckets=HANDLER_SECONDS_BUCKETS,
             registry=self.registry,
         )
+        self.unkeyed = Counter(
+            "skuforge_unkeyed_messages_total",
+            "Input messages with no Kafka key (when committed; a DLQ replay for another stage is not "
+            "counted): a producer that does not key its events by sku_id, so one SKU's events may be "
+            "handled out of order; the log warns of them at most once a minute per topic.",
+            ["stage", "topic"],
+            registry=self.registry,
+        )
         self.dlq = Counter(
             "skuforge_dlq_total",
             "Messages sent to a dead-letter topic, by reason.",
@@ -190,6 +198,7 @@ class StageMetrics:
         """
         for outcome in MESSAGE_OUTCOMES:
             self.messages.labels(self.stage, topic, outcome)
+        self.unkeyed.labels(self.stage, topic)
 
     def declare_model(self, model: str) -> None:
         """Create ``model``'s call latency and batch size at 0, before its first call (see above)."""

@@ -248,6 +248,9 @@ def _duplicate() -> _Outcome:
     return _Outcome(counted="duplicate")
 
 
+# A producer that never keys its events would log one warning per record: one a minute per topic says it.
+KEYLESS_WARNING_INTERVAL_S = 60.0
+
 # An output record larger than this cannot be produced (the producer's max_request_size and the
 # broker's message.max.bytes are both about 1 MiB by default, record overhead included): the input is
 # dead-lettered as ``output_too_large`` instead of being retried forever.
@@ -326,6 +329,8 @@ class Stage:
         # retry, a replay beside its original) were both handled and both produced their outputs.
         self._in_batch: set[tuple[str, str]] = set()
         self._last_left_over_commit = 0.0
+        # Per input topic: when a record with no key was last logged, and those seen since (_warn_keyless).
+        self._keyless_seen: dict[str, tuple[float | None, int]] = {}
         self._dedupe_window = dedupe_window
         self._last_lag_update = 0.0
         self._joined = False  # set once the group gave us a first assignment (possibly empty)
@@ -864,16 +869,7 @@ class Stage:
         # SKU (a foreign producer's bug) would be handled on that SKU's partition, racing its own SKU's
         # events on another member. One with no key is the event it says; only its order is not kept.
         if record.key is None:
-            with log_context(event.trace_id, event.sku_id):
-                log.warning(
-                    "a record with no Kafka key: handled, but its SKU's events may be handled out of order",
-                    extra={
-                        "stage": self.name,
-                        "topic": record.topic,
-                        "partition": record.partition,
-                        "offset": record.offset,
-                    },
-                )
+            self._warn_keyless(record, event)
         elif record.key != event.sku_id.encode():
             key = record.key.decode("utf-8", "backslashreplace")
             detail = (
@@ -887,6 +883,32 @@ class Stage:
             detail = f"the event is keyed {event.sku_id!r} but carries SKU {subject!r}"
             return self._dead_letter(record, "sku_mismatch", detail, None, event)
         return event
+
+    def _warn_keyless(self, record: ConsumerRecord, event: Envelope[Any]) -> None:
+        """Log a record with no Kafka key, at most once per ``KEYLESS_WARNING_INTERVAL_S`` per topic.
+
+        A producer that never keys its events sent one line per record, thousands a minute; each is
+        counted in ``skuforge_unkeyed_messages_total`` (at its commit), which alerts can read."""
+        now = time.monotonic()
+        warned_at, seen = self._keyless_seen.get(record.topic, (None, 0))
+        seen += 1
+        if warned_at is not None and now - warned_at < KEYLESS_WARNING_INTERVAL_S:
+            self._keyless_seen[record.topic] = (warned_at, seen)
+            return
+        self._keyless_seen[record.topic] = (now, 0)
+        with log_context(event.trace_id, event.sku_id):
+            log.warning(
+                "records with no Kafka key: handled, but their SKUs' events may be handled out of order "
+                f"(logged at most once per {KEYLESS_WARNING_INTERVAL_S:g} s per topic; "
+                "skuforge_unkeyed_messages_total counts them all)",
+                extra={
+                    "stage": self.name,
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "unkeyed_since_last_warning": seen,
+                },
+            )
 
     def _refuse_schema(
         self,
@@ -1245,6 +1267,8 @@ class Stage:
                 if outcome.event_id:
                     self._completed[(tp.topic, outcome.event_id)] = None
                 self.metrics.messages.labels(self.name, tp.topic, outcome.counted).inc()
+                if record.key is None and outcome.counted != REPLAY_FOR_OTHER_STAGE:
+                    self.metrics.unkeyed.labels(self.name, tp.topic).inc()
                 if outcome.dead_reason is not None:
                     self.metrics.dlq.labels(self.name, tp.topic, outcome.dead_reason).inc()
                 for action in outcome.after_commit:
