@@ -187,3 +187,66 @@ def test_an_export_stopped_as_it_fails_reports_the_failure_then_the_stop(
     assert stop == f"skuforge dataset: {stopped}"
     assert failure.startswith("skuforge dataset export: ") and "SKU-B" in failure
     assert failure.endswith(f"; nothing was written to {out}")
+
+
+# Runs `skuforge ARGS...` after `SIGNAL`: SIGNAL comes at the first line `_staging_for` runs after its
+# staging folder is made and locked (``_hold`` returned), where it goes on to move it beside OUT and
+# return it.
+_SIGNALLED_AS_IT_STAGES = """
+import os, signal, sys
+
+signum, held = signal.Signals[sys.argv[1]], []
+
+
+def in_staging_for(frame, event, arg):
+    if event == "line" and held:
+        sys.settrace(None)
+        os.kill(os.getpid(), signum)  # its handler runs here, as at any call
+        return None
+    return in_staging_for
+
+
+def in_hold(frame, event, arg):
+    if event == "return":
+        held.append(arg)
+    return in_hold
+
+
+def signalled_once_held(frame, event, arg):
+    if frame.f_code.co_filename.endswith("dataset.py") and frame.f_code.co_name == "_hold":
+        return in_hold
+    if frame.f_code.co_filename.endswith("dataset.py") and frame.f_code.co_name == "_staging_for":
+        return in_staging_for
+    return None
+
+
+from skuforge_cli.main import main
+
+sys.settrace(signalled_once_held)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signum", _SIGNALS, ids=[signum.name for signum in _SIGNALS])
+@pytest.mark.parametrize("out_exists", [False, True], ids=["new_out", "empty_out"])
+def test_an_export_stopped_as_it_makes_its_staging_folder_leaves_none(
+    store: ManifestStore, tmp_path: Path, signum: signal.Signals, out_exists: bool
+) -> None:
+    """The staging folder was made before the clean-up's try: a stop between its mkdir and its return
+    left it (`.out.partial-<uuid>` beside OUT, or in OUT), and the folders made for OUT, until an export
+    into the same OUT removed it; one into another OUT never did."""
+    out = tmp_path / "new" / "out"
+    if out_exists:
+        out.mkdir(parents=True)
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGNALLED_AS_IT_STAGES, signum.name, *EXPORT[:2], str(out), *EXPORT[2:]],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=os.environ,
+        timeout=120,
+        preexec_fn=as_from_a_shell,
+    )
+    assert result.returncode == 128 + signum, result.stderr
+    left = [path.relative_to(tmp_path) for path in tmp_path.rglob("*") if "store" not in path.parts]
+    assert sorted(map(str, left)) == (["new", "new/out"] if out_exists else [])

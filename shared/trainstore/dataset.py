@@ -395,10 +395,14 @@ def export_dataset(
     # Made with the staging folder, before the store is read: an export refused then (a mistyped --sku,
     # a policy that leaves no class) left them behind, empty.
     made_above = _missing_folders(out_dir.resolve().parent)
+    # Named before it is made, so that the clean-up finds it wherever a stop meets ``_staging_for``: made
+    # before the try, a stop between its mkdir and its return left it (and the folders made for OUT).
+    name = f"partial-{uuid.uuid4().hex}"
     with stops_wait_for_clean_up() as failure:
-        staging, owner = _staging_for(out_dir.resolve())
         moved: list[Path] = []  # the entries moved into an existing OUT so far (``_move_into``)
+        owner: int | None = None
         try:
+            staging, owner = _staging_for(out_dir.resolve(), name)
             return _export_into(
                 manifests,
                 out_dir,
@@ -426,13 +430,15 @@ def export_dataset(
                     else:
                         path.unlink()
             finally:
-                shutil.rmtree(staging, ignore_errors=True)
+                for staging in _staging_places(out_dir.resolve(), name):
+                    shutil.rmtree(staging, ignore_errors=True)
                 for folder in made_above:  # the deepest first; one something was put in meanwhile stays
                     with contextlib.suppress(OSError):
                         folder.rmdir()
             raise
         finally:
-            os.close(owner)
+            if owner is not None:
+                os.close(owner)
 
 
 def _missing_folders(folder: Path) -> list[Path]:
@@ -453,7 +459,13 @@ def _is_lost_and_found(entry: Path) -> bool:
     return entry.name == LOST_AND_FOUND and entry.is_dir() and not entry.is_symlink()
 
 
-def _staging_for(target: Path) -> tuple[Path, int]:
+def _staging_places(target: Path, name: str) -> tuple[Path, Path]:
+    """Where ``_staging_for`` puts the staging folder ``name`` of an export into ``target``: inside it,
+    and beside it."""
+    return target / f".{name}", target.parent / f".{target.name}.{name}"
+
+
+def _staging_for(target: Path, name: str) -> tuple[Path, int]:
     """The export's staging folder, created and locked (``_hold``) before any slow step, so that from
     the start a second export into ``target`` sees it.
 
@@ -466,33 +478,34 @@ def _staging_for(target: Path) -> tuple[Path, int]:
     replaced, it would show that shell the old folder, empty; and where ``target`` holds a
     ``lost+found``, which a rename over it would not replace (not empty). Made inside first, given
     ``target``'s group and moved beside, so that the chown and the move themselves tell which.
+
+    Should it raise (a stop included), the caller removes both of ``_staging_places``.
     """
-    name = f"partial-{uuid.uuid4().hex}"
+    inside, beside = _staging_places(target, name)
     if target.exists():
-        staging = target / f".{name}"
+        staging = inside
     else:
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / f".{target.name}.{name}"
+        staging = beside
     staging.mkdir()
+    owner = _hold(staging)
     try:
-        owner = _hold(staging)
+        if (
+            staging.parent == target
+            and target.stat().st_uid == os.geteuid()
+            and not _is_working_folder(target)
+            and not (target / LOST_AND_FOUND).exists()
+        ):
+            try:
+                # Its group now, so that a group we cannot give (``chgrp`` by an admin) keeps it inside.
+                os.chown(staging, -1, target.stat().st_gid)
+                os.rename(staging, beside)
+                staging = beside
+            except OSError:  # moved into place entry by entry at the end (``_move_into``)
+                pass
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        os.close(owner)
         raise
-    if (
-        staging.parent == target
-        and target.stat().st_uid == os.geteuid()
-        and not _is_working_folder(target)
-        and not (target / LOST_AND_FOUND).exists()
-    ):
-        beside = target.parent / f".{target.name}.{name}"
-        try:
-            # Its group now, so that a group we cannot give (``chgrp`` by an admin) keeps it inside.
-            os.chown(staging, -1, target.stat().st_gid)
-            os.rename(staging, beside)
-            staging = beside
-        except OSError:  # moved into place entry by entry at the end (``_move_into``)
-            pass
     return staging, owner
 
 
