@@ -755,6 +755,23 @@ def test_the_topics_jobs_copy_of_the_secret_values_is_deleted_once_the_job_succe
     assert "hook-succeeded" in job_hook["helm.sh/hook-delete-policy"].split(",")
 
 
+def test_the_topics_job_gives_up_within_its_deadline(helm: str) -> None:
+    """With Kafka away the Job retried (backoffLimit 6, its back-off doubling from 10 s) for some ten
+    minutes, past `helm install`'s --timeout (5m by default): Helm gave up on a Job that still ran, with
+    no status saying why. It now fails itself (DeadlineExceeded) after topicsJob.activeDeadlineSeconds,
+    by default before Helm's timeout."""
+
+    def deadline(*values: str) -> Any:
+        (job,) = of_kind(render(helm, *values), "Job").values()
+        return job["spec"]["activeDeadlineSeconds"]
+
+    assert deadline() == 240 < 5 * 60
+    assert deadline("topicsJob.activeDeadlineSeconds=900") == 900
+    for wrong in ["0", "-1", "1.5", "soon", "null"]:
+        error = render_error(helm, f"topicsJob.activeDeadlineSeconds={wrong}")
+        assert "topicsJob.activeDeadlineSeconds" in error and "whole number of seconds" in error, error
+
+
 def test_the_topics_job_adds_partitions_only_when_asked(helm: str) -> None:
     # Before, raising topicPartitions failed every `helm upgrade`: the hook ran `topics create`, which
     # exits 1 when an existing topic has fewer partitions than asked, and the chart had no way to pass
