@@ -564,7 +564,7 @@ def _replay(
         return _without_unreadable(report)
     producer: KafkaProducer | None = None
     sends: list[tuple[StoredLetter, Any]] = []  # every record handed to the producer
-    marking = _Marking(store, groups)
+    marking = _Marking(store, groups, lock)
     refused: set[str] = set()  # why send() refused a record outright
     unsendable = 0  # records whose original cannot be read
     failure: KafkaError | DlqError | None = None
@@ -713,9 +713,15 @@ def _origin(letter: DeadLetter) -> tuple[str, int, int, str, str]:
 class _Marking:
     """The replay markers of the records a replay sent, written as Kafka acknowledges them."""
 
-    def __init__(self, store: ObjectStore, groups: dict[tuple[str, int, int, str, str], list[StoredLetter]]):
+    def __init__(
+        self,
+        store: ObjectStore,
+        groups: dict[tuple[str, int, int, str, str], list[StoredLetter]],
+        lock: _ReplayLock | None = None,
+    ):
         self.store = store
         self.groups = groups  # the letters of each record: all are marked with its one copy
+        self.lock = lock  # told, after each batch, where the records still unmarked begin
         self.unmarked: list[tuple[StoredLetter, Any]] = []  # sent, and not marked yet
         self.waiting_since: float | None = None  # when an acknowledged record was first seen unmarked
 
@@ -750,17 +756,26 @@ class _Marking:
         written = {id(future) for _, future in done}  # not `is_done` again: one done since is unmarked
         self.unmarked = [(stored, future) for stored, future in self.unmarked if id(future) not in written]
         self.waiting_since = None
+        if self.lock is not None and acknowledged:
+            # The idempotent producer keeps a partition's records in the order sent: the records of
+            # this replay still unmarked lie after the last one marked, each partition's. A replay that
+            # takes the lock over once this one is killed reads from there, not from where it began.
+            after: dict[int, int] = {}
+            for _, metadata in acknowledged:
+                after[metadata.partition] = max(after.get(metadata.partition, 0), metadata.offset + 1)
+            self.lock.advance(after)
 
 
 class _ReplayLock:
     """The one replay of a DLQ that runs: an object created only if none is there (``put_new``), with
-    who holds it, and removed at its end. The lock is never written over by its holder: while the
-    replay runs, a thread writes its heartbeat, a second object, every ``LOCK_REFRESH_S``, and checks
-    that the lock is still this replay's. (A refresh that rewrote the lock could write over another
-    replay's lock that had taken it over since it was read.) A stale lock is taken over, and the lock
-    released, by a compare-and-swap on the version read (``replace_if``, ``delete_if``): two replays
-    taking one stale lock over at once each removed whatever lock was there and created their own, and
-    both ran. The sender looks at the lock itself before a send (``check``)."""
+    who holds it, and removed at its end. While the replay runs, a thread writes its heartbeat, a
+    second object, every ``LOCK_REFRESH_S``, and checks that the lock is still this replay's. (A refresh
+    that rewrote the lock could write over another replay's lock that had taken it over since it was
+    read.) The holder rewrites its lock only by a compare-and-swap on a version that it read as its own
+    (``advance``: where its unmarked records begin, after each batch of markers). A stale lock is taken
+    over, and the lock released, by a compare-and-swap on the version read (``replace_if``,
+    ``delete_if``): two replays taking one stale lock over at once each removed whatever lock was there
+    and created their own, and both ran. The sender looks at the lock itself before a send (``check``)."""
 
     def __init__(self, store: ObjectStore, dlq_topic: str, original_from: dict[int, int]) -> None:
         self.store = store
@@ -773,6 +788,7 @@ class _ReplayLock:
             "pid": os.getpid(),
             "started_at": utc_now().isoformat(),
             # Where the original topic ended before this replay sent anything: its records come after.
+            # Moved on past each batch of its records once they are marked (``advance``).
             "original_from": {str(partition): offset for partition, offset in original_from.items()},
         }
         self.lost: str | None = None  # why another replay holds the lock now (taken over as stale)
@@ -834,6 +850,32 @@ class _ReplayLock:
             if isinstance(offset, int) and not isinstance(offset, bool):
                 earlier[str(partition)] = min(offset, earlier.get(str(partition), offset))
         return earlier
+
+    def advance(self, original_from: dict[int, int]) -> None:
+        """Move the lock's ``original_from`` on to ``original_from``'s offsets (where this replay's records
+        not marked yet begin; never back), so that a replay taking the lock over once this one is killed
+        reads only the records sent since its last batch of markers. Before, it read from where this
+        replay began: every record a long replay had sent, and any other producer's since. Only while
+        the lock is this replay's (a compare-and-swap on the version read); when another replay took it
+        over, the next ``check`` stops the sends. A store that is away leaves the earlier offsets, which
+        a takeover reads from, only further."""
+        held_from = self.holder["original_from"]
+        moved = {
+            **held_from,
+            **{str(p): offset for p, offset in original_from.items() if offset > held_from.get(str(p), -1)},
+        }
+        if moved == held_from:
+            return
+        holder = {**self.holder, "original_from": moved}
+        with contextlib.suppress(TransientError, BadInput):
+            held = self._held()
+            if held is None or held[0].get("run") != self.holder["run"]:
+                self._look(_alive_clock())  # says it is lost
+                return
+            if self.store.replace_if(self.key, json.dumps(holder, sort_keys=True).encode(), held[2]):
+                self.holder = holder
+            else:
+                self._look(_alive_clock())
 
     def check(self) -> None:
         """``DlqError`` when another replay holds the lock now; called before each send. The lock is
@@ -967,8 +1009,9 @@ def _mark_what_a_killed_replay_sent(
     settings: Settings, store: ObjectStore, dead: DeadLetterTopic, killed: dict[str, Any]
 ) -> None:
     """Mark the letters whose records a killed replay had delivered and not marked yet: the records of
-    ``dead.original_topic`` since where its lock says the topic ended, whose ``REPLAY_OF_HEADER``
-    names a letter of ``dead``. Before, the next replay sent those letters again."""
+    ``dead.original_topic`` from its lock's ``original_from`` (where the topic ended before it sent,
+    moved on past each batch it marked: ``_ReplayLock.advance``), whose ``REPLAY_OF_HEADER`` names a
+    letter of ``dead``. Before, the next replay sent those letters again."""
     original_from = killed.get("original_from")
     if not isinstance(original_from, dict) or not original_from:
         return  # a lock of an older replay, or one that had nothing to send to

@@ -26,10 +26,13 @@ from shared.config import Settings
 REPO = Path(__file__).resolve().parents[2]
 
 # The CLI in a child process, each original read 0.1 s late: a long replay an operator's machine can lose.
+# A second argument, when given, is its MARK_EVERY_RECORDS.
 SLOW_REPLAY = textwrap.dedent(
     """
     import sys, time
     import shared.dlq as dlq
+    if len(sys.argv) > 2:
+        dlq.MARK_EVERY_RECORDS = int(sys.argv[2])
     read = dlq.original_record
     def slow(letter, store):
         time.sleep(0.1)
@@ -68,11 +71,23 @@ def numbered_records(count: int) -> list[bytes]:
 
 def cli_env(settings: Settings) -> dict[str, str]:
     """The environment of a `skuforge` child process on ``settings``' broker, namespace and store."""
-    return dict(
+    env = dict(
         os.environ,
         SKUFORGE_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
         SKUFORGE_TOPIC_NAMESPACE=settings.topic_namespace,
         SKUFORGE_STORE_URI=settings.store_uri,
+    )
+    if settings.s3_endpoint_url is not None:  # moto's server (tests/support/s3.py)
+        env["SKUFORGE_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+    return env
+
+
+def slow_replay(settings: Settings, mark_every_records: int | None = None) -> subprocess.Popen[bytes]:
+    """``SLOW_REPLAY`` of ``settings``' sku.ingested, started in a child process."""
+    topic = settings.topic_name(SKU_INGESTED)
+    marks = [] if mark_every_records is None else [str(mark_every_records)]
+    return subprocess.Popen(
+        [sys.executable, "-c", SLOW_REPLAY, topic, *marks], cwd=REPO, env=cli_env(settings)
     )
 
 
@@ -80,7 +95,7 @@ def replay_killed_part_way(settings: Settings, count: int) -> set[bytes]:
     """Runs ``SLOW_REPLAY`` of sku.ingested's ``count`` letters in a child process and SIGKILLs it (as OOM
     or a lost machine would) once half of them arrived; returns the values that had arrived."""
     topic = settings.topic_name(SKU_INGESTED)
-    child = subprocess.Popen([sys.executable, "-c", SLOW_REPLAY, topic], cwd=REPO, env=cli_env(settings))
+    child = slow_replay(settings)
     consumer = KafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
     )

@@ -1,0 +1,131 @@
+"""`skuforge dlq replay` after a replay was killed part-way through a long run.
+
+Review 37: the replay that took a killed one's lock over read the original topic from where the killed
+one had begun, however long it had run (and however busy the topic was since), and marked again every
+letter that one had marked already.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+
+from schemas.topics import SKU_INGESTED
+from shared.config import Settings
+from shared.dlq import REPLAY_OF_HEADER
+from shared.store import FileStore, ObjectStore
+from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
+from tests.support.dlq import numbered_records, slow_replay, write_values
+
+
+def _lock_from(store: ObjectStore, lock: str) -> int:
+    """Partition 0's ``original_from`` of the replay lock ``lock``; -1 when there is no lock yet."""
+    if not store.exists(lock):
+        return -1
+    return int(json.loads(store.get_versioned(lock)[0])["original_from"]["0"])
+
+
+def _delivered_unmarked(store: ObjectStore, copies: dict[int, str], since: int) -> list[int]:
+    """The offsets of the replayed ``copies`` (offset: marker key) from ``since`` on whose letter has no
+    marker."""
+    return sorted(offset for offset, marker in copies.items() if offset >= since and not store.exists(marker))
+
+
+def _kill_between_send_and_mark(
+    child: subprocess.Popen[bytes], store: ObjectStore, settings: Settings, lock: str
+) -> tuple[int, dict[int, str]]:
+    """SIGKILLs the replay ``child`` once its lock has moved on past a few marked records and records
+    it delivered after them are not marked yet (checked again with the child stopped, so what is seen
+    is what it left). Returns the lock's ``original_from`` then, and every copy delivered (offset:
+    marker key)."""
+    topic = settings.topic_name(SKU_INGESTED)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
+    )
+    copies: dict[int, str] = {}
+
+    def read_copies() -> None:
+        for records in consumer.poll(timeout_ms=50).values():
+            for record in records:
+                copies[record.offset] = dict(record.headers)[REPLAY_OF_HEADER].decode()
+
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        consumer.seek_to_beginning()
+        guard = time.monotonic() + 120  # a hung child fails the test instead of hanging it
+        while child.poll() is None and time.monotonic() < guard:
+            read_copies()
+            moved_to = _lock_from(store, lock)
+            if moved_to < 6 or not _delivered_unmarked(store, copies, moved_to):
+                continue
+            child.send_signal(signal.SIGSTOP)
+            read_copies()
+            moved_to = _lock_from(store, lock)
+            if _delivered_unmarked(store, copies, moved_to):
+                child.send_signal(signal.SIGKILL)
+                child.wait()
+                return moved_to, copies
+            child.send_signal(signal.SIGCONT)  # it marked them in between: the next batch then
+    finally:
+        consumer.close()
+        if child.poll() is None:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+    raise AssertionError(
+        f"the replay's lock never moved on past the records it marked (original_from "
+        f"{_lock_from(store, lock)}, {len(copies)} records delivered); a replay taking it over would "
+        "read them all again"
+    )
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_a_replay_taking_a_killed_ones_lock_over_reads_only_what_it_sent_since_its_last_markers(
+    backend: str, kafka_bootstrap: str, tmp_path: Path, request: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A long replay is killed (SIGKILL) after Kafka took records it had not marked yet. Its lock now
+    names where its unmarked records begin, moved on after each batch of markers: the replay that takes
+    the lock over reads the original topic from there, so it leaves the markers written before as they
+    were, and still marks the records delivered after them. Before, the lock named where the topic
+    ended when the killed replay began, and every record that replay had sent was read, and marked,
+    again."""
+    from skuforge_cli.dlq import main as dlq_main
+
+    if backend == "file":
+        store: ObjectStore = FileStore(tmp_path)
+        settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    else:
+        store = request.getfixturevalue("s3_store")
+        endpoint = request.getfixturevalue("s3_endpoint")
+        settings = isolated_settings(kafka_bootstrap, store.base_uri, s3_endpoint_url=endpoint)
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    topic = settings.topic_name(SKU_INGESTED)
+    count = 40
+    write_values(settings, numbered_records(count))
+    lock = f"dlq-replay-locks/{settings.dlq_name(SKU_INGESTED)}.json"
+
+    moved_to, copies = _kill_between_send_and_mark(
+        slow_replay(settings, mark_every_records=3), store, settings, lock
+    )
+    unmarked = _delivered_unmarked(store, copies, moved_to)
+    marked_before = {copies[offset]: store.get_versioned(copies[offset])[0] for offset in range(moved_to)}
+
+    assert dlq_main(["replay", topic], settings=settings, store=store) == 0
+    capsys.readouterr()
+    # The markers written before the lock moved on are the killed replay's, not written again.
+    assert {marker: store.get_versioned(marker)[0] for marker in marked_before} == marked_before
+    # What it delivered after them was marked by the replay that took over, not sent again.
+    assert unmarked and all(store.exists(copies[offset]) for offset in unmarked)
+    sends = Counter(record.value for record in read_topic(kafka_bootstrap, topic, expect=count, timeout_s=30))
+    assert sends == Counter(numbered_records(count))  # each once
+    assert len(list(store.list_keys("dlq-replays/"))) == count
+    assert not store.exists(lock)
