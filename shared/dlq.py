@@ -10,12 +10,14 @@ back, the consumer was upgraded). Without ``--reason`` it replays only the lette
 event can help (``REPLAYABLE_REASONS``: ``object_missing``, ``handler_error``); a letter whose reason
 says the event itself is bad (``not_json``, ``corrupt``, ``checksum_mismatch``...) would only be
 dead-lettered again, so it is left and counted, and replayed on purpose with ``--reason R`` or
-``--include-permanent``. Each dead letter is replayed once: as the republished records are
-acknowledged (idempotent producer, acks=all), a replay marker per dead letter is written, in batches, to
-the object store (``dlq-replays/<dlq topic>/<partition>-<offset>-<sha>.json``), and a later replay
-skips every dead letter that has a marker; one replay of a DLQ runs at a time (``_ReplayLock``).
-Markers, not consumer-group offsets, because ``--reason`` and ``--since`` select letters out of
-order: an offset would also pass over the letters left behind.
+``--include-permanent``. A ``key_mismatch`` letter (an event keyed by another SKU) is sent keyed by its
+envelope's ``sku_id`` (``replay_key``), not by the key it came with. Each dead letter is replayed once:
+as the republished records are acknowledged (idempotent producer, acks=all), a replay marker per dead
+letter is written, in batches, to the object store
+(``dlq-replays/<dlq topic>/<partition>-<offset>-<sha>.json``), and a later replay skips every dead
+letter that has a marker; one replay of a DLQ runs at a time (``_ReplayLock``). Markers, not
+consumer-group offsets, because ``--reason`` and ``--since`` select letters out of order: an offset
+would also pass over the letters left behind.
 A letter that fails again after its replay is a new dead letter, and can be replayed in turn.
 
 A replayed record carries the header ``skuforge-replay-stage`` naming the stage that dead-lettered it;
@@ -60,6 +62,9 @@ from shared.signals import held_signals, signal_number, stopped_how
 from shared.store import ObjectStore
 
 REPLAY_PREFIX = "dlq-replays"
+# The runtime's reason for an event whose Kafka key is not its envelope's sku_id (shared/runtime.py): a
+# replay sends it keyed by the letter's sku_id (``replay_key``), so it lands on its SKU's partition.
+KEY_MISMATCH = "key_mismatch"
 # Kafka header on a replayed record: the name of the stage (DeadLetter.stage, the Stage's name) that
 # dead-lettered it, the only one that handles it again (shared/runtime.py; docs/delivery.md).
 REPLAY_STAGE_HEADER = "skuforge-replay-stage"
@@ -95,6 +100,7 @@ _PLAIN_FLOW_TOPICS = frozenset(topic.name for topic in (*ALL_TOPICS, PASSTHROUGH
 # says, an older event superseded by a re-ingest): its replay is dead-lettered again, so a replay without
 # --reason leaves it (shared/errors.py: BadInput is the input's fault; a missing object is the one the
 # world can put back, and handler_error is a stage fault or an outage that outlasted the retries).
+# key_mismatch is the record's key, not its event: the replay itself sends it keyed by its sku_id.
 REPLAYABLE_REASONS: dict[str, str] = {
     "object_missing": "the object is back in the store",
     "output_refused": "the output topic takes the record: its max.message.bytes was raised",
@@ -104,6 +110,7 @@ REPLAYABLE_REASONS: dict[str, str] = {
     "adapter_checksum_mismatch": "the adapter whose weights were damaged in the registry is registered again",
     "no_adapter_registry": "the generator was given its adapter registry",
     "manifest_unreadable": "the manifest part it names was restored",
+    KEY_MISMATCH: "it is sent keyed by its envelope's sku_id, not by the other SKU's key it came with",
 }
 
 
@@ -667,9 +674,9 @@ def _replay(
 def _originals(
     settings: Settings, store: ObjectStore, groups: dict[tuple[str, int, int, str, str], list[StoredLetter]]
 ) -> Generator[tuple[list[StoredLetter], tuple[bytes | None, bytes] | str]]:
-    """Each group's original record (key, value), read from its first letter, one at a time; why not
-    (a ``str``), for one whose letter or original cannot be read. ``DlqError`` when the DLQ or the
-    store cannot be read at all."""
+    """Each group's original record (key, value), read from its first letter, one at a time (the key it
+    is replayed with: ``replay_key``); why not (a ``str``), for one whose letter or original cannot be
+    read. ``DlqError`` when the DLQ or the store cannot be read at all."""
     for stored, whole in _letters_again(settings, [members[0] for members in groups.values()]):
         members = groups[stored.origin]
         if isinstance(whole, str):
@@ -678,7 +685,8 @@ def _originals(
             )
         else:
             try:
-                original = original_record(whole, store)
+                key, value = original_record(whole, store)
+                original = (replay_key(whole, key), value)
             except OriginalUnreadable as exc:
                 original = str(exc)
         yield members, original
@@ -690,6 +698,22 @@ def _without_unreadable(report: ReplayReport) -> ReplayReport:
         return report
     left_out = {id(stored) for stored, _ in report.unreadable}
     return replace(report, republished=[s for s in report.republished if id(s) not in left_out])
+
+
+def replay_key(letter: DeadLetter, key: bytes | None) -> bytes | None:
+    """The Kafka key ``letter``'s original record is replayed with: its own ``key``, but a
+    ``key_mismatch`` letter's is its envelope's ``sku_id`` (``DeadLetter.sku_id``, which the runtime
+    takes from the envelope). Sent with the key it came with, another SKU's, it was dead-lettered again;
+    so keyed it lands on its SKU's partition, where its SKU's events are handled in order.
+    ``OriginalUnreadable`` when the letter names no ``sku_id`` (not one the runtime wrote)."""
+    if letter.reason != KEY_MISMATCH:
+        return key
+    if not letter.sku_id:
+        raise OriginalUnreadable(
+            f"cannot replay {letter.original_topic}@{letter.original_offset}: a key_mismatch letter names "
+            "no sku_id to key its record by; produce the event again keyed by its SKU"
+        )
+    return letter.sku_id.encode()
 
 
 def replay_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:

@@ -874,7 +874,7 @@ class Stage:
             key = record.key.decode("utf-8", "backslashreplace")
             detail = (
                 f"Kafka key {key!r} is not the envelope's sku_id {event.sku_id!r}; one SKU's events keep "
-                "their order only keyed by it: produce the event again so keyed"
+                "their order only keyed by it: `skuforge dlq replay` sends it so keyed"
             )
             return self._dead_letter(record, "key_mismatch", detail, None, event)
         # An event about another SKU than its key would also be stored under either id.

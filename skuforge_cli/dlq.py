@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     again = sub.add_parser(
         "replay",
         help="republish dead letters' original bytes to their topic, each once",
-        description="Republish the selected dead letters' original bytes and key to their original topic. "
+        description="Republish the selected dead letters' original bytes and key to their original topic "
+        "(a key_mismatch letter's keyed by its sku_id). "
         "Each dead letter is replayed once: a marker per replayed letter (in the object store, "
         f"{REPLAY_PREFIX}/) makes a second run skip it, and one replay of a topic runs at a time (a second "
         "exits 1 naming the first). Fix the cause first (restore the object, "

@@ -1,8 +1,9 @@
-"""`skuforge dlq replay` after a replay was killed part-way through a long run.
+"""`skuforge dlq replay` after a replay was killed part-way through a long run, and of key_mismatch letters.
 
 Review 37: the replay that took a killed one's lock over read the original topic from where the killed
 one had begun, however long it had run (and however busy the topic was since), and marked again every
-letter that one had marked already.
+letter that one had marked already. A key_mismatch letter could not usefully be replayed: it went back
+with the wrong key it came with, and was dead-lettered again.
 """
 
 from __future__ import annotations
@@ -16,15 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
-from schemas.topics import SKU_INGESTED
+from schemas.envelope import DeadLetter
+from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
 from shared.config import Settings
 from shared.dlq import REPLAY_OF_HEADER
 from shared.store import FileStore, ObjectStore
-from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
-from tests.support.dlq import numbered_records, slow_replay, write_values
+from tests.support.bus import (
+    create_topics,
+    file_store_uri,
+    ingested_envelope,
+    isolated_settings,
+    read_topic,
+    running,
+    sku_ingested_payloads,
+)
+from tests.support.dlq import ingested_letter, numbered_records, slow_replay, write_letters, write_values
 
 
 def _lock_from(store: ObjectStore, lock: str) -> int:
@@ -129,3 +139,68 @@ def test_a_replay_taking_a_killed_ones_lock_over_reads_only_what_it_sent_since_i
     assert sends == Counter(numbered_records(count))  # each once
     assert len(list(store.list_keys("dlq-replays/"))) == count
     assert not store.exists(lock)
+
+
+@pytest.mark.kafka
+def test_a_replayed_key_mismatch_letter_is_keyed_by_its_sku_and_handled(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A foreign producer keyed an event by another SKU; the stage dead-lettered it as key_mismatch.
+    A bare `dlq replay` now sends it keyed by its envelope's sku_id (the letter's), so it lands on its
+    SKU's partition and the stage handles it. Before, a bare replay left it as permanent, and one asked
+    for with --reason key_mismatch sent the same wrong key, which was dead-lettered again."""
+    from services.passthrough.stage import build_stage
+    from skuforge_cli.dlq import main as dlq_main
+
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT, partitions=1)
+    store = build_stage(settings=settings).store
+    [wrongly] = (ingested_envelope(payload) for payload in sku_ingested_payloads(store, 1))
+    topic = settings.topic_name(SKU_INGESTED)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    producer.send(topic, key=b"SKU-OTHER", value=wrongly.model_dump_json().encode())
+    producer.flush()
+    producer.close()
+
+    with running(build_stage(settings=settings)):
+        [record] = read_topic(kafka_bootstrap, settings.dlq_name(SKU_INGESTED), expect=1, timeout_s=60)
+        assert DeadLetter.model_validate_json(record.value).reason == "key_mismatch"
+        assert dlq_main(["replay", topic], settings=settings, store=FileStore(tmp_path)) == 0
+        assert "replayed 1 dead letters" in capsys.readouterr().out
+        [output] = read_topic(kafka_bootstrap, settings.topic_name(PASSTHROUGH_OUT), expect=1, timeout_s=60)
+
+    assert json.loads(output.value)["sku_id"] == wrongly.sku_id
+    copies = read_topic(kafka_bootstrap, topic, expect=2, timeout_s=30)
+    assert [(copy.key, copy.value) for copy in copies] == [
+        (b"SKU-OTHER", wrongly.model_dump_json().encode()),  # as the foreign producer sent it
+        (wrongly.sku_id.encode(), wrongly.model_dump_json().encode()),  # the replay
+    ]
+    # Handled, not dead-lettered again.
+    assert len(read_topic(kafka_bootstrap, settings.dlq_name(SKU_INGESTED), expect=2, timeout_s=5)) == 1
+
+
+@pytest.mark.kafka
+def test_a_key_mismatch_letter_that_names_no_sku_is_not_replayed_and_named(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key_mismatch letter without a sku_id (not one the runtime writes: a hand-written or foreign
+    letter) has no key to be sent with: it is named as not replayed, unmarked, and the other letters go."""
+    from skuforge_cli.dlq import main as dlq_main
+
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    write_letters(
+        settings,
+        ingested_letter(settings, 0, b'{"a": 1}', reason="key_mismatch", original_key_b64="U0tVLU9USEVS"),
+        ingested_letter(settings, 1, b'{"b": 2}'),
+    )
+    topic = settings.topic_name(SKU_INGESTED)
+
+    assert dlq_main(["replay", topic], settings=settings, store=FileStore(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert "1 dead letter was not replayed, the others were" in err
+    assert "a key_mismatch letter names no sku_id to key its record by" in err
+    assert [record.value for record in read_topic(kafka_bootstrap, topic, expect=2, timeout_s=5)] == [
+        b'{"b": 2}'
+    ]
+    assert len(list(FileStore(tmp_path).list_keys("dlq-replays/"))) == 1
