@@ -202,3 +202,36 @@ def test_a_store_that_refuses_the_jobs_writes_is_named_not_logged_as_a_failed_tr
     trainer = trainer_with(store, FileStore(tmp_path / "registry"), tmp_path)
 
     store_failure_logged(trainer, caplog, "object store", f"{store.base_uri}/{PREFIX}/jobs/")
+
+
+class RefusingWeights(FileStore):
+    """A registry folder that refuses the adapters' weights, as a bucket whose policy denies them."""
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        if key.endswith(".safetensors"):
+            raise StoreMisconfigured(f"refused {self.uri_for(key)}: AccessDenied (HTTP 403)")
+        super()._write(key, data, content_type)
+
+
+def test_an_object_store_inside_the_registrys_folder_is_named_when_it_fails(
+    tmp_path: Path, stub_training: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Which store failed was told by the registry's uri in the error's words: with the object store in a
+    folder of the registry's (SKUFORGE_STORE_URI=s3://models/skuforge, the registry s3://models), every
+    object-store fault named the registry, and its setting, as the one to fix."""
+    store = RefusingJobWrites(tmp_path / "models" / "skuforge")
+    trainer = trainer_with(store, FileStore(tmp_path / "models"), tmp_path)
+
+    store_failure_logged(trainer, caplog, "object store", f"{store.base_uri}/{PREFIX}/jobs/")
+
+
+def test_a_registry_beside_the_object_store_is_named_when_it_fails(
+    tmp_path: Path, stub_training: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The registry's own fault, in the same layout, is still the registry's."""
+    store = FileStore(tmp_path / "models" / "skuforge")
+    registry = RefusingWeights(tmp_path / "models")
+    trainer = trainer_with(store, registry, tmp_path)
+
+    store_failure_logged(trainer, caplog, "adapter registry", f"{registry.base_uri}/")
+    assert len(stub_training) == 1

@@ -113,6 +113,7 @@ from shared.generation.adapters import (
     AdapterKind,
     AdapterMetadata,
     AdapterRegistry,
+    RegistryStoreFailed,
     lora_rank,
     resolve_adapter,
 )
@@ -868,10 +869,12 @@ class LoraTrainer:
             raise failure
         return published
 
-    def _store_failed(self, exc: TransientError) -> StoreFailed:
-        """``exc`` named by the store it came from, told by the uri the store's errors name: the registry
-        first, as its folder may lie inside the object store's (``<SKUFORGE_STORE_URI>/adapters``)."""
-        if f"{self.registry.store.base_uri}/" in str(exc):
+    @staticmethod
+    def _store_failed(exc: TransientError) -> StoreFailed:
+        """``exc`` named by the store it came from: the registry raises its store's faults as its own
+        (``RegistryStoreFailed``); the rest are the object store's. Told by the registry's uri in the
+        words before, a fault of an object store in a folder of the registry's was the registry's."""
+        if isinstance(exc, RegistryStoreFailed):
             return StoreFailed("the adapter registry (SKUFORGE_DIFFUSION_ADAPTERS_URI)", exc)
         return StoreFailed("the object store (SKUFORGE_STORE_URI)", exc)
 
@@ -902,7 +905,7 @@ class LoraTrainer:
             if current == job.adapter_id:
                 self._general_up_to_date(job)
                 return None
-            if not self.registry.store.exists(f"{job.adapter_id}/{METADATA_FILE}"):
+            if not self.registry.is_registered(job.adapter_id):
                 # Registered before its marker was written, so gone means `skuforge adapters remove`:
                 # an operator took it out as painting the wrong thing, and it stays out. Recorded as
                 # current, so the next polls do not come back to it; the series trains anew when
@@ -1114,7 +1117,7 @@ class LoraTrainer:
         Published unchecked, weights lost or altered there failed in the generator, at every request."""
         weights_key = f"{metadata.adapter_id}/{metadata.weight_name}"
         try:
-            self.registry.store.read_checked(weights_key, metadata.weights_sha256)
+            self.registry.registered_weights(metadata)
         except BadInput as exc:  # ObjectMissing, ChecksumMismatch; a store away is retried
             log.warning(
                 "the registry's copy of the adapter's weights is lost or altered: registered again from "
@@ -1156,7 +1159,7 @@ class LoraTrainer:
             ) from None
         weights_key = f"{job.adapter_id}/{metadata.weight_name}"
         try:
-            weights = self.registry.store.read_checked(weights_key, metadata.weights_sha256)
+            weights = self.registry.registered_weights(metadata)
         except BadInput as exc:
             # Lost or failing their checksum (ObjectMissing, ChecksumMismatch): raised at every poll for
             # ever, seen only as `retried`. A store away is a TransientError, still retried.

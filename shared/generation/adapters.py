@@ -30,7 +30,8 @@ import logging
 import math
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +39,7 @@ from typing import Any, Literal, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from shared.errors import BadInput, ChecksumMismatch, ObjectMissing
+from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, TransientError
 from shared.model_cache import (
     check_owner,
     file_sha256,
@@ -59,6 +60,7 @@ __all__ = [
     "AdapterMetadata",
     "AdapterRegistry",
     "NotLoraWeights",
+    "RegistryStoreFailed",
     "WeightsRefused",
     "lora_rank",
     "read_weights",
@@ -404,11 +406,34 @@ def _field_problem(location: tuple[int | str, ...], message: str) -> str:
     return f"{'.'.join(map(str, location))}: {message}" if location else message
 
 
+class RegistryStoreFailed(TransientError):
+    """The registry's store failed (away, or refusing a read or a write): its own words, raised from
+    them. A type of its own, so that a caller holding two stores (the LoRA trainer's object store, whose
+    folder may lie inside the registry's or hold it) can tell which one failed; told by the uri in the
+    words, a fault of an object store inside the registry's folder was taken for the registry's."""
+
+    def __init__(self, registry_uri: str, exc: TransientError) -> None:
+        self.registry_uri = registry_uri
+        super().__init__(str(exc))
+
+
 class AdapterRegistry:
-    """Adapters stored under one object-store root: list, register, get, remove, fetch weights."""
+    """Adapters stored under one object-store root: list, register, get, remove, fetch weights.
+
+    The store's faults (``TransientError``) come out of its methods as ``RegistryStoreFailed``."""
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
+
+    @contextmanager
+    def _store_faults(self) -> Iterator[None]:
+        """The store's ``TransientError`` raised as the registry's (``RegistryStoreFailed``)."""
+        try:
+            yield
+        except RegistryStoreFailed:
+            raise
+        except TransientError as exc:
+            raise RegistryStoreFailed(self.store.base_uri, exc) from exc
 
     def list(self) -> list[AdapterMetadata]:
         """Every registered adapter, sorted by id; unreadable metadata is logged and skipped.
@@ -416,21 +441,24 @@ class AdapterRegistry:
         One broken ``metadata.json`` must not stop generation for every SKU.
         """
         adapters: list[AdapterMetadata] = []
-        for key in self.store.list_addressable():
-            parts = key.split("/")
-            if len(parts) != 2 or parts[1] != METADATA_FILE:
-                continue
-            try:
-                metadata = AdapterMetadata.model_validate_json(self.store.get_bytes(key))
-            except ValidationError as exc:
-                logger.warning("skipping adapter %s: invalid %s: %s", parts[0], METADATA_FILE, exc)
-                continue
-            except ObjectMissing:  # removed between the listing and the read: not registered now
-                continue
-            if metadata.adapter_id != parts[0]:
-                logger.warning("skipping adapter %s: its metadata names %s", parts[0], metadata.adapter_id)
-                continue
-            adapters.append(metadata)
+        with self._store_faults():
+            for key in self.store.list_addressable():
+                parts = key.split("/")
+                if len(parts) != 2 or parts[1] != METADATA_FILE:
+                    continue
+                try:
+                    metadata = AdapterMetadata.model_validate_json(self.store.get_bytes(key))
+                except ValidationError as exc:
+                    logger.warning("skipping adapter %s: invalid %s: %s", parts[0], METADATA_FILE, exc)
+                    continue
+                except ObjectMissing:  # removed between the listing and the read: not registered now
+                    continue
+                if metadata.adapter_id != parts[0]:
+                    logger.warning(
+                        "skipping adapter %s: its metadata names %s", parts[0], metadata.adapter_id
+                    )
+                    continue
+                adapters.append(metadata)
         return sorted(adapters, key=lambda a: a.adapter_id)
 
     def get(self, adapter_id: str) -> AdapterMetadata:
@@ -440,7 +468,9 @@ class AdapterRegistry:
         or by a newer version): ``list`` skips such an adapter, ``remove`` removes it all the same."""
         self._check_id(adapter_id)
         metadata_key = f"{adapter_id}/{METADATA_FILE}"
-        metadata = AdapterMetadata.model_validate_json(self.store.get_bytes(metadata_key))
+        with self._store_faults():
+            data = self.store.get_bytes(metadata_key)
+        metadata = AdapterMetadata.model_validate_json(data)
         if metadata.adapter_id != adapter_id:
             raise _NamesAnotherAdapter(self.store.uri_for(metadata_key), metadata.adapter_id)
         return metadata
@@ -491,17 +521,18 @@ class AdapterRegistry:
             # metadata and links its docs.
             problems = "; ".join(_field_problem(error["loc"], error["msg"]) for error in exc.errors())
             raise ValueError(f"cannot register adapter {adapter_id!r}: {problems}") from None
-        replaced = self._registered(adapter_id)
-        self.store.put_bytes(f"{adapter_id}/{metadata.weight_name}", data)
-        self.store.put_json(f"{adapter_id}/{METADATA_FILE}", metadata.model_dump(mode="json"))
-        # Keep the replaced registration's weights: generators' cached listings point at them. Older
-        # ones only a listing from before the replaced registration names; such a generator lists
-        # again and retries (DiffusionBackend). Only files this registry names itself are deleted.
-        keep = {metadata.weight_name, *([replaced.weight_name] if replaced is not None else [])}
-        for key in list(self.store.list_addressable(f"{adapter_id}/")):
-            name = key.removeprefix(f"{adapter_id}/")
-            if _REGISTRY_WEIGHTS.fullmatch(name) and name not in keep:
-                self.store.delete(key)
+        with self._store_faults():
+            replaced = self._registered(adapter_id)
+            self.store.put_bytes(f"{adapter_id}/{metadata.weight_name}", data)
+            self.store.put_json(f"{adapter_id}/{METADATA_FILE}", metadata.model_dump(mode="json"))
+            # Keep the replaced registration's weights: generators' cached listings point at them. Older
+            # ones only a listing from before the replaced registration names; such a generator lists
+            # again and retries (DiffusionBackend). Only files this registry names itself are deleted.
+            keep = {metadata.weight_name, *([replaced.weight_name] if replaced is not None else [])}
+            for key in list(self.store.list_addressable(f"{adapter_id}/")):
+                name = key.removeprefix(f"{adapter_id}/")
+                if _REGISTRY_WEIGHTS.fullmatch(name) and name not in keep:
+                    self.store.delete(key)
         return metadata
 
     def remove(self, adapter_id: str) -> AdapterMetadata | None:
@@ -516,14 +547,28 @@ class AdapterRegistry:
         """
         self._check_id(adapter_id)
         metadata_key = f"{adapter_id}/{METADATA_FILE}"
-        if not self.store.exists(metadata_key):
-            raise ObjectMissing(self.store.uri_for(metadata_key))
-        removed = self._registered(adapter_id)
-        self.store.delete(metadata_key)
-        for key in list(self.store.list_addressable(f"{adapter_id}/")):
-            if _REGISTRY_WEIGHTS.fullmatch(key.removeprefix(f"{adapter_id}/")):
-                self.store.delete(key)
+        with self._store_faults():
+            if not self.store.exists(metadata_key):
+                raise ObjectMissing(self.store.uri_for(metadata_key))
+            removed = self._registered(adapter_id)
+            self.store.delete(metadata_key)
+            for key in list(self.store.list_addressable(f"{adapter_id}/")):
+                if _REGISTRY_WEIGHTS.fullmatch(key.removeprefix(f"{adapter_id}/")):
+                    self.store.delete(key)
         return removed
+
+    def is_registered(self, adapter_id: str) -> bool:
+        """Whether ``adapter_id`` has a ``metadata.json`` (read or not: ``get`` says whether it reads)."""
+        with self._store_faults():
+            return self.store.exists(f"{adapter_id}/{METADATA_FILE}")
+
+    def registered_weights(self, metadata: AdapterMetadata) -> bytes:
+        """The weights ``metadata`` names, as the registry holds them: ``ObjectMissing`` when lost,
+        ``ChecksumMismatch`` when they do not match its sha256."""
+        with self._store_faults():
+            return self.store.read_checked(
+                f"{metadata.adapter_id}/{metadata.weight_name}", metadata.weights_sha256
+            )
 
     def _registered(self, adapter_id: str) -> AdapterMetadata | None:
         """The adapter's current metadata, or None when it has none (or none this version reads)."""
@@ -557,13 +602,14 @@ class AdapterRegistry:
             return target
         key = f"{metadata.adapter_id}/{metadata.weight_name}"
 
-        def registered_weights(size: int, sha256: str) -> None:
+        def as_registered(size: int, sha256: str) -> None:
             if sha256 != metadata.weights_sha256:
                 raise ChecksumMismatch(self.weights_uri(metadata), metadata.weights_sha256, sha256)
 
         # In blocks, checked before renamed into place: concurrent fetchers never see half a file, and
         # weights of hundreds of MB are not held in memory (read whole, they were, twice over at load).
-        write_blocks_atomically(path, self.store.iter_bytes(key), check=registered_weights)
+        with self._store_faults():
+            write_blocks_atomically(path, self.store.iter_bytes(key), check=as_registered)
         hold(target)
         return target
 
