@@ -34,9 +34,8 @@ from shared.lora_training.dataset import TrainingRecipe, build_training_set, tra
 from shared.store import FileStore, ObjectStore, open_store
 from tests.support.bus import file_store_uri, isolated_settings
 from tests.support.captioning import captioned_sku
-from tests.support.lora import model_folder, record
+from tests.support.lora import model_folder, on_the_shelf, record, shelf_disc
 
-SIZE_PX = 160
 RECIPE = TrainingRecipe(resolution=128, scenes_per_photo=3, class_images=0)
 
 
@@ -65,26 +64,6 @@ def test_a_worker_that_cannot_open_closes_the_producer_made_for_it(
     assert producer_threads() - before == set()
 
 
-def disc(radius_px: int, centre: tuple[int, int]) -> np.ndarray:
-    rows, cols = np.mgrid[:SIZE_PX, :SIZE_PX]
-    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius_px**2
-
-
-def on_the_shelf(store: FileStore, blobs_by_photo: list[np.ndarray]) -> SkuCaptioned:
-    """A SKU whose every photo is in a store (plain_background 0.2, below the generator's 0.7), each
-    photo's mask the given blobs, the products red on a grey shelf."""
-    captioned = captioned_sku(store, 1, usable_photos=len(blobs_by_photo), series="apples")
-    photos = []
-    for photo, blobs in zip(captioned.photos, blobs_by_photo, strict=True):
-        pixels = np.full((SIZE_PX, SIZE_PX, 3), 110, np.uint8)
-        pixels[blobs] = (200, 30, 30)
-        mask = np.where(blobs, np.uint8(255), np.uint8(0))
-        image = store.put_image(f"images/shelf/{photo.photo_id}.png", pixels)
-        mask_ref = store.put_image(f"masks/shelf/{photo.photo_id}.png", mask)
-        photos.append(photo.model_copy(update={"image": image, "mask": mask_ref, "plain_background": 0.2}))
-    return captioned.model_copy(update={"photos": photos})
-
-
 def build(store: FileStore, captioned: SkuCaptioned) -> tuple[str, list[np.ndarray], list[str]]:
     """The SKU's set as the trainer builds it: its hash, each instance item's mask and item id."""
     sources = _instance_sources(captioned, 0.7)
@@ -101,7 +80,7 @@ def test_an_in_store_photo_trains_on_its_largest_blob_as_the_generator_cuts_it(t
     other blobs there are a neighbouring product or a price tag. The trainer composited the whole mask,
     so the SKU's adapter learned the apple with the price tag beside it on every scene."""
     store = FileStore(tmp_path / "store")
-    apple_and_tag = disc(45, (80, 55))
+    apple_and_tag = shelf_disc(45, (80, 55))
     apple_and_tag[60:100, 125:150] = True  # a price tag, well clear of the apple
     captioned = on_the_shelf(store, [apple_and_tag])
     sha, masks, _ = build(store, captioned)
@@ -122,8 +101,8 @@ def test_of_in_store_photos_only_those_of_one_object_are_trained_on_when_there_a
     """The generator draws from the in-store photos whose cut-out is one solid object when the SKU has
     any (``one_object_photos``); the trainer trained on a chain of apples as on a single one."""
     store = FileStore(tmp_path / "store")
-    chain = disc(30, (80, 45)) | disc(30, (80, 95)) | disc(30, (80, 125))
-    one_apple = disc(50, (80, 80))
+    chain = shelf_disc(30, (80, 45)) | shelf_disc(30, (80, 95)) | shelf_disc(30, (80, 125))
+    one_apple = shelf_disc(50, (80, 80))
     _, masks, item_ids = build(store, on_the_shelf(store, [chain, one_apple]))
 
     assert item_ids and all("-p1-" in item_id for item_id in item_ids), item_ids
@@ -132,7 +111,7 @@ def test_of_in_store_photos_only_those_of_one_object_are_trained_on_when_there_a
     # With none of one object, every in-store photo is trained on (each its largest blob), as in the
     # generator.
     store = FileStore(tmp_path / "store-2")
-    _, _, item_ids = build(store, on_the_shelf(store, [chain, chain | disc(8, (20, 20))]))
+    _, _, item_ids = build(store, on_the_shelf(store, [chain, chain | shelf_disc(8, (20, 20))]))
     assert {item_id.split("-")[-2] for item_id in item_ids} == {"p0", "p1"}
 
 

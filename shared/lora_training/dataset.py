@@ -259,21 +259,16 @@ def build_training_set(
     classes: dict[str, str] = {}  # class noun -> class prompt
     refused: list[Exception] = []
     item_stems = _item_stems(sources)
-    not_one_object = _not_one_object(store, sources, max_pixels, max_bytes)
-    for done, source in enumerate(sources):
-        # Up to 200 scenes a photo and 2000 photos a general set: SIGTERM must not wait for them all.
-        if should_stop():
-            raise TrainingInterrupted(
-                f"stopped building the training set: {done} of {len(sources)} photos; it is built again"
-            )
-        if done in not_one_object:
-            log.info(
-                "an in-store photo is left out of the set: another in-store photo of its SKU is one object",
-                extra={"sku_id": source.sku_id, "photo_id": source.photo_id},
-            )
-            continue
+    in_store = _InStorePhotos(store, sources, max_pixels, max_bytes)
+
+    def add_photo(position: int) -> bool:
+        """Write the items of ``sources[position]``; False when it is refused (logged, kept in
+        ``refused``)."""
+        source = sources[position]
         try:
-            scenes = _scenes(store, source, recipe, compositor, max_pixels, max_bytes)
+            scenes = _scenes(
+                store, source, recipe, compositor, max_pixels, max_bytes, in_store.take(position)
+            )
         except (BadInput, ValueError) as exc:
             # One SKU's photo altered or deleted since it was recorded, or a mask the compositor refuses:
             # left out, not the job failed. Before, it failed the series' job, and every later one
@@ -283,10 +278,10 @@ def build_training_set(
                 extra={"sku_id": source.sku_id, "photo_id": source.photo_id, "reason": str(exc)[:300]},
             )
             refused.append(exc)
-            continue
+            return False
         classes.setdefault(source.class_noun, source.class_prompt)
         for index, (image, item_mask, tags) in enumerate(scenes):
-            item_id = f"{item_stems[done]}-{index:03d}"
+            item_id = f"{item_stems[position]}-{index:03d}"
             image_ref = store.put_image(f"{prefix}/images/instance/{item_id}.png", image)
             mask_key = f"{prefix}/masks/{item_id}.png"
             store.put_image(mask_key, item_mask)
@@ -302,6 +297,21 @@ def build_training_set(
                     sha256=image_ref.sha256,
                 )
             )
+        return True
+
+    for done, source in enumerate(sources):
+        # Up to 200 scenes a photo and 2000 photos a general set: SIGTERM must not wait for them all.
+        if should_stop():
+            raise TrainingInterrupted(
+                f"stopped building the training set: {done} of {len(sources)} photos; it is built again"
+            )
+        if in_store.passed_over(done):
+            log.info(
+                "an in-store photo is left out of the set: another in-store photo of its SKU is one object",
+                extra={"sku_id": source.sku_id, "photo_id": source.photo_id},
+            )
+            continue
+        add_photo(done)
     if refused and not training_set.items:
         # Nothing left to train on: the job's own fault, a refusal (BadInput). A ValueError is the
         # compositor's word for a mask it cannot cut from; raised as it is, a trainer could not tell it
@@ -374,12 +384,13 @@ def _scenes(
     compositor: CompositeBackend,
     max_pixels: int,
     max_bytes: int,
+    read: tuple[UInt8Array, UInt8Array] | None = None,
 ) -> list[tuple[UInt8Array, UInt8Array, list[str]]]:
-    """The training images of one source photo, each with its mask and tags (read and drawn, nothing
-    written). Checked against the sha256 the captioner recorded (the job's identity): an altered photo
-    must not be trained on under it."""
+    """The training images of one source photo, each with its mask and tags (read, unless ``read`` holds
+    its photo and mask as ``_read_source`` returns them, and drawn; nothing written). Checked against the
+    sha256 the captioner recorded (the job's identity): an altered photo must not be trained on under it."""
     size = recipe.resolution
-    photo, mask = _read_source(store, source, max_pixels, max_bytes)
+    photo, mask = read if read is not None else _read_source(store, source, max_pixels, max_bytes)
     if not source.composite:
         return [(square_image(photo, size), square_image(mask, size), list(source.tags))]
     request = GenerationRequest(
@@ -413,35 +424,73 @@ def _read_source(
     return photo, cluttered_cutout(mask) if source.cluttered else mask
 
 
-def _not_one_object(
-    store: ObjectStore, sources: Sequence[InstanceSource], max_pixels: int, max_bytes: int
-) -> set[int]:
-    """The positions of in-store sources passed over as the generator passes them over: of a SKU's
-    in-store photos that can be read, those whose cut-out is not one object when another's is
-    (``one_object_photos``). Before, a chain of apples or a crate was trained on beside the SKU's photo
-    of one apple. Those that cannot be read are not passed over here: they are refused, and logged, when
-    the set is built."""
-    by_sku: dict[str, list[int]] = {}
-    for position, source in enumerate(sources):
-        if source.cluttered:
-            by_sku.setdefault(source.sku_id, []).append(position)
-    passed_over: set[int] = set()
-    for positions in by_sku.values():
-        # By photo id, as one_object_photos looks them up: a SKU's photo ids are distinct.
-        masks: dict[str, UInt8Array] = {}
+class _InStorePhotos:
+    """The in-store sources of a set (``InstanceSource.cluttered``), a SKU's read when the set reaches its
+    first, and which of them are trained on, as the generator draws: of those that can be read, the ones
+    whose cut-out is one object when any is (``one_object_photos``; before, a chain of apples or a crate
+    was trained on beside the SKU's photo of one apple), else all of them.
+
+    Each photo and mask is read once: the chosen photos' are kept until the set reaches them, and a
+    refusal to read one is raised there (``take``), then let go, so a set of 2000 photos holds one
+    SKU's chosen photos at a time."""
+
+    def __init__(
+        self, store: ObjectStore, sources: Sequence[InstanceSource], max_pixels: int, max_bytes: int
+    ) -> None:
+        self._store, self._sources, self._max_pixels, self._max_bytes = store, sources, max_pixels, max_bytes
+        self._by_sku: dict[str, list[int]] = {}
+        for position, source in enumerate(sources):
+            if source.cluttered:
+                self._by_sku.setdefault(source.sku_id, []).append(position)
+        self._read: dict[int, tuple[UInt8Array, UInt8Array] | BadInput | ValueError] = {}
+        self._passed_over: dict[str, list[int]] = {}  # by SKU, in the set's order
+
+    def _read_sku(self, sku_id: str) -> None:
+        positions = self._by_sku.pop(sku_id)
+        masks: dict[str, UInt8Array] = {}  # by photo id, as one_object_photos looks them up
         for position in positions:
             try:
-                masks[sources[position].photo_id] = _read_source(
-                    store, sources[position], max_pixels, max_bytes
-                )[1]
-            except (BadInput, ValueError):
+                read = _read_source(self._store, self._sources[position], self._max_pixels, self._max_bytes)
+            except (BadInput, ValueError) as exc:
+                # Not passed over: refused, and logged, when the set reaches it (kept without its
+                # traceback, whose frames hold what was read).
+                self._read[position] = exc.with_traceback(None)
                 continue
-        readable = [sources[position] for position in positions if sources[position].photo_id in masks]
+            self._read[position] = read
+            masks[self._sources[position].photo_id] = read[1]
+        readable = [self._sources[p] for p in positions if self._sources[p].photo_id in masks]
         chosen = {source.photo_id for source in one_object_photos(readable, masks)}
-        passed_over.update(
-            p for p in positions if sources[p].photo_id in masks and sources[p].photo_id not in chosen
-        )
-    return passed_over
+        passed_over = [
+            p
+            for p in positions
+            if self._sources[p].photo_id in masks and self._sources[p].photo_id not in chosen
+        ]
+        for position in passed_over:
+            del self._read[position]
+        self._passed_over[sku_id] = passed_over
+
+    def _reached(self, position: int) -> str | None:
+        """The SKU of an in-store source, its photos read once the set reaches the first; None for others."""
+        source = self._sources[position]
+        if not source.cluttered:
+            return None
+        if source.sku_id in self._by_sku:
+            self._read_sku(source.sku_id)
+        return source.sku_id
+
+    def passed_over(self, position: int) -> bool:
+        """Whether the source at ``position`` is left out as not one object."""
+        sku_id = self._reached(position)
+        return sku_id is not None and position in self._passed_over[sku_id]
+
+    def take(self, position: int) -> tuple[UInt8Array, UInt8Array] | None:
+        """The photo and mask read for ``position``, let go of here (None: not read here); raises what
+        reading it raised."""
+        self._reached(position)
+        read = self._read.pop(position, None)
+        if isinstance(read, (BadInput, ValueError)):
+            raise read
+        return read
 
 
 def load_training_set(store: ObjectStore, prefix: str, sha256: str) -> TrainingSet | None:

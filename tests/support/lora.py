@@ -1,9 +1,8 @@
 """The LoRA trainer's tests' arrangements: a model folder, a trainer on a store, events recorded through
-the stage's real handlers, and training stubbed (``stub_training``, a fixture of the whole suite) where
-what is trained is not the point, so those tests run on CPU in seconds; ``tiny_model``, a tiny SD
-inpainting pipeline built from config once per test module that asks for it (a fixture of the whole
-suite).
-"""
+the stage's real handlers, a SKU photographed only in a store (``on_the_shelf``), and training stubbed
+(``stub_training``, a fixture of the whole suite) where what is trained is not the point, so those tests
+run on CPU in seconds; ``tiny_model``, a tiny SD inpainting pipeline built from config once per test
+module that asks for it (a fixture of the whole suite)."""
 
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
@@ -35,6 +35,30 @@ from shared.observability import StageMetrics
 from shared.runtime import Context, Emit
 from shared.store import FileStore, ObjectStore, sha256_hex
 from tests.support.captioning import captioned_sku
+
+# The side of the in-store photos ``on_the_shelf`` makes.
+SHELF_PHOTO_PX = 160
+
+
+def shelf_disc(radius_px: int, centre: tuple[int, int]) -> np.ndarray:
+    """Where a disc of ``radius_px`` at ``centre`` (row, column) lies in an in-store photo."""
+    rows, cols = np.mgrid[:SHELF_PHOTO_PX, :SHELF_PHOTO_PX]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius_px**2
+
+
+def on_the_shelf(store: ObjectStore, blobs_by_photo: list[np.ndarray]) -> SkuCaptioned:
+    """A SKU whose every photo is in a store (plain_background 0.2, below the generator's 0.7), each
+    photo's mask the given blobs, the products red on a grey shelf."""
+    captioned = captioned_sku(store, 1, usable_photos=len(blobs_by_photo), series="apples")
+    photos = []
+    for photo, blobs in zip(captioned.photos, blobs_by_photo, strict=True):
+        pixels = np.full((SHELF_PHOTO_PX, SHELF_PHOTO_PX, 3), 110, np.uint8)
+        pixels[blobs] = (200, 30, 30)
+        mask = np.where(blobs, np.uint8(255), np.uint8(0))
+        image = store.put_image(f"images/shelf/{photo.photo_id}.png", pixels)
+        mask_ref = store.put_image(f"masks/shelf/{photo.photo_id}.png", mask)
+        photos.append(photo.model_copy(update={"image": image, "mask": mask_ref, "plain_background": 0.2}))
+    return captioned.model_copy(update={"photos": photos})
 
 
 def lora_weights(fill: int = 0, rank: int = 4) -> bytes:
