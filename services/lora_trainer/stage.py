@@ -19,8 +19,9 @@ request: re-captioned under another series (or none), its request leaves the old
 **What it trains on.** The photos the generator cuts products from (``cutout_sources``, with the
 generator's ``SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND``; of a SKU with none on a plain background, each
 in-store photo's largest blob, from those whose blob is one object when it has any, as the generator
-cuts them), on the model the adapters are labelled with (``adapter_base_model``: a model other than
-the generator's needs ``SKUFORGE_LORA_BASE_MODEL``).
+cuts them, and from the others when those are all refused as the set is built), on the model the
+adapters are labelled with (``adapter_base_model``: a model other than the generator's needs
+``SKUFORGE_LORA_BASE_MODEL``).
 
 **Restarts.** A job's id is its training set's content hash (``shared/lora_training/dataset.py``).
 Training checkpoints to ``lora-trainer/jobs/<hash>/checkpoint.pt`` every

@@ -311,7 +311,9 @@ def build_training_set(
                 extra={"sku_id": source.sku_id, "photo_id": source.photo_id},
             )
             continue
-        add_photo(done)
+        built = add_photo(done)
+        for passed in in_store.fallback(done, built):  # its SKU's photos of one object all refused
+            add_photo(passed)
     if refused and not training_set.items:
         # Nothing left to train on: the job's own fault, a refusal (BadInput). A ValueError is the
         # compositor's word for a mask it cannot cut from; raised as it is, a trainer could not tell it
@@ -432,7 +434,8 @@ class _InStorePhotos:
 
     Each photo and mask is read once: the chosen photos' are kept until the set reaches them, and a
     refusal to read one is raised there (``take``), then let go, so a set of 2000 photos holds one
-    SKU's chosen photos at a time."""
+    SKU's chosen photos at a time. The photos passed over are read again only when every chosen photo
+    of their SKU is refused when the set is built (``fallback``)."""
 
     def __init__(
         self, store: ObjectStore, sources: Sequence[InstanceSource], max_pixels: int, max_bytes: int
@@ -444,6 +447,8 @@ class _InStorePhotos:
                 self._by_sku.setdefault(source.sku_id, []).append(position)
         self._read: dict[int, tuple[UInt8Array, UInt8Array] | BadInput | ValueError] = {}
         self._passed_over: dict[str, list[int]] = {}  # by SKU, in the set's order
+        self._chosen_left: dict[str, set[int]] = {}  # by SKU: chosen photos the set has not reached
+        self._trained: set[str] = set()  # SKUs a chosen photo of which gave items
 
     def _read_sku(self, sku_id: str) -> None:
         positions = self._by_sku.pop(sku_id)
@@ -466,8 +471,9 @@ class _InStorePhotos:
             if self._sources[p].photo_id in masks and self._sources[p].photo_id not in chosen
         ]
         for position in passed_over:
-            del self._read[position]
+            del self._read[position]  # read again only if the chosen ones are all refused
         self._passed_over[sku_id] = passed_over
+        self._chosen_left[sku_id] = {p for p in positions if p not in passed_over}
 
     def _reached(self, position: int) -> str | None:
         """The SKU of an in-store source, its photos read once the set reaches the first; None for others."""
@@ -479,18 +485,40 @@ class _InStorePhotos:
         return source.sku_id
 
     def passed_over(self, position: int) -> bool:
-        """Whether the source at ``position`` is left out as not one object."""
+        """Whether the source at ``position`` is left out as not one object (for now: ``fallback``)."""
         sku_id = self._reached(position)
         return sku_id is not None and position in self._passed_over[sku_id]
 
     def take(self, position: int) -> tuple[UInt8Array, UInt8Array] | None:
-        """The photo and mask read for ``position``, let go of here (None: not read here); raises what
-        reading it raised."""
+        """The photo and mask read for ``position``, let go of here (None: not read, or passed over and
+        read again now); raises what reading it raised."""
         self._reached(position)
         read = self._read.pop(position, None)
         if isinstance(read, (BadInput, ValueError)):
             raise read
         return read
+
+    def fallback(self, position: int, built: bool) -> list[int]:
+        """After ``position`` was built (``built``) or refused: once its SKU's chosen photos are all
+        reached and none was built, its photos passed over are not any more (as ``one_object_photos``
+        takes every photo when none is one object), and those the set has passed are returned, to be
+        built now; the later ones are built when reached. Before, the SKU was left out altogether."""
+        sku_id = self._reached(position)
+        left = self._chosen_left.get(sku_id or "", set())
+        if sku_id is None or position not in left:
+            return []
+        if built:
+            self._trained.add(sku_id)
+        left.discard(position)
+        if left or sku_id in self._trained or not self._passed_over[sku_id]:
+            return []
+        passed_over, self._passed_over[sku_id] = self._passed_over[sku_id], []
+        log.warning(
+            "in-store photos that are not one object are trained on: their SKU's photos of one object "
+            "were all refused",
+            extra={"sku_id": sku_id, "photo_ids": [self._sources[p].photo_id for p in passed_over]},
+        )
+        return [p for p in passed_over if p < position]
 
 
 def load_training_set(store: ObjectStore, prefix: str, sha256: str) -> TrainingSet | None:
