@@ -2,13 +2,15 @@
 
 ``kafka_bootstrap`` uses the broker named by ``SKUFORGE_KAFKA_BOOTSTRAP`` when that is set (for example
 one started with ``make kafka-up``); otherwise it starts one :class:`devstack.broker.LocalKafka` in a
-temporary directory on free ports and stops it when the session ends. ``new_topic`` creates uniquely
-named topics (plus their ``.dlq``) so that tests never share data.
+temporary directory on free ports and stops it when the session ends; it has
+``SKUFORGE_TEST_BROKER_START_S`` seconds (240 by default) to start. ``new_topic`` creates uniquely named
+topics (plus their ``.dlq``) so that tests never share data.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,10 +18,13 @@ from collections.abc import Callable, Iterator
 import pytest
 from kafka import KafkaAdminClient
 
-from devstack.broker import LocalKafka, free_ports
+from devstack.broker import BrokerError, LocalKafka, free_ports
 
 BOOTSTRAP_ENV = "SKUFORGE_KAFKA_BOOTSTRAP"
 TOPIC_TIMEOUT_MS = 30_000
+# 120 s ran out on a loaded two-core machine starting several brokers (one per pytest run) at once.
+START_LIMIT_ENV = "SKUFORGE_TEST_BROKER_START_S"
+DEFAULT_START_LIMIT_S = 240.0
 
 NewTopic = Callable[..., str]
 """``new_topic(prefix: str = "t", partitions: int = 1) -> str``: create a topic and its ``.dlq``."""
@@ -43,6 +48,31 @@ def session_admin(bootstrap: str) -> KafkaAdminClient:
     return admin
 
 
+def broker_start_limit_s(raw: str | None) -> float:
+    """The seconds the session's broker has to start: ``raw``, ``SKUFORGE_TEST_BROKER_START_S``'s value,
+    else 240."""
+    if raw is None or not raw.strip():
+        return DEFAULT_START_LIMIT_S
+    try:
+        limit_s = float(raw)
+    except ValueError:
+        limit_s = math.nan
+    if not (limit_s > 0 and math.isfinite(limit_s)):
+        raise ValueError(f"{START_LIMIT_ENV}={raw!r}: give the broker's start limit in seconds, above 0")
+    return limit_s
+
+
+def start_broker(broker: LocalKafka, limit_s: float) -> None:
+    """``broker.start`` within ``limit_s``; its error (which ends with the broker log's tail) names the
+    limit and the variable that sets it."""
+    try:
+        broker.start(timeout_s=limit_s)
+    except BrokerError as exc:
+        raise BrokerError(
+            f"the tests' Kafka broker did not start (limit {limit_s:g} s, {START_LIMIT_ENV}): {exc}"
+        ) from exc
+
+
 def _close_admin(bootstrap: str) -> None:
     admin = _admins.pop(bootstrap, None)
     if admin is not None:
@@ -60,6 +90,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         finally:
             _close_admin(external)
         return
+    start_limit_s = broker_start_limit_s(os.environ.get("SKUFORGE_TEST_BROKER_START_S"))
     port, controller_port = free_ports(2)
     broker = LocalKafka(
         tmp_path_factory.mktemp("kafka"),
@@ -67,7 +98,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         controller_port=controller_port,
         heap_mb=512,
     )
-    broker.start(timeout_s=120)
+    start_broker(broker, start_limit_s)
     try:
         yield broker.bootstrap
     finally:
