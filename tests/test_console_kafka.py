@@ -39,6 +39,7 @@ from tests.support.console import (
     login,
     pending_envelope,
 )
+from tests.support.polling import wait_for
 from tests.support.signals import as_from_a_shell
 
 pytestmark = pytest.mark.kafka
@@ -50,15 +51,6 @@ def send(settings: Settings, values: list[bytes], key: bytes, topic: Topic[Any] 
         producer.send(settings.topic_name(topic), key=key, value=value)
     producer.flush()
     producer.close()
-
-
-def wait_for(condition: object, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
@@ -88,7 +80,7 @@ def test_redelivered_pending_event_makes_one_task_and_the_decision_is_published(
     send(settings, [value, value, b"{not json"], key=envelope.sku_id.encode())
     dlq = read_topic(kafka_bootstrap, settings.dlq_name(CORRECTION_PENDING), expect=1)
     assert len(dlq) == 1 and json.loads(dlq[0].value)["reason"] == "not_json"
-    wait_for(lambda: service.tasks.counts()["pending"] == 1)
+    wait_for("the intake to open one task", lambda: service.tasks.counts()["pending"] == 1, 60.0)
     time.sleep(1.0)  # the copy was consumed too (it follows the first in the partition); still one task
     assert [t.task_id for t in service.tasks.query()] == [envelope.event_id]
     assert [e.action for e in service.tasks.audit()] == ["intake"]
@@ -114,7 +106,11 @@ def test_redelivered_pending_event_makes_one_task_and_the_decision_is_published(
     assert event.payload.decision == "approve_expected" and event.payload.reviewer == "alice"
     assert event.payload.final_mask == envelope.payload.matted.generated.expected_mask
     assert isinstance(event.payload.pending, CorrectionPending)
-    wait_for(lambda: service.tasks.outbox(envelope.event_id).published_at is not None)  # type: ignore[union-attr]
+    wait_for(
+        "the decision to be published",
+        lambda: service.tasks.outbox(envelope.event_id).published_at is not None,  # type: ignore[union-attr]
+        60.0,
+    )
 
     # One /metrics serves the intake's runtime metrics and the console's own.
     with urllib.request.urlopen(f"http://127.0.0.1:{service.health.port}/metrics", timeout=10) as response:
@@ -143,12 +139,16 @@ def test_the_gate_replayed_accepting_a_flagged_item_closes_its_waiting_task(
     flagged, waiting = (pending_envelope(flagged_item(service.store, index)) for index in (0, 1))
     for envelope in (flagged, waiting):
         send(settings, [envelope.model_dump_json().encode()], key=envelope.sku_id.encode())
-    wait_for(lambda: service.tasks.counts()["pending"] == 2)
+    wait_for("the intake to open two tasks", lambda: service.tasks.counts()["pending"] == 2, 60.0)
 
     replayed = accepted_envelope(flagged, produced_at=flagged.produced_at + timedelta(seconds=60))
     send(settings, [replayed.model_dump_json().encode()], key=replayed.sku_id.encode(), topic=GATE_ACCEPTED)
 
-    wait_for(lambda: service.tasks.get(flagged.event_id).state == "accepted")
+    wait_for(
+        "the gate's replayed acceptance to close the flagged task",
+        lambda: service.tasks.get(flagged.event_id).state == "accepted",
+        60.0,
+    )
     assert [task.task_id for task in service.tasks.query()] == [waiting.event_id]
     assert service.tasks.get(flagged.event_id).decided_by == "gate"
     assert service.tasks.unpublished_count() == 0  # no correction.resolved: the gate's event decided it

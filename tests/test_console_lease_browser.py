@@ -38,6 +38,7 @@ from tests.support.console import (
     pending_envelope,
     record_as,
 )
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -109,13 +110,6 @@ def open_held_item(page: Any, served: Served) -> None:
     page.evaluate("window.notReloaded = true")
 
 
-def wait_for(condition: Any, what: str, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
-
-
 def test_an_expired_lease_is_claimed_again_in_place_and_the_painted_mask_is_saved(
     served: Served, page: Any
 ) -> None:
@@ -126,12 +120,13 @@ def test_an_expired_lease_is_claimed_again_in_place_and_the_painted_mask_is_save
     # The lease runs out (a laptop asleep, a stalled network): the next renewal is refused with a 409.
     served.parts.clock.advance(LEASE_S + 10)
     wait_for(
+        "the page to claim the item again",
         lambda: (
             (task := tasks.get(served.task_id)).claimed_by == "alice"
             and task.lease_expires_at is not None
             and task.lease_expires_at > served.parts.clock()
         ),
-        "the page did not claim the item again",
+        timeout_s=15.0,
     )
     assert page.evaluate("window.notReloaded === true")
     approve_edited_saves_the_stroke(page, served)
@@ -150,7 +145,7 @@ def test_an_unavailable_table_keeps_the_hold_and_the_page_saves_once_it_is_back(
     with monkeypatch.context() as patched:
         patched.setattr(served.parts.tasks, "check_held", locked)
         patched.setattr(served.parts.tasks, "claim", locked)
-        wait_for(lambda: len(refused) >= 2, "the page did not try to renew its lease")
+        wait_for("the page to try to renew its lease", lambda: len(refused) >= 2, timeout_s=15.0)
         page.wait_for_selector("#status:has-text('could not renew the lease')")
     page.keyboard.press("p")
     page.wait_for_selector("body[data-decided='approve_predicted']")
@@ -200,7 +195,7 @@ def test_an_idle_page_lets_its_lease_run_out_and_a_key_press_takes_the_item_back
 
     served.parts.clock.advance(1.0)
     first = expiry()
-    wait_for(lambda: expiry() > first, "the page did not renew while in use")
+    wait_for("the page to renew while in use", lambda: expiry() > first, timeout_s=15.0)
     # No input for IDLE_S (real time in the browser): the page says so and renews no more.
     page.wait_for_selector("#status:has-text('idle')", timeout=(IDLE_S + 10) * 1000)
     served.parts.clock.advance(1.0)
@@ -211,7 +206,11 @@ def test_an_idle_page_lets_its_lease_run_out_and_a_key_press_takes_the_item_back
     assert tasks.get(served.task_id).state == "pending"  # back in the queue, as for a closed tab
 
     page.keyboard.press("1")  # any key: the page claims the item again in place
-    wait_for(lambda: tasks.get(served.task_id).state == "claimed", "a key press did not take the item back")
+    wait_for(
+        "a key press to take the item back",
+        lambda: tasks.get(served.task_id).state == "claimed",
+        timeout_s=15.0,
+    )
     assert tasks.get(served.task_id).claimed_by == "alice"
     assert page.evaluate("window.notReloaded === true")
 
@@ -295,7 +294,11 @@ def test_a_press_after_the_session_ran_out_says_nothing_was_done_and_leads_to_th
     # The link leads to the login page, which says so, and back to the item, still held.
     log_in_from_the_status_link(page, served)
     page.click(button)
-    wait_for(lambda: tasks.get(served.task_id).state != "claimed", f"{button} did nothing after the login")
+    wait_for(
+        f"{button} to decide the item after the login",
+        lambda: tasks.get(served.task_id).state != "claimed",
+        timeout_s=15.0,
+    )
 
 
 def log_in_from_the_status_link(page: Any, served: Served) -> None:

@@ -28,23 +28,13 @@ import yaml
 from devstack.dashboard import concrete, scoped
 from devstack.prometheus import ALERTS_FILE, api_get, promtool
 from schemas.flow import PIPELINE
+from tests.support.polling import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = REPO_ROOT / "samples" / "grocerystore" / "GROCERY-OATLY-001"
 VARIANTS = 2
 SHORT_FOR = {"SkuforgeConsumerLagGrowing": "20s", "SkuforgeStageDown": "10s"}
 SERVICES = [*(stage.name for stage in PIPELINE), "console"]
-
-
-def wait_for(predicate: Any, timeout_s: float, what: str, every_s: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
 
 
 def shortened_rules(path: Path) -> Path:
@@ -137,7 +127,7 @@ def test_prometheus_sees_the_flow_and_the_lag_alert_fires_when_a_stage_stops(
                 raise AssertionError(f"skuforge up exited with {up.returncode}:\n{out_path.read_text()}")
             return read_stack(workdir).get("state") == "ready"
 
-        wait_for(ready, 480, "the stack to be ready", every_s=0.5)
+        wait_for("the stack to be ready", ready, 480, every_s=0.5)
         stack = read_stack(workdir)
         url = stack["prometheus_url"]
         assert f"prometheus {url}" in out_path.read_text()  # `skuforge up` prints its address
@@ -147,7 +137,10 @@ def test_prometheus_sees_the_flow_and_the_lag_alert_fires_when_a_stage_stops(
         # Every service, the generator server's own /metrics and Triton's are scraped.
         jobs = {*SERVICES, "generator-server", "triton"}
         wait_for(
-            lambda: {s["metric"]["job"] for s in prom.vector("up == 1")} == jobs, 60, "every target to be up"
+            "every target to be up",
+            lambda: {s["metric"]["job"] for s in prom.vector("up == 1")} == jobs,
+            60,
+            every_s=1.0,
         )
 
         # Each service's real /metrics passes promtool's checks.
@@ -178,12 +171,13 @@ def test_prometheus_sees_the_flow_and_the_lag_alert_fires_when_a_stage_stops(
         # Delivery is at least once, so counters of work done may count a redelivered input twice; the
         # store is effectively once: one reference photo per SKU lands there exactly once.
         wait_for(
+            "every generated image to be gated and every reference photo stored",
             lambda: (
                 prom.value('sum(skuforge_trainstore_images_stored_total{source="real"})') == skus
                 and (prom.value("sum(skuforge_gate_decisions_total)") or 0) >= images
             ),
             300,
-            "every generated image to be gated and every reference photo stored",
+            every_s=1.0,
         )
         assert (prom.value('sum(skuforge_messages_total{stage="captioner", outcome="ok"})') or 0) >= skus
 
@@ -196,12 +190,13 @@ def test_prometheus_sees_the_flow_and_the_lag_alert_fires_when_a_stage_stops(
         # Each target is scraped on its own clock: the gate's counter may have been scraped after the
         # matting stage's last scrape (seen: gate 6, matting 4), so wait for every stage's count.
         wait_for(
+            "every stage's image count to be scraped",
             lambda: (
                 set(counts := images_by_stage()) == {"generator", "matting", "gate"}
                 and all(count >= images for count in counts.values())
             ),
             30,
-            "every stage's image count to be scraped",
+            every_s=1.0,
         )
         # Model calls were timed and sized: every image went through one matting call.
         assert prom.value('sum(skuforge_model_batch_size_sum{stage="matting"})') >= images  # type: ignore[operator]
@@ -216,20 +211,22 @@ def test_prometheus_sees_the_flow_and_the_lag_alert_fires_when_a_stage_stops(
         accepted = prom.value('sum(skuforge_gate_decisions_total{decision="accepted"})') or 0.0
         if accepted:
             wait_for(
+                "accepted images to be stored",
                 lambda: (
                     0
                     < (prom.value('sum(skuforge_trainstore_images_stored_total{source="synthetic"})') or 0)
                     <= min(accepted, images)
                 ),
                 120,
-                "accepted images to be stored",
+                every_s=1.0,
             )
         assert (prom.value('sum(skuforge_store_write_seconds_count{stage="matting"})') or 0) >= 2 * images
         # Every group catches up; nothing is dead-lettered.
         wait_for(
+            "every consumer group to catch up",
             lambda: prom.vector("max by (group, topic) (skuforge_consumer_group_lag_messages) > 0") == [],
             120,
-            "every consumer group to catch up",
+            every_s=1.0,
         )
         assert prom.vector(
             f'max by (group, topic) (skuforge_consumer_group_lag_messages{{group="{gate_group}"}})'
@@ -256,9 +253,11 @@ def test_prometheus_sees_the_flow_and_the_lag_alert_fires_when_a_stage_stops(
             timeout=120,
         )
         assert more.returncode == 0, more.stderr
-        down = wait_for(lambda: prom.firing("SkuforgeStageDown"), 120, "the stage-down alert")
+        down = wait_for("the stage-down alert", lambda: prom.firing("SkuforgeStageDown"), 120, every_s=1.0)
         assert [a["labels"]["job"] for a in down] == ["gate"]
-        lagging = wait_for(lambda: prom.firing("SkuforgeConsumerLagGrowing"), 240, "the lag alert")
+        lagging = wait_for(
+            "the lag alert", lambda: prom.firing("SkuforgeConsumerLagGrowing"), 240, every_s=1.0
+        )
         assert {(a["labels"]["group"], a["labels"]["topic"]) for a in lagging} == {(gate_group, matted_topic)}
         # It fired only after the lag had grown for its whole `for:` (20 s here, 10 min in production).
         assert time.time() - stopped_at >= 20
@@ -278,17 +277,19 @@ def test_prometheus_sees_the_flow_and_the_lag_alert_fires_when_a_stage_stops(
         os.kill(gate_pid, signal.SIGCONT)
         gate_pid = None
         wait_for(
+            "the gate's lag to be worked off",
             lambda: prom.value(f'max(skuforge_consumer_group_lag_messages{{group="{gate_group}"}})') == 0,
             240,
-            "the gate's lag to be worked off",
+            every_s=1.0,
         )
         wait_for(
+            "both batches gated and stored",
             lambda: (
                 prom.value('sum(skuforge_trainstore_images_stored_total{source="real"})') == 2 * skus
                 and (prom.value("sum(skuforge_gate_decisions_total)") or 0) >= 2 * images
             ),
             120,
-            "both batches gated and stored",
+            every_s=1.0,
         )
 
         os.kill(up.pid, signal.SIGINT)

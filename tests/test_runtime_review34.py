@@ -19,8 +19,8 @@ from tests.support.bus import (
     read_topic,
     running,
     sku_ingested_payloads,
-    wait_for,
 )
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.kafka
 

@@ -32,6 +32,7 @@ from devstack.supervisor import (
 from devstack.up import DEFAULT_PORTS, build_config, build_specs, main, parse_replicas, read_state
 from schemas.flow import PIPELINE
 from shared.config import load_settings
+from tests.support.polling import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAGES = [stage.name for stage in PIPELINE]
@@ -59,15 +60,6 @@ def processes_mentioning(text: str) -> list[str]:
         if text in cmdline and alive(int(entry.name)):
             found.append(f"{entry.name}: {cmdline}")
     return found
-
-
-def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 def python_child(tmp_path: Path, name: str, code: str, **kwargs: Any) -> ServiceSpec:
@@ -373,7 +365,7 @@ def test_a_dead_service_is_reported_and_restarted_with_growing_back_off(tmp_path
             supervisor.check_once()
             return state.restarts == 3 and state.pid is not None and state.status == "ready"
 
-        wait_for(settled, 30, "three restarts")
+        wait_for("three restarts", settled, 30)
         assert counter.read_text() == "4"
         assert state.pid != first_pid
         backoffs = [line for line in lines if "restarting in" in line]
@@ -413,7 +405,7 @@ def test_a_ready_check_that_raises_counts_as_not_ready_and_is_said_once(tmp_path
             supervisor.check_once()
             return state.restarts == 1 and state.status == "ready"
 
-        wait_for(ready_again, 30, "the restarted service to be ready")
+        wait_for("the restarted service to be ready", ready_again, 30)
         assert raises_left[0] == 0 and lines.count(said) == 2  # once more, for the restarted one
         assert "its ready check failed (ValueError: the answer was not JSON)" in spec.log_path.read_text()
     finally:
@@ -503,7 +495,7 @@ def test_up_starts_everything_with_replicas_restarts_a_killed_stage_and_ctrl_c_l
                 raise AssertionError(f"skuforge up exited with {up.returncode}:\n{out_path.read_text()}")
             return read_stack(workdir).get("state") == "ready"
 
-        wait_for(ready, 420, "the stack to be ready")
+        wait_for("the stack to be ready", ready, 420)
         stack = read_stack(workdir)
         services = stack["services"]
         assert set(services) == {"kafka", "topics", "triton", *STAGES, "matting-2", "console"}
@@ -533,7 +525,7 @@ def test_up_starts_everything_with_replicas_restarts_a_killed_stage_and_ctrl_c_l
             )
             return sorted(held) == ["matting-1", "matting-2"] and all(held.values())
 
-        wait_for(replicas_share_matting, 60, "matting-1 and matting-2 to share the matting partitions")
+        wait_for("matting-1 and matting-2 to share the matting partitions", replicas_share_matting, 60)
 
         # A stage that dies is reported and comes back.
         gate_pid = services["gate"]["pid"]
@@ -543,7 +535,7 @@ def test_up_starts_everything_with_replicas_restarts_a_killed_stage_and_ctrl_c_l
             gate = read_stack(workdir)["services"]["gate"]
             return gate["restarts"] == 1 and gate["status"] == "ready" and gate["pid"] not in (None, gate_pid)
 
-        wait_for(gate_back, 180, "the gate to be restarted and ready")
+        wait_for("the gate to be restarted and ready", gate_back, 180)
         pids.add(read_stack(workdir)["services"]["gate"]["pid"])
         assert "gate: exited with code -9" in out_path.read_text()
         supervisor_id = read_stack(workdir)["supervisor_id"]

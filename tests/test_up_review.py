@@ -17,7 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from devstack.prometheus import stack_prometheus
 from devstack.supervisor import SUPERVISOR_ID_ENV, ServiceSpec, Supervisor, processes_with_env
 from devstack.up import DEFAULT_PORTS, build_config, build_specs, main, resolve_ports
 from shared.signals import stopped_as_interrupt
+from tests.support.polling import wait_for
 from tests.support.signals import as_from_a_shell
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,15 +45,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state not in ("Z", "X")
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 def kill_if_alive(pid: int | None) -> None:
@@ -131,9 +123,9 @@ def supervised_listener(tmp_path: Path, script: str, **popen: Any) -> Iterator[S
     listener_pid: int | None = None
     try:
         wait_for(
+            "the supervisor's service to be ready",
             lambda: (tmp_path / "ready").exists() or supervisor.poll() is not None,
             60,
-            "the supervisor's service to be ready",
         )
         assert (tmp_path / "ready").exists(), out_path.read_text()
         listener_pid = read_pid(tmp_path / "listener.pid")
@@ -156,10 +148,10 @@ def test_a_supervisor_hung_up_or_killed_leaves_no_service_holding_its_port(
         run.supervisor.wait(timeout=60)
 
         wait_for(
-            lambda: not alive(run.listener_pid) and not port_in_use(run.port),
-            30,
             f"the service (pid {run.listener_pid}) to be gone and port {run.port} free after "
             f"{stop_signal.name} to its supervisor",
+            lambda: not alive(run.listener_pid) and not port_in_use(run.port),
+            30,
         )
         if stop_signal == signal.SIGHUP:  # a clean stop, said as such, not a death by signal
             assert run.supervisor.returncode == 0, run.out_path.read_text()
@@ -349,9 +341,9 @@ class DemoWithFakeUp:
     def entered(self) -> int:
         """Waits until the driver is inside the stack; the fake stack's pid."""
         wait_for(
+            "the demo to enter the stack",
             lambda: (self.workdir / "entered").exists() or self.process.poll() is not None,
             60,
-            "the demo to enter the stack",
         )
         assert (self.workdir / "entered").exists(), self.out_path.read_text()
         return int(json.loads((self.workdir / "stack.json").read_text())["supervisor_pid"])
@@ -412,7 +404,7 @@ def test_the_demo_stops_the_stack_it_started_when_terminated_or_hung_up(
             f"demo output:\n{demo.out_path.read_text()}"
         )
         assert (demo.workdir / "fake-up.stopped").read_text() == "SIGINT"
-        wait_for(lambda: not alive(fake_up_pid), 30, "the fake stack to exit")
+        wait_for("the fake stack to exit", lambda: not alive(fake_up_pid), 30)
         assert "stopping the stack" in demo.out_path.read_text()
 
 
@@ -446,13 +438,13 @@ def test_a_second_ctrl_c_while_the_demo_stops_its_stack_has_the_stack_kill_what_
     with demo_with_fake_up(tmp_path, DEMO_DRIVER, FAKE_UP_SLOW_TO_STOP) as demo:
         fake_up_pid = demo.entered()
         os.kill(demo.process.pid, signal.SIGINT)
-        wait_for(lambda: (demo.workdir / "fake-up.stopping").exists(), 60, "the demo to stop the stack")
+        wait_for("the demo to stop the stack", lambda: (demo.workdir / "fake-up.stopping").exists(), 60)
         os.kill(demo.process.pid, signal.SIGINT)
         demo.process.wait(timeout=60)
         assert (demo.workdir / "fake-up.hurried").exists(), (
             f"the stack got no second SIGINT; demo output:\n{demo.out_path.read_text()}"
         )
-        wait_for(lambda: not alive(fake_up_pid), 30, "the fake stack to exit")
+        wait_for("the fake stack to exit", lambda: not alive(fake_up_pid), 30)
 
 
 # The demo's main with --keep-running, but for its flow: the run's own exit code is 0 (every image decided).
@@ -475,9 +467,9 @@ def kept_running(demo: DemoWithFakeUp) -> int:
     """Waits until the driver keeps the fake stack running after its run; the stack's pid."""
     fake_up_pid = demo.entered()
     wait_for(
+        "the demo to keep the stack running",
         lambda: "keeps running" in demo.out_path.read_text() or demo.process.poll() is not None,
         60,
-        "the demo to keep the stack running",
     )
     assert demo.process.poll() is None, demo.out_path.read_text()
     return fake_up_pid
@@ -564,7 +556,7 @@ def test_a_crash_looping_service_log_is_rotated_between_restarts(tmp_path: Path)
             supervisor.check_once()
             return state.restarts >= 6
 
-        wait_for(restarted_often, 60, "six restarts")
+        wait_for("six restarts", restarted_often, 60)
         assert (tmp_path / "crashy.log.1").exists()
         assert b"x" * 5000 not in (tmp_path / "crashy.log.1").read_bytes()  # rotated more than once
         assert log_path.stat().st_size <= 1000 + 1000  # the limit, plus the one run written past it
@@ -1489,7 +1481,7 @@ def test_a_second_ctrl_c_while_up_stops_kills_what_is_left_at_once(tmp_path: Pat
     )
     with supervised_listener(tmp_path, STUBBORN_SERVICE_SUPERVISOR_SCRIPT, preexec_fn=as_from_a_shell) as run:
         os.kill(run.supervisor.pid, signal.SIGINT)
-        wait_for(lambda: "listener: stopping" in run.out_path.read_text(), 30, "the stop to begin")
+        wait_for("the stop to begin", lambda: "listener: stopping" in run.out_path.read_text(), 30)
         os.kill(run.supervisor.pid, signal.SIGINT)
         try:
             run.supervisor.wait(timeout=30)

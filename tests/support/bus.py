@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED, Topic
 from shared.bus import ensure_topics, make_envelope
 from shared.config import Settings, load_settings
 from shared.runtime import Context, Emit, Stage
+from tests.support.polling import wait_for
 
 
 def isolated_settings(bootstrap: str, store_uri: str, **overrides: Any) -> Settings:
@@ -127,15 +128,6 @@ def running(stage: Stage) -> Iterator[Stage]:
 def file_store_uri(path: Path) -> str:
     """A file:// URI for a temp directory."""
     return f"file://{path}"
-
-
-def wait_for(what: str, condition: Callable[[], object], timeout_s: float = 90.0) -> None:
-    """Returns once ``condition()`` holds; fails the test, naming ``what``, if it does not in time."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def passthrough_members(settings: Settings, name: str) -> tuple[Stage, Stage, list[tuple[str, str]]]:
