@@ -18,9 +18,8 @@ from services.trainstore.stage import build_stage as build_trainstore
 from shared.config import load_settings
 from shared.trainstore.loader import load_manifest
 from shared.trainstore.settings import TrainstoreSettings
-from tests.support.bus import create_topics, isolated_settings, read_topic, running
+from tests.support.bus import create_topics, isolated_settings, read_topic, running, wait_consumed
 from tests.support.gate import matted_item, produce_events, resolved
-from tests.test_trainstore_stage import wait_consumed
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -7,16 +7,12 @@ the first instances can hide a duplicate.
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer
-from kafka.errors import KafkaError
-from kafka.structs import TopicPartition
 
 from schemas.envelope import DeadLetter, Envelope
 from schemas.events import CorrectionPending, GateAccepted, GateCheck
@@ -37,7 +33,7 @@ from shared.store import ObjectStore, sha256_hex
 from shared.trainstore.loader import load_manifest
 from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
-from tests.support.bus import create_topics, isolated_settings, read_topic, running
+from tests.support.bus import create_topics, isolated_settings, read_topic, running, wait_consumed
 from tests.support.gate import captioned, matted_item, pending_of, produce_events, resolved
 from tests.support.trainstore import stored as stored_keys
 
@@ -51,36 +47,6 @@ TOPICS: tuple[Topic[Any], ...] = (
     CORRECTION_RESOLVED,
     SKU_CAPTIONED,
 )
-
-
-def wait_consumed(
-    settings: Settings, stage: str, topics: tuple[Topic[Any], ...], timeout_s: float = 90.0
-) -> None:
-    """Block until the stage's consumer group has committed every record of ``topics``."""
-    group = f"{settings.consumer_group_prefix}.{stage}"
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    try:
-        partitions = [
-            TopicPartition(settings.topic_name(topic), partition)
-            for topic in topics
-            for partition in sorted(consumer.partitions_for_topic(settings.topic_name(topic)) or ())
-        ]
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ends = consumer.end_offsets(partitions)
-            try:
-                committed = admin.list_group_offsets(group).get(group, {})
-            except KafkaError:  # the group's coordinator is still being set up
-                committed = {}
-            behind = [tp for tp in partitions if ends[tp] > (committed[tp].offset if tp in committed else 0)]
-            if not behind:
-                return
-            time.sleep(0.3)
-        raise AssertionError(f"{group} did not consume {behind} within {timeout_s} s")
-    finally:
-        consumer.close()
-        admin.close()
 
 
 def snapshot(store: ObjectStore, prefix: str = PREFIX) -> dict[str, str]:

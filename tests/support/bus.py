@@ -1,5 +1,5 @@
 """Helpers for tests on the real broker: isolated settings, producing, reading topics, running stages,
-waiting for them, two members of one group.
+waiting for them (``wait_consumed``: until a group has committed every record), two members of one group.
 
 Producing (``produce``, ``sku_ingested_payloads``) is bench/events.py's, which the benches use too.
 """
@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer
-from kafka.errors import KafkaTimeoutError
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import TopicPartition
 
 from bench.events import produce as produce
@@ -166,3 +166,33 @@ def finished_uncommitted(stage: Stage, handled: list[tuple[str, str]], count: in
     wait_for("every input to be handled", lambda: len(handled) == len(inputs))
     assert stage._uncommitted, "the inputs wait for a commit"
     return inputs
+
+
+def wait_consumed(
+    settings: Settings, stage: str, topics: tuple[Topic[Any], ...], timeout_s: float = 90.0
+) -> None:
+    """Block until the stage's consumer group has committed every record of ``topics``."""
+    group = f"{settings.consumer_group_prefix}.{stage}"
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        partitions = [
+            TopicPartition(settings.topic_name(topic), partition)
+            for topic in topics
+            for partition in sorted(consumer.partitions_for_topic(settings.topic_name(topic)) or ())
+        ]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ends = consumer.end_offsets(partitions)
+            try:
+                committed = admin.list_group_offsets(group).get(group, {})
+            except KafkaError:  # the group's coordinator is still being set up
+                committed = {}
+            behind = [tp for tp in partitions if ends[tp] > (committed[tp].offset if tp in committed else 0)]
+            if not behind:
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"{group} did not consume {behind} within {timeout_s} s")
+    finally:
+        consumer.close()
+        admin.close()
