@@ -23,11 +23,17 @@ from kafka.structs import TopicPartition
 from bench.events import numbered_original
 from schemas.envelope import DLQ_INLINE_MAX_BYTES
 from schemas.topics import SKU_INGESTED
-from shared.config import Settings
 from shared.dlq import read_dead_letters, replay
 from shared.store import open_store
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
-from tests.support.dlq import REPO, cli_env, numbered_records, replay_killed_part_way, write_values
+from tests.support.dlq import (
+    REPO,
+    cli_env,
+    numbered_records,
+    replay_killed_part_way,
+    small_letters,
+    write_values,
+)
 
 MB = 2**20
 # read_dead_letters in a process of its own: the RSS before the read (imports done, the topic looked
@@ -115,8 +121,7 @@ def test_a_letter_deleted_from_the_dlq_after_it_was_listed_is_named_and_the_othe
     another record's bytes, and the letters after it are replayed."""
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
-    values = [b'{"n": %d}' % n for n in range(5)]
-    write_values(settings, values)
+    values = small_letters(settings, 5)
     store = open_store(settings.store_uri)
     dead = read_dead_letters(settings, settings.topic_name(SKU_INGESTED))
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
@@ -138,12 +143,6 @@ def test_a_letter_deleted_from_the_dlq_after_it_was_listed_is_named_and_the_othe
     ]
 
 
-def _small_letters(settings: Settings, count: int) -> list[bytes]:
-    values = [b'{"n": %d}' % n for n in range(count)]
-    write_values(settings, values)
-    return values
-
-
 @pytest.mark.kafka
 def test_a_second_replay_while_one_runs_is_refused_and_no_letter_is_sent_twice(
     kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -156,7 +155,7 @@ def test_a_second_replay_while_one_runs_is_refused_and_no_letter_is_sent_twice(
 
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
-    values = _small_letters(settings, 5)
+    values = small_letters(settings, 5)
     topic = settings.topic_name(SKU_INGESTED)
     second: list[int] = []
 
@@ -192,7 +191,7 @@ def test_a_lock_left_by_a_replay_killed_elsewhere_is_taken_over_once_stale(
 
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
-    values = _small_letters(settings, 3)
+    values = small_letters(settings, 3)
     topic = settings.topic_name(SKU_INGESTED)
     store = FileStore(tmp_path)
     lock = f"dlq-replay-locks/{topic}.dlq.json"
@@ -260,7 +259,7 @@ def test_the_replay_lock_works_on_s3_too(
 
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
-    values = _small_letters(settings, 2)
+    values = small_letters(settings, 2)
     topic = settings.topic_name(SKU_INGESTED)
     lock = f"dlq-replay-locks/{topic}.dlq.json"
     assert s3_store.put_new(lock, json.dumps({"run": "r1", "host": "another-machine", "pid": 7}).encode())
@@ -290,7 +289,7 @@ def test_a_replay_whose_lock_was_taken_over_stops_sending(
 
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
-    values = _small_letters(settings, 3)
+    values = small_letters(settings, 3)
     topic = settings.topic_name(SKU_INGESTED)
     lock = f"dlq-replay-locks/{topic}.dlq.json"
     store = FileStore(tmp_path)

@@ -24,7 +24,7 @@ from shared import dlq as dlq_module
 from shared.dlq import DlqError, _ReplayLock
 from shared.store import FileStore, ObjectStore
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
-from tests.test_dlq_review35 import _small_letters
+from tests.support.dlq import small_letters
 
 
 def _gone_pid() -> int:
@@ -98,7 +98,7 @@ def test_a_replay_paused_past_its_lock_sends_nothing_once_it_was_taken_over(
 
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
-    values = _small_letters(settings, 3)
+    values = small_letters(settings, 3)
     topic = settings.topic_name(SKU_INGESTED)
     store = FileStore(tmp_path)
     lock_dir = tmp_path / "dlq-replay-locks"
@@ -178,7 +178,7 @@ def test_a_replay_killed_while_it_marks_what_a_killed_one_sent_leaves_that_to_th
 
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
-    values = _small_letters(settings, 6)
+    values = small_letters(settings, 6)
     topic = settings.topic_name(SKU_INGESTED)
     dead = read_dead_letters(settings, topic)
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")

@@ -64,6 +64,13 @@ def write_values(settings: Settings, values: Sequence[bytes]) -> int:
     )
 
 
+def small_letters(settings: Settings, count: int) -> list[bytes]:
+    """Dead letters of ``count`` small originals, ``{"n": 0}``, ``{"n": 1}``, ...; the originals."""
+    values = [b'{"n": %d}' % n for n in range(count)]
+    write_values(settings, values)
+    return values
+
+
 def numbered_records(count: int) -> list[bytes]:
     """``record-0``, ``record-1``, ...: originals whose letter a replay marker names by its offset."""
     return [f"record-{offset}".encode() for offset in range(count)]
