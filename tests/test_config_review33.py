@@ -17,7 +17,7 @@ from devstack.broker import free_port
 from shared.config import OTHER_VARIABLES, UnknownVariable, settings_variables, unknown_variables
 from skuforge_cli.main import SETTINGS_MODELS
 from skuforge_cli.main import main as cli_main
-from tests.test_docs_truth import README, settings_table_in
+from tests.support.docs import README, settings_table_in
 
 ROOT = Path(__file__).resolve().parents[1]
 

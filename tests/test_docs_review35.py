@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_docs_truth import DOCS, ROOT, _after_prefix, _argv, _check_parses
+from tests.support.docs import DOCS, ROOT, after_prefix, check_parses, doc_argv
 
 DOC_TEXTS = {doc: doc.read_text(encoding="utf-8") for doc in DOCS}
 DOC_IDS = [f"{doc.relative_to(ROOT)}" for doc in DOCS]
@@ -254,13 +254,13 @@ COMMENT_COMMANDS = list(_fenced_comment_commands())
 def test_a_command_in_a_fenced_comment_parses(
     where: str, command: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    after = _after_prefix(command)
-    _check_parses(where, command, _argv(after), False, monkeypatch)
+    after = after_prefix(command)
+    check_parses(where, command, doc_argv(after), False, monkeypatch)
 
 
 def test_a_fenced_comment_command_with_an_unknown_option_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(AssertionError, match=r"has no option \[.--backends.\]"):
-        _check_parses(
+        check_parses(
             "planted",
             "skuforge serve generator --backends x",
             ["serve", "generator", "--backends", "x"],

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from shared.dlq import REPLAYABLE_REASONS
-from tests.test_docs_truth import DOCS, ROOT
+from tests.support.docs import DOCS, ROOT
 
 DELIVERY = (ROOT / "docs" / "delivery.md").read_text(encoding="utf-8")
 REASON = re.compile(r"`([a-z]+(?:_[a-z]+)+|[a-z]+)`")

@@ -11,58 +11,28 @@ and stops there.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import itertools
 import re
-import shlex
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
-from skuforge_cli.main import main as skuforge_main
+from tests.support.docs import (
+    COMMAND_PREFIXES,
+    DOCS,
+    README,
+    ROOT,
+    after_prefix,
+    check_parses,
+    doc_argv,
+    readme_section,
+    settings_table_in,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-# README, docs/ and the READMEs beside the files they explain (Triton's, the samples', the bench data's).
-DOCS = [
-    ROOT / "README.md",
-    *sorted((ROOT / "docs").glob("*.md")),
-    *sorted((ROOT / "deploy").glob("*/README.md")),
-    *sorted((ROOT / "samples").glob("*/README.md")),
-    *sorted((ROOT / "bench" / "data").glob("*/README.md")),
-]
 MAKEFILE = (ROOT / "Makefile").read_text(encoding="utf-8")
-
-# Placeholders the docs write for a value, and a value of that kind the parsers accept.
-PLACEHOLDERS = {
-    "STAGE": "captioner",
-    "<stage>": "captioner",
-    "NAME": "console",
-    "TOPIC": "sku.ingested.v1",
-    "<topic>": "sku.ingested.v1",
-    "DIR": "some/dir",
-    "FILE": "some/file.json",
-    "OUT": "out",
-    "R": "object_missing",
-    "X": "0",
-    "WHAT": "a-try",
-}
-COMMAND_PREFIXES = (".venv/bin/skuforge ", "skuforge ", ".venv/bin/python -m skuforge_cli ")
-
-
-REAL_PARSE_ARGS = argparse.ArgumentParser.parse_args
-
-
-class _Parsed(Exception):
-    """Raised instead of running a command once its own parser is found."""
-
-    def __init__(self, parser: argparse.ArgumentParser, argv: list[str]) -> None:
-        super().__init__(parser.prog)
-        self.parser = parser
-        self.argv = argv
 
 
 def _doc_commands() -> Iterator[tuple[str, str, bool]]:
@@ -93,115 +63,20 @@ def _doc_commands() -> Iterator[tuple[str, str, bool]]:
                     text = text[:-1] + " " + lines[index].strip()
                     index += 1
                 command = text.split(" #")[0]
-                yield where, _after_prefix(command), True
+                yield where, after_prefix(command), True
             else:
                 for match in re.finditer(r"`((?:\.venv/bin/)?skuforge [^`]+)`", line):
-                    yield where, _after_prefix(match.group(1)), False
-
-
-def _after_prefix(command: str) -> str:
-    for prefix in COMMAND_PREFIXES:
-        if command.startswith(prefix):
-            return command[len(prefix) :]
-    raise AssertionError(command)
-
-
-def _argv(command: str) -> list[str]:
-    """The doc's command as argv: optional groups opened, placeholders filled, the first of
-    alternatives (``stats|export|compact``) taken, ``--help`` dropped."""
-    argv = []
-    for token in shlex.split(command.replace("\\|", "|").replace("[", " ").replace("]", " ")):
-        token = PLACEHOLDERS.get(token, token)
-        if "|" in token:
-            token = token.split("|")[0]
-        if token != "--help":  # every parser has it; asking for it would print and exit
-            argv.append(PLACEHOLDERS.get(token, token))
-    return argv
-
-
-def _find_parser(
-    argv: list[str], monkeypatch: pytest.MonkeyPatch, entry: Callable[[list[str]], object] = skuforge_main
-) -> _Parsed:
-    """Dispatch ``skuforge argv`` (or ``entry(argv)``) up to the parser of the command it names (the
-    dispatchers, ``skuforge`` and ``skuforge serve``, parse for real; the first other parser stops it)."""
-
-    def parse_args(
-        self: argparse.ArgumentParser, args: list[str] | None = None, namespace: object = None
-    ) -> object:
-        if any(action.nargs == argparse.REMAINDER for action in self._actions):
-            return REAL_PARSE_ARGS(self, args, namespace)
-        raise _Parsed(self, list(args or []))
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
-    with pytest.raises(_Parsed) as found:
-        entry(argv)
-    return found.value
-
-
-def _leaf(parser: argparse.ArgumentParser, args: list[str]) -> tuple[argparse.ArgumentParser, list[str]]:
-    """The subcommand parser ``args`` walks down to (``matting train``), and the words it was given."""
-    for position, word in enumerate(args):
-        if word.startswith("-"):
-            continue
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction) and word in action.choices:
-                return _leaf(action.choices[word], args[position + 1 :])
-    return parser, args
+                    yield where, after_prefix(match.group(1)), False
 
 
 DOC_COMMANDS = list(_doc_commands())
-
-
-class _ParseError(Exception):
-    """What a parser would have printed before exiting 2."""
-
-
-def _raise(self: argparse.ArgumentParser, message: str) -> NoReturn:
-    raise _ParseError(f"{self.prog}: {message}")
-
-
-# A command quoted in prose may leave out what it needs ("`skuforge run`", "`skuforge up --replicas`").
-INCOMPLETE = (
-    "the following arguments are required",
-    "expected one argument",
-    "expected at least one argument",
-)
-
-
-def _check_parses(
-    where: str,
-    shown: str,
-    argv: list[str],
-    whole: bool,
-    monkeypatch: pytest.MonkeyPatch,
-    entry: Callable[[list[str]], object] = skuforge_main,
-) -> None:
-    """``shown`` (the command as the doc writes it) names only options its parser has, and parses;
-    a ``whole`` command must parse as given, one quoted in prose may leave out what it needs."""
-    monkeypatch.setattr(argparse.ArgumentParser, "error", _raise)
-    try:
-        found = _find_parser(argv, monkeypatch, entry)
-    except _ParseError as exc:
-        pytest.fail(f"{where}: `{shown}` is not a command ({exc})")
-    leaf, words = _leaf(found.parser, found.argv)
-    known = set(leaf._option_string_actions)
-    unknown = [
-        word.split("=")[0] for word in words if word.startswith("--") and word.split("=")[0] not in known
-    ]
-    assert not unknown, f"{where}: `{shown}`: {leaf.prog} has no option {unknown}"
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", REAL_PARSE_ARGS)
-    try:
-        found.parser.parse_args(found.argv)
-    except _ParseError as exc:
-        if whole or not any(reason in str(exc) for reason in INCOMPLETE):
-            pytest.fail(f"{where}: `{shown}` does not parse ({exc})")
 
 
 @pytest.mark.parametrize(("where", "command", "whole"), DOC_COMMANDS, ids=[w for w, _, _ in DOC_COMMANDS])
 def test_a_documented_command_parses(
     where: str, command: str, whole: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _check_parses(where, f"skuforge {command}", _argv(command), whole, monkeypatch)
+    check_parses(where, f"skuforge {command}", doc_argv(command), whole, monkeypatch)
 
 
 # ``python -m MODULE ...`` of this repository's packages (skuforge_cli is the skuforge command, above).
@@ -266,11 +141,11 @@ def check_module_command(
         pytest.fail(f"{where}: `{shown}`: no module {module} ({exc})")
     main = getattr(imported, "main", None)
     assert callable(main), f"{where}: `{shown}`: {module} has no main()"
-    argv = _argv(" ".join(MAKE_VALUES.get(word, word) for word in arguments.split()))
+    argv = doc_argv(" ".join(MAKE_VALUES.get(word, word) for word in arguments.split()))
     if not inspect.signature(main).parameters:  # it parses no arguments (and running it would act)
         assert not argv, f"{where}: `{shown}`: {module} takes no arguments"
         return
-    _check_parses(where, shown, argv, whole, monkeypatch, entry=main)
+    check_parses(where, shown, argv, whole, monkeypatch, entry=main)
 
 
 @pytest.mark.parametrize(
@@ -308,28 +183,21 @@ def test_a_relative_link_or_image_resolves(where: str, target: Path, link: str) 
     assert target.exists(), f"{where}: ({link}) points at {target.relative_to(ROOT)}, which does not exist"
 
 
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-
-
 def _make_targets() -> dict[str, str]:
     """The Makefile's documented targets (``name: ... ## what``), as ``make help`` lists them."""
     return dict(re.findall(r"^([a-z-]+):.*?## (.*)$", MAKEFILE, flags=re.MULTILINE))
 
 
-def _readme_section(readme: str, title: str) -> str:
-    return readme.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
-
-
 def make_targets_missing_from(readme: str) -> list[str]:
     """Documented Makefile targets README's "Make targets" section does not name."""
-    section = _readme_section(readme, "Make targets")
+    section = readme_section(readme, "Make targets")
     return [target for target in _make_targets() if f"`make {target}`" not in section]
 
 
 def setup_extras_misstated_in(readme: str) -> str | None:
     """What README's "Installing" says `make setup` installs, when it is not the Makefile's EXTRAS."""
     extras = re.search(r"^EXTRAS \?= (\S+)$", MAKEFILE, flags=re.MULTILINE)
-    said = re.search(r"`make setup` installs `([^`]+)`", _readme_section(readme, "Installing"))
+    said = re.search(r"`make setup` installs `([^`]+)`", readme_section(readme, "Installing"))
     assert extras and said, "README's Installing section or the Makefile's EXTRAS moved"
     return (
         None
@@ -488,7 +356,7 @@ def test_a_variable_nothing_reads_is_caught() -> None:
 
 def variables_missing_from_configuration(readme: str) -> list[str]:
     """``SKUFORGE_*`` variables the code reads that README's Configuration section does not name."""
-    section = _readme_section(readme, "Configuration")
+    section = readme_section(readme, "Configuration")
     read = _settings_variables() | _variables_in(_code_files())
     return sorted(name for name in read - NOT_SETTINGS if f"`{name}`" not in section)
 
@@ -496,16 +364,6 @@ def variables_missing_from_configuration(readme: str) -> list[str]:
 def test_readme_configuration_names_every_variable_the_code_reads() -> None:
     missing = variables_missing_from_configuration(README)
     assert not missing, f"README's Configuration section does not name {missing}, which the code reads"
-
-
-def settings_table_in(readme: str) -> str:
-    """README's settings table: the lines from its header to the first line that is no table row."""
-    header = "| variable | default | allowed | meaning |"
-    section = _readme_section(readme, "Configuration")
-    assert header in section, "README's Configuration section has no settings table"
-    below = section.split(header, 1)[1].splitlines()[1:]
-    rows = itertools.takewhile(lambda line: line.startswith("|"), below)
-    return "\n".join([header, *rows])
 
 
 def test_readme_settings_table_is_the_generated_one_and_no_more() -> None:
