@@ -7,68 +7,22 @@ import pytest
 from scipy import ndimage
 
 from shared.config import load_settings
-from shared.generation.backend import GenerationRequest, open_backend
+from shared.generation.backend import open_backend
 from shared.generation.composite import PHOTO_SCENE, CompositeBackend, CompositeError, product_framing
 from shared.generation.scenes import Scene, SceneLibrary
 from shared.generation.settings import GenerationSettings
 from shared.synth import make_product, render_photo
-
-# A product colour no scene, shadow or distractor produces exactly: with the photometric knobs
-# neutral, "pixels of this colour" is an independent measurement of where the product is.
-PRODUCT_RGB = np.array([255, 0, 255], dtype=np.int16)
-NEUTRAL_LIGHT = {
-    "light_gain": 1.0,
-    "light_gradient": 0.0,
-    "colour_temperature": 0.0,
-    "blur_px": 0.0,
-    "noise_sigma": 0.0,
-}
-
-
-def marker_reference(height: int = 300, width: int = 220) -> tuple[np.ndarray, np.ndarray]:
-    """A grey photo with a magenta bottle-like product (ellipse on a rectangle) and its mask."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    body = (xx > 50) & (xx < 170) & (yy > 90) & (yy < 280)
-    shoulder = ((xx - 110) / 60.0) ** 2 + ((yy - 90) / 50.0) ** 2 <= 1.0
-    mask = np.where(body | shoulder, 255, 0).astype(np.uint8)
-    image = np.full((height, width, 3), 128, dtype=np.uint8)
-    image[mask > 0] = PRODUCT_RGB.astype(np.uint8)
-    return image, mask
-
-
-def request(
-    reference: np.ndarray,
-    mask: np.ndarray,
-    *,
-    seed: int = 1,
-    n: int = 1,
-    size: int = 256,
-    **parameters: object,
-) -> GenerationRequest:
-    return GenerationRequest(
-        reference=reference,
-        mask=mask,
-        prompt="a photo of sks bottle",
-        negative_prompt="",
-        seed=seed,
-        n=n,
-        parameters=dict(parameters),
-        size=size,
-    )
-
-
-def marker_pixels(image: np.ndarray, tolerance: int = 2) -> np.ndarray:
-    return np.all(np.abs(image.astype(np.int16) - PRODUCT_RGB) <= tolerance, axis=-1)
+from tests.support.generation import NEUTRAL_LIGHT, marker_pixels, marker_reference, marker_request
 
 
 def test_same_seed_same_bytes_and_variants_independent_of_n() -> None:
     photo = render_photo(make_product(2, seed=5), 0, seed=5, size_px=256)
     reference, mask = np.asarray(photo.image), photo.mask
     backend = CompositeBackend()
-    first = backend.generate(request(reference, mask, seed=42, n=3))
-    again = backend.generate(request(reference, mask, seed=42, n=3))
-    alone = backend.generate(request(reference, mask, seed=42, n=1))
-    other = backend.generate(request(reference, mask, seed=43, n=1))
+    first = backend.generate(marker_request(reference, mask, seed=42, n=3))
+    again = backend.generate(marker_request(reference, mask, seed=42, n=3))
+    alone = backend.generate(marker_request(reference, mask, seed=42, n=1))
+    other = backend.generate(marker_request(reference, mask, seed=43, n=1))
     for a, b in zip(first, again, strict=True):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.expected_mask, b.expected_mask)
         assert a.parameters == b.parameters
@@ -76,14 +30,14 @@ def test_same_seed_same_bytes_and_variants_independent_of_n() -> None:
     assert not np.array_equal(first[0].image, other[0].image)
     assert not np.array_equal(first[0].image, first[1].image)
     # The reported parameters reproduce the image when sent back.
-    replay = backend.generate(request(reference, mask, seed=42, n=1, **first[0].parameters))
+    replay = backend.generate(marker_request(reference, mask, seed=42, n=1, **first[0].parameters))
     assert np.array_equal(replay[0].image, first[0].image)
 
 
 @pytest.mark.parametrize("seed", range(8))
 def test_expected_mask_is_where_the_product_pixels_are(seed: int) -> None:
     reference, mask = marker_reference()
-    sample = CompositeBackend().generate(request(reference, mask, seed=seed, **NEUTRAL_LIGHT))[0]
+    sample = CompositeBackend().generate(marker_request(reference, mask, seed=seed, **NEUTRAL_LIGHT))[0]
     expected = sample.expected_mask > 0
     assert sample.image.shape == (256, 256, 3) and sample.expected_mask.shape == (256, 256)
     assert set(np.unique(sample.expected_mask)) <= {0, 255}
@@ -100,8 +54,8 @@ def test_expected_mask_is_where_the_product_pixels_are(seed: int) -> None:
 def test_occlusion_removes_hidden_pixels_from_the_expected_mask(seed: int) -> None:
     reference, mask = marker_reference()
     backend = CompositeBackend()
-    clear = backend.generate(request(reference, mask, seed=seed, occluders=0, **NEUTRAL_LIGHT))[0]
-    hidden = backend.generate(request(reference, mask, seed=seed, occluders=2, **NEUTRAL_LIGHT))[0]
+    clear = backend.generate(marker_request(reference, mask, seed=seed, occluders=0, **NEUTRAL_LIGHT))[0]
+    hidden = backend.generate(marker_request(reference, mask, seed=seed, occluders=2, **NEUTRAL_LIGHT))[0]
     clear_mask, hidden_mask = clear.expected_mask > 0, hidden.expected_mask > 0
     assert hidden.parameters["occluders"] == 2 and clear.parameters["occluders"] == 0
     assert not (hidden_mask & ~clear_mask).any()  # occluders never add product pixels
@@ -115,7 +69,7 @@ def test_occlusion_removes_hidden_pixels_from_the_expected_mask(seed: int) -> No
 
 def test_variants_differ_in_scene_placement_and_light() -> None:
     photo = render_photo(make_product(4, seed=5), 1, seed=5, size_px=256)
-    samples = CompositeBackend().generate(request(np.asarray(photo.image), photo.mask, seed=9, n=24))
+    samples = CompositeBackend().generate(marker_request(np.asarray(photo.image), photo.mask, seed=9, n=24))
     params = [s.parameters for s in samples]
     assert len({p["scene"] for p in params}) >= 4
     assert len({p["shadow"] for p in params}) >= 2
@@ -129,7 +83,7 @@ def test_variants_differ_in_scene_placement_and_light() -> None:
 def test_512px_images_come_out_at_512px_with_their_masks() -> None:
     # Its speed is bench/generation.py's (composite_images_per_s_c1 at 512 px), not a timed assert here.
     photo = render_photo(make_product(6, seed=5), 0, seed=5, size_px=512)
-    samples = CompositeBackend().generate(request(np.asarray(photo.image), photo.mask, size=512, n=2))
+    samples = CompositeBackend().generate(marker_request(np.asarray(photo.image), photo.mask, size=512, n=2))
     assert len(samples) == 2
     for sample in samples:
         assert np.asarray(sample.image).shape[:2] == sample.expected_mask.shape == (512, 512)
@@ -140,27 +94,27 @@ def test_refusals_say_what_is_wrong() -> None:
     reference, mask = marker_reference()
     backend = CompositeBackend()
     with pytest.raises(CompositeError, match="mask is empty"):
-        backend.generate(request(reference, np.zeros_like(mask)))
+        backend.generate(marker_request(reference, np.zeros_like(mask)))
     with pytest.raises(CompositeError, match=r"unknown composite parameter\(s\) sparkle; known: .*scene"):
-        backend.generate(request(reference, mask, sparkle=1))
+        backend.generate(marker_request(reference, mask, sparkle=1))
     with pytest.raises(CompositeError, match="unknown scene 'beach'"):
-        backend.generate(request(reference, mask, scene="beach"))
+        backend.generate(marker_request(reference, mask, scene="beach"))
     with pytest.raises(CompositeError, match="must match"):
-        backend.generate(request(reference, mask[:10]))
+        backend.generate(marker_request(reference, mask[:10]))
     # Before, light knobs out of range made the declared colour gain negative or infinite: the
     # event failed validation after its PNGs were written, a handler error, not a refused variant.
     for knob, value in (("colour_temperature", 100.0), ("light_gain", 1e308), ("light_gradient", 50.0)):
         with pytest.raises(CompositeError, match=f"composite parameter {knob} must be from"):
-            backend.generate(request(reference, mask, **{knob: value}))
+            backend.generate(marker_request(reference, mask, **{knob: value}))
     with pytest.raises(CompositeError, match="scene_seed must be from 0"):
-        backend.generate(request(reference, mask, scene_seed=-1))
+        backend.generate(marker_request(reference, mask, scene_seed=-1))
     # Specks over a large photo: shrunk to the canvas, no pixel is half product. Refused as such,
     # not with a numpy error on the procedural path, nor as an image whose expected mask is empty.
     specks = np.where(np.random.default_rng(0).random((600, 800)) < 0.05, 255, 0).astype(np.uint8)
     grey = np.full((600, 800, 3), 120, dtype=np.uint8)
     for scene in ("studio", "shelf"):
         with pytest.raises(CompositeError, match="too thin or scattered to place"):
-            backend.generate(request(grey, specks, scene=scene, occluders=0))
+            backend.generate(marker_request(grey, specks, scene=scene, occluders=0))
 
 
 def test_open_backend_picks_composite_by_default_and_refuses_unknown_names() -> None:
@@ -182,7 +136,7 @@ def test_a_photo_composite_frames_the_product_as_its_whole_reference_photo_does(
     fixed |= {"perspective_x": 0.0, "perspective_y": 0.0}
 
     def height_share(**parameters: object) -> float:
-        sample = backend.generate(request(reference, mask, seed=4, **fixed, **parameters))[0]
+        sample = backend.generate(marker_request(reference, mask, seed=4, **fixed, **parameters))[0]
         rows = np.flatnonzero((sample.expected_mask > 0).any(axis=1))
         return (rows[-1] + 1 - rows[0]) / sample.expected_mask.shape[0]
 
@@ -190,7 +144,7 @@ def test_a_photo_composite_frames_the_product_as_its_whole_reference_photo_does(
     assert height_share(reference_framing=0.4) == pytest.approx(0.4, abs=0.03)
     assert height_share(reference_framing=0.1) == pytest.approx(0.3, abs=0.03)  # never below 0.3
     with pytest.raises(CompositeError, match=r"reference_framing must be in 0\.\.1"):
-        backend.generate(request(reference, mask, seed=4, **fixed, reference_framing=1.5))
+        backend.generate(marker_request(reference, mask, seed=4, **fixed, reference_framing=1.5))
 
 
 def saturation(pixels: np.ndarray) -> np.ndarray:
@@ -222,7 +176,7 @@ def test_the_edge_a_catalogue_photo_blended_with_white_is_not_pasted_as_a_pale_r
     fixed |= {"perspective_y": 0.0, "framing": 1.0}
     for procedural in (False, True):
         parameters = {**fixed, "scene": "studio", "scene_key": ""} if procedural else fixed
-        sample = backend.generate(request(reference, mask, seed=5, **parameters))[0]
+        sample = backend.generate(marker_request(reference, mask, seed=5, **parameters))[0]
         depth = ndimage.distance_transform_edt(sample.expected_mask > 0)
         # The product's outer pixels in the output (the outermost one also holds some scene), and its inside.
         edge, inside = (depth > 1) & (depth <= 4), depth > 8
@@ -231,7 +185,7 @@ def test_the_edge_a_catalogue_photo_blended_with_white_is_not_pasted_as_a_pale_r
         assert edge_saturation == pytest.approx(inside_saturation, abs=0.06), (procedural, edge_saturation)
         assert abs(sample.image[edge].mean() - sample.image[inside].mean()) < 8
         # The expected mask is the mask's alone: the same as for the photo without the white blend.
-        without_blend = backend.generate(request(clean, mask, seed=5, **parameters))[0]
+        without_blend = backend.generate(marker_request(clean, mask, seed=5, **parameters))[0]
         assert np.array_equal(sample.expected_mask, without_blend.expected_mask)
 
 
@@ -246,7 +200,7 @@ def test_a_backend_made_without_the_edge_recolour_keeps_the_pale_rim_and_nothing
     fixed |= {"perspective_y": 0.0, "framing": 1.0}
     recoloured, kept = (
         CompositeBackend(library, 1.0, edge_recolour=edge).generate(
-            request(reference, mask, seed=5, **fixed)
+            marker_request(reference, mask, seed=5, **fixed)
         )[0]
         for edge in (True, False)
     )
@@ -268,18 +222,20 @@ def test_a_photo_composite_records_the_height_its_product_was_given() -> None:
     fixed |= {"occluders": 0, "rotation_deg": 0.0, "perspective_x": 0.0, "perspective_y": 0.0}
     for seed, reference_framing in ((1, 0.0), (2, 0.4), (3, 0.6)):
         sample = backend.generate(
-            request(reference, mask, seed=seed, **fixed, reference_framing=reference_framing)
+            marker_request(reference, mask, seed=seed, **fixed, reference_framing=reference_framing)
         )[0]
         rows = np.flatnonzero((sample.expected_mask > 0).any(axis=1))
         measured = (rows[-1] + 1 - rows[0]) / sample.expected_mask.shape[0]
         assert sample.parameters["height_fraction"] == pytest.approx(measured, abs=1.5 / 256)
-        again = backend.generate(request(reference, mask, seed=seed, **sample.parameters))[0]
+        again = backend.generate(marker_request(reference, mask, seed=seed, **sample.parameters))[0]
         assert np.array_equal(again.image, sample.image) and again.parameters == sample.parameters
     # A pile records its copies' mean height, about a quarter of the frame for this bottle.
-    pile = backend.generate(request(reference, mask, seed=4, **fixed, arrangement="pile"))[0]
+    pile = backend.generate(marker_request(reference, mask, seed=4, **fixed, arrangement="pile"))[0]
     assert 0.15 < pile.parameters["height_fraction"] < 0.4
     # Procedural scenes use the drawn (or given) value, and record it.
     studio = backend.generate(
-        request(reference, mask, seed=4, **{**fixed, "scene": "studio", "scene_key": ""}, height_fraction=0.5)
+        marker_request(
+            reference, mask, seed=4, **{**fixed, "scene": "studio", "scene_key": ""}, height_fraction=0.5
+        )
     )[0]
     assert studio.parameters["height_fraction"] == 0.5

@@ -26,8 +26,7 @@ from shared.generation.backend import ONE_OBJECT_MIN_SOLIDITY, cluttered_cutout,
 from shared.generation.composite import CompositeBackend
 from shared.store import FileStore
 from tests.support.captioning import captioned_sku
-from tests.support.generation import InProcessGenerator
-from tests.test_generation_review_failures import arrange_generator, captioned_event, with_mask
+from tests.support.generation import InProcessGenerator, arrange_generator, captioned_event, with_mask
 
 SIDE_PX = 192
 

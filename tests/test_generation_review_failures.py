@@ -20,13 +20,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.common import ImageRef
-from schemas.envelope import Envelope, derive_id
+from schemas.envelope import derive_id
 from schemas.events import ImageGenerated, SkuCaptioned
-from schemas.topics import SKU_CAPTIONED
 from services.generator.client import GeneratorFailed, GeneratorUnavailable, TritonGenerator, refusal
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import GeneratorMetrics, handle_batch, plan_variants, variant_seed
-from shared.bus import make_envelope
 from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
 from shared.generation.backend import GenerationBackend, GenerationRequest
@@ -34,69 +32,18 @@ from shared.generation.composite import CompositeBackend
 from shared.generation.settings import GenerationSettings
 from shared.observability import StageMetrics
 from shared.runtime import Context
-from shared.store import FileStore, ObjectStore
+from shared.store import FileStore
 from tests.support.captioning import captioned_sku
-from tests.support.generation import InProcessGenerator, RefusingGenerator
+from tests.support.generation import (
+    InProcessGenerator,
+    RefusingGenerator,
+    arrange_generator,
+    captioned_event,
+    speckles,
+    triton_variant,
+    with_mask,
+)
 from tests.support.triton import PoisonedComposite, TritonServerProcess, poisoned_triton
-from tests.test_generator_triton import variant as triton_variant
-
-
-def with_mask(store: ObjectStore, captioned: SkuCaptioned, photo_id: str, mask: np.ndarray) -> SkuCaptioned:
-    """``captioned`` with ``photo_id``'s mask replaced by ``mask``."""
-    ref = store.put_image(f"masks/reference/{captioned.sku.sku_id}/{photo_id}-{mask.sum()}.png", mask)
-    photos = [
-        photo.model_copy(update={"mask": ref}) if photo.photo_id == photo_id else photo
-        for photo in captioned.photos
-    ]
-    return captioned.model_copy(update={"photos": photos})
-
-
-def arrange_generator(
-    tmp_path: Path,
-    *,
-    variants_per_sku: int,
-    size_px: int,
-    min_plain_background: float | None = 0.0,
-    backend_mix: dict[str, float] | None = None,
-) -> tuple[FileStore, Context, GenerationSettings]:
-    """A store in ``tmp_path``, the generator's context over it, and its generation settings:
-    ``variants_per_sku`` images of ``size_px`` per SKU, drawn from the photos whose background is at
-    least ``min_plain_background`` plain (0: every usable photo; None: the setting's own), from the
-    backends of ``backend_mix`` (None: the setting's own)."""
-    store = FileStore(tmp_path / "store")
-    settings = load_settings(store_uri=store.base_uri)
-    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
-    plain = {} if min_plain_background is None else {"generation_min_plain_background": min_plain_background}
-    mix = {} if backend_mix is None else {"generation_backend_mix": backend_mix}
-    generation = load_settings(
-        GenerationSettings,
-        generation_variants_per_sku=variants_per_sku,
-        generation_size_px=size_px,
-        **plain,
-        **mix,
-    )
-    return store, ctx, generation
-
-
-def captioned_event(captioned: SkuCaptioned, *id_parts: str) -> Envelope[SkuCaptioned]:
-    """``captioned`` on the captioner's topic, its event id derived from ``id_parts``."""
-    return make_envelope(
-        SKU_CAPTIONED,
-        captioned,
-        event_id=derive_id("test", *id_parts),
-        sku_id=captioned.sku.sku_id,
-        trace_id="t",
-        producer="test",
-    )
-
-
-def speckles() -> np.ndarray:
-    """A cut-out's transparency of isolated pixels, 1 in 16 of a square: the captioner takes it as the
-    photo's mask (2% of the photo, over its no_product_found 0.5%), and most placements of it cover no
-    pixel by half or more, which the compositor refuses."""
-    mask = np.zeros((192, 192), np.uint8)
-    mask[40:150:4, 40:150:4] = 255
-    return mask
 
 
 def test_one_photo_the_compositor_cannot_place_leaves_the_other_photos_variants(

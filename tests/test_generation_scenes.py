@@ -32,9 +32,9 @@ from shared.generation.scenes import SCENES_SKIPPED, Scene, SceneLibrary
 from shared.generation.settings import GenerationSettings
 from shared.images import encode_png
 from shared.store import FileStore, ObjectStore, S3Store
+from tests.support.generation import NEUTRAL_LIGHT, marker_pixels, marker_reference, marker_request
 from tests.support.store import ReadCountingStore
 from tests.support.triton import TritonServerProcess
-from tests.test_generation_composite import NEUTRAL_LIGHT, marker_pixels, marker_reference, request
 
 # Only what the product itself shows: no shadow, no scene matching, neutral light (see NEUTRAL_LIGHT).
 PLAIN = {**NEUTRAL_LIGHT, "shadow": "none", "scene_match": 0.0}
@@ -72,7 +72,7 @@ def drift(
 
 def photo_request(seed: int, **parameters: object) -> GenerationRequest:
     reference, mask = marker_reference()
-    return request(reference, mask, seed=seed, scene=PHOTO_SCENE, **parameters)
+    return marker_request(reference, mask, seed=seed, scene=PHOTO_SCENE, **parameters)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -107,7 +107,7 @@ def test_colour_matched_product_is_one_colour_inside_its_mask() -> None:
     reference[mask > 0] = mauve
     backend = CompositeBackend(library(("shelves/green.png", textured_scene(240, 320, (40, 150, 60)))), 1.0)
     parameters = {**PLAIN, "scene_match": 0.6, "occluders": 1, "scene_key": "shelves/green.png"}
-    sample = backend.generate(request(reference, mask, seed=2, scene=PHOTO_SCENE, **parameters))[0]
+    sample = backend.generate(marker_request(reference, mask, seed=2, scene=PHOTO_SCENE, **parameters))[0]
     inside = sample.image[ndimage.binary_erosion(sample.expected_mask > 0, iterations=3)].astype(np.int16)
     assert len(inside) > 500
     assert np.ptp(inside, axis=0).max() <= 1
@@ -123,7 +123,7 @@ def test_the_reported_colour_gain_is_what_the_scene_match_applied_and_the_gate_a
     reference[mask > 0] = mauve
     backend = CompositeBackend(library(("shelves/green.png", textured_scene(240, 320, (40, 150, 60)))), 1.0)
     parameters = {**PLAIN, "scene_match": 0.6, "scene_key": "shelves/green.png"}
-    sample = backend.generate(request(reference, mask, seed=2, scene=PHOTO_SCENE, **parameters))[0]
+    sample = backend.generate(marker_request(reference, mask, seed=2, scene=PHOTO_SCENE, **parameters))[0]
     gain = tuple(sample.parameters[COLOUR_GAIN_KEY])
     assert len(gain) == 3 and gain[1] > 1.05 > 0.97 > gain[0]
     inside = sample.image[ndimage.binary_erosion(sample.expected_mask > 0, iterations=3)].mean(axis=0)
@@ -135,7 +135,7 @@ def test_the_reported_colour_gain_is_what_the_scene_match_applied_and_the_gate_a
     assert declared.passed and declared.value < undeclared.value / 3
     # Without scene matching there is nothing to declare.
     plain = backend.generate(
-        request(reference, mask, seed=2, scene=PHOTO_SCENE, **{**parameters, "scene_match": 0.0})
+        marker_request(reference, mask, seed=2, scene=PHOTO_SCENE, **{**parameters, "scene_match": 0.0})
     )[0]
     assert plain.parameters[COLOUR_GAIN_KEY] == [1.0, 1.0, 1.0]
 
@@ -152,7 +152,7 @@ def test_a_long_thin_product_is_framed_as_its_reference_photo_frames_it(aspect: 
     backend = CompositeBackend(library(("shelves/grey.png", np.full((100, 100, 3), 128, np.uint8))), 1.0)
     straight = {"rotation_deg": 0.0, "perspective_x": 0.0, "perspective_y": 0.0, "occluders": 0}
     framed = {"scene": PHOTO_SCENE, "scene_key": "shelves/grey.png", "reference_framing": 0.4, "framing": 1.0}
-    sample = backend.generate(request(reference, mask, seed=0, size=256, **framed, **straight))[0]
+    sample = backend.generate(marker_request(reference, mask, seed=0, size=256, **framed, **straight))[0]
     shown = sample.expected_mask >= 128
     longer = max(np.flatnonzero(shown.any(axis=0)).size, np.flatnonzero(shown.any(axis=1)).size)
     assert abs(longer / 256 - 0.4) <= 0.03, longer / 256
@@ -168,7 +168,7 @@ def test_a_pile_of_a_thin_product_leaves_out_the_copies_too_small_to_place() -> 
     backend = CompositeBackend(library(("shelves/grey.png", np.full((100, 100, 3), 128, np.uint8))), 1.0)
     for seed in range(20):
         pile = {"scene": PHOTO_SCENE, "scene_key": "shelves/grey.png", "arrangement": "pile"}
-        sample = backend.generate(request(reference, mask, seed=seed, size=128, **pile))[0]
+        sample = backend.generate(marker_request(reference, mask, seed=seed, size=128, **pile))[0]
         assert (sample.expected_mask > 0).sum() > 20, seed
 
 
@@ -180,7 +180,7 @@ def test_a_procedural_scene_asked_for_is_the_same_augmentation_with_or_without_a
     scenes = library(("shelves/green.png", textured_scene(240, 320, (40, 150, 60))))
     with_library, without = CompositeBackend(scenes, 1.0), CompositeBackend()
     for seed in range(12):
-        asked = request(reference, mask, seed=seed, scene="table")
+        asked = marker_request(reference, mask, seed=seed, scene="table")
         assert with_library.generate(asked)[0].parameters == without.generate(asked)[0].parameters, seed
 
 
@@ -197,7 +197,7 @@ def test_a_white_product_brightened_to_match_then_dimmed_is_declared_as_it_came_
     parameters = {**PLAIN, **light, "scene_match": 0.6, "scene_key": "shelves/orange.png", "occluders": 0}
     if arrangement == "pile":
         parameters["arrangement"] = "pile"
-    sample = backend.generate(request(reference, mask, seed=1, scene=PHOTO_SCENE, **parameters))[0]
+    sample = backend.generate(marker_request(reference, mask, seed=1, scene=PHOTO_SCENE, **parameters))[0]
     gain = np.array(sample.parameters[COLOUR_GAIN_KEY])
     inside = sample.image[ndimage.binary_erosion(sample.expected_mask > 0, iterations=2)].mean(axis=0)
     assert np.abs(np.minimum(255.0 * gain, 255.0) - inside).max() <= 2.0, (gain, inside)
@@ -228,7 +228,9 @@ def test_the_declared_colour_gain_includes_the_light_that_falls_on_the_product(
         parameters = {**PLAIN, **light, "scene_match": 0.6, "scene_key": "shelves/green.png"}
     else:
         backend, parameters = CompositeBackend(), {**PLAIN, **light, "scene_key": ""}
-    sample = backend.generate(request(reference, mask, seed=2, scene=scene, occluders=0, **parameters))[0]
+    sample = backend.generate(
+        marker_request(reference, mask, seed=2, scene=scene, occluders=0, **parameters)
+    )[0]
     gain = np.array(sample.parameters[COLOUR_GAIN_KEY])
     inside = sample.image[ndimage.binary_erosion(sample.expected_mask > 0, iterations=3)].mean(axis=0)
     # What the light did is in the declaration, well beyond the rounding that stays.
@@ -258,7 +260,9 @@ def test_a_pile_is_many_copies_and_its_expected_mask_is_every_visible_copy(seed:
     # Replays byte for byte, like every variant.
     reference, product_mask = marker_reference()
     replayed = json.loads(json.dumps(sample.parameters))
-    replay = backend.generate(request(reference, product_mask, seed=seed + 100, size=192, **replayed))[0]
+    replay = backend.generate(marker_request(reference, product_mask, seed=seed + 100, size=192, **replayed))[
+        0
+    ]
     assert encode_png(replay.image) == encode_png(sample.image)
 
 
@@ -266,7 +270,9 @@ def test_a_pile_on_a_procedural_scene_drawn_is_one_product_and_says_so() -> None
     # The generator asks for piles before the scene is drawn: a variant that draws a procedural one
     # places one product and records it.
     reference, mask = marker_reference()
-    sample = CompositeBackend().generate(request(reference, mask, seed=3, occluders=0, arrangement="pile"))[0]
+    sample = CompositeBackend().generate(
+        marker_request(reference, mask, seed=3, occluders=0, arrangement="pile")
+    )[0]
     assert sample.parameters["arrangement"] == "single"
     assert ndimage.label(sample.expected_mask > 0)[1] == 1
 
@@ -276,7 +282,9 @@ def test_a_pile_on_a_procedural_scene_asked_for_is_refused_here_and_at_start_up(
     refusal = "arrangement 'pile' heaps copies on a photo scene, but scene 'studio' is procedural"
     reference, mask = marker_reference()
     with pytest.raises(CompositeError, match=refusal):
-        CompositeBackend().generate(request(reference, mask, seed=3, scene="studio", arrangement="pile"))
+        CompositeBackend().generate(
+            marker_request(reference, mask, seed=3, scene="studio", arrangement="pile")
+        )
     with pytest.raises(ConfigError, match=refusal):
         load_settings(GenerationSettings, generation_parameters={"scene": "studio", "arrangement": "pile"})
     # A pile share puts piles on top of the knobs configured: with a procedural scene it can make none.
@@ -287,7 +295,7 @@ def test_a_pile_on_a_procedural_scene_asked_for_is_refused_here_and_at_start_up(
 
 def test_an_unknown_arrangement_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown arrangement 'stack'; known: single, pile"):
-        CompositeBackend().generate(request(*marker_reference(), seed=3, arrangement="stack"))
+        CompositeBackend().generate(marker_request(*marker_reference(), seed=3, arrangement="stack"))
 
 
 def test_a_forced_photo_scene_draws_a_photo_for_every_variant_whatever_the_share() -> None:
@@ -299,7 +307,7 @@ def test_a_forced_photo_scene_draws_a_photo_for_every_variant_whatever_the_share
     reference, mask = marker_reference()
     for share in (0.0, 0.5):
         samples = CompositeBackend(scenes, photo_share=share).generate(
-            request(reference, mask, seed=3, n=8, scene=PHOTO_SCENE)
+            marker_request(reference, mask, seed=3, n=8, scene=PHOTO_SCENE)
         )
         assert {sample.parameters["scene"] for sample in samples} == {PHOTO_SCENE}
         assert {sample.parameters["scene_key"] for sample in samples} <= {"shelf/a", "crate/b"}
@@ -307,7 +315,9 @@ def test_a_forced_photo_scene_draws_a_photo_for_every_variant_whatever_the_share
     own = library(("shelf/a", textured_scene(96, 96, (40, 120, 40))))
     with pytest.raises(CompositeError, match="every scene in the library is tagged like this SKU"):
         CompositeBackend(own, photo_share=0.5).generate(
-            dataclasses.replace(request(reference, mask, seed=3, n=2, scene=PHOTO_SCENE), series="shelf")
+            dataclasses.replace(
+                marker_request(reference, mask, seed=3, n=2, scene=PHOTO_SCENE), series="shelf"
+            )
         )
 
 
@@ -677,7 +687,7 @@ def test_a_sku_never_gets_a_scene_tagged_like_its_series() -> None:
     )
     reference, mask = marker_reference()
     backend = CompositeBackend(scenes, 1.0)
-    cola = dataclasses.replace(request(reference, mask, seed=4, n=24, size=64), series="cola")
+    cola = dataclasses.replace(marker_request(reference, mask, seed=4, n=24, size=64), series="cola")
     used = {s.parameters["scene_key"] for s in backend.generate(cola)}
     assert used == {"water/c.png", "d.png"}
     anyone = dataclasses.replace(cola, series=None)
@@ -696,7 +706,7 @@ def test_a_scene_key_asked_for_that_is_tagged_like_the_sku_is_refused_not_served
     )
     reference, mask = marker_reference()
     backend = CompositeBackend(scenes, 1.0)
-    asked = request(reference, mask, seed=4, n=2, size=64, scene_key="lemon/a.png")
+    asked = marker_request(reference, mask, seed=4, n=2, size=64, scene_key="lemon/a.png")
     for own in ({"series": "Lemon"}, {"own_names": ("Fruit", "lemon")}):
         with pytest.raises(CompositeError, match=r"scene_key 'lemon/a\.png' is tagged like this SKU's"):
             backend.generate(dataclasses.replace(asked, **own))
@@ -785,7 +795,7 @@ def test_a_sku_of_a_non_latin_series_never_gets_its_own_folders_scenes(tmp_path:
     write_scenes(tmp_path, "可口可乐/a.png", "可口可乐/b.png", "Кока-Кола/c.png", "d.png")
     backend = CompositeBackend(SceneLibrary.load(FileStore(tmp_path)), 1.0)
     reference, mask = marker_reference()
-    sku = dataclasses.replace(request(reference, mask, seed=4, n=24, size=64), series="可口可乐")
+    sku = dataclasses.replace(marker_request(reference, mask, seed=4, n=24, size=64), series="可口可乐")
     assert {s.parameters["scene_key"] for s in backend.generate(sku)} == {"Кока-Кола/c.png", "d.png"}
     cyrillic = dataclasses.replace(sku, series="Кока-Кола".upper())
     assert {s.parameters["scene_key"] for s in backend.generate(cyrillic)} == {
@@ -802,13 +812,13 @@ def test_photo_variant_parameters_replay_the_image_byte_for_byte() -> None:
     )
     backend = CompositeBackend(scenes, 1.0)
     reference, mask = marker_reference()
-    samples = backend.generate(request(reference, mask, seed=21, n=6, size=128))
+    samples = backend.generate(marker_request(reference, mask, seed=21, n=6, size=128))
     assert {s.parameters["scene"] for s in samples} == {PHOTO_SCENE}
     assert len({s.parameters["scene_key"] for s in samples}) == 2
     for sample in samples:
         # Parameters travel as JSON (the Triton model's output), then come back as a request.
         parameters = json.loads(json.dumps(sample.parameters))
-        replay = backend.generate(request(reference, mask, seed=999, n=1, size=128, **parameters))[0]
+        replay = backend.generate(marker_request(reference, mask, seed=999, n=1, size=128, **parameters))[0]
         assert encode_png(replay.image) == encode_png(sample.image)
         assert np.array_equal(replay.expected_mask, sample.expected_mask)
         assert replay.parameters == sample.parameters  # the measured colour gain included

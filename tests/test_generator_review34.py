@@ -16,9 +16,14 @@ from prometheus_client import CollectorRegistry
 from services.generator.client import GeneratorUnavailable, TritonGenerator
 from services.generator.stage import GeneratorMetrics, handle_batch, variant_seed
 from tests.support.captioning import captioned_sku
+from tests.support.generation import (
+    arrange_generator,
+    captioned_event,
+    speckles,
+    triton_variant,
+    with_mask,
+)
 from tests.support.triton import PoisonedComposite, TritonServerProcess, poisoned_triton
-from tests.test_generation_review_failures import arrange_generator, captioned_event, speckles, with_mask
-from tests.test_generator_triton import variant
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +64,7 @@ def test_closing_the_client_closes_its_workers_triton_clients(triton: TritonServ
     def open_call_close() -> None:
         client = TritonGenerator(triton.http_url, protocol="http", concurrency=4)
         try:
-            client.generate("composite", [variant(index) for index in range(4)])
+            client.generate("composite", [triton_variant(index) for index in range(4)])
         finally:
             client.close()
 

@@ -20,7 +20,7 @@ import tritonclient.grpc as grpcclient
 from devstack.broker import free_port
 from services.generator.client import GeneratorUnavailable, TritonGenerator
 from shared.errors import TransientError
-from tests.test_generator_triton import variant
+from tests.support.generation import triton_variant
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ def test_a_model_in_the_repository_with_no_version_ready_says_to_read_tritons_lo
             client = TritonGenerator(url, protocol=protocol, timeout_s=30.0, concurrency=1)
             try:
                 with pytest.raises(GeneratorUnavailable) as caught:
-                    client.generate("composite", [variant(1)])
+                    client.generate("composite", [triton_variant(1)])
             finally:
                 client.close()
             raised[url], reached[url] = caught.value, client.last_call_ok

@@ -31,7 +31,8 @@ from services.generator.protocol import MAX_TEXT_BYTES, VariantRequest, VariantR
 from shared.errors import BadInput, TransientError
 from shared.generation.backend import GenerationRequest, RowOutcome
 from shared.generation.composite import CompositeBackend
-from shared.synth import make_product, render_photo
+from tests.support.generation import TRITON_SIZE_PX as SIZE_PX
+from tests.support.generation import triton_variant as variant
 from tests.support.signals import as_from_a_shell, stopped
 from tests.support.triton import (
     PoisonedComposite,
@@ -42,25 +43,6 @@ from tests.support.triton import (
 )
 
 pytestmark = pytest.mark.slow
-
-SIZE_PX = 256
-
-
-def variant(
-    seed: int, *, mask: np.ndarray | None = None, parameters: dict[str, object] | None = None
-) -> VariantRequest:
-    photo = render_photo(make_product(3, seed=2), 0, seed=2, size_px=SIZE_PX)
-    return VariantRequest(
-        reference=np.asarray(photo.image),
-        mask=photo.mask if mask is None else mask,
-        prompt="a photo of sks can",
-        negative_prompt="blurry",
-        seed=seed,
-        parameters_json=json.dumps(parameters or {}),
-        adapter_id=None,
-        series=None,
-        size=SIZE_PX,
-    )
 
 
 def test_serves_the_same_pixels_as_the_backend_itself(triton: TritonServerProcess) -> None:

@@ -3,21 +3,41 @@
 ``InProcessGenerator`` draws each variant as the Triton client would have the server draw it; a
 backend's refusal raises. ``RefusingGenerator`` returns a refusal as the client does instead, for the
 tests of what the stage does with the variants a backend refuses. ``triton_request`` is a request as
-PyTriton hands it to the Triton model (``services/generator/server.py:GenerationModel``).
+PyTriton hands it to the Triton model (``services/generator/server.py:GenerationModel``), and
+``triton_variant`` one as the client sends it.
+
+The stage's arrangement: ``arrange_generator`` (a store, the stage's context, its generation
+settings), ``captioned_event`` (a captioned SKU on the captioner's topic), ``with_mask`` and
+``speckles`` (a photo's mask replaced, by one the compositor cannot place).
+
+The compositor's: ``marker_reference`` (a photo of a magenta product no scene produces, and its
+mask), ``marker_request`` (a request to draw from it), ``marker_pixels`` (where the product landed).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from schemas.envelope import Envelope, derive_id
+from schemas.events import SkuCaptioned
+from schemas.topics import SKU_CAPTIONED
 from services.generator.client import refusal
 from services.generator.protocol import VariantRequest, VariantResult
+from shared.bus import make_envelope
+from shared.config import load_settings
 from shared.errors import BadInput
 from shared.generation.backend import GenerationBackend, GenerationRequest
+from shared.generation.settings import GenerationSettings
+from shared.observability import StageMetrics
+from shared.runtime import Context
+from shared.store import FileStore, ObjectStore
+from shared.synth import make_product, render_photo
 
 SIZE = 64
 
@@ -94,3 +114,135 @@ class RefusingGenerator(InProcessGenerator):
         except (ValueError, BadInput) as exc:
             kind = BadInput.__name__ if isinstance(exc, BadInput) else type(exc).__name__
             return refusal(f"{kind}: {exc}", f"{served.name} refused variant seed {request.seed}")
+
+
+def with_mask(store: ObjectStore, captioned: SkuCaptioned, photo_id: str, mask: np.ndarray) -> SkuCaptioned:
+    """``captioned`` with ``photo_id``'s mask replaced by ``mask``."""
+    ref = store.put_image(f"masks/reference/{captioned.sku.sku_id}/{photo_id}-{mask.sum()}.png", mask)
+    photos = [
+        photo.model_copy(update={"mask": ref}) if photo.photo_id == photo_id else photo
+        for photo in captioned.photos
+    ]
+    return captioned.model_copy(update={"photos": photos})
+
+
+def arrange_generator(
+    tmp_path: Path,
+    *,
+    variants_per_sku: int,
+    size_px: int,
+    min_plain_background: float | None = 0.0,
+    backend_mix: dict[str, float] | None = None,
+) -> tuple[FileStore, Context, GenerationSettings]:
+    """A store in ``tmp_path``, the generator's context over it, and its generation settings:
+    ``variants_per_sku`` images of ``size_px`` per SKU, drawn from the photos whose background is at
+    least ``min_plain_background`` plain (0: every usable photo; None: the setting's own), from the
+    backends of ``backend_mix`` (None: the setting's own)."""
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    ctx = Context("generator", store, settings, StageMetrics("generator"), logging.getLogger("test"))
+    plain = {} if min_plain_background is None else {"generation_min_plain_background": min_plain_background}
+    mix = {} if backend_mix is None else {"generation_backend_mix": backend_mix}
+    generation = load_settings(
+        GenerationSettings,
+        generation_variants_per_sku=variants_per_sku,
+        generation_size_px=size_px,
+        **plain,
+        **mix,
+    )
+    return store, ctx, generation
+
+
+def captioned_event(captioned: SkuCaptioned, *id_parts: str) -> Envelope[SkuCaptioned]:
+    """``captioned`` on the captioner's topic, its event id derived from ``id_parts``."""
+    return make_envelope(
+        SKU_CAPTIONED,
+        captioned,
+        event_id=derive_id("test", *id_parts),
+        sku_id=captioned.sku.sku_id,
+        trace_id="t",
+        producer="test",
+    )
+
+
+def speckles() -> np.ndarray:
+    """A cut-out's transparency of isolated pixels, 1 in 16 of a square: the captioner takes it as the
+    photo's mask (2% of the photo, over its no_product_found 0.5%), and most placements of it cover no
+    pixel by half or more, which the compositor refuses."""
+    mask = np.zeros((192, 192), np.uint8)
+    mask[40:150:4, 40:150:4] = 255
+    return mask
+
+
+# The size of triton_variant's request, and of the images served for it.
+TRITON_SIZE_PX = 256
+
+
+def triton_variant(
+    seed: int, *, mask: np.ndarray | None = None, parameters: dict[str, object] | None = None
+) -> VariantRequest:
+    """A request as the Triton client sends it: a synthetic product's photo, drawn with ``seed``."""
+    photo = render_photo(make_product(3, seed=2), 0, seed=2, size_px=TRITON_SIZE_PX)
+    return VariantRequest(
+        reference=np.asarray(photo.image),
+        mask=photo.mask if mask is None else mask,
+        prompt="a photo of sks can",
+        negative_prompt="blurry",
+        seed=seed,
+        parameters_json=json.dumps(parameters or {}),
+        adapter_id=None,
+        series=None,
+        size=TRITON_SIZE_PX,
+    )
+
+
+# A product colour no scene, shadow or distractor produces exactly: with the photometric knobs
+# neutral, "pixels of this colour" is an independent measurement of where the product is.
+PRODUCT_RGB = np.array([255, 0, 255], dtype=np.int16)
+
+
+NEUTRAL_LIGHT = {
+    "light_gain": 1.0,
+    "light_gradient": 0.0,
+    "colour_temperature": 0.0,
+    "blur_px": 0.0,
+    "noise_sigma": 0.0,
+}
+
+
+def marker_reference(height: int = 300, width: int = 220) -> tuple[np.ndarray, np.ndarray]:
+    """A grey photo with a magenta bottle-like product (ellipse on a rectangle) and its mask."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    body = (xx > 50) & (xx < 170) & (yy > 90) & (yy < 280)
+    shoulder = ((xx - 110) / 60.0) ** 2 + ((yy - 90) / 50.0) ** 2 <= 1.0
+    mask = np.where(body | shoulder, 255, 0).astype(np.uint8)
+    image = np.full((height, width, 3), 128, dtype=np.uint8)
+    image[mask > 0] = PRODUCT_RGB.astype(np.uint8)
+    return image, mask
+
+
+def marker_request(
+    reference: np.ndarray,
+    mask: np.ndarray,
+    *,
+    seed: int = 1,
+    n: int = 1,
+    size: int = 256,
+    **parameters: object,
+) -> GenerationRequest:
+    """A request for ``n`` images of ``size`` px drawn from ``reference`` and its ``mask``."""
+    return GenerationRequest(
+        reference=reference,
+        mask=mask,
+        prompt="a photo of sks bottle",
+        negative_prompt="",
+        seed=seed,
+        n=n,
+        parameters=dict(parameters),
+        size=size,
+    )
+
+
+def marker_pixels(image: np.ndarray, tolerance: int = 2) -> np.ndarray:
+    """Where ``image`` has the marker product's colour (within ``tolerance``)."""
+    return np.all(np.abs(image.astype(np.int16) - PRODUCT_RGB) <= tolerance, axis=-1)
