@@ -26,9 +26,8 @@ from shared.photos import WORKING_SIDE_PX, working_size
 from shared.store import FileStore
 from shared.synth import make_product, render_photo
 from tests.support.bus import ingested_envelope
-from tests.support.captioning import committed_session, context, random_models, stored_photos
+from tests.support.captioning import committed_session, context, matting_calls, random_models, stored_photos
 from tests.support.store import ReadCountingStore
-from tests.test_stage_model_calls import matting_calls
 
 SEED = 2026
 

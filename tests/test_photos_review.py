@@ -25,10 +25,9 @@ from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
 from shared.matting.session import U2NetPSession
 from shared.runtime import Emit, Stage
-from tests.support.captioning import blank_sku, context
+from tests.support.captioning import blank_sku, context, matting_calls
 from tests.support.runtime import _record, _wired
 from tests.support.store import ReadCountingStore
-from tests.test_stage_model_calls import matting_calls
 
 
 def _captioner(random_u2netp_onnx: Path) -> CaptionerModels:

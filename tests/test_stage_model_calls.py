@@ -27,18 +27,7 @@ from shared.matting.session import CPU_CALL_IMAGES, U2NetPSession
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore
-from tests.support.captioning import blank_sku, context, random_models
-
-
-def matting_calls(metrics: StageMetrics) -> float:
-    """How many matting model calls the stage's metrics recorded."""
-    return sum(
-        sample.value
-        for family in metrics.registry.collect()
-        if family.name == "skuforge_model_batch_size"
-        for sample in family.samples
-        if sample.name.endswith("_count") and sample.labels.get("model") == "matting"
-    )
+from tests.support.captioning import blank_sku, context, matting_calls, random_models
 
 
 def generated_event(store: FileStore, index: int, *, missing: bool = False) -> Envelope[ImageGenerated]:

@@ -1,5 +1,6 @@
-"""Helpers for the captioner tests: the committed matting model, synthetic SKU events, a tiny BLIP;
-and ``captioned_sku``, the captioner's output as the generator and LoRA trainer tests take it in.
+"""Helpers for the captioner tests: the committed matting model, synthetic SKU events, a tiny BLIP,
+the matting calls a stage's metrics recorded (``matting_calls``); and ``captioned_sku``, the
+captioner's output as the generator and LoRA trainer tests take it in.
 
 The captioner's tests that look at masks use the committed U2-NetP: a random-weight model's masks
 decide nothing (on a flat photo it lights up almost the whole frame, or a quarter of it, by chance),
@@ -276,3 +277,14 @@ def tiny_blip_dir(directory: Path) -> Path:
     processor.save_pretrained(directory)
     vocab.unlink()
     return directory
+
+
+def matting_calls(metrics: StageMetrics) -> float:
+    """How many matting model calls the stage's metrics recorded."""
+    return sum(
+        sample.value
+        for family in metrics.registry.collect()
+        if family.name == "skuforge_model_batch_size"
+        for sample in family.samples
+        if sample.name.endswith("_count") and sample.labels.get("model") == "matting"
+    )
