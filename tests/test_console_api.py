@@ -24,6 +24,8 @@ from tests.support.console import (
     ConsoleParts,
     app_for,
     build_console,
+    claim,
+    decide,
     decide_as_alice,
     flagged_item,
     login,
@@ -290,18 +292,6 @@ def test_bad_filters_are_refused_with_a_reason(client: TestClient, query: str, f
 
 
 # -- decisions --------------------------------------------------------------------------------
-
-
-def claim(client: TestClient, token: str, task_id: str) -> None:
-    assert client.post(f"/api/tasks/{task_id}/claim", headers={"X-CSRF-Token": token}).status_code == 200
-
-
-def decide(client: TestClient, token: str, task_id: str, **form: Any) -> Any:
-    mask = form.pop("mask", None)
-    files = {"mask": ("mask.png", mask, "image/png")} if mask is not None else None
-    return client.post(
-        f"/api/tasks/{task_id}/decision", data=form, files=files, headers={"X-CSRF-Token": token}
-    )
 
 
 @pytest.mark.parametrize(

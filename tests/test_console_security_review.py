@@ -24,8 +24,16 @@ from services.console import decisions, security
 from services.console.config import parse_users
 from services.console.security import OVERFLOW, LoginThrottle, check_password, hash_password
 from skuforge_cli.main import main as cli_main
-from tests.support.console import ConsoleParts, app_for, build_console, flagged_item, login, pending_envelope
-from tests.test_console_api import claim, decide
+from tests.support.console import (
+    ConsoleParts,
+    app_for,
+    build_console,
+    claim,
+    decide,
+    flagged_item,
+    login,
+    pending_envelope,
+)
 
 
 def test_a_flood_of_made_up_names_does_not_clear_a_refused_name() -> None:

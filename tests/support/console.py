@@ -307,3 +307,18 @@ def app_for(parts: ConsoleParts) -> Any:
 def decided_at(payload: dict[str, Any]) -> datetime:
     """The decision time of a resolved payload as an aware datetime."""
     return datetime.fromisoformat(payload["decided_at"]).astimezone(UTC)
+
+
+def claim(client: Any, token: str, task_id: str) -> None:
+    """The logged-in ``client`` (a starlette TestClient, ``token`` its CSRF token) claims ``task_id``."""
+    assert client.post(f"/api/tasks/{task_id}/claim", headers={"X-CSRF-Token": token}).status_code == 200
+
+
+def decide(client: Any, token: str, task_id: str, **form: Any) -> Any:
+    """The response to the logged-in ``client``'s decision ``form`` on ``task_id`` (``mask``: the PNG's
+    bytes, sent as the mask file)."""
+    mask = form.pop("mask", None)
+    files = {"mask": ("mask.png", mask, "image/png")} if mask is not None else None
+    return client.post(
+        f"/api/tasks/{task_id}/decision", data=form, files=files, headers={"X-CSRF-Token": token}
+    )
