@@ -16,7 +16,7 @@ from shared.generation.adapters import AdapterRegistry
 from shared.store import ObjectStore
 from shared.trainstore.manifest import ManifestStore
 from tests.support.lora import lora_weights
-from tests.test_trainstore_manifest import row
+from tests.support.trainstore import manifest_row
 
 
 def put_foreign(store: Any, key: str, data: bytes = b"{}") -> None:
@@ -41,7 +41,7 @@ def test_a_foreign_object_in_the_adapter_bucket_leaves_the_adapters_listed(
 
 def test_a_foreign_object_under_manifests_leaves_the_manifests_readable(s3_store: ObjectStore) -> None:
     manifests = ManifestStore(s3_store, "trainstore")
-    manifests.append("SKU-1", [row("a")])
+    manifests.append("SKU-1", [manifest_row("a")])
     put_foreign(s3_store, "trainstore/manifests/./part-c-0000000001.jsonl")
     assert manifests.sku_ids() == ["SKU-1"]
     assert list(manifests.read_sku("SKU-1")) == ["a"]

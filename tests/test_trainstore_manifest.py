@@ -23,18 +23,7 @@ from shared.trainstore.manifest import (
     merge_rows,
     rows_to_columns,
 )
-from tests.support.trainstore import add_item, stored
-
-
-def row(item_id: str, status: str = "accepted", sku_id: str = "SKU-1", **fields: object) -> ManifestRow:
-    values: dict[str, object] = {
-        "item_id": item_id,
-        "sku_id": sku_id,
-        "category": "can",
-        "source": "synthetic",
-    }
-    values.update(fields)
-    return ManifestRow(status=status, **values)
+from tests.support.trainstore import add_item, manifest_row, stored
 
 
 def names(store: ObjectStore, sku_id: str) -> list[str]:
@@ -49,23 +38,34 @@ def manifests(tmp_path: Path) -> ManifestStore:
 
 
 def test_rows_round_trip_through_jsonl() -> None:
-    rows = [row("b", iou=0.93, reasons=["x"]), row("a", caption="a can")]
+    rows = [manifest_row("b", iou=0.93, reasons=["x"]), manifest_row("a", caption="a can")]
     data = encode_rows(rows)
     assert data.count(b"\n") == 2
     assert decode_rows(data) == sorted(rows, key=lambda r: r.item_id)
 
 
 def test_later_rows_win_but_pending_never_replaces_a_decision() -> None:
-    merged = merge_rows([row("a", "pending"), row("a", "approved"), row("a", "pending"), row("b", "pending")])
+    merged = merge_rows(
+        [
+            manifest_row("a", "pending"),
+            manifest_row("a", "approved"),
+            manifest_row("a", "pending"),
+            manifest_row("b", "pending"),
+        ]
+    )
     assert {k: v.status for k, v in merged.items()} == {"a": "approved", "b": "pending"}
-    assert merge_rows([row("a", "approved"), row("a", "rejected")])["a"].status == "rejected"
+    assert (
+        merge_rows([manifest_row("a", "approved"), manifest_row("a", "rejected")])["a"].status == "rejected"
+    )
 
 
 def test_append_writes_only_what_is_new(manifests: ManifestStore) -> None:
-    assert manifests.append("SKU-1", [row("a"), row("b")]) is not None
-    assert manifests.append("SKU-1", [row("a"), row("b")]) is None  # redelivery: nothing written
-    assert manifests.append("SKU-1", [row("a", "pending")]) is None  # would be ignored anyway
-    assert manifests.append("SKU-1", [row("a"), row("c")]) is not None
+    assert manifests.append("SKU-1", [manifest_row("a"), manifest_row("b")]) is not None
+    assert (
+        manifests.append("SKU-1", [manifest_row("a"), manifest_row("b")]) is None
+    )  # redelivery: nothing written
+    assert manifests.append("SKU-1", [manifest_row("a", "pending")]) is None  # would be ignored anyway
+    assert manifests.append("SKU-1", [manifest_row("a"), manifest_row("c")]) is not None
     parts = list(manifests.store.list_keys("ts/manifests/SKU-1/"))
     assert len(parts) == 2
     assert sorted(manifests.read_sku("SKU-1")) == ["a", "b", "c"]
@@ -73,8 +73,8 @@ def test_append_writes_only_what_is_new(manifests: ManifestStore) -> None:
 
 def test_compaction_leaves_one_file_with_every_row(manifests: ManifestStore) -> None:
     for index in range(5):
-        manifests.append("SKU-1", [row(f"i{index}")])
-    manifests.append("SKU-1", [row("i0", "rejected")])
+        manifests.append("SKU-1", [manifest_row(f"i{index}")])
+    manifests.append("SKU-1", [manifest_row("i0", "rejected")])
     before = manifests.read_sku("SKU-1")
     assert not manifests.compact("SKU-1", min_deltas=7)  # not enough deltas yet
     assert manifests.compact("SKU-1", min_deltas=6)
@@ -85,13 +85,13 @@ def test_compaction_leaves_one_file_with_every_row(manifests: ManifestStore) -> 
     assert manifests.read_sku("SKU-1") == before
     assert before["i0"].status == "rejected"
     # Appending after compaction continues the sequence.
-    manifests.append("SKU-1", [row("i9")])
+    manifests.append("SKU-1", [manifest_row("i9")])
     assert len(manifests.read_sku("SKU-1")) == 6
 
 
 def test_a_crash_during_compaction_loses_and_doubles_nothing(manifests: ManifestStore) -> None:
     for index in range(3):
-        manifests.append("SKU-1", [row(f"i{index}")])
+        manifests.append("SKU-1", [manifest_row(f"i{index}")])
     store = manifests.store
     old_parts = {key: store.get_bytes(key) for key in store.list_keys("ts/manifests/SKU-1/")}
     manifests.compact("SKU-1")
@@ -101,7 +101,7 @@ def test_a_crash_during_compaction_loses_and_doubles_nothing(manifests: Manifest
     rows = manifests.read_sku("SKU-1")
     assert sorted(rows) == ["i0", "i1", "i2"]
     assert len(load_manifest(store, prefix="ts")) == 3
-    manifests.append("SKU-1", [row("i3")])
+    manifests.append("SKU-1", [manifest_row("i3")])
     assert sorted(manifests.read_sku("SKU-1")) == ["i0", "i1", "i2", "i3"]
 
 
@@ -113,7 +113,7 @@ def test_a_second_writer_beside_a_compaction_loses_no_row(tmp_path: Path) -> Non
     # its event already committed.
     a = ManifestStore(FileStore(tmp_path), "ts")
     for index in range(3):
-        a.append("SKU-1", [row(f"i{index}")])
+        a.append("SKU-1", [manifest_row(f"i{index}")])
 
     class Interleaved(FileStore):
         fired = False
@@ -121,12 +121,12 @@ def test_a_second_writer_beside_a_compaction_loses_no_row(tmp_path: Path) -> Non
         def _write(self, key: str, data: bytes, content_type: str) -> None:
             if "part-d-" in key and not self.fired:  # B has listed and numbered its delta 4
                 self.fired = True
-                a.append("SKU-1", [row("from-a")])  # A's delta is number 4 too
+                a.append("SKU-1", [manifest_row("from-a")])  # A's delta is number 4 too
                 assert a.compact("SKU-1")  # part-c-4
             super()._write(key, data, content_type)
 
     b = ManifestStore(Interleaved(tmp_path), "ts")
-    assert b.append("SKU-1", [row("from-b", "reference", source="real")]) is not None
+    assert b.append("SKU-1", [manifest_row("from-b", "reference", source="real")]) is not None
     everything = ["from-a", "from-b", "i0", "i1", "i2"]
     assert sorted(a.read_sku("SKU-1")) == everything
     assert (
@@ -135,7 +135,7 @@ def test_a_second_writer_beside_a_compaction_loses_no_row(tmp_path: Path) -> Non
     assert a.compact("SKU-1")  # B's delta is merged now, and only then deleted
     assert names(a.store, "SKU-1") == ["columns-c-0000000004-<id>.json", "part-c-0000000004-<id>.jsonl"]
     assert sorted(a.read_sku("SKU-1")) == everything
-    a.append("SKU-1", [row("later")])
+    a.append("SKU-1", [manifest_row("later")])
     a.compact("SKU-1")
     assert sorted(a.read_sku("SKU-1")) == sorted([*everything, "later"])
 
@@ -171,14 +171,14 @@ def test_two_compactions_of_one_number_keep_both_writers_rows(tmp_path: Path) ->
     # had one name, A's replaced B's, and B's row was gone for good (its event already committed).
     setup = ManifestStore(FileStore(tmp_path), "ts")
     for index in range(3):
-        setup.append("SKU-1", [row(f"i{index}")])
-    setup.append("SKU-1", [row("from-a")])
+        setup.append("SKU-1", [manifest_row(f"i{index}")])
+    setup.append("SKU-1", [manifest_row("from-a")])
     b_store = StaleLister(tmp_path)
     b = ManifestStore(b_store, "ts")
 
     def b_writes_and_compacts() -> None:
         b_store.hidden = ("part-d-0000000004",)
-        assert b.append("SKU-1", [row("from-b", "reference", source="real")]) is not None
+        assert b.append("SKU-1", [manifest_row("from-b", "reference", source="real")]) is not None
         b_store.hidden = ()
         assert b.compact("SKU-1")
 
@@ -200,15 +200,15 @@ def test_a_decision_written_beside_a_compaction_is_not_undone_by_it(tmp_path: Pa
     # row; it used to be read after B's delta 2 and replace it, and the next compaction made that final
     # (the export then failed on the image's checksum, or trained on a rejected item).
     setup = ManifestStore(FileStore(tmp_path), "ts")
-    setup.append("SKU-1", [row("x", image_sha256="1" * 64)])
+    setup.append("SKU-1", [manifest_row("x", image_sha256="1" * 64)])
     assert setup.compact("SKU-1")
-    setup.append("SKU-1", [row("i1")])
+    setup.append("SKU-1", [manifest_row("i1")])
     b_store = StaleLister(tmp_path)
     b = ManifestStore(b_store, "ts")
 
     def b_approves_a_new_render() -> None:
         b_store.hidden = ("part-d-0000000002",)
-        assert b.append("SKU-1", [row("x", "approved", image_sha256="2" * 64)]) is not None
+        assert b.append("SKU-1", [manifest_row("x", "approved", image_sha256="2" * 64)]) is not None
         b_store.hidden = ()
 
     a = ManifestStore(PausedBeforeWrite(tmp_path, "columns-c-", b_approves_a_new_render), "ts")
@@ -228,8 +228,8 @@ def test_a_decision_written_beside_a_compaction_is_not_undone_by_it(tmp_path: Pa
 def test_a_crash_after_compaction_keeps_the_latest_decision(manifests: ManifestStore) -> None:
     # The merged deltas come back (a crash before their deletion) and are read again: before the
     # compacted part, so an item rejected after it was accepted stays rejected.
-    manifests.append("SKU-1", [row("i0")])
-    manifests.append("SKU-1", [row("i0", "rejected")])
+    manifests.append("SKU-1", [manifest_row("i0")])
+    manifests.append("SKU-1", [manifest_row("i0", "rejected")])
     store = manifests.store
     old_parts = {key: store.get_bytes(key) for key in store.list_keys("ts/manifests/SKU-1/")}
     manifests.compact("SKU-1")
@@ -244,10 +244,17 @@ def test_a_crash_after_compaction_keeps_the_latest_decision(manifests: ManifestS
 def test_load_manifest_is_the_same_compacted_or_not(manifests: ManifestStore) -> None:
     for sku in ("SKU-1", "SKU-2"):
         manifests.append(
-            sku, [row("r", sku_id=sku, source="real", status="reference", image=f"images/{sku}/real/r.png")]
+            sku,
+            [
+                manifest_row(
+                    "r", sku_id=sku, source="real", status="reference", image=f"images/{sku}/real/r.png"
+                )
+            ],
         )
-        manifests.append(sku, [row("g", sku_id=sku, iou=0.97, image=f"images/{sku}/synthetic/g.png")])
-        manifests.append(sku, [row("p", "pending", sku_id=sku)])
+        manifests.append(
+            sku, [manifest_row("g", sku_id=sku, iou=0.97, image=f"images/{sku}/synthetic/g.png")]
+        )
+        manifests.append(sku, [manifest_row("p", "pending", sku_id=sku)])
     uncompacted = load_manifest(manifests.store, prefix="ts", trainable_only=False)
     for sku in ("SKU-1", "SKU-2"):
         manifests.compact(sku)
@@ -276,8 +283,8 @@ def test_load_manifest_is_the_same_compacted_or_not(manifests: ManifestStore) ->
 
 
 def test_columnar_copy_round_trips_common_values_and_their_exceptions() -> None:
-    rows = [row(f"g{index:02d}", iou=0.9 + index / 100, adapter_id="general") for index in range(19)]
-    rows.append(row("p0", "reference", source="real", caption="the real photo"))
+    rows = [manifest_row(f"g{index:02d}", iou=0.9 + index / 100, adapter_id="general") for index in range(19)]
+    rows.append(manifest_row("p0", "reference", source="real", caption="the real photo"))
     decoded = decode_columns(encode_columns(rows))
     assert decoded == rows_to_columns(rows)
     assert decoded["status"].count("reference") == 1 and decoded["adapter_id"][-1] is None
@@ -289,14 +296,18 @@ def test_a_compacted_part_of_the_older_layout_still_reads_and_compacts(manifests
     # count as written just before any delta of its number (as they were read before).
     store = manifests.store
     store.put_bytes(
-        "ts/manifests/SKU-1/part-c-0000000003.jsonl", encode_rows([row("x"), row("y", "pending")])
+        "ts/manifests/SKU-1/part-c-0000000003.jsonl",
+        encode_rows([manifest_row("x"), manifest_row("y", "pending")]),
     )
     store.put_bytes(
-        "ts/manifests/SKU-1/columns-c-0000000003.json", encode_columns([row("x"), row("y", "pending")])
+        "ts/manifests/SKU-1/columns-c-0000000003.json",
+        encode_columns([manifest_row("x"), manifest_row("y", "pending")]),
     )
     assert {k: v.status for k, v in manifests.read_sku("SKU-1").items()} == {"x": "accepted", "y": "pending"}
     assert [r["item_id"] for r in load_manifest(store, prefix="ts")] == ["x"]  # from the columnar copy
-    manifests.append("SKU-1", [row("x", "rejected"), row("z")])  # number 4: newer than the old part
+    manifests.append(
+        "SKU-1", [manifest_row("x", "rejected"), manifest_row("z")]
+    )  # number 4: newer than the old part
     assert manifests.compact("SKU-1")
     assert names(store, "SKU-1") == ["columns-c-0000000004-<id>.json", "part-c-0000000004-<id>.jsonl"]
     assert {k: v.status for k, v in manifests.read_sku("SKU-1").items()} == {
@@ -311,7 +322,7 @@ def test_load_manifest_refuses_a_store_without_skus_and_a_sku_it_does_not_have(
 ) -> None:
     """Training code's entry point read a mistyped prefix, store or SKU id as an empty (or smaller)
     training set; the CLI commands refuse both."""
-    manifests.append("SKU-1", [row("i0")])
+    manifests.append("SKU-1", [manifest_row("i0")])
     with pytest.raises(ValueError, match=r"retraining store .*/train-store/ has no SKUs"):
         load_manifest(manifests.store, prefix="train-store")
     with pytest.raises(ValueError, match="no SKU 'SKU-l' in the retraining store"):
@@ -325,7 +336,7 @@ def test_a_file_under_manifests_that_is_no_manifest_part_is_not_a_sku(
     """A file browser's .DS_Store (or a note, a backup folder) under manifests/ listed as a SKU:
     ``load_manifest`` then refused the whole store ("no SKU .DS_Store in the retraining store"), and
     ``dataset stats`` of a store with nothing else printed "0 SKUs" instead of naming the empty store."""
-    manifests.append("SKU-1", [row("i0")])
+    manifests.append("SKU-1", [manifest_row("i0")])
     root = tmp_path / "ts" / "manifests"  # the fixture's file store
     (root / ".DS_Store").write_bytes(b"\0")
     (root / "SKU-1" / ".DS_Store").write_bytes(b"\0")
@@ -348,7 +359,9 @@ def test_load_manifest_reads_the_jsonl_part_when_its_columnar_copy_does_not_read
 ) -> None:
     """The columnar copy is a cache of the compacted JSONL part; one that did not parse stopped training
     code with a JSONDecodeError (or a bare ValueError, AttributeError) though the part itself reads."""
-    manifests.append("SKU-1", [row("r", source="real", status="reference"), row("g", iou=0.97)])
+    manifests.append(
+        "SKU-1", [manifest_row("r", source="real", status="reference"), manifest_row("g", iou=0.97)]
+    )
     manifests.compact("SKU-1")
     expected = load_manifest(manifests.store, prefix="ts")
     (columns_key,) = manifests.store.list_keys("ts/manifests/SKU-1/columns-")
@@ -360,7 +373,9 @@ def test_a_change_to_one_loaded_rows_reasons_reaches_no_other_row(manifests: Man
     """The columnar copy writes a value most rows share once, and it parsed into one list repeated down
     the column: training code that added to one row's ``reasons`` added to every row's. Loaded, a
     list field is a tuple, compacted or not."""
-    manifests.append("SKU-1", [row(f"g{index:02d}", reasons=["iou_below_threshold"]) for index in range(20)])
+    manifests.append(
+        "SKU-1", [manifest_row(f"g{index:02d}", reasons=["iou_below_threshold"]) for index in range(20)]
+    )
     uncompacted = load_manifest(manifests.store, prefix="ts")
     manifests.compact("SKU-1")
     loaded = load_manifest(manifests.store, prefix="ts")
@@ -376,7 +391,7 @@ def test_load_manifest_names_an_unsafe_sku_id_as_one_it_does_not_have(
 ) -> None:
     """An id no stored SKU can have, and that as a key prefix could leave the store, stopped training
     code with the object store's "prefix ... has a '..' segment" instead of the loader's own answer."""
-    manifests.append("SKU-1", [row("i0")])
+    manifests.append("SKU-1", [manifest_row("i0")])
     with pytest.raises(ValueError, match=rf"^no SKU {re.escape(repr(sku_id))} in the retraining store "):
         load_manifest(manifests.store, prefix="ts", sku_ids=["SKU-1", sku_id])
 
@@ -388,7 +403,7 @@ def test_a_row_a_newer_version_wrote_reads_and_keeps_its_new_field(manifests: Ma
     kept, not dropped, so the older pod's compaction does not take from the newer one what it decides by;
     a known field with a value that does not validate is still refused."""
     store = manifests.store
-    manifests.append("SKU-1", [row("a")])
+    manifests.append("SKU-1", [manifest_row("a")])
     newer = b'{"item_id":"b","sku_id":"SKU-1","category":"can","source":"synthetic","status":"accepted",'
     store.put_bytes(
         f"ts/manifests/SKU-1/part-d-0000000002-{'0' * 32}.jsonl",
@@ -401,7 +416,7 @@ def test_a_row_a_newer_version_wrote_reads_and_keeps_its_new_field(manifests: Ma
     assert b'"hue":{"name":"r\xc3\xa9d","rgb":[200,0,0]}}\n' in store.get_bytes(part)
     assert load_manifest(store, prefix="ts").column("item_id") == ["a", "b"]
     with pytest.raises(ValidationError):  # what this version writes is still only what it knows
-        row("c", hue="red")
+        manifest_row("c", hue="red")
     store.put_bytes(
         f"ts/manifests/SKU-1/part-d-0000000003-{'0' * 32}.jsonl", newer[:-1] + b',"iou":"high"}\n'
     )
@@ -415,7 +430,7 @@ def test_load_manifest_quotes_the_sku_id_it_does_not_have(
 ) -> None:
     """An empty id (a blank line of a SKU list) read "no SKU  in the retraining store", naming nothing,
     and one with a trailing space looked like a SKU the store has."""
-    manifests.append("SKU-1", [row("i0")])
+    manifests.append("SKU-1", [manifest_row("i0")])
     with pytest.raises(ValueError, match=rf"^no SKU {re.escape(named)} in the retraining store "):
         load_manifest(manifests.store, prefix="ts", sku_ids=["SKU-1", sku_id])
 
@@ -423,7 +438,7 @@ def test_load_manifest_quotes_the_sku_id_it_does_not_have(
 def test_a_change_to_a_loaded_column_leaves_the_manifest_as_loaded(manifests: ManifestStore) -> None:
     """``column`` returned the manifest's own list: training code that relabelled or sorted the labels it
     got changed every row of the loaded manifest, and what any later reader of it saw."""
-    manifests.append("SKU-1", [row("b"), row("a")])
+    manifests.append("SKU-1", [manifest_row("b"), manifest_row("a")])
     loaded = load_manifest(manifests.store, prefix="ts")
     labels = loaded.column("item_id")
     labels[0] = "relabelled"
@@ -446,7 +461,7 @@ def test_deleting_an_items_objects_leaves_those_of_an_item_whose_id_is_its_own_a
         [manifests.key("images/SKU-1/real/p1.png")],
         [manifests.key("masks/SKU-1/p1.png")],
     )
-    manifests.append("SKU-1", [row("p1", "withdrawn", source="real")])
+    manifests.append("SKU-1", [manifest_row("p1", "withdrawn", source="real")])
     manifests.delete_objects("SKU-1", [("real", "p1")])
     assert stored(manifests, "SKU-1", "p1", "real") == ([], [])
     assert stored(manifests, "SKU-1", other, "real") == (

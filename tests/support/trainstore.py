@@ -1,9 +1,10 @@
 """The trainstore's tests' arrangement: a trainstore stage on a fresh file store, with a context to
 call its handlers with directly (no broker); ``add_item``, a manifest row with its stored image and
 mask, as the dataset export and storage tests arrange a store; ``stored``, the keys an item's images
-and masks are stored under; ``as_mount_point``, an export's OUT on a file system of its own; and
-``WritesMeanwhile``, a store in which another member's write comes in between this member's steps; and
-``dataset_cli_into_closed_pipe``, a ``skuforge dataset`` command whose reader has gone."""
+and masks are stored under; ``manifest_row``, a row as the manifest tests write one;
+``as_mount_point``, an export's OUT on a file system of its own; ``WritesMeanwhile``, a store in which
+another member's write comes in between this member's steps; and ``dataset_cli_into_closed_pipe``, a
+``skuforge dataset`` command whose reader has gone."""
 
 from __future__ import annotations
 
@@ -144,3 +145,17 @@ def as_mount_point(out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             _real(src, dst, *args, **kwargs)
 
         monkeypatch.setattr(os, name, crossing)
+
+
+def manifest_row(
+    item_id: str, status: str = "accepted", sku_id: str = "SKU-1", **fields: object
+) -> ManifestRow:
+    """A manifest row of a synthetic can, ``fields`` set over its defaults."""
+    values: dict[str, object] = {
+        "item_id": item_id,
+        "sku_id": sku_id,
+        "category": "can",
+        "source": "synthetic",
+    }
+    values.update(fields)
+    return ManifestRow(status=status, **values)
