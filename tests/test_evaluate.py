@@ -56,62 +56,20 @@ from shared.evaluation.tune import fit_predict_tuned, tail_features
 from shared.images import encode_png
 from shared.photos import PHOTO_FILE_SUFFIXES
 from shared.store import FileStore, ObjectStore
-from shared.trainstore.manifest import ManifestRow, ManifestStore, Source, Status
+from shared.trainstore.manifest import ManifestRow, ManifestStore, Source
 from skuforge_cli.main import main as cli_main
-from tests.support.evaluation import one_torch_thread, shelf_photo  # noqa: F401 (one_torch_thread: autouse)
+from tests.support.evaluation import (  # noqa: F401 (one_torch_thread: autouse)
+    COLOURS,
+    TINY,
+    colour_photo,
+    evaluate_args,
+    fill_colour_store,
+    one_torch_thread,
+    shelf_photo,
+    store_photo,
+)
 from tests.support.memory import HUGE_FILE_BYTES, make_huge_and_unreadable
-
-PREFIX = "trainstore"  # TrainstoreSettings' default
-COLOURS = {"SKU-RED": (200, 30, 30), "SKU-GREEN": (30, 170, 40), "SKU-BLUE": (30, 40, 200)}
-TINY = ["--backbone", "tiny", "--image-px", "48"]
-
-
-def colour_photo(rgb: tuple[int, int, int], seed: int, size_px: int = 48) -> Image.Image:
-    """A photo of one colour with a little noise and a brightness shift, so no two are equal."""
-    rng = np.random.default_rng(seed)
-    pixels = np.array(rgb, dtype=np.float32) * rng.uniform(0.85, 1.15) + rng.normal(
-        0, 6, (size_px, size_px, 3)
-    )
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-
-
-def store_photo(
-    manifests: ManifestStore,
-    sku_id: str,
-    item_id: str,
-    source: Source,
-    image: Image.Image | bytes,
-    status: Status | None = None,
-) -> None:
-    """Store an image the way the trainstore does (pixels as PNG, or these exact bytes) and append
-    its manifest row."""
-    key = f"images/{sku_id}/{source}/{item_id}.png"
-    data = image if isinstance(image, bytes) else encode_png(image)
-    ref = manifests.store.put_bytes(manifests.key(key), data, "image/png")
-    width, height = Image.open(io.BytesIO(data)).size
-    row = ManifestRow(
-        item_id=item_id,
-        sku_id=sku_id,
-        category="soda can",
-        source=source,
-        status=status or ("reference" if source == "real" else "accepted"),
-        image=key,
-        image_sha256=ref.sha256,
-        width=width,
-        height=height,
-    )
-    manifests.append(sku_id, [row])
-
-
-def fill_colour_store(manifests: ManifestStore) -> ManifestStore:
-    """Three colour SKUs (2 real, 4 synthetic each) and one SKU without held-out photos."""
-    for index, (sku_id, rgb) in enumerate(COLOURS.items()):
-        for n in range(2):
-            store_photo(manifests, sku_id, f"real-{n}", "real", colour_photo(rgb, 100 * index + n))
-        for n in range(4):
-            store_photo(manifests, sku_id, f"gen-{n}", "synthetic", colour_photo(rgb, 100 * index + 10 + n))
-    store_photo(manifests, "SKU-EXTRA", "real-0", "real", colour_photo((120, 120, 120), 999))
-    return manifests
+from tests.support.trainstore import PREFIX
 
 
 @pytest.fixture
@@ -134,22 +92,6 @@ def heldout(tmp_path: Path) -> Path:
             )
     (root / "SKU-RED" / "notes.txt").write_text("not a photo")
     return root
-
-
-def evaluate_args(heldout: Path, out: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return [
-        "evaluate",
-        "--heldout",
-        str(heldout),
-        "--out",
-        str(out),
-        "--max-synthetic-per-real",
-        "2",
-        "--cache-dir",
-        str(tmp_path / "features"),
-        *TINY,
-        *extra,
-    ]
 
 
 def test_evaluate_writes_all_five_conditions_a_report_and_feeds_the_export_policy(

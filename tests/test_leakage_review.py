@@ -26,8 +26,13 @@ from shared.images import encode_png
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestStore
 from skuforge_cli.main import main as cli_main
-from tests.support.evaluation import one_torch_thread  # noqa: F401 (autouse)
-from tests.test_evaluate import PREFIX, evaluate_args, fill_colour_store, store_photo
+from tests.support.evaluation import (  # noqa: F401 (one_torch_thread: autouse)
+    evaluate_args,
+    fill_colour_store,
+    one_torch_thread,
+    store_photo,
+)
+from tests.support.trainstore import PREFIX
 
 
 @pytest.fixture

@@ -1,13 +1,20 @@
 """Photos for the evaluation and bench tests: ``shelf_photo``, a photo with structure at every scale,
-the kind the leakage checks' perceptual hash is made for (the flat colour photos give it nothing); and
-``one_torch_thread`` (from ``tests/support/threads.py``), an autouse fixture a test module takes by
-importing it."""
+the kind the leakage checks' perceptual hash is made for (the flat colour photos give it nothing);
+``fill_colour_store``, a retraining store of flat colour photos (``colour_photo``, stored by
+``store_photo`` as the trainstore stores them), and ``evaluate_args``, a quick ``skuforge evaluate``
+on it; and ``one_torch_thread`` (from ``tests/support/threads.py``), an autouse fixture a test module
+takes by importing it."""
 
 from __future__ import annotations
+
+import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from shared.images import encode_png
+from shared.trainstore.manifest import ManifestRow, ManifestStore, Source, Status
 from tests.support.threads import one_torch_thread  # noqa: F401 (re-exported: autouse where imported)
 
 
@@ -27,3 +34,75 @@ def shelf_photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
         )
     pixels += rng.normal(0, 3, pixels.shape)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+COLOURS = {"SKU-RED": (200, 30, 30), "SKU-GREEN": (30, 170, 40), "SKU-BLUE": (30, 40, 200)}
+
+
+TINY = ["--backbone", "tiny", "--image-px", "48"]
+
+
+def colour_photo(rgb: tuple[int, int, int], seed: int, size_px: int = 48) -> Image.Image:
+    """A photo of one colour with a little noise and a brightness shift, so no two are equal."""
+    rng = np.random.default_rng(seed)
+    pixels = np.array(rgb, dtype=np.float32) * rng.uniform(0.85, 1.15) + rng.normal(
+        0, 6, (size_px, size_px, 3)
+    )
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def store_photo(
+    manifests: ManifestStore,
+    sku_id: str,
+    item_id: str,
+    source: Source,
+    image: Image.Image | bytes,
+    status: Status | None = None,
+) -> None:
+    """Store an image the way the trainstore does (pixels as PNG, or these exact bytes) and append
+    its manifest row."""
+    key = f"images/{sku_id}/{source}/{item_id}.png"
+    data = image if isinstance(image, bytes) else encode_png(image)
+    ref = manifests.store.put_bytes(manifests.key(key), data, "image/png")
+    width, height = Image.open(io.BytesIO(data)).size
+    row = ManifestRow(
+        item_id=item_id,
+        sku_id=sku_id,
+        category="soda can",
+        source=source,
+        status=status or ("reference" if source == "real" else "accepted"),
+        image=key,
+        image_sha256=ref.sha256,
+        width=width,
+        height=height,
+    )
+    manifests.append(sku_id, [row])
+
+
+def fill_colour_store(manifests: ManifestStore) -> ManifestStore:
+    """Three colour SKUs (2 real, 4 synthetic each) and one SKU without held-out photos."""
+    for index, (sku_id, rgb) in enumerate(COLOURS.items()):
+        for n in range(2):
+            store_photo(manifests, sku_id, f"real-{n}", "real", colour_photo(rgb, 100 * index + n))
+        for n in range(4):
+            store_photo(manifests, sku_id, f"gen-{n}", "synthetic", colour_photo(rgb, 100 * index + 10 + n))
+    store_photo(manifests, "SKU-EXTRA", "real-0", "real", colour_photo((120, 120, 120), 999))
+    return manifests
+
+
+def evaluate_args(heldout: Path, out: Path, tmp_path: Path, *extra: str) -> list[str]:
+    """``skuforge evaluate``'s arguments for a quick run on ``heldout`` into ``out``: the tiny backbone
+    on 48 px photos, two synthetic photos per real one, features cached in ``tmp_path``."""
+    return [
+        "evaluate",
+        "--heldout",
+        str(heldout),
+        "--out",
+        str(out),
+        "--max-synthetic-per-real",
+        "2",
+        "--cache-dir",
+        str(tmp_path / "features"),
+        *TINY,
+        *extra,
+    ]
