@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
 
 from schemas.events import MAX_ADAPTER_SKUS, SkuCaptioned
 from services.lora_trainer import stage as lora_stage
@@ -23,14 +22,12 @@ from services.lora_trainer.config import MAX_LORA_RESOLUTION, LoraTrainerSetting
 from services.lora_trainer.stage import (
     PREFIX,
     LoraTrainer,
-    LoraTrainerMetrics,
-    open_trainer,
 )
 from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
 from shared.generation.adapters import AdapterRegistry
 from shared.generation.backend import GenerationRequest
-from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
+from shared.generation.diffusion import DiffusionBackend
 from shared.lora_training.dataset import (
     InstanceSource,
     TrainingRecipe,
@@ -43,8 +40,10 @@ from shared.store import FileStore
 from tests.support.captioning import captioned_sku
 from tests.support.lora import (
     gate_accepted,
+    generator_settings,
     lora_weights,
     model_folder,
+    open_on,
     record,
     record_accepted_event,
     trainer_on,
@@ -116,27 +115,6 @@ def test_a_set_written_before_class_keys_had_a_hash_is_built_again(tmp_path: Pat
 
 
 # --- 2. the base model adapters are labelled with ------------------------------------------------
-
-
-def generator_settings(model: Path, tmp_path: Path, **overrides: Any) -> DiffusionSettings:
-    return load_settings(
-        DiffusionSettings,
-        diffusion_model=str(model),
-        diffusion_base_model="sd15-inpaint",
-        diffusion_cache_dir=str(tmp_path / "cache"),
-        diffusion_adapter_refresh_s=0,
-        **overrides,
-    )
-
-
-def open_on(tmp_path: Path, trainer: LoraTrainerSettings, diffusion: DiffusionSettings) -> LoraTrainer:
-    return open_trainer(
-        load_settings(store_uri=f"file://{tmp_path / 'store'}"),
-        metrics=LoraTrainerMetrics(CollectorRegistry()),
-        publish=lambda event: None,
-        trainer=trainer,
-        diffusion=diffusion,
-    )
 
 
 def test_training_another_model_than_the_generators_is_refused_at_start_up_without_its_label(

@@ -30,13 +30,14 @@ from shared.lora_training.train import LORA_TARGETS, TrainingError, adapter_weig
 from shared.store import FileStore
 from tests.support.lora import (
     gate_accepted,
+    generator_settings,
     model_folder,
     one_photo_source,
+    open_on,
     record_accepted_event,
     trainer_on,
 )
 from tests.support.threads import one_torch_thread  # noqa: F401 (autouse: the tiny model trains on one thread)
-from tests.test_lora_review import generator_settings, open_on
 
 # --- 1. the served strength -----------------------------------------------------------------------
 

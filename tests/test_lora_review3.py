@@ -16,8 +16,15 @@ from services.lora_trainer.stage import PREFIX, adapter_base_model
 from shared.config import ConfigError, load_settings
 from shared.generation.diffusion import DiffusionSettings
 from shared.store import FileStore
-from tests.support.lora import _class_images, _trainer, model_folder, one_series, served
-from tests.test_lora_review import generator_settings, open_on
+from tests.support.lora import (
+    _class_images,
+    _trainer,
+    generator_settings,
+    model_folder,
+    one_series,
+    open_on,
+    served,
+)
 
 
 def test_a_roll_back_to_an_adapter_whose_job_folder_expired_makes_it_current_again(

@@ -24,10 +24,17 @@ from schemas.events import GateAccepted, GateCheck, SkuCaptioned
 from schemas.topics import GATE_ACCEPTED, SKU_CAPTIONED
 from services.lora_trainer import stage as lora_stage
 from services.lora_trainer.config import LoraTrainerSettings
-from services.lora_trainer.stage import LoraTrainer, LoraTrainerMetrics, record_accepted, record_captioned
+from services.lora_trainer.stage import (
+    LoraTrainer,
+    LoraTrainerMetrics,
+    open_trainer,
+    record_accepted,
+    record_captioned,
+)
 from shared.bus import make_envelope
 from shared.config import Settings, load_settings
 from shared.generation.adapters import AdapterRegistry, resolve_adapter
+from shared.generation.diffusion import DiffusionSettings
 from shared.images import encode_png
 from shared.lora_training.dataset import InstanceSource
 from shared.lora_training.train import TrainingResult
@@ -233,3 +240,26 @@ def request_reads(store: CountingStore) -> list[str]:
     reads = [key for key in store.reads if key.startswith(f"{lora_stage.PREFIX}/accepted/")]
     store.reads.clear()
     return reads
+
+
+def generator_settings(model: Path, tmp_path: Path, **overrides: Any) -> DiffusionSettings:
+    """The generator's diffusion settings on ``model`` (labelled sd15-inpaint), cached in ``tmp_path``."""
+    return load_settings(
+        DiffusionSettings,
+        diffusion_model=str(model),
+        diffusion_base_model="sd15-inpaint",
+        diffusion_cache_dir=str(tmp_path / "cache"),
+        diffusion_adapter_refresh_s=0,
+        **overrides,
+    )
+
+
+def open_on(tmp_path: Path, trainer: LoraTrainerSettings, diffusion: DiffusionSettings) -> LoraTrainer:
+    """The trainer ``open_trainer`` opens on a file store in ``tmp_path`` (a refusal raises)."""
+    return open_trainer(
+        load_settings(store_uri=f"file://{tmp_path / 'store'}"),
+        metrics=LoraTrainerMetrics(CollectorRegistry()),
+        publish=lambda event: None,
+        trainer=trainer,
+        diffusion=diffusion,
+    )
