@@ -73,10 +73,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     thread = threading.Thread(target=server.run, name="console-web", daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline, "the console did not start"
-            time.sleep(0.1)
+        wait_for("the console to start", lambda: server.started, timeout_s=30)
         yield Served(parts, f"http://127.0.0.1:{port}", envelope.event_id)
     finally:
         server.should_exit = True
