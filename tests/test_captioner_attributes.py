@@ -22,6 +22,7 @@ from shared.captioning.attributes import (
     describe_product,
     dominant_colours,
     kmeans,
+    light_gains,
     mask_hull_area,
     mask_problem,
     plain_background_share,
@@ -139,6 +140,94 @@ def test_shaded_white_stays_white_and_lit_grey_stays_grey() -> None:
     grey = shaded_patch((132, 132, 135), darkest=0.55)
     assert dominant_colours(white, full_mask(white))[0].name == "white"
     assert dominant_colours(grey, full_mask(grey))[0].name == "grey"
+
+
+# --- colours under shop light ------------------------------------------------------------------
+
+# A shop's warm, dim light (linear RGB factors) and the neutral-on-average shelves around a product.
+WARM_SHOP_LIGHT = (0.55, 0.42, 0.27)
+
+
+def under_light(srgb: U8, light: tuple[float, float, float]) -> U8:
+    """``srgb`` as a camera sees it under ``light``: each linear channel scaled, sRGB again."""
+    values = srgb.astype(np.float32) / 255.0
+    linear = np.where(values <= 0.04045, values / 12.92, ((values + 0.055) / 1.055) ** 2.4)
+    linear = np.clip(linear * np.asarray(light, dtype=np.float32), 0.0, 1.0)
+    out = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+    return np.round(out * 255.0).astype(np.uint8)
+
+
+def shop_scene(product: U8, shelves: list[tuple[int, int, int]]) -> tuple[U8, U8]:
+    """``product`` held up in front of a wall of 24 px packages in ``shelves``' colours, and its mask."""
+    rng = np.random.default_rng(7)
+    scene = np.zeros((240, 240, 3), dtype=np.uint8)
+    for top in range(0, 240, 24):
+        for left in range(0, 240, 24):
+            scene[top : top + 24, left : left + 24] = shelves[int(rng.integers(len(shelves)))]
+    height, width = product.shape[:2]
+    top, left = (240 - height) // 2, (240 - width) // 2
+    scene[top : top + height, left : left + width] = product
+    mask = np.zeros(scene.shape[:2], dtype=np.uint8)
+    mask[top : top + height, left : left + width] = 255
+    return scene, mask
+
+
+# Shelves that are grey on average: white, grey and black packages, and colours that cancel out.
+NEUTRAL_SHELVES = [
+    (235, 235, 235),
+    (128, 128, 128),
+    (40, 40, 40),
+    (200, 60, 50),
+    (50, 170, 70),
+    (60, 80, 200),
+    (230, 200, 60),
+    (90, 60, 170),
+    (60, 190, 200),
+    (220, 120, 200),
+]
+
+
+@pytest.mark.parametrize(
+    ("expected", "rgb"),
+    [("white", (238, 238, 234)), ("red", (190, 25, 30)), ("orange", (235, 125, 25)), ("blue", (30, 70, 180))],
+)
+def test_a_product_under_warm_dim_shop_light_keeps_its_colour(
+    expected: str, rgb: tuple[int, int, int]
+) -> None:
+    # In a shop the light is warm and dim: a white carton read yellow or brown, an orange one brown.
+    scene, mask = shop_scene(shaded_patch(rgb, height=120, width=80), NEUTRAL_SHELVES)
+    photo = under_light(scene, WARM_SHOP_LIGHT)
+    assert plain_background_share(Image.fromarray(photo), mask) < 0.7  # a cluttered, in-store backdrop
+    assert dominant_colours(photo, mask)[0].name == expected
+    assert describe_product(photo, mask).colour_names[0] == expected
+
+
+def test_the_light_is_measured_on_the_background_only() -> None:
+    # A mask that fills the frame leaves no background to measure the light on: nothing is corrected.
+    white = under_light(shaded_patch((238, 238, 234), height=120, width=80), WARM_SHOP_LIGHT)
+    assert np.array_equal(light_gains(white, full_mask(white) > 0), np.ones(3))
+
+
+def test_a_plain_coloured_backdrop_is_not_taken_for_the_light() -> None:
+    # A studio sweep or catalogue backdrop has a colour of its own, not the light's.
+    scene, mask = shop_scene(shaded_patch((128, 128, 130), height=120, width=80), [(240, 150, 60)])
+    assert np.array_equal(light_gains(scene, mask > 0), np.ones(3))
+    assert dominant_colours(scene, mask)[0].name == "grey"
+
+
+def test_a_background_that_is_no_light_colour_is_left_alone() -> None:
+    # Cluttered but magenta on average: no shop light is, so it is the products' colour, not a cast.
+    shelves = [(200, 60, 200), (150, 40, 120), (230, 120, 220), (120, 60, 160)]
+    scene, mask = shop_scene(shaded_patch((128, 128, 130), height=120, width=80), shelves)
+    assert plain_background_share(Image.fromarray(scene), mask) < 0.7
+    assert np.array_equal(light_gains(scene, mask > 0), np.ones(3))
+    assert dominant_colours(scene, mask)[0].name == "grey"
+
+
+def test_warm_light_gains_cool_the_photo_and_brighten_it() -> None:
+    scene, mask = shop_scene(shaded_patch((238, 238, 234), height=120, width=80), NEUTRAL_SHELVES)
+    gains = light_gains(under_light(scene, WARM_SHOP_LIGHT), mask > 0)
+    assert gains[2] > gains[1] > gains[0] > 1.0  # blue raised most, and all raised: the shop is dim
 
 
 def test_colours_are_ordered_by_share_and_only_the_masked_pixels_count() -> None:

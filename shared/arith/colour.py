@@ -11,7 +11,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["srgb_to_lab"]
+__all__ = ["linear_to_srgb", "srgb_to_lab", "srgb_to_linear"]
 
 F32Array = npt.NDArray[np.float32]
 
@@ -46,3 +46,19 @@ def srgb_to_lab(rgb: npt.ArrayLike) -> F32Array:
         [116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]), 200.0 * (f[..., 1] - f[..., 2])], axis=-1
     )
     return lab.astype(np.float32)
+
+
+def srgb_to_linear(rgb: npt.ArrayLike) -> F32Array:
+    """sRGB (0-255, any shape; uint8 takes the lookup table) to linear-light RGB in 0..1, float32."""
+    values = np.asarray(rgb)
+    if values.dtype == np.uint8:
+        linear: F32Array = _LINEAR_LUT[values]
+        return linear
+    return _linearise(np.clip(values.astype(np.float32) / 255.0, 0.0, 1.0))
+
+
+def linear_to_srgb(linear: npt.ArrayLike) -> npt.NDArray[np.uint8]:
+    """Linear-light RGB (clipped to 0..1) back to sRGB 0-255, rounded to uint8."""
+    clipped = np.clip(np.asarray(linear, dtype=np.float32), 0.0, 1.0)
+    encoded = np.where(clipped <= 0.0031308, 12.92 * clipped, 1.055 * clipped ** (1.0 / 2.4) - 0.055)
+    return np.round(encoded * 255.0).astype(np.uint8)

@@ -12,7 +12,9 @@ are clustered with k-means in CIE Lab. Shading scales a surface's RGB, so one pr
 spreads along a ray from black; clusters on the same ray (same hue and saturation, different
 value) are merged, and each group is named from its well-lit colour: its hue and saturation
 with the value of its brighter pixels. That keeps the shaded side of a red can red (not brown
-or black), and lets black, grey and white be decided by lightness and chroma of lit pixels.
+or black), and lets black, grey and white be decided by lightness and chroma of lit pixels. On a
+photo taken in a shop (a cluttered background), the light's warm cast and dimness are measured on
+the background and undone first (``correct_light``): a white carton there read yellow or brown.
 
 Shape: geometric features of the largest mask component, after undoing a small in-plane tilt
 (aspect ratio, extent, solidity against a monotone-chain convex hull, the width profile from top
@@ -36,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from shared.arith.colour import srgb_to_lab
+from shared.arith.colour import linear_to_srgb, srgb_to_lab, srgb_to_linear
 from shared.arith.masks import (
     connected_components,
     erode,
@@ -155,6 +157,73 @@ MIN_INK_SATURATION: Final = 0.3
 MAX_INK_SATURATION_GAP: Final = 0.15
 # a brighter, paler cluster of that hue (saturation at least this) is the ink's specular highlight.
 MIN_HIGHLIGHT_SATURATION: Final = 0.08
+
+# --- shop light --------------------------------------------------------------------------------
+
+# A shop's light is warm or green and dimmer than a studio's: a white carton read yellow, brown or
+# grey, an orange one brown. The background around the product (shelves, other products, the hand)
+# averages to about grey in the light's colour (grey world), and its bright part shows how far the
+# exposure is from a lit white. Both are undone on linear RGB before naming; tuned on in-store photos
+# of GroceryStoreDataset's train split (python -m bench.caption_colours), not on val or test.
+# Only this much of the grey-world gain is applied: the background is not truly grey (skin, produce).
+WHITE_BALANCE_STRENGTH: Final = 0.75
+# No channel is scaled by more than this (or less than its inverse): a wall of carrots is no grey.
+MAX_WHITE_BALANCE_GAIN: Final = 1.5
+# Exposure: the background's 90th-percentile brightest channel is raised towards full scale, by at
+# most this; never darkened (a white studio backdrop is left as it is).
+EXPOSURE_QUANTILE: Final = 0.9
+MAX_EXPOSURE_GAIN: Final = 1.5
+# Background pixels this far (px) from the product, and at least this many, or nothing is corrected:
+# a mask that fills the frame leaves nothing to measure the light on.
+BACKGROUND_CLEARANCE_PX: Final = 5
+# Only a cluttered background (a shop's) is grey on average: a plain one is a backdrop of any colour
+# (a catalogue's white, a renderer's studio sweep), and its colour is no light's. The captioner's
+# plain-backdrop cut-off (shared.generation.backend.PLAIN_BACKGROUND_FROM).
+NEUTRAL_LIGHT_BELOW_PLAIN_BACKGROUND: Final = 0.7
+MIN_BACKGROUND_PIXELS: Final = 100
+
+
+def light_gains(image: npt.NDArray[np.uint8], mask: BoolArray) -> F32Array:
+    """Per-channel gains on linear RGB that undo the light's colour cast and dimness, measured on
+    the photo's background (outside ``mask``); ones when too little background shows.
+
+    Nothing is corrected on a plain background (a backdrop's colour is its own) nor where the
+    background's average is not warm. The cast is grey world on its neither black nor clipped
+    pixels, applied at ``WHITE_BALANCE_STRENGTH`` and clipped to ``MAX_WHITE_BALANCE_GAIN``; the
+    exposure gain lifts
+    the background's ``EXPOSURE_QUANTILE`` brightest channel towards 1, by at most ``MAX_EXPOSURE_GAIN``.
+    """
+    background = erode(~mask, BACKGROUND_CLEARANCE_PX)
+    if np.count_nonzero(background) < MIN_BACKGROUND_PIXELS or (
+        plain_background_share(Image.fromarray(image), mask) >= NEUTRAL_LIGHT_BELOW_PLAIN_BACKGROUND
+    ):
+        return np.ones(3, dtype=np.float32)
+    linear = srgb_to_linear(image[background])
+    brightest = linear.max(axis=1)
+    usable = linear[(brightest > 0.02) & (brightest < 0.95)]
+    if usable.shape[0] < MIN_BACKGROUND_PIXELS:
+        return np.ones(3, dtype=np.float32)
+    light = np.maximum(usable.mean(axis=0), 1e-6)
+    # Shop light is warm or neutral (red >= green >= blue); a background that is not is the colour of
+    # the products on it (a wall of magenta packs), not of the light: left alone.
+    if not light[0] >= light[1] >= light[2]:
+        return np.ones(3, dtype=np.float32)
+    balance = np.clip(
+        (light.mean() / light) ** WHITE_BALANCE_STRENGTH, 1 / MAX_WHITE_BALANCE_GAIN, MAX_WHITE_BALANCE_GAIN
+    )
+    level = float(np.quantile((linear * balance).max(axis=1), EXPOSURE_QUANTILE))
+    exposure = float(np.clip(1.0 / max(level, 1e-6), 1.0, MAX_EXPOSURE_GAIN))
+    gains: F32Array = (balance * exposure).astype(np.float32)
+    return gains
+
+
+def correct_light(image: npt.NDArray[np.uint8], mask: BoolArray) -> npt.NDArray[np.uint8]:
+    """``image`` (HxWx3 uint8) as under neutral, full light: ``light_gains`` applied on linear RGB."""
+    gains = light_gains(image, mask)
+    if np.allclose(gains, 1.0):
+        return image
+    return linear_to_srgb(srgb_to_linear(image) * gains)
+
 
 # --- k-means -----------------------------------------------------------------------------------
 
@@ -318,16 +387,20 @@ def dominant_colours(
     k: int = 5,
     max_pixels: int = 6000,
     min_share: float = 0.04,
+    neutral_light: bool = True,
 ) -> list[ColourShare]:
     """The product's colour names, most dominant first, each with its share of product pixels.
 
     ``mask`` is HxW (bool or 0/255) at the image's size. Names under ``min_share`` are dropped;
-    an empty mask gives an empty list.
+    an empty mask gives an empty list. With ``neutral_light`` the colours are named as under
+    neutral, full light (``correct_light``, measured on the photo outside the mask).
     """
     pixels_rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
     product = np.asarray(mask) > 0
     if product.shape != pixels_rgb.shape[:2]:
         raise ValueError(f"mask is {product.shape}, the image is {pixels_rgb.shape[:2]}")
+    if neutral_light:
+        pixels_rgb = correct_light(pixels_rgb, product)
     pixels = _product_pixels(pixels_rgb, product, max_pixels)
     if pixels.shape[0] == 0:
         return []
