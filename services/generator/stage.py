@@ -4,8 +4,9 @@ Consumes: ``sku.captioned``.
 Produces: one ``image.generated`` per variant (``SKUFORGE_GENERATION_VARIANTS_PER_SKU`` per SKU,
 spread round-robin over its usable photos on a plain background, or over all usable ones when none
 is: ``cutout_sources``; of such in-store photos each mask's largest blob is cut, and those whose blob
-is one solid object are drawn from alone when there are any: ``one_object_photos``; while one of them
-can be drawn from, the SKU gets them all), after writing
+is one solid object are drawn from alone when there are any: ``one_object_photos``, the others only
+for a variant refused from every one of those; while one photo can be drawn from, the SKU gets them
+all), after writing
 two PNGs per variant to the object store. The item id comes from the input event and the variant
 index, so a redelivered event's events get the same ids; the keys also carry the first 16 hex digits
 of the PNG's sha256, so a re-render that differs (the scene library changed in between) goes beside
@@ -33,8 +34,10 @@ variant the model refuses for good
 (a photo whose mask it cannot place) is asked for again from another of the SKU's photos, with that
 photo's seed (of the photos after it in turn not refused for it, variant ``i`` takes the ``i``-th,
 so a photo refused for every variant spreads them over the others, and the same SKU still gets the
-same images, each event naming the photo and seed it came from): logged ("variant refused, drawn
-from another photo", with the photo and reason) and counted
+same images, each event naming the photo and seed it came from; of a SKU cut from in-store photos,
+once every photo of one object was refused for it, from the photos passed over as not one object, read
+again and logged, "in-store photos that are not one object drawn from", with the SKU): logged
+("variant refused, drawn from another photo", with the photo and reason) and counted
 (``skuforge_triton_errors_total{kind="refused"}``); refused from every photo, it is left out
 ("variant refused, left out"). A photo that cannot be read for good (``dimension_mismatch``,
 ``not_an_image``, ``checksum_mismatch``...) while another photo of the SKU can takes no turn: the
@@ -302,6 +305,9 @@ class SkuDraws:
         self.refusals: list[tuple[PlannedVariant, BadInput]] = []
         self.sent: list[tuple[str, VariantRequest]] = []  # (backend, request): what Triton was asked
         self._tried: dict[int, set[str]] = {}  # variant index -> photos refused for it
+        # In-store photos whose cut-out is not one object, while another's is: drawn from only for a
+        # variant every photo in turn was refused for (``redraw``), read again then.
+        self.passed_over: list[CaptionedPhoto] = []
         for photo in self.turn:
             # In-store photos are all read: which of them are drawn from depends on every one's mask.
             if not self.cluttered and len(self.references) == generation.generation_variants_per_sku:
@@ -314,6 +320,7 @@ class SkuDraws:
             masks = {photo_id: reference[1] for photo_id, reference in self.references.items()}
             self.turn = one_object_photos(readable, masks)
             chosen = {photo.photo_id for photo in self.turn}
+            self.passed_over = [photo for photo in readable if photo.photo_id not in chosen]
             self.references = {key: value for key, value in self.references.items() if key in chosen}
         self.plan = plan_variants(captioned, generation, left_out=self.unreadable, turn=self.turn)
 
@@ -336,23 +343,33 @@ class SkuDraws:
 
         Of the photos after the refused one in turn, variant ``i`` takes the ``i``-th (modulo their
         number): the next photo alone took all the variants of a photo refused for every one of them.
+        Once every photo in turn was refused for the variant, the in-store photos passed over as not
+        one object (``passed_over``) are drawn from in the same way, read again: ``one_object_photos``
+        takes them all when none is one object, and the variant was lost (the SKU dead-lettered when
+        every variant was) though they could give it.
         """
         tried = self._tried.setdefault(refused.variant_index, set())
         tried.add(refused.photo.photo_id)
-        start = [photo.photo_id for photo in self.turn].index(refused.photo.photo_id)
-        after = self.turn[start + 1 :] + self.turn[:start]
-        while candidates := [
-            photo for photo in after if photo.photo_id not in tried and photo.photo_id not in self.unreadable
-        ]:
-            photo = candidates[refused.variant_index % len(candidates)]
-            if self._read(photo):  # else it is unreadable now, and no candidate the next time round
-                seed = variant_seed(
-                    self.captioned.sku.sku_id,
-                    photo.photo_id,
-                    refused.variant_index,
-                    self._generation.generation_seed,
-                )
-                return dataclasses.replace(refused, photo=photo, seed=seed)
+        for photos in (self.turn, self.passed_over):
+            after = photos
+            ids = [photo.photo_id for photo in photos]
+            if refused.photo.photo_id in ids:
+                start = ids.index(refused.photo.photo_id)
+                after = photos[start + 1 :] + photos[:start]
+            while candidates := [
+                photo
+                for photo in after
+                if photo.photo_id not in tried and photo.photo_id not in self.unreadable
+            ]:
+                photo = candidates[refused.variant_index % len(candidates)]
+                if self._read(photo):  # else it is unreadable now, and no candidate the next time round
+                    seed = variant_seed(
+                        self.captioned.sku.sku_id,
+                        photo.photo_id,
+                        refused.variant_index,
+                        self._generation.generation_seed,
+                    )
+                    return dataclasses.replace(refused, photo=photo, seed=seed)
         return None
 
     def request(self, planned: PlannedVariant) -> VariantRequest:
@@ -447,18 +464,36 @@ def handle_batch(
         usable = [photo for photo in draw.captioned.photos if photo.usable and photo.mask is not None]
         least = generation.generation_min_plain_background
         if cut_from_cluttered_photos(usable, least):
+            drawn_from = {planned.photo.photo_id for planned, _ in draw.drawn.values()}
+            fallen_back = [photo.photo_id for photo in draw.passed_over if photo.photo_id in drawn_from]
             ctx.log.warning(
                 "no photo on a plain background: products cut out of in-store photos",
                 extra={
                     "sku_id": event.sku_id,  # a batch handler's log has no SKU of its own
                     "photos": [photo.photo_id for photo in usable],
-                    # Those whose cut-out is one object, when any is (``one_object_photos``).
-                    "cut_from": [photo.photo_id for photo in draw.turn],
+                    # Those whose cut-out is one object, when any is (``one_object_photos``), and the
+                    # others a variant refused from all of those was drawn from (``SkuDraws.redraw``).
+                    "cut_from": [photo.photo_id for photo in draw.turn] + fallen_back,
                     "min_plain_background": least,
                     "hint": "such cut-outs are often not the product alone and the gate cannot tell; "
                     "check the images, add a product shot on a plain background",
                 },
             )
+            if fallen_back:
+                ctx.log.warning(
+                    "in-store photos that are not one object drawn from: the SKU's photos of one object "
+                    "were refused for some variants",
+                    extra={
+                        "sku_id": event.sku_id,
+                        "photo_ids": fallen_back,
+                        "variant_indexes": sorted(
+                            index
+                            for index, (planned, _) in draw.drawn.items()
+                            if planned.photo.photo_id in fallen_back
+                        ),
+                        "one_object": [photo.photo_id for photo in draw.turn],
+                    },
+                )
         for photo_id, left in draw.unreadable.items():
             ctx.log.warning(
                 "photo unreadable, its variants drawn from the other photos",

@@ -60,7 +60,7 @@ class GenerationSettings(BaseSettings):
         description="photos whose background is at least this plain (the captioner's plain_background) "
         "are the cut-out sources; a SKU with none is cut from its usable photos, each mask's largest blob, "
         f"and only from those whose blob is one solid object when any is (convex hull solidity "
-        f">= {ONE_OBJECT_MIN_SOLIDITY})",
+        f">= {ONE_OBJECT_MIN_SOLIDITY}; the others for a variant refused from all of those)",
     )
     generation_pile_share: float = Field(
         default=0.0,
