@@ -4,10 +4,12 @@ the stop."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -250,3 +252,109 @@ def test_an_export_stopped_as_it_makes_its_staging_folder_leaves_none(
     assert result.returncode == 128 + signum, result.stderr
     left = [path.relative_to(tmp_path) for path in tmp_path.rglob("*") if "store" not in path.parts]
     assert sorted(map(str, left)) == (["new", "new/out"] if out_exists else [])
+
+
+def _open_fds() -> list[str]:
+    """The descriptors this process has open."""
+    return sorted(os.listdir("/proc/self/fd"))
+
+
+# Calls ``_hold`` on the staging folder argv[1] with no byte of a regular file writable (RLIMIT_FSIZE 0, as a
+# full disk or quota refuses them), then prints the JSON of what it raised, whether the descriptors this
+# process has open changed, and whether the owner file is still locked.
+_HOLDS_ON_A_FULL_DISK = """
+import errno, fcntl, json, os, resource, signal, sys
+from pathlib import Path
+
+from shared.trainstore.dataset import STAGING_OWNER, _hold
+
+staging = Path(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of ending the process
+before = sorted(os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+try:
+    _hold(staging)
+    raised = None
+except OSError as exc:
+    raised = errno.errorcode[exc.errno]
+fd = os.open(staging / STAGING_OWNER, os.O_RDWR)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    locked = False
+except BlockingIOError:
+    locked = True
+os.close(fd)
+fds_kept = sorted(os.listdir("/proc/self/fd")) != before
+print(json.dumps({"raised": raised, "fds_kept": fds_kept, "locked": locked}))
+"""
+
+
+def test_a_staging_lock_whose_owner_file_cannot_be_written_closes_it(tmp_path: Path) -> None:
+    """``_hold`` opened the staging folder's owner file, locked it and wrote who holds it: when the write
+    failed (a full disk, a quota) its descriptor stayed open, and so did its lock. The CLI exits; a
+    process that exports as a library (bench/augment.py) kept one descriptor per failed export, and its
+    next ``_hold`` of that folder would wait on its own lock for ever."""
+    staging = tmp_path / ".partial-0"
+    staging.mkdir()
+    child = subprocess.run(
+        [sys.executable, "-c", _HOLDS_ON_A_FULL_DISK, str(staging)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(child.stdout) == {"raised": "EFBIG", "fds_kept": False, "locked": False}
+
+
+def test_a_stop_while_a_staging_lock_waits_closes_its_owner_file(tmp_path: Path) -> None:
+    """A stop (Ctrl-C, or a SIGTERM as the CLI turns it into one) while ``_hold`` waits for the owner
+    file's lock, which another process holds (an export checking whether the folder was abandoned), left
+    the owner file open in a process that goes on."""
+    from shared.trainstore.dataset import STAGING_OWNER, _hold
+
+    staging = tmp_path / ".partial-0"
+    staging.mkdir()
+    owner = staging / STAGING_OWNER
+    owner.touch()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDS_THE_LOCK, str(owner)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    def stop_once_waiting(main: int) -> None:
+        waiting = f":{owner.stat().st_ino} "
+        for _ in range(6000):  # until the lock has a waiter (this process's _hold), at most a minute
+            if any("->" in line and waiting in line for line in Path("/proc/locks").read_text().splitlines()):
+                break
+            threading.Event().wait(0.01)
+        signal.pthread_kill(main, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, stop)
+    before = _open_fds()
+    stopper = threading.Thread(target=stop_once_waiting, args=(threading.get_ident(),))
+    try:
+        stopper.start()
+        with pytest.raises(KeyboardInterrupt):
+            _hold(staging)
+        stopper.join()
+        assert _open_fds() == before
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        holder.communicate("")
+
+
+# Holds an exclusive flock on argv[1], says so, and keeps it until its stdin closes.
+_HOLDS_THE_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("held", flush=True)
+sys.stdin.read()
+"""

@@ -644,10 +644,17 @@ _STAGING_NAME = re.compile(r"partial-[0-9a-f]{32}")
 
 
 def _hold(staging: Path) -> int:
-    """Create ``staging``'s owner file and lock it; the open descriptor holds the lock until closed."""
+    """Create ``staging``'s owner file and lock it; the open descriptor holds the lock until closed.
+
+    Closed when it cannot be locked or written (a full disk), or a stop comes meanwhile: export is a
+    library too (bench/augment.py), whose process goes on, and kept it open and locked."""
     fd = os.open(staging / STAGING_OWNER, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())  # for a person looking
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())  # for a person looking
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
