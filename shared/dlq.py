@@ -37,6 +37,7 @@ import json
 import os
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -133,30 +134,62 @@ class ReplayInterrupted(DlqError):
         self.signum = signum
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredLetter:
-    """One dead letter as it lies in its ``.dlq`` topic, without the original bytes it carries.
+    """One dead letter as a list or a replay keeps it: where it lies in its ``.dlq`` topic, and the fields
+    of it that ``select``, ``summarise`` and ``replay`` read, not the ``DeadLetter`` itself.
 
-    ``letter`` has no inline original (``original_key_b64`` None, ``original_value_b64`` empty): a
-    letter holds up to ~350 kB of them, and a DLQ of a busy week hundreds of thousands of letters. Its
-    ``detail`` is cut to what a sample shows (``SAMPLE_DETAIL_CHARS``). A replay reads each record
-    again when it sends it (``_letters_again``), one at a time. ``origin`` is ``_origin`` of the whole
-    letter, taken while its bytes were at hand.
+    A DLQ of a busy week holds hundreds of thousands of letters, and each was kept whole: its inline
+    original first (up to ~350 kB), then the pydantic model without it, still ~2 kB a letter (~2 GB for
+    a million); this is ~0.5 kB and the detail. A replay reads each letter it sends again, whole
+    (``_letters_again``), one at a time. ``detail`` is cut to what a sample shows
+    (``SAMPLE_DETAIL_CHARS``). The names that repeat from letter to letter (reason, stage, topic) are
+    interned, one string for them all.
     """
 
     dlq_topic: str
     partition: int
     offset: int
-    letter: DeadLetter
-    letter_sha256: str  # of the dead-letter record's bytes, so a recreated topic's offset 0 is not "replayed"
-    origin: tuple[str, int, int, str, str]
+    # sha256 of the dead-letter record's bytes, so a recreated topic's offset 0 is not "replayed"
+    letter_sha256: bytes
+    # ``_origin`` of the whole letter, taken while its bytes were at hand: letters of one digest are of
+    # one record and stage.
+    origin: bytes
+    reason: str
+    stage: str
+    original_topic: str
+    original_offset: int
+    event_id: str | None
+    sku_id: str | None
+    failed_at: datetime
+    detail: str
+
+    @classmethod
+    def of(
+        cls, dlq_topic: str, partition: int, offset: int, value: bytes, letter: DeadLetter
+    ) -> StoredLetter:
+        """``letter``, read from ``value`` at ``partition``@``offset`` of ``dlq_topic``, as it is kept."""
+        return cls(
+            dlq_topic,
+            partition,
+            offset,
+            hashlib.sha256(value).digest(),
+            _origin(letter),
+            sys.intern(letter.reason),
+            sys.intern(letter.stage),
+            sys.intern(letter.original_topic),
+            letter.original_offset,
+            letter.event_id,
+            letter.sku_id,
+            letter.failed_at,
+            letter.detail[:SAMPLE_DETAIL_CHARS],
+        )
 
     @property
     def marker_key(self) -> str:
         """Object-store key of this letter's replay marker."""
-        return (
-            f"{REPLAY_PREFIX}/{self.dlq_topic}/{self.partition}-{self.offset}-{self.letter_sha256[:16]}.json"
-        )
+        sha = self.letter_sha256.hex()[:16]
+        return f"{REPLAY_PREFIX}/{self.dlq_topic}/{self.partition}-{self.offset}-{sha}.json"
 
 
 @dataclass(frozen=True)
@@ -261,17 +294,7 @@ def read_dead_letters(
             except ValidationError:
                 unreadable += 1
                 continue
-            sha = hashlib.sha256(record.value or b"").hexdigest()
-            # Without its bytes, and with only the detail a sample shows: a detail may be 4000
-            # characters, which each letter held (~6 kB a letter, not ~2.4) though a few samples show it.
-            without_bytes = letter.model_copy(
-                update={
-                    "original_key_b64": None,
-                    "original_value_b64": "",
-                    "detail": letter.detail[:SAMPLE_DETAIL_CHARS],
-                }
-            )
-            stored = StoredLetter(dlq, record.partition, record.offset, without_bytes, sha, _origin(letter))
+            stored = StoredLetter.of(dlq, record.partition, record.offset, record.value or b"", letter)
             letters.append(stored)
     except KafkaError as exc:
         raise DlqError(f"could not read {dlq}: {exc}") from exc
@@ -361,7 +384,7 @@ def _letters_again(
 def _whole_letter(stored: StoredLetter, value: bytes) -> DeadLetter | str:
     """The letter ``stored`` lists, read whole from its record's ``value``; why not, when it is not."""
     where = f"{stored.partition}@{stored.offset} of {stored.dlq_topic}"
-    if hashlib.sha256(value).hexdigest() != stored.letter_sha256:
+    if hashlib.sha256(value).digest() != stored.letter_sha256:
         return f"the dead letter at {where} changed since it was listed (the topic was created again?)"
     return DeadLetter.model_validate_json(value, extra=READ_EXTRA)
 
@@ -393,7 +416,7 @@ def select(
     ``object_missing``) would otherwise select nothing and a replay would "succeed" with 0 letters.
     """
     if reason is not None:
-        present = Counter(stored.letter.reason for stored in letters)
+        present = Counter(stored.reason for stored in letters)
         if reason not in present:
             # A reason is the letter writer's text: escaped, as in format_summary.
             listed = escape_control_characters(
@@ -405,8 +428,7 @@ def select(
     return [
         stored
         for stored in letters
-        if (reason is None or stored.letter.reason == reason)
-        and (since is None or stored.letter.failed_at >= since)
+        if (reason is None or stored.reason == reason) and (since is None or stored.failed_at >= since)
     ]
 
 
@@ -444,8 +466,8 @@ def summarise(
     reasons: dict[str, dict[str, Any]] = {}
     for stored in letters:
         entry = reasons.setdefault(
-            stored.letter.reason,
-            {"count": 0, "replayed": 0, "permanent": is_permanent(stored.letter.reason), "samples": []},
+            stored.reason,
+            {"count": 0, "replayed": 0, "permanent": is_permanent(stored.reason), "samples": []},
         )
         entry["count"] += 1
         entry["replayed"] += stored.marker_key in replayed
@@ -462,14 +484,13 @@ def summarise(
 
 
 def _sample(stored: StoredLetter) -> dict[str, Any]:
-    letter = stored.letter
     return {
         "at": f"{stored.partition}@{stored.offset}",
-        "event_id": letter.event_id,
-        "sku_id": letter.sku_id,
-        "stage": letter.stage,
-        "failed_at": letter.failed_at.isoformat(),
-        "detail": letter.detail[:SAMPLE_DETAIL_CHARS],
+        "event_id": stored.event_id,
+        "sku_id": stored.sku_id,
+        "stage": stored.stage,
+        "failed_at": stored.failed_at.isoformat(),
+        "detail": stored.detail[:SAMPLE_DETAIL_CHARS],
     }
 
 
@@ -512,7 +533,8 @@ def replay(
     """Republish the selected letters not yet replayed, and write their markers as Kafka acknowledges
     them. ``dead`` holds the letters without their original bytes; each letter to send is read again
     from the DLQ (its original from the store, when it is kept there), one at a time, and sent before
-    the next is read. So the memory grows with the number of letters (~2 kB each), not their bytes. A
+    the next is read. So the memory grows with the number of letters (~0.5 kB each, and the detail a
+    sample shows; ``StoredLetter``), not their bytes. A
     letter deleted from the DLQ since it was listed (retention) is named in ``unreadable``.
 
     Without ``reason`` (or ``include_permanent``), letters of a permanent reason (``is_permanent``) are
@@ -557,10 +579,10 @@ def _replay(
     done = replayed_keys(dead.letters, replayed_markers(store, dead.dlq_topic))
     not_done = [stored for stored in chosen if stored.marker_key not in done]
     leave_permanent = reason is None and not include_permanent
-    permanent = [s for s in not_done if leave_permanent and is_permanent(s.letter.reason)]
-    wanted = [s for s in not_done if not (leave_permanent and is_permanent(s.letter.reason))]
-    pending = [s for s in wanted if s.letter.original_topic == dead.original_topic]
-    other_topic = [s for s in wanted if s.letter.original_topic != dead.original_topic]
+    permanent = [s for s in not_done if leave_permanent and is_permanent(s.reason)]
+    wanted = [s for s in not_done if not (leave_permanent and is_permanent(s.reason))]
+    pending = [s for s in wanted if s.original_topic == dead.original_topic]
+    other_topic = [s for s in wanted if s.original_topic != dead.original_topic]
     report = ReplayReport(
         pending, len(chosen) - len(not_done), len(dead.letters) - len(chosen), permanent, other_topic
     )
@@ -569,7 +591,7 @@ def _replay(
     # One record per original and stage: a record dead-lettered twice (a batch rewound after its letter
     # was sent, a crash before the commit) has two letters, and sending both had the stage handle it
     # twice. Every letter of the group is marked with the one copy.
-    groups: dict[tuple[str, int, int, str, str], list[StoredLetter]] = {}
+    groups: dict[bytes, list[StoredLetter]] = {}
     for stored in pending:
         groups.setdefault(stored.origin, []).append(stored)
     if dry_run:
@@ -609,7 +631,7 @@ def _replay(
                 lock.check()  # right before the send: another replay may have taken this one's lock over
             try:
                 headers = [
-                    *replay_headers(members[0].letter),
+                    *replay_headers(members[0].stage),
                     (REPLAY_OF_HEADER, members[0].marker_key.encode()),
                 ]
                 future = producer.send(dead.original_topic, key=key, value=value, headers=headers)
@@ -683,7 +705,7 @@ def _replay(
 
 
 def _originals(
-    settings: Settings, store: ObjectStore, groups: dict[tuple[str, int, int, str, str], list[StoredLetter]]
+    settings: Settings, store: ObjectStore, groups: dict[bytes, list[StoredLetter]]
 ) -> Generator[tuple[list[StoredLetter], tuple[bytes | None, bytes] | str]]:
     """Each group's original record (key, value), read from its first letter, one at a time (the key it
     is replayed with: ``replay_key``); why not (a ``str``), for one whose letter or original cannot be
@@ -692,7 +714,7 @@ def _originals(
         members = groups[stored.origin]
         if isinstance(whole, str):
             original: tuple[bytes | None, bytes] | str = (
-                f"cannot replay {stored.letter.original_topic}@{stored.letter.original_offset}: {whole}"
+                f"cannot replay {stored.original_topic}@{stored.original_offset}: {whole}"
             )
         else:
             try:
@@ -727,22 +749,24 @@ def replay_key(letter: DeadLetter, key: bytes | None) -> bytes | None:
     return letter.sku_id.encode()
 
 
-def replay_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
-    """The headers of ``letter``'s republished record: the stage that dead-lettered it.
+def replay_headers(stage: str) -> list[tuple[str, bytes]]:
+    """The headers of a republished record: ``stage``, the one that dead-lettered it (its letter's).
 
     A replay goes to the topic, which every consumer group of it reads: without the header, a letter
     of trainstore replayed to ``sku.captioned`` would make the generator render it again on the GPU.
     The runtime commits a record whose header names another stage without handling it.
     """
-    return [(REPLAY_STAGE_HEADER, letter.stage.encode())] if letter.stage else []
+    return [(REPLAY_STAGE_HEADER, stage.encode())] if stage else []
 
 
-def _origin(letter: DeadLetter) -> tuple[str, int, int, str, str]:
-    """The record a letter is of, and the stage that dead-lettered it: its topic, partition, offset and
-    bytes (as the letter holds them), so letters that only claim one offset are never merged."""
+def _origin(letter: DeadLetter) -> bytes:
+    """The record a letter is of, and the stage that dead-lettered it, as one sha256: its topic, partition,
+    offset and bytes (as the letter holds them), so letters that only claim one offset are never merged.
+    A digest, not the tuple of them: a listed letter keeps it (~70 bytes, not ~300)."""
     ref = letter.original_value_ref
     value = ref.sha256 if ref is not None else hashlib.sha256(letter.original_value_b64.encode()).hexdigest()
-    return (letter.original_topic, letter.original_partition, letter.original_offset, letter.stage, value)
+    record = [letter.original_topic, letter.original_partition, letter.original_offset, letter.stage, value]
+    return hashlib.sha256(json.dumps(record).encode()).digest()
 
 
 class _Marking:
@@ -751,7 +775,7 @@ class _Marking:
     def __init__(
         self,
         store: ObjectStore,
-        groups: dict[tuple[str, int, int, str, str], list[StoredLetter]],
+        groups: dict[bytes, list[StoredLetter]],
         lock: _ReplayLock | None = None,
     ):
         self.store = store
@@ -1051,7 +1075,7 @@ def _mark_what_a_killed_replay_sent(
     if not isinstance(original_from, dict) or not original_from:
         return  # a lock of an older replay, or one that had nothing to send to
     letters = {stored.marker_key: stored for stored in dead.letters}
-    groups: dict[tuple[str, int, int, str, str], list[StoredLetter]] = {}
+    groups: dict[bytes, list[StoredLetter]] = {}
     for stored in dead.letters:
         groups.setdefault(stored.origin, []).append(stored)
     topic = dead.original_topic
@@ -1102,9 +1126,9 @@ def _write_markers(
                     "partition": stored.partition,
                     "offset": stored.offset,
                 },
-                "reason": stored.letter.reason,
-                "event_id": stored.letter.event_id,
-                "sku_id": stored.letter.sku_id,
+                "reason": stored.reason,
+                "event_id": stored.event_id,
+                "sku_id": stored.sku_id,
                 "republished": {
                     "topic": metadata.topic,
                     "partition": metadata.partition,
@@ -1118,7 +1142,7 @@ def _write_markers(
 def format_replay(dead: DeadLetterTopic, report: ReplayReport, *, dry_run: bool) -> str:
     """The replay run for a terminal."""
     # A reason is the letter writer's text: escaped, as in format_summary.
-    by_reason = Counter(escape_control_characters(stored.letter.reason) for stored in report.republished)
+    by_reason = Counter(escape_control_characters(stored.reason) for stored in report.republished)
     reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(by_reason.items()))
     verb = "would replay" if dry_run else "replayed"
     head = f"{verb} {len(report.republished)} dead letters from {dead.dlq_topic} to {dead.original_topic}"
@@ -1130,7 +1154,7 @@ def format_replay(dead: DeadLetterTopic, report: ReplayReport, *, dry_run: bool)
     )
     if not report.permanent:
         return line
-    left = Counter(escape_control_characters(stored.letter.reason) for stored in report.permanent)
+    left = Counter(escape_control_characters(stored.reason) for stored in report.permanent)
     return (
         f"{line}\nleft {len(report.permanent)} with a permanent reason "
         f"({', '.join(f'{reason}: {count}' for reason, count in sorted(left.items()))}): their events "
@@ -1162,7 +1186,7 @@ def format_other_topic(dead: DeadLetterTopic, report: ReplayReport) -> str | Non
     """Why the letters of another original topic were not replayed, and what to do; None when none."""
     if not report.other_topic:
         return None
-    topics = Counter(stored.letter.original_topic for stored in report.other_topic)
+    topics = Counter(stored.original_topic for stored in report.other_topic)
     count = len(report.other_topic)
     letters = "1 dead letter" if count == 1 else f"{count} dead letters"
     listed = ", ".join(f"{escape_control_characters(topic)} ({n})" for topic, n in sorted(topics.items()))

@@ -388,7 +388,7 @@ def test_a_dlq_that_takes_longer_than_the_timeout_to_read_is_read_while_letters_
 
     monkeypatch.setattr(dlq_module, "KafkaConsumer", SlowConsumer)
     dead = read_dead_letters(settings, settings.topic_name(SKU_INGESTED), timeout_s=1.0)
-    assert sorted(stored.letter.original_offset for stored in dead.letters) == list(range(10))
+    assert sorted(stored.original_offset for stored in dead.letters) == list(range(10))
 
 
 def _ctrl_c() -> None:

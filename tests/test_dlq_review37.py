@@ -3,7 +3,8 @@
 Review 37: the replay that took a killed one's lock over read the original topic from where the killed
 one had begun, however long it had run (and however busy the topic was since), and marked again every
 letter that one had marked already. A key_mismatch letter could not usefully be replayed: it went back
-with the wrong key it came with, and was dead-lettered again.
+with the wrong key it came with, and was dead-lettered again. A listed letter is kept as the fields a list
+or a replay reads, no longer as the whole letter (~2 kB each): its sample and marker still show them all.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from kafka.structs import TopicPartition
 from schemas.envelope import DeadLetter
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
 from shared.config import Settings
-from shared.dlq import REPLAY_OF_HEADER
+from shared.dlq import REPLAY_OF_HEADER, REPLAY_STAGE_HEADER
 from shared.store import FileStore, ObjectStore
 from tests.support.bus import (
     create_topics,
@@ -226,7 +227,56 @@ def test_a_listed_letter_keeps_only_the_detail_its_sample_shows(
     topic = settings.topic_name(SKU_INGESTED)
 
     dead = read_dead_letters(settings, topic)
-    assert [stored.letter.detail for stored in dead.letters] == [d[:300] for d in details]
+    assert [stored.detail for stored in dead.letters] == [d[:300] for d in details]
     assert dlq_main(["list", topic, "--json"], settings=settings, store=FileStore(tmp_path)) == 0
     samples = json.loads(capsys.readouterr().out)["reasons"]["object_missing"]["samples"]
     assert [sample["detail"] for sample in samples] == [d[:300] for d in details[:3]]
+
+
+@pytest.mark.kafka
+def test_a_listed_letter_still_shows_and_marks_every_field_it_was_written_with(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A listed letter is kept as the few fields a list or a replay reads (``StoredLetter``), no longer as
+    the whole DeadLetter (~2 kB a letter, ~2 GB for a DLQ of a million): its sample still shows each of
+    them as written (the failed_at with its own offset), and its replay still sends the stage's header
+    and marks the letter with its reason, event_id and sku_id."""
+    from skuforge_cli.dlq import main as dlq_main
+
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    written = ingested_letter(
+        settings,
+        7,
+        event_id="0f6c1a7e-evt",
+        sku_id="SKU-SHOWN",
+        stage="passthrough",
+        failed_at="2026-12-01T14:00:00+02:00",
+        detail="photo gone: s3://bucket/sku/SKU-SHOWN/1.png",
+    )
+    write_letters(settings, written)
+    topic = settings.topic_name(SKU_INGESTED)
+    store = FileStore(tmp_path)
+
+    assert dlq_main(["list", topic, "--json"], settings=settings, store=store) == 0
+    [sample] = json.loads(capsys.readouterr().out)["reasons"]["object_missing"]["samples"]
+    assert sample == {
+        "at": "0@0",
+        "event_id": "0f6c1a7e-evt",
+        "sku_id": "SKU-SHOWN",
+        "stage": "passthrough",
+        "failed_at": "2026-12-01T14:00:00+02:00",
+        "detail": "photo gone: s3://bucket/sku/SKU-SHOWN/1.png",
+    }
+
+    assert dlq_main(["replay", topic], settings=settings, store=store) == 0
+    [copy] = read_topic(kafka_bootstrap, topic, expect=1, timeout_s=30)
+    assert (copy.value, dict(copy.headers)[REPLAY_STAGE_HEADER]) == (b'{"x": 1}', b"passthrough")
+    [marker_key] = store.list_keys("dlq-replays/")
+    marker = json.loads(store.get_versioned(marker_key)[0])
+    assert (marker["reason"], marker["event_id"], marker["sku_id"]) == (
+        "object_missing",
+        "0f6c1a7e-evt",
+        "SKU-SHOWN",
+    )
+    assert marker["republished"] == {"topic": topic, "partition": 0, "offset": 0}
