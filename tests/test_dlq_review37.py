@@ -280,3 +280,32 @@ def test_a_listed_letter_still_shows_and_marks_every_field_it_was_written_with(
         "SKU-SHOWN",
     )
     assert marker["republished"] == {"topic": topic, "partition": 0, "offset": 0}
+
+
+@pytest.mark.kafka
+def test_a_record_the_broker_refuses_is_counted_and_its_reason_named_unmarked(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A replay no longer keeps every send's future to its end: each batch of markers counts what it
+    resolved. A record the broker refuses (over the topic's max.message.bytes) is still counted as not
+    acknowledged, its reason named, and its letter left unmarked; the command exits 1."""
+    from kafka.admin import NewTopic
+
+    from skuforge_cli.dlq import main as dlq_main
+    from tests.support.kafka import session_admin
+
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    topic = settings.topic_name(SKU_INGESTED)
+    session_admin(kafka_bootstrap).create_topics(
+        [
+            NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "1000"}),
+            NewTopic(settings.dlq_name(SKU_INGESTED), 1, 1),
+        ]
+    )
+    write_letters(settings, ingested_letter(settings, 0, b'{"x": "' + b"y" * 3000 + b'"}'))
+
+    assert dlq_main(["replay", topic], settings=settings, store=FileStore(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert "replay failed: 1 of 1 records were not acknowledged (" in err
+    assert "MessageSizeTooLargeError" in err
+    assert list(FileStore(tmp_path).list_keys("dlq-replays/")) == []
