@@ -695,7 +695,9 @@ def _replay(
         ) from failure
     if sent < records:
         errors = refused | marking.errors
-        why = failure or "; ".join(sorted(errors)) or "not acknowledged"
+        # The records' own errors first: a batch the broker refused one record of is split by the
+        # producer, and its flush then raises "Future not done", which named no cause.
+        why = "; ".join(sorted(errors)) or failure or "not acknowledged"
         raise DlqError(
             f"replay failed: {records - sent} of {records} records were not acknowledged ({why}); "
             f"the {sent} acknowledged are marked, and a later replay sends only the others"
