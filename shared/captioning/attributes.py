@@ -49,6 +49,7 @@ from shared.arith.masks import (
     paint_runs,
     row_spans,
 )
+from shared.generation.backend import PLAIN_BACKGROUND_FROM
 
 __all__ = [
     "ACHROMATIC_CHROMA",
@@ -176,10 +177,9 @@ MAX_EXPOSURE_GAIN: Final = 1.5
 # Background pixels this far (px) from the product, and at least this many, or nothing is corrected:
 # a mask that fills the frame leaves nothing to measure the light on.
 BACKGROUND_CLEARANCE_PX: Final = 5
-# Only a cluttered background (a shop's) is grey on average: a plain one is a backdrop of any colour
-# (a catalogue's white, a renderer's studio sweep), and its colour is no light's. The captioner's
-# plain-backdrop cut-off (shared.generation.backend.PLAIN_BACKGROUND_FROM).
-NEUTRAL_LIGHT_BELOW_PLAIN_BACKGROUND: Final = 0.7
+# Only a cluttered background (a shop's) is grey on average: a plain one (``plain_background_share`` at
+# least the captioner's cut-off, ``PLAIN_BACKGROUND_FROM``) is a backdrop of any colour (a catalogue's
+# white, a renderer's studio sweep), and its colour is no light's.
 MIN_BACKGROUND_PIXELS: Final = 100
 
 
@@ -195,7 +195,7 @@ def light_gains(image: npt.NDArray[np.uint8], mask: BoolArray) -> F32Array:
     """
     background = erode(~mask, BACKGROUND_CLEARANCE_PX)
     if np.count_nonzero(background) < MIN_BACKGROUND_PIXELS or (
-        plain_background_share(Image.fromarray(image), mask) >= NEUTRAL_LIGHT_BELOW_PLAIN_BACKGROUND
+        plain_background_share(Image.fromarray(image), mask) >= PLAIN_BACKGROUND_FROM
     ):
         return np.ones(3, dtype=np.float32)
     linear = srgb_to_linear(image[background])
@@ -387,20 +387,18 @@ def dominant_colours(
     k: int = 5,
     max_pixels: int = 6000,
     min_share: float = 0.04,
-    neutral_light: bool = True,
 ) -> list[ColourShare]:
     """The product's colour names, most dominant first, each with its share of product pixels.
 
     ``mask`` is HxW (bool or 0/255) at the image's size. Names under ``min_share`` are dropped;
-    an empty mask gives an empty list. With ``neutral_light`` the colours are named as under
-    neutral, full light (``correct_light``, measured on the photo outside the mask).
+    an empty mask gives an empty list. The colours are named as under neutral, full light
+    (``correct_light``, measured on the photo outside the mask).
     """
     pixels_rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
     product = np.asarray(mask) > 0
     if product.shape != pixels_rgb.shape[:2]:
         raise ValueError(f"mask is {product.shape}, the image is {pixels_rgb.shape[:2]}")
-    if neutral_light:
-        pixels_rgb = correct_light(pixels_rgb, product)
+    pixels_rgb = correct_light(pixels_rgb, product)
     pixels = _product_pixels(pixels_rgb, product, max_pixels)
     if pixels.shape[0] == 0:
         return []
