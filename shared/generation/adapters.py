@@ -412,10 +412,6 @@ class RegistryStoreFailed(TransientError):
     folder may lie inside the registry's or hold it) can tell which one failed; told by the uri in the
     words, a fault of an object store inside the registry's folder was taken for the registry's."""
 
-    def __init__(self, registry_uri: str, exc: TransientError) -> None:
-        self.registry_uri = registry_uri
-        super().__init__(str(exc))
-
 
 class AdapterRegistry:
     """Adapters stored under one object-store root: list, register, get, remove, fetch weights.
@@ -433,7 +429,7 @@ class AdapterRegistry:
         except RegistryStoreFailed:
             raise
         except TransientError as exc:
-            raise RegistryStoreFailed(self.store.base_uri, exc) from exc
+            raise RegistryStoreFailed(str(exc)) from exc
 
     def list(self) -> list[AdapterMetadata]:
         """Every registered adapter, sorted by id; unreadable metadata is logged and skipped.
