@@ -84,17 +84,11 @@ def tables() -> dict[str, list[tuple[str, Path | None]]]:
 def first_colour(image: Image.Image, mask: np.ndarray) -> str | None:
     """The caption's first colour for the product ``mask`` marks, as the real-photo bench composes it."""
     from schemas.common import SkuMetadata
-    from shared.captioning.attributes import describe_product
-    from shared.captioning.evaluate import REAL_CATEGORY, first_colour_in
-    from shared.captioning.prompts import compose_caption
+    from shared.captioning.evaluate import REAL_CATEGORY, caption_shape_and_colour
 
-    if not mask.any():
-        return None
-    attributes = describe_product(image, mask)
-    sku = SkuMetadata(sku_id="real", name="real", category=REAL_CATEGORY)
-    return first_colour_in(
-        compose_caption(sku, attributes.colour_names[:3], attributes.shape.shape, attributes.view)
-    )
+    return caption_shape_and_colour(
+        image, mask, SkuMetadata(sku_id="real", name="real", category=REAL_CATEGORY)
+    )[1]
 
 
 def score(

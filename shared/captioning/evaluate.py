@@ -29,6 +29,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 
 from schemas.common import SkuMetadata
 from shared.captioning.attributes import (
@@ -49,6 +50,7 @@ __all__ = [
     "AccuracyReport",
     "RealProduct",
     "RealReport",
+    "caption_shape_and_colour",
     "first_colour_in",
     "read_truth_table",
     "real_accuracy",
@@ -78,6 +80,18 @@ def first_colour_in(caption: str) -> str | None:
         if word in COLOUR_NAMES:
             return word
     return None
+
+
+def caption_shape_and_colour(
+    image: Image.Image | npt.NDArray[np.uint8], mask: npt.NDArray[Any], sku: SkuMetadata
+) -> tuple[str, str | None]:
+    """The shape the captioner gives the product ``mask`` marks on ``image``, and the first colour of the
+    caption it composes for ``sku``; ``("other", None)`` for an empty mask."""
+    if not mask.any():
+        return "other", None
+    attributes = describe_product(image, mask)
+    shape = attributes.shape.shape
+    return shape, first_colour_in(compose_caption(sku, attributes.colour_names[:3], shape, attributes.view))
 
 
 @dataclass
@@ -128,15 +142,7 @@ def renderer_accuracy(
         else:
             masks = [mask for _, _, mask in batch]
         for (spec, image, _), mask in zip(batch, masks, strict=True):
-            if not mask.any():
-                shape, colour = "other", None
-            else:
-                attributes = describe_product(image, mask)
-                shape = attributes.shape.shape
-                sku = SkuMetadata(**spec.metadata())
-                colour = first_colour_in(
-                    compose_caption(sku, attributes.colour_names[:3], shape, attributes.view)
-                )
+            shape, colour = caption_shape_and_colour(image, mask, SkuMetadata(**spec.metadata()))
             confusion[spec.shape][shape] += 1
             if colour == spec.main_colour:
                 colour_hits += 1
@@ -251,15 +257,8 @@ def real_accuracy(
         started = time.perf_counter()
         masks = [result.mask for result in session.predict(images)]
         for product, image, mask in zip(batch, images, masks, strict=True):
-            colour: str | None = None
-            shape = "other"
-            if mask.any():
-                attributes = describe_product(image, mask)
-                shape = attributes.shape.shape
-                sku = SkuMetadata(sku_id="real", name=product.class_name, category=REAL_CATEGORY)
-                colour = first_colour_in(
-                    compose_caption(sku, attributes.colour_names[:3], shape, attributes.view)
-                )
+            sku = SkuMetadata(sku_id="real", name=product.class_name, category=REAL_CATEGORY)
+            shape, colour = caption_shape_and_colour(image, mask, sku)
             if colour in product.colours:
                 colour_hits += 1
             else:
