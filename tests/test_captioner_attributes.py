@@ -920,3 +920,12 @@ def test_a_name_that_is_the_accented_category_is_not_said_twice_and_text_stays_c
 )
 def test_a_vlm_sentence_keeps_its_accented_words_whole(sentence: str, merged: str) -> None:
     assert merge_sentence("C", sentence, ["white"], "bottle") == f"C, {merged}"
+
+
+def test_the_shop_light_correction_uses_the_captioners_plain_backdrop_cut_off() -> None:
+    """The light is measured only on a cluttered background: the same cut-off as the captioner's, kept
+    as a copy because a model library does not import another."""
+    from shared.captioning.attributes import NEUTRAL_LIGHT_BELOW_PLAIN_BACKGROUND
+    from shared.generation.backend import PLAIN_BACKGROUND_FROM
+
+    assert NEUTRAL_LIGHT_BELOW_PLAIN_BACKGROUND == PLAIN_BACKGROUND_FROM

@@ -49,7 +49,6 @@ from shared.arith.masks import (
     paint_runs,
     row_spans,
 )
-from shared.generation.backend import PLAIN_BACKGROUND_FROM
 
 __all__ = [
     "ACHROMATIC_CHROMA",
@@ -177,9 +176,12 @@ MAX_EXPOSURE_GAIN: Final = 1.5
 # Background pixels this far (px) from the product, and at least this many, or nothing is corrected:
 # a mask that fills the frame leaves nothing to measure the light on.
 BACKGROUND_CLEARANCE_PX: Final = 5
-# Only a cluttered background (a shop's) is grey on average: a plain one (``plain_background_share`` at
-# least the captioner's cut-off, ``PLAIN_BACKGROUND_FROM``) is a backdrop of any colour (a catalogue's
-# white, a renderer's studio sweep), and its colour is no light's.
+# Only a cluttered background (a shop's) is grey on average: a plain one is a backdrop of any colour
+# (a catalogue's white, a renderer's studio sweep), and its colour is no light's. The captioner's
+# plain-backdrop cut-off (shared.generation.backend.PLAIN_BACKGROUND_FROM), written here as a model
+# library does not import another (tests/test_layout.py); tests/test_captioner_attributes.py holds the
+# two equal.
+NEUTRAL_LIGHT_BELOW_PLAIN_BACKGROUND: Final = 0.7
 MIN_BACKGROUND_PIXELS: Final = 100
 
 
@@ -195,7 +197,7 @@ def light_gains(image: npt.NDArray[np.uint8], mask: BoolArray) -> F32Array:
     """
     background = erode(~mask, BACKGROUND_CLEARANCE_PX)
     if np.count_nonzero(background) < MIN_BACKGROUND_PIXELS or (
-        plain_background_share(Image.fromarray(image), mask) >= PLAIN_BACKGROUND_FROM
+        plain_background_share(Image.fromarray(image), mask) >= NEUTRAL_LIGHT_BELOW_PLAIN_BACKGROUND
     ):
         return np.ones(3, dtype=np.float32)
     linear = srgb_to_linear(image[background])
