@@ -42,9 +42,12 @@ again and logged, "in-store photos that are not one object drawn from", with the
 ("variant refused, left out"). A photo that cannot be read for good (``dimension_mismatch``,
 ``not_an_image``, ``checksum_mismatch``...) while another photo of the SKU can takes no turn: the
 others draw its variants, logged ("photo unreadable, its variants drawn from the other photos") and
-counted (``skuforge_generator_photos_left_out_total{reason}``); a photo ``object_missing`` (which a
+counted (``skuforge_generator_photos_left_out_total{reason}``), and so is an in-store photo passed over
+as not one object that is gone when read again (``object_missing``: a fall-back, for which the SKU's
+variants drawn from its other photos went to the DLQ); any other photo ``object_missing`` (which a
 replay may cure) or none readable still sends the SKU to the DLQ, and a letter for the variants of the
-readable photos (all refused) names the unreadable ones in its detail too. Triton down, loading,
+readable photos (all refused) names the unreadable ones in its detail too (its reason
+``object_missing`` when one of them is: back, it may draw them). Triton down, loading,
 overloaded, slow or not serving the model asked for is transient: the partition is paused and
 retried, nothing is committed, and the variants Triton did draw are not drawn again (the client keeps
 them until their input is committed, ``TritonGenerator.forget``, and a failed batch's SKUs retried
@@ -136,8 +139,9 @@ class GeneratorMetrics:
         self.photos_left_out = Counter(
             "skuforge_generator_photos_left_out_total",
             "Reference photos the generator could not read for good (dimension_mismatch, not_an_image, "
-            "checksum_mismatch...) while another photo of the SKU could: the others drew their variants "
-            "(counted once per input committed), by reason.",
+            "checksum_mismatch...), or in-store photos passed over as not one object gone when read again "
+            "for a refused variant (object_missing), while another photo of the SKU could: the others drew "
+            "their variants (counted once per input committed), by reason.",
             ["reason"],
             registry=registry,
         )
@@ -324,15 +328,18 @@ class SkuDraws:
             self.references = {key: value for key, value in self.references.items() if key in chosen}
         self.plan = plan_variants(captioned, generation, left_out=self.unreadable, turn=self.turn)
 
-    def _read(self, photo: CaptionedPhoto) -> bool:
-        """Whether ``photo`` can be drawn from; raises the ``BadInput`` a replay may cure."""
+    def _read(self, photo: CaptionedPhoto, *, fallback: bool = False) -> bool:
+        """Whether ``photo`` can be drawn from; raises the ``BadInput`` a replay may cure, except for a
+        ``fallback`` photo (passed over, read again), then left out as one unreadable for good: raised,
+        it sent the SKU to the DLQ with the variants its other photos drew, for a photo that could give
+        only those they were refused."""
         if photo.photo_id not in self.references and photo.photo_id not in self.unreadable:
             try:
                 self.references[photo.photo_id] = _read_reference(
                     photo, self._ctx, self._generation.generation_max_reference_px, cluttered=self.cluttered
                 )
             except BadInput as problem:
-                if not is_permanent(problem.reason):
+                if not is_permanent(problem.reason) and not fallback:
                     raise
                 self.unreadable[photo.photo_id] = problem
         return photo.photo_id in self.references
@@ -346,7 +353,7 @@ class SkuDraws:
         Once every photo in turn was refused for the variant, the in-store photos passed over as not
         one object (``passed_over``) are drawn from in the same way, read again: ``one_object_photos``
         takes them all when none is one object, and the variant was lost (the SKU dead-lettered when
-        every variant was) though they could give it.
+        every variant was) though they could give it. One gone by then is no candidate (``_read``).
         """
         tried = self._tried.setdefault(refused.variant_index, set())
         tried.add(refused.photo.photo_id)
@@ -362,7 +369,8 @@ class SkuDraws:
                 if photo.photo_id not in tried and photo.photo_id not in self.unreadable
             ]:
                 photo = candidates[refused.variant_index % len(candidates)]
-                if self._read(photo):  # else it is unreadable now, and no candidate the next time round
+                # False: it is unreadable now, and no candidate the next time round.
+                if self._read(photo, fallback=photos is self.passed_over):
                     seed = variant_seed(
                         self.captioned.sku.sku_id,
                         photo.photo_id,
@@ -458,8 +466,11 @@ def handle_batch(
             continue
         draw = draws[position]
         if not draw.drawn:  # every variant refused, from every photo
-            first = min(draw.refusals, key=lambda refusal: refusal[0].variant_index)[1]
-            outputs.append(_naming_photos_left_out(first, draw.unreadable))
+            letter = min(draw.refusals, key=lambda refusal: refusal[0].variant_index)[1]
+            # A photo passed over and gone when read again (``SkuDraws._read``): back, it may draw them.
+            if gone := [left for left in draw.unreadable.values() if not is_permanent(left.reason)]:
+                letter = BadInput(gone[0].reason, letter.detail)
+            outputs.append(_naming_photos_left_out(letter, draw.unreadable))
             continue
         usable = [photo for photo in draw.captioned.photos if photo.usable and photo.mask is not None]
         least = generation.generation_min_plain_background
