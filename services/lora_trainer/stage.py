@@ -1158,7 +1158,6 @@ class LoraTrainer:
             raise UnreadableRecord(
                 metadata_uri, exc, fix, "it is not registered (its metadata is gone or names another adapter)"
             ) from None
-        weights_key = f"{job.adapter_id}/{metadata.weight_name}"
         try:
             weights = self.registry.registered_weights(metadata)
         except BadInput as exc:
@@ -1166,7 +1165,7 @@ class LoraTrainer:
             # ever, seen only as `retried`. A store away is a TransientError, still retried.
             cause = "lost" if isinstance(exc, ObjectMissing) else "do not match their sha256"
             raise UnreadableRecord(
-                self.registry.store.uri_for(weights_key), exc, fix, f"its weights in the registry {cause}"
+                self.registry.weights_uri(metadata), exc, fix, f"its weights in the registry {cause}"
             ) from None
         return published.model_dump(mode="json"), weights
 
