@@ -231,9 +231,10 @@ def _generate_all(
     *,
     k: int,
 ) -> dict[str, list[Path]]:
-    from services.generator.stage import share_offset
+    from services.generator.stage import redraw_photo, share_offset
     from shared.captioning.attributes import describe_product, plain_background_share
-    from shared.generation.backend import is_pile
+    from shared.errors import BadInput
+    from shared.generation.backend import cluttered_cutout, is_pile, one_object_photos
     from shared.generation.composite import CompositeBackend
     from shared.generation.scenes import Scene, SceneLibrary
     from shared.images import decode_image
@@ -250,16 +251,26 @@ def _generate_all(
             session, images, photos, out_dir.parent / "masks", f"{session.model_id}|{args.max_reference_px}"
         )
         # The generator's rule (shared/generation/backend.py: cutout_sources): plain backgrounds first.
-        # Its fall-back where none is plain (each photo's largest blob, one-object photos first:
-        # cluttered_cutout, 465fe61) came after the committed figures and is not mirrored here; every
-        # SKU of this benchmark has its catalogue photo (the dataset's iconic image, on white).
         plain = [plain_background_share(image, mask) for image, mask in zip(images, masks, strict=True)]
-        sources = [
+        chosen = [
             i
             for i, share in enumerate(plain)
             if share >= args.min_plain_background
             or (args.min_cutout_solidity > 0 and cutout_solidity(masks[i]) >= args.min_cutout_solidity)
-        ] or list(range(len(images)))
+        ]
+        sources = chosen or list(range(len(images)))
+        # Photo ids in turn, and those passed over, for a variant refused from all of those (redraw_photo).
+        turn, passed_over = [str(i) for i in sources], []
+        if not chosen:
+            # The generator stage's where none is plain (SkuDraws): each mask's largest blob, and the
+            # photos whose blob is one object in turn. Every SKU of this benchmark has its catalogue
+            # photo (the dataset's iconic image, on white), so its figures do not come from here.
+            masks = [
+                cluttered_cutout(np.where(np.asarray(mask) >= 128, 255, 0).astype(np.uint8)) for mask in masks
+            ]
+            photos_of_one = one_object_photos([_Photo(i) for i in turn], dict(zip(turn, masks, strict=True)))
+            passed_over = [i for i in turn if _Photo(i) not in photos_of_one]
+            turn = [photo.photo_id for photo in photos_of_one]
         # The generator stage's rule: loose produce (the captioner's shape) is sometimes heaped. The
         # shape costs a caption per photo, so it is only measured when piles are asked for.
         produce = [
@@ -283,11 +294,13 @@ def _generate_all(
         pile_offset = share_offset("piles", sku_id(k, name), args.seed)
         made[name] = []
         for variant in range(args.variants_per_sku):
-            which = sources[variant % len(sources)]
             path = folder / f"{variant:03d}.png"
-            pile = produce[which] and is_pile(variant, args.pile_share, pile_offset)
-            own = own_backend is not None and is_pile(variant, args.own_scene_share)
-            if not path.exists():
+            photo_id: str | None = turn[variant % len(turn)]
+            refused: set[str] = set()
+            while photo_id is not None and not path.exists():
+                which = int(photo_id)
+                pile = produce[which] and is_pile(variant, args.pile_share, pile_offset)
+                own = own_backend is not None and is_pile(variant, args.own_scene_share)
                 request = composite_request(
                     images[which],
                     masks[which],
@@ -303,12 +316,23 @@ def _generate_all(
                     if args.own_scene_blur is not None:
                         extra["scene_blur"] = args.own_scene_blur
                     request = replace(request, parameters={**request.parameters, **extra})
-                    sample = own_backend.generate(request)[0]
-                else:
-                    sample = backend.generate(request)[0]
+                try:
+                    sample = (own_backend if own else backend).generate(request)[0]
+                except (ValueError, BadInput):  # refused, as the generator server answers it
+                    refused.add(photo_id)
+                    photo_id = redraw_photo([turn, passed_over], photo_id, variant, refused)
+                    continue
                 Image.fromarray(sample.image).save(path, compress_level=1)
-            made[name].append(path)
+            if path.exists():  # else refused from every photo, and left out as the stage does
+                made[name].append(path)
     return made
+
+
+@dataclass(frozen=True)
+class _Photo:
+    """A reference photo by id (its index among the class's), as ``one_object_photos`` takes it."""
+
+    photo_id: str
 
 
 def cutout_solidity(mask: Any, *, thumbnail_px: int = 256) -> float:

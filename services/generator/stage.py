@@ -226,6 +226,24 @@ def plan_variants(
     ]
 
 
+def redraw_photo(
+    groups: Sequence[Sequence[str]], refused: str, variant_index: int, ruled_out: Collection[str]
+) -> str | None:
+    """The id of the photo a variant refused from ``refused`` is drawn from next, or None when none is
+    left: of the first of ``groups`` (the photos in turn, then those passed over as not one object) with
+    a photo not ``ruled_out`` (refused for the variant, unreadable), of those after ``refused`` in it,
+    the ``variant_index``-th (modulo their number). ``SkuDraws.redraw``, and the benchmark's in-process
+    path (``bench/augment.py``), which is to choose as the stage does."""
+    for ids in groups:
+        after = list(ids)
+        if refused in after:
+            start = after.index(refused)
+            after = after[start + 1 :] + after[:start]
+        if candidates := [photo_id for photo_id in after if photo_id not in ruled_out]:
+            return candidates[variant_index % len(candidates)]
+    return None
+
+
 def variant_parameters(planned: PlannedVariant, generation: GenerationSettings) -> dict[str, Any]:
     """The backend knobs of one variant: the configured ones its backend knows, and for composites of
     loose produce a pile in ``generation_pile_share`` of the variants (where a scene photo is drawn;
@@ -357,27 +375,18 @@ class SkuDraws:
         """
         tried = self._tried.setdefault(refused.variant_index, set())
         tried.add(refused.photo.photo_id)
-        for photos in (self.turn, self.passed_over):
-            after = photos
-            ids = [photo.photo_id for photo in photos]
-            if refused.photo.photo_id in ids:
-                start = ids.index(refused.photo.photo_id)
-                after = photos[start + 1 :] + photos[:start]
-            while candidates := [
-                photo
-                for photo in after
-                if photo.photo_id not in tried and photo.photo_id not in self.unreadable
-            ]:
-                photo = candidates[refused.variant_index % len(candidates)]
-                # False: it is unreadable now, and no candidate the next time round.
-                if self._read(photo, fallback=photos is self.passed_over):
-                    seed = variant_seed(
-                        self.captioned.sku.sku_id,
-                        photo.photo_id,
-                        refused.variant_index,
-                        self._generation.generation_seed,
-                    )
-                    return dataclasses.replace(refused, photo=photo, seed=seed)
+        by_id = {photo.photo_id: photo for photo in (*self.turn, *self.passed_over)}
+        groups = [[photo.photo_id for photo in photos] for photos in (self.turn, self.passed_over)]
+        index = refused.variant_index
+        while (
+            photo_id := redraw_photo(groups, refused.photo.photo_id, index, {*tried, *self.unreadable})
+        ) is not None:
+            # False: it is unreadable now, and no candidate the next time round.
+            if self._read(by_id[photo_id], fallback=photo_id in groups[1]):
+                seed = variant_seed(
+                    self.captioned.sku.sku_id, photo_id, index, self._generation.generation_seed
+                )
+                return dataclasses.replace(refused, photo=by_id[photo_id], seed=seed)
         return None
 
     def request(self, planned: PlannedVariant) -> VariantRequest:
