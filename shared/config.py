@@ -31,6 +31,10 @@ KAFKA_MAX_INT32 = 2**31 - 1
 # positive value (1e-300) passed "> 0" and made a busy loop, of retries or of admin requests to the broker.
 MIN_BACKOFF_S = 0.01
 MIN_GROUP_LAG_INTERVAL_S = 1.0
+# Longest wait a seconds setting may ask for: threads wait on each (a retry's back-off, a lag read, a send's
+# acknowledgement), and past threading.TIMEOUT_MAX (about 292 years) the wait raised OverflowError and the
+# thread died after a clean start. A day is far above any sane value and says the unit is seconds.
+MAX_WAIT_S = 86400.0
 # Every settings model's: SKUFORGE_* variables, others ignored, read-only, and no inf or NaN (a number
 # that passes its bounds as inf crashes later, far from the variable that set it).
 SETTINGS_CONFIG = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
@@ -111,14 +115,21 @@ class Settings(BaseSettings):
     flush_timeout_s: float = Field(
         default=60.0,
         gt=0,
+        le=MAX_WAIT_S,
         description="time to wait for outputs to be acknowledged (and for a topic's metadata on send)",
     )
     # Retries. A back-off of 1e-300 s passed as positive and retried a failing dependency in a busy loop.
     retry_backoff_initial_s: float = Field(
-        default=0.5, ge=MIN_BACKOFF_S, description="first back-off after a transient fault (at least 0.01)"
+        default=0.5,
+        ge=MIN_BACKOFF_S,
+        le=MAX_WAIT_S,
+        description="first back-off after a transient fault (at least 0.01)",
     )
     retry_backoff_max_s: float = Field(
-        default=30.0, ge=MIN_BACKOFF_S, description="longest back-off between retries (at least 0.01)"
+        default=30.0,
+        ge=MIN_BACKOFF_S,
+        le=MAX_WAIT_S,
+        description="longest back-off between retries (at least 0.01)",
     )
     handler_max_attempts: int = Field(
         default=5,
@@ -177,6 +188,7 @@ class Settings(BaseSettings):
     group_lag_interval_s: float = Field(
         default=10.0,
         ge=0,
+        le=MAX_WAIT_S,
         description="seconds between reads of consumer-group lag from the broker (0 = off, else at least 1); "
         "docs/ops.md",
     )

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field, JsonValue, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
-from shared.config import ENV_PREFIX, SETTINGS_CONFIG, is_host_port
+from shared.config import ENV_PREFIX, MAX_WAIT_S, SETTINGS_CONFIG, is_host_port
 from shared.generation.adapters import ADAPTER_ID_PATTERN, NO_ADAPTER
 from shared.generation.backend import (
     BACKEND_NAMES,
@@ -103,6 +103,7 @@ class GenerationSettings(BaseSettings):
     generation_triton_timeout_s: float = Field(
         default=300.0,
         gt=0,
+        le=MAX_WAIT_S,
         description="per-request timeout; a timeout is transient (retried, not committed)",
     )
     generation_triton_concurrency: int = Field(

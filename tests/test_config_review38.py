@@ -1,0 +1,45 @@
+"""Settings a thread or a Triton model config cannot take are refused at start-up, by name."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from pydantic_settings import BaseSettings
+
+from shared.config import ConfigError, Settings, load_settings
+from shared.generation.settings import GenerationSettings
+
+
+@pytest.mark.parametrize(
+    ("model", "overrides", "variable"),
+    [
+        (Settings, {"flush_timeout_s": 1e10}, "SKUFORGE_FLUSH_TIMEOUT_S"),
+        (Settings, {"retry_backoff_max_s": 1e10}, "SKUFORGE_RETRY_BACKOFF_MAX_S"),
+        (
+            Settings,
+            {"retry_backoff_initial_s": 1e10, "retry_backoff_max_s": 1e10},
+            "SKUFORGE_RETRY_BACKOFF_INITIAL_S",
+        ),
+        (Settings, {"group_lag_interval_s": 1e10}, "SKUFORGE_GROUP_LAG_INTERVAL_S"),
+        (GenerationSettings, {"generation_triton_timeout_s": 1e10}, "SKUFORGE_GENERATION_TRITON_TIMEOUT_S"),
+    ],
+)
+def test_a_wait_no_thread_can_make_is_refused_at_start_up(
+    model: type[BaseSettings], overrides: dict[str, Any], variable: str
+) -> None:
+    """Each of these is waited on by a thread (the console's decision relay and intake between retries,
+    the group-lag watcher between reads, a send's acknowledgement, the Triton workers' closing
+    barrier): past threading.TIMEOUT_MAX that wait raised OverflowError, and the thread died long after
+    a clean start; the relay's death left every decision unpublished."""
+    assert threading.TIMEOUT_MAX < 1e10
+    with pytest.raises(OverflowError):
+        threading.Event().wait(1e10)
+    with pytest.raises(ConfigError, match=variable):
+        load_settings(model, **overrides)
+
+
+def test_a_day_is_still_a_wait() -> None:
+    settings = load_settings(retry_backoff_max_s=86400, flush_timeout_s=86400, group_lag_interval_s=86400)
+    assert settings.retry_backoff_max_s == settings.flush_timeout_s == settings.group_lag_interval_s == 86400
