@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from pydantic_settings import BaseSettings
 
-from shared.config import ConfigError, Settings, load_settings
+from shared.config import ENV_PREFIX, ConfigError, Settings, load_settings
 from shared.generation.settings import GenerationSettings
 
 
@@ -43,3 +44,28 @@ def test_a_wait_no_thread_can_make_is_refused_at_start_up(
 def test_a_day_is_still_a_wait() -> None:
     settings = load_settings(retry_backoff_max_s=86400, flush_timeout_s=86400, group_lag_interval_s=86400)
     assert settings.retry_backoff_max_s == settings.flush_timeout_s == settings.group_lag_interval_s == 86400
+
+
+@pytest.mark.parametrize(
+    ("setting", "largest", "batcher"),
+    [
+        ("generation_max_queue_size", 2**32 - 1, lambda n: {"defaultQueuePolicy": {"maxQueueSize": n}}),
+        ("generation_batch_delay_us", 86_400_000_000, lambda n: {"maxQueueDelayMicroseconds": n}),
+    ],
+)
+def test_a_batcher_setting_triton_cannot_hold_is_refused_at_start_up(
+    setting: str, largest: int, batcher: Callable[[int], dict[str, Any]]
+) -> None:
+    """Triton's model config holds the queue size as a uint32 (the delay as a uint64): 2**32 passed
+    start-up, and `skuforge serve generator` then died in PyTriton's config writer with a protobuf
+    ParseError traceback that named no setting."""
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2
+
+    too_many = {"generation_max_queue_size": 2**32, "generation_batch_delay_us": 2**64}[setting]
+    with pytest.raises(json_format.ParseError):
+        json_format.ParseDict({"dynamicBatching": batcher(too_many)}, model_config_pb2.ModelConfig())
+    with pytest.raises(ConfigError, match=ENV_PREFIX + setting.upper()):
+        load_settings(GenerationSettings, **{setting: too_many})
+    json_format.ParseDict({"dynamicBatching": batcher(largest)}, model_config_pb2.ModelConfig())
+    assert getattr(load_settings(GenerationSettings, **{setting: largest}), setting) == largest

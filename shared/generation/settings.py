@@ -132,13 +132,19 @@ class GenerationSettings(BaseSettings):
     generation_max_batch_size: int = Field(
         default=8, ge=1, le=256, description="largest batch Triton's dynamic batcher hands the model"
     )
+    # Triton's model config holds the delay as a uint64 and the queue size as a uint32: beyond them the
+    # server died in PyTriton's config writer, a protobuf traceback naming no setting.
     generation_batch_delay_us: int = Field(
         default=5_000,
         ge=0,
+        le=int(MAX_WAIT_S * 1_000_000),
         description="how long Triton holds a request to form a bigger batch (microseconds)",
     )
     generation_max_queue_size: int = Field(
-        default=64, ge=1, description="requests queued per model; beyond it Triton refuses (overload error)"
+        default=64,
+        ge=1,
+        le=2**32 - 1,
+        description="requests queued per model; beyond it Triton refuses (overload error)",
     )
     # Real scenes for the composite backend (docs/evaluation.md: what they were measured to do)
     scenes_uri: str | None = Field(
