@@ -52,6 +52,9 @@ LOG_MAX_BYTES = 50 * 1024 * 1024
 # The signals that stop the supervisor (and so the stack): Ctrl-C, kill, and a closed terminal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1
+# How a service that stopped well ends on SIGTERM: 0, the signal's own death, or 143 (a JVM's, Kafka's);
+# SIGKILL's after the grace is said as the kill. Any other code is a shutdown that failed, and said.
+CLEAN_STOP_CODES = frozenset({0, -signal.SIGTERM, 128 + signal.SIGTERM, -signal.SIGKILL})
 
 ServiceStatus = Literal["waiting", "starting", "ready", "exited", "backing-off", "stopped", "done"]
 
@@ -519,6 +522,10 @@ class Supervisor:
         for state in reversed(self.services):
             process = state.process
             if process is None or process.poll() is not None:
+                if process is not None and state.status in ("starting", "ready"):
+                    self._said_exit(
+                        state, process.returncode, f"after {time.monotonic() - state.started_at:.0f}s"
+                    )
                 if state.status not in ("done", "waiting"):
                     self._set(state, "stopped")
                 continue
@@ -532,12 +539,25 @@ class Supervisor:
                     process.wait(timeout=10)
             # Whatever else is left in its group (a worker that ignored SIGTERM) goes too.
             _signal_group(process.pid, signal.SIGKILL)
+            code = process.poll()
+            if code is not None:
+                state.last_exit_code = code
+                if code not in CLEAN_STOP_CODES:
+                    self._said_exit(state, code, "as it stopped")
             self._set(state, "stopped")
         self._sweep()
         for state in self.services:
             if state.log is not None:
                 state.log.close()
                 state.log = None
+
+    def _said_exit(self, state: ServiceState, code: int, when: str) -> None:
+        """Keep and say an exit the watch loop never saw: one since its last turn (a crash just before the
+        stop was marked "stopped", its code lost), or a shutdown that failed (a last commit or flush)."""
+        state.last_exit_code = code
+        said = f"{exit_reason(code)} {when}"
+        self._log_line(state, f"{state.spec.name} {said}")
+        self.report(f"{state.spec.name}: {said}; see {state.spec.log_path}")
 
     def _exits_in_grace(self, process: subprocess.Popen[bytes]) -> bool:
         """Whether ``process`` exits within ``grace_s`` (given up on at once once ``hurrying``)."""
