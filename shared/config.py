@@ -8,6 +8,7 @@ carries. An invalid value stops the service at start-up with a message naming th
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 import annotated_types
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from schemas.events import MAX_PHOTOS_PER_EVENT
 from schemas.topics import DLQ_SUFFIX, KAFKA_TOPIC_NAME_MAX_LEN, Topic, longest_topic_name
@@ -348,6 +349,24 @@ def load_settings(model: type[BaseSettings] = Settings, /, **overrides: Any) -> 
         return model(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    except SettingsError as exc:
+        # A JSON setting is decoded before validation, and its error is no ValidationError: every
+        # service reading it died with a traceback naming the field, not the variable, nor the fault.
+        raise ConfigError(describe_settings_error(model, exc)) from None
+
+
+def describe_settings_error(model: type[BaseSettings], exc: SettingsError) -> str:
+    """``exc``, pydantic-settings' refusal of a value it could not decode (JSON), as ``ConfigError``'s
+    lines: the variable, why, and what to write (the value itself is not echoed: it may be a secret)."""
+    found = re.search(r'field "([^"]+)"', str(exc))
+    field = model.model_fields.get(found.group(1)) if found else None
+    if found is None or field is None:
+        return f"invalid configuration:\n  (settings): {exc}"
+    default = f", e.g. {json.dumps(field.default)} (the default)" if field.default is not None else ""
+    return (
+        f"invalid configuration:\n  {ENV_PREFIX}{found.group(1).upper()}: not JSON ({exc.__cause__}); "
+        f"write it as JSON{default}"
+    )
 
 
 def describe_validation_error(exc: ValidationError) -> str:

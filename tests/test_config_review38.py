@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 from pydantic_settings import BaseSettings
 
+from services.gate.config import GateSettings
 from shared.config import ENV_PREFIX, ConfigError, Settings, load_settings
 from shared.generation.settings import GenerationSettings
+from skuforge_cli.main import main as cli_main
 
 
 @pytest.mark.parametrize(
@@ -69,3 +71,33 @@ def test_a_batcher_setting_triton_cannot_hold_is_refused_at_start_up(
         load_settings(GenerationSettings, **{setting: too_many})
     json_format.ParseDict({"dynamicBatching": batcher(largest)}, model_config_pb2.ModelConfig())
     assert getattr(load_settings(GenerationSettings, **{setting: largest}), setting) == largest
+
+
+@pytest.mark.parametrize(
+    ("model", "variable"),
+    [
+        (GateSettings, "SKUFORGE_GATE_CATEGORY_OVERRIDES"),
+        (GenerationSettings, "SKUFORGE_GENERATION_BACKEND_MIX"),
+        (GenerationSettings, "SKUFORGE_GENERATION_PARAMETERS"),
+    ],
+)
+@pytest.mark.parametrize("value", ["{bad", ""])
+def test_a_json_setting_that_is_no_json_is_named(
+    model: type[BaseSettings], variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pydantic-settings decodes a JSON setting before validation, and its SettingsError is no
+    ValidationError: every stage reading it, and `skuforge config`, died with a traceback that named the
+    field, not the variable, nor what was wrong with it (an empty value, as Compose passes an unset one)."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=f"{variable}: not JSON") as refused:
+        load_settings(model)
+    assert "{}" in str(refused.value)  # what to write for none
+
+
+def test_skuforge_config_names_a_json_setting_that_is_no_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SKUFORGE_GATE_CATEGORY_OVERRIDES", "{'pouch': {'iou_min': 0.8}}")
+    assert cli_main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert "SKUFORGE_GATE_CATEGORY_OVERRIDES: not JSON" in err and "Traceback" not in err
