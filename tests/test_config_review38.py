@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ from pydantic_settings import BaseSettings
 
 from services.gate.config import GateSettings
 from shared.config import ENV_PREFIX, ConfigError, Settings, load_settings
+from shared.generation.adapters import AdapterMetadata, resolve_adapter
+from shared.generation.diffusion import DiffusionSettings
 from shared.generation.settings import GenerationSettings
 from skuforge_cli.main import main as cli_main
 
@@ -101,3 +104,24 @@ def test_skuforge_config_names_a_json_setting_that_is_no_json(
     assert cli_main(["config"]) == 2
     err = capsys.readouterr().err
     assert "SKUFORGE_GATE_CATEGORY_OVERRIDES: not JSON" in err and "Traceback" not in err
+
+
+def test_an_empty_diffusion_base_model_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compose and Helm pass an unset variable as an empty one: SKUFORGE_DIFFUSION_BASE_MODEL= was the base
+    model '', which no adapter declares (its base_model is never empty), so every adapter of the registry
+    was passed over without a word and every diffusion variant painted without one."""
+    adapter = AdapterMetadata(
+        adapter_id="cola-0123456789ab",
+        kind="specialized",
+        series="cola",
+        base_model="sd-inpainting",
+        rank=4,
+        weights_sha256="0" * 64,
+        weights_bytes=1,
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_BASE_MODEL", "")
+    settings = load_settings(DiffusionSettings)
+    assert settings.diffusion_base_model is None
+    choice = resolve_adapter([adapter], series="cola", base_model=settings.diffusion_base_model)
+    assert choice.adapter == adapter

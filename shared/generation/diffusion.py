@@ -167,7 +167,8 @@ class DiffusionSettings(BaseSettings):
         default=30.0, ge=0.0, description="how long the registry listing is reused; 0 = list every request"
     )
 
-    @field_validator("diffusion_adapters_uri", mode="before")
+    # The base model too: '' is a name no adapter declares, and every adapter was passed over unsaid.
+    @field_validator("diffusion_adapters_uri", "diffusion_base_model", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return empty_is_unset(value)  # Compose and Helm pass an unset variable as an empty one
