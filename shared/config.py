@@ -28,6 +28,9 @@ ENV_PREFIX = "SKUFORGE_"
 # Kafka's protocol carries the group's timeouts as 32-bit ints: a larger value passed start-up, then the
 # client could not encode its JoinGroup request and the stage never joined its group, saying nothing.
 KAFKA_MAX_INT32 = 2**31 - 1
+# CreateTopics carries a topic's replication factor as an int16: past it (and the partitions past an int32),
+# `skuforge topics create` died in kafka-python's encoder with a struct.error traceback.
+KAFKA_MAX_INT16 = 2**15 - 1
 # Shortest retry back-off, and shortest interval between group lag reads (0 turns those off): a tiny
 # positive value (1e-300) passed "> 0" and made a busy loop, of retries or of admin requests to the broker.
 MIN_BACKOFF_S = 0.01
@@ -79,8 +82,12 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9._-]*$",
         description="prefix of every topic name, to share one cluster between environments (e.g. 'staging.')",
     )
-    topic_partitions: int = Field(default=6, ge=1, description="partitions of topics created by skuforge")
-    topic_replication: int = Field(default=1, ge=1, description="replication factor of created topics")
+    topic_partitions: int = Field(
+        default=6, ge=1, le=KAFKA_MAX_INT32, description="partitions of topics created by skuforge"
+    )
+    topic_replication: int = Field(
+        default=1, ge=1, le=KAFKA_MAX_INT16, description="replication factor of created topics"
+    )
     max_poll_records: int = Field(
         default=16,
         ge=1,

@@ -26,7 +26,14 @@ from services.gate.config import GateSettings
 from services.lora_trainer.config import LoraTrainerSettings
 from services.matting.config import MattingSettings
 from shared.argtypes import CommandParser, one_of
-from shared.config import ConfigError, Settings, load_settings, settings_table_markdown, unknown_variables
+from shared.config import (
+    KAFKA_MAX_INT32,
+    ConfigError,
+    Settings,
+    load_settings,
+    settings_table_markdown,
+    unknown_variables,
+)
 from shared.errors import BadInput, TransientError
 from shared.generation.diffusion import DiffusionSettings
 from shared.generation.settings import GenerationSettings
@@ -171,8 +178,8 @@ def _cmd_topics(rest: list[str]) -> int:
     args = parser.parse_args(rest)
     settings = load_settings()
     if args.action == "create":
-        if args.partitions is not None and args.partitions < 1:
-            parser.error("--partitions must be at least 1")
+        if args.partitions is not None and not 1 <= args.partitions <= KAFKA_MAX_INT32:
+            parser.error(f"--partitions must be from 1 to {KAFKA_MAX_INT32} (Kafka's int32)")
         prog = "skuforge topics create"
         try:
             report = sync_topics(

@@ -125,3 +125,32 @@ def test_an_empty_diffusion_base_model_is_unset(monkeypatch: pytest.MonkeyPatch)
     assert settings.diffusion_base_model is None
     choice = resolve_adapter([adapter], series="cola", base_model=settings.diffusion_base_model)
     assert choice.adapter == adapter
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable"),
+    [
+        ({"topic_partitions": 2**31}, "SKUFORGE_TOPIC_PARTITIONS"),
+        ({"topic_replication": 2**15}, "SKUFORGE_TOPIC_REPLICATION"),
+    ],
+)
+def test_a_topic_shape_kafkas_protocol_cannot_carry_is_refused_at_start_up(
+    overrides: dict[str, Any], variable: str
+) -> None:
+    """CreateTopics carries the partitions as an int32 and the replication as an int16: larger ones passed
+    start-up, and `skuforge topics create` died in kafka-python's encoder with a struct.error traceback."""
+    with pytest.raises(ConfigError, match=variable):
+        load_settings(**overrides)
+    assert (
+        load_settings(topic_partitions=2**31 - 1, topic_replication=2**15 - 1).topic_replication == 2**15 - 1
+    )
+
+
+def test_a_partitions_flag_kafkas_protocol_cannot_carry_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["topics", "create", "--partitions", str(2**31)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--partitions" in err and str(2**31 - 1) in err and "Traceback" not in err
