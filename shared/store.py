@@ -919,6 +919,10 @@ def s3_location(bucket: str, prefix: str) -> str:
     return prefix
 
 
+# What starts a URI's scheme (RFC 3986: a letter, then letters, digits, '+', '-', '.'), and its colon.
+_SCHEME_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
 def check_store_uri(uri: str) -> tuple[str, str]:
     """(scheme, the path or bucket/prefix) of an object-store URI (scheme "" for a plain path), or
     ``ValueError`` saying
@@ -927,6 +931,13 @@ def check_store_uri(uri: str) -> tuple[str, str]:
     if not uri:
         raise ValueError("object-store URI is empty")
     if "://" not in uri:
+        # "s3:/bucket" or "file:/data/store" (a '/' short) read as a folder of that name: each stage wrote
+        # its own local copy, and on separate machines the next stage found none of the objects.
+        if _SCHEME_LIKE.match(uri):
+            raise ValueError(
+                f"{uri!r} is no URI: a scheme takes '://' (s3://bucket/prefix, file:///data/store); "
+                f"for a local folder so named, write ./{uri}"
+            )
         return "", uri
     scheme, _, rest = uri.partition("://")
     scheme = scheme.lower()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from shared.config import ENV_PREFIX, ConfigError, Settings, load_settings
 from shared.generation.adapters import AdapterMetadata, resolve_adapter
 from shared.generation.diffusion import DiffusionSettings
 from shared.generation.settings import GenerationSettings
+from shared.store import open_store
 from skuforge_cli.main import main as cli_main
 
 
@@ -154,3 +156,18 @@ def test_a_partitions_flag_kafkas_protocol_cannot_carry_is_a_usage_error(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "--partitions" in err and str(2**31 - 1) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("uri", ["s3:/bucket/prefix", "file:/data/store", "s3:bucket"])
+def test_a_store_uri_short_of_its_slashes_is_refused_not_made_a_local_folder(
+    uri: str, tmp_path: Path
+) -> None:
+    """With one '/' (file:/data/store is even RFC 8089's own form) the URI read as a plain path: each
+    stage opened a local folder named 's3:' or 'file:' in its working directory and wrote there, and on
+    separate machines every stage after ingest dead-lettered each event as object_missing."""
+    with pytest.raises(ConfigError, match=r"SKUFORGE_STORE_URI.*'://'"):
+        load_settings(store_uri=uri)
+    with pytest.raises(ValueError, match="'://'"):
+        open_store(uri)
+    assert list(Path.cwd().glob(uri.partition(":")[0] + ":*")) == []
+    assert load_settings(store_uri=f"./{uri}").store_uri == f"./{uri}"  # a local folder so named, said so
