@@ -171,3 +171,11 @@ def test_a_store_uri_short_of_its_slashes_is_refused_not_made_a_local_folder(
         open_store(uri)
     assert list(Path.cwd().glob(uri.partition(":")[0] + ":*")) == []
     assert load_settings(store_uri=f"./{uri}").store_uri == f"./{uri}"  # a local folder so named, said so
+
+
+@pytest.mark.parametrize("uri", ["ftp://host/scenes", "s3:///scenes", "s3:/scenes"])
+def test_a_scene_library_uri_no_store_opens_is_refused_at_start_up(uri: str) -> None:
+    """SKUFORGE_SCENES_URI was the one store URI left unchecked: a scheme no store serves passed start-up,
+    and `skuforge serve generator` died in open_store with a ValueError traceback naming no variable."""
+    with pytest.raises(ConfigError, match="SKUFORGE_SCENES_URI"):
+        load_settings(GenerationSettings, scenes_uri=uri)

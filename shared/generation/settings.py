@@ -27,6 +27,7 @@ from shared.generation.backend import (
     ONE_OBJECT_MIN_SOLIDITY,
     PLAIN_BACKGROUND_FROM,
 )
+from shared.store import check_store_uri
 
 BackendName = Literal["composite", "diffusion"]
 
@@ -226,6 +227,15 @@ class GenerationSettings(BaseSettings):
                 )
                 raise ValueError(f"the diffusion backend refuses it: {problems}") from None
         return parameters
+
+    @field_validator("scenes_uri")
+    @classmethod
+    def _scenes_uri_opens(cls, uri: str | None) -> str | None:
+        # As the store's and the adapters' URIs: a scheme no store serves passed start-up, and
+        # `skuforge serve generator` died in open_store with a traceback naming no variable.
+        if uri is not None:
+            check_store_uri(uri)
+        return uri
 
     @field_validator("generation_triton_url")
     @classmethod
