@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,7 +45,7 @@ def sku_ingested_payloads(store: ObjectStore, count: int, prefix: str = "SKU") -
 
 
 def produce(
-    settings: Settings, topic: Topic[Any], payloads: list[BaseModel], *, raw: list[bytes] | None = None
+    settings: Settings, topic: Topic[Any], payloads: Sequence[BaseModel], *, raw: list[bytes] | None = None
 ) -> list[str]:
     """Produce enveloped payloads (and optional raw byte messages); returns the event ids in order.
     Raises ``KafkaError`` when the broker refused any of them.

@@ -39,7 +39,7 @@ WEIGHTS = MODELS / "u2netp-skuforge.pth"
 KINDS = ("ort_fp32", "ort_int8", "torch", "rembg")
 
 
-def _images(n: int) -> list:  # type: ignore[type-arg]
+def _images(n: int) -> list:
     from shared.synth import render_dataset
 
     return [photo.image for photo in render_dataset(n, seed=777, size_px=512)]
@@ -58,7 +58,7 @@ def worker(kind: str, batch: int, n_images: int, threads: int, models: dict[str,
             max_batch=batch,
         )
 
-        def run(chunk: list) -> None:  # type: ignore[type-arg]
+        def run(chunk: list) -> None:
             session.predict(chunk)
     elif kind == "torch":
         import torch
@@ -74,7 +74,7 @@ def worker(kind: str, batch: int, n_images: int, threads: int, models: dict[str,
         # differs; the ONNX session object it borrows adds a few MB to this worker's peak RSS.
         post = U2NetPSession(models["fp32"], threads=1, use_gpu=False)
 
-        def run(chunk: list) -> None:  # type: ignore[type-arg]
+        def run(chunk: list) -> None:
             with torch.inference_mode():
                 d0 = model(torch.from_numpy(u2net_preprocess(chunk)))[0].numpy()
             post.postprocess(d0, [image.size for image in chunk])
@@ -83,13 +83,13 @@ def worker(kind: str, batch: int, n_images: int, threads: int, models: dict[str,
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         # rembg only opens custom models from inside its model home.
         os.environ["U2NET_HOME"] = str(Path(models["fp32"]).resolve().parent)
-        from rembg import new_session  # type: ignore[import-not-found]
+        from rembg import new_session
 
         rembg_session = new_session("u2net_custom", model_path=str(models["fp32"]))
         # rembg builds its own SessionOptions; give it the same thread count as ours.
         rembg_session.inner_session.set_providers(["CPUExecutionProvider"])
 
-        def run(chunk: list) -> None:  # type: ignore[type-arg]
+        def run(chunk: list) -> None:
             for image in chunk:
                 rembg_session.predict(image)
     else:
@@ -138,7 +138,7 @@ def _run_worker(
     )
     if out.returncode != 0:
         raise SystemExit(f"bench.matting: the {kind} b{batch} worker failed:\n{out.stderr.strip()[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ and the predicted mask is whatever the test asks for: exact (a good item), shift
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,7 @@ def sku_id_of(payload: BaseModel) -> str:
     return sku_id
 
 
-def produce_events(settings: Settings, topic: Topic[Any], payloads: list[BaseModel]) -> list[str]:
+def produce_events(settings: Settings, topic: Topic[Any], payloads: Sequence[BaseModel]) -> list[str]:
     """Produce enveloped payloads keyed by their SKU; the same payload always gets the same event id."""
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
     name = settings.topic_name(topic)

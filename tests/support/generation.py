@@ -201,7 +201,8 @@ def triton_variant(
 PRODUCT_RGB = np.array([255, 0, 255], dtype=np.int16)
 
 
-NEUTRAL_LIGHT = {
+# Any: mypy checks a dict spread into ``marker_request`` against its int keywords (seed, n, size) too.
+NEUTRAL_LIGHT: dict[str, Any] = {
     "light_gain": 1.0,
     "light_gradient": 0.0,
     "colour_temperature": 0.0,

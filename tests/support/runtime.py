@@ -82,8 +82,8 @@ class _Producer:
 def _wired(stage: Stage, consumer: _Consumer | None = None) -> tuple[_Consumer, _Producer]:
     consumer = consumer or _Consumer()
     producer = _Producer()
-    stage._consumer = consumer  # type: ignore[assignment]
-    stage._producer = producer  # type: ignore[assignment]
+    stage._consumer = consumer
+    stage._producer = producer
     return consumer, producer
 
 

@@ -109,8 +109,8 @@ def add_item(
         item_id=item_id,
         sku_id=sku_id,
         category="soda can",
-        source=source,  # type: ignore[arg-type]
-        status=status,  # type: ignore[arg-type]
+        source=source,
+        status=status,
         iou=None if source == "real" else 0.95,
         caption=f"{sku_id} {item_id}",
         **objects,
