@@ -51,7 +51,7 @@ def test_a_publisher_close_that_times_out_does_not_replace_the_callers_error(
 
     publisher = object.__new__(Publisher)
     publisher._settings = load_settings()
-    publisher._producer = _Stuck()  # type: ignore[assignment]
+    publisher._producer = _Stuck()
     with pytest.raises(RuntimeError, match="the caller's own error"):
         try:
             raise RuntimeError("the caller's own error")

@@ -383,7 +383,7 @@ def test_a_dlq_that_takes_longer_than_the_timeout_to_read_is_read_while_letters_
     create_topics(settings, SKU_INGESTED, partitions=1)
     write_letters(settings, *(ingested_letter(settings, original_offset=offset) for offset in range(10)))
 
-    class SlowConsumer(KafkaConsumer):  # type: ignore[misc]
+    class SlowConsumer(KafkaConsumer):
         def poll(
             self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True
         ) -> Any:

@@ -572,7 +572,7 @@ def test_batched_rows_paint_what_single_rows_paint_and_adapters_split_calls(
     assert len(served) == 6
     # Four base-model rows in one call, the two adapter rows in another.
     assert backend.rows_per_call_max == 4
-    rows = {s[0].parameters["pipeline_batch_rows"] for s in served}  # type: ignore[index]
+    rows = {s[0].parameters["pipeline_batch_rows"] for s in served}
     assert rows == {4, 2}
     single = [backend.generate(r) if k != 3 else None for k, r in enumerate(requests)]
     for outcome, alone in zip(batched, single, strict=True):
@@ -584,7 +584,7 @@ def test_batched_rows_paint_what_single_rows_paint_and_adapters_split_calls(
         difference = np.abs(outcome[0].image.astype(int) - alone[0].image.astype(int)).max()
         assert difference <= BATCH_TOLERANCE_LEVELS, difference
     # Different seeds in one call still give different images (each row has its own generator).
-    images = [s[0].image.tobytes() for s in served]  # type: ignore[index]
+    images = [s[0].image.tobytes() for s in served]
     assert len(set(images)) == 6
 
 

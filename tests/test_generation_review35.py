@@ -118,9 +118,8 @@ def test_a_sku_of_in_store_photos_is_cut_from_its_one_object_photo_without_fragm
     captioned = with_mask(store, captioned, "p1", disc_and_price_tag())
     generator = RecordingGenerator()
     with caplog.at_level(logging.WARNING):
-        [outputs] = handle_batch(
-            [captioned_event(captioned, "granny")], ctx, generator=generator, generation=generation
-        )  # type: ignore[arg-type]
+        events = [captioned_event(captioned, "granny")]
+        [outputs] = handle_batch(events, ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
 
     assert isinstance(outputs, list), outputs
     generated = [emit.payload for emit in outputs if isinstance(emit.payload, ImageGenerated)]
@@ -148,9 +147,8 @@ def test_in_store_photos_none_of_one_object_are_all_drawn_from_each_as_its_large
     captioned = with_mask(store, captioned, "p0", two_chains)
     captioned = with_mask(store, captioned, "p1", chain())
     generator = RecordingGenerator()
-    [outputs] = handle_batch(
-        [captioned_event(captioned, "heaps")], ctx, generator=generator, generation=generation
-    )  # type: ignore[arg-type]
+    events = [captioned_event(captioned, "heaps")]
+    [outputs] = handle_batch(events, ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
 
     assert isinstance(outputs, list), outputs
     generated = [emit.payload for emit in outputs if isinstance(emit.payload, ImageGenerated)]
@@ -166,9 +164,8 @@ def test_a_plain_background_photos_mask_is_sent_as_it_is(tmp_path: Path) -> None
     captioned = in_store(captioned_sku(store, 2, usable_photos=1), 0.95)
     captioned = with_mask(store, captioned, "p0", disc_and_price_tag())
     generator = RecordingGenerator()
-    [outputs] = handle_batch(
-        [captioned_event(captioned, "catalogue")], ctx, generator=generator, generation=generation
-    )  # type: ignore[arg-type]
+    events = [captioned_event(captioned, "catalogue")]
+    [outputs] = handle_batch(events, ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
 
     assert isinstance(outputs, list), outputs
     assert [blobs(mask) for mask in generator.masks] == [2, 2]

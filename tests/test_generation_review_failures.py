@@ -31,7 +31,7 @@ from shared.generation.backend import GenerationBackend, GenerationRequest
 from shared.generation.composite import CompositeBackend
 from shared.generation.settings import GenerationSettings
 from shared.observability import StageMetrics
-from shared.runtime import Context
+from shared.runtime import Context, Emit
 from shared.store import FileStore
 from tests.support.captioning import captioned_sku
 from tests.support.generation import (
@@ -404,7 +404,7 @@ def test_a_batch_that_redraws_with_more_requests_than_triton_holds_still_gets_ev
         store, captioned_sku(store, 3, usable_photos=4), "p0", np.zeros((192, 192), np.uint8)
     )
     event = captioned_event(captioned, "redraws-overloaded")
-    outputs: list[object] | BadInput | None = None
+    outputs: list[Emit] | BadInput | None = None
     retries = 0
     try:
         while outputs is None and retries < 40:  # a retry of the whole batch, as the runtime makes
@@ -595,9 +595,8 @@ def test_a_sku_cut_out_of_in_store_photos_is_logged_as_such(
     captioned = captioned.model_copy(update={"photos": photos})
     event = captioned_event(captioned, "in-store", str(plain_background))
     with caplog.at_level(logging.WARNING):
-        [outputs] = handle_batch(
-            [event], ctx, generator=InProcessGenerator(CompositeBackend(None)), generation=generation
-        )  # type: ignore[arg-type]
+        generator = InProcessGenerator(CompositeBackend(None))
+        [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
     assert isinstance(outputs, list) and len(outputs) == 2, outputs
     said = [
         record

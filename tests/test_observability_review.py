@@ -31,7 +31,7 @@ def test_a_collector_that_raises_gets_a_500_and_a_log_line_not_a_dropped_connect
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     registry = CollectorRegistry()
-    registry.register(_BrokenCollector())  # type: ignore[arg-type]
+    registry.register(_BrokenCollector())
     server = HealthServer(registry, port=0).start()
     base = f"http://127.0.0.1:{server.port}"
     try:

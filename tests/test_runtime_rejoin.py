@@ -71,7 +71,7 @@ def test_the_watchdog_rejoins_only_when_a_topic_with_partitions_is_not_held(
     stage = build_stage(settings=load_settings(store_uri=file_store_uri(tmp_path)))
     (topic,) = stage.topics
     consumer = _Consumer()
-    stage._consumer = consumer  # type: ignore[assignment]
+    stage._consumer = consumer
     stage._joined = True
 
     # The topic is unknown to the metadata cache: nothing to rejoin for (yet).
@@ -153,7 +153,7 @@ def test_a_stage_waits_for_its_topics_metadata_before_joining_but_not_forever(
     stage = build_stage(settings=load_settings(store_uri=file_store_uri(tmp_path)))
     (topic,) = stage.topics
     consumer = _Consumer()
-    stage._consumer = consumer  # type: ignore[assignment]
+    stage._consumer = consumer
 
     # The metadata arrives after 0.3 s: the stage waits for it, and no longer.
     arrives = threading.Timer(0.3, lambda: consumer._cluster.partitions.__setitem__(topic, {0, 1}))

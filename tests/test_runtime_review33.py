@@ -71,8 +71,8 @@ def _stage_of_three(tmp_path: Path) -> tuple[Stage, TopicPartition, list[Consume
 
 def _wired_with(stage: Stage, producer: _Producer) -> _Consumer:
     consumer = _Consumer()
-    stage._consumer = consumer  # type: ignore[assignment]
-    stage._producer = producer  # type: ignore[assignment]
+    stage._consumer = consumer
+    stage._producer = producer
     return consumer
 
 
@@ -140,8 +140,8 @@ def test_inputs_whose_commit_failed_are_committed_before_the_watchdog_leaves_the
     stage, tp, records = _stage_of_three(tmp_path)
     stage.handler(PASSTHROUGH_OUT)(lambda event, ctx: [])  # a second input topic, of which it holds none
     consumer = _RejoiningConsumer(held={tp})
-    stage._consumer = consumer  # type: ignore[assignment]
-    stage._producer = _Producer()  # type: ignore[assignment]
+    stage._consumer = consumer
+    stage._producer = _Producer()
     stage._process_batch({tp: records})
     assert consumer.committed == {}  # the broker did not answer the commit
     consumer.commit_error = None  # and answers again

@@ -133,7 +133,7 @@ def test_envelope_round_trip_and_validation() -> None:
     image = ImageRef(uri="file:///s/a.png", sha256="0" * 64, bytes=10, width=4, height=3)
     payload = SkuIngested(
         sku=SkuMetadata(sku_id="SKU-1", name="Cola", category="soda can"),
-        photos=[{"photo_id": "p1", "image": image, "original_filename": "a.png"}],  # type: ignore[list-item]
+        photos=[{"photo_id": "p1", "image": image, "original_filename": "a.png"}],
     )
     envelope = make_envelope(
         SKU_INGESTED, payload, event_id=derive_id("x"), sku_id="SKU-1", trace_id="t1", producer="test"

@@ -162,7 +162,7 @@ def test_two_writers_of_one_sku_keep_the_newer_event_in_any_order(tmp_path: Path
             sku_id="SKU-1",
             category="can",
             source="synthetic",
-            status=status,  # type: ignore[arg-type]
+            status=status,
             produced_at=T0 + timedelta(minutes=minute),
         )
 
