@@ -8,6 +8,7 @@ reviewer spends time on them and they do not age in the backlog alert.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -104,7 +105,9 @@ def test_the_sweep_closes_the_waiting_tasks_of_a_withdrawn_photo_only(parts: Con
     )
 
 
-def test_no_listing_of_the_store_while_no_task_waits(parts: ConsoleParts) -> None:
+def test_no_listing_of_the_store_while_no_task_waits(
+    parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sweep, withdrawals = sweep_for(parts)
     withdrawals.withdraw("SKU-A", "soda can", ["p1", "p2"], by="test")
     withdrawals.withdraw("SKU-B", "soda can", ["p1"], by="test")
@@ -113,7 +116,12 @@ def test_no_listing_of_the_store_while_no_task_waits(parts: ConsoleParts) -> Non
 
     listed: list[str] = []
     list_keys = parts.store.list_keys
-    parts.store.list_keys = lambda prefix: listed.append(prefix) or list_keys(prefix)  # type: ignore[method-assign]
+
+    def listing(prefix: str = "") -> Iterator[str]:
+        listed.append(prefix)
+        return list_keys(prefix)
+
+    monkeypatch.setattr(parts.store, "list_keys", listing)
     assert sweep.sweep() == []
     assert listed == []  # every task is closed: the sweep did not read the store
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from schemas.envelope import Envelope
 from schemas.events import GateAccepted
 from schemas.topics import CORRECTION_RESOLVED, GATE_ACCEPTED
 from services.gate.config import GateSettings
@@ -98,7 +99,7 @@ def _context(store: FileStore) -> Context:
     return Context("trainstore", store, Settings(), StageMetrics("trainstore"), logging.getLogger("test"))
 
 
-def _accepted_event(store: FileStore) -> tuple[str, object]:
+def _accepted_event(store: FileStore) -> tuple[str, Envelope[GateAccepted]]:
     matted = matted_item(store, 1, 0)
     event = make_envelope(
         GATE_ACCEPTED,
@@ -140,7 +141,7 @@ def test_a_concurrent_compaction_does_not_dead_letter_the_stages_event(tmp_path:
     store.compactor = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
 
     # Before: the deltas listed were deleted under the read, ObjectMissing, the event dead-lettered.
-    writer.accepted(event, _context(store))  # type: ignore[arg-type]
+    writer.accepted(event, _context(store))
 
     rows = writer.manifests.read_sku("SKU-001")
     assert rows[item_id].status == "accepted"
@@ -191,9 +192,9 @@ def test_an_image_is_counted_once_when_its_manifest_write_is_retried(tmp_path: P
     writer = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16, registry=registry)
     _, event = _accepted_event(store)
     with pytest.raises(TransientError):
-        writer.accepted(event, _context(store))  # type: ignore[arg-type]
-    writer.accepted(event, _context(store))  # type: ignore[arg-type]  # the runtime's retry
-    writer.accepted(event, _context(store))  # type: ignore[arg-type]  # a redelivery
+        writer.accepted(event, _context(store))
+    writer.accepted(event, _context(store))  # the runtime's retry
+    writer.accepted(event, _context(store))  # a redelivery
     stored = registry.get_sample_value("skuforge_trainstore_images_stored_total", {"source": "synthetic"})
     assert stored == 1.0
 
@@ -307,19 +308,19 @@ def test_an_event_that_misstates_its_image_size_is_refused_not_recorded(tmp_path
     store = FileStore(tmp_path / "store")
     writer = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16)
     _, event = _accepted_event(store)
-    generated = event.payload.matted.generated  # type: ignore[attr-defined]
+    generated = event.payload.matted.generated
     lying = generated.model_copy(
         update={"image": generated.image.model_copy(update={"width": 4000, "height": 1})}
     )
-    event = event.model_copy(  # type: ignore[attr-defined]
+    event = event.model_copy(
         update={
             "payload": event.payload.model_copy(
                 update={"matted": event.payload.matted.model_copy(update={"generated": lying})}
             )
-        }  # type: ignore[attr-defined]
+        }
     )
     with pytest.raises(BadInput, match=r"dimension_mismatch: image .* the event says 4000x1"):
-        writer.accepted(event, _context(store))  # type: ignore[arg-type]
+        writer.accepted(event, _context(store))
     assert writer.manifests.read_sku(generated.sku.sku_id) == {}
 
 
@@ -328,7 +329,7 @@ class AcceptsAfterTheRejection(FileStore):
     member wrote its rejection row, before it deletes the item's objects (two members may hold one
     partition number of gate.accepted and correction.resolved)."""
 
-    meanwhile: Callable[[], None] | None = None
+    meanwhile: Callable[[], object] | None = None
 
     def _write(self, key: str, data: bytes, content_type: str) -> None:
         super()._write(key, data, content_type)
@@ -365,12 +366,12 @@ def test_a_rejection_does_not_delete_the_image_of_an_acceptance_stored_meanwhile
         trace_id="t" * 32,
         producer="test",
     )
-    store.meanwhile = lambda: accepting.accepted(accept, _context(store))  # type: ignore[arg-type]
-    rejecting.resolved(reject, _context(store))  # type: ignore[arg-type]
+    store.meanwhile = lambda: accepting.accepted(accept, _context(store))
+    rejecting.resolved(reject, _context(store))
     assert store.meanwhile is None  # the acceptance did come in between
 
     row = rejecting.manifests.read_sku(sku_id)[first.generated.item_id]
-    assert row.status == "accepted" and row.image is not None
+    assert row.status == "accepted" and row.image is not None and row.image_sha256 is not None
     store.read_checked(rejecting.manifests.key(row.image), row.image_sha256)
 
 
@@ -396,7 +397,7 @@ def test_a_photo_captioned_again_as_unusable_loses_its_stored_copies(tmp_path: P
         event = make_envelope(
             SKU_CAPTIONED, payload, event_id=event_id, sku_id=sku_id, trace_id="t" * 32, producer="test"
         )
-        writer.captioned(event, _context(store))  # type: ignore[arg-type]
+        writer.captioned(event, _context(store))
         if index == 0:
             assert all(stored(writer.manifests, sku_id, "p0", "real"))  # an image and a mask
     rows = writer.manifests.read_sku(sku_id)

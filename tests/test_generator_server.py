@@ -39,6 +39,9 @@ class StandInBackend:
         self.batch_tensors: weakref.ref[_Tensors] | None = None
         self.freed_before_alone: list[bool] = []
 
+    def generate(self, request: GenerationRequest) -> list[GeneratedSample]:
+        raise AssertionError("the server calls generate_many only")
+
     def generate_many(self, requests: list[GenerationRequest]) -> list[RowOutcome]:
         if len(requests) > 1:
             tensors = _Tensors()  # alive in this frame while the exception's traceback is

@@ -219,7 +219,7 @@ def test_a_malformed_tensor_is_an_invalid_argument_naming_it(
 
     client = grpcclient.InferenceServerClient(triton.grpc_url)
     with pytest.raises(InferenceServerException) as refused:
-        client.infer("skuforge_generator_composite", raw_request(**tensors))
+        client.infer("skuforge_generator_composite", raw_request(None, **tensors))
     assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert named in (refused.value.message() or ""), refused.value.message()
 
@@ -732,7 +732,7 @@ def test_one_models_requests_do_not_wait_behind_anothers(monkeypatch: pytest.Mon
     """The stage calls a round's backends together. The client's workers were one pool for every model:
     a composite request sent while diffusion requests held every worker waited for them to end."""
     served = _DiffusionAwaitsComposite()
-    with poisoned_triton(monkeypatch, served, models=("composite", "diffusion")) as (url, backend):
+    with poisoned_triton(monkeypatch, served, models=("composite", "diffusion")) as (url, _):
         client = TritonGenerator(url, concurrency=1)
         diffusion: list[VariantResult | BadInput] = []
         try:
@@ -740,14 +740,14 @@ def test_one_models_requests_do_not_wait_behind_anothers(monkeypatch: pytest.Mon
                 target=lambda: diffusion.extend(client.generate("diffusion", [variant(99)]))
             )
             thread.start()
-            assert backend.waiting.wait(timeout=120), "the diffusion request never reached the model"
+            assert served.waiting.wait(timeout=120), "the diffusion request never reached the model"
             composite = client.generate("composite", [variant(1)])
             thread.join(timeout=120)
         finally:
             client.close()
-    assert not backend.in_vain  # the composite request was served while the diffusion one was
+    assert not served.in_vain  # the composite request was served while the diffusion one was
     assert all(isinstance(result, VariantResult) for result in [*composite, *diffusion])
-    assert sorted(backend.painted) == [1, 99]
+    assert sorted(served.painted) == [1, 99]
 
 
 def _raised(call: Callable[[], object]) -> list[BaseException]:
@@ -867,14 +867,14 @@ def test_a_refusal_the_registry_may_lift_is_asked_again_on_the_retry(monkeypatch
 
     with_adapter = dataclasses.replace(variant(21), adapter_id="cola-1")
     served = RegistryComposite()
-    with poisoned_triton(monkeypatch, served) as (url, backend):
+    with poisoned_triton(monkeypatch, served) as (url, _):
         client = TritonGenerator(url, concurrency=3)
         try:
             failed = _raised(lambda: client.generate("composite", [with_adapter, variant(13)]))
-            backend.away_now = True
+            served.away_now = True
             (still_refused,) = client.generate("composite", [with_adapter])
             reached_when_away = client.last_call_ok  # readiness: the model was not reached
-            backend.away_now, backend.registered = False, True
+            served.away_now, served.registered = False, True
             (retried,) = client.generate("composite", [with_adapter])
         finally:
             client.close()

@@ -416,7 +416,7 @@ def test_a_control_character_in_the_metadata_is_one_line_naming_the_field(
     logs and the console. The problem is one line naming the field; the escape is named, not echoed
     (nor is the value, which holds a newline)."""
     batch = tmp_path / "batch"
-    folder = _sku(batch, "A", "A-1", **{field: "Oat\x1b[2J\ndrink"})
+    folder = _sku(batch, "A", "A-1", (10, 20), **{field: "Oat\x1b[2J\ndrink"})
     monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
     assert cli_main(["ingest", str(batch)]) == 2
     err = capsys.readouterr().err
@@ -486,7 +486,7 @@ def test_a_folder_over_the_photo_limit_names_every_other_problem_too(
     most_alive = 0
     real_decode = ingest.photo_and_transparency
 
-    def decode_and_count(data: bytes, **limits: int) -> tuple[Image.Image, bytes, object]:
+    def decode_and_count(data: bytes, **limits: Any) -> tuple[Image.Image, bytes, object]:
         nonlocal most_alive
         gc.collect()
         most_alive = max(most_alive, sum(ref() is not None for ref in decoded))
@@ -790,6 +790,7 @@ def test_a_path_that_is_no_folder_says_what_it_is(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
     monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", "localhost:1")
+    status: int | str | None
     try:
         status = cli_main(["ingest", argument])
     except SystemExit as refused:  # argparse refuses the argument itself

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -147,7 +148,7 @@ def test_a_stop_while_class_images_are_painted_ends_the_job_and_the_restart_pain
     painted: list[int] = []
     paint = lora_stage.paint_finite
 
-    def sigterm_during_the_first_image(*args: object, **kwargs: object) -> object:
+    def sigterm_during_the_first_image(*args: Any, **kwargs: Any) -> object:
         painted.append(1)
         if len(painted) == 1:
             trainer.stop()  # what SIGTERM does: main() stops the worker

@@ -6,6 +6,7 @@ on flush unless told to fail, so each test sets up exactly the failure it is abo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import socket
@@ -174,7 +175,7 @@ def test_a_batch_handler_names_the_event_of_an_after_commit_action(tmp_path: Pat
     @stage.batch_handler(SKU_INGESTED)
     def handle_batch(events: Sequence[Envelope[SkuIngested]], ctx: Context) -> list[list[Emit]]:
         for event in events:
-            ctx.after_commit(lambda sku_id=event.sku_id: images.append(sku_id), event)
+            ctx.after_commit(functools.partial(images.append, event.sku_id), event)
         if len(events) > 1:
             raise RuntimeError("a bug that only a batch meets")
         return [_forward(event) for event in events]
@@ -342,9 +343,9 @@ def _process_under_kafkas_size_limit(
     """Handles one batch of ``records`` with a producer that refuses what Kafka would; returns the
     consumer (its commits) and the producer (what it acked)."""
     consumer = _Consumer()
-    stage._consumer = consumer  # type: ignore[assignment]
+    stage._consumer = consumer
     producer = _SizeLimitedProducer()
-    stage._producer = producer  # type: ignore[assignment]
+    stage._producer = producer
     stage._process_batch({tp: records})
     return consumer, producer
 
@@ -612,7 +613,7 @@ def test_a_stage_answers_on_its_port_while_its_models_load(monkeypatch: pytest.M
 
     port = free_port()
     monkeypatch.setenv("SKUFORGE_METRICS_PORT", str(port))
-    seen: dict[str, object] = {}
+    seen: dict[str, tuple[int, str]] = {}
 
     def get(path: str) -> tuple[int, str]:
         try:
@@ -632,9 +633,9 @@ def test_a_stage_answers_on_its_port_while_its_models_load(monkeypatch: pytest.M
 
     with pytest.raises(Loaded):
         run_stage_loading("captioner", 1, build)
-    status, metrics = seen["metrics"]  # type: ignore[misc]
+    status, metrics = seen["metrics"]
     assert status == 200 and 'skuforge_stage_loading{stage="captioner"} 1.0' in metrics
-    assert seen["healthz"][0] == 200 and seen["readyz"][0] == 503  # type: ignore[index]
+    assert seen["healthz"][0] == 200 and seen["readyz"][0] == 503
     with socket.socket() as probe:  # released for the stage's own health server
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", port))
@@ -855,7 +856,7 @@ def test_a_partition_whose_dead_letter_cannot_be_sent_does_not_hold_back_the_oth
     good_record = ConsumerRecord(tp.topic, 1, -1, 7, 0, 0, record.key, record.value, [], None, 3, -1, -1)
     consumer, _ = _wired(stage)
     producer = _NoDeadLetterTopic()
-    stage._producer = producer  # type: ignore[assignment]
+    stage._producer = producer
     also_bad = TopicPartition(tp.topic, 2)
     bad_record = ConsumerRecord(tp.topic, 2, -1, 3, 0, 0, b"key", b"not json", [], None, 3, -1, -1)
     stage._process_batch(

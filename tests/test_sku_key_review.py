@@ -4,6 +4,7 @@ stage that reads it, not after every stage downstream has run on it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka.structs import TopicPartition
@@ -21,7 +22,7 @@ from tests.support.gate import matted_item, resolved
 from tests.support.runtime import _record, _wired
 
 
-def _payloads(store: FileStore) -> list[tuple[Topic[object], BaseModel]]:
+def _payloads(store: FileStore) -> list[tuple[Topic[Any], BaseModel]]:
     matted = matted_item(store, 1, 0)
     return [
         (SKU_INGESTED, sku_ingested_payloads(store, 1)[0]),

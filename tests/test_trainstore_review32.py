@@ -112,7 +112,7 @@ class CutShortThenCompacted(FileStore):
     next delta written is compacted at once, as another member or ``skuforge dataset compact`` may."""
 
     failed = False
-    compact: Callable[[], None] | None = None
+    compact: Callable[[], object] | None = None
 
     def _delete(self, key: str) -> None:
         if not self.failed and f"/images/{SKU}/synthetic/" in key:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -614,7 +614,7 @@ def test_services_and_clients_of_a_stack_with_its_own_broker_reach_it_whatever_t
     assert config.start_kafka
     own = {"bootstrap_servers": [config.kafka_bootstrap], "security_protocol": "PLAINTEXT"}
 
-    def connection_under(env: dict[str, str]) -> dict[str, Any]:
+    def connection_under(env: Mapping[str, str]) -> dict[str, Any]:
         with monkeypatch.context() as process:
             for name, value in env.items():
                 process.setenv(name, value)
