@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from schemas.common import SkuMetadata
-from schemas.events import ReferencePhoto, SkuIngested
+from schemas.events import ReferencePhoto, SkuCaptioned, SkuIngested
 from schemas.topics import SKU_INGESTED
 from services.captioner.config import CaptionerSettings
 from services.captioner.stage import WORKING_SIDE_PX, CaptionerModels, handle
@@ -62,8 +62,10 @@ def test_a_large_photo_is_matted_at_the_working_size_and_its_mask_stored_at_its_
 
     assert max(max(size) for size in session.sizes) <= WORKING_SIDE_PX
     assert session.sizes[1] == (256, 256)  # a photo within the working size is matted as it is
+    assert isinstance(emit.payload, SkuCaptioned)
     large_entry, small_entry = emit.payload.photos
     assert large_entry.usable and small_entry.usable
+    assert large_entry.mask is not None and small_entry.mask is not None
     mask = decode_mask(store.read_verified(large_entry.mask))
     assert mask.shape == (2400, 3000)
     # The mask of the large photo is the small one's, scaled: the same product, in the same place.
@@ -123,6 +125,7 @@ def test_a_cut_out_over_the_working_size_reads_its_mask_once(tmp_path: Path) -> 
         options=load_settings(CaptionerSettings, captioner_use_gpu=False),
     )
     (emit,) = handle(event, context(store, load_settings(store_uri=store.base_uri)), models=models)
+    assert isinstance(emit.payload, SkuCaptioned)
     (reference,) = emit.payload.photos
     assert reference.usable and reference.mask is not None
     assert np.array_equal(decode_mask(store.read_verified(reference.mask)) > 0, outline)

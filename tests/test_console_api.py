@@ -68,6 +68,7 @@ def test_every_route_but_the_login_form_needs_a_session(parts: ConsoleParts, cli
     routes = list(iter_route_contexts(client.app.routes))  # type: ignore[attr-defined]
     checked = 0
     for route in routes:
+        assert route.path is not None, route
         for method in sorted(route.methods or ()):
             if method == "HEAD" or route.path == "/login":
                 continue
@@ -125,6 +126,7 @@ def test_every_state_changing_request_needs_the_csrf_token(parts: ConsoleParts, 
     ]
     assert len(posts) >= 9
     for path in posts:
+        assert path is not None
         url = fill(path, task_id)
         missing = client.post(url, follow_redirects=False)
         wrong = client.post(url, headers={"X-CSRF-Token": "not-the-token"}, follow_redirects=False)

@@ -313,7 +313,9 @@ def test_only_the_product_mask_control_is_imported_as_the_product_mask(tmp_path:
     ]
     outcomes = import_annotations(parts.tasks, parts.store, tasks)
     assert [o.outcome for o in outcomes] == ["approve_edited", "skipped"], outcomes
-    final = parts.tasks.outbox(tasks[0]["data"]["skuforge_task_id"]).payload.final_mask
+    outbox = parts.tasks.outbox(tasks[0]["data"]["skuforge_task_id"])
+    assert outbox is not None
+    final = outbox.payload.final_mask
     assert final is not None
     assert np.array_equal(decode_mask(parts.store.read_verified(final)), product)
     # Nothing of the product mask's control and label: skipped with why, counted as lost, left pending.

@@ -108,7 +108,9 @@ def test_the_transparency_mask_is_the_opaque_pixels(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(shared.images, "_STRIP_PIXELS", 30)
     image = _image_with_alpha(mode)
     alpha = np.asarray(image.convert("RGBA"))[..., 3]
-    assert np.array_equal(shared.images.transparency_mask(image), np.where(alpha >= 128, 255, 0))
+    mask = shared.images.transparency_mask(image)
+    assert mask is not None
+    assert np.array_equal(mask, np.where(alpha >= 128, 255, 0))
 
 
 # --- memory: a 40 MP image must not cost several copies of itself -------------------------------
@@ -203,7 +205,9 @@ def test_a_colour_keyed_image_reads_as_before(monkeypatch: pytest.MonkeyPatch) -
     assert np.array_equal(np.asarray(decode_image(data)), np.where(hidden[..., None], 255, rgb))
     grey = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
     assert np.array_equal(decode_mask(data), np.where(~hidden & (grey >= 128), 255, 0))
-    assert np.array_equal(photo_and_transparency(data)[2], np.where(hidden, 0, 255))
+    transparency = photo_and_transparency(data)[2]
+    assert transparency is not None
+    assert np.array_equal(transparency, np.where(hidden, 0, 255))
 
 
 def _scaled(values: npt.NDArray[np.float64], low: float, high: float) -> npt.NDArray[np.uint8]:

@@ -74,6 +74,7 @@ def test_a_jpeg_over_the_pixel_limit_is_refused_for_its_pixels_not_as_a_lying_ev
         assert reasons == ["too_many_pixels", "too_many_pixels"]
         assert "SKUFORGE_MAX_IMAGE_PIXELS" in str(results[0])
         for event, result in zip(events, results, strict=True):
+            assert isinstance(result, BadInput)
             assert (result.detail or "").startswith(f"image {event.payload.image.uri}: ")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,7 @@ def test_a_pair_a_killed_run_left_half_written_is_written_again(tmp_path: Path, 
 def test_each_pair_is_in_the_index_once_it_is_written(tmp_path: Path) -> None:
     # The index was written through a buffer: a killed run lost the lines of pairs it had written.
     pairs = composite_pairs(tmp_path, 2)
+    assert isinstance(pairs, Generator)  # closed below, as a caller that stops early does
     first = next(pairs)
     try:
         rows = [json.loads(line) for line in (tmp_path / "index.jsonl").read_text().splitlines()]

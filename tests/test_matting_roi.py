@@ -68,7 +68,7 @@ def test_negative_margin_is_refused() -> None:
 
 
 def test_paste_puts_the_region_in_place_and_zeros_elsewhere() -> None:
-    region = np.arange(6, dtype=np.uint8).reshape(2, 3) + 1
+    region = np.arange(1, 7, dtype=np.uint8).reshape(2, 3)
     out = paste(region, (4, 1, 7, 3), (10, 5))
     assert out.shape == (5, 10)
     assert np.array_equal(out[1:3, 4:7], region)
@@ -176,6 +176,7 @@ def test_predict_gives_the_masks_it_gave_when_it_held_the_whole_chunk_at_full_si
     session = open_session(
         None, threads=1, use_gpu=False, store=None, max_batch=max_batch, mask=MaskOptions(threshold=threshold)
     )
+    assert isinstance(session, U2NetPSession)  # the committed model, which matted_the_old_way runs
     shapes = [(256, 256), (300, 200), (200, 340), (410, 290), (256, 256), (333, 333)]
     images, boxes = [], []
     for index, (width, height) in enumerate(shapes):

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from schemas.envelope import derive_id
+from schemas.events import ImageMatted, SkuCaptioned
 from schemas.topics import IMAGE_GENERATED, SKU_INGESTED
 from services.captioner.config import CaptionerSettings
 from services.captioner.stage import CaptionerModels, handle
@@ -44,13 +45,14 @@ def test_a_second_matting_of_an_item_leaves_the_first_events_objects(
         trace_id="t",
         producer="t",
     )
-    outputs = []
+    outputs: list[ImageMatted] = []
     for threshold in (0.3, 0.7):  # the same model redeployed with another threshold
         session = U2NetPSession(
             random_u2netp_onnx, threads=1, use_gpu=False, mask=MaskOptions(threshold=threshold, cleanup=False)
         )
         (result,) = handle_batch([event], ctx, session=session, roi_margin=0.25)
         assert isinstance(result, list) and isinstance(result[0], Emit)
+        assert isinstance(result[0].payload, ImageMatted)
         outputs.append(result[0].payload)
     first, second = outputs
     assert first.predicted_mask.sha256 != second.predicted_mask.sha256  # the runs did differ
@@ -76,13 +78,14 @@ def test_a_second_captioning_of_a_sku_leaves_the_first_events_masks(
         trace_id="t",
         producer="t",
     )
-    outputs = []
+    outputs: list[SkuCaptioned] = []
     for threshold in (0.3, 0.6):
         session = U2NetPSession(
             random_u2netp_onnx, threads=1, use_gpu=False, mask=MaskOptions(threshold=threshold, cleanup=False)
         )
         models = CaptionerModels(session=session, vlm=None, options=load_settings(CaptionerSettings))
         (emit,) = handle(event, context(store, settings), models=models)
+        assert isinstance(emit.payload, SkuCaptioned)
         outputs.append(emit.payload)
     masks = [photo.mask for captioned in outputs for photo in captioned.photos if photo.mask is not None]
     assert len(masks) == 2 and masks[0].sha256 != masks[1].sha256

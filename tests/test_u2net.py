@@ -47,6 +47,7 @@ def _randomise_batchnorm(model: nn.Module) -> None:
             module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
             module.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
             module.bias.data.copy_(torch.rand(n, generator=gen) - 0.5)
+            assert module.num_batches_tracked is not None
             module.num_batches_tracked.fill_(123)
 
 
