@@ -74,7 +74,7 @@ def tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     composites per class (the matting model and the composite backend are not what is tested here)."""
 
     def composites(refs: dict[str, list[Path]], scenes: Path, args: Any, out: Path, *, k: int) -> dict:
-        made = {}
+        made: dict[str, list[Path]] = {}
         for index, name in enumerate(refs):
             (out / name).mkdir(parents=True, exist_ok=True)
             made[name] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -755,7 +756,7 @@ def test_a_slanted_line_of_a_mask_is_too_thin_to_measure_said_plainly(length_px:
         describe_product(image, mask)
     assert str(refused.value) == f"the mask is too thin to measure ({length_px} pixels)"
     # Two pixels wide at the same slant is a shape again.
-    mask[11 : 10 + length_px, 10 : 9 + length_px] |= np.eye(length_px - 1, dtype=np.uint8) * 255
+    mask[11 : 10 + length_px, 10 : 9 + length_px] |= np.eye(length_px - 1, dtype=np.uint8) * np.uint8(255)
     assert describe_product(image, mask).mask_fraction == pytest.approx((2 * length_px - 1) / 64**2, abs=1e-6)
 
 
@@ -882,7 +883,9 @@ def test_letters_without_an_accent_to_drop_are_spelled_plainly_too(
 
 
 @pytest.mark.parametrize("form", ["NFC", "NFD"])
-def test_a_name_that_is_the_accented_category_is_not_said_twice_and_text_stays_composed(form: str) -> None:
+def test_a_name_that_is_the_accented_category_is_not_said_twice_and_text_stays_composed(
+    form: Literal["NFC", "NFD"],
+) -> None:
     # "Crème Fraîche" is the class noun "creme fraiche" spelled by the retailer: it was said again
     # ("a photo of a white creme fraiche by Président, Crème Fraîche, ..."), while "Soda Can" of a soda
     # can was not. A name as macOS writes it (decomposed, NFD) reached captions and tags decomposed, so

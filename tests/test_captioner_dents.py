@@ -57,7 +57,7 @@ def _bitten_mask() -> npt.NDArray[np.uint8]:
     """What the model predicted: the carton without its white part."""
     mask = _carton_mask()
     mask[BITE] = False
-    return mask.astype(np.uint8) * 255
+    return mask.astype(np.uint8) * np.uint8(255)
 
 
 class BittenSession:

@@ -177,8 +177,10 @@ def test_a_product_lit_over_white_stays_white_under_noise_with_or_without_blur(b
 def test_a_negative_seed_is_a_seed_and_one_no_int64_holds_is_refused_in_this_backends_words() -> None:
     # A direct Triton client's seed is any int64, and the diffusion backend serves every one: -1 was
     # refused here (by numpy's "expected non-negative integer", then in words of its own).
-    images = [CompositeBackend().generate(replace(_request(), seed=seed))[0].image for seed in (-1, 1)]
-    assert not np.array_equal(*images)
+    negative, positive = [
+        CompositeBackend().generate(replace(_request(), seed=seed))[0].image for seed in (-1, 1)
+    ]
+    assert not np.array_equal(negative, positive)
     with pytest.raises(ValueError, match=r"^seed must be from -2\^63 to 2\^63-1 \(an int64\), got -9"):
         CompositeBackend().generate(replace(_request(), seed=-(2**63) - 1))
 

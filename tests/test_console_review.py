@@ -83,9 +83,9 @@ def test_login_returns_to_the_page_with_its_whole_query(client: TestClient) -> N
 def test_a_non_ascii_session_cookie_is_no_login_not_a_server_error(parts: ConsoleParts) -> None:
     client = TestClient(app_for(parts), base_url="http://console.test", raise_server_exceptions=False)
     cookie = "skuforge_console=e30=.\u00e9\u00e9".encode()
-    api = client.get("/api/tasks", headers={"cookie": cookie})
+    api = client.get("/api/tasks", headers={b"cookie": cookie})
     assert api.status_code == 401
-    page = client.get("/", headers={"cookie": cookie, "accept": "text/html"}, follow_redirects=False)
+    page = client.get("/", headers={b"cookie": cookie, b"accept": b"text/html"}, follow_redirects=False)
     assert page.status_code == 303 and page.headers["location"].startswith("/login")
 
 
@@ -125,7 +125,6 @@ def test_a_losing_decision_does_not_overwrite_the_recorded_mask(
     alice_mask[0:40, 0:40] = 255
     bob_mask = predicted.copy()
     bob_mask[80:120, 80:120] = 255
-    limits = {"reject_reason": None, "max_pixels": 10_000_000, "max_bytes": 10_000_000}
 
     def decide_edited(reviewer: str, mask: np.ndarray) -> Any:
         return record_decision(
@@ -135,7 +134,9 @@ def test_a_losing_decision_does_not_overwrite_the_recorded_mask(
             reviewer=reviewer,
             decision="approve_edited",
             mask_bytes=encode_png(mask),
-            **limits,
+            reject_reason=None,
+            max_pixels=10_000_000,
+            max_bytes=10_000_000,
         )
 
     # Alice's request passes its hold check; while it uploads, her lease runs out and Bob claims the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -648,7 +648,11 @@ def test_export_help_states_the_min_real_default(capsys: pytest.CaptureFixture[s
 
 @pytest.mark.parametrize(("fmt", "folder"), [("imagefolder", ""), ("jsonl", "images/")])
 def test_images_of_one_sku_whose_item_ids_differ_only_in_case_are_refused(
-    fmt: str, folder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    fmt: Literal["imagefolder", "jsonl"],
+    folder: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Milk/real-Front.png and Milk/real-front.png are one file on macOS or Windows: the second image
     # written over the first, and the summary (and in jsonl, two lines) counting both.

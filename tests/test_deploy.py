@@ -1150,9 +1150,9 @@ def test_an_installs_rules_alert_on_its_own_series_only(helm: str, tmp_path: Pat
             },
         ]
         hpa = f'{where}, horizontalpodautoscaler="keda-hpa-{release}-skuforge-matting"'
-        for metric, value in (("status_current", 4), ("spec_min", 1), ("spec_max", 4)):
+        for metric, replicas in (("status_current", 4), ("spec_min", 1), ("spec_max", 4)):
             name = f"kube_horizontalpodautoscaler_{metric}_replicas"
-            series.append({"series": f"{name}{{{hpa}}}", "values": f"{value}x60"})
+            series.append({"series": f"{name}{{{hpa}}}", "values": f"{replicas}x60"})
     ours = {"team": "staging", "namespace": "shop"}
     expected = {
         "SkuforgeStageDown": {

@@ -19,6 +19,7 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,7 +109,7 @@ def test_every_generated_image_lands_once_in_the_store_or_the_console_queue(
     )
     trainstore = load_settings(TrainstoreSettings)
     tasks = TaskStore(tmp_path / "console" / "tasks.sqlite3")
-    common = {"settings": settings, "store": s3_store}
+    common: dict[str, Any] = {"settings": settings, "store": s3_store}
     stages = [
         build_captioner(**common),
         build_generator(generation=generation, **common),

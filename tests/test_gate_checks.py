@@ -57,9 +57,9 @@ def test_iou_with_one_empty_mask_is_zero() -> None:
 
 
 def test_iou_thresholds_grey_masks_at_128_and_refuses_size_mismatch() -> None:
-    grey = box(10, 10, 30, 30) // 255 * 127  # below 128: background
+    grey = (box(10, 10, 30, 30) // 255 * 127).astype(np.uint8)  # below 128: background
     assert mask_iou(grey, EMPTY) == 1.0
-    assert mask_iou(box(10, 10, 30, 30) // 255 * 128, box(10, 10, 30, 30)) == 1.0
+    assert mask_iou((box(10, 10, 30, 30) // 255 * 128).astype(np.uint8), box(10, 10, 30, 30)) == 1.0
     with pytest.raises(ValueError, match="differ in size"):
         mask_iou(EMPTY, np.zeros((SIZE, SIZE + 1), dtype=np.uint8))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -104,8 +106,9 @@ def test_refusals_say_what_is_wrong() -> None:
     # Before, light knobs out of range made the declared colour gain negative or infinite: the
     # event failed validation after its PNGs were written, a handler error, not a refused variant.
     for knob, value in (("colour_temperature", 100.0), ("light_gain", 1e308), ("light_gradient", 50.0)):
+        out_of_range: dict[str, Any] = {knob: value}
         with pytest.raises(CompositeError, match=f"composite parameter {knob} must be from"):
-            backend.generate(marker_request(reference, mask, **{knob: value}))
+            backend.generate(marker_request(reference, mask, **out_of_range))
     with pytest.raises(CompositeError, match="scene_seed must be from 0"):
         backend.generate(marker_request(reference, mask, scene_seed=-1))
     # Specks over a large photo: shrunk to the canvas, no pixel is half product. Refused as such,
@@ -135,7 +138,7 @@ def test_a_photo_composite_frames_the_product_as_its_whole_reference_photo_does(
     fixed |= {"occluders": 0, "scene_match": 0.0, "framing": 1.0, "rotation_deg": 0.0}
     fixed |= {"perspective_x": 0.0, "perspective_y": 0.0}
 
-    def height_share(**parameters: object) -> float:
+    def height_share(**parameters: Any) -> float:
         sample = backend.generate(marker_request(reference, mask, seed=4, **fixed, **parameters))[0]
         rows = np.flatnonzero((sample.expected_mask > 0).any(axis=1))
         return (rows[-1] + 1 - rows[0]) / sample.expected_mask.shape[0]

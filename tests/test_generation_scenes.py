@@ -15,6 +15,7 @@ import socket
 import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,7 +71,7 @@ def drift(
     return checks[-1]
 
 
-def photo_request(seed: int, **parameters: object) -> GenerationRequest:
+def photo_request(seed: int, **parameters: Any) -> GenerationRequest:
     reference, mask = marker_reference()
     return marker_request(reference, mask, seed=seed, scene=PHOTO_SCENE, **parameters)
 
@@ -150,8 +151,18 @@ def test_a_long_thin_product_is_framed_as_its_reference_photo_frames_it(aspect: 
     mask = np.zeros(reference.shape[:2], np.uint8)
     mask[10 : 10 + height, 10 : 10 + width] = 255
     backend = CompositeBackend(library(("shelves/grey.png", np.full((100, 100, 3), 128, np.uint8))), 1.0)
-    straight = {"rotation_deg": 0.0, "perspective_x": 0.0, "perspective_y": 0.0, "occluders": 0}
-    framed = {"scene": PHOTO_SCENE, "scene_key": "shelves/grey.png", "reference_framing": 0.4, "framing": 1.0}
+    straight: dict[str, Any] = {
+        "rotation_deg": 0.0,
+        "perspective_x": 0.0,
+        "perspective_y": 0.0,
+        "occluders": 0,
+    }
+    framed: dict[str, Any] = {
+        "scene": PHOTO_SCENE,
+        "scene_key": "shelves/grey.png",
+        "reference_framing": 0.4,
+        "framing": 1.0,
+    }
     sample = backend.generate(marker_request(reference, mask, seed=0, size=256, **framed, **straight))[0]
     shown = sample.expected_mask >= 128
     longer = max(np.flatnonzero(shown.any(axis=0)).size, np.flatnonzero(shown.any(axis=1)).size)
@@ -167,7 +178,7 @@ def test_a_pile_of_a_thin_product_leaves_out_the_copies_too_small_to_place() -> 
     mask[10:410, 10:18] = 255
     backend = CompositeBackend(library(("shelves/grey.png", np.full((100, 100, 3), 128, np.uint8))), 1.0)
     for seed in range(20):
-        pile = {"scene": PHOTO_SCENE, "scene_key": "shelves/grey.png", "arrangement": "pile"}
+        pile: dict[str, Any] = {"scene": PHOTO_SCENE, "scene_key": "shelves/grey.png", "arrangement": "pile"}
         sample = backend.generate(marker_request(reference, mask, seed=seed, size=128, **pile))[0]
         assert (sample.expected_mask > 0).sum() > 20, seed
 
@@ -194,7 +205,13 @@ def test_a_white_product_brightened_to_match_then_dimmed_is_declared_as_it_came_
     orange = np.full((240, 320, 3), (180, 120, 60), np.uint8)  # flat: the match is the whole story
     backend = CompositeBackend(library(("shelves/orange.png", orange)), 1.0)
     light = {"light_gain": 0.8, "light_gradient": 0.0, "colour_temperature": 0.0, "shadow": "none"}
-    parameters = {**PLAIN, **light, "scene_match": 0.6, "scene_key": "shelves/orange.png", "occluders": 0}
+    parameters: dict[str, Any] = {
+        **PLAIN,
+        **light,
+        "scene_match": 0.6,
+        "scene_key": "shelves/orange.png",
+        "occluders": 0,
+    }
     if arrangement == "pile":
         parameters["arrangement"] = "pile"
     sample = backend.generate(marker_request(reference, mask, seed=1, scene=PHOTO_SCENE, **parameters))[0]

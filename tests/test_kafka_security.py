@@ -99,7 +99,7 @@ def _certificates(folder: Path) -> tuple[Path, Path]:
 def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
     folder = tmp_path_factory.mktemp("secure-kafka")
     cafile, broker_pem = _certificates(folder)
-    ports = set()
+    ports: set[int] = set()
     while len(ports) < 5:
         ports.add(free_port())
     plain, controller, sasl, ssl, sasl_ssl = sorted(ports)

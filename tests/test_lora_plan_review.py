@@ -192,7 +192,9 @@ def test_a_poll_that_fails_is_counted_as_retried_not_as_a_failed_job(tmp_path: P
     trainer.poll()
 
     samples = {
-        s.labels["outcome"]: s.value for s in registry.collect()[0].samples if s.name.endswith("_total")
+        s.labels["outcome"]: s.value
+        for s in next(iter(registry.collect())).samples
+        if s.name.endswith("_total")
     }
     assert samples == {"published": 0, "interrupted": 0, "failed": 0, "retried": 2}
     assert isinstance(trainer.last_error, TransientError)

@@ -209,7 +209,7 @@ def test_the_content_hash_changes_with_a_new_sku_and_not_with_order(tiny_model: 
     record(trainer, second)
     (two,) = trainer.plan()
     assert one.sha256 != two.sha256 and one.adapter_id != two.adapter_id
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "kind": "specialized",
         "series": "cola",
         "base_model": trainer.base_model,

@@ -121,10 +121,11 @@ def test_a_stage_runs_its_stop_actions_once_on_every_way_out(
 ) -> None:
     """A stage's handlers may hold what must be closed (the generator's Triton clients and worker threads):
     before, nothing ran when the stage stopped, and nothing closed them."""
-    overrides: dict[str, Any] = {
+    by_way_out: dict[str, dict[str, Any]] = {
         "refused session timeout": {"session_timeout_ms": 3_600_000},  # over the broker's 30 min: fatal
         "no broker": {"kafka_bootstrap": "127.0.0.1:1"},
-    }.get(way_out, {})
+    }
+    overrides = by_way_out.get(way_out, {})
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path), **overrides)
     if way_out != "no broker":
         create_topics(settings, SKU_INGESTED, partitions=1)

@@ -282,7 +282,7 @@ def test_an_oversized_uri_media_type_or_schema_name_is_dead_lettered_naming_the_
     carries: a 100 kB uri was looked up in the store, and a 100 kB schema name was quoted whole in a
     ``schema_mismatch`` letter. Now each is refused when the event is read, naming the field."""
     written = _ingested_envelope()
-    parent = written
+    parent: Any = written
     for step in path[:-1]:
         parent = parent[step]
     parent[path[-1]] = value
