@@ -618,7 +618,11 @@ def test_jsonl_images_of_case_twins_that_would_share_a_file_are_refused(
 @pytest.mark.parametrize("fmt", ["imagefolder", "jsonl"])
 @pytest.mark.parametrize("sku_id", ["CON", "nul", "Com1.v2", "LPT0", "Milk."])
 def test_a_sku_id_windows_cannot_hold_as_a_folder_is_refused(
-    fmt: str, sku_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    fmt: Literal["imagefolder", "jsonl"],
+    sku_id: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Each SKU is a folder in both formats: Windows cannot make one named CON (COM1.v2 neither), and
     # makes "Milk." as "Milk": an export copied there to train failed half-way or renamed a class.
@@ -632,7 +636,7 @@ def test_a_sku_id_windows_cannot_hold_as_a_folder_is_refused(
     assert exit_info.value.code == 2 and not out.exists()
     assert f"SKU id {sku_id!r} cannot be a folder name on Windows" in capsys.readouterr().err
     # A name that only starts like a reserved one is fine.
-    summary = export_dataset(manifests, out, fmt=fmt, max_synthetic_per_real=1, sku_ids=["CONSOLE"])  # type: ignore[arg-type]
+    summary = export_dataset(manifests, out, fmt=fmt, max_synthetic_per_real=1, sku_ids=["CONSOLE"])
     assert list(summary.classes) == ["CONSOLE"]
 
 
