@@ -317,7 +317,9 @@ def _generate_all(
                         extra["scene_blur"] = args.own_scene_blur
                     request = replace(request, parameters={**request.parameters, **extra})
                 try:
-                    sample = (own_backend if own else backend).generate(request)[0]
+                    sample = (own_backend if own and own_backend is not None else backend).generate(request)[
+                        0
+                    ]
                 except (ValueError, BadInput):  # refused, as the generator server answers it
                     refused.add(photo_id)
                     photo_id = redraw_photo([turn, passed_over], photo_id, variant, refused)
