@@ -210,15 +210,29 @@ def test_a_product_under_warm_dim_shop_light_keeps_its_colour(
 DIM_WARM_SHOP_LIGHT = (0.6, 0.4, 0.18)
 
 
+# Known wrong, kept so a fix shows: counting lightness in full when naming (plain Lab distance) made
+# this red read red and took Pink Lady apples from brown to red on train (hand masks 25 -> 26 of 28,
+# U2-NetP 61 -> 63 of 76), but on val it lost 2 of 43 with hand masks (35 -> 33: dim yellows went to
+# olive green, a yellow onion from brown to yellow), so it was not kept.
+PALED_RED_READS_BROWN = pytest.mark.xfail(
+    strict=True, reason="the dark brown prototype is nearest the paled red while lightness counts half"
+)
+
+
 @pytest.mark.parametrize(
-    ("expected", "rgb"), [("red", (205, 35, 40)), ("brown", (120, 75, 40)), ("brown", (160, 110, 70))]
+    ("expected", "rgb"),
+    [
+        pytest.param("red", (205, 35, 40), marks=PALED_RED_READS_BROWN),
+        ("brown", (120, 75, 40)),
+        ("brown", (160, 110, 70)),
+    ],
 )
 def test_a_red_product_paled_by_warm_hazy_shop_light_stays_red_and_browns_stay_brown(
     expected: str, rgb: tuple[int, int, int]
 ) -> None:
-    # Pink Lady apples, red grapefruit read brown in store: left warm and paled by haze, a red's lit
-    # colour comes out lighter and duller (here the table's red measures ~(184, 114, 96), L* 55), and
-    # the dark brown prototype (L* 36) took it while lightness counted half when naming.
+    # Pink Lady apples, red grapefruit read brown in store: left warm and paled, a red's lit colour
+    # comes out lighter and duller (here the table's red measures ~(184, 114, 96), L* 55, C* 34), and
+    # the dark brown prototype (L* 36, C* 32) is nearer it than any red while lightness counts half.
     scene, mask = shop_scene(shaded_patch(rgb, height=120, width=80), NEUTRAL_SHELVES)
     photo = under_light(scene, DIM_WARM_SHOP_LIGHT, glare=0.25)
     assert plain_background_share(Image.fromarray(photo), mask) < 0.7  # a cluttered, in-store backdrop

@@ -103,8 +103,7 @@ from shared.runtime import Context, Emit, Stage, run_stage_loading
 from shared.store import ObjectStore
 
 # 2: colours are named as under neutral light on in-store photos (``attributes.correct_light``).
-# 3: lightness counts in full when naming a colour (``attributes.colour_name``).
-ATTRIBUTES_BACKEND = "attributes/3"
+ATTRIBUTES_BACKEND = "attributes/2"
 # Packaging whose outline is convex from every side (a box or carton, a can): dents in its mask are
 # parts the model dropped. Filled only on photos with a plain backdrop (``PLAIN_BACKGROUND_FROM``):
 # there the dropped part is a face the colour of the backdrop, while in a store a dent may be a hand

@@ -121,6 +121,8 @@ ACHROMATIC_CHROMA: Final = 12.0
 # Lab lightness cut-offs of well-lit achromatic surfaces: black < 30 <= grey < 70 <= white.
 BLACK_BELOW_L: Final = 30.0
 WHITE_FROM_L: Final = 70.0
+# Lightness counts half as much as hue when naming: lit and shaded prints of one ink must match.
+NAMING_LIGHTNESS_WEIGHT: Final = 0.5
 
 # One row per prototype: each name's typical value, then its shades.
 _PROTOTYPES: Final = [
@@ -135,9 +137,7 @@ def colour_name(rgb: npt.ArrayLike) -> str:
 
     Chroma below ``ACHROMATIC_CHROMA`` makes it black, grey or white by lightness; otherwise it is
     the name of the nearest chromatic prototype in Lab (a ``COLOUR_TABLE`` value or one of its
-    ``COLOUR_SHADES``). Lightness counts in full: the colour is already the well-lit one (shading is
-    undone before naming), and brown is a dark orange. At half weight, the dark brown prototype took
-    lighter, duller reds and oranges that shop light leaves behind (a Pink Lady apple, a red grapefruit).
+    ``COLOUR_SHADES``), lightness weighted by half.
     """
     lab = srgb_to_lab(np.asarray(rgb, dtype=np.float32).reshape(3))
     lightness, chroma = float(lab[0]), float(np.hypot(lab[1], lab[2]))
@@ -146,7 +146,7 @@ def colour_name(rgb: npt.ArrayLike) -> str:
             return "black"
         return "grey" if lightness < WHITE_FROM_L else "white"
     delta = _CHROMATIC_LAB - lab
-    distance = np.sum(delta**2, axis=1)
+    distance = (delta[:, 0] * NAMING_LIGHTNESS_WEIGHT) ** 2 + delta[:, 1] ** 2 + delta[:, 2] ** 2
     return _CHROMATIC_NAMES[int(np.argmin(distance))]
 
 
