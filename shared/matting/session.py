@@ -232,14 +232,15 @@ def normalise_min_max(predictions: F32Array) -> F32Array:
     """Stretch each NxHxW map to [0, 1] as the U2-Net reference does (its ``normPRED``).
 
     A flat map has nothing to stretch; it is kept as it is (clipped to [0, 1]) instead of
-    becoming NaN.
+    becoming NaN. Stretched in float64: the span of a finite float32 map (-3e38 to 3e38) can be
+    more than a float32 holds, and inf / inf made its most confident pixels NaN, so background.
     """
-    maps = predictions.astype(np.float32, copy=False)
+    maps = predictions.astype(np.float64)
     low = maps.min(axis=(1, 2), keepdims=True)
     span = maps.max(axis=(1, 2), keepdims=True) - low
     flat = span <= 0.0
-    stretched = (maps - low) / np.where(flat, np.float32(1.0), span)
-    return np.where(flat, np.clip(maps, 0.0, 1.0), stretched).astype(np.float32, copy=False)
+    stretched = (maps - low) / np.where(flat, 1.0, span)
+    return np.where(flat, np.clip(maps, 0.0, 1.0), stretched).astype(np.float32)
 
 
 def otsu_thresholds(maps: F32Array, bins: int = OTSU_BINS) -> npt.NDArray[np.float64]:

@@ -1,0 +1,48 @@
+"""The matting session and stage on what a model or a restart may give them: finite maps whose span a
+float32 cannot hold, and the model metrics a dashboard reads from the first call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from shared.matting.session import U2NetSession, normalise_min_max
+
+
+def test_a_finite_map_wider_than_a_float32_is_normalised_not_made_nan() -> None:
+    """Max minus min of a map from -3e38 to 3e38 overflowed to inf, and inf / inf made its brightest
+    pixel NaN: the most confident product pixel was background, never reported as not finite."""
+    maps = np.array([[[-3e38, 0.0], [1.5e38, 3e38]]], dtype=np.float32)
+    normalised = normalise_min_max(maps)
+    assert np.isfinite(normalised).all()
+    assert np.allclose(normalised, [[[0.0, 0.5], [0.75, 1.0]]])
+
+
+def test_a_model_whose_finite_outputs_span_past_float32_mats_its_product(tmp_path: Path) -> None:
+    """The model's maps were finite, so nothing refused them, and the product's half of the mask came
+    out empty: the gate then flagged the item as an empty mask, the model's answer lost."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    # The normalised red channel times 1e38: about 2.2e38 where white, -2.1e38 where black.
+    red = numpy_helper.from_array(np.array([1e38, 0.0, 0.0], np.float32).reshape(1, 3, 1, 1), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["d0"])],
+        "huge-red",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 320, 320])],
+        [helper.make_tensor_value_info("d0", TensorProto.FLOAT, ["batch", 1, 320, 320])],
+        initializer=[red],
+    )
+    path = tmp_path / "huge-red.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    session = U2NetSession(path, threads=1, use_gpu=False)
+    session.warm_up()
+    image = Image.new("RGB", (64, 64), "black")
+    image.paste((255, 255, 255), (32, 0, 64, 64))
+
+    (result,) = session.predict([image])
+
+    assert result.mask[:, 40:].all() and not result.mask[:, :24].any()
+    assert result.foreground_fraction > 0.4 and result.mean_confidence > 0.9
