@@ -8,7 +8,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shared.matting.session import U2NetSession, normalise_min_max
+from services.matting.config import MattingSettings
+from services.matting.stage import build_stage
+from shared.config import load_settings
+from shared.matting.session import U2NetPSession, U2NetSession, normalise_min_max
+from tests.support.matting import stand_in_onnx_bytes
 
 
 def test_a_finite_map_wider_than_a_float32_is_normalised_not_made_nan() -> None:
@@ -46,3 +50,16 @@ def test_a_model_whose_finite_outputs_span_past_float32_mats_its_product(tmp_pat
 
     assert result.mask[:, 40:].all() and not result.mask[:, :24].any()
     assert result.foreground_fraction > 0.4 and result.mean_confidence > 0.9
+
+
+def test_the_matting_model_metrics_start_at_zero(tmp_path: Path) -> None:
+    """The stage's model call latency and batch size were born at its first call after a restart, a
+    count born at 1, whose first call rate() and increase() do not see; the generator's start at 0."""
+    session = U2NetPSession(stand_in_onnx_bytes(), threads=1, use_gpu=False)
+    settings = load_settings(store_uri=f"file://{tmp_path / 'store'}")
+    stage = build_stage(matting=MattingSettings(), session=session, settings=settings)
+
+    labels = {"stage": stage.name, "model": "matting"}
+    registry = stage.metrics.registry
+    assert registry.get_sample_value("skuforge_model_seconds_count", labels) == 0.0
+    assert registry.get_sample_value("skuforge_model_batch_size_count", labels) == 0.0

@@ -70,6 +70,8 @@ from shared.matting.session import (
 from shared.runtime import Context, Emit, Stage, run_stage_loading
 from shared.store import ObjectStore
 
+# The ``model`` label of the stage's model call metrics (``skuforge_model_seconds``, ``_batch_size``).
+MODEL_LABEL = "matting"
 FRACTION_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0)
 
 log = logging.getLogger("skuforge.matting")
@@ -152,7 +154,7 @@ def handle_batch(
         accepted = [read for read in inputs if not isinstance(read, BadInput)]
         predictions: Iterator[MattingResult | BadInput] = iter([])
         if accepted:  # a chunk refused whole makes no model call, so none is counted
-            with ctx.metrics.model_call("matting", len(accepted)):
+            with ctx.metrics.model_call(MODEL_LABEL, len(accepted)):
                 predictions = iter(
                     session.predict_each([image for image, _ in accepted], boxes=[box for _, box in accepted])
                 )
@@ -271,6 +273,8 @@ def build_stage(
         ready=lambda: model.ready,
         **kwargs,
     )
+    # From 0, so rate() counts the first call after a restart (a series born at 1 shows no increase).
+    stage.metrics.declare_model(MODEL_LABEL)
     roi_margin = matting.matting_roi_margin if matting.matting_roi else None
     stage.batch_handler(IMAGE_GENERATED)(
         functools.partial(
