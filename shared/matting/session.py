@@ -3,7 +3,7 @@
 The idea is rembg's ``sessions/``: a matting model is a file and the arithmetic around it, chosen
 by name. Unlike rembg, ``predict`` takes a batch and makes one ONNX Runtime call per chunk of
 ``max_batch`` images (on CPU, of at most ``CPU_CALL_IMAGES``, with every shape fixed), and the
-arithmetic is vectorised numpy in float32::
+arithmetic is vectorised numpy in float32 (the min-max stretch of the model-size maps in float64)::
 
     session = open_session(None, threads=2, use_gpu=True, store=None)   # the committed U2-NetP
     for result in session.predict(images):
