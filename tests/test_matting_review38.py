@@ -3,15 +3,25 @@ float32 cannot hold, and the model metrics a dashboard reads from the first call
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from prometheus_client import CollectorRegistry
 
+from schemas.common import SkuMetadata
+from schemas.events import ImageGenerated
+from schemas.topics import IMAGE_GENERATED
 from services.matting.config import MattingSettings
-from services.matting.stage import build_stage
+from services.matting.stage import MattingMetrics, build_stage, handle_batch
+from shared.bus import make_envelope
 from shared.config import load_settings
+from shared.errors import BadInput
 from shared.matting.session import U2NetPSession, U2NetSession, normalise_min_max
+from shared.observability import StageMetrics
+from shared.runtime import Context
+from shared.store import FileStore
 from tests.support.matting import stand_in_onnx_bytes
 
 
@@ -63,3 +73,44 @@ def test_the_matting_model_metrics_start_at_zero(tmp_path: Path) -> None:
     registry = stage.metrics.registry
     assert registry.get_sample_value("skuforge_model_seconds_count", labels) == 0.0
     assert registry.get_sample_value("skuforge_model_batch_size_count", labels) == 0.0
+
+
+def test_an_empty_mask_is_no_confidence_figure(tmp_path: Path) -> None:
+    """``skuforge_matting_mean_confidence`` is the mean over the mask's pixels; an empty mask, which has
+    none, was observed as 0.0, so a model that found nothing more often read as a model less sure of
+    what it found (its emptiness is ``skuforge_matting_foreground_fraction``'s to show)."""
+    store = FileStore(tmp_path / "store")
+    ctx = Context(
+        "matting",
+        store,
+        load_settings(store_uri=store.base_uri),
+        StageMetrics("matting"),
+        logging.getLogger("t"),
+    )
+    session = U2NetPSession(stand_in_onnx_bytes(), threads=1, use_gpu=False)
+    image = store.put_image("generated/black.png", Image.new("RGB", (64, 48), "black"))
+    payload = ImageGenerated(
+        item_id="item-1",
+        sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
+        reference_photo_id="p1",
+        reference_image=image,
+        reference_mask=image,
+        image=image,
+        expected_mask=image,
+        backend="composite",
+        model_id="synth",
+        seed=1,
+        variant_index=0,
+    )
+    event = make_envelope(
+        IMAGE_GENERATED, payload, event_id="e" * 32, sku_id="SKU-1", trace_id="t", producer="t"
+    )
+    registry = CollectorRegistry()
+
+    (outputs,) = handle_batch([event], ctx, session=session, metrics=MattingMetrics(registry))
+    for action in ctx._take_actions(event):  # what the runtime runs once the input is committed
+        action()
+
+    assert not isinstance(outputs, BadInput) and outputs[0].payload.foreground_fraction == 0.0
+    assert registry.get_sample_value("skuforge_matting_foreground_fraction_count") == 1.0
+    assert registry.get_sample_value("skuforge_matting_mean_confidence_count") == 0.0

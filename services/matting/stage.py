@@ -89,7 +89,8 @@ class MattingMetrics:
         )
         self.mean_confidence = Histogram(
             "skuforge_matting_mean_confidence",
-            "Mean model confidence over the predicted mask's pixels.",
+            "Mean model confidence over the predicted mask's pixels; an empty mask, which has none, is not "
+            "counted.",
             buckets=FRACTION_BUCKETS,
             registry=registry,
         )
@@ -188,9 +189,10 @@ def handle_batch(
                     functools.partial(metrics.foreground_fraction.observe, prediction.foreground_fraction),
                     event,
                 )
-                ctx.after_commit(
-                    functools.partial(metrics.mean_confidence.observe, prediction.mean_confidence), event
-                )
+                if prediction.foreground_fraction > 0:  # an empty mask has no pixels to be sure of
+                    ctx.after_commit(
+                        functools.partial(metrics.mean_confidence.observe, prediction.mean_confidence), event
+                    )
             results.append([Emit(IMAGE_MATTED, matted, key="matted")])
     return results
 
