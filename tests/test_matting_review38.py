@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
@@ -14,7 +15,7 @@ from schemas.common import SkuMetadata
 from schemas.events import ImageGenerated
 from schemas.topics import IMAGE_GENERATED
 from services.matting.config import MattingSettings
-from services.matting.stage import MattingMetrics, build_stage, handle_batch
+from services.matting.stage import MattingMetrics, build_stage, handle_batch, open_matting_session
 from shared.bus import make_envelope
 from shared.config import load_settings
 from shared.errors import BadInput
@@ -114,3 +115,25 @@ def test_an_empty_mask_is_no_confidence_figure(tmp_path: Path) -> None:
     assert not isinstance(outputs, BadInput) and outputs[0].payload.foreground_fraction == 0.0
     assert registry.get_sample_value("skuforge_matting_foreground_fraction_count") == 1.0
     assert registry.get_sample_value("skuforge_matting_mean_confidence_count") == 0.0
+
+
+def test_a_model_whose_fixed_batch_fits_a_poll_is_not_said_to_be_cut_by_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file exported with a batch of 2 takes calls of 2 whatever SKUFORGE_MATTING_MAX_BATCH says; the
+    start-up warning read the setting (64), not the session's batch, and told the operator that a poll
+    of 16 cut the calls to 16 and to raise both settings, which would change nothing."""
+    import onnx
+
+    model = onnx.load_from_string(stand_in_onnx_bytes())
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    path = tmp_path / "fixed-batch-2.onnx"
+    onnx.save(model, str(path))
+    matting = load_settings(
+        MattingSettings, matting_model=str(path), matting_use_gpu=False, matting_max_batch=64
+    )
+
+    session = open_matting_session(matting, load_settings(max_poll_records=16))
+
+    assert session.max_batch == 2
+    assert "more than a poll brings" not in caplog.text

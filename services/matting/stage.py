@@ -120,7 +120,8 @@ def open_matting_session(
     except MattingModelError as exc:
         raise ConfigError(str(exc)) from exc
     log.info("matting model ready", extra={"model_id": session.model_id, "providers": session.providers})
-    if matting.matting_max_batch > settings.max_poll_records:
+    # The session's batch, not the setting's: a file exported with a fixed batch caps it.
+    if session.max_batch > settings.max_poll_records:
         # The runtime hands the handler one poll's records; a larger batch was silently never reached.
         log.warning(
             "SKUFORGE_MATTING_MAX_BATCH=%d is more than a poll brings (SKUFORGE_MAX_POLL_RECORDS=%d): "
