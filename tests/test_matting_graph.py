@@ -74,7 +74,9 @@ def test_a_wide_concat_feeding_a_conv_becomes_two_convs_with_the_same_output() -
         "conv_c/split1/W",
     }
     (after,) = run(model, x)
-    np.testing.assert_allclose(after, before[0], atol=1e-5)
+    # Two convs and an add sum in another order than one conv: 1.3e-5 apart on an AMD EPYC, under 1e-5
+    # on the earlier Intel machines; a split taking the wrong input channels is off by far more.
+    np.testing.assert_allclose(after, before[0], atol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["second consumer", "grouped conv"])

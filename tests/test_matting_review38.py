@@ -12,7 +12,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from schemas.common import SkuMetadata
-from schemas.events import ImageGenerated
+from schemas.events import ImageGenerated, ImageMatted
 from schemas.topics import IMAGE_GENERATED
 from services.matting.config import MattingSettings
 from services.matting.stage import MattingMetrics, build_stage, handle_batch, open_matting_session
@@ -112,7 +112,9 @@ def test_an_empty_mask_is_no_confidence_figure(tmp_path: Path) -> None:
     for action in ctx._take_actions(event):  # what the runtime runs once the input is committed
         action()
 
-    assert not isinstance(outputs, BadInput) and outputs[0].payload.foreground_fraction == 0.0
+    assert not isinstance(outputs, BadInput)
+    matted = outputs[0].payload
+    assert isinstance(matted, ImageMatted) and matted.foreground_fraction == 0.0
     assert registry.get_sample_value("skuforge_matting_foreground_fraction_count") == 1.0
     assert registry.get_sample_value("skuforge_matting_mean_confidence_count") == 0.0
 
