@@ -75,7 +75,7 @@ def test_a_wide_concat_feeding_a_conv_becomes_two_convs_with_the_same_output() -
     }
     (after,) = run(model, x)
     # Two convs and an add sum in another order than one conv: 1.3e-5 apart on an AMD EPYC, under 1e-5
-    # on the earlier Intel machines; a split taking the wrong input channels is off by far more.
+    # on the machines CI ran on before; a split taking the wrong input channels is off by far more.
     np.testing.assert_allclose(after, before[0], atol=1e-4)
 
 

@@ -55,7 +55,7 @@ def test_converted_weights_give_the_official_outputs_on_a_real_photo(official_on
         got = model(torch.from_numpy(batch))
     assert len(expected) == len(got) == 7
     # Torch and ONNX Runtime sum in other orders on other CPUs: 1.1e-4 apart on an AMD EPYC, under
-    # 1e-4 on the earlier Intel machines. A weight converted wrongly moves the maps by 1e-2 or more.
+    # 1e-4 on the machines CI ran on before. A weight converted wrongly moves the maps by 1e-2 or more.
     for want, have in zip(expected, got, strict=True):
         assert np.abs(want - have.numpy()).max() <= 5e-4
     # A real product photo, so the comparison is over a real mask, not a blank map.
