@@ -1416,7 +1416,10 @@ class Stage:
         for key in [key for key in self._attempts if key[0] in gone]:
             del self._attempts[key]
         for tp in partitions:
-            self._resume_at.pop(tp, None)
+            if self._resume_at.pop(tp, None) is not None and self._consumer is not None:
+                # Paused here, so never resumed here: the records kafka-python parked for it would keep
+                # the fetcher off it for good once the group hands it back (_drop_parked_records).
+                _drop_parked_records(self._consumer, tp)
             self._failures.pop(tp, None)
             # Sent on by _commit_revoked when revoked; lost (evicted) or at a stop, its next owner
             # redelivers and counts them.
