@@ -1132,10 +1132,13 @@ class Stage:
         # failed the other outputs in flight with the same error. Before, the partition backed off at
         # the cap for ever, and nothing after the input moved.
         delivered: dict[TopicPartition, int] = {}  # of a failed partition, its inputs that went
+        first_sends: dict[TopicPartition, int] = {}  # and how many of its first sends were theirs
         for tp, error in list(failed.items()):
             if isinstance(error, RECORD_REFUSALS):
                 acked = [future.succeeded() for _, future in futures.get(tp, [])]
+                sizes = [len(outcome.outputs) for _, outcome in outcomes[tp]]
                 delivered[tp], stopped_by = self._deliver_one_by_one(outcomes[tp], acked)
+                first_sends[tp] = sum(sizes[: delivered[tp]])
                 if stopped_by is None:
                     del failed[tp]
                     continue
@@ -1154,11 +1157,13 @@ class Stage:
             else:
                 self._back_off(tp, resume_at, error)
         for tp, sent in futures.items():
-            # Of a partition sent again one by one, those acknowledged the first time (the others are
-            # counted as they go).
+            # Of a partition sent again one by one, those of the inputs that went acknowledged the first
+            # time (the others are counted as they go). Those of the inputs rewound after them are
+            # counted when they are delivered, as a partition rewound whole counts its own: before,
+            # they were counted now and again after the rewind.
             if tp in delivered or tp not in failed:
-                for topic_name, future in sent:
-                    if tp not in delivered or future.succeeded():
+                for topic_name, future in sent[: first_sends.get(tp, len(sent))]:
+                    if future.succeeded():
                         self.metrics.produced.labels(self.name, topic_name).inc()
         return not failed
 

@@ -1,4 +1,5 @@
-"""The runtime on the real broker: a partition that backed off, moved to another member and came back."""
+"""The runtime: a partition that backed off, moved to another member and came back (on the real broker);
+the outputs counted of a partition sent again one by one and rewound part way."""
 
 from __future__ import annotations
 
@@ -6,22 +7,26 @@ import threading
 from pathlib import Path
 
 import pytest
+from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.structs import TopicPartition
 
 from schemas.envelope import Envelope
 from schemas.events import SkuIngested
-from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
+from schemas.topics import DLQ_SUFFIX, PASSTHROUGH_OUT, SKU_INGESTED
+from shared.config import load_settings
 from shared.errors import TransientError
 from shared.runtime import Context, Emit, Stage
 from tests.support.bus import (
     create_topics,
     file_store_uri,
+    ingested_envelope,
     isolated_settings,
     produce,
     running,
     sku_ingested_payloads,
 )
 from tests.support.polling import wait_for
+from tests.support.runtime import _Consumer, _Producer, _record
 
 
 @pytest.mark.kafka
@@ -74,3 +79,58 @@ def test_a_backed_off_partition_that_moves_away_and_back_is_consumed_again(
         with running(second):
             wait_for("the partition to move", lambda: ingested in second._resume_at)
         wait_for("the partition's inputs, once it came back", lambda: set(inputs) <= set(handled), 60)
+
+
+class _PartlyAckingProducer(_Producer):
+    """Refuses for good the output about ``refused_sku`` and acknowledges the other outputs of its flush
+    (theirs went before the refusal); dead letters time out while ``dlq_away``."""
+
+    def __init__(self, refused_sku: str) -> None:
+        super().__init__()
+        self.refused_sku = refused_sku.encode()
+        self.dlq_away = True
+
+    def flush(self, timeout: float | None = None) -> None:
+        pending, self._pending = self._pending, []
+        for topic, value, future in pending:
+            if topic.endswith(DLQ_SUFFIX) and self.dlq_away:
+                future.error = KafkaTimeoutError("the broker did not acknowledge in time")
+            elif not topic.endswith(DLQ_SUFFIX) and self.refused_sku in value:
+                future.error = MessageSizeTooLargeError(f"{topic}: over max.message.bytes")
+            else:
+                future.error = None
+                self.acked.append((topic, value))
+
+
+def test_outputs_of_inputs_rewound_after_a_refusal_are_counted_once_delivered(tmp_path: Path) -> None:
+    """The first input's output is refused for good and its dead letter cannot be sent yet: the partition
+    is rewound to it, and the two inputs after it, whose outputs were acknowledged, are sent again once
+    it goes. Before, their outputs were counted in skuforge_produced_total then and again after the
+    rewind; a partition rewound whole counts them only when its inputs are delivered."""
+    stage = Stage("review", settings=load_settings(store_uri=file_store_uri(tmp_path)))
+
+    @stage.handler(SKU_INGESTED)
+    def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        return [Emit(PASSTHROUGH_OUT, event.payload, key="out")]
+
+    tp = TopicPartition(stage.settings.topic_name(SKU_INGESTED), 0)
+    records = [
+        _record(tp.topic, offset, ingested_envelope(payload).model_dump_json().encode())
+        for offset, payload in enumerate(sku_ingested_payloads(stage.store, 3))
+    ]
+    consumer, producer = _Consumer(), _PartlyAckingProducer("SKU-00000")
+    stage._consumer = consumer  # type: ignore[assignment]
+    stage._producer = producer  # type: ignore[assignment]
+    out = stage.settings.topic_name(PASSTHROUGH_OUT)
+
+    def produced(topic: str) -> float:
+        labels = {"stage": "review", "topic": topic}
+        return stage.metrics.registry.get_sample_value("skuforge_produced_total", labels) or 0.0
+
+    stage._process_batch({tp: records})
+    assert consumer.positions == {tp: 0} and not consumer.committed
+    producer.dlq_away = False
+    stage._process_batch({tp: records})  # the partition's retry
+
+    assert consumer.committed == {tp: 3}
+    assert (produced(out), produced(tp.topic + DLQ_SUFFIX)) == (2, 1)
