@@ -119,8 +119,8 @@ def test_outputs_of_inputs_rewound_after_a_refusal_are_counted_once_delivered(tm
         for offset, payload in enumerate(sku_ingested_payloads(stage.store, 3))
     ]
     consumer, producer = _Consumer(), _PartlyAckingProducer("SKU-00000")
-    stage._consumer = consumer  # type: ignore[assignment]
-    stage._producer = producer  # type: ignore[assignment]
+    stage._consumer = consumer
+    stage._producer = producer
     out = stage.settings.topic_name(PASSTHROUGH_OUT)
 
     def produced(topic: str) -> float:
