@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ class RecordingGenerator(InProcessGenerator):
         super().__init__(CompositeBackend(None))
         self.masks: list[np.ndarray] = []
 
-    def generate(self, backend: str, variants: list[VariantRequest]) -> list[VariantResult | BadInput]:  # type: ignore[override]
+    def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
         self.masks.extend(variant.mask for variant in variants)
         return super().generate(backend, variants)
 
@@ -119,7 +120,7 @@ def test_a_sku_of_in_store_photos_is_cut_from_its_one_object_photo_without_fragm
     generator = RecordingGenerator()
     with caplog.at_level(logging.WARNING):
         events = [captioned_event(captioned, "granny")]
-        [outputs] = handle_batch(events, ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+        [outputs] = handle_batch(events, ctx, generator=generator, generation=generation)
 
     assert isinstance(outputs, list), outputs
     generated = [emit.payload for emit in outputs if isinstance(emit.payload, ImageGenerated)]
@@ -148,7 +149,7 @@ def test_in_store_photos_none_of_one_object_are_all_drawn_from_each_as_its_large
     captioned = with_mask(store, captioned, "p1", chain())
     generator = RecordingGenerator()
     events = [captioned_event(captioned, "heaps")]
-    [outputs] = handle_batch(events, ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    [outputs] = handle_batch(events, ctx, generator=generator, generation=generation)
 
     assert isinstance(outputs, list), outputs
     generated = [emit.payload for emit in outputs if isinstance(emit.payload, ImageGenerated)]
@@ -165,7 +166,7 @@ def test_a_plain_background_photos_mask_is_sent_as_it_is(tmp_path: Path) -> None
     captioned = with_mask(store, captioned, "p0", disc_and_price_tag())
     generator = RecordingGenerator()
     events = [captioned_event(captioned, "catalogue")]
-    [outputs] = handle_batch(events, ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    [outputs] = handle_batch(events, ctx, generator=generator, generation=generation)
 
     assert isinstance(outputs, list), outputs
     assert [blobs(mask) for mask in generator.masks] == [2, 2]

@@ -55,7 +55,7 @@ def test_one_photo_the_compositor_cannot_place_leaves_the_other_photos_variants(
     metrics = GeneratorMetrics(CollectorRegistry(), ["skuforge_generator_composite"])
     generator = RefusingGenerator(CompositeBackend(None))
     with caplog.at_level(logging.WARNING):
-        [outputs] = handle_batch([event], ctx, generator=generator, generation=generation, metrics=metrics)  # type: ignore[arg-type]
+        [outputs] = handle_batch([event], ctx, generator=generator, generation=generation, metrics=metrics)
 
     # Before, the refusal of p1 dead-lettered the SKU: no image at all, though p0 is fine; then the
     # SKU got 3 of the 4 images asked for. Now p0 draws the refused variant, with p0's seed for it.
@@ -84,7 +84,7 @@ def test_one_photo_the_compositor_cannot_place_leaves_the_other_photos_variants(
         action()
     assert metrics.triton_errors.labels("skuforge_generator_composite", "refused")._value.get() == 1
     # Same SKU, same seed: the same images.
-    [again] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    [again] = handle_batch([event], ctx, generator=generator, generation=generation)
     assert isinstance(again, list)
     assert [emit.payload.image for emit in again] == [g.image for g in generated]  # type: ignore[attr-defined]
 
@@ -93,7 +93,7 @@ def test_one_photo_the_compositor_cannot_place_leaves_the_other_photos_variants(
     empty = np.zeros((192, 192), np.uint8)
     both = with_mask(store, with_mask(store, captioned, "p0", empty), "p1", empty)
     event = event.model_copy(update={"payload": both, "event_id": derive_id("test", "all-speckled")})
-    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)
     assert isinstance(outputs, BadInput) and outputs.reason == "generation_refused"
 
 
@@ -134,7 +134,7 @@ def test_one_photo_that_cannot_be_read_for_good_leaves_the_other_photos_variants
     metrics = GeneratorMetrics(CollectorRegistry(), ["skuforge_generator_composite"])
     generator = RefusingGenerator(CompositeBackend(None))
     with caplog.at_level(logging.WARNING):
-        [outputs] = handle_batch([event], ctx, generator=generator, generation=generation, metrics=metrics)  # type: ignore[arg-type]
+        [outputs] = handle_batch([event], ctx, generator=generator, generation=generation, metrics=metrics)
 
     assert isinstance(outputs, list), outputs
     generated = [emit.payload for emit in outputs if isinstance(emit.payload, ImageGenerated)]
@@ -156,7 +156,7 @@ def test_one_photo_that_cannot_be_read_for_good_leaves_the_other_photos_variants
     # With no photo left to draw from, the SKU still goes to the DLQ with the reason.
     both = with_image(with_image(captioned, "p0", sha256="0" * 64), "p1", sha256="0" * 64)
     event = event.model_copy(update={"payload": both, "event_id": derive_id("test", "none", fault)})
-    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)
     assert isinstance(outputs, BadInput) and outputs.reason == "checksum_mismatch"
 
 
@@ -169,7 +169,7 @@ def test_a_photo_beyond_the_variants_asked_for_takes_the_turn_of_one_that_cannot
     captioned = with_image(captioned_sku(store, 3, usable_photos=3), "p0", sha256="0" * 64)
     event = captioned_event(captioned, "third-photo")
     generator = RefusingGenerator(CompositeBackend(None))
-    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)
     assert isinstance(outputs, list), outputs
     assert [(emit.payload.variant_index, emit.payload.reference_photo_id) for emit in outputs] == [  # type: ignore[attr-defined]
         (0, "p1"),
@@ -185,7 +185,7 @@ def test_a_letter_for_every_variant_refused_names_the_photo_that_could_not_be_re
     captioned = with_image(captioned, "p1", sha256="0" * 64)
     event = captioned_event(captioned, "refused-and-unreadable")
     generator = RefusingGenerator(CompositeBackend(None))
-    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)
     assert isinstance(outputs, BadInput) and outputs.reason == "generation_refused"
     assert "composite refused variant seed" in outputs.detail  # the refusal itself comes first
     assert "photo 'p1' could not be read (checksum_mismatch: " in outputs.detail
@@ -200,7 +200,7 @@ def test_a_photo_refused_for_every_variant_spreads_them_over_the_other_photos(tm
     )
     event = captioned_event(captioned, "spread")
     generator = RefusingGenerator(CompositeBackend(None))
-    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)
     assert isinstance(outputs, list), outputs
     drawn_from = {emit.payload.variant_index: emit.payload.reference_photo_id for emit in outputs}  # type: ignore[attr-defined]
     assert sorted(drawn_from) == list(range(8))
@@ -231,7 +231,7 @@ def test_a_batch_asks_triton_again_at_most_once_per_photo_of_its_skus(tmp_path: 
     skus = [all_refused, with_mask(store, captioned_sku(store, 2), "p0", empty), captioned_sku(store, 3)]
     events = [captioned_event(captioned, "rounds", captioned.sku.sku_id) for captioned in skus]
     generator = CountingGenerator(CompositeBackend(None))
-    outputs = handle_batch(events, ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    outputs = handle_batch(events, ctx, generator=generator, generation=generation)
 
     # Round 1 draws all 12 variants, round 2 the 4 of the first SKU and the 2 of p0 of the second,
     # round 3 the first SKU's from its last photo; then it is refused, its letter says why.
@@ -250,7 +250,7 @@ def test_a_photo_missing_from_the_store_still_dead_letters_the_whole_sku(tmp_pat
     captioned = with_image(captioned, "p1", uri=store.uri_for("images/gone.png"))
     event = captioned_event(captioned, "missing")
     generator = RefusingGenerator(CompositeBackend(None))
-    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)
     assert isinstance(outputs, BadInput) and outputs.reason == "object_missing"
 
 
@@ -276,7 +276,7 @@ def test_a_refusal_a_replay_may_cure_still_dead_letters_the_whole_sku(tmp_path: 
     )
     captioned = captioned_sku(store, 4)
     event = captioned_event(captioned, "curable")
-    [outputs] = handle_batch([event], ctx, generator=AdapterMissingGenerator(), generation=generation)  # type: ignore[arg-type]
+    [outputs] = handle_batch([event], ctx, generator=AdapterMissingGenerator(), generation=generation)
     assert isinstance(outputs, BadInput) and outputs.reason == "unknown_adapter"
 
 
@@ -316,7 +316,7 @@ def test_a_variant_refused_for_its_adapter_is_not_drawn_from_the_other_photos_an
     )
     event = captioned_event(captioned_sku(store, 5, usable_photos=3), "unfit-adapter")
     generator = UnloadableAdapterGenerator(f"BadInput: {reason}: {detail}")
-    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)
 
     assert isinstance(outputs, BadInput) and outputs.reason == reason, outputs
     assert detail in outputs.detail
@@ -350,7 +350,7 @@ def test_the_backends_of_a_round_are_called_together(tmp_path: Path) -> None:
     )
     event = captioned_event(captioned_sku(store, 6), "together")
     generator = MeetingGenerator()
-    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)
 
     assert sorted(generator.met) == ["composite", "diffusion"]  # each call began before the other ended
     assert isinstance(outputs, list)
@@ -555,7 +555,7 @@ def test_a_diffusion_image_records_its_sample_index_not_a_variant_index_that_con
     )
     captioned = captioned_sku(store, 6)
     event = captioned_event(captioned, "sample-index")
-    [outputs] = handle_batch([event], ctx, generator=RefusingGenerator(diffusion), generation=generation)  # type: ignore[arg-type]
+    [outputs] = handle_batch([event], ctx, generator=RefusingGenerator(diffusion), generation=generation)
     assert isinstance(outputs, list), outputs
     generated = [emit.payload for emit in outputs if isinstance(emit.payload, ImageGenerated)]
     assert [g.variant_index for g in generated] == [0, 1]
@@ -596,7 +596,7 @@ def test_a_sku_cut_out_of_in_store_photos_is_logged_as_such(
     event = captioned_event(captioned, "in-store", str(plain_background))
     with caplog.at_level(logging.WARNING):
         generator = InProcessGenerator(CompositeBackend(None))
-        [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+        [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)
     assert isinstance(outputs, list) and len(outputs) == 2, outputs
     said = [
         record

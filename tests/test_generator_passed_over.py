@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -48,7 +47,7 @@ def test_a_passed_over_photo_gone_when_read_again_leaves_its_variants_to_the_oth
     # when variant 1, its turn, is drawn again.
     captioned = in_store(store, 38, [hair(), chain(), chain()])
     gone = captioned.photos[2]
-    generator: Any = Deleting(store, gone.image.uri)
+    generator = Deleting(store, gone.image.uri)
     with caplog.at_level(logging.WARNING):
         [outputs] = handle_batch(
             [captioned_event(captioned, "gone")], ctx, generator=generator, generation=generation
@@ -71,7 +70,7 @@ def test_a_sku_refused_from_every_photo_but_one_gone_when_read_again_is_a_letter
         tmp_path, variants_per_sku=VARIANTS, size_px=128, min_plain_background=None
     )
     captioned = in_store(store, 39, [hair(), chain()])
-    generator: Any = Deleting(store, captioned.photos[1].image.uri)
+    generator = Deleting(store, captioned.photos[1].image.uri)
     [letter] = handle_batch(
         [captioned_event(captioned, "all-gone")], ctx, generator=generator, generation=generation
     )

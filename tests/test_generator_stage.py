@@ -378,7 +378,7 @@ def test_a_re_render_from_a_changed_scene_library_leaves_what_earlier_events_poi
     def render(scene_rgb: tuple[int, int, int]) -> list[ImageGenerated]:
         scenes = SceneLibrary([Scene("shelves/a.png", "shelves", np.full((96, 128, 3), scene_rgb, np.uint8))])
         generator = InProcessGenerator(CompositeBackend(scenes, 1.0))
-        [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+        [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)
         assert isinstance(outputs, list)
         return [emit.payload for emit in outputs if isinstance(emit.payload, ImageGenerated)]
 
@@ -428,7 +428,7 @@ def test_a_diffusion_image_records_no_composite_knob_it_did_not_use(
         producer="test",
     )
     generator = InProcessGenerator(CompositeBackend(None), diffusion)
-    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)  # type: ignore[arg-type]
+    [outputs] = handle_batch([event], ctx, generator=generator, generation=generation)
     assert isinstance(outputs, list)
     by_backend = {emit.payload.backend: emit.payload.parameters for emit in outputs}  # type: ignore[attr-defined]
     assert by_backend["composite"]["occluders"] == 0 and by_backend["composite"]["blur_px"] == 0.5

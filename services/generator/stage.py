@@ -67,7 +67,7 @@ import json
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -109,6 +109,19 @@ TRITON_ERROR_KINDS = (
     "refused",
     "backend_error",
 )
+
+
+class GenerationClient(Protocol):
+    """What the stage asks of the generation model: ``TritonGenerator`` in service, a stand-in drawing
+    in this process in tests."""
+
+    def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
+        """One result per variant, in the order of ``variants``."""
+        ...
+
+    def forget(self, backend: str, variants: Sequence[VariantRequest]) -> None:
+        """Let go of what was kept of ``variants`` for a retry (``TritonGenerator.forget``)."""
+        ...
 
 
 class GeneratorMetrics:
@@ -415,7 +428,7 @@ def handle_batch(
     events: Sequence[Envelope[SkuCaptioned]],
     ctx: Context,
     *,
-    generator: TritonGenerator,
+    generator: GenerationClient,
     generation: GenerationSettings,
     metrics: GeneratorMetrics | None = None,
 ) -> list[list[Emit] | BadInput]:
@@ -542,7 +555,7 @@ def handle_batch(
     return outputs
 
 
-def _forget(generator: TritonGenerator, sent: list[tuple[str, VariantRequest]]) -> None:
+def _forget(generator: GenerationClient, sent: list[tuple[str, VariantRequest]]) -> None:
     """Let go of what ``generator`` kept of ``sent``, each request with its backend."""
     for backend in dict.fromkeys(backend for backend, _ in sent):
         generator.forget(backend, [request for sent_to, request in sent if sent_to == backend])
@@ -551,7 +564,7 @@ def _forget(generator: TritonGenerator, sent: list[tuple[str, VariantRequest]]) 
 def _generate(
     pending: list[tuple[int, PlannedVariant]],
     draws: dict[int, SkuDraws],
-    generator: TritonGenerator,
+    generator: GenerationClient,
     ctx: Context,
     metrics: GeneratorMetrics | None,
 ) -> list[VariantResult | BadInput]:
