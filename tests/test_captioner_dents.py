@@ -64,6 +64,7 @@ class BittenSession:
     """A matting model that drops the carton's white part, as the committed one does on Tropicana."""
 
     model_id = "bitten@test"
+    ready = True  # answers every call
 
     def __init__(self) -> None:
         self.calls = 0
@@ -96,7 +97,7 @@ def _captioned(
     sku = SkuMetadata(sku_id="SKU-1", name="Mandarin Morning", brand="Tropicana", category=category)
     event = ingested_envelope(SkuIngested(sku=sku, photos=[photo]))
     models = CaptionerModels(
-        session=BittenSession(),  # type: ignore[arg-type]
+        session=BittenSession(),
         vlm=None,
         options=load_settings(CaptionerSettings, captioner_use_gpu=False, **options),
     )

@@ -55,7 +55,7 @@ def test_a_large_photo_is_matted_at_the_working_size_and_its_mask_stored_at_its_
         SKU_INGESTED, payload, event_id="a" * 32, sku_id=spec.sku_id, trace_id="t", producer="test"
     )
     session = SizeRecordingSession()
-    models = CaptionerModels(session=session, vlm=None, options=load_settings(CaptionerSettings))  # type: ignore[arg-type]
+    models = CaptionerModels(session=session, vlm=None, options=load_settings(CaptionerSettings))
     settings = load_settings(store_uri=store.base_uri)
 
     (emit,) = handle(event, context(store, settings), models=models)

@@ -39,6 +39,7 @@ class GivenMaskSession:
     """A matting model that answers ``masks`` for the photos, in turn."""
 
     model_id = "given-mask@test"
+    ready = True  # answers every call
 
     def __init__(self, *masks: npt.NDArray[np.uint8]) -> None:
         self.masks = masks
@@ -91,7 +92,7 @@ def _captioned(
     )
     sku = SkuMetadata(sku_id="SKU-1", name="Granny Smith", brand="Orchard", category="apple")
     models = CaptionerModels(
-        session=GivenMaskSession(predicted, _mask(APPLE)),  # type: ignore[arg-type]
+        session=GivenMaskSession(predicted, _mask(APPLE)),
         vlm=None,
         options=load_settings(CaptionerSettings, captioner_use_gpu=False, **options),
     )

@@ -55,7 +55,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -95,7 +95,6 @@ from shared.matting.session import (
     MaskOptions,
     MattingModelError,
     MattingResult,
-    MattingSession,
     open_session,
 )
 from shared.photos import WORKING_SIDE_PX, refuse_too_small
@@ -116,11 +115,30 @@ FILL_MAX_ADDED_SHARE = 0.5
 # --- models ------------------------------------------------------------------------------------
 
 
+class MattingModel(Protocol):
+    """What the captioner asks of its matting model: ``MattingSession`` in service, a stand-in that
+    answers given masks in tests."""
+
+    @property
+    def model_id(self) -> str:
+        """Name and checksum, for the event's lineage."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """Whether the latest run succeeded (the stage's /readyz)."""
+        ...
+
+    def predict_each(self, images: Sequence[Image.Image]) -> Sequence[MattingResult | BadInput]:
+        """Per image, in order, its mask, or why the model could not mat it."""
+        ...
+
+
 @dataclass(frozen=True)
 class CaptionerModels:
     """What the handler runs: the matting session, the optional BLIP model, and the settings."""
 
-    session: MattingSession
+    session: MattingModel
     vlm: VlmCaptioner | None
     options: CaptionerSettings
 
