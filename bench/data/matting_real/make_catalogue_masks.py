@@ -51,10 +51,13 @@ import argparse
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -81,11 +84,11 @@ CARTON_NOTE = (
 )
 
 
-def path_to_id(p):
+def path_to_id(p: str) -> str:
     return p[:-4].replace("/", "__") if p.endswith(".jpg") else p.replace("/", "__")
 
 
-def flood_mask(bgr, tol):
+def flood_mask(bgr: npt.NDArray[np.uint8], tol: float) -> npt.NDArray[np.bool_]:
     """Product mask (bool) by border-connected flood fill in Lab."""
     smooth = cv2.medianBlur(bgr, 3)
     lab = cv2.cvtColor(smooth.astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
@@ -107,7 +110,7 @@ def flood_mask(bgr, tol):
     return product
 
 
-def fill_polys(shape, polys):
+def fill_polys(shape: tuple[int, ...], polys: Sequence[Sequence[Sequence[float]]]) -> npt.NDArray[np.bool_]:
     m = np.zeros(shape[:2], np.uint8)
     for poly in polys:
         pts = np.round(np.asarray(poly, np.float64)).astype(np.int32).reshape(-1, 1, 2)
@@ -115,7 +118,9 @@ def fill_polys(shape, polys):
     return m.astype(bool)
 
 
-def grabcut_refine(bgr, mask, iters, band=3):
+def grabcut_refine(
+    bgr: npt.NDArray[np.uint8], mask: npt.NDArray[np.bool_], iters: int, band: int = 3
+) -> npt.NDArray[np.bool_]:
     k = np.ones((2 * band + 1, 2 * band + 1), np.uint8)
     inner = cv2.erode(mask.astype(np.uint8), k).astype(bool)
     outer = cv2.dilate(mask.astype(np.uint8), k).astype(bool)
@@ -129,7 +134,9 @@ def grabcut_refine(bgr, mask, iters, band=3):
     return (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
 
 
-def apply_polygons(bgr, mask, spec):
+def apply_polygons(
+    bgr: npt.NDArray[np.uint8], mask: npt.NDArray[np.bool_], spec: dict[str, Any]
+) -> npt.NDArray[np.bool_]:
     ops = spec.get("ops") or [spec]
     for op in ops:
         pm = fill_polys(bgr.shape, op["polygons"])
@@ -147,7 +154,7 @@ def apply_polygons(bgr, mask, spec):
     return mask
 
 
-def main():
+def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/work/data/dataset")
     args = ap.parse_args()

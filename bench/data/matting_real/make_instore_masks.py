@@ -40,17 +40,22 @@ Run:  python make_instore_masks.py [--data /work/data/dataset] [--check] [--mani
 import argparse
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHIFT = 4  # fillPoly sub-pixel bits: vertices may be fractional
+# A polygon as its JSON file holds it: [x, y] vertices, fractional values allowed.
+Polygon = Sequence[Sequence[float]]
 
 
-def fill(polys, shape):
+def fill(polys: Sequence[Polygon] | None, shape: tuple[int, ...]) -> npt.NDArray[np.bool_]:
     m = np.zeros(shape, np.uint8)
     for p in polys or []:
         pts = np.round(np.asarray(p, np.float64) * (1 << SHIFT)).astype(np.int32)
@@ -58,11 +63,11 @@ def fill(polys, shape):
     return m.astype(bool)
 
 
-def ellipse(r):
+def ellipse(r: int) -> npt.NDArray[np.uint8]:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
-def derive(bgr, spec):
+def derive(bgr: npt.NDArray[np.uint8], spec: dict[str, Any]) -> npt.NDArray[np.uint8]:
     shape = bgr.shape[:2]
     exclude = fill(spec.get("exclude"), shape)
     poly = fill(spec["include"], shape) & ~exclude
@@ -96,7 +101,7 @@ def derive(bgr, spec):
     return np.where((m8 > 0) | holes, 255, 0).astype(np.uint8)
 
 
-def main():
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/work/data/dataset")
     ap.add_argument("--check", action="store_true")
