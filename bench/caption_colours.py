@@ -17,7 +17,11 @@ Colour rules are tuned on the train tables only (``--split train``); val is run 
 reported figure. The test split is never read. A hand mask separates colour naming from matting:
 with it a miss is the colour rule's. A row is right when the first colour of the caption (as
 ``shared.captioning.evaluate.real_accuracy`` composes it) is the label's colour or alt colour.
-``--label before|after`` files the run under that name in bench/results/caption_colours.json.
+``--label before|after`` files the run under that name in bench/results/caption_colours.json, each
+table stamped with when, at which commit and with which matting model it was measured: a partial run
+(``--split val``) replaces only its own tables, and the label's others keep their own stamps. A table
+the label holds from another commit is another change's record, which a run refuses to replace (name
+the change in the label: ``--label lightness-before``) unless given ``--replace``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import csv
 import json
 import os
 import platform
+import subprocess
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +151,41 @@ def guard_figures(session: Any, dataset_dir: Path) -> dict[str, Any]:
     }
 
 
+def measured_commit() -> str | None:
+    """The commit the bench runs at, ``-dirty`` when tracked files differ from it; None outside git.
+    The results files are left out: a first partial run's figures made the next one's tree dirty."""
+    git = ["git", "-C", str(HERE.parent)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", ".", ":(exclude)bench/results"])
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{head}-dirty" if changed.returncode else head
+
+
+def filed_runs() -> dict[str, Any]:
+    """The runs the results file holds, by label."""
+    return dict(json.loads(RESULTS.read_text()).get("runs", {})) if RESULTS.is_file() else {}
+
+
+def of_other_commits(run: dict[str, Any], names: Collection[str], commit: str | None) -> list[str]:
+    """Those of ``names`` the label's ``run`` holds measured at another commit than ``commit`` (or at
+    one not recorded): replaced, they would be the record of another change lost."""
+    return [name for name in names if name in run and (commit is None or run[name].get("commit") != commit)]
+
+
+def file_run(run: dict[str, Any], figures: dict[str, Any], stamp: dict[str, Any]) -> dict[str, Any]:
+    """The label's ``run`` with ``figures`` in it, each of them stamped with ``stamp`` (measured_at,
+    commit, matting model). Its other tables keep their own; a run filed before tables were stamped
+    had one ``measured_at`` for the label, which goes into each of its tables."""
+    older = {name: table for name, table in run.items() if name != "measured_at"}
+    if "measured_at" in run:
+        older = {name: {**table, "measured_at": run["measured_at"]} for name, table in older.items()}
+    return {**older, **{name: {**table, **stamp} for name, table in figures.items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Score the tables of ``--split``, print the figures and file them under ``--label``."""
     parser = argparse.ArgumentParser(
@@ -172,11 +213,30 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also score the catalogue photos and renderer photos (guard_figures)",
     )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the label's tables even when measured at another commit (another change's record)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print the figures only")
     args = parser.parse_args(argv)
     if args.grocery_dataset is None or not (args.grocery_dataset / "train").is_dir():
         parser.error(
             "--grocery-dataset (or SKUFORGE_GROCERY_DATASET) must name the dataset/ folder with train/"
+        )
+    chosen = {
+        name: rows for name, rows in tables().items() if args.split == "both" or name.startswith(args.split)
+    }
+    commit = measured_commit()
+    # Checked before the run, which takes minutes: refused after it, its figures were lost.
+    clash = of_other_commits(
+        filed_runs().get(args.label, {}), [*chosen, *(["guards"] if args.guards else [])], commit
+    )
+    if clash and not args.replace and not args.no_write:
+        parser.error(
+            f"--label {args.label} holds {', '.join(clash)} measured at another commit than this one "
+            f"({commit or 'not a git checkout'}): the record of another change. File this run under a "
+            "label of its own (--label <change>-before), or give --replace to discard that record"
         )
     if args.mask_cache is not None:
         args.mask_cache.mkdir(parents=True, exist_ok=True)
@@ -187,8 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = read_labels()
     figures = {
         name: score(rows, labels, args.grocery_dataset, session, args.mask_cache)
-        for name, rows in tables().items()
-        if args.split == "both" or name.startswith(args.split)
+        for name, rows in chosen.items()
     }
     if args.guards:
         figures["guards"] = guard_figures(session, args.grocery_dataset)
@@ -202,13 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.no_write:
         return 0
-    previous: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    runs = previous.get("runs", {})
-    runs[args.label] = {
-        **runs.get(args.label, {}),
-        **figures,
+    stamp = {
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": commit,
+        "matting_model": session.model_id,
     }
+    runs = filed_runs()
+    runs[args.label] = file_run(runs.get(args.label, {}), figures, stamp)
     result = {
         "machine": f"{platform.node()}: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, ONNX Runtime CPU ({args.threads} threads)",

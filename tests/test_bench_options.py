@@ -575,3 +575,63 @@ def test_the_scale_benchs_log_folder_changes_no_figure(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(scale, "machine", _refuse_to_run)
     _goes_ahead(scale.main, ["--workdir", "var/elsewhere"])  # the committed run's figures, its logs elsewhere
+
+
+def _caption_colours_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
+    """A copy of the committed bench/results/caption_colours.json that bench.caption_colours files into,
+    and the start of a command line over a dataset folder with nothing in it."""
+    import shutil
+
+    from bench import caption_colours
+
+    results = tmp_path / "caption_colours.json"
+    shutil.copy(caption_colours.RESULTS, results)
+    monkeypatch.setattr(caption_colours, "RESULTS", results)
+    (tmp_path / "dataset" / "train").mkdir(parents=True)
+    return results, ["--grocery-dataset", str(tmp_path / "dataset")]
+
+
+def test_a_partial_caption_colours_run_leaves_the_other_tables_stamped_with_their_own_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A --split val run filed under "after" gave the whole label its own measured_at: the train tables
+    # and guards, measured earlier (perhaps of other code), read as measured then.
+    import json
+    from types import SimpleNamespace
+
+    import shared.matting.session
+    from bench import caption_colours
+
+    results, argv = _caption_colours_argv(tmp_path, monkeypatch)
+    held = json.loads(results.read_text())["runs"]["after"]
+    table = {"n_photos": 43, "hits": 40, "colour_accuracy": 0.9302, "misses": []}
+    monkeypatch.setattr(caption_colours, "score", lambda *args: dict(table))
+    monkeypatch.setattr(
+        shared.matting.session, "open_session", lambda *a, **k: SimpleNamespace(model_id="m@t")
+    )
+    assert caption_colours.main([*argv, "--split", "val", "--label", "after", "--replace"]) == 0
+
+    after = json.loads(results.read_text())["runs"]["after"]
+    for older in ("train_hand", "train_matted", "guards"):
+        assert after[older] == {**held[older], "measured_at": held["measured_at"]}
+    for measured in ("val_hand", "val_matted"):
+        assert after[measured]["measured_at"] > held["measured_at"]
+        assert after[measured]["matting_model"] == "m@t" and after[measured]["hits"] == 40
+    assert "measured_at" not in after  # no one time for tables of several runs
+
+
+def test_a_caption_colours_run_does_not_replace_a_labels_tables_of_another_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The file keeps one before and one after: the next change's `--label before` replaced the last
+    # change's, which docs/captioner.md cites, and its figures were gone but for git history.
+    import shared.matting.session
+    from bench import caption_colours
+
+    _, argv = _caption_colours_argv(tmp_path, monkeypatch)
+    monkeypatch.setattr(shared.matting.session, "open_session", _refuse_to_run)
+    _refused(caption_colours.main, [*argv, "--label", "before"], capsys, "--replace")
+    _refused(caption_colours.main, [*argv, "--label", "after", "--split", "val"], capsys, "val_hand")
+    _goes_ahead(caption_colours.main, [*argv, "--label", "lightness-before"])
+    _goes_ahead(caption_colours.main, [*argv, "--label", "before", "--replace"])
+    _goes_ahead(caption_colours.main, [*argv, "--label", "before", "--no-write"])
