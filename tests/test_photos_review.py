@@ -15,7 +15,7 @@ from kafka.structs import TopicPartition
 from pydantic import ValidationError
 
 from schemas.common import ImageRef, SkuMetadata
-from schemas.envelope import DeadLetter
+from schemas.envelope import DeadLetter, Envelope
 from schemas.events import MAX_PHOTOS_PER_EVENT, CaptionedPhoto, ReferencePhoto, SkuCaptioned, SkuIngested
 from schemas.topics import SKU_INGESTED
 from services.captioner.config import CaptionerSettings
@@ -35,7 +35,7 @@ def _captioner(random_u2netp_onnx: Path) -> CaptionerModels:
     return CaptionerModels(session=session, vlm=None, options=load_settings(CaptionerSettings))
 
 
-def _ingested_event(payload: SkuIngested) -> object:
+def _ingested_event(payload: SkuIngested) -> Envelope[SkuIngested]:
     return make_envelope(
         SKU_INGESTED, payload, event_id="a" * 32, sku_id=payload.sku.sku_id, trace_id="t", producer="test"
     )
@@ -50,7 +50,7 @@ def test_the_captioner_refuses_more_photos_than_allowed_before_reading_any(
     ctx = context(store, settings)
 
     with pytest.raises(BadInput) as refused:
-        handle(_ingested_event(payload), ctx, models=_captioner(random_u2netp_onnx))  # type: ignore[arg-type]
+        handle(_ingested_event(payload), ctx, models=_captioner(random_u2netp_onnx))
 
     assert refused.value.reason == "too_many_photos"
     assert "4 photos" in refused.value.detail and "SKUFORGE_MAX_PHOTOS_PER_SKU" in refused.value.detail
@@ -65,7 +65,7 @@ def test_the_captioner_reads_a_sku_with_as_many_photos_as_allowed(
     payload = blank_sku(store, "SKU-TWO", colours=("white", "grey"))
 
     with pytest.raises(BadInput) as refused:  # read, and refused only for what the photos show
-        handle(_ingested_event(payload), context(store, settings), models=_captioner(random_u2netp_onnx))  # type: ignore[arg-type]
+        handle(_ingested_event(payload), context(store, settings), models=_captioner(random_u2netp_onnx))
 
     assert refused.value.reason == "no_usable_photo"
     assert len(store.keys_read) == 2
