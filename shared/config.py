@@ -39,9 +39,13 @@ MIN_GROUP_LAG_INTERVAL_S = 1.0
 # acknowledgement), and past threading.TIMEOUT_MAX (about 292 years) the wait raised OverflowError and the
 # thread died after a clean start. A day is far above any sane value and says the unit is seconds.
 MAX_WAIT_S = 86400.0
-# Every settings model's: SKUFORGE_* variables, others ignored, read-only, and no inf or NaN (a number
-# that passes its bounds as inf crashes later, far from the variable that set it).
-SETTINGS_CONFIG = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
+# Every settings model's: SKUFORGE_* variables, others ignored, read-only, no inf or NaN (a number that
+# passes its bounds as inf crashes later, far from the variable that set it), and an empty variable is
+# unset: Compose and Helm pass an unset one as empty, and an empty JSON setting (or number, or name)
+# stopped every service reading it at start-up, for a variable the deployment never meant to set.
+SETTINGS_CONFIG = SettingsConfigDict(
+    env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False, env_ignore_empty=True
+)
 
 
 class ConfigError(Exception):
@@ -249,13 +253,6 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator(
-        "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_cafile", "s3_endpoint_url", mode="before"
-    )
-    @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        return empty_is_unset(value)
-
     @model_validator(mode="after")
     def _kafka_security_is_whole(self) -> Settings:
         # kafka-python would only fail at connect time, as "no brokers available", far from the cause.
@@ -328,12 +325,6 @@ class Settings(BaseSettings):
 
 SettingsModel = TypeVar("SettingsModel", bound=BaseSettings)
 _SECRET_WORDS = ("secret", "password", "users", "token")
-
-
-def empty_is_unset(value: Any) -> Any:
-    """A settings field's "before" validator: an empty value is unset (None). Compose and Helm pass an
-    unset variable as an empty one."""
-    return None if value == "" else value
 
 
 def is_host_port(text: str) -> bool:

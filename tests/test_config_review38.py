@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic_settings import BaseSettings
 
+from services.console.config import ConsoleSettings
 from services.gate.config import GateSettings
 from shared.config import ENV_PREFIX, ConfigError, Settings, load_settings
 from shared.generation.adapters import AdapterMetadata, resolve_adapter
@@ -86,17 +87,41 @@ def test_a_batcher_setting_triton_cannot_hold_is_refused_at_start_up(
         (GenerationSettings, "SKUFORGE_GENERATION_PARAMETERS"),
     ],
 )
-@pytest.mark.parametrize("value", ["{bad", ""])
+@pytest.mark.parametrize("value", ["{bad", " "])
 def test_a_json_setting_that_is_no_json_is_named(
     model: type[BaseSettings], variable: str, value: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """pydantic-settings decodes a JSON setting before validation, and its SettingsError is no
     ValidationError: every stage reading it, and `skuforge config`, died with a traceback that named the
-    field, not the variable, nor what was wrong with it (an empty value, as Compose passes an unset one)."""
+    field, not the variable, nor what was wrong with it."""
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError, match=f"{variable}: not JSON") as refused:
         load_settings(model)
     assert "{}" in str(refused.value)  # what to write for none
+
+
+@pytest.mark.parametrize(
+    ("model", "variable"),
+    [
+        (GateSettings, "SKUFORGE_GATE_CATEGORY_OVERRIDES"),
+        (GenerationSettings, "SKUFORGE_GENERATION_BACKEND_MIX"),
+        (GenerationSettings, "SKUFORGE_GENERATION_PARAMETERS"),
+        (Settings, "SKUFORGE_TOPIC_PARTITIONS"),
+        (Settings, "SKUFORGE_CONSUMER_GROUP_PREFIX"),
+        (Settings, "SKUFORGE_STORE_URI"),  # not refused as "empty": unset, it is the default folder too
+        (Settings, "SKUFORGE_METRICS_HOST"),  # the default loopback, not every interface
+        (ConsoleSettings, "SKUFORGE_CONSOLE_HOST"),
+    ],
+)
+def test_an_empty_variable_is_unset(
+    model: type[BaseSettings], variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compose and Helm pass an unset variable as an empty one: SKUFORGE_GATE_CATEGORY_OVERRIDES= (or a
+    number's, or a name's) stopped every service reading it at start-up ("not JSON"), for a variable the
+    deployment never meant to set."""
+    field = variable.removeprefix(ENV_PREFIX).lower()
+    monkeypatch.setenv(variable, "")
+    assert getattr(load_settings(model), field) == model.model_fields[field].default
 
 
 def test_skuforge_config_names_a_json_setting_that_is_no_json(

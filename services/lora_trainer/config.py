@@ -11,13 +11,13 @@ the trainer trains on the photos the generator cuts products from
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings
 
 from schemas.events import MAX_ADAPTER_SKUS
-from shared.config import SETTINGS_CONFIG, empty_is_unset
+from shared.config import SETTINGS_CONFIG
 from shared.lora_training.dataset import (
     MAX_EARLY_STOP_MIN_DELTA,
     MAX_LORA_RESOLUTION,
@@ -135,13 +135,6 @@ class LoraTrainerSettings(BaseSettings):
         le=86400.0,
         description="how often the worker looks for work (s, at least 0.5, at most a day)",
     )
-
-    @field_validator("lora_model", "lora_base_model", "lora_class_images_dir", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        # SKUFORGE_LORA_MODEL= labelled every adapter "", which the registry refused at every poll, and
-        # SKUFORGE_LORA_CLASS_IMAGES_DIR= read the working directory as the class-image folder.
-        return empty_is_unset(value)
 
     def recipe(self) -> TrainingRecipe:
         """The training recipe these settings describe (its weight-changing knobs are part of every

@@ -49,7 +49,7 @@ from PIL import Image, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
-from shared.config import SETTINGS_CONFIG, ConfigError, Settings, describe_validation_error, empty_is_unset
+from shared.config import SETTINGS_CONFIG, ConfigError, Settings, describe_validation_error
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, TransientError
 from shared.generation.adapters import AdapterChoice, AdapterMetadata, AdapterRegistry, resolve_adapter
 from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome, seed_entropy
@@ -166,12 +166,6 @@ class DiffusionSettings(BaseSettings):
     diffusion_adapter_refresh_s: float = Field(
         default=30.0, ge=0.0, description="how long the registry listing is reused; 0 = list every request"
     )
-
-    # The base model too: '' is a name no adapter declares, and every adapter was passed over unsaid.
-    @field_validator("diffusion_adapters_uri", "diffusion_base_model", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        return empty_is_unset(value)  # Compose and Helm pass an unset variable as an empty one
 
     @field_validator("diffusion_adapters_uri")
     @classmethod
