@@ -50,7 +50,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from bench.committed import check_out
-from shared.argtypes import non_negative_int, positive_int
+from shared.argtypes import non_negative_int, positive_int, whole_number
 from shared.gate.checks import GateThresholds, evaluate, failed_reasons
 from shared.generation.backend import COLOUR_GAIN_KEY
 from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
@@ -301,7 +301,7 @@ def _roi_margin(value: str) -> float | None:
 
 def _image_side_px(text: str) -> int:
     """An argparse type: an image side the renderer draws (its reference photos) and composites to."""
-    value = int(text)
+    value = whole_number(text)
     if value < MIN_SIZE:
         raise argparse.ArgumentTypeError(
             f"must be at least {MIN_SIZE} (the renderer's smallest photo), got {value}"

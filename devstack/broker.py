@@ -690,9 +690,8 @@ def _apply_env_defaults(parser: argparse.ArgumentParser, args: argparse.Namespac
         value = os.environ.get(name)
         try:
             setattr(args, dest, parse(value) if value else default)
-        except (ValueError, argparse.ArgumentTypeError) as exc:
-            reason = str(exc) if isinstance(exc, argparse.ArgumentTypeError) else "not an integer"
-            parser.error(f"{name}={value!r}: {reason}; fix or unset it, or give the option")
+        except argparse.ArgumentTypeError as exc:  # int_between refuses what int() would not read, too
+            parser.error(f"{name}={value!r}: {exc}; fix or unset it, or give the option")
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:

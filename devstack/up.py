@@ -469,8 +469,9 @@ def parse_replicas(text: str) -> dict[str, int]:
     replicas: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, count = item.partition("=")
-        # isdecimal, not isdigit: "matting=²" was int()'s message, not this one.
-        if not sep or name not in known or not count.isdecimal() or int(count) < 1:
+        # ASCII decimal: "matting=²" was int()'s message, not this one, and "matting=٣" (a decimal to
+        # Python and int()) ran 3 members.
+        if not sep or name not in known or not (count.isascii() and count.isdecimal()) or int(count) < 1:
             raise ValueError(
                 f"--replicas: {item!r} is not STAGE=COUNT with STAGE one of {', '.join(known)} and COUNT >= 1"
             )

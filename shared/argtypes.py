@@ -2,7 +2,9 @@
 and the checks of a folder or file argument.
 
 A float must also be finite: ``inf`` and ``nan`` parse as floats, and an ``--l2 inf`` or a
-``--timeout-s nan`` would otherwise run and mean nothing.
+``--timeout-s nan`` would otherwise run and mean nothing. Either is written in ASCII digits: int() and
+float() read the digits of every script, and ``--replicas matting=٣`` ran three members of what reads as
+no number at all.
 """
 
 from __future__ import annotations
@@ -13,15 +15,30 @@ import difflib
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
+def whole_number(text: str) -> int:
+    """``text`` as a whole number, written in ASCII digits (a sign may lead)."""
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"must be a whole number in ASCII digits, got {text!r}")
+    return int(text)
+
+
+def ascii_float(text: str) -> float:
+    """``text`` as float() reads it, written in ASCII (``2.5``, ``1e-3``, ``inf``)."""
+    if not text.isascii():
+        raise argparse.ArgumentTypeError(f"must be a number in ASCII digits, got {text!r}")
+    return float(text)
+
+
 def positive_int(text: str) -> int:
     """A whole number of at least 1."""
-    value = int(text)
+    value = whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -29,7 +46,7 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     """A whole number of 0 or more."""
-    value = int(text)
+    value = whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
@@ -40,7 +57,7 @@ def int_between(low: int, high: int) -> Callable[[str], int]:
     image side a backbone can run at)."""
 
     def parse(text: str) -> int:
-        value = int(text)
+        value = whole_number(text)
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
         return value
@@ -53,7 +70,7 @@ def float_between(low: float, high: float) -> Callable[[str], float]:
     """A type for a finite number from ``low`` to ``high``."""
 
     def parse(text: str) -> float:
-        value = float(text)
+        value = ascii_float(text)
         if not (math.isfinite(value) and low <= value <= high):
             raise argparse.ArgumentTypeError(f"must be a number from {low:g} to {high:g}, got {text}")
         return value
@@ -64,7 +81,7 @@ def float_between(low: float, high: float) -> Callable[[str], float]:
 
 def positive_float(text: str) -> float:
     """A finite number above 0."""
-    value = float(text)
+    value = ascii_float(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
     return value
@@ -72,7 +89,7 @@ def positive_float(text: str) -> float:
 
 def non_negative_float(text: str) -> float:
     """A finite number of 0 or more."""
-    value = float(text)
+    value = ascii_float(text)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text}")
     return value

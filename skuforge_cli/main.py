@@ -25,7 +25,7 @@ from services.console.config import ConsoleSettings
 from services.gate.config import GateSettings
 from services.lora_trainer.config import LoraTrainerSettings
 from services.matting.config import MattingSettings
-from shared.argtypes import CommandParser, one_of
+from shared.argtypes import CommandParser, one_of, whole_number
 from shared.config import (
     KAFKA_MAX_INT32,
     ConfigError,
@@ -166,7 +166,7 @@ def _cmd_topics(rest: list[str]) -> int:
         "add): running again will not help",
     )
     create.add_argument(
-        "--partitions", type=int, default=None, help="partitions (default SKUFORGE_TOPIC_PARTITIONS)"
+        "--partitions", type=whole_number, default=None, help="partitions (default SKUFORGE_TOPIC_PARTITIONS)"
     )
     create.add_argument(
         "--grow",

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.argtypes import int_between, positive_int
+from shared.argtypes import int_between, positive_int, whole_number
 from shared.synth.photo import MIN_SIZE, write_sku_folders
 
 # The largest photo side: 4096 x 4096 is within ingest's default 40-megapixel limit. Before, --size had
@@ -17,7 +17,7 @@ MAX_SIZE = 4096
 
 def photo_size_px(text: str) -> int:
     """An argparse type: a photo side the renderer draws (``MIN_SIZE`` to ``MAX_SIZE`` px)."""
-    value = int(text)
+    value = whole_number(text)
     if value < MIN_SIZE:
         raise argparse.ArgumentTypeError(f"must be at least {MIN_SIZE}")
     if value > MAX_SIZE:

@@ -34,7 +34,12 @@ def recording_kafka(monkeypatch: pytest.MonkeyPatch) -> type[_RecordingKafka]:
         ("SKUFORGE_KAFKA_PORT", "70000", "must be from 1 to 65535, got 70000"),
         ("SKUFORGE_KAFKA_CONTROLLER_PORT", "0", "must be from 1 to 65535, got 0"),
         ("SKUFORGE_KAFKA_HEAP_MB", "12", "must be from 64 to 1048576, got 12"),
-        ("SKUFORGE_KAFKA_PORT", "ninety", "not an integer"),
+        ("SKUFORGE_KAFKA_PORT", "ninety", "must be a whole number in ASCII digits, got 'ninety'"),
+        (
+            "SKUFORGE_KAFKA_PORT",
+            "\u0669\u0660\u0669\u0662",  # 9092 in Arabic-Indic digits: int() read it as the port
+            "must be a whole number in ASCII digits, got '\u0669\u0660\u0669\u0662'",
+        ),
     ],
 )
 def test_kafka_start_refuses_an_environment_default_out_of_bounds(

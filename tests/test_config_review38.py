@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -13,6 +14,14 @@ from pydantic_settings import BaseSettings
 
 from services.console.config import ConsoleSettings
 from services.gate.config import GateSettings
+from shared.argtypes import (
+    float_between,
+    int_between,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from shared.config import ENV_PREFIX, ConfigError, Settings, load_settings
 from shared.generation.adapters import AdapterMetadata, resolve_adapter
 from shared.generation.diffusion import DiffusionSettings
@@ -204,3 +213,50 @@ def test_a_scene_library_uri_no_store_opens_is_refused_at_start_up(uri: str) -> 
     and `skuforge serve generator` died in open_store with a ValueError traceback naming no variable."""
     with pytest.raises(ConfigError, match="SKUFORGE_SCENES_URI"):
         load_settings(GenerationSettings, scenes_uri=uri)
+
+
+@pytest.mark.parametrize(
+    "parse",
+    [
+        positive_int,
+        non_negative_int,
+        int_between(0, 10),
+        float_between(0, 10),
+        positive_float,
+        non_negative_float,
+    ],
+)
+@pytest.mark.parametrize(
+    "text", ["\u0663", "\uff13", "\u0969"]
+)  # three: Arabic-Indic, full-width, Devanagari
+def test_a_number_option_in_other_digits_is_refused(parse: Callable[[str], float], text: str) -> None:
+    """int() and float() read the digits of every script ('٣' is 3): an option that reads as a number to
+    Python and as none to the user ran as if 3 had been typed."""
+    assert int(text) == 3
+    with pytest.raises(argparse.ArgumentTypeError, match="ASCII digits"):
+        parse(text)
+    assert parse("3") == 3
+
+
+def test_skuforge_synth_refuses_a_count_in_other_digits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli_main(
+            ["synth", "--out", str(tmp_path / "out"), "--skus", "٣", "--photos-per-sku", "1", "--seed", "0"]
+        )
+    assert exited.value.code == 2
+    assert "--skus" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_partitions_flag_in_other_digits_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`skuforge topics create --partitions \u0663` created every topic with 3 partitions."""
+    monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nothing listens: no topic is made
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["topics", "create", "--partitions", "\u0663"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--partitions" in err and "ASCII digits" in err

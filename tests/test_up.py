@@ -113,9 +113,10 @@ def test_replicas_are_distinct_static_members_of_one_group_each_with_its_own_por
     assert specs["matting-2"].log_path.name == "matting-2.log"
 
 
-# "matting=²": str.isdigit() takes a superscript two, int() does not (a message of int()'s, not ours).
+# "matting=²": str.isdigit() takes a superscript two, int() does not (a message of int()'s, not ours);
+# "matting=٣": str.isdecimal() and int() both take an Arabic-Indic three, and up ran 3 members.
 @pytest.mark.parametrize(
-    "text", ["matting", "matting=0", "nosuch=2", "matting=two", "console=2", "matting=²"]
+    "text", ["matting", "matting=0", "nosuch=2", "matting=two", "console=2", "matting=²", "matting=٣"]
 )
 def test_a_bad_replicas_option_is_refused_naming_the_stages(
     text: str, capsys: pytest.CaptureFixture[str]

@@ -30,6 +30,7 @@ from typing import Any
 from schemas.common import check_safe_id
 from shared.argtypes import (
     CommandParser,
+    ascii_float,
     folder_problem,
     int_between,
     non_negative_int,
@@ -158,7 +159,7 @@ def evaluation_outdated(evaluation: dict[str, Any], plan: ExportPlan) -> list[st
 
 
 def _finite_float(text: str) -> float:
-    value = float(text)
+    value = ascii_float(text)
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
