@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import annotated_types
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from schemas.events import MAX_PHOTOS_PER_EVENT
@@ -253,6 +254,11 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("consumer_group_prefix", "store_uri", "s3_endpoint_url", "metrics_host", mode="before")
+    @classmethod
+    def _name_or_unset(cls, value: Any) -> Any:
+        return name_or_unset(value)
+
     @model_validator(mode="after")
     def _kafka_security_is_whole(self) -> Settings:
         # kafka-python would only fail at connect time, as "no brokers available", far from the cause.
@@ -325,6 +331,19 @@ class Settings(BaseSettings):
 
 SettingsModel = TypeVar("SettingsModel", bound=BaseSettings)
 _SECRET_WORDS = ("secret", "password", "users", "token")
+
+
+def name_or_unset(value: Any) -> Any:
+    """The "before" validator of a text setting that names something (a URI, a path, a model, a host, an
+    id): blank is unset (its default), as an empty variable is, and spaces around a name are refused.
+    ``SKUFORGE_STORE_URI=' '`` was a store folder named ' ', and 's3://bucket/prefix ' a prefix ending in
+    a space: typos found far from the variable, if at all."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise PydanticUseDefault
+        if value != value.strip():
+            raise ValueError("has spaces around it: remove them")
+    return value
 
 
 def is_host_port(text: str) -> bool:

@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 from pydantic_settings import BaseSettings
 
+from services.captioner.config import CaptionerSettings
 from services.console.config import ConsoleSettings
 from services.gate.config import GateSettings
+from services.lora_trainer.config import LoraTrainerSettings
+from services.matting.config import MattingSettings
 from shared.argtypes import (
     float_between,
     int_between,
@@ -260,3 +263,52 @@ def test_a_partitions_flag_in_other_digits_is_a_usage_error(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "--partitions" in err and "ASCII digits" in err
+
+
+# The text settings that name something (a URI, a path, a model, a host, an id).
+NAMING_SETTINGS = [
+    (Settings, "SKUFORGE_CONSUMER_GROUP_PREFIX"),
+    (Settings, "SKUFORGE_STORE_URI"),
+    (Settings, "SKUFORGE_S3_ENDPOINT_URL"),
+    (Settings, "SKUFORGE_METRICS_HOST"),
+    (MattingSettings, "SKUFORGE_MATTING_MODEL"),
+    (CaptionerSettings, "SKUFORGE_CAPTIONER_VLM_MODEL"),
+    (CaptionerSettings, "SKUFORGE_CAPTIONER_VLM_CACHE_DIR"),
+    (CaptionerSettings, "SKUFORGE_CAPTIONER_MATTING_MODEL"),
+    (LoraTrainerSettings, "SKUFORGE_LORA_MODEL"),
+    (LoraTrainerSettings, "SKUFORGE_LORA_BASE_MODEL"),
+    (LoraTrainerSettings, "SKUFORGE_LORA_CLASS_IMAGES_DIR"),
+    (ConsoleSettings, "SKUFORGE_CONSOLE_DB_PATH"),
+    (ConsoleSettings, "SKUFORGE_CONSOLE_HOST"),
+    (GenerationSettings, "SKUFORGE_GENERATION_SERVER_ADDRESS"),
+    (GenerationSettings, "SKUFORGE_SCENES_URI"),
+    (DiffusionSettings, "SKUFORGE_DIFFUSION_MODEL"),
+    (DiffusionSettings, "SKUFORGE_DIFFUSION_CACHE_DIR"),
+    (DiffusionSettings, "SKUFORGE_DIFFUSION_ADAPTERS_URI"),
+    (DiffusionSettings, "SKUFORGE_DIFFUSION_BASE_MODEL"),
+]
+
+
+@pytest.mark.parametrize(("model", "variable"), NAMING_SETTINGS)
+@pytest.mark.parametrize("blank", [" ", "\t", "  \n"])
+def test_a_blank_name_or_uri_is_unset(
+    model: type[BaseSettings], variable: str, blank: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spaces alone were a value: SKUFORGE_STORE_URI=' ' a store folder named ' ', SKUFORGE_SCENES_URI=' '
+    a scene library there (which `skuforge up` reads as unset), SKUFORGE_CONSUMER_GROUP_PREFIX=' ' the
+    group ' .gate', SKUFORGE_METRICS_HOST=' ' a server that could not bind. Blank is unset, as empty is."""
+    field = variable.removeprefix(ENV_PREFIX).lower()
+    monkeypatch.setenv(variable, blank)
+    assert getattr(load_settings(model), field) == model.model_fields[field].default
+
+
+@pytest.mark.parametrize(("model", "variable"), NAMING_SETTINGS)
+@pytest.mark.parametrize("around", ["{} ", " {}", "{}\n"])
+def test_spaces_around_a_name_or_uri_are_refused_at_start_up(
+    model: type[BaseSettings], variable: str, around: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'s3://bucket/prefix ' named a prefix ending in a space, 'skuforge ' a group no other replica of the
+    stage joined, '/data/model ' a folder not there: a typo found far from the variable, if at all."""
+    monkeypatch.setenv(variable, around.format("x"))
+    with pytest.raises(ConfigError, match=f"{variable}: .*spaces around it"):
+        load_settings(model)

@@ -9,12 +9,12 @@ deserve the full model even where the matting stage runs a quantised one), hence
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
-from shared.config import SETTINGS_CONFIG
+from shared.config import SETTINGS_CONFIG, name_or_unset
 
 
 class CaptionerSettings(BaseSettings):
@@ -100,6 +100,13 @@ class CaptionerSettings(BaseSettings):
         default=0.04, ge=0.0, lt=1.0, description="colours covering less of the product are not named"
     )
 
+    @field_validator(
+        "captioner_vlm_model", "captioner_vlm_cache_dir", "captioner_matting_model", mode="before"
+    )
+    @classmethod
+    def _name_or_unset(cls, value: Any) -> Any:
+        return name_or_unset(value)
+
     @model_validator(mode="after")
     def _consistent(self) -> CaptionerSettings:
         if self.captioner_backend == "vlm" and self.captioner_vlm_model is None:
@@ -107,11 +114,14 @@ class CaptionerSettings(BaseSettings):
                 "SKUFORGE_CAPTIONER_BACKEND=vlm needs SKUFORGE_CAPTIONER_VLM_MODEL (a BLIP directory or URI)"
             )
         # Set for BLIP, the attributes backend never reads them: the operator meant vlm, or stale config.
-        # Not the cache folder: a place, not a choice of captions, often set for every stage alike.
+        # Not the cache folder: a place, not a choice of captions, often set for every stage alike. Nor a
+        # model given as blank: that is unset (None), though pydantic counts it as set.
         unread = sorted(
             name
             for name in self.model_fields_set
-            if name.startswith("captioner_vlm_") and name != "captioner_vlm_cache_dir"
+            if name.startswith("captioner_vlm_")
+            and name != "captioner_vlm_cache_dir"
+            and getattr(self, name) is not None
         )
         if self.captioner_backend == "attributes" and unread:
             raise ValueError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings
@@ -17,7 +18,7 @@ from schemas.flow import CONSOLE
 from services.console.security import MAX_PASSWORD_CHARS, SCRYPT_PREFIX, parse_scrypt
 from services.console.tasks import ACCEPTED_BY, WITHDRAWN_BY
 from shared.argtypes import file_problem
-from shared.config import SETTINGS_CONFIG
+from shared.config import SETTINGS_CONFIG, name_or_unset
 
 _REVIEWER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 # The names the console itself decides under (``decided_by`` and the audit): a reviewer of one of them, in
@@ -129,6 +130,11 @@ class ConsoleSettings(BaseSettings):
             f"port of /metrics, /healthz, /readyz; unset = SKUFORGE_METRICS_PORT or {CONSOLE.metrics_port}"
         ),
     )
+
+    @field_validator("console_db_path", "console_host", mode="before")
+    @classmethod
+    def _name_or_unset(cls, value: Any) -> Any:
+        return name_or_unset(value)
 
     @field_validator("console_users")
     @classmethod

@@ -11,13 +11,13 @@ the trainer trains on the photos the generator cuts products from
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
 from schemas.events import MAX_ADAPTER_SKUS
-from shared.config import SETTINGS_CONFIG
+from shared.config import SETTINGS_CONFIG, name_or_unset
 from shared.lora_training.dataset import (
     MAX_EARLY_STOP_MIN_DELTA,
     MAX_LORA_RESOLUTION,
@@ -135,6 +135,11 @@ class LoraTrainerSettings(BaseSettings):
         le=86400.0,
         description="how often the worker looks for work (s, at least 0.5, at most a day)",
     )
+
+    @field_validator("lora_model", "lora_base_model", "lora_class_images_dir", mode="before")
+    @classmethod
+    def _name_or_unset(cls, value: Any) -> Any:
+        return name_or_unset(value)
 
     def recipe(self) -> TrainingRecipe:
         """The training recipe these settings describe (its weight-changing knobs are part of every

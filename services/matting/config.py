@@ -8,12 +8,12 @@ which names variables as ``SKUFORGE_`` + field name, reports them correctly.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
-from shared.config import SETTINGS_CONFIG
+from shared.config import SETTINGS_CONFIG, name_or_unset
 from shared.matting.roi import DEFAULT_ROI_MARGIN
 
 # A fixed cut-off strictly between 0 and 1, or "otsu" for a per-image threshold.
@@ -78,6 +78,11 @@ class MattingSettings(BaseSettings):
             "in product sizes"
         ),
     )
+
+    @field_validator("matting_model", mode="before")
+    @classmethod
+    def _name_or_unset(cls, value: Any) -> Any:
+        return name_or_unset(value)
 
     @field_validator("matting_threshold", mode="before")
     @classmethod

@@ -49,7 +49,7 @@ from PIL import Image, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
-from shared.config import SETTINGS_CONFIG, ConfigError, Settings, describe_validation_error
+from shared.config import SETTINGS_CONFIG, ConfigError, Settings, describe_validation_error, name_or_unset
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, TransientError
 from shared.generation.adapters import AdapterChoice, AdapterMetadata, AdapterRegistry, resolve_adapter
 from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome, seed_entropy
@@ -166,6 +166,17 @@ class DiffusionSettings(BaseSettings):
     diffusion_adapter_refresh_s: float = Field(
         default=30.0, ge=0.0, description="how long the registry listing is reused; 0 = list every request"
     )
+
+    @field_validator(
+        "diffusion_model",
+        "diffusion_cache_dir",
+        "diffusion_adapters_uri",
+        "diffusion_base_model",
+        mode="before",
+    )
+    @classmethod
+    def _name_or_unset(cls, value: Any) -> Any:
+        return name_or_unset(value)
 
     @field_validator("diffusion_adapters_uri")
     @classmethod

@@ -13,12 +13,12 @@ backend (``shared/generation/diffusion.py``).
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, JsonValue, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
-from shared.config import ENV_PREFIX, MAX_WAIT_S, SETTINGS_CONFIG, is_host_port
+from shared.config import ENV_PREFIX, MAX_WAIT_S, SETTINGS_CONFIG, is_host_port, name_or_unset
 from shared.generation.adapters import ADAPTER_ID_PATTERN, NO_ADAPTER
 from shared.generation.backend import (
     BACKEND_NAMES,
@@ -167,6 +167,11 @@ class GenerationSettings(BaseSettings):
     generation_instances: int = Field(
         default=1, ge=1, le=64, description="model instances Triton runs in parallel (CPU: ~1 per 2 cores)"
     )
+
+    @field_validator("generation_server_address", "scenes_uri", mode="before")
+    @classmethod
+    def _name_or_unset(cls, value: Any) -> Any:
+        return name_or_unset(value)
 
     @field_validator("generation_backend_mix")
     @classmethod
