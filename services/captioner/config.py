@@ -38,7 +38,9 @@ class CaptionerSettings(BaseSettings):
         " when another user owns it or its group may write to it)",
     )
     captioner_vlm_prompt: str = Field(
-        default="a photo of", description="text the BLIP sentence starts from ('' = unconditional)"
+        default="a photo of",
+        description="text the BLIP sentence starts from (' ', spaces only, = unconditional: an empty "
+        "variable is unset)",
     )
     captioner_vlm_max_new_tokens: int = Field(
         default=30, ge=1, le=200, description="longest BLIP sentence, in tokens (greedy decoding)"
