@@ -254,7 +254,17 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("consumer_group_prefix", "store_uri", "s3_endpoint_url", "metrics_host", mode="before")
+    @field_validator(
+        "kafka_ssl_cafile",
+        "consumer_group_prefix",
+        "topic_namespace",
+        "group_instance_id",
+        "store_uri",
+        "s3_endpoint_url",
+        "s3_region",
+        "metrics_host",
+        mode="before",
+    )
     @classmethod
     def _name_or_unset(cls, value: Any) -> Any:
         return name_or_unset(value)
@@ -338,11 +348,10 @@ def name_or_unset(value: Any) -> Any:
     id): blank is unset (its default), as an empty variable is, and spaces around a name are refused.
     ``SKUFORGE_STORE_URI=' '`` was a store folder named ' ', and 's3://bucket/prefix ' a prefix ending in
     a space: typos found far from the variable, if at all."""
-    if isinstance(value, str):
+    if isinstance(value, str) and value != value.strip():  # not '': a default may be that
         if not value.strip():
             raise PydanticUseDefault
-        if value != value.strip():
-            raise ValueError("has spaces around it: remove them")
+        raise ValueError("has spaces around it: remove them")
     return value
 
 

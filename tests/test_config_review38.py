@@ -30,6 +30,7 @@ from shared.generation.adapters import AdapterMetadata, resolve_adapter
 from shared.generation.diffusion import DiffusionSettings
 from shared.generation.settings import GenerationSettings
 from shared.store import open_store
+from shared.trainstore.settings import TrainstoreSettings
 from skuforge_cli.main import main as cli_main
 
 
@@ -271,6 +272,12 @@ NAMING_SETTINGS = [
     (Settings, "SKUFORGE_STORE_URI"),
     (Settings, "SKUFORGE_S3_ENDPOINT_URL"),
     (Settings, "SKUFORGE_METRICS_HOST"),
+    (Settings, "SKUFORGE_KAFKA_SSL_CAFILE"),
+    (Settings, "SKUFORGE_TOPIC_NAMESPACE"),
+    (Settings, "SKUFORGE_GROUP_INSTANCE_ID"),
+    (Settings, "SKUFORGE_S3_REGION"),
+    (GenerationSettings, "SKUFORGE_GENERATION_TRITON_URL"),
+    (TrainstoreSettings, "SKUFORGE_TRAINSTORE_PREFIX"),
     (MattingSettings, "SKUFORGE_MATTING_MODEL"),
     (CaptionerSettings, "SKUFORGE_CAPTIONER_VLM_MODEL"),
     (CaptionerSettings, "SKUFORGE_CAPTIONER_VLM_CACHE_DIR"),

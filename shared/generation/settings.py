@@ -168,7 +168,7 @@ class GenerationSettings(BaseSettings):
         default=1, ge=1, le=64, description="model instances Triton runs in parallel (CPU: ~1 per 2 cores)"
     )
 
-    @field_validator("generation_server_address", "scenes_uri", mode="before")
+    @field_validator("generation_triton_url", "generation_server_address", "scenes_uri", mode="before")
     @classmethod
     def _name_or_unset(cls, value: Any) -> Any:
         return name_or_unset(value)

@@ -6,10 +6,12 @@ the ``trainstore_`` prefix under ``SKUFORGE_`` so configuration errors name the 
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
-from shared.config import SETTINGS_CONFIG
+from shared.config import SETTINGS_CONFIG, name_or_unset
 
 
 class TrainstoreSettings(BaseSettings):
@@ -44,6 +46,11 @@ class TrainstoreSettings(BaseSettings):
         "dataset sweep --delete, once written this long before (the store's times: S3's LastModified); "
         "younger ones may be a writer's whose row is on its way",
     )
+
+    @field_validator("trainstore_prefix", mode="before")
+    @classmethod
+    def _name_or_unset(cls, value: Any) -> Any:
+        return name_or_unset(value)
 
     @field_validator("trainstore_prefix")
     @classmethod
