@@ -29,6 +29,7 @@ Delivery (docs/architecture.md, "Delivery"):
   partition is processed or committed meanwhile, so per-SKU order holds. Other partitions go on.
 * **Unexpected handler errors** are retried like transient ones, up to ``handler_max_attempts``,
   then dead-lettered with reason ``handler_error``, so one poison message cannot stall a partition.
+  The attempts are this process's: counted on when the record's partition moves away and back.
 * **SIGTERM/SIGINT/SIGHUP** finish the batch in hand, commit, close, run the stage's ``on_stop`` actions
   and return 0 (SIGHUP: the terminal of a ``skuforge run`` closed; left ignored where it was, as under
   ``nohup``).
@@ -105,6 +106,9 @@ from shared.store import ObjectStore, open_store
 
 P = TypeVar("P", bound=BaseModel)
 
+# Failed attempts of this many records are kept, the oldest dropped first: a record's count outlives a
+# move of its partition, and one that the partition's next holder handled is never committed here.
+ATTEMPTS_KEPT = 10_000
 # A stage holding no partition of a topic that has some rejoins after this long, then doubling.
 REJOIN_FIRST_S = 20.0
 REJOIN_MAX_S = 600.0
@@ -312,10 +316,10 @@ class Stage:
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self.health: HealthServer | None = None
-        # Per-partition back-off state and per-record attempt counts.
+        # Per-partition back-off state, and per-record attempt counts, newest last (_unexpected).
         self._resume_at: dict[TopicPartition, float] = {}
         self._failures: dict[TopicPartition, int] = {}
-        self._attempts: dict[tuple[TopicPartition, int], int] = {}
+        self._attempts: OrderedDict[tuple[TopicPartition, int], int] = OrderedDict()
         # Inputs completed (outputs durable, offset committed) by this process, newest last, by (topic,
         # event id): one stage's outputs to two topics may share an id (the gate's accepted or pending
         # decision on one item), and a consumer of both must not take the one for a replay of the other.
@@ -513,8 +517,8 @@ class Stage:
         finally:
             log.info("stage stopping", extra={"stage": self.name})
             # Not ready once the loop is gone: a caller that runs this stage again after a fault (the
-            # console's intake) answered /readyz 200 while nothing consumed. The partitions' pauses and
-            # attempts belong to this consumer's assignment.
+            # console's intake) answered /readyz 200 while nothing consumed. The partitions' pauses
+            # belong to this consumer's assignment (their records' failed attempts to the process).
             self._joined = False
             try:
                 self._commit_left_over(now=True)
@@ -1049,9 +1053,14 @@ class Stage:
     def _unexpected(
         self, tp: TopicPartition, record: ConsumerRecord, exc: BaseException, event: Envelope[Any]
     ) -> _Outcome | _Retry:
+        # Counted on when the record's partition moved away and came back: dropped with it, a poison
+        # record in a group that rebalanced more often than its attempts took never reached the DLQ,
+        # and held its partition for good.
         attempt_key = (tp, record.offset)
-        attempts = self._attempts.get(attempt_key, 0) + 1
+        attempts = self._attempts.pop(attempt_key, 0) + 1
         self._attempts[attempt_key] = attempts
+        while len(self._attempts) > ATTEMPTS_KEPT:
+            self._attempts.popitem(last=False)
         log.error(
             "handler failed",
             exc_info=exc,
@@ -1414,12 +1423,7 @@ class Stage:
         self.metrics.paused_partitions.labels(self.name).set(len(self._resume_at))
 
     def _forget_partitions(self, partitions: Sequence[TopicPartition]) -> None:
-        gone = set(partitions)
-        # A record's failed attempts too: its next owner counts its own, and the entry of a record that
-        # member then handled was never popped here (kept for the life of the process, and counted on
-        # if the partition came back).
-        for key in [key for key in self._attempts if key[0] in gone]:
-            del self._attempts[key]
+        # Not its records' failed attempts: counted on if the partition comes back (_unexpected).
         for tp in partitions:
             if self._resume_at.pop(tp, None) is not None and self._consumer is not None:
                 # Paused here, so never resumed here: the records kafka-python parked for it would keep

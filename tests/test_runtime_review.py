@@ -681,15 +681,26 @@ def test_a_stop_while_the_broker_holds_back_acknowledgements_returns_0_and_frees
         probe.bind(("127.0.0.1", port))
 
 
-def test_a_revoked_partition_takes_its_records_failed_attempts_with_it(tmp_path: Path) -> None:
-    """Its next owner counts its own. Kept here, they were counted on if the partition came back, and the
-    entry of a record the other member handled was never removed (kept for the life of the process)."""
+def test_only_the_newest_records_failed_attempts_are_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record's failed attempts outlive a move of its partition (tests/test_runtime_review38.py), so
+    those of a record that the partition's next holder handled are never committed here: past
+    ``ATTEMPTS_KEPT`` records the oldest go, and they do not pile up for the life of the process."""
+    monkeypatch.setattr(runtime, "ATTEMPTS_KEPT", 2)
     stage = _stage(tmp_path)
-    topic = stage.settings.topic_name(SKU_INGESTED)
-    moved, kept = TopicPartition(topic, 0), TopicPartition(topic, 1)
-    stage._attempts.update({(moved, 5): 1, (moved, 6): 2, (kept, 5): 1})
-    runtime._RebalanceListener(stage).on_partitions_revoked([moved])
-    assert stage._attempts == {(kept, 5): 1}
+
+    @stage.handler(SKU_INGESTED)
+    def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        raise RuntimeError("a bug this input sets off")
+
+    _wired(stage)
+    _, [poison] = _records(stage, 1)
+    moved = [TopicPartition(poison.topic, partition) for partition in range(4)]
+    for tp in moved:
+        stage._process_batch({tp: [poison]})
+        runtime._RebalanceListener(stage).on_partitions_revoked([tp])  # for good
+    assert list(stage._attempts) == [(moved[2], 0), (moved[3], 0)]
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["per-event", "batch"])

@@ -1,5 +1,6 @@
 """The runtime: a partition that backed off, moved to another member and came back (on the real broker);
-the outputs counted of a partition sent again one by one and rewound part way."""
+the outputs counted of a partition sent again one by one and rewound part way; a poison record whose
+partition moves away and back between its attempts."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import pytest
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.structs import TopicPartition
 
-from schemas.envelope import Envelope
+from schemas.envelope import DeadLetter, Envelope
 from schemas.events import SkuIngested
 from schemas.topics import DLQ_SUFFIX, PASSTHROUGH_OUT, SKU_INGESTED
+from shared import runtime
 from shared.config import load_settings
 from shared.errors import TransientError
 from shared.runtime import Context, Emit, Stage
@@ -26,7 +28,7 @@ from tests.support.bus import (
     sku_ingested_payloads,
 )
 from tests.support.polling import wait_for
-from tests.support.runtime import _Consumer, _Producer, _record
+from tests.support.runtime import _Consumer, _Producer, _record, _wired
 
 
 @pytest.mark.kafka
@@ -134,3 +136,33 @@ def test_outputs_of_inputs_rewound_after_a_refusal_are_counted_once_delivered(tm
 
     assert consumer.committed == {tp: 3}
     assert (produced(out), produced(tp.topic + DLQ_SUFFIX)) == (2, 1)
+
+
+def test_a_poison_record_reaches_the_dlq_though_its_partition_moves_away_and_back_between_attempts(
+    tmp_path: Path,
+) -> None:
+    """Its failed attempts are counted on when the group hands its partition back. Before, a revoke
+    dropped them: in a group that rebalanced more often than the attempts took, the record was tried
+    for good, never dead-lettered, and nothing after it in its partition was handled."""
+    settings = load_settings(store_uri=file_store_uri(tmp_path), handler_max_attempts=3)
+    stage = Stage("review", settings=settings)
+
+    @stage.handler(SKU_INGESTED)
+    def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        raise RuntimeError("a bug this input sets off")
+
+    tp = TopicPartition(stage.settings.topic_name(SKU_INGESTED), 0)
+    [payload] = sku_ingested_payloads(stage.store, 1)
+    poison = _record(tp.topic, 0, ingested_envelope(payload).model_dump_json().encode())
+    consumer, producer = _wired(stage)
+    listener = runtime._RebalanceListener(stage)
+    for _ in range(3):
+        stage._process_batch({tp: [poison]})
+        listener.on_partitions_revoked([tp])  # a rebalance before its back-off ends
+        listener.on_partitions_assigned([tp])  # and the partition comes back here
+
+    assert consumer.committed == {tp: 1}
+    [(topic, value)] = producer.acked
+    letter = DeadLetter.model_validate_json(value)
+    assert (topic, letter.reason) == (tp.topic + DLQ_SUFFIX, "handler_error")
+    assert "after 3 attempts" in letter.detail
