@@ -529,7 +529,20 @@ class Stage:
                 if lag_watcher is not None:
                     lag_watcher.stop()
                 self._await_revoked_commits()
-                self._consumer.close(autocommit=False)
+                try:
+                    self._consumer.close(autocommit=False)
+                except Exception as exc:
+                    # Leaving the group failed (the broker going away as the stage stops). Raised, it
+                    # skipped the producer's close and made run() raise after a stop that had committed
+                    # all it could, or hid what the loop itself raised.
+                    log.warning(
+                        "closing the consumer at the stop: %s: %s; if it did not leave the group, the "
+                        "group moves its partitions at the session timeout",
+                        type(exc).__name__,
+                        exc,
+                        exc_info=exc,
+                        extra={"stage": self.name},
+                    )
                 if self._producer is not None:
                     try:
                         self._producer.close(timeout=self.settings.flush_timeout_s)

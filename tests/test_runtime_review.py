@@ -46,7 +46,7 @@ from shared.images import ImageRejected
 from shared.observability import StageMetrics
 from shared.runtime import Context, Emit, Stage, stale_after_s
 from tests.support.bus import file_store_uri, sku_ingested_payloads
-from tests.support.runtime import _Acked, _Consumer, _Producer, _record, _wired
+from tests.support.runtime import _Acked, _Consumer, _Producer, _record, _StoppingConsumer, _wired
 from tests.support.store import ReadCountingStore
 
 
@@ -650,30 +650,11 @@ def test_a_stop_while_the_broker_holds_back_acknowledgements_returns_0_and_frees
     stage = _stage(tmp_path, metrics_port=port, group_lag_interval_s=0)
     stage.handler(SKU_INGESTED)(lambda event, ctx: [])
 
-    class Consumer:
-        _cluster = SimpleNamespace(partitions_for_topic=lambda topic: {0})
-
-        def subscribe(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
-        def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[ConsumerRecord]]:
-            stage.stop()  # what the SIGTERM handler does
-            return {}
-
-        def assignment(self) -> set[TopicPartition]:
-            return set()
-
-        def group_metadata(self) -> SimpleNamespace:
-            return SimpleNamespace(state=MemberState.STABLE)
-
-        def close(self, autocommit: bool = False) -> None:
-            pass
-
     class Producer:
         def close(self, timeout: float | None = None) -> None:
             raise KafkaTimeoutError("Timeout waiting for future")
 
-    monkeypatch.setattr(runtime, "make_consumer", lambda *args, **kwargs: Consumer())
+    monkeypatch.setattr(runtime, "make_consumer", lambda *args, **kwargs: _StoppingConsumer(stage))
     monkeypatch.setattr(runtime, "make_producer", lambda *args, **kwargs: Producer())
     assert stage.run(install_signal_handlers=False) == 0
     with socket.socket() as probe:  # released

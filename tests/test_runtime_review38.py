@@ -1,9 +1,10 @@
 """The runtime: a partition that backed off, moved to another member and came back (on the real broker);
 the outputs counted of a partition sent again one by one and rewound part way; a poison record whose
-partition moves away and back between its attempts."""
+partition moves away and back between its attempts; a consumer whose close fails at the stop."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from tests.support.bus import (
     sku_ingested_payloads,
 )
 from tests.support.polling import wait_for
-from tests.support.runtime import _Consumer, _Producer, _record, _wired
+from tests.support.runtime import _Consumer, _Producer, _record, _StoppingConsumer, _wired
 
 
 @pytest.mark.kafka
@@ -166,3 +167,24 @@ def test_a_poison_record_reaches_the_dlq_though_its_partition_moves_away_and_bac
     letter = DeadLetter.model_validate_json(value)
     assert (topic, letter.reason) == (tp.topic + DLQ_SUFFIX, "handler_error")
     assert "after 3 attempts" in letter.detail
+
+
+def test_a_consumer_whose_close_fails_at_the_stop_still_lets_the_producer_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Leaving the group can fail as the stage stops (the broker going away at the same time). Before,
+    the consumer's close raised past the producer's, which was never closed, and run() raised after a
+    stop that had committed all it could; now the error is logged and the stop ends as any other."""
+    settings = load_settings(store_uri=file_store_uri(tmp_path), group_lag_interval_s=0)
+    stage = Stage("review", settings=settings)
+    stage.handler(SKU_INGESTED)(lambda event, ctx: [])
+    consumer = _StoppingConsumer(stage, close_error=KafkaTimeoutError("leaving the group timed out"))
+    producer = _Producer()
+    monkeypatch.setattr(runtime, "make_consumer", lambda *args, **kwargs: consumer)
+    monkeypatch.setattr(runtime, "make_producer", lambda *args, **kwargs: producer)
+
+    with caplog.at_level(logging.WARNING, logger="skuforge.runtime"):
+        assert stage.run(install_signal_handlers=False, serve_health=False) == 0
+
+    assert producer.closed
+    assert any("leaving the group timed out" in record.getMessage() for record in caplog.records)

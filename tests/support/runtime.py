@@ -3,17 +3,19 @@ the ``ConsumerRecord`` they feed it.
 
 ``_wired`` puts both on a stage: the consumer records seeks, pauses and commits, the producer
 acknowledges sends on flush unless told to fail, so a test sets up exactly the failure it is about.
+``_StoppingConsumer`` is what ``Stage.run`` needs of a consumer to start and stop at its first poll.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, KafkaTimeoutError
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
 from bench.events import key_for
 from schemas.envelope import DeadLetter
@@ -43,6 +45,34 @@ class _Consumer:
         self.committed.update({tp: meta.offset for tp, meta in offsets.items()})
 
 
+class _StoppingConsumer:
+    """Joins a stable group holding nothing and stops ``stage`` at its first poll, as a SIGTERM would;
+    its ``close`` raises ``close_error`` if given."""
+
+    _cluster = SimpleNamespace(partitions_for_topic=lambda topic: {0})
+
+    def __init__(self, stage: Stage, close_error: Exception | None = None) -> None:
+        self.stage = stage
+        self.close_error = close_error
+
+    def subscribe(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[ConsumerRecord]]:
+        self.stage.stop()
+        return {}
+
+    def assignment(self) -> set[TopicPartition]:
+        return set()
+
+    def group_metadata(self) -> SimpleNamespace:
+        return SimpleNamespace(state=MemberState.STABLE)
+
+    def close(self, autocommit: bool = False) -> None:
+        if self.close_error is not None:
+            raise self.close_error
+
+
 class _Acked:
     """A send's result: acknowledged once a flush that did not fail took it (kafka-python's future)."""
 
@@ -62,6 +92,7 @@ class _Producer:
 
     def __init__(self) -> None:
         self.fail_flush = False
+        self.closed = False
         self.acked: list[tuple[str, bytes]] = []
         self._pending: list[tuple[str, bytes, _Acked]] = []
 
@@ -77,6 +108,9 @@ class _Producer:
         for topic, value, future in pending:
             future.error = None
             self.acked.append((topic, value))
+
+    def close(self, timeout: float | None = None) -> None:
+        self.closed = True
 
 
 def _wired(stage: Stage, consumer: _Consumer | None = None) -> tuple[_Consumer, _Producer]:
