@@ -101,6 +101,9 @@ from shared.photos import WORKING_SIDE_PX, refuse_too_small
 from shared.runtime import Context, Emit, Stage, run_stage_loading
 from shared.store import ObjectStore
 
+# The ``model`` labels of the stage's model call metrics (``skuforge_model_seconds``, ``_batch_size``).
+MATTING_MODEL_LABEL = "matting"
+VLM_MODEL_LABEL = "vlm"
 # 2: colours are named as under neutral light on in-store photos (``attributes.correct_light``).
 ATTRIBUTES_BACKEND = "attributes/2"
 # Packaging whose outline is convex from every side (a box or carton, a can): dents in its mask are
@@ -469,7 +472,7 @@ def _find_products(
     ]
     predictions: Iterator[MattingResult | BadInput] = iter([])
     if readable:  # no photo to mask makes no model call, so none is counted
-        with ctx.metrics.model_call("matting", len(readable)):
+        with ctx.metrics.model_call(MATTING_MODEL_LABEL, len(readable)):
             # Per photo: one the model gives NaN for is unusable alone, as the matting stage refuses it
             # (``predict`` failed the whole SKU, retried and dead-lettered as handler_error).
             predictions = iter(models.session.predict_each(readable))
@@ -547,7 +550,7 @@ def _sentences(
     usable = [outcome.image for outcome in found if isinstance(outcome, _Found)]
     if vlm is None:
         return [None] * len(found)
-    with ctx.metrics.model_call("vlm", len(usable)):
+    with ctx.metrics.model_call(VLM_MODEL_LABEL, len(usable)):
         described = iter(vlm.describe(usable))
     return [next(described) if isinstance(outcome, _Found) else None for outcome in found]
 
@@ -637,6 +640,10 @@ def build_stage(
         ready=lambda: session.ready,
         **kwargs,
     )
+    # From 0, so rate() counts the first call after a restart (a series born at 1 shows no increase).
+    stage.metrics.declare_model(MATTING_MODEL_LABEL)
+    if models.vlm is not None:
+        stage.metrics.declare_model(VLM_MODEL_LABEL)
     stage.handler(SKU_INGESTED)(functools.partial(handle, models=models))
     return stage
 
