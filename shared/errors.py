@@ -49,10 +49,16 @@ def naming(name: str, uri: str) -> Iterator[None]:
     try:
         yield
     except BadInput as refusal:
-        detail = refusal.detail or refusal.reason
-        # object_missing and checksum_mismatch name the uri already.
-        where = name if uri in detail else f"{name} {uri}"
-        raise BadInput(refusal.reason, f"{where}: {detail}") from None
+        raise named(refusal, name, uri) from None
+
+
+def named(refusal: BadInput, name: str, uri: str) -> BadInput:
+    """``refusal`` naming the object it refused, as ``naming`` raises it: for a refusal returned, not
+    raised (one image of a batch the model refused)."""
+    detail = refusal.detail or refusal.reason
+    # object_missing and checksum_mismatch name the uri already.
+    where = name if uri in detail else f"{name} {uri}"
+    return BadInput(refusal.reason, f"{where}: {detail}")
 
 
 class TransientError(Exception):

@@ -23,7 +23,7 @@ from shared.matting.session import U2NetPSession, U2NetSession, normalise_min_ma
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore
-from tests.support.matting import stand_in_onnx_bytes
+from tests.support.matting import nan_where_red_onnx_bytes, stand_in_onnx_bytes
 
 
 def test_a_finite_map_wider_than_a_float32_is_normalised_not_made_nan() -> None:
@@ -139,3 +139,40 @@ def test_a_model_whose_fixed_batch_fits_a_poll_is_not_said_to_be_cut_by_it(
 
     assert session.max_batch == 2
     assert "more than a poll brings" not in caplog.text
+
+
+def test_an_image_the_model_gives_nan_for_is_named_in_its_dead_letter(tmp_path: Path) -> None:
+    """A read refusal names the image's URI (``naming``); ``model_output_not_finite`` named only the
+    model, so an operator reading the letter had to decode its payload to learn which image it was."""
+    store = FileStore(tmp_path / "store")
+    ctx = Context(
+        "matting",
+        store,
+        load_settings(store_uri=store.base_uri),
+        StageMetrics("matting"),
+        logging.getLogger("t"),
+    )
+    session = U2NetPSession(nan_where_red_onnx_bytes(), threads=1, use_gpu=False)
+    session.warm_up()
+    image = store.put_image("generated/white.png", Image.new("RGB", (64, 48), "white"))
+    payload = ImageGenerated(
+        item_id="item-1",
+        sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
+        reference_photo_id="p1",
+        reference_image=image,
+        reference_mask=image,
+        image=image,
+        expected_mask=image,
+        backend="composite",
+        model_id="synth",
+        seed=1,
+        variant_index=0,
+    )
+    event = make_envelope(
+        IMAGE_GENERATED, payload, event_id="e" * 32, sku_id="SKU-1", trace_id="t", producer="t"
+    )
+
+    (refusal,) = handle_batch([event], ctx, session=session)
+
+    assert isinstance(refusal, BadInput) and refusal.reason == "model_output_not_finite"
+    assert refusal.detail.startswith(f"image {image.uri}: {session.model_id} gave NaN"), refusal.detail

@@ -58,7 +58,7 @@ from schemas.flow import MATTING
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
 from services.matting.config import MattingSettings
 from shared.config import ConfigError, Settings, load_settings
-from shared.errors import BadInput, naming
+from shared.errors import BadInput, named, naming
 from shared.matting.roi import Box, product_box
 from shared.matting.session import (
     MaskOptions,
@@ -167,7 +167,7 @@ def handle_batch(
             image = read[0]
             prediction = next(predictions)
             if isinstance(prediction, BadInput):  # the model gave NaN for this image alone
-                results.append(prediction)
+                results.append(named(prediction, "image", event.payload.image.uri))
                 continue
             generated = event.payload
             file_key = f"{event.sku_id}/{generated.item_id}.png"
