@@ -19,7 +19,7 @@ from services.matting.stage import MattingMetrics, build_stage, handle_batch, op
 from shared.bus import make_envelope
 from shared.config import load_settings
 from shared.errors import BadInput
-from shared.matting.session import U2NetPSession, U2NetSession, normalise_min_max
+from shared.matting.session import MattingModelError, U2NetPSession, U2NetSession, normalise_min_max
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore
@@ -176,3 +176,75 @@ def test_an_image_the_model_gives_nan_for_is_named_in_its_dead_letter(tmp_path: 
 
     assert isinstance(refusal, BadInput) and refusal.reason == "model_output_not_finite"
     assert refusal.detail.startswith(f"image {image.uri}: {session.model_id} gave NaN"), refusal.detail
+
+
+def batch_folding_onnx_bytes() -> bytes:
+    """A badly exported model: one map per call, the mean of its images' (the batch folded away), so
+    its one-image warm-up gives the one map expected."""
+    import onnx
+
+    model = onnx.load_from_string(stand_in_onnx_bytes())
+    nodes = model.graph.node
+    sigmoid = next(node for node in nodes if node.op_type == "Sigmoid")
+    sigmoid.output[0] = "maps"
+    nodes.insert(
+        list(nodes).index(sigmoid) + 1,
+        onnx.helper.make_node("ReduceMean", ["maps"], ["d0"], axes=[0], keepdims=1),
+    )
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_a_model_giving_fewer_maps_than_images_is_a_clear_error() -> None:
+    """A model that folds the batch away passed its warm-up, and ``predict`` of four images returned
+    one result: a caller zipping them with its images (``zip`` stops at the shorter) lost three."""
+    session = U2NetPSession(batch_folding_onnx_bytes(), threads=1, use_gpu=False)
+    session.warm_up()
+    images = [Image.new("RGB", (64, 48), colour) for colour in ("white", "red", "green", "blue")]
+
+    with pytest.raises(MattingModelError, match=r"\(1, 1, 320, 320\) for 4 images"):
+        session.predict(images)
+    assert not session.ready
+
+
+def test_the_stage_mats_alone_what_a_batch_folding_model_cannot_mat_together(tmp_path: Path) -> None:
+    """The stage's chunk failed in ``next`` (StopIteration, an error naming nothing); now the model's
+    error fails the chunk, which the runtime then runs an event at a time (``Stage._single``), and
+    one image a call the model mats: no accepted image is dead-lettered for the model's fault."""
+    store = FileStore(tmp_path / "store")
+    ctx = Context(
+        "matting",
+        store,
+        load_settings(store_uri=store.base_uri),
+        StageMetrics("matting"),
+        logging.getLogger("t"),
+    )
+    session = U2NetPSession(batch_folding_onnx_bytes(), threads=1, use_gpu=False)
+    events = []
+    for index in range(4):
+        image = store.put_image(f"generated/{index}.png", Image.new("RGB", (64, 48), (60 * index, 0, 0)))
+        payload = ImageGenerated(
+            item_id=f"item-{index}",
+            sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
+            reference_photo_id="p1",
+            reference_image=image,
+            reference_mask=image,
+            image=image,
+            expected_mask=image,
+            backend="composite",
+            model_id="synth",
+            seed=1,
+            variant_index=index,
+        )
+        events.append(
+            make_envelope(
+                IMAGE_GENERATED, payload, event_id=f"{index}" * 32, sku_id="SKU-1", trace_id="t", producer="t"
+            )
+        )
+
+    with pytest.raises(MattingModelError, match="for 4 images"):
+        handle_batch(events, ctx, session=session)
+    alone = [handle_batch([event], ctx, session=session)[0] for event in events]
+
+    assert not any(isinstance(result, BadInput) for result in alone)
+    assert session.ready

@@ -516,7 +516,8 @@ class MattingSession(ABC):
         whole image. A boxed image is matted as its crop; its result is at the image's full size,
         zero outside the box. An image without pixels (0xN) or a box that is no region of its image
         is refused (``ValueError`` naming its index) before any image is matted. A map with NaN or
-        infinity in it is a ``MattingModelError`` (``predict_each`` refuses such an image alone).
+        infinity in it is a ``MattingModelError`` (``predict_each`` refuses such an image alone), and so
+        is a model call that returns other than one map per image (``predict_each`` too).
         """
         results = self.predict_each(images, boxes)
         refused = [index for index, result in enumerate(results) if isinstance(result, BadInput)]
@@ -643,7 +644,15 @@ class MattingSession(ABC):
             if fixed is not None and count < fixed:  # blank images fill the call; their maps dropped
                 part = np.concatenate([part, np.zeros((fixed - count, *part.shape[1:]), part.dtype)])
             (predictions,) = self._session_for(len(part)).run([self.output_name], {self.input_name: part})
-            outputs.append(np.asarray(predictions, dtype=np.float32)[:count])
+            maps = np.asarray(predictions, dtype=np.float32)
+            if maps.shape[:1] != (len(part),):
+                # An export that fixed or folded the batch passes the one-image warm-up; its maps, cut to
+                # the call's images, were fewer than the images, and the callers got fewer results.
+                raise MattingModelError(
+                    f"{self.model_id} returned {self.output_name!r} {maps.shape} for {len(part)} images; "
+                    "a U2-Net model returns one map per image, batch first (export it with a dynamic batch)"
+                )
+            outputs.append(maps[:count])
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     def _mats_the_blank_image(self) -> bool:
