@@ -95,15 +95,17 @@ def handle(
     # What the event's own figures refuse (too many pixels, too many bytes), for all five objects
     # before any is read: at 40 MP reading an item peaks at about 0.4 GB (its three 40 MB masks held
     # while each 120 MB image decodes), wasted on an item refused for its last object.
-    for name, ref in (
-        ("predicted mask", matted.predicted_mask),
-        ("expected mask", generated.expected_mask),
-        ("image", generated.image),
-        ("reference image", generated.reference_image),
-        ("reference mask", generated.reference_mask),
+    # Each says what it is read for at its stated size: the reference photo's refusal said it "is
+    # compared pixel by pixel", and it is read for its colours alone.
+    for name, ref, why in (
+        ("predicted mask", matted.predicted_mask, "it is compared pixel by pixel with the expected mask"),
+        ("expected mask", generated.expected_mask, "it is compared pixel by pixel with the predicted mask"),
+        ("image", generated.image, "its product's colours are read under its masks"),
+        ("reference image", generated.reference_image, "its product's colours are read under its mask"),
+        ("reference mask", generated.reference_mask, "its photo's product colours are read under it"),
     ):
         with naming(name, ref.uri):
-            ctx.refuse_unread(ref, "it is compared pixel by pixel")
+            ctx.refuse_unread(ref, why)
     # Masks are compared pixel by pixel with their image, and each object is read only at the size the
     # event states (``_read``): stated sizes that differ refuse the item before any object is decoded.
     _same_size(
