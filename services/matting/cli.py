@@ -182,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     real.add_argument("--seed", type=non_negative_int, default=12, help="draws the copies and composites")
     real.add_argument(
         "--reflection-share",
-        type=float,
+        type=float_between(0.0, 1.0),
         default=0.0,
-        help="share of the catalogue copies given a glossy-floor reflection, labelled background",
+        help="share (0 to 1) of the catalogue copies given a glossy-floor reflection, labelled background",
     )
     real.add_argument(
         "--out",
@@ -674,8 +674,6 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
             verify_md5(official_bytes, source=str(official_onnx))
         except OfficialWeightsError as exc:
             parser.error(str(exc))
-        if not 0.0 <= args.reflection_share <= 1.0:
-            parser.error(f"--reflection-share {args.reflection_share}: give a share from 0 to 1")
         left = [
             folder
             for folder in (args.out / "images", args.out / "masks")

@@ -1,0 +1,35 @@
+"""What today's config review left: number options read with plain int() or float(), a port in
+ports.json in other digits, and two settings whose blank or spaced value broke the rule every other
+name follows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from services.matting import cli as matting_cli
+
+
+def _usage_error(
+    main: Callable[[list[str]], int], argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> str:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("share", "why"), [("\u0660.5", "ASCII digits"), ("2", "from 0 to 1"), ("nan", "0 to 1")]
+)
+def test_a_reflection_share_that_is_no_share_is_refused_before_the_dataset_is_looked_at(
+    share: str, why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """0.5 in Arabic-Indic digits ran as 0.5 (float() reads any script's); a share past 1 was refused
+    only once the dataset and the official model had been found and checked."""
+    err = _usage_error(
+        matting_cli.main, ["real-pairs", "--dataset", str(tmp_path), "--reflection-share", share], capsys
+    )
+    assert "--reflection-share" in err and why in err
