@@ -50,7 +50,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from bench.committed import check_out
-from shared.argtypes import non_negative_int, positive_int, whole_number
+from shared.argtypes import int_between, non_negative_float, non_negative_int, positive_int, whole_number
 from shared.gate.checks import GateThresholds, evaluate, failed_reasons
 from shared.generation.backend import COLOUR_GAIN_KEY
 from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
@@ -291,12 +291,10 @@ def summarise(
 
 
 def _roi_margin(value: str) -> float | None:
+    """An argparse type: 'off' (whole images), or how much wider per side the box is matted."""
     if value.strip().lower() == "off":
         return None
-    margin = float(value)
-    if margin < 0:
-        raise argparse.ArgumentTypeError("the ROI margin is 'off' or a number >= 0")
-    return margin
+    return non_negative_float(value)  # float() alone took 'nan' (not below 0) and other scripts' digits
 
 
 def _image_side_px(text: str) -> int:
@@ -330,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--other-seed",
-        type=int,
+        type=int_between(-1, 2**63 - 1),
         default=7,
         help="also run the composite bench at this seed and keep its rates under 'other_seed' "
         "(how much the figure moves with the sample); -1 skips it",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import gate
 from services.matting import cli as matting_cli
 
 
@@ -33,3 +34,22 @@ def test_a_reflection_share_that_is_no_share_is_refused_before_the_dataset_is_lo
         matting_cli.main, ["real-pairs", "--dataset", str(tmp_path), "--reflection-share", share], capsys
     )
     assert "--reflection-share" in err and why in err
+
+
+@pytest.mark.parametrize(("seed", "why"), [("\u0663", "ASCII digits"), ("-2", "from -1")])
+def test_the_gate_bench_refuses_an_other_seed_that_is_no_seed(
+    seed: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'٣' ran the second composite bench at seed 3, and -2 skipped it as -1 does."""
+    err = _usage_error(gate.main, ["--other-seed", seed], capsys)
+    assert "--other-seed" in err and why in err
+
+
+@pytest.mark.parametrize("margin", ["\u0660.1", "inf", "nan"])
+def test_the_gate_bench_refuses_a_roi_margin_that_is_no_number(
+    margin: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """float() read 0.1 in Arabic-Indic digits as 0.1, and 'inf' and 'nan' passed the check for a
+    negative margin; 'nan < 0' is false."""
+    err = _usage_error(gate.main, ["--roi-margin", margin], capsys)
+    assert "--roi-margin" in err and "not the committed run" not in err
