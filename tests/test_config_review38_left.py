@@ -11,6 +11,7 @@ import pytest
 
 from bench import gate
 from services.matting import cli as matting_cli
+from shared.captioning import fit_shape
 
 
 def _usage_error(
@@ -53,3 +54,20 @@ def test_the_gate_bench_refuses_a_roi_margin_that_is_no_number(
     negative margin; 'nan < 0' is false."""
     err = _usage_error(gate.main, ["--roi-margin", margin], capsys)
     assert "--roi-margin" in err and "not the committed run" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--seed", "\u0663", "--eval-seed", "3"],
+        ["--seed", "3", "--eval-seed", "\u0663"],
+        ["--seed", "-1", "--eval-seed", "-1"],
+    ],
+)
+def test_fit_shape_refuses_a_catalogue_seed_that_is_no_seed(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'٣' was catalogue 3; -1 passed the parser and the catalogue refused it with a traceback once the
+    matting session was loaded. (Each argv here would also be one seed twice, which is refused too.)"""
+    err = _usage_error(fit_shape.main, [*argv, "--out", str(tmp_path / "shape.py")], capsys)
+    assert "seed" in err and "must differ" not in err

@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFilter
 
-from shared.argtypes import file_problem, float_between, non_negative_int, positive_int
+from shared.argtypes import file_problem, float_between, int_between, non_negative_int, positive_int
 from shared.arith.masks import convex_hull
 from shared.captioning.attributes import (
     PACKAGE_SHAPES,
@@ -55,6 +55,8 @@ from shared.matting.session import MattingSession, open_session
 OUTPUT = Path(__file__).with_name("shape_model.py")
 FIT_SEED = 4242
 EVAL_SEED = 2025
+# The synthetic catalogue refuses a negative seed, after the matting session is loaded.
+CATALOGUE_SEED = int_between(0, 2**63 - 1)
 SIZES_PX = (192, 256, 384, 512)
 # The renderer makes packages only; "produce" is a rule ahead of the tree (``looks_like_produce``).
 CLASSES: tuple[str, ...] = PACKAGE_SHAPES
@@ -345,11 +347,15 @@ def render_module(tree: dict[str, Any], provenance: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Fit, score on the evaluation seed, write the module."""
     parser = argparse.ArgumentParser(prog="python -m shared.captioning.fit_shape", description=__doc__)
-    parser.add_argument("--seed", type=int, default=FIT_SEED, help="catalogue seed of the fitting products")
+    parser.add_argument(
+        "--seed", type=CATALOGUE_SEED, default=FIT_SEED, help="catalogue seed of the fitting products"
+    )
     parser.add_argument(
         "--products", type=positive_int, default=900, help="fitting products (one photo each)"
     )
-    parser.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="catalogue seed for scoring")
+    parser.add_argument(
+        "--eval-seed", type=CATALOGUE_SEED, default=EVAL_SEED, help="catalogue seed for scoring"
+    )
     parser.add_argument(
         "--eval-products", type=non_negative_int, default=300, help="products to score on (0: skip)"
     )
