@@ -320,8 +320,10 @@ def saved_ports(path: Path) -> dict[str, int]:
         return {}
     saved: dict[str, int] = {}
     for name, port in document.items():
-        # "9092" as ever; isdecimal, not isdigit: "²" is a digit that int() refuses (a traceback).
-        number = int(port) if isinstance(port, str) and port.strip().isdecimal() else port
+        # "9092" as ever, in ASCII digits: int() reads any script's ("٩٠٩٢" is 9092), and "²" is a
+        # digit to isdigit() that int() refuses (a traceback).
+        text = port.strip() if isinstance(port, str) else ""
+        number = int(text) if text.isascii() and text.isdecimal() else port
         if isinstance(number, int) and not isinstance(number, bool) and 1 <= number <= 65535:
             saved[name] = number
         else:

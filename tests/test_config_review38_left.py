@@ -4,12 +4,14 @@ name follows."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bench import gate
+from devstack.up import saved_ports
 from services.matting import cli as matting_cli
 from shared.captioning import fit_shape
 
@@ -71,3 +73,13 @@ def test_fit_shape_refuses_a_catalogue_seed_that_is_no_seed(
     matting session was loaded. (Each argv here would also be one seed twice, which is refused too.)"""
     err = _usage_error(fit_shape.main, [*argv, "--out", str(tmp_path / "shape.py")], capsys)
     assert "seed" in err and "must differ" not in err
+
+
+def test_a_port_in_other_digits_in_ports_json_is_chosen_afresh(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'٩٠٩٢' (str.isdecimal() is true of any script's digits) was the port 9092: what reads as no number."""
+    path = tmp_path / "ports.json"
+    path.write_text(json.dumps({"kafka": "\u0669\u0660\u0669\u0662", "gate": "9093"}))
+    assert saved_ports(path) == {"gate": 9093}
+    assert "kafka" in capsys.readouterr().err
