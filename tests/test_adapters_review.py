@@ -128,7 +128,7 @@ def test_an_adapter_id_with_a_trailing_newline_is_refused_at_start_up_and_by_the
     # was refused one SKU at a time (unknown_adapter).
     monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND", "diffusion")
     monkeypatch.setenv("SKUFORGE_GENERATION_ADAPTER_ID", "shelf-general\n")
-    with pytest.raises(ConfigError, match=r"SKUFORGE_GENERATION_ADAPTER_ID: .*not an adapter id"):
+    with pytest.raises(ConfigError, match=r"SKUFORGE_GENERATION_ADAPTER_ID: .*spaces around it"):
         load_settings(GenerationSettings)
     monkeypatch.setenv("SKUFORGE_GENERATION_ADAPTER_ID", "shelf-general")
     assert load_settings(GenerationSettings).generation_adapter_id == "shelf-general"

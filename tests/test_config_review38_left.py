@@ -14,6 +14,8 @@ from bench import gate
 from devstack.up import saved_ports
 from services.matting import cli as matting_cli
 from shared.captioning import fit_shape
+from shared.config import ConfigError, load_settings
+from shared.generation.settings import GenerationSettings
 
 
 def _usage_error(
@@ -83,3 +85,18 @@ def test_a_port_in_other_digits_in_ports_json_is_chosen_afresh(
     path.write_text(json.dumps({"kafka": "\u0669\u0660\u0669\u0662", "gate": "9093"}))
     assert saved_ports(path) == {"gate": 9093}
     assert "kafka" in capsys.readouterr().err
+
+
+def test_a_blank_adapter_id_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKUFORGE_GENERATION_ADAPTER_ID", " ")
+    assert load_settings(GenerationSettings).generation_adapter_id is None
+
+
+@pytest.mark.parametrize("adapter_id", [" none ", "none\n", " cola-0123456789ab"])
+def test_spaces_around_an_adapter_id_are_refused_naming_the_variable(
+    adapter_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """' none ' was the base model (the check stripped it) while ' ' was refused as no adapter id."""
+    monkeypatch.setenv("SKUFORGE_GENERATION_ADAPTER_ID", adapter_id)
+    with pytest.raises(ConfigError, match=r"SKUFORGE_GENERATION_ADAPTER_ID: .*spaces around it"):
+        load_settings(GenerationSettings)

@@ -168,7 +168,13 @@ class GenerationSettings(BaseSettings):
         default=1, ge=1, le=64, description="model instances Triton runs in parallel (CPU: ~1 per 2 cores)"
     )
 
-    @field_validator("generation_triton_url", "generation_server_address", "scenes_uri", mode="before")
+    @field_validator(
+        "generation_triton_url",
+        "generation_server_address",
+        "scenes_uri",
+        "generation_adapter_id",
+        mode="before",
+    )
     @classmethod
     def _name_or_unset(cls, value: Any) -> Any:
         return name_or_unset(value)
@@ -300,7 +306,7 @@ class GenerationSettings(BaseSettings):
     @classmethod
     def _adapter_id_is_an_id(cls, adapter_id: str | None) -> str | None:
         # An id the registry cannot hold would refuse every diffusion variant, one SKU at a time.
-        is_base_model = adapter_id is not None and adapter_id.strip().lower() == NO_ADAPTER
+        is_base_model = adapter_id is not None and adapter_id.lower() == NO_ADAPTER
         # fullmatch: with re.match, the pattern's '$' also matches before a trailing newline.
         if adapter_id is not None and not is_base_model and not re.fullmatch(ADAPTER_ID_PATTERN, adapter_id):
             raise ValueError(
