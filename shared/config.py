@@ -255,6 +255,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
+        "kafka_bootstrap",
         "kafka_ssl_cafile",
         "consumer_group_prefix",
         "topic_namespace",

@@ -14,7 +14,7 @@ from bench import gate
 from devstack.up import saved_ports
 from services.matting import cli as matting_cli
 from shared.captioning import fit_shape
-from shared.config import ConfigError, load_settings
+from shared.config import ConfigError, Settings, load_settings
 from shared.generation.settings import GenerationSettings
 
 
@@ -100,3 +100,10 @@ def test_spaces_around_an_adapter_id_are_refused_naming_the_variable(
     monkeypatch.setenv("SKUFORGE_GENERATION_ADAPTER_ID", adapter_id)
     with pytest.raises(ConfigError, match=r"SKUFORGE_GENERATION_ADAPTER_ID: .*spaces around it"):
         load_settings(GenerationSettings)
+
+
+@pytest.mark.parametrize("blank", [" ", "\t"])
+def test_a_blank_kafka_bootstrap_is_unset(blank: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was refused as "'' is not host:port", while every other blank setting is unset."""
+    monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", blank)
+    assert load_settings().kafka_bootstrap == Settings.model_fields["kafka_bootstrap"].default
