@@ -13,6 +13,7 @@ import pytest
 from bench import gate
 from devstack.up import saved_ports
 from services.matting import cli as matting_cli
+from services.matting.config import MattingSettings
 from shared.captioning import fit_shape
 from shared.config import ConfigError, Settings, load_settings
 from shared.generation.settings import GenerationSettings
@@ -107,3 +108,14 @@ def test_a_blank_kafka_bootstrap_is_unset(blank: str, monkeypatch: pytest.Monkey
     """It was refused as "'' is not host:port", while every other blank setting is unset."""
     monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", blank)
     assert load_settings().kafka_bootstrap == Settings.model_fields["kafka_bootstrap"].default
+
+
+@pytest.mark.parametrize("threshold", ["\u0660.5", "\u0660.\u0665"])
+def test_a_matting_threshold_in_other_digits_is_refused_at_start_up(
+    threshold: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its validator read the number with float(), which reads any script's digits: 0.5 in Arabic-Indic
+    digits was the threshold 0.5, where pydantic, which reads every other number setting, refuses it."""
+    monkeypatch.setenv("SKUFORGE_MATTING_THRESHOLD", threshold)
+    with pytest.raises(ConfigError, match=r"SKUFORGE_MATTING_THRESHOLD: .*'otsu' or a number"):
+        load_settings(MattingSettings)

@@ -90,7 +90,8 @@ class MattingSettings(BaseSettings):
         """Parse here so a bad value gives one message instead of one per member of the union."""
         if isinstance(value, str) and value.strip().lower() == "otsu":
             return "otsu"
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
+        # Not a str of other scripts' digits: float() reads them, pydantic (every other number) does not.
+        if isinstance(value, bool) or not isinstance(value, str | int | float) or not str(value).isascii():
             raise ValueError(_THRESHOLD_HELP)
         try:
             number = float(value)
