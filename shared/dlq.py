@@ -93,7 +93,8 @@ LOCK_REFRESH_S = 10.0
 LOCK_STALE_S = 60.0
 # The sender reads the lock before a send once it last found it its own this long ago (``_ReplayLock.check``).
 LOCK_CHECK_S = 2.0
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+# [0-9], not \d: \d matches any script's digits and float() reads them ('٣d' was 3 days).
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd])$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 # The flow's topic names without a namespace: such a name is never inside a non-empty namespace, even
 # one it happens to start with (namespace "sku", topic "sku.ingested.v1").

@@ -17,10 +17,11 @@ from services.matting.config import MattingSettings
 from shared.captioning import fit_shape
 from shared.config import ConfigError, Settings, load_settings
 from shared.generation.settings import GenerationSettings
+from skuforge_cli import dlq as dlq_cli
 
 
 def _usage_error(
-    main: Callable[[list[str]], int], argv: list[str], capsys: pytest.CaptureFixture[str]
+    main: Callable[[list[str]], object], argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> str:
     with pytest.raises(SystemExit) as exited:
         main(argv)
@@ -119,3 +120,14 @@ def test_a_matting_threshold_in_other_digits_is_refused_at_start_up(
     monkeypatch.setenv("SKUFORGE_MATTING_THRESHOLD", threshold)
     with pytest.raises(ConfigError, match=r"SKUFORGE_MATTING_THRESHOLD: .*'otsu' or a number"):
         load_settings(MattingSettings)
+
+
+@pytest.mark.parametrize("since", ["\u0663d", "1.\u0665h"])
+def test_a_dlq_since_in_other_digits_is_a_usage_error(since: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The duration's pattern read its amount with \\d, which matches any script's digits, and float()
+    read them: `skuforge dlq replay T --since ٣d` replayed the letters of the last 3 days."""
+    err = _usage_error(
+        dlq_cli.build_parser().parse_args, ["replay", "sku.captioned.v1", "--since", since], capsys
+    )
+    assert "--since" in err and "duration" in err
+    assert dlq_cli.build_parser().parse_args(["replay", "sku.captioned.v1", "--since", "3d"]).since
