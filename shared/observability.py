@@ -88,6 +88,14 @@ class StageMetrics:
             ["stage", "topic"],
             registry=self.registry,
         )
+        self.batch_handler_failures = Counter(
+            "skuforge_batch_handler_failures_total",
+            "Micro-batches whose batch handler raised an unexpected error, by error class: each of their "
+            "events was then run alone, so one that fails on every batch (a model that cannot take "
+            "batches) is slow, not wrong; the log warns of them at most once a minute per topic.",
+            ["stage", "topic", "error"],
+            registry=self.registry,
+        )
         self.dlq = Counter(
             "skuforge_dlq_total",
             "Messages sent to a dead-letter topic, by reason.",

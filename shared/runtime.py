@@ -254,6 +254,29 @@ def _duplicate() -> _Outcome:
 
 # A producer that never keys its events would log one warning per record: one a minute per topic says it.
 KEYLESS_WARNING_INTERVAL_S = 60.0
+# A batch handler that fails on every batch (a model that cannot take batches) would log one per batch.
+BATCH_FAILURE_WARNING_INTERVAL_S = 60.0
+
+
+class _Throttle:
+    """Says when a warning about a topic is due: its first time, then at most once per ``interval_s``,
+    with how many times it came since the last one logged (this one included)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._seen: dict[str, tuple[float | None, int]] = {}  # per topic: when last logged, how many since
+
+    def due(self, topic: str) -> int | None:
+        """The times it came since the last warning, or None while the last is under ``interval_s`` old."""
+        now = time.monotonic()
+        warned_at, seen = self._seen.get(topic, (None, 0))
+        seen += 1
+        if warned_at is not None and now - warned_at < self.interval_s:
+            self._seen[topic] = (warned_at, seen)
+            return None
+        self._seen[topic] = (now, 0)
+        return seen
+
 
 # An output record larger than this cannot be produced (the producer's max_request_size and the
 # broker's message.max.bytes are both about 1 MiB by default, record overhead included): the input is
@@ -333,8 +356,10 @@ class Stage:
         # retry, a replay beside its original) were both handled and both produced their outputs.
         self._in_batch: set[tuple[str, str]] = set()
         self._last_left_over_commit = 0.0
-        # Per input topic: when a record with no key was last logged, and those seen since (_warn_keyless).
-        self._keyless_seen: dict[str, tuple[float | None, int]] = {}
+        # Per input topic, warned of at most once a minute: records with no key (_warn_keyless), batches
+        # whose handler raised (_note_batch_failure).
+        self._keyless = _Throttle(KEYLESS_WARNING_INTERVAL_S)
+        self._batch_failures = _Throttle(BATCH_FAILURE_WARNING_INTERVAL_S)
         self._dedupe_window = dedupe_window
         self._last_lag_update = 0.0
         self._joined = False  # set once the group gave us a first assignment (possibly empty)
@@ -784,8 +809,9 @@ class Stage:
                     )
             except (TransientError, KafkaError) as exc:
                 results = [exc] * len(events)
-            except Exception:
+            except Exception as exc:
                 # Isolate the poison: run each event alone so one bad event cannot fail the rest.
+                self._note_batch_failure(route, exc, len(events))
                 for event in events:
                     self.context._take_actions(event)  # the failed call's
                 results = [self._single(route, event) for event in events]
@@ -829,6 +855,33 @@ class Stage:
                 done.append((record, outcome))
             out[tp] = done
         return out
+
+    def _note_batch_failure(self, route: _Route[Any], exc: Exception, batch_size: int) -> None:
+        """Count a micro-batch whose handler raised, and log it at most once a minute per topic.
+
+        Its events are then run one at a time: a handler that fails on every batch (a model that cannot
+        take batches) made the stage slow, and nothing said why."""
+        topic = self.settings.topic_name(route.topic)
+        error = type(exc).__name__
+        self.metrics.batch_handler_failures.labels(self.name, topic, error).inc()
+        failed = self._batch_failures.due(topic)
+        if failed is None:
+            return
+        log.warning(
+            "a batch handler raised %s: %s; the batch's %d events are run one at a time (logged at most "
+            "once per %g s per topic; skuforge_batch_handler_failures_total counts every batch)",
+            error,
+            exc,
+            batch_size,
+            BATCH_FAILURE_WARNING_INTERVAL_S,
+            exc_info=exc,
+            extra={
+                "stage": self.name,
+                "topic": topic,
+                "batch_size": batch_size,
+                "failed_batches_since_last_warning": failed,
+            },
+        )
 
     def _single(self, route: _Route[Any], event: Envelope[Any]) -> Sequence[Emit] | BadInput | BaseException:
         assert route.handle_batch is not None
@@ -906,13 +959,9 @@ class Stage:
 
         A producer that never keys its events sent one line per record, thousands a minute; each is
         counted in ``skuforge_unkeyed_messages_total`` (at its commit), which alerts can read."""
-        now = time.monotonic()
-        warned_at, seen = self._keyless_seen.get(record.topic, (None, 0))
-        seen += 1
-        if warned_at is not None and now - warned_at < KEYLESS_WARNING_INTERVAL_S:
-            self._keyless_seen[record.topic] = (warned_at, seen)
+        seen = self._keyless.due(record.topic)
+        if seen is None:
             return
-        self._keyless_seen[record.topic] = (now, 0)
         with log_context(event.trace_id, event.sku_id):
             log.warning(
                 "records with no Kafka key: handled, but their SKUs' events may be handled out of order "

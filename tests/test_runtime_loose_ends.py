@@ -1,0 +1,59 @@
+"""The runtime: a micro-batch whose handler raised says so, at most once a minute per topic, and counts it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from kafka.structs import TopicPartition
+
+from schemas.envelope import Envelope
+from schemas.events import SkuIngested
+from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
+from shared import runtime
+from shared.config import load_settings
+from shared.runtime import Context, Emit, Stage
+from tests.support.bus import file_store_uri, ingested_envelope, sku_ingested_payloads
+from tests.support.runtime import _record, _wired
+
+
+def test_a_batch_handler_that_cannot_take_batches_is_warned_of_once_a_minute_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each event of a batch that raised is run alone. Before, nothing said why: with a model that
+    cannot take batches every chunk failed and was run one at a time, and the only sign was slowness."""
+    stage = Stage("review", settings=load_settings(store_uri=file_store_uri(tmp_path)))
+
+    @stage.batch_handler(SKU_INGESTED)
+    def handle(events: Sequence[Envelope[SkuIngested]], ctx: Context) -> list[list[Emit]]:
+        if len(events) > 1:
+            raise ValueError("the model takes one image at a time")
+        return [[Emit(PASSTHROUGH_OUT, event.payload, key="out")] for event in events]
+
+    consumer, producer = _wired(stage)
+    clock = [1000.0]
+    monkeypatch.setattr(runtime, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    tp = TopicPartition(stage.settings.topic_name(SKU_INGESTED), 0)
+    records = [
+        _record(tp.topic, offset, ingested_envelope(payload).model_dump_json().encode())
+        for offset, payload in enumerate(sku_ingested_payloads(stage.store, 7))
+    ]
+    with caplog.at_level(logging.WARNING, logger="skuforge.runtime"):
+        stage._process_batch({tp: records[:3]})
+        clock[0] += 30
+        stage._process_batch({tp: records[3:5]})
+        clock[0] += 31
+        stage._process_batch({tp: records[5:]})
+
+    assert consumer.committed == {tp: 7} and len(producer.acked) == 7
+    warnings = [r for r in caplog.records if r.getMessage().startswith("a batch handler raised")]
+    said = [(w.__dict__["batch_size"], w.__dict__["failed_batches_since_last_warning"]) for w in warnings]
+    assert said == [(3, 1), (2, 2)]
+    assert "ValueError: the model takes one image at a time" in warnings[0].getMessage()
+    failed = stage.metrics.registry.get_sample_value(
+        "skuforge_batch_handler_failures_total", {"stage": "review", "topic": tp.topic, "error": "ValueError"}
+    )
+    assert failed == 3
