@@ -493,7 +493,18 @@ class Stage:
             self._producer = make_producer(self.settings, client_id=self.name)
         except KafkaError as exc:  # both bootstrap in their constructors: no broker answered
             if self._consumer is not None:
-                self._consumer.close(autocommit=False)
+                try:
+                    self._consumer.close(autocommit=False)
+                except Exception as close_exc:
+                    # Raised, it replaced the KafkaUnreachable below: the user read the close's error,
+                    # not that no broker answered, and the health port stayed bound.
+                    log.warning(
+                        "closing the consumer of a stage that found no broker: %s: %s",
+                        type(close_exc).__name__,
+                        close_exc,
+                        exc_info=close_exc,
+                        extra={"stage": self.name},
+                    )
                 self._consumer = None
             if self.health:
                 self.health.stop()

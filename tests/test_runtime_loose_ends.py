@@ -1,4 +1,5 @@
-"""The runtime: a micro-batch whose handler raised says so, at most once a minute per topic, and counts it."""
+"""The runtime: a micro-batch whose handler raised says so, at most once a minute per topic, and counts it;
+a consumer whose close fails when the stage finds no broker does not hide that."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 from kafka.structs import TopicPartition
 
 from schemas.envelope import Envelope
@@ -15,9 +17,9 @@ from schemas.events import SkuIngested
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
 from shared import runtime
 from shared.config import load_settings
-from shared.runtime import Context, Emit, Stage
+from shared.runtime import Context, Emit, KafkaUnreachable, Stage
 from tests.support.bus import file_store_uri, ingested_envelope, sku_ingested_payloads
-from tests.support.runtime import _record, _wired
+from tests.support.runtime import _Producer, _record, _StoppingConsumer, _wired
 
 
 def test_a_batch_handler_that_cannot_take_batches_is_warned_of_once_a_minute_and_counted(
@@ -57,3 +59,26 @@ def test_a_batch_handler_that_cannot_take_batches_is_warned_of_once_a_minute_and
         "skuforge_batch_handler_failures_total", {"stage": "review", "topic": tp.topic, "error": "ValueError"}
     )
     assert failed == 3
+
+
+def test_a_consumer_whose_close_fails_does_not_hide_that_no_broker_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The consumer found a broker, the producer none: the consumer is closed before the stage reports
+    KafkaUnreachable. Before, a close that raised replaced it, and the user read the close's error."""
+    settings = load_settings(store_uri=file_store_uri(tmp_path), group_lag_interval_s=0)
+    stage = Stage("review", settings=settings)
+    stage.handler(SKU_INGESTED)(lambda event, ctx: [])
+    consumer = _StoppingConsumer(stage, close_error=KafkaTimeoutError("leaving the group timed out"))
+
+    def no_broker(*args: object, **kwargs: object) -> _Producer:
+        raise KafkaConnectionError("no broker answered")
+
+    monkeypatch.setattr(runtime, "make_consumer", lambda *args, **kwargs: consumer)
+    monkeypatch.setattr(runtime, "make_producer", no_broker)
+
+    with caplog.at_level(logging.WARNING, logger="skuforge.runtime"), pytest.raises(KafkaUnreachable):
+        stage.run(install_signal_handlers=False)
+
+    assert stage.health is not None and stage.health._httpd.socket.fileno() == -1  # the port let go
+    assert any("leaving the group timed out" in record.getMessage() for record in caplog.records)
