@@ -582,16 +582,18 @@ class Stage:
                 if self._producer is not None:
                     try:
                         self._producer.close(timeout=self.settings.flush_timeout_s)
-                    except KafkaError as exc:
+                    except Exception as exc:
                         # The broker is away (a SIGTERM during an outage): close() flushes first and raised,
                         # which made run() raise instead of returning 0, left the health port bound and
-                        # hid whatever the loop itself raised. What was not acknowledged is not lost:
-                        # its inputs were not committed, and the next run redoes them.
+                        # hid whatever the loop itself raised; any other error of the close did the same.
+                        # What was not acknowledged is not lost: its inputs were not committed, and the
+                        # next run redoes them.
                         log.warning(
                             "closing the producer at the stop: %s: %s; unacknowledged outputs are redone "
                             "from their uncommitted inputs",
                             type(exc).__name__,
                             exc,
+                            exc_info=exc,
                             extra={"stage": self.name},
                         )
             finally:

@@ -1,5 +1,6 @@
 """The runtime: a micro-batch whose handler raised says so, at most once a minute per topic, and counts it;
-a consumer whose close fails when the stage finds no broker does not hide that."""
+a consumer whose close fails when the stage finds no broker does not hide that; a producer whose close
+fails at the stop with any error, not only a Kafka one, ends the stop as any other."""
 
 from __future__ import annotations
 
@@ -82,3 +83,27 @@ def test_a_consumer_whose_close_fails_does_not_hide_that_no_broker_answered(
 
     assert stage.health is not None and stage.health._httpd.socket.fileno() == -1  # the port let go
     assert any("leaving the group timed out" in record.getMessage() for record in caplog.records)
+
+
+class _FailingCloseProducer(_Producer):
+    """A producer whose close raises an error that is not a KafkaError."""
+
+    def close(self, timeout: float | None = None) -> None:
+        raise OSError("the producer's I/O thread could not be joined")
+
+
+def test_a_producer_whose_close_fails_with_any_error_at_the_stop_is_logged_and_the_stage_returns_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, only a KafkaError was caught: any other escaped run() after a stop that had committed all
+    it could, and left the health port bound."""
+    settings = load_settings(store_uri=file_store_uri(tmp_path), group_lag_interval_s=0)
+    stage = Stage("review", settings=settings)
+    stage.handler(SKU_INGESTED)(lambda event, ctx: [])
+    monkeypatch.setattr(runtime, "make_consumer", lambda *args, **kwargs: _StoppingConsumer(stage))
+    monkeypatch.setattr(runtime, "make_producer", lambda *args, **kwargs: _FailingCloseProducer())
+
+    with caplog.at_level(logging.WARNING, logger="skuforge.runtime"):
+        assert stage.run(install_signal_handlers=False, serve_health=False) == 0
+
+    assert any("could not be joined" in record.getMessage() for record in caplog.records)
