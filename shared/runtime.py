@@ -109,6 +109,9 @@ P = TypeVar("P", bound=BaseModel)
 # Failed attempts of this many records are kept, the oldest dropped first: a record's count outlives a
 # move of its partition, and one that the partition's next holder handled is never committed here.
 ATTEMPTS_KEPT = 10_000
+# Inputs completed here that a stage remembers by event id, the oldest forgotten first, to skip a copy
+# redelivered or replayed (docs/delivery.md; tests/test_docs_delivery.py holds the doc's figures to these).
+DEDUPE_WINDOW = 10_000
 # A stage holding no partition of a topic that has some rejoins after this long, then doubling.
 REJOIN_FIRST_S = 20.0
 REJOIN_MAX_S = 600.0
@@ -315,7 +318,7 @@ class Stage:
         store: ObjectStore | None = None,
         default_metrics_port: int = 0,
         ready: Callable[[], bool] = lambda: True,
-        dedupe_window: int = 10_000,
+        dedupe_window: int = DEDUPE_WINDOW,
     ) -> None:
         if not name or len(name) > MAX_STAGE_NAME_CHARS:
             # Every dead letter names its stage, and a replay finds it by that name: cut, it would not.
