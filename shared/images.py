@@ -13,7 +13,7 @@ silently repairing:
 ``too_many_pixels``     the header declares more than ``max_pixels`` (checked before decoding;
                         Pillow's own decompression-bomb limit counts as well), and the image
                         cannot be decoded scaled down to fit (below)
-``truncated``           the pixel data ends early
+``truncated``           the pixel data ends early (a JPEG's too, closed with an end marker after the cut)
 ``corrupt``             the pixel data is damaged (bad checksum, broken stream...)
 ``unsupported_mode``    a pixel layout that cannot be turned into RGB / a mask
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -401,9 +402,71 @@ def _open_and_load(
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise ImageRejected(reason, f"{image_format} pixel data: {exc}") from exc
 
+    if image_format == "JPEG":
+        _refuse_cut_jpeg(data, image.size)
     if image_format == "BMP":
         image = _without_unused_bmp_alpha(image)
     return apply_exif_orientation(image)
+
+
+# Any marker but RST0..7 (and a stuffed 0x00, or a fill 0xFF): what ends a scan's entropy-coded data.
+_SCAN_END = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
+
+
+def _refuse_cut_jpeg(data: bytes, decoded_size: tuple[int, int]) -> None:
+    """``ImageRejected('truncated')`` for a JPEG whose last scan ends before its pixels do;
+    ``decoded_size`` is the size it was decoded at (scaled down when it had too many pixels).
+
+    A file cut mid-scan and then closed with an end marker (EOI) loads without an error: libjpeg only
+    warns, which Pillow drops, and fills the missing blocks (flat grey in a baseline JPEG). Told apart
+    by decoding it again (at 1/4 scale, cheaper) with filler bytes put before the marker that ends
+    the last scan: a whole scan never reads them, a cut one decodes them into its missing blocks
+    (0xA5, not zeros: zero bits often decode to the very grey fill).
+    A cut on a restart marker, and some in a progressive file with restart markers, are not told apart
+    (libjpeg skips the filler resyncing).
+    """
+    end = _last_scan_end(data)
+    if end is None:
+        return
+    reduced = (max(1, decoded_size[0] // 4), max(1, decoded_size[1] // 4))
+    if _jpeg_reduced(data, reduced) != _jpeg_reduced(data[:end] + b"\xa5" * 64 + data[end:], reduced):
+        raise ImageRejected("truncated", "JPEG pixel data ends early: its last scan is cut short")
+
+
+def _last_scan_end(data: bytes) -> int | None:
+    """Where the entropy-coded data of the first image's last scan ends (the marker after it); None
+    when the marker segments cannot be walked to a scan."""
+    position, scan_end = 2, None
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xFF:  # a fill byte
+            position += 1
+            continue
+        if marker == 0xD9:  # EOI: the first image ends (an MPO's next one may follow)
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            position += 2
+            continue
+        (length,) = struct.unpack(">H", data[position + 2 : position + 4])
+        position += 2 + length
+        if marker == 0xDA:  # a scan: its entropy-coded data runs to the next marker
+            found = _SCAN_END.search(data, position)
+            if found is None:
+                return None
+            position = scan_end = found.start()
+    return scan_end
+
+
+def _jpeg_reduced(data: bytes, size: tuple[int, int]) -> bytes | None:
+    """The JPEG's pixels decoded at the smallest scale at least ``size``, 1/8 at the least (which keeps
+    only each block's DC, whole in a cut progressive file: asked for 1/4 of what was decoded); None
+    when they cannot be decoded."""
+    try:
+        image = JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+        image.draft(image.mode, size)
+        return image.tobytes()
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error):
+        return None
 
 
 def _without_unused_bmp_alpha(image: Image.Image) -> Image.Image:

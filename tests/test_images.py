@@ -215,6 +215,20 @@ def test_truncated_png_and_jpeg() -> None:
     assert rejected(jpeg[: len(jpeg) // 2]) == "truncated"
 
 
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_cut_short_then_closed_is_truncated(progressive: bool) -> None:
+    # A JPEG cut mid-scan whose end marker (EOI) was written after the cut: libjpeg only warns and
+    # fills the missing blocks (flat grey in a baseline file), and Pillow loaded it without an error.
+    jpeg = save(Image.fromarray(noise(200, 200)), "JPEG", progressive=progressive)
+    assert rejected(jpeg[: len(jpeg) // 2] + b"\xff\xd9") == "truncated"
+    # A whole JPEG, restart markers in its scan or bytes after its end, still decodes.
+    assert decode_image(jpeg).size == (200, 200)
+    assert decode_image(jpeg + b"trailing").size == (200, 200)
+    restarts = save(Image.fromarray(noise(200, 200)), "JPEG", restart_marker_blocks=4)
+    assert decode_image(restarts).size == (200, 200)
+    assert rejected(restarts[: len(restarts) // 2] + b"\xff\xd9") == "truncated"
+
+
 def test_too_many_pixels_real_image() -> None:
     data = save(Image.fromarray(noise(100, 101)), "PNG")
     assert rejected(data, max_pixels=100 * 100) == "too_many_pixels"

@@ -327,6 +327,21 @@ def jpeg_claiming(width: int, height: int, *, progressive: bool = False) -> byte
     return bytes(data)
 
 
+def flat_jpeg(width: int, height: int) -> bytes:
+    """A whole baseline JPEG of ``width`` x ``height`` mid grey, written without encoding its pixels:
+    with the standard Huffman tables and 4:2:0, each 16x16 block (four Y, one Cb, one Cr: a DC change
+    of 0 and end-of-block each) is the same 4 bytes."""
+    small = save(Image.new("RGB", (16, 16), (128, 128, 128)), "JPEG", subsampling=2)
+    frame = small.index(b"\xff\xc0")
+    scan = small.index(b"\xff\xda")
+    header = (
+        small[:frame] + small[frame : frame + 5] + struct.pack(">HH", height, width) + small[frame + 9 : scan]
+    )
+    (length,) = struct.unpack(">H", small[scan + 2 : scan + 4])
+    blocks = -(-width // 16) * -(-height // 16)
+    return header + small[scan : scan + 2 + length] + b"\x28\xa2\x8a\x00" * blocks + b"\xff\xd9"
+
+
 @pytest.fixture
 def loaded_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     """The size of each image Pillow decodes the pixels of (``ImageFile.load``) during the test, in order."""
@@ -348,7 +363,7 @@ def test_a_jpeg_past_pillows_own_bomb_limit_is_decoded_scaled_down(
     itself raises: it was refused as ``too_many_pixels`` before the scaled decode, at 1/4 well within
     the limit, could be asked for. Still only ever decoded within the limit."""
     assert Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < 16320 * 12240
-    photo = jpeg_claiming(16320, 12240)
+    photo = flat_jpeg(16320, 12240)
     assert decode_image(photo).size == (4080, 3060)  # 1/2 is 50 MP, over the 40 MP default
     assert loaded_sizes and all(width * height <= 40_000_000 for width, height in loaded_sizes)
     # A progressive one is still refused from its header, and says why; a mask is never scaled.
@@ -385,8 +400,10 @@ def test_a_tiny_jpeg_claiming_a_huge_size_is_never_allocated_at_that_size(
     bomb = jpeg_claiming(8064, 6048)  # 48 MP claimed
     assert len(bomb) < 10_000
     assert rejected(bomb[:-2], max_pixels=1_000_000).reason == "truncated"  # no end-of-image marker
-    # With its end-of-image marker, libjpeg fills in what is missing: a grey picture, within the limit.
-    assert decode_image(bomb, max_pixels=1_000_000).size == (1008, 756)
+    # With its end-of-image marker libjpeg fills in what is missing (a grey picture): refused all the
+    # same, having decoded within the limit.
+    assert rejected(bomb, max_pixels=1_000_000).reason == "truncated"
+    assert decode_image(flat_jpeg(8064, 6048), max_pixels=1_000_000).size == (1008, 756)
     assert loaded_sizes and all(width * height <= 1_000_000 for width, height in loaded_sizes)
     # A progressive one (whose coefficients libjpeg would hold at the full size) and a PNG are refused
     # from their headers, before anything is decoded.
