@@ -403,7 +403,7 @@ def _open_and_load(
         raise ImageRejected(reason, f"{image_format} pixel data: {exc}") from exc
 
     if image_format == "JPEG":
-        _refuse_cut_jpeg(data, image.size)
+        _refuse_cut_jpeg(image, data)
     if image_format == "BMP":
         image = _without_unused_bmp_alpha(image)
     return apply_exif_orientation(image)
@@ -413,9 +413,9 @@ def _open_and_load(
 _SCAN_END = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 
 
-def _refuse_cut_jpeg(data: bytes, decoded_size: tuple[int, int]) -> None:
-    """``ImageRejected('truncated')`` for a JPEG whose last scan ends before its pixels do;
-    ``decoded_size`` is the size it was decoded at (scaled down when it had too many pixels).
+def _refuse_cut_jpeg(image: Image.Image, data: bytes) -> None:
+    """``ImageRejected('truncated')`` for a JPEG whose last scan ends before its pixels do; ``image``
+    is what was decoded from ``data`` (scaled down when it had too many pixels).
 
     A file cut mid-scan and then closed with an end marker (EOI) loads without an error: libjpeg only
     warns, which Pillow drops, and fills the missing blocks (flat grey in a baseline JPEG). Told apart
@@ -423,12 +423,21 @@ def _refuse_cut_jpeg(data: bytes, decoded_size: tuple[int, int]) -> None:
     the last scan: a whole scan never reads them, a cut one decodes them into its missing blocks
     (0xA5, not zeros: zero bits often decode to the very grey fill).
     A cut on a restart marker, and some in a progressive file with restart markers, are not told apart
-    (libjpeg skips the filler resyncing).
+    (libjpeg skips the filler resyncing). A one-pass JPEG is decoded again only when its last pixel
+    is that grey, which its last block, the first to go, always is when cut: most photos cost nothing.
     """
+    width, height = image.size
+    corner = image.getpixel((width - 1, height - 1))
+    # 127: an Adobe CMYK JPEG stores its inks inverted.
+    if _jpeg_decodes_in_one_pass(data) and not {*(corner if isinstance(corner, tuple) else (corner,))} <= {
+        127,
+        128,
+    }:
+        return
     end = _last_scan_end(data)
     if end is None:
         return
-    reduced = (max(1, decoded_size[0] // 4), max(1, decoded_size[1] // 4))
+    reduced = (max(1, width // 4), max(1, height // 4))
     if _jpeg_reduced(data, reduced) != _jpeg_reduced(data[:end] + b"\xa5" * 64 + data[end:], reduced):
         raise ImageRejected("truncated", "JPEG pixel data ends early: its last scan is cut short")
 

@@ -227,6 +227,10 @@ def test_jpeg_cut_short_then_closed_is_truncated(progressive: bool) -> None:
     restarts = save(Image.fromarray(noise(200, 200)), "JPEG", restart_marker_blocks=4)
     assert decode_image(restarts).size == (200, 200)
     assert rejected(restarts[: len(restarts) // 2] + b"\xff\xd9") == "truncated"
+    for mode in ("L", "CMYK"):
+        other = save(Image.fromarray(noise(200, 200)).convert(mode), "JPEG", progressive=progressive)
+        assert decode_image(other).size == (200, 200)
+        assert rejected(other[: len(other) // 2] + b"\xff\xd9") == "truncated"
 
 
 def test_too_many_pixels_real_image() -> None:
