@@ -590,3 +590,37 @@ def test_weights_of_a_dtype_the_generator_cannot_load_are_refused_at_registratio
     else:
         assert _generator_loads(weights)
         assert registry.register("cola-v", weights, kind="general", base_model="sd15").rank == 4
+
+
+@pytest.mark.parametrize("between", ["weights_and_metadata", "metadata_and_cleanup"])
+def test_two_registrations_of_one_id_at_once_leave_the_registered_weights_in_place(
+    tmp_path: Path, between: str
+) -> None:
+    """Each registration deleted every weights file but its own and the one it replaced: another
+    registering the same id at once (the trainer and `skuforge adapters register`) lost its weights,
+    or had this one's deleted from under its metadata, and the adapter named weights no longer there."""
+    store = FileStore(tmp_path / "adapters")
+    registry = AdapterRegistry(store)
+    registry.register("cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15")
+
+    class OtherRegistersMidway(FileStore):
+        other_done = False
+
+        def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> Any:
+            written = key.endswith("metadata.json")
+            if between == "metadata_and_cleanup":
+                reference = super().put_bytes(key, data, content_type)
+            if written and not self.other_done:
+                self.other_done = True
+                registry.register(
+                    "cola-v", lora_weights(3), kind="specialized", series="Cola", base_model="sd15"
+                )
+            if between == "weights_and_metadata":
+                reference = super().put_bytes(key, data, content_type)
+            return reference
+
+    AdapterRegistry(OtherRegistersMidway(tmp_path / "adapters")).register(
+        "cola-v", lora_weights(2), kind="specialized", series="Cola", base_model="sd15"
+    )
+    current = registry.get("cola-v")
+    assert registry.registered_weights(current)  # ObjectMissing when its weights were deleted

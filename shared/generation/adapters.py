@@ -517,18 +517,33 @@ class AdapterRegistry:
             # metadata and links its docs.
             problems = "; ".join(_field_problem(error["loc"], error["msg"]) for error in exc.errors())
             raise ValueError(f"cannot register adapter {adapter_id!r}: {problems}") from None
+        weights_key = f"{adapter_id}/{metadata.weight_name}"
         with self._store_faults():
             replaced = self._registered(adapter_id)
-            self.store.put_bytes(f"{adapter_id}/{metadata.weight_name}", data)
+            self.store.put_bytes(weights_key, data)
             self.store.put_json(f"{adapter_id}/{METADATA_FILE}", metadata.model_dump(mode="json"))
             # Keep the replaced registration's weights: generators' cached listings point at them. Older
             # ones only a listing from before the replaced registration names; such a generator lists
             # again and retries (DiffusionBackend). Only files this registry names itself are deleted.
-            keep = {metadata.weight_name, *([replaced.weight_name] if replaced is not None else [])}
+            # The current registration's are kept too: another process registering this id at once
+            # may have written its metadata since ours, and lost its weights to our deletions.
+            current = self._registered(adapter_id)
+            keep = {
+                metadata.weight_name,
+                *(each.weight_name for each in (replaced, current) if each is not None),
+            }
             for key in list(self.store.list_addressable(f"{adapter_id}/")):
                 name = key.removeprefix(f"{adapter_id}/")
                 if _REGISTRY_WEIGHTS.fullmatch(name) and name not in keep:
                     self.store.delete(key)
+            # That other registration, landing between our weights and our metadata, deleted our
+            # weights (no metadata named them yet) and left our metadata naming none: written again.
+            if (
+                current is not None
+                and current.weight_name == metadata.weight_name
+                and not self.store.exists(weights_key)
+            ):
+                self.store.put_bytes(weights_key, data)
         return metadata
 
     def remove(self, adapter_id: str) -> AdapterMetadata | None:
