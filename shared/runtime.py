@@ -565,9 +565,24 @@ class Stage:
                 log.exception("committing at the stop failed", extra={"stage": self.name})
             self._forget_partitions([*self._resume_at, *self._uncommitted])
             try:
-                if lag_watcher is not None:
-                    lag_watcher.stop()
-                self._await_revoked_commits()
+                # Any error of these (a bug, a kafka-python assertion) skipped both clients' closes and
+                # made run() raise after a stop that had committed all it could.
+                for step, doing in (
+                    (lag_watcher.stop if lag_watcher is not None else None, "stopping the group-lag watcher"),
+                    (self._await_revoked_commits, "awaiting the commits of revoked partitions"),
+                ):
+                    try:
+                        if step is not None:
+                            step()
+                    except Exception as exc:
+                        log.warning(
+                            "%s at the stop: %s: %s",
+                            doing,
+                            type(exc).__name__,
+                            exc,
+                            exc_info=exc,
+                            extra={"stage": self.name},
+                        )
                 try:
                     self._consumer.close(autocommit=False)
                 except Exception as exc:

@@ -1,6 +1,7 @@
 """The runtime: a micro-batch whose handler raised says so, at most once a minute per topic, and counts it;
 a consumer whose close fails when the stage finds no broker does not hide that; a producer whose close
-fails at the stop with any error, not only a Kafka one, ends the stop as any other."""
+fails at the stop with any error, not only a Kafka one, ends the stop as any other; so does any
+error of the stop steps before the closes."""
 
 from __future__ import annotations
 
@@ -107,3 +108,38 @@ def test_a_producer_whose_close_fails_with_any_error_at_the_stop_is_logged_and_t
         assert stage.run(install_signal_handlers=False, serve_health=False) == 0
 
     assert any("could not be joined" in record.getMessage() for record in caplog.records)
+
+
+class _ClosingConsumer(_StoppingConsumer):
+    """A consumer that says whether it was closed."""
+
+    closed = False
+
+    def close(self, autocommit: bool = False) -> None:
+        self.closed = True
+
+
+def test_a_stop_step_that_fails_before_the_closes_still_closes_both_clients_and_the_health_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Waiting for the revoked partitions' commits caught only a KafkaError: any other error (a bug,
+    kafka-python's own assertion) skipped the consumer's and the producer's close and escaped run()
+    after a stop that had committed all it could. Now it is logged and the stop ends as any other."""
+    settings = load_settings(store_uri=file_store_uri(tmp_path), group_lag_interval_s=0)
+    stage = Stage("review", settings=settings)
+    stage.handler(SKU_INGESTED)(lambda event, ctx: [])
+    consumer, producer = _ClosingConsumer(stage), _Producer()
+    monkeypatch.setattr(runtime, "make_consumer", lambda *args, **kwargs: consumer)
+    monkeypatch.setattr(runtime, "make_producer", lambda *args, **kwargs: producer)
+
+    def fails() -> None:
+        raise AssertionError("the coordinator's state is not what the client expected")
+
+    monkeypatch.setattr(stage, "_await_revoked_commits", fails)
+
+    with caplog.at_level(logging.WARNING, logger="skuforge.runtime"):
+        assert stage.run(install_signal_handlers=False) == 0
+
+    assert consumer.closed and producer.closed
+    assert stage.health is not None and stage.health._httpd.socket.fileno() == -1  # the port let go
+    assert any("not what the client expected" in record.getMessage() for record in caplog.records)
