@@ -54,6 +54,11 @@ HANDLER_SECONDS_BUCKETS = (
 )
 # Inputs per model call: a stage's micro-batch, Triton's dynamic batch.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# How often the runtime logs its warnings per input topic, here with the metrics that count what they warn
+# of, whose help texts state them. A producer that never keys its events would log one warning per record.
+KEYLESS_WARNING_INTERVAL_S = 60.0
+# A batch handler that fails on every batch (a model that cannot take batches) would log one per batch.
+BATCH_FAILURE_WARNING_INTERVAL_S = 60.0
 # An object write is milliseconds on a local disk and up to seconds on S3 under load.
 STORE_WRITE_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # The outcomes of skuforge_messages_total, each created at 0 for every input topic (declare_input_topic).
@@ -84,7 +89,8 @@ class StageMetrics:
             "skuforge_unkeyed_messages_total",
             "Input messages with no Kafka key (when committed; a DLQ replay for another stage is not "
             "counted): a producer that does not key its events by sku_id, so one SKU's events may be "
-            "handled out of order; the log warns of them at most once a minute per topic.",
+            "handled out of order; the log warns of them at most once every "
+            f"{KEYLESS_WARNING_INTERVAL_S:g} s per topic.",
             ["stage", "topic"],
             registry=self.registry,
         )
@@ -92,7 +98,8 @@ class StageMetrics:
             "skuforge_batch_handler_failures_total",
             "Micro-batches whose batch handler raised an unexpected error, by error class: each of their "
             "events was then run alone, so one that fails on every batch (a model that cannot take "
-            "batches) is slow, not wrong; the log warns of them at most once a minute per topic.",
+            "batches) is slow, not wrong; the log warns of them at most once every "
+            f"{BATCH_FAILURE_WARNING_INTERVAL_S:g} s per topic.",
             ["stage", "topic", "error"],
             registry=self.registry,
         )

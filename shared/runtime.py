@@ -100,7 +100,14 @@ from shared.dlq import REPLAY_STAGE_HEADER
 from shared.errors import BadInput, TransientError
 from shared.group_lag import GroupLagWatcher, watched_groups
 from shared.images import UInt8Array, decode_image, decode_mask, refuse_oversized, refuse_too_many_pixels
-from shared.observability import HealthServer, StageMetrics, configure_logging, log_context
+from shared.observability import (
+    BATCH_FAILURE_WARNING_INTERVAL_S,
+    KEYLESS_WARNING_INTERVAL_S,
+    HealthServer,
+    StageMetrics,
+    configure_logging,
+    log_context,
+)
 from shared.signals import Stopped, heard
 from shared.store import ObjectStore, open_store
 
@@ -253,12 +260,6 @@ def _duplicate() -> _Outcome:
     that was rewound (its partition backed off) or dead-lettered, made the rewound copy, and a later
     replay of the letter, duplicates too, and the event's outputs were never produced."""
     return _Outcome(counted="duplicate")
-
-
-# A producer that never keys its events would log one warning per record: one a minute per topic says it.
-KEYLESS_WARNING_INTERVAL_S = 60.0
-# A batch handler that fails on every batch (a model that cannot take batches) would log one per batch.
-BATCH_FAILURE_WARNING_INTERVAL_S = 60.0
 
 
 class _Throttle:
