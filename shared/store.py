@@ -626,7 +626,10 @@ class FileStore(ObjectStore):
                 raise ObjectMissing(self.uri_for(key), os.strerror(exc.errno)) from exc
             raise
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise ObjectMissing(self.uri_for(key), "a folder, not a file")
+            if not stat.S_ISREG(mode):
                 raise ObjectMissing(self.uri_for(key), not_regular)
             os.set_blocking(fd, True)
             return os.fdopen(fd, "rb")

@@ -447,6 +447,11 @@ def test_open_refusals_are_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         open_session(str(tmp_path / "nope.onnx"), threads=1, use_gpu=False, store=None)
     with pytest.raises(MattingModelMissing, match="no matting model at"):
         open_session(f"file://{tmp_path}/gone.onnx", threads=1, use_gpu=False, store=None)
+    (tmp_path / "folder.onnx").mkdir()  # the store's detail, kept: what is there instead of a model
+    with pytest.raises(
+        MattingModelMissing, match=r"no matting model at file://.*folder\.onnx: a folder, not a file"
+    ):
+        open_session(f"file://{tmp_path}/folder.onnx", threads=1, use_gpu=False, store=None)
     with pytest.raises(MattingModelError, match="cannot fetch the matting model https://"):
         open_session("https://models.example/u2netp.onnx", threads=1, use_gpu=False, store=None)
     (tmp_path / "junk.onnx").write_bytes(b"not a model")

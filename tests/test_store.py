@@ -483,3 +483,13 @@ def test_file_store_listing_follows_no_symlinked_folder(tmp_path: Path) -> None:
     assert list(store.list_keys("escape/")) == []
     assert list(store.list_keys("images/loop/")) == []
     assert list(store.list_keys("images/loop/images/")) == []
+
+
+def test_file_store_says_a_folder_at_a_key_is_a_folder(tmp_path: Path) -> None:
+    # A folder where a model URI or an event points was reported as "a pipe, socket or device",
+    # which sent its reader hunting for a device file that was never there.
+    store = FileStore(tmp_path)
+    (tmp_path / "model.onnx").mkdir()
+    with pytest.raises(ObjectMissing) as info:
+        store.get_bytes("model.onnx")
+    assert info.value.detail == f"no object at {store.uri_for('model.onnx')}: a folder, not a file"

@@ -907,7 +907,10 @@ def open_session(
                 unused_days=cache_unused_days,
             )
         except ObjectMissing as exc:
-            raise MattingModelMissing(f"no matting model at {name}") from exc
+            # The store says what is there instead, if anything (a folder, a pipe).
+            raise MattingModelMissing(
+                f"no matting model at {name}: {exc.why}" if exc.why else f"no matting model at {name}"
+            ) from exc
         # A scheme no store serves (https://...), a malformed URI, a key in ``store`` that escapes it.
         except (ValueError, BadInput) as exc:
             raise MattingModelError(f"cannot fetch the matting model {name}: {exc}; {help_text}") from exc
