@@ -12,6 +12,7 @@ import pytest
 from services.console.config import parse_users
 from services.console.decisions import mask_from_ref
 from services.console.labelstudio import rle_to_mask
+from services.console.security import hash_password
 from services.console.tasks import TaskStore
 from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
@@ -203,3 +204,20 @@ def test_a_reviewer_named_as_the_system_that_closes_tasks_is_refused(
     err = capsys.readouterr().err
     assert f"SKUFORGE_CONSOLE_USERS: Value error, reviewer {name!r}: the console itself" in err, err
     assert "another-password" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("digits", ["\u0661\u0666", "\uff11\uff16"], ids=["arabic-indic", "fullwidth"])
+def test_serve_console_refuses_a_scrypt_cost_in_other_scripts_digits(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, digits: str
+) -> None:
+    # The cost's \d and int() read any script's digits: "scrypt:١٦:8:1:..." was taken as N=16, an
+    # entry that `hash-password` never writes and that other tools reading the variable refuse.
+    entry = hash_password("a-long-password", cost=(16, 8, 1)).replace("scrypt:16:", f"scrypt:{digits}:")
+    with pytest.raises(ValueError, match="must be 'scrypt:N:r:p:salt:key'"):
+        parse_users(f"alice:{entry}")
+    monkeypatch.setenv("SKUFORGE_CONSOLE_DB_PATH", str(tmp_path / "tasks.sqlite3"))
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", f"alice:{entry}")
+    assert cli_main(["serve", "console"]) == 2
+    err = capsys.readouterr().err
+    assert "SKUFORGE_CONSOLE_USERS: Value error, reviewer 'alice': a password starting 'scrypt:'" in err, err
+    assert "Traceback" not in err

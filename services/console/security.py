@@ -212,7 +212,8 @@ class SessionSigner:
 # salt and key URL-safe base64. No "$": compose files and shells would read it as a variable. Cost of
 # the default (2**15, 8, 1): 32 MiB and tens of milliseconds.
 SCRYPT_PREFIX = "scrypt:"
-_SCRYPT = re.compile(r"^scrypt:(\d+):(\d+):(\d+):([A-Za-z0-9_-]+={0,2}):([A-Za-z0-9_-]+={0,2})$")
+# [0-9], not \d: \d and int() read any script's digits ("١٦" as 16), which hash-password never writes.
+_SCRYPT = re.compile(r"^scrypt:([0-9]+):([0-9]+):([0-9]+):([A-Za-z0-9_-]+={0,2}):([A-Za-z0-9_-]+={0,2})$")
 _SCRYPT_DEFAULT = (2**15, 8, 1)
 _SCRYPT_MAXMEM = 256 * 1024 * 1024
 
