@@ -412,11 +412,13 @@ class LocalKafka:
         config = data_dir / CONFIG_FILE
         if config.exists():
             props = read_properties(config)
-            for listener in props.get("listeners", "").split(","):
+            for listener in filter(None, (item.strip() for item in props.get("listeners", "").split(","))):
                 name, _, rest = listener.partition("://")
-                if rest.rpartition(":")[2].isdigit():
-                    port = int(rest.rpartition(":")[2])
-                    ports["controller_port" if name == "CONTROLLER" else "port"] = port
+                port = rest.rpartition(":")[2]
+                # isascii: isdigit() also takes "²" (int() then fails) and "٩٠٩٢" (int() reads 9092).
+                if not (port.isascii() and port.isdigit()):
+                    raise BrokerError(f"{config}: listener {listener!r} has no port in ASCII digits (0-9)")
+                ports["controller_port" if name == "CONTROLLER" else "port"] = int(port)
         return cls(data_dir, **{**ports, **kwargs})
 
     # -- lifecycle ---------------------------------------------------------------------------------

@@ -68,7 +68,14 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic_settings import BaseSettings
 
-from devstack.broker import DEFAULT_CONTROLLER_PORT, DEFAULT_PORT, LocalKafka, free_port, port_in_use
+from devstack.broker import (
+    DEFAULT_CONTROLLER_PORT,
+    DEFAULT_PORT,
+    BrokerError,
+    LocalKafka,
+    free_port,
+    port_in_use,
+)
 from devstack.prometheus import (
     ALERTS_FILE,
     DEFAULT_PROMETHEUS_PORT,
@@ -1250,7 +1257,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     if args.kafka_bootstrap is None:  # this stack starts its own broker
-        _stop_stale_broker(workdir, _say)
+        try:
+            _stop_stale_broker(workdir, _say)
+        except BrokerError as exc:  # a damaged <workdir>/kafka config: named in one line, not a traceback
+            print(f"skuforge up: {exc}", file=sys.stderr)
+            return 1
     try:
         config = build_config(
             workdir,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from devstack.broker import LocalKafka, free_port, free_ports
+from devstack.broker import BrokerError, LocalKafka, free_port, free_ports
 from devstack.broker import main as broker_main
 
 pytestmark = pytest.mark.kafka
@@ -209,3 +209,21 @@ def test_a_foreground_broker_whose_launcher_is_killed_outright_leaves_no_jvm(tmp
         while time.monotonic() < deadline and _alive(jvm):
             time.sleep(0.2)
         assert not _alive(jvm), f"the broker's JVM (pid {jvm}) outlived its killed launcher"
+
+
+@pytest.mark.parametrize("port", ["\u00b2", "\u0669\u0660\u0669\u0662", "", "9092x"])
+def test_a_listener_port_not_in_ascii_digits_is_named_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], port: str
+) -> None:
+    """isdigit() took "²" (int() then failed: "invalid literal for int()") and "٩٠٩٢" (read as 9092,
+    another broker's port); a port that was no number was skipped, and the default port looked at."""
+    data_dir = tmp_path / "kafka"
+    data_dir.mkdir()
+    listener = f"PLAINTEXT://127.0.0.1:{port}"
+    (data_dir / "server.properties").write_text(f"listeners={listener},CONTROLLER://127.0.0.1:9093\n")
+    expected = f"{data_dir / 'server.properties'}: listener {listener!r} has no port in ASCII digits (0-9)"
+    with pytest.raises(BrokerError) as raised:
+        LocalKafka.from_data_dir(data_dir)
+    assert str(raised.value) == expected
+    assert broker_main(["status", "--data-dir", str(data_dir)]) == 1
+    assert capsys.readouterr().err == f"error: {expected}\n"

@@ -1559,3 +1559,20 @@ def test_the_ready_summary_gives_the_ingest_command_with_the_stacks_kafka_and_st
         f"  feed it    SKUFORGE_KAFKA_BOOTSTRAP=127.0.0.1:9 SKUFORGE_STORE_URI='{store}' skuforge ingest DIR"
         in summary
     )
+
+
+def test_a_broker_config_whose_port_is_no_ascii_number_stops_up_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A superscript "²" as <workdir>/kafka's listener port passed isdigit() and was a ValueError
+    traceback out of `skuforge up` ("invalid literal for int()") while it looked for a stale broker."""
+    from devstack.up import main as up_main
+
+    (tmp_path / "kafka").mkdir()
+    config = tmp_path / "kafka" / "server.properties"
+    config.write_text("listeners=PLAINTEXT://127.0.0.1:\u00b2,CONTROLLER://127.0.0.1:9093\n")
+    assert up_main(["--workdir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    listener = "PLAINTEXT://127.0.0.1:\u00b2"
+    assert f"skuforge up: {config}: listener {listener!r} has no port in ASCII digits" in err
+    assert "Traceback" not in err and not (tmp_path / "stack.json").exists()
