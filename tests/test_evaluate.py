@@ -630,6 +630,26 @@ def test_scene_files_the_generator_skips_are_noted_not_a_traceback_or_a_refusal(
     assert any("loop.jpg not checked: unreadable" in note for note in notes), notes
 
 
+def test_a_scene_file_past_the_pixel_limit_is_noted_as_the_generator_skips_it_not_decoded(
+    colour_store: ManifestStore,
+    heldout: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The leakage hash decoded a scene file whole, past SKUFORGE_MAX_IMAGE_PIXELS (a 150 MP PNG in
+    full: Pillow only warns below twice its own limit), though the generator refuses it at load."""
+    monkeypatch.setenv("SKUFORGE_MAX_IMAGE_PIXELS", "2000000")
+    scenes = scene_library(tmp_path)
+    Image.new("RGB", (2000, 1001), (80, 80, 80)).save(scenes / "shelves" / "wide.png")
+    args = evaluate_args(heldout, tmp_path / "eval", tmp_path, "--scenes", f"file://{scenes}")
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    wide = scenes / "shelves" / "wide.png"
+    assert f"note: scene file {wide} not checked: too_many_pixels: 2000x1001 = 2002000 pixels" in out, out
+    assert "(the generator skips it too)" in out
+
+
 def test_the_scene_check_covers_the_files_the_scene_library_loads_and_no_others(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from services.trainstore.cli import no_skus_problem, open_manifests, store_root
 from shared.config import load_settings
-from shared.errors import BadInput, ChecksumMismatch, ImageRejected
+from shared.errors import BadInput, ChecksumMismatch, ImageRejected, naming
 from shared.evaluation import EVALUATION_FILE, REPORT_FILE
 from shared.evaluation.backbone import BackboneMissing, BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
@@ -300,10 +300,16 @@ def heldout_hashes(
 ) -> tuple[list[tuple[str, bytes]], list[Photo]]:
     """(name, ``heldout_hash``) of each held-out photo that has one (as shown, mirrored and turned, its
     frame and its content), and the photos that have none: too little detail to compare copies by,
-    which ``unhashable_notes`` names. Photos that do not decode were refused before (``as_ingested``)."""
+    which ``unhashable_notes`` names. Photos that do not decode were refused before (``as_ingested``),
+    and so were those past SKUFORGE_MAX_IMAGE_PIXELS; refused here too, in the same words."""
     items, unhashable = [], []
     for photo in photos:
-        value = _cached_hash(cache_dir, photo.sha256, photo.read, heldout=True)
+        try:
+            value = _cached_hash(cache_dir, photo.sha256, photo.read, heldout=True)
+        except ImageRejected as exc:
+            raise EvaluateRefused(
+                f"held-out {photo.name} cannot be used ({exc}); remove it or replace it"
+            ) from None
         if value is None:
             unhashable.append(photo)
         else:
@@ -322,10 +328,13 @@ def real_image_hashes(
     for row in rows:
         if row.source != "real" or row.image is None:
             continue
-        value = _cached_hash(
-            cache_dir if row.image_sha256 else None, row.image_sha256 or "", _checked_reader(manifests, row)
-        )
         name = object_name(manifests.store, manifests.key(row.image))
+        with naming(name, row.image):  # past SKUFORGE_MAX_IMAGE_PIXELS (lowered since it was ingested)
+            value = _cached_hash(
+                cache_dir if row.image_sha256 else None,
+                row.image_sha256 or "",
+                _checked_reader(manifests, row),
+            )
         if value is None:
             unhashable.setdefault(row.sku_id, []).append(name)
         else:
@@ -374,7 +383,7 @@ def _cached_hash(
     cached = None if cache_dir is None else cache_dir / kind / sha256
     if cached is not None and cached.is_file():
         return bytes.fromhex(cached.read_text().strip()) or None
-    value = (heldout_hash if heldout else copy_hashes)(read())
+    value = (heldout_hash if heldout else copy_hashes)(read(), max_pixels=load_settings().max_image_pixels)
     if cached is not None:
         write_atomically(cached, f"{'' if value is None else value.hex()}\n".encode())  # runs may share it
     return value
@@ -456,7 +465,12 @@ def scene_files(
         name = object_name(store, key)
         sha256 = sha256_hex(data)
         files.append((name, sha256))
-        value = _cached_hash(cache_dir, sha256, lambda: data)  # noqa: B023 (read here, not later)
+        try:
+            value = _cached_hash(cache_dir, sha256, lambda: data)  # noqa: B023 (read here, not later)
+        except ImageRejected as exc:  # past SKUFORGE_MAX_IMAGE_PIXELS: the generator refuses it at load
+            notes.append(f"scene file {name} not checked: {exc} (the generator skips it too)")
+            skipped.append(f"{name}: {exc}")
+            continue
         if value is not None:
             hashes.append((name, value))
     if not files:

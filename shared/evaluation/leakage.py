@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from shared.errors import ImageRejected
-from shared.images import apply_exif_orientation, to_rgb
+from shared.images import DEFAULT_MAX_PIXELS, apply_exif_orientation, refuse_too_many_pixels, to_rgb
 
 # Bits (of 256) within which two photos are the same photo. A resized, re-encoded copy differs from
 # its original by 0-10 bits; distinct photos by 20 or more (GroceryStoreDataset: 80 test photos shrunk
@@ -63,14 +63,15 @@ def check_disjoint(heldout: Iterable[tuple[str, str]], **others: Iterable[tuple[
     _raise(problems)
 
 
-def perceptual_hash(data: bytes) -> bytes | None:
+def perceptual_hash(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes | None:
     """The 256-bit difference hash of what a photo shows (EXIF orientation applied): which of each two
     neighbouring pixels of a 17 x 16 grey thumbnail is brighter. A photo whose plain border (a studio
     background) takes up a quarter of the frame or more is hashed by its content inside that border
     (the product), any other by its whole frame. Resizing and re-encoding barely move it. None when the
     bytes do not open as an image, or when too few neighbours differ (a blank frame, a plain product):
-    flat pictures all have about the same hash, which says nothing about copies."""
-    views = _views(data)
+    flat pictures all have about the same hash, which says nothing about copies. ``ImageRejected``
+    (``too_many_pixels``) past ``max_pixels``, as ``decode_image`` (a JPEG decoded scaled down to fit)."""
+    views = _views(data, max_pixels)
     if views is None:
         return None
     frame, content = views
@@ -78,14 +79,14 @@ def perceptual_hash(data: bytes) -> bytes | None:
     return _difference_hash(shown.thumbnail(turn=0))
 
 
-def copy_hashes(data: bytes) -> bytes | None:
+def copy_hashes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes | None:
     """What a store or scene image is compared by: ``perceptual_hash``, and where that took the whole
     frame of a photo that has a plain border (its content over ``_MAX_CONTENT_SHARE`` of the frame), the
     content's hash too (512 bits then). A held-out photo letterboxed or padded with plain bars (black or
     white, under a quarter of the frame) was hashed by its frame, bars included, and passed: bars of 8%
     of its height put in-store photos 8-33 bits from their originals, resized copies read 0-4. None as
-    ``perceptual_hash``."""
-    views = _views(data)
+    ``perceptual_hash``, and refused past ``max_pixels`` as it."""
+    views = _views(data, max_pixels)
     if views is None:
         return None
     frame, content = views
@@ -141,15 +142,16 @@ _VARIANTS = (
 _HELDOUT_HASHES = 2 * len(_VARIANTS)
 
 
-def heldout_hash(data: bytes) -> bytes | None:
+def heldout_hash(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes | None:
     """A held-out photo's hash (4,096 bits): ``perceptual_hash`` of its whole frame, of its mirror image,
     and of both turned by 90, 180 and 270 degrees; then the same of its content inside a plain border,
     however much of the frame that border takes. So a flipped copy (the commonest augmentation) and a
     turned one (a phone photo saved again without its EXIF orientation) are caught as well as a resized
     one, and a copy is compared by the same part of the photo whichever part ``perceptual_hash`` takes
     of it. Where the photo has no plain border, or one of the two parts has too little detail in one of
-    all its variants, the other part stands in for it; None when neither can be hashed."""
-    views = _views(data)
+    all its variants, the other part stands in for it; None when neither can be hashed. Refused past
+    ``max_pixels`` as ``perceptual_hash``."""
+    views = _views(data, max_pixels)
     if views is None:
         return None
     hashes = [value for value in (_variant_hashes(view) for view in views if view) if value is not None]
@@ -233,29 +235,45 @@ class _View:
 _TRANSPOSE = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
 
 
-def _views(data: bytes) -> tuple[_View, _View | None] | None:
+def _views(data: bytes, max_pixels: int) -> tuple[_View, _View | None] | None:
     """The photo's whole frame and, where it has a plain border, its content; None when the bytes are
-    no image."""
+    no image. Past ``max_pixels`` refused, not None: the stages refuse it too, and it is no blank frame."""
     try:
-        grey = _decode_grey(data, _DECODE_PX)
+        grey = _decode_grey(data, _DECODE_PX, max_pixels)
         frame = _View(grey, (0.0, 0.0, float(grey.width), float(grey.height)))
         box = _content_box(grey)
         narrowest = 0.0 if box is None else min(box[2] - box[0], box[3] - box[1])
         if box is not None and narrowest < _DECODE_PX:
             # Decoded again larger (where a JPEG allows), so that a narrow product has pixels enough.
-            larger = _decode_grey(data, math.ceil(_DECODE_PX * max(grey.size) / max(narrowest, 1.0)))
+            try:
+                larger = _decode_grey(
+                    data, math.ceil(_DECODE_PX * max(grey.size) / max(narrowest, 1.0)), max_pixels
+                )
+            except ImageRejected:  # a JPEG reduced less would be past the limit: the first decode it is
+                larger = grey
             if larger.size != grey.size:
                 grey, box = larger, _content_box(larger)
-    except (OSError, ValueError, Image.DecompressionBombError, ImageRejected):
+    except ImageRejected as exc:
+        if exc.reason == "too_many_pixels":
+            raise
+        return None
+    except (OSError, ValueError):
         return None
     return frame, None if box is None else _View(grey, box)
 
 
-def _decode_grey(data: bytes, at_least_px: int) -> Image.Image:
+def _decode_grey(data: bytes, at_least_px: int, max_pixels: int) -> Image.Image:
     """The photo as shown, in grey; transparent pixels over white, as ingest stores them (a cut-out
-    whose hidden colour is black would otherwise be hashed as a black frame, matching no copy)."""
-    with Image.open(io.BytesIO(data)) as image:
+    whose hidden colour is black would otherwise be hashed as a black frame, matching no copy).
+    ``ImageRejected`` (``too_many_pixels``) past ``max_pixels`` after a JPEG's reduced decode, before
+    any pixel is decoded: Pillow only warns below twice its own limit, and decoded a 150 MP PNG whole."""
+    try:
+        opened = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # past twice Pillow's limit: refused as a stage does
+        raise ImageRejected("too_many_pixels", str(exc)) from exc
+    with opened as image:
         image.draft("L", (at_least_px, at_least_px))
+        refuse_too_many_pixels(*image.size, max_pixels, "")
         shown = apply_exif_orientation(image)  # a malformed EXIF block loses only its orientation
         if shown.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float grey
             values = np.asarray(shown, dtype=np.float32)
