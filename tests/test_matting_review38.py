@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from schemas.common import SkuMetadata
+from schemas.common import ImageRef, SkuMetadata
 from schemas.events import ImageGenerated, ImageMatted
 from schemas.topics import IMAGE_GENERATED
 from services.matting.config import MattingSettings
 from services.matting.stage import MattingMetrics, build_stage, handle_batch, open_matting_session
-from shared.bus import make_envelope
+from shared.bus import Envelope, make_envelope
 from shared.config import load_settings
 from shared.errors import BadInput
 from shared.matting.session import MattingModelError, U2NetPSession, U2NetSession, normalise_min_max
@@ -80,32 +80,10 @@ def test_an_empty_mask_is_no_confidence_figure(tmp_path: Path) -> None:
     """``skuforge_matting_mean_confidence`` is the mean over the mask's pixels; an empty mask, which has
     none, was observed as 0.0, so a model that found nothing more often read as a model less sure of
     what it found (its emptiness is ``skuforge_matting_foreground_fraction``'s to show)."""
-    store = FileStore(tmp_path / "store")
-    ctx = Context(
-        "matting",
-        store,
-        load_settings(store_uri=store.base_uri),
-        StageMetrics("matting"),
-        logging.getLogger("t"),
-    )
+    store, ctx = _matting_context(tmp_path)
     session = U2NetPSession(stand_in_onnx_bytes(), threads=1, use_gpu=False)
     image = store.put_image("generated/black.png", Image.new("RGB", (64, 48), "black"))
-    payload = ImageGenerated(
-        item_id="item-1",
-        sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
-        reference_photo_id="p1",
-        reference_image=image,
-        reference_mask=image,
-        image=image,
-        expected_mask=image,
-        backend="composite",
-        model_id="synth",
-        seed=1,
-        variant_index=0,
-    )
-    event = make_envelope(
-        IMAGE_GENERATED, payload, event_id="e" * 32, sku_id="SKU-1", trace_id="t", producer="t"
-    )
+    event = _generated(image)
     registry = CollectorRegistry()
 
     (outputs,) = handle_batch([event], ctx, session=session, metrics=MattingMetrics(registry))
@@ -144,33 +122,11 @@ def test_a_model_whose_fixed_batch_fits_a_poll_is_not_said_to_be_cut_by_it(
 def test_an_image_the_model_gives_nan_for_is_named_in_its_dead_letter(tmp_path: Path) -> None:
     """A read refusal names the image's URI (``naming``); ``model_output_not_finite`` named only the
     model, so an operator reading the letter had to decode its payload to learn which image it was."""
-    store = FileStore(tmp_path / "store")
-    ctx = Context(
-        "matting",
-        store,
-        load_settings(store_uri=store.base_uri),
-        StageMetrics("matting"),
-        logging.getLogger("t"),
-    )
+    store, ctx = _matting_context(tmp_path)
     session = U2NetPSession(nan_where_red_onnx_bytes(), threads=1, use_gpu=False)
     session.warm_up()
     image = store.put_image("generated/white.png", Image.new("RGB", (64, 48), "white"))
-    payload = ImageGenerated(
-        item_id="item-1",
-        sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
-        reference_photo_id="p1",
-        reference_image=image,
-        reference_mask=image,
-        image=image,
-        expected_mask=image,
-        backend="composite",
-        model_id="synth",
-        seed=1,
-        variant_index=0,
-    )
-    event = make_envelope(
-        IMAGE_GENERATED, payload, event_id="e" * 32, sku_id="SKU-1", trace_id="t", producer="t"
-    )
+    event = _generated(image)
 
     (refusal,) = handle_batch([event], ctx, session=session)
 
@@ -211,36 +167,12 @@ def test_the_stage_mats_alone_what_a_batch_folding_model_cannot_mat_together(tmp
     """The stage's chunk failed in ``next`` (StopIteration, an error naming nothing); now the model's
     error fails the chunk, which the runtime then runs an event at a time (``Stage._single``), and
     one image a call the model mats: no accepted image is dead-lettered for the model's fault."""
-    store = FileStore(tmp_path / "store")
-    ctx = Context(
-        "matting",
-        store,
-        load_settings(store_uri=store.base_uri),
-        StageMetrics("matting"),
-        logging.getLogger("t"),
-    )
+    store, ctx = _matting_context(tmp_path)
     session = U2NetPSession(batch_folding_onnx_bytes(), threads=1, use_gpu=False)
     events = []
     for index in range(4):
         image = store.put_image(f"generated/{index}.png", Image.new("RGB", (64, 48), (60 * index, 0, 0)))
-        payload = ImageGenerated(
-            item_id=f"item-{index}",
-            sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
-            reference_photo_id="p1",
-            reference_image=image,
-            reference_mask=image,
-            image=image,
-            expected_mask=image,
-            backend="composite",
-            model_id="synth",
-            seed=1,
-            variant_index=index,
-        )
-        events.append(
-            make_envelope(
-                IMAGE_GENERATED, payload, event_id=f"{index}" * 32, sku_id="SKU-1", trace_id="t", producer="t"
-            )
-        )
+        events.append(_generated(image, index))
 
     with pytest.raises(MattingModelError, match="for 4 images"):
         handle_batch(events, ctx, session=session)
@@ -248,3 +180,30 @@ def test_the_stage_mats_alone_what_a_batch_folding_model_cannot_mat_together(tmp
 
     assert not any(isinstance(result, BadInput) for result in alone)
     assert session.ready
+
+
+def _matting_context(tmp_path: Path) -> tuple[FileStore, Context]:
+    """A file store and the matting stage's context over it."""
+    store = FileStore(tmp_path / "store")
+    settings = load_settings(store_uri=store.base_uri)
+    return store, Context("matting", store, settings, StageMetrics("matting"), logging.getLogger("t"))
+
+
+def _generated(image: ImageRef, index: int = 0) -> Envelope[ImageGenerated]:
+    """An image.generated event for ``image``, which is its own reference and expected mask too."""
+    payload = ImageGenerated(
+        item_id=f"item-{index + 1}",
+        sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
+        reference_photo_id="p1",
+        reference_image=image,
+        reference_mask=image,
+        image=image,
+        expected_mask=image,
+        backend="composite",
+        model_id="synth",
+        seed=1,
+        variant_index=index,
+    )
+    return make_envelope(
+        IMAGE_GENERATED, payload, event_id=f"{index + 1}" * 32, sku_id="SKU-1", trace_id="t", producer="t"
+    )
