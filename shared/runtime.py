@@ -566,59 +566,46 @@ class Stage:
                 log.exception("committing at the stop failed", extra={"stage": self.name})
             self._forget_partitions([*self._resume_at, *self._uncommitted])
             try:
-                # Any error of these (a bug, a kafka-python assertion) skipped both clients' closes and
-                # made run() raise after a stop that had committed all it could.
-                for step, doing in (
-                    (lag_watcher.stop if lag_watcher is not None else None, "stopping the group-lag watcher"),
-                    (self._await_revoked_commits, "awaiting the commits of revoked partitions"),
-                ):
-                    try:
-                        if step is not None:
-                            step()
-                    except Exception as exc:
-                        log.warning(
-                            "%s at the stop: %s: %s",
-                            doing,
-                            type(exc).__name__,
-                            exc,
-                            exc_info=exc,
-                            extra={"stage": self.name},
-                        )
-                try:
-                    self._consumer.close(autocommit=False)
-                except Exception as exc:
-                    # Leaving the group failed (the broker going away as the stage stops). Raised, it
-                    # skipped the producer's close and made run() raise after a stop that had committed
-                    # all it could, or hid what the loop itself raised.
-                    log.warning(
-                        "closing the consumer at the stop: %s: %s; if it did not leave the group, the "
-                        "group moves its partitions at the session timeout",
-                        type(exc).__name__,
-                        exc,
-                        exc_info=exc,
-                        extra={"stage": self.name},
-                    )
+                # An error of any step (a bug, a kafka-python assertion; leaving the group as the broker
+                # goes away; a producer flushing into an outage) skipped the closes after it, left the
+                # health port bound and made run() raise after a stop that had committed all it could,
+                # or hid what the loop itself raised. What the producer did not get acknowledged is not
+                # lost: its inputs were not committed, and the next run redoes them.
+                if lag_watcher is not None:
+                    self._stop_step(lag_watcher.stop, "stopping the group-lag watcher")
+                self._stop_step(self._await_revoked_commits, "awaiting the commits of revoked partitions")
+                consumer = self._consumer
+                self._stop_step(
+                    lambda: consumer.close(autocommit=False),
+                    "closing the consumer",
+                    "; if it did not leave the group, the group moves its partitions at the session timeout",
+                )
                 if self._producer is not None:
-                    try:
-                        self._producer.close(timeout=self.settings.flush_timeout_s)
-                    except Exception as exc:
-                        # The broker is away (a SIGTERM during an outage): close() flushes first and raised,
-                        # which made run() raise instead of returning 0, left the health port bound and
-                        # hid whatever the loop itself raised; any other error of the close did the same.
-                        # What was not acknowledged is not lost: its inputs were not committed, and the
-                        # next run redoes them.
-                        log.warning(
-                            "closing the producer at the stop: %s: %s; unacknowledged outputs are redone "
-                            "from their uncommitted inputs",
-                            type(exc).__name__,
-                            exc,
-                            exc_info=exc,
-                            extra={"stage": self.name},
-                        )
+                    producer = self._producer
+                    self._stop_step(
+                        lambda: producer.close(timeout=self.settings.flush_timeout_s),
+                        "closing the producer",
+                        "; unacknowledged outputs are redone from their uncommitted inputs",
+                    )
             finally:
                 if self.health:
                     self.health.stop()
         return 0
+
+    def _stop_step(self, step: Callable[[], object], doing: str, consequence: str = "") -> None:
+        """Run one step of the stop; an error of it is logged, and the stop goes on to the next."""
+        try:
+            step()
+        except Exception as exc:
+            log.warning(
+                "%s at the stop: %s: %s%s",
+                doing,
+                type(exc).__name__,
+                exc,
+                consequence,
+                exc_info=exc,
+                extra={"stage": self.name},
+            )
 
     def _await_topic_metadata(self, timeout_s: float | None = None) -> None:
         """Join the group only once the consumer's metadata lists the input topics' partitions.
