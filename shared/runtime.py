@@ -167,7 +167,8 @@ class Context:
     _actions: dict[int, list[Callable[[], None]]] = field(default_factory=dict, repr=False)
 
     def after_commit(self, action: Callable[[], None], event: Envelope[Any] | None = None) -> None:
-        """Run ``action`` once this input's outcome is committed; drop it if the input is tried again.
+        """Run ``action`` once this input's outcome is committed; drop it if the input is tried again or
+        its handler raises an unexpected error (its ``handler_error`` letter runs none of them).
 
         For a stage's own counters: the runtime may run a handler more than once for one input (a
         failed produce, flush or retry rewinds the batch; a failing batch is retried event by event),
@@ -1134,6 +1135,9 @@ class Stage:
     def _unexpected(
         self, tp: TopicPartition, record: ConsumerRecord, exc: BaseException, event: Envelope[Any]
     ) -> _Outcome | _Retry:
+        # The failed attempt's actions count what its handler did not finish: before, those of the last
+        # attempt ran once its handler_error letter was committed.
+        self.context._take_actions(event)
         # Counted on when the record's partition moved away and came back: dropped with it, a poison
         # record in a group that rebalanced more often than its attempts took never reached the DLQ,
         # and held its partition for good.

@@ -1,0 +1,61 @@
+"""The runtime, driven through its consumer/producer seams: the ``after_commit`` actions of a handler
+attempt that failed."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+from kafka.structs import TopicPartition
+
+from schemas.envelope import DeadLetter, Envelope
+from schemas.events import SkuIngested
+from schemas.topics import DLQ_SUFFIX, PASSTHROUGH_OUT, SKU_INGESTED
+from shared.config import load_settings
+from shared.runtime import Context, Emit, Stage
+from tests.support.bus import file_store_uri, ingested_envelope, sku_ingested_payloads
+from tests.support.runtime import _record, _wired
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["per-event", "batch"])
+def test_a_handler_attempt_that_fails_runs_none_of_its_after_commit_actions(
+    tmp_path: Path, batched: bool
+) -> None:
+    """SKU-00000 fails on every attempt and is dead-lettered as ``handler_error``; SKU-00001 fails on its
+    first attempt only. Before, the actions the poison's last attempt registered ran when its letter
+    committed: a stage counted as done (the gate's "accepted") what its handler failed at."""
+    settings = load_settings(store_uri=file_store_uri(tmp_path), handler_max_attempts=2)
+    stage = Stage("review", settings=settings)
+    ran: list[str] = []
+    attempts: dict[str, int] = {}
+
+    def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        ctx.after_commit(functools.partial(ran.append, event.sku_id), event)
+        attempts[event.sku_id] = attempts.get(event.sku_id, 0) + 1
+        if event.sku_id == "SKU-00000" or attempts[event.sku_id] == 1:
+            raise RuntimeError("a bug this input sets off")
+        return [Emit(PASSTHROUGH_OUT, event.payload, key="out")]
+
+    if batched:
+        stage.batch_handler(SKU_INGESTED)(lambda events, ctx: [handle(event, ctx) for event in events])
+    else:
+        stage.handler(SKU_INGESTED)(handle)
+    topic = stage.settings.topic_name(SKU_INGESTED)
+    poison_tp, flaky_tp = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    poison, flaky = (
+        _record(topic, 0, ingested_envelope(payload).model_dump_json().encode())._replace(
+            partition=tp.partition
+        )
+        for payload, tp in zip(sku_ingested_payloads(stage.store, 2), (poison_tp, flaky_tp), strict=True)
+    )
+    consumer, producer = _wired(stage)
+    stage._process_batch({poison_tp: [poison], flaky_tp: [flaky]})  # both fail their first attempt
+    stage._process_batch({poison_tp: [poison], flaky_tp: [flaky]})  # their retries
+
+    assert consumer.committed == {poison_tp: 1, flaky_tp: 1}
+    letters = [
+        DeadLetter.model_validate_json(value) for topic, value in producer.acked if topic.endswith(DLQ_SUFFIX)
+    ]
+    assert [(letter.sku_id, letter.reason) for letter in letters] == [("SKU-00000", "handler_error")]
+    assert ran == ["SKU-00001"]
