@@ -1181,7 +1181,9 @@ class Stage:
             if producer is None:  # the last one stopped for good and no broker answered its successor
                 producer = self._producer = make_producer(self.settings, client_id=self.name)
         except KafkaError as exc:
-            failed = dict.fromkeys(batch, exc)
+            # Only the partitions with something to send wait for a producer: the others' inputs are
+            # done, and are committed. Before, every partition of the poll was rewound and read again.
+            failed = {tp: exc for tp, done in outcomes.items() if any(outcome.outputs for _, outcome in done)}
         if producer is not None:
             # send() waits up to max_block_ms for a topic's metadata: a topic that did not come is not
             # waited for again in this batch, by each partition with an output to it.

@@ -1,5 +1,5 @@
 """The runtime, driven through its consumer/producer seams: the ``after_commit`` actions of a handler
-attempt that failed."""
+attempt that failed, and the partitions rewound when no producer can be had."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import functools
 from pathlib import Path
 
 import pytest
+from kafka.errors import KafkaConnectionError
 from kafka.structs import TopicPartition
 
 from schemas.envelope import DeadLetter, Envelope
 from schemas.events import SkuIngested
 from schemas.topics import DLQ_SUFFIX, PASSTHROUGH_OUT, SKU_INGESTED
-from shared.config import load_settings
+from shared import runtime
+from shared.config import Settings, load_settings
 from shared.runtime import Context, Emit, Stage
 from tests.support.bus import file_store_uri, ingested_envelope, sku_ingested_payloads
 from tests.support.runtime import _record, _wired
@@ -59,3 +61,34 @@ def test_a_handler_attempt_that_fails_runs_none_of_its_after_commit_actions(
     ]
     assert [(letter.sku_id, letter.reason) for letter in letters] == [("SKU-00000", "handler_error")]
     assert ran == ["SKU-00001"]
+
+
+def test_with_no_producer_to_be_had_only_partitions_with_outputs_are_rewound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SKU-00001's handler sends nothing: its input is done without a producer, and is committed. Before,
+    every partition of the poll was rewound and paused, as if its sends had failed, and read again."""
+    stage = Stage("review", settings=load_settings(store_uri=file_store_uri(tmp_path)))
+
+    @stage.handler(SKU_INGESTED)
+    def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
+        return [Emit(PASSTHROUGH_OUT, event.payload, key="out")] if event.sku_id == "SKU-00000" else []
+
+    def no_broker(settings: Settings, client_id: str) -> None:
+        raise KafkaConnectionError("no broker answered")
+
+    topic = stage.settings.topic_name(SKU_INGESTED)
+    sending, quiet = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    records = [
+        _record(topic, 0, ingested_envelope(payload).model_dump_json().encode())._replace(
+            partition=tp.partition
+        )
+        for payload, tp in zip(sku_ingested_payloads(stage.store, 2), (sending, quiet), strict=True)
+    ]
+    consumer, _ = _wired(stage)
+    stage._producer = None  # the last one stopped for good
+    monkeypatch.setattr(runtime, "make_producer", no_broker)
+    stage._process_batch({sending: records[:1], quiet: records[1:]})
+
+    assert consumer.committed == {quiet: 1}
+    assert consumer.positions == {sending: 0} and consumer.paused == {sending}
