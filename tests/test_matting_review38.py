@@ -23,7 +23,7 @@ from shared.matting.session import MattingModelError, U2NetPSession, U2NetSessio
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore
-from tests.support.matting import nan_where_red_onnx_bytes, stand_in_onnx_bytes
+from tests.support.matting import batch_folding_onnx_bytes, nan_where_red_onnx_bytes, stand_in_onnx_bytes
 
 
 def test_a_finite_map_wider_than_a_float32_is_normalised_not_made_nan() -> None:
@@ -132,23 +132,6 @@ def test_an_image_the_model_gives_nan_for_is_named_in_its_dead_letter(tmp_path: 
 
     assert isinstance(refusal, BadInput) and refusal.reason == "model_output_not_finite"
     assert refusal.detail.startswith(f"image {image.uri}: {session.model_id} gave NaN"), refusal.detail
-
-
-def batch_folding_onnx_bytes() -> bytes:
-    """A badly exported model: one map per call, the mean of its images' (the batch folded away), so
-    its one-image warm-up gives the one map expected."""
-    import onnx
-
-    model = onnx.load_from_string(stand_in_onnx_bytes())
-    nodes = model.graph.node
-    sigmoid = next(node for node in nodes if node.op_type == "Sigmoid")
-    sigmoid.output[0] = "maps"
-    nodes.insert(
-        list(nodes).index(sigmoid) + 1,
-        onnx.helper.make_node("ReduceMean", ["maps"], ["d0"], axes=[0], keepdims=1),
-    )
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
 
 
 def test_a_model_giving_fewer_maps_than_images_is_a_clear_error() -> None:

@@ -92,6 +92,23 @@ def nan_where_red_onnx_bytes(*, size_px: int = SIZE_PX) -> bytes:
     return model.SerializeToString()
 
 
+def batch_folding_onnx_bytes() -> bytes:
+    """A badly exported model: one map per call, the mean of its images' (the batch folded away), so
+    its one-image warm-up gives the one map expected."""
+    import onnx
+
+    model = onnx.load_from_string(stand_in_onnx_bytes())
+    nodes = model.graph.node
+    sigmoid = next(node for node in nodes if node.op_type == "Sigmoid")
+    sigmoid.output[0] = "maps"
+    nodes.insert(
+        list(nodes).index(sigmoid) + 1,
+        onnx.helper.make_node("ReduceMean", ["maps"], ["d0"], axes=[0], keepdims=1),
+    )
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
 def green_with_a_red_tinge() -> Image.Image:
     """An image ``nan_where_red_onnx_bytes`` mats: green, its left half with some red (under half)."""
     image = Image.new("RGB", (64, 48), (0, 200, 0))
