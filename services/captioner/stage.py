@@ -39,7 +39,8 @@ more photos than ``SKUFORGE_MAX_PHOTOS_PER_SKU`` (what ingest accepts) goes to t
 ``too_many_photos`` before any photo is read: all of a SKU's photos are decoded at once.
 
 The models: the matting session (``SKUFORGE_CAPTIONER_MATTING_MODEL``, unset = the committed
-U2-NetP) makes the masks; all photos of a SKU go through it in one call, but a photo whose
+U2-NetP) makes the masks; all photos of a SKU go through it in one call (one photo a call when the
+model fails on them together: an export that folded or fixed its batch), but a photo whose
 file was a cut-out: its transparency, stored by ingest (``ReferencePhoto.mask``), is its mask.
 The attribute backend (default) measures colours, shape and view on the masks
 (``shared/captioning/attributes.py``); on a plain-background photo of a box, carton or can, big dents
@@ -472,10 +473,7 @@ def _find_products(
     ]
     predictions: Iterator[MattingResult | BadInput] = iter([])
     if readable:  # no photo to mask makes no model call, so none is counted
-        with ctx.metrics.model_call(MATTING_MODEL_LABEL, len(readable)):
-            # Per photo: one the model gives NaN for is unusable alone, as the matting stage refuses it
-            # (``predict`` failed the whole SKU, retried and dead-lettered as handler_error).
-            predictions = iter(models.session.predict_each(readable))
+        predictions = iter(_mat(readable, models.session, ctx))
     found: list[_Found | _Unusable] = []
     for image, given in zip(images, provided, strict=True):
         if isinstance(image, _Unusable):
@@ -516,6 +514,36 @@ def _find_products(
             continue
         found.append(_Found(image, mask, attributes, plain_background))
     return found
+
+
+def _mat(
+    images: Sequence[Image.Image], session: MattingModel, ctx: Context
+) -> list[MattingResult | BadInput]:
+    """Per photo, its mask or why the model could not mat it: all in one call, or one photo a call when
+    the model fails on them together.
+
+    Per photo: one the model gives NaN for is unusable alone, as the matting stage refuses it
+    (``predict`` failed the whole SKU, retried and dead-lettered as handler_error). One photo a call:
+    an export that folded or fixed its batch returns fewer maps than images (``MattingModelError``) yet
+    mats one image a call, as the matting stage then runs it (``Stage._single``); every SKU of several
+    photos was dead-lettered as handler_error. A model that fails on one photo too still fails the SKU.
+    """
+    try:
+        with ctx.metrics.model_call(MATTING_MODEL_LABEL, len(images)):
+            return list(session.predict_each(images))
+    except MattingModelError as exc:
+        if len(images) == 1:
+            raise
+        ctx.log.warning(
+            "the matting model failed on the SKU's %d photos together (%s); matting them one at a time",
+            len(images),
+            exc,
+        )
+    results: list[MattingResult | BadInput] = []
+    for image in images:
+        with ctx.metrics.model_call(MATTING_MODEL_LABEL, 1):
+            results.extend(session.predict_each([image]))
+    return results
 
 
 def _fill_dents(found: _Found, photo: ReferencePhoto, ctx: Context, options: CaptionerSettings) -> _Found:
