@@ -391,6 +391,32 @@ def test_a_model_that_outputs_nan_is_an_error_not_an_empty_mask(tmp_path: Path) 
         session.warm_up()
 
 
+@pytest.mark.parametrize("images", [1, 3, 4, 5])
+def test_a_model_that_returns_no_map_is_refused_in_every_call_size(images: int) -> None:
+    """On the CPU a chunk under four images runs one image a call (``_calls``): each of those calls is
+    checked for one map per image, as the four-image call is, so no image goes without its result."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tests.support.matting import stand_in_onnx_bytes
+
+    model = onnx.load_from_string(stand_in_onnx_bytes())
+    nodes = model.graph.node
+    sigmoid = next(node for node in nodes if node.op_type == "Sigmoid")
+    sigmoid.output[0] = "maps"
+    model.graph.initializer.extend(
+        helper.make_tensor(name, TensorProto.INT64, [1], [0]) for name in ("start", "end", "axis")
+    )
+    nodes.insert(
+        list(nodes).index(sigmoid) + 1, helper.make_node("Slice", ["maps", "start", "end", "axis"], ["d0"])
+    )
+    session = U2NetPSession(model.SerializeToString(), threads=1, use_gpu=False)
+
+    with pytest.raises(MattingModelError, match=r"\(0, 1, 320, 320\) for [14] images"):
+        session.predict([Image.new("RGB", (64, 48), "red")] * images)
+    assert not session.ready
+
+
 def test_cuda_is_chosen_only_when_available_and_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers(True, cuda) == cuda
