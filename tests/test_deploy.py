@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -29,13 +28,19 @@ from schemas.flow import CONSOLE, PIPELINE, TRITON, flow_document
 from services.console.server import stop_timeout_s as console_stop_timeout_s
 from shared.config import ENV_PREFIX, Settings
 from skuforge_cli.main import SETTINGS_MODELS
+from tests.support.helm import (
+    CHART,
+    KUBE_VERSIONS,
+    MODEL,
+    REPO,
+    REVIEWERS,
+    render,
+    render_error,
+    require_helm,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-CHART = REPO / "deploy" / "helm" / "skuforge"
 SCHEMAS = REPO / "deploy" / "schemas"
 PIPELINE_RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
-# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and a recent one.
-KUBE_VERSIONS = ("1.27.0", "1.33.0")
 CRD_SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_v1alpha1_scaledobject.json",
     ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_v1_podmonitor.json",
@@ -65,60 +70,9 @@ def compose_duration_s(text: str) -> float:
     return sum(float(amount) * units[unit] for amount, unit in parts)
 
 
-def helm_binary() -> str | None:
-    """``SKUFORGE_HELM``, else ``helm`` on PATH, else the one ``make helm`` builds, else Go's bin."""
-    candidates = [
-        os.environ.get("SKUFORGE_HELM"),
-        shutil.which("helm"),
-        str(REPO / "var" / "tools" / "helm"),
-        str(Path.home() / "go" / "bin" / "helm"),
-    ]
-    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
-
-
 @pytest.fixture(scope="module")
 def helm() -> str:
-    path = helm_binary()
-    if path is None:
-        message = (
-            "helm not found: `make helm` builds it (go install helm.sh/helm/v3/cmd/helm) into var/tools/"
-        )
-        if os.environ.get("SKUFORGE_REQUIRE_HELM"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-# The console needs reviewers (the render refuses it without them); later --set values may override.
-REVIEWERS = "secret.values.SKUFORGE_CONSOLE_USERS=alice:pw"
-MODEL = "triton.env.SKUFORGE_DIFFUSION_MODEL=s3://models/sd15-inpaint"
-
-
-def render(
-    helm: str,
-    *values: str,
-    kube_version: str = KUBE_VERSIONS[-1],
-    reviewers: bool = True,
-    model: bool = True,
-    release: str = "rel",
-    namespace: str = "default",
-) -> list[dict[str, Any]]:
-    """``helm template`` with ``--set`` values; the manifests as dicts (fails with helm's message)."""
-    command = [helm, "template", release, str(CHART), "--kube-version", kube_version, "-n", namespace]
-    for value in [REVIEWERS] * reviewers + [MODEL] * model + list(values):
-        command += ["--set", value]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-def render_error(helm: str, *values: str, reviewers: bool = True, model: bool = True) -> str:
-    command = [helm, "template", "rel", str(CHART), "--kube-version", KUBE_VERSIONS[-1]]
-    for value in [REVIEWERS] * reviewers + [MODEL] * model + list(values):
-        command += ["--set", value]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0, "the render should have failed"
-    return result.stderr
+    return require_helm()
 
 
 def of_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
