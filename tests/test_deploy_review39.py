@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from schemas.flow import CONSOLE
 from shared.config import secret_variables
 from skuforge_cli.main import SETTINGS_MODELS
 from tests.support.helm import render, render_error, require_helm
@@ -28,3 +29,13 @@ def test_a_secret_setting_is_refused_outside_the_secret(helm: str, name: str) ->
         assert "secret.values or secret.existingSecret" in message
     docs = render(helm, f"secret.values.{name}=x")
     assert any(doc["kind"] == "Secret" and name in doc.get("stringData", {}) for doc in docs)
+
+
+def test_the_console_port_is_not_its_metrics_port(helm: str) -> None:
+    """console.port at the console's /metrics port (files/flow.json) rendered one container port twice:
+    the web server and /metrics cannot both listen there, so the pod exited at start, for ever."""
+    message = render_error(helm, f"console.port={CONSOLE.metrics_port}")
+    assert f"console.port={CONSOLE.metrics_port}" in message and "/metrics" in message
+    # Port 0 binds a port nobody knows: the probes and the Service miss it.
+    assert "console.port=0" in render_error(helm, "console.port=0")
+    render(helm, "console.port=8080")

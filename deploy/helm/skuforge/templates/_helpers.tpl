@@ -267,6 +267,17 @@ the generator's images were then missing from matting's pod, and every item was 
 {{- fail (printf "storeUri=%s is a folder in each pod: every stage would write its objects where no other pod reads them (the generator's images missing for matting, every item dead-lettered object_missing). Use an object store (s3://BUCKET/PREFIX), or mount one volume that every pod shares (a ReadWriteMany claim) with extraVolumes and extraVolumeMounts, writable, at that absolute folder or above it" .Values.storeUri) -}}
 {{- end -}}
 {{- end -}}
+{{- /* The console pod runs its web server on console.port and /metrics on the flow's port: at one port
+the second to bind exited the pod at start, for ever; at 0 the pages took a port nobody knew. */ -}}
+{{- if .Values.console.enabled -}}
+{{- $consolePort := int .Values.console.port -}}
+{{- $consoleMetricsPort := int $flow.console.metricsPort -}}
+{{- if or (lt $consolePort 1) (gt $consolePort 65535) -}}
+{{- fail (printf "console.port=%v is no port the console's Service and probes can reach: give one from 1 to 65535 (8087 by default)" .Values.console.port) -}}
+{{- else if eq $consolePort $consoleMetricsPort -}}
+{{- fail (printf "console.port=%d is the console's own /metrics port (files/flow.json): its web pages and /metrics cannot both listen there (the pod would exit at start); give another port (8087 by default)" $consolePort) -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.console.enabled (not .Values.secret.existingSecret) (not (hasKey .Values.secret.values "SKUFORGE_CONSOLE_USERS")) -}}
 {{- fail "console.enabled needs reviewers: set secret.values.SKUFORGE_CONSOLE_USERS ('name:password,...') or secret.existingSecret, or console.enabled=false (without them the console pod exits at start)" -}}
 {{- end -}}
