@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import pytest
+import yaml
 
 from schemas.flow import CONSOLE
-from shared.config import secret_variables
+from shared.config import ENV_PREFIX, load_settings, secret_variables
+from shared.generation.settings import GenerationSettings
 from skuforge_cli.main import SETTINGS_MODELS
-from tests.support.helm import render, render_error, require_helm
+from tests.support.helm import REPO, render, render_error, require_helm
 
 # Every place the chart writes a value into a ConfigMap or a pod spec in plain text.
 PLAIN_SOURCES = ("settings", "stageDefaults.env", "stages.generator.env", "console.env", "triton.env")
@@ -39,3 +45,36 @@ def test_the_console_port_is_not_its_metrics_port(helm: str) -> None:
     # Port 0 binds a port nobody knows: the probes and the Service miss it.
     assert "console.port=0" in render_error(helm, "console.port=0")
     render(helm, "console.port=8080")
+
+
+def pod_env(docs: list[dict[str, Any]], deployment: str) -> dict[str, str]:
+    """The variables a Deployment's container starts with: the ConfigMap, the Secret, then its env."""
+    env = dict(next(doc for doc in docs if doc["kind"] == "ConfigMap")["data"])
+    env |= next(doc for doc in docs if doc["kind"] == "Secret").get("stringData") or {}
+    (deployed,) = [
+        doc for doc in docs if doc["kind"] == "Deployment" and doc["metadata"]["name"] == deployment
+    ]
+    (container,) = deployed["spec"]["template"]["spec"]["containers"]
+    return env | {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
+
+
+def test_the_documented_scene_library_values_start_the_generator_stage_with_photo_scenes(
+    helm: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/deploy.md gave SKUFORGE_SCENES_URI to the Triton pod alone (triton.env), but the generator
+    stage checks photo-scene parameters against it too: with {"scene": "photo"} in
+    SKUFORGE_GENERATION_PARAMETERS, the values the page shows stopped the stage at start ("scene 'photo'
+    needs a scene library: set SKUFORGE_SCENES_URI"), for ever."""
+    section = (REPO / "docs" / "deploy.md").read_text().split("\n### A scene library\n", 1)[1]
+    example = yaml.safe_load(section.split("```\n", 2)[1])
+    example.setdefault("settings", {})["SKUFORGE_GENERATION_PARAMETERS"] = '{"scene": "photo"}'
+    values = tmp_path / "scenes.yaml"
+    values.write_text(yaml.safe_dump(example))
+    docs = render(helm, files=[values], model=False)
+    for deployment in ("rel-skuforge-generator", "rel-skuforge-triton"):
+        for name in [name for name in os.environ if name.upper().startswith(ENV_PREFIX)]:
+            monkeypatch.delenv(name)
+        for name, value in pod_env(docs, deployment).items():
+            monkeypatch.setenv(name, value)
+        generation = load_settings(GenerationSettings)  # a ConfigError here: the pod exits at start
+        assert generation.scenes_uri == "s3://acme-skuforge/scenes", deployment

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,13 @@ def render(
     model: bool = True,
     release: str = "rel",
     namespace: str = "default",
+    files: Sequence[Path] = (),
 ) -> list[dict[str, Any]]:
-    """``helm template`` with ``--set`` values; the manifests as dicts (fails with helm's message)."""
+    """``helm template`` with values ``files`` and ``--set`` values (which win); the manifests as dicts
+    (fails with helm's message)."""
     command = [helm, "template", release, str(CHART), "--kube-version", kube_version, "-n", namespace]
+    for file in files:
+        command += ["-f", str(file)]
     for value in [REVIEWERS] * reviewers + [MODEL] * model + list(values):
         command += ["--set", value]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
