@@ -78,3 +78,70 @@ def test_the_documented_scene_library_values_start_the_generator_stage_with_phot
             monkeypatch.setenv(name, value)
         generation = load_settings(GenerationSettings)  # a ConfigError here: the pod exits at start
         assert generation.scenes_uri == "s3://acme-skuforge/scenes", deployment
+
+
+def test_the_deployment_alerts_of_two_installs_and_two_deployments_go_out_apart(
+    helm: str, tmp_path: Path, promtool_bin: str
+) -> None:
+    """The chart's deployment alerts (kube-state-metrics: no `release` label) carried only a namespace
+    and the Deployment's name, which Alertmanager does not group by: two installs in one namespace, and
+    two Deployments of one install, went out as one notification, though alertmanager.yml keeps installs
+    and places apart. promtool runs the rendered rules of "staging" and "prod" in one namespace."""
+    from devstack.prometheus import promtool
+
+    series, files = [], []
+    for release in ("staging", "prod"):
+        (rule,) = [
+            doc for doc in render(helm, release=release, namespace="shop") if doc["kind"] == "PrometheusRule"
+        ]
+        (tmp_path / f"{release}.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+        files.append(f"{release}.yml")
+    unavailable = [("staging", "gate"), ("staging", "console"), ("prod", "gate")]
+    for release, component in unavailable:
+        labels = f'namespace="shop", deployment="{release}-skuforge-{component}"'
+        series.append(
+            {"series": f"kube_deployment_status_replicas_unavailable{{{labels}}}", "values": "1x30"}
+        )
+    alerts = [
+        {
+            "exp_labels": {
+                "severity": "ticket",
+                "namespace": "shop",
+                "release": release,
+                "deployment": f"{release}-skuforge-{component}",
+            },
+            "exp_annotations": {
+                "summary": f"{release}-skuforge-{component} has had unavailable pods for 15 minutes",
+                "runbook": rule_annotation(tmp_path / f"{release}.yml", "SkuforgePodsUnavailable", "runbook"),
+            },
+        }
+        for release, component in unavailable
+    ]
+    tests = {
+        "rule_files": files,
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    {"eval_time": "20m", "alertname": "SkuforgePodsUnavailable", "exp_alerts": alerts}
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(tests))
+    result = promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Each alert a notification of its own under alertmanager.yml's grouping.
+    group_by = yaml.safe_load((REPO / "deploy" / "alertmanager" / "alertmanager.yml").read_text())["route"][
+        "group_by"
+    ]
+    keys = {tuple(alert["exp_labels"].get(label) for label in ["alertname", *group_by]) for alert in alerts}
+    assert len(keys) == len(alerts), keys
+
+
+def rule_annotation(rules_file: Path, alert: str, key: str) -> str:
+    groups = yaml.safe_load(rules_file.read_text())["groups"]
+    (rule,) = [rule for group in groups for rule in group["rules"] if rule.get("alert") == alert]
+    return str(rule["annotations"][key])
