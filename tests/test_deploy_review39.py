@@ -37,6 +37,16 @@ def test_a_secret_setting_is_refused_outside_the_secret(helm: str, name: str) ->
     assert any(doc["kind"] == "Secret" and name in doc.get("stringData", {}) for doc in docs)
 
 
+@pytest.mark.parametrize("name", ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"])
+def test_object_store_credentials_are_refused_in_the_pods_env_maps(helm: str, name: str) -> None:
+    """values.yaml lists the AWS keys under secret.values, and `settings` refuses them, but a pod's env
+    map took them into its Deployment in plain text."""
+    for source in PLAIN_SOURCES[1:]:
+        message = render_error(helm, f"{source}.{name}=x")
+        assert f"{source}.{name} is a secret" in message, message
+    render(helm, f"secret.values.{name}=x")
+
+
 def test_the_console_port_is_not_its_metrics_port(helm: str) -> None:
     """console.port at the console's /metrics port (files/flow.json) rendered one container port twice:
     the web server and /metrics cannot both listen there, so the pod exited at start, for ever."""

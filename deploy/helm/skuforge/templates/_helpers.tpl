@@ -207,9 +207,10 @@ port its probes and PodMonitor use, and the pod restarted for ever). */ -}}
 {{- $_ := set $sources (printf "stages.%s.env" $name) ($stage | default dict).env -}}
 {{- end -}}
 {{- /* The settings skuforge keeps secret (SecretStr fields; tests/test_deploy_review39.py keeps the list
-in step): under `settings` the SASL password went into the ConfigMap and the topics Job's env, and in a
-pod's env map any of them into its Deployment, readable by whoever can read the namespace. */ -}}
-{{- $secrets := list "SKUFORGE_CONSOLE_USERS" "SKUFORGE_CONSOLE_SESSION_SECRET" "SKUFORGE_KAFKA_SASL_PASSWORD" -}}
+in step), and the object store's AWS keys: under `settings` the SASL password went into the ConfigMap
+and the topics Job's env, and in a pod's env map any of them into its Deployment, readable by whoever
+can read the namespace. */ -}}
+{{- $secrets := list "SKUFORGE_CONSOLE_USERS" "SKUFORGE_CONSOLE_SESSION_SECRET" "SKUFORGE_KAFKA_SASL_PASSWORD" "AWS_SECRET_ACCESS_KEY" "AWS_SESSION_TOKEN" -}}
 {{- range $source, $values := $sources -}}
 {{- range $key, $_ := $values -}}
 {{- if and (ne $source "secret.values") (has $key $secrets) -}}
