@@ -13,7 +13,9 @@ silently repairing:
 ``too_many_pixels``     the header declares more than ``max_pixels`` (checked before decoding;
                         Pillow's own decompression-bomb limit counts as well), and the image
                         cannot be decoded scaled down to fit (below)
-``truncated``           the pixel data ends early (a JPEG's too, closed with an end marker after the cut)
+``truncated``           the file ends before its header says it does, or its pixel data ends early (a
+                        JPEG's too, closed with an end marker after the cut); a cut TIFF (its directory
+                        comes last when compressed) and a cut WebP (RIFF length) are told apart too
 ``corrupt``             the pixel data is damaged (bad checksum, broken stream...)
 ``unsupported_mode``    a pixel layout that cannot be turned into RGB / a mask
 
@@ -69,6 +71,16 @@ _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _ICC_MODES = {"RGB": ("RGB", "RGB"), "RGBA": ("RGB", "RGBA"), "CMYK": ("CMYK", "RGB"), "L": ("GRAY", "RGB")}
 # ISO-BMFF ``ftyp`` brands of HEIC/HEIF and AVIF files: what an iPhone writes, often named .jpg.
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"heim", b"heis", b"avif"})
+# A TIFF's byte order, and the formats of its offsets and counts, by its first four bytes (BigTIFF: 8-byte).
+_TIFF_LAYOUTS = {
+    b"II*\x00": ("<", "I", "H"),
+    b"MM\x00*": (">", "I", "H"),
+    b"II+\x00": ("<", "Q", "Q"),
+    b"MM\x00+": (">", "Q", "Q"),
+}
+# Bytes per value of each TIFF field type, by its number: 1 BYTE, 2 ASCII, 3 SHORT, 4 LONG, 5 RATIONAL...
+# 16 LONG8, 17 SLONG8, 18 IFD8 (BigTIFF).
+_TIFF_TYPE_SIZES = dict(enumerate((0, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4, 0, 0, 8, 8, 8)))
 _JPEG_SCALES = (2, 4, 8)  # the scales libjpeg decodes at, besides 1
 _STRIP_PIXELS = 2**20  # pixels per strip of rows that pixel_array copies and compositing blends
 
@@ -369,8 +381,10 @@ def _open_and_load(
         if _png_declares_zero_size(data):
             raise ImageRejected("zero_size", "PNG header declares a zero width or height") from exc
         _refuse_heif(data)
+        _refuse_cut_short(data)
         raise ImageRejected("not_an_image", "bytes are not in any known image format") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        _refuse_cut_short(data)
         raise ImageRejected("corrupt", f"unreadable image header: {exc}") from exc
 
     image_format = _FORMAT_ALIASES.get(image.format or "", image.format or "")
@@ -399,6 +413,7 @@ def _open_and_load(
     except EOFError as exc:
         raise ImageRejected("truncated", f"pixel data ends early: {exc}") from exc
     except (OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
+        _refuse_cut_short(data)
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise ImageRejected(reason, f"{image_format} pixel data: {exc}") from exc
 
@@ -621,6 +636,49 @@ def _refuse_heif(data: bytes) -> None:
         raise ImageRejected(
             "format_not_allowed", "HEIC/HEIF (or AVIF) is not supported: export the photo as JPEG or PNG"
         )
+
+
+def _refuse_cut_short(data: bytes) -> None:
+    """``ImageRejected('truncated')`` for a TIFF or WebP file whose own header says it goes on past its
+    last byte; nothing for other bytes. A WebP declares its length up front (RIFF), and a compressed
+    TIFF keeps its directory (IFD: size, layout, where the pixels are) after the pixels: cut short,
+    Pillow could not open the one (``corrupt``) nor even identify the other (``not_an_image``)."""
+    if _declared_length(data) > len(data):
+        raise ImageRejected("truncated", f"the file ends early: {len(data)} bytes, its header needs more")
+
+
+def _declared_length(data: bytes) -> int:
+    """The fewest bytes a WebP or TIFF file's header says it has (the RIFF length; the end of the
+    first TIFF directory and of the values it points at); 0 for other bytes."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        (riff_length,) = struct.unpack("<I", data[4:8])
+        return 8 + riff_length
+    layout = _TIFF_LAYOUTS.get(data[:4])
+    if layout is None:
+        return 0
+    order, offset_format, count_format = layout
+    offset_at = 8 if offset_format == "Q" else 4
+    offset_size, count_size = struct.calcsize(offset_format), struct.calcsize(count_format)
+    entry_size = 4 + 2 * offset_size  # tag, type, count and a value (or where it is)
+    if len(data) < offset_at + offset_size:
+        return offset_at + offset_size
+    (directory,) = struct.unpack(order + offset_format, data[offset_at : offset_at + offset_size])
+    if directory < offset_at + offset_size:  # inside the header: no TIFF
+        return 0
+    if len(data) < directory + count_size:
+        return directory + count_size
+    (entries,) = struct.unpack(order + count_format, data[directory : directory + count_size])
+    first = directory + count_size
+    needed = first + entries * entry_size + offset_size  # the entries, then the next directory's offset
+    if len(data) < needed:
+        return needed
+    for at in range(first, first + entries * entry_size, entry_size):
+        kind, count = struct.unpack(order + "H" + offset_format, data[at + 2 : at + 4 + offset_size])
+        size = count * _TIFF_TYPE_SIZES.get(kind, 1)
+        if size > offset_size:  # the value is elsewhere, where its field says
+            (value_at,) = struct.unpack(order + offset_format, data[at + 4 + offset_size : at + entry_size])
+            needed = max(needed, value_at + size)
+    return needed
 
 
 def _png_declares_zero_size(data: bytes) -> bool:

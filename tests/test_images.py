@@ -215,6 +215,26 @@ def test_truncated_png_and_jpeg() -> None:
     assert rejected(jpeg[: len(jpeg) // 2]) == "truncated"
 
 
+@pytest.mark.parametrize(
+    ("fmt", "params"),
+    [
+        ("TIFF", {"compression": "tiff_lzw"}),
+        ("TIFF", {"compression": "tiff_adobe_deflate"}),
+        ("WEBP", {"quality": 80}),
+        ("WEBP", {"lossless": True}),
+    ],
+)
+def test_truncated_tiff_and_webp(fmt: str, params: dict[str, Any]) -> None:
+    # A compressed TIFF keeps its directory (IFD) after the pixels and a WebP declares its length up
+    # front: cut short, Pillow could not identify the one (not_an_image) nor open the other (corrupt).
+    data = save(Image.fromarray(noise(100, 100)), fmt, **params)
+    for kept in (len(data) // 2, len(data) - 1):
+        assert rejected(data[:kept]) == "truncated"
+    assert decode_image(data).size == (100, 100)
+    # Bytes that only start like one (no WebP RIFF header, no TIFF directory) are no image.
+    assert rejected(data[:4] + bytes(64)) == "not_an_image"
+
+
 @pytest.mark.parametrize("progressive", [False, True])
 def test_jpeg_cut_short_then_closed_is_truncated(progressive: bool) -> None:
     # A JPEG cut mid-scan whose end marker (EOI) was written after the cut: libjpeg only warns and
