@@ -426,6 +426,9 @@ def _open_and_load(
 
 # Any marker but RST0..7 (and a stuffed 0x00, or a fill 0xFF): what ends a scan's entropy-coded data.
 _SCAN_END = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
+_RESTART = re.compile(rb"\xff[\xd0-\xd7]")
+# The start-of-frame markers (SOF0..SOF15 but DHT, JPG and DAC, which share their numbers).
+_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 def _refuse_cut_jpeg(image: Image.Image, data: bytes) -> None:
@@ -437,10 +440,14 @@ def _refuse_cut_jpeg(image: Image.Image, data: bytes) -> None:
     by decoding it again (at 1/4 scale, cheaper) with filler bytes put before the marker that ends
     the last scan: a whole scan never reads them, a cut one decodes them into its missing blocks
     (0xA5, not zeros: zero bits often decode to the very grey fill).
-    A cut on a restart marker, and some in a progressive file with restart markers, are not told apart
-    (libjpeg skips the filler resyncing). A one-pass JPEG is decoded again only when its last pixel
-    is that grey, which its last block, the first to go, always is when cut: most photos cost nothing.
+    A cut that libjpeg resyncs past the filler at (on a restart marker) is told by the markers first
+    (``_missing_scan_data``), as is a progressive file cut where a scan starts. A one-pass JPEG is
+    decoded again only when its last pixel is that grey, which its last block, the first to go,
+    always is when cut: most photos cost nothing.
     """
+    missing = _missing_scan_data(data)
+    if missing is not None:
+        raise ImageRejected("truncated", f"JPEG pixel data ends early: {missing}")
     width, height = image.size
     corner = image.getpixel((width - 1, height - 1))
     # 127: an Adobe CMYK JPEG stores its inks inverted.
@@ -459,26 +466,89 @@ def _refuse_cut_jpeg(image: Image.Image, data: bytes) -> None:
 
 def _last_scan_end(data: bytes) -> int | None:
     """Where the entropy-coded data of the first image's last scan ends (the marker after it); None
-    when the marker segments cannot be walked to a scan."""
-    position, scan_end = 2, None
+    when the marker segments cannot be walked to a scan, or its end marker is missing."""
+    ends = [end for marker, _, _, end in _jpeg_segments(data) if marker == 0xDA]
+    return ends[-1] if ends and ends[-1] < len(data) else None
+
+
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes, int, int]]:
+    """The first image's marker segments up to its end marker (EOI): each marker, its payload, and
+    where the data after its payload starts and ends: a scan's (SOS) entropy-coded data runs to the
+    next marker (the file's end when there is none, and the walk stops); other segments have none.
+    Stops where the segments cannot be walked."""
+    position = 2
     while position + 4 <= len(data) and data[position] == 0xFF:
         marker = data[position + 1]
         if marker == 0xFF:  # a fill byte
             position += 1
             continue
         if marker == 0xD9:  # EOI: the first image ends (an MPO's next one may follow)
-            break
+            return
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
             position += 2
             continue
         (length,) = struct.unpack(">H", data[position + 2 : position + 4])
-        position += 2 + length
+        payload = data[position + 4 : position + 2 + length]
+        start = position = position + 2 + length
         if marker == 0xDA:  # a scan: its entropy-coded data runs to the next marker
             found = _SCAN_END.search(data, position)
-            if found is None:
-                return None
-            position = scan_end = found.start()
-    return scan_end
+            position = len(data) if found is None else found.start()
+        yield marker, payload, start, position
+
+
+def _missing_scan_data(data: bytes) -> str | None:
+    """What the first image's scans lack, told from their markers alone; None when nothing is (or the
+    markers cannot be walked).
+
+    A scan with restart markers (RSTn) has one between every ``restart interval`` blocks, so fewer than
+    its blocks need is a cut, wherever it is: the filler decode of ``_refuse_cut_jpeg`` misses a cut
+    made on a marker (libjpeg resyncs past the filler). And every coefficient of every colour must be
+    sent to its last bit: a progressive file cut where a scan starts shows the coarser picture the
+    earlier scans made, without a warning.
+    """
+    frame: tuple[int, int, dict[int, tuple[int, int]]] | None = None
+    restart_interval = 0
+    # The bit each coefficient (0..63) of each component was last sent to (0 is the last; 99: unsent).
+    sent: dict[int, list[int]] = {}
+    for marker, payload, start, end in _jpeg_segments(data):
+        if marker in _JPEG_FRAMES and len(payload) >= 6:
+            height, width, count = *struct.unpack(">HH", payload[1:5]), payload[5]
+            samplings = {payload[6 + 3 * i]: divmod(payload[7 + 3 * i], 16) for i in range(count)}
+            frame = (width, height, samplings)
+            sent = {component: [99] * 64 for component in samplings}
+        elif marker == 0xDD and len(payload) >= 2:
+            (restart_interval,) = struct.unpack(">H", payload[:2])
+        elif marker == 0xDA and frame is not None and payload:
+            components = [payload[1 + 2 * i] for i in range(payload[0])]
+            first, last, bits = payload[1 + 2 * len(components) : 4 + 2 * len(components)].ljust(3, b"\0")
+            if restart_interval and end < len(data):
+                needed = -(-_scan_mcus(*frame, components) // restart_interval) - 1
+                restarts = len(_RESTART.findall(data, start, end))
+                if restarts < needed:
+                    return f"a scan has {restarts} restart markers where its blocks need {needed}"
+            # A sequential scan sends every coefficient whole: Ss 0, Se 63, Al 0.
+            for component in components:
+                coefficients = sent.get(component, [])
+                for index in range(first, min(last, 63) + 1):
+                    coefficients[index] = bits & 0x0F
+    if frame is None or frame[1] == 0:  # a height given after the first scan (DNL): not checked
+        return None
+    if any(max(coefficients) for coefficients in sent.values()):
+        return "scans are missing: not every coefficient of every colour was sent"
+    return None
+
+
+def _scan_mcus(width: int, height: int, samplings: dict[int, tuple[int, int]], components: list[int]) -> int:
+    """How many MCUs (what a restart interval counts) a scan of ``components`` codes, in a frame of
+    ``width`` x ``height`` whose components are sampled ``samplings`` (id: horizontal, vertical): one
+    per block of a lone component (its own size), one per largest sampling's blocks when interleaved."""
+    h_max = max(h for h, _ in samplings.values())
+    v_max = max(v for _, v in samplings.values())
+    if len(components) > 1:
+        return -(-width // (8 * h_max)) * -(-height // (8 * v_max))
+    h, v = samplings.get(components[0], (h_max, v_max))
+    columns, rows = -(-width * h // h_max), -(-height * v // v_max)  # the component's own size
+    return -(-columns // 8) * -(-rows // 8)
 
 
 def _jpeg_reduced(data: bytes, size: tuple[int, int]) -> bytes | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from typing import Any
@@ -251,6 +252,27 @@ def test_jpeg_cut_short_then_closed_is_truncated(progressive: bool) -> None:
         other = save(Image.fromarray(noise(200, 200)).convert(mode), "JPEG", progressive=progressive)
         assert decode_image(other).size == (200, 200)
         assert rejected(other[: len(other) // 2] + b"\xff\xd9") == "truncated"
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("restarts", [{"restart_marker_blocks": 4}, {"restart_marker_rows": 1}])
+def test_jpeg_cut_on_a_restart_marker_is_truncated(progressive: bool, restarts: dict[str, int]) -> None:
+    # Cut just before a restart marker (RSTn) and closed: libjpeg resyncs past anything put before the
+    # end marker, so a second decode with filler there saw no difference and the cut file decoded.
+    jpeg = save(Image.fromarray(noise(200, 200)), "JPEG", progressive=progressive, **restarts)
+    assert decode_image(jpeg).size == (200, 200)
+    markers = [found.start() for found in re.finditer(rb"\xff[\xd0-\xd7]", jpeg)]
+    for cut in (markers[len(markers) // 2], markers[-1]):
+        assert rejected(jpeg[:cut] + b"\xff\xd9") == "truncated"
+
+
+def test_progressive_jpeg_cut_between_scans_is_truncated() -> None:
+    # Cut where a scan starts and closed: libjpeg shows the coarser picture the earlier scans made,
+    # without a warning.
+    jpeg = save(Image.fromarray(noise(200, 200)), "JPEG", progressive=True)
+    scans = [found.start() for found in re.finditer(rb"\xff\xda", jpeg)]
+    for cut in scans[1:]:
+        assert rejected(jpeg[:cut] + b"\xff\xd9") == "truncated"
 
 
 def test_too_many_pixels_real_image() -> None:
