@@ -46,7 +46,16 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import ExifTags, Image, ImageCms, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import (
+    ExifTags,
+    Image,
+    ImageChops,
+    ImageCms,
+    ImageFile,
+    ImageOps,
+    JpegImagePlugin,
+    UnidentifiedImageError,
+)
 
 from shared.errors import ImageRejected
 
@@ -361,7 +370,33 @@ def _open_and_load(
     """Run every refusal in order (cheap header checks before any pixel is decoded) and load frame 0.
 
     With ``scale_jpeg``, a JPEG with too many pixels is decoded scaled down to fit instead of refused.
+    A JPEG whose last scan runs to the end of the file, with no end marker (EOI) after it, is decoded
+    again closed with one: some cameras and uploaders leave it off a whole photo, and Pillow refuses
+    it as truncated. It is kept when the cut-JPEG check, which then decodes it again whatever its last
+    pixel, finds every scan whole; a file cut short is refused as it was.
     """
+    limits = {"max_pixels": max_pixels, "max_bytes": max_bytes, "allowed_formats": allowed_formats}
+    try:
+        return _open_and_load_file(data, **limits, scale_jpeg=scale_jpeg)
+    except ImageRejected as exc:
+        if exc.reason != "truncated" or not data.startswith(b"\xff\xd8") or _last_scan_end(data) is not None:
+            raise
+        try:
+            return _open_and_load_file(data + b"\xff\xd9", **limits, scale_jpeg=scale_jpeg, closed=True)
+        except ImageRejected:
+            raise exc from None
+
+
+def _open_and_load_file(
+    data: bytes,
+    *,
+    max_pixels: int,
+    max_bytes: int,
+    allowed_formats: Sequence[str],
+    scale_jpeg: bool,
+    closed: bool = False,
+) -> Image.Image:
+    """``_open_and_load`` of the file as it is; ``closed``: a JPEG whose end marker was put after it."""
     if not data:
         raise ImageRejected("empty", "zero bytes")
     refuse_oversized(len(data), max_bytes)
@@ -418,7 +453,7 @@ def _open_and_load(
         raise ImageRejected(reason, f"{image_format} pixel data: {exc}") from exc
 
     if image_format == "JPEG":
-        _refuse_cut_jpeg(image, data)
+        _refuse_cut_jpeg(image, data, every_block=closed)
     if image_format == "BMP":
         image = _without_unused_bmp_alpha(image)
     return apply_exif_orientation(image)
@@ -431,9 +466,11 @@ _RESTART = re.compile(rb"\xff[\xd0-\xd7]")
 _JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-def _refuse_cut_jpeg(image: Image.Image, data: bytes) -> None:
+def _refuse_cut_jpeg(image: Image.Image, data: bytes, *, every_block: bool = False) -> None:
     """``ImageRejected('truncated')`` for a JPEG whose last scan ends before its pixels do; ``image``
-    is what was decoded from ``data`` (scaled down when it had too many pixels).
+    is what was decoded from ``data`` (scaled down when it had too many pixels). ``every_block``, for
+    an end marker we put there: a one-pass JPEG is decoded again whatever its last pixel (below), and
+    decoded again at its own size.
 
     A file cut mid-scan and then closed with an end marker (EOI) loads without an error: libjpeg only
     warns, which Pillow drops, and fills the missing blocks (flat grey in a baseline JPEG). Told apart
@@ -451,17 +488,38 @@ def _refuse_cut_jpeg(image: Image.Image, data: bytes) -> None:
     width, height = image.size
     corner = image.getpixel((width - 1, height - 1))
     # 127: an Adobe CMYK JPEG stores its inks inverted.
-    if _jpeg_decodes_in_one_pass(data) and not {*(corner if isinstance(corner, tuple) else (corner,))} <= {
-        127,
-        128,
-    }:
+    if (
+        not every_block
+        and _jpeg_decodes_in_one_pass(data)
+        and not {*(corner if isinstance(corner, tuple) else (corner,))}
+        <= {
+            127,
+            128,
+        }
+    ):
         return
     end = _last_scan_end(data)
     if end is None:
         return
-    reduced = (max(1, width // 4), max(1, height // 4))
-    if _jpeg_reduced(data, reduced) != _jpeg_reduced(data[:end] + b"\xa5" * 64 + data[end:], reduced):
+    filled = data[:end] + b"\xa5" * 64 + data[end:]
+    if every_block:
+        # At the size it was decoded, the image is the whole file's decode: one decode more, not two.
+        # (Reduced, a progressive file's last refinement bits, of its highest frequencies, go unread.)
+        whole, again = image, _jpeg_reduced(filled, image.size)
+    else:
+        reduced = (max(1, width // 4), max(1, height // 4))
+        whole, again = _jpeg_reduced(data, reduced), _jpeg_reduced(filled, reduced)
+    if not _same_pixels(whole, again):
         raise ImageRejected("truncated", "JPEG pixel data ends early: its last scan is cut short")
+
+
+def _same_pixels(image: Image.Image | None, other: Image.Image | None) -> bool:
+    """Whether two decodes (None: one that failed) gave the same pixels; compared in C, not as bytes."""
+    if image is None or other is None:
+        return image is other
+    if (image.mode, image.size) != (other.mode, other.size):
+        return False
+    return ImageChops.difference(image, other).getbbox() is None
 
 
 def _last_scan_end(data: bytes) -> int | None:
@@ -551,16 +609,17 @@ def _scan_mcus(width: int, height: int, samplings: dict[int, tuple[int, int]], c
     return -(-columns // 8) * -(-rows // 8)
 
 
-def _jpeg_reduced(data: bytes, size: tuple[int, int]) -> bytes | None:
+def _jpeg_reduced(data: bytes, size: tuple[int, int]) -> Image.Image | None:
     """The JPEG's pixels decoded at the smallest scale at least ``size``, 1/8 at the least (which keeps
     only each block's DC, whole in a cut progressive file: asked for 1/4 of what was decoded); None
     when they cannot be decoded."""
     try:
         image = JpegImagePlugin.JpegImageFile(io.BytesIO(data))
         image.draft(image.mode, size)
-        return image.tobytes()
+        image.load()
     except (OSError, SyntaxError, ValueError, EOFError, struct.error):
         return None
+    return image
 
 
 def _without_unused_bmp_alpha(image: Image.Image) -> Image.Image:

@@ -275,6 +275,21 @@ def test_progressive_jpeg_cut_between_scans_is_truncated() -> None:
         assert rejected(jpeg[:cut] + b"\xff\xd9") == "truncated"
 
 
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"subsampling": 0}, {"progressive": True}, {"restart_marker_rows": 1}, {"optimize": True}],
+)
+def test_whole_jpeg_without_its_end_marker_decodes(params: dict[str, Any]) -> None:
+    # Some cameras and uploaders leave off the end marker (EOI) of a file whose every scan is whole:
+    # Pillow stopped waiting for it and the photo was refused as truncated.
+    jpeg = save(Image.fromarray(noise(120, 200)), "JPEG", **params)
+    assert jpeg.endswith(b"\xff\xd9")
+    assert decode_image(jpeg[:-2]).tobytes() == decode_image(jpeg).tobytes()
+    # Cut anywhere in its pixels without the marker, it is still truncated: in the last block too.
+    for kept in (len(jpeg) // 2, len(jpeg) - 4, len(jpeg) - 12):
+        assert rejected(jpeg[:kept]) == "truncated"
+
+
 def test_too_many_pixels_real_image() -> None:
     data = save(Image.fromarray(noise(100, 101)), "PNG")
     assert rejected(data, max_pixels=100 * 100) == "too_many_pixels"
