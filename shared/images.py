@@ -733,28 +733,16 @@ def _jpeg_decodes_in_one_pass(data: bytes) -> bool:
     carries every colour component: libjpeg then decodes it in one pass."""
     if not data.startswith(b"\xff\xd8"):
         return False
-    position, components = 2, None
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return False
-        marker = data[position + 1]
-        if marker == 0xFF:  # a fill byte
-            position += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            position += 2
-            continue
-        (length,) = struct.unpack(">H", data[position + 2 : position + 4])
-        segment = data[position + 4 : position + 2 + length]
+    components = None
+    for marker, payload, _, _ in _jpeg_segments(data):
         if marker in (0xC0, 0xC1):  # SOF0 baseline, SOF1 extended sequential
-            if len(segment) < 6:
+            if len(payload) < 6:
                 return False
-            components = segment[5]
-        elif 0xC2 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # any other frame type
+            components = payload[5]
+        elif marker in _JPEG_FRAMES:  # any other frame type
             return False
         elif marker == 0xDA:  # the first scan
-            return components is not None and len(segment) >= 1 and segment[0] == components
-        position += 2 + length
+            return components is not None and len(payload) >= 1 and payload[0] == components
     return False
 
 
