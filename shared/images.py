@@ -376,14 +376,20 @@ def _open_and_load(
     it as truncated. It is kept when the cut-JPEG check, which then decodes it again whatever its last
     pixel, finds every scan whole; a file cut short is refused as it was.
     """
-    limits = {"max_pixels": max_pixels, "max_bytes": max_bytes, "allowed_formats": allowed_formats}
+    load = functools.partial(
+        _open_and_load_file,
+        max_pixels=max_pixels,
+        max_bytes=max_bytes,
+        allowed_formats=allowed_formats,
+        scale_jpeg=scale_jpeg,
+    )
     try:
-        return _open_and_load_file(data, **limits, scale_jpeg=scale_jpeg)
+        return load(data)
     except ImageRejected as exc:
         if exc.reason != "truncated" or not data.startswith(b"\xff\xd8") or _last_scan_end(data) is not None:
             raise
         try:
-            return _open_and_load_file(data + b"\xff\xd9", **limits, scale_jpeg=scale_jpeg, closed=True)
+            return load(data + b"\xff\xd9", closed=True)
         except ImageRejected:
             raise exc from None
 
@@ -507,6 +513,7 @@ def _refuse_cut_jpeg(image: Image.Image, data: bytes, *, every_block: bool = Fal
     if end is None:
         return
     filled = data[:end] + b"\xa5" * 64 + data[end:]
+    whole: Image.Image | None
     if every_block:
         # At the size it was decoded, the image is the whole file's decode: one decode more, not two.
         # (Reduced, a progressive file's last refinement bits, of its highest frequencies, go unread.)
