@@ -471,6 +471,8 @@ _SCAN_END = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 _RESTART = re.compile(rb"\xff[\xd0-\xd7]")
 # The start-of-frame markers (SOF0..SOF15 but DHT, JPG and DAC, which share their numbers).
 _JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Those of the DCT frames libjpeg decodes: baseline, extended and progressive, Huffman or arithmetic coded.
+_DCT_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC9, 0xCA})
 
 
 def _refuse_cut_jpeg(image: Image.Image, data: bytes, *, every_block: bool = False) -> None:
@@ -581,16 +583,24 @@ def _missing_scan_data(data: bytes) -> str | None:
     # The bit each coefficient (0..63) of each component was last sent to (0 is the last; 99: unsent).
     sent: dict[int, list[int]] = {}
     for marker, payload, start, end in _jpeg_segments(data):
-        if marker in _JPEG_FRAMES and len(payload) >= 6:
-            height, width, count = *struct.unpack(">HH", payload[1:5]), payload[5]
+        if marker in _JPEG_FRAMES:
+            count = payload[5] if len(payload) >= 6 else 0
+            if marker not in _DCT_FRAMES or len(payload) < 6 + 3 * count or not count:
+                return None  # lossless or hierarchical (libjpeg refuses those), or malformed
             samplings = {payload[6 + 3 * i]: divmod(payload[7 + 3 * i], 16) for i in range(count)}
+            if not all(h and v for h, v in samplings.values()):
+                return None
+            height, width = struct.unpack(">HH", payload[1:5])
             frame = (width, height, samplings)
             sent = {component: [99] * 64 for component in samplings}
         elif marker == 0xDD and len(payload) >= 2:
             (restart_interval,) = struct.unpack(">H", payload[:2])
-        elif marker == 0xDA and frame is not None and payload:
-            components = [payload[1 + 2 * i] for i in range(payload[0])]
-            first, last, bits = payload[1 + 2 * len(components) : 4 + 2 * len(components)].ljust(3, b"\0")
+        elif marker == 0xDA and frame is not None:
+            count = payload[0] if payload else 0
+            components = [payload[1 + 2 * i] for i in range(count)] if len(payload) >= 4 + 2 * count else []
+            if not components or not set(components) <= sent.keys():
+                return None
+            first, last, bits = payload[1 + 2 * count : 4 + 2 * count]
             if restart_interval and end < len(data):
                 needed = -(-_scan_mcus(*frame, components) // restart_interval) - 1
                 restarts = len(_RESTART.findall(data, start, end))
@@ -598,7 +608,7 @@ def _missing_scan_data(data: bytes) -> str | None:
                     return f"a scan has {restarts} restart markers where its blocks need {needed}"
             # A sequential scan sends every coefficient whole: Ss 0, Se 63, Al 0.
             for component in components:
-                coefficients = sent.get(component, [])
+                coefficients = sent[component]
                 for index in range(first, min(last, 63) + 1):
                     coefficients[index] = bits & 0x0F
     if frame is None or frame[1] == 0:  # a height given after the first scan (DNL): not checked
