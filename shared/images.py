@@ -501,15 +501,8 @@ def _refuse_cut_jpeg(image: Image.Image, data: bytes, *, every_block: bool = Fal
     width, height = image.size
     corner = image.getpixel((width - 1, height - 1))
     # 127: an Adobe CMYK JPEG stores its inks inverted.
-    if (
-        not every_block
-        and _jpeg_decodes_in_one_pass(data)
-        and not {*(corner if isinstance(corner, tuple) else (corner,))}
-        <= {
-            127,
-            128,
-        }
-    ):
+    grey = {*(corner if isinstance(corner, tuple) else (corner,))} <= {127, 128}
+    if not every_block and not grey and _jpeg_decodes_in_one_pass(data):
         return
     end = _last_scan_end(data)
     if end is None:
@@ -518,7 +511,6 @@ def _refuse_cut_jpeg(image: Image.Image, data: bytes, *, every_block: bool = Fal
     whole: Image.Image | None
     if every_block:
         # At the size it was decoded, the image is the whole file's decode: one decode more, not two.
-        # (Reduced, a progressive file's last refinement bits, of its highest frequencies, go unread.)
         whole, again = image, _jpeg_reduced(filled, image.size)
     else:
         reduced = (max(1, width // 4), max(1, height // 4))
@@ -626,7 +618,7 @@ def _scan_mcus(width: int, height: int, samplings: dict[int, tuple[int, int]], c
     v_max = max(v for _, v in samplings.values())
     if len(components) > 1:
         return -(-width // (8 * h_max)) * -(-height // (8 * v_max))
-    h, v = samplings.get(components[0], (h_max, v_max))
+    h, v = samplings[components[0]]
     columns, rows = -(-width * h // h_max), -(-height * v // v_max)  # the component's own size
     return -(-columns // 8) * -(-rows // 8)
 
