@@ -1,19 +1,22 @@
-"""The captioner on a matting model that cannot mat a SKU's photos together but can mat each alone."""
+"""The captioner on a matting or BLIP model that cannot run a SKU's photos together but can run each alone."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
 from PIL import Image
 
 from schemas.events import SkuCaptioned
 from services.captioner.config import CaptionerSettings
 from services.captioner.stage import CaptionerModels, handle
+from shared.captioning.vlm import VlmCaptioner, VlmModelError
 from shared.config import load_settings
 from shared.matting.session import U2NetPSession
 from shared.store import FileStore
 from tests.support.bus import ingested_envelope
-from tests.support.captioning import context, photos_sku
+from tests.support.captioning import context, photos_sku, tiny_blip_dir
 from tests.support.matting import batch_folding_onnx_bytes, stand_in_onnx_bytes
 
 
@@ -47,3 +50,54 @@ def test_a_sku_whose_photos_the_model_cannot_mat_together_is_captioned_from_each
 
     assert [photo.usable for photo in alone.photos] == [True] * 4
     assert folded.photos == alone.photos
+
+
+def _batch_folding(captioner: VlmCaptioner) -> VlmCaptioner:
+    """``captioner`` with its model's ``generate`` folding the batch to its first sentence, as an export
+    that fixed its batch to one would: one image a call it captions as before."""
+    generate = captioner.model.generate
+
+    def first_only(**inputs: Any) -> Any:
+        return generate(**inputs)[:1]
+
+    captioner.model.generate = first_only
+    return captioner
+
+
+@pytest.mark.slow
+def test_a_blip_model_giving_fewer_sentences_than_images_is_a_clear_error(tmp_path: Path) -> None:
+    """``describe`` of three images returned one sentence, and a caller zipping them with its images
+    lost two (``zip``) or failed in ``next`` with a bare StopIteration (the captioner)."""
+    captioner = _batch_folding(VlmCaptioner(tiny_blip_dir(tmp_path / "blip"), threads=1, max_new_tokens=4))
+    images = [Image.new("RGB", (40, 40), colour) for colour in ("red", "green", "blue")]
+
+    with pytest.raises(VlmModelError, match="returned 1 sentences for 3 images"):
+        captioner.describe(images)
+    assert len(captioner.describe(images[:1])) == 1
+
+
+@pytest.mark.slow
+def test_a_sku_whose_photos_blip_cannot_describe_together_is_described_one_photo_a_call(
+    tmp_path: Path,
+) -> None:
+    """Before, the SKU of three photos failed in ``_sentences`` with a bare StopIteration: retried, then
+    dead-lettered as ``handler_error: StopIteration: `` (a detail naming nothing), though the model
+    describes each photo alone."""
+    store = FileStore(tmp_path / "store")
+    ctx = context(store, load_settings(store_uri=store.base_uri))
+    event = ingested_envelope(photos_sku(store, "SKU-1", {f"p{i}": _red_box_on_green(i) for i in range(3)}))
+    blip = tiny_blip_dir(tmp_path / "blip")
+    session = U2NetPSession(stand_in_onnx_bytes(), threads=1, use_gpu=False)
+    session.warm_up()
+    options = load_settings(CaptionerSettings, captioner_use_gpu=False)
+
+    def captioned(vlm: VlmCaptioner) -> SkuCaptioned:
+        [emit] = handle(event, ctx, models=CaptionerModels(session=session, vlm=vlm, options=options))
+        assert isinstance(emit.payload, SkuCaptioned)
+        return emit.payload
+
+    honest = captioned(VlmCaptioner(blip, threads=1, max_new_tokens=4))
+    folded = captioned(_batch_folding(VlmCaptioner(blip, threads=1, max_new_tokens=4)))
+
+    assert [photo.usable for photo in honest.photos] == [True] * 3
+    assert folded.photos == honest.photos

@@ -40,7 +40,7 @@ more photos than ``SKUFORGE_MAX_PHOTOS_PER_SKU`` (what ingest accepts) goes to t
 
 The models: the matting session (``SKUFORGE_CAPTIONER_MATTING_MODEL``, unset = the committed
 U2-NetP) makes the masks; all photos of a SKU go through it in one call (one photo a call when the
-model fails on them together: an export that folded or fixed its batch), but a photo whose
+model fails on them together: an export that folded or fixed its batch; BLIP's too), but a photo whose
 file was a cut-out: its transparency, stored by ingest (``ReferencePhoto.mask``), is its mask.
 The attribute backend (default) measures colours, shape and view on the masks
 (``shared/captioning/attributes.py``); on a plain-background photo of a box, carton or can, big dents
@@ -54,9 +54,9 @@ overruling the measured colours and shape. Other knobs: ``services/captioner/con
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -105,6 +105,7 @@ from shared.store import ObjectStore
 # The ``model`` labels of the stage's model call metrics (``skuforge_model_seconds``, ``_batch_size``).
 MATTING_MODEL_LABEL = "matting"
 VLM_MODEL_LABEL = "vlm"
+Output = TypeVar("Output")  # what a model gives per image: a mask, a sentence
 # 2: colours are named as under neutral light on in-store photos (``attributes.correct_light``).
 ATTRIBUTES_BACKEND = "attributes/2"
 # Packaging whose outline is convex from every side (a box or carton, a can): dents in its mask are
@@ -519,31 +520,46 @@ def _find_products(
 def _mat(
     images: Sequence[Image.Image], session: MattingModel, ctx: Context
 ) -> list[MattingResult | BadInput]:
-    """Per photo, its mask or why the model could not mat it: all in one call, or one photo a call when
-    the model fails on them together.
+    """Per photo, its mask or why the model could not mat it (``_together_or_alone``).
 
     Per photo: one the model gives NaN for is unusable alone, as the matting stage refuses it
-    (``predict`` failed the whole SKU, retried and dead-lettered as handler_error). One photo a call:
-    an export that folded or fixed its batch returns fewer maps than images (``MattingModelError``) yet
-    mats one image a call, as the matting stage then runs it (``Stage._single``); every SKU of several
-    photos was dead-lettered as handler_error. A model that fails on one photo too still fails the SKU.
+    (``predict`` failed the whole SKU, retried and dead-lettered as handler_error).
+    """
+    return _together_or_alone(MATTING_MODEL_LABEL, images, session.predict_each, MattingModelError, ctx)
+
+
+def _together_or_alone(
+    model: str,
+    images: Sequence[Image.Image],
+    run: Callable[[Sequence[Image.Image]], Sequence[Output]],
+    failure: type[Exception],
+    ctx: Context,
+) -> list[Output]:
+    """``run`` on all ``images`` in one call, or one image a call when the model fails on them together
+    (``failure``).
+
+    An export that folded or fixed its batch returns fewer outputs than images (the matting session and
+    BLIP raise ``failure`` for that) yet runs one image a call, as the matting stage then runs it
+    (``Stage._single``): every SKU of several photos was dead-lettered as handler_error. A model that
+    fails on one image too still fails the SKU.
     """
     try:
-        with ctx.metrics.model_call(MATTING_MODEL_LABEL, len(images)):
-            return list(session.predict_each(images))
-    except MattingModelError as exc:
+        with ctx.metrics.model_call(model, len(images)):
+            return list(run(images))
+    except failure as exc:
         if len(images) == 1:
             raise
         ctx.log.warning(
-            "the matting model failed on the SKU's %d photos together (%s); matting them one at a time",
+            "the %s model failed on the SKU's %d photos together (%s); running them one at a time",
+            model,
             len(images),
             exc,
         )
-    results: list[MattingResult | BadInput] = []
+    outputs: list[Output] = []
     for image in images:
-        with ctx.metrics.model_call(MATTING_MODEL_LABEL, 1):
-            results.extend(session.predict_each([image]))
-    return results
+        with ctx.metrics.model_call(model, 1):
+            outputs.extend(run([image]))
+    return outputs
 
 
 def _fill_dents(found: _Found, photo: ReferencePhoto, ctx: Context, options: CaptionerSettings) -> _Found:
@@ -574,12 +590,12 @@ def _fill_dents(found: _Found, photo: ReferencePhoto, ctx: Context, options: Cap
 def _sentences(
     found: Sequence[_Found | _Unusable], vlm: VlmCaptioner | None, ctx: Context
 ) -> list[str | None]:
-    """The BLIP sentence of each usable photo (one batched call), None elsewhere or without BLIP."""
+    """The BLIP sentence of each usable photo (one batched call, or one a call: ``_together_or_alone``),
+    None elsewhere or without BLIP."""
     usable = [outcome.image for outcome in found if isinstance(outcome, _Found)]
     if vlm is None:
         return [None] * len(found)
-    with ctx.metrics.model_call(VLM_MODEL_LABEL, len(usable)):
-        described = iter(vlm.describe(usable))
+    described = iter(_together_or_alone(VLM_MODEL_LABEL, usable, vlm.describe, VlmModelError, ctx))
     return [next(described) if isinstance(outcome, _Found) else None for outcome in found]
 
 

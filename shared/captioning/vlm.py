@@ -37,7 +37,8 @@ __all__ = ["VlmCaptioner", "VlmModelError", "fetch_model_dir", "open_vlm"]
 
 
 class VlmModelError(Exception):
-    """The configured BLIP directory is missing, incomplete or not loadable."""
+    """The configured BLIP directory is missing, incomplete or not loadable, or a call of it returned
+    other than one sentence per image."""
 
 
 def fetch_model_dir(
@@ -148,7 +149,8 @@ class VlmCaptioner:
         self.model_id = f"blip:{name or path.name}@sha256:{_directory_digest(path)[:12]}"
 
     def describe(self, images: Sequence[Image.Image]) -> list[str]:
-        """One sentence per image, in order; one batched greedy ``generate`` call."""
+        """One sentence per image, in order; one batched greedy ``generate`` call. Other than one
+        sentence per image is a ``VlmModelError``."""
         import torch
 
         if not images:
@@ -164,6 +166,13 @@ class VlmCaptioner:
                 **inputs, max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False
             )
         sentences = self.processor.batch_decode(ids, skip_special_tokens=True)
+        if len(sentences) != len(images):
+            # A generate that folded or fixed its batch: the captioner, zipping sentences with photos,
+            # failed in next() with a bare StopIteration, or gave a photo another's sentence.
+            raise VlmModelError(
+                f"{self.model_id} returned {len(sentences)} sentences for {len(images)} images; "
+                "BLIP returns one per image"
+            )
         return [_without_prompt(" ".join(str(s).split()), self.prompt) for s in sentences]
 
 
