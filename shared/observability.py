@@ -57,7 +57,8 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 # How often the runtime logs its warnings per input topic, here with the metrics that count what they warn
 # of, whose help texts state them. A producer that never keys its events would log one warning per record.
 KEYLESS_WARNING_INTERVAL_S = 60.0
-# A batch handler that fails on every batch (a model that cannot take batches) would log one per batch.
+# A batch handler that fails on every batch (a model that cannot take batches) would log one per batch;
+# so would a stage model that fails on every call of several inputs (``Context.note_model_batch_failure``).
 BATCH_FAILURE_WARNING_INTERVAL_S = 60.0
 # An object write is milliseconds on a local disk and up to seconds on S3 under load.
 STORE_WRITE_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -182,6 +183,15 @@ class StageMetrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=self.registry,
         )
+        self.model_batch_failures = Counter(
+            "skuforge_model_batch_failures",
+            "Model calls on several inputs at once that raised, by model: each input was then run in a "
+            "call of its own (the captioner's matting and vlm models on a SKU's photos), so a model that "
+            "fails on every such call (an export that folded or fixed its batch) is slow, not wrong; the "
+            f"log warns of them at most once every {BATCH_FAILURE_WARNING_INTERVAL_S:g} s per model.",
+            ["stage", "model"],
+            registry=self.registry,
+        )
         self.store_write_seconds = Histogram(
             "skuforge_store_write_seconds",
             "Seconds per object written to the store (successful writes).",
@@ -216,9 +226,11 @@ class StageMetrics:
         self.unkeyed.labels(self.stage, topic)
 
     def declare_model(self, model: str) -> None:
-        """Create ``model``'s call latency and batch size at 0, before its first call (see above)."""
+        """Create ``model``'s call latency, batch size and batch failures at 0, before its first call
+        (see above)."""
         self.model_seconds.labels(self.stage, model)
         self.model_batch_size.labels(self.stage, model)
+        self.model_batch_failures.labels(self.stage, model)
 
     @contextmanager
     def model_call(self, model: str, batch_size: int) -> Iterator[None]:

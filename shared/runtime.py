@@ -165,6 +165,9 @@ class Context:
     # The event a per-event handler is handling, and the actions registered per event (by id()).
     _handling: Envelope[Any] | None = field(default=None, repr=False)
     _actions: dict[int, list[Callable[[], None]]] = field(default_factory=dict, repr=False)
+    _model_batch_failures: _Throttle = field(
+        default_factory=lambda: _Throttle(BATCH_FAILURE_WARNING_INTERVAL_S), repr=False
+    )
 
     def after_commit(self, action: Callable[[], None], event: Envelope[Any] | None = None) -> None:
         """Run ``action`` once this input's outcome is committed; drop it if the input is tried again or
@@ -183,6 +186,29 @@ class Context:
 
     def _take_actions(self, event: Envelope[Any]) -> list[Callable[[], None]]:
         return self._actions.pop(id(event), [])
+
+    def note_model_batch_failure(self, model: str, error: Exception, batch_size: int) -> None:
+        """Count a call of ``model`` on ``batch_size`` inputs that raised ``error``, its inputs then run
+        one a call, and log it at most once per ``BATCH_FAILURE_WARNING_INTERVAL_S`` per model, as the
+        runtime does a failed micro-batch: a model that cannot take batches fails every call of several
+        inputs, and a warning per call flooded the log while nothing counted them."""
+        self.metrics.model_batch_failures.labels(self.metrics.stage, model).inc()
+        failed = self._model_batch_failures.due(model)
+        if failed is None:
+            return
+        self.log.warning(
+            "the %s model failed on %d inputs together (%s); running them one at a time (logged at most "
+            "once per %g s per model; skuforge_model_batch_failures_total counts every call)",
+            model,
+            batch_size,
+            error,
+            BATCH_FAILURE_WARNING_INTERVAL_S,
+            extra={
+                "model": model,
+                "batch_size": batch_size,
+                "failed_calls_since_last_warning": failed,
+            },
+        )
 
     def refuse_unread(self, ref: ImageRef, why: str) -> None:
         """Refuse ``ref`` on the event's figures alone, before it is read: more pixels than

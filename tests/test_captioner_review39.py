@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -10,7 +12,8 @@ from PIL import Image
 
 from schemas.events import SkuCaptioned
 from services.captioner.config import CaptionerSettings
-from services.captioner.stage import CaptionerModels, handle
+from services.captioner.stage import MATTING_MODEL_LABEL, CaptionerModels, handle
+from shared import runtime
 from shared.captioning.vlm import VlmCaptioner, VlmModelError
 from shared.config import load_settings
 from shared.matting.session import U2NetPSession
@@ -101,3 +104,35 @@ def test_a_sku_whose_photos_blip_cannot_describe_together_is_described_one_photo
 
     assert [photo.usable for photo in honest.photos] == [True] * 3
     assert folded.photos == honest.photos
+
+
+def test_skus_a_model_cannot_run_together_are_warned_of_once_a_minute_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, every SKU of such a model logged a warning of its own (a flood: the model fails on every
+    SKU of several photos), and no metric counted them, as the runtime counts its failed batches."""
+    store = FileStore(tmp_path / "store")
+    ctx = context(store, load_settings(store_uri=store.base_uri))
+    ctx.metrics.declare_model(MATTING_MODEL_LABEL)
+    session = U2NetPSession(batch_folding_onnx_bytes(), threads=1, use_gpu=False)
+    session.warm_up()
+    models = CaptionerModels(
+        session=session, vlm=None, options=load_settings(CaptionerSettings, captioner_use_gpu=False)
+    )
+    clock = [1000.0]
+    monkeypatch.setattr(runtime, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+
+    with caplog.at_level(logging.WARNING, logger=ctx.log.name):
+        for index, step_s in enumerate((0, 30, 31)):
+            clock[0] += step_s
+            # Four: ONNX Runtime on the CPU runs fewer one image a call, which such a model mats.
+            photos = {f"p{i}": _red_box_on_green(i) for i in range(4)}
+            handle(ingested_envelope(photos_sku(store, f"SKU-{index}", photos)), ctx, models=models)
+
+    warnings = [r for r in caplog.records if "inputs together" in r.getMessage()]
+    said = [(w.__dict__["batch_size"], w.__dict__["failed_calls_since_last_warning"]) for w in warnings]
+    assert said == [(4, 1), (4, 2)]
+    failed = ctx.metrics.registry.get_sample_value(
+        "skuforge_model_batch_failures_total", {"stage": ctx.metrics.stage, "model": MATTING_MODEL_LABEL}
+    )
+    assert failed == 3

@@ -541,7 +541,8 @@ def _together_or_alone(
     An export that folded or fixed its batch returns fewer outputs than images (the matting session and
     BLIP raise ``failure`` for that) yet runs one image a call, as the matting stage then runs it
     (``Stage._single``): every SKU of several photos was dead-lettered as handler_error. A model that
-    fails on one image too still fails the SKU.
+    fails on one image too still fails the SKU. Such a model fails on every SKU of several photos: the
+    runtime counts and warns of it (``Context.note_model_batch_failure``).
     """
     try:
         with ctx.metrics.model_call(model, len(images)):
@@ -549,12 +550,7 @@ def _together_or_alone(
     except failure as exc:
         if len(images) == 1:
             raise
-        ctx.log.warning(
-            "the %s model failed on the SKU's %d photos together (%s); running them one at a time",
-            model,
-            len(images),
-            exc,
-        )
+        ctx.note_model_batch_failure(model, exc, len(images))
     outputs: list[Output] = []
     for image in images:
         with ctx.metrics.model_call(model, 1):
