@@ -162,9 +162,13 @@ class Context:
     settings: Settings
     metrics: StageMetrics
     log: logging.Logger
-    # The event a per-event handler is handling, and the actions registered per event (by id()).
+    # The event a per-event handler is handling, and the actions registered per event (by id()), each
+    # with its event: once an envelope is gone another may take its id, and the actions of an input
+    # rewound unread, left until the end of the poll, ran for an input of a second batch route.
     _handling: Envelope[Any] | None = field(default=None, repr=False)
-    _actions: dict[int, list[Callable[[], None]]] = field(default_factory=dict, repr=False)
+    _actions: dict[int, tuple[Envelope[Any], list[Callable[[], None]]]] = field(
+        default_factory=dict, repr=False
+    )
     _model_batch_failures: _Throttle = field(
         default_factory=lambda: _Throttle(BATCH_FAILURE_WARNING_INTERVAL_S), repr=False
     )
@@ -182,10 +186,10 @@ class Context:
         event = event if event is not None else self._handling
         if event is None:
             raise ValueError("a batch handler must name the event: ctx.after_commit(action, event)")
-        self._actions.setdefault(id(event), []).append(action)
+        self._actions.setdefault(id(event), (event, []))[1].append(action)
 
     def _take_actions(self, event: Envelope[Any]) -> list[Callable[[], None]]:
-        return self._actions.pop(id(event), [])
+        return self._actions.pop(id(event), (event, []))[1]
 
     def note_model_batch_failure(self, model: str, error: Exception, batch_size: int) -> None:
         """Count a call of ``model`` on ``batch_size`` inputs that raised ``error``, its inputs then run
