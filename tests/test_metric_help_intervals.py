@@ -9,14 +9,17 @@ from shared.observability import StageMetrics
 
 
 @pytest.mark.parametrize(
-    ("metric", "interval_s"),
+    ("metric", "interval_s", "per"),
     [
-        ("skuforge_unkeyed_messages", runtime.KEYLESS_WARNING_INTERVAL_S),
-        ("skuforge_batch_handler_failures", runtime.BATCH_FAILURE_WARNING_INTERVAL_S),
+        ("skuforge_unkeyed_messages", runtime.KEYLESS_WARNING_INTERVAL_S, "topic"),
+        ("skuforge_batch_handler_failures", runtime.BATCH_FAILURE_WARNING_INTERVAL_S, "topic"),
+        ("skuforge_model_batch_failures", runtime.BATCH_FAILURE_WARNING_INTERVAL_S, "model"),
     ],
 )
-def test_a_metrics_help_states_the_interval_its_warning_is_logged_at(metric: str, interval_s: float) -> None:
+def test_a_metrics_help_states_the_interval_its_warning_is_logged_at(
+    metric: str, interval_s: float, per: str
+) -> None:
     """Before, "once a minute" was written by hand: a change of the interval left the help text, and
     docs/ops.md's table generated from it, wrong unseen."""
     [family] = [f for f in StageMetrics("review").registry.collect() if f.name == metric]
-    assert f"at most once every {interval_s:g} s per topic" in family.documentation
+    assert f"at most once every {interval_s:g} s per {per}" in family.documentation
