@@ -155,3 +155,19 @@ def rule_annotation(rules_file: Path, alert: str, key: str) -> str:
     groups = yaml.safe_load(rules_file.read_text())["groups"]
     (rule,) = [rule for group in groups for rule in group["rules"] if rule.get("alert") == alert]
     return str(rule["annotations"][key])
+
+
+def test_a_stage_without_autoscaling_runs_no_more_members_than_partitions(helm: str) -> None:
+    """With KEDA on, maxReplicas above topicPartitions is refused; with autoscaling off, `replicas` above
+    it rendered, and the extra members of the stage's group held no partition and sat idle."""
+    message = render_error(helm, "stages.matting.autoscaling.enabled=false", "stages.matting.replicas=7")
+    assert "stages.matting.replicas (7) is more than topicPartitions (6)" in message, message
+    message = render_error(helm, "stageDefaults.autoscaling.enabled=false", "stageDefaults.replicas=7")
+    assert "replicas (7) is more than topicPartitions (6)" in message, message
+    docs = render(helm, "stages.matting.autoscaling.enabled=false", "stages.matting.replicas=6")
+    (matting,) = [
+        doc
+        for doc in docs
+        if doc["metadata"]["name"] == "rel-skuforge-matting" and doc["kind"] == "Deployment"
+    ]
+    assert matting["spec"]["replicas"] == 6
