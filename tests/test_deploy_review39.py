@@ -171,3 +171,14 @@ def test_a_stage_without_autoscaling_runs_no_more_members_than_partitions(helm: 
         if doc["metadata"]["name"] == "rel-skuforge-matting" and doc["kind"] == "Deployment"
     ]
     assert matting["spec"]["replicas"] == 6
+
+
+@pytest.mark.parametrize("port", ["http", "grpc", "metrics"])
+def test_a_triton_port_is_a_port(helm: str, port: str) -> None:
+    """triton.ports were checked only for being alike: one outside 1-65535 rendered, and the API server
+    refused the Triton Deployment and Service at install (Triton's settings refuse it too), as
+    console.port's check says."""
+    for value in ("0", "70000"):
+        message = render_error(helm, f"triton.ports.{port}={value}")
+        assert f"triton.ports.{port}={value} is no port" in message, message
+        assert "from 1 to 65535" in message

@@ -235,9 +235,16 @@ calls 127.0.0.1:8001, its own pod, and retries forever. */ -}}
 {{- if and $backend (not (has $backend.value .Values.triton.backends)) -}}
 {{- fail (printf "%s.SKUFORGE_GENERATION_BACKEND=%s, but Triton serves only %s (triton.backends): the generator stage would call a model nobody serves" $backend.source $backend.value (join ", " .Values.triton.backends)) -}}
 {{- end -}}
-{{- /* Two alike made a Service the API server refuses (a port twice), or a pod that exits at start. */ -}}
+{{- /* Two alike made a Service the API server refuses (a port twice), or a pod that exits at start;
+outside 1-65535 the API server refused the Deployment and Service at install, and Triton's settings too. */ -}}
 {{- $ports := .Values.triton.ports -}}
 {{- $serverMetricsPort := int $flow.triton.metricsPort -}}
+{{- range $name, $default := dict "http" 8000 "grpc" 8001 "metrics" 8002 -}}
+{{- $port := int (get $ports $name) -}}
+{{- if or (lt $port 1) (gt $port 65535) -}}
+{{- fail (printf "triton.ports.%s=%v is no port Triton's Service and probes can reach: give one from 1 to 65535 (%d by default)" $name (get $ports $name) $default) -}}
+{{- end -}}
+{{- end -}}
 {{- if lt (len (uniq (list (int $ports.http) (int $ports.grpc) (int $ports.metrics) $serverMetricsPort))) 4 -}}
 {{- fail (printf "triton.ports (http %d, grpc %d, metrics %d) and the generator server's own /metrics (%d, files/flow.json) each needs a port of its own" (int $ports.http) (int $ports.grpc) (int $ports.metrics) $serverMetricsPort) -}}
 {{- end -}}
