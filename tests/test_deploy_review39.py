@@ -182,3 +182,20 @@ def test_a_triton_port_is_a_port(helm: str, port: str) -> None:
         message = render_error(helm, f"triton.ports.{port}={value}")
         assert f"triton.ports.{port}={value} is no port" in message, message
         assert "from 1 to 65535" in message
+
+
+def test_the_generator_pod_has_the_time_a_triton_request_takes(helm: str) -> None:
+    """The generator stage's grace was a fixed 330 s for SKUFORGE_GENERATION_TRITON_TIMEOUT_S's 300 s:
+    with the timeout raised, a pod stopped mid-request was killed before the request ended, and the
+    batch in hand was never committed."""
+    default_s = GenerationSettings.model_fields["generation_triton_timeout_s"].default
+    for source in ("settings", "stageDefaults.env", "stages.generator.env"):
+        message = render_error(helm, f"{source}.SKUFORGE_GENERATION_TRITON_TIMEOUT_S=600")
+        assert f"{source}.SKUFORGE_GENERATION_TRITON_TIMEOUT_S=600" in message, message
+        assert "stages.generator.terminationGracePeriodSeconds (330)" in message, message
+    grace = "stages.generator.terminationGracePeriodSeconds"
+    render(helm, "settings.SKUFORGE_GENERATION_TRITON_TIMEOUT_S=600", f"{grace}=630")
+    # The default timeout is checked too: a grace cut below it lets the pod be killed mid-request.
+    message = render_error(helm, f"{grace}={int(default_s) + 29}")
+    assert f"SKUFORGE_GENERATION_TRITON_TIMEOUT_S={int(default_s)} (its default)" in message, message
+    render(helm, f"{grace}={int(default_s) + 30}")

@@ -260,6 +260,20 @@ outside 1-65535 the API server refused the Deployment and Service at install, an
 {{- fail "triton serves the diffusion backend (triton.backends) but no model is named: set triton.env.SKUFORGE_DIFFUSION_MODEL (a path or s3:// URI of a diffusers inpainting model), or triton.backends={composite} (without one the Triton pod exits at start)" -}}
 {{- end -}}
 {{- end -}}
+{{- /* The generator stage's stop waits for a Triton request in flight, up to its timeout (300 s, the
+setting's default, unless the values set one), and then commits: a grace shorter than that plus 30 s
+killed the pod mid-request, the batch in hand never committed. */ -}}
+{{- $timeout := include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_GENERATION_TRITON_TIMEOUT_S") | fromJson -}}
+{{- $timeoutText := "SKUFORGE_GENERATION_TRITON_TIMEOUT_S=300 (its default)" -}}
+{{- $timeoutS := 300.0 -}}
+{{- with $timeout -}}
+{{- $timeoutText = printf "%s.SKUFORGE_GENERATION_TRITON_TIMEOUT_S=%s" .source .value -}}
+{{- $timeoutS = float64 .value -}}
+{{- end -}}
+{{- $grace := (include "skuforge.stageConfig" (dict "root" . "name" "generator") | fromJson).terminationGracePeriodSeconds -}}
+{{- if lt (float64 $grace) (addf $timeoutS 30) -}}
+{{- fail (printf "%s does not fit stages.generator.terminationGracePeriodSeconds (%v): a generator pod stopped mid-request would be killed before the request ends and its batch is committed; set stages.generator.terminationGracePeriodSeconds to at least %v (the timeout and 30 s), or a shorter timeout" $timeoutText $grace (ceil (addf $timeoutS 30))) -}}
+{{- end -}}
 {{- /* A file:// store is a folder in each pod's own filesystem unless every pod mounts one volume there:
 the generator's images were then missing from matting's pod, and every item was dead-lettered. */ -}}
 {{- if hasPrefix "file://" .Values.storeUri -}}
