@@ -199,3 +199,21 @@ def test_the_generator_pod_has_the_time_a_triton_request_takes(helm: str) -> Non
     message = render_error(helm, f"{grace}={int(default_s) + 29}")
     assert f"SKUFORGE_GENERATION_TRITON_TIMEOUT_S={int(default_s)} (its default)" in message, message
     render(helm, f"{grace}={int(default_s) + 30}")
+
+
+def test_a_scene_library_for_triton_alone_is_refused_with_photo_scene_parameters(helm: str) -> None:
+    """triton.env.SKUFORGE_SCENES_URI rendered with photo-scene parameters, but the generator stage reads
+    the settings, not triton.env: without a library it refused the parameters at start, for ever."""
+    scenes = "triton.env.SKUFORGE_SCENES_URI=s3://acme-skuforge/scenes"
+    for parameters in (r"\{\"scene\": \"photo\"\}", r"\{\"scene_key\": \"shelves/a.jpg\"\}"):
+        message = render_error(helm, scenes, f"settings.SKUFORGE_GENERATION_PARAMETERS={parameters}")
+        assert "triton.env.SKUFORGE_SCENES_URI" in message and "settings.SKUFORGE_SCENES_URI" in message, (
+            message
+        )
+    # Under settings both pods get it; without photo scenes Triton's own library is fine.
+    render(
+        helm,
+        "settings.SKUFORGE_SCENES_URI=s3://acme-skuforge/scenes",
+        r"settings.SKUFORGE_GENERATION_PARAMETERS=\{\"scene\": \"photo\"\}",
+    )
+    render(helm, scenes, r"settings.SKUFORGE_GENERATION_PARAMETERS=\{\"scene\": \"plain\"\}")

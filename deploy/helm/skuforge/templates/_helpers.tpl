@@ -254,6 +254,16 @@ outside 1-65535 the API server refused the Deployment and Service at install, an
 {{- end -}}
 {{- end -}}
 {{- include "skuforge.checkModelCache" . -}}
+{{- /* The generator stage checks photo-scene parameters against its own SKUFORGE_SCENES_URI: one in
+triton.env alone, and the stage refused them at start, for ever. A scene_key alone asks for a photo. */ -}}
+{{- if and (hasKey .Values.triton.env "SKUFORGE_SCENES_URI") (not (include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_SCENES_URI") | fromJson)) -}}
+{{- $parameters := include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_GENERATION_PARAMETERS") | fromJson -}}
+{{- $asked := dict -}}
+{{- with $parameters }}{{ $asked = fromJson .value }}{{ end -}}
+{{- if or (eq (toString (get $asked "scene")) "photo") (and (get $asked "scene_key") (not (hasKey $asked "scene"))) -}}
+{{- fail (printf "triton.env.SKUFORGE_SCENES_URI reaches the Triton pod alone, but %s.SKUFORGE_GENERATION_PARAMETERS asks for photo scenes, which the generator stage refuses at start without a scene library: set settings.SKUFORGE_SCENES_URI instead (every pod reads it)" $parameters.source) -}}
+{{- end -}}
+{{- end -}}
 {{- /* `skuforge serve generator --backend diffusion` exits at start without a model (CrashLoopBackOff). */ -}}
 {{- $model := or (hasKey .Values.triton.env "SKUFORGE_DIFFUSION_MODEL") (hasKey .Values.settings "SKUFORGE_DIFFUSION_MODEL") (hasKey .Values.secret.values "SKUFORGE_DIFFUSION_MODEL") .Values.secret.existingSecret -}}
 {{- if and (has "diffusion" .Values.triton.backends) (not $model) -}}
