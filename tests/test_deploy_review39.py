@@ -217,3 +217,17 @@ def test_a_scene_library_for_triton_alone_is_refused_with_photo_scene_parameters
         r"settings.SKUFORGE_GENERATION_PARAMETERS=\{\"scene\": \"photo\"\}",
     )
     render(helm, scenes, r"settings.SKUFORGE_GENERATION_PARAMETERS=\{\"scene\": \"plain\"\}")
+
+
+def test_compose_keeps_the_console_logins_across_restarts() -> None:
+    """Compose's console got no SKUFORGE_CONSOLE_SESSION_SECRET, so it signed its cookies with a key drawn
+    at each start: every restart (restart: unless-stopped, `up -d` after a change) logged every reviewer
+    out, though the stack keeps its task table on a volume. The shell's (or --env-file's) secret is passed
+    on, and deploy.md's env file names it."""
+    compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())["services"]["console"]
+    # No value: compose passes the shell's, and leaves it unset (a secret per process) otherwise.
+    assert "SKUFORGE_CONSOLE_SESSION_SECRET" in compose["environment"]
+    assert compose["environment"]["SKUFORGE_CONSOLE_SESSION_SECRET"] is None
+    section = (REPO / "docs" / "deploy.md").read_text().split("\n## One host: compose\n", 1)[1]
+    # A key of its own, drawn once into the env file every command reads: none committed here.
+    assert 'echo "SKUFORGE_CONSOLE_SESSION_SECRET=$(openssl rand -hex 32)" >> ~/skuforge.env' in section
