@@ -20,7 +20,7 @@ from services.console.tasks import ACCEPTED_BY, WITHDRAWN_BY
 from shared.argtypes import file_problem
 from shared.config import SETTINGS_CONFIG, name_or_unset
 
-_REVIEWER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_REVIEWER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 # The names the console itself decides under (``decided_by`` and the audit): a reviewer of one of them, in
 # any case, would have decisions that read as the gate's acceptance or a withdrawal.
 SYSTEM_DECIDERS = (ACCEPTED_BY, WITHDRAWN_BY)

@@ -83,7 +83,7 @@ def console_of(request: Request) -> Console:
 ConsoleDep = Annotated[Console, Depends(console_of)]
 
 
-_REASON = re.compile(r"^[a-z0-9_]{1,64}$")
+_REASON = re.compile(r"[a-z0-9_]{1,64}")
 
 
 def queue_filter(
@@ -106,7 +106,7 @@ def queue_filter(
         except ValueError as exc:
             raise HTTPException(422, f"sku: {exc}") from exc
     reason = reason.strip() if reason else None
-    if reason and not _REASON.match(reason):
+    if reason and not _REASON.fullmatch(reason):
         raise HTTPException(422, f"reason should match the pattern {_REASON.pattern}; got {reason!r}")
     low = _iou_bound("iou_min", iou_min)
     high = _iou_bound("iou_max", iou_max)

@@ -59,7 +59,7 @@ REJECT_REASONS: tuple[str, ...] = (
 MAX_REASON_CHARS = 200
 # No C0 or C1 control characters and no Unicode line or paragraph separator: a reason is one line in
 # the audit trail and in the correction event (U+2028 and NEL broke it into several).
-_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$")
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 class DecisionInvalid(ValueError):
@@ -97,7 +97,7 @@ def check_reject_reason(reason: str | None) -> str:
         raise DecisionInvalid("a rejection needs a reason")
     if len(reason) > MAX_REASON_CHARS:
         raise DecisionInvalid(f"the reason is {len(reason)} characters; at most {MAX_REASON_CHARS}")
-    if not _PRINTABLE.match(reason):
+    if not _PRINTABLE.fullmatch(reason):
         raise DecisionInvalid("the reason contains control characters or line breaks: one line, please")
     try:
         reason.encode("utf-8")  # a lone surrogate (a form sent as utf-7) was a 500 at the database

@@ -28,7 +28,8 @@ SESSION_COOKIE = "skuforge_console"
 LOGIN_COOKIE = "skuforge_console_login"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
-_SAFE_NEXT = re.compile(r"^/(?!/)[A-Za-z0-9/_.?=&%-]*$")
+# Whole (fullmatch): with match, `$` also matched before a final newline, and "/x\n" was a target.
+_SAFE_NEXT = re.compile(r"/(?!/)[A-Za-z0-9/_.?=&%-]*")
 # The longest password the login form takes: a longer one (plain or hashed) could never log in.
 MAX_PASSWORD_CHARS = 256
 
@@ -213,7 +214,7 @@ class SessionSigner:
 # the default (2**15, 8, 1): 32 MiB and tens of milliseconds.
 SCRYPT_PREFIX = "scrypt:"
 # [0-9], not \d: \d and int() read any script's digits ("١٦" as 16), which hash-password never writes.
-_SCRYPT = re.compile(r"^scrypt:([0-9]+):([0-9]+):([0-9]+):([A-Za-z0-9_-]+={0,2}):([A-Za-z0-9_-]+={0,2})$")
+_SCRYPT = re.compile(r"scrypt:([0-9]+):([0-9]+):([0-9]+):([A-Za-z0-9_-]+={0,2}):([A-Za-z0-9_-]+={0,2})")
 _SCRYPT_DEFAULT = (2**15, 8, 1)
 _SCRYPT_MAXMEM = 256 * 1024 * 1024
 
@@ -231,7 +232,7 @@ def hash_password(
 
 def parse_scrypt(stored: str) -> tuple[int, int, int, bytes, bytes]:
     """``(n, r, p, salt, key)`` of a ``scrypt:`` entry; ValueError says what is wrong with it."""
-    match = _SCRYPT.match(stored)
+    match = _SCRYPT.fullmatch(stored)
     if match is None:
         raise ValueError(
             "a password starting 'scrypt:' must be 'scrypt:N:r:p:salt:key' (skuforge console hash-password)"
@@ -288,6 +289,6 @@ def same_origin(origin: str | None, scheme: str, host: str | None) -> bool:
 
 def safe_next(target: str | None) -> str:
     """A local path to go to after login; anything else (other sites, odd characters) goes to '/'."""
-    if target and _SAFE_NEXT.match(target):
+    if target and _SAFE_NEXT.fullmatch(target):
         return target
     return "/"
