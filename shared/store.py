@@ -73,7 +73,7 @@ MAX_KEY_BYTES = 1024  # S3's limit, applied to both backends so keys stay portab
 MAX_SEGMENT_BYTES = 255
 # Temporary files of in-flight FileStore writes; hidden from listings and refused as keys.
 _TMP_PREFIX = ".skuforge-tmp-"
-_BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,254}$")
+_BUCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{2,254}")
 _S3_MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 # A conditional write to a key that exists (If-None-Match: *) or has changed (If-Match: its ETag); 409
 # when another such write is under way.
@@ -914,7 +914,7 @@ def open_store(uri: str, *, s3_endpoint_url: str | None = None, s3_region: str =
 def s3_location(bucket: str, prefix: str) -> str:
     """``prefix`` without its outer '/', once ``bucket`` is a valid S3 bucket name and the prefix a
     safe key (or empty); ``ValueError`` saying which is not."""
-    if not _BUCKET_NAME.match(bucket):
+    if not _BUCKET_NAME.fullmatch(bucket):
         raise ValueError(f"invalid S3 bucket name {bucket!r}")
     prefix = prefix.strip("/")
     if prefix:
