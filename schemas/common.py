@@ -15,7 +15,7 @@ MAX_URI_CHARS = 8192
 # RFC 6838 allows 127 characters on each side of the slash; skuforge writes image/png.
 MAX_MEDIA_TYPE_CHARS = 255
 # Letters, digits and a few separators that are safe in object keys, file names and Kafka keys.
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def check_safe_id(value: str) -> str:
@@ -34,7 +34,7 @@ def check_safe_id(value: str) -> str:
         raise ValueError("id contains a path separator")
     if ".." in value:
         raise ValueError("id contains '..'")
-    if not _SAFE_ID.match(value):
+    if not _SAFE_ID.fullmatch(value):
         raise ValueError(
             "id may contain only letters, digits, '.', '_' and '-', and must start with a letter or digit"
         )

@@ -94,7 +94,7 @@ LOCK_STALE_S = 60.0
 # The sender reads the lock before a send once it last found it its own this long ago (``_ReplayLock.check``).
 LOCK_CHECK_S = 2.0
 # [0-9], not \d: \d matches any script's digits and float() reads them ('٣d' was 3 days).
-_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd])$")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 # The flow's topic names without a namespace: such a name is never inside a non-empty namespace, even
 # one it happens to start with (namespace "sku", topic "sku.ingested.v1").
@@ -392,7 +392,7 @@ def _whole_letter(stored: StoredLetter, value: bytes) -> DeadLetter | str:
 
 def parse_since(text: str, *, now: datetime | None = None) -> datetime:
     """An ISO time (naive = UTC) or a duration back from now: ``90s``, ``30m``, ``2h``, ``7d``."""
-    match = _DURATION.match(text.strip())
+    match = _DURATION.fullmatch(text.strip())
     if match:
         amount, unit = float(match.group(1)), match.group(2)
         try:

@@ -85,9 +85,9 @@ TRAINABLE: frozenset[str] = frozenset({"reference", "accepted", "approved"})
 _DECIDED: frozenset[str] = TRAINABLE | {"rejected", "unusable", "withdrawn"}
 
 # The id is optional in compacted parts and their columnar copies: parts of the older layout have none.
-_COMPACTED = re.compile(r"^part-c-(\d{10})(?:-([0-9a-f]{32}))?\.jsonl$")
-_DELTA = re.compile(r"^part-d-(\d{10})-([0-9a-f]{32})\.jsonl$")
-_COLUMNS = re.compile(r"^columns-c-(\d{10})(?:-([0-9a-f]{32}))?\.json$")
+_COMPACTED = re.compile(r"part-c-(\d{10})(?:-([0-9a-f]{32}))?\.jsonl")
+_DELTA = re.compile(r"part-d-(\d{10})-([0-9a-f]{32})\.jsonl")
+_COLUMNS = re.compile(r"columns-c-(\d{10})(?:-([0-9a-f]{32}))?\.json")
 # The field of a compacted part's line that holds the row's stamp (not a ManifestRow field).
 _STAMP_FIELD = "written"
 _STAMP = re.compile(r"\d{10}-(?:[0-9a-f]{32})?")
@@ -316,7 +316,7 @@ class ManifestStore:
         for key in self.store.list_addressable(directory):
             name = key[len(directory) :]
             for pattern, parts in found.items():
-                if match := pattern.match(name):
+                if match := pattern.fullmatch(name):
                     parts.append(_Part(int(match.group(1)), match.group(2) or "", key))
         compacted, deltas, columns = (
             sorted(found[pattern], key=lambda part: part.stamp) for pattern in found
@@ -370,7 +370,7 @@ class ManifestStore:
         found = set()
         for key in self.store.list_addressable(root):
             sku_id, _, name = key[len(root) :].partition("/")
-            if _COMPACTED.match(name) or _DELTA.match(name):
+            if _COMPACTED.fullmatch(name) or _DELTA.fullmatch(name):
                 found.add(sku_id)
         return sorted(found)
 

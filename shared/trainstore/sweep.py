@@ -27,8 +27,8 @@ __all__ = ["SkuOrphans", "find_orphans", "past_grace", "skus_without_manifest"]
 
 # The keys the trainstore writes an item's objects under, after images/<sku_id>/ and masks/<sku_id>/
 # (``object_keys``, ``content_keys``): another file there (a note, a .DS_Store) is not the store's to delete.
-_IMAGE_NAME = re.compile(r"^(?:real|synthetic)/[^/]+\.png$")
-_MASK_NAME = re.compile(r"^[^/]+\.png$")
+_IMAGE_NAME = re.compile(r"(?:real|synthetic)/[^/]+\.png")
+_MASK_NAME = re.compile(r"[^/]+\.png")
 
 
 def past_grace(store: ObjectStore, keys: Iterable[str], *, now: datetime, grace_s: float) -> list[str]:
@@ -103,7 +103,7 @@ def _owned_objects(manifests: ManifestStore, sku_id: str) -> list[str]:
     owned = []
     for folder, name in ((f"images/{sku_id}/", _IMAGE_NAME), (f"masks/{sku_id}/", _MASK_NAME)):
         root = manifests.key(folder)
-        owned += [key for key in manifests.store.list_addressable(root) if name.match(key[len(root) :])]
+        owned += [key for key in manifests.store.list_addressable(root) if name.fullmatch(key[len(root) :])]
     return owned
 
 
