@@ -373,17 +373,21 @@ def _cached_hash(
     cache_dir: Path | None, sha256: str, read: Callable[[], bytes], *, heldout: bool = False
 ) -> bytes | None:
     """``copy_hashes`` (or ``heldout_hash``) of the bytes ``read`` gives, cached under ``cache_dir``
-    by their sha256 (a PNG phone photo decodes in about a second); an empty entry is "no hash"."""
+    by their sha256 and the pixel limit (a PNG phone photo decodes in about a second); an empty entry
+    is "no hash". Past the limit ``ImageRejected``, never cached."""
     # Each kind is named by what it covers, so a cache of an older kind is never read as this one:
     # until 2026-12-03 a product shot was hashed by its whole frame, not by its content inside the
     # plain border, and held-out values were half as long; until 2026-12-04 one variant without
     # detail dropped its part (so a photo could read "no hash" that has one now).
     # Until 2026-12-04 a store image's hash left out the content of a photo letterboxed with plain bars.
     kind = "dhash256-frame-content-mirrored-turned-each" if heldout else "dhash256-content-frame-bars"
-    cached = None if cache_dir is None else cache_dir / kind / sha256
+    # And by the pixel limit, as ``as_ingested``'s: past it an image is refused, and near it a large
+    # JPEG's larger decode is given up; a hash cached under a higher limit was read under a lower one.
+    max_pixels = load_settings().max_image_pixels
+    cached = None if cache_dir is None else cache_dir / f"{kind}-max{max_pixels}" / sha256
     if cached is not None and cached.is_file():
         return bytes.fromhex(cached.read_text().strip()) or None
-    value = (heldout_hash if heldout else copy_hashes)(read(), max_pixels=load_settings().max_image_pixels)
+    value = (heldout_hash if heldout else copy_hashes)(read(), max_pixels=max_pixels)
     if cached is not None:
         write_atomically(cached, f"{'' if value is None else value.hex()}\n".encode())  # runs may share it
     return value
