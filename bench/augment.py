@@ -59,6 +59,7 @@ from shared.argtypes import (
     positive_int,
     read_json_object,
 )
+from shared.config import load_settings
 from shared.evaluation import L2, REAL_WEIGHT, TUNE_EPOCHS, TUNE_LR
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
@@ -155,10 +156,12 @@ def _hashed(paths: Iterable[Path], *, heldout: bool = False) -> list[tuple[str, 
     """(path, perceptual hashes) of each photo that has them (resized copies are compared by them): held-out
     photos get ``heldout_hash``, which also sees a mirrored or turned copy; the others ``copy_hashes``,
     which also hashes the part inside plain bars (``perceptual_hash`` took a letterboxed copy's whole
-    frame, bars included, and let it pass)."""
+    frame, bars included, and let it pass). Under SKUFORGE_MAX_IMAGE_PIXELS, as ``skuforge evaluate``
+    hashes: a large JPEG's hash depends on it."""
+    max_pixels = load_settings().max_image_pixels
     items = []
     for path in paths:
-        value = (heldout_hash if heldout else copy_hashes)(path.read_bytes())
+        value = (heldout_hash if heldout else copy_hashes)(path.read_bytes(), max_pixels=max_pixels)
         if value is not None:
             items.append((str(path), value))
     return items
@@ -613,7 +616,6 @@ def run_stack(skus_dir: Path, sku_ids: list[str], scenes_dir: Path, args: argpar
     from devstack.demo.demo import stack, wait_until_decided
     from schemas.topics import IMAGE_GENERATED
     from services.ingest.ingest import ingest_path
-    from shared.config import load_settings
     from shared.store import open_store
 
     with stack(args.workdir / "stack", variants=args.variants_per_sku, keep_running=False) as running:

@@ -17,26 +17,17 @@ import pytest
 from PIL import Image
 
 from services.trainstore.evaluation import scene_files
+from tests.support.evaluation import large_product_shot
 
-# Within it a 4000 x 3000 JPEG decodes at 1/8 for its frame, and is refused whole for its product.
+# Within it ``large_product_shot`` decodes at 1/8 for its frame, and is refused whole for its product.
 LOW_LIMIT = "1000000"
-
-
-def product_shot(path: Path) -> Path:
-    """A 4000 x 3000 JPEG of a narrow product with detail on white: hashed by its product, decoded larger."""
-    frame = Image.new("RGB", (4000, 3000), (255, 255, 255))
-    blocks = np.random.default_rng(0).integers(0, 256, (12, 6, 3), dtype=np.uint8)
-    frame.paste(Image.fromarray(blocks).resize((300, 600), Image.Resampling.NEAREST), (1850, 1200))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.save(path, quality=90)
-    return path
 
 
 def test_a_scene_hash_cached_under_one_limit_is_not_read_under_another(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     scenes = tmp_path / "scenes"
-    product_shot(scenes / "shelves" / "product.jpg")
+    large_product_shot(scenes / "shelves" / "product.jpg")
     cache = tmp_path / "cache"
     _, default_hashes, _ = scene_files(f"file://{scenes}", cache)
     monkeypatch.setenv("SKUFORGE_MAX_IMAGE_PIXELS", LOW_LIMIT)

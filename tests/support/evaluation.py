@@ -1,6 +1,6 @@
 """Photos for the evaluation and bench tests: ``shelf_photo``, a photo with structure at every scale,
 the kind the leakage checks' perceptual hash is made for (the flat colour photos give it nothing);
-``fill_colour_store``, a retraining store of flat colour photos (``colour_photo``, stored by
+``large_product_shot``, a JPEG whose hash SKUFORGE_MAX_IMAGE_PIXELS moves; ``fill_colour_store``, a retraining store of flat colour photos (``colour_photo``, stored by
 ``store_photo`` as the trainstore stores them), and ``evaluate_args``, a quick ``skuforge evaluate``
 on it; and ``one_torch_thread`` (from ``tests/support/threads.py``), an autouse fixture a test module
 takes by importing it."""
@@ -34,6 +34,17 @@ def shelf_photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
         )
     pixels += rng.normal(0, 3, pixels.shape)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def large_product_shot(path: Path) -> Path:
+    """A 4000 x 3000 JPEG at ``path`` of a narrow product with detail on white: hashed by its product,
+    which is decoded again larger, so a limit between its 1/8 decode and its full size moves the hash."""
+    frame = Image.new("RGB", (4000, 3000), (255, 255, 255))
+    blocks = np.random.default_rng(0).integers(0, 256, (12, 6, 3), dtype=np.uint8)
+    frame.paste(Image.fromarray(blocks).resize((300, 600), Image.Resampling.NEAREST), (1850, 1200))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.save(path, quality=90)
+    return path
 
 
 COLOURS = {"SKU-RED": (200, 30, 30), "SKU-GREEN": (30, 170, 40), "SKU-BLUE": (30, 40, 200)}
