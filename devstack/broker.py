@@ -72,6 +72,8 @@ LOG4J_DIR = "logs"
 
 _RESOLVED_MARKER = ".resolved"
 _PLACEHOLDER = re.compile(r"@[A-Z_]+@")
+# The listeners of server.properties.template a handle takes its ports from (``from_data_dir``).
+_PORT_OF_LISTENER = {"PLAINTEXT": "port", "CONTROLLER": "controller_port"}
 
 
 class BrokerError(RuntimeError):
@@ -406,19 +408,29 @@ class LocalKafka:
 
     @classmethod
     def from_data_dir(cls, data_dir: Path | str, **kwargs: Any) -> LocalKafka:
-        """A handle on the broker whose rendered config is in ``data_dir`` (ports read from it)."""
+        """A handle on the broker whose rendered config is in ``data_dir`` (ports read from it: the
+        PLAINTEXT listener's, which ``connection`` speaks, and the CONTROLLER's; others are left alone)."""
         data_dir = Path(data_dir)
         ports: dict[str, int] = {}
         config = data_dir / CONFIG_FILE
         if config.exists():
             props = read_properties(config)
-            for listener in filter(None, (item.strip() for item in props.get("listeners", "").split(","))):
+            listeners = [item.strip() for item in props.get("listeners", "").split(",") if item.strip()]
+            for listener in listeners:
                 name, _, rest = listener.partition("://")
                 port = rest.rpartition(":")[2]
                 # isascii: isdigit() also takes "²" (int() then fails) and "٩٠٩٢" (int() reads 9092).
                 if not (port.isascii() and port.isdigit()):
                     raise BrokerError(f"{config}: listener {listener!r} has no port in ASCII digits (0-9)")
-                ports["controller_port" if name == "CONTROLLER" else "port"] = int(port)
+                if name in _PORT_OF_LISTENER:
+                    ports[_PORT_OF_LISTENER[name]] = int(port)
+            # PLAINTEXT only: the last listener but CONTROLLER was taken (a TLS one of extra_properties,
+            # printed by status as the bootstrap), and without one the default port (another broker's).
+            if listeners and "port" not in ports:
+                raise BrokerError(
+                    f"{config}: no PLAINTEXT listener (the one clients bootstrap from) in "
+                    f"listeners={props['listeners']}"
+                )
         return cls(data_dir, **{**ports, **kwargs})
 
     # -- lifecycle ---------------------------------------------------------------------------------
