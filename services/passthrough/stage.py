@@ -17,7 +17,9 @@ from schemas.envelope import Envelope, derive_id
 from schemas.events import SkuIngested
 from schemas.flow import PASSTHROUGH
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
+from shared.config import Settings
 from shared.runtime import Context, Emit, Stage, run_stage
+from shared.store import ObjectStore
 
 
 def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
@@ -31,9 +33,14 @@ def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
     return [Emit(PASSTHROUGH_OUT, event.payload, key="out")]
 
 
-def build_stage(**kwargs: object) -> Stage:
-    """The stage, ready to run (kwargs go to Stage: settings, store...)."""
-    stage = Stage(PASSTHROUGH.name, default_metrics_port=PASSTHROUGH.default_metrics_port, **kwargs)  # type: ignore[arg-type]
+def build_stage(*, settings: Settings | None = None, store: ObjectStore | None = None) -> Stage:
+    """The stage, ready to run (``settings`` and ``store`` as Stage takes them: loaded, opened if None)."""
+    stage = Stage(
+        PASSTHROUGH.name,
+        settings=settings,
+        store=store,
+        default_metrics_port=PASSTHROUGH.default_metrics_port,
+    )
     stage.handler(SKU_INGESTED)(handle)
     return stage
 
