@@ -1,6 +1,7 @@
 """Photos for the evaluation and bench tests: ``shelf_photo``, a photo with structure at every scale,
 the kind the leakage checks' perceptual hash is made for (the flat colour photos give it nothing);
-``large_product_shot``, a JPEG whose hash SKUFORGE_MAX_IMAGE_PIXELS moves; ``fill_colour_store``, a retraining store of flat colour photos (``colour_photo``, stored by
+``large_product_shot``, a JPEG whose hash SKUFORGE_MAX_IMAGE_PIXELS moves; ``fill_colour_store``, a
+retraining store of flat colour photos (``colour_photo``, stored by
 ``store_photo`` as the trainstore stores them), and ``evaluate_args``, a quick ``skuforge evaluate``
 on it; and ``one_torch_thread`` (from ``tests/support/threads.py``), an autouse fixture a test module
 takes by importing it."""
