@@ -283,7 +283,7 @@ def test_queue_filters_and_order(parts: ConsoleParts, client: TestClient) -> Non
         ("iou_max=1e-1", "a number from 0 to 1"),
         ("iou_min=%D9%A1", "a number from 0 to 1"),  # an Arabic-Indic one: float() read it as 1.0
         ("sku=../etc", "sku"),
-        ("reason=DROP%20TABLE", "pattern"),
+        ("reason=DROP%20TABLE", "1 to 64 of a-z, 0-9 and _"),  # the whole pattern, not a bare [a-z0-9_]{1,64}
         ("state=lost", "pending"),
     ],
 )

@@ -107,7 +107,10 @@ def queue_filter(
             raise HTTPException(422, f"sku: {exc}") from exc
     reason = reason.strip() if reason else None
     if reason and not _REASON.fullmatch(reason):
-        raise HTTPException(422, f"reason should match the pattern {_REASON.pattern}; got {reason!r}")
+        raise HTTPException(
+            422,
+            f"reason should be 1 to 64 of a-z, 0-9 and _ (e.g. iou_below_threshold); got {reason!r}",
+        )
     low = _iou_bound("iou_min", iou_min)
     high = _iou_bound("iou_max", iou_max)
     if low is not None and high is not None and low > high:
