@@ -119,6 +119,20 @@ def one_of(choices: list[str]) -> Callable[[str], str]:
     return parse
 
 
+def path_argument(kind: str) -> Callable[[str], Path]:
+    """A type for the path of a ``kind`` ("folder", "file"); an empty one is refused: Path("") is the
+    current folder, so an unset shell variable (`skuforge evaluate --out "$EVAL"`) read, wrote or
+    named every file of wherever the user stood."""
+
+    def parse(text: str) -> Path:
+        if not text:
+            raise argparse.ArgumentTypeError(f"the path is empty (an unset shell variable?); give a {kind}")
+        return Path(text)
+
+    parse.__name__ = "path"
+    return parse
+
+
 class CommandParser(argparse.ArgumentParser):
     """An ArgumentParser whose subcommands (``kafka statsu``: did you mean 'status'?), and any other
     argument with string ``choices``, are refused as ``one_of`` refuses a name. Its subparsers are

@@ -87,6 +87,7 @@ from schemas.common import ImageRef, SkuMetadata, check_safe_id
 from schemas.envelope import derive_id
 from schemas.events import MAX_FILENAME_CHARS, ReferencePhoto, SkuIngested
 from schemas.topics import SKU_INGESTED
+from shared.argtypes import path_argument
 from shared.bus import Publisher, listed_topics
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ImageRejected, TransientError
@@ -1177,14 +1178,6 @@ def _spooled_file(spool_dir: Path, sku: PreparedSku, photo: PreparedPhoto) -> Pa
     return spool_dir / f"{sku.event_id}-{photo.photo_id}.png"
 
 
-def _folder_argument(text: str) -> Path:
-    """The path argument; an empty one is refused: Path("") is the current folder, so an unset shell
-    variable (`skuforge ingest "$SKUS"`) ingested, or named every file of, wherever the user stood."""
-    if not text:
-        raise argparse.ArgumentTypeError("the path is empty (an unset shell variable?); give a folder")
-    return Path(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     """``skuforge ingest DIR``, or ``skuforge ingest --withdraw-sku SKU_ID``. Exit status 0, 1 (the
     broker or the store failed), 2 (bad input or settings), or 128 + the signal's number when stopped
@@ -1196,7 +1189,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "path",
-        type=_folder_argument,
+        type=path_argument("folder"),
         nargs="?",
         help="a SKU folder (photos + metadata.json) or a folder of them (none with --withdraw-sku)",
     )

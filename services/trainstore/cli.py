@@ -34,6 +34,7 @@ from shared.argtypes import (
     folder_problem,
     int_between,
     non_negative_int,
+    path_argument,
     positive_int,
     read_json_object,
 )
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     export = sub.add_parser("export", help="write a training set honouring the real:synthetic policy")
     export.add_argument(
         "out",
-        type=Path,
+        type=path_argument("folder"),
         help="output directory: new, or empty (with --format jsonl, but for a lost+found folder, left as it "
         "is; an imagefolder export's every folder is a class)",
     )
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--sku", action="append", default=None, help="export only this SKU (repeatable)")
     export.add_argument(
         "--evaluation",
-        type=Path,
+        type=path_argument("file or folder"),
         default=None,
         metavar="PATH",
         help="evaluation.json written by 'skuforge evaluate' (or the --out folder it is in): SKUs whose "

