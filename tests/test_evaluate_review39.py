@@ -1,11 +1,17 @@
-"""``skuforge evaluate`` with odd input (review 39): an empty path argument."""
+"""``skuforge evaluate`` with odd input (review 39): an empty path argument, a cache entry cut short."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from services.ingest.ingest import prepare_sku
+from shared.config import load_settings
+from shared.evaluation.experiment import encode_jpeg
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestStore
 from skuforge_cli.main import main as cli_main
@@ -15,6 +21,7 @@ from tests.support.evaluation import (  # noqa: F401 (one_torch_thread: autouse)
     evaluate_args,
     fill_colour_store,
     one_torch_thread,
+    store_photo,
 )
 from tests.support.trainstore import PREFIX
 
@@ -58,3 +65,65 @@ def test_an_empty_path_is_a_usage_error_not_the_current_folder(
     assert exit_info.value.code == 2
     assert f"argument {option}: the path is empty (an unset shell variable?)" in capsys.readouterr().err
     assert list((tmp_path / "cwd").iterdir()) == []
+
+
+def _cut_short(cache: Path, kind: str, left: str) -> int:
+    """Cut every entry of ``cache``'s ``kind`` folder short to ``left``; how many there were."""
+    entries = [path for path in (cache / kind).iterdir() if path.is_file()]
+    for path in entries:
+        path.write_text(left)
+    return len(entries)
+
+
+@pytest.mark.parametrize("left", ["", "9f86d0", "not hex\n"])
+def test_a_cached_as_ingested_answer_cut_short_is_computed_again_and_the_leak_still_refused(
+    colour_store: ManifestStore,
+    heldout: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    left: str,
+) -> None:
+    # The cache of the sha256 each held-out photo would be stored under was read as it stood: an entry
+    # cut short or damaged matched no store image, and a photo that had been ingested was trained on
+    # and scored without a word (a flat photo has no perceptual hash to catch it instead).
+    shoot = tmp_path / "shoot"
+    shoot.mkdir()
+    metadata = {"sku_id": "SKU-RED", "name": "red", "category": "soda can", "brand": "b", "series": "s"}
+    (shoot / "metadata.json").write_text(json.dumps(metadata))
+    (heldout / "SKU-RED" / "test-0.png").unlink()
+    flat = Image.new("RGB", (48, 48), COLOURS["SKU-RED"])  # no perceptual hash: exact copies only
+    (heldout / "SKU-RED" / "test-0.jpg").write_bytes(encode_jpeg(flat))
+    shutil.copy(heldout / "SKU-RED" / "test-0.jpg", shoot / "IMG_0001.jpg")
+    prepared, problems = prepare_sku(shoot, load_settings(min_photo_side_px=48))
+    assert prepared is not None, problems
+    (ingested,) = prepared.photos
+    store_photo(colour_store, "SKU-RED", ingested.photo_id, "real", ingested.png)
+    args = evaluate_args(heldout, tmp_path / "eval", tmp_path)
+    assert cli_main(args) == 2
+    assert "SKU-RED/test-0.jpg (as ingest stores it)" in capsys.readouterr().err
+    kind = next(
+        path.name for path in (tmp_path / "features").iterdir() if path.name.startswith("as-ingested")
+    )
+    assert _cut_short(tmp_path / "features", kind, left) > 0
+    assert cli_main(args) == 2
+    assert "SKU-RED/test-0.jpg (as ingest stores it)" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("left", ["", "abc", "0" * 64])
+def test_a_cached_perceptual_hash_cut_short_is_computed_again_not_a_traceback(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, left: str
+) -> None:
+    # An entry of the wrong length stopped every later run in a ValueError traceback from the
+    # comparison ("hashes are 256-bit parts"), and one that was not hex in one from bytes.fromhex.
+    args = evaluate_args(heldout, tmp_path / "eval", tmp_path)
+    assert cli_main(args) == 0
+    expected = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    for kind in ("dhash256-frame-content-mirrored-turned-each", "dhash256-content-frame-bars"):
+        assert _cut_short(tmp_path / "features", kind, left) > 0
+    assert cli_main(args) == 0
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text()) == expected
+    # Written again whole: an empty entry ("" where "\n" means "no hash") had made a photo's copies
+    # pass unchecked.
+    for kind in ("dhash256-frame-content-mirrored-turned-each", "dhash256-content-frame-bars"):
+        assert all(path.read_text().endswith("\n") for path in (tmp_path / "features" / kind).iterdir())

@@ -13,6 +13,7 @@ import argparse
 import io
 import json
 import os
+import re
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
@@ -43,6 +44,7 @@ from shared.evaluation.leakage import (
     check_disjoint,
     check_no_near_duplicates,
     copy_hashes,
+    hash_fits,
     heldout_hash,
 )
 from shared.evaluation.report import render_report
@@ -268,9 +270,8 @@ def as_ingested(photos: Sequence[Photo], cache_dir: Path | None) -> list[tuple[s
     items = []
     for photo in photos:
         cached = None if cache is None else cache / photo.sha256
-        if cached is not None and cached.is_file():
-            stored_sha256 = cached.read_text().strip()
-        else:
+        stored_sha256 = _cached_entry(cached, lambda text: re.fullmatch("[0-9a-f]{64}", text) is not None)
+        if stored_sha256 is None:
             try:
                 stored_sha256 = sha256_hex(photo_as_stored(photo.read(), **limits)[1])
             except ImageRejected as exc:
@@ -373,8 +374,8 @@ def _cached_hash(
     cache_dir: Path | None, sha256: str, read: Callable[[], bytes], *, heldout: bool = False
 ) -> bytes | None:
     """``copy_hashes`` (or ``heldout_hash``) of the bytes ``read`` gives, cached under ``cache_dir``
-    by their sha256 and the pixel limit (a PNG phone photo decodes in about a second); an empty entry
-    is "no hash". Past the limit ``ImageRejected``, never cached."""
+    by their sha256 and the pixel limit (a PNG phone photo decodes in about a second); an entry of its
+    newline alone is "no hash". Past the limit ``ImageRejected``, never cached."""
     # Each kind is named by what it covers, so a cache of an older kind is never read as this one:
     # until 2026-12-03 a product shot was hashed by its whole frame, not by its content inside the
     # plain border, and held-out values were half as long; until 2026-12-04 one variant without
@@ -385,12 +386,34 @@ def _cached_hash(
     # JPEG's larger decode is given up; a hash cached under a higher limit was read under a lower one.
     max_pixels = load_settings().max_image_pixels
     cached = None if cache_dir is None else cache_dir / f"{kind}-max{max_pixels}" / sha256
-    if cached is not None and cached.is_file():
-        return bytes.fromhex(cached.read_text().strip()) or None
+    entry = _cached_entry(cached, lambda text: _is_hash_hex(text, heldout=heldout))
+    if entry is not None:
+        return bytes.fromhex(entry) or None
     value = (heldout_hash if heldout else copy_hashes)(read(), max_pixels=max_pixels)
     if cached is not None:
         write_atomically(cached, f"{'' if value is None else value.hex()}\n".encode())  # runs may share it
     return value
+
+
+def _is_hash_hex(text: str, *, heldout: bool) -> bool:
+    """Whether ``text`` is a cached hash's hex: empty ("no hash") or what ``hash_fits`` takes."""
+    return not text or (
+        re.fullmatch("(?:[0-9a-f]{2})+", text) is not None and hash_fits(bytes.fromhex(text), heldout=heldout)
+    )
+
+
+def _cached_entry(path: Path | None, valid: Callable[[str], bool]) -> str | None:
+    """The answer a cache entry holds (its one line, as written with its newline), or None to compute
+    it again: not cached, or cut short or damaged. Such an entry was read as it stood: an as-ingested
+    sha256 cut short matched no store image, so an ingested photo was trained on and scored without a
+    word, an empty hash read as "no hash", and a hash of the wrong length stopped the run in a
+    traceback."""
+    if path is None or not path.is_file():
+        return None
+    text = path.read_bytes().decode("ascii", "replace")
+    if not text.endswith("\n") or not valid(text[:-1]):
+        return None
+    return text[:-1]
 
 
 def training_photos(manifests: ManifestStore, plan: ExportPlan) -> list[Photo]:

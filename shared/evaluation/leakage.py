@@ -315,6 +315,14 @@ def _difference_hash(pixels: np.ndarray) -> bytes | None:
     return np.packbits(steps > 0).tobytes()
 
 
+def hash_fits(value: bytes, *, heldout: bool) -> bool:
+    """Whether ``value`` has the length of a ``heldout_hash`` (``heldout``) or of a ``copy_hashes``
+    (256-bit parts): what ``check_no_near_duplicates`` compares, and a cache of them may hold."""
+    if heldout:
+        return len(value) == _HELDOUT_HASHES * _HASH_BYTES
+    return bool(value) and len(value) % _HASH_BYTES == 0
+
+
 def check_no_near_duplicates(
     heldout: Iterable[tuple[str, bytes]],
     *,
@@ -328,14 +336,14 @@ def check_no_near_duplicates(
     held = list(heldout)
     if not held:
         return
-    if any(len(value) != _HELDOUT_HASHES * _HASH_BYTES for _, value in held):
+    if not all(hash_fits(value, heldout=True) for _, value in held):
         raise ValueError("held-out hashes must come from heldout_hash (the photo mirrored and turned)")
     held_hashes = np.frombuffer(b"".join(value for _, value in held), dtype=np.uint8).reshape(-1, _HASH_BYTES)
     problems = []
     for what, items in others.items():
         named = list(items)
         for name, value in named:
-            if not value or len(value) % _HASH_BYTES:
+            if not hash_fits(value, heldout=False):
                 raise ValueError(f"{what} {name}: hashes are 256-bit parts (perceptual_hash, copy_hashes)")
         if not named:
             continue
