@@ -53,3 +53,24 @@ def test_an_empty_evaluation_is_a_usage_error_not_the_current_folders(
     assert exit_info.value.code == 2
     assert "argument --evaluation: the path is empty (an unset shell variable?)" in capsys.readouterr().err
     assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize("points", [-5, 12.5, -1.5])
+def test_an_evaluation_whose_gains_are_no_fraction_of_top1_is_refused(
+    store: ManifestStore,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    points: float,
+) -> None:
+    # --min-gain -5 is refused as points, not a fraction; a gain of -5 in the file (one edited by hand,
+    # or written by another tool in points) was compared with --min-gain -0.10 as it stood, and
+    # SKU-A's synthetic images were left out for a B-A of -5 points, half the threshold.
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_text(json.dumps({"gain": {"SKU-A": points}}))
+    argv = [*EXPORT, "--evaluation", str(evaluation), "--min-gain", "-0.10", str(tmp_path / "export")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(argv)
+    assert exit_info.value.code == 2
+    said = f"gain of 'SKU-A' is {points!r}, not a fraction of top-1 between -1 and 1"
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "export").exists()

@@ -249,6 +249,13 @@ def synthetic_left_out_by_evaluation(
         # json.loads reads NaN and Infinity: NaN would keep every synthetic image, -Infinity drop them.
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ValueError(f"{source}: gain of {sku_id!r} is {value!r}, not a number")
+        if not -1.0 <= value <= 1.0:
+            # A gain in points (-5 for -5 points) was compared with a --min-gain in fractions as it
+            # stood: left out at -0.10 for half that loss, or kept at any threshold for +5 points.
+            raise ValueError(
+                f"{source}: gain of {sku_id!r} is {value!r}, not a fraction of top-1 between -1 and 1 "
+                "(skuforge evaluate writes B-A as one: -0.05 for -5 points)"
+            )
         sku_counts = counts.get(sku_id)
         if isinstance(sku_counts, Mapping) and sku_counts.get("synthetic") == 0:
             continue  # none of its synthetic images was measured
