@@ -127,3 +127,12 @@ def test_a_cached_perceptual_hash_cut_short_is_computed_again_not_a_traceback(
     # pass unchecked.
     for kind in ("dhash256-frame-content-mirrored-turned-each", "dhash256-content-frame-bars"):
         assert all(path.read_text().endswith("\n") for path in (tmp_path / "features" / kind).iterdir())
+
+
+def test_help_states_the_min_real_default(capsys: pytest.CaptureFixture[str]) -> None:
+    # "as dataset export: SKUs with fewer real images are left out", without its default of 1, which
+    # `dataset export --help` states.
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["evaluate", "--help"])
+    assert exit_info.value.code == 0
+    assert "SKUs with fewer real images are left out (default 1;" in " ".join(capsys.readouterr().out.split())

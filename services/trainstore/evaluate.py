@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-real",
         type=positive_int,
         default=1,
-        help="as dataset export: SKUs with fewer real images are left out (a held-out SKU left out is "
-        "an error)",
+        help="as dataset export: SKUs with fewer real images are left out (default 1; a held-out SKU "
+        "left out is an error)",
     )
     parser.add_argument(
         "--scenes",
