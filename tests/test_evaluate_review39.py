@@ -136,3 +136,25 @@ def test_help_states_the_min_real_default(capsys: pytest.CaptureFixture[str]) ->
         cli_main(["evaluate", "--help"])
     assert exit_info.value.code == 0
     assert "SKUs with fewer real images are left out (default 1;" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_folder_named_like_another_sku_inside_a_sku_folder_is_refused(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A SKU folder dropped into another's (a slip in a file manager) was read as photos of the outer
+    # SKU: green photos scored as SKU-RED, its top-1 and gain and the policy built on them skewed without
+    # a word. Sub-folders with other names (a shoot's dates) are still read.
+    (heldout / "SKU-RED" / "2026-12").mkdir()
+    colour_photo(COLOURS["SKU-RED"], 790).save(heldout / "SKU-RED" / "2026-12" / "shelf.png")
+    args = evaluate_args(heldout, tmp_path / "eval", tmp_path)
+    assert cli_main(args) == 0
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["n_heldout"] == 7
+    (heldout / "SKU-RED" / "SKU-GREEN").mkdir()
+    colour_photo(COLOURS["SKU-GREEN"], 791).save(heldout / "SKU-RED" / "SKU-GREEN" / "more.png")
+    capsys.readouterr()
+    assert cli_main([*args[:4], str(tmp_path / "refused"), *args[5:]]) == 2
+    assert (
+        f"held-out folder {heldout / 'SKU-RED' / 'SKU-GREEN'} is inside SKU-RED's but named like the store's "
+        "SKU SKU-GREEN" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "refused").exists()

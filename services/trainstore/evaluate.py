@@ -17,11 +17,12 @@ the scene library (``--scenes``), by path or by content (its own bytes, or the P
 ingest`` would store for it), or when a real image of an evaluated SKU or a scene file is a
 resized or re-encoded copy of one (perceptual hash, ``shared/evaluation/leakage.py``): a test photo that was
 trained on, or composited into a training image, makes every figure meaningless. Also refused:
-held-out folders naming SKUs the store does not have (one without photos is noted), fewer than 2
-SKUs with held-out photos, held-out SKUs without a usable real image in the store or left out by the
-export policy, a held-out photo that does not decode or is over ``SKUFORGE_MAX_IMAGE_BYTES`` (by its
-size, unread), an unusable
-``--scenes`` (malformed, or no files), a weights file that does not load, an ``--out`` or
+held-out folders naming SKUs the store does not have (one without photos is noted), a folder in a
+SKU's folder named like another SKU of the store (its photos would be scored as the outer one),
+fewer than 2 SKUs with held-out photos, held-out SKUs without a usable real image in the store or
+left out by the export policy, a held-out photo that does not decode or is over
+``SKUFORGE_MAX_IMAGE_BYTES`` (by its size, unread), an unusable ``--scenes`` (malformed, or no
+files), a weights file that does not load, an ``--out`` or
 ``--cache-dir`` that is a file or cannot be made and written in (tried before the run, and left as
 it was), ``--cache-dir`` with ``--no-cache``, an ``--out`` with a folder named evaluation.json or
 report.html in it, and a store with no SKUs. A disk that fills, or a file that goes away, during the run is

@@ -197,6 +197,23 @@ def _refuse_one_photo_under_two_skus(photos: list[Photo]) -> None:
             )
 
 
+def _refuse_sku_folders_inside_others(root: Path, photos: Sequence[Photo], sku_ids: set[str]) -> None:
+    """A sub-folder of a SKU's folder named like another SKU of the store (one SKU's folder dropped
+    into another's) held its photos out under the outer SKU's label: scored wrong whatever the
+    classifier said, and that SKU's top-1 and gain skewed without a word. Other sub-folders (a shoot's
+    dates) are read as the SKU's."""
+    for photo in photos:
+        sku_folder = (root / photo.sku_id).absolute()
+        inner = Path(photo.name).relative_to(sku_folder).parent.parts
+        if named := next((part for part in inner if part in sku_ids and part != photo.sku_id), None):
+            folder = sku_folder.joinpath(*inner[: inner.index(named) + 1])
+            raise EvaluateRefused(
+                f"held-out folder {folder} is inside {photo.sku_id}'s but named like the store's SKU "
+                f"{named}: its photos would be scored as {photo.sku_id}; move it to {root / named} or "
+                "rename it"
+            )
+
+
 def _folder_id(folder: Path) -> tuple[int, int]:
     """The folder's device and inode: the same folder, however it is reached."""
     stat = os.stat(folder)
@@ -612,6 +629,7 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
             f"held-out folder(s) name SKUs the store does not have: {named} "
             f"(store {store_root(manifests)}); rename{exactly} or remove them"
         )
+    _refuse_sku_folders_inside_others(args.heldout, heldout, in_store)
     if not heldout:
         raise EvaluateRefused(f"--heldout {args.heldout}: no photos in SKU folders")
     if len(heldout_skus) < 2:
