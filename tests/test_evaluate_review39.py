@@ -158,3 +158,26 @@ def test_a_folder_named_like_another_sku_inside_a_sku_folder_is_refused(
         "SKU SKU-GREEN" in capsys.readouterr().err
     )
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize("per_real", ["0", "2"])
+def test_an_evaluation_with_no_synthetic_image_to_measure_says_so(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    heldout: Path,
+    capsys: pytest.CaptureFixture[str],
+    per_real: str,
+) -> None:
+    # Before the generator has filled the store (or with --max-synthetic-per-real 0), B trained on A's
+    # images and C on none: "B-A +0.000" read as "the synthetic images do not help" when none was there.
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    for index, (sku_id, rgb) in enumerate(COLOURS.items()):
+        store_photo(manifests, sku_id, "real-0", "real", colour_photo(rgb, 100 * index))
+    args = evaluate_args(heldout, tmp_path / "eval", tmp_path, "--max-synthetic-per-real", per_real)
+    assert cli_main(args) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert (
+        "note: none of the 3 evaluated SKUs has a synthetic image in the export (--max-synthetic-per-real "
+        f"{per_real}): B trains on A's images and C on none, so every gain reads 0" in said
+    )

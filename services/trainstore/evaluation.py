@@ -670,6 +670,14 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
             "their held-out folders"
         )
     training = training_photos(manifests, plan)
+    if not any(photo.source == "synthetic" for photo in training):
+        # The generator has not filled the store yet, or K is 0: "B-A +0.000" read as "the synthetic
+        # images do not help" when there were none to measure.
+        print(
+            f"note: none of the {len(heldout_skus)} evaluated SKUs has a synthetic image in the export "
+            f"(--max-synthetic-per-real {args.max_synthetic_per_real}): B trains on A's images and C on "
+            "none, so every gain reads 0"
+        )
 
     cache_dir = None if args.no_cache else args.cache_dir
     scenes, scene_hashes, scene_notes = (
