@@ -67,6 +67,10 @@ def test_an_empty_path_is_a_usage_error_not_the_current_folder(
     assert list((tmp_path / "cwd").iterdir()) == []
 
 
+# The perceptual-hash cache's folders, named by the pixel limit too (services/trainstore/evaluation.py).
+_HASH_KINDS = ("dhash256-frame-content-mirrored-turned-each", "dhash256-content-frame-bars")
+
+
 def _cut_short(cache: Path, kind: str, left: str) -> int:
     """Cut every entry of ``cache``'s ``kind`` folder short to ``left``; how many there were."""
     entries = [path for path in (cache / kind).iterdir() if path.is_file()]
@@ -119,13 +123,14 @@ def test_a_cached_perceptual_hash_cut_short_is_computed_again_not_a_traceback(
     args = evaluate_args(heldout, tmp_path / "eval", tmp_path)
     assert cli_main(args) == 0
     expected = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    for kind in ("dhash256-frame-content-mirrored-turned-each", "dhash256-content-frame-bars"):
+    kinds = [f"{kind}-max{load_settings().max_image_pixels}" for kind in _HASH_KINDS]
+    for kind in kinds:
         assert _cut_short(tmp_path / "features", kind, left) > 0
     assert cli_main(args) == 0
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text()) == expected
     # Written again whole: an empty entry ("" where "\n" means "no hash") had made a photo's copies
     # pass unchecked.
-    for kind in ("dhash256-frame-content-mirrored-turned-each", "dhash256-content-frame-bars"):
+    for kind in kinds:
         assert all(path.read_text().endswith("\n") for path in (tmp_path / "features" / kind).iterdir())
 
 
